@@ -1,0 +1,79 @@
+// @ts-check
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+// The domain core must stay free of protocol and transport libraries (STYLE.md §3):
+// it receives Journal, Driver and Clock as interfaces and is tested against them.
+const forbiddenInCore = [
+  'mqtt',
+  'modbus-serial',
+  'node-opcua',
+  'better-sqlite3',
+  'fastify',
+  'aedes',
+  'pino',
+  'yaml',
+  'net',
+  'node:net',
+  'http',
+  'node:http',
+  'https',
+  'node:https',
+  'http2',
+  'node:http2',
+  'tls',
+  'node:tls',
+  'dgram',
+  'node:dgram',
+  'fs',
+  'node:fs',
+  'child_process',
+  'node:child_process',
+];
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'node_modules/**', 'coverage/**', '.state/**', 'eslint.config.js'] },
+  js.configs.recommended,
+  ...tseslint.configs.strictTypeChecked,
+  {
+    languageOptions: {
+      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+    },
+    rules: {
+      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/switch-exhaustiveness-check': [
+        'error',
+        { considerDefaultExhaustiveForUnions: true, requireDefaultForNonUnion: false },
+      ],
+      '@typescript-eslint/restrict-template-expressions': ['error', { allowNumber: true }],
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
+      '@typescript-eslint/consistent-type-imports': 'error',
+    },
+  },
+  {
+    files: ['src/core/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: forbiddenInCore.map((name) => ({
+            name,
+            message: 'The domain core imports no protocol or transport library; use a port.',
+          })),
+          patterns: [
+            {
+              group: ['node-opcua-*', '../journal/*', '../drivers/*', '../intake/*', '../daemon/*'],
+              message: 'The domain core depends on ports, not adapters.',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ['test/**/*.ts', 'bench/**/*.ts'],
+    rules: {
+      '@typescript-eslint/no-non-null-assertion': 'off',
+    },
+  },
+);

@@ -1,0 +1,94 @@
+import type { Action } from './command.js';
+import { SluiceError } from './errors.js';
+
+/**
+ * The driver port: how the core reaches one device on a controller. Modbus TCP and OPC UA
+ * adapters implement it outside the core; tests may use an in-memory controller double.
+ */
+
+/** One read of a device's status, as the controller reported it. */
+export interface Readback {
+  /** State name from the device profile (drivers translate controller codes). */
+  readonly state: string;
+  /** Position in percent, when the device reports one. */
+  readonly position: number | null;
+  /** The sequence number of the last command the controller took (accepted or rejected). */
+  readonly seq: number | null;
+  /** Controller fault register; null when clear. */
+  readonly faultCode: number | null;
+  /**
+   * Controller time (epoch ms, controller clock) at which these values were produced: the
+   * newest source timestamp (OPC UA) or the scan time stored with the status block (Modbus).
+   */
+  readonly sourceTime: number | null;
+  /** Gateway time when the read request was sent. */
+  readonly requestedAt: number;
+  /** Gateway time when the answer arrived. */
+  readonly receivedAt: number;
+}
+
+export interface CommandWrite {
+  readonly action: Action;
+  /** Setpoint in percent for `move`, otherwise null. */
+  readonly position: number | null;
+  /** 16-bit command sequence number, 1..65535; the controller echoes it. */
+  readonly seq: number;
+}
+
+/** A reading of the controller's clock, bracketed by gateway times (SPEC §6). */
+export interface ClockSample {
+  readonly controllerTime: number;
+  readonly requestedAt: number;
+  readonly receivedAt: number;
+}
+
+export interface DeviceHealth {
+  readonly connected: boolean;
+  readonly lastGoodReadAt: number | null;
+  readonly errorCount: number;
+  readonly lastError: string | null;
+}
+
+export interface DeviceDriver {
+  read(signal?: AbortSignal): Promise<Readback>;
+  /**
+   * Sends one command write. Resolves when the controller acknowledged the write (which is
+   * never success: I2). Rejects with DeviceRefusedError when the controller answered that it
+   * did not apply it, or DeviceUnreachableError when the outcome is unknown.
+   */
+  write(command: CommandWrite, signal?: AbortSignal): Promise<void>;
+  readClock(signal?: AbortSignal): Promise<ClockSample>;
+  health(): DeviceHealth;
+}
+
+/** Transport failure: no answer. For a write, whether it reached the controller is unknown. */
+export class DeviceUnreachableError extends SluiceError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('DEVICE_UNREACHABLE', message, options);
+  }
+}
+
+/** The controller answered and refused the request (Modbus exception, OPC UA Bad status). */
+export class DeviceRefusedError extends SluiceError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('DEVICE_REFUSED', message, options);
+  }
+}
+
+/** Controller clock skew estimate from the round-trip midpoint (SPEC §6). */
+export interface SkewEstimate {
+  /** controller clock − gateway clock, ms. */
+  readonly offsetMs: number;
+  /** Half the round trip: the estimate is within ± this. */
+  readonly uncertaintyMs: number;
+  readonly measuredAt: number;
+}
+
+export function estimateSkew(sample: ClockSample): SkewEstimate {
+  const midpoint = (sample.requestedAt + sample.receivedAt) / 2;
+  return {
+    offsetMs: sample.controllerTime - midpoint,
+    uncertaintyMs: Math.max(0, (sample.receivedAt - sample.requestedAt) / 2),
+    measuredAt: sample.receivedAt,
+  };
+}

@@ -1,0 +1,70 @@
+/**
+ * Small error classes that carry a stable `code`. Adapters translate library errors into
+ * these at their boundary; intakes translate codes into HTTP statuses and MQTT answers.
+ */
+export class SluiceError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** The journal cannot durably record a command: intakes refuse (HTTP 503, no PUBACK). */
+export class JournalUnavailableError extends SluiceError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('JOURNAL_UNAVAILABLE', message, options);
+  }
+}
+
+/** The journal file was written by a newer Sluice; opening it could corrupt it. */
+export class JournalVersionError extends SluiceError {
+  constructor(message: string) {
+    super('JOURNAL_VERSION', message);
+  }
+}
+
+/** A guarded transition found the command in another state (settled elsewhere, e.g. by an operator). */
+export class JournalConflictError extends SluiceError {
+  constructor(message: string) {
+    super('JOURNAL_CONFLICT', message);
+  }
+}
+
+export class InvalidCommandError extends SluiceError {
+  readonly errors: readonly string[];
+  constructor(errors: readonly string[]) {
+    super('INVALID_COMMAND', `invalid command: ${errors.join('; ')}`);
+    this.errors = errors;
+  }
+}
+
+export class InvalidKeyError extends SluiceError {
+  constructor(message: string) {
+    super('MISSING_IDEMPOTENCY_KEY', message);
+  }
+}
+
+export class UnknownDeviceError extends SluiceError {
+  readonly device: string;
+  constructor(device: string) {
+    super('UNKNOWN_DEVICE', `unknown device "${device}"`);
+    this.device = device;
+  }
+}
+
+/** The pipeline is shutting down and takes no new commands. */
+export class ShuttingDownError extends SluiceError {
+  constructor() {
+    super('SHUTTING_DOWN', 'the gateway is shutting down and accepts no new commands');
+  }
+}
+
+export class ProfileError extends SluiceError {
+  readonly errors: readonly string[];
+  constructor(source: string, errors: readonly string[]) {
+    super('INVALID_PROFILE', `${source}: ${errors.join('; ')}`);
+    this.errors = errors;
+  }
+}

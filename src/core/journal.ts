@@ -1,0 +1,122 @@
+import type { Action, CommandState, OpenState, ResultCode, TerminalState } from './command.js';
+
+/** How the issuer's time was obtained: given by the issuer, or the gateway's receive time. */
+export type IssuedAtSource = 'issuer' | 'gateway';
+
+/** What a readback showed, as journaled with a command. */
+export interface Observation {
+  readonly state: string;
+  readonly position: number | null;
+  readonly seq: number | null;
+  readonly faultCode: string | null;
+  /** Controller source time, RFC 3339, when the controller reported one. */
+  readonly sourceTime: string | null;
+  /** Gateway time the read was requested, RFC 3339. */
+  readonly readAt: string;
+}
+
+export interface CommandRef {
+  readonly scope: string;
+  readonly key: string;
+}
+
+/** A new command, ready to be claimed. */
+export interface NewCommand extends CommandRef {
+  readonly fingerprint: string;
+  readonly device: string;
+  readonly action: Action;
+  readonly position: number | null;
+  readonly issuedAt: number;
+  readonly issuedAtSource: IssuedAtSource;
+  readonly ttlMs: number;
+  readonly deadline: number;
+  readonly intake: string;
+  readonly acceptedAt: number;
+}
+
+export interface CommandRecord extends NewCommand {
+  readonly state: CommandState;
+  readonly code: ResultCode | null;
+  readonly faultCode: string | null;
+  /** Controller sequence number used for the write; null until dispatched. */
+  readonly seq: number | null;
+  /** Number of writes journaled (0, 1, or 2 after a proven-not-applied redispatch). */
+  readonly attempts: number;
+  readonly observedBefore: Observation | null;
+  readonly observed: Observation | null;
+  readonly detail: string | null;
+  readonly dispatchedAt: number | null;
+  readonly settledAt: number | null;
+  /** The result body, stored once at settlement so that every replay is byte-identical. */
+  readonly response: string | null;
+}
+
+export interface JournalEvent {
+  readonly at: number;
+  readonly from: CommandState | null;
+  readonly to: CommandState;
+  readonly intake: string;
+  readonly detail: string;
+}
+
+export type Claim =
+  | { readonly kind: 'new'; readonly record: CommandRecord }
+  | { readonly kind: 'duplicate'; readonly record: CommandRecord }
+  | { readonly kind: 'reused'; readonly record: CommandRecord };
+
+export interface Settlement {
+  readonly to: TerminalState;
+  readonly code: ResultCode;
+  readonly faultCode: string | null;
+  readonly observed: Observation | null;
+  readonly detail: string;
+  readonly at: number;
+  readonly intake: string;
+  /** Renders the stored result from the settled record (called inside the transaction). */
+  readonly render: (record: CommandRecord) => string;
+}
+
+export interface ListFilter {
+  readonly device?: string;
+  readonly state?: CommandState;
+  readonly since?: number;
+  readonly limit?: number;
+}
+
+/**
+ * The journal port. Every method is synchronous and durable when it returns (fsync): an intake
+ * may acknowledge a command as soon as `claim` returns. A method that cannot write throws
+ * JournalUnavailableError; a guarded transition that finds another state throws
+ * JournalConflictError.
+ */
+export interface Journal {
+  /**
+   * Inserts the command once. An existing key is returned as a duplicate (same fingerprint)
+   * or a reuse (different fingerprint); either hit is recorded in its history.
+   */
+  claim(command: NewCommand): Claim;
+  get(ref: CommandRef): CommandRecord | undefined;
+  /** Every scope's command with this key (the operator names keys, not scopes). */
+  findByKey(key: string): CommandRecord[];
+  /** accepted → dispatched: allocates the device's next sequence number in the same commit. */
+  markDispatched(
+    ref: CommandRef,
+    at: number,
+    observedBefore: Observation,
+    intake: string,
+  ): CommandRecord;
+  /** A second write after the first was proven not applied; allowed once per command. */
+  markRedispatched(ref: CommandRef, at: number, detail: string, intake: string): CommandRecord;
+  settle(ref: CommandRef, from: OpenState, settlement: Settlement): CommandRecord;
+  /** An event without a transition (recovery findings, operator notes). */
+  note(ref: CommandRef, at: number, detail: string, intake: string): void;
+  history(ref: CommandRef): JournalEvent[];
+  /** Non-terminal commands, oldest first. */
+  listOpen(): CommandRecord[];
+  list(filter: ListFilter): CommandRecord[];
+  /** Deletes at most `limit` settled commands settled before `before`; returns how many. */
+  purgeSettled(before: number, limit: number): number;
+  /** Throws JournalUnavailableError when a write would fail now (readiness). */
+  checkWritable(): void;
+  close(): void;
+}

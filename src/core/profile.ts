@@ -1,0 +1,160 @@
+import { z } from 'zod';
+import { ACTIONS, type Action } from './command.js';
+import { ProfileError } from './errors.js';
+
+/**
+ * A device profile: the controller's state machine as data (SPEC §3), its timings, and the
+ * register map / node names its drivers use. The format is described in docs/device-profiles.md.
+ */
+
+const cellSchema = z.discriminatedUnion('effect', [
+  z.object({
+    effect: z.literal('write'),
+    next: z.string().min(1),
+    confirm: z.array(z.string().min(1)).min(1),
+  }),
+  z.object({ effect: z.literal('noop'), confirm: z.array(z.string().min(1)).min(1) }),
+  z.object({ effect: z.literal('reject'), code: z.enum(['ILLEGAL_TRANSITION', 'LOCAL_MODE']) }),
+]);
+
+const timingSchema = z.object({
+  defaultTtlMs: z.number().int().positive(),
+  confirmTimeoutMs: z.number().int().positive(),
+  pollIntervalMs: z.number().int().positive(),
+  mismatchGraceMs: z.number().int().nonnegative(),
+  redispatchGuardMs: z.number().int().nonnegative(),
+});
+
+const profileSchema = z.object({
+  profile: z.string().min(1),
+  description: z.string().optional(),
+  states: z.array(z.string().min(1)).min(1),
+  transitional: z.array(z.string().min(1)),
+  faultState: z.string().min(1),
+  localState: z.string().min(1),
+  actions: z.array(z.enum(ACTIONS)).min(1),
+  positionTolerance: z.number().positive().optional(),
+  table: z.record(z.string(), z.record(z.string(), cellSchema)),
+  timing: timingSchema,
+  controller: z.object({
+    stateCodes: z.record(z.string(), z.number().int().nonnegative()),
+    commandCodes: z.record(z.string(), z.number().int().positive()),
+    faultCodes: z.record(z.string(), z.string()).optional(),
+    echoesSeq: z.boolean(),
+  }),
+  modbus: z
+    .object({
+      status: z.object({
+        offset: z.number().int().nonnegative(),
+        length: z.number().int().positive(),
+        state: z.number().int().nonnegative(),
+        position: z.number().int().nonnegative(),
+        fault: z.number().int().nonnegative(),
+        seqEcho: z.number().int().nonnegative(),
+        time: z.number().int().nonnegative(),
+      }),
+      command: z.object({
+        offset: z.number().int().nonnegative(),
+        length: z.number().int().positive(),
+        code: z.number().int().nonnegative(),
+        setpoint: z.number().int().nonnegative(),
+        seq: z.number().int().nonnegative(),
+      }),
+      positionScale: z.number().positive(),
+    })
+    .optional(),
+  opcua: z
+    .object({
+      status: z.object({
+        state: z.string().min(1),
+        position: z.string().min(1),
+        fault: z.string().min(1),
+        seqEcho: z.string().min(1),
+      }),
+      command: z.object({
+        code: z.string().min(1),
+        setpoint: z.string().min(1),
+        seq: z.string().min(1),
+      }),
+    })
+    .optional(),
+});
+
+export type ProfileData = z.infer<typeof profileSchema>;
+export type TransitionCell = z.infer<typeof cellSchema>;
+export type ProfileTiming = z.infer<typeof timingSchema>;
+
+export interface DeviceProfile extends Omit<ProfileData, 'table'> {
+  /** table[action][state], complete over the profile's actions and states. */
+  readonly table: Readonly<Partial<Record<Action, Readonly<Record<string, TransitionCell>>>>>;
+}
+
+/**
+ * Validates profile data (already parsed from YAML or JSON) and checks that the table is
+ * complete: one cell for every action and state, naming only known states. Every problem is
+ * reported at once.
+ */
+export function parseProfile(data: unknown, source: string): DeviceProfile {
+  const parsed = profileSchema.safeParse(data);
+  if (!parsed.success) {
+    throw new ProfileError(
+      source,
+      parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`),
+    );
+  }
+  const p = parsed.data;
+  const errors: string[] = [];
+  const states = new Set(p.states);
+  const known = (s: string, where: string): void => {
+    if (!states.has(s)) errors.push(`${where}: unknown state "${s}"`);
+  };
+  p.transitional.forEach((s, i) => {
+    known(s, `transitional.${i}`);
+  });
+  known(p.faultState, 'faultState');
+  known(p.localState, 'localState');
+  for (const action of p.actions) {
+    const row = p.table[action];
+    if (row === undefined) {
+      errors.push(`table.${action}: missing row for action "${action}"`);
+      continue;
+    }
+    for (const state of p.states) {
+      const cell = row[state];
+      if (cell === undefined) {
+        errors.push(`table.${action}.${state}: missing cell`);
+        continue;
+      }
+      if (cell.effect !== 'reject') {
+        cell.confirm.forEach((s, i) => {
+          known(s, `table.${action}.${state}.confirm.${i}`);
+        });
+      }
+      if (cell.effect === 'write') known(cell.next, `table.${action}.${state}.next`);
+      if (state === p.localState && !(cell.effect === 'reject' && cell.code === 'LOCAL_MODE')) {
+        errors.push(`table.${action}.${state}: the local state must reject with LOCAL_MODE`);
+      }
+    }
+    for (const state of Object.keys(row)) {
+      if (!states.has(state)) errors.push(`table.${action}.${state}: unknown state "${state}"`);
+    }
+    if (p.controller.commandCodes[action] === undefined) {
+      errors.push(`controller.commandCodes.${action}: missing command code`);
+    }
+  }
+  for (const action of Object.keys(p.table)) {
+    if (!(p.actions as string[]).includes(action)) {
+      errors.push(`table.${action}: action not listed in actions`);
+    }
+  }
+  for (const state of p.states) {
+    if (p.controller.stateCodes[state] === undefined) {
+      errors.push(`controller.stateCodes.${state}: missing state code`);
+    }
+  }
+  if (p.actions.includes('move') && p.positionTolerance === undefined) {
+    errors.push('positionTolerance: required for a profile with the move action');
+  }
+  if (errors.length > 0) throw new ProfileError(source, errors);
+  return p as DeviceProfile;
+}

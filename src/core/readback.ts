@@ -1,0 +1,102 @@
+import type { Observation } from './journal.js';
+import type { Readback, SkewEstimate } from './driver.js';
+import type { DeviceProfile } from './profile.js';
+import { ILLEGAL_TRANSITION_FAULT, formatFaultCode } from './state-machine.js';
+
+export function observe(readback: Readback): Observation {
+  return {
+    state: readback.state,
+    position: readback.position,
+    seq: readback.seq,
+    faultCode: readback.faultCode === null ? null : formatFaultCode(readback.faultCode),
+    sourceTime: readback.sourceTime === null ? null : new Date(readback.sourceTime).toISOString(),
+    readAt: new Date(readback.requestedAt).toISOString(),
+  };
+}
+
+/** What the bridge is waiting to see. */
+export interface Expectation {
+  readonly confirm: readonly string[];
+  /** Setpoint a `move` must reach, within the profile's tolerance. */
+  readonly position: number | null;
+}
+
+/** What one readback says about a command that was written. */
+export type WrittenVerdict =
+  | { readonly kind: 'confirmed' }
+  /** The controller took this command and raised 0x88: it refused the transition. */
+  | { readonly kind: 'controller-rejected' }
+  /** The controller took this command and is in its fault state. */
+  | { readonly kind: 'fault'; readonly faultCode: string | null }
+  /** The controller took this command and rests in a state that is not the target. */
+  | { readonly kind: 'wrong-state' }
+  /** The controller has not (yet) echoed this command's sequence number. */
+  | { readonly kind: 'not-taken' }
+  /** Taken, still travelling, or a readback too old to speak about the write. */
+  | { readonly kind: 'pending'; readonly reason: string };
+
+export function meetsExpectation(
+  profile: DeviceProfile,
+  readback: Readback,
+  expect: Expectation,
+): boolean {
+  if (!expect.confirm.includes(readback.state)) return false;
+  if (expect.position === null) return true;
+  if (readback.position === null) return false;
+  return Math.abs(readback.position - expect.position) <= (profile.positionTolerance ?? 0);
+}
+
+/**
+ * True when the readback provably reflects the controller before the write: its source time,
+ * corrected by the measured skew and allowing for the estimate's uncertainty, is earlier than
+ * the moment the write was sent (SPEC §6, readback freshness). Without a skew estimate the
+ * controller's time cannot be compared with the gateway's; the sequence echo then decides.
+ */
+export function predatesWrite(
+  readback: Readback,
+  writeSentAt: number,
+  skew: SkewEstimate | null,
+): boolean {
+  if (readback.sourceTime === null || skew === null) return false;
+  const gatewayTime = readback.sourceTime - skew.offsetMs;
+  return gatewayTime + skew.uncertaintyMs < writeSentAt;
+}
+
+/**
+ * I2: judges one readback taken after a write. Only a readback requested after the write was
+ * sent, showing this command's echoed sequence number (where the controller echoes), the
+ * target state and a source time not before the write can confirm.
+ */
+export function judgeWritten(args: {
+  readonly profile: DeviceProfile;
+  readonly readback: Readback;
+  readonly expect: Expectation;
+  readonly seq: number;
+  readonly writeSentAt: number;
+  readonly skew: SkewEstimate | null;
+}): WrittenVerdict {
+  const { profile, readback, expect, seq, writeSentAt, skew } = args;
+  if (readback.requestedAt < writeSentAt) {
+    return { kind: 'pending', reason: 'readback requested before the write' };
+  }
+  if (profile.controller.echoesSeq && readback.seq !== seq) return { kind: 'not-taken' };
+  if (predatesWrite(readback, writeSentAt, skew)) {
+    return { kind: 'pending', reason: 'readback source time predates the write' };
+  }
+  // A latched 0x88 with this command's echo is the controller's own refusal (I4).
+  if (readback.faultCode === ILLEGAL_TRANSITION_FAULT && profile.controller.echoesSeq) {
+    return { kind: 'controller-rejected' };
+  }
+  if (readback.state === profile.faultState) {
+    if (expect.confirm.includes(profile.faultState)) return { kind: 'confirmed' };
+    return {
+      kind: 'fault',
+      faultCode: readback.faultCode === null ? null : formatFaultCode(readback.faultCode),
+    };
+  }
+  if (meetsExpectation(profile, readback, expect)) return { kind: 'confirmed' };
+  if (profile.transitional.includes(readback.state)) {
+    return { kind: 'pending', reason: `travelling (${readback.state})` };
+  }
+  return { kind: 'wrong-state' };
+}

@@ -1,0 +1,45 @@
+import type { Action, RejectCode } from './command.js';
+import type { DeviceProfile } from './profile.js';
+
+/** What the mirrored state machine says about one command in one controller state. */
+export type Decision =
+  | { readonly kind: 'write'; readonly next: string; readonly confirm: readonly string[] }
+  | { readonly kind: 'noop'; readonly confirm: readonly string[] }
+  | {
+      readonly kind: 'reject';
+      readonly code: Extract<RejectCode, 'ILLEGAL_TRANSITION' | 'LOCAL_MODE'>;
+      /** `0x88` for an illegal transition, as the controller itself would raise it. */
+      readonly faultCode: '0x88' | null;
+    };
+
+/** The fault code the controllers raise for an illegal state transition (SPEC §3). */
+export const ILLEGAL_TRANSITION_FAULT = 0x88;
+
+export function formatFaultCode(code: number): string {
+  return `0x${code.toString(16).padStart(2, '0')}`;
+}
+
+/**
+ * The one transition function: (mirrored state, action) → write | no-op | reject, with the
+ * states that confirm the command. Pure; the table is data in the device profile. An action
+ * the profile does not have, or a state it does not know, is an illegal transition: the bridge
+ * never writes what it cannot check.
+ */
+export function decide(profile: DeviceProfile, state: string, action: Action): Decision {
+  const cell = profile.table[action]?.[state];
+  if (cell === undefined) {
+    return { kind: 'reject', code: 'ILLEGAL_TRANSITION', faultCode: '0x88' };
+  }
+  switch (cell.effect) {
+    case 'write':
+      return { kind: 'write', next: cell.next, confirm: cell.confirm };
+    case 'noop':
+      return { kind: 'noop', confirm: cell.confirm };
+    case 'reject':
+      return {
+        kind: 'reject',
+        code: cell.code,
+        faultCode: cell.code === 'ILLEGAL_TRANSITION' ? '0x88' : null,
+      };
+  }
+}

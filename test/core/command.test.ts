@@ -1,0 +1,128 @@
+import { describe, expect, it } from 'vitest';
+import {
+  checkFreshness,
+  fingerprint,
+  parseCommandRequest,
+  parseIdempotencyKey,
+} from '../../src/core/command.js';
+import { InvalidCommandError, InvalidKeyError } from '../../src/core/errors.js';
+
+describe('parseCommandRequest', () => {
+  it('accepts a full command and canonicalises issuedAt to UTC milliseconds', () => {
+    const c = parseCommandRequest({
+      device: 'inlet-valve',
+      action: 'open',
+      issuedAt: '2026-11-23T18:00:00+01:00',
+      ttlMs: 30000,
+    });
+    expect(c).toEqual({
+      device: 'inlet-valve',
+      action: 'open',
+      position: null,
+      issuedAt: '2026-11-23T17:00:00.000Z',
+      ttlMs: 30000,
+    });
+  });
+
+  it('reports every problem at once, with its path', () => {
+    try {
+      parseCommandRequest({ device: '', action: 'explode', ttlMs: -1, issuedAt: 'yesterday' });
+      expect.unreachable();
+    } catch (error) {
+      expect(error).toBeInstanceOf(InvalidCommandError);
+      const errors = (error as InvalidCommandError).errors.join('\n');
+      expect(errors).toMatch(/^device:/m);
+      expect(errors).toMatch(/^action:/m);
+      expect(errors).toMatch(/^ttlMs:/m);
+      expect(errors).toMatch(/^issuedAt:/m);
+    }
+  });
+
+  it.each([
+    [{ device: 'd', action: 'move' }, /position: is required for move/],
+    [{ device: 'd', action: 'open', position: 5 }, /position: is only allowed for move/],
+    [{ device: 'd', action: 'move', position: 101 }, /position:/],
+    [{ device: 'd', action: 'open', ttlMs: 1.5 }, /ttlMs:/],
+    [{ device: 'd', action: 'open', ttlMs: 90_000_000 }, /ttlMs:/],
+    [{ device: 'd', action: 'open', issuedAt: '2026-11-23T17:00:00' }, /issuedAt:.*offset/],
+    [{ device: 'd', action: 'open', issuedAt: '2026-13-45T17:00:00Z' }, /issuedAt:/],
+    ['not an object', /\(body\)/],
+    [null, /\(body\)/],
+    [{ device: 7, action: 'open' }, /device:/],
+  ])('refuses %j', (input, message) => {
+    expect(() => parseCommandRequest(input)).toThrow(message);
+  });
+
+  it('ignores intake fields such as the MQTT key', () => {
+    expect(parseCommandRequest({ device: 'd', action: 'stop', key: 'k1' }).action).toBe('stop');
+  });
+});
+
+describe('parseIdempotencyKey', () => {
+  it('accepts 1 to 255 printable ASCII characters', () => {
+    expect(parseIdempotencyKey('a')).toBe('a');
+    expect(parseIdempotencyKey('x'.repeat(255))).toHaveLength(255);
+    expect(parseIdempotencyKey('3f1c9a3e-2b7d-4a7e-9a51-4f0f8c1b2d3e')).toBeTruthy();
+  });
+
+  it.each([undefined, '', 'x'.repeat(256), 'has space', 'tab\there', 'ünïcode', 42])(
+    'refuses %j',
+    (key) => {
+      expect(() => parseIdempotencyKey(key)).toThrow(InvalidKeyError);
+    },
+  );
+});
+
+describe('fingerprint', () => {
+  const base = parseCommandRequest({
+    device: 'inlet-valve',
+    action: 'open',
+    issuedAt: '2026-11-23T17:00:00Z',
+  });
+
+  it('is the same for the same instant written differently, and for field order', () => {
+    const other = parseCommandRequest({
+      issuedAt: '2026-11-23T18:00:00.000+01:00',
+      action: 'open',
+      device: 'inlet-valve',
+    });
+    expect(fingerprint(other)).toBe(fingerprint(base));
+  });
+
+  it('differs when any command field differs', () => {
+    const variants = [
+      { ...base, device: 'drain-valve' },
+      { ...base, action: 'close' as const },
+      { ...base, issuedAt: '2026-11-23T17:00:00.001Z' },
+      { ...base, ttlMs: 30000 },
+      { ...base, issuedAt: null },
+    ];
+    const prints = new Set([fingerprint(base), ...variants.map(fingerprint)]);
+    expect(prints.size).toBe(variants.length + 1);
+  });
+
+  it('keeps an absent ttl distinct from the default value it stands for', () => {
+    expect(fingerprint({ ...base, ttlMs: null })).not.toBe(fingerprint({ ...base, ttlMs: 30000 }));
+  });
+});
+
+describe('checkFreshness (I3)', () => {
+  const policy = { maxIssuerSkewMs: 2000 };
+  const issuedAt = 1_000_000;
+  const command = { issuedAt, deadline: issuedAt + 30_000 };
+
+  it('is fresh up to one millisecond before the deadline', () => {
+    expect(checkFreshness(command, issuedAt, policy)).toBe('FRESH');
+    expect(checkFreshness(command, command.deadline - 1, policy)).toBe('FRESH');
+  });
+
+  it('is stale at and after the deadline', () => {
+    expect(checkFreshness(command, command.deadline, policy)).toBe('STALE_COMMAND');
+    expect(checkFreshness(command, command.deadline + 3_600_000, policy)).toBe('STALE_COMMAND');
+  });
+
+  it('allows issuedAt up to the issuer skew in the future, and no further', () => {
+    expect(checkFreshness(command, issuedAt - 2000, policy)).toBe('FRESH');
+    expect(checkFreshness(command, issuedAt - 2001, policy)).toBe('CLOCK_SKEW');
+  });
+});
