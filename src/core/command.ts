@@ -5,7 +5,13 @@ import { InvalidCommandError, InvalidKeyError } from './errors.js';
 export const ACTIONS = ['open', 'close', 'stop', 'reset', 'move'] as const;
 export type Action = (typeof ACTIONS)[number];
 
-export const COMMAND_STATES = ['accepted', 'dispatched', 'confirmed', 'rejected', 'failed'] as const;
+export const COMMAND_STATES = [
+  'accepted',
+  'dispatched',
+  'confirmed',
+  'rejected',
+  'failed',
+] as const;
 export type CommandState = (typeof COMMAND_STATES)[number];
 export type OpenState = 'accepted' | 'dispatched';
 export type TerminalState = 'confirmed' | 'rejected' | 'failed';
@@ -50,8 +56,7 @@ export interface CommandRequest {
 }
 
 // RFC 3339 date-time: a full date, a time, optional fractions and a mandatory offset.
-const RFC3339 =
-  /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
 
 const commandSchema = z
   .object({

@@ -310,6 +310,11 @@ export class CommandPipeline {
     await Promise.allSettled(running());
   }
 
+  /** A method, not a property read: the flag changes across awaits. */
+  private aborted(): boolean {
+    return this.abort.signal.aborted;
+  }
+
   private enqueue(lane: Lane, ref: CommandRef): void {
     if (this.closed) return;
     lane.queue.push({ scope: ref.scope, key: ref.key });
@@ -328,7 +333,7 @@ export class CommandPipeline {
   private async drain(lane: Lane): Promise<void> {
     for (;;) {
       const ref = lane.queue.shift();
-      if (ref === undefined || this.abort.signal.aborted) return;
+      if (ref === undefined || this.aborted()) return;
       const record = this.journal.get(ref);
       if (record === undefined || isTerminal(record.state)) continue;
       lane.inFlight = ref;
@@ -361,7 +366,7 @@ export class CommandPipeline {
     }
     // The state-machine check runs against a fresh read, never against a cached mirror.
     const read = await this.readUntil(lane, record.deadline, record.acceptedAt);
-    if (this.abort.signal.aborted) return;
+    if (this.aborted()) return;
     if (read.readback === null) {
       this.settle(log, record, 'accepted', {
         to: 'failed',
@@ -389,7 +394,13 @@ export class CommandPipeline {
         });
         return;
       case 'noop':
-        await this.confirmWithoutWrite(lane, record, before, { ...expect, confirm: decision.confirm }, log);
+        await this.confirmWithoutWrite(
+          lane,
+          record,
+          before,
+          { ...expect, confirm: decision.confirm },
+          log,
+        );
         return;
       case 'write': {
         const now = this.clock.now();
@@ -434,7 +445,10 @@ export class CommandPipeline {
         }
         ctx.acked = outcome.kind === 'acked';
         if (outcome.kind === 'unknown') {
-          log.warn({ err: outcome.error, seq: dispatched.seq }, 'write outcome unknown; reading back');
+          log.warn(
+            { err: outcome.error, seq: dispatched.seq },
+            'write outcome unknown; reading back',
+          );
         }
         await this.confirmWritten(lane, dispatched, ctx, log);
         return;
@@ -494,7 +508,7 @@ export class CommandPipeline {
       }
       if (this.clock.now() >= confirmBy) break;
       await this.clock.sleep(profile.timing.pollIntervalMs, this.abort.signal);
-      if (this.abort.signal.aborted) return;
+      if (this.aborted()) return;
       const next = await this.tryRead(lane, log);
       if (next !== null) {
         readback = next;
@@ -526,7 +540,7 @@ export class CommandPipeline {
     let wrongSince: number | null = null;
     while (this.clock.now() < ctx.confirmBy) {
       await this.clock.sleep(profile.timing.pollIntervalMs, this.abort.signal);
-      if (this.abort.signal.aborted) return;
+      if (this.aborted()) return;
       const readback = await this.tryRead(lane, log);
       if (readback === null) continue;
       lastGood = readback;
@@ -596,7 +610,7 @@ export class CommandPipeline {
           break;
       }
     }
-    if (this.abort.signal.aborted) return;
+    if (this.aborted()) return;
     if (lastGood === null) {
       this.settle(log, record, 'dispatched', {
         to: 'failed',
@@ -661,20 +675,23 @@ export class CommandPipeline {
     const { profile } = lane.binding;
     const before = record.observedBefore;
     if (record.seq === null || before === null || record.dispatchedAt === null) {
-      this.safeNote(record, 'recovery: dispatched without a sequence number; left open for an operator');
+      this.safeNote(
+        record,
+        'recovery: dispatched without a sequence number; left open for an operator',
+      );
       return;
     }
     // Give a write sent just before the crash time to be taken before judging it.
     const quietUntil = record.dispatchedAt + profile.timing.redispatchGuardMs;
     const wait = quietUntil - this.clock.now();
     if (wait > 0) await this.clock.sleep(wait, this.abort.signal);
-    if (this.abort.signal.aborted) return;
+    if (this.aborted()) return;
     const read = await this.readUntil(
       lane,
       this.clock.now() + profile.timing.confirmTimeoutMs,
       record.dispatchedAt,
     );
-    if (this.abort.signal.aborted) return;
+    if (this.aborted()) return;
     if (read.readback === null) {
       this.safeNote(
         record,
@@ -810,7 +827,7 @@ export class CommandPipeline {
         lastError = error instanceof Error ? error.message : String(error);
       }
       const now = this.clock.now();
-      if (now >= until || this.abort.signal.aborted) return { readback: null, lastError };
+      if (now >= until || this.aborted()) return { readback: null, lastError };
       await this.clock.sleep(Math.min(backoff, until - now), this.abort.signal);
       backoff = Math.min(backoff * 2, 2_000);
     }
@@ -879,7 +896,12 @@ export class CommandPipeline {
     }
     const level = outcome.to === 'confirmed' ? 'info' : 'warn';
     log[level](
-      { state: settled.state, code: settled.code, faultCode: settled.faultCode, detail: settled.detail },
+      {
+        state: settled.state,
+        code: settled.code,
+        faultCode: settled.faultCode,
+        detail: settled.detail,
+      },
       `command ${settled.state}`,
     );
     const waiting = this.waiters.get(refId(settled));
@@ -898,7 +920,10 @@ export class CommandPipeline {
     try {
       this.journal.note(record, this.clock.now(), detail, RECOVERY);
     } catch (error) {
-      this.logger.error({ err: error, key: record.key, device: record.device }, 'note not journaled');
+      this.logger.error(
+        { err: error, key: record.key, device: record.device },
+        'note not journaled',
+      );
     }
   }
 

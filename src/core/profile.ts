@@ -156,5 +156,5 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
     errors.push('positionTolerance: required for a profile with the move action');
   }
   if (errors.length > 0) throw new ProfileError(source, errors);
-  return p as DeviceProfile;
+  return p;
 }

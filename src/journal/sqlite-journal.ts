@@ -69,7 +69,8 @@ interface EventRow {
 }
 
 /** SQLite result codes that mean "this journal cannot take a durable write now". */
-const UNAVAILABLE = /^SQLITE_(FULL|READONLY|BUSY|LOCKED|IOERR|CANTOPEN|CORRUPT|NOTADB|PROTOCOL|PERM|AUTH)/;
+const UNAVAILABLE =
+  /^SQLITE_(FULL|READONLY|BUSY|LOCKED|IOERR|CANTOPEN|CORRUPT|NOTADB|PROTOCOL|PERM|AUTH)/;
 
 function translate(error: unknown, what: string): never {
   const code = (error as { code?: unknown }).code;
@@ -203,7 +204,8 @@ export class SqliteJournal implements Journal {
     this.txDispatch = this.db.transaction(
       (ref: CommandRef, at: number, before: Observation, intake: string): CommandRecord => {
         const current = this.require(ref);
-        const last = (s.getSeq.get(current.device) as { last_seq: number } | undefined)?.last_seq ?? 0;
+        const last =
+          (s.getSeq.get(current.device) as { last_seq: number } | undefined)?.last_seq ?? 0;
         // 16-bit sequence numbers, 1..65535; 0 is what a controller echoes before any command.
         const seq = (last % 65535) + 1;
         s.setSeq.run(current.device, seq);
@@ -228,7 +230,15 @@ export class SqliteJournal implements Journal {
         if (changed.changes !== 1) {
           throw new JournalConflictError(`command ${ref.key} cannot be dispatched again`);
         }
-        s.event.run(ref.scope, ref.key, at, 'dispatched', 'dispatched', intake, `redispatch: ${detail}`);
+        s.event.run(
+          ref.scope,
+          ref.key,
+          at,
+          'dispatched',
+          'dispatched',
+          intake,
+          `redispatch: ${detail}`,
+        );
         return this.require(ref);
       },
     );
@@ -405,10 +415,12 @@ export class SqliteJournal implements Journal {
   private migrate(from: number): void {
     for (const migration of MIGRATIONS) {
       if (migration.version <= from) continue;
-      this.db.transaction(() => {
-        migration.up(this.db);
-        this.db.pragma(`user_version = ${migration.version}`);
-      }).immediate();
+      this.db
+        .transaction(() => {
+          migration.up(this.db);
+          this.db.pragma(`user_version = ${migration.version}`);
+        })
+        .immediate();
     }
   }
 }

@@ -10,10 +10,42 @@ import { ROOT } from '../helpers/fixtures.js';
 
 // SPEC §3, transcribed by hand: `→X` write (next state X), `=` no-op, `88` illegal, `L` LOCAL_MODE.
 const VALVE: Record<string, Record<string, string>> = {
-  open: { CLOSED: '→OPENING', OPENING: '=', OPEN: '=', CLOSING: '88', STOPPED: '→OPENING', FAULT: '88', LOCAL: 'L' },
-  close: { CLOSED: '=', OPENING: '88', OPEN: '→CLOSING', CLOSING: '=', STOPPED: '→CLOSING', FAULT: '88', LOCAL: 'L' },
-  stop: { CLOSED: '=', OPENING: '→STOPPED', OPEN: '=', CLOSING: '→STOPPED', STOPPED: '=', FAULT: '=', LOCAL: 'L' },
-  reset: { CLOSED: '=', OPENING: '=', OPEN: '=', CLOSING: '=', STOPPED: '=', FAULT: '→STOPPED', LOCAL: 'L' },
+  open: {
+    CLOSED: '→OPENING',
+    OPENING: '=',
+    OPEN: '=',
+    CLOSING: '88',
+    STOPPED: '→OPENING',
+    FAULT: '88',
+    LOCAL: 'L',
+  },
+  close: {
+    CLOSED: '=',
+    OPENING: '88',
+    OPEN: '→CLOSING',
+    CLOSING: '=',
+    STOPPED: '→CLOSING',
+    FAULT: '88',
+    LOCAL: 'L',
+  },
+  stop: {
+    CLOSED: '=',
+    OPENING: '→STOPPED',
+    OPEN: '=',
+    CLOSING: '→STOPPED',
+    STOPPED: '=',
+    FAULT: '=',
+    LOCAL: 'L',
+  },
+  reset: {
+    CLOSED: '=',
+    OPENING: '=',
+    OPEN: '=',
+    CLOSING: '=',
+    STOPPED: '=',
+    FAULT: '→STOPPED',
+    LOCAL: 'L',
+  },
 };
 // Actuator (positioner): move while MOVING is 0x88 (SPEC §3); stop ends travel; reset clears FAULT.
 const ACTUATOR: Record<string, Record<string, string>> = {
@@ -75,7 +107,10 @@ describe('confirmation targets', () => {
 
 describe('parseProfile', () => {
   const raw = (): Record<string, unknown> =>
-    parse(readFileSync(join(ROOT, 'devices', 'profiles', 'valve.yaml'), 'utf8')) as Record<string, unknown>;
+    parse(readFileSync(join(ROOT, 'devices', 'profiles', 'valve.yaml'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
 
   it('accepts the bundled profiles', () => {
     expect(() => parseProfile(raw(), 'valve.yaml')).not.toThrow();

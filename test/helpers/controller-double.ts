@@ -83,6 +83,9 @@ export class ControllerDouble implements DeviceDriver {
   private travelStartedAt = 0;
   private lastStep = Date.now();
   private stateSince = Date.now();
+  private echoSince = Date.now();
+  private lastEchoSeen = 0;
+  private lastFaultSeen = 0;
   private frozenSnapshot: Readback | null = null;
   private concurrent = 0;
   maxConcurrent = 0;
@@ -106,6 +109,14 @@ export class ControllerDouble implements DeviceDriver {
     else this.setState(this.restingState());
   }
 
+  /** Someone at the plant moves the device; its status changes with a fresh timestamp. */
+  operateByHand(state: string, position: number): void {
+    this.step();
+    this.target = null;
+    this.position = position;
+    this.setState(state);
+  }
+
   async read(): Promise<Readback> {
     return this.request(() => {
       if (this.faults.failReads > 0) {
@@ -122,7 +133,7 @@ export class ControllerDouble implements DeviceDriver {
         position: this.position,
         seq: this.seqEcho,
         faultCode: this.fault === 0 ? null : this.fault,
-        sourceTime: this.stateSince + this.clockOffsetMs,
+        sourceTime: this.statusSince() + this.clockOffsetMs,
         requestedAt,
         receivedAt: Date.now(),
       };
@@ -163,12 +174,21 @@ export class ControllerDouble implements DeviceDriver {
   async readClock(): Promise<ClockSample> {
     return this.request(() => {
       const requestedAt = Date.now();
-      return { controllerTime: Date.now() + this.clockOffsetMs, requestedAt, receivedAt: Date.now() };
+      return {
+        controllerTime: Date.now() + this.clockOffsetMs,
+        requestedAt,
+        receivedAt: Date.now(),
+      };
     });
   }
 
   health(): DeviceHealth {
-    return { connected: !this.faults.unreachable, lastGoodReadAt: null, errorCount: 0, lastError: null };
+    return {
+      connected: !this.faults.unreachable,
+      lastGoodReadAt: null,
+      errorCount: 0,
+      lastError: null,
+    };
   }
 
   private async request<T>(body: () => T): Promise<T> {
@@ -182,6 +202,16 @@ export class ControllerDouble implements DeviceDriver {
     } finally {
       this.concurrent--;
     }
+  }
+
+  /** Like an OPC UA source timestamp: when the newest of the status values last changed. */
+  private statusSince(): number {
+    if (this.seqEcho !== this.lastEchoSeen || this.fault !== this.lastFaultSeen) {
+      this.lastEchoSeen = this.seqEcho;
+      this.lastFaultSeen = this.fault;
+      this.echoSince = Date.now();
+    }
+    return Math.max(this.stateSince, this.echoSince);
   }
 
   private setState(state: string): void {

@@ -24,7 +24,10 @@ export const FAST: ProfileTiming = {
   redispatchGuardMs: 60,
 };
 
-export function fastProfile(name: 'valve' | 'actuator', timing: Partial<ProfileTiming> = {}): DeviceProfile {
+export function fastProfile(
+  name: 'valve' | 'actuator',
+  timing: Partial<ProfileTiming> = {},
+): DeviceProfile {
   const p = profile(name);
   return { ...p, timing: { ...FAST, ...timing } };
 }
@@ -32,7 +35,12 @@ export function fastProfile(name: 'valve' | 'actuator', timing: Partial<ProfileT
 /** A fresh directory per test; removed by the returned cleanup. */
 export function tempDir(prefix = 'sluice-test-'): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), prefix));
-  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  return {
+    dir,
+    cleanup: () => {
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 export function openJournal(path: string): SqliteJournal {

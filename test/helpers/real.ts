@@ -22,7 +22,8 @@ export function hasCommand(command: string): boolean {
 export function realComponent(what: string, present: boolean, install: string): boolean {
   if (present) return true;
   const message = `${what} is not available (${install}); its tests are skipped`;
-  if (requireReal) throw new Error(`SLUICE_REQUIRE_REAL=1 but ${message.replace('; its tests are skipped', '')}`);
+  if (requireReal)
+    throw new Error(`SLUICE_REQUIRE_REAL=1 but ${message.replace('; its tests are skipped', '')}`);
   console.warn(message);
   return false;
 }

@@ -1,0 +1,88 @@
+import { describe, expect, it } from 'vitest';
+import type { Readback } from '../../src/core/driver.js';
+import { estimateSkew } from '../../src/core/driver.js';
+import { judgeWritten, predatesWrite } from '../../src/core/readback.js';
+import { profile } from '../helpers/fixtures.js';
+
+const valve = profile('valve');
+const actuator = profile('actuator');
+const WRITE = 1_000_000;
+
+function rb(over: Partial<Readback>): Readback {
+  return {
+    state: 'OPEN',
+    position: 100,
+    seq: 7,
+    faultCode: null,
+    sourceTime: WRITE + 50,
+    requestedAt: WRITE + 60,
+    receivedAt: WRITE + 62,
+    ...over,
+  };
+}
+
+const judge = (readback: Readback, p = valve, confirm = ['OPEN'], position: number | null = null) =>
+  judgeWritten({
+    profile: p,
+    readback,
+    expect: { confirm, position },
+    seq: 7,
+    writeSentAt: WRITE,
+    skew: { offsetMs: 0, uncertaintyMs: 2, measuredAt: WRITE - 10 },
+  });
+
+describe('judgeWritten (I2)', () => {
+  it('confirms a post-write readback with the echo and the target state', () => {
+    expect(judge(rb({}))).toEqual({ kind: 'confirmed' });
+  });
+  it('never confirms a readback requested before the write', () => {
+    expect(judge(rb({ requestedAt: WRITE - 1 })).kind).toBe('pending');
+  });
+  it('never confirms without this command’s echoed sequence number', () => {
+    expect(judge(rb({ seq: 6 }))).toEqual({ kind: 'not-taken' });
+  });
+  it('never confirms a readback whose source time predates the write', () => {
+    expect(judge(rb({ sourceTime: WRITE - 10 }))).toMatchObject({ kind: 'pending' });
+  });
+  it('treats the controller’s own 0x88 with this echo as its refusal', () => {
+    expect(judge(rb({ state: 'CLOSING', faultCode: 0x88 }))).toEqual({
+      kind: 'controller-rejected',
+    });
+  });
+  it('reports a controller fault with its code', () => {
+    expect(judge(rb({ state: 'FAULT', faultCode: 0x81 }))).toEqual({
+      kind: 'fault',
+      faultCode: '0x81',
+    });
+  });
+  it('keeps waiting while travelling, and calls a settled other state wrong', () => {
+    expect(judge(rb({ state: 'OPENING' })).kind).toBe('pending');
+    expect(judge(rb({ state: 'STOPPED' })).kind).toBe('wrong-state');
+  });
+  it('confirms a move only within the position tolerance', () => {
+    const at = (position: number) => judge(rb({ state: 'IDLE', position }), actuator, ['IDLE'], 40);
+    expect(at(40.9).kind).toBe('confirmed');
+    expect(at(41.5).kind).toBe('wrong-state');
+  });
+});
+
+describe('predatesWrite (SPEC §6 readback freshness)', () => {
+  it('corrects the controller time by the measured skew', () => {
+    // The controller runs 10 s behind the gateway.
+    const skew = estimateSkew({
+      controllerTime: WRITE - 10_000,
+      requestedAt: WRITE - 4,
+      receivedAt: WRITE,
+    });
+    expect(skew.offsetMs).toBe(-9_998);
+    expect(skew.uncertaintyMs).toBe(2);
+    expect(predatesWrite(rb({ sourceTime: WRITE - 10_000 + 200 }), WRITE + 100, skew)).toBe(false);
+    expect(predatesWrite(rb({ sourceTime: WRITE - 10_000 + 50 }), WRITE + 100, skew)).toBe(true);
+  });
+  it('allows for the uncertainty of the estimate, and judges nothing without one', () => {
+    const skew = { offsetMs: 0, uncertaintyMs: 5, measuredAt: WRITE };
+    expect(predatesWrite(rb({ sourceTime: WRITE - 4 }), WRITE, skew)).toBe(false);
+    expect(predatesWrite(rb({ sourceTime: WRITE - 6 }), WRITE, skew)).toBe(true);
+    expect(predatesWrite(rb({ sourceTime: WRITE - 1e6 }), WRITE, null)).toBe(false);
+  });
+});

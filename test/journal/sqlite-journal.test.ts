@@ -1,0 +1,376 @@
+import { execFileSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import BetterSqlite3 from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  JournalConflictError,
+  JournalUnavailableError,
+  JournalVersionError,
+} from '../../src/core/errors.js';
+import type { CommandRecord, NewCommand, Observation } from '../../src/core/journal.js';
+import { renderResult } from '../../src/core/result.js';
+import { LATEST_VERSION } from '../../src/journal/migrations.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { openJournal, tempDir } from '../helpers/fixtures.js';
+import { isRoot, realComponent } from '../helpers/real.js';
+
+let dir: string;
+let cleanup: () => void;
+const journals: SqliteJournal[] = [];
+
+beforeEach(() => {
+  ({ dir, cleanup } = tempDir());
+});
+afterEach(() => {
+  for (const j of journals.splice(0)) j.close();
+  cleanup();
+});
+
+function open(path = join(dir, 'journal.db')): SqliteJournal {
+  const j = openJournal(path);
+  journals.push(j);
+  return j;
+}
+
+const T0 = Date.parse('2026-11-23T17:00:00.000Z');
+
+function command(key: string, over: Partial<NewCommand> = {}): NewCommand {
+  return {
+    scope: 'plant',
+    key,
+    fingerprint: 'f-open',
+    device: 'inlet-valve',
+    action: 'open',
+    position: null,
+    issuedAt: T0,
+    issuedAtSource: 'issuer',
+    ttlMs: 30_000,
+    deadline: T0 + 30_000,
+    intake: 'https',
+    acceptedAt: T0,
+    ...over,
+  };
+}
+
+const seen: Observation = {
+  state: 'CLOSED',
+  position: 0,
+  seq: 0,
+  faultCode: null,
+  sourceTime: null,
+  readAt: new Date(T0).toISOString(),
+};
+
+function confirm(j: SqliteJournal, rec: CommandRecord, at = T0 + 2000): CommandRecord {
+  const d = j.markDispatched(rec, at - 1500, seen, 'pipeline');
+  return j.settle(d, 'dispatched', {
+    to: 'confirmed',
+    code: 'OK',
+    faultCode: null,
+    observed: { ...seen, state: 'OPEN', position: 100, seq: d.seq },
+    detail: 'readback shows OPEN',
+    at,
+    intake: 'pipeline',
+    render: renderResult,
+  });
+}
+
+describe('claim', () => {
+  it('inserts a key once and records the acceptance', () => {
+    const j = open();
+    const claim = j.claim(command('k1'));
+    expect(claim.kind).toBe('new');
+    expect(claim.record).toMatchObject({ key: 'k1', state: 'accepted', attempts: 0, seq: null });
+    expect(j.history(claim.record)).toEqual([
+      { at: T0, from: null, to: 'accepted', intake: 'https', detail: 'accepted' },
+    ]);
+  });
+
+  it('returns the existing record for a duplicate and records the hit in its history', () => {
+    const j = open();
+    j.claim(command('k1'));
+    const dup = j.claim(command('k1', { intake: 'mqtt', acceptedAt: T0 + 5 }));
+    expect(dup.kind).toBe('duplicate');
+    expect(dup.record.intake).toBe('https');
+    expect(j.history(dup.record).at(-1)).toMatchObject({ intake: 'mqtt', detail: 'duplicate' });
+  });
+
+  it('refuses a reused key with a different fingerprint and never changes the original', () => {
+    const j = open();
+    j.claim(command('k1'));
+    const reuse = j.claim(command('k1', { fingerprint: 'f-close', action: 'close' }));
+    expect(reuse.kind).toBe('reused');
+    expect(j.get({ scope: 'plant', key: 'k1' })).toMatchObject({
+      action: 'open',
+      fingerprint: 'f-open',
+    });
+    expect(j.history(reuse.record).at(-1)?.detail).toMatch(/key reuse/);
+  });
+
+  it('scopes keys by identity', () => {
+    const j = open();
+    expect(j.claim(command('k1')).kind).toBe('new');
+    expect(j.claim(command('k1', { scope: 'other' })).kind).toBe('new');
+    expect(
+      j
+        .findByKey('k1')
+        .map((r) => r.scope)
+        .sort(),
+    ).toEqual(['other', 'plant']);
+  });
+
+  it('gives exactly one winner among many concurrent claims from separate connections', async () => {
+    const path = join(dir, 'journal.db');
+    open(path).close();
+    const start = new Int32Array(new SharedArrayBuffer(4));
+    const register = new URL('../helpers/ts-register.mjs', import.meta.url);
+    const workers = Array.from(
+      { length: 8 },
+      () =>
+        new Worker(new URL('../helpers/claim-worker.ts', import.meta.url), {
+          workerData: { path, key: 'contended', fingerprint: 'f-open', start },
+          execArgv: ['--import', register.href],
+        }),
+    );
+    const ready = workers.map(
+      (w) =>
+        new Promise<void>((resolve) =>
+          w.once('message', () => {
+            resolve();
+          }),
+        ),
+    );
+    const results = workers.map(
+      (w) =>
+        new Promise<string>((resolve, reject) => {
+          w.on('message', (m: { kind?: string }) => {
+            if (m.kind !== undefined) resolve(m.kind);
+          });
+          w.once('error', reject);
+        }),
+    );
+    await Promise.all(ready);
+    Atomics.store(start, 0, 1);
+    Atomics.notify(start, 0);
+    const kinds = await Promise.all(results);
+    await Promise.all(workers.map((w) => w.terminate()));
+    expect(kinds.filter((k) => k === 'new')).toHaveLength(1);
+    expect(kinds.filter((k) => k === 'duplicate')).toHaveLength(7);
+    const j = open(path);
+    expect(j.history({ scope: 'plant', key: 'contended' })).toHaveLength(8);
+  });
+});
+
+describe('transitions', () => {
+  it('allocates per-device sequence numbers in the dispatch commit, wrapping 65535 to 1', () => {
+    const j = open();
+    const a = j.markDispatched(j.claim(command('a')).record, T0, seen, 'pipeline');
+    const b = j.markDispatched(j.claim(command('b')).record, T0, seen, 'pipeline');
+    const c = j.markDispatched(
+      j.claim(command('c', { device: 'drain-valve' })).record,
+      T0,
+      seen,
+      'p',
+    );
+    expect([a.seq, b.seq, c.seq]).toEqual([1, 2, 1]);
+    expect(a).toMatchObject({ state: 'dispatched', attempts: 1, observedBefore: seen });
+    const raw = new BetterSqlite3(join(dir, 'journal.db'));
+    raw.prepare("UPDATE device_seq SET last_seq = 65535 WHERE device = 'inlet-valve'").run();
+    raw.close();
+    expect(j.markDispatched(j.claim(command('d')).record, T0, seen, 'p').seq).toBe(1);
+  });
+
+  it('guards every transition on the state it expects', () => {
+    const j = open();
+    const rec = j.claim(command('k1')).record;
+    const d = j.markDispatched(rec, T0, seen, 'pipeline');
+    expect(() => j.markDispatched(rec, T0, seen, 'pipeline')).toThrow(JournalConflictError);
+    const settlement = {
+      to: 'failed' as const,
+      code: 'READBACK_TIMEOUT' as const,
+      faultCode: null,
+      observed: null,
+      detail: 'x',
+      at: T0,
+      intake: 'pipeline',
+      render: renderResult,
+    };
+    expect(() => j.settle(d, 'accepted', settlement)).toThrow(JournalConflictError);
+    j.settle(d, 'dispatched', settlement);
+    expect(() => j.settle(d, 'dispatched', settlement)).toThrow(JournalConflictError);
+  });
+
+  it('allows one redispatch per command', () => {
+    const j = open();
+    const d = j.markDispatched(j.claim(command('k1')).record, T0, seen, 'pipeline');
+    expect(j.markRedispatched(d, T0 + 1, 'not applied', 'recovery').attempts).toBe(2);
+    expect(() => j.markRedispatched(d, T0 + 2, 'again', 'recovery')).toThrow(JournalConflictError);
+  });
+
+  it('stores the result once so that every replay is byte-identical, across reopen', () => {
+    const path = join(dir, 'journal.db');
+    const j = open(path);
+    const settled = confirm(j, j.claim(command('k1')).record);
+    expect(settled.response).toBe(renderResult(settled));
+    j.close();
+    const again = open(path);
+    const dup = again.claim(command('k1'));
+    expect(dup.kind).toBe('duplicate');
+    expect(dup.record.response).toBe(settled.response);
+    expect(again.history(dup.record).map((e) => e.to)).toEqual([
+      'accepted',
+      'dispatched',
+      'confirmed',
+      'confirmed',
+    ]);
+  });
+
+  it('lists open commands oldest first, and filters', () => {
+    const j = open();
+    j.claim(command('late', { acceptedAt: T0 + 10 }));
+    j.claim(command('early', { acceptedAt: T0 }));
+    confirm(j, j.claim(command('done', { acceptedAt: T0 + 5, device: 'drain-valve' })).record);
+    expect(j.listOpen().map((r) => r.key)).toEqual(['early', 'late']);
+    expect(j.list({ device: 'drain-valve' }).map((r) => r.key)).toEqual(['done']);
+    expect(j.list({ state: 'accepted', since: T0 + 1 }).map((r) => r.key)).toEqual(['late']);
+  });
+});
+
+describe('retention', () => {
+  it('purges settled commands older than the cut-off in bounded batches, never open ones', () => {
+    const j = open();
+    for (let i = 0; i < 25; i++) confirm(j, j.claim(command(`old-${i}`)).record, T0 + i);
+    confirm(j, j.claim(command('recent')).record, T0 + 100_000);
+    j.claim(command('open-old', { acceptedAt: T0 - 1e9 }));
+    expect(j.purgeSettled(T0 + 50_000, 10)).toBe(10);
+    expect(j.purgeSettled(T0 + 50_000, 10)).toBe(10);
+    expect(j.purgeSettled(T0 + 50_000, 10)).toBe(5);
+    expect(j.purgeSettled(T0 + 50_000, 10)).toBe(0);
+    expect(j.get({ scope: 'plant', key: 'old-0' })).toBeUndefined();
+    expect(j.history({ scope: 'plant', key: 'old-0' })).toEqual([]);
+    expect(j.get({ scope: 'plant', key: 'recent' })?.state).toBe('confirmed');
+    expect(j.get({ scope: 'plant', key: 'open-old' })?.state).toBe('accepted');
+    // A purged key is a new command again: that is what the retention window means.
+    expect(j.claim(command('old-0')).kind).toBe('new');
+  });
+});
+
+describe('migrations', () => {
+  it('brings a new journal to the latest schema with WAL and synchronous=FULL', () => {
+    const path = join(dir, 'journal.db');
+    open(path);
+    const raw = new BetterSqlite3(path);
+    expect(raw.pragma('user_version', { simple: true })).toBe(LATEST_VERSION);
+    expect(raw.pragma('journal_mode', { simple: true })).toBe('wal');
+    raw.close();
+  });
+
+  it('refuses a journal written by a newer version and leaves it untouched', () => {
+    const path = join(dir, 'journal.db');
+    const raw = new BetterSqlite3(path);
+    raw.exec('CREATE TABLE future (x)');
+    raw.pragma(`user_version = ${LATEST_VERSION + 1}`);
+    raw.close();
+    expect(() => SqliteJournal.open({ path })).toThrow(JournalVersionError);
+    const check = new BetterSqlite3(path);
+    expect(check.pragma('user_version', { simple: true })).toBe(LATEST_VERSION + 1);
+    expect(
+      check.prepare("SELECT name FROM sqlite_master WHERE name = 'commands'").get(),
+    ).toBeUndefined();
+    check.close();
+  });
+});
+
+describe('fail closed (I5)', () => {
+  it('refuses a claim within the busy bound while another process holds the write lock', () => {
+    const path = join(dir, 'journal.db');
+    const j = open(path);
+    const other = new BetterSqlite3(path, { timeout: 0 });
+    other.exec('BEGIN IMMEDIATE');
+    const started = Date.now();
+    expect(() => j.claim(command('k1'))).toThrow(JournalUnavailableError);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(() => {
+      j.checkWritable();
+    }).toThrow(JournalUnavailableError);
+    other.exec('ROLLBACK');
+    other.close();
+    expect(j.get({ scope: 'plant', key: 'k1' })).toBeUndefined();
+    expect(j.claim(command('k1')).kind).toBe('new');
+  });
+
+  describe('on a real small filesystem', () => {
+    const mountable = isRoot && canMountTmpfs();
+    const available = realComponent(
+      'a mountable tmpfs (root with CAP_SYS_ADMIN)',
+      mountable,
+      'run as root',
+    );
+    let mnt: string;
+    beforeEach(() => {
+      mnt = join(dir, 'mnt');
+      mkdirSync(mnt);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=192k', 'tmpfs', mnt]);
+    });
+    afterEach(() => {
+      for (const j of journals.splice(0)) j.close();
+      execFileSync('umount', ['-l', mnt]);
+    });
+
+    it.runIf(available)('refuses claims when the disk is full and keeps what it had', () => {
+      const j = open(join(mnt, 'journal.db'));
+      let accepted = 0;
+      let refused: unknown = null;
+      for (let i = 0; i < 5000 && refused === null; i++) {
+        try {
+          j.claim(command(`fill-${i}-${'x'.repeat(200)}`));
+          accepted++;
+        } catch (error) {
+          refused = error;
+        }
+      }
+      expect(refused).toBeInstanceOf(JournalUnavailableError);
+      expect((refused as JournalUnavailableError).message).toMatch(/SQLITE_FULL|SQLITE_IOERR/);
+      expect(accepted).toBeGreaterThan(0);
+      expect(j.get({ scope: 'plant', key: `fill-0-${'x'.repeat(200)}` })?.state).toBe('accepted');
+    });
+
+    it.runIf(available)('refuses to work on a read-only filesystem and keeps what it had', () => {
+      const path = join(mnt, 'journal.db');
+      const j = open(path);
+      expect(j.claim(command('before')).kind).toBe('new');
+      j.close();
+      // A filesystem with open files cannot be remounted; the kernel's errors=remount-ro can.
+      // The gateway restarting on such a filesystem is what the daemon then faces.
+      execFileSync('mount', ['-o', 'remount,ro', mnt]);
+      let journal: SqliteJournal | null = null;
+      try {
+        journal = SqliteJournal.open({ path, busyTimeoutMs: 200 });
+        journals.push(journal);
+        expect(() => journal?.claim(command('after'))).toThrow(JournalUnavailableError);
+      } catch (error) {
+        expect(error).toBeInstanceOf(JournalUnavailableError);
+      }
+      for (const opened of journals.splice(0)) opened.close();
+      execFileSync('mount', ['-o', 'remount,rw', mnt]);
+      const reader = open(path);
+      expect(reader.get({ scope: 'plant', key: 'before' })?.state).toBe('accepted');
+      expect(reader.get({ scope: 'plant', key: 'after' })).toBeUndefined();
+    });
+  });
+});
+
+function canMountTmpfs(): boolean {
+  const { dir: probe, cleanup: done } = tempDir('sluice-mount-probe-');
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe], { stdio: 'ignore' });
+    execFileSync('umount', [probe], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  } finally {
+    done();
+  }
+}
