@@ -1,0 +1,192 @@
+import { z } from 'zod';
+import type { Clock } from '../core/clock.js';
+import type { Logger } from '../core/logger.js';
+import type { DeviceBinding } from '../core/pipeline.js';
+import type { DeviceProfile } from '../core/profile.js';
+import { ModbusDeviceDriver, ModbusEndpoint } from './modbus.js';
+import { OpcuaDeviceDriver, OpcuaEndpoint } from './opcua.js';
+
+/**
+ * The device inventory: the PLC endpoints a gateway reaches and the devices on them. It is a
+ * section of the site configuration; this module validates it and builds the drivers.
+ */
+
+const modbusPlc = z.object({
+  protocol: z.literal('modbus'),
+  host: z.string().min(1),
+  port: z.number().int().min(1).max(65535),
+  unitId: z.number().int().min(0).max(255).default(1),
+  clockRegister: z.number().int().min(0).max(65532).default(900),
+  requestTimeoutMs: z.number().int().positive().default(1000),
+});
+
+const opcuaPlc = z.object({
+  protocol: z.literal('opcua'),
+  endpointUrl: z.string().regex(/^opc\.tcp:\/\/.+/, 'must be an opc.tcp:// URL'),
+  namespaceUri: z.string().min(1),
+  securityMode: z.enum(['None', 'Sign', 'SignAndEncrypt']).default('None'),
+  securityPolicy: z
+    .enum(['None', 'Basic256Sha256', 'Aes128_Sha256_RsaOaep', 'Aes256_Sha256_RsaPss'])
+    .default('None'),
+  acceptUnknownCertificates: z.boolean().default(false),
+  requestTimeoutMs: z.number().int().positive().default(2000),
+});
+
+export const plcSchema = z.discriminatedUnion('protocol', [modbusPlc, opcuaPlc]);
+
+export const deviceSchema = z.object({
+  plc: z.string().min(1),
+  profile: z.string().min(1),
+  /** Modbus: first holding register of the device's block. */
+  base: z.number().int().min(0).max(65535).optional(),
+  /** OPC UA: the device's object name in the controller's namespace (default: the device id). */
+  object: z.string().min(1).optional(),
+});
+
+export const inventorySchema = z.object({
+  plcs: z.record(z.string().min(1), plcSchema),
+  devices: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/), deviceSchema),
+});
+
+export type Inventory = z.infer<typeof inventorySchema>;
+export type PlcConfig = z.infer<typeof plcSchema>;
+
+/** Cross-references a schema cannot express; every problem is returned with its path. */
+export function checkInventory(
+  inventory: Inventory,
+  profiles: ReadonlyMap<string, DeviceProfile>,
+): string[] {
+  const errors: string[] = [];
+  for (const [id, device] of Object.entries(inventory.devices)) {
+    const plc = inventory.plcs[device.plc];
+    const profile = profiles.get(device.profile);
+    if (plc === undefined) errors.push(`devices.${id}.plc: no PLC named "${device.plc}"`);
+    if (profile === undefined) {
+      errors.push(
+        `devices.${id}.profile: no profile named "${device.profile}" (have ${[...profiles.keys()].join(', ')})`,
+      );
+    }
+    if (plc?.protocol === 'modbus') {
+      if (device.base === undefined) errors.push(`devices.${id}.base: required for a Modbus PLC`);
+      if (profile !== undefined && profile.modbus === undefined) {
+        errors.push(
+          `devices.${id}.profile: profile "${profile.profile}" has no Modbus register map`,
+        );
+      }
+    }
+    if (plc?.protocol === 'opcua' && profile !== undefined && profile.opcua === undefined) {
+      errors.push(`devices.${id}.profile: profile "${profile.profile}" has no OPC UA node names`);
+    }
+  }
+  return errors;
+}
+
+export interface Drivers {
+  readonly bindings: DeviceBinding[];
+  readonly modbus: ModbusEndpoint[];
+  readonly opcua: OpcuaEndpoint[];
+  /** Connects OPC UA sessions in the background (Modbus connects on first use). */
+  start(): void;
+  close(): Promise<void>;
+}
+
+/** Builds one endpoint per PLC, shared by its devices, and one driver per device. */
+export function buildDrivers(args: {
+  readonly inventory: Inventory;
+  readonly profiles: ReadonlyMap<string, DeviceProfile>;
+  readonly pkiDir: string;
+  readonly clock: Clock;
+  readonly logger: Logger;
+}): Drivers {
+  const { inventory, profiles, clock, logger } = args;
+  const errors = checkInventory(inventory, profiles);
+  if (errors.length > 0) throw new Error(`invalid device inventory: ${errors.join('; ')}`);
+  const modbus = new Map<string, ModbusEndpoint>();
+  const opcua = new Map<string, OpcuaEndpoint>();
+  for (const [name, plc] of Object.entries(inventory.plcs)) {
+    switch (plc.protocol) {
+      case 'modbus':
+        modbus.set(
+          name,
+          new ModbusEndpoint({
+            name,
+            host: plc.host,
+            port: plc.port,
+            unitId: plc.unitId,
+            clockRegister: plc.clockRegister,
+            requestTimeoutMs: plc.requestTimeoutMs,
+            clock,
+            logger,
+          }),
+        );
+        break;
+      case 'opcua':
+        opcua.set(
+          name,
+          new OpcuaEndpoint({
+            name,
+            endpointUrl: plc.endpointUrl,
+            namespaceUri: plc.namespaceUri,
+            securityMode: plc.securityMode,
+            securityPolicy: plc.securityPolicy,
+            acceptUnknownCertificates: plc.acceptUnknownCertificates,
+            pkiDir: args.pkiDir,
+            requestTimeoutMs: plc.requestTimeoutMs,
+            clock,
+            logger,
+          }),
+        );
+        break;
+    }
+  }
+  const need = <T>(value: T | undefined, what: string): T => {
+    // checkInventory above guarantees these; a miss here is a bug, not bad input.
+    if (value === undefined) throw new Error(`inventory: ${what} missing after validation`);
+    return value;
+  };
+  const bindings: DeviceBinding[] = Object.entries(inventory.devices).map(([id, device]) => {
+    const profile = need(profiles.get(device.profile), `profile ${device.profile}`);
+    const plc = need(inventory.plcs[device.plc], `plc ${device.plc}`);
+    switch (plc.protocol) {
+      case 'modbus':
+        return {
+          id,
+          profile,
+          driver: new ModbusDeviceDriver({
+            id,
+            profile,
+            endpoint: need(modbus.get(device.plc), `endpoint ${device.plc}`),
+            base: device.base ?? 0,
+            clockRegister: plc.clockRegister,
+            clock,
+          }),
+        };
+      case 'opcua':
+        return {
+          id,
+          profile,
+          driver: new OpcuaDeviceDriver({
+            id,
+            profile,
+            endpoint: need(opcua.get(device.plc), `endpoint ${device.plc}`),
+            ...(device.object === undefined ? {} : { object: device.object }),
+            clock,
+          }),
+        };
+    }
+  });
+  return {
+    bindings,
+    modbus: [...modbus.values()],
+    opcua: [...opcua.values()],
+    start: () => {
+      for (const e of opcua.values()) e.start();
+    },
+    close: async () => {
+      await Promise.allSettled([
+        ...[...modbus.values()].map((e) => e.close()),
+        ...[...opcua.values()].map((e) => e.close()),
+      ]);
+    },
+  };
+}

@@ -1,0 +1,350 @@
+import { join } from 'node:path';
+import {
+  AttributeIds,
+  DataType,
+  MessageSecurityMode,
+  OPCUACertificateManager,
+  OPCUAClient,
+  SecurityPolicy,
+  StatusCodes,
+  type ClientSession,
+  type DataValue,
+  type StatusCode,
+  type WriteValueOptions,
+} from 'node-opcua';
+import type { Clock } from '../core/clock.js';
+import {
+  DeviceRefusedError,
+  DeviceUnreachableError,
+  type ClockSample,
+  type CommandWrite,
+  type DeviceDriver,
+  type DeviceHealth,
+  type Readback,
+} from '../core/driver.js';
+import type { Logger } from '../core/logger.js';
+import type { DeviceProfile } from '../core/profile.js';
+import { HealthCounter, commandCode, withTimeout } from './common.js';
+
+export type OpcuaSecurityMode = 'None' | 'Sign' | 'SignAndEncrypt';
+export type OpcuaSecurityPolicy =
+  'None' | 'Basic256Sha256' | 'Aes128_Sha256_RsaOaep' | 'Aes256_Sha256_RsaPss';
+
+export interface OpcuaEndpointOptions {
+  readonly name: string;
+  readonly endpointUrl: string;
+  /** Namespace of the controller's device nodes; its index is looked up after connecting. */
+  readonly namespaceUri: string;
+  readonly securityMode: OpcuaSecurityMode;
+  readonly securityPolicy: OpcuaSecurityPolicy;
+  /** PKI folder (own certificate, trusted and rejected peers), under the state directory. */
+  readonly pkiDir: string;
+  /**
+   * Trust a server certificate never seen before. Only for the demo against the bundled
+   * simulators: in a plant, an operator moves the server's certificate to `trusted/` instead.
+   */
+  readonly acceptUnknownCertificates: boolean;
+  readonly requestTimeoutMs?: number;
+  readonly clock: Clock;
+  readonly logger: Logger;
+}
+
+const SERVER_CURRENT_TIME = 'ns=0;i=2258';
+
+const MODES: Record<OpcuaSecurityMode, MessageSecurityMode> = {
+  None: MessageSecurityMode.None,
+  Sign: MessageSecurityMode.Sign,
+  SignAndEncrypt: MessageSecurityMode.SignAndEncrypt,
+};
+const POLICIES: Record<OpcuaSecurityPolicy, SecurityPolicy> = {
+  None: SecurityPolicy.None,
+  Basic256Sha256: SecurityPolicy.Basic256Sha256,
+  Aes128_Sha256_RsaOaep: SecurityPolicy.Aes128_Sha256_RsaOaep,
+  Aes256_Sha256_RsaPss: SecurityPolicy.Aes256_Sha256_RsaPss,
+};
+
+/**
+ * One long-lived OPC UA client and session per endpoint: repeated sessions exhaust servers
+ * (node-opcua #446). node-opcua reconnects with its connection strategy (backoff) and keeps the
+ * session alive; a read that spans a reconnection is discarded as stale, since its values may
+ * come from before the link dropped.
+ */
+export class OpcuaEndpoint {
+  readonly name: string;
+  readonly health = new HealthCounter();
+  private readonly o: OpcuaEndpointOptions;
+  private readonly requestTimeoutMs: number;
+  private readonly log: Logger;
+  private client: OPCUAClient | null = null;
+  private session: ClientSession | null = null;
+  private namespaceIndex: number | null = null;
+  private starting: Promise<void> | null = null;
+  /** Bumped at every connection loss: a request that began in an older epoch is stale. */
+  private epoch = 0;
+  private linkUp = false;
+  private closed = false;
+
+  constructor(options: OpcuaEndpointOptions) {
+    this.o = options;
+    this.name = options.name;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? 2000;
+    this.log = options.logger.child({ plc: options.name });
+  }
+
+  /** Starts connecting in the background; requests fail fast until the session is up. */
+  start(): void {
+    this.starting ??= this.connect().catch((error: unknown) => {
+      this.health.error(`${this.name}: ${error instanceof Error ? error.message : String(error)}`);
+      this.log.warn({ err: error }, 'opc ua connection failed');
+      this.starting = null;
+    });
+  }
+
+  nodeId(object: string, name: string): string {
+    if (this.namespaceIndex === null) {
+      throw new DeviceUnreachableError(`${this.name}: not connected`);
+    }
+    return `ns=${this.namespaceIndex};s=${object}.${name}`;
+  }
+
+  async read(
+    nodeIds: readonly string[],
+    signal?: AbortSignal,
+  ): Promise<{ values: DataValue[]; requestedAt: number; receivedAt: number }> {
+    const session = this.ready(signal);
+    const epoch = this.epoch;
+    const requestedAt = this.o.clock.now();
+    let values: DataValue[];
+    try {
+      // maxAge 0: the server must read the device now, not answer from a cache.
+      values = await withTimeout(
+        session.read(
+          nodeIds.map((nodeId) => ({ nodeId, attributeId: AttributeIds.Value })),
+          0,
+        ),
+        this.requestTimeoutMs,
+        `${this.name}: read timed out after ${this.requestTimeoutMs} ms`,
+      );
+    } catch (error) {
+      throw this.failure(error, 'read');
+    }
+    const receivedAt = this.o.clock.now();
+    if (epoch !== this.epoch || !this.linkUp) {
+      throw new DeviceUnreachableError(
+        `${this.name}: connection was re-established during the read`,
+      );
+    }
+    const bad = values.find((v) => !v.statusCode.isGood());
+    if (bad !== undefined) {
+      const message = `${this.name}: read: ${bad.statusCode.name}`;
+      this.health.error(message);
+      throw new DeviceRefusedError(message);
+    }
+    this.health.ok(receivedAt);
+    return { values, requestedAt, receivedAt };
+  }
+
+  async write(values: WriteValueOptions[], signal?: AbortSignal): Promise<void> {
+    const session = this.ready(signal);
+    let results: StatusCode[];
+    try {
+      results = await withTimeout(
+        session.write(values),
+        this.requestTimeoutMs,
+        `${this.name}: write timed out after ${this.requestTimeoutMs} ms`,
+      );
+    } catch (error) {
+      throw this.failure(error, 'write');
+    }
+    const bad = results.find((s) => s.value !== StatusCodes.Good.value);
+    if (bad !== undefined) {
+      const message = `${this.name}: write: ${bad.name}`;
+      this.health.error(message);
+      throw new DeviceRefusedError(message);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const client = this.client;
+    const session = this.session;
+    this.session = null;
+    this.client = null;
+    this.linkUp = false;
+    try {
+      if (session !== null) await withTimeout(session.close(), 2000, 'session close timed out');
+    } catch (error) {
+      this.log.debug({ err: error }, 'session close failed');
+    }
+    try {
+      if (client !== null) await withTimeout(client.disconnect(), 2000, 'disconnect timed out');
+    } catch (error) {
+      this.log.debug({ err: error }, 'disconnect failed');
+    }
+  }
+
+  private ready(signal?: AbortSignal): ClientSession {
+    if (signal?.aborted === true) throw new DeviceUnreachableError(`${this.name}: aborted`);
+    if (this.closed) throw new DeviceUnreachableError(`${this.name}: endpoint closed`);
+    if (this.session === null || !this.linkUp) {
+      this.start();
+      throw new DeviceUnreachableError(
+        `${this.name}: not connected to ${this.o.endpointUrl} (${this.health.snapshot().lastError ?? 'connecting'})`,
+      );
+    }
+    return this.session;
+  }
+
+  private failure(error: unknown, what: string): DeviceUnreachableError {
+    const message = `${this.name}: ${what}: ${error instanceof Error ? error.message : String(error)}`;
+    this.health.error(message);
+    return error instanceof DeviceUnreachableError
+      ? error
+      : new DeviceUnreachableError(message, { cause: error });
+  }
+
+  private async connect(): Promise<void> {
+    const certificateManager = new OPCUACertificateManager({
+      rootFolder: join(this.o.pkiDir, 'client'),
+      automaticallyAcceptUnknownCertificate: this.o.acceptUnknownCertificates,
+    });
+    const client = OPCUAClient.create({
+      applicationName: 'Sluice',
+      applicationUri: `urn:sluice:gateway:${this.name}`,
+      clientName: `sluice-${this.name}`,
+      endpointMustExist: false,
+      securityMode: MODES[this.o.securityMode],
+      securityPolicy: POLICIES[this.o.securityPolicy],
+      clientCertificateManager: certificateManager,
+      keepSessionAlive: true,
+      requestedSessionTimeout: 60_000,
+      // Reconnect forever with exponential backoff: a PLC that reboots comes back by itself.
+      connectionStrategy: {
+        initialDelay: 250,
+        maxDelay: 10_000,
+        maxRetry: -1,
+        randomisationFactor: 0.2,
+      },
+    });
+    this.client = client;
+    client.on('connection_lost', () => {
+      this.epoch++;
+      this.linkUp = false;
+      this.health.disconnected();
+      this.log.warn({}, 'opc ua connection lost; reconnecting');
+    });
+    client.on('connection_reestablished', () => {
+      this.epoch++;
+      this.linkUp = true;
+      this.health.connected();
+      this.log.info({}, 'opc ua connection re-established');
+    });
+    client.on('backoff', (count: number, delay: number) => {
+      this.health.error(`${this.name}: connection attempt ${count} failed; next in ${delay} ms`);
+    });
+    await client.connect(this.o.endpointUrl);
+    if (this.closed) {
+      await client.disconnect();
+      return;
+    }
+    const session = await client.createSession();
+    const namespaces = await session.readNamespaceArray();
+    const index = namespaces.indexOf(this.o.namespaceUri);
+    if (index < 0) {
+      await session.close();
+      await client.disconnect();
+      throw new Error(
+        `${this.o.endpointUrl} has no namespace ${this.o.namespaceUri} (it has ${namespaces.join(', ')})`,
+      );
+    }
+    this.namespaceIndex = index;
+    this.session = session;
+    this.linkUp = true;
+    this.health.connected();
+    this.log.info(
+      { endpointUrl: this.o.endpointUrl, namespaceIndex: index },
+      'opc ua session open',
+    );
+  }
+}
+
+export interface OpcuaDeviceOptions {
+  readonly id: string;
+  readonly profile: DeviceProfile;
+  readonly endpoint: OpcuaEndpoint;
+  /** The device's object name in the controller's namespace (default: the device id). */
+  readonly object?: string;
+  readonly clock: Clock;
+}
+
+/** The driver port for one device on an OPC UA controller (node names: docs/device-profiles.md). */
+export class OpcuaDeviceDriver implements DeviceDriver {
+  private readonly o: OpcuaDeviceOptions;
+  private readonly names: NonNullable<DeviceProfile['opcua']>;
+  private readonly object: string;
+
+  constructor(options: OpcuaDeviceOptions) {
+    if (options.profile.opcua === undefined) {
+      throw new Error(`profile ${options.profile.profile} has no OPC UA node names`);
+    }
+    this.o = options;
+    this.names = options.profile.opcua;
+    this.object = options.object ?? options.id;
+  }
+
+  async read(signal?: AbortSignal): Promise<Readback> {
+    const e = this.o.endpoint;
+    const s = this.names.status;
+    const ids = [s.state, s.position, s.fault, s.seqEcho].map((n) => e.nodeId(this.object, n));
+    const { values, requestedAt, receivedAt } = await e.read(ids, signal);
+    const [state, position, fault, seq] = values as [DataValue, DataValue, DataValue, DataValue];
+    // The newest source timestamp: when the controller last changed any of these values.
+    const times = values
+      .map((v) => v.sourceTimestamp?.getTime())
+      .filter((t): t is number => typeof t === 'number' && t > 0);
+    const faultCode = Number(fault.value.value ?? 0);
+    return {
+      state: String(state.value.value),
+      position: typeof position.value.value === 'number' ? position.value.value : null,
+      seq: Number(seq.value.value ?? 0),
+      faultCode: faultCode === 0 ? null : faultCode,
+      sourceTime: times.length === 0 ? null : Math.max(...times),
+      requestedAt,
+      receivedAt,
+    };
+  }
+
+  async write(command: CommandWrite, signal?: AbortSignal): Promise<void> {
+    const e = this.o.endpoint;
+    const c = this.names.command;
+    const value = (name: string, dataType: DataType, v: number): WriteValueOptions => ({
+      nodeId: e.nodeId(this.object, name),
+      attributeId: AttributeIds.Value,
+      value: { value: { dataType, value: v } },
+    });
+    // Code and setpoint first, the sequence number (the trigger) only once they are in place:
+    // a controller must never take a new sequence number with a stale code.
+    await e.write(
+      [
+        value(c.code, DataType.UInt16, commandCode(this.o.profile, command.action)),
+        value(c.setpoint, DataType.Double, command.position ?? 0),
+      ],
+      signal,
+    );
+    await e.write([value(c.seq, DataType.UInt16, command.seq)], signal);
+  }
+
+  async readClock(signal?: AbortSignal): Promise<ClockSample> {
+    const { values, requestedAt, receivedAt } = await this.o.endpoint.read(
+      [SERVER_CURRENT_TIME],
+      signal,
+    );
+    const time = values[0]?.value.value as unknown;
+    if (!(time instanceof Date)) throw new DeviceUnreachableError(`${this.o.id}: no server time`);
+    return { controllerTime: time.getTime(), requestedAt, receivedAt };
+  }
+
+  health(): DeviceHealth {
+    return this.o.endpoint.health.snapshot();
+  }
+}
