@@ -98,7 +98,10 @@ export interface Journal {
   get(ref: CommandRef): CommandRecord | undefined;
   /** Every scope's command with this key (the operator names keys, not scopes). */
   findByKey(key: string): CommandRecord[];
-  /** accepted → dispatched: allocates the device's next sequence number in the same commit. */
+  /**
+   * accepted → dispatched: allocates the device's next sequence number in the same commit,
+   * skipping the one the controller echoes in `observedBefore`.
+   */
   markDispatched(
     ref: CommandRef,
     at: number,

@@ -4,7 +4,8 @@ import type { Logger } from '../core/logger.js';
 import type { DeviceBinding } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from './modbus.js';
-import { OpcuaDeviceDriver, OpcuaEndpoint } from './opcua.js';
+import { join } from 'node:path';
+import { OpcuaClientPki, OpcuaDeviceDriver, OpcuaEndpoint } from './opcua.js';
 
 /**
  * The device inventory: the PLC endpoints a gateway reaches and the devices on them. It is a
@@ -28,7 +29,6 @@ const opcuaPlc = z.object({
   securityPolicy: z
     .enum(['None', 'Basic256Sha256', 'Aes128_Sha256_RsaOaep', 'Aes256_Sha256_RsaPss'])
     .default('None'),
-  acceptUnknownCertificates: z.boolean().default(false),
   requestTimeoutMs: z.number().int().positive().default(2000),
 });
 
@@ -94,13 +94,23 @@ export interface Drivers {
 export function buildDrivers(args: {
   readonly inventory: Inventory;
   readonly profiles: ReadonlyMap<string, DeviceProfile>;
+  /** The state directory's PKI folder; the OPC UA client store is its `client/` folder. */
   readonly pkiDir: string;
+  /** Trust unknown OPC UA server certificates (the demo only; see OpcuaClientPki). */
+  readonly acceptUnknownCertificates: boolean;
   readonly clock: Clock;
   readonly logger: Logger;
 }): Drivers {
   const { inventory, profiles, clock, logger } = args;
   const errors = checkInventory(inventory, profiles);
   if (errors.length > 0) throw new Error(`invalid device inventory: ${errors.join('; ')}`);
+  let pki: OpcuaClientPki | null = null;
+  const clientPki = (): OpcuaClientPki =>
+    (pki ??= new OpcuaClientPki({
+      dir: join(args.pkiDir, 'client'),
+      acceptUnknownCertificates: args.acceptUnknownCertificates,
+      logger,
+    }));
   const modbus = new Map<string, ModbusEndpoint>();
   const opcua = new Map<string, OpcuaEndpoint>();
   for (const [name, plc] of Object.entries(inventory.plcs)) {
@@ -129,8 +139,7 @@ export function buildDrivers(args: {
             namespaceUri: plc.namespaceUri,
             securityMode: plc.securityMode,
             securityPolicy: plc.securityPolicy,
-            acceptUnknownCertificates: plc.acceptUnknownCertificates,
-            pkiDir: args.pkiDir,
+            pki: clientPki(),
             requestTimeoutMs: plc.requestTimeoutMs,
             clock,
             logger,

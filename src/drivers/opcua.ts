@@ -1,3 +1,4 @@
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   AttributeIds,
@@ -30,6 +31,43 @@ export type OpcuaSecurityMode = 'None' | 'Sign' | 'SignAndEncrypt';
 export type OpcuaSecurityPolicy =
   'None' | 'Basic256Sha256' | 'Aes128_Sha256_RsaOaep' | 'Aes256_Sha256_RsaPss';
 
+/**
+ * The gateway's OPC UA client PKI: its own certificate and private key, and the trusted and
+ * rejected server certificates, in one folder under the state directory, shared by every
+ * endpoint of the process.
+ */
+export class OpcuaClientPki {
+  readonly manager: OPCUACertificateManager;
+
+  constructor(options: {
+    readonly dir: string;
+    /**
+     * Trust a server certificate never seen before. Only for the demo against the bundled
+     * simulators: in a plant, an operator moves the server's certificate from `rejected/` to
+     * `trusted/` instead.
+     */
+    readonly acceptUnknownCertificates: boolean;
+    readonly logger: Logger;
+  }) {
+    // node-opcua-pki serialises changes to the store with a lock directory that a killed
+    // process leaves behind, and the next process then waits minutes for it to look stale:
+    // a gateway killed while creating its certificate would not reach any OPC UA PLC after its
+    // restart. This process is the folder's only user (one daemon per state directory), so a
+    // lock found before the store is first used is stale.
+    const lock = join(options.dir, 'mutex.lock');
+    try {
+      rmSync(lock, { recursive: true });
+      options.logger.warn({ lock }, 'removed a stale OPC UA PKI lock left by a killed process');
+    } catch {
+      // No lock: the normal case.
+    }
+    this.manager = new OPCUACertificateManager({
+      rootFolder: options.dir,
+      automaticallyAcceptUnknownCertificate: options.acceptUnknownCertificates,
+    });
+  }
+}
+
 export interface OpcuaEndpointOptions {
   readonly name: string;
   readonly endpointUrl: string;
@@ -37,13 +75,7 @@ export interface OpcuaEndpointOptions {
   readonly namespaceUri: string;
   readonly securityMode: OpcuaSecurityMode;
   readonly securityPolicy: OpcuaSecurityPolicy;
-  /** PKI folder (own certificate, trusted and rejected peers), under the state directory. */
-  readonly pkiDir: string;
-  /**
-   * Trust a server certificate never seen before. Only for the demo against the bundled
-   * simulators: in a plant, an operator moves the server's certificate to `trusted/` instead.
-   */
-  readonly acceptUnknownCertificates: boolean;
+  readonly pki: OpcuaClientPki;
   readonly requestTimeoutMs?: number;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -204,10 +236,6 @@ export class OpcuaEndpoint {
   }
 
   private async connect(): Promise<void> {
-    const certificateManager = new OPCUACertificateManager({
-      rootFolder: join(this.o.pkiDir, 'client'),
-      automaticallyAcceptUnknownCertificate: this.o.acceptUnknownCertificates,
-    });
     const client = OPCUAClient.create({
       applicationName: 'Sluice',
       applicationUri: `urn:sluice:gateway:${this.name}`,
@@ -215,7 +243,7 @@ export class OpcuaEndpoint {
       endpointMustExist: false,
       securityMode: MODES[this.o.securityMode],
       securityPolicy: POLICIES[this.o.securityPolicy],
-      clientCertificateManager: certificateManager,
+      clientCertificateManager: this.o.pki.manager,
       keepSessionAlive: true,
       requestedSessionTimeout: 60_000,
       // Reconnect forever with exponential backoff: a PLC that reboots comes back by itself.

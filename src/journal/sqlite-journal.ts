@@ -207,7 +207,10 @@ export class SqliteJournal implements Journal {
         const last =
           (s.getSeq.get(current.device) as { last_seq: number } | undefined)?.last_seq ?? 0;
         // 16-bit sequence numbers, 1..65535; 0 is what a controller echoes before any command.
-        const seq = (last % 65535) + 1;
+        // Never the number the controller echoes now (a fresh journal, a wrap): the controller
+        // would ignore the write as a repeat and its echo would look like this command's.
+        let seq = (last % 65535) + 1;
+        if (seq === before.seq) seq = (seq % 65535) + 1;
         s.setSeq.run(current.device, seq);
         const changed = s.dispatch.run({
           scope: ref.scope,

@@ -182,6 +182,16 @@ describe('transitions', () => {
     expect(j.markDispatched(j.claim(command('d')).record, T0, seen, 'p').seq).toBe(1);
   });
 
+  it('never allocates the sequence number the controller echoes right now', () => {
+    const j = open();
+    // A fresh journal in front of a controller that last took sequence number 1.
+    const echoing1 = { ...seen, seq: 1 };
+    expect(j.markDispatched(j.claim(command('a')).record, T0, echoing1, 'p').seq).toBe(2);
+    expect(j.markDispatched(j.claim(command('b')).record, T0, { ...seen, seq: 3 }, 'p').seq).toBe(
+      4,
+    );
+  });
+
   it('guards every transition on the state it expects', () => {
     const j = open();
     const rec = j.claim(command('k1')).record;

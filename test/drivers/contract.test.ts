@@ -1,0 +1,350 @@
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { parseCommandRequest } from '../../src/core/command.js';
+import { systemClock } from '../../src/core/clock.js';
+import { estimateSkew } from '../../src/core/driver.js';
+import type { CommandRecord } from '../../src/core/journal.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { CommandPipeline, type DeviceBinding } from '../../src/core/pipeline.js';
+import type { ProfileTiming } from '../../src/core/profile.js';
+import { buildDrivers, type Drivers } from '../../src/drivers/inventory.js';
+import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.js';
+import { PROFILES, openJournal, tempDir } from '../helpers/fixtures.js';
+import { inventoryFor } from '../helpers/plant-inventory.js';
+
+/**
+ * One contract suite for the driver port, run against both drivers and both simulators: every
+ * expectation below holds for Modbus TCP and for OPC UA alike, through the real pipeline and
+ * a real journal, checked against the simulator's own write counters (the ground truth for I1).
+ */
+
+const TRAVEL_MS = 300;
+const TIMING: ProfileTiming = {
+  defaultTtlMs: 30_000,
+  confirmTimeoutMs: 2_000,
+  pollIntervalMs: 20,
+  mismatchGraceMs: 200,
+  redispatchGuardMs: 400,
+};
+
+const PLANT = {
+  control: { host: '127.0.0.1' as const, port: 0 },
+  plcs: {
+    mb: {
+      protocol: 'modbus' as const,
+      host: '127.0.0.1',
+      port: 0,
+      scanMs: 10,
+      devices: {
+        'mb-valve': { profile: 'valve' as const, base: 0, travelMs: TRAVEL_MS },
+        'mb-actuator': { profile: 'actuator' as const, base: 100, travelMs: TRAVEL_MS },
+      },
+    },
+    ua: {
+      protocol: 'opcua' as const,
+      host: '127.0.0.1',
+      port: 0,
+      scanMs: 10,
+      devices: {
+        'ua-valve': { profile: 'valve' as const, travelMs: TRAVEL_MS },
+        'ua-actuator': { profile: 'actuator' as const, travelMs: TRAVEL_MS },
+      },
+    },
+  },
+};
+
+let plant: Plant;
+let drivers: Drivers;
+let cleanupPki: () => void;
+
+beforeAll(async () => {
+  plant = await startPlant(PLANT, { ephemeralPorts: true });
+  const pki = tempDir('sluice-pki-');
+  cleanupPki = pki.cleanup;
+  drivers = buildDrivers({
+    inventory: inventoryFor(plant),
+    profiles: PROFILES,
+    pkiDir: pki.dir,
+    acceptUnknownCertificates: true,
+    clock: systemClock,
+    logger: silentLogger,
+  });
+  drivers.start();
+  // The OPC UA session opens in the background; wait until a read succeeds.
+  const ua = drivers.bindings.find((b) => b.id === 'ua-valve')!;
+  const end = Date.now() + 20_000;
+  for (;;) {
+    try {
+      await ua.driver.read();
+      break;
+    } catch (error) {
+      if (Date.now() > end) throw error;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}, 60_000);
+
+afterAll(async () => {
+  await drivers.close();
+  await plant.stop();
+  cleanupPki();
+});
+
+describe.each([
+  ['Modbus TCP', 'mb'],
+  ['OPC UA', 'ua'],
+] as const)('driver contract: %s', (_name, prefix) => {
+  const valveId = `${prefix}-valve`;
+  const actuatorId = `${prefix}-actuator`;
+  let journal: SqliteJournal;
+  let pipeline: CommandPipeline;
+  let cleanup: () => void;
+  let valve: SimDevice;
+  let actuator: SimDevice;
+  let n = 0;
+
+  const binding = (id: string): DeviceBinding => {
+    const b = drivers.bindings.find((x) => x.id === id);
+    if (b === undefined) throw new Error(`no binding ${id}`);
+    return { ...b, profile: { ...b.profile, timing: TIMING } };
+  };
+
+  const until = async (cond: () => boolean, ms = 5_000): Promise<void> => {
+    const end = Date.now() + ms;
+    while (!cond()) {
+      if (Date.now() > end) throw new Error('condition not reached');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+
+  /** Puts a simulated device at rest at `position` (by way of its LOCAL switch). */
+  const rest = async (device: SimDevice, position: number): Promise<void> => {
+    device.clearFaults();
+    device.setLocal(true, position);
+    await until(() => device.published.state === 'LOCAL');
+    device.setLocal(false);
+    await until(() => device.published.state !== 'LOCAL');
+    device.resetCounters();
+  };
+
+  const send = async (key: string, body: Record<string, unknown>): Promise<CommandRecord> => {
+    pipeline.submit({
+      key,
+      identity: { scope: 'plant', devices: 'all' },
+      intake: 'test',
+      request: parseCommandRequest(body),
+    });
+    const r = await pipeline.waitForSettled({ scope: 'plant', key }, 10_000);
+    if (r === undefined) throw new Error(`no command ${key}`);
+    if (process.env.SLUICE_TEST_DEBUG === '1') {
+      console.log(key, r.state, r.code, r.detail, JSON.stringify(journal.history(r)));
+    }
+    return r;
+  };
+
+  beforeEach(async () => {
+    const t = tempDir();
+    cleanup = t.cleanup;
+    journal = openJournal(join(t.dir, 'journal.db'));
+    pipeline = new CommandPipeline({
+      journal,
+      devices: [binding(valveId), binding(actuatorId)],
+      clock: systemClock,
+      logger: silentLogger,
+      freshness: { maxIssuerSkewMs: 2_000 },
+    });
+    valve = plant.device(valveId);
+    actuator = plant.device(actuatorId);
+    await rest(valve, 0);
+    await rest(actuator, 0);
+    n++;
+  });
+
+  afterEach(async () => {
+    await pipeline.stop(0);
+    journal.close();
+    cleanup();
+    valve.clearFaults();
+    actuator.clearFaults();
+  });
+
+  it('reads the status block: state names, position, echo and a source time', async () => {
+    const rb = await binding(valveId).driver.read();
+    expect(rb).toMatchObject({ state: 'CLOSED', position: 0, faultCode: null });
+    expect(rb.sourceTime).toBeTypeOf('number');
+    expect(rb.receivedAt).toBeGreaterThanOrEqual(rb.requestedAt);
+  });
+
+  it('reads the controller clock, and the skew estimate follows its offset', async () => {
+    const plc = plant.plc(prefix);
+    plc.setClock({ offsetMs: -7_000, driftPpm: 0 });
+    try {
+      const skew = estimateSkew(await binding(valveId).driver.readClock());
+      expect(Math.abs(skew.offsetMs + 7_000)).toBeLessThan(200);
+    } finally {
+      plc.setClock({ offsetMs: 0, driftPpm: 0 });
+    }
+  });
+
+  it('opens, stops, closes and resets a valve, each confirmed with one write', async () => {
+    expect(await send(`open-${n}`, { device: valveId, action: 'open' })).toMatchObject({
+      state: 'confirmed',
+      observed: { state: 'OPEN', position: 100 },
+    });
+    expect(valve.counters.writesReceived).toBe(1);
+    expect(await send(`close-${n}`, { device: valveId, action: 'close' })).toMatchObject({
+      state: 'confirmed',
+      observed: { state: 'CLOSED' },
+    });
+    // Stop while travelling: another master (or the local panel) started the valve opening.
+    valve.receiveWrite({ code: 1, setpoint: 0, seq: 50_000 + n });
+    await until(() => valve.published.state === 'OPENING');
+    const stop = await send(`stop-${n}`, { device: valveId, action: 'stop' });
+    expect(stop).toMatchObject({ state: 'confirmed', observed: { state: 'STOPPED' } });
+    // reset from a sensor fault
+    valve.setFault({ kind: 'position-sensor' });
+    await until(() => valve.published.state === 'FAULT');
+    valve.clearFault('position-sensor');
+    expect(await send(`reset-${n}`, { device: valveId, action: 'reset' })).toMatchObject({
+      state: 'confirmed',
+      observed: { state: 'STOPPED' },
+    });
+    expect(valve.counters.writesReceived).toBe(5);
+  });
+
+  it('moves, stops and resets an actuator', async () => {
+    const move = await send(`move-${n}`, { device: actuatorId, action: 'move', position: 40 });
+    expect(move.state).toBe('confirmed');
+    expect(move.observed?.position).toBeCloseTo(40, 0);
+    actuator.receiveWrite({ code: 5, setpoint: 100, seq: 50_000 + n });
+    await until(() => actuator.published.state === 'MOVING');
+    expect((await send(`stop-${n}`, { device: actuatorId, action: 'stop' })).state).toBe(
+      'confirmed',
+    );
+    actuator.setFault({ kind: 'position-sensor' });
+    await until(() => actuator.published.state === 'FAULT');
+    actuator.clearFault('position-sensor');
+    expect(await send(`reset-${n}`, { device: actuatorId, action: 'reset' })).toMatchObject({
+      state: 'confirmed',
+      observed: { state: 'IDLE' },
+    });
+  });
+
+  it('confirms a no-op without any write', async () => {
+    const r = await send(`noop-${n}`, { device: valveId, action: 'close' });
+    expect(r).toMatchObject({ state: 'confirmed', seq: null });
+    expect(valve.counters.writesReceived).toBe(0);
+  });
+
+  it('ends rejected 0x88 when the controller refuses a write the mirror thought legal', async () => {
+    await rest(valve, 50); // STOPPED half-way: close is legal
+    // The pre-write read is answered late, and meanwhile another master starts the valve
+    // opening: the bridge writes close into OPENING and the controller refuses it.
+    // The answer to the pre-write read is held back (the read itself is taken at once); while
+    // it travels, another master starts the valve opening, and its travel sticks in OPENING.
+    valve.setFault({ kind: 'latency', ms: 200, on: 'read' });
+    pipeline.submit({
+      key: `close-${n}`,
+      identity: { scope: 'plant', devices: 'all' },
+      intake: 'test',
+      request: parseCommandRequest({ device: valveId, action: 'close' }),
+    });
+    await new Promise((r) => setTimeout(r, 60));
+    valve.clearFault('latency');
+    valve.setFault({ kind: 'stuck-travel' });
+    valve.receiveWrite({ code: 1, setpoint: 0, seq: 40_000 });
+    const r = await pipeline.waitForSettled({ scope: 'plant', key: `close-${n}` }, 5_000);
+    expect(r?.observedBefore?.state).toBe('STOPPED');
+    expect(r).toMatchObject({ state: 'rejected', code: 'ILLEGAL_TRANSITION', faultCode: '0x88' });
+    expect(valve.faultCode).toBe(0x88);
+    expect(valve.counters.rejected).toBe(1);
+    expect(pipeline.devices().find((d) => d.id === valveId)?.mirror?.state).toBe('OPENING');
+  });
+
+  it('stuck travel ends READBACK_TIMEOUT, with one write', async () => {
+    const short = {
+      ...binding(valveId),
+      profile: { ...binding(valveId).profile, timing: { ...TIMING, confirmTimeoutMs: 450 } },
+    };
+    await pipeline.stop(0);
+    pipeline = new CommandPipeline({
+      journal,
+      devices: [short],
+      clock: systemClock,
+      logger: silentLogger,
+      freshness: { maxIssuerSkewMs: 2_000 },
+    });
+    valve.setFault({ kind: 'stuck-travel' });
+    const r = await send(`stuck-${n}`, { device: valveId, action: 'open' });
+    expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+    expect(valve.counters.writesReceived).toBe(1);
+  });
+
+  // Modbus sends code, setpoint and sequence number in one request: a lost answer leaves a
+  // taken command, confirmed by readback. OPC UA writes the sequence number (the trigger) in a
+  // second request, after code and setpoint: a lost answer to the first means the trigger was
+  // never sent, which the readback proves, and the command is dispatched once more. Either way
+  // exactly one write reaches the controller's sequence number.
+  const attemptsAfterLostAnswer = prefix === 'mb' ? 1 : 2;
+
+  it('a dropped reply to the write is recovered without a second write', async () => {
+    valve.setFault({ kind: 'drop', on: 'write', count: 1 });
+    const r = await send(`drop-${n}`, { device: valveId, action: 'open' });
+    expect(r).toMatchObject({ state: 'confirmed', attempts: attemptsAfterLostAnswer });
+    expect(valve.counters.writesReceived).toBe(1);
+  });
+
+  it('a connection reset after the write is recovered without a second write', async () => {
+    valve.setFault({ kind: 'reset', when: 'after', on: 'write', count: 1 });
+    const r = await send(`reset-after-${n}`, { device: valveId, action: 'open' });
+    expect(r).toMatchObject({ state: 'confirmed', attempts: attemptsAfterLostAnswer });
+    expect(valve.counters.writesReceived).toBe(1);
+  });
+
+  it('a connection reset before the write reaches the controller: one write in the end', async () => {
+    valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+    const r = await send(`reset-before-${n}`, { device: valveId, action: 'open' });
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 2 });
+    expect(valve.counters.writesReceived).toBe(1);
+  });
+
+  it('a frozen (stale) status never confirms', async () => {
+    valve.setFault({ kind: 'frozen' });
+    const r = await send(`frozen-${n}`, { device: valveId, action: 'open' });
+    expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+    expect(valve.counters.writesReceived).toBe(1);
+  });
+
+  if (prefix === 'mb') {
+    it('a Modbus exception on the write ends DEVICE_FAULT, nothing applied', async () => {
+      valve.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
+      const r = await send(`exc-${n}`, { device: valveId, action: 'open' });
+      expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT' });
+      expect(r.detail).toMatch(/Modbus exception 0x04 \(server device failure\)/);
+      expect(valve.counters.commandsTaken).toBe(0);
+    });
+
+    it('Modbus exceptions on reads delay a command, they do not fail it', async () => {
+      valve.setFault({ kind: 'exception', code: 6, on: 'read', count: 3 });
+      expect((await send(`exc-read-${n}`, { device: valveId, action: 'open' })).state).toBe(
+        'confirmed',
+      );
+    });
+  } else {
+    it('an OPC UA Bad status on the write ends DEVICE_FAULT, nothing applied', async () => {
+      valve.setFault({ kind: 'bad-status', status: 'BadDeviceFailure', on: 'write', count: 1 });
+      const r = await send(`bad-${n}`, { device: valveId, action: 'open' });
+      expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT' });
+      expect(r.detail).toMatch(/BadDeviceFailure/);
+      expect(valve.counters.commandsTaken).toBe(0);
+    });
+
+    it('Bad status on reads delays a command, it does not fail it', async () => {
+      valve.setFault({ kind: 'bad-status', status: 'BadDeviceFailure', on: 'read', count: 3 });
+      expect((await send(`bad-read-${n}`, { device: valveId, action: 'open' })).state).toBe(
+        'confirmed',
+      );
+    });
+  }
+});
