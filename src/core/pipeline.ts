@@ -14,6 +14,7 @@ import {
   DeviceRefusedError,
   estimateSkew,
   type DeviceDriver,
+  type DeviceHealth,
   type Readback,
   type SkewEstimate,
 } from './driver.js';
@@ -70,6 +71,7 @@ export interface DeviceView {
   readonly profile: string;
   readonly mirror: Readback | null;
   readonly skew: SkewEstimate | null;
+  readonly health: DeviceHealth;
   readonly queued: number;
   readonly inFlight: string | null;
 }
@@ -160,6 +162,7 @@ export class CommandPipeline {
       profile: lane.binding.profile.profile,
       mirror: lane.mirror,
       skew: lane.skew,
+      health: lane.binding.driver.health(),
       queued: lane.queue.length,
       inFlight: lane.inFlight?.key ?? null,
     }));

@@ -1,0 +1,141 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { systemClock } from '../../src/core/clock.js';
+import { DeviceUnreachableError } from '../../src/core/driver.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { Backoff } from '../../src/drivers/common.js';
+import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { profile } from '../helpers/fixtures.js';
+
+let plant: Plant;
+let endpoint: ModbusEndpoint;
+const drivers: ModbusDeviceDriver[] = [];
+
+beforeAll(async () => {
+  plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        mb: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          devices: Object.fromEntries(
+            Array.from({ length: 6 }, (_, i) => [
+              `v${i}`,
+              { profile: 'valve' as const, base: i * 20, initialPosition: i * 20 },
+            ]),
+          ),
+        },
+      },
+    },
+    { ephemeralPorts: true, control: false },
+  );
+  const e = plant.plc('mb').endpoint;
+  if (e.protocol !== 'modbus') throw new Error('expected a Modbus PLC');
+  endpoint = new ModbusEndpoint({
+    name: 'mb',
+    host: e.host,
+    port: e.port,
+    unitId: e.unitId,
+    clockRegister: 900,
+    requestTimeoutMs: 200,
+    backoffInitialMs: 50,
+    backoffMaxMs: 200,
+    clock: systemClock,
+    logger: silentLogger,
+  });
+  for (let i = 0; i < 6; i++) {
+    drivers.push(
+      new ModbusDeviceDriver({
+        id: `v${i}`,
+        profile: profile('valve'),
+        endpoint,
+        base: i * 20,
+        clockRegister: 900,
+        clock: systemClock,
+      }),
+    );
+  }
+});
+
+afterAll(async () => {
+  await endpoint.close();
+  await plant.stop();
+});
+
+describe('ModbusEndpoint', () => {
+  it('keeps one request in flight per connection; every answer goes to its request', async () => {
+    // Each read is held 40 ms by the PLC: six at once take at least 240 ms only if they are
+    // sent one after the other (modbus-serial #264, #540: concurrent requests get mixed up).
+    plant.plc('mb').setFault({ kind: 'latency', ms: 40, on: 'read' });
+    try {
+      const started = Date.now();
+      const reads = await Promise.all(Array.from({ length: 6 }, (_, k) => drivers[k]!.read()));
+      expect(Date.now() - started).toBeGreaterThanOrEqual(6 * 40);
+      reads.forEach((r, k) => {
+        expect(r.position).toBe(k * 20);
+      });
+    } finally {
+      plant.plc('mb').clearFault('latency');
+    }
+    const many = await Promise.all(Array.from({ length: 60 }, (_, k) => drivers[k % 6]!.read()));
+    many.forEach((r, k) => {
+      expect(r.position).toBe((k % 6) * 20);
+    });
+  });
+
+  it('replaces the connection after a timeout, so a late answer is never taken for another', async () => {
+    const device = plant.device('v1');
+    device.setFault({ kind: 'latency', ms: 400, on: 'read' });
+    await expect(drivers[1]!.read()).rejects.toThrow(DeviceUnreachableError);
+    device.clearFault('latency');
+    // The late answer arrives on the old socket, which is gone; the next reads are right.
+    await new Promise((r) => setTimeout(r, 300));
+    const [a, b] = await Promise.all([drivers[2]!.read(), drivers[1]!.read()]);
+    expect(a.position).toBe(40);
+    expect(b.position).toBe(20);
+    expect(endpoint.health.snapshot()).toMatchObject({ connected: true });
+    expect(endpoint.health.snapshot().errorCount).toBeGreaterThan(0);
+  });
+
+  it('reconnects after the PLC drops the link', async () => {
+    plant.device('v3').setFault({ kind: 'reset', when: 'before', on: 'read', count: 1 });
+    await expect(drivers[3]!.read()).rejects.toThrow(DeviceUnreachableError);
+    let position: number | null = null;
+    const end = Date.now() + 3_000;
+    while (position === null && Date.now() < end) {
+      try {
+        position = (await drivers[3]!.read()).position;
+      } catch {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    expect(position).toBe(60);
+  });
+
+  it('reads the 64-bit controller clock in one request', async () => {
+    plant.plc('mb').setClock({ offsetMs: 123_456_789, driftPpm: 0 });
+    const sample = await drivers[0]!.readClock();
+    const midpoint = (sample.requestedAt + sample.receivedAt) / 2;
+    expect(Math.abs(sample.controllerTime - midpoint - 123_456_789)).toBeLessThan(100);
+    plant.plc('mb').setClock({ offsetMs: 0, driftPpm: 0 });
+  });
+});
+
+describe('Backoff', () => {
+  it('grows exponentially with equal jitter up to its ceiling, and resets on success', () => {
+    let r = 0;
+    const b = new Backoff(100, 1_000, () => r);
+    b.failed(0);
+    expect(b.remaining(0)).toBe(50);
+    r = 1;
+    b.failed(0);
+    expect(b.remaining(0)).toBe(200);
+    for (let i = 0; i < 10; i++) b.failed(0);
+    expect(b.remaining(0)).toBe(1_000);
+    expect(b.remaining(400)).toBe(600);
+    b.succeeded();
+    expect(b.remaining(0)).toBe(0);
+  });
+});
