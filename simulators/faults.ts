@@ -1,0 +1,228 @@
+/**
+ * Fault injection: the fault kinds, their parameters (one zod schema serves the typed API and
+ * the HTTP control API), and the bookkeeping that decides what a request suffers.
+ *
+ * Process faults act on the controller program (stuck travel, position sensor, frozen image).
+ * Link faults act on requests at the protocol front end (latency, dropped replies, connection
+ * resets, Modbus exceptions, OPC UA Bad status). A device fault applies to requests that touch
+ * the device; a PLC fault applies to every device and request of that PLC.
+ */
+import { z } from 'zod';
+import { InvalidFaultError, UnknownFaultError } from './errors.js';
+import { zodIssues } from './zod-issues.js';
+
+/** Which requests a link fault hits: reads, writes or both. */
+export const directionSchema = z.enum(['read', 'write', 'both']).default('both');
+export type Direction = 'read' | 'write';
+
+const count = z
+  .int()
+  .min(1)
+  .max(1_000_000)
+  .optional()
+  .describe('how many requests the fault hits before it clears itself; absent: until cleared');
+
+const faultSchemas = {
+  'stuck-travel': z.strictObject({ kind: z.literal('stuck-travel') }),
+  'position-sensor': z.strictObject({ kind: z.literal('position-sensor') }),
+  frozen: z.strictObject({ kind: z.literal('frozen') }),
+  latency: z.strictObject({
+    kind: z.literal('latency'),
+    ms: z.int().min(0).max(600_000),
+    on: directionSchema,
+  }),
+  drop: z.strictObject({
+    kind: z.literal('drop'),
+    on: directionSchema,
+    count,
+    probability: z.number().gt(0).max(1).optional(),
+  }),
+  reset: z.strictObject({
+    kind: z.literal('reset'),
+    when: z.enum(['before', 'after']),
+    on: directionSchema,
+    count,
+  }),
+  exception: z.strictObject({
+    kind: z.literal('exception'),
+    code: z.int().min(1).max(255),
+    on: directionSchema,
+    count,
+  }),
+  'bad-status': z.strictObject({
+    kind: z.literal('bad-status'),
+    status: z
+      .string()
+      .regex(/^Bad[A-Za-z0-9]*$/, 'an OPC UA StatusCodes name starting with Bad')
+      .default('BadDeviceFailure'),
+    on: directionSchema,
+    count,
+  }),
+  clock: z.strictObject({
+    kind: z.literal('clock'),
+    offsetMs: z.number().default(0),
+    driftPpm: z.number().min(-1_000_000).max(1_000_000).default(0),
+  }),
+} as const;
+
+export type FaultKind = keyof typeof faultSchemas;
+export type Fault = z.output<(typeof faultSchemas)[FaultKind]>;
+export type FaultInput = z.input<(typeof faultSchemas)[FaultKind]>;
+export type FaultOf<K extends FaultKind> = z.output<(typeof faultSchemas)[K]>;
+
+export const FAULT_KINDS = Object.keys(faultSchemas) as FaultKind[];
+export const DEVICE_FAULT_KINDS: readonly FaultKind[] = FAULT_KINDS.filter((k) => k !== 'clock');
+export const PLC_FAULT_KINDS: readonly FaultKind[] = FAULT_KINDS;
+
+export type LinkFaultKind = 'latency' | 'drop' | 'reset' | 'exception' | 'bad-status';
+
+export function isFaultKind(kind: string): kind is FaultKind {
+  return Object.hasOwn(faultSchemas, kind);
+}
+
+/** Validates fault parameters (from the typed API or an HTTP body) and fills defaults. */
+export function parseFault(kind: string, params: unknown, target: string): Fault {
+  if (!isFaultKind(kind)) throw new UnknownFaultError(kind, target);
+  const body: unknown = params ?? {};
+  if (typeof body !== 'object' || Array.isArray(body) || body === null) {
+    throw new InvalidFaultError(kind, [{ path: '', message: 'expected a JSON object' }]);
+  }
+  const result = faultSchemas[kind].safeParse({ ...body, kind });
+  if (!result.success) throw new InvalidFaultError(kind, zodIssues(result.error));
+  return result.data;
+}
+
+/** An active fault as reported by the control API. */
+export type ActiveFault = Fault & { remaining?: number };
+
+interface Entry {
+  fault: Fault;
+  /** Requests still to hit; undefined: until cleared. */
+  remaining: number | undefined;
+}
+
+/** The faults active on one device or one PLC. */
+export class FaultSet {
+  readonly #entries = new Map<FaultKind, Entry>();
+
+  set(fault: Fault): void {
+    const remaining = 'count' in fault ? fault.count : undefined;
+    this.#entries.set(fault.kind, { fault, remaining });
+  }
+
+  clear(kind: FaultKind): boolean {
+    return this.#entries.delete(kind);
+  }
+
+  clearAll(): void {
+    this.#entries.clear();
+  }
+
+  has(kind: FaultKind): boolean {
+    return this.#entries.has(kind);
+  }
+
+  get<K extends FaultKind>(kind: K): FaultOf<K> | undefined {
+    return this.#entries.get(kind)?.fault as FaultOf<K> | undefined;
+  }
+
+  list(): ActiveFault[] {
+    return [...this.#entries.values()].map(({ fault, remaining }) =>
+      remaining === undefined ? { ...fault } : { ...fault, remaining },
+    );
+  }
+
+  /**
+   * Whether a link fault hits a request going this direction. A hit uses up one of the
+   * fault's count; the fault clears itself when none is left.
+   */
+  hit<K extends LinkFaultKind>(
+    kind: K,
+    direction: Direction,
+    random: () => number,
+  ): FaultOf<K> | undefined {
+    const entry = this.#entries.get(kind);
+    if (entry === undefined) return undefined;
+    const fault = entry.fault as FaultOf<K>;
+    if (fault.on !== 'both' && fault.on !== direction) return undefined;
+    if (
+      'probability' in fault &&
+      fault.probability !== undefined &&
+      random() >= fault.probability
+    ) {
+      return undefined;
+    }
+    if (entry.remaining !== undefined) {
+      entry.remaining -= 1;
+      if (entry.remaining <= 0) this.#entries.delete(kind);
+    }
+    return fault;
+  }
+
+  /** Latency does not wear out; the largest applicable one wins. */
+  latency(direction: Direction): number {
+    const fault = this.get('latency');
+    if (fault === undefined || (fault.on !== 'both' && fault.on !== direction)) return 0;
+    return fault.ms;
+  }
+}
+
+/** What the link layer does with one request, decided before it is processed. */
+export interface LinkPlan {
+  /** Destroy the connection instead of processing the request. */
+  resetBefore: boolean;
+  /** Refuse the request: a Modbus exception code or an OPC UA Bad status name. */
+  refuse: { exception?: number; badStatus?: string } | undefined;
+  /** Delay between processing and the reply. */
+  latencyMs: number;
+  /** Process the request but never reply. */
+  drop: boolean;
+  /** Process the request, then destroy the connection instead of replying. */
+  resetAfter: boolean;
+}
+
+/**
+ * Decides a request's fate from the fault sets it touches (the devices it addresses, then the
+ * PLC). Each kind is taken from the first set that has it, so a device fault and a PLC fault
+ * of the same kind do not both wear down on one request.
+ */
+export function planRequest(
+  sets: readonly FaultSet[],
+  direction: Direction,
+  random: () => number,
+  refusal: 'exception' | 'bad-status' | undefined,
+): LinkPlan {
+  const first = <K extends LinkFaultKind>(kind: K): FaultOf<K> | undefined => {
+    for (const set of sets) {
+      const fault = set.hit(kind, direction, random);
+      if (fault !== undefined) return fault;
+    }
+    return undefined;
+  };
+  const plan: LinkPlan = {
+    resetBefore: false,
+    refuse: undefined,
+    latencyMs: 0,
+    drop: false,
+    resetAfter: false,
+  };
+  const resetSets = sets.filter((set) => set.get('reset')?.when === 'before');
+  if (resetSets.some((set) => set.hit('reset', direction, random) !== undefined)) {
+    plan.resetBefore = true;
+    return plan;
+  }
+  if (refusal === 'exception') {
+    const fault = first('exception');
+    if (fault !== undefined) plan.refuse = { exception: fault.code };
+  } else if (refusal === 'bad-status') {
+    const fault = first('bad-status');
+    if (fault !== undefined) plan.refuse = { badStatus: fault.status };
+  }
+  plan.latencyMs = Math.max(0, ...sets.map((set) => set.latency(direction)));
+  if (plan.refuse !== undefined) return plan;
+  plan.drop = first('drop') !== undefined;
+  if (plan.drop) return plan;
+  const afterSets = sets.filter((set) => set.get('reset')?.when === 'after');
+  plan.resetAfter = afterSets.some((set) => set.hit('reset', direction, random) !== undefined);
+  return plan;
+}

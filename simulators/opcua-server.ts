@@ -1,0 +1,484 @@
+/**
+ * OPC UA front end of a simulated PLC (node-opcua OPCUAServer, SecurityMode None, anonymous).
+ *
+ * Address space: namespace `urn:sluice:sim:<plc>` (index 1: the server's own namespace is
+ * skipped), one object per device with string node ids `ns=1;s=<device>.<Name>`. Status
+ * variables serve the image the controller published at its last scan, with the controller
+ * clock at the scan that changed them as SourceTimestamp. Server_ServerStatus_CurrentTime
+ * reports the controller clock (offset and drift included).
+ *
+ * Link faults are applied around node-opcua's request dispatch: `on_request` is wrapped to
+ * plan each Read/Write request, and each channel's `send_response` is wrapped to add latency,
+ * swallow the reply, cut the connection after processing or turn results Bad. Both are
+ * node-opcua 2.182 internals (public members, not documented API); the version is pinned.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  DataType,
+  DataValue,
+  MessageSecurityMode,
+  NodeIdType,
+  OPCUACertificateManager,
+  OPCUAServer,
+  ReadRequest,
+  ReadResponse,
+  RegisterServerMethod,
+  SecurityPolicy,
+  StatusCode,
+  StatusCodes,
+  Variant,
+  VariableIds,
+  WriteRequest,
+  WriteResponse,
+  makeNodeId,
+} from 'node-opcua';
+import type { NodeId, ServerSecureChannelLayer, UAVariable } from 'node-opcua';
+import { AttributeIds } from 'node-opcua';
+import { opcuaNamespaceUri } from './codes.js';
+import type { OpcuaVariableName } from './codes.js';
+import { FaultNotApplicableError } from './errors.js';
+import { planRequest } from './faults.js';
+import type { Direction, FaultSet, LinkPlan } from './faults.js';
+import type { OpcuaPlcConfig } from './plant-file.js';
+import type { PlcEndpoint, SimDevice, SimPlc } from './plc.js';
+import { Timers } from './timers.js';
+
+type Message = Parameters<OPCUAServer['on_request']>[0];
+type SendResponse = ServerSecureChannelLayer['send_response'];
+
+export interface OpcuaServerOptions {
+  /** Where the servers keep their PKI (one subdirectory per PLC); default: a temporary
+   *  directory per server, removed on stop. */
+  pkiDir?: string | undefined;
+}
+
+interface CommandValue {
+  value: number;
+  /** Controller time of the write that set it. */
+  at: number;
+}
+
+interface CommandImage {
+  code: CommandValue;
+  setpoint: CommandValue;
+  seq: CommandValue;
+}
+
+/** What a Read/Write request suffers, decided when it arrives, applied when it is answered. */
+interface PendingRequest {
+  plan: LinkPlan;
+  /** Per node of the original request: the Bad status it gets, if any. */
+  bad: (StatusCode | undefined)[];
+  /** Write requests: original indexes of the nodes node-opcua was asked to write. */
+  kept?: number[];
+  /** Write requests: original index → device, for nodes that wrote CommandSeq. */
+  commandSeq?: Map<number, SimDevice>;
+}
+
+const STATUS_TYPES: Readonly<
+  Record<Exclude<OpcuaVariableName, 'CommandCode' | 'Setpoint' | 'CommandSeq'>, DataType>
+> = {
+  State: DataType.String,
+  StateCode: DataType.Int32,
+  Position: DataType.Double,
+  FaultCode: DataType.UInt16,
+  SeqEcho: DataType.UInt16,
+};
+
+const COMMAND_TYPES = {
+  CommandCode: DataType.UInt16,
+  Setpoint: DataType.Double,
+  CommandSeq: DataType.UInt16,
+} as const;
+
+export function badStatusCode(name: string): StatusCode | undefined {
+  const code = (StatusCodes as unknown as Record<string, unknown>)[name];
+  return code instanceof StatusCode && name.startsWith('Bad') ? code : undefined;
+}
+
+export class OpcuaPlcServer {
+  readonly #plc: SimPlc;
+  readonly #config: OpcuaPlcConfig;
+  readonly #options: OpcuaServerOptions;
+  readonly #timers = new Timers();
+  readonly #commands = new Map<string, CommandImage>();
+  readonly #pending = new WeakMap<Message, PendingRequest>();
+  readonly #hookedChannels = new WeakSet<ServerSecureChannelLayer>();
+  #server: OPCUAServer | undefined;
+  #ownPkiDir: string | undefined;
+  #namespaceIndex = 1;
+
+  constructor(plc: SimPlc, config: OpcuaPlcConfig, options: OpcuaServerOptions = {}) {
+    this.#plc = plc;
+    this.#config = config;
+    this.#options = options;
+    plc.frontEndFaultCheck = (fault, target) => {
+      if (fault.kind === 'bad-status' && badStatusCode(fault.status) === undefined) {
+        throw new FaultNotApplicableError(
+          fault.kind,
+          target,
+          `${fault.status} is not an OPC UA Bad status`,
+        );
+      }
+    };
+  }
+
+  async start(): Promise<PlcEndpoint> {
+    let pkiDir: string;
+    if (this.#options.pkiDir === undefined) {
+      this.#ownPkiDir = await mkdtemp(join(tmpdir(), `sluice-sim-${this.#plc.name}-`));
+      pkiDir = this.#ownPkiDir;
+    } else {
+      pkiDir = join(this.#options.pkiDir, this.#plc.name);
+    }
+    // Both stores live under pkiDir: left to itself node-opcua would put its user PKI in the
+    // home directory. Nobody edits these folders while the plant runs, so no file watchers.
+    const certificateManager = new OPCUACertificateManager({
+      rootFolder: join(pkiDir, 'pki'),
+      automaticallyAcceptUnknownCertificate: true,
+      disableFileWatchers: true,
+    });
+    const userCertificateManager = new OPCUACertificateManager({
+      rootFolder: join(pkiDir, 'user-pki'),
+      automaticallyAcceptUnknownCertificate: true,
+      disableFileWatchers: true,
+    });
+    const wildcard = ['0.0.0.0', '::', ''].includes(this.#config.host);
+    const server = new OPCUAServer({
+      port: this.#config.port,
+      host: this.#config.host,
+      ...(wildcard ? {} : { hostname: this.#config.host }),
+      securityModes: [MessageSecurityMode.None],
+      securityPolicies: [SecurityPolicy.None],
+      allowAnonymous: true,
+      // The plant namespace must be index 1 (`ns=1;s=<device>.<Name>`), so the server's own
+      // default namespace is not created.
+      skipOwnNamespace: true,
+      serverCertificateManager: certificateManager,
+      userCertificateManager,
+      registerServerMethod: RegisterServerMethod.HIDDEN,
+      disableDiscovery: true,
+      maxConnectionsPerEndpoint: 100,
+      serverCapabilities: { maxSessions: 100 },
+      buildInfo: { productName: 'sluice-sim', manufacturerName: 'Sluice' },
+      serverInfo: { applicationName: { text: `sluice-sim ${this.#plc.name}` } },
+    });
+    this.#server = server;
+    await server.initialize();
+    this.#buildAddressSpace(server);
+    this.#bindControllerClock(server);
+    this.#interceptRequests(server);
+    await server.start();
+    const endpoint = server.endpoints[0];
+    const port = endpoint?.port ?? this.#config.port;
+    const host = wildcard ? '127.0.0.1' : this.#config.host;
+    return {
+      protocol: 'opcua',
+      endpointUrl: `opc.tcp://${host.includes(':') ? `[${host}]` : host}:${port}`,
+      namespaceUri: opcuaNamespaceUri(this.#plc.name),
+    };
+  }
+
+  async stop(): Promise<void> {
+    this.#timers.cancelAll();
+    const server = this.#server;
+    this.#server = undefined;
+    try {
+      if (server !== undefined) await server.shutdown(0);
+    } finally {
+      if (this.#ownPkiDir !== undefined) {
+        await rm(this.#ownPkiDir, { recursive: true, force: true });
+        this.#ownPkiDir = undefined;
+      }
+    }
+  }
+
+  #buildAddressSpace(server: OPCUAServer): void {
+    const addressSpace = server.engine.addressSpace;
+    if (addressSpace === null) throw new Error('OPC UA address space missing after initialize');
+    const namespace = addressSpace.registerNamespace(opcuaNamespaceUri(this.#plc.name));
+    this.#namespaceIndex = namespace.index;
+    const controllerTime = this.#plc.controllerTime();
+    for (const device of this.#plc.devices) {
+      const object = namespace.addObject({
+        organizedBy: addressSpace.rootFolder.objects,
+        browseName: device.id,
+        nodeId: `s=${device.id}`,
+      });
+      const addVariable = (
+        name: OpcuaVariableName,
+        dataType: DataType,
+        writable: boolean,
+      ): UAVariable =>
+        namespace.addVariable({
+          componentOf: object,
+          browseName: name,
+          nodeId: `s=${device.id}.${name}`,
+          dataType: DataType[dataType],
+          accessLevel: writable ? 'CurrentRead | CurrentWrite' : 'CurrentRead',
+          userAccessLevel: writable ? 'CurrentRead | CurrentWrite' : 'CurrentRead',
+          minimumSamplingInterval: this.#config.scanMs,
+        });
+
+      for (const [name, dataType] of Object.entries(STATUS_TYPES) as [
+        keyof typeof STATUS_TYPES,
+        DataType,
+      ][]) {
+        addVariable(name, dataType, false).bindVariable(
+          { timestamped_get: () => statusDataValue(device, name, dataType) },
+          true,
+        );
+      }
+
+      const image: CommandImage = {
+        code: { value: 0, at: controllerTime },
+        setpoint: { value: 0, at: controllerTime },
+        seq: { value: 0, at: controllerTime },
+      };
+      this.#commands.set(device.id, image);
+      for (const [name, dataType] of Object.entries(COMMAND_TYPES) as [
+        keyof typeof COMMAND_TYPES,
+        DataType,
+      ][]) {
+        const slot =
+          name === 'CommandCode' ? image.code : name === 'Setpoint' ? image.setpoint : image.seq;
+        addVariable(name, dataType, true).bindVariable(
+          {
+            timestamped_get: () =>
+              new DataValue({
+                value: new Variant({ dataType, value: slot.value }),
+                sourceTimestamp: new Date(slot.at),
+                statusCode: StatusCodes.Good,
+              }),
+            timestamped_set: (dataValue: DataValue): Promise<StatusCode> => {
+              const variant = dataValue.value;
+              if (variant.dataType !== dataType || typeof variant.value !== 'number') {
+                return Promise.resolve(StatusCodes.BadTypeMismatch);
+              }
+              slot.value = variant.value;
+              slot.at = this.#plc.controllerTime();
+              return Promise.resolve(StatusCodes.Good);
+            },
+          },
+          true,
+        );
+      }
+    }
+  }
+
+  /**
+   * node-opcua answers ServerStatus.CurrentTime from a Proxy over the ServerStatus extension
+   * object that returns `new Date()`; a second Proxy in front of it substitutes the controller
+   * clock, still letting the inner one touch the variable so subscriptions see it change.
+   */
+  #bindControllerClock(server: OPCUAServer): void {
+    const node = server.engine.addressSpace?.findNode(
+      makeNodeId(VariableIds.Server_ServerStatus),
+    ) as { $extensionObject?: object } | null | undefined;
+    const inner = node?.$extensionObject;
+    if (node == null || inner === undefined) throw new Error('ServerStatus node not found');
+    node.$extensionObject = new Proxy(inner, {
+      get: (target, property) => {
+        const value: unknown = Reflect.get(target, property);
+        return property === 'currentTime' ? new Date(this.#plc.controllerTime()) : value;
+      },
+    });
+  }
+
+  #interceptRequests(server: OPCUAServer): void {
+    const dispatch = server.on_request.bind(server);
+    server.on_request = (message, channel) => {
+      this.#onRequest(message, channel, dispatch);
+    };
+  }
+
+  #onRequest(
+    message: Message,
+    channel: ServerSecureChannelLayer,
+    dispatch: (message: Message, channel: ServerSecureChannelLayer) => void,
+  ): void {
+    const request = message.request;
+    let direction: Direction;
+    let nodeIds: NodeId[];
+    let attributeIds: number[];
+    if (request instanceof ReadRequest) {
+      direction = 'read';
+      nodeIds = (request.nodesToRead ?? []).map((node) => node.nodeId);
+      attributeIds = (request.nodesToRead ?? []).map((node) => node.attributeId);
+    } else if (request instanceof WriteRequest) {
+      direction = 'write';
+      nodeIds = (request.nodesToWrite ?? []).map((node) => node.nodeId);
+      attributeIds = (request.nodesToWrite ?? []).map((node) => node.attributeId);
+    } else {
+      dispatch(message, channel);
+      return;
+    }
+    this.#hookChannel(channel);
+
+    const nodeDevices = nodeIds.map((nodeId) => this.#deviceOf(nodeId));
+    const devices = [...new Set(nodeDevices.filter((d): d is SimDevice => d !== undefined))];
+    const sets: FaultSet[] = [...devices.map((d) => d.faultSet), this.#plc.faultSet];
+    const plan = planRequest(sets, direction, this.#plc.random, undefined);
+    if (plan.resetBefore) {
+      channel.abruptlyInterrupt();
+      return;
+    }
+
+    // Bad status is per node: a device's fault hits its own nodes, the PLC's hits all of them.
+    // Each fault set is asked once per request so a `count` wears down once per request.
+    const verdicts = new Map<FaultSet, StatusCode | undefined>();
+    const verdict = (set: FaultSet): StatusCode | undefined => {
+      if (!verdicts.has(set)) {
+        const fault = set.hit('bad-status', direction, this.#plc.random);
+        verdicts.set(set, fault === undefined ? undefined : badStatusCode(fault.status));
+      }
+      return verdicts.get(set);
+    };
+    const bad = nodeDevices.map(
+      (device) =>
+        (device !== undefined ? verdict(device.faultSet) : undefined) ??
+        verdict(this.#plc.faultSet),
+    );
+    const pending: PendingRequest = { plan, bad };
+
+    if (request instanceof WriteRequest) {
+      const nodesToWrite = request.nodesToWrite ?? [];
+      pending.commandSeq = new Map();
+      nodeIds.forEach((nodeId, i) => {
+        const device = nodeDevices[i];
+        if (
+          device !== undefined &&
+          attributeIds[i] === AttributeIds.Value &&
+          nodeId.value === `${device.id}.CommandSeq`
+        ) {
+          pending.commandSeq?.set(i, device);
+        }
+      });
+      if (bad.some((status) => status !== undefined)) {
+        // Refused nodes must not be written at all: hand node-opcua only the others and put
+        // the Bad results back in place when the response goes out.
+        pending.kept = nodesToWrite.flatMap((_, i) => (bad[i] === undefined ? [i] : []));
+        if (pending.kept.length === 0) {
+          this.#pending.set(message, pending);
+          channel.send_response('MSG', new WriteResponse({ results: [] }), message);
+          return;
+        }
+        request.nodesToWrite = pending.kept
+          .map((i) => nodesToWrite[i])
+          .filter((n) => n !== undefined);
+      }
+    }
+    this.#pending.set(message, pending);
+    dispatch(message, channel);
+  }
+
+  #hookChannel(channel: ServerSecureChannelLayer): void {
+    if (this.#hookedChannels.has(channel)) return;
+    this.#hookedChannels.add(channel);
+    const send: SendResponse = channel.send_response.bind(channel);
+    channel.send_response = (msgType, response, message, callback) => {
+      const pending = this.#pending.get(message);
+      if (pending === undefined) {
+        send(msgType, response, message, callback);
+        return;
+      }
+      this.#pending.delete(message);
+      this.#complete(pending, response);
+      const finish = (): void => {
+        if (pending.plan.drop) {
+          callback?.();
+        } else if (pending.plan.resetAfter) {
+          channel.abruptlyInterrupt();
+          callback?.();
+        } else {
+          send(msgType, response, message, callback);
+        }
+      };
+      if (pending.plan.latencyMs > 0) this.#timers.after(pending.plan.latencyMs, finish);
+      else finish();
+    };
+  }
+
+  /** The request has been processed: merge refused nodes back and hand commands over. */
+  #complete(pending: PendingRequest, response: unknown): void {
+    if (response instanceof ReadResponse) {
+      const results = response.results ?? [];
+      pending.bad.forEach((status, i) => {
+        if (status !== undefined && i < results.length)
+          results[i] = new DataValue({ statusCode: status });
+      });
+      return;
+    }
+    if (!(response instanceof WriteResponse)) return;
+    let results = response.results ?? [];
+    if (pending.kept !== undefined) {
+      const written = results;
+      const merged: StatusCode[] = pending.bad.map(
+        (status) => status ?? StatusCodes.BadInternalError,
+      );
+      pending.kept.forEach((original, j) => {
+        merged[original] = written[j] ?? StatusCodes.BadInternalError;
+      });
+      results = merged;
+      response.results = merged;
+    }
+    for (const [i, device] of pending.commandSeq ?? []) {
+      if (results[i]?.isGood() !== true) continue;
+      const image = this.#commands.get(device.id);
+      if (image === undefined) continue;
+      device.receiveWrite({
+        code: image.code.value,
+        setpoint: image.setpoint.value,
+        seq: image.seq.value,
+      });
+    }
+  }
+
+  #deviceOf(nodeId: NodeId): SimDevice | undefined {
+    if (nodeId.namespace !== this.#namespaceIndex || nodeId.identifierType !== NodeIdType.STRING) {
+      return undefined;
+    }
+    const value = String(nodeId.value);
+    const dot = value.indexOf('.');
+    return this.#plc.device(dot === -1 ? value : value.slice(0, dot));
+  }
+}
+
+function statusDataValue(
+  device: SimDevice,
+  name: keyof typeof STATUS_TYPES,
+  dataType: DataType,
+): DataValue {
+  const image = device.published;
+  let value: string | number;
+  let changedAt: number;
+  switch (name) {
+    case 'State':
+      value = image.state;
+      changedAt = image.changedAt.state;
+      break;
+    case 'StateCode':
+      value = image.stateCode;
+      changedAt = image.changedAt.state;
+      break;
+    case 'Position':
+      value = image.position;
+      changedAt = image.changedAt.position;
+      break;
+    case 'FaultCode':
+      value = image.faultCode;
+      changedAt = image.changedAt.faultCode;
+      break;
+    case 'SeqEcho':
+      value = image.seqEcho;
+      changedAt = image.changedAt.seqEcho;
+      break;
+  }
+  return new DataValue({
+    value: new Variant({ dataType, value }),
+    sourceTimestamp: new Date(changedAt),
+    statusCode: StatusCodes.Good,
+  });
+}

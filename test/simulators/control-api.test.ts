@@ -1,0 +1,233 @@
+import { request } from 'node:http';
+import ModbusSerial from 'modbus-serial';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ManualTime, startPlant } from '../../simulators/plant.js';
+import type { Plant } from '../../simulators/plant.js';
+import { api, modbusEndpoint } from './helpers.js';
+
+/**
+ * modbus-serial's typings declare an ES default export, but the package is CommonJS with
+ * `module.exports = ModbusRTU`: under NodeNext the default import *is* the client class.
+ */
+const ModbusRTU = ModbusSerial as unknown as typeof ModbusSerial.default;
+
+/** The control API over real HTTP; commands arrive over real Modbus (modbus-serial's client). */
+describe('control API', () => {
+  let time: ManualTime;
+  let plant: Plant;
+  let url: string;
+
+  beforeEach(async () => {
+    time = new ManualTime();
+    plant = await startPlant(
+      {
+        control: { port: 5080 },
+        plcs: {
+          plc: {
+            protocol: 'modbus',
+            port: 0,
+            devices: {
+              v1: { profile: 'valve', base: 0, travelMs: 100 },
+              a1: { profile: 'actuator', base: 100, travelMs: 100 },
+            },
+          },
+        },
+      },
+      { time, manualScan: true, ephemeralPorts: true },
+    );
+    url = plant.controlUrl ?? '';
+  });
+  afterEach(() => plant.stop());
+
+  async function command(code: number, seq: number): Promise<void> {
+    const ep = modbusEndpoint(plant.plc('plc').endpoint);
+    const client = new ModbusRTU();
+    await client.connectTCP(ep.host, { port: ep.port });
+    try {
+      client.setID(ep.unitId);
+      client.setTimeout(1000);
+      await client.writeRegisters(10, [code, 0, seq]);
+    } finally {
+      await new Promise((resolve) => {
+        client.close(resolve);
+      });
+    }
+  }
+
+  it('listens on an ephemeral loopback port', () => {
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(url).not.toBe('http://127.0.0.1:5080');
+  });
+
+  it('lists devices with state, position, fault, seq echo, counters, clock and faults', async () => {
+    await command(1, 17);
+    time.advance(10);
+    plant.scan();
+    const { status, body } = await api(url, 'GET', '/devices');
+    expect(status).toBe(200);
+    const devices = body.devices as Record<string, unknown>[];
+    expect(devices.map((d) => d.id)).toEqual(['v1', 'a1']);
+    expect(devices[0]).toMatchObject({
+      id: 'v1',
+      profile: 'valve',
+      plc: 'plc',
+      state: 'OPENING',
+      position: 0,
+      faultCode: 0,
+      fault: null,
+      seqEcho: 17,
+      local: false,
+      counters: { writesReceived: 1, commandsTaken: 1, accepted: 1, rejected: 0 },
+      controllerTime: time.now(),
+      faults: [],
+      plcFaults: [],
+    });
+    const one = await api(url, 'GET', '/devices/v1');
+    expect(one.body.log).toEqual([
+      {
+        controllerTime: time.now(),
+        seq: 17,
+        code: 1,
+        setpoint: 0,
+        outcome: 'accepted',
+        from: 'CLOSED',
+        to: 'OPENING',
+      },
+    ]);
+  });
+
+  it('sets, lists and clears device faults with parameters from the body', async () => {
+    let res = await api(url, 'PUT', '/devices/v1/faults/drop', { count: 3, on: 'write' });
+    expect(res.status).toBe(200);
+    expect(res.body.fault).toEqual({ kind: 'drop', count: 3, on: 'write' });
+    res = await api(url, 'PUT', '/devices/v1/faults/stuck-travel');
+    expect(res.status).toBe(200);
+    expect((await api(url, 'GET', '/devices/v1')).body.faults).toEqual([
+      { kind: 'drop', count: 3, on: 'write', remaining: 3 },
+      { kind: 'stuck-travel' },
+    ]);
+    res = await api(url, 'DELETE', '/devices/v1/faults/drop');
+    expect(res.body).toMatchObject({ cleared: true, faults: [{ kind: 'stuck-travel' }] });
+    res = await api(url, 'DELETE', '/devices/v1/faults/drop');
+    expect(res.body).toMatchObject({ cleared: false });
+    res = await api(url, 'DELETE', '/devices/v1/faults');
+    expect(res.body).toMatchObject({ faults: [] });
+  });
+
+  it('injects a position sensor fault that the controller shows after its next scan', async () => {
+    await api(url, 'PUT', '/devices/v1/faults/position-sensor', {});
+    plant.scan();
+    expect((await api(url, 'GET', '/devices/v1')).body).toMatchObject({
+      state: 'FAULT',
+      fault: '0x82',
+    });
+  });
+
+  it('sets the PLC clock and restores the plant file clock on DELETE', async () => {
+    let res = await api(url, 'PUT', '/plcs/plc/faults/clock', { offsetMs: 1500, driftPpm: 100 });
+    expect(res.status).toBe(200);
+    time.advance(10_000);
+    res = await api(url, 'GET', '/plcs/plc');
+    expect(res.body).toMatchObject({
+      name: 'plc',
+      protocol: 'modbus',
+      controllerTime: time.now() + 1500 + 1,
+      clock: { offsetMs: 1500, driftPpm: 100 },
+      faults: [{ kind: 'clock', offsetMs: 1500, driftPpm: 100 }],
+      devices: ['v1', 'a1'],
+    });
+    expect((res.body.endpoint as Record<string, unknown>).port).toBe(
+      modbusEndpoint(plant.plc('plc').endpoint).port,
+    );
+    await api(url, 'DELETE', '/plcs/plc/faults/clock');
+    res = await api(url, 'GET', '/plcs');
+    expect((res.body.plcs as Record<string, unknown>[])[0]).toMatchObject({
+      controllerTime: time.now(),
+      faults: [],
+    });
+  });
+
+  it('applies PLC faults to every device and shows them per device', async () => {
+    await api(url, 'PUT', '/plcs/plc/faults/frozen');
+    const res = await api(url, 'GET', '/devices/a1');
+    expect(res.body.plcFaults).toEqual([{ kind: 'frozen' }]);
+    await api(url, 'DELETE', '/plcs/plc/faults');
+    expect((await api(url, 'GET', '/devices/a1')).body.plcFaults).toEqual([]);
+  });
+
+  it('switches LOCAL and back, moving the device by hand while local', async () => {
+    let res = await api(url, 'POST', '/devices/v1/local', { local: true, position: 55 });
+    expect(res.status).toBe(200);
+    plant.scan();
+    expect((await api(url, 'GET', '/devices/v1')).body).toMatchObject({
+      state: 'LOCAL',
+      local: true,
+      position: 55,
+    });
+    res = await api(url, 'POST', '/devices/v1/local', { local: false });
+    expect(res.status).toBe(200);
+    plant.scan();
+    expect((await api(url, 'GET', '/devices/v1')).body).toMatchObject({
+      state: 'STOPPED',
+      local: false,
+    });
+    res = await api(url, 'POST', '/devices/v1/local', { local: 'yes' });
+    expect(res).toMatchObject({ status: 400, body: { code: 'INVALID_REQUEST' } });
+    res = await api(url, 'POST', '/devices/v1/local', { local: false, position: 10 });
+    expect(res).toMatchObject({ status: 400, body: { code: 'INVALID_REQUEST' } });
+  });
+
+  it('resets counters and the command log', async () => {
+    await command(3, 1);
+    plant.scan();
+    const res = await api(url, 'POST', '/devices/v1/counters/reset');
+    expect(res.body.counters).toMatchObject({
+      writesReceived: 0,
+      commandsTaken: 0,
+      accepted: 0,
+      noops: 0,
+    });
+    expect((await api(url, 'GET', '/devices/v1')).body.log).toEqual([]);
+  });
+
+  it('answers errors as JSON with a code', async () => {
+    const cases: [string, string, unknown, number, string][] = [
+      ['GET', '/devices/nope', undefined, 404, 'UNKNOWN_DEVICE'],
+      ['GET', '/plcs/nope', undefined, 404, 'UNKNOWN_PLC'],
+      ['PUT', '/devices/v1/faults/gremlins', {}, 404, 'UNKNOWN_FAULT'],
+      ['PUT', '/devices/v1/faults/latency', { ms: -5 }, 400, 'INVALID_FAULT'],
+      ['PUT', '/devices/v1/faults/latency', { ms: 5, extra: 1 }, 400, 'INVALID_FAULT'],
+      ['PUT', '/devices/v1/faults/reset', {}, 400, 'INVALID_FAULT'],
+      ['PUT', '/devices/v1/faults/latency', '{not json', 400, 'INVALID_JSON'],
+      ['PUT', '/devices/v1/faults/latency', '[1]', 400, 'INVALID_FAULT'],
+      ['PUT', '/devices/v1/faults/clock', {}, 422, 'FAULT_NOT_APPLICABLE'],
+      ['PUT', '/devices/v1/faults/bad-status', {}, 422, 'FAULT_NOT_APPLICABLE'],
+      ['GET', '/nowhere', undefined, 404, 'NOT_FOUND'],
+      ['POST', '/devices', {}, 405, 'METHOD_NOT_ALLOWED'],
+    ];
+    for (const [method, path, body, status, code] of cases) {
+      const res = await api(url, method, path, body);
+      expect(res, `${method} ${path}`).toMatchObject({ status, body: { code } });
+      expect(typeof res.body.message).toBe('string');
+    }
+    const invalid = await api(url, 'PUT', '/devices/v1/faults/latency', { ms: 'slow' });
+    const anyString: unknown = expect.any(String);
+    expect(invalid.body.issues).toEqual([{ path: 'ms', message: anyString }]);
+  });
+
+  it('refuses requests addressed to a non-loopback Host (DNS rebinding)', async () => {
+    const { port } = new URL(url);
+    const status = await new Promise<number | undefined>((resolve, reject) => {
+      const req = request(
+        { host: '127.0.0.1', port, path: '/devices', headers: { Host: 'evil.example' } },
+        (res) => {
+          res.resume();
+          resolve(res.statusCode);
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    expect(status).toBe(403);
+  });
+});

@@ -1,0 +1,299 @@
+/**
+ * Independent clients for the simulator tests: mbpoll (libmodbus) for Modbus, node-opcua's
+ * OPCUAClient for OPC UA, fetch for the control API. None of them shares code with the
+ * simulators or with src/.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AttributeIds, DataType, OPCUACertificateManager, OPCUAClient } from 'node-opcua';
+import type { ClientSession, DataValue, StatusCode } from 'node-opcua';
+import type { PlcEndpoint } from '../../simulators/plant.js';
+
+export type ModbusEndpoint = Extract<PlcEndpoint, { protocol: 'modbus' }>;
+export type OpcuaEndpoint = Extract<PlcEndpoint, { protocol: 'opcua' }>;
+
+export function modbusEndpoint(endpoint: PlcEndpoint): ModbusEndpoint {
+  if (endpoint.protocol !== 'modbus') throw new Error('not a Modbus PLC');
+  return endpoint;
+}
+
+export function opcuaEndpoint(endpoint: PlcEndpoint): OpcuaEndpoint {
+  if (endpoint.protocol !== 'opcua') throw new Error('not an OPC UA PLC');
+  return endpoint;
+}
+
+export interface MbpollResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
+/** Runs mbpoll once against a Modbus endpoint with PDU (0-based) addressing. */
+export function mbpoll(
+  endpoint: ModbusEndpoint,
+  args: readonly string[],
+  timeoutS = 1,
+): Promise<MbpollResult> {
+  const base = ['-m', 'tcp', '-a', String(endpoint.unitId), '-p', String(endpoint.port)];
+  const full = [...base, '-0', '-1', '-o', String(timeoutS), '-t', '4', ...args];
+  const started = performance.now();
+  return new Promise((resolve) => {
+    execFile('mbpoll', full, { timeout: (timeoutS + 5) * 1000 }, (error, stdout, stderr) => {
+      const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
+      resolve({ code, stdout, stderr, ms: performance.now() - started });
+    });
+  });
+}
+
+/** Reads holding registers with mbpoll; throws with mbpoll's message when the read fails. */
+export async function mbRead(
+  endpoint: ModbusEndpoint,
+  address: number,
+  count: number,
+): Promise<number[]> {
+  const result = await mbpoll(endpoint, [
+    '-r',
+    String(address),
+    '-c',
+    String(count),
+    endpoint.host,
+  ]);
+  if (result.code !== 0)
+    throw new Error(`mbpoll read failed: ${result.stderr.trim() || result.stdout}`);
+  const values = new Map<number, number>();
+  for (const match of result.stdout.matchAll(/^\[(\d+)\]:\s+(-?\d+)/gm)) {
+    values.set(Number(match[1]), Number(match[2]) & 0xffff);
+  }
+  return Array.from({ length: count }, (_, i) => {
+    const value = values.get(address + i);
+    if (value === undefined)
+      throw new Error(`mbpoll printed no register ${address + i}: ${result.stdout}`);
+    return value;
+  });
+}
+
+/** Writes holding registers with mbpoll: one value is FC6, several are one FC16 request. */
+export async function mbWrite(
+  endpoint: ModbusEndpoint,
+  address: number,
+  values: readonly number[],
+): Promise<void> {
+  const result = await mbpoll(endpoint, [
+    '-r',
+    String(address),
+    endpoint.host,
+    ...values.map(String),
+  ]);
+  if (result.code !== 0)
+    throw new Error(`mbpoll write failed: ${result.stderr.trim() || result.stdout}`);
+}
+
+/** The four clock registers, most significant word first, as epoch ms. */
+export function registersToTime(words: readonly number[]): number {
+  return Number(words.reduce((acc, word) => (acc << 16n) | BigInt(word), 0n));
+}
+
+export interface StatusReading {
+  stateCode: number;
+  /** Percent. */
+  position: number;
+  faultCode: number;
+  seqEcho: number;
+}
+
+/** A way to command and read a device over a real protocol, for the shared state-table suite. */
+export interface Wire {
+  command(device: string, code: number, setpoint: number, seq: number): Promise<void>;
+  status(device: string): Promise<StatusReading>;
+}
+
+export function modbusWire(endpoint: ModbusEndpoint, bases: ReadonlyMap<string, number>): Wire {
+  const baseOf = (device: string): number => {
+    const base = bases.get(device);
+    if (base === undefined) throw new Error(`no base for ${device}`);
+    return base;
+  };
+  return {
+    command: (device, code, setpoint, seq) =>
+      mbWrite(endpoint, baseOf(device) + 10, [code, Math.round(setpoint * 10), seq]),
+    status: async (device) => {
+      const [stateCode, position, faultCode, seqEcho] = await mbRead(endpoint, baseOf(device), 8);
+      return {
+        stateCode: stateCode ?? -1,
+        position: (position ?? -1) / 10,
+        faultCode: faultCode ?? -1,
+        seqEcho: seqEcho ?? -1,
+      };
+    },
+  };
+}
+
+export interface UaConnection {
+  client: OPCUAClient;
+  session: ClientSession;
+  close(): Promise<void>;
+}
+
+let sharedPki: { dir: string; manager: OPCUACertificateManager } | undefined;
+
+/**
+ * One client PKI per test process, in a temporary directory: node-opcua creates a client
+ * certificate on first use, which is slow, and must not land in the user's home.
+ */
+async function clientPki(): Promise<OPCUACertificateManager> {
+  if (sharedPki === undefined) {
+    const dir = await mkdtemp(join(tmpdir(), 'sluice-sim-test-client-'));
+    const manager = new OPCUACertificateManager({
+      rootFolder: join(dir, 'pki'),
+      automaticallyAcceptUnknownCertificate: true,
+      disableFileWatchers: true,
+    });
+    sharedPki = { dir, manager };
+  }
+  return sharedPki.manager;
+}
+
+/** Call from afterAll in files that used connectOpcua. */
+export async function releaseClientPki(): Promise<void> {
+  const pki = sharedPki;
+  sharedPki = undefined;
+  if (pki === undefined) return;
+  await pki.manager.dispose();
+  await rm(pki.dir, { recursive: true, force: true });
+}
+
+/** A node-opcua client session on an endpoint. */
+export async function connectOpcua(
+  endpointUrl: string,
+  options: { transactionTimeoutMs?: number } = {},
+): Promise<UaConnection> {
+  const client = OPCUAClient.create({
+    applicationName: 'sluice-sim-test',
+    endpointMustExist: false,
+    connectionStrategy: { maxRetry: 0, initialDelay: 100, maxDelay: 200 },
+    clientCertificateManager: await clientPki(),
+    ...(options.transactionTimeoutMs === undefined
+      ? {}
+      : { defaultTransactionTimeout: options.transactionTimeoutMs }),
+  });
+  await client.connect(endpointUrl);
+  const session = await client.createSession();
+  return {
+    client,
+    session,
+    close: async () => {
+      await session.close().catch(() => undefined);
+      await client.disconnect();
+    },
+  };
+}
+
+export function nodeId(device: string, name: string): string {
+  return `ns=1;s=${device}.${name}`;
+}
+
+export function uaCommandWrites(device: string, code: number, setpoint: number, seq: number) {
+  return [
+    {
+      nodeId: nodeId(device, 'CommandCode'),
+      attributeId: AttributeIds.Value,
+      value: { value: { dataType: DataType.UInt16, value: code } },
+    },
+    {
+      nodeId: nodeId(device, 'Setpoint'),
+      attributeId: AttributeIds.Value,
+      value: { value: { dataType: DataType.Double, value: setpoint } },
+    },
+    {
+      nodeId: nodeId(device, 'CommandSeq'),
+      attributeId: AttributeIds.Value,
+      value: { value: { dataType: DataType.UInt16, value: seq } },
+    },
+  ];
+}
+
+/** Writes CommandCode, Setpoint and CommandSeq in one Write request. */
+export async function uaCommand(
+  session: ClientSession,
+  device: string,
+  code: number,
+  setpoint: number,
+  seq: number,
+): Promise<StatusCode[]> {
+  return session.write(uaCommandWrites(device, code, setpoint, seq));
+}
+
+export async function uaRead(session: ClientSession, ids: readonly string[]): Promise<DataValue[]> {
+  return session.read(
+    ids.map((id) => ({ nodeId: id, attributeId: AttributeIds.Value })),
+    0,
+  );
+}
+
+export function opcuaWire(session: ClientSession): Wire {
+  return {
+    command: async (device, code, setpoint, seq) => {
+      const results = await uaCommand(session, device, code, setpoint, seq);
+      const bad = results.find((r) => !r.isGood());
+      if (bad !== undefined) throw new Error(`OPC UA write failed: ${bad.toString()}`);
+    },
+    status: async (device) => {
+      const values = await session.read(
+        ['StateCode', 'Position', 'FaultCode', 'SeqEcho'].map((name) => ({
+          nodeId: nodeId(device, name),
+          attributeId: AttributeIds.Value,
+        })),
+        0,
+      );
+      const num = (i: number): number => Number(values[i]?.value.value);
+      return { stateCode: num(0), position: num(1), faultCode: num(2), seqEcho: num(3) };
+    },
+  };
+}
+
+/** JSON over HTTP to the control API. */
+export async function api(
+  baseUrl: string,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const response = await fetch(`${baseUrl}${path}`, {
+    method,
+    headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
+    ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
+  });
+  return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+}
+
+/** Polls `probe` until it returns true, at most `attempts` times `everyMs` apart. */
+export async function until(
+  probe: () => boolean | Promise<boolean>,
+  { attempts = 200, everyMs = 10 } = {},
+): Promise<void> {
+  for (let i = 0; i < attempts; i += 1) {
+    if (await probe()) return;
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+  throw new Error(`condition not met after ${attempts} attempts`);
+}
+
+/** Promise.all over `items` with at most `limit` in flight (mbpoll runs as processes). */
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> {
+  const results: R[] = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    for (let i = next++; i < items.length; i = next++) {
+      results[i] = await fn(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}

@@ -1,0 +1,410 @@
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { ManualTime, startPlant } from '../../simulators/plant.js';
+import type { Plant, PlantInput } from '../../simulators/plant.js';
+import { hasCommand, realComponent } from '../helpers/real.js';
+import {
+  mbRead,
+  mbWrite,
+  mbpoll,
+  modbusEndpoint,
+  modbusWire,
+  registersToTime,
+  until,
+} from './helpers.js';
+import type { ModbusEndpoint } from './helpers.js';
+import { BASES, runStateTable, tablePlant } from './state-table.js';
+
+const haveMbpoll = realComponent('mbpoll', hasCommand('mbpoll'), 'apt-get install mbpoll');
+
+const OPEN = 1;
+const CLOSE = 2;
+const STOP = 3;
+const RESET = 4;
+const MOVE = 5;
+
+const plantInput: PlantInput = {
+  plcs: {
+    plc: {
+      protocol: 'modbus',
+      port: 0,
+      unitId: 7,
+      clock: { offsetMs: -2500, driftPpm: 200 },
+      devices: {
+        v1: { profile: 'valve', base: 0, travelMs: 200 },
+        v2: { profile: 'valve', base: 100, travelMs: 200 },
+        a1: { profile: 'actuator', base: 200, travelMs: 200 },
+      },
+    },
+  },
+};
+
+describe.skipIf(!haveMbpoll)('Modbus PLC driven by mbpoll', () => {
+  describe('SPEC §3 state table', () => {
+    const time = new ManualTime();
+    let plant: Plant;
+    beforeAll(async () => {
+      plant = await startPlant(tablePlant('modbus'), {
+        time,
+        manualScan: true,
+        ephemeralPorts: true,
+        control: false,
+      });
+    });
+    afterAll(() => plant.stop());
+
+    it('gives every cell its documented reaction, echo and fault code', async () => {
+      const endpoint = modbusEndpoint(plant.plc('table').endpoint);
+      await runStateTable(plant, time, modbusWire(endpoint, BASES));
+    }, 45_000);
+  });
+
+  describe('one plant per test, manual time', () => {
+    let time: ManualTime;
+    let plant: Plant;
+    let ep: ModbusEndpoint;
+    /** Advances manual time and runs one scan. */
+    const step = (ms = 0): void => {
+      time.advance(ms);
+      plant.scan();
+    };
+
+    beforeEach(async () => {
+      time = new ManualTime();
+      plant = await startPlant(plantInput, {
+        time,
+        manualScan: true,
+        ephemeralPorts: true,
+        control: false,
+      });
+      ep = modbusEndpoint(plant.plc('plc').endpoint);
+    });
+    afterEach(() => plant.stop());
+
+    it('binds an ephemeral port on 127.0.0.1 and reports it with the unit id', () => {
+      expect(ep.host).toBe('127.0.0.1');
+      expect(ep.port).toBeGreaterThan(0);
+      expect(ep.unitId).toBe(7);
+    });
+
+    it('publishes the status block at base+0..7 with the scan time, most significant word first', async () => {
+      step(40);
+      const block = await mbRead(ep, 100, 8);
+      expect(block.slice(0, 4)).toEqual([0, 0, 0, 0]);
+      expect(registersToTime(block.slice(4))).toBe(plant.plc('plc').clock.at(time.now()));
+    });
+
+    it('reports the controller clock with offset and drift at 900..903 and follows runtime changes', async () => {
+      time.advance(60_000);
+      // Drift accumulates from the start: 200 ppm over 60 s is 12 ms.
+      expect(registersToTime(await mbRead(ep, 900, 4))).toBe(time.now() - 2500 + 12);
+      plant.plc('plc').setClock({ offsetMs: 3_600_000, driftPpm: -1000 });
+      expect(registersToTime(await mbRead(ep, 900, 4))).toBe(time.now() + 3_600_000);
+      time.advance(10_000);
+      expect(registersToTime(await mbRead(ep, 900, 4))).toBe(time.now() + 3_600_000 - 10);
+      plant.plc('plc').clearFault('clock');
+      expect(registersToTime(await mbRead(ep, 900, 4))).toBe(time.now() - 2500);
+    });
+
+    it('answers exception 02 for any register outside the map, reads and writes alike', async () => {
+      for (const [address, count] of [
+        [8, 1],
+        [0, 13], // spans the gap between status and command blocks
+        [13, 1],
+        [899, 2],
+        [903, 2],
+        [65535, 1],
+      ] as const) {
+        const result = await mbpoll(ep, ['-r', String(address), '-c', String(count), ep.host]);
+        expect(result.code, `read ${address}+${count}`).not.toBe(0);
+        expect(result.stderr).toMatch(/Illegal data address/);
+      }
+      // The status block and the clock are read-only.
+      for (const address of [0, 3, 900]) {
+        const result = await mbpoll(ep, ['-r', String(address), ep.host, '1']);
+        expect(result.stderr, `write ${address}`).toMatch(/Illegal data address/);
+      }
+      expect(plant.device('v1').counters.writesReceived).toBe(0);
+    });
+
+    it('answers only its own unit id', async () => {
+      const result = await mbpoll({ ...ep, unitId: 3 }, ['-r', '0', '-c', '1', ep.host]);
+      expect(result.code).not.toBe(0);
+      expect(result.stderr).toMatch(/Target device failed to respond/i);
+    });
+
+    it('takes an FC16 command at the next scan, echoes its seq, and travels in the configured time', async () => {
+      await mbWrite(ep, 10, [OPEN, 0, 41]);
+      expect(plant.device('v1').counters).toMatchObject({ writesReceived: 1, commandsTaken: 0 });
+      expect(await mbRead(ep, 0, 4)).toEqual([0, 0, 0, 0]);
+      step(0);
+      expect(await mbRead(ep, 0, 4)).toEqual([1, 0, 0, 41]);
+      step(100);
+      expect(await mbRead(ep, 0, 4)).toEqual([1, 500, 0, 41]);
+      step(100);
+      expect(await mbRead(ep, 0, 4)).toEqual([2, 1000, 0, 41]);
+      // The command block reads back as written.
+      expect(await mbRead(ep, 10, 3)).toEqual([OPEN, 0, 41]);
+      expect(plant.device('v1').counters).toMatchObject({
+        writesReceived: 1,
+        commandsTaken: 1,
+        accepted: 1,
+        rejected: 0,
+      });
+      expect(plant.device('v2').counters.writesReceived).toBe(0);
+    });
+
+    it('counts a write with the same seq but does not take it', async () => {
+      await mbWrite(ep, 10, [OPEN, 0, 9]);
+      step(0);
+      await mbWrite(ep, 10, [CLOSE, 0, 9]);
+      step(50);
+      const device = plant.device('v1');
+      expect(device.state).toBe('OPENING');
+      expect(device.counters).toMatchObject({
+        writesReceived: 2,
+        commandsTaken: 1,
+        ignoredSameSeq: 1,
+      });
+      expect(device.log.map((e) => [e.seq, e.code, e.outcome])).toEqual([
+        [9, OPEN, 'accepted'],
+        [9, CLOSE, 'ignored-same-seq'],
+      ]);
+    });
+
+    it('treats an FC6 write of the seq register as a command write, and of the code register as not', async () => {
+      await mbWrite(ep, 10, [STOP]);
+      expect(plant.device('v1').counters.writesReceived).toBe(0);
+      await mbWrite(ep, 12, [65535]);
+      step(0);
+      const device = plant.device('v1');
+      expect(device.counters).toMatchObject({ writesReceived: 1, commandsTaken: 1, noops: 1 });
+      expect((await mbRead(ep, 0, 4))[3]).toBe(65535);
+    });
+
+    it('latches 0x88 for an illegal command, ignores it, echoes its seq, clears on the next accepted one', async () => {
+      await mbWrite(ep, 10, [OPEN, 0, 1]);
+      step(0);
+      step(50);
+      await mbWrite(ep, 10, [CLOSE, 0, 2]);
+      step(0);
+      expect(await mbRead(ep, 0, 4)).toEqual([1, 250, 0x88, 2]);
+      step(50);
+      expect((await mbRead(ep, 0, 4))[0]).toBe(1);
+      await mbWrite(ep, 10, [OPEN, 0, 3]); // a no-op while OPENING, but accepted
+      step(0);
+      expect(await mbRead(ep, 0, 4)).toEqual([1, 500, 0, 3]);
+      expect(plant.device('v1').counters).toMatchObject({ accepted: 2, noops: 1, rejected: 1 });
+    });
+
+    it('moves an actuator to a setpoint in 0.1 % and refuses an out-of-range one', async () => {
+      await mbWrite(ep, 210, [MOVE, 250, 1]);
+      step(0);
+      step(25);
+      expect(await mbRead(ep, 200, 4)).toEqual([1, 125, 0, 1]);
+      step(100);
+      expect(await mbRead(ep, 200, 4)).toEqual([0, 250, 0, 1]);
+      await mbWrite(ep, 210, [MOVE, 1001, 2]);
+      step(0);
+      expect(await mbRead(ep, 200, 4)).toEqual([0, 250, 0x88, 2]);
+    });
+
+    it('stuck travel stops the position and ends in FAULT 0x81 after twice the travel time', async () => {
+      plant.device('v1').setFault({ kind: 'stuck-travel' });
+      await mbWrite(ep, 10, [OPEN, 0, 1]);
+      step(0);
+      step(200);
+      expect(await mbRead(ep, 0, 3)).toEqual([1, 0, 0]);
+      step(201);
+      expect(await mbRead(ep, 0, 3)).toEqual([5, 0, 0x81]);
+      plant.device('v1').clearFault('stuck-travel');
+      await mbWrite(ep, 10, [RESET, 0, 2]);
+      step(0);
+      expect(await mbRead(ep, 0, 4)).toEqual([0, 0, 0, 2]);
+    });
+
+    it('a position sensor fault puts the device in FAULT 0x82; reset falls back while it persists', async () => {
+      await mbWrite(ep, 10, [OPEN, 0, 1]);
+      step(0);
+      step(100);
+      plant.device('v1').setFault({ kind: 'position-sensor' });
+      step(10);
+      expect(await mbRead(ep, 0, 3)).toEqual([5, 500, 0x82]);
+      await mbWrite(ep, 10, [RESET, 0, 2]);
+      step(0);
+      expect(await mbRead(ep, 0, 4)).toEqual([4, 500, 0, 2]);
+      step(10);
+      expect(await mbRead(ep, 0, 3)).toEqual([5, 500, 0x82]);
+      plant.device('v1').clearFault('position-sensor');
+      await mbWrite(ep, 10, [RESET, 0, 3]);
+      step(0);
+      step(10);
+      expect(await mbRead(ep, 0, 3)).toEqual([4, 500, 0]);
+    });
+
+    it('in LOCAL ignores remote commands but echoes their seq; back in REMOTE settles by position', async () => {
+      const device = plant.device('v1');
+      await mbWrite(ep, 10, [CLOSE, 0, 1]); // CLOSED + close: accepted as a no-op
+      step(0);
+      device.setLocal(true);
+      step(0);
+      expect((await mbRead(ep, 0, 1))[0]).toBe(6);
+      await mbWrite(ep, 10, [OPEN, 0, 2]);
+      step(100);
+      expect(await mbRead(ep, 0, 4)).toEqual([6, 0, 0, 2]);
+      expect(device.log.at(-1)?.outcome).toBe('ignored-local');
+      device.setLocal(true, 40);
+      step(0);
+      device.setLocal(false);
+      step(0);
+      expect(await mbRead(ep, 0, 3)).toEqual([4, 400, 0]);
+      device.setLocal(true, 100);
+      step(0);
+      device.setLocal(false);
+      step(0);
+      expect((await mbRead(ep, 0, 1))[0]).toBe(2);
+      device.setLocal(true, 0);
+      step(0);
+      device.setLocal(false);
+      step(0);
+      expect((await mbRead(ep, 0, 1))[0]).toBe(0);
+      expect(device.counters).toMatchObject({
+        writesReceived: 2,
+        commandsTaken: 2,
+        ignoredLocal: 1,
+      });
+    });
+
+    it('a frozen device stops updating its status block, scan time included, until cleared', async () => {
+      step(10);
+      const before = await mbRead(ep, 0, 8);
+      plant.device('v1').setFault({ kind: 'frozen' });
+      await mbWrite(ep, 10, [OPEN, 0, 5]);
+      step(0);
+      step(100);
+      expect(await mbRead(ep, 0, 8)).toEqual(before);
+      expect(plant.device('v1').state).toBe('OPENING');
+      // Another device of the same PLC keeps publishing.
+      expect(registersToTime((await mbRead(ep, 100, 8)).slice(4))).toBe(
+        plant.plc('plc').clock.at(time.now()),
+      );
+      plant.device('v1').clearFault('frozen');
+      step(0);
+      expect(await mbRead(ep, 0, 4)).toEqual([1, 500, 0, 5]);
+    });
+
+    it('an exception fault answers the configured code for reads only and wears off after `count`', async () => {
+      plant.device('v1').setFault({ kind: 'exception', code: 4, on: 'read', count: 2 });
+      const first = await mbpoll(ep, ['-r', '0', '-c', '4', ep.host]);
+      expect(first.stderr).toMatch(/Slave device or server failure/);
+      // Writes are not affected and other devices are not affected.
+      await mbWrite(ep, 10, [OPEN, 0, 1]);
+      expect(await mbRead(ep, 100, 1)).toEqual([0]);
+      const second = await mbpoll(ep, ['-r', '0', '-c', '4', ep.host]);
+      expect(second.stderr).toMatch(/Slave device or server failure/);
+      expect(plant.device('v1').faults()).toEqual([]);
+      step(0);
+      expect((await mbRead(ep, 0, 4))[3]).toBe(1);
+    });
+
+    it('an exception on writes refuses the write: nothing applied, nothing counted', async () => {
+      plant.device('v1').setFault({ kind: 'exception', code: 6, on: 'write' });
+      const result = await mbpoll(ep, ['-r', '10', ep.host, String(OPEN), '0', '1']);
+      expect(result.stderr).toMatch(/busy/i);
+      expect(plant.device('v1').counters.writesReceived).toBe(0);
+      expect(await mbRead(ep, 10, 3)).toEqual([0, 0, 0]);
+    });
+
+    it('latency holds the reply back; the write is applied on arrival', async () => {
+      plant.device('v1').setFault({ kind: 'latency', ms: 300 });
+      const read = await mbpoll(ep, ['-r', '0', '-c', '1', ep.host], 2);
+      expect(read.code).toBe(0);
+      expect(read.ms).toBeGreaterThanOrEqual(300);
+      // v2 is not delayed by v1's latency.
+      const other = await mbpoll(ep, ['-r', '100', '-c', '1', ep.host], 2);
+      expect(other.ms).toBeLessThan(300);
+      // A client that gives up early still had its write applied and counted.
+      const write = await mbpoll(ep, ['-r', '10', ep.host, String(OPEN), '0', '1'], 0.1);
+      expect(write.code).not.toBe(0);
+      expect(plant.device('v1').counters.writesReceived).toBe(1);
+      plant.device('v1').clearFault('latency');
+      expect((await mbpoll(ep, ['-r', '0', '-c', '1', ep.host], 2)).ms).toBeLessThan(300);
+    });
+
+    it('a dropped reply still applies and counts the write', async () => {
+      plant.device('v1').setFault({ kind: 'drop', count: 1 });
+      const write = await mbpoll(ep, ['-r', '10', ep.host, String(OPEN), '0', '1'], 0.3);
+      expect(write.code).not.toBe(0);
+      expect(write.stderr).toMatch(/timed out/i);
+      expect(plant.device('v1').counters.writesReceived).toBe(1);
+      step(0);
+      // The drop fault was for one request only.
+      expect(await mbRead(ep, 0, 4)).toEqual([1, 0, 0, 1]);
+      expect(plant.device('v1').faults()).toEqual([]);
+    });
+
+    it('a reset before processing drops the link and applies nothing', async () => {
+      plant.device('v1').setFault({ kind: 'reset', when: 'before', count: 1 });
+      const write = await mbpoll(ep, ['-r', '10', ep.host, String(OPEN), '0', '1']);
+      expect(write.stderr).toMatch(/Connection reset by peer|Connection closed|Broken pipe/i);
+      expect(plant.device('v1').counters.writesReceived).toBe(0);
+      expect(await mbRead(ep, 10, 3)).toEqual([0, 0, 0]);
+      expect(plant.device('v1').faults()).toEqual([]);
+    });
+
+    it('a reset after processing drops the link but the write is applied and counted', async () => {
+      plant.device('v1').setFault({ kind: 'reset', when: 'after', on: 'write' });
+      const write = await mbpoll(ep, ['-r', '10', ep.host, String(OPEN), '0', '1']);
+      expect(write.code).not.toBe(0);
+      expect(plant.device('v1').counters.writesReceived).toBe(1);
+      // Reads are not affected (on: write); the fault stays until cleared.
+      expect(await mbRead(ep, 10, 3)).toEqual([OPEN, 0, 1]);
+      expect(plant.device('v1').faults()).toMatchObject([
+        { kind: 'reset', when: 'after', on: 'write' },
+      ]);
+    });
+
+    it('a PLC-level fault hits every device and the clock registers', async () => {
+      plant.plc('plc').setFault({ kind: 'exception', code: 4 });
+      for (const address of [0, 100, 200, 900]) {
+        const result = await mbpoll(ep, ['-r', String(address), '-c', '1', ep.host]);
+        expect(result.stderr, `register ${address}`).toMatch(/Slave device or server failure/);
+      }
+      plant.plc('plc').clearFault('exception');
+      expect(await mbRead(ep, 0, 1)).toEqual([0]);
+    });
+  });
+
+  describe('real scan cycle', () => {
+    let plant: Plant;
+    afterEach(() => plant.stop());
+
+    it('scans on its own and travels a full stroke in about travelMs', async () => {
+      plant = await startPlant(
+        {
+          plcs: {
+            plc: {
+              protocol: 'modbus',
+              port: 0,
+              scanMs: 5,
+              devices: { v: { profile: 'valve', base: 0, travelMs: 150 } },
+            },
+          },
+        },
+        { ephemeralPorts: true, control: false },
+      );
+      const ep = modbusEndpoint(plant.plc('plc').endpoint);
+      const device = plant.device('v');
+      await mbWrite(ep, 10, [OPEN, 0, 1]);
+      await until(() => device.state === 'OPENING', { attempts: 100, everyMs: 2 });
+      const started = performance.now();
+      await until(() => device.state === 'OPEN', { attempts: 500, everyMs: 2 });
+      const elapsed = performance.now() - started;
+      expect(elapsed).toBeGreaterThanOrEqual(140);
+      expect(elapsed).toBeLessThan(600);
+      const block = await mbRead(ep, 0, 8);
+      expect(block.slice(0, 4)).toEqual([2, 1000, 0, 1]);
+      // The scan time in the block is recent controller time.
+      expect(Math.abs(registersToTime(block.slice(4)) - Date.now())).toBeLessThan(1000);
+    });
+  });
+});

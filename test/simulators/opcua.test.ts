@@ -1,0 +1,345 @@
+import { AttributeIds, ClientSecureChannelLayer, DataType, StatusCodes } from 'node-opcua';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { ManualTime, startPlant } from '../../simulators/plant.js';
+import type { Plant } from '../../simulators/plant.js';
+import {
+  connectOpcua,
+  nodeId,
+  opcuaEndpoint,
+  opcuaWire,
+  releaseClientPki,
+  uaCommand,
+  uaCommandWrites,
+  uaRead,
+} from './helpers.js';
+import type { UaConnection } from './helpers.js';
+import { runStateTable, tablePlant } from './state-table.js';
+
+const OPEN = 1;
+const STOP = 3;
+const MOVE = 5;
+const CURRENT_TIME = 'ns=0;i=2258';
+const NAMESPACE_ARRAY = 'ns=0;i=2255';
+
+afterAll(() => releaseClientPki());
+
+describe('OPC UA PLC: SPEC §3 state table over node-opcua', () => {
+  const time = new ManualTime();
+  let plant: Plant;
+  let ua: UaConnection;
+  beforeAll(async () => {
+    plant = await startPlant(tablePlant('opcua'), {
+      time,
+      manualScan: true,
+      ephemeralPorts: true,
+      control: false,
+    });
+    ua = await connectOpcua(opcuaEndpoint(plant.plc('table').endpoint).endpointUrl);
+  });
+  afterAll(async () => {
+    await ua.close();
+    await plant.stop();
+  });
+
+  it('gives every cell its documented reaction, echo and fault code', async () => {
+    await runStateTable(plant, time, opcuaWire(ua.session));
+  }, 45_000);
+});
+
+describe('OPC UA PLC: address space, handshake, clock and faults', () => {
+  const time = new ManualTime();
+  let plant: Plant;
+  let ua: UaConnection;
+  let endpointUrl: string;
+  const step = (ms = 0): void => {
+    time.advance(ms);
+    plant.scan();
+  };
+  const controllerTime = (): number => plant.plc('ua').controllerTime();
+  const valves = [
+    'v-browse',
+    'v-ts',
+    'v-hs',
+    'v-order',
+    'v-bad',
+    'v-bad2',
+    'v-lat',
+    'v-drop',
+    'v-rst',
+    'v-rst2',
+    'v-frz',
+  ];
+
+  beforeAll(async () => {
+    plant = await startPlant(
+      {
+        plcs: {
+          ua: {
+            protocol: 'opcua',
+            port: 0,
+            clock: { offsetMs: 90_000, driftPpm: 500 },
+            devices: {
+              ...Object.fromEntries(valves.map((id) => [id, { profile: 'valve', travelMs: 200 }])),
+              'a-move': { profile: 'actuator', travelMs: 200 },
+            },
+          },
+        },
+      },
+      { time, manualScan: true, ephemeralPorts: true, control: false },
+    );
+    endpointUrl = opcuaEndpoint(plant.plc('ua').endpoint).endpointUrl;
+    ua = await connectOpcua(endpointUrl);
+  });
+  afterEach(() => {
+    plant.plc('ua').clearFaults();
+    for (const device of plant.devices()) device.clearFaults();
+  });
+  afterAll(async () => {
+    await ua.close();
+    await plant.stop();
+  });
+
+  it('reports its endpoint and the plant namespace at index 1', async () => {
+    expect(endpointUrl).toMatch(/^opc\.tcp:\/\/127\.0\.0\.1:\d+$/);
+    expect(plant.plc('ua').endpoint).toMatchObject({ namespaceUri: 'urn:sluice:sim:ua' });
+    const [namespaces] = await uaRead(ua.session, [NAMESPACE_ARRAY]);
+    expect((namespaces?.value.value as string[])[1]).toBe('urn:sluice:sim:ua');
+  });
+
+  it('exposes one object per device with the profile variables and data types', async () => {
+    const browsed = await ua.session.browse('ns=1;s=v-browse');
+    const names = (browsed.references ?? []).map((r) => r.browseName.name).sort();
+    expect(names).toEqual(
+      [
+        'CommandCode',
+        'CommandSeq',
+        'FaultCode',
+        'Position',
+        'SeqEcho',
+        'Setpoint',
+        'State',
+        'StateCode',
+      ].sort(),
+    );
+    const types = await ua.session.read(
+      [
+        'State',
+        'StateCode',
+        'Position',
+        'FaultCode',
+        'SeqEcho',
+        'CommandCode',
+        'Setpoint',
+        'CommandSeq',
+      ].map((name) => ({ nodeId: nodeId('v-browse', name), attributeId: AttributeIds.DataType })),
+    );
+    expect(types.map((t) => String(t.value.value))).toEqual([
+      'ns=0;i=12', // String
+      'ns=0;i=6', // Int32
+      'ns=0;i=11', // Double
+      'ns=0;i=5', // UInt16
+      'ns=0;i=5',
+      'ns=0;i=5',
+      'ns=0;i=11',
+      'ns=0;i=5',
+    ]);
+    const values = await uaRead(ua.session, [
+      nodeId('v-browse', 'State'),
+      nodeId('v-browse', 'StateCode'),
+    ]);
+    expect(values.map((v): unknown => v.value.value)).toEqual(['CLOSED', 0]);
+  });
+
+  it('reports the controller clock, offset and drift included, as ServerStatus.CurrentTime', async () => {
+    time.advance(100_000);
+    const [current] = await uaRead(ua.session, [CURRENT_TIME]);
+    // Drift runs from the plant start: 500 ppm over 100 s is 50 ms.
+    expect((current?.value.value as Date).getTime()).toBe(time.now() + 90_000 + 50);
+    plant.plc('ua').setClock({ offsetMs: -7_000, driftPpm: 0 });
+    const [status] = await uaRead(ua.session, ['ns=0;i=2256']);
+    expect((status?.value.value as { currentTime: Date }).currentTime.getTime()).toBe(
+      time.now() - 7_000,
+    );
+  });
+
+  it('stamps every status variable with the controller time of the scan that changed it', async () => {
+    const ids = ['State', 'Position', 'SeqEcho'].map((n) => nodeId('v-ts', n));
+    await uaCommand(ua.session, 'v-ts', OPEN, 0, 1);
+    step(0);
+    const taken = controllerTime();
+    step(100);
+    const midway = controllerTime();
+    const [state, position, seqEcho] = await uaRead(ua.session, ids);
+    expect(state?.value.value).toBe('OPENING');
+    expect(state?.sourceTimestamp?.getTime()).toBe(taken);
+    expect(seqEcho?.sourceTimestamp?.getTime()).toBe(taken);
+    expect(position?.value.value).toBe(50);
+    expect(position?.sourceTimestamp?.getTime()).toBe(midway);
+    step(100);
+    const [arrived, fullyOpen] = await uaRead(ua.session, ids);
+    expect(arrived?.value.value).toBe('OPEN');
+    expect(arrived?.sourceTimestamp?.getTime()).toBe(controllerTime());
+    expect(fullyOpen?.sourceTimestamp?.getTime()).toBe(controllerTime());
+  });
+
+  it('takes a command written in one request at the next scan and echoes its seq', async () => {
+    const device = plant.device('v-hs');
+    const results = await uaCommand(ua.session, 'v-hs', OPEN, 0, 300);
+    expect(results.map((r) => r.name)).toEqual(['Good', 'Good', 'Good']);
+    expect(device.counters).toMatchObject({ writesReceived: 1, commandsTaken: 0 });
+    step(0);
+    const [seqEcho, seqWritten] = await uaRead(ua.session, [
+      nodeId('v-hs', 'SeqEcho'),
+      nodeId('v-hs', 'CommandSeq'),
+    ]);
+    expect(seqEcho?.value.value).toBe(300);
+    expect(seqWritten?.value.value).toBe(300);
+    // Same seq again: counted, not taken.
+    await uaCommand(ua.session, 'v-hs', STOP, 0, 300);
+    step(0);
+    expect(device.state).toBe('OPENING');
+    expect(device.counters).toMatchObject({
+      writesReceived: 2,
+      commandsTaken: 1,
+      ignoredSameSeq: 1,
+    });
+    // CommandCode alone is not a command write; a wrong data type is refused and not counted.
+    await ua.session.write(uaCommandWrites('v-hs', STOP, 0, 301).slice(0, 1));
+    const [wrongType] = await ua.session.write([
+      {
+        nodeId: nodeId('v-hs', 'CommandSeq'),
+        attributeId: AttributeIds.Value,
+        value: { value: { dataType: DataType.Int32, value: 301 } },
+      },
+    ]);
+    expect(wrongType?.isGood()).toBe(false);
+    expect(device.counters.writesReceived).toBe(2);
+  });
+
+  it('takes the whole command block whatever the order of the nodes in the Write request', async () => {
+    await ua.session.write(uaCommandWrites('v-order', OPEN, 0, 5).reverse());
+    step(0);
+    expect(plant.device('v-order').state).toBe('OPENING');
+    expect(plant.device('v-order').log.at(-1)).toMatchObject({
+      seq: 5,
+      code: OPEN,
+      outcome: 'accepted',
+    });
+  });
+
+  it('moves an actuator to a Double setpoint', async () => {
+    await uaCommand(ua.session, 'a-move', MOVE, 42.5, 1);
+    step(0);
+    step(1000);
+    const [state, position] = await uaRead(ua.session, [
+      nodeId('a-move', 'State'),
+      nodeId('a-move', 'Position'),
+    ]);
+    expect([state?.value.value, position?.value.value]).toEqual(['IDLE', 42.5]);
+  });
+
+  it('answers Bad status on the faulted device only, and refuses writes without applying them', async () => {
+    plant.device('v-bad').setFault({ kind: 'bad-status', status: 'BadDeviceFailure' });
+    const reads = await uaRead(ua.session, [
+      nodeId('v-bad', 'State'),
+      nodeId('v-bad2', 'State'),
+      CURRENT_TIME,
+    ]);
+    expect(reads.map((r) => r.statusCode.name)).toEqual(['BadDeviceFailure', 'Good', 'Good']);
+    const results = await ua.session.write([
+      ...uaCommandWrites('v-bad', OPEN, 0, 1),
+      ...uaCommandWrites('v-bad2', OPEN, 0, 1),
+    ]);
+    expect(results.map((r) => r.name)).toEqual([
+      'BadDeviceFailure',
+      'BadDeviceFailure',
+      'BadDeviceFailure',
+      'Good',
+      'Good',
+      'Good',
+    ]);
+    expect(plant.device('v-bad').counters.writesReceived).toBe(0);
+    expect(plant.device('v-bad2').counters.writesReceived).toBe(1);
+    plant.device('v-bad').clearFault('bad-status');
+    const [cleared] = await uaRead(ua.session, [nodeId('v-bad', 'State')]);
+    expect(cleared?.statusCode).toBe(StatusCodes.Good);
+    // A PLC-level Bad status also covers the clock; `count` makes it wear off.
+    plant
+      .plc('ua')
+      .setFault({ kind: 'bad-status', status: 'BadCommunicationError', on: 'read', count: 1 });
+    const [clock] = await uaRead(ua.session, [CURRENT_TIME]);
+    expect(clock?.statusCode.name).toBe('BadCommunicationError');
+    const [again] = await uaRead(ua.session, [CURRENT_TIME]);
+    expect(again?.statusCode).toBe(StatusCodes.Good);
+    expect(() =>
+      plant.plc('ua').setFault({ kind: 'bad-status', status: 'BadNoSuchStatus' }),
+    ).toThrow(expect.objectContaining({ code: 'FAULT_NOT_APPLICABLE' }));
+    expect(() => plant.plc('ua').setFault({ kind: 'exception', code: 4 })).toThrow(
+      expect.objectContaining({ code: 'FAULT_NOT_APPLICABLE' }),
+    );
+  });
+
+  it('holds replies back by the injected latency', async () => {
+    plant.device('v-lat').setFault({ kind: 'latency', ms: 300 });
+    let started = performance.now();
+    await uaRead(ua.session, [nodeId('v-lat', 'State')]);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(290);
+    started = performance.now();
+    await uaRead(ua.session, [nodeId('v-ts', 'State')]);
+    expect(performance.now() - started).toBeLessThan(290);
+  });
+
+  it('drops the reply to a write it applied and counted', async () => {
+    // node-opcua's client refuses transaction timeouts under 5 s unless told otherwise.
+    const minimum = ClientSecureChannelLayer.minTransactionTimeout;
+    ClientSecureChannelLayer.minTransactionTimeout = 300;
+    const own = await connectOpcua(endpointUrl, { transactionTimeoutMs: 400 });
+    try {
+      plant.device('v-drop').setFault({ kind: 'drop', count: 1, on: 'write' });
+      await expect(uaCommand(own.session, 'v-drop', OPEN, 0, 1)).rejects.toThrow(
+        /timed out|timeout/i,
+      );
+      expect(plant.device('v-drop').counters.writesReceived).toBe(1);
+      step(0);
+      expect(plant.device('v-drop').state).toBe('OPENING');
+    } finally {
+      ClientSecureChannelLayer.minTransactionTimeout = minimum;
+      await own.close().catch(() => undefined);
+    }
+  });
+
+  it('resets the connection before or after processing, as configured', async () => {
+    for (const [when, device, applied] of [
+      ['before', 'v-rst', 0],
+      ['after', 'v-rst2', 1],
+    ] as const) {
+      const own = await connectOpcua(endpointUrl);
+      try {
+        plant.device(device).setFault({ kind: 'reset', when, count: 1 });
+        await expect(uaCommand(own.session, device, OPEN, 0, 1)).rejects.toThrow();
+        expect(plant.device(device).counters.writesReceived, when).toBe(applied);
+      } finally {
+        await own.close().catch(() => undefined);
+      }
+    }
+  });
+
+  it('freezes values and timestamps of a frozen device until cleared', async () => {
+    const ids = ['State', 'Position'].map((n) => nodeId('v-frz', n));
+    step(10);
+    const before = await uaRead(ua.session, ids);
+    plant.device('v-frz').setFault({ kind: 'frozen' });
+    await uaCommand(ua.session, 'v-frz', OPEN, 0, 1);
+    step(0);
+    step(100);
+    const frozen = await uaRead(ua.session, ids);
+    expect(frozen.map((v): unknown[] => [v.value.value, v.sourceTimestamp?.getTime()])).toEqual(
+      before.map((v): unknown[] => [v.value.value, v.sourceTimestamp?.getTime()]),
+    );
+    plant.device('v-frz').clearFault('frozen');
+    step(0);
+    const thawed = await uaRead(ua.session, ids);
+    expect(thawed.map((v): unknown => v.value.value)).toEqual(['OPENING', 50]);
+    expect(thawed[1]?.sourceTimestamp?.getTime()).toBe(controllerTime());
+  });
+});
