@@ -98,6 +98,9 @@ export function badStatusCode(name: string): StatusCode | undefined {
   return code instanceof StatusCode && name.startsWith('Bad') ? code : undefined;
 }
 
+/** The policies offered with Sign and SignAndEncrypt. */
+const SECURE_POLICIES = [SecurityPolicy.Basic256Sha256, SecurityPolicy.Aes128_Sha256_RsaOaep];
+
 export class OpcuaPlcServer {
   readonly #plc: SimPlc;
   readonly #config: OpcuaPlcConfig;
@@ -150,8 +153,11 @@ export class OpcuaPlcServer {
       port: this.#config.port,
       host: this.#config.host,
       ...(wildcard ? {} : { hostname: this.#config.host }),
-      securityModes: [MessageSecurityMode.None],
-      securityPolicies: [SecurityPolicy.None],
+      securityModes: this.#config.securityModes.map((mode) => MessageSecurityMode[mode]),
+      securityPolicies: [
+        ...(this.#config.securityModes.includes('None') ? [SecurityPolicy.None] : []),
+        ...(this.#config.securityModes.some((m) => m !== 'None') ? SECURE_POLICIES : []),
+      ],
       allowAnonymous: true,
       // The plant namespace must be index 1 (`ns=1;s=<device>.<Name>`), so the server's own
       // default namespace is not created.

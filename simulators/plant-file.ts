@@ -61,6 +61,14 @@ const modbusPlcSchema = z.strictObject({
 const opcuaPlcSchema = z.strictObject({
   protocol: z.literal('opcua'),
   ...plcCommon,
+  /**
+   * Message security the endpoint offers. `Sign` and `SignAndEncrypt` are offered with the
+   * Basic256Sha256 and Aes128_Sha256_RsaOaep policies; client certificates are accepted.
+   */
+  securityModes: z
+    .array(z.enum(['None', 'Sign', 'SignAndEncrypt']))
+    .min(1)
+    .default(['None']),
   devices: z.record(nameSchema, opcuaDeviceSchema),
 });
 

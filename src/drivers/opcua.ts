@@ -1,4 +1,5 @@
 import { rmSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
   AttributeIds,
@@ -25,7 +26,7 @@ import {
 } from '../core/driver.js';
 import type { Logger } from '../core/logger.js';
 import type { DeviceProfile } from '../core/profile.js';
-import { HealthCounter, commandCode, withTimeout } from './common.js';
+import { Backoff, HealthCounter, commandCode, withTimeout } from './common.js';
 
 export type OpcuaSecurityMode = 'None' | 'Sign' | 'SignAndEncrypt';
 export type OpcuaSecurityPolicy =
@@ -38,6 +39,7 @@ export type OpcuaSecurityPolicy =
  */
 export class OpcuaClientPki {
   readonly manager: OPCUACertificateManager;
+  readonly applicationUri = `urn:${hostname()}:sluice`;
 
   constructor(options: {
     readonly dir: string;
@@ -115,6 +117,8 @@ export class OpcuaEndpoint {
   private epoch = 0;
   private linkUp = false;
   private closed = false;
+  /** Between failed attempts to open a session (connect, certificate, namespace). */
+  private readonly backoff = new Backoff(500, 15_000);
 
   constructor(options: OpcuaEndpointOptions) {
     this.o = options;
@@ -125,6 +129,7 @@ export class OpcuaEndpoint {
 
   /** Starts connecting in the background; requests fail fast until the session is up. */
   start(): void {
+    if (this.closed || this.backoff.remaining(this.o.clock.now()) > 0) return;
     this.starting ??= this.connect().catch((error: unknown) => {
       this.health.error(`${this.name}: ${error instanceof Error ? error.message : String(error)}`);
       this.log.warn({ err: error }, 'opc ua connection failed');
@@ -134,7 +139,10 @@ export class OpcuaEndpoint {
 
   nodeId(object: string, name: string): string {
     if (this.namespaceIndex === null) {
-      throw new DeviceUnreachableError(`${this.name}: not connected`);
+      this.start();
+      throw new DeviceUnreachableError(
+        `${this.name}: not connected to ${this.o.endpointUrl} (${this.health.snapshot().lastError ?? 'connecting'})`,
+      );
     }
     return `ns=${this.namespaceIndex};s=${object}.${name}`;
   }
@@ -238,7 +246,9 @@ export class OpcuaEndpoint {
   private async connect(): Promise<void> {
     const client = OPCUAClient.create({
       applicationName: 'Sluice',
-      applicationUri: `urn:sluice:gateway:${this.name}`,
+      // One client certificate serves every endpoint, so one application URI (it is in the
+      // certificate, and servers check that they match).
+      applicationUri: this.o.pki.applicationUri,
       clientName: `sluice-${this.name}`,
       endpointMustExist: false,
       securityMode: MODES[this.o.securityMode],
@@ -270,27 +280,36 @@ export class OpcuaEndpoint {
     client.on('backoff', (count: number, delay: number) => {
       this.health.error(`${this.name}: connection attempt ${count} failed; next in ${delay} ms`);
     });
-    await client.connect(this.o.endpointUrl);
-    if (this.closed) {
-      await client.disconnect();
-      return;
+    let session: ClientSession | null = null;
+    this.log.debug({ endpointUrl: this.o.endpointUrl }, 'opc ua connecting');
+    try {
+      await client.connect(this.o.endpointUrl);
+      if (this.closed) throw new Error('endpoint closed while connecting');
+      session = await client.createSession();
+      const namespaces = await session.readNamespaceArray();
+      const index = namespaces.indexOf(this.o.namespaceUri);
+      if (index < 0) {
+        throw new Error(
+          `${this.o.endpointUrl} has no namespace ${this.o.namespaceUri} (it has ${namespaces.join(', ')})`,
+        );
+      }
+      this.namespaceIndex = index;
+    } catch (error) {
+      // A failed attempt leaves nothing behind: the next one starts from a new client.
+      if (this.client === client) this.client = null;
+      if (session !== null) {
+        await withTimeout(session.close(), 2000, 'session close').catch(() => undefined);
+      }
+      await withTimeout(client.disconnect(), 2000, 'disconnect').catch(() => undefined);
+      this.backoff.failed(this.o.clock.now());
+      throw error;
     }
-    const session = await client.createSession();
-    const namespaces = await session.readNamespaceArray();
-    const index = namespaces.indexOf(this.o.namespaceUri);
-    if (index < 0) {
-      await session.close();
-      await client.disconnect();
-      throw new Error(
-        `${this.o.endpointUrl} has no namespace ${this.o.namespaceUri} (it has ${namespaces.join(', ')})`,
-      );
-    }
-    this.namespaceIndex = index;
+    this.backoff.succeeded();
     this.session = session;
     this.linkUp = true;
     this.health.connected();
     this.log.info(
-      { endpointUrl: this.o.endpointUrl, namespaceIndex: index },
+      { endpointUrl: this.o.endpointUrl, namespaceIndex: this.namespaceIndex },
       'opc ua session open',
     );
   }
