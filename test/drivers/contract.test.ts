@@ -37,8 +37,18 @@ const PLANT = {
       port: 0,
       scanMs: 10,
       devices: {
-        'mb-valve': { profile: 'valve' as const, base: 0, travelMs: TRAVEL_MS },
-        'mb-actuator': { profile: 'actuator' as const, base: 100, travelMs: TRAVEL_MS },
+        'mb-valve': {
+          profile: 'valve' as const,
+          base: 0,
+          travelMs: TRAVEL_MS,
+          travelTimeoutMs: 10_000,
+        },
+        'mb-actuator': {
+          profile: 'actuator' as const,
+          base: 100,
+          travelMs: TRAVEL_MS,
+          travelTimeoutMs: 10_000,
+        },
       },
     },
     ua: {
@@ -47,8 +57,12 @@ const PLANT = {
       port: 0,
       scanMs: 10,
       devices: {
-        'ua-valve': { profile: 'valve' as const, travelMs: TRAVEL_MS },
-        'ua-actuator': { profile: 'actuator' as const, travelMs: TRAVEL_MS },
+        'ua-valve': { profile: 'valve' as const, travelMs: TRAVEL_MS, travelTimeoutMs: 10_000 },
+        'ua-actuator': {
+          profile: 'actuator' as const,
+          travelMs: TRAVEL_MS,
+          travelTimeoutMs: 10_000,
+        },
       },
     },
   },
@@ -197,18 +211,22 @@ describe.each([
       state: 'confirmed',
       observed: { state: 'CLOSED' },
     });
-    // Stop while travelling: another master (or the local panel) started the valve opening.
+    // Stop while travelling: another master (or the local panel) started the valve opening;
+    // its travel is held so that the stop always meets it on the way.
+    valve.setFault({ kind: 'stuck-travel' });
     valve.receiveWrite({ code: 1, setpoint: 0, seq: 50_000 + n });
     await until(() => valve.published.state === 'OPENING');
     const stop = await send(`stop-${n}`, { device: valveId, action: 'stop' });
     expect(stop).toMatchObject({ state: 'confirmed', observed: { state: 'STOPPED' } });
+    valve.clearFault('stuck-travel');
     // reset from a sensor fault
     valve.setFault({ kind: 'position-sensor' });
     await until(() => valve.published.state === 'FAULT');
     valve.clearFault('position-sensor');
+    // The stopped valve never left 0 %: the controller resets it to CLOSED.
     expect(await send(`reset-${n}`, { device: valveId, action: 'reset' })).toMatchObject({
       state: 'confirmed',
-      observed: { state: 'STOPPED' },
+      observed: { state: 'CLOSED' },
     });
     expect(valve.counters.writesReceived).toBe(5);
   });
@@ -217,11 +235,13 @@ describe.each([
     const move = await send(`move-${n}`, { device: actuatorId, action: 'move', position: 40 });
     expect(move.state).toBe('confirmed');
     expect(move.observed?.position).toBeCloseTo(40, 0);
+    actuator.setFault({ kind: 'stuck-travel' });
     actuator.receiveWrite({ code: 5, setpoint: 100, seq: 50_000 + n });
     await until(() => actuator.published.state === 'MOVING');
-    expect((await send(`stop-${n}`, { device: actuatorId, action: 'stop' })).state).toBe(
-      'confirmed',
-    );
+    const stop = await send(`stop-${n}`, { device: actuatorId, action: 'stop' });
+    expect(stop).toMatchObject({ state: 'confirmed', observed: { state: 'IDLE' } });
+    expect(stop.seq).not.toBeNull();
+    actuator.clearFault('stuck-travel');
     actuator.setFault({ kind: 'position-sensor' });
     await until(() => actuator.published.state === 'FAULT');
     actuator.clearFault('position-sensor');
