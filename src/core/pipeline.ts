@@ -25,7 +25,14 @@ import {
   ShuttingDownError,
   UnknownDeviceError,
 } from './errors.js';
-import type { Claim, CommandRecord, CommandRef, Journal, Observation } from './journal.js';
+import type {
+  Claim,
+  CommandRecord,
+  CommandRef,
+  Journal,
+  JournalEvent,
+  Observation,
+} from './journal.js';
 import type { Logger } from './logger.js';
 import type { DeviceProfile } from './profile.js';
 import { judgeWritten, meetsExpectation, observe, type Expectation } from './readback.js';
@@ -236,6 +243,37 @@ export class CommandPipeline {
   /** The command as journaled now. */
   get(ref: CommandRef): CommandRecord | undefined {
     return this.journal.get(ref);
+  }
+
+  /** The command's journaled history: every transition and every duplicate hit. */
+  history(ref: CommandRef): JournalEvent[] {
+    return this.journal.history(ref);
+  }
+
+  /** Throws JournalUnavailableError when the journal cannot take a durable write now. */
+  checkJournal(): void {
+    this.journal.checkWritable();
+  }
+
+  device(id: string): DeviceView | undefined {
+    return this.devices().find((d) => d.id === id);
+  }
+
+  /**
+   * Reads every idle device every `intervalMs`, so that the mirror — what operators and the
+   * retained state topic see — stays current between commands. Commands never act on it:
+   * they take their own fresh read.
+   */
+  startMonitor(intervalMs: number): void {
+    for (const lane of this.lanes.values()) {
+      const log = this.logger.child({ device: lane.binding.id });
+      void (async () => {
+        while (!this.aborted()) {
+          if (lane.inFlight === null && lane.queue.length === 0) await this.tryRead(lane, log);
+          await this.clock.sleep(intervalMs, this.abort.signal);
+        }
+      })();
+    }
   }
 
   /** Resolves with the command once it is terminal, or as it stands after `timeoutMs`. */

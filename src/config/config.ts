@@ -1,0 +1,282 @@
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import { deviceSchema, plcSchema } from '../drivers/inventory.js';
+
+/**
+ * The daemon's configuration: one YAML file, one schema. Precedence: schema defaults < file <
+ * environment (SLUICE_*) < command-line flags. Every error is reported at once, with its path;
+ * an invalid configuration touches nothing. Relative paths are relative to the file.
+ */
+
+const hex64 = z.string().regex(/^[0-9a-f]{64}$/i, 'a SHA-256 digest: 64 hexadecimal characters');
+const port = z.number().int().min(0).max(65535);
+const name = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, ".", "_", "-"');
+
+const identitySchema = z.strictObject({
+  /** SHA-256 (hex) of a bearer token; the token itself is never stored. */
+  tokenSha256: hex64.optional(),
+  /** A file holding a bearer token (for generated demo tokens); hashed at start. */
+  tokenFile: z.string().min(1).optional(),
+  /** Mutual TLS: the client certificate's subject CN that maps to this identity. */
+  certificateCn: z.string().min(1).optional(),
+  /** Devices this identity may command; ["*"] for all. */
+  devices: z.array(z.string().min(1)).min(1),
+});
+
+export const configSchema = z.strictObject({
+  gatewayId: name,
+  /** Journal, PKI and generated files live here (systemd: StateDirectory). */
+  stateDir: z.string().min(1),
+  profilesDir: z.string().min(1).optional(),
+  log: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+    })
+    .prefault({}),
+  journal: z
+    .strictObject({
+      path: z.string().min(1).optional(),
+      busyTimeoutMs: z.number().int().min(1).max(60_000).default(2_000),
+      retentionHours: z
+        .number()
+        .positive()
+        .max(24 * 365)
+        .default(48),
+    })
+    .prefault({}),
+  clock: z
+    .strictObject({
+      /** How far in the future an issuer's issuedAt may lie. */
+      maxIssuerSkewMs: z.number().int().min(0).max(3_600_000).default(5_000),
+    })
+    .prefault({}),
+  https: z
+    .strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: port.default(8443),
+      certFile: z.string().min(1),
+      keyFile: z.string().min(1),
+      /** CA for client certificates: turns on mutual TLS (certificates are optional per client). */
+      clientCaFile: z.string().min(1).optional(),
+      bodyLimitBytes: z.number().int().min(256).max(1_048_576).default(16_384),
+      /** Prefer: wait=N default and ceiling, seconds. */
+      defaultWaitS: z.number().min(0).max(300).default(10),
+      maxWaitS: z.number().min(0).max(300).default(60),
+      rateLimit: z
+        .strictObject({
+          /** Sustained requests per second per identity. */
+          perSecond: z.number().positive().max(10_000).default(20),
+          burst: z.number().int().min(1).max(100_000).default(40),
+        })
+        .prefault({}),
+    })
+    .optional(),
+  mqtt: z
+    .strictObject({
+      url: z
+        .string()
+        .regex(/^(mqtts?|tcp|ssl|wss?):\/\/.+/, 'an mqtt://, mqtts://, ws:// or wss:// URL'),
+      clientId: z.string().min(1).max(128).optional(),
+      username: z.string().min(1).optional(),
+      passwordFile: z.string().min(1).optional(),
+      caFile: z.string().min(1).optional(),
+      certFile: z.string().min(1).optional(),
+      keyFile: z.string().min(1).optional(),
+      protocolVersion: z.union([z.literal(4), z.literal(5)]).default(5),
+      /** The identity MQTT commands are scoped to (keys are per identity). */
+      identity: name,
+      /** MQTT 5 session expiry: queued commands survive a gateway outage this long. */
+      sessionExpiryS: z.number().int().min(1).max(4_294_967_295).default(86_400),
+      keepaliveS: z.number().int().min(5).max(3600).default(30),
+    })
+    .optional(),
+  opcua: z
+    .strictObject({
+      /** Trust OPC UA server certificates never seen before: the demo only. */
+      acceptUnknownCertificates: z.boolean().default(false),
+    })
+    .prefault({}),
+  identities: z.record(name, identitySchema),
+  plcs: z.record(name, plcSchema),
+  devices: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/), deviceSchema),
+});
+
+export type SluiceConfig = z.output<typeof configSchema>;
+
+export class ConfigError extends Error {
+  readonly code = 'INVALID_CONFIG';
+  readonly errors: readonly string[];
+  constructor(source: string, errors: readonly string[]) {
+    super(`${source}: invalid configuration:\n  ${errors.join('\n  ')}`);
+    this.name = 'ConfigError';
+    this.errors = errors;
+  }
+}
+
+/** Overrides from the environment: what a demo or a container changes. */
+export function environmentOverrides(env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const o: Record<string, unknown> = {};
+  const set = (path: string[], value: unknown): void => {
+    let node = o;
+    for (const key of path.slice(0, -1)) {
+      node[key] ??= {};
+      node = node[key] as Record<string, unknown>;
+    }
+    const last = path.at(-1);
+    if (last !== undefined) node[last] = value;
+  };
+  const num = (v: string): number | string => (/^\d+$/.test(v) ? Number(v) : v);
+  if (env.SLUICE_MQTT_URL !== undefined && env.SLUICE_MQTT_URL !== '')
+    set(['mqtt', 'url'], env.SLUICE_MQTT_URL);
+  if (env.SLUICE_HTTPS_PORT !== undefined) set(['https', 'port'], num(env.SLUICE_HTTPS_PORT));
+  if (env.SLUICE_HTTPS_HOST !== undefined) set(['https', 'host'], env.SLUICE_HTTPS_HOST);
+  if (env.SLUICE_STATE_DIR !== undefined) set(['stateDir'], env.SLUICE_STATE_DIR);
+  if (env.SLUICE_LOG_LEVEL !== undefined) set(['log', 'level'], env.SLUICE_LOG_LEVEL);
+  if (env.SLUICE_GATEWAY_ID !== undefined) set(['gatewayId'], env.SLUICE_GATEWAY_ID);
+  return o;
+}
+
+function merge(base: unknown, over: unknown): unknown {
+  if (
+    typeof base !== 'object' ||
+    base === null ||
+    Array.isArray(base) ||
+    typeof over !== 'object' ||
+    over === null ||
+    Array.isArray(over)
+  ) {
+    return over === undefined ? base : over;
+  }
+  const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
+  for (const [k, v] of Object.entries(over as Record<string, unknown>)) out[k] = merge(out[k], v);
+  return out;
+}
+
+function issuePath(path: readonly PropertyKey[]): string {
+  return path.length === 0 ? '(root)' : path.map(String).join('.');
+}
+
+/**
+ * Loads, merges and validates the configuration. Relative paths are resolved against the
+ * file's folder. Throws ConfigError with every problem found.
+ */
+export function loadConfig(
+  path: string,
+  options: { env?: NodeJS.ProcessEnv; overrides?: Record<string, unknown> } = {},
+): SluiceConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError(path, [
+      `(file): ${error instanceof Error ? error.message : String(error)}`,
+    ]);
+  }
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      path,
+      doc.errors.map(
+        (e) => `(yaml) line ${e.linePos?.[0].line ?? '?'}: ${e.message.split('\n')[0] ?? ''}`,
+      ),
+    );
+  }
+  const merged = merge(
+    merge(doc.toJS() as unknown, environmentOverrides(options.env ?? process.env)),
+    options.overrides ?? {},
+  );
+  const parsed = configSchema.safeParse(merged);
+  if (!parsed.success) {
+    throw new ConfigError(
+      path,
+      parsed.error.issues.map((i) => `${issuePath(i.path)}: ${i.message}`),
+    );
+  }
+  const config = parsed.data;
+  const errors = crossCheck(config);
+  if (errors.length > 0) throw new ConfigError(path, errors);
+  return resolvePaths(config, dirname(resolve(path)));
+}
+
+function crossCheck(c: SluiceConfig): string[] {
+  const errors: string[] = [];
+  if (c.mqtt !== undefined && c.identities[c.mqtt.identity] === undefined) {
+    errors.push(`mqtt.identity: no identity named "${c.mqtt.identity}"`);
+  }
+  for (const [id, identity] of Object.entries(c.identities)) {
+    const credential =
+      identity.tokenSha256 !== undefined ||
+      identity.tokenFile !== undefined ||
+      identity.certificateCn !== undefined;
+    if (!credential && c.mqtt?.identity !== id) {
+      errors.push(
+        `identities.${id}: needs tokenSha256, tokenFile or certificateCn, or must be mqtt.identity`,
+      );
+    }
+    identity.devices.forEach((d, i) => {
+      if (d !== '*' && c.devices[d] === undefined) {
+        errors.push(`identities.${id}.devices.${i}: no device named "${d}"`);
+      }
+    });
+  }
+  if (c.https === undefined && c.mqtt === undefined) {
+    errors.push(
+      '(root): configure https, mqtt or both: without an intake nothing can be commanded',
+    );
+  }
+  for (const [id, device] of Object.entries(c.devices)) {
+    if (c.plcs[device.plc] === undefined)
+      errors.push(`devices.${id}.plc: no PLC named "${device.plc}"`);
+  }
+  return errors;
+}
+
+function resolvePaths(c: SluiceConfig, base: string): SluiceConfig {
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
+  const opt = (p: string | undefined): string | undefined => (p === undefined ? undefined : abs(p));
+  const stateDir = abs(c.stateDir);
+  return {
+    ...c,
+    stateDir,
+    ...(c.profilesDir === undefined ? {} : { profilesDir: abs(c.profilesDir) }),
+    journal: {
+      ...c.journal,
+      path: c.journal.path === undefined ? resolve(stateDir, 'journal.db') : abs(c.journal.path),
+    },
+    ...(c.https === undefined
+      ? {}
+      : {
+          https: {
+            ...c.https,
+            certFile: abs(c.https.certFile),
+            keyFile: abs(c.https.keyFile),
+            ...(c.https.clientCaFile === undefined
+              ? {}
+              : { clientCaFile: abs(c.https.clientCaFile) }),
+          },
+        }),
+    ...(c.mqtt === undefined
+      ? {}
+      : {
+          mqtt: {
+            ...c.mqtt,
+            ...(c.mqtt.passwordFile === undefined
+              ? {}
+              : { passwordFile: opt(c.mqtt.passwordFile) }),
+            ...(c.mqtt.caFile === undefined ? {} : { caFile: opt(c.mqtt.caFile) }),
+            ...(c.mqtt.certFile === undefined ? {} : { certFile: opt(c.mqtt.certFile) }),
+            ...(c.mqtt.keyFile === undefined ? {} : { keyFile: opt(c.mqtt.keyFile) }),
+          },
+        }),
+    identities: Object.fromEntries(
+      Object.entries(c.identities).map(([k, v]) => [
+        k,
+        v.tokenFile === undefined ? v : { ...v, tokenFile: abs(v.tokenFile) },
+      ]),
+    ),
+  };
+}

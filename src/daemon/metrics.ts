@@ -1,0 +1,100 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { CommandRecord } from '../core/journal.js';
+import type { CommandPipeline } from '../core/pipeline.js';
+
+/** Prometheus metrics of one daemon (served at GET /metrics). */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly commands: Counter<'device' | 'state' | 'code'>;
+  readonly accepted: Counter<'intake' | 'outcome'>;
+  readonly latency: Histogram<'device' | 'state'>;
+  readonly httpResponses: Counter<'route' | 'status'>;
+  readonly mqttMessages: Counter<'outcome'>;
+  readonly journalFailures: Counter;
+
+  constructor(pipeline: CommandPipeline) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'sluice_process_' });
+    this.commands = new Counter({
+      name: 'sluice_commands_settled_total',
+      help: 'Commands that reached a terminal state, by device, state and code.',
+      labelNames: ['device', 'state', 'code'],
+      registers,
+    });
+    this.accepted = new Counter({
+      name: 'sluice_commands_received_total',
+      help: 'Commands received by an intake: new, duplicate (replayed or in flight), key reuse, refused.',
+      labelNames: ['intake', 'outcome'],
+      registers,
+    });
+    this.latency = new Histogram({
+      name: 'sluice_command_settle_seconds',
+      help: 'Time from acceptance to the terminal state.',
+      labelNames: ['device', 'state'],
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60],
+      registers,
+    });
+    this.httpResponses = new Counter({
+      name: 'sluice_http_responses_total',
+      help: 'HTTPS intake responses by route and status.',
+      labelNames: ['route', 'status'],
+      registers,
+    });
+    this.mqttMessages = new Counter({
+      name: 'sluice_mqtt_messages_total',
+      help: 'MQTT command messages by outcome.',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.journalFailures = new Counter({
+      name: 'sluice_journal_unavailable_total',
+      help: 'Intake requests refused because the journal could not be written.',
+      registers,
+    });
+    new Gauge({
+      name: 'sluice_device_connected',
+      help: 'Whether the driver of the device is connected (1) or not (0).',
+      labelNames: ['device'],
+      registers,
+      collect() {
+        for (const d of pipeline.devices()) this.set({ device: d.id }, d.health.connected ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'sluice_device_readback_age_seconds',
+      help: 'Age of the last readback of the device.',
+      labelNames: ['device'],
+      registers,
+      collect() {
+        const now = Date.now();
+        for (const d of pipeline.devices()) {
+          if (d.mirror !== null) this.set({ device: d.id }, (now - d.mirror.receivedAt) / 1000);
+        }
+      },
+    });
+    new Gauge({
+      name: 'sluice_device_queue_length',
+      help: 'Commands waiting for the device, in flight included.',
+      labelNames: ['device'],
+      registers,
+      collect() {
+        for (const d of pipeline.devices()) {
+          this.set({ device: d.id }, d.queued + (d.inFlight === null ? 0 : 1));
+        }
+      },
+    });
+    pipeline.onSettled((record) => {
+      this.settled(record);
+    });
+  }
+
+  private settled(record: CommandRecord): void {
+    this.commands.inc({ device: record.device, state: record.state, code: record.code ?? '' });
+    if (record.settledAt !== null) {
+      this.latency.observe(
+        { device: record.device, state: record.state },
+        (record.settledAt - record.acceptedAt) / 1000,
+      );
+    }
+  }
+}

@@ -1,0 +1,66 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { SluiceConfig } from '../config/config.js';
+import type { Identity } from '../core/pipeline.js';
+
+/** A client identity: keys are scoped to it, and it may command only its devices. */
+export interface NamedIdentity extends Identity {
+  readonly name: string;
+}
+
+export function sha256(text: string): Buffer {
+  return createHash('sha256').update(text, 'utf8').digest();
+}
+
+/**
+ * The identities of the configuration, found by bearer token (compared as SHA-256 digests in
+ * constant time), by client certificate CN, or by name (the MQTT intake's identity).
+ */
+export class IdentityRegistry {
+  private readonly byName = new Map<string, NamedIdentity>();
+  private readonly tokens: { digest: Buffer; identity: NamedIdentity }[] = [];
+  private readonly certificates = new Map<string, NamedIdentity>();
+
+  constructor(identities: SluiceConfig['identities']) {
+    for (const [name, c] of Object.entries(identities)) {
+      const identity: NamedIdentity = {
+        name,
+        scope: name,
+        devices: c.devices.includes('*') ? 'all' : new Set(c.devices),
+      };
+      this.byName.set(name, identity);
+      if (c.tokenSha256 !== undefined) {
+        this.tokens.push({ digest: Buffer.from(c.tokenSha256, 'hex'), identity });
+      }
+      if (c.tokenFile !== undefined) {
+        const token = readFileSync(c.tokenFile, 'utf8').trim();
+        if (token.length === 0)
+          throw new Error(`identities.${name}.tokenFile: ${c.tokenFile} is empty`);
+        this.tokens.push({ digest: sha256(token), identity });
+      }
+      if (c.certificateCn !== undefined) this.certificates.set(c.certificateCn, identity);
+    }
+  }
+
+  get(name: string): NamedIdentity | undefined {
+    return this.byName.get(name);
+  }
+
+  byToken(token: string): NamedIdentity | undefined {
+    const digest = sha256(token);
+    let found: NamedIdentity | undefined;
+    // Every digest is compared, so the time taken says nothing about which one matched.
+    for (const t of this.tokens) {
+      if (timingSafeEqual(t.digest, digest)) found = t.identity;
+    }
+    return found;
+  }
+
+  byCertificateCn(cn: string): NamedIdentity | undefined {
+    return this.certificates.get(cn);
+  }
+
+  mayCommand(identity: Identity, device: string): boolean {
+    return identity.devices === 'all' || identity.devices.has(device);
+  }
+}
