@@ -1,16 +1,31 @@
 #!/usr/bin/env node
-// `npm start`: builds Sluice if needed. The daemon and its demo (simulators, embedded broker,
-// self-signed certificate) arrive with the daemon; until then this says so instead of pretending.
+// `npm start`: builds Sluice when the build is missing or older than its sources, then runs
+// the demo (dist/src/demo/main.js): simulators, an embedded MQTT broker and the daemon.
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-if (!existsSync(join(root, 'dist', 'src', 'core', 'pipeline.js'))) {
-  console.log('building Sluice (npm run build) ...');
-  execFileSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });
+const entry = join(root, 'dist', 'src', 'demo', 'main.js');
+
+function newest(dir) {
+  let latest = 0;
+  for (const item of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, item.name);
+    if (item.isDirectory()) latest = Math.max(latest, newest(path));
+    else if (item.name.endsWith('.ts')) latest = Math.max(latest, statSync(path).mtimeMs);
+  }
+  return latest;
 }
-console.log(
-  'Sluice is built. The daemon (sluiced) is not part of this version yet; see README "Status".',
-);
+
+const built = existsSync(entry) ? statSync(entry).mtimeMs : 0;
+const sources = Math.max(newest(join(root, 'src')), newest(join(root, 'simulators')));
+if (built < sources) {
+  console.log('building Sluice (npm run build) ...');
+  execFileSync(process.platform === 'win32' ? 'npm.cmd' : 'npm', ['run', 'build', '--silent'], {
+    cwd: root,
+    stdio: 'inherit',
+  });
+}
+await import(pathToFileURL(entry).href);

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
-import { deviceSchema, plcSchema } from '../drivers/inventory.js';
+import { deviceSchema, plcSchema } from '../drivers/inventory-schema.js';
 
 /**
  * The daemon's configuration: one YAML file, one schema. Precedence: schema defaults < file <

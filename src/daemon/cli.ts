@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+// sluiced — the Sluice daemon. `sluiced --config FILE` runs it; `--check` validates the
+// configuration and exits. Exit codes: 0 clean stop, 1 runtime failure, 2 invalid configuration.
+import { Command, Option } from 'commander';
+import { pino } from 'pino';
+import { ConfigError, loadConfig } from '../config/config.js';
+import type { Daemon } from './daemon.js';
+
+const program = new Command()
+  .name('sluiced')
+  .description('Sluice: keyed valve commands from MQTT and HTTPS to PLCs, confirmed by readback')
+  .requiredOption('-c, --config <file>', 'configuration file (YAML)')
+  .addOption(
+    new Option('--log-level <level>', 'overrides log.level').choices([
+      'fatal',
+      'error',
+      'warn',
+      'info',
+      'debug',
+      'trace',
+    ]),
+  )
+  .option('--check', 'validate the configuration and exit')
+  .option('--shutdown-bound <ms>', 'time in-flight commands get to settle at SIGTERM', '10000');
+program.parse();
+const opts = program.opts<{
+  config: string;
+  logLevel?: string;
+  check?: boolean;
+  shutdownBound: string;
+}>();
+
+let config;
+try {
+  config = loadConfig(opts.config, {
+    overrides: opts.logLevel === undefined ? {} : { log: { level: opts.logLevel } },
+  });
+} catch (error) {
+  if (error instanceof ConfigError) {
+    process.stderr.write(`sluiced: ${error.message}\n`);
+    process.exit(2);
+  }
+  throw error;
+}
+if (opts.check === true) {
+  process.stdout.write(`sluiced: ${opts.config}: configuration is valid\n`);
+  process.exit(0);
+}
+
+const logger = pino({ level: config.log.level });
+let daemon: Daemon;
+try {
+  // Loaded only now: validating a configuration (--check, errors) needs no protocol stacks.
+  const { Daemon } = await import('./daemon.js');
+  daemon = await Daemon.start(config, {
+    logger,
+    shutdownBoundMs: Number(opts.shutdownBound),
+  });
+} catch (error) {
+  if (error instanceof ConfigError) {
+    process.stderr.write(`sluiced: ${error.message}\n`);
+    process.exit(2);
+  }
+  logger.fatal({ err: error }, 'sluiced could not start');
+  process.exit(1);
+}
+
+// Signals are handled once: the first stops gracefully, a second (or a stop that overruns
+// its bound) exits at once — the journal keeps whatever was in flight for recovery.
+let signalled = false;
+const onSignal = (signal: NodeJS.Signals): void => {
+  if (signalled) {
+    logger.warn({ signal }, 'second signal: exiting now');
+    process.exit(1);
+  }
+  signalled = true;
+  logger.info({ signal }, 'stopping');
+  const force = setTimeout(
+    () => {
+      logger.error({}, 'stop overran its bound: exiting now');
+      process.exit(1);
+    },
+    Number(opts.shutdownBound) + 10_000,
+  );
+  force.unref();
+  daemon.stop().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      logger.error({ err: error }, 'stop failed');
+      process.exit(1);
+    },
+  );
+};
+process.on('SIGTERM', onSignal);
+process.on('SIGINT', onSignal);

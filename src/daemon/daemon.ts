@@ -1,0 +1,272 @@
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { pino, type Logger as PinoLogger } from 'pino';
+import { ConfigError, type SluiceConfig } from '../config/config.js';
+import { systemClock, type Clock } from '../core/clock.js';
+import { CommandPipeline } from '../core/pipeline.js';
+import { RetentionSweeper } from '../core/retention.js';
+import { buildDrivers, checkInventory } from '../drivers/inventory.js';
+import { HttpsIntake } from '../intake/https.js';
+import { IdentityRegistry } from '../intake/identities.js';
+import { MqttIntake } from '../intake/mqtt.js';
+import { SqliteJournal } from '../journal/sqlite-journal.js';
+import { packageRoot } from '../package-root.js';
+import { loadProfiles } from '../profiles/load.js';
+import { Metrics } from './metrics.js';
+
+export interface DaemonOptions {
+  readonly logger?: PinoLogger;
+  readonly clock?: Clock;
+  /** Bound for in-flight commands to settle at shutdown; the rest stay journaled. */
+  readonly shutdownBoundMs?: number;
+  /** Period of the idle-device readback that keeps the mirror current. */
+  readonly monitorIntervalMs?: number;
+}
+
+export interface Readiness {
+  ready: boolean;
+  checks: Record<string, { ok: boolean; detail: string }>;
+}
+
+/** A device whose last readback is older than this counts as unreachable for readiness. */
+const READBACK_STALE_MS = 15_000;
+
+/**
+ * The composition root of `sluiced`: builds config → logger → journal → drivers → pipeline
+ * (recovery) → retention → intakes, starts them in that order and stops them in reverse,
+ * from a last-in-first-out stack of releasers (a failed start releases what it had built).
+ */
+export class Daemon {
+  readonly config: SluiceConfig;
+  readonly logger: PinoLogger;
+  readonly pipeline: CommandPipeline;
+  readonly metrics: Metrics;
+  readonly recovered: number;
+  /** Where the HTTPS intake listens, when configured. */
+  https: { host: string; port: number } | null = null;
+  private readonly releasers: { name: string; release: () => Promise<void> | void }[];
+  private readonly httpsIntake: HttpsIntake | null;
+  private readonly mqttIntake: MqttIntake | null;
+  private readonly journal: SqliteJournal;
+  private stopping: Promise<void> | null = null;
+
+  private constructor(parts: {
+    config: SluiceConfig;
+    logger: PinoLogger;
+    pipeline: CommandPipeline;
+    metrics: Metrics;
+    recovered: number;
+    journal: SqliteJournal;
+    httpsIntake: HttpsIntake | null;
+    mqttIntake: MqttIntake | null;
+    releasers: { name: string; release: () => Promise<void> | void }[];
+  }) {
+    this.config = parts.config;
+    this.logger = parts.logger;
+    this.pipeline = parts.pipeline;
+    this.metrics = parts.metrics;
+    this.recovered = parts.recovered;
+    this.journal = parts.journal;
+    this.httpsIntake = parts.httpsIntake;
+    this.mqttIntake = parts.mqttIntake;
+    this.releasers = parts.releasers;
+  }
+
+  static async start(config: SluiceConfig, options: DaemonOptions = {}): Promise<Daemon> {
+    const clock = options.clock ?? systemClock;
+    const logger = (options.logger ?? pino({ level: config.log.level })).child({
+      gateway: config.gatewayId,
+    });
+    const releasers: { name: string; release: () => Promise<void> | void }[] = [];
+    const release = async (): Promise<void> => {
+      for (let r = releasers.pop(); r !== undefined; r = releasers.pop()) {
+        try {
+          await r.release();
+        } catch (error) {
+          logger.error({ err: error, part: r.name }, 'stopping a part failed');
+        }
+      }
+    };
+    try {
+      mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+      const profiles = loadProfiles(
+        config.profilesDir ?? join(packageRoot(), 'devices', 'profiles'),
+      );
+      const inventory = { plcs: config.plcs, devices: config.devices };
+      const inventoryErrors = checkInventory(inventory, profiles);
+      if (inventoryErrors.length > 0) throw new ConfigError('configuration', inventoryErrors);
+
+      const journal = SqliteJournal.open({
+        path: config.journal.path ?? join(config.stateDir, 'journal.db'),
+        busyTimeoutMs: config.journal.busyTimeoutMs,
+      });
+      releasers.push({
+        name: 'journal',
+        release: () => {
+          journal.close();
+        },
+      });
+
+      const drivers = buildDrivers({
+        inventory,
+        profiles,
+        pkiDir: join(config.stateDir, 'pki'),
+        acceptUnknownCertificates: config.opcua.acceptUnknownCertificates,
+        clock,
+        logger,
+      });
+      releasers.push({ name: 'drivers', release: () => drivers.close() });
+      drivers.start();
+
+      const pipeline = new CommandPipeline({
+        journal,
+        devices: drivers.bindings,
+        clock,
+        logger,
+        freshness: { maxIssuerSkewMs: config.clock.maxIssuerSkewMs },
+      });
+      const boundMs = options.shutdownBoundMs ?? 10_000;
+      // I5: every open command is settled by reading its controller before intakes open.
+      const recovered = pipeline.recover();
+      if (recovered > 0)
+        logger.warn({ open: recovered }, 'recovering open commands from the journal');
+      pipeline.startMonitor(options.monitorIntervalMs ?? 1_000);
+
+      const sweeper = new RetentionSweeper({
+        journal,
+        clock,
+        logger,
+        retentionMs: config.journal.retentionHours * 3_600_000,
+      });
+      sweeper.start();
+      releasers.push({ name: 'retention', release: () => sweeper.stop() });
+
+      const identities = new IdentityRegistry(config.identities);
+      const metrics = new Metrics(pipeline);
+
+      let mqttIntake: MqttIntake | null = null;
+      if (config.mqtt !== undefined) {
+        mqttIntake = new MqttIntake({
+          config: config.mqtt,
+          gatewayId: config.gatewayId,
+          pipeline,
+          identities,
+          metrics,
+          logger,
+          clock,
+        });
+        const intake = mqttIntake;
+        releasers.push({ name: 'mqtt', release: () => intake.stop() });
+        intake.start();
+      }
+      // Released before the MQTT intake: commands settling during the shutdown bound still
+      // have their results published.
+      releasers.push({ name: 'pipeline', release: () => pipeline.stop(boundMs) });
+
+      let httpsIntake: HttpsIntake | null = null;
+      const daemonRef: { current: Daemon | null } = { current: null };
+      if (config.https !== undefined) {
+        httpsIntake = new HttpsIntake({
+          config: config.https,
+          pipeline,
+          identities,
+          metrics,
+          logger,
+          clock,
+          readiness: () =>
+            daemonRef.current?.readiness() ?? {
+              ready: false,
+              checks: { start: { ok: false, detail: 'starting' } },
+            },
+        });
+        const intake = httpsIntake;
+        releasers.push({ name: 'https', release: () => intake.stop() });
+      }
+      const daemon = new Daemon({
+        config,
+        logger,
+        pipeline,
+        metrics,
+        recovered,
+        journal,
+        httpsIntake,
+        mqttIntake,
+        releasers,
+      });
+      daemonRef.current = daemon;
+      if (httpsIntake !== null) daemon.https = await httpsIntake.start();
+      logger.info(
+        {
+          https: daemon.https,
+          mqtt: config.mqtt?.url ?? null,
+          devices: Object.keys(config.devices),
+        },
+        'sluiced started',
+      );
+      return daemon;
+    } catch (error) {
+      await release();
+      throw error;
+    }
+  }
+
+  /** Journal writable, intakes up, devices reachable (SPEC §4 /readyz). */
+  readiness(): Readiness {
+    const checks: Readiness['checks'] = {};
+    try {
+      this.journal.checkWritable();
+      checks.journal = { ok: true, detail: 'writable' };
+    } catch (error) {
+      checks.journal = {
+        ok: false,
+        detail: error instanceof Error ? error.message : String(error),
+      };
+    }
+    if (this.mqttIntake !== null) {
+      const up = this.mqttIntake.connected();
+      checks.mqtt = { ok: up, detail: up ? 'connected' : 'not connected to the broker' };
+    }
+    if (this.httpsIntake !== null) {
+      checks.https = {
+        ok: this.https !== null,
+        detail: this.https === null ? 'not listening' : 'listening',
+      };
+    }
+    const now = Date.now();
+    for (const d of this.pipeline.devices()) {
+      const age = d.mirror === null ? null : now - d.mirror.receivedAt;
+      const ok = age !== null && age < READBACK_STALE_MS;
+      checks[`device:${d.id}`] = {
+        ok,
+        detail: ok
+          ? `readback ${age} ms ago`
+          : `no readback for ${age === null ? 'ever' : `${age} ms`}${d.health.lastError === null ? '' : `: ${d.health.lastError}`}`,
+      };
+    }
+    return { ready: Object.values(checks).every((c) => c.ok), checks };
+  }
+
+  /**
+   * Graceful stop: the intakes stop taking commands, in-flight commands get the shutdown bound
+   * to settle (their results still go out), the rest stay journaled for recovery; then the
+   * drivers and the journal close. Idempotent.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.logger.info({}, 'sluiced stopping');
+      // In reverse start order: HTTPS takes no new requests; the pipeline refuses new commands
+      // and lets in-flight ones settle within the bound, while MQTT is still connected to
+      // publish their results (a message arriving now is refused, without PUBACK, and is
+      // redelivered after the restart); then MQTT, retention, drivers and the journal.
+      for (let r = this.releasers.pop(); r !== undefined; r = this.releasers.pop()) {
+        try {
+          await r.release();
+        } catch (error) {
+          this.logger.error({ err: error, part: r.name }, 'stopping a part failed');
+        }
+      }
+      this.logger.info({}, 'sluiced stopped');
+    })();
+    return this.stopping;
+  }
+}

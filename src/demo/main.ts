@@ -1,0 +1,193 @@
+// The demo behind `npm start`: the bundled simulator plant, an embedded MQTT broker (or the
+// one in SLUICE_MQTT_URL), and the daemon with HTTPS on 127.0.0.1:8443 and gateway id `demo`,
+// configured by devices/site.example.yaml. It creates a self-signed certificate and a demo
+// token under .state/demo, prints how to send a first command, and stops everything on Ctrl-C.
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { Aedes } from 'aedes';
+import { pino } from 'pino';
+import { generate } from 'selfsigned';
+import { ConfigError, loadConfig } from '../config/config.js';
+import { Daemon } from '../daemon/daemon.js';
+import { packageRoot } from '../package-root.js';
+import { loadPlantFile, startPlant, type Plant } from '../../simulators/plant.js';
+
+const root = packageRoot();
+const stateDir = join(root, '.state', 'demo');
+const tlsDir = join(stateDir, 'tls');
+const sitePath = join(root, 'devices', 'site.example.yaml');
+const logPath = join(stateDir, 'sluiced.log');
+
+class DemoError extends Error {}
+
+async function ensureCertificate(): Promise<void> {
+  const certFile = join(tlsDir, 'cert.pem');
+  const keyFile = join(tlsDir, 'key.pem');
+  if (existsSync(certFile) && existsSync(keyFile)) return;
+  mkdirSync(tlsDir, { recursive: true, mode: 0o700 });
+  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
+    keyType: 'ec',
+    curve: 'P-256',
+    algorithm: 'sha256',
+    notAfterDate: new Date(Date.now() + 365 * 24 * 3_600_000),
+    extensions: [
+      {
+        name: 'subjectAltName',
+        altNames: [
+          { type: 2, value: 'localhost' },
+          { type: 7, ip: '127.0.0.1' },
+        ],
+      },
+    ],
+  });
+  writeFileSync(keyFile, pems.private, { mode: 0o600 });
+  writeFileSync(certFile, pems.cert);
+}
+
+function ensureToken(): string {
+  const file = join(stateDir, 'demo-token');
+  const fixed = process.env.SLUICE_DEMO_TOKEN;
+  let token: string;
+  if (fixed !== undefined && fixed !== '') token = fixed;
+  else if (existsSync(file)) token = readFileSync(file, 'utf8').trim();
+  else token = randomBytes(24).toString('base64url');
+  writeFileSync(file, `${token}\n`, { mode: 0o600 });
+  chmodSync(file, 0o600);
+  return token;
+}
+
+async function startBroker(): Promise<{ url: string; stop: () => Promise<void> } | null> {
+  const external = process.env.SLUICE_MQTT_URL;
+  if (external !== undefined && external !== '') return null;
+  const broker = await Aedes.createBroker();
+  const server: Server = createServer(broker.handle);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => {
+      reject(
+        error.code === 'EADDRINUSE'
+          ? new DemoError(
+              '127.0.0.1:1883 is taken (another MQTT broker?). Stop it, or point the demo at it: SLUICE_MQTT_URL=mqtt://127.0.0.1:1883 npm start',
+            )
+          : error,
+      );
+    });
+    server.listen(1883, '127.0.0.1', resolve);
+  });
+  return {
+    url: 'mqtt://127.0.0.1:1883',
+    stop: async () => {
+      await new Promise<void>((resolve) => {
+        broker.close(() => {
+          resolve();
+        });
+      });
+      await new Promise<void>((resolve) =>
+        server.close(() => {
+          resolve();
+        }),
+      );
+    },
+  };
+}
+
+async function startSimulators(): Promise<Plant> {
+  try {
+    return await startPlant(
+      await loadPlantFile(join(root, 'simulators', 'plants', 'default.yaml')),
+    );
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') {
+      throw new DemoError(
+        `a simulator port is taken (${(error as Error).message}): is another demo or sluice-sim running?`,
+      );
+    }
+    throw error;
+  }
+}
+
+async function main(): Promise<void> {
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  await ensureCertificate();
+  const token = ensureToken();
+  const stack: { name: string; stop: () => Promise<void> }[] = [];
+  const stopAll = async (): Promise<void> => {
+    for (let s = stack.pop(); s !== undefined; s = stack.pop()) {
+      try {
+        await s.stop();
+      } catch (error) {
+        process.stderr.write(`demo: stopping ${s.name} failed: ${String(error)}\n`);
+      }
+    }
+  };
+  try {
+    const plant = await startSimulators();
+    stack.push({ name: 'simulators', stop: () => plant.stop() });
+    const broker = await startBroker();
+    if (broker !== null) stack.push({ name: 'broker', stop: broker.stop });
+    const config = loadConfig(sitePath);
+    const logger = pino(
+      { level: config.log.level },
+      pino.destination({ dest: logPath, mkdir: true, sync: false }),
+    );
+    const daemon = await Daemon.start(config, { logger, shutdownBoundMs: 5_000 });
+    stack.push({ name: 'daemon', stop: () => daemon.stop() });
+    const https = daemon.https ?? { host: '127.0.0.1', port: 8443 };
+    const base = `https://${https.host}:${https.port}`;
+    const mqttUrl = config.mqtt?.url ?? 'mqtt://127.0.0.1:1883';
+    const mqttHost = new URL(mqttUrl);
+    const key = `demo-${Date.now().toString(36)}`;
+    process.stdout.write(
+      [
+        '',
+        'Sluice demo is running.',
+        '',
+        `  HTTPS      ${base}   (self-signed: ${join(tlsDir, 'cert.pem')})`,
+        `  MQTT       ${mqttUrl}${broker === null ? ' (SLUICE_MQTT_URL)' : ' (embedded broker)'}   topics sluice/demo/#`,
+        `  Devices    inlet-valve, drain-valve (Modbus TCP 127.0.0.1:5020), outlet-valve, dosing-actuator (OPC UA opc.tcp://127.0.0.1:4840)`,
+        `  Simulators control API ${plant.controlUrl ?? 'off'}`,
+        `  Token      ${token}`,
+        `  Logs       ${logPath}`,
+        '',
+        'Open a valve over HTTPS (waits for the readback, up to 10 s):',
+        '',
+        `  curl --cacert ${join(tlsDir, 'cert.pem')} -X POST ${base}/v1/commands \\`,
+        `    -H "Authorization: Bearer ${token}" -H "Idempotency-Key: ${key}" \\`,
+        `    -H "Content-Type: application/json" -d '{"device":"inlet-valve","action":"open"}'`,
+        '',
+        'Or over MQTT (results on sluice/demo/result/#):',
+        '',
+        `  mosquitto_sub -h ${mqttHost.hostname} -p ${mqttHost.port || '1883'} -t 'sluice/demo/result/#' -v &`,
+        `  mosquitto_pub -h ${mqttHost.hostname} -p ${mqttHost.port || '1883'} -q 1 -t sluice/demo/cmd/drain-valve \\`,
+        `    -m '{"key":"${key}-mqtt","action":"open"}'`,
+        '',
+        'Ctrl-C stops everything.',
+        '',
+      ].join('\n'),
+    );
+  } catch (error) {
+    await stopAll();
+    if (error instanceof DemoError || error instanceof ConfigError) {
+      process.stderr.write(`demo: ${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+
+  let stopping = false;
+  const onSignal = (): void => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    process.stdout.write('\nstopping ...\n');
+    stopAll().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+}
+
+await main();

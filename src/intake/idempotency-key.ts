@@ -1,0 +1,42 @@
+import { parseIdempotencyKey } from '../core/command.js';
+import { InvalidKeyError } from '../core/errors.js';
+
+/**
+ * Reads the `Idempotency-Key` request header. The IETF draft
+ * (draft-ietf-httpapi-idempotency-key-header §2) defines the value as a Structured Field
+ * string, i.e. quoted: `Idempotency-Key: "8e03978e-…"`; many clients send it bare. Both are
+ * accepted and mean the same key, so that a key quoted on HTTPS and bare in an MQTT payload is
+ * one command (SPEC §2: keys are per identity, whichever intake carries them).
+ */
+export function readIdempotencyKey(header: string | readonly string[] | undefined): string {
+  if (header === undefined) throw new InvalidKeyError('an Idempotency-Key header is required');
+  if (typeof header !== 'string') {
+    throw new InvalidKeyError('exactly one Idempotency-Key header is allowed');
+  }
+  const value = header.trim();
+  return parseIdempotencyKey(
+    value.length >= 2 && value.startsWith('"') && value.endsWith('"') ? unquote(value) : value,
+  );
+}
+
+/** RFC 8941 §4.2.5: inside a string, only `\"` and `\\` are escapes. */
+function unquote(quoted: string): string {
+  const inner = quoted.slice(1, -1);
+  let out = '';
+  for (let i = 0; i < inner.length; i++) {
+    const c = inner.charAt(i);
+    if (c === '\\') {
+      const next = inner.charAt(i + 1);
+      if (next !== '"' && next !== '\\') {
+        throw new InvalidKeyError('the quoted Idempotency-Key has an invalid escape');
+      }
+      out += next;
+      i++;
+    } else if (c === '"') {
+      throw new InvalidKeyError('the quoted Idempotency-Key has an unescaped quote');
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}

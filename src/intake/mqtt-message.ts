@@ -1,0 +1,184 @@
+import { parseCommandRequest, parseIdempotencyKey, type CommandRequest } from '../core/command.js';
+import type { Readback } from '../core/driver.js';
+import { InvalidCommandError, InvalidKeyError } from '../core/errors.js';
+import { formatFaultCode } from '../core/state-machine.js';
+
+/**
+ * The documents of the MQTT intake (SPEC §5, docs/mqtt-api.md): a command message as it comes
+ * off `cmd/{device}`, the error answer for a message that is not a command, and the retained
+ * state document. Pure functions; the intake does the I/O.
+ */
+
+/** Larger payloads are not parsed: a command is a few hundred bytes. */
+export const MAX_COMMAND_BYTES = 16_384;
+
+/** The MQTT 5 user property that may carry the key instead of the payload's `key`. */
+export const KEY_PROPERTY = 'idempotency-key';
+
+export type MessageErrorCode =
+  | 'MISSING_IDEMPOTENCY_KEY'
+  | 'INVALID_COMMAND'
+  | 'UNKNOWN_DEVICE'
+  | 'IDEMPOTENCY_KEY_REUSED'
+  | 'JOURNAL_UNAVAILABLE'
+  | 'SHUTTING_DOWN'
+  | 'INTERNAL_ERROR';
+
+export type CommandMessage =
+  | { readonly kind: 'command'; readonly key: string; readonly request: CommandRequest }
+  | {
+      readonly kind: 'malformed';
+      readonly code: 'MISSING_IDEMPOTENCY_KEY' | 'INVALID_COMMAND';
+      /** The key as sent, when one can be read, so that the issuer can match the answer. */
+      readonly key: string | null;
+      readonly detail: string;
+      readonly errors: readonly string[];
+    };
+
+export interface CommandMessageInput {
+  /** The device named by the topic `cmd/{device}`. */
+  readonly device: string;
+  readonly payload: Buffer;
+  /** MQTT 5 user properties (a name sent twice arrives as an array). */
+  readonly userProperties?: Readonly<Record<string, string | string[]>> | undefined;
+  /** The retain flag as delivered: set only for a message replayed from the retained store. */
+  readonly retained: boolean;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * Reads a command message: the SPEC §2 command plus `key` (or the `idempotency-key` user
+ * property). The topic names the device; a payload `device`, when present, must agree.
+ */
+export function parseCommandMessage(input: CommandMessageInput): CommandMessage {
+  const propertyKeys = keyProperty(input.userProperties);
+  const malformed = (
+    code: 'MISSING_IDEMPOTENCY_KEY' | 'INVALID_COMMAND',
+    key: string | null,
+    errors: readonly string[],
+  ): CommandMessage => ({
+    kind: 'malformed',
+    code,
+    key: readableKey(key),
+    detail: errors.join('; '),
+    errors,
+  });
+  if (input.payload.length > MAX_COMMAND_BYTES) {
+    return malformed('INVALID_COMMAND', propertyKeys[0] ?? null, [
+      `(body): ${input.payload.length} bytes; a command is at most ${MAX_COMMAND_BYTES}`,
+    ]);
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(utf8.decode(input.payload));
+  } catch {
+    return malformed('INVALID_COMMAND', propertyKeys[0] ?? null, [
+      '(body): not a JSON document (UTF-8)',
+    ]);
+  }
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    return malformed('INVALID_COMMAND', propertyKeys[0] ?? null, ['(body): must be a JSON object']);
+  }
+  const fields = body as Record<string, unknown>;
+  const payloadKey = fields.key;
+  const shownKey = typeof payloadKey === 'string' ? payloadKey : (propertyKeys[0] ?? null);
+
+  let key: string;
+  try {
+    if (propertyKeys.length > 1) {
+      throw new InvalidKeyError(`the user property ${KEY_PROPERTY} is given more than once`);
+    }
+    const propertyKey = propertyKeys[0];
+    if (payloadKey !== undefined && propertyKey !== undefined && payloadKey !== propertyKey) {
+      throw new InvalidKeyError(
+        `the payload's key and the user property ${KEY_PROPERTY} differ; send one key`,
+      );
+    }
+    key = parseIdempotencyKey(payloadKey ?? propertyKey);
+  } catch (error) {
+    if (error instanceof InvalidKeyError) {
+      return malformed('MISSING_IDEMPOTENCY_KEY', shownKey, [`key: ${error.message}`]);
+    }
+    throw error;
+  }
+
+  if (input.retained) {
+    // A retained message is replayed to every new subscription, long after it was meant.
+    return malformed('INVALID_COMMAND', key, [
+      '(message): retained; commands are never executed from the retained store, publish them with retain off',
+    ]);
+  }
+  if (fields.device !== undefined && fields.device !== input.device) {
+    return malformed('INVALID_COMMAND', key, [
+      `device: ${JSON.stringify(fields.device)} does not match the topic's device "${input.device}"`,
+    ]);
+  }
+  try {
+    return {
+      kind: 'command',
+      key,
+      request: parseCommandRequest({ ...fields, device: input.device }),
+    };
+  } catch (error) {
+    if (error instanceof InvalidCommandError) {
+      return malformed('INVALID_COMMAND', key, error.errors);
+    }
+    throw error;
+  }
+}
+
+function keyProperty(
+  properties: Readonly<Record<string, string | string[]>> | undefined,
+): readonly string[] {
+  if (properties === undefined) return [];
+  const values: string[] = [];
+  // User property names are case-sensitive in MQTT; header-style capitals are taken too.
+  for (const [name, value] of Object.entries(properties)) {
+    if (name.toLowerCase() !== KEY_PROPERTY) continue;
+    for (const v of Array.isArray(value) ? value : [value]) {
+      if (!values.includes(v)) values.push(v);
+    }
+  }
+  return values;
+}
+
+/** An unreadable key is not echoed; a long one is cut to the longest a key may be. */
+function readableKey(key: string | null): string | null {
+  if (key === null || key.length === 0) return null;
+  return key.slice(0, 255);
+}
+
+/** The answer to a message that did not become (or join) a command. */
+export interface MessageError {
+  readonly key: string | null;
+  readonly device: string;
+  readonly code: MessageErrorCode;
+  readonly detail: string;
+  readonly errors?: readonly string[];
+  readonly receivedAt: string;
+}
+
+export function errorDocument(error: MessageError): string {
+  return JSON.stringify({
+    key: error.key,
+    device: error.device,
+    code: error.code,
+    detail: error.detail,
+    ...(error.errors === undefined || error.errors.length === 0 ? {} : { errors: error.errors }),
+    receivedAt: error.receivedAt,
+  });
+}
+
+/** The retained `state/{device}` document: the pipeline's mirror of the controller. */
+export function stateDocument(device: string, readback: Readback): string {
+  return JSON.stringify({
+    device,
+    state: readback.state,
+    position: readback.position,
+    faultCode: readback.faultCode === null ? null : formatFaultCode(readback.faultCode),
+    seq: readback.seq,
+    sourceTime: readback.sourceTime === null ? null : new Date(readback.sourceTime).toISOString(),
+    readAt: new Date(readback.requestedAt).toISOString(),
+  });
+}

@@ -1,0 +1,62 @@
+import type { CommandRef } from '../core/journal.js';
+
+/** Where an MQTT 5 requester asked for its answer: Response Topic and Correlation Data. */
+export interface ResponseRoute {
+  readonly topic: string;
+  readonly correlationData: Buffer | undefined;
+}
+
+/**
+ * The Response Topics of commands still in flight, by command, until their outcome is
+ * published. Held in memory only: after a gateway restart the outcome goes to the result
+ * topic alone (docs/mqtt-api.md). Bounded, so that commands that never settle (stuck, left
+ * for an operator) cannot grow it without limit: the oldest routes are dropped first.
+ */
+export class ResponseRoutes {
+  private readonly routes = new Map<string, ResponseRoute[]>();
+
+  constructor(
+    private readonly maxCommands = 10_000,
+    private readonly maxRoutesPerCommand = 8,
+  ) {}
+
+  add(ref: CommandRef, route: ResponseRoute): void {
+    const id = refId(ref);
+    const list = this.routes.get(id) ?? [];
+    const same = list.some(
+      (r) =>
+        r.topic === route.topic &&
+        (r.correlationData === undefined
+          ? route.correlationData === undefined
+          : route.correlationData !== undefined && r.correlationData.equals(route.correlationData)),
+    );
+    if (!same) {
+      list.push(route);
+      if (list.length > this.maxRoutesPerCommand) list.shift();
+    }
+    // Re-inserted, so that the map's order is by last use and the oldest is evicted first.
+    this.routes.delete(id);
+    this.routes.set(id, list);
+    while (this.routes.size > this.maxCommands) {
+      const oldest = this.routes.keys().next();
+      if (oldest.done === true) break;
+      this.routes.delete(oldest.value);
+    }
+  }
+
+  /** The command's routes, forgotten once taken: an outcome is published once per route. */
+  take(ref: CommandRef): ResponseRoute[] {
+    const id = refId(ref);
+    const list = this.routes.get(id) ?? [];
+    this.routes.delete(id);
+    return list;
+  }
+
+  get size(): number {
+    return this.routes.size;
+  }
+}
+
+function refId(ref: CommandRef): string {
+  return `${ref.scope}\u0000${ref.key}`;
+}

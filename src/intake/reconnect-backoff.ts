@@ -1,0 +1,34 @@
+/**
+ * Jittered exponential backoff for reconnecting to a broker: `minMs`, doubling up to `maxMs`,
+ * each delay drawn from its upper half ("equal jitter") so that gateways restarted together
+ * by a power cut do not reconnect in lock step, yet never reconnect faster than half a step.
+ */
+export class ReconnectBackoff {
+  private attempt = 0;
+  private readonly minMs: number;
+  private readonly maxMs: number;
+  private readonly random: () => number;
+
+  constructor(options: { minMs: number; maxMs: number; random?: () => number }) {
+    if (!(options.minMs > 0) || options.maxMs < options.minMs) {
+      throw new RangeError(
+        `reconnect backoff needs 0 < minMs <= maxMs (got ${options.minMs}, ${options.maxMs})`,
+      );
+    }
+    this.minMs = options.minMs;
+    this.maxMs = options.maxMs;
+    this.random = options.random ?? Math.random;
+  }
+
+  /** The delay before the next attempt; each call grows the step until `maxMs`. */
+  next(): number {
+    const step = Math.min(this.maxMs, this.minMs * 2 ** Math.min(this.attempt, 30));
+    this.attempt += 1;
+    return Math.max(1, Math.round(step / 2 + (this.random() * step) / 2));
+  }
+
+  /** After a connection that proved stable: start again from `minMs`. */
+  reset(): void {
+    this.attempt = 0;
+  }
+}

@@ -1,0 +1,157 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../src/config/config.js';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
+
+const SITE = join(ROOT, 'devices', 'site.example.yaml');
+let dir: string;
+let cleanup: () => void;
+beforeEach(() => {
+  ({ dir, cleanup } = tempDir('sluice-config-'));
+});
+afterEach(() => {
+  cleanup();
+});
+
+function write(text: string): string {
+  const path = join(dir, 'sluice.yaml');
+  writeFileSync(path, text);
+  return path;
+}
+
+function errorsOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (error) {
+    if (error instanceof ConfigError) return [...error.errors];
+    throw error;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+const MINIMAL = `
+gatewayId: g1
+stateDir: state
+mqtt: { url: mqtt://127.0.0.1:1883, identity: plant }
+identities:
+  plant: { devices: ['*'] }
+plcs:
+  p1: { protocol: modbus, host: 127.0.0.1, port: 502 }
+devices:
+  v1: { plc: p1, profile: valve, base: 0 }
+`;
+
+describe('loadConfig', () => {
+  it('loads the demo site with defaults and paths resolved against the file', () => {
+    const c = loadConfig(SITE, { env: {} });
+    expect(c.gatewayId).toBe('demo');
+    expect(c.stateDir).toBe(join(ROOT, '.state', 'demo'));
+    expect(c.journal.path).toBe(join(ROOT, '.state', 'demo', 'journal.db'));
+    expect(c.journal.retentionHours).toBe(48);
+    expect(c.https).toMatchObject({ port: 8443, certFile: join(ROOT, '.state/demo/tls/cert.pem') });
+    expect(c.mqtt).toMatchObject({ protocolVersion: 5, identity: 'demo' });
+    expect(Object.keys(c.devices)).toEqual([
+      'inlet-valve',
+      'drain-valve',
+      'outlet-valve',
+      'dosing-actuator',
+    ]);
+  });
+
+  it('takes environment overrides over the file, and flags over both', () => {
+    const c = loadConfig(SITE, {
+      env: { SLUICE_MQTT_URL: 'mqtts://broker.plant:8883', SLUICE_LOG_LEVEL: 'debug' },
+      overrides: { log: { level: 'warn' } },
+    });
+    expect(c.mqtt?.url).toBe('mqtts://broker.plant:8883');
+    expect(c.log.level).toBe('warn');
+  });
+
+  it('reports every error at once, each with its path', () => {
+    const path = write(`
+gatewayId: "bad id"
+stateDir: state
+surprise: true
+https: { port: 99999, certFile: c.pem }
+identities:
+  plant: { devices: [] , tokenSha256: nothex }
+plcs:
+  p1: { protocol: profibus }
+devices:
+  v1: { plc: p1, profile: valve }
+`);
+    const errors = errorsOf(() => loadConfig(path, { env: {} }));
+    const joined = errors.join('\n');
+    for (const p of [
+      'gatewayId:',
+      'https.port:',
+      'https.keyFile:',
+      'identities.plant.devices:',
+      'identities.plant.tokenSha256:',
+      'plcs.p1.protocol:',
+    ]) {
+      expect(joined).toContain(p);
+    }
+    expect(joined).toMatch(/surprise/);
+  });
+
+  it('cross-checks names: identities, devices, PLCs', () => {
+    const path = write(
+      MINIMAL.replace(
+        'mqtt: { url: mqtt://127.0.0.1:1883, identity: plant }',
+        'mqtt: { url: mqtt://127.0.0.1:1883, identity: nobody }',
+      )
+        .replace("plant: { devices: ['*'] }", 'plant: { devices: [v9] }')
+        .replace('v1: { plc: p1,', 'v1: { plc: p9,'),
+    );
+    const errors = errorsOf(() => loadConfig(path, { env: {} }));
+    expect(errors).toContain('mqtt.identity: no identity named "nobody"');
+    expect(errors).toContain('identities.plant.devices.0: no device named "v9"');
+    expect(errors).toContain('devices.v1.plc: no PLC named "p9"');
+    expect(errors.some((e) => e.startsWith('identities.plant: needs tokenSha256'))).toBe(true);
+  });
+
+  it('reports YAML syntax errors with their line', () => {
+    const path = write('gatewayId: g1\nstateDir: [unclosed\n');
+    expect(errorsOf(() => loadConfig(path, { env: {} }))[0]).toMatch(/^\(yaml\) line \d+/);
+  });
+
+  it('reports a missing file', () => {
+    expect(errorsOf(() => loadConfig(join(dir, 'nope.yaml'), { env: {} }))[0]).toMatch(/ENOENT/);
+  });
+});
+
+describe('sluiced --config', () => {
+  const run = (args: string[]): { status: number | null; stderr: string; stdout: string } => {
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--import',
+        join(ROOT, 'test/helpers/ts-register.mjs'),
+        join(ROOT, 'src/daemon/cli.ts'),
+        ...args,
+      ],
+      { encoding: 'utf8', env: { ...process.env, SLUICE_MQTT_URL: '' }, timeout: 30_000 },
+    );
+    return { status: r.status, stderr: r.stderr, stdout: r.stdout };
+  };
+
+  it('exits 2 on an invalid configuration, lists the errors with paths, and touches nothing', () => {
+    const path = write(
+      MINIMAL.replace('port: 502', 'port: -1').replace('stateDir: state', 'stateDir: never-made'),
+    );
+    const r = run(['--config', path]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain('plcs.p1.port:');
+    expect(existsSync(join(dir, 'never-made'))).toBe(false);
+  }, 30_000);
+
+  it('--check validates a good configuration and exits 0', () => {
+    const r = run(['--config', write(MINIMAL), '--check']);
+    expect(r.stdout).toContain('configuration is valid');
+    expect(r.status).toBe(0);
+    expect(existsSync(join(dir, 'state'))).toBe(false);
+  }, 30_000);
+});

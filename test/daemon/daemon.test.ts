@@ -1,0 +1,263 @@
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { request } from 'node:https';
+import { join } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import { pino } from 'pino';
+import { generate } from 'selfsigned';
+import { stringify } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/config.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { sha256 } from '../../src/intake/identities.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
+import {
+  TestClient,
+  mosquittoAvailable,
+  startMosquitto,
+  until,
+  type Mosquitto,
+} from '../helpers/mosquitto.js';
+import { inventoryFor } from '../helpers/plant-inventory.js';
+
+/**
+ * The whole daemon, built by its composition root from a configuration file: a real
+ * simulated plant, a real mosquitto, HTTPS on an ephemeral port. The same key over HTTPS and
+ * MQTT is one command; an unwritable journal refuses both intakes and writes nothing.
+ */
+
+const TOKEN = 'site-token';
+const quiet = pino({ level: 'silent' });
+const real = mosquittoAvailable();
+let plant: Plant;
+let broker: Mosquitto;
+let dir: string;
+let cleanup: () => void;
+let cert: string;
+let configPath: string;
+
+async function https(
+  port: number,
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+  body?: unknown,
+): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        method,
+        path,
+        ca: cert,
+        headers: { authorization: `Bearer ${TOKEN}`, ...headers },
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => {
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text });
+        });
+      },
+    );
+    req.once('error', reject);
+    if (body !== undefined) {
+      req.setHeader('content-type', 'application/json');
+      req.end(JSON.stringify(body));
+    } else req.end();
+  });
+}
+
+beforeAll(async () => {
+  if (!real) return;
+  ({ dir, cleanup } = tempDir('sluice-daemon-'));
+  plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        mb: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          devices: { 'inlet-valve': { profile: 'valve', base: 0, travelMs: 300 } },
+        },
+        ua: {
+          protocol: 'opcua',
+          host: '127.0.0.1',
+          port: 0,
+          devices: { 'outlet-valve': { profile: 'valve', travelMs: 300 } },
+        },
+      },
+    },
+    { ephemeralPorts: true, control: false },
+  );
+  broker = await startMosquitto();
+  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
+    keyType: 'ec',
+    curve: 'P-256',
+    extensions: [{ name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }] }],
+  });
+  cert = pems.cert;
+  writeFileSync(join(dir, 'cert.pem'), pems.cert);
+  writeFileSync(join(dir, 'key.pem'), pems.private);
+  const inventory = inventoryFor(plant);
+  configPath = join(dir, 'sluice.yaml');
+  writeFileSync(
+    configPath,
+    stringify({
+      gatewayId: 'site',
+      stateDir: 'state',
+      journal: { busyTimeoutMs: 300 },
+      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+      mqtt: { url: broker.url, identity: 'scada', clientId: 'sluice-site-test' },
+      opcua: { acceptUnknownCertificates: true },
+      identities: { scada: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } },
+      plcs: inventory.plcs,
+      devices: inventory.devices,
+    }),
+  );
+}, 60_000);
+
+afterAll(async () => {
+  if (!real) return;
+  await broker.close();
+  await plant.stop();
+  cleanup();
+});
+
+describe.runIf(real)('sluiced', () => {
+  it('runs both intakes on one journal: one key over HTTPS and MQTT is one command', async () => {
+    const daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
+      monitorIntervalMs: 200,
+    });
+    const client = await TestClient.connect(broker.url);
+    try {
+      const port = daemon.https!.port;
+      await client.subscribe('sluice/site/#');
+      await until(() => (daemon.readiness().ready ? true : undefined), 20_000, 'readiness');
+      const ready = await https(port, 'GET', '/readyz');
+      expect(ready.status).toBe(200);
+
+      const first = await https(
+        port,
+        'POST',
+        '/v1/commands',
+        { 'idempotency-key': 'both-1' },
+        {
+          device: 'inlet-valve',
+          action: 'open',
+        },
+      );
+      expect(first.status).toBe(200);
+      await client.publish('sluice/site/cmd/inlet-valve', { key: 'both-1', action: 'open' });
+      const replay = await client.waitFor(
+        (m) => m.topic === 'sluice/site/result/inlet-valve' && m.json().replayed === true,
+        10_000,
+        'MQTT replay',
+      );
+      expect(replay.json()).toMatchObject({ key: 'both-1', state: 'confirmed' });
+      expect(plant.device('inlet-valve').counters.writesReceived).toBe(1);
+
+      // The other way round: MQTT first, then HTTPS replays the outcome.
+      await client.publish('sluice/site/cmd/outlet-valve', { key: 'both-2', action: 'open' });
+      await client.waitFor(
+        (m) => m.topic === 'sluice/site/result/outlet-valve' && m.json().key === 'both-2',
+        15_000,
+        'MQTT result',
+      );
+      const again = await https(
+        port,
+        'POST',
+        '/v1/commands',
+        { 'idempotency-key': 'both-2' },
+        {
+          device: 'outlet-valve',
+          action: 'open',
+        },
+      );
+      expect(again.status).toBe(200);
+      expect(again.headers['idempotent-replayed']).toBe('true');
+      expect(plant.device('outlet-valve').counters.writesReceived).toBe(1);
+      const retained = await client.waitFor(
+        (m) => m.topic === 'sluice/site/status',
+        5_000,
+        'status',
+      );
+      expect(retained.text).toBe('online');
+    } finally {
+      await client.end();
+      await daemon.stop();
+    }
+  }, 90_000);
+
+  it('refuses both intakes while the journal cannot be written, and writes nothing', async () => {
+    const daemon = await Daemon.start(loadConfig(configPath, { env: {} }), { logger: quiet });
+    const client = await TestClient.connect(broker.url);
+    const device = plant.device('inlet-valve');
+    const lock = new BetterSqlite3(join(dir, 'state', 'journal.db'), { timeout: 0 });
+    try {
+      const port = daemon.https!.port;
+      await client.subscribe('sluice/site/result/#');
+      await until(
+        () => (daemon.readiness().checks.mqtt?.ok === true ? true : undefined),
+        20_000,
+        'mqtt',
+      );
+      const before = device.counters.writesReceived;
+      lock.exec('BEGIN IMMEDIATE');
+      const refused = await https(
+        port,
+        'POST',
+        '/v1/commands',
+        { 'idempotency-key': 'locked-1' },
+        {
+          device: 'inlet-valve',
+          action: 'close',
+        },
+      );
+      expect(refused.status).toBe(503);
+      expect(JSON.parse(refused.body)).toMatchObject({ code: 'JOURNAL_UNAVAILABLE' });
+      const notReady = await https(port, 'GET', '/readyz');
+      expect(notReady.status).toBe(503);
+      await client.publish('sluice/site/cmd/inlet-valve', { key: 'locked-2', action: 'close' });
+      await new Promise((r) => setTimeout(r, 1_500));
+      expect(device.counters.writesReceived).toBe(before);
+      lock.exec('ROLLBACK');
+      // Released: the withheld MQTT command is redelivered and runs exactly once.
+      await client.waitFor(
+        (m) => m.topic === 'sluice/site/result/inlet-valve' && m.json().key === 'locked-2',
+        20_000,
+        'redelivered command result',
+      );
+      expect(device.counters.writesReceived).toBe(before + 1);
+    } finally {
+      lock.close();
+      await client.end();
+      await daemon.stop();
+    }
+  }, 90_000);
+
+  it('sluiced exits 0 on SIGTERM', async () => {
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        join(ROOT, 'test/helpers/ts-register.mjs'),
+        join(ROOT, 'src/daemon/cli.ts'),
+        '--config',
+        configPath,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    await until(() => (out.includes('sluiced started') ? true : undefined), 30_000, 'start');
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(out).toContain('sluiced stopped');
+  }, 60_000);
+});

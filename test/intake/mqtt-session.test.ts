@@ -1,0 +1,225 @@
+import { randomUUID } from 'node:crypto';
+import Database from 'better-sqlite3';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/core/logger.js';
+import { MqttIntake } from '../../src/intake/mqtt.js';
+import {
+  mosquittoAvailable,
+  startMosquitto,
+  TestClient,
+  until,
+  type Mosquitto,
+  type Received,
+} from '../helpers/mosquitto.js';
+import { startStack, type Stack } from '../helpers/stack.js';
+
+/**
+ * The persistent session and fail-closed acknowledgement (I5) against a real mosquitto with
+ * persistence: commands queued while the intake is away, a journal that cannot be written
+ * (no PUBACK, nothing written, redelivered and executed once when it can), and a redelivery
+ * that crosses a broker restart.
+ */
+
+const available = mosquittoAvailable();
+
+describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () => {
+  const GATEWAY = 'gws';
+  const PREFIX = `sluice/${GATEWAY}`;
+  const CLIENT_ID = `sluice-${GATEWAY}`;
+  let broker: Mosquitto;
+  let stack: Stack;
+  let intake: MqttIntake;
+  let observer: TestClient;
+  let issuer: TestClient;
+  let locker: Database.Database | null = null;
+
+  const newIntake = (): MqttIntake =>
+    new MqttIntake({
+      config: {
+        url: broker.url,
+        protocolVersion: 5,
+        identity: 'plant',
+        sessionExpiryS: 600,
+        keepaliveS: 30,
+      },
+      gatewayId: GATEWAY,
+      pipeline: stack.pipeline,
+      identities: stack.identities,
+      metrics: stack.metrics,
+      logger: silentLogger,
+      reconnect: { minMs: 100, maxMs: 800 },
+    });
+  const startIntake = async (): Promise<void> => {
+    intake = newIntake();
+    intake.start();
+    await until(() => intake.connected() || undefined, 10_000, 'intake connected');
+  };
+  const moveOf = (device: string): 'open' | 'close' =>
+    stack.plant.device(device).published.state === 'CLOSED' ? 'open' : 'close';
+  const writes = (device: string): number => stack.plant.device(device).counters.writesReceived;
+  const resultFor =
+    (key: string, device: string) =>
+    (m: Received): boolean =>
+      m.topic === `${PREFIX}/result/${device}` && m.json().key === key;
+  const journalRefusals = async (): Promise<number> => {
+    const { values } = await stack.metrics.mqttMessages.get();
+    return values.find((v) => v.labels.outcome === 'journal_unavailable')?.value ?? 0;
+  };
+  /** Holds the journal's write lock, as another writer stuck mid-transaction would. */
+  const lockJournal = (): void => {
+    locker = new Database(stack.journalPath);
+    locker.exec('BEGIN IMMEDIATE');
+  };
+  const unlockJournal = (): void => {
+    locker?.exec('ROLLBACK');
+    locker?.close();
+    locker = null;
+  };
+
+  // Cleanup as a last-in-first-out stack: only what was started is stopped, in reverse.
+  const cleanups: (() => Promise<void>)[] = [];
+
+  beforeAll(async () => {
+    broker = await startMosquitto();
+    cleanups.push(() => broker.close());
+    stack = await startStack();
+    cleanups.push(() => stack.stop());
+    await startIntake();
+    // Whichever intake is current at the end (tests replace it).
+    cleanups.push(() => intake.stop());
+    // Persistent sessions for the test clients too: they must not miss what is published
+    // while the broker restarts.
+    const session = { clean: false, properties: { sessionExpiryInterval: 600 } };
+    observer = await TestClient.connect(broker.url, { clientId: 'observer', ...session });
+    cleanups.push(() => observer.end());
+    await observer.subscribe(`${PREFIX}/result/#`);
+    await observer.subscribe(`${PREFIX}/status`);
+    issuer = await TestClient.connect(broker.url, { clientId: 'issuer', ...session });
+    cleanups.push(() => issuer.end());
+  }, 60_000);
+
+  afterEach(() => {
+    unlockJournal();
+  });
+
+  afterAll(async () => {
+    unlockJournal();
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  });
+
+  it('delivers a command queued at the broker while the intake was away, and executes it once', async () => {
+    await intake.stop();
+    const key = randomUUID();
+    const before = writes('v1');
+    await issuer.publish(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`)).toEqual([]);
+    expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+
+    await startIntake();
+    const result = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'result');
+    expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
+    expect(writes('v1')).toBe(before + 1);
+    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`)).toHaveLength(1);
+  });
+
+  it('withholds the PUBACK while the journal cannot be written, writes nothing, and executes the redelivery once', async () => {
+    const key = randomUUID();
+    const topic = `${PREFIX}/cmd/v2`;
+    const before = writes('v2');
+    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const refusals = await journalRefusals();
+    const journalFailures = (await stack.metrics.journalFailures.get()).values[0]?.value ?? 0;
+    const statusSeen = observer.on(`${PREFIX}/status`).length;
+    lockJournal();
+    await issuer.publish(topic, { action: moveOf('v2'), key });
+
+    // Refused, dropped, reconnected, redelivered (DUP) and refused again: the broker keeps it.
+    await until(
+      () => (broker.deliveriesTo(CLIENT_ID, topic).some((d) => d.dup) ? true : undefined),
+      10_000,
+      'a redelivery',
+    );
+    expect(await journalRefusals()).toBeGreaterThan(refusals);
+    expect((await stack.metrics.journalFailures.get()).values[0]?.value).toBeGreaterThan(
+      journalFailures,
+    );
+    expect(broker.pubacksFrom(CLIENT_ID)).toBe(pubacks);
+    expect(writes('v2')).toBe(before);
+    expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+    // While refusing, the gateway's connection drops: the broker publishes the Last Will.
+    const offline = await observer.waitFor(
+      (m) => m.topic === `${PREFIX}/status` && m.text === 'offline',
+      5_000,
+      'offline',
+    );
+    expect(observer.messages.indexOf(offline)).toBeGreaterThanOrEqual(0);
+    expect(observer.on(`${PREFIX}/status`).length).toBeGreaterThan(statusSeen);
+
+    unlockJournal();
+    const result = await observer.waitFor(resultFor(key, 'v2'), 15_000, 'result');
+    expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
+    expect(writes('v2')).toBe(before + 1);
+    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    await until(() => intake.connected() || undefined, 5_000, 'intake reconnected');
+    expect(observer.on(`${PREFIX}/status`).at(-1)?.text).toBe('online');
+  });
+
+  it('executes once a command redelivered after a broker restart', async () => {
+    const key = randomUUID();
+    const topic = `${PREFIX}/cmd/u1`;
+    const before = writes('u1');
+    const refusals = await journalRefusals();
+    lockJournal();
+    await issuer.publish(topic, { action: moveOf('u1'), key });
+    await until(
+      async () => ((await journalRefusals()) > refusals ? true : undefined),
+      10_000,
+      'a refused claim',
+    );
+    // The message is in flight to the gateway, unacknowledged, when the broker goes down.
+    await broker.stop();
+    unlockJournal();
+    await broker.restart();
+
+    await until(
+      () => (stack.pipeline.get({ scope: 'plant', key })?.state === 'confirmed' ? true : undefined),
+      15_000,
+      'command confirmed',
+    );
+    const result = await observer.waitFor(resultFor(key, 'u1'), 10_000, 'result');
+    expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
+    expect(writes('u1')).toBe(before + 1);
+    // The restarted broker redelivered it from its persistence (DUP set).
+    expect(broker.deliveriesTo(CLIENT_ID, topic).at(-1)?.dup).toBe(true);
+
+    // An issuer retrying after the outage gets the replay, and nothing moves.
+    await issuer.publish(topic, { action: result.json().action, key });
+    const replay = await observer.waitFor(
+      (m) => resultFor(key, 'u1')(m) && m.json().replayed === true,
+      10_000,
+      'replay',
+    );
+    expect(replay.json()).toMatchObject({ state: 'confirmed' });
+    expect(writes('u1')).toBe(before + 1);
+  });
+
+  it('comes up while the broker is down, and connects and takes commands once it is back', async () => {
+    await intake.stop();
+    await broker.stop();
+    intake = newIntake();
+    intake.start();
+    await until(() => intake.health().lastError ?? undefined, 5_000, 'a connection error');
+    expect(intake.connected()).toBe(false);
+
+    await broker.restart();
+    await until(() => intake.connected() || undefined, 10_000, 'intake connected');
+    const key = randomUUID();
+    const before = writes('v1');
+    await issuer.publish(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key });
+    const result = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'result');
+    expect(result.json()).toMatchObject({ state: 'confirmed' });
+    expect(writes('v1')).toBe(before + 1);
+    expect(intake.health()).toEqual({ connected: true, taking: true, lastError: null });
+  });
+});

@@ -1,0 +1,338 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/core/logger.js';
+import type { Metrics } from '../../src/daemon/metrics.js';
+import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
+import {
+  mosquittoAvailable,
+  startMosquitto,
+  TestClient,
+  until,
+  type Mosquitto,
+  type Received,
+} from '../helpers/mosquitto.js';
+import { startStack, type Stack } from '../helpers/stack.js';
+
+/**
+ * The MQTT intake against a real mosquitto, the real drivers and the simulated plant: the
+ * command path (PUBACK after the claim, result, retained state and status), MQTT 5 Response
+ * Topics, MQTT 3.1.1, malformed messages and replays.
+ */
+
+const available = mosquittoAvailable();
+const mentions = (text: string): unknown => expect.stringContaining(text);
+
+async function counted(
+  metrics: Metrics,
+  metric: 'mqttMessages' | 'accepted',
+  outcome: string,
+): Promise<number> {
+  const { values } = await metrics[metric].get();
+  return values.filter((v) => v.labels.outcome === outcome).reduce((sum, v) => sum + v.value, 0);
+}
+
+describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
+  const GATEWAY = 'gw';
+  const PREFIX = `sluice/${GATEWAY}`;
+  const CLIENT_ID = 'sluice-gw';
+  let broker: Mosquitto;
+  let stack: Stack;
+  let intake: MqttIntake;
+  let observer: TestClient;
+  let issuer: TestClient;
+
+  const config = (overrides: Partial<MqttConfig> = {}): MqttConfig => ({
+    url: broker.url,
+    protocolVersion: 5,
+    identity: 'plant',
+    sessionExpiryS: 600,
+    keepaliveS: 30,
+    ...overrides,
+  });
+
+  /** The action that moves the valve from where it rests now. */
+  const moveOf = (device: string): 'open' | 'close' =>
+    stack.plant.device(device).published.state === 'CLOSED' ? 'open' : 'close';
+  const writes = (device: string): number => stack.plant.device(device).counters.writesReceived;
+  const resultFor =
+    (key: string, device: string) =>
+    (m: Received): boolean =>
+      m.topic === `${PREFIX}/result/${device}` && m.json().key === key;
+
+  // Cleanup as a last-in-first-out stack: only what was started is stopped, in reverse.
+  const cleanups: (() => Promise<void>)[] = [];
+
+  beforeAll(async () => {
+    broker = await startMosquitto();
+    cleanups.push(() => broker.close());
+    stack = await startStack();
+    cleanups.push(() => stack.stop());
+    intake = new MqttIntake({
+      config: config(),
+      gatewayId: GATEWAY,
+      pipeline: stack.pipeline,
+      identities: stack.identities,
+      metrics: stack.metrics,
+      logger: silentLogger,
+      reconnect: { minMs: 100, maxMs: 1_000 },
+    });
+    intake.start();
+    cleanups.push(() => intake.stop());
+    await until(() => intake.connected() || undefined, 10_000, 'intake connected');
+    observer = await TestClient.connect(broker.url);
+    cleanups.push(() => observer.end());
+    await observer.subscribe(`${PREFIX}/result/#`);
+    await observer.subscribe(`${PREFIX}/state/#`);
+    issuer = await TestClient.connect(broker.url);
+    cleanups.push(() => issuer.end());
+    await issuer.subscribe('test/replies/#');
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  });
+
+  it('acknowledges a command after its claim, confirms it and publishes result, state and status', async () => {
+    const key = randomUUID();
+    const action = moveOf('v1');
+    const before = writes('v1');
+    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    await issuer.publish(`${PREFIX}/cmd/v1`, { action, key });
+
+    const result = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'result');
+    expect(result.json()).toMatchObject({
+      key,
+      device: 'v1',
+      action,
+      state: 'confirmed',
+      code: 'OK',
+      faultCode: null,
+      replayed: false,
+      issuedAtSource: 'gateway',
+    });
+    expect(result.packet.qos).toBe(1);
+    expect(result.packet.retain).toBe(false);
+    expect(result.packet.properties?.contentType).toBe('application/json');
+    // The stored result, byte for byte: what HTTPS and every replay return.
+    expect(result.text).toBe(stack.pipeline.get({ scope: 'plant', key })?.response);
+    expect(writes('v1')).toBe(before + 1);
+    // The intake itself acknowledged the message to the broker, once, without redelivery.
+    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).filter((d) => d.dup)).toEqual([]);
+
+    const late = await TestClient.connect(broker.url);
+    try {
+      await late.subscribe(`${PREFIX}/state/v1`);
+      await late.subscribe(`${PREFIX}/status`);
+      const state = await late.waitFor((m) => m.topic === `${PREFIX}/state/v1`);
+      expect(state.packet.retain).toBe(true);
+      const target = action === 'open' ? 'OPEN' : 'CLOSED';
+      expect(state.json()).toMatchObject({ device: 'v1', state: target, faultCode: null });
+      expect(Date.parse(String(state.json().readAt))).not.toBeNaN();
+      const status = await late.waitFor((m) => m.topic === `${PREFIX}/status`);
+      expect(status.text).toBe('online');
+      expect(status.packet.retain).toBe(true);
+    } finally {
+      await late.end();
+    }
+    // Live state changes on the way: the valve's travel was mirrored.
+    const states = observer.on(`${PREFIX}/state/v1`).map((m) => m.json().state);
+    expect(states).toContain(action === 'open' ? 'OPENING' : 'CLOSING');
+    expect(await counted(stack.metrics, 'mqttMessages', 'new')).toBeGreaterThanOrEqual(1);
+    expect(await counted(stack.metrics, 'accepted', 'new')).toBeGreaterThanOrEqual(1);
+  });
+
+  it('answers an MQTT 5 Response Topic with its Correlation Data; the key may be a user property', async () => {
+    const key = randomUUID();
+    await issuer.publish(
+      `${PREFIX}/cmd/v2`,
+      { action: moveOf('v2') },
+      {
+        properties: {
+          responseTopic: 'test/replies/a',
+          correlationData: Buffer.from('corr-1'),
+          userProperties: { 'idempotency-key': key },
+        },
+      },
+    );
+    const reply = await issuer.waitFor((m) => m.topic === 'test/replies/a', 10_000, 'reply');
+    expect(reply.json()).toMatchObject({ key, device: 'v2', state: 'confirmed', replayed: false });
+    expect(reply.packet.properties?.correlationData?.toString()).toBe('corr-1');
+    await observer.waitFor(resultFor(key, 'v2'));
+
+    // A retry with a new correlation: the replay goes to its Response Topic.
+    await issuer.publish(
+      `${PREFIX}/cmd/v2`,
+      { action: reply.json().action, key },
+      { properties: { responseTopic: 'test/replies/b', correlationData: Buffer.from('corr-2') } },
+    );
+    const replay = await issuer.waitFor((m) => m.topic === 'test/replies/b', 10_000, 'replay');
+    expect(replay.json()).toMatchObject({ key, state: 'confirmed', replayed: true });
+    expect(replay.packet.properties?.correlationData?.toString()).toBe('corr-2');
+  });
+
+  it('replays a settled key with replayed: true and writes nothing more; a duplicate in flight adds nothing', async () => {
+    const key = randomUUID();
+    const action = moveOf('u1');
+    const before = writes('u1');
+    // Two copies at once: the second finds the first in flight.
+    await issuer.publish(`${PREFIX}/cmd/u1`, { action, key });
+    await issuer.publish(`${PREFIX}/cmd/u1`, { action, key });
+    const first = await observer.waitFor(resultFor(key, 'u1'), 15_000, 'result');
+    expect(first.json()).toMatchObject({ state: 'confirmed', replayed: false });
+    expect(writes('u1')).toBe(before + 1);
+
+    await issuer.publish(`${PREFIX}/cmd/u1`, { action, key });
+    const replay = await observer.waitFor(
+      (m) => resultFor(key, 'u1')(m) && m.json().replayed === true,
+      10_000,
+      'replay',
+    );
+    expect(replay.json()).toEqual({ ...first.json(), replayed: true });
+    await new Promise((r) => setTimeout(r, 300));
+    // One result for the command and one for the replay; the in-flight duplicate added none.
+    expect(observer.on(`${PREFIX}/result/u1`).filter((m) => m.json().key === key)).toHaveLength(2);
+    expect(writes('u1')).toBe(before + 1);
+    expect(await counted(stack.metrics, 'mqttMessages', 'replayed')).toBeGreaterThanOrEqual(1);
+    expect(await counted(stack.metrics, 'mqttMessages', 'in_flight')).toBeGreaterThanOrEqual(1);
+  });
+
+  it('acknowledges malformed messages (no redelivery) and answers them when a key can be read', async () => {
+    const before = { v1: writes('v1'), v2: writes('v2') };
+    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const settledKey = randomUUID();
+    await issuer.publish(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key: settledKey });
+    await observer.waitFor(resultFor(settledKey, 'v1'), 10_000, 'result');
+    const reuseFrom = writes('v1');
+
+    const k = {
+      notJson: `nj-${randomUUID()}`,
+      bad: `bad-${randomUUID()}`,
+      unknown: `unk-${randomUUID()}`,
+      mismatch: `mm-${randomUUID()}`,
+      retained: `ret-${randomUUID()}`,
+    };
+    const sends: [string, string | Record<string, unknown>, Record<string, unknown>][] = [
+      // Not JSON, no key anywhere: answered only on the Response Topic.
+      [`${PREFIX}/cmd/v1`, '{not json', { properties: { responseTopic: 'test/replies/nj' } }],
+      // Not JSON, key in a user property: answered on the result topic.
+      [
+        `${PREFIX}/cmd/v1`,
+        'open please',
+        { properties: { userProperties: { 'idempotency-key': k.notJson } } },
+      ],
+      [
+        `${PREFIX}/cmd/v2`,
+        { action: 'open' },
+        { properties: { responseTopic: 'test/replies/nk' } },
+      ],
+      [`${PREFIX}/cmd/v2`, { action: 'fly', key: k.bad }, {}],
+      [`${PREFIX}/cmd/nope`, { action: 'open', key: k.unknown }, {}],
+      [`${PREFIX}/cmd/v1`, { action: 'open', device: 'v2', key: k.mismatch }, {}],
+      [`${PREFIX}/cmd/v1`, { action: 'stop', key: settledKey }, {}],
+      [`${PREFIX}/cmd/v2`, { action: 'open', key: k.retained }, { retain: true }],
+    ];
+    for (const [topic, payload, options] of sends) await issuer.publish(topic, payload, options);
+
+    const error = async (device: string, key: string): Promise<Record<string, unknown>> =>
+      (
+        await observer.waitFor(
+          (m) => resultFor(key, device)(m) && m.json().code !== 'OK',
+          10_000,
+          `error for ${key}`,
+        )
+      ).json();
+    const noKeyNotJson = await issuer.waitFor((m) => m.topic === 'test/replies/nj');
+    expect(noKeyNotJson.json()).toMatchObject({ key: null, device: 'v1', code: 'INVALID_COMMAND' });
+    const noKey = await issuer.waitFor((m) => m.topic === 'test/replies/nk');
+    expect(noKey.json()).toMatchObject({ key: null, code: 'MISSING_IDEMPOTENCY_KEY' });
+    expect(await error('v1', k.notJson)).toMatchObject({ code: 'INVALID_COMMAND' });
+    const bad = await error('v2', k.bad);
+    expect(bad).toMatchObject({ device: 'v2', code: 'INVALID_COMMAND' });
+    expect(bad.errors).toEqual([mentions('action')]);
+    expect(await error('nope', k.unknown)).toMatchObject({ code: 'UNKNOWN_DEVICE' });
+    expect(await error('v1', k.mismatch)).toMatchObject({ code: 'INVALID_COMMAND' });
+    expect(
+      await observer.waitFor(
+        (m) => resultFor(settledKey, 'v1')(m) && m.json().code === 'IDEMPOTENCY_KEY_REUSED',
+      ),
+    ).toBeDefined();
+    expect((await error('v2', k.retained)).detail).toContain('retained');
+    await issuer.publish(`${PREFIX}/cmd/v2`, '', { retain: true });
+
+    // Every one was acknowledged by the intake (the empty retained clear included), none
+    // redelivered, none written.
+    await until(
+      () => (broker.pubacksFrom(CLIENT_ID) >= pubacks + 1 + sends.length + 1 ? true : undefined),
+      5_000,
+      'PUBACKs for the malformed messages',
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    for (const device of ['v1', 'v2', 'nope']) {
+      expect(
+        broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/${device}`).filter((d) => d.dup),
+      ).toEqual([]);
+    }
+    expect(writes('v1')).toBe(reuseFrom);
+    expect(reuseFrom).toBe(before.v1 + 1);
+    expect(writes('v2')).toBe(before.v2);
+    expect(stack.pipeline.get({ scope: 'plant', key: k.bad })).toBeUndefined();
+    expect(await counted(stack.metrics, 'mqttMessages', 'invalid')).toBeGreaterThanOrEqual(6);
+    expect(await counted(stack.metrics, 'mqttMessages', 'unknown_device')).toBe(1);
+    expect(await counted(stack.metrics, 'mqttMessages', 'key_reused')).toBe(1);
+  });
+
+  it('works over MQTT 3.1.1, and a clean stop publishes retained offline', async () => {
+    const v4 = new MqttIntake({
+      config: config({ protocolVersion: 4, clientId: 'sluice-gw4' }),
+      gatewayId: 'gw4',
+      pipeline: stack.pipeline,
+      identities: stack.identities,
+      metrics: stack.metrics,
+      logger: silentLogger,
+    });
+    const client = await TestClient.connect(broker.url, { protocolVersion: 4 });
+    try {
+      v4.start();
+      await until(() => v4.connected() || undefined, 10_000, 'v4 intake connected');
+      await client.subscribe('sluice/gw4/#');
+      const key = randomUUID();
+      const before = writes('v2');
+      await client.publish('sluice/gw4/cmd/v2', { action: moveOf('v2'), key });
+      const result = await client.waitFor(
+        (m) => m.topic === 'sluice/gw4/result/v2' && m.json().key === key,
+        10_000,
+        'v4 result',
+      );
+      expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
+      expect(writes('v2')).toBe(before + 1);
+      expect(broker.pubacksFrom('sluice-gw4')).toBeGreaterThanOrEqual(1);
+      await client.publish('sluice/gw4/cmd/v2', { action: 'nope', key: 'v4-bad' });
+      expect(
+        (
+          await client.waitFor(
+            (m) => m.topic === 'sluice/gw4/result/v2' && m.json().key === 'v4-bad',
+          )
+        ).json(),
+      ).toMatchObject({ code: 'INVALID_COMMAND' });
+      expect(client.on('sluice/gw4/status').map((m) => m.text)).toEqual(['online']);
+
+      await v4.stop();
+      expect(v4.connected()).toBe(false);
+      const offline = await client.waitFor(
+        (m) => m.topic === 'sluice/gw4/status' && m.text === 'offline',
+        5_000,
+        'offline',
+      );
+      expect(offline.text).toBe('offline');
+      const late = await TestClient.connect(broker.url, { protocolVersion: 4 });
+      await late.subscribe('sluice/gw4/status');
+      const retained = await late.waitFor(() => true);
+      expect(retained.text).toBe('offline');
+      await late.end();
+    } finally {
+      await v4.stop();
+      await client.end();
+    }
+  });
+});
