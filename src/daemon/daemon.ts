@@ -254,6 +254,9 @@ export class Daemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.logger.info({}, 'sluiced stopping');
+      // MQTT stops claiming at once (messages stay unacknowledged at the broker) but stays
+      // connected to publish the results of commands that settle during the bound.
+      this.mqttIntake?.stopTakingCommands();
       // In reverse start order: HTTPS takes no new requests; the pipeline refuses new commands
       // and lets in-flight ones settle within the bound, while MQTT is still connected to
       // publish their results (a message arriving now is refused, without PUBACK, and is
