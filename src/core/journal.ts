@@ -1,4 +1,11 @@
-import type { Action, CommandState, OpenState, ResultCode, TerminalState } from './command.js';
+import type {
+  Action,
+  CommandState,
+  OpenState,
+  RejectCode,
+  ResultCode,
+  TerminalState,
+} from './command.js';
 
 /** How the issuer's time was obtained: given by the issuer, or the gateway's receive time. */
 export type IssuedAtSource = 'issuer' | 'gateway';
@@ -76,6 +83,17 @@ export interface Settlement {
   readonly render: (record: CommandRecord) => string;
 }
 
+/**
+ * A rejection decided at the door (the identity may not command the device), journaled in the
+ * same commit as the claim: there is never a moment where the command sits `accepted` and
+ * could be taken up, e.g. by recovery after a crash.
+ */
+export interface Rejection {
+  readonly code: RejectCode;
+  readonly detail: string;
+  readonly render: (record: CommandRecord) => string;
+}
+
 export interface ListFilter {
   readonly device?: string;
   readonly state?: CommandState;
@@ -92,9 +110,10 @@ export interface ListFilter {
 export interface Journal {
   /**
    * Inserts the command once. An existing key is returned as a duplicate (same fingerprint)
-   * or a reuse (different fingerprint); either hit is recorded in its history.
+   * or a reuse (different fingerprint); either hit is recorded in its history. With a
+   * `rejection`, a new command is inserted and rejected in one commit.
    */
-  claim(command: NewCommand): Claim;
+  claim(command: NewCommand, rejection?: Rejection): Claim;
   get(ref: CommandRef): CommandRecord | undefined;
   /** Every scope's command with this key (the operator names keys, not scopes). */
   findByKey(key: string): CommandRecord[];

@@ -129,6 +129,8 @@ export class CommandPipeline {
   private readonly settledListeners = new Set<SettledListener>();
   private readonly mirrorListeners = new Set<MirrorListener>();
   private readonly abort = new AbortController();
+  /** Journal-unavailable retries per command, for their growing pauses. */
+  private readonly retries = new Map<string, number>();
   private closed = false;
 
   constructor(options: PipelineOptions) {
@@ -195,36 +197,43 @@ export class CommandPipeline {
     const now = this.clock.now();
     const issuedAt = request.issuedAt === null ? now : Date.parse(request.issuedAt);
     const ttlMs = request.ttlMs ?? profile.timing.defaultTtlMs;
-    const claim = this.journal.claim({
-      scope: submission.identity.scope,
-      key,
-      fingerprint: fingerprint(request),
-      device: request.device,
-      action: request.action,
-      position: request.position,
-      issuedAt,
-      issuedAtSource: request.issuedAt === null ? 'gateway' : 'issuer',
-      ttlMs,
-      deadline: issuedAt + ttlMs,
-      intake: submission.intake,
-      acceptedAt: now,
-    });
+    const devices = submission.identity.devices;
+    const forbidden = devices !== 'all' && !devices.has(request.device);
+    const claim = this.journal.claim(
+      {
+        scope: submission.identity.scope,
+        key,
+        fingerprint: fingerprint(request),
+        device: request.device,
+        action: request.action,
+        position: request.position,
+        issuedAt,
+        issuedAtSource: request.issuedAt === null ? 'gateway' : 'issuer',
+        ttlMs,
+        deadline: issuedAt + ttlMs,
+        intake: submission.intake,
+        acceptedAt: now,
+      },
+      // Rejected in the claim's own commit: a forbidden command is never `accepted` on disk,
+      // so nothing (recovery after a crash included) can take it up.
+      forbidden
+        ? {
+            code: 'FORBIDDEN_DEVICE',
+            detail: `identity "${submission.identity.scope}" may not command device "${request.device}"; nothing was written`,
+            render: renderResult,
+          }
+        : undefined,
+    );
     if (claim.kind !== 'new') return claim;
 
     const record = claim.record;
     const log = this.commandLogger(record);
-    log.info({ intake: submission.intake, action: record.action }, 'command accepted');
-    const devices = submission.identity.devices;
-    if (devices !== 'all' && !devices.has(request.device)) {
-      const settled = this.settle(log, record, 'accepted', {
-        to: 'rejected',
-        code: 'FORBIDDEN_DEVICE',
-        faultCode: null,
-        observed: null,
-        detail: `identity "${submission.identity.scope}" may not command device "${request.device}"`,
-      });
-      return { kind: 'new', record: settled ?? record };
+    if (forbidden) {
+      log.warn({ intake: submission.intake, code: record.code }, 'command rejected');
+      this.announce(record, log);
+      return claim;
     }
+    log.info({ intake: submission.intake, action: record.action }, 'command accepted');
     const verdict = checkFreshness(record, now, this.freshness);
     if (verdict !== 'FRESH') {
       const settled = this.settle(log, record, 'accepted', {
@@ -375,7 +384,13 @@ export class CommandPipeline {
     for (;;) {
       const ref = lane.queue.shift();
       if (ref === undefined || this.aborted()) return;
-      const record = this.journal.get(ref);
+      let record: CommandRecord | undefined;
+      try {
+        record = this.journal.get(ref);
+      } catch (error) {
+        this.failedMidFlight(lane, ref, this.logger.child({ key: ref.key }), error);
+        continue;
+      }
       if (record === undefined || isTerminal(record.state)) continue;
       lane.inFlight = ref;
       const log = this.commandLogger(record);
@@ -383,13 +398,41 @@ export class CommandPipeline {
         if (record.state === 'accepted') await this.handleAccepted(lane, record, log);
         else await this.recoverDispatched(lane, record, log);
       } catch (error) {
-        // Unexpected (a bug, or the journal failing mid-flight): the command stays journaled
-        // as it was and shows as stuck; nothing is written without a journal entry.
-        log.error({ err: error }, 'command handling failed; left journaled for an operator');
+        this.failedMidFlight(lane, ref, log, error);
       } finally {
         lane.inFlight = null;
       }
     }
+  }
+
+  /**
+   * The journal failed under a command (or a bug surfaced). Nothing is written without a
+   * journal entry, so the command stays journaled as it was. When the journal is only
+   * unavailable for now (locked, full), the command is taken up again later, with growing
+   * pauses: as `accepted` it takes its normal course, as `dispatched` it is settled by reading
+   * the controller — the recovery path, never a blind re-write.
+   */
+  private failedMidFlight(lane: Lane, ref: CommandRef, log: Logger, error: unknown): void {
+    if (!(error instanceof JournalUnavailableError)) {
+      log.error({ err: error }, 'command handling failed; left journaled for an operator');
+      return;
+    }
+    this.retryLater(lane, ref, log);
+  }
+
+  private retryLater(lane: Lane, ref: CommandRef, log: Logger): void {
+    if (this.closed || this.aborted()) return;
+    const id = refId(ref);
+    const attempt = (this.retries.get(id) ?? 0) + 1;
+    this.retries.set(id, attempt);
+    const delay = Math.min(1_000 * 2 ** (attempt - 1), 30_000);
+    log.warn(
+      { retryInMs: delay, attempt },
+      'journal unavailable: the command stays as journaled and is taken up again',
+    );
+    void this.clock.sleep(delay, this.abort.signal).then(() => {
+      if (!this.closed && !this.aborted()) this.enqueue(lane, ref);
+    });
   }
 
   private async handleAccepted(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
@@ -931,10 +974,13 @@ export class CommandPipeline {
       }
       if (error instanceof JournalUnavailableError) {
         log.error({ err: error }, 'outcome could not be journaled; command left open');
+        const lane = this.lanes.get(record.device);
+        if (lane !== undefined) this.retryLater(lane, record, log);
         return null;
       }
       throw error;
     }
+    this.retries.delete(refId(settled));
     const level = outcome.to === 'confirmed' ? 'info' : 'warn';
     log[level](
       {
@@ -945,6 +991,12 @@ export class CommandPipeline {
       },
       `command ${settled.state}`,
     );
+    this.announce(settled, log);
+    return settled;
+  }
+
+  /** Tells waiters and listeners (result publication, metrics) that a command settled. */
+  private announce(settled: CommandRecord, log: Logger): void {
     const waiting = this.waiters.get(refId(settled));
     if (waiting !== undefined) for (const wake of waiting) wake();
     for (const listener of this.settledListeners) {
@@ -954,7 +1006,6 @@ export class CommandPipeline {
         log.error({ err: error }, 'settled listener failed');
       }
     }
-    return settled;
   }
 
   private safeNote(record: CommandRecord, detail: string): void {

@@ -1,4 +1,4 @@
-import { rmSync } from 'node:fs';
+import { readdirSync, rmSync, type Dirent } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -51,23 +51,36 @@ export class OpcuaClientPki {
     readonly acceptUnknownCertificates: boolean;
     readonly logger: Logger;
   }) {
-    // node-opcua-pki serialises changes to the store with a lock directory that a killed
-    // process leaves behind, and the next process then waits minutes for it to look stale:
-    // a gateway killed while creating its certificate would not reach any OPC UA PLC after its
-    // restart. This process is the folder's only user (one daemon per state directory), so a
-    // lock found before the store is first used is stale.
-    const lock = join(options.dir, 'mutex.lock');
-    try {
-      rmSync(lock, { recursive: true });
+    // node-opcua-pki serialises changes to the store with lock directories (the store's
+    // `mutex.lock`, and one per certificate being created, `own/certs/*.mutex.lock`) that a
+    // killed process leaves behind; the next process then waits minutes for them to look
+    // stale, or for ever: a gateway killed while creating its certificate would not reach any
+    // OPC UA PLC after its restart. This process is the folder's only user (one daemon per
+    // state directory), so locks found before the store is first used are stale.
+    for (const lock of staleLocks(options.dir)) {
+      rmSync(lock, { recursive: true, force: true });
       options.logger.warn({ lock }, 'removed a stale OPC UA PKI lock left by a killed process');
-    } catch {
-      // No lock: the normal case.
     }
     this.manager = new OPCUACertificateManager({
       rootFolder: options.dir,
       automaticallyAcceptUnknownCertificate: options.acceptUnknownCertificates,
     });
   }
+}
+
+/** Lock files and directories (`*.lock`) in a PKI store, three levels deep at most. */
+function staleLocks(dir: string, depth = 0): string[] {
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return [];
+  }
+  return entries.flatMap((entry) => {
+    const path = join(dir, entry.name);
+    if (entry.name.endsWith('.lock')) return [path];
+    return entry.isDirectory() && depth < 3 ? staleLocks(path, depth + 1) : [];
+  });
 }
 
 export interface OpcuaEndpointOptions {

@@ -18,6 +18,7 @@ import type {
   ListFilter,
   NewCommand,
   Observation,
+  Rejection,
   Settlement,
 } from '../core/journal.js';
 import { LATEST_VERSION, MIGRATIONS } from './migrations.js';
@@ -117,7 +118,7 @@ function rowToRecord(row: CommandRow): CommandRecord {
 export class SqliteJournal implements Journal {
   private readonly db: Database;
   private readonly stmts: ReturnType<typeof prepare>;
-  private readonly txClaim: Transaction<(command: NewCommand) => Claim>;
+  private readonly txClaim: Transaction<(command: NewCommand, rejection?: Rejection) => Claim>;
   private readonly txDispatch: Transaction<
     (ref: CommandRef, at: number, before: Observation, intake: string) => CommandRecord
   >;
@@ -167,7 +168,7 @@ export class SqliteJournal implements Journal {
     this.stmts = prepare(this.db);
     const s = this.stmts;
 
-    this.txClaim = this.db.transaction((c: NewCommand): Claim => {
+    this.txClaim = this.db.transaction((c: NewCommand, rejection?: Rejection): Claim => {
       const inserted = s.insert.run({
         scope: c.scope,
         key: c.key,
@@ -185,7 +186,20 @@ export class SqliteJournal implements Journal {
       const row = s.get.get(c.scope, c.key) as CommandRow;
       if (inserted.changes === 1) {
         s.event.run(c.scope, c.key, c.acceptedAt, null, 'accepted', c.intake, 'accepted');
-        return { kind: 'new', record: rowToRecord(row) };
+        if (rejection === undefined) return { kind: 'new', record: rowToRecord(row) };
+        return {
+          kind: 'new',
+          record: this.txSettle({ scope: c.scope, key: c.key }, 'accepted', {
+            to: 'rejected',
+            code: rejection.code,
+            faultCode: null,
+            observed: null,
+            detail: rejection.detail,
+            at: c.acceptedAt,
+            intake: c.intake,
+            render: rejection.render,
+          }),
+        };
       }
       const record = rowToRecord(row);
       const same = record.fingerprint === c.fingerprint;
@@ -283,9 +297,9 @@ export class SqliteJournal implements Journal {
     });
   }
 
-  claim(command: NewCommand): Claim {
+  claim(command: NewCommand, rejection?: Rejection): Claim {
     try {
-      return this.txClaim.immediate(command);
+      return this.txClaim.immediate(command, rejection);
     } catch (error) {
       return translate(error, 'claim');
     }

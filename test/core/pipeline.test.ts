@@ -1,3 +1,4 @@
+import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { InvalidCommandError, UnknownDeviceError } from '../../src/core/errors.js';
 import { renderResult } from '../../src/core/result.js';
@@ -307,6 +308,53 @@ describe('unknown write outcomes', () => {
     h.double('v1').faults.failReads = 3;
     h.submit('k1', open);
     expect((await h.settled('k1')).state).toBe('confirmed');
+  });
+});
+
+describe('the journal failing mid-flight (I5)', () => {
+  it('an outcome that cannot be journaled is settled later by readback, never re-written', async () => {
+    h = new Harness({ travelMs: 30 });
+    const d = h.double('v1');
+    const other = new BetterSqlite3(h.path, { timeout: 0 });
+    d.onWrite = () => {
+      d.onWrite = null;
+      // Another process (an operator's CLI, a backup) holds the write lock past the journal's
+      // busy bound just when the outcome is to be journaled.
+      other.exec('BEGIN IMMEDIATE');
+      setTimeout(() => {
+        other.exec('ROLLBACK');
+      }, 1_200);
+    };
+    h.submit('k1', open);
+    const r = await h.settled('k1', 8_000);
+    other.close();
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(d.writes).toHaveLength(1);
+  });
+
+  it('a dispatch that cannot be journaled is not written, and runs once the journal is back', async () => {
+    h = new Harness();
+    const other = new BetterSqlite3(h.path, { timeout: 0 });
+    const d = h.double('v1');
+    // The lock is taken after the claim, before the worker journals `dispatched`.
+    h.submit('k1', open);
+    other.exec('BEGIN IMMEDIATE');
+    await sleep(700);
+    expect(d.writes).toHaveLength(0);
+    expect(h.get('k1')?.state).toBe('accepted');
+    other.exec('ROLLBACK');
+    other.close();
+    const r = await h.settled('k1', 8_000);
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(d.writes).toHaveLength(1);
+  });
+
+  it('a forbidden command is rejected in the claim’s own commit', () => {
+    h = new Harness();
+    const out = h.submit('k1', open, { identity: { scope: 'ops', devices: new Set(['v2']) } });
+    expect(out.record.state).toBe('rejected');
+    expect(h.journal.listOpen()).toHaveLength(0);
+    expect(h.journal.history(out.record).map((e) => e.to)).toEqual(['accepted', 'rejected']);
   });
 });
 

@@ -84,7 +84,7 @@ function startDaemon(journal: string): Daemon {
   };
 }
 
-async function until<T>(probe: () => T | undefined, ms = 15_000): Promise<T> {
+async function until<T>(probe: () => T | undefined, ms = 30_000): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {
     const value = probe();

@@ -24,8 +24,12 @@ it('reaches an OPC UA PLC although a killed process left its PKI lock behind', a
     { ephemeralPorts: true, control: false },
   );
   const { dir, cleanup } = tempDir();
-  // What node-opcua-pki leaves when the process holding the store's lock dies.
+  // What node-opcua-pki leaves when a process dies holding the store's lock, and while it
+  // creates its certificate.
   mkdirSync(join(dir, 'client', 'mutex.lock'), { recursive: true });
+  mkdirSync(join(dir, 'client', 'own', 'certs', 'client_certificate.pem.mutex.lock'), {
+    recursive: true,
+  });
   const drivers = buildDrivers({
     inventory: inventoryFor(plant),
     profiles: PROFILES,
