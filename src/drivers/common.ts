@@ -17,43 +17,6 @@ export async function withTimeout<T>(promise: Promise<T>, ms: number, message: s
   }
 }
 
-/**
- * Jittered exponential backoff between connection attempts: a PLC that is down is not hammered,
- * and many gateways restarting together do not reconnect in lockstep.
- */
-export class Backoff {
-  private readonly initialMs: number;
-  private readonly maxMs: number;
-  private failures = 0;
-  private notBefore = 0;
-
-  constructor(
-    initialMs: number,
-    maxMs: number,
-    private readonly random: () => number = Math.random,
-  ) {
-    this.initialMs = initialMs;
-    this.maxMs = maxMs;
-  }
-
-  /** Milliseconds until the next attempt is allowed. */
-  remaining(now: number): number {
-    return Math.max(0, this.notBefore - now);
-  }
-
-  failed(now: number): void {
-    this.failures++;
-    const ceiling = Math.min(this.maxMs, this.initialMs * 2 ** (this.failures - 1));
-    // "Equal jitter": between half the ceiling and the ceiling.
-    this.notBefore = now + ceiling / 2 + (this.random() * ceiling) / 2;
-  }
-
-  succeeded(): void {
-    this.failures = 0;
-    this.notBefore = 0;
-  }
-}
-
 /** Connection and error bookkeeping that drivers report as device health. */
 export class HealthCounter {
   private isConnected = false;

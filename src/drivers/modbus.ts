@@ -1,5 +1,6 @@
 import ModbusSerial from 'modbus-serial';
 import type { ModbusRTU } from 'modbus-serial/ModbusRTU.js';
+import { Backoff } from '../backoff.js';
 import type { Clock } from '../core/clock.js';
 import {
   DeviceRefusedError,
@@ -12,7 +13,7 @@ import {
 } from '../core/driver.js';
 import type { Logger } from '../core/logger.js';
 import type { DeviceProfile } from '../core/profile.js';
-import { Backoff, HealthCounter, commandCode, stateName, withTimeout } from './common.js';
+import { HealthCounter, commandCode, stateName, withTimeout } from './common.js';
 
 export interface ModbusEndpointOptions {
   readonly name: string;
@@ -80,7 +81,10 @@ export class ModbusEndpoint {
     this.name = options.name;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 1000;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 2000;
-    this.backoff = new Backoff(options.backoffInitialMs ?? 200, options.backoffMaxMs ?? 10_000);
+    this.backoff = new Backoff({
+      minMs: options.backoffInitialMs ?? 200,
+      maxMs: options.backoffMaxMs ?? 10_000,
+    });
     this.log = options.logger.child({ plc: options.name });
   }
 
@@ -197,7 +201,7 @@ export class ModbusEndpoint {
         this.onSocketClosed?.(new DeviceUnreachableError(`${this.name}: connection closed`));
       }
     });
-    this.backoff.succeeded();
+    this.backoff.reset();
     this.health.connected();
     this.client = client;
     this.log.info({ host: this.options.host, port: this.options.port }, 'modbus connected');

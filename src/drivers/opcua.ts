@@ -14,6 +14,7 @@ import {
   type StatusCode,
   type WriteValueOptions,
 } from 'node-opcua';
+import { Backoff } from '../backoff.js';
 import type { Clock } from '../core/clock.js';
 import {
   DeviceRefusedError,
@@ -26,7 +27,7 @@ import {
 } from '../core/driver.js';
 import type { Logger } from '../core/logger.js';
 import type { DeviceProfile } from '../core/profile.js';
-import { Backoff, HealthCounter, commandCode, withTimeout } from './common.js';
+import { HealthCounter, commandCode, withTimeout } from './common.js';
 
 export type OpcuaSecurityMode = 'None' | 'Sign' | 'SignAndEncrypt';
 export type OpcuaSecurityPolicy =
@@ -131,7 +132,7 @@ export class OpcuaEndpoint {
   private linkUp = false;
   private closed = false;
   /** Between failed attempts to open a session (connect, certificate, namespace). */
-  private readonly backoff = new Backoff(500, 15_000);
+  private readonly backoff = new Backoff({ minMs: 500, maxMs: 15_000 });
 
   constructor(options: OpcuaEndpointOptions) {
     this.o = options;
@@ -317,7 +318,7 @@ export class OpcuaEndpoint {
       this.backoff.failed(this.o.clock.now());
       throw error;
     }
-    this.backoff.succeeded();
+    this.backoff.reset();
     this.session = session;
     this.linkUp = true;
     this.health.connected();

@@ -8,6 +8,7 @@ import {
   type IPublishPacket,
   type MqttClient,
 } from 'mqtt';
+import { Backoff } from '../backoff.js';
 import type { SluiceConfig } from '../config/config.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { isTerminal } from '../core/command.js';
@@ -33,7 +34,6 @@ import {
 import { ResponseRoutes, type ResponseRoute } from './mqtt-response-routes.js';
 import { GatewayTopics } from './mqtt-topics.js';
 import { replayedResultBody, resultBody } from './outcome.js';
-import { ReconnectBackoff } from './reconnect-backoff.js';
 
 export type MqttConfig = NonNullable<SluiceConfig['mqtt']>;
 
@@ -107,7 +107,7 @@ export class MqttIntake {
   private readonly identity: NamedIdentity;
   private readonly topics: GatewayTopics;
   private readonly clientOptions: IClientOptions;
-  private readonly backoff: ReconnectBackoff;
+  private readonly backoff: Backoff;
   private readonly reconnectMinMs: number;
   private readonly routes = new ResponseRoutes();
   private readonly detach: (() => void)[] = [];
@@ -137,7 +137,7 @@ export class MqttIntake {
     this.identity = identity;
     this.topics = new GatewayTopics(options.gatewayId);
     this.reconnectMinMs = options.reconnect?.minMs ?? 1_000;
-    this.backoff = new ReconnectBackoff({
+    this.backoff = new Backoff({
       minMs: this.reconnectMinMs,
       maxMs: options.reconnect?.maxMs ?? 30_000,
     });

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
 import { DeviceUnreachableError } from '../../src/core/driver.js';
 import { silentLogger } from '../../src/core/logger.js';
-import { Backoff } from '../../src/drivers/common.js';
+import { Backoff } from '../../src/backoff.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { profile } from '../helpers/fixtures.js';
@@ -124,18 +124,24 @@ describe('ModbusEndpoint', () => {
 });
 
 describe('Backoff', () => {
-  it('grows exponentially with equal jitter up to its ceiling, and resets on success', () => {
-    let r = 0;
-    const b = new Backoff(100, 1_000, () => r);
-    b.failed(0);
-    expect(b.remaining(0)).toBe(50);
-    r = 1;
-    b.failed(0);
-    expect(b.remaining(0)).toBe(200);
-    for (let i = 0; i < 10; i++) b.failed(0);
-    expect(b.remaining(0)).toBe(1_000);
-    expect(b.remaining(400)).toBe(600);
-    b.succeeded();
+  it('doubles from min to max within the upper half of each step, and starts over on reset', () => {
+    const low = new Backoff({ minMs: 100, maxMs: 1000, random: () => 0 });
+    expect([1, 2, 3, 4, 5, 6].map(() => low.next())).toEqual([50, 100, 200, 400, 500, 500]);
+    const high = new Backoff({ minMs: 100, maxMs: 1000, random: () => 1 });
+    expect([1, 2, 3, 4, 5].map(() => high.next())).toEqual([100, 200, 400, 800, 1000]);
+    high.reset();
+    expect(high.next()).toBe(100);
+    expect(() => new Backoff({ minMs: 0, maxMs: 10 })).toThrow(RangeError);
+  });
+
+  it('gates attempts on a clock for the drivers', () => {
+    const b = new Backoff({ minMs: 100, maxMs: 1000, random: () => 1 });
     expect(b.remaining(0)).toBe(0);
+    b.failed(1_000);
+    expect(b.remaining(1_000)).toBe(100);
+    b.failed(1_000);
+    expect(b.remaining(1_050)).toBe(150);
+    b.reset();
+    expect(b.remaining(1_050)).toBe(0);
   });
 });

@@ -7,7 +7,6 @@ import {
 } from '../../src/intake/mqtt-message.js';
 import { ResponseRoutes } from '../../src/intake/mqtt-response-routes.js';
 import { GatewayTopics } from '../../src/intake/mqtt-topics.js';
-import { ReconnectBackoff } from '../../src/intake/reconnect-backoff.js';
 
 /** The MQTT intake's pure parts: message parsing, documents, topics, routes and backoff. */
 
@@ -211,17 +210,5 @@ describe('ResponseRoutes', () => {
     expect(routes.take(ref('a'))).toHaveLength(2);
     for (const t of ['1', '2', '3']) routes.add(ref('d'), { topic: t, correlationData: undefined });
     expect(routes.take(ref('d')).map((r) => r.topic)).toEqual(['2', '3']);
-  });
-});
-
-describe('ReconnectBackoff', () => {
-  it('doubles from min to max within the upper half of each step, and starts over on reset', () => {
-    const low = new ReconnectBackoff({ minMs: 100, maxMs: 1000, random: () => 0 });
-    expect([1, 2, 3, 4, 5, 6].map(() => low.next())).toEqual([50, 100, 200, 400, 500, 500]);
-    const high = new ReconnectBackoff({ minMs: 100, maxMs: 1000, random: () => 1 });
-    expect([1, 2, 3, 4, 5].map(() => high.next())).toEqual([100, 200, 400, 800, 1000]);
-    high.reset();
-    expect(high.next()).toBe(100);
-    expect(() => new ReconnectBackoff({ minMs: 0, maxMs: 10 })).toThrow(RangeError);
   });
 });

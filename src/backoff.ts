@@ -1,13 +1,15 @@
 /**
- * Jittered exponential backoff for reconnecting to a broker: `minMs`, doubling up to `maxMs`,
- * each delay drawn from its upper half ("equal jitter") so that gateways restarted together
- * by a power cut do not reconnect in lock step, yet never reconnect faster than half a step.
+ * Jittered exponential backoff between connection attempts (to a broker, to a PLC): `minMs`,
+ * doubling up to `maxMs`, each delay drawn from its upper half ("equal jitter"), so that
+ * gateways restarted together by a power cut do not reconnect in lock step, yet a peer that is
+ * down is never hammered faster than half a step.
  */
-export class ReconnectBackoff {
+export class Backoff {
   private attempt = 0;
   private readonly minMs: number;
   private readonly maxMs: number;
   private readonly random: () => number;
+  private notBefore = 0;
 
   constructor(options: { minMs: number; maxMs: number; random?: () => number }) {
     if (!(options.minMs > 0) || options.maxMs < options.minMs) {
@@ -30,5 +32,16 @@ export class ReconnectBackoff {
   /** After a connection that proved stable: start again from `minMs`. */
   reset(): void {
     this.attempt = 0;
+    this.notBefore = 0;
+  }
+
+  /** For callers that gate attempts on a clock: an attempt failed at `now`. */
+  failed(now: number): void {
+    this.notBefore = now + this.next();
+  }
+
+  /** Milliseconds until the next attempt is allowed (0: now). */
+  remaining(now: number): number {
+    return Math.max(0, this.notBefore - now);
   }
 }
