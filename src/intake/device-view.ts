@@ -1,5 +1,6 @@
 import type { DeviceView } from '../core/pipeline.js';
-import { formatFaultCode } from '../core/state-machine.js';
+import type { Observation } from '../core/journal.js';
+import { observe } from '../core/readback.js';
 
 /** A device as `GET /v1/devices` shows it: the mirror, its age, skew and connectivity. */
 export interface DeviceDocument {
@@ -7,14 +8,8 @@ export interface DeviceDocument {
   readonly profile: string;
   /** Whether the caller's identity may command this device. */
   readonly allowed: boolean;
-  readonly mirror: {
-    readonly state: string;
-    readonly position: number | null;
-    readonly faultCode: string | null;
-    readonly seq: number | null;
-    /** The controller's own clock at the read (uncorrected for skew), RFC 3339. */
-    readonly sourceTime: string | null;
-  } | null;
+  /** The last readback, as journaled with commands (`Observation`). */
+  readonly mirror: Observation | null;
   readonly readbackAgeMs: number | null;
   readonly skew: {
     readonly offsetMs: number;
@@ -39,16 +34,7 @@ export function deviceDocument(view: DeviceView, allowed: boolean, now: number):
     id: view.id,
     profile: view.profile,
     allowed,
-    mirror:
-      m === null
-        ? null
-        : {
-            state: m.state,
-            position: m.position,
-            faultCode: m.faultCode === null ? null : formatFaultCode(m.faultCode),
-            seq: m.seq,
-            sourceTime: iso(m.sourceTime),
-          },
+    mirror: m === null ? null : observe(m),
     readbackAgeMs: m === null ? null : Math.max(0, Math.round(now - m.receivedAt)),
     skew:
       view.skew === null

@@ -1,7 +1,7 @@
 import { parseCommandRequest, parseIdempotencyKey, type CommandRequest } from '../core/command.js';
 import type { Readback } from '../core/driver.js';
 import { InvalidCommandError, InvalidKeyError } from '../core/errors.js';
-import { formatFaultCode } from '../core/state-machine.js';
+import { observe } from '../core/readback.js';
 
 /**
  * The documents of the MQTT intake (SPEC §5, docs/mqtt-api.md): a command message as it comes
@@ -172,13 +172,5 @@ export function errorDocument(error: MessageError): string {
 
 /** The retained `state/{device}` document: the pipeline's mirror of the controller. */
 export function stateDocument(device: string, readback: Readback): string {
-  return JSON.stringify({
-    device,
-    state: readback.state,
-    position: readback.position,
-    faultCode: readback.faultCode === null ? null : formatFaultCode(readback.faultCode),
-    seq: readback.seq,
-    sourceTime: readback.sourceTime === null ? null : new Date(readback.sourceTime).toISOString(),
-    readAt: new Date(readback.requestedAt).toISOString(),
-  });
+  return JSON.stringify({ device, ...observe(readback) });
 }
