@@ -123,6 +123,8 @@ export class MqttIntake {
   private lastError: string | null = null;
   private errorStreak = 0;
   private stopping: Promise<void> | null = null;
+  /** Publications not yet acknowledged by the broker (QoS 1). */
+  private readonly unacknowledged = new Set<Promise<void>>();
 
   constructor(options: MqttIntakeOptions) {
     this.config = options.config;
@@ -236,6 +238,14 @@ export class MqttIntake {
     const client = this.client;
     if (client === null) return;
     if (client.connected) {
+      // Results of commands that settled just before the stop (their publication is deferred
+      // by one or two turns of the event loop) go out and are acknowledged before `offline`
+      // and the DISCONNECT; ending the client earlier loses them.
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      if (!(await this.within(STOP_STEP_MS, Promise.all([...this.unacknowledged])))) {
+        this.logger.warn({}, 'results not acknowledged by the broker in time');
+      }
       const published = await this.within(
         STOP_STEP_MS,
         client.publishAsync(this.topics.status, 'offline', { qos: 1, retain: true }),
@@ -641,25 +651,34 @@ export class MqttIntake {
     payload: string,
     options: { retain: boolean; correlationData?: Buffer },
   ): void {
-    setImmediate(() => {
-      const client = this.client;
-      if (client === null || this.ended) return;
-      const publishOptions: IClientPublishOptions = { qos: 1, retain: options.retain };
-      if (this.config.protocolVersion === 5) {
-        publishOptions.properties = {
-          contentType: topic === this.topics.status ? 'text/plain' : 'application/json',
-          payloadFormatIndicator: true,
-          ...(options.correlationData === undefined
-            ? {}
-            : { correlationData: options.correlationData }),
-        };
-      }
-      client.publish(topic, payload, publishOptions, (error) => {
-        if (error !== undefined && !this.ended) {
-          this.logger.warn({ err: error, topic }, 'MQTT publication failed');
+    const sent = new Promise<void>((resolve) => {
+      setImmediate(() => {
+        const client = this.client;
+        if (client === null || this.ended) {
+          resolve();
+          return;
         }
+        const publishOptions: IClientPublishOptions = { qos: 1, retain: options.retain };
+        if (this.config.protocolVersion === 5) {
+          publishOptions.properties = {
+            contentType: topic === this.topics.status ? 'text/plain' : 'application/json',
+            payloadFormatIndicator: true,
+            ...(options.correlationData === undefined
+              ? {}
+              : { correlationData: options.correlationData }),
+          };
+        }
+        client.publish(topic, payload, publishOptions, (error) => {
+          // mqtt.js calls back with null, not undefined, on success.
+          if (error instanceof Error && !this.ended) {
+            this.logger.warn({ err: error, topic }, 'MQTT publication failed');
+          }
+          resolve();
+        });
       });
     });
+    this.unacknowledged.add(sent);
+    void sent.then(() => this.unacknowledged.delete(sent));
   }
 
   private count(outcome: MessageOutcome): void {

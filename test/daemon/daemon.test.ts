@@ -240,6 +240,44 @@ describe.runIf(real)('sluiced', () => {
     }
   }, 90_000);
 
+  it('at stop, a command in flight settles within the bound and its result is still published', async () => {
+    const daemon = await Daemon.start(loadConfig(configPath, { env: {} }), { logger: quiet });
+    const client = await TestClient.connect(broker.url);
+    const device = plant.device('outlet-valve');
+    try {
+      await client.subscribe('sluice/site/#');
+      await until(
+        () => (daemon.readiness().checks.mqtt?.ok === true ? true : undefined),
+        20_000,
+        'mqtt',
+      );
+      const before = device.counters.writesReceived;
+      const action = device.published.state === 'OPEN' ? 'close' : 'open';
+      await client.publish('sluice/site/cmd/outlet-valve', { key: 'at-stop', action });
+      await until(
+        () => (device.counters.writesReceived > before ? true : undefined),
+        10_000,
+        'write',
+      );
+      await daemon.stop();
+      const result = await client.waitFor(
+        (m) => m.topic === 'sluice/site/result/outlet-valve' && m.json().key === 'at-stop',
+        5_000,
+        'result of the command in flight at stop',
+      );
+      expect(result.json()).toMatchObject({ state: 'confirmed' });
+      const offline = await client.waitFor(
+        (m) => m.topic === 'sluice/site/status' && m.text === 'offline',
+        5_000,
+        'offline',
+      );
+      expect(client.messages.indexOf(offline)).toBeGreaterThan(client.messages.indexOf(result));
+    } finally {
+      await client.end();
+      await daemon.stop();
+    }
+  }, 60_000);
+
   it('sluiced exits 0 on SIGTERM', async () => {
     const child = spawn(
       process.execPath,
