@@ -47,6 +47,12 @@ export interface DeviceHealth {
   readonly lastGoodReadAt: number | null;
   readonly errorCount: number;
   readonly lastError: string | null;
+  /**
+   * Counts the connections (sessions) made to the controller. A change means a reconnect: the
+   * controller may have restarted and stepped its clock, so a skew estimate taken on an
+   * earlier connection is void (SPEC §6).
+   */
+  readonly connectionEpoch: number;
 }
 
 export interface DeviceDriver {
@@ -73,22 +79,4 @@ export class DeviceRefusedError extends SluiceError {
   constructor(message: string, options?: ErrorOptions) {
     super('DEVICE_REFUSED', message, options);
   }
-}
-
-/** Controller clock skew estimate from the round-trip midpoint (SPEC §6). */
-export interface SkewEstimate {
-  /** controller clock − gateway clock, ms. */
-  readonly offsetMs: number;
-  /** Half the round trip: the estimate is within ± this. */
-  readonly uncertaintyMs: number;
-  readonly measuredAt: number;
-}
-
-export function estimateSkew(sample: ClockSample): SkewEstimate {
-  const midpoint = (sample.requestedAt + sample.receivedAt) / 2;
-  return {
-    offsetMs: sample.controllerTime - midpoint,
-    uncertaintyMs: Math.max(0, (sample.receivedAt - sample.requestedAt) / 2),
-    measuredAt: sample.receivedAt,
-  };
 }

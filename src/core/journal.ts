@@ -94,6 +94,12 @@ export interface Rejection {
   readonly render: (record: CommandRecord) => string;
 }
 
+/**
+ * Chooses a command's sequence number inside the dispatch commit: from the device's last
+ * allocated number (0 when none yet) and the numbers of its other open commands.
+ */
+export type SeqAllocator = (last: number, open: ReadonlySet<number>) => number;
+
 export interface ListFilter {
   readonly device?: string;
   readonly state?: CommandState;
@@ -118,14 +124,16 @@ export interface Journal {
   /** Every scope's command with this key (the operator names keys, not scopes). */
   findByKey(key: string): CommandRecord[];
   /**
-   * accepted → dispatched: allocates the device's next sequence number in the same commit,
-   * skipping the one the controller echoes in `observedBefore`.
+   * accepted → dispatched, with the sequence number `allocate` chooses in the same commit
+   * from the device's last one and those of its commands still open (the rule is the core's:
+   * src/core/sequence.ts).
    */
   markDispatched(
     ref: CommandRef,
     at: number,
     observedBefore: Observation,
     intake: string,
+    allocate: SeqAllocator,
   ): CommandRecord;
   /** A second write after the first was proven not applied; allowed once per command. */
   markRedispatched(ref: CommandRef, at: number, detail: string, intake: string): CommandRecord;

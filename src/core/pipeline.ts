@@ -8,7 +8,7 @@ import {
   type OpenState,
 } from './command.js';
 import type { Clock } from './clock.js';
-import type { DeviceDriver, DeviceHealth, Readback, SkewEstimate } from './driver.js';
+import type { DeviceDriver, DeviceHealth, Readback } from './driver.js';
 import {
   InvalidCommandError,
   JournalConflictError,
@@ -16,18 +16,14 @@ import {
   ShuttingDownError,
   UnknownDeviceError,
 } from './errors.js';
-import {
-  CommandExecution,
-  PIPELINE,
-  RECOVERY,
-  freshnessDetail,
-  type Lane,
-  type Outcome,
-} from './execution.js';
+import { CommandExecution } from './execution.js';
+import { PIPELINE, RECOVERY, freshnessDetail, type Lane, type Outcome } from './lane.js';
+import { summarizeOpen, type OpenCommands } from './open-commands.js';
 import type { Claim, CommandRecord, CommandRef, Journal, JournalEvent } from './journal.js';
 import type { Logger } from './logger.js';
 import type { DeviceProfile } from './profile.js';
 import { renderResult } from './result.js';
+import type { SkewEstimate, TimedReadback } from './skew.js';
 
 /** One commandable device: its profile and the driver that reaches it. */
 export interface DeviceBinding {
@@ -60,6 +56,12 @@ export interface PipelineOptions {
   readonly freshness: FreshnessPolicy;
   /** Controller skew is re-measured before a write when older than this (default 60 s). */
   readonly skewMaxAgeMs?: number;
+  /**
+   * Taking up an open command keeps trying to reach its device at least this long, even past
+   * its deadline, before it ends DEVICE_UNREACHABLE (default 15 s: an OPC UA session may need
+   * several seconds to come up after a restart).
+   */
+  readonly unreachableGraceMs?: number;
 }
 
 /** What the rest of the daemon may know about a device, as the pipeline last saw it. */
@@ -71,10 +73,14 @@ export interface DeviceView {
   readonly health: DeviceHealth;
   readonly queued: number;
   readonly inFlight: string | null;
+  /** A command left open and waiting to be taken up again: the device waits for it. */
+  readonly unresolved: string | null;
 }
 
 type SettledListener = (record: CommandRecord) => void;
 type MirrorListener = (device: string, readback: Readback) => void;
+
+export type { OpenCommands };
 
 /**
  * The command pipeline: where I1–I5 live. submit() journals a command (the claim is durable
@@ -94,8 +100,8 @@ export class CommandPipeline {
   private readonly mirrorListeners = new Set<MirrorListener>();
   private readonly abort = new AbortController();
   private readonly execution: CommandExecution;
-  /** Journal-unavailable retries per command, for their growing pauses. */
-  private readonly retries = new Map<string, number>();
+  /** Open commands already reported as beyond reach (device not configured): logged once. */
+  private readonly orphansReported = new Set<string>();
   private closed = false;
 
   constructor(options: PipelineOptions) {
@@ -112,6 +118,8 @@ export class CommandPipeline {
         inFlight: null,
         mirror: null,
         skew: null,
+        unresolved: null,
+        lastWrite: null,
       });
     }
     this.execution = new CommandExecution({
@@ -119,6 +127,7 @@ export class CommandPipeline {
       clock: this.clock,
       freshness: this.freshness,
       skewMaxAgeMs: this.skewMaxAgeMs,
+      unreachableGraceMs: options.unreachableGraceMs ?? 15_000,
       signal: this.abort.signal,
       settle: (log, record, from, outcome) => this.settle(log, record, from, outcome),
       note: (record, detail) => {
@@ -153,6 +162,7 @@ export class CommandPipeline {
       health: lane.binding.driver.health(),
       queued: lane.queue.length,
       inFlight: lane.inFlight?.key ?? null,
+      unresolved: lane.unresolved?.key ?? null,
     }));
   }
 
@@ -258,7 +268,7 @@ export class CommandPipeline {
       void (async () => {
         while (!this.aborted()) {
           if (lane.inFlight === null && lane.queue.length === 0)
-            await this.execution.tryRead(lane, log);
+            await this.execution.reads.tryRead(lane, log);
           await this.clock.sleep(intervalMs, this.abort.signal);
         }
       })();
@@ -295,29 +305,98 @@ export class CommandPipeline {
   }
 
   /**
-   * Recovery at start (I5): every non-terminal command is settled by reading its controller.
-   * Accepted commands were never written (dispatch is journaled before the write) and take
-   * their normal course; dispatched ones are confirmed, re-dispatched once when provably not
-   * applied, or left open for an operator. Never a blind re-write.
+   * Recovery at start (I5): every non-terminal command is taken up. Accepted commands were
+   * never written (dispatch is journaled before the write) and take their normal course;
+   * dispatched ones are settled by reading the controller — confirmed, re-dispatched once when
+   * provably not applied, or ended with what the readbacks prove — never by a blind re-write.
+   * Returns how many open commands the journal held.
    */
   recover(): number {
-    const open = this.journal.listOpen();
-    for (const record of open) {
+    return this.sweep();
+  }
+
+  /**
+   * Takes up every open command that has no live worker: a command left open by a journal
+   * stall, by a failure, or by an earlier life of the daemon. Dispatched commands go first on
+   * their device (the device's queue never moves past one, I1). Idempotent: commands queued or
+   * in flight are left alone. Returns how many open commands the journal holds.
+   */
+  sweep(): number {
+    let open: CommandRecord[];
+    try {
+      open = this.journal.listOpen();
+    } catch (error) {
+      this.logger.warn({ err: error }, 'sweep: the journal cannot be read; trying again later');
+      return 0;
+    }
+    const live = new Set<string>();
+    for (const lane of this.lanes.values()) {
+      for (const ref of lane.queue) live.add(refId(ref));
+      if (lane.inFlight !== null) live.add(refId(lane.inFlight));
+      if (lane.unresolved !== null) live.add(refId(lane.unresolved));
+    }
+    // Dispatched first, then accepted in the order they were accepted (listOpen's order).
+    const ordered = [
+      ...open.filter((r) => r.state === 'dispatched'),
+      ...open.filter((r) => r.state === 'accepted'),
+    ];
+    for (const record of ordered) {
+      if (live.has(refId(record))) continue;
       const lane = this.lanes.get(record.device);
       if (lane === undefined) {
-        this.logger.warn(
-          { key: record.key, device: record.device },
-          'open command for a device no longer configured; left for an operator',
-        );
-        this.safeNote(
-          record,
-          'recovery: the device is not in the configuration; left open for an operator',
-        );
+        this.reportOrphan(record);
         continue;
       }
-      this.enqueue(lane, record);
+      const ref = { scope: record.scope, key: record.key };
+      if (record.state === 'dispatched' && lane.unresolved === null && lane.inFlight === null) {
+        lane.unresolved = ref;
+      } else if (record.state === 'dispatched') {
+        lane.queue.unshift(ref);
+      } else {
+        lane.queue.push(ref);
+      }
+      live.add(refId(record));
+    }
+    if (!this.closed) {
+      for (const lane of this.lanes.values()) {
+        if (lane.unresolved !== null || lane.queue.length > 0) this.startWorker(lane);
+      }
     }
     return open.length;
+  }
+
+  /** Runs the sweep every `intervalMs` until the pipeline stops. */
+  startSweep(intervalMs: number): void {
+    void (async () => {
+      for (;;) {
+        await this.clock.sleep(intervalMs, this.abort.signal);
+        if (this.aborted() || this.closed) return;
+        this.sweep();
+      }
+    })();
+  }
+
+  /** Open commands by state and age, and the stuck ones (SPEC §2), for metrics and readiness. */
+  openCommands(): OpenCommands {
+    const confirmTimeouts = new Map<string, number>();
+    for (const [id, lane] of this.lanes) {
+      confirmTimeouts.set(id, lane.binding.profile.timing.confirmTimeoutMs);
+    }
+    return summarizeOpen(this.journal.listOpen(), this.clock.now(), confirmTimeouts);
+  }
+
+  private reportOrphan(record: CommandRecord): void {
+    const id = refId(record);
+    if (this.orphansReported.has(id)) return;
+    this.orphansReported.add(id);
+    this.logger.warn(
+      { key: record.key, device: record.device },
+      'open command for a device no longer configured; stuck until an operator resolves it',
+    );
+    this.safeNote(
+      record,
+      'recovery: the device is not in the configuration; stuck until an operator resolves it',
+    );
   }
 
   /**
@@ -326,7 +405,10 @@ export class CommandPipeline {
    */
   async stop(boundMs: number): Promise<void> {
     this.closed = true;
-    for (const lane of this.lanes.values()) lane.queue.length = 0;
+    for (const lane of this.lanes.values()) {
+      lane.queue.length = 0;
+      lane.unresolved = null;
+    }
     const running = (): Promise<void>[] =>
       [...this.lanes.values()].flatMap((lane) => (lane.running === null ? [] : [lane.running]));
     const timeout = new AbortController();
@@ -348,7 +430,8 @@ export class CommandPipeline {
   private enqueue(lane: Lane, ref: CommandRef): void {
     if (this.closed) return;
     lane.queue.push({ scope: ref.scope, key: ref.key });
-    this.startWorker(lane);
+    // A device waiting for an unresolved command is restarted by the sweep, at its pace.
+    if (lane.unresolved === null) this.startWorker(lane);
   }
 
   private startWorker(lane: Lane): void {
@@ -356,66 +439,76 @@ export class CommandPipeline {
     lane.running = this.drain(lane).finally(() => {
       lane.running = null;
       // A command queued while the worker was finishing must not wait for the next submit.
-      if (lane.queue.length > 0 && !this.closed) this.startWorker(lane);
+      if (lane.unresolved === null && lane.queue.length > 0 && !this.closed) {
+        this.startWorker(lane);
+      }
     });
   }
 
   private async drain(lane: Lane): Promise<void> {
     for (;;) {
-      const ref = lane.queue.shift();
-      if (ref === undefined || this.aborted()) return;
+      if (this.aborted()) return;
+      const ref = lane.unresolved ?? lane.queue.shift();
+      if (ref === undefined) return;
+      lane.unresolved = null;
       let record: CommandRecord | undefined;
       try {
         record = this.journal.get(ref);
       } catch (error) {
-        this.failedMidFlight(lane, ref, this.logger.child({ key: ref.key }), error);
-        continue;
+        this.leftOpen(lane, ref, this.logger.child({ key: ref.key }), error);
+        return;
       }
       if (record === undefined || isTerminal(record.state)) continue;
       lane.inFlight = ref;
       const log = this.commandLogger(record);
+      let failure: unknown = null;
       try {
         if (record.state === 'accepted') await this.execution.handleAccepted(lane, record, log);
-        else await this.execution.recoverDispatched(lane, record, log);
+        else await this.execution.takeUpDispatched(lane, record, log);
       } catch (error) {
-        this.failedMidFlight(lane, ref, log, error);
+        failure = error;
       } finally {
         lane.inFlight = null;
+      }
+      if (this.aborted()) return;
+      // Whatever happened, the device moves on only once the command is terminal.
+      let after: CommandRecord | undefined;
+      try {
+        after = this.journal.get(ref);
+      } catch (error) {
+        this.leftOpen(lane, ref, log, failure ?? error);
+        return;
+      }
+      if (after !== undefined && !isTerminal(after.state)) {
+        this.leftOpen(lane, ref, log, failure);
+        return;
       }
     }
   }
 
   /**
-   * The journal failed under a command (or a bug surfaced). Nothing is written without a
-   * journal entry, so the command stays journaled as it was. When the journal is only
-   * unavailable for now (locked, full), the command is taken up again later, with growing
-   * pauses: as `accepted` it takes its normal course, as `dispatched` it is settled by reading
-   * the controller — the recovery path, never a blind re-write.
+   * A command is still open after its worker finished: the journal failed under it (or a bug
+   * surfaced). Nothing is written without a journal entry, so it stays as journaled; it stays
+   * the device's command (the queue does not move past it), and the sweep takes it up again —
+   * as `accepted` it takes its normal course, as `dispatched` it is settled by reading the
+   * controller, never by a blind re-write.
    */
-  private failedMidFlight(lane: Lane, ref: CommandRef, log: Logger, error: unknown): void {
-    if (!(error instanceof JournalUnavailableError)) {
-      log.error({ err: error }, 'command handling failed; left journaled for an operator');
-      return;
+  private leftOpen(lane: Lane, ref: CommandRef, log: Logger, error: unknown): void {
+    lane.unresolved = ref;
+    if (error === null || error instanceof JournalUnavailableError) {
+      log.warn(
+        { err: error ?? undefined },
+        'command left open (journal unavailable); the device waits until it is taken up again',
+      );
+    } else {
+      log.error(
+        { err: error },
+        'command handling failed; the device waits until it is taken up again',
+      );
     }
-    this.retryLater(lane, ref, log);
   }
 
-  private retryLater(lane: Lane, ref: CommandRef, log: Logger): void {
-    if (this.closed || this.aborted()) return;
-    const id = refId(ref);
-    const attempt = (this.retries.get(id) ?? 0) + 1;
-    this.retries.set(id, attempt);
-    const delay = Math.min(1_000 * 2 ** (attempt - 1), 30_000);
-    log.warn(
-      { retryInMs: delay, attempt },
-      'journal unavailable: the command stays as journaled and is taken up again',
-    );
-    void this.clock.sleep(delay, this.abort.signal).then(() => {
-      if (!this.closed && !this.aborted()) this.enqueue(lane, ref);
-    });
-  }
-
-  private updateMirror(lane: Lane, readback: Readback): void {
+  private updateMirror(lane: Lane, readback: TimedReadback): void {
     const previous = lane.mirror;
     lane.mirror = readback;
     const changed =
@@ -456,13 +549,10 @@ export class CommandPipeline {
       }
       if (error instanceof JournalUnavailableError) {
         log.error({ err: error }, 'outcome could not be journaled; command left open');
-        const lane = this.lanes.get(record.device);
-        if (lane !== undefined) this.retryLater(lane, record, log);
         return null;
       }
       throw error;
     }
-    this.retries.delete(refId(settled));
     const level = outcome.to === 'confirmed' ? 'info' : 'warn';
     log[level](
       {

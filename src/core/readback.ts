@@ -1,5 +1,6 @@
 import type { Observation } from './journal.js';
-import type { Readback, SkewEstimate } from './driver.js';
+import type { Readback } from './driver.js';
+import { sourceWindow, type SkewEstimate, type TimedReadback } from './skew.js';
 import type { DeviceProfile } from './profile.js';
 import { ILLEGAL_TRANSITION_FAULT, formatFaultCode } from './state-machine.js';
 
@@ -32,6 +33,11 @@ export type WrittenVerdict =
   | { readonly kind: 'wrong-state' }
   /** The controller has not (yet) echoed this command's sequence number. */
   | { readonly kind: 'not-taken' }
+  /**
+   * The readback shows this command's echo with a source time before the write: impossible
+   * unless the controller's clock stepped; the skew is measured again before judging on.
+   */
+  | { readonly kind: 'skew-contradicted' }
   /** Taken, still travelling, or a readback too old to speak about the write. */
   | { readonly kind: 'pending'; readonly reason: string };
 
@@ -47,44 +53,47 @@ export function meetsExpectation(
 }
 
 /**
- * True when the readback provably reflects the controller before the write: its source time,
- * corrected by the measured skew and allowing for the estimate's uncertainty, is earlier than
- * the moment the write was sent (SPEC §6, readback freshness). Without a skew estimate the
- * controller's time cannot be compared with the gateway's; the sequence echo then decides.
+ * True when the readback provably reflects the controller before the write: its image was
+ * produced, by its source time corrected by the measured skew and allowing for the estimate's
+ * uncertainty, before the write was sent (SPEC §6, readback freshness). Without a skew estimate
+ * the controller's time cannot be compared with the gateway's; the sequence echo then decides.
  */
 export function predatesWrite(
-  readback: Readback,
-  writeSentAt: number,
+  readback: Pick<Readback, 'sourceTime'>,
+  writeSentMono: number,
   skew: SkewEstimate | null,
 ): boolean {
-  if (readback.sourceTime === null || skew === null) return false;
-  const gatewayTime = readback.sourceTime - skew.offsetMs;
-  return gatewayTime + skew.uncertaintyMs < writeSentAt;
+  const window = sourceWindow(readback, skew);
+  return window !== null && window.latest < writeSentMono;
 }
 
 /**
  * I2: judges one readback taken after a write. Only a readback requested after the write was
  * sent, showing this command's echoed sequence number (where the controller echoes), the
- * target state and a source time not before the write can confirm.
+ * target state and a source time not before the write can confirm. Times are monotonic.
  */
 export function judgeWritten(args: {
   readonly profile: DeviceProfile;
-  readonly readback: Readback;
+  readonly readback: TimedReadback;
   readonly expect: Expectation;
   readonly seq: number;
-  readonly writeSentAt: number;
+  readonly writeSentMono: number;
   readonly skew: SkewEstimate | null;
 }): WrittenVerdict {
-  const { profile, readback, expect, seq, writeSentAt, skew } = args;
-  if (readback.requestedAt < writeSentAt) {
+  const { profile, readback, expect, seq, writeSentMono, skew } = args;
+  if (readback.requestedMono < writeSentMono) {
     return { kind: 'pending', reason: 'readback requested before the write' };
   }
-  if (profile.controller.echoesSeq && readback.seq !== seq) return { kind: 'not-taken' };
-  if (predatesWrite(readback, writeSentAt, skew)) {
+  const echoes = profile.controller.echoesSeq;
+  if (echoes && readback.seq !== seq) return { kind: 'not-taken' };
+  if (predatesWrite(readback, writeSentMono, skew)) {
+    // The controller echoes this command, so the image was produced after the write: a source
+    // time before it means the controller's clock stepped back since the estimate (SPEC §6).
+    if (echoes) return { kind: 'skew-contradicted' };
     return { kind: 'pending', reason: 'readback source time predates the write' };
   }
   // A latched 0x88 with this command's echo is the controller's own refusal (I4).
-  if (readback.faultCode === ILLEGAL_TRANSITION_FAULT && profile.controller.echoesSeq) {
+  if (readback.faultCode === ILLEGAL_TRANSITION_FAULT && echoes) {
     return { kind: 'controller-rejected' };
   }
   if (readback.state === profile.faultState) {

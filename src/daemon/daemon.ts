@@ -21,6 +21,8 @@ export interface DaemonOptions {
   readonly shutdownBoundMs?: number;
   /** Period of the idle-device readback that keeps the mirror current. */
   readonly monitorIntervalMs?: number;
+  /** Period of the sweep that takes up open commands with no live worker. */
+  readonly sweepIntervalMs?: number;
 }
 
 export interface Readiness {
@@ -48,6 +50,7 @@ export class Daemon {
   private readonly httpsIntake: HttpsIntake | null;
   private readonly mqttIntake: MqttIntake | null;
   private readonly journal: SqliteJournal;
+  private readonly clock: Clock;
   private stopping: Promise<void> | null = null;
 
   private constructor(parts: {
@@ -57,6 +60,7 @@ export class Daemon {
     metrics: Metrics;
     recovered: number;
     journal: SqliteJournal;
+    clock: Clock;
     httpsIntake: HttpsIntake | null;
     mqttIntake: MqttIntake | null;
     releasers: { name: string; release: () => Promise<void> | void }[];
@@ -67,6 +71,7 @@ export class Daemon {
     this.metrics = parts.metrics;
     this.recovered = parts.recovered;
     this.journal = parts.journal;
+    this.clock = parts.clock;
     this.httpsIntake = parts.httpsIntake;
     this.mqttIntake = parts.mqttIntake;
     this.releasers = parts.releasers;
@@ -131,6 +136,9 @@ export class Daemon {
       if (recovered > 0)
         logger.warn({ open: recovered }, 'recovering open commands from the journal');
       pipeline.startMonitor(options.monitorIntervalMs ?? 1_000);
+      // Open commands with no live worker (a journal stall, a failure) are taken up until they
+      // are terminal, so that none waits for a restart.
+      pipeline.startSweep(options.sweepIntervalMs ?? 1_000);
 
       const sweeper = new RetentionSweeper({
         journal,
@@ -142,7 +150,7 @@ export class Daemon {
       releasers.push({ name: 'retention', release: () => sweeper.stop() });
 
       const identities = new IdentityRegistry(config.identities);
-      const metrics = new Metrics(pipeline);
+      const metrics = new Metrics(pipeline, clock);
 
       let mqttIntake: MqttIntake | null = null;
       if (config.mqtt !== undefined) {
@@ -189,6 +197,7 @@ export class Daemon {
         metrics,
         recovered,
         journal,
+        clock,
         httpsIntake,
         mqttIntake,
         releasers,
@@ -232,7 +241,28 @@ export class Daemon {
         detail: this.https === null ? 'not listening' : 'listening',
       };
     }
-    const now = Date.now();
+    try {
+      const open = this.pipeline.openCommands();
+      const stuck = open.stuck;
+      const oldest = open.oldestAgeMs === null ? '' : `, oldest ${Math.round(open.oldestAgeMs / 1000)} s`;
+      checks.commands = {
+        ok: stuck.length === 0,
+        detail:
+          `${open.accepted + open.dispatched} open (${open.accepted} accepted, ${open.dispatched} dispatched${oldest})` +
+          (stuck.length === 0
+            ? ''
+            : `; ${stuck.length} stuck past deadline and confirm timeout: ${stuck
+                .slice(0, 5)
+                .map((c) => `${c.key} on ${c.device} (${c.state}, ${Math.round(c.overdueMs / 1000)} s overdue)`)
+                .join(', ')}${stuck.length > 5 ? ', …' : ''}`),
+      };
+    } catch (error) {
+      checks.commands = {
+        ok: false,
+        detail: error instanceof Error ? error.message : String(error),
+      };
+    }
+    const now = this.clock.now();
     for (const d of this.pipeline.devices()) {
       const age = d.mirror === null ? null : now - d.mirror.receivedAt;
       const ok = age !== null && age < READBACK_STALE_MS;

@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Clock } from '../core/clock.js';
 import type { CommandRecord } from '../core/journal.js';
-import type { CommandPipeline } from '../core/pipeline.js';
+import type { CommandPipeline, OpenCommands } from '../core/pipeline.js';
 
 /** Prometheus metrics of one daemon (served at GET /metrics). */
 export class Metrics {
@@ -12,7 +13,7 @@ export class Metrics {
   readonly mqttMessages: Counter<'outcome'>;
   readonly journalFailures: Counter;
 
-  constructor(pipeline: CommandPipeline) {
+  constructor(pipeline: CommandPipeline, clock: Clock) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'sluice_process_' });
     this.commands = new Counter({
@@ -66,7 +67,7 @@ export class Metrics {
       labelNames: ['device'],
       registers,
       collect() {
-        const now = Date.now();
+        const now = clock.now();
         for (const d of pipeline.devices()) {
           if (d.mirror !== null) this.set({ device: d.id }, (now - d.mirror.receivedAt) / 1000);
         }
@@ -81,6 +82,64 @@ export class Metrics {
         for (const d of pipeline.devices()) {
           this.set({ device: d.id }, d.queued + (d.inFlight === null ? 0 : 1));
         }
+      },
+    });
+    // One journal query per scrape serves the open-command gauges below.
+    let snapshot: { at: number; open: OpenCommands | null } = { at: -Infinity, open: null };
+    const openNow = (): OpenCommands | null => {
+      const at = clock.elapsed();
+      if (at - snapshot.at > 250) {
+        let open: OpenCommands | null = null;
+        try {
+          open = pipeline.openCommands();
+        } catch {
+          // The journal cannot be read: the gauges are left out of this scrape.
+        }
+        snapshot = { at, open };
+      }
+      return snapshot.open;
+    };
+    new Gauge({
+      name: 'sluice_commands_open',
+      help: 'Non-terminal commands in the journal, by state.',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const open = openNow();
+        if (open === null) return;
+        this.set({ state: 'accepted' }, open.accepted);
+        this.set({ state: 'dispatched' }, open.dispatched);
+      },
+    });
+    new Gauge({
+      name: 'sluice_commands_open_by_age',
+      help: 'Non-terminal commands at most `le` seconds old (cumulative, like histogram buckets).',
+      labelNames: ['le'],
+      registers,
+      collect() {
+        const open = openNow();
+        if (open === null) return;
+        for (const bucket of open.byAge) this.set({ le: bucket.le }, bucket.count);
+      },
+    });
+    new Gauge({
+      name: 'sluice_commands_oldest_open_age_seconds',
+      help: 'Age of the oldest non-terminal command (0 when none).',
+      registers,
+      collect() {
+        const open = openNow();
+        if (open === null) return;
+        this.set((open.oldestAgeMs ?? 0) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'sluice_commands_stuck',
+      help: 'Commands still open past their deadline plus confirm timeout (SPEC §2): they need a person.',
+      registers,
+      collect() {
+        const open = openNow();
+        if (open === null) return;
+        this.set(open.stuck.length);
       },
     });
     pipeline.onSettled((record) => {

@@ -17,15 +17,53 @@ export async function withTimeout<T>(promise: Promise<T>, ms: number, message: s
   }
 }
 
+/**
+ * A readable sentence for whatever a protocol library rejects with. modbus-serial rejects with
+ * plain objects that are not Errors (`{ name: 'TransactionTimedOutError', message: 'Timed out',
+ * errno: 'ETIMEDOUT' }`, a port error whose message is null), which `String()` turns into
+ * "[object Object]". The message comes first; name (unless plain "Error"), code and errno
+ * follow in parentheses when the message does not already say them.
+ */
+export function describeError(error: unknown): string {
+  if (typeof error === 'string') return error === '' ? 'unknown error (empty string)' : error;
+  if (typeof error !== 'object' || error === null) {
+    return `unknown error (${typeof error === 'symbol' ? error.toString() : String(error)})`;
+  }
+  const e = error as { message?: unknown; name?: unknown; code?: unknown; errno?: unknown };
+  const text = (v: unknown): string | null =>
+    (typeof v === 'string' && v.trim() !== '') || (typeof v === 'number' && Number.isFinite(v))
+      ? String(v)
+      : null;
+  const message = text(e.message);
+  const tags: string[] = [];
+  for (const tag of [e.name === 'Error' ? null : text(e.name), text(e.code), text(e.errno)]) {
+    if (tag !== null && !tags.includes(tag) && !(message?.includes(tag) ?? false)) tags.push(tag);
+  }
+  if (message !== null) return tags.length === 0 ? message : `${message} (${tags.join(', ')})`;
+  if (tags.length > 0) return tags.join(', ');
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(error);
+  } catch {
+    // Circular or otherwise unserialisable: say what it is, at least.
+  }
+  if (json !== undefined && json !== '{}') return `unknown error ${json}`;
+  const ctor = (error as { constructor?: { name?: unknown } }).constructor?.name;
+  return `unknown error (${typeof ctor === 'string' && ctor !== '' ? ctor : 'object'} without a message)`;
+}
+
 /** Connection and error bookkeeping that drivers report as device health. */
 export class HealthCounter {
   private isConnected = false;
   private lastGood: number | null = null;
   private errors = 0;
   private last: string | null = null;
+  private epoch = 0;
 
+  /** A new connection (or session): the controller behind it may have restarted. */
   connected(): void {
     this.isConnected = true;
+    this.epoch++;
   }
 
   disconnected(): void {
@@ -47,6 +85,7 @@ export class HealthCounter {
       lastGoodReadAt: this.lastGood,
       errorCount: this.errors,
       lastError: this.last,
+      connectionEpoch: this.epoch,
     };
   }
 }

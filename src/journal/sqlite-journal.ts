@@ -19,6 +19,7 @@ import type {
   NewCommand,
   Observation,
   Rejection,
+  SeqAllocator,
   Settlement,
 } from '../core/journal.js';
 import { LATEST_VERSION, MIGRATIONS } from './migrations.js';
@@ -120,7 +121,13 @@ export class SqliteJournal implements Journal {
   private readonly stmts: ReturnType<typeof prepare>;
   private readonly txClaim: Transaction<(command: NewCommand, rejection?: Rejection) => Claim>;
   private readonly txDispatch: Transaction<
-    (ref: CommandRef, at: number, before: Observation, intake: string) => CommandRecord
+    (
+      ref: CommandRef,
+      at: number,
+      before: Observation,
+      intake: string,
+      allocate: SeqAllocator,
+    ) => CommandRecord
   >;
   private readonly txRedispatch: Transaction<
     (ref: CommandRef, at: number, detail: string, intake: string) => CommandRecord
@@ -216,15 +223,20 @@ export class SqliteJournal implements Journal {
     });
 
     this.txDispatch = this.db.transaction(
-      (ref: CommandRef, at: number, before: Observation, intake: string): CommandRecord => {
+      (
+        ref: CommandRef,
+        at: number,
+        before: Observation,
+        intake: string,
+        allocate: SeqAllocator,
+      ): CommandRecord => {
         const current = this.require(ref);
         const last =
           (s.getSeq.get(current.device) as { last_seq: number } | undefined)?.last_seq ?? 0;
-        // 16-bit sequence numbers, 1..65535; 0 is what a controller echoes before any command.
-        // Never the number the controller echoes now (a fresh journal, a wrap): the controller
-        // would ignore the write as a repeat and its echo would look like this command's.
-        let seq = (last % 65535) + 1;
-        if (seq === before.seq) seq = (seq % 65535) + 1;
+        const open = new Set(
+          (s.openSeqs.all(current.device) as { seq: number }[]).map((row) => row.seq),
+        );
+        const seq = allocate(last, open);
         s.setSeq.run(current.device, seq);
         const changed = s.dispatch.run({
           scope: ref.scope,
@@ -322,9 +334,15 @@ export class SqliteJournal implements Journal {
     }
   }
 
-  markDispatched(ref: CommandRef, at: number, before: Observation, intake: string): CommandRecord {
+  markDispatched(
+    ref: CommandRef,
+    at: number,
+    before: Observation,
+    intake: string,
+    allocate: SeqAllocator,
+  ): CommandRecord {
     try {
-      return this.txDispatch.immediate(ref, at, before, intake);
+      return this.txDispatch.immediate(ref, at, before, intake, allocate);
     } catch (error) {
       return translate(error, 'dispatch');
     }
@@ -448,6 +466,7 @@ function prepare(db: Database): {
   byKey: Statement;
   event: Statement;
   getSeq: Statement;
+  openSeqs: Statement;
   setSeq: Statement;
   dispatch: Statement;
   redispatch: Statement;
@@ -473,6 +492,9 @@ function prepare(db: Database): {
       INSERT INTO events (scope, key, at, from_state, to_state, intake, detail)
       VALUES (?, ?, ?, ?, ?, ?, ?)`),
     getSeq: db.prepare('SELECT last_seq FROM device_seq WHERE device = ?'),
+    openSeqs: db.prepare(`
+      SELECT seq FROM commands
+      WHERE state IN ('accepted', 'dispatched') AND device = ? AND seq IS NOT NULL`),
     setSeq: db.prepare(`
       INSERT INTO device_seq (device, last_seq) VALUES (?, ?)
       ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq`),

@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { Readback } from '../../src/core/driver.js';
-import { estimateSkew } from '../../src/core/driver.js';
+import { estimateSkew, type SkewEstimate, type TimedReadback } from '../../src/core/skew.js';
 import { judgeWritten, predatesWrite } from '../../src/core/readback.js';
 import { profile } from '../helpers/fixtures.js';
 
@@ -8,7 +7,17 @@ const valve = profile('valve');
 const actuator = profile('actuator');
 const WRITE = 1_000_000;
 
-function rb(over: Partial<Readback>): Readback {
+const skewOf = (offsetMs: number, uncertaintyMs: number): SkewEstimate => ({
+  offsetMs,
+  monoOffsetMs: offsetMs,
+  uncertaintyMs,
+  measuredAt: WRITE - 10,
+  measuredMono: WRITE - 10,
+  epoch: 1,
+});
+
+function rb(over: Partial<TimedReadback>): TimedReadback {
+  const requestedAt = over.requestedAt ?? WRITE + 60;
   return {
     state: 'OPEN',
     position: 100,
@@ -17,18 +26,20 @@ function rb(over: Partial<Readback>): Readback {
     sourceTime: WRITE + 50,
     requestedAt: WRITE + 60,
     receivedAt: WRITE + 62,
+    requestedMono: requestedAt,
+    receivedMono: requestedAt + 2,
     ...over,
   };
 }
 
-const judge = (readback: Readback, p = valve, confirm = ['OPEN'], position: number | null = null) =>
+const judge = (readback: TimedReadback, p = valve, confirm = ['OPEN'], position: number | null = null) =>
   judgeWritten({
     profile: p,
     readback,
     expect: { confirm, position },
     seq: 7,
-    writeSentAt: WRITE,
-    skew: { offsetMs: 0, uncertaintyMs: 2, measuredAt: WRITE - 10 },
+    writeSentMono: WRITE,
+    skew: skewOf(0, 2),
   });
 
 describe('judgeWritten (I2)', () => {
@@ -42,7 +53,10 @@ describe('judgeWritten (I2)', () => {
     expect(judge(rb({ seq: 6 }))).toEqual({ kind: 'not-taken' });
   });
   it('never confirms a readback whose source time predates the write', () => {
-    expect(judge(rb({ sourceTime: WRITE - 10 }))).toMatchObject({ kind: 'pending' });
+    // Echoing this command with a time before the write: the controller clock stepped back.
+    expect(judge(rb({ sourceTime: WRITE - 10 }))).toEqual({ kind: 'skew-contradicted' });
+    const quiet = { ...valve, controller: { ...valve.controller, echoesSeq: false } };
+    expect(judge(rb({ sourceTime: WRITE - 10 }), quiet)).toMatchObject({ kind: 'pending' });
   });
   it('treats the controller’s own 0x88 with this echo as its refusal', () => {
     expect(judge(rb({ state: 'CLOSING', faultCode: 0x88 }))).toEqual({
@@ -80,7 +94,7 @@ describe('predatesWrite (SPEC §6 readback freshness)', () => {
     expect(predatesWrite(rb({ sourceTime: WRITE - 10_000 + 50 }), WRITE + 100, skew)).toBe(true);
   });
   it('allows for the uncertainty of the estimate, and judges nothing without one', () => {
-    const skew = { offsetMs: 0, uncertaintyMs: 5, measuredAt: WRITE };
+    const skew = skewOf(0, 5);
     expect(predatesWrite(rb({ sourceTime: WRITE - 4 }), WRITE, skew)).toBe(false);
     expect(predatesWrite(rb({ sourceTime: WRITE - 6 }), WRITE, skew)).toBe(true);
     expect(predatesWrite(rb({ sourceTime: WRITE - 1e6 }), WRITE, null)).toBe(false);

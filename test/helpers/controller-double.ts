@@ -188,6 +188,7 @@ export class ControllerDouble implements DeviceDriver {
       lastGoodReadAt: null,
       errorCount: 0,
       lastError: null,
+      connectionEpoch: 1,
     };
   }
 

@@ -58,7 +58,7 @@ const intake = new MqttIntake({
   gatewayId: args.gatewayId,
   pipeline,
   identities,
-  metrics: new Metrics(pipeline),
+  metrics: new Metrics(pipeline, systemClock),
   logger,
   reconnect: { minMs: 100, maxMs: 500 },
 });

@@ -93,7 +93,7 @@ export async function startStack(
     plant: { tokenSha256: sha256(TOKENS.plant).toString('hex'), devices: ['*'] },
     ops: { tokenSha256: sha256(TOKENS.ops).toString('hex'), devices: ['v2'] },
   });
-  const metrics = new Metrics(pipeline);
+  const metrics = new Metrics(pipeline, systemClock);
   // The OPC UA session opens in the background; wait for it so tests start from a known state.
   const u1 = drivers.bindings.find((b) => b.id === 'u1')!;
   const end = Date.now() + 20_000;

@@ -363,7 +363,7 @@ describe('devices, health, readiness, metrics', () => {
 describe('429: per-identity rate limit', () => {
   it('limits one identity after its burst, with Retry-After, and not the others', async () => {
     let now = 1_000_000;
-    const clock: Clock = { now: () => now, sleep: (ms, signal) => systemClock.sleep(ms, signal) };
+    const clock: Clock = { ...systemClock, now: () => now };
     const limited = await startIntake(stack, pki, {
       https: { rateLimit: { perSecond: 0.5, burst: 2 } },
       clock,

@@ -9,7 +9,13 @@ import {
   JournalUnavailableError,
   JournalVersionError,
 } from '../../src/core/errors.js';
-import type { CommandRecord, NewCommand, Observation } from '../../src/core/journal.js';
+import type {
+  CommandRecord,
+  CommandRef,
+  NewCommand,
+  Observation,
+} from '../../src/core/journal.js';
+import { allocateSeq } from '../../src/core/sequence.js';
 import { renderResult } from '../../src/core/result.js';
 import { LATEST_VERSION } from '../../src/journal/migrations.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
@@ -63,8 +69,21 @@ const seen: Observation = {
   readAt: new Date(T0).toISOString(),
 };
 
+/** The pipeline's dispatch: the core's allocation rule inside the journal's commit. */
+function dispatch(
+  j: SqliteJournal,
+  ref: CommandRef,
+  at: number,
+  before: Observation,
+  intake: string,
+): CommandRecord {
+  return j.markDispatched(ref, at, before, intake, (last, open) =>
+    allocateSeq(last, before.seq, open),
+  );
+}
+
 function confirm(j: SqliteJournal, rec: CommandRecord, at = T0 + 2000): CommandRecord {
-  const d = j.markDispatched(rec, at - 1500, seen, 'pipeline');
+  const d = dispatch(j, rec, at - 1500, seen, 'pipeline');
   return j.settle(d, 'dispatched', {
     to: 'confirmed',
     code: 'OK',
@@ -166,9 +185,9 @@ describe('claim', () => {
 describe('transitions', () => {
   it('allocates per-device sequence numbers in the dispatch commit, wrapping 65535 to 1', () => {
     const j = open();
-    const a = j.markDispatched(j.claim(command('a')).record, T0, seen, 'pipeline');
-    const b = j.markDispatched(j.claim(command('b')).record, T0, seen, 'pipeline');
-    const c = j.markDispatched(
+    const a = dispatch(j, j.claim(command('a')).record, T0, seen, 'pipeline');
+    const b = dispatch(j, j.claim(command('b')).record, T0, seen, 'pipeline');
+    const c = dispatch(j, 
       j.claim(command('c', { device: 'drain-valve' })).record,
       T0,
       seen,
@@ -179,15 +198,43 @@ describe('transitions', () => {
     const raw = new BetterSqlite3(join(dir, 'journal.db'));
     raw.prepare("UPDATE device_seq SET last_seq = 65535 WHERE device = 'inlet-valve'").run();
     raw.close();
-    expect(j.markDispatched(j.claim(command('d')).record, T0, seen, 'p').seq).toBe(1);
+    // 1 and 2 still belong to the open commands a and b: the wrap skips them.
+    expect(dispatch(j, j.claim(command('d')).record, T0, seen, 'p').seq).toBe(3);
+  });
+
+  it('after a wrap, never hands out the sequence number of a command still open on the device', () => {
+    const j = open();
+    const old = dispatch(j, j.claim(command('old')).record, T0, seen, 'pipeline');
+    expect(old.seq).toBe(1);
+    const raw = new BetterSqlite3(join(dir, 'journal.db'));
+    raw.prepare("UPDATE device_seq SET last_seq = 65534 WHERE device = 'inlet-valve'").run();
+    raw.close();
+    expect(dispatch(j, j.claim(command('x')).record, T0, seen, 'p').seq).toBe(65535);
+    // Next would be 1, but `old` is still open with it: its echo would confirm the new one.
+    expect(dispatch(j, j.claim(command('y')).record, T0, seen, 'p').seq).toBe(2);
+    // Once `old` is settled, 1 is free again at the next wrap.
+    j.settle(old, 'dispatched', {
+      to: 'failed',
+      code: 'READBACK_TIMEOUT',
+      faultCode: null,
+      observed: null,
+      detail: 'x',
+      at: T0,
+      intake: 'pipeline',
+      render: renderResult,
+    });
+    const raw2 = new BetterSqlite3(join(dir, 'journal.db'));
+    raw2.prepare("UPDATE device_seq SET last_seq = 65535 WHERE device = 'inlet-valve'").run();
+    raw2.close();
+    expect(dispatch(j, j.claim(command('z')).record, T0, seen, 'p').seq).toBe(1);
   });
 
   it('never allocates the sequence number the controller echoes right now', () => {
     const j = open();
     // A fresh journal in front of a controller that last took sequence number 1.
     const echoing1 = { ...seen, seq: 1 };
-    expect(j.markDispatched(j.claim(command('a')).record, T0, echoing1, 'p').seq).toBe(2);
-    expect(j.markDispatched(j.claim(command('b')).record, T0, { ...seen, seq: 3 }, 'p').seq).toBe(
+    expect(dispatch(j, j.claim(command('a')).record, T0, echoing1, 'p').seq).toBe(2);
+    expect(dispatch(j, j.claim(command('b')).record, T0, { ...seen, seq: 3 }, 'p').seq).toBe(
       4,
     );
   });
@@ -195,8 +242,8 @@ describe('transitions', () => {
   it('guards every transition on the state it expects', () => {
     const j = open();
     const rec = j.claim(command('k1')).record;
-    const d = j.markDispatched(rec, T0, seen, 'pipeline');
-    expect(() => j.markDispatched(rec, T0, seen, 'pipeline')).toThrow(JournalConflictError);
+    const d = dispatch(j, rec, T0, seen, 'pipeline');
+    expect(() => dispatch(j, rec, T0, seen, 'pipeline')).toThrow(JournalConflictError);
     const settlement = {
       to: 'failed' as const,
       code: 'READBACK_TIMEOUT' as const,
@@ -214,7 +261,7 @@ describe('transitions', () => {
 
   it('allows one redispatch per command', () => {
     const j = open();
-    const d = j.markDispatched(j.claim(command('k1')).record, T0, seen, 'pipeline');
+    const d = dispatch(j, j.claim(command('k1')).record, T0, seen, 'pipeline');
     expect(j.markRedispatched(d, T0 + 1, 'not applied', 'recovery').attempts).toBe(2);
     expect(() => j.markRedispatched(d, T0 + 2, 'again', 'recovery')).toThrow(JournalConflictError);
   });

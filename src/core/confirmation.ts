@@ -1,0 +1,397 @@
+import type { DeviceReads } from './device-reads.js';
+import { DeviceRefusedError } from './driver.js';
+import type { CommandRecord, Observation } from './journal.js';
+import { PIPELINE, type ExecutionHost, type Lane, type LastWrite } from './lane.js';
+import type { Logger } from './logger.js';
+import { judgeWritten, observe, type Expectation } from './readback.js';
+import { imageOf, judgeRedispatch, type DeviceImage } from './redispatch.js';
+import type { TimedReadback } from './skew.js';
+import { decide } from './state-machine.js';
+
+/**
+ * After the dispatch: the write, then readbacks until one taken after it confirms the command
+ * (I2), the controller refuses it, or time runs out; at most one re-dispatch, only when the
+ * first write is provably not applied (redispatch.ts). The same loop takes up a command found
+ * `dispatched` with no live worker — after a crash or a journal stall — and settles it by
+ * reading the controller, never by a blind re-write (I5). Every command it takes ends with a
+ * true, specific outcome.
+ */
+
+interface WrittenContext {
+  readonly before: DeviceImage;
+  readonly expect: Expectation;
+  /** The write being confirmed, as this process knows it. */
+  write: LastWrite;
+  /** Monotonic time at which confirmation gives up. */
+  confirmByMono: number;
+  readonly windowMs: number;
+}
+
+type WriteOutcome =
+  | { readonly kind: 'acked' }
+  | { readonly kind: 'unknown'; readonly error: string }
+  | { readonly kind: 'refused'; readonly error: string };
+
+export class ConfirmationLoop {
+  private readonly host: ExecutionHost;
+  private readonly reads: DeviceReads;
+
+  constructor(host: ExecutionHost, reads: DeviceReads) {
+    this.host = host;
+    this.reads = reads;
+  }
+
+  private aborted(): boolean {
+    return this.host.signal.aborted;
+  }
+
+  /** Sends the first write of a command just journaled `dispatched`, and confirms it. */
+  async writeAndConfirm(
+    lane: Lane,
+    dispatched: CommandRecord,
+    first: { readonly before: TimedReadback; readonly expect: Expectation },
+    log: Logger,
+  ): Promise<void> {
+    const { profile } = lane.binding;
+    const seq = requireSeq(dispatched);
+    const write = this.beginWrite(lane, dispatched, seq);
+    const outcome = await this.send(lane, dispatched, seq, write);
+    if (outcome.kind === 'refused') {
+      this.refused(dispatched, observe(first.before), outcome.error, log);
+      return;
+    }
+    if (outcome.kind === 'unknown') {
+      log.warn({ err: outcome.error, seq }, 'write outcome unknown; reading back');
+    }
+    const windowMs = profile.timing.confirmTimeoutMs;
+    await this.confirm(
+      lane,
+      dispatched,
+      {
+        before: first.before,
+        expect: first.expect,
+        write,
+        windowMs,
+        confirmByMono: write.sentMono + windowMs,
+      },
+      log,
+      false,
+    );
+  }
+
+  /**
+   * Takes up a `dispatched` command with no live worker. What this process remembers of its
+   * write (a journal stall in this life) is used; after a restart the write's fate is unknown
+   * from the moment this process took it up. It keeps reading for the longest of the confirm
+   * timeout, the unreachable grace and the time to the deadline.
+   */
+  async takeUp(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
+    const { clock } = this.host;
+    const { profile } = lane.binding;
+    const before = record.observedBefore;
+    const decision = before === null ? null : decide(profile, before.state, record.action);
+    if (record.seq === null || before === null || decision?.kind !== 'write') {
+      this.host.settle(log, record, 'dispatched', {
+        to: 'failed',
+        code: 'READBACK_TIMEOUT',
+        faultCode: null,
+        observed: null,
+        detail:
+          'taken up without a sequence number, a readback from before the write, or a profile that maps it to a write: whether it was applied cannot be judged',
+      });
+      return;
+    }
+    const nowMono = clock.elapsed();
+    const remembered =
+      lane.lastWrite !== null &&
+      lane.lastWrite.key === record.key &&
+      lane.lastWrite.scope === record.scope &&
+      lane.lastWrite.seq === record.seq
+        ? lane.lastWrite
+        : null;
+    const write: LastWrite = remembered ?? {
+      scope: record.scope,
+      key: record.key,
+      seq: record.seq,
+      // Sent by an earlier life of this process: before now, at the journaled wall time as well
+      // as this process can place it.
+      sentMono: Math.min(nowMono, (record.dispatchedAt ?? 0) - clock.now() + nowMono),
+      acked: false,
+      unknownSinceMono: nowMono,
+    };
+    if (!write.acked && write.unknownSinceMono === null) write.unknownSinceMono = nowMono;
+    lane.lastWrite = write;
+    this.host.note(
+      record,
+      remembered === null
+        ? `taken up: sequence number ${record.seq}, written by an earlier life of the daemon; settling by readback`
+        : `taken up again: sequence number ${record.seq} (write ${write.acked ? 'acknowledged' : 'outcome unknown'}); settling by readback`,
+    );
+    const windowMs = Math.max(
+      profile.timing.confirmTimeoutMs,
+      this.host.unreachableGraceMs,
+      record.deadline - clock.now(),
+    );
+    await this.confirm(
+      lane,
+      record,
+      {
+        before: imageOf(before),
+        expect: { confirm: decision.confirm, position: record.position },
+        write,
+        windowMs,
+        confirmByMono: nowMono + windowMs,
+      },
+      log,
+      true,
+    );
+  }
+
+  /** I2: polls until a post-write readback confirms, the controller refuses, or time runs out. */
+  private async confirm(
+    lane: Lane,
+    initial: CommandRecord,
+    ctx: WrittenContext,
+    log: Logger,
+    readAtOnce: boolean,
+  ): Promise<void> {
+    const { clock } = this.host;
+    const { profile } = lane.binding;
+    const seq = requireSeq(initial);
+    let record = initial;
+    let lastGood: TimedReadback | null = null;
+    let lastReason = 'no readback after the write';
+    let wrongSince: number | null = null;
+    let first = true;
+    while (clock.elapsed() < ctx.confirmByMono) {
+      if (!(first && readAtOnce)) {
+        await clock.sleep(profile.timing.pollIntervalMs, this.host.signal);
+      }
+      first = false;
+      if (this.aborted()) return;
+      const readback = await this.reads.tryRead(lane, log);
+      if (readback === null) continue;
+      lastGood = readback;
+      const verdict = judgeWritten({
+        profile,
+        readback,
+        expect: ctx.expect,
+        seq,
+        writeSentMono: ctx.write.sentMono,
+        skew: this.reads.usableSkew(lane),
+      });
+      switch (verdict.kind) {
+        case 'confirmed':
+          this.host.settle(log, record, 'dispatched', {
+            to: 'confirmed',
+            code: 'OK',
+            faultCode: null,
+            observed: observe(readback),
+            detail: `readback after the write shows ${readback.state}`,
+          });
+          return;
+        case 'controller-rejected':
+          this.host.settle(log, record, 'dispatched', {
+            to: 'rejected',
+            code: 'ILLEGAL_TRANSITION',
+            faultCode: '0x88',
+            observed: observe(readback),
+            detail: `the controller refused ${record.action} from ${readback.state} (fault 0x88); the mirror resynchronises`,
+          });
+          // I4: the mirror was wrong; resynchronise it from a fresh read.
+          await this.reads.tryRead(lane, log);
+          return;
+        case 'fault':
+          this.host.settle(log, record, 'dispatched', {
+            to: 'failed',
+            code: 'DEVICE_FAULT',
+            faultCode: verdict.faultCode,
+            observed: observe(readback),
+            detail: `the controller took the command and went to ${readback.state}${verdict.faultCode === null ? '' : ` (fault ${verdict.faultCode})`}`,
+          });
+          return;
+        case 'wrong-state':
+          wrongSince ??= readback.requestedMono;
+          lastReason = `the controller took the command and rests in ${readback.state}`;
+          if (clock.elapsed() - wrongSince >= profile.timing.mismatchGraceMs) {
+            this.host.settle(log, record, 'dispatched', {
+              to: 'failed',
+              code: 'READBACK_MISMATCH',
+              faultCode: null,
+              observed: observe(readback),
+              detail: `expected ${ctx.expect.confirm.join(' or ')}; ${lastReason}`,
+            });
+            return;
+          }
+          break;
+        case 'skew-contradicted':
+          // The controller echoes this command with a source time before the write: its clock
+          // stepped back (a restart, a manual set). Measure again before judging (SPEC §6).
+          wrongSince = null;
+          this.reads.invalidateSkew(lane, log, 'a readback echoing this command predates its write');
+          await this.reads.ensureSkew(lane, log);
+          lastReason = 'the controller clock stepped; measuring it again';
+          break;
+        case 'not-taken': {
+          wrongSince = null;
+          const next = await this.notTaken(lane, record, ctx, readback, log);
+          if (next.kind === 'settled') return;
+          if (next.kind === 'redispatched') record = next.record;
+          else lastReason = next.reason;
+          break;
+        }
+        case 'pending':
+          wrongSince = null;
+          lastReason = verdict.reason;
+          break;
+      }
+    }
+    if (this.aborted()) return;
+    if (lastGood === null) {
+      this.host.settle(log, record, 'dispatched', {
+        to: 'failed',
+        code: 'DEVICE_UNREACHABLE',
+        faultCode: null,
+        observed: null,
+        detail: `no readback after the write within ${ctx.windowMs} ms; the command's effect is unknown`,
+      });
+      return;
+    }
+    this.host.settle(log, record, 'dispatched', {
+      to: 'failed',
+      code: 'READBACK_TIMEOUT',
+      faultCode: null,
+      observed: observe(lastGood),
+      detail: `not confirmed within ${ctx.windowMs} ms: ${lastReason}`,
+    });
+  }
+
+  /** The controller does not echo this command: prove the write not applied, or wait. */
+  private async notTaken(
+    lane: Lane,
+    record: CommandRecord,
+    ctx: WrittenContext,
+    readback: TimedReadback,
+    log: Logger,
+  ): Promise<
+    | { readonly kind: 'settled' }
+    | { readonly kind: 'redispatched'; readonly record: CommandRecord }
+    | { readonly kind: 'waiting'; readonly reason: string }
+  > {
+    const { clock } = this.host;
+    const seq = requireSeq(record);
+    // Proof needs a skew measured on this connection (after a restart or reconnect, first).
+    if (!ctx.write.acked && this.reads.usableSkew(lane) === null) {
+      await this.reads.ensureSkew(lane, log);
+    }
+    const verdict = judgeRedispatch({
+      profile: lane.binding.profile,
+      seq,
+      attempts: record.attempts,
+      deadline: record.deadline,
+      before: ctx.before,
+      readback,
+      skew: this.reads.usableSkew(lane),
+      acked: ctx.write.acked,
+      unknownSinceMono: ctx.write.unknownSinceMono ?? ctx.write.sentMono,
+      nowWall: clock.now(),
+    });
+    const prefix = `the controller never echoed sequence number ${seq}`;
+    switch (verdict.kind) {
+      case 'wait':
+        return { kind: 'waiting', reason: `${prefix}; ${verdict.reason}` };
+      case 'unprovable':
+        return {
+          kind: 'waiting',
+          reason: `${prefix}; ${verdict.reason}, so whether the write was applied is unknown`,
+        };
+      case 'not-applied':
+        this.host.settle(log, record, 'dispatched', {
+          to: 'failed',
+          code: 'DEVICE_UNREACHABLE',
+          faultCode: null,
+          observed: observe(readback),
+          detail: `the write never reached the controller: ${verdict.proof}; ${verdict.why}, so it is not sent again; nothing was applied`,
+        });
+        return { kind: 'settled' };
+      case 'redispatch': {
+        const again = this.host.journal.markRedispatched(
+          record,
+          clock.now(),
+          `${verdict.proof}: the first write was not applied`,
+          PIPELINE,
+        );
+        log.warn({ seq }, 'first write provably not applied; dispatching once more');
+        const write = this.beginWrite(lane, again, seq);
+        ctx.write = write;
+        const outcome = await this.send(lane, again, seq, write);
+        ctx.confirmByMono = write.sentMono + ctx.windowMs;
+        if (outcome.kind === 'refused') {
+          this.refused(again, observe(readback), outcome.error, log);
+          return { kind: 'settled' };
+        }
+        return { kind: 'redispatched', record: again };
+      }
+    }
+  }
+
+  /** Remembers the write about to be sent: the lane's last write, in flight. */
+  private beginWrite(lane: Lane, record: CommandRecord, seq: number): LastWrite {
+    const write: LastWrite = {
+      scope: record.scope,
+      key: record.key,
+      seq,
+      sentMono: this.host.clock.elapsed(),
+      acked: false,
+      unknownSinceMono: null,
+    };
+    lane.lastWrite = write;
+    return write;
+  }
+
+  private async send(
+    lane: Lane,
+    record: CommandRecord,
+    seq: number,
+    write: LastWrite,
+  ): Promise<WriteOutcome> {
+    try {
+      await lane.binding.driver.write(
+        { action: record.action, position: record.position, seq },
+        this.host.signal,
+      );
+      write.acked = true;
+      return { kind: 'acked' };
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      if (error instanceof DeviceRefusedError) {
+        // The controller answered that it did not apply it: not unknown.
+        write.unknownSinceMono = this.host.clock.elapsed();
+        return { kind: 'refused', error: message };
+      }
+      // The guard starts now, when the outcome became unknown — not when the write was sent.
+      write.unknownSinceMono = this.host.clock.elapsed();
+      return { kind: 'unknown', error: message };
+    }
+  }
+
+  private refused(
+    record: CommandRecord,
+    observed: Observation | null,
+    error: string,
+    log: Logger,
+  ): void {
+    this.host.settle(log, record, 'dispatched', {
+      to: 'failed',
+      code: 'DEVICE_FAULT',
+      faultCode: null,
+      observed,
+      detail: `the controller refused the write: ${error}`,
+    });
+  }
+}
+
+function requireSeq(record: CommandRecord): number {
+  if (record.seq === null) throw new Error(`dispatched command ${record.key} has no sequence number`);
+  return record.seq;
+}

@@ -1,0 +1,123 @@
+import type { ExecutionHost, Lane } from './lane.js';
+import type { Logger } from './logger.js';
+import {
+  contradictsSkew,
+  estimateSkew,
+  skewUsable,
+  type SkewEstimate,
+  type TimedReadback,
+} from './skew.js';
+
+/**
+ * Reading a device for the core: every readback carries the monotonic bracket of its read, and
+ * the controller skew is kept per connection, measured again after a reconnect, when it is too
+ * old, or when a readback contradicts it (SPEC §6).
+ */
+export class DeviceReads {
+  private readonly host: ExecutionHost;
+
+  constructor(host: ExecutionHost) {
+    this.host = host;
+  }
+
+  /** One read; null (logged) when it failed or named a state the profile does not know. */
+  async tryRead(lane: Lane, log: Logger): Promise<TimedReadback | null> {
+    const result = await this.read(lane);
+    if ('error' in result) {
+      if (result.unknownState) log.warn({ err: result.error }, 'readback refused');
+      else log.debug({ err: result.error }, 'readback failed');
+      return null;
+    }
+    return result.readback;
+  }
+
+  /**
+   * Reads until a usable readback requested at or after `notBeforeMono`, or until `done()`
+   * says to stop (a deadline, a window), with growing pauses between failures.
+   */
+  async readUntil(
+    lane: Lane,
+    done: () => boolean,
+    notBeforeMono: number,
+  ): Promise<{ readback: TimedReadback | null; lastError: string | null }> {
+    let lastError: string | null = null;
+    let pause = lane.binding.profile.timing.pollIntervalMs;
+    for (;;) {
+      const result = await this.read(lane);
+      if ('error' in result) lastError = result.error;
+      else if (result.readback.requestedMono >= notBeforeMono) {
+        return { readback: result.readback, lastError };
+      }
+      if (done() || this.host.signal.aborted) return { readback: null, lastError };
+      await this.host.clock.sleep(pause, this.host.signal);
+      pause = Math.min(pause * 2, 2_000);
+    }
+  }
+
+  /** The lane's skew when it may be used now: same connection, young enough. */
+  usableSkew(lane: Lane): SkewEstimate | null {
+    const epoch = lane.binding.driver.health().connectionEpoch;
+    return skewUsable(lane.skew, epoch, this.host.clock.elapsed(), this.host.skewMaxAgeMs)
+      ? lane.skew
+      : null;
+  }
+
+  /** Measures the controller skew unless a usable estimate exists; null when it cannot. */
+  async ensureSkew(lane: Lane, log: Logger): Promise<SkewEstimate | null> {
+    const usable = this.usableSkew(lane);
+    if (usable !== null) return usable;
+    const { driver } = lane.binding;
+    try {
+      const requestedMono = this.host.clock.elapsed();
+      const sample = await driver.readClock(this.host.signal);
+      const receivedMono = this.host.clock.elapsed();
+      // The epoch after the read: a reconnect during it means the read went over the new one.
+      const epoch = driver.health().connectionEpoch;
+      const previous = lane.skew;
+      lane.skew = estimateSkew(sample, { requestedMono, receivedMono }, epoch);
+      if (previous !== null && Math.abs(previous.monoOffsetMs - lane.skew.monoOffsetMs) > 1_000) {
+        log.warn(
+          { offsetMs: Math.round(lane.skew.offsetMs), previousOffsetMs: Math.round(previous.offsetMs) },
+          'controller clock stepped',
+        );
+      }
+      return lane.skew;
+    } catch (error) {
+      log.debug({ err: error }, 'controller clock read failed');
+      return null;
+    }
+  }
+
+  /** Voids the skew estimate: something contradicted it. */
+  invalidateSkew(lane: Lane, log: Logger, why: string): void {
+    if (lane.skew === null) return;
+    log.warn({ offsetMs: Math.round(lane.skew.offsetMs) }, `controller skew void: ${why}`);
+    lane.skew = null;
+  }
+
+  private async read(
+    lane: Lane,
+  ): Promise<
+    | { readonly readback: TimedReadback }
+    | { readonly error: string; readonly unknownState: boolean }
+  > {
+    const { driver, profile } = lane.binding;
+    const requestedMono = this.host.clock.elapsed();
+    let readback: TimedReadback;
+    try {
+      const raw = await driver.read(this.host.signal);
+      readback = { ...raw, requestedMono, receivedMono: this.host.clock.elapsed() };
+    } catch (error) {
+      return { error: error instanceof Error ? error.message : String(error), unknownState: false };
+    }
+    if (!profile.states.includes(readback.state)) {
+      return { error: `unknown controller state "${readback.state}"`, unknownState: true };
+    }
+    if (contradictsSkew(readback, this.usableSkew(lane))) {
+      // The image claims to be produced after its answer arrived: the clock stepped forward.
+      lane.skew = null;
+    }
+    this.host.mirror(lane, readback);
+    return { readback };
+  }
+}

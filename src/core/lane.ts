@@ -1,0 +1,91 @@
+import type { FreshnessPolicy, OpenState, ResultCode, TerminalState } from './command.js';
+import type { Clock } from './clock.js';
+import type { CommandRecord, CommandRef, Journal, Observation } from './journal.js';
+import type { Logger } from './logger.js';
+import type { DeviceBinding } from './pipeline.js';
+import type { SkewEstimate, TimedReadback } from './skew.js';
+
+/**
+ * What the pieces of one command's execution share: the device's lane (its queue, the command
+ * in flight, its mirror, skew and last write) and what the pipeline lends them.
+ */
+
+/** The last write sent on a lane, as this process knows it (the journal knows less). */
+export interface LastWrite {
+  readonly scope: string;
+  readonly key: string;
+  readonly seq: number;
+  /** Monotonic time the write was handed to the driver. */
+  sentMono: number;
+  /** The controller acknowledged it. */
+  acked: boolean;
+  /** Monotonic time its outcome became unknown (no acknowledgement); null while in flight. */
+  unknownSinceMono: number | null;
+}
+
+/** One device's worker state. */
+export interface Lane {
+  readonly binding: DeviceBinding;
+  readonly queue: CommandRef[];
+  running: Promise<void> | null;
+  inFlight: CommandRef | null;
+  /**
+   * A command taken up and left open (the journal failed under it, or a bug surfaced). It is
+   * the device's command until it is terminal: the queue never moves past it (I1), and the
+   * sweep takes it up again before anything else.
+   */
+  unresolved: CommandRef | null;
+  mirror: TimedReadback | null;
+  skew: SkewEstimate | null;
+  lastWrite: LastWrite | null;
+}
+
+export const PIPELINE = 'pipeline';
+export const RECOVERY = 'recovery';
+
+/** A command's terminal outcome, as the pipeline journals it. */
+export interface Outcome {
+  readonly to: TerminalState;
+  readonly code: ResultCode;
+  readonly faultCode: string | null;
+  readonly observed: Observation | null;
+  readonly detail: string;
+}
+
+/** What an execution needs from the pipeline that runs it. */
+export interface ExecutionHost {
+  readonly journal: Journal;
+  readonly clock: Clock;
+  readonly freshness: FreshnessPolicy;
+  /** Controller skew is measured again when older than this. */
+  readonly skewMaxAgeMs: number;
+  /**
+   * How long taking up an open command keeps trying to reach its device at least, even past
+   * its deadline: a driver may need that long to (re)connect after a restart.
+   */
+  readonly unreachableGraceMs: number;
+  /** Aborted when the pipeline gives up waiting at shutdown. */
+  readonly signal: AbortSignal;
+  /** Journals the outcome and tells waiters and listeners; null when it could not. */
+  settle(
+    log: Logger,
+    record: CommandRecord,
+    from: OpenState,
+    outcome: Outcome,
+  ): CommandRecord | null;
+  /** An event in the command's history without a transition. */
+  note(record: CommandRecord, detail: string): void;
+  /** A readback of the device: the mirror follows it. */
+  mirror(lane: Lane, readback: TimedReadback): void;
+}
+
+export function freshnessDetail(
+  verdict: 'STALE_COMMAND' | 'CLOCK_SKEW',
+  record: CommandRecord,
+  now: number,
+  policy: FreshnessPolicy,
+): string {
+  return verdict === 'STALE_COMMAND'
+    ? `deadline ${new Date(record.deadline).toISOString()} passed ${now - record.deadline} ms ago; nothing was written`
+    : `issuedAt lies ${record.issuedAt - now} ms in the future, more than the allowed ${policy.maxIssuerSkewMs} ms; nothing was written`;
+}

@@ -1,0 +1,118 @@
+import type { Observation } from './journal.js';
+import type { DeviceProfile } from './profile.js';
+import { sourceWindow, type SkewEstimate, type TimedReadback } from './skew.js';
+
+/**
+ * The one rule for a second write (I1), used by the live path and by recovery alike.
+ *
+ * A write whose outcome is unknown (no acknowledgement: a timeout, a dropped reply, a crash)
+ * may be sent once more only when it is *provably not applied*:
+ * - the controller echoes sequence numbers, and its echo is still the one it showed before the
+ *   write (not this command's, and not anybody else's since);
+ * - the device still shows the state, fault and position it had before the write;
+ * - and that image is fresh: its source time, corrected by a skew measured on this very
+ *   connection, lies after the moment the outcome became unknown plus the redispatch guard
+ *   (the controller's worst-case time to take a write that was on its way). A frozen or stale
+ *   image, or one that cannot be placed in time, proves nothing.
+ * Proven not applied, it is sent again only before its deadline (I3) and only once.
+ */
+
+/** The parts of a readback that "unchanged" compares. */
+export interface DeviceImage {
+  readonly state: string;
+  readonly position: number | null;
+  readonly faultCode: number | null;
+  readonly seq: number | null;
+}
+
+export interface RedispatchFacts {
+  readonly profile: DeviceProfile;
+  readonly seq: number;
+  /** Writes journaled for the command so far (1, or 2 after a re-dispatch). */
+  readonly attempts: number;
+  /** Wall-clock deadline of the command. */
+  readonly deadline: number;
+  /** The device as read before the first write. */
+  readonly before: DeviceImage;
+  /** The newest readback, requested after the write; it does not echo `seq`. */
+  readonly readback: TimedReadback;
+  /** A skew estimate usable on the connection the readback came from, or null. */
+  readonly skew: SkewEstimate | null;
+  /** The controller acknowledged the write: it arrived, whatever became of it. */
+  readonly acked: boolean;
+  /** Monotonic time at which the write's outcome became unknown. */
+  readonly unknownSinceMono: number;
+  readonly nowWall: number;
+}
+
+export type RedispatchVerdict =
+  /** Provably not applied, before the deadline, first write: send it once more. */
+  | { readonly kind: 'redispatch'; readonly proof: string }
+  /** Provably not applied, but not to be sent again: the write never reached the controller. */
+  | { readonly kind: 'not-applied'; readonly proof: string; readonly why: string }
+  /** Not provable from this readback; a fresher one may prove it. */
+  | { readonly kind: 'wait'; readonly reason: string }
+  /** Never provable any more: whether the write was applied stays unknown. */
+  | { readonly kind: 'unprovable'; readonly reason: string };
+
+export function imageOf(observation: Observation): DeviceImage {
+  return {
+    state: observation.state,
+    position: observation.position,
+    seq: observation.seq,
+    faultCode: observation.faultCode === null ? null : Number.parseInt(observation.faultCode, 16),
+  };
+}
+
+/** Same state, fault, echo and (within half a percent) position. */
+export function unchangedSince(before: DeviceImage, now: DeviceImage): string | null {
+  if (now.seq !== before.seq) {
+    return `the controller's echo moved from ${before.seq ?? 'none'} to ${now.seq ?? 'none'} (another command was taken)`;
+  }
+  if (now.state !== before.state) return `the device moved from ${before.state} to ${now.state}`;
+  if (now.faultCode !== before.faultCode) {
+    return `the fault register changed from ${before.faultCode ?? 0} to ${now.faultCode ?? 0}`;
+  }
+  if (
+    before.position !== null &&
+    now.position !== null &&
+    Math.abs(now.position - before.position) >= 0.5
+  ) {
+    return `the position moved from ${before.position} % to ${now.position} %`;
+  }
+  return null;
+}
+
+export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
+  if (f.acked) return { kind: 'unprovable', reason: 'the controller acknowledged the write' };
+  if (!f.profile.controller.echoesSeq) {
+    return { kind: 'unprovable', reason: 'the controller does not echo sequence numbers' };
+  }
+  const changed = unchangedSince(f.before, f.readback);
+  if (changed !== null) return { kind: 'unprovable', reason: changed };
+  if (f.readback.sourceTime === null) {
+    return { kind: 'unprovable', reason: 'the controller gives no source time for its image' };
+  }
+  const window = sourceWindow(f.readback, f.skew);
+  if (window === null) {
+    return { kind: 'wait', reason: 'no controller clock estimate on this connection yet' };
+  }
+  const provenAfter = f.unknownSinceMono + f.profile.timing.redispatchGuardMs;
+  if (window.earliest < provenAfter) {
+    const late = Math.round(provenAfter - window.earliest);
+    return {
+      kind: 'wait',
+      reason: `the newest image is not fresh enough to prove anything (${late} ms short of the guard after the write's outcome became unknown)`,
+    };
+  }
+  const proof = `sequence number ${f.seq} is not echoed and an image produced ${Math.round(
+    window.earliest - f.unknownSinceMono,
+  )} ms after the write's outcome became unknown still shows ${f.readback.state} with echo ${f.readback.seq ?? 'none'}`;
+  if (f.attempts >= 2) {
+    return { kind: 'not-applied', proof, why: 'it was already dispatched twice' };
+  }
+  if (f.nowWall >= f.deadline) {
+    return { kind: 'not-applied', proof, why: 'its deadline has passed' };
+  }
+  return { kind: 'redispatch', proof };
+}

@@ -1,0 +1,27 @@
+/**
+ * Command sequence numbers (SPEC §8 handshake): 16-bit, per device, 1..65535; 0 is what a
+ * controller echoes at power-up. The controller takes a write only when its number differs
+ * from the last one it took, and echoes it: that echo is how the bridge tells its own command
+ * from anything else (I1, I2).
+ */
+export const SEQ_MAX = 65_535;
+
+/**
+ * The next sequence number after `last`, wrapping after 65535. It is never
+ * - the number the controller echoes now: the controller would ignore the write as a repeat,
+ *   and its old echo would look like this command's (a fresh journal, a wrap);
+ * - the number of a command still open on the device: after a wrap, a long-open command and
+ *   a new one would share an echo, and one could be confirmed by the other's effect.
+ */
+export function allocateSeq(
+  last: number,
+  controllerEcho: number | null,
+  open: ReadonlySet<number>,
+): number {
+  let seq = last;
+  for (let i = 0; i < SEQ_MAX; i++) {
+    seq = (seq % SEQ_MAX) + 1;
+    if (seq !== controllerEcho && !open.has(seq)) return seq;
+  }
+  throw new Error('every sequence number is held by an open command on this device');
+}

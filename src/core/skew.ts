@@ -1,0 +1,91 @@
+import type { ClockSample, Readback } from './driver.js';
+
+/**
+ * Controller clock skew (SPEC §6). The controller's clock is read and compared with the
+ * gateway's at the round trip's midpoint; the estimate is good to ± half the round trip.
+ *
+ * Judgements compare controller source times with moments of this process (a write sent, a
+ * write's outcome become unknown), so the estimate is kept against the gateway's *monotonic*
+ * clock: a wall-clock step of the gateway cannot move it. The wall offset is kept for reports.
+ * An estimate belongs to one connection: after a reconnect the controller may have restarted
+ * with another clock, so it is measured again before anything is judged by it.
+ */
+export interface SkewEstimate {
+  /** controller clock − gateway wall clock, ms (reports, `GET /v1/devices`). */
+  readonly offsetMs: number;
+  /** controller clock − gateway monotonic clock, ms (freshness judgements). */
+  readonly monoOffsetMs: number;
+  /** Half the round trip: the estimate is within ± this. */
+  readonly uncertaintyMs: number;
+  /** Gateway wall time of the measurement (reports). */
+  readonly measuredAt: number;
+  /** Gateway monotonic time of the measurement (age). */
+  readonly measuredMono: number;
+  /** The driver's connection epoch the measurement was taken on. */
+  readonly epoch: number;
+}
+
+/** The monotonic bracket the core measured around a driver call. */
+export interface MonoBracket {
+  readonly requestedMono: number;
+  readonly receivedMono: number;
+}
+
+export function estimateSkew(
+  sample: ClockSample,
+  bracket: MonoBracket = { requestedMono: sample.requestedAt, receivedMono: sample.receivedAt },
+  epoch = 0,
+): SkewEstimate {
+  const wallMidpoint = (sample.requestedAt + sample.receivedAt) / 2;
+  const monoMidpoint = (bracket.requestedMono + bracket.receivedMono) / 2;
+  return {
+    offsetMs: sample.controllerTime - wallMidpoint,
+    monoOffsetMs: sample.controllerTime - monoMidpoint,
+    uncertaintyMs: Math.max(0, (bracket.receivedMono - bracket.requestedMono) / 2),
+    measuredAt: sample.receivedAt,
+    measuredMono: bracket.receivedMono,
+    epoch,
+  };
+}
+
+/** Whether an estimate may still be used: same connection, and young enough. */
+export function skewUsable(
+  skew: SkewEstimate | null,
+  epoch: number,
+  nowMono: number,
+  maxAgeMs: number,
+): skew is SkewEstimate {
+  return skew !== null && skew.epoch === epoch && nowMono - skew.measuredMono < maxAgeMs;
+}
+
+/** A readback with the monotonic bracket of the read that produced it. */
+export type TimedReadback = Readback & MonoBracket;
+
+/**
+ * The window of gateway monotonic time in which the controller produced the readback's image,
+ * from its source time and the skew estimate; null without either.
+ */
+export function sourceWindow(
+  readback: Pick<Readback, 'sourceTime'>,
+  skew: SkewEstimate | null,
+): { readonly earliest: number; readonly latest: number } | null {
+  if (readback.sourceTime === null || skew === null) return null;
+  const mid = readback.sourceTime - skew.monoOffsetMs;
+  return { earliest: mid - skew.uncertaintyMs, latest: mid + skew.uncertaintyMs };
+}
+
+/**
+ * Slack for a source time that looks later than the answer that carried it: the controller
+ * stamps its scan in whole milliseconds and its clock drifts between measurements.
+ */
+export const CONTRADICTION_SLACK_MS = 50;
+
+/**
+ * True when the readback contradicts the estimate: its image would have been produced after
+ * the answer carrying it arrived. The controller's clock has stepped forward (a restart, a
+ * manual set) and the estimate must be measured again (SPEC §6).
+ */
+export function contradictsSkew(readback: TimedReadback, skew: SkewEstimate | null): boolean {
+  const window = sourceWindow(readback, skew);
+  return window !== null && window.earliest > readback.receivedMono + CONTRADICTION_SLACK_MS;
+}

@@ -1,0 +1,255 @@
+import { join } from 'node:path';
+import { parseCommandRequest } from '../../src/core/command.js';
+import { systemClock, type Clock } from '../../src/core/clock.js';
+import type { CommandRecord, CommandRef } from '../../src/core/journal.js';
+import { silentLogger, type Logger } from '../../src/core/logger.js';
+import {
+  CommandPipeline,
+  type DeviceBinding,
+  type Identity,
+  type SubmitOutcome,
+} from '../../src/core/pipeline.js';
+import type { DeviceProfile, ProfileTiming } from '../../src/core/profile.js';
+import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/inventory.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.js';
+import { PROFILES, tempDir } from './fixtures.js';
+import { pino } from 'pino';
+
+export const PLANT_IDENTITY: Identity = { scope: 'plant', devices: 'all' };
+
+/**
+ * Bridge timings scaled for a simulator with short travel: the guard is longer than the Modbus
+ * request timeout (the configuration refuses anything else), the confirm timeout longer than
+ * both.
+ */
+export const SIM_TIMING: ProfileTiming = {
+  defaultTtlMs: 30_000,
+  confirmTimeoutMs: 2_000,
+  pollIntervalMs: 10,
+  mismatchGraceMs: 80,
+  redispatchGuardMs: 400,
+};
+export const SIM_REQUEST_TIMEOUT_MS = 250;
+
+export interface SimHarnessOptions {
+  readonly timing?: Partial<ProfileTiming>;
+  /** Full-stroke travel of every simulated device (default 150 ms). */
+  readonly travelMs?: number;
+  readonly scanMs?: number;
+  readonly maxIssuerSkewMs?: number;
+  readonly requestTimeoutMs?: number;
+  /** The clock of the pipeline and the drivers (wall steps are injected through it). */
+  readonly clock?: Clock;
+  readonly busyTimeoutMs?: number;
+  readonly unreachableGraceMs?: number;
+  /** Also an OPC UA PLC with the valve `u1` (slower to start). */
+  readonly opcua?: boolean;
+}
+
+/**
+ * A pipeline on a real SQLite journal file, with the real drivers, against sluice-sim over
+ * real sockets: a Modbus PLC `mb` with valves `v1`, `v2` and actuator `a1` (and, on request,
+ * an OPC UA PLC `ua` with valve `u1`). The simulator's write log is the ground truth for I1.
+ * `crash()` ends the process's life the way SIGKILL does (no more journal writes, workers
+ * abandoned, connections gone); `restart()` builds a new life on the same journal file and
+ * runs recovery. The plant keeps running across both.
+ */
+export class SimHarness {
+  readonly plant: Plant;
+  readonly path: string;
+  readonly clock: Clock;
+  journal!: SqliteJournal;
+  pipeline!: CommandPipeline;
+  drivers!: Drivers;
+  private readonly options: SimHarnessOptions;
+  private readonly dir: string;
+  private readonly cleanupDir: () => void;
+  private readonly logger: Logger;
+  private life = 0;
+
+  private constructor(plant: Plant, options: SimHarnessOptions) {
+    this.plant = plant;
+    this.options = options;
+    this.clock = options.clock ?? systemClock;
+    const { dir, cleanup } = tempDir();
+    this.dir = dir;
+    this.cleanupDir = cleanup;
+    this.path = join(dir, 'journal.db');
+    this.logger =
+      process.env.SLUICE_TEST_DEBUG === '1'
+        ? (pino({ level: 'debug' }, pino.destination(2)) as unknown as Logger)
+        : silentLogger;
+  }
+
+  static async start(options: SimHarnessOptions = {}): Promise<SimHarness> {
+    const travelMs = options.travelMs ?? 150;
+    const scanMs = options.scanMs ?? 5;
+    const plcs: Record<string, unknown> = {
+      mb: {
+        protocol: 'modbus',
+        host: '127.0.0.1',
+        port: 0,
+        scanMs,
+        devices: {
+          v1: { profile: 'valve', base: 0, travelMs },
+          v2: { profile: 'valve', base: 100, travelMs },
+          a1: { profile: 'actuator', base: 200, travelMs },
+        },
+      },
+    };
+    if (options.opcua === true) {
+      plcs.ua = {
+        protocol: 'opcua',
+        host: '127.0.0.1',
+        port: 0,
+        scanMs,
+        devices: { u1: { profile: 'valve', travelMs } },
+      };
+    }
+    const plant = await startPlant(
+      { control: { host: '127.0.0.1', port: 0 }, plcs } as Parameters<typeof startPlant>[0],
+      { ephemeralPorts: true, control: false },
+    );
+    const h = new SimHarness(plant, options);
+    h.build();
+    return h;
+  }
+
+  device(id: string): SimDevice {
+    return this.plant.device(id);
+  }
+
+  /** How many writes carrying this sequence number reached the device (I1's ground truth). */
+  writesWithSeq(device: string, seq: number): number {
+    return this.device(device).writesWithSeq(seq);
+  }
+
+  submit(
+    key: string,
+    body: Record<string, unknown>,
+    options: { identity?: Identity; intake?: string } = {},
+  ): SubmitOutcome {
+    return this.pipeline.submit({
+      key,
+      identity: options.identity ?? PLANT_IDENTITY,
+      intake: options.intake ?? 'https',
+      request: parseCommandRequest(body),
+    });
+  }
+
+  /** Resolves with the command once terminal; throws when it is not terminal by then. */
+  async settled(key: string, timeoutMs = 10_000, scope = 'plant'): Promise<CommandRecord> {
+    const ref: CommandRef = { scope, key };
+    const record = await this.pipeline.waitForSettled(ref, timeoutMs);
+    if (record === undefined) throw new Error(`no command ${key}`);
+    if (record.state === 'accepted' || record.state === 'dispatched') {
+      throw new Error(
+        `command ${key} still ${record.state} after ${timeoutMs} ms:\n  ${this.notes(key).join('\n  ')}`,
+      );
+    }
+    return record;
+  }
+
+  get(key: string, scope = 'plant'): CommandRecord | undefined {
+    return this.journal.get({ scope, key });
+  }
+
+  notes(key: string, scope = 'plant'): string[] {
+    return this.journal.history({ scope, key }).map((e) => `${e.to}: ${e.detail}`);
+  }
+
+  /** Waits (bounded) until `cond` holds, polling the ground truth. */
+  async until(cond: () => boolean, timeoutMs = 5_000, what = 'condition'): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while (!cond()) {
+      if (Date.now() > end) throw new Error(`${what} not reached within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  }
+
+  /** The process dies: no further journal writes, its workers abandoned, its sockets gone. */
+  async crash(): Promise<void> {
+    this.journal.close();
+    await this.pipeline.stop(0);
+    await this.drivers.close();
+  }
+
+  /** A new life on the same journal file: recovery runs first. Returns the open commands. */
+  restart(): number {
+    this.build();
+    return this.pipeline.recover();
+  }
+
+  async close(): Promise<void> {
+    await this.pipeline.stop(0);
+    await this.drivers.close();
+    this.journal.close();
+    await this.plant.stop();
+    this.cleanupDir();
+  }
+
+  inventory(): Inventory {
+    const inventory: Inventory = { plcs: {}, devices: {} };
+    for (const plc of this.plant.plcs) {
+      const e = plc.endpoint;
+      inventory.plcs[plc.name] =
+        e.protocol === 'modbus'
+          ? {
+              protocol: 'modbus',
+              host: e.host,
+              port: e.port,
+              unitId: e.unitId,
+              clockRegister: 900,
+              requestTimeoutMs: this.options.requestTimeoutMs ?? SIM_REQUEST_TIMEOUT_MS,
+            }
+          : {
+              protocol: 'opcua',
+              endpointUrl: e.endpointUrl,
+              namespaceUri: e.namespaceUri,
+              securityMode: 'None',
+              securityPolicy: 'None',
+              requestTimeoutMs: 500,
+            };
+      for (const device of plc.devices) {
+        inventory.devices[device.id] = {
+          plc: plc.name,
+          profile: device.profile,
+          ...(e.protocol === 'modbus' ? { base: device.config.base ?? 0 } : {}),
+        };
+      }
+    }
+    return inventory;
+  }
+
+  private build(): void {
+    this.life++;
+    const profiles = new Map<string, DeviceProfile>();
+    for (const [name, p] of PROFILES) {
+      profiles.set(name, { ...p, timing: { ...SIM_TIMING, ...this.options.timing } });
+    }
+    this.journal = SqliteJournal.open({
+      path: this.path,
+      busyTimeoutMs: this.options.busyTimeoutMs ?? 500,
+    });
+    this.drivers = buildDrivers({
+      inventory: this.inventory(),
+      profiles,
+      pkiDir: join(this.dir, `pki-${this.life}`),
+      acceptUnknownCertificates: true,
+      clock: this.clock,
+      logger: this.logger,
+    });
+    this.drivers.start();
+    const bindings: DeviceBinding[] = this.drivers.bindings;
+    this.pipeline = new CommandPipeline({
+      journal: this.journal,
+      devices: bindings,
+      clock: this.clock,
+      logger: this.logger,
+      freshness: { maxIssuerSkewMs: this.options.maxIssuerSkewMs ?? 2_000 },
+      unreachableGraceMs: this.options.unreachableGraceMs ?? 1_000,
+    });
+    this.pipeline.startSweep(100);
+  }
+}
