@@ -228,7 +228,11 @@ export class ConfirmationLoop {
           // The controller echoes this command with a source time before the write: its clock
           // stepped back (a restart, a manual set). Measure again before judging (SPEC §6).
           wrongSince = null;
-          this.reads.invalidateSkew(lane, log, 'a readback echoing this command predates its write');
+          this.reads.invalidateSkew(
+            lane,
+            log,
+            'a readback echoing this command predates its write',
+          );
           await this.reads.ensureSkew(lane, log);
           lastReason = 'the controller clock stepped; measuring it again';
           break;
@@ -392,6 +396,7 @@ export class ConfirmationLoop {
 }
 
 function requireSeq(record: CommandRecord): number {
-  if (record.seq === null) throw new Error(`dispatched command ${record.key} has no sequence number`);
+  if (record.seq === null)
+    throw new Error(`dispatched command ${record.key} has no sequence number`);
   return record.seq;
 }

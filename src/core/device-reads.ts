@@ -77,7 +77,10 @@ export class DeviceReads {
       lane.skew = estimateSkew(sample, { requestedMono, receivedMono }, epoch);
       if (previous !== null && Math.abs(previous.monoOffsetMs - lane.skew.monoOffsetMs) > 1_000) {
         log.warn(
-          { offsetMs: Math.round(lane.skew.offsetMs), previousOffsetMs: Math.round(previous.offsetMs) },
+          {
+            offsetMs: Math.round(lane.skew.offsetMs),
+            previousOffsetMs: Math.round(previous.offsetMs),
+          },
           'controller clock stepped',
         );
       }

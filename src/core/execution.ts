@@ -75,7 +75,13 @@ export class CommandExecution {
         });
         return;
       case 'noop':
-        await this.confirmWithoutWrite(lane, record, before, { ...expect, confirm: decision.confirm }, log);
+        await this.confirmWithoutWrite(
+          lane,
+          record,
+          before,
+          { ...expect, confirm: decision.confirm },
+          log,
+        );
         return;
       case 'write': {
         // Measured before the dispatch, so that readbacks can be placed in time (SPEC §6).

@@ -244,7 +244,8 @@ export class Daemon {
     try {
       const open = this.pipeline.openCommands();
       const stuck = open.stuck;
-      const oldest = open.oldestAgeMs === null ? '' : `, oldest ${Math.round(open.oldestAgeMs / 1000)} s`;
+      const oldest =
+        open.oldestAgeMs === null ? '' : `, oldest ${Math.round(open.oldestAgeMs / 1000)} s`;
       checks.commands = {
         ok: stuck.length === 0,
         detail:
@@ -253,7 +254,10 @@ export class Daemon {
             ? ''
             : `; ${stuck.length} stuck past deadline and confirm timeout: ${stuck
                 .slice(0, 5)
-                .map((c) => `${c.key} on ${c.device} (${c.state}, ${Math.round(c.overdueMs / 1000)} s overdue)`)
+                .map(
+                  (c) =>
+                    `${c.key} on ${c.device} (${c.state}, ${Math.round(c.overdueMs / 1000)} s overdue)`,
+                )
                 .join(', ')}${stuck.length > 5 ? ', …' : ''}`),
       };
     } catch (error) {

@@ -78,7 +78,7 @@ export class SimHarness {
     this.path = join(dir, 'journal.db');
     this.logger =
       process.env.SLUICE_TEST_DEBUG === '1'
-        ? (pino({ level: 'debug' }, pino.destination(2)) as unknown as Logger)
+        ? (pino({ level: 'debug' }, pino.destination(2)))
         : silentLogger;
   }
 

@@ -9,12 +9,7 @@ import {
   JournalUnavailableError,
   JournalVersionError,
 } from '../../src/core/errors.js';
-import type {
-  CommandRecord,
-  CommandRef,
-  NewCommand,
-  Observation,
-} from '../../src/core/journal.js';
+import type { CommandRecord, CommandRef, NewCommand, Observation } from '../../src/core/journal.js';
 import { allocateSeq } from '../../src/core/sequence.js';
 import { renderResult } from '../../src/core/result.js';
 import { LATEST_VERSION } from '../../src/journal/migrations.js';
@@ -187,12 +182,7 @@ describe('transitions', () => {
     const j = open();
     const a = dispatch(j, j.claim(command('a')).record, T0, seen, 'pipeline');
     const b = dispatch(j, j.claim(command('b')).record, T0, seen, 'pipeline');
-    const c = dispatch(j, 
-      j.claim(command('c', { device: 'drain-valve' })).record,
-      T0,
-      seen,
-      'p',
-    );
+    const c = dispatch(j, j.claim(command('c', { device: 'drain-valve' })).record, T0, seen, 'p');
     expect([a.seq, b.seq, c.seq]).toEqual([1, 2, 1]);
     expect(a).toMatchObject({ state: 'dispatched', attempts: 1, observedBefore: seen });
     const raw = new BetterSqlite3(join(dir, 'journal.db'));
@@ -234,9 +224,7 @@ describe('transitions', () => {
     // A fresh journal in front of a controller that last took sequence number 1.
     const echoing1 = { ...seen, seq: 1 };
     expect(dispatch(j, j.claim(command('a')).record, T0, echoing1, 'p').seq).toBe(2);
-    expect(dispatch(j, j.claim(command('b')).record, T0, { ...seen, seq: 3 }, 'p').seq).toBe(
-      4,
-    );
+    expect(dispatch(j, j.claim(command('b')).record, T0, { ...seen, seq: 3 }, 'p').seq).toBe(4);
   });
 
   it('guards every transition on the state it expects', () => {

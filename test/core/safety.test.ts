@@ -1,0 +1,353 @@
+import { spawn } from 'node:child_process';
+import { afterEach, describe, expect, it } from 'vitest';
+import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
+import { sleepFor, systemClock, type Clock } from '../../src/core/clock.js';
+import type { CommandRecord, Observation } from '../../src/core/journal.js';
+import { allocateSeq } from '../../src/core/sequence.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
+import { SimHarness } from '../helpers/sim-harness.js';
+import { profile } from '../helpers/fixtures.js';
+
+/**
+ * Regression tests for the holes a review and a crash campaign found in I1–I3, each on the real
+ * processes' parts: the pipeline with the real drivers over real sockets against sluice-sim,
+ * on a real SQLite journal. Ground truth is the simulator's write log (every write that reached
+ * the controller, by sequence number) and the journal — never the pipeline's word.
+ */
+
+/**
+ * Another process (the operator CLI, say) that takes the journal's write lock on request and
+ * holds it for a set time by its own timer. A separate process, as in the field: in this one,
+ * SQLite's busy wait would block the very timer that should end the lock.
+ */
+async function lockHolder(path: string): Promise<{
+  hold(ms: number): Promise<void>;
+  close(): void;
+}> {
+  const child = spawn(
+    process.execPath,
+    [
+      '-e',
+      `const db = new (require('better-sqlite3'))(process.argv[1]);
+       process.stdout.write('ready\\n');
+       process.stdin.on('data', (d) => {
+         db.exec('BEGIN IMMEDIATE');
+         process.stdout.write('locked\\n');
+         setTimeout(() => db.exec('COMMIT'), Number(String(d).trim()));
+       });`,
+      path,
+    ],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
+  const line = (): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      child.stdout.once('data', () => {
+        resolve();
+      });
+      child.once('error', reject);
+    });
+  await line();
+  return {
+    hold: async (ms) => {
+      const locked = line();
+      child.stdin.write(`${ms}\n`);
+      await locked;
+    },
+    close: () => {
+      child.kill();
+    },
+  };
+}
+
+let h: SimHarness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+const open = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({
+  device: 'v1',
+  action: 'open',
+  ...extra,
+});
+
+/**
+ * Journals a command up to `dispatched` the way the pipeline does, without sending its write:
+ * what a kill between the dispatch commit and the write leaves behind. (The simulator cannot
+ * make the daemon die between two of its own statements; the journal rows are the same.)
+ */
+function dispatchedNotWritten(
+  harness: SimHarness,
+  key: string,
+  ttlMs: number,
+  attempts: 1 | 2 = 1,
+): CommandRecord {
+  const request = parseCommandRequest({ device: 'v1', action: 'open', ttlMs });
+  const now = Date.now();
+  const claim = harness.journal.claim({
+    scope: 'plant',
+    key,
+    fingerprint: fingerprint(request),
+    device: 'v1',
+    action: 'open',
+    position: null,
+    issuedAt: now,
+    issuedAtSource: 'gateway',
+    ttlMs,
+    deadline: now + ttlMs,
+    intake: 'https',
+    acceptedAt: now,
+  });
+  const sim = harness.device('v1').snapshot().published;
+  const before: Observation = {
+    state: sim.state,
+    position: sim.position,
+    seq: sim.seqEcho,
+    faultCode: null,
+    sourceTime: new Date(sim.scanTime).toISOString(),
+    readAt: new Date(now).toISOString(),
+  };
+  let rec = harness.journal.markDispatched(claim.record, now, before, 'pipeline', (last, o) =>
+    allocateSeq(last, before.seq, o),
+  );
+  if (attempts === 2) rec = harness.journal.markRedispatched(rec, now, 'earlier life', 'pipeline');
+  return rec;
+}
+
+describe('I1: a second write only when the first is provably not applied', () => {
+  it('a frozen image across a restart proves nothing: no second write, an honest failure', async () => {
+    h = await SimHarness.start();
+    const valve = h.device('v1');
+    // The status image stops updating before the write: the controller takes the command and
+    // opens, but every readback still shows CLOSED with the old echo and old source time.
+    valve.setFault({ kind: 'frozen' });
+    h.submit('k1', open({ ttlMs: 2_500 }));
+    await h.until(() => valve.writesWithSeq(1) === 1, 5_000, 'the write to reach the PLC');
+    await h.crash();
+    h.restart();
+    const r = await h.settled('k1');
+    expect(valve.writesWithSeq(1)).toBe(1);
+    expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT', attempts: 1 });
+    expect(r.detail).toMatch(/not fresh enough|applied is unknown/);
+    expect(h.notes('k1').some((n) => n.includes('redispatch'))).toBe(false);
+  });
+
+  it('a journal stall under a settling command never lets the next command run first', async () => {
+    h = await SimHarness.start({ travelMs: 200, busyTimeoutMs: 300 });
+    const valve = h.device('v1');
+    const locker = await lockHolder(h.path);
+    const a = h.submit('A', open()).record;
+    h.submit('B', { device: 'v1', action: 'close' });
+    await h.until(() => valve.counters.writesReceived >= 1, 5_000, "A's write");
+    // Another process holds the journal's write lock for 650 ms from A's write: A's settle
+    // (after ~200 ms of travel) gives up after the 300 ms busy bound; a dispatch of B right
+    // after would wait and get through when the lock goes. Before the fix, B ran while A was
+    // unresolved, and A, taken up again later, was "proven not applied" and written again.
+    await locker.hold(650);
+    const [ra, rb] = [await h.settled('A'), await h.settled('B')];
+    locker.close();
+    expect(ra).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(rb).toMatchObject({ state: 'confirmed' });
+    // Ground truth: one write per key, A's before B's, and the valve ends where B put it.
+    expect(h.writesWithSeq('v1', ra.seq!)).toBe(1);
+    expect(h.writesWithSeq('v1', rb.seq!)).toBe(1);
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([ra.seq, rb.seq]);
+    expect(valve.snapshot().state).toBe('CLOSED');
+    expect(rb.dispatchedAt!).toBeGreaterThanOrEqual(ra.settledAt!);
+    expect(a.key).toBe('A');
+  });
+
+  it('the guard runs from when the outcome became unknown: a write held on the link is not sent twice', async () => {
+    // Request timeout 250 ms, guard 400 ms; the write is held 500 ms on its way to the PLC.
+    h = await SimHarness.start({ travelMs: 100 });
+    const valve = h.device('v1');
+    valve.setFault({ kind: 'latency', ms: 500, on: 'write', when: 'before' });
+    h.submit('k1', open());
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
+  });
+
+  it('a write that provably never arrived is sent once more and confirmed', async () => {
+    h = await SimHarness.start({ travelMs: 100 });
+    const valve = h.device('v1');
+    valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+    h.submit('k1', open());
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 2 });
+    expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
+    expect(h.notes('k1').some((n) => n.includes('redispatch'))).toBe(true);
+  });
+});
+
+describe('I2/I5: every open command ends with a true, specific outcome', () => {
+  it('a device unreachable through the whole window ends DEVICE_UNREACHABLE, unwritten and published', async () => {
+    h = await SimHarness.start();
+    dispatchedNotWritten(h, 'k1', 1_500);
+    await h.crash();
+    h.plant.plc('mb').setFault({ kind: 'reset', when: 'before', on: 'both' });
+    h.restart();
+    const published: CommandRecord[] = [];
+    h.pipeline.onSettled((r) => published.push(r));
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE' });
+    expect(r.detail).toMatch(/effect is unknown/);
+    expect(published.map((p) => p.key)).toEqual(['k1']);
+    expect(h.device('v1').counters.writesReceived).toBe(0);
+  });
+
+  it('a write that never reached the controller, taken up after its deadline, fails saying so', async () => {
+    h = await SimHarness.start();
+    dispatchedNotWritten(h, 'k1', 300);
+    await h.crash();
+    await sleepFor(400);
+    h.restart();
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 1 });
+    expect(r.detail).toMatch(/the write never reached the controller.*deadline has passed/);
+    expect(h.device('v1').counters.writesReceived).toBe(0);
+  });
+
+  it('killed during its re-dispatch, a command is never written a third time', async () => {
+    h = await SimHarness.start();
+    dispatchedNotWritten(h, 'k1', 5_000, 2);
+    await h.crash();
+    h.restart();
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 2 });
+    expect(r.detail).toMatch(/never reached the controller.*dispatched twice/);
+    expect(h.device('v1').counters.writesReceived).toBe(0);
+  });
+
+  it('a device another master commanded meanwhile: the effect is unknown, and it says so', async () => {
+    h = await SimHarness.start();
+    const mine = dispatchedNotWritten(h, 'k1', 1_500);
+    await h.crash();
+    // Another Modbus master opens the valve with its own sequence number.
+    const endpoint = new ModbusEndpoint({
+      name: 'other-master',
+      host: '127.0.0.1',
+      port: (h.plant.plc('mb').endpoint as { port: number }).port,
+      unitId: 1,
+      clockRegister: 900,
+      clock: systemClock,
+      logger: silentLogger,
+    });
+    const other = new ModbusDeviceDriver({
+      id: 'v1',
+      profile: profile('valve'),
+      endpoint,
+      base: 0,
+      clockRegister: 900,
+      clock: systemClock,
+    });
+    await other.write({ action: 'open', position: null, seq: 777 });
+    await endpoint.close();
+    h.restart();
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+    expect(r.detail).toMatch(/echo moved from 0 to 777.*applied is unknown/);
+    expect(h.writesWithSeq('v1', mine.seq!)).toBe(0);
+  });
+
+  it('the periodic sweep takes up an open command that has no worker, without a restart', async () => {
+    h = await SimHarness.start();
+    dispatchedNotWritten(h, 'k1', 300);
+    // Nobody calls recover(): the sweep finds the command and settles it by readback.
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE' });
+    expect(h.device('v1').counters.writesReceived).toBe(0);
+    expect(h.pipeline.openCommands()).toMatchObject({ accepted: 0, dispatched: 0, stuck: [] });
+  });
+
+  it('a command no worker can take is stuck: counted, named and noted, never silent', async () => {
+    h = await SimHarness.start();
+    const now = Date.now();
+    // Journaled for a device that is no longer in the configuration, deadline long passed.
+    h.journal.claim({
+      scope: 'plant',
+      key: 'orphan',
+      fingerprint: 'f',
+      device: 'removed-valve',
+      action: 'open',
+      position: null,
+      issuedAt: now - 60_000,
+      issuedAtSource: 'issuer',
+      ttlMs: 1_000,
+      deadline: now - 59_000,
+      intake: 'https',
+      acceptedAt: now - 60_000,
+    });
+    h.pipeline.sweep();
+    const open = h.pipeline.openCommands();
+    expect(open).toMatchObject({ accepted: 1, dispatched: 0 });
+    expect(open.stuck.map((s) => [s.key, s.device])).toEqual([['orphan', 'removed-valve']]);
+    expect(open.byAge.find((b) => b.le === '60')?.count).toBe(0);
+    expect(open.byAge.find((b) => b.le === '600')?.count).toBe(1);
+    expect(h.notes('orphan').some((n) => n.includes('not in the configuration'))).toBe(true);
+  });
+});
+
+describe('I3: no stale write', () => {
+  it('freshness is checked again after the controller clock read, in the step that dispatches', async () => {
+    // Reads take 200 ms: the status read ends before the deadline, the clock read after it.
+    h = await SimHarness.start({ requestTimeoutMs: 1_000, timing: { redispatchGuardMs: 1_200 } });
+    h.plant.plc('mb').setFault({ kind: 'latency', ms: 200, on: 'read' });
+    const r = h.submit('k1', open({ issuedAt: new Date().toISOString(), ttlMs: 300 })).record;
+    const settled = await h.settled(r.key);
+    expect(settled).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
+    expect(h.device('v1').counters.writesReceived).toBe(0);
+  });
+});
+
+class SteppingClock implements Clock {
+  offset = 0;
+  now(): number {
+    return Date.now() + this.offset;
+  }
+  elapsed(): number {
+    return performance.now();
+  }
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    return sleepFor(ms, signal);
+  }
+}
+
+describe('SPEC §6: durations on a monotonic clock, controller clock steps', () => {
+  for (const step of [3_600_000, -3_600_000]) {
+    it(`a wall-clock step of ${step > 0 ? '+' : '-'}1 h during a command changes nothing`, async () => {
+      const clock = new SteppingClock();
+      h = await SimHarness.start({ clock, travelMs: 300 });
+      const valve = h.device('v1');
+      h.submit('k1', open());
+      await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the write');
+      clock.offset = step;
+      const r = await h.settled('k1');
+      expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
+      expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
+    });
+  }
+
+  it('a controller clock set 15 s back between two commands: re-measured, no false failure', async () => {
+    h = await SimHarness.start();
+    h.submit('k1', open());
+    expect((await h.settled('k1')).state).toBe('confirmed');
+    h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: -15_000 });
+    h.submit('k2', { device: 'v1', action: 'close' });
+    const r = await h.settled('k2');
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
+  });
+
+  it('a PLC restarted with its clock 15 s behind: skew measured again on the new connection', async () => {
+    h = await SimHarness.start();
+    h.submit('k1', open());
+    expect((await h.settled('k1')).state).toBe('confirmed');
+    h.plant.plc('mb').powerCycle({ clockOffsetMs: -15_000 });
+    h.submit('k2', { device: 'v1', action: 'close' });
+    const r = await h.settled('k2');
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
+  });
+});
