@@ -1,31 +1,32 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
 import type { CommandRecord, Observation } from '../../src/core/journal.js';
-import { Harness } from '../helpers/pipeline-harness.js';
-
-let h: Harness;
-afterEach(async () => {
-  await h.close();
-});
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function until(cond: () => boolean, timeoutMs = 3_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not reached');
-    await sleep(2);
-  }
-}
+import { allocateSeq } from '../../src/core/sequence.js';
+import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
- * Journals a command the way the pipeline does up to `dispatched`, without sending the write:
- * the state a crash between the dispatch commit and the write leaves behind.
+ * Recovery at start (I5) on the real parts: a pipeline with the real drivers against sluice-sim
+ * on a real journal file, "killed" (journal closed, workers abandoned, sockets gone) and
+ * started again on the same file while the simulated plant runs on. Every open command is
+ * settled by reading the controller — never by a blind re-write — and ends with a specific
+ * outcome. Ground truth: the simulator's write log.
  */
-function dispatchedNotWritten(key: string, ttlMs = 30_000, attempts = 1): CommandRecord {
+
+let h: SimHarness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+/**
+ * Journals a command up to `dispatched` without sending its write: what a kill between the
+ * dispatch commit and the write leaves (the simulator cannot stop the daemon between two of
+ * its statements; the journal rows are the same).
+ */
+function dispatchedNotWritten(harness: SimHarness, key: string, ttlMs: number): CommandRecord {
   const request = parseCommandRequest({ device: 'v1', action: 'open', ttlMs });
   const now = Date.now();
-  const claim = h.journal.claim({
+  const claim = harness.journal.claim({
     scope: 'plant',
     key,
     fingerprint: fingerprint(request),
@@ -39,118 +40,139 @@ function dispatchedNotWritten(key: string, ttlMs = 30_000, attempts = 1): Comman
     intake: 'https',
     acceptedAt: now,
   });
+  const image = harness.device('v1').snapshot().published;
   const before: Observation = {
-    state: 'CLOSED',
-    position: 0,
-    seq: 0,
+    state: image.state,
+    position: image.position,
+    seq: image.seqEcho,
     faultCode: null,
-    sourceTime: null,
+    sourceTime: new Date(image.scanTime).toISOString(),
     readAt: new Date(now).toISOString(),
   };
-  let rec = h.journal.markDispatched(claim.record, now, before, 'pipeline');
-  if (attempts === 2) rec = h.journal.markRedispatched(rec, now, 'earlier life', 'pipeline');
-  return rec;
+  return harness.journal.markDispatched(claim.record, now, before, 'pipeline', (last, open) =>
+    allocateSeq(last, before.seq, open),
+  );
 }
 
-function notes(key: string): string[] {
-  return h.journal.history({ scope: 'plant', key }).map((e) => e.detail);
-}
-
-describe('recovery at start (I5): settled by reading the controller, never a blind re-write', () => {
-  it('confirms a command whose write was taken before the crash', async () => {
-    h = new Harness({ travelMs: 150 });
+describe('recovery at start (I5): settled by reading the controller', () => {
+  it('confirms a command whose write was taken before the crash, without writing again', async () => {
+    h = await SimHarness.start({ travelMs: 600 });
     h.submit('k1', { device: 'v1', action: 'open' });
-    await until(() => h.double('v1').writes.length === 1);
+    await h.until(() => h!.device('v1').counters.writesReceived === 1, 5_000, 'the write');
     await h.crash();
     expect(h.restart()).toBe(1);
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
-    expect(h.double('v1').writes).toHaveLength(1);
+    expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
+    expect(h.device('v1').counters.writesReceived).toBe(1);
   });
 
   it('dispatches once more a command provably never written, before its deadline', async () => {
-    h = new Harness();
-    dispatchedNotWritten('k1');
+    h = await SimHarness.start();
+    const d = dispatchedNotWritten(h, 'k1', 5_000);
     await h.crash();
     h.restart();
     const r = await h.settled('k1');
-    expect(r).toMatchObject({ state: 'confirmed', attempts: 2, seq: 1 });
-    expect(h.double('v1').writes).toHaveLength(1);
-    expect(notes('k1').some((n) => n.startsWith('recovery: sequence number 1 not echoed'))).toBe(
-      true,
-    );
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 2, seq: d.seq });
+    expect(h.writesWithSeq('v1', d.seq!)).toBe(1);
+    expect(h.notes('k1').some((n) => n.includes('redispatch: sequence number'))).toBe(true);
   });
 
-  it('leaves open, unwritten, a command not written whose deadline has passed', async () => {
-    h = new Harness();
-    dispatchedNotWritten('k1', 50);
+  it('a device a local operator moved meanwhile: unprovable, and the failure says why', async () => {
+    h = await SimHarness.start();
+    const valve = h.device('v1');
+    dispatchedNotWritten(h, 'k1', 1_500);
     await h.crash();
-    await sleep(80);
+    // By hand to fully open, then back to REMOTE: the echo is unchanged, the state is not.
+    valve.setLocal(true, 100);
+    await h.until(() => valve.snapshot().published.state === 'LOCAL', 2_000, 'LOCAL');
+    valve.setLocal(false);
+    await h.until(() => valve.snapshot().published.state === 'OPEN', 2_000, 'back in REMOTE');
     h.restart();
-    await until(() => notes('k1').some((n) => n.includes('its deadline has passed')));
-    expect(h.get('k1')?.state).toBe('dispatched');
-    expect(h.double('v1').writes).toHaveLength(0);
-  });
-
-  it('leaves open a command the controller did not echo when the device has moved', async () => {
-    h = new Harness();
-    dispatchedNotWritten('k1');
-    const d = h.double('v1');
-    d.state = 'OPEN';
-    d.position = 100;
-    await h.crash();
-    h.restart();
-    await until(() => notes('k1').some((n) => n.includes('moved from CLOSED to OPEN')));
-    expect(h.get('k1')?.state).toBe('dispatched');
-    expect(d.writes).toHaveLength(0);
-  });
-
-  it('never dispatches a third time', async () => {
-    h = new Harness();
-    dispatchedNotWritten('k1', 30_000, 2);
-    await h.crash();
-    h.restart();
-    await until(() => notes('k1').some((n) => n.includes('already dispatched twice')));
-    expect(h.get('k1')?.state).toBe('dispatched');
-    expect(h.double('v1').writes).toHaveLength(0);
-  });
-
-  it('leaves open a command whose device cannot be read', async () => {
-    h = new Harness({ timing: { confirmTimeoutMs: 200 } });
-    dispatchedNotWritten('k1');
-    h.double('v1').faults.unreachable = true;
-    await h.crash();
-    h.restart();
-    await until(() => notes('k1').some((n) => n.startsWith('recovery: device unreachable')));
-    expect(h.get('k1')?.state).toBe('dispatched');
-    expect(h.double('v1').writes).toHaveLength(0);
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+    expect(r.detail).toMatch(/moved from CLOSED to OPEN.*applied is unknown/);
+    expect(valve.counters.writesReceived).toBe(0);
   });
 
   it('runs an accepted command that was never dispatched through its normal course', async () => {
-    h = new Harness();
-    h.double('v1').faults.unreachable = true;
+    h = await SimHarness.start();
+    h.plant.plc('mb').setFault({ kind: 'reset', when: 'before', on: 'both' });
     h.submit('k1', { device: 'v1', action: 'open' });
-    await sleep(20);
     await h.crash();
-    h.double('v1').faults.unreachable = false;
+    h.plant.plc('mb').clearFault('reset');
     h.restart();
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
-    expect(h.double('v1').writes).toHaveLength(1);
+    expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
   });
 
-  it('confirms a command that was still travelling, and fails one that faulted meanwhile', async () => {
-    h = new Harness({ travelMs: 200 });
-    h.submit('k1', { device: 'v1', action: 'open' });
-    h.submit('k2', { device: 'v2', action: 'open' });
-    await until(() => h.double('v1').writes.length === 1 && h.double('v2').writes.length === 1);
-    h.double('v2').faults.stuck = true;
+  it('takes a dispatched command up before the commands accepted after it on its device', async () => {
+    h = await SimHarness.start();
+    const a = dispatchedNotWritten(h, 'A', 5_000);
+    h.journal.claim({
+      scope: 'plant',
+      key: 'B',
+      fingerprint: 'b',
+      device: 'v1',
+      action: 'close',
+      position: null,
+      issuedAt: Date.now(),
+      issuedAtSource: 'gateway',
+      ttlMs: 5_000,
+      deadline: Date.now() + 5_000,
+      intake: 'https',
+      acceptedAt: Date.now(),
+    });
     await h.crash();
     h.restart();
-    const [a, b] = await Promise.all([h.settled('k1'), h.settled('k2')]);
-    expect(a.state).toBe('confirmed');
+    const [ra, rb] = [await h.settled('A'), await h.settled('B')];
+    expect(ra).toMatchObject({ state: 'confirmed', attempts: 2 });
+    expect(rb).toMatchObject({ state: 'confirmed' });
+    expect(h.device('v1').writeLog.map((w) => w.seq)).toEqual([a.seq, rb.seq]);
+  });
+
+  it('confirms a command still travelling, and fails one that faulted meanwhile (0x81)', async () => {
+    h = await SimHarness.start({ travelMs: 600 });
+    h.submit('k1', { device: 'v1', action: 'open' });
+    h.submit('k2', { device: 'v2', action: 'open' });
+    await h.until(
+      () =>
+        h!.device('v1').counters.writesReceived === 1 &&
+        h!.device('v2').counters.writesReceived === 1,
+      5_000,
+      'both writes',
+    );
+    h.device('v2').setFault({ kind: 'stuck-travel' });
+    await h.crash();
+    h.restart();
+    const [a, b] = [await h.settled('k1'), await h.settled('k2')];
+    expect(a).toMatchObject({ state: 'confirmed', attempts: 1 });
     expect(b).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT', faultCode: '0x81' });
-    expect(h.double('v1').writes).toHaveLength(1);
-    expect(h.double('v2').writes).toHaveLength(1);
+    expect(h.device('v1').counters.writesReceived).toBe(1);
+    expect(h.device('v2').counters.writesReceived).toBe(1);
+  });
+
+  it('keeps trying to reach an OPC UA PLC down at restart for longer than a confirm timeout', async () => {
+    // A confirm timeout far shorter than an OPC UA session set-up; the grace covers it.
+    h = await SimHarness.start({
+      opcua: true,
+      travelMs: 400,
+      timing: { confirmTimeoutMs: 300, redispatchGuardMs: 600 },
+      unreachableGraceMs: 8_000,
+    });
+    h.submit('k1', { device: 'u1', action: 'open', ttlMs: 1_000 });
+    await h.until(() => h!.device('u1').counters.writesReceived === 1, 10_000, 'the write');
+    await h.crash();
+    // The PLC's link is down for 1.5 s after the restart: every request is reset.
+    const ua = h.plant.plc('ua');
+    ua.setFault({ kind: 'reset', when: 'before', on: 'both' });
+    const linkBack = setTimeout(() => ua.clearFault('reset'), 1_500);
+    h.restart();
+    const r = await h.settled('k1', 15_000).finally(() => {
+      clearTimeout(linkBack);
+    });
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(h.writesWithSeq('u1', r.seq!)).toBe(1);
   });
 });

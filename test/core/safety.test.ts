@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
 import { sleepFor, systemClock, type Clock } from '../../src/core/clock.js';
@@ -6,6 +5,7 @@ import type { CommandRecord, Observation } from '../../src/core/journal.js';
 import { allocateSeq } from '../../src/core/sequence.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
+import { lockHolder } from '../helpers/journal-lock.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 import { profile } from '../helpers/fixtures.js';
 
@@ -15,50 +15,6 @@ import { profile } from '../helpers/fixtures.js';
  * on a real SQLite journal. Ground truth is the simulator's write log (every write that reached
  * the controller, by sequence number) and the journal — never the pipeline's word.
  */
-
-/**
- * Another process (the operator CLI, say) that takes the journal's write lock on request and
- * holds it for a set time by its own timer. A separate process, as in the field: in this one,
- * SQLite's busy wait would block the very timer that should end the lock.
- */
-async function lockHolder(path: string): Promise<{
-  hold(ms: number): Promise<void>;
-  close(): void;
-}> {
-  const child = spawn(
-    process.execPath,
-    [
-      '-e',
-      `const db = new (require('better-sqlite3'))(process.argv[1]);
-       process.stdout.write('ready\\n');
-       process.stdin.on('data', (d) => {
-         db.exec('BEGIN IMMEDIATE');
-         process.stdout.write('locked\\n');
-         setTimeout(() => db.exec('COMMIT'), Number(String(d).trim()));
-       });`,
-      path,
-    ],
-    { stdio: ['pipe', 'pipe', 'inherit'] },
-  );
-  const line = (): Promise<void> =>
-    new Promise<void>((resolve, reject) => {
-      child.stdout.once('data', () => {
-        resolve();
-      });
-      child.once('error', reject);
-    });
-  await line();
-  return {
-    hold: async (ms) => {
-      const locked = line();
-      child.stdin.write(`${ms}\n`);
-      await locked;
-    },
-    close: () => {
-      child.kill();
-    },
-  };
-}
 
 let h: SimHarness | undefined;
 afterEach(async () => {
