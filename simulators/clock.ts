@@ -62,9 +62,10 @@ export class ControllerClock {
     return { ...this.#settings };
   }
 
-  set(settings: ClockSettings): void {
+  /** `anchorAt`: the time-source reading the drift restarts from (default now). */
+  set(settings: ClockSettings, anchorAt: number = this.#time.now()): void {
     this.#settings = { ...settings };
-    this.#anchor = this.#time.now();
+    this.#anchor = anchorAt;
   }
 
   /** Controller time for a given time-source reading (epoch ms, integer). */

@@ -1,7 +1,7 @@
 /**
- * Loopback HTTP control API of the simulated plant: device state, counters and the command
- * log (the ground truth for I1), fault injection, the LOCAL switch. JSON in and out; errors
- * are `{ code, message }`.
+ * Loopback HTTP control API of the simulated plant: device state, counters, the command log
+ * and the full write log (the ground truth for I1), fault injection, the LOCAL switch, PLC
+ * power cycles. JSON in and out; errors are `{ code, message }`.
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
@@ -68,6 +68,18 @@ export class ControlApi {
         const device = this.#device(id);
         return { ...device.snapshot(), log: device.log };
       }),
+      route('GET', '/devices/:id/writes', (req, [id]) => {
+        const device = this.#device(id);
+        const seq = seqQuery(req);
+        return {
+          device: device.id,
+          writesReceived: device.counters.writesReceived,
+          dropped: device.writeLogDropped,
+          ...(seq === undefined
+            ? { writes: device.writeLog }
+            : { seq, count: device.writesWithSeq(seq), writes: device.writesOfSeq(seq) }),
+        };
+      }),
       route('PUT', '/devices/:id/faults/:fault', async (req, [id, kind]) => {
         const device = this.#device(id);
         const fault = device.applyFault(kindOf(kind), await readJson(req));
@@ -106,6 +118,11 @@ export class ControlApi {
       }),
       route('GET', '/plcs', () => ({ plcs: plant.plcs.map(plcView) })),
       route('GET', '/plcs/:id', (_req, [id]) => plcView(this.#plc(id))),
+      route('POST', '/plcs/:id/power-cycle', async (req, [id]) => {
+        const plc = this.#plc(id);
+        const result = plc.applyPowerCycle(await readJson(req));
+        return { plc: plc.name, ...result, powered: plc.powered };
+      }),
       route('PUT', '/plcs/:id/faults/:fault', async (req, [id, kind]) => {
         const plc = this.#plc(id);
         const fault = plc.applyFault(kindOf(kind), await readJson(req));
@@ -224,8 +241,21 @@ function plcView(plc: SimPlc): unknown {
     controllerTime: plc.controllerTime(),
     clock: plc.clock.settings,
     faults: plc.faults(),
+    powered: plc.powered,
+    powerCycles: plc.powerCycles,
     devices: plc.devices.map((d) => d.id),
   };
+}
+
+/** `?seq=N` of GET /devices/{id}/writes: a sequence number 0..65535, or absent. */
+function seqQuery(req: IncomingMessage): number | undefined {
+  const raw = new URL(req.url ?? '/', 'http://127.0.0.1').searchParams.get('seq');
+  if (raw === null) return undefined;
+  const seq = Number(raw);
+  if (raw.trim() === '' || !Number.isInteger(seq) || seq < 0 || seq > 65535) {
+    throw new InvalidRequestError(`seq must be an integer 0..65535, got "${raw}"`);
+  }
+  return seq;
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {

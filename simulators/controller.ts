@@ -6,6 +6,8 @@
  * The program is protocol-free: the Modbus and OPC UA front ends hand it command writes and
  * read the status image it publishes at the end of every scan.
  */
+import { WriteLog, settle } from './write-log.js';
+import type { WriteLogEntry } from './write-log.js';
 import {
   ACTUATOR_STATE_CODES,
   COMMAND_CODES,
@@ -84,6 +86,8 @@ export interface ScanConditions {
   stuckTravel: boolean;
   positionSensorFault: boolean;
   frozen: boolean;
+  /** The command handshake is busy: pending writes wait for a later scan. */
+  hold: boolean;
 }
 
 export interface DeviceSettings {
@@ -206,9 +210,11 @@ export class DeviceController {
   #travel: Travel | undefined;
   #localSwitch = false;
   #localPosition: number | undefined;
-  #pending: CommandWrite[] = [];
+  /** Writes waiting for a scan, each with its write-log entry to settle. */
+  #pending: { write: CommandWrite; entry: WriteLogEntry }[] = [];
   #counters: DeviceCounters = emptyCounters();
   #log: CommandLogEntry[] = [];
+  readonly #writeLog = new WriteLog();
   #published: PublishedStatus;
 
   constructor(settings: DeviceSettings, controllerTime: number) {
@@ -268,22 +274,57 @@ export class DeviceController {
     return this.#log.map((entry) => ({ ...entry }));
   }
 
+  /** The full write log (every received write, up to 100 000), for ground-truth checks. */
+  get writeLog(): WriteLog {
+    return this.#writeLog;
+  }
+
+  /** How many writes wait for a scan (e.g. while the handshake is held). */
+  get pendingWrites(): number {
+    return this.#pending.length;
+  }
+
   resetCounters(): void {
     this.#counters = emptyCounters();
     this.#log = [];
+    this.#writeLog.clear();
   }
 
   /**
    * A write that touched the sequence number arrived. It is counted now (the ground truth
    * must not depend on the scan) and taken at the next scan, in arrival order.
    */
-  receiveWrite(write: CommandWrite): void {
+  receiveWrite(write: CommandWrite, controllerTime: number): void {
     this.#counters.writesReceived += 1;
+    const entry = this.#writeLog.record(controllerTime, write.seq, write.code, write.setpoint);
     if (this.#pending.length >= MAX_PENDING_WRITES) {
-      this.#pending.shift();
+      const discarded = this.#pending.shift();
+      if (discarded !== undefined) settle(discarded.entry, 'overrun', controllerTime);
       this.#counters.overruns += 1;
     }
-    this.#pending.push({ ...write });
+    this.#pending.push({ write: { ...write }, entry });
+  }
+
+  /**
+   * Power lost and back: volatile memory is gone (writes waiting for a scan, the seq echo,
+   * travel, the 0x88 latch and the device fault), the position is physical and stays, the
+   * state follows from it as at start-up; the LOCAL key switch is physical too and is read
+   * again. Counters and logs are the test's ground truth, not PLC memory: they stay.
+   *
+   * `powerUpTime` is the controller time at power-up: the image is published as of then, so
+   * that nobody reads the image from before the power loss (unless it is frozen). Sensor
+   * supervision runs at the first scan, as on any scan.
+   */
+  powerCycle(lostAt: number, powerUpTime: number, frozen: boolean): void {
+    for (const { entry } of this.#pending) settle(entry, 'power-cycle', lostAt);
+    this.#pending = [];
+    this.#seqEcho = 0;
+    this.#travel = undefined;
+    this.#deviceFault = FAULT_NONE;
+    this.#faultRegister = FAULT_NONE;
+    this.#state = this.#restingState();
+    this.#readLocalSwitch();
+    if (!frozen) this.#publish(powerUpTime);
   }
 
   /**
@@ -304,9 +345,14 @@ export class DeviceController {
     if (conditions.positionSensorFault && this.#state !== 'LOCAL' && this.#state !== 'FAULT') {
       this.#enterFault(FAULT_POSITION_SENSOR);
     }
-    const pending = this.#pending;
-    this.#pending = [];
-    for (const write of pending) this.#take(write, now, controllerTime);
+    // A held handshake leaves the writes waiting, in order; the image is still published.
+    if (!conditions.hold) {
+      const pending = this.#pending;
+      this.#pending = [];
+      for (const { write, entry } of pending) {
+        settle(entry, this.#take(write, now, controllerTime), controllerTime);
+      }
+    }
     this.#runTravel(now, conditions.stuckTravel);
     if (!conditions.frozen) this.#publish(controllerTime);
   }
@@ -330,9 +376,10 @@ export class DeviceController {
     }
   }
 
-  #take(write: CommandWrite, now: number, controllerTime: number): void {
+  /** Takes (or ignores) one write and returns what became of it. */
+  #take(write: CommandWrite, now: number, controllerTime: number): CommandOutcome {
     const from = this.#state;
-    const logEntry = (outcome: CommandOutcome): void => {
+    const logEntry = (outcome: CommandOutcome): CommandOutcome => {
       this.#log.push({
         controllerTime,
         seq: write.seq,
@@ -343,20 +390,19 @@ export class DeviceController {
         to: this.#state,
       });
       if (this.#log.length > LOG_CAPACITY) this.#log.splice(0, this.#log.length - LOG_CAPACITY);
+      return outcome;
     };
 
     if (write.seq === this.#seqEcho) {
       this.#counters.ignoredSameSeq += 1;
-      logEntry('ignored-same-seq');
-      return;
+      return logEntry('ignored-same-seq');
     }
     this.#seqEcho = write.seq;
     this.#counters.commandsTaken += 1;
 
     if (this.#state === 'LOCAL') {
       this.#counters.ignoredLocal += 1;
-      logEntry('ignored-local');
-      return;
+      return logEntry('ignored-local');
     }
 
     const reaction = reactionFor(this.settings.profile, this.#state, write.code, write.setpoint);
@@ -364,27 +410,23 @@ export class DeviceController {
       case 'reject':
         this.#faultRegister = FAULT_ILLEGAL_TRANSITION;
         this.#counters.rejected += 1;
-        logEntry('rejected-0x88');
-        return;
+        return logEntry('rejected-0x88');
       case 'noop':
         this.#clearIllegalLatch();
         this.#counters.accepted += 1;
         this.#counters.noops += 1;
-        logEntry('noop');
-        return;
+        return logEntry('noop');
       case 'recover':
         this.#deviceFault = FAULT_NONE;
         this.#faultRegister = FAULT_NONE;
-        this.#state = this.#restingState();
+        this.#state = this.#recoveredState();
         this.#counters.accepted += 1;
-        logEntry('accepted');
-        return;
+        return logEntry('accepted');
       case 'go':
         this.#clearIllegalLatch();
         this.#go(reaction.to, write.setpoint, now);
         this.#counters.accepted += 1;
-        logEntry('accepted');
-        return;
+        return logEntry('accepted');
     }
   }
 
@@ -447,7 +489,16 @@ export class DeviceController {
     if (this.#faultRegister === FAULT_ILLEGAL_TRANSITION) this.#faultRegister = this.#deviceFault;
   }
 
-  /** The state a device at rest settles in: after reset, after LOCAL, at start-up. */
+  /**
+   * Where reset leaves FAULT. SPEC §3 allows only →STOPPED/CLOSED: CLOSED at 0 %, STOPPED
+   * anywhere else, fully open included (unlike the resting state, which may be OPEN).
+   */
+  #recoveredState(): DeviceState {
+    if (this.settings.profile === 'actuator') return 'IDLE';
+    return this.#position <= 0 ? 'CLOSED' : 'STOPPED';
+  }
+
+  /** The state a device at rest settles in: back in REMOTE, at start-up and power-up. */
   #restingState(): DeviceState {
     if (this.settings.profile === 'actuator') return 'IDLE';
     if (this.#position <= 0) return 'CLOSED';

@@ -2,12 +2,13 @@
  * Fault injection: the fault kinds, their parameters (one zod schema serves the typed API and
  * the HTTP control API), and the bookkeeping that decides what a request suffers.
  *
- * Process faults act on the controller program (stuck travel, position sensor, frozen image).
- * Link faults act on requests at the protocol front end (latency, dropped replies, connection
- * resets, Modbus exceptions, OPC UA Bad status). A device fault applies to requests that touch
- * the device; a PLC fault applies to every device and request of that PLC.
+ * Process faults act on the controller program (stuck travel, position sensor, frozen image,
+ * held handshake). Link faults act on requests at the protocol front end (latency, dropped
+ * replies, connection resets, Modbus exceptions, OPC UA Bad status). A device fault applies to
+ * requests that touch the device; a PLC fault applies to every device and request of that PLC.
  */
 import { z } from 'zod';
+import type { TimeSource } from './clock.js';
 import { InvalidFaultError, UnknownFaultError } from './errors.js';
 import { zodIssues } from './zod-issues.js';
 
@@ -26,10 +27,23 @@ const faultSchemas = {
   'stuck-travel': z.strictObject({ kind: z.literal('stuck-travel') }),
   'position-sensor': z.strictObject({ kind: z.literal('position-sensor') }),
   frozen: z.strictObject({ kind: z.literal('frozen') }),
+  hold: z.strictObject({
+    kind: z.literal('hold'),
+    ms: z
+      .int()
+      .min(1)
+      .max(3_600_000)
+      .optional()
+      .describe('clears itself this long after it was set (time source); absent: until cleared'),
+  }),
   latency: z.strictObject({
     kind: z.literal('latency'),
     ms: z.int().min(0).max(600_000),
     on: directionSchema,
+    when: z
+      .enum(['before', 'after'])
+      .default('after')
+      .describe('before: held on the link, then applied; after: applied, then the reply held'),
   }),
   drop: z.strictObject({
     kind: z.literal('drop'),
@@ -92,25 +106,46 @@ export function parseFault(kind: string, params: unknown, target: string): Fault
   return result.data;
 }
 
-/** An active fault as reported by the control API. */
-export type ActiveFault = Fault & { remaining?: number };
+/**
+ * An active fault as reported by the control API: `remaining` requests for a `count`,
+ * `remainingMs` for a fault that clears itself after a time.
+ */
+export type ActiveFault = Fault & { remaining?: number; remainingMs?: number };
 
 interface Entry {
   fault: Fault;
   /** Requests still to hit; undefined: until cleared. */
   remaining: number | undefined;
+  /** Time-source reading at which the fault clears itself; undefined: until cleared. */
+  expiresAt: number | undefined;
 }
 
-/** The faults active on one device or one PLC. */
+/** How long a fault lasts before it clears itself, if it does (`hold` with `ms`). */
+function lifetimeMs(fault: Fault): number | undefined {
+  return fault.kind === 'hold' ? fault.ms : undefined;
+}
+
+/**
+ * The faults active on one device or one PLC. Faults with a lifetime expire against the time
+ * source, checked whenever the set is consulted: no timer, so manual time steps them exactly.
+ */
 export class FaultSet {
   readonly #entries = new Map<FaultKind, Entry>();
+  readonly #time: TimeSource;
+
+  constructor(time: TimeSource) {
+    this.#time = time;
+  }
 
   set(fault: Fault): void {
     const remaining = 'count' in fault ? fault.count : undefined;
-    this.#entries.set(fault.kind, { fault, remaining });
+    const lifetime = lifetimeMs(fault);
+    const expiresAt = lifetime === undefined ? undefined : this.#time.now() + lifetime;
+    this.#entries.set(fault.kind, { fault, remaining, expiresAt });
   }
 
   clear(kind: FaultKind): boolean {
+    this.#expire();
     return this.#entries.delete(kind);
   }
 
@@ -119,17 +154,30 @@ export class FaultSet {
   }
 
   has(kind: FaultKind): boolean {
+    this.#expire();
     return this.#entries.has(kind);
   }
 
   get<K extends FaultKind>(kind: K): FaultOf<K> | undefined {
+    this.#expire();
     return this.#entries.get(kind)?.fault as FaultOf<K> | undefined;
   }
 
   list(): ActiveFault[] {
-    return [...this.#entries.values()].map(({ fault, remaining }) =>
-      remaining === undefined ? { ...fault } : { ...fault, remaining },
-    );
+    this.#expire();
+    const now = this.#time.now();
+    return [...this.#entries.values()].map(({ fault, remaining, expiresAt }) => ({
+      ...fault,
+      ...(remaining === undefined ? {} : { remaining }),
+      ...(expiresAt === undefined ? {} : { remainingMs: expiresAt - now }),
+    }));
+  }
+
+  #expire(): void {
+    const now = this.#time.now();
+    for (const [kind, entry] of this.#entries) {
+      if (entry.expiresAt !== undefined && now >= entry.expiresAt) this.#entries.delete(kind);
+    }
   }
 
   /**
@@ -141,6 +189,7 @@ export class FaultSet {
     direction: Direction,
     random: () => number,
   ): FaultOf<K> | undefined {
+    this.#expire();
     const entry = this.#entries.get(kind);
     if (entry === undefined) return undefined;
     const fault = entry.fault as FaultOf<K>;
@@ -159,11 +208,11 @@ export class FaultSet {
     return fault;
   }
 
-  /** Latency does not wear out; the largest applicable one wins. */
-  latency(direction: Direction): number {
+  /** Latency does not wear out; the largest applicable one of each `when` wins. */
+  latency(direction: Direction, when: 'before' | 'after'): number {
     const fault = this.get('latency');
     if (fault === undefined || (fault.on !== 'both' && fault.on !== direction)) return 0;
-    return fault.ms;
+    return fault.when === when ? fault.ms : 0;
   }
 }
 
@@ -173,7 +222,12 @@ export interface LinkPlan {
   resetBefore: boolean;
   /** Refuse the request: a Modbus exception code or an OPC UA Bad status name. */
   refuse: { exception?: number; badStatus?: string } | undefined;
-  /** Delay between processing and the reply. */
+  /**
+   * Delay on the link before the request reaches the PLC (latency `when: before`). The
+   * request is applied when it ends, whatever became of the client's connection meanwhile.
+   */
+  latencyBeforeMs: number;
+  /** Delay between processing and the reply (latency `when: after`). */
   latencyMs: number;
   /** Process the request but never reply. */
   drop: boolean;
@@ -202,6 +256,7 @@ export function planRequest(
   const plan: LinkPlan = {
     resetBefore: false,
     refuse: undefined,
+    latencyBeforeMs: 0,
     latencyMs: 0,
     drop: false,
     resetAfter: false,
@@ -218,7 +273,8 @@ export function planRequest(
     const fault = first('bad-status');
     if (fault !== undefined) plan.refuse = { badStatus: fault.status };
   }
-  plan.latencyMs = Math.max(0, ...sets.map((set) => set.latency(direction)));
+  plan.latencyBeforeMs = Math.max(0, ...sets.map((set) => set.latency(direction, 'before')));
+  plan.latencyMs = Math.max(0, ...sets.map((set) => set.latency(direction, 'after')));
   if (plan.refuse !== undefined) return plan;
   plan.drop = first('drop') !== undefined;
   if (plan.drop) return plan;

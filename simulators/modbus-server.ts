@@ -10,7 +10,12 @@
  *
  * Requests on one connection are served one at a time, in order, as a PLC's communication
  * task does; a request is applied when it is served and its reply leaves after any injected
- * latency.
+ * latency. Latency `when: before` holds a request on the link before it is applied (and the
+ * requests behind it on that connection with it); it is applied when the delay ends even if
+ * the client has gone meanwhile: its bytes were already on the wire.
+ *
+ * A power cycle resets every connection and clears the command registers (volatile memory);
+ * while the power is off, new connections are reset at once.
  */
 import { createServer } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
@@ -86,6 +91,9 @@ export class ModbusPlcServer {
       if (deviceConfig === undefined) throw new Error(`device ${device.id} has no base address`);
       return { device, base: deviceConfig.base, command: [0, 0, 0] };
     });
+    plc.onPowerCycle(() => {
+      this.#powerCycled();
+    });
   }
 
   async start(): Promise<PlcEndpoint> {
@@ -126,7 +134,20 @@ export class ModbusPlcServer {
     });
   }
 
+  /** Power lost: connections die with the PLC's TCP stack, the command block is volatile. */
+  #powerCycled(): void {
+    for (const socket of this.#sockets) socket.resetAndDestroy();
+    this.#sockets.clear();
+    for (const block of this.#registers) block.command = [0, 0, 0];
+  }
+
   #accept(socket: Socket): void {
+    if (!this.#plc.powered) {
+      // Nothing listens on a PLC without power; the accepted connection is reset at once.
+      socket.on('error', () => undefined);
+      socket.resetAndDestroy();
+      return;
+    }
     this.#sockets.add(socket);
     socket.setNoDelay(true);
     const log = this.#plc.log.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
@@ -194,6 +215,7 @@ export class ModbusPlcServer {
       socket.destroy();
       return;
     }
+    if (plan.latencyBeforeMs > 0 && !(await this.#heldOnLink(plan.latencyBeforeMs))) return;
 
     let reply: Buffer;
     if (plan.refuse?.exception !== undefined) {
@@ -217,6 +239,17 @@ export class ModbusPlcServer {
     header.writeUInt16BE(reply.length + 1, 4);
     header.writeUInt8(unitId, 6);
     socket.write(Buffer.concat([header, reply]));
+  }
+
+  /**
+   * Holds a request on the link. True when it then reaches the PLC, even if its connection is
+   * gone by now; false when the PLC was power cycled meanwhile (the link and whatever was on
+   * it died with it) or the plant stopped.
+   */
+  async #heldOnLink(ms: number): Promise<boolean> {
+    const powerCycles = this.#plc.powerCycles;
+    await this.#timers.delay(ms);
+    return this.#server !== undefined && this.#plc.powerCycles === powerCycles;
   }
 
   /** The fault sets a request touches: each device whose registers it addresses, then the PLC. */

@@ -8,9 +8,18 @@
  * reports the controller clock (offset and drift included).
  *
  * Link faults are applied around node-opcua's request dispatch: `on_request` is wrapped to
- * plan each Read/Write request, and each channel's `send_response` is wrapped to add latency,
- * swallow the reply, cut the connection after processing or turn results Bad. Both are
- * node-opcua 2.182 internals (public members, not documented API); the version is pinned.
+ * plan each Read/Write request (and to hold it on the link before dispatch for latency
+ * `when: before`), and each channel's `send_response` is wrapped to add latency, swallow the
+ * reply, cut the connection after processing or turn results Bad. Both are node-opcua 2.182
+ * internals (public members, not documented API); the version is pinned.
+ *
+ * A request held on the link holds back every request behind it on the same secure channel
+ * (CloseSession included), and is dispatched when its delay ends even if the client has
+ * closed or dropped the connection meanwhile: node-opcua keeps a session whose channel died
+ * until the session times out, so the write lands as it would on a PLC.
+ *
+ * A power cycle closes every session and aborts every channel; while the power is off, new
+ * channels are aborted as soon as they open.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -42,11 +51,48 @@ import { FaultNotApplicableError } from './errors.js';
 import { planRequest } from './faults.js';
 import type { Direction, FaultSet, LinkPlan } from './faults.js';
 import type { OpcuaPlcConfig } from './plant-file.js';
-import type { PlcEndpoint, SimDevice, SimPlc } from './plc.js';
+import type { PlcEndpoint, PowerCycleResult, SimDevice, SimPlc } from './plc.js';
 import { Timers } from './timers.js';
 
 type Message = Parameters<OPCUAServer['on_request']>[0];
 type SendResponse = ServerSecureChannelLayer['send_response'];
+type Dispatch = (message: Message, channel: ServerSecureChannelLayer) => void;
+/** Handles one request; a promise when the request is held on the link until it settles. */
+type LinkTask = () => Promise<void> | undefined;
+
+/**
+ * The requests of one secure channel in arrival order. While one is held on the link, the
+ * ones behind it wait, as bytes behind it on the same TCP connection would.
+ */
+class ChannelLink {
+  readonly #waiting: LinkTask[] = [];
+  readonly #onError: (err: unknown) => void;
+  #held = false;
+
+  constructor(onError: (err: unknown) => void) {
+    this.#onError = onError;
+  }
+
+  submit(task: LinkTask): void {
+    this.#waiting.push(task);
+    this.#drain();
+  }
+
+  #drain(): void {
+    while (!this.#held) {
+      const task = this.#waiting.shift();
+      if (task === undefined) return;
+      const held = task();
+      if (held !== undefined) {
+        this.#held = true;
+        void held.catch(this.#onError).finally(() => {
+          this.#held = false;
+          this.#drain();
+        });
+      }
+    }
+  }
+}
 
 export interface OpcuaServerOptions {
   /** Where the servers keep their PKI (one subdirectory per PLC); default: a temporary
@@ -75,6 +121,8 @@ interface PendingRequest {
   kept?: number[];
   /** Write requests: original index → device, for nodes that wrote CommandSeq. */
   commandSeq?: Map<number, SimDevice>;
+  /** Called once node-opcua has processed the request (its response is being sent). */
+  processed?: () => void;
 }
 
 const STATUS_TYPES: Readonly<
@@ -109,6 +157,7 @@ export class OpcuaPlcServer {
   readonly #commands = new Map<string, CommandImage>();
   readonly #pending = new WeakMap<Message, PendingRequest>();
   readonly #hookedChannels = new WeakSet<ServerSecureChannelLayer>();
+  readonly #links = new WeakMap<ServerSecureChannelLayer, ChannelLink>();
   #server: OPCUAServer | undefined;
   #ownPkiDir: string | undefined;
   #namespaceIndex = 1;
@@ -126,6 +175,9 @@ export class OpcuaPlcServer {
         );
       }
     };
+    plc.onPowerCycle((result) => {
+      this.#powerCycled(result);
+    });
   }
 
   async start(): Promise<PlcEndpoint> {
@@ -176,6 +228,14 @@ export class OpcuaPlcServer {
     this.#buildAddressSpace(server);
     this.#bindControllerClock(server);
     this.#interceptRequests(server);
+    server.on('newChannel', (channel) => {
+      // No power, no server: a connection that got this far is cut before it can be used.
+      if (!this.#plc.powered) {
+        setImmediate(() => {
+          channel.abruptlyInterrupt();
+        });
+      }
+    });
     await server.start();
     const endpoint = server.endpoints[0];
     const port = endpoint?.port ?? this.#config.port;
@@ -293,18 +353,57 @@ export class OpcuaPlcServer {
     });
   }
 
+  /**
+   * Power lost: sessions and channels die with the server, and the command variables are
+   * volatile memory (0 again, stamped with the power-up time).
+   */
+  #powerCycled(result: PowerCycleResult): void {
+    const server = this.#server;
+    if (server === undefined) return;
+    for (const session of server.engine.getSessions()) {
+      server.engine.closeSession(session.authenticationToken, true, 'Terminated');
+    }
+    for (const endpoint of server.endpoints) endpoint.abruptlyInterruptChannels();
+    for (const image of this.#commands.values()) {
+      for (const slot of [image.code, image.setpoint, image.seq]) {
+        slot.value = 0;
+        slot.at = result.powerUpControllerTime;
+      }
+    }
+  }
+
   #interceptRequests(server: OPCUAServer): void {
-    const dispatch = server.on_request.bind(server);
+    const dispatch: Dispatch = server.on_request.bind(server);
     server.on_request = (message, channel) => {
-      this.#onRequest(message, channel, dispatch);
+      const powerCycles = this.#plc.powerCycles;
+      let link = this.#links.get(channel);
+      if (link === undefined) {
+        link = new ChannelLink((err: unknown) => {
+          this.#plc.log.error({ err }, 'OPC UA request held on the link failed');
+        });
+        this.#links.set(channel, link);
+      }
+      link.submit(() => {
+        // Requests still waiting behind a held one when the power went died with the link.
+        if (this.#plc.powerCycles !== powerCycles) return undefined;
+        if (!this.#plc.powered) {
+          channel.abruptlyInterrupt();
+          return undefined;
+        }
+        return this.#onRequest(message, channel, dispatch);
+      });
     };
   }
 
+  /**
+   * Plans a request's link faults and hands it to node-opcua, at once or, when it is held on
+   * the link, once the delay ends (then the returned promise settles).
+   */
   #onRequest(
     message: Message,
     channel: ServerSecureChannelLayer,
-    dispatch: (message: Message, channel: ServerSecureChannelLayer) => void,
-  ): void {
+    dispatch: Dispatch,
+  ): Promise<void> | undefined {
     const request = message.request;
     let direction: Direction;
     let nodeIds: NodeId[];
@@ -319,7 +418,7 @@ export class OpcuaPlcServer {
       attributeIds = (request.nodesToWrite ?? []).map((node) => node.attributeId);
     } else {
       dispatch(message, channel);
-      return;
+      return undefined;
     }
     this.#hookChannel(channel);
 
@@ -329,7 +428,7 @@ export class OpcuaPlcServer {
     const plan = planRequest(sets, direction, this.#plc.random, undefined);
     if (plan.resetBefore) {
       channel.abruptlyInterrupt();
-      return;
+      return undefined;
     }
 
     // Bad status is per node: a device's fault hits its own nodes, the PLC's hits all of them.
@@ -366,18 +465,40 @@ export class OpcuaPlcServer {
         // Refused nodes must not be written at all: hand node-opcua only the others and put
         // the Bad results back in place when the response goes out.
         pending.kept = nodesToWrite.flatMap((_, i) => (bad[i] === undefined ? [i] : []));
-        if (pending.kept.length === 0) {
-          this.#pending.set(message, pending);
-          channel.send_response('MSG', new WriteResponse({ results: [] }), message);
-          return;
-        }
         request.nodesToWrite = pending.kept
           .map((i) => nodesToWrite[i])
           .filter((n) => n !== undefined);
       }
     }
-    this.#pending.set(message, pending);
-    dispatch(message, channel);
+    const deliver = (): void => {
+      this.#pending.set(message, pending);
+      if (pending.kept?.length === 0) {
+        channel.send_response('MSG', new WriteResponse({ results: [] }), message);
+      } else {
+        dispatch(message, channel);
+      }
+    };
+    if (plan.latencyBeforeMs <= 0) {
+      deliver();
+      return undefined;
+    }
+    return this.#heldOnLink(plan.latencyBeforeMs, pending, deliver);
+  }
+
+  /**
+   * Holds a request on the link, then delivers it, whatever became of the client's connection
+   * meanwhile, unless a power cycle or the plant's stop took the link and what was on it.
+   * Settles once node-opcua has processed it, not just received it: node-opcua processes
+   * requests concurrently, a PLC's communication task in order, and the ones behind it wait.
+   */
+  async #heldOnLink(ms: number, pending: PendingRequest, deliver: () => void): Promise<void> {
+    const powerCycles = this.#plc.powerCycles;
+    await this.#timers.delay(ms);
+    if (this.#server === undefined || this.#plc.powerCycles !== powerCycles) return;
+    await new Promise<void>((resolve) => {
+      pending.processed = resolve;
+      deliver();
+    });
   }
 
   #hookChannel(channel: ServerSecureChannelLayer): void {
@@ -392,6 +513,7 @@ export class OpcuaPlcServer {
       }
       this.#pending.delete(message);
       this.#complete(pending, response);
+      pending.processed?.();
       const finish = (): void => {
         if (pending.plan.drop) {
           callback?.();

@@ -21,7 +21,14 @@ export type { PlantConfig, PlantInput } from './plant-file.js';
 export { ManualTime, realTime } from './clock.js';
 export type { TimeSource, ClockSettings } from './clock.js';
 export { SimDevice, SimPlc } from './plc.js';
-export type { DeviceSnapshot, PlcEndpoint, DeviceFaultInput } from './plc.js';
+export type {
+  DeviceSnapshot,
+  PlcEndpoint,
+  DeviceFaultInput,
+  PowerCycleOptions,
+  PowerCycleResult,
+} from './plc.js';
+export type { WriteLogEntry, WriteOutcome } from './write-log.js';
 export type { ActiveFault, Fault, FaultInput, FaultKind } from './faults.js';
 export type {
   CommandLogEntry,

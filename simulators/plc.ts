@@ -1,8 +1,10 @@
 /**
- * A simulated PLC: its controller clock, its scan cycle over the devices it runs, and the
- * faults injected on it. The protocol front end (Modbus or OPC UA) is attached by the plant.
+ * A simulated PLC: its controller clock, its scan cycle over the devices it runs, the faults
+ * injected on it and its power supply. The protocol front end (Modbus or OPC UA) is attached
+ * by the plant.
  */
 import type { Logger } from 'pino';
+import { z } from 'zod';
 import { ControllerClock } from './clock.js';
 import type { ClockSettings, TimeSource } from './clock.js';
 import { formatFaultCode } from './codes.js';
@@ -18,6 +20,8 @@ import { FaultNotApplicableError, InvalidRequestError } from './errors.js';
 import { FaultSet, parseFault } from './faults.js';
 import type { ActiveFault, Fault, FaultInput, FaultKind } from './faults.js';
 import type { DeviceConfig, PlcConfig } from './plant-file.js';
+import type { WriteLogEntry } from './write-log.js';
+import { zodIssues } from './zod-issues.js';
 
 export type PlcProtocol = 'modbus' | 'opcua';
 
@@ -26,6 +30,25 @@ export type PlcEndpoint =
   | { protocol: 'opcua'; endpointUrl: string; namespaceUri: string };
 
 export type DeviceFaultInput = Exclude<FaultInput, { kind: 'clock' }>;
+
+/** Options of a power cycle (typed API and the body of POST /plcs/{id}/power-cycle). */
+export const powerCycleSchema = z.strictObject({
+  /** How long the power stays off: no scans, connections refused. */
+  offMs: z.int().min(0).max(3_600_000).default(0),
+  /** The controller clock comes back at this offset from the time source (RTC came back wrong). */
+  clockOffsetMs: z.number().optional(),
+});
+export type PowerCycleOptions = z.input<typeof powerCycleSchema>;
+
+export interface PowerCycleResult {
+  /** Power cycles of this PLC since the plant started, this one included. */
+  powerCycles: number;
+  offMs: number;
+  /** Time-source reading at which the PLC is back (scans, accepts connections). */
+  powerUpAt: number;
+  /** Controller time at power-up. */
+  powerUpControllerTime: number;
+}
 
 /** What the control API and tests see of a device. */
 export interface DeviceSnapshot {
@@ -40,6 +63,8 @@ export interface DeviceSnapshot {
   seqEcho: number;
   local: boolean;
   counters: DeviceCounters;
+  /** Command writes received and not yet taken by a scan (e.g. while `hold` is active). */
+  pendingWrites: number;
   /** The image clients read: differs from the live values while `frozen` is active. */
   published: PublishedStatus;
   /** Live controller clock of the device's PLC. */
@@ -56,13 +81,14 @@ export class SimDevice {
   /** @internal the controller program; front ends feed it writes and read its image. */
   readonly controller: DeviceController;
   /** @internal */
-  readonly faultSet = new FaultSet();
+  readonly faultSet: FaultSet;
 
   constructor(id: string, config: DeviceConfig, plc: SimPlc) {
     this.id = id;
     this.profile = config.profile;
     this.plc = plc;
     this.config = config;
+    this.faultSet = new FaultSet(plc.time);
     this.controller = new DeviceController(
       {
         id,
@@ -105,6 +131,34 @@ export class SimDevice {
     return this.controller.log;
   }
 
+  /**
+   * Every received write that touched the seq, in arrival order, with its outcome once a scan
+   * took it (up to 100 000; see writeLogDropped). A copy.
+   */
+  get writeLog(): WriteLogEntry[] {
+    return this.controller.writeLog.entries();
+  }
+
+  /** The write-log entries with this seq (those the log still holds; see writesWithSeq). */
+  writesOfSeq(seq: number): WriteLogEntry[] {
+    return this.controller.writeLog.entries(seq);
+  }
+
+  /** How many received writes carried `seq`: the I1 ground truth, exact beyond the log. */
+  writesWithSeq(seq: number): number {
+    return this.controller.writeLog.countSeq(seq);
+  }
+
+  /** Write-log entries dropped (oldest first) since the last counter reset. */
+  get writeLogDropped(): number {
+    return this.controller.writeLog.dropped;
+  }
+
+  /** Command writes waiting for a scan. */
+  get pendingWrites(): number {
+    return this.controller.pendingWrites;
+  }
+
   get published(): PublishedStatus {
     return this.controller.published;
   }
@@ -122,6 +176,7 @@ export class SimDevice {
       seqEcho: c.seqEcho,
       local: c.localSwitch,
       counters: c.counters,
+      pendingWrites: c.pendingWrites,
       published: c.published,
       controllerTime: this.plc.clock.now(),
       faults: this.faultSet.list(),
@@ -129,6 +184,7 @@ export class SimDevice {
     };
   }
 
+  /** Zeroes the counters, the command log and the write log. */
   resetCounters(): void {
     this.controller.resetCounters();
   }
@@ -173,18 +229,26 @@ export class SimDevice {
 
   /** @internal a front end received a write that touched the sequence number. */
   receiveWrite(write: CommandWrite): void {
-    this.controller.receiveWrite(write);
+    this.controller.receiveWrite(write, this.plc.clock.now());
   }
 
   /** @internal */
   scan(now: number, controllerTime: number): void {
-    const has = (kind: FaultKind): boolean =>
-      this.faultSet.has(kind) || this.plc.faultSet.has(kind);
     this.controller.scan(now, controllerTime, {
-      stuckTravel: has('stuck-travel'),
-      positionSensorFault: has('position-sensor'),
-      frozen: has('frozen'),
+      stuckTravel: this.#has('stuck-travel'),
+      positionSensorFault: this.#has('position-sensor'),
+      frozen: this.#has('frozen'),
+      hold: this.#has('hold'),
     });
+  }
+
+  /** @internal the PLC's power was cut and restored. */
+  powerCycle(lostAt: number, powerUpTime: number): void {
+    this.controller.powerCycle(lostAt, powerUpTime, this.#has('frozen'));
+  }
+
+  #has(kind: FaultKind): boolean {
+    return this.faultSet.has(kind) || this.plc.faultSet.has(kind);
   }
 }
 
@@ -200,23 +264,29 @@ export class SimPlc {
   readonly config: PlcConfig;
   readonly clock: ControllerClock;
   readonly devices: readonly SimDevice[];
+  /** @internal the plant's time source (travel, fault lifetimes, power). */
+  readonly time: TimeSource;
   /** @internal */
-  readonly faultSet = new FaultSet();
+  readonly faultSet: FaultSet;
   /** @internal */
   readonly random: () => number;
   /** @internal */
   readonly log: Logger;
   /** @internal protocol-specific parameter checks (e.g. that a Bad status name exists). */
   frontEndFaultCheck: ((fault: Fault, target: string) => void) | undefined;
-  readonly #time: TimeSource;
+  readonly #powerListeners: ((result: PowerCycleResult) => void)[] = [];
   #endpoint: PlcEndpoint | undefined;
   #timer: NodeJS.Timeout | undefined;
+  /** Time-source reading until which the power is off. */
+  #offUntil = Number.NEGATIVE_INFINITY;
+  #powerCycles = 0;
 
   constructor(name: string, config: PlcConfig, options: SimPlcOptions) {
     this.name = name;
     this.protocol = config.protocol;
     this.config = config;
-    this.#time = options.time;
+    this.time = options.time;
+    this.faultSet = new FaultSet(options.time);
     this.random = options.random;
     this.log = options.logger.child({ plc: name });
     this.clock = new ControllerClock(options.time, config.clock);
@@ -292,11 +362,70 @@ export class SimPlc {
     this.frontEndFaultCheck?.(fault, target);
   }
 
-  /** One scan of every device, all at the same instant and controller time. */
+  /** One scan of every device, all at the same instant and controller time; none while off. */
   scan(): void {
-    const now = this.#time.now();
+    const now = this.time.now();
+    if (now < this.#offUntil) return;
     const controllerTime = this.clock.at(now);
     for (const device of this.devices) device.scan(now, controllerTime);
+  }
+
+  /** False while a power cycle's `offMs` runs (against the time source). */
+  get powered(): boolean {
+    return this.time.now() >= this.#offUntil;
+  }
+
+  /** Power cycles since the plant started. */
+  get powerCycles(): number {
+    return this.#powerCycles;
+  }
+
+  /**
+   * Cuts the power and restores it after `offMs`: every client connection is destroyed, the
+   * controllers lose their volatile memory (see DeviceController.powerCycle), and while off
+   * the PLC neither scans nor accepts connections. Faults, counters and logs stay: they are
+   * the test's, not the PLC's. `clockOffsetMs` brings the clock back at that offset from the
+   * time source (shown as the PLC's `clock` fault; clearing it restores the plant file's).
+   */
+  powerCycle(options: PowerCycleOptions = {}): PowerCycleResult {
+    return this.applyPowerCycle(options);
+  }
+
+  /** Untyped entry for the control API: validates the options. */
+  applyPowerCycle(params: unknown): PowerCycleResult {
+    const parsed = powerCycleSchema.safeParse(params ?? {});
+    if (!parsed.success) {
+      const issues = zodIssues(parsed.error);
+      throw new InvalidRequestError(
+        issues.map((i) => `${i.path || '(body)'}: ${i.message}`).join('; '),
+      );
+    }
+    const { offMs, clockOffsetMs } = parsed.data;
+    const now = this.time.now();
+    const lostAt = this.clock.at(now);
+    this.#offUntil = now + offMs;
+    this.#powerCycles += 1;
+    if (clockOffsetMs !== undefined) {
+      const settings = { offsetMs: clockOffsetMs, driftPpm: this.clock.settings.driftPpm };
+      this.faultSet.set({ kind: 'clock', ...settings });
+      this.clock.set(settings, this.#offUntil);
+    }
+    const powerUpControllerTime = this.clock.at(this.#offUntil);
+    for (const device of this.devices) device.powerCycle(lostAt, powerUpControllerTime);
+    const result: PowerCycleResult = {
+      powerCycles: this.#powerCycles,
+      offMs,
+      powerUpAt: this.#offUntil,
+      powerUpControllerTime,
+    };
+    for (const listener of this.#powerListeners) listener(result);
+    this.log.info({ offMs, clockOffsetMs }, 'PLC power cycled');
+    return result;
+  }
+
+  /** @internal a front end drops its connections and volatile registers on a power cycle. */
+  onPowerCycle(listener: (result: PowerCycleResult) => void): void {
+    this.#powerListeners.push(listener);
   }
 
   /** @internal */

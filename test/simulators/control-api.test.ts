@@ -190,6 +190,145 @@ describe('control API', () => {
     expect((await api(url, 'GET', '/devices/v1')).body.log).toEqual([]);
   });
 
+  it('serves the full write log, all of it or one seq, and resets it with the counters', async () => {
+    await command(1, 17);
+    await command(1, 17);
+    time.advance(10);
+    plant.scan();
+    await command(3, 18);
+    const receivedAt = time.now();
+    let res = await api(url, 'GET', '/devices/v1/writes');
+    expect(res).toMatchObject({
+      status: 200,
+      body: { device: 'v1', writesReceived: 3, dropped: 0 },
+    });
+    expect(res.body.writes).toEqual([
+      {
+        receivedAt: receivedAt - 10,
+        seq: 17,
+        code: 1,
+        setpoint: 0,
+        outcome: 'accepted',
+        settledAt: receivedAt,
+      },
+      {
+        receivedAt: receivedAt - 10,
+        seq: 17,
+        code: 1,
+        setpoint: 0,
+        outcome: 'ignored-same-seq',
+        settledAt: receivedAt,
+      },
+      { receivedAt, seq: 18, code: 3, setpoint: 0, outcome: null, settledAt: null },
+    ]);
+    res = await api(url, 'GET', '/devices/v1/writes?seq=17');
+    expect(res.body).toMatchObject({ seq: 17, count: 2 });
+    expect((res.body.writes as unknown[]).length).toBe(2);
+    expect((await api(url, 'GET', '/devices/v1/writes?seq=99')).body).toMatchObject({
+      count: 0,
+      writes: [],
+    });
+    for (const bad of ['x', '-1', '65536', '1.5', '']) {
+      expect(await api(url, 'GET', `/devices/v1/writes?seq=${bad}`), bad).toMatchObject({
+        status: 400,
+        body: { code: 'INVALID_REQUEST' },
+      });
+    }
+    await api(url, 'POST', '/devices/v1/counters/reset');
+    expect((await api(url, 'GET', '/devices/v1/writes')).body).toMatchObject({
+      writesReceived: 0,
+      writes: [],
+    });
+  });
+
+  it('holds the handshake for `ms` and shows the time left', async () => {
+    let res = await api(url, 'PUT', '/devices/v1/faults/hold', { ms: 500 });
+    expect(res).toMatchObject({ status: 200, body: { fault: { kind: 'hold', ms: 500 } } });
+    await command(1, 5);
+    time.advance(200);
+    plant.scan();
+    res = await api(url, 'GET', '/devices/v1');
+    expect(res.body).toMatchObject({
+      seqEcho: 0,
+      pendingWrites: 1,
+      faults: [{ kind: 'hold', ms: 500, remainingMs: 300 }],
+    });
+    time.advance(300);
+    plant.scan();
+    expect((await api(url, 'GET', '/devices/v1')).body).toMatchObject({
+      seqEcho: 5,
+      pendingWrites: 0,
+      faults: [],
+    });
+    res = await api(url, 'PUT', '/plcs/plc/faults/hold', {});
+    expect(res.body.faults).toEqual([{ kind: 'hold' }]);
+    for (const body of [{ ms: 0 }, { ms: 'long' }, { count: 1 }]) {
+      expect(await api(url, 'PUT', '/devices/v1/faults/hold', body)).toMatchObject({
+        status: 400,
+        body: { code: 'INVALID_FAULT' },
+      });
+    }
+  });
+
+  it('takes latency `when` (default after) and refuses anything else', async () => {
+    let res = await api(url, 'PUT', '/devices/v1/faults/latency', { ms: 50 });
+    expect(res.body.fault).toEqual({ kind: 'latency', ms: 50, on: 'both', when: 'after' });
+    res = await api(url, 'PUT', '/devices/v1/faults/latency', { ms: 50, when: 'before' });
+    expect(res.body.fault).toMatchObject({ when: 'before' });
+    res = await api(url, 'PUT', '/devices/v1/faults/latency', { ms: 50, when: 'sometimes' });
+    expect(res).toMatchObject({ status: 400, body: { code: 'INVALID_FAULT' } });
+  });
+
+  it('power cycles a PLC: volatile memory lost, clock offset, off for offMs, counted', async () => {
+    await command(1, 17);
+    plant.scan();
+    let res = await api(url, 'POST', '/plcs/plc/power-cycle', {
+      offMs: 1000,
+      clockOffsetMs: -15_000,
+    });
+    expect(res).toMatchObject({
+      status: 200,
+      body: {
+        plc: 'plc',
+        powerCycles: 1,
+        offMs: 1000,
+        powerUpAt: time.now() + 1000,
+        powerUpControllerTime: time.now() + 1000 - 15_000,
+        powered: false,
+      },
+    });
+    expect((await api(url, 'GET', '/plcs/plc')).body).toMatchObject({
+      powered: false,
+      powerCycles: 1,
+    });
+    time.advance(1000);
+    expect((await api(url, 'GET', '/plcs/plc')).body).toMatchObject({
+      powered: true,
+      controllerTime: time.now() - 15_000,
+      clock: { offsetMs: -15_000, driftPpm: 0 },
+      faults: [{ kind: 'clock', offsetMs: -15_000, driftPpm: 0 }],
+    });
+    // Volatile memory lost; counters and logs kept.
+    expect((await api(url, 'GET', '/devices/v1')).body).toMatchObject({
+      state: 'CLOSED',
+      seqEcho: 0,
+      counters: { writesReceived: 1, accepted: 1 },
+    });
+    // An empty body is a power cycle with offMs 0 and the clock left alone.
+    res = await api(url, 'POST', '/plcs/plc/power-cycle');
+    expect(res.body).toMatchObject({ powerCycles: 2, offMs: 0, powered: true });
+    for (const body of [{ offMs: -1 }, { offMs: 'soon' }, { clockOffsetMs: 'x' }, { off: 1 }]) {
+      expect(await api(url, 'POST', '/plcs/plc/power-cycle', body)).toMatchObject({
+        status: 400,
+        body: { code: 'INVALID_REQUEST' },
+      });
+    }
+    expect(await api(url, 'POST', '/plcs/nope/power-cycle', {})).toMatchObject({
+      status: 404,
+      body: { code: 'UNKNOWN_PLC' },
+    });
+  });
+
   it('answers errors as JSON with a code', async () => {
     const cases: [string, string, unknown, number, string][] = [
       ['GET', '/devices/nope', undefined, 404, 'UNKNOWN_DEVICE'],

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { DeviceController, LOG_CAPACITY, MAX_PENDING_WRITES } from '../../simulators/controller.js';
 import type { DeviceSettings, ScanConditions } from '../../simulators/controller.js';
+import { WRITE_LOG_CAPACITY, WriteLog } from '../../simulators/write-log.js';
 
 const OPEN = 1;
 const CLOSE = 2;
@@ -8,7 +9,12 @@ const STOP = 3;
 const RESET = 4;
 const MOVE = 5;
 
-const CLEAR: ScanConditions = { stuckTravel: false, positionSensorFault: false, frozen: false };
+const CLEAR: ScanConditions = {
+  stuckTravel: false,
+  positionSensorFault: false,
+  frozen: false,
+  hold: false,
+};
 
 /** A controller on a manual clock; controller time is the time plus a fixed offset. */
 function rig(settings: Partial<DeviceSettings> = {}) {
@@ -34,7 +40,7 @@ function rig(settings: Partial<DeviceSettings> = {}) {
     },
     command(code: number, setpoint = 0, explicitSeq?: number) {
       seq = explicitSeq ?? seq + 1;
-      controller.receiveWrite({ code, setpoint, seq });
+      controller.receiveWrite({ code, setpoint, seq }, now + offset);
     },
     controllerTime: () => now + offset,
   };
@@ -111,6 +117,35 @@ describe('valve controller program', () => {
       0,
       40,
     ]);
+  });
+
+  it('resets out of FAULT at 100 % to STOPPED, not OPEN (SPEC §3: →STOPPED/CLOSED)', () => {
+    const r = rig();
+    r.command(OPEN);
+    r.scan();
+    r.scan(1000);
+    expect([r.controller.state, r.controller.position]).toEqual(['OPEN', 100]);
+    r.scan(0, { positionSensorFault: true });
+    expect([r.controller.state, r.controller.faultCode]).toEqual(['FAULT', 0x82]);
+    r.command(RESET);
+    r.scan();
+    expect([r.controller.state, r.controller.faultCode, r.controller.position]).toEqual([
+      'STOPPED',
+      0,
+      100,
+    ]);
+    // STOPPED takes a close at once, as OPEN would; FAULT would refuse it.
+    r.command(CLOSE);
+    r.scan();
+    expect(r.controller.state).toBe('CLOSING');
+  });
+
+  it('resets out of FAULT at 0 % to CLOSED', () => {
+    const r = rig();
+    r.scan(0, { positionSensorFault: true });
+    r.command(RESET);
+    r.scan();
+    expect([r.controller.state, r.controller.faultCode]).toEqual(['CLOSED', 0]);
   });
 
   it('shows the device fault again once a 0x88 latch in FAULT is cleared by an accepted command', () => {
@@ -264,5 +299,175 @@ describe('actuator controller program', () => {
     r.controller.setLocalSwitch(false);
     r.scan();
     expect([r.controller.state, r.controller.position]).toEqual(['IDLE', 33]);
+  });
+});
+
+describe('held command handshake', () => {
+  it('leaves writes waiting, in order, while the image keeps publishing; takes them once released', () => {
+    const r = rig();
+    r.command(OPEN);
+    r.command(STOP);
+    r.scan(10, { hold: true });
+    r.command(OPEN);
+    r.scan(10, { hold: true });
+    expect(r.controller.counters).toMatchObject({ writesReceived: 3, commandsTaken: 0 });
+    expect(r.controller.pendingWrites).toBe(3);
+    expect(r.controller.published).toMatchObject({
+      state: 'CLOSED',
+      seqEcho: 0,
+      scanTime: r.controllerTime(),
+    });
+    r.scan(10);
+    expect(r.controller.log.map((e) => [e.seq, e.code, e.outcome])).toEqual([
+      [1, OPEN, 'accepted'],
+      [2, STOP, 'accepted'],
+      [3, OPEN, 'accepted'],
+    ]);
+    expect([r.controller.state, r.controller.seqEcho, r.controller.pendingWrites]).toEqual([
+      'OPENING',
+      3,
+      0,
+    ]);
+  });
+
+  it('keeps the overrun rule while held: the oldest waiting write is discarded and counted', () => {
+    const r = rig();
+    for (let i = 0; i < MAX_PENDING_WRITES + 2; i += 1) r.command(STOP);
+    r.scan(10, { hold: true });
+    expect(r.controller.counters).toMatchObject({
+      writesReceived: MAX_PENDING_WRITES + 2,
+      overruns: 2,
+    });
+    expect(r.controller.pendingWrites).toBe(MAX_PENDING_WRITES);
+    const log = r.controller.writeLog.entries();
+    expect(log.slice(0, 3).map((e) => [e.seq, e.outcome])).toEqual([
+      [1, 'overrun'],
+      [2, 'overrun'],
+      [3, null],
+    ]);
+    r.scan(10);
+    expect(r.controller.log[0]?.seq).toBe(3 + MAX_PENDING_WRITES - LOG_CAPACITY);
+    expect(r.controller.seqEcho).toBe(MAX_PENDING_WRITES + 2);
+  });
+});
+
+describe('power cycle of the controller', () => {
+  it('loses pending writes, seq echo, travel and the 0x88 latch; keeps position, counters and logs', () => {
+    const r = rig();
+    r.command(OPEN, 0, 40);
+    r.scan();
+    r.scan(400);
+    r.command(CLOSE, 0, 41); // illegal while OPENING: latches 0x88
+    r.scan();
+    r.command(STOP, 0, 42);
+    expect([r.controller.state, r.controller.faultCode, r.controller.pendingWrites]).toEqual([
+      'OPENING',
+      0x88,
+      1,
+    ]);
+    const lostAt = r.controllerTime();
+    r.controller.powerCycle(lostAt, lostAt + 500, false);
+    expect([
+      r.controller.state,
+      r.controller.position,
+      r.controller.faultCode,
+      r.controller.seqEcho,
+      r.controller.pendingWrites,
+    ]).toEqual(['STOPPED', 40, 0, 0, 0]);
+    expect(r.controller.published).toMatchObject({
+      state: 'STOPPED',
+      position: 40,
+      seqEcho: 0,
+      faultCode: 0,
+      scanTime: lostAt + 500,
+    });
+    // Travel stopped: time passes, the valve stays.
+    r.scan(500);
+    expect(r.controller.position).toBe(40);
+    expect(r.controller.counters).toMatchObject({ writesReceived: 3, commandsTaken: 2 });
+    expect(r.controller.log).toHaveLength(2);
+    expect(r.controller.writeLog.entries().at(-1)).toMatchObject({
+      seq: 42,
+      outcome: 'power-cycle',
+      settledAt: lostAt,
+    });
+    // The seq echo is back at its power-up value: a command with the last seq is new again.
+    r.command(OPEN, 0, 42);
+    r.scan();
+    expect([r.controller.state, r.controller.seqEcho]).toEqual(['OPENING', 42]);
+  });
+
+  it('comes back from FAULT at 100 % as OPEN (power-up rule) and in LOCAL if the switch says so', () => {
+    const r = rig({ initialPosition: 100 });
+    r.scan(0, { positionSensorFault: true });
+    expect(r.controller.state).toBe('FAULT');
+    r.controller.powerCycle(r.controllerTime(), r.controllerTime(), false);
+    expect([r.controller.state, r.controller.faultCode]).toEqual(['OPEN', 0]);
+    r.controller.setLocalSwitch(true);
+    r.controller.powerCycle(r.controllerTime(), r.controllerTime(), false);
+    expect(r.controller.published.state).toBe('LOCAL');
+  });
+});
+
+describe('write log', () => {
+  it('records every received write with its receipt time, then its outcome and when', () => {
+    const r = rig();
+    r.command(OPEN, 0, 7);
+    const receivedAt = r.controllerTime();
+    r.scan(10);
+    r.command(CLOSE, 0, 7);
+    r.scan(10);
+    expect(r.controller.writeLog.entries()).toEqual([
+      {
+        receivedAt,
+        seq: 7,
+        code: OPEN,
+        setpoint: 0,
+        outcome: 'accepted',
+        settledAt: receivedAt + 10,
+      },
+      {
+        receivedAt: receivedAt + 10,
+        seq: 7,
+        code: CLOSE,
+        setpoint: 0,
+        outcome: 'ignored-same-seq',
+        settledAt: receivedAt + 20,
+      },
+    ]);
+    expect(r.controller.writeLog.countSeq(7)).toBe(2);
+    expect(r.controller.writeLog.countSeq(8)).toBe(0);
+    r.controller.resetCounters();
+    expect(r.controller.writeLog.entries()).toEqual([]);
+    expect(r.controller.writeLog.countSeq(7)).toBe(0);
+  });
+
+  it('holds 100 000 entries by default, drops and counts the oldest, counts seqs exactly', () => {
+    expect(new WriteLog().capacity).toBe(WRITE_LOG_CAPACITY);
+    expect(WRITE_LOG_CAPACITY).toBe(100_000);
+    const log = new WriteLog(5);
+    for (let i = 1; i <= 12; i += 1) log.record(i, i % 3, 1, 0);
+    expect(log.dropped).toBe(7);
+    expect(log.entries().map((e) => e.receivedAt)).toEqual([8, 9, 10, 11, 12]);
+    expect(log.entries(0).map((e) => e.receivedAt)).toEqual([9, 12]);
+    expect([log.countSeq(0), log.countSeq(1), log.countSeq(2)]).toEqual([4, 4, 4]);
+    log.clear();
+    expect([log.dropped, log.entries().length, log.countSeq(0)]).toEqual([0, 0, 0]);
+  });
+
+  it('keeps up with a campaign-sized stream of writes', () => {
+    const r = rig();
+    const total = WRITE_LOG_CAPACITY + 1000;
+    for (let i = 0; i < total; i += 1) {
+      r.command(STOP, 0, (i % 65535) + 1);
+      if (i % 500 === 499) r.scan(1);
+    }
+    r.scan(1);
+    expect(r.controller.writeLog.dropped).toBe(1000);
+    const entries = r.controller.writeLog.entries();
+    expect(entries).toHaveLength(WRITE_LOG_CAPACITY);
+    expect(entries[0]?.seq).toBe(1001);
+    expect(entries.every((e) => e.outcome !== null)).toBe(true);
+    expect(r.controller.writeLog.countSeq(1)).toBe(2);
   });
 });

@@ -5,6 +5,8 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AttributeIds, DataType, OPCUACertificateManager, OPCUAClient } from 'node-opcua';
@@ -92,6 +94,97 @@ export async function mbWrite(
 }
 
 /** The four clock registers, most significant word first, as epoch ms. */
+/**
+ * A hand-framed Modbus TCP connection for what mbpoll cannot do: keep a connection open
+ * across steps, send several requests without waiting for replies (they are served in order),
+ * destroy the connection with a request still outstanding.
+ */
+export interface RawModbus {
+  socket: Socket;
+  /** FC16; resolves with the register values echoed (start, quantity) or an exception code. */
+  write(address: number, values: readonly number[]): Promise<RawReply>;
+  /** FC3; resolves with the registers or an exception code. */
+  read(address: number, count: number): Promise<RawReply>;
+  /** Resolves when the connection has closed, with whether it closed with an error. */
+  closed: Promise<{ hadError: boolean }>;
+}
+
+export interface RawReply {
+  exception?: number;
+  registers: number[];
+  /** performance.now() when the reply arrived. */
+  at: number;
+}
+
+export async function rawModbus(endpoint: ModbusEndpoint): Promise<RawModbus> {
+  const socket = connect({ host: endpoint.host, port: endpoint.port });
+  socket.setNoDelay(true);
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  socket.on('error', () => undefined);
+  const waiting = new Map<number, { resolve: (r: RawReply) => void; reject: (e: Error) => void }>();
+  let buffer = Buffer.alloc(0);
+  let nextId = 1;
+  socket.on('data', (chunk: Buffer) => {
+    buffer = Buffer.concat([buffer, chunk]);
+    while (buffer.length >= 7 && buffer.length >= 6 + buffer.readUInt16BE(4)) {
+      const frame = buffer.subarray(0, 6 + buffer.readUInt16BE(4));
+      buffer = buffer.subarray(frame.length);
+      const id = frame.readUInt16BE(0);
+      const fc = frame.readUInt8(7);
+      const reply: RawReply = { registers: [], at: performance.now() };
+      if ((fc & 0x80) !== 0) reply.exception = frame.readUInt8(8);
+      else if (fc === 0x03) {
+        for (let i = 9; i + 1 < frame.length; i += 2) reply.registers.push(frame.readUInt16BE(i));
+      } else reply.registers.push(frame.readUInt16BE(8), frame.readUInt16BE(10));
+      waiting.get(id)?.resolve(reply);
+      waiting.delete(id);
+    }
+  });
+  const closed = new Promise<{ hadError: boolean }>((resolve) => {
+    socket.once('close', (hadError) => {
+      for (const { reject } of waiting.values()) reject(new Error('connection closed'));
+      waiting.clear();
+      resolve({ hadError });
+    });
+  });
+  const send = (pdu: Buffer): Promise<RawReply> => {
+    const id = nextId++;
+    const header = Buffer.alloc(7);
+    header.writeUInt16BE(id, 0);
+    header.writeUInt16BE(0, 2);
+    header.writeUInt16BE(pdu.length + 1, 4);
+    header.writeUInt8(endpoint.unitId, 6);
+    const reply = new Promise<RawReply>((resolve, reject) => {
+      waiting.set(id, { resolve, reject });
+    });
+    socket.write(Buffer.concat([header, pdu]));
+    return reply;
+  };
+  return {
+    socket,
+    closed,
+    write: (address, values) => {
+      const pdu = Buffer.alloc(6 + 2 * values.length);
+      pdu.writeUInt8(0x10, 0);
+      pdu.writeUInt16BE(address, 1);
+      pdu.writeUInt16BE(values.length, 3);
+      pdu.writeUInt8(2 * values.length, 5);
+      values.forEach((value, i) => pdu.writeUInt16BE(value, 6 + 2 * i));
+      return send(pdu);
+    },
+    read: (address, count) => {
+      const pdu = Buffer.alloc(5);
+      pdu.writeUInt8(0x03, 0);
+      pdu.writeUInt16BE(address, 1);
+      pdu.writeUInt16BE(count, 3);
+      return send(pdu);
+    },
+  };
+}
+
 export function registersToTime(words: readonly number[]): number {
   return Number(words.reduce((acc, word) => (acc << 16n) | BigInt(word), 0n));
 }

@@ -8,6 +8,7 @@ import {
   mbpoll,
   modbusEndpoint,
   modbusWire,
+  rawModbus,
   registersToTime,
   until,
 } from './helpers.js';
@@ -371,6 +372,178 @@ describe.skipIf(!haveMbpoll)('Modbus PLC driven by mbpoll', () => {
       }
       plant.plc('plc').clearFault('exception');
       expect(await mbRead(ep, 0, 1)).toEqual([0]);
+    });
+
+    it('hold: writes are counted on receipt and wait in order; the block keeps fresh scan times; `ms` ends it', async () => {
+      const device = plant.device('v1');
+      device.setFault({ kind: 'hold', ms: 100 });
+      await mbWrite(ep, 10, [OPEN, 0, 1]);
+      await mbWrite(ep, 10, [STOP, 0, 2]);
+      await mbWrite(ep, 10, [OPEN, 0, 3]);
+      expect(device.counters).toMatchObject({ writesReceived: 3, commandsTaken: 0 });
+      step(50);
+      let block = await mbRead(ep, 0, 8);
+      expect(block.slice(0, 4)).toEqual([0, 0, 0, 0]);
+      expect(registersToTime(block.slice(4))).toBe(plant.plc('plc').clock.at(time.now()));
+      expect(device.pendingWrites).toBe(3);
+      expect(device.faults()).toEqual([{ kind: 'hold', ms: 100, remainingMs: 50 }]);
+      // 100 ms after it was set the hold is over: this scan takes all three, in arrival order.
+      step(50);
+      expect(device.faults()).toEqual([]);
+      expect(device.log.map((e) => [e.seq, e.outcome])).toEqual([
+        [1, 'accepted'],
+        [2, 'accepted'],
+        [3, 'accepted'],
+      ]);
+      block = await mbRead(ep, 0, 4);
+      expect(block).toEqual([1, 0, 0, 3]);
+      // Other devices of the PLC were not held.
+      await mbWrite(ep, 110, [OPEN, 0, 9]);
+      step(0);
+      expect(plant.device('v2').seqEcho).toBe(9);
+    });
+
+    it('a PLC-wide hold stays until cleared and holds every device', async () => {
+      plant.plc('plc').setFault({ kind: 'hold' });
+      await mbWrite(ep, 10, [OPEN, 0, 1]);
+      await mbWrite(ep, 110, [OPEN, 0, 1]);
+      step(10_000);
+      expect([plant.device('v1').seqEcho, plant.device('v2').seqEcho]).toEqual([0, 0]);
+      plant.plc('plc').clearFault('hold');
+      step(0);
+      expect([plant.device('v1').seqEcho, plant.device('v2').seqEcho]).toEqual([1, 1]);
+    });
+
+    it('latency before: a write held on the link lands after the client gave up and left', async () => {
+      const device = plant.device('v1');
+      device.setFault({ kind: 'latency', ms: 400, when: 'before', on: 'write' });
+      const write = await mbpoll(ep, ['-r', '10', ep.host, String(OPEN), '0', '5'], 0.1);
+      expect(write.code).not.toBe(0);
+      expect(device.counters.writesReceived).toBe(0);
+      expect(await mbRead(ep, 10, 3)).toEqual([0, 0, 0]);
+      await until(() => device.counters.writesReceived === 1, { attempts: 100, everyMs: 10 });
+      expect(device.writesWithSeq(5)).toBe(1);
+      step(0);
+      expect((await mbRead(ep, 0, 4))[3]).toBe(5);
+    });
+
+    it('latency before: requests behind it on the connection wait in order; other connections do not', async () => {
+      plant.device('v1').setFault({ kind: 'latency', ms: 500, when: 'before', on: 'write' });
+      const raw = await rawModbus(ep);
+      try {
+        const started = performance.now();
+        const write = raw.write(10, [OPEN, 0, 1]);
+        const read = raw.read(10, 3); // not faulted itself, but behind the write
+        const other = await mbRead(ep, 100, 1);
+        expect(other).toEqual([0]);
+        expect(performance.now() - started).toBeLessThan(450);
+        const [written, readBack] = await Promise.all([write, read]);
+        expect(written.at - started).toBeGreaterThanOrEqual(490);
+        expect(readBack.at).toBeGreaterThanOrEqual(written.at);
+        // Served after the write was applied.
+        expect(readBack.registers).toEqual([OPEN, 0, 1]);
+      } finally {
+        raw.socket.destroy();
+      }
+    });
+
+    it('latency before: the held write is applied even though the client destroyed the connection', async () => {
+      const device = plant.device('v1');
+      device.setFault({ kind: 'latency', ms: 200, when: 'before' });
+      const raw = await rawModbus(ep);
+      const reply = raw.write(10, [OPEN, 0, 77]).catch((err: unknown) => err);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      raw.socket.destroy();
+      expect(await reply).toBeInstanceOf(Error);
+      expect(device.counters.writesReceived).toBe(0);
+      await until(() => device.counters.writesReceived === 1, { attempts: 100, everyMs: 10 });
+      expect(device.writeLog).toMatchObject([{ seq: 77, code: OPEN, outcome: null }]);
+    });
+
+    it('power cycle: connections reset, refused while off, volatile memory lost, clock back wrong', async () => {
+      const plc = plant.plc('plc');
+      const device = plant.device('v1');
+      await mbWrite(ep, 10, [OPEN, 0, 40]);
+      step(0);
+      step(100); // OPENING at 50 %
+      await mbWrite(ep, 10, [CLOSE, 0, 41]); // illegal while OPENING: 0x88
+      step(0);
+      device.setFault({ kind: 'hold' });
+      await mbWrite(ep, 10, [STOP, 0, 42]); // waits for a scan it will never get
+      step(0);
+      expect(await mbRead(ep, 0, 4)).toEqual([1, 500, 0x88, 41]);
+      const raw = await rawModbus(ep);
+
+      const result = plc.powerCycle({ offMs: 1000, clockOffsetMs: -15_000 });
+      expect(result).toMatchObject({ powerCycles: 1, offMs: 1000, powerUpAt: time.now() + 1000 });
+      expect(await raw.closed).toBeDefined();
+      expect(plc.powered).toBe(false);
+      const refused = await mbpoll(ep, ['-r', '0', '-c', '1', ep.host]);
+      expect(refused.code).not.toBe(0);
+
+      time.advance(1000);
+      expect(plc.powered).toBe(true);
+      // Before the first scan the image already shows the power-up state, as of power-up.
+      const block = await mbRead(ep, 0, 8);
+      expect(block.slice(0, 4)).toEqual([4, 500, 0, 0]);
+      expect(registersToTime(block.slice(4))).toBe(time.now() - 15_000);
+      expect(registersToTime(await mbRead(ep, 900, 4))).toBe(time.now() - 15_000);
+      expect(await mbRead(ep, 10, 3)).toEqual([0, 0, 0]);
+      expect(plc.faults()).toEqual([{ kind: 'clock', offsetMs: -15_000, driftPpm: 200 }]);
+      // Travel stopped; faults, counters and logs survived.
+      device.clearFault('hold');
+      step(500);
+      expect([device.state, device.position, device.pendingWrites]).toEqual(['STOPPED', 50, 0]);
+      expect(device.counters).toMatchObject({ writesReceived: 3, commandsTaken: 2, rejected: 1 });
+      expect(device.writeLog.map((e) => [e.seq, e.outcome])).toEqual([
+        [40, 'accepted'],
+        [41, 'rejected-0x88'],
+        [42, 'power-cycle'],
+      ]);
+    });
+
+    it('power cycle: scans stop while off and a request held on the link dies with the link', async () => {
+      const plc = plant.plc('plc');
+      const device = plant.device('v1');
+      device.setFault({ kind: 'latency', ms: 150, when: 'before' });
+      const raw = await rawModbus(ep);
+      const reply = raw.write(10, [OPEN, 0, 3]).catch((err: unknown) => err);
+      step(10);
+      const { powerUpControllerTime } = plc.powerCycle({ offMs: 50 });
+      expect(await reply).toBeInstanceOf(Error);
+      step(40);
+      // Off: no scan; the image is the one the power-up will show.
+      expect(device.published.scanTime).toBe(powerUpControllerTime);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      expect(device.counters.writesReceived).toBe(0);
+      step(10);
+      expect(device.published.scanTime).toBe(plc.clock.at(time.now()));
+      expect(plc.powerCycles).toBe(1);
+    });
+
+    it('the write log counts every write of a seq, retries and duplicates included', async () => {
+      const device = plant.device('v1');
+      await mbWrite(ep, 10, [OPEN, 0, 12]);
+      await mbWrite(ep, 10, [OPEN, 0, 12]);
+      step(0);
+      await mbWrite(ep, 10, [STOP, 0, 13]);
+      step(0);
+      expect([
+        device.writesWithSeq(12),
+        device.writesWithSeq(13),
+        device.writesWithSeq(14),
+      ]).toEqual([2, 1, 0]);
+      expect(device.writeLog.map((e) => [e.seq, e.code, e.outcome])).toEqual([
+        [12, OPEN, 'accepted'],
+        [12, OPEN, 'ignored-same-seq'],
+        [13, STOP, 'accepted'],
+      ]);
+      const start = plant.plc('plc').clock.at(time.now());
+      expect(device.writeLog.every((e) => e.receivedAt === start && e.settledAt === start)).toBe(
+        true,
+      );
+      device.resetCounters();
+      expect([device.writeLog, device.writesWithSeq(12)]).toEqual([[], 0]);
     });
   });
 

@@ -11,6 +11,7 @@ import {
   uaCommand,
   uaCommandWrites,
   uaRead,
+  until,
 } from './helpers.js';
 import type { UaConnection } from './helpers.js';
 import { runStateTable, tablePlant } from './state-table.js';
@@ -341,5 +342,175 @@ describe('OPC UA PLC: address space, handshake, clock and faults', () => {
     const thawed = await uaRead(ua.session, ids);
     expect(thawed.map((v): unknown => v.value.value)).toEqual(['OPENING', 50]);
     expect(thawed[1]?.sourceTimestamp?.getTime()).toBe(controllerTime());
+  });
+});
+
+describe('OPC UA PLC: requests held on the link, power cycle', () => {
+  const time = new ManualTime();
+  let plant: Plant;
+  let endpointUrl: string;
+  const step = (ms = 0): void => {
+    time.advance(ms);
+    plant.scan();
+  };
+
+  beforeAll(async () => {
+    plant = await startPlant(
+      {
+        plcs: {
+          ua: {
+            protocol: 'opcua',
+            port: 0,
+            devices: {
+              h1: { profile: 'valve', travelMs: 200 },
+              h2: { profile: 'valve', travelMs: 200 },
+              p1: { profile: 'valve', travelMs: 200 },
+            },
+          },
+        },
+      },
+      { time, manualScan: true, ephemeralPorts: true, control: false },
+    );
+    endpointUrl = opcuaEndpoint(plant.plc('ua').endpoint).endpointUrl;
+  });
+  afterEach(() => {
+    plant.plc('ua').clearFaults();
+    for (const device of plant.devices()) device.clearFaults();
+  });
+  afterAll(() => plant.stop());
+
+  it('latency before: a write held on the link lands after the client timed out and left', async () => {
+    const minimum = ClientSecureChannelLayer.minTransactionTimeout;
+    ClientSecureChannelLayer.minTransactionTimeout = 200;
+    const own = await connectOpcua(endpointUrl, { transactionTimeoutMs: 300 });
+    const device = plant.device('h1');
+    try {
+      device.setFault({ kind: 'latency', ms: 800, when: 'before', on: 'write' });
+      await expect(uaCommand(own.session, 'h1', OPEN, 0, 21)).rejects.toThrow(/timed out|timeout/i);
+      expect(device.counters.writesReceived).toBe(0);
+    } finally {
+      ClientSecureChannelLayer.minTransactionTimeout = minimum;
+      await own.close().catch(() => undefined);
+    }
+    await until(() => device.counters.writesReceived === 1, { attempts: 150, everyMs: 10 });
+    expect(device.writesWithSeq(21)).toBe(1);
+    step(0);
+    expect([device.state, device.seqEcho]).toEqual(['OPENING', 21]);
+  });
+
+  it('latency before: the held write lands even though the client broke the connection', async () => {
+    const own = await connectOpcua(endpointUrl);
+    const device = plant.device('h1');
+    const before = device.counters.writesReceived;
+    try {
+      device.setFault({ kind: 'latency', ms: 300, when: 'before', on: 'write' });
+      const write = uaCommand(own.session, 'h1', STOP, 0, 23).catch((err: unknown) => err);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      // node-opcua's client has no public way to drop its TCP connection; its channel has.
+      const channel = (own.client as unknown as { _secureChannel: ClientSecureChannelLayer | null })
+        ._secureChannel;
+      channel?.forceConnectionBreak();
+      expect(String(await write)).toMatch(/Connection Break/i);
+      expect(device.counters.writesReceived).toBe(before);
+      await until(() => device.counters.writesReceived === before + 1, {
+        attempts: 100,
+        everyMs: 10,
+      });
+      expect(device.writesWithSeq(23)).toBe(1);
+    } finally {
+      await own.close().catch(() => undefined);
+    }
+  });
+
+  it('latency before: requests behind it on the channel wait in order; other connections do not', async () => {
+    const own = await connectOpcua(endpointUrl);
+    const other = await connectOpcua(endpointUrl);
+    try {
+      plant.device('h2').setFault({ kind: 'latency', ms: 500, when: 'before', on: 'write' });
+      const started = performance.now();
+      const write = uaCommand(own.session, 'h2', OPEN, 0, 5).then(() => performance.now());
+      // Not faulted itself, but sent after the write on the same channel.
+      const read = uaRead(own.session, [nodeId('h2', 'CommandSeq')]).then((values) => ({
+        at: performance.now(),
+        seq: values[0]?.value.value as unknown,
+      }));
+      await uaRead(other.session, [nodeId('h2', 'State')]);
+      expect(performance.now() - started).toBeLessThan(450);
+      const [writtenAt, readBack] = await Promise.all([write, read]);
+      expect(writtenAt - started).toBeGreaterThanOrEqual(490);
+      expect(readBack.at - started).toBeGreaterThanOrEqual(490);
+      expect(readBack.seq).toBe(5);
+    } finally {
+      await own.close();
+      await other.close();
+    }
+  });
+
+  it('power cycle: sessions and channels closed, connections refused while off, volatile memory lost', async () => {
+    const plc = plant.plc('ua');
+    const device = plant.device('p1');
+    const own = await connectOpcua(endpointUrl);
+    let lost = false;
+    own.client.on('connection_lost', () => {
+      lost = true;
+    });
+    try {
+      await uaCommand(own.session, 'p1', OPEN, 0, 31);
+      step(0);
+      step(100);
+      expect([device.state, device.seqEcho]).toEqual(['OPENING', 31]);
+
+      const result = plc.powerCycle({ offMs: 1000, clockOffsetMs: -15_000 });
+      expect(result.powerCycles).toBe(1);
+      await until(() => lost, { attempts: 100, everyMs: 10 });
+      await expect(connectOpcua(endpointUrl)).rejects.toThrow();
+
+      time.advance(1000);
+      const again = await connectOpcua(endpointUrl);
+      try {
+        const values = await uaRead(again.session, [
+          nodeId('p1', 'State'),
+          nodeId('p1', 'Position'),
+          nodeId('p1', 'SeqEcho'),
+          nodeId('p1', 'CommandSeq'),
+          nodeId('p1', 'CommandCode'),
+          CURRENT_TIME,
+        ]);
+        expect(values.slice(0, 5).map((v): unknown => v.value.value)).toEqual([
+          'STOPPED',
+          50,
+          0,
+          0,
+          0,
+        ]);
+        expect((values[5]?.value.value as Date).getTime()).toBe(time.now() - 15_000);
+        expect(values[2]?.sourceTimestamp?.getTime()).toBe(time.now() - 15_000);
+      } finally {
+        await again.close();
+      }
+      step(100);
+      expect([device.state, device.position]).toEqual(['STOPPED', 50]);
+      expect(device.counters.writesReceived).toBe(1);
+    } finally {
+      await own.close().catch(() => undefined);
+    }
+  });
+
+  it('power cycle: a write held on the link dies with the link', async () => {
+    const plc = plant.plc('ua');
+    const device = plant.device('h1');
+    const before = device.counters.writesReceived;
+    const own = await connectOpcua(endpointUrl);
+    try {
+      device.setFault({ kind: 'latency', ms: 200, when: 'before', on: 'write' });
+      const write = uaCommand(own.session, 'h1', STOP, 0, 22).catch((err: unknown) => err);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      plc.powerCycle();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(device.counters.writesReceived).toBe(before);
+      await write;
+    } finally {
+      await own.close().catch(() => undefined);
+    }
   });
 });
