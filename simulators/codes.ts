@@ -79,6 +79,7 @@ export const OPCUA_STATUS_VARIABLES = [
   'Position',
   'FaultCode',
   'SeqEcho',
+  'ScanTime',
 ] as const;
 export const OPCUA_COMMAND_VARIABLES = ['CommandCode', 'Setpoint', 'CommandSeq'] as const;
 export type OpcuaVariableName =

@@ -133,6 +133,7 @@ const STATUS_TYPES: Readonly<
   Position: DataType.Double,
   FaultCode: DataType.UInt16,
   SeqEcho: DataType.UInt16,
+  ScanTime: DataType.DateTime,
 };
 
 const COMMAND_TYPES = {
@@ -580,7 +581,7 @@ function statusDataValue(
   dataType: DataType,
 ): DataValue {
   const image = device.published;
-  let value: string | number;
+  let value: string | number | Date;
   let changedAt: number;
   switch (name) {
     case 'State':
@@ -602,6 +603,12 @@ function statusDataValue(
     case 'SeqEcho':
       value = image.seqEcho;
       changedAt = image.changedAt.seqEcho;
+      break;
+    case 'ScanTime':
+      // The controller time of the scan that published this image: it moves every scan, so
+      // a client can tell a fresh image from a frozen one even when no value changed.
+      value = new Date(image.scanTime);
+      changedAt = image.scanTime;
       break;
   }
   return new DataValue({

@@ -70,6 +70,12 @@ const profileSchema = z.object({
         position: z.string().min(1),
         fault: z.string().min(1),
         seqEcho: z.string().min(1),
+        /**
+         * A DateTime the controller sets at every scan that publishes the image: the image's
+         * production time. Without it, the newest SourceTimestamp stands in — the last change,
+         * which cannot tell a fresh image of an idle device from a frozen one.
+         */
+        time: z.string().min(1).optional(),
       }),
       command: z.object({
         code: z.string().min(1),

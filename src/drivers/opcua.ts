@@ -27,7 +27,7 @@ import {
 } from '../core/driver.js';
 import type { Logger } from '../core/logger.js';
 import type { DeviceProfile } from '../core/profile.js';
-import { HealthCounter, commandCode, withTimeout } from './common.js';
+import { HealthCounter, commandCode, describeError, withTimeout } from './common.js';
 
 export type OpcuaSecurityMode = 'None' | 'Sign' | 'SignAndEncrypt';
 export type OpcuaSecurityPolicy =
@@ -145,7 +145,7 @@ export class OpcuaEndpoint {
   start(): void {
     if (this.closed || this.backoff.remaining(this.o.clock.now()) > 0) return;
     this.starting ??= this.connect().catch((error: unknown) => {
-      this.health.error(`${this.name}: ${error instanceof Error ? error.message : String(error)}`);
+      this.health.error(`${this.name}: ${describeError(error)}`);
       this.log.warn({ err: error }, 'opc ua connection failed');
       this.starting = null;
     });
@@ -250,7 +250,7 @@ export class OpcuaEndpoint {
   }
 
   private failure(error: unknown, what: string): DeviceUnreachableError {
-    const message = `${this.name}: ${what}: ${error instanceof Error ? error.message : String(error)}`;
+    const message = `${this.name}: ${what}: ${describeError(error)}`;
     this.health.error(message);
     return error instanceof DeviceUnreachableError
       ? error
@@ -356,11 +356,27 @@ export class OpcuaDeviceDriver implements DeviceDriver {
   async read(signal?: AbortSignal): Promise<Readback> {
     const e = this.o.endpoint;
     const s = this.names.status;
-    const ids = [s.state, s.position, s.fault, s.seqEcho].map((n) => e.nodeId(this.object, n));
+    const names = [
+      s.state,
+      s.position,
+      s.fault,
+      s.seqEcho,
+      ...(s.time === undefined ? [] : [s.time]),
+    ];
+    const ids = names.map((n) => e.nodeId(this.object, n));
     const { values, requestedAt, receivedAt } = await e.read(ids, signal);
-    const [state, position, fault, seq] = values as [DataValue, DataValue, DataValue, DataValue];
-    // The newest source timestamp: when the controller last changed any of these values.
+    const [state, position, fault, seq, scan] = values as [
+      DataValue,
+      DataValue,
+      DataValue,
+      DataValue,
+      DataValue | undefined,
+    ];
+    // The image's production time when the controller publishes one (its scan time);
+    // otherwise the newest source timestamp: when the controller last changed any value.
+    const scanTime = scan?.value.value instanceof Date ? scan.value.value.getTime() : null;
     const times = values
+      .slice(0, 4)
       .map((v) => v.sourceTimestamp?.getTime())
       .filter((t): t is number => typeof t === 'number' && t > 0);
     const faultCode = Number(fault.value.value ?? 0);
@@ -369,7 +385,12 @@ export class OpcuaDeviceDriver implements DeviceDriver {
       position: typeof position.value.value === 'number' ? position.value.value : null,
       seq: Number(seq.value.value ?? 0),
       faultCode: faultCode === 0 ? null : faultCode,
-      sourceTime: times.length === 0 ? null : Math.max(...times),
+      sourceTime:
+        scanTime !== null && scanTime > 0
+          ? scanTime
+          : times.length === 0
+            ? null
+            : Math.max(...times),
       requestedAt,
       receivedAt,
     };

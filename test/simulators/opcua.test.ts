@@ -116,6 +116,7 @@ describe('OPC UA PLC: address space, handshake, clock and faults', () => {
         'CommandSeq',
         'FaultCode',
         'Position',
+        'ScanTime',
         'SeqEcho',
         'Setpoint',
         'State',
@@ -129,6 +130,7 @@ describe('OPC UA PLC: address space, handshake, clock and faults', () => {
         'Position',
         'FaultCode',
         'SeqEcho',
+        'ScanTime',
         'CommandCode',
         'Setpoint',
         'CommandSeq',
@@ -140,6 +142,7 @@ describe('OPC UA PLC: address space, handshake, clock and faults', () => {
       'ns=0;i=11', // Double
       'ns=0;i=5', // UInt16
       'ns=0;i=5',
+      'ns=0;i=13', // DateTime
       'ns=0;i=5',
       'ns=0;i=11',
       'ns=0;i=5',
@@ -149,6 +152,20 @@ describe('OPC UA PLC: address space, handshake, clock and faults', () => {
       nodeId('v-browse', 'StateCode'),
     ]);
     expect(values.map((v): unknown => v.value.value)).toEqual(['CLOSED', 0]);
+    // ScanTime moves with every scan even when nothing changes; a frozen image stops it.
+    const scanTime = async (): Promise<number> =>
+      (
+        (await uaRead(ua.session, [nodeId('v-browse', 'ScanTime')]))[0]?.value.value as Date
+      ).getTime();
+    const first = await scanTime();
+    time.advance(50);
+    plant.scan();
+    expect(await scanTime()).toBe(first + 50);
+    plant.device('v-browse').setFault({ kind: 'frozen' });
+    time.advance(50);
+    plant.scan();
+    expect(await scanTime()).toBe(first + 50);
+    plant.device('v-browse').clearFault('frozen');
   });
 
   it('reports the controller clock, offset and drift included, as ServerStatus.CurrentTime', async () => {
