@@ -1,8 +1,12 @@
 import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
-import { deviceSchema, plcSchema } from '../drivers/inventory-schema.js';
+import { MAX_TTL_MS } from '../core/command.js';
+import type { DeviceProfile } from '../core/profile.js';
+import { checkInventory, deviceSchema, plcSchema } from '../drivers/inventory-schema.js';
+import { packageRoot } from '../package-root.js';
+import { loadProfiles } from '../profiles/load.js';
 
 /**
  * The daemon's configuration: one YAML file, one schema. Precedence: schema defaults < file <
@@ -27,83 +31,118 @@ const identitySchema = z.strictObject({
   devices: z.array(z.string().min(1)).min(1),
 });
 
-export const configSchema = z.strictObject({
-  gatewayId: name,
-  /** Journal, PKI and generated files live here (systemd: StateDirectory). */
-  stateDir: z.string().min(1),
-  profilesDir: z.string().min(1).optional(),
-  log: z
-    .strictObject({
-      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
-    })
-    .prefault({}),
-  journal: z
-    .strictObject({
-      path: z.string().min(1).optional(),
-      busyTimeoutMs: z.number().int().min(1).max(60_000).default(2_000),
-      retentionHours: z
-        .number()
-        .positive()
-        .max(24 * 365)
-        .default(48),
-    })
-    .prefault({}),
-  clock: z
-    .strictObject({
-      /** How far in the future an issuer's issuedAt may lie. */
-      maxIssuerSkewMs: z.number().int().min(0).max(3_600_000).default(5_000),
-    })
-    .prefault({}),
-  https: z
-    .strictObject({
-      host: z.string().min(1).default('127.0.0.1'),
-      port: port.default(8443),
-      certFile: z.string().min(1),
-      keyFile: z.string().min(1),
-      /** CA for client certificates: turns on mutual TLS (certificates are optional per client). */
-      clientCaFile: z.string().min(1).optional(),
-      bodyLimitBytes: z.number().int().min(256).max(1_048_576).default(16_384),
-      /** Prefer: wait=N default and ceiling, seconds. */
-      defaultWaitS: z.number().min(0).max(300).default(10),
-      maxWaitS: z.number().min(0).max(300).default(60),
-      rateLimit: z
-        .strictObject({
-          /** Sustained requests per second per identity. */
-          perSecond: z.number().positive().max(10_000).default(20),
-          burst: z.number().int().min(1).max(100_000).default(40),
-        })
-        .prefault({}),
-    })
-    .optional(),
-  mqtt: z
-    .strictObject({
-      url: z
-        .string()
-        .regex(/^(mqtts?|tcp|ssl|wss?):\/\/.+/, 'an mqtt://, mqtts://, ws:// or wss:// URL'),
-      clientId: z.string().min(1).max(128).optional(),
-      username: z.string().min(1).optional(),
-      passwordFile: z.string().min(1).optional(),
-      caFile: z.string().min(1).optional(),
-      certFile: z.string().min(1).optional(),
-      keyFile: z.string().min(1).optional(),
-      protocolVersion: z.union([z.literal(4), z.literal(5)]).default(5),
-      /** The identity MQTT commands are scoped to (keys are per identity). */
-      identity: name,
-      /** MQTT 5 session expiry: queued commands survive a gateway outage this long. */
-      sessionExpiryS: z.number().int().min(1).max(4_294_967_295).default(86_400),
-      keepaliveS: z.number().int().min(5).max(3600).default(30),
-    })
-    .optional(),
-  opcua: z
-    .strictObject({
-      /** Trust OPC UA server certificates never seen before: the demo only. */
-      acceptUnknownCertificates: z.boolean().default(false),
-    })
-    .prefault({}),
-  identities: z.record(name, identitySchema),
-  plcs: z.record(name, plcSchema),
-  devices: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/), deviceSchema),
-});
+export const configSchema = z
+  .strictObject({
+    gatewayId: name,
+    /** Journal, PKI and generated files live here (systemd: StateDirectory). */
+    stateDir: z.string().min(1),
+    profilesDir: z.string().min(1).optional(),
+    log: z
+      .strictObject({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+      })
+      .prefault({}),
+    journal: z
+      .strictObject({
+        path: z.string().min(1).optional(),
+        busyTimeoutMs: z.number().int().min(1).max(60_000).default(2_000),
+        retentionHours: z
+          .number()
+          .positive()
+          .max(24 * 365)
+          .default(48),
+      })
+      .prefault({}),
+    clock: z
+      .strictObject({
+        /** How far in the future an issuer's issuedAt may lie. */
+        maxIssuerSkewMs: z.number().int().min(0).max(3_600_000).default(5_000),
+      })
+      .prefault({}),
+    https: z
+      .strictObject({
+        host: z.string().min(1).default('127.0.0.1'),
+        port: port.default(8443),
+        certFile: z.string().min(1),
+        keyFile: z.string().min(1),
+        /** CA for client certificates: turns on mutual TLS (certificates are optional per client). */
+        clientCaFile: z.string().min(1).optional(),
+        bodyLimitBytes: z.number().int().min(256).max(1_048_576).default(16_384),
+        /** Prefer: wait=N default and ceiling, seconds. */
+        defaultWaitS: z.number().min(0).max(300).default(10),
+        maxWaitS: z.number().min(0).max(300).default(60),
+        rateLimit: z
+          .strictObject({
+            /** Sustained requests per second per identity. */
+            perSecond: z.number().positive().max(10_000).default(20),
+            burst: z.number().int().min(1).max(100_000).default(40),
+          })
+          .prefault({}),
+      })
+      .optional(),
+    mqtt: z
+      .strictObject({
+        url: z
+          .string()
+          .regex(/^(mqtts?|tcp|ssl|wss?):\/\/.+/, 'an mqtt://, mqtts://, ws:// or wss:// URL'),
+        clientId: z.string().min(1).max(128).optional(),
+        username: z.string().min(1).optional(),
+        passwordFile: z.string().min(1).optional(),
+        caFile: z.string().min(1).optional(),
+        certFile: z.string().min(1).optional(),
+        keyFile: z.string().min(1).optional(),
+        protocolVersion: z.union([z.literal(4), z.literal(5)]).default(5),
+        /** The identity MQTT commands are scoped to (keys are per identity). */
+        identity: name,
+        /** MQTT 5 session expiry: queued commands survive a gateway outage this long. */
+        sessionExpiryS: z.number().int().min(1).max(4_294_967_295).default(86_400),
+        keepaliveS: z.number().int().min(5).max(3600).default(30),
+      })
+      .optional(),
+    opcua: z
+      .strictObject({
+        /** Trust OPC UA server certificates never seen before: the demo only. */
+        acceptUnknownCertificates: z.boolean().default(false),
+      })
+      .prefault({}),
+    identities: z.record(name, identitySchema),
+    plcs: z.record(name, plcSchema),
+    devices: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/), deviceSchema),
+  })
+  .superRefine(
+    (c, ctx) => {
+      const problem = retentionProblem(c.journal.retentionHours, c.clock.maxIssuerSkewMs);
+      if (problem !== null) {
+        ctx.addIssue({ code: 'custom', path: ['journal', 'retentionHours'], message: problem });
+      }
+    },
+    {
+      // Reported with every other schema error, as long as its own two inputs parsed.
+      when: (payload) =>
+        typeof payload.value === 'object' &&
+        payload.value !== null &&
+        !payload.issues.some((i) => i.path?.[0] === 'journal' || i.path?.[0] === 'clock'),
+    },
+  );
+
+/**
+ * I1 across retention: a settled key must still be journaled whenever a retry of it could be
+ * fresh, or the retry would run as a new command. A command's deadline is at most its
+ * issuedAt (no later than clock.maxIssuerSkewMs after it is checked) + MAX_TTL_MS, and a key
+ * is purged retentionHours after it settled, so retention must be at least their sum.
+ */
+export function retentionProblem(retentionHours: number, maxIssuerSkewMs: number): string | null {
+  const neededMs = MAX_TTL_MS + maxIssuerSkewMs;
+  if (retentionHours * 3_600_000 >= neededMs) return null;
+  // Rounded up, so that the value the message asks for is enough.
+  const neededHours = Math.ceil((neededMs / 3_600_000) * 10_000) / 10_000;
+  return (
+    `${retentionHours} h is shorter than a retry can stay fresh: the longest ttlMs ` +
+    `(MAX_TTL_MS ${MAX_TTL_MS} ms) + clock.maxIssuerSkewMs ${maxIssuerSkewMs} ms = ` +
+    `${neededMs} ms = ${neededHours} h; a retry of a purged key would run as a new command ` +
+    `(set at least ${neededHours})`
+  );
+}
 
 export type SluiceConfig = z.output<typeof configSchema>;
 
@@ -196,10 +235,26 @@ export function loadConfig(
       parsed.error.issues.map((i) => `${issuePath(i.path)}: ${i.message}`),
     );
   }
-  const config = parsed.data;
-  const errors = crossCheck(config);
+  const config = resolvePaths(parsed.data, dirname(resolve(path)));
+  // checkInventory repeats some of crossCheck's findings (a device's unknown PLC): once each.
+  const errors = [...new Set([...crossCheck(config), ...checkDevices(config)])];
   if (errors.length > 0) throw new ConfigError(path, errors);
-  return resolvePaths(config, dirname(resolve(path)));
+  return config;
+}
+
+/**
+ * The device inventory against the device profiles it names (the same check the daemon runs
+ * at start), so that `sluiced --check` finds what the daemon would refuse.
+ */
+function checkDevices(c: SluiceConfig): string[] {
+  let profiles: ReadonlyMap<string, DeviceProfile>;
+  try {
+    profiles = loadProfiles(c.profilesDir ?? join(packageRoot(), 'devices', 'profiles'));
+  } catch (error) {
+    const where = c.profilesDir === undefined ? '(bundled profiles)' : 'profilesDir';
+    return [`${where}: ${error instanceof Error ? error.message : String(error)}`];
+  }
+  return checkInventory({ plcs: c.plcs, devices: c.devices }, profiles);
 }
 
 function crossCheck(c: SluiceConfig): string[] {

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { DeviceProfile } from '../core/profile.js';
 
 /**
  * The schema of the device inventory (the `plcs` and `devices` sections of the configuration).
@@ -43,3 +44,48 @@ export const inventorySchema = z.object({
 
 export type Inventory = z.infer<typeof inventorySchema>;
 export type PlcConfig = z.infer<typeof plcSchema>;
+
+/**
+ * Cross-references a schema cannot express; every problem is returned with its path.
+ * `sluiced --check` (through loadConfig), the daemon and buildDrivers all run it.
+ */
+export function checkInventory(
+  inventory: Inventory,
+  profiles: ReadonlyMap<string, DeviceProfile>,
+): string[] {
+  const errors: string[] = [];
+  for (const [id, device] of Object.entries(inventory.devices)) {
+    const plc = inventory.plcs[device.plc];
+    const profile = profiles.get(device.profile);
+    if (plc === undefined) errors.push(`devices.${id}.plc: no PLC named "${device.plc}"`);
+    if (profile === undefined) {
+      errors.push(
+        `devices.${id}.profile: no profile named "${device.profile}" (have ${[...profiles.keys()].join(', ')})`,
+      );
+    }
+    if (plc?.protocol === 'modbus') {
+      if (device.base === undefined) errors.push(`devices.${id}.base: required for a Modbus PLC`);
+      if (profile !== undefined && profile.modbus === undefined) {
+        errors.push(
+          `devices.${id}.profile: profile "${profile.profile}" has no Modbus register map`,
+        );
+      }
+    }
+    if (plc?.protocol === 'opcua' && profile !== undefined && profile.opcua === undefined) {
+      errors.push(`devices.${id}.profile: profile "${profile.profile}" has no OPC UA node names`);
+    }
+    // I1: a write whose outcome is unknown (timed out, reply lost) may still land until the
+    // driver gives up on it; only a guard longer than that lets a missing echo prove "not
+    // applied". Otherwise every timed-out write could be sent again while it may still land.
+    if (
+      plc !== undefined &&
+      profile !== undefined &&
+      profile.timing.redispatchGuardMs <= plc.requestTimeoutMs
+    ) {
+      errors.push(
+        `devices.${id}: profile "${profile.profile}" redispatchGuardMs ${profile.timing.redispatchGuardMs} must be longer than plcs.${device.plc}.requestTimeoutMs ${plc.requestTimeoutMs} (raise the guard or lower the timeout)`,
+      );
+    }
+  }
+  return errors;
+}

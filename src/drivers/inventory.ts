@@ -5,45 +5,16 @@ import type { DeviceBinding } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from './modbus.js';
 import { OpcuaClientPki, OpcuaDeviceDriver, OpcuaEndpoint } from './opcua.js';
-import type { Inventory } from './inventory-schema.js';
+import { checkInventory, type Inventory } from './inventory-schema.js';
 
-export { deviceSchema, inventorySchema, plcSchema } from './inventory-schema.js';
+export { checkInventory, deviceSchema, inventorySchema, plcSchema } from './inventory-schema.js';
 export type { Inventory, PlcConfig } from './inventory-schema.js';
 
 /**
  * The device inventory: the PLC endpoints a gateway reaches and the devices on them. It is a
- * section of the site configuration; this module validates it and builds the drivers.
+ * section of the site configuration; this module validates it (checkInventory, kept with the
+ * schema so that validating loads no protocol stack) and builds the drivers.
  */
-
-/** Cross-references a schema cannot express; every problem is returned with its path. */
-export function checkInventory(
-  inventory: Inventory,
-  profiles: ReadonlyMap<string, DeviceProfile>,
-): string[] {
-  const errors: string[] = [];
-  for (const [id, device] of Object.entries(inventory.devices)) {
-    const plc = inventory.plcs[device.plc];
-    const profile = profiles.get(device.profile);
-    if (plc === undefined) errors.push(`devices.${id}.plc: no PLC named "${device.plc}"`);
-    if (profile === undefined) {
-      errors.push(
-        `devices.${id}.profile: no profile named "${device.profile}" (have ${[...profiles.keys()].join(', ')})`,
-      );
-    }
-    if (plc?.protocol === 'modbus') {
-      if (device.base === undefined) errors.push(`devices.${id}.base: required for a Modbus PLC`);
-      if (profile !== undefined && profile.modbus === undefined) {
-        errors.push(
-          `devices.${id}.profile: profile "${profile.profile}" has no Modbus register map`,
-        );
-      }
-    }
-    if (plc?.protocol === 'opcua' && profile !== undefined && profile.opcua === undefined) {
-      errors.push(`devices.${id}.profile: profile "${profile.profile}" has no OPC UA node names`);
-    }
-  }
-  return errors;
-}
 
 export interface Drivers {
   readonly bindings: DeviceBinding[];

@@ -13,7 +13,7 @@ import {
 } from '../core/driver.js';
 import type { Logger } from '../core/logger.js';
 import type { DeviceProfile } from '../core/profile.js';
-import { HealthCounter, commandCode, stateName, withTimeout } from './common.js';
+import { HealthCounter, commandCode, describeError, stateName, withTimeout } from './common.js';
 
 export interface ModbusEndpointOptions {
   readonly name: string;
@@ -72,8 +72,8 @@ export class ModbusEndpoint {
   private connecting: Promise<ModbusRTU> | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
-  /** Rejects the request in flight when the socket closes under it. */
-  private onSocketClosed: ((error: Error) => void) | null = null;
+  /** Rejects the request in flight when the socket closes under it, with the reason. */
+  private onSocketClosed: ((reason: string) => void) | null = null;
   readonly health = new HealthCounter();
 
   constructor(options: ModbusEndpointOptions) {
@@ -120,7 +120,9 @@ export class ModbusEndpoint {
       if (signal?.aborted === true) throw new DeviceUnreachableError(`${this.name}: aborted`);
       const client = await this.connected();
       const socketClosed = new Promise<never>((_, reject) => {
-        this.onSocketClosed = reject;
+        this.onSocketClosed = (reason) => {
+          reject(new DeviceUnreachableError(`${this.name}: ${what}: ${reason}`));
+        };
       });
       try {
         const result = await withTimeout(
@@ -149,7 +151,7 @@ export class ModbusEndpoint {
       this.health.error(message);
       return new DeviceRefusedError(message, { cause: error });
     }
-    const message = `${this.name}: ${what}: ${error instanceof Error ? error.message : String(error)}`;
+    const message = `${this.name}: ${what}: ${describeError(error)}`;
     this.health.error(message);
     // No answer: the connection can no longer be trusted to pair requests and responses.
     this.drop(message);
@@ -189,7 +191,7 @@ export class ModbusEndpoint {
     } catch (error) {
       this.backoff.failed(this.options.clock.now());
       destroyQuietly(client);
-      const message = `${this.name}: connect to ${this.options.host}:${this.options.port} failed: ${error instanceof Error ? error.message : String(error)}`;
+      const message = `${this.name}: connect to ${this.options.host}:${this.options.port} failed: ${describeError(error)}`;
       this.health.error(message);
       this.health.disconnected();
       throw new DeviceUnreachableError(message, { cause: error });
@@ -198,7 +200,7 @@ export class ModbusEndpoint {
       if (this.client === client) {
         this.client = null;
         this.health.disconnected();
-        this.onSocketClosed?.(new DeviceUnreachableError(`${this.name}: connection closed`));
+        this.onSocketClosed?.('connection closed');
       }
     });
     this.backoff.reset();

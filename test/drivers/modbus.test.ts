@@ -3,6 +3,7 @@ import { systemClock } from '../../src/core/clock.js';
 import { DeviceUnreachableError } from '../../src/core/driver.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { Backoff } from '../../src/backoff.js';
+import { describeError } from '../../src/drivers/common.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { profile } from '../helpers/fixtures.js';
@@ -114,12 +115,85 @@ describe('ModbusEndpoint', () => {
     expect(position).toBe(60);
   });
 
+  // modbus-serial rejects with plain objects (not Errors) in some paths: a transaction
+  // timeout, a port that is not open, a socket error. Their text must survive into the error.
+  it.each([
+    ['a dropped reply to a write', { kind: 'drop', on: 'write', count: 1 }, /timed out/i],
+    [
+      'a connection reset after a write',
+      { kind: 'reset', when: 'after', on: 'write', count: 1 },
+      /connection closed|ECONNRESET/,
+    ],
+  ] as const)('names the failure readably: %s', async (_what, fault, says) => {
+    const device = plant.device('v4');
+    device.setFault(fault);
+    const error = await drivers[4]!.write({ action: 'stop', position: null, seq: 4242 }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    device.clearFault(fault.kind);
+    expect(error).toBeInstanceOf(DeviceUnreachableError);
+    const message = (error as Error).message;
+    expect(message).toMatch(/^mb: write 90\+3:? \S/);
+    expect(message).toMatch(says);
+    expect(message).not.toContain('[object Object]');
+    expect(message).not.toMatch(/: (undefined|null)$/);
+    expect(endpoint.health.snapshot().lastError).not.toContain('[object Object]');
+    // The endpoint recovers: the next read goes through on a new connection.
+    let position: number | null = null;
+    const end = Date.now() + 3_000;
+    while (position === null && Date.now() < end) {
+      try {
+        position = (await drivers[4]!.read()).position;
+      } catch {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    expect(position).not.toBeNull();
+  });
+
   it('reads the 64-bit controller clock in one request', async () => {
     plant.plc('mb').setClock({ offsetMs: 123_456_789, driftPpm: 0 });
     const sample = await drivers[0]!.readClock();
     const midpoint = (sample.requestedAt + sample.receivedAt) / 2;
     expect(Math.abs(sample.controllerTime - midpoint - 123_456_789)).toBeLessThan(100);
     plant.plc('mb').setClock({ offsetMs: 0, driftPpm: 0 });
+  });
+});
+
+describe('describeError', () => {
+  it('reads what modbus-serial and others reject with', () => {
+    // The shapes modbus-serial uses: constructor functions that are not Errors.
+    function TransactionTimedOutError(this: Record<string, unknown>): void {
+      this.name = 'TransactionTimedOutError';
+      this.message = 'Timed out';
+      this.errno = 'ETIMEDOUT';
+    }
+    function SerialPortError(this: Record<string, unknown>): void {
+      this.name = 'SerialPortError';
+      this.message = null;
+      this.errno = 'ECONNREFUSED';
+    }
+    const make = (f: (this: Record<string, unknown>) => void): unknown =>
+      new (f as unknown as new () => unknown)();
+    expect(describeError(make(TransactionTimedOutError))).toBe(
+      'Timed out (TransactionTimedOutError, ETIMEDOUT)',
+    );
+    expect(describeError(make(SerialPortError))).toBe('SerialPortError, ECONNREFUSED');
+    const refused = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:502'), {
+      code: 'ECONNREFUSED',
+      errno: -111,
+    });
+    expect(describeError(refused)).toBe('connect ECONNREFUSED 127.0.0.1:502 (-111)');
+    expect(describeError(new TypeError('bad'))).toBe('bad (TypeError)');
+    expect(describeError(new Error('plain'))).toBe('plain');
+    expect(describeError({ status: 'BadTimeout' })).toBe('unknown error {"status":"BadTimeout"}');
+    expect(describeError({})).toBe('unknown error (Object without a message)');
+    expect(describeError('text')).toBe('text');
+    expect(describeError(undefined)).toBe('unknown error (undefined)');
+    for (const e of [{}, { message: {} }, Object.create(null), [], 42]) {
+      expect(describeError(e)).not.toContain('[object Object]');
+    }
   });
 });
 

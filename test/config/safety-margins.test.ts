@@ -1,0 +1,245 @@
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../../src/config/config.js';
+import { MAX_TTL_MS } from '../../src/core/command.js';
+import type { DeviceProfile } from '../../src/core/profile.js';
+import { checkInventory, inventorySchema } from '../../src/drivers/inventory-schema.js';
+import { loadProfiles } from '../../src/profiles/load.js';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
+
+/**
+ * Safety margins the configuration enforces: a redispatch guard longer than the PLC's request
+ * timeout (a timed-out write may still land until then), and a journal retention longer than
+ * any retry of a settled key can stay fresh (a retry after the purge would be a new command).
+ */
+
+const BUNDLED = join(ROOT, 'devices', 'profiles');
+const SHIPPED = loadProfiles(BUNDLED);
+const MODBUS_DEFAULT_TIMEOUT = 1000;
+const OPCUA_DEFAULT_TIMEOUT = 2000;
+
+let dir: string;
+let cleanup: () => void;
+beforeEach(() => {
+  ({ dir, cleanup } = tempDir('sluice-margins-'));
+});
+afterEach(() => {
+  cleanup();
+});
+
+function write(text: string, name = 'sluice.yaml'): string {
+  const path = join(dir, name);
+  writeFileSync(path, text);
+  return path;
+}
+
+function errorsOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (error) {
+    if (error instanceof ConfigError) return [...error.errors];
+    throw error;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+/** The bundled profiles copied to `profiles/`, with the valve's guard set to `guardMs`. */
+function profilesWithValveGuard(guardMs: number): string {
+  const out = join(dir, 'profiles');
+  mkdirSync(out);
+  for (const name of readdirSync(BUNDLED)) {
+    let text = readFileSync(join(BUNDLED, name), 'utf8');
+    if (name === 'valve.yaml') {
+      text = text.replace(/redispatchGuardMs: \d+/, `redispatchGuardMs: ${guardMs}`);
+    }
+    writeFileSync(join(out, name), text);
+  }
+  return out;
+}
+
+const SITE = `
+gatewayId: g1
+stateDir: state
+mqtt: { url: mqtt://127.0.0.1:1883, identity: plant }
+identities:
+  plant: { devices: ['*'] }
+plcs:
+  modbus-plc: { protocol: modbus, host: 127.0.0.1, port: 502 }
+  opcua-plc: { protocol: opcua, endpointUrl: opc.tcp://127.0.0.1:4840, namespaceUri: urn:x }
+devices:
+  inlet-valve: { plc: modbus-plc, profile: valve, base: 0 }
+  outlet-valve: { plc: opcua-plc, profile: valve }
+  dosing-actuator: { plc: opcua-plc, profile: actuator }
+`;
+
+describe('redispatch guard against the request timeout', () => {
+  const withGuard = (name: string, guardMs: number): Map<string, DeviceProfile> => {
+    const profiles = new Map(SHIPPED);
+    const p = SHIPPED.get(name)!;
+    profiles.set(name, { ...p, timing: { ...p.timing, redispatchGuardMs: guardMs } });
+    return profiles;
+  };
+  const inventory = inventorySchema.parse({
+    plcs: {
+      'modbus-plc': { protocol: 'modbus', host: '127.0.0.1', port: 502 },
+      'opcua-plc': {
+        protocol: 'opcua',
+        endpointUrl: 'opc.tcp://127.0.0.1:4840',
+        namespaceUri: 'urn:x',
+      },
+    },
+    devices: {
+      'inlet-valve': { plc: 'modbus-plc', profile: 'valve', base: 0 },
+      'outlet-valve': { plc: 'opcua-plc', profile: 'valve' },
+    },
+  });
+
+  it('refuses a guard not longer than the timeout, naming device, profile, both numbers and the fix', () => {
+    expect(checkInventory(inventory, withGuard('valve', 1000))).toEqual([
+      'devices.inlet-valve: profile "valve" redispatchGuardMs 1000 must be longer than plcs.modbus-plc.requestTimeoutMs 1000 (raise the guard or lower the timeout)',
+      'devices.outlet-valve: profile "valve" redispatchGuardMs 1000 must be longer than plcs.opcua-plc.requestTimeoutMs 2000 (raise the guard or lower the timeout)',
+    ]);
+    expect(checkInventory(inventory, withGuard('valve', 2000))).toEqual([
+      'devices.outlet-valve: profile "valve" redispatchGuardMs 2000 must be longer than plcs.opcua-plc.requestTimeoutMs 2000 (raise the guard or lower the timeout)',
+    ]);
+    expect(checkInventory(inventory, withGuard('valve', 2001))).toEqual([]);
+  });
+
+  it('checks against the PLC timeout the site configures', () => {
+    const slow = inventorySchema.parse({
+      ...inventory,
+      plcs: {
+        ...inventory.plcs,
+        'modbus-plc': { ...inventory.plcs['modbus-plc'], requestTimeoutMs: 5000 },
+      },
+    });
+    expect(checkInventory(slow, SHIPPED)).toEqual([
+      `devices.inlet-valve: profile "valve" redispatchGuardMs ${SHIPPED.get('valve')!.timing.redispatchGuardMs} must be longer than plcs.modbus-plc.requestTimeoutMs 5000 (raise the guard or lower the timeout)`,
+    ]);
+  });
+
+  it('every shipped profile passes with both drivers default timeouts, with a margin', () => {
+    expect(SHIPPED.size).toBeGreaterThanOrEqual(2);
+    for (const [name, p] of SHIPPED) {
+      const { redispatchGuardMs: guard, confirmTimeoutMs: confirm, pollIntervalMs } = p.timing;
+      for (const timeout of [MODBUS_DEFAULT_TIMEOUT, OPCUA_DEFAULT_TIMEOUT]) {
+        // A scan, network latency and a slow PLC beyond the timeout: at least 500 ms.
+        expect(guard - timeout, `${name} guard vs ${timeout}`).toBeGreaterThanOrEqual(500);
+        // The confirm window runs from the write: it must hold the write's own timeout (then
+        // its outcome is unknown), the guard, the readback that proves "not applied" (one more
+        // request timeout) and a poll, with a second to spare, or a lost write is never sent
+        // again.
+        expect(
+          confirm - (timeout + guard + timeout + pollIntervalMs),
+          `${name} confirm`,
+        ).toBeGreaterThan(1000);
+      }
+    }
+  });
+
+  it('loadConfig (sluiced --check) reports it with the configuration errors', () => {
+    const profilesDir = profilesWithValveGuard(1000);
+    const errors = errorsOf(() =>
+      loadConfig(write(`profilesDir: ${profilesDir}\n${SITE}`), { env: {} }),
+    );
+    expect(errors).toEqual([
+      'devices.inlet-valve: profile "valve" redispatchGuardMs 1000 must be longer than plcs.modbus-plc.requestTimeoutMs 1000 (raise the guard or lower the timeout)',
+      'devices.outlet-valve: profile "valve" redispatchGuardMs 1000 must be longer than plcs.opcua-plc.requestTimeoutMs 2000 (raise the guard or lower the timeout)',
+    ]);
+  });
+
+  it('the shipped defaults and the demo site pass', () => {
+    expect(() => loadConfig(write(SITE), { env: {} })).not.toThrow();
+    expect(() => loadConfig(join(ROOT, 'devices', 'site.example.yaml'), { env: {} })).not.toThrow();
+  });
+
+  it('reports a device naming an unknown profile, and an unreadable profiles folder', () => {
+    const unknown = SITE.replace('profile: actuator', 'profile: damper');
+    expect(errorsOf(() => loadConfig(write(unknown), { env: {} }))).toEqual([
+      'devices.dosing-actuator.profile: no profile named "damper" (have actuator, valve)',
+    ]);
+    const missing = errorsOf(() => loadConfig(write(`profilesDir: nowhere\n${SITE}`), { env: {} }));
+    expect(missing).toHaveLength(1);
+    expect(missing[0]).toMatch(/^profilesDir: .*ENOENT/);
+  });
+
+  it('sluiced --check exits 2 with the message', () => {
+    const profilesDir = profilesWithValveGuard(900);
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--import',
+        join(ROOT, 'test/helpers/ts-register.mjs'),
+        join(ROOT, 'src/daemon/cli.ts'),
+        '--config',
+        write(`profilesDir: ${profilesDir}\n${SITE}`),
+        '--check',
+      ],
+      { encoding: 'utf8', env: { ...process.env, SLUICE_MQTT_URL: '' }, timeout: 30_000 },
+    );
+    expect(r.stderr).toContain(
+      'devices.inlet-valve: profile "valve" redispatchGuardMs 900 must be longer than plcs.modbus-plc.requestTimeoutMs 1000 (raise the guard or lower the timeout)',
+    );
+    expect(r.status).toBe(2);
+  }, 30_000);
+});
+
+describe('journal retention against the freshness of a retry', () => {
+  const site = (journal: string, clock = ''): string =>
+    `${SITE}journal: ${journal}\n${clock === '' ? '' : `clock: ${clock}\n`}`;
+
+  it('refuses a retention shorter than MAX_TTL_MS + clock.maxIssuerSkewMs, with the path and both values', () => {
+    expect(MAX_TTL_MS).toBe(86_400_000);
+    const errors = errorsOf(() => loadConfig(write(site('{ retentionHours: 24 }')), { env: {} }));
+    expect(errors).toEqual([
+      'journal.retentionHours: 24 h is shorter than a retry can stay fresh: the longest ttlMs (MAX_TTL_MS 86400000 ms) + clock.maxIssuerSkewMs 5000 ms = 86405000 ms = 24.0014 h; a retry of a purged key would run as a new command (set at least 24.0014)',
+    ]);
+  });
+
+  it('accepts the value the message asks for, and the boundary itself', () => {
+    expect(
+      loadConfig(write(site('{ retentionHours: 24.0014 }')), { env: {} }).journal.retentionHours,
+    ).toBe(24.0014);
+    // 25 h = 24 h + 3 600 000 ms exactly: a purge (settled_at < now - retention) comes only
+    // after the deadline of any retry, which is then stale.
+    expect(() =>
+      loadConfig(write(site('{ retentionHours: 25 }', '{ maxIssuerSkewMs: 3600000 }')), {
+        env: {},
+      }),
+    ).not.toThrow();
+    const errors = errorsOf(() =>
+      loadConfig(write(site('{ retentionHours: 24.9 }', '{ maxIssuerSkewMs: 3600000 }')), {
+        env: {},
+      }),
+    );
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatch(
+      /^journal\.retentionHours: 24\.9 h is shorter .* clock\.maxIssuerSkewMs 3600000 ms = 90000000 ms = 25 h; .*\(set at least 25\)$/,
+    );
+  });
+
+  it('the default retention passes with the largest issuer skew allowed', () => {
+    const c = loadConfig(write(site('{}', '{ maxIssuerSkewMs: 3600000 }')), { env: {} });
+    expect(c.journal.retentionHours * 3_600_000).toBeGreaterThanOrEqual(MAX_TTL_MS + 3_600_000);
+  });
+
+  it('is reported at once with the other schema errors', () => {
+    const errors = errorsOf(() =>
+      loadConfig(
+        write(site('{ retentionHours: 1 }').replace('gatewayId: g1', 'gatewayId: "bad id"')),
+        { env: {} },
+      ),
+    );
+    expect(errors.some((e) => e.startsWith('gatewayId:'))).toBe(true);
+    expect(errors.some((e) => e.startsWith('journal.retentionHours: 1 h is shorter'))).toBe(true);
+  });
+
+  it('leaves a retention that is itself invalid to its own error', () => {
+    const errors = errorsOf(() => loadConfig(write(site('{ retentionHours: -1 }')), { env: {} }));
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatch(/^journal\.retentionHours: /);
+    expect(errors[0]).not.toContain('shorter than a retry');
+  });
+});
