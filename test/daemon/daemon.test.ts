@@ -9,7 +9,9 @@ import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
+import { renderResult } from '../../src/core/result.js';
 import { sha256 } from '../../src/intake/identities.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import {
@@ -275,6 +277,65 @@ describe.runIf(real)('sluiced', () => {
     } finally {
       await client.end();
       await daemon.stop();
+    }
+  }, 60_000);
+
+  it('counts open and stuck commands in /metrics and names the stuck ones in /readyz', async () => {
+    // A command journaled for a device since removed from the configuration, long past its
+    // deadline: no worker can take it, so it needs a person.
+    const journalPath = join(dir, 'state', 'journal.db');
+    const seed = SqliteJournal.open({ path: journalPath });
+    const now = Date.now();
+    seed.claim({
+      scope: 'scada',
+      key: 'orphan-1',
+      fingerprint: 'f',
+      device: 'removed-valve',
+      action: 'open',
+      position: null,
+      issuedAt: now - 120_000,
+      issuedAtSource: 'issuer',
+      ttlMs: 1_000,
+      deadline: now - 119_000,
+      intake: 'https',
+      acceptedAt: now - 120_000,
+    });
+    seed.close();
+    const daemon = await Daemon.start(loadConfig(configPath, { env: {} }), { logger: quiet });
+    try {
+      const port = daemon.https!.port;
+      const metrics = await https(port, 'GET', '/metrics');
+      expect(metrics.status).toBe(200);
+      expect(metrics.body).toMatch(/^sluice_commands_stuck 1$/m);
+      expect(metrics.body).toMatch(/^sluice_commands_open\{state="accepted"\} 1$/m);
+      expect(metrics.body).toMatch(/^sluice_commands_open_by_age\{le="60"\} 0$/m);
+      expect(metrics.body).toMatch(/^sluice_commands_open_by_age\{le="600"\} 1$/m);
+      expect(metrics.body).toMatch(/^sluice_commands_oldest_open_age_seconds 1[23]\d/m);
+      const ready = await https(port, 'GET', '/readyz');
+      expect(ready.status).toBe(503);
+      expect(JSON.parse(ready.body)).toMatchObject({
+        checks: {
+          commands: {
+            ok: false,
+            detail: expect.stringMatching(/1 stuck.*orphan-1 on removed-valve/),
+          },
+        },
+      });
+    } finally {
+      await daemon.stop();
+      // Settled by hand (as an operator would), so that the other tests see a clean journal.
+      const j = SqliteJournal.open({ path: journalPath });
+      j.settle({ scope: 'scada', key: 'orphan-1' }, 'accepted', {
+        to: 'failed',
+        code: 'RESOLVED_BY_OPERATOR',
+        faultCode: null,
+        observed: null,
+        detail: 'test clean-up',
+        at: Date.now(),
+        intake: 'test',
+        render: renderResult,
+      });
+      j.close();
     }
   }, 60_000);
 
