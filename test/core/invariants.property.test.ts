@@ -242,7 +242,7 @@ describe('invariants under random interleavings, on sluice-sim', () => {
   it('I1, I2 and I3 hold, and every command ends', async () => {
     const seed = process.env.SLUICE_PROPERTY_SEED;
     const path = process.env.SLUICE_PROPERTY_PATH;
-    const runs = Number(process.env.SLUICE_PROPERTY_RUNS ?? 10);
+    const runs = Number(process.env.SLUICE_PROPERTY_RUNS ?? 30);
     const details = await fc.check(
       fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 25 }), run),
       {
@@ -260,10 +260,10 @@ describe('invariants under random interleavings, on sluice-sim', () => {
         `property failed — replay with SLUICE_PROPERTY_SEED=${details.seed} SLUICE_PROPERTY_PATH=${details.counterexamplePath ?? ''}`,
       );
     }
+    expect(details.failed, fc.defaultReportMessage(details) ?? '').toBe(false);
     expect(details.interrupted, 'the property was interrupted before its runs were done').toBe(
       false,
     );
     expect(details.numRuns).toBe(runs);
-    expect(details.failed, fc.defaultReportMessage(details) ?? '').toBe(false);
   }, 300_000);
 });

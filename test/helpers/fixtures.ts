@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { DeviceProfile, ProfileTiming } from '../../src/core/profile.js';
+import type { DeviceProfile } from '../../src/core/profile.js';
 import { loadProfiles } from '../../src/profiles/load.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 
@@ -13,23 +13,6 @@ export function profile(name: 'valve' | 'actuator'): DeviceProfile {
   const p = PROFILES.get(name);
   if (p === undefined) throw new Error(`no profile ${name}`);
   return p;
-}
-
-/** Timings scaled for the in-memory controller double (travel of tens of milliseconds). */
-export const FAST: ProfileTiming = {
-  defaultTtlMs: 30_000,
-  confirmTimeoutMs: 600,
-  pollIntervalMs: 5,
-  mismatchGraceMs: 40,
-  redispatchGuardMs: 60,
-};
-
-export function fastProfile(
-  name: 'valve' | 'actuator',
-  timing: Partial<ProfileTiming> = {},
-): DeviceProfile {
-  const p = profile(name);
-  return { ...p, timing: { ...FAST, ...timing } };
 }
 
 /** A fresh directory per test; removed by the returned cleanup. */

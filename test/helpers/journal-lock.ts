@@ -14,11 +14,20 @@ export async function lockHolder(path: string): Promise<{
     [
       '-e',
       `const db = new (require('better-sqlite3'))(process.argv[1]);
+       let until = 0;
+       let timer = null;
+       const release = () => {
+         timer = null;
+         if (Date.now() < until) { timer = setTimeout(release, until - Date.now()); return; }
+         db.exec('COMMIT');
+       };
        process.stdout.write('ready\\n');
-       process.stdin.on('data', (d) => {
-         db.exec('BEGIN IMMEDIATE');
+       require('readline').createInterface({ input: process.stdin }).on('line', (line) => {
+         // A hold while holding extends the lock: one transaction, held to the later end.
+         if (timer === null) db.exec('BEGIN IMMEDIATE');
+         until = Math.max(until, Date.now() + Number(line.trim()));
+         if (timer === null) timer = setTimeout(release, until - Date.now());
          process.stdout.write('locked\\n');
-         setTimeout(() => db.exec('COMMIT'), Number(String(d).trim()));
        });`,
       path,
     ],
@@ -30,6 +39,9 @@ export async function lockHolder(path: string): Promise<{
         resolve();
       });
       child.once('error', reject);
+      child.once('exit', (code) => {
+        reject(new Error(`the journal lock holder exited (${code ?? 'signal'})`));
+      });
     });
   await line();
   return {

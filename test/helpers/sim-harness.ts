@@ -78,7 +78,7 @@ export class SimHarness {
     this.path = join(dir, 'journal.db');
     this.logger =
       process.env.SLUICE_TEST_DEBUG === '1'
-        ? (pino({ level: 'debug' }, pino.destination(2)))
+        ? pino({ level: 'debug' }, pino.destination(2))
         : silentLogger;
   }
 
@@ -209,7 +209,8 @@ export class SimHarness {
               namespaceUri: e.namespaceUri,
               securityMode: 'None',
               securityPolicy: 'None',
-              requestTimeoutMs: 500,
+              // Below the default guard (the configuration refuses a guard not longer).
+              requestTimeoutMs: 350,
             };
       for (const device of plc.devices) {
         inventory.devices[device.id] = {
