@@ -32,7 +32,12 @@ function rb(over: Partial<TimedReadback>): TimedReadback {
   };
 }
 
-const judge = (readback: TimedReadback, p = valve, confirm = ['OPEN'], position: number | null = null) =>
+const judge = (
+  readback: TimedReadback,
+  p = valve,
+  confirm = ['OPEN'],
+  position: number | null = null,
+) =>
   judgeWritten({
     profile: p,
     readback,
