@@ -22,6 +22,7 @@ export const REJECT_CODES = [
   'STALE_COMMAND',
   'CLOCK_SKEW',
   'FORBIDDEN_DEVICE',
+  'SUPERSEDED',
 ] as const;
 export type RejectCode = (typeof REJECT_CODES)[number];
 
@@ -30,6 +31,7 @@ export const FAIL_CODES = [
   'READBACK_MISMATCH',
   'DEVICE_UNREACHABLE',
   'DEVICE_FAULT',
+  'INTERRUPTED',
   'RESOLVED_BY_OPERATOR',
 ] as const;
 export type FailCode = (typeof FAIL_CODES)[number];
@@ -56,7 +58,38 @@ export interface CommandRequest {
 }
 
 // RFC 3339 date-time: a full date, a time, optional fractions and a mandatory offset.
-const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
+const RFC3339 =
+  /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|([+-])(\d{2}):(\d{2}))$/;
+
+/**
+ * Whether every field of an RFC 3339 date-time is in range: `Date.parse` rolls 30 February over
+ * into 2 March, so the calendar is checked here (RFC 3339 §5.7; a leap second is refused, since
+ * JavaScript time has none).
+ */
+function isCalendarValid(value: string): boolean {
+  const m = RFC3339.exec(value);
+  if (m === null) return false;
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  const leap = (year % 4 === 0 && year % 100 !== 0) || year % 400 === 0;
+  const days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1];
+  if (days === undefined || day < 1 || day > days) return false;
+  if (hour > 23 || minute > 59 || second > 59) return false;
+  if (m[9] !== undefined && (Number(m[10]) > 23 || Number(m[11]) > 59)) return false;
+  return !Number.isNaN(Date.parse(value));
+}
+
+/**
+ * Fields of a result document (SPEC §2) that no command carries. A result is never taken for a
+ * command, e.g. one published to a topic that another gateway reads as commands.
+ */
+const RESULT_ONLY_FIELDS = ['state', 'code', 'observed', 'settledAt', 'replayed'] as const;
 
 const commandSchema = z
   .object({
@@ -66,13 +99,22 @@ const commandSchema = z
     issuedAt: z
       .string()
       .regex(RFC3339, 'must be an RFC 3339 date-time with an offset')
-      .refine((s) => !Number.isNaN(Date.parse(s)), 'is not a valid date-time')
+      .refine(isCalendarValid, 'is not a valid date-time (day, month or time out of range)')
       .optional(),
     ttlMs: z.number().int().min(1).max(MAX_TTL_MS).optional(),
   })
   // Intakes may carry their own fields (the MQTT payload's `key`); they are not part of the command.
   .loose()
   .superRefine((value, ctx) => {
+    for (const field of RESULT_ONLY_FIELDS) {
+      if (Object.hasOwn(value, field)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: [field],
+          message: 'is a field of a result document, not of a command; refusing it as a command',
+        });
+      }
+    }
     if (value.action === 'move' && value.position === undefined) {
       ctx.addIssue({ code: 'custom', path: ['position'], message: 'is required for move' });
     }

@@ -71,10 +71,12 @@ const OUTCOME_TITLES: Partial<Record<ResultCode, string>> = {
   STALE_COMMAND: 'Rejected: command past its deadline',
   CLOCK_SKEW: 'Rejected: issuedAt too far in the future',
   FORBIDDEN_DEVICE: 'Rejected: device not allowed for this identity',
+  SUPERSEDED: 'Rejected: superseded by a stop before it was written',
   READBACK_TIMEOUT: 'Failed: no confirming readback in time',
   READBACK_MISMATCH: 'Failed: readback shows another state',
   DEVICE_UNREACHABLE: 'Failed: device unreachable',
   DEVICE_FAULT: 'Failed: device fault',
+  INTERRUPTED: 'Failed: interrupted by a stop',
   RESOLVED_BY_OPERATOR: 'Failed: resolved by an operator',
 };
 

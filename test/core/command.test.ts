@@ -58,6 +58,48 @@ describe('parseCommandRequest', () => {
   });
 });
 
+describe('parseCommandRequest: dates and result documents', () => {
+  const base = { device: 'v1', action: 'open' };
+  it('refuses a date the calendar does not have, instead of rolling it over', () => {
+    for (const issuedAt of [
+      '2026-02-30T10:00:00Z',
+      '2026-02-29T10:00:00Z',
+      '2026-04-31T10:00:00Z',
+      '2026-13-01T10:00:00Z',
+      '2026-01-01T24:00:00Z',
+      '2026-01-01T10:60:00Z',
+      '2026-01-01T10:00:60Z',
+      '2026-01-01T10:00:00+24:00',
+    ]) {
+      expect(() => parseCommandRequest({ ...base, issuedAt }), issuedAt).toThrow(
+        /issuedAt: is not a valid date-time/,
+      );
+    }
+    expect(parseCommandRequest({ ...base, issuedAt: '2028-02-29T10:00:00Z' }).issuedAt).toBe(
+      '2028-02-29T10:00:00.000Z',
+    );
+    expect(parseCommandRequest({ ...base, issuedAt: '2026-12-31T23:59:59+14:00' }).issuedAt).toBe(
+      '2026-12-31T09:59:59.000Z',
+    );
+  });
+
+  it('refuses a result document: it is never taken for a command', () => {
+    const result = {
+      key: 'k',
+      device: 'v1',
+      action: 'open',
+      state: 'rejected',
+      code: 'FORBIDDEN_DEVICE',
+      observed: null,
+      replayed: false,
+    };
+    expect(() => parseCommandRequest(result)).toThrow(
+      /state: is a field of a result document[\s\S]*code: is a field/,
+    );
+    expect(() => parseCommandRequest({ ...base, state: 'OPEN' })).toThrow(InvalidCommandError);
+  });
+});
+
 describe('parseIdempotencyKey', () => {
   it('accepts 1 to 255 printable ASCII characters', () => {
     expect(parseIdempotencyKey('a')).toBe('a');
