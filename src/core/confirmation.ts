@@ -25,6 +25,8 @@ interface WrittenContext {
   /** Monotonic time at which confirmation gives up. */
   confirmByMono: number;
   readonly windowMs: number;
+  /** Stops accepted after the command, as last looked up for an echo. */
+  stops?: { readonly echo: number | null; readonly found: readonly CommandRecord[] };
 }
 
 type WriteOutcome =
@@ -39,10 +41,6 @@ export class ConfirmationLoop {
   constructor(host: ExecutionHost, reads: DeviceReads) {
     this.host = host;
     this.reads = reads;
-  }
-
-  private aborted(): boolean {
-    return this.host.signal.aborted;
   }
 
   /** Sends the first write of a command just journaled `dispatched`, and confirms it. */
@@ -165,10 +163,10 @@ export class ConfirmationLoop {
     let first = true;
     while (clock.elapsed() < ctx.confirmByMono) {
       if (!(first && readAtOnce)) {
-        await clock.sleep(profile.timing.pollIntervalMs, this.host.signal);
+        await clock.sleep(profile.timing.pollIntervalMs, lane.signal);
       }
       first = false;
-      if (this.aborted()) return;
+      if (aborted(lane)) return;
       const readback = await this.reads.tryRead(lane, log);
       if (readback === null) continue;
       lastGood = readback;
@@ -250,7 +248,7 @@ export class ConfirmationLoop {
           break;
       }
     }
-    if (this.aborted()) return;
+    if (aborted(lane)) return;
     if (lastGood === null) {
       this.host.settle(log, record, 'dispatched', {
         to: 'failed',
@@ -301,6 +299,30 @@ export class ConfirmationLoop {
       nowWall: clock.now(),
     });
     const prefix = `the controller never echoed sequence number ${seq}`;
+    // A stop of ours that came after this command (SPEC §2): if the controller took it, this
+    // command was interrupted; either way, it is never written again.
+    const stops =
+      readback.seq !== ctx.before.seq || verdict.kind === 'redispatch'
+        ? this.laterStops(record, ctx, readback.seq)
+        : [];
+    const taken = stops.find((r) => r.seq !== null && r.seq === readback.seq);
+    if (taken !== undefined) {
+      const at = readback.position === null ? '' : ` at ${readback.position} %`;
+      this.host.settle(log, record, 'dispatched', {
+        to: 'failed',
+        code: 'INTERRUPTED',
+        faultCode: null,
+        observed: observe(readback),
+        detail: `stopped by ${taken.key}${at}: the controller took the stop and shows ${readback.state}`,
+      });
+      return { kind: 'settled' };
+    }
+    if (stops.length > 0 && verdict.kind === 'redispatch') {
+      return {
+        kind: 'waiting',
+        reason: `${prefix}; the stop ${stops[0]?.key ?? ''} followed it, so it is not written again and whether it was applied is unknown`,
+      };
+    }
     switch (verdict.kind) {
       case 'wait':
         return { kind: 'waiting', reason: `${prefix}; ${verdict.reason}` };
@@ -337,6 +359,31 @@ export class ConfirmationLoop {
         return { kind: 'redispatched', record: again };
       }
     }
+  }
+
+  /**
+   * The stops accepted on the device after this command, newest first, as journaled; looked up
+   * once per echo the controller shows (the confirm loop polls).
+   */
+  private laterStops(
+    record: CommandRecord,
+    ctx: WrittenContext,
+    echo: number | null,
+  ): readonly CommandRecord[] {
+    if (ctx.stops?.echo === echo) return ctx.stops.found;
+    const found = this.host.journal
+      .list({ device: record.device, since: record.acceptedAt, limit: 100 })
+      .filter(
+        (r) =>
+          r.action === 'stop' &&
+          r.key !== record.key &&
+          (r.acceptedAt > record.acceptedAt ||
+            (r.dispatchedAt !== null &&
+              record.dispatchedAt !== null &&
+              r.dispatchedAt > record.dispatchedAt)),
+      );
+    ctx.stops = { echo, found };
+    return found;
   }
 
   /** Remembers the write about to be sent: the lane's last write, in flight. */
@@ -399,4 +446,9 @@ function requireSeq(record: CommandRecord): number {
   if (record.seq === null)
     throw new Error(`dispatched command ${record.key} has no sequence number`);
   return record.seq;
+}
+
+/** A function, not a property read: the flag changes across awaits (and narrowing forgets). */
+function aborted(lane: Lane): boolean {
+  return lane.signal.aborted;
 }

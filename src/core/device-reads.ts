@@ -48,8 +48,8 @@ export class DeviceReads {
       else if (result.readback.requestedMono >= notBeforeMono) {
         return { readback: result.readback, lastError };
       }
-      if (done() || this.host.signal.aborted) return { readback: null, lastError };
-      await this.host.clock.sleep(pause, this.host.signal);
+      if (done() || aborted(lane)) return { readback: null, lastError };
+      await this.host.clock.sleep(pause, lane.signal);
       pause = Math.min(pause * 2, 2_000);
     }
   }
@@ -69,7 +69,7 @@ export class DeviceReads {
     const { driver } = lane.binding;
     try {
       const requestedMono = this.host.clock.elapsed();
-      const sample = await driver.readClock(this.host.signal);
+      const sample = await driver.readClock(lane.signal);
       const receivedMono = this.host.clock.elapsed();
       // The epoch after the read: a reconnect during it means the read went over the new one.
       const epoch = driver.health().connectionEpoch;
@@ -108,7 +108,7 @@ export class DeviceReads {
     const requestedMono = this.host.clock.elapsed();
     let readback: TimedReadback;
     try {
-      const raw = await driver.read(this.host.signal);
+      const raw = await driver.read(lane.signal);
       readback = { ...raw, requestedMono, receivedMono: this.host.clock.elapsed() };
     } catch (error) {
       return { error: error instanceof Error ? error.message : String(error), unknownState: false };
@@ -123,4 +123,9 @@ export class DeviceReads {
     this.host.mirror(lane, readback);
     return { readback };
   }
+}
+
+/** A function, not a property read: the flag changes across awaits (and narrowing forgets). */
+function aborted(lane: Lane): boolean {
+  return lane.signal.aborted;
 }

@@ -7,7 +7,7 @@ import type { Logger } from './logger.js';
 import { meetsExpectation, observe, type Expectation } from './readback.js';
 import { allocateSeq } from './sequence.js';
 import type { TimedReadback } from './skew.js';
-import { decide, formatFaultCode } from './state-machine.js';
+import { decide, formatFaultCode, type Decision } from './state-machine.js';
 
 /**
  * Carrying out one `accepted` command on its device: freshness, the fresh read and the
@@ -27,11 +27,6 @@ export class CommandExecution {
     this.confirmation = new ConfirmationLoop(host, this.reads);
   }
 
-  /** A method, not a property read: the flag changes across awaits. */
-  private aborted(): boolean {
-    return this.host.signal.aborted;
-  }
-
   /** Takes up a command left `dispatched` (crash, journal stall): settled by readback. */
   takeUpDispatched(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
     return this.confirmation.takeUp(lane, record, log);
@@ -39,7 +34,6 @@ export class CommandExecution {
 
   async handleAccepted(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
     const { clock } = this.host;
-    const { profile } = lane.binding;
     if (this.rejectIfStale(record, null, log)) return;
     // The state-machine check runs against a fresh read, never against a cached mirror.
     const read = await this.reads.readUntil(
@@ -47,7 +41,7 @@ export class CommandExecution {
       () => clock.now() >= record.deadline,
       clock.elapsed(),
     );
-    if (this.aborted()) return;
+    if (aborted(lane)) return;
     if (read.readback === null) {
       this.host.settle(log, record, 'accepted', {
         to: 'failed',
@@ -59,7 +53,7 @@ export class CommandExecution {
       return;
     }
     const before = read.readback;
-    const decision = decide(profile, before.state, record.action);
+    const decision = this.decideFor(lane, record, before);
     const expect: Expectation = { confirm: [], position: record.position };
     switch (decision.kind) {
       case 'reject':
@@ -86,7 +80,7 @@ export class CommandExecution {
       case 'write': {
         // Measured before the dispatch, so that readbacks can be placed in time (SPEC §6).
         await this.reads.ensureSkew(lane, log);
-        if (this.aborted()) return;
+        if (aborted(lane)) return;
         // I3: freshness again in the same step as the dispatch, with no wait in between: the
         // skew read above may have taken up to a request timeout.
         if (this.rejectIfStale(record, before, log)) return;
@@ -108,6 +102,45 @@ export class CommandExecution {
         return;
       }
     }
+  }
+
+  /**
+   * The state-machine decision on a fresh read. A stop that preempted a written command
+   * decides on what the controller will do: the preempted write may not be taken yet (the read
+   * does not show its echo), yet it reached the controller first and will be taken first. So
+   * the stop is written whenever it would be from the state that write leads to, and it is
+   * confirmed by any state a stop leaves the device in from there (SPEC §2).
+   */
+  private decideFor(lane: Lane, record: CommandRecord, before: TimedReadback): Decision {
+    const { profile } = lane.binding;
+    const actual = decide(profile, before.state, record.action);
+    const interrupted = lane.interrupted;
+    if (
+      record.action !== 'stop' ||
+      interrupted?.stop.key !== record.key ||
+      actual.kind === 'reject'
+    ) {
+      return actual;
+    }
+    const target = this.host.journal.get(interrupted.target);
+    if (
+      target?.state !== 'dispatched' ||
+      target.seq === null ||
+      target.observedBefore === null ||
+      before.seq === target.seq
+    ) {
+      return actual;
+    }
+    const written = decide(profile, target.observedBefore.state, target.action);
+    if (written.kind !== 'write') return actual;
+    const expected = decide(profile, written.next, 'stop');
+    if (expected.kind !== 'write') return actual;
+    const confirm = new Set<string>(expected.confirm);
+    for (const state of [before.state, ...written.confirm]) {
+      const cell = decide(profile, state, 'stop');
+      if (cell.kind !== 'reject') for (const c of cell.confirm) confirm.add(c);
+    }
+    return { kind: 'write', next: expected.next, confirm: [...confirm] };
   }
 
   /** Rejects the command when its deadline has passed or it lies too far in the future (I3). */
@@ -175,8 +208,8 @@ export class CommandExecution {
         }
       }
       if (clock.elapsed() >= confirmBy) break;
-      await clock.sleep(profile.timing.pollIntervalMs, this.host.signal);
-      if (this.aborted()) return;
+      await clock.sleep(profile.timing.pollIntervalMs, lane.signal);
+      if (aborted(lane)) return;
       readback = (await this.reads.tryRead(lane, log)) ?? readback;
     }
     this.host.settle(log, record, 'accepted', {
@@ -187,4 +220,9 @@ export class CommandExecution {
       detail: `no readback showed ${expect.confirm.join(' or ')} within ${profile.timing.confirmTimeoutMs} ms; nothing was written`,
     });
   }
+}
+
+/** A function, not a property read: the flag changes across awaits (and narrowing forgets). */
+function aborted(lane: Lane): boolean {
+  return lane.signal.aborted;
 }

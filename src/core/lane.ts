@@ -38,6 +38,18 @@ export interface Lane {
   mirror: TimedReadback | null;
   skew: SkewEstimate | null;
   lastWrite: LastWrite | null;
+  /**
+   * Aborted when the pipeline stops, or when a stop preempts the command being handled (SPEC
+   * §2: a stop is not queued behind travel). Reads and pauses follow it; a write in progress
+   * is completed, so that its fate is known.
+   */
+  signal: AbortSignal;
+  /** Preempts the command being handled; null between commands. */
+  preempt: AbortController | null;
+  /** The command a stop preempted, and that stop, until the stop is terminal. */
+  interrupted: { readonly target: CommandRef; readonly stop: CommandRef } | null;
+  /** Commands superseded by a stop (never written) whose rejection is still to be journaled. */
+  readonly superseded: Set<string>;
 }
 
 export const PIPELINE = 'pipeline';
@@ -64,7 +76,7 @@ export interface ExecutionHost {
    * its deadline: a driver may need that long to (re)connect after a restart.
    */
   readonly unreachableGraceMs: number;
-  /** Aborted when the pipeline gives up waiting at shutdown. */
+  /** Aborted when the pipeline gives up waiting at shutdown (lanes follow it). */
   readonly signal: AbortSignal;
   /** Journals the outcome and tells waiters and listeners; null when it could not. */
   settle(

@@ -120,6 +120,10 @@ export class CommandPipeline {
         skew: null,
         unresolved: null,
         lastWrite: null,
+        signal: this.abort.signal,
+        preempt: null,
+        interrupted: null,
+        superseded: new Set(),
       });
     }
     this.execution = new CommandExecution({
@@ -234,8 +238,61 @@ export class CommandPipeline {
       });
       return { kind: 'new', record: settled ?? record };
     }
+    if (record.action === 'stop') {
+      try {
+        this.stopPreempts(lane, record, log);
+      } catch (error) {
+        // The stop is journaled; it still runs (the sweep would find it otherwise).
+        log.error({ err: error }, 'stop could not preempt the command in flight');
+      }
+    }
     this.enqueue(lane, record);
     return claim;
+  }
+
+  /**
+   * SPEC §2: a stop is not queued behind travel. It goes first on its device; the command in
+   * flight (or left open) is preempted — if it was never written it is superseded, if it was
+   * written it is judged again once the stop is terminal (INTERRUPTED when the controller took
+   * the stop) and never written again; commands accepted before the stop and not yet written
+   * end `rejected` `SUPERSEDED`. Commands accepted after the stop queue behind it as usual.
+   */
+  private stopPreempts(lane: Lane, stop: CommandRecord, log: Logger): void {
+    const target = lane.inFlight ?? lane.unresolved;
+    const ahead = lane.queue.splice(0, lane.queue.length);
+    if (target === null && ahead.length === 0) return;
+    for (const ref of ahead) this.supersede(lane, ref, stop, log);
+    if (target === null || lane.interrupted !== null) return;
+    const current = this.journal.get(target);
+    if (current === undefined || isTerminal(current.state) || current.action === 'stop') return;
+    log.warn({ preempts: target.key }, 'stop preempts the command in flight');
+    lane.interrupted = { target: { scope: target.scope, key: target.key }, stop };
+    if (lane.unresolved !== null && refId(lane.unresolved) === refId(target)) {
+      // No worker holds it: the stop runs first, then it is judged again.
+      lane.unresolved = null;
+      if (current.state === 'accepted') this.supersede(lane, target, stop, log);
+    }
+    lane.preempt?.abort();
+  }
+
+  /** A command accepted before a stop and never written: rejected SUPERSEDED. */
+  private supersede(lane: Lane, ref: CommandRef, stop: CommandRef, log: Logger): void {
+    const record = this.journal.get(ref);
+    if (record === undefined || record.state !== 'accepted') return;
+    lane.superseded.add(refId(ref));
+    const settled = this.settle(this.commandLogger(record), record, 'accepted', {
+      to: 'rejected',
+      code: 'SUPERSEDED',
+      faultCode: null,
+      observed: null,
+      detail: `superseded by the stop ${stop.key}, accepted before it was written; nothing was written`,
+    });
+    if (settled !== null) lane.superseded.delete(refId(ref));
+    else {
+      // Journal unavailable: it stays marked and is rejected when the device comes to it.
+      lane.queue.push({ scope: ref.scope, key: ref.key });
+      log.warn({ superseded: ref.key }, 'superseded command not yet journaled as such');
+    }
   }
 
   /** The command as journaled now. */
@@ -458,9 +515,22 @@ export class CommandPipeline {
         this.leftOpen(lane, ref, this.logger.child({ key: ref.key }), error);
         return;
       }
-      if (record === undefined || isTerminal(record.state)) continue;
-      lane.inFlight = ref;
+      if (record === undefined || isTerminal(record.state)) {
+        lane.superseded.delete(refId(ref));
+        this.afterStop(lane, ref);
+        continue;
+      }
       const log = this.commandLogger(record);
+      if (lane.superseded.has(refId(ref))) {
+        const stop = lane.interrupted?.stop ?? { scope: ref.scope, key: '(a stop)' };
+        lane.superseded.delete(refId(ref));
+        this.supersede(lane, ref, stop, log);
+        continue;
+      }
+      lane.inFlight = ref;
+      const preempt = new AbortController();
+      lane.preempt = preempt;
+      lane.signal = AbortSignal.any([this.abort.signal, preempt.signal]);
       let failure: unknown = null;
       try {
         if (record.state === 'accepted') await this.execution.handleAccepted(lane, record, log);
@@ -469,9 +539,12 @@ export class CommandPipeline {
         failure = error;
       } finally {
         lane.inFlight = null;
+        lane.preempt = null;
+        lane.signal = this.abort.signal;
       }
       if (this.aborted()) return;
-      // Whatever happened, the device moves on only once the command is terminal.
+      // Whatever happened, the device moves on only once the command is terminal — or a stop
+      // preempted it (SPEC §2).
       let after: CommandRecord | undefined;
       try {
         after = this.journal.get(ref);
@@ -479,11 +552,32 @@ export class CommandPipeline {
         this.leftOpen(lane, ref, log, failure ?? error);
         return;
       }
+      if (preempt.signal.aborted && lane.interrupted?.target.key === ref.key) {
+        if (after?.state === 'accepted') {
+          this.supersede(lane, ref, lane.interrupted.stop, log);
+        }
+        // A written command is judged again once the stop is terminal (afterStop).
+        continue;
+      }
       if (after !== undefined && !isTerminal(after.state)) {
         this.leftOpen(lane, ref, log, failure);
         return;
       }
+      this.afterStop(lane, ref);
     }
+  }
+
+  /**
+   * Once a stop that preempted a written command is terminal, that command is taken up again,
+   * first: its readbacks decide — INTERRUPTED when the controller took the stop, its own
+   * outcome when the stop never reached it. It is never written again (confirmation.ts).
+   */
+  private afterStop(lane: Lane, ref: CommandRef): void {
+    const interrupted = lane.interrupted;
+    if (interrupted === null || refId(interrupted.stop) !== refId(ref)) return;
+    lane.interrupted = null;
+    const target = this.journal.get(interrupted.target);
+    if (target !== undefined && !isTerminal(target.state)) lane.unresolved = interrupted.target;
   }
 
   /**

@@ -318,7 +318,8 @@ describe('freshness (I3)', () => {
     const h = await start({ travelMs: 300 });
     const valve = h.device('v1');
     h.submit('k1', open);
-    h.submit('k2', { device: 'v1', action: 'stop', ttlMs: 100 });
+    // Not a stop: a stop would preempt the open (stop.test.ts).
+    h.submit('k2', { device: 'v1', action: 'close', ttlMs: 100 });
     const r = await h.settled('k2');
     const k1 = await h.settled('k1');
     expect(r).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND', seq: null });

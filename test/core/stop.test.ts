@@ -1,0 +1,131 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { SimHarness } from '../helpers/sim-harness.js';
+
+/**
+ * SPEC §2: a stop is not queued behind travel. On the real parts (the pipeline with the real
+ * drivers against sluice-sim, a real journal): the stop is dispatched at once, the command it
+ * interrupts ends `failed` `INTERRUPTED` and is never written again, commands accepted before
+ * the stop and not yet written end `rejected` `SUPERSEDED`, and commands after it run as usual.
+ * Ground truth: the simulator's write log and live state.
+ */
+
+let h: SimHarness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+async function stopAtAbout(harness: SimHarness, device: string, percent: number): Promise<void> {
+  await harness.until(
+    () => harness.device(device).snapshot().position >= percent,
+    10_000,
+    `${device} at ${percent} %`,
+  );
+}
+
+describe('stop preempts travel', () => {
+  for (const device of ['v1', 'u1']) {
+    it(`stops ${device === 'v1' ? 'a Modbus' : 'an OPC UA'} valve near 40 %: the open is interrupted, never re-sent`, async () => {
+      h = await SimHarness.start({
+        travelMs: 1_500,
+        opcua: device === 'u1',
+        timing: { confirmTimeoutMs: 5_000 },
+      });
+      const valve = h.device(device);
+      const open = h.submit('open-1', { device, action: 'open' }).record;
+      await stopAtAbout(h, device, 40);
+      h.submit('stop-1', { device, action: 'stop' });
+      const stop = await h.settled('stop-1');
+      const opened = await h.settled('open-1');
+      expect(stop).toMatchObject({ state: 'confirmed', action: 'stop' });
+      expect(stop.observed?.state).toBe('STOPPED');
+      expect(opened).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+      expect(opened.detail).toMatch(/^stopped by stop-1 at \d+(\.\d)? %/);
+      // Ground truth: the valve rests near 40 %, and each key reached it exactly once.
+      const live = valve.snapshot();
+      expect(live.state).toBe('STOPPED');
+      expect(live.position).toBeGreaterThan(35);
+      expect(live.position).toBeLessThan(60);
+      expect(valve.writesWithSeq(opened.seq!)).toBe(1);
+      expect(valve.writesWithSeq(stop.seq!)).toBe(1);
+      expect(valve.writeLog.map((w) => w.seq)).toEqual([open.seq ?? opened.seq, stop.seq]);
+      expect(Math.abs(opened.observed!.position! - live.position)).toBeLessThan(1);
+    });
+  }
+
+  it('supersedes the commands accepted before the stop; those after it run as usual', async () => {
+    h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
+    const valve = h.device('v1');
+    h.submit('a', { device: 'v1', action: 'open' });
+    h.submit('b', { device: 'v1', action: 'close' });
+    h.submit('c', { device: 'v1', action: 'open' });
+    await stopAtAbout(h, 'v1', 20);
+    h.submit('s', { device: 'v1', action: 'stop' });
+    h.submit('d', { device: 'v1', action: 'close' });
+    const [a, b, c, s, d] = [
+      await h.settled('a'),
+      await h.settled('b'),
+      await h.settled('c'),
+      await h.settled('s'),
+      await h.settled('d'),
+    ];
+    expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    for (const superseded of [b, c]) {
+      expect(superseded).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', seq: null });
+      expect(superseded.detail).toMatch(/superseded by the stop s/);
+    }
+    expect(s).toMatchObject({ state: 'confirmed' });
+    expect(d).toMatchObject({ state: 'confirmed' });
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s.seq, d.seq]);
+    expect(valve.snapshot().state).toBe('CLOSED');
+  });
+
+  it('supersedes a command in flight that was not yet written', async () => {
+    h = await SimHarness.start({ requestTimeoutMs: 1_000, timing: { redispatchGuardMs: 1_200 } });
+    // Reads take 300 ms: the open is still reading its device when the stop comes.
+    h.plant.plc('mb').setFault({ kind: 'latency', ms: 300, on: 'read' });
+    h.submit('a', { device: 'v1', action: 'open' });
+    h.submit('s', { device: 'v1', action: 'stop' });
+    const [a, s] = [await h.settled('a'), await h.settled('s')];
+    expect(a).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', seq: null });
+    expect(s).toMatchObject({ state: 'confirmed' });
+    expect(s.detail).toMatch(/no-op/);
+    expect(h.device('v1').counters.writesReceived).toBe(0);
+  });
+
+  it('a stop that comes before the controller took the preempted write still stops it', async () => {
+    h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
+    const valve = h.device('v1');
+    // The controller is busy: the open arrives (acknowledged) but is not taken for 400 ms.
+    valve.setFault({ kind: 'hold', ms: 400 });
+    h.submit('a', { device: 'v1', action: 'open' });
+    await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the open');
+    h.submit('s', { device: 'v1', action: 'stop' });
+    const [a, s] = [await h.settled('a'), await h.settled('s')];
+    expect(s).toMatchObject({ state: 'confirmed' });
+    expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    // Taken in arrival order: the open, then the stop, in the same scan or the next.
+    expect(valve.writeLog.map((w) => [w.seq, w.outcome])).toEqual([
+      [a.seq, 'accepted'],
+      [s.seq, 'accepted'],
+    ]);
+    expect(valve.snapshot().position).toBeLessThan(10);
+    expect(['STOPPED', 'CLOSED']).toContain(valve.snapshot().state);
+  });
+
+  it('after a crash between the stop and its outcome, recovery still says INTERRUPTED', async () => {
+    h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
+    const valve = h.device('v1');
+    h.submit('a', { device: 'v1', action: 'open' });
+    await stopAtAbout(h, 'v1', 30);
+    h.submit('s', { device: 'v1', action: 'stop' });
+    await h.until(() => valve.counters.writesReceived === 2, 5_000, 'the stop');
+    await h.crash();
+    h.restart();
+    const [a, s] = [await h.settled('a'), await h.settled('s')];
+    expect(s).toMatchObject({ state: 'confirmed' });
+    expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+    expect(valve.writesWithSeq(a.seq!)).toBe(1);
+    expect(valve.snapshot().state).toBe('STOPPED');
+  });
+});
