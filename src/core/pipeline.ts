@@ -391,6 +391,8 @@ export class CommandPipeline {
       for (const ref of lane.queue) live.add(refId(ref));
       if (lane.inFlight !== null) live.add(refId(lane.inFlight));
       if (lane.unresolved !== null) live.add(refId(lane.unresolved));
+      // Preempted by a stop: taken up again once the stop is terminal.
+      if (lane.interrupted !== null) live.add(refId(lane.interrupted.target));
     }
     // Dispatched first, then accepted in the order they were accepted (listOpen's order).
     const ordered = [
