@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { MAX_TTL_MS } from '../core/command.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { checkInventory, deviceSchema, plcSchema } from '../drivers/inventory-schema.js';
+import { topicFilterProblem, topicRootProblem } from '../intake/mqtt-topics.js';
 import { packageRoot } from '../package-root.js';
 import { loadProfiles } from '../profiles/load.js';
 
@@ -29,6 +30,58 @@ const identitySchema = z.strictObject({
   certificateCn: z.string().min(1).optional(),
   /** Devices this identity may command; ["*"] for all. */
   devices: z.array(z.string().min(1)).min(1),
+});
+
+/** A refinement from a function that names what is wrong with a value (null: nothing). */
+function problemCheck(
+  problem: (value: string) => string | null,
+  what: string,
+): (value: string, ctx: z.RefinementCtx) => void {
+  return (value, ctx) => {
+    const found = problem(value);
+    if (found !== null) ctx.addIssue({ code: 'custom', message: `${what}: ${found}` });
+  };
+}
+
+/** The `mqtt` section (docs/configuration.md); exported for tests that build an intake. */
+export const mqttConfigSchema = z.strictObject({
+  url: z
+    .string()
+    .regex(/^(mqtts?|tcp|ssl|wss?):\/\/.+/, 'an mqtt://, mqtts://, ws:// or wss:// URL'),
+  clientId: z.string().min(1).max(128).optional(),
+  username: z.string().min(1).optional(),
+  passwordFile: z.string().min(1).optional(),
+  caFile: z.string().min(1).optional(),
+  certFile: z.string().min(1).optional(),
+  keyFile: z.string().min(1).optional(),
+  /**
+   * `auto`: MQTT 5, and 3.1.1 when the broker refuses 5 (SPEC §5); 5 or 4: that version
+   * only (files written before `auto` keep their meaning).
+   */
+  protocolVersion: z.union([z.literal('auto'), z.literal(5), z.literal(4)]).default('auto'),
+  /** The identity MQTT commands are scoped to (keys are per identity). */
+  identity: name,
+  /** MQTT 5 session expiry: queued commands survive a gateway outage this long. */
+  sessionExpiryS: z.number().int().min(1).max(4_294_967_295).default(86_400),
+  keepaliveS: z.number().int().min(5).max(3600).default(30),
+  /** Topics are `{topicRoot}/{gatewayId}/…`; every gateway on a broker should share it. */
+  topicRoot: z
+    .string()
+    .superRefine(problemCheck(topicRootProblem, 'must be one or more plain MQTT topic levels'))
+    .default('sluice'),
+  /**
+   * Accept commands with neither issuedAt nor an MQTT 5 Message Expiry Interval (SPEC §5):
+   * such a command may have waited at the broker for as long as the gateway was away.
+   */
+  acceptUntimedCommands: z.boolean().default(false),
+  /**
+   * MQTT topic filters a requester's MQTT 5 Response Topic must match; [] turns response
+   * topics off. Command topics of any gateway are refused whatever this says.
+   */
+  responseTopics: z
+    .array(z.string().superRefine(problemCheck(topicFilterProblem, 'is not an MQTT topic filter')))
+    .max(100)
+    .default(['replies/#', '+/replies/#']),
 });
 
 export const configSchema = z
@@ -80,25 +133,7 @@ export const configSchema = z
           .prefault({}),
       })
       .optional(),
-    mqtt: z
-      .strictObject({
-        url: z
-          .string()
-          .regex(/^(mqtts?|tcp|ssl|wss?):\/\/.+/, 'an mqtt://, mqtts://, ws:// or wss:// URL'),
-        clientId: z.string().min(1).max(128).optional(),
-        username: z.string().min(1).optional(),
-        passwordFile: z.string().min(1).optional(),
-        caFile: z.string().min(1).optional(),
-        certFile: z.string().min(1).optional(),
-        keyFile: z.string().min(1).optional(),
-        protocolVersion: z.union([z.literal(4), z.literal(5)]).default(5),
-        /** The identity MQTT commands are scoped to (keys are per identity). */
-        identity: name,
-        /** MQTT 5 session expiry: queued commands survive a gateway outage this long. */
-        sessionExpiryS: z.number().int().min(1).max(4_294_967_295).default(86_400),
-        keepaliveS: z.number().int().min(5).max(3600).default(30),
-      })
-      .optional(),
+    mqtt: mqttConfigSchema.optional(),
     opcua: z
       .strictObject({
         /** Trust OPC UA server certificates never seen before: the demo only. */

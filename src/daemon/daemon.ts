@@ -232,8 +232,16 @@ export class Daemon {
       };
     }
     if (this.mqttIntake !== null) {
+      // The version is part of the answer: after a fallback to 3.1.1 (SPEC §5) the intake is
+      // up, without response topics and message expiry.
       const up = this.mqttIntake.connected();
-      checks.mqtt = { ok: up, detail: up ? 'connected' : 'not connected to the broker' };
+      const lastError = this.mqttIntake.health().lastError;
+      checks.mqtt = {
+        ok: up,
+        detail: up
+          ? `connected (${this.mqttIntake.protocol().summary})`
+          : `not connected to the broker${lastError === null ? '' : `: ${lastError}`}`,
+      };
     }
     if (this.httpsIntake !== null) {
       checks.https = {

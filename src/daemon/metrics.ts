@@ -11,6 +11,7 @@ export class Metrics {
   readonly latency: Histogram<'device' | 'state'>;
   readonly httpResponses: Counter<'route' | 'status'>;
   readonly mqttMessages: Counter<'outcome'>;
+  readonly mqttResponseTopicsRefused: Counter<'reason'>;
   readonly journalFailures: Counter;
 
   constructor(pipeline: CommandPipeline, clock: Clock) {
@@ -45,6 +46,12 @@ export class Metrics {
       name: 'sluice_mqtt_messages_total',
       help: 'MQTT command messages by outcome.',
       labelNames: ['outcome'],
+      registers,
+    });
+    this.mqttResponseTopicsRefused = new Counter({
+      name: 'sluice_mqtt_response_topics_refused_total',
+      help: 'MQTT 5 Response Topics not answered, by reason: invalid, system ($), command_topic (a command topic of any gateway), gateway_topic, not_allowed (not in mqtt.responseTopics).',
+      labelNames: ['reason'],
       registers,
     });
     this.journalFailures = new Counter({

@@ -24,11 +24,15 @@ export type MessageErrorCode =
   | 'SHUTTING_DOWN'
   | 'INTERNAL_ERROR';
 
+/** Why a message is not a command; `untimed` is an INVALID_COMMAND counted on its own. */
+export type MalformedCause = 'key' | 'payload' | 'topic' | 'retained' | 'command' | 'untimed';
+
 export type CommandMessage =
   | { readonly kind: 'command'; readonly key: string; readonly request: CommandRequest }
   | {
       readonly kind: 'malformed';
       readonly code: 'MISSING_IDEMPOTENCY_KEY' | 'INVALID_COMMAND';
+      readonly cause: MalformedCause;
       /** The key as sent, when one can be read, so that the issuer can match the answer. */
       readonly key: string | null;
       readonly detail: string;
@@ -36,36 +40,47 @@ export type CommandMessage =
     };
 
 export interface CommandMessageInput {
-  /** The device named by the topic `cmd/{device}`. */
+  /** The device named by the topic `cmd/{device}` (`''` for `cmd/`). */
   readonly device: string;
   readonly payload: Buffer;
   /** MQTT 5 user properties (a name sent twice arrives as an array). */
   readonly userProperties?: Readonly<Record<string, string | string[]>> | undefined;
   /** The retain flag as delivered: set only for a message replayed from the retained store. */
   readonly retained: boolean;
+  /**
+   * The MQTT 5 Message Expiry Interval as delivered (what was left of it, in seconds), when
+   * the issuer set one: the broker bounded how long the message could wait.
+   */
+  readonly messageExpiryS?: number | undefined;
+  /** `mqtt.acceptUntimedCommands`: take commands with neither issuedAt nor message expiry. */
+  readonly acceptUntimed?: boolean;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /**
  * Reads a command message: the SPEC §2 command plus `key` (or the `idempotency-key` user
- * property). The topic names the device; a payload `device`, when present, must agree.
+ * property). The topic names the device; a payload `device`, when present, must agree. A
+ * command must carry its age (SPEC §5): `issuedAt`, or an MQTT 5 Message Expiry Interval,
+ * unless the site accepts untimed commands.
  */
 export function parseCommandMessage(input: CommandMessageInput): CommandMessage {
   const propertyKeys = keyProperty(input.userProperties);
   const malformed = (
     code: 'MISSING_IDEMPOTENCY_KEY' | 'INVALID_COMMAND',
+    cause: MalformedCause,
     key: string | null,
     errors: readonly string[],
   ): CommandMessage => ({
     kind: 'malformed',
     code,
+    cause,
     key: readableKey(key),
     detail: errors.join('; '),
     errors,
   });
   if (input.payload.length > MAX_COMMAND_BYTES) {
-    return malformed('INVALID_COMMAND', propertyKeys[0] ?? null, [
+    return malformed('INVALID_COMMAND', 'payload', propertyKeys[0] ?? null, [
       `(body): ${input.payload.length} bytes; a command is at most ${MAX_COMMAND_BYTES}`,
     ]);
   }
@@ -73,12 +88,14 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
   try {
     body = JSON.parse(utf8.decode(input.payload));
   } catch {
-    return malformed('INVALID_COMMAND', propertyKeys[0] ?? null, [
+    return malformed('INVALID_COMMAND', 'payload', propertyKeys[0] ?? null, [
       '(body): not a JSON document (UTF-8)',
     ]);
   }
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
-    return malformed('INVALID_COMMAND', propertyKeys[0] ?? null, ['(body): must be a JSON object']);
+    return malformed('INVALID_COMMAND', 'payload', propertyKeys[0] ?? null, [
+      '(body): must be a JSON object',
+    ]);
   }
   const fields = body as Record<string, unknown>;
   const payloadKey = fields.key;
@@ -98,34 +115,48 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
     key = parseIdempotencyKey(payloadKey ?? propertyKey);
   } catch (error) {
     if (error instanceof InvalidKeyError) {
-      return malformed('MISSING_IDEMPOTENCY_KEY', shownKey, [`key: ${error.message}`]);
+      return malformed('MISSING_IDEMPOTENCY_KEY', 'key', shownKey, [`key: ${error.message}`]);
     }
     throw error;
   }
 
+  if (input.device.length === 0) {
+    return malformed('INVALID_COMMAND', 'topic', key, [
+      '(topic): names no device; publish commands to cmd/{device}',
+    ]);
+  }
   if (input.retained) {
     // A retained message is replayed to every new subscription, long after it was meant.
-    return malformed('INVALID_COMMAND', key, [
+    return malformed('INVALID_COMMAND', 'retained', key, [
       '(message): retained; commands are never executed from the retained store, publish them with retain off',
     ]);
   }
   if (fields.device !== undefined && fields.device !== input.device) {
-    return malformed('INVALID_COMMAND', key, [
+    return malformed('INVALID_COMMAND', 'command', key, [
       `device: ${JSON.stringify(fields.device)} does not match the topic's device "${input.device}"`,
     ]);
   }
+  let request: CommandRequest;
   try {
-    return {
-      kind: 'command',
-      key,
-      request: parseCommandRequest({ ...fields, device: input.device }),
-    };
+    request = parseCommandRequest({ ...fields, device: input.device });
   } catch (error) {
     if (error instanceof InvalidCommandError) {
-      return malformed('INVALID_COMMAND', key, error.errors);
+      return malformed('INVALID_COMMAND', 'command', key, error.errors);
     }
     throw error;
   }
+  if (
+    request.issuedAt === null &&
+    input.messageExpiryS === undefined &&
+    input.acceptUntimed !== true
+  ) {
+    // A broker keeps QoS 1 messages for an absent gateway: without its age, a command could
+    // run as long after it was meant as the gateway was away (SPEC §5, I3).
+    return malformed('INVALID_COMMAND', 'untimed', key, [
+      'issuedAt: required over MQTT (or an MQTT 5 Message Expiry Interval): a command without its age may have waited at the broker while the gateway was offline; nothing was written',
+    ]);
+  }
+  return { kind: 'command', key, request };
 }
 
 function keyProperty(

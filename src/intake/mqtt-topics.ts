@@ -1,18 +1,45 @@
 /**
- * The MQTT topic tree of one gateway (SPEC §5), under `sluice/{gatewayId}`:
- * `cmd/{device}` (in), `result/{device}`, `state/{device}` and `status` (out).
+ * The MQTT topic tree of one gateway (SPEC §5), under `{root}/{gatewayId}` (root `sluice` by
+ * default): `cmd/{device}` (in), `result/{device}`, `state/{device}` and `status` (out); and
+ * which MQTT 5 Response Topics Sluice may answer to.
  */
+
+/** The topic kinds of every gateway's tree: `{root}/{any gateway}/{kind}[/…]`. */
+const GATEWAY_KINDS = new Set(['cmd', 'result', 'state', 'status']);
+
+/** Why a requester's Response Topic was not answered: a label of a metric, no free text. */
+export type ResponseTopicRefusal =
+  /** Empty, too long, with wildcards or NUL: publishing there would be a protocol error. */
+  | 'invalid'
+  /** `$…`: the broker's own topics. */
+  | 'system'
+  /** `{root}/+/cmd/#`: a command topic of this or any other gateway (SPEC §5, issue 9). */
+  | 'command_topic'
+  /** This gateway's tree, or another gateway's result, state or status topics. */
+  | 'gateway_topic'
+  /** Not matched by `mqtt.responseTopics`. */
+  | 'not_allowed';
+
+export type ResponseTopicVerdict =
+  { readonly ok: true } | { readonly ok: false; readonly reason: ResponseTopicRefusal };
+
 export class GatewayTopics {
+  readonly root: string;
   readonly prefix: string;
   readonly commandFilter: string;
   readonly status: string;
   private readonly commandPrefix: string;
+  private readonly rootLevels: readonly string[];
 
-  constructor(gatewayId: string) {
+  constructor(gatewayId: string, root = 'sluice') {
     if (gatewayId.length === 0 || hasAny(gatewayId, ['/', '+', '#', '\u0000'])) {
       throw new Error(`gatewayId "${gatewayId}" cannot be an MQTT topic level`);
     }
-    this.prefix = `sluice/${gatewayId}`;
+    const rootProblem = topicRootProblem(root);
+    if (rootProblem !== null) throw new Error(`topic root "${root}" ${rootProblem}`);
+    this.root = root;
+    this.rootLevels = root.split('/');
+    this.prefix = `${root}/${gatewayId}`;
     this.commandPrefix = `${this.prefix}/cmd/`;
     this.commandFilter = `${this.prefix}/cmd/+`;
     this.status = `${this.prefix}/status`;
@@ -30,29 +57,95 @@ export class GatewayTopics {
     return `${this.prefix}/state/${device}`;
   }
 
-  /** The device a command topic names; null when the topic is not a command topic of ours. */
+  /**
+   * The device a command topic names: `''` for `cmd/` (an empty level, which the subscription
+   * `cmd/+` matches too), null when the topic is not a command topic of ours.
+   */
   commandDevice(topic: string): string | null {
     if (!topic.startsWith(this.commandPrefix)) return null;
     const device = topic.slice(this.commandPrefix.length);
-    return device.length === 0 || device.includes('/') ? null : device;
+    return device.includes('/') ? null : device;
   }
 
   /**
-   * Whether a requester's MQTT 5 Response Topic may be published to. Wildcards make a PUBLISH
-   * malformed (the broker would drop the connection, MQTT 5 §3.3.2.1), `$` topics belong to
-   * the broker, and nothing under our own prefix may be written by a requester's choice:
-   * a result must not be able to pose as a command, a state or the status.
+   * Whether a requester's MQTT 5 Response Topic may be published to, and why not. Never, whatever
+   * the allow-list says: a topic with wildcards (the PUBLISH would be malformed, MQTT 5
+   * §3.3.2.1), a `$` topic (the broker's), a command topic of any gateway under the root (a
+   * result there would be taken as a command by that gateway: a relay from a client allowed on
+   * one gateway to another), and the topic trees of gateways (nothing may pose as a gateway's
+   * result, state or status). Otherwise the topic must match one of the allowed filters.
    */
-  isResponseTopic(topic: string): boolean {
-    return (
-      topic.length > 0 &&
-      Buffer.byteLength(topic) <= 65_535 &&
-      !hasAny(topic, ['+', '#', '\u0000']) &&
-      !topic.startsWith('$') &&
-      topic !== this.prefix &&
-      !topic.startsWith(`${this.prefix}/`)
-    );
+  responseTopicVerdict(topic: string, allowed: readonly string[]): ResponseTopicVerdict {
+    if (
+      topic.length === 0 ||
+      Buffer.byteLength(topic) > 65_535 ||
+      hasAny(topic, ['+', '#', '\u0000'])
+    ) {
+      return refused('invalid');
+    }
+    if (topic.startsWith('$')) return refused('system');
+    const levels = topic.split('/');
+    const underRoot =
+      levels.length > this.rootLevels.length &&
+      this.rootLevels.every((level, i) => levels[i] === level);
+    if (underRoot) {
+      // {root}/{gateway}/{kind}…: `+` matches any gateway id, the empty one included.
+      const kind = levels[this.rootLevels.length + 1];
+      if (kind === 'cmd') return refused('command_topic');
+      if (kind !== undefined && GATEWAY_KINDS.has(kind)) return refused('gateway_topic');
+    }
+    if (topic === this.prefix || topic.startsWith(`${this.prefix}/`)) {
+      return refused('gateway_topic');
+    }
+    return allowed.some((filter) => topicMatches(filter, topic))
+      ? { ok: true }
+      : refused('not_allowed');
   }
+}
+
+function refused(reason: ResponseTopicRefusal): ResponseTopicVerdict {
+  return { ok: false, reason };
+}
+
+/** Null when `root` can be the topic root of gateways (one or more plain topic levels). */
+export function topicRootProblem(root: string): string | null {
+  if (root.length === 0) return 'is empty';
+  if (root.startsWith('$')) return 'starts with "$" (the broker\'s own topics)';
+  if (hasAny(root, ['+', '#', '\u0000'])) return 'has a wildcard or NUL';
+  if (root.split('/').some((level) => level.length === 0)) return 'has an empty topic level';
+  return null;
+}
+
+/** Null when `filter` is a valid MQTT topic filter (MQTT 5 §4.7). */
+export function topicFilterProblem(filter: string): string | null {
+  if (filter.length === 0) return 'is empty';
+  if (filter.includes('\u0000')) return 'has NUL';
+  const levels = filter.split('/');
+  for (const [i, level] of levels.entries()) {
+    if (level.includes('#') && (level !== '#' || i !== levels.length - 1)) {
+      return '"#" must be a whole level, the last one';
+    }
+    if (level.includes('+') && level !== '+') return '"+" must be a whole level';
+  }
+  return null;
+}
+
+/**
+ * Whether a topic name matches a topic filter (MQTT 5 §4.7): `+` one level (an empty one too),
+ * `#` the rest including the parent level; a filter starting with a wildcard does not match
+ * `$` topics.
+ */
+export function topicMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/');
+  const t = topic.split('/');
+  if (topic.startsWith('$') && (f[0] === '+' || f[0] === '#')) return false;
+  for (let i = 0; i < f.length; i += 1) {
+    const level = f[i];
+    if (level === '#') return true;
+    if (i >= t.length) return false;
+    if (level !== '+' && level !== t[i]) return false;
+  }
+  return f.length === t.length;
 }
 
 function hasAny(text: string, characters: readonly string[]): boolean {

@@ -51,7 +51,7 @@ describe('loadConfig', () => {
     expect(c.journal.path).toBe(join(ROOT, '.state', 'demo', 'journal.db'));
     expect(c.journal.retentionHours).toBe(48);
     expect(c.https).toMatchObject({ port: 8443, certFile: join(ROOT, '.state/demo/tls/cert.pem') });
-    expect(c.mqtt).toMatchObject({ protocolVersion: 5, identity: 'demo' });
+    expect(c.mqtt).toMatchObject({ protocolVersion: 'auto', identity: 'demo' });
     expect(Object.keys(c.devices)).toEqual([
       'inlet-valve',
       'drain-valve',

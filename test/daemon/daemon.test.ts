@@ -143,6 +143,8 @@ describe.runIf(real)('sluiced', () => {
       const ready = await https(port, 'GET', '/readyz');
       expect(ready.status).toBe(200);
 
+      // MQTT commands carry issuedAt (SPEC §5); a retry on the other intake repeats it.
+      const issuedAt = new Date().toISOString();
       const first = await https(
         port,
         'POST',
@@ -151,10 +153,15 @@ describe.runIf(real)('sluiced', () => {
         {
           device: 'inlet-valve',
           action: 'open',
+          issuedAt,
         },
       );
       expect(first.status).toBe(200);
-      await client.publish('sluice/site/cmd/inlet-valve', { key: 'both-1', action: 'open' });
+      await client.publish('sluice/site/cmd/inlet-valve', {
+        key: 'both-1',
+        action: 'open',
+        issuedAt,
+      });
       const replay = await client.waitFor(
         (m) => m.topic === 'sluice/site/result/inlet-valve' && m.json().replayed === true,
         10_000,
@@ -164,7 +171,11 @@ describe.runIf(real)('sluiced', () => {
       expect(plant.device('inlet-valve').counters.writesReceived).toBe(1);
 
       // The other way round: MQTT first, then HTTPS replays the outcome.
-      await client.publish('sluice/site/cmd/outlet-valve', { key: 'both-2', action: 'open' });
+      await client.publish('sluice/site/cmd/outlet-valve', {
+        key: 'both-2',
+        action: 'open',
+        issuedAt,
+      });
       await client.waitFor(
         (m) => m.topic === 'sluice/site/result/outlet-valve' && m.json().key === 'both-2',
         15_000,
@@ -178,6 +189,7 @@ describe.runIf(real)('sluiced', () => {
         {
           device: 'outlet-valve',
           action: 'open',
+          issuedAt,
         },
       );
       expect(again.status).toBe(200);
@@ -224,7 +236,11 @@ describe.runIf(real)('sluiced', () => {
       expect(JSON.parse(refused.body)).toMatchObject({ code: 'JOURNAL_UNAVAILABLE' });
       const notReady = await https(port, 'GET', '/readyz');
       expect(notReady.status).toBe(503);
-      await client.publish('sluice/site/cmd/inlet-valve', { key: 'locked-2', action: 'close' });
+      await client.publish('sluice/site/cmd/inlet-valve', {
+        key: 'locked-2',
+        action: 'close',
+        issuedAt: new Date().toISOString(),
+      });
       await new Promise((r) => setTimeout(r, 1_500));
       expect(device.counters.writesReceived).toBe(before);
       lock.exec('ROLLBACK');
@@ -255,7 +271,11 @@ describe.runIf(real)('sluiced', () => {
       );
       const before = device.counters.writesReceived;
       const action = device.published.state === 'OPEN' ? 'close' : 'open';
-      await client.publish('sluice/site/cmd/outlet-valve', { key: 'at-stop', action });
+      await client.publish('sluice/site/cmd/outlet-valve', {
+        key: 'at-stop',
+        action,
+        issuedAt: new Date().toISOString(),
+      });
       await until(
         () => (device.counters.writesReceived > before ? true : undefined),
         10_000,

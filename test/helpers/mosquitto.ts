@@ -9,6 +9,8 @@ import {
   type IPublishPacket,
   type MqttClient,
 } from 'mqtt';
+import { mqttConfigSchema } from '../../src/config/config.js';
+import type { MqttConfig } from '../../src/intake/mqtt.js';
 import { tempDir } from './fixtures.js';
 import { hasCommand, realComponent } from './real.js';
 
@@ -271,4 +273,20 @@ export async function until<T>(
     if (Date.now() > end) throw new Error(`${what} not reached within ${ms} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/**
+ * An MQTT intake configuration with the schema's defaults (as a site file would get them),
+ * identity `plant` and a short session expiry.
+ */
+export function intakeConfig(url: string, overrides: Partial<MqttConfig> = {}): MqttConfig {
+  return mqttConfigSchema.parse({ url, identity: 'plant', sessionExpiryS: 600, ...overrides });
+}
+
+/** A command stamped with the time it is issued (SPEC §5: MQTT commands carry their age). */
+export function timed<T extends Record<string, unknown>>(
+  command: T,
+  issuedAt = new Date(),
+): T & { issuedAt: string } {
+  return { ...command, issuedAt: issuedAt.toISOString() };
 }

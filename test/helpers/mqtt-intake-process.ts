@@ -7,6 +7,7 @@
 //            the intake was started
 //   SIGTERM: graceful stop (intake, pipeline, drivers, journal), exit 0
 import { pino } from 'pino';
+import { mqttConfigSchema } from '../../src/config/config.js';
 import { systemClock } from '../../src/core/clock.js';
 import type { Logger } from '../../src/core/logger.js';
 import { CommandPipeline } from '../../src/core/pipeline.js';
@@ -48,13 +49,12 @@ const pipeline = new CommandPipeline({
 });
 const identities = new IdentityRegistry({ plant: { devices: ['*'] } });
 const intake = new MqttIntake({
-  config: {
+  config: mqttConfigSchema.parse({
     url: args.url,
     protocolVersion: 5,
     identity: 'plant',
     sessionExpiryS: 600,
-    keepaliveS: 30,
-  },
+  }),
   gatewayId: args.gatewayId,
   pipeline,
   identities,

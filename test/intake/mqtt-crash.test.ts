@@ -11,6 +11,7 @@ import {
   mosquittoAvailable,
   startMosquitto,
   TestClient,
+  timed,
   until,
   type Mosquitto,
 } from '../helpers/mosquitto.js';
@@ -141,7 +142,7 @@ describe.skipIf(!available)('MQTT intake: SIGKILL before the PUBACK', () => {
     const topic = `${PREFIX}/cmd/v1`;
     const pubacks = broker.pubacksFrom(CLIENT_ID);
     const issuer = await TestClient.connect(broker.url);
-    await issuer.publish(topic, { action: 'open', key });
+    await issuer.publish(topic, timed({ action: 'open', key, ttlMs: 60_000 }));
     await issuer.end();
     await until(
       () => first.lines.find((l) => l.msg === 'command message received' && l.key === key),

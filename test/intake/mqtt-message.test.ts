@@ -6,30 +6,85 @@ import {
   stateDocument,
 } from '../../src/intake/mqtt-message.js';
 import { ResponseRoutes } from '../../src/intake/mqtt-response-routes.js';
-import { GatewayTopics } from '../../src/intake/mqtt-topics.js';
+import { GatewayTopics, topicFilterProblem, topicMatches } from '../../src/intake/mqtt-topics.js';
 
 /** The MQTT intake's pure parts: message parsing, documents, topics, routes and backoff. */
 
 const mentions = (text: string): unknown => expect.stringContaining(text);
 
+const ISSUED = '2026-11-23T17:00:00.000Z';
+
 const message = (
   payload: unknown,
-  extra: { userProperties?: Record<string, string | string[]>; retained?: boolean } = {},
+  extra: {
+    userProperties?: Record<string, string | string[]>;
+    retained?: boolean;
+    device?: string;
+    messageExpiryS?: number;
+    acceptUntimed?: boolean;
+  } = {},
 ): ReturnType<typeof parseCommandMessage> =>
   parseCommandMessage({
-    device: 'v1',
+    device: extra.device ?? 'v1',
     payload: Buffer.from(typeof payload === 'string' ? payload : JSON.stringify(payload)),
     userProperties: extra.userProperties,
     retained: extra.retained ?? false,
+    messageExpiryS: extra.messageExpiryS,
+    acceptUntimed: extra.acceptUntimed ?? false,
   });
 
 describe('parseCommandMessage', () => {
   it('takes the device from the topic and the key from the payload', () => {
-    expect(message({ action: 'open', key: 'k1', ttlMs: 5000 })).toEqual({
+    expect(message({ action: 'open', key: 'k1', issuedAt: ISSUED, ttlMs: 5000 })).toEqual({
       kind: 'command',
       key: 'k1',
-      request: { device: 'v1', action: 'open', position: null, issuedAt: null, ttlMs: 5000 },
+      request: { device: 'v1', action: 'open', position: null, issuedAt: ISSUED, ttlMs: 5000 },
     });
+  });
+
+  it('refuses an untimed command (no issuedAt, no message expiry) unless the site accepts them', () => {
+    const untimed = message({ action: 'open', key: 'k1' });
+    expect(untimed).toMatchObject({
+      kind: 'malformed',
+      code: 'INVALID_COMMAND',
+      cause: 'untimed',
+      key: 'k1',
+      detail: mentions('issuedAt'),
+    });
+    // MQTT 5 Message Expiry: the broker bounded how long it could wait.
+    expect(message({ action: 'open', key: 'k1' }, { messageExpiryS: 30 })).toMatchObject({
+      kind: 'command',
+      request: { issuedAt: null },
+    });
+    expect(message({ action: 'open', key: 'k1' }, { acceptUntimed: true })).toMatchObject({
+      kind: 'command',
+      request: { issuedAt: null },
+    });
+    // A malformed command is told as such, not as untimed.
+    expect(message({ action: 'fly', key: 'k1' })).toMatchObject({ cause: 'command' });
+  });
+
+  it('refuses a command topic that names no device, with the key for the answer', () => {
+    expect(message({ action: 'open', key: 'k1', issuedAt: ISSUED }, { device: '' })).toMatchObject({
+      kind: 'malformed',
+      code: 'INVALID_COMMAND',
+      cause: 'topic',
+      key: 'k1',
+    });
+  });
+
+  it('refuses a result document published as a command', () => {
+    expect(
+      message({
+        key: 'k1',
+        device: 'v1',
+        action: 'open',
+        state: 'rejected',
+        code: 'FORBIDDEN_DEVICE',
+        issuedAt: ISSUED,
+        replayed: false,
+      }),
+    ).toMatchObject({ kind: 'malformed', code: 'INVALID_COMMAND', key: 'k1' });
   });
 
   it('accepts a payload device equal to the topic device, and canonicalises issuedAt', () => {
@@ -47,10 +102,16 @@ describe('parseCommandMessage', () => {
 
   it('takes the key from the idempotency-key user property', () => {
     expect(
-      message({ action: 'close' }, { userProperties: { 'idempotency-key': 'up-1' } }),
+      message(
+        { action: 'close', issuedAt: ISSUED },
+        { userProperties: { 'idempotency-key': 'up-1' } },
+      ),
     ).toMatchObject({ kind: 'command', key: 'up-1' });
     expect(
-      message({ action: 'close', key: 'up-1' }, { userProperties: { 'Idempotency-Key': 'up-1' } }),
+      message(
+        { action: 'close', key: 'up-1', issuedAt: ISSUED },
+        { userProperties: { 'Idempotency-Key': 'up-1' } },
+      ),
     ).toMatchObject({ kind: 'command', key: 'up-1' });
   });
 
@@ -169,18 +230,89 @@ describe('GatewayTopics', () => {
     expect(topics.state('v1')).toBe('sluice/gw/state/v1');
     expect(topics.status).toBe('sluice/gw/status');
     expect(topics.commandDevice('sluice/gw/cmd/v1')).toBe('v1');
-    expect(topics.commandDevice('sluice/gw/cmd/')).toBeNull();
     expect(topics.commandDevice('sluice/gw/cmd/a/b')).toBeNull();
     expect(topics.commandDevice('sluice/other/cmd/v1')).toBeNull();
   });
 
-  it('refuses response topics that are malformed, the broker’s, or under the gateway’s prefix', () => {
-    expect(topics.isResponseTopic('app/replies/1')).toBe(true);
-    for (const bad of ['', 'a/+/b', 'a/#', '$SYS/x', 'sluice/gw/cmd/v1', 'sluice/gw', 'a\u0000b']) {
-      expect(topics.isResponseTopic(bad)).toBe(false);
+  it('reads an empty device segment as a command topic naming no device', () => {
+    expect(topics.commandDevice('sluice/gw/cmd/')).toBe('');
+  });
+
+  it('never answers to a command topic of any gateway, nor into a gateway tree', () => {
+    const everything = ['#'];
+    const verdict = (topic: string, allowed = everything): unknown =>
+      topics.responseTopicVerdict(topic, allowed);
+    expect(verdict('app/replies/1')).toEqual({ ok: true });
+    for (const [topic, reason] of [
+      ['', 'invalid'],
+      ['a/+/b', 'invalid'],
+      ['a/#', 'invalid'],
+      ['a\u0000b', 'invalid'],
+      ['$SYS/x', 'system'],
+      // The relay of issue 9: another gateway's command topic, and ours.
+      ['sluice/demo/cmd/inlet-valve', 'command_topic'],
+      ['sluice/gw/cmd/v1', 'command_topic'],
+      ['sluice/demo/cmd', 'command_topic'],
+      ['sluice//cmd/x', 'command_topic'],
+      ['sluice/demo/result/inlet-valve', 'gateway_topic'],
+      ['sluice/demo/status', 'gateway_topic'],
+      ['sluice/gw', 'gateway_topic'],
+      ['sluice/gw/replies', 'gateway_topic'],
+    ] as const) {
+      expect(verdict(topic), topic).toEqual({ ok: false, reason });
     }
-    expect(topics.isResponseTopic('sluice/gw2/replies')).toBe(true);
+    // Other gateways' other topics are for the allow-list to decide.
+    expect(verdict('sluice/gw2/replies')).toEqual({ ok: true });
+    expect(verdict('sluice/gw2/replies', ['+/replies/#'])).toEqual({
+      ok: false,
+      reason: 'not_allowed',
+    });
+  });
+
+  it('takes response topics the allow-list matches, under another topic root too', () => {
+    const defaults = ['replies/#', '+/replies/#'];
+    expect(topics.responseTopicVerdict('replies/op-1', defaults)).toEqual({ ok: true });
+    expect(topics.responseTopicVerdict('scada/replies/a/b', defaults)).toEqual({ ok: true });
+    expect(topics.responseTopicVerdict('scada/cmd/a', defaults)).toEqual({
+      ok: false,
+      reason: 'not_allowed',
+    });
+    expect(topics.responseTopicVerdict('anything', [])).toEqual({
+      ok: false,
+      reason: 'not_allowed',
+    });
+    const plant = new GatewayTopics('gw', 'plant/a');
+    expect(plant.prefix).toBe('plant/a/gw');
+    expect(plant.responseTopicVerdict('plant/a/other/cmd/x', ['#'])).toEqual({
+      ok: false,
+      reason: 'command_topic',
+    });
+    expect(plant.responseTopicVerdict('sluice/other/cmd/x', ['#'])).toEqual({ ok: true });
     expect(() => new GatewayTopics('a/b')).toThrow();
+    expect(() => new GatewayTopics('gw', 'a/+')).toThrow();
+    expect(() => new GatewayTopics('gw', '$x')).toThrow();
+  });
+});
+
+describe('MQTT topic filters', () => {
+  it('match as MQTT 5 §4.7 says', () => {
+    expect(topicMatches('a/+/c', 'a/b/c')).toBe(true);
+    expect(topicMatches('a/+/c', 'a//c')).toBe(true);
+    expect(topicMatches('a/+', 'a/b/c')).toBe(false);
+    expect(topicMatches('a/#', 'a')).toBe(true);
+    expect(topicMatches('a/#', 'a/b/c')).toBe(true);
+    expect(topicMatches('#', '$SYS/x')).toBe(false);
+    expect(topicMatches('+/x', '$SYS/x')).toBe(false);
+    expect(topicMatches('a/b', 'a/b/c')).toBe(false);
+  });
+
+  it('are validated', () => {
+    expect(topicFilterProblem('a/#')).toBeNull();
+    expect(topicFilterProblem('+/replies/#')).toBeNull();
+    expect(topicFilterProblem('a/#/b')).not.toBeNull();
+    expect(topicFilterProblem('a/b#')).not.toBeNull();
+    expect(topicFilterProblem('a+/b')).not.toBeNull();
+    expect(topicFilterProblem('')).not.toBeNull();
   });
 });
 

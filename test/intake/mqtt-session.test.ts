@@ -2,11 +2,13 @@ import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/core/logger.js';
-import { MqttIntake } from '../../src/intake/mqtt.js';
+import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
 import {
+  intakeConfig,
   mosquittoAvailable,
   startMosquitto,
   TestClient,
+  timed,
   until,
   type Mosquitto,
   type Received,
@@ -15,9 +17,9 @@ import { startStack, type Stack } from '../helpers/stack.js';
 
 /**
  * The persistent session and fail-closed acknowledgement (I5) against a real mosquitto with
- * persistence: commands queued while the intake is away, a journal that cannot be written
- * (no PUBACK, nothing written, redelivered and executed once when it can), and a redelivery
- * that crosses a broker restart.
+ * persistence: commands queued while the intake is away (untimed ones refused, stale ones never
+ * written: I3, SPEC §5), a journal that cannot be written (no PUBACK, nothing written,
+ * redelivered and executed once when it can), and a redelivery that crosses a broker restart.
  */
 
 const available = mosquittoAvailable();
@@ -33,15 +35,9 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
   let issuer: TestClient;
   let locker: Database.Database | null = null;
 
-  const newIntake = (): MqttIntake =>
+  const newIntake = (overrides: Partial<MqttConfig> = {}): MqttIntake =>
     new MqttIntake({
-      config: {
-        url: broker.url,
-        protocolVersion: 5,
-        identity: 'plant',
-        sessionExpiryS: 600,
-        keepaliveS: 30,
-      },
+      config: intakeConfig(broker.url, { protocolVersion: 5, ...overrides }),
       gatewayId: GATEWAY,
       pipeline: stack.pipeline,
       identities: stack.identities,
@@ -49,8 +45,8 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
       logger: silentLogger,
       reconnect: { minMs: 100, maxMs: 800 },
     });
-  const startIntake = async (): Promise<void> => {
-    intake = newIntake();
+  const startIntake = async (overrides: Partial<MqttConfig> = {}): Promise<void> => {
+    intake = newIntake(overrides);
     intake.start();
     await until(() => intake.connected() || undefined, 10_000, 'intake connected');
   };
@@ -107,20 +103,114 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     for (const cleanup of cleanups.reverse()) await cleanup();
   });
 
-  it('delivers a command queued at the broker while the intake was away, and executes it once', async () => {
+  /** Publishes while the intake is away; the broker queues it for the session. */
+  const queue = async (
+    topic: string,
+    payload: Record<string, unknown>,
+    options: Parameters<TestClient['publish']>[2] = {},
+  ): Promise<void> => {
+    await issuer.publish(topic, payload, options);
+  };
+
+  it('refuses an untimed command queued while the intake was away: answered, acknowledged, never written', async () => {
     await intake.stop();
     const key = randomUUID();
     const before = writes('v1');
-    await issuer.publish(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key });
-    await new Promise((r) => setTimeout(r, 200));
-    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`)).toEqual([]);
+    const delivered = broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).length;
+    await queue(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key });
+
+    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    await startIntake();
+    const answer = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'answer');
+    expect(answer.json()).toMatchObject({ key, code: 'INVALID_COMMAND' });
+    expect(String(answer.json().detail)).toContain('issuedAt');
+    // Delivered once and acknowledged (it does not come back), never journaled, never written.
+    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).slice(delivered)).toEqual([
+      { mid: expect.any(Number) as number, dup: false },
+    ]);
     expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+    expect(writes('v1')).toBe(before);
+  });
+
+  it('never writes a timed command that waited at the broker past its deadline (I3)', async () => {
+    await intake.stop();
+    const key = randomUUID();
+    const before = writes('v1');
+    await queue(`${PREFIX}/cmd/v1`, timed({ action: moveOf('v1'), key, ttlMs: 300 }));
+    // The gateway stays away longer than the command's TTL.
+    await new Promise((r) => setTimeout(r, 600));
 
     await startIntake();
     const result = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'result');
-    expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
-    expect(writes('v1')).toBe(before + 1);
-    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`)).toHaveLength(1);
+    expect(result.json()).toMatchObject({
+      state: 'rejected',
+      code: 'STALE_COMMAND',
+      issuedAtSource: 'issuer',
+    });
+    expect(stack.pipeline.get({ scope: 'plant', key })?.dispatchedAt).toBeNull();
+    expect(writes('v1')).toBe(before);
+  });
+
+  it('executes once a timed command queued while the intake was away, and a message-expiry one; the broker drops an expired one', async () => {
+    await intake.stop();
+    const keys = { issued: randomUUID(), expiry: randomUUID(), expired: randomUUID() };
+    const before = { v1: writes('v1'), v2: writes('v2'), u1: writes('u1') };
+    const delivered = {
+      v1: broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).length,
+      u1: broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/u1`).length,
+    };
+    await queue(`${PREFIX}/cmd/v1`, timed({ action: moveOf('v1'), key: keys.issued }));
+    await queue(
+      `${PREFIX}/cmd/u1`,
+      { action: moveOf('u1'), key: keys.expired },
+      { properties: { messageExpiryInterval: 1 } },
+    );
+    await queue(
+      `${PREFIX}/cmd/v2`,
+      { action: moveOf('v2'), key: keys.expiry },
+      { properties: { messageExpiryInterval: 60 } },
+    );
+    // Longer than the u1 command's expiry: the broker must discard it.
+    await new Promise((r) => setTimeout(r, 2_100));
+
+    await startIntake();
+    const issued = await observer.waitFor(resultFor(keys.issued, 'v1'), 10_000, 'result');
+    expect(issued.json()).toMatchObject({ state: 'confirmed', replayed: false });
+    const expiry = await observer.waitFor(resultFor(keys.expiry, 'v2'), 10_000, 'result');
+    expect(expiry.json()).toMatchObject({ state: 'confirmed', issuedAtSource: 'gateway' });
+    expect(writes('v1')).toBe(before.v1 + 1);
+    expect(writes('v2')).toBe(before.v2 + 1);
+    // The queue is delivered in order, and the messages on either side of the expired one were
+    // handled: it was never delivered, never journaled, never written.
+    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`)).toHaveLength(delivered.v1 + 1);
+    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/u1`)).toHaveLength(delivered.u1);
+    expect(stack.pipeline.get({ scope: 'plant', key: keys.expired })).toBeUndefined();
+    expect(writes('u1')).toBe(before.u1);
+  });
+
+  it('with mqtt.acceptUntimedCommands, executes an untimed command queued while away (timed from its receipt)', async () => {
+    await intake.stop();
+    const key = randomUUID();
+    const before = writes('v1');
+    const delivered = broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).length;
+    await queue(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key });
+
+    await startIntake({ acceptUntimedCommands: true });
+    try {
+      const result = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'result');
+      expect(result.json()).toMatchObject({
+        state: 'confirmed',
+        replayed: false,
+        issuedAtSource: 'gateway',
+      });
+      expect(writes('v1')).toBe(before + 1);
+      expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`)).toHaveLength(delivered + 1);
+    } finally {
+      // The other tests run with the default (untimed commands refused).
+      await intake.stop();
+      await startIntake();
+    }
   });
 
   it('withholds the PUBACK while the journal cannot be written, writes nothing, and executes the redelivery once', async () => {
@@ -132,7 +222,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     const journalFailures = (await stack.metrics.journalFailures.get()).values[0]?.value ?? 0;
     const statusSeen = observer.on(`${PREFIX}/status`).length;
     lockJournal();
-    await issuer.publish(topic, { action: moveOf('v2'), key });
+    await issuer.publish(topic, timed({ action: moveOf('v2'), key, ttlMs: 60_000 }));
 
     // Refused, dropped, reconnected, redelivered (DUP) and refused again: the broker keeps it.
     await until(
@@ -171,7 +261,8 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     const before = writes('u1');
     const refusals = await journalRefusals();
     lockJournal();
-    await issuer.publish(topic, { action: moveOf('u1'), key });
+    const command = timed({ action: moveOf('u1'), key, ttlMs: 60_000 });
+    await issuer.publish(topic, command);
     await until(
       async () => ((await journalRefusals()) > refusals ? true : undefined),
       10_000,
@@ -194,7 +285,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     expect(broker.deliveriesTo(CLIENT_ID, topic).at(-1)?.dup).toBe(true);
 
     // An issuer retrying after the outage gets the replay, and nothing moves.
-    await issuer.publish(topic, { action: result.json().action, key });
+    await issuer.publish(topic, command);
     const replay = await observer.waitFor(
       (m) => resultFor(key, 'u1')(m) && m.json().replayed === true,
       10_000,
@@ -216,7 +307,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     await until(() => intake.connected() || undefined, 10_000, 'intake connected');
     const key = randomUUID();
     const before = writes('v1');
-    await issuer.publish(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key });
+    await issuer.publish(`${PREFIX}/cmd/v1`, timed({ action: moveOf('v1'), key }));
     const result = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'result');
     expect(result.json()).toMatchObject({ state: 'confirmed' });
     expect(writes('v1')).toBe(before + 1);

@@ -4,9 +4,11 @@ import { silentLogger } from '../../src/core/logger.js';
 import type { Metrics } from '../../src/daemon/metrics.js';
 import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
 import {
+  intakeConfig,
   mosquittoAvailable,
   startMosquitto,
   TestClient,
+  timed,
   until,
   type Mosquitto,
   type Received,
@@ -41,14 +43,8 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
   let observer: TestClient;
   let issuer: TestClient;
 
-  const config = (overrides: Partial<MqttConfig> = {}): MqttConfig => ({
-    url: broker.url,
-    protocolVersion: 5,
-    identity: 'plant',
-    sessionExpiryS: 600,
-    keepaliveS: 30,
-    ...overrides,
-  });
+  const config = (overrides: Partial<MqttConfig> = {}): MqttConfig =>
+    intakeConfig(broker.url, { protocolVersion: 5, ...overrides });
 
   /** The action that moves the valve from where it rests now. */
   const moveOf = (device: string): 'open' | 'close' =>
@@ -97,7 +93,12 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     const action = moveOf('v1');
     const before = writes('v1');
     const pubacks = broker.pubacksFrom(CLIENT_ID);
-    await issuer.publish(`${PREFIX}/cmd/v1`, { action, key });
+    // Timed by an MQTT 5 Message Expiry Interval instead of issuedAt: the gateway times it.
+    await issuer.publish(
+      `${PREFIX}/cmd/v1`,
+      { action, key },
+      { properties: { messageExpiryInterval: 60 } },
+    );
 
     const result = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'result');
     expect(result.json()).toMatchObject({
@@ -144,17 +145,14 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
 
   it('answers an MQTT 5 Response Topic with its Correlation Data; the key may be a user property', async () => {
     const key = randomUUID();
-    await issuer.publish(
-      `${PREFIX}/cmd/v2`,
-      { action: moveOf('v2') },
-      {
-        properties: {
-          responseTopic: 'test/replies/a',
-          correlationData: Buffer.from('corr-1'),
-          userProperties: { 'idempotency-key': key },
-        },
+    const command = timed({ action: moveOf('v2') });
+    await issuer.publish(`${PREFIX}/cmd/v2`, command, {
+      properties: {
+        responseTopic: 'test/replies/a',
+        correlationData: Buffer.from('corr-1'),
+        userProperties: { 'idempotency-key': key },
       },
-    );
+    });
     const reply = await issuer.waitFor((m) => m.topic === 'test/replies/a', 10_000, 'reply');
     expect(reply.json()).toMatchObject({ key, device: 'v2', state: 'confirmed', replayed: false });
     expect(reply.packet.properties?.correlationData?.toString()).toBe('corr-1');
@@ -163,7 +161,7 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     // A retry with a new correlation: the replay goes to its Response Topic.
     await issuer.publish(
       `${PREFIX}/cmd/v2`,
-      { action: reply.json().action, key },
+      { ...command, key },
       { properties: { responseTopic: 'test/replies/b', correlationData: Buffer.from('corr-2') } },
     );
     const replay = await issuer.waitFor((m) => m.topic === 'test/replies/b', 10_000, 'replay');
@@ -173,16 +171,16 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
 
   it('replays a settled key with replayed: true and writes nothing more; a duplicate in flight adds nothing', async () => {
     const key = randomUUID();
-    const action = moveOf('u1');
+    const command = timed({ action: moveOf('u1'), key });
     const before = writes('u1');
     // Two copies at once: the second finds the first in flight.
-    await issuer.publish(`${PREFIX}/cmd/u1`, { action, key });
-    await issuer.publish(`${PREFIX}/cmd/u1`, { action, key });
+    await issuer.publish(`${PREFIX}/cmd/u1`, command);
+    await issuer.publish(`${PREFIX}/cmd/u1`, command);
     const first = await observer.waitFor(resultFor(key, 'u1'), 15_000, 'result');
     expect(first.json()).toMatchObject({ state: 'confirmed', replayed: false });
     expect(writes('u1')).toBe(before + 1);
 
-    await issuer.publish(`${PREFIX}/cmd/u1`, { action, key });
+    await issuer.publish(`${PREFIX}/cmd/u1`, command);
     const replay = await observer.waitFor(
       (m) => resultFor(key, 'u1')(m) && m.json().replayed === true,
       10_000,
@@ -201,7 +199,7 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     const before = { v1: writes('v1'), v2: writes('v2') };
     const pubacks = broker.pubacksFrom(CLIENT_ID);
     const settledKey = randomUUID();
-    await issuer.publish(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key: settledKey });
+    await issuer.publish(`${PREFIX}/cmd/v1`, timed({ action: moveOf('v1'), key: settledKey }));
     await observer.waitFor(resultFor(settledKey, 'v1'), 10_000, 'result');
     const reuseFrom = writes('v1');
 
@@ -227,9 +225,9 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
         { properties: { responseTopic: 'test/replies/nk' } },
       ],
       [`${PREFIX}/cmd/v2`, { action: 'fly', key: k.bad }, {}],
-      [`${PREFIX}/cmd/nope`, { action: 'open', key: k.unknown }, {}],
+      [`${PREFIX}/cmd/nope`, timed({ action: 'open', key: k.unknown }), {}],
       [`${PREFIX}/cmd/v1`, { action: 'open', device: 'v2', key: k.mismatch }, {}],
-      [`${PREFIX}/cmd/v1`, { action: 'stop', key: settledKey }, {}],
+      [`${PREFIX}/cmd/v1`, timed({ action: 'stop', key: settledKey }), {}],
       [`${PREFIX}/cmd/v2`, { action: 'open', key: k.retained }, { retain: true }],
     ];
     for (const [topic, payload, options] of sends) await issuer.publish(topic, payload, options);
@@ -282,6 +280,91 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     expect(await counted(stack.metrics, 'mqttMessages', 'key_reused')).toBe(1);
   });
 
+  it('refuses an untimed command: INVALID_COMMAND on the result topic and the Response Topic, acknowledged, never written', async () => {
+    const key = `untimed-${randomUUID()}`;
+    const before = writes('v1');
+    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const untimed = await counted(stack.metrics, 'mqttMessages', 'untimed');
+    await issuer.publish(
+      `${PREFIX}/cmd/v1`,
+      { action: moveOf('v1'), key },
+      { properties: { responseTopic: 'test/replies/untimed', correlationData: Buffer.from('u') } },
+    );
+    const answer = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'answer');
+    expect(answer.json()).toMatchObject({ key, device: 'v1', code: 'INVALID_COMMAND' });
+    expect(answer.json().state).toBeUndefined();
+    expect(String(answer.json().detail)).toContain('issuedAt');
+    const reply = await issuer.waitFor((m) => m.topic === 'test/replies/untimed');
+    expect(reply.json()).toMatchObject({ key, code: 'INVALID_COMMAND' });
+    expect(reply.packet.properties?.correlationData?.toString()).toBe('u');
+    // Acknowledged once (no redelivery), never journaled, never written.
+    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).filter((d) => d.dup)).toEqual([]);
+    expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+    expect(writes('v1')).toBe(before);
+    expect(await counted(stack.metrics, 'mqttMessages', 'untimed')).toBe(untimed + 1);
+  });
+
+  it('answers a command topic that names no device (cmd/): on the Response Topic and result/, acknowledged', async () => {
+    const key = `nodev-${randomUUID()}`;
+    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const before = { v1: writes('v1'), v2: writes('v2') };
+    await observer.subscribe(`${PREFIX}/result/`);
+    await issuer.publish(`${PREFIX}/cmd/`, timed({ action: 'open', key }), {
+      properties: { responseTopic: 'test/replies/nodev', correlationData: Buffer.from('nd') },
+    });
+    const reply = await issuer.waitFor((m) => m.topic === 'test/replies/nodev', 10_000, 'reply');
+    expect(reply.json()).toMatchObject({ key, device: '', code: 'INVALID_COMMAND' });
+    expect(String(reply.json().detail)).toContain('names no device');
+    expect(reply.packet.properties?.correlationData?.toString()).toBe('nd');
+    const result = await observer.waitFor(
+      (m) => m.topic === `${PREFIX}/result/` && m.json().key === key,
+      10_000,
+      'answer on result/',
+    );
+    expect(result.json()).toMatchObject({ code: 'INVALID_COMMAND' });
+    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/`).filter((d) => d.dup)).toEqual([]);
+    expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+    expect({ v1: writes('v1'), v2: writes('v2') }).toEqual(before);
+  });
+
+  it('answers only allowed Response Topics, never a command topic; counts each refusal', async () => {
+    const refused = async (reason: string): Promise<number> =>
+      (await stack.metrics.mqttResponseTopicsRefused.get()).values
+        .filter((v) => v.labels.reason === reason)
+        .reduce((sum, v) => sum + v.value, 0);
+    const spy = await TestClient.connect(broker.url);
+    try {
+      await spy.subscribe('sluice/+/cmd/#');
+      await spy.subscribe('elsewhere/#');
+      const counts = {
+        command: await refused('command_topic'),
+        notAllowed: await refused('not_allowed'),
+      };
+      const keys = { cmd: `rt-cmd-${randomUUID()}`, other: `rt-other-${randomUUID()}` };
+      await issuer.publish(`${PREFIX}/cmd/v2`, timed({ action: 'fly', key: keys.cmd }), {
+        properties: { responseTopic: 'sluice/other-gw/cmd/v2' },
+      });
+      await issuer.publish(`${PREFIX}/cmd/v2`, timed({ action: 'fly', key: keys.other }), {
+        properties: { responseTopic: 'elsewhere/x' },
+      });
+      // Answered on the result topic all the same; then a fence: an allowed route's reply,
+      // published after both, proves the refused ones were not published.
+      await observer.waitFor(resultFor(keys.cmd, 'v2'), 10_000, 'answer');
+      await observer.waitFor(resultFor(keys.other, 'v2'), 10_000, 'answer');
+      await issuer.publish(`${PREFIX}/cmd/v2`, timed({ action: 'fly', key: 'fence' }), {
+        properties: { responseTopic: 'test/replies/fence' },
+      });
+      await issuer.waitFor((m) => m.topic === 'test/replies/fence', 10_000, 'fence reply');
+      expect(spy.messages.filter((m) => m.topic !== `${PREFIX}/cmd/v2`)).toEqual([]);
+      expect(await refused('command_topic')).toBe(counts.command + 1);
+      expect(await refused('not_allowed')).toBe(counts.notAllowed + 1);
+    } finally {
+      await spy.end();
+    }
+  });
+
   it('works over MQTT 3.1.1, and a clean stop publishes retained offline', async () => {
     const v4 = new MqttIntake({
       config: config({ protocolVersion: 4, clientId: 'sluice-gw4' }),
@@ -298,7 +381,7 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
       await client.subscribe('sluice/gw4/#');
       const key = randomUUID();
       const before = writes('v2');
-      await client.publish('sluice/gw4/cmd/v2', { action: moveOf('v2'), key });
+      await client.publish('sluice/gw4/cmd/v2', timed({ action: moveOf('v2'), key }));
       const result = await client.waitFor(
         (m) => m.topic === 'sluice/gw4/result/v2' && m.json().key === key,
         10_000,

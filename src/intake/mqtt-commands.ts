@@ -1,0 +1,295 @@
+import type { DoneCallback, IPublishPacket, MqttClient } from 'mqtt';
+import type { Clock } from '../core/clock.js';
+import { isTerminal } from '../core/command.js';
+import {
+  InvalidCommandError,
+  InvalidKeyError,
+  JournalUnavailableError,
+  ShuttingDownError,
+  UnknownDeviceError,
+} from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { CommandPipeline, SubmitOutcome } from '../core/pipeline.js';
+import type { NamedIdentity } from './identities.js';
+import { parseCommandMessage } from './mqtt-message.js';
+import type { MessageOutcome, MqttMetrics } from './mqtt-metrics.js';
+import type { MqttPublisher } from './mqtt-publisher.js';
+import type { ResponseRoute } from './mqtt-response-routes.js';
+import type { GatewayTopics } from './mqtt-topics.js';
+
+/** What message handling needs of the session. */
+export interface CommandLink {
+  /** The current connection is being dropped: take nothing more from it. */
+  readonly dropping: boolean;
+  /** Drops the connection so that the broker redelivers what was not acknowledged. */
+  dropConnection(client: MqttClient, reason: string): void;
+}
+
+export interface CommandMessagesOptions {
+  readonly pipeline: CommandPipeline;
+  readonly identity: NamedIdentity;
+  readonly topics: GatewayTopics;
+  readonly publisher: MqttPublisher;
+  readonly link: CommandLink;
+  readonly metrics: MqttMetrics;
+  readonly logger: Logger;
+  readonly clock: Clock;
+  /** `mqtt.acceptUntimedCommands` (SPEC §5). */
+  readonly acceptUntimed: boolean;
+}
+
+/** What to do with a message after handling it: acknowledge it, or leave it with the broker. */
+type Handling =
+  | { readonly kind: 'ack' }
+  | { readonly kind: 'withhold'; readonly reason: string; readonly reconnect: boolean };
+
+const ACK: Handling = { kind: 'ack' };
+
+/** A message that names a device and a key, as far as it got. */
+interface Received {
+  readonly device: string;
+  readonly key: string;
+  readonly route: ResponseRoute | undefined;
+  readonly receivedAt: number;
+}
+
+/**
+ * The command messages of the MQTT intake: each PUBLISH on `{prefix}/cmd/{device}` is parsed,
+ * claimed in the journal through the pipeline, and acknowledged or not; what cannot become a
+ * command is answered (docs/mqtt-api.md "Errors").
+ *
+ * I5: a command message is acknowledged (PUBACK) only after the pipeline's synchronous claim
+ * has committed. mqtt.js sends the PUBACK when the `handleMessage` callback is called without
+ * an error; `receive` is that handleMessage: it claims, then calls the callback. When the claim
+ * cannot be made (journal unavailable), the callback gets an error — mqtt.js then skips the
+ * PUBACK and its packet pump moves on — and the connection is dropped, because a broker
+ * redelivers an unacknowledged QoS 1 message only on a new connection of the session (MQTT 5
+ * §4.4).
+ */
+export class CommandMessages {
+  private readonly pipeline: CommandPipeline;
+  private readonly identity: NamedIdentity;
+  private readonly topics: GatewayTopics;
+  private readonly publisher: MqttPublisher;
+  private readonly link: CommandLink;
+  private readonly metrics: MqttMetrics;
+  private readonly logger: Logger;
+  private readonly clock: Clock;
+  private readonly acceptUntimed: boolean;
+  /** False once stopping or once the pipeline refuses as shutting down: nothing more is claimed. */
+  private isTaking = true;
+
+  constructor(options: CommandMessagesOptions) {
+    this.pipeline = options.pipeline;
+    this.identity = options.identity;
+    this.topics = options.topics;
+    this.publisher = options.publisher;
+    this.link = options.link;
+    this.metrics = options.metrics;
+    this.logger = options.logger;
+    this.clock = options.clock;
+    this.acceptUntimed = options.acceptUntimed;
+  }
+
+  /** Whether messages are being taken (false once stopping, or the pipeline is shutting down). */
+  get taking(): boolean {
+    return this.isTaking;
+  }
+
+  /** Messages arriving from now on are left unacknowledged; the broker keeps them. */
+  stopTaking(): void {
+    this.isTaking = false;
+  }
+
+  /** The client's handleMessage: decides PUBACK or not for one message (see the class doc). */
+  receive(client: MqttClient, packet: IPublishPacket, callback: DoneCallback): void {
+    if (!client.connected) {
+      // Left over from a connection already closed: mqtt.js would queue a PUBACK now and send
+      // it on the next connection, where the packet id may name another message. The broker
+      // redelivers this one instead.
+      this.count('withheld');
+      callback(new Error('not acknowledged: the connection is closed'));
+      return;
+    }
+    let handling: Handling;
+    try {
+      handling = this.handle(packet);
+    } catch (error) {
+      // A bug, not a verdict on the message: fail closed, the broker keeps it.
+      this.logger.error({ err: error, topic: packet.topic }, 'command message handling failed');
+      this.count('internal_error');
+      handling = { kind: 'withhold', reason: 'internal error', reconnect: true };
+    }
+    switch (handling.kind) {
+      case 'ack':
+        callback();
+        return;
+      case 'withhold':
+        // With an error, mqtt.js sends no PUBACK and goes on with the connection's next packet
+        // (a callback never called would stall every later packet of the connection, PUBACKs
+        // and PINGRESP included, until the keepalive times out: mqtt.js issue #1935).
+        callback(new Error(`not acknowledged: ${handling.reason}`));
+        if (handling.reconnect) this.link.dropConnection(client, handling.reason);
+        return;
+    }
+  }
+
+  private handle(packet: IPublishPacket): Handling {
+    const receivedAt = this.clock.now();
+    const device = this.topics.commandDevice(packet.topic);
+    if (device === null) {
+      // A subscription left in the persistent session by an earlier configuration.
+      this.logger.warn({ topic: packet.topic }, 'message on a topic that is not a command topic');
+      this.count('foreign_topic');
+      return ACK;
+    }
+    const message = parseCommandMessage({
+      device,
+      payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
+      userProperties: packet.properties?.userProperties,
+      retained: packet.retain,
+      messageExpiryS: packet.properties?.messageExpiryInterval,
+      acceptUntimed: this.acceptUntimed,
+    });
+    const route = this.publisher.responseRoute(packet, { key: message.key, device });
+    if (message.kind === 'malformed') {
+      this.logger.warn(
+        { key: message.key, device, code: message.code, detail: message.detail },
+        message.cause === 'untimed'
+          ? 'untimed command refused (no issuedAt, no message expiry): acknowledged and answered, nothing written'
+          : 'malformed command message acknowledged and answered',
+      );
+      this.count(message.cause === 'untimed' ? 'untimed' : 'invalid');
+      this.publisher.error({ key: message.key, device }, route, receivedAt, {
+        code: message.code,
+        detail: message.detail,
+        errors: message.errors,
+      });
+      return ACK;
+    }
+    const { key } = message;
+    const received: Received = { device, key, route, receivedAt };
+    const log = this.logger.child({ key, device });
+    if (!this.isTaking) return this.refuse(packet, log, received, 'SHUTTING_DOWN', false);
+    if (this.link.dropping) {
+      // Already parsed off a connection being dropped: left for its redelivery.
+      return this.refuse(packet, log, received, 'JOURNAL_UNAVAILABLE', false);
+    }
+    log.debug({ qos: packet.qos, dup: packet.dup }, 'command message received');
+
+    let claim: SubmitOutcome;
+    try {
+      claim = this.pipeline.submit({
+        key,
+        identity: this.identity,
+        intake: 'mqtt',
+        request: message.request,
+      });
+    } catch (error) {
+      if (error instanceof JournalUnavailableError) {
+        this.metrics.journalFailures.inc();
+        this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'refused' });
+        log.error({ err: error }, 'journal unavailable: command not acknowledged (fail closed)');
+        this.count('journal_unavailable');
+        return this.refuse(packet, log, received, 'JOURNAL_UNAVAILABLE', true);
+      }
+      if (error instanceof ShuttingDownError) {
+        this.isTaking = false;
+        return this.refuse(packet, log, received, 'SHUTTING_DOWN', false);
+      }
+      if (error instanceof UnknownDeviceError) {
+        log.warn({}, 'command for an unknown device acknowledged and answered');
+        this.count('unknown_device');
+        this.publisher.error({ key, device }, route, receivedAt, {
+          code: 'UNKNOWN_DEVICE',
+          detail: error.message,
+        });
+        return ACK;
+      }
+      if (error instanceof InvalidCommandError || error instanceof InvalidKeyError) {
+        // submit() validates again what parseCommandMessage let through (the device profile's
+        // actions); the key was checked already, but both are told apart all the same.
+        const code =
+          error instanceof InvalidKeyError ? 'MISSING_IDEMPOTENCY_KEY' : 'INVALID_COMMAND';
+        log.warn({ code, detail: error.message }, 'invalid command acknowledged and answered');
+        this.count('invalid');
+        this.publisher.error({ key, device }, route, receivedAt, {
+          code,
+          detail: error.message,
+          errors: error instanceof InvalidCommandError ? error.errors : [],
+        });
+        return ACK;
+      }
+      throw error;
+    }
+
+    const record = claim.record;
+    switch (claim.kind) {
+      case 'new':
+        this.publisher.awaitOutcome(record, route);
+        this.count('new');
+        this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'new' });
+        log.debug({ dup: packet.dup }, 'command claimed; acknowledging');
+        return ACK;
+      case 'duplicate':
+        if (isTerminal(record.state)) {
+          // A retry of a settled command: its stored result again, marked as a replay.
+          this.publisher.replay(record, route);
+          this.count('replayed');
+          this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'replayed' });
+          log.info(
+            { state: record.state, dup: packet.dup },
+            'duplicate of a settled command: replayed',
+          );
+        } else {
+          // Still in flight: its outcome will be published, to this requester's route too.
+          this.publisher.awaitOutcome(record, route);
+          this.count('in_flight');
+          this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'in_flight' });
+          log.info({ state: record.state, dup: packet.dup }, 'duplicate of a command in flight');
+        }
+        return ACK;
+      case 'reused':
+        log.warn({}, 'idempotency key reused with a different command; acknowledged and answered');
+        this.count('key_reused');
+        this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'key_reused' });
+        this.publisher.error({ key, device }, route, receivedAt, {
+          code: 'IDEMPOTENCY_KEY_REUSED',
+          detail: `key "${key}" was used for a different command (${record.action} on ${record.device}); a key names one command`,
+        });
+        return ACK;
+    }
+  }
+
+  /**
+   * A command that cannot be claimed now. QoS 1 and 2: withheld (no PUBACK), so the broker
+   * keeps it for the next connection of the session. QoS 0 has no redelivery: the requester
+   * is told instead, and the message is done with.
+   */
+  private refuse(
+    packet: IPublishPacket,
+    log: Logger,
+    message: Received,
+    code: 'JOURNAL_UNAVAILABLE' | 'SHUTTING_DOWN',
+    reconnect: boolean,
+  ): Handling {
+    // A claim the journal refused is counted by the caller; everything else here is withheld.
+    if (!reconnect) this.count('withheld');
+    const { device, key, route, receivedAt } = message;
+    const detail =
+      code === 'JOURNAL_UNAVAILABLE'
+        ? 'the journal cannot be written; nothing was claimed or written'
+        : 'the gateway is stopping and takes no new commands';
+    if (packet.qos === 0) {
+      log.warn({ code }, 'QoS 0 command refused and answered (QoS 0 is never redelivered)');
+      this.publisher.error({ key, device }, route, receivedAt, { code, detail });
+      return ACK;
+    }
+    log.info({ code, reconnect }, 'command left unacknowledged with the broker');
+    return { kind: 'withhold', reason: detail, reconnect };
+  }
+
+  private count(outcome: MessageOutcome): void {
+    this.metrics.mqttMessages.inc({ outcome });
+  }
+}

@@ -1,0 +1,29 @@
+import type { ResponseTopicRefusal } from './mqtt-topics.js';
+
+/** sluice_mqtt_messages_total{outcome}: every message on a command topic ends in one of these. */
+export type MessageOutcome =
+  | 'new'
+  | 'replayed'
+  | 'in_flight'
+  | 'key_reused'
+  | 'invalid'
+  | 'untimed'
+  | 'unknown_device'
+  | 'journal_unavailable'
+  | 'withheld'
+  | 'internal_error'
+  | 'foreign_topic';
+
+/** sluice_commands_received_total{intake="mqtt",outcome}. */
+export type ReceivedOutcome = 'new' | 'replayed' | 'in_flight' | 'key_reused' | 'refused';
+
+/**
+ * The counters the MQTT intake moves: the daemon's Metrics has them (src/daemon/metrics.ts);
+ * named here so that the intake depends on what it uses, not on the daemon.
+ */
+export interface MqttMetrics {
+  readonly mqttMessages: { inc(labels: { outcome: MessageOutcome }): void };
+  readonly accepted: { inc(labels: { intake: 'mqtt'; outcome: ReceivedOutcome }): void };
+  readonly journalFailures: { inc(): void };
+  readonly mqttResponseTopicsRefused: { inc(labels: { reason: ResponseTopicRefusal }): void };
+}

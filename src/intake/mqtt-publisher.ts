@@ -1,0 +1,196 @@
+import type { IClientPublishOptions, IPublishPacket, MqttClient } from 'mqtt';
+import type { Readback } from '../core/driver.js';
+import type { CommandRecord } from '../core/journal.js';
+import type { Logger } from '../core/logger.js';
+import { errorDocument, stateDocument, type MessageErrorCode } from './mqtt-message.js';
+import type { MqttMetrics } from './mqtt-metrics.js';
+import { ResponseRoutes, type ResponseRoute } from './mqtt-response-routes.js';
+import type { GatewayTopics } from './mqtt-topics.js';
+import { replayedResultBody, resultBody } from './outcome.js';
+
+/** What the publisher needs of the session: the client to publish on, and its protocol level. */
+export interface PublishingLink {
+  /** Null before the start and once the session has ended. */
+  readonly client: MqttClient | null;
+  readonly protocolLevel: 4 | 5;
+}
+
+export interface MqttPublisherOptions {
+  readonly link: PublishingLink;
+  readonly topics: GatewayTopics;
+  /** `mqtt.responseTopics`: the filters a Response Topic must match. */
+  readonly responseTopics: readonly string[];
+  readonly metrics: MqttMetrics;
+  readonly logger: Logger;
+}
+
+/** An error answer: the document of docs/mqtt-api.md "Errors". */
+export interface MessageAnswer {
+  readonly code: MessageErrorCode;
+  readonly detail: string;
+  readonly errors?: readonly string[];
+}
+
+/** Who sent a message, as far as it can be told: for the log lines about its answer. */
+export interface Requester {
+  readonly key: string | null;
+  readonly device: string;
+}
+
+/** The longest part of a refused Response Topic that is logged. */
+const LOGGED_TOPIC_CHARS = 256;
+
+/**
+ * Everything the MQTT intake publishes besides its status: results (to the result topic and
+ * the Response Topics of the commands' requesters), replays, error answers and the retained
+ * state. Also decides which Response Topics may be answered (mqtt-topics.ts), and keeps those
+ * of commands in flight until their outcome.
+ *
+ * Publications are QoS 1 and never synchronous: called from the client's handleMessage they are
+ * deferred to the next turn of the event loop, after the PUBACK (mqtt.js issue #2026). While
+ * disconnected, mqtt.js holds results and sends them on reconnection (in memory only).
+ */
+export class MqttPublisher {
+  private readonly link: PublishingLink;
+  private readonly topics: GatewayTopics;
+  private readonly allowed: readonly string[];
+  private readonly metrics: MqttMetrics;
+  private readonly logger: Logger;
+  private readonly routes = new ResponseRoutes();
+  /** Publications not yet acknowledged by the broker (QoS 1). */
+  private readonly unacknowledged = new Set<Promise<void>>();
+
+  constructor(options: MqttPublisherOptions) {
+    this.link = options.link;
+    this.topics = options.topics;
+    this.allowed = options.responseTopics;
+    this.metrics = options.metrics;
+    this.logger = options.logger;
+  }
+
+  /**
+   * The MQTT 5 Response Topic of a message, when it may be answered there. A refused one is
+   * logged (never with the payload) and counted; the message is still answered on the result
+   * topic.
+   */
+  responseRoute(packet: IPublishPacket, requester: Requester): ResponseRoute | undefined {
+    const topic = packet.properties?.responseTopic;
+    if (topic === undefined) return undefined;
+    const verdict = this.topics.responseTopicVerdict(topic, this.allowed);
+    if (!verdict.ok) {
+      this.metrics.mqttResponseTopicsRefused.inc({ reason: verdict.reason });
+      this.logger.warn(
+        {
+          key: requester.key,
+          device: requester.device,
+          reason: verdict.reason,
+          responseTopic: topic.slice(0, LOGGED_TOPIC_CHARS),
+        },
+        'response topic refused; answered on the result topic only',
+      );
+      return undefined;
+    }
+    return { topic, correlationData: packet.properties?.correlationData };
+  }
+
+  /** Answers the requester when the command settles (in memory only, docs/mqtt-api.md). */
+  awaitOutcome(record: CommandRecord, route: ResponseRoute | undefined): void {
+    if (route !== undefined) this.routes.add(record, route);
+  }
+
+  /** A settled command's stored result, to the result topic and its requesters' routes. */
+  result(record: CommandRecord): void {
+    const body = resultBody(record);
+    this.publish(this.topics.result(record.device), body, { retain: false });
+    for (const route of this.routes.take(record)) this.publishToRoute(route, body);
+  }
+
+  /** A retry of a settled command: its stored result, marked as a replay. */
+  replay(record: CommandRecord, route: ResponseRoute | undefined): void {
+    const body = replayedResultBody(record);
+    this.publish(this.topics.result(record.device), body, { retain: false });
+    if (route !== undefined) this.publishToRoute(route, body);
+  }
+
+  /**
+   * The answer to a message that did not become (or join) a command: on the result topic of
+   * the device its topic names when a key can be read (without one, the result topic's
+   * subscribers could not tell whose error it is), and on its Response Topic.
+   */
+  error(
+    requester: Requester,
+    route: ResponseRoute | undefined,
+    receivedAt: number,
+    answer: MessageAnswer,
+  ): void {
+    const body = errorDocument({
+      key: requester.key,
+      device: requester.device,
+      code: answer.code,
+      detail: answer.detail,
+      ...(answer.errors === undefined ? {} : { errors: answer.errors }),
+      receivedAt: new Date(receivedAt).toISOString(),
+    });
+    if (requester.key !== null) {
+      this.publish(this.topics.result(requester.device), body, { retain: false });
+    }
+    if (route !== undefined) this.publishToRoute(route, body);
+  }
+
+  /** The retained state; not queued while disconnected (the mirror is published on connect). */
+  state(device: string, readback: Readback): void {
+    if (this.link.client?.connected !== true) return;
+    this.publish(this.topics.state(device), stateDocument(device, readback), { retain: true });
+  }
+
+  /** Resolves once every publication made so far is acknowledged (or given up). */
+  async flush(): Promise<void> {
+    // Results of commands that settled just before (their publication is deferred by one or
+    // two turns of the event loop) are included.
+    await new Promise((resolve) => setImmediate(resolve));
+    await new Promise((resolve) => setImmediate(resolve));
+    await Promise.all([...this.unacknowledged]);
+  }
+
+  private publishToRoute(route: ResponseRoute, body: string): void {
+    this.publish(route.topic, body, {
+      retain: false,
+      ...(route.correlationData === undefined ? {} : { correlationData: route.correlationData }),
+    });
+  }
+
+  private publish(
+    topic: string,
+    payload: string,
+    options: { retain: boolean; correlationData?: Buffer },
+  ): void {
+    const sent = new Promise<void>((resolve) => {
+      setImmediate(() => {
+        const client = this.link.client;
+        if (client === null) {
+          resolve();
+          return;
+        }
+        const publishOptions: IClientPublishOptions = { qos: 1, retain: options.retain };
+        if (this.link.protocolLevel === 5) {
+          publishOptions.properties = {
+            contentType: 'application/json',
+            payloadFormatIndicator: true,
+            ...(options.correlationData === undefined
+              ? {}
+              : { correlationData: options.correlationData }),
+          };
+        }
+        client.publish(topic, payload, publishOptions, (error) => {
+          // mqtt.js calls back with null, not undefined, on success.
+          if (error instanceof Error && this.link.client !== null) {
+            this.logger.warn({ err: error, topic }, 'MQTT publication failed');
+          }
+          resolve();
+        });
+      });
+    });
+    this.unacknowledged.add(sent);
+    void sent.then(() => this.unacknowledged.delete(sent));
+  }
+}

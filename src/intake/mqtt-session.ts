@@ -1,0 +1,404 @@
+import { readFileSync } from 'node:fs';
+import {
+  connect,
+  ErrorWithReasonCode,
+  type DoneCallback,
+  type IClientOptions,
+  type IConnackPacket,
+  type IPublishPacket,
+  type MqttClient,
+} from 'mqtt';
+import { Backoff } from '../backoff.js';
+import type { SluiceConfig } from '../config/config.js';
+import type { Clock } from '../core/clock.js';
+import type { Logger } from '../core/logger.js';
+import type { GatewayTopics } from './mqtt-topics.js';
+
+export type MqttConfig = NonNullable<SluiceConfig['mqtt']>;
+
+/** The protocol level spoken on the wire: 5, or 4 (MQTT 3.1.1). */
+export type ProtocolLevel = 4 | 5;
+
+/** Which MQTT version the session speaks, and why (for `/readyz` and the log). */
+export interface MqttProtocol {
+  readonly version: ProtocolLevel;
+  /** True when MQTT 5 was preferred and the broker refused it: 3.1.1 is spoken instead. */
+  readonly fallback: boolean;
+  /** One line for an operator, e.g. "MQTT 3.1.1: the broker refused MQTT 5; …". */
+  readonly summary: string;
+}
+
+/** What the session hands to the rest of the intake. */
+export interface SessionEvents {
+  /**
+   * A PUBLISH from the broker, to be acknowledged (callback()) or not (callback(error)); the
+   * client's `handleMessage` (see MqttIntake).
+   */
+  readonly message: (client: MqttClient, packet: IPublishPacket, callback: DoneCallback) => void;
+  /** A connection is up (before its subscription is confirmed); `online` is on its way. */
+  readonly connected: () => void;
+}
+
+export interface MqttSessionOptions {
+  readonly config: MqttConfig;
+  readonly gatewayId: string;
+  readonly topics: GatewayTopics;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly reconnect?: { readonly minMs?: number; readonly maxMs?: number } | undefined;
+}
+
+/** A connection that stayed up this long resets the reconnect backoff when it ends. */
+const STABLE_CONNECTION_MS = 10_000;
+/** How long stop() waits for `offline` to be acknowledged and for a clean DISCONNECT. */
+const STOP_STEP_MS = 2_000;
+/** MQTT 5 DISCONNECT reason 0x04: the broker publishes the Will (`offline`) even so. */
+const DISCONNECT_WITH_WILL = 0x04;
+/**
+ * CONNACK refusals that mean "not this protocol version": 0x01 is MQTT 3.1.1's "unacceptable
+ * protocol version" (what a 3.1.1-only broker such as aedes answers an MQTT 5 CONNECT with;
+ * mqtt.js reports it as an ErrorWithReasonCode with code 1), 0x84 MQTT 5's "unsupported
+ * protocol version".
+ */
+const PROTOCOL_REFUSALS = new Set([0x01, 0x84]);
+/** After a refusal of MQTT 5, the 3.1.1 attempt follows this soon. */
+const FALLBACK_RECONNECT_MS = 50;
+
+/**
+ * The MQTT session of the intake: one persistent session (clean start off) on one client id,
+ * connected in the background and kept up with a jittered backoff; the protocol version (MQTT 5
+ * preferred, 3.1.1 when the broker refuses 5 and the configuration allows it, SPEC §5); the
+ * command subscription; the retained `online` / `offline` status with `offline` as the Last
+ * Will; and a bounded, clean stop. It knows nothing of commands: PUBLISH packets go to the
+ * `message` event given to start().
+ */
+export class MqttSession {
+  readonly topics: GatewayTopics;
+  private readonly config: MqttConfig;
+  private readonly clock: Clock;
+  private readonly logger: Logger;
+  private readonly clientOptions: IClientOptions;
+  private readonly backoff: Backoff;
+  private readonly reconnectMinMs: number;
+  private current: MqttClient | null = null;
+  private level: ProtocolLevel;
+  private fellBack = false;
+  /** Set when publications must no longer be sent (the client is ending). */
+  private isEnded = false;
+  /** The current connection is being dropped: nothing more is taken from it. */
+  private isDropping = false;
+  /** A CONNECT was sent and no CONNACK accepted it yet. */
+  private awaitingConnack = false;
+  private connectedAt: number | null = null;
+  private subscribed = false;
+  private error: string | null = null;
+  private errorStreak = 0;
+
+  constructor(options: MqttSessionOptions) {
+    this.config = options.config;
+    this.topics = options.topics;
+    this.clock = options.clock;
+    this.logger = options.logger;
+    this.level = options.config.protocolVersion === 4 ? 4 : 5;
+    this.reconnectMinMs = options.reconnect?.minMs ?? 1_000;
+    this.backoff = new Backoff({
+      minMs: this.reconnectMinMs,
+      maxMs: options.reconnect?.maxMs ?? 30_000,
+    });
+    this.clientOptions = this.buildClientOptions(options.gatewayId);
+  }
+
+  /** The client while the session runs; null before start() and once stopped. */
+  get client(): MqttClient | null {
+    return this.isEnded ? null : this.current;
+  }
+
+  /** The protocol level of the next (or current) connection. */
+  get protocolLevel(): ProtocolLevel {
+    return this.level;
+  }
+
+  get ended(): boolean {
+    return this.isEnded;
+  }
+
+  get dropping(): boolean {
+    return this.isDropping;
+  }
+
+  get lastError(): string | null {
+    return this.error;
+  }
+
+  /** Connected, and the command subscription confirmed by the broker. */
+  connected(): boolean {
+    return this.current?.connected === true && this.subscribed && !this.isEnded;
+  }
+
+  protocol(): MqttProtocol {
+    const version = this.level;
+    let summary: string;
+    if (version === 5) summary = 'MQTT 5';
+    else if (this.fellBack) {
+      summary =
+        'MQTT 3.1.1: the broker refused MQTT 5; response topics and message expiry unavailable';
+    } else {
+      summary =
+        'MQTT 3.1.1 (mqtt.protocolVersion 4): response topics and message expiry unavailable';
+    }
+    return { version, fallback: this.fellBack, summary };
+  }
+
+  /** Connects in the background; reconnects with backoff until stop(). */
+  start(events: SessionEvents): void {
+    // manualConnect: every listener is in place before the first CONNECT is written.
+    const client = connect(this.config.url, { ...this.clientOptions, manualConnect: true });
+    this.current = client;
+    client.handleMessage = (packet, callback) => {
+      events.message(client, packet, callback);
+    };
+    client.on('packetsend', (packet) => {
+      if (packet.cmd !== 'connect') return;
+      // A new connection: packets of the dropped one can no longer reach handleMessage
+      // (mqtt.js gives each connection its own packet pump). Reset here, not on the
+      // 'connect' event: mqtt.js emits that only after resending its stored publications,
+      // when the broker's redeliveries may already have been handled.
+      this.isDropping = false;
+      this.awaitingConnack = true;
+      // mqtt.js leaves Nagle's algorithm on: a result published right after a PUBACK would
+      // wait for the broker's delayed ACK (~40 ms). Set on every new socket, as it is made.
+      setNoDelay(client);
+    });
+    client.on('connect', (connack) => {
+      this.onConnect(client, connack, events);
+    });
+    // Prepended: mqtt.js's own close handler schedules the reconnect with
+    // `options.reconnectPeriod`, so the next delay must be set before it runs.
+    client.prependListener('close', () => {
+      this.onClose(client);
+    });
+    client.on('error', (error) => {
+      this.onError(client, error);
+    });
+    client.connect();
+  }
+
+  /**
+   * Drops the connection without DISCONNECT so that the broker keeps the unacknowledged
+   * messages for the session and redelivers them on the reconnection, after a backoff. The
+   * broker publishes the Will (`offline`) meanwhile: the gateway is not taking commands.
+   */
+  dropConnection(client: MqttClient, reason: string): void {
+    if (this.isDropping || this.isEnded || client !== this.current) return;
+    this.isDropping = true;
+    this.logger.warn({ reason }, 'dropping the MQTT connection; the broker keeps the message');
+    client.stream.destroy();
+  }
+
+  /**
+   * Publishes retained `offline` once `flush` (the results still being published) is done, and
+   * ends the connection cleanly; each step bounded. Unacknowledged messages stay in the
+   * broker's session for the next start.
+   */
+  async stop(flush: () => Promise<unknown>): Promise<void> {
+    const client = this.current;
+    if (client === null) {
+      this.isEnded = true;
+      return;
+    }
+    if (client.connected) {
+      if (!(await this.within(STOP_STEP_MS, flush()))) {
+        this.logger.warn({}, 'results not acknowledged by the broker in time');
+      }
+      const published = await this.within(
+        STOP_STEP_MS,
+        client.publishAsync(this.topics.status, 'offline', this.statusOptions()),
+      );
+      if (!published) this.logger.warn({}, '`offline` not acknowledged in time');
+    }
+    this.isEnded = true;
+    this.subscribed = false;
+    const connected = client.connected;
+    const ended = new Promise<void>((resolve) => {
+      // MQTT 5: disconnecting "with Will Message" makes the broker publish `offline` too, in
+      // case the explicit publication above did not get through.
+      const opts = this.level === 5 ? { reasonCode: DISCONNECT_WITH_WILL } : {};
+      client.end(!connected, opts, () => {
+        resolve();
+      });
+    });
+    if (!(await this.within(STOP_STEP_MS, ended))) {
+      // end() waits for unacknowledged publications; do not wait for them past the bound.
+      client.stream.destroy();
+      this.logger.warn({}, 'MQTT connection did not close in time; closed forcibly');
+    }
+  }
+
+  private buildClientOptions(gatewayId: string): IClientOptions {
+    const c = this.config;
+    const options: IClientOptions = {
+      clientId: c.clientId ?? `sluice-${gatewayId}`,
+      // A persistent session: the broker keeps the subscription and queues commands while
+      // the gateway is away, and redelivers those it sent but never saw acknowledged.
+      clean: false,
+      protocolVersion: this.level,
+      keepalive: c.keepaliveS,
+      // Replaced before every reconnection by onClose (jittered, growing).
+      reconnectPeriod: this.reconnectMinMs,
+      connectTimeout: 10_000,
+      // Bad credentials may be fixed on the broker: keep trying, with backoff.
+      reconnectOnConnackError: true,
+      // The subscription is renewed by onConnect when the broker lost the session.
+      resubscribe: false,
+      will: { topic: this.topics.status, payload: Buffer.from('offline'), qos: 1, retain: true },
+    };
+    if (this.level === 5) options.properties = { sessionExpiryInterval: c.sessionExpiryS };
+    if (c.username !== undefined) options.username = c.username;
+    if (c.passwordFile !== undefined) {
+      const password = readFileSync(c.passwordFile, 'utf8').trim();
+      if (password.length === 0) throw new Error(`mqtt.passwordFile: ${c.passwordFile} is empty`);
+      options.password = password;
+    }
+    if (c.caFile !== undefined) options.ca = readFileSync(c.caFile);
+    if (c.certFile !== undefined) options.cert = readFileSync(c.certFile);
+    if (c.keyFile !== undefined) options.key = readFileSync(c.keyFile);
+    return options;
+  }
+
+  private statusOptions(): { qos: 1; retain: true; properties?: { contentType: string } } {
+    return this.level === 5
+      ? { qos: 1, retain: true, properties: { contentType: 'text/plain' } }
+      : { qos: 1, retain: true };
+  }
+
+  private onConnect(client: MqttClient, connack: IConnackPacket, events: SessionEvents): void {
+    this.awaitingConnack = false;
+    if (this.isEnded) return;
+    this.connectedAt = this.clock.now();
+    this.errorStreak = 0;
+    this.error = null;
+    const sessionPresent = connack.sessionPresent;
+    this.logger.info(
+      { sessionPresent, protocol: this.protocol().summary },
+      'connected to the MQTT broker',
+    );
+    client.publish(this.topics.status, 'online', this.statusOptions(), (error) => {
+      if (error instanceof Error && !this.isEnded) {
+        this.logger.warn({ err: error }, '`online` not published');
+      }
+    });
+    if (!sessionPresent) this.subscribed = false;
+    if (!this.subscribed) this.subscribe(client);
+    events.connected();
+  }
+
+  private subscribe(client: MqttClient): void {
+    // MQTT 5: retained messages are not sent at subscription (retain handling 2), and the
+    // retain flag is kept as published (rap), so that a command published retained — which
+    // the broker would replay to every new subscriber — is refused rather than executed.
+    const options = this.level === 5 ? { qos: 1 as const, rh: 2, rap: true } : { qos: 1 as const };
+    client.subscribe(this.topics.commandFilter, options, (error, granted) => {
+      // A connection lost before the SUBACK: the next one subscribes again.
+      if (client !== this.current || this.isEnded || !client.connected) return;
+      const qos = granted?.[0]?.qos;
+      if (error === null && qos !== undefined && qos < 0x80) {
+        this.subscribed = true;
+        this.logger.info(
+          { topic: this.topics.commandFilter, qos },
+          'subscribed to the command topics',
+        );
+        return;
+      }
+      this.error = error?.message ?? 'subscription refused by the broker';
+      this.logger.error(
+        { topic: this.topics.commandFilter, err: error ?? undefined, qos },
+        'the broker refused the command subscription; reconnecting to try again',
+      );
+      this.dropConnection(client, 'subscription refused');
+    });
+  }
+
+  private onClose(client: MqttClient): void {
+    const now = this.clock.now();
+    const wasConnected = this.connectedAt !== null;
+    const stable =
+      this.connectedAt !== null &&
+      now - this.connectedAt >= STABLE_CONNECTION_MS &&
+      !this.isDropping;
+    this.connectedAt = null;
+    this.awaitingConnack = false;
+    if (this.isEnded) return;
+    if (stable) this.backoff.reset();
+    const delay = this.backoff.next();
+    client.options.reconnectPeriod = delay;
+    if (wasConnected) {
+      this.logger.warn({ reconnectInMs: delay }, 'disconnected from the MQTT broker');
+    } else {
+      this.logger.debug({ reconnectInMs: delay }, 'MQTT connection attempt failed');
+    }
+  }
+
+  private onError(client: MqttClient, error: Error): void {
+    if (this.refusesProtocol(error)) {
+      if (this.config.protocolVersion === 'auto') {
+        this.fallBack(client, error);
+        return;
+      }
+      this.error = `${error.message}: the broker does not speak MQTT ${this.level === 5 ? '5' : '3.1.1'} (mqtt.protocolVersion ${this.config.protocolVersion}; \`auto\` falls back to 3.1.1)`;
+    } else {
+      this.error = error.message;
+    }
+    this.errorStreak += 1;
+    // The first failure of a streak is worth a warning; a broker down for an hour is not
+    // worth thousands of them.
+    const level = this.errorStreak === 1 ? 'warn' : 'debug';
+    this.logger[level]({ err: error, url: this.config.url }, 'MQTT connection error');
+  }
+
+  private refusesProtocol(error: Error): boolean {
+    return (
+      this.awaitingConnack &&
+      error instanceof ErrorWithReasonCode &&
+      PROTOCOL_REFUSALS.has(error.code)
+    );
+  }
+
+  /**
+   * The broker refused MQTT 5 in its CONNACK: speak 3.1.1 from the next connection on, for the
+   * rest of this intake's life (SPEC §5). The options are the client's own, read again at each
+   * connection (CONNECT, parser, publications); results held for the next connection carry no
+   * MQTT 5 properties on a 3.1.1 wire. Called from mqtt.js's CONNACK handler, before it
+   * schedules the reconnection with `reconnectPeriod`.
+   */
+  private fallBack(client: MqttClient, error: Error): void {
+    this.level = 4;
+    this.fellBack = true;
+    client.options.protocolVersion = 4;
+    delete client.options.properties;
+    client.options.reconnectPeriod = FALLBACK_RECONNECT_MS;
+    this.backoff.reset();
+    this.logger.warn(
+      { url: this.config.url, refusal: error.message },
+      'the MQTT broker refused MQTT 5; falling back to MQTT 3.1.1: response topics and message expiry are unavailable, commands must carry issuedAt',
+    );
+  }
+
+  private async within(ms: number, work: Promise<unknown>): Promise<boolean> {
+    const timeout = new AbortController();
+    const done = work.then(
+      () => true,
+      () => false,
+    );
+    const result = await Promise.race([
+      done,
+      this.clock.sleep(ms, timeout.signal).then(() => false),
+    ]);
+    timeout.abort();
+    return result;
+  }
+}
+
+function setNoDelay(client: MqttClient): void {
+  const socket = client.stream as unknown as { setNoDelay?: (noDelay?: boolean) => unknown };
+  if (typeof socket.setNoDelay === 'function') socket.setNoDelay(true);
+}
