@@ -1,0 +1,244 @@
+import { randomUUID } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo, type Server } from 'node:net';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { Aedes } from 'aedes';
+import { pino } from 'pino';
+import { stringify } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/config.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { MqttIntake } from '../../src/intake/mqtt.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { intakeConfig, TestClient, timed, until } from '../helpers/mosquitto.js';
+import { inventoryFor } from '../helpers/plant-inventory.js';
+import { startStack, type Stack } from '../helpers/stack.js';
+
+/**
+ * SPEC §5, protocol version: MQTT 5 is preferred; against a broker that refuses it — the
+ * demo's embedded aedes, which speaks MQTT 3.1.1 only and answers an MQTT 5 CONNECT with
+ * "unacceptable protocol version" — the intake falls back to 3.1.1, says so once in the log
+ * and in /readyz, and takes commands. `protocolVersion: 5` keeps MQTT 5 and does not connect.
+ */
+
+interface Broker {
+  readonly url: string;
+  readonly aedes: Aedes;
+  close(): Promise<void>;
+}
+
+/** The broker the demo embeds (aedes), on an ephemeral loopback port. */
+async function startAedes(): Promise<Broker> {
+  const aedes = await Aedes.createBroker();
+  const server: Server = createServer(aedes.handle);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `mqtt://127.0.0.1:${port}`,
+    aedes,
+    close: async () => {
+      await new Promise<void>((resolve) => {
+        aedes.close(() => {
+          resolve();
+        });
+      });
+      await new Promise<void>((resolve) =>
+        server.close(() => {
+          resolve();
+        }),
+      );
+    },
+  };
+}
+
+/** A pino logger whose lines the test can read. */
+function recordingLogger(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
+      }
+      done();
+    },
+  });
+  return { logger: pino({ level: 'debug' }, stream), lines };
+}
+
+describe('MQTT protocol version against a broker that refuses MQTT 5 (aedes)', () => {
+  let broker: Broker;
+  let plant: Plant;
+  let dir: string;
+  const cleanups: (() => Promise<void> | void)[] = [];
+
+  beforeAll(async () => {
+    broker = await startAedes();
+    cleanups.push(() => broker.close());
+    plant = await startPlant(
+      {
+        control: { host: '127.0.0.1', port: 0 },
+        plcs: {
+          mb: {
+            protocol: 'modbus',
+            host: '127.0.0.1',
+            port: 0,
+            devices: { 'inlet-valve': { profile: 'valve', base: 0, travelMs: 200 } },
+          },
+        },
+      },
+      { ephemeralPorts: true, control: false },
+    );
+    cleanups.push(() => plant.stop());
+    const temp = tempDir('sluice-mqtt-fallback-');
+    dir = temp.dir;
+    cleanups.push(temp.cleanup);
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  });
+
+  it('falls back to MQTT 3.1.1, warns once, reports it in readiness (/readyz), and executes a command', async () => {
+    const inventory = inventoryFor(plant);
+    const configPath = join(dir, 'sluice.yaml');
+    writeFileSync(
+      configPath,
+      stringify({
+        gatewayId: 'fb',
+        stateDir: 'state',
+        // protocolVersion left to its default: auto.
+        mqtt: { url: broker.url, identity: 'scada' },
+        identities: { scada: { devices: ['*'] } },
+        plcs: inventory.plcs,
+        devices: inventory.devices,
+      }),
+    );
+    const { logger, lines } = recordingLogger();
+    const daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
+      logger,
+      monitorIntervalMs: 200,
+    });
+    const client = await TestClient.connect(broker.url, { protocolVersion: 4 });
+    try {
+      const mqtt = await until(
+        () => {
+          const check = daemon.readiness().checks.mqtt;
+          return check?.ok === true ? check : undefined;
+        },
+        10_000,
+        'MQTT connected',
+      );
+      expect(mqtt.detail).toBe(
+        'connected (MQTT 3.1.1: the broker refused MQTT 5; response topics and message expiry unavailable)',
+      );
+      const fallbacks = (): Record<string, unknown>[] =>
+        lines.filter((l) => String(l.msg).includes('refused MQTT 5'));
+      expect(fallbacks()).toHaveLength(1);
+      expect(fallbacks()[0]).toMatchObject({ level: 40 });
+
+      // The MQTT path works on 3.1.1: a timed command is executed once.
+      await client.subscribe('sluice/fb/result/#');
+      const device = plant.device('inlet-valve');
+      const before = device.counters.writesReceived;
+      const key = randomUUID();
+      const action = device.published.state === 'CLOSED' ? 'open' : 'close';
+      await client.publish('sluice/fb/cmd/inlet-valve', timed({ key, action }));
+      const result = await client.waitFor(
+        (m) => m.topic === 'sluice/fb/result/inlet-valve' && m.json().key === key,
+        15_000,
+        'result',
+      );
+      expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
+      expect(device.counters.writesReceived).toBe(before + 1);
+
+      // A dropped connection comes back on 3.1.1 directly: no second refusal, no second warning.
+      const connections = (): number =>
+        lines.filter((l) => l.msg === 'connected to the MQTT broker').length;
+      const seen = connections();
+      const clients = (broker.aedes as unknown as { clients: Record<string, { close(): void }> })
+        .clients;
+      clients['sluice-fb']?.close();
+      await until(() => (connections() > seen ? true : undefined), 10_000, 'reconnection');
+      await until(() => (daemon.readiness().checks.mqtt?.ok === true ? true : undefined));
+      expect(fallbacks()).toHaveLength(1);
+      expect(
+        lines.filter((l) => l.msg === 'connected to the MQTT broker').map((l) => l.protocol),
+      ).toEqual(
+        Array(connections()).fill(
+          'MQTT 3.1.1: the broker refused MQTT 5; response topics and message expiry unavailable',
+        ),
+      );
+    } finally {
+      await client.end();
+      await daemon.stop();
+    }
+  }, 60_000);
+
+  describe('an intake', () => {
+    let stack: Stack;
+    beforeAll(async () => {
+      stack = await startStack();
+    }, 60_000);
+    afterAll(async () => {
+      await stack.stop();
+    });
+
+    it('configured for MQTT 5 only does not fall back, and says why it is not connected', async () => {
+      const { logger, lines } = recordingLogger();
+      const intake = new MqttIntake({
+        config: intakeConfig(broker.url, { protocolVersion: 5, clientId: 'sluice-strict' }),
+        gatewayId: 'strict',
+        pipeline: stack.pipeline,
+        identities: stack.identities,
+        metrics: stack.metrics,
+        logger,
+        reconnect: { minMs: 100, maxMs: 200 },
+      });
+      try {
+        intake.start();
+        // Refused on every attempt, and every attempt is MQTT 5 again.
+        await until(
+          () =>
+            lines.filter((l) => l.msg === 'MQTT connection error').length >= 3 ? true : undefined,
+          10_000,
+          'three refused attempts',
+        );
+        const error = intake.health().lastError;
+        expect(error).toContain('Unacceptable protocol version');
+        expect(error).toContain('mqtt.protocolVersion 5');
+        expect(lines.filter((l) => String(l.msg).includes('refused MQTT 5'))).toEqual([]);
+        expect(intake.connected()).toBe(false);
+        expect(intake.protocol()).toMatchObject({ version: 5, fallback: false });
+      } finally {
+        await intake.stop();
+      }
+    });
+
+    it('configured for MQTT 3.1.1 connects on 3.1.1 without a refusal', async () => {
+      const intake = new MqttIntake({
+        config: intakeConfig(broker.url, { protocolVersion: 4, clientId: 'sluice-v4' }),
+        gatewayId: 'v4',
+        pipeline: stack.pipeline,
+        identities: stack.identities,
+        metrics: stack.metrics,
+        logger: silentLogger,
+      });
+      try {
+        intake.start();
+        await until(() => intake.connected() || undefined, 10_000, 'connected');
+        expect(intake.protocol()).toEqual({
+          version: 4,
+          fallback: false,
+          summary:
+            'MQTT 3.1.1 (mqtt.protocolVersion 4): response topics and message expiry unavailable',
+        });
+        expect(intake.health().lastError).toBeNull();
+      } finally {
+        await intake.stop();
+      }
+    });
+  });
+});
