@@ -112,7 +112,7 @@ export class Daemon {
         },
       });
 
-      const drivers = buildDrivers({
+      const drivers = await buildDrivers({
         inventory,
         profiles,
         pkiDir: join(config.stateDir, 'pki'),

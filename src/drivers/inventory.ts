@@ -4,7 +4,7 @@ import type { Logger } from '../core/logger.js';
 import type { DeviceBinding } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from './modbus.js';
-import { OpcuaClientPki, OpcuaDeviceDriver, OpcuaEndpoint } from './opcua.js';
+import type { OpcuaClientPki, OpcuaEndpoint } from './opcua.js';
 import { checkInventory, type Inventory } from './inventory-schema.js';
 
 export { checkInventory, deviceSchema, inventorySchema, plcSchema } from './inventory-schema.js';
@@ -25,8 +25,12 @@ export interface Drivers {
   close(): Promise<void>;
 }
 
-/** Builds one endpoint per PLC, shared by its devices, and one driver per device. */
-export function buildDrivers(args: {
+/**
+ * Builds one endpoint per PLC, shared by its devices, and one driver per device. node-opcua
+ * takes seconds to load on a small gateway and prints warnings as it does: it is loaded only
+ * when a PLC speaks OPC UA.
+ */
+export async function buildDrivers(args: {
   readonly inventory: Inventory;
   readonly profiles: ReadonlyMap<string, DeviceProfile>;
   /** The state directory's PKI folder; the OPC UA client store is its `client/` folder. */
@@ -35,13 +39,19 @@ export function buildDrivers(args: {
   readonly acceptUnknownCertificates: boolean;
   readonly clock: Clock;
   readonly logger: Logger;
-}): Drivers {
+}): Promise<Drivers> {
   const { inventory, profiles, clock, logger } = args;
   const errors = checkInventory(inventory, profiles);
   if (errors.length > 0) throw new Error(`invalid device inventory: ${errors.join('; ')}`);
+  const speaksOpcua = Object.values(inventory.plcs).some((plc) => plc.protocol === 'opcua');
+  const ua = speaksOpcua ? await import('./opcua.js') : null;
+  const opcuaModule = (): NonNullable<typeof ua> => {
+    if (ua === null) throw new Error('inventory: OPC UA driver not loaded');
+    return ua;
+  };
   let pki: OpcuaClientPki | null = null;
   const clientPki = (): OpcuaClientPki =>
-    (pki ??= new OpcuaClientPki({
+    (pki ??= new (opcuaModule().OpcuaClientPki)({
       dir: join(args.pkiDir, 'client'),
       acceptUnknownCertificates: args.acceptUnknownCertificates,
       logger,
@@ -68,7 +78,7 @@ export function buildDrivers(args: {
       case 'opcua':
         opcua.set(
           name,
-          new OpcuaEndpoint({
+          new (opcuaModule().OpcuaEndpoint)({
             name,
             endpointUrl: plc.endpointUrl,
             namespaceUri: plc.namespaceUri,
@@ -109,7 +119,7 @@ export function buildDrivers(args: {
         return {
           id,
           profile,
-          driver: new OpcuaDeviceDriver({
+          driver: new (opcuaModule().OpcuaDeviceDriver)({
             id,
             profile,
             endpoint: need(opcua.get(device.plc), `endpoint ${device.plc}`),

@@ -142,7 +142,7 @@ async function run(ops: Op[]): Promise<void> {
         }
         case 'crash':
           await h.crash();
-          h.restart();
+          await h.restart();
           break;
         case 'wait':
           await new Promise((r) => setTimeout(r, o.ms));

@@ -60,7 +60,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     h.submit('k1', { device: 'v1', action: 'open' });
     await h.until(() => h!.device('v1').counters.writesReceived === 1, 5_000, 'the write');
     await h.crash();
-    expect(h.restart()).toBe(1);
+    expect(await h.restart()).toBe(1);
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
     expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
@@ -71,7 +71,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     h = await SimHarness.start();
     const d = dispatchedNotWritten(h, 'k1', 5_000);
     await h.crash();
-    h.restart();
+    await h.restart();
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'confirmed', attempts: 2, seq: d.seq });
     expect(h.writesWithSeq('v1', d.seq!)).toBe(1);
@@ -88,7 +88,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     await h.until(() => valve.snapshot().published.state === 'LOCAL', 2_000, 'LOCAL');
     valve.setLocal(false);
     await h.until(() => valve.snapshot().published.state === 'OPEN', 2_000, 'back in REMOTE');
-    h.restart();
+    await h.restart();
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
     expect(r.detail).toMatch(/moved from CLOSED to OPEN.*applied is unknown/);
@@ -101,7 +101,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     h.submit('k1', { device: 'v1', action: 'open' });
     await h.crash();
     h.plant.plc('mb').clearFault('reset');
-    h.restart();
+    await h.restart();
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
     expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
@@ -125,7 +125,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
       acceptedAt: Date.now(),
     });
     await h.crash();
-    h.restart();
+    await h.restart();
     const [ra, rb] = [await h.settled('A'), await h.settled('B')];
     expect(ra).toMatchObject({ state: 'confirmed', attempts: 2 });
     expect(rb).toMatchObject({ state: 'confirmed' });
@@ -145,7 +145,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     );
     h.device('v2').setFault({ kind: 'stuck-travel' });
     await h.crash();
-    h.restart();
+    await h.restart();
     const [a, b] = [await h.settled('k1'), await h.settled('k2')];
     expect(a).toMatchObject({ state: 'confirmed', attempts: 1 });
     expect(b).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT', faultCode: '0x81' });
@@ -168,7 +168,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     const ua = h.plant.plc('ua');
     ua.setFault({ kind: 'reset', when: 'before', on: 'both' });
     const linkBack = setTimeout(() => ua.clearFault('reset'), 1_500);
-    h.restart();
+    await h.restart();
     const r = await h.settled('k1', 15_000).finally(() => {
       clearTimeout(linkBack);
     });

@@ -81,7 +81,7 @@ describe('I1: a second write only when the first is provably not applied', () =>
     h.submit('k1', open({ ttlMs: 2_500 }));
     await h.until(() => valve.writesWithSeq(1) === 1, 5_000, 'the write to reach the PLC');
     await h.crash();
-    h.restart();
+    await h.restart();
     const r = await h.settled('k1');
     expect(valve.writesWithSeq(1)).toBe(1);
     expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT', attempts: 1 });
@@ -143,7 +143,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
     dispatchedNotWritten(h, 'k1', 1_500);
     await h.crash();
     h.plant.plc('mb').setFault({ kind: 'reset', when: 'before', on: 'both' });
-    h.restart();
+    await h.restart();
     const published: CommandRecord[] = [];
     h.pipeline.onSettled((r) => published.push(r));
     const r = await h.settled('k1');
@@ -158,7 +158,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
     dispatchedNotWritten(h, 'k1', 300);
     await h.crash();
     await sleepFor(400);
-    h.restart();
+    await h.restart();
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 1 });
     expect(r.detail).toMatch(/the write never reached the controller.*deadline has passed/);
@@ -169,7 +169,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
     h = await SimHarness.start();
     dispatchedNotWritten(h, 'k1', 5_000, 2);
     await h.crash();
-    h.restart();
+    await h.restart();
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 2 });
     expect(r.detail).toMatch(/never reached the controller.*dispatched twice/);
@@ -200,7 +200,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
     });
     await other.write({ action: 'open', position: null, seq: 777 });
     await endpoint.close();
-    h.restart();
+    await h.restart();
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
     expect(r.detail).toMatch(/echo moved from 0 to 777.*applied is unknown/);

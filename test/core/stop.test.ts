@@ -121,7 +121,7 @@ describe('stop preempts travel', () => {
     h.submit('s', { device: 'v1', action: 'stop' });
     await h.until(() => valve.counters.writesReceived === 2, 5_000, 'the stop');
     await h.crash();
-    h.restart();
+    await h.restart();
     const [a, s] = [await h.settled('a'), await h.settled('s')];
     expect(s).toMatchObject({ state: 'confirmed' });
     expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });

@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseCommandRequest } from '../../src/core/command.js';
 import { systemClock } from '../../src/core/clock.js';
-import { estimateSkew } from '../../src/core/driver.js';
+import { estimateSkew } from '../../src/core/skew.js';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { CommandPipeline, type DeviceBinding } from '../../src/core/pipeline.js';
@@ -76,7 +76,7 @@ beforeAll(async () => {
   plant = await startPlant(PLANT, { ephemeralPorts: true });
   const pki = tempDir('sluice-pki-');
   cleanupPki = pki.cleanup;
-  drivers = buildDrivers({
+  drivers = await buildDrivers({
     inventory: inventoryFor(plant),
     profiles: PROFILES,
     pkiDir: pki.dir,

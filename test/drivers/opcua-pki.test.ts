@@ -30,7 +30,7 @@ it('reaches an OPC UA PLC although a killed process left its PKI lock behind', a
   mkdirSync(join(dir, 'client', 'own', 'certs', 'client_certificate.pem.mutex.lock'), {
     recursive: true,
   });
-  const drivers = buildDrivers({
+  const drivers = await buildDrivers({
     inventory: inventoryFor(plant),
     profiles: PROFILES,
     pkiDir: dir,

@@ -42,11 +42,11 @@ afterAll(async () => {
   await plant.stop();
 });
 
-function drivers(
+async function drivers(
   mode: 'Sign' | 'SignAndEncrypt',
   policy: 'Basic256Sha256' | 'Aes128_Sha256_RsaOaep',
   acceptUnknownCertificates: boolean,
-): { drivers: Drivers; pkiDir: string } {
+): Promise<{ drivers: Drivers; pkiDir: string }> {
   const e = plant.plc('ua').endpoint;
   if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
   const inventory: Inventory = {
@@ -63,7 +63,7 @@ function drivers(
     devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
   };
   const { dir, cleanup } = tempDir('sluice-pki-');
-  const d = buildDrivers({
+  const d = await buildDrivers({
     inventory,
     profiles: PROFILES,
     pkiDir: dir,
@@ -96,7 +96,7 @@ describe('OPC UA security', () => {
   ] as const)(
     'reads and writes with %s / %s',
     async (mode, policy) => {
-      const { drivers: d } = drivers(mode, policy, true);
+      const { drivers: d } = await drivers(mode, policy, true);
       const driver = d.bindings[0]!.driver;
       expect(await readWithin(driver, 20_000)).not.toBeNull();
       const device = plant.device('ua-valve');
@@ -108,7 +108,7 @@ describe('OPC UA security', () => {
   );
 
   it('refuses an unknown server certificate until an operator trusts it', async () => {
-    const { drivers: d, pkiDir } = drivers('SignAndEncrypt', 'Basic256Sha256', false);
+    const { drivers: d, pkiDir } = await drivers('SignAndEncrypt', 'Basic256Sha256', false);
     const driver = d.bindings[0]!.driver;
     expect(await readWithin(driver, 4_000)).toBeNull();
     const rejected = join(pkiDir, 'client', 'rejected');

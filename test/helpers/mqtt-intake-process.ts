@@ -31,7 +31,7 @@ const args = JSON.parse(process.argv[2] ?? '{}') as Args;
 // Synchronous: the line saying a message arrived must be out before the claim blocks.
 const logger: Logger = pino({ level: 'debug' }, pino.destination({ dest: 1, sync: true }));
 const journal = SqliteJournal.open({ path: args.journal, busyTimeoutMs: args.busyTimeoutMs });
-const drivers = buildDrivers({
+const drivers = await buildDrivers({
   inventory: inventorySchema.parse(args.inventory),
   profiles: PROFILES,
   pkiDir: args.pkiDir,

@@ -27,7 +27,7 @@ const logger: Logger =
     : silentLogger;
 const args = JSON.parse(process.argv[2] ?? '{}') as Args;
 const journal = SqliteJournal.open({ path: args.journal });
-const drivers = buildDrivers({
+const drivers = await buildDrivers({
   inventory: inventorySchema.parse(args.inventory),
   profiles: PROFILES,
   pkiDir: args.pkiDir,

@@ -112,7 +112,7 @@ export class SimHarness {
       { ephemeralPorts: true, control: false },
     );
     const h = new SimHarness(plant, options);
-    h.build();
+    await h.build();
     return h;
   }
 
@@ -176,8 +176,8 @@ export class SimHarness {
   }
 
   /** A new life on the same journal file: recovery runs first. Returns the open commands. */
-  restart(): number {
-    this.build();
+  async restart(): Promise<number> {
+    await this.build();
     return this.pipeline.recover();
   }
 
@@ -223,7 +223,7 @@ export class SimHarness {
     return inventory;
   }
 
-  private build(): void {
+  private async build(): Promise<void> {
     this.life++;
     const profiles = new Map<string, DeviceProfile>();
     for (const [name, p] of PROFILES) {
@@ -233,7 +233,7 @@ export class SimHarness {
       path: this.path,
       busyTimeoutMs: this.options.busyTimeoutMs ?? 500,
     });
-    this.drivers = buildDrivers({
+    this.drivers = await buildDrivers({
       inventory: this.inventory(),
       profiles,
       pkiDir: join(this.dir, `pki-${this.life}`),

@@ -72,7 +72,7 @@ export async function startStack(
   const { dir, cleanup } = tempDir('sluice-stack-');
   const journalPath = join(dir, 'journal.db');
   const journal = openJournal(journalPath);
-  const drivers = buildDrivers({
+  const drivers = await buildDrivers({
     inventory: inventoryFor(plant),
     profiles: PROFILES,
     pkiDir: join(dir, 'pki'),
