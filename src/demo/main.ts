@@ -22,6 +22,22 @@ const logPath = join(stateDir, 'sluiced.log');
 
 class DemoError extends Error {}
 
+/** How long the demo waits for its MQTT intake before printing the instructions. */
+const MQTT_CONNECT_WAIT_MS = 15_000;
+
+/** The daemon's MQTT readiness check, once it passes or the wait is over. */
+async function mqttConnected(
+  daemon: Daemon,
+  waitMs: number,
+): Promise<{ ok: boolean; detail: string }> {
+  const end = Date.now() + waitMs;
+  for (;;) {
+    const check = daemon.readiness().checks.mqtt ?? { ok: false, detail: 'not configured' };
+    if (check.ok || Date.now() >= end) return check;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
 async function ensureCertificate(): Promise<void> {
   const certFile = join(tlsDir, 'cert.pem');
   const keyFile = join(tlsDir, 'key.pem');
@@ -134,10 +150,14 @@ async function main(): Promise<void> {
     );
     const daemon = await Daemon.start(config, { logger, shutdownBoundMs: 5_000 });
     stack.push({ name: 'daemon', stop: () => daemon.stop() });
+    // The printed mosquitto_pub must find the command subscription in place: a command
+    // published before it would be lost (the broker has no session for the gateway yet).
+    const mqttCheck = await mqttConnected(daemon, MQTT_CONNECT_WAIT_MS);
     const https = daemon.https ?? { host: '127.0.0.1', port: 8443 };
     const base = `https://${https.host}:${https.port}`;
     const mqttUrl = config.mqtt?.url ?? 'mqtt://127.0.0.1:1883';
     const mqttHost = new URL(mqttUrl);
+    const hostPort = `-h ${mqttHost.hostname} -p ${mqttHost.port || '1883'}`;
     const key = `demo-${Date.now().toString(36)}`;
     process.stdout.write(
       [
@@ -146,6 +166,7 @@ async function main(): Promise<void> {
         '',
         `  HTTPS      ${base}   (self-signed: ${join(tlsDir, 'cert.pem')})`,
         `  MQTT       ${mqttUrl}${broker === null ? ' (SLUICE_MQTT_URL)' : ' (embedded broker)'}   topics sluice/demo/#`,
+        `             ${mqttCheck.ok ? mqttCheck.detail : `NOT READY, ${mqttCheck.detail} (see the log)`}`,
         `  Devices    inlet-valve, drain-valve (Modbus TCP 127.0.0.1:5020), outlet-valve, dosing-actuator (OPC UA opc.tcp://127.0.0.1:4840)`,
         `  Simulators control API ${plant.controlUrl ?? 'off'}`,
         `  Token      ${token}`,
@@ -157,11 +178,20 @@ async function main(): Promise<void> {
         `    -H "Authorization: Bearer ${token}" -H "Idempotency-Key: ${key}" \\`,
         `    -H "Content-Type: application/json" -d '{"device":"inlet-valve","action":"open"}'`,
         '',
-        'Or over MQTT (results on sluice/demo/result/#):',
+        'Or over MQTT. Watch the results in a second terminal:',
         '',
-        `  mosquitto_sub -h ${mqttHost.hostname} -p ${mqttHost.port || '1883'} -t 'sluice/demo/result/#' -v &`,
-        `  mosquitto_pub -h ${mqttHost.hostname} -p ${mqttHost.port || '1883'} -q 1 -t sluice/demo/cmd/drain-valve \\`,
-        `    -m '{"key":"${key}-mqtt","action":"open"}'`,
+        `  mosquitto_sub ${hostPort} -t 'sluice/demo/result/#' -v`,
+        '',
+        'and send a command. An MQTT command carries the time it was issued (a command queued at',
+        'the broker must not run late), so stamp it first:',
+        '',
+        `  ISSUED_AT=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)`,
+        `  mosquitto_pub ${hostPort} -q 1 -t sluice/demo/cmd/drain-valve \\`,
+        `    -m '{"key":"${key}-mqtt","action":"open","issuedAt":"'"$ISSUED_AT"'"}'`,
+        '',
+        'Run the same mosquitto_pub line again: same key, same command, so the stored result comes',
+        'back with "replayed": true and the valve is not moved twice. A new command needs a new',
+        'key and a new ISSUED_AT.',
         '',
         'Ctrl-C stops everything.',
         '',
