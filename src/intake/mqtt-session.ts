@@ -4,6 +4,7 @@ import {
   ErrorWithReasonCode,
   type DoneCallback,
   type IClientOptions,
+  type IClientPublishOptions,
   type IConnackPacket,
   type IPublishPacket,
   type MqttClient,
@@ -265,9 +266,13 @@ export class MqttSession {
     return options;
   }
 
-  private statusOptions(): { qos: 1; retain: true; properties?: { contentType: string } } {
+  private statusOptions(): IClientPublishOptions {
     return this.level === 5
-      ? { qos: 1, retain: true, properties: { contentType: 'text/plain' } }
+      ? {
+          qos: 1,
+          retain: true,
+          properties: { contentType: 'text/plain', payloadFormatIndicator: true },
+        }
       : { qos: 1, retain: true };
   }
 
