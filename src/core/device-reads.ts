@@ -1,3 +1,4 @@
+import { addSample, crossingInMs, driftPpm, skewExceeds } from './controller-clock.js';
 import type { ExecutionHost, Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import {
@@ -54,12 +55,23 @@ export class DeviceReads {
     }
   }
 
-  /** The lane's skew when it may be used now: same connection, young enough. */
+  /**
+   * The lane's skew when it may be used now: same connection, young enough — and measured
+   * again before a drifting controller clock is predicted to cross its bound.
+   */
   usableSkew(lane: Lane): SkewEstimate | null {
     const epoch = lane.binding.driver.health().connectionEpoch;
-    return skewUsable(lane.skew, epoch, this.host.clock.elapsed(), this.host.skewMaxAgeMs)
-      ? lane.skew
-      : null;
+    let maxAge = this.host.skewMaxAgeMs;
+    const bound = this.host.clockPolicy.maxControllerSkewMs(lane.binding.id);
+    if (lane.skew !== null && bound !== null) {
+      maxAge = Math.min(maxAge, crossingInMs(lane.skew, driftPpm(lane.skewSamples), bound));
+    }
+    return skewUsable(lane.skew, epoch, this.host.clock.elapsed(), maxAge) ? lane.skew : null;
+  }
+
+  /** The controller clock's drift in ppm, when enough measurements span enough time. */
+  drift(lane: Lane): number | null {
+    return driftPpm(lane.skewSamples);
   }
 
   /** Measures the controller skew unless a usable estimate exists; null when it cannot. */
@@ -75,6 +87,8 @@ export class DeviceReads {
       const epoch = driver.health().connectionEpoch;
       const previous = lane.skew;
       lane.skew = estimateSkew(sample, { requestedMono, receivedMono }, epoch);
+      addSample(lane.skewSamples, lane.skew);
+      this.judgeClock(lane, lane.skew, log);
       if (previous !== null && Math.abs(previous.monoOffsetMs - lane.skew.monoOffsetMs) > 1_000) {
         log.warn(
           {
@@ -88,6 +102,31 @@ export class DeviceReads {
     } catch (error) {
       log.debug({ err: error }, 'controller clock read failed');
       return null;
+    }
+  }
+
+  /** Flags (or clears) a controller clock beyond its bound, logging the transitions. */
+  private judgeClock(lane: Lane, skew: SkewEstimate, log: Logger): void {
+    const maxMs = this.host.clockPolicy.maxControllerSkewMs(lane.binding.id);
+    const off = maxMs !== null && skewExceeds(skew, maxMs);
+    if (off && lane.clockOff === null) {
+      lane.clockOff = { since: this.host.clock.now(), offsetMs: skew.offsetMs, maxMs };
+      log.warn(
+        {
+          offsetMs: Math.round(skew.offsetMs),
+          uncertaintyMs: Math.round(skew.uncertaintyMs),
+          maxMs,
+        },
+        'controller clock beyond the allowed skew',
+      );
+    } else if (off && lane.clockOff !== null) {
+      lane.clockOff = { ...lane.clockOff, offsetMs: skew.offsetMs };
+    } else if (!off && lane.clockOff !== null) {
+      lane.clockOff = null;
+      log.info(
+        { offsetMs: Math.round(skew.offsetMs) },
+        'controller clock back within the allowed skew',
+      );
     }
   }
 

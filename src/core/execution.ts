@@ -1,4 +1,5 @@
 import { checkFreshness } from './command.js';
+import { clockNote, controllerVerdict, gatewayVerdict } from './clock-policy.js';
 import { ConfirmationLoop } from './confirmation.js';
 import { DeviceReads } from './device-reads.js';
 import type { CommandRecord } from './journal.js';
@@ -84,6 +85,8 @@ export class CommandExecution {
         // I3: freshness again in the same step as the dispatch, with no wait in between: the
         // skew read above may have taken up to a request timeout.
         if (this.rejectIfStale(record, before, log)) return;
+        // SPEC §6: the clocks the command's judgement rests on (gateway sync, controller skew).
+        if (this.rejectIfUnsynced(lane, record, before, log)) return;
         // I5/I1: the dispatch (with its sequence number) is durable before the write is sent.
         const dispatched = this.host.journal.markDispatched(
           record,
@@ -91,6 +94,7 @@ export class CommandExecution {
           observe(before),
           PIPELINE,
           (last, open) => allocateSeq(last, before.seq, open),
+          clockNote(this.host.clockPolicy, lane),
         );
         log.info({ seq: dispatched.seq, from: before.state }, 'command dispatched');
         await this.confirmation.writeAndConfirm(
@@ -141,6 +145,31 @@ export class CommandExecution {
       if (cell.kind !== 'reject') for (const c of cell.confirm) confirm.add(c);
     }
     return { kind: 'write', next: expected.next, confirm: [...confirm] };
+  }
+
+  /** Rejects a write the clock policy forbids: gateway unsynced, controller clock off (§6). */
+  private rejectIfUnsynced(
+    lane: Lane,
+    record: CommandRecord,
+    before: TimedReadback,
+    log: Logger,
+  ): boolean {
+    for (const verdict of [
+      gatewayVerdict(this.host.clockPolicy, record),
+      controllerVerdict(this.host.clockPolicy, lane),
+    ]) {
+      if (verdict.kind === 'warn') log.warn({ clock: verdict.state }, verdict.detail);
+      if (verdict.kind !== 'reject') continue;
+      this.host.settle(log, record, 'accepted', {
+        to: 'rejected',
+        code: 'CLOCK_SKEW',
+        faultCode: null,
+        observed: observe(before),
+        detail: verdict.detail,
+      });
+      return true;
+    }
+    return false;
   }
 
   /** Rejects the command when its deadline has passed or it lies too far in the future (I3). */

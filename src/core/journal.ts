@@ -134,6 +134,8 @@ export interface Journal {
     observedBefore: Observation,
     intake: string,
     allocate: SeqAllocator,
+    /** Appended to the history event ("seq 7; …"): what the dispatch was judged on. */
+    detail?: string,
   ): CommandRecord;
   /** A second write after the first was proven not applied; allowed once per command. */
   markRedispatched(ref: CommandRef, at: number, detail: string, intake: string): CommandRecord;

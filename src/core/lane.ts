@@ -3,6 +3,7 @@ import type { Clock } from './clock.js';
 import type { CommandRecord, CommandRef, Journal, Observation } from './journal.js';
 import type { Logger } from './logger.js';
 import type { DeviceBinding } from './pipeline.js';
+import type { SkewSample } from './controller-clock.js';
 import type { SkewEstimate, TimedReadback } from './skew.js';
 
 /**
@@ -37,6 +38,10 @@ export interface Lane {
   unresolved: CommandRef | null;
   mirror: TimedReadback | null;
   skew: SkewEstimate | null;
+  /** Recent skew measurements: the controller clock's drift. */
+  readonly skewSamples: SkewSample[];
+  /** Set while the controller clock is provably beyond the allowed skew (SPEC §6). */
+  clockOff: { readonly since: number; readonly offsetMs: number; readonly maxMs: number } | null;
   lastWrite: LastWrite | null;
   /**
    * Aborted when the pipeline stops, or when a stop preempts the command being handled (SPEC
@@ -64,11 +69,31 @@ export interface Outcome {
   readonly detail: string;
 }
 
+/** The gateway's own clock, as the pipeline's clock policy sees it (SPEC §6). */
+export interface GatewaySync {
+  status(): {
+    readonly source: string;
+    readonly state: string;
+    readonly detail: string;
+  };
+}
+
+/** What the clocks may do to commands (SPEC §6). */
+export interface ClockPolicy {
+  /** An unlocked or unknown gateway clock, a controller clock beyond its bound: refuse or warn. */
+  readonly onUnsynced: 'reject' | 'warn';
+  /** The largest controller skew allowed for a device, ms; null: no bound. */
+  readonly maxControllerSkewMs: (device: string) => number | null;
+  /** The gateway clock's sync state; null: not checked (source `none`). */
+  readonly gateway: GatewaySync | null;
+}
+
 /** What an execution needs from the pipeline that runs it. */
 export interface ExecutionHost {
   readonly journal: Journal;
   readonly clock: Clock;
   readonly freshness: FreshnessPolicy;
+  readonly clockPolicy: ClockPolicy;
   /** Controller skew is measured again when older than this. */
   readonly skewMaxAgeMs: number;
   /**

@@ -17,7 +17,15 @@ import {
   UnknownDeviceError,
 } from './errors.js';
 import { CommandExecution } from './execution.js';
-import { PIPELINE, RECOVERY, freshnessDetail, type Lane, type Outcome } from './lane.js';
+import {
+  PIPELINE,
+  RECOVERY,
+  freshnessDetail,
+  type ClockPolicy,
+  type Lane,
+  type Outcome,
+} from './lane.js';
+import { gatewayVerdict } from './clock-policy.js';
 import { summarizeOpen, type OpenCommands } from './open-commands.js';
 import type { Claim, CommandRecord, CommandRef, Journal, JournalEvent } from './journal.js';
 import type { Logger } from './logger.js';
@@ -62,6 +70,11 @@ export interface PipelineOptions {
    * several seconds to come up after a restart).
    */
   readonly unreachableGraceMs?: number;
+  /**
+   * What the clocks may do to commands (SPEC §6). Default: no gateway clock source, no bound
+   * on controller skew, and `reject` as the policy once either is configured.
+   */
+  readonly clockPolicy?: ClockPolicy;
 }
 
 /** What the rest of the daemon may know about a device, as the pipeline last saw it. */
@@ -75,6 +88,14 @@ export interface DeviceView {
   readonly inFlight: string | null;
   /** A command left open and waiting to be taken up again: the device waits for it. */
   readonly unresolved: string | null;
+  /** The controller clock's drift (ppm), when measurements span long enough. */
+  readonly driftPpm: number | null;
+  /** Set while the controller clock is beyond its allowed skew. */
+  readonly clockOff: {
+    readonly since: number;
+    readonly offsetMs: number;
+    readonly maxMs: number;
+  } | null;
 }
 
 type SettledListener = (record: CommandRecord) => void;
@@ -94,6 +115,7 @@ export class CommandPipeline {
   private readonly logger: Logger;
   private readonly freshness: FreshnessPolicy;
   private readonly skewMaxAgeMs: number;
+  private readonly clockPolicy: ClockPolicy;
   private readonly lanes = new Map<string, Lane>();
   private readonly waiters = new Map<string, Set<() => void>>();
   private readonly settledListeners = new Set<SettledListener>();
@@ -110,6 +132,11 @@ export class CommandPipeline {
     this.logger = options.logger;
     this.freshness = options.freshness;
     this.skewMaxAgeMs = options.skewMaxAgeMs ?? 60_000;
+    this.clockPolicy = options.clockPolicy ?? {
+      onUnsynced: 'reject',
+      maxControllerSkewMs: () => null,
+      gateway: null,
+    };
     for (const binding of options.devices) {
       this.lanes.set(binding.id, {
         binding,
@@ -120,6 +147,8 @@ export class CommandPipeline {
         skew: null,
         unresolved: null,
         lastWrite: null,
+        skewSamples: [],
+        clockOff: null,
         signal: this.abort.signal,
         preempt: null,
         interrupted: null,
@@ -130,6 +159,7 @@ export class CommandPipeline {
       journal: this.journal,
       clock: this.clock,
       freshness: this.freshness,
+      clockPolicy: this.clockPolicy,
       skewMaxAgeMs: this.skewMaxAgeMs,
       unreachableGraceMs: options.unreachableGraceMs ?? 15_000,
       signal: this.abort.signal,
@@ -167,6 +197,8 @@ export class CommandPipeline {
       queued: lane.queue.length,
       inFlight: lane.inFlight?.key ?? null,
       unresolved: lane.unresolved?.key ?? null,
+      driftPpm: this.execution.reads.drift(lane),
+      clockOff: lane.clockOff,
     }));
   }
 
@@ -227,6 +259,18 @@ export class CommandPipeline {
       return claim;
     }
     log.info({ intake: submission.intake, action: record.action }, 'command accepted');
+    const gateway = gatewayVerdict(this.clockPolicy, record);
+    if (gateway.kind === 'reject') {
+      const settled = this.settle(log, record, 'accepted', {
+        to: 'rejected',
+        code: 'CLOCK_SKEW',
+        faultCode: null,
+        observed: null,
+        detail: gateway.detail,
+      });
+      return { kind: 'new', record: settled ?? record };
+    }
+    if (gateway.kind === 'warn') log.warn({ gatewayClock: gateway.state }, gateway.detail);
     const verdict = checkFreshness(record, now, this.freshness);
     if (verdict !== 'FRESH') {
       const settled = this.settle(log, record, 'accepted', {
@@ -324,8 +368,13 @@ export class CommandPipeline {
       const log = this.logger.child({ device: lane.binding.id });
       void (async () => {
         while (!this.aborted()) {
-          if (lane.inFlight === null && lane.queue.length === 0)
+          if (lane.inFlight === null && lane.queue.length === 0) {
             await this.execution.reads.tryRead(lane, log);
+            // The controller clock is watched between commands too (drift, bound: SPEC §6).
+            if (this.execution.reads.usableSkew(lane) === null) {
+              await this.execution.reads.ensureSkew(lane, log);
+            }
+          }
           await this.clock.sleep(intervalMs, this.abort.signal);
         }
       })();

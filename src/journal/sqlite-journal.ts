@@ -127,6 +127,7 @@ export class SqliteJournal implements Journal {
       before: Observation,
       intake: string,
       allocate: SeqAllocator,
+      detail: string | undefined,
     ) => CommandRecord
   >;
   private readonly txRedispatch: Transaction<
@@ -229,6 +230,7 @@ export class SqliteJournal implements Journal {
         before: Observation,
         intake: string,
         allocate: SeqAllocator,
+        detail: string | undefined,
       ): CommandRecord => {
         const current = this.require(ref);
         const last =
@@ -248,7 +250,15 @@ export class SqliteJournal implements Journal {
         if (changed.changes !== 1) {
           throw new JournalConflictError(`command ${ref.key} is ${current.state}, not accepted`);
         }
-        s.event.run(ref.scope, ref.key, at, 'accepted', 'dispatched', intake, `seq ${seq}`);
+        s.event.run(
+          ref.scope,
+          ref.key,
+          at,
+          'accepted',
+          'dispatched',
+          intake,
+          detail === undefined ? `seq ${seq}` : `seq ${seq}; ${detail}`,
+        );
         return this.require(ref);
       },
     );
@@ -340,9 +350,10 @@ export class SqliteJournal implements Journal {
     before: Observation,
     intake: string,
     allocate: SeqAllocator,
+    detail?: string,
   ): CommandRecord {
     try {
-      return this.txDispatch.immediate(ref, at, before, intake, allocate);
+      return this.txDispatch.immediate(ref, at, before, intake, allocate, detail);
     } catch (error) {
       return translate(error, 'dispatch');
     }

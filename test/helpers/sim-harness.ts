@@ -9,6 +9,7 @@ import {
   type Identity,
   type SubmitOutcome,
 } from '../../src/core/pipeline.js';
+import type { ClockPolicy } from '../../src/core/lane.js';
 import type { DeviceProfile, ProfileTiming } from '../../src/core/profile.js';
 import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/inventory.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
@@ -45,6 +46,10 @@ export interface SimHarnessOptions {
   readonly unreachableGraceMs?: number;
   /** Also an OPC UA PLC with the valve `u1` (slower to start). */
   readonly opcua?: boolean;
+  readonly clockPolicy?: ClockPolicy;
+  readonly skewMaxAgeMs?: number;
+  /** Starts the idle-device monitor at this period (readbacks and skew between commands). */
+  readonly monitorMs?: number;
 }
 
 /**
@@ -250,7 +255,12 @@ export class SimHarness {
       logger: this.logger,
       freshness: { maxIssuerSkewMs: this.options.maxIssuerSkewMs ?? 2_000 },
       unreachableGraceMs: this.options.unreachableGraceMs ?? 1_000,
+      ...(this.options.clockPolicy === undefined ? {} : { clockPolicy: this.options.clockPolicy }),
+      ...(this.options.skewMaxAgeMs === undefined
+        ? {}
+        : { skewMaxAgeMs: this.options.skewMaxAgeMs }),
     });
     this.pipeline.startSweep(100);
+    if (this.options.monitorMs !== undefined) this.pipeline.startMonitor(this.options.monitorMs);
   }
 }

@@ -1,0 +1,95 @@
+import type { SkewEstimate } from './skew.js';
+
+/**
+ * Controller clocks over time (SPEC §6): each skew measurement of a device is kept for a while,
+ * so that its drift shows (ppm); a device whose clock is provably further off the gateway's
+ * than the allowed maximum is flagged, and a drift that will cross that bound before the next
+ * scheduled measurement brings the measurement forward.
+ */
+
+export interface SkewSample {
+  /** Gateway monotonic time of the measurement. */
+  readonly mono: number;
+  /** controller − gateway wall clock, ms. */
+  readonly offsetMs: number;
+  readonly uncertaintyMs: number;
+}
+
+/**
+ * Samples kept per device, at least MIN_SAMPLE_GAP_MS apart (a newer measurement within the gap
+ * replaces the last one), and the shortest span over which a drift is estimated.
+ */
+export const SKEW_SAMPLES = 32;
+export const MIN_SAMPLE_GAP_MS = 1_000;
+export const MIN_DRIFT_SPAN_MS = 5_000;
+/** A clock at or past its bound is measured again no more often than this. */
+export const MIN_REMEASURE_MS = 250;
+
+export function addSample(samples: SkewSample[], skew: SkewEstimate): void {
+  const sample = {
+    mono: skew.measuredMono,
+    offsetMs: skew.offsetMs,
+    uncertaintyMs: skew.uncertaintyMs,
+  };
+  const previous = samples.at(-2);
+  if (previous !== undefined && sample.mono - previous.mono < MIN_SAMPLE_GAP_MS) {
+    samples[samples.length - 1] = sample;
+  } else {
+    samples.push(sample);
+  }
+  if (samples.length > SKEW_SAMPLES) samples.splice(0, samples.length - SKEW_SAMPLES);
+}
+
+/**
+ * The controller clock's rate against the gateway's, in ppm (+: it gains), by least squares
+ * over the samples; null over less than MIN_DRIFT_SPAN_MS. A step (a restart, a manual set)
+ * breaks the line: samples from before a jump larger than any drift explains are dropped.
+ */
+export function driftPpm(samples: readonly SkewSample[]): number | null {
+  const last = samples.at(-1);
+  if (last === undefined) return null;
+  // Keep the run of samples since the last step (more than 1 s between two measurements).
+  let start = samples.length - 1;
+  for (; start > 0; start--) {
+    const a = samples[start - 1];
+    const b = samples[start];
+    if (a === undefined || b === undefined) break;
+    if (Math.abs(b.offsetMs - a.offsetMs) > 1_000 + a.uncertaintyMs + b.uncertaintyMs) break;
+  }
+  const run = samples.slice(start);
+  const first = run[0] ?? last;
+  if (last.mono - first.mono < MIN_DRIFT_SPAN_MS) return null;
+  const n = run.length;
+  const mx = run.reduce((s, p) => s + p.mono, 0) / n;
+  const my = run.reduce((s, p) => s + p.offsetMs, 0) / n;
+  let sxy = 0;
+  let sxx = 0;
+  for (const p of run) {
+    sxy += (p.mono - mx) * (p.offsetMs - my);
+    sxx += (p.mono - mx) ** 2;
+  }
+  return sxx === 0 ? null : (sxy / sxx) * 1e6;
+}
+
+/** Provably beyond the bound: even the near end of the estimate's uncertainty is outside. */
+export function skewExceeds(skew: SkewEstimate, maxSkewMs: number): boolean {
+  return Math.abs(skew.offsetMs) - skew.uncertaintyMs > maxSkewMs;
+}
+
+/**
+ * How long until a drifting controller clock is predicted to cross the bound, from the
+ * estimate's measurement; Infinity when it is not heading for it.
+ */
+export function crossingInMs(skew: SkewEstimate, ppm: number | null, maxSkewMs: number): number {
+  if (ppm === null || ppm === 0) return Infinity;
+  const rate = ppm / 1e6; // ms of offset per ms
+  const toward = Math.sign(rate) === Math.sign(skew.offsetMs) || skew.offsetMs === 0;
+  if (!toward) {
+    // Heading through zero toward the other bound.
+    return (maxSkewMs + Math.abs(skew.offsetMs) - skew.uncertaintyMs) / Math.abs(rate);
+  }
+  return Math.max(
+    MIN_REMEASURE_MS,
+    (maxSkewMs - Math.abs(skew.offsetMs) - skew.uncertaintyMs) / Math.abs(rate),
+  );
+}

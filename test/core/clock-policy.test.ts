@@ -1,0 +1,159 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  crossingInMs,
+  driftPpm,
+  skewExceeds,
+  type SkewSample,
+} from '../../src/core/controller-clock.js';
+import type { ClockPolicy, GatewaySync } from '../../src/core/lane.js';
+import type { SkewEstimate } from '../../src/core/skew.js';
+import { SimHarness } from '../helpers/sim-harness.js';
+
+/**
+ * SPEC §6 clock policy on the real parts (pipeline, real drivers, sluice-sim): controller
+ * clocks beyond their bound — by offset or by drift — flag the device and refuse its writes
+ * with CLOCK_SKEW; within the bound they pass; the gateway's own sync state gates timestamped
+ * commands. The gateway clock here is a stand-in (its states are set by the test): the real
+ * PTP sources are tested against ptp4l in test/clock/ptp.test.ts.
+ */
+
+let h: SimHarness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+const bounded = (maxMs: number, onUnsynced: 'reject' | 'warn' = 'reject'): ClockPolicy => ({
+  onUnsynced,
+  maxControllerSkewMs: () => maxMs,
+  gateway: null,
+});
+
+describe('controller skew (SPEC §6)', () => {
+  it('a controller clock 5 s off, beyond a 1 s bound: flagged, its writes refused CLOCK_SKEW', async () => {
+    h = await SimHarness.start({ clockPolicy: bounded(1_000) });
+    h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: 5_000 });
+    h.submit('k1', { device: 'v1', action: 'open' });
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+    expect(r.detail).toMatch(/controller clock of v1 is 50\d\d ms off .* allowed 1000 ms/);
+    expect(h.device('v1').counters.writesReceived).toBe(0);
+    const view = h.pipeline.device('v1');
+    expect(view?.clockOff).toMatchObject({ maxMs: 1_000 });
+    // Under `warn` the same command runs (and is judged by its echo, as always).
+    await h.close();
+    h = await SimHarness.start({ clockPolicy: bounded(1_000, 'warn') });
+    h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: 5_000 });
+    h.submit('k2', { device: 'v1', action: 'open' });
+    expect(await h.settled('k2')).toMatchObject({ state: 'confirmed' });
+    expect(h.device('v1').counters.writesReceived).toBe(1);
+  });
+
+  it('within the bound, commands pass and the history records the skew', async () => {
+    h = await SimHarness.start({ clockPolicy: bounded(1_000) });
+    h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: 300 });
+    h.submit('k1', { device: 'v1', action: 'open' });
+    const r = await h.settled('k1');
+    expect(r.state).toBe('confirmed');
+    expect(h.notes('k1').find((n) => n.startsWith('dispatched:'))).toMatch(
+      /seq 1; gateway clock not checked; controller skew \+(2|3)\d\d ms ± \d+ ms/,
+    );
+    expect(h.pipeline.device('v1')?.clockOff).toBeNull();
+  });
+
+  it('a drifting controller clock is flagged once it crosses the bound, and back when set right', async () => {
+    // 200 ms/s of drift from a correct clock: past 600 ms after about 3 s.
+    h = await SimHarness.start({ clockPolicy: bounded(600), skewMaxAgeMs: 500, monitorMs: 100 });
+    h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: 0, driftPpm: 200_000 });
+    await h.until(() => h!.pipeline.device('v1')?.clockOff != null, 10_000, 'the flag');
+    await h.until(() => h!.pipeline.device('v1')?.driftPpm != null, 10_000, 'a drift estimate');
+    const view = h.pipeline.device('v1')!;
+    expect(view.driftPpm).toBeGreaterThan(150_000);
+    expect(view.driftPpm).toBeLessThan(250_000);
+    h.submit('k1', { device: 'v1', action: 'open' });
+    expect(await h.settled('k1')).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+    h.plant.plc('mb').clearFault('clock');
+    await h.until(() => h!.pipeline.device('v1')?.clockOff === null, 10_000, 'the flag cleared');
+    h.submit('k2', { device: 'v1', action: 'open' });
+    expect(await h.settled('k2')).toMatchObject({ state: 'confirmed' });
+    expect(h.device('v1').writeLog.map((w) => w.seq)).toEqual([(await h.settled('k2')).seq]);
+  });
+});
+
+class GatewayStandIn implements GatewaySync {
+  state = 'LOCKED';
+  status(): { source: string; state: string; detail: string } {
+    return { source: 'ptp', state: this.state, detail: `port SLAVE, state ${this.state}` };
+  }
+}
+
+describe('gateway clock (SPEC §6)', () => {
+  it('UNLOCKED or UNKNOWN: timestamped commands refused CLOCK_SKEW, gateway-timed ones run', async () => {
+    const gateway = new GatewayStandIn();
+    h = await SimHarness.start({
+      clockPolicy: { onUnsynced: 'reject', maxControllerSkewMs: () => null, gateway },
+    });
+    for (const state of ['UNLOCKED', 'UNKNOWN']) {
+      gateway.state = state;
+      const timed = h.submit(`timed-${state}`, {
+        device: 'v1',
+        action: 'open',
+        issuedAt: new Date().toISOString(),
+      }).record;
+      expect(timed).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+      expect(timed.detail).toMatch(new RegExp(`gateway clock is ${state}`));
+    }
+    expect(h.device('v1').counters.writesReceived).toBe(0);
+    h.submit('untimed', { device: 'v1', action: 'open' });
+    expect(await h.settled('untimed')).toMatchObject({ state: 'confirmed' });
+    gateway.state = 'HOLDOVER';
+    h.submit('holdover', { device: 'v1', action: 'close', issuedAt: new Date().toISOString() });
+    expect(await h.settled('holdover')).toMatchObject({ state: 'confirmed' });
+    expect(h.notes('holdover').find((n) => n.startsWith('dispatched:'))).toMatch(
+      /gateway clock HOLDOVER \(ptp\)/,
+    );
+  });
+
+  it('policy warn: a timestamped command runs while the gateway clock is unlocked', async () => {
+    const gateway = new GatewayStandIn();
+    gateway.state = 'UNLOCKED';
+    h = await SimHarness.start({
+      clockPolicy: { onUnsynced: 'warn', maxControllerSkewMs: () => null, gateway },
+    });
+    h.submit('k1', { device: 'v1', action: 'open', issuedAt: new Date().toISOString() });
+    expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
+  });
+});
+
+describe('controller clock arithmetic', () => {
+  const skew = (offsetMs: number, uncertaintyMs = 1): SkewEstimate => ({
+    offsetMs,
+    monoOffsetMs: offsetMs,
+    uncertaintyMs,
+    measuredAt: 0,
+    measuredMono: 0,
+    epoch: 1,
+  });
+  it('drift by least squares, from 5 s of samples on; a step starts a new line', () => {
+    const samples: SkewSample[] = [0, 1_000, 2_000, 3_000, 4_000, 5_000].map((t) => ({
+      mono: t,
+      offsetMs: 100 + t * 0.0001,
+      uncertaintyMs: 1,
+    }));
+    expect(driftPpm(samples.slice(0, 5))).toBeNull();
+    expect(driftPpm(samples)).toBeCloseTo(100, 3);
+    const stepped = [...samples, { mono: 6_000, offsetMs: -15_000, uncertaintyMs: 1 }];
+    expect(driftPpm(stepped)).toBeNull();
+  });
+  it('beyond the bound only provably: the uncertainty counts in the device’s favour', () => {
+    expect(skewExceeds(skew(1_005, 10), 1_000)).toBe(false);
+    expect(skewExceeds(skew(-1_011, 10), 1_000)).toBe(true);
+  });
+  it('predicts when a drift crosses the bound', () => {
+    // 500 ms off, +100 ppm (0.1 ms/s): 499 ms of room at 0.0001 ms/ms.
+    expect(crossingInMs(skew(500), 100, 1_000)).toBeCloseTo(4_990_000, -3);
+    expect(crossingInMs(skew(500), null, 1_000)).toBe(Infinity);
+    // Drifting back toward zero: it crosses the other bound, later.
+    expect(crossingInMs(skew(500), -100, 1_000)).toBeCloseTo(14_990_000, -3);
+  });
+});
