@@ -70,6 +70,12 @@ export class Site {
   readonly acknowledged = new Map<string, 'https' | 'mqtt'>();
   /** Lines the daemon printed in its current and earlier lives (bounded). */
   readonly logs: string[] = [];
+  /**
+   * Writes a test made itself, as another master on the controller (device → sequence
+   * numbers): `verify()` does not ask the journal to account for them. Use sequence numbers the
+   * bridge will not reach in the test (e.g. above 60000).
+   */
+  readonly foreignWrites = new Map<string, Set<number>>();
   private child: ChildProcess | null = null;
   private httpsPort = 0;
   private cert = '';
@@ -182,6 +188,18 @@ export class Site {
     return this.child !== null;
   }
 
+  /** The process id of the daemon's current life (null while it is not running). */
+  get pid(): number | null {
+    return this.child?.pid ?? null;
+  }
+
+  /** Records a write the test sent as another master (see `foreignWrites`). */
+  markForeignWrite(device: string, seq: number): void {
+    const seqs = this.foreignWrites.get(device) ?? new Set<number>();
+    seqs.add(seq);
+    this.foreignWrites.set(device, seqs);
+  }
+
   /** Starts a daemon life; resolves once it listens (recovery has been queued by then). */
   async startDaemon(): Promise<void> {
     if (this.child !== null) throw new Error('the daemon is running');
@@ -221,8 +239,8 @@ export class Site {
           nl = buffer.indexOf('\n');
         }
       };
-      child.stdout?.on('data', onData);
-      child.stderr?.on('data', (c: Buffer) => {
+      child.stdout.on('data', onData);
+      child.stderr.on('data', (c: Buffer) => {
         this.keepLog(`[${life}!] ${c.toString('utf8').trimEnd()}`);
       });
       child.once('exit', (code, signal) => {
@@ -237,7 +255,11 @@ export class Site {
   async kill(): Promise<void> {
     const child = this.child;
     if (child === null) return;
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    const exited = new Promise<void>((resolve) => {
+      child.once('exit', () => {
+        resolve();
+      });
+    });
     child.kill('SIGKILL');
     await exited;
     this.child = null;
@@ -247,7 +269,11 @@ export class Site {
   async stop(): Promise<number | null> {
     const child = this.child;
     if (child === null) return null;
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    const exited = new Promise<number | null>((resolve) => {
+      child.once('exit', (c) => {
+        resolve(c);
+      });
+    });
     child.kill('SIGTERM');
     const code = await exited;
     this.child = null;
@@ -397,8 +423,9 @@ export class Site {
           );
         }
       }
+      const foreign = this.foreignWrites.get(device.id);
       for (const w of device.writeLog) {
-        if (!bySeq.has(w.seq)) {
+        if (!bySeq.has(w.seq) && foreign?.has(w.seq) !== true) {
           add({
             invariant: 'ATTRIBUTION',
             key: null,
@@ -517,7 +544,9 @@ async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Pr
     return await Promise.race([
       promise,
       new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+        timer = setTimeout(() => {
+          reject(new Error(`${what}: no answer within ${ms} ms`));
+        }, ms);
       }),
     ]);
   } finally {
