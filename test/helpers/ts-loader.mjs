@@ -3,11 +3,11 @@
 // Used by tests that need several real processes or threads sharing one journal.
 import { createHash } from 'node:crypto';
 import { readFile, writeFile, mkdir, rename } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import ts from 'typescript';
 
 export async function resolve(specifier, context, nextResolve) {
   if (
@@ -23,7 +23,13 @@ export async function resolve(specifier, context, nextResolve) {
 
 // Transpiled output is cached by content hash: tests spawn many short-lived processes (a
 // daemon killed and started again), and transpiling every file each time costs seconds.
-const CACHE = join(tmpdir(), `sluice-ts-cache-${ts.version}`);
+// TypeScript itself is loaded only on a cache miss: importing it costs most of a second per
+// process, which the reliability campaigns pay at every daemon restart.
+const require = createRequire(import.meta.url);
+const TS_VERSION = JSON.parse(
+  readFileSync(require.resolve('typescript/package.json'), 'utf8'),
+).version;
+const CACHE = join(tmpdir(), `sluice-ts-cache-${TS_VERSION}`);
 
 export async function load(url, context, nextLoad) {
   if (!url.endsWith('.ts')) return nextLoad(url, context);
@@ -33,6 +39,7 @@ export async function load(url, context, nextLoad) {
   if (existsSync(cached)) {
     return { format: 'module', source: await readFile(cached, 'utf8'), shortCircuit: true };
   }
+  const { default: ts } = await import('typescript');
   const { outputText } = ts.transpileModule(source, {
     fileName: fileURLToPath(url),
     compilerOptions: {
