@@ -192,10 +192,11 @@ describe('404, 405', () => {
   it('answers a wrong method with 405 and Allow, before authentication', async () => {
     const r = await call(api, 'GET', '/v1/commands');
     expectProblem(r, 405, 'METHOD_NOT_ALLOWED');
-    expect(r.headers.allow).toBe('POST');
+    // OPTIONS is served on every known path (204 with Allow), so Allow lists it.
+    expect(r.headers.allow).toBe('POST, OPTIONS');
     const d = await call(api, 'DELETE', '/v1/devices/v1', { body: 'x' });
     expectProblem(d, 405, 'METHOD_NOT_ALLOWED');
-    expect(d.headers.allow).toBe('GET, HEAD');
+    expect(d.headers.allow).toBe('GET, HEAD, OPTIONS');
   });
 });
 

@@ -1,0 +1,42 @@
+import type { App } from './https-types.js';
+
+/**
+ * Request bodies: JSON in UTF-8 only (RFC 8259 §8.1), decoded strictly. fastify decodes a body
+ * with `Buffer#toString`, which turns every invalid byte into U+FFFD: a command whose bytes were
+ * damaged on the way would be taken as some other command. The MQTT intake refuses such a
+ * payload (mqtt-message.ts); the HTTPS intake refuses it the same way, before the command is
+ * read, so nothing is journaled and nothing is written.
+ */
+
+// `fatal`: overlong forms, encoded surrogates, code points past U+10FFFF and truncated
+// sequences all throw (WHATWG Encoding). `ignoreBOM` keeps a leading BOM in the text so that
+// the JSON parser drops exactly one, as RFC 8259 §8.1 allows and MQTT's decoder does.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+export class BodyNotUtf8Error extends Error {
+  constructor() {
+    super('the request body is not valid UTF-8');
+    this.name = 'BodyNotUtf8Error';
+  }
+}
+
+/**
+ * Replaces fastify's body parsers with one for `application/json` (with or without parameters)
+ * that decodes strictly and then parses with fastify's own JSON parser, prototype-poisoning
+ * checks included. Any other media type has no parser and is answered 415.
+ */
+export function takeOnlyUtf8Json(app: App): void {
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser(['application/json', 'text/plain']);
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+    let text: string;
+    try {
+      text = utf8.decode(body as Buffer);
+    } catch {
+      done(new BodyNotUtf8Error(), undefined);
+      return;
+    }
+    // fastify's JSON parser answers through `done` and returns nothing.
+    void parseJson(request, text, done);
+  });
+}

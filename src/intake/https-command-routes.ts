@@ -1,0 +1,153 @@
+import { isTerminal, parseCommandRequest } from '../core/command.js';
+import { SluiceError } from '../core/errors.js';
+import type { Claim, CommandRecord, CommandRef } from '../core/journal.js';
+import type { Logger } from '../core/logger.js';
+import type { CommandPipeline } from '../core/pipeline.js';
+import type { CallerGuard } from './https-guard.js';
+import { makeProblem, send, sendProblem } from './https-problems.js';
+import type { App, HttpsMetrics, Reply, Request } from './https-types.js';
+import { readIdempotencyKey } from './idempotency-key.js';
+import { httpResponseFor } from './outcome.js';
+import { parsePrefer, planWait, type WaitPolicy } from './prefer.js';
+
+/**
+ * `POST /v1/commands` (SPEC §4): a keyed command is claimed in the journal, then answered from
+ * its journal record once it settles or its wait runs out (httpResponseFor), so a retry of a
+ * settled key replays the very bytes of the first answer.
+ */
+
+/** Polling interval suggested to clients of a command still in flight. */
+const RETRY_IN_FLIGHT_S = 1;
+
+export interface CommandRoutesOptions {
+  readonly pipeline: CommandPipeline;
+  readonly waitPolicy: WaitPolicy;
+  readonly metrics: HttpsMetrics;
+  readonly logger: Logger;
+  readonly guard: CallerGuard;
+  /** Aborted when the intake stops: requests waiting for a command answer at once. */
+  readonly stopping: AbortSignal;
+}
+
+export function commandPath(key: string): string {
+  return `/v1/commands/${encodeURIComponent(key)}`;
+}
+
+export function registerCommandRoutes(app: App, options: CommandRoutesOptions): void {
+  app.post('/v1/commands', options.guard.hooks, async (request, reply) =>
+    postCommand(options, request, reply),
+  );
+}
+
+async function postCommand(
+  options: CommandRoutesOptions,
+  request: Request,
+  reply: Reply,
+): Promise<Reply> {
+  const { pipeline, metrics, logger } = options;
+  const identity = options.guard.caller(request);
+  let claim: Claim;
+  let key: string | undefined;
+  let device: string | undefined;
+  try {
+    key = readIdempotencyKey(request.headers['idempotency-key']);
+    const command = parseCommandRequest(request.body);
+    device = command.device;
+    claim = pipeline.submit({ key, identity, intake: 'https', request: command });
+  } catch (error) {
+    // Refusals are answered by the error handler; the log line carries what was known.
+    metrics.accepted.inc({ intake: 'https', outcome: 'refused' });
+    logger.info(
+      {
+        key,
+        device,
+        identity: identity.name,
+        code: error instanceof SluiceError ? error.code : 'INTERNAL_ERROR',
+      },
+      'HTTPS command refused',
+    );
+    throw error;
+  }
+  metrics.accepted.inc({ intake: 'https', outcome: claim.kind });
+  const log = logger.child({ key, device });
+  switch (claim.kind) {
+    case 'new': {
+      const plan = planWait(parsePrefer(request.headers.prefer), options.waitPolicy);
+      const record = await settledWithin(options, claim.record, plan.waitMs);
+      if (plan.applied !== null) reply.header('preference-applied', plan.applied);
+      log.info(
+        { identity: identity.name, state: record.state, code: record.code },
+        'HTTPS command answered',
+      );
+      return sendRecord(reply, record, false);
+    }
+    case 'duplicate': {
+      const record = claim.record;
+      if (isTerminal(record.state)) {
+        log.info(
+          { identity: identity.name, state: record.state, code: record.code },
+          'HTTPS command replayed',
+        );
+        return sendRecord(reply, record, true);
+      }
+      log.info({ identity: identity.name, state: record.state }, 'HTTPS retry while in flight');
+      return sendProblem(
+        reply,
+        makeProblem(
+          409,
+          'IN_PROGRESS',
+          `the command with this key is ${record.state}; poll its Location or retry later`,
+          { key, state: record.state },
+        ),
+        { 'retry-after': String(RETRY_IN_FLIGHT_S), location: commandPath(key) },
+      );
+    }
+    case 'reused':
+      log.warn({ identity: identity.name }, 'HTTPS idempotency key reused for another command');
+      return sendProblem(
+        reply,
+        makeProblem(
+          422,
+          'IDEMPOTENCY_KEY_REUSED',
+          'this key was already used for a different command; use a new key for a new command',
+          { key },
+        ),
+      );
+  }
+}
+
+/** The command once terminal, or as it stands after `waitMs` or when the intake stops. */
+async function settledWithin(
+  options: CommandRoutesOptions,
+  record: CommandRecord,
+  waitMs: number,
+): Promise<CommandRecord> {
+  const { pipeline, stopping } = options;
+  const ref: CommandRef = { scope: record.scope, key: record.key };
+  if (isTerminal(record.state) || waitMs <= 0 || stopping.aborted) {
+    return pipeline.get(ref) ?? record;
+  }
+  let wake = (): void => undefined;
+  const stopped = new Promise<undefined>((resolve) => {
+    wake = () => {
+      resolve(undefined);
+    };
+    stopping.addEventListener('abort', wake, { once: true });
+  });
+  try {
+    const settled = await Promise.race([pipeline.waitForSettled(ref, waitMs), stopped]);
+    return settled ?? pipeline.get(ref) ?? record;
+  } finally {
+    stopping.removeEventListener('abort', wake);
+  }
+}
+
+function sendRecord(reply: Reply, record: CommandRecord, replayed: boolean): Reply {
+  const response = httpResponseFor(record);
+  if (replayed) reply.header('idempotent-replayed', 'true');
+  if (response.status === 202) {
+    reply.header('location', commandPath(record.key));
+    reply.header('retry-after', String(RETRY_IN_FLIGHT_S));
+  }
+  return send(reply, response.status, response.contentType, response.body);
+}

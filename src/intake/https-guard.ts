@@ -1,0 +1,82 @@
+import type { Clock } from '../core/clock.js';
+import { authenticate } from './credentials.js';
+import { makeProblem, sendProblem } from './https-problems.js';
+import type { Reply, Request } from './https-types.js';
+import type { IdentityRegistry, NamedIdentity } from './identities.js';
+import { RateLimiter, type RateLimitPolicy } from './rate-limit.js';
+
+/**
+ * Who may use the `/v1` routes: the caller is authenticated (bearer token or client
+ * certificate, credentials.ts), then held to its identity's rate limit. Handlers ask the guard
+ * who the caller is; a handler that runs without the guard is a wiring bug, not an anonymous
+ * caller.
+ */
+
+export interface CallerGuardOptions {
+  readonly identities: IdentityRegistry;
+  readonly rateLimit: RateLimitPolicy;
+  /** Client certificates are asked for (https.clientCaFile is set). */
+  readonly mutualTls: boolean;
+  readonly clock: Clock;
+}
+
+export class CallerGuard {
+  private readonly identities: IdentityRegistry;
+  private readonly rateLimit: RateLimitPolicy;
+  private readonly mutualTls: boolean;
+  private readonly limiter: RateLimiter;
+  /** Who each authenticated request is; keyed by the raw request so nothing outlives it. */
+  private readonly callers = new WeakMap<object, NamedIdentity>();
+
+  constructor(options: CallerGuardOptions) {
+    this.identities = options.identities;
+    this.rateLimit = options.rateLimit;
+    this.mutualTls = options.mutualTls;
+    const clock = options.clock;
+    this.limiter = new RateLimiter(options.rateLimit, () => clock.now());
+  }
+
+  /** The route option that puts a route behind the guard. */
+  readonly hooks = {
+    onRequest: async (request: Request, reply: Reply): Promise<Reply | undefined> =>
+      this.check(request, reply),
+  };
+
+  /** The authenticated caller of a guarded request. */
+  caller(request: Request): NamedIdentity {
+    const identity = this.callers.get(request.raw);
+    if (identity === undefined) throw new Error('request reached a /v1 handler unauthenticated');
+    return identity;
+  }
+
+  private check(request: Request, reply: Reply): Reply | undefined {
+    const auth = authenticate(
+      request.headers.authorization,
+      request.raw.socket,
+      this.identities,
+      this.mutualTls,
+    );
+    if (!auth.ok) {
+      const challenge = auth.invalidToken
+        ? 'Bearer realm="sluice", error="invalid_token"'
+        : 'Bearer realm="sluice"';
+      return sendProblem(reply, makeProblem(401, 'UNAUTHORIZED', auth.detail), {
+        'www-authenticate': challenge,
+      });
+    }
+    const decision = this.limiter.take(auth.identity.name);
+    if (!decision.allowed) {
+      return sendProblem(
+        reply,
+        makeProblem(
+          429,
+          'RATE_LIMITED',
+          `more than ${String(this.rateLimit.perSecond)} requests per second (burst ${String(this.rateLimit.burst)}) for this identity`,
+        ),
+        { 'retry-after': String(decision.retryAfterS) },
+      );
+    }
+    this.callers.set(request.raw, auth.identity);
+    return undefined;
+  }
+}

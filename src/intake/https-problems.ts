@@ -1,0 +1,225 @@
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
+import {
+  InvalidCommandError,
+  InvalidKeyError,
+  JournalUnavailableError,
+  ShuttingDownError,
+  UnknownDeviceError,
+} from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import { BodyNotUtf8Error } from './https-body.js';
+import type { HttpsMetrics, Reply } from './https-types.js';
+import { problem, type Problem } from './outcome.js';
+
+/**
+ * How the HTTPS intake answers errors: every refusal is an RFC 9457 problem document with a
+ * stable `code` (SPEC §4), whether it comes from the core, from fastify, from the router or from
+ * Node's HTTP parser before a request exists.
+ */
+
+export const JSON_TYPE = 'application/json';
+export const PROBLEM_TYPE = 'application/problem+json';
+/** What a client should wait before retrying after a shutdown: a restart under systemd. */
+export const RETRY_SHUTDOWN_S = 5;
+
+/** Titles for the codes this intake adds to those outcome.ts knows. */
+const EXTRA_TITLES: Record<string, string> = {
+  BAD_REQUEST: 'Bad request',
+  METHOD_NOT_ALLOWED: 'Method not allowed',
+  NOT_IMPLEMENTED: 'Method not implemented',
+  URI_TOO_LONG: 'Request target too long',
+  REQUEST_TIMEOUT: 'Request timeout',
+  HEADERS_TOO_LARGE: 'Request header fields too large',
+  INTERNAL_ERROR: 'Internal error',
+};
+
+export function makeProblem(
+  status: number,
+  code: string,
+  detail: string,
+  extensions: Record<string, unknown> = {},
+): Problem {
+  const title = EXTRA_TITLES[code];
+  return problem(status, code, detail, title === undefined ? extensions : { title, ...extensions });
+}
+
+/**
+ * Sends a body as bytes: fastify appends `; charset=utf-8` to string bodies, and the content
+ * type must be exactly the one httpResponseFor gives, like the body.
+ */
+export function send(reply: Reply, status: number, contentType: string, body: string): Reply {
+  return reply.code(status).header('content-type', contentType).send(Buffer.from(body, 'utf8'));
+}
+
+export function sendProblem(reply: Reply, p: Problem, headers: Record<string, string> = {}): Reply {
+  for (const [name, value] of Object.entries(headers)) reply.header(name, value);
+  return send(reply, p.status, PROBLEM_TYPE, JSON.stringify(p));
+}
+
+export interface MappedError {
+  readonly problem: Problem;
+  readonly headers?: Record<string, string>;
+}
+
+/** Codes for the other 4xx errors fastify may raise, by status. */
+const CLIENT_ERROR_CODES: Record<number, string> = {
+  404: 'NOT_FOUND',
+  405: 'METHOD_NOT_ALLOWED',
+  408: 'REQUEST_TIMEOUT',
+  413: 'PAYLOAD_TOO_LARGE',
+  414: 'URI_TOO_LONG',
+  415: 'UNSUPPORTED_MEDIA_TYPE',
+  431: 'HEADERS_TOO_LARGE',
+};
+
+/** The `code` and `statusCode` that fastify's own errors carry (FST_ERR_*). */
+function frameworkFields(error: unknown): {
+  code: string | undefined;
+  statusCode: number | undefined;
+} {
+  if (typeof error !== 'object' || error === null)
+    return { code: undefined, statusCode: undefined };
+  const e = error as { code?: unknown; statusCode?: unknown };
+  return {
+    code: typeof e.code === 'string' ? e.code : undefined,
+    statusCode: typeof e.statusCode === 'number' ? e.statusCode : undefined,
+  };
+}
+
+export interface ErrorMapOptions {
+  readonly metrics: HttpsMetrics;
+  readonly logger: Logger;
+  readonly bodyLimitBytes: number;
+}
+
+/** Every error a request can raise, as the problem document SPEC §4 names for it. */
+export function mapError(error: unknown, options: ErrorMapOptions): MappedError {
+  if (error instanceof InvalidKeyError) {
+    return { problem: makeProblem(400, 'MISSING_IDEMPOTENCY_KEY', error.message) };
+  }
+  if (error instanceof InvalidCommandError) {
+    return {
+      problem: makeProblem(400, 'INVALID_COMMAND', error.message, { errors: error.errors }),
+    };
+  }
+  if (error instanceof BodyNotUtf8Error) {
+    return {
+      problem: makeProblem(400, 'INVALID_COMMAND', error.message, {
+        errors: ['(body): is not valid UTF-8'],
+      }),
+    };
+  }
+  if (error instanceof UnknownDeviceError) {
+    return {
+      problem: makeProblem(404, 'UNKNOWN_DEVICE', error.message, { device: error.device }),
+    };
+  }
+  if (error instanceof JournalUnavailableError) {
+    // I5: fail closed. Nothing was claimed, so nothing will be written.
+    options.metrics.journalFailures.inc();
+    options.logger.error({ err: error.message }, 'journal unavailable; command refused');
+    return {
+      problem: makeProblem(
+        503,
+        'JOURNAL_UNAVAILABLE',
+        'the journal cannot record commands now; nothing was accepted or written',
+      ),
+    };
+  }
+  if (error instanceof ShuttingDownError) {
+    return {
+      problem: makeProblem(503, 'SHUTTING_DOWN', error.message),
+      headers: { 'retry-after': String(RETRY_SHUTDOWN_S) },
+    };
+  }
+  const { code, statusCode } = frameworkFields(error);
+  switch (code) {
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return {
+        problem: makeProblem(
+          415,
+          'UNSUPPORTED_MEDIA_TYPE',
+          'the request body must be application/json',
+        ),
+      };
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return {
+        problem: makeProblem(
+          413,
+          'PAYLOAD_TOO_LARGE',
+          `the request body exceeds ${String(options.bodyLimitBytes)} bytes`,
+        ),
+      };
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return {
+        problem: makeProblem(400, 'INVALID_COMMAND', 'the request body is not valid JSON', {
+          errors: ['(body): is not valid JSON'],
+        }),
+      };
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return {
+        problem: makeProblem(400, 'BAD_REQUEST', 'the body length does not match Content-Length'),
+      };
+    case 'FST_ERR_BAD_URL':
+      return { problem: makeProblem(400, 'BAD_REQUEST', 'the request path is not a valid URL') };
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      return { problem: makeProblem(414, 'URI_TOO_LONG', 'a path segment is too long') };
+    default:
+      break;
+  }
+  if (statusCode !== undefined && statusCode >= 400 && statusCode < 500) {
+    return {
+      problem: makeProblem(
+        statusCode,
+        CLIENT_ERROR_CODES[statusCode] ?? 'BAD_REQUEST',
+        STATUS_CODES[statusCode] ?? 'bad request',
+      ),
+    };
+  }
+  // Unexpected: log it whole, answer without internals.
+  options.logger.error({ err: error }, 'HTTPS request failed');
+  return {
+    problem: makeProblem(500, 'INTERNAL_ERROR', 'the request failed; see the gateway log'),
+  };
+}
+
+/** What Node's HTTP parser refused, as a status and code. */
+function clientErrorStatus(code: string | undefined): readonly [number, string, string] {
+  switch (code) {
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return [408, 'REQUEST_TIMEOUT', 'the request could not be read'];
+    case 'HPE_HEADER_OVERFLOW':
+      return [431, 'HEADERS_TOO_LARGE', 'the request could not be read'];
+    case 'HPE_INVALID_METHOD':
+      // RFC 9110 §9.1: a method the server does not recognise is 501. Node's parser knows
+      // every registered method (node:http METHODS); anything else never becomes a request.
+      return [501, 'NOT_IMPLEMENTED', 'the request method is not one this server knows'];
+    default:
+      return [400, 'BAD_REQUEST', 'the request could not be read'];
+  }
+}
+
+/**
+ * Errors before a request exists (malformed HTTP, an unknown method, oversized headers, request
+ * timeout) are answered on the raw socket, as a problem document like every other error.
+ */
+export function answerClientError(
+  error: Error & { code?: string },
+  socket: Socket,
+  logger: Logger,
+): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, code, detail] = clientErrorStatus(error.code);
+  logger.debug({ code: error.code, status }, 'HTTP client error');
+  if (socket.writable) {
+    const body = JSON.stringify(makeProblem(status, code, detail));
+    socket.write(
+      `HTTP/1.1 ${String(status)} ${STATUS_CODES[status] ?? ''}\r\n` +
+        `Content-Type: ${PROBLEM_TYPE}\r\nContent-Length: ${String(Buffer.byteLength(body))}\r\n` +
+        `Cache-Control: no-store\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(error);
+}

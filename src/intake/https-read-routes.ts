@@ -1,0 +1,128 @@
+import type { Clock } from '../core/clock.js';
+import { parseIdempotencyKey } from '../core/command.js';
+import { InvalidKeyError } from '../core/errors.js';
+import type { CommandRef } from '../core/journal.js';
+import type { CommandPipeline } from '../core/pipeline.js';
+import { deviceDocument } from './device-view.js';
+import type { CallerGuard } from './https-guard.js';
+import { JSON_TYPE, makeProblem, send, sendProblem } from './https-problems.js';
+import type { App, HttpsMetrics, Readiness, Reply, Request } from './https-types.js';
+import type { IdentityRegistry } from './identities.js';
+import { resultBody } from './outcome.js';
+
+/**
+ * The read side of the HTTPS intake: a caller's command with its history, the devices as the
+ * gateway mirrors them (behind the guard), and health, readiness and metrics (open: keep them on
+ * a management network). Nothing here changes state.
+ */
+
+export interface ReadRoutesOptions {
+  readonly pipeline: CommandPipeline;
+  readonly identities: IdentityRegistry;
+  readonly metrics: HttpsMetrics;
+  readonly readiness: () => Readiness;
+  readonly clock: Clock;
+  readonly guard: CallerGuard;
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+export function registerReadRoutes(app: App, options: ReadRoutesOptions): void {
+  const { guard } = options;
+  app.get<{ Params: { key: string } }>('/v1/commands/:key', guard.hooks, async (request, reply) =>
+    getCommand(options, request, reply),
+  );
+  app.get('/v1/devices', guard.hooks, async (request, reply) =>
+    getDevices(options, request, reply),
+  );
+  app.get<{ Params: { id: string } }>('/v1/devices/:id', guard.hooks, async (request, reply) =>
+    getDevice(options, request, reply),
+  );
+  app.get('/healthz', async (_request, reply) =>
+    send(reply, 200, JSON_TYPE, JSON.stringify({ status: 'ok' })),
+  );
+  app.get('/readyz', async (_request, reply) => getReady(options.readiness, reply));
+  app.get('/metrics', async (_request, reply) => {
+    const text = await options.metrics.registry.metrics();
+    return send(reply, 200, options.metrics.registry.contentType, text);
+  });
+}
+
+function getCommand(
+  options: ReadRoutesOptions,
+  request: Request<{ Params: { key: string } }>,
+  reply: Reply,
+): Reply {
+  const identity = options.guard.caller(request);
+  const notFound = (): Reply =>
+    sendProblem(
+      reply,
+      makeProblem(404, 'UNKNOWN_COMMAND', 'no command with this key for this identity'),
+    );
+  let key: string;
+  try {
+    key = parseIdempotencyKey(request.params.key);
+  } catch (error) {
+    if (error instanceof InvalidKeyError) return notFound();
+    throw error;
+  }
+  const ref: CommandRef = { scope: identity.scope, key };
+  const record = options.pipeline.get(ref);
+  if (record === undefined) return notFound();
+  const history = options.pipeline.history(ref).map((event) => ({
+    at: iso(event.at),
+    from: event.from,
+    to: event.to,
+    intake: event.intake,
+    detail: event.detail,
+  }));
+  const result = JSON.parse(resultBody(record)) as Record<string, unknown>;
+  return send(reply, 200, JSON_TYPE, JSON.stringify({ ...result, history }));
+}
+
+function getDevices(options: ReadRoutesOptions, request: Request, reply: Reply): Reply {
+  const identity = options.guard.caller(request);
+  const now = options.clock.now();
+  const devices = options.pipeline
+    .devices()
+    .map((view) => deviceDocument(view, options.identities.mayCommand(identity, view.id), now));
+  return send(reply, 200, JSON_TYPE, JSON.stringify({ devices }));
+}
+
+function getDevice(
+  options: ReadRoutesOptions,
+  request: Request<{ Params: { id: string } }>,
+  reply: Reply,
+): Reply {
+  const identity = options.guard.caller(request);
+  const view = options.pipeline.device(request.params.id);
+  if (view === undefined) {
+    return sendProblem(
+      reply,
+      makeProblem(404, 'UNKNOWN_DEVICE', `unknown device "${request.params.id}"`),
+    );
+  }
+  const body = deviceDocument(
+    view,
+    options.identities.mayCommand(identity, view.id),
+    options.clock.now(),
+  );
+  return send(reply, 200, JSON_TYPE, JSON.stringify(body));
+}
+
+function getReady(readiness: () => Readiness, reply: Reply): Reply {
+  let state: Readiness;
+  try {
+    state = readiness();
+  } catch (error) {
+    // A readiness probe that throws is itself a reason not to be ready.
+    state = {
+      ready: false,
+      checks: {
+        readiness: { ok: false, detail: error instanceof Error ? error.message : String(error) },
+      },
+    };
+  }
+  const body = { status: state.ready ? 'ready' : 'not ready', checks: state.checks };
+  return send(reply, state.ready ? 200 : 503, JSON_TYPE, JSON.stringify(body));
+}

@@ -1,0 +1,133 @@
+import { readFile } from 'node:fs/promises';
+import { fastify } from 'fastify';
+import type { Logger } from '../core/logger.js';
+import { takeOnlyUtf8Json } from './https-body.js';
+import {
+  answerClientError,
+  makeProblem,
+  mapError,
+  RETRY_SHUTDOWN_S,
+  sendProblem,
+} from './https-problems.js';
+import type { App, HttpsConfig, HttpsMetrics } from './https-types.js';
+
+/**
+ * The HTTPS server under the intake's routes: TLS 1.3 (SPEC §4) with optional client
+ * certificates, request limits, strict UTF-8 JSON bodies, and what every request goes through —
+ * the shutdown answer, the response headers, the access metrics and log, and errors as problem
+ * documents. The routes are added by their own modules.
+ */
+
+/** A whole request (headers and body) must arrive within this; bounds slow-loris uploads. */
+const REQUEST_TIMEOUT_MS = 30_000;
+/** Keys are up to 255 characters; percent-encoded they may take three times that. */
+const MAX_PARAM_LENGTH = 1024;
+
+export interface TlsMaterial {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  /** The CA client certificates must chain to; mutual TLS is on when it is present. */
+  readonly ca: Buffer | undefined;
+}
+
+export async function readTlsMaterial(config: HttpsConfig): Promise<TlsMaterial> {
+  const { certFile, keyFile, clientCaFile } = config;
+  const [cert, key, ca] = await Promise.all([
+    readFile(certFile),
+    readFile(keyFile),
+    clientCaFile === undefined ? Promise.resolve(undefined) : readFile(clientCaFile),
+  ]);
+  return { cert, key, ca };
+}
+
+export interface ServerOptions {
+  readonly config: HttpsConfig;
+  readonly tls: TlsMaterial;
+  readonly metrics: HttpsMetrics;
+  readonly logger: Logger;
+  /** Aborted when the intake stops: new requests are answered 503 SHUTTING_DOWN. */
+  readonly stopping: AbortSignal;
+}
+
+export function createServer(options: ServerOptions): App {
+  const { config, tls, metrics, logger, stopping } = options;
+  const errors = { metrics, logger, bodyLimitBytes: config.bodyLimitBytes };
+  const app = fastify({
+    https: {
+      cert: tls.cert,
+      key: tls.key,
+      // SPEC §4: TLS 1.3 only; an older client fails the handshake.
+      minVersion: 'TLSv1.3',
+      maxVersion: 'TLSv1.3',
+      ...(tls.ca !== undefined
+        ? {
+            ca: tls.ca,
+            requestCert: true,
+            // The handshake completes without a (valid) certificate so that a token can
+            // still authenticate, and a bad certificate gets a 401 with its reason.
+            rejectUnauthorized: false,
+          }
+        : {}),
+    },
+    logger: false,
+    bodyLimit: config.bodyLimitBytes,
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    // fastify's own 503 during close is not a problem document; the onRequest hook answers
+    // SHUTTING_DOWN instead.
+    return503OnClosing: false,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // Router errors (a malformed percent-encoding, an over-long path segment) come here
+    // instead of the error handler.
+    frameworkErrors: (error, _request, reply) => {
+      const mapped = mapError(error, errors);
+      void sendProblem(reply, mapped.problem, mapped.headers);
+    },
+    clientErrorHandler: (error, socket) => {
+      answerClientError(error, socket, logger);
+    },
+  });
+  app.server.on('tlsClientError', (error: Error & { code?: string }) => {
+    // A refused handshake (TLS 1.2, garbage) is the client's problem; keep it out of warn.
+    logger.debug({ code: error.code, err: error.message }, 'TLS handshake refused');
+  });
+
+  takeOnlyUtf8Json(app);
+
+  app.addHook('onRequest', async (_request, reply) => {
+    if (!stopping.aborted) return;
+    return sendProblem(
+      reply,
+      makeProblem(503, 'SHUTTING_DOWN', 'the gateway is shutting down; retry shortly'),
+      { 'retry-after': String(RETRY_SHUTDOWN_S), connection: 'close' },
+    );
+  });
+  app.addHook('onSend', async (_request, reply, payload) => {
+    reply.header('cache-control', 'no-store');
+    reply.header('x-content-type-options', 'nosniff');
+    if (stopping.aborted) reply.header('connection', 'close');
+    return payload;
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    const status = reply.statusCode;
+    metrics.httpResponses.inc({ route, status: String(status) });
+    const line = { method: request.method, route, status, ms: Math.round(reply.elapsedTime) };
+    if (status >= 500) logger.warn(line, 'HTTPS response');
+    else logger.debug(line, 'HTTPS response');
+  });
+  app.setErrorHandler(async (error, _request, reply) => {
+    const mapped = mapError(error, errors);
+    return sendProblem(reply, mapped.problem, mapped.headers);
+  });
+  app.setNotFoundHandler(async (request, reply) =>
+    sendProblem(
+      reply,
+      makeProblem(
+        404,
+        'NOT_FOUND',
+        `no route for ${request.method} ${request.url.split('?')[0] ?? ''}`,
+      ),
+    ),
+  );
+  return app;
+}

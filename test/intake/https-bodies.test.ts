@@ -1,0 +1,155 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
+import {
+  call,
+  makePki,
+  startIntake,
+  type HttpResult,
+  type Pki,
+  type RunningIntake,
+} from './https-client.js';
+
+/**
+ * Command bodies that must be refused whole over HTTPS, as MQTT refuses them: bytes that are
+ * not UTF-8 (never replaced by U+FFFD), dates the calendar does not have, result documents.
+ * Each refusal is a 400 that leaves nothing in the journal and writes nothing.
+ */
+
+let stack: Stack;
+let pki: Pki;
+let api: RunningIntake;
+
+beforeAll(async () => {
+  pki = await makePki();
+  stack = await startStack();
+  api = await startIntake(stack, pki);
+});
+
+afterAll(async () => {
+  await api.stop();
+  await stack.stop();
+  pki.cleanup();
+});
+
+const key = (): string => `k-${randomUUID()}`;
+const writes = (): number => stack.plant.device('v1').counters.writesReceived;
+
+function post(
+  k: string,
+  body: Buffer | string,
+  contentType = 'application/json',
+): Promise<HttpResult> {
+  return call(api, 'POST', '/v1/commands', {
+    token: TOKENS.plant,
+    body,
+    headers: { 'idempotency-key': k, 'content-type': contentType },
+  });
+}
+
+/** `{"device":"v1","action":"open","note":"<bytes>"}` with `bytes` spliced in raw. */
+function withBytes(bytes: number[]): Buffer {
+  return Buffer.concat([
+    Buffer.from('{"device":"v1","action":"open","note":"'),
+    Buffer.from(bytes),
+    Buffer.from('"}'),
+  ]);
+}
+
+/** The refusal is a 400 INVALID_COMMAND and nothing was journaled or written. */
+async function expectRefused(r: HttpResult, k: string, before: number): Promise<void> {
+  expect(r.status).toBe(400);
+  expect(r.headers['content-type']).toBe('application/problem+json');
+  expect(r.json).toMatchObject({ status: 400, code: 'INVALID_COMMAND' });
+  expect(stack.pipeline.get({ scope: 'plant', key: k })).toBeUndefined();
+  const shown = await call(api, 'GET', `/v1/commands/${k}`, { token: TOKENS.plant });
+  expect(shown.status).toBe(404);
+  expect(writes()).toBe(before);
+}
+
+describe('400: a body that is not UTF-8', () => {
+  const cases: readonly (readonly [what: string, bytes: number[]])[] = [
+    ['a Latin-1 byte', [0xe9]],
+    ['a lone continuation byte', [0x80]],
+    ['a truncated sequence', [0xe2, 0x82]],
+    ['an overlong encoding of "/"', [0xc0, 0xaf]],
+    ['an overlong encoding of NUL', [0xe0, 0x80, 0x80]],
+    ['an encoded surrogate (U+D800)', [0xed, 0xa0, 0x80]],
+    ['a code point past U+10FFFF', [0xf4, 0x90, 0x80, 0x80]],
+    ['a byte UTF-8 never uses', [0xff]],
+  ];
+  for (const [what, bytes] of cases) {
+    it(`refuses ${what}, journals nothing and writes nothing`, async () => {
+      const before = writes();
+      const k = key();
+      const r = await post(k, withBytes(bytes));
+      await expectRefused(r, k, before);
+      expect(r.json.detail).toBe('the request body is not valid UTF-8');
+      expect(r.json.errors).toEqual(['(body): is not valid UTF-8']);
+    });
+  }
+
+  it('refuses invalid UTF-8 in the device name too (no U+FFFD lookalike device)', async () => {
+    const before = writes();
+    const k = key();
+    const body = Buffer.concat([
+      Buffer.from('{"device":"v1'),
+      Buffer.from([0xff]),
+      Buffer.from('","action":"open"}'),
+    ]);
+    await expectRefused(await post(k, body), k, before);
+  });
+
+  it('refuses it whatever charset the Content-Type claims', async () => {
+    const before = writes();
+    const k = key();
+    const r = await post(k, withBytes([0xe9]), 'application/json; charset=utf-8');
+    await expectRefused(r, k, before);
+    expect(r.json.detail).toBe('the request body is not valid UTF-8');
+  });
+
+  it('takes valid multi-byte UTF-8 and one leading BOM', async () => {
+    const plain = await post(
+      key(),
+      Buffer.from('{"device":"v1","action":"close","note":"Schieber Zulauf ü €  𝄞"}'),
+    );
+    expect(plain.status).toBe(200);
+    // RFC 8259 §8.1: a parser MAY ignore a byte order mark; MQTT's decoder drops one too.
+    const bom = Buffer.concat([
+      Buffer.from([0xef, 0xbb, 0xbf]),
+      Buffer.from('{"device":"v1","action":"close"}'),
+    ]);
+    expect((await post(key(), bom)).status).toBe(200);
+    const twice = Buffer.concat([
+      Buffer.from([0xef, 0xbb, 0xbf, 0xef, 0xbb, 0xbf]),
+      Buffer.from('{"device":"v1","action":"close"}'),
+    ]);
+    const k = key();
+    const r = await post(k, twice);
+    await expectRefused(r, k, writes());
+    expect(r.json.detail).toBe('the request body is not valid JSON');
+  });
+});
+
+describe('400: commands the core refuses, end to end', () => {
+  it('refuses issuedAt on 30 February, which Date.parse would roll into March', async () => {
+    const before = writes();
+    const k = key();
+    const r = await post(
+      k,
+      JSON.stringify({ device: 'v1', action: 'open', issuedAt: '2026-02-30T10:00:00Z' }),
+    );
+    await expectRefused(r, k, before);
+    const errors = r.json.errors as string[];
+    expect(errors.some((e) => e.startsWith('issuedAt:'))).toBe(true);
+  });
+
+  it("refuses a body carrying a result's state (a result document is not a command)", async () => {
+    const before = writes();
+    const k = key();
+    const r = await post(k, JSON.stringify({ device: 'v1', action: 'open', state: 'confirmed' }));
+    await expectRefused(r, k, before);
+    const errors = r.json.errors as string[];
+    expect(errors.some((e) => e.startsWith('state:'))).toBe(true);
+  });
+});
