@@ -459,7 +459,12 @@ export class Site {
           );
         }
         if (r.state === 'confirmed') {
-          const taken = device.writeLog.find((w) => w.seq === r.seq && w.outcome === 'accepted');
+          // Taken: accepted, or a no-op (SPEC §3) when the device was already on its way —
+          // e.g. another master sent the same travel between the bridge's read and its write.
+          // The controller echoes either; a refusal, LOCAL or a repeat is not taken.
+          const taken = device.writeLog.find(
+            (w) => w.seq === r.seq && (w.outcome === 'accepted' || w.outcome === 'noop'),
+          );
           const sourceTime =
             r.observed?.sourceTime === null || r.observed?.sourceTime === undefined
               ? null
