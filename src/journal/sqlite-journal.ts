@@ -34,6 +34,11 @@ export interface SqliteJournalOptions {
    */
   readonly busyTimeoutMs?: number;
   readonly readonly?: boolean;
+  /**
+   * How often, at most, a connection that SQLite opened read-only is replaced by a new one
+   * (see `write`). Default 1000 ms.
+   */
+  readonly reopenIntervalMs?: number;
 }
 
 interface CommandRow {
@@ -117,36 +122,30 @@ function rowToRecord(row: CommandRow): CommandRecord {
  * that depends on it are atomic, also against other processes sharing the file (the CLI).
  */
 export class SqliteJournal implements Journal {
-  private readonly db: Database;
-  private readonly stmts: ReturnType<typeof prepare>;
-  private readonly txClaim: Transaction<(command: NewCommand, rejection?: Rejection) => Claim>;
-  private readonly txDispatch: Transaction<
-    (
-      ref: CommandRef,
-      at: number,
-      before: Observation,
-      intake: string,
-      allocate: SeqAllocator,
-      detail: string | undefined,
-    ) => CommandRecord
-  >;
-  private readonly txRedispatch: Transaction<
-    (ref: CommandRef, at: number, detail: string, intake: string) => CommandRecord
-  >;
-  private readonly txSettle: Transaction<
-    (ref: CommandRef, from: OpenState, s: Settlement) => CommandRecord
-  >;
-  private readonly txPurge: Transaction<(before: number, limit: number) => number>;
+  private readonly options: SqliteJournalOptions;
+  /** The open connection with its statements and transactions (replaced by a reopen). */
+  private conn: Connection;
+  /** A write failed SQLITE_READONLY: the connection may be read-only for good (see below). */
+  private readOnlyConnection = false;
+  private lastReopen = Number.NEGATIVE_INFINITY;
+  private closed = false;
 
   static open(options: SqliteJournalOptions): SqliteJournal {
     return new SqliteJournal(options);
   }
 
   private constructor(options: SqliteJournalOptions) {
+    this.options = options;
+    this.conn = SqliteJournal.connect(options);
+  }
+
+  /** Opens the file, migrates it, and prepares every statement and transaction on it. */
+  private static connect(options: SqliteJournalOptions): Connection {
     const readonly = options.readonly ?? false;
+    let db: Database;
     try {
       if (!readonly) mkdirSync(dirname(options.path), { recursive: true });
-      this.db = new BetterSqlite3(options.path, {
+      db = new BetterSqlite3(options.path, {
         readonly,
         fileMustExist: readonly,
         timeout: options.busyTimeoutMs ?? 2000,
@@ -155,28 +154,32 @@ export class SqliteJournal implements Journal {
       translate(error, 'open');
     }
     try {
-      const version = this.db.pragma('user_version', { simple: true }) as number;
+      const version = db.pragma('user_version', { simple: true }) as number;
       if (version > LATEST_VERSION) {
-        this.db.close();
+        db.close();
         throw new JournalVersionError(
           `journal ${options.path} has schema version ${version}, newer than this Sluice's ${LATEST_VERSION}; refusing to open it`,
         );
       }
       if (!readonly) {
-        this.db.pragma('journal_mode = WAL');
+        db.pragma('journal_mode = WAL');
         // FULL: the WAL is fsynced at every commit, so an acknowledged command survives power loss.
-        this.db.pragma('synchronous = FULL');
-        this.migrate(version);
+        db.pragma('synchronous = FULL');
+        migrate(db, version);
       }
     } catch (error) {
       if (error instanceof JournalVersionError) throw error;
-      if (this.db.open) this.db.close();
+      if (db.open) db.close();
       translate(error, 'open');
     }
-    this.stmts = prepare(this.db);
-    const s = this.stmts;
+    const s = prepare(db);
+    const find = (ref: CommandRef): CommandRecord => {
+      const row = s.get.get(ref.scope, ref.key) as CommandRow | undefined;
+      if (row === undefined) throw new JournalConflictError(`no command ${ref.key}`);
+      return rowToRecord(row);
+    };
 
-    this.txClaim = this.db.transaction((c: NewCommand, rejection?: Rejection): Claim => {
+    const txClaim = db.transaction((c: NewCommand, rejection?: Rejection): Claim => {
       const inserted = s.insert.run({
         scope: c.scope,
         key: c.key,
@@ -197,7 +200,7 @@ export class SqliteJournal implements Journal {
         if (rejection === undefined) return { kind: 'new', record: rowToRecord(row) };
         return {
           kind: 'new',
-          record: this.txSettle({ scope: c.scope, key: c.key }, 'accepted', {
+          record: txSettle({ scope: c.scope, key: c.key }, 'accepted', {
             to: 'rejected',
             code: rejection.code,
             faultCode: null,
@@ -223,7 +226,7 @@ export class SqliteJournal implements Journal {
       return { kind: same ? 'duplicate' : 'reused', record };
     });
 
-    this.txDispatch = this.db.transaction(
+    const txDispatch = db.transaction(
       (
         ref: CommandRef,
         at: number,
@@ -232,7 +235,7 @@ export class SqliteJournal implements Journal {
         allocate: SeqAllocator,
         detail: string | undefined,
       ): CommandRecord => {
-        const current = this.require(ref);
+        const current = find(ref);
         const last =
           (s.getSeq.get(current.device) as { last_seq: number } | undefined)?.last_seq ?? 0;
         const open = new Set(
@@ -259,11 +262,11 @@ export class SqliteJournal implements Journal {
           intake,
           detail === undefined ? `seq ${seq}` : `seq ${seq}; ${detail}`,
         );
-        return this.require(ref);
+        return find(ref);
       },
     );
 
-    this.txRedispatch = this.db.transaction(
+    const txRedispatch = db.transaction(
       (ref: CommandRef, at: number, detail: string, intake: string): CommandRecord => {
         const changed = s.redispatch.run(ref.scope, ref.key);
         if (changed.changes !== 1) {
@@ -278,11 +281,11 @@ export class SqliteJournal implements Journal {
           intake,
           `redispatch: ${detail}`,
         );
-        return this.require(ref);
+        return find(ref);
       },
     );
 
-    this.txSettle = this.db.transaction(
+    const txSettle = db.transaction(
       (ref: CommandRef, from: OpenState, st: Settlement): CommandRecord => {
         const changed = s.settle.run({
           scope: ref.scope,
@@ -301,7 +304,7 @@ export class SqliteJournal implements Journal {
             `command ${ref.key} is ${now?.state ?? 'missing'}, not ${from}`,
           );
         }
-        const settled = this.require(ref);
+        const settled = find(ref);
         const response = st.render(settled);
         s.respond.run(response, ref.scope, ref.key);
         s.event.run(ref.scope, ref.key, st.at, from, st.to, st.intake, `${st.code}: ${st.detail}`);
@@ -309,7 +312,7 @@ export class SqliteJournal implements Journal {
       },
     );
 
-    this.txPurge = this.db.transaction((before: number, limit: number): number => {
+    const txPurge = db.transaction((before: number, limit: number): number => {
       const victims = s.purgeCandidates.all(before, limit) as { scope: string; key: string }[];
       for (const v of victims) {
         s.deleteEvents.run(v.scope, v.key);
@@ -317,19 +320,16 @@ export class SqliteJournal implements Journal {
       }
       return victims.length;
     });
+    return { db, stmts: s, txClaim, txDispatch, txRedispatch, txSettle, txPurge };
   }
 
   claim(command: NewCommand, rejection?: Rejection): Claim {
-    try {
-      return this.txClaim.immediate(command, rejection);
-    } catch (error) {
-      return translate(error, 'claim');
-    }
+    return this.write('claim', (c) => c.txClaim.immediate(command, rejection));
   }
 
   get(ref: CommandRef): CommandRecord | undefined {
     try {
-      const row = this.stmts.get.get(ref.scope, ref.key) as CommandRow | undefined;
+      const row = this.connection().stmts.get.get(ref.scope, ref.key) as CommandRow | undefined;
       return row === undefined ? undefined : rowToRecord(row);
     } catch (error) {
       return translate(error, 'read');
@@ -338,7 +338,7 @@ export class SqliteJournal implements Journal {
 
   findByKey(key: string): CommandRecord[] {
     try {
-      return (this.stmts.byKey.all(key) as CommandRow[]).map(rowToRecord);
+      return (this.connection().stmts.byKey.all(key) as CommandRow[]).map(rowToRecord);
     } catch (error) {
       return translate(error, 'read');
     }
@@ -352,41 +352,30 @@ export class SqliteJournal implements Journal {
     allocate: SeqAllocator,
     detail?: string,
   ): CommandRecord {
-    try {
-      return this.txDispatch.immediate(ref, at, before, intake, allocate, detail);
-    } catch (error) {
-      return translate(error, 'dispatch');
-    }
+    return this.write('dispatch', (c) =>
+      c.txDispatch.immediate(ref, at, before, intake, allocate, detail),
+    );
   }
 
   markRedispatched(ref: CommandRef, at: number, detail: string, intake: string): CommandRecord {
-    try {
-      return this.txRedispatch.immediate(ref, at, detail, intake);
-    } catch (error) {
-      return translate(error, 'redispatch');
-    }
+    return this.write('redispatch', (c) => c.txRedispatch.immediate(ref, at, detail, intake));
   }
 
   settle(ref: CommandRef, from: OpenState, settlement: Settlement): CommandRecord {
-    try {
-      return this.txSettle.immediate(ref, from, settlement);
-    } catch (error) {
-      return translate(error, 'settle');
-    }
+    return this.write('settle', (c) => c.txSettle.immediate(ref, from, settlement));
   }
 
   note(ref: CommandRef, at: number, detail: string, intake: string): void {
-    try {
-      const current = this.require(ref);
-      this.stmts.event.run(ref.scope, ref.key, at, current.state, current.state, intake, detail);
-    } catch (error) {
-      translate(error, 'note');
-    }
+    this.write('note', (c) => {
+      const row = c.stmts.get.get(ref.scope, ref.key) as CommandRow | undefined;
+      if (row === undefined) throw new JournalConflictError(`no command ${ref.key}`);
+      c.stmts.event.run(ref.scope, ref.key, at, row.state, row.state, intake, detail);
+    });
   }
 
   history(ref: CommandRef): JournalEvent[] {
     try {
-      return (this.stmts.history.all(ref.scope, ref.key) as EventRow[]).map((e) => ({
+      return (this.connection().stmts.history.all(ref.scope, ref.key) as EventRow[]).map((e) => ({
         at: e.at,
         from: e.from_state as CommandState | null,
         to: e.to_state as CommandState,
@@ -400,7 +389,7 @@ export class SqliteJournal implements Journal {
 
   listOpen(): CommandRecord[] {
     try {
-      return (this.stmts.open.all() as CommandRow[]).map(rowToRecord);
+      return (this.connection().stmts.open.all() as CommandRow[]).map(rowToRecord);
     } catch (error) {
       return translate(error, 'read');
     }
@@ -425,49 +414,113 @@ export class SqliteJournal implements Journal {
       ORDER BY accepted_at DESC LIMIT ?`;
     params.push(filter.limit ?? 1000);
     try {
-      return (this.db.prepare(sql).all(...params) as CommandRow[]).map(rowToRecord);
+      return (
+        this.connection()
+          .db.prepare(sql)
+          .all(...params) as CommandRow[]
+      ).map(rowToRecord);
     } catch (error) {
       return translate(error, 'read');
     }
   }
 
   purgeSettled(before: number, limit: number): number {
-    try {
-      return this.txPurge.immediate(before, limit);
-    } catch (error) {
-      return translate(error, 'purge');
-    }
+    return this.write('purge', (c) => c.txPurge.immediate(before, limit));
   }
 
   checkWritable(): void {
-    try {
-      // A real durable write: it fails the way a claim would (full, read-only, locked).
-      this.stmts.touch.run(new Date().toISOString());
-    } catch (error) {
-      translate(error, 'check');
-    }
+    // A real durable write: it fails the way a claim would (full, read-only, locked).
+    this.write('check', (c) => c.stmts.touch.run(new Date().toISOString()));
   }
 
   close(): void {
-    if (this.db.open) this.db.close();
+    this.closed = true;
+    if (this.conn.db.open) this.conn.db.close();
   }
 
-  private require(ref: CommandRef): CommandRecord {
-    const row = this.stmts.get.get(ref.scope, ref.key) as CommandRow | undefined;
-    if (row === undefined) throw new JournalConflictError(`no command ${ref.key}`);
-    return rowToRecord(row);
-  }
-
-  private migrate(from: number): void {
-    for (const migration of MIGRATIONS) {
-      if (migration.version <= from) continue;
-      this.db
-        .transaction(() => {
-          migration.up(this.db);
-          this.db.pragma(`user_version = ${migration.version}`);
-        })
-        .immediate();
+  /**
+   * Runs a write on the connection. SQLite opens a file it cannot write (a filesystem mounted
+   * read-only when the daemon started) read-only without an error, and such a connection stays
+   * read-only after the filesystem is writable again: every write fails SQLITE_READONLY until
+   * the file is opened anew. So after such a failure the connection is replaced before the next
+   * write (at most once per `reopenIntervalMs`): the intakes refuse while the journal cannot be
+   * written (I5) and take commands again once it can, without a restart. Nothing is lost: a
+   * failed write committed nothing, and the new connection reads the same file.
+   */
+  private write<T>(what: string, run: (c: Connection) => T): T {
+    const connection = this.connection();
+    try {
+      return run(connection);
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      if (typeof code === 'string' && code.startsWith('SQLITE_READONLY')) {
+        this.readOnlyConnection = true;
+      }
+      return translate(error, what);
     }
+  }
+
+  /** The connection, replaced first when it proved read-only or a replacement failed. */
+  private connection(): Connection {
+    if (this.closed || this.options.readonly === true) return this.conn;
+    if (this.readOnlyConnection || !this.conn.db.open) this.reopen();
+    if (!this.conn.db.open) {
+      throw new JournalUnavailableError(
+        `journal unavailable (open): ${this.options.path} could not be opened again`,
+      );
+    }
+    return this.conn;
+  }
+
+  private reopen(): void {
+    const now = performance.now();
+    if (now - this.lastReopen < (this.options.reopenIntervalMs ?? 1_000)) return;
+    this.lastReopen = now;
+    // Closed first: SQLite shares a file's WAL index among the connections of a process, and a
+    // new connection opened beside the old one would join its read-only index.
+    if (this.conn.db.open) this.conn.db.close();
+    try {
+      this.conn = SqliteJournal.connect(this.options);
+      this.readOnlyConnection = false;
+    } catch {
+      // Left closed: the next use tries again (and refuses meanwhile, as unavailable).
+    }
+  }
+}
+
+/** An open journal file: the connection, its prepared statements and its transactions. */
+interface Connection {
+  readonly db: Database;
+  readonly stmts: Statements;
+  readonly txClaim: Transaction<(command: NewCommand, rejection?: Rejection) => Claim>;
+  readonly txDispatch: Transaction<
+    (
+      ref: CommandRef,
+      at: number,
+      before: Observation,
+      intake: string,
+      allocate: SeqAllocator,
+      detail: string | undefined,
+    ) => CommandRecord
+  >;
+  readonly txRedispatch: Transaction<
+    (ref: CommandRef, at: number, detail: string, intake: string) => CommandRecord
+  >;
+  readonly txSettle: Transaction<
+    (ref: CommandRef, from: OpenState, s: Settlement) => CommandRecord
+  >;
+  readonly txPurge: Transaction<(before: number, limit: number) => number>;
+}
+
+type Statements = ReturnType<typeof prepare>;
+
+function migrate(db: Database, from: number): void {
+  for (const migration of MIGRATIONS) {
+    if (migration.version <= from) continue;
+    db.transaction(() => {
+      migration.up(db);
+      db.pragma(`user_version = ${migration.version}`);
+    }).immediate();
   }
 }
 

@@ -14,7 +14,7 @@ import { allocateSeq } from '../../src/core/sequence.js';
 import { renderResult } from '../../src/core/result.js';
 import { LATEST_VERSION } from '../../src/journal/migrations.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import { openJournal, tempDir } from '../helpers/fixtures.js';
+import { ROOT, openJournal, tempDir } from '../helpers/fixtures.js';
 import { isRoot, realComponent } from '../helpers/real.js';
 
 let dir: string;
@@ -404,6 +404,34 @@ describe('fail closed (I5)', () => {
       expect(reader.get({ scope: 'plant', key: 'before' })?.state).toBe('accepted');
       expect(reader.get({ scope: 'plant', key: 'after' })).toBeUndefined();
     });
+
+    it.runIf(available)(
+      'opened on a read-only filesystem, takes writes again once it is writable, without a restart',
+      () => {
+        const path = join(mnt, 'journal.db');
+        open(path).close();
+        // A process killed mid-life leaves the WAL and its index behind; with them SQLite opens
+        // the journal on a read-only filesystem without an error, as a read-only connection
+        // (what a daemon restarted by systemd on such a filesystem gets).
+        const crash = `const D = require('better-sqlite3'); const db = new D(${JSON.stringify(path)}); db.prepare('SELECT count(*) FROM commands').get(); process.kill(process.pid, 'SIGKILL');`;
+        expect(() => execFileSync(process.execPath, ['-e', crash], { cwd: ROOT })).toThrow();
+        execFileSync('mount', ['-o', 'remount,ro', mnt]);
+        const j = SqliteJournal.open({ path, busyTimeoutMs: 200, reopenIntervalMs: 0 });
+        journals.push(j);
+        expect(() => j.claim(command('while-ro'))).toThrow(/SQLITE_READONLY/);
+        expect(() => {
+          j.checkWritable();
+        }).toThrow(JournalUnavailableError);
+        execFileSync('mount', ['-o', 'remount,rw', mnt]);
+        // The same journal object: its read-only connection is replaced at the next write.
+        expect(j.claim(command('after-rw')).kind).toBe('new');
+        expect(() => {
+          j.checkWritable();
+        }).not.toThrow();
+        expect(j.get({ scope: 'plant', key: 'while-ro' })).toBeUndefined();
+        expect(j.get({ scope: 'plant', key: 'after-rw' })?.state).toBe('accepted');
+      },
+    );
   });
 });
 
