@@ -1,0 +1,853 @@
+import { mkdirSync, openSync, closeSync, rmSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import ModbusSerial from 'modbus-serial';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { DeviceFaultInput } from '../../simulators/plant.js';
+import { TestClient, mosquittoAvailable, type Received } from '../helpers/mosquitto.js';
+import { Site } from './site.js';
+import {
+  assertInvariants,
+  journalState,
+  metric,
+  mountTmpfs,
+  moving,
+  nowIso,
+  plantWrites,
+  recordOf,
+  remount,
+  settledResult,
+  tmpfsAvailable,
+  unmount,
+  until,
+  writesOf,
+  writesReceived,
+  type ResultDoc,
+} from './support.js';
+
+/**
+ * Fault campaign (issue 10): the real `sluiced` process against sluice-sim (Modbus and OPC UA)
+ * and a real Mosquitto, under the faults a plant network has — connection resets and lost
+ * replies mid-command, a broker restart with QoS 1 redelivery, an OPC UA server power cycle, a
+ * full and a read-only journal filesystem (a real tmpfs), stuck valves, the controller's own
+ * 0x88 from another master or a hand-moved valve, controller clocks far off, and commands that
+ * waited at the broker past their deadline. Every verdict is taken from ground truth: the
+ * simulators' write logs (per sequence number) and the journal, through `Site.verify()`, and
+ * every negative ("nothing was written") is read only after an event that proves the daemon
+ * has handled the message (a later command's result, a refusal counted in /metrics).
+ */
+
+// modbus-serial is CommonJS (`module.exports = ModbusRTU`): the default import is the class.
+const ModbusRTU = ModbusSerial as unknown as typeof ModbusSerial.default;
+
+const real = mosquittoAvailable();
+const tmpfs = real && tmpfsAvailable();
+
+const GW = 'campaign';
+const RESULTS = `sluice/${GW}/result/`;
+const DAEMON_CLIENT = `sluice-${GW}`;
+
+/** One line per scenario for the summary printed at the end. */
+const summary: {
+  scenario: string;
+  commands: number;
+  writes: number;
+  duplicates: number;
+  outcome: string;
+}[] = [];
+
+interface Tally {
+  readonly commands: number;
+  readonly writes: number;
+  readonly duplicates: number;
+  readonly foreign: number;
+}
+
+function foreignWrites(site: Site): number {
+  return [...site.foreignWrites.values()].reduce((n, seqs) => n + seqs.size, 0);
+}
+
+function startTally(site: Site): Tally {
+  return { ...site.counts(), foreign: foreignWrites(site) };
+}
+
+/** A scenario's line: journaled commands, the bridge's controller writes, duplicates absorbed. */
+function report(site: Site, start: Tally, scenario: string, outcome: string): void {
+  const now = site.counts();
+  summary.push({
+    scenario,
+    commands: now.commands - start.commands,
+    writes: now.writes - start.writes - (foreignWrites(site) - start.foreign),
+    duplicates: now.duplicates - start.duplicates,
+    outcome,
+  });
+}
+
+describe.runIf(real)('fault campaign on the real daemon', () => {
+  let site: Site;
+  let stateDir: string;
+  let watcher: TestClient;
+  let publisher: TestClient;
+  const releasers: (() => Promise<void>)[] = [];
+
+  beforeAll(async () => {
+    site = await Site.start({ opcua: true, gatewayId: GW });
+    releasers.push(() => site.close());
+    stateDir = join(site.dir, 'state');
+    if (tmpfs) {
+      // The journal lives on a small real filesystem that the test can fill or make read-only.
+      mkdirSync(stateDir);
+      mountTmpfs(stateDir, '16m');
+      releasers.push(async () => {
+        await site.kill();
+        unmount(stateDir);
+      });
+    }
+    await site.startDaemon();
+    // Persistent sessions: they keep their subscriptions and queued messages across a broker
+    // restart (mosquitto persists them).
+    watcher = await TestClient.connect(site.broker.url, {
+      clientId: 'campaign-watcher',
+      clean: false,
+      properties: { sessionExpiryInterval: 3_600 },
+    });
+    releasers.push(() => watcher.end());
+    await watcher.subscribe(`${RESULTS}#`);
+    await watcher.subscribe(`sluice/${GW}/status`);
+    publisher = await TestClient.connect(site.broker.url, {
+      clientId: 'campaign-publisher',
+      clean: false,
+      properties: { sessionExpiryInterval: 3_600 },
+    });
+    releasers.push(() => publisher.end());
+    await ready(site);
+  }, 90_000);
+
+  // Each scenario starts from a plant without faults, every valve in REMOTE, a daemon running.
+  afterEach(async () => {
+    for (const plc of site.plant.plcs) plc.clearFaults();
+    for (const device of site.plant.devices()) {
+      device.clearFaults();
+      device.setLocal(false);
+    }
+    if (!site.running) await site.startDaemon();
+  }, 60_000);
+
+  afterAll(async () => {
+    // Last in, first out: clients, then the daemon and the tmpfs, then the site.
+    for (let r = releasers.pop(); r !== undefined; r = releasers.pop()) await r();
+    if (summary.length > 0) {
+      console.log(
+        [
+          'fault campaign (violations of I1, I2, I3, I5, attribution: 0 — each scenario asserts it)',
+          `  ${'scenario'.padEnd(50)} commands  writes  dups  outcome`,
+          ...summary.map(
+            (s) =>
+              `  ${s.scenario.padEnd(50)} ${String(s.commands).padStart(8)} ${String(s.writes).padStart(7)} ${String(s.duplicates).padStart(5)}  ${s.outcome}`,
+          ),
+        ].join('\n'),
+      );
+    }
+  }, 60_000);
+
+  /** A result published on the result topic for a key (replay or not, when asked). */
+  async function mqttResult(key: string, replayed = false, ms = 30_000): Promise<ResultDoc> {
+    const message = await watcher.waitFor(
+      (m) => isResult(m) && m.json().key === key && m.json().replayed === replayed,
+      ms,
+      `MQTT result for ${key}${replayed ? ' (replay)' : ''}`,
+    );
+    return message.json() as unknown as ResultDoc;
+  }
+
+  async function publish(
+    device: string,
+    payload: Record<string, unknown>,
+    options: Parameters<TestClient['publish']>[2] = {},
+  ): Promise<void> {
+    await publisher.publish(`sluice/${GW}/cmd/${device}`, payload, options);
+  }
+
+  /** A command over HTTPS that must end confirmed, with exactly one write (or none: a no-op). */
+  async function confirmed(key: string, command: Record<string, unknown>): Promise<ResultDoc> {
+    const answer = await site.postCommand(key, command);
+    expect([200, 202], answer.body).toContain(answer.status);
+    const result = await settledResult(site, key);
+    expect(result, JSON.stringify(result)).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(writesOf(site, result.device, result.seq)).toBe(result.seq === null ? 0 : 1);
+    return result;
+  }
+
+  it('connection resets and lost replies mid-command: each command confirmed with exactly one write', async () => {
+    const faults: { name: string; fault: DeviceFaultInput }[] = [
+      {
+        name: 'reset before the write',
+        fault: { kind: 'reset', when: 'before', on: 'write', count: 1 },
+      },
+      {
+        name: 'reset after the write',
+        fault: { kind: 'reset', when: 'after', on: 'write', count: 1 },
+      },
+      { name: 'reply to the write lost', fault: { kind: 'drop', on: 'write', count: 1 } },
+      { name: 'replies to reads lost', fault: { kind: 'drop', on: 'read', count: 3 } },
+      { name: 'reset on reads', fault: { kind: 'reset', when: 'before', on: 'read', count: 2 } },
+    ];
+    const tally = startTally(site);
+    const outcomes: string[] = [];
+    // One device per PLC at a time, the two PLCs side by side.
+    await Promise.all(
+      ['mb-valve-1', 'ua-valve'].map(async (device) => {
+        for (const [i, { name, fault }] of faults.entries()) {
+          const key = `link-${device}-${i}-${fault.kind}`;
+          site.plant.device(device).setFault(fault);
+          const result = await confirmed(key, {
+            device,
+            action: moving(site, device),
+            issuedAt: nowIso(),
+          });
+          site.plant.device(device).clearFaults();
+          expect(result.seq, `${device}: ${name} wrote nothing`).not.toBeNull();
+          expect(site.plant.device(device).state).toBe(
+            result.action === 'open' ? 'OPEN' : 'CLOSED',
+          );
+          outcomes.push(`${device} ${name}: ${recordOf(site, key)?.attempts ?? '?'} attempt(s)`);
+        }
+      }),
+    );
+    assertInvariants(site);
+    report(
+      site,
+      tally,
+      'PLC resets and lost replies (Modbus + OPC UA)',
+      'all confirmed, 1 write each',
+    );
+    console.log(`link faults: ${outcomes.join('; ')}`);
+  }, 60_000);
+
+  it('Mosquitto restarts while commands are published: each runs exactly once, duplicates replayed', async () => {
+    const tally = startTally(site);
+    const issuedAt = nowIso();
+    const commands: { device: string; payload: Record<string, unknown> }[] = [];
+    for (const device of ['mb-valve-1', 'mb-valve-2']) {
+      const first = moving(site, device);
+      const second = first === 'open' ? 'close' : 'open';
+      commands.push({ device, payload: { key: `broker-${device}-1`, action: first, issuedAt } });
+      commands.push({ device, payload: { key: `broker-${device}-2`, action: second, issuedAt } });
+    }
+    commands.push({
+      device: 'mb-actuator',
+      payload: { key: 'broker-act-1', action: 'move', position: 30, issuedAt },
+    });
+    commands.push({
+      device: 'mb-actuator',
+      payload: { key: 'broker-act-2', action: 'move', position: 70, issuedAt },
+    });
+    // Half go out just before the broker stops (some reach the daemon, some wait in its
+    // session at the broker); the rest are published while it is down (held by the client).
+    const sent = commands
+      .slice(0, 3)
+      .map((c) => publish(c.device, { ...c.payload, ttlMs: 60_000 }));
+    await site.broker.stop();
+    sent.push(...commands.slice(3).map((c) => publish(c.device, { ...c.payload, ttlMs: 60_000 })));
+    await site.broker.restart();
+    await Promise.all(sent);
+    const results = await Promise.all(commands.map((c) => mqttResult(String(c.payload.key))));
+    // Clients retry after the outage: the same keys again, answered as replays.
+    await Promise.all(commands.map((c) => publish(c.device, { ...c.payload, ttlMs: 60_000 })));
+    for (const c of commands) await mqttResult(String(c.payload.key), true);
+    for (const r of results) {
+      expect(r, JSON.stringify(r)).toMatchObject({ state: 'confirmed' });
+      const records = site.records().filter((x) => x.key === r.key);
+      expect(records).toHaveLength(1);
+      expect(writesOf(site, r.device, r.seq)).toBe(r.seq === null ? 0 : 1);
+    }
+    assertInvariants(site);
+    const redelivered = commands.filter((c) =>
+      site.broker.deliveriesTo(DAEMON_CLIENT, `sluice/${GW}/cmd/${c.device}`).some((d) => d.dup),
+    ).length;
+    report(
+      site,
+      tally,
+      'Mosquitto restart, QoS 1 redelivery',
+      `all confirmed once; DUP redeliveries seen on ${redelivered} topic(s)`,
+    );
+  }, 90_000);
+
+  it('OPC UA server power cycle: a taken write is never sent again, a write lost with the link is never claimed', async () => {
+    const device = 'ua-valve';
+    const sim = site.plant.device(device);
+    const plc = site.plant.plc('ua');
+    const tally = startTally(site);
+
+    // 1. Power lost while the valve travels on this command's write: the echo register is
+    // volatile (back to 0), the valve stops where it is. The command cannot be confirmed and
+    // must not be written again.
+    const travelKey = 'ua-power-during-travel';
+    await site.postCommand(travelKey, { device, action: moving(site, device), issuedAt: nowIso() });
+    const dispatched = await journalState(site, travelKey, ['dispatched', 'confirmed']);
+    await until(
+      () =>
+        sim.writesOfSeq(dispatched.seq!).some((w) => w.outcome === 'accepted') ? true : undefined,
+      5_000,
+      'the controller to take the write',
+      2,
+    );
+    plc.powerCycle({ offMs: 1_000 });
+    const travel = await settledResult(site, travelKey, 30_000);
+    expect(writesOf(site, device, travel.seq)).toBe(1);
+    if (travel.state === 'confirmed') {
+      // Only honest when the valve had reached its end before the power went.
+      expect(sim.state).toBe(travel.action === 'open' ? 'OPEN' : 'CLOSED');
+    }
+
+    // 2. Power lost while the write is held on the link: it dies with the link (never applied)
+    // and the echo comes back as 0. Nothing proves the write unapplied by the rule (the echo
+    // moved), so it is not sent again; the outcome is honest.
+    const heldKey = 'ua-power-write-held';
+    sim.setFault({ kind: 'latency', ms: 400, when: 'before', on: 'write' });
+    await site.postCommand(heldKey, { device, action: moving(site, device), issuedAt: nowIso() });
+    await journalState(site, heldKey, ['dispatched', 'confirmed', 'rejected', 'failed']);
+    await new Promise((r) => setTimeout(r, 100));
+    // The RTC comes back 15 s slow: the next freshness judgement needs a new skew estimate.
+    plc.powerCycle({ offMs: 500, clockOffsetMs: -15_000 });
+    sim.clearFaults();
+    const held = await settledResult(site, heldKey, 30_000);
+    expect(writesOf(site, device, held.seq)).toBeLessThanOrEqual(1);
+    if (held.state === 'confirmed') expect(writesOf(site, device, held.seq)).toBe(1);
+
+    // 3. After the power is back (clock 15 s slow), commands work again.
+    const after = await confirmed('ua-after-power', {
+      device,
+      action: moving(site, device),
+      issuedAt: nowIso(),
+    });
+    expect(after.seq).not.toBeNull();
+    plc.clearFault('clock');
+    assertInvariants(site);
+    report(
+      site,
+      tally,
+      'OPC UA power cycle (travel, held write, slow RTC)',
+      `${travel.state}/${travel.code}, ${held.state}/${held.code}, then confirmed`,
+    );
+  }, 90_000);
+
+  describe.runIf(tmpfs)('journal on a real tmpfs', () => {
+    it('full filesystem: HTTPS 503, no PUBACK, nothing actuated; the withheld MQTT command runs once when space is back', async () => {
+      const device = 'mb-valve-1';
+      const action = moving(site, device);
+      // Start from an empty WAL, so that every commit needs new space on the filesystem.
+      const db = new BetterSqlite3(site.journalPath);
+      db.pragma('wal_checkpoint(TRUNCATE)');
+      db.close();
+      const tally = startTally(site);
+      const writes = plantWrites(site);
+      const pubacks = site.broker.pubacksFrom(DAEMON_CLIENT);
+      const refusedBefore = (await metric(site, 'sluice_journal_unavailable_total')) ?? 0;
+      const filler = join(stateDir, 'filler');
+      fill(filler);
+      try {
+        const refused = await site.postCommand('full-https', {
+          device: 'mb-valve-2',
+          action: moving(site, 'mb-valve-2'),
+          issuedAt: nowIso(),
+        });
+        expect(refused.status, refused.body).toBe(503);
+        expect(JSON.parse(refused.body)).toMatchObject({ code: 'JOURNAL_UNAVAILABLE' });
+        const readyz = await site.https('GET', '/readyz');
+        expect(readyz.status).toBe(503);
+        expect(readyz.body).toMatch(/SQLITE_FULL/);
+
+        const seen = watcher.messages.length;
+        await publish(device, { key: 'full-mqtt', action, issuedAt: nowIso(), ttlMs: 120_000 });
+        // Proof that the daemon took the message off the wire and refused it: the refusal is
+        // counted, and the broker, left without a PUBACK, publishes the Last Will.
+        await until(
+          async () =>
+            ((await metric(site, 'sluice_journal_unavailable_total')) ?? 0) > refusedBefore + 1
+              ? true
+              : undefined,
+          15_000,
+          'the MQTT claim refused',
+          50,
+        );
+        await watcher.waitFor(
+          (m) =>
+            m.topic === `sluice/${GW}/status` &&
+            m.text === 'offline' &&
+            watcher.messages.indexOf(m) >= seen,
+          15_000,
+          'Last Will offline',
+        );
+        expect(site.broker.pubacksFrom(DAEMON_CLIENT)).toBe(pubacks);
+        expect(plantWrites(site)).toBe(writes);
+      } finally {
+        rmSync(filler, { force: true });
+      }
+      expect(recordOf(site, 'full-https')).toBeUndefined();
+      // Space is back: the broker redelivers the withheld message and it runs exactly once.
+      const result = await mqttResult('full-mqtt', false, 60_000);
+      expect(result).toMatchObject({ state: 'confirmed' });
+      expect(writesOf(site, device, result.seq)).toBe(1);
+      const record = recordOf(site, 'full-mqtt')!;
+      expect(
+        site.history(record).filter((e) => e.to === 'accepted' && e.from === null),
+      ).toHaveLength(1);
+      expect(site.broker.pubacksFrom(DAEMON_CLIENT)).toBeGreaterThan(pubacks);
+      // A 503 left nothing behind: the same key now is a new command.
+      await confirmed('full-https', {
+        device: 'mb-valve-2',
+        action: moving(site, 'mb-valve-2'),
+        issuedAt: nowIso(),
+      });
+      assertInvariants(site);
+      report(
+        site,
+        tally,
+        'journal filesystem full',
+        '503 + no PUBACK, nothing written; then once each',
+      );
+    }, 120_000);
+
+    it('read-only filesystem: the daemon refuses both intakes and writes nothing; writable again, the withheld command runs once', async () => {
+      const device = 'mb-valve-1';
+      const action = moving(site, device);
+      await site.kill();
+      const tally = startTally(site);
+      const writes = plantWrites(site);
+      const pubacks = site.broker.pubacksFrom(DAEMON_CLIENT);
+      // Queued in the daemon's persistent session while it is down.
+      await publish(device, { key: 'ro-mqtt', action, issuedAt: nowIso(), ttlMs: 120_000 });
+      remount(stateDir, 'ro');
+      let remounted = false;
+      try {
+        await site.startDaemon();
+        const refused = await site.postCommand('ro-https', {
+          device: 'mb-valve-2',
+          action: moving(site, 'mb-valve-2'),
+          issuedAt: nowIso(),
+        });
+        expect(refused.status, refused.body).toBe(503);
+        expect(JSON.parse(refused.body)).toMatchObject({ code: 'JOURNAL_UNAVAILABLE' });
+        await until(
+          async () =>
+            ((await metric(site, 'sluice_journal_unavailable_total')) ?? 0) >= 2 ? true : undefined,
+          15_000,
+          'the queued MQTT command refused',
+          50,
+        );
+        expect(site.broker.pubacksFrom(DAEMON_CLIENT)).toBe(pubacks);
+        expect(plantWrites(site)).toBe(writes);
+        remount(stateDir, 'rw');
+        remounted = true;
+        // Writable again: the same daemon takes commands again without a restart.
+        const result = await mqttResult('ro-mqtt', false, 60_000);
+        expect(result).toMatchObject({ state: 'confirmed' });
+        expect(writesOf(site, device, result.seq)).toBe(1);
+      } finally {
+        if (!remounted) remount(stateDir, 'rw');
+      }
+      expect(recordOf(site, 'ro-https')).toBeUndefined();
+      assertInvariants(site);
+      report(
+        site,
+        tally,
+        'journal filesystem read-only',
+        '503 + no PUBACK, nothing written; then once',
+      );
+    }, 120_000);
+  });
+
+  it('stuck valve: DEVICE_FAULT 0x81 with one write; retries replay; commands in FAULT are refused unwritten', async () => {
+    const device = 'mb-valve-2';
+    const sim = site.plant.device(device);
+    const tally = startTally(site);
+    sim.setFault({ kind: 'stuck-travel' });
+    const command = { device, action: moving(site, device), issuedAt: nowIso() };
+    await site.postCommand('stuck-1', command);
+    const stuck = await settledResult(site, 'stuck-1');
+    expect(stuck).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT', faultCode: '0x81' });
+    expect(writesOf(site, device, stuck.seq)).toBe(1);
+    // Retries on both intakes: the stored outcome, no write.
+    const writes = writesReceived(site, device);
+    const retry = await site.postCommand('stuck-1', command);
+    expect(retry.status).toBe(502);
+    expect(retry.headers['idempotent-replayed']).toBe('true');
+    await publish(device, { key: 'stuck-1', ...command });
+    expect(await mqttResult('stuck-1', true)).toMatchObject({ code: 'DEVICE_FAULT' });
+    // The mirror knows FAULT: an open is an illegal transition, refused without a write (I4).
+    await site.postCommand('stuck-2', { device, action: 'open', issuedAt: nowIso() });
+    expect(await settledResult(site, 'stuck-2')).toMatchObject({
+      state: 'rejected',
+      code: 'ILLEGAL_TRANSITION',
+      faultCode: '0x88',
+      seq: null,
+    });
+    expect(writesReceived(site, device)).toBe(writes);
+    sim.clearFaults();
+    const reset = await confirmed('stuck-reset', { device, action: 'reset', issuedAt: nowIso() });
+    expect(reset.seq).not.toBeNull();
+    expect(['STOPPED', 'CLOSED']).toContain(sim.state);
+
+    // Sensor disagreement during travel: FAULT 0x82 ends the command in flight.
+    const actuator = site.plant.device('mb-actuator');
+    const target = actuator.position < 50 ? 95 : 5;
+    await site.postCommand('sensor-1', {
+      device: 'mb-actuator',
+      action: 'move',
+      position: target,
+      issuedAt: nowIso(),
+    });
+    const moved = await journalState(site, 'sensor-1', ['dispatched', 'confirmed']);
+    await until(
+      () => (actuator.writesOfSeq(moved.seq!).some((w) => w.outcome !== null) ? true : undefined),
+      5_000,
+      'the actuator to take the move',
+      2,
+    );
+    actuator.setFault({ kind: 'position-sensor' });
+    const sensor = await settledResult(site, 'sensor-1');
+    expect(sensor).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT', faultCode: '0x82' });
+    expect(writesOf(site, 'mb-actuator', sensor.seq)).toBe(1);
+    actuator.clearFaults();
+    await confirmed('sensor-reset', { device: 'mb-actuator', action: 'reset', issuedAt: nowIso() });
+    assertInvariants(site);
+    report(
+      site,
+      tally,
+      'stuck valve 0x81, sensor 0x82',
+      'DEVICE_FAULT 0x81/0x82 once, 0x88 unwritten, resets confirmed',
+    );
+  }, 60_000);
+
+  it("the controller's own 0x88: another master moves the device between the bridge's read and its write", async () => {
+    const tally = startTally(site);
+    // Actuator: the bridge reads IDLE and sends a move; held on the link, it arrives after
+    // another master's move has started: move while MOVING is the controller's 0x88.
+    const actuator = site.plant.device('mb-actuator');
+    // From the end of its stroke, the other master's move to the other end lasts a full stroke
+    // (300 ms): longer than the bridge's write is held.
+    await confirmed('foreign-act-prep', {
+      device: 'mb-actuator',
+      action: 'move',
+      position: 100,
+      issuedAt: nowIso(),
+    });
+    const a = await controllerRefuses(
+      'foreign-act',
+      'mb-actuator',
+      { action: 'move', position: 60 },
+      { code: 5, setpoint: 0, seq: 60_001 },
+    );
+    await until(() => (actuator.state === 'IDLE' ? true : undefined), 5_000, 'actuator idle');
+    // The mirror resynchronised: the next move is judged on a fresh read and confirmed.
+    await confirmed('foreign-act-after', {
+      device: 'mb-actuator',
+      action: 'move',
+      position: 60,
+      issuedAt: nowIso(),
+    });
+
+    // Valve: another Modbus master (a real client on its own connection) opens it and stops it
+    // near the top. The bridge's mirror is stale; it sends an open (STOPPED → OPENING) that the
+    // other master's close overtakes on the controller (CLOSING for 150 ms or more): 0x88.
+    const valve = site.plant.device('mb-valve-2');
+    if (valve.state !== 'CLOSED') {
+      await confirmed('foreign-valve-prep', {
+        device: 'mb-valve-2',
+        action: 'close',
+        issuedAt: nowIso(),
+      });
+    }
+    await otherMaster('mb-valve-2', 1, 60_002);
+    await until(() => (valve.position > 65 ? true : undefined), 5_000, 'valve two thirds open');
+    await otherMaster('mb-valve-2', 3, 60_003);
+    await until(() => (valve.state === 'STOPPED' ? true : undefined), 5_000, 'valve stopped');
+    expect(valve.position).toBeGreaterThan(50);
+    const v = await controllerRefuses(
+      'foreign-valve',
+      'mb-valve-2',
+      { action: 'open' },
+      {
+        code: 2,
+        setpoint: 0,
+        seq: 60_004,
+      },
+    );
+    await until(() => (valve.state === 'CLOSED' ? true : undefined), 5_000, 'valve closed');
+    await confirmed('foreign-valve-after', {
+      device: 'mb-valve-2',
+      action: 'open',
+      issuedAt: nowIso(),
+    });
+
+    // A hand-moved valve: opened by hand in LOCAL, back in REMOTE. The bridge reads before it
+    // acts: an open is a confirmed no-op, a close is written once.
+    const hand = site.plant.device('mb-valve-1');
+    hand.setLocal(true, 100);
+    await until(() => (hand.state === 'LOCAL' ? true : undefined), 5_000, 'LOCAL');
+    hand.setLocal(false);
+    await until(() => (hand.state === 'OPEN' ? true : undefined), 5_000, 'OPEN by hand');
+    const noop = await confirmed('hand-open', {
+      device: 'mb-valve-1',
+      action: 'open',
+      issuedAt: nowIso(),
+    });
+    expect(noop.seq).toBeNull();
+    // Switched to LOCAL while the bridge's close travels: the command cannot be confirmed and
+    // is never written again.
+    await site.postCommand('hand-during', {
+      device: 'mb-valve-1',
+      action: 'close',
+      issuedAt: nowIso(),
+    });
+    const during = await journalState(site, 'hand-during', ['dispatched']);
+    await until(
+      () =>
+        hand.writesOfSeq(during.seq!).some((w) => w.outcome === 'accepted') ? true : undefined,
+      5_000,
+      'the close taken',
+      2,
+    );
+    hand.setLocal(true, 30);
+    const interrupted = await settledResult(site, 'hand-during');
+    expect(interrupted.state).not.toBe('confirmed');
+    expect(writesOf(site, 'mb-valve-1', interrupted.seq)).toBe(1);
+    hand.setLocal(false);
+    await until(() => (hand.state === 'STOPPED' ? true : undefined), 5_000, 'STOPPED by hand');
+    await confirmed('hand-after', { device: 'mb-valve-1', action: 'close', issuedAt: nowIso() });
+    assertInvariants(site);
+    report(
+      site,
+      tally,
+      "controller's 0x88, another master, by hand",
+      `0x88 (${a}, ${v}); by hand: no-op, ${interrupted.code}, confirmed`,
+    );
+  }, 60_000);
+
+  it('controller clocks far off and stepping: never a false confirmation, never a second write', async () => {
+    const tally = startTally(site);
+    const observed: string[] = [];
+    const skewOf = async (device: string): Promise<number | null> => {
+      const answer = await site.https('GET', `/v1/devices/${device}`);
+      const view = JSON.parse(answer.body) as { skew: { offsetMs: number } | null };
+      return view.skew?.offsetMs ?? null;
+    };
+    for (const [plc, device] of [
+      ['mb', 'mb-valve-1'],
+      ['ua', 'ua-valve'],
+    ] as const) {
+      for (const offsetMs of [2 * 3_600_000, -2 * 3_600_000]) {
+        site.plant.plc(plc).setFault({ kind: 'clock', offsetMs });
+        const key = `clock-${device}-${offsetMs}`;
+        await site.postCommand(key, { device, action: moving(site, device), issuedAt: nowIso() });
+        const result = await settledResult(site, key);
+        observed.push(
+          `${device} ${offsetMs / 3_600_000} h: ${result.state} ${result.code}, skew ${await skewOf(device)} ms`,
+        );
+        // Beyond a configured bound the write is refused CLOCK_SKEW (nothing written);
+        // without one the skew only enters readback freshness and the command is confirmed.
+        if (result.state === 'rejected') {
+          expect(result, JSON.stringify(result)).toMatchObject({ code: 'CLOCK_SKEW', seq: null });
+        } else {
+          expect(result, JSON.stringify(result)).toMatchObject({ state: 'confirmed' });
+          expect(writesOf(site, device, result.seq)).toBe(1);
+          expect(site.plant.device(device).state).toBe(
+            result.action === 'open' ? 'OPEN' : 'CLOSED',
+          );
+        }
+      }
+      // A step of an hour forward while the command travels (after the controller took it).
+      site.plant.plc(plc).setFault({ kind: 'clock', offsetMs: 0 });
+      const key = `clock-step-${device}`;
+      await site.postCommand(key, { device, action: moving(site, device), issuedAt: nowIso() });
+      const rec = await journalState(site, key, ['dispatched', 'confirmed']);
+      const sim = site.plant.device(device);
+      await until(
+        () => (sim.writesOfSeq(rec.seq!).some((w) => w.outcome === 'accepted') ? true : undefined),
+        5_000,
+        'the write taken',
+        2,
+      );
+      site.plant.plc(plc).setFault({ kind: 'clock', offsetMs: 3_600_000 });
+      const stepped = await settledResult(site, key);
+      expect(writesOf(site, device, stepped.seq)).toBe(1);
+      if (stepped.state === 'confirmed') {
+        expect(sim.state).toBe(stepped.action === 'open' ? 'OPEN' : 'CLOSED');
+      }
+      observed.push(`${device} +1 h step mid-travel: ${stepped.state} ${stepped.code}`);
+      site.plant.plc(plc).clearFault('clock');
+    }
+    assertInvariants(site);
+    console.log(`controller clocks: ${observed.join('; ')}`);
+    report(
+      site,
+      tally,
+      'controller clock ±2 h, +1 h step mid-travel',
+      observed.filter((o) => o.includes('step')).join(', '),
+    );
+  }, 60_000);
+
+  it('commands that waited in the persistent session past their deadline are never written (I3)', async () => {
+    const tally = startTally(site);
+    const before = plantWrites(site);
+    await site.stop();
+    const issuedAt = nowIso();
+    const stale = [
+      { device: 'mb-valve-1', key: 'stale-mb', ttlMs: 1_000 },
+      { device: 'ua-valve', key: 'stale-ua', ttlMs: 1_000 },
+      { device: 'mb-valve-2', key: 'stale-mb2', ttlMs: 1_000 },
+    ];
+    for (const s of stale) {
+      await publish(s.device, {
+        key: s.key,
+        action: moving(site, s.device),
+        issuedAt,
+        ttlMs: s.ttlMs,
+      });
+    }
+    // MQTT 5 message expiry instead of issuedAt: the broker drops it before the gateway is back.
+    await publish(
+      'mb-valve-1',
+      { key: 'expired-mb', action: moving(site, 'mb-valve-1') },
+      { properties: { messageExpiryInterval: 1 } },
+    );
+    await until(
+      () => (Date.now() > Date.parse(issuedAt) + 1_500 ? true : undefined),
+      5_000,
+      'the deadlines to pass',
+      50,
+    );
+    // Markers behind them on the same topics: once their results are out, the daemon has
+    // handled every message queued before them.
+    for (const device of ['mb-valve-1', 'ua-valve', 'mb-valve-2']) {
+      await publish(device, {
+        key: `fresh-${device}`,
+        action: moving(site, device),
+        issuedAt: nowIso(),
+        ttlMs: 60_000,
+      });
+    }
+    await site.startDaemon();
+    for (const device of ['mb-valve-1', 'ua-valve', 'mb-valve-2']) {
+      const marker = await mqttResult(`fresh-${device}`);
+      expect(marker, JSON.stringify(marker)).toMatchObject({ state: 'confirmed' });
+    }
+    for (const s of stale) {
+      const result = await mqttResult(s.key);
+      expect(result).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND', seq: null });
+      expect(recordOf(site, s.key)).toMatchObject({
+        state: 'rejected',
+        seq: null,
+        dispatchedAt: null,
+      });
+    }
+    expect(recordOf(site, 'expired-mb')).toBeUndefined();
+    // Ground truth: the only writes since the daemon stopped are the three markers'.
+    expect(plantWrites(site) - before).toBe(3);
+    for (const device of ['mb-valve-1', 'ua-valve', 'mb-valve-2']) {
+      const marker = recordOf(site, `fresh-${device}`)!;
+      expect(writesOf(site, device, marker.seq)).toBe(1);
+    }
+    assertInvariants(site);
+    report(
+      site,
+      tally,
+      'stale commands queued at the broker (I3)',
+      '3 STALE_COMMAND unwritten, 1 expired at the broker, 3 markers once',
+    );
+  }, 90_000);
+
+  /** A Modbus command written by another master over its own connection (a real client). */
+  async function otherMaster(device: string, code: number, seq: number): Promise<void> {
+    const endpoint = site.plant.plc('mb').endpoint;
+    if (endpoint.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
+    const base = site.plant.device(device).base ?? 0;
+    site.markForeignWrite(device, seq);
+    const client = new ModbusRTU();
+    await client.connectTCP(endpoint.host, { port: endpoint.port });
+    try {
+      client.setID(endpoint.unitId);
+      client.setTimeout(2_000);
+      await client.writeRegisters(base + 10, [code, 0, seq]);
+    } finally {
+      await new Promise((resolve) => {
+        client.close(resolve);
+      });
+    }
+  }
+
+  /**
+   * The bridge's write is held on the link (120 ms, under the 300 ms request timeout) after it
+   * read the device; meanwhile another master's command reaches the controller first, which
+   * makes the bridge's command illegal: the controller raises 0x88. Returns how it went.
+   */
+  async function controllerRefuses(
+    key: string,
+    device: string,
+    command: Record<string, unknown>,
+    foreign: { code: number; setpoint: number; seq: number },
+  ): Promise<string> {
+    const sim = site.plant.device(device);
+    sim.setFault({ kind: 'latency', ms: 120, when: 'before', on: 'write' });
+    await site.postCommand(key, { device, ...command, issuedAt: nowIso() });
+    const record = await journalState(site, key, ['dispatched', 'rejected', 'failed', 'confirmed']);
+    // The bridge has read the device (dispatched is journaled after the read, before the
+    // write). The other master's command reaches the controller directly, as any master's
+    // write does once it is off the wire: the link fault that holds the bridge's write does
+    // not hold it.
+    site.markForeignWrite(device, foreign.seq);
+    sim.receiveWrite(foreign);
+    const result = await settledResult(site, key);
+    sim.clearFault('latency');
+    expect(result, JSON.stringify(result)).toMatchObject({
+      state: 'rejected',
+      code: 'ILLEGAL_TRANSITION',
+      faultCode: '0x88',
+    });
+    if (record.state !== 'dispatched') return 'refused by the mirror';
+    // Written once, and the controller's own log says it refused it.
+    expect(sim.writesOfSeq(result.seq!).map((w) => w.outcome)).toEqual(['rejected-0x88']);
+    return 'raised by the controller';
+  }
+});
+
+function isResult(m: Received): boolean {
+  return m.topic.startsWith(RESULTS);
+}
+
+/** Fills a filesystem with a file until it is full (ENOSPC). */
+function fill(path: string): void {
+  const fd = openSync(path, 'w');
+  const chunk = Buffer.alloc(64 * 1024, 0x55);
+  try {
+    for (;;) writeSync(fd, chunk);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
+  }
+  // The last few kilobytes (less than a chunk) too.
+  const small = Buffer.alloc(512, 0x55);
+  try {
+    for (;;) writeSync(fd, small);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Until /readyz shows MQTT connected and every device read. */
+async function ready(site: Site): Promise<void> {
+  await until(
+    async () => {
+      const answer = await site.https('GET', '/readyz');
+      const body = JSON.parse(answer.body) as { checks: Record<string, { ok: boolean }> };
+      return Object.entries(body.checks).every(([name, c]) => c.ok || name === 'journal')
+        ? true
+        : undefined;
+    },
+    30_000,
+    'the daemon ready',
+    100,
+  );
+}
