@@ -448,12 +448,50 @@ describe.runIf(real)('fault campaign on the real daemon', () => {
         if (!remounted) remount(stateDir, 'rw');
       }
       expect(recordOf(site, 'ro-https')).toBeUndefined();
+
+      // After a clean stop SQLite leaves no WAL behind, and a WAL journal cannot even be opened
+      // read-only without one: the daemon refuses to start (fail closed: no intake, nothing
+      // written; systemd starts it again). Or, should it start, it refuses as above. Either
+      // way the command queued at the broker waits there and runs once when writable again.
+      const cleanAction = moving(site, device);
+      await site.stop();
+      const writesBefore = plantWrites(site);
+      await publish(device, {
+        key: 'ro-clean-mqtt',
+        action: cleanAction,
+        issuedAt: nowIso(),
+        ttlMs: 120_000,
+      });
+      remount(stateDir, 'ro');
+      let started: string;
+      try {
+        await site.startDaemon();
+        started = 'started and refused';
+        const refused = await site.postCommand('ro-clean-https', {
+          device: 'mb-valve-2',
+          action: moving(site, 'mb-valve-2'),
+          issuedAt: nowIso(),
+        });
+        expect(refused.status, refused.body).toBe(503);
+        await site.kill();
+      } catch (error) {
+        expect(String(error)).toMatch(/sluiced exited \(1\) before it listened/);
+        expect(site.logs.some((l) => l.includes('sluiced could not start'))).toBe(true);
+        started = 'did not start (exit 1)';
+      } finally {
+        remount(stateDir, 'rw');
+      }
+      expect(plantWrites(site)).toBe(writesBefore);
+      await site.startDaemon();
+      const clean = await mqttResult('ro-clean-mqtt', false, 60_000);
+      expect(clean).toMatchObject({ state: 'confirmed' });
+      expect(writesOf(site, device, clean.seq)).toBe(1);
       assertInvariants(site);
       report(
         site,
         tally,
-        'journal filesystem read-only',
-        '503 + no PUBACK, nothing written; then once',
+        'journal filesystem read-only (after a crash, clean)',
+        `503 + no PUBACK, nothing written, then once; clean stop: ${started}, then once`,
       );
     }, 120_000);
   });
