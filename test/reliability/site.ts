@@ -193,6 +193,15 @@ export class Site {
     return this.child?.pid ?? null;
   }
 
+  /**
+   * Where the current life's HTTPS intake listens, with the CA to trust and the bearer token:
+   * for clients that run elsewhere (a worker thread), so that they do not load this process,
+   * which hosts the simulators.
+   */
+  get httpsEndpoint(): { host: string; port: number; ca: string; token: string } {
+    return { host: '127.0.0.1', port: this.httpsPort, ca: this.cert, token: TOKEN };
+  }
+
   /** Records a write the test sent as another master (see `foreignWrites`). */
   markForeignWrite(device: string, seq: number): void {
     const seqs = this.foreignWrites.get(device) ?? new Set<number>();
