@@ -110,6 +110,39 @@ export const configSchema = z
       .strictObject({
         /** How far in the future an issuer's issuedAt may lie. */
         maxIssuerSkewMs: z.number().int().min(0).max(3_600_000).default(5_000),
+        /**
+         * The largest controller clock skew allowed (ms); beyond it a device is flagged and
+         * its writes are refused CLOCK_SKEW (or warned about). Per PLC: plcs.<name>.maxClockSkewMs.
+         */
+        maxControllerSkewMs: z.number().int().min(1).max(86_400_000).default(2_000),
+        /** An unlocked or unknown gateway clock, a controller clock beyond its bound. */
+        onUnsynced: z.enum(['reject', 'warn']).default('reject'),
+        /** Where the gateway's own sync state comes from (SPEC §6); none: not checked. */
+        source: z.enum(['none', 'ptp', 'chrony']).default('none'),
+        pollIntervalMs: z.number().int().min(100).max(600_000).default(1_000),
+        /** |offset| within this (ns) for LOCKED. */
+        maxOffsetNs: z.number().int().min(1).max(10_000_000_000).default(1_000_000),
+        /** After losing lock, HOLDOVER this long, then UNLOCKED. */
+        holdoverMs: z.number().int().min(0).max(86_400_000).default(60_000),
+        ptp: z
+          .strictObject({
+            /** ptp4l's UDS (`/var/run/ptp4lro`, read-only, on linuxptp 4.0 and later). */
+            udsPath: z.string().min(1).default('/var/run/ptp4l'),
+            domain: z.number().int().min(0).max(255).default(0),
+            pmc: z.string().min(1).default('/usr/sbin/pmc'),
+            /** Where pmc creates its reply socket (systemd: the RuntimeDirectory). */
+            clientSocketDir: z.string().min(1).optional(),
+            timeoutMs: z.number().int().min(100).max(60_000).default(2_000),
+            /** Count an UNCALIBRATED port as tracking (only for a free-running ptp4l). */
+            acceptUncalibrated: z.boolean().default(false),
+          })
+          .prefault({}),
+        chrony: z
+          .strictObject({
+            chronyc: z.string().min(1).default('chronyc'),
+            timeoutMs: z.number().int().min(100).max(60_000).default(2_000),
+          })
+          .prefault({}),
       })
       .prefault({}),
     https: z

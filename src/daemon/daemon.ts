@@ -12,6 +12,7 @@ import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
 import { packageRoot } from '../package-root.js';
 import { loadProfiles } from '../profiles/load.js';
+import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { Metrics } from './metrics.js';
 
 export interface DaemonOptions {
@@ -50,6 +51,7 @@ export class Daemon {
   private readonly httpsIntake: HttpsIntake | null;
   private readonly mqttIntake: MqttIntake | null;
   private readonly journal: SqliteJournal;
+  private readonly clocks: GatewayClocks;
   private readonly clock: Clock;
   private stopping: Promise<void> | null = null;
 
@@ -60,6 +62,7 @@ export class Daemon {
     metrics: Metrics;
     recovered: number;
     journal: SqliteJournal;
+    clocks: GatewayClocks;
     clock: Clock;
     httpsIntake: HttpsIntake | null;
     mqttIntake: MqttIntake | null;
@@ -71,6 +74,7 @@ export class Daemon {
     this.metrics = parts.metrics;
     this.recovered = parts.recovered;
     this.journal = parts.journal;
+    this.clocks = parts.clocks;
     this.clock = parts.clock;
     this.httpsIntake = parts.httpsIntake;
     this.mqttIntake = parts.mqttIntake;
@@ -123,12 +127,19 @@ export class Daemon {
       releasers.push({ name: 'drivers', release: () => drivers.close() });
       drivers.start();
 
+      // SPEC §6: the gateway clock is polled off the command path, from before the first
+      // command is judged.
+      const clocks = gatewayClocks(config, clock, logger);
+      clocks.start();
+      releasers.push({ name: 'gateway clock', release: () => clocks.stop() });
+
       const pipeline = new CommandPipeline({
         journal,
         devices: drivers.bindings,
         clock,
         logger,
         freshness: { maxIssuerSkewMs: config.clock.maxIssuerSkewMs },
+        clockPolicy: clocks.policy,
       });
       const boundMs = options.shutdownBoundMs ?? 10_000;
       // I5: every open command is settled by reading its controller before intakes open.
@@ -150,7 +161,7 @@ export class Daemon {
       releasers.push({ name: 'retention', release: () => sweeper.stop() });
 
       const identities = new IdentityRegistry(config.identities);
-      const metrics = new Metrics(pipeline, clock);
+      const metrics = new Metrics(pipeline, clock, clocks.gateway);
 
       let mqttIntake: MqttIntake | null = null;
       if (config.mqtt !== undefined) {
@@ -197,6 +208,7 @@ export class Daemon {
         metrics,
         recovered,
         journal,
+        clocks,
         clock,
         httpsIntake,
         mqttIntake,
@@ -274,8 +286,29 @@ export class Daemon {
         detail: error instanceof Error ? error.message : String(error),
       };
     }
+    const sync = this.clocks.gateway.status();
+    const synced = sync.source === 'none' || sync.state === 'LOCKED' || sync.state === 'HOLDOVER';
+    checks.clock = {
+      // Unsynced under `warn`: commands still run, so the gateway stays ready (and says so).
+      ok: synced || this.config.clock.onUnsynced === 'warn',
+      detail:
+        sync.source === 'none'
+          ? sync.detail
+          : `${sync.state} (${sync.source}${sync.offsetNs === null ? '' : `, offset ${sync.offsetNs} ns`}): ${sync.detail}${synced ? '' : `; timestamped commands ${this.config.clock.onUnsynced === 'reject' ? 'are refused CLOCK_SKEW' : 'run with a warning'}`}`,
+    };
     const now = this.clock.now();
     for (const d of this.pipeline.devices()) {
+      if (d.skew !== null || d.clockOff !== null) {
+        const off = d.clockOff;
+        const drift = d.driftPpm === null ? '' : `, drift ${Math.round(d.driftPpm)} ppm`;
+        checks[`clock:${d.id}`] = {
+          ok: off === null || this.config.clock.onUnsynced === 'warn',
+          detail:
+            off === null
+              ? `controller skew ${Math.round(d.skew?.offsetMs ?? 0)} ms${drift}`
+              : `controller clock ${Math.round(off.offsetMs)} ms off, beyond ${off.maxMs} ms${drift}; its writes ${this.config.clock.onUnsynced === 'reject' ? 'are refused CLOCK_SKEW' : 'run with a warning'}`,
+        };
+      }
       const age = d.mirror === null ? null : now - d.mirror.receivedAt;
       const ok = age !== null && age < READBACK_STALE_MS;
       checks[`device:${d.id}`] = {

@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Clock } from '../core/clock.js';
+import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandRecord } from '../core/journal.js';
 import type { CommandPipeline, OpenCommands } from '../core/pipeline.js';
 
@@ -14,7 +15,7 @@ export class Metrics {
   readonly mqttResponseTopicsRefused: Counter<'reason'>;
   readonly journalFailures: Counter;
 
-  constructor(pipeline: CommandPipeline, clock: Clock) {
+  constructor(pipeline: CommandPipeline, clock: Clock, gatewayClock?: GatewayClock) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'sluice_process_' });
     this.commands = new Counter({
@@ -91,6 +92,62 @@ export class Metrics {
         }
       },
     });
+    new Gauge({
+      name: 'sluice_controller_skew_seconds',
+      help: 'Controller clock minus gateway clock, as last measured.',
+      labelNames: ['device'],
+      registers,
+      collect() {
+        for (const d of pipeline.devices()) {
+          if (d.skew !== null) this.set({ device: d.id }, d.skew.offsetMs / 1000);
+        }
+      },
+    });
+    new Gauge({
+      name: 'sluice_controller_drift_ppm',
+      help: 'Controller clock rate against the gateway clock, ppm (+: it gains).',
+      labelNames: ['device'],
+      registers,
+      collect() {
+        for (const d of pipeline.devices()) {
+          if (d.driftPpm !== null) this.set({ device: d.id }, d.driftPpm);
+        }
+      },
+    });
+    new Gauge({
+      name: 'sluice_controller_clock_ok',
+      help: 'Whether the controller clock is within its allowed skew (1) or beyond it (0).',
+      labelNames: ['device'],
+      registers,
+      collect() {
+        for (const d of pipeline.devices()) this.set({ device: d.id }, d.clockOff === null ? 1 : 0);
+      },
+    });
+    if (gatewayClock !== undefined) {
+      new Gauge({
+        name: 'sluice_gateway_clock_state',
+        help: 'Gateway clock sync state (1 for the current state), by source.',
+        labelNames: ['state', 'source'],
+        registers,
+        collect() {
+          const status = gatewayClock.status();
+          this.reset();
+          for (const state of ['LOCKED', 'HOLDOVER', 'UNLOCKED', 'UNKNOWN']) {
+            this.set({ state, source: status.source }, status.state === state ? 1 : 0);
+          }
+        },
+      });
+      new Gauge({
+        name: 'sluice_gateway_clock_offset_seconds',
+        help: 'Gateway clock offset from its reference (PTP master offset, chrony), when known.',
+        registers,
+        collect() {
+          const offset = gatewayClock.status().offsetNs;
+          this.reset();
+          if (offset !== null) this.set(offset / 1e9);
+        },
+      });
+    }
     // One journal query per scrape serves the open-command gauges below.
     let snapshot: { at: number; open: OpenCommands | null } = { at: -Infinity, open: null };
     const openNow = (): OpenCommands | null => {

@@ -13,6 +13,8 @@ const modbusPlc = z.object({
   unitId: z.number().int().min(0).max(255).default(1),
   clockRegister: z.number().int().min(0).max(65532).default(900),
   requestTimeoutMs: z.number().int().positive().default(1000),
+  /** Overrides clock.maxControllerSkewMs for this PLC's devices. */
+  maxClockSkewMs: z.number().int().min(1).max(86_400_000).optional(),
 });
 
 const opcuaPlc = z.object({
@@ -24,6 +26,8 @@ const opcuaPlc = z.object({
     .enum(['None', 'Basic256Sha256', 'Aes128_Sha256_RsaOaep', 'Aes256_Sha256_RsaPss'])
     .default('None'),
   requestTimeoutMs: z.number().int().positive().default(2000),
+  /** Overrides clock.maxControllerSkewMs for this PLC's devices. */
+  maxClockSkewMs: z.number().int().min(1).max(86_400_000).optional(),
 });
 
 export const plcSchema = z.discriminatedUnion('protocol', [modbusPlc, opcuaPlc]);

@@ -15,6 +15,14 @@ export interface DeviceDocument {
     readonly offsetMs: number;
     readonly uncertaintyMs: number;
     readonly measuredAt: string;
+    /** The controller clock's rate against the gateway's (ppm), when known. */
+    readonly driftPpm: number | null;
+  } | null;
+  /** Set while the controller clock is beyond its allowed skew (SPEC §6). */
+  readonly clockOff: {
+    readonly since: string;
+    readonly offsetMs: number;
+    readonly maxMs: number;
   } | null;
   readonly connectivity: {
     readonly connected: boolean;
@@ -43,6 +51,15 @@ export function deviceDocument(view: DeviceView, allowed: boolean, now: number):
             offsetMs: Math.round(view.skew.offsetMs),
             uncertaintyMs: Math.round(view.skew.uncertaintyMs),
             measuredAt: new Date(view.skew.measuredAt).toISOString(),
+            driftPpm: view.driftPpm === null ? null : Math.round(view.driftPpm * 10) / 10,
+          },
+    clockOff:
+      view.clockOff === null
+        ? null
+        : {
+            since: new Date(view.clockOff.since).toISOString(),
+            offsetMs: Math.round(view.clockOff.offsetMs),
+            maxMs: view.clockOff.maxMs,
           },
     connectivity: {
       connected: view.health.connected,

@@ -1,0 +1,69 @@
+import { chronyReader } from '../clock/chrony.js';
+import { GatewayClockPoller, noGatewayClock } from '../clock/gateway-clock.js';
+import { ptpReader } from '../clock/pmc.js';
+import type { SluiceConfig } from '../config/config.js';
+import type { Clock } from '../core/clock.js';
+import type { GatewayClock } from '../core/gateway-clock.js';
+import type { ClockPolicy } from '../core/lane.js';
+import type { Logger } from '../core/logger.js';
+
+/**
+ * The gateway's own clock (SPEC §6) and the clock policy the pipeline applies, from the
+ * configuration: a poller of linuxptp's pmc or chronyc off the command path, or no source.
+ */
+export interface GatewayClocks {
+  readonly gateway: GatewayClock;
+  readonly policy: ClockPolicy;
+  start(): void;
+  stop(): Promise<void>;
+}
+
+export function gatewayClocks(config: SluiceConfig, clock: Clock, logger: Logger): GatewayClocks {
+  const c = config.clock;
+  let poller: GatewayClockPoller | null = null;
+  if (c.source !== 'none') {
+    const read =
+      c.source === 'ptp'
+        ? ptpReader({
+            udsPath: c.ptp.udsPath,
+            domain: c.ptp.domain,
+            command: c.ptp.pmc,
+            timeoutMs: c.ptp.timeoutMs,
+            ...(c.ptp.clientSocketDir === undefined
+              ? {}
+              : { clientSocketDir: c.ptp.clientSocketDir }),
+          })
+        : chronyReader({ command: c.chrony.chronyc, timeoutMs: c.chrony.timeoutMs });
+    poller = new GatewayClockPoller({
+      source: c.source,
+      read,
+      policy: {
+        maxOffsetNs: c.maxOffsetNs,
+        holdoverMs: c.holdoverMs,
+        acceptUncalibrated: c.ptp.acceptUncalibrated,
+      },
+      intervalMs: c.pollIntervalMs,
+      clock,
+      logger,
+    });
+  }
+  const gateway = poller ?? noGatewayClock(clock);
+  const plcOf = (device: string): string | undefined => config.devices[device]?.plc;
+  const policy: ClockPolicy = {
+    onUnsynced: c.onUnsynced,
+    maxControllerSkewMs: (device) => {
+      const plc = plcOf(device);
+      const override = plc === undefined ? undefined : config.plcs[plc]?.maxClockSkewMs;
+      return override ?? c.maxControllerSkewMs;
+    },
+    gateway: poller,
+  };
+  return {
+    gateway,
+    policy,
+    start: () => poller?.start(),
+    stop: async () => {
+      await poller?.stop();
+    },
+  };
+}
