@@ -152,6 +152,21 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     expect(writes('v1')).toBe(before);
   });
 
+  it('never writes a future-dated command that waited at the broker (CLOCK_SKEW, I3)', async () => {
+    await intake.stop();
+    const key = randomUUID();
+    const before = writes('v1');
+    // Issued an hour ahead of the gateway's clock: beyond any issuer skew allowance.
+    const issuedAt = new Date(Date.now() + 3_600_000).toISOString();
+    await queue(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key, issuedAt, ttlMs: 30_000 });
+
+    await startIntake();
+    const result = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'result');
+    expect(result.json()).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+    expect(stack.pipeline.get({ scope: 'plant', key })?.dispatchedAt).toBeNull();
+    expect(writes('v1')).toBe(before);
+  });
+
   it('executes once a timed command queued while the intake was away, and a message-expiry one; the broker drops an expired one', async () => {
     await intake.stop();
     const keys = { issued: randomUUID(), expiry: randomUUID(), expired: randomUUID() };
