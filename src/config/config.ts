@@ -173,6 +173,16 @@ export const configSchema = z
         acceptUnknownCertificates: z.boolean().default(false),
       })
       .prefault({}),
+    /** The local admin endpoint of `sluicectl` (docs/admin-api.md). */
+    admin: z
+      .strictObject({
+        enabled: z.boolean().default(true),
+        /** Unix socket path (default {stateDir}/admin.sock; systemd: /run/sluice/admin.sock). */
+        socket: z.string().min(1).optional(),
+        /** Bearer token file, 0600, generated at the first start (default {stateDir}/admin.token). */
+        tokenFile: z.string().min(1).optional(),
+      })
+      .prefault({}),
     identities: z.record(name, identitySchema),
     plcs: z.record(name, plcSchema),
     devices: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/), deviceSchema),
@@ -369,6 +379,12 @@ function resolvePaths(c: SluiceConfig, base: string): SluiceConfig {
     journal: {
       ...c.journal,
       path: c.journal.path === undefined ? resolve(stateDir, 'journal.db') : abs(c.journal.path),
+    },
+    admin: {
+      ...c.admin,
+      socket: c.admin.socket === undefined ? resolve(stateDir, 'admin.sock') : abs(c.admin.socket),
+      tokenFile:
+        c.admin.tokenFile === undefined ? resolve(stateDir, 'admin.token') : abs(c.admin.tokenFile),
     },
     ...(c.https === undefined
       ? {}

@@ -68,3 +68,26 @@ export class ProfileError extends SluiceError {
     this.errors = errors;
   }
 }
+
+/** No command with this key (in this scope). */
+export class UnknownCommandError extends SluiceError {
+  constructor(key: string) {
+    super('UNKNOWN_COMMAND', `no command with key "${key}"`);
+  }
+}
+
+/** An operator action on a command that is already terminal. */
+export class AlreadySettledError extends SluiceError {
+  readonly state: string;
+  constructor(record: {
+    readonly key: string;
+    readonly state: string;
+    readonly code: string | null;
+  }) {
+    super(
+      'ALREADY_SETTLED',
+      `command "${record.key}" is already ${record.state}${record.code === null ? '' : ` (${record.code})`}`,
+    );
+    this.state = record.state;
+  }
+}

@@ -59,6 +59,8 @@ export interface Lane {
 
 export const PIPELINE = 'pipeline';
 export const RECOVERY = 'recovery';
+/** An operator's action through the admin endpoint (sluicectl). */
+export const ADMIN = 'admin';
 
 /** A command's terminal outcome, as the pipeline journals it. */
 export interface Outcome {

@@ -10,7 +10,9 @@ import {
 import type { Clock } from './clock.js';
 import type { DeviceDriver, DeviceHealth, Readback } from './driver.js';
 import {
+  AlreadySettledError,
   InvalidCommandError,
+  UnknownCommandError,
   JournalConflictError,
   JournalUnavailableError,
   ShuttingDownError,
@@ -18,6 +20,7 @@ import {
 } from './errors.js';
 import { CommandExecution } from './execution.js';
 import {
+  ADMIN,
   PIPELINE,
   RECOVERY,
   freshnessDetail,
@@ -342,6 +345,94 @@ export class CommandPipeline {
   /** The command as journaled now. */
   get(ref: CommandRef): CommandRecord | undefined {
     return this.journal.get(ref);
+  }
+
+  /** Every scope's command with this key (the operator names keys, not scopes). */
+  findByKey(key: string): CommandRecord[] {
+    return this.journal.findByKey(key);
+  }
+
+  /**
+   * An operator ends an open command `failed` `RESOLVED_BY_OPERATOR` (SPEC §2, §7): nothing is
+   * written to the controller; who and why are in the outcome's detail and the history, and the
+   * outcome is published like any other. A worker still holding the command is preempted; its
+   * own outcome, should it come, finds the command settled and keeps the operator's.
+   */
+  resolve(ref: CommandRef, by: string, reason: string): CommandRecord {
+    const record = this.journal.get(ref);
+    if (record === undefined) throw new UnknownCommandError(ref.key);
+    if (isTerminal(record.state)) throw new AlreadySettledError(record);
+    const log = this.commandLogger(record);
+    const settled = this.journal.settle(record, record.state, {
+      to: 'failed',
+      code: 'RESOLVED_BY_OPERATOR',
+      faultCode: null,
+      observed: record.observed,
+      detail: `resolved by ${by}: ${reason}; the operator's action wrote nothing to the controller`,
+      at: this.clock.now(),
+      intake: ADMIN,
+      render: renderResult,
+    });
+    log.warn({ by, from: record.state }, 'command resolved by an operator');
+    const lane = this.lanes.get(record.device);
+    if (
+      lane?.inFlight !== null &&
+      lane?.inFlight !== undefined &&
+      refId(lane.inFlight) === refId(ref)
+    ) {
+      lane.preempt?.abort();
+    }
+    if (
+      lane?.unresolved !== null &&
+      lane?.unresolved !== undefined &&
+      refId(lane.unresolved) === refId(ref)
+    ) {
+      lane.unresolved = null;
+      this.startWorker(lane);
+    }
+    this.announce(settled, log);
+    return settled;
+  }
+
+  /**
+   * An operator asks for an open command to be judged again now (SPEC §7): a note in its
+   * history, and a worker takes it up at once if none holds it — a fresh readback, judged as
+   * recovery judges (never a blind write). Resolves when it is terminal, or as it stands after
+   * `waitMs`.
+   */
+  async reverify(
+    ref: CommandRef,
+    by: string,
+    waitMs: number,
+  ): Promise<{ readonly record: CommandRecord; readonly detail: string }> {
+    const record = this.journal.get(ref);
+    if (record === undefined) throw new UnknownCommandError(ref.key);
+    if (isTerminal(record.state)) throw new AlreadySettledError(record);
+    this.journal.note(record, this.clock.now(), `reverify requested by ${by}`, ADMIN);
+    const lane = this.lanes.get(record.device);
+    if (lane === undefined) {
+      return {
+        record,
+        detail: `its device "${record.device}" is not in the configuration: no readback can settle it; resolve it`,
+      };
+    }
+    const id = refId(ref);
+    const held =
+      (lane.inFlight !== null && refId(lane.inFlight) === id) ||
+      lane.queue.some((q) => refId(q) === id) ||
+      (lane.interrupted !== null && refId(lane.interrupted.target) === id);
+    if (!held) {
+      if (lane.unresolved !== null && refId(lane.unresolved) !== id) lane.queue.unshift(ref);
+      else lane.unresolved = { scope: ref.scope, key: ref.key };
+    }
+    this.startWorker(lane);
+    const after = (await this.waitForSettled(ref, waitMs)) ?? record;
+    const detail = isTerminal(after.state)
+      ? `settled: ${after.state} ${after.code ?? ''}`.trim()
+      : lane.inFlight !== null && refId(lane.inFlight) === id
+        ? `still ${after.state}: the daemon is reading the device (${lane.binding.driver.health().lastError ?? 'no error'})`
+        : `still ${after.state}: waiting for the device's command in flight`;
+    return { record: after, detail };
   }
 
   /** The command's journaled history: every transition and every duplicate hit. */

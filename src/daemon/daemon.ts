@@ -12,6 +12,7 @@ import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
 import { packageRoot } from '../package-root.js';
 import { loadProfiles } from '../profiles/load.js';
+import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { Metrics } from './metrics.js';
 
@@ -215,6 +216,24 @@ export class Daemon {
         releasers,
       });
       daemonRef.current = daemon;
+      if (config.admin.enabled) {
+        // sluicectl's reverify and resolve go through the daemon, the journal's single writer.
+        const admin = new AdminEndpoint({
+          socket: config.admin.socket ?? join(config.stateDir, 'admin.sock'),
+          tokenFile: config.admin.tokenFile ?? join(config.stateDir, 'admin.token'),
+          pipeline,
+          gatewayClock: clocks.gateway,
+          policy: {
+            onUnsynced: config.clock.onUnsynced,
+            maxControllerSkewMs: config.clock.maxControllerSkewMs,
+          },
+          readiness: () => daemon.readiness(),
+          clock,
+          logger,
+        });
+        await admin.start();
+        releasers.push({ name: 'admin', release: () => admin.stop() });
+      }
       if (httpsIntake !== null) daemon.https = await httpsIntake.start();
       logger.info(
         {

@@ -1,0 +1,253 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Clock } from '../core/clock.js';
+import {
+  AlreadySettledError,
+  JournalUnavailableError,
+  UnknownCommandError,
+} from '../core/errors.js';
+import type { GatewayClock } from '../core/gateway-clock.js';
+import type { CommandRecord, CommandRef } from '../core/journal.js';
+import type { Logger } from '../core/logger.js';
+import type { CommandPipeline } from '../core/pipeline.js';
+import { toResult } from '../core/result.js';
+import { deviceDocument } from '../intake/device-view.js';
+
+/**
+ * The daemon's local admin endpoint (docs/admin-api.md): what `sluicectl` changes goes through
+ * the daemon, the journal's single writer. HTTP over a Unix socket that only the daemon's user
+ * (and root) can open, and a bearer token in a file only they can read.
+ */
+
+export interface AdminOptions {
+  readonly socket: string;
+  readonly tokenFile: string;
+  readonly pipeline: CommandPipeline;
+  readonly gatewayClock: GatewayClock;
+  readonly policy: { readonly onUnsynced: string; readonly maxControllerSkewMs: number };
+  readonly readiness: () => unknown;
+  readonly clock: Clock;
+  readonly logger: Logger;
+}
+
+const MAX_BODY = 16 * 1024;
+const REVERIFY_WAIT_MS = 10_000;
+
+class AdminError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export class AdminEndpoint {
+  private readonly o: AdminOptions;
+  private readonly log: Logger;
+  private readonly token: Buffer;
+  private server: Server | null = null;
+  private readonly sockets = new Set<Socket>();
+
+  constructor(options: AdminOptions) {
+    this.o = options;
+    this.log = options.logger.child({ component: 'admin' });
+    this.token = Buffer.from(adminToken(options.tokenFile), 'utf8');
+  }
+
+  async start(): Promise<void> {
+    // A socket file left by a killed daemon would make listen() fail: the path is ours.
+    if (existsSync(this.o.socket)) rmSync(this.o.socket, { force: true });
+    const server = createServer((req, res) => {
+      this.handle(req, res).catch((error: unknown) => {
+        this.fail(res, error);
+      });
+    });
+    server.on('connection', (socket) => {
+      this.sockets.add(socket);
+      socket.on('close', () => this.sockets.delete(socket));
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.o.socket, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    chmodSync(this.o.socket, 0o600);
+    this.server = server;
+    this.log.info({ socket: this.o.socket }, 'admin endpoint listening');
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    this.server = null;
+    if (server === null) return;
+    const closed = new Promise<void>((resolve) => {
+      server.close(() => {
+        resolve();
+      });
+    });
+    for (const s of this.sockets) s.destroy();
+    await closed;
+    rmSync(this.o.socket, { force: true });
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const auth = req.headers.authorization ?? '';
+    const given = Buffer.from(auth.startsWith('Bearer ') ? auth.slice(7).trim() : '', 'utf8');
+    if (given.length !== this.token.length || !timingSafeEqual(given, this.token)) {
+      throw new AdminError(401, 'UNAUTHORIZED', 'missing or wrong admin token');
+    }
+    const url = new URL(req.url ?? '/', 'http://admin');
+    const path = url.pathname;
+    const method = req.method ?? 'GET';
+    const { pipeline } = this.o;
+    if (method === 'GET' && path === '/v1/health') {
+      send(res, 200, this.o.readiness());
+      return;
+    }
+    if (method === 'GET' && path === '/v1/devices') {
+      const now = this.o.clock.now();
+      send(res, 200, { devices: pipeline.devices().map((d) => deviceDocument(d, true, now)) });
+      return;
+    }
+    if (method === 'GET' && path === '/v1/clock') {
+      const now = this.o.clock.now();
+      send(res, 200, {
+        gateway: this.o.gatewayClock.status(),
+        policy: this.o.policy,
+        devices: pipeline.devices().map((d) => {
+          const doc = deviceDocument(d, true, now);
+          return { id: doc.id, skew: doc.skew, clockOff: doc.clockOff };
+        }),
+      });
+      return;
+    }
+    const action = /^\/v1\/commands\/([^/]+)\/(reverify|resolve)$/.exec(path);
+    if (method === 'POST' && action !== null) {
+      const key = decodeURIComponent(action[1] ?? '');
+      const body = await readJson(req);
+      const by = text(body.by, 'by', 200);
+      const ref = this.refOf(key, body.scope);
+      if (action[2] === 'resolve') {
+        if (body.as !== 'failed') {
+          throw new AdminError(400, 'INVALID_REQUEST', 'as: only "failed" is supported');
+        }
+        const reason = text(body.reason, 'reason', 500);
+        const record = pipeline.resolve(ref, by, reason);
+        this.log.warn({ key: record.key, device: record.device, by }, 'resolved by an operator');
+        send(res, 200, { result: toResult(record, false) });
+        return;
+      }
+      const { record, detail } = await pipeline.reverify(ref, by, REVERIFY_WAIT_MS);
+      const settled = record.state !== 'accepted' && record.state !== 'dispatched';
+      send(res, 200, { settled, result: toResult(record, false), detail });
+      return;
+    }
+    throw new AdminError(404, 'NOT_FOUND', `no route ${method} ${path}`);
+  }
+
+  /** The command a key names: the operator names keys; a key in several scopes needs one. */
+  private refOf(key: string, scope: unknown): CommandRef {
+    const found: CommandRecord[] = this.o.pipeline
+      .findByKey(key)
+      .filter((r) => scope === undefined || r.scope === scope);
+    if (found.length === 0)
+      throw new AdminError(404, 'UNKNOWN_COMMAND', `no command with key "${key}"`);
+    if (found.length > 1) {
+      throw new AdminError(
+        409,
+        'AMBIGUOUS_KEY',
+        `key "${key}" exists in scopes ${found.map((r) => r.scope).join(', ')}: give scope`,
+      );
+    }
+    const [record] = found as [CommandRecord];
+    return { scope: record.scope, key: record.key };
+  }
+
+  private fail(res: ServerResponse, error: unknown): void {
+    if (error instanceof AdminError) {
+      problem(res, error.status, error.code, error.message);
+    } else if (error instanceof UnknownCommandError) {
+      problem(res, 404, error.code, error.message);
+    } else if (error instanceof AlreadySettledError) {
+      problem(res, 409, error.code, error.message);
+    } else if (error instanceof JournalUnavailableError) {
+      problem(res, 503, error.code, error.message);
+    } else {
+      this.log.error({ err: error }, 'admin request failed');
+      problem(res, 500, 'INTERNAL', error instanceof Error ? error.message : String(error));
+    }
+  }
+}
+
+/** The admin token: read, or generated (0600) at the first start. */
+export function adminToken(file: string): string {
+  if (existsSync(file)) {
+    const token = readFileSync(file, 'utf8').trim();
+    if (token.length >= 32) return token;
+  }
+  const token = randomBytes(32).toString('hex');
+  writeFileSync(file, `${token}\n`, { mode: 0o600 });
+  chmodSync(file, 0o600);
+  return token;
+}
+
+function text(value: unknown, field: string, max: number): string {
+  if (typeof value !== 'string' || value.trim() === '' || value.length > max) {
+    throw new AdminError(400, 'INVALID_REQUEST', `${field}: required, 1–${max} characters`);
+  }
+  return value.trim();
+}
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    const buffer = chunk as Buffer;
+    size += buffer.length;
+    if (size > MAX_BODY)
+      throw new AdminError(413, 'PAYLOAD_TOO_LARGE', `body over ${MAX_BODY} bytes`);
+    chunks.push(buffer);
+  }
+  const raw = Buffer.concat(chunks).toString('utf8').trim();
+  if (raw === '') return {};
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw new AdminError(400, 'INVALID_REQUEST', 'the body is not valid JSON');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new AdminError(400, 'INVALID_REQUEST', 'the body must be a JSON object');
+  }
+  return parsed as Record<string, unknown>;
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const json = `${JSON.stringify(body)}\n`;
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(json),
+    'cache-control': 'no-store',
+  });
+  res.end(json);
+}
+
+function problem(res: ServerResponse, status: number, code: string, detail: string): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const json = `${JSON.stringify({ type: `urn:sluice:problem:${code.toLowerCase().replaceAll('_', '-')}`, title: code, status, code, detail })}\n`;
+  res.writeHead(status, {
+    'content-type': 'application/problem+json',
+    'content-length': Buffer.byteLength(json),
+    'cache-control': 'no-store',
+  });
+  res.end(json);
+}
