@@ -1,0 +1,157 @@
+import { readFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { CliError, EXIT, messageOf } from './errors.js';
+
+/**
+ * A client of the daemon's local admin endpoint (docs/admin-api.md): HTTP/1.1 over its Unix
+ * socket, with the bearer token from the token file. The daemon stays the journal's single
+ * writer: `reverify` and `resolve` ask it, they never write the journal themselves.
+ */
+
+export interface AdminEndpointPaths {
+  readonly socket: string;
+  readonly tokenFile: string;
+}
+
+export interface AdminAnswer {
+  readonly status: number;
+  readonly body: unknown;
+}
+
+/** Problem codes that mean the command line must say more, not that something broke. */
+const USAGE_CODES = new Set(['AMBIGUOUS_KEY', 'INVALID_REQUEST']);
+
+export class AdminClient {
+  private readonly paths: AdminEndpointPaths;
+  private readonly timeoutMs: number;
+  private token: string | null = null;
+
+  constructor(paths: AdminEndpointPaths, timeoutMs = 30_000) {
+    this.paths = paths;
+    this.timeoutMs = timeoutMs;
+  }
+
+  /** GET; a problem answer throws. `accept` lists further statuses that carry a body (503). */
+  async get(path: string, accept: readonly number[] = []): Promise<AdminAnswer> {
+    return this.checked(await this.send('GET', path, undefined), accept);
+  }
+
+  async post(path: string, body: unknown): Promise<AdminAnswer> {
+    return this.checked(await this.send('POST', path, body), []);
+  }
+
+  private checked(answer: AdminAnswer, accept: readonly number[]): AdminAnswer {
+    if (answer.status >= 200 && answer.status < 300) return answer;
+    if (accept.includes(answer.status)) return answer;
+    const problem = (answer.body ?? {}) as { code?: unknown; detail?: unknown };
+    const code = typeof problem.code === 'string' ? problem.code : `HTTP_${answer.status}`;
+    const detail =
+      typeof problem.detail === 'string' ? problem.detail : JSON.stringify(answer.body ?? null);
+    const hint =
+      code === 'UNAUTHORIZED'
+        ? ` (the token in ${this.paths.tokenFile} does not match the running daemon's)`
+        : '';
+    throw new CliError(
+      `the daemon refused: ${code}: ${detail}${hint}`,
+      USAGE_CODES.has(code) ? EXIT.USAGE : EXIT.ERROR,
+      code,
+    );
+  }
+
+  private readToken(): string {
+    if (this.token !== null) return this.token;
+    let text: string;
+    try {
+      text = readFileSync(this.paths.tokenFile, 'utf8');
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      if (code === 'ENOENT') {
+        throw new CliError(
+          `no admin token at ${this.paths.tokenFile}: sluiced writes it when it starts; is it running with this configuration?`,
+        );
+      }
+      if (code === 'EACCES' || code === 'EPERM') {
+        throw new CliError(
+          `cannot read the admin token ${this.paths.tokenFile}: permission denied; run as the daemon's user or root (sudo)`,
+        );
+      }
+      throw new CliError(
+        `cannot read the admin token ${this.paths.tokenFile}: ${messageOf(error)}`,
+      );
+    }
+    this.token = text.trim();
+    return this.token;
+  }
+
+  private send(method: string, path: string, body: unknown): Promise<AdminAnswer> {
+    const token = this.readToken();
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    return new Promise((resolve, reject) => {
+      const req = request(
+        {
+          socketPath: this.paths.socket,
+          method,
+          path,
+          // Host is required by HTTP/1.1; the socket is what names the daemon.
+          headers: {
+            host: 'sluiced',
+            authorization: `Bearer ${token}`,
+            accept: 'application/json',
+            ...(payload === undefined
+              ? {}
+              : {
+                  'content-type': 'application/json',
+                  'content-length': Buffer.byteLength(payload),
+                }),
+          },
+          timeout: this.timeoutMs,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', (error) => {
+            reject(this.unreachable(error));
+          });
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            let parsed: unknown = text;
+            try {
+              parsed = text === '' ? null : (JSON.parse(text) as unknown);
+            } catch {
+              // Not JSON: kept as text for the error message.
+            }
+            resolve({ status: res.statusCode ?? 0, body: parsed });
+          });
+        },
+      );
+      req.once('timeout', () => {
+        req.destroy(
+          Object.assign(new Error(`no answer within ${this.timeoutMs} ms`), { code: 'ETIMEDOUT' }),
+        );
+      });
+      req.once('error', (error) => {
+        reject(this.unreachable(error));
+      });
+      req.end(payload);
+    });
+  }
+
+  private unreachable(error: Error): CliError {
+    const code = (error as { code?: unknown }).code;
+    const socket = this.paths.socket;
+    switch (code) {
+      case 'ENOENT':
+      case 'ECONNREFUSED':
+        return new CliError(
+          `cannot reach sluiced's admin endpoint at ${socket} (${code}): is sluiced running with this configuration? (systemctl status sluiced)`,
+        );
+      case 'EACCES':
+      case 'EPERM':
+        return new CliError(
+          `cannot connect to ${socket}: permission denied; run as the daemon's user or root (sudo)`,
+        );
+      default:
+        return new CliError(`the admin endpoint at ${socket} failed: ${messageOf(error)}`);
+    }
+  }
+}

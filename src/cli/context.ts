@@ -1,0 +1,155 @@
+import { existsSync } from 'node:fs';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
+import { packageRoot } from '../package-root.js';
+import { loadProfiles } from '../profiles/load.js';
+import { CliError, messageOf } from './errors.js';
+import { Style } from './table.js';
+
+/**
+ * What every subcommand shares: the configuration (read once, only when a subcommand needs
+ * it), where the journal and the admin endpoint are, and how to print. Built from the global
+ * options; nothing here is a global singleton.
+ */
+
+export const DEFAULT_CONFIG = '/etc/sluice/sluice.yaml';
+
+export interface GlobalOptions {
+  readonly config?: string;
+  readonly journal?: string;
+  readonly json?: boolean;
+  /** commander's `--no-color`: false when given. */
+  readonly color?: boolean;
+}
+
+export interface Io {
+  readonly stdout: { write(text: string): unknown; isTTY?: boolean };
+  readonly stderr: { write(text: string): unknown };
+  readonly env: NodeJS.ProcessEnv;
+  readonly now: () => number;
+}
+
+/** The `admin` section docs/admin-api.md adds; read structurally so older configs still load. */
+interface AdminSection {
+  readonly socket?: string;
+  readonly tokenFile?: string;
+}
+
+export class CliContext {
+  readonly io: Io;
+  readonly json: boolean;
+  readonly style: Style;
+  readonly configPath: string;
+  /** Given with --config or SLUICE_CONFIG (a missing file is then an error, not a fallback). */
+  readonly configExplicit: boolean;
+  private readonly journalOverride: string | undefined;
+  private loaded: SluiceConfig | null | undefined;
+
+  constructor(options: GlobalOptions, io: Io) {
+    this.io = io;
+    this.json = options.json === true;
+    this.style = Style.for(io.stdout, options.color === false, io.env);
+    const fromEnv = io.env.SLUICE_CONFIG;
+    this.configExplicit = options.config !== undefined || (fromEnv !== undefined && fromEnv !== '');
+    this.configPath =
+      options.config ?? (fromEnv === undefined || fromEnv === '' ? DEFAULT_CONFIG : fromEnv);
+    this.journalOverride = options.journal;
+  }
+
+  now(): number {
+    return this.io.now();
+  }
+
+  out(text: string): void {
+    this.io.stdout.write(text);
+  }
+
+  /** Machine output: one JSON document, the same fields as the table. */
+  outJson(value: unknown): void {
+    this.io.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  }
+
+  warn(text: string): void {
+    this.io.stderr.write(`sluicectl: ${text}\n`);
+  }
+
+  /** The configuration; an error (exit 1) when it cannot be read or is invalid. */
+  config(): SluiceConfig {
+    const config = this.loadConfig(true);
+    if (config === null) throw new CliError(`no configuration at ${this.configPath}`);
+    return config;
+  }
+
+  /**
+   * The configuration when there is one. With `--journal` and no explicit configuration, a
+   * missing default file is not an error: the journal commands work from the journal alone.
+   */
+  optionalConfig(): SluiceConfig | null {
+    return this.loadConfig(this.configExplicit || this.journalOverride === undefined);
+  }
+
+  private loadConfig(required: boolean): SluiceConfig | null {
+    if (this.loaded !== undefined) return this.loaded;
+    if (!existsSync(this.configPath)) {
+      if (!required) {
+        this.loaded = null;
+        return null;
+      }
+      throw new CliError(
+        `no configuration at ${this.configPath}: give --config FILE or set SLUICE_CONFIG` +
+          (this.journalOverride === undefined
+            ? ' (or read a journal directly with --journal PATH)'
+            : ''),
+      );
+    }
+    try {
+      this.loaded = loadConfig(this.configPath, { env: this.io.env });
+    } catch (error) {
+      if (error instanceof ConfigError) {
+        const hint = this.configExplicit ? '' : ' (give --config FILE or SLUICE_CONFIG)';
+        throw new CliError(`${error.message}${hint}`);
+      }
+      throw new CliError(`cannot read the configuration ${this.configPath}: ${messageOf(error)}`);
+    }
+    return this.loaded;
+  }
+
+  /** --journal, else the configuration's journal.path (default {stateDir}/journal.db). */
+  journalPath(): string {
+    if (this.journalOverride !== undefined) return resolve(this.journalOverride);
+    const config = this.config();
+    return config.journal.path ?? join(config.stateDir, 'journal.db');
+  }
+
+  /** The admin endpoint's socket and token file (docs/admin-api.md), from the configuration. */
+  adminEndpoint(): { socket: string; tokenFile: string } {
+    const config = this.config();
+    const admin = (config as { admin?: AdminSection }).admin;
+    const base = dirname(resolve(this.configPath));
+    const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
+    return {
+      socket: admin?.socket === undefined ? join(config.stateDir, 'admin.sock') : abs(admin.socket),
+      tokenFile:
+        admin?.tokenFile === undefined
+          ? join(config.stateDir, 'admin.token')
+          : abs(admin.tokenFile),
+    };
+  }
+
+  /**
+   * Each configured device's confirm timeout (its profile's), for the stuck rule: open past
+   * its deadline plus this (SPEC §2). Null without a configuration: every command is then
+   * judged from its deadline alone, as the daemon judges a device it no longer has.
+   */
+  confirmTimeouts(): ReadonlyMap<string, number> | null {
+    const config = this.optionalConfig();
+    if (config === null) return null;
+    const profiles = loadProfiles(config.profilesDir ?? join(packageRoot(), 'devices', 'profiles'));
+    const timeouts = new Map<string, number>();
+    for (const [id, device] of Object.entries(config.devices)) {
+      const profile = profiles.get(device.profile);
+      if (profile !== undefined) timeouts.set(id, profile.timing.confirmTimeoutMs);
+    }
+    return timeouts;
+  }
+}

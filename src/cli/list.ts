@@ -1,0 +1,113 @@
+import { COMMAND_STATES, type CommandState } from '../core/command.js';
+import type { CommandRecord } from '../core/journal.js';
+import type { CliContext } from './context.js';
+import { relative } from './durations.js';
+import { EXIT, UsageError, type ExitCode } from './errors.js';
+import { withJournal } from './journal-reader.js';
+import { dash, renderTable, stateTone, type Column } from './table.js';
+
+/** `sluicectl list`: commands from the journal, newest first, with filters. */
+
+export interface ListOptions {
+  readonly device?: string;
+  readonly state?: string;
+  /** Only commands accepted within this long (ms). */
+  readonly since?: number;
+  readonly limit: number;
+}
+
+/** One command as `list` prints it; `--json` gives these fields, times in RFC 3339. */
+export interface ListItem {
+  readonly key: string;
+  readonly scope: string;
+  readonly device: string;
+  readonly action: string;
+  readonly position: number | null;
+  readonly state: string;
+  readonly code: string | null;
+  readonly faultCode: string | null;
+  readonly seq: number | null;
+  readonly intake: string;
+  readonly acceptedAt: string;
+  readonly ageMs: number;
+  readonly settledAt: string | null;
+  readonly detail: string | null;
+}
+
+export function listItem(r: CommandRecord, now: number): ListItem {
+  return {
+    key: r.key,
+    scope: r.scope,
+    device: r.device,
+    action: r.action,
+    position: r.position,
+    state: r.state,
+    code: r.code,
+    faultCode: r.faultCode,
+    seq: r.seq,
+    intake: r.intake,
+    acceptedAt: new Date(r.acceptedAt).toISOString(),
+    ageMs: Math.max(0, now - r.acceptedAt),
+    settledAt: r.settledAt === null ? null : new Date(r.settledAt).toISOString(),
+    detail: r.detail,
+  };
+}
+
+/** `open`, or `move 40%`. */
+export function actionText(action: string, position: number | null): string {
+  return position === null ? action : `${action} ${position}%`;
+}
+
+export function parseState(value: string): CommandState {
+  const state = COMMAND_STATES.find((s) => s === value);
+  if (state === undefined) {
+    throw new UsageError(`--state: "${value}" is not a state (${COMMAND_STATES.join(', ')})`);
+  }
+  return state;
+}
+
+export function runList(ctx: CliContext, options: ListOptions): ExitCode {
+  const state = options.state === undefined ? undefined : parseState(options.state);
+  const now = ctx.now();
+  const records = withJournal(ctx.journalPath(), (journal) =>
+    journal.list({
+      ...(options.device === undefined ? {} : { device: options.device }),
+      ...(state === undefined ? {} : { state }),
+      ...(options.since === undefined ? {} : { since: now - options.since }),
+      limit: options.limit,
+    }),
+  );
+  const items = records.map((r) => listItem(r, now));
+  if (ctx.json) {
+    ctx.outJson({ commands: items });
+    return EXIT.OK;
+  }
+  if (items.length === 0) {
+    ctx.out('No commands found.\n');
+    return EXIT.OK;
+  }
+  const columns: Column<ListItem>[] = [
+    { header: 'key', value: (i) => i.key },
+    { header: 'scope', value: (i) => i.scope },
+    { header: 'device', value: (i) => i.device },
+    { header: 'action', value: (i) => actionText(i.action, i.position) },
+    { header: 'state', value: (i) => i.state, tone: (i) => stateTone(i.state) },
+    {
+      header: 'code',
+      value: (i) => (i.faultCode === null ? dash(i.code) : `${dash(i.code)} ${i.faultCode}`),
+      tone: (i) => stateTone(i.state),
+    },
+    { header: 'seq', value: (i) => dash(i.seq), align: 'right' },
+    { header: 'intake', value: (i) => i.intake },
+    { header: 'age', value: (i) => relative(now - i.ageMs, now) },
+    {
+      header: 'settled',
+      value: (i) => (i.settledAt === null ? '-' : relative(Date.parse(i.settledAt), now)),
+    },
+  ];
+  ctx.out(renderTable(columns, items, ctx.style));
+  if (items.length === options.limit) {
+    ctx.warn(`showing the newest ${options.limit}; use --limit for more`);
+  }
+  return EXIT.OK;
+}

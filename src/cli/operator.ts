@@ -1,0 +1,118 @@
+import { hostname, userInfo } from 'node:os';
+import { AdminClient } from './admin-client.js';
+import type { CliContext } from './context.js';
+import { CliError, EXIT, UsageError, type ExitCode } from './errors.js';
+import { isResultDocument, resultFields, type ResultDocument } from './result-view.js';
+import { renderFields } from './table.js';
+
+/**
+ * `reverify` and `resolve`: the operator's two ways to settle an open command, both through the
+ * daemon (docs/admin-api.md), which journals them with who did it.
+ */
+
+/** Who acts: the login behind sudo, else the user, at this host (`alice@gw-7`). */
+export function operatorName(env: NodeJS.ProcessEnv): string {
+  const sudo = env.SUDO_USER;
+  const user =
+    sudo !== undefined && sudo !== ''
+      ? sudo
+      : env.USER !== undefined && env.USER !== ''
+        ? env.USER
+        : safeUserName();
+  return `${user}@${hostname()}`;
+}
+
+function safeUserName(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return 'unknown';
+  }
+}
+
+export const MAX_REASON = 500;
+
+function commandPath(key: string, action: 'reverify' | 'resolve'): string {
+  return `/v1/commands/${encodeURIComponent(key)}/${action}`;
+}
+
+function resultOf(body: unknown): ResultDocument {
+  const result = (body as { result?: unknown } | null)?.result;
+  if (!isResultDocument(result)) throw new CliError('the daemon answered without a result');
+  return result;
+}
+
+export async function runReverify(
+  ctx: CliContext,
+  key: string,
+  scope: string | undefined,
+): Promise<ExitCode> {
+  const by = operatorName(ctx.io.env);
+  const answer = await new AdminClient(ctx.adminEndpoint()).post(commandPath(key, 'reverify'), {
+    ...(scope === undefined ? {} : { scope }),
+    by,
+  });
+  const body = (answer.body ?? {}) as { settled?: unknown; detail?: unknown };
+  const result = resultOf(answer.body);
+  const settled = body.settled === true;
+  const detail = typeof body.detail === 'string' ? body.detail : null;
+  if (ctx.json) {
+    ctx.outJson({ key, by, settled, detail, result });
+    return EXIT.OK;
+  }
+  ctx.out(
+    settled
+      ? `${ctx.style.paint('SETTLED', 'good')} by a fresh readback: ${result.state} ${result.code ?? ''}`.trimEnd() +
+          '\n'
+      : `${ctx.style.paint('NOT SETTLED', 'warn')}: the readback proves nothing yet; the command stays ${result.state} and the daemon keeps at it\n`,
+  );
+  if (detail !== null) ctx.out(`  ${detail}\n`);
+  ctx.out(renderFields(resultFields(result, ctx.now()), ctx.style));
+  return EXIT.OK;
+}
+
+export interface ResolveOptions {
+  readonly as: string;
+  readonly reason?: string;
+  readonly scope?: string;
+}
+
+export async function runResolve(
+  ctx: CliContext,
+  key: string,
+  options: ResolveOptions,
+): Promise<ExitCode> {
+  if (options.as !== 'failed') {
+    throw new UsageError(
+      `--as: only "failed" is supported (RESOLVED_BY_OPERATOR), not "${options.as}"`,
+    );
+  }
+  const reason = options.reason?.trim() ?? '';
+  if (reason === '') {
+    throw new UsageError(
+      'resolve needs --reason "…": why this command is settled by hand (it is recorded in its history)',
+    );
+  }
+  if (reason.length > MAX_REASON) {
+    throw new UsageError(
+      `--reason: at most ${MAX_REASON} characters (this one has ${reason.length})`,
+    );
+  }
+  const by = operatorName(ctx.io.env);
+  const answer = await new AdminClient(ctx.adminEndpoint()).post(commandPath(key, 'resolve'), {
+    ...(options.scope === undefined ? {} : { scope: options.scope }),
+    as: 'failed',
+    reason,
+    by,
+  });
+  const result = resultOf(answer.body);
+  if (ctx.json) {
+    ctx.outJson({ key, by, reason, result });
+    return EXIT.OK;
+  }
+  ctx.out(
+    `${ctx.style.paint('RESOLVED', 'warn')} by ${by}: ${result.state} ${result.code ?? ''}; nothing was written to the controller\n`,
+  );
+  ctx.out(renderFields(resultFields(result, ctx.now()), ctx.style));
+  return EXIT.OK;
+}

@@ -1,0 +1,74 @@
+import type { SluiceConfig } from '../config/config.js';
+import type { CliContext } from './context.js';
+import { CliError, EXIT } from './errors.js';
+import type { ResultDocument } from './result-view.js';
+
+/** What `send` and its two intakes (send-https.ts, send-mqtt.ts) share. */
+
+export interface SendOptions {
+  readonly via: 'https' | 'mqtt';
+  readonly key?: string;
+  readonly position?: number;
+  readonly waitMs: number;
+  /** `now` or RFC 3339; absent: the original's on a rerun, else now (MQTT) or none (HTTPS). */
+  readonly issuedAt?: string;
+  readonly ttlMs?: number;
+  readonly tokenFile?: string;
+  readonly ca?: string;
+  readonly mqttUsername?: string;
+  readonly mqttPasswordFile?: string;
+}
+
+/** The command as it goes on the wire: the body both intakes take (SPEC §2). */
+export interface WireCommand {
+  readonly device: string;
+  readonly action: string;
+  readonly position?: number;
+  readonly issuedAt?: string;
+  readonly ttlMs?: number;
+}
+
+/** What an intake answered. */
+export interface Delivery {
+  readonly result: ResultDocument | null;
+  /** The intake marked it a replay (`Idempotent-Replayed: true`, `"replayed": true`). */
+  readonly replayed: boolean;
+  /** The HTTP status of the answer (HTTPS only). */
+  readonly httpStatus: number | null;
+  /** Why there is no terminal result (not settled within the wait). */
+  readonly note: string | null;
+}
+
+export interface SendTarget {
+  readonly ctx: CliContext;
+  readonly config: SluiceConfig;
+  readonly key: string;
+  readonly command: WireCommand;
+  readonly options: SendOptions;
+}
+
+/** The daemon refused the command (a problem document or an MQTT error document). */
+export function refused(
+  code: string,
+  detail: string,
+  target: SendTarget,
+  status: number | null,
+): CliError {
+  const at = status === null ? '' : ` (HTTP ${status})`;
+  const hint =
+    code === 'IDEMPOTENCY_KEY_REUSED'
+      ? `; key ${target.key} names a different command (device, action, position, issuedAt and ttl are compared): ` +
+        `see sluicectl show ${target.key}, repeat its --issued-at and --ttl, or use a new key`
+      : code === 'UNAUTHORIZED'
+        ? '; check --token-file / SLUICE_TOKEN'
+        : '';
+  return new CliError(
+    `${options(target)} refused${at}: ${code}: ${detail}${hint}`,
+    EXIT.ERROR,
+    code,
+  );
+}
+
+function options(target: SendTarget): string {
+  return `${target.command.action} ${target.command.device} over ${target.options.via}`;
+}

@@ -1,0 +1,200 @@
+import { readFileSync } from 'node:fs';
+import { request } from 'node:https';
+import { CliError, UsageError, messageOf } from './errors.js';
+import { isResultDocument, type ResultDocument } from './result-view.js';
+import { refused, type Delivery, type SendTarget } from './send-common.js';
+
+/**
+ * `send --via https`: POST /v1/commands (docs/http-api.md) with the key, `Prefer: wait=N`, then
+ * GET /v1/commands/{key} until the command is terminal or the wait is over.
+ */
+
+interface Answer {
+  readonly status: number;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly body: unknown;
+}
+
+const POLL_MS = 250;
+const TERMINAL = new Set(['confirmed', 'rejected', 'failed']);
+
+/** The bearer token: --token-file, SLUICE_TOKEN, or the one identity with a tokenFile. */
+function token(target: SendTarget): string {
+  const { options, ctx, config } = target;
+  const fromFile = (file: string, what: string): string => {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8').trim();
+    } catch (error) {
+      throw new CliError(`cannot read the token (${what}) ${file}: ${messageOf(error)}`);
+    }
+    if (text === '') throw new CliError(`the token file ${file} (${what}) is empty`);
+    return text;
+  };
+  if (options.tokenFile !== undefined) return fromFile(options.tokenFile, '--token-file');
+  const env = ctx.io.env.SLUICE_TOKEN;
+  if (env !== undefined && env !== '') return env;
+  const withFiles = Object.entries(config.identities).filter(([, i]) => i.tokenFile !== undefined);
+  if (withFiles.length === 1 && withFiles[0] !== undefined) {
+    const [name, identity] = withFiles[0];
+    return fromFile(identity.tokenFile ?? '', `identities.${name}.tokenFile`);
+  }
+  throw new UsageError(
+    "no bearer token for HTTPS: give --token-file FILE or set SLUICE_TOKEN (an identity's token)",
+  );
+}
+
+function endpoint(target: SendTarget): { host: string; port: number; ca: Buffer } {
+  const https = target.config.https;
+  if (https === undefined)
+    throw new UsageError('--via https: the configuration has no https section');
+  // A wildcard listener is reached on loopback from the gateway itself.
+  const host = https.host === '0.0.0.0' ? '127.0.0.1' : https.host === '::' ? '::1' : https.host;
+  const caFile = target.options.ca ?? https.certFile;
+  let ca: Buffer;
+  try {
+    ca = readFileSync(caFile);
+  } catch (error) {
+    throw new CliError(`cannot read the CA certificate ${caFile} (--ca): ${messageOf(error)}`);
+  }
+  return { host, port: https.port, ca };
+}
+
+function call(
+  at: { host: string; port: number; ca: Buffer },
+  bearer: string,
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  body: string | undefined,
+  timeoutMs: number,
+): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: at.host,
+        port: at.port,
+        method,
+        path,
+        ca: at.ca,
+        agent: false,
+        timeout: timeoutMs,
+        headers: {
+          authorization: `Bearer ${bearer}`,
+          accept: 'application/json',
+          ...headers,
+          ...(body === undefined
+            ? {}
+            : {
+                'content-type': 'application/json',
+                'content-length': String(Buffer.byteLength(body)),
+              }),
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', reject);
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let parsed: unknown = text;
+          try {
+            parsed = JSON.parse(text) as unknown;
+          } catch {
+            // Kept as text for the error message.
+          }
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed });
+        });
+      },
+    );
+    req.once('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    req.once('error', (error) => {
+      reject(
+        new CliError(
+          `cannot reach the HTTPS intake at https://${at.host}:${at.port}: ${messageOf(error)}`,
+        ),
+      );
+    });
+    req.end(body);
+  });
+}
+
+function problemOf(answer: Answer): { code: string; detail: string } {
+  const b = (typeof answer.body === 'object' && answer.body !== null ? answer.body : {}) as {
+    code?: unknown;
+    detail?: unknown;
+    errors?: unknown;
+  };
+  const errors = Array.isArray(b.errors) ? ` (${b.errors.map(String).join('; ')})` : '';
+  return {
+    code: typeof b.code === 'string' ? b.code : `HTTP_${answer.status}`,
+    detail:
+      (typeof b.detail === 'string'
+        ? b.detail
+        : typeof answer.body === 'string'
+          ? answer.body
+          : '') + errors,
+  };
+}
+
+/** The result in an answer: 200/202 bodies, and rejected/failed problems extended by it. */
+function resultIn(body: unknown): ResultDocument | null {
+  if (!isResultDocument(body)) return null;
+  // GET /v1/commands/{key} adds the history: the result is the rest.
+  const result: Record<string, unknown> = { ...body };
+  delete result.history;
+  return result as unknown as ResultDocument;
+}
+
+export async function sendHttps(target: SendTarget): Promise<Delivery> {
+  const at = endpoint(target);
+  const bearer = token(target);
+  const { key, options } = target;
+  const started = target.ctx.now();
+  const waitS = Math.max(0, Math.ceil(options.waitMs / 1000));
+  const answer = await call(
+    at,
+    bearer,
+    'POST',
+    '/v1/commands',
+    { 'idempotency-key': key, prefer: waitS === 0 ? 'respond-async' : `wait=${waitS}` },
+    JSON.stringify(target.command),
+    options.waitMs + 15_000,
+  );
+  const replayed = answer.headers['idempotent-replayed'] === 'true';
+  let result = resultIn(answer.body);
+  const inProgress = answer.status === 409 && problemOf(answer).code === 'IN_PROGRESS';
+  if (result === null && !inProgress) {
+    const p = problemOf(answer);
+    throw refused(p.code, p.detail, target, answer.status);
+  }
+  // 202, or a retry of a command still in flight: follow it until it is terminal or time is up.
+  while (result === null || !TERMINAL.has(result.state)) {
+    const left = started + options.waitMs - target.ctx.now();
+    if (left <= 0) break;
+    await new Promise((r) => setTimeout(r, Math.min(POLL_MS, left)));
+    const poll = await call(
+      at,
+      bearer,
+      'GET',
+      `/v1/commands/${encodeURIComponent(key)}`,
+      {},
+      undefined,
+      10_000,
+    );
+    if (poll.status !== 200) {
+      const p = problemOf(poll);
+      throw refused(p.code, p.detail, target, poll.status);
+    }
+    result = resultIn(poll.body);
+  }
+  return {
+    result,
+    replayed,
+    httpStatus: answer.status,
+    note:
+      result !== null && TERMINAL.has(result.state)
+        ? null
+        : `the command is journaled and ${result?.state ?? 'in flight'}; it settles on its own`,
+  };
+}

@@ -1,0 +1,134 @@
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { connectAsync, type IClientOptions, type MqttClient } from 'mqtt';
+import { CliError, messageOf } from './errors.js';
+import { isResultDocument } from './result-view.js';
+import { refused, type Delivery, type SendTarget } from './send-common.js';
+
+/**
+ * `send --via mqtt` (docs/mqtt-api.md): subscribe to the device's result topic, publish the
+ * command with QoS 1 and its `issuedAt` (untimed MQTT commands are refused, SPEC §5), and wait
+ * for the result — or the replay, or the error document — that carries this key.
+ */
+
+/** CONNACK refusals meaning "not this protocol version" (as the intake reads them). */
+const PROTOCOL_REFUSALS = new Set([0x01, 0x84]);
+
+function clientOptions(target: SendTarget, version: 4 | 5): IClientOptions {
+  const mqtt = target.config.mqtt;
+  if (mqtt === undefined) throw new CliError('--via mqtt: the configuration has no mqtt section');
+  const { options } = target;
+  const read = (file: string, what: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (error) {
+      throw new CliError(`cannot read ${what} ${file}: ${messageOf(error)}`);
+    }
+  };
+  return {
+    protocolVersion: version,
+    clientId: `sluicectl-${hostname().slice(0, 32)}-${randomBytes(4).toString('hex')}`,
+    clean: true,
+    reconnectPeriod: 0,
+    connectTimeout: 5_000,
+    ...(options.mqttUsername === undefined ? {} : { username: options.mqttUsername }),
+    ...(options.mqttPasswordFile === undefined
+      ? {}
+      : {
+          password: read(options.mqttPasswordFile, '--mqtt-password-file').toString('utf8').trim(),
+        }),
+    ...(mqtt.caFile === undefined ? {} : { ca: read(mqtt.caFile, 'mqtt.caFile') }),
+  };
+}
+
+async function connect(target: SendTarget): Promise<MqttClient> {
+  const url = target.config.mqtt?.url ?? '';
+  try {
+    return await connectAsync(url, clientOptions(target, 5));
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === 'number' && PROTOCOL_REFUSALS.has(code)) {
+      // A 3.1.1-only broker (the demo's embedded one): the command needs nothing of MQTT 5.
+      try {
+        return await connectAsync(url, clientOptions(target, 4));
+      } catch (again) {
+        throw new CliError(`cannot connect to the MQTT broker ${url}: ${messageOf(again)}`);
+      }
+    }
+    throw new CliError(`cannot connect to the MQTT broker ${url}: ${messageOf(error)}`);
+  }
+}
+
+export async function sendMqtt(target: SendTarget): Promise<Delivery> {
+  const { config, key, command, options, ctx } = target;
+  const mqtt = config.mqtt;
+  if (mqtt === undefined) throw new CliError('--via mqtt: the configuration has no mqtt section');
+  const prefix = `${mqtt.topicRoot}/${config.gatewayId}`;
+  const resultTopic = `${prefix}/result/${command.device}`;
+  const statusTopic = `${prefix}/status`;
+  const client = await connect(target);
+  try {
+    let warned = false;
+    const answer = new Promise<Record<string, unknown>>((resolve) => {
+      client.on('message', (topic, payload) => {
+        const text = payload.toString('utf8');
+        if (topic === statusTopic) {
+          if (text === 'offline' && !warned) {
+            warned = true;
+            ctx.warn(
+              `sluiced is offline (${statusTopic}): the command waits at the broker until it is back or its deadline passes`,
+            );
+          }
+          return;
+        }
+        if (topic !== resultTopic) return;
+        try {
+          const doc = JSON.parse(text) as unknown;
+          if (typeof doc === 'object' && doc !== null && (doc as { key?: unknown }).key === key) {
+            resolve(doc as Record<string, unknown>);
+          }
+        } catch {
+          // Not JSON: not an answer to this command.
+        }
+      });
+    });
+    // Subscribed before the command goes out: results are not retained.
+    await client.subscribeAsync([resultTopic, statusTopic], { qos: 1 });
+    // The topic names the device; the payload carries the key (MQTT 3.1.1 has no user properties).
+    const payload = {
+      key,
+      action: command.action,
+      ...(command.position === undefined ? {} : { position: command.position }),
+      ...(command.issuedAt === undefined ? {} : { issuedAt: command.issuedAt }),
+      ...(command.ttlMs === undefined ? {} : { ttlMs: command.ttlMs }),
+    };
+    await client.publishAsync(`${prefix}/cmd/${command.device}`, JSON.stringify(payload), {
+      qos: 1,
+    });
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<null>((resolve) => {
+      timer = setTimeout(() => {
+        resolve(null);
+      }, options.waitMs);
+    });
+    const doc = await Promise.race([answer, timeout]);
+    clearTimeout(timer);
+    if (doc === null) {
+      return {
+        result: null,
+        replayed: false,
+        httpStatus: null,
+        note: 'no result on the result topic; the broker took the command (PUBACK) and the daemon answers when it is terminal',
+      };
+    }
+    if (!isResultDocument(doc)) {
+      const code = typeof doc.code === 'string' ? doc.code : 'ERROR';
+      const detail = typeof doc.detail === 'string' ? doc.detail : JSON.stringify(doc);
+      throw refused(code, detail, target, null);
+    }
+    return { result: doc, replayed: doc.replayed === true, httpStatus: null, note: null };
+  } finally {
+    await client.endAsync().catch(() => undefined);
+  }
+}

@@ -1,0 +1,185 @@
+import type { CliContext } from './context.js';
+import { formatDuration, relative } from './durations.js';
+import { EXIT, type ExitCode } from './errors.js';
+import { findCommand, withJournal } from './journal-reader.js';
+import { actionText } from './list.js';
+import { observationText, outcomeText } from './result-view.js';
+import { stuckItems } from './stuck.js';
+import { buildStory, type CommandStory, type StoryEvent, type StoryKind } from './story.js';
+import { clean, renderFields, renderTable, stateTone, type Field, type Tone } from './table.js';
+
+/** `sluicectl show KEY`: the whole story of one command, from the journal (story.ts). */
+export function runShow(ctx: CliContext, key: string, scope: string | undefined): ExitCode {
+  const now = ctx.now();
+  const { story, record } = withJournal(ctx.journalPath(), (journal) => {
+    const found = findCommand(journal, key, scope);
+    return { story: buildStory(found, journal.history(found)), record: found };
+  });
+  // An open command: is it stuck (SPEC §2)? Judged as `stuck` judges it.
+  const open =
+    story.outcome === null
+      ? (stuckItems([record], 0, now, ctx.confirmTimeouts(), () => undefined)[0] ?? null)
+      : null;
+  const openStatus =
+    open === null
+      ? null
+      : {
+          ageMs: open.ageMs,
+          stuck: open.stuck,
+          overdueMs: open.overdueMs,
+          confirmTimeoutMs: open.confirmTimeoutMs,
+        };
+  if (ctx.json) {
+    ctx.outJson({ ...story, open: openStatus });
+    return EXIT.OK;
+  }
+  ctx.out(renderStory(story, openStatus, now, ctx));
+  return EXIT.OK;
+}
+
+interface OpenStatus {
+  readonly ageMs: number;
+  readonly stuck: boolean;
+  readonly overdueMs: number | null;
+  readonly confirmTimeoutMs: number | null;
+}
+
+const WHAT: Readonly<Record<StoryKind, string>> = {
+  received: 'received',
+  duplicate: 'duplicate seen',
+  'key-reuse': 'KEY REUSE refused',
+  dispatched: 'dispatched',
+  redispatched: 'dispatched again',
+  settled: 'settled',
+  operator: 'operator',
+  note: 'note',
+};
+
+function eventTone(e: StoryEvent): Tone | null {
+  switch (e.kind) {
+    case 'settled':
+      return stateTone(e.to);
+    case 'key-reuse':
+    case 'operator':
+      return 'warn';
+    case 'received':
+    case 'duplicate':
+    case 'dispatched':
+    case 'redispatched':
+    case 'note':
+      return null;
+  }
+}
+
+function renderStory(
+  s: CommandStory,
+  open: OpenStatus | null,
+  now: number,
+  ctx: CliContext,
+): string {
+  const style = ctx.style;
+  const at = (iso: string): string => `${iso} (${relative(Date.parse(iso), now)})`;
+  const out: string[] = [];
+  out.push(`${style.paint(`Command ${s.key}`, 'bold')}  (scope ${s.scope})\n`);
+  const head: Field[] = [
+    ['device', s.device],
+    ['action', actionText(s.action, s.position)],
+    ['state', outcomeText(s.state, s.code, s.faultCode), stateTone(s.state)],
+  ];
+  if (s.detail !== null) head.push(['detail', s.detail]);
+  out.push(renderFields(head, style));
+
+  const f = s.freshness;
+  const age =
+    f.ageAtAcceptMs >= 0
+      ? `${formatDuration(f.ageAtAcceptMs)} old when accepted`
+      : `issued ${formatDuration(-f.ageAtAcceptMs)} in the future`;
+  const margin =
+    f.marginAtDispatchMs === null
+      ? 'never dispatched'
+      : f.marginAtDispatchMs >= 0
+        ? `dispatched ${formatDuration(f.marginAtDispatchMs)} before the deadline`
+        : `dispatched ${formatDuration(-f.marginAtDispatchMs)} AFTER the deadline`;
+  const story: Field[] = [
+    ['received', `${at(s.received.at)} over ${s.received.intake}, identity ${s.received.scope}`],
+    [
+      'issued',
+      `${f.issuedAt} ${f.issuedAtSource === 'issuer' ? 'by the issuer' : '(gateway receive time: the command carried no issuedAt)'}`,
+    ],
+    ['deadline', `${at(f.deadline)}, ttl ${formatDuration(f.ttlMs)}`],
+    [
+      'freshness',
+      f.refused === null ? `${age}; ${margin}` : `REFUSED: ${f.refused}`,
+      f.refused === null ? null : 'warn',
+    ],
+    [
+      'clocks',
+      s.clocks ?? (s.dispatch === null ? 'not judged (never dispatched)' : 'not recorded'),
+    ],
+    [
+      'duplicates',
+      s.duplicates.length === 0
+        ? 'none'
+        : `${s.duplicates.length}: ${s.duplicates.map((d) => `${d.intake} ${relative(Date.parse(d.at), now)}`).join(', ')}`,
+    ],
+  ];
+  if (s.keyReuses.length > 0) {
+    story.push([
+      'key reuse',
+      `${s.keyReuses.length} refused (same key, different command): ${s.keyReuses.map((d) => `${d.intake} ${relative(Date.parse(d.at), now)}`).join(', ')}`,
+      'warn',
+    ]);
+  }
+  story.push([
+    'dispatch',
+    s.dispatch === null
+      ? 'never written'
+      : `${at(s.dispatch.at)}, seq ${s.dispatch.seq ?? '-'}, ${s.dispatch.attempts} write${s.dispatch.attempts === 1 ? '' : 's'}`,
+  ]);
+  for (const r of s.readbacks)
+    story.push([`readback ${r.when}`, observationText(r.observation, now)]);
+  for (const o of s.operator) story.push(['operator', `${at(o.at)}: ${o.detail}`, 'warn']);
+  const timeout =
+    open?.confirmTimeoutMs === null || open === null
+      ? 'its deadline (device not configured)'
+      : `its deadline + ${formatDuration(open.confirmTimeoutMs)} confirm timeout`;
+  story.push([
+    'outcome',
+    s.outcome === null
+      ? open?.overdueMs !== null && open?.overdueMs !== undefined
+        ? `STUCK: still ${s.state}, ${formatDuration(open.overdueMs)} past ${timeout}; ` +
+          `settle it: sluicectl reverify ${s.key}, or sluicectl resolve ${s.key} --as failed --reason "…"`
+        : `still ${s.state}: not settled yet (${formatDuration(open?.ageMs ?? 0)} open)`
+      : `${outcomeText(s.outcome.state, s.outcome.code, s.outcome.faultCode)} ${at(s.outcome.settledAt)}`,
+    s.outcome === null ? (open?.stuck === true ? 'bad' : null) : stateTone(s.outcome.state),
+  ]);
+  out.push('\n', renderFields(story, style));
+
+  out.push('\nHistory\n');
+  out.push(
+    renderTable(
+      [
+        { header: 'at', value: (e: StoryEvent) => e.at },
+        { header: 'age', value: (e) => relative(Date.parse(e.at), now) },
+        { header: 'intake', value: (e) => e.intake },
+        { header: 'event', value: (e) => WHAT[e.kind], tone: eventTone },
+        {
+          header: 'state',
+          value: (e) =>
+            e.from === null ? `→ ${e.to}` : e.from === e.to ? e.to : `${e.from} → ${e.to}`,
+        },
+        { header: 'detail', value: (e) => e.detail },
+      ],
+      s.history,
+      style,
+      '  ',
+    ),
+  );
+  out.push('\nResult (stored; every replay returns these bytes)\n');
+  out.push(
+    s.result === null
+      ? '  none yet: the command is open\n'
+      : `  ${clean(JSON.stringify(s.result))}\n`,
+  );
+  return out.join('');
+}

@@ -1,0 +1,198 @@
+import type { CommandRecord, JournalEvent, Observation } from '../core/journal.js';
+
+/**
+ * The whole story of one command, from the journal alone (issue 12): how it was received and
+ * by whom, every duplicate and key reuse seen, the freshness and clock checks it was judged
+ * on, the dispatch with its sequence number, the readbacks journaled with it, operator
+ * actions, and the outcome with its code — plus the stored result, byte for byte what every
+ * replay returns. Pure: built from a record and its history.
+ */
+
+export type StoryKind =
+  | 'received'
+  | 'duplicate'
+  | 'key-reuse'
+  | 'dispatched'
+  | 'redispatched'
+  | 'settled'
+  | 'operator'
+  | 'note';
+
+export interface StoryEvent {
+  readonly at: string;
+  readonly kind: StoryKind;
+  readonly from: string | null;
+  readonly to: string;
+  readonly intake: string;
+  readonly detail: string;
+}
+
+export interface CommandStory {
+  readonly key: string;
+  readonly scope: string;
+  readonly device: string;
+  readonly action: string;
+  readonly position: number | null;
+  readonly state: string;
+  readonly code: string | null;
+  readonly faultCode: string | null;
+  readonly detail: string | null;
+  readonly fingerprint: string;
+  readonly received: {
+    readonly at: string;
+    readonly intake: string;
+    /** The identity the key belongs to. */
+    readonly scope: string;
+  };
+  readonly duplicates: readonly { readonly at: string; readonly intake: string }[];
+  readonly keyReuses: readonly { readonly at: string; readonly intake: string }[];
+  readonly freshness: {
+    readonly issuedAt: string;
+    /** `issuer`: the command carried issuedAt; `gateway`: timed from its receipt. */
+    readonly issuedAtSource: string;
+    readonly ttlMs: number;
+    readonly deadline: string;
+    /** How old the command was when it was journaled (negative: issued in the future). */
+    readonly ageAtAcceptMs: number;
+    /** Time left before the deadline when the write was journaled; null if never dispatched. */
+    readonly marginAtDispatchMs: number | null;
+    /** What the freshness check found, when it refused the command (STALE_COMMAND, CLOCK_SKEW). */
+    readonly refused: string | null;
+  };
+  /** The clocks the dispatch was judged on, as journaled with it (SPEC §6). */
+  readonly clocks: string | null;
+  readonly dispatch: {
+    readonly at: string;
+    readonly seq: number | null;
+    /** Writes journaled: 1, or 2 after a proven-not-applied redispatch. */
+    readonly attempts: number;
+  } | null;
+  readonly readbacks: readonly {
+    readonly when: 'before the write' | 'at settlement';
+    readonly observation: Observation;
+  }[];
+  readonly operator: readonly {
+    readonly at: string;
+    readonly detail: string;
+  }[];
+  readonly outcome: {
+    readonly state: string;
+    readonly code: string | null;
+    readonly faultCode: string | null;
+    readonly detail: string | null;
+    readonly settledAt: string;
+  } | null;
+  readonly history: readonly StoryEvent[];
+  /** The stored result (null while open): what a replay returns, byte for byte. */
+  readonly result: unknown;
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+const TERMINAL = new Set(['confirmed', 'rejected', 'failed']);
+/** Events made by an operator through the daemon's admin endpoint (docs/admin-api.md). */
+const OPERATOR_INTAKE = 'admin';
+
+export function classify(event: JournalEvent): StoryKind {
+  if (event.from === null) return 'received';
+  if (event.detail === 'duplicate') return 'duplicate';
+  if (event.detail.startsWith('key reuse refused')) return 'key-reuse';
+  if (event.intake === OPERATOR_INTAKE) return 'operator';
+  if (event.from === 'accepted' && event.to === 'dispatched') return 'dispatched';
+  if (event.detail.startsWith('redispatch:')) return 'redispatched';
+  if (event.from !== event.to && TERMINAL.has(event.to)) return 'settled';
+  return 'note';
+}
+
+export function buildStory(record: CommandRecord, history: readonly JournalEvent[]): CommandStory {
+  const events: StoryEvent[] = history.map((e) => ({
+    at: iso(e.at),
+    kind: classify(e),
+    from: e.from,
+    to: e.to,
+    intake: e.intake,
+    detail: e.detail,
+  }));
+  const received = history.find((e) => e.from === null);
+  const dispatchEvent = history.find((e) => classify(e) === 'dispatched');
+  const freshnessRefused =
+    record.code === 'STALE_COMMAND' || record.code === 'CLOCK_SKEW' ? record.detail : null;
+  const readbacks: CommandStory['readbacks'][number][] = [];
+  if (record.observedBefore !== null) {
+    readbacks.push({ when: 'before the write', observation: record.observedBefore });
+  }
+  if (record.observed !== null) {
+    readbacks.push({ when: 'at settlement', observation: record.observed });
+  }
+  let result: unknown = null;
+  if (record.response !== null) {
+    try {
+      result = JSON.parse(record.response) as unknown;
+    } catch {
+      result = record.response;
+    }
+  }
+  return {
+    key: record.key,
+    scope: record.scope,
+    device: record.device,
+    action: record.action,
+    position: record.position,
+    state: record.state,
+    code: record.code,
+    faultCode: record.faultCode,
+    detail: record.detail,
+    fingerprint: record.fingerprint,
+    received: {
+      at: iso(received?.at ?? record.acceptedAt),
+      intake: received?.intake ?? record.intake,
+      scope: record.scope,
+    },
+    duplicates: events
+      .filter((e) => e.kind === 'duplicate')
+      .map((e) => ({ at: e.at, intake: e.intake })),
+    keyReuses: events
+      .filter((e) => e.kind === 'key-reuse')
+      .map((e) => ({ at: e.at, intake: e.intake })),
+    freshness: {
+      issuedAt: iso(record.issuedAt),
+      issuedAtSource: record.issuedAtSource,
+      ttlMs: record.ttlMs,
+      deadline: iso(record.deadline),
+      ageAtAcceptMs: record.acceptedAt - record.issuedAt,
+      marginAtDispatchMs:
+        record.dispatchedAt === null ? null : record.deadline - record.dispatchedAt,
+      refused: freshnessRefused,
+    },
+    clocks: dispatchEvent === undefined ? clockRefusal(record) : clocksOf(dispatchEvent.detail),
+    dispatch:
+      record.dispatchedAt === null
+        ? null
+        : { at: iso(record.dispatchedAt), seq: record.seq, attempts: record.attempts },
+    readbacks,
+    operator: events
+      .filter((e) => e.kind === 'operator')
+      .map((e) => ({ at: e.at, detail: e.detail })),
+    outcome:
+      record.settledAt !== null
+        ? {
+            state: record.state,
+            code: record.code,
+            faultCode: record.faultCode,
+            detail: record.detail,
+            settledAt: iso(record.settledAt),
+          }
+        : null,
+    history: events,
+    result,
+  };
+}
+
+/** The dispatch event reads `seq 7; gateway clock LOCKED (ptp); controller skew +3 ms ± 1 ms`. */
+function clocksOf(detail: string): string | null {
+  const rest = detail.replace(/^seq \d+;?\s*/, '');
+  return rest === '' ? null : rest;
+}
+
+function clockRefusal(record: CommandRecord): string | null {
+  return record.code === 'CLOCK_SKEW' ? record.detail : null;
+}

@@ -1,0 +1,129 @@
+import type { CommandRecord, JournalEvent } from '../core/journal.js';
+import { summarizeOpen } from '../core/open-commands.js';
+import type { CliContext } from './context.js';
+import { formatDuration, relative } from './durations.js';
+import { EXIT, type ExitCode } from './errors.js';
+import { withJournal } from './journal-reader.js';
+import { actionText } from './list.js';
+import { renderTable, type Column } from './table.js';
+
+/**
+ * `sluicectl stuck`: open commands older than `--older-than`, oldest first. Those past their
+ * deadline plus their device's confirm timeout are *stuck* in SPEC §2's sense (the daemon
+ * would have ended them by then) and are marked. Exit 3 when any command is listed, so that
+ * monitoring can call it.
+ */
+
+export interface StuckItem {
+  readonly key: string;
+  readonly scope: string;
+  readonly device: string;
+  readonly action: string;
+  readonly position: number | null;
+  readonly state: string;
+  readonly intake: string;
+  readonly seq: number | null;
+  readonly acceptedAt: string;
+  readonly ageMs: number;
+  readonly deadline: string;
+  /** Past its deadline plus its device's confirm timeout (SPEC §2). */
+  readonly stuck: boolean;
+  /** How long past deadline + confirm timeout; null when not (yet) stuck. */
+  readonly overdueMs: number | null;
+  /** The device's confirm timeout; null when the configuration does not know the device. */
+  readonly confirmTimeoutMs: number | null;
+  readonly lastEvent: { readonly at: string; readonly detail: string } | null;
+}
+
+export function stuckItems(
+  open: readonly CommandRecord[],
+  olderThanMs: number,
+  now: number,
+  confirmTimeouts: ReadonlyMap<string, number> | null,
+  lastEvent: (record: CommandRecord) => JournalEvent | undefined,
+): StuckItem[] {
+  const timeouts = confirmTimeouts ?? new Map<string, number>();
+  const overdue = new Map(
+    summarizeOpen(open, now, timeouts).stuck.map((s) => [`${s.scope}\0${s.key}`, s.overdueMs]),
+  );
+  return open
+    .filter((r) => now - r.acceptedAt >= olderThanMs)
+    .map((r) => {
+      const late = overdue.get(`${r.scope}\0${r.key}`) ?? null;
+      const event = lastEvent(r);
+      return {
+        key: r.key,
+        scope: r.scope,
+        device: r.device,
+        action: r.action,
+        position: r.position,
+        state: r.state,
+        intake: r.intake,
+        seq: r.seq,
+        acceptedAt: new Date(r.acceptedAt).toISOString(),
+        ageMs: Math.max(0, now - r.acceptedAt),
+        deadline: new Date(r.deadline).toISOString(),
+        stuck: late !== null,
+        overdueMs: late,
+        confirmTimeoutMs: timeouts.get(r.device) ?? null,
+        lastEvent:
+          event === undefined
+            ? null
+            : { at: new Date(event.at).toISOString(), detail: event.detail },
+      };
+    });
+}
+
+export function runStuck(ctx: CliContext, olderThanMs: number): ExitCode {
+  const now = ctx.now();
+  const timeouts = ctx.confirmTimeouts();
+  const items = withJournal(ctx.journalPath(), (journal) =>
+    stuckItems(journal.listOpen(), olderThanMs, now, timeouts, (r) => journal.history(r).at(-1)),
+  );
+  const code = items.length > 0 ? EXIT.STUCK : EXIT.OK;
+  if (timeouts === null && !ctx.json) {
+    ctx.warn('no configuration: confirm timeouts unknown, stuck is judged from deadlines alone');
+  }
+  if (ctx.json) {
+    ctx.outJson({
+      olderThanMs,
+      configured: timeouts !== null,
+      stuck: items.filter((i) => i.stuck).length,
+      commands: items,
+    });
+    return code;
+  }
+  if (items.length === 0) {
+    ctx.out(`No open commands older than ${formatDuration(olderThanMs)}.\n`);
+    return code;
+  }
+  const columns: Column<StuckItem>[] = [
+    { header: 'key', value: (i) => i.key, tone: (i) => (i.stuck ? 'bold' : null) },
+    { header: 'scope', value: (i) => i.scope },
+    { header: 'device', value: (i) => i.device },
+    { header: 'action', value: (i) => actionText(i.action, i.position) },
+    { header: 'state', value: (i) => i.state },
+    { header: 'age', value: (i) => relative(now - i.ageMs, now) },
+    {
+      header: 'deadline',
+      value: (i) =>
+        (Date.parse(i.deadline) <= now ? 'passed ' : 'due ') +
+        relative(Date.parse(i.deadline), now),
+    },
+    {
+      header: 'stuck',
+      value: (i) => (i.overdueMs === null ? 'no' : `STUCK ${formatDuration(i.overdueMs)} overdue`),
+      tone: (i) => (i.stuck ? 'bad' : null),
+    },
+    { header: 'last event', value: (i) => i.lastEvent?.detail ?? '-' },
+  ];
+  ctx.out(renderTable(columns, items, ctx.style));
+  const stuck = items.filter((i) => i.stuck).length;
+  ctx.out(
+    `\n${items.length} open command${items.length === 1 ? '' : 's'} older than ${formatDuration(olderThanMs)}` +
+      `; ${stuck} stuck (past deadline + confirm timeout).\n` +
+      'Explain one: sluicectl show KEY. Settle it: sluicectl reverify KEY, or ' +
+      'sluicectl resolve KEY --as failed --reason "…".\n',
+  );
+  return code;
+}

@@ -1,0 +1,541 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { formatDuration, parseDuration, relative } from '../../src/cli/durations.js';
+import { Style, renderTable, type Column } from '../../src/cli/table.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { configYaml, seedJournal, sluicectl, type CliRun } from './helpers.js';
+
+/**
+ * sluicectl against a journal file, as an operator runs it (a process per call, stdout piped):
+ * commands in every state, built with the real SqliteJournal. No daemon is needed: reading is
+ * a read-only journal connection.
+ */
+
+let dir: string;
+let cleanup: () => void;
+let configPath: string;
+let journalPath: string;
+
+beforeAll(() => {
+  ({ dir, cleanup } = tempDir('sluice-cli-'));
+  journalPath = join(dir, 'state', 'journal.db');
+  configPath = join(dir, 'sluice.yaml');
+  writeFileSync(configPath, configYaml('state'));
+  seedJournal(journalPath, Date.now());
+});
+
+afterAll(() => {
+  cleanup();
+});
+
+const cli = (...args: string[]): Promise<CliRun> => sluicectl(['--config', configPath, ...args]);
+
+/** A fresh journal seeded now (for tests whose verdicts depend on the time since seeding). */
+function freshJournal(): { config: string; journal: string } {
+  const fresh = join(dir, `fresh-${Math.random().toString(16).slice(2)}`);
+  const journal = join(fresh, 'journal.db');
+  seedJournal(journal, Date.now());
+  const config = join(fresh, 'sluice.yaml');
+  writeFileSync(config, configYaml('.'));
+  return { config, journal };
+}
+
+interface Item {
+  key: string;
+  scope: string;
+  device: string;
+  state: string;
+  code: string | null;
+  faultCode: string | null;
+  [field: string]: unknown;
+}
+
+/** Where each column starts in the header: every row must have its cells there too. */
+function columnStarts(header: string): number[] {
+  return [...header.matchAll(/(?:^|\s{2})(\S+(?: \S+)*)/g)].map(
+    (m) => m.index + (m[0].startsWith('  ') ? 2 : 0),
+  );
+}
+
+describe('list', () => {
+  it('prints aligned columns, newest first, with relative ages and no colour on a pipe', async () => {
+    const run = await cli('list');
+    expect(run.code).toBe(0);
+    expect(run.stdout).not.toContain('\x1b[');
+    const lines = run.stdout.trimEnd().split('\n');
+    const header = lines[0]!;
+    expect(header.split(/\s{2,}/)).toEqual([
+      'KEY',
+      'SCOPE',
+      'DEVICE',
+      'ACTION',
+      'STATE',
+      'CODE',
+      'SEQ',
+      'INTAKE',
+      'AGE',
+      'SETTLED',
+    ]);
+    const starts = columnStarts(header);
+    const stateAt = starts[4]!;
+    const ageAt = starts[8]!;
+    const row = (key: string): string => lines.find((l) => l.startsWith(`${key} `))!;
+    // Aligned: every row has its state and age where the header has them.
+    for (const line of lines.slice(1)) {
+      expect(line[stateAt - 1]).toBe(' ');
+      expect(line.slice(stateAt)).toMatch(/^(accepted|dispatched|confirmed|rejected|failed)\s/);
+      expect(line.slice(ageAt)).toMatch(/^\d+(ms|s|m|h|d)\S* ago/);
+    }
+    expect(row('k-confirmed')).toMatch(
+      /inlet-valve\s+open\s+confirmed\s+OK\s+7\s+https\s+3m\d*s? ago/,
+    );
+    expect(row('k-failed')).toMatch(/failed\s+DEVICE_FAULT 0x81\s+4\s+mqtt/);
+    expect(row('k-rejected')).toMatch(/rejected\s+ILLEGAL_TRANSITION 0x88\s+-\s+https/);
+    expect(row('k-move')).toMatch(/move 40%\s+confirmed/);
+    expect(row('k-stuck')).toMatch(/dispatched\s+-\s+6\s+mqtt\s+10m\d*s? ago\s+-$/);
+    // Newest first.
+    const keys = lines.slice(1).map((l) => l.split(/\s+/)[0]);
+    expect(keys[0]).toBe('k-dispatched');
+    expect(keys.at(-1)).toBe('k-old');
+    expect(keys).toHaveLength(12);
+  });
+
+  it('--json gives the same fields, times in RFC 3339 and ages in ms', async () => {
+    const run = await cli('list', '--json');
+    expect(run.code).toBe(0);
+    const { commands } = run.json<{ commands: Item[] }>();
+    expect(commands).toHaveLength(12);
+    const confirmed = commands.find((c) => c.key === 'k-confirmed')!;
+    expect(Object.keys(confirmed).sort()).toEqual(
+      [
+        'acceptedAt',
+        'action',
+        'ageMs',
+        'code',
+        'detail',
+        'device',
+        'faultCode',
+        'intake',
+        'key',
+        'position',
+        'scope',
+        'seq',
+        'settledAt',
+        'state',
+      ].sort(),
+    );
+    expect(confirmed).toMatchObject({
+      scope: 'plant',
+      device: 'inlet-valve',
+      action: 'open',
+      position: null,
+      state: 'confirmed',
+      code: 'OK',
+      seq: 7,
+      intake: 'https',
+    });
+    expect(confirmed.acceptedAt).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    expect(confirmed.ageMs).toBeGreaterThanOrEqual(180_000);
+    expect(commands.find((c) => c.key === 'k-move')).toMatchObject({
+      action: 'move',
+      position: 40,
+    });
+  });
+
+  it('filters by device, state, age and count', async () => {
+    const [device, state, since, limited] = await Promise.all([
+      cli('list', '--device', 'outlet-valve', '--json'),
+      cli('list', '--state', 'failed', '--json'),
+      cli('list', '--since', '1h', '--json'),
+      cli('list', '--limit', '2'),
+    ]);
+    const keys = (run: CliRun): string[] =>
+      run
+        .json<{ commands: Item[] }>()
+        .commands.map((c) => `${c.scope}/${c.key}`)
+        .sort();
+    expect(keys(device)).toEqual(
+      ['plant/k-dispatched', 'plant/k-failed', 'plant/k-rejected', 'plant/k-stuck'].sort(),
+    );
+    expect(keys(state)).toEqual(['plant/k-failed', 'scada/k-shared']);
+    expect(keys(since)).not.toContain('plant/k-old');
+    expect(keys(since)).toHaveLength(11);
+    expect(limited.code).toBe(0);
+    expect(limited.stdout.trimEnd().split('\n')).toHaveLength(3);
+    expect(limited.stderr).toContain('showing the newest 2; use --limit for more');
+  });
+});
+
+describe('show', () => {
+  it('tells the whole story: received, duplicates, key reuse, freshness, clocks, dispatch, readbacks, outcome', async () => {
+    const run = await cli('show', 'k-confirmed');
+    expect(run.code).toBe(0);
+    const out = run.stdout;
+    expect(out).toMatch(/^Command k-confirmed {2}\(scope plant\)/);
+    expect(out).toMatch(/state\s+confirmed OK/);
+    expect(out).toMatch(/received\s+\S+Z \(3m\d*s? ago\) over https, identity plant/);
+    expect(out).toMatch(/issued\s+\S+Z by the issuer/);
+    expect(out).toMatch(/deadline\s+\S+Z \(.+ ago\), ttl 30s/);
+    expect(out).toMatch(/freshness\s+40ms old when accepted; dispatched 29s before the deadline/);
+    expect(out).toMatch(/clocks\s+gateway clock LOCKED \(ptp\); controller skew \+3 ms ± 1 ms/);
+    expect(out).toMatch(/duplicates\s+2: mqtt 2m\d*s? ago, https 1m\d*s? ago/);
+    expect(out).toMatch(/key reuse\s+1 refused \(same key, different command\)/);
+    expect(out).toMatch(/dispatch\s+\S+Z \(.+\), seq 7, 1 write/);
+    expect(out).toMatch(/readback before the write\s+CLOSED 0% seq 6/);
+    expect(out).toMatch(/readback at settlement\s+OPEN 100% seq 7/);
+    expect(out).toMatch(/outcome\s+confirmed OK \S+Z/);
+    const history = out.slice(out.indexOf('History'), out.indexOf('Result'));
+    const events = history
+      .trim()
+      .split('\n')
+      .slice(2)
+      .map((l) => l.split(/\s{2,}/)[4]);
+    expect(events).toEqual([
+      'received',
+      'dispatched',
+      'settled',
+      'duplicate seen',
+      'duplicate seen',
+      'KEY REUSE refused',
+    ]);
+    expect(out).toMatch(
+      /Result \(stored; every replay returns these bytes\)\n {2}\{"key":"k-confirmed"/,
+    );
+  });
+
+  it('--json carries the story and the stored result', async () => {
+    const run = await cli('show', 'k-confirmed', '--json');
+    expect(run.code).toBe(0);
+    const story = run.json();
+    expect(story).toMatchObject({
+      key: 'k-confirmed',
+      scope: 'plant',
+      state: 'confirmed',
+      code: 'OK',
+      received: { intake: 'https', scope: 'plant' },
+      duplicates: [{ intake: 'mqtt' }, { intake: 'https' }],
+      keyReuses: [{ intake: 'https' }],
+      freshness: { issuedAtSource: 'issuer', ttlMs: 30_000, ageAtAcceptMs: 40, refused: null },
+      clocks: 'gateway clock LOCKED (ptp); controller skew +3 ms ± 1 ms',
+      dispatch: { seq: 7, attempts: 1 },
+      readbacks: [
+        { when: 'before the write', observation: { state: 'CLOSED', seq: 6 } },
+        { when: 'at settlement', observation: { state: 'OPEN', seq: 7 } },
+      ],
+      outcome: { state: 'confirmed', code: 'OK' },
+      result: { key: 'k-confirmed', state: 'confirmed', replayed: false, seq: 7 },
+      open: null,
+    });
+    expect((story.history as { kind: string }[]).map((e) => e.kind)).toEqual([
+      'received',
+      'dispatched',
+      'settled',
+      'duplicate',
+      'duplicate',
+      'key-reuse',
+    ]);
+  });
+
+  it('shows what was refused and never written: 0x88, a stale command', async () => {
+    const [rejected, stale] = await Promise.all([
+      cli('show', 'k-rejected'),
+      cli('show', 'k-stale', '--json'),
+    ]);
+    expect(rejected.stdout).toMatch(/state\s+rejected ILLEGAL_TRANSITION 0x88/);
+    expect(rejected.stdout).toMatch(/dispatch\s+never written/);
+    expect(rejected.stdout).toMatch(/readback at settlement\s+OPENING 40% seq 3/);
+    expect(stale.json()).toMatchObject({
+      code: 'STALE_COMMAND',
+      dispatch: null,
+      freshness: { refused: expect.stringMatching(/^deadline .* passed 30 ms ago/) as unknown },
+    });
+  });
+
+  it('names a stuck command as stuck, with what to do', async () => {
+    const run = await cli('show', 'k-stuck');
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(
+      /outcome\s+STUCK: still dispatched, 9m\d*s? past its deadline \+ 8s confirm timeout; settle it: sluicectl reverify k-stuck/,
+    );
+    expect(run.stdout).toMatch(/recovery\s+note\s+dispatched\s+taken up again/);
+    expect(run.stdout).toContain('none yet: the command is open');
+  });
+
+  it('needs --scope for a key two identities used; an unknown key is an error', async () => {
+    const [ambiguous, scoped, unknown] = await Promise.all([
+      cli('show', 'k-shared'),
+      cli('show', 'k-shared', '--scope', 'scada', '--json'),
+      cli('show', 'no-such-key'),
+    ]);
+    expect(ambiguous.code).toBe(2);
+    expect(ambiguous.stderr).toContain('key "k-shared" exists in 2 scopes');
+    expect(ambiguous.stderr).toContain('give --scope');
+    expect(scoped.code).toBe(0);
+    expect(scoped.json()).toMatchObject({
+      scope: 'scada',
+      device: 'drain-valve',
+      code: 'READBACK_TIMEOUT',
+    });
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toBe('sluicectl: no command with key "no-such-key"\n');
+    expect(unknown.stdout).toBe('');
+  });
+});
+
+describe('stuck', () => {
+  it('lists open commands older than --older-than, marks the SPEC-stuck ones, and exits 3', async () => {
+    const { config } = freshJournal();
+    const run = await sluicectl(['--config', config, 'stuck']);
+    expect(run.code).toBe(3);
+    const lines = run.stdout.split('\n');
+    expect(lines[0]!.split(/\s{2,}/)).toEqual([
+      'KEY',
+      'SCOPE',
+      'DEVICE',
+      'ACTION',
+      'STATE',
+      'AGE',
+      'DEADLINE',
+      'STUCK',
+      'LAST EVENT',
+    ]);
+    // Oldest first: k-stuck (10 min, SPEC-stuck), then k-late (past its deadline, within its
+    // 8 s confirm timeout: late, not stuck). The young ones are under 30 s.
+    expect(lines[1]).toMatch(
+      /^k-stuck\s+plant\s+outlet-valve\s+open\s+dispatched\s+10m\d*s? ago\s+passed 9m\d*s? ago\s+STUCK 9m\d*s? overdue\s+taken up again/,
+    );
+    expect(lines[2]).toMatch(
+      /^k-late\s+plant\s+inlet-valve\s+open\s+dispatched\s+4\ds ago\s+passed \d+(ms|s) ago\s+no\s+seq 8;/,
+    );
+    expect(run.stdout).toContain(
+      '2 open commands older than 30s; 1 stuck (past deadline + confirm timeout).',
+    );
+    expect(run.stdout).not.toMatch(/k-accepted|k-dispatched|k-confirmed/);
+
+    const json = await sluicectl(['--config', config, 'stuck', '--older-than', '500ms', '--json']);
+    expect(json.code).toBe(3);
+    const doc = json.json<{ olderThanMs: number; stuck: number; commands: Item[] }>();
+    expect(doc.olderThanMs).toBe(500);
+    expect(doc.stuck).toBe(1);
+    expect(doc.commands.map((c) => c.key)).toEqual([
+      'k-stuck',
+      'k-late',
+      'k-accepted',
+      'k-dispatched',
+    ]);
+    expect(doc.commands[0]).toMatchObject({
+      stuck: true,
+      confirmTimeoutMs: 8000,
+      state: 'dispatched',
+      seq: 6,
+      lastEvent: { detail: expect.stringMatching(/^taken up again/) as unknown },
+    });
+    expect(doc.commands[0]!.overdueMs).toBeGreaterThan(9 * 60_000);
+    expect(doc.commands[1]).toMatchObject({ key: 'k-late', stuck: false, overdueMs: null });
+  });
+
+  it('exits 0 when nothing is that old', async () => {
+    const [table, json] = await Promise.all([
+      cli('stuck', '--older-than', '1h'),
+      cli('stuck', '--older-than', '2d', '--json'),
+    ]);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toBe('No open commands older than 1h.\n');
+    expect(json.code).toBe(0);
+    expect(json.json()).toMatchObject({ olderThanMs: 172_800_000, stuck: 0, commands: [] });
+  });
+
+  it('without a configuration, judges from deadlines alone and says so', async () => {
+    const { journal } = freshJournal();
+    const run = await sluicectl([
+      '--config',
+      join(dir, 'absent.yaml'),
+      '--journal',
+      journal,
+      'stuck',
+    ]);
+    // An explicit --config that does not exist is an error ...
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain(`no configuration at ${join(dir, 'absent.yaml')}`);
+    // ... the default one missing, with --journal, is not.
+    const bare = await sluicectl(['--journal', journal, 'stuck', '--json']);
+    expect(bare.code).toBe(3);
+    const doc = bare.json<{ configured: boolean; commands: Item[] }>();
+    expect(doc.configured).toBe(false);
+    // k-late is past its deadline: without its confirm timeout it counts as stuck.
+    expect(doc.commands.filter((c) => c.stuck).map((c) => c.key)).toEqual(['k-stuck', 'k-late']);
+    const human = await sluicectl(['--journal', journal, 'stuck']);
+    expect(human.stderr).toContain('no configuration: confirm timeouts unknown');
+  });
+});
+
+describe('errors and usage', () => {
+  it('exits 2 on usage errors, with the reason', async () => {
+    const runs = await Promise.all([
+      cli('frobnicate'),
+      cli('list', '--bogus'),
+      cli('list', '--since', '5 minutes'),
+      cli('list', '--state', 'done'),
+      cli('list', '--limit', '0'),
+      cli('stuck', '--older-than', '30'),
+      cli('show'),
+      cli('resolve', 'k-stuck', '--as', 'failed'),
+      cli('resolve', 'k-stuck', '--as', 'failed', '--reason', '   '),
+      cli('resolve', 'k-stuck', '--as', 'confirmed', '--reason', 'x'),
+      cli('send', 'inlet-valve', 'move'),
+      cli('send', 'inlet-valve', 'open', '--position', '140'),
+      cli('send', 'no-such-valve', 'open'),
+      cli('send', 'inlet-valve', 'open', '--key', 'has space'),
+    ]);
+    for (const run of runs)
+      expect({ code: run.code, stderr: run.stderr }).toMatchObject({ code: 2 });
+    const [
+      unknownCmd,
+      unknownOpt,
+      since,
+      state,
+      limit,
+      olderThan,
+      show,
+      noReason,
+      blank,
+      as,
+      move,
+      position,
+      device,
+      key,
+    ] = runs.map((r) => r.stderr);
+    expect(unknownCmd).toContain("unknown command 'frobnicate'");
+    expect(unknownOpt).toContain("unknown option '--bogus'");
+    expect(since).toContain('"5 minutes" is not a duration');
+    expect(state).toContain(
+      'Allowed choices are accepted, dispatched, confirmed, rejected, failed',
+    );
+    expect(limit).toContain('"0" is not a positive whole number');
+    expect(olderThan).toContain('"30" is not a duration');
+    expect(show).toContain("missing required argument 'key'");
+    expect(noReason).toContain('resolve needs --reason');
+    expect(blank).toContain('resolve needs --reason');
+    expect(as).toContain("argument 'confirmed' is invalid");
+    expect(move).toContain('position: is required for move');
+    expect(position).toContain('"140" is not a position from 0 to 100');
+    expect(device).toContain(
+      'unknown device "no-such-valve" (configured: inlet-valve, outlet-valve, drain-valve, dosing-actuator)',
+    );
+    expect(key).toContain('--key: an idempotency key is 1-255 printable ASCII characters');
+  });
+
+  it('exits 1 with a clear message when the journal or the configuration is missing', async () => {
+    const [journal, config, defaults] = await Promise.all([
+      cli('--journal', join(dir, 'nope.db'), 'list'),
+      sluicectl(['--config', join(dir, 'nope.yaml'), 'list']),
+      sluicectl(['list'], { env: { SLUICE_CONFIG: join(dir, 'env.yaml') } }),
+    ]);
+    expect(journal.code).toBe(1);
+    expect(journal.stderr).toBe(
+      `sluicectl: no journal at ${join(dir, 'nope.db')}: check --journal, or journal.path and stateDir in the configuration\n`,
+    );
+    expect(config.code).toBe(1);
+    expect(config.stderr).toContain(`no configuration at ${join(dir, 'nope.yaml')}`);
+    expect(defaults.code).toBe(1);
+    expect(defaults.stderr).toContain(`no configuration at ${join(dir, 'env.yaml')}`);
+  });
+
+  it('reads the journal named by SLUICE_CONFIG, and --journal overrides it', async () => {
+    const run = await sluicectl(['list', '--json', '--limit', '1'], {
+      env: { SLUICE_CONFIG: configPath },
+    });
+    expect(run.code).toBe(0);
+    expect(run.json<{ commands: Item[] }>().commands).toHaveLength(1);
+    const { journal } = freshJournal();
+    const other = await sluicectl(['--journal', journal, 'list', '--json']);
+    expect(other.code).toBe(0);
+    expect(other.json<{ commands: Item[] }>().commands).toHaveLength(12);
+  });
+
+  it('has --help on every subcommand, with an example, and documents the exit codes', async () => {
+    const subcommands = [
+      'stuck',
+      'list',
+      'show',
+      'devices',
+      'clock',
+      'health',
+      'reverify',
+      'resolve',
+      'send',
+    ];
+    const [main, ...subs] = await Promise.all([
+      sluicectl(['--help']),
+      ...subcommands.map((s) => sluicectl([s, '--help'])),
+    ]);
+    expect(main.code).toBe(0);
+    expect(main.stdout).toMatch(
+      /Exit codes:\n\s+0 {2}fine\n\s+1 {2}error.*\n\s+2 {2}usage.*\n\s+3 {2}stuck/,
+    );
+    for (const s of subcommands) expect(main.stdout).toContain(`  ${s}`);
+    subs.forEach((run, i) => {
+      expect(run.code).toBe(0);
+      expect(run.stdout).toContain(`Usage: sluicectl ${subcommands[i]!}`);
+      expect(run.stdout).toMatch(/Example:\n {2}\$ (sudo )?sluicectl /);
+    });
+  });
+});
+
+describe('formatting', () => {
+  it('parses the durations operators type', () => {
+    expect(parseDuration('30s')).toBe(30_000);
+    expect(parseDuration('5m')).toBe(300_000);
+    expect(parseDuration('1h')).toBe(3_600_000);
+    expect(parseDuration('2d')).toBe(172_800_000);
+    expect(parseDuration('500ms')).toBe(500);
+    expect(parseDuration('1h30m')).toBe(5_400_000);
+    expect(parseDuration('1.5s')).toBe(1_500);
+    for (const bad of ['', '30', 's', '5 m', '1w', '-5s', '5s ago']) {
+      expect(() => parseDuration(bad)).toThrow(/duration/);
+    }
+  });
+
+  it('writes ages as kubectl does: two units at most, "ago" or "in"', () => {
+    expect(formatDuration(450)).toBe('450ms');
+    expect(formatDuration(12_300)).toBe('12s');
+    expect(formatDuration(192_000)).toBe('3m12s');
+    expect(formatDuration(180_000)).toBe('3m');
+    expect(formatDuration(7_500_000)).toBe('2h5m');
+    expect(formatDuration(273_600_000)).toBe('3d4h');
+    expect(relative(1_000, 193_000)).toBe('3m12s ago');
+    expect(relative(10_000, 5_000)).toBe('in 5s');
+  });
+
+  it('colours only on a TTY, never with --no-color or NO_COLOR, and aligns by visible width', () => {
+    expect(Style.for({ isTTY: true }, false, {}).colour).toBe(true);
+    expect(Style.for({ isTTY: false }, false, {}).colour).toBe(false);
+    expect(Style.for({}, false, {}).colour).toBe(false);
+    expect(Style.for({ isTTY: true }, true, {}).colour).toBe(false);
+    expect(Style.for({ isTTY: true }, false, { NO_COLOR: '1' }).colour).toBe(false);
+    interface Row {
+      k: string;
+      s?: string;
+    }
+    const rows: Row[] = [
+      { k: 'a', s: 'confirmed' },
+      { k: 'bbbb', s: 'failed' },
+    ];
+    const columns: Column<Row>[] = [
+      { header: 'key', value: (r) => r.k },
+      { header: 'state', value: (r) => r.s ?? '', tone: (r) => (r.s === 'failed' ? 'bad' : null) },
+      { header: 'end', value: () => 'x' },
+    ];
+    const coloured = renderTable(columns, rows, new Style(true));
+    const plain = renderTable(columns, rows, new Style(false));
+    expect(coloured).toContain('\x1b[31mfailed\x1b[39m');
+    // eslint-disable-next-line no-control-regex -- removing the colour to compare
+    expect(coloured.replace(/\x1b\[\d+m/g, '')).toBe(plain);
+    expect(plain).toBe('KEY   STATE      END\na     confirmed  x\nbbbb  failed     x\n');
+    // A key with an escape sequence is shown, not obeyed.
+    expect(renderTable(columns.slice(0, 1), [{ k: 'x\x1b[2Jy' }], new Style(false))).toContain(
+      'x?[2Jy',
+    );
+  });
+});
