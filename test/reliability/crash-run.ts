@@ -110,6 +110,8 @@ export interface RunPlan {
   readonly disturbances: readonly Disturbance[];
   readonly faults: readonly DeviceFault[];
   readonly outageMs: number;
+  /** Killed again while recovering: this long after the restart listened, down this long. */
+  readonly secondKill?: { readonly afterMs: number; readonly outageMs: number };
 }
 
 export interface RunResult {
@@ -315,11 +317,16 @@ export function planRun(site: Site, index: number, seed: number, o: PlanOptions)
   ] as const);
   for (let n = 1; n <= extra; n++) {
     const device = rng.chance(0.35) ? targetDevice : rng.pick(o.devices);
-    commands.push(command(n, device, anyAction(site, device, rng), false));
+    // A stop for the watched command's device preempts it (SPEC §2), across the kill too.
+    const act =
+      device === targetDevice && rng.chance(0.3)
+        ? { action: 'stop' }
+        : anyAction(site, device, rng);
+    commands.push(command(n, device, act, false));
   }
   const when = (): When => rng.pick(['run', 'outage', 'recovery'] as const);
   const disturbances: Disturbance[] = [];
-  if (rng.chance(0.12)) {
+  if (rng.chance(0.2)) {
     const plc = site.plant.device(targetDevice).plc.name;
     disturbances.push({
       kind: 'power-cycle',
@@ -356,7 +363,20 @@ export function planRun(site: Site, index: number, seed: number, o: PlanOptions)
         : phase === 'outcome'
           ? rng.int(0, 40)
           : rng.int(0, 3);
-  return { index, seed, phase, killDelayMs, commands, disturbances, faults, outageMs };
+  const secondKill = rng.chance(0.15)
+    ? { afterMs: rng.int(0, 1_500), outageMs: rng.int(0, 800) }
+    : undefined;
+  return {
+    index,
+    seed,
+    phase,
+    killDelayMs,
+    commands,
+    disturbances,
+    faults,
+    outageMs,
+    ...(secondKill === undefined ? {} : { secondKill }),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -579,7 +599,16 @@ export async function killDaemon(cs: CampaignSite): Promise<string[]> {
 /** Starts a daemon life; returns how long it took to listen. */
 export async function restartDaemon(cs: CampaignSite): Promise<number> {
   const start = Date.now();
-  await cs.site.startDaemon();
+  try {
+    await cs.site.startDaemon();
+  } catch (error) {
+    // A daemon that cannot start again after a kill (a journal it cannot open…) is a finding:
+    // say what it printed.
+    const said = cs.site.logs.slice(-30).join('\n');
+    throw new Error(`${error instanceof Error ? error.message : String(error)}\n${said}`, {
+      cause: error,
+    });
+  }
   return Date.now() - start;
 }
 
@@ -833,9 +862,19 @@ export async function crashRun(cs: CampaignSite, plan: RunPlan): Promise<RunResu
   schedule('outage', killTime);
   for (const c of others) if (c.during === 'outage') sendings.push(send(cs, c, rng, c.startMs));
   await sleep(plan.outageMs - (Date.now() - killTime));
-  const restartMs = await restartDaemon(cs);
+  const restartMs = [await restartDaemon(cs)];
   schedule('recovery', Date.now());
-  const recoveryMs = await recovery(cs, inDoubt);
+  let kills = 1;
+  let doubt = inDoubt;
+  if (plan.secondKill !== undefined) {
+    // Killed again while it recovers (a re-dispatch, a readback, a result being published).
+    await sleep(plan.secondKill.afterMs);
+    doubt = await killDaemon(cs);
+    kills++;
+    await sleep(plan.secondKill.outageMs);
+    restartMs.push(await restartDaemon(cs));
+  }
+  const recoveryMs = await recovery(cs, doubt);
 
   const answers = (await Promise.all(sendings.map((s) => s.answers))).flat();
   await Promise.all(pending);
@@ -853,11 +892,11 @@ export async function crashRun(cs: CampaignSite, plan: RunPlan): Promise<RunResu
     plan,
     killedAt,
     targetState,
-    kills: 1,
+    kills,
     ...counts,
-    inDoubt: inDoubt.length,
-    restartMs: [restartMs],
-    recoveryMs: inDoubt.length > 0 ? [recoveryMs] : [],
+    inDoubt: inDoubt.length + (doubt === inDoubt ? 0 : doubt.length),
+    restartMs,
+    recoveryMs: doubt.length > 0 ? [recoveryMs] : [],
     findings,
     durationMs: Date.now() - started,
   };
