@@ -170,6 +170,15 @@ async function scenario(
   }
 }
 
+/** Polls (the simulator, in this process) until the probe holds; bounded. */
+async function until(probe: () => boolean, what: string, ms = 5_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!probe()) {
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(5);
+  }
+}
+
 /** Polls the journal (read-only) until the probe holds; bounded. */
 async function journalUntil(
   s: ScenarioRun,
@@ -311,7 +320,8 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
     await scenario(
       'third-party',
       0x3a7d,
-      { travelMs: 800 },
+      // Long travel: the other master's close must find the valve still opening.
+      { travelMs: 1_500 },
       async (s) => {
         const site = s.cs.site;
         const sent = s.send({ key: 'tp-open', device: 'mb-valve-1', action: 'open', via: 'both' });
@@ -320,8 +330,8 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
         // While the bridge is down another master sends close to the opening valve: 0x88.
         await thirdPartyWrite(site, 'mb-valve-1', 'close', 61_001);
         const valve = site.plant.device('mb-valve-1');
-        await sleep(50);
-        expect(valve.snapshot()).toMatchObject({ faultCode: 0x88, seqEcho: 61_001 });
+        await until(() => valve.seqEcho === 61_001, "the other master's command taken");
+        expect(valve.snapshot()).toMatchObject({ faultCode: 0x88, state: 'OPENING' });
         s.send({
           key: 'tp-close',
           device: 'mb-valve-1',
