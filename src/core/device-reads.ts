@@ -78,6 +78,11 @@ export class DeviceReads {
   async ensureSkew(lane: Lane, log: Logger): Promise<SkewEstimate | null> {
     const usable = this.usableSkew(lane);
     if (usable !== null) return usable;
+    return this.measureSkew(lane, log);
+  }
+
+  /** Measures the controller skew now, whatever estimate the lane has; null when it cannot. */
+  async measureSkew(lane: Lane, log: Logger): Promise<SkewEstimate | null> {
     const { driver } = lane.binding;
     try {
       const requestedMono = this.host.clock.elapsed();

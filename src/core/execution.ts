@@ -80,8 +80,16 @@ export class CommandExecution {
         return;
       case 'write': {
         // Measured before the dispatch, so that readbacks can be placed in time (SPEC §6).
+        const held = lane.skew;
         await this.reads.ensureSkew(lane, log);
         if (aborted(lane)) return;
+        // A controller clock flagged off on an estimate taken earlier is measured again before
+        // a command is refused for it: it may have been set right since, and a clock step must
+        // cause no false failure (SPEC §6). Only refused commands pay for the extra read.
+        if (lane.clockOff !== null && held !== null && lane.skew === held) {
+          await this.reads.measureSkew(lane, log);
+          if (aborted(lane)) return;
+        }
         // I3: freshness again in the same step as the dispatch, with no wait in between: the
         // skew read above may have taken up to a request timeout.
         if (this.rejectIfStale(record, before, log)) return;

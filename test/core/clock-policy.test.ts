@@ -78,6 +78,22 @@ describe('controller skew (SPEC §6)', () => {
     expect(await h.settled('k2')).toMatchObject({ state: 'confirmed' });
     expect(h.device('v1').writeLog.map((w) => w.seq)).toEqual([(await h.settled('k2')).seq]);
   });
+
+  it('a controller clock set right again: the next command is measured again and runs, not refused on the old estimate', async () => {
+    // The default estimate lifetime (60 s): without a fresh measurement before refusing, every
+    // command in that minute would be refused CLOCK_SKEW on a clock already set right (found
+    // by the fault campaign, test/reliability/faults.test.ts).
+    h = await SimHarness.start({ clockPolicy: bounded(1_000) });
+    h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: 7_200_000 });
+    h.submit('k1', { device: 'v1', action: 'open' });
+    expect(await h.settled('k1')).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+    h.plant.plc('mb').clearFault('clock');
+    h.submit('k2', { device: 'v1', action: 'open' });
+    const r = await h.settled('k2');
+    expect(r).toMatchObject({ state: 'confirmed' });
+    expect(h.device('v1').writeLog.map((w) => w.seq)).toEqual([r.seq]);
+    expect(h.pipeline.device('v1')?.clockOff).toBeNull();
+  });
 });
 
 class GatewayStandIn implements GatewaySync {
