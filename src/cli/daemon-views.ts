@@ -176,6 +176,7 @@ export async function runClock(ctx: CliContext): Promise<ExitCode> {
       ],
       devices,
       ctx.style,
+      '  ',
     ),
   );
   return EXIT.OK;

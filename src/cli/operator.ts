@@ -60,13 +60,17 @@ export async function runReverify(
     ctx.outJson({ key, by, settled, detail, result });
     return EXIT.OK;
   }
-  ctx.out(
-    settled
-      ? `${ctx.style.paint('SETTLED', 'good')} by a fresh readback: ${result.state} ${result.code ?? ''}`.trimEnd() +
-          '\n'
-      : `${ctx.style.paint('NOT SETTLED', 'warn')}: the readback proves nothing yet; the command stays ${result.state} and the daemon keeps at it\n`,
-  );
-  if (detail !== null) ctx.out(`  ${detail}\n`);
+  if (settled) {
+    ctx.out(
+      `${ctx.style.paint('SETTLED', 'good')} by a fresh readback: ${result.state}${result.code === null ? '' : ` ${result.code}`}\n`,
+    );
+  } else {
+    // The daemon says why (a device still travelling, a device no longer configured).
+    ctx.out(
+      `${ctx.style.paint('NOT SETTLED', 'warn')}: the command stays ${result.state}` +
+        `${detail === null ? '' : `; ${detail}`}\n`,
+    );
+  }
   ctx.out(renderFields(resultFields(result, ctx.now()), ctx.style));
   return EXIT.OK;
 }

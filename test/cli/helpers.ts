@@ -51,6 +51,12 @@ export function sluicectl(
     child.once('error', reject);
     child.once('close', (code) => {
       clearTimeout(timer);
+      // SLUICECTL_TEST_ECHO=1 prints what the operator would see (for reading the output).
+      if (process.env.SLUICECTL_TEST_ECHO === '1') {
+        process.stdout.write(
+          `$ sluicectl ${args.join(' ')}  [exit ${String(code)}]\n${stdout}${stderr}\n`,
+        );
+      }
       resolve({
         code,
         stdout,
