@@ -31,6 +31,7 @@ export interface Io {
 
 /** The `admin` section docs/admin-api.md adds; read structurally so older configs still load. */
 interface AdminSection {
+  readonly enabled?: boolean;
   readonly socket?: string;
   readonly tokenFile?: string;
 }
@@ -125,6 +126,11 @@ export class CliContext {
   adminEndpoint(): { socket: string; tokenFile: string } {
     const config = this.config();
     const admin = (config as { admin?: AdminSection }).admin;
+    if (admin?.enabled === false) {
+      throw new CliError(
+        `the daemon's admin endpoint is turned off (admin.enabled: false in ${this.configPath})`,
+      );
+    }
     const base = dirname(resolve(this.configPath));
     const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
     return {

@@ -426,7 +426,7 @@ describe('errors and usage', () => {
     expect(key).toContain('--key: an idempotency key is 1-255 printable ASCII characters');
   });
 
-  it('exits 1 with a clear message when the journal or the configuration is missing', async () => {
+  it('exits 1 with a clear message when the journal, the configuration or the daemon is missing', async () => {
     const [journal, config, defaults] = await Promise.all([
       cli('--journal', join(dir, 'nope.db'), 'list'),
       sluicectl(['--config', join(dir, 'nope.yaml'), 'list']),
@@ -440,6 +440,21 @@ describe('errors and usage', () => {
     expect(config.stderr).toContain(`no configuration at ${join(dir, 'nope.yaml')}`);
     expect(defaults.code).toBe(1);
     expect(defaults.stderr).toContain(`no configuration at ${join(dir, 'env.yaml')}`);
+    // The admin commands need the daemon's admin endpoint: off, or not there, is said so.
+    const off = join(dir, 'admin-off.yaml');
+    writeFileSync(off, `${configYaml('state')}admin:\n  enabled: false\n`);
+    const [disabled, absent] = await Promise.all([
+      sluicectl(['--config', off, 'health']),
+      cli('devices'),
+    ]);
+    expect(disabled.code).toBe(1);
+    expect(disabled.stderr).toContain(
+      "the daemon's admin endpoint is turned off (admin.enabled: false",
+    );
+    expect(absent.code).toBe(1);
+    expect(absent.stderr).toMatch(
+      /^sluicectl: (no admin token at|cannot reach sluiced's admin endpoint)/,
+    );
   });
 
   it('reads the journal named by SLUICE_CONFIG, and --journal overrides it', async () => {
