@@ -62,13 +62,10 @@ export function refused(
       : code === 'UNAUTHORIZED'
         ? '; check --token-file / SLUICE_TOKEN'
         : '';
-  return new CliError(
-    `${options(target)} refused${at}: ${code}: ${detail}${hint}`,
-    EXIT.ERROR,
-    code,
-  );
+  return new CliError(`${what(target)} refused${at}: ${code}: ${detail}${hint}`, EXIT.ERROR, code);
 }
 
-function options(target: SendTarget): string {
+/** `open inlet-valve over https`. */
+function what(target: SendTarget): string {
   return `${target.command.action} ${target.command.device} over ${target.options.via}`;
 }
