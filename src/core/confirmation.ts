@@ -116,6 +116,7 @@ export class ConfirmationLoop {
       sentMono: Math.min(nowMono, (record.dispatchedAt ?? 0) - clock.now() + nowMono),
       acked: false,
       unknownSinceMono: nowMono,
+      epoch: null,
     };
     if (!write.acked && write.unknownSinceMono === null) write.unknownSinceMono = nowMono;
     lane.lastWrite = write;
@@ -297,6 +298,7 @@ export class ConfirmationLoop {
       acked: ctx.write.acked,
       unknownSinceMono: ctx.write.unknownSinceMono ?? ctx.write.sentMono,
       nowWall: clock.now(),
+      sameConnection: ctx.write.epoch !== null && ctx.write.epoch === readback.epoch,
     });
     const prefix = `the controller never echoed sequence number ${seq}`;
     // A stop of ours that came after this command (SPEC §2): if the controller took it, this
@@ -395,6 +397,7 @@ export class ConfirmationLoop {
       sentMono: this.host.clock.elapsed(),
       acked: false,
       unknownSinceMono: null,
+      epoch: null,
     };
     lane.lastWrite = write;
     return write;
@@ -411,6 +414,7 @@ export class ConfirmationLoop {
         { action: record.action, position: record.position, seq },
         this.host.signal,
       );
+      write.epoch = lane.binding.driver.health().connectionEpoch;
       write.acked = true;
       return { kind: 'acked' };
     } catch (error) {
@@ -422,6 +426,8 @@ export class ConfirmationLoop {
       }
       // The guard starts now, when the outcome became unknown — not when the write was sent.
       write.unknownSinceMono = this.host.clock.elapsed();
+      // The connection the write went out on is replaced after a lost answer: no epoch.
+      write.epoch = null;
       return { kind: 'unknown', error: message };
     }
   }

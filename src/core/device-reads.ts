@@ -153,7 +153,12 @@ export class DeviceReads {
     let readback: TimedReadback;
     try {
       const raw = await driver.read(lane.signal);
-      readback = { ...raw, requestedMono, receivedMono: this.host.clock.elapsed() };
+      readback = {
+        ...raw,
+        requestedMono,
+        receivedMono: this.host.clock.elapsed(),
+        epoch: driver.health().connectionEpoch,
+      };
     } catch (error) {
       return { error: error instanceof Error ? error.message : String(error), unknownState: false };
     }

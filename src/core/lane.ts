@@ -22,6 +22,8 @@ export interface LastWrite {
   acked: boolean;
   /** Monotonic time its outcome became unknown (no acknowledgement); null while in flight. */
   unknownSinceMono: number | null;
+  /** The driver's connection epoch when the write came back; null: an earlier life's write. */
+  epoch: number | null;
 }
 
 /** One device's worker state. */

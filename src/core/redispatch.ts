@@ -1,5 +1,6 @@
 import type { Observation } from './journal.js';
 import type { DeviceProfile } from './profile.js';
+import { POWER_UP_ECHO } from './sequence.js';
 import { sourceWindow, type SkewEstimate, type TimedReadback } from './skew.js';
 
 /**
@@ -8,7 +9,9 @@ import { sourceWindow, type SkewEstimate, type TimedReadback } from './skew.js';
  * A write whose outcome is unknown (no acknowledgement: a timeout, a dropped reply, a crash)
  * may be sent once more only when it is *provably not applied*:
  * - the controller echoes sequence numbers, and its echo is still the one it showed before the
- *   write (not this command's, and not anybody else's since);
+ *   write (not this command's, and not anybody else's since) — and, when that is its power-up
+ *   echo, over the very connection the write went out on (a restart also shows the power-up
+ *   echo, and a write it had taken would be lost unseen);
  * - the device still shows the state, fault and position it had before the write;
  * - and that image is fresh: its source time, corrected by a skew measured on this very
  *   connection, lies after the moment the outcome became unknown plus the redispatch guard
@@ -43,6 +46,8 @@ export interface RedispatchFacts {
   /** Monotonic time at which the write's outcome became unknown. */
   readonly unknownSinceMono: number;
   readonly nowWall: number;
+  /** The readback came over the connection the write went out on (no reconnect since). */
+  readonly sameConnection: boolean;
 }
 
 export type RedispatchVerdict =
@@ -90,6 +95,15 @@ export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
   }
   const changed = unchangedSince(f.before, f.readback);
   if (changed !== null) return { kind: 'unprovable', reason: changed };
+  if (f.before.seq === POWER_UP_ECHO && !f.sameConnection) {
+    // A controller that restarted since the write (and lost a write it had taken or held)
+    // would show exactly this: its power-up echo. Only a connection that never dropped rules
+    // the restart out; with any other echo, a restart would show as a moved echo.
+    return {
+      kind: 'unprovable',
+      reason: `the controller shows its power-up echo (${POWER_UP_ECHO}) and the connection was replaced since the write, as a controller restart would leave it`,
+    };
+  }
   if (f.readback.sourceTime === null) {
     return { kind: 'unprovable', reason: 'the controller gives no source time for its image' };
   }

@@ -5,6 +5,8 @@
  * from anything else (I1, I2).
  */
 export const SEQ_MAX = 65_535;
+/** What a controller echoes at power-up, before it has taken any command (SPEC §8). */
+export const POWER_UP_ECHO = 0;
 
 /**
  * The next sequence number after `last`, wrapping after 65535. It is never

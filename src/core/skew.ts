@@ -58,8 +58,12 @@ export function skewUsable(
   return skew !== null && skew.epoch === epoch && nowMono - skew.measuredMono < maxAgeMs;
 }
 
-/** A readback with the monotonic bracket of the read that produced it. */
-export type TimedReadback = Readback & MonoBracket;
+/**
+ * A readback with the monotonic bracket of the read that produced it, and the driver's
+ * connection epoch when it arrived (a reconnect in between means the controller may have
+ * restarted).
+ */
+export type TimedReadback = Readback & MonoBracket & { readonly epoch: number };
 
 /**
  * The window of gateway monotonic time in which the controller produced the readback's image,

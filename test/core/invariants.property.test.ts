@@ -224,9 +224,14 @@ async function run(ops: Op[]): Promise<void> {
         continue;
       }
       // I2: the readback that confirmed it was produced after the controller took the write,
-      // and shows the command's echo and a confirming state.
+      // and shows the command's echo and a confirming state. (Taken is not always accepted: a
+      // controller in LOCAL echoes the commands it ignores, so a valve moved by hand to the
+      // target while its image was frozen is confirmed — it does show the target, SPEC §1.)
       const taken = h.device(record.device).writeLog.find((w) => w.seq === record.seq);
-      expect(taken?.outcome, `${record.key} confirmed without its write taken`).toBe('accepted');
+      expect(
+        ['accepted', 'ignored-local'],
+        `${record.key} confirmed without its write taken (${taken?.outcome ?? 'no write'})`,
+      ).toContain(taken?.outcome);
       expect(record.observed?.seq).toBe(record.seq);
       expect(CONFIRMS[record.action]).toContain(record.observed?.state);
       expect(Date.parse(record.observed!.sourceTime!)).toBeGreaterThanOrEqual(taken!.settledAt!);
@@ -256,6 +261,7 @@ describe('invariants under random interleavings, on sluice-sim', () => {
       },
     );
     if (details.failed) {
+      console.error(details.errorInstance);
       console.error(
         `property failed — replay with SLUICE_PROPERTY_SEED=${details.seed} SLUICE_PROPERTY_PATH=${details.counterexamplePath ?? ''}`,
       );

@@ -441,7 +441,8 @@ describe('unknown write outcomes', () => {
   });
 
   it('a write provably not applied is sent once more and confirmed', async () => {
-    const h = await start();
+    // A device that has taken commands before: its echo is not the power-up 0 (redispatch.ts).
+    const h = await start({ warm: true });
     const valve = h.device('v1');
     // The connection is reset before the first write reaches the PLC.
     valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
@@ -458,7 +459,7 @@ describe('unknown write outcomes', () => {
   });
 
   it('never sends a third write', async () => {
-    const h = await start();
+    const h = await start({ warm: true });
     const valve = h.device('v1');
     // Every write is lost on the link (connection reset before it reaches the PLC).
     valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 5 });

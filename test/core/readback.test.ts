@@ -28,6 +28,7 @@ function rb(over: Partial<TimedReadback>): TimedReadback {
     receivedAt: WRITE + 62,
     requestedMono: requestedAt,
     receivedMono: requestedAt + 2,
+    epoch: 1,
     ...over,
   };
 }

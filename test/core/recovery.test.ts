@@ -68,7 +68,8 @@ describe('recovery at start (I5): settled by reading the controller', () => {
   });
 
   it('dispatches once more a command provably never written, before its deadline', async () => {
-    h = await SimHarness.start();
+    // A device that has taken commands before: its echo is not the power-up 0.
+    h = await SimHarness.start({ warm: true });
     const d = dispatchedNotWritten(h, 'k1', 5_000);
     await h.crash();
     await h.restart();
@@ -108,7 +109,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
   });
 
   it('takes a dispatched command up before the commands accepted after it on its device', async () => {
-    h = await SimHarness.start();
+    h = await SimHarness.start({ warm: true });
     const a = dispatchedNotWritten(h, 'A', 5_000);
     h.journal.claim({
       scope: 'plant',

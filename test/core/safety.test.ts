@@ -114,6 +114,25 @@ describe('I1: a second write only when the first is provably not applied', () =>
     expect(a.key).toBe('A');
   });
 
+  it('a power cycle that wipes an acknowledged write leaves the power-up echo: proof of nothing', async () => {
+    // The controller acknowledged the write and held it (busy); the daemon dies; the PLC loses
+    // power before a scan took the write. It comes back echoing 0, as before the write: a
+    // readback cannot tell this from a write that never arrived, so it is not sent again.
+    h = await SimHarness.start({ travelMs: 400 });
+    const valve = h.device('v1');
+    valve.setFault({ kind: 'hold', ms: 300 });
+    h.submit('k1', open({ ttlMs: 2_500 }));
+    await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the write');
+    await h.crash();
+    h.plant.plc('mb').powerCycle({ offMs: 0 });
+    expect(valve.writeLog.map((w) => w.outcome)).toEqual(['power-cycle']);
+    await h.restart();
+    const r = await h.settled('k1');
+    expect(valve.writesWithSeq(r.seq!)).toBe(1);
+    expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT', attempts: 1 });
+    expect(r.detail).toMatch(/power-up echo \(0\)/);
+  });
+
   it('the guard runs from when the outcome became unknown: a write held on the link is not sent twice', async () => {
     // Request timeout 250 ms, guard 400 ms; the write is held 500 ms on its way to the PLC.
     h = await SimHarness.start({ travelMs: 100 });
@@ -126,7 +145,8 @@ describe('I1: a second write only when the first is provably not applied', () =>
   });
 
   it('a write that provably never arrived is sent once more and confirmed', async () => {
-    h = await SimHarness.start({ travelMs: 100 });
+    // A device that has taken commands before: its echo is not the power-up 0.
+    h = await SimHarness.start({ travelMs: 100, warm: true });
     const valve = h.device('v1');
     valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
     h.submit('k1', open());
@@ -154,7 +174,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
   });
 
   it('a write that never reached the controller, taken up after its deadline, fails saying so', async () => {
-    h = await SimHarness.start();
+    h = await SimHarness.start({ warm: true });
     dispatchedNotWritten(h, 'k1', 300);
     await h.crash();
     await sleepFor(400);
@@ -166,7 +186,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
   });
 
   it('killed during its re-dispatch, a command is never written a third time', async () => {
-    h = await SimHarness.start();
+    h = await SimHarness.start({ warm: true });
     dispatchedNotWritten(h, 'k1', 5_000, 2);
     await h.crash();
     await h.restart();
@@ -208,7 +228,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
   });
 
   it('the periodic sweep takes up an open command that has no worker, without a restart', async () => {
-    h = await SimHarness.start();
+    h = await SimHarness.start({ warm: true });
     dispatchedNotWritten(h, 'k1', 300);
     // Nobody calls recover(): the sweep finds the command and settles it by readback.
     const r = await h.settled('k1');

@@ -50,7 +50,17 @@ export interface SimHarnessOptions {
   readonly skewMaxAgeMs?: number;
   /** Starts the idle-device monitor at this period (readbacks and skew between commands). */
   readonly monitorMs?: number;
+  /**
+   * Every device has taken a command before the test (another master's no-op stop, sequence
+   * number 60000; counters and write log cleared after): its echo is no longer the power-up 0,
+   * as on a PLC that has run a while. A lost write can then be proven not applied across a
+   * reconnect (src/core/redispatch.ts).
+   */
+  readonly warm?: boolean;
 }
+
+/** The sequence number a warm device last took (the bridge allocates around it). */
+export const WARM_ECHO = 60_000;
 
 /**
  * A pipeline on a real SQLite journal file, with the real drivers, against sluice-sim over
@@ -116,6 +126,18 @@ export class SimHarness {
       { control: { host: '127.0.0.1', port: 0 }, plcs } as Parameters<typeof startPlant>[0],
       { ephemeralPorts: true, control: false },
     );
+    if (options.warm === true) {
+      for (const device of plant.devices()) {
+        // As another master would: a stop, a no-op at rest; then the ground truth starts clean.
+        device.receiveWrite({ code: 3, setpoint: 0, seq: WARM_ECHO });
+      }
+      const end = Date.now() + 5_000;
+      while (plant.devices().some((d) => d.seqEcho !== WARM_ECHO)) {
+        if (Date.now() > end) throw new Error('warm-up write not taken');
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      for (const device of plant.devices()) device.resetCounters();
+    }
     const h = new SimHarness(plant, options);
     await h.build();
     return h;
