@@ -32,6 +32,11 @@ export interface SiteOptions {
   /** Profile timings for the bridge (defaults scaled for the simulator). */
   readonly timing?: Record<string, number>;
   readonly journalBusyTimeoutMs?: number;
+  /**
+   * Request timeout of every PLC (default 300 ms Modbus, 500 ms OPC UA); a longer one needs a
+   * longer `timing.redispatchGuardMs` (the configuration refuses a guard not longer).
+   */
+  readonly requestTimeoutMs?: number;
   /** Extra configuration merged into the site file (e.g. `mqtt`, `clock`). */
   readonly config?: Record<string, unknown>;
 }
@@ -152,6 +157,11 @@ export class Site {
       writeFileSync(join(profilesDir, file), stringify(profile));
     }
     const inventory = inventoryFor(this.plant);
+    if (options.requestTimeoutMs !== undefined) {
+      for (const plc of Object.values(inventory.plcs)) {
+        (plc as { requestTimeoutMs?: number }).requestTimeoutMs = options.requestTimeoutMs;
+      }
+    }
     const extra = options.config ?? {};
     writeFileSync(
       this.configPath,
