@@ -76,6 +76,7 @@ export async function journalState(
   key: string,
   states: readonly string[],
   ms = 10_000,
+  everyMs = 5,
 ): Promise<CommandRecord> {
   return until(
     () => {
@@ -84,7 +85,7 @@ export async function journalState(
     },
     ms,
     `${key} ${states.join('|')} in the journal`,
-    5,
+    everyMs,
   );
 }
 
