@@ -13,7 +13,9 @@ export function readIdempotencyKey(header: string | readonly string[] | undefine
   if (typeof header !== 'string') {
     throw new InvalidKeyError('exactly one Idempotency-Key header is allowed');
   }
-  const value = header.trim();
+  // Only HTTP's optional whitespace (SP, HTAB: RFC 9110 §5.5): String#trim would also strip a
+  // no-break space (0xA0, as Node decodes header bytes), turning `k<0xA0>` into another key.
+  const value = header.replace(/^[ \t]+|[ \t]+$/g, '');
   return parseIdempotencyKey(
     value.length >= 2 && value.startsWith('"') && value.endsWith('"') ? unquote(value) : value,
   );
