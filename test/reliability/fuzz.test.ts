@@ -443,13 +443,25 @@ const keyCase: fc.Arbitrary<KeyCase> = fc.oneof(
       values: [Buffer.from(`${k}${u}`)],
       expect: BAD_KEY,
     })),
-  // Inside the value: at its edge a no-break space (0xA0) is trimmed away today (see the
-  // `it.fails` below).
-  fc.tuple(printableKey, fc.integer({ min: 0x80, max: 0xff }), printableKey).map(([a, b, c]) => ({
-    name: 'obs-text byte',
-    values: [Buffer.concat([Buffer.from(a), Buffer.from([b]), Buffer.from(c)])],
-    expect: BAD_KEY,
-  })),
+  // Anywhere in the value, its edges included (0xA0, a no-break space once Node has decoded
+  // the header as latin1, was trimmed away there: see the test below).
+  fc
+    .tuple(
+      fc.string({
+        unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
+        maxLength: 40,
+      }),
+      fc.integer({ min: 0x80, max: 0xff }),
+      fc.string({
+        unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
+        maxLength: 40,
+      }),
+    )
+    .map(([a, b, c]) => ({
+      name: 'obs-text byte',
+      values: [Buffer.concat([Buffer.from(a), Buffer.from([b]), Buffer.from(c)])],
+      expect: BAD_KEY,
+    })),
   fc.tuple(plainKey, fc.constantFrom('"', '\\x', '"a"b"')).map(([k, q]) => ({
     name: 'broken quoting',
     values: [Buffer.from(`"${k}${q}"`)],
