@@ -11,8 +11,6 @@ import { CHECKS, type Check, type Finding, type RunPlan, type RunResult } from '
 export interface GroupTally {
   readonly name: string;
   readonly seed: number | string;
-  /** Reproduces a reported finding (`it.fails`): shown, not added to the total. */
-  readonly known: boolean;
   runs: number;
   kills: number;
   commands: number;
@@ -26,11 +24,10 @@ export interface GroupTally {
   durationMs: number;
 }
 
-export function newTally(name: string, seed: number | string, known = false): GroupTally {
+export function newTally(name: string, seed: number | string): GroupTally {
   return {
     name,
     seed,
-    known,
     runs: 0,
     kills: 0,
     commands: 0,
@@ -77,7 +74,7 @@ export function summaryTable(groups: readonly GroupTally[]): string {
       .filter((s, i, a) => a.indexOf(s) === i)
       .join(','),
   );
-  for (const g of groups.filter((x) => !x.known)) {
+  for (const g of groups) {
     total.runs += g.runs;
     total.kills += g.kills;
     total.commands += g.commands;

@@ -95,7 +95,7 @@ async function campaign(
     for (const index of runs) {
       const seed = runSeed(settings.seed, index);
       const result = await crashRun(cs, planRun(cs.site, index, seed, plan));
-      addRun(tally, result);
+      addRun(scenarios, result);
       if (result.findings.length > 0) {
         const text = describeFindings(cs.site, result.findings, {
           campaignSeed: `0x${settings.seed.toString(16)}`,
@@ -137,25 +137,22 @@ describe.skipIf(!mosquittoAvailable())(
 // Named scenarios: what an outside campaign hit on an earlier main, each with a fixed seed.
 
 const scenarios = newTally('scenarios', 'fixed');
-/** Scenarios that reproduce a reported finding (`it.fails`), counted apart. */
-const known = newTally('known finding (it.fails, not in total)', 'fixed', true);
 
 async function scenario(
   name: string,
   seed: number,
-  options: SiteOptions,
+  options: SiteOptions & { readonly warm?: boolean },
   steps: (s: ScenarioRun) => Promise<void>,
   /** Scenario-specific expectations, after the judgement (ground truth first). */
   then: (s: ScenarioRun) => void,
-  tally: GroupTally = scenarios,
 ): Promise<void> {
-  if (!groups.includes(tally)) groups.push(tally);
+  if (!groups.includes(scenarios)) groups.push(scenarios);
   const cs = await openCampaignSite(options, `scenario-${name}`);
   const s = new ScenarioRun(cs, name, seed);
   try {
     await steps(s);
     const result = await s.finish();
-    addRun(tally, result);
+    addRun(scenarios, result);
     if (result.findings.length > 0) {
       const text = describeFindings(cs.site, result.findings, {
         campaignSeed: `scenario ${name} seed ${seed}`,
@@ -202,7 +199,7 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
     await scenario(
       'frozen',
       0xf001,
-      { travelMs: 400 },
+      { travelMs: 400, warm: true },
       async (s) => {
         const valve = s.cs.site.plant.device('mb-valve-1');
         // The controller runs on (takes the write, opens) but publishes the same old image.
@@ -233,7 +230,7 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
     await scenario(
       'second-kill',
       0x5ec0,
-      { travelMs: 400 },
+      { travelMs: 400, warm: true },
       async (s) => {
         const valve = s.cs.site.plant.device('mb-valve-1');
         // The first write is lost on the link: the connection is reset before the PLC sees it.
@@ -278,7 +275,7 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
     await scenario(
       'unreachable',
       0x0dd1,
-      { travelMs: 500 },
+      { travelMs: 500, warm: true },
       async (s) => {
         const sent = s.send({
           key: 'far-open',
@@ -287,11 +284,15 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
           via: 'both',
           ttlMs: 12_000,
         });
-        // Queued behind it on the same device, and another device on the same PLC.
-        s.send(
-          { key: 'far-close', device: 'mb-valve-1', action: 'close', via: 'mqtt', ttlMs: 25_000 },
-          50,
-        );
+        // Queued behind it on the same device (claimed after it), and another device.
+        await journalUntil(s, 'far-open', () => true, 'far-open claimed');
+        s.send({
+          key: 'far-close',
+          device: 'mb-valve-1',
+          action: 'close',
+          via: 'mqtt',
+          ttlMs: 25_000,
+        });
         s.send(
           { key: 'far-move', device: 'mb-actuator', action: 'move', position: 60, ttlMs: 12_000 },
           20,
@@ -321,7 +322,7 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
       'third-party',
       0x3a7d,
       // Long travel: the other master's close must find the valve still opening.
-      { travelMs: 1_500 },
+      { travelMs: 1_500, warm: true },
       async (s) => {
         const site = s.cs.site;
         const sent = s.send({ key: 'tp-open', device: 'mb-valve-1', action: 'open', via: 'both' });
@@ -373,7 +374,7 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
     await scenario(
       'deadlines',
       0xdead,
-      { travelMs: 500 },
+      { travelMs: 500, warm: true },
       async (s) => {
         const site = s.cs.site;
         const sent = s.send({
@@ -383,11 +384,15 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
           via: 'both',
           ttlMs: 6_000,
         });
-        // Accepted behind it (never dispatched before the kill), short-lived.
-        s.send(
-          { key: 'dl-close', device: 'mb-valve-1', action: 'close', via: 'mqtt', ttlMs: 1_500 },
-          30,
-        );
+        // Accepted behind it (claimed after it, never dispatched before the kill), short-lived.
+        await journalUntil(s, 'dl-open', () => true, 'dl-open claimed');
+        s.send({
+          key: 'dl-close',
+          device: 'mb-valve-1',
+          action: 'close',
+          via: 'mqtt',
+          ttlMs: 1_500,
+        });
         // Dispatched, its write lost on the link, short-lived.
         site.plant.device('mb-valve-2').setFault({ kind: 'reset', when: 'before', on: 'write' });
         s.send({ key: 'dl-lost', device: 'mb-valve-2', action: 'open', ttlMs: 2_000 });
@@ -435,7 +440,7 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
     await scenario(
       'held-write',
       0x4e1d,
-      { travelMs: 300, timing: { redispatchGuardMs: guardMs } },
+      { travelMs: 300, timing: { redispatchGuardMs: guardMs }, warm: true },
       async (s) => {
         const valve = s.cs.site.plant.device('mb-valve-1');
         valve.setFault({ kind: 'latency', ms: 2_000, when: 'before', on: 'write' });
@@ -460,39 +465,34 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
     );
   }, 120_000);
 
-  // KNOWN FINDING (reported on issue 10, campaign seed 0x51ce2026 run 429): a PLC that
-  // acknowledged a write and lost it to a power cycle before a scan took it shows the echo it
-  // had before (its power-up value, 0). A daemon killed before the loss takes the command up
-  // not knowing the write was acknowledged, "proves" it not applied and sends it again: two
-  // writes with one sequence number reach the controller (the first discarded, the second
-  // taken) — one actuation, but I1 as the write log counts it is broken. `it.fails` keeps the
-  // reproduction in the suite until the rule is settled; it turns red once it is fixed.
-  it.fails(
-    'KNOWN FINDING: a power cycle wipes an acknowledged, not yet taken write while the daemon is down; it is sent again',
-    async () => {
-      await scenario(
-        'power-wiped-write',
-        0x9a11,
-        { travelMs: 400 },
-        async (s) => {
-          const valve = s.cs.site.plant.device('mb-valve-1');
-          expect(valve.seqEcho).toBe(0);
-          // Within the profile's contract: the controller takes a write within the guard.
-          valve.setFault({ kind: 'hold', ms: CAMPAIGN_TIMING.redispatchGuardMs - 100 });
-          const sent = s.send({ key: 'wiped-open', device: 'mb-valve-1', action: 'open' });
-          expect(await s.reach(sent, 'written')).toBe('written');
-          const inDoubt = await s.kill();
-          s.cs.site.plant.plc('mb').powerCycle({ offMs: 0 });
-          expect(valve.writeLog.map((w) => w.outcome)).toEqual(['power-cycle']);
-          await s.restart(inDoubt);
-        },
-        (s) => {
-          const r = s.record('wiped-open')!;
-          expect(s.cs.site.plant.device('mb-valve-1').writesWithSeq(r.seq!)).toBe(1);
-        },
-        known,
-      );
-    },
-    120_000,
-  );
+  it('power-wiped write: a PLC power cycle loses a write it acknowledged while the daemon is down; not sent again', async () => {
+    // Found by this campaign (seed 0x51ce2026, run 429): the PLC showed its power-up echo 0
+    // before the write and again after the power cycle had wiped it, and the new daemon
+    // "proved" it not applied and sent it again (two writes with one sequence number). Since
+    // c88f6b8 the power-up echo proves nothing across a reconnect (src/core/redispatch.ts).
+    await scenario(
+      'power-wiped-write',
+      0x9a11,
+      { travelMs: 400 },
+      async (s) => {
+        const valve = s.cs.site.plant.device('mb-valve-1');
+        expect(valve.seqEcho).toBe(0);
+        // Within the profile's contract: the controller takes a write within the guard.
+        valve.setFault({ kind: 'hold', ms: CAMPAIGN_TIMING.redispatchGuardMs - 100 });
+        const sent = s.send({ key: 'wiped-open', device: 'mb-valve-1', action: 'open' });
+        expect(await s.reach(sent, 'written')).toBe('written');
+        const inDoubt = await s.kill();
+        s.cs.site.plant.plc('mb').powerCycle({ offMs: 0 });
+        expect(valve.writeLog.map((w) => w.outcome)).toEqual(['power-cycle']);
+        await s.restart(inDoubt);
+      },
+      (s) => {
+        const r = s.record('wiped-open')!;
+        const valve = s.cs.site.plant.device('mb-valve-1');
+        expect(valve.writesWithSeq(r.seq!)).toBe(1);
+        expect(valve.snapshot().state).toBe('CLOSED');
+        expect(r).toMatchObject({ state: 'failed', attempts: 1 });
+      },
+    );
+  }, 120_000);
 });

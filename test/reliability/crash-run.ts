@@ -921,13 +921,32 @@ export async function mqttReady(site: Site, ms = 20_000): Promise<void> {
   }
 }
 
-/** A site with its daemon running and subscribed, the campaign's MQTT client and watch. */
+/** The echo a warm device shows: it took a command before the site started (another master). */
+export const WARM_ECHO = 59_000;
+
+/**
+ * A site with its daemon running and subscribed, the campaign's MQTT client and watch. `warm`:
+ * every device has taken a command (a no-op stop of another master, its write log cleared
+ * after) before the daemon starts, as on a PLC that has run a while — its echo is not the
+ * power-up 0, so a lost write can be proven not applied after a reconnect.
+ */
 export async function openCampaignSite(
-  options: SiteOptions,
+  options: SiteOptions & { readonly warm?: boolean },
   clientId: string,
 ): Promise<CampaignSite> {
   const site = await Site.start(options);
   try {
+    if (options.warm === true) {
+      for (const device of site.plant.devices()) {
+        device.receiveWrite({ code: 3, setpoint: 0, seq: WARM_ECHO });
+      }
+      const end = Date.now() + 5_000;
+      while (site.plant.devices().some((d) => d.seqEcho !== WARM_ECHO)) {
+        if (Date.now() > end) throw new Error('warm-up write not taken');
+        await sleep(5);
+      }
+      for (const device of site.plant.devices()) device.resetCounters();
+    }
     await site.startDaemon();
     await mqttReady(site);
     const mqtt = await CampaignMqtt.connect(site, clientId);
