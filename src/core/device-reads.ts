@@ -5,9 +5,13 @@ import {
   contradictsSkew,
   estimateSkew,
   skewUsable,
+  sourceWindow,
   type SkewEstimate,
   type TimedReadback,
 } from './skew.js';
+
+/** An image this much older than its read is frozen or from a clock set back. */
+const OLD_IMAGE_MS = 5_000;
 
 /**
  * Reading a device for the core: every readback carries the monotonic bracket of its read, and
@@ -165,9 +169,24 @@ export class DeviceReads {
     if (!profile.states.includes(readback.state)) {
       return { error: `unknown controller state "${readback.state}"`, unknownState: true };
     }
-    if (contradictsSkew(readback, this.usableSkew(lane))) {
+    const skew = this.usableSkew(lane);
+    if (contradictsSkew(readback, skew)) {
       // The image claims to be produced after its answer arrived: the clock stepped forward.
       lane.skew = null;
+    } else if (
+      skew !== null &&
+      (lane.oldImageCheckMono === null ||
+        this.host.clock.elapsed() - lane.oldImageCheckMono > OLD_IMAGE_MS)
+    ) {
+      // An image far older than its read: frozen, or the controller's clock stepped back (a
+      // restart, a manual set) — which no readback can tell apart. The clock is measured again,
+      // at once and then at most every OLD_IMAGE_MS, so that a clock set back beyond its bound
+      // is caught before the next write rather than when the estimate expires.
+      const window = sourceWindow(readback, skew);
+      if (window !== null && window.latest < readback.requestedMono - OLD_IMAGE_MS) {
+        lane.skew = null;
+        lane.oldImageCheckMono = this.host.clock.elapsed();
+      }
     }
     this.host.mirror(lane, readback);
     return { readback };

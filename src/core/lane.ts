@@ -44,6 +44,8 @@ export interface Lane {
   readonly skewSamples: SkewSample[];
   /** Set while the controller clock is provably beyond the allowed skew (SPEC §6). */
   clockOff: { readonly since: number; readonly offsetMs: number; readonly maxMs: number } | null;
+  /** When an image far older than its read last had the clock measured again (monotonic). */
+  oldImageCheckMono: number | null;
   lastWrite: LastWrite | null;
   /**
    * Aborted when the pipeline stops, or when a stop preempts the command being handled (SPEC

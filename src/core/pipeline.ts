@@ -152,6 +152,7 @@ export class CommandPipeline {
         lastWrite: null,
         skewSamples: [],
         clockOff: null,
+        oldImageCheckMono: null,
         signal: this.abort.signal,
         preempt: null,
         interrupted: null,

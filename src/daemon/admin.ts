@@ -48,17 +48,23 @@ class AdminError extends Error {
 export class AdminEndpoint {
   private readonly o: AdminOptions;
   private readonly log: Logger;
-  private readonly token: Buffer;
+  private token: Buffer;
   private server: Server | null = null;
   private readonly sockets = new Set<Socket>();
 
-  constructor(options: AdminOptions) {
+  private constructor(options: AdminOptions) {
     this.o = options;
     this.log = options.logger.child({ component: 'admin' });
-    this.token = Buffer.from(adminToken(options.tokenFile), 'utf8');
+    this.token = Buffer.alloc(0);
+  }
+
+  /** Builds the endpoint; the token is read (or generated) when it starts. */
+  static create(options: AdminOptions): AdminEndpoint {
+    return new AdminEndpoint(options);
   }
 
   async start(): Promise<void> {
+    this.token = Buffer.from(adminToken(this.o.tokenFile), 'utf8');
     // A socket file left by a killed daemon would make listen() fail: the path is ours.
     if (existsSync(this.o.socket)) rmSync(this.o.socket, { force: true });
     const server = createServer((req, res) => {

@@ -218,7 +218,7 @@ export class Daemon {
       daemonRef.current = daemon;
       if (config.admin.enabled) {
         // sluicectl's reverify and resolve go through the daemon, the journal's single writer.
-        const admin = new AdminEndpoint({
+        const admin = AdminEndpoint.create({
           socket: config.admin.socket ?? join(config.stateDir, 'admin.sock'),
           tokenFile: config.admin.tokenFile ?? join(config.stateDir, 'admin.token'),
           pipeline,
@@ -231,8 +231,14 @@ export class Daemon {
           clock,
           logger,
         });
-        await admin.start();
-        releasers.push({ name: 'admin', release: () => admin.stop() });
+        try {
+          await admin.start();
+          releasers.push({ name: 'admin', release: () => admin.stop() });
+        } catch (error) {
+          // The intakes must still answer (503 on a read-only journal, SPEC I5): the admin
+          // endpoint is for operators, not a reason not to start.
+          logger.error({ err: error }, 'admin endpoint not started; sluicectl cannot reach it');
+        }
       }
       if (httpsIntake !== null) daemon.https = await httpsIntake.start();
       logger.info(

@@ -49,6 +49,18 @@ describe('controller skew (SPEC §6)', () => {
     expect(h.device('v1').counters.writesReceived).toBe(1);
   });
 
+  it('a controller clock set 2 h back beyond the bound: caught before the next write, not after the estimate expires', async () => {
+    h = await SimHarness.start({ clockPolicy: bounded(2_000) });
+    h.submit('k1', { device: 'v1', action: 'open' });
+    expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
+    // Within 60 s of that measurement, the PLC's clock is set back two hours.
+    h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: -7_200_000 });
+    h.submit('k2', { device: 'v1', action: 'close' });
+    const r = await h.settled('k2');
+    expect(r).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+    expect(h.device('v1').counters.writesReceived).toBe(1);
+  });
+
   it('within the bound, commands pass and the history records the skew', async () => {
     h = await SimHarness.start({ clockPolicy: bounded(1_000) });
     h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: 300 });

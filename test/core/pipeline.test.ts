@@ -535,11 +535,9 @@ describe('the journal failing mid-flight (I5)', () => {
     const lockFrom = Date.now();
     await locker.hold(700);
     // The dispatch could not be journaled: k1 stays the device's command, unwritten, and the
-    // queue does not move past it.
-    await h.until(() => h.pipeline.device('v1')?.unresolved === 'k1', 3_000, 'k1 left open');
-    expect(valve.counters.writesReceived).toBe(0);
-    expect(h.get('k1')?.state).toBe('accepted');
-    expect(h.get('k2')?.state).toBe('accepted');
+    // queue does not move past it — shown below by the ground truth: k1's write, first, only
+    // after the lock was gone. (Watching the lane for k1 "left open" races the sweep that
+    // takes it up again every 100 ms.)
     valve.clearFault('latency');
     const r1 = await h.settled('k1');
     const r2 = await h.settled('k2');
