@@ -1,7 +1,8 @@
 // Lets a child process or worker thread run the project's TypeScript sources directly
 // (node --import ./test/helpers/ts-register.mjs file.ts), the way vitest does in-process.
 // Used by tests that need several real processes or threads sharing one journal.
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { threadId } from 'node:worker_threads';
 import { readFile, writeFile, mkdir, rename } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -50,10 +51,16 @@ export async function load(url, context, nextLoad) {
       inlineSourceMap: true,
     },
   });
-  await mkdir(CACHE, { recursive: true });
-  // Written aside and renamed: a concurrent reader never sees half a file.
-  const partial = `${cached}.${process.pid}.tmp`;
-  await writeFile(partial, outputText);
-  await rename(partial, cached);
+  // Written aside and renamed: a concurrent reader never sees half a file. The name is unique
+  // per process, thread and call (worker threads share the pid); a failed cache write only
+  // costs the next process a transpile.
+  try {
+    await mkdir(CACHE, { recursive: true });
+    const partial = `${cached}.${process.pid}.${threadId}.${randomBytes(6).toString('hex')}.tmp`;
+    await writeFile(partial, outputText);
+    await rename(partial, cached);
+  } catch {
+    // Another process or thread won the race, or the temp dir is read-only: fine either way.
+  }
   return { format: 'module', source: outputText, shortCircuit: true };
 }
