@@ -95,7 +95,7 @@ async function campaign(
     for (const index of runs) {
       const seed = runSeed(settings.seed, index);
       const result = await crashRun(cs, planRun(cs.site, index, seed, plan));
-      addRun(scenarios, result);
+      addRun(tally, result);
       if (result.findings.length > 0) {
         const text = describeFindings(cs.site, result.findings, {
           campaignSeed: `0x${settings.seed.toString(16)}`,
