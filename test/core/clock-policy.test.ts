@@ -55,6 +55,12 @@ describe('controller skew (SPEC §6)', () => {
     expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
     // Within 60 s of that measurement, the PLC's clock is set back two hours.
     h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: -7_200_000 });
+    // Once the controller has scanned with its new time (an image it publishes shows it)...
+    await h.until(
+      () => h!.device('v1').snapshot().published.scanTime < Date.now() - 3_600_000,
+      2_000,
+      'an image stamped with the stepped clock',
+    );
     h.submit('k2', { device: 'v1', action: 'close' });
     const r = await h.settled('k2');
     expect(r).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
