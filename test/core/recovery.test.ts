@@ -1,7 +1,4 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
-import type { CommandRecord, Observation } from '../../src/core/journal.js';
-import { allocateSeq } from '../../src/core/sequence.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -17,42 +14,6 @@ afterEach(async () => {
   await h?.close();
   h = undefined;
 });
-
-/**
- * Journals a command up to `dispatched` without sending its write: what a kill between the
- * dispatch commit and the write leaves (the simulator cannot stop the daemon between two of
- * its statements; the journal rows are the same).
- */
-function dispatchedNotWritten(harness: SimHarness, key: string, ttlMs: number): CommandRecord {
-  const request = parseCommandRequest({ device: 'v1', action: 'open', ttlMs });
-  const now = Date.now();
-  const claim = harness.journal.claim({
-    scope: 'plant',
-    key,
-    fingerprint: fingerprint(request),
-    device: 'v1',
-    action: 'open',
-    position: null,
-    issuedAt: now,
-    issuedAtSource: 'gateway',
-    ttlMs,
-    deadline: now + ttlMs,
-    intake: 'https',
-    acceptedAt: now,
-  });
-  const image = harness.device('v1').snapshot().published;
-  const before: Observation = {
-    state: image.state,
-    position: image.position,
-    seq: image.seqEcho,
-    faultCode: null,
-    sourceTime: new Date(image.scanTime).toISOString(),
-    readAt: new Date(now).toISOString(),
-  };
-  return harness.journal.markDispatched(claim.record, now, before, 'pipeline', (last, open) =>
-    allocateSeq(last, before.seq, open),
-  );
-}
 
 describe('recovery at start (I5): settled by reading the controller', () => {
   it('confirms a command whose write was taken before the crash, without writing again', async () => {
@@ -70,7 +31,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
   it('dispatches once more a command provably never written, before its deadline', async () => {
     // A device that has taken commands before: its echo is not the power-up 0.
     h = await SimHarness.start({ warm: true });
-    const d = dispatchedNotWritten(h, 'k1', 5_000);
+    const d = h.dispatchedNotWritten('k1', 5_000);
     await h.crash();
     await h.restart();
     const r = await h.settled('k1');
@@ -82,7 +43,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
   it('a device a local operator moved meanwhile: unprovable, and the failure says why', async () => {
     h = await SimHarness.start();
     const valve = h.device('v1');
-    dispatchedNotWritten(h, 'k1', 1_500);
+    h.dispatchedNotWritten('k1', 1_500);
     await h.crash();
     // By hand to fully open, then back to REMOTE: the echo is unchanged, the state is not.
     valve.setLocal(true, 100);
@@ -110,7 +71,7 @@ describe('recovery at start (I5): settled by reading the controller', () => {
 
   it('takes a dispatched command up before the commands accepted after it on its device', async () => {
     h = await SimHarness.start({ warm: true });
-    const a = dispatchedNotWritten(h, 'A', 5_000);
+    const a = h.dispatchedNotWritten('A', 5_000);
     h.journal.claim({
       scope: 'plant',
       key: 'B',

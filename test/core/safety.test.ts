@@ -1,8 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
 import { sleepFor, systemClock, type Clock } from '../../src/core/clock.js';
-import type { CommandRecord, Observation } from '../../src/core/journal.js';
-import { allocateSeq } from '../../src/core/sequence.js';
+import type { CommandRecord } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
 import { lockHolder } from '../helpers/journal-lock.js';
@@ -27,49 +25,6 @@ const open = (extra: Record<string, unknown> = {}): Record<string, unknown> => (
   action: 'open',
   ...extra,
 });
-
-/**
- * Journals a command up to `dispatched` the way the pipeline does, without sending its write:
- * what a kill between the dispatch commit and the write leaves behind. (The simulator cannot
- * make the daemon die between two of its own statements; the journal rows are the same.)
- */
-function dispatchedNotWritten(
-  harness: SimHarness,
-  key: string,
-  ttlMs: number,
-  attempts: 1 | 2 = 1,
-): CommandRecord {
-  const request = parseCommandRequest({ device: 'v1', action: 'open', ttlMs });
-  const now = Date.now();
-  const claim = harness.journal.claim({
-    scope: 'plant',
-    key,
-    fingerprint: fingerprint(request),
-    device: 'v1',
-    action: 'open',
-    position: null,
-    issuedAt: now,
-    issuedAtSource: 'gateway',
-    ttlMs,
-    deadline: now + ttlMs,
-    intake: 'https',
-    acceptedAt: now,
-  });
-  const sim = harness.device('v1').snapshot().published;
-  const before: Observation = {
-    state: sim.state,
-    position: sim.position,
-    seq: sim.seqEcho,
-    faultCode: null,
-    sourceTime: new Date(sim.scanTime).toISOString(),
-    readAt: new Date(now).toISOString(),
-  };
-  let rec = harness.journal.markDispatched(claim.record, now, before, 'pipeline', (last, o) =>
-    allocateSeq(last, before.seq, o),
-  );
-  if (attempts === 2) rec = harness.journal.markRedispatched(rec, now, 'earlier life', 'pipeline');
-  return rec;
-}
 
 describe('I1: a second write only when the first is provably not applied', () => {
   it('a frozen image across a restart proves nothing: no second write, an honest failure', async () => {
@@ -160,7 +115,7 @@ describe('I1: a second write only when the first is provably not applied', () =>
 describe('I2/I5: every open command ends with a true, specific outcome', () => {
   it('a device unreachable through the whole window ends DEVICE_UNREACHABLE, unwritten and published', async () => {
     h = await SimHarness.start();
-    dispatchedNotWritten(h, 'k1', 1_500);
+    h.dispatchedNotWritten('k1', 1_500);
     await h.crash();
     h.plant.plc('mb').setFault({ kind: 'reset', when: 'before', on: 'both' });
     await h.restart();
@@ -175,7 +130,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
 
   it('a write that never reached the controller, taken up after its deadline, fails saying so', async () => {
     h = await SimHarness.start({ warm: true });
-    dispatchedNotWritten(h, 'k1', 300);
+    h.dispatchedNotWritten('k1', 300);
     await h.crash();
     await sleepFor(400);
     await h.restart();
@@ -187,7 +142,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
 
   it('killed during its re-dispatch, a command is never written a third time', async () => {
     h = await SimHarness.start({ warm: true });
-    dispatchedNotWritten(h, 'k1', 5_000, 2);
+    h.dispatchedNotWritten('k1', 5_000, 2);
     await h.crash();
     await h.restart();
     const r = await h.settled('k1');
@@ -198,7 +153,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
 
   it('a device another master commanded meanwhile: the effect is unknown, and it says so', async () => {
     h = await SimHarness.start();
-    const mine = dispatchedNotWritten(h, 'k1', 1_500);
+    const mine = h.dispatchedNotWritten('k1', 1_500);
     await h.crash();
     // Another Modbus master opens the valve with its own sequence number.
     const endpoint = new ModbusEndpoint({
@@ -229,7 +184,7 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
 
   it('the periodic sweep takes up an open command that has no worker, without a restart', async () => {
     h = await SimHarness.start({ warm: true });
-    dispatchedNotWritten(h, 'k1', 300);
+    h.dispatchedNotWritten('k1', 300);
     // Nobody calls recover(): the sweep finds the command and settles it by readback.
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE' });

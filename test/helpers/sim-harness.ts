@@ -1,7 +1,8 @@
 import { join } from 'node:path';
-import { parseCommandRequest } from '../../src/core/command.js';
+import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
 import { systemClock, type Clock } from '../../src/core/clock.js';
-import type { CommandRecord, CommandRef } from '../../src/core/journal.js';
+import type { CommandRecord, CommandRef, Observation } from '../../src/core/journal.js';
+import { allocateSeq } from '../../src/core/sequence.js';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
 import {
   CommandPipeline,
@@ -176,6 +177,50 @@ export class SimHarness {
       );
     }
     return record;
+  }
+
+  /**
+   * Journals an open on `v1` up to `dispatched` the way the pipeline does, without sending its
+   * write: what a kill between the dispatch commit and the write leaves behind. (The simulator
+   * cannot make the daemon die between two of its own statements; the journal rows are the
+   * same.) `attempts: 2`: killed again after journaling a re-dispatch.
+   */
+  dispatchedNotWritten(key: string, ttlMs: number, attempts: 1 | 2 = 1): CommandRecord {
+    const request = parseCommandRequest({ device: 'v1', action: 'open', ttlMs });
+    const now = Date.now();
+    const claim = this.journal.claim({
+      scope: 'plant',
+      key,
+      fingerprint: fingerprint(request),
+      device: 'v1',
+      action: 'open',
+      position: null,
+      issuedAt: now,
+      issuedAtSource: 'gateway',
+      ttlMs,
+      deadline: now + ttlMs,
+      intake: 'https',
+      acceptedAt: now,
+    });
+    const image = this.device('v1').snapshot().published;
+    const before: Observation = {
+      state: image.state,
+      position: image.position,
+      seq: image.seqEcho,
+      faultCode: null,
+      sourceTime: new Date(image.scanTime).toISOString(),
+      readAt: new Date(now).toISOString(),
+    };
+    const record = this.journal.markDispatched(
+      claim.record,
+      now,
+      before,
+      'pipeline',
+      (last, open) => allocateSeq(last, before.seq, open),
+    );
+    return attempts === 2
+      ? this.journal.markRedispatched(record, now, 'earlier life', 'pipeline')
+      : record;
   }
 
   get(key: string, scope = 'plant'): CommandRecord | undefined {
