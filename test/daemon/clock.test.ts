@@ -1,8 +1,6 @@
 import { writeFileSync } from 'node:fs';
-import { request } from 'node:https';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { generate } from 'selfsigned';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
@@ -11,6 +9,7 @@ import { sha256 } from '../../src/intake/identities.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { until } from '../helpers/mosquitto.js';
+import { httpsRequest, loopbackCertificate, type HttpsAnswer } from '../helpers/loopback-https.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { ptpLabAvailable, startPtpLab, type PtpLab } from '../helpers/ptp.js';
 
@@ -33,47 +32,21 @@ let daemon: Daemon;
 let cleanup: () => void;
 let cert: string;
 
-interface Answer {
-  status: number;
-  body: string;
-  json: () => Record<string, unknown>;
-}
+type Answer = HttpsAnswer;
 
-async function https(
+function https(
   method: string,
   path: string,
   headers: Record<string, string> = {},
   body?: unknown,
 ): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: daemon.https!.port,
-        method,
-        path,
-        ca: cert,
-        headers: { authorization: `Bearer ${TOKEN}`, ...headers },
-      },
-      (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => {
-          resolve({
-            status: res.statusCode ?? 0,
-            body: text,
-            json: () => JSON.parse(text) as Record<string, unknown>,
-          });
-        });
-      },
-    );
-    req.once('error', reject);
-    if (body !== undefined) {
-      req.setHeader('content-type', 'application/json');
-      req.end(JSON.stringify(body));
-    } else req.end();
-  });
+  return httpsRequest(
+    { port: daemon.https!.port, ca: cert, token: TOKEN },
+    method,
+    path,
+    headers,
+    body,
+  );
 }
 
 const command = (key: string, body: Record<string, unknown>): Promise<Answer> =>
@@ -125,14 +98,7 @@ beforeAll(async () => {
     },
     { ephemeralPorts: true, control: false },
   );
-  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
-    keyType: 'ec',
-    curve: 'P-256',
-    extensions: [{ name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }] }],
-  });
-  cert = pems.cert;
-  writeFileSync(join(dir, 'cert.pem'), pems.cert);
-  writeFileSync(join(dir, 'key.pem'), pems.private);
+  cert = await loopbackCertificate(dir);
   const inventory = inventoryFor(plant);
   const tolerant = inventory.plcs.tolerant!;
   inventory.plcs.tolerant = { ...tolerant, maxClockSkewMs: 10_000 };

@@ -1,8 +1,6 @@
 import { writeFileSync } from 'node:fs';
-import { request } from 'node:https';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { generate } from 'selfsigned';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
@@ -17,6 +15,7 @@ import {
   until,
   type Mosquitto,
 } from '../helpers/mosquitto.js';
+import { loopbackCertificate, httpsRequest } from '../helpers/loopback-https.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 
 /**
@@ -34,41 +33,18 @@ let daemon: Daemon;
 let cleanup: () => void;
 let cert: string;
 
-async function https(
+function https(
   method: string,
   path: string,
   headers: Record<string, string> = {},
   body?: unknown,
 ): Promise<{ status: number; headers: Record<string, unknown>; json: Record<string, unknown> }> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: daemon.https!.port,
-        method,
-        path,
-        ca: cert,
-        headers: { authorization: `Bearer ${TOKEN}`, ...headers },
-      },
-      (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => {
-          resolve({
-            status: res.statusCode ?? 0,
-            headers: res.headers,
-            json: JSON.parse(text) as Record<string, unknown>,
-          });
-        });
-      },
-    );
-    req.once('error', reject);
-    if (body !== undefined) {
-      req.setHeader('content-type', 'application/json');
-      req.end(JSON.stringify(body));
-    } else req.end();
-  });
+  const target = { port: daemon.https!.port, ca: cert, token: TOKEN };
+  return httpsRequest(target, method, path, headers, body).then((a) => ({
+    status: a.status,
+    headers: a.headers,
+    json: a.json(),
+  }));
 }
 
 beforeAll(async () => {
@@ -96,14 +72,7 @@ beforeAll(async () => {
     { ephemeralPorts: true, control: false },
   );
   broker = await startMosquitto();
-  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
-    keyType: 'ec',
-    curve: 'P-256',
-    extensions: [{ name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }] }],
-  });
-  cert = pems.cert;
-  writeFileSync(join(dir, 'cert.pem'), pems.cert);
-  writeFileSync(join(dir, 'key.pem'), pems.private);
+  cert = await loopbackCertificate(dir);
   const inventory = inventoryFor(plant);
   const configPath = join(dir, 'sluice.yaml');
   writeFileSync(
