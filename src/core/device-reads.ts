@@ -88,6 +88,8 @@ export class DeviceReads {
   /** Measures the controller skew now, whatever estimate the lane has; null when it cannot. */
   async measureSkew(lane: Lane, log: Logger): Promise<SkewEstimate | null> {
     const { driver } = lane.binding;
+    // A controller without a readable clock: images carry no source time either.
+    if (driver.readClock === undefined) return null;
     try {
       const requestedMono = this.host.clock.elapsed();
       const sample = await driver.readClock(lane.signal);

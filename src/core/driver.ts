@@ -63,7 +63,11 @@ export interface DeviceDriver {
    * did not apply it, or DeviceUnreachableError when the outcome is unknown.
    */
   write(command: CommandWrite, signal?: AbortSignal): Promise<void>;
-  readClock(signal?: AbortSignal): Promise<ClockSample>;
+  /**
+   * Reads the controller's live clock; absent when the device exposes none (then no skew is
+   * measured, a readback carries no source time, and freshness rests on read order alone).
+   */
+  readonly readClock?: (signal?: AbortSignal) => Promise<ClockSample>;
   health(): DeviceHealth;
 }
 

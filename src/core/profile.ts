@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { ACTIONS, type Action } from './command.js';
 import { ProfileError } from './errors.js';
+import { checkModbusMap, modbusMapSchema } from './profile-modbus.js';
 
 /**
  * A device profile: the controller's state machine as data (SPEC §3), its timings, and the
@@ -8,16 +9,16 @@ import { ProfileError } from './errors.js';
  */
 
 const cellSchema = z.discriminatedUnion('effect', [
-  z.object({
+  z.strictObject({
     effect: z.literal('write'),
     next: z.string().min(1),
     confirm: z.array(z.string().min(1)).min(1),
   }),
-  z.object({ effect: z.literal('noop'), confirm: z.array(z.string().min(1)).min(1) }),
-  z.object({ effect: z.literal('reject'), code: z.enum(['ILLEGAL_TRANSITION', 'LOCAL_MODE']) }),
+  z.strictObject({ effect: z.literal('noop'), confirm: z.array(z.string().min(1)).min(1) }),
+  z.strictObject({ effect: z.literal('reject'), code: z.enum(['ILLEGAL_TRANSITION', 'LOCAL_MODE']) }),
 ]);
 
-const timingSchema = z.object({
+const timingSchema = z.strictObject({
   defaultTtlMs: z.number().int().positive(),
   confirmTimeoutMs: z.number().int().positive(),
   pollIntervalMs: z.number().int().positive(),
@@ -25,7 +26,7 @@ const timingSchema = z.object({
   redispatchGuardMs: z.number().int().nonnegative(),
 });
 
-const profileSchema = z.object({
+const profileSchema = z.strictObject({
   profile: z.string().min(1),
   description: z.string().optional(),
   states: z.array(z.string().min(1)).min(1),
@@ -36,40 +37,26 @@ const profileSchema = z.object({
   positionTolerance: z.number().positive().optional(),
   table: z.record(z.string(), z.record(z.string(), cellSchema)),
   timing: timingSchema,
-  controller: z.object({
-    stateCodes: z.record(z.string(), z.number().int().nonnegative()),
+  controller: z.strictObject({
+    /** Required when a Modbus state register carries a code (not a bit-decoded word). */
+    stateCodes: z.record(z.string(), z.number().int().nonnegative()).optional(),
     commandCodes: z.record(z.string(), z.number().int().positive()),
     faultCodes: z.record(z.string(), z.string()).optional(),
     echoesSeq: z.boolean(),
+    /**
+     * What the controller does with a command that is illegal in its state: `keep` latches
+     * fault 0x88 and stays in its state; `fault` latches 0x88 and goes to its fault state.
+     */
+    refusal: z.enum(['keep', 'fault']).default('keep'),
   }),
-  modbus: z
-    .object({
-      status: z.object({
-        offset: z.number().int().nonnegative(),
-        length: z.number().int().positive(),
-        state: z.number().int().nonnegative(),
-        position: z.number().int().nonnegative(),
-        fault: z.number().int().nonnegative(),
-        seqEcho: z.number().int().nonnegative(),
-        time: z.number().int().nonnegative(),
-      }),
-      command: z.object({
-        offset: z.number().int().nonnegative(),
-        length: z.number().int().positive(),
-        code: z.number().int().nonnegative(),
-        setpoint: z.number().int().nonnegative(),
-        seq: z.number().int().nonnegative(),
-      }),
-      positionScale: z.number().positive(),
-    })
-    .optional(),
+  modbus: modbusMapSchema.optional(),
   opcua: z
-    .object({
-      status: z.object({
+    .strictObject({
+      status: z.strictObject({
         state: z.string().min(1),
-        position: z.string().min(1),
-        fault: z.string().min(1),
-        seqEcho: z.string().min(1),
+        position: z.string().min(1).optional(),
+        fault: z.string().min(1).optional(),
+        seqEcho: z.string().min(1).optional(),
         /**
          * A DateTime the controller sets at every scan that publishes the image: the image's
          * production time. Without it, the newest SourceTimestamp stands in — the last change,
@@ -77,10 +64,10 @@ const profileSchema = z.object({
          */
         time: z.string().min(1).optional(),
       }),
-      command: z.object({
+      command: z.strictObject({
         code: z.string().min(1),
-        setpoint: z.string().min(1),
-        seq: z.string().min(1),
+        setpoint: z.string().min(1).optional(),
+        seq: z.string().min(1).optional(),
       }),
     })
     .optional(),
@@ -153,9 +140,40 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
       errors.push(`table.${action}: action not listed in actions`);
     }
   }
-  for (const state of p.states) {
-    if (p.controller.stateCodes[state] === undefined) {
-      errors.push(`controller.stateCodes.${state}: missing state code`);
+  const codes = p.controller.stateCodes;
+  if (codes !== undefined) {
+    for (const state of p.states) {
+      if (codes[state] === undefined) errors.push(`controller.stateCodes.${state}: missing state code`);
+    }
+    for (const state of Object.keys(codes)) {
+      if (!states.has(state)) errors.push(`controller.stateCodes.${state}: unknown state "${state}"`);
+    }
+  }
+  for (const action of Object.keys(p.controller.commandCodes)) {
+    if (!(p.actions as string[]).includes(action)) {
+      errors.push(`controller.commandCodes.${action}: action not listed in actions`);
+    }
+  }
+  if (p.modbus !== undefined) {
+    errors.push(
+      ...checkModbusMap(p.modbus, {
+        states: p.states,
+        echoesSeq: p.controller.echoesSeq,
+        hasMove: p.actions.includes('move'),
+        stateCodes: codes !== undefined,
+      }),
+    );
+  }
+  if (p.opcua !== undefined) {
+    const { status, command } = p.opcua;
+    if (p.controller.echoesSeq && (status.seqEcho === undefined || command.seq === undefined)) {
+      errors.push('opcua: status.seqEcho and command.seq are required when controller.echoesSeq is true');
+    }
+    if (!p.controller.echoesSeq && status.seqEcho !== undefined) {
+      errors.push('opcua.status.seqEcho: mapped, but controller.echoesSeq is false');
+    }
+    if (p.actions.includes('move') && (command.setpoint === undefined || status.position === undefined)) {
+      errors.push('opcua: status.position and command.setpoint are required for a profile with the move action');
     }
   }
   if (p.actions.includes('move') && p.positionTolerance === undefined) {

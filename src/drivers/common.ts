@@ -90,14 +90,6 @@ export class HealthCounter {
   }
 }
 
-export function stateName(profile: DeviceProfile, code: number): string {
-  for (const [name, value] of Object.entries(profile.controller.stateCodes)) {
-    if (value === code) return name;
-  }
-  // Not a profile state: the pipeline refuses to act on it and says so.
-  return `UNKNOWN(${code})`;
-}
-
 export function commandCode(profile: DeviceProfile, action: Action): number {
   const code = profile.controller.commandCodes[action];
   if (code === undefined) {

@@ -1,23 +1,30 @@
 import { z } from 'zod';
 import type { DeviceProfile } from '../core/profile.js';
+import { fieldAddress, fieldWidth } from '../core/profile-modbus.js';
 
 /**
  * The schema of the device inventory (the `plcs` and `devices` sections of the configuration).
  * Kept apart from the drivers so that validating a configuration loads no protocol stack.
  */
 
-const modbusPlc = z.object({
+const modbusPlc = z.strictObject({
   protocol: z.literal('modbus'),
   host: z.string().min(1),
   port: z.number().int().min(1).max(65535),
   unitId: z.number().int().min(0).max(255).default(1),
-  clockRegister: z.number().int().min(0).max(65532).default(900),
+  /** Where the controller clock is read is a profile field now (modbus.status.clock). */
+  clockRegister: z
+    .never({
+      error:
+        'no longer a PLC setting: the controller clock is the profile field modbus.status.clock (docs/device-profiles.md)',
+    })
+    .optional(),
   requestTimeoutMs: z.number().int().positive().default(1000),
   /** Overrides clock.maxControllerSkewMs for this PLC's devices. */
   maxClockSkewMs: z.number().int().min(1).max(86_400_000).optional(),
 });
 
-const opcuaPlc = z.object({
+const opcuaPlc = z.strictObject({
   protocol: z.literal('opcua'),
   endpointUrl: z.string().regex(/^opc\.tcp:\/\/.+/, 'must be an opc.tcp:// URL'),
   namespaceUri: z.string().min(1),
@@ -32,7 +39,7 @@ const opcuaPlc = z.object({
 
 export const plcSchema = z.discriminatedUnion('protocol', [modbusPlc, opcuaPlc]);
 
-export const deviceSchema = z.object({
+export const deviceSchema = z.strictObject({
   plc: z.string().min(1),
   profile: z.string().min(1),
   /** Modbus: first holding register of the device's block. */
@@ -41,7 +48,7 @@ export const deviceSchema = z.object({
   object: z.string().min(1).optional(),
 });
 
-export const inventorySchema = z.object({
+export const inventorySchema = z.strictObject({
   plcs: z.record(z.string().min(1), plcSchema),
   devices: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/), deviceSchema),
 });
@@ -58,6 +65,7 @@ export function checkInventory(
   profiles: ReadonlyMap<string, DeviceProfile>,
 ): string[] {
   const errors: string[] = [];
+  const commandRanges: { id: string; plc: string; start: number; end: number }[] = [];
   for (const [id, device] of Object.entries(inventory.devices)) {
     const plc = inventory.plcs[device.plc];
     const profile = profiles.get(device.profile);
@@ -74,6 +82,33 @@ export function checkInventory(
           `devices.${id}.profile: profile "${profile.profile}" has no Modbus register map`,
         );
       }
+    }
+    if (plc?.protocol === 'modbus' && profile?.modbus !== undefined && device.base !== undefined) {
+      const map = profile.modbus;
+      for (const [section, fields] of [
+        ['status', map.status],
+        ['command', map.command],
+      ] as const) {
+        for (const [name, field] of Object.entries(fields)) {
+          if (field === undefined) continue;
+          const end = fieldAddress(field, device.base) + fieldWidth(field) - 1;
+          if (end > 65535) {
+            errors.push(
+              `devices.${id}.base: ${device.base} puts profile "${profile.profile}" field modbus.${section}.${name} at ${end}, past register 65535`,
+            );
+          }
+        }
+      }
+      const span = commandRange(profile, device.base);
+      const clash = commandRanges.find(
+        (other) => other.plc === device.plc && span.start < other.end && other.start < span.end,
+      );
+      if (clash !== undefined) {
+        errors.push(
+          `devices.${id}.base: its command registers ${span.start}..${span.end - 1} overlap those of device ${clash.id} (${clash.start}..${clash.end - 1}) on PLC ${device.plc}`,
+        );
+      }
+      commandRanges.push({ id, plc: device.plc, ...span });
     }
     if (plc?.protocol === 'opcua' && profile !== undefined && profile.opcua === undefined) {
       errors.push(`devices.${id}.profile: profile "${profile.profile}" has no OPC UA node names`);
@@ -92,4 +127,16 @@ export function checkInventory(
     }
   }
   return errors;
+}
+
+/** The holding registers a device's command write covers, [start, end). */
+function commandRange(profile: DeviceProfile, base: number): { start: number; end: number } {
+  let start = Infinity;
+  let end = -Infinity;
+  for (const field of Object.values(profile.modbus?.command ?? {})) {
+    if (field === undefined) continue;
+    start = Math.min(start, fieldAddress(field, base));
+    end = Math.max(end, fieldAddress(field, base) + fieldWidth(field));
+  }
+  return { start, end };
 }

@@ -68,7 +68,6 @@ export async function buildDrivers(args: {
             host: plc.host,
             port: plc.port,
             unitId: plc.unitId,
-            clockRegister: plc.clockRegister,
             requestTimeoutMs: plc.requestTimeoutMs,
             clock,
             logger,
@@ -111,7 +110,6 @@ export async function buildDrivers(args: {
             profile,
             endpoint: need(modbus.get(device.plc), `endpoint ${device.plc}`),
             base: device.base ?? 0,
-            clockRegister: plc.clockRegister,
             clock,
           }),
         };

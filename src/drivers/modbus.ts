@@ -13,15 +13,24 @@ import {
 } from '../core/driver.js';
 import type { Logger } from '../core/logger.js';
 import type { DeviceProfile } from '../core/profile.js';
-import { HealthCounter, commandCode, describeError, stateName, withTimeout } from './common.js';
+import type { ModbusMap, RegisterTable } from '../core/profile-modbus.js';
+import { HealthCounter, describeError, withTimeout } from './common.js';
+import {
+  Image,
+  decodeState,
+  encodeCommand,
+  planStatusReads,
+  rawValue,
+  scaled,
+  type ReadRequest,
+  type StatusPlan,
+} from './modbus-map.js';
 
 export interface ModbusEndpointOptions {
   readonly name: string;
   readonly host: string;
   readonly port: number;
   readonly unitId: number;
-  /** Holding register of the PLC clock (4 registers, epoch ms, most significant word first). */
-  readonly clockRegister: number;
   /** Per request; a request that takes longer counts as lost and the connection is replaced. */
   readonly requestTimeoutMs?: number;
   readonly connectTimeoutMs?: number;
@@ -89,9 +98,29 @@ export class ModbusEndpoint {
   }
 
   readRegisters(address: number, length: number, signal?: AbortSignal): Promise<number[]> {
+    return this.read('holding', address, length, signal);
+  }
+
+  /** Reads from any table; coils and discrete inputs come back as 0 / 1. */
+  read(table: RegisterTable, address: number, length: number, signal?: AbortSignal): Promise<number[]> {
+    const label = table === 'holding' ? '' : `${table} `;
     return this.request(
-      `read ${address}+${length}`,
-      async (client) => (await client.readHoldingRegisters(address, length)).data,
+      `read ${label}${address}+${length}`,
+      async (client) => {
+        switch (table) {
+          case 'holding':
+            return (await client.readHoldingRegisters(address, length)).data;
+          case 'input':
+            return (await client.readInputRegisters(address, length)).data;
+          case 'coil':
+            // Bits come padded to whole bytes.
+            return (await client.readCoils(address, length)).data.slice(0, length).map(Number);
+          case 'discrete':
+            return (await client.readDiscreteInputs(address, length)).data
+              .slice(0, length)
+              .map(Number);
+        }
+      },
       signal,
     );
   }
@@ -233,16 +262,18 @@ export interface ModbusDeviceOptions {
   readonly id: string;
   readonly profile: DeviceProfile;
   readonly endpoint: ModbusEndpoint;
-  /** First holding register of the device's block. */
+  /** The device's base address: a field's `at` counts from it. */
   readonly base: number;
-  readonly clockRegister: number;
   readonly clock: Clock;
 }
 
 /** The driver port for one device on a Modbus TCP PLC (register map: docs/device-profiles.md). */
 export class ModbusDeviceDriver implements DeviceDriver {
   private readonly o: ModbusDeviceOptions;
-  private readonly map: NonNullable<DeviceProfile['modbus']>;
+  private readonly map: ModbusMap;
+  private readonly plan: StatusPlan;
+  /** Present when the profile maps the controller's live clock. */
+  readonly readClock?: (signal?: AbortSignal) => Promise<ClockSample>;
 
   constructor(options: ModbusDeviceOptions) {
     if (options.profile.modbus === undefined) {
@@ -250,63 +281,68 @@ export class ModbusDeviceDriver implements DeviceDriver {
     }
     this.o = options;
     this.map = options.profile.modbus;
+    this.plan = planStatusReads(this.map, options.base);
+    const clockRequest = this.plan.clock;
+    const clockField = this.map.status.clock;
+    if (clockRequest !== null && clockField !== undefined) {
+      this.readClock = async (signal) => {
+        const requestedAt = this.o.clock.now();
+        const image = await this.fetch([clockRequest], signal);
+        const receivedAt = this.o.clock.now();
+        return { controllerTime: this.decode(clockField, image), requestedAt, receivedAt };
+      };
+    }
   }
 
   async read(signal?: AbortSignal): Promise<Readback> {
-    const { status, positionScale } = this.map;
+    const { status } = this.map;
     const requestedAt = this.o.clock.now();
-    const regs = await this.o.endpoint.readRegisters(
-      this.o.base + status.offset,
-      status.length,
-      signal,
-    );
+    const image = await this.fetch(this.plan.reads, signal);
     const receivedAt = this.o.clock.now();
-    const at = (i: number): number => {
-      const v = regs[i];
-      if (v === undefined) throw new DeviceUnreachableError(`${this.o.id}: short status block`);
-      return v;
-    };
-    const fault = at(status.fault);
+    const fault = status.fault === undefined ? 0 : this.decode(status.fault, image);
     return {
-      state: stateName(this.o.profile, at(status.state)),
-      position: at(status.position) / positionScale,
-      seq: at(status.seqEcho),
+      state: decodeState(this.o.profile, this.decode(status.state, image)),
+      position:
+        status.position === undefined
+          ? null
+          : scaled(status.position, this.decode(status.position, image)),
+      seq: status.seqEcho === undefined ? null : this.decode(status.seqEcho, image),
       faultCode: fault === 0 ? null : fault,
-      sourceTime: u64(regs, status.time),
+      sourceTime: status.time === undefined ? null : this.decode(status.time, image),
       requestedAt,
       receivedAt,
     };
   }
 
   async write(command: CommandWrite, signal?: AbortSignal): Promise<void> {
-    const { command: block, positionScale } = this.map;
-    const values = new Array<number>(block.length).fill(0);
-    values[block.code] = commandCode(this.o.profile, command.action);
-    values[block.setpoint] = Math.round((command.position ?? 0) * positionScale);
-    values[block.seq] = command.seq;
     // One FC16 request: code, setpoint and sequence number reach the PLC together.
-    await this.o.endpoint.writeRegisters(this.o.base + block.offset, values, signal);
-  }
-
-  async readClock(signal?: AbortSignal): Promise<ClockSample> {
-    const requestedAt = this.o.clock.now();
-    const regs = await this.o.endpoint.readRegisters(this.o.clockRegister, 4, signal);
-    const receivedAt = this.o.clock.now();
-    return { controllerTime: u64(regs, 0), requestedAt, receivedAt };
+    const { start, values } = encodeCommand(this.o.profile, this.o.base, command);
+    await this.o.endpoint.writeRegisters(start, values, signal);
   }
 
   health(): DeviceHealth {
     return this.o.endpoint.health.snapshot();
   }
-}
 
-/** Four 16-bit registers, most significant word first, as one unsigned integer (ms < 2^53). */
-function u64(regs: number[], offset: number): number {
-  let value = 0;
-  for (let i = 0; i < 4; i++) {
-    const word = regs[offset + i];
-    if (word === undefined) throw new DeviceUnreachableError('short clock block');
-    value = value * 65536 + word;
+  private async fetch(requests: readonly ReadRequest[], signal?: AbortSignal): Promise<Image> {
+    const image = new Image();
+    for (const r of requests) {
+      const values = await this.o.endpoint.read(r.table, r.start, r.length, signal);
+      if (values.length < r.length) {
+        throw new DeviceUnreachableError(
+          `${this.o.id}: short answer to ${r.table} ${r.start}+${r.length} (${values.length})`,
+        );
+      }
+      image.add(r, values);
+    }
+    return image;
   }
-  return value;
+
+  private decode(field: Parameters<typeof rawValue>[0], image: Image): number {
+    try {
+      return rawValue(field, this.o.base, image);
+    } catch (error) {
+      throw new DeviceUnreachableError(`${this.o.id}: ${describeError(error)}`, { cause: error });
+    }
+  }
 }

@@ -356,34 +356,37 @@ export class OpcuaDeviceDriver implements DeviceDriver {
   async read(signal?: AbortSignal): Promise<Readback> {
     const e = this.o.endpoint;
     const s = this.names.status;
-    const names = [
-      s.state,
-      s.position,
-      s.fault,
-      s.seqEcho,
-      ...(s.time === undefined ? [] : [s.time]),
-    ];
-    const ids = names.map((n) => e.nodeId(this.object, n));
+    // Only the mapped variables are read; an unmapped one reads as absent (null).
+    const mapped = (
+      [
+        ['state', s.state],
+        ['position', s.position],
+        ['fault', s.fault],
+        ['seqEcho', s.seqEcho],
+        ['time', s.time],
+      ] as const
+    ).filter((entry): entry is [(typeof entry)[0], string] => entry[1] !== undefined);
+    const ids = mapped.map(([, n]) => e.nodeId(this.object, n));
     const { values, requestedAt, receivedAt } = await e.read(ids, signal);
-    const [state, position, fault, seq, scan] = values as [
-      DataValue,
-      DataValue,
-      DataValue,
-      DataValue,
-      DataValue | undefined,
-    ];
+    const get = (name: (typeof mapped)[number][0]): DataValue | undefined => {
+      const i = mapped.findIndex(([field]) => field === name);
+      return i < 0 ? undefined : values[i];
+    };
+    const state = get('state');
+    const position = get('position')?.value.value as unknown;
+    const seq = get('seqEcho');
+    const scan = get('time')?.value.value as unknown;
     // The image's production time when the controller publishes one (its scan time);
     // otherwise the newest source timestamp: when the controller last changed any value.
-    const scanTime = scan?.value.value instanceof Date ? scan.value.value.getTime() : null;
-    const times = values
-      .slice(0, 4)
-      .map((v) => v.sourceTimestamp?.getTime())
+    const scanTime = scan instanceof Date ? scan.getTime() : null;
+    const times = mapped
+      .map(([field], i) => (field === 'time' ? undefined : values[i]?.sourceTimestamp?.getTime()))
       .filter((t): t is number => typeof t === 'number' && t > 0);
-    const faultCode = Number(fault.value.value ?? 0);
+    const faultCode = Number(get('fault')?.value.value ?? 0);
     return {
-      state: String(state.value.value),
-      position: typeof position.value.value === 'number' ? position.value.value : null,
-      seq: Number(seq.value.value ?? 0),
+      state: String(state?.value.value),
+      position: typeof position === 'number' ? position : null,
+      seq: seq === undefined ? null : Number(seq.value.value ?? 0),
       faultCode: faultCode === 0 ? null : faultCode,
       sourceTime:
         scanTime !== null && scanTime > 0
@@ -405,15 +408,18 @@ export class OpcuaDeviceDriver implements DeviceDriver {
       value: { value: { dataType, value: v } },
     });
     // Code and setpoint first, the sequence number (the trigger) only once they are in place:
-    // a controller must never take a new sequence number with a stale code.
+    // a controller must never take a new sequence number with a stale code. Without a
+    // sequence number, the code (with its setpoint) is the trigger.
     await e.write(
       [
         value(c.code, DataType.UInt16, commandCode(this.o.profile, command.action)),
-        value(c.setpoint, DataType.Double, command.position ?? 0),
+        ...(c.setpoint === undefined
+          ? []
+          : [value(c.setpoint, DataType.Double, command.position ?? 0)]),
       ],
       signal,
     );
-    await e.write([value(c.seq, DataType.UInt16, command.seq)], signal);
+    if (c.seq !== undefined) await e.write([value(c.seq, DataType.UInt16, command.seq)], signal);
   }
 
   async readClock(signal?: AbortSignal): Promise<ClockSample> {

@@ -45,7 +45,6 @@ async function otherMaster(harness: SimHarness): Promise<ModbusDeviceDriver> {
     host: '127.0.0.1',
     port: (harness.plant.plc('mb').endpoint as { port: number }).port,
     unitId: 1,
-    clockRegister: 900,
     clock: systemClock,
     logger: silentLogger,
   });
@@ -55,7 +54,6 @@ async function otherMaster(harness: SimHarness): Promise<ModbusDeviceDriver> {
     profile: profile('valve'),
     endpoint,
     base: 0,
-    clockRegister: 900,
     clock: systemClock,
   });
   await driver.read(); // connected before the test needs it to be quick

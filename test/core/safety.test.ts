@@ -161,7 +161,6 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
       host: '127.0.0.1',
       port: (h.plant.plc('mb').endpoint as { port: number }).port,
       unitId: 1,
-      clockRegister: 900,
       clock: systemClock,
       logger: silentLogger,
     });
@@ -170,7 +169,6 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
       profile: profile('valve'),
       endpoint,
       base: 0,
-      clockRegister: 900,
       clock: systemClock,
     });
     await other.write({ action: 'open', position: null, seq: 777 });

@@ -194,7 +194,7 @@ describe.each([
     const plc = plant.plc(prefix);
     plc.setClock({ offsetMs: -7_000, driftPpm: 0 });
     try {
-      const skew = estimateSkew(await binding(valveId).driver.readClock());
+      const skew = estimateSkew(await binding(valveId).driver.readClock!());
       expect(Math.abs(skew.offsetMs + 7_000)).toBeLessThan(200);
     } finally {
       plc.setClock({ offsetMs: 0, driftPpm: 0 });

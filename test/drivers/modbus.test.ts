@@ -39,7 +39,6 @@ beforeAll(async () => {
     host: e.host,
     port: e.port,
     unitId: e.unitId,
-    clockRegister: 900,
     requestTimeoutMs: 200,
     backoffInitialMs: 50,
     backoffMaxMs: 200,
@@ -53,7 +52,6 @@ beforeAll(async () => {
         profile: profile('valve'),
         endpoint,
         base: i * 20,
-        clockRegister: 900,
         clock: systemClock,
       }),
     );
@@ -154,7 +152,7 @@ describe('ModbusEndpoint', () => {
 
   it('reads the 64-bit controller clock in one request', async () => {
     plant.plc('mb').setClock({ offsetMs: 123_456_789, driftPpm: 0 });
-    const sample = await drivers[0]!.readClock();
+    const sample = await drivers[0]!.readClock!();
     const midpoint = (sample.requestedAt + sample.receivedAt) / 2;
     expect(Math.abs(sample.controllerTime - midpoint - 123_456_789)).toBeLessThan(100);
     plant.plc('mb').setClock({ offsetMs: 0, driftPpm: 0 });

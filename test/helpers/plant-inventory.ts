@@ -13,7 +13,6 @@ export function inventoryFor(plant: Plant): Inventory {
             host: e.host,
             port: e.port,
             unitId: e.unitId,
-            clockRegister: 900,
             requestTimeoutMs: 300,
           }
         : {

@@ -272,7 +272,6 @@ export class SimHarness {
               host: e.host,
               port: e.port,
               unitId: e.unitId,
-              clockRegister: 900,
               requestTimeoutMs: this.options.requestTimeoutMs ?? SIM_REQUEST_TIMEOUT_MS,
             }
           : {

@@ -542,7 +542,6 @@ export async function thirdPartyWrite(
     host: endpointInfo.host,
     port: endpointInfo.port,
     unitId: endpointInfo.unitId,
-    clockRegister: 900,
     requestTimeoutMs: 500,
     clock: systemClock,
     logger: silentLogger,
@@ -552,7 +551,6 @@ export async function thirdPartyWrite(
     profile: profile('valve'),
     endpoint,
     base: sim.base ?? 0,
-    clockRegister: 900,
     clock: systemClock,
   });
   try {

@@ -1,0 +1,270 @@
+import { z } from 'zod';
+
+/**
+ * The Modbus section of a device profile: where each status and command field lives, in which
+ * table, and how its registers encode the value. Real PLC maps are not one contiguous block:
+ * fields may sit anywhere, in holding or input registers, coils or discrete inputs, as 16- or
+ * 32-bit integers, floats in either word order, or bits of a status word. The driver groups the
+ * status fields into as few read requests as the map allows (docs/device-profiles.md).
+ */
+
+export const REGISTER_TABLES = ['holding', 'input', 'coil', 'discrete'] as const;
+export type RegisterTable = (typeof REGISTER_TABLES)[number];
+
+export const FIELD_TYPES = ['uint16', 'int16', 'uint32', 'int32', 'float32', 'uint64'] as const;
+export type FieldType = (typeof FIELD_TYPES)[number];
+
+/** Registers a value of each type occupies. */
+export const TYPE_WIDTH: Readonly<Record<FieldType, number>> = {
+  uint16: 1,
+  int16: 1,
+  uint32: 2,
+  int32: 2,
+  float32: 2,
+  uint64: 4,
+};
+
+const address = z.int().min(0).max(65535);
+
+/** Where a field is: `at` counts from the device's base (site file), `address` is absolute. */
+const location = {
+  at: address.optional(),
+  address: address.optional(),
+  table: z.enum(REGISTER_TABLES).default('holding'),
+  /** Coils and discrete inputs: how many consecutive bits form the value (bit i = at + i). */
+  count: z.int().min(1).max(16).optional(),
+  /** Multi-register values: `big` puts the most significant word first, `little` the least. */
+  wordOrder: z.enum(['big', 'little']).default('big'),
+};
+
+const bitRule = z.strictObject({
+  /** Bits that must be 1. */
+  set: z.array(z.int().min(0).max(15)).default([]),
+  /** Bits that must be 0. */
+  clear: z.array(z.int().min(0).max(15)).default([]),
+});
+
+/** An integer code: state, fault, sequence echo, command code, sequence number. */
+const codeField = z.strictObject({
+  ...location,
+  type: z.enum(['uint16', 'int16', 'uint32', 'int32']).default('uint16'),
+});
+
+/** The state: a code (controller.stateCodes) or a status word decoded by a bit table. */
+const stateField = codeField.extend({
+  /**
+   * state name → the bits that must be set and clear; the first state (in file order) whose
+   * rule matches is the state. A value no rule matches reads as UNKNOWN(0x…).
+   */
+  bits: z.record(z.string().min(1), bitRule).optional(),
+});
+
+/** A percentage: value = raw × scale + offset (0.1 % registers: scale 0.1). */
+const scaledField = z.strictObject({
+  ...location,
+  type: z.enum(['uint16', 'int16', 'uint32', 'int32', 'float32']).default('uint16'),
+  scale: z
+    .number()
+    .refine((v) => v !== 0 && Number.isFinite(v), 'must be a finite number other than 0')
+    .default(1),
+  offset: z.number().default(0),
+});
+
+/** A time in epoch milliseconds, unsigned 64-bit (four registers). */
+const timeField = z.strictObject({
+  ...location,
+  type: z.literal('uint64').default('uint64'),
+});
+
+export const modbusMapSchema = z.strictObject({
+  /**
+   * Status fields of one table at most this many unused registers apart are read in one
+   * request (the unused registers must be readable: a PLC answers exception 02 for an
+   * unmapped address). 0 reads only contiguous fields together.
+   */
+  maxGap: z.int().min(0).max(120).default(8),
+  status: z.strictObject({
+    state: stateField,
+    position: scaledField.optional(),
+    fault: codeField.optional(),
+    seqEcho: codeField.optional(),
+    /** The controller time of the scan that published the image (its source time). */
+    time: timeField.optional(),
+    /** The controller's live clock, read to measure its skew (SPEC §6). */
+    clock: timeField.optional(),
+  }),
+  /** Written with one FC16 request: the fields must cover one contiguous register range. */
+  command: z.strictObject({
+    code: codeField,
+    setpoint: scaledField.optional(),
+    seq: codeField.optional(),
+  }),
+});
+
+export type ModbusMap = z.output<typeof modbusMapSchema>;
+export type StatusFieldName = keyof ModbusMap['status'];
+export type CommandFieldName = keyof ModbusMap['command'];
+type AnyField = z.output<typeof codeField> | z.output<typeof scaledField> | z.output<typeof timeField>;
+
+/** Registers (or bits) a field occupies. */
+export function fieldWidth(field: AnyField): number {
+  if (field.table === 'coil' || field.table === 'discrete') return field.count ?? 1;
+  return TYPE_WIDTH[field.type];
+}
+
+/** The field's first address for a device at `base`. */
+export function fieldAddress(field: AnyField, base: number): number {
+  return field.address ?? base + (field.at ?? 0);
+}
+
+/**
+ * Checks a register map beyond its schema: each field placed exactly once, widths and tables
+ * that fit, no two fields on one register, a command that one write can carry, and the fields
+ * the controller section promises. Every problem is returned with its path.
+ */
+export function checkModbusMap(
+  map: ModbusMap,
+  context: {
+    readonly states: readonly string[];
+    readonly echoesSeq: boolean;
+    readonly hasMove: boolean;
+    readonly stateCodes: boolean;
+  },
+): string[] {
+  const errors: string[] = [];
+  const placed: {
+    name: string;
+    table: RegisterTable;
+    absolute: boolean;
+    start: number;
+    end: number;
+  }[] = [];
+  const check = (section: 'status' | 'command', name: string, field: AnyField): void => {
+    const path = `modbus.${section}.${name}`;
+    if ((field.at === undefined) === (field.address === undefined)) {
+      errors.push(
+        `${path}: give exactly one of "at" (from the device's base) or "address" (absolute)`,
+      );
+    }
+    const bitTable = field.table === 'coil' || field.table === 'discrete';
+    if (bitTable && (name !== 'state' || field.type !== 'uint16')) {
+      errors.push(
+        `${path}.table: ${field.table} bits can carry the state only (a bit table with "bits" or a code)`,
+      );
+    }
+    if (!bitTable && field.count !== undefined) {
+      errors.push(`${path}.count: only for coils and discrete inputs`);
+    }
+    if (section === 'command' && field.table !== 'holding') {
+      errors.push(`${path}.table: commands are written to holding registers`);
+    }
+    const absolute = field.address !== undefined;
+    const start = fieldAddress(field, 0);
+    const width = fieldWidth(field);
+    if (absolute && start + width > 65536) {
+      errors.push(`${path}: registers ${start}..${start + width - 1} run past 65535`);
+    }
+    // Relative and absolute fields are compared among themselves; the site check compares
+    // them once the device's base is known.
+    const clash = placed.find(
+      (other) =>
+        other.table === field.table &&
+        other.absolute === absolute &&
+        start < other.end &&
+        other.start < start + width,
+    );
+    if (clash !== undefined) {
+      errors.push(`${path}: ${field.table} ${start}..${start + width - 1} overlaps ${clash.name}`);
+    }
+    placed.push({ name: path, table: field.table, absolute, start, end: start + width });
+  };
+  for (const [name, field] of Object.entries(map.status)) {
+    if (field !== undefined) check('status', name, field);
+  }
+  for (const [name, field] of Object.entries(map.command)) {
+    if (field !== undefined) check('command', name, field);
+  }
+
+  const { state, seqEcho, time, clock, position } = map.status;
+  if (state.bits === undefined && !context.stateCodes) {
+    errors.push(
+      'modbus.status.state: a state code needs controller.stateCodes (or decode a status word with "bits")',
+    );
+  }
+  if (state.bits !== undefined) {
+    const width = state.table === 'coil' || state.table === 'discrete' ? (state.count ?? 1) : 16;
+    for (const [name, rule] of Object.entries(state.bits)) {
+      if (!context.states.includes(name)) {
+        errors.push(`modbus.status.state.bits.${name}: unknown state "${name}"`);
+      }
+      for (const bit of [...rule.set, ...rule.clear]) {
+        if (bit >= width) {
+          errors.push(`modbus.status.state.bits.${name}: bit ${bit} is not in a ${width}-bit value`);
+        }
+      }
+      if (rule.set.some((bit) => rule.clear.includes(bit))) {
+        errors.push(`modbus.status.state.bits.${name}: a bit cannot be both set and clear`);
+      }
+    }
+    if (state.type !== 'uint16' && state.type !== 'int16') {
+      errors.push('modbus.status.state.type: a bit-decoded status word is one 16-bit register');
+    }
+  }
+  if (context.echoesSeq && seqEcho === undefined) {
+    errors.push(
+      'modbus.status.seqEcho: required when controller.echoesSeq is true (map the echo, or set echoesSeq: false)',
+    );
+  }
+  if (!context.echoesSeq && seqEcho !== undefined) {
+    errors.push('modbus.status.seqEcho: mapped, but controller.echoesSeq is false');
+  }
+  if (context.echoesSeq && map.command.seq === undefined) {
+    errors.push('modbus.command.seq: required when controller.echoesSeq is true');
+  }
+  if (time !== undefined && clock === undefined) {
+    // A source time means nothing without the controller's clock offset: read alone, an
+    // image time would be taken as gateway time.
+    errors.push(
+      'modbus.status.time: needs modbus.status.clock (the live controller clock) to measure the skew against',
+    );
+  }
+  if (context.hasMove && map.command.setpoint === undefined) {
+    errors.push('modbus.command.setpoint: required for a profile with the move action');
+  }
+  if (context.hasMove && position === undefined) {
+    errors.push('modbus.status.position: required for a profile with the move action');
+  }
+
+  // One FC16 request carries the whole command: its fields must tile one register range.
+  const commandFields: [string, AnyField][] = [];
+  for (const [name, field] of Object.entries(map.command)) {
+    if (field !== undefined) commandFields.push([name, field]);
+  }
+  const absolute = commandFields.filter(([, f]) => f.address !== undefined).length;
+  if (absolute !== 0 && absolute !== commandFields.length) {
+    errors.push('modbus.command: use "at" for every command field, or "address" for every one');
+  } else {
+    const spans = commandFields
+      .map(([name, f]) => ({
+        name,
+        start: fieldAddress(f, 0),
+        end: fieldAddress(f, 0) + fieldWidth(f),
+      }))
+      .sort((a, b) => a.start - b.start);
+    for (let i = 1; i < spans.length; i++) {
+      const previous = spans[i - 1];
+      const span = spans[i];
+      if (previous !== undefined && span !== undefined && span.start > previous.end) {
+        errors.push(
+          `modbus.command: registers ${previous.end}..${span.start - 1} between ${previous.name} and ${span.name} are not mapped; one write must carry the whole command, so the command fields must be contiguous`,
+        );
+      }
+    }
+    const first = spans[0];
+    const last = spans[spans.length - 1];
+    if (first !== undefined && last !== undefined && last.end - first.start > 123) {
+      errors.push('modbus.command: more than 123 registers cannot be written in one request');
+    }
+  }
+  return errors;
+}
