@@ -195,7 +195,10 @@ export class ConfirmationLoop {
             code: 'ILLEGAL_TRANSITION',
             faultCode: '0x88',
             observed: observe(readback),
-            detail: `the controller refused ${record.action} from ${readback.state} (fault 0x88); the mirror resynchronises`,
+            detail:
+              profile.controller.refusal === 'fault'
+                ? `the controller refused ${record.action} from ${ctx.before.state} (fault 0x88) and went to ${readback.state}, as it does with a refused command; a reset clears it`
+                : `the controller refused ${record.action} from ${readback.state} (fault 0x88) and stays in it; the mirror resynchronises`,
           });
           // I4: the mirror was wrong; resynchronise it from a fresh read.
           await this.reads.tryRead(lane, log);
@@ -206,7 +209,11 @@ export class ConfirmationLoop {
             code: 'DEVICE_FAULT',
             faultCode: verdict.faultCode,
             observed: observe(readback),
-            detail: `the controller took the command and went to ${readback.state}${verdict.faultCode === null ? '' : ` (fault ${verdict.faultCode})`}`,
+            detail: `the controller took the command and went to ${readback.state}${verdict.faultCode === null ? '' : ` (fault ${verdict.faultCode})`}${
+              profile.controller.refusal === 'fault' && !profile.controller.echoesSeq
+                ? `; this controller also goes to ${readback.state} when it refuses a command, and without an echo the two cannot be told apart`
+                : ''
+            }`,
           });
           return;
         case 'wrong-state':

@@ -104,7 +104,8 @@ export const modbusMapSchema = z.strictObject({
 export type ModbusMap = z.output<typeof modbusMapSchema>;
 export type StatusFieldName = keyof ModbusMap['status'];
 export type CommandFieldName = keyof ModbusMap['command'];
-type AnyField = z.output<typeof codeField> | z.output<typeof scaledField> | z.output<typeof timeField>;
+type AnyField =
+  z.output<typeof codeField> | z.output<typeof scaledField> | z.output<typeof timeField>;
 
 /** Registers (or bits) a field occupies. */
 export function fieldWidth(field: AnyField): number {
@@ -199,7 +200,9 @@ export function checkModbusMap(
       }
       for (const bit of [...rule.set, ...rule.clear]) {
         if (bit >= width) {
-          errors.push(`modbus.status.state.bits.${name}: bit ${bit} is not in a ${width}-bit value`);
+          errors.push(
+            `modbus.status.state.bits.${name}: bit ${bit} is not in a ${width}-bit value`,
+          );
         }
       }
       if (rule.set.some((bit) => rule.clear.includes(bit))) {

@@ -15,7 +15,10 @@ const cellSchema = z.discriminatedUnion('effect', [
     confirm: z.array(z.string().min(1)).min(1),
   }),
   z.strictObject({ effect: z.literal('noop'), confirm: z.array(z.string().min(1)).min(1) }),
-  z.strictObject({ effect: z.literal('reject'), code: z.enum(['ILLEGAL_TRANSITION', 'LOCAL_MODE']) }),
+  z.strictObject({
+    effect: z.literal('reject'),
+    code: z.enum(['ILLEGAL_TRANSITION', 'LOCAL_MODE']),
+  }),
 ]);
 
 const timingSchema = z.strictObject({
@@ -143,10 +146,12 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
   const codes = p.controller.stateCodes;
   if (codes !== undefined) {
     for (const state of p.states) {
-      if (codes[state] === undefined) errors.push(`controller.stateCodes.${state}: missing state code`);
+      if (codes[state] === undefined)
+        errors.push(`controller.stateCodes.${state}: missing state code`);
     }
     for (const state of Object.keys(codes)) {
-      if (!states.has(state)) errors.push(`controller.stateCodes.${state}: unknown state "${state}"`);
+      if (!states.has(state))
+        errors.push(`controller.stateCodes.${state}: unknown state "${state}"`);
     }
   }
   for (const action of Object.keys(p.controller.commandCodes)) {
@@ -167,13 +172,20 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
   if (p.opcua !== undefined) {
     const { status, command } = p.opcua;
     if (p.controller.echoesSeq && (status.seqEcho === undefined || command.seq === undefined)) {
-      errors.push('opcua: status.seqEcho and command.seq are required when controller.echoesSeq is true');
+      errors.push(
+        'opcua: status.seqEcho and command.seq are required when controller.echoesSeq is true',
+      );
     }
     if (!p.controller.echoesSeq && status.seqEcho !== undefined) {
       errors.push('opcua.status.seqEcho: mapped, but controller.echoesSeq is false');
     }
-    if (p.actions.includes('move') && (command.setpoint === undefined || status.position === undefined)) {
-      errors.push('opcua: status.position and command.setpoint are required for a profile with the move action');
+    if (
+      p.actions.includes('move') &&
+      (command.setpoint === undefined || status.position === undefined)
+    ) {
+      errors.push(
+        'opcua: status.position and command.setpoint are required for a profile with the move action',
+      );
     }
   }
   if (p.actions.includes('move') && p.positionTolerance === undefined) {

@@ -43,8 +43,7 @@ export interface StatusPlan {
 
 /** Groups the status fields (the clock apart) into read requests. */
 export function planStatusReads(map: ModbusMap, base: number): StatusPlan {
-  const fields: { name: StatusFieldName; table: RegisterTable; start: number; end: number }[] =
-    [];
+  const fields: { name: StatusFieldName; table: RegisterTable; start: number; end: number }[] = [];
   let clock: ReadRequest | null = null;
   for (const [name, field] of Object.entries(map.status) as [StatusFieldName, StatusField][]) {
     if (field === undefined) continue;
@@ -79,7 +78,12 @@ export function planStatusReads(map: ModbusMap, base: number): StatusPlan {
   const reads = groups
     .map((g, i) => ({ g, i }))
     .sort((a, b) => rank(a.g) - rank(b.g) || a.i - b.i)
-    .map(({ g }) => ({ table: g.table, start: g.start, length: g.end - g.start, fields: g.fields }));
+    .map(({ g }) => ({
+      table: g.table,
+      start: g.start,
+      length: g.end - g.start,
+      fields: g.fields,
+    }));
   return { reads, clock };
 }
 
@@ -132,7 +136,9 @@ export function rawValue(field: Field, base: number, image: Image): number {
       let value = 0n;
       for (const w of ordered) value = (value << 16n) | BigInt(w);
       if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
-        throw new Error(`value ${value.toString()} at ${field.table} ${start} is not an epoch-ms time`);
+        throw new Error(
+          `value ${value.toString()} at ${field.table} ${start} is not an epoch-ms time`,
+        );
       }
       return Number(value);
     }
@@ -149,7 +155,10 @@ export function decodeState(profile: DeviceProfile, raw: number): string {
   const field = profile.modbus?.status.state;
   if (field?.bits !== undefined) {
     for (const [state, rule] of Object.entries(field.bits)) {
-      if (rule.set.every((b) => (raw & (1 << b)) !== 0) && rule.clear.every((b) => (raw & (1 << b)) === 0)) {
+      if (
+        rule.set.every((b) => (raw & (1 << b)) !== 0) &&
+        rule.clear.every((b) => (raw & (1 << b)) === 0)
+      ) {
         return state;
       }
     }
@@ -208,17 +217,24 @@ export function encodeCommand(
     throw new Error(`profile ${profile.profile} has no command code for ${command.action}`);
   }
   const parts: { start: number; words: number[] }[] = [
-    { start: fieldAddress(map.command.code, base), words: encode(map.command.code, code, 'command code') },
+    {
+      start: fieldAddress(map.command.code, base),
+      words: encode(map.command.code, code, 'command code'),
+    },
   ];
   const { setpoint, seq } = map.command;
   if (setpoint !== undefined) {
     const percent = command.position ?? 0;
     let raw = (percent - setpoint.offset) / setpoint.scale;
-    if (setpoint.type !== 'float32') raw = Math.round(raw);
+    // 37.55 / 0.1 is 375.49999999999994 in binary: round to 12 digits before to the integer.
+    if (setpoint.type !== 'float32') raw = Math.round(Number(raw.toPrecision(12)));
     parts.push({ start: fieldAddress(setpoint, base), words: encode(setpoint, raw, 'setpoint') });
   }
   if (seq !== undefined) {
-    parts.push({ start: fieldAddress(seq, base), words: encode(seq, command.seq, 'sequence number') });
+    parts.push({
+      start: fieldAddress(seq, base),
+      words: encode(seq, command.seq, 'sequence number'),
+    });
   }
   parts.sort((a, b) => a.start - b.start);
   const start = parts[0]?.start ?? 0;
@@ -257,7 +273,8 @@ function describeField(name: string, field: Field, base: number): string {
   const width = fieldWidth(field);
   const range = width === 1 ? `${start}` : `${start}..${start + width - 1}`;
   const bitTable = field.table === 'coil' || field.table === 'discrete';
-  const table = name === 'code' || name === 'setpoint' || name === 'seq' ? 'holding' : TABLE_FC[field.table];
+  const table =
+    name === 'code' || name === 'setpoint' || name === 'seq' ? 'holding' : TABLE_FC[field.table];
   const parts = [`${name.padEnd(9)}${table} ${range}`];
   if (!bitTable) parts.push(field.type);
   if (!bitTable && width > 1) parts.push(`${field.wordOrder}-endian words`);

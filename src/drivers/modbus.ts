@@ -102,7 +102,12 @@ export class ModbusEndpoint {
   }
 
   /** Reads from any table; coils and discrete inputs come back as 0 / 1. */
-  read(table: RegisterTable, address: number, length: number, signal?: AbortSignal): Promise<number[]> {
+  read(
+    table: RegisterTable,
+    address: number,
+    length: number,
+    signal?: AbortSignal,
+  ): Promise<number[]> {
     const label = table === 'holding' ? '' : `${table} `;
     return this.request(
       `read ${label}${address}+${length}`,

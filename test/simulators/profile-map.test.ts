@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import {
   ACTUATOR_STATE_CODES,
   COMMAND_CODES,
+  MODBUS_CLOCK_ADDRESS,
   MODBUS_COMMAND,
   MODBUS_COMMAND_LENGTH,
   MODBUS_COMMAND_OFFSET,
@@ -25,9 +26,8 @@ import { packageRoot } from '../../simulators/package-root.js';
 interface Profile {
   controller: { stateCodes: Record<string, number>; commandCodes: Record<string, number> };
   modbus: {
-    status: Record<string, number>;
-    command: Record<string, number>;
-    positionScale: number;
+    status: Record<string, { at?: number; address?: number; scale?: number; type?: string }>;
+    command: Record<string, { at?: number; scale?: number }>;
   };
   opcua: { status: Record<string, string>; command: Record<string, string> };
 }
@@ -48,17 +48,19 @@ describe('simulator constants match the device profiles', () => {
       for (const [command, code] of Object.entries(p.controller.commandCodes)) {
         expect(COMMAND_CODES[command as keyof typeof COMMAND_CODES], command).toBe(code);
       }
-      expect(p.modbus.status).toEqual({
-        offset: MODBUS_STATUS_OFFSET,
-        length: MODBUS_STATUS_LENGTH,
-        ...MODBUS_STATUS,
-      });
-      expect(p.modbus.command).toEqual({
-        offset: MODBUS_COMMAND_OFFSET,
-        length: MODBUS_COMMAND_LENGTH,
-        ...MODBUS_COMMAND,
-      });
-      expect(p.modbus.positionScale).toBe(MODBUS_POSITION_SCALE);
+      const { status, command } = p.modbus;
+      for (const [field, index] of Object.entries(MODBUS_STATUS)) {
+        expect(status[field]?.at, field).toBe(MODBUS_STATUS_OFFSET + index);
+      }
+      expect(MODBUS_STATUS.time + 4).toBe(MODBUS_STATUS_LENGTH);
+      expect(status.time?.type).toBe('uint64');
+      expect(status.clock).toEqual({ address: MODBUS_CLOCK_ADDRESS, type: 'uint64' });
+      for (const [field, index] of Object.entries(MODBUS_COMMAND)) {
+        expect(command[field]?.at, field).toBe(MODBUS_COMMAND_OFFSET + index);
+      }
+      expect(Object.keys(command)).toHaveLength(MODBUS_COMMAND_LENGTH);
+      expect(status.position?.scale).toBe(1 / MODBUS_POSITION_SCALE);
+      expect(command.setpoint?.scale).toBe(1 / MODBUS_POSITION_SCALE);
       expect(Object.values(p.opcua.command)).toEqual([...OPCUA_COMMAND_VARIABLES]);
       for (const variable of Object.values(p.opcua.status)) {
         expect(OPCUA_STATUS_VARIABLES).toContain(variable);

@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { checkInventory, inventorySchema } from '../../src/drivers/inventory.js';
+import { PROFILES } from '../helpers/fixtures.js';
+
+/** Site-file mistakes in the device inventory, each refused with its path and a reason. */
+
+const plc = { protocol: 'modbus', host: '127.0.0.1', port: 5020 } as const;
+
+function schemaErrors(input: unknown): string[] {
+  const result = inventorySchema.safeParse(input);
+  return result.success ? [] : result.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+}
+
+describe('device inventory', () => {
+  it('a misspelt PLC or device key is an error, not a silent default', () => {
+    expect(
+      schemaErrors({
+        plcs: { p: { ...plc, clockRegistr: 120 } },
+        devices: { v: { plc: 'p', profile: 'valve', base: 0, bsae: 100 } },
+      }),
+    ).toEqual(['plcs.p: Unrecognized key: "clockRegistr"', 'devices.v: Unrecognized key: "bsae"']);
+  });
+
+  it('clockRegister moved to the profile, and the error says where', () => {
+    expect(schemaErrors({ plcs: { p: { ...plc, clockRegister: 120 } }, devices: {} })).toEqual([
+      'plcs.p.clockRegister: no longer a PLC setting: the controller clock is the profile field modbus.status.clock (docs/device-profiles.md)',
+    ]);
+  });
+
+  it('a base that pushes a field past register 65535', () => {
+    const inventory = inventorySchema.parse({
+      plcs: { p: plc },
+      devices: { v: { plc: 'p', profile: 'float-positioner', base: 65520 } },
+    });
+    expect(checkInventory(inventory, PROFILES)).toEqual([
+      'devices.v.base: 65520 puts profile "float-positioner" field modbus.status.time at 65539, past register 65535',
+      'devices.v.base: 65520 puts profile "float-positioner" field modbus.status.clock at 65543, past register 65535',
+    ]);
+  });
+
+  it('two devices whose command registers overlap on one PLC', () => {
+    const inventory = inventorySchema.parse({
+      plcs: { p: plc },
+      devices: {
+        a: { plc: 'p', profile: 'valve', base: 0 },
+        b: { plc: 'p', profile: 'float-positioner', base: 11 },
+      },
+    });
+    expect(checkInventory(inventory, PROFILES)).toEqual([
+      'devices.b.base: its command registers 11..14 overlap those of device a (10..12) on PLC p',
+    ]);
+  });
+});
