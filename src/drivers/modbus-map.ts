@@ -45,7 +45,7 @@ export interface StatusPlan {
 export function planStatusReads(map: ModbusMap, base: number): StatusPlan {
   const fields: { name: StatusFieldName; table: RegisterTable; start: number; end: number }[] = [];
   let clock: ReadRequest | null = null;
-  for (const [name, field] of Object.entries(map.status) as [StatusFieldName, StatusField][]) {
+  for (const [name, field] of Object.entries(map.status) as [StatusFieldName, StatusField | undefined][]) {
     if (field === undefined) continue;
     const start = fieldAddress(field, base);
     const end = start + fieldWidth(field);
@@ -99,7 +99,7 @@ export class Image {
   words(table: RegisterTable, start: number, width: number): number[] {
     for (const b of this.blocks) {
       if (b.table === table && start >= b.start && start + width <= b.start + b.values.length) {
-        return b.values.slice(start - b.start, start - b.start + width) as number[];
+        return b.values.slice(start - b.start, start - b.start + width);
       }
     }
     throw new Error(`${table} ${start}+${width} was not read`);
@@ -179,7 +179,6 @@ function encode(field: CommandField, value: number, what: string): number[] {
       throw new RangeError(`${what} ${value} does not fit the register's ${field.type}`);
     }
   };
-  let words: number[];
   switch (field.type) {
     case 'uint16':
       range(0, 0xffff);
@@ -200,7 +199,7 @@ function encode(field: CommandField, value: number, what: string): number[] {
       buffer.writeFloatBE(value, 0);
       break;
   }
-  words = [buffer.readUInt16BE(0), buffer.readUInt16BE(2)];
+  const words = [buffer.readUInt16BE(0), buffer.readUInt16BE(2)];
   return field.wordOrder === 'big' ? words : words.reverse();
 }
 
