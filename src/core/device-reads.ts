@@ -1,6 +1,7 @@
 import { addSample, crossingInMs, driftPpm, skewExceeds } from './controller-clock.js';
 import type { ExecutionHost, Lane } from './lane.js';
 import type { Logger } from './logger.js';
+import { readFailed, readSucceeded, type ReadTime } from './read-failures.js';
 import {
   contradictsSkew,
   estimateSkew,
@@ -12,6 +13,10 @@ import {
 
 /** An image this much older than its read is frozen or from a clock set back. */
 const OLD_IMAGE_MS = 5_000;
+
+/** How the two kinds of reads are named in the log. */
+const STATUS_READS = 'device reads';
+const CLOCK_READS = 'controller clock reads';
 
 /**
  * Reading a device for the core: every readback carries the monotonic bracket of its read, and
@@ -25,15 +30,13 @@ export class DeviceReads {
     this.host = host;
   }
 
-  /** One read; null (logged) when it failed or named a state the profile does not know. */
+  /**
+   * One read; null when it failed or named a state the profile does not know (kept on the lane
+   * and logged as read-failures.ts says).
+   */
   async tryRead(lane: Lane, log: Logger): Promise<TimedReadback | null> {
-    const result = await this.read(lane);
-    if ('error' in result) {
-      if (result.unknownState) log.warn({ err: result.error }, 'readback refused');
-      else log.debug({ err: result.error }, 'readback failed');
-      return null;
-    }
-    return result.readback;
+    const result = await this.read(lane, log);
+    return 'error' in result ? null : result.readback;
   }
 
   /**
@@ -44,11 +47,12 @@ export class DeviceReads {
     lane: Lane,
     done: () => boolean,
     notBeforeMono: number,
+    log: Logger,
   ): Promise<{ readback: TimedReadback | null; lastError: string | null }> {
     let lastError: string | null = null;
     let pause = lane.binding.profile.timing.pollIntervalMs;
     for (;;) {
-      const result = await this.read(lane);
+      const result = await this.read(lane, log);
       if ('error' in result) lastError = result.error;
       else if (result.readback.requestedMono >= notBeforeMono) {
         return { readback: result.readback, lastError };
@@ -99,6 +103,7 @@ export class DeviceReads {
       const previous = lane.skew;
       lane.skew = estimateSkew(sample, { requestedMono, receivedMono }, epoch);
       addSample(lane.skewSamples, lane.skew);
+      readSucceeded(lane.clockReads, CLOCK_READS, this.readTime(), log);
       this.judgeClock(lane, lane.skew, log);
       if (previous !== null && Math.abs(previous.monoOffsetMs - lane.skew.monoOffsetMs) > 1_000) {
         log.warn(
@@ -111,7 +116,9 @@ export class DeviceReads {
       }
       return lane.skew;
     } catch (error) {
-      log.debug({ err: error }, 'controller clock read failed');
+      // A read cut short by a stop or the shutdown says nothing about the controller.
+      if (aborted(lane)) log.debug({ err: error }, 'controller clock read aborted');
+      else readFailed(lane.clockReads, CLOCK_READS, errorText(error), this.readTime(), log);
       return null;
     }
   }
@@ -148,12 +155,15 @@ export class DeviceReads {
     lane.skew = null;
   }
 
+  private readTime(): ReadTime {
+    return { now: this.host.clock.now(), mono: this.host.clock.elapsed() };
+  }
+
+  /** One read; a failure is kept on the lane and logged (read-failures.ts). */
   private async read(
     lane: Lane,
-  ): Promise<
-    | { readonly readback: TimedReadback }
-    | { readonly error: string; readonly unknownState: boolean }
-  > {
+    log: Logger,
+  ): Promise<{ readonly readback: TimedReadback } | { readonly error: string }> {
     const { driver, profile } = lane.binding;
     const requestedMono = this.host.clock.elapsed();
     let readback: TimedReadback;
@@ -166,11 +176,19 @@ export class DeviceReads {
         epoch: driver.health().connectionEpoch,
       };
     } catch (error) {
-      return { error: error instanceof Error ? error.message : String(error), unknownState: false };
+      const message = errorText(error);
+      // A read cut short by a stop or the shutdown says nothing about the device.
+      if (aborted(lane)) log.debug({ err: error }, 'readback aborted');
+      else readFailed(lane.statusReads, STATUS_READS, message, this.readTime(), log);
+      return { error: message };
     }
     if (!profile.states.includes(readback.state)) {
-      return { error: `unknown controller state "${readback.state}"`, unknownState: true };
+      // Not a readback the core may act on (and not mirrored): a failed read, said once.
+      const message = `unknown controller state "${readback.state}"`;
+      readFailed(lane.statusReads, STATUS_READS, message, this.readTime(), log);
+      return { error: message };
     }
+    readSucceeded(lane.statusReads, STATUS_READS, this.readTime(), log);
     const skew = this.usableSkew(lane);
     if (contradictsSkew(readback, skew)) {
       // The image claims to be produced after its answer arrived: the clock stepped forward.
@@ -193,6 +211,10 @@ export class DeviceReads {
     this.host.mirror(lane, readback);
     return { readback };
   }
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 /** A function, not a property read: the flag changes across awaits (and narrowing forgets). */

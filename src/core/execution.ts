@@ -41,6 +41,7 @@ export class CommandExecution {
       lane,
       () => clock.now() >= record.deadline,
       clock.elapsed(),
+      log,
     );
     if (aborted(lane)) return;
     if (read.readback === null) {

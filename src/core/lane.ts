@@ -3,6 +3,7 @@ import type { Clock } from './clock.js';
 import type { CommandRecord, CommandRef, Journal, Observation } from './journal.js';
 import type { Logger } from './logger.js';
 import type { DeviceBinding } from './pipeline.js';
+import type { ReadFailures } from './read-failures.js';
 import type { SkewSample } from './controller-clock.js';
 import type { SkewEstimate, TimedReadback } from './skew.js';
 
@@ -46,6 +47,10 @@ export interface Lane {
   clockOff: { readonly since: number; readonly offsetMs: number; readonly maxMs: number } | null;
   /** When an image far older than its read last had the clock measured again (monotonic). */
   oldImageCheckMono: number | null;
+  /** The device's status reads failing in a row, if they do (read-failures.ts). */
+  readonly statusReads: ReadFailures;
+  /** Its controller clock reads failing in a row, if they do. */
+  readonly clockReads: ReadFailures;
   lastWrite: LastWrite | null;
   /**
    * Aborted when the pipeline stops, or when a stop preempts the command being handled (SPEC

@@ -33,6 +33,7 @@ import { summarizeOpen, type OpenCommands } from './open-commands.js';
 import type { Claim, CommandRecord, CommandRef, Journal, JournalEvent } from './journal.js';
 import type { Logger } from './logger.js';
 import type { DeviceProfile } from './profile.js';
+import { noReadFailures, type ReadFailure } from './read-failures.js';
 import { renderResult } from './result.js';
 import type { SkewEstimate, TimedReadback } from './skew.js';
 
@@ -86,7 +87,18 @@ export interface DeviceView {
   readonly profile: string;
   readonly mirror: Readback | null;
   readonly skew: SkewEstimate | null;
+  /** The driver's connection: shared by every device of a Modbus PLC. */
   readonly health: DeviceHealth;
+  /**
+   * This device's own reads failing in a row (null: the last one succeeded). A connection
+   * that is up says nothing about them: a register map that points at registers the PLC
+   * does not have fails every read on a healthy connection.
+   */
+  readonly readError: ReadFailure | null;
+  /** Its controller clock reads failing in a row (null: the last one succeeded). */
+  readonly clockReadError: ReadFailure | null;
+  /** Failed reads since the daemon started: status and controller clock. */
+  readonly readErrors: { readonly status: number; readonly clock: number };
   readonly queued: number;
   readonly inFlight: string | null;
   /** A command left open and waiting to be taken up again: the device waits for it. */
@@ -153,6 +165,8 @@ export class CommandPipeline {
         skewSamples: [],
         clockOff: null,
         oldImageCheckMono: null,
+        statusReads: noReadFailures(),
+        clockReads: noReadFailures(),
         signal: this.abort.signal,
         preempt: null,
         interrupted: null,
@@ -198,6 +212,9 @@ export class CommandPipeline {
       mirror: lane.mirror,
       skew: lane.skew,
       health: lane.binding.driver.health(),
+      readError: lane.statusReads.current,
+      clockReadError: lane.clockReads.current,
+      readErrors: { status: lane.statusReads.total, clock: lane.clockReads.total },
       queued: lane.queue.length,
       inFlight: lane.inFlight?.key ?? null,
       unresolved: lane.unresolved?.key ?? null,

@@ -336,11 +336,17 @@ export class Daemon {
       }
       const age = d.mirror === null ? null : now - d.mirror.receivedAt;
       const ok = age !== null && age < READBACK_STALE_MS;
+      // The device's own failing reads say why; else its connection's last error may.
+      const failing =
+        d.readError === null
+          ? null
+          : `reads fail since ${new Date(d.readError.since).toISOString()} (${d.readError.failures} in a row): ${d.readError.message}`;
+      const why = failing ?? d.health.lastError;
       checks[`device:${d.id}`] = {
         ok,
         detail: ok
-          ? `readback ${age} ms ago`
-          : `no readback for ${age === null ? 'ever' : `${age} ms`}${d.health.lastError === null ? '' : `: ${d.health.lastError}`}`,
+          ? `readback ${age} ms ago${failing === null ? '' : `; ${failing}`}`
+          : `no readback for ${age === null ? 'ever' : `${age} ms`}${why === null ? '' : `: ${why}`}`,
       };
     }
     return { ready: Object.values(checks).every((c) => c.ok), checks };

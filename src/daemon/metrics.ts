@@ -70,6 +70,38 @@ export class Metrics {
       },
     });
     new Gauge({
+      name: 'sluice_device_read_failing',
+      help: "Whether the device's last status read failed (1) or succeeded (0); connected or not.",
+      labelNames: ['device'],
+      registers,
+      collect() {
+        for (const d of pipeline.devices()) {
+          this.set({ device: d.id }, d.readError === null ? 0 : 1);
+        }
+      },
+    });
+    // The totals are kept by the pipeline; each scrape shows them as they stand.
+    new Counter({
+      name: 'sluice_device_read_errors_total',
+      help: 'Failed status reads of the device (errors, refusals, unknown states) since start.',
+      labelNames: ['device'],
+      registers,
+      collect() {
+        this.reset();
+        for (const d of pipeline.devices()) this.inc({ device: d.id }, d.readErrors.status);
+      },
+    });
+    new Counter({
+      name: 'sluice_controller_clock_read_errors_total',
+      help: 'Failed controller clock reads of the device since start.',
+      labelNames: ['device'],
+      registers,
+      collect() {
+        this.reset();
+        for (const d of pipeline.devices()) this.inc({ device: d.id }, d.readErrors.clock);
+      },
+    });
+    new Gauge({
       name: 'sluice_device_readback_age_seconds',
       help: 'Age of the last readback of the device.',
       labelNames: ['device'],

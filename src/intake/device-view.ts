@@ -1,6 +1,15 @@
 import type { DeviceView } from '../core/pipeline.js';
 import type { Observation } from '../core/journal.js';
+import type { ReadFailure } from '../core/read-failures.js';
 import { observe } from '../core/readback.js';
+
+/** A device's reads failing in a row: the last error, since when, how many. */
+export interface ReadErrorDocument {
+  readonly message: string;
+  readonly since: string;
+  readonly lastAt: string;
+  readonly failures: number;
+}
 
 /** A device as `GET /v1/devices` shows it: the mirror, its age, skew and connectivity. */
 export interface DeviceDocument {
@@ -24,17 +33,37 @@ export interface DeviceDocument {
     readonly offsetMs: number;
     readonly maxMs: number;
   } | null;
+  /**
+   * `connected`, `lastGoodReadAt`, `errorCount` and `lastError` are the driver's connection
+   * (shared by every device of a Modbus PLC); `readError` and `clockReadError` are this
+   * device's own reads: connected with a `readError` means the PLC answers and refuses them.
+   */
   readonly connectivity: {
     readonly connected: boolean;
     readonly lastGoodReadAt: string | null;
     readonly errorCount: number;
     readonly lastError: string | null;
+    /** Null when the device's last status read succeeded. */
+    readonly readError: ReadErrorDocument | null;
+    /** Null when its last controller clock read succeeded. */
+    readonly clockReadError: ReadErrorDocument | null;
   };
   readonly queued: number;
   readonly inFlight: string | null;
 }
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+
+function readErrorDocument(failure: ReadFailure | null): ReadErrorDocument | null {
+  return failure === null
+    ? null
+    : {
+        message: failure.message,
+        since: new Date(failure.since).toISOString(),
+        lastAt: new Date(failure.lastAt).toISOString(),
+        failures: failure.failures,
+      };
+}
 
 export function deviceDocument(view: DeviceView, allowed: boolean, now: number): DeviceDocument {
   const m = view.mirror;
@@ -66,6 +95,8 @@ export function deviceDocument(view: DeviceView, allowed: boolean, now: number):
       lastGoodReadAt: iso(view.health.lastGoodReadAt),
       errorCount: view.health.errorCount,
       lastError: view.health.lastError,
+      readError: readErrorDocument(view.readError),
+      clockReadError: readErrorDocument(view.clockReadError),
     },
     queued: view.queued,
     inFlight: view.inFlight,
