@@ -7,7 +7,7 @@ import type { DeviceProfile } from '../core/profile.js';
 import { checkInventory, deviceSchema, plcSchema } from '../drivers/inventory-schema.js';
 import { topicFilterProblem, topicRootProblem } from '../intake/mqtt-topics.js';
 import { packageRoot } from '../package-root.js';
-import { loadProfiles } from '../profiles/load.js';
+import { readProfiles } from '../profiles/load.js';
 
 /**
  * The daemon's configuration: one YAML file, one schema. Precedence: schema defaults < file <
@@ -320,18 +320,32 @@ export function loadConfig(
   return config;
 }
 
+/** The folder the daemon loads device profiles from: profilesDir, or the bundled profiles. */
+export function profilesDirOf(c: SluiceConfig): string {
+  return c.profilesDir ?? join(packageRoot(), 'devices', 'profiles');
+}
+
+/**
+ * The device profiles a configuration names, every problem found in their folder with the
+ * path that set it (`profilesDir`, or the bundled profiles).
+ */
+export function deviceProfiles(c: SluiceConfig): {
+  profiles: Map<string, DeviceProfile>;
+  errors: string[];
+} {
+  const where = c.profilesDir === undefined ? '(bundled profiles)' : 'profilesDir';
+  const { profiles, errors } = readProfiles(profilesDirOf(c));
+  return { profiles, errors: errors.map((e) => `${where}: ${e}`) };
+}
+
 /**
  * The device inventory against the device profiles it names (the same check the daemon runs
- * at start), so that `sluiced --check` finds what the daemon would refuse.
+ * at start), so that `sluiced --check` finds what the daemon would refuse. A device whose
+ * profile could not be read is not reported again as naming an unknown profile.
  */
 function checkDevices(c: SluiceConfig): string[] {
-  let profiles: ReadonlyMap<string, DeviceProfile>;
-  try {
-    profiles = loadProfiles(c.profilesDir ?? join(packageRoot(), 'devices', 'profiles'));
-  } catch (error) {
-    const where = c.profilesDir === undefined ? '(bundled profiles)' : 'profilesDir';
-    return [`${where}: ${error instanceof Error ? error.message : String(error)}`];
-  }
+  const { profiles, errors } = deviceProfiles(c);
+  if (errors.length > 0) return errors;
   return checkInventory({ plcs: c.plcs, devices: c.devices }, profiles);
 }
 

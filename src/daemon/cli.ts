@@ -1,9 +1,14 @@
 #!/usr/bin/env node
-// sluiced — the Sluice daemon. `sluiced --config FILE` runs it; `--check` validates the
-// configuration and exits. Exit codes: 0 clean stop, 1 runtime failure, 2 invalid configuration.
+// sluiced — the Sluice daemon. `sluiced --config FILE` runs it; `--check` runs every check the
+// start runs (schema, cross-references, device profiles and inventory, the files it reads),
+// creates nothing, and prints what the daemon would run. Exit codes: 0 clean stop (or a valid
+// configuration), 1 runtime failure, 2 invalid configuration — at start as under --check, and
+// before anything is created on disk.
 import { Command, Option } from 'commander';
 import { pino } from 'pino';
-import { ConfigError, loadConfig } from '../config/config.js';
+import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
+import { preflight, type Preflight } from '../config/preflight.js';
+import { checkSummary } from './check-summary.js';
 import type { Daemon } from './daemon.js';
 
 const program = new Command()
@@ -20,7 +25,7 @@ const program = new Command()
       'trace',
     ]),
   )
-  .option('--check', 'validate the configuration and exit')
+  .option('--check', 'run every start-up check, create nothing, print what would run, and exit')
   .option('--shutdown-bound <ms>', 'time in-flight commands get to settle at SIGTERM', '10000');
 program.parse();
 const opts = program.opts<{
@@ -30,11 +35,13 @@ const opts = program.opts<{
   shutdownBound: string;
 }>();
 
-let config;
+let config: SluiceConfig;
+let checked: Preflight;
 try {
   config = loadConfig(opts.config, {
     overrides: opts.logLevel === undefined ? {} : { log: { level: opts.logLevel } },
   });
+  checked = preflight(config, opts.config);
 } catch (error) {
   if (error instanceof ConfigError) {
     process.stderr.write(`sluiced: ${error.message}\n`);
@@ -43,13 +50,26 @@ try {
   throw error;
 }
 if (opts.check === true) {
-  process.stdout.write(`sluiced: ${opts.config}: configuration is valid\n`);
+  process.stdout.write(
+    [
+      `sluiced: ${opts.config}: configuration is valid (nothing was created)`,
+      '',
+      ...checkSummary(config, checked, new Date()),
+      '',
+    ].join('\n'),
+  );
   process.exit(0);
 }
 
 const logger = pino({ level: config.log.level });
 let daemon: Daemon;
 try {
+  if (Object.values(config.plcs).some((plc) => plc.protocol === 'opcua')) {
+    // Only with an OPC UA PLC: loading node-opcua takes seconds, and its own messages go to
+    // the JSON log rather than raw onto stdout.
+    const { routeOpcuaMessages } = await import('./opcua-messages.js');
+    routeOpcuaMessages(logger);
+  }
   // Loaded only now: validating a configuration (--check, errors) needs no protocol stacks.
   const { Daemon } = await import('./daemon.js');
   daemon = await Daemon.start(config, {

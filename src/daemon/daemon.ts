@@ -1,17 +1,16 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino, type Logger as PinoLogger } from 'pino';
-import { ConfigError, type SluiceConfig } from '../config/config.js';
+import type { SluiceConfig } from '../config/config.js';
+import { preflight } from '../config/preflight.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { CommandPipeline } from '../core/pipeline.js';
 import { RetentionSweeper } from '../core/retention.js';
-import { buildDrivers, checkInventory } from '../drivers/inventory.js';
+import { buildDrivers } from '../drivers/inventory.js';
 import { HttpsIntake } from '../intake/https.js';
 import { IdentityRegistry } from '../intake/identities.js';
 import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
-import { packageRoot } from '../package-root.js';
-import { loadProfiles } from '../profiles/load.js';
 import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { Metrics } from './metrics.js';
@@ -98,13 +97,11 @@ export class Daemon {
       }
     };
     try {
+      // What `sluiced --check` checks, before anything is created: a configuration error
+      // (ConfigError, exit 2) leaves no state folder, journal or PKI behind.
+      const { profiles } = preflight(config, 'configuration');
       mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
-      const profiles = loadProfiles(
-        config.profilesDir ?? join(packageRoot(), 'devices', 'profiles'),
-      );
       const inventory = { plcs: config.plcs, devices: config.devices };
-      const inventoryErrors = checkInventory(inventory, profiles);
-      if (inventoryErrors.length > 0) throw new ConfigError('configuration', inventoryErrors);
 
       const journal = SqliteJournal.open({
         path: config.journal.path ?? join(config.stateDir, 'journal.db'),

@@ -1,9 +1,9 @@
-import { spawnSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config/config.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { runSluiced } from './sluiced.js';
 
 const SITE = join(ROOT, 'devices', 'site.example.yaml');
 let dir: string;
@@ -124,32 +124,18 @@ devices:
 });
 
 describe('sluiced --config', () => {
-  const run = (args: string[]): { status: number | null; stderr: string; stdout: string } => {
-    const r = spawnSync(
-      process.execPath,
-      [
-        '--import',
-        join(ROOT, 'test/helpers/ts-register.mjs'),
-        join(ROOT, 'src/daemon/cli.ts'),
-        ...args,
-      ],
-      { encoding: 'utf8', env: { ...process.env, SLUICE_MQTT_URL: '' }, timeout: 30_000 },
-    );
-    return { status: r.status, stderr: r.stderr, stdout: r.stdout };
-  };
-
   it('exits 2 on an invalid configuration, lists the errors with paths, and touches nothing', () => {
     const path = write(
       MINIMAL.replace('port: 502', 'port: -1').replace('stateDir: state', 'stateDir: never-made'),
     );
-    const r = run(['--config', path]);
+    const r = runSluiced(['--config', path]);
     expect(r.status).toBe(2);
     expect(r.stderr).toContain('plcs.p1.port:');
     expect(existsSync(join(dir, 'never-made'))).toBe(false);
   }, 30_000);
 
   it('--check validates a good configuration and exits 0', () => {
-    const r = run(['--config', write(MINIMAL), '--check']);
+    const r = runSluiced(['--config', write(MINIMAL), '--check']);
     expect(r.stdout).toContain('configuration is valid');
     expect(r.status).toBe(0);
     expect(existsSync(join(dir, 'state'))).toBe(false);

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -8,6 +7,7 @@ import type { DeviceProfile } from '../../src/core/profile.js';
 import { checkInventory, inventorySchema } from '../../src/drivers/inventory-schema.js';
 import { loadProfiles } from '../../src/profiles/load.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { runSluiced } from './sluiced.js';
 
 /**
  * Safety margins the configuration enforces: a redispatch guard longer than the PLC's request
@@ -158,7 +158,7 @@ describe('redispatch guard against the request timeout', () => {
   it('reports a device naming an unknown profile, and an unreadable profiles folder', () => {
     const unknown = SITE.replace('profile: actuator', 'profile: damper');
     expect(errorsOf(() => loadConfig(write(unknown), { env: {} }))).toEqual([
-      'devices.dosing-actuator.profile: no profile named "damper" (have actuator, valve)',
+      `devices.dosing-actuator.profile: no profile named "damper" (have ${[...SHIPPED.keys()].join(', ')})`,
     ]);
     const missing = errorsOf(() => loadConfig(write(`profilesDir: nowhere\n${SITE}`), { env: {} }));
     expect(missing).toHaveLength(1);
@@ -167,18 +167,7 @@ describe('redispatch guard against the request timeout', () => {
 
   it('sluiced --check exits 2 with the message', () => {
     const profilesDir = profilesWithValveGuard(900);
-    const r = spawnSync(
-      process.execPath,
-      [
-        '--import',
-        join(ROOT, 'test/helpers/ts-register.mjs'),
-        join(ROOT, 'src/daemon/cli.ts'),
-        '--config',
-        write(`profilesDir: ${profilesDir}\n${SITE}`),
-        '--check',
-      ],
-      { encoding: 'utf8', env: { ...process.env, SLUICE_MQTT_URL: '' }, timeout: 30_000 },
-    );
+    const r = runSluiced(['--config', write(`profilesDir: ${profilesDir}\n${SITE}`), '--check']);
     expect(r.stderr).toContain(
       'devices.inlet-valve: profile "valve" redispatchGuardMs 900 must be longer than plcs.modbus-plc.requestTimeoutMs 1000 (raise the guard or lower the timeout)',
     );

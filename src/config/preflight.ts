@@ -1,0 +1,167 @@
+import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
+import { readFileSync, statSync, type Stats } from 'node:fs';
+import type { DeviceProfile } from '../core/profile.js';
+import { checkInventory } from '../drivers/inventory-schema.js';
+import { ConfigError, deviceProfiles, type SluiceConfig } from './config.js';
+
+/**
+ * Everything `sluiced` refuses to start with, checked before it creates anything (state
+ * folder, journal, PKI): `sluiced --check` and the daemon's start run this one function, so a
+ * configuration that passes the check does not fail at start on its configuration.
+ *
+ * loadConfig has checked the schema and the cross-references; this adds what only the files
+ * can tell: the device profiles and the inventory against them (again: a profile may have
+ * changed since), and every file the daemon reads at start — certificates, keys, tokens and
+ * passwords present, readable by the user running the check, and what they claim to be.
+ */
+
+export interface Preflight {
+  readonly profiles: ReadonlyMap<string, DeviceProfile>;
+  /** The HTTPS server certificate (the first of its file), when HTTPS is configured. */
+  readonly httpsCertificate: X509Certificate | null;
+}
+
+/** Throws ConfigError, naming `source`, with every problem found. */
+export function preflight(config: SluiceConfig, source: string): Preflight {
+  const { profiles, errors } = deviceProfiles(config);
+  if (errors.length === 0) {
+    errors.push(...checkInventory({ plcs: config.plcs, devices: config.devices }, profiles));
+  }
+  const files = checkFiles(config);
+  errors.push(...files.errors);
+  if (errors.length > 0) throw new ConfigError(source, errors);
+  return { profiles, httpsCertificate: files.httpsCertificate };
+}
+
+function checkFiles(c: SluiceConfig): {
+  errors: string[];
+  httpsCertificate: X509Certificate | null;
+} {
+  const errors: string[] = [];
+  const files = new FileChecks(errors);
+  let httpsCertificate: X509Certificate | null = null;
+  if (c.https !== undefined) {
+    const { certFile, keyFile, clientCaFile } = c.https;
+    httpsCertificate = files.certificates(certFile, 'https.certFile')?.[0] ?? null;
+    const key = files.privateKey(keyFile, 'https.keyFile');
+    if (httpsCertificate !== null && key !== null && !httpsCertificate.checkPrivateKey(key)) {
+      errors.push(`https.keyFile: ${keyFile} is not the private key of https.certFile ${certFile}`);
+    }
+    if (clientCaFile !== undefined) files.certificates(clientCaFile, 'https.clientCaFile');
+  }
+  if (c.mqtt !== undefined) {
+    const { passwordFile, caFile, certFile, keyFile } = c.mqtt;
+    if (passwordFile !== undefined) files.text(passwordFile, 'mqtt.passwordFile');
+    if (caFile !== undefined) files.certificates(caFile, 'mqtt.caFile');
+    if (certFile !== undefined && keyFile === undefined) {
+      errors.push('mqtt.keyFile: required with mqtt.certFile (a client certificate needs its key)');
+    }
+    if (keyFile !== undefined && certFile === undefined) {
+      errors.push('mqtt.certFile: required with mqtt.keyFile (a client key needs its certificate)');
+    }
+    const cert = certFile === undefined ? null : files.certificates(certFile, 'mqtt.certFile');
+    const key = keyFile === undefined ? null : files.privateKey(keyFile, 'mqtt.keyFile');
+    const first = cert?.[0];
+    if (first !== undefined && key !== null && !first.checkPrivateKey(key)) {
+      errors.push(`mqtt.keyFile: ${keyFile} is not the private key of mqtt.certFile ${certFile}`);
+    }
+  }
+  for (const [name, identity] of Object.entries(c.identities)) {
+    if (identity.tokenFile !== undefined) {
+      files.text(identity.tokenFile, `identities.${name}.tokenFile`);
+    }
+  }
+  // Created at start when missing; something else in their place cannot be used.
+  if (existsAs(c.stateDir, (s) => !s.isDirectory())) {
+    errors.push(`stateDir: ${c.stateDir} exists and is not a folder`);
+  }
+  if (c.journal.path !== undefined && existsAs(c.journal.path, (s) => s.isDirectory())) {
+    errors.push(`journal.path: ${c.journal.path} is a folder, not a journal file`);
+  }
+  return { errors, httpsCertificate };
+}
+
+/** Whether something exists at `path` and passes `test`. */
+function existsAs(path: string, test: (stats: Stats) => boolean): boolean {
+  try {
+    return test(statSync(path));
+  } catch {
+    return false;
+  }
+}
+
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+
+/** Reads files the way the daemon will, and says what is wrong with each, by its path. */
+class FileChecks {
+  constructor(private readonly errors: string[]) {}
+
+  /** The file's text, or null (and an error) when it is missing, unreadable or blank. */
+  text(path: string, what: string): string | null {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (error) {
+      this.errors.push(`${what}: ${path}: ${readProblem(error)}`);
+      return null;
+    }
+    if (text.trim().length === 0) {
+      this.errors.push(`${what}: ${path} is empty`);
+      return null;
+    }
+    return text;
+  }
+
+  /** Every PEM certificate in the file; null (and an error) when there is none or one is bad. */
+  certificates(path: string, what: string): X509Certificate[] | null {
+    const text = this.text(path, what);
+    if (text === null) return null;
+    const blocks = text.match(PEM_CERTIFICATE) ?? [];
+    if (blocks.length === 0) {
+      this.errors.push(`${what}: ${path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+      return null;
+    }
+    const certificates: X509Certificate[] = [];
+    for (const [i, block] of blocks.entries()) {
+      try {
+        certificates.push(new X509Certificate(block));
+      } catch (error) {
+        this.errors.push(
+          `${what}: ${path}: certificate ${i + 1} does not parse (${messageOf(error)})`,
+        );
+        return null;
+      }
+    }
+    return certificates;
+  }
+
+  privateKey(path: string, what: string): KeyObject | null {
+    const text = this.text(path, what);
+    if (text === null) return null;
+    try {
+      return createPrivateKey(text);
+    } catch (error) {
+      this.errors.push(
+        `${what}: ${path} is not an unencrypted PEM private key (${messageOf(error)})`,
+      );
+      return null;
+    }
+  }
+}
+
+function readProblem(error: unknown): string {
+  switch ((error as NodeJS.ErrnoException).code) {
+    case 'ENOENT':
+      return 'no such file';
+    case 'EACCES':
+      return 'not readable by this user (permission denied)';
+    case 'EISDIR':
+      return 'a folder, not a file';
+    default:
+      return messageOf(error);
+  }
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

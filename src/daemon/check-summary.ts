@@ -1,0 +1,114 @@
+import type { X509Certificate } from 'node:crypto';
+import { profilesDirOf, type SluiceConfig } from '../config/config.js';
+import type { Preflight } from '../config/preflight.js';
+import { registerMapLines } from '../drivers/modbus-map.js';
+
+/**
+ * What `sluiced --check` prints once everything passed: what the daemon would run, on one
+ * screen — the gateway, its intakes, its PLCs, and every device with its profile and the
+ * registers or nodes the driver will use. Loads no protocol stack.
+ */
+export function checkSummary(config: SluiceConfig, checked: Preflight, now: Date): string[] {
+  const lines: string[] = [];
+  /** Lines under one label, the label on the first. */
+  const section = (label: string, texts: readonly string[]): void => {
+    texts.forEach((text, i) => {
+      lines.push(`  ${(i === 0 ? label : '').padEnd(9)} ${text}`);
+    });
+  };
+
+  section('gateway', [config.gatewayId]);
+  section('state', [
+    `${config.stateDir} (journal ${config.journal.path ?? 'in the state folder'})`,
+  ]);
+  section('profiles', [`${profilesDirOf(config)}: ${[...checked.profiles.keys()].join(', ')}`]);
+
+  const h = config.https;
+  const certificate =
+    checked.httpsCertificate === null
+      ? ''
+      : `, certificate ${certificateLine(checked.httpsCertificate, now)}`;
+  const mutual =
+    h?.clientCaFile === undefined ? '' : `, client certificates from ${h.clientCaFile}`;
+  section('HTTPS', [h === undefined ? 'off' : `${h.host}:${h.port}${certificate}${mutual}`]);
+  const m = config.mqtt;
+  const protocol =
+    m?.protocolVersion === 'auto'
+      ? 'auto (5, else 3.1.1)'
+      : m?.protocolVersion === 4
+        ? '3.1.1'
+        : '5';
+  section('MQTT', [
+    m === undefined
+      ? 'off'
+      : `${m.url}, topics ${m.topicRoot}/${config.gatewayId}/#, identity ${m.identity}, protocol ${protocol}`,
+  ]);
+
+  const plcs = Object.entries(config.plcs);
+  const plcWidth = Math.max(0, ...plcs.map(([name]) => name.length));
+  section(
+    'PLCs',
+    plcs.map(([name, plc]) => {
+      const address =
+        plc.protocol === 'modbus'
+          ? `${plc.host}:${plc.port} unit ${plc.unitId}`
+          : `${plc.endpointUrl}, security ${plc.securityMode}/${plc.securityPolicy}, namespace ${plc.namespaceUri}`;
+      return `${name.padEnd(plcWidth)}  ${plc.protocol.padEnd(6)}  ${address}, timeout ${plc.requestTimeoutMs} ms`;
+    }),
+  );
+
+  const devices = Object.entries(config.devices);
+  const idWidth = Math.max(0, ...devices.map(([id]) => id.length));
+  const profileWidth = Math.max(0, ...devices.map(([, d]) => d.profile.length));
+  section(
+    'devices',
+    devices.flatMap(([id, device]) => {
+      const plc = config.plcs[device.plc];
+      const profile = checked.profiles.get(device.profile);
+      // preflight has checked both: the summary is printed only for a configuration it passed.
+      if (plc === undefined || profile === undefined) return [];
+      const head = `${id.padEnd(idWidth)}  ${device.plc.padEnd(plcWidth)}  ${device.profile.padEnd(profileWidth)}`;
+      switch (plc.protocol) {
+        case 'modbus': {
+          const base = device.base ?? 0;
+          return [`${head}  base ${base}`, ...registerMapLines(profile, base).map((l) => `  ${l}`)];
+        }
+        case 'opcua': {
+          const object = device.object ?? id;
+          const ua = profile.opcua;
+          return [
+            `${head}  object ${object}`,
+            `  nodes   nsu=${plc.namespaceUri};s=${object}.<name>`,
+            ...(ua === undefined
+              ? []
+              : [`  status  ${nodeNames(ua.status)}`, `  command ${nodeNames(ua.command)}`]),
+          ];
+        }
+      }
+    }),
+  );
+  return lines;
+}
+
+function nodeNames(fields: Readonly<Record<string, string | undefined>>): string {
+  return Object.entries(fields)
+    .filter((entry): entry is [string, string] => entry[1] !== undefined)
+    .map(([field, node]) => `${field} ${node}`)
+    .join(', ');
+}
+
+/** `CN=localhost, valid until 2027-12-01` (or EXPIRED): what an operator checks first. */
+function certificateLine(certificate: X509Certificate, now: Date): string {
+  const cn =
+    certificate.subject
+      .split('\n')
+      .find((part) => part.startsWith('CN='))
+      ?.slice(3) ?? certificate.subject.replace(/\n/g, ', ');
+  const until = new Date(certificate.validTo);
+  const day = Number.isNaN(until.getTime())
+    ? certificate.validTo
+    : until.toISOString().slice(0, 10);
+  return until.getTime() < now.getTime()
+    ? `CN=${cn}, EXPIRED on ${day}`
+    : `CN=${cn}, valid until ${day}`;
+}

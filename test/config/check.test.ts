@@ -1,0 +1,276 @@
+import { createHash } from 'node:crypto';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { generate } from 'selfsigned';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { registerMapLines } from '../../src/drivers/modbus-map.js';
+import { loadProfiles } from '../../src/profiles/load.js';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { loopbackCertificate } from '../helpers/loopback-https.js';
+import { runSluiced, startSluiced } from './sluiced.js';
+
+/**
+ * `sluiced --check` runs every check the start runs and creates nothing; a configuration the
+ * start would refuse is refused by --check, and at start with exit 2 before anything is
+ * created. On success it prints what the daemon would run.
+ */
+
+const BUNDLED = join(ROOT, 'devices', 'profiles');
+let dir: string;
+let cleanup: () => void;
+
+beforeEach(async () => {
+  ({ dir, cleanup } = tempDir('sluice-check-'));
+  mkdirSync(join(dir, 'profiles'));
+  for (const name of ['valve.yaml', 'actuator.yaml']) {
+    copyFileSync(join(BUNDLED, name), join(dir, 'profiles', name));
+  }
+  await loopbackCertificate(dir);
+  writeFileSync(join(dir, 'token'), 'plant-token\n', { mode: 0o600 });
+});
+afterEach(() => {
+  cleanup();
+});
+
+const SITE = `
+gatewayId: g1
+stateDir: state
+profilesDir: profiles
+https: { host: 127.0.0.1, port: 0, certFile: cert.pem, keyFile: key.pem }
+mqtt: { url: mqtt://127.0.0.1:1, identity: plant }
+identities:
+  plant: { tokenFile: token, devices: ['*'] }
+plcs:
+  modbus-plc: { protocol: modbus, host: 127.0.0.1, port: 5020 }
+  opcua-plc: { protocol: opcua, endpointUrl: opc.tcp://127.0.0.1:4840, namespaceUri: urn:x }
+devices:
+  inlet-valve: { plc: modbus-plc, profile: valve, base: 100 }
+  outlet-valve: { plc: opcua-plc, profile: valve, object: OV1 }
+`;
+
+function site(text = SITE): string {
+  const path = join(dir, 'sluice.yaml');
+  writeFileSync(path, text);
+  return path;
+}
+
+/** Every file and folder under the test folder: what --check must leave as it found it. */
+function tree(): string[] {
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
+}
+
+/** The error lines of a refusal (after `sluiced: FILE: invalid configuration:`). */
+function errorLines(stderr: string, path: string): string[] {
+  const lines = stderr.trimEnd().split('\n');
+  expect(lines[0]).toBe(`sluiced: ${path}: invalid configuration:`);
+  return lines.slice(1).map((l) => l.replace(/^ {2}/, ''));
+}
+
+/** --check and a real start both refuse with exactly `expected`, exit 2, and create nothing. */
+function refusedEverywhere(path: string, expected: readonly string[]): void {
+  const before = tree();
+  for (const args of [['--check'], []]) {
+    const r = runSluiced(['--config', path, ...args]);
+    expect({ args, status: r.status }).toEqual({ args, status: 2 });
+    expect(errorLines(r.stderr, path)).toEqual(expected);
+    expect(r.stdout).toBe('');
+    expect(tree()).toEqual(before);
+  }
+}
+
+describe('sluiced --check', () => {
+  it('prints the gateway, its intakes, PLCs and every device with its map, and creates nothing', () => {
+    const path = site();
+    const before = tree();
+    const r = runSluiced(['--config', path, '--check']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(tree()).toEqual(before);
+    const lines = r.stdout.trimEnd().split('\n');
+    expect(lines[0]).toBe(`sluiced: ${path}: configuration is valid (nothing was created)`);
+    const valve = loadProfiles(join(dir, 'profiles')).get('valve')!;
+    expect(lines.slice(2)).toEqual([
+      '  gateway   g1',
+      `  state     ${join(dir, 'state')} (journal ${join(dir, 'state', 'journal.db')})`,
+      `  profiles  ${join(dir, 'profiles')}: actuator, valve`,
+      expect.stringMatching(
+        /^ {2}HTTPS {5}127\.0\.0\.1:0, certificate CN=localhost, valid until \d{4}-\d\d-\d\d$/,
+      ),
+      '  MQTT      mqtt://127.0.0.1:1, topics sluice/g1/#, identity plant, protocol auto (5, else 3.1.1)',
+      '  PLCs      modbus-plc  modbus  127.0.0.1:5020 unit 1, timeout 1000 ms',
+      '            opcua-plc   opcua   opc.tcp://127.0.0.1:4840, security None/None, namespace urn:x, timeout 2000 ms',
+      '  devices   inlet-valve   modbus-plc  valve  base 100',
+      ...registerMapLines(valve, 100).map((l) => `              ${l}`),
+      '            outlet-valve  opcua-plc   valve  object OV1',
+      '              nodes   nsu=urn:x;s=OV1.<name>',
+      '              status  state State, position Position, fault FaultCode, seqEcho SeqEcho, time ScanTime',
+      '              command code CommandCode, setpoint Setpoint, seq CommandSeq',
+    ]);
+    // The register map is the driver's own (src/drivers/modbus-map.ts), at the device's base.
+    expect(lines).toContain('              status  state    holding (FC3) 100, uint16');
+  });
+
+  it('refuses a bad cell of a device profile, at --check and at start alike, creating nothing', () => {
+    const valve = join(dir, 'profiles', 'valve.yaml');
+    const text = readFileSync(valve, 'utf8');
+    const cell = 'CLOSED: { effect: write, next: OPENING, confirm: [OPEN] }';
+    expect(text).toContain(cell);
+    writeFileSync(valve, text.replace(cell, cell.replace('OPENING', 'OPENNING')));
+    refusedEverywhere(site(), [
+      `profilesDir: ${valve}: table.open.CLOSED.next: unknown state "OPENNING"`,
+    ]);
+  });
+
+  it('names a site file kept in profilesDir as what it is, and does not skip it', () => {
+    const path = site();
+    copyFileSync(path, join(dir, 'profiles', 'site.yaml'));
+    refusedEverywhere(path, [
+      `profilesDir: ${join(dir, 'profiles', 'site.yaml')}: not a device profile: no top-level "profile:" key (top-level keys: gatewayId, stateDir, profilesDir, https, mqtt, identities, …). Every .yaml and .yml file in profilesDir must be a device profile: move other files out`,
+    ]);
+  });
+
+  it('does not let a misspelt profile: key make a profile vanish', () => {
+    const typo = join(dir, 'profiles', 'valve-2.yaml');
+    writeFileSync(typo, 'profle: valve-2\nstates: [CLOSED, OPEN]\n');
+    refusedEverywhere(site(), [
+      `profilesDir: ${typo}: not a device profile: no top-level "profile:" key (is "profle:" a misspelling? top-level keys: profle, states). Every .yaml and .yml file in profilesDir must be a device profile: move other files out`,
+    ]);
+  });
+
+  it('names an empty YAML file in profilesDir', () => {
+    const empty = join(dir, 'profiles', 'notes.yml');
+    writeFileSync(empty, '# nothing yet\n');
+    refusedEverywhere(site(), [
+      `profilesDir: ${empty}: not a device profile: the file is empty. Every .yaml and .yml file in profilesDir must be a device profile: move other files out`,
+    ]);
+  });
+
+  it('names two files with the same profile name', () => {
+    copyFileSync(join(dir, 'profiles', 'valve.yaml'), join(dir, 'profiles', 'valve-copy.yaml'));
+    refusedEverywhere(site(), [
+      `profilesDir: ${join(dir, 'profiles', 'valve.yaml')}: duplicate profile name "valve" (also in ${join(dir, 'profiles', 'valve-copy.yaml')})`,
+    ]);
+  });
+
+  it('reads every file the daemon reads at start: missing, empty, not PEM, or not a pair', async () => {
+    const other = await generate([{ name: 'commonName', value: 'other' }], {
+      keyType: 'ec',
+      curve: 'P-256',
+    });
+    writeFileSync(join(dir, 'other-key.pem'), other.private);
+    writeFileSync(join(dir, 'ca.pem'), 'not a certificate\n');
+    writeFileSync(join(dir, 'token'), '\n');
+    const path = site(
+      SITE.replace('keyFile: key.pem }', 'keyFile: other-key.pem, clientCaFile: ca.pem }')
+        .replace(
+          'identity: plant }',
+          'identity: plant, certFile: cert.pem, passwordFile: profiles, caFile: nowhere.pem }',
+        )
+        .replace(
+          "plant: { tokenFile: token, devices: ['*'] }",
+          "plant: { tokenFile: token, devices: ['*'] }\n  other: { tokenFile: missing-token, devices: ['*'] }",
+        ),
+    );
+    refusedEverywhere(path, [
+      `https.keyFile: ${join(dir, 'other-key.pem')} is not the private key of https.certFile ${join(dir, 'cert.pem')}`,
+      `https.clientCaFile: ${join(dir, 'ca.pem')} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`,
+      `mqtt.passwordFile: ${join(dir, 'profiles')}: a folder, not a file`,
+      `mqtt.caFile: ${join(dir, 'nowhere.pem')}: no such file`,
+      'mqtt.keyFile: required with mqtt.certFile (a client certificate needs its key)',
+      `identities.plant.tokenFile: ${join(dir, 'token')} is empty`,
+      `identities.other.tokenFile: ${join(dir, 'missing-token')}: no such file`,
+    ]);
+  });
+
+  it('refuses a missing HTTPS certificate and a key that is not PEM', () => {
+    rmSync(join(dir, 'cert.pem'));
+    writeFileSync(join(dir, 'key.pem'), 'secret\n');
+    refusedEverywhere(site(), [
+      `https.certFile: ${join(dir, 'cert.pem')}: no such file`,
+      expect.stringMatching(
+        new RegExp(
+          `^https\\.keyFile: ${join(dir, 'key.pem').replace(/[.]/g, '\\.')} is not an unencrypted PEM private key \\(.+\\)$`,
+        ),
+      ),
+    ]);
+  });
+
+  it('refuses a state folder that is a file', () => {
+    writeFileSync(join(dir, 'state'), 'not a folder\n');
+    refusedEverywhere(site(), [`stateDir: ${join(dir, 'state')} exists and is not a folder`]);
+  });
+});
+
+describe("node-opcua's own messages", () => {
+  const httpsOnly = (plcs: string, devices: string): string =>
+    site(`
+gatewayId: g1
+stateDir: state
+profilesDir: profiles
+https: { host: 127.0.0.1, port: 0, certFile: cert.pem, keyFile: key.pem }
+identities:
+  plant: { tokenSha256: ${createHash('sha256').update('t').digest('hex')}, devices: ['*'] }
+plcs:
+${plcs}
+devices:
+${devices}
+`);
+  const started = (line: string): boolean => line.includes('"msg":"sluiced started"');
+  const notJson = (lines: readonly string[]): string[] =>
+    lines.filter((line) => {
+      try {
+        JSON.parse(line);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+
+  it('are never printed where no OPC UA PLC is configured (node-opcua is not loaded)', async () => {
+    const daemon = startSluiced([
+      '--config',
+      httpsOnly(
+        '  modbus-plc: { protocol: modbus, host: 127.0.0.1, port: 1 }',
+        '  inlet-valve: { plc: modbus-plc, profile: valve, base: 0 }',
+      ),
+    ]);
+    try {
+      await daemon.line(started, 30_000);
+      // Long enough for node-opcua's W27 check, had it been loaded (it reports within a second).
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      expect(notJson(daemon.lines)).toEqual([]);
+      expect(daemon.lines.filter((l) => /node-opcua|NODE-OPCUA|certificate/i.test(l))).toEqual([]);
+    } finally {
+      expect(await daemon.stop()).toBe(0);
+    }
+  }, 60_000);
+
+  it('go to the JSON log with an OPC UA PLC; W27 with the reason it does not apply', async () => {
+    const daemon = startSluiced([
+      '--config',
+      httpsOnly(
+        '  opcua-plc: { protocol: opcua, endpointUrl: "opc.tcp://127.0.0.1:1", namespaceUri: urn:x }',
+        '  outlet-valve: { plc: opcua-plc, profile: valve }',
+      ),
+    ]);
+    try {
+      await daemon.line(started, 30_000);
+      // The client makes its certificate at its first connection attempt, and says so.
+      const created = JSON.parse(
+        await daemon.line((l) => l.includes('Creating default certificate'), 30_000),
+      ) as Record<string, unknown>;
+      expect(created).toMatchObject({ level: 40, component: 'node-opcua' });
+      // node-opcua runs its RSA PKCS#1 v1.5 check on Node 20 and 21 only.
+      if (Number(process.versions.node.split('.')[0]) < 22) {
+        const w27 = JSON.parse(
+          await daemon.line((l) => l.includes('NODE-OPCUA-W27'), 30_000),
+        ) as Record<string, unknown>;
+        expect(w27).toMatchObject({ level: 30, component: 'node-opcua' });
+        expect(w27.note).toMatch(/^does not apply: only the Basic128Rsa15 security policy/);
+      }
+      expect(notJson(daemon.lines)).toEqual([]);
+    } finally {
+      expect(await daemon.stop()).toBe(0);
+    }
+  }, 90_000);
+});

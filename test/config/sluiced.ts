@@ -1,0 +1,87 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { ROOT } from '../helpers/fixtures.js';
+
+/** `sluiced` as an operator runs it: the CLI entry from source, loaded by the test loader. */
+const SLUICED = [
+  '--import',
+  join(ROOT, 'test/helpers/ts-register.mjs'),
+  join(ROOT, 'src/daemon/cli.ts'),
+];
+
+/** The environment without the SLUICE_* overrides a developer's shell may carry. */
+function cleanEnv(): NodeJS.ProcessEnv {
+  return Object.fromEntries(
+    Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_')),
+  );
+}
+
+export interface Finished {
+  readonly status: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs sluiced to its end (`--check`, or a start that fails). */
+export function runSluiced(args: readonly string[], timeoutMs = 30_000): Finished {
+  const r = spawnSync(process.execPath, [...SLUICED, ...args], {
+    encoding: 'utf8',
+    env: cleanEnv(),
+    timeout: timeoutMs,
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+export interface Running {
+  /** Every stdout line so far. */
+  readonly lines: string[];
+  /** Resolves with the first stdout line that passes, or rejects after `timeoutMs`. */
+  line(predicate: (line: string) => boolean, timeoutMs: number): Promise<string>;
+  /** SIGTERM, and the exit code. */
+  stop(): Promise<number | null>;
+}
+
+/** Starts sluiced as a daemon; stdout is kept line by line. */
+export function startSluiced(args: readonly string[]): Running {
+  const child = spawn(process.execPath, [...SLUICED, ...args], {
+    env: cleanEnv(),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const waiters = new Set<() => void>();
+  createInterface({ input: child.stdout }).on('line', (line) => {
+    lines.push(line);
+    for (const wake of waiters) wake();
+  });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  return {
+    lines,
+    line: (predicate, timeoutMs) =>
+      new Promise((resolve, reject) => {
+        const check = (): void => {
+          const hit = lines.find(predicate);
+          if (hit === undefined) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve(hit);
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(
+            new Error(
+              `sluiced printed no such line; stdout:\n${lines.join('\n')}\nstderr:\n${stderr}`,
+            ),
+          );
+        }, timeoutMs);
+        waiters.add(check);
+        check();
+      }),
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
