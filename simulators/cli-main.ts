@@ -7,7 +7,7 @@ import { pino } from 'pino';
 import { PlantFileError } from './errors.js';
 import { defaultPlantPath } from './package-root.js';
 import { loadPlantFile, startPlant } from './plant.js';
-import type { Plant } from './plant.js';
+import type { Plant, SimDevice } from './plant.js';
 
 export interface CliIo {
   stdout: NodeJS.WritableStream;
@@ -84,11 +84,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       endpoint.protocol === 'modbus'
         ? `modbus tcp://${endpoint.host}:${endpoint.port} unit ${endpoint.unitId}`
         : `opcua  ${endpoint.endpointUrl} ns ${endpoint.namespaceUri}`;
-    const devices = plc.devices
-      .map((d) =>
-        d.base === undefined ? `${d.id} (${d.profile})` : `${d.id} (${d.profile} @${d.base})`,
-      )
-      .join(', ');
+    const devices = plc.devices.map(deviceLabel).join(', ');
     io.stdout.write(`${plc.name}: ${where} — ${devices}\n`);
   }
   if (plant.controlUrl !== undefined) io.stdout.write(`control: ${plant.controlUrl}\n`);
@@ -114,4 +110,12 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   }
   io.stdout.write('sluice-sim: stopped\n');
   return 0;
+}
+
+/** `inlet-valve (valve @0)`; a vendor layout is named: `lsv-101 (valve limit-switch @100)`. */
+function deviceLabel(device: SimDevice): string {
+  const { base, layout } = device;
+  if (base === undefined || layout === undefined) return `${device.id} (${device.profile})`;
+  const named = layout === 'standard' ? '' : ` ${layout}`;
+  return `${device.id} (${device.profile}${named} @${base})`;
 }

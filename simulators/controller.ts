@@ -4,7 +4,10 @@
  * command handshake and the write counters that are the ground truth for invariant I1.
  *
  * The program is protocol-free: the Modbus and OPC UA front ends hand it command writes and
- * read the status image it publishes at the end of every scan.
+ * read the status image it publishes at the end of every scan. Register layouts stay in the
+ * front end; what reaches the program is the command's meaning, and two settings a layout or
+ * the plant file chooses: the handshake (with or without a sequence number) and what refusing
+ * an illegal command does.
  */
 import { WriteLog, settle } from './write-log.js';
 import type { WriteLogEntry } from './write-log.js';
@@ -22,16 +25,35 @@ import type {
   CommandName,
   DeviceProfile,
   DeviceState,
+  Refusal,
   ValveState,
 } from './codes.js';
 
-/** What a front end hands over when a write touched the sequence-number register/variable. */
+/**
+ * What a front end hands over when a write touched the sequence-number register/variable (or,
+ * on a device without one, the command register).
+ */
 export interface CommandWrite {
+  /** The command code as written, in the code table of the register layout that received it. */
   code: number;
   /** Percent; NaN when the protocol value could not be a percentage. */
   setpoint: number;
+  /** 0 on a device whose handshake has no sequence number. */
   seq: number;
+  /**
+   * What `code` means when the layout has its own code table (a vendor register map decodes
+   * its codes itself); null for a code that table does not define, which is illegal (0x88).
+   * Absent: `code` is one of COMMAND_CODES.
+   */
+  command?: CommandName | null;
 }
+
+/**
+ * How the controller tells a new command from a repeated write. `seq`: by the sequence number,
+ * a write with the seq of the last command taken is ignored. `every-write`: the device has no
+ * sequence number (a bare command register), so every write is a new command.
+ */
+export type Handshake = 'seq' | 'every-write';
 
 export type CommandOutcome =
   'accepted' | 'noop' | 'rejected-0x88' | 'ignored-same-seq' | 'ignored-local';
@@ -49,9 +71,12 @@ export interface CommandLogEntry {
 }
 
 export interface DeviceCounters {
-  /** Every write that touched the sequence number, whatever became of it. */
+  /**
+   * Every command write, whatever became of it: each write that touched the sequence number,
+   * or on a device without one each command written to its command register.
+   */
   writesReceived: number;
-  /** Writes whose sequence number differed from the last one taken. */
+  /** Writes whose sequence number differed from the last one taken (all, without a seq). */
   commandsTaken: number;
   /** Taken and not refused: state changes and no-ops. */
   accepted: number;
@@ -73,6 +98,8 @@ export interface PublishedStatus {
   stateCode: number;
   /** Percent, rounded to the 0.1 % the Modbus register can carry so both protocols agree. */
   position: number;
+  /** Percent, not rounded: for a float register and for limit switches. */
+  rawPosition: number;
   faultCode: number;
   seqEcho: number;
   /** Controller time of the scan that wrote this image. */
@@ -98,6 +125,9 @@ export interface DeviceSettings {
   /** Travel longer than this ends in FAULT 0x81. */
   travelTimeoutMs: number;
   initialPosition: number;
+  handshake: Handshake;
+  /** What an illegal command does besides latching 0x88: keep the state, or go to FAULT. */
+  refusal: Refusal;
 }
 
 export const LOG_CAPACITY = 100;
@@ -171,14 +201,19 @@ const COMMAND_BY_CODE = new Map<number, CommandName>(
   Object.entries(COMMAND_CODES).map(([name, code]) => [code, name as CommandName]),
 );
 
+/** The command a write means; undefined for a code its layout does not define. */
+export function commandOf(write: CommandWrite): CommandName | undefined {
+  if (write.command !== undefined) return write.command ?? undefined;
+  return COMMAND_BY_CODE.get(write.code);
+}
+
 /** The pure transition function: which reaction a command gets in a (non-LOCAL) state. */
 export function reactionFor(
   profile: DeviceProfile,
   state: DeviceState,
-  code: number,
+  command: CommandName | undefined,
   setpoint: number,
 ): Reaction {
-  const command = COMMAND_BY_CODE.get(code);
   if (command === undefined || state === 'LOCAL') return REJECT;
   if (profile === 'valve') {
     if (command === 'move') return REJECT;
@@ -225,6 +260,7 @@ export class DeviceController {
       state: this.#state,
       stateCode: this.#stateCode(),
       position: publishedPosition(this.#position),
+      rawPosition: this.#position,
       faultCode: this.#faultRegister,
       seqEcho: this.#seqEcho,
       scanTime: controllerTime,
@@ -291,8 +327,9 @@ export class DeviceController {
   }
 
   /**
-   * A write that touched the sequence number arrived. It is counted now (the ground truth
-   * must not depend on the scan) and taken at the next scan, in arrival order.
+   * A command write arrived (one that touched the sequence number; without a seq handshake,
+   * any command). It is counted now (the ground truth must not depend on the scan) and taken
+   * at the next scan, in arrival order.
    */
   receiveWrite(write: CommandWrite, controllerTime: number): void {
     this.#counters.writesReceived += 1;
@@ -393,11 +430,13 @@ export class DeviceController {
       return outcome;
     };
 
-    if (write.seq === this.#seqEcho) {
-      this.#counters.ignoredSameSeq += 1;
-      return logEntry('ignored-same-seq');
+    if (this.settings.handshake === 'seq') {
+      if (write.seq === this.#seqEcho) {
+        this.#counters.ignoredSameSeq += 1;
+        return logEntry('ignored-same-seq');
+      }
+      this.#seqEcho = write.seq;
     }
-    this.#seqEcho = write.seq;
     this.#counters.commandsTaken += 1;
 
     if (this.#state === 'LOCAL') {
@@ -405,10 +444,15 @@ export class DeviceController {
       return logEntry('ignored-local');
     }
 
-    const reaction = reactionFor(this.settings.profile, this.#state, write.code, write.setpoint);
+    const reaction = reactionFor(
+      this.settings.profile,
+      this.#state,
+      commandOf(write),
+      write.setpoint,
+    );
     switch (reaction.effect) {
       case 'reject':
-        this.#faultRegister = FAULT_ILLEGAL_TRANSITION;
+        this.#refuse();
         this.#counters.rejected += 1;
         return logEntry('rejected-0x88');
       case 'noop':
@@ -485,6 +529,21 @@ export class DeviceController {
     this.#faultRegister = code;
   }
 
+  /**
+   * An illegal command: 0x88 is latched either way. With `refusal: fault` the device also goes
+   * to FAULT and stops where it is; the refusal is then its device fault, so that clearing the
+   * latch (a no-op such as stop) still shows 0x88 until a reset. A device already in FAULT
+   * keeps the fault that put it there.
+   */
+  #refuse(): void {
+    this.#faultRegister = FAULT_ILLEGAL_TRANSITION;
+    if (this.settings.refusal === 'fault' && this.#state !== 'FAULT') {
+      this.#state = 'FAULT';
+      this.#travel = undefined;
+      this.#deviceFault = FAULT_ILLEGAL_TRANSITION;
+    }
+  }
+
   #clearIllegalLatch(): void {
     if (this.#faultRegister === FAULT_ILLEGAL_TRANSITION) this.#faultRegister = this.#deviceFault;
   }
@@ -521,6 +580,7 @@ export class DeviceController {
       state: this.#state,
       stateCode: this.#stateCode(),
       position,
+      rawPosition: this.#position,
       faultCode: this.#faultRegister,
       seqEcho: this.#seqEcho,
       scanTime: controllerTime,

@@ -4,9 +4,11 @@
  * the socket before or after a request is applied, apply a write and never answer, answer with
  * an exception, hold a reply back).
  *
- * Supported: FC3 / FC4 (read holding / input registers: one register image), FC6 (write
- * single register), FC16 (write multiple registers). Modbus Application Protocol v1.1b3 §6;
- * MBAP framing per Modbus Messaging on TCP/IP v1.0b §3.1.
+ * Supported: FC1 (read coils: there are none, so exception 02 for a well-formed request), FC2
+ * (read discrete inputs), FC3 / FC4 (read holding / input registers), FC6 (write single
+ * register), FC16 (write multiple registers). Modbus Application Protocol v1.1b3 §6; MBAP
+ * framing per Modbus Messaging on TCP/IP v1.0b §3.1. What each address of a device holds is
+ * its layout's business (modbus-layouts.ts); the PLC-wide clock at 900..903 is served here.
  *
  * Requests on one connection are served one at a time, in order, as a PLC's communication
  * task does; a request is applied when it is served and its reply leaves after any injected
@@ -19,22 +21,13 @@
  */
 import { createServer } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
-import {
-  MODBUS_CLOCK_ADDRESS,
-  MODBUS_CLOCK_LENGTH,
-  MODBUS_COMMAND,
-  MODBUS_COMMAND_LENGTH,
-  MODBUS_COMMAND_OFFSET,
-  MODBUS_DEVICE_SPAN,
-  MODBUS_POSITION_SCALE,
-  MODBUS_STATUS,
-  MODBUS_STATUS_LENGTH,
-  MODBUS_STATUS_OFFSET,
-} from './codes.js';
+import { MODBUS_CLOCK_ADDRESS, MODBUS_CLOCK_LENGTH } from './codes.js';
 import { planRequest } from './faults.js';
 import type { Direction, FaultSet } from './faults.js';
+import { registerBlock, timeToRegisters } from './modbus-layouts.js';
+import type { BlockWrite, ClockReading, RegisterBlock } from './modbus-layouts.js';
 import type { ModbusPlcConfig } from './plant-file.js';
-import type { PlcEndpoint, SimDevice, SimPlc } from './plc.js';
+import type { PlcEndpoint, SimPlc } from './plc.js';
 import { Timers } from './timers.js';
 
 export const EXCEPTION = {
@@ -45,31 +38,17 @@ export const EXCEPTION = {
   gatewayTargetFailed: 0x0b,
 } as const;
 
+const FC_READ_COILS = 0x01;
+const FC_READ_DISCRETE_INPUTS = 0x02;
 const FC_READ_HOLDING = 0x03;
 const FC_READ_INPUT = 0x04;
 const FC_WRITE_SINGLE = 0x06;
 const FC_WRITE_MULTIPLE = 0x10;
 const MAX_READ_QUANTITY = 125;
+/** FC1 / FC2: 1..2000 bits per request (Application Protocol §6.1, §6.2). */
+const MAX_BIT_QUANTITY = 2000;
 const MAX_WRITE_QUANTITY = 123;
 const MBAP_LENGTH = 7;
-
-/** Splits an epoch-ms time into four registers, most significant word first. */
-export function timeToRegisters(epochMs: number): [number, number, number, number] {
-  const value = BigInt.asUintN(64, BigInt(Math.trunc(epochMs)));
-  return [
-    Number((value >> 48n) & 0xffffn),
-    Number((value >> 32n) & 0xffffn),
-    Number((value >> 16n) & 0xffffn),
-    Number(value & 0xffffn),
-  ];
-}
-
-interface DeviceRegisters {
-  device: SimDevice;
-  base: number;
-  /** The command block as last written: [code, setpoint in 0.1 %, seq]. */
-  command: [number, number, number];
-}
 
 type Decoded =
   | { fc: number; direction: Direction; start: number; quantity: number; values: number[] }
@@ -78,7 +57,7 @@ type Decoded =
 export class ModbusPlcServer {
   readonly #plc: SimPlc;
   readonly #config: ModbusPlcConfig;
-  readonly #registers: DeviceRegisters[];
+  readonly #blocks: RegisterBlock[];
   readonly #sockets = new Set<Socket>();
   readonly #timers = new Timers();
   #server: Server | undefined;
@@ -86,13 +65,16 @@ export class ModbusPlcServer {
   constructor(plc: SimPlc, config: ModbusPlcConfig) {
     this.#plc = plc;
     this.#config = config;
-    this.#registers = plc.devices.map((device) => {
+    this.#blocks = plc.devices.map((device) => {
       const deviceConfig = config.devices[device.id];
       if (deviceConfig === undefined) throw new Error(`device ${device.id} has no base address`);
-      return { device, base: deviceConfig.base, command: [0, 0, 0] };
+      return registerBlock(deviceConfig.layout, device, deviceConfig.base);
     });
     plc.onPowerCycle(() => {
       this.#powerCycled();
+    });
+    plc.onScan(() => {
+      for (const block of this.#blocks) block.scanned();
     });
   }
 
@@ -134,11 +116,11 @@ export class ModbusPlcServer {
     });
   }
 
-  /** Power lost: connections die with the PLC's TCP stack, the command block is volatile. */
+  /** Power lost: connections die with the PLC's TCP stack, the command registers are volatile. */
   #powerCycled(): void {
     for (const socket of this.#sockets) socket.resetAndDestroy();
     this.#sockets.clear();
-    for (const block of this.#registers) block.command = [0, 0, 0];
+    for (const block of this.#blocks) block.powerCycled();
   }
 
   #accept(socket: Socket): void {
@@ -257,8 +239,8 @@ export class ModbusPlcServer {
     const sets: FaultSet[] = [];
     if (request.start !== undefined && request.quantity !== undefined) {
       const end = request.start + request.quantity;
-      for (const { device, base } of this.#registers) {
-        if (request.start < base + MODBUS_DEVICE_SPAN && base < end) sets.push(device.faultSet);
+      for (const { device, base, span } of this.#blocks) {
+        if (request.start < base + span && base < end) sets.push(device.faultSet);
       }
     }
     sets.push(this.#plc.faultSet);
@@ -269,9 +251,24 @@ export class ModbusPlcServer {
     if ('exception' in request) return exceptionPdu(request.fc, request.exception);
     const { fc, start, quantity, values } = request;
     switch (fc) {
+      case FC_READ_COILS:
+        // No layout maps a coil: a well-formed request names addresses that do not exist.
+        return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
+      case FC_READ_DISCRETE_INPUTS: {
+        const bits = this.#readDiscreteInputs(start, quantity);
+        if (bits === undefined) return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
+        const out = Buffer.alloc(2 + Math.ceil(quantity / 8));
+        out.writeUInt8(fc, 0);
+        out.writeUInt8(out.length - 2, 1);
+        // Input `start` is bit 0 of the first data byte; the last byte is padded with zeros.
+        bits.forEach((on, i) => {
+          if (on) out[2 + (i >> 3)] = (out[2 + (i >> 3)] ?? 0) | (1 << (i & 7));
+        });
+        return out;
+      }
       case FC_READ_HOLDING:
       case FC_READ_INPUT: {
-        const read = this.#read(start, quantity);
+        const read = this.#read(fc, start, quantity);
         if (read === undefined) return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
         const out = Buffer.alloc(2 + 2 * quantity);
         out.writeUInt8(fc, 0);
@@ -293,82 +290,68 @@ export class ModbusPlcServer {
     }
   }
 
-  /** Every register must be mapped, or the whole read fails with exception 02. */
-  #read(start: number, quantity: number): number[] | undefined {
-    // One clock reading per request, so the four clock registers belong to the same instant.
-    let clock: number[] | undefined;
+  /** The device block an address falls in (gaps included), with the address's offset in it. */
+  #blockAt(address: number): { block: RegisterBlock; offset: number } | undefined {
+    const block = this.#blocks.find((b) => address >= b.base && address < b.base + b.span);
+    return block === undefined ? undefined : { block, offset: address - block.base };
+  }
+
+  /**
+   * FC3 (holding) or FC4 (input registers). Every register must be mapped in that table, or
+   * the whole read fails with exception 02.
+   */
+  #read(fc: number, start: number, quantity: number): number[] | undefined {
+    // One clock reading per request, so the clock registers belong to the same instant.
+    let clock: readonly number[] | undefined;
+    const readClock: ClockReading = () => (clock ??= timeToRegisters(this.#plc.controllerTime()));
     const out: number[] = [];
     for (let address = start; address < start + quantity; address += 1) {
       if (address >= MODBUS_CLOCK_ADDRESS && address < MODBUS_CLOCK_ADDRESS + MODBUS_CLOCK_LENGTH) {
-        clock ??= timeToRegisters(this.#plc.controllerTime());
-        out.push(clock[address - MODBUS_CLOCK_ADDRESS] ?? 0);
+        out.push(readClock()[address - MODBUS_CLOCK_ADDRESS] ?? 0);
         continue;
       }
-      const value = this.#readDeviceRegister(address);
+      const at = this.#blockAt(address);
+      const value =
+        at === undefined
+          ? undefined
+          : fc === FC_READ_INPUT
+            ? at.block.input(at.offset, readClock)
+            : at.block.holding(at.offset, readClock);
       if (value === undefined) return undefined;
       out.push(value);
     }
     return out;
   }
 
-  #readDeviceRegister(address: number): number | undefined {
-    for (const block of this.#registers) {
-      const offset = address - block.base;
-      if (offset >= MODBUS_STATUS_OFFSET && offset < MODBUS_STATUS_OFFSET + MODBUS_STATUS_LENGTH) {
-        return statusRegisters(block.device)[offset - MODBUS_STATUS_OFFSET];
-      }
-      if (
-        offset >= MODBUS_COMMAND_OFFSET &&
-        offset < MODBUS_COMMAND_OFFSET + MODBUS_COMMAND_LENGTH
-      ) {
-        return block.command[offset - MODBUS_COMMAND_OFFSET];
-      }
+  /** FC2: every input must be mapped, or the whole read fails with exception 02. */
+  #readDiscreteInputs(start: number, quantity: number): boolean[] | undefined {
+    const out: boolean[] = [];
+    for (let address = start; address < start + quantity; address += 1) {
+      const at = this.#blockAt(address);
+      const value = at?.block.discreteInput(at.offset);
+      if (value === undefined) return undefined;
+      out.push(value);
     }
-    return undefined;
+    return out;
   }
 
   /**
-   * Applies a write if every register is a command register; otherwise nothing is written.
-   * Each device whose sequence register was written receives the command block as it stands
-   * after the whole request, so one FC16 of [code, setpoint, seq] is one command.
+   * Applies a write if every register is writable in its device's layout; otherwise nothing
+   * is written. Each block then gets its share of the request at once, so that a command
+   * block written by one FC16 is one command.
    */
   #write(start: number, values: readonly number[]): boolean {
-    const targets: { block: DeviceRegisters; index: number; value: number }[] = [];
+    const perBlock = new Map<RegisterBlock, BlockWrite[]>();
     for (const [i, value] of values.entries()) {
-      const address = start + i;
-      const block = this.#registers.find(
-        (b) =>
-          address >= b.base + MODBUS_COMMAND_OFFSET &&
-          address < b.base + MODBUS_COMMAND_OFFSET + MODBUS_COMMAND_LENGTH,
-      );
-      if (block === undefined) return false;
-      targets.push({ block, index: address - block.base - MODBUS_COMMAND_OFFSET, value });
+      const at = this.#blockAt(start + i);
+      if (at === undefined || !at.block.writable(at.offset)) return false;
+      const writes = perBlock.get(at.block) ?? [];
+      writes.push({ offset: at.offset, value });
+      perBlock.set(at.block, writes);
     }
-    const seqWritten = new Set<DeviceRegisters>();
-    for (const { block, index, value } of targets) {
-      block.command[index] = value;
-      if (index === MODBUS_COMMAND.seq) seqWritten.add(block);
-    }
-    for (const block of seqWritten) {
-      const [code, setpoint, seq] = block.command;
-      block.device.receiveWrite({ code, setpoint: setpoint / MODBUS_POSITION_SCALE, seq });
-    }
+    for (const [block, writes] of perBlock) block.write(writes);
     return true;
   }
-}
-
-/** The status block as published by the last scan: what a client reads. */
-function statusRegisters(device: SimDevice): number[] {
-  const image = device.published;
-  const block = new Array<number>(MODBUS_STATUS_LENGTH).fill(0);
-  block[MODBUS_STATUS.state] = image.stateCode;
-  block[MODBUS_STATUS.position] = Math.round(image.position * MODBUS_POSITION_SCALE);
-  block[MODBUS_STATUS.fault] = image.faultCode;
-  block[MODBUS_STATUS.seqEcho] = image.seqEcho;
-  timeToRegisters(image.scanTime).forEach((word, i) => {
-    block[MODBUS_STATUS.time + i] = word;
-  });
-  return block;
 }
 
 function exceptionPdu(fc: number, code: number): Buffer {
@@ -380,6 +363,16 @@ function decode(pdu: Buffer): Decoded {
   const direction: Direction =
     fc === FC_WRITE_SINGLE || fc === FC_WRITE_MULTIPLE ? 'write' : 'read';
   switch (fc) {
+    case FC_READ_COILS:
+    case FC_READ_DISCRETE_INPUTS: {
+      if (pdu.length !== 5) return { fc, direction, exception: EXCEPTION.illegalDataValue };
+      const start = pdu.readUInt16BE(1);
+      const quantity = pdu.readUInt16BE(3);
+      if (quantity < 1 || quantity > MAX_BIT_QUANTITY) {
+        return { fc, direction, exception: EXCEPTION.illegalDataValue, start, quantity: 1 };
+      }
+      return { fc, direction, start, quantity, values: [] };
+    }
     case FC_READ_HOLDING:
     case FC_READ_INPUT: {
       if (pdu.length !== 5) return { fc, direction, exception: EXCEPTION.illegalDataValue };

@@ -5,7 +5,15 @@
 import { readFile } from 'node:fs/promises';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
-import { MODBUS_CLOCK_ADDRESS, MODBUS_CLOCK_LENGTH, MODBUS_DEVICE_SPAN } from './codes.js';
+import {
+  MODBUS_CLOCK_ADDRESS,
+  MODBUS_CLOCK_LENGTH,
+  MODBUS_LAYOUTS,
+  MODBUS_LAYOUT_PROFILE,
+  MODBUS_LAYOUT_SPANS,
+  REFUSALS,
+} from './codes.js';
+import type { DeviceProfile, ModbusLayout } from './codes.js';
 import { PlantFileError } from './errors.js';
 import type { PlantFileIssue } from './errors.js';
 import { zodIssues } from './zod-issues.js';
@@ -32,17 +40,21 @@ const deviceCommon = {
   /** Default: twice the travel time. */
   travelTimeoutMs: z.int().min(1).max(1_200_000).optional(),
   initialPosition: z.number().min(0).max(100).default(0),
+  /** An illegal command keeps the state (`keep`) or puts the device in FAULT (`fault`). */
+  refusal: z.enum(REFUSALS).default('keep'),
 };
 
 const modbusDeviceSchema = z.strictObject({
   ...deviceCommon,
-  base: z
-    .int()
-    .min(0)
-    .max(65536 - MODBUS_DEVICE_SPAN),
+  /** The span of the layout must fit below 65536: checked with the register map. */
+  base: z.int().min(0).max(65535),
+  layout: z.enum(MODBUS_LAYOUTS).default('standard'),
 });
 
-const opcuaDeviceSchema = z.strictObject(deviceCommon);
+const opcuaDeviceSchema = z.strictObject({
+  ...deviceCommon,
+  layout: z.undefined({ error: 'a register layout is for Modbus devices only' }).optional(),
+});
 
 const plcCommon = {
   host: z.string().min(1).default('127.0.0.1'),
@@ -119,7 +131,8 @@ export const plantSchema = z
           message: 'a PLC needs at least one device',
         });
       }
-      for (const [id, device] of Object.entries(plc.devices)) {
+      const devices: Readonly<Record<string, DeviceConfig>> = plc.devices;
+      for (const [id, device] of Object.entries(devices)) {
         const path = ['plcs', plcName, 'devices', id];
         const other = seenDevices.get(id);
         if (other !== undefined) {
@@ -130,6 +143,7 @@ export const plantSchema = z
           });
         }
         seenDevices.set(id, plcName);
+        if (device.layout !== undefined) checkLayout(device.layout, device.profile, path, ctx);
         if (device.travelTimeoutMs !== undefined && device.travelTimeoutMs <= device.travelMs) {
           ctx.addIssue({
             code: 'custom',
@@ -142,9 +156,26 @@ export const plantSchema = z
     }
   });
 
+/** A vendor layout plays one kind of field device: its codes only fit that profile. */
+function checkLayout(
+  layout: ModbusLayout,
+  profile: DeviceProfile,
+  path: string[],
+  ctx: z.RefinementCtx,
+): void {
+  const fits = MODBUS_LAYOUT_PROFILE[layout];
+  if (fits !== undefined && fits !== profile) {
+    ctx.addIssue({
+      code: 'custom',
+      path: [...path, 'layout'],
+      message: `layout ${layout} is for profile ${fits}, not ${profile}`,
+    });
+  }
+}
+
 function checkRegisterMap(
   plcName: string,
-  devices: Readonly<Record<string, { base: number }>>,
+  devices: Readonly<Record<string, { base: number; layout: ModbusLayout }>>,
   ctx: z.RefinementCtx,
 ): void {
   const spans: { owner: string; start: number; end: number }[] = [
@@ -158,8 +189,16 @@ function checkRegisterMap(
     const span = {
       owner: `device ${id}`,
       start: device.base,
-      end: device.base + MODBUS_DEVICE_SPAN,
+      end: device.base + MODBUS_LAYOUT_SPANS[device.layout],
     };
+    if (span.end > 65536) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['plcs', plcName, 'devices', id, 'base'],
+        message: `registers ${span.start}..${span.end - 1} (layout ${device.layout}) run past 65535`,
+      });
+      continue;
+    }
     const clash = spans.find((other) => span.start < other.end && other.start < span.end);
     if (clash !== undefined) {
       ctx.addIssue({
@@ -177,7 +216,7 @@ export type PlantConfig = z.output<typeof plantSchema>;
 export type PlcConfig = z.output<typeof plcSchema>;
 export type ModbusPlcConfig = z.output<typeof modbusPlcSchema>;
 export type OpcuaPlcConfig = z.output<typeof opcuaPlcSchema>;
-/** `base` is present on Modbus devices only; typed on both so callers can test for it. */
+/** `base` and `layout` are present on Modbus devices only; typed on both so callers can test for them. */
 export type DeviceConfig =
   z.output<typeof modbusDeviceSchema> | (z.output<typeof opcuaDeviceSchema> & { base?: undefined });
 

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { ControllerClock } from './clock.js';
 import type { ClockSettings, TimeSource } from './clock.js';
 import { formatFaultCode } from './codes.js';
-import type { DeviceProfile, DeviceState } from './codes.js';
+import type { DeviceProfile, DeviceState, ModbusLayout, Refusal } from './codes.js';
 import { DeviceController } from './controller.js';
 import type {
   CommandLogEntry,
@@ -55,6 +55,10 @@ export interface DeviceSnapshot {
   id: string;
   profile: DeviceProfile;
   plc: string;
+  /** Modbus register layout; null on an OPC UA PLC. */
+  layout: ModbusLayout | null;
+  /** What an illegal command does besides 0x88: `keep` the state or go to `fault`. */
+  refusal: Refusal;
   /** Live controller state (the published image may be frozen). */
   state: DeviceState;
   position: number;
@@ -96,6 +100,9 @@ export class SimDevice {
         travelMs: config.travelMs,
         travelTimeoutMs: config.travelTimeoutMs ?? 2 * config.travelMs,
         initialPosition: config.initialPosition,
+        // A limit-switch valve has a bare command register and no sequence number.
+        handshake: config.layout === 'limit-switch' ? 'every-write' : 'seq',
+        refusal: config.refusal,
       },
       plc.clock.now(),
     );
@@ -104,6 +111,11 @@ export class SimDevice {
   /** Modbus base address of the device's registers; undefined on an OPC UA PLC. */
   get base(): number | undefined {
     return this.config.base;
+  }
+
+  /** Modbus register layout; undefined on an OPC UA PLC. */
+  get layout(): ModbusLayout | undefined {
+    return this.config.layout;
   }
 
   get state(): DeviceState {
@@ -169,6 +181,8 @@ export class SimDevice {
       id: this.id,
       profile: this.profile,
       plc: this.plc.name,
+      layout: this.config.layout ?? null,
+      refusal: this.config.refusal,
       state: c.state,
       position: Math.round(c.position * 10) / 10,
       faultCode: c.faultCode,
@@ -227,7 +241,7 @@ export class SimDevice {
     return this.faultSet.list();
   }
 
-  /** @internal a front end received a write that touched the sequence number. */
+  /** @internal a front end received a command write (see DeviceController.receiveWrite). */
   receiveWrite(write: CommandWrite): void {
     this.controller.receiveWrite(write, this.plc.clock.now());
   }
@@ -275,6 +289,7 @@ export class SimPlc {
   /** @internal protocol-specific parameter checks (e.g. that a Bad status name exists). */
   frontEndFaultCheck: ((fault: Fault, target: string) => void) | undefined;
   readonly #powerListeners: ((result: PowerCycleResult) => void)[] = [];
+  readonly #scanListeners: (() => void)[] = [];
   #endpoint: PlcEndpoint | undefined;
   #timer: NodeJS.Timeout | undefined;
   /** Time-source reading until which the power is off. */
@@ -290,9 +305,8 @@ export class SimPlc {
     this.random = options.random;
     this.log = options.logger.child({ plc: name });
     this.clock = new ControllerClock(options.time, config.clock);
-    this.devices = Object.entries(config.devices).map(
-      ([id, device]) => new SimDevice(id, device, this),
-    );
+    const devices: Readonly<Record<string, DeviceConfig>> = config.devices;
+    this.devices = Object.entries(devices).map(([id, device]) => new SimDevice(id, device, this));
   }
 
   /** Where the PLC listens; known once the plant has started. */
@@ -368,6 +382,7 @@ export class SimPlc {
     if (now < this.#offUntil) return;
     const controllerTime = this.clock.at(now);
     for (const device of this.devices) device.scan(now, controllerTime);
+    for (const listener of this.#scanListeners) listener();
   }
 
   /** False while a power cycle's `offMs` runs (against the time source). */
@@ -426,6 +441,11 @@ export class SimPlc {
   /** @internal a front end drops its connections and volatile registers on a power cycle. */
   onPowerCycle(listener: (result: PowerCycleResult) => void): void {
     this.#powerListeners.push(listener);
+  }
+
+  /** @internal a front end whose registers follow the scan (e.g. a command register it clears). */
+  onScan(listener: () => void): void {
+    this.#scanListeners.push(listener);
   }
 
   /** @internal */

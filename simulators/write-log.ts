@@ -1,6 +1,8 @@
 /**
  * The full write log of one device: every received write that touched the sequence number,
- * in arrival order, with what became of it. The command log (last 100 handled writes) is for
+ * in arrival order, with what became of it. A device without a sequence number (Modbus
+ * layout `limit-switch`: a bare command register) logs every command written to it, each
+ * with seq 0, so that `countSeq(0)` counts them all. The command log (last 100 handled writes) is for
  * a quick look; this one is the ground truth for long campaigns, so it is large, bounded (a
  * ring, the oldest entries dropped and counted) and keeps an exact per-seq tally that does not
  * depend on the ring's capacity.
@@ -18,7 +20,9 @@ export type WriteOutcome =
 export interface WriteLogEntry {
   /** Controller time (epoch ms) when the write arrived. */
   receivedAt: number;
+  /** 0 for every write to a device without a sequence number. */
   seq: number;
+  /** The command code as written, in the code table of the device's register layout. */
   code: number;
   setpoint: number;
   /** null while the write waits for a scan. */

@@ -52,7 +52,13 @@ describe('sluice-sim command', () => {
       [
         'control: { port: 0 }',
         'plcs:',
-        '  m: { protocol: modbus, port: 0, devices: { v: { profile: valve, base: 0 } } }',
+        '  m:',
+        '    protocol: modbus',
+        '    port: 0',
+        '    devices:',
+        '      v: { profile: valve, base: 0 }',
+        '      l: { profile: valve, layout: limit-switch, base: 100 }',
+        '      f: { profile: actuator, layout: float, base: 200 }',
         '  u: { protocol: opcua, port: 0, devices: { a: { profile: actuator } } }',
         '',
       ].join('\n'),
@@ -62,7 +68,9 @@ describe('sluice-sim command', () => {
     const exit = runCli(['--plant', file, '--log-level', 'silent'], streams);
     await until(() => streams.stdout.text.includes('control: '), { attempts: 300, everyMs: 50 });
     const lines = streams.stdout.text.trim().split('\n');
-    expect(lines[1]).toMatch(/^m: modbus tcp:\/\/127\.0\.0\.1:\d+ unit 1 — v \(valve @0\)$/);
+    expect(lines[1]).toMatch(
+      /^m: modbus tcp:\/\/127\.0\.0\.1:\d+ unit 1 — v \(valve @0\), l \(valve limit-switch @100\), f \(actuator float @200\)$/,
+    );
     expect(lines[2]).toMatch(
       /^u: opcua {2}opc\.tcp:\/\/127\.0\.0\.1:\d+ ns urn:sluice:sim:u — a \(actuator\)$/,
     );

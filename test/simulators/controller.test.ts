@@ -28,6 +28,8 @@ function rig(settings: Partial<DeviceSettings> = {}) {
       travelMs: 1000,
       travelTimeoutMs: 2000,
       initialPosition: 0,
+      handshake: 'seq',
+      refusal: 'keep',
       ...settings,
     },
     now + offset,
@@ -469,5 +471,148 @@ describe('write log', () => {
     expect(entries[0]?.seq).toBe(1001);
     expect(entries.every((e) => e.outcome !== null)).toBe(true);
     expect(r.controller.writeLog.countSeq(1)).toBe(2);
+  });
+});
+
+describe('refusal: fault', () => {
+  it('keep (default) refuses with 0x88 and travels on; fault refuses into FAULT where it is', () => {
+    const keep = rig();
+    const fault = rig({ refusal: 'fault' });
+    for (const r of [keep, fault]) {
+      r.command(OPEN);
+      r.scan();
+      r.scan(400);
+      r.command(CLOSE); // illegal while OPENING
+      r.scan();
+    }
+    expect([keep.controller.state, keep.controller.faultCode]).toEqual(['OPENING', 0x88]);
+    expect([fault.controller.state, fault.controller.faultCode]).toEqual(['FAULT', 0x88]);
+    expect(fault.controller.seqEcho).toBe(2);
+    expect(fault.controller.log.at(-1)).toMatchObject({
+      outcome: 'rejected-0x88',
+      from: 'OPENING',
+      to: 'FAULT',
+    });
+    expect(fault.controller.counters.rejected).toBe(1);
+    keep.scan(300);
+    fault.scan(300);
+    expect(keep.controller.position).toBe(70);
+    expect(fault.controller.position).toBe(40);
+  });
+
+  it('keeps 0x88 through an accepted no-op and recovers on reset as from any fault', () => {
+    const r = rig({ refusal: 'fault' });
+    r.command(OPEN);
+    r.scan();
+    r.scan(400);
+    r.command(CLOSE);
+    r.scan();
+    r.command(STOP); // a no-op in FAULT: it clears the latch, and the refusal is the device fault
+    r.scan();
+    expect([r.controller.state, r.controller.faultCode]).toEqual(['FAULT', 0x88]);
+    r.command(RESET);
+    r.scan();
+    expect([r.controller.state, r.controller.faultCode, r.controller.position]).toEqual([
+      'STOPPED',
+      0,
+      40,
+    ]);
+  });
+
+  it('refuses an unknown code into FAULT at rest, and reset leaves it CLOSED at 0 %', () => {
+    const r = rig({ refusal: 'fault' });
+    r.command(9);
+    r.scan();
+    expect([r.controller.state, r.controller.faultCode]).toEqual(['FAULT', 0x88]);
+    r.command(RESET);
+    r.scan();
+    expect([r.controller.state, r.controller.faultCode]).toEqual(['CLOSED', 0]);
+  });
+
+  it('leaves a device already in FAULT with the fault that put it there', () => {
+    const r = rig({ refusal: 'fault' });
+    r.scan(0, { positionSensorFault: true });
+    r.command(OPEN); // illegal in FAULT
+    r.scan();
+    expect([r.controller.state, r.controller.faultCode]).toEqual(['FAULT', 0x88]);
+    r.command(STOP);
+    r.scan();
+    expect([r.controller.state, r.controller.faultCode]).toEqual(['FAULT', 0x82]);
+  });
+
+  it('an actuator refused a move while moving stops in FAULT; reset goes IDLE there', () => {
+    const r = rig({ profile: 'actuator', refusal: 'fault' });
+    r.command(MOVE, 80);
+    r.scan();
+    r.scan(250);
+    r.command(MOVE, 10);
+    r.scan();
+    r.scan(250);
+    expect([r.controller.state, r.controller.faultCode, r.controller.position]).toEqual([
+      'FAULT',
+      0x88,
+      25,
+    ]);
+    r.command(RESET);
+    r.scan();
+    expect([r.controller.state, r.controller.faultCode, r.controller.position]).toEqual([
+      'IDLE',
+      0,
+      25,
+    ]);
+  });
+
+  it('ignores commands in LOCAL rather than refusing them', () => {
+    const r = rig({ refusal: 'fault' });
+    r.controller.setLocalSwitch(true);
+    r.scan();
+    r.command(9);
+    r.scan();
+    expect([r.controller.state, r.controller.faultCode]).toEqual(['LOCAL', 0]);
+  });
+});
+
+describe('seq-less handshake (every-write)', () => {
+  it('takes every write as a new command, seq 0 included, and never ignores a repeat', () => {
+    const r = rig({ handshake: 'every-write' });
+    r.command(OPEN, 0, 0);
+    r.command(OPEN, 0, 0);
+    r.scan();
+    r.command(STOP, 0, 0);
+    r.command(STOP, 0, 0);
+    r.scan();
+    expect(r.controller.counters).toMatchObject({
+      writesReceived: 4,
+      commandsTaken: 4,
+      accepted: 4,
+      noops: 2,
+      ignoredSameSeq: 0,
+    });
+    expect(r.controller.state).toBe('STOPPED');
+    expect(r.controller.seqEcho).toBe(0);
+    expect(r.controller.writeLog.countSeq(0)).toBe(4);
+    expect(r.controller.writeLog.entries().map((e) => e.outcome)).toEqual([
+      'accepted',
+      'noop',
+      'accepted',
+      'noop',
+    ]);
+  });
+});
+
+describe('commands decoded by a vendor layout', () => {
+  it('follows the given meaning, logs the code as written, and refuses an undefined code', () => {
+    const r = rig({ profile: 'actuator' });
+    // A vendor table where 1 means move: the controller must not read it as the profile's open.
+    r.controller.receiveWrite({ code: 1, setpoint: 50, seq: 1, command: 'move' }, 0);
+    r.scan();
+    expect(r.controller.state).toBe('MOVING');
+    r.controller.receiveWrite({ code: 7, setpoint: 0, seq: 2, command: null }, 0);
+    r.scan();
+    expect(r.controller.faultCode).toBe(0x88);
+    expect(r.controller.writeLog.entries().map((e) => [e.code, e.outcome])).toEqual([
+      [1, 'accepted'],
+      [7, 'rejected-0x88'],
+    ]);
   });
 });

@@ -105,13 +105,18 @@ export interface RawModbus {
   write(address: number, values: readonly number[]): Promise<RawReply>;
   /** FC3; resolves with the registers or an exception code. */
   read(address: number, count: number): Promise<RawReply>;
+  /** Any PDU (function code first); the reply carries its PDU as received. */
+  request(pdu: Buffer): Promise<RawReply>;
   /** Resolves when the connection has closed, with whether it closed with an error. */
   closed: Promise<{ hadError: boolean }>;
 }
 
 export interface RawReply {
   exception?: number;
+  /** FC3 / FC4: the registers read; FC6 / FC16: the two words echoed. */
   registers: number[];
+  /** The reply PDU, function code first. */
+  pdu: Buffer;
   /** performance.now() when the reply arrived. */
   at: number;
 }
@@ -134,11 +139,13 @@ export async function rawModbus(endpoint: ModbusEndpoint): Promise<RawModbus> {
       buffer = buffer.subarray(frame.length);
       const id = frame.readUInt16BE(0);
       const fc = frame.readUInt8(7);
-      const reply: RawReply = { registers: [], at: performance.now() };
+      const reply: RawReply = { registers: [], pdu: frame.subarray(7), at: performance.now() };
       if ((fc & 0x80) !== 0) reply.exception = frame.readUInt8(8);
-      else if (fc === 0x03) {
+      else if (fc === 0x03 || fc === 0x04) {
         for (let i = 9; i + 1 < frame.length; i += 2) reply.registers.push(frame.readUInt16BE(i));
-      } else reply.registers.push(frame.readUInt16BE(8), frame.readUInt16BE(10));
+      } else if (fc === 0x06 || fc === 0x10) {
+        reply.registers.push(frame.readUInt16BE(8), frame.readUInt16BE(10));
+      }
       waiting.get(id)?.resolve(reply);
       waiting.delete(id);
     }
@@ -182,6 +189,7 @@ export async function rawModbus(endpoint: ModbusEndpoint): Promise<RawModbus> {
       pdu.writeUInt16BE(count, 3);
       return send(pdu);
     },
+    request: send,
   };
 }
 
