@@ -4,6 +4,14 @@ import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import {
   ACTUATOR_STATE_CODES,
+  FLOAT_COMMAND,
+  FLOAT_COMMAND_CODES,
+  FLOAT_STATE_CODES,
+  FLOAT_STATUS,
+  LIMIT_SWITCH_BITS,
+  LIMIT_SWITCH_COMMAND_CODES,
+  LIMIT_SWITCH_COMMAND_REGISTER,
+  LIMIT_SWITCH_STATUS_WORD,
   COMMAND_CODES,
   MODBUS_CLOCK_ADDRESS,
   MODBUS_COMMAND,
@@ -67,4 +75,70 @@ describe('simulator constants match the device profiles', () => {
       }
     });
   }
+});
+
+describe('simulator vendor layouts match the field-device profiles', () => {
+  interface FieldProfile {
+    controller: {
+      stateCodes?: Record<string, number>;
+      commandCodes: Record<string, number>;
+      echoesSeq: boolean;
+      refusal: string;
+    };
+    modbus: {
+      status: Record<
+        string,
+        { at?: number; type?: string; wordOrder?: string; bits?: Record<string, object> }
+      >;
+      command: Record<string, { at?: number; type?: string; wordOrder?: string }>;
+    };
+  }
+  const load = async (name: string): Promise<FieldProfile> =>
+    parse(
+      await readFile(join(packageRoot(), 'devices', 'profiles', `${name}.yaml`), 'utf8'),
+    ) as FieldProfile;
+
+  it('limit-switch-valve: status word bits and the command register', async () => {
+    const p = await load('limit-switch-valve');
+    const b = LIMIT_SWITCH_BITS;
+    expect(p.controller.commandCodes).toEqual(LIMIT_SWITCH_COMMAND_CODES);
+    expect(p.controller.echoesSeq).toBe(false);
+    expect(p.modbus.status.state?.at).toBe(LIMIT_SWITCH_STATUS_WORD);
+    expect(p.modbus.status.state?.bits).toEqual({
+      FAULT: { set: [b.fault] },
+      LOCAL: { set: [b.local] },
+      OPENING: { set: [b.runningOpen] },
+      CLOSING: { set: [b.runningClosed] },
+      OPEN: { set: [b.openLimit], clear: [b.closedLimit] },
+      CLOSED: { set: [b.closedLimit], clear: [b.openLimit] },
+      STOPPED: { clear: [b.openLimit, b.closedLimit, b.runningOpen, b.runningClosed] },
+    });
+    expect(Object.keys(p.modbus.status)).toEqual(['state']);
+    expect(p.modbus.command).toEqual({ code: { at: LIMIT_SWITCH_COMMAND_REGISTER } });
+  });
+
+  it('float-positioner: vendor codes, float32 low word first, refusal to FAULT', async () => {
+    const p = await load('float-positioner');
+    expect(p.controller.stateCodes).toEqual(FLOAT_STATE_CODES);
+    expect(p.controller.commandCodes).toEqual(FLOAT_COMMAND_CODES);
+    expect(p.controller.refusal).toBe('fault');
+    const { status, command } = p.modbus;
+    expect(status.state?.at).toBe(FLOAT_STATUS.state);
+    expect(status.position).toEqual({
+      at: FLOAT_STATUS.position,
+      type: 'float32',
+      wordOrder: 'little',
+    });
+    expect(status.fault?.at).toBe(FLOAT_STATUS.fault);
+    expect(status.seqEcho?.at).toBe(FLOAT_STATUS.seqEcho);
+    expect(status.time).toEqual({ at: FLOAT_STATUS.time, type: 'uint64' });
+    expect(status.clock).toEqual({ at: FLOAT_STATUS.clock, type: 'uint64' });
+    expect(command.code?.at).toBe(FLOAT_COMMAND.code);
+    expect(command.setpoint).toEqual({
+      at: FLOAT_COMMAND.setpoint,
+      type: 'float32',
+      wordOrder: 'little',
+    });
+    expect(command.seq?.at).toBe(FLOAT_COMMAND.seq);
+  });
 });
