@@ -10,7 +10,9 @@ import { Aedes } from 'aedes';
 import { pino } from 'pino';
 import { generate } from 'selfsigned';
 import { ConfigError, loadConfig } from '../config/config.js';
-import { Daemon } from '../daemon/daemon.js';
+import { preflight } from '../config/preflight.js';
+import { Daemon, type Readiness } from '../daemon/daemon.js';
+import { routeOpcuaMessages } from '../daemon/opcua-messages.js';
 import { packageRoot } from '../package-root.js';
 import { loadPlantFile, startPlant, type Plant } from '../../simulators/plant.js';
 
@@ -22,18 +24,23 @@ const logPath = join(stateDir, 'sluiced.log');
 
 class DemoError extends Error {}
 
-/** How long the demo waits for its MQTT intake before printing the instructions. */
-const MQTT_CONNECT_WAIT_MS = 15_000;
+/**
+ * How long the demo waits, before printing the instructions, for its MQTT intake (the printed
+ * mosquitto_pub must find the command subscription in place) and for a readback from every
+ * device (the OPC UA client has its certificate and session; the printed curl works at once).
+ */
+const READY_WAIT_MS = 30_000;
 
-/** The daemon's MQTT readiness check, once it passes or the wait is over. */
-async function mqttConnected(
-  daemon: Daemon,
-  waitMs: number,
-): Promise<{ ok: boolean; detail: string }> {
+/** The daemon's MQTT and device checks, once they all pass or the wait is over. */
+async function readyToCommand(daemon: Daemon, waitMs: number): Promise<Readiness['checks']> {
   const end = Date.now() + waitMs;
   for (;;) {
-    const check = daemon.readiness().checks.mqtt ?? { ok: false, detail: 'not configured' };
-    if (check.ok || Date.now() >= end) return check;
+    const wanted = Object.entries(daemon.readiness().checks).filter(
+      ([name]) => name === 'mqtt' || name.startsWith('device:'),
+    );
+    if (wanted.every(([, check]) => check.ok) || Date.now() >= end) {
+      return Object.fromEntries(wanted);
+    }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
@@ -126,8 +133,19 @@ async function startSimulators(): Promise<Plant> {
 
 async function main(): Promise<void> {
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  const config = loadConfig(sitePath);
+  const logger = pino(
+    { level: config.log.level },
+    pino.destination({ dest: logPath, mkdir: true, sync: false }),
+  );
+  // Before anything else (node-opcua, loaded with the simulators, reports a check it started
+  // as it loaded a moment later): node-opcua's own messages go to the log, never into the
+  // instructions below.
+  routeOpcuaMessages(logger);
   await ensureCertificate();
   const token = ensureToken();
+  // The daemon's own start-up checks, before the simulators and the broker take their ports.
+  preflight(config, sitePath);
   const stack: { name: string; stop: () => Promise<void> }[] = [];
   const stopAll = async (): Promise<void> => {
     for (let s = stack.pop(); s !== undefined; s = stack.pop()) {
@@ -143,16 +161,16 @@ async function main(): Promise<void> {
     stack.push({ name: 'simulators', stop: () => plant.stop() });
     const broker = await startBroker();
     if (broker !== null) stack.push({ name: 'broker', stop: broker.stop });
-    const config = loadConfig(sitePath);
-    const logger = pino(
-      { level: config.log.level },
-      pino.destination({ dest: logPath, mkdir: true, sync: false }),
-    );
     const daemon = await Daemon.start(config, { logger, shutdownBoundMs: 5_000 });
     stack.push({ name: 'daemon', stop: () => daemon.stop() });
-    // The printed mosquitto_pub must find the command subscription in place: a command
-    // published before it would be lost (the broker has no session for the gateway yet).
-    const mqttCheck = await mqttConnected(daemon, MQTT_CONNECT_WAIT_MS);
+    const checks = await readyToCommand(daemon, READY_WAIT_MS);
+    const mqttCheck = checks.mqtt ?? { ok: false, detail: 'not configured' };
+    const devices = Object.entries(checks).filter(([name]) => name.startsWith('device:'));
+    const silent = devices.filter(([, check]) => !check.ok);
+    const devicesCheck =
+      silent.length === 0
+        ? `all ${devices.length} answering`
+        : `NOT READY, ${silent.map(([name, check]) => `${name.slice('device:'.length)}: ${check.detail}`).join('; ')} (see the log)`;
     const https = daemon.https ?? { host: '127.0.0.1', port: 8443 };
     const base = `https://${https.host}:${https.port}`;
     const mqttUrl = config.mqtt?.url ?? 'mqtt://127.0.0.1:1883';
@@ -168,6 +186,7 @@ async function main(): Promise<void> {
         `  MQTT       ${mqttUrl}${broker === null ? ' (SLUICE_MQTT_URL)' : ' (embedded broker)'}   topics sluice/demo/#`,
         `             ${mqttCheck.ok ? mqttCheck.detail : `NOT READY, ${mqttCheck.detail} (see the log)`}`,
         `  Devices    inlet-valve, drain-valve (Modbus TCP 127.0.0.1:5020), outlet-valve, dosing-actuator (OPC UA opc.tcp://127.0.0.1:4840)`,
+        `             ${devicesCheck}`,
         `  Simulators control API ${plant.controlUrl ?? 'off'}`,
         `  Token      ${token}`,
         `  Logs       ${logPath}`,
@@ -199,10 +218,6 @@ async function main(): Promise<void> {
     );
   } catch (error) {
     await stopAll();
-    if (error instanceof DemoError || error instanceof ConfigError) {
-      process.stderr.write(`demo: ${error.message}\n`);
-      process.exit(2);
-    }
     throw error;
   }
 
@@ -220,4 +235,12 @@ async function main(): Promise<void> {
   process.on('SIGTERM', onSignal);
 }
 
-await main();
+try {
+  await main();
+} catch (error) {
+  if (error instanceof DemoError || error instanceof ConfigError) {
+    process.stderr.write(`demo: ${error.message}\n`);
+    process.exit(2);
+  }
+  throw error;
+}

@@ -1,5 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { expect, it } from 'vitest';
 import { ROOT } from '../helpers/fixtures.js';
@@ -10,10 +12,16 @@ import { hasCommand, realComponent } from '../helpers/real.js';
  * The README's first command: `npm start` comes up (building first when needed), the curl
  * command it prints opens a valve, the mosquitto_sub and mosquitto_pub commands it prints open
  * another and replay the result (the embedded broker speaks MQTT 3.1.1 only: the intake falls
- * back), and Ctrl-C stops everything, leaving no process and no port.
+ * back), and Ctrl-C stops everything, leaving no process and no port. node-opcua's own
+ * messages (its W27 check, "Creating default certificate") go to the demo's log, never into
+ * the instructions.
  */
 
 const PORTS = [8443, 1883, 5020, 4840, 5080];
+const STATE = join(ROOT, '.state', 'demo');
+const LOG = join(STATE, 'sluiced.log');
+/** What node-opcua prints by itself when nobody routes it. */
+const OPCUA_NOISE = /NODE-OPCUA|security-revert|Creating default certificate/;
 
 async function portFree(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -148,13 +156,21 @@ it.runIf(curl && mosquittoClients)(
     for (const port of PORTS) {
       if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
     }
+    // A first start's OPC UA client: it makes its certificate, as on a fresh clone.
+    rmSync(join(STATE, 'pki'), { recursive: true, force: true });
+    const logFrom = existsSync(LOG) ? statSync(LOG).size : 0;
     const child = spawn('npm', ['start', '--silent'], {
       cwd: ROOT,
       env: { ...process.env, SLUICE_DEMO_TOKEN: 'demo-test-token', SLUICE_MQTT_URL: '' },
-      stdio: ['ignore', 'pipe', 'inherit'],
+      stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
     });
     const lines: string[] = [];
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString('utf8');
+      process.stderr.write(chunk);
+    });
     try {
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => {
@@ -174,6 +190,12 @@ it.runIf(curl && mosquittoClients)(
       const text = lines.join('\n');
       expect(text).toContain('https://127.0.0.1:8443');
       expect(text).toContain('demo-test-token');
+      // The banner comes once every device has answered (the OPC UA client has its
+      // certificate and session), and nothing node-opcua says is in it.
+      expect(lines).toContain('Sluice demo is running.');
+      const banner = lines.slice(lines.indexOf('Sluice demo is running.'));
+      expect(banner.map((l) => l.trim())).toContain('all 4 answering');
+      expect(lines.filter((l) => OPCUA_NOISE.test(l))).toEqual([]);
       // The printed curl command, exactly as a user would paste it.
       const start = lines.findIndex((l) => l.trim().startsWith('curl '));
       const command = lines
@@ -240,6 +262,24 @@ it.runIf(curl && mosquittoClients)(
     // Nothing left behind: no process of the group, every port free again.
     expect(() => process.kill(-child.pid!, 0)).toThrow();
     for (const port of PORTS) expect(await portFree(port)).toBe(true);
+    // Not printed at any time, before the banner, inside it or after it: in the log instead.
+    expect(lines.filter((l) => OPCUA_NOISE.test(l))).toEqual([]);
+    expect(stderr.split('\n').filter((l) => OPCUA_NOISE.test(l))).toEqual([]);
+    const logged = readFileSync(LOG)
+      .subarray(logFrom)
+      .toString('utf8')
+      .split('\n')
+      .filter((l) => l.includes('"component":"node-opcua"'))
+      .map((l) => JSON.parse(l) as { level: number; msg: string; note?: string });
+    expect(logged).toContainEqual(
+      expect.objectContaining({ level: 40, msg: 'Creating default certificate ... please wait' }),
+    );
+    // node-opcua runs its RSA PKCS#1 v1.5 check (W27) on Node 20 and 21 only.
+    if (Number(process.versions.node.split('.')[0]) < 22) {
+      const w27 = logged.filter((l) => l.msg.startsWith('[NODE-OPCUA-W27]'));
+      expect(w27.map((l) => l.level)).toEqual([30]);
+      expect(w27[0]?.note).toMatch(/^does not apply: only the Basic128Rsa15 security policy/);
+    }
   },
   180_000,
 );
