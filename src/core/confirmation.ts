@@ -216,7 +216,25 @@ export class ConfirmationLoop {
             }`,
           });
           return;
-        case 'wrong-state':
+        case 'wrong-state': {
+          if (!profile.controller.echoesSeq) {
+            // No echo to show which command the controller took last: a stop of ours written
+            // after this command, and a readback requested after it, is what ended the travel.
+            const stop = this.laterStops(record, ctx, null, true).find(
+              (r) => r.dispatchedAt !== null && r.dispatchedAt <= readback.requestedAt,
+            );
+            if (stop !== undefined) {
+              const at = readback.position === null ? '' : ` at ${readback.position} %`;
+              this.host.settle(log, record, 'dispatched', {
+                to: 'failed',
+                code: 'INTERRUPTED',
+                faultCode: null,
+                observed: observe(readback),
+                detail: `stopped by ${stop.key}${at}: the stop was written after this command and the controller shows ${readback.state} (it echoes no sequence numbers: the stop is known by its write)`,
+              });
+              return;
+            }
+          }
           wrongSince ??= readback.requestedMono;
           lastReason = `the controller took the command and rests in ${readback.state}`;
           if (clock.elapsed() - wrongSince >= profile.timing.mismatchGraceMs) {
@@ -230,6 +248,7 @@ export class ConfirmationLoop {
             return;
           }
           break;
+        }
         case 'skew-contradicted':
           // The controller echoes this command with a source time before the write: its clock
           // stepped back (a restart, a manual set). Measure again before judging (SPEC §6).
@@ -378,8 +397,9 @@ export class ConfirmationLoop {
     record: CommandRecord,
     ctx: WrittenContext,
     echo: number | null,
+    fresh = false,
   ): readonly CommandRecord[] {
-    if (ctx.stops?.echo === echo) return ctx.stops.found;
+    if (!fresh && ctx.stops?.echo === echo) return ctx.stops.found;
     const found = this.host.journal
       .list({ device: record.device, since: record.acceptedAt, limit: 100 })
       .filter(
