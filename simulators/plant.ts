@@ -10,7 +10,6 @@ import type { TimeSource } from './clock.js';
 import { ControlApi } from './control-api.js';
 import { UnknownDeviceError, UnknownPlcError } from './errors.js';
 import { ModbusPlcServer } from './modbus-server.js';
-import { OpcuaPlcServer } from './opcua-server.js';
 import { parsePlant } from './plant-file.js';
 import type { PlantConfig, PlantInput } from './plant-file.js';
 import { SimPlc } from './plc.js';
@@ -113,7 +112,11 @@ export class Plant {
         const frontEnd: FrontEnd & { start(): Promise<SimPlc['endpoint']> } =
           config.protocol === 'modbus'
             ? new ModbusPlcServer(plc, config)
-            : new OpcuaPlcServer(plc, config, { pkiDir: options.pkiDir });
+            : // node-opcua takes seconds to load and prints warnings as it does: loaded only
+              // for a plant with an OPC UA PLC.
+              new (await import('./opcua-server.js')).OpcuaPlcServer(plc, config, {
+                pkiDir: options.pkiDir,
+              });
         this.#cleanup.push(() => frontEnd.stop());
         plc.endpoint = await frontEnd.start();
         logger.info({ plc: plc.name, endpoint: plc.endpoint }, 'PLC listening');

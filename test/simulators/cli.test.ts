@@ -1,9 +1,11 @@
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../simulators/cli-main.js';
+import { ROOT } from '../helpers/fixtures.js';
 import { api, until } from './helpers.js';
 
 class Capture extends Writable {
@@ -80,4 +82,37 @@ describe('sluice-sim command', () => {
     expect(await exit).toBe(0);
     expect(streams.stdout.text).toMatch(/stopped\n$/);
   }, 20_000);
+
+  it('a plant without an OPC UA PLC never loads node-opcua, so prints none of its warnings', async () => {
+    const file = join(dir, 'modbus-only.yaml');
+    await writeFile(
+      file,
+      [
+        'control: { port: 0 }',
+        'plcs:',
+        '  m: { protocol: modbus, port: 0, devices: { v: { profile: valve, base: 0 } } }',
+        '',
+      ].join('\n'),
+    );
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        join(ROOT, 'test/helpers/ts-register.mjs'),
+        join(ROOT, 'simulators/cli.ts'),
+        '--plant',
+        file,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    await until(() => out.includes('control: '), { attempts: 400, everyMs: 50 });
+    child.kill('SIGTERM');
+    await exited;
+    expect(out).toMatch(/stopped\n$/);
+    expect(out).not.toMatch(/NODE-OPCUA|node-opcua|Creating default certificate/);
+  }, 30_000);
 });
