@@ -161,12 +161,13 @@ export class ConfirmationLoop {
     let lastGood: TimedReadback | null = null;
     let lastReason = 'no readback after the write';
     let wrongSince: number | null = null;
-    let first = true;
+    // The first readback follows an acknowledged write at once: the controller takes it at its
+    // next scan, so the pauses start at one scan and double up to the poll interval (travel).
+    const { scanMs, pollIntervalMs } = profile.timing;
+    let pause = readAtOnce || ctx.write.acked ? 0 : pollIntervalMs;
     while (clock.elapsed() < ctx.confirmByMono) {
-      if (!(first && readAtOnce)) {
-        await clock.sleep(profile.timing.pollIntervalMs, lane.signal);
-      }
-      first = false;
+      if (pause > 0) await clock.sleep(pause, lane.signal);
+      pause = pause === 0 ? Math.min(scanMs, pollIntervalMs) : Math.min(pause * 2, pollIntervalMs);
       if (aborted(lane)) return;
       const readback = await this.reads.tryRead(lane, log);
       if (readback === null) continue;

@@ -25,6 +25,11 @@ const timingSchema = z.strictObject({
   defaultTtlMs: z.number().int().positive(),
   confirmTimeoutMs: z.number().int().positive(),
   pollIntervalMs: z.number().int().positive(),
+  /**
+   * The controller's scan (ms): after an acknowledged write the first readback is at once,
+   * the next ones one scan apart, doubling up to pollIntervalMs.
+   */
+  scanMs: z.number().int().positive().default(10),
   mismatchGraceMs: z.number().int().nonnegative(),
   redispatchGuardMs: z.number().int().nonnegative(),
 });

@@ -24,6 +24,7 @@ const TIMING: ProfileTiming = {
   defaultTtlMs: 30_000,
   confirmTimeoutMs: 2_000,
   pollIntervalMs: 20,
+  scanMs: 10,
   mismatchGraceMs: 200,
   redispatchGuardMs: 400,
 };

@@ -29,6 +29,7 @@ export const SIM_TIMING: ProfileTiming = {
   defaultTtlMs: 30_000,
   confirmTimeoutMs: 2_000,
   pollIntervalMs: 10,
+  scanMs: 10,
   mismatchGraceMs: 80,
   redispatchGuardMs: 400,
 };

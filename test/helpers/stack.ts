@@ -37,6 +37,7 @@ export const FAST_TIMING: ProfileTiming = {
   defaultTtlMs: 30_000,
   confirmTimeoutMs: 3_000,
   pollIntervalMs: 20,
+  scanMs: 10,
   mismatchGraceMs: 200,
   redispatchGuardMs: 400,
 };
