@@ -183,6 +183,21 @@ export const configSchema = z
         tokenFile: z.string().min(1).optional(),
       })
       .prefault({}),
+    /**
+     * The operator status page on the HTTPS listener (`/ui/`, docs/http-api.md): who may log
+     * in with their identity's token or certificate, and what they may do there.
+     */
+    ui: z
+      .strictObject({
+        enabled: z.boolean().default(true),
+        /** Identity → role: `viewer` reads; `operator` may also reverify and resolve. */
+        roles: z.record(name, z.enum(['viewer', 'operator'])).default({}),
+        /** A session ends after this long without a request from its page … */
+        sessionIdleMinutes: z.number().int().min(1).max(1_440).default(30),
+        /** … and this long after its login, whatever. */
+        sessionMaxHours: z.number().int().min(1).max(168).default(12),
+      })
+      .prefault({}),
     identities: z.record(name, identitySchema),
     plcs: z.record(name, plcSchema),
     devices: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/), deviceSchema),
@@ -369,6 +384,18 @@ function crossCheck(c: SluiceConfig): string[] {
         errors.push(`identities.${id}.devices.${i}: no device named "${d}"`);
       }
     });
+  }
+  for (const id of Object.keys(c.ui.roles)) {
+    const identity = c.identities[id];
+    if (identity === undefined) {
+      errors.push(`ui.roles.${id}: no identity named "${id}"`);
+    } else if (
+      identity.tokenSha256 === undefined &&
+      identity.tokenFile === undefined &&
+      identity.certificateCn === undefined
+    ) {
+      errors.push(`ui.roles.${id}: identity "${id}" has no token or certificate CN to log in with`);
+    }
   }
   if (c.https === undefined && c.mqtt === undefined) {
     errors.push(
