@@ -1,5 +1,5 @@
 import { COMMAND_STATES, type CommandState } from '../core/command.js';
-import type { CommandRecord } from '../core/journal.js';
+import { actionText, listItem, type ListItem } from '../views/command-list.js';
 import type { CliContext } from './context.js';
 import { relative } from './durations.js';
 import { EXIT, UsageError, type ExitCode } from './errors.js';
@@ -14,48 +14,6 @@ export interface ListOptions {
   /** Only commands accepted within this long (ms). */
   readonly since?: number;
   readonly limit: number;
-}
-
-/** One command as `list` prints it; `--json` gives these fields, times in RFC 3339. */
-export interface ListItem {
-  readonly key: string;
-  readonly scope: string;
-  readonly device: string;
-  readonly action: string;
-  readonly position: number | null;
-  readonly state: string;
-  readonly code: string | null;
-  readonly faultCode: string | null;
-  readonly seq: number | null;
-  readonly intake: string;
-  readonly acceptedAt: string;
-  readonly ageMs: number;
-  readonly settledAt: string | null;
-  readonly detail: string | null;
-}
-
-export function listItem(r: CommandRecord, now: number): ListItem {
-  return {
-    key: r.key,
-    scope: r.scope,
-    device: r.device,
-    action: r.action,
-    position: r.position,
-    state: r.state,
-    code: r.code,
-    faultCode: r.faultCode,
-    seq: r.seq,
-    intake: r.intake,
-    acceptedAt: new Date(r.acceptedAt).toISOString(),
-    ageMs: Math.max(0, now - r.acceptedAt),
-    settledAt: r.settledAt === null ? null : new Date(r.settledAt).toISOString(),
-    detail: r.detail,
-  };
-}
-
-/** `open`, or `move 40%`. */
-export function actionText(action: string, position: number | null): string {
-  return position === null ? action : `${action} ${position}%`;
 }
 
 export function parseState(value: string): CommandState {

@@ -1,47 +1,26 @@
+import { actionText } from '../views/command-list.js';
+import { showCommand, type OpenStatus } from '../views/command-show.js';
+import type { CommandStory, StoryEvent, StoryKind } from '../views/command-story.js';
 import type { CliContext } from './context.js';
 import { formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
 import { findCommand, withJournal } from './journal-reader.js';
-import { actionText } from './list.js';
 import { observationText, outcomeText } from './result-view.js';
-import { stuckItems } from './stuck.js';
-import { buildStory, type CommandStory, type StoryEvent, type StoryKind } from './story.js';
 import { clean, renderFields, renderTable, stateTone, type Field, type Tone } from './table.js';
 
-/** `sluicectl show KEY`: the whole story of one command, from the journal (story.ts). */
+/** `sluicectl show KEY`: the whole story of one command, from the journal (views/command-show.ts). */
 export function runShow(ctx: CliContext, key: string, scope: string | undefined): ExitCode {
   const now = ctx.now();
-  const { story, record } = withJournal(ctx.journalPath(), (journal) => {
+  const shown = withJournal(ctx.journalPath(), (journal) => {
     const found = findCommand(journal, key, scope);
-    return { story: buildStory(found, journal.history(found)), record: found };
+    return showCommand(found, journal.history(found), now, () => ctx.confirmTimeouts());
   });
-  // An open command: is it stuck (SPEC §2)? Judged as `stuck` judges it.
-  const open =
-    story.outcome === null
-      ? (stuckItems([record], 0, now, ctx.confirmTimeouts(), () => undefined)[0] ?? null)
-      : null;
-  const openStatus =
-    open === null
-      ? null
-      : {
-          ageMs: open.ageMs,
-          stuck: open.stuck,
-          overdueMs: open.overdueMs,
-          confirmTimeoutMs: open.confirmTimeoutMs,
-        };
   if (ctx.json) {
-    ctx.outJson({ ...story, open: openStatus });
+    ctx.outJson(shown);
     return EXIT.OK;
   }
-  ctx.out(renderStory(story, openStatus, now, ctx));
+  ctx.out(renderStory(shown, shown.open, now, ctx));
   return EXIT.OK;
-}
-
-interface OpenStatus {
-  readonly ageMs: number;
-  readonly stuck: boolean;
-  readonly overdueMs: number | null;
-  readonly confirmTimeoutMs: number | null;
 }
 
 const WHAT: Readonly<Record<StoryKind, string>> = {

@@ -1,10 +1,9 @@
-import type { CommandRecord, JournalEvent } from '../core/journal.js';
-import { summarizeOpen } from '../core/open-commands.js';
+import { actionText } from '../views/command-list.js';
+import { stuckItems, type StuckItem } from '../views/open-commands.js';
 import type { CliContext } from './context.js';
 import { formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
 import { withJournal } from './journal-reader.js';
-import { actionText } from './list.js';
 import { renderTable, type Column } from './table.js';
 
 /**
@@ -13,66 +12,6 @@ import { renderTable, type Column } from './table.js';
  * would have ended them by then) and are marked. Exit 3 when any command is listed, so that
  * monitoring can call it.
  */
-
-export interface StuckItem {
-  readonly key: string;
-  readonly scope: string;
-  readonly device: string;
-  readonly action: string;
-  readonly position: number | null;
-  readonly state: string;
-  readonly intake: string;
-  readonly seq: number | null;
-  readonly acceptedAt: string;
-  readonly ageMs: number;
-  readonly deadline: string;
-  /** Past its deadline plus its device's confirm timeout (SPEC §2). */
-  readonly stuck: boolean;
-  /** How long past deadline + confirm timeout; null when not (yet) stuck. */
-  readonly overdueMs: number | null;
-  /** The device's confirm timeout; null when the configuration does not know the device. */
-  readonly confirmTimeoutMs: number | null;
-  readonly lastEvent: { readonly at: string; readonly detail: string } | null;
-}
-
-export function stuckItems(
-  open: readonly CommandRecord[],
-  olderThanMs: number,
-  now: number,
-  confirmTimeouts: ReadonlyMap<string, number> | null,
-  lastEvent: (record: CommandRecord) => JournalEvent | undefined,
-): StuckItem[] {
-  const timeouts = confirmTimeouts ?? new Map<string, number>();
-  const overdue = new Map(
-    summarizeOpen(open, now, timeouts).stuck.map((s) => [`${s.scope}\0${s.key}`, s.overdueMs]),
-  );
-  return open
-    .filter((r) => now - r.acceptedAt >= olderThanMs)
-    .map((r) => {
-      const late = overdue.get(`${r.scope}\0${r.key}`) ?? null;
-      const event = lastEvent(r);
-      return {
-        key: r.key,
-        scope: r.scope,
-        device: r.device,
-        action: r.action,
-        position: r.position,
-        state: r.state,
-        intake: r.intake,
-        seq: r.seq,
-        acceptedAt: new Date(r.acceptedAt).toISOString(),
-        ageMs: Math.max(0, now - r.acceptedAt),
-        deadline: new Date(r.deadline).toISOString(),
-        stuck: late !== null,
-        overdueMs: late,
-        confirmTimeoutMs: timeouts.get(r.device) ?? null,
-        lastEvent:
-          event === undefined
-            ? null
-            : { at: new Date(event.at).toISOString(), detail: event.detail },
-      };
-    });
-}
 
 export function runStuck(ctx: CliContext, olderThanMs: number): ExitCode {
   const now = ctx.now();

@@ -5,7 +5,8 @@ import type { CommandRecord, JournalEvent, Observation } from '../core/journal.j
  * by whom, every duplicate and key reuse seen, the freshness and clock checks it was judged
  * on, the dispatch with its sequence number, the readbacks journaled with it, operator
  * actions, and the outcome with its code — plus the stored result, byte for byte what every
- * replay returns. Pure: built from a record and its history.
+ * replay returns. Pure: built from a record and its history. `sluicectl show` and the status
+ * page tell the same story from it.
  */
 
 export type StoryKind =
