@@ -4,6 +4,8 @@ import { pino, type Logger as PinoLogger } from 'pino';
 import type { SluiceConfig } from '../config/config.js';
 import { preflight } from '../config/preflight.js';
 import { systemClock, type Clock } from '../core/clock.js';
+import { isTerminal } from '../core/command.js';
+import type { CommandRef } from '../core/journal.js';
 import { CommandPipeline } from '../core/pipeline.js';
 import { RetentionSweeper } from '../core/retention.js';
 import { buildDrivers } from '../drivers/inventory.js';
@@ -14,6 +16,7 @@ import { SqliteJournal } from '../journal/sqlite-journal.js';
 import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { Metrics } from './metrics.js';
+import { serviceNotifier, type ServiceNotifier } from './notify.js';
 
 export interface DaemonOptions {
   readonly logger?: PinoLogger;
@@ -24,6 +27,17 @@ export interface DaemonOptions {
   readonly monitorIntervalMs?: number;
   /** Period of the sweep that takes up open commands with no live worker. */
   readonly sweepIntervalMs?: number;
+  /**
+   * The service manager's notifications (READY, WATCHDOG, STOPPING); by default from this
+   * process's NOTIFY_SOCKET, silent without it.
+   */
+  readonly notifier?: ServiceNotifier;
+  /**
+   * How long READY waits for the commands recovered from the journal to settle; past it READY
+   * is sent anyway (the intakes already take commands) and the status line says how many are
+   * still open. Below the unit's TimeoutStartSec=.
+   */
+  readonly readyBoundMs?: number;
 }
 
 export interface Readiness {
@@ -53,6 +67,8 @@ export class Daemon {
   private readonly journal: SqliteJournal;
   private readonly clocks: GatewayClocks;
   private readonly clock: Clock;
+  private readonly notifier: ServiceNotifier;
+  private readonly shutdownBoundMs: number;
   private stopping: Promise<void> | null = null;
 
   private constructor(parts: {
@@ -64,6 +80,8 @@ export class Daemon {
     journal: SqliteJournal;
     clocks: GatewayClocks;
     clock: Clock;
+    notifier: ServiceNotifier;
+    shutdownBoundMs: number;
     httpsIntake: HttpsIntake | null;
     mqttIntake: MqttIntake | null;
     releasers: { name: string; release: () => Promise<void> | void }[];
@@ -76,6 +94,8 @@ export class Daemon {
     this.journal = parts.journal;
     this.clocks = parts.clocks;
     this.clock = parts.clock;
+    this.notifier = parts.notifier;
+    this.shutdownBoundMs = parts.shutdownBoundMs;
     this.httpsIntake = parts.httpsIntake;
     this.mqttIntake = parts.mqttIntake;
     this.releasers = parts.releasers;
@@ -96,6 +116,15 @@ export class Daemon {
         }
       }
     };
+    // Opened first and closed last: the watchdog pings run through a long start (OPC UA PKI,
+    // recovery) and through the graceful drain at stop.
+    const notifier = options.notifier ?? serviceNotifier(process.env, logger);
+    releasers.push({
+      name: 'service notification',
+      release: () => {
+        notifier.close();
+      },
+    });
     try {
       // What `sluiced --check` checks, before anything is created: a configuration error
       // (ConfigError, exit 2) leaves no state folder, journal or PKI behind.
@@ -141,6 +170,18 @@ export class Daemon {
       });
       const boundMs = options.shutdownBoundMs ?? 10_000;
       // I5: every open command is settled by reading its controller before intakes open.
+      // READY waits for these to settle (announceReady).
+      let openAtStart: CommandRef[] = [];
+      try {
+        // A command for a device no longer configured has no worker: /readyz and the stuck
+        // gauge name it; READY does not wait for it.
+        openAtStart = journal
+          .listOpen()
+          .filter((r) => Object.hasOwn(config.devices, r.device))
+          .map((r) => ({ scope: r.scope, key: r.key }));
+      } catch (error) {
+        logger.warn({ err: error }, 'the journal cannot be read at start; the sweep retries');
+      }
       const recovered = pipeline.recover();
       if (recovered > 0)
         logger.warn({ open: recovered }, 'recovering open commands from the journal');
@@ -208,6 +249,8 @@ export class Daemon {
         journal,
         clocks,
         clock,
+        notifier,
+        shutdownBoundMs: boundMs,
         httpsIntake,
         mqttIntake,
         releasers,
@@ -246,11 +289,51 @@ export class Daemon {
         },
         'sluiced started',
       );
+      void daemon.announceReady(openAtStart, options.readyBoundMs ?? 45_000);
       return daemon;
     } catch (error) {
       await release();
       throw error;
     }
+  }
+
+  /**
+   * READY=1 once the intakes listen (Daemon.start has returned) and the commands the journal
+   * held open at start have settled, within `boundMs`. Not sent once a stop has begun.
+   */
+  private async announceReady(recovered: readonly CommandRef[], boundMs: number): Promise<void> {
+    const until = this.clock.elapsed() + boundMs;
+    let open = 0;
+    for (const ref of recovered) {
+      try {
+        const record = await this.pipeline.waitForSettled(
+          ref,
+          Math.max(0, until - this.clock.elapsed()),
+        );
+        if (record !== undefined && !isTerminal(record.state)) open++;
+      } catch (error) {
+        this.logger.warn({ err: error, key: ref.key }, 'recovery: the journal cannot be read');
+        open++;
+      }
+    }
+    if (this.stopping !== null) return;
+    const intakes = [
+      ...(this.https === null ? [] : [`HTTPS on ${this.https.host}:${this.https.port}`]),
+      ...(this.mqttIntake === null
+        ? []
+        : [`MQTT ${this.mqttIntake.connected() ? 'connected' : 'connecting'}`]),
+    ];
+    const recovery =
+      open === 0
+        ? `${recovered.length} recovered command(s) settled`
+        : `${open} of ${recovered.length} recovered command(s) still settling`;
+    if (open > 0) {
+      this.logger.warn({ open, boundMs }, 'ready with recovered commands still open');
+    }
+    this.notifier.ready(
+      `ready: ${intakes.length === 0 ? 'no intake' : intakes.join(', ')}; ${recovery}`,
+    );
+    this.logger.info({ recovered: recovered.length, open }, 'sluiced ready');
   }
 
   /** Journal writable, intakes up, devices reachable (SPEC §4 /readyz). */
@@ -357,6 +440,9 @@ export class Daemon {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.logger.info({}, 'sluiced stopping');
+      this.notifier.stopping(
+        `stopping: intakes close, in-flight commands get ${Math.round(this.shutdownBoundMs / 1000)} s to settle`,
+      );
       // MQTT stops claiming at once (messages stay unacknowledged at the broker) but stays
       // connected to publish the results of commands that settle during the bound.
       this.mqttIntake?.stopTakingCommands();

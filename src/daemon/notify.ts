@@ -1,0 +1,143 @@
+import { createRequire } from 'node:module';
+import type { Logger as PinoLogger } from 'pino';
+
+/**
+ * The service manager's notification protocol (sd_notify(3)): READY=1 once the daemon serves,
+ * WATCHDOG=1 from the event loop at half of WATCHDOG_USEC, STOPPING=1 when a stop begins, and
+ * a STATUS= line for `systemctl status`. Without NOTIFY_SOCKET it is silent and loads nothing.
+ *
+ * Why the native module unix-dgram: Node's dgram has no AF_UNIX datagram sockets. The other
+ * way, running `systemd-notify`, sends from a child's PID: the unit would need
+ * NotifyAccess=all, and systemd drops a message whose sender exited before PID 1 read it,
+ * unless it can tie the PID to the unit (systemd-notify(1), "unless the sending process is
+ * still around"), so a READY could be lost; and it would spawn a process for every watchdog
+ * ping. unix-dgram sends from the daemon's own process, so systemd attributes every message
+ * to the main PID and the unit keeps NotifyAccess=main; it builds with node-gyp, as
+ * better-sqlite3 does, and is the module zigbee2mqtt's and hot-shots' notifications use.
+ * Its sendto passes the whole sockaddr_un, so an abstract address (`@name`) never reaches its
+ * peer: such a NOTIFY_SOCKET is reported once and not used. systemd gives services a path
+ * (`/run/systemd/notify`).
+ */
+export interface ServiceNotifier {
+  /** READY=1 with a status line: the intakes listen and recovery is done. */
+  ready(status: string): void;
+  /** STOPPING=1 with a status line: a graceful stop has begun. */
+  stopping(status: string): void;
+  /** Stops the watchdog pings and closes the socket. Idempotent. */
+  close(): void;
+}
+
+/** The part of unix-dgram's socket this module uses (the package ships no types). */
+interface DatagramSocket {
+  send(
+    buffer: Buffer,
+    offset: number,
+    length: number,
+    path: string,
+    callback: (error?: Error) => void,
+  ): void;
+  on(event: 'error', listener: (error: Error) => void): void;
+  close(): void;
+}
+
+interface UnixDgram {
+  createSocket(type: 'unix_dgram'): DatagramSocket;
+}
+
+const silent: ServiceNotifier = {
+  ready: () => undefined,
+  stopping: () => undefined,
+  close: () => undefined,
+};
+
+/**
+ * The watchdog period systemd asks for (sd_watchdog_enabled(3)): WATCHDOG_USEC, for this
+ * process only when WATCHDOG_PID names it. Null when there is no watchdog.
+ */
+export function watchdogIntervalMs(env: NodeJS.ProcessEnv, pid = process.pid): number | null {
+  const usec = Number(env.WATCHDOG_USEC ?? '');
+  if (!Number.isFinite(usec) || usec <= 0) return null;
+  if (env.WATCHDOG_PID !== undefined && env.WATCHDOG_PID !== '') {
+    if (Number(env.WATCHDOG_PID) !== pid) return null;
+  }
+  // Pinging at half the timeout leaves a whole half for a busy event loop (sd_notify(3)).
+  return Math.max(1, Math.floor(usec / 2_000));
+}
+
+/** One line: STATUS= ends at the first newline. */
+function statusLine(text: string): string {
+  return text.replace(/[\r\n]+/g, ' ').slice(0, 512);
+}
+
+/**
+ * The notifier for this process's environment: silent without NOTIFY_SOCKET, else unix-dgram
+ * to that socket, with watchdog pings from a timer on the event loop (a loop that stops
+ * turning stops them, and systemd restarts the service after WatchdogSec=).
+ */
+export function serviceNotifier(env: NodeJS.ProcessEnv, logger: PinoLogger): ServiceNotifier {
+  const path = env.NOTIFY_SOCKET;
+  if (path === undefined || path === '') return silent;
+  const log = logger.child({ notifySocket: path });
+  if (path.startsWith('@')) {
+    log.warn(
+      {},
+      'NOTIFY_SOCKET is an abstract socket, which this build cannot address: no readiness or watchdog notification',
+    );
+    return silent;
+  }
+  let socket: DatagramSocket;
+  try {
+    const unixDgram = createRequire(import.meta.url)('unix-dgram') as UnixDgram;
+    socket = unixDgram.createSocket('unix_dgram');
+  } catch (error) {
+    log.error({ err: error }, 'cannot open the notification socket: no readiness or watchdog');
+    return silent;
+  }
+  socket.on('error', (error) => {
+    log.warn({ err: error }, 'service notification failed');
+  });
+  let closed = false;
+  const warned = new Set<string>();
+  const send = (message: string): void => {
+    if (closed) return;
+    const buffer = Buffer.from(message, 'utf8');
+    socket.send(buffer, 0, buffer.length, path, (error) => {
+      if (error === undefined) return;
+      // Once per kind of failure and message: a dead socket must not flood the log at every
+      // watchdog ping.
+      const what = `${message.split('=')[0] ?? ''}:${error.message}`;
+      if (warned.has(what)) return;
+      warned.add(what);
+      log.warn({ err: error, notification: message.split('\n')[0] }, 'service notification failed');
+    });
+  };
+  const intervalMs = watchdogIntervalMs(env);
+  let timer: NodeJS.Timeout | null = null;
+  if (intervalMs !== null) {
+    send('WATCHDOG=1');
+    timer = setInterval(() => {
+      send('WATCHDOG=1');
+    }, intervalMs);
+    // The pings keep nothing alive: the daemon's own work decides when the process ends.
+    timer.unref();
+    log.info({ watchdogIntervalMs: intervalMs }, 'watchdog pings started');
+  }
+  return {
+    ready: (status) => {
+      send(`READY=1\nSTATUS=${statusLine(status)}`);
+    },
+    stopping: (status) => {
+      send(`STOPPING=1\nSTATUS=${statusLine(status)}`);
+    },
+    close: () => {
+      if (closed) return;
+      closed = true;
+      if (timer !== null) clearInterval(timer);
+      try {
+        socket.close();
+      } catch (error) {
+        log.warn({ err: error }, 'closing the notification socket failed');
+      }
+    },
+  };
+}
