@@ -68,7 +68,7 @@ async function postCommand(
     );
     throw error;
   }
-  metrics.accepted.inc({ intake: 'https', outcome: claim.kind });
+  metrics.accepted.inc({ intake: 'https', outcome: receivedOutcome(claim) });
   const log = logger.child({ key, device });
   switch (claim.kind) {
     case 'new': {
@@ -113,6 +113,22 @@ async function postCommand(
           { key },
         ),
       );
+  }
+}
+
+/**
+ * `sluice_commands_received_total{intake="https"}` counts in the MQTT intake's words
+ * (docs/mqtt-api.md), so that one query covers both intakes: a duplicate of a settled command
+ * is a replay, of an open one a retry in flight.
+ */
+function receivedOutcome(claim: Claim): 'new' | 'replayed' | 'in_flight' | 'key_reused' {
+  switch (claim.kind) {
+    case 'new':
+      return 'new';
+    case 'duplicate':
+      return isTerminal(claim.record.state) ? 'replayed' : 'in_flight';
+    case 'reused':
+      return 'key_reused';
   }
 }
 

@@ -120,7 +120,7 @@ describe('200 confirmed and replays', () => {
       /sluice_commands_received_total\{intake="https",outcome="new"\} 1/,
     );
     expect(metrics.text).toMatch(
-      /sluice_commands_received_total\{intake="https",outcome="duplicate"\} 1/,
+      /sluice_commands_received_total\{intake="https",outcome="replayed"\} 1/,
     );
     expect(metrics.text).toContain(
       'sluice_http_responses_total{route="/v1/commands",status="200"} 2',
