@@ -7,7 +7,6 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { isTerminal } from '../core/command.js';
 import type { CommandRef } from '../core/journal.js';
 import { CommandPipeline } from '../core/pipeline.js';
-import { RetentionSweeper } from '../core/retention.js';
 import { buildDrivers } from '../drivers/inventory.js';
 import { HttpsIntake } from '../intake/https.js';
 import { IdentityRegistry } from '../intake/identities.js';
@@ -15,7 +14,7 @@ import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
 import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
-import { Metrics } from './metrics.js';
+import { CountedRetentionSweeper, Metrics } from './metrics.js';
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
 
 export interface DaemonOptions {
@@ -132,8 +131,9 @@ export class Daemon {
       mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
       const inventory = { plcs: config.plcs, devices: config.devices };
 
+      const journalPath = config.journal.path ?? join(config.stateDir, 'journal.db');
       const journal = SqliteJournal.open({
-        path: config.journal.path ?? join(config.stateDir, 'journal.db'),
+        path: journalPath,
         busyTimeoutMs: config.journal.busyTimeoutMs,
       });
       releasers.push({
@@ -190,17 +190,20 @@ export class Daemon {
       // are terminal, so that none waits for a restart.
       pipeline.startSweep(options.sweepIntervalMs ?? 1_000);
 
-      const sweeper = new RetentionSweeper({
-        journal,
-        clock,
-        logger,
-        retentionMs: config.journal.retentionHours * 3_600_000,
-      });
+      const metrics = new Metrics(pipeline, clock, clocks.gateway, { path: journalPath });
+      const sweeper = new CountedRetentionSweeper(
+        {
+          journal,
+          clock,
+          logger,
+          retentionMs: config.journal.retentionHours * 3_600_000,
+        },
+        metrics,
+      );
       sweeper.start();
       releasers.push({ name: 'retention', release: () => sweeper.stop() });
 
       const identities = new IdentityRegistry(config.identities);
-      const metrics = new Metrics(pipeline, clock, clocks.gateway);
 
       let mqttIntake: MqttIntake | null = null;
       if (config.mqtt !== undefined) {

@@ -1,27 +1,41 @@
+import { statSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Clock } from '../core/clock.js';
 import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandRecord } from '../core/journal.js';
 import type { CommandPipeline, OpenCommands } from '../core/pipeline.js';
+import { RetentionSweeper, type RetentionOptions } from '../core/retention.js';
 
-/** Prometheus metrics of one daemon (served at GET /metrics). */
+/**
+ * Prometheus metrics of one daemon (served at GET /metrics). Labels are closed vocabularies
+ * (intake, outcome, state, code, reason) or configured names (device, route): never a key, a
+ * token, an identity or free text, so that series stay few and nothing secret is exported.
+ */
 export class Metrics {
   readonly registry = new Registry();
-  readonly commands: Counter<'device' | 'state' | 'code'>;
+  readonly commands: Counter<'device' | 'intake' | 'state' | 'code'>;
   readonly accepted: Counter<'intake' | 'outcome'>;
   readonly latency: Histogram<'device' | 'state'>;
+  readonly confirmLatency: Histogram<'device'>;
+  readonly retentionSweeps: Counter;
+  readonly retentionPurged: Counter;
   readonly httpResponses: Counter<'route' | 'status'>;
   readonly mqttMessages: Counter<'outcome'>;
   readonly mqttResponseTopicsRefused: Counter<'reason'>;
   readonly journalFailures: Counter;
 
-  constructor(pipeline: CommandPipeline, clock: Clock, gatewayClock?: GatewayClock) {
+  constructor(
+    pipeline: CommandPipeline,
+    clock: Clock,
+    gatewayClock?: GatewayClock,
+    journal?: { readonly path: string },
+  ) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'sluice_process_' });
     this.commands = new Counter({
       name: 'sluice_commands_settled_total',
-      help: 'Commands that reached a terminal state, by device, state and code.',
-      labelNames: ['device', 'state', 'code'],
+      help: 'Commands that reached a terminal state, by device, the intake that took them, state and code.',
+      labelNames: ['device', 'intake', 'state', 'code'],
       registers,
     });
     this.accepted = new Counter({
@@ -37,6 +51,41 @@ export class Metrics {
       buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60],
       registers,
     });
+    this.confirmLatency = new Histogram({
+      name: 'sluice_command_confirm_seconds',
+      help: 'Time from the journaled dispatch (just before the write) to the readback that confirmed it.',
+      labelNames: ['device'],
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60],
+      registers,
+    });
+    this.retentionSweeps = new Counter({
+      name: 'sluice_journal_retention_sweeps_total',
+      help: 'Runs of the retention sweeper, which purges settled commands past the retention window.',
+      registers,
+    });
+    this.retentionPurged = new Counter({
+      name: 'sluice_journal_retention_purged_total',
+      help: 'Settled commands purged from the journal by the retention sweeper.',
+      registers,
+    });
+    if (journal !== undefined) {
+      new Gauge({
+        name: 'sluice_journal_size_bytes',
+        help: 'Size of the journal on disk: the database file and its write-ahead log.',
+        registers,
+        collect() {
+          let bytes = 0;
+          for (const file of [journal.path, `${journal.path}-wal`]) {
+            try {
+              bytes += statSync(file).size;
+            } catch {
+              // No write-ahead log right after a checkpoint: it counts as empty.
+            }
+          }
+          this.set(bytes);
+        },
+      });
+    }
     this.httpResponses = new Counter({
       name: 'sluice_http_responses_total',
       help: 'HTTPS intake responses by route and status.',
@@ -111,6 +160,16 @@ export class Metrics {
         for (const d of pipeline.devices()) {
           if (d.mirror !== null) this.set({ device: d.id }, (now - d.mirror.receivedAt) / 1000);
         }
+      },
+    });
+    new Gauge({
+      name: 'sluice_commands_in_flight',
+      help: 'Commands being carried out now (checked, written, awaiting their readback): at most one per device.',
+      registers,
+      collect() {
+        let n = 0;
+        for (const d of pipeline.devices()) if (d.inFlight !== null) n++;
+        this.set(n);
       },
     });
     new Gauge({
@@ -244,12 +303,40 @@ export class Metrics {
   }
 
   private settled(record: CommandRecord): void {
-    this.commands.inc({ device: record.device, state: record.state, code: record.code ?? '' });
+    this.commands.inc({
+      device: record.device,
+      intake: record.intake,
+      state: record.state,
+      code: record.code ?? '',
+    });
     if (record.settledAt !== null) {
       this.latency.observe(
         { device: record.device, state: record.state },
         (record.settledAt - record.acceptedAt) / 1000,
       );
+      if (record.state === 'confirmed' && record.dispatchedAt !== null) {
+        this.confirmLatency.observe(
+          { device: record.device },
+          (record.settledAt - record.dispatchedAt) / 1000,
+        );
+      }
     }
+  }
+}
+
+/** The retention sweeper, with its runs and purged commands counted in the metrics. */
+export class CountedRetentionSweeper extends RetentionSweeper {
+  constructor(
+    options: RetentionOptions,
+    private readonly metrics: Metrics,
+  ) {
+    super(options);
+  }
+
+  override async sweep(): Promise<number> {
+    const purged = await super.sweep();
+    this.metrics.retentionSweeps.inc();
+    this.metrics.retentionPurged.inc(purged);
+    return purged;
   }
 }
