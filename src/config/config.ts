@@ -328,9 +328,15 @@ export function loadConfig(
       parsed.error.issues.map((i) => `${issuePath(i.path)}: ${i.message}`),
     );
   }
-  const config = resolvePaths(parsed.data, dirname(resolve(path)));
+  const unset: string[] = [];
+  const config = resolvePaths(
+    parsed.data,
+    dirname(resolve(path)),
+    options.env ?? process.env,
+    unset,
+  );
   // checkInventory repeats some of crossCheck's findings (a device's unknown PLC): once each.
-  const errors = [...new Set([...crossCheck(config), ...checkDevices(config)])];
+  const errors = [...new Set([...unset, ...crossCheck(config), ...checkDevices(config)])];
   if (errors.length > 0) throw new ConfigError(path, errors);
   return config;
 }
@@ -409,8 +415,41 @@ function crossCheck(c: SluiceConfig): string[] {
   return errors;
 }
 
-function resolvePaths(c: SluiceConfig, base: string): SluiceConfig {
-  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
+/**
+ * The folders systemd gives a unit in its environment, which a path may start with:
+ * `${CREDENTIALS_DIRECTORY}/https.key` is a secret passed with LoadCredential= (systemd.exec(5)).
+ */
+const UNIT_DIRECTORIES = new Set([
+  'CREDENTIALS_DIRECTORY',
+  'STATE_DIRECTORY',
+  'RUNTIME_DIRECTORY',
+  'CONFIGURATION_DIRECTORY',
+]);
+
+function resolvePaths(
+  c: SluiceConfig,
+  base: string,
+  env: NodeJS.ProcessEnv,
+  unset: string[],
+): SluiceConfig {
+  const expand = (p: string): string => {
+    const m = /^\$\{([A-Z_]+)\}(\/.*)?$/.exec(p);
+    if (m === null || !UNIT_DIRECTORIES.has(m[1] ?? '')) return p;
+    const name = m[1] ?? '';
+    // systemd may give a list (StateDirectory=a b): the first is the unit's own.
+    const dir = env[name]?.split(':')[0];
+    if (dir === undefined || dir === '') {
+      unset.push(
+        `"${p}": ${name} is not set: systemd sets it for the unit; elsewhere set it to the folder that holds these files`,
+      );
+      return p;
+    }
+    return `${dir}${m[2] ?? ''}`;
+  };
+  const abs = (raw: string): string => {
+    const p = expand(raw);
+    return isAbsolute(p) ? p : resolve(base, p);
+  };
   const opt = (p: string | undefined): string | undefined => (p === undefined ? undefined : abs(p));
   const stateDir = abs(c.stateDir);
   return {
