@@ -54,7 +54,7 @@ export interface CommandRecord extends NewCommand {
   readonly detail: string | null;
   readonly dispatchedAt: number | null;
   readonly settledAt: number | null;
-  /** The result body, stored once at settlement so that every replay is byte-identical. */
+  /** The result body of a settled command (renderResult of this record): every replay is byte-identical. */
   readonly response: string | null;
 }
 
@@ -79,8 +79,6 @@ export interface Settlement {
   readonly detail: string;
   readonly at: number;
   readonly intake: string;
-  /** Renders the stored result from the settled record (called inside the transaction). */
-  readonly render: (record: CommandRecord) => string;
 }
 
 /**
@@ -91,7 +89,6 @@ export interface Settlement {
 export interface Rejection {
   readonly code: RejectCode;
   readonly detail: string;
-  readonly render: (record: CommandRecord) => string;
 }
 
 /**

@@ -34,7 +34,6 @@ import type { Claim, CommandRecord, CommandRef, Journal, JournalEvent } from './
 import type { Logger } from './logger.js';
 import type { DeviceProfile } from './profile.js';
 import { noReadFailures, type ReadFailure } from './read-failures.js';
-import { renderResult } from './result.js';
 import type { SkewEstimate, TimedReadback } from './skew.js';
 
 /** One commandable device: its profile and the driver that reaches it. */
@@ -266,7 +265,6 @@ export class CommandPipeline {
         ? {
             code: 'FORBIDDEN_DEVICE',
             detail: `identity "${submission.identity.scope}" may not command device "${request.device}"; nothing was written`,
-            render: renderResult,
           }
         : undefined,
     );
@@ -389,7 +387,6 @@ export class CommandPipeline {
       detail: `resolved by ${by}: ${reason}; the operator's action wrote nothing to the controller`,
       at: this.clock.now(),
       intake: ADMIN,
-      render: renderResult,
     });
     log.warn({ by, from: record.state }, 'command resolved by an operator');
     const lane = this.lanes.get(record.device);
@@ -794,7 +791,6 @@ export class CommandPipeline {
         ...outcome,
         at: this.clock.now(),
         intake: PIPELINE,
-        render: renderResult,
       });
     } catch (error) {
       if (error instanceof JournalConflictError) {

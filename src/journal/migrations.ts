@@ -11,6 +11,63 @@ export interface Migration {
   readonly up: (db: Database) => void;
 }
 
+/** The schema of version 2 (the latest): what a new journal is created with. */
+const SCHEMA_V2 = `
+  CREATE TABLE commands (
+    id               INTEGER PRIMARY KEY,
+    scope            TEXT    NOT NULL,
+    key              TEXT    NOT NULL,
+    fingerprint      TEXT    NOT NULL,
+    device           TEXT    NOT NULL,
+    action           TEXT    NOT NULL,
+    position         REAL,
+    issued_at        INTEGER NOT NULL,
+    issued_at_source TEXT    NOT NULL CHECK (issued_at_source IN ('issuer', 'gateway')),
+    ttl_ms           INTEGER NOT NULL,
+    deadline         INTEGER NOT NULL,
+    intake           TEXT    NOT NULL,
+    state            TEXT    NOT NULL
+      CHECK (state IN ('accepted', 'dispatched', 'confirmed', 'rejected', 'failed')),
+    code             TEXT,
+    fault_code       TEXT,
+    seq              INTEGER,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    observed_before  TEXT,
+    observed         TEXT,
+    detail           TEXT,
+    accepted_at      INTEGER NOT NULL,
+    dispatched_at    INTEGER,
+    settled_at       INTEGER
+  );
+  CREATE UNIQUE INDEX commands_key ON commands (key, scope);
+  CREATE INDEX commands_open ON commands (accepted_at)
+    WHERE state IN ('accepted', 'dispatched');
+  CREATE INDEX commands_settled ON commands (settled_at) WHERE settled_at IS NOT NULL;
+  CREATE INDEX commands_device ON commands (device, accepted_at);
+  CREATE INDEX commands_accepted ON commands (accepted_at);
+
+  CREATE TABLE events (
+    id         INTEGER PRIMARY KEY,
+    command    INTEGER NOT NULL,
+    at         INTEGER NOT NULL,
+    from_state TEXT,
+    to_state   TEXT    NOT NULL,
+    intake     TEXT    NOT NULL,
+    detail     TEXT    NOT NULL
+  );
+  CREATE INDEX events_command ON events (command, id);
+
+  CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) WITHOUT ROWID;
+
+  CREATE TABLE IF NOT EXISTS device_seq (
+    device   TEXT    PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+  ) WITHOUT ROWID;
+`;
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -75,6 +132,49 @@ export const MIGRATIONS: readonly Migration[] = [
       `);
     },
   },
+  {
+    version: 2,
+    description:
+      'commands as a rowid table (a ~1 KB row no longer spills onto its own overflow page), no stored response (rendered from the record), events keyed by command id',
+    up: (db) => {
+      // A WITHOUT ROWID table keeps at most ~1 KB of a row on its B-tree page; a settled
+      // command is about that, so each spilled onto a 4 KB overflow page of its own (5.4 KB
+      // per retained command). The result is rendered from the record whenever it is read.
+      db.exec(`
+        DROP INDEX commands_open;
+        DROP INDEX commands_settled;
+        DROP INDEX commands_device;
+        DROP INDEX commands_key;
+        DROP INDEX commands_accepted;
+        DROP INDEX events_command;
+        ALTER TABLE commands RENAME TO commands_v1;
+        ALTER TABLE events RENAME TO events_v1;
+      `);
+      db.exec(SCHEMA_V2);
+      db.exec(`
+        INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
+            issued_at_source, ttl_ms, deadline, intake, state, code, fault_code, seq, attempts,
+            observed_before, observed, detail, accepted_at, dispatched_at, settled_at)
+          SELECT scope, key, fingerprint, device, action, position, issued_at,
+            issued_at_source, ttl_ms, deadline, intake, state, code, fault_code, seq, attempts,
+            observed_before, observed, detail, accepted_at, dispatched_at, settled_at
+          FROM commands_v1 ORDER BY accepted_at;
+        INSERT INTO events (id, command, at, from_state, to_state, intake, detail)
+          SELECT e.id, c.id, e.at, e.from_state, e.to_state, e.intake, e.detail
+          FROM events_v1 e JOIN commands c ON c.key = e.key AND c.scope = e.scope;
+        DROP TABLE events_v1;
+        DROP TABLE commands_v1;
+      `);
+    },
+  },
 ];
 
 export const LATEST_VERSION = MIGRATIONS.reduce((max, m) => Math.max(max, m.version), 0);
+
+/**
+ * A new journal is created at the latest version at once (not built and rebuilt through every
+ * migration, which would need twice the space on a small filesystem).
+ */
+export function createLatest(db: Database): void {
+  db.exec(SCHEMA_V2);
+}

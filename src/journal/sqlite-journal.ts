@@ -2,7 +2,13 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement, Transaction } from 'better-sqlite3';
-import type { Action, CommandState, OpenState, ResultCode } from '../core/command.js';
+import {
+  isTerminal,
+  type Action,
+  type CommandState,
+  type OpenState,
+  type ResultCode,
+} from '../core/command.js';
 import {
   JournalConflictError,
   JournalUnavailableError,
@@ -22,7 +28,8 @@ import type {
   SeqAllocator,
   Settlement,
 } from '../core/journal.js';
-import { LATEST_VERSION, MIGRATIONS } from './migrations.js';
+import { renderResult } from '../core/result.js';
+import { LATEST_VERSION, MIGRATIONS, createLatest } from './migrations.js';
 
 export interface SqliteJournalOptions {
   /** Path of the journal file; its directory is created when missing. */
@@ -64,7 +71,6 @@ interface CommandRow {
   accepted_at: number;
   dispatched_at: number | null;
   settled_at: number | null;
-  response: string | null;
 }
 
 interface EventRow {
@@ -87,8 +93,12 @@ function translate(error: unknown, what: string): never {
   throw error;
 }
 
+/**
+ * A record as stored, with its result rendered: the result is a pure function of the settled
+ * record (renderResult), so it is not stored twice (journal ≤ 1 KB per retained command).
+ */
 function rowToRecord(row: CommandRow): CommandRecord {
-  return {
+  const record: CommandRecord = {
     scope: row.scope,
     key: row.key,
     fingerprint: row.fingerprint,
@@ -112,8 +122,9 @@ function rowToRecord(row: CommandRow): CommandRecord {
     acceptedAt: row.accepted_at,
     dispatchedAt: row.dispatched_at,
     settledAt: row.settled_at,
-    response: row.response,
+    response: null,
   };
+  return isTerminal(record.state) ? { ...record, response: renderResult(record) } : record;
 }
 
 /**
@@ -208,7 +219,6 @@ export class SqliteJournal implements Journal {
             detail: rejection.detail,
             at: c.acceptedAt,
             intake: c.intake,
-            render: rejection.render,
           }),
         };
       }
@@ -304,11 +314,8 @@ export class SqliteJournal implements Journal {
             `command ${ref.key} is ${now?.state ?? 'missing'}, not ${from}`,
           );
         }
-        const settled = find(ref);
-        const response = st.render(settled);
-        s.respond.run(response, ref.scope, ref.key);
         s.event.run(ref.scope, ref.key, st.at, from, st.to, st.intake, `${st.code}: ${st.detail}`);
-        return { ...settled, response };
+        return find(ref);
       },
     );
 
@@ -515,13 +522,25 @@ interface Connection {
 type Statements = ReturnType<typeof prepare>;
 
 function migrate(db: Database, from: number): void {
+  if (from === 0) {
+    db.transaction(() => {
+      createLatest(db);
+      db.pragma(`user_version = ${LATEST_VERSION}`);
+    }).immediate();
+    return;
+  }
+  let applied = 0;
   for (const migration of MIGRATIONS) {
     if (migration.version <= from) continue;
     db.transaction(() => {
       migration.up(db);
       db.pragma(`user_version = ${migration.version}`);
     }).immediate();
+    applied++;
   }
+  // A migration rewrites tables: move its pages into the database file and empty the WAL, so
+  // that the copy does not hold twice the space on a small gateway filesystem.
+  if (applied > 0) db.pragma('wal_checkpoint(TRUNCATE)');
 }
 
 function prepare(db: Database): {
@@ -535,7 +554,6 @@ function prepare(db: Database): {
   dispatch: Statement;
   redispatch: Statement;
   settle: Statement;
-  respond: Statement;
   history: Statement;
   open: Statement;
   purgeCandidates: Statement;
@@ -549,12 +567,12 @@ function prepare(db: Database): {
         issued_at_source, ttl_ms, deadline, intake, state, accepted_at)
       VALUES (@scope, @key, @fingerprint, @device, @action, @position, @issued_at,
         @issued_at_source, @ttl_ms, @deadline, @intake, 'accepted', @accepted_at)
-      ON CONFLICT (scope, key) DO NOTHING`),
+      ON CONFLICT (key, scope) DO NOTHING`),
     get: db.prepare('SELECT * FROM commands WHERE scope = ? AND key = ?'),
     byKey: db.prepare('SELECT * FROM commands WHERE key = ? ORDER BY accepted_at'),
     event: db.prepare(`
-      INSERT INTO events (scope, key, at, from_state, to_state, intake, detail)
-      VALUES (?, ?, ?, ?, ?, ?, ?)`),
+      INSERT INTO events (command, at, from_state, to_state, intake, detail)
+      VALUES ((SELECT id FROM commands WHERE scope = ? AND key = ?), ?, ?, ?, ?, ?)`),
     getSeq: db.prepare('SELECT last_seq FROM device_seq WHERE device = ?'),
     openSeqs: db.prepare(`
       SELECT seq FROM commands
@@ -573,10 +591,9 @@ function prepare(db: Database): {
       UPDATE commands SET state = @to, code = @code, fault_code = @fault, observed = @observed,
         detail = @detail, settled_at = @at
       WHERE scope = @scope AND key = @key AND state = @from`),
-    respond: db.prepare('UPDATE commands SET response = ? WHERE scope = ? AND key = ?'),
-    history: db.prepare(
-      'SELECT at, from_state, to_state, intake, detail FROM events WHERE scope = ? AND key = ? ORDER BY id',
-    ),
+    history: db.prepare(`
+      SELECT at, from_state, to_state, intake, detail FROM events
+      WHERE command = (SELECT id FROM commands WHERE scope = ? AND key = ?) ORDER BY id`),
     open: db.prepare(
       "SELECT * FROM commands WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at",
     ),
@@ -585,7 +602,9 @@ function prepare(db: Database): {
       WHERE settled_at IS NOT NULL AND settled_at < ?
         AND state IN ('confirmed', 'rejected', 'failed')
       ORDER BY settled_at LIMIT ?`),
-    deleteEvents: db.prepare('DELETE FROM events WHERE scope = ? AND key = ?'),
+    deleteEvents: db.prepare(
+      'DELETE FROM events WHERE command = (SELECT id FROM commands WHERE scope = ? AND key = ?)',
+    ),
     deleteCommand: db.prepare('DELETE FROM commands WHERE scope = ? AND key = ?'),
     touch: db.prepare(`
       INSERT INTO meta (key, value) VALUES ('writable-check', ?)

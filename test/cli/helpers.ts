@@ -1,6 +1,5 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { renderResult } from '../../src/core/result.js';
 import type { CommandRecord, NewCommand, Observation } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { ROOT } from '../helpers/fixtures.js';
@@ -165,7 +164,6 @@ export function seedJournal(path: string, now: number): void {
       detail: 'readback after the write shows OPEN',
       at: ok.acceptedAt + 1600,
       intake: 'pipeline',
-      render: renderResult,
     });
     claim(journal, now, {
       key: 'k-confirmed',
@@ -196,7 +194,6 @@ export function seedJournal(path: string, now: number): void {
       detail: 'close is not a legal transition from OPENING; nothing was written',
       at: bad.acceptedAt + 6,
       intake: 'pipeline',
-      render: renderResult,
     });
 
     // rejected stale: its deadline passed before it was taken.
@@ -214,7 +211,6 @@ export function seedJournal(path: string, now: number): void {
       detail: `deadline ${new Date(stale.deadline).toISOString()} passed 30 ms ago; nothing was written`,
       at: stale.acceptedAt,
       intake: 'mqtt',
-      render: renderResult,
     });
 
     // failed: the controller took it and went to FAULT 0x81.
@@ -233,7 +229,6 @@ export function seedJournal(path: string, now: number): void {
       detail: 'the controller took the command and went to FAULT (fault 0x81)',
       at: fault.acceptedAt + 3200,
       intake: 'pipeline',
-      render: renderResult,
     });
 
     // a move, confirmed.
@@ -253,7 +248,6 @@ export function seedJournal(path: string, now: number): void {
       detail: 'readback after the write shows IDLE',
       at: move.acceptedAt + 900,
       intake: 'pipeline',
-      render: renderResult,
     });
 
     // old: 3 hours ago (outside --since 1h).
@@ -270,7 +264,6 @@ export function seedJournal(path: string, now: number): void {
       detail: 'readback after the write shows OPEN',
       at: old.acceptedAt + 1500,
       intake: 'pipeline',
-      render: renderResult,
     });
 
     // open and young: accepted 2 s ago, dispatched 1 s ago.
@@ -327,7 +320,6 @@ export function seedJournal(path: string, now: number): void {
       detail: 'no-op: the controller shows OPEN; nothing was written',
       at: shared.acceptedAt + 10,
       intake: 'pipeline',
-      render: renderResult,
     });
     const other = claim(journal, now, {
       key: 'k-shared',
@@ -344,7 +336,6 @@ export function seedJournal(path: string, now: number): void {
       detail: 'no readback showed CLOSED within 8000 ms; nothing was written',
       at: other.acceptedAt + 8_000,
       intake: 'pipeline',
-      render: renderResult,
     });
   } finally {
     journal.close();

@@ -3,7 +3,6 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
 import type { NewCommand } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
-import { renderResult } from '../../src/core/result.js';
 import { RetentionSweeper } from '../../src/core/retention.js';
 import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { openJournal, tempDir } from '../helpers/fixtures.js';
@@ -47,7 +46,6 @@ function add(key: string, settledAt: number | null): void {
     detail: 'stale',
     at: settledAt,
     intake: 'pipeline',
-    render: renderResult,
   });
 }
 

@@ -9,7 +9,6 @@ import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { renderResult } from '../../src/core/result.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
@@ -349,7 +348,6 @@ describe.runIf(real)('sluiced', () => {
         detail: 'test clean-up',
         at: Date.now(),
         intake: 'test',
-        render: renderResult,
       });
       j.close();
     }

@@ -87,7 +87,6 @@ function confirm(j: SqliteJournal, rec: CommandRecord, at = T0 + 2000): CommandR
     detail: 'readback shows OPEN',
     at,
     intake: 'pipeline',
-    render: renderResult,
   });
 }
 
@@ -211,7 +210,6 @@ describe('transitions', () => {
       detail: 'x',
       at: T0,
       intake: 'pipeline',
-      render: renderResult,
     });
     const raw2 = new BetterSqlite3(join(dir, 'journal.db'));
     raw2.prepare("UPDATE device_seq SET last_seq = 65535 WHERE device = 'inlet-valve'").run();
@@ -240,7 +238,6 @@ describe('transitions', () => {
       detail: 'x',
       at: T0,
       intake: 'pipeline',
-      render: renderResult,
     };
     expect(() => j.settle(d, 'accepted', settlement)).toThrow(JournalConflictError);
     j.settle(d, 'dispatched', settlement);

@@ -1,0 +1,128 @@
+import { join } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { toResult } from '../../src/core/result.js';
+import { MIGRATIONS } from '../../src/journal/migrations.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { tempDir } from '../helpers/fixtures.js';
+
+/**
+ * Version 1 journals (a WITHOUT ROWID commands table with a stored response; events keyed by
+ * scope and key) are migrated in place to version 2 at open: every command and event kept,
+ * replays unchanged, and the same schema as a journal created new.
+ */
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c();
+});
+
+function schemaOf(path: string): string[] {
+  const db = new BetterSqlite3(path, { readonly: true });
+  try {
+    return (
+      db
+        .prepare(
+          "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .all() as { type: string; name: string; sql: string }[]
+    ).map((r) => `${r.type} ${r.name}: ${r.sql.replace(/\s+/g, ' ')}`);
+  } finally {
+    db.close();
+  }
+}
+
+describe('journal migration 1 → 2', () => {
+  it('keeps every command and event, renders the same result, and ends in the new schema', () => {
+    const { dir, cleanup } = tempDir('sluice-migrate-');
+    cleanups.push(cleanup);
+    const oldPath = join(dir, 'v1.db');
+    const v1 = new BetterSqlite3(oldPath);
+    v1.pragma('journal_mode = WAL');
+    MIGRATIONS[0]!.up(v1);
+    v1.pragma('user_version = 1');
+    const observed = {
+      state: 'OPEN',
+      position: 100,
+      seq: 7,
+      faultCode: null,
+      sourceTime: '2026-12-01T12:00:01.000Z',
+      readAt: '2026-12-01T12:00:01.002Z',
+    };
+    const insert = v1.prepare(`
+      INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
+        issued_at_source, ttl_ms, deadline, intake, state, code, fault_code, seq, attempts,
+        observed_before, observed, detail, accepted_at, dispatched_at, settled_at, response)
+      VALUES (@scope, @key, 'fp', 'inlet-valve', 'open', NULL, 1764590400000, 'issuer', 30000,
+        1764590430000, 'mqtt', @state, @code, NULL, @seq, @attempts, NULL, @observed, @detail,
+        1764590400001, @dispatched, @settled, @response)`);
+    const event = v1.prepare(
+      'INSERT INTO events (scope, key, at, from_state, to_state, intake, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    );
+    insert.run({
+      scope: 'plant',
+      key: 'done',
+      state: 'confirmed',
+      code: 'OK',
+      seq: 7,
+      attempts: 1,
+      observed: JSON.stringify(observed),
+      detail: 'readback after the write shows OPEN',
+      dispatched: 1764590400002,
+      settled: 1764590401003,
+      response: 'stored',
+    });
+    insert.run({
+      scope: 'ops',
+      key: 'open',
+      state: 'dispatched',
+      code: null,
+      seq: 8,
+      attempts: 1,
+      observed: null,
+      detail: null,
+      dispatched: 1764590400005,
+      settled: null,
+      response: null,
+    });
+    event.run('plant', 'done', 1764590400001, null, 'accepted', 'mqtt', 'accepted');
+    event.run('plant', 'done', 1764590400002, 'accepted', 'dispatched', 'mqtt', 'seq 7');
+    event.run(
+      'plant',
+      'done',
+      1764590401003,
+      'dispatched',
+      'confirmed',
+      'mqtt',
+      'OK: readback after the write shows OPEN',
+    );
+    event.run('ops', 'open', 1764590400001, null, 'accepted', 'https', 'accepted');
+    v1.close();
+
+    const j = SqliteJournal.open({ path: oldPath });
+    try {
+      const done = j.get({ scope: 'plant', key: 'done' })!;
+      expect(done).toMatchObject({ state: 'confirmed', code: 'OK', seq: 7, observed });
+      expect(done.response).toBe(JSON.stringify(toResult(done)));
+      expect(j.history({ scope: 'plant', key: 'done' }).map((e) => e.detail)).toEqual([
+        'accepted',
+        'seq 7',
+        'OK: readback after the write shows OPEN',
+      ]);
+      expect(j.get({ scope: 'ops', key: 'open' })).toMatchObject({
+        state: 'dispatched',
+        response: null,
+      });
+      expect(j.history({ scope: 'ops', key: 'open' })).toHaveLength(1);
+      expect(j.listOpen().map((c) => c.key)).toEqual(['open']);
+    } finally {
+      j.close();
+    }
+    const fresh = join(dir, 'fresh.db');
+    SqliteJournal.open({ path: fresh }).close();
+    expect(schemaOf(oldPath)).toEqual(schemaOf(fresh));
+    const db = new BetterSqlite3(oldPath, { readonly: true });
+    expect(db.pragma('user_version', { simple: true })).toBe(2);
+    db.close();
+  });
+});
