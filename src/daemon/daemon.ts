@@ -239,6 +239,18 @@ export class Daemon {
               ready: false,
               checks: { start: { ok: false, detail: 'starting' } },
             },
+          // The operator status page (/ui/): it reads the journal and reports the gateway.
+          ui: {
+            config: config.ui,
+            commands: journal,
+            profiles: new Map(drivers.bindings.map((b) => [b.id, b.profile])),
+            gateway: {
+              gatewayId: config.gatewayId,
+              clock: clocks.gateway,
+              mqtt: mqttIntake,
+              journalPath,
+            },
+          },
         });
         const intake = httpsIntake;
         releasers.push({ name: 'https', release: () => intake.stop() });

@@ -9,6 +9,7 @@ import { registerReadRoutes } from './https-read-routes.js';
 import { createServer, readTlsMaterial } from './https-server.js';
 import type { App, HttpsConfig, HttpsMetrics, Readiness } from './https-types.js';
 import type { IdentityRegistry } from './identities.js';
+import { registerUiRoutes, type UiOptions } from './ui-routes.js';
 
 /**
  * The HTTPS intake (SPEC §4): keyed commands over TLS 1.3 with bearer tokens or client
@@ -20,7 +21,8 @@ import type { IdentityRegistry } from './identities.js';
  * - https-command-routes.ts: `POST /v1/commands`;
  * - https-read-routes.ts: commands, devices, health, readiness, metrics;
  * - https-methods.ts: `OPTIONS`, and `405` with `Allow` for the other methods;
- * - https-problems.ts: every error as an RFC 9457 problem document.
+ * - https-problems.ts: every error as an RFC 9457 problem document;
+ * - ui-routes.ts: the operator status page under `/ui/` (its session, views, events, files).
  */
 
 export type { HttpsConfig, HttpsMetrics, Readiness } from './https-types.js';
@@ -36,6 +38,8 @@ export interface HttpsIntakeOptions {
   readonly clock?: Clock;
   /** How long stop() lets in-flight responses finish before cutting connections (default 5 s). */
   readonly drainTimeoutMs?: number;
+  /** The operator status page; not served when absent or not enabled. */
+  readonly ui?: UiOptions;
 }
 
 export class HttpsIntake {
@@ -69,6 +73,10 @@ export class HttpsIntake {
     const guard = new CallerGuard({ identities, rateLimit: config.rateLimit, mutualTls, clock });
     registerCommandRoutes(app, { pipeline, waitPolicy: config, metrics, logger, guard, stopping });
     registerReadRoutes(app, { pipeline, identities, metrics, readiness, clock, guard });
+    const ui = this.options.ui;
+    if (ui?.config.enabled === true) {
+      registerUiRoutes(app, { ui, pipeline, identities, mutualTls, clock, logger, stopping });
+    }
     methods.answerOtherMethods(app);
 
     try {

@@ -1,0 +1,238 @@
+import type { ServerResponse } from 'node:http';
+import type { Clock } from '../core/clock.js';
+import type { CommandRecord } from '../core/journal.js';
+import type { Logger } from '../core/logger.js';
+import type { CommandPipeline } from '../core/pipeline.js';
+import type { UiSession, UiSessions } from './ui-session.js';
+import type { UiDevice, UiGateway, UiViews } from './ui-views.js';
+
+/**
+ * The status page's live updates: one server-sent event stream per open page (WHATWG HTML
+ * §9.2). The pipeline's listeners drive it — a settled command, a device's readback that
+ * changed — and, once a second while a page listens, an in-memory look at each device's queue
+ * and command in flight (a command being accepted or dispatched has no listener of its own)
+ * and at the gateway (clock, broker, open commands). Events carry whole documents, sent only
+ * when they changed:
+ *
+ * - `devices`: the devices table (ui-views.ts `UiDevice[]`);
+ * - `gateway`: the gateway band (`UiGateway`);
+ * - `commands`: a command was accepted, dispatched or settled (`{ key, scope, device, state }`
+ *   or `{}`): the page fetches its command lists again, with its own filter;
+ * - `session`: the session ended (logout, expiry); the page shows its login again.
+ *
+ * A comment line every 15 s keeps proxies and the browser from timing the stream out; the
+ * `retry` field tells the browser to reconnect 2 s after the stream drops.
+ */
+
+const TICK_MS = 1_000;
+const HEARTBEAT_MS = 15_000;
+const RETRY_MS = 2_000;
+/** Mirror changes come at every scan while a valve travels: one devices event per 200 ms. */
+const DEVICES_DEBOUNCE_MS = 200;
+/** An old tablet left open in each control room; beyond this a new stream is refused. */
+export const MAX_STREAMS = 32;
+
+interface Stream {
+  readonly res: ServerResponse;
+  readonly session: UiSession;
+  readonly allowed: (device: string) => boolean;
+  lastDevices: string;
+  lastGateway: string;
+}
+
+export interface UiEventsOptions {
+  readonly pipeline: CommandPipeline;
+  readonly views: UiViews;
+  readonly sessions: UiSessions;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  /** Aborted when the intake stops: every stream ends, so that the server can close. */
+  readonly stopping: AbortSignal;
+  /** Headers every status page response carries (CSP and the like). */
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+export class UiEvents {
+  private readonly o: UiEventsOptions;
+  private readonly streams = new Set<Stream>();
+  private readonly unsubscribe: (() => void)[] = [];
+  private tick: NodeJS.Timeout | null = null;
+  private debounce: NodeJS.Timeout | null = null;
+  private lastHeartbeatMono: number;
+  /** The devices' queues and commands in flight at the last tick. */
+  private lanes = '';
+
+  constructor(options: UiEventsOptions) {
+    this.o = options;
+    this.lastHeartbeatMono = options.clock.elapsed();
+    const { pipeline, views } = options;
+    this.unsubscribe.push(
+      pipeline.onMirror((device) => {
+        views.mirrorChanged(device);
+        this.devicesSoon();
+      }),
+      pipeline.onSettled((record) => {
+        this.settled(record);
+      }),
+    );
+    options.stopping.addEventListener(
+      'abort',
+      () => {
+        this.close();
+      },
+      { once: true },
+    );
+  }
+
+  get count(): number {
+    return this.streams.size;
+  }
+
+  /** Takes over a response for a stream; false when too many are open. */
+  open(res: ServerResponse, session: UiSession, allowed: (device: string) => boolean): boolean {
+    if (this.streams.size >= MAX_STREAMS || this.o.stopping.aborted) return false;
+    res.writeHead(200, {
+      ...this.o.headers,
+      'content-type': 'text/event-stream',
+      'cache-control': 'no-store',
+      'x-content-type-options': 'nosniff',
+      // A buffering reverse proxy would hold events back.
+      'x-accel-buffering': 'no',
+    });
+    const stream: Stream = { res, session, allowed, lastDevices: '', lastGateway: '' };
+    this.streams.add(stream);
+    res.on('close', () => {
+      this.streams.delete(stream);
+      if (this.streams.size === 0) this.stopTicking();
+    });
+    res.write(`retry: ${RETRY_MS}\n\n`);
+    this.sendDevices(stream, this.o.views.devices(allowed));
+    this.sendGateway(stream, this.o.views.gateway());
+    this.write(stream, 'commands', '{}');
+    this.startTicking();
+    return true;
+  }
+
+  private settled(record: CommandRecord): void {
+    if (this.streams.size === 0) return;
+    const data = JSON.stringify({
+      key: record.key,
+      scope: record.scope,
+      device: record.device,
+      state: record.state,
+    });
+    for (const stream of this.streams) this.write(stream, 'commands', data);
+    this.devicesSoon();
+  }
+
+  private devicesSoon(): void {
+    if (this.streams.size === 0 || this.debounce !== null) return;
+    this.debounce = setTimeout(() => {
+      this.debounce = null;
+      this.pushDevices();
+    }, DEVICES_DEBOUNCE_MS);
+  }
+
+  private pushDevices(): void {
+    for (const stream of this.streams) {
+      if (!this.live(stream)) continue;
+      this.sendDevices(stream, this.o.views.devices(stream.allowed));
+    }
+  }
+
+  private startTicking(): void {
+    if (this.tick !== null) return;
+    this.tick = setInterval(() => {
+      try {
+        this.onTick();
+      } catch (error) {
+        this.o.logger.error({ err: error }, 'status page event tick failed');
+      }
+    }, TICK_MS);
+    this.tick.unref();
+  }
+
+  private stopTicking(): void {
+    if (this.tick !== null) clearInterval(this.tick);
+    this.tick = null;
+    if (this.debounce !== null) clearTimeout(this.debounce);
+    this.debounce = null;
+  }
+
+  private onTick(): void {
+    // A command accepted or dispatched shows as a device's queue or command in flight.
+    const lanes = JSON.stringify(
+      this.o.pipeline.devices().map((d) => [d.id, d.queued, d.inFlight, d.unresolved]),
+    );
+    const lanesChanged = lanes !== this.lanes;
+    this.lanes = lanes;
+    const gateway = this.o.views.gateway();
+    const mono = this.o.clock.elapsed();
+    const heartbeat = mono - this.lastHeartbeatMono >= HEARTBEAT_MS;
+    if (heartbeat) this.lastHeartbeatMono = mono;
+    for (const stream of this.streams) {
+      if (!this.live(stream)) continue;
+      // Devices are sent when they changed; the stall judgement and connectivity change with
+      // time alone, so they are looked at every tick.
+      this.sendDevices(stream, this.o.views.devices(stream.allowed));
+      this.sendGateway(stream, gateway);
+      if (lanesChanged) this.write(stream, 'commands', '{}');
+      if (heartbeat) stream.res.write(': keep-alive\n\n');
+    }
+  }
+
+  /** The stream's session is still live (kept so while the page listens); else it ends. */
+  private live(stream: Stream): boolean {
+    if (this.o.sessions.alive(stream.session)) {
+      this.o.sessions.touch(stream.session);
+      return true;
+    }
+    this.write(stream, 'session', JSON.stringify({ ended: true }));
+    stream.res.end();
+    this.streams.delete(stream);
+    return false;
+  }
+
+  private sendDevices(stream: Stream, devices: readonly UiDevice[]): void {
+    // Readback ages change at every read; the page ages them itself between events.
+    const signature = JSON.stringify(devices.map(withoutAges));
+    if (signature === stream.lastDevices) return;
+    stream.lastDevices = signature;
+    this.write(stream, 'devices', JSON.stringify({ devices }));
+  }
+
+  private sendGateway(stream: Stream, gateway: UiGateway): void {
+    const signature = JSON.stringify({
+      ...gateway,
+      now: null,
+      clock: { ...gateway.clock, checkedAt: null },
+    });
+    if (signature === stream.lastGateway) return;
+    stream.lastGateway = signature;
+    this.write(stream, 'gateway', JSON.stringify(gateway));
+  }
+
+  private write(stream: Stream, event: string, data: string): void {
+    // JSON has no raw newlines, so each event is one `data:` line.
+    stream.res.write(`event: ${event}\ndata: ${data}\n\n`);
+  }
+
+  /** Ends every stream and lets go of the pipeline (the intake is stopping). */
+  close(): void {
+    this.stopTicking();
+    for (const off of this.unsubscribe.splice(0)) off();
+    for (const stream of this.streams) stream.res.end();
+    this.streams.clear();
+  }
+}
+
+function withoutAges(d: UiDevice): unknown {
+  return {
+    ...d,
+    readbackAgeMs: null,
+    mirror: d.mirror === null ? null : { ...d.mirror, readAt: null, sourceTime: null },
+    connectivity: { ...d.connectivity, lastGoodReadAt: null },
+    command: d.command === null ? null : { ...d.command, ageMs: null, pastDeadlineMs: null },
+    stalled: d.stalled === null ? null : { ...d.stalled, forMs: null },
+  };
+}

@@ -1,0 +1,416 @@
+import type { Clock } from '../core/clock.js';
+import { COMMAND_STATES, parseIdempotencyKey, type CommandState } from '../core/command.js';
+import { AlreadySettledError, InvalidKeyError, UnknownCommandError } from '../core/errors.js';
+import type { CommandRecord, CommandRef } from '../core/journal.js';
+import type { Logger } from '../core/logger.js';
+import type { CommandPipeline } from '../core/pipeline.js';
+import type { DeviceProfile } from '../core/profile.js';
+import { toResult } from '../core/result.js';
+import { authenticate } from './credentials.js';
+import { JSON_TYPE, makeProblem, send, sendProblem } from './https-problems.js';
+import type { App, Reply, Request } from './https-types.js';
+import type { IdentityRegistry } from './identities.js';
+import { MAX_STREAMS, UiEvents } from './ui-events.js';
+import {
+  clearedCookie,
+  CSRF_HEADER,
+  csrfMatches,
+  LoginThrottle,
+  sameOrigin,
+  sessionCookie,
+  UiSessions,
+  type UiConfig,
+  type UiSession,
+} from './ui-session.js';
+import { registerUiFiles, setUiHeaders, UI_HEADERS, uiDirectory } from './ui-static.js';
+import { UiViews, type CommandReader, type GatewaySources } from './ui-views.js';
+
+/**
+ * The operator status page (issue 16; docs/http-api.md#operator-status-page) on the HTTPS
+ * listener: its files under `/ui/`, a login that turns an identity's token (or client
+ * certificate) into a session cookie, the JSON the page reads under `/ui/api/`, its event
+ * stream, and the two operator actions — reverify and resolve — through the same pipeline calls
+ * as `sluicectl` (docs/admin-api.md), journaled with who asked from where. Sending commands is
+ * not the page's job.
+ *
+ * Every `/ui/api/` route needs a session (401 otherwise). Every POST must come from the page:
+ * its Origin is this listener's own, and changes also carry the session's CSRF token in
+ * `X-CSRF-Token` (403 otherwise); reverify and resolve need the `operator` role (403).
+ */
+
+export interface UiOptions {
+  readonly config: UiConfig;
+  readonly commands: CommandReader;
+  /** Each configured device's profile, by device id. */
+  readonly profiles: ReadonlyMap<string, DeviceProfile>;
+  readonly gateway: GatewaySources;
+  /** The page's files: the package's `ui/` folder unless given. */
+  readonly directory?: string;
+}
+
+export interface UiRoutesOptions {
+  readonly ui: UiOptions;
+  readonly pipeline: CommandPipeline;
+  readonly identities: IdentityRegistry;
+  /** Client certificates are asked for: a browser may log in with one. */
+  readonly mutualTls: boolean;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly stopping: AbortSignal;
+}
+
+/** How long reverify waits for the fresh readback's verdict, as `sluicectl reverify` does. */
+const REVERIFY_WAIT_MS = 10_000;
+const MAX_REASON = 500;
+const MAX_TOKEN = 4_096;
+const DEFAULT_LIMIT = 50;
+const MAX_LIMIT = 500;
+
+type KeyParams = { Params: { scope: string; key: string } };
+
+export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
+  const { ui, pipeline, identities, clock, stopping } = options;
+  const logger = options.logger.child({ component: 'ui' });
+  const sessions = new UiSessions(ui.config, clock);
+  const views = new UiViews({
+    pipeline,
+    commands: ui.commands,
+    profiles: ui.profiles,
+    gateway: ui.gateway,
+    clock,
+  });
+  const events = new UiEvents({
+    pipeline,
+    views,
+    sessions,
+    clock,
+    logger,
+    stopping,
+    headers: UI_HEADERS,
+  });
+  const logins = new LoginThrottle(clock);
+  const byRequest = new WeakMap<object, UiSession>();
+
+  app.addHook('onSend', async (request, reply, payload) => {
+    if (request.url === '/ui' || request.url.startsWith('/ui/')) setUiHeaders(reply);
+    return payload;
+  });
+
+  const unauthorized = (reply: Reply): Reply =>
+    sendProblem(
+      reply,
+      makeProblem(401, 'UNAUTHORIZED', 'log in on the status page first (no live session)'),
+      { 'www-authenticate': 'Cookie realm="sluice status page"' },
+    );
+  const refused = (reply: Reply, detail: string): Reply =>
+    sendProblem(
+      reply,
+      makeProblem(403, 'CSRF_REJECTED', detail, { title: 'Cross-site request refused' }),
+    );
+
+  /** Reads: a live session. */
+  const reader = {
+    onRequest: async (request: Request, reply: Reply): Promise<Reply | undefined> => {
+      const session = sessions.fromCookie(request.headers.cookie);
+      if (session === undefined) return unauthorized(reply);
+      byRequest.set(request.raw, session);
+      return undefined;
+    },
+  };
+  /** Changes: a live session, from the page (Origin and CSRF token), and maybe a role. */
+  const changer = (role: 'any' | 'operator') => ({
+    onRequest: async (request: Request, reply: Reply): Promise<Reply | undefined> => {
+      const session = sessions.fromCookie(request.headers.cookie);
+      if (session === undefined) return unauthorized(reply);
+      const origin = sameOrigin(request.headers);
+      if (!origin.ok) return refusedChange(request, reply, origin.detail);
+      if (!csrfMatches(session, request.headers[CSRF_HEADER])) {
+        return refusedChange(request, reply, `the ${CSRF_HEADER} header is missing or wrong`);
+      }
+      if (role === 'operator' && session.role !== 'operator') {
+        return sendProblem(
+          reply,
+          makeProblem(
+            403,
+            'FORBIDDEN_ROLE',
+            `identity "${session.identity}" is a ${session.role} on the status page; reverify and resolve need the operator role (ui.roles)`,
+            { title: 'Role does not allow this action' },
+          ),
+        );
+      }
+      byRequest.set(request.raw, session);
+      return undefined;
+    },
+  });
+  const refusedChange = (request: Request, reply: Reply, detail: string): Reply => {
+    logger.warn(
+      { route: request.routeOptions.url, origin: request.headers.origin ?? null, ip: request.ip },
+      `status page change refused: ${detail}`,
+    );
+    return refused(reply, detail);
+  };
+  const sessionOf = (request: Request): UiSession => {
+    const session = byRequest.get(request.raw);
+    if (session === undefined) throw new Error('status page route reached without a session');
+    return session;
+  };
+  const allowedFor = (session: UiSession): ((device: string) => boolean) => {
+    const identity = identities.get(session.identity);
+    return (device) => identity !== undefined && identities.mayCommand(identity, device);
+  };
+  const json = (reply: Reply, status: number, body: unknown): Reply =>
+    send(reply, status, JSON_TYPE, JSON.stringify(body));
+
+  registerUiFiles(app, ui.directory ?? uiDirectory());
+
+  app.post<{ Body: unknown }>('/ui/api/login', async (request, reply) => {
+    const origin = sameOrigin(request.headers);
+    if (!origin.ok) return refusedChange(request, reply, origin.detail);
+    const waitS = logins.waitS(request.ip);
+    if (waitS > 0) {
+      return sendProblem(
+        reply,
+        makeProblem(429, 'RATE_LIMITED', 'too many failed logins from this address; wait'),
+        { 'retry-after': String(waitS) },
+      );
+    }
+    const body = request.body;
+    const token =
+      typeof body === 'object' && body !== null && !Array.isArray(body)
+        ? (body as Record<string, unknown>).token
+        : undefined;
+    if (token !== undefined && (typeof token !== 'string' || token.length > MAX_TOKEN)) {
+      return sendProblem(
+        reply,
+        makeProblem(400, 'INVALID_REQUEST', 'token: a string of at most 4096 characters', {
+          title: 'Invalid request',
+        }),
+      );
+    }
+    const given = typeof token === 'string' && token.trim() !== '' ? token.trim() : undefined;
+    const auth = authenticate(
+      given === undefined ? undefined : `Bearer ${given}`,
+      request.raw.socket,
+      identities,
+      options.mutualTls,
+    );
+    if (!auth.ok) {
+      logins.failed(request.ip);
+      const detail = given === undefined ? auth.detail : 'the token is not valid';
+      logger.info({ ip: request.ip, reason: detail }, 'status page login refused');
+      return sendProblem(reply, makeProblem(401, 'UNAUTHORIZED', detail));
+    }
+    const identity = auth.identity.name;
+    const role = ui.config.roles[identity];
+    if (role === undefined) {
+      logger.info({ ip: request.ip, identity }, 'status page login refused: no role');
+      return sendProblem(
+        reply,
+        makeProblem(
+          403,
+          'FORBIDDEN_ROLE',
+          `identity "${identity}" has no role on the status page (ui.roles)`,
+          { title: 'Role does not allow this action' },
+        ),
+      );
+    }
+    const { id, session } = sessions.create(identity, role);
+    logger.info({ ip: request.ip, identity, role, via: auth.via }, 'status page login');
+    reply.header('set-cookie', sessionCookie(id, sessions.maxAgeS));
+    return json(reply, 200, sessionDocument(session, ui.gateway.gatewayId));
+  });
+
+  app.post('/ui/api/logout', changer('any'), async (request, reply) => {
+    const session = sessionOf(request);
+    sessions.end(request.headers.cookie);
+    logger.info({ ip: request.ip, identity: session.identity }, 'status page logout');
+    return reply.code(204).header('set-cookie', clearedCookie()).send();
+  });
+
+  app.get('/ui/api/session', reader, async (request, reply) =>
+    json(reply, 200, sessionDocument(sessionOf(request), ui.gateway.gatewayId)),
+  );
+
+  app.get('/ui/api/devices', reader, async (request, reply) =>
+    json(reply, 200, { devices: views.devices(allowedFor(sessionOf(request))) }),
+  );
+
+  app.get('/ui/api/gateway', reader, async (_request, reply) => json(reply, 200, views.gateway()));
+
+  app.get<{ Querystring: Record<string, string | undefined> }>(
+    '/ui/api/commands',
+    reader,
+    async (request, reply) => {
+      const q = request.query;
+      const errors: string[] = [];
+      let state: CommandState | undefined;
+      if (q.state !== undefined && q.state !== '') {
+        state = COMMAND_STATES.find((s) => s === q.state);
+        if (state === undefined) errors.push(`state: one of ${COMMAND_STATES.join(', ')}`);
+      }
+      let limit = DEFAULT_LIMIT;
+      if (q.limit !== undefined && q.limit !== '') {
+        limit = Number(q.limit);
+        if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIMIT) {
+          errors.push(`limit: a whole number from 1 to ${MAX_LIMIT}`);
+        }
+      }
+      if (errors.length > 0) {
+        return sendProblem(
+          reply,
+          makeProblem(400, 'INVALID_REQUEST', errors.join('; '), {
+            title: 'Invalid request',
+            errors,
+          }),
+        );
+      }
+      const device = q.device === undefined || q.device === '' ? undefined : q.device;
+      const body = views.commands(
+        {
+          ...(device === undefined ? {} : { device }),
+          ...(state === undefined ? {} : { state }),
+          limit,
+        },
+        allowedFor(sessionOf(request)),
+      );
+      return json(reply, 200, body);
+    },
+  );
+
+  app.get<KeyParams>('/ui/api/commands/:scope/:key', reader, async (request, reply) => {
+    const session = sessionOf(request);
+    const ref = refOf(request.params);
+    const shown = ref === null ? undefined : views.command(ref);
+    if (shown === undefined) return unknownCommand(reply);
+    const open = shown.outcome === null;
+    const operator = session.role === 'operator';
+    return json(reply, 200, {
+      ...shown,
+      actions: { reverify: open && operator, resolve: open && operator },
+    });
+  });
+
+  app.get('/ui/api/events', reader, async (request, reply) => {
+    const session = sessionOf(request);
+    if (events.count >= MAX_STREAMS || stopping.aborted) {
+      return sendProblem(
+        reply,
+        makeProblem(503, 'TOO_MANY_STREAMS', 'too many status pages are open; retry shortly', {
+          title: 'Too many event streams',
+        }),
+        { 'retry-after': '10' },
+      );
+    }
+    // The stream outlives this handler: the response is taken over from fastify.
+    reply.hijack();
+    if (!events.open(reply.raw, session, allowedFor(session))) reply.raw.destroy();
+    return reply;
+  });
+
+  app.post<KeyParams & { Body: unknown }>(
+    '/ui/api/commands/:scope/:key/reverify',
+    changer('operator'),
+    async (request, reply) => {
+      const session = sessionOf(request);
+      const ref = refOf(request.params);
+      if (ref === null) return unknownCommand(reply);
+      const by = operatorName(session, request.ip);
+      let outcome: Awaited<ReturnType<CommandPipeline['reverify']>>;
+      try {
+        outcome = await pipeline.reverify(ref, by, REVERIFY_WAIT_MS);
+      } catch (error) {
+        return actionError(reply, error);
+      }
+      const { record, detail } = outcome;
+      const settled = record.state !== 'accepted' && record.state !== 'dispatched';
+      logger.warn(
+        { key: record.key, device: record.device, by, settled },
+        'reverify from the status page',
+      );
+      return json(reply, 200, { key: record.key, by, settled, detail, result: toResult(record) });
+    },
+  );
+
+  app.post<KeyParams & { Body: unknown }>(
+    '/ui/api/commands/:scope/:key/resolve',
+    changer('operator'),
+    async (request, reply) => {
+      const session = sessionOf(request);
+      const ref = refOf(request.params);
+      if (ref === null) return unknownCommand(reply);
+      const body = request.body;
+      const fields =
+        typeof body === 'object' && body !== null && !Array.isArray(body)
+          ? (body as Record<string, unknown>)
+          : {};
+      const reason = typeof fields.reason === 'string' ? fields.reason.trim() : '';
+      const errors: string[] = [];
+      if (fields.as !== undefined && fields.as !== 'failed') {
+        errors.push('as: only "failed": only a readback can confirm a command');
+      }
+      if (reason === '' || reason.length > MAX_REASON) {
+        errors.push(`reason: required, 1–${MAX_REASON} characters`);
+      }
+      if (errors.length > 0) {
+        return sendProblem(
+          reply,
+          makeProblem(400, 'INVALID_REQUEST', errors.join('; '), {
+            title: 'Invalid request',
+            errors,
+          }),
+        );
+      }
+      const by = operatorName(session, request.ip);
+      let record: CommandRecord;
+      try {
+        record = pipeline.resolve(ref, by, reason);
+      } catch (error) {
+        return actionError(reply, error);
+      }
+      logger.warn({ key: record.key, device: record.device, by }, 'resolved from the status page');
+      return json(reply, 200, { key: record.key, by, reason, result: toResult(record) });
+    },
+  );
+}
+
+function sessionDocument(session: UiSession, gatewayId: string): Record<string, unknown> {
+  return {
+    identity: session.identity,
+    role: session.role,
+    csrfToken: session.csrfToken,
+    loginAt: new Date(session.loginAt).toISOString(),
+    gatewayId,
+  };
+}
+
+/** Who acted, as the history records it: the identity, and that it was the page, from where. */
+function operatorName(session: UiSession, ip: string): string {
+  return `${session.identity} (status page, ${ip})`;
+}
+
+function refOf(params: { scope: string; key: string }): CommandRef | null {
+  try {
+    return { scope: params.scope, key: parseIdempotencyKey(params.key) };
+  } catch (error) {
+    if (error instanceof InvalidKeyError) return null;
+    throw error;
+  }
+}
+
+function unknownCommand(reply: Reply): Reply {
+  return sendProblem(
+    reply,
+    makeProblem(404, 'UNKNOWN_COMMAND', 'no command with this key in this scope'),
+  );
+}
+
+function actionError(reply: Reply, error: unknown): Reply {
+  if (error instanceof UnknownCommandError) return unknownCommand(reply);
+  if (error instanceof AlreadySettledError) {
+    return sendProblem(
+      reply,
+      makeProblem(409, 'ALREADY_SETTLED', error.message, { title: 'Command already settled' }),
+    );
+  }
+  throw error;
+}

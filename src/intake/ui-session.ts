@@ -1,0 +1,237 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Clock } from '../core/clock.js';
+import type { SluiceConfig } from '../config/config.js';
+
+/**
+ * Status page sessions (docs/http-api.md#operator-status-page). An operator logs in once with
+ * the identity's token (or client certificate); the browser then holds only a random session
+ * id in a `__Host-` cookie that is Secure, HttpOnly and SameSite=Strict, so the token never
+ * sits in the page, its URLs or the browser's storage. Sessions live in the daemon's memory: a
+ * restart logs everyone out, which is the safe direction.
+ *
+ * Each session carries a CSRF token that the page sends back in a header with every change
+ * (synchronizer token): a cross-site form or fetch can neither read it nor set the header.
+ */
+
+export type UiConfig = SluiceConfig['ui'];
+export type UiRole = 'viewer' | 'operator';
+
+/** `__Host-`: the browser refuses it unless Secure, Path=/ and without Domain (RFC 6265bis). */
+export const SESSION_COOKIE = '__Host-sluice-session';
+export const CSRF_HEADER = 'x-csrf-token';
+/** Bounds the memory a flood of logins can take; the least recently used session goes first. */
+const MAX_SESSIONS = 256;
+
+export interface UiSession {
+  /** The identity that logged in; its name is its key scope. */
+  readonly identity: string;
+  readonly role: UiRole;
+  readonly csrfToken: string;
+  /** Wall time of the login (reports only). */
+  readonly loginAt: number;
+  /** Monotonic time of the login and of the last request (durations: SPEC §6). */
+  readonly loginMono: number;
+  lastSeenMono: number;
+  /** Logged out, or evicted: an event stream still open for it closes. */
+  ended: boolean;
+}
+
+const digest = (id: string): string => createHash('sha256').update(id, 'utf8').digest('hex');
+
+export class UiSessions {
+  /** By the SHA-256 of the session id: the ids themselves are kept nowhere. */
+  private readonly sessions = new Map<string, UiSession>();
+  private readonly idleMs: number;
+  private readonly maxMs: number;
+
+  constructor(
+    config: Pick<UiConfig, 'sessionIdleMinutes' | 'sessionMaxHours'>,
+    private readonly clock: Clock,
+  ) {
+    this.idleMs = config.sessionIdleMinutes * 60_000;
+    this.maxMs = config.sessionMaxHours * 3_600_000;
+  }
+
+  /** Seconds a session may live at most: the cookie's Max-Age. */
+  get maxAgeS(): number {
+    return Math.floor(this.maxMs / 1000);
+  }
+
+  get count(): number {
+    return this.sessions.size;
+  }
+
+  /** A new session; returns its id, for the cookie only. */
+  create(identity: string, role: UiRole): { id: string; session: UiSession } {
+    this.prune();
+    while (this.sessions.size >= MAX_SESSIONS) {
+      const oldest = this.sessions.entries().next();
+      if (oldest.done === true) break;
+      const [key, session] = oldest.value;
+      session.ended = true;
+      this.sessions.delete(key);
+    }
+    const id = randomBytes(32).toString('base64url');
+    const mono = this.clock.elapsed();
+    const session: UiSession = {
+      identity,
+      role,
+      csrfToken: randomBytes(32).toString('base64url'),
+      loginAt: this.clock.now(),
+      loginMono: mono,
+      lastSeenMono: mono,
+      ended: false,
+    };
+    this.sessions.set(digest(id), session);
+    return { id, session };
+  }
+
+  /** The live session a cookie header names, touched; undefined when none or expired. */
+  fromCookie(cookieHeader: string | undefined): UiSession | undefined {
+    const id = sessionId(cookieHeader);
+    if (id === undefined) return undefined;
+    const key = digest(id);
+    const session = this.sessions.get(key);
+    if (session === undefined) return undefined;
+    if (!this.alive(session)) {
+      session.ended = true;
+      this.sessions.delete(key);
+      return undefined;
+    }
+    session.lastSeenMono = this.clock.elapsed();
+    // Re-inserted: the map's order is least recently used first.
+    this.sessions.delete(key);
+    this.sessions.set(key, session);
+    return session;
+  }
+
+  /** Whether a session is still live, without touching it (a long event stream asks). */
+  alive(session: UiSession): boolean {
+    const mono = this.clock.elapsed();
+    return (
+      !session.ended &&
+      mono - session.lastSeenMono < this.idleMs &&
+      mono - session.loginMono < this.maxMs
+    );
+  }
+
+  /** Keeps an event stream's session from idling out while the page is open and listening. */
+  touch(session: UiSession): void {
+    session.lastSeenMono = this.clock.elapsed();
+  }
+
+  /** Ends the session a cookie names (logout). */
+  end(cookieHeader: string | undefined): void {
+    const id = sessionId(cookieHeader);
+    if (id === undefined) return;
+    const key = digest(id);
+    const session = this.sessions.get(key);
+    if (session !== undefined) session.ended = true;
+    this.sessions.delete(key);
+  }
+
+  private prune(): void {
+    for (const [key, session] of this.sessions) {
+      if (!this.alive(session)) {
+        session.ended = true;
+        this.sessions.delete(key);
+      }
+    }
+  }
+}
+
+/** The session cookie's value in a Cookie header (RFC 6265 §4.2), if well-formed. */
+export function sessionId(cookieHeader: string | undefined): string | undefined {
+  if (cookieHeader === undefined) return undefined;
+  for (const pair of cookieHeader.split(';')) {
+    const eq = pair.indexOf('=');
+    if (eq < 0) continue;
+    if (pair.slice(0, eq).trim() !== SESSION_COOKIE) continue;
+    const value = pair.slice(eq + 1).trim();
+    return /^[A-Za-z0-9_-]{43}$/.test(value) ? value : undefined;
+  }
+  return undefined;
+}
+
+export function sessionCookie(id: string, maxAgeS: number): string {
+  return `${SESSION_COOKIE}=${id}; Path=/; Max-Age=${maxAgeS}; Secure; HttpOnly; SameSite=Strict`;
+}
+
+export function clearedCookie(): string {
+  return `${SESSION_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict`;
+}
+
+/** The CSRF token the page sent matches its session's, compared in constant time. */
+export function csrfMatches(session: UiSession, sent: string | string[] | undefined): boolean {
+  if (typeof sent !== 'string') return false;
+  const a = Buffer.from(sent, 'utf8');
+  const b = Buffer.from(session.csrfToken, 'utf8');
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/**
+ * A state-changing request comes from the page itself: its `Origin` is this listener's own
+ * (`https://` + the Host it was sent to), and a browser that says where it comes from
+ * (`Sec-Fetch-Site`) says same-origin. A missing Origin is refused: every browser the page
+ * supports sends one on a POST.
+ */
+export function sameOrigin(headers: {
+  readonly origin?: string | string[] | undefined;
+  readonly host?: string | string[] | undefined;
+  readonly 'sec-fetch-site'?: string | string[] | undefined;
+}): { readonly ok: true } | { readonly ok: false; readonly detail: string } {
+  const { origin, host } = headers;
+  const site = headers['sec-fetch-site'];
+  if (typeof origin !== 'string' || origin === '' || origin === 'null') {
+    return { ok: false, detail: 'the request carries no Origin: it does not come from the page' };
+  }
+  if (typeof host !== 'string' || origin !== `https://${host}`) {
+    return { ok: false, detail: 'the request comes from another origin than the status page' };
+  }
+  if (typeof site === 'string' && site !== 'same-origin') {
+    return { ok: false, detail: `the browser reports a ${site} request (Sec-Fetch-Site)` };
+  }
+  return { ok: true };
+}
+
+/**
+ * Failed logins per client address: a token cannot be guessed, but the login must not be a free
+ * oracle either. After `maxFailures` failures within `windowMs` the address waits until the
+ * oldest of them leaves the window; a successful login costs nothing. Addresses are bounded
+ * (the least recently failing is forgotten first).
+ */
+export class LoginThrottle {
+  private readonly failures = new Map<string, number[]>();
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly maxFailures = 5,
+    private readonly windowMs = 60_000,
+    private readonly maxAddresses = 1_024,
+  ) {}
+
+  /** Seconds to wait before the next attempt from this address; 0 when it may try now. */
+  waitS(address: string): number {
+    const recent = this.recent(address);
+    if (recent.length < this.maxFailures) return 0;
+    const oldest = recent[0] ?? this.clock.elapsed();
+    return Math.max(1, Math.ceil((oldest + this.windowMs - this.clock.elapsed()) / 1000));
+  }
+
+  failed(address: string): void {
+    const recent = this.recent(address);
+    recent.push(this.clock.elapsed());
+    this.failures.delete(address);
+    this.failures.set(address, recent.slice(-this.maxFailures));
+    while (this.failures.size > this.maxAddresses) {
+      const first = this.failures.keys().next();
+      if (first.done === true) break;
+      this.failures.delete(first.value);
+    }
+  }
+
+  private recent(address: string): number[] {
+    const since = this.clock.elapsed() - this.windowMs;
+    return (this.failures.get(address) ?? []).filter((t) => t > since);
+  }
+}

@@ -1,0 +1,66 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../package-root.js';
+import type { App, Reply } from './https-types.js';
+
+/**
+ * The status page's files: hand-written HTML, CSS and JavaScript in the package's `ui/`
+ * folder, beside `devices/` (no build step, nothing fetched from anywhere). They are read once
+ * at start and served from memory under `/ui/`, with a Content-Security-Policy that allows
+ * nothing but these files and this origin: no inline script or style, no other origin, no
+ * framing.
+ */
+
+export const UI_FILES: Readonly<Record<string, string>> = {
+  'index.html': 'text/html; charset=utf-8',
+  'app.js': 'text/javascript; charset=utf-8',
+  'app.css': 'text/css; charset=utf-8',
+  'icon.svg': 'image/svg+xml',
+};
+
+export const CONTENT_SECURITY_POLICY = [
+  "default-src 'none'",
+  "script-src 'self'",
+  "style-src 'self'",
+  "img-src 'self'",
+  "connect-src 'self'",
+  "form-action 'self'",
+  "base-uri 'none'",
+  "frame-ancestors 'none'",
+].join('; ');
+
+/** What every `/ui/` response carries, the event stream and errors included. */
+export const UI_HEADERS: Readonly<Record<string, string>> = {
+  'content-security-policy': CONTENT_SECURITY_POLICY,
+  'x-frame-options': 'DENY',
+  'referrer-policy': 'no-referrer',
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-resource-policy': 'same-origin',
+};
+
+export function uiDirectory(): string {
+  return join(packageRoot(), 'ui');
+}
+
+export function setUiHeaders(reply: Reply): Reply {
+  for (const [name, value] of Object.entries(UI_HEADERS)) reply.header(name, value);
+  return reply;
+}
+
+/** Reads the page's files (a missing one fails the start) and serves them. */
+export function registerUiFiles(app: App, dir: string = uiDirectory()): void {
+  const files = new Map<string, { type: string; body: Buffer }>();
+  for (const [name, type] of Object.entries(UI_FILES)) {
+    files.set(name, { type, body: readFileSync(join(dir, name)) });
+  }
+  const serve = (name: string) => async (_request: unknown, reply: Reply) => {
+    const file = files.get(name);
+    if (file === undefined) throw new Error(`status page file ${name} not loaded`);
+    return setUiHeaders(reply).code(200).header('content-type', file.type).send(file.body);
+  };
+  app.get('/ui', async (_request, reply) => setUiHeaders(reply).redirect('/ui/', 308));
+  app.get('/ui/', serve('index.html'));
+  for (const name of Object.keys(UI_FILES)) {
+    if (name !== 'index.html') app.get(`/ui/${name}`, serve(name));
+  }
+}

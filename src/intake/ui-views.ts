@@ -1,0 +1,366 @@
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Clock } from '../core/clock.js';
+import { isTerminal, type CommandState } from '../core/command.js';
+import type { GatewayClock } from '../core/gateway-clock.js';
+import type { CommandRecord, CommandRef, JournalEvent, ListFilter } from '../core/journal.js';
+import type { CommandPipeline, DeviceView } from '../core/pipeline.js';
+import type { DeviceProfile } from '../core/profile.js';
+import { packageRoot } from '../package-root.js';
+import { listItem, type ListItem } from '../views/command-list.js';
+import { showCommand, type CommandShow } from '../views/command-show.js';
+import { stuckItems, type StuckItem } from '../views/open-commands.js';
+import { deviceDocument, type DeviceDocument } from './device-view.js';
+
+/**
+ * What the status page shows, as JSON documents: the devices, the commands (open and stuck
+ * first, then recent), one command's whole story, and the gateway. Built from the same read
+ * model as `sluicectl` (src/views) and `GET /v1/devices` (device-view.ts), plus what only a
+ * page needs: the fault code's meaning from the device profile, LOCAL/REMOTE, the command in
+ * flight with its age, and a device that should be moving but is not.
+ */
+
+/** The journal's read side, as the page uses it. */
+export interface CommandReader {
+  list(filter: ListFilter): CommandRecord[];
+  listOpen(): CommandRecord[];
+  get(ref: CommandRef): CommandRecord | undefined;
+  history(ref: CommandRef): JournalEvent[];
+}
+
+/** The MQTT intake, as far as the page reports it. */
+export interface MqttStatusSource {
+  connected(): boolean;
+  protocol(): { readonly summary: string };
+  health(): { readonly lastError: string | null };
+}
+
+/** The gateway's own state: its clock, its broker connection, its journal file. */
+export interface GatewaySources {
+  readonly gatewayId: string;
+  readonly clock: GatewayClock;
+  readonly mqtt: MqttStatusSource | null;
+  /** The journal's SQLite file; its size (with its WAL) is reported. */
+  readonly journalPath: string | null;
+}
+
+export interface UiViewsOptions {
+  readonly pipeline: CommandPipeline;
+  readonly commands: CommandReader;
+  /** Each configured device's profile, by device id. */
+  readonly profiles: ReadonlyMap<string, DeviceProfile>;
+  readonly gateway: GatewaySources;
+  readonly clock: Clock;
+}
+
+/**
+ * A device in a travelling state whose readbacks have not changed for this long is reported as
+ * not moving: travel shows as a changing position at every scan. Devices without a position
+ * (limit-switch valves) cannot show it and are never judged.
+ */
+export const STALL_AFTER_MS = 5_000;
+
+export type DeviceTone = 'rest' | 'moving' | 'fault' | 'local' | 'unknown';
+
+export interface UiDevice extends DeviceDocument {
+  /** How the state is coloured; the page always shows the state's word with it. */
+  readonly tone: DeviceTone;
+  /** LOCAL when the device's local switch is on; null before the first readback. */
+  readonly mode: 'LOCAL' | 'REMOTE' | null;
+  /** The controller's fault code and its meaning from the device profile. */
+  readonly fault: { readonly code: string; readonly meaning: string | null } | null;
+  /** In a travelling state with no readback change for STALL_AFTER_MS or longer. */
+  readonly stalled: {
+    readonly state: string;
+    readonly position: number | null;
+    readonly forMs: number;
+  } | null;
+  /** The command in flight on the device, with its age. */
+  readonly command: InFlightCommand | null;
+}
+
+export interface InFlightCommand {
+  readonly key: string;
+  readonly scope: string;
+  readonly action: string;
+  readonly position: number | null;
+  readonly state: string;
+  readonly acceptedAt: string;
+  readonly ageMs: number;
+  readonly deadline: string;
+  /** How long past its deadline it is, when it is. */
+  readonly pastDeadlineMs: number | null;
+}
+
+export interface UiOpenCommand extends StuckItem {
+  /** Why it is still open, in a sentence: what a person needs to know first. */
+  readonly why: string;
+}
+
+export interface UiCommands {
+  /** Open commands: the stuck ones first (longest overdue first), then the oldest first. */
+  readonly open: readonly UiOpenCommand[];
+  /** Settled commands, newest first. */
+  readonly recent: readonly ListItem[];
+  /** Every device, for the filter. */
+  readonly devices: readonly string[];
+}
+
+export interface UiCommandsQuery {
+  readonly device?: string;
+  readonly state?: CommandState;
+  readonly limit: number;
+}
+
+export interface UiGateway {
+  readonly gatewayId: string;
+  readonly version: string;
+  readonly now: string;
+  readonly clock: {
+    readonly source: string;
+    readonly state: string;
+    readonly offsetNs: number | null;
+    readonly grandmaster: string | null;
+    readonly portState: string | null;
+    readonly detail: string;
+    readonly since: string;
+    readonly checkedAt: string;
+    readonly lastLockedAt: string | null;
+  };
+  readonly mqtt: {
+    readonly connected: boolean;
+    readonly protocol: string;
+    readonly lastError: string | null;
+  } | null;
+  readonly journal: { readonly bytes: number | null };
+  readonly commands: {
+    readonly accepted: number;
+    readonly dispatched: number;
+    readonly stuck: number;
+  };
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+/** The package's version, read once. */
+export function packageVersion(): string {
+  const text = readFileSync(join(packageRoot(), 'package.json'), 'utf8');
+  const parsed = JSON.parse(text) as { version?: unknown };
+  return typeof parsed.version === 'string' ? parsed.version : 'unknown';
+}
+
+export class UiViews {
+  private readonly o: UiViewsOptions;
+  private readonly version: string;
+  /** Monotonic time of each device's last mirror change (stall judgement). */
+  private readonly lastChange = new Map<string, number>();
+  private readonly startedMono: number;
+
+  constructor(options: UiViewsOptions) {
+    this.o = options;
+    this.version = packageVersion();
+    this.startedMono = options.clock.elapsed();
+  }
+
+  /** The pipeline's mirror listener: a device's readback changed. */
+  mirrorChanged(device: string): void {
+    this.lastChange.set(device, this.o.clock.elapsed());
+  }
+
+  confirmTimeouts(): Map<string, number> {
+    const timeouts = new Map<string, number>();
+    for (const [id, profile] of this.o.profiles) {
+      timeouts.set(id, profile.timing.confirmTimeoutMs);
+    }
+    return timeouts;
+  }
+
+  devices(allowed: (device: string) => boolean): UiDevice[] {
+    const now = this.o.clock.now();
+    return this.o.pipeline.devices().map((view) => this.device(view, allowed(view.id), now));
+  }
+
+  private device(view: DeviceView, allowed: boolean, now: number): UiDevice {
+    const doc = deviceDocument(view, allowed, now);
+    const profile = this.o.profiles.get(view.id);
+    const mirror = doc.mirror;
+    const faultCode = mirror?.faultCode ?? null;
+    const meanings = profile?.controller.faultCodes ?? {};
+    const meaning =
+      faultCode === null
+        ? null
+        : (Object.entries(meanings).find(
+            ([code]) => code.toLowerCase() === faultCode.toLowerCase(),
+          )?.[1] ?? null);
+    return {
+      ...doc,
+      tone: toneOf(mirror?.state ?? null, profile),
+      mode: mirror === null ? null : mirror.state === profile?.localState ? 'LOCAL' : 'REMOTE',
+      fault: faultCode === null ? null : { code: faultCode, meaning },
+      stalled: this.stalled(view, profile),
+      command: this.inFlight(view, now),
+    };
+  }
+
+  private stalled(view: DeviceView, profile: DeviceProfile | undefined): UiDevice['stalled'] {
+    const mirror = view.mirror;
+    if (mirror === null || profile === undefined || mirror.position === null) return null;
+    if (!profile.transitional.includes(mirror.state)) return null;
+    const since = this.lastChange.get(view.id) ?? this.startedMono;
+    const forMs = Math.round(this.o.clock.elapsed() - since);
+    return forMs >= STALL_AFTER_MS
+      ? { state: mirror.state, position: mirror.position, forMs }
+      : null;
+  }
+
+  /** The device's command in flight (or left open, waiting to be settled), from the journal. */
+  private inFlight(view: DeviceView, now: number): InFlightCommand | null {
+    const key = view.inFlight ?? view.unresolved;
+    if (key === null) return null;
+    const record = this.o.pipeline
+      .findByKey(key)
+      .find((r) => r.device === view.id && !isTerminal(r.state));
+    if (record === undefined) return null;
+    return {
+      key: record.key,
+      scope: record.scope,
+      action: record.action,
+      position: record.position,
+      state: record.state,
+      acceptedAt: iso(record.acceptedAt),
+      ageMs: Math.max(0, now - record.acceptedAt),
+      deadline: iso(record.deadline),
+      pastDeadlineMs: now > record.deadline ? now - record.deadline : null,
+    };
+  }
+
+  commands(query: UiCommandsQuery, allowedDevice: (device: string) => boolean): UiCommands {
+    const now = this.o.clock.now();
+    const reader = this.o.commands;
+    const matches = (r: CommandRecord): boolean =>
+      (query.device === undefined || r.device === query.device) &&
+      (query.state === undefined || r.state === query.state);
+    const openRecords = reader.listOpen().filter(matches);
+    const stalled = new Map(
+      this.devices(allowedDevice)
+        .filter((d) => d.stalled !== null)
+        .map((d) => [d.id, d.stalled] as const),
+    );
+    const open = stuckItems(openRecords, 0, now, this.confirmTimeouts(), (r) =>
+      reader.history(r).at(-1),
+    )
+      .map((item) => ({ ...item, why: whyOpen(item, stalled.get(item.device) ?? null) }))
+      .sort((a, b) =>
+        a.stuck !== b.stuck
+          ? a.stuck
+            ? -1
+            : 1
+          : a.stuck
+            ? (b.overdueMs ?? 0) - (a.overdueMs ?? 0)
+            : b.ageMs - a.ageMs,
+      );
+    const filter: ListFilter = {
+      ...(query.device === undefined ? {} : { device: query.device }),
+      ...(query.state === undefined ? {} : { state: query.state }),
+      limit: query.limit + openRecords.length,
+    };
+    const recent = reader
+      .list(filter)
+      .filter((r) => isTerminal(r.state))
+      .slice(0, query.limit)
+      .map((r) => listItem(r, now));
+    return { open, recent, devices: this.o.pipeline.devices().map((d) => d.id) };
+  }
+
+  /** One command's whole story, as `sluicectl show --json` gives it. */
+  command(ref: CommandRef): CommandShow | undefined {
+    const record = this.o.commands.get(ref);
+    if (record === undefined) return undefined;
+    return showCommand(record, this.o.commands.history(record), this.o.clock.now(), () =>
+      this.confirmTimeouts(),
+    );
+  }
+
+  gateway(): UiGateway {
+    const { gateway, pipeline } = this.o;
+    const clock = gateway.clock.status();
+    const open = pipeline.openCommands();
+    const mqtt = gateway.mqtt;
+    return {
+      gatewayId: gateway.gatewayId,
+      version: this.version,
+      now: iso(this.o.clock.now()),
+      clock: {
+        source: clock.source,
+        state: clock.state,
+        offsetNs: clock.offsetNs,
+        grandmaster: clock.grandmaster,
+        portState: clock.portState,
+        detail: clock.detail,
+        since: iso(clock.since),
+        checkedAt: iso(clock.checkedAt),
+        lastLockedAt: clock.lastLockedAt === null ? null : iso(clock.lastLockedAt),
+      },
+      mqtt:
+        mqtt === null
+          ? null
+          : {
+              connected: mqtt.connected(),
+              protocol: mqtt.protocol().summary,
+              lastError: mqtt.health().lastError,
+            },
+      journal: { bytes: journalBytes(gateway.journalPath) },
+      commands: {
+        accepted: open.accepted,
+        dispatched: open.dispatched,
+        stuck: open.stuck.length,
+      },
+    };
+  }
+}
+
+function toneOf(state: string | null, profile: DeviceProfile | undefined): DeviceTone {
+  if (state === null || profile === undefined) return 'unknown';
+  if (state === profile.faultState) return 'fault';
+  if (state === profile.localState) return 'local';
+  if (profile.transitional.includes(state)) return 'moving';
+  return profile.states.includes(state) ? 'rest' : 'unknown';
+}
+
+function seconds(ms: number): string {
+  const s = Math.round(ms / 1000);
+  if (s < 120) return `${s} s`;
+  const m = Math.floor(s / 60);
+  return m < 120 ? `${m} min ${s % 60} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+function whyOpen(item: StuckItem, stalled: UiDevice['stalled']): string {
+  const last = item.lastEvent === null ? '' : `; last event: ${item.lastEvent.detail}`;
+  if (item.stuck) {
+    const bound =
+      item.confirmTimeoutMs === null
+        ? 'its deadline (its device is not in the configuration: no readback can settle it, resolve it)'
+        : `its deadline and its ${seconds(item.confirmTimeoutMs)} confirm timeout`;
+    return `open ${seconds(item.overdueMs ?? 0)} past ${bound}; the daemon would have ended it by now${last}`;
+  }
+  if (stalled !== null) {
+    const at = stalled.position === null ? '' : ` at ${stalled.position} %`;
+    return `the device is not moving: ${stalled.state}${at} for ${seconds(stalled.forMs)}${last}`;
+  }
+  return item.lastEvent?.detail ?? item.state;
+}
+
+/** The journal file and its WAL, in bytes; null when unknown or unreadable. */
+function journalBytes(path: string | null): number | null {
+  if (path === null) return null;
+  let total = 0;
+  for (const file of [path, `${path}-wal`]) {
+    try {
+      total += statSync(file).size;
+    } catch (error) {
+      if (file === path) return null;
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') return null;
+    }
+  }
+  return total;
+}

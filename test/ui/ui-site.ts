@@ -1,0 +1,245 @@
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { request } from 'node:https';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { parse, stringify } from 'yaml';
+import { loadConfig } from '../../src/config/config.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { sha256 } from '../../src/intake/identities.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { loopbackCertificate } from '../helpers/loopback-https.js';
+import { startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
+import { inventoryFor } from '../helpers/plant-inventory.js';
+
+/**
+ * A whole site for the status page's tests: `sluiced` built from its configuration file (as
+ * the real daemon is), sluice-sim over real sockets (a Modbus and, optionally, an OPC UA PLC)
+ * and, optionally, a real Mosquitto. Three identities: `ops` (operator on the page), `desk`
+ * (viewer) and `scada` (no role; the MQTT identity). The daemon's log is kept, to check that
+ * no token or session id ever reaches it.
+ */
+
+export const TOKENS = {
+  ops: 'ops-token-5Vq2kP9x',
+  desk: 'desk-token-Hh3mW7aZ',
+  scada: 'scada-token-Jr8nT4cL',
+} as const;
+
+/** A command journaled for a valve since removed from the configuration: stuck (SPEC §2). */
+export const ORPHAN = { key: 'orphan-1', scope: 'scada', device: 'removed-valve' } as const;
+
+export interface UiSite {
+  readonly daemon: Daemon;
+  readonly plant: Plant;
+  readonly broker: Mosquitto | null;
+  readonly port: number;
+  readonly origin: string;
+  readonly cert: string;
+  /** Everything the daemon logged, as text. */
+  log(): string;
+  stop(): Promise<void>;
+}
+
+export interface UiSiteOptions {
+  readonly mqtt: boolean;
+  readonly opcua: boolean;
+}
+
+export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
+  const { dir, cleanup } = tempDir('sluice-ui-');
+  const plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        mb: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          scanMs: 5,
+          devices: {
+            // A stuck valve stays OPENING: no travel timeout fault within the test.
+            'inlet-valve': { profile: 'valve', base: 0, travelMs: 800, travelTimeoutMs: 120_000 },
+            'drain-valve': { profile: 'valve', base: 100, travelMs: 800 },
+          },
+        },
+        ...(options.opcua
+          ? {
+              ua: {
+                protocol: 'opcua',
+                host: '127.0.0.1',
+                port: 0,
+                devices: { 'dosing-actuator': { profile: 'actuator', travelMs: 800 } },
+              },
+            }
+          : {}),
+      },
+    },
+    { ephemeralPorts: true, control: false },
+  );
+  const broker = options.mqtt ? await startMosquitto() : null;
+  const cert = await loopbackCertificate(dir);
+  // The shipped profiles with a confirm timeout long enough to look at a command the stuck
+  // valve holds before the daemon gives up on it.
+  const profilesDir = join(dir, 'profiles');
+  mkdirSync(profilesDir);
+  const shipped = join(ROOT, 'devices', 'profiles');
+  for (const file of readdirSync(shipped).filter((f) => f.endsWith('.yaml'))) {
+    const profile = parse(readFileSync(join(shipped, file), 'utf8')) as {
+      timing: Record<string, number>;
+    };
+    profile.timing = { ...profile.timing, confirmTimeoutMs: 60_000, pollIntervalMs: 50 };
+    writeFileSync(join(profilesDir, file), stringify(profile));
+  }
+  const inventory = inventoryFor(plant);
+  const configPath = join(dir, 'sluice.yaml');
+  const hash = (token: string): string => sha256(token).toString('hex');
+  writeFileSync(
+    configPath,
+    stringify({
+      gatewayId: 'uisite',
+      stateDir: 'state',
+      profilesDir: 'profiles',
+      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+      ...(broker === null
+        ? {}
+        : { mqtt: { url: broker.url, identity: 'scada', clientId: 'sluice-ui-test' } }),
+      opcua: { acceptUnknownCertificates: true },
+      identities: {
+        ops: { tokenSha256: hash(TOKENS.ops), devices: ['*'] },
+        desk: { tokenSha256: hash(TOKENS.desk), devices: ['drain-valve'] },
+        scada: { tokenSha256: hash(TOKENS.scada), devices: ['*'] },
+      },
+      ui: { roles: { ops: 'operator', desk: 'viewer' } },
+      plcs: inventory.plcs,
+      devices: inventory.devices,
+    }),
+  );
+  const now = Date.now();
+  const seed = SqliteJournal.open({ path: join(dir, 'state', 'journal.db') });
+  seed.claim({
+    scope: ORPHAN.scope,
+    key: ORPHAN.key,
+    fingerprint: 'f-orphan',
+    device: ORPHAN.device,
+    action: 'close',
+    position: null,
+    issuedAt: now - 600_000,
+    issuedAtSource: 'issuer',
+    ttlMs: 30_000,
+    deadline: now - 570_000,
+    intake: 'mqtt',
+    acceptedAt: now - 600_000,
+  });
+  seed.close();
+
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(chunk.toString('utf8'));
+      done();
+    },
+  });
+  const daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
+    logger: pino({ level: 'debug' }, sink),
+    monitorIntervalMs: 200,
+  });
+  await until(
+    () =>
+      Object.entries(daemon.readiness().checks).every(
+        ([k, c]) => !(k.startsWith('device:') || k === 'mqtt') || c.ok,
+      )
+        ? true
+        : undefined,
+    30_000,
+    'first readbacks and the broker',
+  );
+  const port = daemon.https!.port;
+  return {
+    daemon,
+    plant,
+    broker,
+    port,
+    origin: `https://127.0.0.1:${port}`,
+    cert,
+    log: () => lines.join(''),
+    stop: async () => {
+      await daemon.stop();
+      await broker?.close();
+      await plant.stop();
+      cleanup();
+    },
+  };
+}
+
+export interface Answer {
+  readonly status: number;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly body: string;
+  /** The body parsed as JSON; the caller names the shape it expects. */
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- the caller's assertion
+  json<T = Record<string, unknown>>(): T;
+}
+
+/** One HTTPS request to the site, with exactly the headers given (no token unless asked). */
+export function call(
+  site: Pick<UiSite, 'port' | 'cert'>,
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+  body?: string,
+): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port: site.port,
+        method,
+        path,
+        ca: site.cert,
+        agent: false,
+        headers: {
+          ...headers,
+          ...(body === undefined ? {} : { 'content-length': Buffer.byteLength(body) }),
+        },
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => {
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body: text,
+            // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- as above
+            json: <T>() => JSON.parse(text) as T,
+          });
+        });
+      },
+    );
+    req.once('error', reject);
+    req.end(body);
+  });
+}
+
+/** Logs in as the page does; returns the session cookie (name=value) and the CSRF token. */
+export async function login(
+  site: UiSite,
+  token: string,
+): Promise<{ cookie: string; csrf: string; answer: Answer }> {
+  const answer = await call(
+    site,
+    'POST',
+    '/ui/api/login',
+    { origin: site.origin, 'content-type': 'application/json' },
+    JSON.stringify({ token }),
+  );
+  const setCookie = answer.headers['set-cookie'];
+  const first = Array.isArray(setCookie) ? (setCookie[0] ?? '') : (setCookie ?? '');
+  const cookie = first.split(';')[0] ?? '';
+  const csrf = answer.status === 200 ? answer.json<{ csrfToken: string }>().csrfToken : '';
+  return { cookie, csrf, answer };
+}

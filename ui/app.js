@@ -1,0 +1,800 @@
+/*
+ * The Sluice status page (docs/http-api.md#operator-status-page). Hand-written, no library:
+ * ES2015, fetch and EventSource, so that an old tablet's browser runs it. Everything the page
+ * shows comes from /ui/api/ with the session cookie; text from the gateway is only ever set as
+ * text (textContent), never parsed as HTML.
+ */
+(function () {
+  'use strict';
+
+  var session = null;
+  var stream = null;
+  var retryTimer = null;
+  var commandsTimer = null;
+  var devices = { list: [], at: 0 };
+  var gateway = null;
+  var commands = { open: [], recent: [], at: 0 };
+  var shown = null;
+
+  // ---- small helpers ----
+
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  /** An element with attributes and children (strings become text nodes). */
+  function el(tag, attrs, children) {
+    var node = document.createElement(tag);
+    if (attrs) {
+      Object.keys(attrs).forEach(function (name) {
+        var value = attrs[name];
+        if (value === null || value === undefined || value === false) return;
+        if (name === 'text') node.textContent = String(value);
+        else node.setAttribute(name, value === true ? '' : String(value));
+      });
+    }
+    (children || []).forEach(function (child) {
+      if (child === null || child === undefined) return;
+      node.appendChild(typeof child === 'string' ? document.createTextNode(child) : child);
+    });
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  function now() {
+    return Date.now();
+  }
+
+  /** `850ms`, `12s`, `3m12s`, `2h5m`, `3d4h`: as sluicectl prints durations. */
+  function dur(ms) {
+    if (ms === null || ms === undefined || isNaN(ms)) return '-';
+    ms = Math.max(0, Math.round(ms));
+    if (ms < 1000) return ms + 'ms';
+    var s = Math.floor(ms / 1000);
+    if (s < 60) return s + 's';
+    var m = Math.floor(s / 60);
+    if (m < 60) return m + 'm' + (s % 60 ? (s % 60) + 's' : '');
+    var h = Math.floor(m / 60);
+    if (h < 24) return h + 'h' + (m % 60 ? (m % 60) + 'm' : '');
+    return Math.floor(h / 24) + 'd' + (h % 24 ? (h % 24) + 'h' : '');
+  }
+
+  function ago(iso) {
+    var t = Date.parse(iso);
+    if (isNaN(t)) return '-';
+    var d = now() - t;
+    return d >= 0 ? dur(d) + ' ago' : 'in ' + dur(-d);
+  }
+
+  function action(a, position) {
+    return position === null || position === undefined ? a : a + ' ' + position + '%';
+  }
+
+  function outcome(state, code, faultCode) {
+    return [state, code, faultCode]
+      .filter(function (p) {
+        return p !== null && p !== undefined && p !== '';
+      })
+      .join(' ');
+  }
+
+  function stateTone(state) {
+    if (state === 'confirmed') return 'rest';
+    if (state === 'rejected' || state === 'failed') return 'bad';
+    if (state === 'accepted' || state === 'dispatched') return 'moving';
+    return 'unknown';
+  }
+
+  function word(text, tone) {
+    return el('span', { class: 'state tone-' + tone, text: text });
+  }
+
+  function bytes(n) {
+    if (n === null || n === undefined) return 'unknown';
+    if (n < 1024) return n + ' B';
+    if (n < 1048576) return (n / 1024).toFixed(1) + ' KiB';
+    return (n / 1048576).toFixed(1) + ' MiB';
+  }
+
+  function commandLink(scope, key) {
+    return el('a', {
+      href: '#/command/' + encodeURIComponent(scope) + '/' + encodeURIComponent(key),
+      text: key,
+    });
+  }
+
+  function api(method, path, body) {
+    var init = {
+      method: method,
+      credentials: 'same-origin',
+      headers: { accept: 'application/json' },
+    };
+    if (method !== 'GET') {
+      init.headers['content-type'] = 'application/json';
+      if (session) init.headers['x-csrf-token'] = session.csrfToken;
+      init.body = JSON.stringify(body || {});
+    }
+    return fetch(path, init).then(function (res) {
+      if (res.status === 204) return { status: 204, body: null };
+      return res.text().then(function (text) {
+        var parsed;
+        try {
+          parsed = text ? JSON.parse(text) : null;
+        } catch (notJson) {
+          parsed = { detail: text + ' (' + notJson.message + ')' };
+        }
+        if (res.status === 401 && session && path !== '/ui/api/login') loggedOut();
+        return { status: res.status, body: parsed };
+      });
+    });
+  }
+
+  function problemText(answer) {
+    var b = answer.body || {};
+    return (b.code ? b.code + ': ' : 'HTTP ' + answer.status + ': ') + (b.detail || '');
+  }
+
+  // ---- session ----
+
+  function showLogin(message) {
+    session = null;
+    closeStream();
+    $('app').hidden = true;
+    $('who').hidden = true;
+    $('login').hidden = false;
+    $('login-error').textContent = message || '';
+    setStream('idle', 'Not connected');
+    $('token').focus();
+  }
+
+  function loggedOut() {
+    showLogin('The session ended. Log in again.');
+  }
+
+  function start(doc) {
+    session = doc;
+    $('login').hidden = true;
+    $('app').hidden = false;
+    $('who').hidden = false;
+    $('gateway-id').textContent = doc.gatewayId;
+    $('who-name').textContent = doc.identity + ' (' + doc.role + ')';
+    openStream();
+    loadCommands();
+    route();
+  }
+
+  $('login-form').addEventListener('submit', function (event) {
+    event.preventDefault();
+    var token = $('token').value;
+    $('login-error').textContent = '';
+    api('POST', '/ui/api/login', token ? { token: token } : {}).then(
+      function (answer) {
+        $('token').value = '';
+        if (answer.status === 200) start(answer.body);
+        else $('login-error').textContent = problemText(answer);
+      },
+      function () {
+        $('login-error').textContent = 'The gateway cannot be reached.';
+      },
+    );
+  });
+
+  $('logout').addEventListener('click', function () {
+    api('POST', '/ui/api/logout').then(function () {
+      showLogin('Logged out.');
+    });
+  });
+
+  // ---- the live stream ----
+
+  function setStream(kind, text) {
+    var node = $('stream');
+    node.className = 'stream stream-' + kind;
+    node.textContent = text;
+  }
+
+  function closeStream() {
+    if (stream) stream.close();
+    stream = null;
+    if (retryTimer) clearTimeout(retryTimer);
+    retryTimer = null;
+  }
+
+  function openStream() {
+    closeStream();
+    setStream('idle', 'Connecting…');
+    var es = new EventSource('/ui/api/events');
+    stream = es;
+    es.onopen = function () {
+      setStream('live', 'Live');
+    };
+    es.onerror = function () {
+      if (stream !== es) return;
+      setStream('down', 'Disconnected, retrying…');
+      // The browser retries by itself unless the answer was not a stream (a 401 after the
+      // session ended, a 503): then this page asks whether the session is still there.
+      if (es.readyState === 2) {
+        es.close();
+        retryTimer = setTimeout(function () {
+          api('GET', '/ui/api/session').then(
+            function (answer) {
+              if (answer.status === 200) openStream();
+              else if (answer.status !== 401) retryLater();
+            },
+            function () {
+              retryLater();
+            },
+          );
+        }, 2000);
+      }
+    };
+    es.addEventListener('devices', function (e) {
+      devices = { list: JSON.parse(e.data).devices, at: now() };
+      fillDeviceFilter();
+      renderDevices();
+    });
+    es.addEventListener('gateway', function (e) {
+      gateway = JSON.parse(e.data);
+      renderGateway();
+    });
+    es.addEventListener('commands', function (e) {
+      var change = JSON.parse(e.data);
+      loadCommandsSoon();
+      if (shown && (!change.key || (change.key === shown.key && change.scope === shown.scope))) {
+        loadCommand(shown.scope, shown.key);
+      }
+    });
+    es.addEventListener('session', function () {
+      loggedOut();
+    });
+  }
+
+  function retryLater() {
+    setStream('down', 'Disconnected, retrying…');
+    retryTimer = setTimeout(openStream, 5000);
+  }
+
+  // ---- gateway ----
+
+  function field(dl, label, value, tone) {
+    var dd = el('dd');
+    if (value && value.nodeType) dd.appendChild(value);
+    else dd.textContent = value;
+    if (tone) dd.className = 'tone-' + tone;
+    dl.appendChild(el('div', null, [el('dt', { text: label }), dd]));
+  }
+
+  function renderGateway() {
+    var dl = $('gateway');
+    clear(dl);
+    if (!gateway) return;
+    var c = gateway.clock;
+    var clockTone =
+      c.state === 'LOCKED'
+        ? 'rest'
+        : c.state === 'HOLDOVER'
+          ? 'local'
+          : c.source === 'none'
+            ? 'unknown'
+            : 'fault';
+    var offset = c.offsetNs === null ? '' : ', offset ' + c.offsetNs + ' ns';
+    field(
+      dl,
+      'Clock',
+      el('span', null, [word(c.state, clockTone), ' ' + c.source + offset + ' — ' + c.detail]),
+    );
+    var m = gateway.mqtt;
+    if (m === null) field(dl, 'MQTT', 'not configured');
+    else
+      field(
+        dl,
+        'MQTT',
+        el('span', null, [
+          word(m.connected ? 'CONNECTED' : 'NOT CONNECTED', m.connected ? 'rest' : 'fault'),
+          ' ' + (m.connected ? m.protocol : m.lastError || 'no connection to the broker'),
+        ]),
+      );
+    field(dl, 'Journal', bytes(gateway.journal.bytes));
+    var open = gateway.commands;
+    field(
+      dl,
+      'Open commands',
+      open.accepted +
+        open.dispatched +
+        ' (' +
+        open.accepted +
+        ' accepted, ' +
+        open.dispatched +
+        ' dispatched), ' +
+        open.stuck +
+        ' stuck',
+      open.stuck > 0 ? 'bad' : null,
+    );
+    field(dl, 'Version', 'sluice ' + gateway.version);
+  }
+
+  // ---- devices ----
+
+  function renderDevices() {
+    var body = $('devices').tBodies[0];
+    clear(body);
+    var since = now() - devices.at;
+    devices.list.forEach(function (d) {
+      var m = d.mirror;
+      var stateCell = el('td');
+      stateCell.appendChild(word(m ? m.state : 'NO READBACK', d.tone));
+      if (d.stalled) {
+        stateCell.appendChild(
+          el('span', {
+            class: 'badge',
+            text: 'STUCK: no movement for ' + dur(d.stalled.forMs + since),
+          }),
+        );
+      }
+      var position = el('td');
+      if (m && m.position !== null) {
+        position.appendChild(
+          el('progress', { max: 100, value: m.position, 'aria-hidden': 'true' }),
+        );
+        position.appendChild(document.createTextNode(' ' + m.position + ' %'));
+      } else position.textContent = '-';
+      var fault = el('td');
+      if (d.fault) {
+        fault.appendChild(word(d.fault.code, 'fault'));
+        fault.appendChild(
+          el('span', { class: 'sub', text: d.fault.meaning || 'not in the profile' }),
+        );
+      } else fault.textContent = '-';
+      var skew = '-';
+      if (d.skew) {
+        skew =
+          (d.skew.offsetMs >= 0 ? '+' : '') +
+          d.skew.offsetMs +
+          ' ms ±' +
+          d.skew.uncertaintyMs +
+          ' ms';
+      }
+      var skewCell = el('td', { text: skew });
+      if (d.clockOff) {
+        skewCell.appendChild(
+          el('span', {
+            class: 'sub tone-bad',
+            text: 'beyond ' + d.clockOff.maxMs + ' ms since ' + ago(d.clockOff.since),
+          }),
+        );
+      }
+      var row = el('tr', { class: d.stalled ? 'stuck' : null, 'data-device': d.id }, [
+        el('td', null, [
+          el('strong', { text: d.id }),
+          el('span', { class: 'sub', text: d.profile }),
+        ]),
+        stateCell,
+        position,
+        fault,
+        el('td', null, [d.mode ? word(d.mode, d.mode === 'LOCAL' ? 'local' : 'rest') : '-']),
+        el('td', {
+          text: d.readbackAgeMs === null ? 'never' : dur(d.readbackAgeMs + since) + ' ago',
+        }),
+        skewCell,
+        connectivity(d),
+        inFlight(d, since),
+      ]);
+      body.appendChild(row);
+    });
+  }
+
+  function connectivity(d) {
+    var c = d.connectivity;
+    var td = el('td');
+    if (!c.connected) {
+      td.appendChild(word('NOT CONNECTED', 'fault'));
+      if (c.lastError) td.appendChild(el('span', { class: 'sub', text: c.lastError }));
+    } else if (c.readError) {
+      td.appendChild(word('READS FAIL', 'fault'));
+      td.appendChild(
+        el('span', {
+          class: 'sub',
+          text:
+            c.readError.failures +
+            ' in a row since ' +
+            ago(c.readError.since) +
+            ': ' +
+            c.readError.message,
+        }),
+      );
+    } else {
+      td.appendChild(word('OK', 'rest'));
+      if (c.clockReadError) {
+        td.appendChild(
+          el('span', {
+            class: 'sub tone-warn',
+            text: 'clock reads fail: ' + c.clockReadError.message,
+          }),
+        );
+      }
+    }
+    return td;
+  }
+
+  function inFlight(d, since) {
+    var td = el('td');
+    var c = d.command;
+    if (!c) {
+      td.textContent = d.queued > 0 ? d.queued + ' queued' : '-';
+      return td;
+    }
+    td.appendChild(commandLink(c.scope, c.key));
+    td.appendChild(document.createTextNode(' ' + action(c.action, c.position) + ' '));
+    td.appendChild(word(c.state, 'moving'));
+    var late =
+      Date.parse(c.deadline) < now()
+        ? ', past its deadline by ' + dur(now() - Date.parse(c.deadline))
+        : '';
+    td.appendChild(el('span', { class: 'sub', text: 'for ' + dur(c.ageMs + since) + late }));
+    if (d.queued > 0)
+      td.appendChild(el('span', { class: 'sub', text: d.queued + ' queued behind it' }));
+    return td;
+  }
+
+  function fillDeviceFilter() {
+    var select = $('filter-device');
+    var known = Array.prototype.map.call(select.options, function (o) {
+      return o.value;
+    });
+    devices.list.forEach(function (d) {
+      if (known.indexOf(d.id) < 0) select.appendChild(el('option', { text: d.id }));
+    });
+  }
+
+  // ---- commands ----
+
+  function loadCommandsSoon() {
+    if (commandsTimer) return;
+    commandsTimer = setTimeout(function () {
+      commandsTimer = null;
+      loadCommands();
+    }, 150);
+  }
+
+  function loadCommands() {
+    var q = [];
+    var device = $('filter-device').value;
+    var state = $('filter-state').value;
+    if (device) q.push('device=' + encodeURIComponent(device));
+    if (state) q.push('state=' + encodeURIComponent(state));
+    api('GET', '/ui/api/commands' + (q.length ? '?' + q.join('&') : '')).then(function (answer) {
+      if (answer.status !== 200) return;
+      commands = { open: answer.body.open, recent: answer.body.recent, at: now() };
+      renderCommands();
+    });
+  }
+
+  function renderCommands() {
+    var since = now() - commands.at;
+    var open = $('open-commands').tBodies[0];
+    clear(open);
+    commands.open.forEach(function (c) {
+      open.appendChild(
+        el('tr', { class: c.stuck ? 'stuck' : null, 'data-key': c.key }, [
+          el('td', null, [commandLink(c.scope, c.key)]),
+          el('td', { text: c.scope }),
+          el('td', { text: c.device }),
+          el('td', { text: action(c.action, c.position) }),
+          el('td', null, [word(c.state, 'moving')]),
+          el('td', { text: dur(c.ageMs + since) }),
+          el('td', {
+            text: (Date.parse(c.deadline) <= now() ? 'passed ' : 'due ') + ago(c.deadline),
+          }),
+          el('td', null, [
+            c.stuck
+              ? el('span', {
+                  class: 'badge',
+                  text: 'STUCK ' + dur(c.overdueMs + since) + ' overdue',
+                })
+              : 'no',
+          ]),
+          el('td', { text: c.why }),
+        ]),
+      );
+    });
+    $('open-empty').hidden = commands.open.length > 0;
+    var recent = $('recent-commands').tBodies[0];
+    clear(recent);
+    commands.recent.forEach(function (c) {
+      recent.appendChild(
+        el('tr', { 'data-key': c.key }, [
+          el('td', null, [commandLink(c.scope, c.key)]),
+          el('td', { text: c.scope }),
+          el('td', { text: c.device }),
+          el('td', { text: action(c.action, c.position) }),
+          el('td', null, [word(c.state, stateTone(c.state))]),
+          el('td', { text: outcome(null, c.code, c.faultCode) || '-' }),
+          el('td', { class: 'num', text: c.seq === null ? '-' : c.seq }),
+          el('td', { text: c.intake }),
+          el('td', { text: dur(c.ageMs + since) }),
+          el('td', { text: c.settledAt ? ago(c.settledAt) : '-' }),
+        ]),
+      );
+    });
+    $('recent-empty').hidden = commands.recent.length > 0;
+  }
+
+  $('filter-device').addEventListener('change', loadCommands);
+  $('filter-state').addEventListener('change', loadCommands);
+
+  // ---- one command: the same story as `sluicectl show` ----
+
+  function route() {
+    var match = /^#\/command\/([^/]+)\/(.+)$/.exec(location.hash);
+    if (!match) {
+      shown = null;
+      $('command').hidden = true;
+      $('overview').hidden = false;
+      return;
+    }
+    var scope = decodeURIComponent(match[1]);
+    var key = decodeURIComponent(match[2]);
+    shown = { scope: scope, key: key, story: null };
+    $('overview').hidden = true;
+    $('command').hidden = false;
+    $('command-title').textContent = 'Command ' + key + ' (scope ' + scope + ')';
+    $('action-result').textContent = '';
+    $('reason').value = '';
+    loadCommand(scope, key);
+  }
+
+  window.addEventListener('hashchange', function () {
+    if (session) route();
+  });
+
+  function loadCommand(scope, key) {
+    api(
+      'GET',
+      '/ui/api/commands/' + encodeURIComponent(scope) + '/' + encodeURIComponent(key),
+    ).then(function (answer) {
+      if (!shown || shown.key !== key || shown.scope !== scope) return;
+      if (answer.status !== 200) {
+        clear($('command-fields'));
+        $('command-actions').hidden = true;
+        $('command-result').textContent = problemText(answer);
+        return;
+      }
+      shown.story = answer.body;
+      shown.at = now();
+      renderCommand();
+    });
+  }
+
+  function at(iso) {
+    return iso + ' (' + ago(iso) + ')';
+  }
+
+  function observation(o) {
+    var parts = [o.state];
+    if (o.position !== null) parts.push(o.position + '%');
+    if (o.seq !== null) parts.push('seq ' + o.seq);
+    if (o.faultCode !== null) parts.push('fault ' + o.faultCode);
+    return (
+      parts.join(' ') +
+      '  read ' +
+      at(o.readAt) +
+      (o.sourceTime ? ', controller time ' + o.sourceTime : '')
+    );
+  }
+
+  var WHAT = {
+    received: 'received',
+    duplicate: 'duplicate seen',
+    'key-reuse': 'KEY REUSE refused',
+    dispatched: 'dispatched',
+    redispatched: 'dispatched again',
+    settled: 'settled',
+    operator: 'operator',
+    note: 'note',
+  };
+
+  function renderCommand() {
+    var s = shown.story;
+    var dl = $('command-fields');
+    clear(dl);
+    field(dl, 'device', s.device);
+    field(dl, 'action', action(s.action, s.position));
+    field(dl, 'state', word(outcome(s.state, s.code, s.faultCode), stateTone(s.state)));
+    if (s.detail !== null) field(dl, 'detail', s.detail);
+    field(
+      dl,
+      'received',
+      at(s.received.at) + ' over ' + s.received.intake + ', identity ' + s.received.scope,
+    );
+    var f = s.freshness;
+    field(
+      dl,
+      'issued',
+      f.issuedAt +
+        (f.issuedAtSource === 'issuer'
+          ? ' by the issuer'
+          : ' (gateway receive time: the command carried no issuedAt)'),
+    );
+    field(dl, 'deadline', at(f.deadline) + ', ttl ' + dur(f.ttlMs));
+    var age =
+      f.ageAtAcceptMs >= 0
+        ? dur(f.ageAtAcceptMs) + ' old when accepted'
+        : 'issued ' + dur(-f.ageAtAcceptMs) + ' in the future';
+    var margin =
+      f.marginAtDispatchMs === null
+        ? 'never dispatched'
+        : f.marginAtDispatchMs >= 0
+          ? 'dispatched ' + dur(f.marginAtDispatchMs) + ' before the deadline'
+          : 'dispatched ' + dur(-f.marginAtDispatchMs) + ' AFTER the deadline';
+    if (f.refused === null) field(dl, 'freshness', age + '; ' + margin);
+    else field(dl, 'freshness', 'REFUSED: ' + f.refused, 'warn');
+    field(
+      dl,
+      'clocks',
+      s.clocks || (s.dispatch === null ? 'not judged (never dispatched)' : 'not recorded'),
+    );
+    field(
+      dl,
+      'duplicates',
+      s.duplicates.length === 0
+        ? 'none'
+        : s.duplicates.length +
+            ': ' +
+            s.duplicates
+              .map(function (d) {
+                return d.intake + ' ' + ago(d.at);
+              })
+              .join(', '),
+    );
+    if (s.keyReuses.length > 0) {
+      field(dl, 'key reuse', s.keyReuses.length + ' refused (same key, different command)', 'warn');
+    }
+    field(
+      dl,
+      'dispatch',
+      s.dispatch === null
+        ? 'never written'
+        : at(s.dispatch.at) +
+            ', seq ' +
+            (s.dispatch.seq === null ? '-' : s.dispatch.seq) +
+            ', ' +
+            s.dispatch.attempts +
+            (s.dispatch.attempts === 1 ? ' write' : ' writes'),
+    );
+    s.readbacks.forEach(function (r) {
+      field(dl, 'readback ' + r.when, observation(r.observation));
+    });
+    s.operator.forEach(function (o) {
+      field(dl, 'operator', at(o.at) + ': ' + o.detail, 'warn');
+    });
+    var open = s.open;
+    if (s.outcome !== null) {
+      field(
+        dl,
+        'outcome',
+        word(
+          outcome(s.outcome.state, s.outcome.code, s.outcome.faultCode) +
+            ' ' +
+            ago(s.outcome.settledAt),
+          stateTone(s.outcome.state),
+        ),
+      );
+    } else if (open && open.stuck) {
+      var bound =
+        open.confirmTimeoutMs === null
+          ? 'its deadline (device not configured)'
+          : 'its deadline + ' + dur(open.confirmTimeoutMs) + ' confirm timeout';
+      field(
+        dl,
+        'outcome',
+        el('span', {
+          class: 'badge',
+          text: 'STUCK: still ' + s.state + ', ' + dur(open.overdueMs) + ' past ' + bound,
+        }),
+      );
+    } else {
+      field(
+        dl,
+        'outcome',
+        'still ' + s.state + ': not settled yet (' + dur(open ? open.ageMs : 0) + ' open)',
+      );
+    }
+
+    $('command-actions').hidden = !(s.actions && (s.actions.reverify || s.actions.resolve));
+    $('reverify').disabled = !(s.actions && s.actions.reverify);
+
+    var body = $('command-history').tBodies[0];
+    clear(body);
+    s.history.forEach(function (e) {
+      var tone =
+        e.kind === 'settled'
+          ? stateTone(e.to)
+          : e.kind === 'key-reuse' || e.kind === 'operator'
+            ? 'warn'
+            : null;
+      body.appendChild(
+        el('tr', null, [
+          el('td', { text: e.at }),
+          el('td', { text: ago(e.at) }),
+          el('td', { text: e.intake }),
+          el('td', null, [tone ? word(WHAT[e.kind], tone) : WHAT[e.kind]]),
+          el('td', {
+            text: e.from === null ? '→ ' + e.to : e.from === e.to ? e.to : e.from + ' → ' + e.to,
+          }),
+          el('td', { text: e.detail }),
+        ]),
+      );
+    });
+    $('command-result').textContent =
+      s.result === null ? 'none yet: the command is open' : JSON.stringify(s.result, null, 2);
+  }
+
+  function commandPath(verb) {
+    return (
+      '/ui/api/commands/' +
+      encodeURIComponent(shown.scope) +
+      '/' +
+      encodeURIComponent(shown.key) +
+      '/' +
+      verb
+    );
+  }
+
+  $('reverify').addEventListener('click', function () {
+    if (!shown) return;
+    var button = $('reverify');
+    button.disabled = true;
+    $('action-result').textContent = 'Reading the device…';
+    api('POST', commandPath('reverify')).then(function (answer) {
+      button.disabled = false;
+      $('action-result').textContent =
+        answer.status === 200
+          ? (answer.body.settled ? 'SETTLED by a fresh readback: ' : 'NOT SETTLED: ') +
+            answer.body.detail
+          : problemText(answer);
+      loadCommand(shown.scope, shown.key);
+    });
+  });
+
+  $('resolve-form').addEventListener('submit', function (event) {
+    event.preventDefault();
+    if (!shown) return;
+    var reason = $('reason').value.trim();
+    if (!reason) {
+      $('action-result').textContent = 'A reason is required: it is written to the journal.';
+      return;
+    }
+    api('POST', commandPath('resolve'), { as: 'failed', reason: reason }).then(function (answer) {
+      $('action-result').textContent =
+        answer.status === 200
+          ? 'RESOLVED by ' +
+            answer.body.by +
+            ': ' +
+            outcome(answer.body.result.state, answer.body.result.code, null) +
+            '; nothing was written to the controller'
+          : problemText(answer);
+      if (answer.status === 200) $('reason').value = '';
+      loadCommand(shown.scope, shown.key);
+    });
+  });
+
+  // Ages move on between events.
+  setInterval(function () {
+    if (!session) return;
+    if (devices.at) renderDevices();
+    if (commands.at && !shown) renderCommands();
+  }, 1000);
+
+  api('GET', '/ui/api/session').then(
+    function (answer) {
+      if (answer.status === 200) start(answer.body);
+      else showLogin('');
+    },
+    function () {
+      showLogin('The gateway cannot be reached.');
+    },
+  );
+})();
