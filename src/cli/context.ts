@@ -104,7 +104,9 @@ export class CliContext {
       );
     }
     try {
-      this.loaded = loadConfig(this.configPath, { env: this.io.env });
+      // The site file of a systemd install names its secrets under ${CREDENTIALS_DIRECTORY},
+      // which only the unit has: sluicectl reads none of them.
+      this.loaded = loadConfig(this.configPath, { env: this.io.env, unitDirectories: 'optional' });
     } catch (error) {
       if (error instanceof ConfigError) {
         const hint = this.configExplicit ? '' : ' (give --config FILE or SLUICE_CONFIG)';

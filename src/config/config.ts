@@ -298,7 +298,15 @@ function issuePath(path: readonly PropertyKey[]): string {
  */
 export function loadConfig(
   path: string,
-  options: { env?: NodeJS.ProcessEnv; overrides?: Record<string, unknown> } = {},
+  options: {
+    env?: NodeJS.ProcessEnv;
+    overrides?: Record<string, unknown>;
+    /**
+     * `required` (the daemon, --check): a path under an unset systemd folder is an error.
+     * `optional` (sluicectl, which reads none of the secrets): such a path is left as written.
+     */
+    unitDirectories?: 'required' | 'optional';
+  } = {},
 ): SluiceConfig {
   let text: string;
   try {
@@ -336,7 +344,13 @@ export function loadConfig(
     unset,
   );
   // checkInventory repeats some of crossCheck's findings (a device's unknown PLC): once each.
-  const errors = [...new Set([...unset, ...crossCheck(config), ...checkDevices(config)])];
+  const errors = [
+    ...new Set([
+      ...(options.unitDirectories === 'optional' ? [] : unset),
+      ...crossCheck(config),
+      ...checkDevices(config),
+    ]),
+  ];
   if (errors.length > 0) throw new ConfigError(path, errors);
   return config;
 }
@@ -448,7 +462,8 @@ function resolvePaths(
   };
   const abs = (raw: string): string => {
     const p = expand(raw);
-    return isAbsolute(p) ? p : resolve(base, p);
+    // Unexpanded (its folder unset): kept as written, never taken for a relative path.
+    return isAbsolute(p) || p.startsWith('${') ? p : resolve(base, p);
   };
   const opt = (p: string | undefined): string | undefined => (p === undefined ? undefined : abs(p));
   const stateDir = abs(c.stateDir);

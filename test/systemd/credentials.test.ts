@@ -81,3 +81,13 @@ it('names every path whose systemd folder is not set', () => {
   expect(message).toContain('"${CREDENTIALS_DIRECTORY}/sluice_mqtt.password"');
   expect(message).toContain('"${RUNTIME_DIRECTORY}/admin.sock": RUNTIME_DIRECTORY is not set');
 });
+
+it('lets sluicectl, which reads no secret, load the same file outside the unit', () => {
+  const path = site();
+  const config = loadConfig(path, {
+    env: { STATE_DIRECTORY: '/var/lib/sluice', RUNTIME_DIRECTORY: '/run/sluice' },
+    unitDirectories: 'optional',
+  });
+  expect(config.journal.path).toBe('/var/lib/sluice/journal.db');
+  expect(config.https?.keyFile).toBe('${CREDENTIALS_DIRECTORY}/sluice_https.key');
+});
