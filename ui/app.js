@@ -129,11 +129,17 @@
         if (res.status === 401 && session && path !== '/ui/api/login') loggedOut();
         return { status: res.status, body: parsed };
       });
-    });
+    }, unreachable);
+  }
+
+  /** A request that never reached the gateway: status 0, and every caller says so. */
+  function unreachable() {
+    return { status: 0, body: { detail: 'the gateway cannot be reached' } };
   }
 
   function problemText(answer) {
     var b = answer.body || {};
+    if (answer.status === 0) return 'The gateway cannot be reached.';
     return (b.code ? b.code + ': ' : 'HTTP ' + answer.status + ': ') + (b.detail || '');
   }
 
@@ -170,16 +176,11 @@
     event.preventDefault();
     var token = $('token').value;
     $('login-error').textContent = '';
-    api('POST', '/ui/api/login', token ? { token: token } : {}).then(
-      function (answer) {
-        $('token').value = '';
-        if (answer.status === 200) start(answer.body);
-        else $('login-error').textContent = problemText(answer);
-      },
-      function () {
-        $('login-error').textContent = 'The gateway cannot be reached.';
-      },
-    );
+    api('POST', '/ui/api/login', token ? { token: token } : {}).then(function (answer) {
+      $('token').value = '';
+      if (answer.status === 200) start(answer.body);
+      else $('login-error').textContent = problemText(answer);
+    });
   });
 
   $('logout').addEventListener('click', function () {
@@ -219,15 +220,10 @@
       if (es.readyState === 2) {
         es.close();
         retryTimer = setTimeout(function () {
-          api('GET', '/ui/api/session').then(
-            function (answer) {
-              if (answer.status === 200) openStream();
-              else if (answer.status !== 401) retryLater();
-            },
-            function () {
-              retryLater();
-            },
-          );
+          api('GET', '/ui/api/session').then(function (answer) {
+            if (answer.status === 200) openStream();
+            else if (answer.status !== 401) retryLater();
+          });
         }, 2000);
       }
     };
@@ -788,13 +784,8 @@
     if (commands.at && !shown) renderCommands();
   }, 1000);
 
-  api('GET', '/ui/api/session').then(
-    function (answer) {
-      if (answer.status === 200) start(answer.body);
-      else showLogin('');
-    },
-    function () {
-      showLogin('The gateway cannot be reached.');
-    },
-  );
+  api('GET', '/ui/api/session').then(function (answer) {
+    if (answer.status === 200) start(answer.body);
+    else showLogin(answer.status === 0 ? problemText(answer) : '');
+  });
 })();

@@ -16,8 +16,9 @@ import type { UiDevice, UiGateway, UiViews } from './ui-views.js';
  *
  * - `devices`: the devices table (ui-views.ts `UiDevice[]`);
  * - `gateway`: the gateway band (`UiGateway`);
- * - `commands`: a command was accepted, dispatched or settled (`{ key, scope, device, state }`
- *   or `{}`): the page fetches its command lists again, with its own filter;
+ * - `commands`: a command was accepted, dispatched or settled, or a device stopped moving
+ *   (`{ key, scope, device, state }` or `{}`): the page fetches its command lists again, with
+ *   its own filter;
  * - `session`: the session ended (logout, expiry); the page shows its login again.
  *
  * A comment line every 15 s keeps proxies and the browser from timing the stream out; the
@@ -160,10 +161,12 @@ export class UiEvents {
   }
 
   private onTick(): void {
-    // A command accepted or dispatched shows as a device's queue or command in flight.
-    const lanes = JSON.stringify(
+    // A command accepted or dispatched shows as a device's queue or command in flight; a
+    // device that stops moving changes why its command is still open.
+    const lanes = JSON.stringify([
       this.o.pipeline.devices().map((d) => [d.id, d.queued, d.inFlight, d.unresolved]),
-    );
+      this.o.views.stalledDevices(),
+    ]);
     const lanesChanged = lanes !== this.lanes;
     this.lanes = lanes;
     const gateway = this.o.views.gateway();

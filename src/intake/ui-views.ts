@@ -202,6 +202,14 @@ export class UiViews {
     };
   }
 
+  /** The devices that should be moving and are not (cheap: no journal read). */
+  stalledDevices(): string[] {
+    return this.o.pipeline
+      .devices()
+      .filter((view) => this.stalled(view, this.o.profiles.get(view.id)) !== null)
+      .map((view) => view.id);
+  }
+
   private stalled(view: DeviceView, profile: DeviceProfile | undefined): UiDevice['stalled'] {
     const mirror = view.mirror;
     if (mirror === null || profile === undefined || mirror.position === null) return null;

@@ -62,7 +62,8 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
           devices: {
             // A stuck valve stays OPENING: no travel timeout fault within the test.
             'inlet-valve': { profile: 'valve', base: 0, travelMs: 800, travelTimeoutMs: 120_000 },
-            'drain-valve': { profile: 'valve', base: 100, travelMs: 800 },
+            // Slow enough to be seen in flight.
+            'drain-valve': { profile: 'valve', base: 100, travelMs: 3_000 },
           },
         },
         ...(options.opcua
