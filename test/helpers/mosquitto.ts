@@ -40,7 +40,7 @@ export interface Mosquitto {
   deliveriesTo(clientId: string, topic: string): { readonly mid: number; readonly dup: boolean }[];
 }
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
@@ -68,7 +68,47 @@ function accepts(port: number): Promise<boolean> {
   });
 }
 
-export async function startMosquitto(): Promise<Mosquitto> {
+/**
+ * A bridge from this broker to another (mosquitto.conf(5), "Configuring Bridges"): this broker
+ * connects to `address` as the client `clientId` with a persistent session, so the remote
+ * broker keeps the QoS 1 messages of its `in` topics while the bridge is down.
+ */
+export interface MosquittoBridge {
+  /** The connection's name. */
+  readonly name: string;
+  /** `host:port` of the remote broker. */
+  readonly address: string;
+  /** The bridge's client id at the remote broker (its persistent session there). */
+  readonly clientId: string;
+  /** `topic` lines: `pattern direction qos`, e.g. `sluice/gw-a/cmd/# in 1`. */
+  readonly topics: readonly string[];
+  /** Seconds between reconnection attempts (default 1: tests wait on reconnections). */
+  readonly restartTimeoutS?: number;
+}
+
+export interface MosquittoOptions {
+  /** Bridges this broker opens to other brokers. */
+  readonly bridges?: readonly MosquittoBridge[];
+}
+
+function bridgeConfig(bridge: MosquittoBridge): string[] {
+  return [
+    `connection ${bridge.name}`,
+    `address ${bridge.address}`,
+    `remote_clientid ${bridge.clientId}`,
+    `local_clientid ${bridge.clientId}-local`,
+    // A persistent session at the remote: QoS 1 messages for the `in` topics wait there.
+    'cleansession false',
+    `restart_timeout ${bridge.restartTimeoutS ?? 1}`,
+    'keepalive_interval 5',
+    // The bridge's state, 1 or 0, on $SYS/broker/connection/<remote_clientid>/state at both
+    // ends (at the remote by the bridge's Last Will when the link breaks).
+    'notifications true',
+    ...bridge.topics.map((t) => `topic ${t}`),
+  ];
+}
+
+export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mosquitto> {
   const { dir, cleanup } = tempDir('sluice-mosquitto-');
   const port = await freePort();
   const conf = join(dir, 'mosquitto.conf');
@@ -87,6 +127,8 @@ export async function startMosquitto(): Promise<Mosquitto> {
       'log_timestamp_format %H:%M:%S',
       // As root mosquitto would switch to the `mosquitto` user, who cannot write the temp dir.
       ...(isRoot ? ['user root'] : []),
+      // Bridges come last: every line after `connection` belongs to that bridge.
+      ...(options.bridges ?? []).flatMap(bridgeConfig),
       '',
     ].join('\n'),
   );

@@ -1,0 +1,75 @@
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+
+/**
+ * A TCP link on loopback that a test can cut and restore: the WAN between a cell's edge broker
+ * and the site's central broker. While down, open connections are reset and new ones refused
+ * at once, as when a link drops; the listening port stays this link's.
+ */
+export class TcpLink {
+  private readonly sockets = new Set<Socket>();
+  private isUp = true;
+
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
+
+  static async open(target: { host: string; port: number }): Promise<TcpLink> {
+    const holder: { link: TcpLink | null } = { link: null };
+    const server = createServer((inbound) => {
+      const link = holder.link;
+      if (link === null || !link.isUp) {
+        inbound.resetAndDestroy();
+        return;
+      }
+      const outbound = createConnection(target);
+      link.sockets.add(inbound);
+      link.sockets.add(outbound);
+      const close = (): void => {
+        inbound.destroy();
+        outbound.destroy();
+        link.sockets.delete(inbound);
+        link.sockets.delete(outbound);
+      };
+      inbound.on('error', close).on('close', close);
+      outbound.on('error', close).on('close', close);
+      inbound.pipe(outbound);
+      outbound.pipe(inbound);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => {
+        resolve();
+      });
+    });
+    const address = server.address();
+    const port = typeof address === 'object' && address !== null ? address.port : 0;
+    const link = new TcpLink(server, port);
+    holder.link = link;
+    return link;
+  }
+
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  /** Cuts the link: every connection through it is reset, new ones are refused. */
+  down(): void {
+    this.isUp = false;
+    for (const socket of this.sockets) socket.resetAndDestroy();
+    this.sockets.clear();
+  }
+
+  up(): void {
+    this.isUp = true;
+  }
+
+  async close(): Promise<void> {
+    this.down();
+    await new Promise<void>((resolve) => {
+      this.server.close(() => {
+        resolve();
+      });
+    });
+  }
+}
