@@ -9,18 +9,23 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const entry = join(root, 'dist', 'src', 'demo', 'main.js');
 
-function newest(dir) {
+function newest(dir, every = false) {
   let latest = 0;
   for (const item of readdirSync(dir, { withFileTypes: true })) {
     const path = join(dir, item.name);
-    if (item.isDirectory()) latest = Math.max(latest, newest(path));
-    else if (item.name.endsWith('.ts')) latest = Math.max(latest, statSync(path).mtimeMs);
+    if (item.isDirectory()) latest = Math.max(latest, newest(path, every));
+    else if (every || item.name.endsWith('.ts')) latest = Math.max(latest, statSync(path).mtimeMs);
   }
   return latest;
 }
 
 const built = existsSync(entry) ? statSync(entry).mtimeMs : 0;
-const sources = Math.max(newest(join(root, 'src')), newest(join(root, 'simulators')));
+// The status page's files (ui/) are copied into the build as they are.
+const sources = Math.max(
+  newest(join(root, 'src')),
+  newest(join(root, 'simulators')),
+  newest(join(root, 'ui'), true),
+);
 if (built < sources) {
   console.log('building Sluice (npm run build) ...');
   execFileSync(process.platform === 'win32' ? 'npm.cmd' : 'npm', ['run', 'build', '--silent'], {

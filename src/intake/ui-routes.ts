@@ -22,7 +22,14 @@ import {
   type UiConfig,
   type UiSession,
 } from './ui-session.js';
-import { registerUiFiles, setUiHeaders, UI_HEADERS, uiDirectory } from './ui-static.js';
+import {
+  loadUiFiles,
+  registerUiFiles,
+  setUiHeaders,
+  UI_HEADERS,
+  uiDirectory,
+  type UiFiles,
+} from './ui-static.js';
 import { UiViews, type CommandReader, type GatewaySources } from './ui-views.js';
 
 /**
@@ -71,6 +78,19 @@ type KeyParams = { Params: { scope: string; key: string } };
 export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   const { ui, pipeline, identities, clock, stopping } = options;
   const logger = options.logger.child({ component: 'ui' });
+  const directory = ui.directory ?? uiDirectory();
+  let files: UiFiles;
+  try {
+    files = loadUiFiles(directory);
+  } catch (error) {
+    // The intakes are what the gateway is for; a page missing from the install is no reason
+    // not to take commands.
+    logger.error(
+      { directory, err: error instanceof Error ? error.message : String(error) },
+      'status page files not found; /ui/ is not served',
+    );
+    return;
+  }
   const sessions = new UiSessions(ui.config, clock);
   const views = new UiViews({
     pipeline,
@@ -161,7 +181,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   const json = (reply: Reply, status: number, body: unknown): Reply =>
     send(reply, status, JSON_TYPE, JSON.stringify(body));
 
-  registerUiFiles(app, ui.directory ?? uiDirectory());
+  registerUiFiles(app, files);
 
   app.post<{ Body: unknown }>('/ui/api/login', async (request, reply) => {
     const origin = sameOrigin(request.headers);

@@ -1,14 +1,15 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { packageRoot } from '../package-root.js';
+import { fileURLToPath } from 'node:url';
 import type { App, Reply } from './https-types.js';
 
 /**
- * The status page's files: hand-written HTML, CSS and JavaScript in the package's `ui/`
- * folder, beside `devices/` (no build step, nothing fetched from anywhere). They are read once
- * at start and served from memory under `/ui/`, with a Content-Security-Policy that allows
- * nothing but these files and this origin: no inline script or style, no other origin, no
- * framing.
+ * The status page's files: hand-written HTML, CSS and JavaScript in the repository's `ui/`
+ * folder (nothing is generated, nothing fetched from anywhere), copied as they are to
+ * `dist/ui/` by `npm run build` (scripts/build-ui.mjs), so that the built daemon carries them
+ * wherever `dist/` goes. They are read once at start and served from memory under `/ui/`, with
+ * a Content-Security-Policy that allows nothing but these files and this origin: no inline
+ * script or style, no other origin, no framing.
  */
 
 export const UI_FILES: Readonly<Record<string, string>> = {
@@ -38,8 +39,12 @@ export const UI_HEADERS: Readonly<Record<string, string>> = {
   'cross-origin-resource-policy': 'same-origin',
 };
 
-export function uiDirectory(): string {
-  return join(packageRoot(), 'ui');
+/**
+ * Two folders up from this module: `ui/` beside `src/` when it runs from the sources (tests),
+ * `dist/ui/` when it runs built.
+ */
+export function uiDirectory(from: string = import.meta.url): string {
+  return fileURLToPath(new URL('../../ui/', from));
 }
 
 export function setUiHeaders(reply: Reply): Reply {
@@ -47,12 +52,18 @@ export function setUiHeaders(reply: Reply): Reply {
   return reply;
 }
 
-/** Reads the page's files (a missing one fails the start) and serves them. */
-export function registerUiFiles(app: App, dir: string = uiDirectory()): void {
+export type UiFiles = ReadonlyMap<string, { readonly type: string; readonly body: Buffer }>;
+
+/** Reads the page's files; throws when one is missing. */
+export function loadUiFiles(dir: string = uiDirectory()): UiFiles {
   const files = new Map<string, { type: string; body: Buffer }>();
   for (const [name, type] of Object.entries(UI_FILES)) {
     files.set(name, { type, body: readFileSync(join(dir, name)) });
   }
+  return files;
+}
+
+export function registerUiFiles(app: App, files: UiFiles): void {
   const serve = (name: string) => async (_request: unknown, reply: Reply) => {
     const file = files.get(name);
     if (file === undefined) throw new Error(`status page file ${name} not loaded`);
