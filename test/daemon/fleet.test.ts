@@ -221,7 +221,7 @@ describe.runIf(real)('two gateways, two edge brokers, one central broker', () =>
       "gw-a's bridge down at the central broker",
     );
     const issuedAt = new Date();
-    const expiring = timed({ key: 'fleet-expiring', action: 'close', ttlMs: 1_500 }, issuedAt);
+    const expiring = timed({ key: 'fleet-expiring', action: 'open', ttlMs: 1_500 }, issuedAt);
     const lasting = timed({ key: 'fleet-lasting', action: 'close', ttlMs: 120_000 }, issuedAt);
     await client.publish('sluice/gw-a/cmd/valve-a1', expiring);
     await client.publish('sluice/gw-a/cmd/valve-a2', lasting);
@@ -230,6 +230,25 @@ describe.runIf(real)('two gateways, two edge brokers, one central broker', () =>
     const resultB2 = (await result('gw-b', 'valve-b1', 'fleet-b2')).json();
     expect(resultB2).toMatchObject({ state: 'confirmed' });
     expect(b1.writesWithSeq(Number(resultB2.seq))).toBe(1);
+    // A panel at the cell, on gw-a's edge broker, still commands gw-a during the outage; its
+    // result waits at the edge for the bridge.
+    const panel = await TestClient.connect(edges['gw-a'].url, { clientId: 'cell-panel' });
+    try {
+      await panel.subscribe('sluice/gw-a/result/#');
+      await panel.publish(
+        'sluice/gw-a/cmd/valve-a1',
+        timed({ key: 'fleet-local', action: 'close' }),
+      );
+      const local = await panel.waitFor(
+        (m) => m.json().key === 'fleet-local',
+        20_000,
+        'the local result at the edge',
+      );
+      expect(local.json()).toMatchObject({ state: 'confirmed' });
+    } finally {
+      await panel.end();
+    }
+    expect(a1.counters.writesReceived - a1Before).toBe(1);
 
     // The outage outlasts the first command's deadline.
     await until(
@@ -249,10 +268,14 @@ describe.runIf(real)('two gateways, two edge brokers, one central broker', () =>
     const ran = (await result('gw-a', 'valve-a2', 'fleet-lasting')).json();
     expect(expired).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
     expect(ran).toMatchObject({ state: 'confirmed', code: 'OK' });
+    // The result produced during the outage reached the central broker once the link was back.
+    expect((await result('gw-a', 'valve-a1', 'fleet-local')).json()).toMatchObject({
+      state: 'confirmed',
+    });
 
     // Ground truth, read after both results: the expired command never reached valve-a1
     // (I3); the other was written exactly once (I1).
-    expect(a1.counters.writesReceived).toBe(a1Before);
+    expect(a1.counters.writesReceived - a1Before).toBe(1); // fleet-local's write alone
     expect(a2.counters.writesReceived - a2Before).toBe(1);
     expect(a2.writesWithSeq(Number(ran.seq))).toBe(1);
     // They waited at the central broker: gw-a's journal took them only after the link was back.
