@@ -376,6 +376,9 @@ export class ConfirmationLoop {
           `${verdict.proof}: the first write was not applied`,
           PIPELINE,
         );
+        // On disk before the second write (group commit); a failed sync throws, as a failed
+        // journal write does, and the command is left to the sweep unwritten.
+        await this.host.journal.durable();
         log.warn({ seq }, 'first write provably not applied; dispatching once more');
         const write = this.beginWrite(lane, again, seq);
         ctx.write = write;

@@ -105,6 +105,18 @@ export class CommandExecution {
           (last, open) => allocateSeq(last, before.seq, open),
           clockNote(this.host.clockPolicy, lane),
         );
+        // Group commit: the dispatch shares its fsync with other lanes' commits; the write
+        // waits for it. A failed sync leaves the command dispatched and unwritten: the sweep
+        // takes it up and settles it by reading the controller.
+        try {
+          await this.host.journal.durable();
+        } catch (error) {
+          log.error(
+            { err: error, seq: dispatched.seq },
+            'journal sync failed: the command is not written',
+          );
+          return;
+        }
         log.info({ seq: dispatched.seq, from: before.state }, 'command dispatched');
         await this.confirmation.writeAndConfirm(
           lane,

@@ -147,5 +147,14 @@ export interface Journal {
   purgeSettled(before: number, limit: number): number;
   /** Throws JournalUnavailableError when a write would fail now (readiness). */
   checkWritable(): void;
+  /**
+   * Group commit: a journal may return from a write before it is on disk, and make every
+   * write so far durable with one fsync here. Nothing may be acknowledged, published or
+   * written to a controller on the strength of a write before this resolved. Rejects with
+   * JournalUnavailableError when the fsync fails (fail closed).
+   */
+  durable(): Promise<void>;
+  /** True while a write returned is not yet on disk (durable() has work to do). */
+  readonly syncPending: boolean;
   close(): void;
 }

@@ -490,7 +490,11 @@ export class CommandPipeline {
   /** Resolves with the command once it is terminal, or as it stands after `timeoutMs`. */
   async waitForSettled(ref: CommandRef, timeoutMs: number): Promise<CommandRecord | undefined> {
     const current = this.journal.get(ref);
-    if (current === undefined || isTerminal(current.state) || timeoutMs <= 0) return current;
+    if (current === undefined || isTerminal(current.state) || timeoutMs <= 0) {
+      // What the caller answers with must be on disk (group commit).
+      await this.durable();
+      return current;
+    }
     const id = refId(ref);
     const done = new AbortController();
     const wake = (): void => {
@@ -513,7 +517,22 @@ export class CommandPipeline {
       set.delete(wake);
       if (set.size === 0) this.waiters.delete(id);
     }
+    await this.durable();
     return this.journal.get(ref);
+  }
+
+  /**
+   * Resolves once every journal write so far is on disk: with group commit, the intakes await
+   * it before they acknowledge, answer or replay (I5), sharing one fsync among the commands
+   * that arrived together. Rejects with JournalUnavailableError when the journal cannot sync.
+   */
+  durable(): Promise<void> {
+    return this.journal.syncPending ? this.journal.durable() : Promise.resolve();
+  }
+
+  /** True while a journal write is not yet on disk (group commit): see durable(). */
+  get syncPending(): boolean {
+    return this.journal.syncPending;
   }
 
   /**
@@ -634,6 +653,9 @@ export class CommandPipeline {
     ]);
     this.abort.abort();
     await Promise.allSettled(running());
+    // Results settled during the drain are announced once on disk (group commit): wait for
+    // that barrier, so that the intakes publish them before they close.
+    await this.durable().catch(() => undefined);
   }
 
   /** A method, not a property read: the flag changes across awaits. */
@@ -817,8 +839,26 @@ export class CommandPipeline {
     return settled;
   }
 
-  /** Tells waiters and listeners (result publication, metrics) that a command settled. */
+  /**
+   * Tells waiters and listeners (result publication, metrics) that a command settled — once its
+   * settlement is on disk: a published result must never be lost to a power cut (group commit).
+   */
   private announce(settled: CommandRecord, log: Logger): void {
+    if (!this.journal.syncPending) {
+      this.announceNow(settled, log);
+      return;
+    }
+    this.journal.durable().then(
+      () => {
+        this.announceNow(settled, log);
+      },
+      (error: unknown) => {
+        log.error({ err: error }, 'journal sync failed: the result is not published (fail closed)');
+      },
+    );
+  }
+
+  private announceNow(settled: CommandRecord, log: Logger): void {
     const waiting = this.waiters.get(refId(settled));
     if (waiting !== undefined) for (const wake of waiting) wake();
     for (const listener of this.settledListeners) {

@@ -135,6 +135,9 @@ export class Daemon {
       const journal = SqliteJournal.open({
         path: journalPath,
         busyTimeoutMs: config.journal.busyTimeoutMs,
+        // Commands that arrive together share one fsync; nothing is acknowledged, published
+        // or written to a controller before it (see SqliteJournal.durable).
+        groupCommit: true,
       });
       releasers.push({
         name: 'journal',

@@ -68,6 +68,9 @@ async function postCommand(
     );
     throw error;
   }
+  // Group commit: nothing is answered before the claim (or its duplicate event) is on disk;
+  // a failed sync is a JournalUnavailableError, answered 503 by the error handler.
+  await pipeline.durable();
   metrics.accepted.inc({ intake: 'https', outcome: receivedOutcome(claim) });
   const log = logger.child({ key, device });
   switch (claim.kind) {

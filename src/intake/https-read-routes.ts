@@ -48,11 +48,11 @@ export function registerReadRoutes(app: App, options: ReadRoutesOptions): void {
   });
 }
 
-function getCommand(
+async function getCommand(
   options: ReadRoutesOptions,
   request: Request<{ Params: { key: string } }>,
   reply: Reply,
-): Reply {
+): Promise<Reply> {
   const identity = options.guard.caller(request);
   const notFound = (): Reply =>
     sendProblem(
@@ -67,6 +67,8 @@ function getCommand(
     throw error;
   }
   const ref: CommandRef = { scope: identity.scope, key };
+  // What is answered must be on disk (group commit: it may have settled a moment ago).
+  await options.pipeline.durable();
   const record = options.pipeline.get(ref);
   if (record === undefined) return notFound();
   const history = options.pipeline.history(ref).map((event) => ({

@@ -122,7 +122,25 @@ export class CommandMessages {
     }
     switch (handling.kind) {
       case 'ack':
-        callback();
+        if (!this.pipeline.syncPending) {
+          callback();
+          return;
+        }
+        // Group commit: the PUBACK waits for the claim's fsync, shared with other commands.
+        this.pipeline.durable().then(
+          () => {
+            callback();
+          },
+          (error: unknown) => {
+            this.logger.error(
+              { err: error, topic: packet.topic },
+              'journal sync failed: not acknowledged (fail closed)',
+            );
+            this.count('journal_unavailable');
+            callback(new Error('not acknowledged: journal sync failed'));
+            this.link.dropConnection(client, 'journal sync failed');
+          },
+        );
         return;
       case 'withhold':
         // With an error, mqtt.js sends no PUBACK and goes on with the connection's next packet
@@ -233,8 +251,20 @@ export class CommandMessages {
         return ACK;
       case 'duplicate':
         if (isTerminal(record.state)) {
-          // A retry of a settled command: its stored result again, marked as a replay.
-          this.publisher.replay(record, route);
+          // A retry of a settled command: its stored result again, marked as a replay (once
+          // that result is on disk: it may have settled a moment ago, under group commit).
+          if (this.pipeline.syncPending) {
+            this.pipeline.durable().then(
+              () => {
+                this.publisher.replay(record, route);
+              },
+              (error: unknown) => {
+                log.error({ err: error }, 'journal sync failed: replay not published');
+              },
+            );
+          } else {
+            this.publisher.replay(record, route);
+          }
           this.count('replayed');
           this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'replayed' });
           log.info(

@@ -304,6 +304,9 @@ export class SimHarness {
     this.journal = SqliteJournal.open({
       path: this.path,
       busyTimeoutMs: this.options.busyTimeoutMs ?? 500,
+      // As the daemon runs it: writes share fsyncs, and every acknowledgement, publication and
+      // controller write waits for them.
+      groupCommit: true,
     });
     this.drivers = await buildDrivers({
       inventory: this.inventory(),

@@ -6,9 +6,9 @@ import type { ProfileTiming } from '../../src/core/profile.js';
 import { Metrics } from '../../src/daemon/metrics.js';
 import { buildDrivers, type Drivers } from '../../src/drivers/inventory.js';
 import { IdentityRegistry, sha256 } from '../../src/intake/identities.js';
-import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
-import { PROFILES, openJournal, tempDir } from './fixtures.js';
+import { PROFILES, tempDir } from './fixtures.js';
 import { inventoryFor } from './plant-inventory.js';
 
 /**
@@ -72,7 +72,7 @@ export async function startStack(
   );
   const { dir, cleanup } = tempDir('sluice-stack-');
   const journalPath = join(dir, 'journal.db');
-  const journal = openJournal(journalPath);
+  const journal = SqliteJournal.open({ path: journalPath, busyTimeoutMs: 500, groupCommit: true });
   const drivers = await buildDrivers({
     inventory: inventoryFor(plant),
     profiles: PROFILES,
