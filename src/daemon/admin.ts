@@ -145,6 +145,7 @@ export class AdminEndpoint {
         }
         const reason = text(body.reason, 'reason', 500);
         const record = pipeline.resolve(ref, by, reason);
+        await pipeline.durable(); // the operator is told once it is on disk (group commit)
         this.log.warn({ key: record.key, device: record.device, by }, 'resolved by an operator');
         send(res, 200, { result: toResult(record, false) });
         return;
