@@ -310,7 +310,8 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     });
   });
 
-  app.get('/ui/api/events', reader, async (request, reply) => {
+  // No HEAD: a stream has no headers-only form.
+  app.get('/ui/api/events', { ...reader, exposeHeadRoute: false }, async (request, reply) => {
     const session = sessionOf(request);
     if (events.count >= MAX_STREAMS || stopping.aborted) {
       return sendProblem(

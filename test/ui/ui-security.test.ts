@@ -1,7 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
+import { request } from 'node:https';
 import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ROOT } from '../helpers/fixtures.js';
+import { until } from '../helpers/mosquitto.js';
 import { call, login, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
@@ -19,8 +21,18 @@ beforeAll(async () => {
   site = await startUiSite({ mqtt: false, opcua: false });
 }, 60_000);
 
+/** A page left open when the daemon stops: its stream must not hold the stop up. */
+let lingering: Awaited<ReturnType<typeof openStream>> | null = null;
+
 afterAll(async () => {
+  const started = Date.now();
   await site.stop();
+  if (lingering !== null) {
+    // Well within the HTTPS drain bound (5 s): the stream was ended, not waited for.
+    expect(Date.now() - started).toBeLessThan(4_000);
+    const stream = lingering;
+    await until(() => (stream.ended() ? true : undefined), 2_000, 'the lingering stream ended');
+  }
 });
 
 const JSON_POST = { 'content-type': 'application/json' };
@@ -314,6 +326,80 @@ describe('with a session', () => {
     for (const secret of [...Object.values(TOKENS), cookie.split('=')[1]!, csrf]) {
       expect(log).not.toContain(secret);
     }
+  });
+});
+
+/** An event stream as the page opens it: its status, headers, and the text so far. */
+function openStream(cookie: string): Promise<{
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: () => string;
+  ended: () => boolean;
+  close: () => void;
+}> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    let ended = false;
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port: site.port,
+        path: '/ui/api/events',
+        ca: site.cert,
+        agent: false,
+        headers: { cookie, accept: 'text/event-stream' },
+      },
+      (res) => {
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => (ended = true));
+        resolve({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          text: () => text,
+          ended: () => ended,
+          close: () => req.destroy(),
+        });
+      },
+    );
+    req.once('error', reject);
+    req.end();
+  });
+}
+
+describe('the event stream', () => {
+  it('sends the devices, the gateway and a commands cue at once, and ends with the session', async () => {
+    const { cookie, csrf } = await login(site, TOKENS.ops);
+    const stream = await openStream(cookie);
+    expect(stream.status).toBe(200);
+    expect(stream.headers['content-type']).toBe('text/event-stream');
+    expect(stream.headers['content-security-policy']).toBeDefined();
+    await until(() => (stream.text().includes('event: commands') ? true : undefined), 5_000);
+    const text = stream.text();
+    expect(text).toMatch(/^retry: 2000\n\n/);
+    const devices = /event: devices\ndata: (.*)\n\n/.exec(text);
+    expect(JSON.parse(devices![1]!)).toMatchObject({
+      devices: [{ id: 'inlet-valve' }, { id: 'drain-valve' }],
+    });
+    expect(text).toMatch(/event: gateway\ndata: \{"gatewayId":"uisite"/);
+    expect(text).toContain('event: commands\ndata: {}\n\n');
+    // HEAD has no stream: refused like any method the route does not serve.
+    const head = await call(site, 'HEAD', '/ui/api/events', { cookie });
+    expect(head.status).toBe(405);
+
+    await call(
+      site,
+      'POST',
+      '/ui/api/logout',
+      { ...JSON_POST, cookie, origin: site.origin, 'x-csrf-token': csrf },
+      '{}',
+    );
+    await until(() => (stream.ended() ? true : undefined), 5_000, 'the stream ended');
+    expect(stream.text()).toMatch(/event: session\ndata: \{"ended":true\}\n\n$/);
+    stream.close();
+
+    lingering = await openStream((await login(site, TOKENS.desk)).cookie);
+    expect(lingering.status).toBe(200);
   });
 });
 

@@ -1,0 +1,144 @@
+import { describe, expect, it } from 'vitest';
+import type { Clock } from '../../src/core/clock.js';
+import {
+  clearedCookie,
+  csrfMatches,
+  LoginThrottle,
+  sameOrigin,
+  SESSION_COOKIE,
+  sessionCookie,
+  sessionId,
+  UiSessions,
+} from '../../src/intake/ui-session.js';
+
+/** Status page sessions, their cookie, CSRF token and origin rules, and the login throttle, on fake time. */
+
+function fakeClock(): Clock & { advance(ms: number): void } {
+  let mono = 1_000;
+  let wall = Date.parse('2026-12-01T10:00:00Z');
+  return {
+    now: () => wall,
+    elapsed: () => mono,
+    sleep: () => Promise.resolve(),
+    advance: (ms) => {
+      mono += ms;
+      wall += ms;
+    },
+  };
+}
+
+const cookieOf = (id: string): string => `other=1; ${SESSION_COOKIE}=${id}; theme=dark`;
+
+describe('UiSessions', () => {
+  it('finds a session by its cookie and keeps it while it is used', () => {
+    const clock = fakeClock();
+    const sessions = new UiSessions({ sessionIdleMinutes: 30, sessionMaxHours: 12 }, clock);
+    const { id, session } = sessions.create('ops', 'operator');
+    expect(id).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(session).toMatchObject({ identity: 'ops', role: 'operator', ended: false });
+    expect(sessions.fromCookie(cookieOf(id))).toBe(session);
+    for (let i = 0; i < 10; i++) {
+      clock.advance(29 * 60_000);
+      expect(sessions.fromCookie(cookieOf(id)), `after ${i + 1} uses`).toBe(session);
+    }
+    expect(sessions.fromCookie(undefined)).toBeUndefined();
+    expect(sessions.fromCookie(cookieOf('x'.repeat(43)))).toBeUndefined();
+  });
+
+  it('ends a session idle too long, and any session at its maximum age', () => {
+    const clock = fakeClock();
+    const sessions = new UiSessions({ sessionIdleMinutes: 30, sessionMaxHours: 1 }, clock);
+    const idle = sessions.create('ops', 'operator');
+    clock.advance(30 * 60_000);
+    expect(sessions.fromCookie(cookieOf(idle.id))).toBeUndefined();
+    expect(idle.session.ended).toBe(true);
+
+    const busy = sessions.create('desk', 'viewer');
+    for (let t = 0; t < 59; t++) {
+      clock.advance(60_000);
+      sessions.touch(busy.session);
+    }
+    expect(sessions.alive(busy.session)).toBe(true);
+    clock.advance(60_000);
+    expect(sessions.alive(busy.session)).toBe(false);
+    expect(sessions.fromCookie(cookieOf(busy.id))).toBeUndefined();
+    expect(sessions.maxAgeS).toBe(3_600);
+  });
+
+  it('logout ends it; beyond 256 sessions the least recently used goes', () => {
+    const clock = fakeClock();
+    const sessions = new UiSessions({ sessionIdleMinutes: 30, sessionMaxHours: 12 }, clock);
+    const first = sessions.create('ops', 'operator');
+    sessions.end(cookieOf(first.id));
+    expect(first.session.ended).toBe(true);
+    expect(sessions.fromCookie(cookieOf(first.id))).toBeUndefined();
+
+    const kept = sessions.create('ops', 'operator');
+    const ids = [];
+    for (let i = 0; i < 255; i++) ids.push(sessions.create('desk', 'viewer').id);
+    // Used last: it is not the one to go.
+    expect(sessions.fromCookie(cookieOf(kept.id))).toBe(kept.session);
+    sessions.create('desk', 'viewer');
+    expect(sessions.count).toBe(256);
+    expect(sessions.fromCookie(cookieOf(ids[0]!))).toBeUndefined();
+    expect(sessions.fromCookie(cookieOf(kept.id))).toBe(kept.session);
+  });
+});
+
+describe('cookie, CSRF token and origin', () => {
+  it('writes and reads the cookie with its flags', () => {
+    const id = 'a'.repeat(43);
+    expect(sessionCookie(id, 60)).toBe(
+      `__Host-sluice-session=${id}; Path=/; Max-Age=60; Secure; HttpOnly; SameSite=Strict`,
+    );
+    expect(clearedCookie()).toMatch(
+      /^__Host-sluice-session=; Path=\/; Max-Age=0; Secure; HttpOnly/,
+    );
+    expect(sessionId(cookieOf(id))).toBe(id);
+    expect(sessionId(`${SESSION_COOKIE}=short`)).toBeUndefined();
+    expect(sessionId(`sluice-session=${id}`)).toBeUndefined();
+  });
+
+  it('matches the CSRF token exactly', () => {
+    const sessions = new UiSessions({ sessionIdleMinutes: 1, sessionMaxHours: 1 }, fakeClock());
+    const { session } = sessions.create('ops', 'operator');
+    expect(csrfMatches(session, session.csrfToken)).toBe(true);
+    expect(csrfMatches(session, `${session.csrfToken}x`)).toBe(false);
+    expect(csrfMatches(session, undefined)).toBe(false);
+    expect(csrfMatches(session, [session.csrfToken])).toBe(false);
+  });
+
+  it('takes only the listener’s own origin', () => {
+    const host = '127.0.0.1:8443';
+    expect(sameOrigin({ origin: `https://${host}`, host })).toEqual({ ok: true });
+    expect(
+      sameOrigin({ origin: `https://${host}`, host, 'sec-fetch-site': 'same-origin' }),
+    ).toEqual({ ok: true });
+    for (const headers of [
+      { host },
+      { origin: 'null', host },
+      { origin: `http://${host}`, host },
+      { origin: 'https://127.0.0.1:9443', host },
+      { origin: `https://${host}`, host, 'sec-fetch-site': 'cross-site' },
+      { origin: `https://${host}`, host, 'sec-fetch-site': 'none' },
+    ]) {
+      expect(sameOrigin(headers).ok, JSON.stringify(headers)).toBe(false);
+    }
+  });
+});
+
+describe('LoginThrottle', () => {
+  it('lets five failures a minute through per address, then says how long to wait', () => {
+    const clock = fakeClock();
+    const throttle = new LoginThrottle(clock);
+    for (let i = 0; i < 5; i++) {
+      expect(throttle.waitS('10.0.0.5')).toBe(0);
+      throttle.failed('10.0.0.5');
+      clock.advance(1_000);
+    }
+    expect(throttle.waitS('10.0.0.5')).toBe(55);
+    expect(throttle.waitS('10.0.0.6')).toBe(0);
+    clock.advance(55_000);
+    expect(throttle.waitS('10.0.0.5')).toBe(0);
+  });
+});
