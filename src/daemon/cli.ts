@@ -5,11 +5,11 @@
 // configuration), 1 runtime failure, 2 invalid configuration — at start as under --check, and
 // before anything is created on disk.
 import { Command, Option } from 'commander';
-import { pino } from 'pino';
 import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
 import { preflight, type Preflight } from '../config/preflight.js';
 import { checkSummary } from './check-summary.js';
 import type { Daemon } from './daemon.js';
+import { daemonLogger } from './log.js';
 
 const program = new Command()
   .name('sluiced')
@@ -61,7 +61,8 @@ if (opts.check === true) {
   process.exit(0);
 }
 
-const logger = pino({ level: config.log.level });
+// JSON lines on stdout (journald), readable lines on a terminal.
+const logger = await daemonLogger(config.log.level);
 let daemon: Daemon;
 try {
   if (Object.values(config.plcs).some((plc) => plc.protocol === 'opcua')) {
