@@ -682,7 +682,10 @@ export class CommandPipeline {
   }
 
   private async drain(lane: Lane): Promise<void> {
-    for (;;) {
+    for (let taken = 0; ; taken++) {
+      // Between two commands the event loop runs: a backlog (recovery's thousands of expired
+      // commands, settled without a controller read) must not hold up the intakes' sockets.
+      if (taken > 0) await new Promise<void>((resolve) => setImmediate(resolve));
       if (this.aborted()) return;
       const ref = lane.unresolved ?? lane.queue.shift();
       if (ref === undefined) return;
