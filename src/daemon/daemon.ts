@@ -172,8 +172,10 @@ export class Daemon {
         clockPolicy: clocks.policy,
       });
       const boundMs = options.shutdownBoundMs ?? 10_000;
-      // I5: every open command is settled by reading its controller before intakes open.
-      // READY waits for these to settle (announceReady).
+      // I5: every open command is put at the head of its device's queue before the intakes
+      // open, so that no new command overtakes it; it is settled by reading its controller
+      // beside the intakes (a backlog does not keep them closed). READY waits for these to
+      // settle (announceReady).
       let openAtStart: CommandRef[] = [];
       try {
         // A command for a device no longer configured has no worker: /readyz and the stuck
