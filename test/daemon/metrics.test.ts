@@ -18,6 +18,7 @@ import {
   type Mosquitto,
 } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 
 /**
  * GET /metrics after a scripted sequence of commands over both intakes: every count is the
@@ -57,6 +58,35 @@ function value(samples: Sample[], name: string, labels: Record<string, string> =
   );
   return hits.reduce((sum, s) => sum + s.value, 0);
 }
+
+it('counts the journal rows it exports: commands and their history events', () => {
+  const { dir, cleanup } = tempDir('sluice-rows-');
+  const journal = SqliteJournal.open({ path: join(dir, 'journal.db') });
+  try {
+    expect(journal.rowCounts()).toEqual({ commands: 0, events: 0 });
+    const now = Date.now();
+    const command = {
+      scope: 'scada',
+      fingerprint: 'f',
+      device: 'inlet-valve',
+      action: 'open' as const,
+      position: null,
+      issuedAt: now,
+      issuedAtSource: 'issuer' as const,
+      ttlMs: 60_000,
+      deadline: now + 60_000,
+      intake: 'https',
+      acceptedAt: now,
+    };
+    journal.claim({ ...command, key: 'rows-1' });
+    journal.claim({ ...command, key: 'rows-1' }); // a duplicate: one more event, no command
+    journal.claim({ ...command, key: 'rows-2' });
+    expect(journal.rowCounts()).toEqual({ commands: 2, events: 3 });
+  } finally {
+    journal.close();
+    cleanup();
+  }
+});
 
 describe.runIf(real)('/metrics after a scripted sequence of commands', () => {
   let plant: Plant;
