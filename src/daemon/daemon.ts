@@ -195,7 +195,10 @@ export class Daemon {
       // are terminal, so that none waits for a restart.
       pipeline.startSweep(options.sweepIntervalMs ?? 1_000);
 
-      const metrics = new Metrics(pipeline, clock, clocks.gateway, { path: journalPath });
+      const metrics = new Metrics(pipeline, clock, clocks.gateway, {
+        path: journalPath,
+        rows: () => journal.rowCounts(),
+      });
       const sweeper = new CountedRetentionSweeper(
         {
           journal,

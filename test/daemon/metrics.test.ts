@@ -268,6 +268,9 @@ describe.runIf(real)('/metrics after a scripted sequence of commands', () => {
 
     // The journal: on disk, swept once at start.
     expect(value(samples, 'sluice_journal_size_bytes')).toBeGreaterThan(0);
+    // Four commands (the reused key and the replays add none), each with its history.
+    expect(value(samples, 'sluice_journal_rows', { table: 'commands' })).toBe(4);
+    expect(value(samples, 'sluice_journal_rows', { table: 'events' })).toBeGreaterThan(4 * 2);
     expect(value(samples, 'sluice_journal_retention_sweeps_total')).toBeGreaterThanOrEqual(1);
     expect(value(samples, 'sluice_journal_retention_purged_total')).toBe(0);
 
