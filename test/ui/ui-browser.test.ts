@@ -314,7 +314,11 @@ describe.runIf(real)('the status page in Chromium', () => {
     expect(await page.locator('#stream').innerText()).toBe('Disconnected, retrying…');
     relay.restore();
     await expect.poll(() => page.locator('#stream').innerText(), { timeout: 20_000 }).toBe('Live');
-    // What changed meanwhile arrives with the new stream.
+    // What changed meanwhile arrives with the new stream: the valve, freed, travelled open.
+    await expect
+      .poll(() => deviceRow('inlet-valve'), { timeout: 10_000 })
+      .toMatch(/inlet-valve\s+valve\s+OPEN\s+100 %/);
+    expect(await deviceRow('inlet-valve')).not.toContain('STUCK');
     await mqtt.publish(
       'sluice/uisite/cmd/drain-valve',
       timed({ key: 'ui-after', action: 'close' }),
