@@ -1,6 +1,6 @@
 /*
  * The Sluice status page (docs/http-api.md#operator-status-page). Hand-written, no library:
- * ES2015, fetch and EventSource, so that an old tablet's browser runs it. Everything the page
+ * ES2017 at most, fetch and EventSource, so that an old tablet's browser runs it. Everything the page
  * shows comes from /ui/api/ with the session cookie; text from the gateway is only ever set as
  * text (textContent), never parsed as HTML.
  */
