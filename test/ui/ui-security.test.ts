@@ -213,7 +213,7 @@ describe('with a session', () => {
     });
   });
 
-  it('refuses every cross-site change and a viewer; the operator resolves, audited', async () => {
+  it('refuses every cross-site change and a viewer; the operator reverifies and resolves, audited', async () => {
     const ops = await login(site, TOKENS.ops);
     const desk = await login(site, TOKENS.desk);
     const path = `/ui/api/commands/${ORPHAN.scope}/${ORPHAN.key}/resolve`;
@@ -275,6 +275,26 @@ describe('with a session', () => {
     });
     expect(before.json()).toMatchObject({ state: 'accepted' });
 
+    // Reverify: a readback cannot settle a command whose device is gone; the page says so,
+    // and the request is in the command's history with who asked from where.
+    const reverifyPath = `/ui/api/commands/${ORPHAN.scope}/${ORPHAN.key}/reverify`;
+    const viewerReverify = await call(
+      site,
+      'POST',
+      reverifyPath,
+      { ...JSON_POST, cookie: desk.cookie, origin: site.origin, 'x-csrf-token': desk.csrf },
+      '{}',
+    );
+    expect(viewerReverify.status).toBe(403);
+    const reverified = await call(site, 'POST', reverifyPath, own, '{}');
+    expect(reverified.status).toBe(200);
+    expect(reverified.json()).toMatchObject({
+      by: 'ops (status page, 127.0.0.1)',
+      settled: false,
+      detail: expect.stringContaining('is not in the configuration') as unknown,
+      result: { state: 'accepted' },
+    });
+
     const resolved = await call(site, 'POST', path, own, body);
     expect(resolved.status).toBe(200);
     expect(resolved.json()).toMatchObject({
@@ -290,6 +310,9 @@ describe('with a session', () => {
       history: { to: string; intake: string; detail: string }[];
     }>();
     expect(audited).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+    expect(audited.history.map((e) => e.detail)).toContain(
+      'reverify requested by ops (status page, 127.0.0.1)',
+    );
     expect(audited.history.at(-1)).toMatchObject({
       to: 'failed',
       intake: 'admin',
