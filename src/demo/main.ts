@@ -188,6 +188,7 @@ async function main(): Promise<void> {
         `  Devices    inlet-valve, drain-valve (Modbus TCP 127.0.0.1:5020), outlet-valve, dosing-actuator (OPC UA opc.tcp://127.0.0.1:4840)`,
         `             ${devicesCheck}`,
         `  Simulators control API ${plant.controlUrl ?? 'off'}`,
+        `  Status     ${base}/ui/   (the operator page; log in with the token)`,
         `  Token      ${token}`,
         `  Logs       ${logPath}`,
         '',

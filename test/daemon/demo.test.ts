@@ -234,6 +234,17 @@ it.runIf(curl && mosquittoClients)(
           'connected (MQTT 3.1.1: the broker refused MQTT 5; response topics and message expiry unavailable)',
       });
 
+      // The printed status page answers over the same TLS (the browser test logs in there).
+      const statusUrl = /Status +(\S+)/.exec(text)?.[1] ?? '';
+      expect(statusUrl).toBe('https://127.0.0.1:8443/ui/');
+      const page = execFileSync(
+        'sh',
+        ['-c', `curl -sS --cacert ${cacert} -w '\n%{http_code}' ${statusUrl}`],
+        { encoding: 'utf8', timeout: 10_000 },
+      );
+      expect(page.slice(page.lastIndexOf('\n') + 1)).toBe('200');
+      expect(page).toMatch(/<html/i);
+
       await printedMqttCommandsWork(lines, controlUrl);
     } finally {
       const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>(
