@@ -1,0 +1,76 @@
+/**
+ * `sluiced` as the bench runs it: the daemon's own composition root (Daemon.start) on a site
+ * file, in a process of its own, with the probes of probes.ts on the journal and the Modbus
+ * endpoint, and the fsync shim preloaded when the bench could build it. On request it reports
+ * its event-loop utilisation, CPU time and the probes since the last `mark`.
+ */
+import { performance, type EventLoopUtilization } from 'node:perf_hooks';
+import { pino } from 'pino';
+import { loadConfig } from '../src/config/config.js';
+import { Daemon } from '../src/daemon/daemon.js';
+import { ModbusEndpoint } from '../src/drivers/modbus.js';
+import { SqliteJournal } from '../src/journal/sqlite-journal.js';
+import { onStop, ready, serve } from './child-ipc.js';
+import {
+  instrumentMethods,
+  instrumentModbusEndpoint,
+  probeReport,
+  resetProbes,
+  type ProbeReport,
+} from './probes.js';
+
+export interface DaemonReady {
+  readonly https: { readonly host: string; readonly port: number } | null;
+  /** Wall-clock ms at which Daemon.start resolved. */
+  readonly startedAt: number;
+}
+
+export interface DaemonStats {
+  readonly elapsedMs: number;
+  /** Share of the elapsed time the event loop was busy (perf_hooks). */
+  readonly eventLoopUtilisation: number;
+  readonly cpuUserMs: number;
+  readonly cpuSystemMs: number;
+  readonly heapUsedMiB: number;
+  readonly probes: ProbeReport;
+}
+
+const configPath = process.argv[2];
+if (configPath === undefined) throw new Error('usage: daemon-process.ts <site file>');
+
+instrumentMethods(SqliteJournal.prototype);
+instrumentModbusEndpoint(ModbusEndpoint.prototype);
+
+const config = loadConfig(configPath, { env: {} });
+const daemon = await Daemon.start(config, { logger: pino({ level: config.log.level }) });
+const startedAt = Date.now();
+
+let markAt = performance.now();
+let markElu: EventLoopUtilization = performance.eventLoopUtilization();
+let markCpu = process.cpuUsage();
+
+serve({
+  mark: () => {
+    resetProbes();
+    markAt = performance.now();
+    markElu = performance.eventLoopUtilization();
+    markCpu = process.cpuUsage();
+  },
+  stats: (): DaemonStats => {
+    const elu = performance.eventLoopUtilization(markElu);
+    const cpu = process.cpuUsage(markCpu);
+    return {
+      elapsedMs: performance.now() - markAt,
+      eventLoopUtilisation: elu.utilization,
+      cpuUserMs: cpu.user / 1000,
+      cpuSystemMs: cpu.system / 1000,
+      heapUsedMiB: process.memoryUsage().heapUsed / 1048576,
+      probes: probeReport(),
+    };
+  },
+});
+
+onStop(() => daemon.stop());
+
+const info: DaemonReady = { https: daemon.https, startedAt };
+ready(info);

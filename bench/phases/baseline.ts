@@ -1,0 +1,177 @@
+import { join } from 'node:path';
+import ModbusSerial from 'modbus-serial';
+import type { ModbusRTU } from 'modbus-serial/ModbusRTU.js';
+import { modbusValves, opcuaValve, type RunContext } from '../context.js';
+import {
+  firstRead,
+  nextMove,
+  nextSeq,
+  rawDrivers,
+  writeAndReadBack,
+  type RoundTrip,
+} from '../raw-drivers.js';
+import type { Baseline, DriverRoundTrip, Skipped } from '../results.js';
+import { distribution, round } from '../stats.js';
+
+/**
+ * The baseline: what the plant and the raw driver cost without the bridge. The simulator alone
+ * (a raw Modbus request, sequential and under parallel load) shows it is not the bottleneck;
+ * the raw driver's write-then-read-back-until-confirmed is the floor every end-to-end figure
+ * is divided by.
+ */
+
+const ModbusClient = ModbusSerial as unknown as new () => ModbusRTU;
+/** The bench plant's valves use the `standard` layout: the status block is 8 registers. */
+const STATUS_REGISTERS = 8;
+
+function modbusTarget(ctx: RunContext): {
+  host: string;
+  port: number;
+  unitId: number;
+  base: number;
+} {
+  const plc = ctx.plant.info.plcs.find((p) => p.endpoint.protocol === 'modbus');
+  if (plc === undefined || plc.endpoint.protocol !== 'modbus') throw new Error('no Modbus PLC');
+  const first = plc.devices[0];
+  if (first === undefined) throw new Error('no Modbus valve');
+  return { ...plc.endpoint, base: first.base ?? 0 };
+}
+
+async function rawClient(t: { host: string; port: number; unitId: number }): Promise<ModbusRTU> {
+  const client = new ModbusClient();
+  await client.connectTCP(t.host, { port: t.port });
+  client.setID(t.unitId);
+  client.setTimeout(1_000);
+  return client;
+}
+
+function closeClient(client: ModbusRTU): Promise<void> {
+  return new Promise((resolve) => {
+    client.close(() => {
+      resolve();
+    });
+  });
+}
+
+async function simulatorAlone(ctx: RunContext): Promise<Baseline['simulator']> {
+  const t = modbusTarget(ctx);
+  const { simRequests, simSeconds, clients } = ctx.options;
+  const client = await rawClient(t);
+  const samples: number[] = [];
+  try {
+    for (let i = 0; i < simRequests; i++) {
+      const start = performance.now();
+      await client.readHoldingRegisters(t.base, STATUS_REGISTERS);
+      samples.push(performance.now() - start);
+    }
+  } finally {
+    await closeClient(client);
+  }
+  // Capacity: as many connections as the throughput run has clients (at most 20: the
+  // simulator serves each connection in order, so more only queue), reading back to back.
+  const connections = Math.max(1, Math.min(20, clients));
+  const pool = await Promise.all(Array.from({ length: connections }, () => rawClient(t)));
+  const cpuBefore = ctx.plant.child.cpuSeconds();
+  const start = performance.now();
+  const end = start + simSeconds * 1000;
+  let served = 0;
+  try {
+    await Promise.all(
+      pool.map(async (c) => {
+        while (performance.now() < end) {
+          await c.readHoldingRegisters(t.base, STATUS_REGISTERS);
+          served += 1;
+        }
+      }),
+    );
+  } finally {
+    await Promise.all(pool.map(closeClient));
+  }
+  const seconds = (performance.now() - start) / 1000;
+  return {
+    readMs: distribution(samples),
+    capacity: {
+      connections,
+      seconds: round(seconds),
+      requestsPerSecond: round(served / seconds),
+      cpuCores: round((ctx.plant.child.cpuSeconds() - cpuBefore) / seconds),
+    },
+  };
+}
+
+async function driverRoundTrips(
+  ctx: RunContext,
+  protocol: 'modbus' | 'opcua',
+  device: string,
+  count: number,
+): Promise<DriverRoundTrip> {
+  const raw = await rawDrivers({
+    plant: ctx.plant.info,
+    protocol,
+    profilesDir: ctx.profiles.dir,
+    pkiDir: join(ctx.dir, `pki-${protocol}`),
+    logFile: join(ctx.dir, `driver-${protocol}.log`),
+  });
+  try {
+    const driver = raw.driver(device);
+    let r = await firstRead(driver, 20_000);
+    let last = r.seq ?? 0;
+    const trips: RoundTrip[] = [];
+    for (let i = 0; i < count; i++) {
+      const move = nextMove(r.state);
+      const seq = nextSeq(r.seq, last);
+      last = seq;
+      trips.push(
+        await writeAndReadBack(
+          driver,
+          { action: move.action, position: null, seq },
+          move.target,
+          2_000,
+        ),
+      );
+      r = await driver.read();
+    }
+    return {
+      confirmMs: distribution(trips.map((t) => t.confirmMs)),
+      ackMs: distribution(trips.map((t) => t.ackMs)),
+      readsPerCommand: round(trips.reduce((s, t) => s + t.reads, 0) / trips.length),
+    };
+  } finally {
+    await raw.close();
+  }
+}
+
+export async function baseline(ctx: RunContext): Promise<Baseline> {
+  const { options } = ctx;
+  ctx.progress('baseline: the simulator alone');
+  const simulator = await simulatorAlone(ctx);
+  const valve = modbusValves(ctx)[0];
+  if (valve === undefined) throw new Error('no Modbus valve');
+  ctx.progress(
+    `baseline: raw Modbus driver, ${options.baselineCommands} write + readback round trips`,
+  );
+  const modbus = await driverRoundTrips(ctx, 'modbus', valve, options.baselineCommands);
+  const { waits } = await ctx.plant.child.request<{ waits: number[] }>('takeWaits', {
+    device: valve,
+  });
+  let opcua: DriverRoundTrip | Skipped;
+  const uaValve = opcuaValve(ctx);
+  if (uaValve === null) {
+    opcua = { skipped: 'the OPC UA PLC is left out of this run (--no-opcua)' };
+  } else {
+    ctx.progress(`baseline: raw OPC UA driver, ${options.opcuaCommands} round trips`);
+    opcua = await driverRoundTrips(ctx, 'opcua', uaValve, options.opcuaCommands);
+  }
+  return {
+    simulator,
+    modbus,
+    opcua,
+    plant: {
+      scanMs: options.scanMs,
+      travelMs: 1,
+      expectedMeanMs: 1.5 * options.scanMs,
+      expectedMaxMs: 2 * options.scanMs,
+      takeWaitMs: distribution(waits),
+    },
+  };
+}

@@ -1,0 +1,235 @@
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { HttpsClient, MqttCommander } from '../clients.js';
+import { controllerWrites, isBroker, modbusValves, type RunContext } from '../context.js';
+import { daemonLoad, markDaemon, type RunningDaemon } from '../daemon.js';
+import { nextMove } from '../raw-drivers.js';
+import type {
+  DriverRoundTrip,
+  IntakeLatency,
+  ReplayLatency,
+  Skipped,
+  StageTimes,
+} from '../results.js';
+import { GATEWAY, IDENTITY } from '../site.js';
+import { distribution, mean, ratio, round } from '../stats.js';
+
+/**
+ * End to end: one client, one command at a time, each answered once confirmed, round-robin
+ * over the valves (so every command finds its valve at rest). Then replays of the keys that
+ * settled, with the plant's write counters read before and after.
+ */
+
+/** Wall-clock ms with the sub-millisecond part, comparable with the journal's timestamps. */
+const wallNow = (): number => performance.timeOrigin + performance.now();
+
+export interface Sent {
+  readonly key: string;
+  readonly device: string;
+  /** The command as sent: a replay sends exactly this again. */
+  readonly payload: Record<string, unknown>;
+  readonly sentAt: number;
+  readonly answeredAt: number;
+  readonly ms: number;
+  readonly confirmed: boolean;
+}
+
+export interface Series {
+  readonly sent: readonly Sent[];
+  readonly result: IntakeLatency;
+}
+
+/** Waits for GET /readyz to answer 200 (every valve read, MQTT connected), within 30 s. */
+export async function untilReady(client: HttpsClient): Promise<void> {
+  const end = Date.now() + 30_000;
+  for (;;) {
+    const a = await client.get('/readyz');
+    if (a.status === 200) return;
+    if (Date.now() > end) throw new Error(`the bench daemon is not ready: ${a.body}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+type Send = (key: string, device: string, action: string) => Promise<Sent>;
+
+async function series(
+  ctx: RunContext,
+  daemon: RunningDaemon,
+  name: string,
+  count: number,
+  send: Send,
+  baseline: DriverRoundTrip,
+): Promise<Series> {
+  const valves = modbusValves(ctx);
+  const states = await ctx.plant.child.request<Record<string, string>>('states');
+  const one = async (key: string, device: string): Promise<Sent> => {
+    const move = nextMove(states[device] ?? 'CLOSED');
+    const sent = await send(key, device, move.action);
+    if (sent.confirmed) states[device] = move.target;
+    else Object.assign(states, await ctx.plant.child.request<Record<string, string>>('states'));
+    return sent;
+  };
+  const run = Date.now().toString(36);
+  // A few commands first, not counted: connections, caches and the JIT warm up.
+  for (let i = 0; i < Math.min(10, count); i++) {
+    await one(`warm-${name}-${run}-${i}`, valves[i % valves.length] ?? '');
+  }
+  const mark = await markDaemon(daemon);
+  const sent: Sent[] = [];
+  for (let i = 0; i < count; i++) {
+    sent.push(await one(`e2e-${name}-${run}-${i}`, valves[i % valves.length] ?? ''));
+  }
+  const load = await daemonLoad(daemon, mark, ctx.shim);
+  const latency = distribution(sent.map((s) => s.ms));
+  return {
+    sent,
+    result: {
+      latencyMs: latency,
+      ratioP50: ratio(latency.p50, baseline.confirmMs.p50),
+      ratioP99: ratio(latency.p99, baseline.confirmMs.p99),
+      overheadP50Ms: round(latency.p50 - baseline.confirmMs.p50),
+      overheadP99Ms: round(latency.p99 - baseline.confirmMs.p99),
+      notConfirmed: sent.filter((s) => !s.confirmed).length,
+      stages: stages(daemon, sent),
+      daemon: load,
+    },
+  };
+}
+
+/**
+ * Where a command's time went, from the journal's own timestamps (accepted, dispatched,
+ * settled: wall-clock ms) and the client's send and answer times. Each stage is a mean over
+ * the series; the millisecond resolution of the journal averages out over hundreds.
+ */
+function stages(daemon: RunningDaemon, sent: readonly Sent[]): StageTimes | Skipped {
+  const journal = SqliteJournal.open({ path: daemon.site.journalPath, readonly: true });
+  try {
+    const intake: number[] = [];
+    const toDispatch: number[] = [];
+    const toSettle: number[] = [];
+    const toAnswer: number[] = [];
+    for (const s of sent) {
+      const r = journal.get({ scope: IDENTITY, key: s.key });
+      if (r?.dispatchedAt == null || r.settledAt === null) continue;
+      intake.push(r.acceptedAt - s.sentAt);
+      toDispatch.push(r.dispatchedAt - r.acceptedAt);
+      toSettle.push(r.settledAt - r.dispatchedAt);
+      toAnswer.push(s.answeredAt - r.settledAt);
+    }
+    if (intake.length === 0) return { skipped: 'no command of the series was found settled' };
+    return {
+      intakeMs: mean(intake),
+      acceptedToDispatchedMs: mean(toDispatch),
+      dispatchedToSettledMs: mean(toSettle),
+      settledToAnswerMs: mean(toAnswer),
+    };
+  } finally {
+    journal.close();
+  }
+}
+
+export function httpsSender(client: HttpsClient): Send {
+  return async (key, device, action) => {
+    const payload = { device, action };
+    const sentAt = wallNow();
+    const answer = await client.command(key, payload);
+    const answeredAt = wallNow();
+    const confirmed =
+      answer.status === 200 &&
+      (JSON.parse(answer.body) as { state?: string }).state === 'confirmed';
+    return { key, device, payload, sentAt, answeredAt, ms: answeredAt - sentAt, confirmed };
+  };
+}
+
+function mqttSender(mqtt: MqttCommander): Send {
+  return async (key, device, action) => {
+    const payload = { key, action, issuedAt: new Date().toISOString() };
+    const sentAt = wallNow();
+    const result = await mqtt.command(device, payload);
+    const answeredAt = wallNow();
+    return {
+      key,
+      device,
+      payload,
+      sentAt,
+      answeredAt,
+      ms: answeredAt - sentAt,
+      confirmed: result.state === 'confirmed',
+    };
+  };
+}
+
+async function replays(
+  ctx: RunContext,
+  daemon: RunningDaemon,
+  sent: readonly Sent[],
+  replay: (s: Sent) => Promise<boolean>,
+): Promise<ReplayLatency> {
+  const settled = sent.filter((s) => s.confirmed);
+  if (settled.length === 0) throw new Error('no confirmed command to replay');
+  const writesBefore = await controllerWrites(ctx);
+  const mark = await markDaemon(daemon);
+  const samples: number[] = [];
+  let notReplayed = 0;
+  for (let i = 0; i < ctx.options.replays; i++) {
+    const s = settled[i % settled.length];
+    if (s === undefined) break;
+    const start = performance.now();
+    const replayed = await replay(s);
+    samples.push(performance.now() - start);
+    if (!replayed) notReplayed += 1;
+  }
+  const load = await daemonLoad(daemon, mark, ctx.shim);
+  return {
+    latencyMs: distribution(samples),
+    notReplayed,
+    controllerWrites: (await controllerWrites(ctx)) - writesBefore,
+    daemon: load,
+  };
+}
+
+export interface LatencyResults {
+  readonly https: IntakeLatency;
+  readonly mqtt: IntakeLatency | Skipped;
+  readonly replayHttps: ReplayLatency;
+  readonly replayMqtt: ReplayLatency | Skipped;
+}
+
+export async function latency(
+  ctx: RunContext,
+  daemon: RunningDaemon,
+  baseline: DriverRoundTrip,
+): Promise<LatencyResults> {
+  const { options } = ctx;
+  const https = new HttpsClient(
+    { port: daemon.site.httpsPort, ca: ctx.credentials.ca, token: ctx.credentials.token },
+    1,
+  );
+  try {
+    await untilReady(https);
+    ctx.progress(`end to end: ${options.e2eCommands} confirmed commands over HTTPS`);
+    const h = await series(ctx, daemon, 'https', options.e2eCommands, httpsSender(https), baseline);
+    ctx.progress(`replay: ${options.replays} settled keys over HTTPS`);
+    const replayHttps = await replays(ctx, daemon, h.sent, async (s) => {
+      const a = await https.command(s.key, s.payload);
+      return a.status === 200 && a.replayed;
+    });
+    if (!isBroker(ctx.broker)) {
+      return { https: h.result, mqtt: ctx.broker, replayHttps, replayMqtt: ctx.broker };
+    }
+    const mqtt = await MqttCommander.connect(ctx.broker.url, GATEWAY);
+    try {
+      ctx.progress(`end to end: ${options.e2eCommands} confirmed commands over MQTT`);
+      const m = await series(ctx, daemon, 'mqtt', options.e2eCommands, mqttSender(mqtt), baseline);
+      ctx.progress(`replay: ${options.replays} settled keys over MQTT`);
+      const replayMqtt = await replays(ctx, daemon, m.sent, async (s) => {
+        const r = await mqtt.command(s.device, s.payload as { key: string }, { replay: true });
+        return r.replayed === true;
+      });
+      return { https: h.result, mqtt: m.result, replayHttps, replayMqtt };
+    } finally {
+      await mqtt.close();
+    }
+  } finally {
+    https.close();
+  }
+}

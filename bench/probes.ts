@@ -1,0 +1,176 @@
+import { distribution, round, type Distribution } from './stats.js';
+
+/**
+ * Where the daemon's time goes, measured inside its process without changing it: the methods
+ * of the journal and the Modbus endpoint's request queue are wrapped on their prototypes
+ * before the daemon is built. A wrapper adds two `performance.now()` calls (well under a
+ * microsecond); a method that returns a promise (a commit shared by a group) is timed until
+ * it settles. Names found at run time are reported as they are, so a renamed or new journal
+ * method shows up under its own name.
+ */
+
+interface MethodStats {
+  calls: number;
+  totalMs: number;
+  maxMs: number;
+}
+
+export interface MethodReport {
+  readonly calls: number;
+  readonly totalMs: number;
+  readonly meanMs: number;
+  readonly maxMs: number;
+}
+
+export interface ModbusReport {
+  /** How the endpoint was instrumented: its request queue, or only its public methods. */
+  readonly instrumented: 'request queue' | 'public methods' | 'none';
+  readonly reads: number;
+  readonly writes: number;
+  /** From a request being queued on the PLC's one connection to it being sent. */
+  readonly queueWaitMs: Distribution | null;
+  /** From a request being sent to its answer being handled (event loop included). */
+  readonly roundTripMs: Distribution | null;
+}
+
+export interface ProbeReport {
+  readonly journal: Record<string, MethodReport>;
+  readonly modbus: ModbusReport;
+}
+
+type AnyFunction = (this: unknown, ...args: unknown[]) => unknown;
+
+const journalStats = new Map<string, MethodStats>();
+const modbus = { reads: 0, writes: 0, queueWait: [] as number[], roundTrip: [] as number[] };
+let modbusInstrumented: ModbusReport['instrumented'] = 'none';
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as { then?: unknown }).then === 'function'
+  );
+}
+
+function record(name: string, ms: number): void {
+  let s = journalStats.get(name);
+  if (s === undefined) {
+    s = { calls: 0, totalMs: 0, maxMs: 0 };
+    journalStats.set(name, s);
+  }
+  s.calls += 1;
+  s.totalMs += ms;
+  if (ms > s.maxMs) s.maxMs = ms;
+}
+
+/** Wraps every method of a class prototype (the journal); returns the names wrapped. */
+export function instrumentMethods(prototype: object): string[] {
+  const names: string[] = [];
+  for (const name of Object.getOwnPropertyNames(prototype)) {
+    if (name === 'constructor') continue;
+    const descriptor = Object.getOwnPropertyDescriptor(prototype, name);
+    if (descriptor === undefined || typeof descriptor.value !== 'function') continue;
+    const original = descriptor.value as AnyFunction;
+    const wrapped = function (this: unknown, ...args: unknown[]): unknown {
+      const start = performance.now();
+      let result: unknown;
+      try {
+        result = original.apply(this, args);
+      } catch (error) {
+        record(name, performance.now() - start);
+        throw error;
+      }
+      if (isThenable(result)) {
+        return Promise.resolve(result).finally(() => {
+          record(name, performance.now() - start);
+        });
+      }
+      record(name, performance.now() - start);
+      return result;
+    };
+    Object.defineProperty(prototype, name, { ...descriptor, value: wrapped });
+    names.push(name);
+  }
+  return names;
+}
+
+/**
+ * The Modbus endpoint queues every request of a PLC on one connection (`request(what, body)`);
+ * wrapping `body` separates the wait in that queue from the round trip. Without such a method
+ * the public `read` / `writeRegisters` are counted and timed whole.
+ */
+export function instrumentModbusEndpoint(prototype: object): void {
+  const p = prototype as Record<string, unknown>;
+  if (typeof p.request === 'function') {
+    const original = p.request as AnyFunction;
+    p.request = function (this: unknown, what: unknown, body: unknown, ...rest: unknown[]) {
+      const queued = performance.now();
+      const isWrite = typeof what === 'string' && what.startsWith('write');
+      const timed =
+        typeof body === 'function'
+          ? async (...bodyArgs: unknown[]): Promise<unknown> => {
+              const sent = performance.now();
+              modbus.queueWait.push(sent - queued);
+              if (isWrite) modbus.writes += 1;
+              else modbus.reads += 1;
+              try {
+                return await (body as (...a: unknown[]) => Promise<unknown>)(...bodyArgs);
+              } finally {
+                modbus.roundTrip.push(performance.now() - sent);
+              }
+            }
+          : body;
+      return original.call(this, what, timed, ...rest);
+    };
+    modbusInstrumented = 'request queue';
+    return;
+  }
+  for (const [name, isWrite] of [
+    ['read', false],
+    ['writeRegisters', true],
+  ] as const) {
+    if (typeof p[name] !== 'function') continue;
+    const original = p[name] as AnyFunction;
+    p[name] = async function (this: unknown, ...args: unknown[]): Promise<unknown> {
+      const start = performance.now();
+      if (isWrite) modbus.writes += 1;
+      else modbus.reads += 1;
+      try {
+        return await original.apply(this, args);
+      } finally {
+        modbus.roundTrip.push(performance.now() - start);
+      }
+    };
+    modbusInstrumented = 'public methods';
+  }
+}
+
+export function resetProbes(): void {
+  journalStats.clear();
+  modbus.reads = 0;
+  modbus.writes = 0;
+  modbus.queueWait = [];
+  modbus.roundTrip = [];
+}
+
+export function probeReport(): ProbeReport {
+  const journal: Record<string, MethodReport> = {};
+  for (const [name, s] of journalStats) {
+    journal[name] = {
+      calls: s.calls,
+      totalMs: round(s.totalMs),
+      meanMs: round(s.totalMs / s.calls),
+      maxMs: round(s.maxMs),
+    };
+  }
+  return {
+    journal,
+    modbus: {
+      instrumented: modbusInstrumented,
+      reads: modbus.reads,
+      writes: modbus.writes,
+      queueWaitMs: modbus.queueWait.length === 0 ? null : distribution(modbus.queueWait),
+      roundTripMs: modbus.roundTrip.length === 0 ? null : distribution(modbus.roundTrip),
+    },
+  };
+}

@@ -1,0 +1,556 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BENCH_DIR } from './paths.js';
+import type { DaemonLoad, Results, Target } from './results.js';
+import { isSkipped } from './results.js';
+import type { Distribution } from './stats.js';
+import { round } from './stats.js';
+
+/**
+ * The bench's report: the targets of issue 14 judged on the run's figures, the tables (the
+ * same rows on the terminal and in docs/PERFORMANCE.md) and the document itself, whose prose
+ * lives in bench/PERFORMANCE.template.md and whose numbers come from the run.
+ */
+
+interface Table {
+  readonly head: readonly string[];
+  readonly rows: readonly (readonly string[])[];
+}
+
+const MB = 1e6;
+const MiB = 2 ** 20;
+
+function n(value: number | null | undefined, unit = ''): string {
+  if (value === null || value === undefined || Number.isNaN(value)) return '—';
+  const v = round(value);
+  const text = Math.abs(v) >= 10_000 ? v.toLocaleString('en-US') : String(v);
+  return unit === '' ? text : `${text} ${unit}`;
+}
+
+const pp = (d: Distribution): string => `${n(d.p50)} / ${n(d.p99)}`;
+
+function target(
+  name: string,
+  goal: string,
+  measured: number | null,
+  unit: string,
+  pass: (v: number) => boolean,
+): Target {
+  if (measured === null || Number.isNaN(measured)) {
+    return { name, target: goal, measured: 'not measured', pass: null };
+  }
+  return { name, target: goal, measured: n(measured, unit), pass: pass(measured) };
+}
+
+/** Every target of issue 14, with the run's measured value. */
+export function evaluateTargets(r: Omit<Results, 'targets'>): Target[] {
+  const t: Target[] = [];
+  const intakes = [
+    ['HTTPS', r.endToEnd.https, r.replay.https],
+    ['MQTT', r.endToEnd.mqtt, r.replay.mqtt],
+  ] as const;
+  for (const [name, e2e, replay] of intakes) {
+    if (isSkipped(e2e)) {
+      t.push({ name: `${name}: confirmed result`, target: '—', measured: e2e.skipped, pass: null });
+      continue;
+    }
+    t.push(
+      target(`${name}: confirmed result p50`, '≤ 10 ms', e2e.latencyMs.p50, 'ms', (v) => v <= 10),
+    );
+    t.push(
+      target(`${name}: confirmed result p99`, '≤ 25 ms', e2e.latencyMs.p99, 'ms', (v) => v <= 25),
+    );
+    t.push(
+      target(`${name}: ratio to the raw driver, p50`, '≤ 1.25', e2e.ratioP50, '', (v) => v <= 1.25),
+    );
+    if (!isSkipped(replay)) {
+      t.push(target(`${name}: replay p99`, '≤ 2 ms', replay.latencyMs.p99, 'ms', (v) => v <= 2));
+      t.push(
+        target(
+          `${name}: controller writes during replays`,
+          '0',
+          replay.controllerWrites,
+          '',
+          (v) => v === 0,
+        ),
+      );
+    }
+  }
+  t.push(
+    target(
+      'throughput, 100 valves, durable journal',
+      '≥ 2 000 confirmed/s',
+      r.throughput.confirmedPerSecond,
+      '/s',
+      (v) => v >= 2000,
+    ),
+  );
+  t.push({
+    name: 'fsyncs per confirmed command',
+    target: 'only what durability needs',
+    measured:
+      r.throughput.fsyncsPerCommand === null ? r.fsyncCounting : n(r.throughput.fsyncsPerCommand),
+    pass: null,
+  });
+  const s = r.journalScale;
+  t.push(
+    target(
+      `journal size per retained command (${n(s.large.keys)} keys)`,
+      '≤ 1 KB',
+      s.large.bytesPerCommand,
+      'B',
+      (v) => v <= 1024,
+    ),
+  );
+  t.push(
+    target(
+      `lookup p99, ${n(s.large.keys)} vs ${n(s.small.keys)} keys`,
+      '≤ 2×',
+      s.lookupP99Ratio,
+      '×',
+      (v) => v <= 2,
+    ),
+  );
+  t.push(
+    target(
+      `daemon RSS at ${n(s.large.keys)} keys`,
+      '≤ 200 MB',
+      (s.daemon.rssMiB * MiB) / MB,
+      'MB',
+      (v) => v <= 200,
+    ),
+  );
+  const rec = r.recovery;
+  t.push(
+    rec.allSettledMs === null
+      ? {
+          name: `recovery: ${n(rec.commands)} open commands all settled`,
+          target: '≤ 10 s',
+          measured: `${n(rec.stillOpen)} still open after ${rec.timeoutSeconds} s (${n(rec.settledPerSecond)} settled/s)`,
+          pass: false,
+        }
+      : target(
+          `recovery: ${n(rec.commands)} open commands all settled`,
+          '≤ 10 s',
+          rec.allSettledMs / 1000,
+          's',
+          (v) => v <= 10,
+        ),
+  );
+  t.push({
+    name: 'recovery: HTTPS answers before the backlog is worked off',
+    target: 'listens first',
+    measured:
+      rec.listenMs === null
+        ? 'no answer'
+        : `answered after ${n(rec.listenMs, 'ms')} (empty journal: ${n(rec.listenEmptyMs, 'ms')}); backlog done after ${n(rec.allSettledMs, 'ms')}`,
+    pass:
+      rec.listenMs === null
+        ? false
+        : rec.allSettledMs === null
+          ? true
+          : rec.listenMs < rec.allSettledMs,
+  });
+  return t;
+}
+
+function journalRows(load: DaemonLoad, per: number, unit: string): string[][] {
+  return Object.entries(load.journal)
+    .sort((a, b) => b[1].totalMs - a[1].totalMs)
+    .map(([name, m]) => [
+      name,
+      n(m.calls / per),
+      n(m.meanMs, 'ms'),
+      n(m.totalMs / per, `ms/${unit}`),
+    ]);
+}
+
+function modbusRows(load: DaemonLoad, per: number, unit: string): string[][] {
+  const m = load.modbus;
+  return [
+    ['Modbus reads', n(m.reads / per, `/${unit}`)],
+    ['Modbus writes', n(m.writes / per, `/${unit}`)],
+    [
+      'wait in the PLC connection’s queue, p50 / p99',
+      m.queueWaitMs === null ? '—' : `${pp(m.queueWaitMs)} ms`,
+    ],
+    [
+      'request round trip (event loop included), p50 / p99',
+      m.roundTripMs === null ? '—' : `${pp(m.roundTripMs)} ms`,
+    ],
+  ];
+}
+
+function fsyncRows(load: DaemonLoad, per: number, unit: string): string[][] {
+  if (isSkipped(load.fsyncs)) return [['fsyncs', load.fsyncs.skipped]];
+  const f = load.fsyncs;
+  return [
+    ['fsyncs (all threads)', n((f.mainCalls + f.otherCalls) / per, `/${unit}`)],
+    ['fsync time on the main thread', n(f.mainMs / per, `ms/${unit}`)],
+    ['fsync time on other threads', n(f.otherMs / per, `ms/${unit}`)],
+  ];
+}
+
+/** Every table of the report, by name. */
+export function tables(r: Results): Record<string, Table> {
+  const b = r.baseline;
+  const m = r.machine;
+  const e2e = r.endToEnd;
+  const t = r.throughput;
+  const s = r.journalScale;
+  const rec = r.recovery;
+  const out: Record<string, Table> = {};
+  out.machine = {
+    head: ['', ''],
+    rows: [
+      ['cores', String(m.cores)],
+      ['CPU', m.cpuModel],
+      ['memory', `${m.memoryGiB} GiB`],
+      ['kernel', m.kernel],
+      ['Node', m.node],
+      ['SQLite', m.sqlite],
+      ['scratch filesystem (journals)', m.filesystem],
+      ['load average (1 min) at start / end', `${m.loadAtStart} / ${m.loadAtEnd}`],
+      ['run', `${r.startedAt}, ${n(r.durationSeconds, 's')}`],
+      ['fsync counting', r.fsyncCounting],
+    ],
+  };
+  const opcua = isSkipped(b.opcua)
+    ? [['raw OPC UA driver: write, read back until confirmed', b.opcua.skipped, '', '']]
+    : [
+        [
+          'raw OPC UA driver: write, read back until confirmed',
+          pp(b.opcua.confirmMs),
+          n(b.opcua.confirmMs.n),
+          `ack ${n(b.opcua.ackMs.p50, 'ms')}; ${n(b.opcua.readsPerCommand)} reads`,
+        ],
+      ];
+  out.baseline = {
+    head: ['', 'p50 / p99 (ms)', 'samples', ''],
+    rows: [
+      [
+        'simulator alone: one Modbus read (FC3, 8 registers)',
+        pp(b.simulator.readMs),
+        n(b.simulator.readMs.n),
+        'one connection',
+      ],
+      [
+        'simulator capacity',
+        '—',
+        '—',
+        `${n(b.simulator.capacity.requestsPerSecond, 'requests/s')} over ${b.simulator.capacity.connections} connections, ${n(b.simulator.capacity.cpuCores)} cores`,
+      ],
+      [
+        'raw Modbus driver: write, read back until confirmed',
+        pp(b.modbus.confirmMs),
+        n(b.modbus.confirmMs.n),
+        `ack ${n(b.modbus.ackMs.p50, 'ms')}; ${n(b.modbus.readsPerCommand)} reads`,
+      ],
+      ...opcua,
+      [
+        'plant: write received → scan that takes it (write log)',
+        pp(b.plant.takeWaitMs),
+        n(b.plant.takeWaitMs.n),
+        `scan ${b.plant.scanMs} ms`,
+      ],
+      [
+        'plant: expected share (½ scan + 1 scan of travel)',
+        `${n(b.plant.expectedMeanMs)} mean, ${n(b.plant.expectedMaxMs)} max`,
+        '—',
+        `travel ${b.plant.travelMs} ms`,
+      ],
+    ],
+  };
+  const e2eRow = (name: string, x: Results['endToEnd']['https'] | { skipped: string }): string[] =>
+    isSkipped(x)
+      ? [name, x.skipped, '', '', '', '']
+      : [
+          name,
+          pp(x.latencyMs),
+          `${n(x.ratioP50)} / ${n(x.ratioP99)}`,
+          `${n(x.overheadP50Ms)} / ${n(x.overheadP99Ms)}`,
+          n(x.latencyMs.n),
+          n(x.notConfirmed),
+        ];
+  out.e2e = {
+    head: [
+      'confirmed command',
+      'p50 / p99 (ms)',
+      '÷ raw driver, p50 / p99',
+      'bridge’s own ms, p50 / p99',
+      'commands',
+      'not confirmed',
+    ],
+    rows: [e2eRow('HTTPS (keep-alive)', e2e.https), e2eRow('MQTT (QoS 1)', e2e.mqtt)],
+  };
+  const stage = (x: Results['endToEnd']['https'] | { skipped: string }): string[] => {
+    if (isSkipped(x)) return ['—', '—', '—', '—'];
+    if (isSkipped(x.stages)) return [x.stages.skipped, '', '', ''];
+    return [
+      n(x.stages.intakeMs),
+      n(x.stages.acceptedToDispatchedMs),
+      n(x.stages.dispatchedToSettledMs),
+      n(x.stages.settledToAnswerMs),
+    ];
+  };
+  const hs = stage(e2e.https);
+  const ms = stage(e2e.mqtt);
+  out.stages = {
+    head: ['stage (mean ms, from the journal’s timestamps)', 'HTTPS', 'MQTT'],
+    rows: [
+      ['client sends → accepted (intake, parse, auth)', hs[0] ?? '', ms[0] ?? ''],
+      ['accepted → dispatched (claim commit, queue, fresh read, checks)', hs[1] ?? '', ms[1] ?? ''],
+      ['dispatched → settled (dispatch commit, write, plant, readbacks)', hs[2] ?? '', ms[2] ?? ''],
+      ['settled → client has the answer (settle commit, answer/publish)', hs[3] ?? '', ms[3] ?? ''],
+    ],
+  };
+  if (!isSkipped(e2e.https)) {
+    const per = e2e.https.latencyMs.n;
+    out.e2eDaemon = {
+      head: ['per HTTPS command, one at a time', 'calls', 'mean', 'total'],
+      rows: [
+        ...journalRows(e2e.https.daemon, per, 'cmd'),
+        ...fsyncRows(e2e.https.daemon, per, 'cmd').map((row) => [
+          row[0] ?? '',
+          '',
+          '',
+          row[1] ?? '',
+        ]),
+        ...modbusRows(e2e.https.daemon, per, 'cmd').map((row) => [
+          row[0] ?? '',
+          '',
+          '',
+          row[1] ?? '',
+        ]),
+        ['event-loop utilisation', '', '', n(e2e.https.daemon.eventLoopUtilisation)],
+      ],
+    };
+  }
+  const replayRow = (
+    name: string,
+    x: Results['replay']['https'] | { skipped: string },
+  ): string[] =>
+    isSkipped(x)
+      ? [name, x.skipped, '', '', '', '']
+      : [
+          name,
+          pp(x.latencyMs),
+          n(x.latencyMs.n),
+          n(x.notReplayed),
+          n(x.controllerWrites),
+          isSkipped(x.daemon.fsyncs)
+            ? '—'
+            : n((x.daemon.fsyncs.mainCalls + x.daemon.fsyncs.otherCalls) / x.latencyMs.n),
+        ];
+  out.replay = {
+    head: [
+      'replay of a settled key',
+      'p50 / p99 (ms)',
+      'replays',
+      'not replayed',
+      'controller writes',
+      'fsyncs/replay',
+    ],
+    rows: [replayRow('HTTPS', r.replay.https), replayRow('MQTT', r.replay.mqtt)],
+  };
+  const failures = Object.entries(t.failures);
+  out.throughput = {
+    head: ['', ''],
+    rows: [
+      ['confirmed commands per second', n(t.confirmedPerSecond)],
+      [
+        'clients (one valve each), window',
+        `${t.clients}, ${n(t.seconds, 's')} after ${r.settings.warmupSeconds} s warm-up`,
+      ],
+      ['confirmed in the window', n(t.confirmed)],
+      ['latency p50 / p99', `${pp(t.latencyMs)} ms`],
+      [
+        'not confirmed',
+        failures.length === 0 ? '0' : failures.map(([k, v]) => `${v}× ${k}`).join('; '),
+      ],
+      ['MQTT intake connected (results published)', t.mqttConnected ? 'yes' : 'no'],
+      ['daemon event-loop utilisation', n(t.daemon.eventLoopUtilisation)],
+      [
+        'CPU, cores: daemon / simulator / broker / bench clients',
+        `${n(t.cpuCores.daemon)} / ${n(t.cpuCores.simulator)} / ${n(t.cpuCores.broker)} / ${n(t.cpuCores.bench)}`,
+      ],
+      ['fsyncs per confirmed command', n(t.fsyncsPerCommand)],
+      ['fsync time per confirmed command', n(t.fsyncMsPerCommand, 'ms')],
+      ['Modbus requests per confirmed command', n(t.modbusRequestsPerCommand)],
+      ...modbusRows(t.daemon, Math.max(1, t.confirmed), 'cmd').slice(2),
+    ],
+  };
+  out.throughputJournal = {
+    head: ['journal method (throughput)', 'calls/command', 'mean', 'time/command'],
+    rows: journalRows(t.daemon, Math.max(1, t.confirmed), 'cmd'),
+  };
+  const point = (x: Results['journalScale']['small']): string[] => [
+    n(x.keys),
+    n(x.bytesPerCommand, 'B'),
+    n(x.fileBytes / MiB, 'MiB'),
+    pp(x.claimMs),
+    pp(x.dispatchMs),
+    pp(x.settleMs),
+    pp(x.lookupMs),
+  ];
+  out.scale = {
+    head: [
+      'retained keys',
+      'journal per command',
+      'journal file',
+      'claim p50 / p99 (ms)',
+      'dispatch p50 / p99',
+      'settle p50 / p99',
+      'lookup p50 / p99',
+    ],
+    rows: [point(s.small), point(s.large)],
+  };
+  out.scaleDaemon = {
+    head: ['', ''],
+    rows: [
+      [
+        `daemon RSS / peak RSS at ${n(s.large.keys)} keys`,
+        `${n(s.daemon.rssMiB, 'MiB')} / ${n(s.daemon.peakRssMiB, 'MiB')}`,
+      ],
+      ['HTTPS answers after start', n(s.daemon.listenMs, 'ms')],
+      [
+        `confirmed command over HTTPS, p50 / p99 (${s.daemon.commands})`,
+        `${pp(s.daemon.commandLatencyMs)} ms`,
+      ],
+      [
+        `GET /v1/commands/{random retained key}, p50 / p99 (${s.daemon.lookups})`,
+        `${pp(s.daemon.lookupLatencyMs)} ms`,
+      ],
+      [
+        'lookup p99 ratio / claim p99 ratio (large ÷ small)',
+        `${n(s.lookupP99Ratio)} / ${n(s.claimP99Ratio)}`,
+      ],
+      ['fill', `${n(s.templates)} templates; ${s.fill.method}; ${n(s.fill.seconds, 's')}`],
+    ],
+  };
+  out.recovery = {
+    head: ['', ''],
+    rows: [
+      ['open commands at restart', `${n(rec.commands)} on ${rec.valves} valves`],
+      [
+        'of which in doubt (dispatched)',
+        `${rec.inDoubt}, ${rec.inDoubtWritten} of them written before the stop`,
+      ],
+      ['HTTPS answers after start, empty journal', n(rec.listenEmptyMs, 'ms')],
+      ['HTTPS answers after start, with the backlog', n(rec.listenMs, 'ms')],
+      ['in doubt and written: all settled after', n(rec.inDoubtWrittenSettledMs, 'ms')],
+      [
+        `in doubt, never written: all settled after (guard ${n(rec.redispatchGuardMs, 'ms')})`,
+        n(rec.inDoubtUnwrittenSettledMs, 'ms'),
+      ],
+      [
+        'every command settled after',
+        rec.allSettledMs === null ? `${n(rec.stillOpen)} still open` : n(rec.allSettledMs, 'ms'),
+      ],
+      [
+        'outcomes',
+        Object.entries(rec.outcomes)
+          .map(([k, v]) => `${n(v)} ${k}`)
+          .join('; '),
+      ],
+      ['written a second time (proven not applied)', n(rec.redispatched)],
+    ],
+  };
+  out.targets = {
+    head: ['target (issue 14)', 'goal', 'measured', ''],
+    rows: r.targets.map((x) => [
+      x.name,
+      x.target,
+      x.measured,
+      x.pass === null ? '—' : x.pass ? 'PASS' : 'MISS',
+    ]),
+  };
+  return out;
+}
+
+function markdownTable(t: Table): string {
+  const esc = (s: string): string => s.replace(/\|/g, '\\|');
+  const lines = [
+    `| ${t.head.map(esc).join(' | ')} |`,
+    `|${t.head.map(() => '---').join('|')}|`,
+    ...t.rows.map((row) => `| ${row.map(esc).join(' | ')} |`),
+  ];
+  return lines.join('\n');
+}
+
+function textTable(title: string, t: Table): string {
+  const rows = [t.head, ...t.rows];
+  const widths = t.head.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: readonly string[]): string =>
+    r
+      .map((cell, i) => cell.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
+  const head = t.head.some((h) => h !== '') ? [line(t.head)] : [];
+  return [title, ...head, ...t.rows.map(line), ''].join('\n');
+}
+
+const TITLES: Record<string, string> = {
+  machine: 'Machine',
+  baseline: 'Baseline (no bridge)',
+  e2e: 'End to end',
+  stages: 'Where a command’s time goes',
+  e2eDaemon: 'Inside the daemon, per HTTPS command',
+  replay: 'Replays',
+  throughput: 'Throughput',
+  throughputJournal: 'Journal time per command under load',
+  scale: 'Journal scale',
+  scaleDaemon: 'The daemon on the large journal',
+  recovery: 'Recovery',
+  targets: 'Targets',
+};
+
+export function renderTable(r: Results): string {
+  const all = tables(r);
+  return `${Object.entries(all)
+    .map(([name, t]) => textTable(`== ${TITLES[name] ?? name} ==`, t))
+    .join('\n')}\n`;
+}
+
+/** Reads a value from the results by a dotted path, for `{{v:path}}` in the template. */
+function valueAt(r: Results, path: string): string {
+  let node: unknown = r;
+  for (const part of path.split('.')) {
+    if (typeof node !== 'object' || node === null || !(part in node)) {
+      throw new Error(`PERFORMANCE.template.md: no value ${path} in the results`);
+    }
+    node = (node as Record<string, unknown>)[part];
+  }
+  if (typeof node === 'number') return n(node);
+  if (typeof node === 'string' || typeof node === 'boolean') return String(node);
+  if (node === null) return '—';
+  throw new Error(`PERFORMANCE.template.md: ${path} is not a single value`);
+}
+
+/** docs/PERFORMANCE.md: the template's prose with this run's tables and values filled in. */
+export function renderMarkdown(r: Results): string {
+  const template = readFileSync(join(BENCH_DIR, 'PERFORMANCE.template.md'), 'utf8');
+  const all = tables(r);
+  return template.replace(/\{\{([^}]+)\}\}/g, (_, name: string) => {
+    if (name.startsWith('v:')) {
+      // A skipped section has no numbers: its reason stands in.
+      try {
+        return valueAt(r, name.slice(2));
+      } catch (error) {
+        const section = name.slice(2).split('.').slice(0, 2).join('.');
+        const skipped = (() => {
+          try {
+            return valueAt(r, `${section}.skipped`);
+          } catch {
+            return null;
+          }
+        })();
+        if (skipped !== null) return `(${skipped})`;
+        throw error;
+      }
+    }
+    const table = all[name];
+    if (table === undefined) throw new Error(`PERFORMANCE.template.md: no table ${name}`);
+    return markdownTable(table);
+  });
+}

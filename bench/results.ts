@@ -1,0 +1,180 @@
+import type { FsyncCounts } from './fsync-counter.js';
+import type { Machine } from './machine.js';
+import type { MethodReport, ModbusReport } from './probes.js';
+import type { Distribution } from './stats.js';
+
+/**
+ * bench/results.json: one run, every figure a percentile or a ratio from that run. A section
+ * that could not run says why in `skipped` instead of carrying numbers.
+ */
+
+export interface Skipped {
+  readonly skipped: string;
+}
+
+export interface Baseline {
+  readonly simulator: {
+    /** One raw FC3 read of a valve's status block, sequential, one connection. */
+    readonly readMs: Distribution;
+    /** Raw reads per second over parallel connections for `seconds`. */
+    readonly capacity: {
+      readonly connections: number;
+      readonly seconds: number;
+      readonly requestsPerSecond: number;
+      /** CPU the simulator used per second of that load (1 = one core). */
+      readonly cpuCores: number;
+    };
+  };
+  readonly modbus: DriverRoundTrip;
+  readonly opcua: DriverRoundTrip | Skipped;
+  readonly plant: {
+    readonly scanMs: number;
+    readonly travelMs: number;
+    /** Plant time from a write to the image that confirms it: half a scan + one scan. */
+    readonly expectedMeanMs: number;
+    readonly expectedMaxMs: number;
+    /** Controller ms from a write's arrival to the scan that took it (write log). */
+    readonly takeWaitMs: Distribution;
+  };
+}
+
+export interface DriverRoundTrip {
+  readonly confirmMs: Distribution;
+  readonly ackMs: Distribution;
+  readonly readsPerCommand: number;
+}
+
+export interface StageTimes {
+  /** Means from the journal's timestamps (ms resolution) and the client's clock. */
+  readonly intakeMs: number;
+  readonly acceptedToDispatchedMs: number;
+  readonly dispatchedToSettledMs: number;
+  readonly settledToAnswerMs: number;
+}
+
+export interface DaemonLoad {
+  readonly seconds: number;
+  readonly eventLoopUtilisation: number;
+  readonly cpuCores: number;
+  readonly journal: Record<string, MethodReport>;
+  readonly modbus: ModbusReport;
+  readonly fsyncs: FsyncCounts | Skipped;
+}
+
+export interface IntakeLatency {
+  readonly latencyMs: Distribution;
+  /** e2e ÷ raw driver round trip, at p50 and p99. */
+  readonly ratioP50: number;
+  readonly ratioP99: number;
+  /** e2e − raw driver round trip: the bridge's own time. */
+  readonly overheadP50Ms: number;
+  readonly overheadP99Ms: number;
+  readonly notConfirmed: number;
+  readonly stages: StageTimes | Skipped;
+  readonly daemon: DaemonLoad;
+}
+
+export interface ReplayLatency {
+  readonly latencyMs: Distribution;
+  readonly notReplayed: number;
+  readonly controllerWrites: number;
+  readonly daemon: DaemonLoad;
+}
+
+export interface Throughput {
+  readonly clients: number;
+  readonly valves: number;
+  readonly seconds: number;
+  readonly confirmed: number;
+  readonly confirmedPerSecond: number;
+  readonly latencyMs: Distribution;
+  readonly failures: Record<string, number>;
+  readonly mqttConnected: boolean;
+  readonly fsyncsPerCommand: number | null;
+  readonly fsyncMsPerCommand: number | null;
+  readonly modbusRequestsPerCommand: number;
+  readonly cpuCores: {
+    readonly daemon: number;
+    readonly simulator: number;
+    readonly broker: number | null;
+    readonly bench: number;
+  };
+  readonly daemon: DaemonLoad;
+}
+
+export interface ScalePoint {
+  readonly keys: number;
+  readonly fileBytes: number;
+  readonly bytesPerCommand: number;
+  readonly claimMs: Distribution;
+  readonly lookupMs: Distribution;
+  readonly dispatchMs: Distribution;
+  readonly settleMs: Distribution;
+}
+
+export interface JournalScale {
+  readonly templates: number;
+  readonly fill: { readonly method: string; readonly seconds: number };
+  readonly small: ScalePoint;
+  readonly large: ScalePoint;
+  readonly lookupP99Ratio: number;
+  readonly claimP99Ratio: number;
+  readonly daemon: {
+    readonly listenMs: number | null;
+    readonly rssMiB: number;
+    readonly peakRssMiB: number;
+    readonly commands: number;
+    readonly commandLatencyMs: Distribution;
+    readonly lookups: number;
+    readonly lookupLatencyMs: Distribution;
+  };
+}
+
+export interface Recovery {
+  readonly commands: number;
+  readonly valves: number;
+  /** Dispatched when the daemon stopped: one per valve, in doubt. */
+  readonly inDoubt: number;
+  /** Of those, written to the controller before the stop. */
+  readonly inDoubtWritten: number;
+  readonly listenEmptyMs: number | null;
+  readonly listenMs: number | null;
+  readonly inDoubtWrittenSettledMs: number | null;
+  readonly inDoubtUnwrittenSettledMs: number | null;
+  readonly allSettledMs: number | null;
+  readonly stillOpen: number;
+  /** How long the bench waited for the backlog. */
+  readonly timeoutSeconds: number;
+  /** Commands settled per second, from the start to the last settlement. */
+  readonly settledPerSecond: number | null;
+  readonly outcomes: Record<string, number>;
+  readonly redispatched: number;
+  readonly redispatchGuardMs: number;
+}
+
+export interface Target {
+  readonly name: string;
+  readonly target: string;
+  readonly measured: string;
+  readonly pass: boolean | null;
+}
+
+export interface Results {
+  readonly version: 1;
+  readonly startedAt: string;
+  readonly durationSeconds: number;
+  readonly machine: Machine;
+  readonly settings: Record<string, number | boolean | string>;
+  readonly fsyncCounting: string;
+  readonly baseline: Baseline;
+  readonly endToEnd: { readonly https: IntakeLatency; readonly mqtt: IntakeLatency | Skipped };
+  readonly replay: { readonly https: ReplayLatency; readonly mqtt: ReplayLatency | Skipped };
+  readonly throughput: Throughput;
+  readonly recovery: Recovery;
+  readonly journalScale: JournalScale;
+  readonly targets: readonly Target[];
+}
+
+export function isSkipped(value: object): value is Skipped {
+  return 'skipped' in value;
+}

@@ -1,0 +1,159 @@
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { mosquittoAvailable } from '../helpers/mosquitto.js';
+
+/**
+ * `npm run bench` with tiny counts, so that the benchmark program cannot rot: it runs whole
+ * (plant, daemon, Mosquitto, every phase) into a temporary folder, and its results.json has
+ * every section with numbers. Nothing here judges speed: the bench is a program, and a slow
+ * machine is not a failure. The committed bench/results.json and docs/PERFORMANCE.md are
+ * never written by this test.
+ */
+
+// prettier-ignore
+const TINY = [
+  '--valves', '4',
+  '--scan-ms', '4',
+  '--sim-requests', '20',
+  '--sim-seconds', '1',
+  '--baseline-commands', '10',
+  '--opcua-commands', '5',
+  '--e2e-commands', '10',
+  '--replays', '10',
+  '--clients', '4',
+  '--warmup-seconds', '1',
+  '--throughput-seconds', '1',
+  '--recovery-commands', '20',
+  '--recovery-timeout-seconds', '60',
+  '--scale-small', '100',
+  '--scale-large', '300',
+  '--scale-samples', '20',
+  '--scale-writes', '10',
+];
+
+const committed = [join(ROOT, 'bench', 'results.json'), join(ROOT, 'docs', 'PERFORMANCE.md')];
+const mtime = (path: string): number | null => (existsSync(path) ? statSync(path).mtimeMs : null);
+
+function runBench(out: string): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve, reject) => {
+    const env = Object.fromEntries(
+      Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_BENCH_')),
+    );
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        join(ROOT, 'test/helpers/ts-register.mjs'),
+        join(ROOT, 'bench/run.ts'),
+        '--out',
+        out,
+        ...TINY,
+      ],
+      { env, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.once('error', reject);
+    child.once('exit', (code) => {
+      resolve({ code, output });
+    });
+  });
+}
+
+/** Every listed path of the results is a finite number. */
+function numbersAt(results: unknown, paths: readonly string[]): Record<string, unknown> {
+  const found: Record<string, unknown> = {};
+  for (const path of paths) {
+    let node: unknown = results;
+    for (const part of path.split('.')) {
+      node =
+        typeof node === 'object' && node !== null
+          ? (node as Record<string, unknown>)[part]
+          : undefined;
+    }
+    found[path] = typeof node === 'number' && Number.isFinite(node) ? 'number' : node;
+  }
+  return found;
+}
+
+const latency = (prefix: string): string[] => [
+  `${prefix}.latencyMs.p50`,
+  `${prefix}.latencyMs.p99`,
+  `${prefix}.ratioP50`,
+  `${prefix}.overheadP50Ms`,
+  `${prefix}.stages.intakeMs`,
+  `${prefix}.stages.dispatchedToSettledMs`,
+  `${prefix}.daemon.eventLoopUtilisation`,
+];
+
+describe('npm run bench, smoke run', () => {
+  const broker = mosquittoAvailable();
+
+  it('runs every phase with tiny counts and reports numbers for each', async () => {
+    const { dir, cleanup } = tempDir('sluice-bench-smoke-');
+    const before = committed.map(mtime);
+    try {
+      const run = await runBench(dir);
+      expect(run.code, run.output).toBe(0);
+      const results = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as Record<
+        string,
+        unknown
+      >;
+      const paths = [
+        'machine.cores',
+        'baseline.simulator.readMs.p50',
+        'baseline.simulator.capacity.requestsPerSecond',
+        'baseline.modbus.confirmMs.p50',
+        'baseline.opcua.confirmMs.p50',
+        'baseline.plant.takeWaitMs.p50',
+        ...latency('endToEnd.https'),
+        'replay.https.latencyMs.p99',
+        'replay.https.controllerWrites',
+        'throughput.confirmedPerSecond',
+        'throughput.latencyMs.p50',
+        'throughput.daemon.eventLoopUtilisation',
+        'throughput.modbusRequestsPerCommand',
+        'recovery.listenMs',
+        'recovery.listenEmptyMs',
+        'recovery.allSettledMs',
+        'journalScale.small.bytesPerCommand',
+        'journalScale.small.claimMs.p99',
+        'journalScale.small.lookupMs.p99',
+        'journalScale.large.bytesPerCommand',
+        'journalScale.large.lookupMs.p99',
+        'journalScale.lookupP99Ratio',
+        'journalScale.daemon.rssMiB',
+        ...(broker
+          ? [
+              ...latency('endToEnd.mqtt'),
+              'replay.mqtt.latencyMs.p99',
+              'replay.mqtt.controllerWrites',
+            ]
+          : []),
+      ];
+      const found = numbersAt(results, paths);
+      expect(found).toEqual(Object.fromEntries(paths.map((p) => [p, 'number'])));
+      if (!broker) {
+        const mqtt = (results.endToEnd as { mqtt: { skipped?: unknown } }).mqtt;
+        expect(typeof mqtt.skipped).toBe('string');
+      }
+      // Replays answer from the journal: the simulator's own counters saw no write.
+      expect(results.replay).toMatchObject({ https: { controllerWrites: 0 } });
+      const targets = results.targets as { name: string; pass: boolean | null }[];
+      expect(targets.length).toBeGreaterThan(10);
+      for (const t of targets) expect([true, false, null]).toContain(t.pass);
+
+      const doc = readFileSync(join(dir, 'PERFORMANCE.md'), 'utf8');
+      expect(doc).toContain('## Targets');
+      expect(doc).not.toMatch(/\{\{/);
+      expect(run.output).toContain('== Targets ==');
+    } finally {
+      cleanup();
+    }
+    expect(committed.map(mtime)).toEqual(before);
+  }, 240_000);
+});
