@@ -1,0 +1,365 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { parse, stringify } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { httpsRequest, loopbackCertificate } from '../helpers/loopback-https.js';
+import { freePort, until } from '../helpers/mosquitto.js';
+import { inventoryFor } from '../helpers/plant-inventory.js';
+import { hasCommand, isRoot } from '../helpers/real.js';
+
+/**
+ * The README's install, for real: a systemd booted in a container (systemd-nspawn over an
+ * overlay of this machine's root, sharing its loopback), the package built into /opt/sluice,
+ * the user and folders from sysusers.d and tmpfiles.d, the shipped unit and site file, the
+ * secrets as credentials. `systemctl enable --now` returns once READY came; a command over
+ * HTTPS moves the simulated valve once; the watchdog restarts a daemon whose event loop
+ * stopped, and the restarted daemon replays the command instead of writing it again;
+ * `systemctl stop` ends it cleanly. Needs root and systemd-nspawn (Debian's systemd-container);
+ * skipped with a message elsewhere.
+ */
+
+const why = !isRoot
+  ? 'not root'
+  : !hasCommand('systemd-nspawn')
+    ? 'no systemd-nspawn (apt-get install systemd-container)'
+    : !hasCommand('nsenter')
+      ? 'no nsenter (util-linux)'
+      : !existsSync('/usr/bin/node')
+        ? 'no /usr/bin/node, which the unit runs'
+        : null;
+if (why !== null) {
+  console.warn(`the install into a systemd container is skipped: ${why}`);
+}
+
+const TOKEN = 'install-token-7c1e';
+
+describe.runIf(why === null)('installed into a systemd booted in a container', () => {
+  let plant: Plant;
+  let dir: string;
+  let cleanup: () => void;
+  let root: string;
+  let nspawn: ChildProcess | null = null;
+  let leader = 0;
+  let mounted = false;
+  let port = 0;
+  let cert = '';
+
+  /** A command inside the container (all of its namespaces), as root there. */
+  const inside = (
+    command: string,
+    options: { check?: boolean } = {},
+  ): { status: number | null; out: string } => {
+    const r = spawnSync('nsenter', ['-t', String(leader), '-a', 'sh', '-c', command], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    const out = r.stdout + r.stderr;
+    if (options.check !== false && r.status !== 0) {
+      throw new Error(`in the container, "${command}" exited ${r.status}:\n${out}`);
+    }
+    return { status: r.status, out };
+  };
+
+  const show = (properties: string[]): Record<string, string> =>
+    Object.fromEntries(
+      inside(`systemctl show sluiced ${properties.map((p) => `-p ${p}`).join(' ')}`)
+        .out.trim()
+        .split('\n')
+        .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
+    );
+
+  beforeAll(async () => {
+    ({ dir, cleanup } = tempDir('sluice-install-'));
+    plant = await startPlant(
+      {
+        control: { host: '127.0.0.1', port: 0 },
+        plcs: {
+          'line2-plc': {
+            protocol: 'modbus',
+            host: '127.0.0.1',
+            port: 0,
+            devices: {
+              'inlet-valve': { profile: 'valve', base: 0, travelMs: 300 },
+              'drain-valve': { profile: 'valve', base: 100, travelMs: 300 },
+            },
+          },
+        },
+      },
+      { ephemeralPorts: true, control: false },
+    );
+
+    // The container's root: this machine's, with writes going to a layer of the test's own.
+    root = join(dir, 'root');
+    for (const d of ['upper', 'work', 'root']) mkdirSync(join(dir, d));
+    const mount = spawnSync('mount', [
+      '-t',
+      'overlay',
+      'overlay',
+      '-o',
+      `lowerdir=/,upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')}`,
+      root,
+    ]);
+    expect(mount.status, String(mount.stderr)).toBe(0);
+    mounted = true;
+    // A machine id of its own (systemd-nspawn refuses to share the host's journal), and no
+    // service of this machine started in it (basic.target below).
+    writeFileSync(join(root, 'etc/machine-id'), `${crypto.randomUUID().replaceAll('-', '')}\n`);
+
+    // README, step 1: the built package in /opt/sluice.
+    const opt = join(root, 'opt/sluice');
+    mkdirSync(opt, { recursive: true });
+    const tsc = spawnSync(
+      process.execPath,
+      [
+        join(ROOT, 'node_modules/typescript/bin/tsc'),
+        '-p',
+        join(ROOT, 'tsconfig.build.json'),
+        '--outDir',
+        join(opt, 'dist'),
+      ],
+      { encoding: 'utf8' },
+    );
+    expect(tsc.status, tsc.stdout + tsc.stderr).toBe(0);
+    const cp = spawnSync('cp', [
+      '-a',
+      join(ROOT, 'package.json'),
+      join(ROOT, 'node_modules'),
+      join(ROOT, 'devices'),
+      opt,
+    ]);
+    expect(cp.status, String(cp.stderr)).toBe(0);
+    // Step 2: the user, the folders, the unit.
+    copyFileSync(
+      join(ROOT, 'systemd/sysusers.d/sluice.conf'),
+      join(root, 'usr/lib/sysusers.d/sluice.conf'),
+    );
+    copyFileSync(
+      join(ROOT, 'systemd/tmpfiles.d/sluice.conf'),
+      join(root, 'usr/lib/tmpfiles.d/sluice.conf'),
+    );
+    copyFileSync(
+      join(ROOT, 'systemd/sluiced.service'),
+      join(root, 'etc/systemd/system/sluiced.service'),
+    );
+
+    const logFile = join(dir, 'boot.log');
+    nspawn = spawn(
+      'systemd-nspawn',
+      [
+        '--directory',
+        root,
+        '--machine',
+        `sluice-install-${process.pid}`,
+        // No machined or D-Bus on this machine: the container runs in this test's own scope.
+        '--register=no',
+        '--keep-unit',
+        '--console=pipe',
+        '--boot',
+        '--',
+        '--unit=basic.target',
+      ],
+      { stdio: ['ignore', openSync(logFile, 'w'), openSync(logFile, 'a')] },
+    );
+    const nspawnPid = nspawn.pid!;
+    leader = await until(
+      () => {
+        const r = spawnSync('pgrep', ['-P', String(nspawnPid)], { encoding: 'utf8' });
+        const pid = Number(r.stdout.trim().split('\n')[0]);
+        return pid > 0 ? pid : undefined;
+      },
+      20_000,
+      'the container started',
+    );
+    try {
+      await until(
+        () => {
+          const state = inside('systemctl is-system-running', { check: false }).out.trim();
+          return state === 'running' || state === 'degraded' ? true : undefined;
+        },
+        60_000,
+        'the container booted',
+      );
+    } catch (error) {
+      throw new Error(`${String(error)}; systemd-nspawn said:\n${readFileSync(logFile, 'utf8')}`, {
+        cause: error,
+      });
+    }
+  }, 180_000);
+
+  afterAll(async () => {
+    if (nspawn !== null && nspawn.exitCode === null && nspawn.signalCode === null) {
+      const exited = new Promise<void>((resolve) => {
+        nspawn!.once('exit', () => {
+          resolve();
+        });
+      });
+      inside('systemctl poweroff', { check: false });
+      const timer = setTimeout(() => nspawn!.kill('SIGKILL'), 15_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    if (mounted) spawnSync('umount', ['--lazy', root]);
+    await plant.stop();
+    cleanup();
+  }, 60_000);
+
+  it('installs as the README says; enable --now returns once READY came', async () => {
+    inside('systemd-sysusers sluice.conf && systemd-tmpfiles --create sluice.conf');
+    expect(inside('id -u sluice').out.trim()).toMatch(/^\d+$/);
+
+    // Step 3: the shipped site file, pointed at this test's PLC and port, without a broker;
+    // the certificate, and the secrets in /etc/sluice/credentials.
+    port = await freePort();
+    const inventory = inventoryFor(plant);
+    const site = parse(readFileSync(join(ROOT, 'systemd/sluice.yaml'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
+    const https = site.https as Record<string, unknown>;
+    site.https = { ...https, host: '127.0.0.1', port };
+    delete site.mqtt;
+    site.plcs = inventory.plcs;
+    site.devices = inventory.devices;
+    writeFileSync(join(root, 'etc/sluice/sluice.yaml'), stringify(site));
+    cert = await loopbackCertificate(dir);
+    mkdirSync(join(root, 'etc/sluice/tls'));
+    copyFileSync(join(dir, 'cert.pem'), join(root, 'etc/sluice/tls/cert.pem'));
+    copyFileSync(join(dir, 'key.pem'), join(root, 'etc/sluice/credentials/https.key'));
+    writeFileSync(join(root, 'etc/sluice/credentials/scada.token'), `${TOKEN}\n`);
+    inside(
+      'chgrp -R sluice /etc/sluice/sluice.yaml /etc/sluice/tls && chmod 0640 /etc/sluice/sluice.yaml /etc/sluice/tls/cert.pem && chmod 0750 /etc/sluice/tls && chmod 0600 /etc/sluice/credentials/*',
+    );
+
+    // Step 4: the check as the service runs it, then enable and start.
+    const check = inside(
+      'systemd-run --pipe --wait --quiet -p User=sluice -p LoadCredential=sluice:/etc/sluice/credentials /usr/bin/node /opt/sluice/dist/src/daemon/cli.js --config /etc/sluice/sluice.yaml --check',
+    );
+    expect(check.out).toMatch(/configuration is valid/);
+    inside('systemctl daemon-reload && systemctl enable --now sluiced');
+
+    // Type=notify: the start job ended with READY, whose status line systemd keeps.
+    const state = show(['ActiveState', 'SubState', 'StatusText', 'User', 'NRestarts']);
+    expect(state).toMatchObject({
+      ActiveState: 'active',
+      SubState: 'running',
+      User: 'sluice',
+      NRestarts: '0',
+    });
+    expect(state.StatusText).toBe(
+      `ready: HTTPS on 127.0.0.1:${port}; 0 recovered command(s) settled`,
+    );
+  }, 120_000);
+
+  it('takes a command over HTTPS, one write; logs JSON with key and device; keeps its files to itself', async () => {
+    const valve = plant.device('inlet-valve');
+    const before = valve.counters.writesReceived;
+    const answer = await httpsRequest(
+      { port, ca: cert, token: TOKEN },
+      'POST',
+      '/v1/commands',
+      { 'idempotency-key': 'install-1' },
+      { device: 'inlet-valve', action: 'open' },
+    );
+    expect(answer.status, answer.body).toBe(200);
+    const result = answer.json();
+    expect(result).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(valve.counters.writesReceived - before).toBe(1);
+    expect(valve.writesWithSeq(Number(result.seq))).toBe(1);
+
+    // journald has the daemon's JSON lines, key and device on the command's.
+    const lines = inside('journalctl -u sluiced -o cat --no-pager')
+      .out.split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const confirmed = lines.find((l) => l.msg === 'command confirmed');
+    expect(confirmed).toMatchObject({ key: 'install-1', device: 'inlet-valve' });
+    expect(JSON.stringify(lines)).not.toContain(TOKEN);
+
+    // The journal under StateDirectory, the admin socket under RuntimeDirectory, both the
+    // daemon's alone; the credentials reach it, the folder they come from does not.
+    expect(inside('stat -c "%U %a" /var/lib/sluice /var/lib/sluice/journal.db').out).toBe(
+      'sluice 700\nsluice 600\n',
+    );
+    expect(inside('stat -c "%U %a" /run/sluice/admin.sock').out).toBe('sluice 600\n');
+    const denied = inside('runuser -u sluice -- cat /etc/sluice/credentials/https.key', {
+      check: false,
+    });
+    expect(denied.status).not.toBe(0);
+    expect(denied.out).toMatch(/Permission denied/);
+  }, 60_000);
+
+  it('is restarted by the watchdog when its event loop stops, and replays instead of writing again', async () => {
+    // A short watchdog for the test, in a drop-in as an operator would change it.
+    inside(
+      'mkdir -p /etc/systemd/system/sluiced.service.d && printf "[Service]\\nWatchdogSec=4s\\n" > /etc/systemd/system/sluiced.service.d/watchdog.conf && systemctl daemon-reload && systemctl restart sluiced',
+    );
+    const first = show(['MainPID', 'NRestarts', 'WatchdogTimestampMonotonic']);
+    // Pings every 2 s keep it alive past its 4 s limit.
+    await until(
+      () => {
+        const now = show(['WatchdogTimestampMonotonic']);
+        return Number(now.WatchdogTimestampMonotonic) - Number(first.WatchdogTimestampMonotonic) >
+          5_000_000
+          ? true
+          : undefined;
+      },
+      20_000,
+      'watchdog pings over more than the watchdog period',
+    );
+    expect(show(['MainPID', 'NRestarts'])).toEqual({
+      MainPID: first.MainPID,
+      NRestarts: first.NRestarts,
+    });
+
+    // The event loop stops turning: systemd's watchdog kills and restarts it.
+    inside(`kill -STOP ${first.MainPID}`);
+    await until(
+      () => {
+        const now = show(['NRestarts', 'ActiveState', 'SubState']);
+        return Number(now.NRestarts) === Number(first.NRestarts) + 1 &&
+          now.ActiveState === 'active' &&
+          now.SubState === 'running'
+          ? true
+          : undefined;
+      },
+      30_000,
+      'restarted by the watchdog and ready again',
+    );
+    expect(inside('journalctl -u sluiced -o cat --no-pager').out).toMatch(/Watchdog timeout/);
+
+    // The journal survived in the StateDirectory: the same key replays, nothing is written.
+    const valve = plant.device('inlet-valve');
+    const before = valve.counters.writesReceived;
+    const replay = await httpsRequest(
+      { port, ca: cert, token: TOKEN },
+      'POST',
+      '/v1/commands',
+      { 'idempotency-key': 'install-1' },
+      { device: 'inlet-valve', action: 'open' },
+    );
+    expect(replay.status, replay.body).toBe(200);
+    expect(replay.headers['idempotent-replayed']).toBe('true');
+    expect(valve.counters.writesReceived).toBe(before);
+  }, 90_000);
+
+  it('stops gracefully on systemctl stop', () => {
+    inside('systemctl stop sluiced');
+    expect(show(['ActiveState', 'Result', 'ExecMainStatus'])).toEqual({
+      ActiveState: 'inactive',
+      Result: 'success',
+      ExecMainStatus: '0',
+    });
+    const log = inside('journalctl -u sluiced -o cat --no-pager').out;
+    expect(log).toMatch(/"msg":"sluiced stopped"/);
+  }, 60_000);
+});
