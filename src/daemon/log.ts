@@ -21,7 +21,12 @@ export async function daemonLogger(
       colorize: true,
       translateTime: 'SYS:HH:MM:ss.l',
       ignore: 'pid,hostname',
-      messageFormat: '{if device}[{device}{if key} {key}{end}] {end}{msg}',
+      messageFormat: (log, messageKey) => {
+        const where = [log.device, log.key].filter((v) => typeof v === 'string').join(' ');
+        const message = log[messageKey];
+        const text = typeof message === 'string' ? message : '';
+        return where === '' ? text : `[${where}] ${text}`;
+      },
     }),
   );
 }

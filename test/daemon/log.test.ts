@@ -51,3 +51,14 @@ it('is readable on a terminal: device and key before the message, no JSON', asyn
   expect(text).not.toContain('not at info');
   expect(text.trimStart().startsWith('{')).toBe(false);
 });
+
+it('on a terminal, a line without a key shows the device alone, and one without either the message alone', async () => {
+  const out = terminal(true);
+  const logger = await daemonLogger('info', out.stream);
+  logger.child({ device: 'drain-valve' }).warn({}, 'device reads fail');
+  logger.info({}, 'sluiced started');
+  // eslint-disable-next-line no-control-regex
+  const text = out.text().replace(/\u001b\[[0-9;]*m/g, '');
+  expect(text).toContain('WARN: [drain-valve] device reads fail');
+  expect(text).toContain('INFO: sluiced started');
+});
