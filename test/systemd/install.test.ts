@@ -276,6 +276,16 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
     expect(valve.counters.writesReceived - before).toBe(1);
     expect(valve.writesWithSeq(Number(result.seq))).toBe(1);
 
+    // README, step 5: readiness over HTTPS, and sluicectl through the admin socket in
+    // /run/sluice with the same site file (its secrets under ${CREDENTIALS_DIRECTORY}, which
+    // sluicectl does not read).
+    const ready = await httpsRequest({ port, ca: cert, token: TOKEN }, 'GET', '/readyz');
+    expect(ready.status, ready.body).toBe(200);
+    const health = inside(
+      'node /opt/sluice/dist/src/cli/sluicectl.js --config /etc/sluice/sluice.yaml health --json',
+    );
+    expect(JSON.parse(health.out)).toMatchObject({ ready: true });
+
     // journald has the daemon's JSON lines, key and device on the command's.
     const lines = inside('journalctl -u sluiced -o cat --no-pager')
       .out.split('\n')
