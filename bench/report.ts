@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { format, resolveConfig } from 'prettier';
 import { BENCH_DIR } from './paths.js';
 import type { DaemonLoad, Results, Target } from './results.js';
 import { isSkipped } from './results.js';
@@ -143,7 +144,7 @@ export function evaluateTargets(r: Omit<Results, 'targets'>): Target[] {
     measured:
       rec.listenMs === null
         ? 'no answer'
-        : `answered after ${n(rec.listenMs, 'ms')} (empty journal: ${n(rec.listenEmptyMs, 'ms')}); backlog done after ${n(rec.allSettledMs, 'ms')}`,
+        : `answered after ${n(rec.listenMs, 'ms')} (empty journal: ${n(rec.listenEmptyMs, 'ms')}); backlog ${rec.allSettledMs === null ? `not done within ${rec.timeoutSeconds} s` : `done after ${n(rec.allSettledMs, 'ms')}`}`,
     pass:
       rec.listenMs === null
         ? false
@@ -527,8 +528,16 @@ function valueAt(r: Results, path: string): string {
   throw new Error(`PERFORMANCE.template.md: ${path} is not a single value`);
 }
 
-/** docs/PERFORMANCE.md: the template's prose with this run's tables and values filled in. */
-export function renderMarkdown(r: Results): string {
+/**
+ * docs/PERFORMANCE.md: the template's prose with this run's tables and values filled in,
+ * formatted by prettier (aligned table columns, prose rewrapped around the filled-in numbers).
+ */
+export async function renderMarkdown(r: Results, file: string): Promise<string> {
+  const text = fillTemplate(r);
+  return format(text, { ...(await resolveConfig(file)), parser: 'markdown', proseWrap: 'always' });
+}
+
+function fillTemplate(r: Results): string {
   const template = readFileSync(join(BENCH_DIR, 'PERFORMANCE.template.md'), 'utf8');
   const all = tables(r);
   return template.replace(/\{\{([^}]+)\}\}/g, (_, name: string) => {

@@ -182,7 +182,7 @@ async function main(options: BenchOptions): Promise<void> {
     mkdirSync(dirname(options.resultsFile), { recursive: true });
     writeFileSync(options.resultsFile, `${JSON.stringify(results, null, 2)}\n`);
     mkdirSync(dirname(options.performanceFile), { recursive: true });
-    writeFileSync(options.performanceFile, renderMarkdown(results));
+    writeFileSync(options.performanceFile, await renderMarkdown(results, options.performanceFile));
     process.stdout.write(renderTable(results));
     progress(`wrote ${options.resultsFile} and ${options.performanceFile}`);
   } finally {
