@@ -113,8 +113,8 @@ describe('npm run bench, smoke run', () => {
         ...latency('endToEnd.https'),
         'replay.https.latencyMs.p99',
         'replay.https.controllerWrites',
+        // Its latency needs a command answered within the one-second window: not asserted.
         'throughput.confirmedPerSecond',
-        'throughput.latencyMs.p50',
         'throughput.daemon.eventLoopUtilisation',
         'throughput.modbusRequestsPerCommand',
         'recovery.listenMs',
