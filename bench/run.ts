@@ -4,7 +4,7 @@
  * `--out DIR`). Settings: bench/options.ts (`npm run bench -- --help`). A program, not a test:
  * it never fails on a slow machine; it exits 1 only when a measurement could not be made.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parse } from 'yaml';
@@ -81,6 +81,14 @@ async function main(options: BenchOptions): Promise<void> {
     else rmSync(dir, { recursive: true, force: true });
   });
   try {
+    // The large journal-scale point needs its journal on disk: fail now, not after minutes.
+    const { bavail, bsize } = statfsSync(dir);
+    const needBytes = options.scaleLarge * 2048;
+    if (bavail * bsize < needBytes) {
+      throw new Error(
+        `${dir} has ${Math.floor((bavail * bsize) / 2 ** 20)} MiB free; --scale-large ${options.scaleLarge} needs about ${Math.ceil(needBytes / 2 ** 20)} MiB (set TMPDIR elsewhere or a smaller --scale-large)`,
+      );
+    }
     const box = machine(dir);
     progress(`scratch ${dir} on ${box.filesystem}; ${box.cores} cores, ${box.cpuModel}`);
     const shim = buildFsyncShim(dir);
