@@ -385,6 +385,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
       let record: CommandRecord;
       try {
         record = pipeline.resolve(ref, by, reason);
+        await pipeline.durable(); // answered once on disk (group commit)
       } catch (error) {
         return actionError(reply, error);
       }
