@@ -6,6 +6,9 @@ import type { CommandRecord } from '../core/journal.js';
 import type { CommandPipeline, OpenCommands } from '../core/pipeline.js';
 import { RetentionSweeper, type RetentionOptions } from '../core/retention.js';
 
+/** How often the journal's rows are counted for `sluice_journal_rows`. */
+const ROWS_EVERY_MS = 30_000;
+
 /**
  * Prometheus metrics of one daemon (served at GET /metrics). Labels are closed vocabularies
  * (intake, outcome, state, code, reason) or configured names (device, route): never a key, a
@@ -92,17 +95,22 @@ export class Metrics {
     }
     const rows = journal?.rows;
     if (rows !== undefined) {
-      // Two counts per scrape, spaced by the scrape interval: cheap next to the command path.
+      // Counting walks the tables, which run to millions of event rows in a busy retention
+      // window, on the thread that carries commands: at most once per ROWS_EVERY_MS.
+      let counted: { at: number; counts: { commands: number; events: number } } | null = null;
       new Gauge({
         name: 'sluice_journal_rows',
-        help: 'Rows in the journal: commands (open, and settled ones within retention) and their history events.',
+        help: 'Rows in the journal: commands (open, and settled ones within retention) and their history events; counted at most every 30 s.',
         labelNames: ['table'],
         registers,
         collect() {
           try {
-            const counts = rows();
-            this.set({ table: 'commands' }, counts.commands);
-            this.set({ table: 'events' }, counts.events);
+            const at = clock.elapsed();
+            if (counted === null || at - counted.at >= ROWS_EVERY_MS) {
+              counted = { at, counts: rows() };
+            }
+            this.set({ table: 'commands' }, counted.counts.commands);
+            this.set({ table: 'events' }, counted.counts.events);
           } catch {
             // The journal cannot be read: left out of this scrape (readiness says why).
           }
