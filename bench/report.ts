@@ -378,6 +378,14 @@ export function tables(r: Results): Record<string, Table> {
       ['fsyncs per confirmed command', n(t.fsyncsPerCommand)],
       ['fsync time per confirmed command', n(t.fsyncMsPerCommand, 'ms')],
       ['Modbus requests per confirmed command', n(t.modbusRequestsPerCommand)],
+      [
+        'ceiling of one PLC connection: 1 / (requests per command × simulator read p50)',
+        n(t.ceilings.plcConnectionPerSecond, '/s'),
+      ],
+      [
+        'ceiling of serial fsyncs: 1 / (main-thread fsync time per command)',
+        n(t.ceilings.serialFsyncsPerSecond, '/s'),
+      ],
       ...modbusRows(t.daemon, Math.max(1, t.confirmed), 'cmd').slice(2),
     ],
   };

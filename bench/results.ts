@@ -93,6 +93,13 @@ export interface Throughput {
   readonly fsyncsPerCommand: number | null;
   readonly fsyncMsPerCommand: number | null;
   readonly modbusRequestsPerCommand: number;
+  /** What would bound throughput if nothing else did, from this run's own figures. */
+  readonly ceilings: {
+    /** One request in flight per PLC: 1 / (requests per command × the simulator's read p50). */
+    readonly plcConnectionPerSecond: number;
+    /** Commits one after another on the main thread: 1 / (fsync time per command). */
+    readonly serialFsyncsPerSecond: number | null;
+  };
   readonly cpuCores: {
     readonly daemon: number;
     readonly simulator: number;

@@ -155,7 +155,7 @@ async function main(options: BenchOptions): Promise<void> {
     let tp: Awaited<ReturnType<typeof throughput>>;
     try {
       lat = await latency(ctx, daemon, base.modbus);
-      tp = await throughput(ctx, daemon);
+      tp = await throughput(ctx, daemon, base.simulator.readMs.p50);
     } finally {
       await daemon.stop();
     }

@@ -20,7 +20,12 @@ interface Done {
   readonly outcome: string;
 }
 
-export async function throughput(ctx: RunContext, daemon: RunningDaemon): Promise<Throughput> {
+export async function throughput(
+  ctx: RunContext,
+  daemon: RunningDaemon,
+  /** The simulator's own round trip for one read, p50 (the baseline). */
+  simulatorReadMs: number,
+): Promise<Throughput> {
   const { options } = ctx;
   const valves = modbusValves(ctx).slice(0, options.clients);
   const https = new HttpsClient(
@@ -109,6 +114,7 @@ export async function throughput(ctx: RunContext, daemon: RunningDaemon): Promis
     const seconds = (to - from) / 1000;
     const fsyncs = 'skipped' in load.fsyncs ? null : load.fsyncs;
     const perCommand = (n: number): number => round(n / Math.max(1, confirmed.length));
+    const requests = perCommand(load.modbus.reads + load.modbus.writes);
     return {
       clients: valves.length,
       valves: valves.length,
@@ -120,7 +126,14 @@ export async function throughput(ctx: RunContext, daemon: RunningDaemon): Promis
       mqttConnected,
       fsyncsPerCommand: fsyncs === null ? null : perCommand(fsyncs.mainCalls + fsyncs.otherCalls),
       fsyncMsPerCommand: fsyncs === null ? null : perCommand(fsyncs.mainMs + fsyncs.otherMs),
-      modbusRequestsPerCommand: perCommand(load.modbus.reads + load.modbus.writes),
+      modbusRequestsPerCommand: requests,
+      ceilings: {
+        plcConnectionPerSecond: round(1000 / (requests * simulatorReadMs)),
+        serialFsyncsPerSecond:
+          fsyncs === null || fsyncs.mainMs === 0
+            ? null
+            : round((1000 * Math.max(1, confirmed.length)) / fsyncs.mainMs),
+      },
       cpuCores: { daemon: load.cpuCores, ...cpu },
       daemon: load,
     };
