@@ -16,6 +16,7 @@ import { httpsRequest, loopbackCertificate } from '../helpers/loopback-https.js'
 import { freePort, until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { hasCommand, isRoot } from '../helpers/real.js';
+import { buildInto } from './build.js';
 
 /**
  * The README's install, for real: a systemd booted in a container (systemd-nspawn over an
@@ -118,18 +119,7 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
     // README, step 1: the built package in /opt/sluice.
     const opt = join(root, 'opt/sluice');
     mkdirSync(opt, { recursive: true });
-    const tsc = spawnSync(
-      process.execPath,
-      [
-        join(ROOT, 'node_modules/typescript/bin/tsc'),
-        '-p',
-        join(ROOT, 'tsconfig.build.json'),
-        '--outDir',
-        join(opt, 'dist'),
-      ],
-      { encoding: 'utf8' },
-    );
-    expect(tsc.status, tsc.stdout + tsc.stderr).toBe(0);
+    buildInto(join(opt, 'dist'));
     const cp = spawnSync('cp', [
       '-a',
       join(ROOT, 'package.json'),

@@ -13,6 +13,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { hasCommand, isRoot, realComponent } from '../helpers/real.js';
+import { buildInto } from './build.js';
 
 /**
  * systemd/sluiced.service as systemd reads it: `systemd-analyze verify` clean, `systemd-analyze
@@ -146,20 +147,10 @@ describe('the README layout', () => {
 
   it('has the ExecStart path once built into /opt/sluice, and that build checks the shipped site file', async () => {
     // The layout README.md's install section makes: the package root as /opt/sluice, with
-    // dist/ from `npm run build` (tsconfig.build.json), node_modules/ and devices/.
+    // dist/ as `npm run build` makes it, node_modules/ and devices/.
     const opt = join(dir, 'opt', 'sluice');
     mkdirSync(opt, { recursive: true });
-    execFileSync(
-      process.execPath,
-      [
-        join(ROOT, 'node_modules/typescript/bin/tsc'),
-        '-p',
-        join(ROOT, 'tsconfig.build.json'),
-        '--outDir',
-        join(opt, 'dist'),
-      ],
-      { stdio: 'pipe' },
-    );
+    buildInto(join(opt, 'dist'));
     for (const shared of ['node_modules', 'devices', 'package.json']) {
       symlinkSync(join(ROOT, shared), join(opt, shared));
     }
