@@ -7,13 +7,15 @@ import type { Logger as PinoLogger } from 'pino';
  * a STATUS= line for `systemctl status`. Without NOTIFY_SOCKET it is silent and loads nothing.
  *
  * Why the native module unix-dgram: Node's dgram has no AF_UNIX datagram sockets. The other
- * way, running `systemd-notify`, sends from a child's PID: the unit would need
- * NotifyAccess=all, and systemd drops a message whose sender exited before PID 1 read it,
- * unless it can tie the PID to the unit (systemd-notify(1), "unless the sending process is
- * still around"), so a READY could be lost; and it would spawn a process for every watchdog
- * ping. unix-dgram sends from the daemon's own process, so systemd attributes every message
- * to the main PID and the unit keeps NotifyAccess=main; it builds with node-gyp, as
- * better-sqlite3 does, and is the module zigbee2mqtt's and hot-shots' notifications use.
+ * way, running `systemd-notify` (systemd-notify(1)), sends from a child: without privileges
+ * it cannot claim its parent's PID and sends under its own, so the unit would need
+ * NotifyAccess=all (any process of the unit could then report readiness or feed the
+ * watchdog); it must wait for PID 1 to take each message, since one from a process that has
+ * exited may not be attributed to the unit (`--no-block` risks exactly that); and it would
+ * spawn a process for every watchdog ping. unix-dgram sends from the daemon's own process,
+ * so systemd attributes every message to the main PID and the unit keeps NotifyAccess=main;
+ * it builds with node-gyp, as better-sqlite3 does, and is the module zigbee2mqtt's and
+ * hot-shots' notifications use.
  * Its sendto passes the whole sockaddr_un, so an abstract address (`@name`) never reaches its
  * peer: such a NOTIFY_SOCKET is reported once and not used. systemd gives services a path
  * (`/run/systemd/notify`).
