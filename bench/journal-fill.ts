@@ -9,7 +9,7 @@ import { SqliteJournal } from '../src/journal/sqlite-journal.js';
  * a million. So the rows the daemon itself wrote (the commands of the bench's own run, with
  * their history) are the templates, and SQLite copies them under new keys, in bulk, on a
  * connection of its own with synchronous=OFF (a scratch file; the measurements that follow
- * run on the journal's own connection with synchronous=FULL).
+ * run on the journal's own connection, as durable as the daemon opens it).
  *
  * The copy follows the schema it finds rather than a fixed one: the commands table is the one
  * with scope, key, device and state; every other table that names a command — by scope and

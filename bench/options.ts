@@ -45,6 +45,8 @@ export interface BenchOptions {
   readonly performanceFile: string;
   /** Keep the run's scratch folder (journals, logs) instead of removing it. */
   readonly keep: boolean;
+  /** Measure nothing: write PERFORMANCE.md again from this results.json (prose edits). */
+  readonly render: string | null;
 }
 
 interface Spec {
@@ -56,7 +58,7 @@ interface Spec {
 }
 
 const SPECS: Record<
-  Exclude<keyof BenchOptions, 'resultsFile' | 'performanceFile' | 'keep'>,
+  Exclude<keyof BenchOptions, 'resultsFile' | 'performanceFile' | 'keep' | 'render'>,
   Spec
 > = {
   valves: { flag: 'valves', kind: 'int', fallback: 100, min: 1, max: 100 },
@@ -97,6 +99,8 @@ function usage(): string {
     '  --out DIR'.padEnd(34) +
       'write results.json and PERFORMANCE.md into DIR (default: bench/ and docs/)',
     '  --keep'.padEnd(34) + 'keep the scratch folder (journals, logs)',
+    '  --render RESULTS'.padEnd(34) +
+      'measure nothing: write PERFORMANCE.md from RESULTS (a results.json) and the template',
   ].join('\n');
 }
 
@@ -107,6 +111,7 @@ export function parseOptions(
   const flagOptions: Record<string, { type: 'string' | 'boolean' }> = {
     out: { type: 'string' },
     keep: { type: 'boolean' },
+    render: { type: 'string' },
     help: { type: 'boolean' },
   };
   for (const s of Object.values(SPECS)) {
@@ -152,12 +157,16 @@ export function parseOptions(
   if (errors.length > 0) throw new OptionsError(`${errors.join('\n')}\n${usage()}`);
   const outDir = typeof values.out === 'string' ? resolve(values.out) : null;
   return {
-    ...(out as unknown as Omit<BenchOptions, 'resultsFile' | 'performanceFile' | 'keep'>),
+    ...(out as unknown as Omit<
+      BenchOptions,
+      'resultsFile' | 'performanceFile' | 'keep' | 'render'
+    >),
     resultsFile:
       outDir === null ? join(ROOT, 'bench', 'results.json') : join(outDir, 'results.json'),
     performanceFile:
       outDir === null ? join(ROOT, 'docs', 'PERFORMANCE.md') : join(outDir, 'PERFORMANCE.md'),
     keep: values.keep === true,
+    render: typeof values.render === 'string' ? resolve(values.render) : null,
   };
 }
 

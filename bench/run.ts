@@ -171,7 +171,7 @@ async function main(options: BenchOptions): Promise<void> {
       settings: {
         ...Object.fromEntries(
           Object.entries(options).filter(
-            ([k]) => !['resultsFile', 'performanceFile', 'keep'].includes(k),
+            ([k]) => !['resultsFile', 'performanceFile', 'keep', 'render'].includes(k),
           ),
         ),
         profileScanMs: profiles.scanMs ?? 'not in the profile',
@@ -210,6 +210,11 @@ try {
 }
 if (options === 'help') {
   process.stdout.write(`${usage()}\n`);
+} else if (options.render !== null) {
+  const results = JSON.parse(readFileSync(options.render, 'utf8')) as Results;
+  writeFileSync(options.performanceFile, await renderMarkdown(results, options.performanceFile));
+  process.stdout.write(renderTable(results));
+  process.stderr.write(`wrote ${options.performanceFile} from ${options.render}\n`);
 } else {
   await main(options);
 }

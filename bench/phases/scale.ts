@@ -15,8 +15,8 @@ import { httpsSender, untilReady } from './latency.js';
 /**
  * Journal scale: the journal of the bench's own run (every command the daemon settled, with
  * its history) is cut or copied to `scaleSmall` retained keys, measured, copied on to
- * `scaleLarge` and measured again, on the journal's own API and connection (WAL,
- * synchronous=FULL): a claim of a new key, the dispatch and settlement that follow it, and a
+ * `scaleLarge` and measured again, on the journal's own API and connection (as durable as the
+ * daemon opens it): a claim of a new key, the dispatch and settlement that follow it, and a
  * lookup of a random retained key. Then the daemon runs on the large journal: its RSS.
  */
 

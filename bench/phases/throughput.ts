@@ -10,7 +10,7 @@ import { untilReady } from './latency.js';
 /**
  * Throughput: `clients` HTTPS clients over one keep-alive agent, each with its own valve,
  * each sending its next command as soon as the last one is answered (confirmed by readback,
- * journaled with synchronous=FULL). Counted over a window after a warm-up; every loop ends at
+ * journaled durably). Counted over a window after a warm-up; every loop ends at
  * the window's end and every request has a timeout.
  */
 
