@@ -68,15 +68,16 @@ async function postCommand(
     );
     throw error;
   }
-  // Group commit: nothing is answered before the claim (or its duplicate event) is on disk;
-  // a failed sync is a JournalUnavailableError, answered 503 by the error handler.
-  await pipeline.durable();
   metrics.accepted.inc({ intake: 'https', outcome: receivedOutcome(claim) });
   const log = logger.child({ key, device });
   switch (claim.kind) {
     case 'new': {
       const plan = planWait(parsePrefer(request.headers.prefer), options.waitPolicy);
       const record = await settledWithin(options, claim.record, plan.waitMs);
+      // Group commit: nothing is answered before what it reports (the claim, the settlement,
+      // a duplicate's event) is on disk — one barrier, just before the answer, so that the
+      // command runs meanwhile; a failed sync is a JournalUnavailableError, answered 503.
+      await pipeline.durable();
       if (plan.applied !== null) reply.header('preference-applied', plan.applied);
       log.info(
         { identity: identity.name, state: record.state, code: record.code },
@@ -86,6 +87,7 @@ async function postCommand(
     }
     case 'duplicate': {
       const record = claim.record;
+      await pipeline.durable();
       if (isTerminal(record.state)) {
         log.info(
           { identity: identity.name, state: record.state, code: record.code },
@@ -106,6 +108,7 @@ async function postCommand(
       );
     }
     case 'reused':
+      await pipeline.durable();
       log.warn({ identity: identity.name }, 'HTTPS idempotency key reused for another command');
       return sendProblem(
         reply,

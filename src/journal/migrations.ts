@@ -42,6 +42,8 @@ const SCHEMA_V2 = `
   CREATE UNIQUE INDEX commands_key ON commands (key, scope);
   CREATE INDEX commands_open ON commands (accepted_at)
     WHERE state IN ('accepted', 'dispatched');
+  CREATE INDEX commands_open_device ON commands (device, seq)
+    WHERE state IN ('accepted', 'dispatched');
   CREATE INDEX commands_settled ON commands (settled_at) WHERE settled_at IS NOT NULL;
   CREATE INDEX commands_device ON commands (device, accepted_at);
   CREATE INDEX commands_accepted ON commands (accepted_at);
