@@ -161,13 +161,18 @@ export class ConfirmationLoop {
     let lastGood: TimedReadback | null = null;
     let lastReason = 'no readback after the write';
     let wrongSince: number | null = null;
-    // The first readback follows an acknowledged write at once: the controller takes it at its
-    // next scan, so the pauses start at one scan and double up to the poll interval (travel).
+    // The first readback follows an acknowledged write at once; the controller takes it at its
+    // next scan and publishes what it did at the one after, so the next readbacks come one
+    // scan apart for the first few scans, then the pauses double up to the poll interval for
+    // travel that takes longer.
     const { scanMs, pollIntervalMs } = profile.timing;
+    const quick = Math.min(scanMs, pollIntervalMs);
+    const quickUntil = clock.elapsed() + 8 * quick;
     let pause = readAtOnce || ctx.write.acked ? 0 : pollIntervalMs;
     while (clock.elapsed() < ctx.confirmByMono) {
       if (pause > 0) await clock.sleep(pause, lane.signal);
-      pause = pause === 0 ? Math.min(scanMs, pollIntervalMs) : Math.min(pause * 2, pollIntervalMs);
+      pause =
+        clock.elapsed() < quickUntil ? quick : Math.min(Math.max(pause, quick) * 2, pollIntervalMs);
       if (aborted(lane)) return;
       const readback = await this.reads.tryRead(lane, log);
       if (readback === null) continue;

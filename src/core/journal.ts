@@ -156,5 +156,11 @@ export interface Journal {
   durable(): Promise<void>;
   /** True while a write returned is not yet on disk (durable() has work to do). */
   readonly syncPending: boolean;
+  /**
+   * Whether this settled record's settlement is on disk already (it committed before the
+   * last durability barrier began): a replay of it then needs no barrier of its own. Always
+   * true without group commit.
+   */
+  settledDurably(record: CommandRecord): boolean;
   close(): void;
 }

@@ -530,6 +530,20 @@ export class CommandPipeline {
     return this.journal.syncPending ? this.journal.durable() : Promise.resolve();
   }
 
+  /**
+   * For a replay of a settled command: resolves at once when its settlement is on disk
+   * already (the duplicate's own history event then rides on a later barrier: an audit line,
+   * not an acknowledgement), otherwise as durable().
+   */
+  durableReplay(record: CommandRecord): Promise<void> {
+    return this.journal.settledDurably(record) ? Promise.resolve() : this.durable();
+  }
+
+  /** Whether a settled command's settlement is on disk already (see durableReplay). */
+  settledDurably(record: CommandRecord): boolean {
+    return this.journal.settledDurably(record);
+  }
+
   /** True while a journal write is not yet on disk (group commit): see durable(). */
   get syncPending(): boolean {
     return this.journal.syncPending;

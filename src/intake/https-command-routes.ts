@@ -87,14 +87,15 @@ async function postCommand(
     }
     case 'duplicate': {
       const record = claim.record;
-      await pipeline.durable();
       if (isTerminal(record.state)) {
+        await pipeline.durableReplay(record);
         log.info(
           { identity: identity.name, state: record.state, code: record.code },
           'HTTPS command replayed',
         );
         return sendRecord(reply, record, true);
       }
+      await pipeline.durable();
       log.info({ identity: identity.name, state: record.state }, 'HTTPS retry while in flight');
       return sendProblem(
         reply,

@@ -40,10 +40,13 @@ export interface CommandMessagesOptions {
 
 /** What to do with a message after handling it: acknowledge it, or leave it with the broker. */
 type Handling =
-  | { readonly kind: 'ack' }
+  /** `durable`: the PUBACK waits for the journal's barrier (group commit). */
+  | { readonly kind: 'ack'; readonly durable: boolean }
   | { readonly kind: 'withhold'; readonly reason: string; readonly reconnect: boolean };
 
-const ACK: Handling = { kind: 'ack' };
+const ACK: Handling = { kind: 'ack', durable: true };
+/** A replay of a settlement already on disk: its duplicate event is an audit line only. */
+const ACK_NOW: Handling = { kind: 'ack', durable: false };
 
 /** A message that names a device and a key, as far as it got. */
 interface Received {
@@ -122,7 +125,7 @@ export class CommandMessages {
     }
     switch (handling.kind) {
       case 'ack':
-        if (!this.pipeline.syncPending) {
+        if (!handling.durable || !this.pipeline.syncPending) {
           callback();
           return;
         }
@@ -253,7 +256,8 @@ export class CommandMessages {
         if (isTerminal(record.state)) {
           // A retry of a settled command: its stored result again, marked as a replay (once
           // that result is on disk: it may have settled a moment ago, under group commit).
-          if (this.pipeline.syncPending) {
+          const durable = this.pipeline.settledDurably(record);
+          if (!durable) {
             this.pipeline.durable().then(
               () => {
                 this.publisher.replay(record, route);
@@ -271,6 +275,7 @@ export class CommandMessages {
             { state: record.state, dup: packet.dup },
             'duplicate of a settled command: replayed',
           );
+          if (durable) return ACK_NOW;
         } else {
           // Still in flight: its outcome will be published, to this requester's route too.
           this.publisher.awaitOutcome(record, route);

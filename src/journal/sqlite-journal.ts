@@ -150,6 +150,8 @@ export class SqliteJournal implements Journal {
   private unsynced = false;
   private barrier: Promise<void> | null = null;
   private syncs = 0;
+  /** Every commit made before this time (ms) is on disk: the last barrier's start. */
+  private syncedBefore = Number.NEGATIVE_INFINITY;
 
   static open(options: SqliteJournalOptions): SqliteJournal {
     return new SqliteJournal(options);
@@ -468,6 +470,13 @@ export class SqliteJournal implements Journal {
     return this.unsynced;
   }
 
+  settledDurably(record: CommandRecord): boolean {
+    if (this.options.groupCommit !== true || !this.unsynced) return true;
+    // Settlement times are whole milliseconds of the same clock: strictly before the barrier's
+    // start means committed before it.
+    return record.settledAt !== null && record.settledAt < this.syncedBefore;
+  }
+
   /**
    * Group commit (option `groupCommit`): writes commit with synchronous=NORMAL, which in WAL
    * mode appends to the WAL without an fsync; this then commits one small transaction with
@@ -484,6 +493,7 @@ export class SqliteJournal implements Journal {
           resolve();
           return;
         }
+        const startedAt = Date.now();
         try {
           this.write('sync', (c) => {
             c.db.pragma('synchronous = FULL');
@@ -494,6 +504,7 @@ export class SqliteJournal implements Journal {
             }
           });
           this.unsynced = false;
+          this.syncedBefore = startedAt;
           this.syncs++;
           resolve();
         } catch (error) {

@@ -69,6 +69,27 @@ describe('group commit', () => {
     other.close();
   });
 
+  it('a settlement committed before the last barrier counts as durable, a later one does not', async () => {
+    const { journal } = open(true);
+    const claimed = journal.claim(command('old')).record;
+    const settled = journal.settle(claimed, 'accepted', {
+      to: 'rejected',
+      code: 'STALE_COMMAND',
+      faultCode: null,
+      observed: null,
+      detail: 'test',
+      at: Date.now() - 5,
+      intake: 'test',
+    });
+    expect(journal.settledDurably(settled)).toBe(false); // its barrier has not run
+    await journal.durable();
+    expect(journal.settledDurably(settled)).toBe(true); // nothing pending at all
+    journal.claim(command('new')); // a write pending again
+    expect(journal.settledDurably(settled)).toBe(true); // settled before that barrier began
+    expect(journal.settledDurably({ ...settled, settledAt: Date.now() + 1_000 })).toBe(false);
+    expect(open(false).journal.settledDurably(settled)).toBe(true); // no group commit
+  });
+
   it('commits with synchronous=NORMAL between barriers and FULL without the option', () => {
     const grouped = open(true).journal;
     const plain = open(false).journal;
