@@ -45,7 +45,10 @@ export interface StatusPlan {
 export function planStatusReads(map: ModbusMap, base: number): StatusPlan {
   const fields: { name: StatusFieldName; table: RegisterTable; start: number; end: number }[] = [];
   let clock: ReadRequest | null = null;
-  for (const [name, field] of Object.entries(map.status) as [StatusFieldName, StatusField | undefined][]) {
+  for (const [name, field] of Object.entries(map.status) as [
+    StatusFieldName,
+    StatusField | undefined,
+  ][]) {
     if (field === undefined) continue;
     const start = fieldAddress(field, base);
     const end = start + fieldWidth(field);
