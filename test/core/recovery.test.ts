@@ -123,8 +123,9 @@ describe('recovery at start (I5): settled by reading the controller', () => {
       timing: { confirmTimeoutMs: 300, redispatchGuardMs: 600 },
       unreachableGraceMs: 8_000,
     });
-    h.submit('k1', { device: 'u1', action: 'open', ttlMs: 1_000 });
-    await h.until(() => h!.device('u1').counters.writesReceived === 1, 10_000, 'the write');
+    // The first OPC UA session makes its client certificate first: seconds on a busy machine.
+    h.submit('k1', { device: 'u1', action: 'open', ttlMs: 20_000 });
+    await h.until(() => h!.device('u1').counters.writesReceived === 1, 20_000, 'the write');
     await h.crash();
     // The PLC's link is down for 1.5 s after the restart: every request is reset.
     const ua = h.plant.plc('ua');
@@ -136,5 +137,5 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     });
     expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
     expect(h.writesWithSeq('u1', r.seq!)).toBe(1);
-  });
+  }, 60_000);
 });
