@@ -201,12 +201,14 @@ describe('I2/I5: every open command ends with a true, specific outcome', () => {
       device: 'removed-valve',
       action: 'open',
       position: null,
-      issuedAt: now - 60_000,
+      issuedAt: now - 61_000,
       issuedAtSource: 'issuer',
       ttlMs: 1_000,
-      deadline: now - 59_000,
+      deadline: now - 60_000,
       intake: 'https',
-      acceptedAt: now - 60_000,
+      // Past the 60 s bucket's bound by a second: read within the same millisecond, an age of
+      // exactly 60 s still counts as "≤ 60".
+      acceptedAt: now - 61_000,
     });
     h.pipeline.sweep();
     const open = h.pipeline.openCommands();
