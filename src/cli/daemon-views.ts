@@ -70,17 +70,24 @@ export async function runDevices(ctx: CliContext): Promise<ExitCode> {
     },
     {
       header: 'connected',
-      value: (d) =>
-        d.connectivity.connected
-          ? 'yes'
-          : `no${d.connectivity.lastError === null ? '' : `: ${d.connectivity.lastError}`}`,
-      tone: (d) => (d.connectivity.connected ? 'good' : 'bad'),
+      value: (d) => connectedText(d.connectivity),
+      tone: (d) => (d.connectivity.connected && d.connectivity.readError === null ? 'good' : 'bad'),
     },
     { header: 'queued', value: (d) => String(d.queued), align: 'right' },
     { header: 'in flight', value: (d) => dash(d.inFlight) },
   ];
   ctx.out(renderTable(columns, devices, ctx.style));
   return EXIT.OK;
+}
+
+/**
+ * The connection, and this device's own reads: a PLC that answers and refuses every read of
+ * the device (a wrong register map) is connected and still says why nothing is mirrored.
+ */
+export function connectedText(c: DeviceDocument['connectivity']): string {
+  if (!c.connected) return `no${c.lastError === null ? '' : `: ${c.lastError}`}`;
+  if (c.readError === null) return 'yes';
+  return `yes, reads fail (${c.readError.failures}): ${c.readError.message}`;
 }
 
 /** A time from the endpoint: epoch ms or RFC 3339; shown as both instant and age. */
