@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, fsync, fsyncSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement, Transaction } from 'better-sqlite3';
@@ -146,19 +146,11 @@ export class SqliteJournal implements Journal {
   private readOnlyConnection = false;
   private lastReopen = Number.NEGATIVE_INFINITY;
   private closed = false;
-  /** Group commit: writes committed so far, and how many of them are known to be on disk. */
-  private committed = 0;
-  private synced = 0;
-  private syncWaiters: {
-    readonly target: number;
-    readonly resolve: () => void;
-    readonly reject: (error: Error) => void;
-  }[] = [];
-  private barrierRunning = false;
-  /** The WAL file the barriers fsync (see walDescriptor). */
-  private wal: { readonly fd: number } | null = null;
+  /** Group commit: a write committed since the last durability barrier. */
+  private unsynced = false;
+  private barrier: Promise<void> | null = null;
   private syncs = 0;
-  /** Every commit made before this time (ms) is on disk: the last completed barrier's start. */
+  /** Every commit made before this time (ms) is on disk: the last barrier's start. */
   private syncedBefore = Number.NEGATIVE_INFINITY;
 
   static open(options: SqliteJournalOptions): SqliteJournal {
@@ -475,61 +467,33 @@ export class SqliteJournal implements Journal {
   }
 
   get syncPending(): boolean {
-    return this.committed > this.synced;
+    return this.unsynced;
   }
 
   settledDurably(record: CommandRecord): boolean {
-    if (this.options.groupCommit !== true || !this.syncPending) return true;
-    // Settlement times are whole milliseconds of the same clock: strictly before the last
-    // completed barrier began means committed before it.
+    if (this.options.groupCommit !== true || !this.unsynced) return true;
+    // Settlement times are whole milliseconds of the same clock: strictly before the barrier's
+    // start means committed before it.
     return record.settledAt !== null && record.settledAt < this.syncedBefore;
   }
 
   /**
    * Group commit (option `groupCommit`): writes commit with synchronous=NORMAL, which in WAL
-   * mode appends their frames to the WAL file (write(2), no fsync). A barrier then fsyncs the
-   * WAL file on the thread pool, off the event loop: fsync flushes every byte written to the
-   * file before it was called, so it carries every earlier commit to disk (the WAL is
-   * append-only between checkpoints, and a checkpoint syncs the WAL and the database itself,
-   * so a power cut can only lose a suffix of commits, never one in the middle). Commits made
-   * while a barrier runs wait for the next one; callers that arrive together share one.
-   * Where the WAL file is not the one SQLite writes any more (replaced, gone), the barrier is a
-   * small synchronous=FULL commit instead, whose own fsync does the same on the event loop.
+   * mode appends to the WAL without an fsync; this then commits one small transaction with
+   * synchronous=FULL, whose fsync of the WAL carries every earlier commit to disk with it
+   * (the WAL is one append-only file, so a crash can only lose a suffix of commits, never one
+   * in the middle). Callers that arrive while a barrier is scheduled share it.
    */
   durable(): Promise<void> {
-    const target = this.committed;
-    if (this.synced >= target) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      this.syncWaiters.push({ target, resolve, reject });
-      this.scheduleBarrier();
-    });
-  }
-
-  private scheduleBarrier(): void {
-    if (this.barrierRunning || this.syncWaiters.length === 0) return;
-    this.barrierRunning = true;
-    // On the next turn of the event loop: the commits of this turn share the barrier.
-    setImmediate(() => {
-      const generation = this.committed;
-      const startedAt = Date.now();
-      const finish = (error: Error | null): void => {
-        this.barrierRunning = false;
-        if (error === null) {
-          this.synced = Math.max(this.synced, generation);
-          this.syncedBefore = startedAt;
-          this.syncs++;
+    if (!this.unsynced) return Promise.resolve();
+    this.barrier ??= new Promise<void>((resolve, reject) => {
+      setImmediate(() => {
+        this.barrier = null;
+        if (!this.unsynced) {
+          resolve();
+          return;
         }
-        const waiting = this.syncWaiters;
-        this.syncWaiters = [];
-        for (const w of waiting) {
-          if (error !== null) w.reject(error);
-          else if (w.target <= generation) w.resolve();
-          else this.syncWaiters.push(w);
-        }
-        this.scheduleBarrier();
-      };
-      const fd = this.walDescriptor();
-      if (fd === null) {
+        const startedAt = Date.now();
         try {
           this.write('sync', (c) => {
             c.db.pragma('synchronous = FULL');
@@ -539,62 +503,16 @@ export class SqliteJournal implements Journal {
               c.db.pragma('synchronous = NORMAL');
             }
           });
-          // That commit's own fsync carried everything before it, itself included.
-          this.synced = this.committed;
-          finish(null);
+          this.unsynced = false;
+          this.syncedBefore = startedAt;
+          this.syncs++;
+          resolve();
         } catch (error) {
-          finish(error instanceof Error ? error : new Error(String(error)));
+          reject(error instanceof Error ? error : new Error(String(error)));
         }
-        return;
-      }
-      fsync(fd, (error) => {
-        finish(
-          error === null
-            ? null
-            : new JournalUnavailableError(
-                `journal unavailable (sync): ${error.code ?? error.message}`,
-                {
-                  cause: error,
-                },
-              ),
-        );
       });
     });
-  }
-
-  /**
-   * A descriptor of the WAL file SQLite writes now, or null when there is none to trust: it is
-   * checked against the path at every barrier (a file replaced under the same name would have
-   * another inode, and an fsync of the old one would prove nothing).
-   */
-  private walDescriptor(): number | null {
-    const walPath = `${this.options.path}-wal`;
-    let current: number | null;
-    try {
-      current = statSync(walPath).ino;
-    } catch {
-      current = null;
-    }
-    if (this.wal !== null && (current === null || fstatSync(this.wal.fd).ino !== current)) {
-      closeSync(this.wal.fd);
-      this.wal = null;
-    }
-    if (this.wal === null && current !== null) {
-      try {
-        const fd = openSync(walPath, 'r');
-        // The WAL file's name must survive a power cut too: sync its directory once.
-        const dir = openSync(dirname(walPath), 'r');
-        try {
-          fsyncSync(dir);
-        } finally {
-          closeSync(dir);
-        }
-        this.wal = { fd };
-      } catch {
-        this.wal = null;
-      }
-    }
-    return this.wal?.fd ?? null;
+    return this.barrier;
   }
 
   /** Durability barriers (fsyncs of group commit) so far: for the benchmark and metrics. */
@@ -604,10 +522,6 @@ export class SqliteJournal implements Journal {
 
   close(): void {
     this.closed = true;
-    if (this.wal !== null) {
-      closeSync(this.wal.fd);
-      this.wal = null;
-    }
     if (this.conn.db.open) this.conn.db.close();
   }
 
@@ -624,7 +538,7 @@ export class SqliteJournal implements Journal {
     const connection = this.connection();
     try {
       const result = run(connection);
-      if (this.options.groupCommit === true) this.committed++;
+      if (this.options.groupCommit === true) this.unsynced = true;
       return result;
     } catch (error) {
       const code = (error as { code?: unknown }).code;

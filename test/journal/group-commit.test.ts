@@ -69,22 +69,6 @@ describe('group commit', () => {
     other.close();
   });
 
-  it('a commit made while a barrier runs waits for the next one', async () => {
-    const { journal } = open(true);
-    journal.claim(command('first'));
-    const first = journal.durable();
-    // The barrier starts on the next turn of the event loop and fsyncs on the thread pool; a
-    // commit made meanwhile is not covered by it.
-    await new Promise<void>((resolve) => setImmediate(resolve));
-    journal.claim(command('second'));
-    const second = journal.durable();
-    expect(journal.syncPending).toBe(true);
-    await first;
-    await second;
-    expect(journal.syncPending).toBe(false);
-    expect(journal.barriers).toBe(2);
-  });
-
   it('a settlement committed before the last barrier counts as durable, a later one does not', async () => {
     const { journal } = open(true);
     const claimed = journal.claim(command('old')).record;
