@@ -75,11 +75,13 @@ describe('I1: a second write only when the first is provably not applied', () =>
     // readback cannot tell this from a write that never arrived, so it is not sent again.
     h = await SimHarness.start({ travelMs: 400 });
     const valve = h.device('v1');
-    valve.setFault({ kind: 'hold', ms: 300 });
+    // Held until the power cycle, however long the write takes to arrive on a busy machine.
+    valve.setFault({ kind: 'hold' });
     h.submit('k1', open({ ttlMs: 2_500 }));
     await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the write');
     await h.crash();
     h.plant.plc('mb').powerCycle({ offMs: 0 });
+    valve.clearFault('hold');
     expect(valve.writeLog.map((w) => w.outcome)).toEqual(['power-cycle']);
     await h.restart();
     const r = await h.settled('k1');

@@ -395,7 +395,8 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
         });
         // Dispatched, its write lost on the link, short-lived.
         site.plant.device('mb-valve-2').setFault({ kind: 'reset', when: 'before', on: 'write' });
-        s.send({ key: 'dl-lost', device: 'mb-valve-2', action: 'open', ttlMs: 2_000 });
+        // Long enough to be dispatched on a busy machine (two test files at a time on two cores).
+        s.send({ key: 'dl-lost', device: 'mb-valve-2', action: 'open', ttlMs: 4_000 });
         expect(await s.reach(sent, 'readback', 50)).toBe('readback');
         await journalUntil(s, 'dl-lost', (r) => r.seq !== null, 'dl-lost dispatched');
         await journalUntil(s, 'dl-close', () => true, 'dl-close claimed');
@@ -416,7 +417,9 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
           position: 40,
           ttlMs: 1_200,
         });
-        await sleep(2_600);
+        // The outage outlasts every short deadline, dl-lost's included.
+        const lostDeadline = s.record('dl-lost')?.deadline ?? Date.now();
+        await sleep(Math.max(2_600, lostDeadline - Date.now() + 200));
         await s.restart(inDoubt);
       },
       (s) => {
