@@ -134,8 +134,9 @@ function rowToRecord(row: CommandRow): CommandRecord {
 }
 
 /**
- * The command journal on SQLite: WAL with synchronous=FULL, so every commit is on disk (fsync)
- * before a method returns. Writes run in IMMEDIATE transactions so that a check and the write
+ * The command journal on SQLite, in WAL mode. Without `groupCommit`, synchronous=FULL: every
+ * commit is on disk (fsync) before its method returns. With it (the daemon), writes return
+ * before their fsync and durable() makes them durable together (see there). Writes run in IMMEDIATE transactions so that a check and the write
  * that depends on it are atomic, also against other processes sharing the file (the CLI).
  */
 export class SqliteJournal implements Journal {
