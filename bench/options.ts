@@ -13,6 +13,8 @@ export interface BenchOptions {
   readonly valves: number;
   /** Controller scan of the bench plant's PLCs, ms. */
   readonly scanMs: number;
+  /** Full-stroke travel of every bench valve; 0: at the target the scan that takes a command. */
+  readonly travelMs: number;
   /** Sequential raw Modbus reads against the simulator alone. */
   readonly simRequests: number;
   /** Seconds of parallel raw reads that measure the simulator's capacity. */
@@ -62,7 +64,8 @@ const SPECS: Record<
   Spec
 > = {
   valves: { flag: 'valves', kind: 'int', fallback: 100, min: 1, max: 100 },
-  scanMs: { flag: 'scan-ms', kind: 'int', fallback: 4, min: 1, max: 1000 },
+  scanMs: { flag: 'scan-ms', kind: 'int', fallback: 10, min: 1, max: 1000 },
+  travelMs: { flag: 'travel-ms', kind: 'int', fallback: 0, min: 0, max: 10_000 },
   simRequests: { flag: 'sim-requests', kind: 'int', fallback: 2000, min: 1 },
   simSeconds: { flag: 'sim-seconds', kind: 'int', fallback: 2, min: 1 },
   baselineCommands: { flag: 'baseline-commands', kind: 'int', fallback: 300, min: 1 },

@@ -28,10 +28,13 @@ import type { Results } from './results.js';
 import { credentials, valveProfile, writeSite } from './site.js';
 import { round } from './stats.js';
 
-/** The bench plant cut to the run's valves and scan, without OPC UA when asked. */
+/** The bench plant cut to the run's valves, scan and travel, without OPC UA when asked. */
 function plantInput(options: BenchOptions): Record<string, unknown> {
   const plant = parse(readFileSync(join(BENCH_DIR, 'plant.yaml'), 'utf8')) as {
-    plcs: Record<string, { protocol: string; scanMs: number; devices: Record<string, unknown> }>;
+    plcs: Record<
+      string,
+      { protocol: string; scanMs: number; devices: Record<string, { travelMs?: number }> }
+    >;
   };
   for (const [name, plc] of Object.entries(plant.plcs)) {
     if (plc.protocol === 'opcua' && !options.opcua) {
@@ -39,6 +42,7 @@ function plantInput(options: BenchOptions): Record<string, unknown> {
       continue;
     }
     plc.scanMs = options.scanMs;
+    for (const device of Object.values(plc.devices)) device.travelMs = options.travelMs;
     if (plc.protocol === 'modbus') {
       plc.devices = Object.fromEntries(Object.entries(plc.devices).slice(0, options.valves));
     }

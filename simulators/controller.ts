@@ -501,7 +501,11 @@ export class DeviceController {
     const travel = this.#travel;
     if (travel === undefined) return;
     if (!stuck) {
-      const step = ((now - travel.lastMovedAt) * 100) / this.settings.travelMs;
+      // travelMs 0: the valve is where it was sent at the scan that takes the command.
+      const step =
+        this.settings.travelMs === 0
+          ? Infinity
+          : ((now - travel.lastMovedAt) * 100) / this.settings.travelMs;
       const remaining = travel.target - this.#position;
       if (Math.abs(remaining) <= step) {
         this.#position = travel.target;

@@ -36,7 +36,7 @@ const clockSchema = z
 const deviceCommon = {
   profile: z.enum(['valve', 'actuator']),
   /** Full stroke 0 → 100 %. */
-  travelMs: z.int().min(1).max(600_000).default(1500),
+  travelMs: z.int().min(0).max(600_000).default(1500),
   /** Default: twice the travel time. */
   travelTimeoutMs: z.int().min(1).max(1_200_000).optional(),
   initialPosition: z.number().min(0).max(100).default(0),

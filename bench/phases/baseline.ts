@@ -10,6 +10,7 @@ import {
   writeAndReadBack,
   type RoundTrip,
 } from '../raw-drivers.js';
+import type { BenchOptions } from '../options.js';
 import type { Baseline, DriverRoundTrip, Skipped } from '../results.js';
 import { distribution, round } from '../stats.js';
 
@@ -168,10 +169,17 @@ export async function baseline(ctx: RunContext): Promise<Baseline> {
     opcua,
     plant: {
       scanMs: options.scanMs,
-      travelMs: 1,
-      expectedMeanMs: 1.5 * options.scanMs,
-      expectedMaxMs: 2 * options.scanMs,
+      travelMs: options.travelMs,
+      // Half a scan on average waiting for the scan that takes the command, then one scan more
+      // for every scan the travel spans (travel 0: the taking scan shows the target).
+      expectedMeanMs: (0.5 + travelScans(options)) * options.scanMs,
+      expectedMaxMs: (1 + travelScans(options)) * options.scanMs,
       takeWaitMs: distribution(waits),
     },
   };
+}
+
+/** Scans after the taking one until the target shows: the travel rounded up to whole scans. */
+function travelScans(options: BenchOptions): number {
+  return Math.ceil(options.travelMs / options.scanMs);
 }

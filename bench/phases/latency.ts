@@ -19,8 +19,20 @@ import { distribution, mean, ratio, round } from '../stats.js';
  * settled, with the plant's write counters read before and after.
  */
 
-/** Wall-clock ms with the sub-millisecond part, comparable with the journal's timestamps. */
-const wallNow = (): number => performance.timeOrigin + performance.now();
+/**
+ * Wall-clock ms with the sub-millisecond part, comparable with the journal's timestamps (the
+ * daemon's Date.now()). `performance.timeOrigin` is not: it is taken once at start-up on
+ * another clock and may be milliseconds off Date.now(), which would shift the intake and
+ * answer stages against each other. The offset is measured at a tick of Date.now() instead.
+ */
+const wallOffset = ((): number => {
+  const start = Date.now();
+  let now = start;
+  // Spin to the next millisecond edge (a millisecond at most; bounded in calls as well).
+  for (let i = 0; i < 10_000_000 && now === start; i++) now = Date.now();
+  return now - performance.now();
+})();
+const wallNow = (): number => wallOffset + performance.now();
 
 export interface Sent {
   readonly key: string;

@@ -4,6 +4,7 @@ import type { CommandRecord, Observation } from './journal.js';
 import { PIPELINE, type ExecutionHost, type Lane, type LastWrite } from './lane.js';
 import type { Logger } from './logger.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
+import { ReadbackPacer } from './readback-pacing.js';
 import { imageOf, judgeRedispatch, type DeviceImage } from './redispatch.js';
 import type { TimedReadback } from './skew.js';
 import { decide } from './state-machine.js';
@@ -161,20 +162,25 @@ export class ConfirmationLoop {
     let lastGood: TimedReadback | null = null;
     let lastReason = 'no readback after the write';
     let wrongSince: number | null = null;
-    // The first readback follows an acknowledged write at once; the controller takes it at its
-    // next scan and publishes what it did at the one after, so the next readbacks come one
-    // scan apart for the first few scans, then the pauses double up to the poll interval for
-    // travel that takes longer.
-    const { scanMs, pollIntervalMs } = profile.timing;
-    const quick = Math.min(scanMs, pollIntervalMs);
-    const quickUntil = clock.elapsed() + 8 * quick;
-    let pause = readAtOnce || ctx.write.acked ? 0 : pollIntervalMs;
+    // Readbacks are placed on the controller's scans where its image time says when they are
+    // (readback-pacing.ts); the first follows an acknowledged write no sooner than the scan
+    // that can take it, an unacknowledged one at once.
+    const pacer = new ReadbackPacer(profile.timing, clock.elapsed());
+    let pause = readAtOnce
+      ? 0
+      : ctx.write.acked
+        ? pacer.first(
+            clock.elapsed(),
+            ctx.write.sentMono,
+            imageTimeOf(ctx.before),
+            this.reads.usableSkew(lane),
+          )
+        : profile.timing.pollIntervalMs;
     while (clock.elapsed() < ctx.confirmByMono) {
       if (pause > 0) await clock.sleep(pause, lane.signal);
-      pause =
-        clock.elapsed() < quickUntil ? quick : Math.min(Math.max(pause, quick) * 2, pollIntervalMs);
       if (aborted(lane)) return;
       const readback = await this.reads.tryRead(lane, log);
+      pause = pacer.next(clock.elapsed(), readback, this.reads.usableSkew(lane));
       if (readback === null) continue;
       lastGood = readback;
       const verdict = judgeWritten({
@@ -493,4 +499,10 @@ function requireSeq(record: CommandRecord): number {
 /** A function, not a property read: the flag changes across awaits (and narrowing forgets). */
 function aborted(lane: Lane): boolean {
   return lane.signal.aborted;
+}
+
+/** The before-image's source time, when the image is a readback of this life (not journaled). */
+function imageTimeOf(before: DeviceImage): { readonly sourceTime: number | null } | null {
+  const time = (before as Partial<TimedReadback>).sourceTime;
+  return typeof time === 'number' ? { sourceTime: time } : null;
 }

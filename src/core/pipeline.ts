@@ -498,7 +498,7 @@ export class CommandPipeline {
     const id = refId(ref);
     const done = new AbortController();
     const wake = (): void => {
-      done.abort();
+      done.abort(WOKEN);
     };
     let set = this.waiters.get(id);
     if (set === undefined) {
@@ -507,7 +507,7 @@ export class CommandPipeline {
     }
     set.add(wake);
     const stop = (): void => {
-      done.abort();
+      done.abort(WOKEN);
     };
     this.abort.signal.addEventListener('abort', stop, { once: true });
     try {
@@ -902,6 +902,12 @@ export class CommandPipeline {
     return this.logger.child({ key: record.key, device: record.device, scope: record.scope });
   }
 }
+
+/**
+ * The reason a waiter's sleep is cut short. A reason given avoids the DOMException (and its
+ * stack trace) that abort() makes without one: once per waiting request, on the answer's path.
+ */
+const WOKEN = Object.freeze(new Error('woken'));
 
 function refId(ref: CommandRef): string {
   return `${ref.scope}\u0000${ref.key}`;

@@ -1,0 +1,94 @@
+import type { ProfileTiming } from './profile.js';
+import { sourceWindow, type SkewEstimate } from './skew.js';
+
+/**
+ * When to read back next, after a write (issue 14, SPEC §6).
+ *
+ * A controller publishes a new image once per scan: a readback requested before the next image
+ * is produced can only repeat the last one. When the readbacks carry the image's source time
+ * and the controller's skew is known, the next readback is placed just after the next scan —
+ * the image time plus one scan, plus a margin for the estimate's uncertainty and the whole
+ * milliseconds the controller stamps — so that a command is seen the scan it is taken, not up
+ * to a scan later. A readback that still shows the same image (the scan came late) is tried
+ * again shortly. Without an image time or a skew the readbacks come one scan apart, as the
+ * profile's `timing.scanMs` says.
+ *
+ * Either way the quick pace lasts eight scans, long enough for a command that needs no travel
+ * and for short travel; then the pauses double up to `timing.pollIntervalMs` for travel that
+ * takes longer. Only when to read changes here: what a readback proves is judged elsewhere
+ * (readback.ts), so a misplaced readback costs time, never correctness.
+ */
+export class ReadbackPacer {
+  private readonly scanMs: number;
+  private readonly pollIntervalMs: number;
+  private readonly quick: number;
+  private readonly quickUntil: number;
+  private pause: number;
+  private lastSourceTime: number | null = null;
+
+  constructor(timing: Pick<ProfileTiming, 'scanMs' | 'pollIntervalMs'>, startMono: number) {
+    this.scanMs = timing.scanMs;
+    this.pollIntervalMs = timing.pollIntervalMs;
+    this.quick = Math.min(timing.scanMs, timing.pollIntervalMs);
+    this.quickUntil = startMono + 8 * this.quick;
+    this.pause = this.quick;
+  }
+
+  /**
+   * The pause before the first readback after a write sent at `writeSentMono`. `before` is the
+   * image the command was checked against, when its time is known: the controller takes the
+   * write at its first scan after the write arrived, so reading sooner than that scan shows
+   * nothing new. Without it, the first readback follows at once.
+   */
+  first(
+    nowMono: number,
+    writeSentMono: number,
+    before: { readonly sourceTime: number | null } | null,
+    skew: SkewEstimate | null,
+  ): number {
+    const image = before === null ? null : this.imageMono(before, skew);
+    if (image === null || before === null) return 0;
+    this.lastSourceTime = before.sourceTime;
+    // The first scan at or after the write was sent, on the controller's cadence.
+    const scans = Math.max(0, Math.ceil((writeSentMono - image.at) / this.scanMs));
+    return Math.max(0, image.at + scans * this.scanMs + image.margin - nowMono);
+  }
+
+  /** The pause before the next readback, given the one just taken (null: the read failed). */
+  next(
+    nowMono: number,
+    readback: { readonly sourceTime: number | null } | null,
+    skew: SkewEstimate | null,
+  ): number {
+    if (nowMono >= this.quickUntil) {
+      this.pause = Math.min(Math.max(this.pause, this.quick) * 2, this.pollIntervalMs);
+      return this.pause;
+    }
+    const image = readback === null ? null : this.imageMono(readback, skew);
+    if (image === null || readback === null) return this.quick;
+    const repeated = readback.sourceTime === this.lastSourceTime;
+    this.lastSourceTime = readback.sourceTime;
+    if (repeated) return this.retryMs();
+    return Math.max(0, image.at + this.scanMs + image.margin - nowMono);
+  }
+
+  /** A scan came late: look again soon, not a whole scan later. */
+  private retryMs(): number {
+    return Math.max(1, this.scanMs / 8);
+  }
+
+  /**
+   * The gateway monotonic time at which the image was produced, and the margin to add to a
+   * scan predicted from it; null without an image time or a skew estimate.
+   */
+  private imageMono(
+    readback: { readonly sourceTime: number | null },
+    skew: SkewEstimate | null,
+  ): { readonly at: number; readonly margin: number } | null {
+    const window = sourceWindow(readback, skew);
+    if (window === null || skew === null) return null;
+    // The controller stamps whole milliseconds and the skew is known within ± its uncertainty.
+    const margin = Math.min(this.scanMs / 2, 1 + skew.uncertaintyMs);
+    return { at: (window.earliest + window.latest) / 2, margin };
+  }
+}

@@ -1,0 +1,88 @@
+import { describe, expect, it } from 'vitest';
+import { ReadbackPacer } from '../../src/core/readback-pacing.js';
+import type { SkewEstimate } from '../../src/core/skew.js';
+
+/**
+ * When readbacks are placed (src/core/readback-pacing.ts). Monotonic and controller times are
+ * chosen so that the controller's clock runs 1,000,000 ms ahead of the gateway's monotonic
+ * clock, known within ± 0.2 ms: an image stamped C was produced at gateway time C − 1,000,000.
+ */
+const skew: SkewEstimate = {
+  offsetMs: 0,
+  monoOffsetMs: 1_000_000,
+  uncertaintyMs: 0.2,
+  measuredAt: 0,
+  measuredMono: 0,
+  epoch: 1,
+};
+const timing = { scanMs: 10, pollIntervalMs: 100 };
+/** An image the controller produced at gateway monotonic time `mono`. */
+const imageAt = (mono: number): { sourceTime: number } => ({ sourceTime: mono + 1_000_000 });
+const margin = 1 + skew.uncertaintyMs;
+
+describe('ReadbackPacer', () => {
+  it('places the first readback just after the scan that can take the write', () => {
+    const pacer = new ReadbackPacer(timing, 1003);
+    // Image of the fresh read produced at 1000; the write went out at 1002, acked at 1003: the
+    // scan at 1010 is the first that can take it.
+    expect(pacer.first(1003, 1002, imageAt(1000), skew)).toBeCloseTo(1010 + margin - 1003);
+    // Sent after several scans: the next scan on the same cadence.
+    const later = new ReadbackPacer(timing, 1035);
+    expect(later.first(1035, 1034.5, imageAt(1000), skew)).toBeCloseTo(1040 + margin - 1035);
+  });
+
+  it('reads at once after a write whose scan may have passed already', () => {
+    const pacer = new ReadbackPacer(timing, 1011.5);
+    // The write went out at 1009.9, the scan at 1010 may have taken it: read now.
+    expect(pacer.first(1011.5, 1009.9, imageAt(1000), skew)).toBe(0);
+  });
+
+  it('reads at once without an image time or a skew estimate', () => {
+    expect(new ReadbackPacer(timing, 0).first(5, 4, null, skew)).toBe(0);
+    expect(new ReadbackPacer(timing, 0).first(5, 4, { sourceTime: null }, skew)).toBe(0);
+    expect(new ReadbackPacer(timing, 0).first(5, 4, imageAt(0), null)).toBe(0);
+  });
+
+  it('places each next readback one scan after the image it just saw', () => {
+    const pacer = new ReadbackPacer(timing, 1000);
+    pacer.first(1000, 999, imageAt(990), skew);
+    // The readback at 1011.5 shows the image of 1010: the next image comes at 1020.
+    expect(pacer.next(1011.5, imageAt(1010), skew)).toBeCloseTo(1020 + margin - 1011.5);
+    // A readback that arrives late, after the next image was due, is followed at once.
+    expect(pacer.next(1032, imageAt(1020), skew)).toBe(0);
+  });
+
+  it('looks again soon when a scan comes late (the same image twice)', () => {
+    const pacer = new ReadbackPacer(timing, 1000);
+    pacer.first(1000, 999, imageAt(990), skew);
+    expect(pacer.next(1011, imageAt(1000), skew)).toBeCloseTo(1010 + margin - 1011);
+    // Read at 1011.2 + margin and still the image of 1000: the scan is late.
+    expect(pacer.next(1012.5, imageAt(1000), skew)).toBe(Math.max(1, timing.scanMs / 8));
+  });
+
+  it('treats the image the command was checked against as seen', () => {
+    const pacer = new ReadbackPacer(timing, 1000);
+    pacer.first(1000, 999, imageAt(995), skew);
+    // The first readback shows the fresh read's image again: the taking scan has not come.
+    expect(pacer.next(1006.3, imageAt(995), skew)).toBe(Math.max(1, timing.scanMs / 8));
+  });
+
+  it('reads one scan apart without an image time, then doubles up to the poll interval', () => {
+    const pacer = new ReadbackPacer(timing, 0);
+    expect(pacer.next(10, { sourceTime: null }, skew)).toBe(10);
+    expect(pacer.next(20, imageAt(15), null)).toBe(10);
+    expect(pacer.next(40, null, skew)).toBe(10);
+    // Eight scans on: 20, 40, 80, then the poll interval.
+    expect(pacer.next(80, imageAt(75), skew)).toBe(20);
+    expect(pacer.next(100, imageAt(95), skew)).toBe(40);
+    expect(pacer.next(140, imageAt(135), skew)).toBe(80);
+    expect(pacer.next(220, imageAt(215), skew)).toBe(100);
+    expect(pacer.next(320, imageAt(315), skew)).toBe(100);
+  });
+
+  it('never places a readback more than half a scan after the next image is due', () => {
+    const wide: SkewEstimate = { ...skew, uncertaintyMs: 40 };
+    const pacer = new ReadbackPacer(timing, 1000);
+    expect(pacer.next(1001, imageAt(1000), wide)).toBeCloseTo(1010 + 5 - 1001);
+  });
+});
