@@ -25,9 +25,12 @@ export interface MethodReport {
 export interface ModbusReport {
   /** How the endpoint was instrumented: its request queue, or only its public methods. */
   readonly instrumented: 'request queue' | 'public methods' | 'none';
+  /** Read requests sent: a block read that serves several read calls counts once. */
   readonly reads: number;
   readonly writes: number;
-  /** From a request being queued on the PLC's one connection to it being sent. */
+  /** Read calls those requests served (as many as `reads` when nothing is combined). */
+  readonly readJobs: number;
+  /** From a read or write being queued on the PLC's one connection to the request serving it being sent. */
   readonly queueWaitMs: Distribution | null;
   /** From a request being sent to its answer being handled (event loop included). */
   readonly roundTripMs: Distribution | null;
@@ -41,7 +44,15 @@ export interface ProbeReport {
 type AnyFunction = (this: unknown, ...args: unknown[]) => unknown;
 
 const journalStats = new Map<string, MethodStats>();
-const modbus = { reads: 0, writes: 0, queueWait: [] as number[], roundTrip: [] as number[] };
+const modbus = {
+  reads: 0,
+  writes: 0,
+  readJobs: 0,
+  queueWait: [] as number[],
+  roundTrip: [] as number[],
+};
+/** When each job was queued on the endpoint (its `enqueue(job)`), for the wait in the queue. */
+const queuedAt = new WeakMap<object, number>();
 let modbusInstrumented: ModbusReport['instrumented'] = 'none';
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {
@@ -95,24 +106,39 @@ export function instrumentMethods(prototype: object): string[] {
 }
 
 /**
- * The Modbus endpoint queues every request of a PLC on one connection (`request(what, body)`);
- * wrapping `body` separates the wait in that queue from the round trip. Without such a method
- * the public `read` / `writeRegisters` are counted and timed whole.
+ * The Modbus endpoint queues every read and write of a PLC as a job (`enqueue(job)`) and sends
+ * each request on its one connection through `request(what, body, jobs)`, where `jobs` are the
+ * queued jobs the request serves (several when reads are combined into a block read). Stamping
+ * jobs as they are queued and wrapping `body` separates each job's wait in the queue from the
+ * request's round trip; reads count requests sent, `readJobs` the read calls they served.
+ * Without those methods the public `read` / `writeRegisters` are counted and timed whole.
  */
 export function instrumentModbusEndpoint(prototype: object): void {
   const p = prototype as Record<string, unknown>;
-  if (typeof p.request === 'function') {
+  if (typeof p.request === 'function' && typeof p.enqueue === 'function') {
+    const enqueue = p.enqueue as AnyFunction;
+    p.enqueue = function (this: unknown, job: unknown, ...rest: unknown[]) {
+      if (typeof job === 'object' && job !== null) queuedAt.set(job, performance.now());
+      return enqueue.call(this, job, ...rest);
+    };
     const original = p.request as AnyFunction;
-    p.request = function (this: unknown, what: unknown, body: unknown, ...rest: unknown[]) {
-      const queued = performance.now();
+    p.request = function (this: unknown, what: unknown, body: unknown, jobs: unknown) {
       const isWrite = typeof what === 'string' && what.startsWith('write');
+      const served: readonly unknown[] = Array.isArray(jobs) ? jobs : [];
       const timed =
         typeof body === 'function'
           ? async (...bodyArgs: unknown[]): Promise<unknown> => {
               const sent = performance.now();
-              modbus.queueWait.push(sent - queued);
-              if (isWrite) modbus.writes += 1;
-              else modbus.reads += 1;
+              for (const job of served) {
+                const at = typeof job === 'object' && job !== null ? queuedAt.get(job) : undefined;
+                if (at !== undefined) modbus.queueWait.push(sent - at);
+              }
+              if (isWrite) {
+                modbus.writes += 1;
+              } else {
+                modbus.reads += 1;
+                modbus.readJobs += served.length;
+              }
               try {
                 return await (body as (...a: unknown[]) => Promise<unknown>)(...bodyArgs);
               } finally {
@@ -120,7 +146,7 @@ export function instrumentModbusEndpoint(prototype: object): void {
               }
             }
           : body;
-      return original.call(this, what, timed, ...rest);
+      return original.call(this, what, timed, jobs);
     };
     modbusInstrumented = 'request queue';
     return;
@@ -133,8 +159,12 @@ export function instrumentModbusEndpoint(prototype: object): void {
     const original = p[name] as AnyFunction;
     p[name] = async function (this: unknown, ...args: unknown[]): Promise<unknown> {
       const start = performance.now();
-      if (isWrite) modbus.writes += 1;
-      else modbus.reads += 1;
+      if (isWrite) {
+        modbus.writes += 1;
+      } else {
+        modbus.reads += 1;
+        modbus.readJobs += 1;
+      }
       try {
         return await original.apply(this, args);
       } finally {
@@ -149,6 +179,7 @@ export function resetProbes(): void {
   journalStats.clear();
   modbus.reads = 0;
   modbus.writes = 0;
+  modbus.readJobs = 0;
   modbus.queueWait = [];
   modbus.roundTrip = [];
 }
@@ -169,6 +200,7 @@ export function probeReport(): ProbeReport {
       instrumented: modbusInstrumented,
       reads: modbus.reads,
       writes: modbus.writes,
+      readJobs: modbus.readJobs,
       queueWaitMs: modbus.queueWait.length === 0 ? null : distribution(modbus.queueWait),
       roundTripMs: modbus.roundTrip.length === 0 ? null : distribution(modbus.roundTrip),
     },

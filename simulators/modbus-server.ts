@@ -9,6 +9,8 @@
  * register), FC16 (write multiple registers). Modbus Application Protocol v1.1b3 §6; MBAP
  * framing per Modbus Messaging on TCP/IP v1.0b §3.1. What each address of a device holds is
  * its layout's business (modbus-layouts.ts); the PLC-wide clock at 900..903 is served here.
+ * A read touching an address nothing maps answers exception 02, or 0 with `unmappedReads: zero`
+ * (a PLC whose registers are one flat memory area: block reads across devices go through).
  *
  * Requests on one connection are served one at a time, in order, as a PLC's communication
  * task does; a request is applied when it is served and its reply leaves after any injected
@@ -252,10 +254,8 @@ export class ModbusPlcServer {
     const { fc, start, quantity, values } = request;
     switch (fc) {
       case FC_READ_COILS:
-        // No layout maps a coil: a well-formed request names addresses that do not exist.
-        return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
       case FC_READ_DISCRETE_INPUTS: {
-        const bits = this.#readDiscreteInputs(start, quantity);
+        const bits = this.#readBits(fc, start, quantity);
         if (bits === undefined) return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
         const out = Buffer.alloc(2 + Math.ceil(quantity / 8));
         out.writeUInt8(fc, 0);
@@ -298,7 +298,7 @@ export class ModbusPlcServer {
 
   /**
    * FC3 (holding) or FC4 (input registers). Every register must be mapped in that table, or
-   * the whole read fails with exception 02.
+   * the whole read fails with exception 02 (unless unmapped registers read as 0).
    */
   #read(fc: number, start: number, quantity: number): number[] | undefined {
     // One clock reading per request, so the clock registers belong to the same instant.
@@ -317,22 +317,30 @@ export class ModbusPlcServer {
           : fc === FC_READ_INPUT
             ? at.block.input(at.offset, readClock)
             : at.block.holding(at.offset, readClock);
-      if (value === undefined) return undefined;
-      out.push(value);
+      if (value === undefined && !this.#unmappedAsZero) return undefined;
+      out.push(value ?? 0);
     }
     return out;
   }
 
-  /** FC2: every input must be mapped, or the whole read fails with exception 02. */
-  #readDiscreteInputs(start: number, quantity: number): boolean[] | undefined {
+  /**
+   * FC1 (coils: no layout maps one) or FC2 (discrete inputs): every bit must be mapped, or the
+   * whole read fails with exception 02.
+   */
+  #readBits(fc: number, start: number, quantity: number): boolean[] | undefined {
     const out: boolean[] = [];
     for (let address = start; address < start + quantity; address += 1) {
-      const at = this.#blockAt(address);
+      const at = fc === FC_READ_COILS ? undefined : this.#blockAt(address);
       const value = at?.block.discreteInput(at.offset);
-      if (value === undefined) return undefined;
-      out.push(value);
+      if (value === undefined && !this.#unmappedAsZero) return undefined;
+      out.push(value ?? false);
     }
     return out;
+  }
+
+  /** `unmappedReads: zero`: an unmapped address reads as 0 instead of failing the read. */
+  get #unmappedAsZero(): boolean {
+    return this.#config.unmappedReads === 'zero';
   }
 
   /**

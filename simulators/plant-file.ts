@@ -67,6 +67,12 @@ const modbusPlcSchema = z.strictObject({
   protocol: z.literal('modbus'),
   ...plcCommon,
   unitId: z.int().min(0).max(255).default(1),
+  /**
+   * A read touching an address no device maps: `refuse` answers exception 02, as a PLC that
+   * maps only what is configured; `zero` reads it as 0, as a PLC whose registers are one flat
+   * memory area (block reads across devices then go through).
+   */
+  unmappedReads: z.enum(['refuse', 'zero']).default('refuse'),
   devices: z.record(nameSchema, modbusDeviceSchema),
 });
 

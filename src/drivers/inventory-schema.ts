@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { DeviceProfile } from '../core/profile.js';
 import { fieldAddress, fieldWidth } from '../core/profile-modbus.js';
+import { COMBINE_READS_DEFAULTS, MAX_REGISTERS } from './modbus-queue.js';
 
 /**
  * The schema of the device inventory (the `plcs` and `devices` sections of the configuration).
@@ -22,6 +23,17 @@ const modbusPlc = z.strictObject({
   requestTimeoutMs: z.number().int().positive().default(1000),
   /** Overrides clock.maxControllerSkewMs for this PLC's devices. */
   maxClockSkewMs: z.number().int().min(1).max(86_400_000).optional(),
+  /**
+   * Concurrent reads served by one block read (docs/configuration.md). Omitted, it stays
+   * undefined rather than defaulted, so that inventories built in code need not spell it out;
+   * the endpoint applies the same defaults (COMBINE_READS_DEFAULTS).
+   */
+  combineReads: z
+    .strictObject({
+      enabled: z.boolean().default(COMBINE_READS_DEFAULTS.enabled),
+      maxGap: z.number().int().min(0).max(MAX_REGISTERS).default(COMBINE_READS_DEFAULTS.maxGap),
+    })
+    .optional(),
 });
 
 const opcuaPlc = z.strictObject({

@@ -69,6 +69,7 @@ export async function buildDrivers(args: {
             port: plc.port,
             unitId: plc.unitId,
             requestTimeoutMs: plc.requestTimeoutMs,
+            ...(plc.combineReads === undefined ? {} : { combineReads: plc.combineReads }),
             clock,
             logger,
           }),

@@ -16,6 +16,16 @@ import type { DeviceProfile } from '../core/profile.js';
 import type { ModbusMap, RegisterTable } from '../core/profile-modbus.js';
 import { HealthCounter, describeError, withTimeout } from './common.js';
 import {
+  COMBINE_READS_DEFAULTS,
+  aloneBlock,
+  sliceFor,
+  takeReadBlock,
+  type CombineReads,
+  type ModbusJob,
+  type ReadBlock,
+  type WriteJob,
+} from './modbus-queue.js';
+import {
   Image,
   decodeState,
   encodeCommand,
@@ -36,6 +46,8 @@ export interface ModbusEndpointOptions {
   readonly connectTimeoutMs?: number;
   readonly backoffInitialMs?: number;
   readonly backoffMaxMs?: number;
+  /** Concurrent reads served by one block read (default: enabled, maxGap 16). */
+  readonly combineReads?: CombineReads;
   readonly clock: Clock;
   readonly logger: Logger;
 }
@@ -59,11 +71,50 @@ function hex(n: number): string {
   return `0x${n.toString(16).padStart(2, '0')}`;
 }
 
+/** The PLC answered a request with a Modbus exception: nothing was applied. */
+class ModbusExceptionError extends DeviceRefusedError {
+  readonly exception: number;
+
+  constructor(message: string, exception: number, options?: ErrorOptions) {
+    super(message, options);
+    this.exception = exception;
+  }
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new DeviceUnreachableError(describeError(error));
+}
+
+function describeRead(block: ReadBlock): string {
+  const label = block.table === 'holding' ? '' : `${block.table} `;
+  const combined = block.jobs.length > 1 ? ` (${block.jobs.length} reads combined)` : '';
+  return `read ${label}${block.start}+${block.length}${combined}`;
+}
+
+async function readTable(client: ModbusRTU, block: ReadBlock): Promise<number[]> {
+  const { start, length } = block;
+  switch (block.table) {
+    case 'holding':
+      return (await client.readHoldingRegisters(start, length)).data;
+    case 'input':
+      return (await client.readInputRegisters(start, length)).data;
+    case 'coil':
+      // Bits come padded to whole bytes.
+      return (await client.readCoils(start, length)).data.slice(0, length).map(Number);
+    case 'discrete':
+      return (await client.readDiscreteInputs(start, length)).data.slice(0, length).map(Number);
+  }
+}
+
 /**
  * One Modbus TCP connection to one PLC, shared by its devices.
  *
  * - One request in flight: modbus-serial mismatches responses under concurrent requests on one
- *   connection (modbus-serial #264, #540), so requests queue here.
+ *   connection (modbus-serial #264, #540), so reads and writes wait in a FIFO queue served by
+ *   one pump.
+ * - Block reads: when the pump takes a read, the queued reads near it on the same table (and
+ *   before any queued write) join it, and one request serves them all (modbus-queue.ts). A PLC
+ *   that refuses such a read is read request by request from then on.
  * - A request that times out, or a socket error, destroys the client: a late answer must never
  *   be taken for the next request's. The next request reconnects, no sooner than a jittered
  *   exponential backoff allows (modbus-serial does not reconnect by itself: #92, #182).
@@ -79,8 +130,14 @@ export class ModbusEndpoint {
   private readonly log: Logger;
   private client: ModbusRTU | null = null;
   private connecting: Promise<ModbusRTU> | null = null;
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly jobs: ModbusJob[] = [];
+  /** The pump while it runs: it serves the queue until it is empty. */
+  private pumping: Promise<void> | null = null;
+  /** Null once combining is off (configured so, or the PLC refused a combined read). */
+  private maxGap: number | null;
   private closed = false;
+  private sent = 0;
+  private served = 0;
   /** Rejects the request in flight when the socket closes under it, with the reason. */
   private onSocketClosed: ((reason: string) => void) | null = null;
   readonly health = new HealthCounter();
@@ -94,7 +151,24 @@ export class ModbusEndpoint {
       minMs: options.backoffInitialMs ?? 200,
       maxMs: options.backoffMaxMs ?? 10_000,
     });
+    const combine = options.combineReads ?? COMBINE_READS_DEFAULTS;
+    this.maxGap = combine.enabled ? combine.maxGap : null;
     this.log = options.logger.child({ plc: options.name });
+  }
+
+  /** Modbus requests sent on the connection: reads (combined or not) and writes. */
+  get requestsSent(): number {
+    return this.sent;
+  }
+
+  /** Read calls answered with their values, however many requests served them. */
+  get readsServed(): number {
+    return this.served;
+  }
+
+  /** Whether concurrent reads are still combined (false once the PLC refused a block read). */
+  get combinesReads(): boolean {
+    return this.maxGap !== null;
   }
 
   readRegisters(address: number, length: number, signal?: AbortSignal): Promise<number[]> {
@@ -108,82 +182,192 @@ export class ModbusEndpoint {
     length: number,
     signal?: AbortSignal,
   ): Promise<number[]> {
-    const label = table === 'holding' ? '' : `${table} `;
-    return this.request(
-      `read ${label}${address}+${length}`,
-      async (client) => {
-        switch (table) {
-          case 'holding':
-            return (await client.readHoldingRegisters(address, length)).data;
-          case 'input':
-            return (await client.readInputRegisters(address, length)).data;
-          case 'coil':
-            // Bits come padded to whole bytes.
-            return (await client.readCoils(address, length)).data.slice(0, length).map(Number);
-          case 'discrete':
-            return (await client.readDiscreteInputs(address, length)).data
-              .slice(0, length)
-              .map(Number);
-        }
-      },
-      signal,
-    );
+    return new Promise<number[]>((resolve, reject) => {
+      this.enqueue({ kind: 'read', table, address, length, signal, resolve, reject });
+    });
   }
 
-  async writeRegisters(address: number, values: number[], signal?: AbortSignal): Promise<void> {
-    await this.request(
-      `write ${address}+${values.length}`,
-      (client) => client.writeRegisters(address, values),
-      signal,
-    );
+  writeRegisters(address: number, values: number[], signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.enqueue({ kind: 'write', address, values: [...values], signal, resolve, reject });
+    });
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    await this.queue.catch(() => undefined);
+    // The request in flight finishes; every job still queued is refused as the pump reaches it.
+    await this.pumping;
     this.drop('endpoint closed');
   }
 
-  private request<T>(
-    what: string,
-    body: (client: ModbusRTU) => Promise<T>,
-    signal?: AbortSignal,
-  ): Promise<T> {
-    const run = async (): Promise<T> => {
-      if (this.closed) throw new DeviceUnreachableError(`${this.name}: endpoint closed`);
-      if (signal?.aborted === true) throw new DeviceUnreachableError(`${this.name}: aborted`);
-      const client = await this.connected();
-      const socketClosed = new Promise<never>((_, reject) => {
-        this.onSocketClosed = (reason) => {
-          reject(new DeviceUnreachableError(`${this.name}: ${what}: ${reason}`));
-        };
-      });
-      try {
-        const result = await withTimeout(
-          Promise.race([body(client), socketClosed]),
-          this.requestTimeoutMs,
-          `${this.name}: ${what} timed out after ${this.requestTimeoutMs} ms`,
-        );
-        this.health.ok(this.options.clock.now());
-        return result;
-      } catch (error) {
-        throw this.translate(error, what);
-      } finally {
-        this.onSocketClosed = null;
-        socketClosed.catch(() => undefined);
-      }
-    };
-    const next = this.queue.then(run, run);
-    this.queue = next.catch(() => undefined);
-    return next;
+  private enqueue(job: ModbusJob): void {
+    this.jobs.push(job);
+    this.pumping ??= this.pump();
   }
 
-  private translate(error: unknown, what: string): Error {
+  /**
+   * Serves the queue in order, one request at a time, until it is empty; then it is done and
+   * the next job queued starts a new pump. Never rejects: every job settles in serveRead or
+   * serveWrite.
+   */
+  private async pump(): Promise<void> {
+    // A microtask later, so that the reads queued in the same tick (several devices read at
+    // once) are in the queue when the first block is taken.
+    await Promise.resolve();
+    try {
+      for (let head = this.jobs[0]; head !== undefined; head = this.jobs[0]) {
+        if (this.closed || head.signal?.aborted === true) {
+          this.jobs.shift();
+          head.reject(this.notServed());
+          continue;
+        }
+        if (head.kind === 'write') {
+          this.jobs.shift();
+          await this.serveWrite(head);
+        } else {
+          await this.serveRead(takeReadBlock(this.jobs, this.maxGap));
+        }
+      }
+    } finally {
+      // Synchronously after the queue was seen empty: a job queued from now on starts a pump.
+      this.pumping = null;
+    }
+  }
+
+  /** Why a job is dropped without a request: the endpoint closed, or its signal aborted. */
+  private notServed(): DeviceUnreachableError {
+    return new DeviceUnreachableError(
+      `${this.name}: ${this.closed ? 'endpoint closed' : 'aborted'}`,
+    );
+  }
+
+  private async serveWrite(job: WriteJob): Promise<void> {
+    const { address, values } = job;
+    try {
+      await this.request(
+        `write ${address}+${values.length}`,
+        (client) => client.writeRegisters(address, [...values]),
+        [job],
+      );
+      job.resolve();
+    } catch (error) {
+      job.reject(asError(error));
+    }
+  }
+
+  /**
+   * One request for the block; each job gets its own slice, exactly what it would have read
+   * alone. Freshness (SPEC §6) holds for every job: a readback's `requestedAt` is taken before
+   * its read is queued, and every job of a block was queued before the block's request is sent,
+   * so the answer is at least as new as each job's `requestedAt` says: still conservative.
+   */
+  private async serveRead(block: ReadBlock): Promise<void> {
+    const combined = block.jobs.length > 1;
+    let values: number[];
+    try {
+      values = await this.request(
+        describeRead(block),
+        (client) => readTable(client, block),
+        block.jobs,
+      );
+    } catch (error) {
+      if (combined && error instanceof ModbusExceptionError) {
+        await this.uncombine(block, error.exception);
+        return;
+      }
+      // A lone read's refusal is its own; no answer (timeout, socket error) leaves every job
+      // of the block with the same unknown, and the same error.
+      for (const job of block.jobs) job.reject(asError(error));
+      return;
+    }
+    for (const job of block.jobs) {
+      const slice = sliceFor(block, job, values);
+      if (slice.length < job.length) {
+        job.reject(
+          new DeviceUnreachableError(
+            `${this.name}: short answer to ${describeRead(block)} (${values.length})`,
+          ),
+        );
+        continue;
+      }
+      this.served++;
+      job.resolve(slice);
+    }
+  }
+
+  /**
+   * The PLC refused a block read: some PLCs refuse a read across addresses they do not map,
+   * although each read alone is fine. None of the jobs failed, so none fails: combining stops
+   * for good (until restart) and each job is read on its own, in queue order, with its own
+   * outcome.
+   */
+  private async uncombine(block: ReadBlock, exception: number): Promise<void> {
+    if (this.maxGap !== null) {
+      this.maxGap = null;
+      // The parent logger: this.log already binds `plc`, and the line names it once.
+      this.options.logger.warn(
+        {
+          plc: this.name,
+          table: block.table,
+          start: block.start,
+          length: block.length,
+          exception: hex(exception),
+        },
+        'PLC refused a combined read; reading each request on its own from now on',
+      );
+    }
+    for (const job of block.jobs) {
+      if (this.closed || job.signal?.aborted === true) {
+        job.reject(this.notServed());
+        continue;
+      }
+      await this.serveRead(aloneBlock(job));
+    }
+  }
+
+  /**
+   * Sends one request on the connection (connecting first if need be) and waits for its
+   * answer. Every request passes here, combined or not: bench/probes.ts wraps this method to
+   * time the wait in the queue and the round trip of each request, and `jobs` says which
+   * queued jobs it serves.
+   */
+  private async request<T>(
+    what: string,
+    body: (client: ModbusRTU) => Promise<T>,
+    jobs: readonly ModbusJob[],
+  ): Promise<T> {
+    if (this.closed) throw new DeviceUnreachableError(`${this.name}: endpoint closed`);
+    const client = await this.connected();
+    const socketClosed = new Promise<never>((_, reject) => {
+      this.onSocketClosed = (reason) => {
+        reject(new DeviceUnreachableError(`${this.name}: ${what}: ${reason}`));
+      };
+    });
+    try {
+      this.sent++;
+      const result = await withTimeout(
+        Promise.race([body(client), socketClosed]),
+        this.requestTimeoutMs,
+        `${this.name}: ${what} timed out after ${this.requestTimeoutMs} ms`,
+      );
+      this.health.ok(this.options.clock.now());
+      return result;
+    } catch (error) {
+      // A refused combined read is no job's failure (each is read again on its own): it is
+      // not counted against the PLC's health.
+      throw this.translate(error, what, jobs.length > 1);
+    } finally {
+      this.onSocketClosed = null;
+      socketClosed.catch(() => undefined);
+    }
+  }
+
+  private translate(error: unknown, what: string, combined: boolean): Error {
     const modbusCode = (error as { modbusCode?: unknown }).modbusCode;
     if (typeof modbusCode === 'number') {
       const message = `${this.name}: ${what}: Modbus exception ${hex(modbusCode)} (${MODBUS_EXCEPTIONS[modbusCode] ?? 'unknown'})`;
-      this.health.error(message);
-      return new DeviceRefusedError(message, { cause: error });
+      if (!combined) this.health.error(message);
+      return new ModbusExceptionError(message, modbusCode, { cause: error });
     }
     const message = `${this.name}: ${what}: ${describeError(error)}`;
     this.health.error(message);

@@ -1,0 +1,423 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { systemClock } from '../../src/core/clock.js';
+import { DeviceRefusedError, DeviceUnreachableError } from '../../src/core/driver.js';
+import { silentLogger, type Logger } from '../../src/core/logger.js';
+import { buildDrivers, inventorySchema } from '../../src/drivers/inventory.js';
+import {
+  ModbusDeviceDriver,
+  ModbusEndpoint,
+  type ModbusEndpointOptions,
+} from '../../src/drivers/modbus.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { PROFILES, profile } from '../helpers/fixtures.js';
+
+/**
+ * Block reads on the real simulator. Two PLCs: `flat` reads unmapped registers as 0 (one flat
+ * memory area, so block reads across devices go through), `strict` refuses any read that
+ * touches an unmapped register with exception 02 (between two valves' status blocks there
+ * are always some). Scans are manual and run once: every image is fixed, so a read gives the
+ * same words alone or as part of a block.
+ */
+
+const FLAT_VALVES = 10;
+/** Flat valves sit 16 registers apart: status 0..7, command 10..12 from each base. */
+const FLAT_SPACING = 16;
+const STRICT_VALVES = 4;
+const STRICT_SPACING = 20;
+
+let plant: Plant;
+const endpoints: ModbusEndpoint[] = [];
+
+beforeAll(async () => {
+  plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        flat: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          unmappedReads: 'zero',
+          devices: Object.fromEntries(
+            Array.from({ length: FLAT_VALVES }, (_, i) => [
+              `f${i}`,
+              { profile: 'valve' as const, base: i * FLAT_SPACING, initialPosition: i * 10 },
+            ]),
+          ),
+        },
+        strict: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          devices: Object.fromEntries(
+            Array.from({ length: STRICT_VALVES }, (_, i) => [
+              `s${i}`,
+              { profile: 'valve' as const, base: i * STRICT_SPACING, initialPosition: i * 20 + 5 },
+            ]),
+          ),
+        },
+      },
+    },
+    { ephemeralPorts: true, control: false, manualScan: true },
+  );
+  plant.scan();
+});
+
+afterEach(async () => {
+  await Promise.all(endpoints.splice(0).map((e) => e.close()));
+});
+
+afterAll(async () => {
+  await plant.stop();
+});
+
+function endpoint(
+  plc: 'flat' | 'strict',
+  options: Partial<
+    Pick<ModbusEndpointOptions, 'combineReads' | 'logger' | 'requestTimeoutMs'>
+  > = {},
+): ModbusEndpoint {
+  const e = plant.plc(plc).endpoint;
+  if (e.protocol !== 'modbus') throw new Error('expected a Modbus PLC');
+  const created = new ModbusEndpoint({
+    name: plc,
+    host: e.host,
+    port: e.port,
+    unitId: e.unitId,
+    requestTimeoutMs: 500,
+    backoffInitialMs: 50,
+    backoffMaxMs: 200,
+    clock: systemClock,
+    logger: silentLogger,
+    ...options,
+  });
+  endpoints.push(created);
+  return created;
+}
+
+function valves(e: ModbusEndpoint, prefix: string, count: number, spacing: number) {
+  return Array.from(
+    { length: count },
+    (_, i) =>
+      new ModbusDeviceDriver({
+        id: `${prefix}${i}`,
+        profile: profile('valve'),
+        endpoint: e,
+        base: i * spacing,
+        clock: systemClock,
+      }),
+  );
+}
+
+/** What each read gets when sent on its own, one after the other. */
+async function lone(
+  e: ModbusEndpoint,
+  reads: readonly (readonly [Parameters<ModbusEndpoint['read']>[0], number, number])[],
+): Promise<number[][]> {
+  const out: number[][] = [];
+  for (const [table, address, length] of reads) out.push(await e.read(table, address, length));
+  return out;
+}
+
+/** Requests sent and reads served while `run` runs. */
+async function counting<T>(
+  e: ModbusEndpoint,
+  run: () => Promise<T>,
+): Promise<{ result: T; sent: number; served: number }> {
+  const sent = e.requestsSent;
+  const served = e.readsServed;
+  const result = await run();
+  return { result, sent: e.requestsSent - sent, served: e.readsServed - served };
+}
+
+const settle = (p: Promise<unknown>): Promise<unknown> =>
+  p.then(
+    () => null,
+    (error: unknown) => error,
+  );
+
+/** A logger port that keeps its warnings. */
+function warningsLogger(): { logger: Logger; warnings: { obj: object; msg?: string }[] } {
+  const warnings: { obj: object; msg?: string }[] = [];
+  const logger: Logger = {
+    ...silentLogger,
+    warn: (obj, msg) => {
+      warnings.push(msg === undefined ? { obj } : { obj, msg });
+    },
+    child: () => logger,
+  };
+  return { logger, warnings };
+}
+
+describe('block reads', () => {
+  it('serves concurrent reads of many devices with fewer requests, each with what it reads alone', async () => {
+    const e = endpoint('flat');
+    const statuses = Array.from(
+      { length: FLAT_VALVES },
+      (_, i) => ['holding', i * FLAT_SPACING, 8] as const,
+    );
+    const alone = await lone(e, statuses);
+    expect(alone.map((words) => words[1])).toEqual(
+      Array.from({ length: FLAT_VALVES }, (_, i) => i * 100),
+    );
+    const { result, sent, served } = await counting(e, () =>
+      Promise.all(statuses.map(([table, address, length]) => e.read(table, address, length))),
+    );
+    expect(result).toEqual(alone);
+    // 0..119 (eight valves: a ninth would make 136 registers, over 125), then 128..151.
+    expect(sent).toBe(2);
+    expect(served).toBe(FLAT_VALVES);
+
+    // The device drivers' status reads combine the same way.
+    const drivers = valves(e, 'f', FLAT_VALVES, FLAT_SPACING);
+    const readbacks = await counting(e, () => Promise.all(drivers.map((d) => d.read())));
+    expect(readbacks.result.map((r) => r.position)).toEqual(
+      Array.from({ length: FLAT_VALVES }, (_, i) => i * 10),
+    );
+    expect(readbacks.result.map((r) => r.state)).toEqual(
+      Array.from({ length: FLAT_VALVES }, (_, i) => plant.device(`f${i}`).snapshot().state),
+    );
+    expect(readbacks.sent).toBe(2);
+  });
+
+  it('joins overlapping and adjacent reads, and a read that becomes near once another joined', async () => {
+    const e = endpoint('flat');
+    // 40+4 is 36 registers from 0+4 but 16 from 20+4, which is 16 from 0+4.
+    const reads = [
+      ['holding', 0, 4],
+      ['holding', 40, 4],
+      ['holding', 20, 4],
+      ['holding', 2, 3],
+      ['holding', 4, 4],
+    ] as const;
+    const alone = await lone(e, reads);
+    const { result, sent, served } = await counting(e, () =>
+      Promise.all(reads.map(([table, address, length]) => e.read(table, address, length))),
+    );
+    expect(result).toEqual(alone);
+    expect(sent).toBe(1);
+    expect(served).toBe(reads.length);
+  });
+
+  it('combines nothing beyond maxGap, across tables, or when disabled', async () => {
+    // 0+4 and 4+4 touch; 16+8 is 8 registers away; the input registers are another table.
+    const reads = [
+      ['holding', 0, 4],
+      ['holding', 4, 4],
+      ['holding', 16, 8],
+      ['input', 0, 4],
+    ] as const;
+    const cases = [
+      [undefined, 2],
+      [{ enabled: true, maxGap: 0 }, 3],
+      [{ enabled: false, maxGap: 16 }, 4],
+    ] as const;
+    for (const [combineReads, requests] of cases) {
+      const e = endpoint('flat', combineReads === undefined ? {} : { combineReads });
+      const alone = await lone(e, reads);
+      const { result, sent } = await counting(e, () =>
+        Promise.all(reads.map(([table, address, length]) => e.read(table, address, length))),
+      );
+      expect(result).toEqual(alone);
+      expect({ combineReads, sent }).toEqual({ combineReads, sent: requests });
+    }
+  });
+
+  it('keeps a block within 125 registers and 2000 bits per request', async () => {
+    const e = endpoint('flat');
+    const cases = [
+      [
+        [
+          ['holding', 0, 100],
+          ['holding', 100, 25],
+        ],
+        1,
+      ],
+      [
+        [
+          ['holding', 0, 100],
+          ['holding', 100, 26],
+        ],
+        2,
+      ],
+      [
+        [
+          ['discrete', 0, 1000],
+          ['discrete', 1000, 1000],
+        ],
+        1,
+      ],
+      [
+        [
+          ['discrete', 0, 1500],
+          ['discrete', 1500, 501],
+        ],
+        2,
+      ],
+    ] as const;
+    for (const [reads, requests] of cases) {
+      const alone = await lone(e, reads);
+      const { result, sent } = await counting(e, () =>
+        Promise.all(reads.map(([table, address, length]) => e.read(table, address, length))),
+      );
+      expect(result).toEqual(alone);
+      expect({ reads, sent }).toEqual({ reads, sent: requests });
+    }
+  });
+
+  it('never serves a read queued after a write before that write', async () => {
+    const e = endpoint('flat');
+    const command = 3 * FLAT_SPACING + 10;
+    const [previous] = await lone(e, [['holding', command, 3]]);
+    // A stop (a no-op on a closed valve) with a sequence number the registers do not hold yet.
+    const written = [3, 0, previous?.[2] === 4242 ? 4243 : 4242];
+    const { result, sent } = await counting(e, () =>
+      Promise.all([
+        e.read('holding', 3 * FLAT_SPACING, 8),
+        e.read('holding', command, 3),
+        e.writeRegisters(command, written),
+        e.read('holding', command, 3),
+        e.read('holding', 4 * FLAT_SPACING, 8),
+      ]),
+    );
+    const [, before, , after] = result;
+    expect(before).toEqual(previous);
+    expect(after).toEqual(written);
+    // The reads before the write, the write, the reads after it: the read after the write
+    // overlaps the one before it exactly, and still did not join it.
+    expect(sent).toBe(3);
+  });
+
+  it('drops aborted reads without a request, as a read alone would be', async () => {
+    const e = endpoint('flat');
+    const aborted = AbortSignal.abort();
+    const { result, sent, served } = await counting(e, () =>
+      Promise.all([
+        settle(e.read('holding', 0, 8, aborted)),
+        e.read('holding', 16, 8),
+        settle(e.read('holding', 28, 8, aborted)),
+        e.read('holding', 40, 8),
+      ]),
+    );
+    expect(result[0]).toBeInstanceOf(DeviceUnreachableError);
+    expect((result[0] as Error).message).toBe('flat: aborted');
+    expect(result[2]).toBeInstanceOf(DeviceUnreachableError);
+    expect(result[1]).toEqual((await lone(e, [['holding', 16, 8]]))[0]);
+    expect(sent).toBe(1);
+    expect(served).toBe(2);
+  });
+
+  it('fails every read of a combined read that gets no answer with the same error', async () => {
+    const e = endpoint('flat', { requestTimeoutMs: 200 });
+    await e.read('holding', 0, 8);
+    plant.plc('flat').setFault({ kind: 'drop', on: 'read', count: 1 });
+    const errors = await Promise.all(
+      [0, 1, 2].map((i) => settle(e.read('holding', i * FLAT_SPACING, 8))),
+    );
+    expect(errors[0]).toBeInstanceOf(DeviceUnreachableError);
+    expect((errors[0] as Error).message).toMatch(
+      /^flat: read 0\+40 \(3 reads combined\):? .*timed out/i,
+    );
+    expect(errors[1]).toBe(errors[0]);
+    expect(errors[2]).toBe(errors[0]);
+    // The connection was replaced; combining goes on (no answer is no refusal).
+    expect(e.combinesReads).toBe(true);
+    const { sent } = await counting(e, () =>
+      Promise.all([0, 1, 2].map((i) => e.read('holding', i * FLAT_SPACING, 8))),
+    );
+    expect(sent).toBe(1);
+  });
+});
+
+describe('a PLC that refuses a combined read', () => {
+  it('has each read answered on its own, warns once and combines no more', async () => {
+    const { logger, warnings } = warningsLogger();
+    const e = endpoint('strict', { logger });
+    const drivers = valves(e, 's', STRICT_VALVES, STRICT_SPACING);
+    // Registers 8..9 are mapped by no device: that read is refused alone too.
+    const first = await counting(e, () =>
+      Promise.all([
+        settle(e.read('holding', 8, 2)),
+        ...drivers.map((d) => d.read().then((r) => r.position)),
+      ]),
+    );
+    const [refused, ...positions] = first.result;
+    expect(refused).toBeInstanceOf(DeviceRefusedError);
+    expect((refused as Error).message).toBe(
+      'strict: read 8+2: Modbus exception 0x02 (illegal data address)',
+    );
+    expect(positions).toEqual(Array.from({ length: STRICT_VALVES }, (_, i) => i * 20 + 5));
+    // One block read over 0..67, refused, then each of the five reads on its own.
+    expect(first.sent).toBe(1 + 1 + STRICT_VALVES);
+    expect(first.served).toBe(STRICT_VALVES);
+    expect(warnings).toEqual([
+      {
+        obj: { plc: 'strict', table: 'holding', start: 0, length: 68, exception: '0x02' },
+        msg: 'PLC refused a combined read; reading each request on its own from now on',
+      },
+    ]);
+    expect(e.combinesReads).toBe(false);
+    // The refused block read is not counted against the PLC's health; the refused read is.
+    expect(e.health.snapshot().errorCount).toBe(1);
+
+    // From now on every read is a request of its own, even reads that overlap.
+    const next = await counting(e, () =>
+      Promise.all([...drivers.map((d) => d.read()), e.read('holding', 0, 8)]),
+    );
+    expect(next.sent).toBe(STRICT_VALVES + 1);
+    expect(warnings).toHaveLength(1);
+  });
+});
+
+describe('plcs.<name>.combineReads', () => {
+  const plc = { protocol: 'modbus', host: '127.0.0.1', port: 502 } as const;
+
+  it('is optional, fills its fields with defaults and bounds maxGap', () => {
+    const parse = (combineReads: unknown) =>
+      inventorySchema.safeParse({ plcs: { p: { ...plc, combineReads } }, devices: {} });
+    const omitted = inventorySchema.parse({ plcs: { p: plc }, devices: {} });
+    expect(omitted.plcs.p).not.toHaveProperty('combineReads');
+    expect(parse({}).data?.plcs.p).toMatchObject({ combineReads: { enabled: true, maxGap: 16 } });
+    expect(parse({ enabled: false }).data?.plcs.p).toMatchObject({
+      combineReads: { enabled: false, maxGap: 16 },
+    });
+    expect(parse({ maxGap: 125 }).success).toBe(true);
+    expect(parse({ maxGap: 126 }).success).toBe(false);
+    expect(parse({ maxGap: -1 }).success).toBe(false);
+    expect(parse({ maxGap: 1.5 }).success).toBe(false);
+    expect(parse({ enabled: true, gap: 4 }).success).toBe(false);
+  });
+
+  it('reaches the endpoint through buildDrivers; omitted, reads are combined', async () => {
+    const e = plant.plc('flat').endpoint;
+    if (e.protocol !== 'modbus') throw new Error('expected a Modbus PLC');
+    const at = { protocol: 'modbus', host: e.host, port: e.port, requestTimeoutMs: 500 } as const;
+    const inventory = inventorySchema.parse({
+      plcs: { on: at, off: { ...at, combineReads: { enabled: false } } },
+      devices: {
+        f0: { plc: 'on', profile: 'valve', base: 0 },
+        f1: { plc: 'on', profile: 'valve', base: FLAT_SPACING },
+        g0: { plc: 'off', profile: 'valve', base: 0 },
+        g1: { plc: 'off', profile: 'valve', base: FLAT_SPACING },
+      },
+    });
+    const drivers = await buildDrivers({
+      inventory,
+      profiles: PROFILES,
+      pkiDir: '/nonexistent',
+      acceptUnknownCertificates: false,
+      clock: systemClock,
+      logger: silentLogger,
+    });
+    try {
+      const byName = new Map(drivers.modbus.map((m) => [m.name, m]));
+      expect(byName.get('on')?.combinesReads).toBe(true);
+      expect(byName.get('off')?.combinesReads).toBe(false);
+      await Promise.all(drivers.bindings.map((b) => b.driver.read()));
+      expect(byName.get('on')?.requestsSent).toBe(1);
+      expect(byName.get('off')?.requestsSent).toBe(2);
+    } finally {
+      await drivers.close();
+    }
+  });
+});
