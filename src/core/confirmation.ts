@@ -177,7 +177,9 @@ export class ConfirmationLoop {
           )
         : profile.timing.pollIntervalMs;
     while (clock.elapsed() < ctx.confirmByMono) {
-      if (pause > 0) await clock.sleep(pause, lane.signal);
+      if (pause > 0) {
+        await clock.sleep(Math.min(pause, ctx.confirmByMono - clock.elapsed()), lane.signal);
+      }
       if (aborted(lane)) return;
       const readback = await this.reads.tryRead(lane, log);
       pause = pacer.next(clock.elapsed(), readback, this.reads.usableSkew(lane));

@@ -51,7 +51,7 @@ export class ReadbackPacer {
     this.lastSourceTime = before.sourceTime;
     // The first scan at or after the write was sent, on the controller's cadence.
     const scans = Math.max(0, Math.ceil((writeSentMono - image.at) / this.scanMs));
-    return Math.max(0, image.at + scans * this.scanMs + image.margin - nowMono);
+    return this.bounded(image.at + scans * this.scanMs + image.margin - nowMono, image.margin);
   }
 
   /** The pause before the next readback, given the one just taken (null: the read failed). */
@@ -69,7 +69,17 @@ export class ReadbackPacer {
     const repeated = readback.sourceTime === this.lastSourceTime;
     this.lastSourceTime = readback.sourceTime;
     if (repeated) return this.retryMs();
-    return Math.max(0, image.at + this.scanMs + image.margin - nowMono);
+    return this.bounded(image.at + this.scanMs + image.margin - nowMono, image.margin);
+  }
+
+  /**
+   * A predicted pause, never negative and never longer than a scan and the margin: the next
+   * image cannot be further away than that, so a longer pause means the image time and the skew
+   * disagree (a controller clock that stepped since the estimate) and the plain pace is used.
+   */
+  private bounded(pause: number, margin: number): number {
+    if (pause > this.scanMs + margin) return this.quick;
+    return Math.max(0, pause);
   }
 
   /** A scan came late: look again soon, not a whole scan later. */

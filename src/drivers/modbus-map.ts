@@ -150,7 +150,8 @@ export function rawValue(field: Field, base: number, image: Image): number {
 
 /** A percentage field: raw × scale + offset. */
 export function scaled(field: NonNullable<ModbusMap['status']['position']>, raw: number): number {
-  return raw * field.scale + field.offset;
+  // 12 significant digits: 403 × 0.1 is 40.3, not 40.300000000000004 (what operators read).
+  return Number((raw * field.scale + field.offset).toPrecision(12));
 }
 
 /** The state name a state field's raw value stands for (UNKNOWN(…) when none). */

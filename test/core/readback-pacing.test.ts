@@ -80,6 +80,16 @@ describe('ReadbackPacer', () => {
     expect(pacer.next(320, imageAt(315), skew)).toBe(100);
   });
 
+  it('falls back to the plain pace when image time and skew disagree (a clock that stepped)', () => {
+    // The image looks two hours ahead of the estimate: no wait beyond a scan.
+    expect(new ReadbackPacer(timing, 1000).first(1000, 999, imageAt(7_200_000), skew)).toBe(
+      timing.scanMs,
+    );
+    const pacer = new ReadbackPacer(timing, 1000);
+    expect(pacer.next(1001, imageAt(7_200_000), skew)).toBe(timing.scanMs);
+    expect(pacer.next(1012, imageAt(1_000 + 7_200_000), skew)).toBe(timing.scanMs);
+  });
+
   it('never places a readback more than half a scan after the next image is due', () => {
     const wide: SkewEstimate = { ...skew, uncertaintyMs: 40 };
     const pacer = new ReadbackPacer(timing, 1000);
