@@ -45,3 +45,13 @@ export function mean(values: readonly number[]): number {
     ? Number.NaN
     : round(values.reduce((s, v) => s + v, 0) / values.length);
 }
+
+/**
+ * A pause of a random part of one controller scan, before each command of a one-at-a-time
+ * series. Sent back to back, each command would leave just after the scan that confirmed the
+ * one before and wait almost a whole scan for the next: the series would lock onto the scan.
+ * Commands of a plant arrive at any moment of the scan, half a scan before the next on average.
+ */
+export function arrivalPause(scanMs: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, Math.random() * scanMs));
+}

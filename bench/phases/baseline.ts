@@ -12,7 +12,7 @@ import {
 } from '../raw-drivers.js';
 import type { BenchOptions } from '../options.js';
 import type { Baseline, DriverRoundTrip, Skipped } from '../results.js';
-import { distribution, round } from '../stats.js';
+import { arrivalPause, distribution, round } from '../stats.js';
 
 /**
  * The baseline: what the plant and the raw driver cost without the bridge. The simulator alone
@@ -119,6 +119,7 @@ async function driverRoundTrips(
     let last = r.seq ?? 0;
     const trips: RoundTrip[] = [];
     for (let i = 0; i < count; i++) {
+      await arrivalPause(ctx.options.scanMs);
       const move = nextMove(r.state);
       const seq = nextSeq(r.seq, last);
       last = seq;

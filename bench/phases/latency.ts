@@ -11,7 +11,7 @@ import type {
   StageTimes,
 } from '../results.js';
 import { GATEWAY, IDENTITY } from '../site.js';
-import { distribution, mean, ratio, round } from '../stats.js';
+import { arrivalPause, distribution, mean, ratio, round } from '../stats.js';
 
 /**
  * End to end: one client, one command at a time, each answered once confirmed, round-robin
@@ -88,6 +88,8 @@ async function series(
   const mark = await markDaemon(daemon);
   const sent: Sent[] = [];
   for (let i = 0; i < count; i++) {
+    // At a random moment of the controller's scan, as commands arrive in a plant (see there).
+    await arrivalPause(ctx.options.scanMs);
     sent.push(await one(`e2e-${name}-${run}-${i}`, valves[i % valves.length] ?? ''));
   }
   const load = await daemonLoad(daemon, mark, ctx.shim);
