@@ -255,7 +255,7 @@ export function tables(r: Results): Record<string, Table> {
         `scan ${b.plant.scanMs} ms`,
       ],
       [
-        'plant: expected share (½ scan + 1 scan of travel)',
+        'plant: expected share (½ scan to be taken + the travel in whole scans)',
         `${n(b.plant.expectedMeanMs)} mean, ${n(b.plant.expectedMaxMs)} max`,
         '—',
         `travel ${b.plant.travelMs} ms`,

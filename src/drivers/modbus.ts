@@ -67,6 +67,9 @@ const MODBUS_EXCEPTIONS: Record<number, string> = {
   11: 'gateway target device failed to respond',
 };
 
+/** Exceptions a PLC gives for a read of addresses it does not map. */
+const SPAN_REFUSALS: ReadonlySet<number> = new Set([2, 3]);
+
 function hex(n: number): string {
   return `0x${n.toString(16).padStart(2, '0')}`;
 }
@@ -297,12 +300,14 @@ export class ModbusEndpoint {
 
   /**
    * The PLC refused a block read: some PLCs refuse a read across addresses they do not map,
-   * although each read alone is fine. None of the jobs failed, so none fails: combining stops
-   * for good (until restart) and each job is read on its own, in queue order, with its own
-   * outcome.
+   * although each read alone is fine. None of the jobs failed, so none fails: each job is read
+   * on its own, in queue order, with its own outcome. An address refusal (0x02 illegal data
+   * address, 0x03 illegal data value: the span) stops combining for good (until restart); any
+   * other exception (a busy or failing PLC) says nothing about the span, and the next block
+   * reads are combined again.
    */
   private async uncombine(block: ReadBlock, exception: number): Promise<void> {
-    if (this.maxGap !== null) {
+    if (this.maxGap !== null && SPAN_REFUSALS.has(exception)) {
       this.maxGap = null;
       // The parent logger: this.log already binds `plc`, and the line names it once.
       this.options.logger.warn(

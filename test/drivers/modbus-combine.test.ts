@@ -421,3 +421,25 @@ describe('plcs.<name>.combineReads', () => {
     }
   });
 });
+
+describe('a PLC that answers a combined read with another exception', () => {
+  it('has each read answered on its own and keeps combining (busy says nothing of the span)', async () => {
+    const { logger, warnings } = warningsLogger();
+    const e = endpoint('flat', { logger });
+    // Five valves: 80 registers, one block.
+    const drivers = valves(e, 'f', 5, FLAT_SPACING);
+    // Exception 06 (server device busy) for the next request only: the block read.
+    plant.plc('flat').setFault({ kind: 'exception', code: 6, on: 'read', count: 1 });
+    const first = await counting(e, () =>
+      Promise.all(drivers.map((d) => d.read().then((r) => r.position))),
+    );
+    expect(first.result).toEqual([0, 10, 20, 30, 40]);
+    // The refused block read, then each valve's read on its own.
+    expect(first.sent).toBe(1 + 5);
+    expect(warnings).toEqual([]);
+    expect(e.combinesReads).toBe(true);
+    // The next concurrent reads are one block again.
+    const next = await counting(e, () => Promise.all(drivers.map((d) => d.read())));
+    expect(next.sent).toBe(1);
+  });
+});
