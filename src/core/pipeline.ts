@@ -131,7 +131,9 @@ export class CommandPipeline {
   private readonly skewMaxAgeMs: number;
   private readonly clockPolicy: ClockPolicy;
   private readonly lanes = new Map<string, Lane>();
-  private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly waiters = new Map<string, Set<(settled: CommandRecord) => void>>();
+  /** Settled records announced after their barrier: on disk, whatever was written since. */
+  private readonly announced = new WeakSet<CommandRecord>();
   private readonly settledListeners = new Set<SettledListener>();
   private readonly mirrorListeners = new Set<MirrorListener>();
   private readonly abort = new AbortController();
@@ -497,7 +499,9 @@ export class CommandPipeline {
     }
     const id = refId(ref);
     const done = new AbortController();
-    const wake = (): void => {
+    let settled: CommandRecord | undefined;
+    const wake = (record: CommandRecord): void => {
+      settled = record;
       done.abort(WOKEN);
     };
     let set = this.waiters.get(id);
@@ -517,6 +521,8 @@ export class CommandPipeline {
       set.delete(wake);
       if (set.size === 0) this.waiters.delete(id);
     }
+    // Woken by the settlement's announcement: on disk already, and the record is at hand.
+    if (settled !== undefined) return settled;
     await this.durable();
     return this.journal.get(ref);
   }
@@ -536,12 +542,21 @@ export class CommandPipeline {
    * not an acknowledgement), otherwise as durable().
    */
   durableReplay(record: CommandRecord): Promise<void> {
-    return this.journal.settledDurably(record) ? Promise.resolve() : this.durable();
+    return this.durableFor(record);
+  }
+
+  /**
+   * Resolves once what `record` reports is on disk: at once for a settlement already announced
+   * (announcements follow their barrier) or synced, otherwise as durable(). An answer with a
+   * settled command then waits for no barrier of commands that came after it.
+   */
+  durableFor(record: CommandRecord): Promise<void> {
+    return this.settledDurably(record) ? Promise.resolve() : this.durable();
   }
 
   /** Whether a settled command's settlement is on disk already (see durableReplay). */
   settledDurably(record: CommandRecord): boolean {
-    return this.journal.settledDurably(record);
+    return this.announced.has(record) || this.journal.settledDurably(record);
   }
 
   /** True while a journal write is not yet on disk (group commit): see durable(). */
@@ -740,9 +755,11 @@ export class CommandPipeline {
       }
       if (this.aborted()) return;
       // Whatever happened, the device moves on only once the command is terminal — or a stop
-      // preempted it (SPEC §2).
+      // preempted it (SPEC §2) — on disk: a settlement that a failed group commit lost leaves
+      // the command open, and the device stays on it.
       let after: CommandRecord | undefined;
       try {
+        await this.durable();
         after = this.journal.get(ref);
       } catch (error) {
         this.leftOpen(lane, ref, log, failure ?? error);
@@ -876,8 +893,9 @@ export class CommandPipeline {
   }
 
   private announceNow(settled: CommandRecord, log: Logger): void {
+    this.announced.add(settled);
     const waiting = this.waiters.get(refId(settled));
-    if (waiting !== undefined) for (const wake of waiting) wake();
+    if (waiting !== undefined) for (const wake of waiting) wake(settled);
     for (const listener of this.settledListeners) {
       try {
         listener(settled);

@@ -76,8 +76,9 @@ async function postCommand(
       const record = await settledWithin(options, claim.record, plan.waitMs);
       // Group commit: nothing is answered before what it reports (the claim, the settlement,
       // a duplicate's event) is on disk — one barrier, just before the answer, so that the
-      // command runs meanwhile; a failed sync is a JournalUnavailableError, answered 503.
-      await pipeline.durable();
+      // command runs meanwhile (none for a settlement announced, which followed its own); a
+      // failed sync is a JournalUnavailableError, answered 503.
+      await pipeline.durableFor(record);
       if (plan.applied !== null) reply.header('preference-applied', plan.applied);
       log.info(
         { identity: identity.name, state: record.state, code: record.code },

@@ -140,6 +140,8 @@ export class CommandMessages {
               'journal sync failed: not acknowledged (fail closed)',
             );
             this.count('journal_unavailable');
+            // With group commit a full disk shows here, at the commit, not at the claim.
+            this.metrics.journalFailures.inc();
             callback(new Error('not acknowledged: journal sync failed'));
             this.link.dropConnection(client, 'journal sync failed');
           },

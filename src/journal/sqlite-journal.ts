@@ -91,6 +91,11 @@ interface EventRow {
 const UNAVAILABLE =
   /^SQLITE_(FULL|READONLY|BUSY|LOCKED|IOERR|CANTOPEN|CORRUPT|NOTADB|PROTOCOL|PERM|AUTH)/;
 
+/** Read again after a statement (the compiler would take the earlier check for it). */
+function stillInTransaction(db: Database): boolean {
+  return db.inTransaction;
+}
+
 function translate(error: unknown, what: string): never {
   const code = (error as { code?: unknown }).code;
   if (typeof code === 'string' && UNAVAILABLE.test(code)) {
@@ -151,6 +156,12 @@ export class SqliteJournal implements Journal {
   private unsynced = false;
   private barrier: Promise<void> | null = null;
   private syncs = 0;
+  /** Group commit: the open batch's COMMIT is scheduled (end of this event-loop turn). */
+  private commitScheduled = false;
+  /** A batch was lost (its COMMIT failed, or SQLite rolled it back): the next barrier fails. */
+  private batchLost: Error | null = null;
+  /** Batches committed (transactions of group commit): for the benchmark. */
+  private batches = 0;
   /** Every commit made before this time (ms) is on disk: the last barrier's start. */
   private syncedBefore = Number.NEGATIVE_INFINITY;
 
@@ -463,8 +474,9 @@ export class SqliteJournal implements Journal {
   }
 
   checkWritable(): void {
-    // A real durable write: it fails the way a claim would (full, read-only, locked).
-    this.write('check', (c) => c.stmts.touch.run(new Date().toISOString()));
+    // A real write, committed on its own: it fails the way a claim would (full, read-only,
+    // locked), at once rather than at the end of a batch.
+    this.write('check', (c) => c.stmts.touch.run(new Date().toISOString()), false);
   }
 
   get syncPending(): boolean {
@@ -486,24 +498,36 @@ export class SqliteJournal implements Journal {
    * in the middle). Callers that arrive while a barrier is scheduled share it.
    */
   durable(): Promise<void> {
-    if (!this.unsynced) return Promise.resolve();
+    if (!this.unsynced && this.batchLost === null) return Promise.resolve();
     this.barrier ??= new Promise<void>((resolve, reject) => {
       setImmediate(() => {
         this.barrier = null;
+        // The batch of this turn first: its COMMIT is what the fsync below carries to disk.
+        this.commitBatch();
+        const lost = this.batchLost;
+        if (lost !== null) {
+          this.batchLost = null;
+          reject(lost);
+          return;
+        }
         if (!this.unsynced) {
           resolve();
           return;
         }
         const startedAt = Date.now();
         try {
-          this.write('sync', (c) => {
-            c.db.pragma('synchronous = FULL');
-            try {
-              c.stmts.touch.run(new Date().toISOString());
-            } finally {
-              c.db.pragma('synchronous = NORMAL');
-            }
-          });
+          this.write(
+            'sync',
+            (c) => {
+              c.db.pragma('synchronous = FULL');
+              try {
+                c.stmts.touch.run(new Date().toISOString());
+              } finally {
+                c.db.pragma('synchronous = NORMAL');
+              }
+            },
+            false,
+          );
           this.unsynced = false;
           this.syncedBefore = startedAt;
           this.syncs++;
@@ -521,9 +545,68 @@ export class SqliteJournal implements Journal {
     return this.syncs;
   }
 
+  /** Batches (write transactions of group commit) committed so far: for the benchmark. */
+  get batchCommits(): number {
+    return this.batches;
+  }
+
   close(): void {
+    // A batch still open is committed (not fsynced: a graceful stop awaited durable() first).
+    this.commitBatch();
     this.closed = true;
     if (this.conn.db.open) this.conn.db.close();
+  }
+
+  /**
+   * Group commit's batch: the writes of one event-loop turn run inside one transaction (each
+   * in a savepoint of its own, so a failed write undoes only itself), committed at the end of
+   * the turn. Each page the turn's writes touch — the table's last page, each index's — goes
+   * to the WAL once per batch instead of once per write, and one commit's bookkeeping serves
+   * them all. The batch is durable only with the barrier's fsync (durable()); nothing is
+   * acknowledged before it, as for single commits. If the batch cannot be committed (a full
+   * disk), none of its writes happened: the next barrier fails, so that none is acknowledged.
+   */
+  private commitBatch(): void {
+    const db = this.conn.db;
+    if (!db.open || !db.inTransaction) return;
+    try {
+      db.exec('COMMIT');
+      this.batches++;
+    } catch (error) {
+      // A failed COMMIT may leave the transaction open (SQLITE_BUSY) or have rolled it back.
+      if (stillInTransaction(db)) {
+        try {
+          db.exec('ROLLBACK');
+        } catch {
+          // Rolled back already, or the connection failed: nothing of the batch stays.
+        }
+      }
+      this.loseBatch(error);
+    }
+  }
+
+  private loseBatch(error: unknown): void {
+    const code = (error as { code?: unknown }).code;
+    const reason = typeof code === 'string' ? code : String(error);
+    this.batchLost = new JournalUnavailableError(
+      `journal unavailable (commit): ${reason}; the writes of that moment were not kept`,
+      { cause: error },
+    );
+    if (typeof code === 'string' && code.startsWith('SQLITE_READONLY')) {
+      this.readOnlyConnection = true;
+    }
+  }
+
+  private scheduleCommit(): void {
+    if (this.commitScheduled) return;
+    this.commitScheduled = true;
+    setImmediate(() => {
+      this.commitScheduled = false;
+      this.commitBatch();
+      // A lost batch fails the barrier its writers wait for (scheduled in the same turn, it
+      // runs after this); with none waiting, the loss concerns no acknowledgement.
+      if (this.barrier === null) this.batchLost = null;
+    });
   }
 
   /**
@@ -535,13 +618,28 @@ export class SqliteJournal implements Journal {
    * written (I5) and take commands again once it can, without a restart. Nothing is lost: a
    * failed write committed nothing, and the new connection reads the same file.
    */
-  private write<T>(what: string, run: (c: Connection) => T): T {
+  private write<T>(what: string, run: (c: Connection) => T, batch = true): T {
+    const batched = batch && this.options.groupCommit === true;
+    // A write of its own (a barrier, a check) commits the batch first: on this connection it
+    // would run inside it otherwise.
+    if (!batched) this.commitBatch();
     const connection = this.connection();
+    let inBatch = false;
     try {
+      if (batched) {
+        if (!connection.db.inTransaction) {
+          connection.db.exec('BEGIN IMMEDIATE');
+          this.scheduleCommit();
+        }
+        inBatch = true;
+      }
+      // Inside the batch, better-sqlite3 runs the write's transaction as a savepoint.
       const result = run(connection);
       if (this.options.groupCommit === true) this.unsynced = true;
       return result;
     } catch (error) {
+      // Some errors (a full disk, an I/O error) make SQLite roll the whole batch back.
+      if (inBatch && !connection.db.inTransaction) this.loseBatch(error);
       const code = (error as { code?: unknown }).code;
       if (typeof code === 'string' && code.startsWith('SQLITE_READONLY')) {
         this.readOnlyConnection = true;
@@ -568,7 +666,12 @@ export class SqliteJournal implements Journal {
     this.lastReopen = now;
     // Closed first: SQLite shares a file's WAL index among the connections of a process, and a
     // new connection opened beside the old one would join its read-only index.
-    if (this.conn.db.open) this.conn.db.close();
+    if (this.conn.db.open) {
+      if (this.conn.db.inTransaction) {
+        this.loseBatch(new Error('the connection was replaced with a batch open'));
+      }
+      this.conn.db.close();
+    }
     try {
       this.conn = SqliteJournal.connect(this.options);
       this.readOnlyConnection = false;

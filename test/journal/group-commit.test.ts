@@ -102,4 +102,65 @@ describe('group commit', () => {
     plain.claim(command('k'));
     expect(plain.syncPending).toBe(false);
   });
+
+  it('the writes of one turn are one transaction, committed at the end of the turn', async () => {
+    const { journal, path } = open(true);
+    const other = new BetterSqlite3(path, { readonly: true });
+    cleanups.unshift(() => other.close());
+    const count = (): unknown => other.prepare('SELECT count(*) AS n FROM commands').get();
+    const before = journal.batchCommits;
+    for (let i = 0; i < 50; i++) journal.claim(command(`t${i}`));
+    // The journal's own connection reads its batch; another connection sees nothing yet.
+    expect(journal.get({ scope: 'plant', key: 't49' })?.state).toBe('accepted');
+    expect(count()).toEqual({ n: 0 });
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(count()).toEqual({ n: 50 });
+    expect(journal.batchCommits).toBe(before + 1);
+    // Durable only with the barrier, as before.
+    expect(journal.syncPending).toBe(true);
+    await journal.durable();
+    expect(journal.syncPending).toBe(false);
+  });
+
+  it('a write that fails in a batch undoes only itself', async () => {
+    const { journal, path } = open(true);
+    journal.claim(command('kept-1'));
+    // Settling a command that is not there fails inside the batch (its savepoint rolls back).
+    expect(() =>
+      journal.settle({ scope: 'plant', key: 'missing' }, 'accepted', {
+        to: 'rejected',
+        code: 'STALE_COMMAND',
+        faultCode: null,
+        observed: null,
+        detail: 'test',
+        at: Date.now(),
+        intake: 'test',
+      }),
+    ).toThrow(/command missing is missing/);
+    journal.claim(command('kept-2'));
+    await journal.durable();
+    const other = new BetterSqlite3(path, { readonly: true });
+    try {
+      expect(
+        other
+          .prepare('SELECT key FROM commands ORDER BY key')
+          .all()
+          .map((r) => (r as { key: string }).key),
+      ).toEqual(['kept-1', 'kept-2']);
+    } finally {
+      other.close();
+    }
+  });
+
+  it('a check commits on its own, at once, with the batch before it', () => {
+    const { journal, path } = open(true);
+    journal.claim(command('c1'));
+    journal.checkWritable();
+    const other = new BetterSqlite3(path, { readonly: true });
+    try {
+      expect(other.prepare('SELECT count(*) AS n FROM commands').get()).toEqual({ n: 1 });
+    } finally {
+      other.close();
+    }
+  });
 });

@@ -83,7 +83,9 @@ const extras = fc.dictionary(
       !(RESULT_FIELDS as readonly string[]).includes(k) &&
       k !== '__proto__',
   ),
-  fc.jsonValue({ maxDepth: 2 }),
+  // Nor a "__proto__" key deeper down: the HTTPS intake refuses such a body as invalid JSON
+  // (prototype poisoning), before it looks at the device (found by seed 873242536).
+  fc.jsonValue({ maxDepth: 2 }).filter((v) => !JSON.stringify(v).includes('"__proto__"')),
   { maxKeys: 4 },
 );
 

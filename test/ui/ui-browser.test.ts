@@ -248,8 +248,11 @@ describe.runIf(real)('the status page in Chromium', () => {
     await page.click(`#open-commands tr[data-key="${key}"] a`);
     await page.locator('#command').waitFor({ state: 'visible' });
     expect(await page.locator('#command-title').innerText()).toBe(`Command ${key} (scope scada)`);
+    // The fields are filled once the command's record has arrived, which can follow the title.
+    await expect
+      .poll(() => page.locator('#command-fields').innerText(), { timeout: 5_000 })
+      .toMatch(/received\s+\S+ \(\d+s ago\) over mqtt, identity scada/);
     const fields = await page.locator('#command-fields').innerText();
-    expect(fields).toMatch(/received\s+\S+ \(\d+s ago\) over mqtt, identity scada/);
     expect(fields).toMatch(/dispatch\s+\S+ \(\d+s ago\), seq \d+, 1 write/);
     expect(fields).toMatch(/outcome\s+still dispatched: not settled yet/);
     expect(await page.locator('#command-history').innerText()).toMatch(
