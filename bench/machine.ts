@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, release, totalmem } from 'node:os';
 import BetterSqlite3 from 'better-sqlite3';
 
@@ -15,6 +16,33 @@ export interface Machine {
   /** 1-minute load average when the run started and when it ended (other work on the box). */
   readonly loadAtStart: number;
   loadAtEnd: number;
+  /**
+   * Share of the machine's CPU time the hypervisor gave to other guests over the run (steal,
+   * /proc/stat); null where the kernel does not say. On a shared virtual machine the same run
+   * can take twice the CPU time per command when a neighbour is busy.
+   */
+  stealShare?: number | null;
+}
+
+/** The machine's CPU ticks so far, all and stolen (/proc/stat); null where unreadable. */
+export function cpuTicks(): { readonly total: number; readonly steal: number } | null {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+    const fields = line.trim().split(/\s+/).slice(1).map(Number);
+    if (fields.length < 8 || fields.some((f) => !Number.isFinite(f))) return null;
+    return { total: fields.reduce((a, b) => a + b, 0), steal: fields[7] ?? 0 };
+  } catch {
+    return null;
+  }
+}
+
+/** Stolen share of the CPU time between two readings of cpuTicks(). */
+export function stealBetween(
+  from: ReturnType<typeof cpuTicks>,
+  to: ReturnType<typeof cpuTicks>,
+): number | null {
+  if (from === null || to === null || to.total <= from.total) return null;
+  return Math.round(((to.steal - from.steal) / (to.total - from.total)) * 1000) / 1000;
 }
 
 function sqliteVersion(): string {
@@ -47,5 +75,6 @@ export function machine(scratchDir: string): Machine {
     filesystem: filesystemOf(scratchDir),
     loadAtStart: Math.round((loadavg()[0] ?? 0) * 100) / 100,
     loadAtEnd: Number.NaN,
+    stealShare: null,
   };
 }

@@ -212,6 +212,10 @@ export function tables(r: Results): Record<string, Table> {
       ['SQLite', m.sqlite],
       ['scratch filesystem (journals)', m.filesystem],
       ['load average (1 min) at start / end', `${m.loadAtStart} / ${m.loadAtEnd}`],
+      [
+        'CPU time stolen by the hypervisor (steal, /proc/stat)',
+        m.stealShare === null || m.stealShare === undefined ? 'not known' : pct(m.stealShare),
+      ],
       ['run', `${r.startedAt}, ${n(r.durationSeconds, 's')}`],
       ['fsync counting', r.fsyncCounting],
     ],
@@ -372,6 +376,10 @@ export function tables(r: Results): Record<string, Table> {
       ['MQTT intake connected (results published)', t.mqttConnected ? 'yes' : 'no'],
       ['daemon event-loop utilisation', n(t.daemon.eventLoopUtilisation)],
       [
+        'CPU time stolen by the hypervisor in the window',
+        t.stealShare === null || t.stealShare === undefined ? 'not known' : pct(t.stealShare),
+      ],
+      [
         'CPU, cores: daemon / simulator / broker / bench clients',
         `${n(t.cpuCores.daemon)} / ${n(t.cpuCores.simulator)} / ${n(t.cpuCores.broker)} / ${n(t.cpuCores.bench)}`,
       ],
@@ -522,6 +530,11 @@ export function renderTable(r: Results): string {
 }
 
 /** Reads a value from the results by a dotted path, for `{{v:path}}` in the template. */
+/** A share (0..1) as a percentage. */
+function pct(share: number): string {
+  return `${Math.round(share * 1000) / 10} %`;
+}
+
 function valueAt(r: Results, path: string): string {
   let node: unknown = r;
   for (const part of path.split('.')) {

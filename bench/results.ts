@@ -87,6 +87,8 @@ export interface Throughput {
   readonly seconds: number;
   readonly confirmed: number;
   readonly confirmedPerSecond: number;
+  /** Share of the machine's CPU time stolen by the hypervisor during the window (see Machine). */
+  readonly stealShare?: number | null;
   readonly latencyMs: Distribution;
   readonly failures: Record<string, number>;
   readonly mqttConnected: boolean;

@@ -13,7 +13,7 @@ import { compileTree } from './compile.js';
 import type { RunContext } from './context.js';
 import { startDaemon } from './daemon.js';
 import { buildFsyncShim } from './fsync-counter.js';
-import { machine } from './machine.js';
+import { cpuTicks, machine, stealBetween } from './machine.js';
 import { mosquittoPath, startBroker } from './mosquitto.js';
 import { OptionsError, parseOptions, usage, type BenchOptions } from './options.js';
 import { BENCH_DIR } from './paths.js';
@@ -94,6 +94,7 @@ async function main(options: BenchOptions): Promise<void> {
       );
     }
     const box = machine(dir);
+    const ticksAtStart = cpuTicks();
     progress(`scratch ${dir} on ${box.filesystem}; ${box.cores} cores, ${box.cpuModel}`);
     const shim = buildFsyncShim(dir);
     progress(
@@ -166,6 +167,7 @@ async function main(options: BenchOptions): Promise<void> {
     const rec = await recovery(ctx, daemon.listenMs);
     const scale = await journalScale(ctx, site.journalPath);
     box.loadAtEnd = Math.round((loadavg()[0] ?? 0) * 100) / 100;
+    box.stealShare = stealBetween(ticksAtStart, cpuTicks());
 
     const partial: Omit<Results, 'targets'> = {
       version: 1,

@@ -2,6 +2,7 @@ import { procCpuSeconds } from '../children.js';
 import { HttpsClient } from '../clients.js';
 import { isBroker, modbusValves, type RunContext } from '../context.js';
 import { daemonLoad, markDaemon, type RunningDaemon } from '../daemon.js';
+import { cpuTicks, stealBetween } from '../machine.js';
 import { nextMove } from '../raw-drivers.js';
 import type { Throughput } from '../results.js';
 import { distribution, round } from '../stats.js';
@@ -55,9 +56,11 @@ export async function throughput(
         bench: process.cpuUsage(),
       };
       const from = performance.now();
+      const ticks0 = cpuTicks();
       const mark = await markDaemon(daemon);
       await sleep(options.throughputSeconds * 1000);
       const to = performance.now();
+      const steal = stealBetween(ticks0, cpuTicks());
       const load = await daemonLoad(daemon, mark, ctx.shim);
       const cpu1 = {
         sim: ctx.plant.child.cpuSeconds(),
@@ -70,6 +73,7 @@ export async function throughput(
         from,
         to,
         load,
+        steal,
         cpu: {
           simulator: round((cpu1.sim - cpu0.sim) / seconds),
           broker: isBroker(ctx.broker) ? round((cpu1.broker - cpu0.broker) / seconds) : null,
@@ -104,7 +108,7 @@ export async function throughput(
         }
       }),
     );
-    const { from, to, load, cpu } = await window;
+    const { from, to, load, cpu, steal } = await window;
     const inWindow = done.filter((d) => d.at >= from && d.at < to);
     const confirmed = inWindow.filter((d) => d.outcome === 'confirmed');
     const failures: Record<string, number> = {};
@@ -121,6 +125,7 @@ export async function throughput(
       seconds: round(seconds),
       confirmed: confirmed.length,
       confirmedPerSecond: round(confirmed.length / seconds),
+      stealShare: steal,
       latencyMs: distribution(confirmed.map((d) => d.ms)),
       failures,
       mqttConnected,
