@@ -47,9 +47,10 @@ export interface SqliteJournalOptions {
    */
   readonly reopenIntervalMs?: number;
   /**
-   * Group commit: writes return before their fsync, and durable() makes all of them durable
-   * with one (the daemon awaits it before any acknowledgement, publication or controller
-   * write). Off: every commit is fsynced before its method returns.
+   * Group commit: the writes of one event-loop turn run in one transaction, committed at the
+   * turn's end; they return before their fsync, and durable() makes all of them durable with
+   * one (the daemon awaits it before any acknowledgement, publication or controller write).
+   * Off: every write is its own transaction, fsynced before its method returns.
    */
   readonly groupCommit?: boolean;
 }
@@ -140,9 +141,11 @@ function rowToRecord(row: CommandRow): CommandRecord {
 
 /**
  * The command journal on SQLite, in WAL mode. Without `groupCommit`, synchronous=FULL: every
- * commit is on disk (fsync) before its method returns. With it (the daemon), writes return
- * before their fsync and durable() makes them durable together (see there). Writes run in IMMEDIATE transactions so that a check and the write
- * that depends on it are atomic, also against other processes sharing the file (the CLI).
+ * commit is on disk (fsync) before its method returns. With it (the daemon), the writes of a
+ * turn share one transaction (commitBatch) and durable() makes them durable together (see
+ * there). Writes run in IMMEDIATE transactions (savepoints inside a batch) so that a check and
+ * the write that depends on it are atomic, also against other processes sharing the file (the
+ * CLI).
  */
 export class SqliteJournal implements Journal {
   private readonly options: SqliteJournalOptions;
@@ -491,11 +494,12 @@ export class SqliteJournal implements Journal {
   }
 
   /**
-   * Group commit (option `groupCommit`): writes commit with synchronous=NORMAL, which in WAL
-   * mode appends to the WAL without an fsync; this then commits one small transaction with
-   * synchronous=FULL, whose fsync of the WAL carries every earlier commit to disk with it
-   * (the WAL is one append-only file, so a crash can only lose a suffix of commits, never one
-   * in the middle). Callers that arrive while a barrier is scheduled share it.
+   * Group commit (option `groupCommit`): the turn's batch commits with synchronous=NORMAL,
+   * which in WAL mode appends to the WAL without an fsync; this then commits one small
+   * transaction with synchronous=FULL, whose fsync of the WAL carries every earlier commit to
+   * disk with it (the WAL is one append-only file, so a crash can only lose a suffix of
+   * commits, never one in the middle). Callers that arrive while a barrier is scheduled share
+   * it; a batch that could not be committed fails it (nothing of it may be acknowledged).
    */
   durable(): Promise<void> {
     if (!this.unsynced && this.batchLost === null) return Promise.resolve();
