@@ -2,6 +2,7 @@ import type { X509Certificate } from 'node:crypto';
 import { profilesDirOf, type SluiceConfig } from '../config/config.js';
 import type { Preflight } from '../config/preflight.js';
 import { registerMapLines } from '../drivers/modbus-map.js';
+import { COMBINE_READS_DEFAULTS } from '../drivers/modbus-queue.js';
 
 /**
  * What `sluiced --check` prints once everything passed: what the daemon would run, on one
@@ -53,7 +54,10 @@ export function checkSummary(config: SluiceConfig, checked: Preflight, now: Date
         plc.protocol === 'modbus'
           ? `${plc.host}:${plc.port} unit ${plc.unitId}`
           : `${plc.endpointUrl}, security ${plc.securityMode}/${plc.securityPolicy}, namespace ${plc.namespaceUri}`;
-      return `${name.padEnd(plcWidth)}  ${plc.protocol.padEnd(6)}  ${address}, timeout ${plc.requestTimeoutMs} ms`;
+      const line = `${name.padEnd(plcWidth)}  ${plc.protocol.padEnd(6)}  ${address}, timeout ${plc.requestTimeoutMs} ms`;
+      if (plc.protocol !== 'modbus') return line;
+      const combine = plc.combineReads ?? COMBINE_READS_DEFAULTS;
+      return `${line}, ${combine.enabled ? `block reads (gap ≤ ${combine.maxGap})` : 'no block reads'}`;
     }),
   );
 

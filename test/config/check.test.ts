@@ -97,7 +97,7 @@ describe('sluiced --check', () => {
         /^ {2}HTTPS {5}127\.0\.0\.1:0, certificate CN=localhost, valid until \d{4}-\d\d-\d\d$/,
       ),
       '  MQTT      mqtt://127.0.0.1:1, topics sluice/g1/#, identity plant, protocol auto (5, else 3.1.1)',
-      '  PLCs      modbus-plc  modbus  127.0.0.1:5020 unit 1, timeout 1000 ms',
+      '  PLCs      modbus-plc  modbus  127.0.0.1:5020 unit 1, timeout 1000 ms, block reads (gap ≤ 16)',
       '            opcua-plc   opcua   opc.tcp://127.0.0.1:4840, security None/None, namespace urn:x, timeout 2000 ms',
       '  devices   inlet-valve   modbus-plc  valve  base 100',
       ...registerMapLines(valve, 100).map((l) => `              ${l}`),
