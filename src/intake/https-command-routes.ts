@@ -1,5 +1,5 @@
 import { isTerminal, parseCommandRequest } from '../core/command.js';
-import { SluiceError } from '../core/errors.js';
+import { JournalUnavailableError, SluiceError } from '../core/errors.js';
 import type { Claim, CommandRecord, CommandRef } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
@@ -149,7 +149,7 @@ async function settledWithin(
   const { pipeline, stopping } = options;
   const ref: CommandRef = { scope: record.scope, key: record.key };
   if (isTerminal(record.state) || waitMs <= 0 || stopping.aborted) {
-    return pipeline.get(ref) ?? record;
+    return journaled(pipeline, ref);
   }
   let wake = (): void => undefined;
   const stopped = new Promise<undefined>((resolve) => {
@@ -160,10 +160,27 @@ async function settledWithin(
   });
   try {
     const settled = await Promise.race([pipeline.waitForSettled(ref, waitMs), stopped]);
-    return settled ?? pipeline.get(ref) ?? record;
+    return settled ?? journaled(pipeline, ref);
   } finally {
     stopping.removeEventListener('abort', wake);
   }
+}
+
+/**
+ * The command as the journal holds it now — never the claim as it was returned: with group
+ * commit a claim whose batch could not be committed (a disk full at that moment) is not in
+ * the journal, and while nothing waited on its barrier, no barrier failed for it. Answered
+ * 503, it is retried and claimed again; answered with the old record, it would be an
+ * acknowledgement of nothing (I5).
+ */
+function journaled(pipeline: CommandPipeline, ref: CommandRef): CommandRecord {
+  const current = pipeline.get(ref);
+  if (current === undefined) {
+    throw new JournalUnavailableError(
+      `journal unavailable: the claim of ${ref.key} was not kept (its commit failed); send it again`,
+    );
+  }
+  return current;
 }
 
 function sendRecord(reply: Reply, record: CommandRecord, replayed: boolean): Reply {

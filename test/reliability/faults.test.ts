@@ -400,6 +400,33 @@ describe.runIf(real)('fault campaign on the real daemon', () => {
         );
         expect(site.broker.pubacksFrom(DAEMON_CLIENT)).toBe(pubacks);
         expect(plantWrites(site)).toBe(writes);
+
+        // A client that waits for the result (Prefer: wait) awaits no barrier at its claim:
+        // the claim's commit fails at the end of that moment, unseen. Space comes back while it
+        // waits, so a later barrier succeeds; the answer must still not acknowledge the claim
+        // that was not kept (group commit, I5).
+        const valve2Writes = site.plant.device('mb-valve-2').counters.writesReceived;
+        const waiting = site.postCommand(
+          'full-wait',
+          { device: 'mb-valve-2', action: moving(site, 'mb-valve-2'), issuedAt: nowIso() },
+          'wait=3',
+        );
+        await until(
+          () =>
+            site.logs.some((l) => l.includes('"key":"full-wait"') && l.includes('command accepted'))
+              ? true
+              : undefined,
+          15_000,
+          'the waiting claim taken',
+          20,
+        );
+        rmSync(filler, { force: true });
+        const answer = await waiting;
+        expect(answer.status, answer.body).toBe(503);
+        expect(JSON.parse(answer.body)).toMatchObject({ code: 'JOURNAL_UNAVAILABLE' });
+        expect(recordOf(site, 'full-wait')).toBeUndefined();
+        // Its valve was never written (the withheld MQTT command, for another valve, may run now).
+        expect(site.plant.device('mb-valve-2').counters.writesReceived).toBe(valve2Writes);
       } finally {
         rmSync(filler, { force: true });
       }
