@@ -40,6 +40,13 @@ export interface ClockSample {
   readonly controllerTime: number;
   readonly requestedAt: number;
   readonly receivedAt: number;
+  /**
+   * How long the request waited inside the driver (a queue shared with the controller's other
+   * devices) before it was sent, in monotonic ms; absent when the driver sends at once. The
+   * controller cannot have read its clock during that wait, so the skew's bracket starts after
+   * it: an estimate measured while the connection is busy stays as tight as one measured idle.
+   */
+  readonly queuedMs?: number;
 }
 
 export interface DeviceHealth {

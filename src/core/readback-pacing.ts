@@ -49,9 +49,14 @@ export class ReadbackPacer {
     const image = before === null ? null : this.imageMono(before, skew);
     if (image === null || before === null) return 0;
     this.lastSourceTime = before.sourceTime;
-    // The first scan at or after the write was sent, on the controller's cadence.
-    const scans = Math.max(0, Math.ceil((writeSentMono - image.at) / this.scanMs));
-    return this.bounded(image.at + scans * this.scanMs + image.margin - nowMono, image.margin);
+    // The controller's scans fall on its cadence from the image, within ± the margin. The
+    // first one at or after the write is counted from the latest of those phases: counted
+    // from the middle, a write sent within the margin of a scan would be placed a whole scan
+    // late when that scan is the one that takes it, whereas a readback that comes before the
+    // taking scan costs one read more (next() places the one after it), never a scan.
+    const latest = image.at + image.margin;
+    const scans = Math.max(0, Math.ceil((writeSentMono - latest) / this.scanMs));
+    return this.bounded(latest + scans * this.scanMs - nowMono, image.margin);
   }
 
   /** The pause before the next readback, given the one just taken (null: the read failed). */
@@ -68,8 +73,11 @@ export class ReadbackPacer {
     if (image === null || readback === null) return this.quick;
     const repeated = readback.sourceTime === this.lastSourceTime;
     this.lastSourceTime = readback.sourceTime;
-    if (repeated) return this.retryMs();
-    return this.bounded(image.at + this.scanMs + image.margin - nowMono, image.margin);
+    const predicted = this.bounded(image.at + this.scanMs + image.margin - nowMono, image.margin);
+    // The same image again: the read came before the next scan (early, or the scan was late).
+    // Look again shortly, or when the next scan is due if that is later.
+    if (repeated) return Math.max(this.retryMs(), predicted);
+    return predicted;
   }
 
   /**
@@ -98,7 +106,10 @@ export class ReadbackPacer {
     const window = sourceWindow(readback, skew);
     if (window === null || skew === null) return null;
     // The controller stamps whole milliseconds and the skew is known within ± its uncertainty.
-    const margin = Math.min(this.scanMs / 2, 1 + skew.uncertaintyMs);
+    const margin = 1 + skew.uncertaintyMs;
+    // Known no better than to half a scan, the image's time does not place the next scan: the
+    // skew was measured over a slow round trip.
+    if (margin >= this.scanMs / 2) return null;
     return { at: (window.earliest + window.latest) / 2, margin };
   }
 }

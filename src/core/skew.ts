@@ -36,12 +36,17 @@ export function estimateSkew(
   bracket: MonoBracket = { requestedMono: sample.requestedAt, receivedMono: sample.receivedAt },
   epoch = 0,
 ): SkewEstimate {
-  const wallMidpoint = (sample.requestedAt + sample.receivedAt) / 2;
-  const monoMidpoint = (bracket.requestedMono + bracket.receivedMono) / 2;
+  // The wait in the driver's queue came before the controller read its clock (ClockSample):
+  // both brackets start after it.
+  const queuedMs = Math.max(0, sample.queuedMs ?? 0);
+  const wallRequested = Math.min(sample.requestedAt + queuedMs, sample.receivedAt);
+  const wallMidpoint = (wallRequested + sample.receivedAt) / 2;
+  const monoRequested = Math.min(bracket.requestedMono + queuedMs, bracket.receivedMono);
+  const monoMidpoint = (monoRequested + bracket.receivedMono) / 2;
   return {
     offsetMs: sample.controllerTime - wallMidpoint,
     monoOffsetMs: sample.controllerTime - monoMidpoint,
-    uncertaintyMs: Math.max(0, (bracket.receivedMono - bracket.requestedMono) / 2),
+    uncertaintyMs: Math.max(0, (bracket.receivedMono - monoRequested) / 2),
     measuredAt: sample.receivedAt,
     measuredMono: bracket.receivedMono,
     epoch,

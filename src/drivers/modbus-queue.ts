@@ -30,6 +30,10 @@ export function requestLimit(table: RegisterTable): number {
 interface QueuedJob {
   readonly signal: AbortSignal | undefined;
   readonly reject: (error: Error) => void;
+  /** Told, when the request serving the job is sent, how long the job waited in the queue (ms). */
+  readonly sent?: ((waitedMs: number) => void) | undefined;
+  /** Monotonic time (the endpoint's clock) at which the job was queued; set with `sent`. */
+  readonly queuedMono?: number | undefined;
 }
 
 export interface ReadJob extends QueuedJob {

@@ -178,15 +178,30 @@ export class ModbusEndpoint {
     return this.read('holding', address, length, signal);
   }
 
-  /** Reads from any table; coils and discrete inputs come back as 0 / 1. */
+  /**
+   * Reads from any table; coils and discrete inputs come back as 0 / 1. `sent`, when given, is
+   * told how long the read waited in the queue before the request serving it was sent (ms).
+   */
   read(
     table: RegisterTable,
     address: number,
     length: number,
     signal?: AbortSignal,
+    sent?: (waitedMs: number) => void,
   ): Promise<number[]> {
+    const queuedMono = sent === undefined ? undefined : this.options.clock.elapsed();
     return new Promise<number[]>((resolve, reject) => {
-      this.enqueue({ kind: 'read', table, address, length, signal, resolve, reject });
+      this.enqueue({
+        kind: 'read',
+        table,
+        address,
+        length,
+        signal,
+        resolve,
+        reject,
+        sent,
+        queuedMono,
+      });
     });
   }
 
@@ -350,6 +365,12 @@ export class ModbusEndpoint {
     });
     try {
       this.sent++;
+      const sentMono = this.options.clock.elapsed();
+      for (const job of jobs) {
+        if (job.sent !== undefined && job.queuedMono !== undefined) {
+          job.sent(Math.max(0, sentMono - job.queuedMono));
+        }
+      }
       const result = await withTimeout(
         Promise.race([body(client), socketClosed]),
         this.requestTimeoutMs,
@@ -481,9 +502,17 @@ export class ModbusDeviceDriver implements DeviceDriver {
     if (clockRequest !== null && clockField !== undefined) {
       this.readClock = async (signal) => {
         const requestedAt = this.o.clock.now();
-        const image = await this.fetch([clockRequest], signal);
+        let queuedMs = 0;
+        const image = await this.fetch([clockRequest], signal, (waitedMs) => {
+          queuedMs = waitedMs;
+        });
         const receivedAt = this.o.clock.now();
-        return { controllerTime: this.decode(clockField, image), requestedAt, receivedAt };
+        return {
+          controllerTime: this.decode(clockField, image),
+          requestedAt,
+          receivedAt,
+          queuedMs,
+        };
       };
     }
   }
@@ -518,10 +547,14 @@ export class ModbusDeviceDriver implements DeviceDriver {
     return this.o.endpoint.health.snapshot();
   }
 
-  private async fetch(requests: readonly ReadRequest[], signal?: AbortSignal): Promise<Image> {
+  private async fetch(
+    requests: readonly ReadRequest[],
+    signal?: AbortSignal,
+    sent?: (waitedMs: number) => void,
+  ): Promise<Image> {
     const image = new Image();
     for (const r of requests) {
-      const values = await this.o.endpoint.read(r.table, r.start, r.length, signal);
+      const values = await this.o.endpoint.read(r.table, r.start, r.length, signal, sent);
       if (values.length < r.length) {
         throw new DeviceUnreachableError(
           `${this.o.id}: short answer to ${r.table} ${r.start}+${r.length} (${values.length})`,

@@ -90,9 +90,28 @@ describe('ReadbackPacer', () => {
     expect(pacer.next(1012, imageAt(1_000 + 7_200_000), skew)).toBe(timing.scanMs);
   });
 
-  it('never places a readback more than half a scan after the next image is due', () => {
+  it('counts the taking scan from the latest phase the estimate allows', () => {
+    // Image at 1000 ± the margin: the scan "at 1010" may come as late as 1011.2. A write sent at
+    // 1010.5 may still be taken by it: read just after it may have, not a whole scan later.
+    const pacer = new ReadbackPacer(timing, 1011);
+    expect(pacer.first(1011, 1010.5, imageAt(1000), skew)).toBeCloseTo(1010 + margin - 1011);
+  });
+
+  it('waits for the next scan when a readback came before it (the same image again)', () => {
+    // Sent at 1000.5 after the image of 1000: the scan at 1000 may have come later than
+    // stamped and taken it, so the first readback comes at 1000 + margin.
+    const pacer = new ReadbackPacer(timing, 1001);
+    expect(pacer.first(1001, 1000.5, imageAt(1000), skew)).toBeCloseTo(1000 + margin - 1001);
+    // It shows the image of 1000 again: the scan at 1000 did not take it; the next is at 1010.
+    expect(pacer.next(1001.5, imageAt(1000), skew)).toBeCloseTo(1010 + margin - 1001.5);
+  });
+
+  it('does not place readbacks by a skew known no better than half a scan', () => {
+    // Measured over a slow round trip (a busy connection): the image's time says nothing of
+    // the scan's phase, so the readbacks keep the plain pace.
     const wide: SkewEstimate = { ...skew, uncertaintyMs: 40 };
+    expect(new ReadbackPacer(timing, 1000).first(1000, 999, imageAt(990), wide)).toBe(0);
     const pacer = new ReadbackPacer(timing, 1000);
-    expect(pacer.next(1001, imageAt(1000), wide)).toBeCloseTo(1010 + 5 - 1001);
+    expect(pacer.next(1001, imageAt(1000), wide)).toBe(timing.scanMs);
   });
 });
