@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import {
   checkFreshness,
   fingerprint,
@@ -143,6 +144,10 @@ export class CommandPipeline {
   private closed = false;
 
   constructor(options: PipelineOptions) {
+    // Every lane's sleeps and reads, and every HTTPS request waiting for a result, listen on
+    // this one signal and remove their listener when done: a hundred at once is no leak, and
+    // Node's warning past ten would only mislead whoever reads the log.
+    setMaxListeners(0, this.abort.signal);
     this.journal = options.journal;
     this.clock = options.clock;
     this.logger = options.logger;
