@@ -77,6 +77,17 @@ export class DeviceReads {
     return skewUsable(lane.skew, epoch, this.host.clock.elapsed(), maxAge) ? lane.skew : null;
   }
 
+  /**
+   * Whether the lane's usable skew is too coarse to place readbacks on the controller's
+   * scans (readback-pacing.ts): known to worse than a twentieth of a scan, as an estimate
+   * measured while the event loop was busy (a hundred devices starting at once) can be.
+   * Readbacks are still correct with it, only later; the idle-device monitor measures it again.
+   */
+  coarseSkew(lane: Lane): boolean {
+    const skew = this.usableSkew(lane);
+    return skew !== null && skew.uncertaintyMs > lane.binding.profile.timing.scanMs / 20;
+  }
+
   /** The controller clock's drift in ppm, when enough measurements span enough time. */
   drift(lane: Lane): number | null {
     return driftPpm(lane.skewSamples);

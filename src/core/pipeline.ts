@@ -483,9 +483,11 @@ export class CommandPipeline {
         while (!this.aborted()) {
           if (lane.inFlight === null && lane.queue.length === 0) {
             await this.execution.reads.tryRead(lane, log);
-            // The controller clock is watched between commands too (drift, bound: SPEC §6).
-            if (this.execution.reads.usableSkew(lane) === null) {
-              await this.execution.reads.ensureSkew(lane, log);
+            // The controller clock is watched between commands too (drift, bound: SPEC §6), and
+            // an estimate too coarse to place readbacks is measured again, at this pace.
+            const { reads } = this.execution;
+            if (reads.usableSkew(lane) === null || reads.coarseSkew(lane)) {
+              await reads.measureSkew(lane, log);
             }
           }
           await this.clock.sleep(intervalMs, this.abort.signal);
