@@ -45,6 +45,15 @@ serve({
   },
   /** Each device's live state (the bench alternates open and close from it). */
   states: () => Object.fromEntries(plant.devices().map((d) => [d.id, d.snapshot().state])),
+  /** When a scan took each of a device's writes (controller ms), by sequence number. */
+  taken: (args): Record<string, number> => {
+    const { device } = args as { device: string };
+    const out: Record<string, number> = {};
+    for (const w of plant.device(device).writeLog) {
+      if (w.outcome === 'accepted' && w.settledAt !== null) out[String(w.seq)] = w.settledAt;
+    }
+    return out;
+  },
   takeWaits: (args): TakeWaits => {
     const { device } = args as { device: string };
     const waits = plant

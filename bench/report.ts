@@ -289,12 +289,15 @@ export function tables(r: Results): Record<string, Table> {
     rows: [e2eRow('HTTPS (keep-alive)', e2e.https), e2eRow('MQTT (QoS 1)', e2e.mqtt)],
   };
   const stage = (x: Results['endToEnd']['https'] | { skipped: string }): string[] => {
-    if (isSkipped(x)) return ['—', '—', '—', '—'];
-    if (isSkipped(x.stages)) return [x.stages.skipped, '', '', ''];
+    if (isSkipped(x)) return ['—', '—', '—', '—', '—', '—'];
+    if (isSkipped(x.stages)) return [x.stages.skipped, '', '', '', '', ''];
+    const maybe = (v: number | null | undefined): string => (v == null ? '—' : n(v));
     return [
       n(x.stages.intakeMs),
       n(x.stages.acceptedToDispatchedMs),
       n(x.stages.dispatchedToSettledMs),
+      maybe(x.stages.dispatchedToTakenMs),
+      maybe(x.stages.takenToSettledMs),
       n(x.stages.settledToAnswerMs),
     ];
   };
@@ -306,7 +309,9 @@ export function tables(r: Results): Record<string, Table> {
       ['client sends → accepted (intake, parse, auth)', hs[0] ?? '', ms[0] ?? ''],
       ['accepted → dispatched (claim commit, queue, fresh read, checks)', hs[1] ?? '', ms[1] ?? ''],
       ['dispatched → settled (dispatch commit, write, plant, readbacks)', hs[2] ?? '', ms[2] ?? ''],
-      ['settled → client has the answer (settle commit, answer/publish)', hs[3] ?? '', ms[3] ?? ''],
+      ['  of which: dispatched → taken by a scan (write log)', hs[3] ?? '', ms[3] ?? ''],
+      ['  of which: taken by a scan → settled (readback, settle)', hs[4] ?? '', ms[4] ?? ''],
+      ['settled → client has the answer (settle commit, answer/publish)', hs[5] ?? '', ms[5] ?? ''],
     ],
   };
   if (!isSkipped(e2e.https)) {

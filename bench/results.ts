@@ -49,6 +49,13 @@ export interface StageTimes {
   readonly intakeMs: number;
   readonly acceptedToDispatchedMs: number;
   readonly dispatchedToSettledMs: number;
+  /**
+   * dispatched → settled split at the scan that took the write (the simulator's write log, on
+   * the same machine's clock): the dispatch commit, the write and the wait for that scan; then
+   * the readback that saw it and the settlement. null when the write log had none of them.
+   */
+  readonly dispatchedToTakenMs: number | null;
+  readonly takenToSettledMs: number | null;
   readonly settledToAnswerMs: number;
 }
 

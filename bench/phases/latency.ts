@@ -1,3 +1,4 @@
+import type { CommandRecord } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { HttpsClient, MqttCommander } from '../clients.js';
 import { controllerWrites, isBroker, modbusValves, type RunContext } from '../context.js';
@@ -103,7 +104,7 @@ async function series(
       overheadP50Ms: round(latency.p50 - baseline.confirmMs.p50),
       overheadP99Ms: round(latency.p99 - baseline.confirmMs.p99),
       notConfirmed: sent.filter((s) => !s.confirmed).length,
-      stages: stages(daemon, sent),
+      stages: await stages(ctx, daemon, sent),
       daemon: load,
     },
   };
@@ -114,31 +115,55 @@ async function series(
  * settled: wall-clock ms) and the client's send and answer times. Each stage is a mean over
  * the series; the millisecond resolution of the journal averages out over hundreds.
  */
-function stages(daemon: RunningDaemon, sent: readonly Sent[]): StageTimes | Skipped {
+async function stages(
+  ctx: RunContext,
+  daemon: RunningDaemon,
+  sent: readonly Sent[],
+): Promise<StageTimes | Skipped> {
   const journal = SqliteJournal.open({ path: daemon.site.journalPath, readonly: true });
+  const records: { sent: Sent; record: CommandRecord }[] = [];
   try {
-    const intake: number[] = [];
-    const toDispatch: number[] = [];
-    const toSettle: number[] = [];
-    const toAnswer: number[] = [];
     for (const s of sent) {
       const r = journal.get({ scope: IDENTITY, key: s.key });
       if (r?.dispatchedAt == null || r.settledAt === null) continue;
-      intake.push(r.acceptedAt - s.sentAt);
-      toDispatch.push(r.dispatchedAt - r.acceptedAt);
-      toSettle.push(r.settledAt - r.dispatchedAt);
-      toAnswer.push(s.answeredAt - r.settledAt);
+      records.push({ sent: s, record: r });
     }
-    if (intake.length === 0) return { skipped: 'no command of the series was found settled' };
-    return {
-      intakeMs: mean(intake),
-      acceptedToDispatchedMs: mean(toDispatch),
-      dispatchedToSettledMs: mean(toSettle),
-      settledToAnswerMs: mean(toAnswer),
-    };
   } finally {
     journal.close();
   }
+  if (records.length === 0) return { skipped: 'no command of the series was found settled' };
+  // The scan that took each write, from the simulator's write log (the plant's clock is this
+  // machine's: the bench plant runs without a clock offset).
+  const taken = new Map<string, Record<string, number>>();
+  for (const device of new Set(records.map((x) => x.record.device))) {
+    taken.set(device, await ctx.plant.child.request<Record<string, number>>('taken', { device }));
+  }
+  const intake: number[] = [];
+  const toDispatch: number[] = [];
+  const toSettle: number[] = [];
+  const toTaken: number[] = [];
+  const takenToSettled: number[] = [];
+  const toAnswer: number[] = [];
+  for (const { sent: s, record: r } of records) {
+    if (r.dispatchedAt === null || r.settledAt === null) continue;
+    intake.push(r.acceptedAt - s.sentAt);
+    toDispatch.push(r.dispatchedAt - r.acceptedAt);
+    toSettle.push(r.settledAt - r.dispatchedAt);
+    toAnswer.push(s.answeredAt - r.settledAt);
+    const at = r.seq === null ? undefined : taken.get(r.device)?.[String(r.seq)];
+    if (at !== undefined) {
+      toTaken.push(at - r.dispatchedAt);
+      takenToSettled.push(r.settledAt - at);
+    }
+  }
+  return {
+    intakeMs: mean(intake),
+    acceptedToDispatchedMs: mean(toDispatch),
+    dispatchedToSettledMs: mean(toSettle),
+    dispatchedToTakenMs: toTaken.length === 0 ? null : mean(toTaken),
+    takenToSettledMs: takenToSettled.length === 0 ? null : mean(takenToSettled),
+    settledToAnswerMs: mean(toAnswer),
+  };
 }
 
 export function httpsSender(client: HttpsClient): Send {
