@@ -245,6 +245,16 @@ export function tables(r: Results): Record<string, Table> {
         '—',
         `${n(b.simulator.capacity.requestsPerSecond, 'requests/s')} over ${b.simulator.capacity.connections} connections, ${n(b.simulator.capacity.cpuCores)} cores`,
       ],
+      ...(b.disk === undefined
+        ? []
+        : [
+            [
+              `disk alone: ${n(b.disk.bytes / 1024)} KiB overwrite, then fsync`,
+              pp(b.disk.fsyncMs),
+              n(b.disk.fsyncMs.n),
+              `max ${n(b.disk.fsyncMs.max, 'ms')}; the journals' filesystem`,
+            ],
+          ]),
       [
         'raw Modbus driver: write, read back until confirmed',
         pp(b.modbus.confirmMs),
@@ -534,12 +544,12 @@ export function renderTable(r: Results): string {
     .join('\n')}\n`;
 }
 
-/** Reads a value from the results by a dotted path, for `{{v:path}}` in the template. */
 /** A share (0..1) as a percentage. */
 function pct(share: number): string {
   return `${Math.round(share * 1000) / 10} %`;
 }
 
+/** Reads a value from the results by a dotted path, for `{{v:path}}` in the template. */
 function valueAt(r: Results, path: string): string {
   let node: unknown = r;
   for (const part of path.split('.')) {

@@ -25,6 +25,12 @@ export interface Baseline {
       readonly cpuCores: number;
     };
   };
+  /**
+   * The scratch filesystem alone (where the journals live): a 4 KiB overwrite of a file that
+   * does not grow, then fsync, as a WAL commit of a journal that has reached its size does.
+   * Absent in results from before it was measured.
+   */
+  readonly disk?: { readonly fsyncMs: Distribution; readonly bytes: number };
   readonly modbus: DriverRoundTrip;
   readonly opcua: DriverRoundTrip | Skipped;
   readonly plant: {

@@ -1,3 +1,4 @@
+import { closeSync, fsyncSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import ModbusSerial from 'modbus-serial';
 import type { ModbusRTU } from 'modbus-serial/ModbusRTU.js';
@@ -143,8 +144,43 @@ async function driverRoundTrips(
   }
 }
 
+/** Overwrites within this span: the file never grows, so no fsync waits for an allocation. */
+const DISK_FILE_BYTES = 4 * 1024 * 1024;
+const DISK_WRITE_BYTES = 4096;
+
+/**
+ * The disk under the journals alone: 4 KiB written over a file of fixed size, then fsync —
+ * what a commit of a WAL that has reached its size costs the disk, without SQLite. Every
+ * confirmed command waits for two such fsyncs (the dispatch, the settlement), so their tail
+ * is the floor of the command's tail.
+ */
+function diskAlone(ctx: RunContext, samples: number): NonNullable<Baseline['disk']> {
+  const path = join(ctx.dir, 'disk-alone.bin');
+  const fd = openSync(path, 'w+');
+  try {
+    const block = Buffer.alloc(DISK_WRITE_BYTES, 0x5a);
+    for (let at = 0; at < DISK_FILE_BYTES; at += DISK_WRITE_BYTES)
+      writeSync(fd, block, 0, block.length, at);
+    fsyncSync(fd);
+    const times: number[] = [];
+    for (let i = 0; i < samples; i++) {
+      const at = (i * DISK_WRITE_BYTES) % DISK_FILE_BYTES;
+      writeSync(fd, block, 0, block.length, at);
+      const t0 = performance.now();
+      fsyncSync(fd);
+      times.push(performance.now() - t0);
+    }
+    return { fsyncMs: distribution(times), bytes: DISK_WRITE_BYTES };
+  } finally {
+    closeSync(fd);
+    rmSync(path, { force: true });
+  }
+}
+
 export async function baseline(ctx: RunContext): Promise<Baseline> {
   const { options } = ctx;
+  ctx.progress(`baseline: the disk alone, ${options.simRequests} fsyncs`);
+  const disk = diskAlone(ctx, options.simRequests);
   ctx.progress('baseline: the simulator alone');
   const simulator = await simulatorAlone(ctx);
   const valve = modbusValves(ctx)[0];
@@ -166,6 +202,7 @@ export async function baseline(ctx: RunContext): Promise<Baseline> {
   }
   return {
     simulator,
+    disk,
     modbus,
     opcua,
     plant: {
