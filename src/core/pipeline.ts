@@ -477,10 +477,18 @@ export class CommandPipeline {
    * they take their own fresh read.
    */
   startMonitor(intervalMs: number): void {
-    for (const lane of this.lanes.values()) {
+    const lanes = [...this.lanes.values()];
+    lanes.forEach((lane, i) => {
       const log = this.logger.child({ device: lane.binding.id });
       void (async () => {
-        while (!this.aborted()) {
+        // Spread over the interval, on a fixed grid: started together (or drifting back
+        // together by the time each pass takes), every device of a PLC would be read in one
+        // burst each period, and a command's fresh read or readback would queue behind all of
+        // them on the PLC's one connection.
+        let next = this.clock.elapsed() + (intervalMs * i) / lanes.length;
+        for (;;) {
+          await this.clock.sleep(Math.max(0, next - this.clock.elapsed()), this.abort.signal);
+          if (this.aborted()) return;
           if (lane.inFlight === null && lane.queue.length === 0) {
             await this.execution.reads.tryRead(lane, log);
             // The controller clock is watched between commands too (drift, bound: SPEC §6), and
@@ -490,10 +498,13 @@ export class CommandPipeline {
               await reads.measureSkew(lane, log);
             }
           }
-          await this.clock.sleep(intervalMs, this.abort.signal);
+          // The next slot of the grid; slots a slow pass ran over are skipped, not caught up.
+          next += intervalMs;
+          const now = this.clock.elapsed();
+          if (next < now) next += Math.ceil((now - next) / intervalMs) * intervalMs;
         }
       })();
-    }
+    });
   }
 
   /** Resolves with the command once it is terminal, or as it stands after `timeoutMs`. */
