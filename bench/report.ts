@@ -249,7 +249,7 @@ export function tables(r: Results): Record<string, Table> {
         ? []
         : [
             [
-              `disk alone: ${n(b.disk.bytes / 1024)} KiB overwrite, then fsync`,
+              `disk alone: ${n(b.disk.bytes / 1024)} KiB (a commit's WAL frames) written over, then fsync`,
               pp(b.disk.fsyncMs),
               n(b.disk.fsyncMs.n),
               `max ${n(b.disk.fsyncMs.max, 'ms')}; the journals' filesystem`,

@@ -146,13 +146,14 @@ async function driverRoundTrips(
 
 /** Overwrites within this span: the file never grows, so no fsync waits for an allocation. */
 const DISK_FILE_BYTES = 4 * 1024 * 1024;
-const DISK_WRITE_BYTES = 4096;
+/** Eight WAL frames (a 4 KiB page and its 24-byte header each): one command's commit. */
+const DISK_WRITE_BYTES = 8 * (4096 + 24);
 
 /**
- * The disk under the journals alone: 4 KiB written over a file of fixed size, then fsync —
- * what a commit of a WAL that has reached its size costs the disk, without SQLite. Every
- * confirmed command waits for two such fsyncs (the dispatch, the settlement), so their tail
- * is the floor of the command's tail.
+ * The disk under the journals alone: a commit's worth of WAL frames written over a file of
+ * fixed size, then fsync — what a commit to a WAL that has reached its size costs the disk,
+ * without SQLite. Every confirmed command waits for two such fsyncs (the dispatch, the
+ * settlement), so their tail is a floor under the command's tail.
  */
 function diskAlone(ctx: RunContext, samples: number): NonNullable<Baseline['disk']> {
   const path = join(ctx.dir, 'disk-alone.bin');
