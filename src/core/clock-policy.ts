@@ -48,9 +48,11 @@ export function clockNote(policy: ClockPolicy, lane: Lane): string {
       ? 'gateway clock not checked'
       : `gateway clock ${gateway.state} (${gateway.source})`;
   const skew = lane.skew;
+  // Signed after rounding: -0.3 ms reads "+0 ms", not "0 ms" (nor "-0 ms").
+  const offset = skew === null ? 0 : Math.round(skew.offsetMs) + 0;
   const c =
     skew === null
       ? 'controller skew unknown'
-      : `controller skew ${skew.offsetMs >= 0 ? '+' : ''}${Math.round(skew.offsetMs)} ms ± ${Math.ceil(skew.uncertaintyMs)} ms`;
+      : `controller skew ${offset >= 0 ? '+' : ''}${offset} ms ± ${Math.ceil(skew.uncertaintyMs)} ms`;
   return `${g}; ${c}`;
 }
