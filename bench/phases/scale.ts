@@ -9,7 +9,7 @@ import { commandCount, keyAt, replicate, templates, type Templates } from '../jo
 import { nextMove } from '../raw-drivers.js';
 import type { JournalScale, ScalePoint } from '../results.js';
 import { IDENTITY, writeSite } from '../site.js';
-import { distribution, ratio, round } from '../stats.js';
+import { distribution, ratio, round, type Distribution } from '../stats.js';
 import { httpsSender, untilReady } from './latency.js';
 
 /**
@@ -19,6 +19,12 @@ import { httpsSender, untilReady } from './latency.js';
  * daemon opens it): a claim of a new key, the dispatch and settlement that follow it, and a
  * lookup of a random retained key. Then the daemon runs on the large journal: its RSS.
  */
+
+/**
+ * In-process lookups per `scaleSamples`: a lookup takes tens of microseconds, and a p99 of a
+ * few thousand of them is a handful of samples that any hiccup of the machine decides.
+ */
+const LOOKUP_SAMPLES_PER_SAMPLE = 10;
 
 function fileBytes(path: string): number {
   const size = (p: string): number => (existsSync(p) ? statSync(p).size : 0);
@@ -30,14 +36,12 @@ function measure(
   t: Templates,
   valves: readonly string[],
   writes: number,
-  lookups: number,
   label: string,
-): ScalePoint {
+): Omit<ScalePoint, 'lookupMs'> {
   const journal = SqliteJournal.open({ path });
   const claim: number[] = [];
   const dispatch: number[] = [];
   const settle: number[] = [];
-  const lookup: number[] = [];
   try {
     const now = Date.now();
     for (let i = 0; i < writes; i++) {
@@ -89,13 +93,6 @@ function measure(
       });
       settle.push(performance.now() - t0);
     }
-    for (let i = 0; i < lookups; i++) {
-      const key = keyAt(t, Math.random());
-      const t0 = performance.now();
-      const r = journal.get({ scope: t.scope, key });
-      lookup.push(performance.now() - t0);
-      if (r === undefined) throw new Error(`journal scale: retained key ${key} not found`);
-    }
   } finally {
     journal.close();
   }
@@ -106,10 +103,40 @@ function measure(
     fileBytes: bytes,
     bytesPerCommand: round(bytes / keys),
     claimMs: distribution(claim),
-    lookupMs: distribution(lookup),
     dispatchMs: distribution(dispatch),
     settleMs: distribution(settle),
   };
+}
+
+/**
+ * Lookups of random retained keys at both points, interleaved (one on the small journal, one
+ * on the large, and so on) on the journal's own API and connection: whatever else the machine
+ * does during the measurement falls on both series alike, so the ratio of their tails compares
+ * the journals, not two moments of a shared machine. A tenth as many first, untimed, warm both
+ * connections' page caches alike.
+ */
+function interleavedLookups(
+  points: readonly { readonly path: string; readonly t: Templates }[],
+  count: number,
+): Distribution[] {
+  const journals = points.map((p) => SqliteJournal.open({ path: p.path }));
+  const times = points.map((): number[] => []);
+  try {
+    const warm = Math.ceil(count / 10);
+    for (let i = 0; i < warm + count; i++) {
+      points.forEach((p, n) => {
+        const key = keyAt(p.t, Math.random());
+        const t0 = performance.now();
+        const r = journals[n]?.get({ scope: p.t.scope, key });
+        const ms = performance.now() - t0;
+        if (r === undefined) throw new Error(`journal scale: retained key ${key} not found`);
+        if (i >= warm) times[n]?.push(ms);
+      });
+    }
+  } finally {
+    for (const j of journals) j.close();
+  }
+  return times.map((t) => distribution(t));
 }
 
 export async function journalScale(ctx: RunContext, sourceJournal: string): Promise<JournalScale> {
@@ -140,14 +167,31 @@ export async function journalScale(ctx: RunContext, sourceJournal: string): Prom
     `journal scale: ${t.keys.length} commands of this run as templates, filling to ${options.scaleSmall}`,
   );
   let fillSeconds = replicate(path, t, options.scaleSmall - writes);
-  const small = measure(path, t, valves, writes, lookups, 'small');
+  const smallWrites = measure(path, t, valves, writes, 'small');
+  // Kept aside for the interleaved lookups: the large point grows from this file.
+  const smallPath = join(dir, 'small.db');
+  copyFileSync(path, smallPath);
+  if (existsSync(`${path}-wal`)) copyFileSync(`${path}-wal`, `${smallPath}-wal`);
+  const tSmall: Templates = { ...t };
   ctx.progress(`journal scale: filling to ${options.scaleLarge} retained keys`);
   fillSeconds += replicate(
     path,
     t,
     Math.max(options.scaleLarge, options.scaleSmall + writes) - writes,
   );
-  const large = measure(path, t, valves, writes, lookups, 'large');
+  const largeWrites = measure(path, t, valves, writes, 'large');
+  const inProcessLookups = lookups * LOOKUP_SAMPLES_PER_SAMPLE;
+  ctx.progress(`journal scale: ${inProcessLookups} lookups at each point, interleaved`);
+  const [smallLookups, largeLookups] = interleavedLookups(
+    [
+      { path: smallPath, t: tSmall },
+      { path, t },
+    ],
+    inProcessLookups,
+  );
+  if (smallLookups === undefined || largeLookups === undefined) throw new Error('no lookups');
+  const small: ScalePoint = { ...smallWrites, lookupMs: smallLookups };
+  const large: ScalePoint = { ...largeWrites, lookupMs: largeLookups };
 
   ctx.progress('journal scale: the daemon on the large journal');
   const site = await writeSite({
