@@ -18,6 +18,7 @@ import {
   resetProbes,
   type ProbeReport,
 } from './probes.js';
+import { writeTraceAtExit } from './trace.js';
 
 export interface DaemonReady {
   readonly https: { readonly host: string; readonly port: number } | null;
@@ -38,6 +39,7 @@ export interface DaemonStats {
 const configPath = process.argv[2];
 if (configPath === undefined) throw new Error('usage: daemon-process.ts <site file>');
 
+writeTraceAtExit('daemon');
 instrumentMethods(SqliteJournal.prototype);
 instrumentModbusEndpoint(ModbusEndpoint.prototype);
 

@@ -5,9 +5,12 @@
  * JSON argument; answers with the bound endpoints and, on request, the write counters and
  * write logs that are the ground truth for "no controller write".
  */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import { startPlant, type PlantInput, type PlcEndpoint } from '../simulators/plant.js';
 import { onStop, ready, serve } from './child-ipc.js';
+import { TRACE_DIR } from './trace.js';
 
 export interface PlantReady {
   readonly plcs: readonly {
@@ -63,7 +66,15 @@ serve({
   },
 });
 
-onStop(() => plant.stop());
+onStop(() => {
+  // SLUICE_BENCH_TRACE (bench/trace.ts): every device's write log, for the daemons' traces.
+  if (TRACE_DIR !== undefined) {
+    mkdirSync(TRACE_DIR, { recursive: true });
+    const logs = Object.fromEntries(plant.devices().map((d) => [d.id, d.writeLog]));
+    writeFileSync(join(TRACE_DIR, `plant-${process.pid}.json`), JSON.stringify(logs));
+  }
+  return plant.stop();
+});
 
 const info: PlantReady = {
   plcs: plant.plcs.map((plc) => ({

@@ -1,4 +1,5 @@
 import { distribution, round, type Distribution } from './stats.js';
+import { traceEvent, wallOf } from './trace.js';
 
 /**
  * Where the daemon's time goes, measured inside its process without changing it: the methods
@@ -93,10 +94,14 @@ export function instrumentMethods(prototype: object): string[] {
       }
       if (isThenable(result)) {
         return Promise.resolve(result).finally(() => {
-          record(name, performance.now() - start);
+          const end = performance.now();
+          traceEvent({ journal: name, start: wallOf(start), end: wallOf(end) });
+          record(name, end - start);
         });
       }
-      record(name, performance.now() - start);
+      const end = performance.now();
+      traceEvent({ journal: name, start: wallOf(start), end: wallOf(end) });
+      record(name, end - start);
       return result;
     };
     Object.defineProperty(prototype, name, { ...descriptor, value: wrapped });
@@ -142,7 +147,14 @@ export function instrumentModbusEndpoint(prototype: object): void {
               try {
                 return await (body as (...a: unknown[]) => Promise<unknown>)(...bodyArgs);
               } finally {
-                modbus.roundTrip.push(performance.now() - sent);
+                const answered = performance.now();
+                traceEvent({
+                  modbus: what,
+                  jobs: served.length,
+                  start: wallOf(sent),
+                  end: wallOf(answered),
+                });
+                modbus.roundTrip.push(answered - sent);
               }
             }
           : body;

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
@@ -37,11 +37,14 @@ const TINY = [
 const committed = [join(ROOT, 'bench', 'results.json'), join(ROOT, 'docs', 'PERFORMANCE.md')];
 const mtime = (path: string): number | null => (existsSync(path) ? statSync(path).mtimeMs : null);
 
-function runBench(out: string): Promise<{ code: number | null; output: string }> {
+function runBench(out: string, trace: string): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve, reject) => {
-    const env = Object.fromEntries(
-      Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_BENCH_')),
-    );
+    const env = {
+      ...Object.fromEntries(
+        Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_BENCH_')),
+      ),
+      SLUICE_BENCH_TRACE: trace,
+    };
     const child = spawn(
       process.execPath,
       [
@@ -87,6 +90,8 @@ const latency = (prefix: string): string[] => [
   `${prefix}.overheadP50Ms`,
   `${prefix}.stages.intakeMs`,
   `${prefix}.stages.dispatchedToSettledMs`,
+  `${prefix}.stages.dispatchedToTakenMs`,
+  `${prefix}.stages.takenToSettledMs`,
   `${prefix}.daemon.eventLoopUtilisation`,
 ];
 
@@ -97,7 +102,8 @@ describe('npm run bench, smoke run', () => {
     const { dir, cleanup } = tempDir('sluice-bench-smoke-');
     const before = committed.map(mtime);
     try {
-      const run = await runBench(dir);
+      const trace = join(dir, 'trace');
+      const run = await runBench(dir, trace);
       expect(run.code, run.output).toBe(0);
       const results = JSON.parse(readFileSync(join(dir, 'results.json'), 'utf8')) as Record<
         string,
@@ -106,6 +112,7 @@ describe('npm run bench, smoke run', () => {
       const paths = [
         'machine.cores',
         'baseline.simulator.readMs.p50',
+        'baseline.disk.fsyncMs.p50',
         'baseline.simulator.capacity.requestsPerSecond',
         'baseline.modbus.confirmMs.p50',
         'baseline.opcua.confirmMs.p50',
@@ -151,6 +158,35 @@ describe('npm run bench, smoke run', () => {
       expect(doc).toContain('## Targets');
       expect(doc).not.toMatch(/\{\{/);
       expect(run.output).toContain('== Targets ==');
+
+      // SLUICE_BENCH_TRACE: each daemon's journal calls and Modbus requests, the plant's write
+      // logs (bench/trace.ts), with wall-clock times.
+      const files = readdirSync(trace);
+      const daemonTraces = files.filter((f) => /^daemon-\d+\.jsonl$/.test(f));
+      expect(daemonTraces.length).toBeGreaterThan(0);
+      const lines = daemonTraces.flatMap((f) =>
+        readFileSync(join(trace, f), 'utf8')
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as Record<string, unknown>),
+      );
+      const now = Date.now();
+      const sane = (e: Record<string, unknown>): boolean =>
+        typeof e.start === 'number' &&
+        typeof e.end === 'number' &&
+        e.end >= e.start &&
+        now - e.start < 3_600_000;
+      expect(lines.some((e) => typeof e.modbus === 'string' && sane(e))).toBe(true);
+      expect(lines.some((e) => e.journal === 'claim' && sane(e))).toBe(true);
+      const plantTrace = files.find((f) => /^plant-\d+\.json$/.test(f));
+      expect(plantTrace).toBeDefined();
+      const logs = JSON.parse(readFileSync(join(trace, plantTrace ?? ''), 'utf8')) as Record<
+        string,
+        { seq: number; settledAt: number | null }[]
+      >;
+      expect(
+        Object.values(logs).some((l) => l.some((w) => w.seq > 0 && w.settledAt !== null)),
+      ).toBe(true);
     } finally {
       cleanup();
     }
