@@ -38,6 +38,8 @@ export interface UiSite {
   readonly port: number;
   readonly origin: string;
   readonly cert: string;
+  /** The seeded orphan command's deadline (gateway ms): how overdue it shows depends on it. */
+  readonly orphanDeadline: number;
   /** Everything the daemon logged, as text. */
   log(): string;
   stop(): Promise<void>;
@@ -164,6 +166,7 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     broker,
     port,
     origin: `https://127.0.0.1:${port}`,
+    orphanDeadline: now - 570_000,
     cert,
     log: () => lines.join(''),
     stop: async () => {
