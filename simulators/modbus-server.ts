@@ -249,6 +249,15 @@ export class ModbusPlcServer {
     return sets;
   }
 
+  /** Every device whose registers a read answered logs it (SimDevice.readLog). */
+  #noteRead(start: number, quantity: number): void {
+    const end = start + quantity;
+    let at: number | undefined;
+    for (const { device, base, span } of this.#blocks) {
+      if (start < base + span && base < end) device.noteRead((at ??= this.#plc.controllerTime()));
+    }
+  }
+
   #execute(request: Decoded): Buffer {
     if ('exception' in request) return exceptionPdu(request.fc, request.exception);
     const { fc, start, quantity, values } = request;
@@ -270,6 +279,7 @@ export class ModbusPlcServer {
       case FC_READ_INPUT: {
         const read = this.#read(fc, start, quantity);
         if (read === undefined) return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
+        this.#noteRead(start, quantity);
         const out = Buffer.alloc(2 + 2 * quantity);
         out.writeUInt8(fc, 0);
         out.writeUInt8(2 * quantity, 1);

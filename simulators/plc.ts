@@ -77,6 +77,9 @@ export interface DeviceSnapshot {
   plcFaults: ActiveFault[];
 }
 
+/** Read requests a device's read log keeps (see SimDevice.readLog). */
+export const READ_LOG_CAPACITY = 10_000;
+
 export class SimDevice {
   readonly id: string;
   readonly profile: DeviceProfile;
@@ -86,6 +89,7 @@ export class SimDevice {
   readonly controller: DeviceController;
   /** @internal */
   readonly faultSet: FaultSet;
+  #readLog: number[] = [];
 
   constructor(id: string, config: DeviceConfig, plc: SimPlc) {
     this.id = id;
@@ -198,9 +202,25 @@ export class SimDevice {
     };
   }
 
-  /** Zeroes the counters, the command log and the write log. */
+  /** Zeroes the counters, the command log, the write log and the read log. */
   resetCounters(): void {
     this.controller.resetCounters();
+    this.#readLog = [];
+  }
+
+  /**
+   * Controller times (epoch ms) at which a read request that touched this device's registers
+   * was answered, oldest first: the last READ_LOG_CAPACITY of them. A copy.
+   */
+  get readLog(): number[] {
+    return [...this.#readLog];
+  }
+
+  /** @internal a front end answered a read of this device's registers. */
+  noteRead(controllerTime: number): void {
+    this.#readLog.push(controllerTime);
+    // Dropped in halves, so that a long run costs amortised O(1) per read.
+    if (this.#readLog.length > READ_LOG_CAPACITY) this.#readLog.splice(0, READ_LOG_CAPACITY / 2);
   }
 
   /** Flips the LOCAL/REMOTE switch (read at the next scan); `position` moves it by hand. */

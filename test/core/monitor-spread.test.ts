@@ -4,8 +4,9 @@ import { SimHarness } from '../helpers/sim-harness.js';
 /**
  * The idle-device monitor reads every device once per interval. The devices of a PLC share
  * one connection, so reading them all at the same moment would put a burst of reads ahead of
- * any command's fresh read or readback once a period. On the real simulator: the reads of the
- * three devices of the Modbus PLC are spread over the interval, not bunched.
+ * any command's fresh read or readback once a period. On the real simulator, by the times it
+ * answered each device's reads: the three devices of the Modbus PLC are read spread over the
+ * interval, not bunched.
  */
 
 const INTERVAL_MS = 600;
@@ -20,22 +21,11 @@ describe('idle-device monitor', () => {
     h = await SimHarness.start({ monitorMs: INTERVAL_MS });
     const ids = h.pipeline.devices().map((d) => d.id);
     expect(ids.length).toBeGreaterThanOrEqual(3);
-    // When each device was last read (the gateway time its read was sent), as it changes.
-    const reads = new Map<string, number[]>(ids.map((id) => [id, []]));
-    const poll = setInterval(() => {
-      for (const view of h!.pipeline.devices()) {
-        const at = view.mirror?.requestedAt;
-        const seen = reads.get(view.id);
-        if (at !== undefined && seen !== undefined && seen.at(-1) !== at) seen.push(at);
-      }
-    }, 2);
-    try {
-      // Four reads of each: the first may be the start-up's, the last three the monitor's.
-      await h.until(() => [...reads.values()].every((r) => r.length >= 4), 10_000, 'reads');
-    } finally {
-      clearInterval(poll);
-    }
-    const last = ids.map((id) => (reads.get(id) ?? []).slice(-3));
+    // Ground truth: when the simulator answered a read of each device's registers.
+    const reads = (id: string): number[] => h!.device(id).readLog;
+    // Four reads of each: the first may be the start-up's, the last three the monitor's.
+    await h.until(() => ids.every((id) => reads(id).length >= 4), 10_000, 'reads');
+    const last = ids.map((id) => reads(id).slice(-3));
     // Every pair of devices: no read of one within a sixth of the interval of a read of the
     // other (evenly spread, three devices are a third apart; bunched, they are milliseconds).
     for (let a = 0; a < last.length; a++) {

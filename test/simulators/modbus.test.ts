@@ -94,6 +94,25 @@ describe.skipIf(!haveMbpoll)('Modbus PLC driven by mbpoll', () => {
       expect(registersToTime(block.slice(4))).toBe(plant.plc('plc').clock.at(time.now()));
     });
 
+    it('logs each answered read in the read log of the device whose registers it touched', async () => {
+      step(40);
+      await mbRead(ep, 100, 8);
+      const at = plant.plc('plc').clock.at(time.now());
+      expect(plant.device('v2').readLog).toEqual([at]);
+      expect(plant.device('v1').readLog).toEqual([]);
+      // The PLC clock belongs to no device; a refused read is no answered read.
+      await mbRead(ep, 900, 4);
+      await expect(mbRead(ep, 8, 2)).rejects.toThrow(/Illegal data address/);
+      time.advance(5);
+      await mbRead(ep, 0, 8);
+      const later = plant.plc('plc').clock.at(time.now());
+      expect(plant.device('v1').readLog).toEqual([later]);
+      expect(plant.device('v2').readLog).toEqual([at]);
+      expect(plant.device('a1').readLog).toEqual([]);
+      plant.device('v2').resetCounters();
+      expect(plant.device('v2').readLog).toEqual([]);
+    });
+
     it('reports the controller clock with offset and drift at 900..903 and follows runtime changes', async () => {
       time.advance(60_000);
       // Drift accumulates from the start: 200 ppm over 60 s is 12 ms.
