@@ -172,6 +172,8 @@ export interface Recovery {
   readonly outcomes: Record<string, number>;
   readonly redispatched: number;
   readonly redispatchGuardMs: number;
+  /** The daemon from its first answer until the backlog was worked off (or the bench gave up). */
+  readonly load: DaemonLoad;
 }
 
 export interface Target {

@@ -6,7 +6,7 @@ import { observe } from '../../src/core/readback.js';
 import { allocateSeq } from '../../src/core/sequence.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { isBroker, modbusValves, type RunContext } from '../context.js';
-import { startDaemon } from '../daemon.js';
+import { daemonLoad, markDaemon, startDaemon } from '../daemon.js';
 import { firstRead, nextMove, rawDrivers } from '../raw-drivers.js';
 import type { Recovery } from '../results.js';
 import { IDENTITY, writeSite } from '../site.js';
@@ -127,6 +127,9 @@ export async function recovery(ctx: RunContext, listenEmptyMs: number | null): P
   ctx.progress('recovery: restarting the daemon on that journal');
   const daemon = await startDaemon(ctx, site, 'daemon-recovery');
   try {
+    // The daemon's work while it works the backlog off: from its first answer to the last
+    // settlement (fsyncs, event loop, journal calls).
+    const mark = await markDaemon(daemon);
     const reader = SqliteJournal.open({ path: journalPath, readonly: true });
     let open = reader.listOpen().length;
     const end = Date.now() + options.recoveryTimeoutSeconds * 1000;
@@ -134,6 +137,7 @@ export async function recovery(ctx: RunContext, listenEmptyMs: number | null): P
       await new Promise((r) => setTimeout(r, 250));
       open = reader.listOpen().length;
     }
+    const load = await daemonLoad(daemon, mark, ctx.shim);
     const settledAt = (keys: readonly string[]): number | null => {
       let last = 0;
       for (const key of keys) {
@@ -174,6 +178,7 @@ export async function recovery(ctx: RunContext, listenEmptyMs: number | null): P
       outcomes,
       redispatched,
       redispatchGuardMs: guardMs,
+      load,
     };
     reader.close();
     return result;

@@ -1,4 +1,12 @@
-import { mkdirSync } from 'node:fs';
+import {
+  closeSync,
+  fdatasync,
+  fstatSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  statSync,
+} from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement, Transaction } from 'better-sqlite3';
@@ -155,9 +163,16 @@ export class SqliteJournal implements Journal {
   private readOnlyConnection = false;
   private lastReopen = Number.NEGATIVE_INFINITY;
   private closed = false;
-  /** Group commit: a write committed since the last durability barrier. */
+  /** Group commit: a write made since the last durability barrier began. */
   private unsynced = false;
+  /** The barrier scheduled for the end of this turn (not yet begun). */
   private barrier: Promise<void> | null = null;
+  /** The barrier begun last, while its fdatasync runs: it covers every commit before it. */
+  private syncing: Promise<void> | null = null;
+  /** fdatasyncs of the WAL running on libuv's thread pool. */
+  private inFlight = 0;
+  /** The WAL file, opened for its fdatasync (see durable()); null: not open yet. */
+  private wal: { fd: number; ino: number } | null = null;
   private syncs = 0;
   /** Group commit: the open batch's COMMIT is scheduled (end of this event-loop turn). */
   private commitScheduled = false;
@@ -483,30 +498,37 @@ export class SqliteJournal implements Journal {
   }
 
   get syncPending(): boolean {
-    return this.unsynced;
+    return this.unsynced || this.inFlight > 0;
   }
 
   settledDurably(record: CommandRecord): boolean {
-    if (this.options.groupCommit !== true || !this.unsynced) return true;
-    // Settlement times are whole milliseconds of the same clock: strictly before the barrier's
-    // start means committed before it.
+    if (this.options.groupCommit !== true || !this.syncPending) return true;
+    // Settlement times are whole milliseconds of the same clock: strictly before the start of
+    // a barrier that has completed means committed before it.
     return record.settledAt !== null && record.settledAt < this.syncedBefore;
   }
 
   /**
    * Group commit (option `groupCommit`): the turn's batch commits with synchronous=NORMAL,
-   * which in WAL mode appends to the WAL without an fsync; this then commits one small
-   * transaction with synchronous=FULL, whose fsync of the WAL carries every earlier commit to
-   * disk with it (the WAL is one append-only file, so a crash can only lose a suffix of
-   * commits, never one in the middle). Callers that arrive while a barrier is scheduled share
-   * it; a batch that could not be committed fails it (nothing of it may be acknowledged).
+   * which in WAL mode appends to the WAL without an fsync; the barrier then fdatasyncs the WAL
+   * file, which carries every earlier commit to disk with it (the WAL is one append-only file,
+   * so a crash can only lose a suffix of commits, never one in the middle) — what SQLite's
+   * synchronous=FULL does at every commit, once for all of them. The fdatasync runs on libuv's
+   * thread pool: the event loop goes on (other valves' reads and writes, the intakes) while the
+   * disk works, and nothing waiting for this barrier is answered, published or written before
+   * it has returned. Callers that arrive while a barrier is scheduled share it; one that
+   * arrives while an fdatasync runs and has nothing new to sync waits for that one; one with
+   * writes of its own gets a barrier of its own, begun at once (fdatasyncs of one file may
+   * run side by side: each covers what was written before it began). A batch that could not
+   * be committed, or an fdatasync that failed, fails the barrier (nothing of it may be
+   * acknowledged).
    */
   durable(): Promise<void> {
-    if (!this.unsynced && this.batchLost === null) return Promise.resolve();
+    if (!this.unsynced && this.batchLost === null) return this.syncing ?? Promise.resolve();
     this.barrier ??= new Promise<void>((resolve, reject) => {
       setImmediate(() => {
         this.barrier = null;
-        // The batch of this turn first: its COMMIT is what the fsync below carries to disk.
+        // The batch of this turn first: its COMMIT is what the fdatasync below carries to disk.
         this.commitBatch();
         const lost = this.batchLost;
         if (lost !== null) {
@@ -515,33 +537,101 @@ export class SqliteJournal implements Journal {
           return;
         }
         if (!this.unsynced) {
-          resolve();
+          // Begun by another caller meanwhile (a graceful stop, a test): wait for that one.
+          (this.syncing ?? Promise.resolve()).then(resolve, reject);
           return;
         }
-        const startedAt = Date.now();
-        try {
-          this.write(
-            'sync',
-            (c) => {
-              c.db.pragma('synchronous = FULL');
-              try {
-                c.stmts.touch.run(new Date().toISOString());
-              } finally {
-                c.db.pragma('synchronous = NORMAL');
-              }
-            },
-            false,
-          );
-          this.unsynced = false;
-          this.syncedBefore = startedAt;
-          this.syncs++;
-          resolve();
-        } catch (error) {
-          reject(error instanceof Error ? error : new Error(String(error)));
-        }
+        this.beginSync().then(resolve, reject);
       });
     });
     return this.barrier;
+  }
+
+  /** One fdatasync of the WAL for every commit made so far (see durable()). */
+  private beginSync(): Promise<void> {
+    const startedAt = Date.now();
+    let fd: number;
+    try {
+      fd = this.walFd();
+    } catch (error) {
+      return Promise.reject(
+        new JournalUnavailableError(
+          `journal unavailable (sync): the WAL of ${this.options.path} cannot be opened: ${String(error)}`,
+          { cause: error },
+        ),
+      );
+    }
+    this.unsynced = false;
+    this.inFlight++;
+    const done = new Promise<void>((resolve, reject) => {
+      fdatasync(fd, (error) => {
+        this.inFlight--;
+        if (this.inFlight === 0 && this.closed) this.closeWal();
+        if (error !== null) {
+          // Its commits may not be on disk: nobody waiting for them is answered. Later writes
+          // get barriers of their own (as a failed fsync of SQLite's own commit would leave it).
+          reject(
+            new JournalUnavailableError(`journal unavailable (sync): ${error.code ?? error.message}`, {
+              cause: error,
+            }),
+          );
+          return;
+        }
+        this.syncs++;
+        this.syncedBefore = Math.max(this.syncedBefore, startedAt);
+        resolve();
+      });
+    });
+    this.syncing = done;
+    const forget = (): void => {
+      if (this.syncing === done) this.syncing = null;
+    };
+    done.then(forget, forget);
+    return done;
+  }
+
+  /**
+   * The WAL file's descriptor for the barrier's fdatasync. SQLite creates the WAL beside the
+   * journal on the first write in WAL mode and keeps it (it restarts it from the top after a
+   * checkpoint, the same file); it deletes it only when its last connection closes, and a new
+   * connection may make another. So the descriptor is checked against the path at every
+   * barrier and opened again when the file there is another one. A WAL newly opened here has
+   * its directory synced once, as SQLite does for a file it created, so that the file itself
+   * survives a power cut.
+   */
+  private walFd(): number {
+    const path = `${this.options.path}-wal`;
+    const current = statSync(path);
+    if (this.wal !== null && this.wal.ino === current.ino && fstatSync(this.wal.fd).nlink > 0) {
+      return this.wal.fd;
+    }
+    if (this.inFlight === 0) this.closeWal();
+    const fd = openSync(path, 'r');
+    try {
+      const ino = fstatSync(fd).ino;
+      const dir = openSync(dirname(path), 'r');
+      try {
+        fsyncSync(dir);
+      } finally {
+        closeSync(dir);
+      }
+      // An older descriptor still in an fdatasync is left to it (closed when none runs).
+      this.wal = { fd, ino };
+      return fd;
+    } catch (error) {
+      closeSync(fd);
+      throw error;
+    }
+  }
+
+  private closeWal(): void {
+    if (this.wal === null) return;
+    try {
+      closeSync(this.wal.fd);
+    } catch {
+      // Closed already.
+    }
+    this.wal = null;
   }
 
   /** Durability barriers (fsyncs of group commit) so far: for the benchmark and metrics. */
@@ -559,6 +649,8 @@ export class SqliteJournal implements Journal {
     this.commitBatch();
     this.closed = true;
     if (this.conn.db.open) this.conn.db.close();
+    // An fdatasync still running keeps its descriptor until it returns.
+    if (this.inFlight === 0) this.closeWal();
   }
 
   /**

@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -162,5 +163,44 @@ describe('group commit', () => {
     } finally {
       other.close();
     }
+  });
+
+  it('a barrier with writes of its own gets its own fdatasync beside a running one; one with none waits for the running one', async () => {
+    const { journal } = open(true);
+    journal.claim(command('a'));
+    const first = journal.durable();
+    // The barrier begins at the end of the turn (setImmediate, before this one); its
+    // fdatasync returns on a later turn of the loop at the earliest.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(journal.barriers).toBe(0);
+    expect(journal.syncPending).toBe(true); // begun, not on disk yet
+    // Nothing written since the first began: resolved by the first's fdatasync, not before.
+    const nothingNew = journal.durable().then(() => journal.barriers);
+    journal.claim(command('b'));
+    const second = journal.durable();
+    await expect(nothingNew).resolves.toBeGreaterThanOrEqual(1);
+    await Promise.all([first, second]);
+    expect(journal.barriers).toBe(2); // one fdatasync each for the two barriers with writes
+    expect(journal.syncPending).toBe(false);
+  });
+
+  it('syncs the WAL file that is there now: a new one after the connection was replaced', async () => {
+    const { journal, path } = open(true);
+    type Inner = { conn: { db: BetterSqlite3.Database }; wal: { ino: number } | null };
+    const inner = journal as unknown as Inner;
+    journal.claim(command('before'));
+    await journal.durable();
+    const before = statSync(`${path}-wal`).ino;
+    expect(inner.wal?.ino).toBe(before);
+    // The connection goes away (as after a read-only filesystem, see reopen): SQLite, its last
+    // connection closing, checkpoints and deletes the WAL; the next write opens a new one.
+    inner.conn.db.close();
+    journal.claim(command('after'));
+    await journal.durable();
+    const after = statSync(`${path}-wal`).ino;
+    expect(inner.wal?.ino).toBe(after);
+    const other = new BetterSqlite3(path, { readonly: true });
+    expect(other.prepare('SELECT count(*) AS n FROM commands').get()).toEqual({ n: 2 });
+    other.close();
   });
 });
