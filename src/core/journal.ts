@@ -27,6 +27,12 @@ export interface CommandRef {
   readonly key: string;
 }
 
+/** An open command as the sweep needs it: which, on which device, in which state. */
+export interface OpenRef extends CommandRef {
+  readonly device: string;
+  readonly state: OpenState;
+}
+
 /** A new command, ready to be claimed. */
 export interface NewCommand extends CommandRef {
   readonly fingerprint: string;
@@ -142,6 +148,12 @@ export interface Journal {
   history(ref: CommandRef): JournalEvent[];
   /** Non-terminal commands, oldest first. */
   listOpen(): CommandRecord[];
+  /**
+   * The same commands, only what the sweep needs of them: a backlog of thousands is read every
+   * second while it is worked off, and whole records (histories of JSON, rendered results)
+   * would cost the event loop tens of milliseconds each time.
+   */
+  listOpenRefs(): OpenRef[];
   list(filter: ListFilter): CommandRecord[];
   /** Deletes at most `limit` settled commands settled before `before`; returns how many. */
   purgeSettled(before: number, limit: number): number;

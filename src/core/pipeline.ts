@@ -31,7 +31,14 @@ import {
 } from './lane.js';
 import { gatewayVerdict } from './clock-policy.js';
 import { summarizeOpen, type OpenCommands } from './open-commands.js';
-import type { Claim, CommandRecord, CommandRef, Journal, JournalEvent } from './journal.js';
+import type {
+  Claim,
+  CommandRecord,
+  CommandRef,
+  Journal,
+  JournalEvent,
+  OpenRef,
+} from './journal.js';
 import type { Logger } from './logger.js';
 import type { DeviceProfile } from './profile.js';
 import { noReadFailures, type ReadFailure } from './read-failures.js';
@@ -600,9 +607,9 @@ export class CommandPipeline {
    * in flight are left alone. Returns how many open commands the journal holds.
    */
   sweep(): number {
-    let open: CommandRecord[];
+    let open: OpenRef[];
     try {
-      open = this.journal.listOpen();
+      open = this.journal.listOpenRefs();
     } catch (error) {
       this.logger.warn({ err: error }, 'sweep: the journal cannot be read; trying again later');
       return 0;
@@ -665,7 +672,7 @@ export class CommandPipeline {
     return summarizeOpen(this.journal.listOpen(), this.clock.now(), confirmTimeouts);
   }
 
-  private reportOrphan(record: CommandRecord): void {
+  private reportOrphan(record: OpenRef): void {
     const id = refId(record);
     if (this.orphansReported.has(id)) return;
     this.orphansReported.add(id);
@@ -923,7 +930,7 @@ export class CommandPipeline {
     }
   }
 
-  private safeNote(record: CommandRecord, detail: string): void {
+  private safeNote(record: CommandRef & { readonly device: string }, detail: string): void {
     try {
       this.journal.note(record, this.clock.now(), detail, RECOVERY);
     } catch (error) {

@@ -109,6 +109,10 @@ async function readTable(client: ModbusRTU, block: ReadBlock): Promise<number[]>
   }
 }
 
+/** Hands a request's answer (or its failure) to the jobs it served. */
+type Delivery = () => void;
+const NOTHING: Delivery = () => undefined;
+
 /**
  * One Modbus TCP connection to one PLC, shared by its devices.
  *
@@ -225,13 +229,19 @@ export class ModbusEndpoint {
 
   /**
    * Serves the queue in order, one request at a time, until it is empty; then it is done and
-   * the next job queued starts a new pump. Never rejects: every job settles in serveRead or
-   * serveWrite.
+   * the next job queued starts a new pump. Never rejects: every job settles through the
+   * delivery its serve returns.
+   *
+   * The answer of one request is handed to its jobs only once the next request is on its way:
+   * what the jobs do with it (journal writes, the next step of their commands) then runs while
+   * the PLC works on the next request, instead of before it is sent. Still one request in
+   * flight: the next is sent after the answer to the one before has arrived.
    */
   private async pump(): Promise<void> {
     // A microtask later, so that the reads queued in the same tick (several devices read at
     // once) are in the queue when the first block is taken.
     await Promise.resolve();
+    let deliver: Delivery | null = null;
     try {
       for (let head = this.jobs[0]; head !== undefined; head = this.jobs[0]) {
         if (this.closed || head.signal?.aborted === true) {
@@ -239,14 +249,19 @@ export class ModbusEndpoint {
           head.reject(this.notServed());
           continue;
         }
+        let served: Promise<Delivery>;
         if (head.kind === 'write') {
           this.jobs.shift();
-          await this.serveWrite(head);
+          served = this.serveWrite(head);
         } else {
-          await this.serveRead(takeReadBlock(this.jobs, this.maxGap));
+          served = this.serveRead(takeReadBlock(this.jobs, this.maxGap));
         }
+        deliver?.();
+        deliver = null;
+        deliver = await served;
       }
     } finally {
+      deliver?.();
       // Synchronously after the queue was seen empty: a job queued from now on starts a pump.
       this.pumping = null;
     }
@@ -259,7 +274,7 @@ export class ModbusEndpoint {
     );
   }
 
-  private async serveWrite(job: WriteJob): Promise<void> {
+  private async serveWrite(job: WriteJob): Promise<Delivery> {
     const { address, values } = job;
     try {
       await this.request(
@@ -267,9 +282,13 @@ export class ModbusEndpoint {
         (client) => client.writeRegisters(address, [...values]),
         [job],
       );
-      job.resolve();
+      return () => {
+        job.resolve();
+      };
     } catch (error) {
-      job.reject(asError(error));
+      return () => {
+        job.reject(asError(error));
+      };
     }
   }
 
@@ -279,7 +298,7 @@ export class ModbusEndpoint {
    * its read is queued, and every job of a block was queued before the block's request is sent,
    * so the answer is at least as new as each job's `requestedAt` says: still conservative.
    */
-  private async serveRead(block: ReadBlock): Promise<void> {
+  private async serveRead(block: ReadBlock): Promise<Delivery> {
     const combined = block.jobs.length > 1;
     let values: number[];
     try {
@@ -291,26 +310,29 @@ export class ModbusEndpoint {
     } catch (error) {
       if (combined && error instanceof ModbusExceptionError) {
         await this.uncombine(block, error.exception);
-        return;
+        return NOTHING;
       }
       // A lone read's refusal is its own; no answer (timeout, socket error) leaves every job
       // of the block with the same unknown, and the same error.
-      for (const job of block.jobs) job.reject(asError(error));
-      return;
+      return () => {
+        for (const job of block.jobs) job.reject(asError(error));
+      };
     }
-    for (const job of block.jobs) {
-      const slice = sliceFor(block, job, values);
-      if (slice.length < job.length) {
-        job.reject(
-          new DeviceUnreachableError(
-            `${this.name}: short answer to ${describeRead(block)} (${values.length})`,
-          ),
-        );
-        continue;
+    return () => {
+      for (const job of block.jobs) {
+        const slice = sliceFor(block, job, values);
+        if (slice.length < job.length) {
+          job.reject(
+            new DeviceUnreachableError(
+              `${this.name}: short answer to ${describeRead(block)} (${values.length})`,
+            ),
+          );
+          continue;
+        }
+        this.served++;
+        job.resolve(slice);
       }
-      this.served++;
-      job.resolve(slice);
-    }
+    };
   }
 
   /**
@@ -341,7 +363,7 @@ export class ModbusEndpoint {
         job.reject(this.notServed());
         continue;
       }
-      await this.serveRead(aloneBlock(job));
+      (await this.serveRead(aloneBlock(job)))();
     }
   }
 
@@ -357,7 +379,8 @@ export class ModbusEndpoint {
     jobs: readonly ModbusJob[],
   ): Promise<T> {
     if (this.closed) throw new DeviceUnreachableError(`${this.name}: endpoint closed`);
-    const client = await this.connected();
+    // Connected: the request goes out in this microtask, not after an await of its own.
+    const client = this.client?.isOpen === true ? this.client : await this.connected();
     const socketClosed = new Promise<never>((_, reject) => {
       this.onSocketClosed = (reason) => {
         reject(new DeviceUnreachableError(`${this.name}: ${what}: ${reason}`));

@@ -1,12 +1,4 @@
-import {
-  closeSync,
-  fdatasync,
-  fstatSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  statSync,
-} from 'node:fs';
+import { closeSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement, Transaction } from 'better-sqlite3';
@@ -32,6 +24,7 @@ import type {
   ListFilter,
   NewCommand,
   Observation,
+  OpenRef,
   Rejection,
   SeqAllocator,
   Settlement,
@@ -446,6 +439,14 @@ export class SqliteJournal implements Journal {
     }
   }
 
+  listOpenRefs(): OpenRef[] {
+    try {
+      return this.connection().stmts.openRefs.all() as OpenRef[];
+    } catch (error) {
+      return translate(error, 'read');
+    }
+  }
+
   list(filter: ListFilter): CommandRecord[] {
     const where: string[] = [];
     const params: (string | number)[] = [];
@@ -571,9 +572,12 @@ export class SqliteJournal implements Journal {
           // Its commits may not be on disk: nobody waiting for them is answered. Later writes
           // get barriers of their own (as a failed fsync of SQLite's own commit would leave it).
           reject(
-            new JournalUnavailableError(`journal unavailable (sync): ${error.code ?? error.message}`, {
-              cause: error,
-            }),
+            new JournalUnavailableError(
+              `journal unavailable (sync): ${error.code ?? error.message}`,
+              {
+                cause: error,
+              },
+            ),
           );
           return;
         }
@@ -838,6 +842,7 @@ function prepare(db: Database): {
   settle: Statement;
   history: Statement;
   open: Statement;
+  openRefs: Statement;
   purgeCandidates: Statement;
   deleteEvents: Statement;
   deleteCommand: Statement;
@@ -879,6 +884,9 @@ function prepare(db: Database): {
     open: db.prepare(
       "SELECT * FROM commands WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at",
     ),
+    openRefs: db.prepare(`
+      SELECT scope, key, device, state FROM commands
+      WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at`),
     purgeCandidates: db.prepare(`
       SELECT scope, key FROM commands
       WHERE settled_at IS NOT NULL AND settled_at < ?

@@ -288,6 +288,31 @@ describe('block reads', () => {
     expect(sent).toBe(3);
   });
 
+  it('has the next request on its way before an answer is handed to its read', async () => {
+    // Three reads that cannot share a request: each answer reaches its read once the request
+    // after it was sent, so that what the read's owner does with it runs while the PLC
+    // answers the next (the last one, with nothing after it, at once).
+    const e = endpoint('flat', { combineReads: { enabled: false, maxGap: 16 } });
+    const reads = [
+      ['holding', 0, 4],
+      ['holding', 16, 4],
+      ['holding', 32, 4],
+    ] as const;
+    const alone = await lone(e, reads);
+    const before = e.requestsSent;
+    const sentWhenAnswered: number[] = [];
+    const result = await Promise.all(
+      reads.map(([table, address, length]) =>
+        e.read(table, address, length).then((values) => {
+          sentWhenAnswered.push(e.requestsSent - before);
+          return values;
+        }),
+      ),
+    );
+    expect(result).toEqual(alone);
+    expect(sentWhenAnswered).toEqual([2, 3, 3]);
+  });
+
   it('drops aborted reads without a request, as a read alone would be', async () => {
     const e = endpoint('flat');
     const aborted = AbortSignal.abort();
