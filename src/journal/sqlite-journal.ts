@@ -1,4 +1,4 @@
-import { closeSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { closeSync, fdatasync, fsyncSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement, Transaction } from 'better-sqlite3';
@@ -165,7 +165,9 @@ export class SqliteJournal implements Journal {
   /** fdatasyncs of the WAL running on libuv's thread pool. */
   private inFlight = 0;
   /** The WAL file, opened for its fdatasync (see durable()); null: not open yet. */
-  private wal: { fd: number; ino: number } | null = null;
+  private wal: { readonly fd: number; readonly conn: Connection } | null = null;
+  /** Descriptors of WAL files of connections replaced while an fdatasync ran. */
+  private readonly staleWal: number[] = [];
   private syncs = 0;
   /** Group commit: the open batch's COMMIT is scheduled (end of this event-loop turn). */
   private commitScheduled = false;
@@ -567,7 +569,8 @@ export class SqliteJournal implements Journal {
     const done = new Promise<void>((resolve, reject) => {
       fdatasync(fd, (error) => {
         this.inFlight--;
-        if (this.inFlight === 0 && this.closed) this.closeWal();
+        if (this.closed) this.closeWal();
+        else this.closeStaleWal();
         if (error !== null) {
           // Its commits may not be on disk: nobody waiting for them is answered. Later writes
           // get barriers of their own (as a failed fsync of SQLite's own commit would leave it).
@@ -596,47 +599,54 @@ export class SqliteJournal implements Journal {
 
   /**
    * The WAL file's descriptor for the barrier's fdatasync. SQLite creates the WAL beside the
-   * journal on the first write in WAL mode and keeps it (it restarts it from the top after a
-   * checkpoint, the same file); it deletes it only when its last connection closes, and a new
-   * connection may make another. So the descriptor is checked against the path at every
-   * barrier and opened again when the file there is another one. A WAL newly opened here has
-   * its directory synced once, as SQLite does for a file it created, so that the file itself
-   * survives a power cut.
+   * journal on the first write in WAL mode and keeps that file while the connection is open
+   * (it restarts it from the top after a checkpoint, the same file); it deletes it only when
+   * its last connection closes. So the descriptor belongs to the connection: opened at the
+   * first barrier on it, opened again after the connection was replaced (reopen), when the
+   * WAL may be another file. A WAL opened here has its directory synced once, as SQLite does
+   * for a file it created, so that the file itself survives a power cut.
    */
   private walFd(): number {
+    if (this.wal !== null && this.wal.conn === this.conn) return this.wal.fd;
+    // The last connection's descriptor: closed now, or by the fdatasync still using it.
+    if (this.wal !== null) this.staleWal.push(this.wal.fd);
+    this.wal = null;
+    this.closeStaleWal();
     const path = `${this.options.path}-wal`;
-    const current = statSync(path);
-    if (this.wal !== null && this.wal.ino === current.ino && fstatSync(this.wal.fd).nlink > 0) {
-      return this.wal.fd;
-    }
-    if (this.inFlight === 0) this.closeWal();
     const fd = openSync(path, 'r');
     try {
-      const ino = fstatSync(fd).ino;
       const dir = openSync(dirname(path), 'r');
       try {
         fsyncSync(dir);
       } finally {
         closeSync(dir);
       }
-      // An older descriptor still in an fdatasync is left to it (closed when none runs).
-      this.wal = { fd, ino };
-      return fd;
     } catch (error) {
       closeSync(fd);
       throw error;
     }
+    this.wal = { fd, conn: this.conn };
+    return fd;
   }
 
   private closeWal(): void {
-    if (this.wal === null) return;
-    try {
-      closeSync(this.wal.fd);
-    } catch {
-      // Closed already.
-    }
+    if (this.wal !== null) this.staleWal.push(this.wal.fd);
     this.wal = null;
+    this.closeStaleWal();
   }
+
+  /** Closes the descriptors no connection uses any more, once no fdatasync runs on them. */
+  private closeStaleWal(): void {
+    if (this.inFlight > 0) return;
+    for (const fd of this.staleWal.splice(0)) {
+      try {
+        closeSync(fd);
+      } catch {
+        // Closed already.
+      }
+    }
+  }
+
 
   /** Durability barriers (fsyncs of group commit) so far: for the benchmark and metrics. */
   get barriers(): number {
@@ -654,7 +664,7 @@ export class SqliteJournal implements Journal {
     this.closed = true;
     if (this.conn.db.open) this.conn.db.close();
     // An fdatasync still running keeps its descriptor until it returns.
-    if (this.inFlight === 0) this.closeWal();
+    this.closeWal();
   }
 
   /**
