@@ -399,14 +399,19 @@ export function tables(r: Results): Record<string, Table> {
         `${n(t.cpuCores.daemon)} / ${n(t.cpuCores.simulator)} / ${n(t.cpuCores.broker)} / ${n(t.cpuCores.bench)}`,
       ],
       ['fsyncs per confirmed command', n(t.fsyncsPerCommand)],
-      ['fsync time per confirmed command', n(t.fsyncMsPerCommand, 'ms')],
+      [
+        'fsync time per confirmed command: main thread (the event loop waits) / thread pool',
+        isSkipped(t.daemon.fsyncs)
+          ? t.daemon.fsyncs.skipped
+          : `${n(t.daemon.fsyncs.mainMs / Math.max(1, t.confirmed), 'ms')} / ${n(t.daemon.fsyncs.otherMs / Math.max(1, t.confirmed), 'ms')}`,
+      ],
       ['Modbus requests per confirmed command', n(t.modbusRequestsPerCommand)],
       [
         'ceiling of one PLC connection: 1 / (requests per command × simulator read p50)',
         n(t.ceilings.plcConnectionPerSecond, '/s'),
       ],
       [
-        'ceiling of serial fsyncs: 1 / (main-thread fsync time per command)',
+        'ceiling of the fsyncs on the main thread: 1 / (their time per command)',
         n(t.ceilings.serialFsyncsPerSecond, '/s'),
       ],
       ...modbusRows(t.daemon, Math.max(1, t.confirmed), 'cmd').slice(2),
@@ -486,6 +491,7 @@ export function tables(r: Results): Record<string, Table> {
           .join('; '),
       ],
       ['written a second time (proven not applied)', n(rec.redispatched)],
+      ...recoveryLoadRows(rec),
     ],
   };
   out.targets = {
@@ -598,4 +604,29 @@ function fillTemplate(r: Results): string {
     if (table === undefined) throw new Error(`PERFORMANCE.template.md: no table ${name}`);
     return markdownTable(table);
   });
+}
+
+/** The daemon's work while it worked the backlog off (results before it was measured: none). */
+function recoveryLoadRows(rec: Results['recovery']): string[][] {
+  const load = rec.load as DaemonLoad | undefined;
+  if (load === undefined) return [];
+  const per = Math.max(1, rec.commands);
+  const requests = (load.modbus.reads + load.modbus.writes) / per;
+  return [
+    [
+      'daemon meanwhile: event-loop utilisation / CPU cores',
+      `${n(load.eventLoopUtilisation)} / ${n(load.cpuCores)}`,
+    ],
+    [
+      'fsyncs per command: main thread / thread pool',
+      isSkipped(load.fsyncs)
+        ? load.fsyncs.skipped
+        : `${n(load.fsyncs.mainCalls / per)} / ${n(load.fsyncs.otherCalls / per)}`,
+    ],
+    ['Modbus requests per command', n(requests)],
+    [
+      'wait in the PLC connection’s queue, p50 / p99',
+      load.modbus.queueWaitMs == null ? 'not measured' : `${pp(load.modbus.queueWaitMs)} ms`,
+    ],
+  ];
 }

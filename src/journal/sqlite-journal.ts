@@ -647,7 +647,6 @@ export class SqliteJournal implements Journal {
     }
   }
 
-
   /** Durability barriers (fsyncs of group commit) so far: for the benchmark and metrics. */
   get barriers(): number {
     return this.syncs;

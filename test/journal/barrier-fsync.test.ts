@@ -53,7 +53,14 @@ function parse(log: string): Call[] {
     const whole = /^(\d+)\s+(\w+)\((\d+)<([^>]*)>.*= (-?\d+)/.exec(line);
     if (whole !== null) {
       const [, , name = '', , path = '', result = ''] = whole;
-      calls.push({ name, path, began: index, returned: index, ok: Number(result) >= 0, text: line });
+      calls.push({
+        name,
+        path,
+        began: index,
+        returned: index,
+        ok: Number(result) >= 0,
+        text: line,
+      });
     }
   });
   return calls;
@@ -106,8 +113,10 @@ describe.skipIf(!haveStrace)('group commit barrier, traced', () => {
             c.began > (lastWrite?.returned ?? Infinity) &&
             c.returned < answer.began,
         );
-        expect(syncs.length, `an fdatasync of the WAL between its last write and ${answer.text}`)
-          .toBeGreaterThan(0);
+        expect(
+          syncs.length,
+          `an fdatasync of the WAL between its last write and ${answer.text}`,
+        ).toBeGreaterThan(0);
       }
     } finally {
       cleanup();
