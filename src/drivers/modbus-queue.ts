@@ -34,6 +34,12 @@ interface QueuedJob {
   readonly sent?: ((waitedMs: number) => void) | undefined;
   /** Monotonic time (the endpoint's clock) at which the job was queued; set with `sent`. */
   readonly queuedMono?: number | undefined;
+  /**
+   * Who queued the job: the device whose registers it reads or writes. A read may be served
+   * before a write queued ahead of it only when both name their owner and the owners differ
+   * (see takeReadBlock); without one, a job keeps its place behind every write.
+   */
+  readonly owner?: string | undefined;
 }
 
 export interface ReadJob extends QueuedJob {
@@ -65,8 +71,13 @@ export interface ReadBlock {
 /**
  * Takes the read at the head of `queue` off it, with every queued read that one request can
  * serve with it (`maxGap` null: none). A read joins when it
- * - sits before the first queued write: a read never overtakes a write queued before it, so
- *   it cannot miss what that write changed;
+ * - never overtakes a write to its own device: it sits before the first queued write, or every
+ *   write queued before it belongs to another device (both jobs name their owner). So a
+ *   device's read cannot miss what its own write changed, while the valves of one PLC do not
+ *   wait for each other's writes: another device's write only changes registers this read does
+ *   not ask for, and a read that overtakes it is as fresh as one queued a moment earlier (its
+ *   request is sent after it was queued, which is all freshness asks, SPEC §6). A write or a
+ *   read without an owner keeps the plain order;
  * - is on the same table and not aborted;
  * - lies within `maxGap` of the block built so far (overlap and adjacency always qualify);
  * - keeps the block within the protocol's limit for one request.
@@ -77,8 +88,18 @@ export function takeReadBlock(queue: ModbusJob[], maxGap: number | null): ReadBl
   if (head?.kind !== 'read') throw new Error('takeReadBlock: the queue does not start with a read');
   let start = head.address;
   let end = head.address + head.length;
-  const writeAt = queue.findIndex((job) => job.kind === 'write');
-  const candidates = queue.slice(1, writeAt === -1 ? queue.length : writeAt);
+  const candidates: ModbusJob[] = [];
+  const writers = new Set<string>();
+  for (const job of queue.slice(1)) {
+    if (job.kind === 'write') {
+      // A write without an owner holds back every read behind it.
+      if (job.owner === undefined) break;
+      writers.add(job.owner);
+      continue;
+    }
+    if (writers.size > 0 && (job.owner === undefined || writers.has(job.owner))) continue;
+    candidates.push(job);
+  }
   const taken = new Set<ModbusJob>([head]);
   if (maxGap !== null) {
     const limit = requestLimit(head.table);

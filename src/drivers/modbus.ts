@@ -119,9 +119,10 @@ const NOTHING: Delivery = () => undefined;
  * - One request in flight: modbus-serial mismatches responses under concurrent requests on one
  *   connection (modbus-serial #264, #540), so reads and writes wait in a FIFO queue served by
  *   one pump.
- * - Block reads: when the pump takes a read, the queued reads near it on the same table (and
- *   before any queued write) join it, and one request serves them all (modbus-queue.ts). A PLC
- *   that refuses such a read is read request by request from then on.
+ * - Block reads: when the pump takes a read, the queued reads near it on the same table join
+ *   it, and one request serves them all (modbus-queue.ts): those before the first queued write,
+ *   and those of a device past writes queued by other devices (never past its own). A PLC that
+ *   refuses such a read is read request by request from then on.
  * - A request that times out, or a socket error, destroys the client: a late answer must never
  *   be taken for the next request's. The next request reconnects, no sooner than a jittered
  *   exponential backoff allows (modbus-serial does not reconnect by itself: #92, #182).
@@ -192,6 +193,7 @@ export class ModbusEndpoint {
     length: number,
     signal?: AbortSignal,
     sent?: (waitedMs: number) => void,
+    owner?: string,
   ): Promise<number[]> {
     const queuedMono = sent === undefined ? undefined : this.options.clock.elapsed();
     return new Promise<number[]>((resolve, reject) => {
@@ -205,13 +207,23 @@ export class ModbusEndpoint {
         reject,
         sent,
         queuedMono,
+        owner,
       });
     });
   }
 
-  writeRegisters(address: number, values: number[], signal?: AbortSignal): Promise<void> {
+  /**
+   * `owner`, when given, names the device the registers belong to: reads of other devices may
+   * then be served before this write, never reads of the same owner (modbus-queue.ts).
+   */
+  writeRegisters(
+    address: number,
+    values: number[],
+    signal?: AbortSignal,
+    owner?: string,
+  ): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.enqueue({ kind: 'write', address, values: [...values], signal, resolve, reject });
+      this.enqueue({ kind: 'write', address, values: [...values], signal, resolve, reject, owner });
     });
   }
 
@@ -563,7 +575,7 @@ export class ModbusDeviceDriver implements DeviceDriver {
   async write(command: CommandWrite, signal?: AbortSignal): Promise<void> {
     // One FC16 request: code, setpoint and sequence number reach the PLC together.
     const { start, values } = encodeCommand(this.o.profile, this.o.base, command);
-    await this.o.endpoint.writeRegisters(start, values, signal);
+    await this.o.endpoint.writeRegisters(start, values, signal, this.o.id);
   }
 
   health(): DeviceHealth {
@@ -577,7 +589,14 @@ export class ModbusDeviceDriver implements DeviceDriver {
   ): Promise<Image> {
     const image = new Image();
     for (const r of requests) {
-      const values = await this.o.endpoint.read(r.table, r.start, r.length, signal, sent);
+      const values = await this.o.endpoint.read(
+        r.table,
+        r.start,
+        r.length,
+        signal,
+        sent,
+        this.o.id,
+      );
       if (values.length < r.length) {
         throw new DeviceUnreachableError(
           `${this.o.id}: short answer to ${r.table} ${r.start}+${r.length} (${values.length})`,

@@ -313,6 +313,47 @@ describe('block reads', () => {
     expect(sentWhenAnswered).toEqual([2, 3, 3]);
   });
 
+  it("joins a device's read past another device's queued write, never past its own", async () => {
+    const e = endpoint('flat');
+    const status = (v: number): number => v * FLAT_SPACING;
+    const command = (v: number): number => v * FLAT_SPACING + 10;
+    const [previous] = await lone(e, [['holding', command(1), 3]]);
+    // A stop (a no-op on a valve at rest) with a sequence number the registers do not hold yet.
+    const written = [3, 0, previous?.[2] === 4242 ? 4243 : 4242];
+    const first = e.requestsSent + 1;
+    /** Which request (1 = the first of this test) served each read: told when it is sent. */
+    const servedBy = new Map<string, number>();
+    const read = (name: string, address: number, length: number, owner?: string) =>
+      e.read(
+        'holding',
+        address,
+        length,
+        undefined,
+        () => {
+          servedBy.set(name, e.requestsSent - first + 1);
+        },
+        owner,
+      );
+    const [, , , afterWrite] = await Promise.all([
+      read('status 1', status(1), 8, 'f1'),
+      e.writeRegisters(command(1), written, undefined, 'f1'),
+      // Valve 2's status: past valve 1's write, into the first request.
+      read('status 2', status(2), 8, 'f2'),
+      // Valve 1's command registers, after its own write: never before it.
+      read('command 1', command(1), 3, 'f1'),
+      // No owner: keeps its place behind every write.
+      read('status 3', status(3), 8),
+    ]);
+    expect(afterWrite).toEqual(written);
+    expect(Object.fromEntries(servedBy)).toEqual({
+      'status 1': 1,
+      'status 2': 1,
+      // request 2 is the write
+      'command 1': 3,
+      'status 3': 4, // too far from command 1 (maxGap) to join it
+    });
+  });
+
   it('drops aborted reads without a request, as a read alone would be', async () => {
     const e = endpoint('flat');
     const aborted = AbortSignal.abort();
