@@ -3,11 +3,11 @@ import { join } from 'node:path';
 import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
 import type { CommandRecord, NewCommand } from '../../src/core/journal.js';
 import { observe } from '../../src/core/readback.js';
-import { allocateSeq } from '../../src/core/sequence.js';
+import { POWER_UP_ECHO, allocateSeq } from '../../src/core/sequence.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { isBroker, modbusValves, type RunContext } from '../context.js';
 import { daemonLoad, markDaemon, startDaemon } from '../daemon.js';
-import { firstRead, nextMove, rawDrivers } from '../raw-drivers.js';
+import { firstRead, nextMove, nextSeq, rawDrivers, writeAndReadBack } from '../raw-drivers.js';
 import type { Recovery } from '../results.js';
 import { IDENTITY, writeSite } from '../site.js';
 import { round } from '../stats.js';
@@ -80,7 +80,22 @@ export async function recovery(ctx: RunContext, listenEmptyMs: number | null): P
     const next: Record<string, string> = {};
     for (const [v, device] of valves.entries()) {
       const driver = raw.driver(device);
-      const before = await firstRead(driver, 10_000);
+      let before = await firstRead(driver, 10_000);
+      if (before.seq === POWER_UP_ECHO) {
+        // A valve never commanded since the plant started echoes its power-up sequence number,
+        // as a controller does after a restart: over a new connection (the daemon's, after
+        // its restart) no image can then prove a write not applied (redispatch.ts), and a
+        // command in doubt waits for its deadline. A plant in service has taken commands: one
+        // here, with the raw driver, as the earlier phases did for the valves they commanded.
+        const move = nextMove(before.state);
+        await writeAndReadBack(
+          driver,
+          { action: move.action, position: null, seq: nextSeq(before.seq, 60_000 + v) },
+          move.target,
+          10_000,
+        );
+        before = await firstRead(driver, 10_000);
+      }
       const move = nextMove(before.state);
       const key = `rec-${device}-0`;
       const record = claim(key, device, move.action);
