@@ -572,8 +572,10 @@ export class SqliteJournal implements Journal {
         if (this.closed) this.closeWal();
         else this.closeStaleWal();
         if (error !== null) {
-          // Its commits may not be on disk: nobody waiting for them is answered. Later writes
-          // get barriers of their own (as a failed fsync of SQLite's own commit would leave it).
+          // Its commits may not be on disk: nobody waiting for them is answered, and they count
+          // as unsynced again, so that nothing later vouches for them without an fdatasync that
+          // succeeded (as a failed fsync of SQLite's own commit would leave them).
+          this.unsynced = true;
           reject(
             new JournalUnavailableError(
               `journal unavailable (sync): ${error.code ?? error.message}`,

@@ -211,4 +211,26 @@ describe('group commit', () => {
     expect(other.prepare('SELECT count(*) AS n FROM commands').get()).toEqual({ n: 2 });
     other.close();
   });
+
+  it('a failed fdatasync fails its barrier and leaves its writes unsynced until one succeeds', async () => {
+    const { journal } = open(true);
+    type Inner = { wal: { fd: number; conn: unknown } | null };
+    const inner = journal as unknown as Inner;
+    journal.claim(command('first'));
+    await journal.durable();
+    const wal = inner.wal;
+    if (wal === null) throw new Error('no WAL descriptor after a barrier');
+    // A disk that fails an fdatasync (EIO) cannot be made here: a descriptor that is not open
+    // fails it the same way (EBADF), through the same path.
+    inner.wal = { ...wal, fd: 2 ** 30 };
+    journal.claim(command('second'));
+    await expect(journal.durable()).rejects.toThrow(/journal unavailable \(sync\): EBADF/);
+    expect(journal.barriers).toBe(1);
+    // Nothing vouches for the claim now: a caller with nothing new still gets a barrier.
+    expect(journal.syncPending).toBe(true);
+    inner.wal = wal;
+    await journal.durable(); // an fdatasync of its own, that succeeds
+    expect(journal.barriers).toBe(2);
+    expect(journal.syncPending).toBe(false);
+  });
 });
