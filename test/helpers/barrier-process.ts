@@ -4,6 +4,7 @@
 // the WAL that began after the round's commit.
 import { writeSync } from 'node:fs';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { newCommand } from './new-command.js';
 
 const path = process.argv[2];
 const rounds = Number(process.argv[3] ?? '3');
@@ -12,20 +13,7 @@ const journal = SqliteJournal.open({ path, groupCommit: true });
 for (let round = 0; round < rounds; round++) {
   const now = Date.now();
   for (let i = 0; i < 5; i++) {
-    journal.claim({
-      scope: 'plant',
-      key: `r${round}-${i}`,
-      fingerprint: `f${round}-${i}`,
-      device: 'inlet-valve',
-      action: 'open',
-      position: null,
-      issuedAt: now,
-      issuedAtSource: 'gateway',
-      ttlMs: 30_000,
-      deadline: now + 30_000,
-      intake: 'https',
-      acceptedAt: now,
-    });
+    journal.claim(newCommand(`r${round}-${i}`, `f${round}-${i}`, now));
   }
   await journal.durable();
   writeSync(1, `durable ${round}\n`);
