@@ -63,7 +63,49 @@ if (opts.check === true) {
 
 // JSON lines on stdout (journald), readable lines on a terminal.
 const logger = await daemonLogger(config.log.level);
-let daemon: Daemon;
+
+// Signals are handled once: the first stops gracefully, a second (or a stop that overruns
+// its bound) exits at once — the journal keeps whatever was in flight for recovery. The
+// handlers are in place before the start begins: a stop asked for while the daemon starts
+// (systemd's stop of a unit still starting) waits for the start, then stops it gracefully,
+// rather than the signal's default action killing the process halfway.
+let daemon: Daemon | undefined;
+// An object, not a boolean: the handler sets it while the start is awaited.
+const signals = { received: false };
+const stop = (running: Daemon): void => {
+  running.stop().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      logger.error({ err: error }, 'stop failed');
+      process.exit(1);
+    },
+  );
+};
+const onSignal = (signal: NodeJS.Signals): void => {
+  if (signals.received) {
+    logger.warn({ signal }, 'second signal: exiting now');
+    process.exit(1);
+  }
+  signals.received = true;
+  const force = setTimeout(
+    () => {
+      logger.error({}, 'stop overran its bound: exiting now');
+      process.exit(1);
+    },
+    Number(opts.shutdownBound) + 10_000,
+  );
+  force.unref();
+  if (daemon === undefined) {
+    logger.info({ signal }, 'stopping once the start has finished');
+    return;
+  }
+  logger.info({ signal }, 'stopping');
+  stop(daemon);
+};
+process.on('SIGTERM', onSignal);
+process.on('SIGINT', onSignal);
+
+logger.info({ config: opts.config, pid: process.pid }, 'sluiced starting');
 try {
   if (Object.values(config.plcs).some((plc) => plc.protocol === 'opcua')) {
     // Only with an OPC UA PLC: loading node-opcua takes seconds, and its own messages go to
@@ -85,32 +127,4 @@ try {
   logger.fatal({ err: error }, 'sluiced could not start');
   process.exit(1);
 }
-
-// Signals are handled once: the first stops gracefully, a second (or a stop that overruns
-// its bound) exits at once — the journal keeps whatever was in flight for recovery.
-let signalled = false;
-const onSignal = (signal: NodeJS.Signals): void => {
-  if (signalled) {
-    logger.warn({ signal }, 'second signal: exiting now');
-    process.exit(1);
-  }
-  signalled = true;
-  logger.info({ signal }, 'stopping');
-  const force = setTimeout(
-    () => {
-      logger.error({}, 'stop overran its bound: exiting now');
-      process.exit(1);
-    },
-    Number(opts.shutdownBound) + 10_000,
-  );
-  force.unref();
-  daemon.stop().then(
-    () => process.exit(0),
-    (error: unknown) => {
-      logger.error({ err: error }, 'stop failed');
-      process.exit(1);
-    },
-  );
-};
-process.on('SIGTERM', onSignal);
-process.on('SIGINT', onSignal);
+if (signals.received) stop(daemon);

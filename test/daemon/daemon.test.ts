@@ -373,4 +373,35 @@ describe.runIf(real)('sluiced', () => {
     expect(await exited).toBe(0);
     expect(out).toContain('sluiced stopped');
   }, 60_000);
+
+  it('a SIGTERM while sluiced starts stops it gracefully once started, not by the signal', async () => {
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        join(ROOT, 'test/helpers/ts-register.mjs'),
+        join(ROOT, 'src/daemon/cli.ts'),
+        '--config',
+        configPath,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    await until(() => (out.includes('sluiced starting') ? true : undefined), 30_000, 'starting');
+    // The daemon is still loading its modules: nothing has started yet.
+    expect(out).not.toContain('sluiced started');
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+      child.once('exit', (code, signal) => {
+        resolve([code, signal]);
+      }),
+    );
+    child.kill('SIGTERM');
+    expect(await exited).toEqual([0, null]);
+    const lines = out.split('\n');
+    const at = (msg: string): number => lines.findIndex((l) => l.includes(`"msg":"${msg}"`));
+    expect(at('stopping once the start has finished')).toBeGreaterThan(-1);
+    expect(at('sluiced started')).toBeGreaterThan(at('stopping once the start has finished'));
+    expect(at('sluiced stopped')).toBeGreaterThan(at('sluiced started'));
+  }, 60_000);
 });
