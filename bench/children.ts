@@ -76,6 +76,9 @@ export class BenchChild {
         ...(process.env.SLUICE_BENCH_CPU_PROFILE === undefined
           ? []
           : ['--cpu-prof', `--cpu-prof-dir=${process.env.SLUICE_BENCH_CPU_PROFILE}`]),
+        // SLUICE_BENCH_NODE_FLAGS="--trace-gc ...": V8 and Node flags for every child, for flags
+        // that NODE_OPTIONS refuses (their output goes to the child's log in the scratch folder).
+        ...(process.env.SLUICE_BENCH_NODE_FLAGS?.split(/\s+/).filter((f) => f !== '') ?? []),
         ...(args.script.endsWith('.ts') ? ['--import', TS_REGISTER] : []),
         args.script,
         ...(args.argv ?? []),

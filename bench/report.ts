@@ -351,7 +351,7 @@ export function tables(r: Results): Record<string, Table> {
     x: Results['replay']['https'] | { skipped: string },
   ): string[] =>
     isSkipped(x)
-      ? [name, x.skipped, '', '', '', '']
+      ? [name, x.skipped, '', '', '', '', '', '']
       : [
           name,
           pp(x.latencyMs),
@@ -361,6 +361,12 @@ export function tables(r: Results): Record<string, Table> {
           isSkipped(x.daemon.fsyncs)
             ? '—'
             : n((x.daemon.fsyncs.mainCalls + x.daemon.fsyncs.otherCalls) / x.latencyMs.n),
+          isSkipped(x.cpuWait)
+            ? '—'
+            : `${n(x.cpuWait.overTarget)} (${n(x.cpuWait.overTargetWaited)})`,
+          isSkipped(x.cpuWait)
+            ? x.cpuWait.skipped
+            : `${pp(x.cpuWait.withoutWaitMs)} (${n(x.cpuWait.withoutWaitMs.n)})`,
         ];
   out.replay = {
     head: [
@@ -370,6 +376,8 @@ export function tables(r: Results): Record<string, Table> {
       'not replayed',
       'controller writes',
       'fsyncs/replay',
+      'over 2 ms (of them, waited for a CPU)',
+      'p50 / p99 without a CPU wait (replays)',
     ],
     rows: [replayRow('HTTPS', r.replay.https), replayRow('MQTT', r.replay.mqtt)],
   };

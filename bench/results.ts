@@ -92,6 +92,27 @@ export interface ReplayLatency {
   readonly notReplayed: number;
   readonly controllerWrites: number;
   readonly daemon: DaemonLoad;
+  /** The replays against the CPU waits of the daemon's and the bench's main threads. */
+  readonly cpuWait: CpuWait | Skipped;
+}
+
+/**
+ * Each sample read against the run-queue waits (bench/schedstat.ts) of the two main threads
+ * it needs, the daemon's and the bench client's: which of the slow samples include time in
+ * which one of them had work and no CPU.
+ */
+export interface CpuWait {
+  /** A sample counts as waited when the two threads waited this long or more in all. */
+  readonly thresholdMs: number;
+  /** Mean wait per sample, ms: the daemon's main thread, the bench's. */
+  readonly daemonMsPerSample: number;
+  readonly benchMsPerSample: number;
+  /** Samples over the target (ms), and how many of them waited. */
+  readonly targetMs: number;
+  readonly overTarget: number;
+  readonly overTargetWaited: number;
+  /** The samples that did not wait. */
+  readonly withoutWaitMs: Distribution;
 }
 
 export interface Throughput {

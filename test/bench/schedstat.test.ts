@@ -1,0 +1,64 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { threadSched, waitedMs } from '../../bench/schedstat.js';
+
+const taskset = spawnSync('taskset', ['--version']).status === 0;
+
+/**
+ * The bench reads the kernel's run-queue accounting beside each replay (bench/schedstat.ts).
+ * Ground truth here: a thread that spins counts CPU time, and two threads spinning on one
+ * CPU (pinned with taskset) make each wait for it while the other runs.
+ */
+describe('threadSched', () => {
+  it('counts the CPU time a thread spins, as the process accounting does', () => {
+    const before = threadSched(process.pid);
+    expect(before).not.toBeNull();
+    const usage = process.cpuUsage();
+    const end = performance.now() + 50;
+    while (performance.now() < end) {
+      // spin
+    }
+    const after = threadSched(process.pid)!;
+    const { user, system } = process.cpuUsage(usage);
+    const processMs = (user + system) / 1000;
+    // The main thread did (nearly) all of the process's work meanwhile.
+    expect(processMs).toBeGreaterThan(5);
+    expect(after.cpuMs - before!.cpuMs).toBeGreaterThanOrEqual(processMs * 0.7);
+    expect(after.cpuMs - before!.cpuMs).toBeLessThanOrEqual(processMs + 2);
+    expect(waitedMs(before, after)).toBeGreaterThanOrEqual(0);
+  });
+
+  it.skipIf(!taskset)('counts the wait of two threads that share one CPU', async () => {
+    // Each spins 300 ms of its own CPU time, then waits to be read and told to exit.
+    const spin = `let t=process.cpuUsage();while((process.cpuUsage(t).user+process.cpuUsage(t).system)<300e3){}process.stdout.write('done');process.stdin.resume();`;
+    const children = [0, 1].map(() =>
+      spawn('taskset', ['-c', '0', process.execPath, '-e', spin], { stdio: 'pipe' }),
+    );
+    try {
+      await Promise.all(
+        children.map(
+          (c) =>
+            new Promise<void>((resolve) =>
+              c.stdout.once('data', () => {
+                resolve();
+              }),
+            ),
+        ),
+      );
+      for (const c of children) {
+        const sched = threadSched(c.pid!);
+        expect(sched).not.toBeNull();
+        // Sharing the CPU, each waited while the other ran: most of the other's 300 ms.
+        expect(sched!.cpuMs).toBeGreaterThanOrEqual(300);
+        expect(sched!.waitMs).toBeGreaterThanOrEqual(100);
+      }
+    } finally {
+      for (const c of children) c.kill();
+    }
+  });
+
+  it('is null for a thread that does not exist, and a wait needs both readings', () => {
+    expect(threadSched(process.pid, 2 ** 22 + 1)).toBeNull();
+    expect(waitedMs(null, threadSched(process.pid))).toBeNull();
+  });
+});
