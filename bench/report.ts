@@ -254,6 +254,16 @@ export function tables(r: Results): Record<string, Table> {
               n(b.disk.fsyncMs.n),
               `max ${n(b.disk.fsyncMs.max, 'ms')}; the journals' filesystem`,
             ],
+            ...(b.disk.fsyncAfterIdleMs === undefined || b.disk.idleMs === undefined
+              ? []
+              : [
+                  [
+                    `disk alone, the same after ${n(b.disk.idleMs, 'ms')} idle (a scan's wait)`,
+                    pp(b.disk.fsyncAfterIdleMs),
+                    n(b.disk.fsyncAfterIdleMs.n),
+                    `max ${n(b.disk.fsyncAfterIdleMs.max, 'ms')}; as a lone command's settlement`,
+                  ],
+                ]),
           ]),
       [
         'raw Modbus driver: write, read back until confirmed',

@@ -30,7 +30,13 @@ export interface Baseline {
    * does not grow, then fsync, as a WAL commit of a journal that has reached its size does.
    * Absent in results from before it was measured.
    */
-  readonly disk?: { readonly fsyncMs: Distribution; readonly bytes: number };
+  readonly disk?: {
+    readonly fsyncMs: Distribution;
+    /** The same flush after `idleMs` of idle (one scan), as a lone command's settlement. */
+    readonly fsyncAfterIdleMs?: Distribution;
+    readonly idleMs?: number;
+    readonly bytes: number;
+  };
   readonly modbus: DriverRoundTrip;
   readonly opcua: DriverRoundTrip | Skipped;
   readonly plant: {

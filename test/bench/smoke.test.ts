@@ -113,6 +113,7 @@ describe('npm run bench, smoke run', () => {
         'machine.cores',
         'baseline.simulator.readMs.p50',
         'baseline.disk.fsyncMs.p50',
+        'baseline.disk.fsyncAfterIdleMs.p50',
         'baseline.simulator.capacity.requestsPerSecond',
         'baseline.modbus.confirmMs.p50',
         'baseline.opcua.confirmMs.p50',
