@@ -103,16 +103,15 @@ export interface ReplayLatency {
 }
 
 /**
- * Each sample read against the run-queue waits (bench/schedstat.ts) of the two main threads
- * it needs, the daemon's and the bench client's: which of the slow samples include time in
- * which one of them had work and no CPU.
+ * Each sample read against the run-queue waits (bench/schedstat.ts) of the main threads it
+ * runs on — the daemon's, the bench client's and, over MQTT, the broker's: which of the slow
+ * samples include time in which one of them had work and no CPU.
  */
 export interface CpuWait {
-  /** A sample counts as waited when the two threads waited this long or more in all. */
+  /** A sample counts as waited when its threads waited this long or more in all. */
   readonly thresholdMs: number;
-  /** Mean wait per sample, ms: the daemon's main thread, the bench's. */
-  readonly daemonMsPerSample: number;
-  readonly benchMsPerSample: number;
+  /** Mean wait per sample of each thread (ms), by name: daemon, bench, broker. */
+  readonly msPerSample: Readonly<Record<string, number>>;
   /** Samples over the target (ms), and how many of them waited. */
   readonly targetMs: number;
   readonly overTarget: number;

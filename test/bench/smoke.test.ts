@@ -122,7 +122,7 @@ describe('npm run bench, smoke run', () => {
         'replay.https.latencyMs.p99',
         'replay.https.controllerWrites',
         // Linux: the main threads' run-queue waits beside each replay (bench/schedstat.ts).
-        'replay.https.cpuWait.daemonMsPerSample',
+        'replay.https.cpuWait.msPerSample.daemon',
         'replay.https.cpuWait.overTarget',
         'replay.https.cpuWait.withoutWaitMs.n',
         // Its latency needs a command answered within the one-second window: not asserted.
