@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
@@ -12,7 +11,8 @@ import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
-import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { startSluiced } from '../config/sluiced.js';
+import { tempDir } from '../helpers/fixtures.js';
 import {
   TestClient,
   mosquittoAvailable,
@@ -354,52 +354,21 @@ describe.runIf(real)('sluiced', () => {
   }, 60_000);
 
   it('sluiced exits 0 on SIGTERM', async () => {
-    const child = spawn(
-      process.execPath,
-      [
-        '--import',
-        join(ROOT, 'test/helpers/ts-register.mjs'),
-        join(ROOT, 'src/daemon/cli.ts'),
-        '--config',
-        configPath,
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    await until(() => (out.includes('sluiced started') ? true : undefined), 30_000, 'start');
-    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-    child.kill('SIGTERM');
-    expect(await exited).toBe(0);
-    expect(out).toContain('sluiced stopped');
+    const sluiced = startSluiced(['--config', configPath]);
+    await sluiced.line((l) => l.includes('"msg":"sluiced started"'), 30_000);
+    // 0, not null: its handler stopped it, not the signal's default action.
+    expect(await sluiced.stop()).toBe(0);
+    expect(sluiced.lines.some((l) => l.includes('"msg":"sluiced stopped"'))).toBe(true);
   }, 60_000);
 
   it('a SIGTERM while sluiced starts stops it gracefully once started, not by the signal', async () => {
-    const child = spawn(
-      process.execPath,
-      [
-        '--import',
-        join(ROOT, 'test/helpers/ts-register.mjs'),
-        join(ROOT, 'src/daemon/cli.ts'),
-        '--config',
-        configPath,
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    await until(() => (out.includes('sluiced starting') ? true : undefined), 30_000, 'starting');
+    const sluiced = startSluiced(['--config', configPath]);
+    await sluiced.line((l) => l.includes('"msg":"sluiced starting"'), 30_000);
     // The daemon is still loading its modules: nothing has started yet.
-    expect(out).not.toContain('sluiced started');
-    const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
-      child.once('exit', (code, signal) => {
-        resolve([code, signal]);
-      }),
-    );
-    child.kill('SIGTERM');
-    expect(await exited).toEqual([0, null]);
-    const lines = out.split('\n');
-    const at = (msg: string): number => lines.findIndex((l) => l.includes(`"msg":"${msg}"`));
+    expect(sluiced.lines.some((l) => l.includes('"msg":"sluiced started"'))).toBe(false);
+    expect(await sluiced.stop()).toBe(0);
+    const at = (msg: string): number =>
+      sluiced.lines.findIndex((l) => l.includes(`"msg":"${msg}"`));
     expect(at('stopping once the start has finished')).toBeGreaterThan(-1);
     expect(at('sluiced started')).toBeGreaterThan(at('stopping once the start has finished'));
     expect(at('sluiced stopped')).toBeGreaterThan(at('sluiced started'));
