@@ -161,11 +161,21 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       { stdio: ['ignore', openSync(logFile, 'w'), openSync(logFile, 'a')] },
     );
     const nspawnPid = nspawn.pid!;
+    // The container's PID 1, a child of systemd-nspawn once it runs systemd. While it sets the
+    // container up, systemd-nspawn has a second, short-lived child (the one that creates the
+    // namespaces and exits): taken for the leader, every nsenter into it fails once it is gone.
     leader = await until(
       () => {
         const r = spawnSync('pgrep', ['-P', String(nspawnPid)], { encoding: 'utf8' });
-        const pid = Number(r.stdout.trim().split('\n')[0]);
-        return pid > 0 ? pid : undefined;
+        for (const pid of r.stdout.trim().split('\n').map(Number)) {
+          if (!(pid > 0)) continue;
+          try {
+            if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'systemd') return pid;
+          } catch {
+            // gone meanwhile
+          }
+        }
+        return undefined;
       },
       20_000,
       'the container started',
