@@ -416,6 +416,7 @@ export function tables(r: Results): Record<string, Table> {
         'CPU, cores: daemon / simulator / broker / bench clients',
         `${n(t.cpuCores.daemon)} / ${n(t.cpuCores.simulator)} / ${n(t.cpuCores.broker)} / ${n(t.cpuCores.bench)}`,
       ],
+      ...budgetRows(t),
       ['fsyncs per confirmed command', n(t.fsyncsPerCommand)],
       [
         'fsync time per confirmed command: main thread (the event loop waits) / thread pool',
@@ -569,6 +570,59 @@ export function renderTable(r: Results): string {
 }
 
 /** A share (0..1) as a percentage. */
+/** The cores' budget and the HTTPS intake's own window (absent in older results). */
+function budgetRows(t: Results['throughput']): string[][] {
+  const rows: string[][] = [];
+  const b = t.cpuBudget;
+  if (b !== undefined) {
+    const m = b.msPerCommand;
+    rows.push(
+      [
+        'CPU per confirmed command: daemon / simulator / broker / bench clients',
+        `${n(m.daemon)} / ${n(m.simulator)} / ${n(m.broker)} / ${n(m.bench)} ms`,
+      ],
+      [
+        `ceiling of this machine's ${b.cores} cores: ${b.cores} / (the four's CPU per command)`,
+        n(b.coresPerSecond, '/s'),
+      ],
+      [
+        `at ${n(b.targetPerSecond)}/s: cores the simulator, broker and clients take / CPU left to the daemon per command`,
+        `${n(b.othersCoresAtTarget)} of ${b.cores} / ${n(b.daemonBudgetMs, 'ms')}`,
+      ],
+      [
+        "the journal's synchronous work per command (write, commitBatch, get)",
+        n(b.journalMs, 'ms'),
+      ],
+    );
+  }
+  const a = t.intakeAlone;
+  if (a !== undefined) {
+    const failures = Object.entries(a.failures);
+    rows.push(
+      [
+        `HTTPS intake alone (${a.clients} clients, ${a.request}): answered per second, p50 / p99`,
+        `${n(a.perSecond, '/s')}, ${pp(a.latencyMs)} ms${failures.length === 0 ? '' : `; not answered: ${failures.map(([k, v]) => `${v}× ${k}`).join('; ')}`}`,
+      ],
+      [
+        'HTTPS intake alone: CPU per request, daemon / bench clients; daemon event-loop utilisation',
+        `${n(a.daemonCpuMs)} / ${n(a.benchCpuMs)} ms; ${n(a.eventLoopUtilisation)}`,
+      ],
+    );
+  }
+  if (b !== undefined && a !== undefined && b.journalMs !== null) {
+    const floor = a.daemonCpuMs + b.journalMs;
+    rows.push([
+      'intake alone + journal, against the budget',
+      `${n(a.daemonCpuMs)} + ${n(b.journalMs)} = ${n(floor, 'ms')} ${
+        floor > b.daemonBudgetMs
+          ? `> ${n(b.daemonBudgetMs, 'ms')}: out of reach on these cores`
+          : `≤ ${n(b.daemonBudgetMs, 'ms')}: within them`
+      }`,
+    ]);
+  }
+  return rows;
+}
+
 function pct(share: number): string {
   return `${Math.round(share * 1000) / 10} %`;
 }

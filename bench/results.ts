@@ -148,6 +148,54 @@ export interface Throughput {
     readonly bench: number;
   };
   readonly daemon: DaemonLoad;
+  /**
+   * What a confirmed command costs the machine's cores, every process counted, and what that
+   * leaves the daemon at the target's rate. Absent in results from before it was measured.
+   */
+  readonly cpuBudget?: CpuBudget;
+  /** The daemon's HTTPS intake under the same clients with the lightest request it serves. */
+  readonly intakeAlone?: IntakeAlone;
+}
+
+export interface CpuBudget {
+  /** The machine's cores (logical CPUs). */
+  readonly cores: number;
+  /** CPU ms per confirmed command of each process in the window (broker: null without one). */
+  readonly msPerCommand: {
+    readonly daemon: number;
+    readonly simulator: number;
+    readonly broker: number | null;
+    readonly bench: number;
+  };
+  /** cores ÷ the sum of all four: the rate at which this machine's cores would all be busy. */
+  readonly coresPerSecond: number;
+  /** The rate the target asks for (confirmed commands per second). */
+  readonly targetPerSecond: number;
+  /** Cores the simulator, broker and bench clients would take at the target's rate. */
+  readonly othersCoresAtTarget: number;
+  /** CPU ms per command left to the daemon at the target's rate (cores minus the others'). */
+  readonly daemonBudgetMs: number;
+  /**
+   * The daemon's main-thread ms per command in the journal's synchronous work: its writes
+   * (every claim, dispatch and settlement goes through `write`), the batches' commits and the
+   * lookups (`get`). Null when the journal was not instrumented.
+   */
+  readonly journalMs: number | null;
+}
+
+export interface IntakeAlone {
+  /** GET /v1/commands/{key} of a settled key of the client's own: TLS, HTTP, auth, a lookup. */
+  readonly request: string;
+  readonly clients: number;
+  readonly seconds: number;
+  readonly answered: number;
+  readonly perSecond: number;
+  readonly latencyMs: Distribution;
+  readonly failures: Record<string, number>;
+  readonly eventLoopUtilisation: number;
+  /** CPU ms per answered request: the daemon's and the bench clients'. */
+  readonly daemonCpuMs: number;
+  readonly benchCpuMs: number;
 }
 
 export interface ScalePoint {

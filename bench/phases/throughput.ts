@@ -1,10 +1,11 @@
+import { availableParallelism } from 'node:os';
 import { procCpuSeconds } from '../children.js';
 import { HttpsClient } from '../clients.js';
 import { isBroker, modbusValves, type RunContext } from '../context.js';
 import { daemonLoad, markDaemon, type RunningDaemon } from '../daemon.js';
 import { cpuTicks, stealBetween } from '../machine.js';
 import { nextMove } from '../raw-drivers.js';
-import type { Throughput } from '../results.js';
+import type { CpuBudget, IntakeAlone, Throughput } from '../results.js';
 import { distribution, round } from '../stats.js';
 import { untilReady } from './latency.js';
 
@@ -14,6 +15,9 @@ import { untilReady } from './latency.js';
  * journaled durably). Counted over a window after a warm-up; every loop ends at
  * the window's end and every request has a timeout.
  */
+
+/** The target's rate (issue 14): confirmed commands per second. */
+export const TARGET_PER_SECOND = 2000;
 
 interface Done {
   readonly at: number;
@@ -36,6 +40,8 @@ export async function throughput(
   const states = await ctx.plant.child.request<Record<string, string>>('states');
   const run = Date.now().toString(36);
   const done: Done[] = [];
+  /** Each client's last confirmed key: what its lookups read in the intake's own window. */
+  const lastKeys: (string | null)[] = valves.map(() => null);
   try {
     await untilReady(https);
     const mqttConnected =
@@ -90,8 +96,9 @@ export async function throughput(
           const move = nextMove(states[device] ?? 'CLOSED');
           const t0 = performance.now();
           let outcome: string;
+          const key = `tp-${run}-${c}-${i}`;
           try {
-            const a = await https.command(`tp-${run}-${c}-${i}`, { device, action: move.action });
+            const a = await https.command(key, { device, action: move.action });
             const body = JSON.parse(a.body) as { state?: string; code?: string };
             outcome =
               a.status === 200 && body.state === 'confirmed'
@@ -102,8 +109,10 @@ export async function throughput(
           }
           const t1 = performance.now();
           done.push({ at: t1, ms: t1 - t0, outcome });
-          if (outcome === 'confirmed') states[device] = move.target;
-          else
+          if (outcome === 'confirmed') {
+            states[device] = move.target;
+            lastKeys[c] = key;
+          } else
             Object.assign(states, await ctx.plant.child.request<Record<string, string>>('states'));
         }
       }),
@@ -119,6 +128,20 @@ export async function throughput(
     const fsyncs = 'skipped' in load.fsyncs ? null : load.fsyncs;
     const perCommand = (n: number): number => round(n / Math.max(1, confirmed.length));
     const requests = perCommand(load.modbus.reads + load.modbus.writes);
+    const journalMethods = ['write', 'commitBatch', 'get'].map((m) => load.journal[m]);
+    const cpuBudget = budget(
+      confirmed.length / seconds,
+      {
+        daemon: load.cpuCores,
+        simulator: cpu.simulator,
+        broker: cpu.broker,
+        bench: cpu.bench,
+      },
+      journalMethods.some((m) => m === undefined)
+        ? null
+        : perCommand(journalMethods.reduce((sum, m) => sum + (m?.totalMs ?? 0), 0)),
+    );
+    const intakeAlone = await intakeWindow(ctx, daemon, https, lastKeys);
     return {
       clients: valves.length,
       valves: valves.length,
@@ -141,8 +164,118 @@ export async function throughput(
       },
       cpuCores: { daemon: load.cpuCores, ...cpu },
       daemon: load,
+      cpuBudget,
+      intakeAlone,
     };
   } finally {
     https.close();
   }
+}
+
+/**
+ * Every process's CPU per confirmed command, from the cores each used in the window, and what
+ * the simulator, broker and clients would leave the daemon of this machine's cores at the
+ * target's rate: a daemon that needs more CPU per command than that cannot reach the target
+ * here, whatever else it does.
+ */
+function budget(
+  perSecond: number,
+  cores: { daemon: number; simulator: number; broker: number | null; bench: number },
+  journalMs: number | null,
+): CpuBudget {
+  const machineCores = availableParallelism();
+  const ms = (c: number): number => (perSecond > 0 ? (1000 * c) / perSecond : Number.NaN);
+  const msPerCommand = {
+    daemon: round(ms(cores.daemon)),
+    simulator: round(ms(cores.simulator)),
+    broker: cores.broker === null ? null : round(ms(cores.broker)),
+    bench: round(ms(cores.bench)),
+  };
+  const othersMs = ms(cores.simulator) + ms(cores.broker ?? 0) + ms(cores.bench);
+  const allMs = othersMs + ms(cores.daemon);
+  const othersCores = (TARGET_PER_SECOND * othersMs) / 1000;
+  return {
+    cores: machineCores,
+    msPerCommand,
+    coresPerSecond: round((1000 * machineCores) / allMs),
+    targetPerSecond: TARGET_PER_SECOND,
+    othersCoresAtTarget: round(othersCores),
+    daemonBudgetMs: round((1000 * (machineCores - othersCores)) / TARGET_PER_SECOND),
+    journalMs,
+  };
+}
+
+/**
+ * The HTTPS intake's own ceiling: the same clients, over the same keep-alive agent, each
+ * looking up its last confirmed command (`GET /v1/commands/{key}`: TLS, HTTP, authentication,
+ * one journal lookup, no write, no PLC) as fast as it is answered. What the daemon's CPU per
+ * request is here, a confirmed command pays as well, on top of its journal writes, Modbus
+ * requests and published result. A short warm-up, then a window a third of the throughput
+ * window's (at least 2 s); every loop ends at the window's end.
+ */
+async function intakeWindow(
+  ctx: RunContext,
+  daemon: RunningDaemon,
+  https: HttpsClient,
+  lastKeys: readonly (string | null)[],
+): Promise<IntakeAlone> {
+  const keys = lastKeys.filter((k): k is string => k !== null);
+  const seconds = Math.max(2, Math.round(ctx.options.throughputSeconds / 3));
+  ctx.progress(
+    `throughput: the HTTPS intake alone, ${keys.length} clients looking up, ${seconds} s`,
+  );
+  const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+  const done: Done[] = [];
+  let stopped = false;
+  const window = (async () => {
+    await sleep(1000);
+    const bench0 = process.cpuUsage();
+    const mark = await markDaemon(daemon);
+    const from = performance.now();
+    await sleep(seconds * 1000);
+    const to = performance.now();
+    const load = await daemonLoad(daemon, mark, ctx.shim);
+    const bench = process.cpuUsage(bench0);
+    stopped = true;
+    return { from, to, load, benchCpuSeconds: (bench.user + bench.system) / 1e6 };
+  })();
+  const hardEnd = performance.now() + (seconds + 30) * 1000;
+  await Promise.all(
+    keys.map(async (key) => {
+      while (!stopped && performance.now() < hardEnd) {
+        const t0 = performance.now();
+        let outcome: string;
+        try {
+          const a = await https.get(`/v1/commands/${encodeURIComponent(key)}`);
+          outcome = a.status === 200 ? 'ok' : `${a.status}`;
+        } catch (error) {
+          outcome = error instanceof Error ? error.message.slice(0, 80) : String(error);
+        }
+        const t1 = performance.now();
+        done.push({ at: t1, ms: t1 - t0, outcome });
+      }
+    }),
+  );
+  const { from, to, load, benchCpuSeconds } = await window;
+  const inWindow = done.filter((d) => d.at >= from && d.at < to);
+  const answered = inWindow.filter((d) => d.outcome === 'ok');
+  const failures: Record<string, number> = {};
+  for (const d of inWindow) {
+    if (d.outcome !== 'ok') failures[d.outcome] = (failures[d.outcome] ?? 0) + 1;
+  }
+  const windowSeconds = (to - from) / 1000;
+  const per = (cpuSeconds: number): number =>
+    round((1000 * cpuSeconds) / Math.max(1, answered.length));
+  return {
+    request: 'GET /v1/commands/{key} of a settled key',
+    clients: keys.length,
+    seconds: round(windowSeconds),
+    answered: answered.length,
+    perSecond: round(answered.length / windowSeconds),
+    latencyMs: distribution(answered.map((d) => d.ms)),
+    failures,
+    eventLoopUtilisation: load.eventLoopUtilisation,
+    daemonCpuMs: per(load.cpuCores * load.seconds),
+    benchCpuMs: per(benchCpuSeconds),
+  };
 }

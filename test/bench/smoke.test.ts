@@ -129,6 +129,10 @@ describe('npm run bench, smoke run', () => {
         'throughput.confirmedPerSecond',
         'throughput.daemon.eventLoopUtilisation',
         'throughput.modbusRequestsPerCommand',
+        // The cores' budget and the HTTPS intake's own window (bench/phases/throughput.ts).
+        'throughput.cpuBudget.cores',
+        'throughput.intakeAlone.perSecond',
+        'throughput.intakeAlone.daemonCpuMs',
         'recovery.listenMs',
         'recovery.listenEmptyMs',
         'recovery.allSettledMs',
