@@ -553,6 +553,40 @@ export class CommandPipeline {
   }
 
   /**
+   * Resolves with how many of `refs` are still open once every one of them is terminal on
+   * disk, after `timeoutMs`, or when the pipeline stops: one listener for all of them (a
+   * restart may recover thousands), the journal read once at the start and once more for
+   * those still pending at the end (a settlement whose barrier failed is not announced).
+   * Throws when the journal cannot be read.
+   */
+  async waitForAllSettled(refs: readonly CommandRef[], timeoutMs: number): Promise<number> {
+    const pending = new Set(refs.map(refId));
+    const done = new AbortController();
+    const wake = (): void => {
+      done.abort(WOKEN);
+    };
+    const off = this.onSettled((record) => {
+      if (pending.delete(refId(record)) && pending.size === 0) wake();
+    });
+    this.abort.signal.addEventListener('abort', wake, { once: true });
+    try {
+      const open = new Set(this.journal.listOpenRefs().map(refId));
+      for (const id of pending) if (!open.has(id)) pending.delete(id);
+      if (pending.size > 0 && timeoutMs > 0) await this.clock.sleep(timeoutMs, done.signal);
+    } finally {
+      off();
+      this.abort.signal.removeEventListener('abort', wake);
+    }
+    if (pending.size > 0) {
+      const open = new Set(this.journal.listOpenRefs().map(refId));
+      for (const id of pending) if (!open.has(id)) pending.delete(id);
+    }
+    // What the count says must be on disk (group commit).
+    await this.durable();
+    return pending.size;
+  }
+
+  /**
    * Resolves once every journal write so far is on disk: with group commit, the intakes await
    * it before they acknowledge, answer or replay (I5), sharing one fsync among the commands
    * that arrived together. Rejects with JournalUnavailableError when the journal cannot sync.
@@ -764,9 +798,16 @@ export class CommandPipeline {
         continue;
       }
       lane.inFlight = ref;
+      // The command's signal: aborted by a preempting stop or an operator, and by the
+      // pipeline's stop. One listener, removed when the command is done (AbortSignal.any would
+      // cost a signal, a weak reference and their garbage per command).
       const preempt = new AbortController();
+      const stopped = (): void => {
+        preempt.abort(this.abort.signal.reason);
+      };
+      this.abort.signal.addEventListener('abort', stopped, { once: true });
       lane.preempt = preempt;
-      lane.signal = AbortSignal.any([this.abort.signal, preempt.signal]);
+      lane.signal = preempt.signal;
       let failure: unknown = null;
       try {
         if (record.state === 'accepted') await this.execution.handleAccepted(lane, record, log);
@@ -774,6 +815,7 @@ export class CommandPipeline {
       } catch (error) {
         failure = error;
       } finally {
+        this.abort.signal.removeEventListener('abort', stopped);
         lane.inFlight = null;
         lane.preempt = null;
         lane.signal = this.abort.signal;

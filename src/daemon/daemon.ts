@@ -4,7 +4,6 @@ import { pino, type Logger as PinoLogger } from 'pino';
 import type { SluiceConfig } from '../config/config.js';
 import { preflight } from '../config/preflight.js';
 import { systemClock, type Clock } from '../core/clock.js';
-import { isTerminal } from '../core/command.js';
 import type { CommandRef } from '../core/journal.js';
 import { CommandPipeline } from '../core/pipeline.js';
 import { buildDrivers } from '../drivers/inventory.js';
@@ -325,19 +324,12 @@ export class Daemon {
    * held open at start have settled, within `boundMs`. Not sent once a stop has begun.
    */
   private async announceReady(recovered: readonly CommandRef[], boundMs: number): Promise<void> {
-    const until = this.clock.elapsed() + boundMs;
-    let open = 0;
-    for (const ref of recovered) {
-      try {
-        const record = await this.pipeline.waitForSettled(
-          ref,
-          Math.max(0, until - this.clock.elapsed()),
-        );
-        if (record !== undefined && !isTerminal(record.state)) open++;
-      } catch (error) {
-        this.logger.warn({ err: error, key: ref.key }, 'recovery: the journal cannot be read');
-        open++;
-      }
+    let open: number;
+    try {
+      open = await this.pipeline.waitForAllSettled(recovered, boundMs);
+    } catch (error) {
+      this.logger.warn({ err: error }, 'recovery: the journal cannot be read');
+      open = recovered.length;
     }
     if (this.stopping !== null) return;
     const intakes = [

@@ -292,12 +292,13 @@ export class SqliteJournal implements Journal {
         );
         const seq = allocate(last, open);
         s.setSeq.run(current.device, seq);
+        const beforeJson = JSON.stringify(before);
         const changed = s.dispatch.run({
           scope: ref.scope,
           key: ref.key,
           seq,
           at,
-          before: JSON.stringify(before),
+          before: beforeJson,
         });
         if (changed.changes !== 1) {
           throw new JournalConflictError(`command ${ref.key} is ${current.state}, not accepted`);
@@ -311,7 +312,16 @@ export class SqliteJournal implements Journal {
           intake,
           detail === undefined ? `seq ${seq}` : `seq ${seq}; ${detail}`,
         );
-        return find(ref);
+        // The row as the UPDATE above left it, without reading it again: the columns it set,
+        // the observation as read back from its JSON, the rest as read in this transaction.
+        return {
+          ...current,
+          state: 'dispatched',
+          seq,
+          attempts: 1,
+          dispatchedAt: at,
+          observedBefore: JSON.parse(beforeJson) as Observation,
+        };
       },
     );
 

@@ -39,3 +39,46 @@ describe('waiting for a result', () => {
     }
   });
 });
+
+/**
+ * Waiting for many commands at once (READY=1 after a restart waits for every recovered command:
+ * thousands after a stop under load), with one listener for all of them rather than a waiter
+ * each. The journal is the ground truth for what counts as settled.
+ */
+describe('waiting for many results', () => {
+  const ref = (key: string): { scope: string; key: string } => ({ scope: 'plant', key });
+
+  it('resolves 0 once every command is terminal, already settled ones counted at once', async () => {
+    h = await SimHarness.start({ travelMs: 0 });
+    h.submit('early', { device: 'v2', action: 'open' });
+    await h.settled('early');
+    for (const key of ['m1', 'm2', 'm3']) h.submit(key, { device: 'v1', action: 'open' });
+    h.submit('m4', { device: 'a1', action: 'move', position: 40 });
+    const keys = ['early', 'm1', 'm2', 'm3', 'm4'];
+    expect(await h.pipeline.waitForAllSettled(keys.map(ref), 10_000)).toBe(0);
+    for (const key of keys) {
+      const record = h.journal.get(ref(key));
+      expect(['confirmed', 'rejected', 'failed']).toContain(record?.state);
+    }
+  });
+
+  it('after its bound, counts the commands still open', async () => {
+    // A travel far longer than the bound: the open command cannot confirm within it.
+    h = await SimHarness.start({ travelMs: 5_000, timing: { confirmTimeoutMs: 20_000 } });
+    h.submit('done', { device: 'v2', action: 'stop' });
+    await h.settled('done');
+    h.submit('slow', { device: 'v1', action: 'open' });
+    const open = await h.pipeline.waitForAllSettled([ref('done'), ref('slow')], 300);
+    expect(open).toBe(1);
+    expect(h.journal.get(ref('slow'))?.state).toMatch(/^(accepted|dispatched)$/);
+  });
+
+  it('resolves when the pipeline stops, long before its bound', async () => {
+    h = await SimHarness.start({ travelMs: 5_000, timing: { confirmTimeoutMs: 20_000 } });
+    h.submit('slow', { device: 'v1', action: 'open' });
+    const waited = h.pipeline.waitForAllSettled([ref('slow')], 120_000);
+    await h.pipeline.stop(0);
+    // Resolved by the stop: the test's own timeout (far below the bound) would fail it otherwise.
+    expect(await waited).toBe(1);
+  });
+});

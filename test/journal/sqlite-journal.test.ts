@@ -184,11 +184,17 @@ describe('transitions', () => {
     const c = dispatch(j, j.claim(command('c', { device: 'drain-valve' })).record, T0, seen, 'p');
     expect([a.seq, b.seq, c.seq]).toEqual([1, 2, 1]);
     expect(a).toMatchObject({ state: 'dispatched', attempts: 1, observedBefore: seen });
+    // The record the dispatch returns is the row as stored, read back by a lookup.
+    expect(a).toEqual(j.get(a));
+    const withUndefined = { ...seen, sourceTime: undefined } as unknown as Observation;
+    const e = dispatch(j, j.claim(command('e')).record, T0 + 7, withUndefined, 'pipeline');
+    expect(e).toEqual(j.get(e));
+    expect(e.dispatchedAt).toBe(T0 + 7);
     const raw = new BetterSqlite3(join(dir, 'journal.db'));
     raw.prepare("UPDATE device_seq SET last_seq = 65535 WHERE device = 'inlet-valve'").run();
     raw.close();
     // 1 and 2 still belong to the open commands a and b: the wrap skips them.
-    expect(dispatch(j, j.claim(command('d')).record, T0, seen, 'p').seq).toBe(3);
+    expect(dispatch(j, j.claim(command('d')).record, T0, seen, 'p').seq).toBe(4);
   });
 
   it('after a wrap, never hands out the sequence number of a command still open on the device', () => {
