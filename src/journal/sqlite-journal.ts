@@ -57,6 +57,8 @@ export interface SqliteJournalOptions {
 }
 
 interface CommandRow {
+  /** The rowid: what the events of the command refer to. */
+  id: number;
   scope: string;
   key: string;
   fingerprint: string;
@@ -223,14 +225,16 @@ export class SqliteJournal implements Journal {
       translate(error, 'open');
     }
     const s = prepare(db);
-    const find = (ref: CommandRef): CommandRecord => {
+    const findRow = (ref: CommandRef): CommandRow => {
       const row = s.get.get(ref.scope, ref.key) as CommandRow | undefined;
       if (row === undefined) throw new JournalConflictError(`no command ${ref.key}`);
-      return rowToRecord(row);
+      return row;
     };
+    const find = (ref: CommandRef): CommandRecord => rowToRecord(findRow(ref));
 
     const txClaim = db.transaction((c: NewCommand, rejection?: Rejection): Claim => {
-      const inserted = s.insert.run({
+      // RETURNING: the new row as inserted; none when the key was there already.
+      const inserted = s.insert.get({
         scope: c.scope,
         key: c.key,
         fingerprint: c.fingerprint,
@@ -244,9 +248,9 @@ export class SqliteJournal implements Journal {
         intake: c.intake,
         accepted_at: c.acceptedAt,
       });
-      const row = s.get.get(c.scope, c.key) as CommandRow;
-      if (inserted.changes === 1) {
-        s.event.run(c.scope, c.key, c.acceptedAt, null, 'accepted', c.intake, 'accepted');
+      if (inserted !== undefined) {
+        const row = inserted as CommandRow;
+        s.eventOf.run(row.id, c.acceptedAt, null, 'accepted', c.intake, 'accepted');
         if (rejection === undefined) return { kind: 'new', record: rowToRecord(row) };
         return {
           kind: 'new',
@@ -261,11 +265,11 @@ export class SqliteJournal implements Journal {
           }),
         };
       }
+      const row = findRow(c);
       const record = rowToRecord(row);
       const same = record.fingerprint === c.fingerprint;
-      s.event.run(
-        c.scope,
-        c.key,
+      s.eventOf.run(
+        row.id,
         c.acceptedAt,
         record.state,
         record.state,
@@ -284,7 +288,8 @@ export class SqliteJournal implements Journal {
         allocate: SeqAllocator,
         detail: string | undefined,
       ): CommandRecord => {
-        const current = find(ref);
+        const row = findRow(ref);
+        const current = rowToRecord(row);
         const last =
           (s.getSeq.get(current.device) as { last_seq: number } | undefined)?.last_seq ?? 0;
         const open = new Set(
@@ -303,9 +308,8 @@ export class SqliteJournal implements Journal {
         if (changed.changes !== 1) {
           throw new JournalConflictError(`command ${ref.key} is ${current.state}, not accepted`);
         }
-        s.event.run(
-          ref.scope,
-          ref.key,
+        s.eventOf.run(
+          row.id,
           at,
           'accepted',
           'dispatched',
@@ -346,7 +350,8 @@ export class SqliteJournal implements Journal {
 
     const txSettle = db.transaction(
       (ref: CommandRef, from: OpenState, st: Settlement): CommandRecord => {
-        const changed = s.settle.run({
+        // RETURNING: the row as settled (none when it was not in `from`).
+        const settled = s.settle.get({
           scope: ref.scope,
           key: ref.key,
           from,
@@ -357,14 +362,15 @@ export class SqliteJournal implements Journal {
           detail: st.detail,
           at: st.at,
         });
-        if (changed.changes !== 1) {
+        if (settled === undefined) {
           const now = s.get.get(ref.scope, ref.key) as CommandRow | undefined;
           throw new JournalConflictError(
             `command ${ref.key} is ${now?.state ?? 'missing'}, not ${from}`,
           );
         }
-        s.event.run(ref.scope, ref.key, st.at, from, st.to, st.intake, `${st.code}: ${st.detail}`);
-        return find(ref);
+        const row = settled as CommandRow;
+        s.eventOf.run(row.id, st.at, from, st.to, st.intake, `${st.code}: ${st.detail}`);
+        return rowToRecord(row);
       },
     );
 
@@ -425,7 +431,7 @@ export class SqliteJournal implements Journal {
     this.write('note', (c) => {
       const row = c.stmts.get.get(ref.scope, ref.key) as CommandRow | undefined;
       if (row === undefined) throw new JournalConflictError(`no command ${ref.key}`);
-      c.stmts.event.run(ref.scope, ref.key, at, row.state, row.state, intake, detail);
+      c.stmts.eventOf.run(row.id, at, row.state, row.state, intake, detail);
     });
   }
 
@@ -855,6 +861,7 @@ function prepare(db: Database): {
   get: Statement;
   byKey: Statement;
   event: Statement;
+  eventOf: Statement;
   getSeq: Statement;
   openSeqs: Statement;
   setSeq: Statement;
@@ -875,12 +882,16 @@ function prepare(db: Database): {
         issued_at_source, ttl_ms, deadline, intake, state, accepted_at)
       VALUES (@scope, @key, @fingerprint, @device, @action, @position, @issued_at,
         @issued_at_source, @ttl_ms, @deadline, @intake, 'accepted', @accepted_at)
-      ON CONFLICT (key, scope) DO NOTHING`),
+      ON CONFLICT (key, scope) DO NOTHING
+      RETURNING *`),
     get: db.prepare('SELECT * FROM commands WHERE scope = ? AND key = ?'),
     byKey: db.prepare('SELECT * FROM commands WHERE key = ? ORDER BY accepted_at'),
     event: db.prepare(`
       INSERT INTO events (command, at, from_state, to_state, intake, detail)
       VALUES ((SELECT id FROM commands WHERE scope = ? AND key = ?), ?, ?, ?, ?, ?)`),
+    eventOf: db.prepare(`
+      INSERT INTO events (command, at, from_state, to_state, intake, detail)
+      VALUES (?, ?, ?, ?, ?, ?)`),
     getSeq: db.prepare('SELECT last_seq FROM device_seq WHERE device = ?'),
     openSeqs: db.prepare(`
       SELECT seq FROM commands
@@ -898,7 +909,8 @@ function prepare(db: Database): {
     settle: db.prepare(`
       UPDATE commands SET state = @to, code = @code, fault_code = @fault, observed = @observed,
         detail = @detail, settled_at = @at
-      WHERE scope = @scope AND key = @key AND state = @from`),
+      WHERE scope = @scope AND key = @key AND state = @from
+      RETURNING *`),
     history: db.prepare(`
       SELECT at, from_state, to_state, intake, detail FROM events
       WHERE command = (SELECT id FROM commands WHERE scope = ? AND key = ?) ORDER BY id`),

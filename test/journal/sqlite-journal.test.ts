@@ -197,6 +197,35 @@ describe('transitions', () => {
     expect(dispatch(j, j.claim(command('d')).record, T0, seen, 'p').seq).toBe(4);
   });
 
+  it('returns from each write the row as stored, with its history on that command', () => {
+    const j = open();
+    // Another command first, so that rowids and keys cannot line up by accident.
+    j.claim(command('other'));
+    const claimed = j.claim(command('k1', { position: 40, acceptedAt: T0 + 1 })).record;
+    expect(claimed).toEqual(j.get(claimed));
+    const dispatched = dispatch(j, claimed, T0 + 2, seen, 'pipeline');
+    expect(dispatched).toEqual(j.get(claimed));
+    const settled = j.settle(dispatched, 'dispatched', {
+      to: 'confirmed',
+      code: 'OK',
+      faultCode: null,
+      observed: { ...seen, state: 'OPEN', position: 40, seq: dispatched.seq },
+      detail: 'readback shows OPEN',
+      at: T0 + 3,
+      intake: 'pipeline',
+    });
+    expect(settled).toEqual(j.get(claimed));
+    expect(settled.response).toEqual(renderResult(settled));
+    j.note(claimed, T0 + 4, 'looked at', 'admin');
+    expect(j.history(claimed).map((e) => [e.at, e.to, e.detail])).toEqual([
+      [T0 + 1, 'accepted', 'accepted'],
+      [T0 + 2, 'dispatched', `seq ${dispatched.seq}`],
+      [T0 + 3, 'confirmed', 'OK: readback shows OPEN'],
+      [T0 + 4, 'confirmed', 'looked at'],
+    ]);
+    expect(j.history({ scope: 'plant', key: 'other' })).toHaveLength(1);
+  });
+
   it('after a wrap, never hands out the sequence number of a command still open on the device', () => {
     const j = open();
     const old = dispatch(j, j.claim(command('old')).record, T0, seen, 'pipeline');
