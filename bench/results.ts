@@ -54,6 +54,11 @@ export interface DriverRoundTrip {
   readonly confirmMs: Distribution;
   readonly ackMs: Distribution;
   readonly readsPerCommand: number;
+  /**
+   * The bench process's CPU per request of the series (writes and reads; the waits between
+   * commands cost none): what one request costs the driver in Node. Absent in older results.
+   */
+  readonly cpuMsPerRequest?: number;
 }
 
 export interface StageTimes {
@@ -175,6 +180,8 @@ export interface CpuBudget {
   readonly othersCoresAtTarget: number;
   /** CPU ms per command left to the daemon at the target's rate (cores minus the others'). */
   readonly daemonBudgetMs: number;
+  /** The raw Modbus driver's CPU per request (baseline) × the Modbus requests per command. */
+  readonly modbusMs: number | null;
   /**
    * The daemon's main-thread ms per command in the journal's synchronous work: its writes
    * (every claim, dispatch and settlement goes through `write`), the batches' commits and the

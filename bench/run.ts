@@ -160,7 +160,12 @@ async function main(options: BenchOptions): Promise<void> {
     let tp: Awaited<ReturnType<typeof throughput>>;
     try {
       lat = await latency(ctx, daemon, base.modbus);
-      tp = await throughput(ctx, daemon, base.simulator.readMs.p50);
+      tp = await throughput(
+        ctx,
+        daemon,
+        base.simulator.readMs.p50,
+        base.modbus.cpuMsPerRequest ?? null,
+      );
     } finally {
       await daemon.stop();
     }

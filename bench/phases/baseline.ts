@@ -119,6 +119,7 @@ async function driverRoundTrips(
     let r = await firstRead(driver, 20_000);
     let last = r.seq ?? 0;
     const trips: RoundTrip[] = [];
+    const cpu0 = process.cpuUsage();
     for (let i = 0; i < count; i++) {
       await arrivalPause(ctx.options.scanMs);
       const move = nextMove(r.state);
@@ -134,7 +135,11 @@ async function driverRoundTrips(
       );
       r = await driver.read();
     }
+    const cpu = process.cpuUsage(cpu0);
+    // Each trip's write and reads, and the read after it.
+    const requests = trips.reduce((s, t) => s + 1 + t.reads + 1, 0);
     return {
+      cpuMsPerRequest: round((cpu.user + cpu.system) / 1000 / Math.max(1, requests)),
       confirmMs: distribution(trips.map((t) => t.confirmMs)),
       ackMs: distribution(trips.map((t) => t.ackMs)),
       readsPerCommand: round(trips.reduce((s, t) => s + t.reads, 0) / trips.length),

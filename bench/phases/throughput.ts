@@ -30,6 +30,8 @@ export async function throughput(
   daemon: RunningDaemon,
   /** The simulator's own round trip for one read, p50 (the baseline). */
   simulatorReadMs: number,
+  /** The raw Modbus driver's CPU per request (the baseline); null when not measured. */
+  driverCpuMsPerRequest: number | null,
 ): Promise<Throughput> {
   const { options } = ctx;
   const valves = modbusValves(ctx).slice(0, options.clients);
@@ -140,6 +142,7 @@ export async function throughput(
       journalMethods.some((m) => m === undefined)
         ? null
         : perCommand(journalMethods.reduce((sum, m) => sum + (m?.totalMs ?? 0), 0)),
+      driverCpuMsPerRequest === null ? null : round(driverCpuMsPerRequest * requests),
     );
     const intakeAlone = await intakeWindow(ctx, daemon, https, lastKeys);
     return {
@@ -182,6 +185,7 @@ function budget(
   perSecond: number,
   cores: { daemon: number; simulator: number; broker: number | null; bench: number },
   journalMs: number | null,
+  modbusMs: number | null,
 ): CpuBudget {
   const machineCores = availableParallelism();
   const ms = (c: number): number => (perSecond > 0 ? (1000 * c) / perSecond : Number.NaN);
@@ -202,6 +206,7 @@ function budget(
     othersCoresAtTarget: round(othersCores),
     daemonBudgetMs: round((1000 * (machineCores - othersCores)) / TARGET_PER_SECOND),
     journalMs,
+    modbusMs,
   };
 }
 

@@ -131,6 +131,7 @@ describe('npm run bench, smoke run', () => {
         'throughput.modbusRequestsPerCommand',
         // The cores' budget and the HTTPS intake's own window (bench/phases/throughput.ts).
         'throughput.cpuBudget.cores',
+        'baseline.modbus.cpuMsPerRequest',
         'throughput.intakeAlone.perSecond',
         'throughput.intakeAlone.daemonCpuMs',
         'recovery.listenMs',
