@@ -573,7 +573,9 @@ export class CommandPipeline {
     try {
       const open = new Set(this.journal.listOpenRefs().map(refId));
       for (const id of pending) if (!open.has(id)) pending.delete(id);
-      if (pending.size > 0 && timeoutMs > 0) await this.clock.sleep(timeoutMs, done.signal);
+      if (pending.size > 0 && timeoutMs > 0 && !this.aborted()) {
+        await this.clock.sleep(timeoutMs, done.signal);
+      }
     } finally {
       off();
       this.abort.signal.removeEventListener('abort', wake);
