@@ -323,6 +323,7 @@ export function tables(r: Results): Record<string, Table> {
   };
   const hs = stage(e2e.https);
   const ms = stage(e2e.mqtt);
+  out.ratioFloor = ratioFloor(r);
   out.stages = {
     head: ['stage (mean ms, from the journal’s timestamps)', 'HTTPS', 'MQTT'],
     rows: [
@@ -551,6 +552,7 @@ const TITLES: Record<string, string> = {
   machine: 'Machine',
   baseline: 'Baseline (no bridge)',
   e2e: 'End to end',
+  ratioFloor: 'The ratio’s floor on this machine',
   stages: 'Where a command’s time goes',
   e2eDaemon: 'Inside the daemon, per HTTPS command',
   replay: 'Replays',
@@ -570,6 +572,52 @@ export function renderTable(r: Results): string {
 }
 
 /** A share (0..1) as a percentage. */
+/**
+ * What the bridge's own time at p50 cannot go below on this machine, from parts measured in the
+ * run: the intake's round trip with a claim (a replay: TLS and HTTP or the broker twice, the
+ * duplicate's claim and answer — a command has all of it and more), the fresh read the state
+ * machine checks against (I4: the simulator's own read), and the two barriers a command waits
+ * for one after the other (I5: the disk's own fsync in a busy stream, the cheaper of its two
+ * lines). Against it, what the ratio target allows: a quarter of the raw driver's p50.
+ */
+function ratioFloor(r: Results): Table {
+  const b = r.baseline;
+  const raw = b.modbus.confirmMs.p50;
+  const fsync = b.disk?.fsyncMs.p50 ?? null;
+  const read = b.simulator.readMs.p50;
+  const replays = [r.replay.https, r.replay.mqtt].map((x) =>
+    isSkipped(x) ? null : x.latencyMs.p50,
+  );
+  const floors = replays.map((p) => (p === null || fsync === null ? null : p + read + 2 * fsync));
+  const allowed = 0.25 * raw;
+  const cells = (f: (floor: number) => string): string[] =>
+    floors.map((floor) => (floor === null ? '—' : f(floor)));
+  return {
+    head: ['bridge’s own time, p50 (ms)', 'HTTPS', 'MQTT'],
+    rows: [
+      [
+        'a replay of a settled key: the intake’s round trip with a claim',
+        ...replays.map((p) => n(p)),
+      ],
+      ['the fresh read before the check: the simulator’s read', n(read), n(read)],
+      [
+        'two barriers, one after the other: 2 × the disk’s fsync (busy stream)',
+        n(fsync === null ? null : 2 * fsync),
+        n(fsync === null ? null : 2 * fsync),
+      ],
+      ['floor (their sum)', ...cells((floor) => n(floor))],
+      ['what the target allows: 0.25 × the raw driver', n(allowed), n(allowed)],
+      [
+        'the ratio’s floor: (raw driver + floor) ÷ raw driver',
+        ...cells((floor) => {
+          const ratio = (raw + floor) / raw;
+          return `${n(ratio)}${ratio > 1.25 ? ': above 1.25' : ''}`;
+        }),
+      ],
+    ],
+  };
+}
+
 /** The cores' budget and the HTTPS intake's own window (absent in older results). */
 function budgetRows(t: Results['throughput']): string[][] {
   const rows: string[][] = [];
