@@ -120,12 +120,7 @@ export async function throughput(
       }),
     );
     const { from, to, load, cpu, steal } = await window;
-    const inWindow = done.filter((d) => d.at >= from && d.at < to);
-    const confirmed = inWindow.filter((d) => d.outcome === 'confirmed');
-    const failures: Record<string, number> = {};
-    for (const d of inWindow) {
-      if (d.outcome !== 'confirmed') failures[d.outcome] = (failures[d.outcome] ?? 0) + 1;
-    }
+    const { passed: confirmed, failures } = tally(done, from, to, 'confirmed');
     const seconds = (to - from) / 1000;
     const fsyncs = 'skipped' in load.fsyncs ? null : load.fsyncs;
     const perCommand = (n: number): number => round(n / Math.max(1, confirmed.length));
@@ -173,6 +168,23 @@ export async function throughput(
   } finally {
     https.close();
   }
+}
+
+/** The answers that came within the window: those with the `ok` outcome, and the rest by kind. */
+function tally(
+  done: readonly Done[],
+  from: number,
+  to: number,
+  ok: string,
+): { passed: Done[]; failures: Record<string, number> } {
+  const passed: Done[] = [];
+  const failures: Record<string, number> = {};
+  for (const d of done) {
+    if (d.at < from || d.at >= to) continue;
+    if (d.outcome === ok) passed.push(d);
+    else failures[d.outcome] = (failures[d.outcome] ?? 0) + 1;
+  }
+  return { passed, failures };
 }
 
 /**
@@ -262,12 +274,7 @@ async function intakeWindow(
     }),
   );
   const { from, to, load, benchCpuSeconds } = await window;
-  const inWindow = done.filter((d) => d.at >= from && d.at < to);
-  const answered = inWindow.filter((d) => d.outcome === 'ok');
-  const failures: Record<string, number> = {};
-  for (const d of inWindow) {
-    if (d.outcome !== 'ok') failures[d.outcome] = (failures[d.outcome] ?? 0) + 1;
-  }
+  const { passed: answered, failures } = tally(done, from, to, 'ok');
   const windowSeconds = (to - from) / 1000;
   const per = (cpuSeconds: number): number =>
     round((1000 * cpuSeconds) / Math.max(1, answered.length));
