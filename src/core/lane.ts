@@ -34,12 +34,6 @@ export interface Lane {
   running: Promise<void> | null;
   inFlight: CommandRef | null;
   /**
-   * The settlement journaled for the command in flight, when the pipeline journaled one: once
-   * a barrier begun after it has resolved, the command is terminal on disk, and the worker
-   * need not read it back to know (the daemon is the journal's only writer).
-   */
-  settledInFlight: CommandRecord | null;
-  /**
    * A command taken up and left open (the journal failed under it, or a bug surfaced). It is
    * the device's command until it is terminal: the queue never moves past it (I1), and the
    * sweep takes it up again before anything else.
