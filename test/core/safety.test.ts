@@ -1,8 +1,10 @@
+import type BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { sleepFor, systemClock, type Clock } from '../../src/core/clock.js';
-import type { CommandRecord } from '../../src/core/journal.js';
+import type { CommandRecord, CommandRef, Settlement } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { lockHolder } from '../helpers/journal-lock.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 import { profile } from '../helpers/fixtures.js';
@@ -67,6 +69,87 @@ describe('I1: a second write only when the first is provably not applied', () =>
     expect(valve.snapshot().state).toBe('CLOSED');
     expect(rb.dispatchedAt!).toBeGreaterThanOrEqual(ra.settledAt!);
     expect(a.key).toBe('A');
+  });
+
+  it("a settlement lost at its batch's COMMIT keeps the device on the command: the next waits, no second write", async () => {
+    // A double, for a fault no simulator or filesystem can time: SQLite fails the COMMIT of
+    // the one batch that holds A's settlement (an I/O error that clears at once). A full tmpfs
+    // (test/reliability/faults.test.ts) fails every later write too, so the next command could
+    // not be dispatched either and a pipeline that moved on would go unseen. Here the loss is
+    // one batch: A stays dispatched on disk while B's dispatch would commit fine. The
+    // settlement is not announced, A is taken up again and settled by reading the controller,
+    // and B waits for that.
+    h = await SimHarness.start({ travelMs: 200 });
+    const valve = h.device('v1');
+    const lost = loseCommitOnce(h.journal, (ref, s) => ref.key === 'A' && s.to === 'confirmed');
+    const published: CommandRecord[] = [];
+    h.pipeline.onSettled((r) => published.push(r));
+    h.submit('A', open());
+    h.submit('B', { device: 'v1', action: 'close' });
+    const [ra, rb] = [await h.settled('A'), await h.settled('B')];
+    expect(lost.fired).toBe(1);
+    // Ground truth on disk, from a connection of its own.
+    const disk = SqliteJournal.open({ path: h.path, readonly: true });
+    try {
+      const [da, db] = [disk.get(ra)!, disk.get(rb)!];
+      expect(da).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
+      expect(db).toMatchObject({ state: 'confirmed', code: 'OK' });
+      // B was dispatched only once A's settlement was kept, and A's lost settlement left no
+      // trace: one settlement event each.
+      expect(db.dispatchedAt!).toBeGreaterThanOrEqual(da.settledAt!);
+      expect(disk.history(ra).filter((e) => e.to === 'confirmed')).toHaveLength(1);
+    } finally {
+      disk.close();
+    }
+    // One write per key, A's before B's; the valve ends where B put it.
+    expect(h.writesWithSeq('v1', ra.seq!)).toBe(1);
+    expect(h.writesWithSeq('v1', rb.seq!)).toBe(1);
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([ra.seq, rb.seq]);
+    expect(valve.snapshot().state).toBe('CLOSED');
+    // A was announced once, after the settlement that was kept.
+    expect(published.filter((r) => r.key === 'A').map((r) => r.settledAt)).toEqual([ra.settledAt]);
+  });
+
+  it("the same after a controller's refusal: the worker reads on after the settlement, and its own later barrier succeeds", async () => {
+    // After a 0x88 the worker reads the device once more (I4) before it returns: its barrier is
+    // then a later one than the settlement's, and succeeds. The settlement's barrier took the
+    // loss; only reading A back shows it open. (A worker that trusted the settlement it had
+    // journaled moved on to B here, and A was settled again only after B.)
+    h = await SimHarness.start({ travelMs: 2_000 });
+    const valve = h.device('v1');
+    // Another master opens the valve and stops it part-way: STOPPED, where an open is legal.
+    valve.receiveWrite({ code: 1, setpoint: 0, seq: 60_001 });
+    await h.until(() => valve.position > 30, 5_000, 'the valve a third open');
+    valve.receiveWrite({ code: 3, setpoint: 0, seq: 60_002 });
+    await h.until(() => valve.state === 'STOPPED', 5_000, 'the valve stopped');
+    // Its close reaches the controller just before A's open, which the controller then
+    // refuses from CLOSING (0x88). B, a close, waits for the valve to be CLOSED (no write).
+    const receive = valve.receiveWrite.bind(valve);
+    valve.receiveWrite = (write) => {
+      if (write.seq !== 60_003 && valve.writesWithSeq(60_003) === 0) {
+        receive({ code: 2, setpoint: 0, seq: 60_003 });
+      }
+      receive(write);
+    };
+    const lost = loseCommitOnce(h.journal, (ref, s) => ref.key === 'A' && s.to === 'rejected');
+    h.submit('A', open());
+    h.submit('B', { device: 'v1', action: 'close' });
+    const [ra, rb] = [await h.settled('A'), await h.settled('B')];
+    expect(lost.fired).toBe(1);
+    const disk = SqliteJournal.open({ path: h.path, readonly: true });
+    try {
+      const [da, db] = [disk.get(ra)!, disk.get(rb)!];
+      expect(da).toMatchObject({ state: 'rejected', code: 'ILLEGAL_TRANSITION', attempts: 1 });
+      expect(db).toMatchObject({ state: 'confirmed', code: 'OK', seq: null });
+      // B was taken up only once A's settlement was kept.
+      expect(db.settledAt!).toBeGreaterThanOrEqual(da.settledAt!);
+      expect(disk.history(ra).filter((e) => e.to === 'rejected')).toHaveLength(1);
+    } finally {
+      disk.close();
+    }
+    expect(h.writesWithSeq('v1', ra.seq!)).toBe(1);
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([60_001, 60_002, 60_003, ra.seq]);
+    expect(valve.snapshot().state).toBe('CLOSED');
   });
 
   it('a power cycle that wipes an acknowledged write leaves the power-up echo: proof of nothing', async () => {
@@ -284,3 +367,33 @@ describe('SPEC §6: durations on a monotonic clock, controller clock steps', () 
     expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
   });
 });
+
+/**
+ * Makes SQLite fail the COMMIT of the batch that holds the first settlement `when` picks, as an
+ * I/O error would (the batch rolled back, none of its writes kept); every other commit runs as
+ * usual. The journal's connection is private: reached here, in a test, for this fault alone.
+ */
+function loseCommitOnce(
+  journal: SqliteJournal,
+  when: (ref: CommandRef, settlement: Settlement) => boolean,
+): { fired: number } {
+  const state = { armed: false, fired: 0 };
+  const settle = journal.settle.bind(journal);
+  journal.settle = (ref, from, settlement) => {
+    const record = settle(ref, from, settlement);
+    if (state.fired === 0 && when(ref, settlement)) state.armed = true;
+    return record;
+  };
+  const db = (journal as unknown as { conn: { db: BetterSqlite3.Database } }).conn.db;
+  const exec = db.exec.bind(db);
+  db.exec = (sql: string) => {
+    if (sql === 'COMMIT' && state.armed) {
+      state.armed = false;
+      state.fired++;
+      exec('ROLLBACK');
+      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_WRITE' });
+    }
+    return exec(sql);
+  };
+  return state;
+}
