@@ -34,6 +34,14 @@ export interface Lane {
   running: Promise<void> | null;
   inFlight: CommandRef | null;
   /**
+   * The settlement journaled for the command in flight, when the pipeline journaled one. Once
+   * it is announced (its own barrier succeeded: its batch was committed and synced), the
+   * command is terminal on disk and the worker need not read it back. Not before: a barrier
+   * of the worker's own can succeed after the settlement's batch was lost at its COMMIT (the
+   * settlement's barrier took that loss), and only a read shows the command still open.
+   */
+  settledInFlight: CommandRecord | null;
+  /**
    * A command taken up and left open (the journal failed under it, or a bug surfaced). It is
    * the device's command until it is terminal: the queue never moves past it (I1), and the
    * sweep takes it up again before anything else.

@@ -171,6 +171,7 @@ export class CommandPipeline {
         queue: [],
         running: null,
         inFlight: null,
+        settledInFlight: null,
         mirror: null,
         skew: null,
         unresolved: null,
@@ -800,6 +801,7 @@ export class CommandPipeline {
         continue;
       }
       lane.inFlight = ref;
+      lane.settledInFlight = null;
       // The command's signal: aborted by a preempting stop or an operator, and by the
       // pipeline's stop. One listener, removed when the command is done (AbortSignal.any would
       // cost a signal, a weak reference and their garbage per command).
@@ -829,7 +831,9 @@ export class CommandPipeline {
       let after: CommandRecord | undefined;
       try {
         await this.durable();
-        after = this.journal.get(ref);
+        // A settlement announced is on disk (see Lane.settledInFlight); otherwise read back.
+        const settled = settledInFlight(lane);
+        after = settled !== null && this.announced.has(settled) ? settled : this.journal.get(ref);
       } catch (error) {
         this.leftOpen(lane, ref, log, failure ?? error);
         return;
@@ -928,6 +932,10 @@ export class CommandPipeline {
       }
       throw error;
     }
+    const lane = this.lanes.get(settled.device);
+    if (lane !== undefined && lane.inFlight !== null && refId(lane.inFlight) === refId(settled)) {
+      lane.settledInFlight = settled;
+    }
     const level = outcome.to === 'confirmed' ? 'info' : 'warn';
     log[level](
       {
@@ -995,6 +1003,11 @@ export class CommandPipeline {
  * stack trace) that abort() makes without one: once per waiting request, on the answer's path.
  */
 const WOKEN = Object.freeze(new Error('woken'));
+
+/** A function, not a property read: set by settle() across the worker's awaits. */
+function settledInFlight(lane: Lane): CommandRecord | null {
+  return lane.settledInFlight;
+}
 
 function refId(ref: CommandRef): string {
   return `${ref.scope}\u0000${ref.key}`;
