@@ -81,26 +81,13 @@ describe('I1: a second write only when the first is provably not applied', () =>
     // and B waits for that.
     h = await SimHarness.start({ travelMs: 200 });
     const valve = h.device('v1');
-    const lost = loseCommitOnce(h.journal, (ref, s) => ref.key === 'A' && s.to === 'confirmed');
-    const published: CommandRecord[] = [];
-    h.pipeline.onSettled((r) => published.push(r));
-    h.submit('A', open());
-    h.submit('B', { device: 'v1', action: 'close' });
-    const [ra, rb] = [await h.settled('A'), await h.settled('B')];
-    expect(lost.fired).toBe(1);
-    // Ground truth on disk, from a connection of its own.
-    const disk = SqliteJournal.open({ path: h.path, readonly: true });
-    try {
-      const [da, db] = [disk.get(ra)!, disk.get(rb)!];
-      expect(da).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
-      expect(db).toMatchObject({ state: 'confirmed', code: 'OK' });
-      // B was dispatched only once A's settlement was kept, and A's lost settlement left no
-      // trace: one settlement event each.
-      expect(db.dispatchedAt!).toBeGreaterThanOrEqual(da.settledAt!);
-      expect(disk.history(ra).filter((e) => e.to === 'confirmed')).toHaveLength(1);
-    } finally {
-      disk.close();
-    }
+    const { ra, rb, da, db, settlementsOfA, published } = await lostSettlement(h, 'confirmed');
+    expect(da).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
+    expect(db).toMatchObject({ state: 'confirmed', code: 'OK' });
+    // B was dispatched only once A's settlement was kept, and A's lost settlement left no
+    // trace: one settlement event.
+    expect(db.dispatchedAt!).toBeGreaterThanOrEqual(da.settledAt!);
+    expect(settlementsOfA).toBe(1);
     // One write per key, A's before B's; the valve ends where B put it.
     expect(h.writesWithSeq('v1', ra.seq!)).toBe(1);
     expect(h.writesWithSeq('v1', rb.seq!)).toBe(1);
@@ -131,22 +118,12 @@ describe('I1: a second write only when the first is provably not applied', () =>
       }
       receive(write);
     };
-    const lost = loseCommitOnce(h.journal, (ref, s) => ref.key === 'A' && s.to === 'rejected');
-    h.submit('A', open());
-    h.submit('B', { device: 'v1', action: 'close' });
-    const [ra, rb] = [await h.settled('A'), await h.settled('B')];
-    expect(lost.fired).toBe(1);
-    const disk = SqliteJournal.open({ path: h.path, readonly: true });
-    try {
-      const [da, db] = [disk.get(ra)!, disk.get(rb)!];
-      expect(da).toMatchObject({ state: 'rejected', code: 'ILLEGAL_TRANSITION', attempts: 1 });
-      expect(db).toMatchObject({ state: 'confirmed', code: 'OK', seq: null });
-      // B was taken up only once A's settlement was kept.
-      expect(db.settledAt!).toBeGreaterThanOrEqual(da.settledAt!);
-      expect(disk.history(ra).filter((e) => e.to === 'rejected')).toHaveLength(1);
-    } finally {
-      disk.close();
-    }
+    const { ra, da, db, settlementsOfA } = await lostSettlement(h, 'rejected');
+    expect(da).toMatchObject({ state: 'rejected', code: 'ILLEGAL_TRANSITION', attempts: 1 });
+    expect(db).toMatchObject({ state: 'confirmed', code: 'OK', seq: null });
+    // B was taken up only once A's settlement was kept.
+    expect(db.settledAt!).toBeGreaterThanOrEqual(da.settledAt!);
+    expect(settlementsOfA).toBe(1);
     expect(h.writesWithSeq('v1', ra.seq!)).toBe(1);
     expect(valve.writeLog.map((w) => w.seq)).toEqual([60_001, 60_002, 60_003, ra.seq]);
     expect(valve.snapshot().state).toBe('CLOSED');
@@ -367,6 +344,44 @@ describe('SPEC §6: durations on a monotonic clock, controller clock steps', () 
     expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
   });
 });
+
+/**
+ * Submits A (an open) and B (a close) on v1 with A's settlement to `to` lost at its batch's
+ * COMMIT; returns both as the pipeline reported them and as the journal file holds them (read
+ * on a connection of its own), with how many settlements of A the file's history holds.
+ */
+async function lostSettlement(
+  h: SimHarness,
+  to: Settlement['to'],
+): Promise<{
+  ra: CommandRecord;
+  rb: CommandRecord;
+  da: CommandRecord;
+  db: CommandRecord;
+  settlementsOfA: number;
+  published: CommandRecord[];
+}> {
+  const lost = loseCommitOnce(h.journal, (ref, s) => ref.key === 'A' && s.to === to);
+  const published: CommandRecord[] = [];
+  h.pipeline.onSettled((r) => published.push(r));
+  h.submit('A', open());
+  h.submit('B', { device: 'v1', action: 'close' });
+  const [ra, rb] = [await h.settled('A'), await h.settled('B')];
+  expect(lost.fired).toBe(1);
+  const disk = SqliteJournal.open({ path: h.path, readonly: true });
+  try {
+    return {
+      ra,
+      rb,
+      da: disk.get(ra)!,
+      db: disk.get(rb)!,
+      settlementsOfA: disk.history(ra).filter((e) => e.to === to).length,
+      published,
+    };
+  } finally {
+    disk.close();
+  }
+}
 
 /**
  * Makes SQLite fail the COMMIT of the batch that holds the first settlement `when` picks, as an
