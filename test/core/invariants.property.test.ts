@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { isTerminal } from '../../src/core/command.js';
 import type { CommandRecord } from '../../src/core/journal.js';
+import { commitFaults } from '../helpers/commit-faults.js';
 import { lockHolder } from '../helpers/journal-lock.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
@@ -9,11 +10,12 @@ import { SimHarness } from '../helpers/sim-harness.js';
  * Random interleavings on the real parts — the pipeline with the real Modbus drivers against
  * sluice-sim over sockets, on a real journal file — of duplicate submissions over both intakes,
  * crashes and restarts, lost writes, dropped replies, failed reads, controllers that hold
- * commands longer than the redispatch guard, frozen images, local operators, and journal
- * stalls by another process. Whatever happens, judged from the simulator's write log and the
- * journal (never from the pipeline's word):
- * - I1: every write that reached a controller belongs to a journaled command, and no command's
- *   sequence number reached it twice;
+ * commands longer than the redispatch guard, frozen images, local operators, journal stalls
+ * by another process, and batches lost at their COMMIT. Whatever happens, judged from the
+ * simulator's write log and the journal (never from the pipeline's word):
+ * - I1: every write that reached a controller belongs to a journaled command, no command's
+ *   sequence number reached it twice, and a device's commands (stops aside) were dispatched
+ *   one after the other, each once the one before was terminal;
  * - I2: a confirmed command's readback was produced after the controller took its write, and
  *   shows its echo and a confirming state; a confirmed no-op wrote nothing;
  * - I3: nothing was dispatched past its deadline;
@@ -53,7 +55,8 @@ type Op =
   | { kind: 'hold'; device: Device; ms: number }
   | { kind: 'freeze'; device: Device; ms: number }
   | { kind: 'local'; device: Device; ms: number }
-  | { kind: 'stall'; ms: number };
+  | { kind: 'stall'; ms: number }
+  | { kind: 'loseCommit' };
 
 const device = fc.constantFrom<Device>('v1', 'v2', 'a1');
 const op: fc.Arbitrary<Op> = fc.oneof(
@@ -118,6 +121,9 @@ const op: fc.Arbitrary<Op> = fc.oneof(
       ms: fc.integer({ min: 50, max: 700 }),
     }),
   },
+  // The next batch's COMMIT fails (an I/O error that clears at once): whatever it held — a
+  // claim, a dispatch, a settlement — is not kept, and the barrier that covers it fails.
+  { weight: 2, arbitrary: fc.constant({ kind: 'loseCommit' as const }) },
 );
 
 async function run(ops: Op[]): Promise<void> {
@@ -176,6 +182,9 @@ async function run(ops: Op[]): Promise<void> {
         case 'stall':
           await locker.hold(o.ms);
           break;
+        case 'loseCommit':
+          commitFaults(h.journal).failNext();
+          break;
       }
     }
     // Let the faults end, then everything settles: each device works through its queue.
@@ -213,6 +222,19 @@ async function run(ops: Op[]): Promise<void> {
         ).toBeLessThanOrEqual(1);
         // I3: dispatched before its deadline.
         expect(r.dispatchedAt!).toBeLessThan(r.deadline);
+      }
+      // I1: one command at a time on a device. A command is dispatched only once every command
+      // dispatched before it is terminal on disk — but a stop, which preempts the command in
+      // travel (SPEC §2) and is itself never preempted.
+      const moves = mine
+        .filter((r) => r.action !== 'stop')
+        .sort((a, b) => a.dispatchedAt! - b.dispatchedAt!);
+      for (let i = 1; i < moves.length; i++) {
+        const [before, after] = [moves[i - 1]!, moves[i]!];
+        expect(
+          after.dispatchedAt!,
+          `${after.key} dispatched while ${before.key} was open: ${h.notes(before.key).join(' | ')}`,
+        ).toBeGreaterThanOrEqual(before.settledAt!);
       }
     }
     for (const record of records) {

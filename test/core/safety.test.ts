@@ -1,10 +1,10 @@
-import type BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { sleepFor, systemClock, type Clock } from '../../src/core/clock.js';
 import type { CommandRecord, CommandRef, Settlement } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { commitFaults, type CommitFaults } from '../helpers/commit-faults.js';
 import { lockHolder } from '../helpers/journal-lock.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 import { profile } from '../helpers/fixtures.js';
@@ -367,7 +367,7 @@ async function lostSettlement(
   h.submit('A', open());
   h.submit('B', { device: 'v1', action: 'close' });
   const [ra, rb] = [await h.settled('A'), await h.settled('B')];
-  expect(lost.fired).toBe(1);
+  expect(lost.failed).toBe(1);
   const disk = SqliteJournal.open({ path: h.path, readonly: true });
   try {
     return {
@@ -384,31 +384,19 @@ async function lostSettlement(
 }
 
 /**
- * Makes SQLite fail the COMMIT of the batch that holds the first settlement `when` picks, as an
- * I/O error would (the batch rolled back, none of its writes kept); every other commit runs as
- * usual. The journal's connection is private: reached here, in a test, for this fault alone.
+ * Makes SQLite fail the COMMIT of the batch that holds the first settlement `when` picks
+ * (test/helpers/commit-faults.ts); every other commit runs as usual.
  */
 function loseCommitOnce(
   journal: SqliteJournal,
   when: (ref: CommandRef, settlement: Settlement) => boolean,
-): { fired: number } {
-  const state = { armed: false, fired: 0 };
+): CommitFaults {
+  const faults = commitFaults(journal);
   const settle = journal.settle.bind(journal);
   journal.settle = (ref, from, settlement) => {
     const record = settle(ref, from, settlement);
-    if (state.fired === 0 && when(ref, settlement)) state.armed = true;
+    if (faults.failed === 0 && when(ref, settlement)) faults.failNext();
     return record;
   };
-  const db = (journal as unknown as { conn: { db: BetterSqlite3.Database } }).conn.db;
-  const exec = db.exec.bind(db);
-  db.exec = (sql: string) => {
-    if (sql === 'COMMIT' && state.armed) {
-      state.armed = false;
-      state.fired++;
-      exec('ROLLBACK');
-      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_WRITE' });
-    }
-    return exec(sql);
-  };
-  return state;
+  return faults;
 }
