@@ -14,18 +14,27 @@ describe('threadSched', () => {
     const before = threadSched(process.pid);
     expect(before).not.toBeNull();
     const usage = process.cpuUsage();
-    const end = performance.now() + 50;
+    const start = performance.now();
+    const end = start + 50;
     while (performance.now() < end) {
       // spin
     }
+    const wallMs = performance.now() - start;
     const after = threadSched(process.pid)!;
     const { user, system } = process.cpuUsage(usage);
     const processMs = (user + system) / 1000;
-    // The main thread did (nearly) all of the process's work meanwhile.
+    const cpuMs = after.cpuMs - before!.cpuMs;
+    // A spinning thread is on a CPU or waiting for one the whole time (less a scheduler tick,
+    // by which the kernel's figure of a running thread may lag). Its CPU time is part of the
+    // process's, which also holds what the process's other threads (V8's compiler and
+    // garbage collector) did meanwhile: on a busy machine that is more than a few percent, so
+    // the process's figure bounds the thread's from above only.
+    const waited = waitedMs(before, after)!;
     expect(processMs).toBeGreaterThan(5);
-    expect(after.cpuMs - before!.cpuMs).toBeGreaterThanOrEqual(processMs * 0.7);
-    expect(after.cpuMs - before!.cpuMs).toBeLessThanOrEqual(processMs + 2);
-    expect(waitedMs(before, after)).toBeGreaterThanOrEqual(0);
+    expect(cpuMs).toBeGreaterThan(5);
+    expect(waited).toBeGreaterThanOrEqual(0);
+    expect(cpuMs + waited).toBeGreaterThanOrEqual(wallMs * 0.9 - 5);
+    expect(cpuMs).toBeLessThanOrEqual(processMs + 2);
   });
 
   it.skipIf(!taskset)('counts the wait of two threads that share one CPU', async () => {
