@@ -230,7 +230,6 @@ export class SqliteJournal implements Journal {
       if (row === undefined) throw new JournalConflictError(`no command ${ref.key}`);
       return row;
     };
-    const find = (ref: CommandRef): CommandRecord => rowToRecord(findRow(ref));
 
     const txClaim = db.transaction((c: NewCommand, rejection?: Rejection): Claim => {
       // RETURNING: the new row as inserted; none when the key was there already.
@@ -335,16 +334,9 @@ export class SqliteJournal implements Journal {
         if (changed.changes !== 1) {
           throw new JournalConflictError(`command ${ref.key} cannot be dispatched again`);
         }
-        s.event.run(
-          ref.scope,
-          ref.key,
-          at,
-          'dispatched',
-          'dispatched',
-          intake,
-          `redispatch: ${detail}`,
-        );
-        return find(ref);
+        const row = findRow(ref);
+        s.eventOf.run(row.id, at, 'dispatched', 'dispatched', intake, `redispatch: ${detail}`);
+        return rowToRecord(row);
       },
     );
 
@@ -860,7 +852,6 @@ function prepare(db: Database): {
   insert: Statement;
   get: Statement;
   byKey: Statement;
-  event: Statement;
   eventOf: Statement;
   getSeq: Statement;
   openSeqs: Statement;
@@ -886,9 +877,6 @@ function prepare(db: Database): {
       RETURNING *`),
     get: db.prepare('SELECT * FROM commands WHERE scope = ? AND key = ?'),
     byKey: db.prepare('SELECT * FROM commands WHERE key = ? ORDER BY accepted_at'),
-    event: db.prepare(`
-      INSERT INTO events (command, at, from_state, to_state, intake, detail)
-      VALUES ((SELECT id FROM commands WHERE scope = ? AND key = ?), ?, ?, ?, ?, ?)`),
     eventOf: db.prepare(`
       INSERT INTO events (command, at, from_state, to_state, intake, detail)
       VALUES (?, ?, ?, ?, ?, ?)`),
