@@ -11,7 +11,7 @@ import { makePki, type Pki } from './https-client.js';
  */
 
 const metrics = {
-  registry: { contentType: 'text/plain', metrics: async (): Promise<string> => '' },
+  registry: { contentType: 'text/plain', metrics: (): Promise<string> => Promise.resolve('') },
   httpResponses: { inc: (): void => undefined },
   accepted: { inc: (): void => undefined },
   journalFailures: { inc: (): void => undefined },
@@ -38,14 +38,14 @@ describe('HTTPS server', () => {
 
   it('refuses a route with a JSON schema when it gets ready', async () => {
     const app = server();
-    app.post('/with-schema', { schema: { body: { type: 'object' } } }, async () => ({}));
+    app.post('/with-schema', { schema: { body: { type: 'object' } } }, () => Promise.resolve({}));
     await expect(app.ready()).rejects.toThrow(/take no JSON schema/);
     await app.close();
   });
 
   it('answers plain JSON from a route without one', async () => {
     const app = server();
-    app.get('/plain', async () => ({ state: 'OPEN', seq: 7 }));
+    app.get('/plain', () => Promise.resolve({ state: 'OPEN', seq: 7 }));
     await app.ready();
     try {
       const answer = await app.inject({ method: 'GET', url: '/plain' });
