@@ -39,6 +39,15 @@ export interface ProfileSetup {
   readonly scanMs: number | null;
 }
 
+/**
+ * The PLC's `combineReads.maxGap`: any valves whose reads fit one request (125 registers) may
+ * share it, as a site sets it for a PLC with one flat register area (the bench plant reads the
+ * registers between its valves as 0). With the default (16) only neighbouring valves join (their
+ * reads are 8 registers apart): while only every other valve has a command — the first seconds of
+ * a recovery, and its end — no read would combine at all.
+ */
+export const BLOCK_READ_GAP = 125 - 8;
+
 /** A self-signed certificate for 127.0.0.1 and a bearer token, written into `dir`. */
 export async function credentials(dir: string): Promise<Credentials> {
   const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
@@ -129,6 +138,7 @@ export async function writeSite(args: {
         host: plc.endpoint.host,
         port: plc.endpoint.port,
         unitId: plc.endpoint.unitId,
+        combineReads: { maxGap: BLOCK_READ_GAP },
       },
     },
     devices,
