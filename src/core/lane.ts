@@ -145,3 +145,13 @@ export function freshnessDetail(
     ? `deadline ${new Date(record.deadline).toISOString()} passed ${now - record.deadline} ms ago; nothing was written`
     : `issuedAt lies ${record.issuedAt - now} ms in the future, more than the allowed ${policy.maxIssuerSkewMs} ms; nothing was written`;
 }
+
+/** A command's identity as a map key: its scope and its key. */
+export function refId(ref: CommandRef): string {
+  return `${ref.scope}\u0000${ref.key}`;
+}
+
+/** The logger of one command's lines: every line carries its key and device (and scope). */
+export function commandLogger(logger: Logger, record: CommandRecord): Logger {
+  return logger.child({ key: record.key, device: record.device, scope: record.scope });
+}

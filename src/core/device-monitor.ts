@@ -1,0 +1,103 @@
+import type { Clock } from './clock.js';
+import type { DeviceReads } from './device-reads.js';
+import type { DeviceHealth, Readback } from './driver.js';
+import type { Lane } from './lane.js';
+import type { Logger } from './logger.js';
+import type { ReadFailure } from './read-failures.js';
+import type { SkewEstimate } from './skew.js';
+
+/** What the rest of the daemon may know about a device, as the pipeline last saw it. */
+export interface DeviceView {
+  readonly id: string;
+  readonly profile: string;
+  readonly mirror: Readback | null;
+  readonly skew: SkewEstimate | null;
+  /** The driver's connection: shared by every device of a Modbus PLC. */
+  readonly health: DeviceHealth;
+  /**
+   * This device's own reads failing in a row (null: the last one succeeded). A connection
+   * that is up says nothing about them: a register map that points at registers the PLC
+   * does not have fails every read on a healthy connection.
+   */
+  readonly readError: ReadFailure | null;
+  /** Its controller clock reads failing in a row (null: the last one succeeded). */
+  readonly clockReadError: ReadFailure | null;
+  /** Failed reads since the daemon started: status and controller clock. */
+  readonly readErrors: { readonly status: number; readonly clock: number };
+  readonly queued: number;
+  readonly inFlight: string | null;
+  /** A command left open and waiting to be taken up again: the device waits for it. */
+  readonly unresolved: string | null;
+  /** The controller clock's drift (ppm), when measurements span long enough. */
+  readonly driftPpm: number | null;
+  /** Set while the controller clock is beyond its allowed skew. */
+  readonly clockOff: {
+    readonly since: number;
+    readonly offsetMs: number;
+    readonly maxMs: number;
+  } | null;
+}
+
+/** A device as its lane knows it now. */
+export function deviceView(lane: Lane, reads: DeviceReads): DeviceView {
+  return {
+    id: lane.binding.id,
+    profile: lane.binding.profile.profile,
+    mirror: lane.mirror,
+    skew: lane.skew,
+    health: lane.binding.driver.health(),
+    readError: lane.statusReads.current,
+    clockReadError: lane.clockReads.current,
+    readErrors: { status: lane.statusReads.total, clock: lane.clockReads.total },
+    queued: lane.queue.length,
+    inFlight: lane.inFlight?.key ?? null,
+    unresolved: lane.unresolved?.key ?? null,
+    driftPpm: reads.drift(lane),
+    clockOff: lane.clockOff,
+  };
+}
+
+/** What the monitor needs from the pipeline. */
+export interface MonitorHost {
+  readonly lanes: readonly Lane[];
+  readonly reads: DeviceReads;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  /** The pipeline's stop: the monitor ends with it. */
+  readonly signal: AbortSignal;
+}
+
+/**
+ * Reads every idle device every `intervalMs`, so that the mirror — what operators and the
+ * retained state topic see — stays current between commands. Commands never act on it:
+ * they take their own fresh read.
+ */
+export function startMonitor(host: MonitorHost, intervalMs: number): void {
+  const { lanes, reads, clock, signal } = host;
+  lanes.forEach((lane, i) => {
+    const log = host.logger.child({ device: lane.binding.id });
+    void (async () => {
+      // Spread over the interval, on a fixed grid: started together (or drifting back
+      // together by the time each pass takes), every device of a PLC would be read in one
+      // burst each period, and a command's fresh read or readback would queue behind all of
+      // them on the PLC's one connection.
+      let next = clock.elapsed() + (intervalMs * i) / lanes.length;
+      for (;;) {
+        await clock.sleep(Math.max(0, next - clock.elapsed()), signal);
+        if (signal.aborted) return;
+        if (lane.inFlight === null && lane.queue.length === 0) {
+          await reads.tryRead(lane, log);
+          // The controller clock is watched between commands too (drift, bound: SPEC §6), and
+          // an estimate too coarse to place readbacks is measured again, at this pace.
+          if (reads.usableSkew(lane) === null || reads.coarseSkew(lane)) {
+            await reads.measureSkew(lane, log);
+          }
+        }
+        // The next slot of the grid; slots a slow pass ran over are skipped, not caught up.
+        next += intervalMs;
+        const now = clock.elapsed();
+        if (next < now) next += Math.ceil((now - next) / intervalMs) * intervalMs;
+      }
+    })();
+  });
+}

@@ -1,0 +1,110 @@
+import { isTerminal } from './command.js';
+import type { Clock } from './clock.js';
+import { AlreadySettledError, UnknownCommandError } from './errors.js';
+import type { CommandRecord, CommandRef, Journal } from './journal.js';
+import { ADMIN, commandLogger, refId, type Lane } from './lane.js';
+import type { Logger } from './logger.js';
+import type { Outcomes } from './outcomes.js';
+
+/** What an operator's actions need from the pipeline. */
+export interface OperatorHost {
+  readonly journal: Journal;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly lanes: ReadonlyMap<string, Lane>;
+  readonly outcomes: Outcomes;
+  startWorker(lane: Lane): void;
+}
+
+/** An operator's actions on one open command (SPEC §7): resolve it, or have it judged again. */
+export class OperatorActions {
+  private readonly host: OperatorHost;
+
+  constructor(host: OperatorHost) {
+    this.host = host;
+  }
+
+  /**
+   * An operator ends an open command `failed` `RESOLVED_BY_OPERATOR` (SPEC §2, §7): nothing is
+   * written to the controller; who and why are in the outcome's detail and the history, and the
+   * outcome is published like any other. A worker still holding the command is preempted; its
+   * own outcome, should it come, finds the command settled and keeps the operator's.
+   */
+  resolve(ref: CommandRef, by: string, reason: string): CommandRecord {
+    const { journal, clock, lanes } = this.host;
+    const record = journal.get(ref);
+    if (record === undefined) throw new UnknownCommandError(ref.key);
+    if (isTerminal(record.state)) throw new AlreadySettledError(record);
+    const log = commandLogger(this.host.logger, record);
+    const settled = journal.settle(record, record.state, {
+      to: 'failed',
+      code: 'RESOLVED_BY_OPERATOR',
+      faultCode: null,
+      observed: record.observed,
+      detail: `resolved by ${by}: ${reason}; the operator's action wrote nothing to the controller`,
+      at: clock.now(),
+      intake: ADMIN,
+    });
+    log.warn({ by, from: record.state }, 'command resolved by an operator');
+    const lane = lanes.get(record.device);
+    if (
+      lane?.inFlight !== null &&
+      lane?.inFlight !== undefined &&
+      refId(lane.inFlight) === refId(ref)
+    ) {
+      lane.preempt?.abort();
+    }
+    if (
+      lane?.unresolved !== null &&
+      lane?.unresolved !== undefined &&
+      refId(lane.unresolved) === refId(ref)
+    ) {
+      lane.unresolved = null;
+      this.host.startWorker(lane);
+    }
+    this.host.outcomes.announce(settled, log);
+    return settled;
+  }
+
+  /**
+   * An operator asks for an open command to be judged again now (SPEC §7): a note in its
+   * history, and a worker takes it up at once if none holds it — a fresh readback, judged as
+   * recovery judges (never a blind write). Resolves when it is terminal, or as it stands after
+   * `waitMs`.
+   */
+  async reverify(
+    ref: CommandRef,
+    by: string,
+    waitMs: number,
+  ): Promise<{ readonly record: CommandRecord; readonly detail: string }> {
+    const { journal, clock, lanes } = this.host;
+    const record = journal.get(ref);
+    if (record === undefined) throw new UnknownCommandError(ref.key);
+    if (isTerminal(record.state)) throw new AlreadySettledError(record);
+    journal.note(record, clock.now(), `reverify requested by ${by}`, ADMIN);
+    const lane = lanes.get(record.device);
+    if (lane === undefined) {
+      return {
+        record,
+        detail: `its device "${record.device}" is not in the configuration: no readback can settle it; resolve it`,
+      };
+    }
+    const id = refId(ref);
+    const held =
+      (lane.inFlight !== null && refId(lane.inFlight) === id) ||
+      lane.queue.some((q) => refId(q) === id) ||
+      (lane.interrupted !== null && refId(lane.interrupted.target) === id);
+    if (!held) {
+      if (lane.unresolved !== null && refId(lane.unresolved) !== id) lane.queue.unshift(ref);
+      else lane.unresolved = { scope: ref.scope, key: ref.key };
+    }
+    this.host.startWorker(lane);
+    const after = (await this.host.outcomes.waitForSettled(ref, waitMs)) ?? record;
+    const detail = isTerminal(after.state)
+      ? `settled: ${after.state} ${after.code ?? ''}`.trim()
+      : lane.inFlight !== null && refId(lane.inFlight) === id
+        ? `still ${after.state}: the daemon is reading the device (${lane.binding.driver.health().lastError ?? 'no error'})`
+        : `still ${after.state}: waiting for the device's command in flight`;
+    return { record: after, detail };
+  }
+}

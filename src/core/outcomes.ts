@@ -1,0 +1,228 @@
+import { isTerminal, type OpenState } from './command.js';
+import type { Clock } from './clock.js';
+import { JournalConflictError, JournalUnavailableError } from './errors.js';
+import type { CommandRecord, CommandRef, Journal } from './journal.js';
+import { PIPELINE, refId, type Lane, type Outcome } from './lane.js';
+import type { Logger } from './logger.js';
+
+export type SettledListener = (record: CommandRecord) => void;
+
+/** What the outcomes need from the pipeline they serve. */
+export interface OutcomesHost {
+  readonly journal: Journal;
+  readonly clock: Clock;
+  readonly lanes: ReadonlyMap<string, Lane>;
+  /** The pipeline's stop: waiters give up when it aborts. */
+  readonly signal: AbortSignal;
+}
+
+/**
+ * Commands' outcomes, from the journal to whoever waits for them: a settlement is journaled,
+ * then announced — to the waiters (an HTTPS request with `Prefer: wait`, an operator's
+ * reverify, READY=1 after recovery) and the listeners (result publication, metrics) — once it is
+ * on disk (group commit, I5). The intakes' barriers (durable, durableFor) are here too: what an
+ * intake answers with must be on disk before the answer.
+ */
+export class Outcomes {
+  private readonly host: OutcomesHost;
+  private readonly waiters = new Map<string, Set<(settled: CommandRecord) => void>>();
+  /** Settled records announced after their barrier: on disk, whatever was written since. */
+  private readonly announced = new WeakSet<CommandRecord>();
+  private readonly listeners = new Set<SettledListener>();
+
+  constructor(host: OutcomesHost) {
+    this.host = host;
+  }
+
+  onSettled(listener: SettledListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Journals the outcome (with its stored result) and tells listeners and waiters. */
+  settle(
+    log: Logger,
+    record: CommandRecord,
+    from: OpenState,
+    outcome: Outcome,
+  ): CommandRecord | null {
+    let settled: CommandRecord;
+    try {
+      settled = this.host.journal.settle(record, from, {
+        ...outcome,
+        at: this.host.clock.now(),
+        intake: PIPELINE,
+      });
+    } catch (error) {
+      if (error instanceof JournalConflictError) {
+        log.warn({}, 'command was settled elsewhere (operator); keeping that outcome');
+        return null;
+      }
+      if (error instanceof JournalUnavailableError) {
+        log.error({ err: error }, 'outcome could not be journaled; command left open');
+        return null;
+      }
+      throw error;
+    }
+    const lane = this.host.lanes.get(settled.device);
+    if (lane !== undefined && lane.inFlight !== null && refId(lane.inFlight) === refId(settled)) {
+      lane.settledInFlight = settled;
+    }
+    const level = outcome.to === 'confirmed' ? 'info' : 'warn';
+    log[level](
+      {
+        state: settled.state,
+        code: settled.code,
+        faultCode: settled.faultCode,
+        detail: settled.detail,
+      },
+      `command ${settled.state}`,
+    );
+    this.announce(settled, log);
+    return settled;
+  }
+
+  /**
+   * Tells waiters and listeners (result publication, metrics) that a command settled — once its
+   * settlement is on disk: a published result must never be lost to a power cut (group commit).
+   */
+  announce(settled: CommandRecord, log: Logger): void {
+    const { journal } = this.host;
+    if (!journal.syncPending) {
+      this.announceNow(settled, log);
+      return;
+    }
+    journal.durable().then(
+      () => {
+        this.announceNow(settled, log);
+      },
+      (error: unknown) => {
+        log.error({ err: error }, 'journal sync failed: the result is not published (fail closed)');
+      },
+    );
+  }
+
+  /** Whether this record was announced: its settlement's own barrier succeeded. */
+  wasAnnounced(record: CommandRecord): boolean {
+    return this.announced.has(record);
+  }
+
+  private announceNow(settled: CommandRecord, log: Logger): void {
+    this.announced.add(settled);
+    const waiting = this.waiters.get(refId(settled));
+    if (waiting !== undefined) for (const wake of waiting) wake(settled);
+    for (const listener of this.listeners) {
+      try {
+        listener(settled);
+      } catch (error) {
+        log.error({ err: error }, 'settled listener failed');
+      }
+    }
+  }
+
+  /** Resolves with the command once it is terminal, or as it stands after `timeoutMs`. */
+  async waitForSettled(ref: CommandRef, timeoutMs: number): Promise<CommandRecord | undefined> {
+    const { journal, clock, signal } = this.host;
+    const current = journal.get(ref);
+    if (current === undefined || isTerminal(current.state) || timeoutMs <= 0) {
+      // What the caller answers with must be on disk (group commit).
+      await this.durable();
+      return current;
+    }
+    const id = refId(ref);
+    const done = new AbortController();
+    let settled: CommandRecord | undefined;
+    const wake = (record: CommandRecord): void => {
+      settled = record;
+      done.abort(WOKEN);
+    };
+    let set = this.waiters.get(id);
+    if (set === undefined) {
+      set = new Set();
+      this.waiters.set(id, set);
+    }
+    set.add(wake);
+    const stop = (): void => {
+      done.abort(WOKEN);
+    };
+    signal.addEventListener('abort', stop, { once: true });
+    try {
+      await clock.sleep(timeoutMs, done.signal);
+    } finally {
+      signal.removeEventListener('abort', stop);
+      set.delete(wake);
+      if (set.size === 0) this.waiters.delete(id);
+    }
+    // Woken by the settlement's announcement: on disk already, and the record is at hand.
+    if (settled !== undefined) return settled;
+    await this.durable();
+    return journal.get(ref);
+  }
+
+  /**
+   * Resolves with how many of `refs` are still open once every one of them is terminal on
+   * disk, after `timeoutMs`, or when the pipeline stops: one listener for all of them (a
+   * restart may recover thousands), the journal read once at the start and once more for
+   * those still pending at the end (a settlement whose barrier failed is not announced).
+   * Throws when the journal cannot be read.
+   */
+  async waitForAllSettled(refs: readonly CommandRef[], timeoutMs: number): Promise<number> {
+    const { journal, clock, signal } = this.host;
+    const pending = new Set(refs.map(refId));
+    const done = new AbortController();
+    const wake = (): void => {
+      done.abort(WOKEN);
+    };
+    const off = this.onSettled((record) => {
+      if (pending.delete(refId(record)) && pending.size === 0) wake();
+    });
+    signal.addEventListener('abort', wake, { once: true });
+    try {
+      const open = new Set(journal.listOpenRefs().map(refId));
+      for (const id of pending) if (!open.has(id)) pending.delete(id);
+      if (pending.size > 0 && timeoutMs > 0 && !signal.aborted) {
+        await clock.sleep(timeoutMs, done.signal);
+      }
+    } finally {
+      off();
+      signal.removeEventListener('abort', wake);
+    }
+    if (pending.size > 0) {
+      const open = new Set(journal.listOpenRefs().map(refId));
+      for (const id of pending) if (!open.has(id)) pending.delete(id);
+    }
+    // What the count says must be on disk (group commit).
+    await this.durable();
+    return pending.size;
+  }
+
+  /**
+   * Resolves once every journal write so far is on disk: with group commit, the intakes await
+   * it before they acknowledge, answer or replay (I5), sharing one fsync among the commands
+   * that arrived together. Rejects with JournalUnavailableError when the journal cannot sync.
+   */
+  durable(): Promise<void> {
+    const { journal } = this.host;
+    return journal.syncPending ? journal.durable() : Promise.resolve();
+  }
+
+  /**
+   * Resolves once what `record` reports is on disk: at once for a settlement already announced
+   * (announcements follow their barrier) or synced, otherwise as durable(). An answer with a
+   * settled command then waits for no barrier of commands that came after it.
+   */
+  durableFor(record: CommandRecord): Promise<void> {
+    return this.settledDurably(record) ? Promise.resolve() : this.durable();
+  }
+
+  /** Whether a settled command's settlement is on disk already (see durableFor). */
+  settledDurably(record: CommandRecord): boolean {
+    return this.announced.has(record) || this.host.journal.settledDurably(record);
+  }
+}
+
+/**
+ * The reason a waiter's sleep is cut short. A reason given avoids the DOMException (and its
+ * stack trace) that abort() makes without one: once per waiting request, on the answer's path.
+ */
+const WOKEN = Object.freeze(new Error('woken'));

@@ -1,0 +1,84 @@
+import { isTerminal } from './command.js';
+import type { CommandRecord, CommandRef, Journal } from './journal.js';
+import { commandLogger, refId, type Lane } from './lane.js';
+import type { Logger } from './logger.js';
+import type { Outcomes } from './outcomes.js';
+
+/** What a stop's preemption needs from the pipeline. */
+export interface PreemptionHost {
+  readonly journal: Journal;
+  readonly logger: Logger;
+  readonly outcomes: Outcomes;
+}
+
+/**
+ * SPEC §2: a stop is not queued behind travel. It goes first on its device; the command in
+ * flight (or left open) is preempted — if it was never written it is superseded, if it was
+ * written it is judged again once the stop is terminal (INTERRUPTED when the controller took
+ * the stop) and never written again; commands accepted before the stop and not yet written
+ * end `rejected` `SUPERSEDED`. Commands accepted after the stop queue behind it as usual.
+ */
+export class Preemption {
+  private readonly host: PreemptionHost;
+
+  constructor(host: PreemptionHost) {
+    this.host = host;
+  }
+
+  /** A stop was accepted on `lane`: it preempts what is there (see the class). */
+  stopPreempts(lane: Lane, stop: CommandRecord, log: Logger): void {
+    const target = lane.inFlight ?? lane.unresolved;
+    const ahead = lane.queue.splice(0, lane.queue.length);
+    if (target === null && ahead.length === 0) return;
+    for (const ref of ahead) this.supersede(lane, ref, stop, log);
+    if (target === null || lane.interrupted !== null) return;
+    const current = this.host.journal.get(target);
+    if (current === undefined || isTerminal(current.state) || current.action === 'stop') return;
+    log.warn({ preempts: target.key }, 'stop preempts the command in flight');
+    lane.interrupted = { target: { scope: target.scope, key: target.key }, stop };
+    if (lane.unresolved !== null && refId(lane.unresolved) === refId(target)) {
+      // No worker holds it: the stop runs first, then it is judged again.
+      lane.unresolved = null;
+      if (current.state === 'accepted') this.supersede(lane, target, stop, log);
+    }
+    lane.preempt?.abort();
+  }
+
+  /** A command accepted before a stop and never written: rejected SUPERSEDED. */
+  supersede(lane: Lane, ref: CommandRef, stop: CommandRef, log: Logger): void {
+    const record = this.host.journal.get(ref);
+    if (record === undefined || record.state !== 'accepted') return;
+    lane.superseded.add(refId(ref));
+    const settled = this.host.outcomes.settle(
+      commandLogger(this.host.logger, record),
+      record,
+      'accepted',
+      {
+        to: 'rejected',
+        code: 'SUPERSEDED',
+        faultCode: null,
+        observed: null,
+        detail: `superseded by the stop ${stop.key}, accepted before it was written; nothing was written`,
+      },
+    );
+    if (settled !== null) lane.superseded.delete(refId(ref));
+    else {
+      // Journal unavailable: it stays marked and is rejected when the device comes to it.
+      lane.queue.push({ scope: ref.scope, key: ref.key });
+      log.warn({ superseded: ref.key }, 'superseded command not yet journaled as such');
+    }
+  }
+
+  /**
+   * Once a stop that preempted a written command is terminal, that command is taken up again,
+   * first: its readbacks decide — INTERRUPTED when the controller took the stop, its own
+   * outcome when the stop never reached it. It is never written again (confirmation.ts).
+   */
+  afterStop(lane: Lane, ref: CommandRef): void {
+    const interrupted = lane.interrupted;
+    if (interrupted === null || refId(interrupted.stop) !== refId(ref)) return;
+    lane.interrupted = null;
+    const target = this.host.journal.get(interrupted.target);
+    if (target !== undefined && !isTerminal(target.state)) lane.unresolved = interrupted.target;
+  }
+}

@@ -1,0 +1,108 @@
+import type { Clock } from './clock.js';
+import type { CommandRef, Journal, OpenRef } from './journal.js';
+import { refId, type Lane } from './lane.js';
+import type { Logger } from './logger.js';
+import { summarizeOpen, type OpenCommands } from './open-commands.js';
+
+/** What the sweep needs from the pipeline. */
+export interface SweepHost {
+  readonly journal: Journal;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly lanes: ReadonlyMap<string, Lane>;
+  /** True once the pipeline stops taking commands. */
+  closed(): boolean;
+  startWorker(lane: Lane): void;
+  /** An event in the command's history without a transition (recovery's). */
+  note(record: CommandRef & { readonly device: string }, detail: string): void;
+}
+
+/**
+ * The open commands of the journal, and the sweep that takes up those without a live worker:
+ * at start (recovery, I5) and at the sweep's pace after (a journal stall, a failure).
+ */
+export class Sweep {
+  private readonly host: SweepHost;
+  /** Open commands already reported as beyond reach (device not configured): logged once. */
+  private readonly orphansReported = new Set<string>();
+
+  constructor(host: SweepHost) {
+    this.host = host;
+  }
+
+  /**
+   * Takes up every open command that has no live worker: a command left open by a journal
+   * stall, by a failure, or by an earlier life of the daemon. Dispatched commands go first on
+   * their device (the device's queue never moves past one, I1). Idempotent: commands queued or
+   * in flight are left alone. Returns how many open commands the journal holds.
+   */
+  run(): number {
+    const { journal, lanes, logger } = this.host;
+    let open: OpenRef[];
+    try {
+      open = journal.listOpenRefs();
+    } catch (error) {
+      logger.warn({ err: error }, 'sweep: the journal cannot be read; trying again later');
+      return 0;
+    }
+    const live = new Set<string>();
+    for (const lane of lanes.values()) {
+      for (const ref of lane.queue) live.add(refId(ref));
+      if (lane.inFlight !== null) live.add(refId(lane.inFlight));
+      if (lane.unresolved !== null) live.add(refId(lane.unresolved));
+      // Preempted by a stop: taken up again once the stop is terminal.
+      if (lane.interrupted !== null) live.add(refId(lane.interrupted.target));
+    }
+    // Dispatched first, then accepted in the order they were accepted (listOpen's order).
+    const ordered = [
+      ...open.filter((r) => r.state === 'dispatched'),
+      ...open.filter((r) => r.state === 'accepted'),
+    ];
+    for (const record of ordered) {
+      if (live.has(refId(record))) continue;
+      const lane = lanes.get(record.device);
+      if (lane === undefined) {
+        this.reportOrphan(record);
+        continue;
+      }
+      const ref = { scope: record.scope, key: record.key };
+      if (record.state === 'dispatched' && lane.unresolved === null && lane.inFlight === null) {
+        lane.unresolved = ref;
+      } else if (record.state === 'dispatched') {
+        lane.queue.unshift(ref);
+      } else {
+        lane.queue.push(ref);
+      }
+      live.add(refId(record));
+    }
+    if (!this.host.closed()) {
+      for (const lane of lanes.values()) {
+        if (lane.unresolved !== null || lane.queue.length > 0) this.host.startWorker(lane);
+      }
+    }
+    return open.length;
+  }
+
+  /** Open commands by state and age, and the stuck ones (SPEC §2), for metrics and readiness. */
+  openCommands(): OpenCommands {
+    const confirmTimeouts = new Map<string, number>();
+    for (const [id, lane] of this.host.lanes) {
+      confirmTimeouts.set(id, lane.binding.profile.timing.confirmTimeoutMs);
+    }
+    return summarizeOpen(this.host.journal.listOpen(), this.host.clock.now(), confirmTimeouts);
+  }
+
+  private reportOrphan(record: OpenRef): void {
+    const id = refId(record);
+    if (this.orphansReported.has(id)) return;
+    this.orphansReported.add(id);
+    this.host.logger.warn(
+      { key: record.key, device: record.device },
+      'open command for a device no longer configured; stuck until an operator resolves it',
+    );
+    this.host.note(
+      record,
+      'recovery: the device is not in the configuration; stuck until an operator resolves it',
+    );
+  }
+}
