@@ -179,8 +179,10 @@ export class Daemon {
       try {
         // A command for a device no longer configured has no worker: /readyz and the stuck
         // gauge name it; READY does not wait for it.
+        // Their keys alone (a restart under load may find ten thousand): whole records here
+        // cost the start a list as long as the sweep's, and its garbage.
         openAtStart = journal
-          .listOpen()
+          .listOpenRefs()
           .filter((r) => Object.hasOwn(config.devices, r.device))
           .map((r) => ({ scope: r.scope, key: r.key }));
       } catch (error) {
