@@ -48,6 +48,13 @@ export interface ProfileSetup {
  */
 export const BLOCK_READ_GAP = 125 - 8;
 
+/**
+ * The PLC's `connections`: two, each with one request in flight, as a site gives a PLC that
+ * serves several Modbus clients. With one, the daemon's event loop idles while each request is
+ * on its way (about a sixth of a recovery's CPU profile); with two it works meanwhile.
+ */
+export const CONNECTIONS = 2;
+
 /** A self-signed certificate for 127.0.0.1 and a bearer token, written into `dir`. */
 export async function credentials(dir: string): Promise<Credentials> {
   const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
@@ -139,6 +146,7 @@ export async function writeSite(args: {
         port: plc.endpoint.port,
         unitId: plc.endpoint.unitId,
         combineReads: { maxGap: BLOCK_READ_GAP },
+        connections: CONNECTIONS,
       },
     },
     devices,

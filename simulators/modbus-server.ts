@@ -193,6 +193,7 @@ export class ModbusPlcServer {
       return;
     }
     const request = decode(pdu);
+    if (request.direction === 'write') this.#noteWriter(request, socket);
     const sets = this.#faultSets(request);
     const plan = planRequest(sets, request.direction, this.#plc.random, 'exception');
     if (plan.resetBefore) {
@@ -247,6 +248,16 @@ export class ModbusPlcServer {
     }
     sets.push(this.#plc.faultSet);
     return sets;
+  }
+
+  /** Every device whose registers a write request addresses notes the connection (writers). */
+  #noteWriter(request: Decoded, socket: Socket): void {
+    if (request.start === undefined || request.quantity === undefined) return;
+    const end = request.start + request.quantity;
+    const peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    for (const { device, base, span } of this.#blocks) {
+      if (request.start < base + span && base < end) device.noteWriter(peer);
+    }
   }
 
   /** Every device whose registers a read answered logs it (SimDevice.readLog). */

@@ -90,6 +90,7 @@ export class SimDevice {
   /** @internal */
   readonly faultSet: FaultSet;
   #readLog: number[] = [];
+  readonly #writers = new Set<string>();
 
   constructor(id: string, config: DeviceConfig, plc: SimPlc) {
     this.id = id;
@@ -206,6 +207,7 @@ export class SimDevice {
   resetCounters(): void {
     this.controller.resetCounters();
     this.#readLog = [];
+    this.#writers.clear();
   }
 
   /**
@@ -214,6 +216,20 @@ export class SimDevice {
    */
   get readLog(): number[] {
     return [...this.#readLog];
+  }
+
+  /**
+   * The client connections (Modbus: `address:port` of the peer) that wrote to this device's
+   * registers since the start or the last resetCounters: which of a master's connections
+   * carries the device.
+   */
+  get writers(): string[] {
+    return [...this.#writers];
+  }
+
+  /** @internal a front end took a write to this device's registers from `peer`. */
+  noteWriter(peer: string): void {
+    this.#writers.add(peer);
   }
 
   /** @internal a front end answered a read of this device's registers. */

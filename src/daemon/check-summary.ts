@@ -57,7 +57,8 @@ export function checkSummary(config: SluiceConfig, checked: Preflight, now: Date
       const line = `${name.padEnd(plcWidth)}  ${plc.protocol.padEnd(6)}  ${address}, timeout ${plc.requestTimeoutMs} ms`;
       if (plc.protocol !== 'modbus') return line;
       const combine = plc.combineReads ?? COMBINE_READS_DEFAULTS;
-      return `${line}, ${combine.enabled ? `block reads (gap ≤ ${combine.maxGap})` : 'no block reads'}`;
+      const connections = (plc.connections ?? 1) > 1 ? `, ${plc.connections} connections` : '';
+      return `${line}, ${combine.enabled ? `block reads (gap ≤ ${combine.maxGap})` : 'no block reads'}${connections}`;
     }),
   );
 

@@ -3,6 +3,9 @@ import type { DeviceProfile } from '../core/profile.js';
 import { fieldAddress, fieldWidth } from '../core/profile-modbus.js';
 import { COMBINE_READS_DEFAULTS, MAX_REGISTERS } from './modbus-queue.js';
 
+/** The most TCP connections one Modbus PLC is given (plcs.<name>.connections). */
+export const MAX_CONNECTIONS = 8;
+
 /**
  * The schema of the device inventory (the `plcs` and `devices` sections of the configuration).
  * Kept apart from the drivers so that validating a configuration loads no protocol stack.
@@ -34,6 +37,12 @@ const modbusPlc = z.strictObject({
       maxGap: z.number().int().min(0).max(MAX_REGISTERS).default(COMBINE_READS_DEFAULTS.maxGap),
     })
     .optional(),
+  /**
+   * TCP connections to the PLC (docs/configuration.md), each with one request in flight; its
+   * devices are shared among them in address order. Omitted: one (as for combineReads, left
+   * undefined rather than defaulted).
+   */
+  connections: z.number().int().min(1).max(MAX_CONNECTIONS).optional(),
 });
 
 const opcuaPlc = z.strictObject({

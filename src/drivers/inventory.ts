@@ -56,25 +56,32 @@ export async function buildDrivers(args: {
       acceptUnknownCertificates: args.acceptUnknownCertificates,
       logger,
     }));
-  const modbus = new Map<string, ModbusEndpoint>();
+  /** Each Modbus PLC's connections: one endpoint each. */
+  const modbus = new Map<string, ModbusEndpoint[]>();
   const opcua = new Map<string, OpcuaEndpoint>();
   for (const [name, plc] of Object.entries(inventory.plcs)) {
     switch (plc.protocol) {
-      case 'modbus':
+      case 'modbus': {
+        const count = plc.connections ?? 1;
         modbus.set(
           name,
-          new ModbusEndpoint({
-            name,
-            host: plc.host,
-            port: plc.port,
-            unitId: plc.unitId,
-            requestTimeoutMs: plc.requestTimeoutMs,
-            ...(plc.combineReads === undefined ? {} : { combineReads: plc.combineReads }),
-            clock,
-            logger,
-          }),
+          Array.from(
+            { length: count },
+            (_, i) =>
+              new ModbusEndpoint({
+                name: count === 1 ? name : `${name}#${i + 1}`,
+                host: plc.host,
+                port: plc.port,
+                unitId: plc.unitId,
+                requestTimeoutMs: plc.requestTimeoutMs,
+                ...(plc.combineReads === undefined ? {} : { combineReads: plc.combineReads }),
+                clock,
+                logger,
+              }),
+          ),
         );
         break;
+      }
       case 'opcua':
         opcua.set(
           name,
@@ -98,6 +105,7 @@ export async function buildDrivers(args: {
     if (value === undefined) throw new Error(`inventory: ${what} missing after validation`);
     return value;
   };
+  const connectionOf = shareConnections(inventory, modbus);
   const bindings: DeviceBinding[] = Object.entries(inventory.devices).map(([id, device]) => {
     const profile = need(profiles.get(device.profile), `profile ${device.profile}`);
     const plc = need(inventory.plcs[device.plc], `plc ${device.plc}`);
@@ -109,7 +117,7 @@ export async function buildDrivers(args: {
           driver: new ModbusDeviceDriver({
             id,
             profile,
-            endpoint: need(modbus.get(device.plc), `endpoint ${device.plc}`),
+            endpoint: need(connectionOf.get(id), `endpoint ${device.plc}`),
             base: device.base ?? 0,
             clock,
           }),
@@ -130,16 +138,41 @@ export async function buildDrivers(args: {
   });
   return {
     bindings,
-    modbus: [...modbus.values()],
+    modbus: [...modbus.values()].flat(),
     opcua: [...opcua.values()],
     start: () => {
       for (const e of opcua.values()) e.start();
     },
     close: async () => {
       await Promise.allSettled([
-        ...[...modbus.values()].map((e) => e.close()),
+        ...[...modbus.values()].flat().map((e) => e.close()),
         ...[...opcua.values()].map((e) => e.close()),
       ]);
     },
   };
+}
+
+/**
+ * Which connection each Modbus device uses: a PLC's devices in address order (by `base`), shared
+ * among its connections in runs of neighbours, as equal as they divide. A device keeps its
+ * connection, so its own reads and writes stay in the order it made them (the queue of one
+ * connection keeps them so); neighbours share one, so that their reads still combine into
+ * block reads.
+ */
+export function shareConnections<E>(
+  inventory: Inventory,
+  connections: ReadonlyMap<string, readonly E[]>,
+): Map<string, E> {
+  const shared = new Map<string, E>();
+  for (const [plc, endpoints] of connections) {
+    const ids = Object.entries(inventory.devices)
+      .filter(([, device]) => device.plc === plc)
+      .sort(([a, x], [b, y]) => (x.base ?? 0) - (y.base ?? 0) || (a < b ? -1 : a > b ? 1 : 0))
+      .map(([id]) => id);
+    ids.forEach((id, i) => {
+      const endpoint = endpoints[Math.floor((i * endpoints.length) / ids.length)];
+      if (endpoint !== undefined) shared.set(id, endpoint);
+    });
+  }
+  return shared;
 }

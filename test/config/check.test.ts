@@ -79,6 +79,15 @@ function refusedEverywhere(path: string, expected: readonly string[]): void {
 }
 
 describe('sluiced --check', () => {
+  it('shows a Modbus PLC given more than one connection', () => {
+    const path = site(SITE.replace('port: 5020 }', 'port: 5020, connections: 2 }'));
+    const r = runSluiced(['--config', path, '--check']);
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(r.stdout).toContain(
+      '  PLCs      modbus-plc  modbus  127.0.0.1:5020 unit 1, timeout 1000 ms, block reads (gap ≤ 16), 2 connections\n',
+    );
+  });
+
   it('prints the gateway, its intakes, PLCs and every device with its map, and creates nothing', () => {
     const path = site();
     const before = tree();
