@@ -11,7 +11,8 @@ import { SimHarness } from '../helpers/sim-harness.js';
  * sluice-sim over sockets, on a real journal file — of duplicate submissions over both intakes,
  * crashes and restarts, lost writes, dropped replies, failed reads, controllers that hold
  * commands longer than the redispatch guard, frozen images, local operators, journal stalls
- * by another process, and batches lost at their COMMIT. Whatever happens, judged from the
+ * by another process, and batches lost at their COMMIT — over one connection to the Modbus PLC
+ * or two (plcs.<name>.connections, drawn per run). Whatever happens, judged from the
  * simulator's write log and the journal (never from the pipeline's word):
  * - I1: every write that reached a controller belongs to a journaled command, no command's
  *   sequence number reached it twice, and a device's commands (stops aside) were dispatched
@@ -126,8 +127,9 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   { weight: 2, arbitrary: fc.constant({ kind: 'loseCommit' as const }) },
 );
 
-async function run(ops: Op[]): Promise<void> {
-  const h = await SimHarness.start({ travelMs: 100, busyTimeoutMs: 200 });
+async function run(connections: number, ops: Op[]): Promise<void> {
+  // One connection to the Modbus PLC, or two (v1 and v2 on the first, a1 on the second).
+  const h = await SimHarness.start({ travelMs: 100, busyTimeoutMs: 200, connections });
   const timers: NodeJS.Timeout[] = [];
   const locker = await lockHolder(h.path);
   const later = (ms: number, f: () => void): void => {
@@ -273,7 +275,7 @@ describe('invariants under random interleavings, on sluice-sim', () => {
     const path = process.env.SLUICE_PROPERTY_PATH;
     const runs = Number(process.env.SLUICE_PROPERTY_RUNS ?? 30);
     const details = await fc.check(
-      fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 25 }), run),
+      fc.asyncProperty(fc.constantFrom(1, 2), fc.array(op, { minLength: 1, maxLength: 25 }), run),
       {
         numRuns: runs,
         ...(seed === undefined ? {} : { seed: Number(seed) }),

@@ -59,6 +59,8 @@ export interface SimHarnessOptions {
    * reconnect (src/core/redispatch.ts).
    */
   readonly warm?: boolean;
+  /** TCP connections to the Modbus PLC (plcs.<name>.connections; default one). */
+  readonly connections?: number;
 }
 
 /** The sequence number a warm device last took (the bridge allocates around it). */
@@ -274,6 +276,9 @@ export class SimHarness {
               port: e.port,
               unitId: e.unitId,
               requestTimeoutMs: this.options.requestTimeoutMs ?? SIM_REQUEST_TIMEOUT_MS,
+              ...(this.options.connections === undefined
+                ? {}
+                : { connections: this.options.connections }),
             }
           : {
               protocol: 'opcua',
