@@ -26,7 +26,8 @@ export interface Drivers {
 }
 
 /**
- * Builds one endpoint per PLC, shared by its devices, and one driver per device. node-opcua
+ * Builds one endpoint per PLC connection (a Modbus PLC may have several, shared among its
+ * devices: shareConnections), and one driver per device. node-opcua
  * takes seconds to load on a small gateway and prints warnings as it does: it is loaded only
  * when a PLC speaks OPC UA.
  */
