@@ -80,7 +80,7 @@ export function startMonitor(host: MonitorHost, intervalMs: number): void {
       // Spread over the interval, on a fixed grid: started together (or drifting back
       // together by the time each pass takes), every device of a PLC would be read in one
       // burst each period, and a command's fresh read or readback would queue behind all of
-      // them on the PLC's one connection.
+      // them on their PLC connection.
       let next = clock.elapsed() + (intervalMs * i) / lanes.length;
       for (;;) {
         await clock.sleep(Math.max(0, next - clock.elapsed()), signal);
