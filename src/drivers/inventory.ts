@@ -63,7 +63,9 @@ export async function buildDrivers(args: {
   for (const [name, plc] of Object.entries(inventory.plcs)) {
     switch (plc.protocol) {
       case 'modbus': {
-        const count = plc.connections ?? 1;
+        // No more connections than devices to carry: a connection without one would never open.
+        const devices = Object.values(inventory.devices).filter((d) => d.plc === name).length;
+        const count = Math.max(1, Math.min(plc.connections ?? 1, devices));
         modbus.set(
           name,
           Array.from(

@@ -182,6 +182,30 @@ describe('plcs.<name>.connections', () => {
       expect({ bad, ok: parse(bad).success }).toEqual({ bad, ok: false });
   });
 
+  it('opens no more connections than the PLC has devices', async () => {
+    const inventory = inventorySchema.parse({
+      plcs: { p: { ...plc, connections: 4 }, q: { ...plc, connections: 3 } },
+      devices: {
+        p1: { plc: 'p', profile: 'valve', base: 0 },
+        p2: { plc: 'p', profile: 'valve', base: 20 },
+        q1: { plc: 'q', profile: 'valve', base: 0 },
+      },
+    });
+    const built = await buildDrivers({
+      inventory,
+      profiles: PROFILES,
+      pkiDir: '/nonexistent',
+      acceptUnknownCertificates: false,
+      clock: systemClock,
+      logger: silentLogger,
+    });
+    try {
+      expect(built.modbus.map((e) => e.name)).toEqual(['p#1', 'p#2', 'q']);
+    } finally {
+      await built.close();
+    }
+  });
+
   it('shares devices in address order, as equal as they divide', () => {
     const inventory: Inventory = {
       plcs: { p: { ...plc, unitId: 1, requestTimeoutMs: 1000 } },
