@@ -1,169 +1,95 @@
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseCommandRequest } from '../../src/core/command.js';
 import { systemClock } from '../../src/core/clock.js';
 import { silentLogger } from '../../src/core/logger.js';
-import { CommandPipeline } from '../../src/core/pipeline.js';
 import {
   buildDrivers,
   inventorySchema,
   shareConnections,
-  type Drivers,
   type Inventory,
 } from '../../src/drivers/inventory.js';
-import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import { startPlant, type Plant } from '../../simulators/plant.js';
-import { PROFILES, tempDir } from '../helpers/fixtures.js';
-import { inventoryFor } from '../helpers/plant-inventory.js';
-import { SIM_TIMING } from '../helpers/sim-harness.js';
+import { PROFILES } from '../helpers/fixtures.js';
+import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
- * A Modbus PLC given two connections (plcs.<name>.connections), on the real simulator, the
- * daemon's own inventory code and a pipeline on a real journal file. The simulator notes which
- * client connection wrote each device's registers (SimDevice.writers): the ground truth for
- * which connection carries a device.
+ * A Modbus PLC given two connections (plcs.<name>.connections): the harness's pipeline on a
+ * real journal file, with the daemon's own inventory code, against sluice-sim's PLC `mb` (v1 at
+ * register 0, v2 at 100, a1 at 200: v1 and v2 on the first connection, a1 on the second). The
+ * simulator notes which client connection wrote each device's registers (SimDevice.writers):
+ * the ground truth for which connection carries a device.
  */
 
-/** Listed out of address order: the sharing goes by `base`, not by the order of the file. */
-const BASES: Record<string, number> = { d: 300, a: 0, c: 200, b: 100, e: 400 };
-
-let plant: Plant;
-let drivers: Drivers;
-let journal: SqliteJournal;
-let pipeline: CommandPipeline;
-let cleanup: () => void;
+let h: SimHarness;
 
 beforeAll(async () => {
-  plant = await startPlant(
-    {
-      control: { host: '127.0.0.1', port: 0 },
-      plcs: {
-        mb: {
-          protocol: 'modbus',
-          host: '127.0.0.1',
-          port: 0,
-          scanMs: 5,
-          devices: Object.fromEntries(
-            Object.entries(BASES).map(([id, base]) => [
-              id,
-              { profile: 'valve' as const, base, travelMs: 0 },
-            ]),
-          ),
-        },
-      },
-    },
-    { ephemeralPorts: true, control: false },
-  );
-  const inventory = inventoryFor(plant);
-  const mb = inventory.plcs.mb;
-  if (mb?.protocol !== 'modbus') throw new Error('expected the Modbus PLC');
-  inventory.plcs.mb = { ...mb, connections: 2, requestTimeoutMs: 250 };
-  const dir = tempDir('sluice-connections-');
-  cleanup = dir.cleanup;
-  journal = SqliteJournal.open({ path: join(dir.dir, 'journal.db'), groupCommit: true });
-  drivers = await buildDrivers({
-    inventory,
-    profiles: PROFILES,
-    pkiDir: join(dir.dir, 'pki'),
-    acceptUnknownCertificates: false,
-    clock: systemClock,
-    logger: silentLogger,
-  });
-  pipeline = new CommandPipeline({
-    journal,
-    devices: drivers.bindings.map((b) => ({ ...b, profile: { ...b.profile, timing: SIM_TIMING } })),
-    clock: systemClock,
-    logger: silentLogger,
-    freshness: { maxIssuerSkewMs: 5_000 },
-  });
+  h = await SimHarness.start({ travelMs: 0, connections: 2 });
 });
 
 afterAll(async () => {
-  await pipeline.stop(0);
-  await drivers.close();
-  journal.close();
-  await plant.stop();
-  cleanup();
+  await h.close();
 });
+
+const health = (id: string) => {
+  const binding = h.drivers.bindings.find((b) => b.id === id);
+  if (binding === undefined) throw new Error(`no device ${id}`);
+  return binding.driver.health();
+};
+
+/** The valves open or close; the actuator moves (to 40 % on open, 70 % on close). */
+const body = (id: string, action: 'open' | 'close') =>
+  id === 'a1'
+    ? { device: id, action: 'move', position: action === 'open' ? 40 : 70 }
+    : { device: id, action };
 
 describe('a Modbus PLC with two connections', () => {
   it('carries each device on one connection, neighbours in address order together', async () => {
-    expect(drivers.modbus.map((e) => e.name)).toEqual(['mb#1', 'mb#2']);
-    const ids = Object.keys(BASES);
+    expect(h.drivers.modbus.map((e) => e.name)).toEqual(['mb#1', 'mb#2']);
+    const ids = ['v1', 'v2', 'a1'];
+    for (const id of ids) expect(h.submit(`k-${id}`, body(id, 'open')).kind).toBe('new');
     for (const id of ids) {
-      const claim = pipeline.submit({
-        key: `k-${id}`,
-        identity: { scope: 'plant', devices: 'all' },
-        intake: 'https',
-        request: parseCommandRequest({ device: id, action: 'open' }),
-      });
-      expect(claim.kind).toBe('new');
-    }
-    for (const id of ids) {
-      const record = await pipeline.waitForSettled({ scope: 'plant', key: `k-${id}` }, 10_000);
-      expect({ id, state: record?.state }).toEqual({ id, state: 'confirmed' });
+      const record = await h.settled(`k-${id}`);
+      expect({ id, state: record.state }).toEqual({ id, state: 'confirmed' });
     }
     // Ground truth: one write per command, and which connection wrote it.
     const writers: Record<string, string[]> = {};
     for (const id of ids) {
-      const device = plant.device(id);
+      const device = h.device(id);
       expect({ id, writes: device.counters.writesReceived }).toEqual({ id, writes: 1 });
       writers[id] = device.writers;
+      expect({ id, connections: device.writers.length }).toEqual({ id, connections: 1 });
     }
-    for (const id of ids)
-      expect({ id, connections: writers[id]?.length }).toEqual({ id, connections: 1 });
     const peer = (id: string): string => writers[id]?.[0] ?? '';
-    // By base: a 0, b 100, c 200 | d 300, e 400 (five shared as equal as they divide: 3 and 2).
-    expect(new Set([peer('a'), peer('b'), peer('c')]).size).toBe(1);
-    expect(new Set([peer('d'), peer('e')]).size).toBe(1);
-    expect(peer('a')).not.toBe(peer('d'));
+    expect(peer('v1')).toBe(peer('v2'));
+    expect(peer('a1')).not.toBe(peer('v1'));
   });
 
   it('has each connection time out on its own: the other carries its devices meanwhile', async () => {
-    // The PLC drops every read of `a` unanswered, as a stalled link would: `a`'s command waits
+    // The PLC drops every read of v1 unanswered, as a stalled link would: v1's command waits
     // on the first connection (each read timing out there), and the second connection's
-    // device `e` is commanded meanwhile.
-    const a = plant.device('a');
-    a.setFault({ kind: 'drop', on: 'read', count: 1_000_000 });
-    const health = (id: string) => {
-      const binding = drivers.bindings.find((b) => b.id === id);
-      if (binding === undefined) throw new Error(`no device ${id}`);
-      return binding.driver.health();
-    };
+    // device a1 is commanded meanwhile.
+    const v1 = h.device('v1');
+    v1.setFault({ kind: 'drop', on: 'read', count: 1_000_000 });
     try {
-      pipeline.submit({
-        key: 'k-a-2',
-        identity: { scope: 'plant', devices: 'all' },
-        intake: 'https',
-        request: parseCommandRequest({ device: 'a', action: 'close' }),
-      });
+      h.submit('k-v1-2', body('v1', 'close'));
       const timedOut = Date.now() + 5_000;
-      while (!/timed out/i.test(health('a').lastError ?? '')) {
+      while (!/timed out/i.test(health('v1').lastError ?? '')) {
         if (Date.now() > timedOut) throw new Error('the first connection never timed out');
         await new Promise((r) => setTimeout(r, 10));
       }
-      const errorsOnE = health('e').errorCount;
-      pipeline.submit({
-        key: 'k-e-2',
-        identity: { scope: 'plant', devices: 'all' },
-        intake: 'https',
-        request: parseCommandRequest({ device: 'e', action: 'close' }),
-      });
-      const e = await pipeline.waitForSettled({ scope: 'plant', key: 'k-e-2' }, 10_000);
-      expect(e?.state).toBe('confirmed');
-      // `a` is still waiting for a read: the device, its command and its connection's error.
-      expect(pipeline.get({ scope: 'plant', key: 'k-a-2' })?.state).toBe('accepted');
-      expect(health('a').lastError).toMatch(/^mb#1: read .*timed out/i);
+      const errorsOnA1 = health('a1').errorCount;
+      h.submit('k-a1-2', body('a1', 'close'));
+      expect((await h.settled('k-a1-2')).state).toBe('confirmed');
+      // v1 is still waiting for a read: its command, and its connection's error.
+      expect(h.pipeline.get({ scope: 'plant', key: 'k-v1-2' })?.state).toBe('accepted');
+      expect(health('v1').lastError).toMatch(/^mb#1: read .*timed out/i);
       // The second connection saw none of it.
-      expect(health('e').errorCount).toBe(errorsOnE);
-      expect(plant.device('e').counters.writesReceived).toBe(2);
-      expect(a.counters.writesReceived).toBe(1);
+      expect(health('a1').errorCount).toBe(errorsOnA1);
+      expect(h.device('a1').counters.writesReceived).toBe(2);
+      expect(v1.counters.writesReceived).toBe(1);
     } finally {
-      a.clearFaults();
+      v1.clearFaults();
     }
-    const settled = await pipeline.waitForSettled({ scope: 'plant', key: 'k-a-2' }, 10_000);
-    expect(settled?.state).toBe('confirmed');
-    expect(a.counters.writesReceived).toBe(2);
+    expect((await h.settled('k-v1-2')).state).toBe('confirmed');
+    expect(v1.counters.writesReceived).toBe(2);
   });
 });
 
