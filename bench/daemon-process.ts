@@ -10,6 +10,7 @@ import { loadConfig } from '../src/config/config.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import { ModbusEndpoint } from '../src/drivers/modbus.js';
 import { SqliteJournal } from '../src/journal/sqlite-journal.js';
+import { GroupCommit } from '../src/journal/group-commit.js';
 import { onStop, ready, serve } from './child-ipc.js';
 import {
   instrumentMethods,
@@ -41,6 +42,8 @@ if (configPath === undefined) throw new Error('usage: daemon-process.ts <site fi
 
 writeTraceAtExit('daemon');
 instrumentMethods(SqliteJournal.prototype);
+// The journal's durable() hands on to its group commit's: counted once, as the journal's.
+instrumentMethods(GroupCommit.prototype, ['durable']);
 instrumentModbusEndpoint(ModbusEndpoint.prototype);
 
 const config = loadConfig(configPath, { env: {} });

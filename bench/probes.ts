@@ -75,11 +75,14 @@ function record(name: string, ms: number): void {
   if (ms > s.maxMs) s.maxMs = ms;
 }
 
-/** Wraps every method of a class prototype (the journal); returns the names wrapped. */
-export function instrumentMethods(prototype: object): string[] {
+/**
+ * Wraps every method of a class prototype (the journal, its group commit) but those in
+ * `except` (a method that only hands on to one wrapped already); returns the names wrapped.
+ */
+export function instrumentMethods(prototype: object, except: readonly string[] = []): string[] {
   const names: string[] = [];
   for (const name of Object.getOwnPropertyNames(prototype)) {
-    if (name === 'constructor') continue;
+    if (name === 'constructor' || except.includes(name)) continue;
     const descriptor = Object.getOwnPropertyDescriptor(prototype, name);
     if (descriptor === undefined || typeof descriptor.value !== 'function') continue;
     const original = descriptor.value as AnyFunction;

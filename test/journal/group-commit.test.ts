@@ -186,14 +186,17 @@ describe('group commit', () => {
 
   it('syncs the WAL file that is there now: a new one after the connection was replaced', async () => {
     const { journal, path } = open(true);
-    type Inner = { conn: { db: BetterSqlite3.Database }; wal: { fd: number } | null };
+    type Inner = {
+      conn: { db: BetterSqlite3.Database };
+      group: { wal: { fd: number } | null };
+    };
     const inner = journal as unknown as Inner;
     journal.claim(command('before'));
     await journal.durable();
     // The file the barrier syncs: still linked (a deleted WAL has no name), and the one there.
     const synced = (): { ino: number; nlink: number } | undefined => {
-      if (inner.wal === null) return undefined;
-      const { ino, nlink } = fstatSync(inner.wal.fd);
+      if (inner.group.wal === null) return undefined;
+      const { ino, nlink } = fstatSync(inner.group.wal.fd);
       return { ino, nlink };
     };
     const there = (): { ino: number; nlink: number } => ({
@@ -215,7 +218,7 @@ describe('group commit', () => {
   it('a failed fdatasync fails its barrier and leaves its writes unsynced until one succeeds', async () => {
     const { journal } = open(true);
     type Inner = { wal: { fd: number; conn: unknown } | null };
-    const inner = journal as unknown as Inner;
+    const inner = (journal as unknown as { group: Inner }).group;
     journal.claim(command('first'));
     await journal.durable();
     const wal = inner.wal;

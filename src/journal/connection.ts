@@ -1,0 +1,349 @@
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import type { Database, Statement, Transaction } from 'better-sqlite3';
+import type { OpenState } from '../core/command.js';
+import { JournalConflictError, JournalVersionError } from '../core/errors.js';
+import type {
+  Claim,
+  CommandRecord,
+  CommandRef,
+  NewCommand,
+  Observation,
+  Rejection,
+  SeqAllocator,
+  Settlement,
+} from '../core/journal.js';
+import { LATEST_VERSION, MIGRATIONS, createLatest } from './migrations.js';
+import { rowToRecord, translate, type CommandRow } from './rows.js';
+
+/** How a journal file is opened. */
+export interface ConnectionOptions {
+  /** Path of the journal file; its directory is created when missing. */
+  readonly path: string;
+  /**
+   * How long a write waits for another process (the operator CLI) holding the write lock
+   * before the journal counts as unavailable and intakes refuse. Bounded: an intake must
+   * answer, not hang. Default 2000 ms.
+   */
+  readonly busyTimeoutMs?: number;
+  readonly readonly?: boolean;
+  /**
+   * Group commit: the writes of one event-loop turn run in one transaction, committed at the
+   * turn's end; they return before their fsync, and durable() makes all of them durable with
+   * one (the daemon awaits it before any acknowledgement, publication or controller write).
+   * Off: every write is its own transaction, fsynced before its method returns.
+   */
+  readonly groupCommit?: boolean;
+}
+
+/** An open journal file: the connection, its prepared statements and its transactions. */
+export interface Connection {
+  readonly db: Database;
+  readonly stmts: Statements;
+  readonly txClaim: Transaction<(command: NewCommand, rejection?: Rejection) => Claim>;
+  readonly txDispatch: Transaction<
+    (
+      ref: CommandRef,
+      at: number,
+      before: Observation,
+      intake: string,
+      allocate: SeqAllocator,
+      detail: string | undefined,
+    ) => CommandRecord
+  >;
+  readonly txRedispatch: Transaction<
+    (ref: CommandRef, at: number, detail: string, intake: string) => CommandRecord
+  >;
+  readonly txSettle: Transaction<
+    (ref: CommandRef, from: OpenState, s: Settlement) => CommandRecord
+  >;
+  readonly txPurge: Transaction<(before: number, limit: number) => number>;
+}
+
+type Statements = ReturnType<typeof prepare>;
+
+/** Opens the file, migrates it, and prepares every statement and transaction on it. */
+export function openConnection(options: ConnectionOptions): Connection {
+  const readonly = options.readonly ?? false;
+  let db: Database;
+  try {
+    if (!readonly) mkdirSync(dirname(options.path), { recursive: true });
+    db = new BetterSqlite3(options.path, {
+      readonly,
+      fileMustExist: readonly,
+      timeout: options.busyTimeoutMs ?? 2000,
+    });
+  } catch (error) {
+    translate(error, 'open');
+  }
+  try {
+    const version = db.pragma('user_version', { simple: true }) as number;
+    if (version > LATEST_VERSION) {
+      db.close();
+      throw new JournalVersionError(
+        `journal ${options.path} has schema version ${version}, newer than this Sluice's ${LATEST_VERSION}; refusing to open it`,
+      );
+    }
+    if (!readonly) {
+      db.pragma('journal_mode = WAL');
+      // FULL: the WAL is fsynced at every commit, so an acknowledged command survives power
+      // loss. With group commit, NORMAL: commits append to the WAL and durable() fsyncs it
+      // once for all of them before anything is acknowledged.
+      db.pragma(options.groupCommit === true ? 'synchronous = NORMAL' : 'synchronous = FULL');
+      migrate(db, version);
+    }
+  } catch (error) {
+    if (error instanceof JournalVersionError) throw error;
+    if (db.open) db.close();
+    translate(error, 'open');
+  }
+  const s = prepare(db);
+  const findRow = (ref: CommandRef): CommandRow => {
+    const row = s.get.get(ref.scope, ref.key) as CommandRow | undefined;
+    if (row === undefined) throw new JournalConflictError(`no command ${ref.key}`);
+    return row;
+  };
+
+  const txClaim = db.transaction((c: NewCommand, rejection?: Rejection): Claim => {
+    // RETURNING: the new row as inserted; none when the key was there already.
+    const inserted = s.insert.get({
+      scope: c.scope,
+      key: c.key,
+      fingerprint: c.fingerprint,
+      device: c.device,
+      action: c.action,
+      position: c.position,
+      issued_at: c.issuedAt,
+      issued_at_source: c.issuedAtSource,
+      ttl_ms: c.ttlMs,
+      deadline: c.deadline,
+      intake: c.intake,
+      accepted_at: c.acceptedAt,
+    });
+    if (inserted !== undefined) {
+      const row = inserted as CommandRow;
+      s.eventOf.run(row.id, c.acceptedAt, null, 'accepted', c.intake, 'accepted');
+      if (rejection === undefined) return { kind: 'new', record: rowToRecord(row) };
+      return {
+        kind: 'new',
+        record: txSettle({ scope: c.scope, key: c.key }, 'accepted', {
+          to: 'rejected',
+          code: rejection.code,
+          faultCode: null,
+          observed: null,
+          detail: rejection.detail,
+          at: c.acceptedAt,
+          intake: c.intake,
+        }),
+      };
+    }
+    const row = findRow(c);
+    const record = rowToRecord(row);
+    const same = record.fingerprint === c.fingerprint;
+    s.eventOf.run(
+      row.id,
+      c.acceptedAt,
+      record.state,
+      record.state,
+      c.intake,
+      same ? 'duplicate' : 'key reuse refused: different payload',
+    );
+    return { kind: same ? 'duplicate' : 'reused', record };
+  });
+
+  const txDispatch = db.transaction(
+    (
+      ref: CommandRef,
+      at: number,
+      before: Observation,
+      intake: string,
+      allocate: SeqAllocator,
+      detail: string | undefined,
+    ): CommandRecord => {
+      const row = findRow(ref);
+      const current = rowToRecord(row);
+      const last =
+        (s.getSeq.get(current.device) as { last_seq: number } | undefined)?.last_seq ?? 0;
+      const open = new Set(
+        (s.openSeqs.all(current.device) as { seq: number }[]).map((row) => row.seq),
+      );
+      const seq = allocate(last, open);
+      s.setSeq.run(current.device, seq);
+      const beforeJson = JSON.stringify(before);
+      const changed = s.dispatch.run({
+        scope: ref.scope,
+        key: ref.key,
+        seq,
+        at,
+        before: beforeJson,
+      });
+      if (changed.changes !== 1) {
+        throw new JournalConflictError(`command ${ref.key} is ${current.state}, not accepted`);
+      }
+      s.eventOf.run(
+        row.id,
+        at,
+        'accepted',
+        'dispatched',
+        intake,
+        detail === undefined ? `seq ${seq}` : `seq ${seq}; ${detail}`,
+      );
+      // The row as the UPDATE above left it, without reading it again: the columns it set,
+      // the observation as read back from its JSON, the rest as read in this transaction.
+      return {
+        ...current,
+        state: 'dispatched',
+        seq,
+        attempts: 1,
+        dispatchedAt: at,
+        observedBefore: JSON.parse(beforeJson) as Observation,
+      };
+    },
+  );
+
+  const txRedispatch = db.transaction(
+    (ref: CommandRef, at: number, detail: string, intake: string): CommandRecord => {
+      const changed = s.redispatch.run(ref.scope, ref.key);
+      if (changed.changes !== 1) {
+        throw new JournalConflictError(`command ${ref.key} cannot be dispatched again`);
+      }
+      const row = findRow(ref);
+      s.eventOf.run(row.id, at, 'dispatched', 'dispatched', intake, `redispatch: ${detail}`);
+      return rowToRecord(row);
+    },
+  );
+
+  const txSettle = db.transaction(
+    (ref: CommandRef, from: OpenState, st: Settlement): CommandRecord => {
+      // RETURNING: the row as settled (none when it was not in `from`).
+      const settled = s.settle.get({
+        scope: ref.scope,
+        key: ref.key,
+        from,
+        to: st.to,
+        code: st.code,
+        fault: st.faultCode,
+        observed: st.observed === null ? null : JSON.stringify(st.observed),
+        detail: st.detail,
+        at: st.at,
+      });
+      if (settled === undefined) {
+        const now = s.get.get(ref.scope, ref.key) as CommandRow | undefined;
+        throw new JournalConflictError(
+          `command ${ref.key} is ${now?.state ?? 'missing'}, not ${from}`,
+        );
+      }
+      const row = settled as CommandRow;
+      s.eventOf.run(row.id, st.at, from, st.to, st.intake, `${st.code}: ${st.detail}`);
+      return rowToRecord(row);
+    },
+  );
+
+  const txPurge = db.transaction((before: number, limit: number): number => {
+    const victims = s.purgeCandidates.all(before, limit) as { scope: string; key: string }[];
+    for (const v of victims) {
+      s.deleteEvents.run(v.scope, v.key);
+      s.deleteCommand.run(v.scope, v.key);
+    }
+    return victims.length;
+  });
+  return { db, stmts: s, txClaim, txDispatch, txRedispatch, txSettle, txPurge };
+}
+
+function migrate(db: Database, from: number): void {
+  if (from === 0) {
+    db.transaction(() => {
+      createLatest(db);
+      db.pragma(`user_version = ${LATEST_VERSION}`);
+    }).immediate();
+    return;
+  }
+  let applied = 0;
+  for (const migration of MIGRATIONS) {
+    if (migration.version <= from) continue;
+    db.transaction(() => {
+      migration.up(db);
+      db.pragma(`user_version = ${migration.version}`);
+    }).immediate();
+    applied++;
+  }
+  // A migration rewrites tables: move its pages into the database file and empty the WAL, so
+  // that the copy does not hold twice the space on a small gateway filesystem.
+  if (applied > 0) db.pragma('wal_checkpoint(TRUNCATE)');
+}
+
+function prepare(db: Database): {
+  insert: Statement;
+  get: Statement;
+  byKey: Statement;
+  eventOf: Statement;
+  getSeq: Statement;
+  openSeqs: Statement;
+  setSeq: Statement;
+  dispatch: Statement;
+  redispatch: Statement;
+  settle: Statement;
+  history: Statement;
+  open: Statement;
+  openRefs: Statement;
+  purgeCandidates: Statement;
+  deleteEvents: Statement;
+  deleteCommand: Statement;
+  touch: Statement;
+} {
+  return {
+    insert: db.prepare(`
+      INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
+        issued_at_source, ttl_ms, deadline, intake, state, accepted_at)
+      VALUES (@scope, @key, @fingerprint, @device, @action, @position, @issued_at,
+        @issued_at_source, @ttl_ms, @deadline, @intake, 'accepted', @accepted_at)
+      ON CONFLICT (key, scope) DO NOTHING
+      RETURNING *`),
+    get: db.prepare('SELECT * FROM commands WHERE scope = ? AND key = ?'),
+    byKey: db.prepare('SELECT * FROM commands WHERE key = ? ORDER BY accepted_at'),
+    eventOf: db.prepare(`
+      INSERT INTO events (command, at, from_state, to_state, intake, detail)
+      VALUES (?, ?, ?, ?, ?, ?)`),
+    getSeq: db.prepare('SELECT last_seq FROM device_seq WHERE device = ?'),
+    openSeqs: db.prepare(`
+      SELECT seq FROM commands
+      WHERE state IN ('accepted', 'dispatched') AND device = ? AND seq IS NOT NULL`),
+    setSeq: db.prepare(`
+      INSERT INTO device_seq (device, last_seq) VALUES (?, ?)
+      ON CONFLICT (device) DO UPDATE SET last_seq = excluded.last_seq`),
+    dispatch: db.prepare(`
+      UPDATE commands SET state = 'dispatched', seq = @seq, attempts = 1,
+        dispatched_at = @at, observed_before = @before
+      WHERE scope = @scope AND key = @key AND state = 'accepted'`),
+    redispatch: db.prepare(`
+      UPDATE commands SET attempts = attempts + 1
+      WHERE scope = ? AND key = ? AND state = 'dispatched' AND attempts = 1`),
+    settle: db.prepare(`
+      UPDATE commands SET state = @to, code = @code, fault_code = @fault, observed = @observed,
+        detail = @detail, settled_at = @at
+      WHERE scope = @scope AND key = @key AND state = @from
+      RETURNING *`),
+    history: db.prepare(`
+      SELECT at, from_state, to_state, intake, detail FROM events
+      WHERE command = (SELECT id FROM commands WHERE scope = ? AND key = ?) ORDER BY id`),
+    open: db.prepare(
+      "SELECT * FROM commands WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at",
+    ),
+    openRefs: db.prepare(`
+      SELECT scope, key, device, state FROM commands
+      WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at`),
+    purgeCandidates: db.prepare(`
+      SELECT scope, key FROM commands
+      WHERE settled_at IS NOT NULL AND settled_at < ?
+        AND state IN ('confirmed', 'rejected', 'failed')
+      ORDER BY settled_at LIMIT ?`),
+    deleteEvents: db.prepare(
+      'DELETE FROM events WHERE command = (SELECT id FROM commands WHERE scope = ? AND key = ?)',
+    ),
+    deleteCommand: db.prepare('DELETE FROM commands WHERE scope = ? AND key = ?'),
+    touch: db.prepare(`
+      INSERT INTO meta (key, value) VALUES ('writable-check', ?)
+      ON CONFLICT (key) DO UPDATE SET value = excluded.value`),
+  };
+}
