@@ -37,21 +37,22 @@ export interface ConnectionOptions {
   readonly groupCommit?: boolean;
 }
 
+/** The dispatch's transaction (Journal.markDispatched). */
+type Dispatch = (
+  ref: CommandRef,
+  at: number,
+  before: Observation,
+  intake: string,
+  allocate: SeqAllocator,
+  detail: string | undefined,
+) => CommandRecord;
+
 /** An open journal file: the connection, its prepared statements and its transactions. */
 export interface Connection {
   readonly db: Database;
   readonly stmts: Statements;
   readonly txClaim: Transaction<(command: NewCommand, rejection?: Rejection) => Claim>;
-  readonly txDispatch: Transaction<
-    (
-      ref: CommandRef,
-      at: number,
-      before: Observation,
-      intake: string,
-      allocate: SeqAllocator,
-      detail: string | undefined,
-    ) => CommandRecord
-  >;
+  readonly txDispatch: Transaction<Dispatch>;
   readonly txRedispatch: Transaction<
     (ref: CommandRef, at: number, detail: string, intake: string) => CommandRecord
   >;
@@ -152,15 +153,8 @@ export function openConnection(options: ConnectionOptions): Connection {
     return { kind: same ? 'duplicate' : 'reused', record };
   });
 
-  const txDispatch = db.transaction(
-    (
-      ref: CommandRef,
-      at: number,
-      before: Observation,
-      intake: string,
-      allocate: SeqAllocator,
-      detail: string | undefined,
-    ): CommandRecord => {
+  const txDispatch = db.transaction<Dispatch>(
+    (ref, at, before, intake, allocate, detail): CommandRecord => {
       const row = findRow(ref);
       const current = rowToRecord(row);
       const last =
