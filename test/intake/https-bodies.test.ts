@@ -1,14 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
-import {
-  call,
-  makePki,
-  startIntake,
-  type HttpResult,
-  type Pki,
-  type RunningIntake,
-} from './https-client.js';
+import { describe, expect, it } from 'vitest';
+import { TOKENS } from '../helpers/stack.js';
+import { call, intakeForFile, type HttpResult } from './https-client.js';
 
 /**
  * Command bodies that must be refused whole over HTTPS, as MQTT refuses them: bytes that are
@@ -16,31 +9,17 @@ import {
  * Each refusal is a 400 that leaves nothing in the journal and writes nothing.
  */
 
-let stack: Stack;
-let pki: Pki;
-let api: RunningIntake;
-
-beforeAll(async () => {
-  pki = await makePki();
-  stack = await startStack();
-  api = await startIntake(stack, pki);
-});
-
-afterAll(async () => {
-  await api.stop();
-  await stack.stop();
-  pki.cleanup();
-});
+const fx = intakeForFile();
 
 const key = (): string => `k-${randomUUID()}`;
-const writes = (): number => stack.plant.device('v1').counters.writesReceived;
+const writes = (): number => fx.stack.plant.device('v1').counters.writesReceived;
 
 function post(
   k: string,
   body: Buffer | string,
   contentType = 'application/json',
 ): Promise<HttpResult> {
-  return call(api, 'POST', '/v1/commands', {
+  return call(fx.api, 'POST', '/v1/commands', {
     token: TOKENS.plant,
     body,
     headers: { 'idempotency-key': k, 'content-type': contentType },
@@ -61,8 +40,8 @@ async function expectRefused(r: HttpResult, k: string, before: number): Promise<
   expect(r.status).toBe(400);
   expect(r.headers['content-type']).toBe('application/problem+json');
   expect(r.json).toMatchObject({ status: 400, code: 'INVALID_COMMAND' });
-  expect(stack.pipeline.get({ scope: 'plant', key: k })).toBeUndefined();
-  const shown = await call(api, 'GET', `/v1/commands/${k}`, { token: TOKENS.plant });
+  expect(fx.stack.pipeline.get({ scope: 'plant', key: k })).toBeUndefined();
+  const shown = await call(fx.api, 'GET', `/v1/commands/${k}`, { token: TOKENS.plant });
   expect(shown.status).toBe(404);
   expect(writes()).toBe(before);
 }

@@ -3,12 +3,13 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
+import { afterAll, beforeAll } from 'vitest';
 import type { Clock } from '../../src/core/clock.js';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
 import { HttpsIntake, type HttpsConfig, type Readiness } from '../../src/intake/https.js';
 import type { IdentityRegistry } from '../../src/intake/identities.js';
 import { tempDir } from '../helpers/fixtures.js';
-import type { Stack } from '../helpers/stack.js';
+import { startStack, type Stack } from '../helpers/stack.js';
 
 /**
  * A real HTTPS client for the intake tests (node:https, a fresh connection per request, the
@@ -277,4 +278,45 @@ export function memoryLogger(): Logger & { readonly lines: string[] } {
     };
   };
   return Object.assign(make({}), { lines });
+}
+
+/** A stack, its PKI and an HTTPS intake on them, shared by the tests of one file. */
+export interface IntakeFixture {
+  readonly stack: Stack;
+  readonly pki: Pki;
+  readonly api: RunningIntake;
+}
+
+/**
+ * Starts an IntakeFixture before the tests of the file that calls it and stops it after them.
+ * Its fields are readable once the tests run.
+ */
+export function intakeForFile(): IntakeFixture {
+  let running: IntakeFixture | undefined;
+  beforeAll(async () => {
+    const pki = await makePki();
+    const stack = await startStack();
+    running = { pki, stack, api: await startIntake(stack, pki) };
+  });
+  afterAll(async () => {
+    if (running === undefined) return;
+    await running.api.stop();
+    await running.stack.stop();
+    running.pki.cleanup();
+  });
+  const started = (): IntakeFixture => {
+    if (running === undefined) throw new Error('the intake fixture is not started yet');
+    return running;
+  };
+  return {
+    get stack() {
+      return started().stack;
+    },
+    get pki() {
+      return started().pki;
+    },
+    get api() {
+      return started().api;
+    },
+  };
 }

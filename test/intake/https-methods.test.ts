@@ -1,14 +1,7 @@
 import { connect } from 'node:tls';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
-import {
-  call,
-  makePki,
-  startIntake,
-  type HttpResult,
-  type Pki,
-  type RunningIntake,
-} from './https-client.js';
+import { describe, expect, it } from 'vitest';
+import { TOKENS } from '../helpers/stack.js';
+import { call, intakeForFile, type HttpResult } from './https-client.js';
 
 /**
  * Methods on the HTTPS intake (RFC 9110 §9, §15.5.6): every method Node parses, on every path
@@ -17,21 +10,7 @@ import {
  * method nobody knows is `501`.
  */
 
-let stack: Stack;
-let pki: Pki;
-let api: RunningIntake;
-
-beforeAll(async () => {
-  pki = await makePki();
-  stack = await startStack();
-  api = await startIntake(stack, pki);
-});
-
-afterAll(async () => {
-  await api.stop();
-  await stack.stop();
-  pki.cleanup();
-});
+const fx = intakeForFile();
 
 /** Each known path with its Allow header. */
 const PATHS: readonly (readonly [path: string, allow: string])[] = [
@@ -56,8 +35,8 @@ function raw(request: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = connect({
       host: '127.0.0.1',
-      port: api.port,
-      ca: api.ca,
+      port: fx.api.port,
+      ca: fx.api.ca,
       servername: 'localhost',
     });
     const chunks: Buffer[] = [];
@@ -73,7 +52,7 @@ function raw(request: string): Promise<string> {
 describe('405 with Allow for every method a known path does not serve', () => {
   it('answers TRACE and PROPFIND on a known path 405, not 404', async () => {
     for (const method of ['TRACE', 'PROPFIND']) {
-      const r = await call(api, method, '/v1/devices');
+      const r = await call(fx.api, method, '/v1/devices');
       expectProblem(r, 405, 'METHOD_NOT_ALLOWED');
       expect(r.headers.allow).toBe('GET, HEAD, OPTIONS');
       expect(String(r.json.detail)).toContain(method);
@@ -120,7 +99,7 @@ describe('405 with Allow for every method a known path does not serve', () => {
     for (const [path, allow] of PATHS) {
       const served = allow.split(', ');
       for (const method of methods.filter((m) => !served.includes(m))) {
-        const r = await call(api, method, path);
+        const r = await call(fx.api, method, path);
         expect({ method, path, status: r.status }).toEqual({ method, path, status: 405 });
         expect(r.headers.allow).toBe(allow);
         expect(r.json).toMatchObject({ code: 'METHOD_NOT_ALLOWED' });
@@ -130,13 +109,13 @@ describe('405 with Allow for every method a known path does not serve', () => {
 
   it('answers 405 before authentication and before reading the body', async () => {
     // No credentials, a body that is neither JSON nor declared: still 405, not 401 or 415.
-    const r = await call(api, 'PUT', '/v1/commands', {
+    const r = await call(fx.api, 'PUT', '/v1/commands', {
       body: '<propfind/>',
       headers: { 'content-type': 'application/xml' },
     });
     expectProblem(r, 405, 'METHOD_NOT_ALLOWED');
     expect(r.headers.allow).toBe('POST, OPTIONS');
-    const propfind = await call(api, 'PROPFIND', '/v1/devices/v1', {
+    const propfind = await call(fx.api, 'PROPFIND', '/v1/devices/v1', {
       body: '<?xml version="1.0"?><propfind xmlns="DAV:"><allprop/></propfind>',
       headers: { 'content-type': 'application/xml', depth: '1' },
     });
@@ -144,8 +123,8 @@ describe('405 with Allow for every method a known path does not serve', () => {
   });
 
   it('counts 405s under the route they were aimed at', async () => {
-    await call(api, 'TRACE', '/healthz');
-    const metrics = await call(api, 'GET', '/metrics');
+    await call(fx.api, 'TRACE', '/healthz');
+    const metrics = await call(fx.api, 'GET', '/metrics');
     expect(metrics.text).toMatch(
       /sluice_http_responses_total\{route="\/healthz",status="405"\} \d+/,
     );
@@ -155,7 +134,7 @@ describe('405 with Allow for every method a known path does not serve', () => {
 describe('OPTIONS and HEAD', () => {
   it('answers OPTIONS on a known path 204 with Allow, without credentials', async () => {
     for (const [path, allow] of PATHS) {
-      const r = await call(api, 'OPTIONS', path);
+      const r = await call(fx.api, 'OPTIONS', path);
       expect({ path, status: r.status }).toEqual({ path, status: 204 });
       expect(r.headers.allow).toBe(allow);
       expect(r.body.length).toBe(0);
@@ -165,28 +144,28 @@ describe('OPTIONS and HEAD', () => {
 
   it('serves HEAD wherever GET is served: same status and headers, no body', async () => {
     for (const path of ['/healthz', '/readyz', '/metrics']) {
-      const get = await call(api, 'GET', path);
-      const head = await call(api, 'HEAD', path);
+      const get = await call(fx.api, 'GET', path);
+      const head = await call(fx.api, 'HEAD', path);
       expect({ path, status: head.status }).toEqual({ path, status: get.status });
       expect(head.headers['content-type']).toBe(get.headers['content-type']);
       expect(head.body.length).toBe(0);
     }
-    const device = await call(api, 'HEAD', '/v1/devices/v1', { token: TOKENS.plant });
+    const device = await call(fx.api, 'HEAD', '/v1/devices/v1', { token: TOKENS.plant });
     expect(device.status).toBe(200);
     expect(device.headers['content-type']).toBe('application/json');
     expect(Number(device.headers['content-length'])).toBeGreaterThan(0);
     expect(device.body.length).toBe(0);
     // HEAD is a GET without the body: it needs the same credentials.
-    const anonymous = await call(api, 'HEAD', '/v1/devices');
+    const anonymous = await call(fx.api, 'HEAD', '/v1/devices');
     expect(anonymous.status).toBe(401);
     expect(anonymous.headers['www-authenticate']).toBe('Bearer realm="sluice"');
     expect(
-      (await call(api, 'HEAD', '/v1/commands/never-sent', { token: TOKENS.plant })).status,
+      (await call(fx.api, 'HEAD', '/v1/commands/never-sent', { token: TOKENS.plant })).status,
     ).toBe(404);
   });
 
   it('answers HEAD on the command route 405 (it serves POST only)', async () => {
-    const r = await call(api, 'HEAD', '/v1/commands');
+    const r = await call(fx.api, 'HEAD', '/v1/commands');
     expect(r.status).toBe(405);
     expect(r.headers.allow).toBe('POST, OPTIONS');
     expect(r.body.length).toBe(0);
@@ -196,10 +175,10 @@ describe('OPTIONS and HEAD', () => {
 describe('unknown paths and unknown methods', () => {
   it('keeps 404 NOT_FOUND for any method on an unknown path', async () => {
     for (const method of ['GET', 'TRACE', 'PROPFIND', 'OPTIONS', 'DELETE']) {
-      const r = await call(api, method, '/v2/whatever');
+      const r = await call(fx.api, method, '/v2/whatever');
       expectProblem(r, 404, 'NOT_FOUND');
     }
-    expectProblem(await call(api, 'TRACE', '/v1/devices/v1/extra'), 404, 'NOT_FOUND');
+    expectProblem(await call(fx.api, 'TRACE', '/v1/devices/v1/extra'), 404, 'NOT_FOUND');
   });
 
   it('answers a method nobody knows 501 NOT_IMPLEMENTED (RFC 9110 §9.1)', async () => {
