@@ -42,7 +42,7 @@ export class GroupCommit {
   private commitScheduled = false;
   /** A batch was lost (its COMMIT failed, or SQLite rolled it back): the next barrier fails. */
   private batchLost: Error | null = null;
-  /** Batches committed (transactions of group commit): for the benchmark. */
+  /** Batches committed (transactions of group commit). */
   private batches = 0;
   /** Every commit made before this time (ms) is on disk: the last barrier's start. */
   private syncedBefore = Number.NEGATIVE_INFINITY;
@@ -64,12 +64,12 @@ export class GroupCommit {
     return at < this.syncedBefore;
   }
 
-  /** Durability barriers (fsyncs of group commit) so far: for the benchmark and metrics. */
+  /** Durability barriers (fsyncs of group commit) completed so far (the tests count them). */
   get barriers(): number {
     return this.syncs;
   }
 
-  /** Batches (write transactions of group commit) committed so far: for the benchmark. */
+  /** Batches (write transactions of group commit) committed so far (the tests count them). */
   get batchCommits(): number {
     return this.batches;
   }

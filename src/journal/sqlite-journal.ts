@@ -202,17 +202,17 @@ export class SqliteJournal implements Journal {
     return record.settledAt !== null && this.group.syncedAt(record.settledAt);
   }
 
-  /** Every write made so far on disk (see GroupCommit.durable); without group commit, at once. */
+  /** Resolves once every write made so far is on disk (GroupCommit); without group commit, at once. */
   durable(): Promise<void> {
     return this.group.durable();
   }
 
-  /** Durability barriers (fsyncs of group commit) so far: for the benchmark and metrics. */
+  /** Durability barriers (fsyncs of group commit) completed so far (the tests count them). */
   get barriers(): number {
     return this.group.barriers;
   }
 
-  /** Batches (write transactions of group commit) committed so far: for the benchmark. */
+  /** Batches (write transactions of group commit) committed so far (the tests count them). */
   get batchCommits(): number {
     return this.group.batchCommits;
   }
