@@ -2,14 +2,15 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
 import { DeviceRefusedError, DeviceUnreachableError } from '../../src/core/driver.js';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
-import { buildDrivers, inventorySchema } from '../../src/drivers/inventory.js';
+import { inventorySchema } from '../../src/drivers/inventory.js';
 import {
   ModbusDeviceDriver,
   ModbusEndpoint,
   type ModbusEndpointOptions,
 } from '../../src/drivers/modbus.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
-import { PROFILES, profile } from '../helpers/fixtures.js';
+import { profile } from '../helpers/fixtures.js';
+import { modbusDrivers } from '../helpers/plant-inventory.js';
 
 /**
  * Block reads on the real simulator. Two PLCs: `flat` reads unmapped registers as 0 (one flat
@@ -467,14 +468,7 @@ describe('plcs.<name>.combineReads', () => {
         g1: { plc: 'off', profile: 'valve', base: FLAT_SPACING },
       },
     });
-    const drivers = await buildDrivers({
-      inventory,
-      profiles: PROFILES,
-      pkiDir: '/nonexistent',
-      acceptUnknownCertificates: false,
-      clock: systemClock,
-      logger: silentLogger,
-    });
+    const drivers = await modbusDrivers(inventory);
     try {
       const byName = new Map(drivers.modbus.map((m) => [m.name, m]));
       expect(byName.get('on')?.combinesReads).toBe(true);

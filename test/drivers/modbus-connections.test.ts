@@ -1,13 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { systemClock } from '../../src/core/clock.js';
-import { silentLogger } from '../../src/core/logger.js';
-import {
-  buildDrivers,
-  inventorySchema,
-  shareConnections,
-  type Inventory,
-} from '../../src/drivers/inventory.js';
-import { PROFILES } from '../helpers/fixtures.js';
+import { inventorySchema, shareConnections, type Inventory } from '../../src/drivers/inventory.js';
+import { modbusDrivers } from '../helpers/plant-inventory.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -117,14 +110,7 @@ describe('plcs.<name>.connections', () => {
         q1: { plc: 'q', profile: 'valve', base: 0 },
       },
     });
-    const built = await buildDrivers({
-      inventory,
-      profiles: PROFILES,
-      pkiDir: '/nonexistent',
-      acceptUnknownCertificates: false,
-      clock: systemClock,
-      logger: silentLogger,
-    });
+    const built = await modbusDrivers(inventory);
     try {
       expect(built.modbus.map((e) => e.name)).toEqual(['p#1', 'p#2', 'q']);
     } finally {

@@ -1,5 +1,8 @@
-import type { Inventory } from '../../src/drivers/inventory.js';
+import { systemClock } from '../../src/core/clock.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/inventory.js';
 import type { Plant } from '../../simulators/plant.js';
+import { PROFILES } from './fixtures.js';
 
 /** The device inventory that reaches a running simulated plant (its bound ports). */
 export function inventoryFor(plant: Plant): Inventory {
@@ -32,4 +35,16 @@ export function inventoryFor(plant: Plant): Inventory {
     }
   }
   return inventory;
+}
+
+/** The drivers of a Modbus-only inventory, on the shipped profiles (no OPC UA PKI needed). */
+export function modbusDrivers(inventory: Inventory): Promise<Drivers> {
+  return buildDrivers({
+    inventory,
+    profiles: PROFILES,
+    pkiDir: '/nonexistent',
+    acceptUnknownCertificates: false,
+    clock: systemClock,
+    logger: silentLogger,
+  });
 }
