@@ -33,6 +33,20 @@ export function modbusValves(ctx: RunContext): string[] {
   return plc === undefined ? [] : plc.devices.map((d) => d.id);
 }
 
+/**
+ * Registers from one Modbus valve's first to the next's in the bench plant (bench/plant.yaml):
+ * a request that addresses them is that valve's.
+ */
+export const VALVE_SPAN = 16;
+
+/** Each Modbus valve's first register (its `base` in the plant file). */
+export function valveBases(ctx: RunContext): Map<string, number> {
+  const plc = ctx.plant.info.plcs.find((p) => p.endpoint.protocol === 'modbus');
+  const bases = new Map<string, number>();
+  for (const d of plc?.devices ?? []) if (d.base !== null) bases.set(d.id, d.base);
+  return bases;
+}
+
 export function opcuaValve(ctx: RunContext): string | null {
   const plc = ctx.plant.info.plcs.find((p) => p.endpoint.protocol === 'opcua');
   return plc?.devices[0]?.id ?? null;

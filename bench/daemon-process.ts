@@ -2,7 +2,8 @@
  * `sluiced` as the bench runs it: the daemon's own composition root (Daemon.start) on a site
  * file, in a process of its own, with the probes of probes.ts on the journal and the Modbus
  * endpoint, and the fsync shim preloaded when the bench could build it. On request it reports
- * its event-loop utilisation, CPU time and the probes since the last `mark`.
+ * its event-loop utilisation, CPU time and the probes since the last `mark`, and keeps the
+ * probes' events (a timeline) between `timelineStart` and `timelineTake`.
  */
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import { pino } from 'pino';
@@ -13,13 +14,16 @@ import { SqliteJournal } from '../src/journal/sqlite-journal.js';
 import { GroupCommit } from '../src/journal/group-commit.js';
 import { onStop, ready, serve } from './child-ipc.js';
 import {
+  instrumentAnswers,
   instrumentMethods,
   instrumentModbusEndpoint,
   probeReport,
   resetProbes,
   type ProbeReport,
 } from './probes.js';
-import { writeTraceAtExit } from './trace.js';
+import { ServerResponse } from 'node:http';
+import { MqttClient } from 'mqtt';
+import { startTimeline, takeTimeline, writeTraceAtExit, type ProbeEvent } from './trace.js';
 
 export interface DaemonReady {
   readonly https: { readonly host: string; readonly port: number } | null;
@@ -45,6 +49,7 @@ instrumentMethods(SqliteJournal.prototype);
 // The journal's durable() hands on to its group commit's: counted once, as the journal's.
 instrumentMethods(GroupCommit.prototype, ['durable']);
 instrumentModbusEndpoint(ModbusEndpoint.prototype);
+instrumentAnswers(ServerResponse.prototype, MqttClient.prototype);
 
 const config = loadConfig(configPath, { env: {} });
 const daemon = await Daemon.start(config, { logger: pino({ level: config.log.level }) });
@@ -73,6 +78,11 @@ serve({
       probes: probeReport(),
     };
   },
+  // Every probe event from now on, kept until taken (bench/phases/steps.ts).
+  timelineStart: () => {
+    startTimeline();
+  },
+  timelineTake: (): ProbeEvent[] => takeTimeline(),
 });
 
 onStop(() => daemon.stop());

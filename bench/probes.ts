@@ -3,8 +3,8 @@ import { traceEvent, wallOf } from './trace.js';
 
 /**
  * Where the daemon's time goes, measured inside its process without changing it: the methods
- * of the journal and the Modbus endpoint's request queue are wrapped on their prototypes
- * before the daemon is built. A wrapper adds two `performance.now()` calls (well under a
+ * of the journal and the Modbus endpoint's request queue (and the HTTP and MQTT answers) are
+ * wrapped on their prototypes before the daemon is built. A wrapper adds two `performance.now()` calls (well under a
  * microsecond); a method that returns a promise (a commit shared by a group) is timed until
  * it settles. Names found at run time are reported as they are, so a renamed or new journal
  * method shows up under its own name.
@@ -152,7 +152,7 @@ export function instrumentModbusEndpoint(prototype: object): void {
               } finally {
                 const answered = performance.now();
                 traceEvent({
-                  modbus: what,
+                  modbus: String(what),
                   jobs: served.length,
                   start: wallOf(sent),
                   end: wallOf(answered),
@@ -188,6 +188,36 @@ export function instrumentModbusEndpoint(prototype: object): void {
     };
     modbusInstrumented = 'public methods';
   }
+}
+
+/**
+ * When each HTTP answer (`ServerResponse#end`) and each MQTT publish (`MqttClient#publish`) left
+ * the daemon, as probe events: they end a command's timeline (bench/phases/steps.ts). A
+ * wrapper adds two `performance.now()` calls per answer.
+ */
+export function instrumentAnswers(
+  response: { end: (...args: never[]) => unknown },
+  mqttClient: { publish: (...args: never[]) => unknown },
+): void {
+  const end = response.end as AnyFunction;
+  response.end = function (this: unknown, ...args: unknown[]): unknown {
+    const start = performance.now();
+    const result = end.apply(this, args);
+    const status = (this as { statusCode?: unknown }).statusCode;
+    traceEvent({
+      http: `end ${String(status)}`,
+      start: wallOf(start),
+      end: wallOf(performance.now()),
+    });
+    return result;
+  };
+  const publish = mqttClient.publish as AnyFunction;
+  mqttClient.publish = function (this: unknown, ...args: unknown[]): unknown {
+    const start = performance.now();
+    const result = publish.apply(this, args);
+    traceEvent({ mqtt: String(args[0]), start: wallOf(start), end: wallOf(performance.now()) });
+    return result;
+  };
 }
 
 export function resetProbes(): void {

@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { format, resolveConfig } from 'prettier';
 import { BENCH_DIR } from './paths.js';
-import type { DaemonLoad, Results, Target } from './results.js';
+import { STEPS, type StepName } from './phases/steps.js';
+import type { DaemonLoad, Results, Skipped, StepTime, Target } from './results.js';
 import { isSkipped } from './results.js';
 import type { Distribution } from './stats.js';
 import { round } from './stats.js';
@@ -335,6 +336,7 @@ export function tables(r: Results): Record<string, Table> {
       ['settled → client has the answer (settle commit, answer/publish)', hs[5] ?? '', ms[5] ?? ''],
     ],
   };
+  out.steps = stepsTable(e2e);
   if (!isSkipped(e2e.https)) {
     const per = e2e.https.latencyMs.n;
     out.e2eDaemon = {
@@ -548,12 +550,78 @@ function textTable(title: string, t: Table): string {
   return [title, ...head, ...t.rows.map(line), ''].join('\n');
 }
 
+/** What each step of a command is (bench/phases/steps.ts), as the report's rows say it. */
+const STEP_LABELS: Record<StepName, string> = {
+  intake: 'client sends → claim begins (TLS and HTTP, or the broker; parse, auth)',
+  claim: 'claim (journal insert, in the turn’s batch)',
+  toFreshRead: 'claim → fresh read sent (the valve’s worker, the PLC queue)',
+  freshRead: 'fresh read: Modbus round trip',
+  checks: 'fresh read → dispatch (state machine, freshness, clocks)',
+  dispatchWrite: 'dispatch (journal update with the sequence number)',
+  dispatchBarrier: 'dispatch barrier: the batch’s COMMIT, fdatasync of the WAL',
+  toWrite: 'barrier → write sent',
+  write: 'write: Modbus round trip',
+  plant: 'write acknowledged → taken by a scan (write log, ± 0.5 ms)',
+  readbackPlacement: 'taken → confirming readback sent (its placement)',
+  readback: 'confirming readback: Modbus round trip',
+  settle: 'readback → settled (judged, journal update)',
+  settleBarrier: 'settle barrier: the batch’s COMMIT, fdatasync of the WAL',
+  answer: 'barrier → client has the answer (HTTP answer, or publish and broker)',
+};
+
+function stepsTable(e2e: Results['endToEnd']): Table {
+  const of = (x: Results['endToEnd']['https'] | Skipped): Map<string, StepTime> | string => {
+    if (isSkipped(x)) return x.skipped;
+    if (isSkipped(x.steps)) return x.steps.skipped;
+    return new Map(x.steps.steps.map((t) => [t.step, t]));
+  };
+  const columns = [of(e2e.https), of(e2e.mqtt)];
+  const cell = (c: Map<string, StepTime> | string, step: StepName): string => {
+    if (typeof c === 'string') return '—';
+    const t = c.get(step);
+    return t === undefined ? '—' : `${n(t.p50Ms)} / ${n(t.meanMs)}`;
+  };
+  const sum = (c: Map<string, StepTime> | string): string =>
+    typeof c === 'string'
+      ? c
+      : `${n([...c.values()].reduce((total, t) => total + t.meanMs, 0))} (mean)`;
+  const followed = (x: Results['endToEnd']['https'] | Skipped): string =>
+    isSkipped(x) || isSkipped(x.steps)
+      ? '—'
+      : `${x.steps.commands} of ${x.latencyMs.n}; ${n(x.steps.latencyMeanMs)} (mean)`;
+  return {
+    head: ['step of a confirmed command (ms), p50 / mean', 'HTTPS', 'MQTT'],
+    rows: [
+      ...STEPS.map((step) => [STEP_LABELS[step], ...columns.map((c) => cell(c, step))]),
+      ['all steps: the sum of their means', ...columns.map(sum)],
+      ['commands followed; their latency', followed(e2e.https), followed(e2e.mqtt)],
+      [
+        'per command: the steps that wait for another party, p50 / mean',
+        ...[e2e.https, e2e.mqtt].map((x) =>
+          isSkipped(x) || isSkipped(x.steps)
+            ? '—'
+            : `${n(x.steps.waitsMs.p50)} / ${n(x.steps.waitsMs.mean)}`,
+        ),
+      ],
+      [
+        'per command: the daemon’s own steps, p50 / mean',
+        ...[e2e.https, e2e.mqtt].map((x) =>
+          isSkipped(x) || isSkipped(x.steps)
+            ? '—'
+            : `${n(x.steps.ownMs.p50)} / ${n(x.steps.ownMs.mean)}`,
+        ),
+      ],
+    ],
+  };
+}
+
 const TITLES: Record<string, string> = {
   machine: 'Machine',
   baseline: 'Baseline (no bridge)',
   e2e: 'End to end',
   ratioFloor: 'The ratio’s floor on this machine',
   stages: 'Where a command’s time goes',
+  steps: 'A command step by step',
   e2eDaemon: 'Inside the daemon, per HTTPS command',
   replay: 'Replays',
   throughput: 'Throughput',

@@ -76,6 +76,26 @@ export interface StageTimes {
   readonly settledToAnswerMs: number;
 }
 
+/** One step of a confirmed command (bench/phases/steps.ts): median and mean over the series. */
+export interface StepTime {
+  readonly step: string;
+  readonly p50Ms: number;
+  readonly meanMs: number;
+}
+
+/** A one-at-a-time series step by step, from the daemon's probes; the means add up to the latency's. */
+export interface CommandSteps {
+  /** Confirmed commands of the series whose every step was found. */
+  readonly commands: number;
+  /** Their latency's mean: what the steps' means add up to. */
+  readonly latencyMeanMs: number;
+  /** Per command, the sum of the steps that wait for another party (steps.ts WAITS)... */
+  readonly waitsMs: Distribution;
+  /** ...and of the others: the daemon's own work and scheduling. */
+  readonly ownMs: Distribution;
+  readonly steps: readonly StepTime[];
+}
+
 export interface DaemonLoad {
   readonly seconds: number;
   readonly eventLoopUtilisation: number;
@@ -95,6 +115,7 @@ export interface IntakeLatency {
   readonly overheadP99Ms: number;
   readonly notConfirmed: number;
   readonly stages: StageTimes | Skipped;
+  readonly steps: CommandSteps | Skipped;
   readonly daemon: DaemonLoad;
 }
 

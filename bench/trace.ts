@@ -8,15 +8,18 @@ import { join } from 'node:path';
  * timestamps and the simulator's write log — and the plant writes `DIR/plant-<pid>.json`, the
  * write log of every device (arrival and the scan that took each write). Joined on the
  * journal's commands (device, seq, accepted/dispatched/settled), they show where one command's
- * time went, request by request. Off unless set; bounded to MAX_EVENTS per process.
+ * time went, request by request; the bench writes each end-to-end series (key, sent and answered,
+ * wall-clock ms) as `DIR/series-<intake>.json`, which puts the client's two ends beside them. Off
+ * unless set; bounded to MAX_EVENTS per process.
  */
 export const TRACE_DIR = process.env.SLUICE_BENCH_TRACE;
 
 const MAX_EVENTS = 2_000_000;
+/** A timeline holds at most this many events (an end-to-end series makes ~50 per command). */
+const MAX_TIMELINE = 200_000;
 
 /** Wall-clock ms with the sub-millisecond part, measured at a tick of Date.now(). */
 const wallOffset = ((): number => {
-  if (TRACE_DIR === undefined) return 0;
   const start = Date.now();
   let now = start;
   for (let i = 0; i < 10_000_000 && now === start; i++) now = Date.now();
@@ -29,7 +32,38 @@ export const wallOf = (perfNow: number): number => wallOffset + perfNow;
 const events: string[] = [];
 let dropped = 0;
 
-export function traceEvent(event: Record<string, unknown>): void {
+/**
+ * One probe event: a journal call (`journal`: its method), a Modbus request (`modbus`: what
+ * it read or wrote, `jobs`: the queued reads and writes it served), an HTTP answer's `end()`
+ * (`http`) or an MQTT publish (`mqtt`: its topic), with wall-clock start and end (ms).
+ */
+export interface ProbeEvent {
+  readonly journal?: string;
+  readonly modbus?: string;
+  readonly jobs?: number;
+  readonly http?: string;
+  readonly mqtt?: string;
+  readonly start: number;
+  readonly end: number;
+}
+
+/** The events since startTimeline(), kept in memory for the bench to take; null: none kept. */
+let timeline: ProbeEvent[] | null = null;
+
+/** Keeps every probe event from now on (bounded) until takeTimeline(). */
+export function startTimeline(): void {
+  timeline = [];
+}
+
+/** The events kept since startTimeline(), in the order they ended; stops keeping them. */
+export function takeTimeline(): ProbeEvent[] {
+  const kept = timeline ?? [];
+  timeline = null;
+  return kept;
+}
+
+export function traceEvent(event: ProbeEvent): void {
+  if (timeline !== null && timeline.length < MAX_TIMELINE) timeline.push(event);
   if (TRACE_DIR === undefined) return;
   if (events.length >= MAX_EVENTS) {
     dropped++;
@@ -47,4 +81,11 @@ export function writeTraceAtExit(name: string): void {
     if (dropped > 0) events.push(JSON.stringify({ dropped }));
     writeFileSync(join(dir, `${name}-${process.pid}.jsonl`), events.join('\n') + '\n');
   });
+}
+
+/** Writes `DIR/<file>` as JSON now (the bench's own records, such as a series' send times). */
+export function writeTraceFile(file: string, value: unknown): void {
+  if (TRACE_DIR === undefined) return;
+  mkdirSync(TRACE_DIR, { recursive: true });
+  writeFileSync(join(TRACE_DIR, file), JSON.stringify(value));
 }

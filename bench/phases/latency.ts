@@ -1,11 +1,19 @@
 import type { CommandRecord } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { HttpsClient, MqttCommander } from '../clients.js';
-import { controllerWrites, isBroker, modbusValves, type RunContext } from '../context.js';
+import {
+  VALVE_SPAN,
+  controllerWrites,
+  isBroker,
+  modbusValves,
+  valveBases,
+  type RunContext,
+} from '../context.js';
 import { daemonLoad, markDaemon, type RunningDaemon } from '../daemon.js';
 import { nextMove } from '../raw-drivers.js';
 import { threadSched, waitedMs } from '../schedstat.js';
 import type {
+  CommandSteps,
   CpuWait,
   DriverRoundTrip,
   IntakeLatency,
@@ -14,6 +22,8 @@ import type {
   StageTimes,
 } from '../results.js';
 import { GATEWAY, IDENTITY } from '../site.js';
+import { writeTraceFile, type ProbeEvent } from '../trace.js';
+import { commandSteps } from './steps.js';
 import { arrivalPause, distribution, mean, ratio, round } from '../stats.js';
 
 /**
@@ -89,14 +99,18 @@ async function series(
     await one(`warm-${name}-${run}-${i}`, valves[i % valves.length] ?? '');
   }
   const mark = await markDaemon(daemon);
+  await daemon.child.request('timelineStart');
   const sent: Sent[] = [];
   for (let i = 0; i < count; i++) {
     // At a random moment of the controller's scan, as commands arrive in a plant (see there).
     await arrivalPause(ctx.options.scanMs);
     sent.push(await one(`e2e-${name}-${run}-${i}`, valves[i % valves.length] ?? ''));
   }
+  const events = await daemon.child.request<ProbeEvent[]>('timelineTake');
   const load = await daemonLoad(daemon, mark, ctx.shim);
+  writeTraceFile(`series-${name}.json`, sent);
   const latency = distribution(sent.map((s) => s.ms));
+  const { stages, steps } = await stagesAndSteps(ctx, daemon, sent, events);
   return {
     sent,
     result: {
@@ -106,22 +120,25 @@ async function series(
       overheadP50Ms: round(latency.p50 - baseline.confirmMs.p50),
       overheadP99Ms: round(latency.p99 - baseline.confirmMs.p99),
       notConfirmed: sent.filter((s) => !s.confirmed).length,
-      stages: await stages(ctx, daemon, sent),
+      stages,
+      steps,
       daemon: load,
     },
   };
 }
 
 /**
- * Where a command's time went, from the journal's own timestamps (accepted, dispatched,
- * settled: wall-clock ms) and the client's send and answer times. Each stage is a mean over
- * the series; the millisecond resolution of the journal averages out over hundreds.
+ * Where a command's time went. The stages come from the journal's own timestamps (accepted,
+ * dispatched, settled: wall-clock ms) and the client's send and answer times, each a mean over
+ * the series (the millisecond resolution of the journal averages out over hundreds); the steps
+ * from the daemon's probe events of the series (steps.ts), at their sub-millisecond resolution.
  */
-async function stages(
+async function stagesAndSteps(
   ctx: RunContext,
   daemon: RunningDaemon,
   sent: readonly Sent[],
-): Promise<StageTimes | Skipped> {
+  events: readonly ProbeEvent[],
+): Promise<{ stages: StageTimes | Skipped; steps: CommandSteps | Skipped }> {
   const journal = SqliteJournal.open({ path: daemon.site.journalPath, readonly: true });
   const records: { sent: Sent; record: CommandRecord }[] = [];
   try {
@@ -133,7 +150,10 @@ async function stages(
   } finally {
     journal.close();
   }
-  if (records.length === 0) return { skipped: 'no command of the series was found settled' };
+  if (records.length === 0) {
+    const skipped = { skipped: 'no command of the series was found settled' };
+    return { stages: skipped, steps: skipped };
+  }
   // The scan that took each write, from the simulator's write log (the plant's clock is this
   // machine's: the bench plant runs without a clock offset).
   const taken = new Map<string, Record<string, number>>();
@@ -146,8 +166,10 @@ async function stages(
   const toTaken: number[] = [];
   const takenToSettled: number[] = [];
   const toAnswer: number[] = [];
+  const seqOf = new Map<string, number>();
   for (const { sent: s, record: r } of records) {
     if (r.dispatchedAt === null || r.settledAt === null) continue;
+    if (r.seq !== null) seqOf.set(s.key, r.seq);
     intake.push(r.acceptedAt - s.sentAt);
     toDispatch.push(r.dispatchedAt - r.acceptedAt);
     toSettle.push(r.settledAt - r.dispatchedAt);
@@ -159,12 +181,22 @@ async function stages(
     }
   }
   return {
-    intakeMs: mean(intake),
-    acceptedToDispatchedMs: mean(toDispatch),
-    dispatchedToSettledMs: mean(toSettle),
-    dispatchedToTakenMs: toTaken.length === 0 ? null : mean(toTaken),
-    takenToSettledMs: takenToSettled.length === 0 ? null : mean(takenToSettled),
-    settledToAnswerMs: mean(toAnswer),
+    stages: {
+      intakeMs: mean(intake),
+      acceptedToDispatchedMs: mean(toDispatch),
+      dispatchedToSettledMs: mean(toSettle),
+      dispatchedToTakenMs: toTaken.length === 0 ? null : mean(toTaken),
+      takenToSettledMs: takenToSettled.length === 0 ? null : mean(takenToSettled),
+      settledToAnswerMs: mean(toAnswer),
+    },
+    steps: commandSteps({
+      sent,
+      events,
+      bases: valveBases(ctx),
+      span: VALVE_SPAN,
+      seqOf,
+      taken,
+    }),
   };
 }
 

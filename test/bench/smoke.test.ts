@@ -67,6 +67,19 @@ function runBench(out: string, trace: string): Promise<{ code: number | null; ou
   });
 }
 
+interface StepsResult {
+  readonly latencyMeanMs: number;
+  readonly steps: readonly { readonly step: string; readonly meanMs: number }[];
+}
+
+/** The series the bench wrote into the trace folder (SLUICE_BENCH_TRACE): key, sent, answered. */
+function series(trace: string, intake: string): { key: string; sentAt: number }[] {
+  return JSON.parse(readFileSync(join(trace, `series-${intake}.json`), 'utf8')) as {
+    key: string;
+    sentAt: number;
+  }[];
+}
+
 /** Every listed path of the results is a finite number. */
 function numbersAt(results: unknown, paths: readonly string[]): Record<string, unknown> {
   const found: Record<string, unknown> = {};
@@ -92,6 +105,11 @@ const latency = (prefix: string): string[] => [
   `${prefix}.stages.dispatchedToSettledMs`,
   `${prefix}.stages.dispatchedToTakenMs`,
   `${prefix}.stages.takenToSettledMs`,
+  // Step by step from the daemon's probe events (bench/phases/steps.ts).
+  `${prefix}.steps.commands`,
+  `${prefix}.steps.latencyMeanMs`,
+  `${prefix}.steps.waitsMs.p50`,
+  `${prefix}.steps.ownMs.p50`,
   `${prefix}.daemon.eventLoopUtilisation`,
 ];
 
@@ -158,6 +176,11 @@ describe('npm run bench, smoke run', () => {
         const mqtt = (results.endToEnd as { mqtt: { skipped?: unknown } }).mqtt;
         expect(typeof mqtt.skipped).toBe('string');
       }
+      // A command's steps end where the next begins: their means add up to its latency's.
+      const steps = (results.endToEnd as { https: { steps: StepsResult } }).https.steps;
+      const sum = steps.steps.reduce((total, t) => total + t.meanMs, 0);
+      expect(Math.abs(sum - steps.latencyMeanMs)).toBeLessThan(0.02 * steps.latencyMeanMs);
+      expect(series(trace, 'https').length).toBe(10);
       // Replays answer from the journal: the simulator's own counters saw no write.
       expect(results.replay).toMatchObject({ https: { controllerWrites: 0 } });
       const targets = results.targets as { name: string; pass: boolean | null }[];
