@@ -18,12 +18,32 @@ const MAX_EVENTS = 2_000_000;
 /** A timeline holds at most this many events (an end-to-end series makes ~50 per command). */
 const MAX_TIMELINE = 200_000;
 
-/** Wall-clock ms with the sub-millisecond part, measured at a tick of Date.now(). */
+/**
+ * Wall-clock ms with the sub-millisecond part: Date.now() minus performance.now(), read at the
+ * moment Date.now() ticks to its next millisecond. A tick is only used when the reading before
+ * it was at most TICK_STEP_MS earlier, so that the tick is placed within that step: a process
+ * preempted while it watches (a daemon starting beside the plant on two busy cores) would
+ * otherwise see the tick late and place every event of its run up to a millisecond early
+ * against the client's clock and the plant's write log. The median of a few ticks is taken.
+ */
+const TICK_STEP_MS = 0.02;
 const wallOffset = ((): number => {
-  const start = Date.now();
-  let now = start;
-  for (let i = 0; i < 10_000_000 && now === start; i++) now = Date.now();
-  return now - performance.now();
+  const offsets: number[] = [];
+  for (let ticks = 0; ticks < 50 && offsets.length < 5; ticks++) {
+    const start = Date.now();
+    let before = performance.now();
+    for (let i = 0; i < 10_000_000; i++) {
+      const perf = performance.now();
+      const now = Date.now();
+      if (now !== start) {
+        if (now === start + 1 && perf - before <= TICK_STEP_MS) offsets.push(now - perf);
+        break;
+      }
+      before = perf;
+    }
+  }
+  offsets.sort((a, b) => a - b);
+  return offsets[Math.floor(offsets.length / 2)] ?? Date.now() - performance.now();
 })();
 
 /** A performance.now() reading as wall-clock ms. */

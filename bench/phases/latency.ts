@@ -22,7 +22,7 @@ import type {
   StageTimes,
 } from '../results.js';
 import { GATEWAY, IDENTITY } from '../site.js';
-import { writeTraceFile, type ProbeEvent } from '../trace.js';
+import { wallOf, writeTraceFile, type ProbeEvent } from '../trace.js';
 import { commandSteps } from './steps.js';
 import { arrivalPause, distribution, mean, ratio, round } from '../stats.js';
 
@@ -34,18 +34,12 @@ import { arrivalPause, distribution, mean, ratio, round } from '../stats.js';
 
 /**
  * Wall-clock ms with the sub-millisecond part, comparable with the journal's timestamps (the
- * daemon's Date.now()). `performance.timeOrigin` is not: it is taken once at start-up on
- * another clock and may be milliseconds off Date.now(), which would shift the intake and
- * answer stages against each other. The offset is measured at a tick of Date.now() instead.
+ * daemon's Date.now()) and the daemon's probe events. `performance.timeOrigin` is not: it is
+ * taken once at start-up on another clock and may be milliseconds off Date.now(), which would
+ * shift the intake and answer stages against each other. The offset is measured at ticks of
+ * Date.now() instead (trace.ts).
  */
-const wallOffset = ((): number => {
-  const start = Date.now();
-  let now = start;
-  // Spin to the next millisecond edge (a millisecond at most; bounded in calls as well).
-  for (let i = 0; i < 10_000_000 && now === start; i++) now = Date.now();
-  return now - performance.now();
-})();
-const wallNow = (): number => wallOffset + performance.now();
+const wallNow = (): number => wallOf(performance.now());
 
 export interface Sent {
   readonly key: string;
