@@ -5,7 +5,9 @@
  * its event-loop utilisation, CPU time and the probes since the last `mark`, and keeps the
  * probes' events (a timeline) between `timelineStart` and `timelineTake`.
  */
+import { ServerResponse } from 'node:http';
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
+import { MqttClient } from 'mqtt';
 import { pino } from 'pino';
 import { loadConfig } from '../src/config/config.js';
 import { Daemon } from '../src/daemon/daemon.js';
@@ -21,8 +23,6 @@ import {
   resetProbes,
   type ProbeReport,
 } from './probes.js';
-import { ServerResponse } from 'node:http';
-import { MqttClient } from 'mqtt';
 import { startTimeline, takeTimeline, writeTraceAtExit, type ProbeEvent } from './trace.js';
 
 export interface DaemonReady {

@@ -4,8 +4,8 @@ import { traceEvent, wallOf } from './trace.js';
 /**
  * Where the daemon's time goes, measured inside its process without changing it: the methods
  * of the journal and the Modbus endpoint's request queue (and the HTTP and MQTT answers) are
- * wrapped on their prototypes before the daemon is built. A wrapper adds two `performance.now()` calls (well under a
- * microsecond); a method that returns a promise (a commit shared by a group) is timed until
+ * wrapped on their prototypes before the daemon is built. A wrapper adds two
+ * `performance.now()` calls (well under a microsecond); a method that returns a promise (a commit shared by a group) is timed until
  * it settles. Names found at run time are reported as they are, so a renamed or new journal
  * method shows up under its own name.
  */
@@ -192,8 +192,10 @@ export function instrumentModbusEndpoint(prototype: object): void {
 
 /**
  * When each HTTP answer (`ServerResponse#end`) and each MQTT publish (`MqttClient#publish`) left
- * the daemon, as probe events: they end a command's timeline (bench/phases/steps.ts). A
- * wrapper adds two `performance.now()` calls per answer.
+ * the daemon, as probe events beside the journal's and the PLC's in a timeline or a trace: what
+ * the daemon did between a command's settlement barrier and the client's answer (the step
+ * "answer" of bench/phases/steps.ts runs to the client's own clock). A wrapper adds two
+ * `performance.now()` calls per answer.
  */
 export function instrumentAnswers(
   response: { end: (...args: never[]) => unknown },
