@@ -120,6 +120,20 @@ export function commandSteps(inputs: StepInputs): CommandSteps | Skipped {
   };
 }
 
+/** A command's event that its window does not hold: the command is not followed. */
+const NOT_FOUND = new Error('not found');
+
+interface Found {
+  readonly claim: ProbeEvent;
+  readonly fresh: ProbeEvent;
+  readonly dispatch: ProbeEvent;
+  readonly dispatchBarrier: ProbeEvent;
+  readonly write: ProbeEvent;
+  readonly readback: ProbeEvent;
+  readonly settle: ProbeEvent;
+  readonly settleBarrier: ProbeEvent;
+}
+
 function oneCommand(
   s: SentCommand,
   events: readonly ProbeEvent[],
@@ -136,26 +150,41 @@ function oneCommand(
   const after = (at: number, match: (e: ProbeEvent) => boolean): ProbeEvent | undefined =>
     window.find((e) => e.start >= at && match(e));
 
-  const claim = after(s.sentAt, journal('claim'));
-  if (claim === undefined) return null;
-  const fresh = after(claim.start, own('read'));
-  if (fresh === undefined) return null;
-  const dispatch = after(fresh.end, journal('markDispatched'));
-  if (dispatch === undefined) return null;
-  // The barrier the write waits for: the journal's durable() called once the dispatch is written.
-  const dispatchBarrier = after(dispatch.end, journal('durable'));
-  if (dispatchBarrier === undefined) return null;
-  const write = after(dispatchBarrier.start, own('write'));
-  if (write === undefined) return null;
-  const settle = after(write.end, journal('settle'));
-  if (settle === undefined) return null;
-  // The readback that confirmed: the valve's last read before the settlement.
-  const readback = window
-    .filter((e) => own('read')(e) && e.start >= write.end && e.end <= settle.start)
-    .at(-1);
-  if (readback === undefined) return null;
-  const settleBarrier = after(settle.end, journal('durable'));
-  if (settleBarrier === undefined) return null;
+  const found = (e: ProbeEvent | undefined): ProbeEvent => {
+    if (e === undefined) throw NOT_FOUND;
+    return e;
+  };
+  try {
+    const claim = found(after(s.sentAt, journal('claim')));
+    const fresh = found(after(claim.start, own('read')));
+    const dispatch = found(after(fresh.end, journal('markDispatched')));
+    // The barrier the write waits for: the journal's durable() called once the dispatch is written.
+    const dispatchBarrier = found(after(dispatch.end, journal('durable')));
+    const write = found(after(dispatchBarrier.start, own('write')));
+    const settle = found(after(write.end, journal('settle')));
+    // The readback that confirmed: the valve's last read before the settlement.
+    const readback = found(
+      window.filter((e) => own('read')(e) && e.start >= write.end && e.end <= settle.start).at(-1),
+    );
+    const settleBarrier = found(after(settle.end, journal('durable')));
+    return stepsOf(s, takenAt, {
+      claim,
+      fresh,
+      dispatch,
+      dispatchBarrier,
+      write,
+      readback,
+      settle,
+      settleBarrier,
+    });
+  } catch (error) {
+    if (error === NOT_FOUND) return null;
+    throw error;
+  }
+}
+
+function stepsOf(s: SentCommand, takenAt: number, f: Found): Record<StepName, number> | null {
+  const { claim, fresh, dispatch, dispatchBarrier, write, readback, settle, settleBarrier } = f;
   // The plant stamps whole milliseconds: the scan ran within [takenAt, takenAt + 1).
   const taken = takenAt + 0.5;
   const spans: Span[] = [claim, fresh, dispatch, dispatchBarrier, write, readback, settle];
