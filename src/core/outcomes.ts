@@ -25,13 +25,24 @@ export interface OutcomesHost {
  */
 export class Outcomes {
   private readonly host: OutcomesHost;
-  private readonly waiters = new Map<string, Set<(settled: CommandRecord) => void>>();
+  /** Who waits for which command: woken with the record, or with nothing at the stop. */
+  private readonly waiters = new Map<string, Set<(settled: CommandRecord | undefined) => void>>();
   /** Settled records announced after their barrier: on disk, whatever was written since. */
   private readonly announced = new WeakSet<CommandRecord>();
   private readonly listeners = new Set<SettledListener>();
 
   constructor(host: OutcomesHost) {
     this.host = host;
+    // The pipeline's stop wakes every waiter: one listener for all of them (an EventTarget
+    // walks its listeners on every add and remove, at a hundred waiting requests a cost per
+    // command larger than the wait's own).
+    host.signal.addEventListener(
+      'abort',
+      () => {
+        for (const set of this.waiters.values()) for (const wake of set) wake(undefined);
+      },
+      { once: true },
+    );
   }
 
   onSettled(listener: SettledListener): () => void {
@@ -124,7 +135,7 @@ export class Outcomes {
   async waitForSettled(ref: CommandRef, timeoutMs: number): Promise<CommandRecord | undefined> {
     const { journal, clock, signal } = this.host;
     const current = journal.get(ref);
-    if (current === undefined || isTerminal(current.state) || timeoutMs <= 0) {
+    if (current === undefined || isTerminal(current.state) || timeoutMs <= 0 || signal.aborted) {
       // What the caller answers with must be on disk (group commit).
       await this.durable();
       return current;
@@ -132,8 +143,10 @@ export class Outcomes {
     const id = refId(ref);
     const done = new AbortController();
     let settled: CommandRecord | undefined;
-    const wake = (record: CommandRecord): void => {
-      settled = record;
+    // Woken with the record by its announcement, or with nothing by the pipeline's stop (which
+    // does not unset a record that came first).
+    const wake = (record: CommandRecord | undefined): void => {
+      settled ??= record;
       done.abort(WOKEN);
     };
     let set = this.waiters.get(id);
@@ -142,14 +155,9 @@ export class Outcomes {
       this.waiters.set(id, set);
     }
     set.add(wake);
-    const stop = (): void => {
-      done.abort(WOKEN);
-    };
-    signal.addEventListener('abort', stop, { once: true });
     try {
       await clock.sleep(timeoutMs, done.signal);
     } finally {
-      signal.removeEventListener('abort', stop);
       set.delete(wake);
       if (set.size === 0) this.waiters.delete(id);
     }

@@ -116,9 +116,9 @@ export class CommandPipeline {
   private closed = false;
 
   constructor(options: PipelineOptions) {
-    // Every lane's sleeps and reads, and every HTTPS request waiting for a result, listen on
-    // this one signal and remove their listener when done: a hundred at once is no leak, and
-    // Node's warning past ten would only mislead whoever reads the log.
+    // The sleeps of lanes without a command in flight (the device monitor's, the sweep's)
+    // listen on this one signal and remove their listener when done: a hundred at once is no
+    // leak, and Node's warning past ten would only mislead whoever reads the log.
     setMaxListeners(0, this.abort.signal);
     this.journal = options.journal;
     this.clock = options.clock;
@@ -467,6 +467,8 @@ export class CommandPipeline {
       this.clock.sleep(boundMs, timeout.signal),
     ]);
     this.abort.abort();
+    // Each lane's command in flight has its own signal (drain): aborted with the pipeline's.
+    for (const lane of this.lanes.values()) lane.preempt?.abort(this.abort.signal.reason);
     await Promise.allSettled(running());
     // Results settled during the drain are announced once on disk (group commit): wait for
     // that barrier, so that the intakes publish them before they close.
@@ -527,13 +529,11 @@ export class CommandPipeline {
       lane.inFlight = ref;
       lane.settledInFlight = null;
       // The command's signal: aborted by a preempting stop or an operator, and by the
-      // pipeline's stop. One listener, removed when the command is done (AbortSignal.any would
-      // cost a signal, a weak reference and their garbage per command).
+      // pipeline's stop, which aborts every lane's (stop()): no listener on the pipeline's
+      // signal per command (an EventTarget walks its listeners on every add and remove, and
+      // a hundred valves' commands would each walk a hundred), and no AbortSignal.any (a
+      // signal, a weak reference and their garbage per command).
       const preempt = new AbortController();
-      const stopped = (): void => {
-        preempt.abort(this.abort.signal.reason);
-      };
-      this.abort.signal.addEventListener('abort', stopped, { once: true });
       lane.preempt = preempt;
       lane.signal = preempt.signal;
       let failure: unknown = null;
@@ -543,7 +543,6 @@ export class CommandPipeline {
       } catch (error) {
         failure = error;
       } finally {
-        this.abort.signal.removeEventListener('abort', stopped);
         lane.inFlight = null;
         lane.preempt = null;
         lane.signal = this.abort.signal;

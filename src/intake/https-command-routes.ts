@@ -34,13 +34,25 @@ export function commandPath(key: string): string {
 }
 
 export function registerCommandRoutes(app: App, options: CommandRoutesOptions): void {
+  // The requests waiting for their command, woken together when the intake stops: one
+  // listener on the signal for all of them (an EventTarget walks its listeners on every add
+  // and remove, which at a hundred waiting requests cost more than the request itself).
+  const waiting = new Set<() => void>();
+  options.stopping.addEventListener(
+    'abort',
+    () => {
+      for (const wake of waiting) wake();
+    },
+    { once: true },
+  );
   app.post('/v1/commands', options.guard.hooks, async (request, reply) =>
-    postCommand(options, request, reply),
+    postCommand(options, waiting, request, reply),
   );
 }
 
 async function postCommand(
   options: CommandRoutesOptions,
+  waiting: Set<() => void>,
   request: Request,
   reply: Reply,
 ): Promise<Reply> {
@@ -73,7 +85,7 @@ async function postCommand(
   switch (claim.kind) {
     case 'new': {
       const plan = planWait(parsePrefer(request.headers.prefer), options.waitPolicy);
-      const record = await settledWithin(options, claim.record, plan.waitMs);
+      const record = await settledWithin(options, waiting, claim.record, plan.waitMs);
       // Group commit: nothing is answered before what it reports (the claim, the settlement,
       // a duplicate's event) is on disk — one barrier, just before the answer, so that the
       // command runs meanwhile (none for a settlement announced, which followed its own); a
@@ -143,6 +155,7 @@ function receivedOutcome(claim: Claim): 'new' | 'replayed' | 'in_flight' | 'key_
 /** The command once terminal, or as it stands after `waitMs` or when the intake stops. */
 async function settledWithin(
   options: CommandRoutesOptions,
+  waiting: Set<() => void>,
   record: CommandRecord,
   waitMs: number,
 ): Promise<CommandRecord> {
@@ -156,13 +169,13 @@ async function settledWithin(
     wake = () => {
       resolve(undefined);
     };
-    stopping.addEventListener('abort', wake, { once: true });
+    waiting.add(wake);
   });
   try {
     const settled = await Promise.race([pipeline.waitForSettled(ref, waitMs), stopped]);
     return settled ?? journaled(pipeline, ref);
   } finally {
-    stopping.removeEventListener('abort', wake);
+    waiting.delete(wake);
   }
 }
 

@@ -38,6 +38,24 @@ describe('waiting for a result', () => {
       process.off('warning', onWarning);
     }
   });
+
+  it('the pipeline’s stop wakes every waiter at once, with the command as the journal holds it', async () => {
+    // A travel far longer than the waits' bound: only the stop can end them in time.
+    h = await SimHarness.start({ travelMs: 5_000, timing: { confirmTimeoutMs: 20_000 } });
+    const valve = h.device('v1');
+    h.submit('slow', { device: 'v1', action: 'open' });
+    await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the write');
+    const ref = { scope: 'plant', key: 'slow' };
+    const waits = Array.from({ length: 20 }, () => h!.pipeline.waitForSettled(ref, 120_000));
+    await h.pipeline.stop(0);
+    // Resolved by the stop: the test's own timeout (far below the bound) would fail it otherwise.
+    const results = await Promise.all(waits);
+    const journaled = h.journal.get(ref);
+    expect(journaled).toMatchObject({ state: 'dispatched', attempts: 1 });
+    for (const r of results) expect(r).toEqual(journaled);
+    // A wait begun after the stop does not sleep its bound either.
+    expect(await h.pipeline.waitForSettled(ref, 120_000)).toEqual(journaled);
+  });
 });
 
 /**
