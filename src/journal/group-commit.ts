@@ -27,11 +27,19 @@ export class GroupCommit {
   private readonly host: GroupCommitHost;
   /** A write made since the last durability barrier began. */
   private unsynced = false;
-  /** The barrier scheduled for the end of this turn (not yet begun). */
+  /**
+   * The next barrier, not yet begun: at the end of this turn, or when the fdatasync running now
+   * returns. Whoever needs a barrier meanwhile shares it.
+   */
   private barrier: Promise<void> | null = null;
+  /** How the next barrier's callers are answered once it has run. */
+  private barrierDone: {
+    readonly resolve: () => void;
+    readonly reject: (error: unknown) => void;
+  } | null = null;
   /** The barrier begun last, while its fdatasync runs: it covers every commit before it. */
   private syncing: Promise<void> | null = null;
-  /** fdatasyncs of the WAL running on libuv's thread pool. */
+  /** fdatasyncs of the WAL running on libuv's thread pool (one at a time, see durable()). */
   private inFlight = 0;
   /** The WAL file, opened for its fdatasync (see durable()); null: not open yet. */
   private wal: { readonly fd: number; readonly conn: Connection } | null = null;
@@ -130,56 +138,82 @@ export class GroupCommit {
     }
   }
 
-  /** The batch commits at the end of this turn of the event loop. */
+  /**
+   * The batch commits at the end of this turn of the event loop — unless an fdatasync is
+   * running: then it stays open, and the writes of the turns until that fdatasync returns join
+   * it, committed once when the next barrier begins (or when the fdatasync returns, if none
+   * waits for one). Each page they touch goes to the WAL once for all of them.
+   */
   private scheduleCommit(): void {
     if (this.commitScheduled) return;
     this.commitScheduled = true;
     setImmediate(() => {
       this.commitScheduled = false;
-      this.commitBatch();
-      // A lost batch fails the barrier its writers wait for (scheduled in the same turn, it
-      // runs after this); with none waiting, the loss concerns no acknowledgement.
-      if (this.barrier === null) this.batchLost = null;
+      if (this.inFlight > 0) return;
+      this.commitOnItsOwn();
     });
   }
 
+  /** Commits the batch with no barrier begun for it. */
+  private commitOnItsOwn(): void {
+    this.commitBatch();
+    // A lost batch fails the barrier its writers wait for (scheduled in the same turn, it
+    // runs after this); with none waiting, the loss concerns no acknowledgement.
+    if (this.barrier === null) this.batchLost = null;
+  }
+
   /**
-   * Group commit (option `groupCommit`): the turn's batch commits with synchronous=NORMAL,
-   * which in WAL mode appends to the WAL without an fsync; the barrier then fdatasyncs the WAL
-   * file, which carries every earlier commit to disk with it (the WAL is one append-only file,
-   * so a crash can only lose a suffix of commits, never one in the middle) — what SQLite's
+   * Group commit (option `groupCommit`): the batch commits with synchronous=NORMAL, which in WAL
+   * mode appends to the WAL without an fsync; the barrier then fdatasyncs the WAL file, which
+   * carries every earlier commit to disk with it (the WAL is one append-only file, so a crash
+   * can only lose a suffix of commits, never one in the middle) — what SQLite's
    * synchronous=FULL does at every commit, once for all of them. The fdatasync runs on libuv's
    * thread pool: the event loop goes on (other valves' reads and writes, the intakes) while the
    * disk works, and nothing waiting for this barrier is answered, published or written before
-   * it has returned. Callers that arrive while a barrier is scheduled share it; one that
-   * arrives while an fdatasync runs and has nothing new to sync waits for that one; one with
-   * writes of its own gets a barrier of its own, begun at once (fdatasyncs of one file may
-   * run side by side: each covers what was written before it began). A batch that could not
-   * be committed, or an fdatasync that failed, fails the barrier (nothing of it may be
+   * it has returned.
+   *
+   * One fdatasync at a time: a caller with writes not yet covered gets the next barrier, which
+   * begins at the end of this turn when none runs, or as soon as the running one returns —
+   * shared by every caller until then, its batch holding every write made meanwhile (classic
+   * group commit: the busier the journal, the more each fdatasync and each commit carries). A
+   * caller with nothing new waits for the running fdatasync, or not at all. A batch that could
+   * not be committed, or an fdatasync that failed, fails the barrier (nothing of it may be
    * acknowledged).
    */
   durable(): Promise<void> {
     if (!this.unsynced && this.batchLost === null) return this.syncing ?? Promise.resolve();
     this.barrier ??= new Promise<void>((resolve, reject) => {
-      setImmediate(() => {
-        this.barrier = null;
-        // The batch of this turn first: its COMMIT is what the fdatasync below carries to disk.
-        this.commitBatch();
-        const lost = this.batchLost;
-        if (lost !== null) {
-          this.batchLost = null;
-          reject(lost);
-          return;
-        }
-        if (!this.unsynced) {
-          // Begun by another caller meanwhile (a graceful stop, a test): wait for that one.
-          (this.syncing ?? Promise.resolve()).then(resolve, reject);
-          return;
-        }
-        this.beginSync().then(resolve, reject);
-      });
+      this.barrierDone = { resolve, reject };
+      // While an fdatasync runs, its return begins this barrier (beginSync).
+      if (this.inFlight === 0) {
+        setImmediate(() => {
+          this.startBarrier();
+        });
+      }
     });
     return this.barrier;
+  }
+
+  /** Begins the next barrier: its batch's COMMIT, then one fdatasync (see durable()). */
+  private startBarrier(): void {
+    const done = this.barrierDone;
+    if (done === null || this.inFlight > 0) return;
+    this.barrier = null;
+    this.barrierDone = null;
+    // The batch first: its COMMIT is what the fdatasync below carries to disk.
+    this.commitBatch();
+    const lost = this.batchLost;
+    if (lost !== null) {
+      this.batchLost = null;
+      done.reject(lost);
+      return;
+    }
+    if (!this.unsynced) {
+      // Begun by another caller meanwhile (a graceful stop, a test): wait for that one.
+      (this.syncing ?? Promise.resolve()).then(done.resolve, done.reject);
+      return;
+    }
+    this.beginSync().then(done.resolve, done.reject);
   }
 
   /** One fdatasync of the WAL for every commit made so far (see durable()). */
@@ -222,6 +256,11 @@ export class GroupCommit {
         this.syncedBefore = Math.max(this.syncedBefore, startedAt);
         resolve();
       });
+    }).finally(() => {
+      // The writes made while it ran: the next barrier carries them if one waits; if none
+      // does, their batch commits now (so that other connections see it) and waits for one.
+      if (this.barrierDone !== null) this.startBarrier();
+      else if (!this.commitScheduled) this.commitOnItsOwn();
     });
     this.syncing = done;
     const forget = (): void => {

@@ -165,23 +165,64 @@ describe('group commit', () => {
     }
   });
 
-  it('a barrier with writes of its own gets its own fdatasync beside a running one; one with none waits for the running one', async () => {
-    const { journal } = open(true);
+  it('one fdatasync at a time: a barrier with writes of its own begins when the running one returns; one with none waits for it', async () => {
+    const { journal, path } = open(true);
+    const inner = (journal as unknown as { group: { inFlight: number } }).group;
     journal.claim(command('a'));
     const first = journal.durable();
     // The barrier begins at the end of the turn (setImmediate, before this one); its
     // fdatasync returns on a later turn of the loop at the earliest.
     await new Promise((resolve) => setImmediate(resolve));
     expect(journal.barriers).toBe(0);
+    expect(inner.inFlight).toBe(1);
     expect(journal.syncPending).toBe(true); // begun, not on disk yet
     // Nothing written since the first began: resolved by the first's fdatasync, not before.
     const nothingNew = journal.durable().then(() => journal.barriers);
     journal.claim(command('b'));
-    const second = journal.durable();
-    await expect(nothingNew).resolves.toBeGreaterThanOrEqual(1);
-    await Promise.all([first, second]);
-    expect(journal.barriers).toBe(2); // one fdatasync each for the two barriers with writes
+    const second = journal.durable().then(() => journal.barriers);
+    // Writes and barriers over the next turns: never a second fdatasync beside the first.
+    let most = inner.inFlight;
+    const more: Promise<number>[] = [];
+    for (let i = 0; i < 20; i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+      most = Math.max(most, inner.inFlight);
+      journal.claim(command(`c${i}`));
+      more.push(journal.durable().then(() => journal.barriers));
+      most = Math.max(most, inner.inFlight);
+    }
+    await expect(nothingNew).resolves.toBe(1);
+    // The second's fdatasync began after the first returned: it is the second barrier.
+    await expect(second).resolves.toBe(2);
+    await first;
+    const after = await Promise.all(more);
+    expect(most).toBe(1);
     expect(journal.syncPending).toBe(false);
+    // Barriers asked for while one ran shared the next: no more of them than turns.
+    expect(journal.barriers).toBeLessThanOrEqual(22);
+    expect(after.every((n) => n >= 2)).toBe(true);
+    const other = new BetterSqlite3(path, { readonly: true });
+    expect(other.prepare('SELECT count(*) AS n FROM commands').get()).toEqual({ n: 22 });
+    other.close();
+  });
+
+  it('a write made while an fdatasync runs is committed once, when the next barrier begins or that fdatasync returns', async () => {
+    const { journal, path } = open(true);
+    const other = new BetterSqlite3(path, { readonly: true });
+    cleanups.unshift(() => other.close());
+    const count = (): unknown => other.prepare('SELECT count(*) AS n FROM commands').get();
+    journal.claim(command('a'));
+    const first = journal.durable();
+    await new Promise((resolve) => setImmediate(resolve));
+    const commits = journal.batchCommits;
+    // In this turn, with the fdatasync begun and not yet returned (its callback comes in the
+    // loop's poll phase, after this one): a write, and a barrier for it.
+    journal.claim(command('b'));
+    const second = journal.durable();
+    await first;
+    await second;
+    // b's batch was committed once, by the barrier that carried it (or at the first's return).
+    expect(journal.batchCommits).toBe(commits + 1);
+    expect(count()).toEqual({ n: 2 });
   });
 
   it('syncs the WAL file that is there now: a new one after the connection was replaced', async () => {
