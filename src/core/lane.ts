@@ -68,6 +68,8 @@ export interface Lane {
   signal: AbortSignal;
   /** Preempts the command being handled; null between commands. */
   preempt: AbortController | null;
+  /** The controller the lane's next command takes as its `preempt`, unless it was aborted. */
+  commandAbort: AbortController | null;
   /** The command a stop preempted, and that stop, until the stop is terminal. */
   interrupted: { readonly target: CommandRef; readonly stop: CommandRef } | null;
   /** Commands superseded by a stop (never written) whose rejection is still to be journaled. */

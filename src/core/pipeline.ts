@@ -148,6 +148,7 @@ export class CommandPipeline {
         clockReads: noReadFailures(),
         signal: this.abort.signal,
         preempt: null,
+        commandAbort: null,
         interrupted: null,
         superseded: new Set(),
       });
@@ -532,8 +533,14 @@ export class CommandPipeline {
       // pipeline's stop, which aborts every lane's (stop()): no listener on the pipeline's
       // signal per command (an EventTarget walks its listeners on every add and remove, and
       // a hundred valves' commands would each walk a hundred), and no AbortSignal.any (a
-      // signal, a weak reference and their garbage per command).
-      const preempt = new AbortController();
+      // signal, a weak reference and their garbage per command). The lane's next command
+      // takes the same controller while nothing aborted it (what listens to it — the pauses
+      // between readbacks — stops listening when done): only an abort uses one up.
+      const preempt =
+        lane.commandAbort === null || lane.commandAbort.signal.aborted
+          ? new AbortController()
+          : lane.commandAbort;
+      lane.commandAbort = preempt;
       lane.preempt = preempt;
       lane.signal = preempt.signal;
       let failure: unknown = null;
