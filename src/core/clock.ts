@@ -14,6 +14,25 @@ export interface Clock {
   elapsed(): number;
   /** Resolves after `ms` (monotonic), or at once (without rejecting) when `signal` aborts. */
   sleep(ms: number, signal?: AbortSignal): Promise<void>;
+  /**
+   * Calls `fire` after `ms` (monotonic) unless the returned cancel is called first: a sleep
+   * without the AbortController a cancellable `sleep` needs, for waits begun by the thousand
+   * (every HTTPS request waiting for its command). Optional: without it, `timer()` below
+   * builds one on `sleep`.
+   */
+  timer?(ms: number, fire: () => void): () => void;
+}
+
+/** `clock.timer` where the clock has one, else the same on its `sleep`. */
+export function timer(clock: Clock, ms: number, fire: () => void): () => void {
+  if (clock.timer !== undefined) return clock.timer(ms, fire);
+  const cancel = new AbortController();
+  void clock.sleep(ms, cancel.signal).then(() => {
+    if (!cancel.signal.aborted) fire();
+  });
+  return () => {
+    cancel.abort();
+  };
 }
 
 /** Node's timers run on the monotonic clock, so `sleep` is unaffected by wall-clock steps. */
@@ -42,4 +61,10 @@ export const systemClock: Clock = {
   now: () => Date.now(),
   elapsed: () => performance.now(),
   sleep: sleepFor,
+  timer: (ms, fire) => {
+    const handle = setTimeout(fire, Math.max(0, ms));
+    return () => {
+      clearTimeout(handle);
+    };
+  },
 };

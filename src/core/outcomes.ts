@@ -1,5 +1,5 @@
 import { isTerminal, type OpenState } from './command.js';
-import type { Clock } from './clock.js';
+import { timer, type Clock } from './clock.js';
 import { JournalConflictError, JournalUnavailableError } from './errors.js';
 import type { CommandRecord, CommandRef, Journal } from './journal.js';
 import { PIPELINE, refId, type Lane, type Outcome } from './lane.js';
@@ -141,26 +141,26 @@ export class Outcomes {
       return current;
     }
     const id = refId(ref);
-    const done = new AbortController();
-    let settled: CommandRecord | undefined;
-    // Woken with the record by its announcement, or with nothing by the pipeline's stop (which
-    // does not unset a record that came first).
-    const wake = (record: CommandRecord | undefined): void => {
-      settled ??= record;
-      done.abort(WOKEN);
-    };
     let set = this.waiters.get(id);
     if (set === undefined) {
       set = new Set();
       this.waiters.set(id, set);
     }
-    set.add(wake);
-    try {
-      await clock.sleep(timeoutMs, done.signal);
-    } finally {
-      set.delete(wake);
-      if (set.size === 0) this.waiters.delete(id);
-    }
+    const waiting = set;
+    // Woken with the record by its announcement, with nothing by the pipeline's stop, or by
+    // the timer after `timeoutMs`: whichever comes first.
+    const settled = await new Promise<CommandRecord | undefined>((resolve) => {
+      const wake = (record: CommandRecord | undefined): void => {
+        cancel();
+        waiting.delete(wake);
+        if (waiting.size === 0 && this.waiters.get(id) === waiting) this.waiters.delete(id);
+        resolve(record);
+      };
+      const cancel = timer(clock, timeoutMs, () => {
+        wake(undefined);
+      });
+      waiting.add(wake);
+    });
     // Woken by the settlement's announcement: on disk already, and the record is at hand.
     if (settled !== undefined) return settled;
     await this.durable();

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { sleepFor, systemClock, type Clock } from '../../src/core/clock.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -56,6 +57,35 @@ describe('waiting for a result', () => {
     // A wait begun after the stop does not sleep its bound either.
     expect(await h.pipeline.waitForSettled(ref, 120_000)).toEqual(journaled);
   });
+
+  for (const withTimer of [true, false]) {
+    it(`a wait that runs out answers with the command as it stands and leaves no waiter (${withTimer ? "the system clock's timer" : 'a clock with sleep alone'})`, async () => {
+      const clock: Clock = withTimer
+        ? systemClock
+        : { now: () => Date.now(), elapsed: () => performance.now(), sleep: sleepFor };
+      h = await SimHarness.start({ clock, travelMs: 1_500, timing: { confirmTimeoutMs: 20_000 } });
+      const valve = h.device('v1');
+      h.submit('slow', { device: 'v1', action: 'open' });
+      await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the write');
+      const ref = { scope: 'plant', key: 'slow' };
+      const began = performance.now();
+      const results = await Promise.all([
+        h.pipeline.waitForSettled(ref, 200),
+        h.pipeline.waitForSettled(ref, 300),
+      ]);
+      // Node's timers may fire up to a millisecond early by the monotonic clock.
+      expect(performance.now() - began).toBeGreaterThanOrEqual(299);
+      const journaled = h.journal.get(ref);
+      expect(journaled).toMatchObject({ state: 'dispatched' });
+      for (const r of results) expect(r).toEqual(journaled);
+      const waiters = (h.pipeline as unknown as { outcomes: { waiters: Map<string, unknown> } })
+        .outcomes.waiters;
+      expect(waiters.size).toBe(0);
+      // The command goes on and settles; a wait begun now gets it when it does.
+      expect(await h.pipeline.waitForSettled(ref, 20_000)).toMatchObject({ state: 'confirmed' });
+      expect(waiters.size).toBe(0);
+    });
+  }
 });
 
 /**
