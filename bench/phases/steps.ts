@@ -88,6 +88,11 @@ export function commandSteps(inputs: StepInputs): CommandSteps | Skipped {
   const events = [...inputs.events].sort((a, b) => a.start - b.start);
   const samples = new Map<StepName, number[]>(STEPS.map((s) => [s, []]));
   let joined = 0;
+  /** Why the commands not followed were not: the first event of theirs that was missing. */
+  const missing = new Map<string, number>();
+  const miss = (what: string): void => {
+    missing.set(what, (missing.get(what) ?? 0) + 1);
+  };
   const latencies: number[] = [];
   const waits: number[] = [];
   const own: number[] = [];
@@ -96,9 +101,15 @@ export function commandSteps(inputs: StepInputs): CommandSteps | Skipped {
     const base = inputs.bases.get(s.device);
     const seq = inputs.seqOf.get(s.key);
     const takenAt = seq === undefined ? undefined : inputs.taken.get(s.device)?.[String(seq)];
-    if (base === undefined || takenAt === undefined) continue;
+    if (base === undefined || takenAt === undefined) {
+      miss(seq === undefined ? 'its journal record' : "the plant's write log entry");
+      continue;
+    }
     const steps = oneCommand(s, events, base, inputs.span, takenAt);
-    if (steps === null) continue;
+    if (typeof steps === 'string') {
+      miss(steps);
+      continue;
+    }
     joined += 1;
     latencies.push(s.answeredAt - s.sentAt);
     let waited = 0;
@@ -107,7 +118,12 @@ export function commandSteps(inputs: StepInputs): CommandSteps | Skipped {
     own.push(s.answeredAt - s.sentAt - waited);
     for (const name of STEPS) samples.get(name)?.push(steps[name]);
   }
-  if (joined === 0) return { skipped: 'no command of the series could be followed step by step' };
+  if (joined === 0) {
+    const why = [...missing].map(([what, n]) => `${n} without ${what}`).join(', ');
+    return {
+      skipped: `no command of the series could be followed step by step${why === '' ? '' : ` (${why})`}`,
+    };
+  }
   return {
     commands: joined,
     latencyMeanMs: distribution(latencies).mean,
@@ -121,7 +137,7 @@ export function commandSteps(inputs: StepInputs): CommandSteps | Skipped {
 }
 
 /** A command's event that its window does not hold: the command is not followed. */
-const NOT_FOUND = new Error('not found');
+class NotFound extends Error {}
 
 interface Found {
   readonly claim: ProbeEvent;
@@ -140,7 +156,7 @@ function oneCommand(
   base: number,
   span: number,
   takenAt: number,
-): Record<StepName, number> | null {
+): Record<StepName, number> | string {
   const window = events.filter((e) => e.start >= s.sentAt && e.start <= s.answeredAt);
   const own = (kind: 'read' | 'write') => (e: ProbeEvent) => {
     const r = e.modbus === undefined ? null : registers(e.modbus);
@@ -150,23 +166,24 @@ function oneCommand(
   const after = (at: number, match: (e: ProbeEvent) => boolean): ProbeEvent | undefined =>
     window.find((e) => e.start >= at && match(e));
 
-  const found = (e: ProbeEvent | undefined): ProbeEvent => {
-    if (e === undefined) throw NOT_FOUND;
+  const found = (e: ProbeEvent | undefined, what: string): ProbeEvent => {
+    if (e === undefined) throw new NotFound(what);
     return e;
   };
   try {
-    const claim = found(after(s.sentAt, journal('claim')));
-    const fresh = found(after(claim.start, own('read')));
-    const dispatch = found(after(fresh.end, journal('markDispatched')));
+    const claim = found(after(s.sentAt, journal('claim')), 'a claim');
+    const fresh = found(after(claim.start, own('read')), 'a fresh read');
+    const dispatch = found(after(fresh.end, journal('markDispatched')), 'a dispatch');
     // The barrier the write waits for: the journal's durable() called once the dispatch is written.
-    const dispatchBarrier = found(after(dispatch.end, journal('durable')));
-    const write = found(after(dispatchBarrier.start, own('write')));
-    const settle = found(after(write.end, journal('settle')));
+    const dispatchBarrier = found(after(dispatch.end, journal('durable')), 'a dispatch barrier');
+    const write = found(after(dispatchBarrier.start, own('write')), 'a write');
+    const settle = found(after(write.end, journal('settle')), 'a settlement');
     // The readback that confirmed: the valve's last read before the settlement.
     const readback = found(
       window.filter((e) => own('read')(e) && e.start >= write.end && e.end <= settle.start).at(-1),
+      'a readback',
     );
-    const settleBarrier = found(after(settle.end, journal('durable')));
+    const settleBarrier = found(after(settle.end, journal('durable')), 'a settle barrier');
     return stepsOf(s, takenAt, {
       claim,
       fresh,
@@ -178,17 +195,17 @@ function oneCommand(
       settleBarrier,
     });
   } catch (error) {
-    if (error === NOT_FOUND) return null;
+    if (error instanceof NotFound) return `${error.message} in its window`;
     throw error;
   }
 }
 
-function stepsOf(s: SentCommand, takenAt: number, f: Found): Record<StepName, number> | null {
+function stepsOf(s: SentCommand, takenAt: number, f: Found): Record<StepName, number> | string {
   const { claim, fresh, dispatch, dispatchBarrier, write, readback, settle, settleBarrier } = f;
   // The plant stamps whole milliseconds: the scan ran within [takenAt, takenAt + 1).
   const taken = takenAt + 0.5;
   const spans: Span[] = [claim, fresh, dispatch, dispatchBarrier, write, readback, settle];
-  if (spans.some((x) => x.end < x.start)) return null;
+  if (spans.some((x) => x.end < x.start)) return 'events in order';
   return {
     intake: claim.start - s.sentAt,
     claim: claim.end - claim.start,
