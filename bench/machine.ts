@@ -22,6 +22,23 @@ export interface Machine {
    * can take twice the CPU time per command when a neighbour is busy.
    */
   stealShare?: number | null;
+  /**
+   * How far the wall clock moved against the monotonic clock over the run (ms): a step or slew
+   * of the gateway's clock. Figures that join two processes' clocks (the stages from the
+   * journal's timestamps, the step-by-step table) are off by it when it happened while they
+   * ran; the latencies, timed on one monotonic clock, are not.
+   */
+  wallClockStepMs?: number | null;
+}
+
+/** The wall clock's offset from the monotonic clock now (ms): wallClockMoved() compares two. */
+export function wallAgainstMonotonic(): number {
+  return Date.now() - performance.now();
+}
+
+/** How far the wall clock moved against the monotonic clock since `from` (ms, 0.1 ms). */
+export function wallClockMoved(from: number): number {
+  return Math.round((wallAgainstMonotonic() - from) * 10) / 10;
 }
 
 /** The machine's CPU ticks so far, all and stolen (/proc/stat); null where unreadable. */
@@ -76,5 +93,6 @@ export function machine(scratchDir: string): Machine {
     loadAtStart: Math.round((loadavg()[0] ?? 0) * 100) / 100,
     loadAtEnd: Number.NaN,
     stealShare: null,
+    wallClockStepMs: null,
   };
 }

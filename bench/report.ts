@@ -217,6 +217,14 @@ export function tables(r: Results): Record<string, Table> {
         'CPU time stolen by the hypervisor (steal, /proc/stat)',
         m.stealShare === null || m.stealShare === undefined ? 'not known' : pct(m.stealShare),
       ],
+      [
+        'wall clock against the monotonic clock over the run',
+        m.wallClockStepMs === null || m.wallClockStepMs === undefined
+          ? 'not known'
+          : Math.abs(m.wallClockStepMs) < 5
+            ? `${m.wallClockStepMs} ms: steady`
+            : `${m.wallClockStepMs} ms: the wall clock stepped (see below)`,
+      ],
       ['run', `${r.startedAt}, ${n(r.durationSeconds, 's')}`],
       ['fsync counting', r.fsyncCounting],
     ],

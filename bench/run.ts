@@ -13,7 +13,13 @@ import { compileTree } from './compile.js';
 import type { RunContext } from './context.js';
 import { startDaemon } from './daemon.js';
 import { buildFsyncShim } from './fsync-counter.js';
-import { cpuTicks, machine, stealBetween } from './machine.js';
+import {
+  cpuTicks,
+  machine,
+  stealBetween,
+  wallAgainstMonotonic,
+  wallClockMoved,
+} from './machine.js';
 import { mosquittoPath, startBroker } from './mosquitto.js';
 import { OptionsError, parseOptions, usage, type BenchOptions } from './options.js';
 import { BENCH_DIR } from './paths.js';
@@ -95,6 +101,7 @@ async function main(options: BenchOptions): Promise<void> {
     }
     const box = machine(dir);
     const ticksAtStart = cpuTicks();
+    const wallAtStart = wallAgainstMonotonic();
     progress(`scratch ${dir} on ${box.filesystem}; ${box.cores} cores, ${box.cpuModel}`);
     const shim = buildFsyncShim(dir);
     progress(
@@ -173,6 +180,7 @@ async function main(options: BenchOptions): Promise<void> {
     const scale = await journalScale(ctx, site.journalPath);
     box.loadAtEnd = Math.round((loadavg()[0] ?? 0) * 100) / 100;
     box.stealShare = stealBetween(ticksAtStart, cpuTicks());
+    box.wallClockStepMs = wallClockMoved(wallAtStart);
 
     const partial: Omit<Results, 'targets'> = {
       version: 1,
