@@ -4,8 +4,10 @@ import type { Logger } from './logger.js';
 import { readFailed, readSucceeded, type ReadTime } from './read-failures.js';
 import {
   contradictsSkew,
-  estimateSkew,
+  estimateSkewFrom,
   skewUsable,
+  STAMP_QUANTUM_MS,
+  type ClockReading,
   sourceWindow,
   type SkewEstimate,
   type TimedReadback,
@@ -13,6 +15,9 @@ import {
 
 /** An image this much older than its read is frozen or from a clock set back. */
 const OLD_IMAGE_MS = 5_000;
+
+/** Readings of the controller's clock per skew measurement, over a quick link. */
+export const CLOCK_READINGS = 4;
 
 /** How the two kinds of reads are named in the log. */
 const STATUS_READS = 'device reads';
@@ -100,38 +105,60 @@ export class DeviceReads {
     return this.measureSkew(lane, log);
   }
 
-  /** Measures the controller skew now, whatever estimate the lane has; null when it cannot. */
+  /**
+   * Measures the controller skew now, whatever estimate the lane has; null when it cannot.
+   * The clock is read up to CLOCK_READINGS times one after the other while each round trip is
+   * within a millisecond: the readings round at different phases of the millisecond and
+   * together place the controller's stamps more closely than one can (estimateSkewFrom). Over a
+   * slower link one reading is as good as several, and only one is taken.
+   */
   async measureSkew(lane: Lane, log: Logger): Promise<SkewEstimate | null> {
     const { driver } = lane.binding;
     // A controller without a readable clock: images carry no source time either.
     if (driver.readClock === undefined) return null;
-    try {
-      const requestedMono = this.host.clock.elapsed();
-      const sample = await driver.readClock(lane.signal);
-      const receivedMono = this.host.clock.elapsed();
-      // The epoch after the read: a reconnect during it means the read went over the new one.
-      const epoch = driver.health().connectionEpoch;
-      const previous = lane.skew;
-      lane.skew = estimateSkew(sample, { requestedMono, receivedMono }, epoch);
-      addSample(lane.skewSamples, lane.skew);
-      readSucceeded(lane.clockReads, CLOCK_READS, this.readTime(), log);
-      this.judgeClock(lane, lane.skew, log);
-      if (previous !== null && Math.abs(previous.monoOffsetMs - lane.skew.monoOffsetMs) > 1_000) {
-        log.warn(
-          {
-            offsetMs: Math.round(lane.skew.offsetMs),
-            previousOffsetMs: Math.round(previous.offsetMs),
-          },
-          'controller clock stepped',
-        );
+    const readClock = driver.readClock.bind(driver);
+    const readings: ClockReading[] = [];
+    let epoch = 0;
+    while (readings.length < CLOCK_READINGS) {
+      try {
+        const requestedMono = this.host.clock.elapsed();
+        const sample = await readClock(lane.signal);
+        const receivedMono = this.host.clock.elapsed();
+        // The epoch after the read: a reconnect during it means the read went over the new one,
+        // and the readings before it may be of a controller that restarted since.
+        const after = driver.health().connectionEpoch;
+        if (after !== epoch) readings.length = 0;
+        epoch = after;
+        readings.push({ sample, bracket: { requestedMono, receivedMono } });
+        readSucceeded(lane.clockReads, CLOCK_READS, this.readTime(), log);
+        const roundTrip = receivedMono - requestedMono - Math.max(0, sample.queuedMs ?? 0);
+        if (roundTrip > STAMP_QUANTUM_MS) break;
+      } catch (error) {
+        // A read cut short by a stop or the shutdown says nothing about the controller.
+        if (aborted(lane)) {
+          log.debug({ err: error }, 'controller clock read aborted');
+          return null;
+        }
+        readFailed(lane.clockReads, CLOCK_READS, errorText(error), this.readTime(), log);
+        // The readings taken before it still hold.
+        if (readings.length === 0) return null;
+        break;
       }
-      return lane.skew;
-    } catch (error) {
-      // A read cut short by a stop or the shutdown says nothing about the controller.
-      if (aborted(lane)) log.debug({ err: error }, 'controller clock read aborted');
-      else readFailed(lane.clockReads, CLOCK_READS, errorText(error), this.readTime(), log);
-      return null;
     }
+    const previous = lane.skew;
+    lane.skew = estimateSkewFrom(readings, epoch);
+    addSample(lane.skewSamples, lane.skew);
+    this.judgeClock(lane, lane.skew, log);
+    if (previous !== null && Math.abs(previous.monoOffsetMs - lane.skew.monoOffsetMs) > 1_000) {
+      log.warn(
+        {
+          offsetMs: Math.round(lane.skew.offsetMs),
+          previousOffsetMs: Math.round(previous.offsetMs),
+        },
+        'controller clock stepped',
+      );
+    }
+    return lane.skew;
   }
 
   /** Flags (or clears) a controller clock beyond its bound, logging the transitions. */

@@ -1,5 +1,5 @@
 import type { ProfileTiming } from './profile.js';
-import { sourceWindow, type SkewEstimate } from './skew.js';
+import { STAMP_QUANTUM_MS, type SkewEstimate } from './skew.js';
 
 /**
  * When to read back next, after a write (issue 14, SPEC §6).
@@ -7,8 +7,9 @@ import { sourceWindow, type SkewEstimate } from './skew.js';
  * A controller publishes a new image once per scan: a readback requested before the next image
  * is produced can only repeat the last one. When the readbacks carry the image's source time
  * and the controller's skew is known, the next readback is placed just after the next scan —
- * the image time plus one scan, plus a margin for the estimate's uncertainty and the whole
- * milliseconds the controller stamps — so that a command is seen the scan it is taken, not up
+ * the image time plus one scan, plus a margin for the whole millisecond the controller stamps
+ * and for how closely its stamps are placed on the gateway's clock (the skew's `stamp`, which
+ * several clock readings narrow) — so that a command is seen the scan it is taken, not up
  * to a scan later. A readback that still shows the same image (the scan came late) is tried
  * again shortly. Without an image time or a skew the readbacks come one scan apart, as the
  * profile's `timing.scanMs` says.
@@ -103,13 +104,13 @@ export class ReadbackPacer {
     readback: { readonly sourceTime: number | null },
     skew: SkewEstimate | null,
   ): { readonly at: number; readonly margin: number } | null {
-    const window = sourceWindow(readback, skew);
-    if (window === null || skew === null) return null;
-    // The controller stamps whole milliseconds and the skew is known within ± its uncertainty.
-    const margin = 1 + skew.uncertaintyMs;
+    if (readback.sourceTime === null || skew === null) return null;
+    // The image's stamp is its scan rounded to a whole millisecond (± half of one), and the
+    // stamps are placed on the gateway's clock within ± the skew's stamp uncertainty (skew.ts).
+    const margin = STAMP_QUANTUM_MS / 2 + skew.stamp.uncertaintyMs;
     // Known no better than to half a scan, the image's time does not place the next scan: the
     // skew was measured over a slow round trip.
     if (margin >= this.scanMs / 2) return null;
-    return { at: (window.earliest + window.latest) / 2, margin };
+    return { at: readback.sourceTime - skew.stamp.monoOffsetMs, margin };
   }
 }

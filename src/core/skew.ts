@@ -23,7 +23,20 @@ export interface SkewEstimate {
   readonly measuredMono: number;
   /** The driver's connection epoch the measurement was taken on. */
   readonly epoch: number;
+  /**
+   * Where the controller's whole-millisecond stamps fall on the gateway's monotonic clock, for
+   * placing readbacks on its scans (readback-pacing.ts): controller stamp − gateway monotonic
+   * time, the middle of the interval that every clock reading of the measurement allows, and
+   * that interval's half-width. A reading stamped in whole milliseconds allows its bracket
+   * widened by the rounding (± STAMP_QUANTUM_MS / 2); readings taken one after the other fall
+   * on different phases of the millisecond, and the intersection of what they allow narrows
+   * the rounding down (estimateSkewFrom). Not for judgements, which use the midpoint above.
+   */
+  readonly stamp: { readonly monoOffsetMs: number; readonly uncertaintyMs: number };
 }
+
+/** The resolution of a controller's clock and image stamps: whole milliseconds. */
+export const STAMP_QUANTUM_MS = 1;
 
 /** The monotonic bracket the core measured around a driver call. */
 export interface MonoBracket {
@@ -43,13 +56,56 @@ export function estimateSkew(
   const wallMidpoint = (wallRequested + sample.receivedAt) / 2;
   const monoRequested = Math.min(bracket.requestedMono + queuedMs, bracket.receivedMono);
   const monoMidpoint = (monoRequested + bracket.receivedMono) / 2;
+  const uncertaintyMs = Math.max(0, (bracket.receivedMono - monoRequested) / 2);
+  const monoOffsetMs = sample.controllerTime - monoMidpoint;
   return {
     offsetMs: sample.controllerTime - wallMidpoint,
-    monoOffsetMs: sample.controllerTime - monoMidpoint,
-    uncertaintyMs: Math.max(0, (bracket.receivedMono - monoRequested) / 2),
+    monoOffsetMs,
+    uncertaintyMs,
     measuredAt: sample.receivedAt,
     measuredMono: bracket.receivedMono,
     epoch,
+    stamp: { monoOffsetMs, uncertaintyMs: uncertaintyMs + STAMP_QUANTUM_MS / 2 },
+  };
+}
+
+/** One reading of the controller's clock with the monotonic bracket the core measured. */
+export interface ClockReading {
+  readonly sample: ClockSample;
+  readonly bracket: MonoBracket;
+}
+
+/**
+ * The estimate from several readings of the controller's clock taken one after the other (a
+ * few milliseconds: no drift between them). Judgements use the reading with the shortest
+ * round trip, its midpoint good to ± half of it, as `estimateSkew` does with one.
+ *
+ * The stamp interval uses them all. A reading c, stamped in whole milliseconds by a controller
+ * that read its clock somewhere within its bracket [requested, received], allows a monotonic
+ * offset within [c − ½ − received, c + ½ − requested]; every reading holds the same offset,
+ * so it lies in the intersection. Readings a fraction of a millisecond apart round at
+ * different phases, and the intersection is narrower than any one of them (four readings of a
+ * quarter-millisecond round trip: about ± 0.25 ms against ± 0.6 ms). A controller that
+ * truncates instead of rounding shifts every reading, and its image stamps, by the same half
+ * millisecond: the stamps are still placed right. Readings that allow no common offset (a
+ * controller whose stamps are coarser, a clock set during them) leave the best reading's own
+ * interval.
+ */
+export function estimateSkewFrom(readings: readonly ClockReading[], epoch = 0): SkewEstimate {
+  let best: SkewEstimate | null = null;
+  let low = -Infinity;
+  let high = Infinity;
+  for (const { sample, bracket } of readings) {
+    const one = estimateSkew(sample, bracket, epoch);
+    if (best === null || one.uncertaintyMs < best.uncertaintyMs) best = one;
+    low = Math.max(low, one.stamp.monoOffsetMs - one.stamp.uncertaintyMs);
+    high = Math.min(high, one.stamp.monoOffsetMs + one.stamp.uncertaintyMs);
+  }
+  if (best === null) throw new Error('estimateSkewFrom needs at least one reading');
+  if (low > high) return best;
+  return {
+    ...best,
+    stamp: { monoOffsetMs: (low + high) / 2, uncertaintyMs: (high - low) / 2 },
   };
 }
 

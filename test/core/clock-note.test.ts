@@ -16,6 +16,7 @@ const skew = (offsetMs: number): SkewEstimate => ({
   measuredAt: 0,
   measuredMono: 0,
   epoch: 1,
+  stamp: { monoOffsetMs: 0, uncertaintyMs: 0.9 },
 });
 // clockNote reads only the lane's skew.
 const lane = (s: SkewEstimate | null): Lane => ({ skew: s }) as unknown as Lane;

@@ -167,6 +167,7 @@ describe('controller clock arithmetic', () => {
     measuredAt: 0,
     measuredMono: 0,
     epoch: 1,
+    stamp: { monoOffsetMs: offsetMs, uncertaintyMs: uncertaintyMs + 0.5 },
   });
   it('drift by least squares, from 5 s of samples on; a step starts a new line', () => {
     const samples: SkewSample[] = [0, 1_000, 2_000, 3_000, 4_000, 5_000].map((t) => ({

@@ -14,11 +14,14 @@ const skew: SkewEstimate = {
   measuredAt: 0,
   measuredMono: 0,
   epoch: 1,
+  // One reading's stamp interval: ± (0.2 + the half millisecond of its rounding).
+  stamp: { monoOffsetMs: 1_000_000, uncertaintyMs: 0.7 },
 };
 const timing = { scanMs: 10, pollIntervalMs: 100 };
 /** An image the controller produced at gateway monotonic time `mono`. */
 const imageAt = (mono: number): { sourceTime: number } => ({ sourceTime: mono + 1_000_000 });
-const margin = 1 + skew.uncertaintyMs;
+// The image's own rounding (± 0.5 ms) and the stamp interval's half-width.
+const margin = 0.5 + skew.stamp.uncertaintyMs;
 
 describe('ReadbackPacer', () => {
   it('places the first readback just after the scan that can take the write', () => {
@@ -109,9 +112,33 @@ describe('ReadbackPacer', () => {
   it('does not place readbacks by a skew known no better than half a scan', () => {
     // Measured over a slow round trip (a busy connection): the image's time says nothing of
     // the scan's phase, so the readbacks keep the plain pace.
-    const wide: SkewEstimate = { ...skew, uncertaintyMs: 40 };
+    const wide: SkewEstimate = {
+      ...skew,
+      uncertaintyMs: 40,
+      stamp: { monoOffsetMs: 1_000_000, uncertaintyMs: 40.5 },
+    };
     expect(new ReadbackPacer(timing, 1000).first(1000, 999, imageAt(990), wide)).toBe(0);
     const pacer = new ReadbackPacer(timing, 1000);
     expect(pacer.next(1001, imageAt(1000), wide)).toBe(timing.scanMs);
+  });
+
+  it('places readbacks closer to the scan when several clock readings narrowed the stamps', () => {
+    // Readings that place the controller's stamps within ± 0.1 ms: the margin is the image's
+    // own rounding and that, 0.6 ms instead of 1.2.
+    const narrow: SkewEstimate = {
+      ...skew,
+      stamp: { monoOffsetMs: 1_000_000, uncertaintyMs: 0.1 },
+    };
+    const pacer = new ReadbackPacer(timing, 1003);
+    expect(pacer.first(1003, 1002, imageAt(1000), narrow)).toBeCloseTo(1010 + 0.6 - 1003);
+    expect(pacer.next(1011, imageAt(1010), narrow)).toBeCloseTo(1020 + 0.6 - 1011);
+    // The stamp's offset, not the judgement's midpoint, places them: here 0.3 ms apart.
+    const shifted: SkewEstimate = {
+      ...skew,
+      stamp: { monoOffsetMs: 1_000_000 - 0.3, uncertaintyMs: 0.1 },
+    };
+    expect(new ReadbackPacer(timing, 1003).first(1003, 1002, imageAt(1000), shifted)).toBeCloseTo(
+      1010 + 0.3 + 0.6 - 1003,
+    );
   });
 });

@@ -14,6 +14,7 @@ const skewOf = (offsetMs: number, uncertaintyMs: number): SkewEstimate => ({
   measuredAt: WRITE - 10,
   measuredMono: WRITE - 10,
   epoch: 1,
+  stamp: { monoOffsetMs: offsetMs, uncertaintyMs: uncertaintyMs + 0.5 },
 });
 
 function rb(over: Partial<TimedReadback>): TimedReadback {

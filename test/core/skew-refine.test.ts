@@ -1,4 +1,6 @@
+import { performance } from 'node:perf_hooks';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { SkewEstimate } from '../../src/core/skew.js';
 import { SIM_TIMING, SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -40,5 +42,45 @@ describe('controller skew between commands', () => {
     expect(Math.abs((refined?.offsetMs ?? 0) - OFFSET_MS)).toBeLessThanOrEqual(
       (refined?.uncertaintyMs ?? 0) + 1,
     );
+  });
+
+  it("places the simulator's scans within the window its stamps allow, narrowed by several readings", async () => {
+    // The estimate is measured again every ~30 ms (the monitor, an estimate that old unusable),
+    // each time from up to four clock readings. Ground truth: the moment each scan of the
+    // simulator ran (the same process, the same monotonic clock as the pipeline), bracketed by
+    // wrapping its scan, and the stamp it gave the image.
+    h = await SimHarness.start({ monitorMs: 10, skewMaxAgeMs: 30 });
+    const plc = h.plant.plc('mb');
+    plc.setClock({ offsetMs: OFFSET_MS, driftPpm: 0 });
+    const device = h.device('v1');
+    const scans: { before: number; after: number; stamp: number; skew: SkewEstimate }[] = [];
+    const scan = plc.scan.bind(plc);
+    plc.scan = () => {
+      const skew = h?.pipeline.device('v1')?.skew ?? null;
+      const before = performance.now();
+      scan();
+      const after = performance.now();
+      if (skew !== null) scans.push({ before, after, stamp: device.published.scanTime, skew });
+    };
+    try {
+      await h.until(() => scans.length >= 100, 10_000, '100 scans with a skew estimate');
+    } finally {
+      plc.scan = scan;
+    }
+    const estimates = new Set(scans.map((s) => s.skew));
+    expect(estimates.size, 'the estimate was measured again and again').toBeGreaterThan(5);
+    for (const { before, after, stamp, skew } of scans) {
+      // The pacer's window (readback-pacing.ts): the stamp's own rounding, and the interval.
+      const at = stamp - skew.stamp.monoOffsetMs;
+      const margin = 0.5 + skew.stamp.uncertaintyMs;
+      expect(at + margin, `scan at ${before}..${after}`).toBeGreaterThanOrEqual(before);
+      expect(at - margin, `scan at ${before}..${after}`).toBeLessThanOrEqual(after);
+    }
+    // On loopback the readings round at different phases: some estimates are narrower than
+    // one reading alone could place the stamps (± its half round trip and the rounding).
+    const narrowed = [...estimates].filter(
+      (e) => e.stamp.uncertaintyMs < e.uncertaintyMs + 0.5 - 0.05,
+    );
+    expect(narrowed.length).toBeGreaterThan(0);
   });
 });

@@ -208,6 +208,12 @@ describe.each([
       observed: { state: 'OPEN', position: 100 },
     });
     expect(valve.counters.writesReceived).toBe(1);
+    // The pipeline measured the controller's clock through the driver before the write (its
+    // readings, up to four, place the readbacks on the scans: src/core/device-reads.ts).
+    const skew = pipeline.device(valveId)?.skew;
+    expect(skew, 'a controller skew measured through the driver').toBeTruthy();
+    expect(Math.abs(skew!.offsetMs)).toBeLessThan(200);
+    expect(skew!.stamp.uncertaintyMs).toBeLessThanOrEqual(skew!.uncertaintyMs + 0.5);
     expect(await send(`close-${n}`, { device: valveId, action: 'close' })).toMatchObject({
       state: 'confirmed',
       observed: { state: 'CLOSED' },
