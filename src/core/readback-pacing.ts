@@ -19,6 +19,9 @@ import { STAMP_QUANTUM_MS, type SkewEstimate } from './skew.js';
  * takes longer. Only when to read changes here: what a readback proves is judged elsewhere
  * (readback.ts), so a misplaced readback costs time, never correctness.
  */
+/** The shortest pause before reading a late scan's image again (setTimeout's resolution). */
+const MIN_RETRY_MS = 1;
+
 export class ReadbackPacer {
   private readonly scanMs: number;
   private readonly pollIntervalMs: number;
@@ -26,6 +29,8 @@ export class ReadbackPacer {
   private readonly quickUntil: number;
   private pause: number;
   private lastSourceTime: number | null = null;
+  /** Readbacks in a row that showed the same image (a scan later than predicted). */
+  private repeats = 0;
 
   constructor(timing: Pick<ProfileTiming, 'scanMs' | 'pollIntervalMs'>, startMono: number) {
     this.scanMs = timing.scanMs;
@@ -74,6 +79,7 @@ export class ReadbackPacer {
     if (image === null || readback === null) return this.quick;
     const repeated = readback.sourceTime === this.lastSourceTime;
     this.lastSourceTime = readback.sourceTime;
+    this.repeats = repeated ? this.repeats + 1 : 0;
     const predicted = this.bounded(image.at + this.scanMs + image.margin - nowMono, image.margin);
     // The same image again: the read came before the next scan (early, or the scan was late).
     // Look again shortly, or when the next scan is due if that is later.
@@ -91,9 +97,17 @@ export class ReadbackPacer {
     return Math.max(0, pause);
   }
 
-  /** A scan came late: look again soon, not a whole scan later. */
+  /**
+   * A scan came late: look again soon, not a whole scan later — first after a twentieth of a
+   * scan (a millisecond at least: the event loop's timers fire in whole milliseconds), then
+   * twice as long each time the image is still the same, up to a scan. A scan a little late (a
+   * controller's cycle varies) is seen soon after it comes; a controller whose image stopped
+   * changing (stopped, overloaded) is read a few times during the quick pace, not every
+   * millisecond of it (a pause of an eighth of a scan, as before, read it 64 times).
+   */
   private retryMs(): number {
-    return Math.max(1, this.scanMs / 8);
+    const first = Math.max(MIN_RETRY_MS, this.scanMs / 20);
+    return Math.min(first * 2 ** Math.max(0, this.repeats - 1), Math.max(first, this.scanMs));
   }
 
   /**

@@ -59,15 +59,46 @@ describe('ReadbackPacer', () => {
     const pacer = new ReadbackPacer(timing, 1000);
     pacer.first(1000, 999, imageAt(990), skew);
     expect(pacer.next(1011, imageAt(1000), skew)).toBeCloseTo(1010 + margin - 1011);
-    // Read at 1011.2 + margin and still the image of 1000: the scan is late.
-    expect(pacer.next(1012.5, imageAt(1000), skew)).toBe(Math.max(1, timing.scanMs / 8));
+    // Read at 1011.2 + margin and still the image of 1000: the scan is late. Look again after
+    // a twentieth of a scan (a millisecond at least), then twice as long each time, up to a scan.
+    expect(pacer.next(1012.5, imageAt(1000), skew)).toBe(1);
+    expect(pacer.next(1013.6, imageAt(1000), skew)).toBe(2);
+    expect(pacer.next(1015.7, imageAt(1000), skew)).toBe(4);
+    expect(pacer.next(1019.8, imageAt(1000), skew)).toBe(8);
+    expect(pacer.next(1027.9, imageAt(1000), skew)).toBe(10);
+    expect(pacer.next(1038, imageAt(1000), skew)).toBe(10);
+    // The late scan came: its successor is predicted from it, and a later repeat starts over.
+    expect(pacer.next(1040, imageAt(1039), skew)).toBeCloseTo(1049 + margin - 1040);
+    expect(pacer.next(1050.5, imageAt(1039), skew)).toBe(1);
+  });
+
+  it('looks again after a twentieth of a slower scan', () => {
+    const slow = { scanMs: 100, pollIntervalMs: 1_000 };
+    const pacer = new ReadbackPacer(slow, 1000);
+    pacer.first(1000, 999, imageAt(990), skew);
+    expect(pacer.next(1091.5, imageAt(990), skew)).toBe(5);
+    expect(pacer.next(1096.6, imageAt(990), skew)).toBe(10);
+  });
+
+  it('reads a controller whose image stopped changing a few times, not every millisecond', () => {
+    // A frozen image through the quick pace (eight scans): the pauses double from a millisecond
+    // to a scan, then the plain pace's doubling takes over.
+    const pacer = new ReadbackPacer(timing, 1000);
+    pacer.first(1000, 999, imageAt(995), skew);
+    let now = 1006;
+    let reads = 0;
+    while (now < 1080) {
+      now += pacer.next(now, imageAt(995), skew) + 0.1;
+      reads += 1;
+    }
+    expect(reads).toBeLessThanOrEqual(12);
   });
 
   it('treats the image the command was checked against as seen', () => {
     const pacer = new ReadbackPacer(timing, 1000);
     pacer.first(1000, 999, imageAt(995), skew);
     // The first readback shows the fresh read's image again: the taking scan has not come.
-    expect(pacer.next(1006.3, imageAt(995), skew)).toBe(Math.max(1, timing.scanMs / 8));
+    expect(pacer.next(1006.3, imageAt(995), skew)).toBe(1);
   });
 
   it('reads one scan apart without an image time, then doubles up to the poll interval', () => {

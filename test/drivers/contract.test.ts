@@ -342,6 +342,14 @@ describe.each([
     const r = await send(`frozen-${n}`, { device: valveId, action: 'open' });
     expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
     expect(valve.counters.writesReceived).toBe(1);
+    if (prefix === 'mb') {
+      // The image repeats: the readbacks look again after a millisecond, then twice as long
+      // each time up to a scan — a few reads in the eight scans of the quick pace, not one every
+      // millisecond or so (src/core/readback-pacing.ts). The simulator logs every read's time.
+      const written = valve.writeLog.at(-1)!.receivedAt;
+      const quick = valve.readLog.filter((t) => t > written && t <= written + 8 * TIMING.scanMs);
+      expect(quick.length, `reads in the quick pace: ${quick.length}`).toBeLessThanOrEqual(16);
+    }
   });
 
   if (prefix === 'mb') {
