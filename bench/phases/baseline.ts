@@ -13,7 +13,7 @@ import {
 } from '../raw-drivers.js';
 import type { BenchOptions } from '../options.js';
 import type { Baseline, DriverRoundTrip, Skipped } from '../results.js';
-import { arrivalPause, distribution, round } from '../stats.js';
+import { ArrivalPauses, distribution, round } from '../stats.js';
 
 /**
  * The baseline: what the plant and the raw driver cost without the bridge. The simulator alone
@@ -120,8 +120,9 @@ async function driverRoundTrips(
     let last = r.seq ?? 0;
     const trips: RoundTrip[] = [];
     const cpu0 = process.cpuUsage();
+    const arrivals = new ArrivalPauses(ctx.options.scanMs, count);
     for (let i = 0; i < count; i++) {
-      await arrivalPause(ctx.options.scanMs);
+      await arrivals.pause();
       const move = nextMove(r.state);
       const seq = nextSeq(r.seq, last);
       last = seq;

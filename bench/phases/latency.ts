@@ -24,7 +24,7 @@ import type {
 import { GATEWAY, IDENTITY } from '../site.js';
 import { wallOf, writeTraceFile, type ProbeEvent } from '../trace.js';
 import { commandSteps } from './steps.js';
-import { arrivalPause, distribution, mean, ratio, round } from '../stats.js';
+import { ArrivalPauses, distribution, mean, ratio, round } from '../stats.js';
 
 /**
  * End to end: one client, one command at a time, each answered once confirmed, round-robin
@@ -95,9 +95,10 @@ async function series(
   const mark = await markDaemon(daemon);
   await daemon.child.request('timelineStart');
   const sent: Sent[] = [];
+  // At a random moment of the controller's scan, as commands arrive in a plant (see there).
+  const arrivals = new ArrivalPauses(ctx.options.scanMs, count);
   for (let i = 0; i < count; i++) {
-    // At a random moment of the controller's scan, as commands arrive in a plant (see there).
-    await arrivalPause(ctx.options.scanMs);
+    await arrivals.pause();
     sent.push(await one(`e2e-${name}-${run}-${i}`, valves[i % valves.length] ?? ''));
   }
   const events = await daemon.child.request<ProbeEvent[]>('timelineTake');
