@@ -1,6 +1,9 @@
 import type { ProfileTiming } from './profile.js';
 import { STAMP_QUANTUM_MS, type SkewEstimate } from './skew.js';
 
+/** The shortest pause before reading a late scan's image again (setTimeout's resolution). */
+const MIN_RETRY_MS = 1;
+
 /**
  * When to read back next, after a write (issue 14, SPEC §6).
  *
@@ -19,9 +22,6 @@ import { STAMP_QUANTUM_MS, type SkewEstimate } from './skew.js';
  * takes longer. Only when to read changes here: what a readback proves is judged elsewhere
  * (readback.ts), so a misplaced readback costs time, never correctness.
  */
-/** The shortest pause before reading a late scan's image again (setTimeout's resolution). */
-const MIN_RETRY_MS = 1;
-
 export class ReadbackPacer {
   private readonly scanMs: number;
   private readonly pollIntervalMs: number;
