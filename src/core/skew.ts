@@ -88,21 +88,23 @@ export interface ClockReading {
  * quarter-millisecond round trip: about ± 0.25 ms against ± 0.6 ms). A controller that
  * truncates instead of rounding shifts every reading, and its image stamps, by the same half
  * millisecond: the stamps are still placed right. Readings that allow no common offset (a
- * controller whose stamps are coarser, a clock set during them) leave the best reading's own
- * interval.
+ * controller whose stamps are coarser, or a clock set while they were taken) leave the last
+ * reading's own estimate: the clock as it stands now.
  */
 export function estimateSkewFrom(readings: readonly ClockReading[], epoch = 0): SkewEstimate {
   let best: SkewEstimate | null = null;
+  let last: SkewEstimate | null = null;
   let low = -Infinity;
   let high = Infinity;
   for (const { sample, bracket } of readings) {
     const one = estimateSkew(sample, bracket, epoch);
     if (best === null || one.uncertaintyMs < best.uncertaintyMs) best = one;
+    last = one;
     low = Math.max(low, one.stamp.monoOffsetMs - one.stamp.uncertaintyMs);
     high = Math.min(high, one.stamp.monoOffsetMs + one.stamp.uncertaintyMs);
   }
-  if (best === null) throw new Error('estimateSkewFrom needs at least one reading');
-  if (low > high) return best;
+  if (best === null || last === null) throw new Error('estimateSkewFrom needs a reading');
+  if (low > high) return last;
   return {
     ...best,
     stamp: { monoOffsetMs: (low + high) / 2, uncertaintyMs: (high - low) / 2 },

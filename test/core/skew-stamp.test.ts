@@ -132,9 +132,9 @@ describe('the stamp interval of a skew estimate', () => {
     expect(four / runs).toBeLessThan(0.32);
   });
 
-  it('falls back to the best reading when the readings allow no common offset', () => {
+  it('falls back to the last reading when the readings allow no common offset', () => {
     // A controller that stamps in tens of milliseconds: the whole-millisecond model fails, and
-    // the estimate is the best reading's own, as with one reading.
+    // the estimate is the last reading's own.
     const readings = readingsOf({
       offset: 7.5,
       quantize: (t) => Math.floor(t / 10) * 10,
@@ -144,8 +144,32 @@ describe('the stamp interval of a skew estimate', () => {
         ...Array.from({ length: 30 }, () => ({ rtt: 0.2, at: 0.5 })),
       ],
     });
-    const skew = estimateSkewFrom(readings);
-    const best = readings[1]!;
-    expect(skew).toEqual(estimateSkew(best.sample, best.bracket));
+    const last = readings.at(-1)!;
+    expect(estimateSkewFrom(readings)).toEqual(estimateSkew(last.sample, last.bracket));
+  });
+
+  it('a clock set between two readings: the estimate is the clock as it stands after', () => {
+    // Two quick readings, then the controller's clock is set 5 s ahead before the third.
+    const before = readingsOf({
+      offset: 1_000,
+      quantize: ROUND,
+      trips: [
+        { rtt: 0.1, at: 0.5 },
+        { rtt: 0.1, at: 0.5 },
+        { rtt: 0.3, at: 0.5 },
+      ],
+    });
+    const after = readingsOf({
+      offset: 6_000,
+      quantize: ROUND,
+      trips: [
+        { rtt: 0.1, at: 0.5 },
+        { rtt: 0.1, at: 0.5 },
+        { rtt: 0.3, at: 0.5 },
+      ],
+    });
+    const skew = estimateSkewFrom([before[0]!, before[1]!, after[2]!]);
+    expect(Math.abs(skew.monoOffsetMs - 6_000)).toBeLessThan(1);
+    expect(Math.abs(skew.stamp.monoOffsetMs - 6_000)).toBeLessThan(1);
   });
 });
