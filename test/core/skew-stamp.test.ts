@@ -149,25 +149,15 @@ describe('the stamp interval of a skew estimate', () => {
   });
 
   it('a clock set between two readings: the estimate is the clock as it stands after', () => {
-    // Two quick readings, then the controller's clock is set 5 s ahead before the third.
-    const before = readingsOf({
-      offset: 1_000,
-      quantize: ROUND,
-      trips: [
-        { rtt: 0.1, at: 0.5 },
-        { rtt: 0.1, at: 0.5 },
-        { rtt: 0.3, at: 0.5 },
-      ],
-    });
-    const after = readingsOf({
-      offset: 6_000,
-      quantize: ROUND,
-      trips: [
-        { rtt: 0.1, at: 0.5 },
-        { rtt: 0.1, at: 0.5 },
-        { rtt: 0.3, at: 0.5 },
-      ],
-    });
+    // Two quick readings, then the controller's clock is set 5 s ahead before the third (the
+    // third of a slower round trip: the quickest readings are from before).
+    const trips = [
+      { rtt: 0.1, at: 0.5 },
+      { rtt: 0.1, at: 0.5 },
+      { rtt: 0.3, at: 0.5 },
+    ];
+    const before = readingsOf({ offset: 1_000, quantize: ROUND, trips });
+    const after = readingsOf({ offset: 6_000, quantize: ROUND, trips });
     const skew = estimateSkewFrom([before[0]!, before[1]!, after[2]!]);
     expect(Math.abs(skew.monoOffsetMs - 6_000)).toBeLessThan(1);
     expect(Math.abs(skew.stamp.monoOffsetMs - 6_000)).toBeLessThan(1);
