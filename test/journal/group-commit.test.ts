@@ -1,4 +1,5 @@
-import { fstatSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, fstatSync, openSync, read, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -32,6 +33,39 @@ function command(key: string): NewCommand {
     deadline: now + 30_000,
     intake: 'test',
     acceptedAt: now,
+  };
+}
+
+/**
+ * Holds every thread of libuv's pool until release(): each blocked reading a FIFO of its own
+ * making. An fdatasync asked for meanwhile is queued behind them — a real one, on the real
+ * WAL, that cannot return before release() — so that what happens while one runs is tested
+ * without racing the disk.
+ */
+function holdThreadPool(): { release: () => Promise<void> } {
+  const { dir, cleanup } = tempDir('sluice-pool-');
+  const fifo = join(dir, 'hold');
+  execFileSync('mkfifo', [fifo]);
+  // Read and write: opening does not wait for a writer, and each read waits for a byte.
+  const fd = openSync(fifo, 'r+');
+  const threads = Number(process.env.UV_THREADPOOL_SIZE ?? '') || 4;
+  const held = Array.from(
+    { length: threads },
+    () =>
+      new Promise<void>((resolve, reject) => {
+        read(fd, Buffer.alloc(1), 0, 1, null, (error) => {
+          if (error === null) resolve();
+          else reject(error);
+        });
+      }),
+  );
+  return {
+    release: async () => {
+      writeSync(fd, Buffer.alloc(threads));
+      await Promise.all(held);
+      closeSync(fd);
+      cleanup();
+    },
   };
 }
 
@@ -168,27 +202,37 @@ describe('group commit', () => {
   it('two fdatasyncs at most: a barrier with writes of its own begins beside one running, not beside two; one with none waits for the one begun last', async () => {
     const { journal, path } = open(true);
     const inner = (journal as unknown as { group: { inFlight: number } }).group;
-    journal.claim(command('a'));
-    const first = journal.durable();
-    // The barrier begins at the end of the turn (setImmediate, before this one); its
-    // fdatasync returns on a later turn of the loop at the earliest.
-    await new Promise((resolve) => setImmediate(resolve));
-    expect(journal.barriers).toBe(0);
-    expect(inner.inFlight).toBe(1);
-    expect(journal.syncPending).toBe(true); // begun, not on disk yet
-    // Nothing written since the first began: resolved by the first's fdatasync, not before.
-    const nothingNew = journal.durable().then(() => journal.barriers);
-    journal.claim(command('b'));
-    const second = journal.durable();
-    // The second begins at the end of this turn, beside the first if that one still runs.
-    await new Promise((resolve) => setImmediate(resolve));
-    if (journal.barriers === 0) expect(inner.inFlight).toBe(2);
-    else expect(inner.inFlight).toBeGreaterThanOrEqual(1);
-    journal.claim(command('c'));
-    const third = journal.durable();
-    await new Promise((resolve) => setImmediate(resolve));
-    // Not a third beside two: it waits for one of them to return.
-    expect(inner.inFlight).toBeLessThanOrEqual(2);
+    // The fdatasyncs are queued behind the held pool: begun, they cannot return until released.
+    const pool = holdThreadPool();
+    let first: Promise<void>;
+    let second: Promise<void>;
+    let third: Promise<void>;
+    let nothingNew: Promise<number>;
+    try {
+      journal.claim(command('a'));
+      first = journal.durable();
+      // The barrier begins at the end of the turn (setImmediate, before this one).
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(journal.barriers).toBe(0);
+      expect(inner.inFlight).toBe(1);
+      expect(journal.syncPending).toBe(true); // begun, not on disk yet
+      // Nothing written since the first began: resolved by the first's fdatasync, not before.
+      nothingNew = journal.durable().then(() => journal.barriers);
+      journal.claim(command('b'));
+      second = journal.durable();
+      // The second begins at the end of this turn, beside the first, which still runs.
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(inner.inFlight).toBe(2);
+      journal.claim(command('c'));
+      third = journal.durable();
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      // Not a third beside two: it waits for one of them to return.
+      expect(inner.inFlight).toBe(2);
+      expect(journal.barriers).toBe(0);
+    } finally {
+      await pool.release();
+    }
     // Writes and barriers over the next turns: never more than two at once.
     let most = inner.inFlight;
     const more: Promise<number>[] = [];
@@ -217,18 +261,25 @@ describe('group commit', () => {
     cleanups.unshift(() => other.close());
     const count = (): unknown => other.prepare('SELECT count(*) AS n FROM commands').get();
     journal.claim(command('a'));
-    const first = journal.durable();
-    await new Promise((resolve) => setImmediate(resolve));
-    expect(inner.inFlight).toBe(1);
-    const commits = journal.batchCommits;
-    // A write, and no barrier asked for it; two turns pass, the end of its own among them.
-    journal.claim(command('b'));
-    await new Promise((resolve) => setImmediate(resolve));
-    await new Promise((resolve) => setImmediate(resolve));
-    if (journal.barriers === 0) {
-      // The fdatasync still runs: the batch is still open, invisible to another connection.
+    // The fdatasync is queued behind the held pool: it runs, and cannot return, until released.
+    const pool = holdThreadPool();
+    let first: Promise<void>;
+    let commits: number;
+    try {
+      first = journal.durable();
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(inner.inFlight).toBe(1);
+      commits = journal.batchCommits;
+      // A write, and no barrier asked for it; two turns pass, the end of its own among them.
+      journal.claim(command('b'));
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      // The batch is still open, invisible to another connection.
+      expect(journal.barriers).toBe(0);
       expect(count()).toEqual({ n: 1 });
       expect(journal.batchCommits).toBe(commits);
+    } finally {
+      await pool.release();
     }
     await first;
     // The fdatasync's return committed it, once, without a barrier of its own.
