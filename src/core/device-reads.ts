@@ -17,7 +17,7 @@ import {
 const OLD_IMAGE_MS = 5_000;
 
 /** Readings of the controller's clock per skew measurement, over a quick link. */
-export const CLOCK_READINGS = 4;
+const CLOCK_READINGS = 4;
 
 /** How the two kinds of reads are named in the log. */
 const STATUS_READS = 'device reads';
