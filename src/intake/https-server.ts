@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { fastify } from 'fastify';
 import type { Logger } from '../core/logger.js';
 import { takeOnlyUtf8Json } from './https-body.js';
+import { drainRefusedBody } from './https-drain.js';
 import {
   answerClientError,
   makeProblem,
@@ -119,8 +120,12 @@ export function createServer(options: ServerOptions): App {
     if (status >= 500) logger.warn(line, 'HTTPS response');
     else logger.debug(line, 'HTTPS response');
   });
-  app.setErrorHandler(async (error, _request, reply) => {
+  app.setErrorHandler(async (error, request, reply) => {
     const mapped = mapError(error, errors);
+    // A body refused unread: its client may still be sending it (https-drain.ts).
+    if (mapped.problem.status === 413 && !stopping.aborted) {
+      if (drainRefusedBody(request.raw, reply.raw)) reply.removeHeader('connection');
+    }
     return sendProblem(reply, mapped.problem, mapped.headers);
   });
   app.setNotFoundHandler(async (request, reply) =>

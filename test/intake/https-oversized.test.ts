@@ -1,0 +1,270 @@
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import { connect as tcpConnect, type AddressInfo, type Socket } from 'node:net';
+import { connect, type TLSSocket } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DRAIN_MAX_BYTES, drainRefusedBody } from '../../src/intake/https-drain.js';
+import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
+import { makePki, startIntake, type Pki, type RunningIntake } from './https-client.js';
+
+/**
+ * A body refused as too large (413) is refused before it was read, while the client may still be
+ * sending it. The intake reads the rest and discards it (bounded), so that the client's writes
+ * land and it reads the 413 after them; closed at once, a client that reads only after writing
+ * (most do) would get EPIPE or ECONNRESET instead of the answer (src/intake/https-drain.ts).
+ *
+ * The client here is such a client, on a raw socket so that the order is the test's: it sends
+ * the request head (and the body's start), waits until the answer is in its receive buffer
+ * unread — the server has answered before the body went out — then sends the rest, and only then
+ * reads. Ground truth is the wire: each write's callback and the bytes read back; and the same
+ * connection then answers another request, so the body was drained to its exact end.
+ */
+
+let stack: Stack;
+let pki: Pki;
+let api: RunningIntake;
+
+beforeAll(async () => {
+  pki = await makePki();
+  stack = await startStack();
+  api = await startIntake(stack, pki);
+});
+
+afterAll(async () => {
+  await api.stop();
+  await stack.stop();
+  pki.cleanup();
+});
+
+type Wire = Socket | TLSSocket;
+
+function write(socket: Wire, data: Buffer | string): Promise<string | null> {
+  return new Promise((resolve) => {
+    socket.write(data, (error?: Error | null) => {
+      if (error == null) resolve(null);
+      else resolve((error as Error & { code?: string }).code ?? error.message);
+    });
+  });
+}
+
+/** A client that writes before it reads: its socket is paused, and errors are kept. */
+class WriteFirstClient {
+  error: string | null = null;
+  private readonly received: Buffer[] = [];
+  private ended = false;
+
+  constructor(readonly socket: Wire) {
+    socket.on('error', (error: Error & { code?: string }) => {
+      this.error ??= error.code ?? error.message;
+    });
+  }
+
+  static async tls(): Promise<WriteFirstClient> {
+    const socket = connect({
+      host: '127.0.0.1',
+      port: api.port,
+      ca: api.ca,
+      servername: 'localhost',
+    });
+    const client = new WriteFirstClient(socket);
+    await once(socket, 'secureConnect');
+    socket.pause();
+    return client;
+  }
+
+  /** Waits (bounded) until the server's answer is in the receive buffer, unread. */
+  async answerWaiting(): Promise<void> {
+    for (let i = 0; i < 2000 && this.socket.readableLength === 0 && this.error === null; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    expect(this.socket.readableLength, 'the answer came before the rest was sent').toBeGreaterThan(
+      0,
+    );
+  }
+
+  /** Writes `data` in 16 KiB writes; the first failure, or null. Counts what was written. */
+  async send(data: Buffer): Promise<{ error: string | null; written: number }> {
+    const chunk = 16 * 1024;
+    let written = 0;
+    for (let at = 0; at < data.length; at += chunk) {
+      const error = (await write(this.socket, data.subarray(at, at + chunk))) ?? this.error;
+      if (error !== null) return { error, written };
+      written += Math.min(chunk, data.length - at);
+    }
+    return { error: null, written };
+  }
+
+  /** Reads one whole response (head and Content-Length body). */
+  async response(): Promise<{ status: number; head: string; body: string }> {
+    if (this.received.length === 0 && !this.ended) {
+      this.socket.on('data', (c: Buffer) => this.received.push(c));
+      this.socket.on('end', () => (this.ended = true));
+      this.socket.resume();
+    }
+    for (let i = 0; i < 10_000; i++) {
+      const all = Buffer.concat(this.received);
+      const split = all.indexOf('\r\n\r\n');
+      if (split >= 0) {
+        const head = all.subarray(0, split).toString('latin1');
+        const length = Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1] ?? 'NaN');
+        if (all.length >= split + 4 + length) {
+          const rest = all.subarray(split + 4 + length);
+          this.received.splice(0, this.received.length, rest);
+          return {
+            status: Number(head.split(' ')[1]),
+            head,
+            body: all.subarray(split + 4, split + 4 + length).toString('utf8'),
+          };
+        }
+      }
+      if (this.ended || this.error !== null) break;
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    throw new Error(`no whole response (error ${String(this.error)}, ended ${String(this.ended)})`);
+  }
+
+  /** Resolves once the server has closed its side (or the socket is gone). */
+  async closedByServer(): Promise<void> {
+    if (this.ended || this.socket.destroyed) return;
+    this.socket.resume();
+    await Promise.race([once(this.socket, 'end'), once(this.socket, 'close')]);
+  }
+}
+
+const HEALTH = 'GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n';
+
+function post(fields: string, key: string): string {
+  return (
+    'POST /v1/commands HTTP/1.1\r\n' +
+    'Host: localhost\r\n' +
+    `Authorization: Bearer ${TOKENS.plant}\r\n` +
+    `Idempotency-Key: ${key}\r\n` +
+    'Content-Type: application/json\r\n' +
+    fields +
+    '\r\n'
+  );
+}
+
+/** `body` framed as one chunk of a chunked body (no last chunk). */
+const chunked = (body: Buffer): Buffer =>
+  Buffer.concat([Buffer.from(`${body.length.toString(16)}\r\n`), body, Buffer.from('\r\n')]);
+
+const LAST_CHUNK = Buffer.from('0\r\n\r\n');
+
+describe('a body refused as too large: the 413 reaches a client still sending it', () => {
+  it('on its Content-Length: every write lands, the 413 is read after them, the connection serves on', async () => {
+    const body = Buffer.alloc(1 << 20, 0x20);
+    const client = await WriteFirstClient.tls();
+    expect(
+      await write(client.socket, post(`Content-Length: ${String(body.length)}\r\n`, 'cl-1')),
+    ).toBeNull();
+    await client.answerWaiting();
+    expect((await client.send(body)).error).toBeNull();
+    const refused = await client.response();
+    expect(refused.status).toBe(413);
+    expect(JSON.parse(refused.body)).toMatchObject({ status: 413, code: 'PAYLOAD_TOO_LARGE' });
+    expect(refused.head).not.toMatch(/\r\nconnection: close/i);
+    // The body was read to its exact end: the next request on the connection is answered.
+    expect(await write(client.socket, HEALTH)).toBeNull();
+    expect((await client.response()).status).toBe(200);
+    client.socket.destroy();
+  });
+
+  it('chunked, past the limit: the rest drained to the last chunk, the connection serves on', async () => {
+    const client = await WriteFirstClient.tls();
+    expect(await write(client.socket, post('Transfer-Encoding: chunked\r\n', 'ch-1'))).toBeNull();
+    // Past the 16 KiB limit: the server answers while the body goes on.
+    expect((await client.send(chunked(Buffer.alloc(64 * 1024, 0x20)))).error).toBeNull();
+    await client.answerWaiting();
+    for (let i = 0; i < 16; i++) {
+      expect((await client.send(chunked(Buffer.alloc(32 * 1024, 0x20)))).error).toBeNull();
+    }
+    expect((await client.send(LAST_CHUNK)).error).toBeNull();
+    const refused = await client.response();
+    expect(refused.status).toBe(413);
+    expect(JSON.parse(refused.body)).toMatchObject({ code: 'PAYLOAD_TOO_LARGE' });
+    expect(await write(client.socket, HEALTH)).toBeNull();
+    expect((await client.response()).status).toBe(200);
+    client.socket.destroy();
+  });
+
+  it('a declared length past what is drained: answered, and the connection closed', async () => {
+    const client = await WriteFirstClient.tls();
+    const fields = `Content-Length: ${String(DRAIN_MAX_BYTES + 1)}\r\n`;
+    expect(await write(client.socket, post(fields, 'cl-2'))).toBeNull();
+    const refused = await client.response();
+    expect(refused.status).toBe(413);
+    expect(refused.head).toMatch(/\r\nconnection: close/i);
+    await client.closedByServer();
+    client.socket.destroy();
+  });
+
+  it('a chunked body that never ends: the connection is cut once the drain bound is read', async () => {
+    const client = await WriteFirstClient.tls();
+    expect(await write(client.socket, post('Transfer-Encoding: chunked\r\n', 'ch-2'))).toBeNull();
+    const piece = chunked(Buffer.alloc(64 * 1024, 0x20));
+    let written = 0;
+    let error: string | null = null;
+    // Bounded: 64 MiB at most, far past the bound plus what the sockets' buffers hold.
+    for (let i = 0; i < 1024 && error === null; i++) {
+      const r = await client.send(piece);
+      written += r.written;
+      error = r.error;
+    }
+    expect(error, `written ${String(written)} bytes`).not.toBeNull();
+    expect(written).toBeGreaterThan(DRAIN_MAX_BYTES);
+    expect(written).toBeLessThan(DRAIN_MAX_BYTES + 32 * 1024 * 1024);
+  });
+});
+
+describe('drainRefusedBody: a client too slow to finish its body', () => {
+  let server: Server;
+  let port: number;
+
+  beforeAll(async () => {
+    // Plain HTTP: the timing bound is the same code, with a bound short enough for a test.
+    server = createServer((request, response) => {
+      const drained = drainRefusedBody(request, response, { maxBytes: 1 << 20, maxMs: 300 });
+      response.writeHead(413, { 'content-length': '0', 'x-drained': String(drained) });
+      response.end();
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    port = (server.address() as AddressInfo).port;
+  });
+
+  afterAll(async () => {
+    server.close();
+    await once(server, 'close');
+  });
+
+  it('is cut once the bound passes, with the body unfinished', async () => {
+    const socket = tcpConnect(port, '127.0.0.1');
+    const client = new WriteFirstClient(socket);
+    await once(socket, 'connect');
+    expect(
+      await write(socket, 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n'),
+    ).toBeNull();
+    const answer = await client.response();
+    expect(answer.head).toMatch(/\r\nx-drained: true/i);
+    const started = Date.now();
+    await client.closedByServer();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+  });
+
+  it('keeps a connection whose body then arrives', async () => {
+    const socket = tcpConnect(port, '127.0.0.1');
+    const client = new WriteFirstClient(socket);
+    await once(socket, 'connect');
+    expect(
+      await write(socket, 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n'),
+    ).toBeNull();
+    const first = await client.response();
+    expect(first.head).toMatch(/\r\nx-drained: true/i);
+    // Slower than nothing, well within the bound: the body, then a request on the same
+    // connection, which is answered (the body was read to its end, the connection kept).
+    expect(await write(socket, '0123456789GET / HTTP/1.1\r\nHost: x\r\n\r\n')).toBeNull();
+    expect((await client.response()).status).toBe(413);
+    socket.destroy();
+  });
+});
