@@ -1,19 +1,23 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /**
- * A body refused as too large (413) is refused before it was read: on its Content-Length, or once
- * a chunked body passed the limit. fastify then answers with `Connection: close`, and Node closes
- * the connection as soon as the answer is written — while the client may still be sending the
- * body. Its next write meets a reset, and a client that reads only after it has written the whole
- * request (most do) gets EPIPE or ECONNRESET instead of the 413 (RFC 9112 §9.6 describes the
- * hazard).
+ * An answer given before the request's body was read: a body refused as too large (413, on its
+ * Content-Length or once a chunked body passed the limit), or a request refused before its body
+ * mattered (401, 403, 415, 429). The client may still be sending the body.
  *
- * Instead, the rest of such a body is read and discarded — Node's own handling of a body nobody
- * consumed — and the connection stays open: the client writes its body to the end, reads the 413,
- * and may use the connection again. Only what is bounded is drained: a declared length over
- * DRAIN_MAX_BYTES keeps the close (it would be read for nothing), and a chunked body, whose length
- * is not known, or a client that sends slowly, has its connection cut once DRAIN_MAX_BYTES have
- * been discarded after the answer, or DRAIN_MAX_MS have passed.
+ * fastify answers a 413 with `Connection: close`, and Node closes the connection as soon as the
+ * answer is written: the client's next write meets a reset, and a client that reads only after it
+ * has written the whole request (most do) gets EPIPE or ECONNRESET instead of the 413 (RFC 9112
+ * §9.6 describes the hazard). Any other early answer keeps the connection, and Node reads the
+ * rest of the body and discards it — with no bound: a client could stream a body for as long as
+ * the request timeout allows.
+ *
+ * Here every early answer is treated alike. The rest of the body is read and discarded and the
+ * connection kept: the client writes its body to the end, reads the answer, and may use the
+ * connection again. Only what is bounded is drained: a declared length over DRAIN_MAX_BYTES is
+ * answered with `Connection: close` (it would be read for nothing), and a chunked body, whose
+ * length is not known, or a client that sends slowly, has its connection cut once DRAIN_MAX_BYTES
+ * have been discarded, or DRAIN_MAX_MS have passed since the answer.
  */
 
 /** The most of a refused body read and discarded to let its client see the answer. */
@@ -29,18 +33,23 @@ export interface DrainLimits {
 const DEFAULT_LIMITS: DrainLimits = { maxBytes: DRAIN_MAX_BYTES, maxMs: DRAIN_MAX_MS };
 
 /**
- * Called while the refusal is being answered. True when the rest of the request's body will be
- * drained, and the answer must then keep the connection (no `Connection: close`); false when
- * there is nothing left to read or too much, and the connection may be closed.
+ * What becomes of the rest of a request's body, called as its answer is about to be sent:
+ * - `complete`: nothing is left to read (the body was read, or there is none);
+ * - `drained`: the rest is read and discarded within the bounds, and the answer must keep the
+ *   connection (no `Connection: close`);
+ * - `close`: the declared length is past the bound, and the answer must close the connection.
  */
-export function drainRefusedBody(
+export function settleUnreadBody(
   request: IncomingMessage,
   response: ServerResponse,
   limits: DrainLimits = DEFAULT_LIMITS,
-): boolean {
-  if (request.complete) return false;
+): 'complete' | 'drained' | 'close' {
+  if (request.complete) return 'complete';
   const declared = request.headers['content-length'];
-  if (declared !== undefined && !(Number(declared) <= limits.maxBytes)) return false;
+  if (declared === undefined && request.headers['transfer-encoding'] === undefined) {
+    return 'complete';
+  }
+  if (declared !== undefined && !(Number(declared) <= limits.maxBytes)) return 'close';
   const socket = request.socket;
   let discarded = 0;
   const cut = (): void => {
@@ -59,16 +68,10 @@ export function drainRefusedBody(
     request.off('end', stop);
     socket.off('close', stop);
   }
-  // Node reads a body nobody consumed to its end once the answer is finished (and drops the
-  // 'data' listeners then): counting starts after that.
-  response.once('finish', () => {
-    if (request.complete) {
-      stop();
-      return;
-    }
-    request.on('data', count);
-  });
+  // Read here, not by Node: Node discards a body nobody consumed without a count (its 'data'
+  // events stop), and this reading is what bounds it.
+  request.on('data', count);
   request.once('end', stop);
   socket.once('close', stop);
-  return true;
+  return 'drained';
 }

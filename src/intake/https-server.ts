@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { fastify } from 'fastify';
 import type { Logger } from '../core/logger.js';
 import { takeOnlyUtf8Json } from './https-body.js';
-import { drainRefusedBody } from './https-drain.js';
+import { settleUnreadBody } from './https-drain.js';
 import {
   answerClientError,
   makeProblem,
@@ -106,10 +106,16 @@ export function createServer(options: ServerOptions): App {
       { 'retry-after': String(RETRY_SHUTDOWN_S), connection: 'close' },
     );
   });
-  app.addHook('onSend', async (_request, reply, payload) => {
+  app.addHook('onSend', async (request, reply, payload) => {
     reply.header('cache-control', 'no-store');
     reply.header('x-content-type-options', 'nosniff');
     if (stopping.aborted) reply.header('connection', 'close');
+    else {
+      // Answered before its body was read: the client may still be sending it (https-drain.ts).
+      const unread = settleUnreadBody(request.raw, reply.raw);
+      if (unread === 'drained') reply.removeHeader('connection');
+      else if (unread === 'close') reply.header('connection', 'close');
+    }
     return payload;
   });
   app.addHook('onResponse', async (request, reply) => {
@@ -120,12 +126,8 @@ export function createServer(options: ServerOptions): App {
     if (status >= 500) logger.warn(line, 'HTTPS response');
     else logger.debug(line, 'HTTPS response');
   });
-  app.setErrorHandler(async (error, request, reply) => {
+  app.setErrorHandler(async (error, _request, reply) => {
     const mapped = mapError(error, errors);
-    // A body refused unread: its client may still be sending it (https-drain.ts).
-    if (mapped.problem.status === 413 && !stopping.aborted) {
-      if (drainRefusedBody(request.raw, reply.raw)) reply.removeHeader('connection');
-    }
     return sendProblem(reply, mapped.problem, mapped.headers);
   });
   app.setNotFoundHandler(async (request, reply) =>

@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:http';
 import { connect as tcpConnect, type AddressInfo, type Socket } from 'node:net';
 import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DRAIN_MAX_BYTES, drainRefusedBody } from '../../src/intake/https-drain.js';
+import { DRAIN_MAX_BYTES, settleUnreadBody } from '../../src/intake/https-drain.js';
 import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
 import { makePki, startIntake, type Pki, type RunningIntake } from './https-client.js';
 
@@ -217,15 +217,64 @@ describe('a body refused as too large: the 413 reaches a client still sending it
   });
 });
 
-describe('drainRefusedBody: a client too slow to finish its body', () => {
+describe('any answer given before the body was read: the rest drained within the same bounds', () => {
+  it('401 (no credentials): the body is drained to its end and the connection serves on', async () => {
+    const body = Buffer.alloc(1 << 20, 0x20);
+    const client = await WriteFirstClient.tls();
+    const head =
+      'POST /v1/commands HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: anon-1\r\n' +
+      `Content-Type: application/json\r\nContent-Length: ${String(body.length)}\r\n\r\n`;
+    expect(await write(client.socket, head)).toBeNull();
+    await client.answerWaiting();
+    expect((await client.send(body)).error).toBeNull();
+    const refused = await client.response();
+    expect(refused.status).toBe(401);
+    expect(await write(client.socket, HEALTH)).toBeNull();
+    expect((await client.response()).status).toBe(200);
+    client.socket.destroy();
+  });
+
+  it('401 on a chunked body that never ends: the connection is cut once the bound is read', async () => {
+    const client = await WriteFirstClient.tls();
+    const head =
+      'POST /v1/commands HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: anon-2\r\n' +
+      'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n';
+    expect(await write(client.socket, head)).toBeNull();
+    const piece = chunked(Buffer.alloc(64 * 1024, 0x20));
+    let written = 0;
+    let error: string | null = null;
+    for (let i = 0; i < 1024 && error === null; i++) {
+      const r = await client.send(piece);
+      written += r.written;
+      error = r.error;
+    }
+    expect(error, `written ${String(written)} bytes`).not.toBeNull();
+    expect(written).toBeLessThan(DRAIN_MAX_BYTES + 32 * 1024 * 1024);
+  });
+
+  it('401 on a declared length past the bound: answered with Connection: close, and closed', async () => {
+    const client = await WriteFirstClient.tls();
+    const head =
+      'POST /v1/commands HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: anon-3\r\n' +
+      `Content-Type: application/json\r\nContent-Length: ${String(64 * DRAIN_MAX_BYTES)}\r\n\r\n`;
+    expect(await write(client.socket, head)).toBeNull();
+    const refused = await client.response();
+    expect(refused.status).toBe(401);
+    expect(refused.head).toMatch(/\r\nconnection: close/i);
+    await client.closedByServer();
+    client.socket.destroy();
+  });
+});
+
+describe('settleUnreadBody: a client too slow to finish its body', () => {
   let server: Server;
   let port: number;
 
   beforeAll(async () => {
     // Plain HTTP: the timing bound is the same code, with a bound short enough for a test.
     server = createServer((request, response) => {
-      const drained = drainRefusedBody(request, response, { maxBytes: 1 << 20, maxMs: 300 });
-      response.writeHead(413, { 'content-length': '0', 'x-drained': String(drained) });
+      const unread = settleUnreadBody(request, response, { maxBytes: 1 << 20, maxMs: 300 });
+      response.writeHead(413, { 'content-length': '0', 'x-unread': unread });
       response.end();
     });
     server.listen(0, '127.0.0.1');
@@ -246,7 +295,7 @@ describe('drainRefusedBody: a client too slow to finish its body', () => {
       await write(socket, 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n'),
     ).toBeNull();
     const answer = await client.response();
-    expect(answer.head).toMatch(/\r\nx-drained: true/i);
+    expect(answer.head).toMatch(/\r\nx-unread: drained/i);
     const started = Date.now();
     await client.closedByServer();
     expect(Date.now() - started).toBeGreaterThanOrEqual(250);
@@ -260,11 +309,13 @@ describe('drainRefusedBody: a client too slow to finish its body', () => {
       await write(socket, 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n'),
     ).toBeNull();
     const first = await client.response();
-    expect(first.head).toMatch(/\r\nx-drained: true/i);
+    expect(first.head).toMatch(/\r\nx-unread: drained/i);
     // Slower than nothing, well within the bound: the body, then a request on the same
     // connection, which is answered (the body was read to its end, the connection kept).
     expect(await write(socket, '0123456789GET / HTTP/1.1\r\nHost: x\r\n\r\n')).toBeNull();
-    expect((await client.response()).status).toBe(413);
+    const second = await client.response();
+    // A request without a body has nothing left to read.
+    expect(second.head).toMatch(/\r\nx-unread: complete/i);
     socket.destroy();
   });
 });
