@@ -38,7 +38,7 @@ export async function startDaemon(
       name,
       script: ctx.compiled.path(join(BENCH_DIR, 'daemon-process.ts')),
       argv: [site.configPath],
-      env: fsync === null ? {} : fsync.env(ctx.shim),
+      env: fsync === null ? {} : fsync.env(ctx.shim, { delayMs: ctx.options.fsyncDelayMs }),
       logFile: join(ctx.dir, `${name}.log`),
       timeoutMs,
     });

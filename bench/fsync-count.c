@@ -9,7 +9,10 @@
  * unsigned 64-bit words in host byte order:
  *   0 main-thread calls   1 main-thread ns   2 other-thread calls   3 other-thread ns
  * With SLUICE_BENCH_FSYNC_SKIP=1 the calls return 0 without reaching the disk: only for
- * filling a scratch journal fast, never while measuring.
+ * filling a scratch journal fast, never while measuring. With SLUICE_BENCH_FSYNC_DELAY_US=N
+ * every call lasts at least N microseconds (the real call, then a sleep for the rest): a
+ * slower disk's flush, such as a gateway's eMMC, emulated on this one (its latency only, not
+ * its bandwidth). The time counted includes the sleep.
  *
  * Built by the bench at run time: cc -shared -fPIC -O2 -o fsync-count.so fsync-count.c -ldl
  */
@@ -25,6 +28,7 @@
 
 static uint64_t *counters;
 static int skip;
+static uint64_t delay_ns;
 static pid_t main_pid;
 static int (*real_fsync)(int);
 static int (*real_fdatasync)(int);
@@ -35,6 +39,8 @@ __attribute__((constructor)) static void fsync_count_init(void) {
   main_pid = getpid();
   const char *skip_env = getenv("SLUICE_BENCH_FSYNC_SKIP");
   skip = skip_env != NULL && skip_env[0] == '1';
+  const char *delay_env = getenv("SLUICE_BENCH_FSYNC_DELAY_US");
+  if (delay_env != NULL) delay_ns = strtoull(delay_env, NULL, 10) * 1000u;
   const char *path = getenv("SLUICE_BENCH_FSYNC_FILE");
   if (path == NULL) return;
   int fd = open(path, O_RDWR | O_CLOEXEC);
@@ -55,6 +61,13 @@ static int counted(int (*real)(int), int fd) {
   uint64_t start = now_ns();
   int result = real(fd);
   uint64_t took = now_ns() - start;
+  if (took < delay_ns) {
+    uint64_t rest = delay_ns - took;
+    struct timespec ts = {(time_t)(rest / 1000000000u), (long)(rest % 1000000000u)};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+    took = now_ns() - start;
+  }
   if (counters != NULL) {
     int main_thread = (pid_t)syscall(SYS_gettid) == main_pid;
     __atomic_fetch_add(&counters[main_thread ? 0 : 2], 1, __ATOMIC_RELAXED);

@@ -50,12 +50,14 @@ export class FsyncCounterFile {
   }
 
   /** LD_PRELOAD and the shim's settings for a child process. */
-  env(shim: FsyncShim, options: { skip?: boolean } = {}): Record<string, string> {
+  env(shim: FsyncShim, options: { skip?: boolean; delayMs?: number } = {}): Record<string, string> {
     if (!shim.available) return {};
+    const delayUs = Math.round((options.delayMs ?? 0) * 1000);
     return {
       LD_PRELOAD: shim.library,
       SLUICE_BENCH_FSYNC_FILE: this.path,
       ...(options.skip === true ? { SLUICE_BENCH_FSYNC_SKIP: '1' } : {}),
+      ...(delayUs > 0 ? { SLUICE_BENCH_FSYNC_DELAY_US: String(delayUs) } : {}),
     };
   }
 

@@ -42,6 +42,12 @@ export interface BenchOptions {
   readonly scaleSamples: number;
   /** Claims (each then dispatched and settled) timed at each scale point. */
   readonly scaleWrites: number;
+  /**
+   * Every fsync and fdatasync of the daemons (and of the disk-alone baseline) made to last at
+   * least this many ms: a slower disk's flush emulated on this one (bench/fsync-count.c). 0: the
+   * disk as it is.
+   */
+  readonly fsyncDelayMs: number;
   /** Where results.json and PERFORMANCE.md go. */
   readonly resultsFile: string;
   readonly performanceFile: string;
@@ -82,6 +88,7 @@ const SPECS: Record<
   scaleLarge: { flag: 'scale-large', kind: 'int', fallback: 1_000_000, min: 1 },
   scaleSamples: { flag: 'scale-samples', kind: 'int', fallback: 2000, min: 1 },
   scaleWrites: { flag: 'scale-writes', kind: 'int', fallback: 500, min: 1 },
+  fsyncDelayMs: { flag: 'fsync-delay-ms', kind: 'int', fallback: 0, min: 0, max: 1000 },
 };
 
 const envName = (flag: string): string => `SLUICE_BENCH_${flag.toUpperCase().replace(/-/g, '_')}`;

@@ -227,6 +227,12 @@ export function tables(r: Results): Record<string, Table> {
       ],
       ['run', `${r.startedAt}, ${n(r.durationSeconds, 's')}`],
       ['fsync counting', r.fsyncCounting],
+      [
+        'every fsync made to last at least (an emulated slower disk, --fsync-delay-ms)',
+        typeof r.settings.fsyncDelayMs === 'number' && r.settings.fsyncDelayMs > 0
+          ? `${r.settings.fsyncDelayMs} ms: the figures are this disk's, not the machine's`
+          : 'no: the disk as it is',
+      ],
     ],
   };
   const opcua = isSkipped(b.opcua)

@@ -109,6 +109,12 @@ async function main(options: BenchOptions): Promise<void> {
         ? 'fsyncs are counted by an LD_PRELOAD shim in the daemon process'
         : `fsyncs are not counted: ${shim.reason}`,
     );
+    if (options.fsyncDelayMs > 0) {
+      if (!shim.available) {
+        throw new Error(`--fsync-delay-ms needs the fsync shim, which is missing: ${shim.reason}`);
+      }
+      progress(`every fsync of the daemons made to last at least ${options.fsyncDelayMs} ms`);
+    }
     progress('compiling the daemon and the plant for their processes');
     const compiled = await compileTree(join(dir, 'js'));
     const cred = await credentials(dir);

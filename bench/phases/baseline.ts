@@ -182,10 +182,15 @@ async function diskAlone(
       writeSync(fd, block, 0, block.length, at);
     fsyncSync(fd);
     let i = 0;
+    // --fsync-delay-ms: the same emulated flush as the daemons' (bench/fsync-count.c).
+    const delayMs = ctx.options.fsyncDelayMs;
+    const pause = new Int32Array(new SharedArrayBuffer(4));
     const flush = (): number => {
       writeSync(fd, block, 0, block.length, (i++ * DISK_WRITE_BYTES) % DISK_FILE_BYTES);
       const t0 = performance.now();
       fsyncSync(fd);
+      const took = performance.now() - t0;
+      if (took < delayMs) Atomics.wait(pause, 0, 0, delayMs - took);
       return performance.now() - t0;
     };
     const times: number[] = [];
