@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 
 /**
  * An answer given before the request's body was read: a body refused as too large (413, on its
@@ -41,7 +41,6 @@ const DEFAULT_LIMITS: DrainLimits = { maxBytes: DRAIN_MAX_BYTES, maxMs: DRAIN_MA
  */
 export function settleUnreadBody(
   request: IncomingMessage,
-  response: ServerResponse,
   limits: DrainLimits = DEFAULT_LIMITS,
 ): 'complete' | 'drained' | 'close' {
   if (request.complete) return 'complete';

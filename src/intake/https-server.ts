@@ -112,7 +112,7 @@ export function createServer(options: ServerOptions): App {
     if (stopping.aborted) reply.header('connection', 'close');
     else {
       // Answered before its body was read: the client may still be sending it (https-drain.ts).
-      const unread = settleUnreadBody(request.raw, reply.raw);
+      const unread = settleUnreadBody(request.raw);
       if (unread === 'drained') reply.removeHeader('connection');
       else if (unread === 'close') reply.header('connection', 'close');
     }

@@ -273,7 +273,7 @@ describe('settleUnreadBody: a client too slow to finish its body', () => {
   beforeAll(async () => {
     // Plain HTTP: the timing bound is the same code, with a bound short enough for a test.
     server = createServer((request, response) => {
-      const unread = settleUnreadBody(request, response, { maxBytes: 1 << 20, maxMs: 300 });
+      const unread = settleUnreadBody(request, { maxBytes: 1 << 20, maxMs: 300 });
       response.writeHead(413, { 'content-length': '0', 'x-unread': unread });
       response.end();
     });
