@@ -26,6 +26,7 @@ export class Metrics {
   readonly mqttMessages: Counter<'outcome'>;
   readonly mqttResponseTopicsRefused: Counter<'reason'>;
   readonly journalFailures: Counter;
+  readonly httpsConnectionsRefused: Counter;
 
   constructor(
     pipeline: CommandPipeline,
@@ -138,6 +139,11 @@ export class Metrics {
     this.journalFailures = new Counter({
       name: 'sluice_journal_unavailable_total',
       help: 'Intake requests refused because the journal could not be written.',
+      registers,
+    });
+    this.httpsConnectionsRefused = new Counter({
+      name: 'sluice_https_connections_refused_total',
+      help: 'HTTPS connections closed as soon as accepted: https.maxConnections were open.',
       registers,
     });
     new Gauge({

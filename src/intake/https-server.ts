@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { fastify } from 'fastify';
 import type { Logger } from '../core/logger.js';
 import { takeOnlyUtf8Json } from './https-body.js';
+import { HANDSHAKE_TIMEOUT_MS, limitConnections } from './https-connections.js';
 import { settleUnreadBody } from './https-drain.js';
 import {
   answerClientError,
@@ -57,6 +58,7 @@ export function createServer(options: ServerOptions): App {
     https: {
       cert: tls.cert,
       key: tls.key,
+      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
       // SPEC §4: TLS 1.3 only; an older client fails the handshake.
       minVersion: 'TLSv1.3',
       maxVersion: 'TLSv1.3',
@@ -90,6 +92,11 @@ export function createServer(options: ServerOptions): App {
     // and answers are plain JSON. fastify's default compilers (ajv, fast-json-stringify) would
     // be loaded for nothing at every start (about 90 ms here); these refuse a schema instead.
     schemaController: { compilersFactory: { buildValidator: noSchema, buildSerializer: noSchema } },
+  });
+  limitConnections(app.server, {
+    maxConnections: config.maxConnections,
+    logger,
+    refused: metrics.httpsConnectionsRefused,
   });
   app.server.on('tlsClientError', (error: Error & { code?: string }) => {
     // A refused handshake (TLS 1.2, garbage) is the client's problem; keep it out of warn.

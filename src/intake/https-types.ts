@@ -28,6 +28,8 @@ export interface HttpsMetrics {
   readonly accepted: { inc(labels: { intake: string; outcome: string }): void };
   /** `sluice_journal_unavailable_total` */
   readonly journalFailures: { inc(): void };
+  /** `sluice_https_connections_refused_total` (https.maxConnections reached) */
+  readonly httpsConnectionsRefused: { inc(): void };
 }
 
 export type Server = HttpsServer;

@@ -227,6 +227,7 @@ export async function startIntake(
     certFile: pki.certFile,
     keyFile: pki.keyFile,
     bodyLimitBytes: 16_384,
+    maxConnections: 1024,
     defaultWaitS: 10,
     maxWaitS: 60,
     rateLimit: { perSecond: 1_000, burst: 1_000 },

@@ -15,6 +15,7 @@ const metrics = {
   httpResponses: { inc: (): void => undefined },
   accepted: { inc: (): void => undefined },
   journalFailures: { inc: (): void => undefined },
+  httpsConnectionsRefused: { inc: (): void => undefined },
 };
 
 describe('HTTPS server', () => {
@@ -28,7 +29,7 @@ describe('HTTPS server', () => {
 
   function server(): ReturnType<typeof createServer> {
     return createServer({
-      config: { bodyLimitBytes: 65_536 } as HttpsConfig,
+      config: { bodyLimitBytes: 65_536, maxConnections: 1024 } as HttpsConfig,
       tls: { cert: Buffer.from(pki.server.cert), key: Buffer.from(pki.server.key), ca: undefined },
       metrics,
       logger: silentLogger,
