@@ -17,6 +17,16 @@ import type { GatewayTopics } from './mqtt-topics.js';
 
 export type MqttConfig = NonNullable<SluiceConfig['mqtt']>;
 
+/**
+ * MQTT 5 Maximum Packet Size, told the broker on connect: it must not send the gateway a larger
+ * packet (it drops such a message for this client, unanswered). A command is at most 16 KiB
+ * (mqtt-message.ts), and a larger one up to this size is still read and answered
+ * INVALID_COMMAND; past it the broker, not the gateway, holds the bytes. Without it the broker
+ * would deliver up to MQTT's 256 MiB, and the gateway would hold every byte in memory before
+ * refusing it. MQTT 3.1.1 has no such property.
+ */
+export const MAX_PACKET_BYTES = 2 * 1024 * 1024;
+
 /** The protocol level spoken on the wire: 5, or 4 (MQTT 3.1.1). */
 export type ProtocolLevel = 4 | 5;
 
@@ -253,7 +263,12 @@ export class MqttSession {
       resubscribe: false,
       will: { topic: this.topics.status, payload: Buffer.from('offline'), qos: 1, retain: true },
     };
-    if (this.level === 5) options.properties = { sessionExpiryInterval: c.sessionExpiryS };
+    if (this.level === 5) {
+      options.properties = {
+        sessionExpiryInterval: c.sessionExpiryS,
+        maximumPacketSize: MAX_PACKET_BYTES,
+      };
+    }
     if (c.username !== undefined) options.username = c.username;
     if (c.passwordFile !== undefined) {
       const password = readFileSync(c.passwordFile, 'utf8').trim();

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/core/logger.js';
 import type { Metrics } from '../../src/daemon/metrics.js';
 import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
+import { MAX_PACKET_BYTES } from '../../src/intake/mqtt-session.js';
 import {
   intakeConfig,
   mosquittoAvailable,
@@ -278,6 +279,40 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     expect(await counted(stack.metrics, 'mqttMessages', 'invalid')).toBeGreaterThanOrEqual(6);
     expect(await counted(stack.metrics, 'mqttMessages', 'unknown_device')).toBe(1);
     expect(await counted(stack.metrics, 'mqttMessages', 'key_reused')).toBe(1);
+  });
+
+  it('a message past the Maximum Packet Size is not delivered to the gateway; one within it is answered', async () => {
+    const topic = `${PREFIX}/cmd/v2`;
+    const deliveredBefore = broker.deliveriesTo(CLIENT_ID, topic).length;
+    const droppedBefore = broker
+      .log()
+      .split('\n')
+      .filter((line) => line.includes('Dropping too large')).length;
+    const before = writes('v2');
+    const keys = { huge: `huge-${randomUUID()}`, large: `large-${randomUUID()}`, ok: randomUUID() };
+    const withKey = (key: string): Record<string, unknown> => ({
+      properties: { userProperties: { 'idempotency-key': key } },
+    });
+    // Past MAX_PACKET_BYTES: the broker drops it for the gateway. Within it but past a
+    // command's 16 KiB: read and answered INVALID_COMMAND. Then a command.
+    await issuer.publish(topic, 'x'.repeat(MAX_PACKET_BYTES + 1024), withKey(keys.huge));
+    await issuer.publish(topic, 'x'.repeat(1024 * 1024), withKey(keys.large));
+    await issuer.publish(topic, timed({ action: moveOf('v2'), key: keys.ok }));
+    // Delivered in order on one topic: once the command's result is here, the two before it
+    // were delivered (and answered) or dropped.
+    await observer.waitFor(resultFor(keys.ok, 'v2'), 10_000, 'the command after them');
+    const large = await observer.waitFor(resultFor(keys.large, 'v2'), 10_000, 'large answered');
+    expect(large.json()).toMatchObject({ code: 'INVALID_COMMAND' });
+    expect(observer.messages.filter(resultFor(keys.huge, 'v2'))).toEqual([]);
+    // Ground truth from the broker's log: three sent to the gateway, the first of them dropped
+    // as too large for it (mosquitto logs the send, then the drop).
+    expect(broker.deliveriesTo(CLIENT_ID, topic).length - deliveredBefore).toBe(3);
+    const drops = broker
+      .log()
+      .split('\n')
+      .filter((line) => line.includes(`Dropping too large outgoing PUBLISH for ${CLIENT_ID} (`));
+    expect(drops.length - droppedBefore).toBe(1);
+    expect(writes('v2')).toBe(before + 1);
   });
 
   it('refuses an untimed command: INVALID_COMMAND on the result topic and the Response Topic, acknowledged, never written', async () => {
