@@ -59,6 +59,16 @@ async function tls(): Promise<TLSSocket | null> {
   return first === 'up' ? socket : null;
 }
 
+/** A TLS connection once the server has a place for it (it learns of a close a moment late). */
+async function tlsWhenFree(): Promise<TLSSocket | null> {
+  let socket: TLSSocket | null = null;
+  for (let i = 0; i < 50 && socket === null; i++) {
+    socket = await tls();
+    if (socket === null) await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return socket;
+}
+
 /** Sends GET /healthz on the connection and reads the status line of its answer. */
 async function health(socket: TLSSocket): Promise<string> {
   const answer = new Promise<string>((resolve, reject) => {
@@ -99,12 +109,7 @@ describe('connections before any request', () => {
     // The held connections serve; once one is closed, a new connection is taken.
     expect(await health(held[0]!)).toBe('HTTP/1.1 200 OK');
     held[1]!.destroy();
-    let again: TLSSocket | null = null;
-    // The server learns of the close a moment later: bounded retries.
-    for (let i = 0; i < 50 && again === null; i++) {
-      again = await tls();
-      if (again === null) await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+    const again = await tlsWhenFree();
     expect(again).not.toBeNull();
     expect(await health(again!)).toBe('HTTP/1.1 200 OK');
     for (const s of [...held, again!]) s.destroy();
@@ -113,12 +118,8 @@ describe('connections before any request', () => {
   it(
     'a connection that brings no request is closed after the first-request timeout; one that did is kept',
     async () => {
-      // Wait until the previous test's connections are gone from the server's count.
-      let used: TLSSocket | null = null;
-      for (let i = 0; i < 50 && used === null; i++) {
-        used = await tls();
-        if (used === null) await new Promise((resolve) => setTimeout(resolve, 20));
-      }
+      // Once the previous test's connections are gone from the server's count.
+      const used = await tlsWhenFree();
       expect(used).not.toBeNull();
       expect(await health(used!)).toBe('HTTP/1.1 200 OK');
       // Opened after `used`: were `used`'s timer still running, it would fire first.

@@ -151,6 +151,27 @@ const chunked = (body: Buffer): Buffer =>
 
 const LAST_CHUNK = Buffer.from('0\r\n\r\n');
 
+/** Sends 64 KiB chunks until a write fails (64 MiB at most: far past the bound plus what the
+ * sockets' buffers hold); what was written, and the failure. */
+async function sendUntilCut(
+  client: WriteFirstClient,
+): Promise<{ written: number; error: string | null }> {
+  const piece = chunked(Buffer.alloc(64 * 1024, 0x20));
+  let written = 0;
+  let error: string | null = null;
+  for (let i = 0; i < 1024 && error === null; i++) {
+    const r = await client.send(piece);
+    written += r.written;
+    error = r.error;
+  }
+  return { written, error };
+}
+
+/** A request head without credentials (answered 401 before its body is read). */
+const anonymous = (fields: string, key: string): string =>
+  'POST /v1/commands HTTP/1.1\r\nHost: localhost\r\n' +
+  `Idempotency-Key: ${key}\r\nContent-Type: application/json\r\n${fields}\r\n`;
+
 describe('a body refused as too large: the 413 reaches a client still sending it', () => {
   it('on its Content-Length: every write lands, the 413 is read after them, the connection serves on', async () => {
     const body = Buffer.alloc(1 << 20, 0x20);
@@ -202,15 +223,7 @@ describe('a body refused as too large: the 413 reaches a client still sending it
   it('a chunked body that never ends: the connection is cut once the drain bound is read', async () => {
     const client = await WriteFirstClient.tls();
     expect(await write(client.socket, post('Transfer-Encoding: chunked\r\n', 'ch-2'))).toBeNull();
-    const piece = chunked(Buffer.alloc(64 * 1024, 0x20));
-    let written = 0;
-    let error: string | null = null;
-    // Bounded: 64 MiB at most, far past the bound plus what the sockets' buffers hold.
-    for (let i = 0; i < 1024 && error === null; i++) {
-      const r = await client.send(piece);
-      written += r.written;
-      error = r.error;
-    }
+    const { written, error } = await sendUntilCut(client);
     expect(error, `written ${String(written)} bytes`).not.toBeNull();
     expect(written).toBeGreaterThan(DRAIN_MAX_BYTES);
     expect(written).toBeLessThan(DRAIN_MAX_BYTES + 32 * 1024 * 1024);
@@ -221,9 +234,7 @@ describe('any answer given before the body was read: the rest drained within the
   it('401 (no credentials): the body is drained to its end and the connection serves on', async () => {
     const body = Buffer.alloc(1 << 20, 0x20);
     const client = await WriteFirstClient.tls();
-    const head =
-      'POST /v1/commands HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: anon-1\r\n' +
-      `Content-Type: application/json\r\nContent-Length: ${String(body.length)}\r\n\r\n`;
+    const head = anonymous(`Content-Length: ${String(body.length)}\r\n`, 'anon-1');
     expect(await write(client.socket, head)).toBeNull();
     await client.answerWaiting();
     expect((await client.send(body)).error).toBeNull();
@@ -236,27 +247,18 @@ describe('any answer given before the body was read: the rest drained within the
 
   it('401 on a chunked body that never ends: the connection is cut once the bound is read', async () => {
     const client = await WriteFirstClient.tls();
-    const head =
-      'POST /v1/commands HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: anon-2\r\n' +
-      'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n';
-    expect(await write(client.socket, head)).toBeNull();
-    const piece = chunked(Buffer.alloc(64 * 1024, 0x20));
-    let written = 0;
-    let error: string | null = null;
-    for (let i = 0; i < 1024 && error === null; i++) {
-      const r = await client.send(piece);
-      written += r.written;
-      error = r.error;
-    }
+    expect(
+      await write(client.socket, anonymous('Transfer-Encoding: chunked\r\n', 'anon-2')),
+    ).toBeNull();
+    const { written, error } = await sendUntilCut(client);
     expect(error, `written ${String(written)} bytes`).not.toBeNull();
+    expect(written).toBeGreaterThan(DRAIN_MAX_BYTES);
     expect(written).toBeLessThan(DRAIN_MAX_BYTES + 32 * 1024 * 1024);
   });
 
   it('401 on a declared length past the bound: answered with Connection: close, and closed', async () => {
     const client = await WriteFirstClient.tls();
-    const head =
-      'POST /v1/commands HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: anon-3\r\n' +
-      `Content-Type: application/json\r\nContent-Length: ${String(64 * DRAIN_MAX_BYTES)}\r\n\r\n`;
+    const head = anonymous(`Content-Length: ${String(64 * DRAIN_MAX_BYTES)}\r\n`, 'anon-3');
     expect(await write(client.socket, head)).toBeNull();
     const refused = await client.response();
     expect(refused.status).toBe(401);
@@ -287,13 +289,18 @@ describe('settleUnreadBody: a client too slow to finish its body', () => {
     await once(server, 'close');
   });
 
-  it('is cut once the bound passes, with the body unfinished', async () => {
+  /** A plain connection that has sent a POST head declaring `length` bytes of body. */
+  async function posted(length: number): Promise<WriteFirstClient> {
     const socket = tcpConnect(port, '127.0.0.1');
     const client = new WriteFirstClient(socket);
     await once(socket, 'connect');
-    expect(
-      await write(socket, 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n'),
-    ).toBeNull();
+    const head = `POST / HTTP/1.1\r\nHost: x\r\nContent-Length: ${String(length)}\r\n\r\n`;
+    expect(await write(socket, head)).toBeNull();
+    return client;
+  }
+
+  it('is cut once the bound passes, with the body unfinished', async () => {
+    const client = await posted(1000);
     const answer = await client.response();
     expect(answer.head).toMatch(/\r\nx-unread: drained/i);
     const started = Date.now();
@@ -302,12 +309,8 @@ describe('settleUnreadBody: a client too slow to finish its body', () => {
   });
 
   it('keeps a connection whose body then arrives', async () => {
-    const socket = tcpConnect(port, '127.0.0.1');
-    const client = new WriteFirstClient(socket);
-    await once(socket, 'connect');
-    expect(
-      await write(socket, 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n'),
-    ).toBeNull();
+    const client = await posted(10);
+    const socket = client.socket;
     const first = await client.response();
     expect(first.head).toMatch(/\r\nx-unread: drained/i);
     // Slower than nothing, well within the bound: the body, then a request on the same
