@@ -38,6 +38,14 @@ let cleanup: () => void;
 let cert: string;
 let configPath: string;
 
+/** MQTT command messages the daemon's intake counted as refused by the journal. */
+async function mqttRefusals(daemon: Daemon): Promise<number> {
+  const { values } = await daemon.metrics.mqttMessages.get();
+  return values
+    .filter((v) => v.labels.outcome === 'journal_unavailable')
+    .reduce((sum, v) => sum + v.value, 0);
+}
+
 async function https(
   port: number,
   method: string,
@@ -235,12 +243,21 @@ describe.runIf(real)('sluiced', () => {
       expect(JSON.parse(refused.body)).toMatchObject({ code: 'JOURNAL_UNAVAILABLE' });
       const notReady = await https(port, 'GET', '/readyz');
       expect(notReady.status).toBe(503);
+      const refusedBefore = await mqttRefusals(daemon);
       await client.publish('sluice/site/cmd/inlet-valve', {
         key: 'locked-2',
-        action: 'close',
+        // A move from where the valve rests (the test alone, or after the others), so that
+        // running it takes a write.
+        action: device.published.state === 'CLOSED' ? 'open' : 'close',
         issuedAt: new Date().toISOString(),
       });
-      await new Promise((r) => setTimeout(r, 1_500));
+      // The MQTT intake took the message and its claim was refused by the journal (counted
+      // before the refusal is answered): unclaimed, it can never be written.
+      await until(
+        async () => ((await mqttRefusals(daemon)) > refusedBefore ? true : undefined),
+        20_000,
+        'the MQTT command refused by the journal',
+      );
       expect(device.counters.writesReceived).toBe(before);
       lock.exec('ROLLBACK');
       // Released: the withheld MQTT command is redelivered and runs exactly once.
