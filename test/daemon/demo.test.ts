@@ -253,6 +253,12 @@ it.runIf(curl && mosquittoClients)(
             resolve({ code, signal });
           }),
       );
+      // Every holder of the output pipes gone (npm and the demo under it): all lines are in.
+      const closed = new Promise<void>((resolve) =>
+        child.once('close', () => {
+          resolve();
+        }),
+      );
       // Ctrl-C in a terminal: SIGINT to the whole foreground process group (npm and the demo).
       if (child.exitCode === null) process.kill(-child.pid!, 'SIGINT');
       const result = await Promise.race([
@@ -267,7 +273,7 @@ it.runIf(curl && mosquittoClients)(
       expect(result).not.toBe('timeout');
       // npm itself ends by the signal; the demo under it stops cleanly and says so.
       if (result !== 'timeout') expect(result.code === 0 || result.signal === 'SIGINT').toBe(true);
-      await new Promise((r) => setTimeout(r, 500));
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
       expect(lines.join('\n')).toContain('stopping');
     }
     // Nothing left behind: no process of the group, every port free again.
