@@ -156,6 +156,8 @@ export const configSchema = z
         bodyLimitBytes: z.number().int().min(256).max(1_048_576).default(16_384),
         /** Connections open at a time; past it a new one is closed when accepted. */
         maxConnections: z.number().int().min(1).max(65_536).default(1024),
+        /** The same from one client address (behind a local proxy, all come from one). */
+        maxConnectionsPerAddress: z.number().int().min(1).max(65_536).default(256),
         /** Prefer: wait=N default and ceiling, seconds. */
         defaultWaitS: z.number().min(0).max(300).default(10),
         maxWaitS: z.number().min(0).max(300).default(60),

@@ -26,7 +26,7 @@ export class Metrics {
   readonly mqttMessages: Counter<'outcome'>;
   readonly mqttResponseTopicsRefused: Counter<'reason'>;
   readonly journalFailures: Counter;
-  readonly httpsConnectionsRefused: Counter;
+  readonly httpsConnectionsRefused: Counter<'reason'>;
 
   constructor(
     pipeline: CommandPipeline,
@@ -143,7 +143,8 @@ export class Metrics {
     });
     this.httpsConnectionsRefused = new Counter({
       name: 'sluice_https_connections_refused_total',
-      help: 'HTTPS connections closed as soon as accepted: https.maxConnections were open.',
+      help: 'HTTPS connections closed as soon as accepted, by reason: max_connections (https.maxConnections were open), per_address (https.maxConnectionsPerAddress from its address).',
+      labelNames: ['reason'],
       registers,
     });
     new Gauge({

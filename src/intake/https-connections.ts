@@ -3,14 +3,15 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../core/logger.js';
 
 /**
- * Connections the HTTPS intake holds before any request. Node keeps a TLS connection that sends
- * no request for ever (its header and request timeouts start with a request's first byte, the
- * keep-alive timeout after an answer), and each costs the daemon tens of kilobytes: a scanner, or
- * a client that opens connections and never uses them, could hold enough to exhaust a gateway's
- * memory. So:
+ * The connections the HTTPS intake holds. Node keeps a TLS connection that sends no request for
+ * ever (its header and request timeouts start with a request's first byte, the keep-alive timeout
+ * after an answer), and each costs the daemon tens of kilobytes: a scanner, or a client that opens
+ * connections and never uses them, could hold enough to exhaust a gateway's memory; and one
+ * client that opens a connection per request and never closes them could take every place. So:
  *
- * - at most `https.maxConnections` at a time: past it, a new connection is closed as soon as it is
- *   accepted (one warning a minute says how many were, and a counter counts them);
+ * - at most `https.maxConnections` at a time, and at most `https.maxConnectionsPerAddress` from
+ *   one client address: past either, a new connection is closed as soon as it is accepted (a
+ *   counter counts them by reason, and one warning a minute per reason says how many were);
  * - a TLS handshake must complete within HANDSHAKE_TIMEOUT_MS (Node's own default is 120 s);
  * - a connection must bring its first request within FIRST_REQUEST_TIMEOUT_MS of its handshake.
  *   After an answer, the keep-alive timeout closes an idle connection, as before.
@@ -20,38 +21,49 @@ import type { Logger } from '../core/logger.js';
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** A connection that brings no request within this after its handshake is closed. */
 export const FIRST_REQUEST_TIMEOUT_MS = 10_000;
-/** At most one warning about refused connections in this long. */
+/** At most one warning about refused connections in this long, per reason. */
 const REFUSED_LOG_INTERVAL_MS = 60_000;
+
+export type RefusalReason = 'max_connections' | 'per_address';
 
 export interface ConnectionLimits {
   readonly maxConnections: number;
+  readonly maxConnectionsPerAddress: number;
   readonly logger: Logger;
-  /** `sluice_https_connections_refused_total` */
-  readonly refused: { inc(): void };
-  /** FIRST_REQUEST_TIMEOUT_MS unless given (tests). */
-  readonly firstRequestTimeoutMs?: number;
+  /** `sluice_https_connections_refused_total{reason}` */
+  readonly refused: { inc(labels: { reason: RefusalReason }): void };
 }
 
 export function limitConnections(server: HttpsServer, limits: ConnectionLimits): void {
+  const warn = refusalWarnings(limits);
+  // Past it, Node closes the connection itself when accepting it, and says so.
   server.maxConnections = limits.maxConnections;
-  let refusedSinceWarning = 0;
-  let warnedAt = -Infinity;
-  server.on('drop', () => {
-    limits.refused.inc();
-    refusedSinceWarning++;
-    const now = Date.now();
-    if (now - warnedAt < REFUSED_LOG_INTERVAL_MS) return;
-    limits.logger.warn(
-      { maxConnections: limits.maxConnections, refused: refusedSinceWarning },
-      'HTTPS connections refused: https.maxConnections are open',
-    );
-    refusedSinceWarning = 0;
-    warnedAt = now;
+  server.on('drop', (data?: { remoteAddress?: string }) => {
+    warn('max_connections', data?.remoteAddress);
   });
-  const timeoutMs = limits.firstRequestTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS;
+
+  const perAddress = new Map<string, number>();
+  server.on('connection', (socket: Socket) => {
+    const address = socket.remoteAddress ?? 'unknown';
+    const open = (perAddress.get(address) ?? 0) + 1;
+    if (open > limits.maxConnectionsPerAddress) {
+      warn('per_address', address);
+      socket.destroy();
+      return;
+    }
+    perAddress.set(address, open);
+    socket.once('close', () => {
+      const left = (perAddress.get(address) ?? 1) - 1;
+      if (left > 0) perAddress.set(address, left);
+      else perAddress.delete(address);
+    });
+  });
+
   const awaitingRequest = new WeakMap<Socket, NodeJS.Timeout>();
   server.on('secureConnection', (socket: Socket) => {
-    const timer = setTimeout(() => socket.destroy(), timeoutMs);
+    const timer = setTimeout(() => {
+      socket.destroy();
+    }, FIRST_REQUEST_TIMEOUT_MS);
     timer.unref();
     awaitingRequest.set(socket, timer);
     socket.once('close', () => {
@@ -64,4 +76,33 @@ export function limitConnections(server: HttpsServer, limits: ConnectionLimits):
     clearTimeout(timer);
     awaitingRequest.delete(request.socket);
   });
+}
+
+/** Counts a refusal, and warns at most once a minute per reason with how many there were. */
+function refusalWarnings(
+  limits: ConnectionLimits,
+): (reason: RefusalReason, address: string | undefined) => void {
+  const since = new Map<RefusalReason, { count: number; warnedAt: number }>();
+  return (reason, address) => {
+    limits.refused.inc({ reason });
+    const state = since.get(reason) ?? { count: 0, warnedAt: -Infinity };
+    state.count++;
+    since.set(reason, state);
+    const now = Date.now();
+    if (now - state.warnedAt < REFUSED_LOG_INTERVAL_MS) return;
+    limits.logger.warn(
+      {
+        reason,
+        refused: state.count,
+        lastAddress: address,
+        maxConnections: limits.maxConnections,
+        maxConnectionsPerAddress: limits.maxConnectionsPerAddress,
+      },
+      reason === 'max_connections'
+        ? 'HTTPS connections refused: https.maxConnections are open'
+        : 'HTTPS connections refused: https.maxConnectionsPerAddress are open from one address',
+    );
+    state.count = 0;
+    state.warnedAt = now;
+  };
 }

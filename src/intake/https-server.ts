@@ -95,6 +95,7 @@ export function createServer(options: ServerOptions): App {
   });
   limitConnections(app.server, {
     maxConnections: config.maxConnections,
+    maxConnectionsPerAddress: config.maxConnectionsPerAddress,
     logger,
     refused: metrics.httpsConnectionsRefused,
   });

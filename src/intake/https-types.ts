@@ -28,8 +28,10 @@ export interface HttpsMetrics {
   readonly accepted: { inc(labels: { intake: string; outcome: string }): void };
   /** `sluice_journal_unavailable_total` */
   readonly journalFailures: { inc(): void };
-  /** `sluice_https_connections_refused_total` (https.maxConnections reached) */
-  readonly httpsConnectionsRefused: { inc(): void };
+  /** `sluice_https_connections_refused_total{reason}` (https-connections.ts) */
+  readonly httpsConnectionsRefused: {
+    inc(labels: { reason: 'max_connections' | 'per_address' }): void;
+  };
 }
 
 export type Server = HttpsServer;

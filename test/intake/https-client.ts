@@ -228,6 +228,7 @@ export async function startIntake(
     keyFile: pki.keyFile,
     bodyLimitBytes: 16_384,
     maxConnections: 1024,
+    maxConnectionsPerAddress: 256,
     defaultWaitS: 10,
     maxWaitS: 60,
     rateLimit: { perSecond: 1_000, burst: 1_000 },

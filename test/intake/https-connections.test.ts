@@ -10,13 +10,15 @@ import { startStack, type Stack } from '../helpers/stack.js';
 import { makePki, startIntake, type Pki, type RunningIntake } from './https-client.js';
 
 /**
- * Connections the HTTPS intake holds before any request (src/intake/https-connections.ts): at
- * most `https.maxConnections` at a time, a TLS handshake within HANDSHAKE_TIMEOUT_MS, a first
- * request within FIRST_REQUEST_TIMEOUT_MS. On the real intake over real sockets; ground truth is
+ * The connections the HTTPS intake holds (src/intake/https-connections.ts): at most
+ * `https.maxConnections` at a time and `https.maxConnectionsPerAddress` from one address, a TLS
+ * handshake within HANDSHAKE_TIMEOUT_MS, a first request within FIRST_REQUEST_TIMEOUT_MS. Other
+ * client addresses are other loopback addresses (127.0.0.2, ...), bound by the client. On the real intake over real sockets; ground truth is
  * each socket's own events (closed by the server, or answering) and the refusal counter.
  */
 
-const MAX = 4;
+const MAX = 5;
+const PER_ADDRESS = 3;
 let stack: Stack;
 let pki: Pki;
 let api: RunningIntake;
@@ -25,7 +27,9 @@ const opened: Socket[] = [];
 beforeAll(async () => {
   pki = await makePki();
   stack = await startStack();
-  api = await startIntake(stack, pki, { https: { maxConnections: MAX } });
+  api = await startIntake(stack, pki, {
+    https: { maxConnections: MAX, maxConnectionsPerAddress: PER_ADDRESS },
+  });
 });
 
 afterAll(async () => {
@@ -35,14 +39,13 @@ afterAll(async () => {
   pki.cleanup();
 });
 
-/** A TLS connection, once its handshake is done; null when the server closed it first. */
-async function tls(): Promise<TLSSocket | null> {
-  const socket = connect({
-    host: '127.0.0.1',
-    port: api.port,
-    ca: api.ca,
-    servername: 'localhost',
-  });
+/** A TLS connection from `from`, once its handshake is done; null when the server closed it. */
+async function tls(from = '127.0.0.1'): Promise<TLSSocket | null> {
+  const tcp = tcpConnect({ host: '127.0.0.1', port: api.port, localAddress: from });
+  tcp.on('error', () => undefined);
+  // Destroyed through its TLS socket only: destroying the TCP socket under a live TLS socket
+  // made the test process exit here.
+  const socket = connect({ socket: tcp, ca: api.ca, servername: 'localhost' });
   opened.push(socket);
   const first = await new Promise<'up' | 'closed'>((resolve) => {
     socket.once('secureConnect', () => {
@@ -60,10 +63,10 @@ async function tls(): Promise<TLSSocket | null> {
 }
 
 /** A TLS connection once the server has a place for it (it learns of a close a moment late). */
-async function tlsWhenFree(): Promise<TLSSocket | null> {
+async function tlsWhenFree(from = '127.0.0.1'): Promise<TLSSocket | null> {
   let socket: TLSSocket | null = null;
   for (let i = 0; i < 50 && socket === null; i++) {
-    socket = await tls();
+    socket = await tls(from);
     if (socket === null) await new Promise((resolve) => setTimeout(resolve, 20));
   }
   return socket;
@@ -89,30 +92,43 @@ async function health(socket: TLSSocket): Promise<string> {
   return answer;
 }
 
-async function refusedCount(): Promise<number> {
-  const text = await stack.metrics.registry.metrics();
-  const line = /^sluice_https_connections_refused_total (\d+)$/m.exec(text);
-  return Number(line?.[1] ?? 'NaN');
+async function refused(reason: 'max_connections' | 'per_address'): Promise<number> {
+  const { values } = await stack.metrics.httpsConnectionsRefused.get();
+  return values.filter((v) => v.labels.reason === reason).reduce((sum, v) => sum + v.value, 0);
 }
 
-describe('connections before any request', () => {
-  it('at most https.maxConnections at a time: the next is closed when accepted, counted, and a freed place is taken again', async () => {
-    const before = await refusedCount();
-    const held: TLSSocket[] = [];
-    for (let i = 0; i < MAX; i++) {
-      const s = await tls();
-      expect(s, `connection ${String(i + 1)} of ${String(MAX)}`).not.toBeNull();
-      held.push(s!);
-    }
-    expect(await tls(), 'a connection past the limit').toBeNull();
-    expect(await refusedCount()).toBe(before + 1);
-    // The held connections serve; once one is closed, a new connection is taken.
-    expect(await health(held[0]!)).toBe('HTTP/1.1 200 OK');
-    held[1]!.destroy();
-    const again = await tlsWhenFree();
-    expect(again).not.toBeNull();
+/** `n` connections from `from`, each up. */
+async function hold(n: number, from: string): Promise<TLSSocket[]> {
+  const held: TLSSocket[] = [];
+  for (let i = 0; i < n; i++) {
+    const s = await tls(from);
+    expect(s !== null, `connection ${String(i + 1)} of ${String(n)} from ${from}`).toBe(true);
+    held.push(s!);
+  }
+  return held;
+}
+
+describe('connections', () => {
+  it('at most maxConnectionsPerAddress from one address and maxConnections in all: the next is closed when accepted, counted by reason; a freed place is taken again', async () => {
+    const before = {
+      perAddress: await refused('per_address'),
+      max: await refused('max_connections'),
+    };
+    const first = await hold(PER_ADDRESS, '127.0.0.1');
+    expect((await tls('127.0.0.1')) === null, 'one more from the same address refused').toBe(true);
+    expect(await refused('per_address')).toBe(before.perAddress + 1);
+    // Another address still gets in, up to the limit in all.
+    const second = await hold(MAX - PER_ADDRESS, '127.0.0.2');
+    expect((await tls('127.0.0.3')) === null, 'one past the limit in all refused').toBe(true);
+    expect(await refused('max_connections')).toBe(before.max + 1);
+    // The held connections serve; once one is closed, its place is taken again.
+    expect(await health(first[0]!)).toBe('HTTP/1.1 200 OK');
+    expect(await health(second[0]!)).toBe('HTTP/1.1 200 OK');
+    first[1]!.destroy();
+    const again = await tlsWhenFree('127.0.0.1');
+    expect(again !== null, 'a freed place taken again').toBe(true);
     expect(await health(again!)).toBe('HTTP/1.1 200 OK');
-    for (const s of [...held, again!]) s.destroy();
+    for (const s of [...first, ...second, again!]) s.destroy();
   });
 
   it(
@@ -120,11 +136,11 @@ describe('connections before any request', () => {
     async () => {
       // Once the previous test's connections are gone from the server's count.
       const used = await tlsWhenFree();
-      expect(used).not.toBeNull();
+      expect(used !== null, 'a connection').toBe(true);
       expect(await health(used!)).toBe('HTTP/1.1 200 OK');
       // Opened after `used`: were `used`'s timer still running, it would fire first.
       const idle = await tls();
-      expect(idle).not.toBeNull();
+      expect(idle !== null, 'an idle connection').toBe(true);
       const openedAt = performance.now();
       await once(idle!, 'close');
       const lived = performance.now() - openedAt;

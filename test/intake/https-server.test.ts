@@ -29,7 +29,11 @@ describe('HTTPS server', () => {
 
   function server(): ReturnType<typeof createServer> {
     return createServer({
-      config: { bodyLimitBytes: 65_536, maxConnections: 1024 } as HttpsConfig,
+      config: {
+        bodyLimitBytes: 65_536,
+        maxConnections: 1024,
+        maxConnectionsPerAddress: 256,
+      } as HttpsConfig,
       tls: { cert: Buffer.from(pki.server.cert), key: Buffer.from(pki.server.key), ca: undefined },
       metrics,
       logger: silentLogger,
