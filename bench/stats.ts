@@ -102,6 +102,10 @@ const SLEEPER = new Int32Array(new SharedArrayBuffer(4));
 export async function preciseSleep(ms: number): Promise<void> {
   const end = performance.now() + ms;
   if (ms >= 2) await new Promise((resolve) => setTimeout(resolve, Math.floor(ms) - 1));
-  const left = end - performance.now();
-  if (left > 0) Atomics.wait(SLEEPER, 0, 0, left);
+  blockFor(end - performance.now());
+}
+
+/** Blocks the thread for `ms` (nothing when it is not positive), to a fraction of a millisecond. */
+export function blockFor(ms: number): void {
+  if (ms > 0) Atomics.wait(SLEEPER, 0, 0, ms);
 }

@@ -13,7 +13,7 @@ import {
 } from '../raw-drivers.js';
 import type { BenchOptions } from '../options.js';
 import type { Baseline, DriverRoundTrip, Skipped } from '../results.js';
-import { ArrivalPauses, distribution, round } from '../stats.js';
+import { ArrivalPauses, blockFor, distribution, round } from '../stats.js';
 
 /**
  * The baseline: what the plant and the raw driver cost without the bridge. The simulator alone
@@ -184,13 +184,11 @@ async function diskAlone(
     let i = 0;
     // --fsync-delay-ms: the same emulated flush as the daemons' (bench/fsync-count.c).
     const delayMs = ctx.options.fsyncDelayMs;
-    const pause = new Int32Array(new SharedArrayBuffer(4));
     const flush = (): number => {
       writeSync(fd, block, 0, block.length, (i++ * DISK_WRITE_BYTES) % DISK_FILE_BYTES);
       const t0 = performance.now();
       fsyncSync(fd);
-      const took = performance.now() - t0;
-      if (took < delayMs) Atomics.wait(pause, 0, 0, delayMs - took);
+      blockFor(delayMs - (performance.now() - t0));
       return performance.now() - t0;
     };
     const times: number[] = [];
