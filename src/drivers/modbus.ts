@@ -125,7 +125,10 @@ const NOTHING: Delivery = () => undefined;
  *   refuses such a read is read request by request from then on.
  * - A request that times out, or a socket error, destroys the client: a late answer must never
  *   be taken for the next request's. The next request reconnects, no sooner than a jittered
- *   exponential backoff allows (modbus-serial does not reconnect by itself: #92, #182).
+ *   exponential backoff allows (modbus-serial does not reconnect by itself: #92, #182). A
+ *   connection counts as good only once the PLC has answered a request on it: one that is lost
+ *   before any answer (a PLC past its number of connections takes the connect and closes) is a
+ *   failed attempt, so that such a PLC is not reconnected to once per request.
  * - Exception responses become DeviceRefusedError (the PLC answered: nothing was applied);
  *   everything else becomes DeviceUnreachableError (no answer: outcome unknown).
  */
@@ -137,6 +140,8 @@ export class ModbusEndpoint {
   private readonly backoff: Backoff;
   private readonly log: Logger;
   private client: ModbusRTU | null = null;
+  /** The PLC has answered a request on the current connection (the backoff starts over). */
+  private answered = false;
   private connecting: Promise<ModbusRTU> | null = null;
   private readonly jobs: ModbusJob[] = [];
   /** The pump while it runs: it serves the queue until it is empty. */
@@ -412,6 +417,7 @@ export class ModbusEndpoint {
         `${this.name}: ${what} timed out after ${this.requestTimeoutMs} ms`,
       );
       this.health.ok(this.options.clock.now());
+      this.proven();
       return result;
     } catch (error) {
       // A refused combined read is no job's failure (each is read again on its own): it is
@@ -426,6 +432,8 @@ export class ModbusEndpoint {
   private translate(error: unknown, what: string, combined: boolean): Error {
     const modbusCode = (error as { modbusCode?: unknown }).modbusCode;
     if (typeof modbusCode === 'number') {
+      // An exception is an answer: the connection carries requests and responses.
+      this.proven();
       const message = `${this.name}: ${what}: Modbus exception ${hex(modbusCode)} (${MODBUS_EXCEPTIONS[modbusCode] ?? 'unknown'})`;
       if (!combined) this.health.error(message);
       return new ModbusExceptionError(message, modbusCode, { cause: error });
@@ -478,15 +486,29 @@ export class ModbusEndpoint {
     client.on('close', () => {
       if (this.client === client) {
         this.client = null;
+        this.lost();
         this.health.disconnected();
         this.onSocketClosed?.('connection closed');
       }
     });
-    this.backoff.reset();
+    // The backoff starts over once the PLC answers on this connection (proven), not here.
+    this.answered = false;
     this.health.connected();
     this.client = client;
     this.log.info({ host: this.options.host, port: this.options.port }, 'modbus connected');
     return client;
+  }
+
+  /** The PLC answered on the current connection: it works, the backoff starts over. */
+  private proven(): void {
+    if (this.answered) return;
+    this.answered = true;
+    this.backoff.reset();
+  }
+
+  /** The current connection is gone; gone before any answer, it was a failed attempt. */
+  private lost(): void {
+    if (!this.answered) this.backoff.failed(this.options.clock.now());
   }
 
   private drop(reason: string): void {
@@ -494,6 +516,7 @@ export class ModbusEndpoint {
     this.client = null;
     this.health.disconnected();
     if (client !== null) {
+      this.lost();
       this.log.warn({ reason }, 'modbus connection dropped');
       destroyQuietly(client);
     }

@@ -8,6 +8,7 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 export class TcpLink {
   private readonly sockets = new Set<Socket>();
   private isUp = true;
+  private connections = 0;
 
   private constructor(
     private readonly server: Server,
@@ -22,6 +23,7 @@ export class TcpLink {
         inbound.resetAndDestroy();
         return;
       }
+      link.connections++;
       const outbound = createConnection(target);
       link.sockets.add(inbound);
       link.sockets.add(outbound);
@@ -47,6 +49,11 @@ export class TcpLink {
     const link = new TcpLink(server, port);
     holder.link = link;
     return link;
+  }
+
+  /** Connections accepted and carried while the link was up. */
+  get accepted(): number {
+    return this.connections;
   }
 
   get address(): string {

@@ -1,0 +1,116 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { systemClock } from '../../src/core/clock.js';
+import { DeviceUnreachableError } from '../../src/core/driver.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { profile } from '../helpers/fixtures.js';
+import { TcpLink } from '../helpers/tcp-link.js';
+
+/**
+ * Link faults of a Modbus PLC seen by one endpoint, against sluice-sim over real sockets. The
+ * endpoint reaches the PLC through a TcpLink, which counts the TCP connections it accepted:
+ * the ground truth for how often the endpoint connected (the simulator counts requests, not
+ * connections).
+ */
+
+let plant: Plant;
+let link: TcpLink;
+
+beforeAll(async () => {
+  plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        mb: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          devices: { v0: { profile: 'valve' as const, base: 0, initialPosition: 30 } },
+        },
+      },
+    },
+    { ephemeralPorts: true, control: false },
+  );
+  const e = plant.plc('mb').endpoint;
+  if (e.protocol !== 'modbus') throw new Error('expected a Modbus PLC');
+  link = await TcpLink.open({ host: e.host, port: e.port });
+});
+
+afterAll(async () => {
+  await link.close();
+  await plant.stop();
+});
+
+function endpointAndDriver(options: {
+  requestTimeoutMs?: number;
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+}): { endpoint: ModbusEndpoint; driver: ModbusDeviceDriver } {
+  const e = plant.plc('mb').endpoint;
+  if (e.protocol !== 'modbus') throw new Error('expected a Modbus PLC');
+  const endpoint = new ModbusEndpoint({
+    name: 'mb',
+    host: '127.0.0.1',
+    port: link.port,
+    unitId: e.unitId,
+    clock: systemClock,
+    logger: silentLogger,
+    ...options,
+  });
+  const driver = new ModbusDeviceDriver({
+    id: 'v0',
+    profile: profile('valve'),
+    endpoint,
+    base: 0,
+    clock: systemClock,
+  });
+  return { endpoint, driver };
+}
+
+/** Reads until one succeeds (bounded); the position it read. */
+async function readEventually(driver: ModbusDeviceDriver, withinMs: number): Promise<number> {
+  const end = Date.now() + withinMs;
+  for (;;) {
+    try {
+      const position = (await driver.read()).position;
+      if (position !== null) return position;
+    } catch (error) {
+      if (Date.now() > end) throw error;
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('a PLC that takes the connection and drops it before answering', () => {
+  // As a PLC past its number of Modbus connections does (or a gateway whose serial side is
+  // gone): the TCP connect succeeds, and the connection closes before any answer.
+  it('is reconnected to no faster than the backoff, not once per request', async () => {
+    const { endpoint, driver } = endpointAndDriver({ backoffInitialMs: 100, backoffMaxMs: 400 });
+    try {
+      expect(await readEventually(driver, 2_000)).toBe(30);
+      const before = link.accepted;
+      plant.plc('mb').setFault({ kind: 'reset', when: 'before', on: 'both' });
+      // The device is read every 20 ms, as a readback loop does (1.5 s: 75 reads).
+      let reads = 0;
+      const end = Date.now() + 1_500;
+      while (Date.now() < end) {
+        reads++;
+        await expect(driver.read()).rejects.toThrow(DeviceUnreachableError);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const connections = link.accepted - before;
+      // Backoff from 100 ms doubling to 400 ms, each delay in the upper half of its step:
+      // attempts at most 50, 100, 200, 200… ms apart after the first: at most 9 in 1.5 s.
+      expect(reads).toBeGreaterThan(40);
+      expect(connections).toBeGreaterThanOrEqual(2);
+      expect(connections).toBeLessThanOrEqual(9);
+      plant.plc('mb').clearFault('reset');
+      // Within the longest step (400 ms) and a read, the endpoint is back.
+      expect(await readEventually(driver, 1_000)).toBe(30);
+    } finally {
+      plant.plc('mb').clearFault('reset');
+      await endpoint.close();
+    }
+  });
+});
