@@ -1,7 +1,7 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import type { Clock } from '../core/clock.js';
 import {
   AlreadySettledError,
@@ -65,8 +65,18 @@ export class AdminEndpoint {
 
   async start(): Promise<void> {
     this.token = Buffer.from(adminToken(this.o.tokenFile), 'utf8');
-    // A socket file left by a killed daemon would make listen() fail: the path is ours.
-    if (existsSync(this.o.socket)) rmSync(this.o.socket, { force: true });
+    // A socket file left by a killed daemon would make listen() fail: it is removed. One that a
+    // process still answers on belongs to a running daemon (a second sluiced started with the
+    // same configuration): taking it would leave that daemon unreachable for sluicectl, for good
+    // once this one stops and removes the file.
+    if (existsSync(this.o.socket)) {
+      if (await answers(this.o.socket)) {
+        throw new Error(
+          `another process answers on the admin socket ${this.o.socket} (is another sluiced running with this configuration?); it is left alone`,
+        );
+      }
+      rmSync(this.o.socket, { force: true });
+    }
     const server = createServer((req, res) => {
       this.handle(req, res).catch((error: unknown) => {
         this.fail(res, error);
@@ -190,6 +200,32 @@ export class AdminEndpoint {
       problem(res, 500, 'INTERNAL', error instanceof Error ? error.message : String(error));
     }
   }
+}
+
+/**
+ * Whether a process listens on the Unix socket `path` (a live daemon's). Only a refused
+ * connection (ECONNREFUSED: a file nobody listens on, as a killed daemon leaves it, or no socket
+ * at all) or a vanished file says it is free; a full backlog (EAGAIN) or no answer within a
+ * second is a live, busy listener.
+ */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(path);
+    const done = (live: boolean): void => {
+      clearTimeout(timer);
+      probe.destroy();
+      resolve(live);
+    };
+    const timer = setTimeout(() => {
+      done(true);
+    }, 1_000);
+    probe.once('connect', () => {
+      done(true);
+    });
+    probe.once('error', (error: NodeJS.ErrnoException) => {
+      done(error.code !== 'ECONNREFUSED' && error.code !== 'ENOENT');
+    });
+  });
 }
 
 /** The admin token: read, or generated (0600) at the first start. */

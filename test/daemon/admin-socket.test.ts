@@ -1,0 +1,189 @@
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { generate } from 'selfsigned';
+import { stringify } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/config.js';
+import { AdminEndpoint } from '../../src/daemon/admin.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { inventoryFor } from '../helpers/plant-inventory.js';
+
+/**
+ * The admin endpoint's Unix socket over a daemon's life, on a real daemon against sluice-sim:
+ * a second sluiced started by mistake with the same configuration must not take (and, failing
+ * to start, delete) the running daemon's socket; a socket file left by a killed daemon is
+ * replaced.
+ */
+
+let plant: Plant;
+let daemon: Daemon;
+let dir: string;
+let cleanup: () => void;
+let configPath: string;
+let socket: string;
+let tokenFile: string;
+
+function health(path = socket): Promise<{ status: number; body: string }> {
+  const token = readFileSync(tokenFile, 'utf8').trim();
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        socketPath: path,
+        method: 'GET',
+        path: '/v1/health',
+        headers: { authorization: `Bearer ${token}` },
+        agent: false,
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => {
+          resolve({ status: res.statusCode ?? 0, body: text });
+        });
+      },
+    );
+    req.once('error', reject);
+    req.end();
+  });
+}
+
+/** Opens a connection to the socket and sends nothing; resolves once it is connected. */
+function idleConnection(path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const c = connect(path);
+    c.once('connect', () => {
+      resolve(c);
+    });
+    c.once('error', reject);
+  });
+}
+
+beforeAll(async () => {
+  ({ dir, cleanup } = tempDir('sluice-admin-socket-'));
+  plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        mb: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          devices: { 'inlet-valve': { profile: 'valve', base: 0, travelMs: 200 } },
+        },
+      },
+    },
+    { ephemeralPorts: true, control: false },
+  );
+  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
+    keyType: 'ec',
+    curve: 'P-256',
+  });
+  writeFileSync(join(dir, 'cert.pem'), pems.cert);
+  writeFileSync(join(dir, 'key.pem'), pems.private);
+  const inventory = inventoryFor(plant);
+  configPath = join(dir, 'sluice.yaml');
+  writeFileSync(
+    configPath,
+    stringify({
+      gatewayId: 'adminsock',
+      stateDir: 'state',
+      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+      identities: {},
+      plcs: inventory.plcs,
+      devices: inventory.devices,
+    }),
+  );
+  daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
+    logger: pino({ level: 'silent' }),
+  });
+  socket = join(dir, 'state', 'admin.sock');
+  tokenFile = join(dir, 'state', 'admin.token');
+}, 30_000);
+
+afterAll(async () => {
+  await daemon.stop();
+  await plant.stop();
+  cleanup();
+});
+
+describe('admin socket', () => {
+  it('a second sluiced with the same configuration leaves the running daemon’s socket alone', async () => {
+    expect((await health()).status).toBe(200);
+    // The second daemon finds the HTTPS port taken (the first holds it) and gives up; before
+    // that it reaches the admin endpoint, which must not take the live socket from the first.
+    const port = daemon.https?.port;
+    expect(port).toBeGreaterThan(0);
+    const second = loadConfig(configPath, { env: { SLUICE_HTTPS_PORT: String(port) } });
+    await expect(Daemon.start(second, { logger: pino({ level: 'silent' }) })).rejects.toThrow(
+      /EADDRINUSE/,
+    );
+    // The running daemon is still reachable by sluicectl.
+    expect(existsSync(socket)).toBe(true);
+    const answer = await health();
+    expect(answer.status).toBe(200);
+    expect(JSON.parse(answer.body)).toHaveProperty('checks');
+  });
+
+  it('a socket file left by a killed daemon is replaced', async () => {
+    const stale = join(dir, 'stale.sock');
+    // A process that listens on the path and is killed: its socket file stays, nobody answers.
+    const child = spawn(
+      process.execPath,
+      [
+        '-e',
+        `require('net').createServer().listen(process.argv[1], () => process.stdout.write('up\\n'))`,
+        stale,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await new Promise<void>((resolve) =>
+      child.stdout.once('data', () => {
+        resolve();
+      }),
+    );
+    const exited = new Promise<void>((resolve) =>
+      child.once('exit', () => {
+        resolve();
+      }),
+    );
+    child.kill('SIGKILL');
+    await exited;
+    expect(existsSync(stale)).toBe(true);
+    await expect(idleConnection(stale)).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+
+    const endpoint = adminOn(stale);
+    await endpoint.start();
+    try {
+      expect((await health(stale)).status).toBe(200);
+    } finally {
+      await endpoint.stop();
+    }
+    expect(existsSync(stale)).toBe(false);
+  });
+});
+
+function adminOn(
+  path: string,
+  limits: { firstRequestTimeoutMs?: number; maxConnections?: number } = {},
+): AdminEndpoint {
+  return AdminEndpoint.create({
+    socket: path,
+    tokenFile,
+    pipeline: daemon.pipeline,
+    gatewayClock: {
+      status: () => ({ source: 'none', state: 'UNKNOWN' }),
+    } as never,
+    policy: { onUnsynced: 'reject', maxControllerSkewMs: 2000 },
+    readiness: () => daemon.readiness(),
+    clock: { now: () => Date.now() } as never,
+    logger: pino({ level: 'silent' }),
+    ...limits,
+  });
+}
