@@ -30,9 +30,21 @@ export interface AdminOptions {
   readonly readiness: () => unknown;
   readonly clock: Clock;
   readonly logger: Logger;
+  /** A connection that brings no request within this is closed (default FIRST_REQUEST_TIMEOUT_MS). */
+  readonly firstRequestTimeoutMs?: number;
+  /** At most this many connections at once; past it a new one is closed (default MAX_CONNECTIONS). */
+  readonly maxConnections?: number;
 }
 
 const MAX_BODY = 16 * 1024;
+/**
+ * Node keeps a connection that never sends a request for ever (its header timeout starts with a
+ * request's first byte): a client that connects and hangs would hold a descriptor of the daemon
+ * until it stops. sluicectl sends its request at once.
+ */
+export const FIRST_REQUEST_TIMEOUT_MS = 10_000;
+/** sluicectl makes one request at a time; the status page does not use the socket. */
+export const MAX_CONNECTIONS = 32;
 const REVERIFY_WAIT_MS = 10_000;
 
 class AdminError extends Error {
@@ -82,9 +94,39 @@ export class AdminEndpoint {
         this.fail(res, error);
       });
     });
-    server.on('connection', (socket) => {
+    server.maxConnections = this.o.maxConnections ?? MAX_CONNECTIONS;
+    let warnedAt = Number.NEGATIVE_INFINITY;
+    let refused = 0;
+    server.on('drop', () => {
+      refused++;
+      const now = Date.now();
+      if (now - warnedAt < 60_000) return; // one warning a minute, with the count
+      this.log.warn(
+        { maxConnections: server.maxConnections, refused },
+        'admin connections refused: the limit of open connections is reached',
+      );
+      warnedAt = now;
+      refused = 0;
+    });
+    const firstRequestMs = this.o.firstRequestTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS;
+    const awaitingRequest = new WeakMap<Socket, NodeJS.Timeout>();
+    server.on('connection', (socket: Socket) => {
       this.sockets.add(socket);
-      socket.on('close', () => this.sockets.delete(socket));
+      const timer = setTimeout(() => {
+        socket.destroy();
+      }, firstRequestMs);
+      timer.unref();
+      awaitingRequest.set(socket, timer);
+      socket.on('close', () => {
+        clearTimeout(timer);
+        this.sockets.delete(socket);
+      });
+    });
+    server.on('request', (req: IncomingMessage) => {
+      const timer = awaitingRequest.get(req.socket);
+      if (timer === undefined) return;
+      clearTimeout(timer);
+      awaitingRequest.delete(req.socket);
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

@@ -12,13 +12,15 @@ import { AdminEndpoint } from '../../src/daemon/admin.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 
 /**
  * The admin endpoint's Unix socket over a daemon's life, on a real daemon against sluice-sim:
  * a second sluiced started by mistake with the same configuration must not take (and, failing
  * to start, delete) the running daemon's socket; a socket file left by a killed daemon is
- * replaced.
+ * replaced; a connection that brings no request is closed, and no more than a bounded number
+ * are held at once.
  */
 
 let plant: Plant;
@@ -166,6 +168,61 @@ describe('admin socket', () => {
       await endpoint.stop();
     }
     expect(existsSync(stale)).toBe(false);
+  });
+
+  it('closes a connection that brings no request', async () => {
+    const path = join(dir, 'idle.sock');
+    const endpoint = adminOn(path, { firstRequestTimeoutMs: 300 });
+    await endpoint.start();
+    const silent = await idleConnection(path);
+    try {
+      // Connected, never a byte sent: the daemon closes it (bounded wait, no fixed sleep).
+      await until(
+        () => (silent.destroyed || silent.readableEnded ? true : undefined),
+        5_000,
+        'closed',
+      );
+      expect((await health(path)).status).toBe(200);
+    } finally {
+      silent.destroy();
+      await endpoint.stop();
+    }
+  });
+
+  it('holds a bounded number of connections at once; those past it are closed at once', async () => {
+    const path = join(dir, 'many.sock');
+    const endpoint = adminOn(path, { maxConnections: 4 });
+    await endpoint.start();
+    const held: Socket[] = [];
+    try {
+      for (let i = 0; i < 6; i++) held.push(await idleConnection(path));
+      // The two past the limit are closed long before any first-request timeout (10 s).
+      await until(
+        () => (held.slice(4).every((s) => s.destroyed || s.readableEnded) ? true : undefined),
+        5_000,
+        'the two past the limit closed',
+      );
+      expect(held.slice(0, 4).map((s) => s.destroyed || s.readableEnded)).toEqual([
+        false,
+        false,
+        false,
+        false,
+      ]);
+      // Once those clients let go, sluicectl is answered again.
+      for (const s of held) s.destroy();
+      await until(
+        () =>
+          health(path).then(
+            (a) => (a.status === 200 ? true : undefined),
+            () => undefined,
+          ),
+        5_000,
+        'answered again',
+      );
+    } finally {
+      for (const s of held) s.destroy();
+      await endpoint.stop();
+    }
   });
 });
 
