@@ -22,7 +22,19 @@ export interface MqttPublisherOptions {
   readonly responseTopics: readonly string[];
   readonly metrics: MqttMetrics;
   readonly logger: Logger;
+  /** At most this many publications held for the broker while disconnected (default 10 000). */
+  readonly maxHeld?: number;
 }
+
+/**
+ * Publications held for the broker while the gateway is disconnected, at most. mqtt.js keeps
+ * every QoS 1 publication made while disconnected in memory (about 1.5 KB a result), and
+ * numbers them with 16-bit packet ids that wrap: past 65 535 a new one silently replaces the
+ * oldest (measured: 70 000 results settled during a broker outage, 65 535 delivered, the first
+ * 4 465 lost without a word, 100 MB of heap). Past the bound a result is not held: it is in the
+ * journal, and the drop is logged.
+ */
+export const MAX_HELD_PUBLICATIONS = 10_000;
 
 /** An error answer: the document of docs/mqtt-api.md "Errors". */
 export interface MessageAnswer {
@@ -48,7 +60,8 @@ const LOGGED_TOPIC_CHARS = 256;
  *
  * Publications are QoS 1 and never synchronous: called from the client's handleMessage they are
  * deferred to the next turn of the event loop, after the PUBACK (mqtt.js issue #2026). While
- * disconnected, mqtt.js holds results and sends them on reconnection (in memory only).
+ * disconnected, mqtt.js holds results and sends them on reconnection (in memory only, at most
+ * MAX_HELD_PUBLICATIONS).
  */
 export class MqttPublisher {
   private readonly link: PublishingLink;
@@ -61,6 +74,11 @@ export class MqttPublisher {
   private readonly unacknowledged = new Set<Promise<void>>();
   /** Publications deferred to the next turn, sent there together (see publish()). */
   private readonly deferred: (() => void)[] = [];
+  private readonly maxHeld: number;
+  /** Publications handed to mqtt.js and not yet acknowledged (or given up) by the broker. */
+  private handed = 0;
+  /** Publications not held since the connection was lost (see MAX_HELD_PUBLICATIONS). */
+  private dropped = 0;
 
   constructor(options: MqttPublisherOptions) {
     this.link = options.link;
@@ -68,6 +86,20 @@ export class MqttPublisher {
     this.allowed = options.responseTopics;
     this.metrics = options.metrics;
     this.logger = options.logger;
+    this.maxHeld = options.maxHeld ?? MAX_HELD_PUBLICATIONS;
+  }
+
+  /**
+   * A connection is up: says how many publications were not held while it was down (each is
+   * in the journal: `GET /v1/commands/{key}`, `sluicectl show`).
+   */
+  reconnected(): void {
+    if (this.dropped === 0) return;
+    this.logger.warn(
+      { dropped: this.dropped, held: this.maxHeld },
+      'results not published while disconnected from the MQTT broker: more were waiting than are held; they are in the journal',
+    );
+    this.dropped = 0;
   }
 
   /**
@@ -103,15 +135,15 @@ export class MqttPublisher {
   /** A settled command's stored result, to the result topic and its requesters' routes. */
   result(record: CommandRecord): void {
     const body = resultBody(record);
-    this.publish(this.topics.result(record.device), body, { retain: false });
-    for (const route of this.routes.take(record)) this.publishToRoute(route, body);
+    this.publish(this.topics.result(record.device), body, { retain: false, about: record });
+    for (const route of this.routes.take(record)) this.publishToRoute(route, body, record);
   }
 
   /** A retry of a settled command: its stored result, marked as a replay. */
   replay(record: CommandRecord, route: ResponseRoute | undefined): void {
     const body = replayedResultBody(record);
-    this.publish(this.topics.result(record.device), body, { retain: false });
-    if (route !== undefined) this.publishToRoute(route, body);
+    this.publish(this.topics.result(record.device), body, { retain: false, about: record });
+    if (route !== undefined) this.publishToRoute(route, body, record);
   }
 
   /**
@@ -134,15 +166,18 @@ export class MqttPublisher {
       receivedAt: new Date(receivedAt).toISOString(),
     });
     if (requester.key !== null) {
-      this.publish(this.topics.result(requester.device), body, { retain: false });
+      this.publish(this.topics.result(requester.device), body, { retain: false, about: requester });
     }
-    if (route !== undefined) this.publishToRoute(route, body);
+    if (route !== undefined) this.publishToRoute(route, body, requester);
   }
 
   /** The retained state; not queued while disconnected (the mirror is published on connect). */
   state(device: string, readback: Readback): void {
     if (this.link.client?.connected !== true) return;
-    this.publish(this.topics.state(device), stateDocument(device, readback), { retain: true });
+    this.publish(this.topics.state(device), stateDocument(device, readback), {
+      retain: true,
+      about: { key: null, device },
+    });
   }
 
   /** Resolves once every publication made so far is acknowledged (or given up). */
@@ -154,9 +189,10 @@ export class MqttPublisher {
     await Promise.all([...this.unacknowledged]);
   }
 
-  private publishToRoute(route: ResponseRoute, body: string): void {
+  private publishToRoute(route: ResponseRoute, body: string, about: Requester): void {
     this.publish(route.topic, body, {
       retain: false,
+      about,
       ...(route.correlationData === undefined ? {} : { correlationData: route.correlationData }),
     });
   }
@@ -164,12 +200,17 @@ export class MqttPublisher {
   private publish(
     topic: string,
     payload: string,
-    options: { retain: boolean; correlationData?: Buffer },
+    options: { retain: boolean; correlationData?: Buffer; about: Requester },
   ): void {
     const sent = new Promise<void>((resolve) => {
       this.defer(() => {
         const client = this.link.client;
         if (client === null) {
+          resolve();
+          return;
+        }
+        if (!client.connected && this.handed >= this.maxHeld) {
+          this.drop(topic, options.about);
           resolve();
           return;
         }
@@ -183,7 +224,9 @@ export class MqttPublisher {
               : { correlationData: options.correlationData }),
           };
         }
+        this.handed += 1;
         client.publish(topic, payload, publishOptions, (error) => {
+          this.handed -= 1;
           // mqtt.js calls back with null, not undefined, on success.
           if (error instanceof Error && this.link.client !== null) {
             this.logger.warn({ err: error, topic }, 'MQTT publication failed');
@@ -194,6 +237,16 @@ export class MqttPublisher {
     });
     this.unacknowledged.add(sent);
     void sent.then(() => this.unacknowledged.delete(sent));
+  }
+
+  /** A publication not held for the broker: the first of an outage is logged with its key. */
+  private drop(topic: string, about: Requester): void {
+    this.dropped += 1;
+    if (this.dropped > 1) return;
+    this.logger.warn(
+      { key: about.key, device: about.device, topic, held: this.maxHeld },
+      'disconnected from the MQTT broker with the most results held: further results are not published (they are in the journal)',
+    );
   }
 
   /**

@@ -125,6 +125,7 @@ export class MqttIntake {
         this.commands.receive(client, packet, callback);
       },
       connected: () => {
+        this.publisher.reconnected();
         this.publishMirror();
       },
     });

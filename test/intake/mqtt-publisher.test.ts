@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { connectAsync, type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
-import { silentLogger } from '../../src/core/logger.js';
+import { silentLogger, type Logger } from '../../src/core/logger.js';
 import { MqttPublisher } from '../../src/intake/mqtt-publisher.js';
 import { GatewayTopics } from '../../src/intake/mqtt-topics.js';
 import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
@@ -122,5 +122,111 @@ describe.skipIf(!available)('MQTT publisher: one turn, one write, in order', () 
     expect(observer.on(topic).map((m) => m.json().key)).toEqual(
       [...first, ...second].map((r) => r.key),
     );
+  });
+});
+
+/**
+ * While the broker is away, results are held for it up to a bound: mqtt.js would keep every one
+ * in memory, and past 65 535 its wrapping packet ids replace the oldest without a word. Past the
+ * bound a result is not held, and the drop is logged. The broker's log of the PUBLISH packets it
+ * received from the gateway is the ground truth for what was held and sent.
+ */
+describe.skipIf(!available)('MQTT publisher: results held while disconnected are bounded', () => {
+  const CLIENT_ID = 'gwh-held';
+  const TOPIC = 'sluice/gwh/result/inlet-valve';
+  let broker: Mosquitto;
+  let client: MqttClient;
+  let observer: TestClient;
+  let journal: SqliteJournal;
+  let cleanup: () => void;
+  const warnings: { obj: Record<string, unknown>; msg: string | undefined }[] = [];
+  const logger: Logger = {
+    ...silentLogger,
+    warn: (obj, msg) => {
+      warnings.push({ obj: obj as Record<string, unknown>, msg });
+    },
+    child: () => logger,
+  };
+
+  beforeAll(async () => {
+    broker = await startMosquitto();
+    const session = { clean: false, properties: { sessionExpiryInterval: 600 } };
+    client = await connectAsync(broker.url, {
+      protocolVersion: 5,
+      clientId: CLIENT_ID,
+      reconnectPeriod: 100,
+      ...session,
+    });
+    // A persistent session: it must not miss what is sent when the broker is back.
+    observer = await TestClient.connect(broker.url, { clientId: 'gwh-observer', ...session });
+    await observer.subscribe('sluice/gwh/result/+');
+    const temp = tempDir();
+    cleanup = temp.cleanup;
+    journal = openJournal(join(temp.dir, 'journal.db'));
+  });
+
+  afterAll(async () => {
+    await observer.end();
+    await client.endAsync(true);
+    await broker.close();
+    journal.close();
+    cleanup();
+  });
+
+  const received = (): number =>
+    broker
+      .log()
+      .split('\n')
+      .filter((line) => line.includes(`Received PUBLISH from ${CLIENT_ID} `))
+      .filter((line) => line.includes(`'${TOPIC}'`)).length;
+
+  it('holds at most maxHeld results for the broker, logs the rest as not published, and sends the held ones on reconnection', async () => {
+    const publisher = new MqttPublisher({
+      link: { client, protocolLevel: 5 },
+      topics: new GatewayTopics('gwh'),
+      responseTopics: [],
+      metrics: noMetrics,
+      logger,
+      maxHeld: 20,
+    });
+    client.on('connect', () => {
+      publisher.reconnected();
+    });
+    const records = Array.from({ length: 30 }, (_, i) => {
+      const claim = journal.claim(newCommand(`held-${i}`, 'f'), {
+        code: 'FORBIDDEN_DEVICE',
+        detail: 'not this identity’s device; nothing was written',
+      });
+      return claim.record;
+    });
+
+    await broker.stop();
+    await until(() => (client.connected ? undefined : true), 5_000, 'the client disconnected');
+    for (const record of records) publisher.result(record);
+    // The publications are made in the next turn; the drop is decided there.
+    await new Promise((resolve) => setImmediate(resolve));
+    await new Promise((resolve) => setImmediate(resolve));
+    await broker.restart();
+    await until(() => (client.connected ? true : undefined), 10_000, 'the client reconnected');
+    // Every publication handed to mqtt.js is acknowledged by the broker: nothing more will come.
+    await publisher.flush();
+    expect(received()).toBe(20);
+    await until(() => (observer.on(TOPIC).length >= 20 ? true : undefined), 10_000, '20 results');
+    expect(observer.on(TOPIC).map((m) => m.json().key)).toEqual(
+      records.slice(0, 20).map((r) => r.key),
+    );
+    // The first result not held is logged with its key and device, and the count on reconnection.
+    const first = warnings.find((w) => w.obj.key === 'held-20');
+    expect(first?.obj).toMatchObject({ device: 'inlet-valve', topic: TOPIC, held: 20 });
+    expect(warnings.filter((w) => w.obj.topic !== undefined)).toHaveLength(1);
+    expect(warnings.find((w) => w.obj.dropped !== undefined)?.obj).toMatchObject({
+      dropped: 10,
+      held: 20,
+    });
+
+    // Connected again: results are published as before.
+    publisher.result(records[29]!);
+    await publisher.flush();
+    expect(received()).toBe(21);
   });
 });
