@@ -187,7 +187,7 @@ export class AdminEndpoint {
     }
     const action = /^\/v1\/commands\/([^/]+)\/(reverify|resolve)$/.exec(path);
     if (method === 'POST' && action !== null) {
-      const key = decodeURIComponent(action[1] ?? '');
+      const key = decodeKey(action[1] ?? '');
       const body = await readJson(req);
       const by = text(body.by, 'by', 200);
       const ref = this.refOf(key, body.scope);
@@ -280,6 +280,19 @@ export function adminToken(file: string): string {
   writeFileSync(file, `${token}\n`, { mode: 0o600 });
   chmodSync(file, 0o600);
   return token;
+}
+
+/** The key in the path, percent-decoded; a malformed encoding is the client's error, not ours. */
+function decodeKey(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new AdminError(
+      400,
+      'INVALID_REQUEST',
+      'the key in the path is not valid percent-encoding',
+    );
+  }
 }
 
 function text(value: unknown, field: string, max: number): string {

@@ -224,6 +224,45 @@ describe('admin socket', () => {
       await endpoint.stop();
     }
   });
+
+  it('answers an oversized body 413 and a malformed key 400, as problems', async () => {
+    const token = readFileSync(tokenFile, 'utf8').trim();
+    const raw = (path: string, body: string): Promise<{ status: number; body: string }> =>
+      new Promise((resolve, reject) => {
+        const req = request(
+          {
+            socketPath: socket,
+            method: 'POST',
+            path,
+            headers: {
+              authorization: `Bearer ${token}`,
+              'content-type': 'application/json',
+              'content-length': Buffer.byteLength(body),
+            },
+            agent: false,
+          },
+          (res) => {
+            let text = '';
+            res.setEncoding('utf8');
+            res.on('data', (c: string) => (text += c));
+            res.on('end', () => {
+              resolve({ status: res.statusCode ?? 0, body: text });
+            });
+          },
+        );
+        req.once('error', reject);
+        req.end(body);
+      });
+    const big = await raw(
+      '/v1/commands/k/resolve',
+      JSON.stringify({ as: 'failed', by: 'x', reason: 'r'.repeat(64 * 1024) }),
+    );
+    expect(big.status).toBe(413);
+    expect(JSON.parse(big.body)).toMatchObject({ code: 'PAYLOAD_TOO_LARGE' });
+    const bad = await raw('/v1/commands/%E0%A4%A/reverify', JSON.stringify({ by: 'x' }));
+    expect(bad.status).toBe(400);
+    expect(JSON.parse(bad.body)).toMatchObject({ code: 'INVALID_REQUEST' });
+  });
 });
 
 function adminOn(
