@@ -62,6 +62,12 @@ const faultSchemas = {
     code: z.int().min(1).max(255),
     on: directionSchema,
     count,
+    when: z
+      .enum(['before', 'after'])
+      .default('before')
+      .describe(
+        'before: refused, not applied; after: applied, then the exception answered (a gateway whose target took the request but whose reply was lost: 0x0B)',
+      ),
   }),
   'bad-status': z.strictObject({
     kind: z.literal('bad-status'),
@@ -220,8 +226,11 @@ export class FaultSet {
 export interface LinkPlan {
   /** Destroy the connection instead of processing the request. */
   resetBefore: boolean;
-  /** Refuse the request: a Modbus exception code or an OPC UA Bad status name. */
-  refuse: { exception?: number; badStatus?: string } | undefined;
+  /**
+   * Refuse the request: a Modbus exception code or an OPC UA Bad status name. `applied`: the
+   * request is applied all the same, and the exception answered instead of its reply.
+   */
+  refuse: { exception?: number; badStatus?: string; applied?: boolean } | undefined;
   /**
    * Delay on the link before the request reaches the PLC (latency `when: before`). The
    * request is applied when it ends, whatever became of the client's connection meanwhile.
@@ -268,7 +277,9 @@ export function planRequest(
   }
   if (refusal === 'exception') {
     const fault = first('exception');
-    if (fault !== undefined) plan.refuse = { exception: fault.code };
+    if (fault !== undefined) {
+      plan.refuse = { exception: fault.code, applied: fault.when === 'after' };
+    }
   } else if (refusal === 'bad-status') {
     const fault = first('bad-status');
     if (fault !== undefined) plan.refuse = { badStatus: fault.status };

@@ -204,6 +204,7 @@ export class ModbusPlcServer {
 
     let reply: Buffer;
     if (plan.refuse?.exception !== undefined) {
+      if (plan.refuse.applied === true) this.#execute(request);
       reply = exceptionPdu(request.fc, plan.refuse.exception);
     } else if (unitId !== this.#config.unitId) {
       reply = exceptionPdu(request.fc, EXCEPTION.gatewayTargetFailed);

@@ -67,6 +67,14 @@ const MODBUS_EXCEPTIONS: Record<number, string> = {
   11: 'gateway target device failed to respond',
 };
 
+/**
+ * Exceptions that answer a write without saying it was not applied: 0x05 (acknowledge: taken,
+ * still being processed) and 0x0B (a gateway's target did not answer in time: it may have
+ * taken the write and its answer been lost or late). Modbus Application Protocol v1.1b3 §7.
+ * Such a write's outcome is unknown, as after a lost answer: the readback settles it.
+ */
+const WRITE_OUTCOME_UNKNOWN: ReadonlySet<number> = new Set([0x05, 0x0b]);
+
 /** Exceptions a PLC gives for a read of addresses it does not map. */
 const SPAN_REFUSALS: ReadonlySet<number> = new Set([2, 3]);
 
@@ -129,8 +137,9 @@ const NOTHING: Delivery = () => undefined;
  *   connection counts as good only once the PLC has answered a request on it: one that is lost
  *   before any answer (a PLC past its number of connections takes the connect and closes) is a
  *   failed attempt, so that such a PLC is not reconnected to once per request.
- * - Exception responses become DeviceRefusedError (the PLC answered: nothing was applied);
- *   everything else becomes DeviceUnreachableError (no answer: outcome unknown).
+ * - Exception responses become DeviceRefusedError (the PLC answered: nothing was applied),
+ *   except 0x05 and 0x0B to a write (WRITE_OUTCOME_UNKNOWN); everything else becomes
+ *   DeviceUnreachableError (no answer: outcome unknown).
  */
 export class ModbusEndpoint {
   readonly name: string;
@@ -303,8 +312,15 @@ export class ModbusEndpoint {
         job.resolve();
       };
     } catch (error) {
+      const failure =
+        error instanceof ModbusExceptionError && WRITE_OUTCOME_UNKNOWN.has(error.exception)
+          ? new DeviceUnreachableError(
+              `${error.message}: whether the write was applied is unknown`,
+              { cause: error },
+            )
+          : asError(error);
       return () => {
-        job.reject(asError(error));
+        job.reject(failure);
       };
     }
   }

@@ -5,6 +5,7 @@ import { silentLogger } from '../../src/core/logger.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { profile } from '../helpers/fixtures.js';
+import { SimHarness } from '../helpers/sim-harness.js';
 import { TcpLink } from '../helpers/tcp-link.js';
 
 /**
@@ -112,5 +113,50 @@ describe('a PLC that takes the connection and drops it before answering', () => 
       plant.plc('mb').clearFault('reset');
       await endpoint.close();
     }
+  });
+});
+
+describe('an exception answered to a write that says nothing of whether it was applied', () => {
+  // The pipeline on a real journal with the real drivers (SimHarness). The simulator applies
+  // the write and then answers the exception (`when: 'after'`): what a Modbus TCP/RTU gateway
+  // does when its serial target took the write but its answer was lost or late (0x0B), and
+  // what 0x05 (acknowledge: accepted, still being processed) says outright. Warm devices (their
+  // echo is not the power-up one): a write not applied can then be proven so by readback.
+  let h: SimHarness;
+  beforeAll(async () => {
+    h = await SimHarness.start({ travelMs: 0, warm: true });
+  });
+  afterAll(async () => {
+    await h.close();
+  });
+
+  it.each([
+    ['0x0B (gateway target failed to respond)', 0x0b, 'v1'],
+    ['0x05 (acknowledge)', 0x05, 'v2'],
+  ] as const)('%s: confirmed by readback, one write, never DEVICE_FAULT', async (_, code, id) => {
+    const device = h.device(id);
+    device.setFault({ kind: 'exception', code, on: 'write', when: 'after', count: 1 });
+    expect(h.submit(`exc-after-${id}`, { device: id, action: 'open' }).kind).toBe('new');
+    const record = await h.settled(`exc-after-${id}`);
+    expect(device.faults()).toEqual([]);
+    // Ground truth: the controller took the write, once.
+    expect(device.counters.writesReceived).toBe(1);
+    expect(h.writesWithSeq(id, record.seq ?? -1)).toBe(1);
+    expect({ state: record.state, code: record.code }).toEqual({ state: 'confirmed', code: 'OK' });
+  });
+
+  it('0x0B with nothing applied (the target never got it): one write reaches the controller', async () => {
+    const device = h.device('a1');
+    device.setFault({ kind: 'exception', code: 0x0b, on: 'write', when: 'before', count: 1 });
+    expect(h.submit('exc-before-a1', { device: 'a1', action: 'move', position: 40 }).kind).toBe(
+      'new',
+    );
+    const record = await h.settled('exc-before-a1');
+    expect(device.faults()).toEqual([]);
+    // Proven not applied by readback, then sent once more (src/core/redispatch.ts).
+    expect(record.attempts).toBe(2);
+    expect(device.counters.writesReceived).toBe(1);
+    expect(h.writesWithSeq('a1', record.seq ?? -1)).toBe(1);
+    expect({ state: record.state, code: record.code }).toEqual({ state: 'confirmed', code: 'OK' });
   });
 });

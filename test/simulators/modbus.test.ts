@@ -334,6 +334,20 @@ describe.skipIf(!haveMbpoll)('Modbus PLC driven by mbpoll', () => {
       expect(await mbRead(ep, 10, 3)).toEqual([0, 0, 0]);
     });
 
+    it('an exception after the write: applied and counted, the exception answered', async () => {
+      // A TCP/RTU gateway whose target took the write but whose answer was lost answers 0x0B.
+      plant
+        .device('v1')
+        .setFault({ kind: 'exception', code: 0x0b, on: 'write', when: 'after', count: 1 });
+      const result = await mbpoll(ep, ['-r', '10', ep.host, String(OPEN), '0', '1']);
+      expect(result.code).not.toBe(0);
+      expect(result.stderr).toMatch(/target/i);
+      expect(plant.device('v1').counters.writesReceived).toBe(1);
+      step(0);
+      expect(await mbRead(ep, 0, 4)).toEqual([1, 0, 0, 1]);
+      expect(plant.device('v1').faults()).toEqual([]);
+    });
+
     it('latency holds the reply back; the write is applied on arrival', async () => {
       plant.device('v1').setFault({ kind: 'latency', ms: 300 });
       const read = await mbpoll(ep, ['-r', '0', '-c', '1', ep.host], 2);
