@@ -181,8 +181,9 @@ export function buildProgram(io: Io, result: { code: number }): Command {
     .addHelpText(
       'after',
       example(
-        'sudo sluicectl resolve 5f0c6f5e-1d2a-4d0e-9a57-0c1f3a7e2b10 --as failed \\ ' +
-          '      --reason "valve checked by hand: closed, actuator replaced (WO 4711)"',
+        // One line: an example is copied into a shell as printed.
+        'sudo sluicectl resolve 5f0c6f5e-1d2a-4d0e-9a57-0c1f3a7e2b10 --as failed ' +
+          '--reason "valve checked by hand: closed, actuator replaced (WO 4711)"',
       ),
     )
     .action(
