@@ -454,4 +454,60 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
       await client.end();
     }
   });
+
+  it('MQTT 3.1.1: a command published retained runs once; its replays at each new subscription are refused (I1)', async () => {
+    // 3.1.1 §3.3.1.3: the broker clears the retain flag of a live delivery, so the gateway
+    // cannot tell it was retained; each replay from the retained store carries the flag.
+    const newV4 = (): MqttIntake =>
+      new MqttIntake({
+        config: config({ protocolVersion: 4, clientId: 'sluice-gwr' }),
+        gatewayId: 'gwr',
+        pipeline: stack.pipeline,
+        identities: stack.identities,
+        metrics: stack.metrics,
+        logger: silentLogger,
+        reconnect: { minMs: 100, maxMs: 500 },
+      });
+    const client = await TestClient.connect(broker.url, { protocolVersion: 4 });
+    let v4 = newV4();
+    const topic = 'sluice/gwr/cmd/v1';
+    try {
+      v4.start();
+      await until(() => v4.connected() || undefined, 10_000, 'v4 intake connected');
+      await client.subscribe('sluice/gwr/result/v1');
+      const key = randomUUID();
+      const before = writes('v1');
+      await client.publish(topic, timed({ action: moveOf('v1'), key }), { retain: true });
+      const answers = (): Record<string, unknown>[] =>
+        client
+          .on('sluice/gwr/result/v1')
+          .map((m) => m.json())
+          .filter((a) => a.key === key);
+      await until(() => (answers().length === 1 ? true : undefined), 10_000, 'the result');
+      expect(answers()[0]).toMatchObject({ state: 'confirmed' });
+
+      // Twice the session is lost (a broker without persistence, an expired session): the
+      // gateway subscribes again and the broker replays the retained command each time.
+      for (const round of [2, 3]) {
+        await v4.stop();
+        const clean = await TestClient.connect(broker.url, {
+          protocolVersion: 4,
+          clientId: 'sluice-gwr',
+          clean: true,
+        });
+        await clean.end();
+        v4 = newV4();
+        v4.start();
+        await until(() => (answers().length === round ? true : undefined), 10_000, 'the refusal');
+        expect(answers()[round - 1]).toMatchObject({ code: 'INVALID_COMMAND' });
+        expect(String(answers()[round - 1]?.detail)).toContain('retained');
+      }
+      expect(broker.deliveriesTo('sluice-gwr', topic).length).toBe(3);
+      expect(writes('v1')).toBe(before + 1);
+    } finally {
+      await client.publish(topic, '', { retain: true });
+      await v4.stop();
+      await client.end();
+    }
+  });
 });
