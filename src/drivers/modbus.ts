@@ -1,3 +1,4 @@
+import { Socket } from 'node:net';
 import ModbusSerial from 'modbus-serial';
 import type { ModbusRTU } from 'modbus-serial/ModbusRTU.js';
 import { Backoff } from '../backoff.js';
@@ -499,14 +500,28 @@ export class ModbusEndpoint {
       this.health.disconnected();
       throw new DeviceUnreachableError(message, { cause: error });
     }
-    client.on('close', () => {
+    const closed = (reason: string): void => {
       if (this.client === client) {
         this.client = null;
         this.lost();
         this.health.disconnected();
-        this.onSocketClosed?.('connection closed');
+        this.onSocketClosed?.(reason);
       }
+    };
+    client.on('close', () => {
+      closed('connection closed');
     });
+    // modbus-serial relays an orderly close only: after a socket error (ECONNRESET: the PLC
+    // restarted, its TCP stack reset the connection) its port swallows the close, and the
+    // request in flight would wait for its timeout. The socket itself says it at once.
+    let socketError: string | null = null;
+    socketOf(client)
+      ?.on('error', (error: unknown) => {
+        socketError = describeError(error);
+      })
+      .on('close', () => {
+        closed(socketError === null ? 'connection closed' : `connection lost: ${socketError}`);
+      });
     // The backoff starts over once the PLC answers on this connection (proven), not here.
     this.answered = false;
     this.health.connected();
@@ -537,6 +552,12 @@ export class ModbusEndpoint {
       destroyQuietly(client);
     }
   }
+}
+
+/** The TCP socket under a connected client (modbus-serial 8: its TcpPort's `_client`). */
+function socketOf(client: ModbusRTU): Socket | null {
+  const socket = (client as unknown as { _port?: { _client?: unknown } })._port?._client;
+  return socket instanceof Socket ? socket : null;
 }
 
 function destroyQuietly(client: ModbusRTU): void {

@@ -47,17 +47,20 @@ function endpointAndDriver(options: {
   requestTimeoutMs?: number;
   backoffInitialMs?: number;
   backoffMaxMs?: number;
+  /** Straight to the PLC, not through the link (which turns a reset into an orderly close). */
+  direct?: boolean;
 }): { endpoint: ModbusEndpoint; driver: ModbusDeviceDriver } {
   const e = plant.plc('mb').endpoint;
   if (e.protocol !== 'modbus') throw new Error('expected a Modbus PLC');
+  const { direct, ...timing } = options;
   const endpoint = new ModbusEndpoint({
     name: 'mb',
-    host: '127.0.0.1',
-    port: link.port,
+    host: e.host,
+    port: direct === true ? e.port : link.port,
     unitId: e.unitId,
     clock: systemClock,
     logger: silentLogger,
-    ...options,
+    ...timing,
   });
   const driver = new ModbusDeviceDriver({
     id: 'v0',
@@ -111,6 +114,38 @@ describe('a PLC that takes the connection and drops it before answering', () => 
       expect(await readEventually(driver, 1_000)).toBe(30);
     } finally {
       plant.plc('mb').clearFault('reset');
+      await endpoint.close();
+    }
+  });
+});
+
+describe('a PLC that resets the connection under a request (power cycle)', () => {
+  it('fails the request at once as a lost connection, not after the request timeout', async () => {
+    const { endpoint, driver } = endpointAndDriver({ requestTimeoutMs: 3_000, direct: true });
+    try {
+      expect(await readEventually(driver, 2_000)).toBe(30);
+      // The answer is held 2 s: the read is in flight when the power goes (the PLC's TCP stack
+      // resets its connections, as the simulator's power cycle does).
+      plant.plc('mb').setFault({ kind: 'latency', ms: 2_000, on: 'read' });
+      const cycles = plant.plc('mb').powerCycles;
+      const started = Date.now();
+      const failed = driver.read().then(
+        () => null,
+        (e: unknown) => e,
+      );
+      await new Promise((r) => setTimeout(r, 50));
+      plant.plc('mb').powerCycle({ offMs: 100 });
+      const error = await failed;
+      const tookMs = Date.now() - started;
+      plant.plc('mb').clearFault('latency');
+      expect(plant.plc('mb').powerCycles).toBe(cycles + 1);
+      expect(error).toBeInstanceOf(DeviceUnreachableError);
+      expect((error as Error).message).toMatch(/^mb: read 0\+\d+: connection lost: .*ECONNRESET/);
+      expect(tookMs).toBeLessThan(1_000);
+      expect(endpoint.health.snapshot().connected).toBe(false);
+      expect(await readEventually(driver, 3_000)).toBe(30);
+    } finally {
+      plant.plc('mb').clearFault('latency');
       await endpoint.close();
     }
   });
