@@ -528,7 +528,7 @@ describe('examples in --help', () => {
         .map((l) => l.slice(4).replace(/^sudo /, '')),
     );
     expect(examples.some((e) => e.startsWith('sluicectl resolve '))).toBe(true);
-    const env = {
+    const env: NodeJS.ProcessEnv = {
       ...process.env,
       PATH: `${bin}:${process.env.PATH ?? ''}`,
       SLUICE_CONFIG: configPath,
