@@ -455,7 +455,12 @@ export class ModbusEndpoint {
       if (!combined) this.health.error(message);
       return new ModbusExceptionError(message, modbusCode, { cause: error });
     }
-    const message = `${this.name}: ${what}: ${describeError(error)}`;
+    // The endpoint's own errors (a timeout, a lost connection) already name the PLC and the
+    // request; the library's are given them here.
+    const message =
+      error instanceof DeviceUnreachableError
+        ? error.message
+        : `${this.name}: ${what}: ${describeError(error)}`;
     this.health.error(message);
     // No answer: the connection can no longer be trusted to pair requests and responses.
     this.drop(message);

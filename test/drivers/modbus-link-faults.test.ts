@@ -119,6 +119,28 @@ describe('a PLC that takes the connection and drops it before answering', () => 
   });
 });
 
+describe("a device's last error", () => {
+  it('names a lost connection once, as the request was told', async () => {
+    const { endpoint, driver } = endpointAndDriver({});
+    try {
+      expect(await readEventually(driver, 2_000)).toBe(30);
+      plant.device('v0').setFault({ kind: 'reset', when: 'before', on: 'read', count: 1 });
+      const error = await driver.read().then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(plant.device('v0').faults()).toEqual([]);
+      expect(error).toBeInstanceOf(DeviceUnreachableError);
+      const message = (error as Error).message;
+      expect(message).toMatch(/^mb: read 0\+\d+: connection closed$/);
+      // What GET /v1/devices and sluicectl devices show.
+      expect(endpoint.health.snapshot().lastError).toBe(message);
+    } finally {
+      await endpoint.close();
+    }
+  });
+});
+
 describe('a PLC that resets the connection under a request (power cycle)', () => {
   it('fails the request at once as a lost connection, not after the request timeout', async () => {
     const { endpoint, driver } = endpointAndDriver({ requestTimeoutMs: 3_000, direct: true });
