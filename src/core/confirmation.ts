@@ -1,7 +1,13 @@
 import type { DeviceReads } from './device-reads.js';
 import { DeviceRefusedError } from './driver.js';
 import type { CommandRecord, Observation } from './journal.js';
-import { PIPELINE, type ExecutionHost, type Lane, type LastWrite } from './lane.js';
+import {
+  PIPELINE,
+  settledMeanwhile,
+  type ExecutionHost,
+  type Lane,
+  type LastWrite,
+} from './lane.js';
 import type { Logger } from './logger.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
@@ -392,6 +398,26 @@ export class ConfirmationLoop {
         // On disk before the second write (group commit); a failed sync throws, as a failed
         // journal write does, and the command is left to the sweep unwritten.
         await this.host.journal.durable();
+        // As before the first write (execution.ts): not for a command an operator resolved
+        // meanwhile, nor past its deadline (I3), which the barrier may have outlasted.
+        if (settledMeanwhile(this.host, lane, again, log)) return { kind: 'settled' };
+        if (aborted(lane)) {
+          // A stop preempted it meanwhile (or the daemon is stopping): never written again.
+          return {
+            kind: 'waiting',
+            reason: `${prefix}; preempted while its second dispatch was being made durable, so it is not written again and nothing was applied`,
+          };
+        }
+        if (clock.now() >= again.deadline) {
+          this.host.settle(log, again, 'dispatched', {
+            to: 'failed',
+            code: 'DEVICE_UNREACHABLE',
+            faultCode: null,
+            observed: observe(readback),
+            detail: `the write never reached the controller: ${verdict.proof}; its deadline passed while the second dispatch was being made durable, so it is not sent again; nothing was applied`,
+          });
+          return { kind: 'settled' };
+        }
         log.warn({ seq }, 'first write provably not applied; dispatching once more');
         const write = this.beginWrite(lane, again, seq);
         ctx.write = write;

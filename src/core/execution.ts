@@ -3,7 +3,14 @@ import { clockNote, controllerVerdict, gatewayVerdict } from './clock-policy.js'
 import { ConfirmationLoop } from './confirmation.js';
 import { DeviceReads } from './device-reads.js';
 import type { CommandRecord } from './journal.js';
-import { PIPELINE, freshnessDetail, type ExecutionHost, type Lane } from './lane.js';
+import {
+  PIPELINE,
+  freshnessDetail,
+  refId,
+  settledMeanwhile,
+  type ExecutionHost,
+  type Lane,
+} from './lane.js';
 import type { Logger } from './logger.js';
 import { meetsExpectation, observe, type Expectation } from './readback.js';
 import { allocateSeq } from './sequence.js';
@@ -117,6 +124,9 @@ export class CommandExecution {
           );
           return;
         }
+        // The barrier may have taken long (a slow or stalled disk): freshness and the command's
+        // state were checked before it.
+        if (this.notToBeWritten(lane, dispatched, log)) return;
         log.info({ seq: dispatched.seq, from: before.state }, 'command dispatched');
         await this.confirmation.writeAndConfirm(
           lane,
@@ -191,6 +201,41 @@ export class CommandExecution {
       return true;
     }
     return false;
+  }
+
+  /**
+   * After the dispatch's barrier, just before the write: true when the command must not be
+   * written after all, and then it is settled truly. The barrier may take long (a slow or
+   * stalled disk), and meanwhile:
+   * - an operator may have resolved the command (lane.ts, settledMeanwhile): the journal says
+   *   nothing was written, so nothing is;
+   * - a stop may have preempted it: not yet written, it ends `rejected` `SUPERSEDED`, as the
+   *   commands queued before the stop do (SPEC §2);
+   * - its deadline may have passed (I3): it ends `rejected` `STALE_COMMAND`.
+   */
+  private notToBeWritten(lane: Lane, dispatched: CommandRecord, log: Logger): boolean {
+    if (settledMeanwhile(this.host, lane, dispatched, log)) return true;
+    const stop = lane.interrupted;
+    if (aborted(lane) && stop !== null && refId(stop.target) === refId(dispatched)) {
+      this.host.settle(log, dispatched, 'dispatched', {
+        to: 'rejected',
+        code: 'SUPERSEDED',
+        faultCode: null,
+        observed: dispatched.observedBefore,
+        detail: `superseded by the stop ${stop.stop.key}, accepted while the dispatch was being made durable; nothing was written`,
+      });
+      return true;
+    }
+    const now = this.host.clock.now();
+    if (checkFreshness(dispatched, now, this.host.freshness) !== 'STALE_COMMAND') return false;
+    this.host.settle(log, dispatched, 'dispatched', {
+      to: 'rejected',
+      code: 'STALE_COMMAND',
+      faultCode: null,
+      observed: dispatched.observedBefore,
+      detail: `deadline ${new Date(dispatched.deadline).toISOString()} passed ${now - dispatched.deadline} ms ago, while the dispatch was being made durable; nothing was written`,
+    });
+    return true;
   }
 
   /** Rejects the command when its deadline has passed or it lies too far in the future (I3). */

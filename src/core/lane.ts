@@ -1,3 +1,4 @@
+import { isTerminal } from './command.js';
 import type { FreshnessPolicy, OpenState, ResultCode, TerminalState } from './command.js';
 import type { Clock } from './clock.js';
 import type { CommandRecord, CommandRef, Journal, Observation } from './journal.js';
@@ -146,6 +147,28 @@ export function freshnessDetail(
   return verdict === 'STALE_COMMAND'
     ? `deadline ${new Date(record.deadline).toISOString()} passed ${now - record.deadline} ms ago; nothing was written`
     : `issuedAt lies ${record.issuedAt - now} ms in the future, more than the allowed ${policy.maxIssuerSkewMs} ms; nothing was written`;
+}
+
+/**
+ * True when the command was settled by another hand while its worker awaited a barrier before
+ * a write: an operator's resolve, which aborts the lane's signal. The journal then says that
+ * nothing was written, so the write is not sent. A stop's preemption aborts the signal too but
+ * leaves the command open: that write goes ahead, and the stop judges it (preemption.ts).
+ */
+export function settledMeanwhile(
+  host: Pick<ExecutionHost, 'journal'>,
+  lane: Lane,
+  record: CommandRecord,
+  log: Logger,
+): boolean {
+  if (!lane.signal.aborted) return false;
+  const current = host.journal.get(record);
+  if (current !== undefined && !isTerminal(current.state)) return false;
+  log.warn(
+    { seq: record.seq, state: current?.state, code: current?.code },
+    'command settled while its write waited for the journal; not written',
+  );
+  return true;
 }
 
 /** A command's identity as a map key: its scope and its key. */

@@ -1,11 +1,11 @@
-import { execFileSync } from 'node:child_process';
-import { closeSync, fstatSync, openSync, read, statSync, writeSync } from 'node:fs';
+import { fstatSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { NewCommand } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { holdThreadPool } from '../helpers/thread-pool.js';
 
 /**
  * Group commit: writes that arrive together share one durability barrier (one fsync of the
@@ -33,39 +33,6 @@ function command(key: string): NewCommand {
     deadline: now + 30_000,
     intake: 'test',
     acceptedAt: now,
-  };
-}
-
-/**
- * Holds every thread of libuv's pool until release(): each blocked reading a FIFO of its own
- * making. An fdatasync asked for meanwhile is queued behind them — a real one, on the real
- * WAL, that cannot return before release() — so that what happens while one runs is tested
- * without racing the disk.
- */
-function holdThreadPool(): { release: () => Promise<void> } {
-  const { dir, cleanup } = tempDir('sluice-pool-');
-  const fifo = join(dir, 'hold');
-  execFileSync('mkfifo', [fifo]);
-  // Read and write: opening does not wait for a writer, and each read waits for a byte.
-  const fd = openSync(fifo, 'r+');
-  const threads = Number(process.env.UV_THREADPOOL_SIZE ?? '') || 4;
-  const held = Array.from(
-    { length: threads },
-    () =>
-      new Promise<void>((resolve, reject) => {
-        read(fd, Buffer.alloc(1), 0, 1, null, (error) => {
-          if (error === null) resolve();
-          else reject(error);
-        });
-      }),
-  );
-  return {
-    release: async () => {
-      writeSync(fd, Buffer.alloc(threads));
-      await Promise.all(held);
-      closeSync(fd);
-      cleanup();
-    },
   };
 }
 

@@ -1,0 +1,183 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { CommandRecord } from '../../src/core/journal.js';
+import type { Action as CommandAction } from '../../src/core/command.js';
+import { until } from '../helpers/mosquitto.js';
+import { startStack, type Stack } from '../helpers/stack.js';
+import { holdThreadPool } from '../helpers/thread-pool.js';
+
+/**
+ * What may happen while a command's dispatch is being made durable, before its write (I5: the
+ * write waits for the barrier's fdatasync): on a slow or stalled disk that takes as long as the
+ * disk wants. Meanwhile an operator may resolve the command, a stop may preempt it, its
+ * deadline may pass; each time the write must not follow (SPEC §1 I3, §2, §7). On the real
+ * stack (sluice-sim, the drivers, a journal file, the pipeline): the barrier is held by holding
+ * libuv's thread pool, where its fdatasync runs (test/helpers/thread-pool.ts). Ground truth:
+ * the simulator's write log, and the journal.
+ */
+
+let stack: Stack;
+let pool: { release: () => Promise<void> } | null = null;
+let n = 0;
+
+beforeAll(async () => {
+  stack = await startStack({ travelMs: 0 });
+});
+
+afterEach(async () => {
+  await pool?.release();
+  pool = null;
+});
+
+afterAll(async () => {
+  await stack.stop();
+});
+
+const identity = { scope: 'plant', devices: 'all' as const };
+
+function submit(action: CommandAction, ttlMs = 30_000): CommandRecord {
+  n += 1;
+  const claim = stack.pipeline.submit({
+    key: `barrier-${n}-${action}`,
+    identity,
+    intake: 'test',
+    request: { device: 'v1', action, position: null, issuedAt: null, ttlMs },
+  });
+  expect(claim.kind).toBe('new');
+  return claim.record;
+}
+
+function state(record: CommandRecord): CommandRecord {
+  const current = stack.pipeline.get(record);
+  if (current === undefined) throw new Error(`no command ${record.key}`);
+  return current;
+}
+
+/** Submits `action` with the barrier held, and waits until its dispatch waits for it. */
+async function dispatchedAndHeld(action: CommandAction, ttlMs?: number): Promise<CommandRecord> {
+  pool = holdThreadPool();
+  const record = submit(action, ttlMs);
+  return until(
+    () => {
+      const current = state(record);
+      return current.state === 'dispatched' ? current : undefined;
+    },
+    5_000,
+    `${record.key} dispatched`,
+  );
+}
+
+/** The action that moves the valve from where it rests (so that it is written). */
+function toggle(): CommandAction {
+  return stack.plant.device('v1').state === 'OPEN' ? 'close' : 'open';
+}
+
+/**
+ * The device's next command written and confirmed: its worker took it up, so the one before
+ * it is done with, write or no write (one command per device at a time).
+ */
+async function nextCommandConfirmed(): Promise<CommandRecord> {
+  const valve = stack.plant.device('v1');
+  const next = submit(toggle());
+  const settled = await stack.pipeline.waitForSettled(next, 10_000);
+  expect(settled).toMatchObject({ state: 'confirmed', code: 'OK' });
+  expect(settled?.seq).not.toBeNull();
+  expect(valve.writesWithSeq(settled?.seq ?? -1)).toBe(1);
+  return settled!;
+}
+
+describe('while the dispatch is being made durable', () => {
+  it('a command an operator resolves is not written', async () => {
+    const valve = stack.plant.device('v1');
+    const held = await dispatchedAndHeld(toggle());
+    const resolved = stack.pipeline.resolve(held, 'ops@test', 'valve under maintenance');
+    expect(resolved.state).toBe('failed');
+    await pool?.release();
+    await nextCommandConfirmed();
+    expect(state(held)).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+    expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+  });
+
+  it('a command a stop preempts is superseded, never written', async () => {
+    const valve = stack.plant.device('v1');
+    const held = await dispatchedAndHeld(toggle());
+    const stop = submit('stop');
+    await pool?.release();
+    const stopped = await stack.pipeline.waitForSettled(stop, 10_000);
+    expect(stopped?.state).toBe('confirmed');
+    await nextCommandConfirmed();
+    expect(state(held)).toMatchObject({ state: 'rejected', code: 'SUPERSEDED' });
+    expect(state(held).detail).toContain(stop.key);
+    expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+  });
+
+  it('a command whose deadline passes is rejected STALE_COMMAND, never written (I3)', async () => {
+    const valve = stack.plant.device('v1');
+    const held = await dispatchedAndHeld(toggle(), 1_000);
+    // The event itself: the deadline passes while the barrier is held.
+    await until(() => (Date.now() > held.deadline ? true : undefined), 5_000, 'the deadline');
+    await pool?.release();
+    const settled = await stack.pipeline.waitForSettled(held, 10_000);
+    expect(settled).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
+    expect(settled?.detail).toContain('nothing was written');
+    await nextCommandConfirmed();
+    expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+  });
+
+  it('with nothing in the way, the held command is written once when the barrier returns', async () => {
+    // The control: the same hold, released, lets the write through, once.
+    const valve = stack.plant.device('v1');
+    const held = await dispatchedAndHeld(toggle());
+    expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+    await pool?.release();
+    const settled = await stack.pipeline.waitForSettled(held, 10_000);
+    expect(settled).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(valve.writesWithSeq(held.seq ?? -1)).toBe(1);
+  });
+});
+
+describe('while a second dispatch is being made durable (the first write provably not applied)', () => {
+  /**
+   * The first write is answered 0x0B (gateway target failed to respond) and not applied: its
+   * outcome unknown, the readbacks prove it not applied after the redispatch guard, and the
+   * command is dispatched once more (src/core/redispatch.ts). The pool is held once the
+   * simulator has answered the first write, so that the second dispatch's barrier waits.
+   */
+  async function redispatchedAndHeld(ttlMs?: number): Promise<CommandRecord> {
+    const valve = stack.plant.device('v1');
+    valve.setFault({ kind: 'exception', code: 0x0b, on: 'write', when: 'before', count: 1 });
+    const record = submit(toggle(), ttlMs);
+    // The fault is used up when the first write arrives.
+    await until(() => (valve.faults().length === 0 ? true : undefined), 5_000, 'the first write');
+    pool = holdThreadPool();
+    return until(
+      () => {
+        const current = state(record);
+        return current.attempts === 2 && current.state === 'dispatched' ? current : undefined;
+      },
+      10_000,
+      `${record.key} dispatched again`,
+    );
+  }
+
+  it('a command an operator resolves is not written again', async () => {
+    const valve = stack.plant.device('v1');
+    const held = await redispatchedAndHeld();
+    stack.pipeline.resolve(held, 'ops@test', 'gateway serial line under repair');
+    await pool?.release();
+    await nextCommandConfirmed();
+    expect(state(held)).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+    expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+  });
+
+  it('a command whose deadline passes is not written again (I3)', async () => {
+    const valve = stack.plant.device('v1');
+    const held = await redispatchedAndHeld(2_500);
+    await until(() => (Date.now() > held.deadline ? true : undefined), 5_000, 'the deadline');
+    await pool?.release();
+    const settled = await stack.pipeline.waitForSettled(held, 10_000);
+    expect(settled).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE' });
+    expect(settled?.detail).toContain('not sent again');
+    await nextCommandConfirmed();
+    expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+  });
+});
