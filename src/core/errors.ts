@@ -25,6 +25,13 @@ export class JournalVersionError extends SluiceError {
   }
 }
 
+/** Another daemon holds the journal (src/journal/writer-lock.ts): a second one must not start. */
+export class JournalInUseError extends SluiceError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('JOURNAL_IN_USE', message, options);
+  }
+}
+
 /** A guarded transition found the command in another state (settled elsewhere, e.g. by an operator). */
 export class JournalConflictError extends SluiceError {
   constructor(message: string) {

@@ -11,6 +11,7 @@ import { HttpsIntake } from '../intake/https.js';
 import { IdentityRegistry } from '../intake/identities.js';
 import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
+import { lockJournal } from '../journal/writer-lock.js';
 import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { CountedRetentionSweeper, Metrics } from './metrics.js';
@@ -131,6 +132,14 @@ export class Daemon {
       const inventory = { plcs: config.plcs, devices: config.devices };
 
       const journalPath = config.journal.path ?? join(config.stateDir, 'journal.db');
+      // One daemon per journal (I1), taken before anything is opened or connected.
+      const lock = lockJournal(journalPath);
+      releasers.push({
+        name: 'journal lock',
+        release: () => {
+          lock.release();
+        },
+      });
       const journal = SqliteJournal.open({
         path: journalPath,
         busyTimeoutMs: config.journal.busyTimeoutMs,

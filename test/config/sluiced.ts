@@ -40,6 +40,10 @@ export interface Running {
   line(predicate: (line: string) => boolean, timeoutMs: number): Promise<string>;
   /** SIGTERM, and the exit code. */
   stop(): Promise<number | null>;
+  /** SIGKILL (a crash, a power cut for the process), and the exit code (null: the signal). */
+  kill(): Promise<number | null>;
+  /** Resolves with the exit code once it has exited by itself or otherwise. */
+  readonly exited: Promise<number | null>;
 }
 
 /** Starts sluiced as a daemon; stdout is kept line by line. */
@@ -83,5 +87,10 @@ export function startSluiced(args: readonly string[]): Running {
       if (child.exitCode === null) child.kill('SIGTERM');
       return exited;
     },
+    kill: async () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      return exited;
+    },
+    exited,
   };
 }

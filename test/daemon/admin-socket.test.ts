@@ -5,7 +5,7 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { generate } from 'selfsigned';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { AdminEndpoint } from '../../src/daemon/admin.js';
@@ -120,9 +120,19 @@ describe('admin socket', () => {
     expect((await health()).status).toBe(200);
     // The second daemon finds the HTTPS port taken (the first holds it) and gives up; before
     // that it reaches the admin endpoint, which must not take the live socket from the first.
+    // It is given a journal of its own: on the first's journal it would refuse at once (one
+    // daemon per journal, test/daemon/single-daemon.test.ts), before the admin endpoint.
     const port = daemon.https?.port;
     expect(port).toBeGreaterThan(0);
-    const second = loadConfig(configPath, { env: { SLUICE_HTTPS_PORT: String(port) } });
+    const otherJournal = join(dir, 'second-journal.yaml');
+    writeFileSync(
+      otherJournal,
+      stringify({
+        ...(parse(readFileSync(configPath, 'utf8')) as Record<string, unknown>),
+        journal: { path: 'state/second.db' },
+      }),
+    );
+    const second = loadConfig(otherJournal, { env: { SLUICE_HTTPS_PORT: String(port) } });
     await expect(Daemon.start(second, { logger: pino({ level: 'silent' }) })).rejects.toThrow(
       /EADDRINUSE/,
     );

@@ -1,0 +1,62 @@
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import { JournalInUseError } from '../core/errors.js';
+
+/**
+ * One daemon per journal. Two daemons on one journal would each work the other's commands: the
+ * sweep of one takes up a command the other has dispatched and is about to write, proves it
+ * not applied once the redispatch guard has passed, and writes it a second time (I1). So the
+ * daemon holds, for its whole life, an exclusive lock on a file beside the journal
+ * (`<journal>.lock`), and a second daemon on the same journal refuses to start.
+ *
+ * The lock is SQLite's own (an EXCLUSIVE transaction on a small database file, held open): a
+ * POSIX advisory lock the kernel drops when the process ends, however it ends — a killed daemon
+ * leaves nothing to clean up, and a restart takes the lock at once. The journal itself is not
+ * locked this way: sluicectl and the status page read it while the daemon runs.
+ */
+export interface WriterLock {
+  readonly path: string;
+  release(): void;
+}
+
+export function lockJournal(journalPath: string): WriterLock {
+  const path = `${journalPath}.lock`;
+  let db: BetterSqlite3.Database;
+  try {
+    mkdirSync(dirname(journalPath), { recursive: true });
+    db = new BetterSqlite3(path, { timeout: 0 });
+  } catch (error) {
+    throw new JournalInUseError(
+      `cannot open the journal's lock file ${path}: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+  try {
+    db.exec('BEGIN EXCLUSIVE');
+  } catch (error) {
+    db.close();
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === 'string' && code.startsWith('SQLITE_BUSY')) {
+      throw new JournalInUseError(
+        `the journal ${journalPath} is in use by another sluiced (it holds ${path}); one daemon per journal: stop the other first`,
+        { cause: error },
+      );
+    }
+    throw new JournalInUseError(
+      `cannot lock the journal's lock file ${path}: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+  return {
+    path,
+    release: () => {
+      if (!db.open) return;
+      try {
+        db.exec('ROLLBACK');
+      } finally {
+        db.close();
+      }
+    },
+  };
+}
