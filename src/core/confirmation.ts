@@ -1,5 +1,5 @@
 import type { DeviceReads } from './device-reads.js';
-import { DeviceRefusedError } from './driver.js';
+import { DeviceRefusedError, WriteNotSentError } from './driver.js';
 import type { CommandRecord, Observation } from './journal.js';
 import {
   PIPELINE,
@@ -39,7 +39,9 @@ interface WrittenContext {
 type WriteOutcome =
   | { readonly kind: 'acked' }
   | { readonly kind: 'unknown'; readonly error: string }
-  | { readonly kind: 'refused'; readonly error: string };
+  | { readonly kind: 'refused'; readonly error: string }
+  /** Never sent: its deadline passed while it waited for the controller (I3). */
+  | { readonly kind: 'not-sent'; readonly error: string };
 
 export class ConfirmationLoop {
   private readonly host: ExecutionHost;
@@ -63,6 +65,16 @@ export class ConfirmationLoop {
     const outcome = await this.send(lane, dispatched, seq, write);
     if (outcome.kind === 'refused') {
       this.refused(dispatched, observe(first.before), outcome.error, log);
+      return;
+    }
+    if (outcome.kind === 'not-sent') {
+      this.host.settle(log, dispatched, 'dispatched', {
+        to: 'rejected',
+        code: 'STALE_COMMAND',
+        faultCode: null,
+        observed: observe(first.before),
+        detail: `deadline ${new Date(dispatched.deadline).toISOString()} passed before the write could be sent (${outcome.error})`,
+      });
       return;
     }
     if (outcome.kind === 'unknown') {
@@ -427,6 +439,16 @@ export class ConfirmationLoop {
           this.refused(again, observe(readback), outcome.error, log);
           return { kind: 'settled' };
         }
+        if (outcome.kind === 'not-sent') {
+          this.host.settle(log, again, 'dispatched', {
+            to: 'failed',
+            code: 'DEVICE_UNREACHABLE',
+            faultCode: null,
+            observed: observe(readback),
+            detail: `the write never reached the controller: ${verdict.proof}; its deadline passed before the second write could be sent, so it is not sent again; nothing was applied (${outcome.error})`,
+          });
+          return { kind: 'settled' };
+        }
         return { kind: 'redispatched', record: again };
       }
     }
@@ -481,7 +503,7 @@ export class ConfirmationLoop {
   ): Promise<WriteOutcome> {
     try {
       await lane.binding.driver.write(
-        { action: record.action, position: record.position, seq },
+        { action: record.action, position: record.position, seq, notAfter: record.deadline },
         this.host.signal,
       );
       write.epoch = lane.binding.driver.health().connectionEpoch;
@@ -489,6 +511,11 @@ export class ConfirmationLoop {
       return { kind: 'acked' };
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
+      if (error instanceof WriteNotSentError) {
+        // Never sent: nothing of it reached the controller, the lane's last write is void.
+        lane.lastWrite = null;
+        return { kind: 'not-sent', error: message };
+      }
       if (error instanceof DeviceRefusedError) {
         // The controller answered that it did not apply it: not unknown.
         write.unknownSinceMono = this.host.clock.elapsed();

@@ -33,6 +33,12 @@ export interface CommandWrite {
   readonly position: number | null;
   /** 16-bit command sequence number, 1..65535; the controller echoes it. */
   readonly seq: number;
+  /**
+   * Wall-clock ms (the command's deadline): a write not yet sent by then — still queued behind
+   * other requests to its controller, or waiting for a connection — is not sent at all and
+   * rejects with WriteNotSentError (I3). Absent: no such bound.
+   */
+  readonly notAfter?: number;
 }
 
 /** A reading of the controller's clock, bracketed by gateway times (SPEC §6). */
@@ -82,6 +88,16 @@ export interface DeviceDriver {
 export class DeviceUnreachableError extends SluiceError {
   constructor(message: string, options?: ErrorOptions) {
     super('DEVICE_UNREACHABLE', message, options);
+  }
+}
+
+/**
+ * The write was never sent: nothing of it reached the controller (its `notAfter` passed before
+ * it could go out). Unlike DeviceUnreachableError, its outcome is known: not applied.
+ */
+export class WriteNotSentError extends SluiceError {
+  constructor(message: string) {
+    super('WRITE_NOT_SENT', message);
   }
 }
 

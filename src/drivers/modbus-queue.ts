@@ -55,6 +55,8 @@ export interface WriteJob extends QueuedJob {
   readonly kind: 'write';
   readonly address: number;
   readonly values: readonly number[];
+  /** Wall-clock ms past which it is not sent (CommandWrite.notAfter). */
+  readonly notAfter: number | undefined;
   readonly resolve: () => void;
 }
 

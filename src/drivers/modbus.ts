@@ -6,6 +6,7 @@ import type { Clock } from '../core/clock.js';
 import {
   DeviceRefusedError,
   DeviceUnreachableError,
+  WriteNotSentError,
   type ClockSample,
   type CommandWrite,
   type DeviceDriver,
@@ -236,9 +237,19 @@ export class ModbusEndpoint {
     values: number[],
     signal?: AbortSignal,
     owner?: string,
+    notAfter?: number,
   ): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.enqueue({ kind: 'write', address, values: [...values], signal, resolve, reject, owner });
+      this.enqueue({
+        kind: 'write',
+        address,
+        values: [...values],
+        signal,
+        resolve,
+        reject,
+        owner,
+        notAfter,
+      });
     });
   }
 
@@ -415,6 +426,18 @@ export class ModbusEndpoint {
     if (this.closed) throw new DeviceUnreachableError(`${this.name}: endpoint closed`);
     // Connected: the request goes out in this microtask, not after an await of its own.
     const client = this.client?.isOpen === true ? this.client : await this.connected();
+    // A write whose time has passed while it waited (behind other requests, for a connection)
+    // is not sent at all (I3): checked here, in the microtask that would send it.
+    for (const job of jobs) {
+      if (job.kind === 'write' && job.notAfter !== undefined) {
+        const late = this.options.clock.now() - job.notAfter;
+        if (late >= 0) {
+          throw new WriteNotSentError(
+            `${this.name}: ${what}: not sent: its deadline passed ${late} ms ago while it waited for the PLC; nothing was written`,
+          );
+        }
+      }
+    }
     const socketClosed = new Promise<never>((_, reject) => {
       this.onSocketClosed = (reason) => {
         reject(new DeviceUnreachableError(`${this.name}: ${what}: ${reason}`));
@@ -640,7 +663,7 @@ export class ModbusDeviceDriver implements DeviceDriver {
   async write(command: CommandWrite, signal?: AbortSignal): Promise<void> {
     // One FC16 request: code, setpoint and sequence number reach the PLC together.
     const { start, values } = encodeCommand(this.o.profile, this.o.base, command);
-    await this.o.endpoint.writeRegisters(start, values, signal, this.o.id);
+    await this.o.endpoint.writeRegisters(start, values, signal, this.o.id, command.notAfter);
   }
 
   health(): DeviceHealth {

@@ -181,3 +181,86 @@ describe('while a second dispatch is being made durable (the first write provabl
     expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
   });
 });
+
+describe('while the write waits for its PLC', () => {
+  // A stack of its own: its Modbus PLC answers a request within 2 s before the request counts
+  // as lost (the other stack's 300 ms would cut the wait short and reconnect).
+  let slow: Stack;
+  beforeAll(async () => {
+    slow = await startStack({
+      travelMs: 0,
+      modbusRequestTimeoutMs: 2_000,
+      timing: { redispatchGuardMs: 2_500 },
+    });
+  });
+  afterAll(async () => {
+    await slow.stop();
+  });
+
+  it('a write still queued at its deadline is never sent: rejected STALE_COMMAND (I3)', async () => {
+    // v1 and v2 share the PLC's one connection, one request at a time: a read of v2 that the
+    // PLC answers late holds v1's write in the queue behind it, past v1's deadline.
+    const valve = slow.plant.device('v1');
+    const other = slow.plant.device('v2');
+    pool = holdThreadPool();
+    const claim = slow.pipeline.submit({
+      key: 'queued-past-deadline',
+      identity,
+      intake: 'test',
+      request: {
+        device: 'v1',
+        action: valve.state === 'OPEN' ? 'close' : 'open',
+        position: null,
+        issuedAt: null,
+        ttlMs: 1_000,
+      },
+    });
+    const held = await until(
+      () => {
+        const current = slow.pipeline.get(claim.record);
+        return current?.state === 'dispatched' ? current : undefined;
+      },
+      5_000,
+      'dispatched',
+    );
+    other.setFault({ kind: 'latency', ms: 1_500, on: 'read' });
+    const reads = other.readLog.length;
+    const slowRead = slow.drivers.bindings
+      .find((b) => b.id === 'v2')!
+      .driver.read()
+      .then(
+        () => null,
+        (e: unknown) => e,
+      );
+    try {
+      // The read has reached the PLC, whose answer is held: the connection is busy.
+      await until(() => (other.readLog.length > reads ? true : undefined), 2_000, 'the read');
+      expect(Date.now()).toBeLessThan(held.deadline);
+      await pool.release();
+      const settled = await slow.pipeline.waitForSettled(held, 10_000);
+      expect(settled).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
+      expect(settled?.detail).toContain('while it waited for the PLC');
+      expect(await slowRead).toBeNull();
+    } finally {
+      other.clearFault('latency');
+      await slowRead;
+    }
+    expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+    // The device goes on: its next command is written once and confirmed.
+    const next = slow.pipeline.submit({
+      key: 'queued-next',
+      identity,
+      intake: 'test',
+      request: {
+        device: 'v1',
+        action: valve.state === 'OPEN' ? 'close' : 'open',
+        position: null,
+        issuedAt: null,
+        ttlMs: 30_000,
+      },
+    });
+    const confirmed = await slow.pipeline.waitForSettled(next.record, 10_000);
+    expect(confirmed).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(valve.writesWithSeq(confirmed?.seq ?? -1)).toBe(1);
+  });
+});

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseCommandRequest } from '../../src/core/command.js';
 import { systemClock } from '../../src/core/clock.js';
+import { WriteNotSentError } from '../../src/core/driver.js';
 import { estimateSkew } from '../../src/core/skew.js';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
@@ -189,6 +190,18 @@ describe.each([
     expect(rb).toMatchObject({ state: 'CLOSED', position: 0, faultCode: null });
     expect(rb.sourceTime).toBeTypeOf('number');
     expect(rb.receivedAt).toBeGreaterThanOrEqual(rb.requestedAt);
+  });
+
+  it('a write whose notAfter has passed is never sent: WriteNotSentError, nothing received', async () => {
+    const driver = binding(valveId).driver;
+    const write = { action: 'open' as const, position: null, seq: 4242 };
+    await expect(driver.write({ ...write, notAfter: Date.now() - 1 })).rejects.toThrow(
+      WriteNotSentError,
+    );
+    // The same write with time left goes out: the controller receives it (ground truth).
+    await driver.write({ ...write, notAfter: Date.now() + 5_000 });
+    await until(() => valve.counters.writesReceived === 1);
+    expect(valve.writesWithSeq(4242)).toBe(1);
   });
 
   it('reads the controller clock, and the skew estimate follows its offset', async () => {

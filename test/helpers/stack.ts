@@ -43,7 +43,13 @@ export const FAST_TIMING: ProfileTiming = {
 };
 
 export async function startStack(
-  options: { travelMs?: number; logger?: Logger; timing?: Partial<ProfileTiming> } = {},
+  options: {
+    travelMs?: number;
+    logger?: Logger;
+    timing?: Partial<ProfileTiming>;
+    /** The Modbus PLC's request timeout (default inventoryFor's). */
+    modbusRequestTimeoutMs?: number;
+  } = {},
 ): Promise<Stack> {
   const travelMs = options.travelMs ?? 200;
   const logger = options.logger ?? silentLogger;
@@ -73,8 +79,13 @@ export async function startStack(
   const { dir, cleanup } = tempDir('sluice-stack-');
   const journalPath = join(dir, 'journal.db');
   const journal = SqliteJournal.open({ path: journalPath, busyTimeoutMs: 500, groupCommit: true });
+  const inventory = inventoryFor(plant);
+  const mb = inventory.plcs.mb;
+  if (options.modbusRequestTimeoutMs !== undefined && mb?.protocol === 'modbus') {
+    inventory.plcs.mb = { ...mb, requestTimeoutMs: options.modbusRequestTimeoutMs };
+  }
   const drivers = await buildDrivers({
-    inventory: inventoryFor(plant),
+    inventory,
     profiles: PROFILES,
     pkiDir: join(dir, 'pki'),
     acceptUnknownCertificates: true,
