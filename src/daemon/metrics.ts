@@ -25,6 +25,7 @@ export class Metrics {
   readonly httpResponses: Counter<'route' | 'status'>;
   readonly mqttMessages: Counter<'outcome'>;
   readonly mqttResponseTopicsRefused: Counter<'reason'>;
+  readonly mqttResultsNotPublished: Counter;
   readonly journalFailures: Counter;
   readonly httpsConnectionsRefused: Counter<'reason'>;
 
@@ -134,6 +135,11 @@ export class Metrics {
       name: 'sluice_mqtt_response_topics_refused_total',
       help: 'MQTT 5 Response Topics not answered, by reason: invalid, system ($), command_topic (a command topic of any gateway), gateway_topic, not_allowed (not in mqtt.responseTopics).',
       labelNames: ['reason'],
+      registers,
+    });
+    this.mqttResultsNotPublished = new Counter({
+      name: 'sluice_mqtt_results_not_published_total',
+      help: 'Results (and replies) not published because more were waiting for the MQTT broker, while the gateway was disconnected, than are held (10 000); each is in the journal.',
       registers,
     });
     this.journalFailures = new Counter({

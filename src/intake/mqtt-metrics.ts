@@ -26,4 +26,6 @@ export interface MqttMetrics {
   readonly accepted: { inc(labels: { intake: 'mqtt'; outcome: ReceivedOutcome }): void };
   readonly journalFailures: { inc(): void };
   readonly mqttResponseTopicsRefused: { inc(labels: { reason: ResponseTopicRefusal }): void };
+  /** Results not published: more were waiting for the broker, while disconnected, than are held. */
+  readonly mqttResultsNotPublished: { inc(): void };
 }

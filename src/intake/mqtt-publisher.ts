@@ -241,6 +241,7 @@ export class MqttPublisher {
 
   /** A publication not held for the broker: the first of an outage is logged with its key. */
   private drop(topic: string, about: Requester): void {
+    this.metrics.mqttResultsNotPublished.inc();
     this.dropped += 1;
     if (this.dropped > 1) return;
     this.logger.warn(

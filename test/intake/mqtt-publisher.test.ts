@@ -31,6 +31,7 @@ const noMetrics = {
   accepted: { inc: (): void => undefined },
   journalFailures: { inc: (): void => undefined },
   mqttResponseTopicsRefused: { inc: (): void => undefined },
+  mqttResultsNotPublished: { inc: (): void => undefined },
 };
 
 describe.skipIf(!available)('MQTT publisher: one turn, one write, in order', () => {
@@ -181,11 +182,19 @@ describe.skipIf(!available)('MQTT publisher: results held while disconnected are
       .filter((line) => line.includes(`'${TOPIC}'`)).length;
 
   it('holds at most maxHeld results for the broker, logs the rest as not published, and sends the held ones on reconnection', async () => {
+    let notPublished = 0;
     const publisher = new MqttPublisher({
       link: { client, protocolLevel: 5 },
       topics: new GatewayTopics('gwh'),
       responseTopics: [],
-      metrics: noMetrics,
+      metrics: {
+        ...noMetrics,
+        mqttResultsNotPublished: {
+          inc: (): void => {
+            notPublished += 1;
+          },
+        },
+      },
       logger,
       maxHeld: 20,
     });
@@ -223,6 +232,7 @@ describe.skipIf(!available)('MQTT publisher: results held while disconnected are
       dropped: 10,
       held: 20,
     });
+    expect(notPublished).toBe(10);
 
     // Connected again: results are published as before.
     publisher.result(records[29]!);
