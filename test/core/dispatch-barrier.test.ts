@@ -34,9 +34,9 @@ afterAll(async () => {
 
 const identity = { scope: 'plant', devices: 'all' as const };
 
-function submit(action: CommandAction, ttlMs = 30_000): CommandRecord {
+function submit(action: CommandAction, ttlMs = 30_000, on = stack): CommandRecord {
   n += 1;
-  const claim = stack.pipeline.submit({
+  const claim = on.pipeline.submit({
     key: `barrier-${n}-${action}`,
     identity,
     intake: 'test',
@@ -46,19 +46,23 @@ function submit(action: CommandAction, ttlMs = 30_000): CommandRecord {
   return claim.record;
 }
 
-function state(record: CommandRecord): CommandRecord {
-  const current = stack.pipeline.get(record);
+function state(record: CommandRecord, on = stack): CommandRecord {
+  const current = on.pipeline.get(record);
   if (current === undefined) throw new Error(`no command ${record.key}`);
   return current;
 }
 
 /** Submits `action` with the barrier held, and waits until its dispatch waits for it. */
-async function dispatchedAndHeld(action: CommandAction, ttlMs?: number): Promise<CommandRecord> {
+async function dispatchedAndHeld(
+  action: CommandAction,
+  ttlMs?: number,
+  on = stack,
+): Promise<CommandRecord> {
   pool = holdThreadPool();
-  const record = submit(action, ttlMs);
+  const record = submit(action, ttlMs, on);
   return until(
     () => {
-      const current = state(record);
+      const current = state(record, on);
       return current.state === 'dispatched' ? current : undefined;
     },
     5_000,
@@ -67,18 +71,18 @@ async function dispatchedAndHeld(action: CommandAction, ttlMs?: number): Promise
 }
 
 /** The action that moves the valve from where it rests (so that it is written). */
-function toggle(): CommandAction {
-  return stack.plant.device('v1').state === 'OPEN' ? 'close' : 'open';
+function toggle(on = stack): CommandAction {
+  return on.plant.device('v1').state === 'OPEN' ? 'close' : 'open';
 }
 
 /**
  * The device's next command written and confirmed: its worker took it up, so the one before
  * it is done with, write or no write (one command per device at a time).
  */
-async function nextCommandConfirmed(): Promise<CommandRecord> {
-  const valve = stack.plant.device('v1');
-  const next = submit(toggle());
-  const settled = await stack.pipeline.waitForSettled(next, 10_000);
+async function nextCommandConfirmed(on = stack): Promise<CommandRecord> {
+  const valve = on.plant.device('v1');
+  const next = submit(toggle(on), 30_000, on);
+  const settled = await on.pipeline.waitForSettled(next, 10_000);
   expect(settled).toMatchObject({ state: 'confirmed', code: 'OK' });
   expect(settled?.seq).not.toBeNull();
   expect(valve.writesWithSeq(settled?.seq ?? -1)).toBe(1);
@@ -202,27 +206,7 @@ describe('while the write waits for its PLC', () => {
     // PLC answers late holds v1's write in the queue behind it, past v1's deadline.
     const valve = slow.plant.device('v1');
     const other = slow.plant.device('v2');
-    pool = holdThreadPool();
-    const claim = slow.pipeline.submit({
-      key: 'queued-past-deadline',
-      identity,
-      intake: 'test',
-      request: {
-        device: 'v1',
-        action: valve.state === 'OPEN' ? 'close' : 'open',
-        position: null,
-        issuedAt: null,
-        ttlMs: 1_000,
-      },
-    });
-    const held = await until(
-      () => {
-        const current = slow.pipeline.get(claim.record);
-        return current?.state === 'dispatched' ? current : undefined;
-      },
-      5_000,
-      'dispatched',
-    );
+    const held = await dispatchedAndHeld(toggle(slow), 1_000, slow);
     other.setFault({ kind: 'latency', ms: 1_500, on: 'read' });
     const reads = other.readLog.length;
     const slowRead = slow.drivers.bindings
@@ -236,7 +220,7 @@ describe('while the write waits for its PLC', () => {
       // The read has reached the PLC, whose answer is held: the connection is busy.
       await until(() => (other.readLog.length > reads ? true : undefined), 2_000, 'the read');
       expect(Date.now()).toBeLessThan(held.deadline);
-      await pool.release();
+      await pool?.release();
       const settled = await slow.pipeline.waitForSettled(held, 10_000);
       expect(settled).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
       expect(settled?.detail).toContain('while it waited for the PLC');
@@ -247,20 +231,6 @@ describe('while the write waits for its PLC', () => {
     }
     expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
     // The device goes on: its next command is written once and confirmed.
-    const next = slow.pipeline.submit({
-      key: 'queued-next',
-      identity,
-      intake: 'test',
-      request: {
-        device: 'v1',
-        action: valve.state === 'OPEN' ? 'close' : 'open',
-        position: null,
-        issuedAt: null,
-        ttlMs: 30_000,
-      },
-    });
-    const confirmed = await slow.pipeline.waitForSettled(next.record, 10_000);
-    expect(confirmed).toMatchObject({ state: 'confirmed', code: 'OK' });
-    expect(valve.writesWithSeq(confirmed?.seq ?? -1)).toBe(1);
+    await nextCommandConfirmed(slow);
   });
 });

@@ -4,16 +4,15 @@ import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { generate } from 'selfsigned';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { AdminEndpoint } from '../../src/daemon/admin.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { startPlant, type Plant } from '../../simulators/plant.js';
+import type { Plant } from '../../simulators/plant.js';
+import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { until } from '../helpers/mosquitto.js';
-import { inventoryFor } from '../helpers/plant-inventory.js';
 
 /**
  * The admin endpoint's Unix socket over a daemon's life, on a real daemon against sluice-sim:
@@ -31,15 +30,26 @@ let configPath: string;
 let socket: string;
 let tokenFile: string;
 
-function health(path = socket): Promise<{ status: number; body: string }> {
+/** One request to an admin socket with the daemon's token; the status and the body as text. */
+function adminRequest(
+  method: 'GET' | 'POST',
+  urlPath: string,
+  body?: string,
+  path = socket,
+): Promise<{ status: number; body: string }> {
   const token = readFileSync(tokenFile, 'utf8').trim();
   return new Promise((resolve, reject) => {
     const req = request(
       {
         socketPath: path,
-        method: 'GET',
-        path: '/v1/health',
-        headers: { authorization: `Bearer ${token}` },
+        method,
+        path: urlPath,
+        headers: {
+          authorization: `Bearer ${token}`,
+          ...(body === undefined
+            ? {}
+            : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }),
+        },
         agent: false,
       },
       (res) => {
@@ -52,8 +62,12 @@ function health(path = socket): Promise<{ status: number; body: string }> {
       },
     );
     req.once('error', reject);
-    req.end();
+    req.end(body);
   });
+}
+
+function health(path = socket): Promise<{ status: number; body: string }> {
+  return adminRequest('GET', '/v1/health', undefined, path);
 }
 
 /** Opens a connection to the socket and sends nothing; resolves once it is connected. */
@@ -69,39 +83,8 @@ function idleConnection(path: string): Promise<Socket> {
 
 beforeAll(async () => {
   ({ dir, cleanup } = tempDir('sluice-admin-socket-'));
-  plant = await startPlant(
-    {
-      control: { host: '127.0.0.1', port: 0 },
-      plcs: {
-        mb: {
-          protocol: 'modbus',
-          host: '127.0.0.1',
-          port: 0,
-          devices: { 'inlet-valve': { profile: 'valve', base: 0, travelMs: 200 } },
-        },
-      },
-    },
-    { ephemeralPorts: true, control: false },
-  );
-  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
-    keyType: 'ec',
-    curve: 'P-256',
-  });
-  writeFileSync(join(dir, 'cert.pem'), pems.cert);
-  writeFileSync(join(dir, 'key.pem'), pems.private);
-  const inventory = inventoryFor(plant);
-  configPath = join(dir, 'sluice.yaml');
-  writeFileSync(
-    configPath,
-    stringify({
-      gatewayId: 'adminsock',
-      stateDir: 'state',
-      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
-      identities: {},
-      plcs: inventory.plcs,
-      devices: inventory.devices,
-    }),
-  );
+  plant = await startModbusPlant({ 'inlet-valve': { profile: 'valve', base: 0, travelMs: 200 } });
+  configPath = await writeDaemonSite(dir, plant, 'adminsock');
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
   });
@@ -236,33 +219,8 @@ describe('admin socket', () => {
   });
 
   it('answers an oversized body 413 and a malformed key 400, as problems', async () => {
-    const token = readFileSync(tokenFile, 'utf8').trim();
     const raw = (path: string, body: string): Promise<{ status: number; body: string }> =>
-      new Promise((resolve, reject) => {
-        const req = request(
-          {
-            socketPath: socket,
-            method: 'POST',
-            path,
-            headers: {
-              authorization: `Bearer ${token}`,
-              'content-type': 'application/json',
-              'content-length': Buffer.byteLength(body),
-            },
-            agent: false,
-          },
-          (res) => {
-            let text = '';
-            res.setEncoding('utf8');
-            res.on('data', (c: string) => (text += c));
-            res.on('end', () => {
-              resolve({ status: res.statusCode ?? 0, body: text });
-            });
-          },
-        );
-        req.once('error', reject);
-        req.end(body);
-      });
+      adminRequest('POST', path, body);
     const big = await raw(
       '/v1/commands/k/resolve',
       JSON.stringify({ as: 'failed', by: 'x', reason: 'r'.repeat(64 * 1024) }),

@@ -1,15 +1,12 @@
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { generate } from 'selfsigned';
-import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { startPlant, type Plant } from '../../simulators/plant.js';
+import type { Plant } from '../../simulators/plant.js';
 import { startSluiced } from '../config/sluiced.js';
+import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { inventoryFor } from '../helpers/plant-inventory.js';
 
 /**
  * One daemon per journal (src/journal/writer-lock.ts). Two on one journal would each take up
@@ -28,39 +25,8 @@ const quiet = pino({ level: 'silent' });
 
 beforeAll(async () => {
   ({ dir, cleanup } = tempDir('sluice-single-'));
-  plant = await startPlant(
-    {
-      control: { host: '127.0.0.1', port: 0 },
-      plcs: {
-        mb: {
-          protocol: 'modbus',
-          host: '127.0.0.1',
-          port: 0,
-          devices: { 'inlet-valve': { profile: 'valve', base: 0, travelMs: 0 } },
-        },
-      },
-    },
-    { ephemeralPorts: true, control: false },
-  );
-  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
-    keyType: 'ec',
-    curve: 'P-256',
-  });
-  writeFileSync(join(dir, 'cert.pem'), pems.cert);
-  writeFileSync(join(dir, 'key.pem'), pems.private);
-  const inventory = inventoryFor(plant);
-  configPath = join(dir, 'sluice.yaml');
-  writeFileSync(
-    configPath,
-    stringify({
-      gatewayId: 'single',
-      stateDir: 'state',
-      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
-      identities: {},
-      plcs: inventory.plcs,
-      devices: inventory.devices,
-    }),
-  );
+  plant = await startModbusPlant({ 'inlet-valve': { profile: 'valve', base: 0, travelMs: 0 } });
+  configPath = await writeDaemonSite(dir, plant, 'single');
 }, 30_000);
 
 afterAll(async () => {

@@ -3,7 +3,8 @@ import { systemClock } from '../../src/core/clock.js';
 import { DeviceUnreachableError } from '../../src/core/driver.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
-import { startPlant, type Plant } from '../../simulators/plant.js';
+import type { Plant } from '../../simulators/plant.js';
+import { startModbusPlant } from '../helpers/daemon-site.js';
 import { profile } from '../helpers/fixtures.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 import { TcpLink } from '../helpers/tcp-link.js';
@@ -19,20 +20,7 @@ let plant: Plant;
 let link: TcpLink;
 
 beforeAll(async () => {
-  plant = await startPlant(
-    {
-      control: { host: '127.0.0.1', port: 0 },
-      plcs: {
-        mb: {
-          protocol: 'modbus',
-          host: '127.0.0.1',
-          port: 0,
-          devices: { v0: { profile: 'valve' as const, base: 0, initialPosition: 30 } },
-        },
-      },
-    },
-    { ephemeralPorts: true, control: false },
-  );
+  plant = await startModbusPlant({ v0: { profile: 'valve', base: 0, initialPosition: 30 } });
   const e = plant.plc('mb').endpoint;
   if (e.protocol !== 'modbus') throw new Error('expected a Modbus PLC');
   link = await TcpLink.open({ host: e.host, port: e.port });

@@ -1,0 +1,54 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { generate } from 'selfsigned';
+import { stringify } from 'yaml';
+import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
+import { inventoryFor } from './plant-inventory.js';
+
+type ModbusDevices = Extract<
+  NonNullable<PlantInput['plcs']>[string],
+  { protocol: 'modbus' }
+>['devices'];
+
+/** sluice-sim with one Modbus PLC `mb` on a free loopback port, carrying `devices`. */
+export function startModbusPlant(devices: ModbusDevices): Promise<Plant> {
+  return startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: { mb: { protocol: 'modbus', host: '127.0.0.1', port: 0, devices } },
+    },
+    { ephemeralPorts: true, control: false },
+  );
+}
+
+/**
+ * A sluiced site in `dir` for `plant`: a self-signed certificate for localhost (cert.pem,
+ * key.pem), and sluice.yaml with HTTPS on a free loopback port, state in `state/`, no identities
+ * and no MQTT, the plant's PLCs and devices. Returns the configuration file's path.
+ */
+export async function writeDaemonSite(
+  dir: string,
+  plant: Plant,
+  gatewayId: string,
+): Promise<string> {
+  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
+    keyType: 'ec',
+    curve: 'P-256',
+  });
+  writeFileSync(join(dir, 'cert.pem'), pems.cert);
+  writeFileSync(join(dir, 'key.pem'), pems.private);
+  const inventory = inventoryFor(plant);
+  const configPath = join(dir, 'sluice.yaml');
+  writeFileSync(
+    configPath,
+    stringify({
+      gatewayId,
+      stateDir: 'state',
+      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+      identities: {},
+      plcs: inventory.plcs,
+      devices: inventory.devices,
+    }),
+  );
+  return configPath;
+}
