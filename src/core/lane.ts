@@ -153,7 +153,8 @@ export function freshnessDetail(
  * True when the command was settled by another hand while its worker awaited a barrier before
  * a write: an operator's resolve, which aborts the lane's signal. The journal then says that
  * nothing was written, so the write is not sent. A stop's preemption aborts the signal too but
- * leaves the command open: that write goes ahead, and the stop judges it (preemption.ts).
+ * leaves the command open: the caller settles that case itself (superseded before a first
+ * write, execution.ts; never written again before a second, confirmation.ts).
  */
 export function settledMeanwhile(
   host: Pick<ExecutionHost, 'journal'>,
