@@ -14,6 +14,7 @@ import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import { toResult } from '../core/result.js';
 import { deviceDocument } from '../intake/device-view.js';
+import { requireFirstRequest } from '../intake/https-connections.js';
 
 /**
  * The daemon's local admin endpoint (docs/admin-api.md): what `sluicectl` changes goes through
@@ -108,25 +109,16 @@ export class AdminEndpoint {
       warnedAt = now;
       refused = 0;
     });
-    const firstRequestMs = this.o.firstRequestTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS;
-    const awaitingRequest = new WeakMap<Socket, NodeJS.Timeout>();
+    requireFirstRequest(
+      server,
+      'connection',
+      this.o.firstRequestTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS,
+    );
     server.on('connection', (socket: Socket) => {
       this.sockets.add(socket);
-      const timer = setTimeout(() => {
-        socket.destroy();
-      }, firstRequestMs);
-      timer.unref();
-      awaitingRequest.set(socket, timer);
       socket.on('close', () => {
-        clearTimeout(timer);
         this.sockets.delete(socket);
       });
-    });
-    server.on('request', (req: IncomingMessage) => {
-      const timer = awaitingRequest.get(req.socket);
-      if (timer === undefined) return;
-      clearTimeout(timer);
-      awaitingRequest.delete(req.socket);
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

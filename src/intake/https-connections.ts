@@ -1,5 +1,5 @@
 import type { Server as HttpsServer } from 'node:https';
-import type { Socket } from 'node:net';
+import type { Server as NetServer, Socket } from 'node:net';
 import type { Logger } from '../core/logger.js';
 
 /**
@@ -59,11 +59,24 @@ export function limitConnections(server: HttpsServer, limits: ConnectionLimits):
     });
   });
 
+  requireFirstRequest(server, 'secureConnection', FIRST_REQUEST_TIMEOUT_MS);
+}
+
+/**
+ * Closes a connection that brings no request within `ms` of `event` (its accept, or its TLS
+ * handshake). Node keeps one that never sends a request for ever: its header timeout starts
+ * with a request's first byte. Used by the HTTPS intake and the daemon's admin endpoint.
+ */
+export function requireFirstRequest(
+  server: NetServer,
+  event: 'connection' | 'secureConnection',
+  ms: number,
+): void {
   const awaitingRequest = new WeakMap<Socket, NodeJS.Timeout>();
-  server.on('secureConnection', (socket: Socket) => {
+  server.on(event, (socket: Socket) => {
     const timer = setTimeout(() => {
       socket.destroy();
-    }, FIRST_REQUEST_TIMEOUT_MS);
+    }, ms);
     timer.unref();
     awaitingRequest.set(socket, timer);
     socket.once('close', () => {
