@@ -86,6 +86,15 @@ export function openConnection(options: ConnectionOptions): Connection {
         `journal ${options.path} has schema version ${version}, newer than this Sluice's ${LATEST_VERSION}; refusing to open it`,
       );
     }
+    if (readonly && version !== LATEST_VERSION) {
+      // A reader does not migrate: the statements it prepares are the latest schema's.
+      db.close();
+      throw new JournalVersionError(
+        version === 0
+          ? `${options.path} is not a Sluice journal (it has no schema version: another program's database, or one being created)`
+          : `journal ${options.path} has schema version ${version}, older than this Sluice's ${LATEST_VERSION}: sluiced upgrades it when it next starts; until then read it with the Sluice that wrote it`,
+      );
+    }
     if (!readonly) {
       db.pragma('journal_mode = WAL');
       // FULL: the WAL is fsynced at every commit, so an acknowledged command survives power

@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatDuration, parseDuration, relative } from '../../src/cli/durations.js';
 import { Style, renderTable, type Column } from '../../src/cli/table.js';
@@ -456,6 +457,34 @@ describe('errors and usage', () => {
     expect(absent.stderr).toMatch(
       /^sluicectl: (no admin token at|cannot reach sluiced's admin endpoint)/,
     );
+  });
+
+  it('exits 1 saying what is wrong with a file that is not a journal it can read', async () => {
+    const notSqlite = join(dir, 'notes.txt');
+    writeFileSync(notSqlite, 'valve log, hand-written\n'.repeat(200));
+    const foreign = join(dir, 'foreign.db');
+    const older = join(dir, 'older.db');
+    for (const [path, version] of [
+      [foreign, 0],
+      [older, 1],
+    ] as const) {
+      const db = new BetterSqlite3(path);
+      db.exec('CREATE TABLE readings (at INTEGER, value REAL)');
+      db.pragma(`user_version = ${version}`);
+      db.close();
+    }
+    const [text, other, old] = await Promise.all([
+      cli('--journal', notSqlite, 'list'),
+      cli('--journal', foreign, 'list'),
+      cli('--journal', older, 'list'),
+    ]);
+    expect(text.code).toBe(1);
+    expect(text.stderr).toMatch(/^sluicectl: cannot open the journal .*notes\.txt: /);
+    expect(other.code).toBe(1);
+    expect(other.stderr).toContain(`${foreign} is not a Sluice journal`);
+    expect(old.code).toBe(1);
+    expect(old.stderr).toContain('has schema version 1, older than this Sluice');
+    expect(old.stderr).toContain('sluiced upgrades it when it next starts');
   });
 
   it('reads the journal named by SLUICE_CONFIG, and --journal overrides it', async () => {
