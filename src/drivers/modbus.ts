@@ -428,14 +428,14 @@ export class ModbusEndpoint {
     const client = this.client?.isOpen === true ? this.client : await this.connected();
     // A write whose time has passed while it waited (behind other requests, for a connection)
     // is not sent at all (I3): checked here, in the microtask that would send it.
-    for (const job of jobs) {
-      if (job.kind === 'write' && job.notAfter !== undefined) {
-        const late = this.options.clock.now() - job.notAfter;
-        if (late >= 0) {
-          throw new WriteNotSentError(
-            `${this.name}: ${what}: not sent: its deadline passed ${late} ms ago while it waited for the PLC; nothing was written`,
-          );
-        }
+    // A write is a request of its own (reads are the ones served in blocks).
+    const write = jobs.length === 1 && jobs[0]?.kind === 'write' ? jobs[0] : null;
+    if (write?.notAfter !== undefined) {
+      const late = this.options.clock.now() - write.notAfter;
+      if (late >= 0) {
+        throw new WriteNotSentError(
+          `${this.name}: ${what}: not sent: its deadline passed ${late} ms ago while it waited for the PLC; nothing was written`,
+        );
       }
     }
     const socketClosed = new Promise<never>((_, reject) => {
