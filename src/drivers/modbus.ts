@@ -70,12 +70,14 @@ const MODBUS_EXCEPTIONS: Record<number, string> = {
 };
 
 /**
- * Exceptions that answer a write without saying it was not applied: 0x05 (acknowledge: taken,
- * still being processed) and 0x0B (a gateway's target did not answer in time: it may have
- * taken the write and its answer been lost or late). Modbus Application Protocol v1.1b3 §7.
- * Such a write's outcome is unknown, as after a lost answer: the readback settles it.
+ * Exceptions that answer a write without saying it was not applied: 0x04 (server device
+ * failure: an unrecoverable error "while the server was attempting to perform the requested
+ * action", which may have been partly or wholly performed), 0x05 (acknowledge: taken, still
+ * being processed) and 0x0B (a gateway's target did not answer in time: it may have taken the
+ * write and its answer been lost or late). Modbus Application Protocol v1.1b3 §7. Such a
+ * write's outcome is unknown, as after a lost answer: the readback settles it.
  */
-const WRITE_OUTCOME_UNKNOWN: ReadonlySet<number> = new Set([0x05, 0x0b]);
+const WRITE_OUTCOME_UNKNOWN: ReadonlySet<number> = new Set([0x04, 0x05, 0x0b]);
 
 /** Exceptions a PLC gives for a read of addresses it does not map. */
 const SPAN_REFUSALS: ReadonlySet<number> = new Set([2, 3]);
@@ -140,7 +142,7 @@ const NOTHING: Delivery = () => undefined;
  *   before any answer (a PLC past its number of connections takes the connect and closes) is a
  *   failed attempt, so that such a PLC is not reconnected to once per request.
  * - Exception responses become DeviceRefusedError (the PLC answered: nothing was applied),
- *   except 0x05 and 0x0B to a write (WRITE_OUTCOME_UNKNOWN); everything else becomes
+ *   except 0x04, 0x05 and 0x0B to a write (WRITE_OUTCOME_UNKNOWN); everything else becomes
  *   DeviceUnreachableError (no answer: outcome unknown).
  */
 export class ModbusEndpoint {

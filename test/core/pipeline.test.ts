@@ -183,12 +183,13 @@ describe('confirmation (I2)', () => {
   it('refused writes end DEVICE_FAULT and are not retried', async () => {
     const h = await start();
     const valve = h.device('v1');
-    // The PLC answers the next write with exception 04; a retry would go through.
-    valve.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
+    // The PLC answers the next write with exception 03 (illegal data value: not performed); a
+    // retry would go through. (0x04, 0x05 and 0x0B leave the outcome unknown: readback.)
+    valve.setFault({ kind: 'exception', code: 3, on: 'write', count: 1 });
     h.submit('k1', open);
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT', faultCode: null });
-    expect(r.detail).toMatch(/refused the write: .*Modbus exception 0x04/);
+    expect(r.detail).toMatch(/refused the write: .*Modbus exception 0x03/);
     expect(valve.faults()).toEqual([]); // the refusal was used up by the one write
     expect(valve.counters.writesReceived).toBe(0);
   });

@@ -367,10 +367,10 @@ describe.each([
 
   if (prefix === 'mb') {
     it('a Modbus exception on the write ends DEVICE_FAULT, nothing applied', async () => {
-      valve.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
+      valve.setFault({ kind: 'exception', code: 3, on: 'write', count: 1 });
       const r = await send(`exc-${n}`, { device: valveId, action: 'open' });
       expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT' });
-      expect(r.detail).toMatch(/Modbus exception 0x04 \(server device failure\)/);
+      expect(r.detail).toMatch(/Modbus exception 0x03 \(illegal data value\)/);
       expect(valve.counters.commandsTaken).toBe(0);
     });
 

@@ -176,19 +176,29 @@ describe('an exception answered to a write that says nothing of whether it was a
   });
 
   it.each([
-    ['0x0B (gateway target failed to respond)', 0x0b, 'v1'],
-    ['0x05 (acknowledge)', 0x05, 'v2'],
-  ] as const)('%s: confirmed by readback, one write, never DEVICE_FAULT', async (_, code, id) => {
-    const device = h.device(id);
-    device.setFault({ kind: 'exception', code, on: 'write', when: 'after', count: 1 });
-    expect(h.submit(`exc-after-${id}`, { device: id, action: 'open' }).kind).toBe('new');
-    const record = await h.settled(`exc-after-${id}`);
-    expect(device.faults()).toEqual([]);
-    // Ground truth: the controller took the write, once.
-    expect(device.counters.writesReceived).toBe(1);
-    expect(h.writesWithSeq(id, record.seq ?? -1)).toBe(1);
-    expect({ state: record.state, code: record.code }).toEqual({ state: 'confirmed', code: 'OK' });
-  });
+    ['0x0B (gateway target failed to respond)', 0x0b, 'v1', 'open'],
+    ['0x05 (acknowledge)', 0x05, 'v2', 'open'],
+    // v1 again, opened above: closed this time.
+    ['0x04 (server device failure)', 0x04, 'v1', 'close'],
+  ] as const)(
+    '%s: confirmed by readback, one write, never DEVICE_FAULT',
+    async (_, code, id, action) => {
+      const device = h.device(id);
+      const writes = device.counters.writesReceived;
+      device.setFault({ kind: 'exception', code, on: 'write', when: 'after', count: 1 });
+      const key = `exc-after-${code}-${id}`;
+      expect(h.submit(key, { device: id, action }).kind).toBe('new');
+      const record = await h.settled(key);
+      expect(device.faults()).toEqual([]);
+      // Ground truth: the controller took the write, once.
+      expect(device.counters.writesReceived - writes).toBe(1);
+      expect(h.writesWithSeq(id, record.seq ?? -1)).toBe(1);
+      expect({ state: record.state, code: record.code }).toEqual({
+        state: 'confirmed',
+        code: 'OK',
+      });
+    },
+  );
 
   it('0x0B with nothing applied (the target never got it): one write reaches the controller', async () => {
     const device = h.device('a1');
