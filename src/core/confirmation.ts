@@ -3,6 +3,7 @@ import { DeviceRefusedError, WriteNotSentError } from './driver.js';
 import type { CommandRecord, Observation } from './journal.js';
 import {
   PIPELINE,
+  refId,
   settledMeanwhile,
   type ExecutionHost,
   type Lane,
@@ -40,8 +41,15 @@ type WriteOutcome =
   | { readonly kind: 'acked' }
   | { readonly kind: 'unknown'; readonly error: string }
   | { readonly kind: 'refused'; readonly error: string }
-  /** Never sent: its deadline passed while it waited for the controller (I3). */
-  | { readonly kind: 'not-sent'; readonly error: string };
+  /**
+   * Never sent: its deadline passed while it waited for the controller (I3), or it was
+   * withdrawn meanwhile (the lane's signal: a stop's preemption, an operator, the shutdown).
+   */
+  | {
+      readonly kind: 'not-sent';
+      readonly reason: 'deadline' | 'withdrawn';
+      readonly error: string;
+    };
 
 export class ConfirmationLoop {
   private readonly host: ExecutionHost;
@@ -65,6 +73,10 @@ export class ConfirmationLoop {
     const outcome = await this.send(lane, dispatched, seq, write);
     if (outcome.kind === 'refused') {
       this.refused(dispatched, observe(first.before), outcome.error, log);
+      return;
+    }
+    if (outcome.kind === 'not-sent' && outcome.reason === 'withdrawn') {
+      this.withdrawn(lane, dispatched, observe(first.before), outcome.error, log);
       return;
     }
     if (outcome.kind === 'not-sent') {
@@ -439,6 +451,14 @@ export class ConfirmationLoop {
           this.refused(again, observe(readback), outcome.error, log);
           return { kind: 'settled' };
         }
+        if (outcome.kind === 'not-sent' && outcome.reason === 'withdrawn') {
+          if (settledMeanwhile(this.host, lane, again, log)) return { kind: 'settled' };
+          // As when preempted during the second barrier above: never written again.
+          return {
+            kind: 'waiting',
+            reason: `${prefix}; preempted while its second write waited for the controller, so it was not sent and nothing was applied`,
+          };
+        }
         if (outcome.kind === 'not-sent') {
           this.host.settle(log, again, 'dispatched', {
             to: 'failed',
@@ -503,7 +523,16 @@ export class ConfirmationLoop {
   ): Promise<WriteOutcome> {
     try {
       await lane.binding.driver.write(
-        { action: record.action, position: record.position, seq, notAfter: record.deadline },
+        {
+          action: record.action,
+          position: record.position,
+          seq,
+          notAfter: record.deadline,
+          // Preempted by a stop, resolved by an operator, the daemon stopping: a write still
+          // waiting for its controller is not sent (SPEC §2: a command not yet written when a
+          // stop comes is never written).
+          withdrawn: lane.signal,
+        },
         this.host.signal,
       );
       write.epoch = lane.binding.driver.health().connectionEpoch;
@@ -514,7 +543,7 @@ export class ConfirmationLoop {
       if (error instanceof WriteNotSentError) {
         // Never sent: nothing of it reached the controller, the lane's last write is void.
         lane.lastWrite = null;
-        return { kind: 'not-sent', error: message };
+        return { kind: 'not-sent', reason: error.reason, error: message };
       }
       if (error instanceof DeviceRefusedError) {
         // The controller answered that it did not apply it: not unknown.
@@ -527,6 +556,40 @@ export class ConfirmationLoop {
       write.epoch = null;
       return { kind: 'unknown', error: message };
     }
+  }
+
+  /**
+   * The first write was withdrawn before it was sent (the lane's signal aborted while it waited
+   * for the controller): nothing of it was written.
+   * - An operator resolved the command meanwhile: the journal says so already.
+   * - A stop preempted it: `rejected` `SUPERSEDED`, as a command the stop finds not yet written
+   *   (SPEC §2), and the stop goes out alone.
+   * - The daemon is stopping: it stays `dispatched`, and the next start settles it by reading
+   *   the controller (I5), which shows it never taken.
+   */
+  private withdrawn(
+    lane: Lane,
+    record: CommandRecord,
+    observed: Observation,
+    error: string,
+    log: Logger,
+  ): void {
+    if (settledMeanwhile(this.host, lane, record, log)) return;
+    const stop = lane.interrupted;
+    if (stop !== null && refId(stop.target) === refId(record)) {
+      this.host.settle(log, record, 'dispatched', {
+        to: 'rejected',
+        code: 'SUPERSEDED',
+        faultCode: null,
+        observed,
+        detail: `superseded by the stop ${stop.stop.key} while its write waited for the controller; the write was not sent, nothing was written`,
+      });
+      return;
+    }
+    log.warn(
+      { seq: record.seq, err: error },
+      'write withdrawn before it was sent; left to recovery',
+    );
   }
 
   private refused(

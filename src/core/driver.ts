@@ -39,6 +39,14 @@ export interface CommandWrite {
    * rejects with WriteNotSentError (I3). Absent: no such bound.
    */
   readonly notAfter?: number;
+  /**
+   * Aborted when the write is no longer wanted: a stop preempted its command, an operator
+   * resolved it, the daemon is stopping. A write not yet sent by then — still queued behind
+   * other requests to its controller, or waiting for a connection — is not sent at all and
+   * rejects with WriteNotSentError; one already on its way completes, so that its fate is
+   * known. Absent: the write is never withdrawn.
+   */
+  readonly withdrawn?: AbortSignal;
 }
 
 /** A reading of the controller's clock, bracketed by gateway times (SPEC §6). */
@@ -92,12 +100,17 @@ export class DeviceUnreachableError extends SluiceError {
 }
 
 /**
- * The write was never sent: nothing of it reached the controller (its `notAfter` passed before
- * it could go out). Unlike DeviceUnreachableError, its outcome is known: not applied.
+ * The write was never sent: nothing of it reached the controller (its `notAfter` passed, or it
+ * was withdrawn, before it could go out). Unlike DeviceUnreachableError, its outcome is known:
+ * not applied.
  */
 export class WriteNotSentError extends SluiceError {
-  constructor(message: string) {
+  /** `deadline`: CommandWrite.notAfter passed; `withdrawn`: CommandWrite.withdrawn aborted. */
+  readonly reason: 'deadline' | 'withdrawn';
+
+  constructor(message: string, reason: 'deadline' | 'withdrawn') {
     super('WRITE_NOT_SENT', message);
+    this.reason = reason;
   }
 }
 

@@ -57,6 +57,8 @@ export interface WriteJob extends QueuedJob {
   readonly values: readonly number[];
   /** Wall-clock ms past which it is not sent (CommandWrite.notAfter). */
   readonly notAfter: number | undefined;
+  /** Once aborted, it is not sent (CommandWrite.withdrawn). */
+  readonly withdrawn: AbortSignal | undefined;
   readonly resolve: () => void;
 }
 

@@ -232,27 +232,61 @@ export class ModbusEndpoint {
 
   /**
    * `owner`, when given, names the device the registers belong to: reads of other devices may
-   * then be served before this write, never reads of the same owner (modbus-queue.ts).
+   * then be served before this write, never reads of the same owner (modbus-queue.ts). `bounds`
+   * are the command's CommandWrite.notAfter and .withdrawn: a write not yet sent when its
+   * deadline passes or it is withdrawn is never sent (WriteNotSentError). Withdrawn while it
+   * waits in the queue, it leaves the queue at once.
    */
   writeRegisters(
     address: number,
     values: number[],
     signal?: AbortSignal,
     owner?: string,
-    notAfter?: number,
+    bounds: Pick<CommandWrite, 'notAfter' | 'withdrawn'> = {},
   ): Promise<void> {
+    const what = `write ${address}+${values.length}`;
+    const { withdrawn } = bounds;
     return new Promise<void>((resolve, reject) => {
-      this.enqueue({
+      if (withdrawn?.aborted === true) {
+        reject(this.withdrawnError(what));
+        return;
+      }
+      const onWithdrawn = (): void => {
+        const at = this.jobs.indexOf(job);
+        if (at < 0) return; // taken by the pump: request() looks at the signal before sending
+        this.jobs.splice(at, 1);
+        job.reject(this.withdrawnError(what));
+      };
+      const done = (): void => {
+        withdrawn?.removeEventListener('abort', onWithdrawn);
+      };
+      const job: WriteJob = {
         kind: 'write',
         address,
         values: [...values],
         signal,
-        resolve,
-        reject,
+        resolve: () => {
+          done();
+          resolve();
+        },
+        reject: (error) => {
+          done();
+          reject(error);
+        },
         owner,
-        notAfter,
-      });
+        notAfter: bounds.notAfter,
+        withdrawn,
+      };
+      withdrawn?.addEventListener('abort', onWithdrawn, { once: true });
+      this.enqueue(job);
     });
+  }
+
+  private withdrawnError(what: string): WriteNotSentError {
+    return new WriteNotSentError(
+      `${this.name}: ${what}: not sent: withdrawn while it waited for the PLC; nothing was written`,
+      'withdrawn',
+    );
   }
 
   async close(): Promise<void> {
@@ -437,9 +471,12 @@ export class ModbusEndpoint {
       if (late >= 0) {
         throw new WriteNotSentError(
           `${this.name}: ${what}: not sent: its deadline passed ${late} ms ago while it waited for the PLC; nothing was written`,
+          'deadline',
         );
       }
     }
+    // Withdrawn while it waited for a connection: not sent either.
+    if (write?.withdrawn?.aborted === true) throw this.withdrawnError(what);
     const socketClosed = new Promise<never>((_, reject) => {
       this.onSocketClosed = (reason) => {
         reject(new DeviceUnreachableError(`${this.name}: ${what}: ${reason}`));
@@ -665,7 +702,7 @@ export class ModbusDeviceDriver implements DeviceDriver {
   async write(command: CommandWrite, signal?: AbortSignal): Promise<void> {
     // One FC16 request: code, setpoint and sequence number reach the PLC together.
     const { start, values } = encodeCommand(this.o.profile, this.o.base, command);
-    await this.o.endpoint.writeRegisters(start, values, signal, this.o.id, command.notAfter);
+    await this.o.endpoint.writeRegisters(start, values, signal, this.o.id, command);
   }
 
   health(): DeviceHealth {

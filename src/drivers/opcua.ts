@@ -408,15 +408,22 @@ export class OpcuaDeviceDriver implements DeviceDriver {
       attributeId: AttributeIds.Value,
       value: { value: { dataType, value: v } },
     });
-    // Not sent at all past the command's deadline (I3): the session sends at once, so this is
-    // the last moment before the write goes out.
+    // Not sent at all past the command's deadline (I3), nor once withdrawn: the session sends
+    // at once, so this is the last moment before the write goes out.
     if (command.notAfter !== undefined) {
       const late = this.o.clock.now() - command.notAfter;
       if (late >= 0) {
         throw new WriteNotSentError(
           `${this.o.id}: write not sent: its deadline passed ${late} ms ago; nothing was written`,
+          'deadline',
         );
       }
+    }
+    if (command.withdrawn?.aborted === true) {
+      throw new WriteNotSentError(
+        `${this.o.id}: write not sent: withdrawn; nothing was written`,
+        'withdrawn',
+      );
     }
     // Code and setpoint first, the sequence number (the trigger) only once they are in place:
     // a controller must never take a new sequence number with a stale code. Without a

@@ -233,4 +233,57 @@ describe('while the write waits for its PLC', () => {
     // The device goes on: its next command is written once and confirmed.
     await nextCommandConfirmed(slow);
   });
+  it('a write still queued when a stop preempts its command is never sent: superseded (SPEC §2)', async () => {
+    // As above, v2's read that the PLC answers late holds v1's write in the connection's
+    // queue; a stop comes for v1 meanwhile. The write must not follow: the command was not
+    // written when the stop came.
+    const valve = slow.plant.device('v1');
+    const other = slow.plant.device('v2');
+    const binding = slow.drivers.bindings.find((b) => b.id === 'v1')!;
+    const held = await dispatchedAndHeld(toggle(slow), 30_000, slow);
+    // The moment the pipeline hands the write to the driver (observed, passed through).
+    const handed: number[] = [];
+    const write = binding.driver.write.bind(binding.driver);
+    binding.driver.write = (command, signal) => {
+      handed.push(command.seq);
+      return write(command, signal);
+    };
+    other.setFault({ kind: 'latency', ms: 1_500, on: 'read' });
+    const reads = other.readLog.length;
+    let slowReadDone = false;
+    const slowRead = slow.drivers.bindings
+      .find((b) => b.id === 'v2')!
+      .driver.read()
+      .then(
+        () => null,
+        (e: unknown) => e,
+      )
+      .finally(() => {
+        slowReadDone = true;
+      });
+    try {
+      await until(() => (other.readLog.length > reads ? true : undefined), 2_000, 'the read');
+      await pool?.release();
+      await until(() => (handed.includes(held.seq!) ? true : undefined), 2_000, 'the write');
+      // The write is queued behind the read, whose answer the PLC still holds.
+      expect(slowReadDone).toBe(false);
+      expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+      const stop = submit('stop', 30_000, slow);
+      const stopped = await slow.pipeline.waitForSettled(stop, 10_000);
+      expect(stopped?.state).toBe('confirmed');
+      const settled = await slow.pipeline.waitForSettled(held, 10_000);
+      expect(settled).toMatchObject({ state: 'rejected', code: 'SUPERSEDED' });
+      expect(settled?.detail).toContain(stop.key);
+      expect(settled?.detail).toContain('was not sent');
+      expect(await slowRead).toBeNull();
+    } finally {
+      binding.driver.write = write;
+      other.clearFault('latency');
+      await slowRead;
+    }
+    // Ground truth: the controller never received the preempted command's write.
+    expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+    await nextCommandConfirmed(slow);
+    expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+  });
 });

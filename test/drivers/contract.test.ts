@@ -204,6 +204,29 @@ describe.each([
     expect(valve.writesWithSeq(4242)).toBe(1);
   });
 
+  it('a write withdrawn before it is sent is never sent: WriteNotSentError, nothing received', async () => {
+    const driver = binding(valveId).driver;
+    const withdrawn = new AbortController();
+    withdrawn.abort();
+    const refused = driver.write({
+      action: 'close',
+      position: null,
+      seq: 4343,
+      withdrawn: withdrawn.signal,
+    });
+    await expect(refused).rejects.toThrow(WriteNotSentError);
+    await expect(refused).rejects.toMatchObject({ reason: 'withdrawn' });
+    // A write that is not withdrawn goes out (ground truth: the controller receives it).
+    await driver.write({
+      action: 'close',
+      position: null,
+      seq: 4344,
+      withdrawn: new AbortController().signal,
+    });
+    await until(() => valve.writesWithSeq(4344) === 1);
+    expect(valve.writesWithSeq(4343)).toBe(0);
+  });
+
   it('reads the controller clock, and the skew estimate follows its offset', async () => {
     const plc = plant.plc(prefix);
     plc.setClock({ offsetMs: -7_000, driftPpm: 0 });
