@@ -126,6 +126,7 @@ export class ModbusPlcServer {
   }
 
   #accept(socket: Socket): void {
+    this.#plc.connectionAccepted();
     if (!this.#plc.powered) {
       // Nothing listens on a PLC without power; the accepted connection is reset at once.
       socket.on('error', () => undefined);

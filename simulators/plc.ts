@@ -331,6 +331,7 @@ export class SimPlc {
   /** Time-source reading until which the power is off. */
   #offUntil = Number.NEGATIVE_INFINITY;
   #powerCycles = 0;
+  #connectionsAccepted = 0;
 
   constructor(name: string, config: PlcConfig, options: SimPlcOptions) {
     this.name = name;
@@ -358,6 +359,19 @@ export class SimPlc {
 
   device(id: string): SimDevice | undefined {
     return this.devices.find((device) => device.id === id);
+  }
+
+  /**
+   * Modbus TCP connections the PLC has accepted since the plant started (also those reset at
+   * once while its power is off): ground truth for "this client never reached the PLC".
+   */
+  get connectionsAccepted(): number {
+    return this.#connectionsAccepted;
+  }
+
+  /** @internal the Modbus front end accepted a connection. */
+  connectionAccepted(): void {
+    this.#connectionsAccepted += 1;
   }
 
   /** Live controller time (epoch ms) with offset and drift. */

@@ -54,6 +54,9 @@ describe('one daemon per journal', () => {
     const first = await Daemon.start(loadConfig(configPath, { env: {} }), { logger: quiet });
     try {
       await commandWorks(first, 'single-before');
+      const plc = plant.plc('mb');
+      const connections = plc.connectionsAccepted;
+      const written = plant.device('inlet-valve').counters.writesReceived;
       const second = startSluiced(['--config', configPath]);
       try {
         // Whichever comes first: its exit, or (the failure this test is for) its start.
@@ -73,9 +76,10 @@ describe('one daemon per journal', () => {
       const refused = second.lines.find((l) => l.includes('"msg":"sluiced could not start"'));
       expect(refused).toMatch(/in use by another sluiced/);
       expect(refused).toContain(join(dir, 'state', 'journal.db'));
-      // It stopped before the drivers, the intakes, recovery: nothing of it reached the PLC.
-      expect(second.lines.some((l) => l.includes('"msg":"modbus connected"'))).toBe(false);
-      expect(second.lines.some((l) => l.includes('recovering'))).toBe(false);
+      // It stopped before the drivers, the intakes, recovery: nothing of it reached the PLC
+      // (ground truth: the PLC accepted no connection while it ran, and took no write).
+      expect(plc.connectionsAccepted).toBe(connections);
+      expect(plant.device('inlet-valve').counters.writesReceived).toBe(written);
       // The running daemon goes on as before.
       await commandWorks(first, 'single-after');
     } finally {
@@ -89,9 +93,12 @@ describe('one daemon per journal', () => {
     await killed.line((l) => l.includes('"msg":"sluiced started"'), 30_000);
     // SIGKILL: no handler runs, nothing is released by the daemon itself.
     expect(await killed.kill()).toBeNull();
+    const connections = plant.plc('mb').connectionsAccepted;
     const next = await Daemon.start(loadConfig(configPath, { env: {} }), { logger: quiet });
     try {
       await commandWorks(next, 'single-after-kill');
+      // The count the first test relies on sees a daemon's connections.
+      expect(plant.plc('mb').connectionsAccepted).toBeGreaterThan(connections);
     } finally {
       await next.stop();
     }
