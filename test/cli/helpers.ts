@@ -14,6 +14,19 @@ export interface CliRun {
   json<T = Record<string, unknown>>(): T;
 }
 
+/** Every subcommand of sluicectl. */
+export const SUBCOMMANDS = [
+  'stuck',
+  'list',
+  'show',
+  'devices',
+  'clock',
+  'health',
+  'reverify',
+  'resolve',
+  'send',
+] as const;
+
 export function sluicectl(
   args: readonly string[],
   options: { env?: Record<string, string | undefined>; timeoutMs?: number } = {},
