@@ -410,21 +410,8 @@ export class OpcuaDeviceDriver implements DeviceDriver {
     });
     // Not sent at all past the command's deadline (I3), nor once withdrawn: the session sends
     // at once, so this is the last moment before the write goes out.
-    if (command.notAfter !== undefined) {
-      const late = this.o.clock.now() - command.notAfter;
-      if (late >= 0) {
-        throw new WriteNotSentError(
-          `${this.o.id}: write not sent: its deadline passed ${late} ms ago; nothing was written`,
-          'deadline',
-        );
-      }
-    }
-    if (command.withdrawn?.aborted === true) {
-      throw new WriteNotSentError(
-        `${this.o.id}: write not sent: withdrawn; nothing was written`,
-        'withdrawn',
-      );
-    }
+    const before = this.notSent(command, 'write');
+    if (before !== null) throw before;
     // Code and setpoint first, the sequence number (the trigger) only once they are in place:
     // a controller must never take a new sequence number with a stale code. Without a
     // sequence number, the code (with its setpoint) is the trigger.
@@ -437,7 +424,44 @@ export class OpcuaDeviceDriver implements DeviceDriver {
       ],
       signal,
     );
-    if (c.seq !== undefined) await e.write([value(c.seq, DataType.UInt16, command.seq)], signal);
+    if (c.seq === undefined) return;
+    // The trigger is checked again: its deadline may have passed, or it may have been withdrawn,
+    // while the first request was on its way. Without the trigger the controller takes nothing
+    // (the code and setpoint wait for a sequence number that does not come).
+    const trigger = this.notSent(command, 'trigger');
+    if (trigger !== null) throw trigger;
+    await e.write([value(c.seq, DataType.UInt16, command.seq)], signal);
+  }
+
+  /**
+   * Why `command` must not be sent now (past its deadline, withdrawn), or null: before its
+   * first request (`write`), or before its trigger once the code and setpoint are written.
+   */
+  private notSent(command: CommandWrite, stage: 'write' | 'trigger'): WriteNotSentError | null {
+    const [what, during, outcome] =
+      stage === 'write'
+        ? ['write', '', 'nothing was written']
+        : [
+            'trigger (the sequence number)',
+            ' while the code and setpoint were on their way',
+            'the controller takes nothing without it',
+          ];
+    if (command.notAfter !== undefined) {
+      const late = this.o.clock.now() - command.notAfter;
+      if (late >= 0) {
+        return new WriteNotSentError(
+          `${this.o.id}: ${what} not sent: its deadline passed ${late} ms ago${during}; ${outcome}`,
+          'deadline',
+        );
+      }
+    }
+    if (command.withdrawn?.aborted === true) {
+      return new WriteNotSentError(
+        `${this.o.id}: ${what} not sent: withdrawn${during}; ${outcome}`,
+        'withdrawn',
+      );
+    }
+    return null;
   }
 
   async readClock(signal?: AbortSignal): Promise<ClockSample> {

@@ -269,10 +269,12 @@ describe('while the write waits for its PLC', () => {
       expect(slowReadDone).toBe(false);
       expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
       const stop = submit('stop', 30_000, slow);
-      const stopped = await slow.pipeline.waitForSettled(stop, 10_000);
-      expect(stopped?.state).toBe('confirmed');
       const settled = await slow.pipeline.waitForSettled(held, 10_000);
       expect(settled).toMatchObject({ state: 'rejected', code: 'SUPERSEDED' });
+      // At once: the write left the queue, it did not wait for the read ahead of it.
+      expect(slowReadDone).toBe(false);
+      const stopped = await slow.pipeline.waitForSettled(stop, 10_000);
+      expect(stopped?.state).toBe('confirmed');
       expect(settled?.detail).toContain(stop.key);
       expect(settled?.detail).toContain('was not sent');
       expect(await slowRead).toBeNull();

@@ -227,6 +227,27 @@ describe.each([
     expect(valve.writesWithSeq(4343)).toBe(0);
   });
 
+  it('a write withdrawn once handed over is not sent, or not triggered: the controller takes nothing', async () => {
+    const driver = binding(valveId).driver;
+    const withdrawn = new AbortController();
+    const write = driver.write({
+      action: 'open',
+      position: null,
+      seq: 4345,
+      withdrawn: withdrawn.signal,
+    });
+    // Modbus: the write waits in the connection's queue (its pump starts a microtask later)
+    // and leaves it. OPC UA: the code and setpoint are on their way (the session sends at
+    // once); the sequence number, the trigger, is not sent after them.
+    withdrawn.abort();
+    await expect(write).rejects.toMatchObject({ reason: 'withdrawn' });
+    await expect(write).rejects.toThrow(WriteNotSentError);
+    // Ground truth: the controller received no command write with that number (an OPC UA
+    // write counts as received with its trigger) and, the driver done with it, never will.
+    expect(valve.writesWithSeq(4345)).toBe(0);
+    expect(valve.counters.writesReceived).toBe(0);
+  });
+
   it('reads the controller clock, and the skew estimate follows its offset', async () => {
     const plc = plant.plc(prefix);
     plc.setClock({ offsetMs: -7_000, driftPpm: 0 });
