@@ -582,7 +582,7 @@ export class ConfirmationLoop {
         code: 'SUPERSEDED',
         faultCode: null,
         observed,
-        detail: `superseded by the stop ${stop.stop.key} while its write waited for the controller; the write was not sent, nothing was written`,
+        detail: `superseded by the stop ${stop.stop.key} while its write waited for the controller; it was not sent, nothing was applied (${error})`,
       });
       return;
     }
