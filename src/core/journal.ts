@@ -27,10 +27,12 @@ export interface CommandRef {
   readonly key: string;
 }
 
-/** An open command as the sweep needs it: which, on which device, in which state. */
+/** An open command as the sweep needs it: which, on which device, in which state, doing what. */
 export interface OpenRef extends CommandRef {
   readonly device: string;
   readonly state: OpenState;
+  /** A stop preempts what was accepted before it, after a restart too (SPEC §2). */
+  readonly action: Action;
 }
 
 /** A new command, ready to be claimed. */

@@ -174,6 +174,9 @@ export class CommandPipeline {
       lanes: this.lanes,
       closed: () => this.closed,
       startWorker,
+      stopPreempts: (lane, stop, log) => {
+        this.preemption.stopPreempts(lane, stop, log);
+      },
       note: (record, detail) => {
         this.safeNote(record, detail);
       },

@@ -1,5 +1,5 @@
 import { isTerminal } from './command.js';
-import type { CommandRecord, CommandRef, Journal } from './journal.js';
+import type { CommandRef, Journal } from './journal.js';
 import { commandLogger, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
@@ -26,7 +26,7 @@ export class Preemption {
   }
 
   /** A stop was accepted on `lane`: it preempts what is there (see the class). */
-  stopPreempts(lane: Lane, stop: CommandRecord, log: Logger): void {
+  stopPreempts(lane: Lane, stop: CommandRef, log: Logger): void {
     const target = lane.inFlight ?? lane.unresolved;
     const ahead = lane.queue.splice(0, lane.queue.length);
     if (target === null && ahead.length === 0) return;

@@ -13,6 +13,8 @@ export interface SweepHost {
   /** True once the pipeline stops taking commands. */
   closed(): boolean;
   startWorker(lane: Lane): void;
+  /** A stop preempts what its device holds from before it (preemption.ts, SPEC §2). */
+  stopPreempts(lane: Lane, stop: CommandRef, log: Logger): void;
   /** An event in the command's history without a transition (recovery's). */
   note(record: CommandRef & { readonly device: string }, detail: string): void;
 }
@@ -33,8 +35,12 @@ export class Sweep {
   /**
    * Takes up every open command that has no live worker: a command left open by a journal
    * stall, by a failure, or by an earlier life of the daemon. Dispatched commands go first on
-   * their device (the device's queue never moves past one, I1). Idempotent: commands queued or
-   * in flight are left alone. Returns how many open commands the journal holds.
+   * their device (the device's queue never moves past one, I1). On a device with nothing live
+   * (after a restart, every device), the commands are taken as they were accepted, and an open
+   * stop preempts what was accepted before it as it did when it came (SPEC §2): the command it
+   * interrupts is judged again after it, the ones never written are superseded — an earlier
+   * life may have died between the stop's acceptance and either. Idempotent: commands queued
+   * or in flight are left alone. Returns how many open commands the journal holds.
    */
   run(): number {
     const { journal, lanes, logger } = this.host;
@@ -46,19 +52,25 @@ export class Sweep {
       return 0;
     }
     const live = new Set<string>();
+    const idle = new Set<Lane>();
     for (const lane of lanes.values()) {
       for (const ref of lane.queue) live.add(refId(ref));
       if (lane.inFlight !== null) live.add(refId(lane.inFlight));
       if (lane.unresolved !== null) live.add(refId(lane.unresolved));
       // Preempted by a stop: taken up again once the stop is terminal.
       if (lane.interrupted !== null) live.add(refId(lane.interrupted.target));
+      if (
+        lane.queue.length === 0 &&
+        lane.inFlight === null &&
+        lane.unresolved === null &&
+        lane.interrupted === null
+      ) {
+        idle.add(lane);
+      }
     }
-    // Dispatched first, then accepted in the order they were accepted (listOpen's order).
-    const ordered = [
-      ...open.filter((r) => r.state === 'dispatched'),
-      ...open.filter((r) => r.state === 'accepted'),
-    ];
-    for (const record of ordered) {
+    // In the order they were accepted (listOpenRefs' order); a dispatched command goes to the
+    // head of its device's queue wherever it stands in that order.
+    for (const record of open) {
       if (live.has(refId(record))) continue;
       const lane = lanes.get(record.device);
       if (lane === undefined) {
@@ -66,6 +78,10 @@ export class Sweep {
         continue;
       }
       const ref = { scope: record.scope, key: record.key };
+      // Only on a device with nothing live: its queue then holds what this sweep placed, all
+      // accepted before the stop. A stop found beside live commands had its preemption when
+      // it was accepted (submit) in this life.
+      if (record.action === 'stop' && idle.has(lane)) this.stopPreempts(lane, record);
       if (record.state === 'dispatched' && lane.unresolved === null && lane.inFlight === null) {
         lane.unresolved = ref;
       } else if (record.state === 'dispatched') {
@@ -90,6 +106,17 @@ export class Sweep {
       confirmTimeouts.set(id, lane.binding.profile.timing.confirmTimeoutMs);
     }
     return summarizeOpen(this.host.journal.listOpen(), this.host.clock.now(), confirmTimeouts);
+  }
+
+  /** A stop taken up: what its device holds from before it is preempted (preemption.ts). */
+  private stopPreempts(lane: Lane, stop: OpenRef): void {
+    const log = this.host.logger.child({ key: stop.key, device: stop.device, scope: stop.scope });
+    try {
+      this.host.stopPreempts(lane, { scope: stop.scope, key: stop.key }, log);
+    } catch (error) {
+      // The journal cannot be read: the stop is still taken up, and runs first when it can.
+      log.error({ err: error }, 'sweep: the stop could not preempt the commands before it');
+    }
   }
 
   private reportOrphan(record: OpenRef): void {

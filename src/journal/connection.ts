@@ -331,11 +331,11 @@ function prepare(db: Database): {
       SELECT at, from_state, to_state, intake, detail FROM events
       WHERE command = (SELECT id FROM commands WHERE scope = ? AND key = ?) ORDER BY id`),
     open: db.prepare(
-      "SELECT * FROM commands WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at",
+      "SELECT * FROM commands WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at, id",
     ),
     openRefs: db.prepare(`
-      SELECT scope, key, device, state FROM commands
-      WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at`),
+      SELECT scope, key, device, state, action FROM commands
+      WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at, id`),
     purgeCandidates: db.prepare(`
       SELECT scope, key FROM commands
       WHERE settled_at IS NOT NULL AND settled_at < ?

@@ -128,4 +128,42 @@ describe('stop preempts travel', () => {
     expect(valve.writesWithSeq(a.seq!)).toBe(1);
     expect(valve.snapshot().state).toBe('STOPPED');
   });
+
+  it('a stop accepted before a crash and not yet dispatched still goes first after the restart', async () => {
+    h = await SimHarness.start({ travelMs: 3_000, timing: { confirmTimeoutMs: 8_000 } });
+    const valve = h.device('v1');
+    h.submit('a', { device: 'v1', action: 'open' });
+    await stopAtAbout(h, 'v1', 30);
+    // The stop is journaled (an intake would have acknowledged it) and the process dies before
+    // the stop's worker wrote anything: the journal holds the open dispatched, the stop accepted.
+    h.submit('s', { device: 'v1', action: 'stop' });
+    await h.crash();
+    expect(valve.counters.writesReceived).toBe(1);
+    await h.restart();
+    const [a, s] = [await h.settled('a'), await h.settled('s')];
+    expect(s).toMatchObject({ state: 'confirmed' });
+    expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+    // Ground truth: the stop was written while the valve travelled, and the open only once.
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s.seq]);
+    expect(valve.snapshot().state).toBe('STOPPED');
+    expect(valve.snapshot().position).toBeLessThan(90);
+  });
+
+  it('a command a stop found not yet written is never written after a crash before its rejection', async () => {
+    h = await SimHarness.start({ requestTimeoutMs: 1_000, timing: { redispatchGuardMs: 1_200 } });
+    const valve = h.device('v1');
+    // Reads take 300 ms: the open is still reading its device when the stop comes, and the
+    // process dies before the open's worker comes back to journal it superseded.
+    h.plant.plc('mb').setFault({ kind: 'latency', ms: 300, on: 'read' });
+    h.submit('a', { device: 'v1', action: 'open' });
+    h.submit('s', { device: 'v1', action: 'stop' });
+    await h.crash();
+    h.plant.plc('mb').clearFault('latency');
+    await h.restart();
+    const [a, s] = [await h.settled('a'), await h.settled('s')];
+    expect(a).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', seq: null });
+    expect(a.detail).toMatch(/superseded by the stop s/);
+    expect(s).toMatchObject({ state: 'confirmed' });
+    expect(valve.counters.writesReceived).toBe(0);
+  });
 });

@@ -312,10 +312,16 @@ describe('transitions', () => {
     expect(j.listOpen().map((r) => r.key)).toEqual(['early', 'late']);
     expect(j.list({ device: 'drain-valve' }).map((r) => r.key)).toEqual(['done']);
     expect(j.list({ state: 'accepted', since: T0 + 1 }).map((r) => r.key)).toEqual(['late']);
-    // The sweep's light list: the same commands in the same order, with device and state.
+    // The sweep's light list: the same commands in the same order, with device, state, action.
     dispatch(j, { scope: 'plant', key: 'late' }, T0 + 20, seen, 'pipeline');
     expect(j.listOpenRefs()).toEqual(
-      j.listOpen().map((r) => ({ scope: r.scope, key: r.key, device: r.device, state: r.state })),
+      j.listOpen().map((r) => ({
+        scope: r.scope,
+        key: r.key,
+        device: r.device,
+        state: r.state,
+        action: r.action,
+      })),
     );
     expect(j.listOpenRefs().map((r) => [r.key, r.state])).toEqual([
       ['early', 'accepted'],
