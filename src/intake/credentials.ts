@@ -12,18 +12,39 @@ export type Authentication =
   | {
       readonly ok: false;
       readonly detail: string;
-      /** A token was presented and refused: RFC 6750 §3.1 `error="invalid_token"`. */
-      readonly invalidToken: boolean;
+      /**
+       * RFC 6750 §3.1's error code for the challenge: `invalid_token` when a token was presented
+       * and refused, `invalid_request` when the request carries more than one credential, null
+       * when it carries none.
+       */
+      readonly error: 'invalid_token' | 'invalid_request' | null;
     };
 
 const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i;
 
+/**
+ * `authorization` is every Authorization header of the request, one entry each (Node's
+ * `headersDistinct`), or a single value.
+ */
 export function authenticate(
-  authorization: string | undefined,
+  authorization: string | readonly string[] | undefined,
   socket: Socket,
   identities: IdentityRegistry,
   mutualTls: boolean,
 ): Authentication {
+  // Node keeps only the first of repeated Authorization headers: a request with two tokens
+  // would act as whichever came first, while a proxy or an audit log in front of the gateway
+  // may have read the other one. Which identity commands a valve must not be ambiguous.
+  if (typeof authorization !== 'string' && authorization !== undefined) {
+    if (authorization.length > 1) {
+      return {
+        ok: false,
+        detail: `the request has ${String(authorization.length)} Authorization headers; send exactly one`,
+        error: 'invalid_request',
+      };
+    }
+    return authenticate(authorization[0], socket, identities, mutualTls);
+  }
   // An explicit credential decides: a wrong token is refused even when a certificate would
   // have passed, so that a misconfigured client learns about it instead of acting as another.
   if (authorization !== undefined) {
@@ -33,17 +54,17 @@ export function authenticate(
       return {
         ok: false,
         detail: 'the Authorization header is not a Bearer token',
-        invalidToken: true,
+        error: 'invalid_token',
       };
     }
     const identity = identities.byToken(token);
     if (identity === undefined) {
-      return { ok: false, detail: 'the bearer token is not valid', invalidToken: true };
+      return { ok: false, detail: 'the bearer token is not valid', error: 'invalid_token' };
     }
     return { ok: true, identity, via: 'token' };
   }
   if (mutualTls && socket instanceof TLSSocket) return byCertificate(socket, identities);
-  return { ok: false, detail: 'credentials are required: a bearer token', invalidToken: false };
+  return { ok: false, detail: 'credentials are required: a bearer token', error: null };
 }
 
 function byCertificate(socket: TLSSocket, identities: IdentityRegistry): Authentication {
@@ -53,7 +74,7 @@ function byCertificate(socket: TLSSocket, identities: IdentityRegistry): Authent
     return {
       ok: false,
       detail: 'credentials are required: a bearer token or a client certificate',
-      invalidToken: false,
+      error: null,
     };
   }
   if (!socket.authorized) {
@@ -63,7 +84,7 @@ function byCertificate(socket: TLSSocket, identities: IdentityRegistry): Authent
     return {
       ok: false,
       detail: `the client certificate was not accepted: ${reason}`,
-      invalidToken: false,
+      error: null,
     };
   }
   const cn: unknown = (certificate.subject as Record<string, unknown> | undefined)?.CN;
@@ -71,7 +92,7 @@ function byCertificate(socket: TLSSocket, identities: IdentityRegistry): Authent
     return {
       ok: false,
       detail: 'the client certificate has no single subject CN',
-      invalidToken: false,
+      error: null,
     };
   }
   const identity = identities.byCertificateCn(cn);
@@ -79,7 +100,7 @@ function byCertificate(socket: TLSSocket, identities: IdentityRegistry): Authent
     return {
       ok: false,
       detail: 'the client certificate is not mapped to an identity',
-      invalidToken: false,
+      error: null,
     };
   }
   return { ok: true, identity, via: 'certificate' };

@@ -62,7 +62,7 @@ async function postCommand(
   let key: string | undefined;
   let device: string | undefined;
   try {
-    key = readIdempotencyKey(request.headers['idempotency-key']);
+    key = readIdempotencyKey(request.raw.headersDistinct['idempotency-key']);
     const command = parseCommandRequest(request.body);
     device = command.device;
     claim = pipeline.submit({ key, identity, intake: 'https', request: command });

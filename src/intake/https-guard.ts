@@ -51,15 +51,16 @@ export class CallerGuard {
 
   private check(request: Request, reply: Reply): Reply | undefined {
     const auth = authenticate(
-      request.headers.authorization,
+      request.raw.headersDistinct.authorization,
       request.raw.socket,
       this.identities,
       this.mutualTls,
     );
     if (!auth.ok) {
-      const challenge = auth.invalidToken
-        ? 'Bearer realm="sluice", error="invalid_token"'
-        : 'Bearer realm="sluice"';
+      const challenge =
+        auth.error === null
+          ? 'Bearer realm="sluice"'
+          : `Bearer realm="sluice", error="${auth.error}"`;
       return sendProblem(reply, makeProblem(401, 'UNAUTHORIZED', auth.detail), {
         'www-authenticate': challenge,
       });

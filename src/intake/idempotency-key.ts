@@ -7,12 +7,20 @@ import { InvalidKeyError } from '../core/errors.js';
  * string, i.e. quoted: `Idempotency-Key: "8e03978e-…"`; many clients send it bare. Both are
  * accepted and mean the same key, so that a key quoted on HTTPS and bare in an MQTT payload is
  * one command (SPEC §2: keys are per identity, whichever intake carries them).
+ *
+ * `given` is every Idempotency-Key header of the request, one entry each (Node's
+ * `headersDistinct`), or a single value. Node joins repeated headers with ", ", and a comma is
+ * a key character: `abc` followed by an empty header would be read as the key `abc,`, a new
+ * command rather than the retry of `abc` it looks like.
  */
-export function readIdempotencyKey(header: string | readonly string[] | undefined): string {
-  if (header === undefined) throw new InvalidKeyError('an Idempotency-Key header is required');
-  if (typeof header !== 'string') {
-    throw new InvalidKeyError('exactly one Idempotency-Key header is allowed');
+export function readIdempotencyKey(given: string | readonly string[] | undefined): string {
+  if (given === undefined) throw new InvalidKeyError('an Idempotency-Key header is required');
+  if (typeof given !== 'string' && given.length !== 1) {
+    throw new InvalidKeyError(
+      `the request has ${String(given.length)} Idempotency-Key headers; exactly one is allowed`,
+    );
   }
+  const header = typeof given === 'string' ? given : (given[0] ?? '');
   // Only HTTP's optional whitespace (SP, HTAB: RFC 9110 §5.5): String#trim would also strip a
   // no-break space (0xA0, as Node decodes header bytes), turning `k<0xA0>` into another key.
   const value = header.replace(/^[ \t]+|[ \t]+$/g, '');

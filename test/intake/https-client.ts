@@ -124,7 +124,8 @@ export interface Target {
 
 export interface CallOptions {
   readonly token?: string;
-  readonly headers?: Record<string, string>;
+  /** An array sends the header once per value (a repeated header). */
+  readonly headers?: Record<string, string | string[]>;
   /** Sent as JSON with Content-Type application/json (unless headers say otherwise). */
   readonly json?: unknown;
   /** Sent as is. */
@@ -148,7 +149,7 @@ export function call(
   path: string,
   options: CallOptions = {},
 ): Promise<HttpResult> {
-  const headers: Record<string, string> = {};
+  const headers: Record<string, string | string[]> = {};
   if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
   let body: Buffer | undefined;
   if (options.json !== undefined) {

@@ -53,10 +53,22 @@ describe('Idempotency-Key', () => {
     expect(readIdempotencyKey('abc-123')).toBe('abc-123');
     expect(readIdempotencyKey('"abc-123"')).toBe('abc-123');
     expect(readIdempotencyKey('"a\\"b\\\\c"')).toBe('a"b\\c');
+    // Node's headersDistinct: one header is an array of one.
+    expect(readIdempotencyKey(['abc-123'])).toBe('abc-123');
   });
 
   it('refuses a missing, empty, repeated or malformed key', () => {
-    for (const bad of [undefined, '', '""', 'a b', '"a\\nb"', '"a"b"', 'é', ['a', 'b']]) {
+    for (const bad of [
+      undefined,
+      '',
+      '""',
+      'a b',
+      '"a\\nb"',
+      '"a"b"',
+      'é',
+      ['a', 'b'],
+      ['a', ''],
+    ]) {
       expect(() => readIdempotencyKey(bad)).toThrow(InvalidKeyError);
     }
   });

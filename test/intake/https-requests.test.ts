@@ -143,6 +143,52 @@ describe('401: credentials', () => {
   });
 });
 
+describe('repeated headers: one credential and one key, or nothing is done', () => {
+  it('refuses two Authorization headers, even when the first is valid, and journals nothing', async () => {
+    const k = key();
+    // Node keeps only the first: this request acted as plant, whatever a proxy read from it.
+    const r = await post(
+      k,
+      { device: 'v1', action: 'close' },
+      { headers: { authorization: [`Bearer ${TOKENS.plant}`, `Bearer ${TOKENS.ops}`] } },
+    );
+    expectProblem(r, 401, 'UNAUTHORIZED');
+    expect(r.json.detail).toBe('the request has 2 Authorization headers; send exactly one');
+    expect(r.headers['www-authenticate']).toBe('Bearer realm="sluice", error="invalid_request"');
+    expect(stack.pipeline.get({ scope: 'plant', key: k })).toBeUndefined();
+    expect(stack.pipeline.get({ scope: 'ops', key: k })).toBeUndefined();
+    const read = await call(api, 'GET', `/v1/commands/${k}`, {
+      headers: { authorization: [`Bearer ${TOKENS.ops}`, `Bearer ${TOKENS.plant}`] },
+    });
+    expectProblem(read, 401, 'UNAUTHORIZED');
+  });
+
+  it('refuses a repeated Idempotency-Key header, also when one of them is empty', async () => {
+    const k = key();
+    // Node joins them as "k, ", which trimmed is the valid key "k," — another command than k.
+    for (const given of [
+      [k, ''],
+      ['', k],
+      [k, k],
+    ]) {
+      const r = await post(
+        undefined,
+        { device: 'v1', action: 'close' },
+        {
+          headers: { 'idempotency-key': given },
+        },
+      );
+      expectProblem(r, 400, 'MISSING_IDEMPOTENCY_KEY');
+      expect(r.json.detail).toBe(
+        'the request has 2 Idempotency-Key headers; exactly one is allowed',
+      );
+    }
+    for (const journaled of [k, `${k},`, `,${k}`]) {
+      expect(stack.pipeline.get({ scope: 'plant', key: journaled })).toBeUndefined();
+    }
+  });
+});
+
 describe('403: device not allowed for the identity', () => {
   it('journals FORBIDDEN_DEVICE, writes nothing, and replays it byte for byte', async () => {
     const k = key();
