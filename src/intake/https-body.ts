@@ -1,4 +1,6 @@
+import { InvalidCommandError } from '../core/errors.js';
 import type { App } from './https-types.js';
+import { duplicateMember } from './json-members.js';
 
 /**
  * Request bodies: JSON in UTF-8 only (RFC 8259 §8.1), decoded strictly. fastify decodes a body
@@ -23,7 +25,8 @@ export class BodyNotUtf8Error extends Error {
 /**
  * Replaces fastify's body parsers with one for `application/json` (with or without parameters)
  * that decodes strictly and then parses with fastify's own JSON parser, prototype-poisoning
- * checks included. Any other media type has no parser and is answered 415.
+ * checks included, and refuses an object with a member name given twice (400 INVALID_COMMAND).
+ * Any other media type has no parser and is answered 415.
  */
 export function takeOnlyUtf8Json(app: App): void {
   const parseJson = app.getDefaultJsonParser('error', 'error');
@@ -37,6 +40,14 @@ export function takeOnlyUtf8Json(app: App): void {
       return;
     }
     // fastify's JSON parser answers through `done` and returns nothing.
-    void parseJson(request, text, done);
+    void parseJson(request, text, (error, parsed) => {
+      const name = error === null ? duplicateMember(text) : undefined;
+      if (name !== undefined) {
+        // A body whose meaning depends on the parser that reads it is refused (json-members.ts).
+        done(new InvalidCommandError([`${name}: is given more than once in an object`]), undefined);
+        return;
+      }
+      done(error, parsed);
+    });
   });
 }

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { duplicateMember } from '../../src/intake/json-members.js';
 import { TOKENS } from '../helpers/stack.js';
 import { call, intakeForFile, type HttpResult } from './https-client.js';
 
@@ -130,5 +131,40 @@ describe('400: commands the core refuses, end to end', () => {
     await expectRefused(r, k, before);
     const errors = r.json.errors as string[];
     expect(errors.some((e) => e.startsWith('state:'))).toBe(true);
+  });
+});
+
+describe('400: a member name given twice', () => {
+  it('refuses a command whose action is given twice (JSON.parse would keep the last), writes nothing', async () => {
+    for (const body of [
+      '{"device":"v1","action":"close","action":"open"}',
+      // The same name, escaped: still the same member to every parser.
+      '{"device":"v1","action":"close","\\u0061ction":"open"}',
+      '{"device":"v1","action":"open","meta":{"a":1,"a":2}}',
+    ]) {
+      const before = writes();
+      const k = key();
+      const r = await post(k, body);
+      await expectRefused(r, k, before);
+      expect((r.json.errors as string[])[0]).toMatch(/^(action|a): is given more than once/);
+    }
+  });
+
+  it('takes the same name in different objects, and strings that look like names', async () => {
+    const r = await post(
+      key(),
+      '{"device":"v1","action":"close","meta":{"device":"x","l":["action",{"action":1}]},"n":"\\",\\"action\\":"}',
+    );
+    expect(r.status).toBe(200);
+    expect(r.json).toMatchObject({ device: 'v1', action: 'close', state: 'confirmed' });
+  });
+
+  it('finds duplicates at any depth, and only within one object', () => {
+    expect(duplicateMember('{"a":1,"b":{"a":2}}')).toBeUndefined();
+    expect(duplicateMember('[{"a":1},{"a":1}]')).toBeUndefined();
+    expect(duplicateMember('{"a":"\\"a\\"","b":["a","a"]}')).toBeUndefined();
+    expect(duplicateMember('{"a":[{"x":1,"x":2}]}')).toBe('x');
+    expect(duplicateMember('{"a":{},"a":[]}')).toBe('a');
+    expect(duplicateMember('\ufeff{"é":1,"\\u00e9":2}')).toBe('é');
   });
 });
