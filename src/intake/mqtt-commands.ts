@@ -40,8 +40,11 @@ export interface CommandMessagesOptions {
 
 /** What to do with a message after handling it: acknowledge it, or leave it with the broker. */
 type Handling =
-  /** `durable`: the PUBACK waits for the journal's barrier (group commit). */
-  | { readonly kind: 'ack'; readonly durable: boolean }
+  /**
+   * `durable`: the PUBACK waits for the journal's barrier (group commit). `claimed`: the
+   * message claimed or joined a command, whose claim the barrier makes durable.
+   */
+  | { readonly kind: 'ack'; readonly durable: boolean; readonly claimed?: Received }
   | { readonly kind: 'withhold'; readonly reason: string; readonly reconnect: boolean };
 
 const ACK: Handling = { kind: 'ack', durable: true };
@@ -130,22 +133,7 @@ export class CommandMessages {
           return;
         }
         // Group commit: the PUBACK waits for the claim's fsync, shared with other commands.
-        this.pipeline.durable().then(
-          () => {
-            callback();
-          },
-          (error: unknown) => {
-            this.logger.error(
-              { err: error, topic: packet.topic },
-              'journal sync failed: not acknowledged (fail closed)',
-            );
-            this.count('journal_unavailable');
-            // With group commit a full disk shows here, at the commit, not at the claim.
-            this.metrics.journalFailures.inc();
-            callback(new Error('not acknowledged: journal sync failed'));
-            this.link.dropConnection(client, 'journal sync failed');
-          },
-        );
+        this.awaitDurable(client, packet, callback, handling.claimed);
         return;
       case 'withhold':
         // With an error, mqtt.js sends no PUBACK and goes on with the connection's next packet
@@ -155,6 +143,38 @@ export class CommandMessages {
         if (handling.reconnect) this.link.dropConnection(client, handling.reason);
         return;
     }
+  }
+
+  /** Acknowledges once the journal's barrier carried the message's claim to disk (I5). */
+  private awaitDurable(
+    client: MqttClient,
+    packet: IPublishPacket,
+    callback: DoneCallback,
+    claimed: Received | undefined,
+  ): void {
+    this.pipeline.durable().then(
+      () => {
+        callback();
+      },
+      (error: unknown) => {
+        this.logger.error(
+          { err: error, topic: packet.topic },
+          'journal sync failed: not acknowledged (fail closed)',
+        );
+        this.count('journal_unavailable');
+        // With group commit a full disk shows here, at the commit, not at the claim.
+        this.metrics.journalFailures.inc();
+        if (packet.qos === 0) {
+          // Never redelivered, so dropping the connection would not bring it back: its
+          // requester is told instead, as when the claim itself is refused (refuse()).
+          if (claimed !== undefined) this.lostClaim(claimed);
+          callback();
+          return;
+        }
+        callback(new Error('not acknowledged: journal sync failed'));
+        this.link.dropConnection(client, 'journal sync failed');
+      },
+    );
   }
 
   private handle(packet: IPublishPacket): Handling {
@@ -253,7 +273,7 @@ export class CommandMessages {
         this.count('new');
         this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'new' });
         log.debug({ dup: packet.dup }, 'command claimed; acknowledging');
-        return ACK;
+        return { kind: 'ack', durable: true, claimed: received };
       case 'duplicate':
         if (isTerminal(record.state)) {
           // A retry of a settled command: its stored result again, marked as a replay (once
@@ -284,6 +304,8 @@ export class CommandMessages {
           this.count('in_flight');
           this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'in_flight' });
           log.info({ state: record.state, dup: packet.dup }, 'duplicate of a command in flight');
+          // Its original's claim may be in the batch the barrier carries (the same turn).
+          return { kind: 'ack', durable: true, claimed: received };
         }
         return ACK;
       case 'reused':
@@ -324,6 +346,25 @@ export class CommandMessages {
     }
     log.info({ code, reconnect }, 'command left unacknowledged with the broker');
     return { kind: 'withhold', reason: detail, reconnect };
+  }
+
+  /**
+   * A QoS 0 command whose claim the journal's barrier failed to make durable: the batch it was
+   * in was lost (none of its writes kept), or its fsync failed (kept in the journal file, not
+   * known to be on disk). Which one cannot be told here, so the answer says both; publishing
+   * it again with the same key is safe either way: one command, written at most once (I1).
+   */
+  private lostClaim(message: Received): void {
+    const { device, key, route, receivedAt } = message;
+    this.logger.warn(
+      { key, device, code: 'JOURNAL_UNAVAILABLE' },
+      'QoS 0 command not made durable: answered (QoS 0 is never redelivered)',
+    );
+    this.publisher.error({ key, device }, route, receivedAt, {
+      code: 'JOURNAL_UNAVAILABLE',
+      detail:
+        'the journal could not make this command durable; it may not have been kept: publish it again with the same key (it runs at most once), at QoS 1 so that the broker redelivers it',
+    });
   }
 
   private count(outcome: MessageOutcome): void {

@@ -13,13 +13,15 @@ import {
   type Mosquitto,
   type Received,
 } from '../helpers/mosquitto.js';
+import { commitFaults } from '../helpers/commit-faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 
 /**
  * The persistent session and fail-closed acknowledgement (I5) against a real mosquitto with
  * persistence: commands queued while the intake is away (untimed ones refused, stale ones never
  * written: I3, SPEC §5), a journal that cannot be written (no PUBACK, nothing written,
- * redelivered and executed once when it can), and a redelivery that crosses a broker restart.
+ * redelivered and executed once when it can; a QoS 0 command, which no broker redelivers,
+ * answered), and a redelivery that crosses a broker restart.
  */
 
 const available = mosquittoAvailable();
@@ -268,6 +270,61 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
     await until(() => intake.connected() || undefined, 5_000, 'intake reconnected');
     expect(observer.on(`${PREFIX}/status`).at(-1)?.text).toBe('online');
+  });
+
+  it('answers a QoS 0 command whose claim the journal could not commit (JOURNAL_UNAVAILABLE), writes nothing, keeps the connection; sent again it runs once', async () => {
+    const key = randomUUID();
+    const topic = `${PREFIX}/cmd/v1`;
+    const replyTopic = 'replies/gws/q0';
+    const before = writes('v1');
+    const connections = (): number =>
+      broker
+        .log()
+        .split('\n')
+        .filter((line) => line.includes(`as ${CLIENT_ID} (`)).length;
+    const connected = connections();
+    await issuer.subscribe('replies/gws/#');
+    // The COMMIT of the claim's batch fails, as an I/O error would (none of its writes kept).
+    const faults = commitFaults(stack.journal);
+    const failed = faults.failed;
+    const claim = stack.journal.claim.bind(stack.journal);
+    stack.journal.claim = (...args) => {
+      const outcome = claim(...args);
+      if (args[0].key === key) faults.failNext();
+      return outcome;
+    };
+    const command = timed({ action: moveOf('v1'), key });
+    try {
+      await issuer.publish(topic, command, {
+        qos: 0,
+        properties: { responseTopic: replyTopic, correlationData: Buffer.from('q0-1') },
+      });
+      // QoS 0 is never redelivered: the requester is told, on the result and Response Topics.
+      const answer = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'answer');
+      expect(answer.json()).toMatchObject({ key, device: 'v1', code: 'JOURNAL_UNAVAILABLE' });
+      expect(answer.json().detail).toContain('publish it again with the same key');
+      const reply = await issuer.waitFor((m) => m.topic === replyTopic, 10_000, 'reply');
+      expect(reply.text).toBe(answer.text);
+      expect(reply.packet.properties?.correlationData?.toString()).toBe('q0-1');
+    } finally {
+      stack.journal.claim = claim;
+    }
+    expect(faults.failed).toBe(failed + 1);
+    expect(stack.journal.get({ scope: 'plant', key })).toBeUndefined();
+    expect(writes('v1')).toBe(before);
+
+    // Sent again with the same key: claimed now, and written once.
+    await issuer.publish(topic, command, { qos: 0 });
+    const result = await observer.waitFor(
+      (m) => resultFor(key, 'v1')(m) && m.json().state === 'confirmed',
+      10_000,
+      'result',
+    );
+    expect(result.json()).toMatchObject({ replayed: false });
+    expect(writes('v1')).toBe(before + 1);
+    // Nothing was left for the broker to redeliver: the connection was not dropped.
+    expect(connections()).toBe(connected);
+    expect(intake.connected()).toBe(true);
   });
 
   it('executes once a command redelivered after a broker restart', async () => {
