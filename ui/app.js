@@ -764,13 +764,20 @@
       return;
     }
     api('POST', commandPath('resolve'), { as: 'failed', reason: reason }).then(function (answer) {
+      // A command dispatched before the resolve had its own write sent, or on its way: the
+      // resolve wrote nothing, but that write may be applied (as sluicectl resolve says).
+      var seq = answer.status === 200 ? answer.body.result.seq : null;
       $('action-result').textContent =
         answer.status === 200
           ? 'RESOLVED by ' +
             answer.body.by +
             ': ' +
             outcome(answer.body.result.state, answer.body.result.code, null) +
-            '; nothing was written to the controller'
+            (seq === null || seq === undefined
+              ? '; nothing was written to the controller'
+              : '; the resolve wrote nothing to the controller; the command had been dispatched (seq ' +
+                seq +
+                '): its detail says what is known of its write')
           : problemText(answer);
       if (answer.status === 200) $('reason').value = '';
       loadCommand(shown.scope, shown.key);

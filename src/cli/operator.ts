@@ -114,8 +114,14 @@ export async function runResolve(
     ctx.outJson({ key, by, reason, result });
     return EXIT.OK;
   }
+  // A command dispatched before the resolve had its own write sent, or on its way: the resolve
+  // wrote nothing, but "nothing was written" would tell the operator the valve was not commanded.
+  const written =
+    result.seq === null || result.seq === undefined
+      ? 'nothing was written to the controller'
+      : `the resolve wrote nothing to the controller; the command had been dispatched (seq ${result.seq}): its detail says what is known of its write`;
   ctx.out(
-    `${ctx.style.paint('RESOLVED', 'warn')} by ${by}: ${result.state} ${result.code ?? ''}; nothing was written to the controller\n`,
+    `${ctx.style.paint('RESOLVED', 'warn')} by ${by}: ${result.state} ${result.code ?? ''}; ${written}\n`,
   );
   ctx.out(renderFields(resultFields(result, ctx.now()), ctx.style));
   return EXIT.OK;

@@ -521,6 +521,46 @@ export class ConfirmationLoop {
     seq: number,
     write: LastWrite,
   ): Promise<WriteOutcome> {
+    const outcome = await this.trySend(lane, record, seq, write);
+    if (aborted(lane)) this.noteAfterResolve(record, seq, outcome);
+    return outcome;
+  }
+
+  /**
+   * An operator resolved the command while its write was on its way: the outcome says what was
+   * known then ("it may have been applied"); the history gets what became of the write, which
+   * only this worker learns (sent and acknowledged, refused, withdrawn before it was sent).
+   */
+  private noteAfterResolve(record: CommandRecord, seq: number, outcome: WriteOutcome): void {
+    let current: CommandRecord | undefined;
+    try {
+      current = this.host.journal.get(record);
+    } catch {
+      return;
+    }
+    if (current?.code !== 'RESOLVED_BY_OPERATOR') return;
+    const write = `after the operator's resolve: the command's write (sequence number ${seq})`;
+    const fate =
+      outcome.kind === 'acked'
+        ? 'had been sent, and the controller acknowledged it: it may be applied'
+        : outcome.kind === 'unknown'
+          ? `had been sent, and the controller did not answer (${outcome.error}): it may be applied`
+          : outcome.kind === 'refused'
+            ? `was refused by the controller (${outcome.error}); nothing was applied`
+            : `was not sent (${outcome.error}); nothing was applied`;
+    try {
+      this.host.journal.note(record, this.host.clock.now(), `${write} ${fate}`, PIPELINE);
+    } catch {
+      // The journal cannot be written: the outcome already says the write may be applied.
+    }
+  }
+
+  private async trySend(
+    lane: Lane,
+    record: CommandRecord,
+    seq: number,
+    write: LastWrite,
+  ): Promise<WriteOutcome> {
     try {
       await lane.binding.driver.write(
         {

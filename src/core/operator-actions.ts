@@ -28,7 +28,9 @@ export class OperatorActions {
    * An operator ends an open command `failed` `RESOLVED_BY_OPERATOR` (SPEC §2, §7): nothing is
    * written to the controller; who and why are in the outcome's detail and the history, and the
    * outcome is published like any other. A worker still holding the command is preempted; its
-   * own outcome, should it come, finds the command settled and keeps the operator's.
+   * own outcome, should it come, finds the command settled and keeps the operator's. The detail
+   * also says what is known of the command's own write, when it was dispatched: the operator's
+   * action writes nothing, but a write sent before it may still be applied.
    */
   resolve(ref: CommandRef, by: string, reason: string): CommandRecord {
     const { journal, clock, lanes } = this.host;
@@ -36,17 +38,17 @@ export class OperatorActions {
     if (record === undefined) throw new UnknownCommandError(ref.key);
     if (isTerminal(record.state)) throw new AlreadySettledError(record);
     const log = commandLogger(this.host.logger, record);
+    const lane = lanes.get(record.device);
     const settled = journal.settle(record, record.state, {
       to: 'failed',
       code: 'RESOLVED_BY_OPERATOR',
       faultCode: null,
       observed: record.observed,
-      detail: `resolved by ${by}: ${reason}; the operator's action wrote nothing to the controller`,
+      detail: `resolved by ${by}: ${reason}; ${writeNote(lane, record)}`,
       at: clock.now(),
       intake: ADMIN,
     });
     log.warn({ by, from: record.state }, 'command resolved by an operator');
-    const lane = lanes.get(record.device);
     if (
       lane?.inFlight !== null &&
       lane?.inFlight !== undefined &&
@@ -107,4 +109,43 @@ export class OperatorActions {
         : `still ${after.state}: waiting for the device's command in flight`;
     return { record: after, detail };
   }
+}
+
+/**
+ * What the outcome of a resolve says about the command's own write: never made for an
+ * `accepted` command; for a `dispatched` one, what this process knows of it — a client or an
+ * operator reading "nothing was written" of a valve that took the write would be misled.
+ */
+function writeNote(lane: Lane | undefined, record: CommandRecord): string {
+  if (record.state !== 'dispatched' || record.seq === null) {
+    return 'nothing was written to the controller';
+  }
+  const resolve = "the operator's action wrote nothing to the controller";
+  const write = `the command's write (sequence number ${record.seq})`;
+  const last = lane?.lastWrite ?? null;
+  const known =
+    last !== null &&
+    last.scope === record.scope &&
+    last.key === record.key &&
+    last.seq === record.seq
+      ? last
+      : null;
+  const held =
+    lane?.inFlight !== null &&
+    lane?.inFlight !== undefined &&
+    refId(lane.inFlight) === refId(record);
+  if (known?.acked === true) {
+    return `${resolve}, but ${write} had reached the controller before, which acknowledged it: it may have been applied`;
+  }
+  if (known !== null && known.unknownSinceMono !== null) {
+    return `${resolve}, but the outcome of ${write} is unknown: it may have been applied`;
+  }
+  if (known !== null && held) {
+    return `${resolve}; ${write} was on its way to the controller: withdrawn if it still waited, otherwise it may be applied (the history says which)`;
+  }
+  if (known === null && held && record.attempts <= 1) {
+    // Between the dispatch and the write (its barrier): the worker looks again before the write.
+    return `${resolve}; ${write} had been dispatched and was not yet sent, and it is not sent`;
+  }
+  return `${resolve}, but ${write} had been dispatched before and whether it reached the controller is unknown: it may have been applied`;
 }

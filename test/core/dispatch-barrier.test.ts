@@ -95,6 +95,10 @@ describe('while the dispatch is being made durable', () => {
     const held = await dispatchedAndHeld(toggle());
     const resolved = stack.pipeline.resolve(held, 'ops@test', 'valve under maintenance');
     expect(resolved.state).toBe('failed');
+    // Its write waits for the barrier: the outcome says it is not sent (and it is not, below).
+    expect(resolved.detail).toMatch(
+      /had been dispatched and was not yet sent, and it is not sent$/,
+    );
     await pool?.release();
     await nextCommandConfirmed();
     expect(state(held)).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });

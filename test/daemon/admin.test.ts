@@ -158,6 +158,13 @@ describe('admin endpoint', () => {
         'resolved by ops@gw: valve jammed, fitter on site',
       ) as unknown,
     });
+    // The resolve wrote nothing; the command's own write had reached the valve, which takes it
+    // when freed (below): the outcome must not say that nothing was written.
+    expect(resolved.json.result).toMatchObject({
+      detail: expect.stringMatching(
+        /the command's write \(sequence number \d+\) had reached the controller before, which acknowledged it: it may have been applied$/,
+      ) as unknown,
+    });
     const history = daemon.pipeline.history({ scope: 'ops', key: 'stuck-1' });
     expect(history.at(-1)).toMatchObject({ to: 'failed', intake: 'admin' });
     const again = await admin('POST', '/v1/commands/stuck-1/resolve', {
