@@ -68,7 +68,9 @@ const RFC3339 =
  */
 function isCalendarValid(value: string): boolean {
   const m = RFC3339.exec(value);
-  if (m === null) return false;
+  // Not the format at all: the pattern's own message says so, and "day, month or time out of
+  // range" next to it would send the issuer looking for a wrong date in a date without offset.
+  if (m === null) return true;
   const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [
     number,
     number,

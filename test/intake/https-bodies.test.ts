@@ -124,6 +124,16 @@ describe('400: commands the core refuses, end to end', () => {
     expect(errors.some((e) => e.startsWith('issuedAt:'))).toBe(true);
   });
 
+  it('refuses issuedAt without an offset with that reason alone (no calendar complaint)', async () => {
+    for (const issuedAt of ['2026-11-23T17:00:00', '2026-11-23', 'yesterday']) {
+      const before = writes();
+      const k = key();
+      const r = await post(k, JSON.stringify({ device: 'v1', action: 'open', issuedAt }));
+      await expectRefused(r, k, before);
+      expect(r.json.errors).toEqual(['issuedAt: must be an RFC 3339 date-time with an offset']);
+    }
+  });
+
   it("refuses a body carrying a result's state (a result document is not a command)", async () => {
     const before = writes();
     const k = key();
