@@ -106,6 +106,12 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
     if (propertyKeys.length > 1) {
       throw new InvalidKeyError(`the user property ${KEY_PROPERTY} is given more than once`);
     }
+    if (payloadKey !== undefined && typeof payloadKey !== 'string') {
+      // Said as it is: "required" would send the issuer looking for a key it did send.
+      throw new InvalidKeyError(
+        `must be a JSON string of 1-255 printable ASCII characters, not ${jsonKind(payloadKey)}`,
+      );
+    }
     const propertyKey = propertyKeys[0];
     if (payloadKey !== undefined && propertyKey !== undefined && payloadKey !== propertyKey) {
       throw new InvalidKeyError(
@@ -172,6 +178,12 @@ function keyProperty(
     }
   }
   return values;
+}
+
+function jsonKind(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  return typeof value === 'object' ? 'an object' : `a ${typeof value}`;
 }
 
 /** An unreadable key is not echoed; a long one is cut to the longest a key may be. */

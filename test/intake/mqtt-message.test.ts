@@ -132,9 +132,17 @@ describe('parseCommandMessage', () => {
       code: 'MISSING_IDEMPOTENCY_KEY',
       key: 'has space',
     });
+    // A key that is there but not a string is named as such, not as missing.
     expect(message({ action: 'open', key: 42 })).toMatchObject({
       code: 'MISSING_IDEMPOTENCY_KEY',
       key: null,
+      detail: 'key: must be a JSON string of 1-255 printable ASCII characters, not a number',
+    });
+    expect(
+      message({ action: 'open', key: null }, { userProperties: { 'idempotency-key': 'k' } }),
+    ).toMatchObject({ code: 'MISSING_IDEMPOTENCY_KEY', key: 'k', detail: mentions('not null') });
+    expect(message({ action: 'open', key: ['k'] })).toMatchObject({
+      detail: mentions('not an array'),
     });
     const long = message({ action: 'open', key: 'x'.repeat(300) });
     expect(long).toMatchObject({ code: 'MISSING_IDEMPOTENCY_KEY' });
