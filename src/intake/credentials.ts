@@ -20,7 +20,16 @@ export type Authentication =
       readonly error: 'invalid_token' | 'invalid_request' | null;
     };
 
-const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i;
+/**
+ * RFC 6750's b64token allows only `A-Z a-z 0-9 - . _ ~ + /` and trailing `=`; any visible ASCII
+ * character is taken here. A token is only ever compared as a digest, so nothing is gained by
+ * the narrower syntax, and with it a token file holding `!` or `:` (which the configuration
+ * takes) could never authenticate: every request was "not a Bearer token". A token that no
+ * header can carry (a space inside, a control or non-ASCII character) is refused when the
+ * identities are loaded (identities.ts).
+ */
+const BEARER = /^Bearer +([\x21-\x7e]+) *$/i;
+export const BEARER_TOKEN = /^[\x21-\x7e]+$/;
 
 /**
  * `authorization` is every Authorization header of the request, one entry each (Node's

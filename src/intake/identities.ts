@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { SluiceConfig } from '../config/config.js';
 import type { Identity } from '../core/pipeline.js';
+import { BEARER_TOKEN } from './credentials.js';
 
 /** A client identity: keys are scoped to it, and it may command only its devices. */
 export interface NamedIdentity extends Identity {
@@ -36,6 +37,11 @@ export class IdentityRegistry {
         const token = readFileSync(c.tokenFile, 'utf8').trim();
         if (token.length === 0)
           throw new Error(`identities.${name}.tokenFile: ${c.tokenFile} is empty`);
+        if (!BEARER_TOKEN.test(token)) {
+          throw new Error(
+            `identities.${name}.tokenFile: ${c.tokenFile} holds a space, a control character or a non-ASCII character inside the token, which no Authorization header can carry`,
+          );
+        }
         this.tokens.push({ digest: sha256(token), identity });
       }
       if (c.certificateCn !== undefined) this.certificates.set(c.certificateCn, identity);

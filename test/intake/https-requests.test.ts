@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import { IdentityRegistry, sha256 } from '../../src/intake/identities.js';
@@ -185,6 +187,45 @@ describe('repeated headers: one credential and one key, or nothing is done', () 
     }
     for (const journaled of [k, `${k},`, `,${k}`]) {
       expect(stack.pipeline.get({ scope: 'plant', key: journaled })).toBeUndefined();
+    }
+  });
+});
+
+describe('tokens as their files hold them', () => {
+  it('authenticates a token with any visible ASCII character (RFC 6750 b64token is narrower)', async () => {
+    const token = 'S3cr3t!:pa$$w0rd#%&*(1)';
+    const tokenFile = join(pki.dir, 'odd.token');
+    writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+    const identities = new IdentityRegistry({ site: { tokenFile, devices: ['v1'] } });
+    const odd = await startIntake(stack, pki, { identities });
+    try {
+      const k = key();
+      const r = await call(odd, 'POST', '/v1/commands', {
+        token,
+        json: { device: 'v1', action: 'close' },
+        headers: { 'idempotency-key': k },
+      });
+      expect(r.status).toBe(200);
+      expect(stack.pipeline.get({ scope: 'site', key: k })?.state).toBe('confirmed');
+      const wrong = await call(odd, 'GET', '/v1/devices', { token: `${token}x` });
+      expectProblem(wrong, 401, 'UNAUTHORIZED');
+      expect(wrong.json.detail).toBe('the bearer token is not valid');
+    } finally {
+      await odd.stop();
+    }
+  });
+
+  it('refuses at load a token file whose token no Authorization header can carry', () => {
+    for (const [what, text] of [
+      ['a space', 'two words\n'],
+      ['a second line', 'first\nsecond\n'],
+      ['a non-ASCII character', 'Schlüssel\n'],
+    ] as const) {
+      const tokenFile = join(pki.dir, 'bad.token');
+      writeFileSync(tokenFile, text, { mode: 0o600 });
+      expect(() => new IdentityRegistry({ site: { tokenFile, devices: ['*'] } }), what).toThrow(
+        `identities.site.tokenFile: ${tokenFile} holds a space, a control character or a non-ASCII character inside the token`,
+      );
     }
   });
 });
