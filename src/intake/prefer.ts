@@ -24,7 +24,12 @@ export interface WaitPlan {
   readonly applied: string | null;
 }
 
-const DELTA_SECONDS = /^\d{1,9}$/;
+/**
+ * RFC 7240 §4.3: `wait` is delta-seconds, any run of digits (RFC 9111 §1.2.2). One too long for
+ * a number is still a wait, the longest there is: it is capped like any other (planWait), not
+ * taken as malformed and replaced by the shorter default.
+ */
+const DELTA_SECONDS = /^\d+$/;
 
 /**
  * Parses every `Prefer` header of a request (Node joins repeated headers with ", "). Names are

@@ -42,6 +42,10 @@ describe('Prefer (RFC 7240)', () => {
       waitMs: 2_000,
       applied: 'respond-async, wait=2',
     });
+    // delta-seconds has no length limit: a longer wait than can be kept is the longest allowed.
+    for (const huge of ['wait=9999999999', `wait=${'9'.repeat(400)}`]) {
+      expect(planWait(parsePrefer(huge), policy)).toEqual({ waitMs: 60_000, applied: 'wait=60' });
+    }
     expect(planWait(parsePrefer('unknown'), { defaultWaitS: 90, maxWaitS: 30 }).waitMs).toBe(
       30_000,
     );

@@ -381,6 +381,14 @@ describe('keys and preferences', () => {
     );
     expect(r.status).toBe(200);
     expect(r.headers['preference-applied']).toBe('wait=60');
+    // delta-seconds past what a number keeps is still a wait, capped the same way.
+    const huge = await post(
+      key(),
+      { device: 'v1', action: 'close' },
+      { headers: { prefer: 'wait=99999999999' } },
+    );
+    expect(huge.status).toBe(200);
+    expect(huge.headers['preference-applied']).toBe('wait=60');
   });
 });
 
