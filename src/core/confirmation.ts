@@ -10,6 +10,7 @@ import {
   type LastWrite,
 } from './lane.js';
 import type { Logger } from './logger.js';
+import { stopOverPreempted } from './preemption.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
 import { imageOf, judgeRedispatch, type DeviceImage } from './redispatch.js';
@@ -118,7 +119,18 @@ export class ConfirmationLoop {
     const { clock } = this.host;
     const { profile } = lane.binding;
     const before = record.observedBefore;
-    const decision = before === null ? null : decide(profile, before.state, record.action);
+    // A stop written over a preempted write that was not taken yet was dispatched on the state
+    // that write leads to, not on the one it read (execution.ts): judged on the same decision.
+    const decision =
+      before === null
+        ? null
+        : stopOverPreempted(
+            this.host.journal,
+            lane,
+            record,
+            before,
+            decide(profile, before.state, record.action),
+          );
     if (record.seq === null || before === null || decision?.kind !== 'write') {
       this.host.settle(log, record, 'dispatched', {
         to: 'failed',

@@ -12,6 +12,7 @@ import {
   type Lane,
 } from './lane.js';
 import type { Logger } from './logger.js';
+import { stopOverPreempted } from './preemption.js';
 import { meetsExpectation, observe, type Expectation } from './readback.js';
 import { allocateSeq } from './sequence.js';
 import type { TimedReadback } from './skew.js';
@@ -141,41 +142,11 @@ export class CommandExecution {
 
   /**
    * The state-machine decision on a fresh read. A stop that preempted a written command
-   * decides on what the controller will do: the preempted write may not be taken yet (the read
-   * does not show its echo), yet it reached the controller first and will be taken first. So
-   * the stop is written whenever it would be from the state that write leads to, and it is
-   * confirmed by any state a stop leaves the device in from there (SPEC §2).
+   * decides on what the controller will do (preemption.ts, stopOverPreempted).
    */
   private decideFor(lane: Lane, record: CommandRecord, before: TimedReadback): Decision {
-    const { profile } = lane.binding;
-    const actual = decide(profile, before.state, record.action);
-    const interrupted = lane.interrupted;
-    if (
-      record.action !== 'stop' ||
-      interrupted?.stop.key !== record.key ||
-      actual.kind === 'reject'
-    ) {
-      return actual;
-    }
-    const target = this.host.journal.get(interrupted.target);
-    if (
-      target?.state !== 'dispatched' ||
-      target.seq === null ||
-      target.observedBefore === null ||
-      before.seq === target.seq
-    ) {
-      return actual;
-    }
-    const written = decide(profile, target.observedBefore.state, target.action);
-    if (written.kind !== 'write') return actual;
-    const expected = decide(profile, written.next, 'stop');
-    if (expected.kind !== 'write') return actual;
-    const confirm = new Set<string>(expected.confirm);
-    for (const state of [before.state, ...written.confirm]) {
-      const cell = decide(profile, state, 'stop');
-      if (cell.kind !== 'reject') for (const c of cell.confirm) confirm.add(c);
-    }
-    return { kind: 'write', next: expected.next, confirm: [...confirm] };
+    const actual = decide(lane.binding.profile, before.state, record.action);
+    return stopOverPreempted(this.host.journal, lane, record, before, actual);
   }
 
   /** Rejects a write the clock policy forbids: gateway unsynced, controller clock off (§6). */

@@ -1,8 +1,9 @@
 import { isTerminal } from './command.js';
-import type { CommandRef, Journal } from './journal.js';
+import type { CommandRecord, CommandRef, Journal } from './journal.js';
 import { commandLogger, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
+import { decide, type Decision } from './state-machine.js';
 
 /** What a stop's preemption needs from the pipeline. */
 export interface PreemptionHost {
@@ -81,4 +82,50 @@ export class Preemption {
     const target = this.host.journal.get(interrupted.target);
     if (target !== undefined && !isTerminal(target.state)) lane.unresolved = interrupted.target;
   }
+}
+
+/**
+ * A stop's decision when it preempted a written command (`actual`: the table's, on the state
+ * read before the stop). The preempted write may not be taken yet (the read does not show its
+ * echo), yet it reached the controller first and will be taken first. So the stop is written
+ * whenever it would be from the state that write leads to, and it is confirmed by any state a
+ * stop leaves the device in from there (SPEC §2). The same when a stop so dispatched is taken
+ * up again (after a restart, a journal stall): judged on the decision it was written on.
+ */
+export function stopOverPreempted(
+  journal: Pick<Journal, 'get'>,
+  lane: Lane,
+  stop: CommandRecord,
+  before: { readonly state: string; readonly seq: number | null },
+  actual: Decision,
+): Decision {
+  const { profile } = lane.binding;
+  const interrupted = lane.interrupted;
+  if (
+    stop.action !== 'stop' ||
+    interrupted === null ||
+    refId(interrupted.stop) !== refId(stop) ||
+    actual.kind === 'reject'
+  ) {
+    return actual;
+  }
+  const target = journal.get(interrupted.target);
+  if (
+    target?.state !== 'dispatched' ||
+    target.seq === null ||
+    target.observedBefore === null ||
+    before.seq === target.seq
+  ) {
+    return actual;
+  }
+  const written = decide(profile, target.observedBefore.state, target.action);
+  if (written.kind !== 'write') return actual;
+  const expected = decide(profile, written.next, 'stop');
+  if (expected.kind !== 'write') return actual;
+  const confirm = new Set<string>(expected.confirm);
+  for (const state of [before.state, ...written.confirm]) {
+    const cell = decide(profile, state, 'stop');
+    if (cell.kind !== 'reject') for (const c of cell.confirm) confirm.add(c);
+  }
+  return { kind: 'write', next: expected.next, confirm: [...confirm] };
 }

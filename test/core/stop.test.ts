@@ -129,6 +129,25 @@ describe('stop preempts travel', () => {
     expect(valve.snapshot().state).toBe('STOPPED');
   });
 
+  it('a stop dispatched before the preempted write was taken, then a crash: both judged by readback', async () => {
+    h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
+    const valve = h.device('v1');
+    // The controller is busy: the open arrives but is not taken for 600 ms; the stop is
+    // dispatched meanwhile from CLOSED (for the state the open leads to) and written.
+    valve.setFault({ kind: 'hold', ms: 600 });
+    h.submit('a', { device: 'v1', action: 'open' });
+    await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the open');
+    h.submit('s', { device: 'v1', action: 'stop' });
+    await h.until(() => valve.counters.writesReceived === 2, 5_000, 'the stop');
+    await h.crash();
+    await h.restart();
+    const [a, s] = [await h.settled('a'), await h.settled('s')];
+    expect(s).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s.seq]);
+    expect(['STOPPED', 'CLOSED']).toContain(valve.snapshot().state);
+  });
+
   it('a stop accepted before a crash and not yet dispatched still goes first after the restart', async () => {
     h = await SimHarness.start({ travelMs: 3_000, timing: { confirmTimeoutMs: 8_000 } });
     const valve = h.device('v1');
