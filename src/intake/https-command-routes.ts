@@ -4,7 +4,7 @@ import type { Claim, CommandRecord, CommandRef } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import type { CallerGuard } from './https-guard.js';
-import { makeProblem, send, sendProblem } from './https-problems.js';
+import { journalUnavailable, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, HttpsMetrics, Reply, Request } from './https-types.js';
 import { readIdempotencyKey } from './idempotency-key.js';
 import { httpResponseFor } from './outcome.js';
@@ -82,6 +82,47 @@ async function postCommand(
   }
   metrics.accepted.inc({ intake: 'https', outcome: receivedOutcome(claim) });
   const log = logger.child({ key, device });
+  try {
+    return await answerClaim(options, waiting, request, reply, claim, identity.name, log);
+  } catch (error) {
+    // A reuse is refused whatever the journal does: its key's command is another one.
+    if (!(error instanceof JournalUnavailableError) || claim.kind === 'reused') throw error;
+    const kept = pipeline.get({ scope: claim.record.scope, key: claim.record.key });
+    // The claim itself was not kept: nothing was accepted (the error handler says so).
+    if (kept === undefined) throw error;
+    // The key is in the journal from before this failure — a retry of a command accepted
+    // earlier, or this request's claim made durable with the command's dispatch — so the
+    // command goes on and may well have been written. "Nothing was accepted" would invite an
+    // operator to send it again under a new key: the one thing that would actuate twice.
+    log.warn({ identity: identity.name, state: kept.state }, 'HTTPS answer not journaled');
+    const stands = isTerminal(kept.state)
+      ? `is ${kept.state} in the journal`
+      : `is ${kept.state} in the journal and goes on (it may have been written)`;
+    return sendProblem(
+      reply,
+      journalUnavailable(
+        error,
+        options,
+        `the journal cannot record this answer now, but the command with this key ${stands}: retry with the same key for its outcome, never with a new key (a retry never writes it again)`,
+        { key: kept.key, state: kept.state },
+      ),
+      { 'retry-after': String(RETRY_IN_FLIGHT_S), location: commandPath(kept.key) },
+    );
+  }
+}
+
+/** The answer to a claim, once the journal has taken it (new, duplicate or reused). */
+async function answerClaim(
+  options: CommandRoutesOptions,
+  waiting: Set<() => void>,
+  request: Request,
+  reply: Reply,
+  claim: Claim,
+  identityName: string,
+  log: Logger,
+): Promise<Reply> {
+  const { pipeline } = options;
+  const key = claim.record.key;
   switch (claim.kind) {
     case 'new': {
       const plan = planWait(parsePrefer(request.headers.prefer), options.waitPolicy);
@@ -93,7 +134,7 @@ async function postCommand(
       await pipeline.durableFor(record);
       if (plan.applied !== null) reply.header('preference-applied', plan.applied);
       log.info(
-        { identity: identity.name, state: record.state, code: record.code },
+        { identity: identityName, state: record.state, code: record.code },
         'HTTPS command answered',
       );
       return sendRecord(reply, record, false);
@@ -103,13 +144,13 @@ async function postCommand(
       if (isTerminal(record.state)) {
         await pipeline.durableReplay(record);
         log.info(
-          { identity: identity.name, state: record.state, code: record.code },
+          { identity: identityName, state: record.state, code: record.code },
           'HTTPS command replayed',
         );
         return sendRecord(reply, record, true);
       }
       await pipeline.durable();
-      log.info({ identity: identity.name, state: record.state }, 'HTTPS retry while in flight');
+      log.info({ identity: identityName, state: record.state }, 'HTTPS retry while in flight');
       return sendProblem(
         reply,
         makeProblem(
@@ -123,7 +164,7 @@ async function postCommand(
     }
     case 'reused':
       await pipeline.durable();
-      log.warn({ identity: identity.name }, 'HTTPS idempotency key reused for another command');
+      log.warn({ identity: identityName }, 'HTTPS idempotency key reused for another command');
       return sendProblem(
         reply,
         makeProblem(

@@ -116,13 +116,12 @@ export function mapError(error: unknown, options: ErrorMapOptions): MappedError 
     };
   }
   if (error instanceof JournalUnavailableError) {
-    // I5: fail closed. Nothing was claimed, so nothing will be written.
-    options.metrics.journalFailures.inc();
-    options.logger.error({ err: error.message }, 'journal unavailable; command refused');
+    // I5: fail closed. Nothing was claimed, so nothing will be written (a failure once the key
+    // is in the journal is answered by the command route, which says what the key holds).
     return {
-      problem: makeProblem(
-        503,
-        'JOURNAL_UNAVAILABLE',
+      problem: journalUnavailable(
+        error,
+        options,
         'the journal cannot record commands now; nothing was accepted or written',
       ),
     };
@@ -183,6 +182,18 @@ export function mapError(error: unknown, options: ErrorMapOptions): MappedError 
   return {
     problem: makeProblem(500, 'INTERNAL_ERROR', 'the request failed; see the gateway log'),
   };
+}
+
+/** Counts and logs a journal failure, and makes its 503 problem with `detail`. */
+export function journalUnavailable(
+  error: Error,
+  options: Pick<ErrorMapOptions, 'metrics' | 'logger'>,
+  detail: string,
+  extensions: Record<string, unknown> = {},
+): Problem {
+  options.metrics.journalFailures.inc();
+  options.logger.error({ err: error.message }, 'journal unavailable; command refused');
+  return makeProblem(503, 'JOURNAL_UNAVAILABLE', detail, extensions);
 }
 
 /** What Node's HTTP parser refused, as a status and code. */

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { commitFaults } from '../helpers/commit-faults.js';
 import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
 import {
   call,
@@ -266,6 +267,39 @@ describe('503 journal unavailable', () => {
     // Once the journal is back, the same key is a new command.
     const retry = await post(k, { device: 'v1', action: 'open' });
     expect(retry.status).toBe(200);
+    expect(writes('v1')).toBe(1);
+  });
+});
+
+describe('503 after the key is in the journal', () => {
+  it('never says nothing was accepted when the command goes on: a retry in flight meets a failed commit', async () => {
+    await setUp({ travelMs: 2_000 });
+    const k = key();
+    const first = await post(
+      k,
+      { device: 'v1', action: 'open' },
+      { headers: { prefer: 'respond-async' } },
+    );
+    expect(first.status).toBe(202);
+    // The write is on the controller: the command is accepted, dispatched and written.
+    await until(() => writes('v1') === 1, 5_000, 'the write to reach the PLC');
+    const faults = commitFaults(stack.journal);
+    faults.failNext();
+    // The retry's own history event is the next commit, and it fails.
+    const retry = await post(k, { device: 'v1', action: 'open' });
+    expect(faults.failed).toBe(1);
+    expectProblem(retry, 503, 'JOURNAL_UNAVAILABLE');
+    expect(retry.json.detail).not.toContain('nothing was accepted');
+    expect(retry.json).toMatchObject({ key: k, state: 'dispatched' });
+    expect(retry.json.detail).toContain('retry with the same key');
+    expect(retry.headers.location).toBe(`/v1/commands/${k}`);
+    expect(retry.headers['retry-after']).toBe('1');
+    // What it said holds: the command goes on and is confirmed, written once.
+    const settled = await settledAt(retry.headers.location!);
+    expect(settled.json).toMatchObject({ state: 'confirmed' });
+    expect(writes('v1')).toBe(1);
+    const replay = await post(k, { device: 'v1', action: 'open' });
+    expect(replay.status).toBe(200);
     expect(writes('v1')).toBe(1);
   });
 });
