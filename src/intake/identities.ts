@@ -31,7 +31,7 @@ export class IdentityRegistry {
       };
       this.byName.set(name, identity);
       if (c.tokenSha256 !== undefined) {
-        this.tokens.push({ digest: Buffer.from(c.tokenSha256, 'hex'), identity });
+        this.addToken(Buffer.from(c.tokenSha256, 'hex'), identity, `${name}.tokenSha256`);
       }
       if (c.tokenFile !== undefined) {
         const token = readFileSync(c.tokenFile, 'utf8').trim();
@@ -42,10 +42,33 @@ export class IdentityRegistry {
             `identities.${name}.tokenFile: ${c.tokenFile} holds a space, a control character or a non-ASCII character inside the token, which no Authorization header can carry`,
           );
         }
-        this.tokens.push({ digest: sha256(token), identity });
+        this.addToken(sha256(token), identity, `${name}.tokenFile`);
       }
-      if (c.certificateCn !== undefined) this.certificates.set(c.certificateCn, identity);
+      if (c.certificateCn !== undefined) {
+        const other = this.certificates.get(c.certificateCn);
+        if (other !== undefined && other !== identity) {
+          throw new Error(
+            `identities.${name}.certificateCn: "${c.certificateCn}" is also identities.${other.name}'s; a certificate must name one identity`,
+          );
+        }
+        this.certificates.set(c.certificateCn, identity);
+      }
     }
+  }
+
+  /**
+   * A token names one identity. Two with the same token (a digest copied, two token files
+   * with the same content) would make every request with it act as the one listed last, with
+   * that one's devices and keys, and the other identity unreachable: refused at start.
+   */
+  private addToken(digest: Buffer, identity: NamedIdentity, what: string): void {
+    const other = this.tokens.find((t) => t.digest.equals(digest));
+    if (other !== undefined && other.identity !== identity) {
+      throw new Error(
+        `identities.${what}: the same token as identities.${other.identity.name}'s; a token must name one identity`,
+      );
+    }
+    this.tokens.push({ digest, identity });
   }
 
   get(name: string): NamedIdentity | undefined {

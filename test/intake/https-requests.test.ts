@@ -215,6 +215,41 @@ describe('tokens as their files hold them', () => {
     }
   });
 
+  it('refuses at load two identities with one token or one certificate CN', () => {
+    const tokenFile = join(pki.dir, 'shared.token');
+    writeFileSync(tokenFile, `${TOKENS.plant}\n`, { mode: 0o600 });
+    const digest = sha256(TOKENS.plant).toString('hex');
+    // Before, the token acted as the identity listed last: here, viewer's client as admin.
+    expect(
+      () =>
+        new IdentityRegistry({
+          viewer: { tokenSha256: digest, devices: ['v2'] },
+          admin: { tokenFile, devices: ['*'] },
+        }),
+    ).toThrow(
+      "identities.admin.tokenFile: the same token as identities.viewer's; a token must name one identity",
+    );
+    expect(
+      () =>
+        new IdentityRegistry({
+          a: { tokenSha256: digest, devices: ['v2'] },
+          b: { tokenSha256: digest.toUpperCase(), devices: ['*'] },
+        }),
+    ).toThrow("identities.b.tokenSha256: the same token as identities.a's");
+    expect(
+      () =>
+        new IdentityRegistry({
+          a: { certificateCn: 'scada-1', devices: ['v2'] },
+          b: { certificateCn: 'scada-1', devices: ['*'] },
+        }),
+    ).toThrow('identities.b.certificateCn: "scada-1" is also identities.a\'s');
+    // One identity may hold both forms of its own token.
+    const both = new IdentityRegistry({
+      plant: { tokenSha256: digest, tokenFile, devices: ['*'] },
+    });
+    expect(both.byToken(TOKENS.plant)?.name).toBe('plant');
+  });
+
   it('refuses at load a token file whose token no Authorization header can carry', () => {
     for (const [what, text] of [
       ['a space', 'two words\n'],
