@@ -52,6 +52,9 @@ export interface Requester {
 /** The longest part of a refused Response Topic that is logged. */
 const LOGGED_TOPIC_CHARS = 256;
 
+/** A topic name is a UTF-8 string of at most this many bytes (MQTT 5 §1.5.4, 3.1.1 §1.5.3). */
+const MAX_TOPIC_BYTES = 65_535;
+
 /**
  * Everything the MQTT intake publishes besides its status: results (to the result topic and
  * the Response Topics of the commands' requesters), replays, error answers and the retained
@@ -202,6 +205,22 @@ export class MqttPublisher {
     payload: string,
     options: { retain: boolean; correlationData?: Buffer; about: Requester },
   ): void {
+    const topicBytes = Buffer.byteLength(topic);
+    if (topicBytes > MAX_TOPIC_BYTES) {
+      // Only the answer to a command topic whose device level fills it: `result/` is 3 bytes
+      // longer than `cmd/`. mqtt.js would write half the PUBLISH and then throw, outside any
+      // handler (the daemon exited on one such message).
+      this.logger.warn(
+        {
+          key: options.about.key,
+          device: options.about.device.slice(0, LOGGED_TOPIC_CHARS),
+          topic: topic.slice(0, LOGGED_TOPIC_CHARS),
+          topicBytes,
+        },
+        `not published: the topic is longer than MQTT allows (${MAX_TOPIC_BYTES} bytes)`,
+      );
+      return;
+    }
     const sent = new Promise<void>((resolve) => {
       this.defer(() => {
         const client = this.link.client;

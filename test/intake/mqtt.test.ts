@@ -316,6 +316,36 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     expect(writes('v2')).toBe(before + 1);
   });
 
+  it('answers a command topic as long as MQTT allows on its Response Topic only: its result topic would be too long', async () => {
+    // `{prefix}/cmd/{device}` of 65 535 bytes, the most a topic may have: `result/{device}`
+    // would be 3 bytes longer. Publishing there made mqtt.js throw outside any handler.
+    const device = 'd'.repeat(65_535 - `${PREFIX}/cmd/`.length);
+    const key = `long-${randomUUID()}`;
+    await issuer.publish(`${PREFIX}/cmd/${device}`, timed({ action: 'open', key }), {
+      properties: { responseTopic: 'test/replies/long', correlationData: Buffer.from('long') },
+    });
+    const answer = await issuer.waitFor((m) => m.topic === 'test/replies/long', 10_000, 'answer');
+    expect(answer.json()).toMatchObject({ key, code: 'INVALID_COMMAND' });
+    expect(answer.packet.properties?.correlationData?.toString()).toBe('long');
+
+    // The connection is intact: the next command is claimed, written once and its result
+    // published, with no reconnection in between.
+    const connections = (): number =>
+      broker
+        .log()
+        .split('\n')
+        .filter((line) => line.includes(`as ${CLIENT_ID} (`)).length;
+    const connected = connections();
+    const next = randomUUID();
+    const before = writes('v1');
+    await issuer.publish(`${PREFIX}/cmd/v1`, timed({ action: moveOf('v1'), key: next }));
+    const result = await observer.waitFor(resultFor(next, 'v1'), 10_000, 'result');
+    expect(result.json()).toMatchObject({ state: 'confirmed' });
+    expect(writes('v1')).toBe(before + 1);
+    expect(connections()).toBe(connected);
+    expect(observer.messages.some((m) => m.topic.length > 65_535)).toBe(false);
+  });
+
   it('refuses an untimed command: INVALID_COMMAND on the result topic and the Response Topic, acknowledged, never written', async () => {
     const key = `untimed-${randomUUID()}`;
     const before = writes('v1');
