@@ -121,8 +121,13 @@ export function createServer(options: ServerOptions): App {
     else {
       // Answered before its body was read: the client may still be sending it (https-drain.ts).
       const unread = settleUnreadBody(request.raw);
-      if (unread === 'drained') reply.removeHeader('connection');
-      else if (unread === 'close') reply.header('connection', 'close');
+      // fastify closes the connection after any body parser error, for a client that "may send
+      // more data"; the parser here reads the whole body before it refuses one (not JSON, not
+      // UTF-8, a name twice), so nothing is left to send and the connection serves on, as after
+      // any other 400.
+      if (unread === 'drained' || (unread === 'complete' && request.raw.complete)) {
+        reply.removeHeader('connection');
+      } else if (unread === 'close') reply.header('connection', 'close');
     }
     return payload;
   });

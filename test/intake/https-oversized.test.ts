@@ -268,6 +268,30 @@ describe('any answer given before the body was read: the rest drained within the
   });
 });
 
+describe('a body read whole and refused: the connection serves on', () => {
+  it('400 for a body that is not JSON, not UTF-8 or has a name twice, then the next request', async () => {
+    const client = await WriteFirstClient.tls();
+    const bodies = [
+      Buffer.from('{"device":'),
+      Buffer.from([0x7b, 0xff, 0x7d]),
+      Buffer.from('{"device":"v1","action":"close","action":"open"}'),
+      Buffer.alloc(0),
+    ];
+    for (const [i, body] of bodies.entries()) {
+      const head = post(`Content-Length: ${String(body.length)}\r\n`, `kept-${String(i)}`);
+      expect((await client.send(Buffer.concat([Buffer.from(head), body]))).error).toBeNull();
+      const refused = await client.response();
+      expect(refused.status).toBe(400);
+      expect(JSON.parse(refused.body)).toMatchObject({ code: 'INVALID_COMMAND' });
+      expect(refused.head.toLowerCase()).not.toContain('connection: close');
+    }
+    expect((await client.send(Buffer.from(HEALTH))).error).toBeNull();
+    expect((await client.response()).status).toBe(200);
+    expect(client.error).toBeNull();
+    client.socket.destroy();
+  });
+});
+
 describe('settleUnreadBody: a client too slow to finish its body', () => {
   let server: Server;
   let port: number;
