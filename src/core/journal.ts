@@ -153,7 +153,8 @@ export interface Journal {
   /**
    * The same commands, only what the sweep needs of them: a backlog of thousands is read every
    * second while it is worked off, and whole records (histories of JSON, rendered results)
-   * would cost the event loop tens of milliseconds each time.
+   * would cost the event loop tens of milliseconds each time. In the order they were claimed
+   * (not by acceptedAt, which a step of the gateway's clock can reorder).
    */
   listOpenRefs(): OpenRef[];
   list(filter: ListFilter): CommandRecord[];

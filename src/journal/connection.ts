@@ -333,9 +333,13 @@ function prepare(db: Database): {
     open: db.prepare(
       "SELECT * FROM commands WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at, id",
     ),
+    // The journal's own order (claims get increasing ids; retention never deletes an open row,
+    // so a new one always gets a larger id): the order the commands came in even when the
+    // gateway's clock stepped back between two claims, which accepted_at would reverse. The
+    // sweep relies on it: a stop preempts what came before it (SPEC §2).
     openRefs: db.prepare(`
       SELECT scope, key, device, state, action FROM commands
-      WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at, id`),
+      WHERE state IN ('accepted', 'dispatched') ORDER BY id`),
     purgeCandidates: db.prepare(`
       SELECT scope, key FROM commands
       WHERE settled_at IS NOT NULL AND settled_at < ?

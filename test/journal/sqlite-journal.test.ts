@@ -312,20 +312,20 @@ describe('transitions', () => {
     expect(j.listOpen().map((r) => r.key)).toEqual(['early', 'late']);
     expect(j.list({ device: 'drain-valve' }).map((r) => r.key)).toEqual(['done']);
     expect(j.list({ state: 'accepted', since: T0 + 1 }).map((r) => r.key)).toEqual(['late']);
-    // The sweep's light list: the same commands in the same order, with device, state, action.
+    // The sweep's light list: the same commands with device, state, action, in the order they
+    // were claimed: 'late' came first, its acceptedAt later only because the clock stepped back
+    // before 'early' was claimed.
     dispatch(j, { scope: 'plant', key: 'late' }, T0 + 20, seen, 'pipeline');
+    const byKey = new Map(j.listOpen().map((r) => [r.key, r]));
     expect(j.listOpenRefs()).toEqual(
-      j.listOpen().map((r) => ({
-        scope: r.scope,
-        key: r.key,
-        device: r.device,
-        state: r.state,
-        action: r.action,
-      })),
+      ['late', 'early'].map((key) => {
+        const r = byKey.get(key)!;
+        return { scope: r.scope, key: r.key, device: r.device, state: r.state, action: r.action };
+      }),
     );
     expect(j.listOpenRefs().map((r) => [r.key, r.state])).toEqual([
-      ['early', 'accepted'],
       ['late', 'dispatched'],
+      ['early', 'accepted'],
     ]);
   });
 });
