@@ -15,6 +15,7 @@ import {
 } from '../helpers/mosquitto.js';
 import { commitFaults } from '../helpers/commit-faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
+import { holdThreadPool } from '../helpers/thread-pool.js';
 
 /**
  * The persistent session and fail-closed acknowledgement (I5) against a real mosquitto with
@@ -270,6 +271,48 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
     await until(() => intake.connected() || undefined, 5_000, 'intake reconnected');
     expect(observer.on(`${PREFIX}/status`).at(-1)?.text).toBe('online');
+  });
+
+  it('acknowledges nothing and writes nothing while the fsync of a claim stalls; the redeliveries (DUP) it causes join the command, which runs once', async () => {
+    // A short keepalive: while the PUBACK waits for the fsync the connection's packets wait
+    // too (PINGRESP included), so the client gives the connection up and the broker redelivers.
+    await intake.stop();
+    await startIntake({ keepaliveS: 5 });
+    const key = randomUUID();
+    const topic = `${PREFIX}/cmd/v2`;
+    const before = writes('v2');
+    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const redeliveries = broker.deliveriesTo(CLIENT_ID, topic).filter((d) => d.dup).length;
+    const command = timed({ action: moveOf('v2'), key, ttlMs: 60_000 });
+    // The journal's fdatasync runs on libuv's thread pool: held, it cannot return.
+    const pool = holdThreadPool();
+    try {
+      await issuer.publish(topic, command);
+      await until(
+        () =>
+          broker.deliveriesTo(CLIENT_ID, topic).filter((d) => d.dup).length > redeliveries
+            ? true
+            : undefined,
+        20_000,
+        'a redelivery',
+      );
+      // Claimed, even dispatched (in the journal's own connection), but not on disk: not
+      // acknowledged, and the write waits for the disk.
+      expect(['accepted', 'dispatched']).toContain(
+        stack.pipeline.get({ scope: 'plant', key })?.state,
+      );
+      expect(broker.pubacksFrom(CLIENT_ID)).toBe(pubacks);
+      expect(writes('v2')).toBe(before);
+    } finally {
+      await pool.release();
+    }
+    const result = await observer.waitFor(resultFor(key, 'v2'), 15_000, 'result');
+    expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
+    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(writes('v2')).toBe(before + 1);
+    expect(observer.messages.filter(resultFor(key, 'v2'))).toHaveLength(1);
+    await intake.stop();
+    await startIntake();
   });
 
   it('answers a QoS 0 command whose claim the journal could not commit (JOURNAL_UNAVAILABLE), writes nothing, keeps the connection; sent again it runs once', async () => {
