@@ -2,6 +2,7 @@ import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync, statSync, type Stats } from 'node:fs';
 import type { DeviceProfile } from '../core/profile.js';
 import { checkInventory } from '../drivers/inventory-schema.js';
+import { IdentityRegistry } from '../intake/identities.js';
 import { ConfigError, deviceProfiles, type SluiceConfig } from './config.js';
 
 /**
@@ -66,9 +67,20 @@ function checkFiles(c: SluiceConfig): {
       errors.push(`mqtt.keyFile: ${keyFile} is not the private key of mqtt.certFile ${certFile}`);
     }
   }
+  const before = errors.length;
   for (const [name, identity] of Object.entries(c.identities)) {
     if (identity.tokenFile !== undefined) {
       files.text(identity.tokenFile, `identities.${name}.tokenFile`);
+    }
+  }
+  // The identities as the intakes will hold them: a token no Authorization header can carry,
+  // one token or certificate CN for two identities (the registry refuses them) — once their
+  // files could be read.
+  if (errors.length === before) {
+    try {
+      new IdentityRegistry(c.identities);
+    } catch (error) {
+      errors.push(error instanceof Error ? error.message : String(error));
     }
   }
   // Created at start when missing; something else in their place cannot be used.

@@ -119,6 +119,22 @@ describe('sluiced --check', () => {
     expect(lines).toContain('              status  state    holding (FC3) 100, uint16');
   });
 
+  it('refuses a token no header can carry, and one token for two identities, at --check and at start', () => {
+    const token = join(dir, 'token');
+    writeFileSync(token, 'plant token\n', { mode: 0o600 });
+    refusedEverywhere(site(), [
+      `identities.plant.tokenFile: ${token} holds a space, a control character or a non-ASCII character inside the token, which no Authorization header can carry`,
+    ]);
+    writeFileSync(token, 'plant-token\n', { mode: 0o600 });
+    const twice = SITE.replace(
+      "  plant: { tokenFile: token, devices: ['*'] }",
+      "  plant: { tokenFile: token, devices: ['*'] }\n  viewer: { tokenFile: token, devices: [outlet-valve] }",
+    );
+    refusedEverywhere(site(twice), [
+      "identities.viewer.tokenFile: the same token as identities.plant's; a token must name one identity",
+    ]);
+  });
+
   it('refuses a bad cell of a device profile, at --check and at start alike, creating nothing', () => {
     const valve = join(dir, 'profiles', 'valve.yaml');
     const text = readFileSync(valve, 'utf8');
