@@ -2,6 +2,7 @@ import { parseCommandRequest, parseIdempotencyKey, type CommandRequest } from '.
 import type { Readback } from '../core/driver.js';
 import { InvalidCommandError, InvalidKeyError } from '../core/errors.js';
 import { observe } from '../core/readback.js';
+import { duplicateMember } from './json-members.js';
 
 /**
  * The documents of the MQTT intake (SPEC §5, docs/mqtt-api.md): a command message as it comes
@@ -85,8 +86,10 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
     ]);
   }
   let body: unknown;
+  let text: string;
   try {
-    body = JSON.parse(utf8.decode(input.payload));
+    text = utf8.decode(input.payload);
+    body = JSON.parse(text);
   } catch {
     return malformed('INVALID_COMMAND', 'payload', propertyKeys[0] ?? null, [
       '(body): not a JSON document (UTF-8)',
@@ -98,6 +101,15 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
     ]);
   }
   const fields = body as Record<string, unknown>;
+  // As over HTTPS (json-members.ts): a member given twice is refused, not read as the last one.
+  const twice = duplicateMember(text);
+  if (twice !== undefined) {
+    // The key for the answer, unless the key itself is the member given twice.
+    const readable = twice === 'key' || typeof fields.key !== 'string' ? null : fields.key;
+    return malformed('INVALID_COMMAND', 'payload', propertyKeys[0] ?? readable, [
+      `${twice}: is given more than once in an object`,
+    ]);
+  }
   const payloadKey = fields.key;
   const shownKey = typeof payloadKey === 'string' ? payloadKey : (propertyKeys[0] ?? null);
 

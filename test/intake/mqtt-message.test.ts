@@ -168,6 +168,24 @@ describe('parseCommandMessage', () => {
     });
   });
 
+  it('refuses a member given twice, as the HTTPS intake does, never reading the last one', () => {
+    const twice = `{"key":"k2","action":"close","issuedAt":"${ISSUED}","action":"open"}`;
+    expect(message(twice)).toMatchObject({
+      kind: 'malformed',
+      code: 'INVALID_COMMAND',
+      key: 'k2',
+      detail: 'action: is given more than once in an object',
+    });
+    // Escaped, the same name; the key itself given twice leaves no key to answer with.
+    expect(
+      message(`{"key":"a","action":"open","\\u006bey":"b","issuedAt":"${ISSUED}"}`),
+    ).toMatchObject({
+      code: 'INVALID_COMMAND',
+      key: null,
+      detail: 'key: is given more than once in an object',
+    });
+  });
+
   it('refuses a device mismatch, an invalid command and a retained message, with the key', () => {
     expect(message({ action: 'open', key: 'k', device: 'v2' })).toMatchObject({
       code: 'INVALID_COMMAND',
