@@ -15,7 +15,7 @@ import { startPlant, type Plant } from '../../simulators/plant.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { mosquittoAvailable, startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { sluicectl, type CliRun } from './helpers.js';
+import { seedOrphan, sluicectl, type CliRun } from './helpers.js';
 
 /**
  * sluicectl against a running daemon (built from its configuration file, as `sluiced` builds
@@ -160,23 +160,12 @@ beforeAll(async () => {
   );
   // A command journaled for a valve since removed from the configuration, long past its
   // deadline: no worker can take it up. SPEC-stuck: it needs a person.
-  const seed = SqliteJournal.open({ path: join(dir, 'state', 'journal.db') });
-  const now = Date.now();
-  seed.claim({
+  seedOrphan(join(dir, 'state', 'journal.db'), Date.now(), {
     scope: IDENTITY,
     key: 'orphan-1',
-    fingerprint: 'f-orphan',
     device: 'removed-valve',
-    action: 'close',
-    position: null,
-    issuedAt: now - 600_000,
-    issuedAtSource: 'issuer',
-    ttlMs: 30_000,
-    deadline: now - 570_000,
     intake: 'mqtt',
-    acceptedAt: now - 600_000,
   });
-  seed.close();
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
     monitorIntervalMs: 200,

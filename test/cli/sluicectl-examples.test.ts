@@ -9,7 +9,7 @@ import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
-import { SUBCOMMANDS, sluicectl } from './helpers.js';
+import { SUBCOMMANDS, seedOrphan, sluicectl } from './helpers.js';
 
 /**
  * Every example sluicectl prints in a subcommand's --help, run verbatim by a shell (sluicectl on
@@ -63,23 +63,12 @@ beforeAll(async () => {
   // The examples' command: accepted ten minutes ago for inlet-valve, a valve no longer in the
   // configuration: no worker can take it up, it is stuck until an operator settles it.
   mkdirSync(join(dir, 'state'), { recursive: true });
-  const seed = SqliteJournal.open({ path: journalPath });
-  const now = Date.now();
-  seed.claim({
+  seedOrphan(journalPath, Date.now(), {
     scope: 'plant',
     key: EXAMPLE_KEY,
-    fingerprint: 'f-example',
     device: 'inlet-valve',
-    action: 'close',
-    position: null,
-    issuedAt: now - 600_000,
-    issuedAtSource: 'issuer',
-    ttlMs: 30_000,
-    deadline: now - 570_000,
     intake: 'https',
-    acceptedAt: now - 600_000,
   });
-  seed.close();
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
   });

@@ -205,33 +205,59 @@ describe('while the write waits for its PLC', () => {
     await slow.stop();
   });
 
-  it('a write still queued at its deadline is never sent: rejected STALE_COMMAND (I3)', async () => {
-    // v1 and v2 share the PLC's one connection, one request at a time: a read of v2 that the
-    // PLC answers late holds v1's write in the queue behind it, past v1's deadline.
-    const valve = slow.plant.device('v1');
+  /**
+   * v1 and v2 share the PLC's one connection, one request at a time: a read of v2 that the PLC
+   * answers 1.5 s late holds v1's requests in the queue behind it. Resolves once that read has
+   * reached the PLC (the connection is busy); `result` is its outcome (null: answered), `done`
+   * says whether it is, `clear` ends the fault and waits for it.
+   */
+  async function busyConnection(): Promise<{
+    readonly result: Promise<unknown>;
+    readonly done: () => boolean;
+    clear(): Promise<void>;
+  }> {
     const other = slow.plant.device('v2');
-    const held = await dispatchedAndHeld(toggle(slow), 1_000, slow);
     other.setFault({ kind: 'latency', ms: 1_500, on: 'read' });
     const reads = other.readLog.length;
-    const slowRead = slow.drivers.bindings
+    let done = false;
+    const result = slow.drivers.bindings
       .find((b) => b.id === 'v2')!
       .driver.read()
       .then(
         () => null,
         (e: unknown) => e,
-      );
+      )
+      .finally(() => {
+        done = true;
+      });
+    const clear = async (): Promise<void> => {
+      other.clearFault('latency');
+      await result;
+    };
     try {
-      // The read has reached the PLC, whose answer is held: the connection is busy.
       await until(() => (other.readLog.length > reads ? true : undefined), 2_000, 'the read');
+    } catch (error) {
+      await clear();
+      throw error;
+    }
+    return { result, done: () => done, clear };
+  }
+
+  it('a write still queued at its deadline is never sent: rejected STALE_COMMAND (I3)', async () => {
+    // A read of v2 that the PLC answers late holds v1's write in the queue behind it, past
+    // v1's deadline.
+    const valve = slow.plant.device('v1');
+    const held = await dispatchedAndHeld(toggle(slow), 1_000, slow);
+    const busy = await busyConnection();
+    try {
       expect(Date.now()).toBeLessThan(held.deadline);
       await pool?.release();
       const settled = await slow.pipeline.waitForSettled(held, 10_000);
       expect(settled).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
       expect(settled?.detail).toContain('while it waited for the PLC');
-      expect(await slowRead).toBeNull();
+      expect(await busy.result).toBeNull();
     } finally {
-      other.clearFault('latency');
-      await slowRead;
+      await busy.clear();
     }
     expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
     // The device goes on: its next command is written once and confirmed.
@@ -242,7 +268,6 @@ describe('while the write waits for its PLC', () => {
     // queue; a stop comes for v1 meanwhile. The write must not follow: the command was not
     // written when the stop came.
     const valve = slow.plant.device('v1');
-    const other = slow.plant.device('v2');
     const binding = slow.drivers.bindings.find((b) => b.id === 'v1')!;
     const held = await dispatchedAndHeld(toggle(slow), 30_000, slow);
     // The moment the pipeline hands the write to the driver (observed, passed through).
@@ -252,40 +277,26 @@ describe('while the write waits for its PLC', () => {
       handed.push(command.seq);
       return write(command, signal);
     };
-    other.setFault({ kind: 'latency', ms: 1_500, on: 'read' });
-    const reads = other.readLog.length;
-    let slowReadDone = false;
-    const slowRead = slow.drivers.bindings
-      .find((b) => b.id === 'v2')!
-      .driver.read()
-      .then(
-        () => null,
-        (e: unknown) => e,
-      )
-      .finally(() => {
-        slowReadDone = true;
-      });
+    const busy = await busyConnection();
     try {
-      await until(() => (other.readLog.length > reads ? true : undefined), 2_000, 'the read');
       await pool?.release();
       await until(() => (handed.includes(held.seq!) ? true : undefined), 2_000, 'the write');
       // The write is queued behind the read, whose answer the PLC still holds.
-      expect(slowReadDone).toBe(false);
+      expect(busy.done()).toBe(false);
       expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
       const stop = submit('stop', 30_000, slow);
       const settled = await slow.pipeline.waitForSettled(held, 10_000);
       expect(settled).toMatchObject({ state: 'rejected', code: 'SUPERSEDED' });
       // At once: the write left the queue, it did not wait for the read ahead of it.
-      expect(slowReadDone).toBe(false);
+      expect(busy.done()).toBe(false);
       const stopped = await slow.pipeline.waitForSettled(stop, 10_000);
       expect(stopped?.state).toBe('confirmed');
       expect(settled?.detail).toContain(stop.key);
       expect(settled?.detail).toContain('was not sent');
-      expect(await slowRead).toBeNull();
+      expect(await busy.result).toBeNull();
     } finally {
       binding.driver.write = write;
-      other.clearFault('latency');
-      await slowRead;
+      await busy.clear();
     }
     // Ground truth: the controller never received the preempted command's write.
     expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
