@@ -487,8 +487,8 @@ export class ConfirmationLoop {
   }
 
   /**
-   * The stops accepted on the device after this command, newest first, as journaled; looked up
-   * once per echo the controller shows (the confirm loop polls).
+   * The stops journaled on the device after this command, newest first; looked up once per
+   * echo the controller shows (the confirm loop polls).
    */
   private laterStops(
     record: CommandRecord,
@@ -497,17 +497,9 @@ export class ConfirmationLoop {
     fresh = false,
   ): readonly CommandRecord[] {
     if (!fresh && ctx.stops?.echo === echo) return ctx.stops.found;
-    const found = this.host.journal
-      .list({ device: record.device, since: record.acceptedAt, limit: 100 })
-      .filter(
-        (r) =>
-          r.action === 'stop' &&
-          r.key !== record.key &&
-          (r.acceptedAt > record.acceptedAt ||
-            (r.dispatchedAt !== null &&
-              record.dispatchedAt !== null &&
-              r.dispatchedAt > record.dispatchedAt)),
-      );
+    // Claimed after it, in the journal's order: a stop accepted after a step back of the
+    // gateway's clock is still found (its acceptedAt may lie before this command's).
+    const found = this.host.journal.stopsAfter(record, 100);
     ctx.stops = { echo, found };
     return found;
   }

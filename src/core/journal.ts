@@ -158,6 +158,12 @@ export interface Journal {
    */
   listOpenRefs(): OpenRef[];
   list(filter: ListFilter): CommandRecord[];
+  /**
+   * The stops on `ref`'s device claimed after it, newest first, at most `limit`: in the
+   * journal's order, not by acceptedAt, which a step of the gateway's clock can reorder (a
+   * stop accepted after a step back would look older than the command it interrupted).
+   */
+  stopsAfter(ref: CommandRef, limit: number): CommandRecord[];
   /** Deletes at most `limit` settled commands settled before `before`; returns how many. */
   purgeSettled(before: number, limit: number): number;
   /** Throws JournalUnavailableError when a write would fail now (readiness). */

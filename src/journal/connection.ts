@@ -290,6 +290,7 @@ function prepare(db: Database): {
   history: Statement;
   open: Statement;
   openRefs: Statement;
+  stopsAfter: Statement;
   purgeCandidates: Statement;
   deleteEvents: Statement;
   deleteCommand: Statement;
@@ -340,6 +341,14 @@ function prepare(db: Database): {
     openRefs: db.prepare(`
       SELECT scope, key, device, state, action FROM commands
       WHERE state IN ('accepted', 'dispatched') ORDER BY id`),
+    // A rare path (a readback shows another command's echo). The rows claimed since the
+    // command, newest first (`+c.device` keeps the planner off the device index, whose scan
+    // would cover every retained command of the device): few for a command in flight.
+    stopsAfter: db.prepare(`
+      SELECT c.* FROM commands c, commands after
+      WHERE after.scope = ? AND after.key = ? AND +c.device = after.device
+        AND c.action = 'stop' AND c.id > after.id
+      ORDER BY c.id DESC LIMIT ?`),
     purgeCandidates: db.prepare(`
       SELECT scope, key FROM commands
       WHERE settled_at IS NOT NULL AND settled_at < ?

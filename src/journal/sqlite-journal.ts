@@ -142,6 +142,16 @@ export class SqliteJournal implements Journal {
     }
   }
 
+  stopsAfter(ref: CommandRef, limit: number): CommandRecord[] {
+    try {
+      return (
+        this.connection().stmts.stopsAfter.all(ref.scope, ref.key, limit) as CommandRow[]
+      ).map(rowToRecord);
+    } catch (error) {
+      return translate(error, 'read');
+    }
+  }
+
   list(filter: ListFilter): CommandRecord[] {
     const where: string[] = [];
     const params: (string | number)[] = [];

@@ -328,6 +328,25 @@ describe('transitions', () => {
       ['early', 'accepted'],
     ]);
   });
+  it('finds the stops of a device journaled after a command, whatever their acceptedAt', () => {
+    const j = open();
+    const stop = (key: string, acceptedAt: number, device = 'inlet-valve'): void => {
+      j.claim(command(key, { action: 'stop', fingerprint: `f-${key}`, acceptedAt, device }));
+    };
+    j.claim(command('a', { acceptedAt: T0 + 10 }));
+    stop('s1', T0); // the gateway's clock stepped back before this stop
+    stop('other', T0 + 11, 'drain-valve');
+    j.claim(command('b', { acceptedAt: T0 + 12, fingerprint: 'f-b' }));
+    stop('s2', T0 + 20);
+    const keys = (key: string, limit = 100): string[] =>
+      j.stopsAfter({ scope: 'plant', key }, limit).map((r) => r.key);
+    expect(keys('a')).toEqual(['s2', 's1']);
+    expect(keys('s1')).toEqual(['s2']);
+    expect(keys('b')).toEqual(['s2']);
+    expect(keys('s2')).toEqual([]);
+    expect(keys('a', 1)).toEqual(['s2']);
+    expect(keys('unknown')).toEqual([]);
+  });
 });
 
 describe('retention', () => {
