@@ -634,6 +634,13 @@ export class ConfirmationLoop {
       { seq: record.seq, err: error },
       'write withdrawn before it was sent; left to recovery',
     );
+    // The history says what only this process knows: recovery judges by readback, which may
+    // not prove it (a controller showing its power-up echo).
+    const why = this.host.signal.aborted ? 'as the daemon stopped' : 'before it was sent';
+    this.host.note(
+      record,
+      `the write (sequence number ${String(record.seq)}) was not sent: withdrawn ${why} (${error}); the command is settled by reading the controller`,
+    );
   }
 
   private refused(

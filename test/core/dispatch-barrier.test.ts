@@ -89,6 +89,44 @@ async function nextCommandConfirmed(on = stack): Promise<CommandRecord> {
   return settled!;
 }
 
+/**
+ * On `on`, v1 and v2 share the PLC's one connection, one request at a time: a read of v2 that the PLC
+ * answers 1.5 s late holds v1's requests in the queue behind it. Resolves once that read has
+ * reached the PLC (the connection is busy); `result` is its outcome (null: answered), `done`
+ * says whether it is, `clear` ends the fault and waits for it.
+ */
+async function busyConnection(on: Stack): Promise<{
+  readonly result: Promise<unknown>;
+  readonly done: () => boolean;
+  clear(): Promise<void>;
+}> {
+  const other = on.plant.device('v2');
+  other.setFault({ kind: 'latency', ms: 1_500, on: 'read' });
+  const reads = other.readLog.length;
+  let done = false;
+  const result = on.drivers.bindings
+    .find((b) => b.id === 'v2')!
+    .driver.read()
+    .then(
+      () => null,
+      (e: unknown) => e,
+    )
+    .finally(() => {
+      done = true;
+    });
+  const clear = async (): Promise<void> => {
+    other.clearFault('latency');
+    await result;
+  };
+  try {
+    await until(() => (other.readLog.length > reads ? true : undefined), 2_000, 'the read');
+  } catch (error) {
+    await clear();
+    throw error;
+  }
+  return { result, done: () => done, clear };
+}
+
 describe('while the dispatch is being made durable', () => {
   it('a command an operator resolves is not written', async () => {
     const valve = stack.plant.device('v1');
@@ -205,50 +243,12 @@ describe('while the write waits for its PLC', () => {
     await slow.stop();
   });
 
-  /**
-   * v1 and v2 share the PLC's one connection, one request at a time: a read of v2 that the PLC
-   * answers 1.5 s late holds v1's requests in the queue behind it. Resolves once that read has
-   * reached the PLC (the connection is busy); `result` is its outcome (null: answered), `done`
-   * says whether it is, `clear` ends the fault and waits for it.
-   */
-  async function busyConnection(): Promise<{
-    readonly result: Promise<unknown>;
-    readonly done: () => boolean;
-    clear(): Promise<void>;
-  }> {
-    const other = slow.plant.device('v2');
-    other.setFault({ kind: 'latency', ms: 1_500, on: 'read' });
-    const reads = other.readLog.length;
-    let done = false;
-    const result = slow.drivers.bindings
-      .find((b) => b.id === 'v2')!
-      .driver.read()
-      .then(
-        () => null,
-        (e: unknown) => e,
-      )
-      .finally(() => {
-        done = true;
-      });
-    const clear = async (): Promise<void> => {
-      other.clearFault('latency');
-      await result;
-    };
-    try {
-      await until(() => (other.readLog.length > reads ? true : undefined), 2_000, 'the read');
-    } catch (error) {
-      await clear();
-      throw error;
-    }
-    return { result, done: () => done, clear };
-  }
-
   it('a write still queued at its deadline is never sent: rejected STALE_COMMAND (I3)', async () => {
     // A read of v2 that the PLC answers late holds v1's write in the queue behind it, past
     // v1's deadline.
     const valve = slow.plant.device('v1');
     const held = await dispatchedAndHeld(toggle(slow), 1_000, slow);
-    const busy = await busyConnection();
+    const busy = await busyConnection(slow);
     try {
       expect(Date.now()).toBeLessThan(held.deadline);
       await pool?.release();
@@ -277,7 +277,7 @@ describe('while the write waits for its PLC', () => {
       handed.push(command.seq);
       return write(command, signal);
     };
-    const busy = await busyConnection();
+    const busy = await busyConnection(slow);
     try {
       await pool?.release();
       await until(() => (handed.includes(held.seq!) ? true : undefined), 2_000, 'the write');
@@ -302,5 +302,42 @@ describe('while the write waits for its PLC', () => {
     expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
     await nextCommandConfirmed(slow);
     expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+  });
+});
+
+describe('when the daemon stops while the write waits for its PLC', () => {
+  it('the write is never sent, and the history says so', async () => {
+    const own = await startStack({ travelMs: 0, modbusRequestTimeoutMs: 2_000 });
+    try {
+      const valve = own.plant.device('v1');
+      const binding = own.drivers.bindings.find((b) => b.id === 'v1')!;
+      const held = await dispatchedAndHeld(toggle(own), 30_000, own);
+      const handed: number[] = [];
+      const write = binding.driver.write.bind(binding.driver);
+      binding.driver.write = (command, signal) => {
+        handed.push(command.seq);
+        return write(command, signal);
+      };
+      const busy = await busyConnection(own);
+      try {
+        await pool?.release();
+        await until(() => (handed.includes(held.seq!) ? true : undefined), 2_000, 'the write');
+        expect(busy.done()).toBe(false);
+        // A stop of the daemon that gives in-flight commands no time (the bound passed).
+        await own.pipeline.stop(0);
+        expect(busy.done()).toBe(false);
+      } finally {
+        await busy.clear();
+      }
+      // Ground truth: the write never reached the PLC, even once its connection was free.
+      expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
+      // The command is left to recovery; its history says the write was not sent.
+      expect(own.journal.get(held)?.state).toBe('dispatched');
+      expect(own.journal.history(held).at(-1)?.detail).toMatch(
+        /^the write \(sequence number \d+\) was not sent: withdrawn as the daemon stopped/,
+      );
+    } finally {
+      await own.stop();
+    }
   });
 });
