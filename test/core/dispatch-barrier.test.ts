@@ -127,6 +127,28 @@ async function busyConnection(on: Stack): Promise<{
   return { result, done: () => done, clear };
 }
 
+/**
+ * Watches the moment the pipeline hands v1's writes to its driver (passed through unchanged):
+ * `handed(seq)` resolves once the write with that sequence number was handed over.
+ */
+function watchWrites(on: Stack): { handed(seq: number): Promise<void>; restore(): void } {
+  const binding = on.drivers.bindings.find((b) => b.id === 'v1')!;
+  const seen: number[] = [];
+  const write = binding.driver.write.bind(binding.driver);
+  binding.driver.write = (command, signal) => {
+    seen.push(command.seq);
+    return write(command, signal);
+  };
+  return {
+    handed: async (seq) => {
+      await until(() => (seen.includes(seq) ? true : undefined), 2_000, `the write of seq ${seq}`);
+    },
+    restore: () => {
+      binding.driver.write = write;
+    },
+  };
+}
+
 describe('while the dispatch is being made durable', () => {
   it('a command an operator resolves is not written', async () => {
     const valve = stack.plant.device('v1');
@@ -268,19 +290,12 @@ describe('while the write waits for its PLC', () => {
     // queue; a stop comes for v1 meanwhile. The write must not follow: the command was not
     // written when the stop came.
     const valve = slow.plant.device('v1');
-    const binding = slow.drivers.bindings.find((b) => b.id === 'v1')!;
     const held = await dispatchedAndHeld(toggle(slow), 30_000, slow);
-    // The moment the pipeline hands the write to the driver (observed, passed through).
-    const handed: number[] = [];
-    const write = binding.driver.write.bind(binding.driver);
-    binding.driver.write = (command, signal) => {
-      handed.push(command.seq);
-      return write(command, signal);
-    };
+    const writes = watchWrites(slow);
     const busy = await busyConnection(slow);
     try {
       await pool?.release();
-      await until(() => (handed.includes(held.seq!) ? true : undefined), 2_000, 'the write');
+      await writes.handed(held.seq!);
       // The write is queued behind the read, whose answer the PLC still holds.
       expect(busy.done()).toBe(false);
       expect(valve.writesWithSeq(held.seq ?? -1)).toBe(0);
@@ -295,7 +310,7 @@ describe('while the write waits for its PLC', () => {
       expect(settled?.detail).toContain('was not sent');
       expect(await busy.result).toBeNull();
     } finally {
-      binding.driver.write = write;
+      writes.restore();
       await busy.clear();
     }
     // Ground truth: the controller never received the preempted command's write.
@@ -310,18 +325,12 @@ describe('when the daemon stops while the write waits for its PLC', () => {
     const own = await startStack({ travelMs: 0, modbusRequestTimeoutMs: 2_000 });
     try {
       const valve = own.plant.device('v1');
-      const binding = own.drivers.bindings.find((b) => b.id === 'v1')!;
       const held = await dispatchedAndHeld(toggle(own), 30_000, own);
-      const handed: number[] = [];
-      const write = binding.driver.write.bind(binding.driver);
-      binding.driver.write = (command, signal) => {
-        handed.push(command.seq);
-        return write(command, signal);
-      };
+      const writes = watchWrites(own);
       const busy = await busyConnection(own);
       try {
         await pool?.release();
-        await until(() => (handed.includes(held.seq!) ? true : undefined), 2_000, 'the write');
+        await writes.handed(held.seq!);
         expect(busy.done()).toBe(false);
         // A stop of the daemon that gives in-flight commands no time (the bound passed).
         await own.pipeline.stop(0);

@@ -155,52 +155,35 @@ describe('stop preempts travel', () => {
     expect(['STOPPED', 'CLOSED']).toContain(valve.snapshot().state);
   });
 
-  it('a stop accepted before a crash and not yet dispatched still goes first after the restart', async () => {
-    h = await SimHarness.start({ travelMs: 3_000, timing: { confirmTimeoutMs: 8_000 } });
-    const valve = h.device('v1');
-    h.submit('a', { device: 'v1', action: 'open' });
-    await stopAtAbout(h, 'v1', 30);
-    // The stop is journaled (an intake would have acknowledged it) and the process dies before
-    // the stop's worker wrote anything: the journal holds the open dispatched, the stop accepted.
-    h.submit('s', { device: 'v1', action: 'stop' });
-    await h.crash();
-    expect(valve.counters.writesReceived).toBe(1);
-    await h.restart();
-    const [a, s] = [await h.settled('a'), await h.settled('s')];
-    expect(s).toMatchObject({ state: 'confirmed' });
-    expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
-    // Ground truth: the stop was written while the valve travelled, and the open only once.
-    expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s.seq]);
-    expect(valve.snapshot().state).toBe('STOPPED');
-    expect(valve.snapshot().position).toBeLessThan(90);
-  });
-
-  it('the same after the gateway clock stepped back between the open and the stop', async () => {
-    // The stop's acceptedAt lies before the open's: the wall clock stepped back 1.5 s (NTP, an
-    // operator) in between. Recovery and the confirmation go by the journal's order, not by
-    // acceptedAt: the stop still goes first, stops the travel, and interrupts the open.
-    let offsetMs = 0;
-    const clock = { ...systemClock, now: () => Date.now() + offsetMs };
-    h = await SimHarness.start({ travelMs: 3_000, clock, timing: { confirmTimeoutMs: 8_000 } });
-    const valve = h.device('v1');
-    const opened = h.submit('a', { device: 'v1', action: 'open' }).record;
-    await stopAtAbout(h, 'v1', 30);
-    offsetMs = -1_500;
-    const stopped = h.submit('s', { device: 'v1', action: 'stop' }).record;
-    expect(stopped.acceptedAt).toBeLessThan(opened.acceptedAt);
-    await h.crash();
-    expect(valve.counters.writesReceived).toBe(1);
-    await h.restart();
-    const [a, s] = [await h.settled('a'), await h.settled('s')];
-    expect(s).toMatchObject({ state: 'confirmed' });
-    // The open finds the stop that came after it by the journal's order too (its acceptedAt
-    // lies before the open's).
-    expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
-    // Ground truth: the stop was written while the valve travelled, and the open only once.
-    expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s.seq]);
-    expect(valve.snapshot().state).toBe('STOPPED');
-    expect(valve.snapshot().position).toBeLessThan(90);
-  });
+  // The second case: the stop's acceptedAt lies before the open's, the wall clock stepped back
+  // 1.5 s (NTP, an operator) in between. Recovery and the confirmation go by the journal's
+  // order, not by acceptedAt: the stop still goes first, stops the travel, interrupts the open.
+  for (const stepBackMs of [0, 1_500]) {
+    it(`a stop accepted before a crash and not yet dispatched still goes first after the restart${stepBackMs === 0 ? '' : ', also after the gateway clock stepped back between the open and the stop'}`, async () => {
+      let offsetMs = 0;
+      const clock = { ...systemClock, now: () => Date.now() + offsetMs };
+      h = await SimHarness.start({ travelMs: 3_000, clock, timing: { confirmTimeoutMs: 8_000 } });
+      const valve = h.device('v1');
+      const opened = h.submit('a', { device: 'v1', action: 'open' }).record;
+      await stopAtAbout(h, 'v1', 30);
+      offsetMs = -stepBackMs;
+      // The stop is journaled (an intake would have acknowledged it) and the process dies
+      // before the stop's worker wrote anything: the journal holds the open dispatched, the
+      // stop accepted.
+      const stopped = h.submit('s', { device: 'v1', action: 'stop' }).record;
+      if (stepBackMs > 0) expect(stopped.acceptedAt).toBeLessThan(opened.acceptedAt);
+      await h.crash();
+      expect(valve.counters.writesReceived).toBe(1);
+      await h.restart();
+      const [a, s] = [await h.settled('a'), await h.settled('s')];
+      expect(s).toMatchObject({ state: 'confirmed' });
+      expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+      // Ground truth: the stop was written while the valve travelled, and the open only once.
+      expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s.seq]);
+      expect(valve.snapshot().state).toBe('STOPPED');
+      expect(valve.snapshot().position).toBeLessThan(90);
+    });
+  }
 
   it('a command a stop found not yet written is never written after a crash before its rejection', async () => {
     h = await SimHarness.start({ requestTimeoutMs: 1_000, timing: { redispatchGuardMs: 1_200 } });
