@@ -153,36 +153,6 @@ function dispatch(
 }
 
 /**
- * Journals in `path` a command accepted ten minutes before `now` for `device`, long past its
- * deadline: for a device not in the configuration no worker can take it up, and it is stuck
- * (SPEC §2) until an operator settles it.
- */
-export function seedOrphan(
-  path: string,
-  now: number,
-  c: { scope: string; key: string; device: string; intake: string },
-): void {
-  const journal = SqliteJournal.open({ path });
-  try {
-    journal.claim({
-      scope: c.scope,
-      key: c.key,
-      fingerprint: `f-${c.key}`,
-      device: c.device,
-      action: 'close',
-      position: null,
-      issuedAt: now - 600_000,
-      issuedAtSource: 'issuer',
-      ttlMs: 30_000,
-      deadline: now - 570_000,
-      intake: c.intake,
-      acceptedAt: now - 600_000,
-    });
-  } finally {
-    journal.close();
-  }
-}
-/**
  * A journal holding commands in every state, relative to `now`: confirmed (with duplicates on
  * both intakes and a refused key reuse), rejected (0x88 and STALE_COMMAND), failed
  * (DEVICE_FAULT 0x81), accepted and dispatched ones still open and young, one dispatched past

@@ -15,7 +15,8 @@ import { startPlant, type Plant } from '../../simulators/plant.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { mosquittoAvailable, startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { seedOrphan, sluicectl, type CliRun } from './helpers.js';
+import { seedOrphan } from '../helpers/daemon-site.js';
+import { sluicectl, type CliRun } from './helpers.js';
 
 /**
  * sluicectl against a running daemon (built from its configuration file, as `sluiced` builds

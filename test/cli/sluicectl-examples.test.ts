@@ -7,9 +7,9 @@ import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
-import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
+import { seedOrphan, startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
-import { SUBCOMMANDS, seedOrphan, sluicectl } from './helpers.js';
+import { SUBCOMMANDS, sluicectl } from './helpers.js';
 
 /**
  * Every example sluicectl prints in a subcommand's --help, run verbatim by a shell (sluicectl on

@@ -2,6 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
 import { stringify } from 'yaml';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
 import { inventoryFor } from './plant-inventory.js';
 
@@ -51,4 +52,35 @@ export async function writeDaemonSite(
     }),
   );
   return configPath;
+}
+
+/**
+ * Journals in `path` a command accepted ten minutes before `now` for `device`, long past its
+ * deadline: for a device not in the configuration no worker can take it up, and it is stuck
+ * (SPEC §2) until an operator settles it.
+ */
+export function seedOrphan(
+  path: string,
+  now: number,
+  c: { scope: string; key: string; device: string; intake: string },
+): void {
+  const journal = SqliteJournal.open({ path });
+  try {
+    journal.claim({
+      scope: c.scope,
+      key: c.key,
+      fingerprint: `f-${c.key}`,
+      device: c.device,
+      action: 'close',
+      position: null,
+      issuedAt: now - 600_000,
+      issuedAtSource: 'issuer',
+      ttlMs: 30_000,
+      deadline: now - 570_000,
+      intake: c.intake,
+      acceptedAt: now - 600_000,
+    });
+  } finally {
+    journal.close();
+  }
 }

@@ -7,8 +7,8 @@ import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
-import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
+import { seedOrphan } from '../helpers/daemon-site.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
@@ -121,22 +121,12 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     }),
   );
   const now = Date.now();
-  const seed = SqliteJournal.open({ path: join(dir, 'state', 'journal.db') });
-  seed.claim({
+  seedOrphan(join(dir, 'state', 'journal.db'), now, {
     scope: ORPHAN.scope,
     key: ORPHAN.key,
-    fingerprint: 'f-orphan',
     device: ORPHAN.device,
-    action: 'close',
-    position: null,
-    issuedAt: now - 600_000,
-    issuedAtSource: 'issuer',
-    ttlMs: 30_000,
-    deadline: now - 570_000,
     intake: 'mqtt',
-    acceptedAt: now - 600_000,
   });
-  seed.close();
 
   const lines: string[] = [];
   const sink = new Writable({
