@@ -36,6 +36,8 @@ export interface Mosquitto {
   log(): string;
   /** PUBACKs the broker received from a client: acknowledgements of messages sent to it. */
   pubacksFrom(clientId: string): number;
+  /** Connections the broker accepted from a client id ("New client connected … as ID (…"). */
+  connectionsOf(clientId: string): number;
   /** Messages the broker sent to a client on a topic, with their DUP flag (a redelivery). */
   deliveriesTo(clientId: string, topic: string): { readonly mid: number; readonly dup: boolean }[];
 }
@@ -193,6 +195,10 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
       cleanup();
     },
     log: readLog,
+    connectionsOf: (clientId) =>
+      readLog()
+        .split('\n')
+        .filter((line) => line.includes(`as ${clientId} (`)).length,
     pubacksFrom: (clientId) =>
       readLog()
         .split('\n')

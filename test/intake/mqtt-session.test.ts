@@ -320,11 +320,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     const topic = `${PREFIX}/cmd/v1`;
     const replyTopic = 'replies/gws/q0';
     const before = writes('v1');
-    const connections = (): number =>
-      broker
-        .log()
-        .split('\n')
-        .filter((line) => line.includes(`as ${CLIENT_ID} (`)).length;
+    const connections = (): number => broker.connectionsOf(CLIENT_ID);
     const connected = connections();
     await issuer.subscribe('replies/gws/#');
     // The COMMIT of the claim's batch fails, as an I/O error would (none of its writes kept).

@@ -330,11 +330,7 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
 
     // The connection is intact: the next command is claimed, written once and its result
     // published, with no reconnection in between.
-    const connections = (): number =>
-      broker
-        .log()
-        .split('\n')
-        .filter((line) => line.includes(`as ${CLIENT_ID} (`)).length;
+    const connections = (): number => broker.connectionsOf(CLIENT_ID);
     const connected = connections();
     const next = randomUUID();
     const before = writes('v1');
