@@ -152,8 +152,20 @@ export class CommandMessages {
     callback: DoneCallback,
     claimed: Received | undefined,
   ): void {
+    // The connection the message came on: mqtt.js makes a new stream for each.
+    const connection = client.stream;
     this.pipeline.durable().then(
       () => {
+        if (packet.qos > 0 && (client.stream !== connection || !client.connected)) {
+          // That connection is gone. mqtt.js would send this PUBACK on the next one (queued
+          // while disconnected, or written at once on the new stream), where the broker has
+          // redelivered the message under the same packet id: one delivery, two PUBACKs, and
+          // the second names an id the broker may have given to another message meanwhile
+          // (MQTT 5 §2.2.1), acknowledging it before it is journaled. The redelivery is
+          // acknowledged on its own connection; its claim is on disk now.
+          callback(new Error('not acknowledged: the connection it came on is closed'));
+          return;
+        }
         callback();
       },
       (error: unknown) => {
