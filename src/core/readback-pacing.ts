@@ -5,22 +5,32 @@ import { STAMP_QUANTUM_MS, type SkewEstimate } from './skew.js';
 const MIN_RETRY_MS = 1;
 
 /**
+ * Reads at most, back to back, while a scan's window is open and the image is still the old
+ * one: each waits for the controller's round trip, so they follow the scan closely without a
+ * timer, and a round trip that is very short (a controller next door) cannot make them many.
+ */
+const WINDOW_READS = 4;
+
+/**
  * When to read back next, after a write (issue 14, SPEC §6).
  *
  * A controller publishes a new image once per scan: a readback requested before the next image
  * is produced can only repeat the last one. When the readbacks carry the image's source time
- * and the controller's skew is known, the next readback is placed just after the next scan —
- * the image time plus one scan, plus a margin for the whole millisecond the controller stamps
- * and for how closely its stamps are placed on the gateway's clock (the skew's `stamp`, which
- * several clock readings narrow) — so that a command is seen the scan it is taken, not up
- * to a scan later. A readback that still shows the same image (the scan came late) is tried
- * again shortly. Without an image time or a skew the readbacks come one scan apart, as the
- * profile's `timing.scanMs` says.
+ * and the controller's skew is known, the next scan is known to come within a window: the image
+ * time plus one scan, give or take a margin for the whole millisecond the controller stamps and
+ * for how closely its stamps are placed on the gateway's clock (the skew's `stamp`, which several
+ * clock readings narrow). The next readback is timed for the middle of that window; while the
+ * window is open and a readback still shows the old image, the next one is requested as soon as
+ * it returns (at most `WINDOW_READS` of them), so that the scan is seen within a round trip of
+ * coming rather than after the window's end and the timer's whole millisecond. A scan that has
+ * not come by the window's end is late: it is looked for again shortly, then less and less often.
+ * Without an image time or a skew the readbacks come one scan apart, as the profile's
+ * `timing.scanMs` says.
  *
  * Either way the quick pace lasts eight scans, long enough for a command that needs no travel
  * and for short travel; then the pauses double up to `timing.pollIntervalMs` for travel that
  * takes longer. Only when to read changes here: what a readback proves is judged elsewhere
- * (readback.ts), so a misplaced readback costs time, never correctness.
+ * (readback.ts), so a misplaced readback costs time or a read, never correctness.
  */
 export class ReadbackPacer {
   private readonly scanMs: number;
@@ -29,8 +39,10 @@ export class ReadbackPacer {
   private readonly quickUntil: number;
   private pause: number;
   private lastSourceTime: number | null = null;
-  /** Readbacks in a row that showed the same image (a scan later than predicted). */
+  /** Readbacks in a row that showed the same image after its successor's window closed. */
   private repeats = 0;
+  /** The window in which the next scan comes: its end, and the reads made in it back to back. */
+  private window: { readonly end: number; reads: number } | null = null;
 
   constructor(timing: Pick<ProfileTiming, 'scanMs' | 'pollIntervalMs'>, startMono: number) {
     this.scanMs = timing.scanMs;
@@ -59,10 +71,11 @@ export class ReadbackPacer {
     // first one at or after the write is counted from the latest of those phases: counted
     // from the middle, a write sent within the margin of a scan would be placed a whole scan
     // late when that scan is the one that takes it, whereas a readback that comes before the
-    // taking scan costs one read more (next() places the one after it), never a scan.
+    // taking scan costs a read or two more (next() follows it in the window, or at the scan
+    // after), never a scan.
     const latest = image.at + image.margin;
     const scans = Math.max(0, Math.ceil((writeSentMono - latest) / this.scanMs));
-    return this.bounded(latest + scans * this.scanMs - nowMono, image.margin);
+    return this.placed(nowMono, image.at + scans * this.scanMs, image.margin);
   }
 
   /** The pause before the next readback, given the one just taken (null: the read failed). */
@@ -79,12 +92,38 @@ export class ReadbackPacer {
     if (image === null || readback === null) return this.quick;
     const repeated = readback.sourceTime === this.lastSourceTime;
     this.lastSourceTime = readback.sourceTime;
-    this.repeats = repeated ? this.repeats + 1 : 0;
-    const predicted = this.bounded(image.at + this.scanMs + image.margin - nowMono, image.margin);
-    // The same image again: the read came before the next scan (early, or the scan was late).
-    // Look again shortly, or when the next scan is due if that is later.
-    if (repeated) return Math.max(this.retryMs(), predicted);
-    return predicted;
+    const nextScan = image.at + this.scanMs;
+    if (!repeated) {
+      this.repeats = 0;
+      return this.placed(nowMono, nextScan, image.margin);
+    }
+    // The same image again: the read came before the next scan (early, or the scan is late).
+    // Within the scan's window, read again as soon as this one is back.
+    const window = this.window;
+    if (window !== null && nowMono < window.end && window.reads < WINDOW_READS) {
+      window.reads += 1;
+      return 0;
+    }
+    // A read before the next scan's window opened (it followed the scan the write came after).
+    if (nowMono < nextScan - image.margin) return this.placed(nowMono, nextScan, image.margin);
+    // The window has closed without the scan: it is late. Look again shortly.
+    this.window = null;
+    this.repeats += 1;
+    return this.retryMs();
+  }
+
+  /**
+   * The pause until the middle of the window in which the scan due at `scanMono` comes (± the
+   * margin), which opens for back-to-back reads.
+   */
+  private placed(nowMono: number, scanMono: number, margin: number): number {
+    const pause = this.bounded(scanMono - nowMono, margin);
+    // A scan predicted further away than the next can be (see bounded()) opens no window.
+    this.window =
+      pause === this.quick && scanMono - nowMono > this.scanMs + margin
+        ? null
+        : { end: scanMono + margin, reads: 0 };
+    return pause;
   }
 
   /**

@@ -24,14 +24,36 @@ const imageAt = (mono: number): { sourceTime: number } => ({ sourceTime: mono + 
 const margin = 0.5 + skew.stamp.uncertaintyMs;
 
 describe('ReadbackPacer', () => {
-  it('places the first readback just after the scan that can take the write', () => {
+  it('times the first readback for the scan that can take the write', () => {
     const pacer = new ReadbackPacer(timing, 1003);
     // Image of the fresh read produced at 1000; the write went out at 1002, acked at 1003: the
-    // scan at 1010 is the first that can take it.
-    expect(pacer.first(1003, 1002, imageAt(1000), skew)).toBeCloseTo(1010 + margin - 1003);
+    // scan at 1010 (± the margin) is the first that can take it.
+    expect(pacer.first(1003, 1002, imageAt(1000), skew)).toBeCloseTo(1010 - 1003);
     // Sent after several scans: the next scan on the same cadence.
     const later = new ReadbackPacer(timing, 1035);
-    expect(later.first(1035, 1034.5, imageAt(1000), skew)).toBeCloseTo(1040 + margin - 1035);
+    expect(later.first(1035, 1034.5, imageAt(1000), skew)).toBeCloseTo(1040 - 1035);
+  });
+
+  it("reads back to back while the scan's window is open, a few times at most", () => {
+    const pacer = new ReadbackPacer(timing, 1003);
+    pacer.first(1003, 1002, imageAt(1000), skew);
+    // The scan at 1010 comes within 1010 ± margin. A readback back before it (the timer fired
+    // early, or the scan is in the later half of its window) is followed at once, ...
+    expect(pacer.next(1009.4, imageAt(1000), skew)).toBe(0);
+    expect(pacer.next(1009.7, imageAt(1000), skew)).toBe(0);
+    // ... until the taking scan's image shows: the next scan is due one scan after it.
+    expect(pacer.next(1010.1, imageAt(1009.8), skew)).toBeCloseTo(1019.8 - 1010.1);
+    // A round trip so short that the reads would be many: four in a window, then the pace of a
+    // late scan.
+    expect(pacer.next(1019.3, imageAt(1009.8), skew)).toBe(0);
+    expect(pacer.next(1019.4, imageAt(1009.8), skew)).toBe(0);
+    expect(pacer.next(1019.5, imageAt(1009.8), skew)).toBe(0);
+    expect(pacer.next(1019.6, imageAt(1009.8), skew)).toBe(0);
+    expect(pacer.next(1019.7, imageAt(1009.8), skew)).toBe(1);
+    // After the window's end the scan is late, however few reads were made in it.
+    const late = new ReadbackPacer(timing, 1003);
+    late.first(1003, 1002, imageAt(1000), skew);
+    expect(late.next(1010 + margin + 0.01, imageAt(1000), skew)).toBe(1);
   });
 
   it('reads at once after a write whose scan may have passed already', () => {
@@ -50,7 +72,7 @@ describe('ReadbackPacer', () => {
     const pacer = new ReadbackPacer(timing, 1000);
     pacer.first(1000, 999, imageAt(990), skew);
     // The readback at 1011.5 shows the image of 1010: the next image comes at 1020.
-    expect(pacer.next(1011.5, imageAt(1010), skew)).toBeCloseTo(1020 + margin - 1011.5);
+    expect(pacer.next(1011.5, imageAt(1010), skew)).toBeCloseTo(1020 - 1011.5);
     // A readback that arrives late, after the next image was due, is followed at once.
     expect(pacer.next(1032, imageAt(1020), skew)).toBe(0);
   });
@@ -58,9 +80,11 @@ describe('ReadbackPacer', () => {
   it('looks again soon when a scan comes late (the same image twice)', () => {
     const pacer = new ReadbackPacer(timing, 1000);
     pacer.first(1000, 999, imageAt(990), skew);
-    expect(pacer.next(1011, imageAt(1000), skew)).toBeCloseTo(1010 + margin - 1011);
-    // Read at 1011.2 + margin and still the image of 1000: the scan is late. Look again after
-    // a twentieth of a scan (a millisecond at least), then twice as long each time, up to a scan.
+    // The image of 1000, read at 1011: its successor's window (1010 ± margin) is open.
+    expect(pacer.next(1011, imageAt(1000), skew)).toBe(0);
+    // Read at 1012.5, after the window, and still the image of 1000: the scan is late. Look again
+    // after a twentieth of a scan (a millisecond at least), then twice as long each time, up to a
+    // scan.
     expect(pacer.next(1012.5, imageAt(1000), skew)).toBe(1);
     expect(pacer.next(1013.6, imageAt(1000), skew)).toBe(2);
     expect(pacer.next(1015.7, imageAt(1000), skew)).toBe(4);
@@ -68,7 +92,7 @@ describe('ReadbackPacer', () => {
     expect(pacer.next(1027.9, imageAt(1000), skew)).toBe(10);
     expect(pacer.next(1038, imageAt(1000), skew)).toBe(10);
     // The late scan came: its successor is predicted from it, and a later repeat starts over.
-    expect(pacer.next(1040, imageAt(1039), skew)).toBeCloseTo(1049 + margin - 1040);
+    expect(pacer.next(1040, imageAt(1039), skew)).toBeCloseTo(1049 - 1040);
     expect(pacer.next(1050.5, imageAt(1039), skew)).toBe(1);
   });
 
@@ -126,18 +150,19 @@ describe('ReadbackPacer', () => {
 
   it('counts the taking scan from the latest phase the estimate allows', () => {
     // Image at 1000 ± the margin: the scan "at 1010" may come as late as 1011.2. A write sent at
-    // 1010.5 may still be taken by it: read just after it may have, not a whole scan later.
+    // 1010.5 may still be taken by it: read at once, not a whole scan later.
     const pacer = new ReadbackPacer(timing, 1011);
-    expect(pacer.first(1011, 1010.5, imageAt(1000), skew)).toBeCloseTo(1010 + margin - 1011);
+    expect(pacer.first(1011, 1010.5, imageAt(1000), skew)).toBe(0);
   });
 
   it('waits for the next scan when a readback came before it (the same image again)', () => {
     // Sent at 1000.5 after the image of 1000: the scan at 1000 may have come later than
-    // stamped and taken it, so the first readback comes at 1000 + margin.
+    // stamped and taken it, so the first readback comes at once.
     const pacer = new ReadbackPacer(timing, 1001);
-    expect(pacer.first(1001, 1000.5, imageAt(1000), skew)).toBeCloseTo(1000 + margin - 1001);
-    // It shows the image of 1000 again: the scan at 1000 did not take it; the next is at 1010.
-    expect(pacer.next(1001.5, imageAt(1000), skew)).toBeCloseTo(1010 + margin - 1001.5);
+    expect(pacer.first(1001, 1000.5, imageAt(1000), skew)).toBe(0);
+    // Back after that scan's window (1000 ± 1.2) with the image of 1000 again: the scan at 1000
+    // did not take it; the next is at 1010.
+    expect(pacer.next(1001.5, imageAt(1000), skew)).toBeCloseTo(1010 - 1001.5);
   });
 
   it('does not place readbacks by a skew known no better than half a scan', () => {
@@ -153,23 +178,24 @@ describe('ReadbackPacer', () => {
     expect(pacer.next(1001, imageAt(1000), wide)).toBe(timing.scanMs);
   });
 
-  it('places readbacks closer to the scan when several clock readings narrowed the stamps', () => {
-    // Readings that place the controller's stamps within ± 0.1 ms: the margin is the image's
-    // own rounding and that, 0.6 ms instead of 1.2.
+  it('narrows the window when several clock readings narrowed the stamps', () => {
+    // Readings that place the controller's stamps within ± 0.1 ms: the window is the image's
+    // own rounding and that, ± 0.6 ms instead of ± 1.2.
     const narrow: SkewEstimate = {
       ...skew,
       stamp: { monoOffsetMs: 1_000_000, uncertaintyMs: 0.1 },
     };
     const pacer = new ReadbackPacer(timing, 1003);
-    expect(pacer.first(1003, 1002, imageAt(1000), narrow)).toBeCloseTo(1010 + 0.6 - 1003);
-    expect(pacer.next(1011, imageAt(1010), narrow)).toBeCloseTo(1020 + 0.6 - 1011);
+    expect(pacer.first(1003, 1002, imageAt(1000), narrow)).toBeCloseTo(1010 - 1003);
+    // At 1010.8 the wide window (± 1.2) would still be open; this one has closed: a late scan.
+    expect(pacer.next(1010.8, imageAt(1000), narrow)).toBe(1);
     // The stamp's offset, not the judgement's midpoint, places them: here 0.3 ms apart.
     const shifted: SkewEstimate = {
       ...skew,
       stamp: { monoOffsetMs: 1_000_000 - 0.3, uncertaintyMs: 0.1 },
     };
     expect(new ReadbackPacer(timing, 1003).first(1003, 1002, imageAt(1000), shifted)).toBeCloseTo(
-      1010 + 0.3 + 0.6 - 1003,
+      1010 + 0.3 - 1003,
     );
   });
 });
