@@ -183,6 +183,18 @@ export class MqttPublisher {
     });
   }
 
+  /**
+   * Clears the retained state of a device the site no longer configures: an empty retained
+   * message (mqtt-retained-state.ts).
+   */
+  clearState(device: string): void {
+    this.publish(this.topics.state(device), '', {
+      retain: true,
+      about: { key: null, device },
+      bare: true,
+    });
+  }
+
   /** Resolves once every publication made so far is acknowledged (or given up). */
   async flush(): Promise<void> {
     // Results of commands that settled just before (their publication is deferred by one or
@@ -203,7 +215,13 @@ export class MqttPublisher {
   private publish(
     topic: string,
     payload: string,
-    options: { retain: boolean; correlationData?: Buffer; about: Requester },
+    options: {
+      retain: boolean;
+      correlationData?: Buffer;
+      about: Requester;
+      /** No content type: an empty payload is no JSON document. */
+      bare?: boolean;
+    },
   ): void {
     const topicBytes = Buffer.byteLength(topic);
     if (topicBytes > MAX_TOPIC_BYTES) {
@@ -234,7 +252,7 @@ export class MqttPublisher {
           return;
         }
         const publishOptions: IClientPublishOptions = { qos: 1, retain: options.retain };
-        if (this.link.protocolLevel === 5) {
+        if (this.link.protocolLevel === 5 && options.bare !== true) {
           publishOptions.properties = {
             contentType: 'application/json',
             payloadFormatIndicator: true,

@@ -195,6 +195,34 @@ export class MqttSession {
   }
 
   /**
+   * Has the broker send the retained messages of `filter` (to the `message` event): subscribes
+   * at QoS 0 and unsubscribes at once, both on the current connection. A broker sends the
+   * retained messages of a subscription as it takes the SUBSCRIBE, so they precede the UNSUBACK
+   * on the wire: when this resolves `read`, all of them have been handled. `refused`: the broker
+   * refused the subscription (an ACL); `lost`: the connection ended first. MQTT 5: No Local, so
+   * that the gateway's own publications meanwhile are not sent back.
+   */
+  readRetained(filter: string): Promise<'read' | 'refused' | 'lost'> {
+    const client = this.client;
+    if (client?.connected !== true) return Promise.resolve('lost');
+    const options = this.level === 5 ? { qos: 0 as const, nl: true, rh: 0 } : { qos: 0 as const };
+    return new Promise((resolve) => {
+      let refused = false;
+      client.subscribe(filter, options, (error, granted) => {
+        // A refusal (reason code 0x80 and up) comes as an error; a closed connection too, and
+        // then the UNSUBSCRIBE fails as well.
+        const qos = granted?.[0]?.qos;
+        refused = error !== null || qos === undefined || qos >= 0x80;
+      });
+      client.unsubscribe(filter, (error) => {
+        // mqtt.js calls back with null, not undefined, on success.
+        if (error instanceof Error) resolve('lost');
+        else resolve(refused ? 'refused' : 'read');
+      });
+    });
+  }
+
+  /**
    * Drops the connection without DISCONNECT so that the broker keeps the unacknowledged
    * messages for the session and redelivers them on the reconnection, after a backoff. The
    * broker publishes the Will (`offline`) meanwhile: the gateway is not taking commands.

@@ -27,8 +27,11 @@ export class GatewayTopics {
   readonly root: string;
   readonly prefix: string;
   readonly commandFilter: string;
+  /** `{prefix}/state/+`: the retained state topics of this gateway's devices, past and present. */
+  readonly stateFilter: string;
   readonly status: string;
   private readonly commandPrefix: string;
+  private readonly statePrefix: string;
   private readonly rootLevels: readonly string[];
 
   constructor(gatewayId: string, root = 'sluice') {
@@ -42,6 +45,8 @@ export class GatewayTopics {
     this.prefix = `${root}/${gatewayId}`;
     this.commandPrefix = `${this.prefix}/cmd/`;
     this.commandFilter = `${this.prefix}/cmd/+`;
+    this.statePrefix = `${this.prefix}/state/`;
+    this.stateFilter = `${this.statePrefix}+`;
     this.status = `${this.prefix}/status`;
   }
 
@@ -54,7 +59,14 @@ export class GatewayTopics {
   }
 
   state(device: string): string {
-    return `${this.prefix}/state/${device}`;
+    return `${this.statePrefix}${device}`;
+  }
+
+  /** The device a state topic of ours names (`''` for `state/`), null for any other topic. */
+  stateDevice(topic: string): string | null {
+    if (!topic.startsWith(this.statePrefix)) return null;
+    const device = topic.slice(this.statePrefix.length);
+    return device.includes('/') ? null : device;
   }
 
   /**

@@ -5,6 +5,7 @@ import type { IdentityRegistry } from './identities.js';
 import { CommandMessages } from './mqtt-commands.js';
 import type { MqttMetrics } from './mqtt-metrics.js';
 import { MqttPublisher } from './mqtt-publisher.js';
+import { RetainedStateSweep } from './mqtt-retained-state.js';
 import { MqttSession, type MqttConfig, type MqttProtocol } from './mqtt-session.js';
 import { GatewayTopics } from './mqtt-topics.js';
 
@@ -40,7 +41,9 @@ export interface MqttHealth {
  * Composed of three parts, one job each: the session (mqtt-session.ts: connection, protocol
  * version, reconnection, subscription, status, stop), the command messages (mqtt-commands.ts:
  * parse, claim, PUBACK or not, answer) and the publisher (mqtt-publisher.ts: results, replays,
- * errors, state, Response Topics). This class builds them and wires them to the pipeline.
+ * errors, state, Response Topics); besides them, the clearing of the retained state of devices
+ * no longer configured (mqtt-retained-state.ts). This class builds them and wires them to the
+ * pipeline.
  */
 export class MqttIntake {
   private readonly pipeline: CommandPipeline;
@@ -49,6 +52,7 @@ export class MqttIntake {
   private readonly session: MqttSession;
   private readonly publisher: MqttPublisher;
   private readonly commands: CommandMessages;
+  private readonly retainedState: RetainedStateSweep;
   private readonly detach: (() => void)[] = [];
   private started = false;
   private stopping: Promise<void> | null = null;
@@ -89,6 +93,13 @@ export class MqttIntake {
       clock,
       acceptUntimed: config.acceptUntimedCommands,
     });
+    this.retainedState = new RetainedStateSweep({
+      topics: this.topics,
+      reader: this.session,
+      clearer: this.publisher,
+      configured: (device) => this.pipeline.hasDevice(device),
+      logger: this.logger,
+    });
   }
 
   /** The topic prefix `{root}/{gatewayId}`. */
@@ -122,11 +133,18 @@ export class MqttIntake {
     );
     this.session.start({
       message: (client, packet, callback) => {
+        if (this.topics.stateDevice(packet.topic) !== null) {
+          // The sweep's reading of the state topics (QoS 0), never a command.
+          this.retainedState.receive(packet);
+          callback();
+          return;
+        }
         this.commands.receive(client, packet, callback);
       },
       connected: () => {
         this.publisher.reconnected();
         this.publishMirror();
+        this.retainedState.connected();
       },
     });
   }

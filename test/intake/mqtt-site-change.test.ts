@@ -1,0 +1,179 @@
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { systemClock } from '../../src/core/clock.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { CommandPipeline } from '../../src/core/pipeline.js';
+import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { tempDir } from '../helpers/fixtures.js';
+import {
+  intakeConfig,
+  mosquittoAvailable,
+  startMosquitto,
+  TestClient,
+  timed,
+  until,
+  type Mosquitto,
+  type Received,
+} from '../helpers/mosquitto.js';
+import { FAST_TIMING, startStack, type Stack } from '../helpers/stack.js';
+
+/**
+ * The MQTT intake across a change of the site's configuration, against a real mosquitto with
+ * persistence: a device removed from the site (its retained state cleared, no other), and a
+ * topic root changed under a persistent session.
+ */
+
+const available = mosquittoAvailable();
+
+describe.skipIf(!available)('MQTT intake: the site changed between two runs', () => {
+  let broker: Mosquitto;
+  let stack: Stack;
+  const cleanups: (() => Promise<void> | void)[] = [];
+
+  beforeAll(async () => {
+    broker = await startMosquitto();
+    cleanups.push(() => broker.close());
+    stack = await startStack();
+    cleanups.push(() => stack.stop());
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  });
+
+  const intakeOn = (
+    pipeline: CommandPipeline,
+    gatewayId: string,
+    overrides: Partial<MqttConfig> = {},
+  ): MqttIntake =>
+    new MqttIntake({
+      config: intakeConfig(broker.url, { ...overrides }),
+      gatewayId,
+      pipeline,
+      identities: stack.identities,
+      metrics: stack.metrics,
+      logger: silentLogger,
+      reconnect: { minMs: 100, maxMs: 800 },
+    });
+
+  const started = async (intake: MqttIntake): Promise<MqttIntake> => {
+    intake.start();
+    await until(() => intake.connected() || undefined, 10_000, 'intake connected');
+    return intake;
+  };
+
+  /** The site again, without `removed`: a pipeline of the other devices, on a journal of its own. */
+  const siteWithout = (removed: string): CommandPipeline => {
+    const { dir, cleanup } = tempDir('sluice-site-');
+    const journal = SqliteJournal.open({ path: join(dir, 'journal.db'), groupCommit: true });
+    const pipeline = new CommandPipeline({
+      journal,
+      devices: stack.drivers.bindings
+        .filter((b) => b.id !== removed)
+        .map((b) => ({ ...b, profile: { ...b.profile, timing: FAST_TIMING } })),
+      clock: systemClock,
+      logger: silentLogger,
+      freshness: { maxIssuerSkewMs: 5_000 },
+    });
+    cleanups.push(async () => {
+      await pipeline.stop(0);
+      journal.close();
+      cleanup();
+    });
+    return pipeline;
+  };
+
+  /**
+   * The retained messages a new subscriber to `filters` is given. A fence makes the wait
+   * complete: the broker queues a subscription's retained messages as it takes the SUBSCRIBE,
+   * so they reach the subscriber before a message it published afterwards.
+   */
+  const retainedOf = async (filters: readonly string[], version: 4 | 5): Promise<Received[]> => {
+    const reader = await TestClient.connect(broker.url, { protocolVersion: version });
+    try {
+      for (const filter of filters) await reader.subscribe(filter);
+      const fence = `test/fence/${randomUUID()}`;
+      await reader.subscribe(fence);
+      await reader.publish(fence, 'fence');
+      await reader.waitFor((m) => m.topic === fence, 10_000, 'fence');
+      return reader.messages.filter((m) => m.packet.retain && m.topic !== fence);
+    } finally {
+      await reader.end();
+    }
+  };
+
+  for (const version of [5, 4] as const) {
+    it(`MQTT ${version === 5 ? '5' : '3.1.1'}: clears at connect the retained state of a device removed from the site, and no other`, async () => {
+      const gateway = `gw-removed-${version}`;
+      const prefix = `sluice/${gateway}`;
+      const watcher = await TestClient.connect(broker.url);
+      cleanups.push(() => watcher.end());
+      await watcher.subscribe(`${prefix}/state/#`);
+      // Another gateway's state for a device of the same name, and a topic below ours.
+      const other = await TestClient.connect(broker.url);
+      cleanups.push(() => other.end());
+      await other.publish(
+        `sluice/gw-other-${version}/state/v2`,
+        { device: 'v2' },
+        { retain: true },
+      );
+      await other.publish(
+        `${prefix}/state/v2/note`,
+        { note: 'not a state topic' },
+        { retain: true },
+      );
+
+      // The first run drives v1 and v2: both get a retained state.
+      const first = await started(intakeOn(stack.pipeline, gateway, { protocolVersion: version }));
+      for (const device of ['v1', 'v2']) {
+        const action = stack.plant.device(device).published.state === 'CLOSED' ? 'open' : 'close';
+        const key = randomUUID();
+        await watcher.subscribe(`${prefix}/result/${device}`);
+        await watcher.publish(`${prefix}/cmd/${device}`, timed({ action, key }));
+        await watcher.waitFor(
+          (m) => m.topic === `${prefix}/result/${device}` && m.json().key === key,
+          10_000,
+          `result on ${device}`,
+        );
+      }
+      await first.stop();
+      const before = await retainedOf([`${prefix}/state/#`], version);
+      expect(before.map((m) => m.topic).sort()).toEqual(
+        [`${prefix}/state/v1`, `${prefix}/state/v2`, `${prefix}/state/v2/note`].sort(),
+      );
+
+      // The second run's site has no v2.
+      const cleared = watcher.messages.length;
+      const second = await started(
+        intakeOn(siteWithout('v2'), gateway, { protocolVersion: version }),
+      );
+      cleanups.push(() => second.stop());
+      // The clearing reaches a subscriber as an empty message on v2's state topic.
+      await watcher.waitFor(
+        (m) =>
+          watcher.messages.indexOf(m) >= cleared &&
+          m.topic === `${prefix}/state/v2` &&
+          m.packet.payload.length === 0,
+        10_000,
+        'clearing of v2',
+      );
+      const after = await retainedOf(
+        [`${prefix}/state/#`, `sluice/gw-other-${version}/state/#`],
+        version,
+      );
+      expect(after.map((m) => m.topic).sort()).toEqual(
+        [
+          `${prefix}/state/v1`,
+          `${prefix}/state/v2/note`,
+          `sluice/gw-other-${version}/state/v2`,
+        ].sort(),
+      );
+      // v1's state is the one the first run left, untouched.
+      const v1 = (m: Received): boolean => m.topic === `${prefix}/state/v1`;
+      expect(after.find(v1)?.text).toBe(before.find(v1)?.text);
+      await second.stop();
+    });
+  }
+});
