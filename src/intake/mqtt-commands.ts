@@ -15,7 +15,7 @@ import { parseCommandMessage } from './mqtt-message.js';
 import type { MessageOutcome, MqttMetrics } from './mqtt-metrics.js';
 import type { MqttPublisher } from './mqtt-publisher.js';
 import type { ResponseRoute } from './mqtt-response-routes.js';
-import type { GatewayTopics } from './mqtt-topics.js';
+import type { FormerCommandTopic, GatewayTopics } from './mqtt-topics.js';
 
 /** What message handling needs of the session. */
 export interface CommandLink {
@@ -23,6 +23,8 @@ export interface CommandLink {
   readonly dropping: boolean;
   /** Drops the connection so that the broker redelivers what was not acknowledged. */
   dropConnection(client: MqttClient, reason: string): void;
+  /** Unsubscribes a command filter of a former topic root, left in the persistent session. */
+  unsubscribeFormer(filter: string): void;
 }
 
 export interface CommandMessagesOptions {
@@ -193,6 +195,8 @@ export class CommandMessages {
     const receivedAt = this.clock.now();
     const device = this.topics.commandDevice(packet.topic);
     if (device === null) {
+      const former = this.topics.formerCommandTopic(packet.topic);
+      if (former !== null) return this.formerRoot(packet, former, receivedAt);
       // A subscription left in the persistent session by an earlier configuration.
       this.logger.warn({ topic: packet.topic }, 'message on a topic that is not a command topic');
       this.count('foreign_topic');
@@ -330,6 +334,50 @@ export class CommandMessages {
         });
         return ACK;
     }
+  }
+
+  /**
+   * A message on this gateway's command topic under a topic root the site no longer uses: its
+   * `mqtt.topicRoot` changed, and the persistent session kept the old subscription. Never run
+   * (the site said commands no longer come from there) nor dropped unanswered: answered
+   * INVALID_COMMAND on the result topic under that root, where its requester listens, and on
+   * its Response Topic; acknowledged; and the old subscription is dropped, so that the broker
+   * stops delivering such commands and queueing them while the gateway is away.
+   */
+  private formerRoot(
+    packet: IPublishPacket,
+    former: FormerCommandTopic,
+    receivedAt: number,
+  ): Handling {
+    this.link.unsubscribeFormer(former.filter);
+    const { device } = former;
+    const message = parseCommandMessage({
+      device,
+      payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
+      userProperties: packet.properties?.userProperties,
+      retained: packet.retain,
+      messageExpiryS: packet.properties?.messageExpiryInterval,
+      acceptUntimed: this.acceptUntimed,
+    });
+    const key = message.key;
+    const route = this.publisher.responseRoute(packet, { key, device });
+    const commandTopic = this.topics.command(device);
+    this.logger.warn(
+      { key, device: device.slice(0, 256), topic: packet.topic.slice(0, 512), root: former.root },
+      'command on a topic root this gateway no longer uses: answered, acknowledged, not run',
+    );
+    this.count('foreign_topic');
+    this.publisher.error(
+      { key, device },
+      route,
+      receivedAt,
+      {
+        code: 'INVALID_COMMAND',
+        detail: `(topic): "${former.root}" is a topic root this gateway no longer uses (mqtt.topicRoot is "${this.topics.root}"); publish its commands to ${commandTopic}; nothing was written`,
+      },
+      former.result,
+    );
+    return ACK;
   }
 
   /**

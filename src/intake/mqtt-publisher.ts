@@ -152,13 +152,16 @@ export class MqttPublisher {
   /**
    * The answer to a message that did not become (or join) a command: on the result topic of
    * the device its topic names when a key can be read (without one, the result topic's
-   * subscribers could not tell whose error it is), and on its Response Topic.
+   * subscribers could not tell whose error it is), and on its Response Topic. `resultTopic`:
+   * the result topic that mirrors the command topic, when that is not this gateway's (a former
+   * topic root's).
    */
   error(
     requester: Requester,
     route: ResponseRoute | undefined,
     receivedAt: number,
     answer: MessageAnswer,
+    resultTopic = this.topics.result(requester.device),
   ): void {
     const body = errorDocument({
       key: requester.key,
@@ -169,7 +172,7 @@ export class MqttPublisher {
       receivedAt: new Date(receivedAt).toISOString(),
     });
     if (requester.key !== null) {
-      this.publish(this.topics.result(requester.device), body, { retain: false, about: requester });
+      this.publish(resultTopic, body, { retain: false, about: requester });
     }
     if (route !== undefined) this.publishToRoute(route, body, requester);
   }

@@ -102,6 +102,8 @@ export class MqttSession {
   private awaitingConnack = false;
   private connectedAt: number | null = null;
   private subscribed = false;
+  /** Filters unsubscribed on the current connection (see unsubscribeFormer). */
+  private readonly unsubscribed = new Set<string>();
   private error: string | null = null;
   private errorStreak = 0;
 
@@ -176,6 +178,7 @@ export class MqttSession {
       // when the broker's redeliveries may already have been handled.
       this.isDropping = false;
       this.awaitingConnack = true;
+      this.unsubscribed.clear();
       // mqtt.js leaves Nagle's algorithm on: a result published right after a PUBACK would
       // wait for the broker's delayed ACK (~40 ms). Set on every new socket, as it is made.
       setNoDelay(client);
@@ -219,6 +222,31 @@ export class MqttSession {
         if (error instanceof Error) resolve('lost');
         else resolve(refused ? 'refused' : 'read');
       });
+    });
+  }
+
+  /**
+   * Unsubscribes a filter that the persistent session holds from an earlier configuration (the
+   * command filter under a former topic root), so that the broker stops delivering, and queueing
+   * while the gateway is away, commands the site no longer sends there. MQTT offers no way to
+   * list a session's subscriptions: each is learned from the first message it delivers. Once per
+   * connection and filter; never the current command filter.
+   */
+  unsubscribeFormer(filter: string): void {
+    const client = this.client;
+    if (client?.connected !== true || filter === this.topics.commandFilter) return;
+    if (this.unsubscribed.has(filter)) return;
+    this.unsubscribed.add(filter);
+    client.unsubscribe(filter, (error) => {
+      // mqtt.js calls back with null, not undefined, on success.
+      if (error instanceof Error) {
+        // The connection ended first: the next message on that filter unsubscribes again.
+        return;
+      }
+      this.logger.warn(
+        { filter, commandFilter: this.topics.commandFilter },
+        'unsubscribed a command filter left in the persistent session by an earlier mqtt.topicRoot',
+      );
     });
   }
 

@@ -23,7 +23,21 @@ export type ResponseTopicRefusal =
 export type ResponseTopicVerdict =
   { readonly ok: true } | { readonly ok: false; readonly reason: ResponseTopicRefusal };
 
+/**
+ * A command topic of this gateway under another topic root, `{root}/{gatewayId}/cmd/{device}`:
+ * what a subscription left in the persistent session by an earlier `mqtt.topicRoot` delivers.
+ */
+export interface FormerCommandTopic {
+  readonly root: string;
+  readonly device: string;
+  /** The subscription that delivered it: the command filter under that root. */
+  readonly filter: string;
+  /** The result topic under that root, where its requesters listen. */
+  readonly result: string;
+}
+
 export class GatewayTopics {
+  readonly gatewayId: string;
   readonly root: string;
   readonly prefix: string;
   readonly commandFilter: string;
@@ -40,6 +54,7 @@ export class GatewayTopics {
     }
     const rootProblem = topicRootProblem(root);
     if (rootProblem !== null) throw new Error(`topic root "${root}" ${rootProblem}`);
+    this.gatewayId = gatewayId;
     this.root = root;
     this.rootLevels = root.split('/');
     this.prefix = `${root}/${gatewayId}`;
@@ -77,6 +92,22 @@ export class GatewayTopics {
     if (!topic.startsWith(this.commandPrefix)) return null;
     const device = topic.slice(this.commandPrefix.length);
     return device.includes('/') ? null : device;
+  }
+
+  /**
+   * The command topic of this gateway under another topic root that `topic` is, or null. Only
+   * the shape `{root}/{gatewayId}/cmd/{device}` with a valid root counts: the subscription
+   * every version of Sluice made is `{root}/{gatewayId}/cmd/+`.
+   */
+  formerCommandTopic(topic: string): FormerCommandTopic | null {
+    const levels = topic.split('/');
+    const n = levels.length;
+    if (n < 4 || levels[n - 3] !== this.gatewayId || levels[n - 2] !== 'cmd') return null;
+    const root = levels.slice(0, n - 3).join('/');
+    if (root === this.root || topicRootProblem(root) !== null) return null;
+    const device = levels[n - 1] ?? '';
+    const prefix = `${root}/${this.gatewayId}`;
+    return { root, device, filter: `${prefix}/cmd/+`, result: `${prefix}/result/${device}` };
   }
 
   /**

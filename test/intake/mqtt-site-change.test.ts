@@ -104,6 +104,58 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
     }
   };
 
+  it('answers a command on a topic root the site no longer uses, never runs it, and drops that subscription from the session', async () => {
+    const gateway = 'gw-root';
+    const clientId = `sluice-${gateway}`;
+    const issuer = await TestClient.connect(broker.url);
+    cleanups.push(() => issuer.end());
+    await issuer.subscribe(`old/${gateway}/result/#`);
+    await issuer.subscribe(`plant/new/${gateway}/result/#`);
+    await issuer.subscribe('test/replies/#');
+    // A run under the topic root `old`, then the site moves to `plant/new`; the session, which
+    // is persistent, keeps the subscription `old/gw-root/cmd/+`.
+    await (await started(intakeOn(stack.pipeline, gateway, { topicRoot: 'old' }))).stop();
+    const intake = await started(intakeOn(stack.pipeline, gateway, { topicRoot: 'plant/new' }));
+    cleanups.push(() => intake.stop());
+
+    const oldTopic = `old/${gateway}/cmd/v1`;
+    const writes = stack.plant.device('v1').counters.writesReceived;
+    const key = randomUUID();
+    const action = stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+    await issuer.publish(oldTopic, timed({ action, key }), {
+      properties: { responseTopic: 'test/replies/old', correlationData: Buffer.from('c1') },
+    });
+    const answer = await issuer.waitFor(
+      (m) => m.topic === `old/${gateway}/result/v1` && m.json().key === key,
+      10_000,
+      'answer under the old root',
+    );
+    expect(answer.json()).toMatchObject({ key, device: 'v1', code: 'INVALID_COMMAND' });
+    expect(answer.json().detail).toContain(`plant/new/${gateway}/cmd/v1`);
+    const reply = await issuer.waitFor((m) => m.topic === 'test/replies/old', 10_000, 'reply');
+    expect(reply.json()).toMatchObject({ key, code: 'INVALID_COMMAND' });
+    expect(reply.packet.properties?.correlationData?.toString()).toBe('c1');
+    // Ground truth: not journaled, not written.
+    expect(stack.journal.findByKey(key)).toEqual([]);
+    expect(stack.plant.device('v1').counters.writesReceived).toBe(writes);
+
+    // The broker no longer delivers the old root's commands to the gateway. A command on the
+    // current root, published after one on the old root, fences the wait: the broker sends a
+    // client its messages in the order it took them.
+    await issuer.publish(oldTopic, timed({ action, key: randomUUID() }));
+    const fence = randomUUID();
+    await issuer.publish(`plant/new/${gateway}/cmd/v1`, timed({ action, key: fence }));
+    const result = await issuer.waitFor(
+      (m) => m.topic === `plant/new/${gateway}/result/v1` && m.json().key === fence,
+      10_000,
+      'result under the new root',
+    );
+    expect(result.json()).toMatchObject({ state: 'confirmed' });
+    expect(broker.deliveriesTo(clientId, oldTopic)).toHaveLength(1);
+    expect(stack.plant.device('v1').counters.writesReceived).toBe(writes + 1);
+    await intake.stop();
+  });
+
   for (const version of [5, 4] as const) {
     it(`MQTT ${version === 5 ? '5' : '3.1.1'}: clears at connect the retained state of a device removed from the site, and no other`, async () => {
       const gateway = `gw-removed-${version}`;
