@@ -105,7 +105,8 @@ const commandSchema = z
       .optional(),
     ttlMs: z.number().int().min(1).max(MAX_TTL_MS).optional(),
   })
-  // Intakes may carry their own fields (the MQTT payload's `key`); they are not part of the command.
+  // Names outside the command are refused by parseCommandRequest (unknownFields), which knows
+  // the intake's own fields; the schema lets them through so that it reports the rest at once.
   .loose()
   .superRefine((value, ctx) => {
     for (const field of RESULT_ONLY_FIELDS) {
@@ -125,16 +126,45 @@ const commandSchema = z
     }
   });
 
-/** Validates an issuer's command body; every problem is reported at once, with its path. */
-export function parseCommandRequest(input: unknown): CommandRequest {
+/** The fields of a command (SPEC §2), in the order an answer names them. */
+export const COMMAND_FIELDS = ['device', 'action', 'position', 'issuedAt', 'ttlMs'] as const;
+
+/** What an intake's body may carry besides the command's own fields. */
+export interface IntakeFields {
+  /** Fields the intake reads itself (the MQTT payload's `key`): taken, not part of the command. */
+  readonly own?: readonly string[];
+  /**
+   * Fields that belong elsewhere on this intake, with where (HTTPS: `key` goes in the
+   * Idempotency-Key header): refused, and the answer says where to put them.
+   */
+  readonly elsewhere?: Readonly<Record<string, string>>;
+}
+
+/** At most this many unknown fields are named one by one; the rest are counted. */
+const MAX_NAMED_UNKNOWN = 8;
+
+/**
+ * Validates an issuer's command body; every problem is reported at once, with its path.
+ *
+ * A field that is not a command field (nor one of the intake's own) is refused, never ignored:
+ * SPEC §2's optional fields have defaults, so a misspelt `"ttl": 5000` or `"issuedat"` would
+ * otherwise be a command that waits the profile's default TTL instead of five seconds, or one
+ * that is not checked for staleness at all (I3) — a command other than the one the operator
+ * wrote, accepted without a word (docs/spec-notes.md).
+ */
+export function parseCommandRequest(input: unknown, intake: IntakeFields = {}): CommandRequest {
   const parsed = commandSchema.safeParse(input);
-  if (!parsed.success) {
-    throw new InvalidCommandError(
-      parsed.error.issues.map((issue) => {
+  // Unknown names first: a misspelt name often explains the problems after it ("posiiton",
+  // then "position: is required for move").
+  const unknown = unknownFields(input, intake);
+  if (!parsed.success || unknown.length > 0) {
+    throw new InvalidCommandError([
+      ...unknown,
+      ...(parsed.success ? [] : parsed.error.issues).map((issue) => {
         const path = issue.path.length > 0 ? issue.path.join('.') : '(body)';
         return `${path}: ${issue.message}`;
       }),
-    );
+    ]);
   }
   const v = parsed.data;
   return {
@@ -144,6 +174,71 @@ export function parseCommandRequest(input: unknown): CommandRequest {
     issuedAt: v.issuedAt === undefined ? null : new Date(Date.parse(v.issuedAt)).toISOString(),
     ttlMs: v.ttlMs ?? null,
   };
+}
+
+/** One error per member of `input` that is neither a command field nor the intake's own. */
+function unknownFields(input: unknown, intake: IntakeFields): string[] {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) return [];
+  const own = intake.own ?? [];
+  const allowed: readonly string[] = [...COMMAND_FIELDS, ...own];
+  const known = new Set<string>([...allowed, ...RESULT_ONLY_FIELDS]);
+  // Own names only (JSON.parse makes every member one, `__proto__` included).
+  const names = Object.keys(input).filter((name) => !known.has(name));
+  const fields = allowed.join(', ');
+  const errors = names.slice(0, MAX_NAMED_UNKNOWN).map((name) => {
+    const path = fieldPath(name);
+    const elsewhere = intake.elsewhere?.[name];
+    if (elsewhere !== undefined) return `${path}: does not go in the body here; ${elsewhere}`;
+    const meant = likelyMeant(name, allowed);
+    const hint = meant === undefined ? '' : ` (did you mean "${meant}"?)`;
+    return `${path}: is not a field of a command${hint}; the fields are ${fields}: a field that is not understood is refused, not ignored`;
+  });
+  if (names.length > MAX_NAMED_UNKNOWN) {
+    errors.push(
+      `(body): ${String(names.length - MAX_NAMED_UNKNOWN)} more fields that are not fields of a command`,
+    );
+  }
+  return errors;
+}
+
+/** A member name as an error path: as it is when plain, else quoted, and never very long. */
+function fieldPath(name: string): string {
+  const shown = name.length > 64 ? `${name.slice(0, 64)}…` : name;
+  return /^[A-Za-z_$][\w$-]*$/.test(name) ? shown : JSON.stringify(shown);
+}
+
+/**
+ * The field a misspelt name most likely stands for: the same letters in another case or with
+ * separators (`ttl_ms`, `IssuedAt`), a shortening or lengthening of it (`ttl`, `ttlMsec`), or
+ * one or two letters off (`positon`).
+ */
+function likelyMeant(name: string, fields: readonly string[]): string | undefined {
+  const plain = (s: string): string => s.toLowerCase().replace(/[^a-z0-9]/g, '');
+  const given = plain(name);
+  if (given.length < 3) return undefined;
+  return fields.find((field) => {
+    const f = plain(field);
+    return (
+      given === f ||
+      f.startsWith(given) ||
+      given.startsWith(f) ||
+      (f.length >= 5 && Math.abs(given.length - f.length) <= 2 && editDistance(given, f) <= 2)
+    );
+  });
+}
+
+/** Levenshtein distance (both strings are short member names). */
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const substitute = (row[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1);
+      next.push(Math.min((row[j] ?? 0) + 1, (next[j - 1] ?? 0) + 1, substitute));
+    }
+    row = next;
+  }
+  return row[b.length] ?? 0;
 }
 
 const KEY = /^[\x21-\x7e]{1,255}$/;

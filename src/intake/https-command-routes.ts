@@ -1,4 +1,4 @@
-import { isTerminal, parseCommandRequest } from '../core/command.js';
+import { isTerminal, parseCommandRequest, type IntakeFields } from '../core/command.js';
 import { JournalUnavailableError, SluiceError } from '../core/errors.js';
 import type { Claim, CommandRecord, CommandRef } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
@@ -18,6 +18,15 @@ import { parsePrefer, planWait, type WaitPolicy } from './prefer.js';
 
 /** Polling interval suggested to clients of a command still in flight. */
 const RETRY_IN_FLIGHT_S = 1;
+
+/**
+ * The body is the command alone (SPEC §2, §4): the key is a header here. A body `key` is
+ * refused with where it goes, rather than ignored: one that differs from the header would be a
+ * command journaled under another key than the issuer believes.
+ */
+const HTTPS_FIELDS: IntakeFields = {
+  elsewhere: { key: 'the key goes in the Idempotency-Key header' },
+};
 
 export interface CommandRoutesOptions {
   readonly pipeline: CommandPipeline;
@@ -63,7 +72,7 @@ async function postCommand(
   let device: string | undefined;
   try {
     key = readIdempotencyKey(request.raw.headersDistinct['idempotency-key']);
-    const command = parseCommandRequest(request.body);
+    const command = parseCommandRequest(request.body, HTTPS_FIELDS);
     device = command.device;
     claim = pipeline.submit({ key, identity, intake: 'https', request: command });
   } catch (error) {

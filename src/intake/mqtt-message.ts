@@ -156,7 +156,8 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
   }
   let request: CommandRequest;
   try {
-    request = parseCommandRequest({ ...fields, device: input.device });
+    // The payload's `key` is the intake's own field; any other unknown name is refused.
+    request = parseCommandRequest({ ...fields, device: input.device }, { own: ['key'] });
   } catch (error) {
     if (error instanceof InvalidCommandError) {
       return malformed('INVALID_COMMAND', 'command', key, error.errors);

@@ -53,8 +53,73 @@ describe('parseCommandRequest', () => {
     expect(() => parseCommandRequest(input)).toThrow(message);
   });
 
-  it('ignores intake fields such as the MQTT key', () => {
-    expect(parseCommandRequest({ device: 'd', action: 'stop', key: 'k1' }).action).toBe('stop');
+  it("takes the intake's own fields (the MQTT payload's key), and only when the intake has them", () => {
+    const stop = { device: 'd', action: 'stop', key: 'k1' };
+    expect(parseCommandRequest(stop, { own: ['key'] }).action).toBe('stop');
+    expect(() => parseCommandRequest(stop)).toThrow(/^invalid command: key: is not a field/);
+    expect(() =>
+      parseCommandRequest(stop, {
+        elsewhere: { key: 'the key goes in the Idempotency-Key header' },
+      }),
+    ).toThrow('key: does not go in the body here; the key goes in the Idempotency-Key header');
+  });
+});
+
+describe('parseCommandRequest: unknown fields', () => {
+  const errorsOf = (input: unknown, own?: string[]): readonly string[] => {
+    try {
+      parseCommandRequest(input, own === undefined ? {} : { own });
+    } catch (error) {
+      if (error instanceof InvalidCommandError) return error.errors;
+      throw error;
+    }
+    return [];
+  };
+
+  it('refuses a misspelt ttlMs or issuedAt instead of falling back to the default or no check', () => {
+    for (const [field, meant] of [
+      ['ttl', 'ttlMs'],
+      ['ttlms', 'ttlMs'],
+      ['ttl_ms', 'ttlMs'],
+      ['TTLMs', 'ttlMs'],
+      ['issuedat', 'issuedAt'],
+      ['issued_at', 'issuedAt'],
+      ['isuedAt', 'issuedAt'],
+      ['positon', 'position'],
+    ] as const) {
+      const body: Record<string, unknown> = { device: 'd', action: 'open', [field]: 5000 };
+      expect(errorsOf(body), field).toEqual([
+        `${field}: is not a field of a command (did you mean "${meant}"?); the fields are device, action, position, issuedAt, ttlMs: a field that is not understood is refused, not ignored`,
+      ]);
+    }
+  });
+
+  it("names the intake's own fields among the allowed ones, and gives no guess when none fits", () => {
+    expect(errorsOf({ device: 'd', action: 'open', comment: 'x' }, ['key'])).toEqual([
+      'comment: is not a field of a command; the fields are device, action, position, issuedAt, ttlMs, key: a field that is not understood is refused, not ignored',
+    ]);
+  });
+
+  it('reports unknown fields first, then every other problem', () => {
+    expect(errorsOf({ device: 'd', action: 'move', posiiton: 40 })).toEqual([
+      expect.stringMatching(/^posiiton: .*did you mean "position"/),
+      'position: is required for move',
+    ]);
+  });
+
+  it('quotes odd names, cuts long ones and counts past the first eight', () => {
+    const odd = errorsOf({ device: 'd', action: 'open', 'a b\n': 1, ['x'.repeat(100)]: 2 });
+    expect(odd[0]).toMatch(/^"a b\\n": is not a field/);
+    expect(odd[1]).toMatch(new RegExp(`^${'x'.repeat(64)}…: is not a field`));
+    const many = Object.fromEntries(Array.from({ length: 12 }, (_, i) => [`f${String(i)}`, i]));
+    const errors = errorsOf({ device: 'd', action: 'open', ...many });
+    expect(errors).toHaveLength(9);
+    expect(errors[8]).toBe('(body): 4 more fields that are not fields of a command');
+  });
+
+  it('refuses an own __proto__ member as JSON.parse makes it', () => {
+    const parsed: unknown = JSON.parse('{"device":"d","action":"open","__proto__":{"ttlMs":5}}');
+    expect(errorsOf(parsed)).toEqual([expect.stringMatching(/^__proto__: is not a field/)]);
   });
 });
 

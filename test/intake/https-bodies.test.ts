@@ -89,11 +89,13 @@ describe('400: a body that is not UTF-8', () => {
   });
 
   it('takes valid multi-byte UTF-8 and one leading BOM', async () => {
+    // Decoded, not refused as bytes: the device name comes back whole in the answer.
     const plain = await post(
       key(),
-      Buffer.from('{"device":"v1","action":"close","note":"Schieber Zulauf ü €  𝄞"}'),
+      Buffer.from('{"device":"Schieber Zulauf ü €  𝄞","action":"close"}'),
     );
-    expect(plain.status).toBe(200);
+    expect(plain.status).toBe(404);
+    expect(plain.json.detail).toContain('"Schieber Zulauf ü €  𝄞"');
     // RFC 8259 §8.1: a parser MAY ignore a byte order mark; MQTT's decoder drops one too.
     const bom = Buffer.concat([
       Buffer.from([0xef, 0xbb, 0xbf]),
@@ -144,6 +146,66 @@ describe('400: commands the core refuses, end to end', () => {
   });
 });
 
+describe('400: a field that is not a command field', () => {
+  const v1 = () => fx.stack.plant.device('v1');
+  /** The action that moves v1 from where it rests now (so that the command is a real write). */
+  const moving = (): 'open' | 'close' => (v1().published.state === 'CLOSED' ? 'open' : 'close');
+
+  it('refuses a misspelt ttlMs or issuedAt (never the default TTL, never unchecked); the key stays free for the corrected command', async () => {
+    for (const [field, meant, value] of [
+      ['ttl', 'ttlMs', 5000],
+      ['ttlms', 'ttlMs', 5000],
+      ['issued_at', 'issuedAt', new Date().toISOString()],
+    ] as const) {
+      const log = v1().writeLog.length;
+      const before = writes();
+      const k = key();
+      const action = moving();
+      const r = await post(k, JSON.stringify({ device: 'v1', action, [field]: value }));
+      await expectRefused(r, k, before);
+      expect(r.json.errors).toEqual([
+        `${field}: is not a field of a command (did you mean "${meant}"?); the fields are device, action, position, issuedAt, ttlMs: a field that is not understood is refused, not ignored`,
+      ]);
+      // Ground truth: the journal file has no row for the key, the controller no write.
+      expect(fx.stack.journal.findByKey(k)).toEqual([]);
+      expect(v1().writeLog).toHaveLength(log);
+
+      // Spelt right, the same key is a new command (nothing was claimed under it) and runs
+      // with what the issuer asked for.
+      const right = await post(k, JSON.stringify({ device: 'v1', action, [meant]: value }));
+      expect(right.status).toBe(200);
+      expect(right.headers['idempotent-replayed']).toBeUndefined();
+      expect(right.json).toMatchObject({ key: k, action, state: 'confirmed', replayed: false });
+      const [record] = fx.stack.journal.findByKey(k);
+      if (meant === 'ttlMs') {
+        expect(record?.ttlMs).toBe(5000);
+      } else {
+        expect(record).toMatchObject({ issuedAt: Date.parse(value), issuedAtSource: 'issuer' });
+      }
+      // One write, the corrected command's.
+      expect(
+        v1()
+          .writeLog.slice(log)
+          .map((w) => w.seq),
+      ).toEqual([record?.seq]);
+      expect(writes()).toBe(before + 1);
+    }
+  });
+
+  it('refuses a key in the body (it goes in the header) and any other field, naming each', async () => {
+    const before = writes();
+    const k = key();
+    const r = await post(k, JSON.stringify({ key: k, device: 'v1', action: 'close', note: 'x' }));
+    await expectRefused(r, k, before);
+    expect(r.json.errors).toEqual([
+      'key: does not go in the body here; the key goes in the Idempotency-Key header',
+      expect.stringMatching(/^note: is not a field of a command; the fields are device, action/),
+    ]);
+    expect(r.json.detail).toContain('key: does not go in the body');
+    expect(fx.stack.journal.findByKey(k)).toEqual([]);
+  });
+});
+
 describe('400: a member name given twice', () => {
   it('refuses a command whose action is given twice (JSON.parse would keep the last), writes nothing', async () => {
     for (const body of [
@@ -161,12 +223,17 @@ describe('400: a member name given twice', () => {
   });
 
   it('takes the same name in different objects, and strings that look like names', async () => {
+    const k = key();
     const r = await post(
-      key(),
+      k,
       '{"device":"v1","action":"close","meta":{"device":"x","l":["action",{"action":1}]},"n":"\\",\\"action\\":"}',
     );
-    expect(r.status).toBe(200);
-    expect(r.json).toMatchObject({ device: 'v1', action: 'close', state: 'confirmed' });
+    // Not a duplicate: refused for its two fields that are not command fields, and only that.
+    await expectRefused(r, k, writes());
+    expect(r.json.errors).toEqual([
+      expect.stringMatching(/^meta: is not a field of a command/),
+      expect.stringMatching(/^n: is not a field of a command/),
+    ]);
   });
 
   it('finds duplicates at any depth, and only within one object', () => {

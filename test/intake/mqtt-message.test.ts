@@ -100,6 +100,22 @@ describe('parseCommandMessage', () => {
     });
   });
 
+  it('refuses a field that is not a command field (a misspelt ttlMs), with the key; takes key and device', () => {
+    const misspelt = message({ action: 'open', key: 'k1', issuedAt: ISSUED, ttlms: 5000 });
+    expect(misspelt).toMatchObject({ kind: 'malformed', code: 'INVALID_COMMAND', key: 'k1' });
+    expect(misspelt.kind === 'malformed' ? misspelt.errors : []).toEqual([
+      'ttlms: is not a field of a command (did you mean "ttlMs"?); the fields are device, action, position, issuedAt, ttlMs, key: a field that is not understood is refused, not ignored',
+    ]);
+    // A misspelt issuedAt leaves the command untimed: the name is what is wrong, and said so.
+    expect(message({ action: 'open', key: 'k1', issued_at: ISSUED })).toMatchObject({
+      cause: 'command',
+      detail: mentions('issued_at: is not a field of a command (did you mean "issuedAt"?)'),
+    });
+    expect(message({ device: 'v1', action: 'open', key: 'k1', issuedAt: ISSUED })).toMatchObject({
+      kind: 'command',
+    });
+  });
+
   it('takes the key from the idempotency-key user property', () => {
     expect(
       message(

@@ -367,6 +367,48 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     expect(await counted(stack.metrics, 'mqttMessages', 'untimed')).toBe(untimed + 1);
   });
 
+  it('refuses a misspelt ttlMs (never the default TTL): answered, acknowledged, not journaled, never written; spelt right it runs', async () => {
+    const key = `ttl-${randomUUID()}`;
+    const action = moveOf('v1');
+    const log = stack.plant.device('v1').writeLog.length;
+    const before = writes('v1');
+    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    await issuer.publish(`${PREFIX}/cmd/v1`, timed({ action, key, ttl: 5000 }), {
+      properties: { responseTopic: 'test/replies/ttl', correlationData: Buffer.from('t') },
+    });
+    const answer = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'answer');
+    expect(answer.json()).toMatchObject({ key, device: 'v1', code: 'INVALID_COMMAND' });
+    expect(answer.json().state).toBeUndefined();
+    expect(answer.json().errors).toEqual([
+      'ttl: is not a field of a command (did you mean "ttlMs"?); the fields are device, action, position, issuedAt, ttlMs, key: a field that is not understood is refused, not ignored',
+    ]);
+    const reply = await issuer.waitFor((m) => m.topic === 'test/replies/ttl');
+    expect(reply.json()).toMatchObject({ key, code: 'INVALID_COMMAND' });
+    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).filter((d) => d.dup)).toEqual([]);
+    // Ground truth: no row for the key in the journal file, no write at the controller.
+    expect(stack.journal.findByKey(key)).toEqual([]);
+    expect(stack.plant.device('v1').writeLog).toHaveLength(log);
+
+    // Spelt right, the same key is a new command and runs with the TTL it asks for.
+    await issuer.publish(`${PREFIX}/cmd/v1`, timed({ action, key, ttlMs: 5000 }));
+    const result = await observer.waitFor(
+      (m) => resultFor(key, 'v1')(m) && m.json().state !== undefined,
+      10_000,
+      'result',
+    );
+    expect(result.json()).toMatchObject({ key, action, state: 'confirmed', replayed: false });
+    const [record] = stack.journal.findByKey(key);
+    expect(record?.ttlMs).toBe(5000);
+    expect(
+      stack.plant
+        .device('v1')
+        .writeLog.slice(log)
+        .map((w) => w.seq),
+    ).toEqual([record?.seq]);
+    expect(writes('v1')).toBe(before + 1);
+  });
+
   it('answers a command topic that names no device (cmd/): on the Response Topic and result/, acknowledged', async () => {
     const key = `nodev-${randomUUID()}`;
     const pubacks = broker.pubacksFrom(CLIENT_ID);

@@ -75,7 +75,10 @@ const wildText = (maxLength = 40): fc.Arbitrary<string> =>
     }),
   );
 
-/** Fields a command ignores, with wild names and values (never a command or result field). */
+/**
+ * Fields that are not command fields, with wild names and values (never a command or result
+ * field): a command carrying one is refused, never taken with the field ignored.
+ */
 const extras = fc.dictionary(
   wildText(12).filter(
     (k) =>
@@ -356,15 +359,24 @@ const bodyCase: fc.Arbitrary<BodyCase> = fc.oneof(
       contentType: type,
       expect: { status: 415, codes: ['UNSUPPORTED_MEDIA_TYPE'] },
     })),
-  // A well-formed command for a device that does not exist (wild names).
+  // A valid command with fields that are not command fields (a misspelt ttlMs among them).
   fc
     .tuple(
-      wildText(60).filter((d) => d.length > 0 && !(KNOWN as readonly string[]).includes(d)),
-      extras,
+      validCommand,
+      extras.filter((more) => Object.keys(more).length > 0),
     )
-    .map(([device, more]) => ({
+    .map(([command, more]) => ({
+      name: 'unknown fields',
+      body: Buffer.from(JSON.stringify({ ...more, ...command })),
+      contentType: 'application/json',
+      expect: INVALID,
+    })),
+  // A well-formed command for a device that does not exist (wild names).
+  wildText(60)
+    .filter((d) => d.length > 0 && !(KNOWN as readonly string[]).includes(d))
+    .map((device) => ({
       name: 'unknown device',
-      body: Buffer.from(JSON.stringify({ ...more, device, action: 'open', issuedAt: nowIso() })),
+      body: Buffer.from(JSON.stringify({ device, action: 'open', issuedAt: nowIso() })),
       contentType: 'application/json',
       expect: { status: 404, codes: ['UNKNOWN_DEVICE'] },
     })),
@@ -625,12 +637,25 @@ const mqttCase = (key: () => string): fc.Arbitrary<MqttCase> =>
       retain: false,
       expect: ['INVALID_COMMAND'],
     })),
-    fc.tuple(topicLevel, extras).map(([device, more]) => ({
+    fc
+      .tuple(
+        validCommand,
+        extras.filter((more) => Object.keys(more).length > 0),
+      )
+      .map(([command, more]) => {
+        const { device, ...fields } = command;
+        return {
+          name: 'unknown fields',
+          device: String(device),
+          payload: Buffer.from(JSON.stringify({ ...more, ...fields, key: key() })),
+          retain: false,
+          expect: ['INVALID_COMMAND'],
+        };
+      }),
+    topicLevel.map((device) => ({
       name: 'unknown device',
       device,
-      payload: Buffer.from(
-        JSON.stringify({ ...more, key: key(), action: 'open', issuedAt: nowIso() }),
-      ),
+      payload: Buffer.from(JSON.stringify({ key: key(), action: 'open', issuedAt: nowIso() })),
       retain: false,
       expect: ['UNKNOWN_DEVICE'],
     })),
