@@ -13,7 +13,7 @@ import type { Logger } from './logger.js';
 import { stopOverPreempted } from './preemption.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
-import { imageOf, judgeRedispatch, type DeviceImage } from './redispatch.js';
+import { imageOf, judgeRedispatch, unsentLine, type DeviceImage } from './redispatch.js';
 import type { TimedReadback } from './skew.js';
 import { decide } from './state-machine.js';
 
@@ -634,13 +634,11 @@ export class ConfirmationLoop {
       { seq: record.seq, err: error },
       'write withdrawn before it was sent; left to recovery',
     );
-    // The history says what only this process knows: recovery judges by readback, which may
-    // not prove it (a controller showing its power-up echo).
+    // The history says what only this process knows, and the next start goes by it
+    // (execution.ts, takeUpDispatched): a readback may not prove the write unapplied (a
+    // controller showing its power-up echo), the driver did — it never left this process.
     const why = this.host.signal.aborted ? 'as the daemon stopped' : 'before it was sent';
-    this.host.note(
-      record,
-      `the write (sequence number ${String(record.seq)}) was not sent: withdrawn ${why} (${error}); the command is settled by reading the controller`,
-    );
+    this.host.note(record, unsentLine(requireSeq(record), why, error));
   }
 
   private refused(

@@ -1,4 +1,4 @@
-import { checkFreshness } from './command.js';
+import { checkFreshness, type OpenState } from './command.js';
 import { clockNote, controllerVerdict, gatewayVerdict } from './clock-policy.js';
 import { ConfirmationLoop } from './confirmation.js';
 import { DeviceReads } from './device-reads.js';
@@ -14,6 +14,7 @@ import {
 import type { Logger } from './logger.js';
 import { stopOverPreempted } from './preemption.js';
 import { meetsExpectation, observe, type Expectation } from './readback.js';
+import { latestWriteUnsent } from './redispatch.js';
 import { allocateSeq } from './sequence.js';
 import type { TimedReadback } from './skew.js';
 import { decide, formatFaultCode, type Decision } from './state-machine.js';
@@ -36,14 +37,81 @@ export class CommandExecution {
     this.confirmation = new ConfirmationLoop(host, this.reads);
   }
 
-  /** Takes up a command left `dispatched` (crash, journal stall): settled by readback. */
+  /**
+   * Takes up a command left `dispatched` (crash, journal stall): settled by readback — unless
+   * its history says its latest write was withdrawn before it was sent (a stop of the daemon
+   * while it waited for its controller). The driver proved that: it was never sent and never
+   * will be, and no readback can prove it as well (a controller showing its power-up echo
+   * after a restart looks like one that lost the write). Such a command is one never written.
+   */
   takeUpDispatched(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
-    return this.confirmation.takeUp(lane, record, log);
+    if (record.seq === null || !latestWriteUnsent(this.host.journal.history(record), record.seq)) {
+      return this.confirmation.takeUp(lane, record, log);
+    }
+    return this.takeUpUnsent(lane, record, record.seq, log);
   }
 
   async handleAccepted(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
+    await this.carryOut(lane, record, { from: 'accepted' }, log);
+  }
+
+  /**
+   * A dispatched command whose latest write was never sent (takeUpDispatched). It is never
+   * written after a stop that came after it (SPEC §2: superseded), nor written a third time;
+   * otherwise it takes the course of a command not yet written — freshness (I3), a fresh read
+   * and the state-machine check (I4), the clock policy — and its write, with the sequence
+   * number it was given, is journaled as its second dispatch before it goes out (I1: a later
+   * life then knows it may have been sent).
+   */
+  private async takeUpUnsent(
+    lane: Lane,
+    record: CommandRecord,
+    seq: number,
+    log: Logger,
+  ): Promise<void> {
+    const unsent = `its write (sequence number ${seq}) was withdrawn before it was sent`;
+    log.warn({ seq }, 'taken up: its write was withdrawn before it was sent; not yet written');
+    const stop = this.host.journal.stopsAfter(record, 1)[0];
+    if (stop !== undefined) {
+      this.host.settle(log, record, 'dispatched', {
+        to: 'rejected',
+        code: 'SUPERSEDED',
+        faultCode: null,
+        observed: null,
+        detail: `superseded by the stop ${stop.key}, accepted after it; ${unsent}, so nothing was written`,
+      });
+      return;
+    }
+    if (record.attempts >= 2) {
+      this.host.settle(log, record, 'dispatched', {
+        to: 'failed',
+        code: 'DEVICE_UNREACHABLE',
+        faultCode: null,
+        observed: null,
+        detail: `${unsent}, and it was already dispatched twice (its first write was not applied either), so it is not sent again; nothing was applied`,
+      });
+      return;
+    }
+    this.host.note(
+      record,
+      `taken up: ${unsent} (the history says so), so it is handled as a command not yet written: a fresh read decides`,
+    );
+    await this.carryOut(lane, record, { from: 'dispatched', seq }, log);
+  }
+
+  /**
+   * The course of a command not yet written: `accepted`, or `dispatched` with a write never
+   * sent (`seq`, takeUpUnsent). Each outcome that ends it here says nothing was written.
+   */
+  private async carryOut(
+    lane: Lane,
+    record: CommandRecord,
+    course: NotWritten,
+    log: Logger,
+  ): Promise<void> {
     const { clock } = this.host;
-    if (this.rejectIfStale(record, null, log)) return;
+    const { from } = course;
+    if (this.rejectIfStale(record, null, from, log)) return;
     // The state-machine check runs against a fresh read, never against a cached mirror.
     const read = await this.reads.readUntil(
       lane,
@@ -53,7 +121,7 @@ export class CommandExecution {
     );
     if (aborted(lane)) return;
     if (read.readback === null) {
-      this.host.settle(log, record, 'accepted', {
+      this.host.settle(log, record, from, {
         to: 'failed',
         code: 'DEVICE_UNREACHABLE',
         faultCode: null,
@@ -67,7 +135,7 @@ export class CommandExecution {
     const expect: Expectation = { confirm: [], position: record.position };
     switch (decision.kind) {
       case 'reject':
-        this.host.settle(log, record, 'accepted', {
+        this.host.settle(log, record, from, {
           to: 'rejected',
           code: decision.code,
           faultCode: decision.faultCode,
@@ -84,6 +152,7 @@ export class CommandExecution {
           record,
           before,
           { ...expect, confirm: decision.confirm },
+          from,
           log,
         );
         return;
@@ -101,18 +170,39 @@ export class CommandExecution {
         }
         // I3: freshness again in the same step as the dispatch, with no wait in between: the
         // skew read above may have taken up to a request timeout.
-        if (this.rejectIfStale(record, before, log)) return;
+        if (this.rejectIfStale(record, before, from, log)) return;
         // SPEC §6: the clocks the command's judgement rests on (gateway sync, controller skew).
-        if (this.rejectIfUnsynced(lane, record, before, log)) return;
+        if (this.rejectIfUnsynced(lane, record, before, from, log)) return;
+        // A controller that echoes the number already would ignore the write as a repeat, and
+        // its echo would look like this command's (sequence.ts).
+        if (course.from === 'dispatched' && before.seq === course.seq) {
+          this.host.settle(log, record, from, {
+            to: 'failed',
+            code: 'READBACK_MISMATCH',
+            faultCode: null,
+            observed: observe(before),
+            detail: `the controller already echoes sequence number ${course.seq}, which this command never sent (another master's command): a write of it would be ignored as a repeat and could not be told apart, so it is not written; nothing was written`,
+          });
+          return;
+        }
         // I5/I1: the dispatch (with its sequence number) is durable before the write is sent.
-        const dispatched = this.host.journal.markDispatched(
-          record,
-          clock.now(),
-          observe(before),
-          PIPELINE,
-          (last, open) => allocateSeq(last, before.seq, open),
-          clockNote(this.host.clockPolicy, lane),
-        );
+        const dispatched =
+          course.from === 'accepted'
+            ? this.host.journal.markDispatched(
+                record,
+                clock.now(),
+                observe(before),
+                PIPELINE,
+                (last, open) => allocateSeq(last, before.seq, open),
+                clockNote(this.host.clockPolicy, lane),
+              )
+            : this.host.journal.markRedispatched(
+                record,
+                clock.now(),
+                `the first write (sequence number ${course.seq}) was withdrawn before it was sent, so it was never applied; decided again on a fresh read (${before.state}) and written now`,
+                PIPELINE,
+                observe(before),
+              );
         // Group commit: the dispatch shares its fsync with other lanes' commits; the write
         // waits for it. A failed sync leaves the command dispatched and unwritten: the sweep
         // takes it up and settles it by reading the controller.
@@ -154,6 +244,7 @@ export class CommandExecution {
     lane: Lane,
     record: CommandRecord,
     before: TimedReadback,
+    from: OpenState,
     log: Logger,
   ): boolean {
     for (const verdict of [
@@ -162,7 +253,7 @@ export class CommandExecution {
     ]) {
       if (verdict.kind === 'warn') log.warn({ clock: verdict.state }, verdict.detail);
       if (verdict.kind !== 'reject') continue;
-      this.host.settle(log, record, 'accepted', {
+      this.host.settle(log, record, from, {
         to: 'rejected',
         code: 'CLOCK_SKEW',
         faultCode: null,
@@ -210,11 +301,16 @@ export class CommandExecution {
   }
 
   /** Rejects the command when its deadline has passed or it lies too far in the future (I3). */
-  private rejectIfStale(record: CommandRecord, before: TimedReadback | null, log: Logger): boolean {
+  private rejectIfStale(
+    record: CommandRecord,
+    before: TimedReadback | null,
+    from: OpenState,
+    log: Logger,
+  ): boolean {
     const now = this.host.clock.now();
     const fresh = checkFreshness(record, now, this.host.freshness);
     if (fresh === 'FRESH') return false;
-    this.host.settle(log, record, 'accepted', {
+    this.host.settle(log, record, from, {
       to: 'rejected',
       code: fresh,
       faultCode: null,
@@ -230,6 +326,7 @@ export class CommandExecution {
     record: CommandRecord,
     first: TimedReadback,
     expect: Expectation,
+    from: OpenState,
     log: Logger,
   ): Promise<void> {
     const { clock } = this.host;
@@ -239,7 +336,7 @@ export class CommandExecution {
     let wrongSince: number | null = null;
     for (;;) {
       if (meetsExpectation(profile, readback, expect)) {
-        this.host.settle(log, record, 'accepted', {
+        this.host.settle(log, record, from, {
           to: 'confirmed',
           code: 'OK',
           faultCode: null,
@@ -249,7 +346,7 @@ export class CommandExecution {
         return;
       }
       if (readback.state === profile.faultState) {
-        this.host.settle(log, record, 'accepted', {
+        this.host.settle(log, record, from, {
           to: 'failed',
           code: 'DEVICE_FAULT',
           faultCode: readback.faultCode === null ? null : formatFaultCode(readback.faultCode),
@@ -263,7 +360,7 @@ export class CommandExecution {
       } else {
         wrongSince ??= readback.requestedMono;
         if (clock.elapsed() - wrongSince >= profile.timing.mismatchGraceMs) {
-          this.host.settle(log, record, 'accepted', {
+          this.host.settle(log, record, from, {
             to: 'failed',
             code: 'READBACK_MISMATCH',
             faultCode: null,
@@ -278,7 +375,7 @@ export class CommandExecution {
       if (aborted(lane)) return;
       readback = (await this.reads.tryRead(lane, log)) ?? readback;
     }
-    this.host.settle(log, record, 'accepted', {
+    this.host.settle(log, record, from, {
       to: 'failed',
       code: 'READBACK_TIMEOUT',
       faultCode: null,
@@ -287,6 +384,13 @@ export class CommandExecution {
     });
   }
 }
+
+/**
+ * A command not yet written: `accepted`, or `dispatched` with its write (`seq`) withdrawn
+ * before it was sent, whose write goes out as its second dispatch.
+ */
+type NotWritten =
+  { readonly from: 'accepted' } | { readonly from: 'dispatched'; readonly seq: number };
 
 /** A function, not a property read: the flag changes across awaits (and narrowing forgets). */
 function aborted(lane: Lane): boolean {

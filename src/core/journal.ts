@@ -142,8 +142,18 @@ export interface Journal {
     /** Appended to the history event ("seq 7; …"): what the dispatch was judged on. */
     detail?: string,
   ): CommandRecord;
-  /** A second write after the first was proven not applied; allowed once per command. */
-  markRedispatched(ref: CommandRef, at: number, detail: string, intake: string): CommandRecord;
+  /**
+   * A second write after the first was proven not applied; allowed once per command. With
+   * `observedBefore`, the write is decided on that newer read (the first was never sent), and
+   * it replaces the one the dispatch was judged on.
+   */
+  markRedispatched(
+    ref: CommandRef,
+    at: number,
+    detail: string,
+    intake: string,
+    observedBefore?: Observation,
+  ): CommandRecord;
   settle(ref: CommandRef, from: OpenState, settlement: Settlement): CommandRecord;
   /** An event without a transition (recovery findings, operator notes). */
   note(ref: CommandRef, at: number, detail: string, intake: string): void;

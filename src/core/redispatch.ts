@@ -1,4 +1,5 @@
-import type { Observation } from './journal.js';
+import type { JournalEvent, Observation } from './journal.js';
+import { RECOVERY } from './lane.js';
 import type { DeviceProfile } from './profile.js';
 import { POWER_UP_ECHO } from './sequence.js';
 import { sourceWindow, type SkewEstimate, type TimedReadback } from './skew.js';
@@ -129,4 +130,42 @@ export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
     return { kind: 'not-applied', proof, why: 'its deadline has passed' };
   }
   return { kind: 'redispatch', proof };
+}
+
+/**
+ * The history line that says a command's write was withdrawn before it was sent: the driver
+ * took it out of its queue (or found it withdrawn in the step that would have sent it) and
+ * rejected it with WriteNotSentError, so it never left this process and never will
+ * (confirmation.ts, `withdrawn`). Only that process knew it; the line is how a later life
+ * learns it.
+ */
+export function unsentLine(seq: number, why: string, error: string): string {
+  return `${unsentPrefix(seq)} ${why} (${error}); nothing of it reached the controller, and it is taken up as a command not yet written`;
+}
+
+function unsentPrefix(seq: number): string {
+  return `the write (sequence number ${seq}) was not sent: withdrawn`;
+}
+
+/**
+ * Whether the command's latest journaled write (sequence number `seq`) was proven never sent:
+ * an unsent line (unsentLine, the daemon's own) for it, with no dispatch or re-dispatch
+ * journaled after it — a write journaled later may have gone out.
+ */
+export function latestWriteUnsent(history: readonly JournalEvent[], seq: number): boolean {
+  const prefix = unsentPrefix(seq);
+  let unsent = false;
+  for (const event of history) {
+    if (event.from === 'accepted' && event.to === 'dispatched') unsent = false;
+    else if (event.detail.startsWith('redispatch:')) unsent = false;
+    else if (
+      event.intake === RECOVERY &&
+      event.from === 'dispatched' &&
+      event.to === 'dispatched' &&
+      event.detail.startsWith(`${prefix} `)
+    ) {
+      unsent = true;
+    }
+  }
+  return unsent;
 }

@@ -54,7 +54,13 @@ export interface Connection {
   readonly txClaim: Transaction<(command: NewCommand, rejection?: Rejection) => Claim>;
   readonly txDispatch: Transaction<Dispatch>;
   readonly txRedispatch: Transaction<
-    (ref: CommandRef, at: number, detail: string, intake: string) => CommandRecord
+    (
+      ref: CommandRef,
+      at: number,
+      detail: string,
+      intake: string,
+      observedBefore: Observation | undefined,
+    ) => CommandRecord
   >;
   readonly txSettle: Transaction<
     (ref: CommandRef, from: OpenState, s: Settlement) => CommandRecord
@@ -206,8 +212,15 @@ export function openConnection(options: ConnectionOptions): Connection {
   );
 
   const txRedispatch = db.transaction(
-    (ref: CommandRef, at: number, detail: string, intake: string): CommandRecord => {
-      const changed = s.redispatch.run(ref.scope, ref.key);
+    (
+      ref: CommandRef,
+      at: number,
+      detail: string,
+      intake: string,
+      observedBefore: Observation | undefined,
+    ): CommandRecord => {
+      const before = observedBefore === undefined ? null : JSON.stringify(observedBefore);
+      const changed = s.redispatch.run(before, ref.scope, ref.key);
       if (changed.changes !== 1) {
         throw new JournalConflictError(`command ${ref.key} cannot be dispatched again`);
       }
@@ -321,7 +334,7 @@ function prepare(db: Database): {
         dispatched_at = @at, observed_before = @before
       WHERE scope = @scope AND key = @key AND state = 'accepted'`),
     redispatch: db.prepare(`
-      UPDATE commands SET attempts = attempts + 1
+      UPDATE commands SET attempts = attempts + 1, observed_before = coalesce(?, observed_before)
       WHERE scope = ? AND key = ? AND state = 'dispatched' AND attempts = 1`),
     settle: db.prepare(`
       UPDATE commands SET state = @to, code = @code, fault_code = @fault, observed = @observed,

@@ -96,8 +96,16 @@ export class SqliteJournal implements Journal {
     );
   }
 
-  markRedispatched(ref: CommandRef, at: number, detail: string, intake: string): CommandRecord {
-    return this.write('redispatch', (c) => c.txRedispatch.immediate(ref, at, detail, intake));
+  markRedispatched(
+    ref: CommandRef,
+    at: number,
+    detail: string,
+    intake: string,
+    observedBefore?: Observation,
+  ): CommandRecord {
+    return this.write('redispatch', (c) =>
+      c.txRedispatch.immediate(ref, at, detail, intake, observedBefore),
+    );
   }
 
   settle(ref: CommandRef, from: OpenState, settlement: Settlement): CommandRecord {

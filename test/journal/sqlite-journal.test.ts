@@ -286,6 +286,25 @@ describe('transitions', () => {
     expect(() => j.markRedispatched(d, T0 + 2, 'again', 'recovery')).toThrow(JournalConflictError);
   });
 
+  it('a redispatch decided on a newer read keeps that read as the one the write was judged on', () => {
+    const j = open();
+    const d = dispatch(j, j.claim(command('k1')).record, T0, seen, 'pipeline');
+    const newer = {
+      ...seen,
+      state: 'STOPPED',
+      position: 40,
+      readAt: new Date(T0 + 5).toISOString(),
+    };
+    const again = j.markRedispatched(d, T0 + 6, 'never sent', 'pipeline', newer);
+    expect(again).toMatchObject({ attempts: 2, seq: d.seq, observedBefore: newer });
+    expect(j.get(d)?.observedBefore).toEqual(newer);
+    // Without one, the dispatch's read stays.
+    const other = dispatch(j, j.claim(command('k2')).record, T0, seen, 'pipeline');
+    expect(j.markRedispatched(other, T0 + 1, 'not applied', 'recovery').observedBefore).toEqual(
+      seen,
+    );
+  });
+
   it('stores the result once so that every replay is byte-identical, across reopen', () => {
     const path = join(dir, 'journal.db');
     const j = open(path);

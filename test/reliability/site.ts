@@ -39,6 +39,8 @@ export interface SiteOptions {
   readonly requestTimeoutMs?: number;
   /** Extra configuration merged into the site file (e.g. `mqtt`, `clock`). */
   readonly config?: Record<string, unknown>;
+  /** sluiced's `--shutdown-bound` (default: its own, 10 s). */
+  readonly shutdownBoundMs?: number;
 }
 
 /** Bridge timings for short travel: guard longer than the request timeouts (300/500 ms). */
@@ -86,6 +88,7 @@ export class Site {
   private cert = '';
   private readonly cleanup: () => void;
   private lives = 0;
+  private shutdownBoundMs: number | undefined;
 
   private constructor(
     plant: Plant,
@@ -134,6 +137,7 @@ export class Site {
     const broker = await startMosquitto();
     const { dir, cleanup } = tempDir('sluice-site-');
     const site = new Site(plant, broker, dir, cleanup, options.gatewayId ?? 'campaign');
+    site.shutdownBoundMs = options.shutdownBoundMs;
     await site.writeFiles(options);
     return site;
   }
@@ -234,6 +238,9 @@ export class Site {
         this.configPath,
         '--log-level',
         'info',
+        ...(this.shutdownBoundMs === undefined
+          ? []
+          : ['--shutdown-bound', String(this.shutdownBoundMs)]),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
