@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import {
   fingerprint,
+  parseCommandKey,
   parseCommandRequest,
-  parseIdempotencyKey,
   type CommandRequest,
 } from '../core/command.js';
 import { InvalidCommandError, InvalidKeyError } from '../core/errors.js';
@@ -57,7 +57,8 @@ export async function runSend(
 
 function checkedKey(key: string): string {
   try {
-    return parseIdempotencyKey(key);
+    // The intakes' rule for a new command's key: refused here, before either intake reads it.
+    return parseCommandKey(key);
   } catch (error) {
     if (error instanceof InvalidKeyError) throw new UsageError(`--key: ${error.message}`);
     throw error;

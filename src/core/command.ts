@@ -257,6 +257,25 @@ export function parseIdempotencyKey(key: unknown): string {
 }
 
 /**
+ * The key of a new command, as both intakes take it: an idempotency key without a double
+ * quote. The Idempotency-Key header is a Structured Field string, in which quotes delimit the
+ * key (`"k"` is the key `k`, draft-ietf-httpapi-idempotency-key-header §2), while in an MQTT
+ * payload or user property they would be part of it: `"k"` would name one command over HTTPS
+ * and another over MQTT (I1: one key, one identity, one command on both intakes), and `""`
+ * would be a key over MQTT only. Keys journaled before this rule stay readable: reads take
+ * any key (parseIdempotencyKey).
+ */
+export function parseCommandKey(key: unknown): string {
+  const parsed = parseIdempotencyKey(key);
+  if (parsed.includes('"')) {
+    throw new InvalidKeyError(
+      'an idempotency key has no double quote ("): the Idempotency-Key header uses quotes around a key ("k" is the key k), so a key with quotes would name a different command on each intake',
+    );
+  }
+  return parsed;
+}
+
+/**
  * The fingerprint of a command: a hash of its canonical form. Absent fields stay absent (null)
  * rather than taking their defaults, so a retry that omits the same fields matches.
  */

@@ -1,4 +1,4 @@
-import { parseIdempotencyKey } from '../core/command.js';
+import { parseCommandKey } from '../core/command.js';
 import { InvalidKeyError } from '../core/errors.js';
 
 /**
@@ -6,7 +6,9 @@ import { InvalidKeyError } from '../core/errors.js';
  * (draft-ietf-httpapi-idempotency-key-header §2) defines the value as a Structured Field
  * string, i.e. quoted: `Idempotency-Key: "8e03978e-…"`; many clients send it bare. Both are
  * accepted and mean the same key, so that a key quoted on HTTPS and bare in an MQTT payload is
- * one command (SPEC §2: keys are per identity, whichever intake carries them).
+ * one command (SPEC §2: keys are per identity, whichever intake carries them). A key never
+ * holds a quote itself (parseCommandKey): `"k"` is the key `k` here and would be `"k"` over
+ * MQTT, so that the quotes are either the Structured Field's own or refused on both intakes.
  *
  * `given` is every Idempotency-Key header of the request, one entry each (Node's
  * `headersDistinct`), or a single value. Node joins repeated headers with ", ", and a comma is
@@ -24,7 +26,7 @@ export function readIdempotencyKey(given: string | readonly string[] | undefined
   // Only HTTP's optional whitespace (SP, HTAB: RFC 9110 §5.5): String#trim would also strip a
   // no-break space (0xA0, as Node decodes header bytes), turning `k<0xA0>` into another key.
   const value = header.replace(/^[ \t]+|[ \t]+$/g, '');
-  return parseIdempotencyKey(
+  return parseCommandKey(
     value.length >= 2 && value.startsWith('"') && value.endsWith('"') ? unquote(value) : value,
   );
 }

@@ -1,4 +1,4 @@
-import { parseCommandRequest, parseIdempotencyKey, type CommandRequest } from '../core/command.js';
+import { parseCommandKey, parseCommandRequest, type CommandRequest } from '../core/command.js';
 import type { Readback } from '../core/driver.js';
 import { InvalidCommandError, InvalidKeyError } from '../core/errors.js';
 import { observe } from '../core/readback.js';
@@ -130,7 +130,9 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
         `the payload's key and the user property ${KEY_PROPERTY} differ; send one key`,
       );
     }
-    key = parseIdempotencyKey(payloadKey ?? propertyKey);
+    // The same rule as the HTTPS header's (no quote in a key), so that a key means one command
+    // whichever intake carries it.
+    key = parseCommandKey(payloadKey ?? propertyKey);
   } catch (error) {
     if (error instanceof InvalidKeyError) {
       return malformed('MISSING_IDEMPOTENCY_KEY', 'key', shownKey, [`key: ${error.message}`]);

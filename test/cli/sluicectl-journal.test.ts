@@ -388,6 +388,7 @@ describe('errors and usage', () => {
       cli('send', 'inlet-valve', 'open', '--position', '140'),
       cli('send', 'no-such-valve', 'open'),
       cli('send', 'inlet-valve', 'open', '--key', 'has space'),
+      cli('send', 'inlet-valve', 'open', '--key', '"k"'),
     ]);
     for (const run of runs)
       expect({ code: run.code, stderr: run.stderr }).toMatchObject({ code: 2 });
@@ -406,6 +407,7 @@ describe('errors and usage', () => {
       position,
       device,
       key,
+      quoted,
     ] = runs.map((r) => r.stderr);
     expect(unknownCmd).toContain("unknown command 'frobnicate'");
     expect(unknownOpt).toContain("unknown option '--bogus'");
@@ -425,6 +427,8 @@ describe('errors and usage', () => {
       'unknown device "no-such-valve" (configured: inlet-valve, outlet-valve, drain-valve, dosing-actuator)',
     );
     expect(key).toContain('--key: an idempotency key is 1-255 printable ASCII characters');
+    // Over HTTPS `"k"` is the key k, over MQTT it would be `"k"`: refused before either.
+    expect(quoted).toContain('--key: an idempotency key has no double quote');
   });
 
   it('exits 1 with a clear message when the journal, the configuration or the daemon is missing', async () => {

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   checkFreshness,
   fingerprint,
+  parseCommandKey,
   parseCommandRequest,
   parseIdempotencyKey,
 } from '../../src/core/command.js';
@@ -170,6 +171,15 @@ describe('parseIdempotencyKey', () => {
     expect(parseIdempotencyKey('a')).toBe('a');
     expect(parseIdempotencyKey('x'.repeat(255))).toHaveLength(255);
     expect(parseIdempotencyKey('3f1c9a3e-2b7d-4a7e-9a51-4f0f8c1b2d3e')).toBeTruthy();
+  });
+
+  it("takes a new command's key without double quotes only; reads still take any key", () => {
+    expect(parseCommandKey('a\\b!~')).toBe('a\\b!~');
+    for (const key of ['"k"', 'a"b', '"']) {
+      expect(() => parseCommandKey(key)).toThrow(/no double quote/);
+      expect(parseIdempotencyKey(key)).toBe(key);
+    }
+    expect(() => parseCommandKey('has space')).toThrow(InvalidKeyError);
   });
 
   it.each([undefined, '', 'x'.repeat(256), 'has space', 'tab\there', 'ünïcode', 42])(

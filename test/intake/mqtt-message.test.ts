@@ -160,6 +160,20 @@ describe('parseCommandMessage', () => {
     expect(message({ action: 'open', key: ['k'] })).toMatchObject({
       detail: mentions('not an array'),
     });
+    // A quote is never a key character (parseCommandKey): in the HTTPS header `"k"` is `k`.
+    for (const quoted of ['"k1"', 'a"b', '""']) {
+      expect(message({ action: 'open', key: quoted, issuedAt: ISSUED })).toMatchObject({
+        code: 'MISSING_IDEMPOTENCY_KEY',
+        key: quoted,
+        detail: mentions('no double quote'),
+      });
+      expect(
+        message(
+          { action: 'open', issuedAt: ISSUED },
+          { userProperties: { 'idempotency-key': quoted } },
+        ),
+      ).toMatchObject({ code: 'MISSING_IDEMPOTENCY_KEY', key: quoted });
+    }
     const long = message({ action: 'open', key: 'x'.repeat(300) });
     expect(long).toMatchObject({ code: 'MISSING_IDEMPOTENCY_KEY' });
     expect(long.kind === 'malformed' ? long.key?.length : 0).toBe(255);

@@ -388,10 +388,8 @@ const printableKey = fc.string({
   minLength: 1,
   maxLength: 255,
 });
-/** Read bare: not one that starts and ends with a quote (that is a quoted key, RFC 8941). */
-const bareKey = printableKey.filter(
-  (k) => !(k.length >= 2 && k.startsWith('"') && k.endsWith('"')),
-);
+/** Valid bare: no double quote, which is never a key character (quotes delimit a quoted key). */
+const bareKey = printableKey.filter((k) => !k.includes('"'));
 const plainKey = printableKey.filter((k) => !k.includes('"') && !k.includes('\\'));
 
 interface KeyCase {
@@ -476,6 +474,12 @@ const keyCase: fc.Arbitrary<KeyCase> = fc.oneof(
       values: [Buffer.concat([Buffer.from(a), Buffer.from([b]), Buffer.from(c)])],
       expect: BAD_KEY,
     })),
+  // A double quote in the key itself, bare or escaped in a quoted key: refused on both intakes.
+  fc.tuple(plainKey, plainKey, fc.constantFrom('"', '\\"')).map(([a, b, q]) => ({
+    name: 'double quote in the key',
+    values: [Buffer.from(q === '"' ? `${a}"${b}` : `"${a}\\"${b}"`)],
+    expect: BAD_KEY,
+  })),
   fc.tuple(plainKey, fc.constantFrom('"', '\\x', '"a"b"')).map(([k, q]) => ({
     name: 'broken quoting',
     values: [Buffer.from(`"${k}${q}"`)],
