@@ -87,6 +87,22 @@ function isCalendarValid(value: string): boolean {
   return !Number.isNaN(Date.parse(value));
 }
 
+/** The first and last instants whose UTC date-time has a four-digit year. */
+const EARLIEST_UTC = Date.parse('0000-01-01T00:00:00.000Z');
+const LATEST_UTC = Date.parse('9999-12-31T23:59:59.999Z');
+
+/**
+ * Whether the instant, in UTC, can be written as RFC 3339 (a four-digit year): `issuedAt` is
+ * kept and shown in UTC, and `9999-12-31T23:59:59-23:59` would be `+010000-01-01T23:58:59Z`
+ * (ECMAScript's extended year) in the result and the journal, which no RFC 3339 parser reads.
+ */
+function isWritableInUtc(value: string): boolean {
+  const at = Date.parse(value);
+  // Not a date-time at all: the checks before say so.
+  if (Number.isNaN(at)) return true;
+  return at >= EARLIEST_UTC && at <= LATEST_UTC;
+}
+
 /**
  * Fields of a result document (SPEC §2) that no command carries. A result is never taken for a
  * command, e.g. one published to a topic that another gateway reads as commands.
@@ -97,13 +113,28 @@ const commandSchema = z
   .object({
     device: z.string().min(1).max(128),
     action: z.enum(ACTIONS),
-    position: z.number().min(0).max(100).optional(),
+    // One message per field, saying what is allowed: zod's own checks each add one, so 1e21
+    // was both "expected int to be <=9007199254740991" and "expected number to be <=86400000".
+    position: z
+      .number()
+      .refine((v) => v >= 0 && v <= 100, 'must be a percentage from 0 to 100')
+      .optional(),
     issuedAt: z
       .string()
       .regex(RFC3339, 'must be an RFC 3339 date-time with an offset')
       .refine(isCalendarValid, 'is not a valid date-time (day, month or time out of range)')
+      .refine(
+        isWritableInUtc,
+        'lies outside the years 0000-9999 in UTC, which an RFC 3339 result cannot show',
+      )
       .optional(),
-    ttlMs: z.number().int().min(1).max(MAX_TTL_MS).optional(),
+    ttlMs: z
+      .number()
+      .refine(
+        (v) => Number.isInteger(v) && v >= 1 && v <= MAX_TTL_MS,
+        `must be a whole number of milliseconds from 1 to ${String(MAX_TTL_MS)} (a day)`,
+      )
+      .optional(),
   })
   // Names outside the command are refused by parseCommandRequest (unknownFields), which knows
   // the intake's own fields; the schema lets them through so that it reports the rest at once.

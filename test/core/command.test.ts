@@ -149,6 +149,43 @@ describe('parseCommandRequest: dates and result documents', () => {
     );
   });
 
+  it('refuses an issuedAt whose UTC date-time has no four-digit year (no RFC 3339 result could show it)', () => {
+    for (const issuedAt of ['9999-12-31T23:59:59-23:59', '0000-01-01T00:30:00+01:00']) {
+      expect(() => parseCommandRequest({ ...base, issuedAt }), issuedAt).toThrow(
+        /^invalid command: issuedAt: lies outside the years 0000-9999 in UTC[^;]*$/,
+      );
+    }
+    expect(parseCommandRequest({ ...base, issuedAt: '9999-12-31T23:59:59.999Z' }).issuedAt).toBe(
+      '9999-12-31T23:59:59.999Z',
+    );
+    expect(parseCommandRequest({ ...base, issuedAt: '0000-01-01T00:00:00Z' }).issuedAt).toBe(
+      '0000-01-01T00:00:00.000Z',
+    );
+  });
+
+  it('says once per number what is allowed', () => {
+    const errors = (input: Record<string, unknown>): readonly string[] => {
+      try {
+        parseCommandRequest({ ...base, ...input });
+      } catch (error) {
+        if (error instanceof InvalidCommandError) return error.errors;
+        throw error;
+      }
+      return [];
+    };
+    for (const ttlMs of [1e21, 0, 1.5, -5, 86_400_001]) {
+      expect(errors({ ttlMs }), String(ttlMs)).toEqual([
+        'ttlMs: must be a whole number of milliseconds from 1 to 86400000 (a day)',
+      ]);
+    }
+    for (const position of [-1, 100.5, 1e21]) {
+      expect(errors({ action: 'move', position }), String(position)).toEqual([
+        'position: must be a percentage from 0 to 100',
+      ]);
+    }
+    expect(errors({ ttlMs: '5000' })).toEqual([expect.stringMatching(/^ttlMs: .*received string/)]);
+  });
+
   it('refuses a result document: it is never taken for a command', () => {
     const result = {
       key: 'k',

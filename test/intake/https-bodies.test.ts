@@ -136,6 +136,20 @@ describe('400: commands the core refuses, end to end', () => {
     }
   });
 
+  it('refuses an issuedAt past year 9999 in UTC (its result would not be RFC 3339), journals nothing', async () => {
+    const before = writes();
+    const k = key();
+    const r = await post(
+      k,
+      JSON.stringify({ device: 'v1', action: 'open', issuedAt: '9999-12-31T23:59:59-23:59' }),
+    );
+    await expectRefused(r, k, before);
+    expect(r.json.errors).toEqual([
+      'issuedAt: lies outside the years 0000-9999 in UTC, which an RFC 3339 result cannot show',
+    ]);
+    expect(fx.stack.journal.findByKey(k)).toEqual([]);
+  });
+
   it("refuses a body carrying a result's state (a result document is not a command)", async () => {
     const before = writes();
     const k = key();
