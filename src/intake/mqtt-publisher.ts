@@ -13,6 +13,8 @@ export interface PublishingLink {
   /** Null before the start and once the session has ended. */
   readonly client: MqttClient | null;
   readonly protocolLevel: 4 | 5;
+  /** The broker's Maximum Packet Size (MQTT 5), when it gave one. */
+  readonly maximumPacketSize?: number | undefined;
 }
 
 export interface MqttPublisherOptions {
@@ -264,6 +266,26 @@ export class MqttPublisher {
               : { correlationData: options.correlationData }),
           };
         }
+        const limit = this.link.maximumPacketSize;
+        const bytes = publishPacketBytes(topicBytes, Buffer.byteLength(payload), publishOptions);
+        if (limit !== undefined && bytes > limit) {
+          // The broker would close the connection on it (MQTT 5 §3.2.2.3.6: a packet over its
+          // limit is a protocol error), and mqtt.js would send it again on every reconnection:
+          // the intake would go on losing its connection, commands and all (measured on
+          // mosquitto with max_packet_size). The result is in the journal.
+          this.logger.warn(
+            {
+              key: options.about.key,
+              device: options.about.device.slice(0, LOGGED_TOPIC_CHARS),
+              topic: topic.slice(0, LOGGED_TOPIC_CHARS),
+              bytes,
+              maximumPacketSize: limit,
+            },
+            "not published: larger than the broker's Maximum Packet Size",
+          );
+          resolve();
+          return;
+        }
         this.handed += 1;
         client.publish(topic, payload, publishOptions, (error) => {
           this.handed -= 1;
@@ -303,4 +325,26 @@ export class MqttPublisher {
       for (const run of this.deferred.splice(0)) run();
     });
   }
+}
+
+/**
+ * The size of a QoS 1 PUBLISH packet (MQTT 5 §3.3, 3.1.1 §3.3), never under it: each length
+ * counted at its widest encoding. Fixed header (1 byte and the remaining length, up to 4),
+ * topic (2-byte length and its bytes), packet identifier (2), the MQTT 5 properties (their
+ * length, up to 4, then each one's identifier byte and value) and the payload.
+ */
+function publishPacketBytes(
+  topicBytes: number,
+  payloadBytes: number,
+  options: IClientPublishOptions,
+): number {
+  let properties = 0;
+  const p = options.properties;
+  if (p !== undefined) {
+    properties += 4;
+    if (p.payloadFormatIndicator !== undefined) properties += 2;
+    if (p.contentType !== undefined) properties += 3 + Buffer.byteLength(p.contentType);
+    if (p.correlationData !== undefined) properties += 3 + p.correlationData.length;
+  }
+  return 5 + 2 + topicBytes + 2 + properties + payloadBytes;
 }

@@ -100,6 +100,8 @@ export class MqttSession {
   private isDropping = false;
   /** A CONNECT was sent and no CONNACK accepted it yet. */
   private awaitingConnack = false;
+  /** The broker's Maximum Packet Size (MQTT 5 CONNACK), when it gave one. */
+  private brokerMaxPacket: number | undefined;
   private connectedAt: number | null = null;
   private subscribed = false;
   /** Filters unsubscribed on the current connection (see unsubscribeFormer). */
@@ -129,6 +131,14 @@ export class MqttSession {
   /** The protocol level of the next (or current) connection. */
   get protocolLevel(): ProtocolLevel {
     return this.level;
+  }
+
+  /**
+   * The largest packet the broker takes, in bytes, as its last CONNACK said (MQTT 5 §3.2.2.3.6);
+   * undefined when it set no limit, and with MQTT 3.1.1, which cannot say.
+   */
+  get maximumPacketSize(): number | undefined {
+    return this.brokerMaxPacket;
   }
 
   get ended(): boolean {
@@ -351,6 +361,7 @@ export class MqttSession {
     this.awaitingConnack = false;
     if (this.isEnded) return;
     this.connectedAt = this.clock.now();
+    this.brokerMaxPacket = this.level === 5 ? connack.properties?.maximumPacketSize : undefined;
     this.errorStreak = 0;
     this.error = null;
     const sessionPresent = connack.sessionPresent;

@@ -91,6 +91,8 @@ export interface MosquittoBridge {
 export interface MosquittoOptions {
   /** Bridges this broker opens to other brokers. */
   readonly bridges?: readonly MosquittoBridge[];
+  /** Further mosquitto.conf(5) lines for the listener, e.g. `max_packet_size 400`. */
+  readonly settings?: readonly string[];
 }
 
 function bridgeConfig(bridge: MosquittoBridge): string[] {
@@ -129,6 +131,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
       'log_timestamp_format %H:%M:%S',
       // As root mosquitto would switch to the `mosquitto` user, who cannot write the temp dir.
       ...(isRoot ? ['user root'] : []),
+      ...(options.settings ?? []),
       // Bridges come last: every line after `connection` belongs to that bridge.
       ...(options.bridges ?? []).flatMap(bridgeConfig),
       '',
