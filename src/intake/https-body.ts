@@ -41,7 +41,11 @@ export function takeOnlyUtf8Json(app: App): void {
     }
     // fastify's JSON parser answers through `done` and returns nothing.
     void parseJson(request, text, (error, parsed) => {
-      const name = error === null ? duplicateMember(text) : undefined;
+      if (error !== null) {
+        done(refusal(error, text), undefined);
+        return;
+      }
+      const name = duplicateMember(text);
       if (name !== undefined) {
         // A body whose meaning depends on the parser that reads it is refused (json-members.ts).
         done(new InvalidCommandError([`${name}: is given more than once in an object`]), undefined);
@@ -50,4 +54,25 @@ export function takeOnlyUtf8Json(app: App): void {
       done(error, parsed);
     });
   });
+}
+
+/**
+ * Why fastify's parser refused a body, said as it is: it answers "not valid JSON" for an empty
+ * body and for valid JSON it refuses (a `__proto__` member, or `constructor` holding
+ * `prototype`: prototype poisoning), which would send an issuer looking for a syntax error
+ * that is not there.
+ */
+function refusal(error: Error, text: string): Error {
+  if (text.trim().length === 0) {
+    return new InvalidCommandError(['(body): is empty; a command is a JSON object']);
+  }
+  try {
+    // As fastify's parser does, one leading BOM is not part of the JSON (RFC 8259 §8.1).
+    JSON.parse(text.startsWith('\uFEFF') ? text.slice(1) : text);
+  } catch {
+    return error;
+  }
+  return new InvalidCommandError([
+    '(body): has a member "__proto__", or "constructor" holding "prototype": refused (prototype poisoning), and neither is a field of a command',
+  ]);
 }

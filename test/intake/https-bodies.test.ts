@@ -220,6 +220,36 @@ describe('400: a field that is not a command field', () => {
   });
 });
 
+describe('400: bodies fastify refuses, said as they are', () => {
+  it('calls an empty body empty, and valid JSON with a prototype-poisoning member not "not valid JSON"', async () => {
+    const cases: [body: string | Buffer, error: RegExp][] = [
+      ['', /^\(body\): is empty/],
+      [
+        '{"device":"v1","action":"close","__proto__":{"ttlMs":5}}',
+        /^\(body\): has a member "__proto__"/,
+      ],
+      ['{"device":"v1","action":"close","constructor":{"prototype":{}}}', /"constructor" holding/],
+      [
+        Buffer.concat([
+          Buffer.from([0xef, 0xbb, 0xbf]),
+          Buffer.from('{"device":"v1","action":"close","m":{"__proto__":1}}'),
+        ]),
+        /prototype poisoning/,
+      ],
+      // Not JSON at all: still said so.
+      ['{"device":"v1",', /^\(body\): is not valid JSON$/],
+    ];
+    for (const [body, error] of cases) {
+      const before = writes();
+      const k = key();
+      const r = await post(k, body);
+      await expectRefused(r, k, before);
+      expect(r.json.errors).toEqual([expect.stringMatching(error)]);
+      expect(fx.stack.journal.findByKey(k)).toEqual([]);
+    }
+  });
+});
+
 describe('400: a member name given twice', () => {
   it('refuses a command whose action is given twice (JSON.parse would keep the last), writes nothing', async () => {
     for (const body of [
