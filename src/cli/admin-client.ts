@@ -36,8 +36,9 @@ export class AdminClient {
     return this.checked(await this.send('GET', path, undefined), accept);
   }
 
-  async post(path: string, body: unknown): Promise<AdminAnswer> {
-    return this.checked(await this.send('POST', path, body), []);
+  /** POST; a problem answer throws, but for the statuses in `accept` (see get). */
+  async post(path: string, body: unknown, accept: readonly number[] = []): Promise<AdminAnswer> {
+    return this.checked(await this.send('POST', path, body), accept);
   }
 
   private checked(answer: AdminAnswer, accept: readonly number[]): AdminAnswer {

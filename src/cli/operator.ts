@@ -103,17 +103,48 @@ export async function runResolve(
     );
   }
   const by = operatorName(ctx.io.env);
-  const answer = await new AdminClient(ctx.adminEndpoint()).post(commandPath(key, 'resolve'), {
-    ...(options.scope === undefined ? {} : { scope: options.scope }),
-    as: 'failed',
-    reason,
-    by,
-  });
-  const result = resultOf(answer.body);
-  if (ctx.json) {
-    ctx.outJson({ key, by, reason, result });
-    return EXIT.OK;
+  // 503 with a result: the resolve took effect, but the journal has not made it durable (its
+  // sync failed or stalls): said as such, not as a refusal (docs/admin-api.md).
+  const answer = await new AdminClient(ctx.adminEndpoint()).post(
+    commandPath(key, 'resolve'),
+    {
+      ...(options.scope === undefined ? {} : { scope: options.scope }),
+      as: 'failed',
+      reason,
+      by,
+    },
+    [503],
+  );
+  const body = (answer.body ?? {}) as { code?: unknown; detail?: unknown; replayed?: unknown };
+  const detail = typeof body.detail === 'string' ? body.detail : null;
+  if (answer.status === 503 && !isResultDocument((answer.body as { result?: unknown }).result)) {
+    const code = typeof body.code === 'string' ? body.code : 'HTTP_503';
+    throw new CliError(`the daemon refused: ${code}: ${detail ?? ''}`, EXIT.ERROR, code);
   }
+  const result = resultOf(answer.body);
+  const durable = answer.status !== 503;
+  if (ctx.json) {
+    ctx.outJson({
+      key,
+      by,
+      reason,
+      durable,
+      replayed: body.replayed === true,
+      ...(detail === null ? {} : { detail }),
+      result,
+    });
+    return durable ? EXIT.OK : EXIT.ERROR;
+  }
+  if (!durable) {
+    ctx.out(
+      `${ctx.style.paint('RESOLVED, NOT YET ON DISK', 'bad')} by ${by}: ${result.state} ${result.code ?? ''}; ${detail ?? ''}\n`,
+    );
+    ctx.out(renderFields(resultFields(result, ctx.now()), ctx.style));
+    return EXIT.ERROR;
+  }
+  // A retry of this very resolve (the first answer lost, e.g. to a timeout): said as such.
+  const again =
+    body.replayed === true ? ` (${detail ?? 'already resolved by this same request'})` : '';
   // A command dispatched before the resolve had its own write sent, or on its way: the resolve
   // wrote nothing, but "nothing was written" would tell the operator the valve was not commanded.
   const written =
@@ -121,7 +152,7 @@ export async function runResolve(
       ? 'nothing was written to the controller'
       : `the resolve wrote nothing to the controller; the command had been dispatched (seq ${result.seq}): its detail says what is known of its write`;
   ctx.out(
-    `${ctx.style.paint('RESOLVED', 'warn')} by ${by}: ${result.state} ${result.code ?? ''}; ${written}\n`,
+    `${ctx.style.paint('RESOLVED', 'warn')} by ${by}: ${result.state} ${result.code ?? ''}; ${written}${again}\n`,
   );
   ctx.out(renderFields(resultFields(result, ctx.now()), ctx.style));
   return EXIT.OK;

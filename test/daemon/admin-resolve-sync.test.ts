@@ -1,0 +1,159 @@
+import fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/config.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import type { Plant } from '../../simulators/plant.js';
+import { sluicectl, type CliRun } from '../cli/helpers.js';
+import { seedOrphan, startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { holdThreadPool } from '../helpers/thread-pool.js';
+
+/**
+ * `sluicectl resolve` while the journal cannot make the resolve durable. The resolve takes
+ * effect in the daemon at once (the journal's connection holds the outcome, the command's worker
+ * stops); only its sync waits. A sync that stalls or fails used to be answered as a failed
+ * resolve (a timeout of sluicectl after 30 s, or 503 JOURNAL_UNAVAILABLE), and the operator's
+ * retry then heard ALREADY_SETTLED, as if someone else had ended the command. Now the answer
+ * says the resolve took effect and is not on disk yet, and the same resolve asked again says it
+ * is this one, and when it is on disk. Real daemon (in this process, so that its disk can be
+ * held), real sluicectl processes, real journal; ground truth: the journal file.
+ */
+
+const OPERATOR = `alice@${hostname()}`;
+let plant: Plant;
+let daemon: Daemon;
+let configPath: string;
+let journalPath: string;
+let cleanup: () => void;
+
+const cli = (...args: string[]): Promise<CliRun> =>
+  sluicectl(['--config', configPath, ...args], {
+    env: { SUDO_USER: 'alice', USER: 'root' },
+    timeoutMs: 40_000,
+  });
+
+/** The command as the journal file holds it, through a connection of its own. */
+function onFile(key: string): { state: string; code: string | null; detail: string | null } {
+  const journal = SqliteJournal.open({ path: journalPath, readonly: true });
+  try {
+    const r = journal.findByKey(key)[0]!;
+    return { state: r.state, code: r.code, detail: r.detail };
+  } finally {
+    journal.close();
+  }
+}
+
+beforeAll(async () => {
+  let dir: string;
+  ({ dir, cleanup } = tempDir('sluice-resolve-sync-'));
+  plant = await startModbusPlant({ 'inlet-valve': { profile: 'valve', base: 0, travelMs: 300 } });
+  configPath = await writeDaemonSite(dir, plant, 'resolvesync');
+  journalPath = join(dir, 'state', 'journal.db');
+  // Open commands of a valve no longer configured: nothing but a resolve ends them.
+  for (const key of ['stalled-1', 'failed-1']) {
+    seedOrphan(journalPath, Date.now(), {
+      scope: 'ops',
+      key,
+      device: 'removed-valve',
+      intake: 'https',
+    });
+  }
+  daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
+    logger: pino({ level: 'silent' }),
+  });
+}, 30_000);
+
+afterAll(async () => {
+  await daemon.stop();
+  await plant.stop();
+  cleanup();
+});
+
+describe('resolve while the journal cannot make it durable', () => {
+  it('a stalled sync: answered as taken effect and not yet on disk; the retry is this resolve', async () => {
+    const reason = 'valve removed in 2025; closed by hand';
+    // The journal's fdatasync runs on libuv's pool: held, it cannot return, as on a disk whose
+    // flush stalls.
+    const pool = holdThreadPool();
+    let first: CliRun;
+    try {
+      first = await cli('resolve', 'stalled-1', '--as', 'failed', '--reason', reason);
+      // It took effect: the journal's connection holds it (committed, not yet synced).
+      expect(onFile('stalled-1')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+    } finally {
+      await pool.release();
+    }
+    expect(first.code).toBe(1);
+    expect(first.stdout).toMatch(/^RESOLVED, NOT YET ON DISK by /);
+    expect(first.stdout).toContain('the resolve took effect');
+    expect(first.stdout).toContain("the journal's sync has not returned within 5 s");
+    expect(first.stdout).toContain('Ask for the same resolve again');
+
+    // The operator asks again: this very resolve, on disk now — not someone else's.
+    const again = await cli('resolve', 'stalled-1', '--as', 'failed', '--reason', reason);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(
+      new RegExp(
+        `^RESOLVED by ${OPERATOR}: failed RESOLVED_BY_OPERATOR; nothing was written to the controller \\(already resolved by this same request at \\S+; it is on disk\\)`,
+      ),
+    );
+    const json = await cli('resolve', 'stalled-1', '--as', 'failed', '--reason', reason, '--json');
+    expect(json.code).toBe(0);
+    expect(json.json()).toMatchObject({ durable: true, replayed: true });
+
+    // Another reason is another resolve: refused, and the refusal says whose and why.
+    const other = await cli('resolve', 'stalled-1', '--as', 'failed', '--reason', 'twice');
+    expect(other.code).toBe(1);
+    expect(other.stderr).toContain('ALREADY_SETTLED');
+    expect(other.stderr).toContain(`resolved by ${OPERATOR}: ${reason}`);
+    // One resolve in the history.
+    const journal = SqliteJournal.open({ path: journalPath, readonly: true });
+    try {
+      const history = journal.history({ scope: 'ops', key: 'stalled-1' });
+      expect(history.filter((e) => e.to === 'failed')).toHaveLength(1);
+    } finally {
+      journal.close();
+    }
+  }, 90_000);
+
+  it('a failed sync (EIO): answered as taken effect and not yet on disk, never as refused', async () => {
+    const reason = 'valve removed; checked by hand';
+    // A double for the one fault no real part here can produce on demand: an fdatasync that
+    // fails with EIO (a disk's write error). Only the next call fails; the journal's next
+    // barrier syncs again (group-commit.ts) and succeeds.
+    const real = fs.fdatasync;
+    let failed = 0;
+    fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
+      fs.fdatasync = real;
+      syncBuiltinESMExports();
+      failed++;
+      setImmediate(() => {
+        callback(Object.assign(new Error(`EIO: i/o error, fdatasync ${fd}`), { code: 'EIO' }));
+      });
+    }) as typeof fs.fdatasync;
+    syncBuiltinESMExports();
+    let first: CliRun;
+    try {
+      first = await cli('resolve', 'failed-1', '--as', 'failed', '--reason', reason);
+    } finally {
+      fs.fdatasync = real;
+      syncBuiltinESMExports();
+    }
+    expect(failed).toBe(1);
+    expect(first.code).toBe(1);
+    expect(first.stdout).toMatch(/^RESOLVED, NOT YET ON DISK by /);
+    expect(first.stdout).toContain('not on disk yet: journal unavailable (sync): EIO');
+    expect(first.stderr).not.toContain('refused');
+    expect(onFile('failed-1')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+
+    const again = await cli('resolve', 'failed-1', '--as', 'failed', '--reason', reason);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain('already resolved by this same request at');
+    expect(again.stdout).toContain('it is on disk');
+  }, 90_000);
+});
