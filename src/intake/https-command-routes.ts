@@ -76,7 +76,9 @@ async function postCommand(
     device = command.device;
     claim = pipeline.submit({ key, identity, intake: 'https', request: command });
   } catch (error) {
-    // Refusals are answered by the error handler; the log line carries what was known.
+    // Refusals are answered by the error handler; the log line carries what was known, and
+    // why (as the MQTT intake logs a refused message's detail): a client's "400" is then
+    // explained in the gateway's log without its request.
     metrics.accepted.inc({ intake: 'https', outcome: 'refused' });
     logger.info(
       {
@@ -84,6 +86,7 @@ async function postCommand(
         device,
         identity: identity.name,
         code: error instanceof SluiceError ? error.code : 'INTERNAL_ERROR',
+        ...(error instanceof SluiceError ? { detail: error.message } : {}),
       },
       'HTTPS command refused',
     );

@@ -145,6 +145,19 @@ describe('401: credentials', () => {
   });
 });
 
+describe('the log of a refusal', () => {
+  it('says why a command was refused, as the MQTT intake does', async () => {
+    const k = key();
+    const r = await post(k, { device: 'v1', action: 'close', ttl: 5000 });
+    expectProblem(r, 400, 'INVALID_COMMAND');
+    const line = log.lines
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.msg === 'HTTPS command refused' && l.key === k);
+    expect(line?.code).toBe('INVALID_COMMAND');
+    expect(line?.detail).toContain('ttl: is not a field of a command (did you mean "ttlMs"?)');
+  });
+});
+
 describe('repeated headers: one credential and one key, or nothing is done', () => {
   it('refuses two Authorization headers, even when the first is valid, and journals nothing', async () => {
     const k = key();
