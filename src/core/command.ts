@@ -57,9 +57,10 @@ export interface CommandRequest {
   readonly ttlMs: number | null;
 }
 
-// RFC 3339 date-time: a full date, a time, optional fractions and a mandatory offset.
+// RFC 3339 date-time: a full date, a time, optional fractions and a mandatory offset. Any
+// number of fraction digits (`time-secfrac = "." 1*DIGIT`): the instant keeps milliseconds.
 const RFC3339 =
-  /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|([+-])(\d{2}):(\d{2}))$/;
+  /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|([+-])(\d{2}):(\d{2}))$/;
 
 /**
  * Whether every field of an RFC 3339 date-time is in range: `Date.parse` rolls 30 February over

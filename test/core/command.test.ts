@@ -149,6 +149,14 @@ describe('parseCommandRequest: dates and result documents', () => {
     );
   });
 
+  it('takes an RFC 3339 fraction of any length, kept to the millisecond', () => {
+    for (const fraction of ['1234567890', '123999999999999999999999']) {
+      expect(
+        parseCommandRequest({ ...base, issuedAt: `2026-11-23T17:00:00.${fraction}Z` }).issuedAt,
+      ).toBe('2026-11-23T17:00:00.123Z');
+    }
+  });
+
   it('refuses an issuedAt whose UTC date-time has no four-digit year (no RFC 3339 result could show it)', () => {
     for (const issuedAt of ['9999-12-31T23:59:59-23:59', '0000-01-01T00:30:00+01:00']) {
       expect(() => parseCommandRequest({ ...base, issuedAt }), issuedAt).toThrow(
