@@ -23,7 +23,7 @@ export interface CommandLink {
   readonly dropping: boolean;
   /** Drops the connection so that the broker redelivers what was not acknowledged. */
   dropConnection(client: MqttClient, reason: string): void;
-  /** Unsubscribes a command filter of a former topic root, left in the persistent session. */
+  /** Unsubscribes a command filter of an earlier configuration, left in the persistent session. */
   unsubscribeFormer(filter: string): void;
 }
 
@@ -197,7 +197,10 @@ export class CommandMessages {
     if (device === null) {
       const former = this.topics.formerCommandTopic(packet.topic);
       if (former !== null) return this.formerRoot(packet, former, receivedAt);
-      // A subscription left in the persistent session by an earlier configuration.
+      // A subscription left in the persistent session by an earlier configuration. Under another
+      // gateway id it is not answered: a gateway that has that id now answers its own commands.
+      const filter = this.topics.formerCommandFilter(packet.topic);
+      if (filter !== null) this.link.unsubscribeFormer(filter);
       this.logger.warn({ topic: packet.topic }, 'message on a topic that is not a command topic');
       this.count('foreign_topic');
       return ACK;

@@ -237,8 +237,9 @@ export class MqttSession {
 
   /**
    * Unsubscribes a filter that the persistent session holds from an earlier configuration (the
-   * command filter under a former topic root), so that the broker stops delivering, and queueing
-   * while the gateway is away, commands the site no longer sends there. MQTT offers no way to
+   * command filter under a former topic root, or a former gateway id kept under a fixed
+   * `mqtt.clientId`), so that the broker stops delivering, and queueing while the gateway is
+   * away, commands the site no longer sends there. MQTT offers no way to
    * list a session's subscriptions: each is learned from the first message it delivers. Once per
    * connection and filter; never the current command filter.
    */
@@ -255,7 +256,7 @@ export class MqttSession {
       }
       this.logger.warn(
         { filter, commandFilter: this.topics.commandFilter },
-        'unsubscribed a command filter left in the persistent session by an earlier mqtt.topicRoot',
+        'unsubscribed a command filter left in the persistent session by an earlier configuration (mqtt.topicRoot or gatewayId)',
       );
     });
   }

@@ -111,6 +111,21 @@ export class GatewayTopics {
   }
 
   /**
+   * For a topic `{prefix}/cmd/{device}` under a prefix that is not this gateway's (another
+   * topic root, or another gateway id kept under a fixed `mqtt.clientId`): the command filter
+   * `{prefix}/cmd/+` that delivered it, left in the persistent session by an earlier
+   * configuration. Null for any other topic, and never this gateway's command filter.
+   */
+  formerCommandFilter(topic: string): string | null {
+    const levels = topic.split('/');
+    const n = levels.length;
+    if (n < 4 || levels[n - 2] !== 'cmd') return null;
+    const prefix = levels.slice(0, n - 2).join('/');
+    if (prefix === this.prefix || topicRootProblem(prefix) !== null) return null;
+    return `${prefix}/cmd/+`;
+  }
+
+  /**
    * Whether a requester's MQTT 5 Response Topic may be published to, and why not. Never, whatever
    * the allow-list says: a topic with wildcards (the PUBLISH would be malformed, MQTT 5
    * §3.3.2.1), a `$` topic (the broker's), a command topic of any gateway under the root (a

@@ -170,6 +170,43 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
     await intake.stop();
   });
 
+  it('drops the command subscription of a former gateway id kept under a fixed client id, and never runs its commands', async () => {
+    const clientId = 'sluice-fixed-id';
+    const issuer = await TestClient.connect(broker.url);
+    cleanups.push(() => issuer.end());
+    await issuer.subscribe('sluice/gw-new/result/#');
+    // The gateway was `gw-old`; renamed `gw-new`, it keeps its client id, and with it the
+    // session and the subscription `sluice/gw-old/cmd/+`.
+    await (await started(intakeOn(stack.pipeline, 'gw-old', { clientId }))).stop();
+    const intake = await started(intakeOn(stack.pipeline, 'gw-new', { clientId }));
+    cleanups.push(() => intake.stop());
+
+    const oldTopic = 'sluice/gw-old/cmd/v1';
+    const v1 = stack.plant.device('v1');
+    const writes = v1.counters.writesReceived;
+    const action = (): 'open' | 'close' => (v1.published.state === 'CLOSED' ? 'open' : 'close');
+    const pubacks = broker.pubacksFrom(clientId);
+    const first = randomUUID();
+    await issuer.publish(oldTopic, timed({ action: action(), key: first }));
+    // Handled: acknowledged (the UNSUBSCRIBE left before the PUBACK, on the same connection).
+    await until(() => (broker.pubacksFrom(clientId) > pubacks ? true : undefined));
+    expect(stack.journal.findByKey(first)).toEqual([]);
+
+    // A command on the old gateway's topic, then one on the new: only the new one is delivered.
+    await issuer.publish(oldTopic, timed({ action: action(), key: randomUUID() }));
+    const fence = randomUUID();
+    await issuer.publish('sluice/gw-new/cmd/v1', timed({ action: action(), key: fence }));
+    const result = await issuer.waitFor(
+      (m) => m.topic === 'sluice/gw-new/result/v1' && m.json().key === fence,
+      10_000,
+      'result of the new gateway id',
+    );
+    expect(result.json()).toMatchObject({ state: 'confirmed' });
+    expect(broker.deliveriesTo(clientId, oldTopic)).toHaveLength(1);
+    expect(v1.counters.writesReceived).toBe(writes + 1);
+    await intake.stop();
+  });
+
   for (const version of [5, 4] as const) {
     it(`MQTT ${version === 5 ? '5' : '3.1.1'}: clears at connect the retained state of a device removed from the site, and no other`, async () => {
       const gateway = `gw-removed-${version}`;
