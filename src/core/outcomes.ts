@@ -7,6 +7,9 @@ import type { Logger } from './logger.js';
 
 export type SettledListener = (record: CommandRecord) => void;
 
+/** How soon a settlement whose barrier failed asks for the next one (announceOnceSynced). */
+const ANNOUNCE_RETRY_MS = 1_000;
+
 /** What the outcomes need from the pipeline they serve. */
 export interface OutcomesHost {
   readonly journal: Journal;
@@ -108,9 +111,40 @@ export class Outcomes {
         this.announceNow(settled, log);
       },
       (error: unknown) => {
-        log.error({ err: error }, 'journal sync failed: the result is not published (fail closed)');
+        log.error(
+          { err: error },
+          'journal sync failed: the result is not published until a sync succeeds (fail closed)',
+        );
+        this.announceOnceSynced(settled, log);
       },
     );
+  }
+
+  /**
+   * A settlement whose barrier failed stays in the journal, counted unsynced (group commit), and
+   * is on disk with the next barrier that succeeds: it is announced then. Without this its result
+   * was never published (SPEC §5: every terminal outcome) and no waiter was woken, although the
+   * command is terminal and every later replay returns it. Asked again at a pace until a sync
+   * succeeds, the pipeline stops, or the settlement is found gone (its batch was lost: the
+   * command is open again, and its new outcome is announced in its turn).
+   */
+  private announceOnceSynced(settled: CommandRecord, log: Logger): void {
+    const { clock, journal, signal } = this.host;
+    void clock.sleep(ANNOUNCE_RETRY_MS, signal).then(() => {
+      if (signal.aborted) return;
+      let current: CommandRecord | undefined;
+      try {
+        current = journal.get(settled);
+      } catch {
+        this.announceOnceSynced(settled, log);
+        return;
+      }
+      if (current?.state !== settled.state || current.settledAt !== settled.settledAt) {
+        log.warn({}, 'the settlement was lost with its batch: not published; the command goes on');
+        return;
+      }
+      this.announce(settled, log);
+    });
   }
 
   /** Whether this record was announced: its settlement's own barrier succeeded. */

@@ -1,0 +1,130 @@
+import fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { stringify } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/config.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { sha256 } from '../../src/intake/identities.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import type { Plant } from '../../simulators/plant.js';
+import { startModbusPlant } from '../helpers/daemon-site.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { loopbackCertificate } from '../helpers/loopback-https.js';
+import {
+  TestClient,
+  mosquittoAvailable,
+  startMosquitto,
+  until,
+  type Mosquitto,
+} from '../helpers/mosquitto.js';
+import { inventoryFor } from '../helpers/plant-inventory.js';
+
+/**
+ * A command's outcome whose journal sync fails is published once a later sync succeeds. The
+ * settlement stays in the journal (group commit counts it unsynced and the next barrier carries
+ * it to disk), and every replay returns it; but its announcement was dropped for good, so the
+ * result topic never carried the outcome (SPEC §5: every terminal outcome). Real daemon (in this
+ * process), sluice-sim, Mosquitto, journal file; the failed fdatasync (EIO) is a double of
+ * fs.fdatasync for one call: no part here can make a disk fail a flush on demand.
+ */
+
+const real = mosquittoAvailable();
+const GW = 'syncfail';
+let plant: Plant;
+let broker: Mosquitto;
+let daemon: Daemon;
+let journalPath: string;
+let cleanup: () => void;
+
+beforeAll(async () => {
+  if (!real) return;
+  let dir: string;
+  ({ dir, cleanup } = tempDir('sluice-sync-fail-'));
+  plant = await startModbusPlant({ 'inlet-valve': { profile: 'valve', base: 0, travelMs: 600 } });
+  broker = await startMosquitto();
+  await loopbackCertificate(dir);
+  const inventory = inventoryFor(plant);
+  const configPath = join(dir, 'sluice.yaml');
+  fs.writeFileSync(
+    configPath,
+    stringify({
+      gatewayId: GW,
+      stateDir: 'state',
+      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+      mqtt: { url: broker.url, identity: 'scada', clientId: 'sluice-sync-fail' },
+      identities: { scada: { tokenSha256: sha256('t').toString('hex'), devices: ['*'] } },
+      plcs: inventory.plcs,
+      devices: inventory.devices,
+    }),
+  );
+  journalPath = join(dir, 'state', 'journal.db');
+  daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
+    logger: pino({ level: 'silent' }),
+  });
+}, 60_000);
+
+afterAll(async () => {
+  if (!real) return;
+  await daemon.stop();
+  await broker.close();
+  await plant.stop();
+  cleanup();
+});
+
+describe.runIf(real)('an outcome whose journal sync fails', () => {
+  it('is published on the result topic once a later sync succeeds', async () => {
+    const valve = plant.device('inlet-valve');
+    const client = await TestClient.connect(broker.url);
+    const realSync = fs.fdatasync;
+    try {
+      await client.subscribe(`sluice/${GW}/result/#`);
+      await until(
+        () => (daemon.readiness().checks.mqtt?.ok === true ? true : undefined),
+        20_000,
+        'the MQTT intake connected',
+      );
+      await client.publish(`sluice/${GW}/cmd/inlet-valve`, {
+        key: 'k-sync',
+        action: 'open',
+        issuedAt: new Date().toISOString(),
+      });
+      // The write has gone out (its dispatch barrier is behind): the next barrier is the
+      // settlement's, and its fdatasync fails once.
+      await until(() => (valve.counters.writesReceived === 1 ? true : undefined), 10_000, 'write');
+      let failedAt: number | null = null;
+      fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
+        fs.fdatasync = realSync;
+        syncBuiltinESMExports();
+        failedAt = Date.now();
+        setImmediate(() => {
+          callback(Object.assign(new Error(`EIO: i/o error, fdatasync ${fd}`), { code: 'EIO' }));
+        });
+      }) as typeof fs.fdatasync;
+      syncBuiltinESMExports();
+
+      const result = await client.waitFor(
+        (m) => m.topic === `sluice/${GW}/result/inlet-valve` && m.json().key === 'k-sync',
+        10_000,
+        'the result',
+      );
+      expect(result.json()).toMatchObject({ state: 'confirmed', code: 'OK', replayed: false });
+      // The failed sync was the settlement's: the command was settled before it.
+      expect(failedAt).not.toBeNull();
+      const journal = SqliteJournal.open({ path: journalPath, readonly: true });
+      try {
+        const record = journal.findByKey('k-sync')[0]!;
+        expect(record.state).toBe('confirmed');
+        expect(record.settledAt!).toBeLessThanOrEqual(failedAt!);
+      } finally {
+        journal.close();
+      }
+      expect(valve.counters.writesReceived).toBe(1);
+    } finally {
+      fs.fdatasync = realSync;
+      syncBuiltinESMExports();
+      await client.end();
+    }
+  }, 60_000);
+});
