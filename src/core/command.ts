@@ -110,10 +110,16 @@ function isWritableInUtc(value: string): boolean {
  */
 const RESULT_ONLY_FIELDS = ['state', 'code', 'observed', 'settledAt', 'replayed'] as const;
 
+/** The message for a required field left out; zod's own for every other problem. */
+function required(issue: { readonly input: unknown }): string | undefined {
+  return issue.input === undefined ? 'is required' : undefined;
+}
+
 const commandSchema = z
   .object({
-    device: z.string().min(1).max(128),
-    action: z.enum(ACTIONS),
+    // "is required" rather than zod's "expected string, received undefined".
+    device: z.string({ error: required }).min(1).max(128),
+    action: z.enum(ACTIONS, { error: required }),
     // One message per field, saying what is allowed: zod's own checks each add one, so 1e21
     // was both "expected int to be <=9007199254740991" and "expected number to be <=86400000".
     position: z

@@ -25,6 +25,16 @@ describe('parseCommandRequest', () => {
     });
   });
 
+  it('says a required field is required', () => {
+    expect(() => parseCommandRequest({})).toThrow(
+      'invalid command: device: is required; action: is required',
+    );
+    // Given but wrong: zod's own words.
+    expect(() => parseCommandRequest({ device: 5, action: 'fly' })).toThrow(
+      /device: Invalid input: expected string, received number; action: Invalid option/,
+    );
+  });
+
   it('reports every problem at once, with its path', () => {
     try {
       parseCommandRequest({ device: '', action: 'explode', ttlMs: -1, issuedAt: 'yesterday' });
