@@ -5,6 +5,7 @@ import type { CommandRecord, CommandRef, Journal } from './journal.js';
 import { ADMIN, commandLogger, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
+import { latestWriteUnsent } from './redispatch.js';
 
 /** What an operator's actions need from the pipeline. */
 export interface OperatorHost {
@@ -44,7 +45,7 @@ export class OperatorActions {
       code: 'RESOLVED_BY_OPERATOR',
       faultCode: null,
       observed: record.observed,
-      detail: `resolved by ${by}: ${reason}; ${writeNote(lane, record)}`,
+      detail: `resolved by ${by}: ${reason}; ${writeNote(lane, record, journal)}`,
       at: clock.now(),
       intake: ADMIN,
     });
@@ -116,7 +117,11 @@ export class OperatorActions {
  * `accepted` command; for a `dispatched` one, what this process knows of it — a client or an
  * operator reading "nothing was written" of a valve that took the write would be misled.
  */
-function writeNote(lane: Lane | undefined, record: CommandRecord): string {
+function writeNote(
+  lane: Lane | undefined,
+  record: CommandRecord,
+  journal: Pick<Journal, 'history'>,
+): string {
   if (record.state !== 'dispatched' || record.seq === null) {
     return 'nothing was written to the controller';
   }
@@ -146,6 +151,11 @@ function writeNote(lane: Lane | undefined, record: CommandRecord): string {
   if (known === null && held && record.attempts <= 1) {
     // Between the dispatch and the write (its barrier): the worker looks again before the write.
     return `${resolve}; ${write} had been dispatched and was not yet sent, and it is not sent`;
+  }
+  // Not taken up yet since a stop of the daemon withdrew its write (a device no longer
+  // configured, say): the history proves it never left the daemon (redispatch.ts).
+  if (known === null && !held && latestWriteUnsent(journal.history(record), record.seq)) {
+    return `${resolve}, and ${write} was withdrawn before it was sent (its history says so): nothing was applied`;
   }
   return `${resolve}, but ${write} had been dispatched before and whether it reached the controller is unknown: it may have been applied`;
 }

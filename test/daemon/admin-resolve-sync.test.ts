@@ -6,6 +6,8 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
+import { PIPELINE, RECOVERY } from '../../src/core/lane.js';
+import { unsentLine } from '../../src/core/redispatch.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
 import { sluicectl, type CliRun } from '../cli/helpers.js';
@@ -14,7 +16,8 @@ import { tempDir } from '../helpers/fixtures.js';
 import { holdThreadPool } from '../helpers/thread-pool.js';
 
 /**
- * `sluicectl resolve` while the journal cannot make the resolve durable. The resolve takes
+ * `sluicectl resolve` while the journal cannot make the resolve durable, and of a command whose
+ * write was withdrawn unsent. The resolve takes
  * effect in the daemon at once (the journal's connection holds the outcome, the command's worker
  * stops); only its sync waits. A sync that stalls or fails used to be answered as a failed
  * resolve (a timeout of sluicectl after 30 s, or 503 JOURNAL_UNAVAILABLE), and the operator's
@@ -62,6 +65,39 @@ beforeAll(async () => {
       device: 'removed-valve',
       intake: 'https',
     });
+  }
+  // One whose write a stop of the daemon withdrew: dispatched, and its history says so.
+  seedOrphan(journalPath, Date.now(), {
+    scope: 'ops',
+    key: 'unsent-1',
+    device: 'removed-valve',
+    intake: 'https',
+  });
+  const journal = SqliteJournal.open({ path: journalPath });
+  try {
+    const at = Date.now() - 590_000;
+    const dispatched = journal.markDispatched(
+      { scope: 'ops', key: 'unsent-1' },
+      at,
+      {
+        state: 'OPEN',
+        position: 100,
+        seq: 0,
+        faultCode: null,
+        sourceTime: null,
+        readAt: new Date(at).toISOString(),
+      },
+      PIPELINE,
+      () => 7,
+    );
+    journal.note(
+      dispatched,
+      at + 5,
+      unsentLine(7, 'as the daemon stopped', 'mb: write 10+3: not sent: withdrawn'),
+      RECOVERY,
+    );
+  } finally {
+    journal.close();
   }
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
@@ -156,4 +192,15 @@ describe('resolve while the journal cannot make it durable', () => {
     expect(again.stdout).toContain('already resolved by this same request at');
     expect(again.stdout).toContain('it is on disk');
   }, 90_000);
+
+  it('of a command whose write was withdrawn unsent: the outcome says nothing was applied', async () => {
+    // Its device is no longer configured, so nothing took it up since the stop that withdrew
+    // its write; the history says the write never left the daemon.
+    const resolved = await cli('resolve', 'unsent-1', '--as', 'failed', '--reason', 'valve gone');
+    expect(resolved.code).toBe(0);
+    expect(onFile('unsent-1')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+    expect(onFile('unsent-1').detail).toBe(
+      `resolved by ${OPERATOR}: valve gone; the operator's action wrote nothing to the controller, and the command's write (sequence number 7) was withdrawn before it was sent (its history says so): nothing was applied`,
+    );
+  }, 60_000);
 });
