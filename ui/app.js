@@ -764,21 +764,26 @@
       return;
     }
     api('POST', commandPath('resolve'), { as: 'failed', reason: reason }).then(function (answer) {
+      // A resolve whose journal sync stalled or failed took effect all the same: the answer
+      // carries its result (503 with `result`), and the same resolve asked again says when it
+      // is on disk. Without `result` a 503 is a resolve that did not take effect.
+      var took = answer.status === 200 || (answer.status === 503 && !!answer.body.result);
       // A command dispatched before the resolve had its own write sent, or on its way: the
       // resolve wrote nothing, but that write may be applied (as sluicectl resolve says).
-      var seq = answer.status === 200 ? answer.body.result.seq : null;
-      $('action-result').textContent =
-        answer.status === 200
-          ? 'RESOLVED by ' +
-            answer.body.by +
-            ': ' +
-            outcome(answer.body.result.state, answer.body.result.code, null) +
-            (seq === null || seq === undefined
-              ? '; nothing was written to the controller'
-              : '; the resolve wrote nothing to the controller; the command had been dispatched (seq ' +
-                seq +
-                '): its detail says what is known of its write')
-          : problemText(answer);
+      var seq = took ? answer.body.result.seq : null;
+      $('action-result').textContent = took
+        ? (answer.status === 200 ? 'RESOLVED by ' : 'RESOLVED, NOT YET ON DISK by ') +
+          answer.body.by +
+          ': ' +
+          outcome(answer.body.result.state, answer.body.result.code, null) +
+          (seq === null || seq === undefined
+            ? '; nothing was written to the controller'
+            : '; the resolve wrote nothing to the controller; the command had been dispatched (seq ' +
+              seq +
+              '): its detail says what is known of its write') +
+          (answer.body.detail ? ' (' + answer.body.detail + ')' : '')
+        : problemText(answer);
+      // Kept after a resolve not yet on disk: the same resolve asked again says when it is.
       if (answer.status === 200) $('reason').value = '';
       loadCommand(shown.scope, shown.key);
     });

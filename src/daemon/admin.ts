@@ -11,6 +11,7 @@ import {
 import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandRecord, CommandRef } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
+import { resolveAndSync } from '../core/operator-resolve.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import { toResult } from '../core/result.js';
 import { deviceDocument } from '../intake/device-view.js';
@@ -47,12 +48,8 @@ export const FIRST_REQUEST_TIMEOUT_MS = 10_000;
 /** sluicectl makes one request at a time; the status page does not use the socket. */
 export const MAX_CONNECTIONS = 32;
 const REVERIFY_WAIT_MS = 10_000;
-/**
- * How long a resolve waits for the journal's sync before it answers that the resolve took
- * effect but is not on disk yet: sluicectl gives up after 30 s, and an operator who then hears
- * nothing would take the resolve for failed although the daemon acts on it.
- */
-export const RESOLVE_SYNC_WAIT_MS = 5_000;
+/** How long a resolve waits for the journal's sync (operator-resolve.ts). */
+export { RESOLVE_SYNC_WAIT_MS } from '../core/operator-resolve.js';
 
 class AdminError extends Error {
   constructor(
@@ -205,77 +202,35 @@ export class AdminEndpoint {
     throw new AdminError(404, 'NOT_FOUND', `no route ${method} ${path}`);
   }
 
-  /**
-   * An operator's resolve, answered with what is true once the journal's sync is done — or
-   * failed, or still running after RESOLVE_SYNC_WAIT_MS: the resolve takes effect in the daemon
-   * at once (the command's worker stops, the journal's connection holds the outcome) and only
-   * its durability waits, so a failed or slow sync must not be answered as a failed resolve;
-   * nor may the same resolve asked again (a retry after a timeout) be answered as someone
-   * else's (ALREADY_SETTLED): it is this one, and its answer says so and whether it is on disk.
-   */
+  /** An operator's resolve, answered as operator-resolve.ts words it (the status page's too). */
   private async resolve(
     res: ServerResponse,
     ref: CommandRef,
     by: string,
     reason: string,
   ): Promise<void> {
-    const { pipeline } = this.o;
-    let record: CommandRecord;
-    let replayed = false;
-    try {
-      record = pipeline.resolve(ref, by, reason);
-      this.log.warn({ key: record.key, device: record.device, by }, 'resolved by an operator');
-    } catch (error) {
-      const current = error instanceof AlreadySettledError ? pipeline.get(ref) : undefined;
-      if (current !== undefined && resolvedBy(current, by, reason)) {
-        record = current;
-        replayed = true;
-      } else if (error instanceof AlreadySettledError && current !== undefined) {
-        throw new AdminError(409, error.code, settledDetail(current));
-      } else if (error instanceof JournalUnavailableError) {
-        throw new AdminError(
-          503,
-          error.code,
-          `the resolve did not take effect: ${error.message}; the command is as it was and the daemon goes on with it`,
+    const answer = await resolveAndSync(this.o.pipeline, this.o.clock, { ref, by, reason }, (r) => {
+      this.log.warn({ key: r.key, device: r.device, by }, 'resolved by an operator');
+    });
+    switch (answer.kind) {
+      case 'durable':
+        send(res, 200, {
+          result: toResult(answer.record, false),
+          ...(answer.detail === null ? {} : { replayed: true, detail: answer.detail }),
+        });
+        return;
+      case 'unsynced':
+        this.log.error(
+          { key: answer.record.key, device: answer.record.device, by, err: answer.why },
+          'resolve not yet on disk',
         );
-      } else throw error;
+        problem(res, 503, 'JOURNAL_UNAVAILABLE', answer.detail, {
+          result: toResult(answer.record, false),
+        });
+        return;
+      case 'refused':
+        throw new AdminError(answer.status, answer.code, answer.detail);
     }
-    const when = new Date(record.settledAt ?? this.o.clock.now()).toISOString();
-    const same = replayed ? `already resolved by this same request at ${when}` : null;
-    const unsynced = await syncedWithin(pipeline, RESOLVE_SYNC_WAIT_MS);
-    if (unsynced === null) {
-      send(res, 200, {
-        result: toResult(record, false),
-        ...(same === null ? {} : { replayed: true, detail: `${same}; it is on disk` }),
-      });
-      return;
-    }
-    let now: CommandRecord | undefined;
-    try {
-      now = pipeline.get(ref);
-    } catch {
-      now = undefined;
-    }
-    if (now !== undefined && resolvedBy(now, by, reason)) {
-      this.log.error(
-        { key: record.key, device: record.device, by, err: unsynced },
-        'resolve not yet on disk',
-      );
-      problem(
-        res,
-        503,
-        'JOURNAL_UNAVAILABLE',
-        `the resolve took effect (${same ?? `resolved at ${when}`}): the command is failed RESOLVED_BY_OPERATOR and the daemon does nothing more for it, but it is not on disk yet: ${unsynced}. A stop or crash of the daemon before the journal's next successful sync would leave the command open again, to be settled by reading the controller. Ask for the same resolve again to learn when it is on disk`,
-        { result: toResult(now, false) },
-      );
-      return;
-    }
-    // The batch that held it was lost (its commit failed): the journal kept nothing of it.
-    throw new AdminError(
-      503,
-      'JOURNAL_UNAVAILABLE',
-      `the resolve did not take effect: the journal lost it (${unsynced}); the command is ${now === undefined ? 'as the journal holds it' : now.state} and the daemon goes on with it`,
-    );
   }
 
   /** The command a key names: the operator names keys; a key in several scopes needs one. */
@@ -402,48 +357,6 @@ function send(res: ServerResponse, status: number, body: unknown): void {
     'cache-control': 'no-store',
   });
   res.end(json);
-}
-
-/**
- * The resolve of this operator with this reason (its journaled detail begins with both), as
- * OperatorActions.resolve words it.
- */
-function resolvedBy(record: CommandRecord, by: string, reason: string): boolean {
-  return (
-    record.code === 'RESOLVED_BY_OPERATOR' &&
-    record.detail !== null &&
-    record.detail.startsWith(`resolved by ${by}: ${reason}; `)
-  );
-}
-
-/** An ALREADY_SETTLED answer that says when and how: an operator's resolve names who and why. */
-function settledDetail(record: CommandRecord): string {
-  const at = record.settledAt === null ? '' : ` at ${new Date(record.settledAt).toISOString()}`;
-  return `command "${record.key}" is already ${record.state}${record.code === null ? '' : ` (${record.code})`}${at}: ${record.detail ?? ''}`;
-}
-
-/**
- * Waits for the journal's sync, at most `ms`: null once every write so far is on disk,
- * otherwise why not (the sync failed, or it has not returned yet).
- */
-async function syncedWithin(pipeline: CommandPipeline, ms: number): Promise<string | null> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<string>((resolve) => {
-    timer = setTimeout(() => {
-      resolve(`the journal's sync has not returned within ${ms / 1000} s (a slow or stalled disk)`);
-    }, ms);
-  });
-  try {
-    return await Promise.race([
-      pipeline.durable().then(
-        () => null,
-        (error: unknown) => (error instanceof Error ? error.message : String(error)),
-      ),
-      late,
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function problem(

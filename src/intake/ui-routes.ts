@@ -1,8 +1,9 @@
 import type { Clock } from '../core/clock.js';
 import { COMMAND_STATES, parseIdempotencyKey, type CommandState } from '../core/command.js';
 import { AlreadySettledError, InvalidKeyError, UnknownCommandError } from '../core/errors.js';
-import type { CommandRecord, CommandRef } from '../core/journal.js';
+import type { CommandRef } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
+import { resolveAndSync, type ResolveAnswer } from '../core/operator-resolve.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { toResult } from '../core/result.js';
@@ -382,15 +383,52 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
         );
       }
       const by = operatorName(session, request.ip);
-      let record: CommandRecord;
+      // Answered as sluicectl's resolve is (operator-resolve.ts): a sync that stalls or fails
+      // is a resolve that took effect and is not on disk yet, never a failed one, and the same
+      // resolve asked again is this one.
+      let answer: ResolveAnswer;
       try {
-        record = pipeline.resolve(ref, by, reason);
-        await pipeline.durable(); // answered once on disk (group commit)
+        answer = await resolveAndSync(pipeline, clock, { ref, by, reason }, (r) => {
+          logger.warn({ key: r.key, device: r.device, by }, 'resolved from the status page');
+        });
       } catch (error) {
         return actionError(reply, error);
       }
-      logger.warn({ key: record.key, device: record.device, by }, 'resolved from the status page');
-      return json(reply, 200, { key: record.key, by, reason, result: toResult(record) });
+      switch (answer.kind) {
+        case 'durable':
+          return json(reply, 200, {
+            key: answer.record.key,
+            by,
+            reason,
+            result: toResult(answer.record),
+            ...(answer.detail === null ? {} : { replayed: true, detail: answer.detail }),
+          });
+        case 'unsynced':
+          logger.error(
+            { key: answer.record.key, device: answer.record.device, by, err: answer.why },
+            'resolve from the status page not yet on disk',
+          );
+          return sendProblem(
+            reply,
+            makeProblem(503, 'JOURNAL_UNAVAILABLE', answer.detail, {
+              title: 'Resolved, not yet on disk',
+              key: answer.record.key,
+              by,
+              reason,
+              result: toResult(answer.record),
+            }),
+          );
+        case 'refused':
+          return sendProblem(
+            reply,
+            makeProblem(answer.status, answer.code, answer.detail, {
+              title:
+                answer.code === 'ALREADY_SETTLED'
+                  ? 'Command already settled'
+                  : 'Resolve did not take effect',
+            }),
+          );
+      }
     },
   );
 }

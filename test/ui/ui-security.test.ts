@@ -320,9 +320,22 @@ describe('with a session', () => {
         'resolved by ops (status page, 127.0.0.1): valve removed; checked closed by hand',
       ) as unknown,
     });
+    // The same resolve asked again is this one; another is refused, naming whose and why.
     const again = await call(site, 'POST', path, own, body);
-    expect(again.status).toBe(409);
-    expect(again.json()).toMatchObject({ code: 'ALREADY_SETTLED' });
+    expect(again.status).toBe(200);
+    expect(again.json()).toMatchObject({ replayed: true });
+    const other = await call(
+      site,
+      'POST',
+      path,
+      own,
+      JSON.stringify({ as: 'failed', reason: 'another reason' }),
+    );
+    expect(other.status).toBe(409);
+    expect(other.json()).toMatchObject({
+      code: 'ALREADY_SETTLED',
+      detail: expect.stringContaining('resolved by ops (status page, 127.0.0.1)') as unknown,
+    });
   });
 
   it('logout ends the session and clears the cookie; the old cookie is worthless', async () => {

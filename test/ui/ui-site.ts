@@ -40,6 +40,8 @@ export interface UiSite {
   readonly cert: string;
   /** The seeded orphan command's deadline (gateway ms): how overdue it shows depends on it. */
   readonly orphanDeadline: number;
+  /** The journal's SQLite file: ground truth, read through a connection of the test's own. */
+  readonly journalPath: string;
   /** Everything the daemon logged, as text. */
   log(): string;
   stop(): Promise<void>;
@@ -157,6 +159,7 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     port,
     origin: `https://127.0.0.1:${port}`,
     orphanDeadline: now - 570_000,
+    journalPath: join(dir, 'state', 'journal.db'),
     cert,
     log: () => lines.join(''),
     stop: async () => {
