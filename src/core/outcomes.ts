@@ -113,7 +113,7 @@ export class Outcomes {
       (error: unknown) => {
         log.error(
           { err: error },
-          'journal sync failed: the result is not published until a sync succeeds (fail closed)',
+          'journal sync failed: the result is not published until the journal has recovered and synced it (fail closed)',
         );
         this.announceOnceSynced(settled, log);
       },
@@ -121,12 +121,16 @@ export class Outcomes {
   }
 
   /**
-   * A settlement whose barrier failed stays in the journal, counted unsynced (group commit), and
-   * is on disk with the next barrier that succeeds: it is announced then. Without this its result
+   * A settlement whose barrier failed stays in the journal, but a later fdatasync that succeeds
+   * does not prove it on disk (Linux reports a writeback error once and may drop the failed
+   * pages' dirty state): group commit fails every barrier until the journal has recovered —
+   * written its log anew and synced it (group-commit.ts, recover()) — and the first barrier that
+   * succeeds after that covers the settlement: it is announced then. Without this its result
    * was never published (SPEC §5: every terminal outcome) and no waiter was woken, although the
-   * command is terminal and every later replay returns it. Asked again at a pace until a sync
-   * succeeds, the pipeline stops, or the settlement is found gone (its batch was lost: the
-   * command is open again, and its new outcome is announced in its turn).
+   * command is terminal and every later replay returns it. Asked again at a pace (each ask is a
+   * barrier, which tries the recovery when it is due) until one succeeds, the pipeline stops, or
+   * the settlement is found gone (its batch was lost: the command is open again, and its new
+   * outcome is announced in its turn).
    */
   private announceOnceSynced(settled: CommandRecord, log: Logger): void {
     const { clock, journal, signal } = this.host;

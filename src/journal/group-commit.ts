@@ -1,4 +1,13 @@
-import { closeSync, fdatasync, fsyncSync, openSync } from 'node:fs';
+import {
+  closeSync,
+  fdatasync,
+  fdatasyncSync,
+  fsyncSync,
+  openSync,
+  readSync,
+  writeSync,
+} from 'node:fs';
+import { endianness } from 'node:os';
 import { dirname } from 'node:path';
 import { JournalUnavailableError } from '../core/errors.js';
 import type { Connection } from './connection.js';
@@ -13,6 +22,15 @@ import { stillInTransaction } from './rows.js';
  * 0.27 with one at a time, throughput within the runs' spread of each other).
  */
 const MAX_SYNCS = 2;
+
+/**
+ * How soon after a failed fdatasync (and after each failed recovery) the journal tries to
+ * recover (see recover()); barriers asked for meanwhile fail at once (fail closed).
+ */
+const RECOVERY_RETRY_MS = 1_000;
+
+/** SQLite's default wal_autocheckpoint (pages), restored once the journal has recovered. */
+const AUTOCHECKPOINT_PAGES = 1_000;
 
 /** What group commit needs of the journal it serves. */
 export interface GroupCommitHost {
@@ -64,14 +82,30 @@ export class GroupCommit {
   private batches = 0;
   /** Every commit made before this time (ms) is on disk: the last barrier's start. */
   private syncedBefore = Number.NEGATIVE_INFINITY;
+  /**
+   * An fdatasync of the WAL failed and the journal has not recovered since (see recover()):
+   * every barrier fails until it has. Null: no failure outstanding.
+   */
+  private failed: JournalUnavailableError | null = null;
+  /** Failed fdatasyncs so far: a barrier that overlapped one is not trusted (beginSync). */
+  private failures = 0;
+  /** When (performance.now()) the next recovery may be tried. */
+  private recoverAfter = 0;
+  /** Recoveries completed (the tests count them). */
+  private recovered = 0;
+  /** The next recovery attempt, not yet begun, shared by the barriers waiting for it. */
+  private recoveryDue: Promise<void> | null = null;
 
   constructor(host: GroupCommitHost) {
     this.host = host;
   }
 
-  /** A write made since the last barrier began, or an fdatasync still running. */
+  /**
+   * A write made since the last barrier began, an fdatasync still running, or a failed one the
+   * journal has not recovered from (nothing may be vouched for until it has).
+   */
   get pending(): boolean {
-    return this.unsynced || this.inFlight > 0;
+    return this.unsynced || this.inFlight > 0 || this.failed !== null;
   }
 
   /**
@@ -90,6 +124,16 @@ export class GroupCommit {
   /** Batches (write transactions of group commit) committed so far (the tests count them). */
   get batchCommits(): number {
     return this.batches;
+  }
+
+  /** Recoveries from a failed fdatasync completed so far (the tests count them). */
+  get recoveries(): number {
+    return this.recovered;
+  }
+
+  /** Whether a failed fdatasync is outstanding: every barrier fails until recover() succeeded. */
+  get syncFailed(): boolean {
+    return this.failed !== null;
   }
 
   /** Opens the turn's batch on `db` unless it is open: the write that follows runs in it. */
@@ -189,10 +233,13 @@ export class GroupCommit {
    * (group commit: the busier the journal, the more each fdatasync and each commit carries). A
    * caller with nothing new waits for the fdatasync begun last, or not at all. A batch that
    * could not be committed, or an fdatasync that failed, fails the barrier (nothing of it may be
-   * acknowledged).
+   * acknowledged); after a failed fdatasync every barrier fails until the journal has recovered
+   * (recover()).
    */
   durable(): Promise<void> {
-    if (!this.unsynced && this.batchLost === null) return this.syncing ?? Promise.resolve();
+    if (!this.unsynced && this.batchLost === null && this.failed === null) {
+      return this.syncing ?? Promise.resolve();
+    }
     this.barrier ??= new Promise<void>((resolve, reject) => {
       this.barrierDone = { resolve, reject };
       // While MAX_SYNCS run, the return of one of them begins this barrier (beginSync).
@@ -219,6 +266,10 @@ export class GroupCommit {
       done.reject(lost);
       return;
     }
+    if (this.failed !== null) {
+      this.recover().then(done.resolve, done.reject);
+      return;
+    }
     if (!this.unsynced) {
       // Begun by another caller meanwhile (a graceful stop, a test): wait for that one.
       (this.syncing ?? Promise.resolve()).then(done.resolve, done.reject);
@@ -230,6 +281,7 @@ export class GroupCommit {
   /** One fdatasync of the WAL for every commit made so far (see durable()). */
   private beginSync(): Promise<void> {
     const startedAt = Date.now();
+    const failuresBefore = this.failures;
     let fd: number;
     try {
       fd = this.walFd();
@@ -243,31 +295,166 @@ export class GroupCommit {
     }
     this.unsynced = false;
     this.inFlight++;
-    const done = new Promise<void>((resolve, reject) => {
-      fdatasync(fd, (error) => {
-        this.inFlight--;
-        if (this.host.closed()) this.closeWal();
-        else this.closeStaleWal();
-        if (error !== null) {
-          // Its commits may not be on disk: nobody waiting for them is answered, and they count
-          // as unsynced again, so that nothing later vouches for them without an fdatasync that
-          // succeeded (as a failed fsync of SQLite's own commit would leave them).
-          this.unsynced = true;
-          reject(
-            new JournalUnavailableError(
-              `journal unavailable (sync): ${error.code ?? error.message}`,
-              {
-                cause: error,
-              },
-            ),
-          );
-          return;
-        }
-        this.syncs++;
-        this.syncedBefore = Math.max(this.syncedBefore, startedAt);
-        resolve();
-      });
-    }).finally(() => {
+    return this.track(
+      new Promise<void>((resolve, reject) => {
+        fdatasync(fd, (error) => {
+          this.inFlight--;
+          if (this.host.closed()) this.closeWal();
+          else this.closeStaleWal();
+          if (error !== null) {
+            reject(this.markFailed(error));
+            return;
+          }
+          if (this.failures !== failuresBefore) {
+            // Another fdatasync of this descriptor failed while this one ran: Linux reports a
+            // writeback error to one of them only, so this one's success proves nothing.
+            this.unsynced = true;
+            reject(this.failed ?? failedSince());
+            return;
+          }
+          this.syncs++;
+          this.syncedBefore = Math.max(this.syncedBefore, startedAt);
+          resolve();
+        });
+      }),
+    );
+  }
+
+  /**
+   * An fdatasync of the WAL failed. On Linux the kernel may have marked the pages whose
+   * writeback failed clean (their content stays in the page cache, not on disk) and reports the
+   * error once: a later fdatasync of the same file succeeds without writing them. So a later
+   * success proves nothing, neither for these commits nor for any commit after them (SQLite's
+   * recovery stops at the first frame of the WAL whose checksum fails: a hole in the WAL loses
+   * everything after it). The journal fails closed — every barrier fails, nothing is
+   * acknowledged, published or written — until recover() has written the WAL anew, and SQLite's
+   * automatic checkpoint is off meanwhile: it would copy the commits past the hole into the
+   * database file on the strength of its own fsync of the WAL (which, the error reported once
+   * to each descriptor, succeeds the second time), and a crash would then replay the WAL's
+   * valid prefix over them. docs/spec-notes.md (journal).
+   */
+  private markFailed(error: NodeJS.ErrnoException): JournalUnavailableError {
+    this.unsynced = true;
+    this.failures++;
+    this.recoverAfter = performance.now() + RECOVERY_RETRY_MS;
+    const failed = new JournalUnavailableError(
+      `journal unavailable (sync): ${error.code ?? error.message}; nothing is acknowledged until the journal has written its log anew and synced it`,
+      { cause: error },
+    );
+    this.failed = failed;
+    try {
+      this.host.current().db.pragma('wal_autocheckpoint = 0');
+    } catch {
+      // The connection failed: nothing checkpoints on it either.
+    }
+    return failed;
+  }
+
+  /**
+   * Recovery from a failed fdatasync (see syncFailed): every frame of the WAL up to SQLite's
+   * last commit is read back — from the page cache, which still holds what SQLite wrote — its
+   * checksum chain verified as SQLite's own recovery would, and written again in place through
+   * a descriptor of its own, then fdatasynced. The writes make those pages dirty again, so the
+   * fdatasync carries them to disk anew, and its descriptor, opened after the failure, is told of
+   * any error of this writeback. When it succeeds, every commit so far is on disk (the WAL whole
+   * up to its last commit) and barriers succeed again. A chain that does not verify (a page the
+   * kernel evicted, read back stale from the disk) is not written and the journal stays closed.
+   * Tried RECOVERY_RETRY_MS after the failure, then at most once per RECOVERY_RETRY_MS: the
+   * barriers asked for meanwhile wait for the next attempt (bounded) and share its outcome;
+   * none of them succeeds before it has.
+   */
+  private recover(): Promise<void> {
+    if (this.recoveryDue !== null) return this.recoveryDue;
+    const wait = Math.max(0, this.recoverAfter - performance.now());
+    const due = new Promise<void>((resolve) => {
+      setTimeout(resolve, wait);
+    }).then(() => {
+      this.recoveryDue = null;
+      if (this.host.closed()) return Promise.reject(this.failed ?? failedSince());
+      // Recovered meanwhile (by an attempt these writes came after): an ordinary barrier.
+      if (this.failed === null) return this.durable();
+      return this.attemptRecovery();
+    });
+    this.recoveryDue = due;
+    return due;
+  }
+
+  /** One attempt at the recovery (see recover()). */
+  private attemptRecovery(): Promise<void> {
+    const failed = this.failed ?? failedSince();
+    const now = performance.now();
+    if (this.inFlight > 0) {
+      // An fdatasync begun before the failure still runs: the next attempt.
+      this.recoverAfter = now + RECOVERY_RETRY_MS;
+      return Promise.reject(failed);
+    }
+    this.recoverAfter = now + RECOVERY_RETRY_MS;
+    const startedAt = Date.now();
+    let fd: number;
+    try {
+      fd = rewriteWal(this.host.path);
+    } catch (error) {
+      return Promise.reject(
+        new JournalUnavailableError(
+          `${failed.message}; the log could not be written anew: ${error instanceof Error ? error.message : String(error)}`,
+          { cause: error },
+        ),
+      );
+    }
+    this.unsynced = false;
+    this.inFlight++;
+    return this.track(
+      new Promise<void>((resolve, reject) => {
+        fdatasync(fd, (error) => {
+          this.inFlight--;
+          closeSync(fd);
+          if (this.host.closed()) this.closeWal();
+          else this.closeStaleWal();
+          if (error !== null) {
+            reject(this.markFailed(error));
+            return;
+          }
+          this.recovered++;
+          this.failed = null;
+          try {
+            this.host.current().db.pragma(`wal_autocheckpoint = ${AUTOCHECKPOINT_PAGES}`);
+          } catch {
+            // The connection failed: its next use fails and replaces it.
+          }
+          this.syncs++;
+          this.syncedBefore = Math.max(this.syncedBefore, startedAt);
+          resolve();
+        });
+      }),
+    );
+  }
+
+  /**
+   * At close (a graceful stop) with a failed fdatasync outstanding: the recovery, synchronously,
+   * before SQLite's checkpoint at close copies the WAL into the database file. False when it
+   * could not be done (the journal's next start reads what the WAL holds on disk: its valid
+   * prefix, never acknowledged past the failure).
+   */
+  recoverAtClose(): boolean {
+    if (this.failed === null) return true;
+    try {
+      const fd = rewriteWal(this.host.path);
+      try {
+        fdatasyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      this.failed = null;
+      this.recovered++;
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Registers a barrier's fdatasync as the one running (see durable()). */
+  private track(sync: Promise<void>): Promise<void> {
+    const done = sync.finally(() => {
       // The writes made while it ran: the next barrier carries them if one waits; if none
       // does, their batch commits now (so that other connections see it) and waits for one.
       if (this.barrierDone !== null) this.startBarrier();
@@ -331,4 +518,116 @@ export class GroupCommit {
       }
     }
   }
+}
+
+/** The barrier's answer when a failure was registered without its error (not expected). */
+function failedSince(): JournalUnavailableError {
+  return new JournalUnavailableError(
+    'journal unavailable (sync): an fdatasync of the log failed; nothing is acknowledged until the journal has written its log anew and synced it',
+  );
+}
+
+/** SQLite's WAL format (https://www.sqlite.org/fileformat2.html#walformat). */
+const WAL_HEADER = 32;
+const FRAME_HEADER = 24;
+/** The wal-index header (https://www.sqlite.org/walformat.html): two copies of 48 bytes. */
+const SHM_HEADER = 48;
+
+/**
+ * Writes the WAL of the journal at `path` anew, in place, up to SQLite's last commit (recover()):
+ * reads the wal-index header (the -shm file, in the machine's byte order) for the last committed
+ * frame, then the WAL's header and each frame, verifying the checksum chain and salts as
+ * SQLite's recovery does, and writes each verified frame back to where it was. Returns the
+ * descriptor the writes went through (opened for them, so that its fdatasync is told of any
+ * error of their writeback); the caller fdatasyncs and closes it. Throws when the chain does not
+ * verify: the page cache no longer holds what SQLite committed, and nothing is written.
+ */
+function rewriteWal(path: string): number {
+  const shm = Buffer.alloc(2 * SHM_HEADER);
+  const shmFd = openSync(`${path}-shm`, 'r');
+  try {
+    if (readSync(shmFd, shm, 0, shm.length, 0) !== shm.length) {
+      throw new Error('the wal-index header is incomplete');
+    }
+  } finally {
+    closeSync(shmFd);
+  }
+  if (!shm.subarray(0, SHM_HEADER).equals(shm.subarray(SHM_HEADER)) || shm[12] !== 1) {
+    throw new Error('the wal-index header is not consistent');
+  }
+  const mxFrame = endianness() === 'LE' ? shm.readUInt32LE(16) : shm.readUInt32BE(16);
+  const fd = openSync(`${path}-wal`, 'r+');
+  try {
+    if (mxFrame === 0) return fd; // every commit is in the database file (checkpointed, synced)
+    const header = Buffer.alloc(WAL_HEADER);
+    if (readSync(fd, header, 0, WAL_HEADER, 0) !== WAL_HEADER) {
+      throw new Error('the WAL header is incomplete');
+    }
+    const magic = header.readUInt32BE(0);
+    if (magic !== 0x377f0682 && magic !== 0x377f0683)
+      throw new Error('the WAL header is not valid');
+    const bigEndian = (magic & 1) === 1;
+    const headerSum = walChecksum(bigEndian, header.subarray(0, 24), 0, 0);
+    if (headerSum[0] !== header.readUInt32BE(24) || headerSum[1] !== header.readUInt32BE(28)) {
+      throw new Error('the WAL header checksum does not verify');
+    }
+    if (!header.subarray(16, 24).equals(shm.subarray(32, 40))) {
+      throw new Error("the WAL header's salts are not the wal-index's");
+    }
+    const rawSize = header.readUInt32BE(8);
+    const pageSize = rawSize === 1 ? 65_536 : rawSize;
+    const frame = Buffer.alloc(FRAME_HEADER + pageSize);
+    let sum = headerSum;
+    let commit = false;
+    // Each verified frame is written back where it was, header first, in SQLite's order. A
+    // frame that does not verify stops it: those before it were written with what they held.
+    writeAll(fd, header, 0);
+    for (let i = 0; i < mxFrame; i++) {
+      const at = WAL_HEADER + i * frame.length;
+      if (readSync(fd, frame, 0, frame.length, at) !== frame.length) {
+        throw new Error(`frame ${i + 1} of ${mxFrame} is incomplete`);
+      }
+      sum = walChecksum(bigEndian, frame.subarray(0, 8), sum[0], sum[1]);
+      sum = walChecksum(bigEndian, frame.subarray(FRAME_HEADER), sum[0], sum[1]);
+      if (
+        !frame.subarray(8, 16).equals(header.subarray(16, 24)) ||
+        sum[0] !== frame.readUInt32BE(16) ||
+        sum[1] !== frame.readUInt32BE(20)
+      ) {
+        throw new Error(
+          `frame ${i + 1} of ${mxFrame} does not verify: the page cache no longer holds what was committed`,
+        );
+      }
+      writeAll(fd, frame, at);
+      commit = frame.readUInt32BE(4) !== 0;
+    }
+    if (!commit) throw new Error(`frame ${mxFrame}, the last committed, is not a commit frame`);
+    return fd;
+  } catch (error) {
+    closeSync(fd);
+    throw error;
+  }
+}
+
+function writeAll(fd: number, buffer: Buffer, at: number): void {
+  let done = 0;
+  while (done < buffer.length) {
+    done += writeSync(fd, buffer, done, buffer.length - done, at + done);
+  }
+}
+
+/**
+ * SQLite's WAL checksum (walChecksumBytes): over 32-bit words in the byte order the WAL's magic
+ * names, two sums each adding the other, continued from (s1, s2).
+ */
+function walChecksum(bigEndian: boolean, data: Buffer, s1: number, s2: number): [number, number] {
+  let a = s1;
+  let b = s2;
+  for (let i = 0; i < data.length; i += 8) {
+    const x0 = bigEndian ? data.readUInt32BE(i) : data.readUInt32LE(i);
+    const x1 = bigEndian ? data.readUInt32BE(i + 4) : data.readUInt32LE(i + 4);
+    a = (a + x0 + b) >>> 0;
+    b = (b + x1 + a) >>> 0;
+  }
+  return [a, b];
 }

@@ -235,9 +235,17 @@ export class SqliteJournal implements Journal {
     return this.group.batchCommits;
   }
 
+  /** Recoveries from a failed fdatasync completed so far (the tests count them). */
+  get recoveries(): number {
+    return this.group.recoveries;
+  }
+
   close(): void {
     // A batch still open is committed (not fsynced: a graceful stop awaited durable() first).
     this.group.commitBatch();
+    // A failed fdatasync outstanding: the WAL is written anew before SQLite's checkpoint at
+    // close copies it into the database file (group-commit.ts, recover()).
+    this.group.recoverAtClose();
     this.closed = true;
     if (this.conn.db.open) this.conn.db.close();
     // An fdatasync still running keeps its descriptor until it returns.

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import BetterSqlite3 from 'better-sqlite3';
 import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -11,7 +12,7 @@ import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { loopbackCertificate } from '../helpers/loopback-https.js';
+import { httpsRequest, loopbackCertificate } from '../helpers/loopback-https.js';
 import {
   TestClient,
   mosquittoAvailable,
@@ -37,6 +38,8 @@ let broker: Mosquitto;
 let daemon: Daemon;
 let journalPath: string;
 let cleanup: () => void;
+let cert: string;
+let stateDir: string;
 
 beforeAll(async () => {
   if (!real) return;
@@ -44,7 +47,7 @@ beforeAll(async () => {
   ({ dir, cleanup } = tempDir('sluice-sync-fail-'));
   plant = await startModbusPlant({ 'inlet-valve': { profile: 'valve', base: 0, travelMs: 600 } });
   broker = await startMosquitto();
-  await loopbackCertificate(dir);
+  cert = await loopbackCertificate(dir);
   const inventory = inventoryFor(plant);
   const configPath = join(dir, 'sluice.yaml');
   fs.writeFileSync(
@@ -59,7 +62,8 @@ beforeAll(async () => {
       devices: inventory.devices,
     }),
   );
-  journalPath = join(dir, 'state', 'journal.db');
+  stateDir = join(dir, 'state');
+  journalPath = join(stateDir, 'journal.db');
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
   });
@@ -125,6 +129,84 @@ describe.runIf(real)('an outcome whose journal sync fails', () => {
       fs.fdatasync = realSync;
       syncBuiltinESMExports();
       await client.end();
+    }
+  }, 60_000);
+
+  it('after a failed sync nothing is acknowledged or written until the journal has written its log anew; then commands run', async () => {
+    const valve = plant.device('inlet-valve');
+    const journal = (daemon as unknown as { journal: SqliteJournal }).journal;
+    // respond-async: the answer is the claim's own barrier; wait=10: the command's outcome.
+    const post = (key: string, action: string, prefer = 'respond-async') =>
+      httpsRequest(
+        { port: daemon.https!.port, ca: cert, token: 't' },
+        'POST',
+        '/v1/commands',
+        { 'idempotency-key': key, prefer },
+        { device: 'inlet-valve', action, issuedAt: new Date().toISOString() },
+      );
+    // Settled and published by the test before (its recovery done): the journal is whole.
+    await until(() => (journal.syncPending ? undefined : true), 10_000, 'an idle journal');
+    const recoveriesBefore = journal.recoveries;
+    const writesBefore = valve.counters.writesReceived;
+    // The double fails the next fdatasync (EIO) and notes when the one after it began: the
+    // journal's recovery (while it is failed no barrier runs an fdatasync of its own).
+    const realSync = fs.fdatasync;
+    let failedAt: number | null = null;
+    let resumedAt: number | null = null;
+    fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
+      if (failedAt === null) {
+        failedAt = Date.now();
+        setImmediate(() => {
+          callback(Object.assign(new Error(`EIO: i/o error, fdatasync ${fd}`), { code: 'EIO' }));
+        });
+        return;
+      }
+      resumedAt = Date.now();
+      fs.fdatasync = realSync;
+      syncBuiltinESMExports();
+      realSync(fd, callback);
+    }) as typeof fs.fdatasync;
+    syncBuiltinESMExports();
+    try {
+      const refused = await post('k-eio-1', 'close');
+      expect(refused.status).toBe(503);
+      expect(refused.json().code).toBe('JOURNAL_UNAVAILABLE');
+      expect(failedAt).not.toBeNull();
+      // A later fdatasync would succeed, but proves nothing: the next command is answered
+      // only once the journal has written its log anew and synced it, and nothing is written
+      // before.
+      expect(valve.counters.writesReceived).toBe(writesBefore);
+      const again = await post('k-eio-2', 'close');
+      expect(journal.recoveries).toBe(recoveriesBefore + 1);
+      expect(again.status).toBe(202);
+      expect(resumedAt).not.toBeNull();
+      const accepted = await post('k-eio-after', 'close', 'wait=10');
+      expect(accepted.status).toBe(200);
+      expect(accepted.json()).toMatchObject({ state: 'confirmed', code: 'OK' });
+    } finally {
+      fs.fdatasync = realSync;
+      syncBuiltinESMExports();
+    }
+    // Ground truth: no write reached the controller between the failure and the recovery.
+    const writes = valve.writeLog.filter((w) => w.receivedAt >= failedAt!);
+    expect(writes.length).toBeGreaterThan(0);
+    for (const w of writes) expect(w.receivedAt).toBeGreaterThanOrEqual(resumedAt!);
+    // Every commit is in the log as written anew: a copy of the journal's files without the
+    // wal-index is recovered by SQLite from the WAL's checksum chain, the settlement of the
+    // test before and the command after the recovery both in it.
+    const copyDir = fs.mkdtempSync(join(stateDir, 'copy-'));
+    const copy = join(copyDir, 'journal.db');
+    fs.copyFileSync(journalPath, copy);
+    fs.copyFileSync(`${journalPath}-wal`, `${copy}-wal`);
+    const db = new BetterSqlite3(copy, { readonly: true });
+    try {
+      const state = (key: string) =>
+        (db.prepare('SELECT state FROM commands WHERE key = ?').get(key) as { state: string })
+          .state;
+      expect(state('k-sync')).toBe('confirmed');
+      expect(state('k-eio-after')).toBe('confirmed');
+    } finally {
+      db.close();
     }
   }, 60_000);
 });

@@ -1,4 +1,4 @@
-import { fstatSync, statSync } from 'node:fs';
+import { closeSync, copyFileSync, fstatSync, openSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -289,8 +289,8 @@ describe('group commit', () => {
     other.close();
   });
 
-  it('a failed fdatasync fails its barrier and leaves its writes unsynced until one succeeds', async () => {
-    const { journal } = open(true);
+  it('a failed fdatasync fails every barrier until the journal has written its log anew and synced it', async () => {
+    const { journal, path } = open(true);
     type Inner = { wal: { fd: number; conn: unknown } | null };
     const inner = (journal as unknown as { group: Inner }).group;
     journal.claim(command('first'));
@@ -303,11 +303,67 @@ describe('group commit', () => {
     journal.claim(command('second'));
     await expect(journal.durable()).rejects.toThrow(/journal unavailable \(sync\): EBADF/);
     expect(journal.barriers).toBe(1);
-    // Nothing vouches for the claim now: a caller with nothing new still gets a barrier.
-    expect(journal.syncPending).toBe(true);
     inner.wal = wal;
-    await journal.durable(); // an fdatasync of its own, that succeeds
+    // The descriptor works again, but a later fdatasync that succeeds proves nothing on Linux
+    // (the failed pages may be marked clean): the barriers keep failing until the recovery.
+    expect(journal.syncPending).toBe(true);
+    journal.claim(command('third'));
+    // The recovery is tried at a pace (1 s after the failure): the barrier waits for it and
+    // succeeds only with it.
+    expect(await journal.durable().then(() => journal.recoveries)).toBe(1);
+    expect(journal.recoveries).toBe(1);
     expect(journal.barriers).toBe(2);
     expect(journal.syncPending).toBe(false);
+    // The WAL as written anew holds every commit: a copy of the files without the wal-index is
+    // recovered by SQLite from the WAL's checksum chain.
+    expect(copiedKeys(path)).toEqual(['first', 'second', 'third']);
+    // And barriers are ordinary again.
+    journal.claim(command('fourth'));
+    await journal.durable();
+    expect(journal.barriers).toBe(3);
+  });
+
+  it('a WAL whose content no longer verifies is not written anew: the journal stays closed', async () => {
+    const { journal, path } = open(true);
+    type Inner = { wal: { fd: number; conn: unknown } | null };
+    const inner = (journal as unknown as { group: Inner }).group;
+    journal.claim(command('first'));
+    await journal.durable();
+    const wal = inner.wal;
+    if (wal === null) throw new Error('no WAL descriptor after a barrier');
+    inner.wal = { ...wal, fd: 2 ** 30 };
+    journal.claim(command('second'));
+    await expect(journal.durable()).rejects.toThrow(/EBADF/);
+    inner.wal = wal;
+    // A page of the last frame as a page the kernel evicted and read back stale would be:
+    // other bytes than SQLite committed.
+    const size = statSync(`${path}-wal`).size;
+    const fd = openSync(`${path}-wal`, 'r+');
+    writeSync(fd, Buffer.alloc(16, 0xee), 0, 16, size - 100);
+    closeSync(fd);
+    // The barrier waits for the recovery's attempt (1 s after the failure), which fails.
+    await expect(journal.durable()).rejects.toThrow(/does not verify/);
+    expect(journal.recoveries).toBe(0);
+    expect(journal.syncPending).toBe(true);
   });
 });
+
+/** The keys of a copy of the journal's files without its wal-index (SQLite rebuilds it). */
+function copiedKeys(path: string): string[] {
+  const { dir, cleanup } = tempDir('sluice-copy-');
+  try {
+    const copy = join(dir, 'journal.db');
+    copyFileSync(path, copy);
+    copyFileSync(`${path}-wal`, `${copy}-wal`);
+    const db = new BetterSqlite3(copy, { readonly: true });
+    try {
+      return (db.prepare('SELECT key FROM commands ORDER BY id').all() as { key: string }[]).map(
+        (r) => r.key,
+      );
+    } finally {
+      db.close();
+    }
+  } finally {
+    cleanup();
+  }
+}
