@@ -17,7 +17,7 @@ export function runStuck(ctx: CliContext, olderThanMs: number): ExitCode {
   const now = ctx.now();
   const timeouts = ctx.confirmTimeouts();
   const items = withJournal(ctx.journalPath(), (journal) =>
-    stuckItems(journal.listOpen(), olderThanMs, now, timeouts, (r) => journal.history(r).at(-1)),
+    stuckItems(journal.listOpen(), olderThanMs, now, timeouts, (r) => journal.history(r)),
   );
   const code = items.length > 0 ? EXIT.STUCK : EXIT.OK;
   if (timeouts === null && !ctx.json) {

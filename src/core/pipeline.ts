@@ -28,7 +28,7 @@ import {
   type Lane,
 } from './lane.js';
 import type { Logger } from './logger.js';
-import type { OpenCommands } from './open-commands.js';
+import { UNREACHABLE_GRACE_MS, type OpenCommands } from './open-commands.js';
 import { OperatorActions } from './operator-actions.js';
 import { Outcomes, type SettledListener } from './outcomes.js';
 import { Preemption } from './preemption.js';
@@ -172,6 +172,7 @@ export class CommandPipeline {
       clock: this.clock,
       logger: this.logger,
       lanes: this.lanes,
+      unreachableGraceMs: options.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
       closed: () => this.closed,
       startWorker,
       stopPreempts: (lane, stop, log) => {
@@ -195,7 +196,7 @@ export class CommandPipeline {
       freshness: this.freshness,
       clockPolicy: this.clockPolicy,
       skewMaxAgeMs: this.skewMaxAgeMs,
-      unreachableGraceMs: options.unreachableGraceMs ?? 15_000,
+      unreachableGraceMs: options.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
       signal: this.abort.signal,
       settle: (log, record, from, outcome) => this.outcomes.settle(log, record, from, outcome),
       note: (record, detail) => {

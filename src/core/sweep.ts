@@ -2,7 +2,7 @@ import type { Clock } from './clock.js';
 import type { CommandRef, Journal, OpenRef } from './journal.js';
 import { refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
-import { summarizeOpen, type OpenCommands } from './open-commands.js';
+import { summarizeOpen, takeUpAt, type OpenCommands } from './open-commands.js';
 
 /** What the sweep needs from the pipeline. */
 export interface SweepHost {
@@ -10,6 +10,8 @@ export interface SweepHost {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly lanes: ReadonlyMap<string, Lane>;
+  /** How long a take-up by recovery reads its device at least (ExecutionHost's). */
+  readonly unreachableGraceMs: number;
   /** True once the pipeline stops taking commands. */
   closed(): boolean;
   startWorker(lane: Lane): void;
@@ -99,13 +101,27 @@ export class Sweep {
     return open.length;
   }
 
-  /** Open commands by state and age, and the stuck ones (SPEC §2), for metrics and readiness. */
+  /**
+   * Open commands by state and age, and the stuck ones (SPEC §2), for metrics and readiness. A
+   * command a worker holds now, taken up by recovery, counts from its take-up (its history's
+   * note): within its window it is being settled, not stuck (open-commands.ts); one no worker
+   * holds — its device no longer configured, left open by the journal — counts from its
+   * deadline plus confirm timeout, as before.
+   */
   openCommands(): OpenCommands {
+    const { journal, lanes } = this.host;
     const confirmTimeouts = new Map<string, number>();
-    for (const [id, lane] of this.host.lanes) {
+    for (const [id, lane] of lanes) {
       confirmTimeouts.set(id, lane.binding.profile.timing.confirmTimeoutMs);
     }
-    return summarizeOpen(this.host.journal.listOpen(), this.host.clock.now(), confirmTimeouts);
+    return summarizeOpen(journal.listOpen(), this.host.clock.now(), confirmTimeouts, {
+      graceMs: this.host.unreachableGraceMs,
+      takenUpAt: (record) => {
+        const inFlight = lanes.get(record.device)?.inFlight ?? null;
+        if (inFlight === null || refId(inFlight) !== refId(record)) return null;
+        return takeUpAt(journal.history(record));
+      },
+    });
   }
 
   /** A stop taken up: what its device holds from before it is preempted (preemption.ts). */

@@ -254,9 +254,13 @@ export class UiViews {
         .filter((d) => d.stalled !== null)
         .map((d) => [d.id, d.stalled] as const),
     );
-    const open = stuckItems(openRecords, 0, now, this.confirmTimeouts(), (r) =>
-      reader.history(r).at(-1),
-    )
+    // Judged beside the device's other open commands, whatever the state asked for: a device
+    // whose command recovery is settling holds its queued ones within that window too.
+    const ofDevices = reader
+      .listOpen()
+      .filter((r) => query.device === undefined || r.device === query.device);
+    const open = stuckItems(ofDevices, 0, now, this.confirmTimeouts(), (r) => reader.history(r))
+      .filter((item) => query.state === undefined || item.state === query.state)
       .map((item) => ({ ...item, why: whyOpen(item, stalled.get(item.device) ?? null) }))
       .sort((a, b) =>
         a.stuck !== b.stuck

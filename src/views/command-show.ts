@@ -32,7 +32,7 @@ export function showCommand(
   const story = buildStory(record, history);
   const item =
     story.outcome === null
-      ? (stuckItems([record], 0, now, confirmTimeouts(), () => undefined)[0] ?? null)
+      ? (stuckItems([record], 0, now, confirmTimeouts(), () => history)[0] ?? null)
       : null;
   const open =
     item === null

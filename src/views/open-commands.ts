@@ -1,11 +1,13 @@
 import type { CommandRecord, JournalEvent } from '../core/journal.js';
-import { summarizeOpen } from '../core/open-commands.js';
+import { summarizeOpen, takeUpAt } from '../core/open-commands.js';
 
 /**
  * Open commands as an operator sees them (`sluicectl stuck`, `show`, the status page): each with
  * its age and deadline, and marked *stuck* when it is still open past its deadline plus its
  * device's confirm timeout (SPEC §2) — the daemon would have ended it by then, so it needs a
- * person. Pure: built from journal records.
+ * person — or, on a device whose command recovery took up (its history's take-up note), past
+ * the end of that take-up's window, as `/readyz` judges it (core/open-commands.ts). Pure: built
+ * from journal records.
  */
 
 export interface StuckItem {
@@ -34,17 +36,29 @@ export function stuckItems(
   olderThanMs: number,
   now: number,
   confirmTimeouts: ReadonlyMap<string, number> | null,
-  lastEvent: (record: CommandRecord) => JournalEvent | undefined,
+  /** The command's history, oldest first. */
+  history: (record: CommandRecord) => readonly JournalEvent[],
 ): StuckItem[] {
   const timeouts = confirmTimeouts ?? new Map<string, number>();
+  const histories = new Map<CommandRecord, readonly JournalEvent[]>();
+  const historyOf = (r: CommandRecord): readonly JournalEvent[] => {
+    let events = histories.get(r);
+    if (events === undefined) {
+      events = history(r);
+      histories.set(r, events);
+    }
+    return events;
+  };
   const overdue = new Map(
-    summarizeOpen(open, now, timeouts).stuck.map((s) => [`${s.scope}\0${s.key}`, s.overdueMs]),
+    summarizeOpen(open, now, timeouts, { takenUpAt: (r) => takeUpAt(historyOf(r)) }).stuck.map(
+      (s) => [`${s.scope}\0${s.key}`, s.overdueMs],
+    ),
   );
   return open
     .filter((r) => now - r.acceptedAt >= olderThanMs)
     .map((r) => {
       const late = overdue.get(`${r.scope}\0${r.key}`) ?? null;
-      const event = lastEvent(r);
+      const event = historyOf(r).at(-1);
       return {
         key: r.key,
         scope: r.scope,

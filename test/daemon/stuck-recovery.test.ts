@@ -1,0 +1,183 @@
+import { request } from 'node:https';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/config.js';
+import type { Observation } from '../../src/core/journal.js';
+import { allocateSeq } from '../../src/core/sequence.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import type { Plant } from '../../simulators/plant.js';
+import { sluicectl } from '../cli/helpers.js';
+import { seedOrphan, startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { until } from '../helpers/mosquitto.js';
+
+/**
+ * "Stuck" right after a restart (SPEC §2, docs/spec-notes.md "Every open command ends"). A
+ * command in doubt at the restart (dispatched by an earlier life) whose deadline passed while
+ * the gateway was down is taken up by recovery and settled by reading its controller for the
+ * longest of its confirm timeout and the unreachable grace (15 s). While its worker does that,
+ * within that window, it is not stuck: /readyz's commands check, `sluice_commands_stuck` and
+ * `sluicectl stuck` used to count it stuck at once (past deadline + confirm timeout), so /readyz
+ * answered 503 while everything worked as designed. A command of a device no longer configured
+ * has no worker: it is stuck, and named, all along. Real daemon (in this process), sluice-sim
+ * over Modbus TCP (the valve's image frozen, so that no readback can settle the command before
+ * its window ends), real sluicectl; ground truth: the journal file.
+ */
+
+const VALVE = 'inlet-valve';
+let plant: Plant;
+let daemon: Daemon;
+let configPath: string;
+let journalPath: string;
+let cleanup: () => void;
+
+function onFile(key: string): { state: string; notes: string[] } {
+  const journal = SqliteJournal.open({ path: journalPath, readonly: true });
+  try {
+    const r = journal.findByKey(key)[0]!;
+    return { state: r.state, notes: journal.history(r).map((e) => e.detail) };
+  } finally {
+    journal.close();
+  }
+}
+
+function get(path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port: daemon.https!.port,
+        path,
+        rejectUnauthorized: false,
+        agent: false,
+      },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => {
+          resolve({ status: res.statusCode ?? 0, body });
+        });
+      },
+    );
+    req.once('error', reject);
+    req.end();
+  });
+}
+
+/** What the three reporters say is stuck, by key. */
+async function reported(): Promise<{
+  readyz: { status: number; commands: { ok: boolean; detail: string } };
+  gauge: number;
+  cli: string[];
+}> {
+  const ready = await get('/readyz');
+  const checks = (
+    JSON.parse(ready.body) as { checks: Record<string, { ok: boolean; detail: string }> }
+  ).checks;
+  const metrics = await get('/metrics');
+  const gauge = Number(/^sluice_commands_stuck (\d+)$/m.exec(metrics.body)?.[1] ?? 'NaN');
+  const run = await sluicectl(['--config', configPath, 'stuck', '--json'], { timeoutMs: 30_000 });
+  const listed = run.json<{ commands: { key: string; stuck: boolean }[] }>().commands;
+  return {
+    readyz: { status: ready.status, commands: checks.commands! },
+    gauge,
+    cli: listed.filter((c) => c.stuck).map((c) => c.key),
+  };
+}
+
+beforeAll(async () => {
+  let dir: string;
+  ({ dir, cleanup } = tempDir('sluice-stuck-recovery-'));
+  plant = await startModbusPlant({ [VALVE]: { profile: 'valve', base: 0, travelMs: 300 } });
+  configPath = await writeDaemonSite(dir, plant, 'stuckrecovery');
+  journalPath = join(dir, 'state', 'journal.db');
+  const now = Date.now();
+  // An earlier life dispatched `open` ten minutes ago and died; its deadline passed long ago.
+  const journal = SqliteJournal.open({ path: journalPath });
+  try {
+    const claim = journal.claim({
+      scope: 'ops',
+      key: 'in-doubt-1',
+      fingerprint: 'f-in-doubt-1',
+      device: VALVE,
+      action: 'open',
+      position: null,
+      issuedAt: now - 600_000,
+      issuedAtSource: 'issuer',
+      ttlMs: 30_000,
+      deadline: now - 570_000,
+      intake: 'https',
+      acceptedAt: now - 600_000,
+    });
+    const image = plant.device(VALVE).snapshot().published;
+    const before: Observation = {
+      state: image.state,
+      position: image.position,
+      seq: image.seqEcho,
+      faultCode: null,
+      sourceTime: new Date(image.scanTime).toISOString(),
+      readAt: new Date(now - 599_000).toISOString(),
+    };
+    journal.markDispatched(claim.record, now - 599_000, before, 'pipeline', (last, open) =>
+      allocateSeq(last, before.seq, open),
+    );
+  } finally {
+    journal.close();
+  }
+  seedOrphan(journalPath, now, {
+    scope: 'ops',
+    key: 'orphan-1',
+    device: 'removed-valve',
+    intake: 'https',
+  });
+  // No fresh image: no readback can settle the command; recovery reads for its whole window.
+  plant.device(VALVE).setFault({ kind: 'frozen' });
+  daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
+    logger: pino({ level: 'silent' }),
+  });
+}, 30_000);
+
+afterAll(async () => {
+  await daemon.stop();
+  await plant.stop();
+  cleanup();
+});
+
+describe('stuck after a restart', () => {
+  it('a command recovery is settling is not stuck within its window; an orphan is, all along', async () => {
+    // The worker has taken it up (its note is journaled) and reads the controller.
+    await until(
+      () =>
+        onFile('in-doubt-1').notes.some((n) => n.startsWith('taken up: sequence number'))
+          ? true
+          : undefined,
+      10_000,
+      'the take-up by recovery',
+    );
+    const during = await reported();
+    // Still open on file: the worker has not settled it yet — the moment that matters.
+    expect(onFile('in-doubt-1').state).toBe('dispatched');
+    expect(during.readyz.commands.ok).toBe(false);
+    expect(during.readyz.status).toBe(503);
+    expect(during.readyz.commands.detail).toContain('1 stuck');
+    expect(during.readyz.commands.detail).toContain('orphan-1 on removed-valve');
+    expect(during.readyz.commands.detail).not.toContain('in-doubt-1');
+    expect(during.gauge).toBe(1);
+    expect(during.cli).toEqual(['orphan-1']);
+
+    // The window ends: the worker settles it (its image never moved), and the orphan stays.
+    await until(
+      () => (onFile('in-doubt-1').state === 'dispatched' ? undefined : true),
+      40_000,
+      'recovery to settle the command',
+    );
+    expect(onFile('in-doubt-1').state).toBe('failed');
+    const after = await reported();
+    expect(after.gauge).toBe(1);
+    expect(after.cli).toEqual(['orphan-1']);
+    expect(after.readyz.commands.detail).toContain('orphan-1 on removed-valve');
+  }, 90_000);
+});
