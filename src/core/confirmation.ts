@@ -1,5 +1,5 @@
 import type { DeviceReads } from './device-reads.js';
-import { DeviceRefusedError, WriteNotSentError } from './driver.js';
+import { DeviceRefusedError, WriteNotSentError, type WriteNotSentReason } from './driver.js';
 import type { CommandRecord, Observation } from './journal.js';
 import {
   PIPELINE,
@@ -43,12 +43,13 @@ type WriteOutcome =
   | { readonly kind: 'unknown'; readonly error: string }
   | { readonly kind: 'refused'; readonly error: string }
   /**
-   * Never sent: its deadline passed while it waited for the controller (I3), or it was
-   * withdrawn meanwhile (the lane's signal: a stop's preemption, an operator, the shutdown).
+   * Never sent: its deadline passed while it waited for the controller (I3), it was withdrawn
+   * meanwhile (the lane's signal: a stop's preemption, an operator, the shutdown), or the
+   * driver had no connection to send it on.
    */
   | {
       readonly kind: 'not-sent';
-      readonly reason: 'deadline' | 'withdrawn';
+      readonly reason: WriteNotSentReason;
       readonly error: string;
     };
 
@@ -78,6 +79,19 @@ export class ConfirmationLoop {
     }
     if (outcome.kind === 'not-sent' && outcome.reason === 'withdrawn') {
       this.withdrawn(lane, dispatched, observe(first.before), outcome.error, log);
+      return;
+    }
+    if (outcome.kind === 'not-sent' && outcome.reason === 'no-connection') {
+      // The driver never handed it to a socket: nothing was applied, whatever a readback shows
+      // later (a controller that restarted meanwhile shows its power-up echo, which no readback
+      // can tell from one that lost the write).
+      this.host.settle(log, dispatched, 'dispatched', {
+        to: 'failed',
+        code: 'DEVICE_UNREACHABLE',
+        faultCode: null,
+        observed: observe(first.before),
+        detail: `the write was never sent: no connection to the controller; nothing was applied (${outcome.error})`,
+      });
       return;
     }
     if (outcome.kind === 'not-sent') {
@@ -439,6 +453,12 @@ export class ConfirmationLoop {
         if (settledMeanwhile(this.host, lane, again, log)) return { kind: 'settled' };
         if (aborted(lane)) {
           // A stop preempted it meanwhile (or the daemon is stopping): never written again.
+          this.secondUnsent(
+            lane,
+            again,
+            'its second dispatch was still being made durable: it was never handed to the driver',
+            log,
+          );
           return {
             kind: 'waiting',
             reason: `${prefix}; preempted while its second dispatch was being made durable, so it is not written again and nothing was applied`,
@@ -465,11 +485,22 @@ export class ConfirmationLoop {
         }
         if (outcome.kind === 'not-sent' && outcome.reason === 'withdrawn') {
           if (settledMeanwhile(this.host, lane, again, log)) return { kind: 'settled' };
+          this.secondUnsent(lane, again, outcome.error, log);
           // As when preempted during the second barrier above: never written again.
           return {
             kind: 'waiting',
             reason: `${prefix}; preempted while its second write waited for the controller, so it was not sent and nothing was applied`,
           };
+        }
+        if (outcome.kind === 'not-sent' && outcome.reason === 'no-connection') {
+          this.host.settle(log, again, 'dispatched', {
+            to: 'failed',
+            code: 'DEVICE_UNREACHABLE',
+            faultCode: null,
+            observed: observe(readback),
+            detail: `the write never reached the controller: ${verdict.proof}; the second write was never sent: no connection to the controller, so it is not sent again; nothing was applied (${outcome.error})`,
+          });
+          return { kind: 'settled' };
         }
         if (outcome.kind === 'not-sent') {
           this.host.settle(log, again, 'dispatched', {
@@ -630,13 +661,34 @@ export class ConfirmationLoop {
       });
       return;
     }
+    this.noteUnsent(record, error, log);
+  }
+
+  /**
+   * The second write of a command was withdrawn before it was sent. Not by a stop (the daemon
+   * is stopping): the history says so, as for a first write (withdrawn), and the next start
+   * goes by it — the command was dispatched twice, so it is not sent again (execution.ts,
+   * takeUpUnsent), and nothing was applied; without the line, a controller showing its
+   * power-up echo after the restart would leave it unknown. Preempted by a stop, it is judged
+   * again once the stop is terminal, by readback (its first write went out).
+   */
+  private secondUnsent(lane: Lane, again: CommandRecord, error: string, log: Logger): void {
+    const stop = lane.interrupted;
+    if (stop !== null && refId(stop.target) === refId(again)) return;
+    this.noteUnsent(again, error, log);
+  }
+
+  /**
+   * A write withdrawn unsent that nothing settled: the command stays `dispatched`, and the
+   * history says what only this process knows; the next start goes by it (execution.ts,
+   * takeUpDispatched): a readback may not prove the write unapplied (a controller showing its
+   * power-up echo), the driver did — it never left this process.
+   */
+  private noteUnsent(record: CommandRecord, error: string, log: Logger): void {
     log.warn(
       { seq: record.seq, err: error },
       'write withdrawn before it was sent; left to recovery',
     );
-    // The history says what only this process knows, and the next start goes by it
-    // (execution.ts, takeUpDispatched): a readback may not prove the write unapplied (a
-    // controller showing its power-up echo), the driver did — it never left this process.
     const why = this.host.signal.aborted ? 'as the daemon stopped' : 'before it was sent';
     this.host.note(record, unsentLine(requireSeq(record), why, error));
   }

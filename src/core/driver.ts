@@ -81,7 +81,8 @@ export interface DeviceDriver {
   /**
    * Sends one command write. Resolves when the controller acknowledged the write (which is
    * never success: I2). Rejects with DeviceRefusedError when the controller answered that it
-   * did not apply it, or DeviceUnreachableError when the outcome is unknown.
+   * did not apply it, WriteNotSentError when nothing of it left the process, or
+   * DeviceUnreachableError when the outcome is unknown.
    */
   write(command: CommandWrite, signal?: AbortSignal): Promise<void>;
   /**
@@ -101,18 +102,26 @@ export class DeviceUnreachableError extends SluiceError {
 
 /**
  * The write was never sent: nothing of it reached the controller (its `notAfter` passed, or it
- * was withdrawn, before it could go out). Unlike DeviceUnreachableError, its outcome is known:
- * not applied.
+ * was withdrawn, before it could go out; or there was no connection to send it on). Unlike
+ * DeviceUnreachableError, its outcome is known: not applied.
  */
 export class WriteNotSentError extends SluiceError {
-  /** `deadline`: CommandWrite.notAfter passed; `withdrawn`: CommandWrite.withdrawn aborted. */
-  readonly reason: 'deadline' | 'withdrawn';
+  /**
+   * `deadline`: CommandWrite.notAfter passed; `withdrawn`: CommandWrite.withdrawn aborted;
+   * `no-connection`: no connection (session) to the controller could be had for it — the
+   * connect failed or its backoff refused it — so it was never handed to a socket. A request
+   * written to a socket that then failed is not this: the controller may have received it
+   * (DeviceUnreachableError).
+   */
+  readonly reason: WriteNotSentReason;
 
-  constructor(message: string, reason: 'deadline' | 'withdrawn') {
+  constructor(message: string, reason: WriteNotSentReason) {
     super('WRITE_NOT_SENT', message);
     this.reason = reason;
   }
 }
+
+export type WriteNotSentReason = 'deadline' | 'withdrawn' | 'no-connection';
 
 /** The controller answered and refused the request (Modbus exception, OPC UA Bad status). */
 export class DeviceRefusedError extends SluiceError {

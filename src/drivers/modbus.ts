@@ -142,8 +142,10 @@ const NOTHING: Delivery = () => undefined;
  *   before any answer (a PLC past its number of connections takes the connect and closes) is a
  *   failed attempt, so that such a PLC is not reconnected to once per request.
  * - Exception responses become DeviceRefusedError (the PLC answered: nothing was applied),
- *   except 0x04, 0x05 and 0x0B to a write (WRITE_OUTCOME_UNKNOWN); everything else becomes
- *   DeviceUnreachableError (no answer: outcome unknown).
+ *   except 0x04, 0x05 and 0x0B to a write (WRITE_OUTCOME_UNKNOWN); a write for which no
+ *   connection could be had (the connect failed, or the backoff refused it) becomes
+ *   WriteNotSentError `no-connection` (never handed to a socket: nothing was applied);
+ *   everything else becomes DeviceUnreachableError (no answer: outcome unknown).
  */
 export class ModbusEndpoint {
   readonly name: string;
@@ -460,23 +462,34 @@ export class ModbusEndpoint {
     jobs: readonly ModbusJob[],
   ): Promise<T> {
     if (this.closed) throw new DeviceUnreachableError(`${this.name}: endpoint closed`);
-    // Connected: the request goes out in this microtask, not after an await of its own.
-    const client = this.client?.isOpen === true ? this.client : await this.connected();
-    // A write whose time has passed while it waited (behind other requests, for a connection)
-    // is not sent at all (I3): checked here, in the microtask that would send it.
     // A write is a request of its own (reads are the ones served in blocks).
     const write = jobs.length === 1 && jobs[0]?.kind === 'write' ? jobs[0] : null;
-    if (write?.notAfter !== undefined) {
-      const late = this.options.clock.now() - write.notAfter;
-      if (late >= 0) {
-        throw new WriteNotSentError(
-          `${this.name}: ${what}: not sent: its deadline passed ${late} ms ago while it waited for the PLC; nothing was written`,
-          'deadline',
+    let client: ModbusRTU;
+    if (this.client?.isOpen === true) {
+      // Connected: the request goes out in this microtask, not after an await of its own.
+      client = this.client;
+    } else {
+      try {
+        client = await this.connected();
+      } catch (error) {
+        if (write === null) throw error;
+        // No connection to send it on (the connect failed, or its backoff refused an attempt):
+        // the write was never handed to a socket, so nothing of it left this process — its
+        // outcome is known, unlike that of a request a socket took and then lost.
+        throw (
+          this.unsendable(write, what) ??
+          new WriteNotSentError(
+            `${this.name}: ${what}: not sent: no connection to the PLC (${describeError(error)}); nothing was written`,
+            'no-connection',
+          )
         );
       }
     }
-    // Withdrawn while it waited for a connection: not sent either.
-    if (write?.withdrawn?.aborted === true) throw this.withdrawnError(what);
+    // A write whose time has passed while it waited (behind other requests, for a connection),
+    // or withdrawn meanwhile, is not sent at all (I3): checked here, in the microtask that
+    // would send it.
+    const unsendable = write === null ? null : this.unsendable(write, what);
+    if (unsendable !== null) throw unsendable;
     const socketClosed = new Promise<never>((_, reject) => {
       this.onSocketClosed = (reason) => {
         reject(new DeviceUnreachableError(`${this.name}: ${what}: ${reason}`));
@@ -506,6 +519,20 @@ export class ModbusEndpoint {
       this.onSocketClosed = null;
       socketClosed.catch(() => undefined);
     }
+  }
+
+  /** Why `write` must not be sent now (past its deadline, withdrawn), or null. */
+  private unsendable(write: WriteJob, what: string): WriteNotSentError | null {
+    if (write.notAfter !== undefined) {
+      const late = this.options.clock.now() - write.notAfter;
+      if (late >= 0) {
+        return new WriteNotSentError(
+          `${this.name}: ${what}: not sent: its deadline passed ${late} ms ago while it waited for the PLC; nothing was written`,
+          'deadline',
+        );
+      }
+    }
+    return write.withdrawn?.aborted === true ? this.withdrawnError(what) : null;
   }
 
   private translate(error: unknown, what: string, combined: boolean): Error {

@@ -100,6 +100,13 @@ export interface OpcuaEndpointOptions {
 
 const SERVER_CURRENT_TIME = 'ns=0;i=2258';
 
+/**
+ * No session to send a request on (not connected yet, reconnecting, closed): thrown before
+ * anything is handed to node-opcua, so nothing of the request left the process. A write
+ * rejected so is never sent (OpcuaDeviceDriver.write: WriteNotSentError `no-connection`).
+ */
+class NotConnectedError extends DeviceUnreachableError {}
+
 const MODES: Record<OpcuaSecurityMode, MessageSecurityMode> = {
   None: MessageSecurityMode.None,
   Sign: MessageSecurityMode.Sign,
@@ -155,7 +162,7 @@ export class OpcuaEndpoint {
   nodeId(object: string, name: string): string {
     if (this.namespaceIndex === null) {
       this.start();
-      throw new DeviceUnreachableError(
+      throw new NotConnectedError(
         `${this.name}: not connected to ${this.o.endpointUrl} (${this.health.snapshot().lastError ?? 'connecting'})`,
       );
     }
@@ -240,10 +247,10 @@ export class OpcuaEndpoint {
 
   private ready(signal?: AbortSignal): ClientSession {
     if (signal?.aborted === true) throw new DeviceUnreachableError(`${this.name}: aborted`);
-    if (this.closed) throw new DeviceUnreachableError(`${this.name}: endpoint closed`);
+    if (this.closed) throw new NotConnectedError(`${this.name}: endpoint closed`);
     if (this.session === null || !this.linkUp) {
       this.start();
-      throw new DeviceUnreachableError(
+      throw new NotConnectedError(
         `${this.name}: not connected to ${this.o.endpointUrl} (${this.health.snapshot().lastError ?? 'connecting'})`,
       );
     }
@@ -415,29 +422,61 @@ export class OpcuaDeviceDriver implements DeviceDriver {
     // Code and setpoint first, the sequence number (the trigger) only once they are in place:
     // a controller must never take a new sequence number with a stale code. Without a
     // sequence number, the code (with its setpoint) is the trigger.
-    await e.write(
-      [
-        value(c.code, DataType.UInt16, commandCode(this.o.profile, command.action)),
-        ...(c.setpoint === undefined
-          ? []
-          : [value(c.setpoint, DataType.Double, command.position ?? 0)]),
-      ],
-      signal,
+    await this.sendOnSession(command, 'write', () =>
+      e.write(
+        [
+          value(c.code, DataType.UInt16, commandCode(this.o.profile, command.action)),
+          ...(c.setpoint === undefined
+            ? []
+            : [value(c.setpoint, DataType.Double, command.position ?? 0)]),
+        ],
+        signal,
+      ),
     );
-    if (c.seq === undefined) return;
+    const seqNode = c.seq;
+    if (seqNode === undefined) return;
     // The trigger is checked again: its deadline may have passed, or it may have been withdrawn,
     // while the first request was on its way. Without the trigger the controller takes nothing
     // (the code and setpoint wait for a sequence number that does not come).
     const trigger = this.notSent(command, 'trigger');
     if (trigger !== null) throw trigger;
-    await e.write([value(c.seq, DataType.UInt16, command.seq)], signal);
+    await this.sendOnSession(command, 'trigger', () =>
+      e.write([value(seqNode, DataType.UInt16, command.seq)], signal),
+    );
+  }
+
+  /**
+   * Sends one request of the write. With no session to send it on (NotConnectedError: thrown
+   * before anything reached node-opcua) it was never sent: WriteNotSentError `no-connection`
+   * — unless its deadline passed or it was withdrawn meanwhile, which says more. A request
+   * handed to the session that then failed is not that: its outcome is unknown.
+   */
+  private async sendOnSession(
+    command: CommandWrite,
+    stage: 'write' | 'trigger',
+    send: () => Promise<void>,
+  ): Promise<void> {
+    try {
+      await send();
+    } catch (error) {
+      if (!(error instanceof NotConnectedError)) throw error;
+      throw (
+        this.notSent(command, stage, `no session with the controller (${error.message})`) ?? error
+      );
+    }
   }
 
   /**
    * Why `command` must not be sent now (past its deadline, withdrawn), or null: before its
    * first request (`write`), or before its trigger once the code and setpoint are written.
+   * With `noSession` (why there is no session), the request found none to go out on: not
+   * sent, for that reason, when nothing else forbids it.
    */
-  private notSent(command: CommandWrite, stage: 'write' | 'trigger'): WriteNotSentError | null {
+  private notSent(
+    command: CommandWrite,
+    stage: 'write' | 'trigger',
+    noSession?: string,
+  ): WriteNotSentError | null {
     const [what, during, outcome] =
       stage === 'write'
         ? ['write', '', 'nothing was written']
@@ -459,6 +498,13 @@ export class OpcuaDeviceDriver implements DeviceDriver {
       return new WriteNotSentError(
         `${this.o.id}: ${what} not sent: withdrawn${during}; ${outcome}`,
         'withdrawn',
+      );
+    }
+    if (noSession !== undefined) {
+      const after = stage === 'write' ? '' : ' (the code and setpoint were written)';
+      return new WriteNotSentError(
+        `${this.o.id}: ${what} not sent: ${noSession}${after}; ${outcome}`,
+        'no-connection',
       );
     }
     return null;

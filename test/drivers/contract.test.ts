@@ -13,6 +13,7 @@ import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.js';
 import { PROFILES, openJournal, tempDir } from '../helpers/fixtures.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
+import { TcpLink } from '../helpers/tcp-link.js';
 
 /**
  * One contract suite for the driver port, run against both drivers and both simulators: every
@@ -247,6 +248,72 @@ describe.each([
     expect(valve.writesWithSeq(4345)).toBe(0);
     expect(valve.counters.writesReceived).toBe(0);
   });
+
+  it('a write with no connection to its controller is never sent: WriteNotSentError no-connection, nothing received', async () => {
+    // A driver of its own, reaching the controller through a link that refuses connections
+    // (nothing listens on its port): the connect fails, so the write never reaches a socket.
+    const plc = plant.plc(prefix).endpoint;
+    const target =
+      plc.protocol === 'modbus'
+        ? { host: plc.host, port: plc.port }
+        : { host: '127.0.0.1', port: Number(new URL(plc.endpointUrl).port) };
+    const link = await TcpLink.open(target);
+    await link.refuse();
+    const inventory = inventoryFor(plant);
+    const via = inventory.plcs[prefix]!;
+    inventory.plcs = {
+      [prefix]:
+        via.protocol === 'modbus'
+          ? { ...via, port: link.port }
+          : { ...via, endpointUrl: via.endpointUrl.replace(`:${target.port}`, `:${link.port}`) },
+    };
+    inventory.devices = { [valveId]: inventory.devices[valveId]! };
+    const pki = tempDir('sluice-pki-');
+    const own = await buildDrivers({
+      inventory,
+      profiles: PROFILES,
+      pkiDir: pki.dir,
+      acceptUnknownCertificates: true,
+      clock: systemClock,
+      logger: silentLogger,
+    });
+    try {
+      own.start();
+      const driver = own.bindings[0]!.driver;
+      const write = { action: 'open' as const, position: null, seq: 4346 };
+      // Modbus: the connect is refused, then its backoff refuses the next attempt; OPC UA: no
+      // session. Each time, nothing of the write left the process.
+      for (let i = 0; i < 2; i++) {
+        const refused = driver.write({ ...write, notAfter: Date.now() + 5_000 });
+        await expect(refused).rejects.toThrow(WriteNotSentError);
+        await expect(refused).rejects.toMatchObject({ reason: 'no-connection' });
+        await expect(refused).rejects.toThrow(/not sent: no (connection|session)/);
+      }
+      // A write handed to a socket that then failed is not this: the controller may have it.
+      expect(link.accepted).toBe(0);
+      // Once the controller can be reached, the same write goes out (it reaches the controller
+      // through the link), and the controller receives it once.
+      await link.accept();
+      const end = Date.now() + 20_000;
+      for (;;) {
+        try {
+          await driver.write({ ...write, notAfter: Date.now() + 5_000 });
+          break;
+        } catch (error) {
+          expect(error).toBeInstanceOf(WriteNotSentError);
+          expect(error).toMatchObject({ reason: 'no-connection' });
+          if (Date.now() > end) throw error;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+      await until(() => valve.writesWithSeq(4346) === 1);
+      expect(valve.counters.writesReceived).toBe(1);
+    } finally {
+      await own.close();
+      await link.close();
+      pki.cleanup();
+    }
+  }, 40_000);
 
   it('reads the controller clock, and the skew estimate follows its offset', async () => {
     const plc = plant.plc(prefix);

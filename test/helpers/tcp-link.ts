@@ -71,6 +71,31 @@ export class TcpLink {
     this.isUp = true;
   }
 
+  /**
+   * Cuts the link and stops listening: every connection through it is reset, and a connect to
+   * its port is refused (ECONNREFUSED) — nothing is accepted, as with a host that is down.
+   */
+  async refuse(): Promise<void> {
+    this.down();
+    await new Promise<void>((resolve) => {
+      this.server.close(() => {
+        resolve();
+      });
+    });
+  }
+
+  /** Listens again on the same port, and carries connections (after refuse). */
+  async accept(): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.port, '127.0.0.1', () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    this.up();
+  }
+
   async close(): Promise<void> {
     this.down();
     await new Promise<void>((resolve) => {

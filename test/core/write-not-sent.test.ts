@@ -1,0 +1,287 @@
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { parseCommandRequest } from '../../src/core/command.js';
+import { systemClock } from '../../src/core/clock.js';
+import type { CommandRecord, CommandRef } from '../../src/core/journal.js';
+import { silentLogger, type Logger } from '../../src/core/logger.js';
+import { CommandPipeline } from '../../src/core/pipeline.js';
+import type { DeviceProfile } from '../../src/core/profile.js';
+import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/inventory.js';
+import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { PROFILES, openJournal, tempDir } from '../helpers/fixtures.js';
+import { TcpLink } from '../helpers/tcp-link.js';
+import { pino } from 'pino';
+
+/**
+ * Writes that never left the daemon, and what the journal says of them: the real pipeline, a
+ * real journal file and the real Modbus driver against sluice-sim, reached through a TCP link
+ * that the test can make refuse connections (nothing listening). The valve `v1`'s writes wait
+ * for the PLC's one connection behind the readbacks of `v2`'s and `v3`'s commands, which the
+ * PLC answers late (and whose writes it holds, so that they keep reading). Ground truth: the simulator's
+ * write log.
+ */
+
+const LATENCY_MS = 1_500;
+const TIMING = {
+  defaultTtlMs: 60_000,
+  // The held commands keep reading (and the connection busy) for as long as a test runs.
+  confirmTimeoutMs: 30_000,
+  pollIntervalMs: 10,
+  scanMs: 5,
+  mismatchGraceMs: 80,
+  // Longer than the request timeout (the slow reads must not time out).
+  redispatchGuardMs: 3_500,
+};
+const WARM_ECHO = 60_000;
+const logger: Logger =
+  process.env.SLUICE_TEST_DEBUG === '1'
+    ? pino({ level: 'debug' }, pino.destination(2))
+    : silentLogger;
+
+let plant: Plant;
+let link: TcpLink;
+let dir: string;
+let cleanup: () => void;
+let journal: SqliteJournal;
+let drivers: Drivers;
+let pipeline: CommandPipeline;
+let life = 0;
+let alive = false;
+
+function inventory(): Inventory {
+  const e = plant.plc('mb').endpoint;
+  if (e.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
+  return {
+    plcs: {
+      mb: {
+        protocol: 'modbus',
+        host: '127.0.0.1',
+        port: link.port,
+        unitId: e.unitId,
+        requestTimeoutMs: 3_000,
+      },
+    },
+    devices: {
+      v1: { plc: 'mb', profile: 'valve', base: 0 },
+      v2: { plc: 'mb', profile: 'valve', base: 100 },
+      v3: { plc: 'mb', profile: 'valve', base: 200 },
+    },
+  };
+}
+
+/** A life of the daemon on the journal file: recovery runs first. */
+async function startLife(): Promise<void> {
+  life++;
+  const profiles = new Map<string, DeviceProfile>();
+  for (const [name, p] of PROFILES) profiles.set(name, { ...p, timing: TIMING });
+  journal = openJournal(join(dir, 'journal.db'));
+  drivers = await buildDrivers({
+    inventory: inventory(),
+    profiles,
+    pkiDir: join(dir, `pki-${life}`),
+    acceptUnknownCertificates: true,
+    clock: systemClock,
+    logger,
+  });
+  drivers.start();
+  pipeline = new CommandPipeline({
+    journal,
+    devices: drivers.bindings,
+    clock: systemClock,
+    logger,
+    freshness: { maxIssuerSkewMs: 2_000 },
+    unreachableGraceMs: 1_000,
+  });
+  pipeline.recover();
+  pipeline.startSweep(100);
+  alive = true;
+}
+
+/** The daemon stops (no time for commands in flight), as at SIGTERM with no shutdown bound. */
+async function stopLife(): Promise<void> {
+  if (!alive) return;
+  alive = false;
+  await pipeline.stop(0);
+  await drivers.close();
+  journal.close();
+}
+
+beforeEach(async () => {
+  life = 0;
+  plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        mb: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          scanMs: 5,
+          devices: {
+            v1: { profile: 'valve', base: 0, travelMs: 150 },
+            v2: { profile: 'valve', base: 100, travelMs: 150 },
+            v3: { profile: 'valve', base: 200, travelMs: 150 },
+          },
+        },
+      },
+    },
+    { ephemeralPorts: true, control: false },
+  );
+  const e = plant.plc('mb').endpoint;
+  if (e.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
+  link = await TcpLink.open({ host: e.host, port: e.port });
+  ({ dir, cleanup } = tempDir());
+  await startLife();
+});
+
+afterEach(async () => {
+  for (const device of plant.devices()) device.clearFaults();
+  await stopLife();
+  await link.close();
+  await plant.stop();
+  cleanup();
+});
+
+function submit(key: string, device: string): CommandRef {
+  pipeline.submit({
+    key,
+    identity: { scope: 'plant', devices: 'all' },
+    intake: 'https',
+    request: parseCommandRequest({ device, action: 'open', ttlMs: 60_000 }),
+  });
+  return { scope: 'plant', key };
+}
+
+async function until<T>(probe: () => T | undefined, ms: number, what: string): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+async function settled(ref: CommandRef, ms: number): Promise<CommandRecord> {
+  const r = await pipeline.waitForSettled(ref, ms);
+  if (r === undefined || r.state === 'accepted' || r.state === 'dispatched') {
+    const history = journal.history(ref).map((e) => `${e.to}: ${e.detail}`);
+    throw new Error(`${ref.key} not settled within ${ms} ms:\n  ${history.join('\n  ')}`);
+  }
+  return r;
+}
+
+/** The other valves' commands keep the PLC's connection busy: each readback is answered late. */
+const SLOW = ['v2', 'v3'];
+
+async function busyConnection(): Promise<void> {
+  for (const id of SLOW) {
+    const device = plant.device(id);
+    device.setFault({ kind: 'hold' });
+    device.setFault({ kind: 'latency', ms: LATENCY_MS, on: 'read' });
+    submit(`busy-${id}`, id);
+    await until(
+      () => (device.counters.writesReceived > 0 ? true : undefined),
+      15_000,
+      `the write of ${id}`,
+    );
+  }
+}
+
+describe('a write that never left the daemon', () => {
+  it('no connection to the PLC: failed DEVICE_UNREACHABLE "never sent", at once, even though the PLC then shows its power-up echo', async () => {
+    const v1 = plant.device('v1');
+    await busyConnection();
+    const ref = submit('unconnected', 'v1');
+    const dispatched = await until(
+      () => {
+        const r = journal.get(ref);
+        return r?.state === 'dispatched' ? r : undefined;
+      },
+      15_000,
+      'the dispatch',
+    );
+    // Its write waits behind a slow read when the PLC goes away: the connection is reset under
+    // that read, and nothing listens any more, so the write's connect is refused.
+    expect(v1.counters.writesReceived).toBe(0);
+    await link.refuse();
+    // Settled as soon as the driver said so: not after the confirm window (30 s) of a write
+    // whose outcome would be unknown.
+    const r = await settled(ref, 4_000);
+    expect(r).toMatchObject({
+      state: 'failed',
+      code: 'DEVICE_UNREACHABLE',
+      attempts: 1,
+      seq: dispatched.seq,
+    });
+    expect(r.detail).toMatch(
+      /^the write was never sent: no connection to the controller; nothing was applied \(mb: write 10\+3: not sent: no connection to the PLC \(mb: connect to 127\.0\.0\.1:\d+ failed: .*ECONNREFUSED.*\); nothing was written\)$/,
+    );
+    // The PLC restarts (power-up echo 0) and can be reached again.
+    plant.plc('mb').powerCycle();
+    for (const id of SLOW) plant.device(id).clearFaults();
+    await link.accept();
+    // A next command goes out over the new connection and is confirmed: the queue is drained,
+    // and the valve's write log holds that write alone — never the one reported unsent.
+    const next = await settled(submit('after', 'v1'), 15_000);
+    expect(next).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(v1.writesWithSeq(dispatched.seq!)).toBe(0);
+    expect(v1.writeLog.map((w) => w.seq)).toEqual([next.seq]);
+  }, 60_000);
+
+  it('a second write withdrawn at a stop of the daemon: the history says so, and the next start ends it DEVICE_UNREACHABLE without a third write', async () => {
+    const v1 = plant.device('v1');
+    // As on a PLC that has run a while: the valve echoes another master's command, so a lost
+    // write can be proven not applied over a new connection (redispatch.ts).
+    v1.receiveWrite({ code: 3, setpoint: 0, seq: WARM_ECHO });
+    await until(() => (v1.seqEcho === WARM_ECHO ? true : undefined), 5_000, 'the warm-up');
+    v1.resetCounters();
+    await busyConnection();
+    // The first write is lost: the PLC resets the connection before taking it.
+    v1.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+    const ref = submit('twice', 'v1');
+    // Proven not applied, it is dispatched again; its second write waits behind a slow read.
+    const again = await until(
+      () =>
+        journal.history(ref).some((e) => e.detail.startsWith('redispatch:'))
+          ? journal.get(ref)
+          : undefined,
+      30_000,
+      'the second dispatch',
+    );
+    expect(again).toMatchObject({ state: 'dispatched', attempts: 2 });
+    const seq = again.seq!;
+    expect(v1.writesWithSeq(seq)).toBe(0);
+    await stopLife();
+    // Ground truth: neither write reached the valve; the history says the latest was withdrawn.
+    expect(v1.writesWithSeq(seq)).toBe(0);
+    expect(v1.counters.writesReceived).toBe(0);
+    const between = openJournal(join(dir, 'journal.db'));
+    try {
+      expect(between.get(ref)).toMatchObject({ state: 'dispatched', attempts: 2, seq });
+      expect(between.history(ref).at(-1)?.detail).toMatch(
+        new RegExp(
+          `^the write \\(sequence number ${seq}\\) was not sent: withdrawn as the daemon stopped`,
+        ),
+      );
+    } finally {
+      between.close();
+    }
+    // While the daemon is down the PLC restarts: its power-up echo over a new connection, which
+    // no readback can tell from a controller that lost a write it had taken.
+    for (const device of plant.devices()) device.clearFaults();
+    plant.plc('mb').powerCycle();
+    expect(v1.seqEcho).toBe(0);
+    await startLife();
+    // Settled by the line, not after a readback window that could prove nothing.
+    const r = await settled(ref, 4_000);
+    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 2, seq });
+    expect(r.detail).toMatch(
+      /already dispatched twice .*so it is not sent again; nothing was applied$/,
+    );
+    // No third write (I1), nor any other write to the valve.
+    expect(v1.writesWithSeq(seq)).toBe(0);
+    expect(v1.counters.writesReceived).toBe(0);
+  }, 90_000);
+});
