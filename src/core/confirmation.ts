@@ -10,6 +10,7 @@ import {
   type LastWrite,
 } from './lane.js';
 import type { Logger } from './logger.js';
+import { takeUpNote } from './open-commands.js';
 import { stopOverPreempted } from './preemption.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
@@ -177,12 +178,7 @@ export class ConfirmationLoop {
     };
     if (!write.acked && write.unknownSinceMono === null) write.unknownSinceMono = nowMono;
     lane.lastWrite = write;
-    this.host.note(
-      record,
-      remembered === null
-        ? `taken up: sequence number ${record.seq}, written by an earlier life of the daemon; settling by readback`
-        : `taken up again: sequence number ${record.seq} (write ${write.acked ? 'acknowledged' : 'outcome unknown'}); settling by readback`,
-    );
+    this.host.note(record, takeUpNote(record.seq, remembered === null ? null : write));
     const windowMs = Math.max(
       profile.timing.confirmTimeoutMs,
       this.host.unreachableGraceMs,

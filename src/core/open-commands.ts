@@ -56,17 +56,28 @@ export interface Settling {
 }
 
 /**
+ * The note the confirmation loop journals when it takes up a dispatched command to settle it by
+ * readback (dispatched → dispatched): written by an earlier life of the daemon (`write` null),
+ * or taken up again in this one. takeUpAt() finds it; both live here so that they cannot drift.
+ */
+export function takeUpNote(seq: number, write: { readonly acked: boolean } | null): string {
+  return write === null
+    ? `taken up: sequence number ${seq}, written by an earlier life of the daemon; settling by readback`
+    : `taken up again: sequence number ${seq} (write ${write.acked ? 'acknowledged' : 'outcome unknown'}); settling by readback`;
+}
+
+const TAKE_UP_NOTE = /^taken up(?: again)?: sequence number \d+\b.*; settling by readback$/;
+
+/**
  * When recovery took up this command to settle it by readback, by its history: the note the
- * confirmation loop journals at the take-up ("taken up: sequence number N, … settling by
- * readback"); null when none. For a reader of the journal alone (sluicectl, the status page),
- * which cannot see the daemon's workers: the take-up's window bounds how long it counts.
+ * confirmation loop journals at the take-up (takeUpNote); null when none. For a reader of the
+ * journal alone (sluicectl, the status page), which cannot see the daemon's workers: the
+ * take-up's window bounds how long it counts.
  */
 export function takeUpAt(history: readonly JournalEvent[]): number | null {
   for (const e of [...history].reverse()) {
     if (e.from !== e.to || e.to !== 'dispatched') continue;
-    if (/^taken up(?: again)?: sequence number \d+\b.*; settling by readback$/.test(e.detail)) {
-      return e.at;
-    }
+    if (TAKE_UP_NOTE.test(e.detail)) return e.at;
   }
   return null;
 }
