@@ -119,7 +119,7 @@ export async function resolveAndSync(
       record: now,
       replayed,
       why: unsynced,
-      detail: `the resolve took effect (${same ?? `resolved at ${when}`}): the command is failed RESOLVED_BY_OPERATOR and the daemon does nothing more for it, but it is not on disk yet: ${unsynced}. A stop or crash of the daemon before the journal's next successful sync would leave the command open again, to be settled by reading the controller. Ask for the same resolve again to learn when it is on disk`,
+      detail: `the resolve took effect (${same ?? `resolved at ${when}`}): the command is failed RESOLVED_BY_OPERATOR and the daemon does nothing more for it, but it is not on disk yet: ${unsynced}. A stop or crash of the daemon before the journal has made it durable (after a failed sync: written its log anew and synced it) would leave the command open again, to be settled by reading the controller. Ask for the same resolve again to learn when it is on disk`,
     };
   }
   // The batch that held it was lost (its commit failed): the journal kept nothing of it.
