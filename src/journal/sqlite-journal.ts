@@ -304,6 +304,12 @@ export class SqliteJournal implements Journal {
     const now = performance.now();
     if (now - this.lastReopen < (this.options.reopenIntervalMs ?? 1_000)) return;
     this.lastReopen = now;
+    // After a failed fdatasync, SQLite's checkpoint at the close below would copy the WAL past
+    // the commits whose writeback failed into the database file (group-commit.ts, recover()):
+    // the WAL is written anew first, and while that cannot be done the connection is kept (a
+    // read-only one fails its writes: the journal stays unavailable, as it is anyway until the
+    // recovery). A filesystem remounted read-only after an I/O error is the usual case.
+    if (!this.group.recoverAtClose()) return;
     // Closed first: SQLite shares a file's WAL index among the connections of a process, and a
     // new connection opened beside the old one would join its read-only index.
     if (this.conn.db.open) {

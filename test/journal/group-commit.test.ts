@@ -346,7 +346,58 @@ describe('group commit', () => {
     expect(journal.recoveries).toBe(0);
     expect(journal.syncPending).toBe(true);
   });
+  it('while a failed fdatasync is outstanding, the connection is not replaced (its close would checkpoint past the failure)', async () => {
+    const { journal, path } = open(true);
+    type Inner = { wal: { fd: number; conn: unknown } | null };
+    const inner = (journal as unknown as { group: Inner }).group;
+    journal.claim(command('first'));
+    await journal.durable();
+    const wal = inner.wal;
+    if (wal === null) throw new Error('no WAL descriptor after a barrier');
+    inner.wal = { ...wal, fd: 2 ** 30 };
+    journal.claim(command('second'));
+    await expect(journal.durable()).rejects.toThrow(/EBADF/);
+    inner.wal = wal;
+    // The WAL can no longer be written anew (a page read back stale, as in the test above).
+    const size = statSync(`${path}-wal`).size;
+    const fd = openSync(`${path}-wal`, 'r+');
+    writeSync(fd, Buffer.alloc(16, 0xee), 0, 16, size - 100);
+    closeSync(fd);
+    // A write failed SQLITE_READONLY (a filesystem remounted read-only after the I/O error):
+    // the next write would replace the connection, closing this one. SQLite checkpoints at the
+    // close of a file's last connection, copying the WAL — the frame that failed included —
+    // into the database file, and deletes the WAL.
+    (journal as unknown as { readOnlyConnection: boolean }).readOnlyConnection = true;
+    journal.claim(command('third'));
+    // Kept: the WAL is still there, and the database file alone holds none of the commands
+    // (nothing was checkpointed since the journal was created, not even its tables).
+    expect(statSync(`${path}-wal`).size).toBeGreaterThanOrEqual(size);
+    expect(mainFileKeys(path)).toEqual([]);
+    expect(journal.syncPending).toBe(true);
+  });
 });
+
+/** The keys in the journal's database file alone, without its WAL. */
+function mainFileKeys(path: string): string[] {
+  const { dir, cleanup } = tempDir('sluice-main-');
+  try {
+    const copy = join(dir, 'journal.db');
+    copyFileSync(path, copy);
+    const db = new BetterSqlite3(copy, { readonly: true });
+    try {
+      // A database file that never had a checkpoint holds no tables yet.
+      const table = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'commands'").get();
+      if (table === undefined) return [];
+      return (db.prepare('SELECT key FROM commands ORDER BY id').all() as { key: string }[]).map(
+        (r) => r.key,
+      );
+    } finally {
+      db.close();
+    }
+  } finally {
+    cleanup();
+  }
+}
 
 /** The keys of a copy of the journal's files without its wal-index (SQLite rebuilds it). */
 function copiedKeys(path: string): string[] {
