@@ -72,7 +72,9 @@ export class CommandExecution {
     const unsent = `its write (sequence number ${seq}) was withdrawn before it was sent`;
     log.warn({ seq }, 'taken up: its write was withdrawn before it was sent; not yet written');
     const stop = this.host.journal.stopsAfter(record, 1)[0];
-    if (stop !== undefined) {
+    // Superseded (rejected: never written) only when this write was its first: a command
+    // dispatched twice had a write sent before, proven not applied, which is not "never written".
+    if (stop !== undefined && record.attempts < 2) {
       this.host.settle(log, record, 'dispatched', {
         to: 'rejected',
         code: 'SUPERSEDED',
@@ -83,12 +85,13 @@ export class CommandExecution {
       return;
     }
     if (record.attempts >= 2) {
+      const stopped = stop === undefined ? '' : `; the stop ${stop.key} was accepted after it`;
       this.host.settle(log, record, 'dispatched', {
         to: 'failed',
         code: 'DEVICE_UNREACHABLE',
         faultCode: null,
         observed: null,
-        detail: `${unsent}, and it was already dispatched twice (its first write was not applied either), so it is not sent again; nothing was applied`,
+        detail: `${unsent}, and it was already dispatched twice (its first write was not applied either)${stopped}, so it is not sent again; nothing was applied`,
       });
       return;
     }

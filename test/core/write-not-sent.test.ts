@@ -230,58 +230,86 @@ describe('a write that never left the daemon', () => {
     expect(v1.writeLog.map((w) => w.seq)).toEqual([next.seq]);
   }, 60_000);
 
-  it('a second write withdrawn at a stop of the daemon: the history says so, and the next start ends it DEVICE_UNREACHABLE without a third write', async () => {
-    const v1 = plant.device('v1');
-    // As on a PLC that has run a while: the valve echoes another master's command, so a lost
-    // write can be proven not applied over a new connection (redispatch.ts).
-    v1.receiveWrite({ code: 3, setpoint: 0, seq: WARM_ECHO });
-    await until(() => (v1.seqEcho === WARM_ECHO ? true : undefined), 5_000, 'the warm-up');
-    v1.resetCounters();
-    await busyConnection();
-    // The first write is lost: the PLC resets the connection before taking it.
-    v1.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
-    const ref = submit('twice', 'v1');
-    // Proven not applied, it is dispatched again; its second write waits behind a slow read.
-    const again = await until(
-      () =>
-        journal.history(ref).some((e) => e.detail.startsWith('redispatch:'))
-          ? journal.get(ref)
-          : undefined,
-      30_000,
-      'the second dispatch',
-    );
-    expect(again).toMatchObject({ state: 'dispatched', attempts: 2 });
-    const seq = again.seq!;
-    expect(v1.writesWithSeq(seq)).toBe(0);
-    await stopLife();
-    // Ground truth: neither write reached the valve; the history says the latest was withdrawn.
-    expect(v1.writesWithSeq(seq)).toBe(0);
-    expect(v1.counters.writesReceived).toBe(0);
-    const between = openJournal(join(dir, 'journal.db'));
-    try {
-      expect(between.get(ref)).toMatchObject({ state: 'dispatched', attempts: 2, seq });
-      expect(between.history(ref).at(-1)?.detail).toMatch(
-        new RegExp(
-          `^the write \\(sequence number ${seq}\\) was not sent: withdrawn as the daemon stopped`,
-        ),
+  // Once as it was, and once with a stop of the valve accepted while the daemon was down: its
+  // first write went out (proven not applied), so it is not "superseded" (never written) either.
+  for (const stopBetween of [false, true]) {
+    it(`a second write withdrawn at a stop of the daemon: the history says so, and the next start ends it DEVICE_UNREACHABLE without a third write${stopBetween ? ' (a stop accepted meanwhile)' : ''}`, async () => {
+      const v1 = plant.device('v1');
+      // As on a PLC that has run a while: the valve echoes another master's command, so a lost
+      // write can be proven not applied over a new connection (redispatch.ts).
+      v1.receiveWrite({ code: 3, setpoint: 0, seq: WARM_ECHO });
+      await until(() => (v1.seqEcho === WARM_ECHO ? true : undefined), 5_000, 'the warm-up');
+      v1.resetCounters();
+      await busyConnection();
+      // The first write is lost: the PLC resets the connection before taking it.
+      v1.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+      const ref = submit('twice', 'v1');
+      // Proven not applied, it is dispatched again; its second write waits behind a slow read.
+      const again = await until(
+        () =>
+          journal.history(ref).some((e) => e.detail.startsWith('redispatch:'))
+            ? journal.get(ref)
+            : undefined,
+        30_000,
+        'the second dispatch',
       );
-    } finally {
-      between.close();
-    }
-    // While the daemon is down the PLC restarts: its power-up echo over a new connection, which
-    // no readback can tell from a controller that lost a write it had taken.
-    for (const device of plant.devices()) device.clearFaults();
-    plant.plc('mb').powerCycle();
-    expect(v1.seqEcho).toBe(0);
-    await startLife();
-    // Settled by the line, not after a readback window that could prove nothing.
-    const r = await settled(ref, 4_000);
-    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 2, seq });
-    expect(r.detail).toMatch(
-      /already dispatched twice .*so it is not sent again; nothing was applied$/,
-    );
-    // No third write (I1), nor any other write to the valve.
-    expect(v1.writesWithSeq(seq)).toBe(0);
-    expect(v1.counters.writesReceived).toBe(0);
-  }, 90_000);
+      expect(again).toMatchObject({ state: 'dispatched', attempts: 2 });
+      const seq = again.seq!;
+      expect(v1.writesWithSeq(seq)).toBe(0);
+      await stopLife();
+      // Ground truth: neither write reached the valve; the history says the latest was withdrawn.
+      expect(v1.writesWithSeq(seq)).toBe(0);
+      expect(v1.counters.writesReceived).toBe(0);
+      const between = openJournal(join(dir, 'journal.db'));
+      try {
+        expect(between.get(ref)).toMatchObject({ state: 'dispatched', attempts: 2, seq });
+        expect(between.history(ref).at(-1)?.detail).toMatch(
+          new RegExp(
+            `^the write \\(sequence number ${seq}\\) was not sent: withdrawn as the daemon stopped`,
+          ),
+        );
+        if (stopBetween) {
+          // Accepted after it, as by an intake of the next life before the take-up.
+          const now = Date.now();
+          between.claim({
+            scope: 'plant',
+            key: 'stop-between',
+            fingerprint: 'stop-between',
+            device: 'v1',
+            action: 'stop',
+            position: null,
+            issuedAt: now,
+            issuedAtSource: 'issuer',
+            ttlMs: 60_000,
+            deadline: now + 60_000,
+            intake: 'https',
+            acceptedAt: now,
+          });
+        }
+      } finally {
+        between.close();
+      }
+      // While the daemon is down the PLC restarts: its power-up echo over a new connection, which
+      // no readback can tell from a controller that lost a write it had taken.
+      for (const device of plant.devices()) device.clearFaults();
+      plant.plc('mb').powerCycle();
+      expect(v1.seqEcho).toBe(0);
+      await startLife();
+      // Settled by the line, not after a readback window that could prove nothing.
+      const r = await settled(ref, 4_000);
+      expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 2, seq });
+      expect(r.detail).toMatch(
+        stopBetween
+          ? /already dispatched twice .*; the stop stop-between was accepted after it, so it is not sent again; nothing was applied$/
+          : /already dispatched twice .*so it is not sent again; nothing was applied$/,
+      );
+      // No third write (I1), nor any other write to the valve but the stop's own.
+      expect(v1.writesWithSeq(seq)).toBe(0);
+      if (!stopBetween) expect(v1.counters.writesReceived).toBe(0);
+      else {
+        const stop = await settled({ scope: 'plant', key: 'stop-between' }, 10_000);
+        expect(v1.counters.writesReceived).toBe(stop.seq === null ? 0 : v1.writesWithSeq(stop.seq));
+      }
+    }, 90_000);
+  }
 });
