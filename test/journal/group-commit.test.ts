@@ -290,20 +290,8 @@ describe('group commit', () => {
   });
 
   it('a failed fdatasync fails every barrier until the journal has written its log anew and synced it', async () => {
-    const { journal, path } = open(true);
-    type Inner = { wal: { fd: number; conn: unknown } | null };
-    const inner = (journal as unknown as { group: Inner }).group;
-    journal.claim(command('first'));
-    await journal.durable();
-    const wal = inner.wal;
-    if (wal === null) throw new Error('no WAL descriptor after a barrier');
-    // A disk that fails an fdatasync (EIO) cannot be made here: a descriptor that is not open
-    // fails it the same way (EBADF), through the same path.
-    inner.wal = { ...wal, fd: 2 ** 30 };
-    journal.claim(command('second'));
-    await expect(journal.durable()).rejects.toThrow(/journal unavailable \(sync\): EBADF/);
+    const { journal, path } = await failedSync();
     expect(journal.barriers).toBe(1);
-    inner.wal = wal;
     // The descriptor works again, but a later fdatasync that succeeds proves nothing on Linux
     // (the failed pages may be marked clean): the barriers keep failing until the recovery.
     expect(journal.syncPending).toBe(true);
@@ -324,45 +312,18 @@ describe('group commit', () => {
   });
 
   it('a WAL whose content no longer verifies is not written anew: the journal stays closed', async () => {
-    const { journal, path } = open(true);
-    type Inner = { wal: { fd: number; conn: unknown } | null };
-    const inner = (journal as unknown as { group: Inner }).group;
-    journal.claim(command('first'));
-    await journal.durable();
-    const wal = inner.wal;
-    if (wal === null) throw new Error('no WAL descriptor after a barrier');
-    inner.wal = { ...wal, fd: 2 ** 30 };
-    journal.claim(command('second'));
-    await expect(journal.durable()).rejects.toThrow(/EBADF/);
-    inner.wal = wal;
-    // A page of the last frame as a page the kernel evicted and read back stale would be:
-    // other bytes than SQLite committed.
-    const size = statSync(`${path}-wal`).size;
-    const fd = openSync(`${path}-wal`, 'r+');
-    writeSync(fd, Buffer.alloc(16, 0xee), 0, 16, size - 100);
-    closeSync(fd);
+    const { journal, path } = await failedSync();
+    spoilLastFrame(path);
     // The barrier waits for the recovery's attempt (1 s after the failure), which fails.
     await expect(journal.durable()).rejects.toThrow(/does not verify/);
     expect(journal.recoveries).toBe(0);
     expect(journal.syncPending).toBe(true);
   });
+
   it('while a failed fdatasync is outstanding, the connection is not replaced (its close would checkpoint past the failure)', async () => {
-    const { journal, path } = open(true);
-    type Inner = { wal: { fd: number; conn: unknown } | null };
-    const inner = (journal as unknown as { group: Inner }).group;
-    journal.claim(command('first'));
-    await journal.durable();
-    const wal = inner.wal;
-    if (wal === null) throw new Error('no WAL descriptor after a barrier');
-    inner.wal = { ...wal, fd: 2 ** 30 };
-    journal.claim(command('second'));
-    await expect(journal.durable()).rejects.toThrow(/EBADF/);
-    inner.wal = wal;
+    const { journal, path } = await failedSync();
     // The WAL can no longer be written anew (a page read back stale, as in the test above).
-    const size = statSync(`${path}-wal`).size;
-    const fd = openSync(`${path}-wal`, 'r+');
-    writeSync(fd, Buffer.alloc(16, 0xee), 0, 16, size - 100);
-    closeSync(fd);
+    const size = spoilLastFrame(path);
     // A write failed SQLITE_READONLY (a filesystem remounted read-only after the I/O error):
     // the next write would replace the connection, closing this one. SQLite checkpoints at the
     // close of a file's last connection, copying the WAL — the frame that failed included —
@@ -376,6 +337,39 @@ describe('group commit', () => {
     expect(journal.syncPending).toBe(true);
   });
 });
+
+/**
+ * A journal with one claim on disk and a second whose barrier's fdatasync failed. A disk that
+ * fails an fdatasync (EIO) cannot be made here: a descriptor that is not open fails it the same
+ * way (EBADF), through the same path; the descriptor is put back afterwards.
+ */
+async function failedSync(): Promise<{ journal: SqliteJournal; path: string }> {
+  const opened = open(true);
+  const { journal } = opened;
+  type Inner = { wal: { fd: number; conn: unknown } | null };
+  const inner = (journal as unknown as { group: Inner }).group;
+  journal.claim(command('first'));
+  await journal.durable();
+  const wal = inner.wal;
+  if (wal === null) throw new Error('no WAL descriptor after a barrier');
+  inner.wal = { ...wal, fd: 2 ** 30 };
+  journal.claim(command('second'));
+  await expect(journal.durable()).rejects.toThrow(/journal unavailable \(sync\): EBADF/);
+  inner.wal = wal;
+  return opened;
+}
+
+/**
+ * Alters the last WAL frame as a page the kernel evicted and read back stale would be (other
+ * bytes than SQLite committed); returns the WAL's size.
+ */
+function spoilLastFrame(path: string): number {
+  const size = statSync(`${path}-wal`).size;
+  const fd = openSync(`${path}-wal`, 'r+');
+  writeSync(fd, Buffer.alloc(16, 0xee), 0, 16, size - 100);
+  closeSync(fd);
+  return size;
+}
 
 /** The keys in the journal's database file alone, without its WAL. */
 function mainFileKeys(path: string): string[] {
