@@ -91,17 +91,25 @@ export function summarizeOpen(
   // Each device's take-up window, where its worker settles a command taken up by recovery: it
   // reads for the longest of the confirm timeout, the grace and the time to the deadline
   // (which deadline + confirm timeout covers below). The device's other commands wait for it.
-  const windows = new Map<string, number>();
-  if (settling !== undefined) {
+  // Looked up only for a device with a command past its bound (a history read per command),
+  // so that a journal with nothing overdue costs no lookup.
+  const windows = new Map<string, number | null>();
+  const windowOf = (device: string): number | null => {
+    if (settling === undefined) return null;
+    const known = windows.get(device);
+    if (known !== undefined) return known;
     const grace = settling.graceMs ?? UNREACHABLE_GRACE_MS;
+    let window: number | null = null;
     for (const r of open) {
-      if (r.state !== 'dispatched') continue;
+      if (r.device !== device || r.state !== 'dispatched') continue;
       const at = settling.takenUpAt(r);
       if (at === null) continue;
       const until = at + Math.max(confirmTimeoutMs.get(r.device) ?? 0, grace);
-      windows.set(r.device, Math.max(windows.get(r.device) ?? until, until));
+      window = Math.max(window ?? until, until);
     }
-  }
+    windows.set(device, window);
+    return window;
+  };
   let accepted = 0;
   let dispatched = 0;
   let oldest: number | null = null;
@@ -117,7 +125,8 @@ export function summarizeOpen(
     // A device no longer configured has no confirm timeout (nor a worker): stuck from its
     // deadline.
     const bound = r.deadline + (confirmTimeoutMs.get(r.device) ?? 0);
-    const overdue = now - Math.max(bound, windows.get(r.device) ?? bound);
+    if (now <= bound) continue;
+    const overdue = now - Math.max(bound, windowOf(r.device) ?? bound);
     if (overdue > 0) {
       stuck.push({
         scope: r.scope,
