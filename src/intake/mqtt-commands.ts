@@ -111,10 +111,13 @@ export class CommandMessages {
 
   /** The client's handleMessage: decides PUBACK or not for one message (see the class doc). */
   receive(client: MqttClient, packet: IPublishPacket, callback: DoneCallback): void {
-    if (!client.connected) {
+    if (!client.connected && packet.qos > 0) {
       // Left over from a connection already closed: mqtt.js would queue a PUBACK now and send
       // it on the next connection, where the packet id may name another message. The broker
-      // redelivers this one instead.
+      // redelivers this one instead. A QoS 0 message has no PUBACK and no redelivery: it was
+      // received whole (it came in with the close, behind a message whose claim was being made
+      // durable), so it is handled as on an open connection — claimed, or refused and answered
+      // — and its answer goes out on the next connection.
       this.count('withheld');
       callback(new Error('not acknowledged: the connection is closed'));
       return;

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { createConnection, createServer } from 'node:net';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/core/logger.js';
@@ -390,6 +391,81 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     // Nothing was left for the broker to redeliver: the connection was not dropped.
     expect(connections()).toBe(connected);
     expect(intake.connected()).toBe(true);
+  });
+
+  it('journals, runs and answers a QoS 0 command that reached the gateway together with the end of its connection', async () => {
+    // A proxy between the intake and the broker ends the intake's connection (FIN) right after
+    // the bytes of the QoS 0 command: they arrive with the close. A QoS 1 command before it
+    // waits for its fsync (the thread pool held), so the QoS 0 one is handled only after the
+    // close: it was received whole, and QoS 0 is never redelivered.
+    const q0 = randomUUID();
+    const cut = { armed: false, done: false };
+    const proxy = createServer((inbound) => {
+      const outbound = createConnection({ host: '127.0.0.1', port: broker.port });
+      const close = (): void => {
+        inbound.destroy();
+        outbound.destroy();
+      };
+      inbound.on('error', close).on('close', close);
+      outbound.on('error', close).on('close', close);
+      inbound.pipe(outbound);
+      outbound.on('data', (chunk: Buffer) => {
+        inbound.write(chunk);
+        if (cut.armed && !cut.done && chunk.includes(q0)) {
+          cut.done = true;
+          inbound.end();
+          outbound.destroy();
+        }
+      });
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const address = proxy.address();
+    const port = typeof address === 'object' && address !== null ? address.port : 0;
+    await intake.stop();
+    // A reconnection long after the close: the connection's packets still waiting are handled
+    // first (a new connection would make mqtt.js drop them, docs/mqtt-api.md "QoS 0").
+    intake = new MqttIntake({
+      config: intakeConfig(`mqtt://127.0.0.1:${port}`, { protocolVersion: 5 }),
+      gatewayId: GATEWAY,
+      pipeline: stack.pipeline,
+      identities: stack.identities,
+      metrics: stack.metrics,
+      logger: silentLogger,
+      reconnect: { minMs: 3_000, maxMs: 3_000 },
+    });
+    intake.start();
+    await until(() => intake.connected() || undefined, 10_000, 'intake connected');
+    try {
+      const q1 = randomUUID();
+      const before = { v1: writes('v1'), v2: writes('v2') };
+      const pool = holdThreadPool();
+      try {
+        await issuer.publish(`${PREFIX}/cmd/v2`, timed({ action: moveOf('v2'), key: q1 }));
+        await until(() => stack.pipeline.get({ scope: 'plant', key: q1 }), 10_000, 'q1 claimed');
+        cut.armed = true;
+        await issuer.publish(`${PREFIX}/cmd/v1`, timed({ action: moveOf('v1'), key: q0 }), {
+          qos: 0,
+        });
+        await until(() => (cut.done && !intake.connected() ? true : undefined), 10_000, 'cut');
+      } finally {
+        await pool.release();
+      }
+      const result = await observer.waitFor(resultFor(q0, 'v1'), 15_000, 'result of q0');
+      expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
+      expect(stack.journal.findByKey(q0)).toHaveLength(1);
+      expect(writes('v1')).toBe(before.v1 + 1);
+      // The QoS 1 command, not acknowledged on the closed connection, is redelivered and runs once.
+      await observer.waitFor(resultFor(q1, 'v2'), 15_000, 'result of q1');
+      expect(writes('v2')).toBe(before.v2 + 1);
+    } finally {
+      await intake.stop();
+      await new Promise<void>((resolve) => {
+        proxy.close(() => {
+          resolve();
+        });
+      });
+      await startIntake();
+    }
   });
 
   it('executes once a command redelivered after a broker restart', async () => {
