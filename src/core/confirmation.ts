@@ -661,32 +661,47 @@ export class ConfirmationLoop {
   }
 
   /**
-   * The second write of a command was withdrawn before it was sent. Not by a stop (the daemon
-   * is stopping): the history says so, as for a first write (withdrawn), and the next start
-   * goes by it — the command was dispatched twice, so it is not sent again (execution.ts,
-   * takeUpUnsent), and nothing was applied; without the line, a controller showing its
-   * power-up echo after the restart would leave it unknown. Preempted by a stop, it is judged
-   * again once the stop is terminal, by readback (its first write went out).
+   * The second write of a command was withdrawn before it was sent — by a stop that preempted
+   * the command, or as the daemon stopped: the history says so, as for a first write
+   * (withdrawn). Whoever takes the command up next (this life once the stop is terminal, or the
+   * next start) goes by it: the command was dispatched twice, so it is not sent again
+   * (execution.ts, takeUpUnsent), and nothing was applied. Without the line the history showed
+   * the re-dispatch and then an outcome read back after the stop ("stopped by …"), as if the
+   * second write had gone out; and after a restart a controller showing its power-up echo
+   * would leave it unknown.
    */
   private secondUnsent(lane: Lane, again: CommandRecord, error: string, log: Logger): void {
     const stop = lane.interrupted;
-    if (stop !== null && refId(stop.target) === refId(again)) return;
-    this.noteUnsent(again, error, log);
+    const by = stop !== null && refId(stop.target) === refId(again) ? stop.stop.key : null;
+    this.noteUnsent(again, error, log, by);
   }
 
   /**
    * A write withdrawn unsent that nothing settled: the command stays `dispatched`, and the
-   * history says what only this process knows; the next start goes by it (execution.ts,
+   * history says what only this process knows; the take-up goes by it (execution.ts,
    * takeUpDispatched): a readback may not prove the write unapplied (a controller showing its
-   * power-up echo), the driver did — it never left this process.
+   * power-up echo), the driver did — it never left this process. `stop`: the key of the stop
+   * that preempted the command and withdrew the write.
    */
-  private noteUnsent(record: CommandRecord, error: string, log: Logger): void {
+  private noteUnsent(
+    record: CommandRecord,
+    error: string,
+    log: Logger,
+    stop: string | null = null,
+  ): void {
     log.warn(
-      { seq: record.seq, err: error },
-      'write withdrawn before it was sent; left to recovery',
+      { seq: record.seq, err: error, ...(stop === null ? {} : { stop }) },
+      stop === null
+        ? 'write withdrawn before it was sent; left to recovery'
+        : 'write withdrawn before it was sent: preempted by a stop',
     );
-    const why = this.host.signal.aborted ? 'as the daemon stopped' : 'before it was sent';
-    this.host.note(record, unsentLine(requireSeq(record), why, error));
+    const why =
+      stop !== null
+        ? `as the stop ${stop} preempted the command`
+        : this.host.signal.aborted
+          ? 'as the daemon stopped'
+          : 'before it was sent';
+    this.host.note(record, unsentLine(requireSeq(record), why, error, record.attempts >= 2));
   }
 
   private refused(

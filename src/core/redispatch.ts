@@ -137,10 +137,14 @@ export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
  * took it out of its queue (or found it withdrawn in the step that would have sent it) and
  * rejected it with WriteNotSentError, so it never left this process and never will
  * (confirmation.ts, `withdrawn`). Only that process knew it; the line is how a later life
- * learns it.
+ * learns it. `second`: the command's second write (a re-dispatch), which is not sent again
+ * (execution.ts, takeUpUnsent), where a first one is taken up as a command not yet written.
  */
-export function unsentLine(seq: number, why: string, error: string): string {
-  return `${unsentPrefix(seq)} ${why} (${error}); nothing of it reached the controller, and it is taken up as a command not yet written`;
+export function unsentLine(seq: number, why: string, error: string, second = false): string {
+  const next = second
+    ? 'and as the command was already dispatched twice it is not sent again'
+    : 'and it is taken up as a command not yet written';
+  return `${unsentPrefix(seq)} ${why} (${error}); nothing of it reached the controller, ${next}`;
 }
 
 function unsentPrefix(seq: number): string {

@@ -143,12 +143,12 @@ afterEach(async () => {
   cleanup();
 });
 
-function submit(key: string, device: string): CommandRef {
+function submit(key: string, device: string, action: 'open' | 'stop' = 'open'): CommandRef {
   pipeline.submit({
     key,
     identity: { scope: 'plant', devices: 'all' },
     intake: 'https',
-    request: parseCommandRequest({ device, action: 'open', ttlMs: 60_000 }),
+    request: parseCommandRequest({ device, action, ttlMs: 60_000 }),
   });
   return { scope: 'plant', key };
 }
@@ -312,4 +312,60 @@ describe('a write that never left the daemon', () => {
       }
     }, 90_000);
   }
+
+  it('a second write withdrawn by a stop that preempts its command: the history says so, and it ends without being sent', async () => {
+    const v1 = plant.device('v1');
+    // A warm valve (another master's echo), so that the lost first write can be proven not
+    // applied and the command dispatched again, as above.
+    v1.receiveWrite({ code: 3, setpoint: 0, seq: WARM_ECHO });
+    await until(() => (v1.seqEcho === WARM_ECHO ? true : undefined), 5_000, 'the warm-up');
+    v1.resetCounters();
+    await busyConnection();
+    // Which writes of v1 the pipeline hands to the driver (queued on the PLC's connection).
+    const binding = drivers.bindings.find((b) => b.id === 'v1')!;
+    const handed: number[] = [];
+    const write = binding.driver.write.bind(binding.driver);
+    binding.driver.write = (command, signal) => {
+      handed.push(command.seq);
+      return write(command, signal);
+    };
+    // The first write is lost: the PLC resets the connection before taking it.
+    v1.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+    const ref = submit('preempted-twice', 'v1');
+    const again = await until(
+      () =>
+        journal.history(ref).some((e) => e.detail.startsWith('redispatch:'))
+          ? journal.get(ref)
+          : undefined,
+      30_000,
+      'the second dispatch',
+    );
+    expect(again).toMatchObject({ state: 'dispatched', attempts: 2 });
+    const seq = again.seq!;
+    // Handed over twice: the second write now waits behind the slow reads.
+    await until(
+      () => (handed.filter((s) => s === seq).length === 2 ? true : undefined),
+      5_000,
+      'the second write handed to the driver',
+    );
+    expect(v1.writesWithSeq(seq)).toBe(0);
+    const stop = submit('the-stop', 'v1', 'stop');
+    const stopped = await settled(stop, 20_000);
+    expect(stopped.state).toBe('confirmed');
+    const r = await settled(ref, 20_000);
+    const history = journal.history(ref).map((e) => e.detail);
+    // The history says what became of the second write: withdrawn by the stop, never sent.
+    expect(history).toContainEqual(
+      expect.stringMatching(
+        new RegExp(
+          `^the write \\(sequence number ${seq}\\) was not sent: withdrawn as the stop the-stop preempted the command`,
+        ),
+      ),
+    );
+    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 2, seq });
+    expect(r.detail).toMatch(/the stop the-stop .*nothing was applied$/);
+    // Ground truth: neither of its writes reached the valve; the stop's did.
+    expect(v1.writesWithSeq(seq)).toBe(0);
+    expect(v1.writeLog.map((w) => w.seq)).toEqual([stopped.seq]);
+  }, 90_000);
 });
