@@ -208,7 +208,10 @@ export function parseCommandRequest(input: unknown, intake: IntakeFields = {}): 
   return {
     device: v.device,
     action: v.action,
-    position: v.position ?? null,
+    // JSON's -0 is the number 0 (RFC 8259 §6 gives a sign to no zero an issuer could mean):
+    // canonical as 0, so that the fingerprint, the journal and the setpoint written (a float32
+    // or Double register would carry the sign bit) never depend on how the issuer spelt it.
+    position: v.position === undefined ? null : v.position + 0,
     issuedAt: v.issuedAt === undefined ? null : new Date(Date.parse(v.issuedAt)).toISOString(),
     ttlMs: v.ttlMs ?? null,
   };

@@ -273,6 +273,16 @@ describe('fingerprint', () => {
     expect(prints.size).toBe(variants.length + 1);
   });
 
+  it('takes position -0 as 0, the same command as position 0', () => {
+    const move = (position: number) =>
+      parseCommandRequest({ device: 'act', action: 'move', position, issuedAt: base.issuedAt });
+    // toBe is Object.is: -0 is not 0 to it.
+    expect(move(-0).position).toBe(0);
+    expect(JSON.parse('-0.0e5')).toBe(-0);
+    expect(move(JSON.parse('-0.0e5') as number).position).toBe(0);
+    expect(fingerprint(move(-0))).toBe(fingerprint(move(0)));
+  });
+
   it('keeps an absent ttl distinct from the default value it stands for', () => {
     expect(fingerprint({ ...base, ttlMs: null })).not.toBe(fingerprint({ ...base, ttlMs: 30000 }));
   });
