@@ -130,6 +130,9 @@ export function checkModbusMap(
     readonly echoesSeq: boolean;
     readonly hasMove: boolean;
     readonly stateCodes: boolean;
+    /** The profile's name and positionTolerance, for the check of a move's resolution. */
+    readonly profile?: string;
+    readonly positionTolerance?: number;
   },
 ): string[] {
   const errors: string[] = [];
@@ -237,6 +240,19 @@ export function checkModbusMap(
   if (context.hasMove && position === undefined) {
     errors.push('modbus.status.position: required for a profile with the move action');
   }
+  if (context.hasMove && map.command.setpoint !== undefined) {
+    errors.push(...setpointRangeProblems(map.command.setpoint));
+    if (position !== undefined && context.positionTolerance !== undefined) {
+      errors.push(
+        ...resolutionProblems(
+          map.command.setpoint,
+          position,
+          context.positionTolerance,
+          context.profile ?? '(unnamed)',
+        ),
+      );
+    }
+  }
 
   // One FC16 request carries the whole command: its fields must tile one register range.
   const commandFields: [string, AnyField][] = [];
@@ -270,4 +286,98 @@ export function checkModbusMap(
     }
   }
   return errors;
+}
+
+type ScaledField = z.output<typeof scaledField>;
+
+/** The range of each setpoint type's raw value. */
+const RAW_RANGE: Readonly<Record<ScaledField['type'], readonly [number, number]>> = {
+  uint16: [0, 0xffff],
+  int16: [-0x8000, 0x7fff],
+  uint32: [0, 0xffffffff],
+  int32: [-0x80000000, 0x7fffffff],
+  // The largest finite float32: beyond it the register would carry Infinity.
+  float32: [-3.4028234663852886e38, 3.4028234663852886e38],
+};
+
+/** A number as an operator reads it: 0.05, not 0.05000000000000000277. */
+const shown = (v: number): string => String(Number(v.toPrecision(12)));
+
+/** The raw value a position is written as (encodeCommand's arithmetic). */
+function rawOf(field: ScaledField, percent: number): number {
+  const raw = (percent - field.offset) / field.scale;
+  return field.type === 'float32' ? raw : Math.round(Number(raw.toPrecision(12)));
+}
+
+/**
+ * A move takes any position from 0 to 100 % (SPEC §2): the setpoint register must hold the
+ * raw value of each, or the write of an accepted, journaled command fails at its dispatch.
+ * The raw value is linear in the position, so the two ends decide.
+ */
+function setpointRangeProblems(field: ScaledField): string[] {
+  const ends = [rawOf(field, 0), rawOf(field, 100)];
+  const [min, max] = RAW_RANGE[field.type];
+  if (ends.every((raw) => raw >= min && raw <= max)) return [];
+  return [
+    `modbus.command.setpoint: a move to 0..100 % is written as ${shown(Math.min(...ends))}..${shown(Math.max(...ends))} (scale ${shown(field.scale)}, offset ${shown(field.offset)}), which its ${field.type} register cannot hold (${shown(min)}..${shown(max)})`,
+  ];
+}
+
+/**
+ * How far from its value a field's register can carry a position, at worst: half a step of
+ * an integer register, half a float32 unit in the last place of the largest raw value.
+ */
+function halfStep(field: ScaledField): number {
+  if (field.type !== 'float32') return Math.abs(field.scale) / 2;
+  const largest = Math.max(...[0, 100].map((p) => Math.abs((p - field.offset) / field.scale)));
+  return 2 ** (Math.floor(Math.log2(largest)) - 24) * Math.abs(field.scale);
+}
+
+/** Whether every value the setpoint can be written as is a value the position can read. */
+function onReadGrid(setpoint: ScaledField, position: ScaledField): boolean {
+  if (setpoint.type === 'float32' || position.type === 'float32') return false;
+  const whole = (v: number): boolean => Math.abs(v - Math.round(v)) < 1e-9;
+  return (
+    whole(setpoint.scale / position.scale) &&
+    whole((setpoint.offset - position.offset) / position.scale)
+  );
+}
+
+/**
+ * A move is confirmed when the position read back lies within positionTolerance of the
+ * position asked for (readback.ts). The setpoint is written rounded to its register's step and
+ * the position is read rounded to its own: a move halfway between two steps lands half a step
+ * off, and is read up to half a read step further off even by a controller that rounds. Past
+ * the tolerance such a move is written, moves the device, and can never be confirmed: it fails
+ * READBACK_TIMEOUT after its confirm timeout, having actuated. A profile whose registers cannot
+ * honour every position within its own tolerance is refused, with the tolerance it needs.
+ */
+function resolutionProblems(
+  setpoint: ScaledField,
+  position: ScaledField,
+  tolerance: number,
+  profile: string,
+): string[] {
+  const written = halfStep(setpoint);
+  const read = onReadGrid(setpoint, position) ? 0 : halfStep(position);
+  // Strictly less: the readback's subtraction is not exact at the boundary (37.6 − 37.55 is
+  // 0.0500000000000043), so a tolerance of exactly the worst offset would still miss.
+  if (written + read < tolerance) return [];
+  const steps = [
+    `modbus.command.setpoint is written in steps of ${shown(2 * written)} % (a position between two steps lands up to ${shown(written)} % off)`,
+    ...(read === 0
+      ? []
+      : [
+          `modbus.status.position reads in steps of ${shown(2 * read)} % (up to ${shown(read)} % further off)`,
+        ]),
+  ];
+  // A position halfway between two steps of the coarser register, near mid-stroke.
+  const [grid, half] = written >= read ? [setpoint, written] : [position, read];
+  const example = Math.min(
+    100,
+    Math.floor((37.5 - grid.offset) / (2 * half)) * 2 * half + grid.offset + half,
+  );
+  return [
+    `positionTolerance: ${shown(tolerance)} % is finer than profile "${profile}" can confirm: ${steps.join(', and ')}; a move to some positions (e.g. ${shown(example)}) would be written, move the device and never be confirmed. Set positionTolerance above ${shown(written + read)}, or map finer registers`,
+  ];
 }

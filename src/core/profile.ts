@@ -171,6 +171,8 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
         echoesSeq: p.controller.echoesSeq,
         hasMove: p.actions.includes('move'),
         stateCodes: codes !== undefined,
+        profile: p.profile,
+        ...(p.positionTolerance === undefined ? {} : { positionTolerance: p.positionTolerance }),
       }),
     );
   }

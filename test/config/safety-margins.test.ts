@@ -232,3 +232,78 @@ describe('journal retention against the freshness of a retry', () => {
     expect(errors[0]).not.toContain('shorter than a retry');
   });
 });
+
+describe("a move's resolution against the profile's positionTolerance", () => {
+  /** The bundled profiles copied to `profiles/`, the actuator's text changed by `edit`. */
+  const actuatorAs = (edit: (text: string) => string): string => {
+    const out = join(dir, 'profiles');
+    mkdirSync(out, { recursive: true });
+    for (const name of readdirSync(BUNDLED)) {
+      const text = readFileSync(join(BUNDLED, name), 'utf8');
+      writeFileSync(join(out, name), name === 'actuator.yaml' ? edit(text) : text);
+    }
+    return out;
+  };
+  const tolerance = (t: string) => (text: string) =>
+    text.replace(/^positionTolerance: .*$/m, `positionTolerance: ${t}`);
+  const setpoint = (field: string) => (text: string) =>
+    text.replace('setpoint: { at: 11, scale: 0.1 }', `setpoint: ${field}`);
+  const position = (field: string) => (text: string) =>
+    text.replace('position: { at: 1, scale: 0.1 }', `position: ${field}`);
+  const errorsFor = (...edits: ((text: string) => string)[]): string[] => {
+    const profilesDir = actuatorAs((text) => edits.reduce((t, edit) => edit(t), text));
+    return errorsOf(() => loadConfig(write(`profilesDir: ${profilesDir}\n${SITE}`), { env: {} }));
+  };
+  const loads = (...edits: ((text: string) => string)[]): unknown => {
+    const profilesDir = actuatorAs((text) => edits.reduce((t, edit) => edit(t), text));
+    return loadConfig(write(`profilesDir: ${profilesDir}\n${SITE}`), { env: {} });
+  };
+  const file = (): string => join(dir, 'profiles', 'actuator.yaml');
+
+  it('refuses whole-percent setpoints with a tolerance of 0.2, naming the profile, both values and the fix', () => {
+    expect(errorsFor(setpoint('{ at: 11 }'), position('{ at: 1 }'), tolerance('0.2'))).toEqual([
+      `profilesDir: ${file()}: positionTolerance: 0.2 % is finer than profile "actuator" can confirm: modbus.command.setpoint is written in steps of 1 % (a position between two steps lands up to 0.5 % off); a move to some positions (e.g. 37.5) would be written, move the device and never be confirmed. Set positionTolerance above 0.5, or map finer registers`,
+    ]);
+  });
+
+  it('counts the readback step too: a setpoint in 0.1 % read back in whole percents', () => {
+    expect(errorsFor(position('{ at: 1 }'), tolerance('0.5'))).toEqual([
+      `profilesDir: ${file()}: positionTolerance: 0.5 % is finer than profile "actuator" can confirm: modbus.command.setpoint is written in steps of 0.1 % (a position between two steps lands up to 0.05 % off), and modbus.status.position reads in steps of 1 % (up to 0.5 % further off); a move to some positions (e.g. 37.5) would be written, move the device and never be confirmed. Set positionTolerance above 0.55, or map finer registers`,
+    ]);
+    // A float32 setpoint read back in whole percents: the read step is the one that counts.
+    const float = (text: string): string =>
+      setpoint('{ at: 11, type: float32 }')(text).replace('seq: { at: 12 }', 'seq: { at: 13 }');
+    const errors = errorsFor(float, position('{ at: 1 }'), tolerance('0.4'));
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toContain(
+      'and modbus.status.position reads in steps of 1 % (up to 0.5 % further off); a move to some positions (e.g. 37.5) would be written',
+    );
+    expect(() => loads(float, position('{ at: 1 }'), tolerance('0.6'))).not.toThrow();
+  });
+
+  it('takes a tolerance above the worst offset, and a read grid that holds every setpoint', () => {
+    // Whole percents written and read: the device reads what was written, half a step off.
+    expect(() =>
+      loads(setpoint('{ at: 11 }'), position('{ at: 1 }'), tolerance('0.51')),
+    ).not.toThrow();
+    expect(errorsFor(setpoint('{ at: 11 }'), position('{ at: 1 }'), tolerance('0.5'))).toEqual([
+      expect.stringContaining('positionTolerance: 0.5 % is finer than profile "actuator"'),
+    ]);
+  });
+
+  it('refuses a setpoint register that cannot hold 0..100 %', () => {
+    expect(errorsFor(setpoint('{ at: 11, scale: 0.001 }'), tolerance('1'))).toEqual([
+      `profilesDir: ${file()}: modbus.command.setpoint: a move to 0..100 % is written as 0..100000 (scale 0.001, offset 0), which its uint16 register cannot hold (0..65535)`,
+    ]);
+    expect(errorsFor(setpoint('{ at: 11, scale: 0.1, offset: 10 }'))).toEqual([
+      `profilesDir: ${file()}: modbus.command.setpoint: a move to 0..100 % is written as -100..900 (scale 0.1, offset 10), which its uint16 register cannot hold (0..65535)`,
+    ]);
+  });
+
+  it('the shipped profiles pass', () => {
+    for (const name of ['actuator', 'float-positioner']) {
+      expect(SHIPPED.get(name)?.positionTolerance, name).toBeGreaterThan(0);
+    }
+    expect(() => loadConfig(join(ROOT, 'devices', 'site.field.yaml'), { env: {} })).not.toThrow();
+  });
+});

@@ -4,6 +4,7 @@ import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { ProfileError } from '../../src/core/errors.js';
 import { parseProfile, type DeviceProfile } from '../../src/core/profile.js';
+import { modbusMapSchema } from '../../src/core/profile-modbus.js';
 import {
   Image,
   decodeState,
@@ -189,17 +190,20 @@ describe('command encoding', () => {
   });
 
   it('refuses a setpoint its register cannot carry', () => {
-    const p = parseProfile(
-      withModbus('actuator', {
-        ...shipped('actuator').modbus,
-        command: {
-          code: { at: 10 },
-          setpoint: { at: 11, type: 'int16', scale: 0.001 },
-          seq: { at: 12 },
-        },
-      }),
-      'narrow.yaml',
+    const narrow = {
+      ...shipped('actuator').modbus!,
+      command: {
+        code: { at: 10 },
+        setpoint: { at: 11, type: 'int16', scale: 0.001 },
+        seq: { at: 12 },
+      },
+    };
+    // At load: no move to 0..100 % may fail its write once accepted.
+    expect(() => parseProfile(withModbus('actuator', narrow), 'narrow.yaml')).toThrow(
+      'modbus.command.setpoint: a move to 0..100 % is written as 0..100000 (scale 0.001, offset 0), which its int16 register cannot hold (-32768..32767)',
     );
+    // And the encoder still refuses to send a value its register would wrap.
+    const p = { ...shipped('actuator'), modbus: modbusMapSchema.parse(narrow) };
     expect(() => encodeCommand(p, 0, { action: 'move', position: 50, seq: 1 })).toThrow(
       "setpoint 50000 does not fit the register's int16",
     );
