@@ -233,6 +233,8 @@ export class Daemon {
           metrics,
           logger,
           clock,
+          // The topic roots published under, for clearing a former root's retained topics.
+          topicRootsFile: join(config.stateDir, 'mqtt-topic-roots.json'),
         });
         const intake = mqttIntake;
         releasers.push({ name: 'mqtt', release: () => intake.stop() });

@@ -100,6 +100,10 @@ function asError(error: unknown): Error {
   return error instanceof Error ? error : new DeviceUnreachableError(describeError(error));
 }
 
+function describeWrite(job: WriteJob): string {
+  return `write ${job.address}+${job.values.length}`;
+}
+
 function describeRead(block: ReadBlock): string {
   const label = block.table === 'holding' ? '' : `${block.table} `;
   const combined = block.jobs.length > 1 ? ` (${block.jobs.length} reads combined)` : '';
@@ -143,9 +147,10 @@ const NOTHING: Delivery = () => undefined;
  *   failed attempt, so that such a PLC is not reconnected to once per request.
  * - Exception responses become DeviceRefusedError (the PLC answered: nothing was applied),
  *   except 0x04, 0x05 and 0x0B to a write (WRITE_OUTCOME_UNKNOWN); a write for which no
- *   connection could be had (the connect failed, or the backoff refused it) becomes
- *   WriteNotSentError `no-connection` (never handed to a socket: nothing was applied);
- *   everything else becomes DeviceUnreachableError (no answer: outcome unknown).
+ *   connection could be had (the connect failed, or the backoff refused it), or that the
+ *   endpoint's close took out of the queue, becomes WriteNotSentError `no-connection` (never
+ *   handed to a socket: nothing was applied); everything else becomes DeviceUnreachableError
+ *   (no answer: outcome unknown).
  */
 export class ModbusEndpoint {
   readonly name: string;
@@ -322,7 +327,7 @@ export class ModbusEndpoint {
       for (let head = this.jobs[0]; head !== undefined; head = this.jobs[0]) {
         if (this.closed || head.signal?.aborted === true) {
           this.jobs.shift();
-          head.reject(this.notServed());
+          head.reject(this.notServed(head));
           continue;
         }
         let served: Promise<Delivery>;
@@ -343,10 +348,29 @@ export class ModbusEndpoint {
     }
   }
 
-  /** Why a job is dropped without a request: the endpoint closed, or its signal aborted. */
-  private notServed(): DeviceUnreachableError {
+  /**
+   * Why a job is dropped without a request: the endpoint closed, or its signal aborted. A
+   * write so dropped never reached a socket: its outcome is known (WriteNotSentError), not
+   * that of a request lost on the wire — its deadline or withdrawal first, as in request().
+   */
+  private notServed(job: ModbusJob): Error {
+    if (job.kind === 'write') {
+      const what = describeWrite(job);
+      return (
+        this.unsendable(job, what) ??
+        (this.closed ? this.closedUnsent(what) : this.withdrawnError(what))
+      );
+    }
     return new DeviceUnreachableError(
       `${this.name}: ${this.closed ? 'endpoint closed' : 'aborted'}`,
+    );
+  }
+
+  /** A write the endpoint's close kept from being sent (the daemon stops its drivers). */
+  private closedUnsent(what: string): WriteNotSentError {
+    return new WriteNotSentError(
+      `${this.name}: ${what}: not sent: the connection to the PLC was closed (endpoint closed) before it was sent; nothing was written`,
+      'no-connection',
     );
   }
 
@@ -354,7 +378,7 @@ export class ModbusEndpoint {
     const { address, values } = job;
     try {
       await this.request(
-        `write ${address}+${values.length}`,
+        describeWrite(job),
         (client) => client.writeRegisters(address, [...values]),
         [job],
       );
@@ -443,7 +467,7 @@ export class ModbusEndpoint {
     }
     for (const job of block.jobs) {
       if (this.closed || job.signal?.aborted === true) {
-        job.reject(this.notServed());
+        job.reject(this.notServed(job));
         continue;
       }
       (await this.serveRead(aloneBlock(job)))();
@@ -461,9 +485,9 @@ export class ModbusEndpoint {
     body: (client: ModbusRTU) => Promise<T>,
     jobs: readonly ModbusJob[],
   ): Promise<T> {
-    if (this.closed) throw new DeviceUnreachableError(`${this.name}: endpoint closed`);
     // A write is a request of its own (reads are the ones served in blocks).
     const write = jobs.length === 1 && jobs[0]?.kind === 'write' ? jobs[0] : null;
+    this.throwIfClosed(write, what);
     let client: ModbusRTU;
     if (this.client?.isOpen === true) {
       // Connected: the request goes out in this microtask, not after an await of its own.
@@ -484,6 +508,9 @@ export class ModbusEndpoint {
           )
         );
       }
+      // Closed while it connected: the request was not sent, and is not sent on a connection
+      // the close is about to drop.
+      this.throwIfClosed(write, what);
     }
     // A write whose time has passed while it waited (behind other requests, for a connection),
     // or withdrawn meanwhile, is not sent at all (I3): checked here, in the microtask that
@@ -519,6 +546,13 @@ export class ModbusEndpoint {
       this.onSocketClosed = null;
       socketClosed.catch(() => undefined);
     }
+  }
+
+  /** Refuses a request once the endpoint is closed; a write is then known never sent. */
+  private throwIfClosed(write: WriteJob | null, what: string): void {
+    if (!this.closed) return;
+    if (write === null) throw new DeviceUnreachableError(`${this.name}: endpoint closed`);
+    throw this.unsendable(write, what) ?? this.closedUnsent(what);
   }
 
   /** Why `write` must not be sent now (past its deadline, withdrawn), or null. */

@@ -51,6 +51,14 @@ export interface Requester {
   readonly device: string;
 }
 
+interface PublicationOptions {
+  readonly retain: boolean;
+  readonly correlationData?: Buffer;
+  readonly about: Requester;
+  /** No content type: an empty payload is no JSON document. */
+  readonly bare?: boolean;
+}
+
 /** The longest part of a refused Response Topic that is logged. */
 const LOGGED_TOPIC_CHARS = 256;
 
@@ -76,7 +84,7 @@ export class MqttPublisher {
   private readonly logger: Logger;
   private readonly routes = new ResponseRoutes();
   /** Publications not yet acknowledged by the broker (QoS 1). */
-  private readonly unacknowledged = new Set<Promise<void>>();
+  private readonly unacknowledged = new Set<Promise<boolean>>();
   /** Publications deferred to the next turn, sent there together (see publish()). */
   private readonly deferred: (() => void)[] = [];
   private readonly maxHeld: number;
@@ -193,11 +201,15 @@ export class MqttPublisher {
    * message (mqtt-retained-state.ts).
    */
   clearState(device: string): void {
-    this.publish(this.topics.state(device), '', {
-      retain: true,
-      about: { key: null, device },
-      bare: true,
-    });
+    void this.clearRetained(this.topics.state(device), device);
+  }
+
+  /**
+   * An empty retained message on `topic` (MQTT 5 §3.3.1.3: the broker keeps no retained message
+   * there). Resolves true once the broker acknowledged it (mqtt-former-roots.ts).
+   */
+  clearRetained(topic: string, device = ''): Promise<boolean> {
+    return this.send(topic, '', { retain: true, about: { key: null, device }, bare: true });
   }
 
   /** Resolves once every publication made so far is acknowledged (or given up). */
@@ -217,17 +229,12 @@ export class MqttPublisher {
     });
   }
 
-  private publish(
-    topic: string,
-    payload: string,
-    options: {
-      retain: boolean;
-      correlationData?: Buffer;
-      about: Requester;
-      /** No content type: an empty payload is no JSON document. */
-      bare?: boolean;
-    },
-  ): void {
+  private publish(topic: string, payload: string, options: PublicationOptions): void {
+    void this.send(topic, payload, options);
+  }
+
+  /** Publishes; resolves true once the broker acknowledged it, false when not sent or failed. */
+  private send(topic: string, payload: string, options: PublicationOptions): Promise<boolean> {
     const topicBytes = Buffer.byteLength(topic);
     if (topicBytes > MAX_TOPIC_BYTES) {
       // Only the answer to a command topic whose device level fills it: `result/` is 3 bytes
@@ -242,18 +249,18 @@ export class MqttPublisher {
         },
         `not published: the topic is longer than MQTT allows (${MAX_TOPIC_BYTES} bytes)`,
       );
-      return;
+      return Promise.resolve(false);
     }
-    const sent = new Promise<void>((resolve) => {
+    const sent = new Promise<boolean>((resolve) => {
       this.defer(() => {
         const client = this.link.client;
         if (client === null) {
-          resolve();
+          resolve(false);
           return;
         }
         if (!client.connected && this.handed >= this.maxHeld) {
           this.drop(topic, options.about);
-          resolve();
+          resolve(false);
           return;
         }
         const publishOptions: IClientPublishOptions = { qos: 1, retain: options.retain };
@@ -283,7 +290,7 @@ export class MqttPublisher {
             },
             "not published: larger than the broker's Maximum Packet Size",
           );
-          resolve();
+          resolve(false);
           return;
         }
         this.handed += 1;
@@ -293,12 +300,13 @@ export class MqttPublisher {
           if (error instanceof Error && this.link.client !== null) {
             this.logger.warn({ err: error, topic }, 'MQTT publication failed');
           }
-          resolve();
+          resolve(!(error instanceof Error));
         });
       });
     });
     this.unacknowledged.add(sent);
     void sent.then(() => this.unacknowledged.delete(sent));
+    return sent;
   }
 
   /** A publication not held for the broker: the first of an outage is logged with its key. */

@@ -5,6 +5,7 @@ import type { IdentityRegistry } from './identities.js';
 import { CommandMessages } from './mqtt-commands.js';
 import type { MqttMetrics } from './mqtt-metrics.js';
 import { MqttPublisher } from './mqtt-publisher.js';
+import { FormerRootSweep } from './mqtt-former-roots.js';
 import { RetainedStateSweep } from './mqtt-retained-state.js';
 import { MqttSession, type MqttConfig, type MqttProtocol } from './mqtt-session.js';
 import { GatewayTopics } from './mqtt-topics.js';
@@ -22,6 +23,12 @@ export interface MqttIntakeOptions {
   readonly clock?: Clock;
   /** Reconnect delays: jittered, doubling from `minMs` to `maxMs` (default 1 s … 30 s). */
   readonly reconnect?: { readonly minMs?: number; readonly maxMs?: number };
+  /**
+   * The file (in the state folder) that lists the topic roots this gateway published under, so
+   * that the retained topics under a root given up are cleared (mqtt-former-roots.ts). Without
+   * it they are not.
+   */
+  readonly topicRootsFile?: string;
 }
 
 export interface MqttHealth {
@@ -42,8 +49,8 @@ export interface MqttHealth {
  * version, reconnection, subscription, status, stop), the command messages (mqtt-commands.ts:
  * parse, claim, PUBACK or not, answer) and the publisher (mqtt-publisher.ts: results, replays,
  * errors, state, Response Topics); besides them, the clearing of the retained state of devices
- * no longer configured (mqtt-retained-state.ts). This class builds them and wires them to the
- * pipeline.
+ * no longer configured (mqtt-retained-state.ts) and of the retained topics under topic roots
+ * given up (mqtt-former-roots.ts). This class builds them and wires them to the pipeline.
  */
 export class MqttIntake {
   private readonly pipeline: CommandPipeline;
@@ -53,6 +60,7 @@ export class MqttIntake {
   private readonly publisher: MqttPublisher;
   private readonly commands: CommandMessages;
   private readonly retainedState: RetainedStateSweep;
+  private readonly formerRoots: FormerRootSweep | null;
   private readonly detach: (() => void)[] = [];
   private started = false;
   private stopping: Promise<void> | null = null;
@@ -100,6 +108,16 @@ export class MqttIntake {
       configured: (device) => this.pipeline.hasDevice(device),
       logger: this.logger,
     });
+    this.formerRoots =
+      options.topicRootsFile === undefined
+        ? null
+        : new FormerRootSweep({
+            topics: this.topics,
+            reader: this.session,
+            clearer: this.publisher,
+            path: options.topicRootsFile,
+            logger: this.logger,
+          });
   }
 
   /** The topic prefix `{root}/{gatewayId}`. */
@@ -131,8 +149,15 @@ export class MqttIntake {
         });
       }),
     );
+    // The current root is on disk before anything is published under it.
+    this.formerRoots?.start();
     this.session.start({
       message: (client, packet, callback) => {
+        if (this.formerRoots?.receive(packet) === true) {
+          // The reading of a former root's retained topics (QoS 0), never a command.
+          callback();
+          return;
+        }
         if (this.topics.stateDevice(packet.topic) !== null) {
           // The sweep's reading of the state topics (QoS 0), never a command.
           this.retainedState.receive(packet);
@@ -145,6 +170,7 @@ export class MqttIntake {
         this.publisher.reconnected();
         this.publishMirror();
         this.retainedState.connected();
+        this.formerRoots?.connected();
       },
     });
   }

@@ -189,6 +189,18 @@ async function busyConnection(): Promise<void> {
   }
 }
 
+/** The sequence numbers of the writes the pipeline hands to `device`'s driver, as it does. */
+function handedWrites(device: string): number[] {
+  const binding = drivers.bindings.find((b) => b.id === device)!;
+  const handed: number[] = [];
+  const write = binding.driver.write.bind(binding.driver);
+  binding.driver.write = (command, signal) => {
+    handed.push(command.seq);
+    return write(command, signal);
+  };
+  return handed;
+}
+
 describe('a write that never left the daemon', () => {
   it('no connection to the PLC: failed DEVICE_UNREACHABLE "never sent", at once, even though the PLC then shows its power-up echo', async () => {
     const v1 = plant.device('v1');
@@ -321,14 +333,7 @@ describe('a write that never left the daemon', () => {
     await until(() => (v1.seqEcho === WARM_ECHO ? true : undefined), 5_000, 'the warm-up');
     v1.resetCounters();
     await busyConnection();
-    // Which writes of v1 the pipeline hands to the driver (queued on the PLC's connection).
-    const binding = drivers.bindings.find((b) => b.id === 'v1')!;
-    const handed: number[] = [];
-    const write = binding.driver.write.bind(binding.driver);
-    binding.driver.write = (command, signal) => {
-      handed.push(command.seq);
-      return write(command, signal);
-    };
+    const handed = handedWrites('v1');
     // The first write is lost: the PLC resets the connection before taking it.
     v1.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
     const ref = submit('preempted-twice', 'v1');
@@ -368,4 +373,71 @@ describe('a write that never left the daemon', () => {
     expect(v1.writesWithSeq(seq)).toBe(0);
     expect(v1.writeLog.map((w) => w.seq)).toEqual([stopped.seq]);
   }, 90_000);
+  it('the PLC connection closes while the write waits behind other requests: failed DEVICE_UNREACHABLE "never sent", at once', async () => {
+    const v1 = plant.device('v1');
+    await busyConnection();
+    const handed = handedWrites('v1');
+    const ref = submit('closed-queued', 'v1');
+    const dispatched = await until(
+      () => {
+        const r = journal.get(ref);
+        return r?.state === 'dispatched' && handed.includes(r.seq!) ? r : undefined;
+      },
+      15_000,
+      'the write handed to the driver',
+    );
+    // Queued behind a slow read of v2 or v3 when the connection is closed (as the daemon
+    // closes its drivers): the close lets the read in flight finish, and drops the rest.
+    expect(v1.counters.writesReceived).toBe(0);
+    const closing = drivers.modbus[0]!.close();
+    // Settled as soon as the driver said so: not after the confirm window (30 s) of a write
+    // whose outcome would be unknown.
+    const r = await settled(ref, 4_000);
+    await closing;
+    expect(r).toMatchObject({
+      state: 'failed',
+      code: 'DEVICE_UNREACHABLE',
+      attempts: 1,
+      seq: dispatched.seq,
+    });
+    expect(r.detail).toBe(
+      'the write was never sent: no connection to the controller; nothing was applied (mb: write 10+3: not sent: the connection to the PLC was closed (endpoint closed) before it was sent; nothing was written)',
+    );
+    // Ground truth: the valve never received it.
+    expect(v1.writesWithSeq(dispatched.seq!)).toBe(0);
+    expect(v1.counters.writesReceived).toBe(0);
+  }, 60_000);
+
+  it('the PLC connection closes while the write is on the wire and its answer is lost: its outcome stays unknown, and readback settles it', async () => {
+    const v1 = plant.device('v1');
+    // The PLC takes the write and never answers it.
+    v1.setFault({ kind: 'drop', on: 'write', count: 1 });
+    const ref = submit('closed-on-the-wire', 'v1');
+    await until(
+      () => (v1.counters.writesReceived === 1 ? true : undefined),
+      10_000,
+      'the write at the PLC',
+    );
+    const seq = journal.get(ref)!.seq!;
+    // The close waits for the request in flight, which times out (3 s): an answer lost.
+    await drivers.modbus[0]!.close();
+    // The worker is done with it once the pipeline has stopped: what it journaled by then.
+    await stopLife();
+    const between = openJournal(join(dir, 'journal.db'));
+    try {
+      expect(between.get(ref)).toMatchObject({ state: 'dispatched', attempts: 1, seq });
+      // Never said "not sent": the write may have reached the PLC (and did).
+      expect(between.history(ref).map((e) => e.detail)).not.toContainEqual(
+        expect.stringMatching(/not sent|never sent/),
+      );
+    } finally {
+      between.close();
+    }
+    v1.clearFaults();
+    await startLife();
+    const r = await settled(ref, 10_000);
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 1, seq });
+    // Ground truth: the one write, applied; never written again.
+    expect(v1.writesWithSeq(seq)).toBe(1);
+  }, 60_000);
 });

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
@@ -47,6 +48,7 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
     pipeline: CommandPipeline,
     gatewayId: string,
     overrides: Partial<MqttConfig> = {},
+    topicRootsFile?: string,
   ): MqttIntake =>
     new MqttIntake({
       config: intakeConfig(broker.url, { ...overrides }),
@@ -56,6 +58,7 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
       metrics: stack.metrics,
       logger: silentLogger,
       reconnect: { minMs: 100, maxMs: 800 },
+      ...(topicRootsFile === undefined ? {} : { topicRootsFile }),
     });
 
   const started = async (intake: MqttIntake): Promise<MqttIntake> => {
@@ -169,6 +172,93 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
     expect(stack.plant.device('v2').counters.writesReceived).toBe(writes + 1);
     await intake.stop();
   });
+
+  for (const version of [5, 4] as const) {
+    it(`MQTT ${version === 5 ? '5' : '3.1.1'}: clears the retained state and status left under a topic root the site no longer uses, and nothing else`, async () => {
+      const gateway = `gw-moved-${version}`;
+      const oldPrefix = `old/${gateway}`;
+      const { dir, cleanup } = tempDir('sluice-roots-');
+      cleanups.push(cleanup);
+      const rootsFile = join(dir, 'mqtt-topic-roots.json');
+      const watcher = await TestClient.connect(broker.url);
+      cleanups.push(() => watcher.end());
+      await watcher.subscribe(`${oldPrefix}/#`);
+      // Another gateway's topics under the old root, and a topic below the gateway's state.
+      await watcher.publish(`old/gw-other-${version}/state/v1`, { device: 'v1' }, { retain: true });
+      await watcher.publish(`old/gw-other-${version}/status`, 'online', { retain: true });
+      await watcher.publish(`${oldPrefix}/state/v1/note`, { note: 'not ours' }, { retain: true });
+
+      // A run under the root `old` drives v1: its state and status are retained there.
+      const first = await started(
+        intakeOn(
+          stack.pipeline,
+          gateway,
+          { topicRoot: 'old', protocolVersion: version },
+          rootsFile,
+        ),
+      );
+      const key = randomUUID();
+      const action = stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+      await watcher.publish(`${oldPrefix}/cmd/v1`, timed({ action, key }));
+      await watcher.waitFor(
+        (m) => m.topic === `${oldPrefix}/result/v1` && m.json().key === key,
+        10_000,
+        'result under the old root',
+      );
+      await first.stop();
+      const before = await retainedOf([`${oldPrefix}/#`], version);
+      // The run published the mirror of every device it had one for, v1 among them.
+      const beforeTopics = before.map((m) => m.topic);
+      expect(beforeTopics).toEqual(
+        expect.arrayContaining([
+          `${oldPrefix}/state/v1`,
+          `${oldPrefix}/state/v1/note`,
+          `${oldPrefix}/status`,
+        ]),
+      );
+      const ours = beforeTopics.filter((t) => t !== `${oldPrefix}/state/v1/note`);
+
+      // The site moves to `plant/new`.
+      const seen = watcher.messages.length;
+      const second = await started(
+        intakeOn(
+          stack.pipeline,
+          gateway,
+          { topicRoot: 'plant/new', protocolVersion: version },
+          rootsFile,
+        ),
+      );
+      cleanups.push(() => second.stop());
+      // The old root is struck from the record once the broker took every clearing.
+      await until(
+        () => (readFileSync(rootsFile, 'utf8').includes('"old"') ? undefined : true),
+        10_000,
+        'old root struck from the record',
+      );
+      expect(JSON.parse(readFileSync(rootsFile, 'utf8'))).toEqual({
+        gatewayId: gateway,
+        topicRoots: ['plant/new'],
+      });
+      // Each of the gateway's retained topics there was cleared: an empty message to subscribers.
+      const clearings = watcher.messages
+        .slice(seen)
+        .filter((m) => m.packet.payload.length === 0)
+        .map((m) => m.topic);
+      expect(clearings.sort()).toEqual([...ours].sort());
+      // A subscriber to the old root now gets only what was never the gateway's own.
+      const after = await retainedOf([`${oldPrefix}/#`, `old/gw-other-${version}/#`], version);
+      expect(after.map((m) => m.topic).sort()).toEqual(
+        [
+          `${oldPrefix}/state/v1/note`,
+          `old/gw-other-${version}/state/v1`,
+          `old/gw-other-${version}/status`,
+        ].sort(),
+      );
+      const current = await retainedOf([`plant/new/${gateway}/status`], version);
+      expect(current.map((m) => m.text)).toEqual(['online']);
+      await second.stop();
+    });
+  }
 
   it('drops the command subscription of a former gateway id kept under a fixed client id, and never runs its commands', async () => {
     const clientId = 'sluice-fixed-id';
