@@ -86,7 +86,22 @@ export function checkInventory(
   profiles: ReadonlyMap<string, DeviceProfile>,
 ): string[] {
   const errors: string[] = [];
-  const commandRanges: { id: string; plc: string; start: number; end: number }[] = [];
+  const commandRanges: {
+    id: string;
+    plc: string;
+    controller: string;
+    start: number;
+    end: number;
+  }[] = [];
+  const statusFields: {
+    id: string;
+    plc: string;
+    controller: string;
+    name: string;
+    start: number;
+    end: number;
+  }[] = [];
+  const objects = new Map<string, { id: string; plc: string }>();
   for (const [id, device] of Object.entries(inventory.devices)) {
     const plc = inventory.plcs[device.plc];
     const profile = profiles.get(device.profile);
@@ -120,19 +135,49 @@ export function checkInventory(
           }
         }
       }
+      // Two PLC entries may name one controller (another connection to it): registers are
+      // compared per controller, not per entry.
+      const controller = modbusController(plc);
       const span = commandRange(profile, device.base);
       const clash = commandRanges.find(
-        (other) => other.plc === device.plc && span.start < other.end && other.start < span.end,
+        (other) =>
+          other.controller === controller && span.start < other.end && other.start < span.end,
       );
       if (clash !== undefined) {
         errors.push(
-          `devices.${id}.base: its command registers ${span.start}..${span.end - 1} overlap those of device ${clash.id} (${clash.start}..${clash.end - 1}) on PLC ${device.plc}`,
+          `devices.${id}.base: its command registers ${span.start}..${span.end - 1} overlap those of device ${clash.id} (${clash.start}..${clash.end - 1}) on PLC ${samePlc(device.plc, clash.plc, controller)}`,
         );
       }
-      commandRanges.push({ id, plc: device.plc, ...span });
+      commandRanges.push({ id, plc: device.plc, controller, ...span });
+      for (const [name, field] of Object.entries(map.status)) {
+        // Commands are written to holding registers; the other tables cannot hold them.
+        if (field === undefined || field.table !== 'holding') continue;
+        const start = fieldAddress(field, device.base);
+        statusFields.push({
+          id,
+          plc: device.plc,
+          controller,
+          name,
+          start,
+          end: start + fieldWidth(field),
+        });
+      }
     }
     if (plc?.protocol === 'opcua' && profile !== undefined && profile.opcua === undefined) {
       errors.push(`devices.${id}.profile: profile "${profile.profile}" has no OPC UA node names`);
+    }
+    if (plc?.protocol === 'opcua') {
+      // Node ids are ns=<namespace>;s=<object>.<Name>: one object is one controller device.
+      const object = device.object ?? id;
+      const where = `${plc.endpointUrl.toLowerCase()} ${plc.namespaceUri}\u0000${object}`;
+      const other = objects.get(where);
+      if (other !== undefined) {
+        errors.push(
+          `devices.${id}${device.object === undefined ? '' : '.object'}: object "${object}" on PLC ${samePlc(device.plc, other.plc, plc.endpointUrl)} is also device ${other.id}'s: two devices would command one controller object, each with its own queue and sequence numbers`,
+        );
+      } else {
+        objects.set(where, { id, plc: device.plc });
+      }
     }
     // I1: a write whose outcome is unknown (timed out, reply lost) may still land until the
     // driver gives up on it; only a guard longer than that lets a missing echo prove "not
@@ -147,7 +192,33 @@ export function checkInventory(
       );
     }
   }
+  // A status field on a command block reads back what the bridge writes there (the code of
+  // the last command taken for a state): a base off by a block, or an absolute field on it.
+  for (const field of statusFields) {
+    const clash = commandRanges.find(
+      (range) =>
+        range.controller === field.controller && field.start < range.end && range.start < field.end,
+    );
+    if (clash === undefined) continue;
+    const whose =
+      clash.id === field.id
+        ? 'its own command registers'
+        : `the command registers of device ${clash.id}`;
+    errors.push(
+      `devices.${field.id}.base: its status field modbus.status.${field.name} (holding ${field.start}..${field.end - 1}) lies on ${whose} (${clash.start}..${clash.end - 1}) on PLC ${samePlc(field.plc, clash.plc, clash.controller)}: it would read the commands written there as the device's status`,
+    );
+  }
   return errors;
+}
+
+/** A Modbus controller as the network reaches it: host, port and unit id. */
+function modbusController(plc: { host: string; port: number; unitId: number }): string {
+  return `${plc.host.toLowerCase()}:${plc.port} unit ${plc.unitId}`;
+}
+
+/** A PLC entry's name, and the other entry's when both name one controller. */
+function samePlc(plc: string, other: string, controller: string): string {
+  return plc === other ? plc : `${plc} (the same controller as PLC ${other}: ${controller})`;
 }
 
 /** The holding registers a device's command write covers, [start, end). */

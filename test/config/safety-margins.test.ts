@@ -307,3 +307,111 @@ describe("a move's resolution against the profile's positionTolerance", () => {
     expect(() => loadConfig(join(ROOT, 'devices', 'site.field.yaml'), { env: {} })).not.toThrow();
   });
 });
+
+describe('devices that would share a controller device', () => {
+  const site = (plcs: string, devices: string): string =>
+    write(`
+gatewayId: g1
+stateDir: state
+mqtt: { url: mqtt://127.0.0.1:1883, identity: plant }
+identities:
+  plant: { devices: ['*'] }
+plcs:
+${plcs}
+devices:
+${devices}`);
+  const MODBUS = '  p1: { protocol: modbus, host: 127.0.0.1, port: 502 }';
+  const OPCUA =
+    '  u1: { protocol: opcua, endpointUrl: opc.tcp://127.0.0.1:4840, namespaceUri: urn:x }';
+
+  it('refuses two OPC UA devices on one object, named or defaulted to the id', () => {
+    expect(
+      errorsOf(() =>
+        loadConfig(
+          site(
+            OPCUA,
+            '  a: { plc: u1, profile: valve, object: X }\n  b: { plc: u1, profile: valve, object: X }\n',
+          ),
+          { env: {} },
+        ),
+      ),
+    ).toEqual([
+      `devices.b.object: object "X" on PLC u1 is also device a's: two devices would command one controller object, each with its own queue and sequence numbers`,
+    ]);
+    expect(
+      errorsOf(() =>
+        loadConfig(
+          site(
+            OPCUA,
+            '  a: { plc: u1, profile: valve }\n  b: { plc: u1, profile: valve, object: a }\n',
+          ),
+          { env: {} },
+        ),
+      ),
+    ).toEqual([
+      expect.stringMatching(/^devices\.b\.object: object "a" on PLC u1 is also device a's/),
+    ]);
+    // Another server, or another namespace, is another object.
+    expect(() =>
+      loadConfig(
+        site(
+          `${OPCUA}\n  u2: { protocol: opcua, endpointUrl: opc.tcp://127.0.0.1:4841, namespaceUri: urn:x }`,
+          '  a: { plc: u1, profile: valve, object: X }\n  b: { plc: u2, profile: valve, object: X }\n',
+        ),
+        { env: {} },
+      ),
+    ).not.toThrow();
+  });
+
+  it('compares command registers per controller, also across two PLC entries for it', () => {
+    expect(
+      errorsOf(() =>
+        loadConfig(
+          site(
+            `${MODBUS}\n  p2: { protocol: modbus, host: 127.0.0.1, port: 502, unitId: 1 }`,
+            '  a: { plc: p1, profile: valve, base: 0 }\n  b: { plc: p2, profile: valve, base: 0 }\n',
+          ),
+          { env: {} },
+        ),
+      ),
+    ).toEqual([
+      'devices.b.base: its command registers 10..12 overlap those of device a (10..12) on PLC p2 (the same controller as PLC p1: 127.0.0.1:502 unit 1)',
+    ]);
+    // Another unit id behind the same address is another controller.
+    expect(() =>
+      loadConfig(
+        site(
+          `${MODBUS}\n  p2: { protocol: modbus, host: 127.0.0.1, port: 502, unitId: 2 }`,
+          '  a: { plc: p1, profile: valve, base: 0 }\n  b: { plc: p2, profile: valve, base: 0 }\n',
+        ),
+        { env: {} },
+      ),
+    ).not.toThrow();
+  });
+
+  it('refuses a status field on a command block: a base off by one block', () => {
+    expect(
+      errorsOf(() =>
+        loadConfig(
+          site(
+            MODBUS,
+            '  a: { plc: p1, profile: valve, base: 0 }\n  b: { plc: p1, profile: valve, base: 10 }\n',
+          ),
+          { env: {} },
+        ),
+      ),
+    ).toEqual([
+      "devices.b.base: its status field modbus.status.state (holding 10..10) lies on the command registers of device a (10..12) on PLC p1: it would read the commands written there as the device's status",
+      "devices.b.base: its status field modbus.status.position (holding 11..11) lies on the command registers of device a (10..12) on PLC p1: it would read the commands written there as the device's status",
+      "devices.b.base: its status field modbus.status.fault (holding 12..12) lies on the command registers of device a (10..12) on PLC p1: it would read the commands written there as the device's status",
+    ]);
+    // The PLC-wide clock (absolute, 900..903) under a device's own command block.
+    expect(
+      errorsOf(() =>
+        loadConfig(site(MODBUS, '  a: { plc: p1, profile: valve, base: 890 }\n'), { env: {} }),
+      ),
+    ).toEqual([
+      "devices.a.base: its status field modbus.status.clock (holding 900..903) lies on its own command registers (900..902) on PLC p1: it would read the commands written there as the device's status",
+    ]);
+  });
+});
