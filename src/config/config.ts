@@ -253,10 +253,40 @@ export class ConfigError extends Error {
   }
 }
 
-/** Overrides from the environment: what a demo or a container changes. */
+/** An environment variable that overrides one setting, and the setting's path. */
+interface EnvironmentOverride {
+  readonly variable: string;
+  readonly path: readonly string[];
+  readonly value: unknown;
+}
+
+/** The variables that override a setting: what a demo or a container changes. */
+const ENVIRONMENT: readonly (readonly [string, readonly string[]])[] = [
+  ['SLUICE_MQTT_URL', ['mqtt', 'url']],
+  ['SLUICE_HTTPS_PORT', ['https', 'port']],
+  ['SLUICE_HTTPS_HOST', ['https', 'host']],
+  ['SLUICE_STATE_DIR', ['stateDir']],
+  ['SLUICE_LOG_LEVEL', ['log', 'level']],
+  ['SLUICE_GATEWAY_ID', ['gatewayId']],
+];
+
+/**
+ * The overrides the environment sets. An empty variable is unset (systemd's `Environment=X=`
+ * clears an inherited value that way), as SLUICE_MQTT_URL always was.
+ */
+function environmentSettings(env: NodeJS.ProcessEnv): EnvironmentOverride[] {
+  const num = (v: string): number | string => (/^\d+$/.test(v) ? Number(v) : v);
+  return ENVIRONMENT.flatMap(([variable, path]) => {
+    const raw = env[variable];
+    if (raw === undefined || raw === '') return [];
+    return [{ variable, path, value: variable === 'SLUICE_HTTPS_PORT' ? num(raw) : raw }];
+  });
+}
+
+/** Overrides from the environment, as a partial configuration. */
 export function environmentOverrides(env: NodeJS.ProcessEnv): Record<string, unknown> {
   const o: Record<string, unknown> = {};
-  const set = (path: string[], value: unknown): void => {
+  for (const { path, value } of environmentSettings(env)) {
     let node = o;
     for (const key of path.slice(0, -1)) {
       node[key] ??= {};
@@ -264,16 +294,49 @@ export function environmentOverrides(env: NodeJS.ProcessEnv): Record<string, unk
     }
     const last = path.at(-1);
     if (last !== undefined) node[last] = value;
-  };
-  const num = (v: string): number | string => (/^\d+$/.test(v) ? Number(v) : v);
-  if (env.SLUICE_MQTT_URL !== undefined && env.SLUICE_MQTT_URL !== '')
-    set(['mqtt', 'url'], env.SLUICE_MQTT_URL);
-  if (env.SLUICE_HTTPS_PORT !== undefined) set(['https', 'port'], num(env.SLUICE_HTTPS_PORT));
-  if (env.SLUICE_HTTPS_HOST !== undefined) set(['https', 'host'], env.SLUICE_HTTPS_HOST);
-  if (env.SLUICE_STATE_DIR !== undefined) set(['stateDir'], env.SLUICE_STATE_DIR);
-  if (env.SLUICE_LOG_LEVEL !== undefined) set(['log', 'level'], env.SLUICE_LOG_LEVEL);
-  if (env.SLUICE_GATEWAY_ID !== undefined) set(['gatewayId'], env.SLUICE_GATEWAY_ID);
+  }
   return o;
+}
+
+/**
+ * Problems an override makes that the file cannot show: a section the file does not have,
+ * which the variable alone cannot make whole (an https section without its certificate, an
+ * mqtt one without its identity), would otherwise be reported as fields missing from the
+ * file, which an operator looks for there in vain.
+ */
+function environmentProblems(file: unknown, settings: readonly EnvironmentOverride[]): string[] {
+  const sections =
+    typeof file === 'object' && file !== null ? (file as Record<string, unknown>) : {};
+  return settings.flatMap(({ variable, path }) => {
+    const section = path[0] ?? '';
+    if (path.length < 2 || section === 'log' || sections[section] !== undefined) return [];
+    return [
+      `${variable}: overrides ${path.join('.')}, but the configuration has no ${section} section: configure ${section} in the file, or unset ${variable}`,
+    ];
+  });
+}
+
+/** An issue's message, naming the variable when the value came from the environment. */
+function withSource(
+  path: readonly PropertyKey[],
+  message: string,
+  settings: readonly EnvironmentOverride[],
+): string {
+  const from = settings.find(
+    (s) => s.path.length === path.length && s.path.every((key, i) => key === path[i]),
+  );
+  return from === undefined
+    ? message
+    : `${message} (set by the environment: ${from.variable}=${JSON.stringify(String(from.value))})`;
+}
+
+function valueAt(tree: unknown, path: readonly string[]): unknown {
+  let node = tree;
+  for (const key of path) {
+    if (typeof node !== 'object' || node === null) return undefined;
+    node = (node as Record<string, unknown>)[key];
+  }
+  return node;
 }
 
 function merge(base: unknown, over: unknown): unknown {
@@ -329,15 +392,24 @@ export function loadConfig(
       ),
     );
   }
+  const file = doc.toJS() as unknown;
+  // A flag overrides the environment: its value is not the variable's.
+  const settings = environmentSettings(options.env ?? process.env).filter(
+    (setting) => valueAt(options.overrides ?? {}, setting.path) === undefined,
+  );
+  const fromEnvironment = environmentProblems(file, settings);
+  if (fromEnvironment.length > 0) throw new ConfigError(path, fromEnvironment);
   const merged = merge(
-    merge(doc.toJS() as unknown, environmentOverrides(options.env ?? process.env)),
+    merge(file, environmentOverrides(options.env ?? process.env)),
     options.overrides ?? {},
   );
   const parsed = configSchema.safeParse(merged);
   if (!parsed.success) {
     throw new ConfigError(
       path,
-      parsed.error.issues.map((i) => `${issuePath(i.path)}: ${i.message}`),
+      parsed.error.issues.map(
+        (i) => `${issuePath(i.path)}: ${withSource(i.path, i.message, settings)}`,
+      ),
     );
   }
   const unset: string[] = [];

@@ -113,6 +113,44 @@ devices:
     expect(errors.some((e) => e.startsWith('identities.plant: needs tokenSha256'))).toBe(true);
   });
 
+  it('names the environment variable behind an invalid value, and refuses one for a section the file lacks', () => {
+    expect(
+      errorsOf(() => loadConfig(write(MINIMAL), { env: { SLUICE_HTTPS_PORT: '8443' } })),
+    ).toEqual([
+      'SLUICE_HTTPS_PORT: overrides https.port, but the configuration has no https section: configure https in the file, or unset SLUICE_HTTPS_PORT',
+    ]);
+    expect(
+      errorsOf(() =>
+        loadConfig(write(MINIMAL), {
+          env: { SLUICE_LOG_LEVEL: 'verbose', SLUICE_GATEWAY_ID: 'a b' },
+        }),
+      ),
+    ).toEqual([
+      'gatewayId: letters, digits, ".", "_", "-" (set by the environment: SLUICE_GATEWAY_ID="a b")',
+      expect.stringMatching(
+        /^log\.level: Invalid option: .* \(set by the environment: SLUICE_LOG_LEVEL="verbose"\)$/,
+      ),
+    ]);
+    // A flag wins over the variable: its value is not the environment's.
+    expect(
+      errorsOf(() =>
+        loadConfig(write(MINIMAL.replace('gatewayId: g1', 'gatewayId: "a b"')), {
+          env: { SLUICE_LOG_LEVEL: 'debug' },
+          overrides: { log: { level: 'loud' } },
+        }),
+      ),
+    ).toEqual([
+      'gatewayId: letters, digits, ".", "_", "-"',
+      expect.not.stringContaining('environment'),
+    ]);
+    // Empty is unset, for every variable.
+    const c = loadConfig(write(MINIMAL), {
+      env: { SLUICE_HTTPS_PORT: '', SLUICE_STATE_DIR: '', SLUICE_GATEWAY_ID: '' },
+    });
+    expect(c.https).toBeUndefined();
+    expect(c.gatewayId).toBe('g1');
+  });
+
   it('reports YAML syntax errors with their line', () => {
     const path = write('gatewayId: g1\nstateDir: [unclosed\n');
     expect(errorsOf(() => loadConfig(path, { env: {} }))[0]).toMatch(/^\(yaml\) line \d+/);
