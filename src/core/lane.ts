@@ -71,8 +71,17 @@ export interface Lane {
   preempt: AbortController | null;
   /** The controller the lane's next command takes as its `preempt`, unless it was aborted. */
   commandAbort: AbortController | null;
-  /** The command a stop preempted, and that stop, until the stop is terminal. */
-  interrupted: { readonly target: CommandRef; readonly stop: CommandRef } | null;
+  /**
+   * The command a stop preempted, and that stop, until the stop is terminal; `write`: the
+   * preempted command's write as this process knows it (the lane's lastWrite, which the stop's
+   * own write replaces), handed back to the take-up after the stop; null when none was made in
+   * this life.
+   */
+  interrupted: {
+    readonly target: CommandRef;
+    readonly stop: CommandRef;
+    readonly write: LastWrite | null;
+  } | null;
   /** Commands superseded by a stop (never written) whose rejection is still to be journaled. */
   readonly superseded: Set<string>;
 }

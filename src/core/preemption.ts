@@ -36,7 +36,10 @@ export class Preemption {
     const current = this.host.journal.get(target);
     if (current === undefined || isTerminal(current.state) || current.action === 'stop') return;
     log.warn({ preempts: target.key }, 'stop preempts the command in flight');
-    lane.interrupted = { target: { scope: target.scope, key: target.key }, stop };
+    const last = lane.lastWrite;
+    const write =
+      last !== null && last.scope === target.scope && last.key === target.key ? last : null;
+    lane.interrupted = { target: { scope: target.scope, key: target.key }, stop, write };
     if (lane.unresolved !== null && refId(lane.unresolved) === refId(target)) {
       // No worker holds it: the stop runs first, then it is judged again.
       lane.unresolved = null;
@@ -74,13 +77,19 @@ export class Preemption {
    * Once a stop that preempted a written command is terminal, that command is taken up again,
    * first: its readbacks decide — INTERRUPTED when the controller took the stop, its own
    * outcome when the stop never reached it. It is never written again (confirmation.ts).
+   * What this process knows of its write (acknowledged, when, on which connection) is handed
+   * back to the take-up: the stop's write replaced it as the lane's last, and without it the
+   * take-up took the write for an earlier life's ("written by an earlier life of the daemon",
+   * its acknowledgement forgotten).
    */
   afterStop(lane: Lane, ref: CommandRef): void {
     const interrupted = lane.interrupted;
     if (interrupted === null || refId(interrupted.stop) !== refId(ref)) return;
     lane.interrupted = null;
     const target = this.host.journal.get(interrupted.target);
-    if (target !== undefined && !isTerminal(target.state)) lane.unresolved = interrupted.target;
+    if (target === undefined || isTerminal(target.state)) return;
+    lane.unresolved = interrupted.target;
+    if (interrupted.write !== null) lane.lastWrite = interrupted.write;
   }
 }
 

@@ -42,6 +42,11 @@ describe('stop preempts travel', () => {
       expect(stop.observed?.state).toBe('STOPPED');
       expect(opened).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
       expect(opened.detail).toMatch(/^stopped by stop-1 at \d+(\.\d)? %/);
+      // Judged again after the stop as the write this life made and the controller
+      // acknowledged, not as one "written by an earlier life of the daemon".
+      expect(h.notes('open-1')).toContain(
+        `dispatched: taken up again: sequence number ${opened.seq} (write acknowledged); settling by readback`,
+      );
       // Ground truth: the valve rests where it was when the controller took the stop, short of
       // the end of its travel, and each key reached it exactly once. (Where that is depends on
       // how soon the stop went out after 40 %: on a loaded machine, later; the write log's
