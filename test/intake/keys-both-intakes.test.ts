@@ -1,18 +1,14 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/core/logger.js';
-import { MqttIntake } from '../../src/intake/mqtt.js';
+import { beforeAll, describe, expect, it } from 'vitest';
 import {
-  intakeConfig,
   mosquittoAvailable,
-  startMosquitto,
   TestClient,
   timed,
   until,
-  type Mosquitto,
+  useMqttSite,
   type Received,
-} from '../helpers/mosquitto.js';
-import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
+} from '../helpers/mqtt-site.js';
+import { TOKENS } from '../helpers/stack.js';
 import { call, makePki, startIntake, type Pki, type RunningIntake } from './https-client.js';
 
 /**
@@ -28,17 +24,15 @@ const available = mosquittoAvailable();
 
 describe.skipIf(!available)('idempotency keys on both intakes', () => {
   const PREFIX = 'sluice/gw';
-  let broker: Mosquitto;
-  let stack: Stack;
+  const site = useMqttSite();
+  const { cleanups } = site;
   let pki: Pki;
   let api: RunningIntake;
-  let mqtt: MqttIntake;
   let issuer: TestClient;
-  const cleanups: (() => Promise<void> | void)[] = [];
 
-  const v1 = () => stack.plant.device('v1');
+  const v1 = () => site.stack.plant.device('v1');
   const moving = (): 'open' | 'close' => (v1().published.state === 'CLOSED' ? 'open' : 'close');
-  const rows = (key: string): number => stack.journal.findByKey(key).length;
+  const rows = (key: string): number => site.stack.journal.findByKey(key).length;
   const post = (key: string, body: Record<string, unknown>) =>
     call(api, 'POST', '/v1/commands', {
       token: TOKENS.plant,
@@ -53,37 +47,24 @@ describe.skipIf(!available)('idempotency keys on both intakes', () => {
       m.json().key === key;
 
   beforeAll(async () => {
-    broker = await startMosquitto();
-    cleanups.push(() => broker.close());
-    stack = await startStack();
-    cleanups.push(() => stack.stop());
     pki = await makePki();
     cleanups.push(() => {
       pki.cleanup();
     });
-    api = await startIntake(stack, pki);
+    api = await startIntake(site.stack, pki);
     cleanups.push(() => api.stop());
-    mqtt = new MqttIntake({
-      config: intakeConfig(broker.url, { protocolVersion: 5 }),
+    const mqtt = site.intake({
       gatewayId: 'gw',
-      pipeline: stack.pipeline,
-      identities: stack.identities,
-      metrics: stack.metrics,
-      logger: silentLogger,
+      config: { protocolVersion: 5 },
       reconnect: { minMs: 100, maxMs: 1_000 },
     });
-    mqtt.start();
     cleanups.push(() => mqtt.stop());
-    await until(() => mqtt.connected() || undefined, 10_000, 'MQTT intake connected');
-    issuer = await TestClient.connect(broker.url);
+    await site.connect(mqtt);
+    issuer = await TestClient.connect(site.broker.url);
     cleanups.push(() => issuer.end());
     await issuer.subscribe(`${PREFIX}/result/#`);
     await issuer.subscribe('test/replies/#');
   }, 60_000);
-
-  afterAll(async () => {
-    for (const cleanup of cleanups.reverse()) await cleanup();
-  });
 
   it('a key bare in an MQTT payload and quoted in the header is one command, written once', async () => {
     const key = `both-${randomUUID()}`;
@@ -116,7 +97,7 @@ describe.skipIf(!available)('idempotency keys on both intakes', () => {
     // The same characters as an MQTT key (payload or user property) would have been the key
     // `"key"`: a second command, a second write. Refused, answered, acknowledged.
     const quoted = `"${key}"`;
-    const pubacks = broker.pubacksFrom('sluice-gw');
+    const pubacks = site.broker.pubacksFrom('sluice-gw');
     await issuer.publish(`${PREFIX}/cmd/v1`, { ...body, key: quoted });
     await issuer.publish(`${PREFIX}/cmd/v1`, body, {
       properties: {
@@ -140,7 +121,7 @@ describe.skipIf(!available)('idempotency keys on both intakes', () => {
     }
     const reply = await issuer.waitFor((m) => m.topic === 'test/replies/quoted');
     expect(reply.json()).toMatchObject({ key: quoted, code: 'MISSING_IDEMPOTENCY_KEY' });
-    await until(() => (broker.pubacksFrom('sluice-gw') >= pubacks + 2 ? true : undefined));
+    await until(() => (site.broker.pubacksFrom('sluice-gw') >= pubacks + 2 ? true : undefined));
     expect(rows(quoted)).toBe(0);
     expect(rows(key)).toBe(1);
     expect(v1().writeLog.length).toBe(log + 1);

@@ -2,20 +2,16 @@ import { randomUUID } from 'node:crypto';
 import { createConnection, createServer } from 'node:net';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/core/logger.js';
-import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
+import type { MqttConfig, MqttIntake } from '../../src/intake/mqtt.js';
+import { commitFaults } from '../helpers/commit-faults.js';
 import {
-  intakeConfig,
   mosquittoAvailable,
-  startMosquitto,
   TestClient,
   timed,
   until,
-  type Mosquitto,
+  useMqttSite,
   type Received,
-} from '../helpers/mosquitto.js';
-import { commitFaults } from '../helpers/commit-faults.js';
-import { startStack, type Stack } from '../helpers/stack.js';
+} from '../helpers/mqtt-site.js';
 import { holdThreadPool } from '../helpers/thread-pool.js';
 
 /**
@@ -32,42 +28,38 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
   const GATEWAY = 'gws';
   const PREFIX = `sluice/${GATEWAY}`;
   const CLIENT_ID = `sluice-${GATEWAY}`;
-  let broker: Mosquitto;
-  let stack: Stack;
+  const site = useMqttSite();
+  const { cleanups } = site;
   let intake: MqttIntake;
   let observer: TestClient;
   let issuer: TestClient;
   let locker: Database.Database | null = null;
 
   const newIntake = (overrides: Partial<MqttConfig> = {}): MqttIntake =>
-    new MqttIntake({
-      config: intakeConfig(broker.url, { protocolVersion: 5, ...overrides }),
+    site.intake({
       gatewayId: GATEWAY,
-      pipeline: stack.pipeline,
-      identities: stack.identities,
-      metrics: stack.metrics,
-      logger: silentLogger,
+      config: { protocolVersion: 5, ...overrides },
       reconnect: { minMs: 100, maxMs: 800 },
     });
   const startIntake = async (overrides: Partial<MqttConfig> = {}): Promise<void> => {
     intake = newIntake(overrides);
-    intake.start();
-    await until(() => intake.connected() || undefined, 10_000, 'intake connected');
+    await site.connect(intake);
   };
   const moveOf = (device: string): 'open' | 'close' =>
-    stack.plant.device(device).published.state === 'CLOSED' ? 'open' : 'close';
-  const writes = (device: string): number => stack.plant.device(device).counters.writesReceived;
+    site.stack.plant.device(device).published.state === 'CLOSED' ? 'open' : 'close';
+  const writes = (device: string): number =>
+    site.stack.plant.device(device).counters.writesReceived;
   const resultFor =
     (key: string, device: string) =>
     (m: Received): boolean =>
       m.topic === `${PREFIX}/result/${device}` && m.json().key === key;
   const journalRefusals = async (): Promise<number> => {
-    const { values } = await stack.metrics.mqttMessages.get();
+    const { values } = await site.stack.metrics.mqttMessages.get();
     return values.find((v) => v.labels.outcome === 'journal_unavailable')?.value ?? 0;
   };
   /** Holds the journal's write lock, as another writer stuck mid-transaction would. */
   const lockJournal = (): void => {
-    locker = new Database(stack.journalPath);
+    locker = new Database(site.stack.journalPath);
     locker.exec('BEGIN IMMEDIATE');
   };
   const unlockJournal = (): void => {
@@ -76,25 +68,18 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     locker = null;
   };
 
-  // Cleanup as a last-in-first-out stack: only what was started is stopped, in reverse.
-  const cleanups: (() => Promise<void>)[] = [];
-
   beforeAll(async () => {
-    broker = await startMosquitto();
-    cleanups.push(() => broker.close());
-    stack = await startStack();
-    cleanups.push(() => stack.stop());
     await startIntake();
     // Whichever intake is current at the end (tests replace it).
     cleanups.push(() => intake.stop());
     // Persistent sessions for the test clients too: they must not miss what is published
     // while the broker restarts.
     const session = { clean: false, properties: { sessionExpiryInterval: 600 } };
-    observer = await TestClient.connect(broker.url, { clientId: 'observer', ...session });
+    observer = await TestClient.connect(site.broker.url, { clientId: 'observer', ...session });
     cleanups.push(() => observer.end());
     await observer.subscribe(`${PREFIX}/result/#`);
     await observer.subscribe(`${PREFIX}/status`);
-    issuer = await TestClient.connect(broker.url, { clientId: 'issuer', ...session });
+    issuer = await TestClient.connect(site.broker.url, { clientId: 'issuer', ...session });
     cleanups.push(() => issuer.end());
   }, 60_000);
 
@@ -102,9 +87,9 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     unlockJournal();
   });
 
-  afterAll(async () => {
+  // Before the site's cleanups (the intake, the clients, the stack, the broker).
+  afterAll(() => {
     unlockJournal();
-    for (const cleanup of cleanups.reverse()) await cleanup();
   });
 
   /**
@@ -113,7 +98,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
    */
   const perConnection = (mid: number): { deliveries: number; pubacks: number }[] => {
     const connections: { deliveries: number; pubacks: number }[] = [];
-    for (const line of broker.log().split('\n')) {
+    for (const line of site.broker.log().split('\n')) {
       if (line.includes(`as ${CLIENT_ID} (`)) connections.push({ deliveries: 0, pubacks: 0 });
       const current = connections.at(-1);
       if (current === undefined) continue;
@@ -138,20 +123,20 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     await intake.stop();
     const key = randomUUID();
     const before = writes('v1');
-    const delivered = broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).length;
+    const delivered = site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).length;
     await queue(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key });
 
-    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const pubacks = site.broker.pubacksFrom(CLIENT_ID);
     await startIntake();
     const answer = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'answer');
     expect(answer.json()).toMatchObject({ key, code: 'INVALID_COMMAND' });
     expect(String(answer.json().detail)).toContain('issuedAt');
     // Delivered once and acknowledged (it does not come back), never journaled, never written.
-    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
-    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).slice(delivered)).toEqual([
+    await until(() => (site.broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).slice(delivered)).toEqual([
       { mid: expect.any(Number) as number, dup: false },
     ]);
-    expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+    expect(site.stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
     expect(writes('v1')).toBe(before);
   });
 
@@ -170,7 +155,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
       code: 'STALE_COMMAND',
       issuedAtSource: 'issuer',
     });
-    expect(stack.pipeline.get({ scope: 'plant', key })?.dispatchedAt).toBeNull();
+    expect(site.stack.pipeline.get({ scope: 'plant', key })?.dispatchedAt).toBeNull();
     expect(writes('v1')).toBe(before);
   });
 
@@ -185,7 +170,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     await startIntake();
     const result = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'result');
     expect(result.json()).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
-    expect(stack.pipeline.get({ scope: 'plant', key })?.dispatchedAt).toBeNull();
+    expect(site.stack.pipeline.get({ scope: 'plant', key })?.dispatchedAt).toBeNull();
     expect(writes('v1')).toBe(before);
   });
 
@@ -194,8 +179,8 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     const keys = { issued: randomUUID(), expiry: randomUUID(), expired: randomUUID() };
     const before = { v1: writes('v1'), v2: writes('v2'), u1: writes('u1') };
     const delivered = {
-      v1: broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).length,
-      u1: broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/u1`).length,
+      v1: site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).length,
+      u1: site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/u1`).length,
     };
     await queue(`${PREFIX}/cmd/v1`, timed({ action: moveOf('v1'), key: keys.issued }));
     await queue(
@@ -220,9 +205,9 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     expect(writes('v2')).toBe(before.v2 + 1);
     // The queue is delivered in order, and the messages on either side of the expired one were
     // handled: it was never delivered, never journaled, never written.
-    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`)).toHaveLength(delivered.v1 + 1);
-    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/u1`)).toHaveLength(delivered.u1);
-    expect(stack.pipeline.get({ scope: 'plant', key: keys.expired })).toBeUndefined();
+    expect(site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`)).toHaveLength(delivered.v1 + 1);
+    expect(site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/u1`)).toHaveLength(delivered.u1);
+    expect(site.stack.pipeline.get({ scope: 'plant', key: keys.expired })).toBeUndefined();
     expect(writes('u1')).toBe(before.u1);
   });
 
@@ -230,7 +215,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     await intake.stop();
     const key = randomUUID();
     const before = writes('v1');
-    const delivered = broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).length;
+    const delivered = site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).length;
     await queue(`${PREFIX}/cmd/v1`, { action: moveOf('v1'), key });
 
     await startIntake({ acceptUntimedCommands: true });
@@ -242,7 +227,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
         issuedAtSource: 'gateway',
       });
       expect(writes('v1')).toBe(before + 1);
-      expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`)).toHaveLength(delivered + 1);
+      expect(site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`)).toHaveLength(delivered + 1);
     } finally {
       // The other tests run with the default (untimed commands refused).
       await intake.stop();
@@ -254,26 +239,26 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     const key = randomUUID();
     const topic = `${PREFIX}/cmd/v2`;
     const before = writes('v2');
-    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const pubacks = site.broker.pubacksFrom(CLIENT_ID);
     const refusals = await journalRefusals();
-    const journalFailures = (await stack.metrics.journalFailures.get()).values[0]?.value ?? 0;
+    const journalFailures = (await site.stack.metrics.journalFailures.get()).values[0]?.value ?? 0;
     const statusSeen = observer.on(`${PREFIX}/status`).length;
     lockJournal();
     await issuer.publish(topic, timed({ action: moveOf('v2'), key, ttlMs: 60_000 }));
 
     // Refused, dropped, reconnected, redelivered (DUP) and refused again: the broker keeps it.
     await until(
-      () => (broker.deliveriesTo(CLIENT_ID, topic).some((d) => d.dup) ? true : undefined),
+      () => (site.broker.deliveriesTo(CLIENT_ID, topic).some((d) => d.dup) ? true : undefined),
       10_000,
       'a redelivery',
     );
     expect(await journalRefusals()).toBeGreaterThan(refusals);
-    expect((await stack.metrics.journalFailures.get()).values[0]?.value).toBeGreaterThan(
+    expect((await site.stack.metrics.journalFailures.get()).values[0]?.value).toBeGreaterThan(
       journalFailures,
     );
-    expect(broker.pubacksFrom(CLIENT_ID)).toBe(pubacks);
+    expect(site.broker.pubacksFrom(CLIENT_ID)).toBe(pubacks);
     expect(writes('v2')).toBe(before);
-    expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+    expect(site.stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
     // While refusing, the gateway's connection drops: the broker publishes the Last Will.
     const offline = await observer.waitFor(
       (m) => m.topic === `${PREFIX}/status` && m.text === 'offline',
@@ -287,7 +272,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     const result = await observer.waitFor(resultFor(key, 'v2'), 15_000, 'result');
     expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
     expect(writes('v2')).toBe(before + 1);
-    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    await until(() => (site.broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
     await until(() => intake.connected() || undefined, 5_000, 'intake reconnected');
     expect(observer.on(`${PREFIX}/status`).at(-1)?.text).toBe('online');
   });
@@ -300,8 +285,8 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     const key = randomUUID();
     const topic = `${PREFIX}/cmd/v2`;
     const before = writes('v2');
-    const pubacks = broker.pubacksFrom(CLIENT_ID);
-    const redeliveries = broker.deliveriesTo(CLIENT_ID, topic).filter((d) => d.dup).length;
+    const pubacks = site.broker.pubacksFrom(CLIENT_ID);
+    const redeliveries = site.broker.deliveriesTo(CLIENT_ID, topic).filter((d) => d.dup).length;
     const command = timed({ action: moveOf('v2'), key, ttlMs: 60_000 });
     // The journal's fdatasync runs on libuv's thread pool: held, it cannot return.
     const pool = holdThreadPool();
@@ -309,7 +294,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
       await issuer.publish(topic, command);
       await until(
         () =>
-          broker.deliveriesTo(CLIENT_ID, topic).filter((d) => d.dup).length > redeliveries
+          site.broker.deliveriesTo(CLIENT_ID, topic).filter((d) => d.dup).length > redeliveries
             ? true
             : undefined,
         20_000,
@@ -318,16 +303,16 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
       // Claimed, even dispatched (in the journal's own connection), but not on disk: not
       // acknowledged, and the write waits for the disk.
       expect(['accepted', 'dispatched']).toContain(
-        stack.pipeline.get({ scope: 'plant', key })?.state,
+        site.stack.pipeline.get({ scope: 'plant', key })?.state,
       );
-      expect(broker.pubacksFrom(CLIENT_ID)).toBe(pubacks);
+      expect(site.broker.pubacksFrom(CLIENT_ID)).toBe(pubacks);
       expect(writes('v2')).toBe(before);
     } finally {
       await pool.release();
     }
     const result = await observer.waitFor(resultFor(key, 'v2'), 15_000, 'result');
     expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
-    const mid = broker.deliveriesTo(CLIENT_ID, topic).at(-1)!.mid;
+    const mid = site.broker.deliveriesTo(CLIENT_ID, topic).at(-1)!.mid;
     // The delivery on the connection that is up is acknowledged there, once its claim is on disk.
     await until(() => (perConnection(mid).at(-1)!.pubacks > 0 ? true : undefined));
     expect(writes('v2')).toBe(before + 1);
@@ -347,14 +332,14 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     const topic = `${PREFIX}/cmd/v1`;
     const replyTopic = 'replies/gws/q0';
     const before = writes('v1');
-    const connections = (): number => broker.connectionsOf(CLIENT_ID);
+    const connections = (): number => site.broker.connectionsOf(CLIENT_ID);
     const connected = connections();
     await issuer.subscribe('replies/gws/#');
     // The COMMIT of the claim's batch fails, as an I/O error would (none of its writes kept).
-    const faults = commitFaults(stack.journal);
+    const faults = commitFaults(site.stack.journal);
     const failed = faults.failed;
-    const claim = stack.journal.claim.bind(stack.journal);
-    stack.journal.claim = (...args) => {
+    const claim = site.stack.journal.claim.bind(site.stack.journal);
+    site.stack.journal.claim = (...args) => {
       const outcome = claim(...args);
       if (args[0].key === key) faults.failNext();
       return outcome;
@@ -373,10 +358,10 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
       expect(reply.text).toBe(answer.text);
       expect(reply.packet.properties?.correlationData?.toString()).toBe('q0-1');
     } finally {
-      stack.journal.claim = claim;
+      site.stack.journal.claim = claim;
     }
     expect(faults.failed).toBe(failed + 1);
-    expect(stack.journal.get({ scope: 'plant', key })).toBeUndefined();
+    expect(site.stack.journal.get({ scope: 'plant', key })).toBeUndefined();
     expect(writes('v1')).toBe(before);
 
     // Sent again with the same key: claimed now, and written once.
@@ -401,7 +386,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     const q0 = randomUUID();
     const cut = { armed: false, done: false };
     const proxy = createServer((inbound) => {
-      const outbound = createConnection({ host: '127.0.0.1', port: broker.port });
+      const outbound = createConnection({ host: '127.0.0.1', port: site.broker.port });
       const close = (): void => {
         inbound.destroy();
         outbound.destroy();
@@ -424,24 +409,23 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     await intake.stop();
     // A reconnection long after the close: the connection's packets still waiting are handled
     // first (a new connection would make mqtt.js drop them, docs/mqtt-api.md "QoS 0").
-    intake = new MqttIntake({
-      config: intakeConfig(`mqtt://127.0.0.1:${port}`, { protocolVersion: 5 }),
+    intake = site.intake({
       gatewayId: GATEWAY,
-      pipeline: stack.pipeline,
-      identities: stack.identities,
-      metrics: stack.metrics,
-      logger: silentLogger,
+      config: { url: `mqtt://127.0.0.1:${port}`, protocolVersion: 5 },
       reconnect: { minMs: 3_000, maxMs: 3_000 },
     });
-    intake.start();
-    await until(() => intake.connected() || undefined, 10_000, 'intake connected');
+    await site.connect(intake);
     try {
       const q1 = randomUUID();
       const before = { v1: writes('v1'), v2: writes('v2') };
       const pool = holdThreadPool();
       try {
         await issuer.publish(`${PREFIX}/cmd/v2`, timed({ action: moveOf('v2'), key: q1 }));
-        await until(() => stack.pipeline.get({ scope: 'plant', key: q1 }), 10_000, 'q1 claimed');
+        await until(
+          () => site.stack.pipeline.get({ scope: 'plant', key: q1 }),
+          10_000,
+          'q1 claimed',
+        );
         cut.armed = true;
         await issuer.publish(`${PREFIX}/cmd/v1`, timed({ action: moveOf('v1'), key: q0 }), {
           qos: 0,
@@ -452,7 +436,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
       }
       const result = await observer.waitFor(resultFor(q0, 'v1'), 15_000, 'result of q0');
       expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
-      expect(stack.journal.findByKey(q0)).toHaveLength(1);
+      expect(site.stack.journal.findByKey(q0)).toHaveLength(1);
       expect(writes('v1')).toBe(before.v1 + 1);
       // The QoS 1 command, not acknowledged on the closed connection, is redelivered and runs once.
       await observer.waitFor(resultFor(q1, 'v2'), 15_000, 'result of q1');
@@ -482,12 +466,13 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
       'a refused claim',
     );
     // The message is in flight to the gateway, unacknowledged, when the broker goes down.
-    await broker.stop();
+    await site.broker.stop();
     unlockJournal();
-    await broker.restart();
+    await site.broker.restart();
 
     await until(
-      () => (stack.pipeline.get({ scope: 'plant', key })?.state === 'confirmed' ? true : undefined),
+      () =>
+        site.stack.pipeline.get({ scope: 'plant', key })?.state === 'confirmed' ? true : undefined,
       15_000,
       'command confirmed',
     );
@@ -495,7 +480,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
     expect(writes('u1')).toBe(before + 1);
     // The restarted broker redelivered it from its persistence (DUP set).
-    expect(broker.deliveriesTo(CLIENT_ID, topic).at(-1)?.dup).toBe(true);
+    expect(site.broker.deliveriesTo(CLIENT_ID, topic).at(-1)?.dup).toBe(true);
 
     // An issuer retrying after the outage gets the replay, and nothing moves.
     await issuer.publish(topic, command);
@@ -510,13 +495,13 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
 
   it('comes up while the broker is down, and connects and takes commands once it is back', async () => {
     await intake.stop();
-    await broker.stop();
+    await site.broker.stop();
     intake = newIntake();
     intake.start();
     await until(() => intake.health().lastError ?? undefined, 5_000, 'a connection error');
     expect(intake.connected()).toBe(false);
 
-    await broker.restart();
+    await site.broker.restart();
     await until(() => intake.connected() || undefined, 10_000, 'intake connected');
     const key = randomUUID();
     const before = writes('v1');

@@ -1,24 +1,22 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { CommandPipeline } from '../../src/core/pipeline.js';
-import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
+import type { MqttConfig, MqttIntake } from '../../src/intake/mqtt.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
 import {
-  intakeConfig,
   mosquittoAvailable,
-  startMosquitto,
   TestClient,
   timed,
   until,
-  type Mosquitto,
+  useMqttSite,
   type Received,
-} from '../helpers/mosquitto.js';
-import { FAST_TIMING, startStack, type Stack } from '../helpers/stack.js';
+} from '../helpers/mqtt-site.js';
+import { FAST_TIMING } from '../helpers/stack.js';
 
 /**
  * The MQTT intake across a change of the site's configuration, against a real mosquitto with
@@ -29,43 +27,24 @@ import { FAST_TIMING, startStack, type Stack } from '../helpers/stack.js';
 const available = mosquittoAvailable();
 
 describe.skipIf(!available)('MQTT intake: the site changed between two runs', () => {
-  let broker: Mosquitto;
-  let stack: Stack;
-  const cleanups: (() => Promise<void> | void)[] = [];
-
-  beforeAll(async () => {
-    broker = await startMosquitto();
-    cleanups.push(() => broker.close());
-    stack = await startStack();
-    cleanups.push(() => stack.stop());
-  }, 60_000);
-
-  afterAll(async () => {
-    for (const cleanup of cleanups.reverse()) await cleanup();
-  });
+  const site = useMqttSite();
+  const { cleanups } = site;
 
   const intakeOn = (
     pipeline: CommandPipeline,
     gatewayId: string,
-    overrides: Partial<MqttConfig> = {},
+    config: Partial<MqttConfig> = {},
     topicRootsFile?: string,
   ): MqttIntake =>
-    new MqttIntake({
-      config: intakeConfig(broker.url, { ...overrides }),
+    site.intake({
       gatewayId,
       pipeline,
-      identities: stack.identities,
-      metrics: stack.metrics,
-      logger: silentLogger,
+      config,
       reconnect: { minMs: 100, maxMs: 800 },
-      ...(topicRootsFile === undefined ? {} : { topicRootsFile }),
+      topicRootsFile,
     });
 
-  const started = async (intake: MqttIntake): Promise<MqttIntake> => {
-    intake.start();
-    await until(() => intake.connected() || undefined, 10_000, 'intake connected');
-    return intake;
-  };
+  const started = (intake: MqttIntake): Promise<MqttIntake> => site.connect(intake);
 
   /** The site again, without `removed`: a pipeline of the other devices, on a journal of its own. */
   const siteWithout = (removed: string): CommandPipeline => {
@@ -73,7 +52,7 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
     const journal = SqliteJournal.open({ path: join(dir, 'journal.db'), groupCommit: true });
     const pipeline = new CommandPipeline({
       journal,
-      devices: stack.drivers.bindings
+      devices: site.stack.drivers.bindings
         .filter((b) => b.id !== removed)
         .map((b) => ({ ...b, profile: { ...b.profile, timing: FAST_TIMING } })),
       clock: systemClock,
@@ -94,7 +73,7 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
    * so they reach the subscriber before a message it published afterwards.
    */
   const retainedOf = async (filters: readonly string[], version: 4 | 5): Promise<Received[]> => {
-    const reader = await TestClient.connect(broker.url, { protocolVersion: version });
+    const reader = await TestClient.connect(site.broker.url, { protocolVersion: version });
     try {
       for (const filter of filters) await reader.subscribe(filter);
       const fence = `test/fence/${randomUUID()}`;
@@ -110,19 +89,19 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
   it('answers the commands on a topic root the site no longer uses, never runs them, and drops that subscription from the session', async () => {
     const gateway = 'gw-root';
     const clientId = `sluice-${gateway}`;
-    const issuer = await TestClient.connect(broker.url);
+    const issuer = await TestClient.connect(site.broker.url);
     cleanups.push(() => issuer.end());
     await issuer.subscribe(`old/${gateway}/result/#`);
     await issuer.subscribe(`plant/new/${gateway}/result/#`);
     await issuer.subscribe('test/replies/#');
     // A run under the topic root `old`, then the site moves to `plant/new`; the session, which
     // is persistent, keeps the subscription `old/gw-root/cmd/+`.
-    await (await started(intakeOn(stack.pipeline, gateway, { topicRoot: 'old' }))).stop();
+    await (await started(intakeOn(site.stack.pipeline, gateway, { topicRoot: 'old' }))).stop();
     // Commands published under the old root while the gateway is away wait in its session:
     // more than the broker sends at once (mosquitto: 20 in flight), one with a Response Topic.
     const oldTopic = `old/${gateway}/cmd/v2`;
-    const writes = stack.plant.device('v2').counters.writesReceived;
-    const action = stack.plant.device('v2').published.state === 'CLOSED' ? 'open' : 'close';
+    const writes = site.stack.plant.device('v2').counters.writesReceived;
+    const action = site.stack.plant.device('v2').published.state === 'CLOSED' ? 'open' : 'close';
     const queued = Array.from({ length: 30 }, () => randomUUID());
     for (const [i, key] of queued.entries()) {
       await issuer.publish(
@@ -135,7 +114,9 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
           : {},
       );
     }
-    const intake = await started(intakeOn(stack.pipeline, gateway, { topicRoot: 'plant/new' }));
+    const intake = await started(
+      intakeOn(site.stack.pipeline, gateway, { topicRoot: 'plant/new' }),
+    );
     cleanups.push(() => intake.stop());
 
     // Each is answered under the old root, where its requester listens.
@@ -152,9 +133,9 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
     expect(reply.json()).toMatchObject({ key: queued[0], code: 'INVALID_COMMAND' });
     expect(reply.packet.properties?.correlationData?.toString()).toBe('c1');
     // Ground truth: none journaled, none written.
-    expect(queued.flatMap((key) => stack.journal.findByKey(key))).toEqual([]);
-    expect(stack.plant.device('v2').counters.writesReceived).toBe(writes);
-    await until(() => (broker.pubacksFrom(clientId) >= queued.length ? true : undefined));
+    expect(queued.flatMap((key) => site.stack.journal.findByKey(key))).toEqual([]);
+    expect(site.stack.plant.device('v2').counters.writesReceived).toBe(writes);
+    await until(() => (site.broker.pubacksFrom(clientId) >= queued.length ? true : undefined));
 
     // The broker no longer delivers the old root's commands to the gateway. A command on the
     // current root, published after one on the old root, fences the wait: the broker sends a
@@ -168,8 +149,8 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
       'result under the new root',
     );
     expect(result.json()).toMatchObject({ state: 'confirmed' });
-    expect(broker.deliveriesTo(clientId, oldTopic)).toHaveLength(queued.length);
-    expect(stack.plant.device('v2').counters.writesReceived).toBe(writes + 1);
+    expect(site.broker.deliveriesTo(clientId, oldTopic)).toHaveLength(queued.length);
+    expect(site.stack.plant.device('v2').counters.writesReceived).toBe(writes + 1);
     await intake.stop();
   });
 
@@ -180,7 +161,7 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
       const { dir, cleanup } = tempDir('sluice-roots-');
       cleanups.push(cleanup);
       const rootsFile = join(dir, 'mqtt-topic-roots.json');
-      const watcher = await TestClient.connect(broker.url);
+      const watcher = await TestClient.connect(site.broker.url);
       cleanups.push(() => watcher.end());
       await watcher.subscribe(`${oldPrefix}/#`);
       // Another gateway's topics under the old root, and a topic below the gateway's state.
@@ -191,14 +172,14 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
       // A run under the root `old` drives v1: its state and status are retained there.
       const first = await started(
         intakeOn(
-          stack.pipeline,
+          site.stack.pipeline,
           gateway,
           { topicRoot: 'old', protocolVersion: version },
           rootsFile,
         ),
       );
       const key = randomUUID();
-      const action = stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+      const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
       await watcher.publish(`${oldPrefix}/cmd/v1`, timed({ action, key }));
       await watcher.waitFor(
         (m) => m.topic === `${oldPrefix}/result/v1` && m.json().key === key,
@@ -222,7 +203,7 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
       const seen = watcher.messages.length;
       const second = await started(
         intakeOn(
-          stack.pipeline,
+          site.stack.pipeline,
           gateway,
           { topicRoot: 'plant/new', protocolVersion: version },
           rootsFile,
@@ -262,25 +243,25 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
 
   it('drops the command subscription of a former gateway id kept under a fixed client id, and never runs its commands', async () => {
     const clientId = 'sluice-fixed-id';
-    const issuer = await TestClient.connect(broker.url);
+    const issuer = await TestClient.connect(site.broker.url);
     cleanups.push(() => issuer.end());
     await issuer.subscribe('sluice/gw-new/result/#');
     // The gateway was `gw-old`; renamed `gw-new`, it keeps its client id, and with it the
     // session and the subscription `sluice/gw-old/cmd/+`.
-    await (await started(intakeOn(stack.pipeline, 'gw-old', { clientId }))).stop();
-    const intake = await started(intakeOn(stack.pipeline, 'gw-new', { clientId }));
+    await (await started(intakeOn(site.stack.pipeline, 'gw-old', { clientId }))).stop();
+    const intake = await started(intakeOn(site.stack.pipeline, 'gw-new', { clientId }));
     cleanups.push(() => intake.stop());
 
     const oldTopic = 'sluice/gw-old/cmd/v1';
-    const v1 = stack.plant.device('v1');
+    const v1 = site.stack.plant.device('v1');
     const writes = v1.counters.writesReceived;
     const action = (): 'open' | 'close' => (v1.published.state === 'CLOSED' ? 'open' : 'close');
-    const pubacks = broker.pubacksFrom(clientId);
+    const pubacks = site.broker.pubacksFrom(clientId);
     const first = randomUUID();
     await issuer.publish(oldTopic, timed({ action: action(), key: first }));
     // Handled: acknowledged (the UNSUBSCRIBE left before the PUBACK, on the same connection).
-    await until(() => (broker.pubacksFrom(clientId) > pubacks ? true : undefined));
-    expect(stack.journal.findByKey(first)).toEqual([]);
+    await until(() => (site.broker.pubacksFrom(clientId) > pubacks ? true : undefined));
+    expect(site.stack.journal.findByKey(first)).toEqual([]);
 
     // A command on the old gateway's topic, then one on the new: only the new one is delivered.
     await issuer.publish(oldTopic, timed({ action: action(), key: randomUUID() }));
@@ -292,7 +273,7 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
       'result of the new gateway id',
     );
     expect(result.json()).toMatchObject({ state: 'confirmed' });
-    expect(broker.deliveriesTo(clientId, oldTopic)).toHaveLength(1);
+    expect(site.broker.deliveriesTo(clientId, oldTopic)).toHaveLength(1);
     expect(v1.counters.writesReceived).toBe(writes + 1);
     await intake.stop();
   });
@@ -301,11 +282,11 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
     it(`MQTT ${version === 5 ? '5' : '3.1.1'}: clears at connect the retained state of a device removed from the site, and no other`, async () => {
       const gateway = `gw-removed-${version}`;
       const prefix = `sluice/${gateway}`;
-      const watcher = await TestClient.connect(broker.url);
+      const watcher = await TestClient.connect(site.broker.url);
       cleanups.push(() => watcher.end());
       await watcher.subscribe(`${prefix}/state/#`);
       // Another gateway's state for a device of the same name, and a topic below ours.
-      const other = await TestClient.connect(broker.url);
+      const other = await TestClient.connect(site.broker.url);
       cleanups.push(() => other.end());
       await other.publish(
         `sluice/gw-other-${version}/state/v2`,
@@ -319,9 +300,12 @@ describe.skipIf(!available)('MQTT intake: the site changed between two runs', ()
       );
 
       // The first run drives v1 and v2: both get a retained state.
-      const first = await started(intakeOn(stack.pipeline, gateway, { protocolVersion: version }));
+      const first = await started(
+        intakeOn(site.stack.pipeline, gateway, { protocolVersion: version }),
+      );
       for (const device of ['v1', 'v2']) {
-        const action = stack.plant.device(device).published.state === 'CLOSED' ? 'open' : 'close';
+        const action =
+          site.stack.plant.device(device).published.state === 'CLOSED' ? 'open' : 'close';
         const key = randomUUID();
         await watcher.subscribe(`${prefix}/result/${device}`);
         await watcher.publish(`${prefix}/cmd/${device}`, timed({ action, key }));

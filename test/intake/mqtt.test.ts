@@ -1,20 +1,16 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/core/logger.js';
+import { beforeAll, describe, expect, it } from 'vitest';
 import type { Metrics } from '../../src/daemon/metrics.js';
-import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
+import type { MqttConfig, MqttIntake } from '../../src/intake/mqtt.js';
 import { MAX_PACKET_BYTES } from '../../src/intake/mqtt-session.js';
 import {
-  intakeConfig,
   mosquittoAvailable,
-  startMosquitto,
   TestClient,
   timed,
   until,
-  type Mosquitto,
+  useMqttSite,
   type Received,
-} from '../helpers/mosquitto.js';
-import { startStack, type Stack } from '../helpers/stack.js';
+} from '../helpers/mqtt-site.js';
 
 /**
  * The MQTT intake against a real mosquitto, the real drivers and the simulated plant: the
@@ -38,62 +34,47 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
   const GATEWAY = 'gw';
   const PREFIX = `sluice/${GATEWAY}`;
   const CLIENT_ID = 'sluice-gw';
-  let broker: Mosquitto;
-  let stack: Stack;
+  const site = useMqttSite();
+  const { cleanups } = site;
   let intake: MqttIntake;
   let observer: TestClient;
   let issuer: TestClient;
 
-  const config = (overrides: Partial<MqttConfig> = {}): MqttConfig =>
-    intakeConfig(broker.url, { protocolVersion: 5, ...overrides });
-
   /** The action that moves the valve from where it rests now. */
   const moveOf = (device: string): 'open' | 'close' =>
-    stack.plant.device(device).published.state === 'CLOSED' ? 'open' : 'close';
-  const writes = (device: string): number => stack.plant.device(device).counters.writesReceived;
+    site.stack.plant.device(device).published.state === 'CLOSED' ? 'open' : 'close';
+  const writes = (device: string): number =>
+    site.stack.plant.device(device).counters.writesReceived;
   const resultFor =
     (key: string, device: string) =>
     (m: Received): boolean =>
       m.topic === `${PREFIX}/result/${device}` && m.json().key === key;
 
-  // Cleanup as a last-in-first-out stack: only what was started is stopped, in reverse.
-  const cleanups: (() => Promise<void>)[] = [];
+  /** An intake on this site speaking MQTT 5 unless `config` says otherwise. */
+  const intakeOf = (
+    gatewayId: string,
+    config: Partial<MqttConfig> = {},
+    reconnect?: { minMs: number; maxMs: number },
+  ): MqttIntake => site.intake({ gatewayId, config: { protocolVersion: 5, ...config }, reconnect });
 
   beforeAll(async () => {
-    broker = await startMosquitto();
-    cleanups.push(() => broker.close());
-    stack = await startStack();
-    cleanups.push(() => stack.stop());
-    intake = new MqttIntake({
-      config: config(),
-      gatewayId: GATEWAY,
-      pipeline: stack.pipeline,
-      identities: stack.identities,
-      metrics: stack.metrics,
-      logger: silentLogger,
-      reconnect: { minMs: 100, maxMs: 1_000 },
-    });
-    intake.start();
+    intake = intakeOf(GATEWAY, {}, { minMs: 100, maxMs: 1_000 });
     cleanups.push(() => intake.stop());
-    await until(() => intake.connected() || undefined, 10_000, 'intake connected');
-    observer = await TestClient.connect(broker.url);
+    await site.connect(intake);
+    observer = await TestClient.connect(site.broker.url);
     cleanups.push(() => observer.end());
     await observer.subscribe(`${PREFIX}/result/#`);
     await observer.subscribe(`${PREFIX}/state/#`);
-    issuer = await TestClient.connect(broker.url);
+    issuer = await TestClient.connect(site.broker.url);
     cleanups.push(() => issuer.end());
     await issuer.subscribe('test/replies/#');
   }, 60_000);
-
-  afterAll(async () => {
-    for (const cleanup of cleanups.reverse()) await cleanup();
-  });
 
   it('acknowledges a command after its claim, confirms it and publishes result, state and status', async () => {
     const key = randomUUID();
     const action = moveOf('v1');
     const before = writes('v1');
-    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const pubacks = site.broker.pubacksFrom(CLIENT_ID);
     // Timed by an MQTT 5 Message Expiry Interval instead of issuedAt: the gateway times it.
     await issuer.publish(
       `${PREFIX}/cmd/v1`,
@@ -116,13 +97,15 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     expect(result.packet.retain).toBe(false);
     expect(result.packet.properties?.contentType).toBe('application/json');
     // The stored result, byte for byte: what HTTPS and every replay return.
-    expect(result.text).toBe(stack.pipeline.get({ scope: 'plant', key })?.response);
+    expect(result.text).toBe(site.stack.pipeline.get({ scope: 'plant', key })?.response);
     expect(writes('v1')).toBe(before + 1);
     // The intake itself acknowledged the message to the broker, once, without redelivery.
-    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
-    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).filter((d) => d.dup)).toEqual([]);
+    await until(() => (site.broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).filter((d) => d.dup)).toEqual(
+      [],
+    );
 
-    const late = await TestClient.connect(broker.url);
+    const late = await TestClient.connect(site.broker.url);
     try {
       await late.subscribe(`${PREFIX}/state/v1`);
       await late.subscribe(`${PREFIX}/status`);
@@ -140,8 +123,8 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     // Live state changes on the way: the valve's travel was mirrored.
     const states = observer.on(`${PREFIX}/state/v1`).map((m) => m.json().state);
     expect(states).toContain(action === 'open' ? 'OPENING' : 'CLOSING');
-    expect(await counted(stack.metrics, 'mqttMessages', 'new')).toBeGreaterThanOrEqual(1);
-    expect(await counted(stack.metrics, 'accepted', 'new')).toBeGreaterThanOrEqual(1);
+    expect(await counted(site.stack.metrics, 'mqttMessages', 'new')).toBeGreaterThanOrEqual(1);
+    expect(await counted(site.stack.metrics, 'accepted', 'new')).toBeGreaterThanOrEqual(1);
   });
 
   it('answers an MQTT 5 Response Topic with its Correlation Data; the key may be a user property', async () => {
@@ -192,13 +175,15 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     // One result for the command and one for the replay; the in-flight duplicate added none.
     expect(observer.on(`${PREFIX}/result/u1`).filter((m) => m.json().key === key)).toHaveLength(2);
     expect(writes('u1')).toBe(before + 1);
-    expect(await counted(stack.metrics, 'mqttMessages', 'replayed')).toBeGreaterThanOrEqual(1);
-    expect(await counted(stack.metrics, 'mqttMessages', 'in_flight')).toBeGreaterThanOrEqual(1);
+    expect(await counted(site.stack.metrics, 'mqttMessages', 'replayed')).toBeGreaterThanOrEqual(1);
+    expect(await counted(site.stack.metrics, 'mqttMessages', 'in_flight')).toBeGreaterThanOrEqual(
+      1,
+    );
   });
 
   it('acknowledges malformed messages (no redelivery) and answers them when a key can be read', async () => {
     const before = { v1: writes('v1'), v2: writes('v2') };
-    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const pubacks = site.broker.pubacksFrom(CLIENT_ID);
     const settledKey = randomUUID();
     await issuer.publish(`${PREFIX}/cmd/v1`, timed({ action: moveOf('v1'), key: settledKey }));
     await observer.waitFor(resultFor(settledKey, 'v1'), 10_000, 'result');
@@ -262,7 +247,8 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     // Every one was acknowledged by the intake (the empty retained clear included), none
     // redelivered, none written.
     await until(
-      () => (broker.pubacksFrom(CLIENT_ID) >= pubacks + 1 + sends.length + 1 ? true : undefined),
+      () =>
+        site.broker.pubacksFrom(CLIENT_ID) >= pubacks + 1 + sends.length + 1 ? true : undefined,
       5_000,
       'PUBACKs for the malformed messages',
     );
@@ -270,22 +256,22 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     // before the PUBACKs it logged.
     for (const device of ['v1', 'v2', 'nope']) {
       expect(
-        broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/${device}`).filter((d) => d.dup),
+        site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/${device}`).filter((d) => d.dup),
       ).toEqual([]);
     }
     expect(writes('v1')).toBe(reuseFrom);
     expect(reuseFrom).toBe(before.v1 + 1);
     expect(writes('v2')).toBe(before.v2);
-    expect(stack.pipeline.get({ scope: 'plant', key: k.bad })).toBeUndefined();
-    expect(await counted(stack.metrics, 'mqttMessages', 'invalid')).toBeGreaterThanOrEqual(6);
-    expect(await counted(stack.metrics, 'mqttMessages', 'unknown_device')).toBe(1);
-    expect(await counted(stack.metrics, 'mqttMessages', 'key_reused')).toBe(1);
+    expect(site.stack.pipeline.get({ scope: 'plant', key: k.bad })).toBeUndefined();
+    expect(await counted(site.stack.metrics, 'mqttMessages', 'invalid')).toBeGreaterThanOrEqual(6);
+    expect(await counted(site.stack.metrics, 'mqttMessages', 'unknown_device')).toBe(1);
+    expect(await counted(site.stack.metrics, 'mqttMessages', 'key_reused')).toBe(1);
   });
 
   it('a message past the Maximum Packet Size is not delivered to the gateway; one within it is answered', async () => {
     const topic = `${PREFIX}/cmd/v2`;
-    const deliveredBefore = broker.deliveriesTo(CLIENT_ID, topic).length;
-    const droppedBefore = broker
+    const deliveredBefore = site.broker.deliveriesTo(CLIENT_ID, topic).length;
+    const droppedBefore = site.broker
       .log()
       .split('\n')
       .filter((line) => line.includes('Dropping too large')).length;
@@ -307,8 +293,8 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     expect(observer.messages.filter(resultFor(keys.huge, 'v2'))).toEqual([]);
     // Ground truth from the broker's log: three sent to the gateway, the first of them dropped
     // as too large for it (mosquitto logs the send, then the drop).
-    expect(broker.deliveriesTo(CLIENT_ID, topic).length - deliveredBefore).toBe(3);
-    const drops = broker
+    expect(site.broker.deliveriesTo(CLIENT_ID, topic).length - deliveredBefore).toBe(3);
+    const drops = site.broker
       .log()
       .split('\n')
       .filter((line) => line.includes(`Dropping too large outgoing PUBLISH for ${CLIENT_ID} (`));
@@ -330,7 +316,7 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
 
     // The connection is intact: the next command is claimed, written once and its result
     // published, with no reconnection in between.
-    const connections = (): number => broker.connectionsOf(CLIENT_ID);
+    const connections = (): number => site.broker.connectionsOf(CLIENT_ID);
     const connected = connections();
     const next = randomUUID();
     const before = writes('v1');
@@ -345,8 +331,8 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
   it('refuses an untimed command: INVALID_COMMAND on the result topic and the Response Topic, acknowledged, never written', async () => {
     const key = `untimed-${randomUUID()}`;
     const before = writes('v1');
-    const pubacks = broker.pubacksFrom(CLIENT_ID);
-    const untimed = await counted(stack.metrics, 'mqttMessages', 'untimed');
+    const pubacks = site.broker.pubacksFrom(CLIENT_ID);
+    const untimed = await counted(site.stack.metrics, 'mqttMessages', 'untimed');
     await issuer.publish(
       `${PREFIX}/cmd/v1`,
       { action: moveOf('v1'), key },
@@ -360,19 +346,21 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     expect(reply.json()).toMatchObject({ key, code: 'INVALID_COMMAND' });
     expect(reply.packet.properties?.correlationData?.toString()).toBe('u');
     // Acknowledged once (no redelivery), never journaled, never written.
-    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
-    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).filter((d) => d.dup)).toEqual([]);
-    expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+    await until(() => (site.broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).filter((d) => d.dup)).toEqual(
+      [],
+    );
+    expect(site.stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
     expect(writes('v1')).toBe(before);
-    expect(await counted(stack.metrics, 'mqttMessages', 'untimed')).toBe(untimed + 1);
+    expect(await counted(site.stack.metrics, 'mqttMessages', 'untimed')).toBe(untimed + 1);
   });
 
   it('refuses a misspelt ttlMs (never the default TTL): answered, acknowledged, not journaled, never written; spelt right it runs', async () => {
     const key = `ttl-${randomUUID()}`;
     const action = moveOf('v1');
-    const log = stack.plant.device('v1').writeLog.length;
+    const log = site.stack.plant.device('v1').writeLog.length;
     const before = writes('v1');
-    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const pubacks = site.broker.pubacksFrom(CLIENT_ID);
     await issuer.publish(`${PREFIX}/cmd/v1`, timed({ action, key, ttl: 5000 }), {
       properties: { responseTopic: 'test/replies/ttl', correlationData: Buffer.from('t') },
     });
@@ -384,11 +372,13 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     ]);
     const reply = await issuer.waitFor((m) => m.topic === 'test/replies/ttl');
     expect(reply.json()).toMatchObject({ key, code: 'INVALID_COMMAND' });
-    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
-    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).filter((d) => d.dup)).toEqual([]);
+    await until(() => (site.broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).filter((d) => d.dup)).toEqual(
+      [],
+    );
     // Ground truth: no row for the key in the journal file, no write at the controller.
-    expect(stack.journal.findByKey(key)).toEqual([]);
-    expect(stack.plant.device('v1').writeLog).toHaveLength(log);
+    expect(site.stack.journal.findByKey(key)).toEqual([]);
+    expect(site.stack.plant.device('v1').writeLog).toHaveLength(log);
 
     // Spelt right, the same key is a new command and runs with the TTL it asks for.
     await issuer.publish(`${PREFIX}/cmd/v1`, timed({ action, key, ttlMs: 5000 }));
@@ -398,10 +388,10 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
       'result',
     );
     expect(result.json()).toMatchObject({ key, action, state: 'confirmed', replayed: false });
-    const [record] = stack.journal.findByKey(key);
+    const [record] = site.stack.journal.findByKey(key);
     expect(record?.ttlMs).toBe(5000);
     expect(
-      stack.plant
+      site.stack.plant
         .device('v1')
         .writeLog.slice(log)
         .map((w) => w.seq),
@@ -411,7 +401,7 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
 
   it('answers a command topic that names no device (cmd/): on the Response Topic and result/, acknowledged', async () => {
     const key = `nodev-${randomUUID()}`;
-    const pubacks = broker.pubacksFrom(CLIENT_ID);
+    const pubacks = site.broker.pubacksFrom(CLIENT_ID);
     const before = { v1: writes('v1'), v2: writes('v2') };
     await observer.subscribe(`${PREFIX}/result/`);
     await issuer.publish(`${PREFIX}/cmd/`, timed({ action: 'open', key }), {
@@ -427,18 +417,18 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
       'answer on result/',
     );
     expect(result.json()).toMatchObject({ code: 'INVALID_COMMAND' });
-    await until(() => (broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
-    expect(broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/`).filter((d) => d.dup)).toEqual([]);
-    expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+    await until(() => (site.broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/`).filter((d) => d.dup)).toEqual([]);
+    expect(site.stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
     expect({ v1: writes('v1'), v2: writes('v2') }).toEqual(before);
   });
 
   it('answers only allowed Response Topics, never a command topic; counts each refusal', async () => {
     const refused = async (reason: string): Promise<number> =>
-      (await stack.metrics.mqttResponseTopicsRefused.get()).values
+      (await site.stack.metrics.mqttResponseTopicsRefused.get()).values
         .filter((v) => v.labels.reason === reason)
         .reduce((sum, v) => sum + v.value, 0);
-    const spy = await TestClient.connect(broker.url);
+    const spy = await TestClient.connect(site.broker.url);
     try {
       await spy.subscribe('sluice/+/cmd/#');
       await spy.subscribe('elsewhere/#');
@@ -470,15 +460,8 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
   });
 
   it('works over MQTT 3.1.1, and a clean stop publishes retained offline', async () => {
-    const v4 = new MqttIntake({
-      config: config({ protocolVersion: 4, clientId: 'sluice-gw4' }),
-      gatewayId: 'gw4',
-      pipeline: stack.pipeline,
-      identities: stack.identities,
-      metrics: stack.metrics,
-      logger: silentLogger,
-    });
-    const client = await TestClient.connect(broker.url, { protocolVersion: 4 });
+    const v4 = intakeOf('gw4', { protocolVersion: 4, clientId: 'sluice-gw4' });
+    const client = await TestClient.connect(site.broker.url, { protocolVersion: 4 });
     try {
       v4.start();
       await until(() => v4.connected() || undefined, 10_000, 'v4 intake connected');
@@ -493,7 +476,7 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
       );
       expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
       expect(writes('v2')).toBe(before + 1);
-      expect(broker.pubacksFrom('sluice-gw4')).toBeGreaterThanOrEqual(1);
+      expect(site.broker.pubacksFrom('sluice-gw4')).toBeGreaterThanOrEqual(1);
       await client.publish('sluice/gw4/cmd/v2', { action: 'nope', key: 'v4-bad' });
       expect(
         (
@@ -512,7 +495,7 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
         'offline',
       );
       expect(offline.text).toBe('offline');
-      const late = await TestClient.connect(broker.url, { protocolVersion: 4 });
+      const late = await TestClient.connect(site.broker.url, { protocolVersion: 4 });
       await late.subscribe('sluice/gw4/status');
       const retained = await late.waitFor(() => true);
       expect(retained.text).toBe('offline');
@@ -527,16 +510,8 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     // 3.1.1 §3.3.1.3: the broker clears the retain flag of a live delivery, so the gateway
     // cannot tell it was retained; each replay from the retained store carries the flag.
     const newV4 = (): MqttIntake =>
-      new MqttIntake({
-        config: config({ protocolVersion: 4, clientId: 'sluice-gwr' }),
-        gatewayId: 'gwr',
-        pipeline: stack.pipeline,
-        identities: stack.identities,
-        metrics: stack.metrics,
-        logger: silentLogger,
-        reconnect: { minMs: 100, maxMs: 500 },
-      });
-    const client = await TestClient.connect(broker.url, { protocolVersion: 4 });
+      intakeOf('gwr', { protocolVersion: 4, clientId: 'sluice-gwr' }, { minMs: 100, maxMs: 500 });
+    const client = await TestClient.connect(site.broker.url, { protocolVersion: 4 });
     let v4 = newV4();
     const topic = 'sluice/gwr/cmd/v1';
     try {
@@ -558,7 +533,7 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
       // gateway subscribes again and the broker replays the retained command each time.
       for (const round of [2, 3]) {
         await v4.stop();
-        const clean = await TestClient.connect(broker.url, {
+        const clean = await TestClient.connect(site.broker.url, {
           protocolVersion: 4,
           clientId: 'sluice-gwr',
           clean: true,
@@ -570,7 +545,7 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
         expect(answers()[round - 1]).toMatchObject({ code: 'INVALID_COMMAND' });
         expect(String(answers()[round - 1]?.detail)).toContain('retained');
       }
-      expect(broker.deliveriesTo('sluice-gwr', topic).length).toBe(3);
+      expect(site.broker.deliveriesTo('sluice-gwr', topic).length).toBe(3);
       expect(writes('v1')).toBe(before + 1);
     } finally {
       await client.publish(topic, '', { retain: true });

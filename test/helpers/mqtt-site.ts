@@ -1,0 +1,102 @@
+import { afterAll, beforeAll } from 'vitest';
+import { silentLogger } from '../../src/core/logger.js';
+import type { CommandPipeline } from '../../src/core/pipeline.js';
+import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
+import {
+  intakeConfig,
+  startMosquitto,
+  until,
+  type Mosquitto,
+  type MosquittoOptions,
+} from './mosquitto.js';
+import { startStack, type Stack } from './stack.js';
+
+export {
+  mosquittoAvailable,
+  TestClient,
+  timed,
+  until,
+  type Mosquitto,
+  type Received,
+} from './mosquitto.js';
+
+/** An MQTT intake on the site: what differs from one test to the next. */
+export interface SiteIntakeOptions {
+  readonly gatewayId: string;
+  /** Over `intakeConfig`'s (the schema's defaults, identity `plant`). */
+  readonly config?: Partial<MqttConfig>;
+  /** The stack's pipeline unless given (a site changed between two runs). */
+  readonly pipeline?: CommandPipeline;
+  readonly reconnect?: { readonly minMs?: number; readonly maxMs?: number } | undefined;
+  readonly topicRootsFile?: string | undefined;
+}
+
+/**
+ * What the MQTT intake tests share: a real Mosquitto and a stack (the simulated plant, the real
+ * drivers, a journal file, the pipeline), started before the file's tests and stopped after
+ * them, and intakes made on them. Cleanup is a last-in-first-out stack: what a test pushes on
+ * `cleanups` is undone before the stack and the broker, in reverse order.
+ */
+export class MqttSite {
+  readonly cleanups: (() => Promise<void> | void)[] = [];
+  private parts: { readonly broker: Mosquitto; readonly stack: Stack } | null = null;
+
+  constructor(private readonly brokerOptions: MosquittoOptions = {}) {}
+
+  get broker(): Mosquitto {
+    return this.started().broker;
+  }
+
+  get stack(): Stack {
+    return this.started().stack;
+  }
+
+  async start(): Promise<void> {
+    const broker = await startMosquitto(this.brokerOptions);
+    this.cleanups.push(() => broker.close());
+    const stack = await startStack();
+    this.cleanups.push(() => stack.stop());
+    this.parts = { broker, stack };
+  }
+
+  async stop(): Promise<void> {
+    for (const cleanup of this.cleanups.splice(0).reverse()) await cleanup();
+  }
+
+  /** An MQTT intake on this broker and stack, not started. */
+  intake(options: SiteIntakeOptions): MqttIntake {
+    return new MqttIntake({
+      config: intakeConfig(this.broker.url, options.config),
+      gatewayId: options.gatewayId,
+      pipeline: options.pipeline ?? this.stack.pipeline,
+      identities: this.stack.identities,
+      metrics: this.stack.metrics,
+      logger: silentLogger,
+      ...(options.reconnect === undefined ? {} : { reconnect: options.reconnect }),
+      ...(options.topicRootsFile === undefined ? {} : { topicRootsFile: options.topicRootsFile }),
+    });
+  }
+
+  /** Starts `intake` and waits until it is connected with its command subscription. */
+  async connect(intake: MqttIntake): Promise<MqttIntake> {
+    intake.start();
+    await until(() => intake.connected() || undefined, 10_000, 'intake connected');
+    return intake;
+  }
+
+  private started(): { readonly broker: Mosquitto; readonly stack: Stack } {
+    if (this.parts === null) throw new Error('the MQTT site is used before its beforeAll ran');
+    return this.parts;
+  }
+}
+
+/**
+ * An MQTT site for the calling `describe`: started in a beforeAll registered now (before the
+ * file's own, which may use it), stopped in an afterAll that runs after the file's own.
+ */
+export function useMqttSite(brokerOptions: MosquittoOptions = {}): MqttSite {
+  const site = new MqttSite(brokerOptions);
+  beforeAll(() => site.start(), 60_000);
+  afterAll(() => site.stop());
+  return site;
+}
