@@ -679,10 +679,8 @@
         ),
       );
     } else if (open && open.stuck) {
-      var bound =
-        open.confirmTimeoutMs === null
-          ? 'its deadline (device not configured)'
-          : 'its deadline + ' + dur(open.confirmTimeoutMs) + ' confirm timeout';
+      // The bound it is past, in the words of /readyz and sluicectl (the daemon's rule).
+      var bound = open.stuckReason || 'its bound';
       field(
         dl,
         'outcome',

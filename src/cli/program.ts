@@ -84,7 +84,7 @@ export function buildProgram(io: Io, result: { code: number }): Command {
     .command('stuck')
     .description(
       'open commands older than --older-than, oldest first; those past their deadline plus ' +
-        "their device's confirm timeout are marked STUCK (SPEC §2). Exit 3 when any is listed.",
+        "their device's confirm timeout (or a recovery take-up's or a stop pause's end) are marked STUCK, with that bound (SPEC §2). Exit 3 when any is listed.",
     )
     .addOption(
       new Option('--older-than <duration>', 'only commands accepted at least this long ago')

@@ -13,7 +13,7 @@ export function runShow(ctx: CliContext, key: string, scope: string | undefined)
   const now = ctx.now();
   const shown = withJournal(ctx.journalPath(), (journal) => {
     const found = findCommand(journal, key, scope);
-    return showCommand(found, journal.history(found), now, () => ctx.confirmTimeouts());
+    return showCommand(found, journal, now, () => ctx.confirmTimeouts());
   });
   if (ctx.json) {
     ctx.outJson(shown);
@@ -118,15 +118,11 @@ function renderStory(
   for (const r of s.readbacks)
     story.push([`readback ${r.when}`, observationText(r.observation, now)]);
   for (const o of s.operator) story.push(['operator', `${at(o.at)}: ${o.detail}`, 'warn']);
-  const timeout =
-    open?.confirmTimeoutMs === null || open === null
-      ? 'its deadline (device not configured)'
-      : `its deadline + ${formatDuration(open.confirmTimeoutMs)} confirm timeout`;
   story.push([
     'outcome',
     s.outcome === null
       ? open?.overdueMs !== null && open?.overdueMs !== undefined
-        ? `STUCK: still ${s.state}, ${formatDuration(open.overdueMs)} past ${timeout}; ` +
+        ? `STUCK: still ${s.state}, ${formatDuration(open.overdueMs)} past ${open.stuckReason ?? 'its bound'}; ` +
           `settle it: sluicectl reverify ${s.key}, or sluicectl resolve ${s.key} --as failed --reason "…"`
         : `still ${s.state}: not settled yet (${formatDuration(open?.ageMs ?? 0)} open)`
       : `${outcomeText(s.outcome.state, s.outcome.code, s.outcome.faultCode)} ${at(s.outcome.settledAt)}`,

@@ -8,16 +8,16 @@ import { renderTable, type Column } from './table.js';
 
 /**
  * `sluicectl stuck`: open commands older than `--older-than`, oldest first. Those past their
- * deadline plus their device's confirm timeout are *stuck* in SPEC §2's sense (the daemon
- * would have ended them by then) and are marked. Exit 3 when any command is listed, so that
- * monitoring can call it.
+ * bound are *stuck* in SPEC §2's sense (the daemon would have ended them by then) and are
+ * marked with the bound they are past: the rule /readyz uses, from the same journal
+ * (core/open-commands.ts). Exit 3 when any command is listed, so that monitoring can call it.
  */
 
 export function runStuck(ctx: CliContext, olderThanMs: number): ExitCode {
   const now = ctx.now();
   const timeouts = ctx.confirmTimeouts();
   const items = withJournal(ctx.journalPath(), (journal) =>
-    stuckItems(journal.listOpen(), olderThanMs, now, timeouts, (r) => journal.history(r)),
+    stuckItems(journal.listOpen(), olderThanMs, now, timeouts, journal),
   );
   const code = items.length > 0 ? EXIT.STUCK : EXIT.OK;
   if (timeouts === null && !ctx.json) {
@@ -54,13 +54,14 @@ export function runStuck(ctx: CliContext, olderThanMs: number): ExitCode {
       value: (i) => (i.overdueMs === null ? 'no' : `STUCK ${formatDuration(i.overdueMs)} overdue`),
       tone: (i) => (i.stuck ? 'bad' : null),
     },
+    { header: 'stuck past', value: (i) => i.stuckReason ?? '-' },
     { header: 'last event', value: (i) => i.lastEvent?.detail ?? '-' },
   ];
   ctx.out(renderTable(columns, items, ctx.style));
   const stuck = items.filter((i) => i.stuck).length;
   ctx.out(
     `\n${items.length} open command${items.length === 1 ? '' : 's'} older than ${formatDuration(olderThanMs)}` +
-      `; ${stuck} stuck (past deadline + confirm timeout).\n` +
+      `; ${stuck} stuck (open past the bound their "stuck past" column names).\n` +
       'Explain one: sluicectl show KEY. Settle it: sluicectl reverify KEY, or ' +
       'sluicectl resolve KEY --as failed --reason "…".\n',
   );

@@ -1,16 +1,24 @@
-import type { OpenState } from './command.js';
-import type { CommandRecord, JournalEvent } from './journal.js';
+import { isTerminal, type OpenState } from './command.js';
+import type { CommandRecord, CommandRef, JournalEvent } from './journal.js';
 
 /**
- * The open (non-terminal) commands at a glance, for `/metrics` and `/readyz`. A command is
- * *stuck* when it is still open past its deadline plus its confirm timeout (SPEC §2): by then
- * the pipeline would have ended it, so something needs a person (a device no longer
- * configured, a journal that cannot be written, a bug) — unless a worker is settling its
- * device's command taken up by recovery (docs/spec-notes.md, "Every open command ends"): that
- * reads the controller for the longest of the confirm timeout, the unreachable grace and the
- * time to the deadline from its take-up, so a command in doubt at a restart whose deadline
- * passed while the gateway was down is past its deadline plus confirm timeout while everything
- * works as designed. Its device's open commands are stuck only once that window has ended too.
+ * The open (non-terminal) commands at a glance, for `/metrics`, `/readyz`, `sluicectl stuck` and
+ * the status page — one rule for all, built from the journal alone, so that the daemon and a
+ * reader of the journal beside it (sluicectl) name the same commands stuck, for the same reason.
+ * A command is *stuck* when it is still open past its bound (SPEC §2: its deadline plus its
+ * confirm timeout): by then the pipeline would have ended it, so something needs a person (a
+ * device no longer configured, a journal that cannot be written, a bug). Two things keep a
+ * command open past that bound while everything works as designed (docs/spec-notes.md, "Every
+ * open command ends"), and its history shows both:
+ * - Recovery took it up (its take-up note): its worker reads the controller for the longest of
+ *   the confirm timeout, the unreachable grace and the time to the deadline from the take-up
+ *   (again from a re-dispatch it made then: confirmation.ts).
+ * - A stop paused it (SPEC §2, "stop is not queued behind travel"; preemption.ts): it waits
+ *   for the stop, which is bounded by its own deadline plus confirm timeout, and is then taken
+ *   up again by readback as above.
+ * Its device's other open commands wait behind it, so they share that window (not the stop
+ * that paused it, which goes first). The daemon knows more (which worker holds what) but uses
+ * no more: a command its worker dropped is stuck once the window its history gives has ended.
  */
 
 /**
@@ -28,11 +36,15 @@ export interface StuckCommand {
   readonly device: string;
   readonly state: OpenState;
   readonly ageMs: number;
-  /**
-   * How long past its deadline plus confirm timeout — or past the end of its device's take-up
-   * window, when that ends later.
-   */
+  /** How long past its bound (`reason`). */
   readonly overdueMs: number;
+  /** When it passed its bound (gateway ms). */
+  readonly stuckSince: number;
+  /**
+   * The bound it is past, in the words every reporter uses after "past" (/readyz, sluicectl,
+   * the status page): "its deadline plus its 8 s confirm timeout", ….
+   */
+  readonly reason: string;
 }
 
 export interface OpenCommands {
@@ -44,15 +56,24 @@ export interface OpenCommands {
   readonly stuck: readonly StuckCommand[];
 }
 
-/** How a take-up by recovery is known, and how long it settles at least. */
-export interface Settling {
+/** What the rule reads of the journal beyond the open commands (the daemon's or read-only). */
+export interface StuckJournal {
+  /** The command's history, oldest first. */
+  history(ref: CommandRef): readonly JournalEvent[];
+  /** The stops on its device claimed after it, newest first (Journal.stopsAfter). */
+  stopsAfter(ref: CommandRef, limit: number): readonly CommandRecord[];
+}
+
+export interface StuckRule {
   /**
-   * When a worker took up this dispatched command to settle it by readback (gateway ms), if
-   * one holds it now; null otherwise.
+   * Each configured device's confirm timeout. A device not in it has no worker: its commands
+   * are stuck from their deadline. Null when the configuration is unknown (sluicectl without
+   * one): every command is then judged from its deadline alone, and the reason says why.
    */
-  readonly takenUpAt: (record: CommandRecord) => number | null;
+  readonly confirmTimeoutMs: ReadonlyMap<string, number> | null;
   /** The pipeline's unreachable grace (UNREACHABLE_GRACE_MS unless configured otherwise). */
   readonly graceMs?: number;
+  readonly journal: StuckJournal;
 }
 
 /**
@@ -70,9 +91,9 @@ const TAKE_UP_NOTE = /^taken up(?: again)?: sequence number \d+\b.*; settling by
 
 /**
  * When recovery took up this command to settle it by readback, by its history: the note the
- * confirmation loop journals at the take-up (takeUpNote); null when none. For a reader of the
- * journal alone (sluicectl, the status page), which cannot see the daemon's workers: the
- * take-up's window bounds how long it counts.
+ * confirmation loop journals at the take-up (takeUpNote); null when none. The daemon and the
+ * readers of the journal alone (sluicectl, the status page) go by it alike: the take-up's
+ * window bounds how long it counts.
  */
 export function takeUpAt(history: readonly JournalEvent[]): number | null {
   for (const e of [...history].reverse()) {
@@ -82,33 +103,35 @@ export function takeUpAt(history: readonly JournalEvent[]): number | null {
   return null;
 }
 
+/** A device's settling window: until when its commands wait, and why (the words after "past"). */
+interface Window {
+  readonly until: number;
+  readonly reason: (key: string) => string;
+  /** The stop that paused the command: it goes first, so it does not wait for the window. */
+  readonly notFor: string | null;
+}
+
 export function summarizeOpen(
   open: readonly CommandRecord[],
   now: number,
-  confirmTimeoutMs: ReadonlyMap<string, number>,
-  settling?: Settling,
+  rule: StuckRule,
 ): OpenCommands {
-  // Each device's take-up window, where its worker settles a command taken up by recovery: it
-  // reads for the longest of the confirm timeout, the grace and the time to the deadline
-  // (which deadline + confirm timeout covers below). The device's other commands wait for it.
-  // Looked up only for a device with a command past its bound (a history read per command),
-  // so that a journal with nothing overdue costs no lookup.
-  const windows = new Map<string, number | null>();
-  const windowOf = (device: string): number | null => {
-    if (settling === undefined) return null;
+  const grace = rule.graceMs ?? UNREACHABLE_GRACE_MS;
+  // Each device's windows, from its dispatched commands' histories: looked up only for a
+  // device with a command past its deadline plus confirm timeout (a history read per
+  // dispatched command), so that a journal with nothing overdue costs no lookup.
+  const windows = new Map<string, readonly Window[]>();
+  const windowsOf = (device: string, timeout: number): readonly Window[] => {
     const known = windows.get(device);
     if (known !== undefined) return known;
-    const grace = settling.graceMs ?? UNREACHABLE_GRACE_MS;
-    let window: number | null = null;
+    const found: Window[] = [];
     for (const r of open) {
       if (r.device !== device || r.state !== 'dispatched') continue;
-      const at = settling.takenUpAt(r);
-      if (at === null) continue;
-      const until = at + Math.max(confirmTimeoutMs.get(r.device) ?? 0, grace);
-      window = Math.max(window ?? until, until);
+      const w = settlingWindow(r, timeout, grace, rule.journal);
+      if (w !== null) found.push(w);
     }
-    windows.set(device, window);
-    return window;
+    windows.set(device, found);
+    return found;
   };
   let accepted = 0;
   let dispatched = 0;
@@ -122,21 +145,41 @@ export function summarizeOpen(
     const age = Math.max(0, now - r.acceptedAt);
     ages.push(age);
     oldest = oldest === null ? age : Math.max(oldest, age);
-    // A device no longer configured has no confirm timeout (nor a worker): stuck from its
-    // deadline.
-    const bound = r.deadline + (confirmTimeoutMs.get(r.device) ?? 0);
-    if (now <= bound) continue;
-    const overdue = now - Math.max(bound, windowOf(r.device) ?? bound);
-    if (overdue > 0) {
-      stuck.push({
-        scope: r.scope,
-        key: r.key,
-        device: r.device,
-        state: r.state,
-        ageMs: age,
-        overdueMs: overdue,
-      });
+    const timeout = rule.confirmTimeoutMs?.get(r.device);
+    let bound: number;
+    let reason: string;
+    if (timeout === undefined) {
+      // A device no longer configured has no confirm timeout (nor a worker): stuck from its
+      // deadline.
+      bound = r.deadline;
+      reason =
+        rule.confirmTimeoutMs === null
+          ? 'its deadline (no configuration: its confirm timeout is unknown)'
+          : 'its deadline (its device is not in the configuration: no worker can settle it)';
+    } else {
+      bound = r.deadline + timeout;
+      reason = `its deadline plus its ${spoken(timeout)} confirm timeout`;
     }
+    if (now <= bound) continue;
+    if (timeout !== undefined) {
+      const id = `${r.scope}\0${r.key}`;
+      for (const w of windowsOf(r.device, timeout)) {
+        if (w.notFor === id || w.until <= bound) continue;
+        bound = w.until;
+        reason = w.reason(r.key);
+      }
+    }
+    if (now <= bound) continue;
+    stuck.push({
+      scope: r.scope,
+      key: r.key,
+      device: r.device,
+      state: r.state,
+      ageMs: age,
+      overdueMs: now - bound,
+      stuckSince: bound,
+      reason,
+    });
   }
   const byAge = [
     ...OPEN_AGE_BUCKETS_S.map((le) => ({
@@ -147,4 +190,82 @@ export function summarizeOpen(
   ];
   stuck.sort((a, b) => b.overdueMs - a.overdueMs);
   return { accepted, dispatched, byAge, oldestAgeMs: oldest, stuck };
+}
+
+/**
+ * How long a dispatched command is being settled past its deadline plus confirm timeout, by its
+ * history: null when neither a take-up nor a stop holds it.
+ */
+function settlingWindow(
+  r: CommandRecord,
+  timeout: number,
+  grace: number,
+  journal: StuckJournal,
+): Window | null {
+  const readMs = Math.max(timeout, grace);
+  const history = journal.history(r);
+  // The command's own window, or that of the command it waits behind on its device.
+  const its = (key: string, what: string, detail: string): string =>
+    key === r.key
+      ? `its ${what} (${detail})`
+      : `the ${what} of ${r.key}, which it waits behind on its device (${detail})`;
+  // The newest stop claimed after it preempted it, unless it is a stop itself (preemption.ts).
+  const stop = r.action === 'stop' ? undefined : journal.stopsAfter(r, 1)[0];
+  if (stop !== undefined && !isTerminal(stop.state)) {
+    // Paused: it is taken up again once the stop is terminal, which is by the stop's own
+    // bound at the latest, and then read for its take-up window.
+    const until = stop.deadline + timeout + readMs;
+    return {
+      until,
+      notFor: `${stop.scope}\0${stop.key}`,
+      reason: (key) =>
+        its(
+          key,
+          `pause for the stop ${stop.key}`,
+          `the stop's deadline plus its ${spoken(timeout)} confirm timeout, then ${spoken(readMs)} to settle it by readback`,
+        ),
+    };
+  }
+  // Taken up by recovery, or again once the stop that paused it was terminal (its note comes
+  // right after: until it is journaled, the stop's settlement stands in for it).
+  let start: number | null = null;
+  let from = '';
+  const at = takeUpAt(history);
+  if (at !== null) {
+    start = at;
+    from = `taken up ${new Date(at).toISOString()}`;
+  }
+  const settled = stop?.settledAt ?? null;
+  if (settled !== null && (start === null || settled > start)) {
+    start = settled;
+    from = `the stop ${stop?.key ?? ''} settled ${new Date(settled).toISOString()}`;
+  }
+  if (start === null) return null;
+  const begun = start;
+  // The take-up reads for the longest of the confirm timeout, the grace and the time to the
+  // deadline; a re-dispatch it makes reads that long again from its write (confirmation.ts).
+  const windowMs = Math.max(readMs, r.deadline - begun);
+  const redispatch = history.findLast((e) => e.at >= begun && isRedispatch(e));
+  let until = begun + windowMs;
+  if (redispatch !== undefined) {
+    until = redispatch.at + windowMs;
+    from += `, re-dispatched ${new Date(redispatch.at).toISOString()}`;
+  }
+  return {
+    until,
+    notFor: null,
+    reason: (key) => its(key, 'take-up by readback', `${from}; read for ${spoken(windowMs)}`),
+  };
+}
+
+function isRedispatch(e: JournalEvent): boolean {
+  return e.from === 'dispatched' && e.to === 'dispatched' && e.detail.startsWith('redispatch: ');
+}
+
+/** A duration as the reasons say it: "8 s", "2 min 5 s", "1 h 3 min". */
+function spoken(ms: number): string {
+  const s = Math.round(ms / 1000);
+  if (s < 120) return `${s} s`;
+  const m = Math.floor(s / 60);
+  return m < 120 ? `${m} min ${s % 60} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
 }

@@ -2,7 +2,7 @@ import type { Clock } from './clock.js';
 import type { CommandRef, Journal, OpenRef } from './journal.js';
 import { refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
-import { summarizeOpen, takeUpAt, type OpenCommands } from './open-commands.js';
+import { summarizeOpen, type OpenCommands } from './open-commands.js';
 
 /** What the sweep needs from the pipeline. */
 export interface SweepHost {
@@ -102,11 +102,10 @@ export class Sweep {
   }
 
   /**
-   * Open commands by state and age, and the stuck ones (SPEC §2), for metrics and readiness. A
-   * command a worker holds now, taken up by recovery, counts from its take-up (its history's
-   * note): within its window it is being settled, not stuck (open-commands.ts); one no worker
-   * holds — its device no longer configured, left open by the journal — counts from its
-   * deadline plus confirm timeout, as before.
+   * Open commands by state and age, and the stuck ones (SPEC §2), for metrics and readiness: by
+   * the journal alone, as `sluicectl stuck` and the status page judge them (open-commands.ts),
+   * so that they agree. A command recovery took up, or a stop paused, counts from the end of
+   * the window its history gives; one of a device no longer configured from its deadline.
    */
   openCommands(): OpenCommands {
     const { journal, lanes } = this.host;
@@ -114,13 +113,10 @@ export class Sweep {
     for (const [id, lane] of lanes) {
       confirmTimeouts.set(id, lane.binding.profile.timing.confirmTimeoutMs);
     }
-    return summarizeOpen(journal.listOpen(), this.host.clock.now(), confirmTimeouts, {
+    return summarizeOpen(journal.listOpen(), this.host.clock.now(), {
+      confirmTimeoutMs: confirmTimeouts,
       graceMs: this.host.unreachableGraceMs,
-      takenUpAt: (record) => {
-        const inFlight = lanes.get(record.device)?.inFlight ?? null;
-        if (inFlight === null || refId(inFlight) !== refId(record)) return null;
-        return takeUpAt(journal.history(record));
-      },
+      journal,
     });
   }
 

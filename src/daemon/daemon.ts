@@ -405,13 +405,14 @@ export class Daemon {
           `${open.accepted + open.dispatched} open (${open.accepted} accepted, ${open.dispatched} dispatched${oldest})` +
           (stuck.length === 0
             ? ''
-            : `; ${stuck.length} stuck past deadline and confirm timeout: ${stuck
+            : // Each with the bound it is past, in the words of `sluicectl stuck` and the page.
+              `; ${stuck.length} stuck: ${stuck
                 .slice(0, 5)
                 .map(
                   (c) =>
-                    `${c.key} on ${c.device} (${c.state}, ${Math.round(c.overdueMs / 1000)} s overdue)`,
+                    `${c.key} on ${c.device} (${c.state}) ${Math.round(c.overdueMs / 1000)} s past ${c.reason}`,
                 )
-                .join(', ')}${stuck.length > 5 ? ', …' : ''}`),
+                .join('; ')}${stuck.length > 5 ? '; …' : ''}`),
       };
     } catch (error) {
       checks.commands = {

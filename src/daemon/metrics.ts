@@ -333,7 +333,7 @@ export class Metrics {
     });
     new Gauge({
       name: 'sluice_commands_stuck',
-      help: 'Commands still open past their deadline plus confirm timeout (SPEC §2): they need a person.',
+      help: 'Commands still open past their bound (SPEC §2: deadline plus confirm timeout, or the end of a recovery take-up or stop pause): they need a person.',
       registers,
       collect() {
         const open = openNow();

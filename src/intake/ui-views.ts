@@ -26,6 +26,7 @@ export interface CommandReader {
   listOpen(): CommandRecord[];
   get(ref: CommandRef): CommandRecord | undefined;
   history(ref: CommandRef): JournalEvent[];
+  stopsAfter(ref: CommandRef, limit: number): CommandRecord[];
 }
 
 /** The MQTT intake, as far as the page reports it. */
@@ -259,8 +260,7 @@ export class UiViews {
     const ofDevices = reader
       .listOpen()
       .filter((r) => query.device === undefined || r.device === query.device);
-    const open = stuckItems(ofDevices, 0, now, this.confirmTimeouts(), (r) => reader.history(r))
-      .filter((item) => query.state === undefined || item.state === query.state)
+    const open = stuckItems(ofDevices, 0, now, this.confirmTimeouts(), reader, (r) => matches(r))
       .map((item) => ({ ...item, why: whyOpen(item, stalled.get(item.device) ?? null) }))
       .sort((a, b) =>
         a.stuck !== b.stuck
@@ -288,9 +288,7 @@ export class UiViews {
   command(ref: CommandRef): CommandShow | undefined {
     const record = this.o.commands.get(ref);
     if (record === undefined) return undefined;
-    return showCommand(record, this.o.commands.history(record), this.o.clock.now(), () =>
-      this.confirmTimeouts(),
-    );
+    return showCommand(record, this.o.commands, this.o.clock.now(), () => this.confirmTimeouts());
   }
 
   gateway(): UiGateway {
@@ -349,11 +347,8 @@ function seconds(ms: number): string {
 function whyOpen(item: StuckItem, stalled: UiDevice['stalled']): string {
   const last = item.lastEvent === null ? '' : `; last event: ${item.lastEvent.detail}`;
   if (item.stuck) {
-    const bound =
-      item.confirmTimeoutMs === null
-        ? 'its deadline (its device is not in the configuration: no readback can settle it, resolve it)'
-        : `its deadline and its ${seconds(item.confirmTimeoutMs)} confirm timeout`;
-    return `open ${seconds(item.overdueMs ?? 0)} past ${bound}; the daemon would have ended it by now${last}`;
+    // The bound in the words of /readyz and `sluicectl stuck` (core/open-commands.ts).
+    return `open ${seconds(item.overdueMs ?? 0)} past ${item.stuckReason ?? 'its bound'}; the daemon would have ended it by now${last}`;
   }
   if (stalled !== null) {
     const at = stalled.position === null ? '' : ` at ${stalled.position} %`;

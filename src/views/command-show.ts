@@ -1,18 +1,22 @@
 import type { CommandRecord, JournalEvent } from '../core/journal.js';
+import type { StuckJournal } from '../core/open-commands.js';
 import { buildStory, type CommandStory } from './command-story.js';
-import { stuckItems } from './open-commands.js';
+import { stuckItems, type StuckItem } from './open-commands.js';
 
 /**
  * One command as `sluicectl show --json` and the status page's command page give it: its whole
  * story (command-story.ts) and, while it is open, how long it has been and whether it is stuck
- * (SPEC §2), judged as `sluicectl stuck` judges it.
+ * (SPEC §2), judged as `sluicectl stuck` judges it: beside its device's other open commands,
+ * since one recovery took up or a stop paused holds those behind it.
  */
 
 export interface OpenStatus {
   readonly ageMs: number;
   readonly stuck: boolean;
-  /** How long past deadline + confirm timeout; null when not (yet) stuck. */
+  /** How long past its bound; null when not (yet) stuck. */
   readonly overdueMs: number | null;
+  /** The bound it is past, in the words of `sluicectl stuck` and /readyz; null when not stuck. */
+  readonly stuckReason: string | null;
   /** The device's confirm timeout; null when the configuration does not know the device. */
   readonly confirmTimeoutMs: number | null;
 }
@@ -24,16 +28,36 @@ export interface CommandShow extends CommandStory {
 
 export function showCommand(
   record: CommandRecord,
-  history: readonly JournalEvent[],
+  /** The journal, read: the command's history, and (while it is open) its device's commands. */
+  journal: StuckJournal & { listOpen(): readonly CommandRecord[] },
   now: number,
   /** Asked only for an open command: device → confirm timeout; null when unknown. */
   confirmTimeouts: () => ReadonlyMap<string, number> | null,
 ): CommandShow {
+  const history: readonly JournalEvent[] = journal.history(record);
   const story = buildStory(record, history);
-  const item =
-    story.outcome === null
-      ? (stuckItems([record], 0, now, confirmTimeouts(), () => history)[0] ?? null)
-      : null;
+  const same = (r: { readonly scope: string; readonly key: string }): boolean =>
+    r.scope === record.scope && r.key === record.key;
+  let item: StuckItem | null = null;
+  if (story.outcome === null) {
+    // As it was read (it may have settled since the list was read: judged as it was).
+    const device = [
+      ...journal.listOpen().filter((r) => r.device === record.device && !same(r)),
+      record,
+    ];
+    item =
+      stuckItems(
+        device,
+        0,
+        now,
+        confirmTimeouts(),
+        {
+          history: (r) => (same(r) ? history : journal.history(r)),
+          stopsAfter: (r, limit) => journal.stopsAfter(r, limit),
+        },
+        same,
+      )[0] ?? null;
+  }
   const open =
     item === null
       ? null
@@ -41,6 +65,7 @@ export function showCommand(
           ageMs: item.ageMs,
           stuck: item.stuck,
           overdueMs: item.overdueMs,
+          stuckReason: item.stuckReason,
           confirmTimeoutMs: item.confirmTimeoutMs,
         };
   return { ...story, open };

@@ -1,12 +1,12 @@
-import type { CommandRecord, JournalEvent } from '../core/journal.js';
-import { summarizeOpen, takeUpAt } from '../core/open-commands.js';
+import type { CommandRecord, CommandRef, JournalEvent } from '../core/journal.js';
+import { summarizeOpen, type StuckJournal } from '../core/open-commands.js';
 
 /**
  * Open commands as an operator sees them (`sluicectl stuck`, `show`, the status page): each with
- * its age and deadline, and marked *stuck* when it is still open past its deadline plus its
- * device's confirm timeout (SPEC §2) — the daemon would have ended it by then, so it needs a
- * person — or, on a device whose command recovery took up (its history's take-up note), past
- * the end of that take-up's window, as `/readyz` judges it (core/open-commands.ts). Pure: built
+ * its age and deadline, and marked *stuck* when it is still open past its bound, judged by the
+ * rule `/readyz` and `/metrics` use (core/open-commands.ts): its deadline plus its device's
+ * confirm timeout (SPEC §2), or the end of a window its device's history gives — a take-up by
+ * recovery, a pause for a stop. Each stuck one says which bound, in the same words. Pure: built
  * from journal records.
  */
 
@@ -22,42 +22,47 @@ export interface StuckItem {
   readonly acceptedAt: string;
   readonly ageMs: number;
   readonly deadline: string;
-  /** Past its deadline plus its device's confirm timeout (SPEC §2). */
+  /** Open past its bound (SPEC §2; `stuckReason`). */
   readonly stuck: boolean;
-  /** How long past deadline + confirm timeout; null when not (yet) stuck. */
+  /** How long past its bound; null when not (yet) stuck. */
   readonly overdueMs: number | null;
+  /** The bound it is past, as every reporter words it after "past"; null when not stuck. */
+  readonly stuckReason: string | null;
   /** The device's confirm timeout; null when the configuration does not know the device. */
   readonly confirmTimeoutMs: number | null;
   readonly lastEvent: { readonly at: string; readonly detail: string } | null;
 }
 
 export function stuckItems(
+  /** Every open command of the devices listed: a device's commands are judged together. */
   open: readonly CommandRecord[],
   olderThanMs: number,
   now: number,
   confirmTimeouts: ReadonlyMap<string, number> | null,
-  /** The command's history, oldest first. */
-  history: (record: CommandRecord) => readonly JournalEvent[],
+  journal: StuckJournal,
+  /** Which of them to list (all by default). */
+  listed: (record: CommandRecord) => boolean = () => true,
 ): StuckItem[] {
-  const timeouts = confirmTimeouts ?? new Map<string, number>();
-  const histories = new Map<CommandRecord, readonly JournalEvent[]>();
-  const historyOf = (r: CommandRecord): readonly JournalEvent[] => {
-    let events = histories.get(r);
+  const histories = new Map<string, readonly JournalEvent[]>();
+  const historyOf = (r: CommandRef): readonly JournalEvent[] => {
+    const id = `${r.scope}\0${r.key}`;
+    let events = histories.get(id);
     if (events === undefined) {
-      events = history(r);
-      histories.set(r, events);
+      events = journal.history(r);
+      histories.set(id, events);
     }
     return events;
   };
-  const overdue = new Map(
-    summarizeOpen(open, now, timeouts, { takenUpAt: (r) => takeUpAt(historyOf(r)) }).stuck.map(
-      (s) => [`${s.scope}\0${s.key}`, s.overdueMs],
-    ),
+  const stuck = new Map(
+    summarizeOpen(open, now, {
+      confirmTimeoutMs: confirmTimeouts,
+      journal: { history: historyOf, stopsAfter: (r, limit) => journal.stopsAfter(r, limit) },
+    }).stuck.map((s) => [`${s.scope}\0${s.key}`, s]),
   );
   return open
-    .filter((r) => now - r.acceptedAt >= olderThanMs)
+    .filter((r) => listed(r) && now - r.acceptedAt >= olderThanMs)
     .map((r) => {
-      const late = overdue.get(`${r.scope}\0${r.key}`) ?? null;
+      const late = stuck.get(`${r.scope}\0${r.key}`) ?? null;
       const event = historyOf(r).at(-1);
       return {
         key: r.key,
@@ -72,8 +77,9 @@ export function stuckItems(
         ageMs: Math.max(0, now - r.acceptedAt),
         deadline: new Date(r.deadline).toISOString(),
         stuck: late !== null,
-        overdueMs: late,
-        confirmTimeoutMs: timeouts.get(r.device) ?? null,
+        overdueMs: late?.overdueMs ?? null,
+        stuckReason: late?.reason ?? null,
+        confirmTimeoutMs: confirmTimeouts?.get(r.device) ?? null,
         lastEvent:
           event === undefined
             ? null

@@ -257,7 +257,7 @@ describe('show', () => {
     const run = await cli('show', 'k-stuck');
     expect(run.code).toBe(0);
     expect(run.stdout).toMatch(
-      /outcome\s+STUCK: still dispatched, 9m\d*s? past its deadline \+ 8s confirm timeout; settle it: sluicectl reverify k-stuck/,
+      /outcome\s+STUCK: still dispatched, 9m\d*s? past its deadline plus its 8 s confirm timeout; settle it: sluicectl reverify k-stuck/,
     );
     expect(run.stdout).toMatch(/recovery\s+note\s+dispatched\s+taken up again/);
     expect(run.stdout).toContain('none yet: the command is open');
@@ -299,18 +299,19 @@ describe('stuck', () => {
       'AGE',
       'DEADLINE',
       'STUCK',
+      'STUCK PAST',
       'LAST EVENT',
     ]);
     // Oldest first: k-stuck (10 min, SPEC-stuck), then k-late (past its deadline, within its
     // 8 s confirm timeout: late, not stuck). The young ones are under 30 s.
     expect(lines[1]).toMatch(
-      /^k-stuck\s+plant\s+outlet-valve\s+open\s+dispatched\s+10m\d*s? ago\s+passed 9m\d*s? ago\s+STUCK 9m\d*s? overdue\s+taken up again/,
+      /^k-stuck\s+plant\s+outlet-valve\s+open\s+dispatched\s+10m\d*s? ago\s+passed 9m\d*s? ago\s+STUCK 9m\d*s? overdue\s+its deadline plus its 8 s confirm timeout\s+taken up again/,
     );
     expect(lines[2]).toMatch(
-      /^k-late\s+plant\s+inlet-valve\s+open\s+dispatched\s+4\ds ago\s+passed \d+(ms|s) ago\s+no\s+seq 8;/,
+      /^k-late\s+plant\s+inlet-valve\s+open\s+dispatched\s+4\ds ago\s+passed \d+(ms|s) ago\s+no\s+-\s+seq 8;/,
     );
     expect(run.stdout).toContain(
-      '2 open commands older than 30s; 1 stuck (past deadline + confirm timeout).',
+      '2 open commands older than 30s; 1 stuck (open past the bound their "stuck past" column names).',
     );
     expect(run.stdout).not.toMatch(/k-accepted|k-dispatched|k-confirmed/);
 
@@ -327,13 +328,19 @@ describe('stuck', () => {
     ]);
     expect(doc.commands[0]).toMatchObject({
       stuck: true,
+      stuckReason: 'its deadline plus its 8 s confirm timeout',
       confirmTimeoutMs: 8000,
       state: 'dispatched',
       seq: 6,
       lastEvent: { detail: expect.stringMatching(/^taken up again/) as unknown },
     });
     expect(doc.commands[0]!.overdueMs).toBeGreaterThan(9 * 60_000);
-    expect(doc.commands[1]).toMatchObject({ key: 'k-late', stuck: false, overdueMs: null });
+    expect(doc.commands[1]).toMatchObject({
+      key: 'k-late',
+      stuck: false,
+      overdueMs: null,
+      stuckReason: null,
+    });
   });
 
   it('exits 0 when nothing is that old', async () => {
@@ -366,6 +373,10 @@ describe('stuck', () => {
     expect(doc.configured).toBe(false);
     // k-late is past its deadline: without its confirm timeout it counts as stuck.
     expect(doc.commands.filter((c) => c.stuck).map((c) => c.key)).toEqual(['k-stuck', 'k-late']);
+    expect(doc.commands[1]).toMatchObject({
+      key: 'k-late',
+      stuckReason: 'its deadline (no configuration: its confirm timeout is unknown)',
+    });
     const human = await sluicectl(['--journal', journal, 'stuck']);
     expect(human.stderr).toContain('no configuration: confirm timeouts unknown');
   });

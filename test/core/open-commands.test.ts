@@ -1,22 +1,64 @@
-import { describe, expect, it } from 'vitest';
-import type { CommandRecord } from '../../src/core/journal.js';
-import { summarizeOpen } from '../../src/core/open-commands.js';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { CommandRecord, Observation } from '../../src/core/journal.js';
+import {
+  summarizeOpen,
+  takeUpNote,
+  type StuckJournal,
+  type StuckRule,
+} from '../../src/core/open-commands.js';
+import { allocateSeq } from '../../src/core/sequence.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { stuckItems } from '../../src/views/open-commands.js';
+import { tempDir } from '../helpers/fixtures.js';
 
 /**
- * The stuck rule (src/core/open-commands.ts) reads a command's history only where it can matter:
- * for a device with a command past its deadline plus confirm timeout. /readyz and /metrics run it
- * over every open command, so a journal with nothing overdue must cost no history read.
+ * The stuck rule (src/core/open-commands.ts), on a real journal file: the daemon (/readyz,
+ * /metrics) and the readers of the journal alone (sluicectl stuck, the status page) use it
+ * alike, so it goes by the journal only. A command is stuck past its deadline plus its confirm
+ * timeout, or past the window its device's history gives: a take-up by recovery, a pause for a
+ * stop (SPEC §2: "stop is not queued behind travel"). It reads histories only where they can
+ * matter: for a device with a command past its deadline plus confirm timeout.
  */
 
-const NOW = 1_000_000;
+const NOW = Date.parse('2026-12-03T12:00:00.000Z');
+const C = 10_000;
+const GRACE = 15_000;
+const BEFORE: Observation = {
+  state: 'CLOSED',
+  position: 0,
+  seq: 0,
+  faultCode: null,
+  sourceTime: new Date(NOW - 120_000).toISOString(),
+  readAt: new Date(NOW - 120_000).toISOString(),
+};
 
-function open(key: string, device: string, deadline: number): CommandRecord {
-  return {
+let journal: SqliteJournal;
+let cleanup: () => void;
+
+beforeEach(() => {
+  let dir: string;
+  ({ dir, cleanup } = tempDir('sluice-open-commands-'));
+  journal = SqliteJournal.open({ path: join(dir, 'journal.db') });
+});
+
+afterEach(() => {
+  journal.close();
+  cleanup();
+});
+
+function claim(
+  key: string,
+  device: string,
+  deadline: number,
+  action: 'open' | 'stop' = 'open',
+): CommandRecord {
+  return journal.claim({
     scope: 'plant',
     key,
-    fingerprint: key,
+    fingerprint: `f-${key}`,
     device,
-    action: 'open',
+    action,
     position: null,
     issuedAt: deadline - 30_000,
     issuedAtSource: 'issuer',
@@ -24,54 +66,159 @@ function open(key: string, device: string, deadline: number): CommandRecord {
     deadline,
     intake: 'https',
     acceptedAt: deadline - 30_000,
-    state: 'dispatched',
-    code: null,
-    faultCode: null,
-    seq: 1,
-    attempts: 1,
-  } as unknown as CommandRecord;
+  }).record;
+}
+
+function dispatch(record: CommandRecord, at: number): CommandRecord {
+  return journal.markDispatched(record, at, BEFORE, 'pipeline', (last, open) =>
+    allocateSeq(last, BEFORE.seq, open),
+  );
+}
+
+function rule(journalView: StuckJournal = journal, timeouts = new Map([['v1', C]])): StuckRule {
+  return { confirmTimeoutMs: timeouts, graceMs: GRACE, journal: journalView };
+}
+
+function stuckAt(now: number): { key: string; overdueMs: number; reason: string }[] {
+  return summarizeOpen(journal.listOpen(), now, rule()).stuck.map((s) => ({
+    key: s.key,
+    overdueMs: s.overdueMs,
+    reason: s.reason,
+  }));
 }
 
 describe('summarizeOpen', () => {
-  const timeouts = new Map([
-    ['v1', 10_000],
-    ['v2', 10_000],
-  ]);
-
-  it('reads no take-up while nothing is past its bound', () => {
+  it('reads no history while nothing is past its bound, and only the overdue device after', () => {
+    dispatch(claim('a', 'v1', NOW), NOW - 29_000);
+    dispatch(claim('b', 'v2', NOW - 5_000), NOW - 34_000);
     const asked: string[] = [];
-    const summary = summarizeOpen(
-      [open('a', 'v1', NOW), open('b', 'v2', NOW - 5_000)],
-      NOW,
-      timeouts,
-      {
-        takenUpAt: (r) => {
-          asked.push(r.key);
-          return null;
-        },
+    const counting: StuckJournal = {
+      history: (r) => {
+        asked.push(r.key);
+        return journal.history(r);
       },
-    );
-    expect(summary.stuck).toEqual([]);
+      stopsAfter: (r, limit) => {
+        asked.push(`stops:${r.key}`);
+        return journal.stopsAfter(r, limit);
+      },
+    };
+    const timeouts = new Map([
+      ['v1', C],
+      ['v2', C],
+    ]);
+    expect(summarizeOpen(journal.listOpen(), NOW, rule(counting, timeouts)).stuck).toEqual([]);
     expect(asked).toEqual([]);
+    const late = summarizeOpen(journal.listOpen(), NOW + 10_000, rule(counting, timeouts)).stuck;
+    expect(late.map((s) => s.key)).toEqual(['b']);
+    expect(asked.every((k) => k.endsWith('b'))).toBe(true);
   });
 
-  it("counts an overdue command from its device's take-up window, asked for that device only", () => {
-    const asked: string[] = [];
-    const records = [open('late', 'v1', NOW - 60_000), open('fresh', 'v2', NOW)];
-    const takenUp = (at: number | null) =>
-      summarizeOpen(records, NOW, timeouts, {
-        graceMs: 15_000,
-        takenUpAt: (r) => {
-          asked.push(r.key);
-          return at;
-        },
-      });
-    // Taken up 5 s ago: within the window (the longest of 10 s and the 15 s grace).
-    expect(takenUp(NOW - 5_000).stuck).toEqual([]);
-    expect(asked).toEqual(['late']);
-    // Taken up 20 s ago: the window ended 5 s ago.
-    expect(takenUp(NOW - 20_000).stuck.map((s) => [s.key, s.overdueMs])).toEqual([['late', 5_000]]);
+  it('counts a command recovery took up from its take-up window, and says so', () => {
+    const late = dispatch(claim('late', 'v1', NOW - 60_000), NOW - 89_000);
     // Never taken up: from its deadline plus confirm timeout.
-    expect(takenUp(null).stuck.map((s) => [s.key, s.overdueMs])).toEqual([['late', 50_000]]);
+    expect(stuckAt(NOW)).toEqual([
+      { key: 'late', overdueMs: 50_000, reason: 'its deadline plus its 10 s confirm timeout' },
+    ]);
+    journal.note(late, NOW - 5_000, takeUpNote(late.seq ?? 0, null), 'pipeline');
+    // Taken up 5 s ago: within the window (the longest of 10 s and the 15 s grace).
+    expect(stuckAt(NOW)).toEqual([]);
+    // The window ended 5 s ago.
+    expect(stuckAt(NOW + 15_000)).toEqual([
+      {
+        key: 'late',
+        overdueMs: 5_000,
+        reason: `its take-up by readback (taken up ${new Date(NOW - 5_000).toISOString()}; read for 15 s)`,
+      },
+    ]);
+  });
+
+  it('holds a command a stop paused until the stop is stuck, but not the stop itself', () => {
+    // Dispatched with a short deadline; the stop came while it travelled.
+    const moving = dispatch(claim('moving', 'v1', NOW - 20_000), NOW - 49_000);
+    const stop = dispatch(claim('stop-1', 'v1', NOW - 5_000, 'stop'), NOW - 34_000);
+    const behind = claim('behind', 'v1', NOW - 12_000);
+    // Past its own deadline plus confirm timeout (10 s ago), but its stop is still within its
+    // own bound: it waits for the stop, then is read again for 15 s.
+    expect(stuckAt(NOW)).toEqual([]);
+    // The stop past its own bound (deadline + 10 s): the stop is stuck, and so, 15 s later, the
+    // command it paused and the one behind it.
+    expect(stuckAt(NOW + 6_000).map((s) => s.key)).toEqual(['stop-1']);
+    const paused = `its pause for the stop stop-1 (the stop's deadline plus its 10 s confirm timeout, then 15 s to settle it by readback)`;
+    expect(stuckAt(NOW + 21_000)).toEqual([
+      { key: 'stop-1', overdueMs: 16_000, reason: 'its deadline plus its 10 s confirm timeout' },
+      { key: 'moving', overdueMs: 1_000, reason: paused },
+      {
+        key: 'behind',
+        overdueMs: 1_000,
+        reason: `the pause for the stop stop-1 of moving, which it waits behind on its device (the stop's deadline plus its 10 s confirm timeout, then 15 s to settle it by readback)`,
+      },
+    ]);
+    // The stop settles: the paused command is taken up again from then (its note follows).
+    journal.settle(stop, 'dispatched', {
+      to: 'confirmed',
+      code: 'OK',
+      faultCode: null,
+      observed: null,
+      detail: 'readback after the write shows STOPPED',
+      at: NOW + 22_000,
+      intake: 'pipeline',
+    });
+    expect(stuckAt(NOW + 30_000)).toEqual([]);
+    journal.note(moving, NOW + 23_000, takeUpNote(moving.seq ?? 0, { acked: true }), 'pipeline');
+    expect(stuckAt(NOW + 37_000)).toEqual([]);
+    expect(stuckAt(NOW + 40_000)).toEqual([
+      {
+        key: 'moving',
+        overdueMs: 2_000,
+        reason: `its take-up by readback (taken up ${new Date(NOW + 23_000).toISOString()}; read for 15 s)`,
+      },
+      {
+        key: 'behind',
+        overdueMs: 2_000,
+        reason: `the take-up by readback of moving, which it waits behind on its device (taken up ${new Date(NOW + 23_000).toISOString()}; read for 15 s)`,
+      },
+    ]);
+    expect(behind.state).toBe('accepted');
+  });
+
+  it('counts a device not in the configuration from its deadline, whatever its history', () => {
+    const orphan = dispatch(claim('orphan', 'gone', NOW - 60_000), NOW - 89_000);
+    journal.note(orphan, NOW - 5_000, takeUpNote(orphan.seq ?? 0, null), 'pipeline');
+    expect(stuckAt(NOW)).toEqual([
+      {
+        key: 'orphan',
+        overdueMs: 60_000,
+        reason: 'its deadline (its device is not in the configuration: no worker can settle it)',
+      },
+    ]);
+  });
+});
+
+describe('stuckItems', () => {
+  it('lists the commands asked for, judged beside their device', () => {
+    dispatch(claim('moving', 'v1', NOW - 20_000), NOW - 49_000);
+    dispatch(claim('stop-1', 'v1', NOW - 5_000, 'stop'), NOW - 34_000);
+    const items = stuckItems(
+      journal.listOpen(),
+      0,
+      NOW + 21_000,
+      new Map([['v1', C]]),
+      journal,
+      (r) => r.key === 'moving',
+    );
+    expect(items.map((i) => [i.key, i.stuck, i.overdueMs, i.stuckReason])).toEqual([
+      [
+        'moving',
+        true,
+        1_000,
+        `its pause for the stop stop-1 (the stop's deadline plus its 10 s confirm timeout, then 15 s to settle it by readback)`,
+      ],
+    ]);
+    // Without a configuration: from its deadline, and the reason says why.
+    const bare = stuckItems(journal.listOpen(), 0, NOW, null, journal);
+    expect(bare.map((i) => [i.key, i.stuckReason])).toEqual([
+      ['moving', 'its deadline (no configuration: its confirm timeout is unknown)'],
+      ['stop-1', 'its deadline (no configuration: its confirm timeout is unknown)'],
+    ]);
   });
 });

@@ -124,6 +124,22 @@ beforeAll(async () => {
     journal.markDispatched(claim.record, now - 599_000, before, 'pipeline', (last, open) =>
       allocateSeq(last, before.seq, open),
     );
+    // Accepted before the restart behind it on the same valve, its deadline long past: it
+    // waits for the take-up, so within that window it is not stuck either.
+    journal.claim({
+      scope: 'ops',
+      key: 'behind-1',
+      fingerprint: 'f-behind-1',
+      device: VALVE,
+      action: 'close',
+      position: null,
+      issuedAt: now - 598_000,
+      issuedAtSource: 'issuer',
+      ttlMs: 30_000,
+      deadline: now - 568_000,
+      intake: 'https',
+      acceptedAt: now - 598_000,
+    });
   } finally {
     journal.close();
   }
@@ -167,6 +183,15 @@ describe('stuck after a restart', () => {
     expect(during.readyz.commands.detail).not.toContain('in-doubt-1');
     expect(during.gauge).toBe(1);
     expect(during.cli).toEqual(['orphan-1']);
+    // One command on its own (`show`, the status page's command page) is judged beside its
+    // device's, as the list judges it: the one queued behind the take-up is not stuck.
+    const shown = await sluicectl(['--config', configPath, 'show', 'behind-1', '--json'], {
+      timeoutMs: 30_000,
+    });
+    expect(shown.json<{ open: { stuck: boolean } | null }>().open).toMatchObject({
+      stuck: false,
+    });
+    expect(onFile('behind-1').state).toBe('accepted');
 
     // The window ends: the worker settles it (its image never moved), and the orphan stays.
     await until(

@@ -201,6 +201,21 @@ describe.runIf(real)('the status page in Chromium', () => {
     expect(overdue).toBeGreaterThanOrEqual(Math.floor((before - site.orphanDeadline) / 1000) - 10);
     expect(overdue).toBeLessThanOrEqual(Math.ceil((after - site.orphanDeadline) / 1000) + 1);
     expect(Math.abs(past - overdue), text).toBeLessThanOrEqual(1);
+
+    // Why, in the words /readyz and sluicectl use (one rule: core/open-commands.ts), on its row
+    // and on its page.
+    const why = 'its deadline (its device is not in the configuration: no worker can settle it)';
+    expect(text).toContain(`past ${why}`);
+    const ready = await call(site, 'GET', '/readyz');
+    expect(ready.body).toContain(`s past ${why}`);
+    await page.click(`#open-commands tr[data-key="${ORPHAN.key}"] a`);
+    await page.locator('#command').waitFor({ state: 'visible' });
+    await expect
+      .poll(() => page.locator('#command-fields').innerText(), { timeout: 5_000 })
+      .toMatch(/outcome\s+STUCK: still accepted, \S+ past its deadline \(its device is not in/);
+    expect(await page.locator('#command-fields').innerText()).toContain(`past ${why}`);
+    await page.click('#command a[href="#"]');
+    await page.locator('#overview').waitFor({ state: 'visible' });
   }, 60_000);
 
   it('a command sent over MQTT appears without a reload and settles', async () => {
