@@ -181,6 +181,32 @@ describe('summarizeOpen', () => {
     expect(behind.state).toBe('accepted');
   });
 
+  it('is not held by a stop refused at the door, however many come', () => {
+    dispatch(claim('late', 'v1', NOW - 60_000), NOW - 89_000);
+    for (const key of ['forbidden-1', 'forbidden-2']) {
+      journal.claim(
+        {
+          scope: 'desk',
+          key,
+          fingerprint: `f-${key}`,
+          device: 'v1',
+          action: 'stop',
+          position: null,
+          issuedAt: NOW - 2_000,
+          issuedAtSource: 'issuer',
+          ttlMs: 30_000,
+          deadline: NOW + 28_000,
+          intake: 'https',
+          acceptedAt: NOW - 2_000,
+        },
+        { code: 'FORBIDDEN_DEVICE', detail: 'this identity may not command v1' },
+      );
+    }
+    expect(stuckAt(NOW)).toEqual([
+      { key: 'late', overdueMs: 50_000, reason: 'its deadline plus its 10 s confirm timeout' },
+    ]);
+  });
+
   it('counts a device not in the configuration from its deadline, whatever its history', () => {
     const orphan = dispatch(claim('orphan', 'gone', NOW - 60_000), NOW - 89_000);
     journal.note(orphan, NOW - 5_000, takeUpNote(orphan.seq ?? 0, null), 'pipeline');
