@@ -198,6 +198,13 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
   if (p.actions.includes('move') && p.positionTolerance === undefined) {
     errors.push('positionTolerance: required for a profile with the move action');
   }
+  // At half the range or more, one reading (50 %) lies within it of both ends: a readback would
+  // confirm a move to 0 % and one to 100 % alike, and prove nothing about the move (I2).
+  if (p.positionTolerance !== undefined && p.positionTolerance >= 50) {
+    errors.push(
+      `positionTolerance: ${String(p.positionTolerance)} % is half the range or more: a readback at 50 % would confirm a move to 0 % and to 100 % alike; set it below 50 (a few percent at most for a positioner)`,
+    );
+  }
   if (errors.length > 0) throw new ProfileError(source, errors);
   return p;
 }

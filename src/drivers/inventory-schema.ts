@@ -111,6 +111,18 @@ export function checkInventory(
         `devices.${id}.profile: no profile named "${device.profile}" (have ${[...profiles.keys()].join(', ')})`,
       );
     }
+    // A setting of the other protocol is a mistake in the file (a device moved between PLCs,
+    // a copied block): taken silently, the operator would believe it addresses the device.
+    if (plc?.protocol === 'modbus' && device.object !== undefined) {
+      errors.push(
+        `devices.${id}.object: an OPC UA setting, but PLC "${device.plc}" is Modbus (a Modbus device is addressed by base)`,
+      );
+    }
+    if (plc?.protocol === 'opcua' && device.base !== undefined) {
+      errors.push(
+        `devices.${id}.base: a Modbus setting, but PLC "${device.plc}" is OPC UA (an OPC UA device is addressed by object)`,
+      );
+    }
     if (plc?.protocol === 'modbus') {
       if (device.base === undefined) errors.push(`devices.${id}.base: required for a Modbus PLC`);
       if (profile !== undefined && profile.modbus === undefined) {

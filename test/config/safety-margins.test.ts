@@ -300,6 +300,16 @@ describe("a move's resolution against the profile's positionTolerance", () => {
     ]);
   });
 
+  it('refuses a tolerance of half the range or more: a readback at 50 % would confirm any move', () => {
+    expect(errorsFor(tolerance('50'))).toEqual([
+      `profilesDir: ${file()}: positionTolerance: 50 % is half the range or more: a readback at 50 % would confirm a move to 0 % and to 100 % alike; set it below 50 (a few percent at most for a positioner)`,
+    ]);
+    expect(errorsFor(tolerance('120'))).toEqual([
+      expect.stringContaining('positionTolerance: 120 % is half the range or more'),
+    ]);
+    expect(() => loads(tolerance('49.9'))).not.toThrow();
+  });
+
   it('the shipped profiles pass', () => {
     for (const name of ['actuator', 'float-positioner']) {
       expect(SHIPPED.get(name)?.positionTolerance, name).toBeGreaterThan(0);
@@ -323,6 +333,23 @@ ${devices}`);
   const MODBUS = '  p1: { protocol: modbus, host: 127.0.0.1, port: 502 }';
   const OPCUA =
     '  u1: { protocol: opcua, endpointUrl: opc.tcp://127.0.0.1:4840, namespaceUri: urn:x }';
+
+  it("refuses a setting of the other protocol's addressing: object on Modbus, base on OPC UA", () => {
+    expect(
+      errorsOf(() =>
+        loadConfig(
+          site(
+            `${MODBUS}\n${OPCUA}`,
+            '  a: { plc: p1, profile: valve, base: 0, object: A }\n  b: { plc: u1, profile: valve, base: 10 }\n',
+          ),
+          { env: {} },
+        ),
+      ),
+    ).toEqual([
+      'devices.a.object: an OPC UA setting, but PLC "p1" is Modbus (a Modbus device is addressed by base)',
+      'devices.b.base: a Modbus setting, but PLC "u1" is OPC UA (an OPC UA device is addressed by object)',
+    ]);
+  });
 
   it('refuses two OPC UA devices on one object, named or defaulted to the id', () => {
     expect(
