@@ -464,8 +464,9 @@ describe('plcs.<name>.combineReads', () => {
       devices: {
         f0: { plc: 'on', profile: 'valve', base: 0 },
         f1: { plc: 'on', profile: 'valve', base: FLAT_SPACING },
-        g0: { plc: 'off', profile: 'valve', base: 0 },
-        g1: { plc: 'off', profile: 'valve', base: FLAT_SPACING },
+        // The same controller under a second name: other valves (one valve, one PLC entry).
+        g0: { plc: 'off', profile: 'valve', base: 2 * FLAT_SPACING },
+        g1: { plc: 'off', profile: 'valve', base: 3 * FLAT_SPACING },
       },
     });
     const drivers = await modbusDrivers(inventory);

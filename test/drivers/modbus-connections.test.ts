@@ -107,7 +107,8 @@ describe('plcs.<name>.connections', () => {
       devices: {
         p1: { plc: 'p', profile: 'valve', base: 0 },
         p2: { plc: 'p', profile: 'valve', base: 20 },
-        q1: { plc: 'q', profile: 'valve', base: 0 },
+        // The same controller under a second name: another valve (one valve, one PLC entry).
+        q1: { plc: 'q', profile: 'valve', base: 40 },
       },
     });
     const built = await modbusDrivers(inventory);
