@@ -165,11 +165,11 @@ export class Daemon {
       releasers.push({ name: 'drivers', release: () => drivers.close() });
       drivers.start();
 
-      // SPEC §6: the gateway clock is polled off the command path, from before the first
-      // command is judged.
+      // SPEC §6: the gateway clock is polled off the command path, and checked once before
+      // the first command is judged (recovery, the intakes): before that check it is UNKNOWN.
       const clocks = gatewayClocks(config, clock, logger);
-      clocks.start();
       releasers.push({ name: 'gateway clock', release: () => clocks.stop() });
+      await clocks.start();
 
       const pipeline = new CommandPipeline({
         journal,

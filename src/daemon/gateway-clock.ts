@@ -14,7 +14,14 @@ import type { Logger } from '../core/logger.js';
 export interface GatewayClocks {
   readonly gateway: GatewayClock;
   readonly policy: ClockPolicy;
-  start(): void;
+  /**
+   * Starts polling; resolves once the source has been checked the first time (bounded by the
+   * source's timeout). Until then the status is UNKNOWN ("not checked yet"), which the policy
+   * `reject` takes for an unsynced clock: a command judged before it — one recovered from the
+   * journal, an MQTT command the broker held while the gateway was down — would be refused
+   * CLOCK_SKEW on a clock that is locked.
+   */
+  start(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -61,7 +68,12 @@ export function gatewayClocks(config: SluiceConfig, clock: Clock, logger: Logger
   return {
     gateway,
     policy,
-    start: () => poller?.start(),
+    start: async () => {
+      if (poller === null) return;
+      poller.start();
+      // The poll start() began: pollOnce shares the one in flight.
+      await poller.pollOnce();
+    },
     stop: async () => {
       await poller?.stop();
     },
