@@ -85,12 +85,42 @@ function isCalendarValid(value: string): boolean {
   if (days === undefined || day < 1 || day > days) return false;
   if (hour > 23 || minute > 59 || second > 59) return false;
   if (m[9] !== undefined && (Number(m[10]) > 23 || Number(m[11]) > 59)) return false;
-  return !Number.isNaN(Date.parse(value));
+  return !Number.isNaN(rfc3339Instant(value));
+}
+
+/**
+ * The instant of an RFC 3339 date-time, epoch milliseconds (the fraction cut to the
+ * millisecond), read from its fields; NaN when it is not one. Not `Date.parse`: it reads only
+ * ECMAScript's own format (`T`) by the standard and hands anything else to V8's legacy parser,
+ * which takes RFC 3339's space separator (§5.6 NOTE) but guesses at a year below 100:
+ * `0012-03-26 18:10:00Z` (12 March of the year 12) was read as 2026-12-03T18:10:00Z, a command
+ * stale for two thousand years judged fresh (I3), `0099-12-03 …` as 1999 and
+ * `0026-12-03 …` not at all.
+ */
+function rfc3339Instant(value: string): number {
+  const m = RFC3339.exec(value);
+  if (m === null) return Number.NaN;
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  const ms = m[7] === undefined ? 0 : Number(m[7].slice(1, 4).padEnd(3, '0'));
+  const offsetMinutes =
+    m[9] === undefined ? 0 : (m[9] === '-' ? -1 : 1) * (Number(m[10]) * 60 + Number(m[11]));
+  const at = new Date(0);
+  // setUTCFullYear, not Date.UTC: Date.UTC maps the years 0-99 to 1900-1999.
+  at.setUTCFullYear(year, month - 1, day);
+  at.setUTCHours(hour, minute, second, ms);
+  return at.getTime() - offsetMinutes * 60_000;
 }
 
 /** The first and last instants whose UTC date-time has a four-digit year. */
-const EARLIEST_UTC = Date.parse('0000-01-01T00:00:00.000Z');
-const LATEST_UTC = Date.parse('9999-12-31T23:59:59.999Z');
+const EARLIEST_UTC = rfc3339Instant('0000-01-01T00:00:00.000Z');
+const LATEST_UTC = rfc3339Instant('9999-12-31T23:59:59.999Z');
 
 /**
  * Whether the instant, in UTC, can be written as RFC 3339 (a four-digit year): `issuedAt` is
@@ -98,7 +128,7 @@ const LATEST_UTC = Date.parse('9999-12-31T23:59:59.999Z');
  * (ECMAScript's extended year) in the result and the journal, which no RFC 3339 parser reads.
  */
 function isWritableInUtc(value: string): boolean {
-  const at = Date.parse(value);
+  const at = rfc3339Instant(value);
   // Not a date-time at all: the checks before say so.
   if (Number.isNaN(at)) return true;
   return at >= EARLIEST_UTC && at <= LATEST_UTC;
@@ -212,7 +242,7 @@ export function parseCommandRequest(input: unknown, intake: IntakeFields = {}): 
     // canonical as 0, so that the fingerprint, the journal and the setpoint written (a float32
     // or Double register would carry the sign bit) never depend on how the issuer spelt it.
     position: v.position === undefined ? null : v.position + 0,
-    issuedAt: v.issuedAt === undefined ? null : new Date(Date.parse(v.issuedAt)).toISOString(),
+    issuedAt: v.issuedAt === undefined ? null : new Date(rfc3339Instant(v.issuedAt)).toISOString(),
     ttlMs: v.ttlMs ?? null,
   };
 }

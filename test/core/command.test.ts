@@ -167,6 +167,22 @@ describe('parseCommandRequest: dates and result documents', () => {
     }
   });
 
+  it('reads a space-separated date-time by its fields, a year below 100 included', () => {
+    // V8's Date.parse hands a space-separated date-time to its legacy parser, which guesses
+    // at such years: the first was read as 2026-12-03T18:10:00Z (fresh), the last refused.
+    for (const [issuedAt, instant] of [
+      ['0012-03-26 18:10:00Z', '0012-03-26T18:10:00.000Z'],
+      ['0099-12-03 18:10:00.5+01:00', '0099-12-03T17:10:00.500Z'],
+      ['0026-12-03 18:10:00Z', '0026-12-03T18:10:00.000Z'],
+      ['2026-11-23 18:00:00.1239-01:30', '2026-11-23T19:30:00.123Z'],
+    ]) {
+      expect(parseCommandRequest({ ...base, issuedAt }).issuedAt, issuedAt).toBe(instant);
+    }
+    expect(() => parseCommandRequest({ ...base, issuedAt: '0000-01-01 00:30:00+01:00' })).toThrow(
+      /issuedAt: lies outside the years 0000-9999 in UTC/,
+    );
+  });
+
   it('refuses an issuedAt whose UTC date-time has no four-digit year (no RFC 3339 result could show it)', () => {
     for (const issuedAt of ['9999-12-31T23:59:59-23:59', '0000-01-01T00:30:00+01:00']) {
       expect(() => parseCommandRequest({ ...base, issuedAt }), issuedAt).toThrow(
