@@ -45,6 +45,13 @@ export interface SendTarget {
   readonly key: string;
   readonly command: WireCommand;
   readonly options: SendOptions;
+  /**
+   * Over MQTT, for a command without issuedAt: the MQTT 5 Message Expiry Interval (seconds)
+   * that times it instead (SPEC §5). Only a rerun of a key whose original the gateway's receipt
+   * timed (over HTTPS) is sent so: with an issuedAt its fingerprint would differ, and the
+   * daemon would refuse the rerun as a key reuse instead of replaying it.
+   */
+  readonly messageExpiryS?: number;
 }
 
 /** The daemon refused the command (a problem document or an MQTT error document). */

@@ -8,7 +8,8 @@ import { refused, type Delivery, type SendTarget } from './send-common.js';
 
 /**
  * `send --via mqtt` (docs/mqtt-api.md): subscribe to the device's result topic, publish the
- * command with QoS 1 and its `issuedAt` (untimed MQTT commands are refused, SPEC §5), and wait
+ * command with QoS 1 and its `issuedAt` — or, for a rerun of a key first timed by the gateway's
+ * receipt, a Message Expiry Interval (untimed MQTT commands are refused, SPEC §5) — and wait
  * for the result — or the replay, or the error document — that carries this key.
  */
 
@@ -69,6 +70,13 @@ export async function sendMqtt(target: SendTarget): Promise<Delivery> {
   const statusTopic = `${prefix}/status`;
   const client = await connect(target);
   try {
+    const expiry = target.messageExpiryS;
+    if (expiry !== undefined && client.options.protocolVersion !== 5) {
+      // Without issuedAt and without an expiry the intake refuses the command as untimed.
+      throw new CliError(
+        `key ${key} was first sent without issuedAt (timed by the gateway's receipt), and the broker speaks MQTT 3.1.1, which has no message expiry to time it instead: send it again over https (--via https), or with a new key`,
+      );
+    }
     let warned = false;
     const answer = new Promise<Record<string, unknown>>((resolve) => {
       client.on('message', (topic, payload) => {
@@ -105,6 +113,7 @@ export async function sendMqtt(target: SendTarget): Promise<Delivery> {
     };
     await client.publishAsync(`${prefix}/cmd/${command.device}`, JSON.stringify(payload), {
       qos: 1,
+      ...(expiry === undefined ? {} : { properties: { messageExpiryInterval: expiry } }),
     });
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<null>((resolve) => {

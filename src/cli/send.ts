@@ -45,8 +45,15 @@ export async function runSend(
     throw new UsageError('--via mqtt: the configuration has no mqtt section');
   }
   const key = checkedKey(options.key ?? randomUUID());
-  const command = buildCommand(ctx, config, device, action, key, options);
-  const target: SendTarget = { ctx, config, key, command, options };
+  const { command, messageExpiryS } = buildCommand(ctx, config, device, action, key, options);
+  const target: SendTarget = {
+    ctx,
+    config,
+    key,
+    command,
+    options,
+    ...(messageExpiryS === undefined ? {} : { messageExpiryS }),
+  };
   // Loaded on use: the MQTT client library is the CLI's heaviest import.
   const delivery =
     options.via === 'https'
@@ -92,6 +99,12 @@ function wire(
   };
 }
 
+/** The body to send, and over MQTT the expiry that times a body without issuedAt. */
+interface BuiltCommand {
+  readonly command: WireCommand;
+  readonly messageExpiryS?: number;
+}
+
 function buildCommand(
   ctx: CliContext,
   config: SluiceConfig,
@@ -99,7 +112,7 @@ function buildCommand(
   action: string,
   key: string,
   options: SendOptions,
-): WireCommand {
+): BuiltCommand {
   const explicitIssuedAt =
     options.issuedAt === undefined
       ? undefined
@@ -121,13 +134,16 @@ function buildCommand(
   // which a retry with the same key reproduces exactly.
   const issuedAt =
     explicitIssuedAt ?? (options.via === 'mqtt' ? new Date(ctx.now()).toISOString() : null);
-  return wire(device, action, options.position, issuedAt, options.ttlMs ?? null);
+  return { command: wire(device, action, options.position, issuedAt, options.ttlMs ?? null) };
 }
 
 /**
  * A rerun with a key already journaled for this very command (device, action, position): the
  * original's issuedAt and ttl, when some combination reproduces its fingerprint. Best effort —
- * without a readable journal the command is sent as typed.
+ * without a readable journal the command is sent as typed. An original the gateway's receipt
+ * timed (no issuedAt, as `send` sends over HTTPS) goes over MQTT without issuedAt too, timed
+ * by a Message Expiry Interval of its ttl: a command must carry its age over MQTT (SPEC §5),
+ * and an issuedAt would make it another command, refused as a key reuse.
  */
 function sameCommandAgain(
   ctx: CliContext,
@@ -137,7 +153,7 @@ function sameCommandAgain(
   action: string,
   options: SendOptions,
   explicitIssuedAt: string | undefined,
-): WireCommand | null {
+): BuiltCommand | null {
   let records: CommandRecord[];
   try {
     const journal = openJournal(ctx.journalPath());
@@ -161,11 +177,14 @@ function sameCommandAgain(
         : [explicitIssuedAt];
     const ttls = options.ttlMs === undefined ? [null, r.ttlMs] : [options.ttlMs];
     for (const issuedAt of issued) {
-      // Over MQTT a command without issuedAt is refused as untimed: not a candidate.
-      if (issuedAt === null && options.via === 'mqtt') continue;
+      // Over MQTT a command without issuedAt is untimed unless its message expires.
+      const expiry =
+        issuedAt === null && options.via === 'mqtt'
+          ? { messageExpiryS: Math.max(1, Math.ceil(r.ttlMs / 1000)) }
+          : {};
       for (const ttlMs of ttls) {
         const body = wire(device, action, options.position, issuedAt, ttlMs);
-        if (fingerprint(validated(body)) === r.fingerprint) return body;
+        if (fingerprint(validated(body)) === r.fingerprint) return { command: body, ...expiry };
       }
     }
   }

@@ -411,6 +411,26 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
       /^REPLAYED: key send-https-1 was already settled; this is its stored result over https \(HTTP 200\)\. Nothing was sent to the controller again\./,
     );
     expect(valve.counters.writesReceived).toBe(before + 1);
+    // The same key over MQTT is the same command too, although the HTTPS original carried no
+    // issuedAt (the gateway's receipt timed it): rerun with one, as an untimed MQTT command
+    // must not go, it was another command, refused IDEMPOTENCY_KEY_REUSED.
+    const httpsOverMqtt = await cli(
+      'send',
+      'send-valve',
+      'open',
+      '--via',
+      'mqtt',
+      '--key',
+      'send-https-1',
+    );
+    expect({ code: httpsOverMqtt.code, stderr: httpsOverMqtt.stderr }).toEqual({
+      code: 0,
+      stderr: '',
+    });
+    expect(httpsOverMqtt.stdout).toMatch(
+      /^REPLAYED: key send-https-1 was already settled; this is its stored result over mqtt\./,
+    );
+    expect(valve.counters.writesReceived).toBe(before + 1);
 
     const mqtt = await cli('send', 'send-valve', 'close', '--via', 'mqtt', '--key', 'send-mqtt-1');
     expect(mqtt.code).toBe(0);
