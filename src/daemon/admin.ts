@@ -155,8 +155,9 @@ export class AdminEndpoint {
     if (given.length !== this.token.length || !timingSafeEqual(given, this.token)) {
       throw new AdminError(401, 'UNAUTHORIZED', 'missing or wrong admin token');
     }
-    const url = new URL(req.url ?? '/', 'http://admin');
-    const path = url.pathname;
+    // The path as sent, not as a URL parser resolves it: "." and ".." are keys too, and a
+    // resolved `/v1/commands/../resolve` would name no command ("no route POST /v1/resolve").
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
     const method = req.method ?? 'GET';
     const { pipeline } = this.o;
     if (method === 'GET' && path === '/v1/health') {

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -9,8 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { AdminEndpoint } from '../../src/daemon/admin.js';
 import { Daemon } from '../../src/daemon/daemon.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
-import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
+import { seedOrphan, startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { until } from '../helpers/mosquitto.js';
 
@@ -29,6 +30,8 @@ let cleanup: () => void;
 let configPath: string;
 let socket: string;
 let tokenFile: string;
+/** Keys are printable ASCII (SPEC §2): these two are path segments a URL parser resolves away. */
+const DOT_KEYS = ['.', '..'];
 
 /** One request to an admin socket with the daemon's token; the status and the body as text. */
 function adminRequest(
@@ -85,6 +88,16 @@ beforeAll(async () => {
   ({ dir, cleanup } = tempDir('sluice-admin-socket-'));
   plant = await startModbusPlant({ 'inlet-valve': { profile: 'valve', base: 0, travelMs: 200 } });
   configPath = await writeDaemonSite(dir, plant, 'adminsock');
+  // Commands whose keys are dot segments, on a valve no longer configured: open until resolved.
+  mkdirSync(join(dir, 'state'), { recursive: true });
+  for (const key of DOT_KEYS) {
+    seedOrphan(join(dir, 'state', 'journal.db'), Date.now(), {
+      scope: 'plant',
+      key,
+      device: 'removed-valve',
+      intake: 'https',
+    });
+  }
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
   });
@@ -230,6 +243,33 @@ describe('admin socket', () => {
     const bad = await raw('/v1/commands/%E0%A4%A/reverify', JSON.stringify({ by: 'x' }));
     expect(bad.status).toBe(400);
     expect(JSON.parse(bad.body)).toMatchObject({ code: 'INVALID_REQUEST' });
+  });
+
+  it('takes "." and ".." as the keys they are, not as path steps', async () => {
+    for (const key of DOT_KEYS) {
+      // The path sluicectl sends (encodeURIComponent leaves dots as they are).
+      const answer = await adminRequest(
+        'POST',
+        `/v1/commands/${encodeURIComponent(key)}/resolve`,
+        JSON.stringify({ as: 'failed', by: 'alice@gw', reason: 'valve removed' }),
+      );
+      expect({ key, status: answer.status, body: answer.body }).toMatchObject({
+        key,
+        status: 200,
+      });
+    }
+    // Ground truth: the journal.
+    const journal = SqliteJournal.open({ path: join(dir, 'state', 'journal.db'), readonly: true });
+    try {
+      for (const key of DOT_KEYS) {
+        expect(journal.get({ scope: 'plant', key })).toMatchObject({
+          state: 'failed',
+          code: 'RESOLVED_BY_OPERATOR',
+        });
+      }
+    } finally {
+      journal.close();
+    }
   });
 });
 
