@@ -32,6 +32,15 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
   }
 }
 
+// A reader that goes away before the output ends (`sluicectl show KEY | head`, a pager quit
+// early) closes the pipe: the rest has nowhere to go and is dropped. Not a crash with a stack
+// trace, and the exit code stays the command's own (stuck's 3 for monitoring included).
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EPIPE') return;
+  process.stderr.write(`sluicectl: cannot write the output: ${messageOf(error)}\n`);
+  process.exit(EXIT.ERROR);
+});
+
 const code = await main(process.argv.slice(2), {
   stdout: process.stdout,
   stderr: process.stderr,

@@ -1,10 +1,11 @@
+import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatDuration, parseDuration, relative } from '../../src/cli/durations.js';
 import { Style, renderTable, type Column } from '../../src/cli/table.js';
-import { tempDir } from '../helpers/fixtures.js';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { SUBCOMMANDS, configYaml, seedJournal, sluicectl, type CliRun } from './helpers.js';
 
 /**
@@ -471,6 +472,40 @@ describe('errors and usage', () => {
     expect(absent.stderr).toMatch(
       /^sluicectl: (no admin token at|cannot reach sluiced's admin endpoint)/,
     );
+  });
+
+  it('stops quietly when its reader goes away, with the exit code of the command', async () => {
+    // `sluicectl stuck | head -1`, a pager quit at once: the read end of stdout is closed
+    // before sluicectl writes, so that every write meets a closed pipe (EPIPE).
+    const closedPipe = (args: string[]): Promise<{ code: number | null; stderr: string }> => {
+      const child = spawn(
+        process.execPath,
+        [
+          '--import',
+          join(ROOT, 'test/helpers/ts-register.mjs'),
+          join(ROOT, 'src/cli/sluicectl.ts'),
+          '--config',
+          configPath,
+          ...args,
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      child.stdout.destroy();
+      let stderr = '';
+      child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+      return new Promise((resolve, reject) => {
+        child.once('error', reject);
+        child.once('close', (code) => {
+          resolve({ code, stderr });
+        });
+      });
+    };
+    const [stuck, show] = await Promise.all([
+      closedPipe(['stuck', '--older-than', '1s']),
+      closedPipe(['show', 'k-confirmed']),
+    ]);
+    expect(stuck).toEqual({ code: 3, stderr: '' });
+    expect(show).toEqual({ code: 0, stderr: '' });
   });
 
   it('exits 1 saying what is wrong with a file that is not a journal it can read', async () => {
