@@ -73,10 +73,24 @@ const faultSchemas = {
     kind: z.literal('bad-status'),
     status: z
       .string()
-      .regex(/^Bad[A-Za-z0-9]*$/, 'an OPC UA StatusCodes name starting with Bad')
+      .regex(
+        /^(Bad|Uncertain|Good)[A-Za-z0-9]*$/,
+        'an OPC UA StatusCodes name (Bad; Uncertain or Good with when: after)',
+      )
       .default('BadDeviceFailure'),
     on: directionSchema,
     count,
+    when: z
+      .enum(['before', 'after'])
+      .default('before')
+      .describe(
+        'before: refused, not applied; after: applied, then answered with the status (a server whose field device took the write but whose answer timed out: BadTimeout)',
+      ),
+    node: z
+      .string()
+      .regex(/^[A-Za-z]+$/, 'a variable name such as CommandSeq')
+      .optional()
+      .describe('only this variable of each device: requests without it are not hit'),
   }),
   clock: z.strictObject({
     kind: z.literal('clock'),

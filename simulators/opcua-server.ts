@@ -112,11 +112,20 @@ interface CommandImage {
   seq: CommandValue;
 }
 
+/** A node's status from a `bad-status` fault. */
+interface NodeVerdict {
+  status: StatusCode;
+  /** `when: after`: the node is read or written all the same, then answered with `status`. */
+  applied: boolean;
+}
+
 /** What a Read/Write request suffers, decided when it arrives, applied when it is answered. */
 interface PendingRequest {
   plan: LinkPlan;
-  /** Per node of the original request: the Bad status it gets, if any. */
+  /** Per node of the original request: the Bad status it gets instead of being processed. */
   bad: (StatusCode | undefined)[];
+  /** Per node of the original request: the status it is answered with once processed. */
+  answered: (StatusCode | undefined)[];
   /** Write requests: original indexes of the nodes node-opcua was asked to write. */
   kept?: number[];
   /** Write requests: original index → device, for nodes that wrote CommandSeq. */
@@ -142,9 +151,10 @@ const COMMAND_TYPES = {
   CommandSeq: DataType.UInt16,
 } as const;
 
-export function badStatusCode(name: string): StatusCode | undefined {
+/** The StatusCodes entry of that name (Good, Uncertain or Bad), if there is one. */
+export function statusCodeNamed(name: string): StatusCode | undefined {
   const code = (StatusCodes as unknown as Record<string, unknown>)[name];
-  return code instanceof StatusCode && name.startsWith('Bad') ? code : undefined;
+  return code instanceof StatusCode ? code : undefined;
 }
 
 /** The policies offered with Sign and SignAndEncrypt. */
@@ -168,11 +178,21 @@ export class OpcuaPlcServer {
     this.#config = config;
     this.#options = options;
     plc.frontEndFaultCheck = (fault, target) => {
-      if (fault.kind === 'bad-status' && badStatusCode(fault.status) === undefined) {
+      if (fault.kind !== 'bad-status') return;
+      const status = statusCodeNamed(fault.status);
+      if (status === undefined) {
         throw new FaultNotApplicableError(
           fault.kind,
           target,
-          `${fault.status} is not an OPC UA Bad status`,
+          `${fault.status} is not an OPC UA status code`,
+        );
+      }
+      // A Good or Uncertain status does not refuse anything: the node is processed.
+      if (!status.isBad() && fault.when !== 'after') {
+        throw new FaultNotApplicableError(
+          fault.kind,
+          target,
+          `${fault.status} is not a Bad status: it answers a request that was applied (when: after)`,
         );
       }
     };
@@ -432,22 +452,48 @@ export class OpcuaPlcServer {
       return undefined;
     }
 
-    // Bad status is per node: a device's fault hits its own nodes, the PLC's hits all of them.
+    // Bad status is per node: a device's fault hits its own nodes, the PLC's hits all of them
+    // (with `node`, only the nodes of that variable, and only requests that carry one).
     // Each fault set is asked once per request so a `count` wears down once per request.
-    const verdicts = new Map<FaultSet, StatusCode | undefined>();
-    const verdict = (set: FaultSet): StatusCode | undefined => {
+    const variableOf = (nodeId: NodeId): string => {
+      const value = String(nodeId.value);
+      return value.slice(value.indexOf('.') + 1);
+    };
+    const targets = (set: FaultSet, i: number): boolean => {
+      const node = set.get('bad-status')?.node;
+      const nodeId = nodeIds[i];
+      return (
+        node === undefined ||
+        (nodeDevices[i] !== undefined && nodeId !== undefined && variableOf(nodeId) === node)
+      );
+    };
+    const verdicts = new Map<FaultSet, NodeVerdict | undefined>();
+    const verdict = (set: FaultSet): NodeVerdict | undefined => {
       if (!verdicts.has(set)) {
-        const fault = set.hit('bad-status', direction, this.#plc.random);
-        verdicts.set(set, fault === undefined ? undefined : badStatusCode(fault.status));
+        const carried = nodeIds.some((_, i) => targets(set, i));
+        const fault = carried ? set.hit('bad-status', direction, this.#plc.random) : undefined;
+        const status = fault === undefined ? undefined : statusCodeNamed(fault.status);
+        verdicts.set(
+          set,
+          fault === undefined || status === undefined
+            ? undefined
+            : { status, applied: fault.when === 'after' },
+        );
       }
       return verdicts.get(set);
     };
-    const bad = nodeDevices.map(
-      (device) =>
-        (device !== undefined ? verdict(device.faultSet) : undefined) ??
-        verdict(this.#plc.faultSet),
-    );
-    const pending: PendingRequest = { plan, bad };
+    const nodeVerdicts = nodeDevices.map((device, i) => {
+      const sets =
+        device === undefined ? [this.#plc.faultSet] : [device.faultSet, this.#plc.faultSet];
+      for (const set of sets) {
+        const v = targets(set, i) ? verdict(set) : undefined;
+        if (v !== undefined) return v;
+      }
+      return undefined;
+    });
+    const bad = nodeVerdicts.map((v) => (v !== undefined && !v.applied ? v.status : undefined));
+    const answered = nodeVerdicts.map((v) => (v?.applied === true ? v.status : undefined));
+    const pending: PendingRequest = { plan, bad, answered };
 
     if (request instanceof WriteRequest) {
       const nodesToWrite = request.nodesToWrite ?? [];
@@ -530,13 +576,20 @@ export class OpcuaPlcServer {
     };
   }
 
-  /** The request has been processed: merge refused nodes back and hand commands over. */
+  /**
+   * The request has been processed: merge refused nodes back, hand commands over, then answer
+   * the nodes processed all the same (`when: after`) with their fault's status.
+   */
   #complete(pending: PendingRequest, response: unknown): void {
     if (response instanceof ReadResponse) {
       const results = response.results ?? [];
       pending.bad.forEach((status, i) => {
         if (status !== undefined && i < results.length)
           results[i] = new DataValue({ statusCode: status });
+      });
+      pending.answered.forEach((status, i) => {
+        const result = results[i];
+        if (status !== undefined && result !== undefined) result.statusCode = status;
       });
       return;
     }
@@ -563,6 +616,10 @@ export class OpcuaPlcServer {
         seq: image.seq.value,
       });
     }
+    pending.answered.forEach((status, i) => {
+      if (status !== undefined && results[i]?.isGood() === true) results[i] = status;
+    });
+    response.results = results;
   }
 
   #deviceOf(nodeId: NodeId): SimDevice | undefined {

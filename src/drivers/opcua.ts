@@ -100,6 +100,62 @@ export interface OpcuaEndpointOptions {
 
 const SERVER_CURRENT_TIME = 'ns=0;i=2258';
 
+/** A StatusCode's severity: its two top bits (Part 4, 7.39): 0 Good, 1 Uncertain, 2 and 3 Bad. */
+function severity(status: StatusCode): 'good' | 'uncertain' | 'bad' {
+  const bits = status.value >>> 30;
+  return bits === 0 ? 'good' : bits === 1 ? 'uncertain' : 'bad';
+}
+
+/**
+ * Bad statuses a server answers when it could not learn what became of a write it passed on
+ * to its field device (a gateway in front of a fieldbus, a device that did not answer in
+ * time): the device may have taken it. Other Bad statuses say the value was not written.
+ */
+const UNKNOWN_OUTCOME = new Set<number>([
+  StatusCodes.BadTimeout.value,
+  StatusCodes.BadCommunicationError.value,
+  StatusCodes.BadWaitingForResponse.value,
+  StatusCodes.BadRequestTimeout.value,
+]);
+
+interface WriteFault {
+  /** `refused`: not applied; `unknown`: the controller may have taken it. */
+  readonly kind: 'refused' | 'unknown';
+  readonly message: string;
+}
+
+/**
+ * What the statuses of the trigger's Write say of the command (null: taken). A Good status with
+ * a subcode (GoodCompletesAsynchronously, GoodClamped) is a write the server took; an Uncertain
+ * one, or a Bad one of UNKNOWN_OUTCOME, does not say whether it took it, which only a readback
+ * can tell; any other Bad status is a refusal.
+ */
+function triggerOutcome(results: readonly StatusCode[]): WriteFault | null {
+  const refused = results.find((s) => severity(s) === 'bad' && !UNKNOWN_OUTCOME.has(s.value));
+  if (refused !== undefined) return { kind: 'refused', message: refused.name };
+  const unknown = results.find((s) => severity(s) !== 'good');
+  if (unknown === undefined) return null;
+  return {
+    kind: 'unknown',
+    message: `${unknown.name}: the controller may have taken it (outcome unknown)`,
+  };
+}
+
+/**
+ * The code and setpoint must be in place, as written, before the trigger goes out: anything
+ * but plain Good (a clamped setpoint, a write still completing, an unknown outcome) and the
+ * trigger is not sent, so the controller takes nothing.
+ */
+function preparationOutcome(results: readonly StatusCode[]): WriteFault | null {
+  const status = results.find((s) => s.value !== StatusCodes.Good.value);
+  return status === undefined
+    ? null
+    : {
+        kind: 'refused',
+        message: `${status.name} to the code and setpoint; the trigger (the sequence number) was not sent, the controller takes nothing`,
+      };
+}
+
 /**
  * No session to send a request on (not connected yet, reconnecting, closed): thrown before
  * anything is handed to node-opcua, so nothing of the request left the process. A write
@@ -206,7 +262,13 @@ export class OpcuaEndpoint {
     return { values, requestedAt, receivedAt };
   }
 
-  async write(values: WriteValueOptions[], signal?: AbortSignal): Promise<void> {
+  /**
+   * Sends one Write request. `trigger`: the request that makes the controller take the command
+   * (its sequence number), whose statuses are read for what they say of the command's fate
+   * (triggerOutcome); any other request must be answered plain Good, or the trigger is not sent
+   * after it (DeviceRefusedError).
+   */
+  async write(values: WriteValueOptions[], trigger: boolean, signal?: AbortSignal): Promise<void> {
     const session = this.ready(signal);
     let results: StatusCode[];
     try {
@@ -218,12 +280,13 @@ export class OpcuaEndpoint {
     } catch (error) {
       throw this.failure(error, 'write');
     }
-    const bad = results.find((s) => s.value !== StatusCodes.Good.value);
-    if (bad !== undefined) {
-      const message = `${this.name}: write: ${bad.name}`;
-      this.health.error(message);
-      throw new DeviceRefusedError(message);
-    }
+    const outcome = trigger ? triggerOutcome(results) : preparationOutcome(results);
+    if (outcome === null) return;
+    const message = `${this.name}: write: ${outcome.message}`;
+    this.health.error(message);
+    throw outcome.kind === 'refused'
+      ? new DeviceRefusedError(message)
+      : new DeviceUnreachableError(message);
   }
 
   async close(): Promise<void> {
@@ -422,6 +485,7 @@ export class OpcuaDeviceDriver implements DeviceDriver {
     // Code and setpoint first, the sequence number (the trigger) only once they are in place:
     // a controller must never take a new sequence number with a stale code. Without a
     // sequence number, the code (with its setpoint) is the trigger.
+    const seqNode = c.seq;
     await this.sendOnSession(command, 'write', () =>
       e.write(
         [
@@ -430,10 +494,10 @@ export class OpcuaDeviceDriver implements DeviceDriver {
             ? []
             : [value(c.setpoint, DataType.Double, command.position ?? 0)]),
         ],
+        seqNode === undefined,
         signal,
       ),
     );
-    const seqNode = c.seq;
     if (seqNode === undefined) return;
     // The trigger is checked again: its deadline may have passed, or it may have been withdrawn,
     // while the first request was on its way. Without the trigger the controller takes nothing
@@ -441,7 +505,7 @@ export class OpcuaDeviceDriver implements DeviceDriver {
     const trigger = this.notSent(command, 'trigger');
     if (trigger !== null) throw trigger;
     await this.sendOnSession(command, 'trigger', () =>
-      e.write([value(seqNode, DataType.UInt16, command.seq)], signal),
+      e.write([value(seqNode, DataType.UInt16, command.seq)], true, signal),
     );
   }
 

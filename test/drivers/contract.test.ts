@@ -500,6 +500,50 @@ describe.each([
       expect(valve.counters.commandsTaken).toBe(0);
     });
 
+    it('BadTimeout answered to a trigger the controller took is an unknown outcome: confirmed by readback, one write', async () => {
+      // A server whose field device took the sequence number but whose answer timed out.
+      valve.setFault({
+        kind: 'bad-status',
+        status: 'BadTimeout',
+        on: 'write',
+        when: 'after',
+        node: 'CommandSeq',
+        count: 1,
+      });
+      const r = await send(`bad-timeout-${n}`, { device: valveId, action: 'open' });
+      expect(r).toMatchObject({ state: 'confirmed', attempts: 1, observed: { state: 'OPEN' } });
+      expect(valve.counters.writesReceived).toBe(1);
+      expect(valve.counters.commandsTaken).toBe(1);
+    });
+
+    it('BadTimeout answered to a trigger the controller did not take: proven by readback, sent once more, one write', async () => {
+      valve.setFault({
+        kind: 'bad-status',
+        status: 'BadTimeout',
+        on: 'write',
+        when: 'before',
+        node: 'CommandSeq',
+        count: 1,
+      });
+      const r = await send(`bad-timeout-before-${n}`, { device: valveId, action: 'open' });
+      expect(r).toMatchObject({ state: 'confirmed', attempts: 2, observed: { state: 'OPEN' } });
+      expect(valve.counters.writesReceived).toBe(1);
+    });
+
+    it('a Good status with a subcode on the trigger is a write taken, not a refusal', async () => {
+      valve.setFault({
+        kind: 'bad-status',
+        status: 'GoodCompletesAsynchronously',
+        on: 'write',
+        when: 'after',
+        node: 'CommandSeq',
+        count: 1,
+      });
+      const r = await send(`good-async-${n}`, { device: valveId, action: 'open' });
+      expect(r).toMatchObject({ state: 'confirmed', attempts: 1, observed: { state: 'OPEN' } });
+      expect(valve.counters.writesReceived).toBe(1);
+    });
+
     it('Bad status on reads delays a command, it does not fail it', async () => {
       valve.setFault({ kind: 'bad-status', status: 'BadDeviceFailure', on: 'read', count: 3 });
       expect((await send(`bad-read-${n}`, { device: valveId, action: 'open' })).state).toBe(

@@ -297,6 +297,31 @@ describe('OPC UA PLC: address space, handshake, clock and faults', () => {
     );
   });
 
+  it('with when: after applies the write, then answers the status; node picks the variable', async () => {
+    const device = plant.device('v-bad');
+    device.setFault({
+      kind: 'bad-status',
+      status: 'BadTimeout',
+      on: 'write',
+      when: 'after',
+      node: 'CommandSeq',
+      count: 1,
+    });
+    const before = device.counters.writesReceived;
+    // The code alone does not carry CommandSeq: not hit, and the count is not used up.
+    const [code] = await ua.session.write(uaCommandWrites('v-bad', STOP, 0, 501).slice(0, 1));
+    expect(code?.name).toBe('Good');
+    const [seq] = await ua.session.write(uaCommandWrites('v-bad', STOP, 0, 501).slice(2));
+    expect(seq?.name).toBe('BadTimeout');
+    // Applied all the same: the controller received the command.
+    expect(device.counters.writesReceived).toBe(before + 1);
+    expect(device.faults()).toEqual([]);
+    // A status that is not Bad answers a request that was applied, so it needs when: after.
+    expect(() =>
+      device.setFault({ kind: 'bad-status', status: 'GoodCompletesAsynchronously' }),
+    ).toThrow(expect.objectContaining({ code: 'FAULT_NOT_APPLICABLE' }));
+  });
+
   it('holds replies back by the injected latency', async () => {
     plant.device('v-lat').setFault({ kind: 'latency', ms: 300 });
     let started = performance.now();
