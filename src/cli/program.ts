@@ -69,6 +69,11 @@ export function buildProgram(io: Io, result: { code: number }): Command {
     .configureOutput({
       writeOut: (s) => io.stdout.write(s),
       writeErr: (s) => io.stderr.write(s),
+      // Usage errors are said as every other error is (docs/sluicectl.md): one line starting
+      // "sluicectl:", which a script can look for; commander's own begin "error:".
+      outputError: (s, write) => {
+        write(s.replace(/^error: /, 'sluicectl: '));
+      },
     })
     .showHelpAfterError("(see 'sluicectl --help')")
     .exitOverride()

@@ -402,8 +402,12 @@ describe('errors and usage', () => {
       cli('send', 'inlet-valve', 'open', '--key', 'has space'),
       cli('send', 'inlet-valve', 'open', '--key', '"k"'),
     ]);
-    for (const run of runs)
+    for (const run of runs) {
       expect({ code: run.code, stderr: run.stderr }).toMatchObject({ code: 2 });
+      // One line starting "sluicectl:" as every error (docs/sluicectl.md), then the hint.
+      expect(run.stderr).toMatch(/^sluicectl: [^\n]+\n\(see 'sluicectl --help'\)\n$/);
+      expect(run.stdout).toBe('');
+    }
     const [
       unknownCmd,
       unknownOpt,
