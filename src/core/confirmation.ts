@@ -182,7 +182,7 @@ export class ConfirmationLoop {
     const windowMs = Math.max(
       profile.timing.confirmTimeoutMs,
       this.host.unreachableGraceMs,
-      record.deadline - clock.now(),
+      record.deadline - this.host.deadlineNow(record),
     );
     await this.confirm(
       lane,
@@ -389,7 +389,7 @@ export class ConfirmationLoop {
       skew: this.reads.usableSkew(lane),
       acked: ctx.write.acked,
       unknownSinceMono: ctx.write.unknownSinceMono ?? ctx.write.sentMono,
-      nowWall: clock.now(),
+      nowWall: this.host.deadlineNow(record),
       sameConnection: ctx.write.epoch !== null && ctx.write.epoch === readback.epoch,
     });
     const prefix = `the controller never echoed sequence number ${seq}`;
@@ -460,7 +460,7 @@ export class ConfirmationLoop {
             reason: `${prefix}; preempted while its second dispatch was being made durable, so it is not written again and nothing was applied`,
           };
         }
-        if (clock.now() >= again.deadline) {
+        if (this.host.deadlineNow(again) >= again.deadline) {
           this.host.settle(log, again, 'dispatched', {
             to: 'failed',
             code: 'DEVICE_UNREACHABLE',
@@ -598,7 +598,8 @@ export class ConfirmationLoop {
           action: record.action,
           position: record.position,
           seq,
-          notAfter: record.deadline,
+          // The driver judges it on its own wall clock: the time left, from now on that clock.
+          notAfter: this.host.clock.now() + (record.deadline - this.host.deadlineNow(record)),
           // Preempted by a stop, resolved by an operator, the daemon stopping: a write still
           // waiting for its controller is not sent (SPEC §2: a command not yet written when a
           // stop comes is never written).

@@ -118,7 +118,7 @@ export class CommandExecution {
     // The state-machine check runs against a fresh read, never against a cached mirror.
     const read = await this.reads.readUntil(
       lane,
-      () => clock.now() >= record.deadline,
+      () => this.host.deadlineNow(record) >= record.deadline,
       clock.elapsed(),
       log,
     );
@@ -291,7 +291,7 @@ export class CommandExecution {
       });
       return true;
     }
-    const now = this.host.clock.now();
+    const now = this.host.deadlineNow(dispatched);
     if (checkFreshness(dispatched, now, this.host.freshness) !== 'STALE_COMMAND') return false;
     this.host.settle(log, dispatched, 'dispatched', {
       to: 'rejected',
@@ -310,7 +310,7 @@ export class CommandExecution {
     from: OpenState,
     log: Logger,
   ): boolean {
-    const now = this.host.clock.now();
+    const now = this.host.deadlineNow(record);
     const fresh = checkFreshness(record, now, this.host.freshness);
     if (fresh === 'FRESH') return false;
     this.host.settle(log, record, from, {

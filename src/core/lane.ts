@@ -134,6 +134,14 @@ export interface ExecutionHost {
   readonly unreachableGraceMs: number;
   /** Aborted when the pipeline gives up waiting at shutdown (lanes follow it). */
   readonly signal: AbortSignal;
+  /**
+   * The gateway wall time a command's deadline is judged against now (I3). For a command
+   * timed by its receipt in this process's life (no issuedAt: its deadline is the receipt plus
+   * its TTL), its receipt plus the time since on the monotonic clock, so that a step of the
+   * gateway's wall clock while it waits neither ages it nor makes it young (SPEC §6); for
+   * every other command, the wall clock.
+   */
+  deadlineNow(record: CommandRecord): number;
   /** Journals the outcome and tells waiters and listeners; null when it could not. */
   settle(
     log: Logger,

@@ -113,6 +113,15 @@ export class CommandPipeline {
   private readonly sweeper: Sweep;
   private readonly operator: OperatorActions;
   private readonly execution: CommandExecution;
+  /**
+   * When this process received each open command timed by its receipt (no issuedAt), on the
+   * monotonic clock: its age is measured from there (ExecutionHost.deadlineNow). Its wall
+   * receipt is the deadline's base, and a step of the gateway's wall clock (chrony or ptp4l
+   * stepping it at boot, an operator) while it waits would otherwise age it by the step
+   * (STALE_COMMAND a moment after it was received), or, stepped back, leave its issuedAt in
+   * the future (CLOCK_SKEW, "issuedAt lies … in the future", of a command with no issuedAt).
+   */
+  private readonly receivedMono = new Map<string, number>();
   private closed = false;
 
   constructor(options: PipelineOptions) {
@@ -158,6 +167,9 @@ export class CommandPipeline {
       clock: this.clock,
       lanes: this.lanes,
       signal: this.abort.signal,
+    });
+    this.outcomes.onSettled((record) => {
+      this.receivedMono.delete(refId(record));
     });
     this.preemption = new Preemption({
       journal: this.journal,
@@ -205,6 +217,12 @@ export class CommandPipeline {
       mirror: (lane, readback) => {
         this.updateMirror(lane, readback);
       },
+      deadlineNow: (record) => {
+        const received = this.receivedMono.get(refId(record));
+        return received === undefined
+          ? this.clock.now()
+          : record.acceptedAt + (this.clock.elapsed() - received);
+      },
     });
   }
 
@@ -249,6 +267,7 @@ export class CommandPipeline {
       ]);
     }
     const now = this.clock.now();
+    const nowMono = this.clock.elapsed();
     const issuedAt = request.issuedAt === null ? now : Date.parse(request.issuedAt);
     const ttlMs = request.ttlMs ?? profile.timing.defaultTtlMs;
     const devices = submission.identity.devices;
@@ -318,6 +337,7 @@ export class CommandPipeline {
         log.error({ err: error }, 'stop could not preempt the command in flight');
       }
     }
+    if (record.issuedAtSource === 'gateway') this.receivedMono.set(refId(record), nowMono);
     this.enqueue(lane, record);
     return claim;
   }

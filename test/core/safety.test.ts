@@ -322,6 +322,29 @@ describe('SPEC §6: durations on a monotonic clock, controller clock steps', () 
     });
   }
 
+  for (const step of [3_600_000, -3_600_000]) {
+    it(`a command timed by its receipt, waiting behind travel through a wall-clock step of ${step > 0 ? '+' : '-'}1 h: its age is not changed by it`, async () => {
+      const clock = new SteppingClock();
+      h = await SimHarness.start({ clock, travelMs: 400 });
+      const valve = h.device('v1');
+      h.submit('k1', open());
+      await h.until(() => valve.state === 'OPENING', 5_000, 'the first command travelling');
+      // No issuedAt: its deadline is its receipt plus its TTL, an age the gateway measures.
+      h.submit('k2', { device: 'v1', action: 'close', ttlMs: 10_000 });
+      // A short TTL that really passes while it waits: stale, whatever the step says.
+      h.submit('k3', { device: 'v1', action: 'open', ttlMs: 100 });
+      clock.offset = step;
+      expect((await h.settled('k1')).state).toBe('confirmed');
+      const r2 = await h.settled('k2');
+      expect(r2, r2.detail ?? '').toMatchObject({ state: 'confirmed', attempts: 1 });
+      expect(h.writesWithSeq('v1', r2.seq!)).toBe(1);
+      expect(valve.state).toBe('CLOSED');
+      const r3 = await h.settled('k3');
+      expect(r3, r3.detail ?? '').toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
+      expect(valve.counters.writesReceived).toBe(2);
+    });
+  }
+
   it('a controller clock set 15 s back between two commands: re-measured, no false failure', async () => {
     h = await SimHarness.start();
     h.submit('k1', open());
