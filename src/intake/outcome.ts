@@ -69,7 +69,10 @@ const OUTCOME_TITLES: Partial<Record<ResultCode, string>> = {
   ILLEGAL_TRANSITION: 'Rejected: illegal state transition (0x88)',
   LOCAL_MODE: 'Rejected: device in local mode',
   STALE_COMMAND: 'Rejected: command past its deadline',
-  CLOCK_SKEW: 'Rejected: issuedAt too far in the future',
+  // Not only the issuer's: an unsynced gateway clock and a controller clock beyond its bound
+  // end CLOCK_SKEW too (SPEC §6); the detail says which.
+  CLOCK_SKEW:
+    'Rejected: a clock is out of bounds (issuedAt ahead, gateway clock unsynced, or controller clock off)',
   FORBIDDEN_DEVICE: 'Rejected: device not allowed for this identity',
   SUPERSEDED: 'Rejected: superseded by a stop before it was written',
   READBACK_TIMEOUT: 'Failed: no confirming readback in time',

@@ -148,6 +148,8 @@ describe.runIf(real)('clocks through the daemon (SPEC §6)', () => {
     const refused = await command('skewed-1', { device: 'skewed-valve', action: 'open' });
     expect(refused.status).toBe(409);
     expect(refused.json()).toMatchObject({ code: 'CLOCK_SKEW', state: 'rejected' });
+    // The problem's title names the clocks, not only the issuer's issuedAt (this one had none).
+    expect(String(refused.json().title)).toMatch(/controller clock/);
     expect(String(refused.json().detail)).toMatch(
       /controller clock of skewed-valve is (49|50|51)\d\d ms off/,
     );
@@ -191,6 +193,7 @@ describe.runIf(real)('clocks through the daemon (SPEC §6)', () => {
     expect(unlocked.status).toBe(409);
     expect(unlocked.json()).toMatchObject({ code: 'CLOCK_SKEW' });
     expect(String(unlocked.json().detail)).toMatch(/gateway clock is UNLOCKED \(ptp/);
+    expect(String(unlocked.json().title)).toMatch(/gateway clock unsynced/);
     expect((await clockCheck()).ok).toBe(false);
     const metrics = (await https('GET', '/metrics')).body;
     expect(metrics).toMatch(/^sluice_gateway_clock_state\{state="UNLOCKED",source="ptp"\} 1$/m);
