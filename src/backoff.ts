@@ -35,7 +35,10 @@ export class Backoff {
     this.notBefore = 0;
   }
 
-  /** For callers that gate attempts on a clock: an attempt failed at `now`. */
+  /**
+   * For callers that gate attempts on a clock: an attempt failed at `now`. A monotonic clock
+   * (Clock.elapsed()): a step of the wall clock must neither stretch nor cut the wait.
+   */
   failed(now: number): void {
     this.notBefore = now + this.next();
   }

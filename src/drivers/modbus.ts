@@ -601,7 +601,9 @@ export class ModbusEndpoint {
   }
 
   private async connect(): Promise<ModbusRTU> {
-    const wait = this.backoff.remaining(this.options.clock.now());
+    // Monotonic (SPEC §6: durations): a gateway clock stepped back an hour after a failed
+    // attempt would otherwise refuse every connect for that hour.
+    const wait = this.backoff.remaining(this.options.clock.elapsed());
     if (wait > 0) {
       throw new DeviceUnreachableError(
         `${this.name}: not connected; next attempt in ${Math.ceil(wait)} ms (${this.health.snapshot().lastError ?? 'no connection yet'})`,
@@ -621,7 +623,7 @@ export class ModbusEndpoint {
         `${this.name}: connect to ${this.options.host}:${this.options.port} timed out`,
       );
     } catch (error) {
-      this.backoff.failed(this.options.clock.now());
+      this.backoff.failed(this.options.clock.elapsed());
       destroyQuietly(client);
       const message = `${this.name}: connect to ${this.options.host}:${this.options.port} failed: ${describeError(error)}`;
       this.health.error(message);
@@ -667,7 +669,7 @@ export class ModbusEndpoint {
 
   /** The current connection is gone; gone before any answer, it was a failed attempt. */
   private lost(): void {
-    if (!this.answered) this.backoff.failed(this.options.clock.now());
+    if (!this.answered) this.backoff.failed(this.options.clock.elapsed());
   }
 
   private drop(reason: string): void {

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { systemClock } from '../../src/core/clock.js';
+import { systemClock, type Clock } from '../../src/core/clock.js';
 import { DeviceUnreachableError } from '../../src/core/driver.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
@@ -37,16 +37,18 @@ function endpointAndDriver(options: {
   backoffMaxMs?: number;
   /** Straight to the PLC, not through the link (which turns a reset into an orderly close). */
   direct?: boolean;
+  /** The endpoint's clock (default the system's). */
+  clock?: Clock;
 }): { endpoint: ModbusEndpoint; driver: ModbusDeviceDriver } {
   const e = plant.plc('mb').endpoint;
   if (e.protocol !== 'modbus') throw new Error('expected a Modbus PLC');
-  const { direct, ...timing } = options;
+  const { direct, clock, ...timing } = options;
   const endpoint = new ModbusEndpoint({
     name: 'mb',
     host: e.host,
     port: direct === true ? e.port : link.port,
     unitId: e.unitId,
-    clock: systemClock,
+    clock: clock ?? systemClock,
     logger: silentLogger,
     ...timing,
   });
@@ -97,6 +99,37 @@ describe('a PLC that takes the connection and drops it before answering', () => 
       expect(reads).toBeGreaterThan(40);
       expect(connections).toBeGreaterThanOrEqual(2);
       expect(connections).toBeLessThanOrEqual(9);
+      plant.plc('mb').clearFault('reset');
+      // Within the longest step (400 ms) and a read, the endpoint is back.
+      expect(await readEventually(driver, 1_000)).toBe(30);
+    } finally {
+      plant.plc('mb').clearFault('reset');
+      await endpoint.close();
+    }
+  });
+});
+
+describe('the reconnect backoff and the wall clock', () => {
+  it('a gateway clock stepped back an hour after a failed attempt does not hold the next one', async () => {
+    // The backoff is a duration (SPEC §6): on the wall clock, the step made it an hour long.
+    const stepped = { ...systemClock, offset: 0, now: () => Date.now() + stepped.offset };
+    const { endpoint, driver } = endpointAndDriver({
+      backoffInitialMs: 100,
+      backoffMaxMs: 400,
+      clock: stepped,
+    });
+    try {
+      expect(await readEventually(driver, 2_000)).toBe(30);
+      const before = link.accepted;
+      plant.plc('mb').setFault({ kind: 'reset', when: 'before', on: 'both' });
+      // Until an attempt has failed on a new connection: the backoff holds the next one.
+      const end = Date.now() + 2_000;
+      while (link.accepted - before < 2 && Date.now() < end) {
+        await driver.read().catch(() => undefined);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(link.accepted - before).toBeGreaterThanOrEqual(2);
+      stepped.offset = -3_600_000;
       plant.plc('mb').clearFault('reset');
       // Within the longest step (400 ms) and a read, the endpoint is back.
       expect(await readEventually(driver, 1_000)).toBe(30);
