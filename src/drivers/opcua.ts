@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto';
 import { readdirSync, rmSync, type Dirent } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -42,6 +43,7 @@ export type OpcuaSecurityPolicy =
 export class OpcuaClientPki {
   readonly manager: OPCUACertificateManager;
   readonly applicationUri = `urn:${hostname()}:sluice`;
+  readonly dir: string;
 
   constructor(options: {
     readonly dir: string;
@@ -63,11 +65,102 @@ export class OpcuaClientPki {
       rmSync(lock, { recursive: true, force: true });
       options.logger.warn({ lock }, 'removed a stale OPC UA PKI lock left by a killed process');
     }
+    this.dir = options.dir;
     this.manager = new OPCUACertificateManager({
       rootFolder: options.dir,
       automaticallyAcceptUnknownCertificate: options.acceptUnknownCertificates,
     });
   }
+
+  /**
+   * The store as one endpoint's client sees it: the same store, whose check of a server
+   * certificate also refuses one outside its validity period before the store is asked —
+   * node-opcua-pki asks about trust first, and when it accepts unknown certificates it trusts
+   * an expired one, and connects — and tells `refused` what it refused and why, so that the
+   * endpoint can say it in words an operator can act on.
+   */
+  viewFor(
+    now: () => number,
+    refused: (refusal: CertificateRefusal) => void,
+  ): OPCUACertificateManager {
+    const manager = this.manager;
+    const check = async (chain: Buffer | Buffer[]): Promise<StatusCode> => {
+      const der = Array.isArray(chain) ? chain[0] : chain;
+      const certificate = der === undefined ? null : readCertificate(der);
+      if (certificate !== null) {
+        const at = now();
+        if (at < certificate.validFrom || at > certificate.validTo) {
+          refused({ status: StatusCodes.BadCertificateTimeInvalid, certificate, at });
+          return StatusCodes.BadCertificateTimeInvalid;
+        }
+      }
+      const status = await manager.checkCertificate(chain);
+      if (!status.isGood()) refused({ status, certificate, at: now() });
+      return status;
+    };
+    return new Proxy(manager, {
+      get: (target, property) => {
+        if (property === 'checkCertificate') return check;
+        const value: unknown = Reflect.get(target, property, target);
+        // Bound to the store itself: its methods use private fields a proxy does not have.
+        return typeof value === 'function'
+          ? (value as (...a: unknown[]) => unknown).bind(target)
+          : value;
+      },
+    });
+  }
+}
+
+/** A server certificate as an operator would name it. */
+interface CertificateFacts {
+  readonly subject: string;
+  readonly thumbprint: string;
+  readonly validFrom: number;
+  readonly validTo: number;
+}
+
+/** A server certificate the client's check refused, with the status it refused it with. */
+interface CertificateRefusal {
+  readonly status: StatusCode;
+  readonly certificate: CertificateFacts | null;
+  /** Gateway wall-clock time of the check. */
+  readonly at: number;
+}
+
+function readCertificate(der: Buffer): CertificateFacts | null {
+  try {
+    const x509 = new X509Certificate(der);
+    return {
+      subject: x509.subject.replaceAll('\n', ', '),
+      thumbprint: x509.fingerprint.replaceAll(':', '').toLowerCase(),
+      validFrom: Date.parse(x509.validFrom),
+      validTo: Date.parse(x509.validTo),
+    };
+  } catch {
+    // Not parseable here: the store's own check decides, and says why.
+    return null;
+  }
+}
+
+/** What an operator reads when the server's certificate was refused, and what to do. */
+function describeRefusal(refusal: CertificateRefusal, endpointUrl: string, pkiDir: string): string {
+  const c = refusal.certificate;
+  const which =
+    c === null
+      ? `the server certificate of ${endpointUrl}`
+      : `the server certificate of ${endpointUrl} (${c.subject}; SHA-1 ${c.thumbprint})`;
+  const iso = (t: number): string => new Date(t).toISOString();
+  if (refusal.status.value === StatusCodes.BadCertificateTimeInvalid.value && c !== null) {
+    const when =
+      refusal.at > c.validTo
+        ? `it expired on ${iso(c.validTo)}`
+        : `it is not valid before ${iso(c.validFrom)}`;
+    return `${which} is refused: ${when} (the gateway's clock reads ${iso(refusal.at)}). Renew the PLC's certificate, or set the PLC's or the gateway's clock right (${refusal.status.name})`;
+  }
+  if (refusal.status.value === StatusCodes.BadCertificateUntrusted.value) {
+    return `${which} is not trusted: it was put in ${join(pkiDir, 'rejected')}; to trust it, move it to ${join(pkiDir, 'trusted', 'certs')} (${refusal.status.name})`;
+  }
+  return `${which} is refused: ${refusal.status.name} (${refusal.status.description})`;
 }
 
 /** Lock files and directories (`*.lock`) in a PKI store, three levels deep at most. */
@@ -329,6 +422,8 @@ export class OpcuaEndpoint {
   }
 
   private async connect(): Promise<void> {
+    // What the certificate check refused during this attempt, if anything.
+    const check: { refused: CertificateRefusal | null } = { refused: null };
     const client = OPCUAClient.create({
       applicationName: 'Sluice',
       // One client certificate serves every endpoint, so one application URI (it is in the
@@ -338,7 +433,12 @@ export class OpcuaEndpoint {
       endpointMustExist: false,
       securityMode: MODES[this.o.securityMode],
       securityPolicy: POLICIES[this.o.securityPolicy],
-      clientCertificateManager: this.o.pki.manager,
+      clientCertificateManager: this.o.pki.viewFor(
+        () => this.o.clock.now(),
+        (refusal) => {
+          check.refused = refusal;
+        },
+      ),
       keepSessionAlive: true,
       requestedSessionTimeout: 60_000,
       // Reconnect forever with exponential backoff: a PLC that reboots comes back by itself.
@@ -387,6 +487,12 @@ export class OpcuaEndpoint {
       }
       await withTimeout(client.disconnect(), 2000, 'disconnect').catch(() => undefined);
       this.backoff.failed(this.o.clock.now());
+      // node-opcua says only "server Certificate verification failed with err <status>".
+      if (check.refused !== null) {
+        throw new Error(describeRefusal(check.refused, this.o.endpointUrl, this.o.pki.dir), {
+          cause: error,
+        });
+      }
       throw error;
     }
     this.backoff.reset();

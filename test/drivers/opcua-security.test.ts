@@ -1,4 +1,5 @@
 import { existsSync, readdirSync, renameSync } from 'node:fs';
+import { OPCUACertificateManager } from 'node-opcua';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
@@ -46,8 +47,9 @@ async function drivers(
   mode: 'Sign' | 'SignAndEncrypt',
   policy: 'Basic256Sha256' | 'Aes128_Sha256_RsaOaep',
   acceptUnknownCertificates: boolean,
+  on: Plant = plant,
 ): Promise<{ drivers: Drivers; pkiDir: string }> {
-  const e = plant.plc('ua').endpoint;
+  const e = on.plc('ua').endpoint;
   if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
   const inventory: Inventory = {
     plcs: {
@@ -111,6 +113,10 @@ describe('OPC UA security', () => {
     const { drivers: d, pkiDir } = await drivers('SignAndEncrypt', 'Basic256Sha256', false);
     const driver = d.bindings[0]!.driver;
     expect(await readWithin(driver, 4_000)).toBeNull();
+    // The operator is told what to do, and where.
+    await expect(driver.read()).rejects.toThrow(
+      /server certificate of opc\.tcp:\/\/\S+ \(.*CN=.*\) is not trusted: it was put in \S+rejected; to trust it, move it to \S+trusted\/certs/,
+    );
     const rejected = join(pkiDir, 'client', 'rejected');
     expect(existsSync(rejected)).toBe(true);
     const certs = readdirSync(rejected).filter((f) => f.endsWith('.pem') || f.endsWith('.der'));
@@ -119,5 +125,87 @@ describe('OPC UA security', () => {
       renameSync(join(rejected, cert), join(pkiDir, 'client', 'trusted', 'certs', cert));
     }
     expect(await readWithin(driver, 20_000)).not.toBeNull();
+  }, 45_000);
+});
+
+/**
+ * A server certificate outside its validity period is refused with the dates, whatever the trust
+ * settings: the demo's acceptance of unknown certificates does not extend to an expired one.
+ */
+describe('OPC UA server certificate outside its validity period', () => {
+  const DAY = 86_400_000;
+
+  /** A plant whose OPC UA server presents a certificate valid for two days from `startDate`. */
+  async function plantWithCertificate(startDate: Date): Promise<Plant> {
+    const { dir, cleanup } = tempDir('sluice-sim-pki-');
+    cleanups.push(cleanup);
+    const store = new OPCUACertificateManager({
+      rootFolder: join(dir, 'ua', 'pki'),
+      automaticallyAcceptUnknownCertificate: true,
+      disableFileWatchers: true,
+    });
+    await store.initialize();
+    await store.createSelfSignedCertificate({
+      applicationUri: 'urn:sluice-sim:ua',
+      dns: ['localhost'],
+      ip: ['127.0.0.1'],
+      outputFile: join(dir, 'ua', 'pki', 'own', 'certs', 'certificate.pem'),
+      subject: '/CN=sluice-sim-ua',
+      startDate,
+      validity: 2,
+    });
+    await store.dispose();
+    const p = await startPlant(
+      {
+        control: { host: '127.0.0.1', port: 0 },
+        plcs: {
+          ua: {
+            protocol: 'opcua',
+            host: '127.0.0.1',
+            port: 0,
+            securityModes: ['None', 'SignAndEncrypt'],
+            devices: { 'ua-valve': { profile: 'valve' } },
+          },
+        },
+      },
+      { ephemeralPorts: true, control: false, pkiDir: dir },
+    );
+    cleanups.push(() => p.stop());
+    return p;
+  }
+
+  /** The driver's last error once it names a certificate refusal (null: none within `ms`). */
+  async function refusalWithin(driver: DeviceDriver, ms: number): Promise<string | null> {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      const last = driver.health().lastError;
+      if (last?.includes('server certificate') === true) return last;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return null;
+  }
+
+  it('an expired one is refused, with the day it expired, also where unknown certificates are accepted', async () => {
+    const p = await plantWithCertificate(new Date(Date.now() - 10 * DAY));
+    const { drivers: d, pkiDir } = await drivers('SignAndEncrypt', 'Basic256Sha256', true, p);
+    const driver = d.bindings[0]!.driver;
+    const refusal = await refusalWithin(driver, 15_000);
+    expect(refusal).toMatch(
+      /server certificate of opc\.tcp:\/\/\S+ \(CN=sluice-sim-ua; SHA-1 [0-9a-f]{40}\) is refused: it expired on \d{4}-\d\d-\d\dT/,
+    );
+    expect(refusal).toMatch(/Renew the PLC's certificate/);
+    await expect(driver.read()).rejects.toThrow(/it expired on/);
+    // Not made trusted on the way (the store's trusted folder holds nothing).
+    const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+    expect(existsSync(trusted) ? readdirSync(trusted) : []).toEqual([]);
+  }, 45_000);
+
+  it('one not yet valid is refused, with the day it becomes valid', async () => {
+    const p = await plantWithCertificate(new Date(Date.now() + 10 * DAY));
+    const { drivers: d } = await drivers('SignAndEncrypt', 'Basic256Sha256', false, p);
+    const driver = d.bindings[0]!.driver;
+    const refusal = await refusalWithin(driver, 15_000);
+    expect(refusal).toMatch(/is refused: it is not valid before \d{4}-\d\d-\d\dT/);
+    expect(refusal).toMatch(/set the PLC's or the gateway's clock right/);
   }, 45_000);
 });
