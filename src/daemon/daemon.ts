@@ -11,6 +11,7 @@ import { HttpsIntake } from '../intake/https.js';
 import { IdentityRegistry } from '../intake/identities.js';
 import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
+import { countRowsOffThread } from '../journal/row-counts.js';
 import { lockJournal } from '../journal/writer-lock.js';
 import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
@@ -207,7 +208,7 @@ export class Daemon {
 
       const metrics = new Metrics(pipeline, clock, clocks.gateway, {
         path: journalPath,
-        rows: () => journal.rowCounts(),
+        rows: () => countRowsOffThread(journalPath),
       });
       const sweeper = new CountedRetentionSweeper(
         {

@@ -5,9 +5,28 @@ import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandRecord } from '../core/journal.js';
 import type { CommandPipeline, OpenCommands } from '../core/pipeline.js';
 import { RetentionSweeper, type RetentionOptions } from '../core/retention.js';
+import type { RowCounts } from '../journal/row-counts.js';
 
 /** How often the journal's rows are counted for `sluice_journal_rows`. */
 const ROWS_EVERY_MS = 30_000;
+/** How long a scrape waits for the first count (a journal of millions of rows, out of cache). */
+const ROWS_FIRST_WAIT_MS = 5_000;
+
+/** Resolves when `work` does or after `ms`, whichever is first. */
+async function within(work: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      work,
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, ms);
+        timer.unref();
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /**
  * Prometheus metrics of one daemon (served at GET /metrics). Labels are closed vocabularies
@@ -35,8 +54,13 @@ export class Metrics {
     gatewayClock?: GatewayClock,
     journal?: {
       readonly path: string;
-      /** Rows held now: commands and their history events. */
-      readonly rows?: () => { readonly commands: number; readonly events: number };
+      /**
+       * Counts the rows held now, commands and their history events, off the event loop
+       * (countRowsOffThread).
+       */
+      readonly rows?: () => Promise<RowCounts>;
+      /** How long a scrape waits for the first count (default ROWS_FIRST_WAIT_MS). */
+      readonly rowsWaitMs?: number;
     },
   ) {
     const registers = [this.registry];
@@ -98,24 +122,46 @@ export class Metrics {
     const rows = journal?.rows;
     if (rows !== undefined) {
       // Counting walks the tables, which run to millions of event rows in a busy retention
-      // window, on the thread that carries commands: at most once per ROWS_EVERY_MS.
-      let counted: { at: number; counts: { commands: number; events: number } } | null = null;
+      // window: on a worker thread (rows), at most once per ROWS_EVERY_MS. A scrape is answered
+      // with the last count and starts the next one when it is due; only the first waits for
+      // one, for ROWS_FIRST_WAIT_MS at most. What a scrape sets is the last count (`counted`
+      // is read after the wait: the count may have ended meanwhile).
+      const waitMs = journal?.rowsWaitMs ?? ROWS_FIRST_WAIT_MS;
+      let counted: { at: number; counts: RowCounts } | null = null;
+      let counting: Promise<void> | null = null;
+      const count = (): Promise<void> => {
+        counting ??= (async () => {
+          const at = clock.elapsed();
+          try {
+            counted = { at, counts: await rows() };
+          } catch {
+            // The journal cannot be read: left out of the scrapes until it can (readiness
+            // says why).
+            counted = null;
+          } finally {
+            counting = null;
+          }
+        })();
+        return counting;
+      };
       new Gauge({
         name: 'sluice_journal_rows',
         help: 'Rows in the journal: commands (open, and settled ones within retention) and their history events; counted at most every 30 s.',
         labelNames: ['table'],
         registers,
-        collect() {
-          try {
-            const at = clock.elapsed();
-            if (counted === null || at - counted.at >= ROWS_EVERY_MS) {
-              counted = { at, counts: rows() };
-            }
-            this.set({ table: 'commands' }, counted.counts.commands);
-            this.set({ table: 'events' }, counted.counts.events);
-          } catch {
-            // The journal cannot be read: left out of this scrape (readiness says why).
+        async collect() {
+          const last: { at: number; counts: RowCounts } | null = counted;
+          if (last !== null) {
+            if (clock.elapsed() - last.at >= ROWS_EVERY_MS) void count();
+          } else if (counting === null) {
+            // Not when a first count is under way already (started by a scrape that gave up
+            // on it): each scrape would wait as long.
+            await within(count(), waitMs);
           }
+          this.reset();
+          if (counted === null) return;
+          this.set({ table: 'commands' }, counted.counts.commands);
+          this.set({ table: 'events' }, counted.counts.events);
         },
       });
     }

@@ -189,18 +189,6 @@ export class SqliteJournal implements Journal {
     }
   }
 
-  /** How many commands and history events the journal holds now (the metrics' journal rows). */
-  rowCounts(): { commands: number; events: number } {
-    try {
-      const db = this.connection().db;
-      const count = (table: 'commands' | 'events'): number =>
-        (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
-      return { commands: count('commands'), events: count('events') };
-    } catch (error) {
-      return translate(error, 'read');
-    }
-  }
-
   purgeSettled(before: number, limit: number): number {
     return this.write('purge', (c) => c.txPurge.immediate(before, limit));
   }

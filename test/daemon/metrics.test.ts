@@ -19,6 +19,11 @@ import {
 } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { countRowsOffThread } from '../../src/journal/row-counts.js';
+import { systemClock } from '../../src/core/clock.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { CommandPipeline } from '../../src/core/pipeline.js';
+import { Metrics } from '../../src/daemon/metrics.js';
 
 /**
  * GET /metrics after a scripted sequence of commands over both intakes: every count is the
@@ -59,11 +64,12 @@ function value(samples: Sample[], name: string, labels: Record<string, string> =
   return hits.reduce((sum, s) => sum + s.value, 0);
 }
 
-it('counts the journal rows it exports: commands and their history events', () => {
+it('counts the journal rows it exports off the event loop: commands and their history events', async () => {
   const { dir, cleanup } = tempDir('sluice-rows-');
-  const journal = SqliteJournal.open({ path: join(dir, 'journal.db') });
+  const path = join(dir, 'journal.db');
+  const journal = SqliteJournal.open({ path });
   try {
-    expect(journal.rowCounts()).toEqual({ commands: 0, events: 0 });
+    expect(await countRowsOffThread(path)).toEqual({ commands: 0, events: 0 });
     const now = Date.now();
     const command = {
       scope: 'scada',
@@ -81,8 +87,42 @@ it('counts the journal rows it exports: commands and their history events', () =
     journal.claim({ ...command, key: 'rows-1' });
     journal.claim({ ...command, key: 'rows-1' }); // a duplicate: one more event, no command
     journal.claim({ ...command, key: 'rows-2' });
-    expect(journal.rowCounts()).toEqual({ commands: 2, events: 3 });
+    // Read by another connection, on another thread: what the daemon's has committed.
+    expect(await countRowsOffThread(path)).toEqual({ commands: 2, events: 3 });
   } finally {
+    journal.close();
+    cleanup();
+  }
+});
+
+it('answers a scrape whose first count does not come, leaving the rows out', async () => {
+  const { dir, cleanup } = tempDir('sluice-rows-');
+  const journal = SqliteJournal.open({ path: join(dir, 'journal.db') });
+  const pipeline = new CommandPipeline({
+    journal,
+    devices: [],
+    clock: systemClock,
+    logger: silentLogger,
+    freshness: { maxIssuerSkewMs: 2000 },
+  });
+  try {
+    let asked = 0;
+    const metrics = new Metrics(pipeline, systemClock, undefined, {
+      path: join(dir, 'journal.db'),
+      rowsWaitMs: 200,
+      rows: () => {
+        asked++;
+        return new Promise<never>(() => undefined);
+      },
+    });
+    const text = await metrics.registry.metrics();
+    expect(text).toContain('sluice_commands_open');
+    expect(text).not.toMatch(/^sluice_journal_rows\{/m);
+    // The count still under way is not started again by the next scrape.
+    await metrics.registry.metrics();
+    expect(asked).toBe(1);
+  } finally {
+    await pipeline.stop(0);
     journal.close();
     cleanup();
   }
