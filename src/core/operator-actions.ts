@@ -117,15 +117,24 @@ export class OperatorActions {
  * `accepted` command; for a `dispatched` one, what this process knows of it — a client or an
  * operator reading "nothing was written" of a valve that took the write would be misled.
  */
+/**
+ * How every note of writeNote begins: what follows an operator's reason in a resolve's detail
+ * (`resolved by <who>: <reason>; <note>`), so that the reason can be told from the note.
+ */
+export const WRITE_NOTE_BEGINNINGS = [
+  'nothing was written to the controller',
+  "the operator's action wrote nothing to the controller",
+] as const;
+
 function writeNote(
   lane: Lane | undefined,
   record: CommandRecord,
   journal: Pick<Journal, 'history'>,
 ): string {
   if (record.state !== 'dispatched' || record.seq === null) {
-    return 'nothing was written to the controller';
+    return WRITE_NOTE_BEGINNINGS[0];
   }
-  const resolve = "the operator's action wrote nothing to the controller";
+  const resolve = WRITE_NOTE_BEGINNINGS[1];
   const write = `the command's write (sequence number ${record.seq})`;
   const last = lane?.lastWrite ?? null;
   const known =

@@ -1,6 +1,7 @@
 import type { Clock } from './clock.js';
 import { AlreadySettledError, JournalUnavailableError } from './errors.js';
 import type { CommandRecord, CommandRef } from './journal.js';
+import { WRITE_NOTE_BEGINNINGS } from './operator-actions.js';
 
 /**
  * An operator's resolve as both of its doors answer it — the admin endpoint for `sluicectl`
@@ -132,15 +133,18 @@ export async function resolveAndSync(
 }
 
 /**
- * The resolve of this operator with this reason (its journaled detail begins with both), as
- * OperatorActions.resolve words it.
+ * The resolve of this operator with this reason, as OperatorActions.resolve words its detail:
+ * `resolved by <who>: <reason>; <note>`. The note is one of writeNote's: a detail that merely
+ * begins with the reason and "; " (the reason "valve closed" against an earlier "valve closed;
+ * checked") is another operator's request, refused as settled, not replayed.
  */
 function resolvedBy(record: CommandRecord, by: string, reason: string): boolean {
-  return (
-    record.code === 'RESOLVED_BY_OPERATOR' &&
-    record.detail !== null &&
-    record.detail.startsWith(`resolved by ${by}: ${reason}; `)
-  );
+  const prefix = `resolved by ${by}: ${reason}; `;
+  if (record.code !== 'RESOLVED_BY_OPERATOR' || record.detail?.startsWith(prefix) !== true) {
+    return false;
+  }
+  const note = record.detail.slice(prefix.length);
+  return WRITE_NOTE_BEGINNINGS.some((beginning) => note.startsWith(beginning));
 }
 
 /** An ALREADY_SETTLED answer that says when and how: an operator's resolve names who and why. */

@@ -147,7 +147,7 @@ describe('admin endpoint', () => {
     expect(noReason.status).toBe(400);
     const resolved = await admin('POST', '/v1/commands/stuck-1/resolve', {
       as: 'failed',
-      reason: 'valve jammed, fitter on site',
+      reason: 'valve jammed; fitter on site',
       by: 'ops@gw',
     });
     expect(resolved.status).toBe(200);
@@ -155,7 +155,7 @@ describe('admin endpoint', () => {
       state: 'failed',
       code: 'RESOLVED_BY_OPERATOR',
       detail: expect.stringContaining(
-        'resolved by ops@gw: valve jammed, fitter on site',
+        'resolved by ops@gw: valve jammed; fitter on site',
       ) as unknown,
     });
     // The resolve wrote nothing; the command's own write had reached the valve, which takes it
@@ -173,6 +173,24 @@ describe('admin endpoint', () => {
       by: 'ops@gw',
     });
     expect(again.json).toMatchObject({ code: 'ALREADY_SETTLED' });
+    // The same operator with a reason the first one merely begins with (up to its "; "): another
+    // request, refused, not taken for the same one asked again.
+    const shorter = await admin('POST', '/v1/commands/stuck-1/resolve', {
+      as: 'failed',
+      reason: 'valve jammed',
+      by: 'ops@gw',
+    });
+    expect({ status: shorter.status, json: shorter.json }).toMatchObject({
+      status: 409,
+      json: { code: 'ALREADY_SETTLED' },
+    });
+    // The very same request is: answered as the resolve it was.
+    const same = await admin('POST', '/v1/commands/stuck-1/resolve', {
+      as: 'failed',
+      reason: 'valve jammed; fitter on site',
+      by: 'ops@gw',
+    });
+    expect(same.status).toBe(200);
 
     // Freed, the valve finishes its travel; the device is free again: the next command runs.
     valve.clearFault('stuck-travel');
