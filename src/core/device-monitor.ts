@@ -11,6 +11,12 @@ export interface DeviceView {
   readonly id: string;
   readonly profile: string;
   readonly mirror: Readback | null;
+  /**
+   * How long ago the mirror's readback arrived, on the monotonic clock (SPEC §6: a duration):
+   * the wall clock's `receivedAt` would age it by a step of the gateway's clock, or, stepped
+   * back, show a device that stopped answering as read a moment ago for as long as the step.
+   */
+  readonly readbackAgeMs: number | null;
   readonly skew: SkewEstimate | null;
   /** The driver's connection: shared by every device of a Modbus PLC. */
   readonly health: DeviceHealth;
@@ -38,12 +44,13 @@ export interface DeviceView {
   } | null;
 }
 
-/** A device as its lane knows it now. */
-export function deviceView(lane: Lane, reads: DeviceReads): DeviceView {
+/** A device as its lane knows it now (`nowMono`: the monotonic clock's now). */
+export function deviceView(lane: Lane, reads: DeviceReads, nowMono: number): DeviceView {
   return {
     id: lane.binding.id,
     profile: lane.binding.profile.profile,
     mirror: lane.mirror,
+    readbackAgeMs: lane.mirror === null ? null : Math.max(0, nowMono - lane.mirror.receivedMono),
     skew: lane.skew,
     health: lane.binding.driver.health(),
     readError: lane.statusReads.current,

@@ -240,12 +240,15 @@ export class CommandPipeline {
   }
 
   devices(): DeviceView[] {
-    return [...this.lanes.values()].map((lane) => deviceView(lane, this.execution.reads));
+    const nowMono = this.clock.elapsed();
+    return [...this.lanes.values()].map((lane) => deviceView(lane, this.execution.reads, nowMono));
   }
 
   device(id: string): DeviceView | undefined {
     const lane = this.lanes.get(id);
-    return lane === undefined ? undefined : deviceView(lane, this.execution.reads);
+    return lane === undefined
+      ? undefined
+      : deviceView(lane, this.execution.reads, this.clock.elapsed());
   }
 
   /**

@@ -431,7 +431,6 @@ export class Daemon {
           ? sync.detail
           : `${sync.state} (${sync.source}${sync.offsetNs === null ? '' : `, offset ${sync.offsetNs} ns`}): ${sync.detail}${synced ? '' : `; timestamped commands ${this.config.clock.onUnsynced === 'reject' ? 'are refused CLOCK_SKEW' : 'run with a warning'}`}`,
     };
-    const now = this.clock.now();
     for (const d of this.pipeline.devices()) {
       if (d.skew !== null || d.clockOff !== null) {
         const off = d.clockOff;
@@ -444,7 +443,9 @@ export class Daemon {
               : `controller clock ${Math.round(off.offsetMs)} ms off, beyond ${off.maxMs} ms${drift}; its writes ${this.config.clock.onUnsynced === 'reject' ? 'are refused CLOCK_SKEW' : 'run with a warning'}`,
         };
       }
-      const age = d.mirror === null ? null : now - d.mirror.receivedAt;
+      // Monotonic: a gateway clock stepped back would show a device that stopped answering
+      // as read a moment ago for as long as the step.
+      const age = d.readbackAgeMs === null ? null : Math.round(d.readbackAgeMs);
       const ok = age !== null && age < READBACK_STALE_MS;
       // The device's own failing reads say why; else its connection's last error may.
       const failing =

@@ -246,9 +246,8 @@ export class Metrics {
       labelNames: ['device'],
       registers,
       collect() {
-        const now = clock.now();
         for (const d of pipeline.devices()) {
-          if (d.mirror !== null) this.set({ device: d.id }, (now - d.mirror.receivedAt) / 1000);
+          if (d.readbackAgeMs !== null) this.set({ device: d.id }, d.readbackAgeMs / 1000);
         }
       },
     });

@@ -65,14 +65,14 @@ function readErrorDocument(failure: ReadFailure | null): ReadErrorDocument | nul
       };
 }
 
-export function deviceDocument(view: DeviceView, allowed: boolean, now: number): DeviceDocument {
+export function deviceDocument(view: DeviceView, allowed: boolean): DeviceDocument {
   const m = view.mirror;
   return {
     id: view.id,
     profile: view.profile,
     allowed,
     mirror: m === null ? null : observe(m),
-    readbackAgeMs: m === null ? null : Math.max(0, Math.round(now - m.receivedAt)),
+    readbackAgeMs: view.readbackAgeMs === null ? null : Math.round(view.readbackAgeMs),
     skew:
       view.skew === null
         ? null

@@ -84,10 +84,9 @@ async function getCommand(
 
 function getDevices(options: ReadRoutesOptions, request: Request, reply: Reply): Reply {
   const identity = options.guard.caller(request);
-  const now = options.clock.now();
   const devices = options.pipeline
     .devices()
-    .map((view) => deviceDocument(view, options.identities.mayCommand(identity, view.id), now));
+    .map((view) => deviceDocument(view, options.identities.mayCommand(identity, view.id)));
   return send(reply, 200, JSON_TYPE, JSON.stringify({ devices }));
 }
 
@@ -104,11 +103,7 @@ function getDevice(
       makeProblem(404, 'UNKNOWN_DEVICE', `unknown device "${request.params.id}"`),
     );
   }
-  const body = deviceDocument(
-    view,
-    options.identities.mayCommand(identity, view.id),
-    options.clock.now(),
-  );
+  const body = deviceDocument(view, options.identities.mayCommand(identity, view.id));
   return send(reply, 200, JSON_TYPE, JSON.stringify(body));
 }
 

@@ -182,7 +182,7 @@ export class UiViews {
   }
 
   private device(view: DeviceView, allowed: boolean, now: number): UiDevice {
-    const doc = deviceDocument(view, allowed, now);
+    const doc = deviceDocument(view, allowed);
     const profile = this.o.profiles.get(view.id);
     const mirror = doc.mirror;
     const faultCode = mirror?.faultCode ?? null;

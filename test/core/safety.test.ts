@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { deviceDocument } from '../../src/intake/device-view.js';
 import { sleepFor, systemClock, type Clock } from '../../src/core/clock.js';
 import type { CommandRecord, CommandRef, Settlement } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
@@ -342,6 +343,23 @@ describe('SPEC §6: durations on a monotonic clock, controller clock steps', () 
       const r3 = await h.settled('k3');
       expect(r3, r3.detail ?? '').toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
       expect(valve.counters.writesReceived).toBe(2);
+    });
+  }
+
+  for (const step of [3_600_000, -3_600_000]) {
+    it(`a device's readback age is a duration: a wall-clock step of ${step > 0 ? '+' : '-'}1 h does not change it`, async () => {
+      const clock = new SteppingClock();
+      h = await SimHarness.start({ clock });
+      h.submit('k1', open());
+      expect((await h.settled('k1')).state).toBe('confirmed');
+      // No reads between commands (no monitor): the last readback only ages.
+      const since = performance.now();
+      clock.offset = step;
+      await new Promise((r) => setTimeout(r, 300));
+      const age = deviceDocument(h.pipeline.device('v1')!, true).readbackAgeMs;
+      // GET /v1/devices, sluicectl devices: back then it read 0 ms (-1 h, for the hour) or an hour.
+      expect(age).toBeGreaterThanOrEqual(300);
+      expect(age).toBeLessThanOrEqual(performance.now() - since + 1_000);
     });
   }
 
