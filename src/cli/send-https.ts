@@ -194,7 +194,9 @@ export async function sendHttps(target: SendTarget): Promise<Delivery> {
     httpStatus: answer.status,
     note:
       result !== null && TERMINAL.has(result.state)
-        ? null
+        ? inProgress
+          ? `this run sent nothing: key ${key} was already in flight (IN_PROGRESS), and this is the result of the command under way`
+          : null
         : `the command is journaled and ${result?.state ?? 'in flight'}; it settles on its own`,
   };
 }

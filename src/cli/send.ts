@@ -217,7 +217,8 @@ function report(ctx: CliContext, target: SendTarget, delivery: Delivery): ExitCo
     );
   } else if (settled) {
     ctx.out(
-      `${style.paint(result.state.toUpperCase(), result.state === 'confirmed' ? 'good' : 'bad')} ${how}\n`,
+      `${style.paint(result.state.toUpperCase(), result.state === 'confirmed' ? 'good' : 'bad')} ${how}` +
+        `${delivery.note === null ? '' : `: ${delivery.note}`}\n`,
     );
   } else {
     ctx.out(

@@ -113,7 +113,7 @@ beforeAll(async () => {
           devices: {
             // A stuck valve stays OPENING (no travel timeout fault within the test).
             'held-valve': { profile: 'valve', base: 0, travelMs: 300, travelTimeoutMs: 120_000 },
-            'send-valve': { profile: 'valve', base: 100, travelMs: 300 },
+            'send-valve': { profile: 'valve', base: 100, travelMs: 300, travelTimeoutMs: 120_000 },
           },
         },
       },
@@ -490,6 +490,38 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     });
     expect(valve.counters.writesReceived).toBe(before + 3);
   }, 90_000);
+
+  it("send of a key still in flight says that this run sent nothing, and gives the first one's result", async () => {
+    const valve = plant.device('send-valve');
+    const before = valve.counters.writesReceived;
+    valve.setFault({ kind: 'stuck-travel' });
+    // Whichever moves it from where it rests (the tests before may have left it either way).
+    const action = valve.snapshot().state === 'OPEN' ? 'close' : 'open';
+    const args = ['send', 'send-valve', action, '--key', 'in-flight-1', '--wait', '30s'];
+    const first = cli(...args, '--token-file', tokenFile);
+    await until(
+      () => (valve.counters.writesReceived === before + 1 ? true : undefined),
+      15_000,
+      "the first run's write",
+    );
+    const answered409 = async (): Promise<boolean> =>
+      (
+        await daemon.metrics.registry.getSingleMetricAsString('sluice_http_responses_total')
+      ).includes('status="409"');
+    expect(await answered409()).toBe(false);
+    const second = cli(...args, '--token-file', tokenFile);
+    // The second run was answered 409 IN_PROGRESS and follows the command: the valve may finish.
+    await until(async () => ((await answered409()) ? true : undefined), 15_000, 'the 409');
+    valve.clearFault('stuck-travel');
+    const [one, two] = await Promise.all([first, second]);
+    expect(one.code).toBe(0);
+    expect(one.stdout).toMatch(/^CONFIRMED over https \(HTTP 200\)\n/);
+    expect(two.code).toBe(0);
+    expect(two.stdout).toMatch(
+      /^CONFIRMED over https \(HTTP 409\): this run sent nothing: key in-flight-1 was already in flight \(IN_PROGRESS\), and this is the result of the command under way\n/,
+    );
+    expect(valve.counters.writesReceived).toBe(before + 1);
+  }, 60_000);
 
   it('says clearly when the daemon is not there', async () => {
     await daemon.stop();
