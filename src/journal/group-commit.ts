@@ -80,8 +80,16 @@ export class GroupCommit {
   private batchLost: Error | null = null;
   /** Batches committed (transactions of group commit). */
   private batches = 0;
-  /** Every commit made before this time (ms) is on disk: the last barrier's start. */
-  private syncedBefore = Number.NEGATIVE_INFINITY;
+  /** Writes made so far (wrote()): a write's number is the count after it. */
+  private writes = 0;
+  /**
+   * Every write numbered up to this is on disk: the count of writes when the latest completed
+   * barrier began (−1: no barrier yet in this process, so not even what the file held at open
+   * — frames a crashed process appended and never synced — is vouched for). Counted, not
+   * timed: a wall clock stepped back while an fdatasync ran would make a later write look
+   * older than the barrier's start.
+   */
+  private syncedThrough = -1;
   /**
    * An fdatasync of the WAL failed and the journal has not recovered since (see recover()):
    * every barrier fails until it has. Null: no failure outstanding.
@@ -109,11 +117,11 @@ export class GroupCommit {
   }
 
   /**
-   * True when a commit made at `at` (whole ms, Date.now()) is on disk: strictly before the
-   * start of a barrier that has completed means committed before it.
+   * True when the write numbered `write` (wrote()'s; 0: one made before this process opened the
+   * journal) is on disk: made before a completed barrier began.
    */
-  syncedAt(at: number): boolean {
-    return at < this.syncedBefore;
+  synced(write: number): boolean {
+    return write <= this.syncedThrough;
   }
 
   /** Durability barriers (fsyncs of group commit) completed so far (the tests count them). */
@@ -143,9 +151,13 @@ export class GroupCommit {
     this.scheduleCommit();
   }
 
-  /** A write was made (in the batch): the next barrier has something to carry to disk. */
-  wrote(): void {
+  /**
+   * A write was made (in the batch): the next barrier has something to carry to disk. Returns
+   * the write's number (see synced()).
+   */
+  wrote(): number {
     this.unsynced = true;
+    return ++this.writes;
   }
 
   /**
@@ -280,7 +292,7 @@ export class GroupCommit {
 
   /** One fdatasync of the WAL for every commit made so far (see durable()). */
   private beginSync(): Promise<void> {
-    const startedAt = Date.now();
+    const covers = this.writes;
     const failuresBefore = this.failures;
     let fd: number;
     try {
@@ -313,7 +325,7 @@ export class GroupCommit {
             return;
           }
           this.syncs++;
-          this.syncedBefore = Math.max(this.syncedBefore, startedAt);
+          this.syncedThrough = Math.max(this.syncedThrough, covers);
           resolve();
         });
       }),
@@ -389,7 +401,7 @@ export class GroupCommit {
       return Promise.reject(failed);
     }
     this.recoverAfter = now + RECOVERY_RETRY_MS;
-    const startedAt = Date.now();
+    const covers = this.writes;
     let fd: number;
     try {
       fd = rewriteWal(this.host.path);
@@ -422,7 +434,7 @@ export class GroupCommit {
             // The connection failed: its next use fails and replaces it.
           }
           this.syncs++;
-          this.syncedBefore = Math.max(this.syncedBefore, startedAt);
+          this.syncedThrough = Math.max(this.syncedThrough, covers);
           resolve();
         });
       }),

@@ -26,6 +26,13 @@ export interface SqliteJournalOptions extends ConnectionOptions {
   readonly reopenIntervalMs?: number;
 }
 
+/** How many settlements settledDurably() keeps by number before those on disk are dropped. */
+const SETTLES_PRUNE_AT = 1024;
+
+function settleId(ref: CommandRef): string {
+  return `${ref.scope}\u0000${ref.key}`;
+}
+
 /**
  * The command journal on SQLite, in WAL mode. Without `groupCommit`, synchronous=FULL: every
  * commit is on disk (fsync) before its method returns. With it (the daemon), the writes of a
@@ -44,6 +51,14 @@ export class SqliteJournal implements Journal {
   private closed = false;
   /** The batch of this turn's writes and the durability barriers (option `groupCommit`). */
   private readonly group: GroupCommit;
+  /** The number of the last write (GroupCommit.wrote()). */
+  private lastWrite = 0;
+  /**
+   * Settlements made by this process, by command: the number of the write that made each
+   * (settledDurably()). Pruned of those a barrier has covered once it holds SETTLES_PRUNE_AT.
+   */
+  private readonly settles = new Map<string, number>();
+  private settlesPruneAt = SETTLES_PRUNE_AT;
 
   static open(options: SqliteJournalOptions): SqliteJournal {
     return new SqliteJournal(options);
@@ -109,7 +124,20 @@ export class SqliteJournal implements Journal {
   }
 
   settle(ref: CommandRef, from: OpenState, settlement: Settlement): CommandRecord {
-    return this.write('settle', (c) => c.txSettle.immediate(ref, from, settlement));
+    const record = this.write('settle', (c) => c.txSettle.immediate(ref, from, settlement));
+    if (this.options.groupCommit === true) {
+      // settledDurably() goes by the write's number; a settlement a barrier has covered
+      // needs no entry (its number is at most syncedThrough, as 0 is).
+      if (this.settles.size >= this.settlesPruneAt) {
+        for (const [id, write] of this.settles)
+          if (this.group.synced(write)) this.settles.delete(id);
+        // While no barrier completes (a failed fdatasync) nothing goes: prune again only at
+        // twice the size, not at every settlement.
+        this.settlesPruneAt = Math.max(SETTLES_PRUNE_AT, 2 * this.settles.size);
+      }
+      this.settles.set(settleId(record), this.lastWrite);
+    }
+    return record;
   }
 
   note(ref: CommandRef, at: number, detail: string, intake: string): void {
@@ -203,9 +231,15 @@ export class SqliteJournal implements Journal {
     return this.group.pending;
   }
 
+  /**
+   * Whether `record`'s settlement is on disk: at once without group commit or with nothing
+   * pending; otherwise when the write that settled it (in this process; one made before it
+   * opened the journal counts as write 0) came before a barrier that has completed.
+   */
   settledDurably(record: CommandRecord): boolean {
     if (this.options.groupCommit !== true || !this.group.pending) return true;
-    return record.settledAt !== null && this.group.syncedAt(record.settledAt);
+    if (record.settledAt === null) return false;
+    return this.group.synced(this.settles.get(settleId(record)) ?? 0);
   }
 
   /** Resolves once every write made so far is on disk (GroupCommit); without group commit, at once. */
@@ -263,7 +297,7 @@ export class SqliteJournal implements Journal {
       }
       // Inside the batch, better-sqlite3 runs the write's transaction as a savepoint.
       const result = run(connection);
-      if (this.options.groupCommit === true) this.group.wrote();
+      if (this.options.groupCommit === true) this.lastWrite = this.group.wrote();
       return result;
     } catch (error) {
       // Some errors (a full disk, an I/O error) make SQLite roll the whole batch back.

@@ -2,7 +2,7 @@ import { closeSync, copyFileSync, fstatSync, openSync, statSync, writeSync } fro
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { NewCommand } from '../../src/core/journal.js';
+import type { CommandRecord, NewCommand } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { holdThreadPool } from '../helpers/thread-pool.js';
@@ -88,8 +88,74 @@ describe('group commit', () => {
     expect(journal.settledDurably(settled)).toBe(true); // nothing pending at all
     journal.claim(command('new')); // a write pending again
     expect(journal.settledDurably(settled)).toBe(true); // settled before that barrier began
-    expect(journal.settledDurably({ ...settled, settledAt: Date.now() + 1_000 })).toBe(false);
+    const later = journal.settle(journal.get({ scope: 'plant', key: 'new' })!, 'accepted', {
+      to: 'rejected',
+      code: 'STALE_COMMAND',
+      faultCode: null,
+      observed: null,
+      detail: 'test',
+      at: Date.now(),
+      intake: 'test',
+    });
+    expect(journal.settledDurably(later)).toBe(false); // settled after it
     expect(open(false).journal.settledDurably(settled)).toBe(true); // no group commit
+  });
+
+  it('a settlement made while a barrier runs is not vouched for by it, whatever its time says (the wall clock stepped back)', async () => {
+    const { journal } = open(true);
+    const claimed = journal.claim(command('stepped')).record;
+    // The claim's barrier: its fdatasync is queued behind the held pool and cannot return yet.
+    const pool = holdThreadPool();
+    let first: Promise<void>;
+    let settled: CommandRecord;
+    try {
+      first = journal.durable();
+      await new Promise((resolve) => setImmediate(resolve));
+      // The gateway's wall clock steps back ten seconds while it runs: the settlement's time
+      // lies before the barrier began, though it was written after.
+      settled = journal.settle(claimed, 'accepted', {
+        to: 'rejected',
+        code: 'STALE_COMMAND',
+        faultCode: null,
+        observed: null,
+        detail: 'test',
+        at: Date.now() - 10_000,
+        intake: 'test',
+      });
+    } finally {
+      await pool.release();
+    }
+    await first;
+    expect(journal.syncPending).toBe(true);
+    // Not on disk: that barrier began before it was written, whatever settledAt says.
+    expect(journal.settledDurably(settled)).toBe(false);
+    await journal.durable();
+    expect(journal.settledDurably(settled)).toBe(true);
+  });
+
+  it('what the file held when it was opened is vouched for only once a barrier of this process has run', async () => {
+    const { journal, path } = open(true);
+    const claimed = journal.claim(command('before'));
+    const settled = journal.settle(claimed.record, 'accepted', {
+      to: 'rejected',
+      code: 'STALE_COMMAND',
+      faultCode: null,
+      observed: null,
+      detail: 'test',
+      at: Date.now(),
+      intake: 'test',
+    });
+    await journal.durable();
+    journal.close();
+    const again = SqliteJournal.open({ path, groupCommit: true });
+    cleanups.unshift(() => {
+      again.close();
+    });
+    again.claim(command('after')); // a write pending: nothing synced by this process yet
+    // As a crashed process may have left it: appended to the WAL, not known to be synced.
+    expect(again.settledDurably(settled)).toBe(false);
+    await again.durable();
+    expect(again.settledDurably(settled)).toBe(true);
   });
 
   it('commits with synchronous=NORMAL between barriers and FULL without the option', () => {
