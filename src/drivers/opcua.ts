@@ -421,6 +421,30 @@ export class OpcuaEndpoint {
       : new DeviceUnreachableError(message, { cause: error });
   }
 
+  /**
+   * Gives `client` up (its reconnection included) and lets the next request start a new one
+   * after the backoff. Nothing is in flight on it: requests are refused while its link is down.
+   */
+  private abandon(client: OPCUAClient, reason: string): void {
+    if (this.client !== client || this.closed) return;
+    const session = this.session;
+    this.client = null;
+    this.session = null;
+    this.starting = null;
+    this.epoch++;
+    this.linkUp = false;
+    this.health.disconnected();
+    this.health.error(`${this.name}: ${reason}`);
+    this.backoff.failed(this.o.clock.now());
+    this.log.warn({ reason }, 'opc ua reconnection given up; a new connection follows the backoff');
+    void (async () => {
+      if (session !== null) {
+        await withTimeout(session.close(), 2000, 'session close').catch(() => undefined);
+      }
+      await withTimeout(client.disconnect(), 2000, 'disconnect').catch(() => undefined);
+    })();
+  }
+
   private async connect(): Promise<void> {
     // What the certificate check refused during this attempt, if anything.
     const check: { refused: CertificateRefusal | null } = { refused: null };
@@ -464,6 +488,22 @@ export class OpcuaEndpoint {
     });
     client.on('backoff', (count: number, delay: number) => {
       this.health.error(`${this.name}: connection attempt ${count} failed; next in ${delay} ms`);
+    });
+    // node-opcua retries a reconnection that failed past the TCP connect (the server's
+    // certificate refused, the server closing the channel at once while it boots) at once, on
+    // the next turn of the event loop, without its backoff and without a word: measured, a
+    // thousand attempts a second and the CPU taken for as long as it lasts. Such a client is
+    // given up, and the endpoint starts over with a new one at its own backoff's pace, saying
+    // why (a new session: the server lost the old one, or will let it time out).
+    client.on('reconnection_attempt_has_failed', (error: Error) => {
+      const refusal = check.refused;
+      check.refused = null;
+      this.abandon(
+        client,
+        refusal === null
+          ? `reconnection failed: ${describeError(error)}`
+          : describeRefusal(refusal, this.o.endpointUrl, this.o.pki.dir),
+      );
     });
     let session: ClientSession | null = null;
     this.log.debug({ endpointUrl: this.o.endpointUrl }, 'opc ua connecting');

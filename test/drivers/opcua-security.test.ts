@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, renameSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync } from 'node:fs';
 import { OPCUACertificateManager } from 'node-opcua';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,8 +7,9 @@ import type { DeviceDriver } from '../../src/core/driver.js';
 import { pino } from 'pino';
 import { silentLogger } from '../../src/core/logger.js';
 import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/inventory.js';
-import { startPlant, type Plant } from '../../simulators/plant.js';
+import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
+import { TcpLink } from '../helpers/tcp-link.js';
 
 /**
  * OPC UA message security: Sign and SignAndEncrypt work, and a server certificate the gateway
@@ -208,4 +209,100 @@ describe('OPC UA server certificate outside its validity period', () => {
     expect(refusal).toMatch(/is refused: it is not valid before \d{4}-\d\d-\d\dT/);
     expect(refusal).toMatch(/set the PLC's or the gateway's clock right/);
   }, 45_000);
+});
+
+/**
+ * A PLC that restarts with another certificate (a firmware update, a new PKI): node-opcua's
+ * reconnection retries a refused certificate at once, without its backoff.
+ */
+describe('OPC UA server back with a certificate the gateway does not trust', () => {
+  it('says so, retries at the backoff pace, and connects once an operator trusts it', async () => {
+    const plantConfig = (port: number): PlantInput => ({
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        ua: {
+          protocol: 'opcua',
+          host: '127.0.0.1',
+          port,
+          securityModes: ['None', 'SignAndEncrypt'],
+          devices: { 'ua-valve': { profile: 'valve' } },
+        },
+      },
+    });
+    const first = tempDir('sluice-sim-pki-');
+    const second = tempDir('sluice-sim-pki-');
+    cleanups.push(first.cleanup, second.cleanup);
+    let p = await startPlant(plantConfig(0), {
+      ephemeralPorts: true,
+      control: false,
+      pkiDir: first.dir,
+    });
+    const stopPlant = () => p.stop();
+    cleanups.push(() => stopPlant());
+    const e = p.plc('ua').endpoint;
+    if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+    const port = Number(new URL(e.endpointUrl).port);
+    // The gateway reaches the PLC through a link that counts its connections.
+    const link = await TcpLink.open({ host: '127.0.0.1', port });
+    cleanups.push(() => link.close());
+    const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
+    cleanups.push(cleanup);
+    // The operator trusted the PLC's first certificate.
+    const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+    mkdirSync(trusted, { recursive: true });
+    copyFileSync(
+      join(first.dir, 'ua', 'pki', 'own', 'certs', 'certificate.pem'),
+      join(trusted, 'first.pem'),
+    );
+    const d = await buildDrivers({
+      inventory: {
+        plcs: {
+          ua: {
+            protocol: 'opcua',
+            endpointUrl: `opc.tcp://127.0.0.1:${link.port}`,
+            namespaceUri: e.namespaceUri,
+            securityMode: 'SignAndEncrypt',
+            securityPolicy: 'Basic256Sha256',
+            requestTimeoutMs: 2000,
+          },
+        },
+        devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
+      },
+      profiles: PROFILES,
+      pkiDir,
+      acceptUnknownCertificates: false,
+      clock: systemClock,
+      logger: silentLogger,
+    });
+    cleanups.push(() => d.close());
+    d.start();
+    const driver = d.bindings[0]!.driver;
+    expect(await readWithin(driver, 20_000)).not.toBeNull();
+
+    // The PLC restarts on the same port with a new certificate.
+    await p.stop();
+    p = await startPlant(plantConfig(port), { control: false, pkiDir: second.dir });
+
+    // The reason reaches the device's health (and /readyz): the certificate is not trusted.
+    const end = Date.now() + 20_000;
+    while (!/is not trusted: it was put in/.test(driver.health().lastError ?? '')) {
+      if (Date.now() > end) throw new Error(`no refusal: ${driver.health().lastError}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // Later attempts follow the backoff (0.5 s, then doubling), not one at once after another:
+    // the next three connections through the link (one an attempt) take more than a second,
+    // reads asking for the connection all the while.
+    const from = link.accepted;
+    const since = Date.now();
+    while (link.accepted < from + 3) {
+      await driver.read().catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(Date.now() - since).toBeGreaterThan(1_000);
+
+    // The operator trusts the new certificate: the gateway connects.
+    const rejected = join(pkiDir, 'client', 'rejected');
+    for (const cert of readdirSync(rejected)) renameSync(join(rejected, cert), join(trusted, cert));
+    expect(await readWithin(driver, 30_000)).toBe('CLOSED');
+  }, 90_000);
 });
