@@ -102,6 +102,22 @@ export function checkInventory(
     end: number;
   }[] = [];
   const objects = new Map<string, { id: string; plc: string }>();
+  // OPC UA message security is a mode and a policy together: one without the other is no
+  // endpoint a server offers, and would be found only at the first connect, then retried for
+  // ever ("Cannot find an Endpoint matching security mode: 3 policy: …#None").
+  for (const [name, plc] of Object.entries(inventory.plcs)) {
+    if (plc.protocol !== 'opcua') continue;
+    if (plc.securityMode !== 'None' && plc.securityPolicy === 'None') {
+      errors.push(
+        `plcs.${name}.securityPolicy: securityMode ${plc.securityMode} needs a policy (Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss); None goes with securityMode None only`,
+      );
+    }
+    if (plc.securityMode === 'None' && plc.securityPolicy !== 'None') {
+      errors.push(
+        `plcs.${name}.securityMode: securityPolicy ${plc.securityPolicy} needs securityMode Sign or SignAndEncrypt; with None nothing is signed or encrypted`,
+      );
+    }
+  }
   for (const [id, device] of Object.entries(inventory.devices)) {
     const plc = inventory.plcs[device.plc];
     const profile = profiles.get(device.profile);

@@ -27,6 +27,27 @@ describe('device inventory', () => {
     ]);
   });
 
+  it('an OPC UA security mode without a policy, or a policy without a mode', () => {
+    const ua = {
+      protocol: 'opcua',
+      endpointUrl: 'opc.tcp://127.0.0.1:4840',
+      namespaceUri: 'urn:x',
+    };
+    const inventory = inventorySchema.parse({
+      plcs: {
+        a: { ...ua, securityMode: 'SignAndEncrypt' },
+        b: { ...ua, securityPolicy: 'Basic256Sha256' },
+        c: { ...ua, securityMode: 'Sign', securityPolicy: 'Basic256Sha256' },
+        d: ua,
+      },
+      devices: {},
+    });
+    expect(checkInventory(inventory, PROFILES)).toEqual([
+      'plcs.a.securityPolicy: securityMode SignAndEncrypt needs a policy (Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss); None goes with securityMode None only',
+      'plcs.b.securityMode: securityPolicy Basic256Sha256 needs securityMode Sign or SignAndEncrypt; with None nothing is signed or encrypted',
+    ]);
+  });
+
   it('a base that pushes a field past register 65535', () => {
     const inventory = inventorySchema.parse({
       plcs: { p: plc },
