@@ -102,6 +102,7 @@ export class MqttSession {
   private awaitingConnack = false;
   /** The broker's Maximum Packet Size (MQTT 5 CONNACK), when it gave one. */
   private brokerMaxPacket: number | undefined;
+  /** When the connection came up, on the monotonic clock (clock.elapsed()); null: not connected. */
   private connectedAt: number | null = null;
   private subscribed = false;
   /** Filters unsubscribed on the current connection (see unsubscribeFormer). */
@@ -361,7 +362,8 @@ export class MqttSession {
   private onConnect(client: MqttClient, connack: IConnackPacket, events: SessionEvents): void {
     this.awaitingConnack = false;
     if (this.isEnded) return;
-    this.connectedAt = this.clock.now();
+    // A duration follows (a stable connection?): the monotonic clock, which never steps.
+    this.connectedAt = this.clock.elapsed();
     this.brokerMaxPacket = this.level === 5 ? connack.properties?.maximumPacketSize : undefined;
     this.errorStreak = 0;
     this.error = null;
@@ -407,7 +409,7 @@ export class MqttSession {
   }
 
   private onClose(client: MqttClient): void {
-    const now = this.clock.now();
+    const now = this.clock.elapsed();
     const wasConnected = this.connectedAt !== null;
     const stable =
       this.connectedAt !== null &&
