@@ -474,19 +474,25 @@ export class OpcuaEndpoint {
       },
     });
     this.client = client;
+    // Only the endpoint's current client speaks for its link: one given up (abandon, a failed
+    // attempt) may still emit while it closes, and must not take down its successor's.
+    const current = (): boolean => this.client === client;
     client.on('connection_lost', () => {
+      if (!current()) return;
       this.epoch++;
       this.linkUp = false;
       this.health.disconnected();
       this.log.warn({}, 'opc ua connection lost; reconnecting');
     });
     client.on('connection_reestablished', () => {
+      if (!current()) return;
       this.epoch++;
       this.linkUp = true;
       this.health.connected();
       this.log.info({}, 'opc ua connection re-established');
     });
     client.on('backoff', (count: number, delay: number) => {
+      if (!current()) return;
       this.health.error(`${this.name}: connection attempt ${count} failed; next in ${delay} ms`);
     });
     // node-opcua retries a reconnection that failed past the TCP connect (the server's
