@@ -300,7 +300,9 @@ export class OpcuaEndpoint {
 
   /** Starts connecting in the background; requests fail fast until the session is up. */
   start(): void {
-    if (this.closed || this.backoff.remaining(this.o.clock.now()) > 0) return;
+    // Monotonic (SPEC §6: durations): a gateway clock stepped back an hour after a failed
+    // attempt would otherwise hold every next one for that hour.
+    if (this.closed || this.backoff.remaining(this.o.clock.elapsed()) > 0) return;
     this.starting ??= this.connect().catch((error: unknown) => {
       this.health.error(`${this.name}: ${describeError(error)}`);
       this.log.warn({ err: error }, 'opc ua connection failed');
@@ -435,7 +437,7 @@ export class OpcuaEndpoint {
     this.linkUp = false;
     this.health.disconnected();
     this.health.error(`${this.name}: ${reason}`);
-    this.backoff.failed(this.o.clock.now());
+    this.backoff.failed(this.o.clock.elapsed());
     this.log.warn({ reason }, 'opc ua reconnection given up; a new connection follows the backoff');
     void (async () => {
       if (session !== null) {
@@ -532,7 +534,7 @@ export class OpcuaEndpoint {
         await withTimeout(session.close(), 2000, 'session close').catch(() => undefined);
       }
       await withTimeout(client.disconnect(), 2000, 'disconnect').catch(() => undefined);
-      this.backoff.failed(this.o.clock.now());
+      this.backoff.failed(this.o.clock.elapsed());
       // node-opcua says only "server Certificate verification failed with err <status>".
       if (check.refused !== null) {
         throw new Error(describeRefusal(check.refused, this.o.endpointUrl, this.o.pki.dir), {

@@ -209,6 +209,55 @@ describe('OPC UA server certificate outside its validity period', () => {
     expect(refusal).toMatch(/is refused: it is not valid before \d{4}-\d\d-\d\dT/);
     expect(refusal).toMatch(/set the PLC's or the gateway's clock right/);
   }, 45_000);
+
+  it('a gateway clock stepped back an hour after a refused attempt does not hold the next one', async () => {
+    // The backoff is a duration (SPEC §6): on the wall clock, the step made it an hour long.
+    const stepped = { ...systemClock, offset: 0, now: () => Date.now() + stepped.offset };
+    // A certificate valid since yesterday: the step back leaves it valid.
+    const p = await plantWithCertificate(new Date(Date.now() - DAY));
+    const e = p.plc('ua').endpoint;
+    if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+    const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
+    cleanups.push(cleanup);
+    const d = await buildDrivers({
+      inventory: {
+        plcs: {
+          ua: {
+            protocol: 'opcua',
+            endpointUrl: e.endpointUrl,
+            namespaceUri: e.namespaceUri,
+            securityMode: 'SignAndEncrypt',
+            securityPolicy: 'Basic256Sha256',
+            requestTimeoutMs: 2000,
+          },
+        },
+        devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
+      },
+      profiles: PROFILES,
+      pkiDir,
+      acceptUnknownCertificates: false,
+      clock: stepped,
+      logger: silentLogger,
+    });
+    cleanups.push(() => d.close());
+    d.start();
+    const driver = d.bindings[0]!.driver;
+    // The PLC's certificate is not trusted yet: an attempt fails, and the backoff holds the next.
+    const end = Date.now() + 15_000;
+    while (!/is not trusted: it was put in/.test(driver.health().lastError ?? '')) {
+      if (Date.now() > end) throw new Error(`no refusal: ${driver.health().lastError}`);
+      await driver.read().catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // The gateway's clock steps back an hour; the operator trusts the certificate.
+    stepped.offset = -3_600_000;
+    const rejected = join(pkiDir, 'client', 'rejected');
+    const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+    mkdirSync(trusted, { recursive: true });
+    for (const cert of readdirSync(rejected)) renameSync(join(rejected, cert), join(trusted, cert));
+    // Within the backoff's steps (0.5 s doubling), not an hour, the gateway connects.
+    expect(await readWithin(driver, 20_000)).not.toBeNull();
+  }, 45_000);
 });
 
 /**
