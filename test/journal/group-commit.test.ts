@@ -2,7 +2,7 @@ import { closeSync, copyFileSync, fstatSync, openSync, statSync, writeSync } fro
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { CommandRecord, NewCommand } from '../../src/core/journal.js';
+import type { CommandRecord, NewCommand, Settlement } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { holdThreadPool } from '../helpers/thread-pool.js';
@@ -33,6 +33,19 @@ function command(key: string): NewCommand {
     deadline: now + 30_000,
     intake: 'test',
     acceptedAt: now,
+  };
+}
+
+/** A settlement (rejected STALE_COMMAND) made at `at`. */
+function stale(at: number): Settlement {
+  return {
+    to: 'rejected',
+    code: 'STALE_COMMAND',
+    faultCode: null,
+    observed: null,
+    detail: 'test',
+    at,
+    intake: 'test',
   };
 }
 
@@ -74,29 +87,17 @@ describe('group commit', () => {
   it('a settlement committed before the last barrier counts as durable, a later one does not', async () => {
     const { journal } = open(true);
     const claimed = journal.claim(command('old')).record;
-    const settled = journal.settle(claimed, 'accepted', {
-      to: 'rejected',
-      code: 'STALE_COMMAND',
-      faultCode: null,
-      observed: null,
-      detail: 'test',
-      at: Date.now() - 5,
-      intake: 'test',
-    });
+    const settled = journal.settle(claimed, 'accepted', stale(Date.now() - 5));
     expect(journal.settledDurably(settled)).toBe(false); // its barrier has not run
     await journal.durable();
     expect(journal.settledDurably(settled)).toBe(true); // nothing pending at all
     journal.claim(command('new')); // a write pending again
     expect(journal.settledDurably(settled)).toBe(true); // settled before that barrier began
-    const later = journal.settle(journal.get({ scope: 'plant', key: 'new' })!, 'accepted', {
-      to: 'rejected',
-      code: 'STALE_COMMAND',
-      faultCode: null,
-      observed: null,
-      detail: 'test',
-      at: Date.now(),
-      intake: 'test',
-    });
+    const later = journal.settle(
+      journal.get({ scope: 'plant', key: 'new' })!,
+      'accepted',
+      stale(Date.now()),
+    );
     expect(journal.settledDurably(later)).toBe(false); // settled after it
     expect(open(false).journal.settledDurably(settled)).toBe(true); // no group commit
   });
@@ -113,15 +114,7 @@ describe('group commit', () => {
       await new Promise((resolve) => setImmediate(resolve));
       // The gateway's wall clock steps back ten seconds while it runs: the settlement's time
       // lies before the barrier began, though it was written after.
-      settled = journal.settle(claimed, 'accepted', {
-        to: 'rejected',
-        code: 'STALE_COMMAND',
-        faultCode: null,
-        observed: null,
-        detail: 'test',
-        at: Date.now() - 10_000,
-        intake: 'test',
-      });
+      settled = journal.settle(claimed, 'accepted', stale(Date.now() - 10_000));
     } finally {
       await pool.release();
     }
@@ -136,15 +129,7 @@ describe('group commit', () => {
   it('what the file held when it was opened is vouched for only once a barrier of this process has run', async () => {
     const { journal, path } = open(true);
     const claimed = journal.claim(command('before'));
-    const settled = journal.settle(claimed.record, 'accepted', {
-      to: 'rejected',
-      code: 'STALE_COMMAND',
-      faultCode: null,
-      observed: null,
-      detail: 'test',
-      at: Date.now(),
-      intake: 'test',
-    });
+    const settled = journal.settle(claimed.record, 'accepted', stale(Date.now()));
     await journal.durable();
     journal.close();
     const again = SqliteJournal.open({ path, groupCommit: true });
@@ -195,15 +180,7 @@ describe('group commit', () => {
     journal.claim(command('kept-1'));
     // Settling a command that is not there fails inside the batch (its savepoint rolls back).
     expect(() =>
-      journal.settle({ scope: 'plant', key: 'missing' }, 'accepted', {
-        to: 'rejected',
-        code: 'STALE_COMMAND',
-        faultCode: null,
-        observed: null,
-        detail: 'test',
-        at: Date.now(),
-        intake: 'test',
-      }),
+      journal.settle({ scope: 'plant', key: 'missing' }, 'accepted', stale(Date.now())),
     ).toThrow(/command missing is missing/);
     journal.claim(command('kept-2'));
     await journal.durable();
