@@ -3,7 +3,6 @@ import { chmodSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from '
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { generate } from 'selfsigned';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
@@ -11,6 +10,7 @@ import { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { seedOrphan } from '../helpers/daemon-site.js';
+import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import {
   freePort,
@@ -149,13 +149,7 @@ beforeAll(async () => {
     { ephemeralPorts: true, control: false },
   );
   broker = await startMosquitto();
-  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
-    keyType: 'ec',
-    curve: 'P-256',
-    extensions: [{ name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }] }],
-  });
-  writeFileSync(join(dir, 'cert.pem'), pems.cert);
-  writeFileSync(join(dir, 'key.pem'), pems.private);
+  await loopbackCertificate(dir);
   writeFileSync(join(dir, 'token'), `${TOKEN}\n`, { mode: 0o600 });
   // The shipped profiles, with a confirm timeout that leaves held-1 open while it is looked at.
   const profilesDir = join(dir, 'profiles');
