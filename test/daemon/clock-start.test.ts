@@ -7,7 +7,8 @@ import { loadConfig, type SluiceConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import { startPlant, type Plant } from '../../simulators/plant.js';
+import type { Plant } from '../../simulators/plant.js';
+import { startModbusPlant } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import {
@@ -44,23 +45,10 @@ beforeAll(async () => {
   cleanup = temp.cleanup;
   lab = await startPtpLab();
   broker = await startMosquitto();
-  plant = await startPlant(
-    {
-      control: { host: '127.0.0.1', port: 0 },
-      plcs: {
-        mb: {
-          protocol: 'modbus',
-          host: '127.0.0.1',
-          port: 0,
-          devices: {
-            'inlet-valve': { profile: 'valve', base: 0, travelMs: 200 },
-            'outlet-valve': { profile: 'valve', base: 20, travelMs: 200 },
-          },
-        },
-      },
-    },
-    { ephemeralPorts: true, control: false },
-  );
+  plant = await startModbusPlant({
+    'inlet-valve': { profile: 'valve', base: 0, travelMs: 200 },
+    'outlet-valve': { profile: 'valve', base: 20, travelMs: 200 },
+  });
   await loopbackCertificate(temp.dir);
   const inventory = inventoryFor(plant);
   const configPath = join(temp.dir, 'sluice.yaml');

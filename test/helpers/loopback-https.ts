@@ -27,6 +27,11 @@ export interface HttpsAnswer {
   json(): Record<string, unknown>;
 }
 
+/** A request body sent as written, not through JSON.stringify (which turns -0 into 0). */
+export class RawJson {
+  constructor(readonly text: string) {}
+}
+
 /** One request with a bearer token; a JSON body when `body` is given. */
 export function httpsRequest(
   target: { readonly port: number; readonly ca: string; readonly token: string },
@@ -62,7 +67,7 @@ export function httpsRequest(
     req.once('error', reject);
     if (body !== undefined) {
       req.setHeader('content-type', 'application/json');
-      req.end(JSON.stringify(body));
+      req.end(body instanceof RawJson ? body.text : JSON.stringify(body));
     } else req.end();
   });
 }

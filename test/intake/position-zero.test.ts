@@ -1,4 +1,3 @@
-import { request } from 'node:https';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -9,7 +8,7 @@ import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { loopbackCertificate } from '../helpers/loopback-https.js';
+import { httpsRequest, loopbackCertificate, RawJson } from '../helpers/loopback-https.js';
 import {
   mosquittoAvailable,
   startMosquitto,
@@ -39,40 +38,19 @@ describe.runIf(real)('a move to position -0', () => {
   const cleanups: (() => Promise<void> | void)[] = [];
 
   /** A POST with the body exactly as written (JSON.stringify would turn -0 into 0). */
-  const post = (
+  const post = async (
     key: string,
     body: string,
-  ): Promise<{ status: number; json: Record<string, unknown> }> =>
-    new Promise((resolve, reject) => {
-      const req = request(
-        {
-          host: '127.0.0.1',
-          port: daemon.https!.port,
-          method: 'POST',
-          path: '/v1/commands',
-          ca: cert,
-          headers: {
-            authorization: `Bearer ${TOKEN}`,
-            'content-type': 'application/json',
-            'idempotency-key': key,
-            prefer: 'wait=15',
-          },
-        },
-        (res) => {
-          let text = '';
-          res.setEncoding('utf8');
-          res.on('data', (c: string) => (text += c));
-          res.on('end', () => {
-            resolve({
-              status: res.statusCode ?? 0,
-              json: JSON.parse(text) as Record<string, unknown>,
-            });
-          });
-        },
-      );
-      req.once('error', reject);
-      req.end(body);
-    });
+  ): Promise<{ status: number; json: Record<string, unknown> }> => {
+    const answer = await httpsRequest(
+      { port: daemon.https!.port, ca: cert, token: TOKEN },
+      'POST',
+      '/v1/commands',
+      { 'idempotency-key': key, prefer: 'wait=15' },
+      new RawJson(body),
+    );
+    return { status: answer.status, json: answer.json() };
+  };
 
   beforeAll(async () => {
     broker = await startMosquitto();
