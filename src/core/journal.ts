@@ -27,6 +27,11 @@ export interface CommandRef {
   readonly key: string;
 }
 
+/** A command's identity as a map key: its scope and its key. */
+export function refId(ref: CommandRef): string {
+  return `${ref.scope}\u0000${ref.key}`;
+}
+
 /** An open command as the sweep needs it: which, on which device, in which state, doing what. */
 export interface OpenRef extends CommandRef {
   readonly device: string;

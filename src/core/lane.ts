@@ -189,10 +189,7 @@ export function settledMeanwhile(
   return true;
 }
 
-/** A command's identity as a map key: its scope and its key. */
-export function refId(ref: CommandRef): string {
-  return `${ref.scope}\u0000${ref.key}`;
-}
+export { refId } from './journal.js';
 
 /** The logger of one command's lines: every line carries its key and device (and scope). */
 export function commandLogger(logger: Logger, record: CommandRecord): Logger {

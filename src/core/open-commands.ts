@@ -1,5 +1,5 @@
 import { isTerminal, type OpenState } from './command.js';
-import type { CommandRecord, CommandRef, JournalEvent } from './journal.js';
+import { refId, type CommandRecord, type CommandRef, type JournalEvent } from './journal.js';
 
 /**
  * The open (non-terminal) commands at a glance, for `/metrics`, `/readyz`, `sluicectl stuck` and
@@ -162,7 +162,7 @@ export function summarizeOpen(
     }
     if (now <= bound) continue;
     if (timeout !== undefined) {
-      const id = `${r.scope}\0${r.key}`;
+      const id = refId(r);
       for (const w of windowsOf(r.device, timeout)) {
         if (w.notFor === id || w.until <= bound) continue;
         bound = w.until;
@@ -226,7 +226,7 @@ function settlingWindow(
     const until = stop.deadline + timeout + readMs;
     return {
       until,
-      notFor: `${stop.scope}\0${stop.key}`,
+      notFor: refId(stop),
       reason: (key) =>
         its(
           key,

@@ -1,4 +1,4 @@
-import type { CommandRef } from '../core/journal.js';
+import { refId, type CommandRef } from '../core/journal.js';
 
 /** Where an MQTT 5 requester asked for its answer: Response Topic and Correlation Data. */
 export interface ResponseRoute {
@@ -55,8 +55,4 @@ export class ResponseRoutes {
   get size(): number {
     return this.routes.size;
   }
-}
-
-function refId(ref: CommandRef): string {
-  return `${ref.scope}\u0000${ref.key}`;
 }

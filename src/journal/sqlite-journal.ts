@@ -1,17 +1,18 @@
 import { JournalConflictError, JournalUnavailableError } from '../core/errors.js';
-import type {
-  Claim,
-  CommandRecord,
-  CommandRef,
-  Journal,
-  JournalEvent,
-  ListFilter,
-  NewCommand,
-  Observation,
-  OpenRef,
-  Rejection,
-  SeqAllocator,
-  Settlement,
+import {
+  refId,
+  type Claim,
+  type CommandRecord,
+  type CommandRef,
+  type Journal,
+  type JournalEvent,
+  type ListFilter,
+  type NewCommand,
+  type Observation,
+  type OpenRef,
+  type Rejection,
+  type SeqAllocator,
+  type Settlement,
 } from '../core/journal.js';
 import type { CommandState, OpenState } from '../core/command.js';
 import { openConnection, type Connection, type ConnectionOptions } from './connection.js';
@@ -28,10 +29,6 @@ export interface SqliteJournalOptions extends ConnectionOptions {
 
 /** How many settlements settledDurably() keeps by number before those on disk are dropped. */
 const SETTLES_PRUNE_AT = 1024;
-
-function settleId(ref: CommandRef): string {
-  return `${ref.scope}\u0000${ref.key}`;
-}
 
 /**
  * The command journal on SQLite, in WAL mode. Without `groupCommit`, synchronous=FULL: every
@@ -135,7 +132,7 @@ export class SqliteJournal implements Journal {
         // twice the size, not at every settlement.
         this.settlesPruneAt = Math.max(SETTLES_PRUNE_AT, 2 * this.settles.size);
       }
-      this.settles.set(settleId(record), this.lastWrite);
+      this.settles.set(refId(record), this.lastWrite);
     }
     return record;
   }
@@ -239,7 +236,7 @@ export class SqliteJournal implements Journal {
   settledDurably(record: CommandRecord): boolean {
     if (this.options.groupCommit !== true || !this.group.pending) return true;
     if (record.settledAt === null) return false;
-    return this.group.synced(this.settles.get(settleId(record)) ?? 0);
+    return this.group.synced(this.settles.get(refId(record)) ?? 0);
   }
 
   /** Resolves once every write made so far is on disk (GroupCommit); without group commit, at once. */

@@ -1,4 +1,4 @@
-import type { CommandRecord, CommandRef, JournalEvent } from '../core/journal.js';
+import { refId, type CommandRecord, type CommandRef, type JournalEvent } from '../core/journal.js';
 import { summarizeOpen, type StuckJournal } from '../core/open-commands.js';
 
 /**
@@ -45,7 +45,7 @@ export function stuckItems(
 ): StuckItem[] {
   const histories = new Map<string, readonly JournalEvent[]>();
   const historyOf = (r: CommandRef): readonly JournalEvent[] => {
-    const id = `${r.scope}\0${r.key}`;
+    const id = refId(r);
     let events = histories.get(id);
     if (events === undefined) {
       events = journal.history(r);
@@ -57,12 +57,12 @@ export function stuckItems(
     summarizeOpen(open, now, {
       confirmTimeoutMs: confirmTimeouts,
       journal: { history: historyOf, stopsAfter: (r, limit) => journal.stopsAfter(r, limit) },
-    }).stuck.map((s) => [`${s.scope}\0${s.key}`, s]),
+    }).stuck.map((s) => [refId(s), s]),
   );
   return open
     .filter((r) => listed(r) && now - r.acceptedAt >= olderThanMs)
     .map((r) => {
-      const late = stuck.get(`${r.scope}\0${r.key}`) ?? null;
+      const late = stuck.get(refId(r)) ?? null;
       const event = historyOf(r).at(-1);
       return {
         key: r.key,
