@@ -31,7 +31,16 @@ export class Preemption {
     const target = lane.inFlight ?? lane.unresolved;
     const ahead = lane.queue.splice(0, lane.queue.length);
     if (target === null && ahead.length === 0) return;
-    for (const ref of ahead) this.supersede(lane, ref, stop, log);
+    for (const ref of ahead) {
+      // A stop still waiting to run (a second stop came before the first was taken) is not
+      // superseded: it queues ahead of this one, as a stop in flight does. The first stop is
+      // the one that preempted the command in flight (lane.interrupted), and that command is
+      // judged again only once that stop is terminal (afterStop): superseded, it never ran,
+      // and the preempted command stayed `dispatched` with its device held for good — every
+      // later command went past it, and no later stop could preempt travel.
+      if (this.host.journal.get(ref)?.action === 'stop') lane.queue.push(ref);
+      else this.supersede(lane, ref, stop, log);
+    }
     if (target === null || lane.interrupted !== null) return;
     const current = this.host.journal.get(target);
     if (current === undefined || isTerminal(current.state) || current.action === 'stop') return;

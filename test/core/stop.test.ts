@@ -190,6 +190,59 @@ describe('stop preempts travel', () => {
     });
   }
 
+  // A stop pressed twice (two operators, a retry under a new key): the second comes while the
+  // first still waits for its worker. The first stop is not superseded by the second: it runs,
+  // the travel stops, the open is judged INTERRUPTED, and the second is a no-op after it.
+  for (const crash of [false, true]) {
+    it(`a second stop before the first ran: both run, the open is interrupted${crash ? ', also when both are taken up after a crash' : ''}; the device keeps taking stops`, async () => {
+      h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
+      const valve = h.device('v1');
+      h.submit('a', { device: 'v1', action: 'open' });
+      h.submit('b', { device: 'v1', action: 'close' });
+      await stopAtAbout(h, 'v1', 30);
+      // In one step: the first stop is still queued when the second is accepted.
+      h.submit('s1', { device: 'v1', action: 'stop' });
+      h.submit('c', { device: 'v1', action: 'close' });
+      h.submit('s2', { device: 'v1', action: 'stop' });
+      if (crash) {
+        await h.crash();
+        expect(valve.counters.writesReceived).toBe(1);
+        await h.restart();
+      }
+      const [a, b, s1, c, s2] = [
+        await h.settled('a'),
+        await h.settled('b'),
+        await h.settled('s1'),
+        await h.settled('c'),
+        await h.settled('s2'),
+      ];
+      expect(s1).toMatchObject({ state: 'confirmed', code: 'OK' });
+      expect(s1.observed?.state).toBe('STOPPED');
+      expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+      expect(a.detail).toMatch(/^stopped by s1 at \d+(\.\d)? %/);
+      expect(b).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', seq: null });
+      expect(b.detail).toMatch(/superseded by the stop s1/);
+      // Accepted after the first stop and before the second, never written: the second's.
+      expect(c).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', seq: null });
+      expect(c.detail).toMatch(/superseded by the stop s2/);
+      expect(s2).toMatchObject({ state: 'confirmed', seq: null });
+      expect(s2.detail).toMatch(/no-op/);
+      // Ground truth: the open and the first stop, once each; the valve rests mid-travel.
+      expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s1.seq]);
+      expect(valve.snapshot().state).toBe('STOPPED');
+      // The device is free again, and a stop still preempts its travel.
+      h.submit('d', { device: 'v1', action: 'close' });
+      await h.until(() => valve.snapshot().state === 'CLOSING', 5_000, 'closing');
+      h.submit('s3', { device: 'v1', action: 'stop' });
+      const [d, s3] = [await h.settled('d'), await h.settled('s3')];
+      expect(s3).toMatchObject({ state: 'confirmed', code: 'OK' });
+      expect(d).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+      expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s1.seq, d.seq, s3.seq]);
+      expect(valve.snapshot()).toMatchObject({ state: 'STOPPED' });
+      expect(valve.snapshot().position).toBeGreaterThan(0);
+    });
+  }
+
   it('a command a stop found not yet written is never written after a crash before its rejection', async () => {
     h = await SimHarness.start({ requestTimeoutMs: 1_000, timing: { redispatchGuardMs: 1_200 } });
     const valve = h.device('v1');
