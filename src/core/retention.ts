@@ -36,6 +36,12 @@ export class RetentionSweeper {
   private readonly maxBatches: number;
   private readonly stopping = new AbortController();
   private loop: Promise<void> | null = null;
+  /**
+   * The wall clock's offset from the monotonic one (now() − elapsed()) as read at each sweep
+   * (and at the first), with the monotonic time of the reading, for the last `retentionMs`:
+   * see cutoff().
+   */
+  private readonly offsets: { readonly at: number; readonly offset: number }[] = [];
 
   constructor(options: RetentionOptions) {
     this.journal = options.journal;
@@ -48,9 +54,36 @@ export class RetentionSweeper {
     this.maxBatches = options.maxBatchesPerSweep ?? 100;
   }
 
+  /**
+   * Commands settled before this wall time are purged. A key is kept for `retentionMs` after
+   * it settled — a duration, measured on the monotonic clock (SPEC §6) — and the journal knows
+   * when it settled only by the wall clock. A wall clock stepped forward (a wrong time source,
+   * an operator) would otherwise purge at once every key settled within the step: a retry of
+   * one of them — a command timed by its receipt at any time, any command once the clock is set
+   * back — would run as a new command, a second actuation (I1). So the cut-off advances no faster
+   * than the monotonic clock: it is the lowest extrapolation to now of the wall clock as read
+   * at the sweeps of the last `retentionMs` (a reading before a forward step extrapolates
+   * below the stepped clock), and never above the wall clock now. Once a step is older than
+   * `retentionMs`, every key settled before it has been kept that long in real time, and the
+   * cut-off follows the stepped clock again. Keys settled before the daemon started are judged
+   * by the wall clock at its start (the first reading), as before.
+   */
+  private cutoff(): number {
+    const mono = this.clock.elapsed();
+    this.offsets.push({ at: mono, offset: this.clock.now() - mono });
+    // Readings older than the window go, but for the newest of them: the wall clock it read
+    // held until the next reading, at the window's start.
+    for (let next = this.offsets[1]; next !== undefined && next.at <= mono - this.retentionMs;) {
+      this.offsets.shift();
+      next = this.offsets[1];
+    }
+    const lowest = Math.min(...this.offsets.map((o) => o.offset));
+    return mono + lowest - this.retentionMs;
+  }
+
   /** One sweep: returns how many commands it purged. */
   async sweep(): Promise<number> {
-    const before = this.clock.now() - this.retentionMs;
+    const before = this.cutoff();
     let purged = 0;
     for (let batch = 0; batch < this.maxBatches; batch++) {
       if (this.stopping.signal.aborted) break;

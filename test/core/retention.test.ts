@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { systemClock } from '../../src/core/clock.js';
+import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { NewCommand } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { RetentionSweeper } from '../../src/core/retention.js';
@@ -105,5 +105,43 @@ describe('RetentionSweeper', () => {
     await new Promise((r) => setTimeout(r, 30));
     await sweeper.stop();
     expect(journal.get({ scope: 'plant', key: 'old' })).toBeUndefined();
+  });
+
+  it('keeps a settled key for the window in real time when the wall clock steps forward', async () => {
+    // The gateway's wall clock as the test sets it; its monotonic clock runs on (SPEC §6).
+    const shift = { wall: 0 };
+    const clock: Clock = { ...systemClock, now: () => systemClock.now() + shift.wall };
+    const retentionMs = 400;
+    const sweeper = new RetentionSweeper({
+      journal,
+      clock,
+      logger: silentLogger,
+      retentionMs,
+      pauseMs: 1,
+    });
+    // Settled before the daemon started, past the window by the wall clock: purged as before.
+    add('earlier-life', clock.now() - retentionMs - 1_000);
+    expect(await sweeper.sweep()).toBe(1);
+    const settled = performance.now();
+    add('just-settled', clock.now());
+    // A time source steps the clock two days forward: the key settled a moment ago, and a
+    // retry of it must still be replayed, not run again.
+    shift.wall = 48 * HOUR;
+    expect(await sweeper.sweep()).toBe(0);
+    expect(journal.get({ scope: 'plant', key: 'just-settled' })?.state).toBe('rejected');
+    // Stepped back, and forward again: still the same key within its window.
+    shift.wall = -HOUR;
+    expect(await sweeper.sweep()).toBe(0);
+    shift.wall = 48 * HOUR;
+    expect(await sweeper.sweep()).toBe(0);
+    expect(journal.get({ scope: 'plant', key: 'just-settled' })?.state).toBe('rejected');
+    // Once the window has passed in real time, it goes.
+    await new Promise((r) => setTimeout(r, retentionMs - (performance.now() - settled) + 50));
+    expect(await sweeper.sweep()).toBe(1);
+    expect(journal.get({ scope: 'plant', key: 'just-settled' })).toBeUndefined();
+    // A step older than the window no longer holds the cut-off back: the stepped clock rules.
+    await new Promise((r) => setTimeout(r, retentionMs + 50));
+    add('stepped-scale', clock.now() - retentionMs - 100);
+    expect(await sweeper.sweep()).toBe(1);
   });
 });
