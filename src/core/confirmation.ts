@@ -270,6 +270,23 @@ export class ConfirmationLoop {
           await this.reads.tryRead(lane, log);
           return;
         case 'fault':
+          if (!profile.controller.echoesSeq && ctx.before.state === profile.faultState) {
+            // Written from the fault state (a reset), to a controller that echoes nothing: a
+            // readback still showing the fault may come before the scan that takes the write,
+            // and says nothing yet. As a wrong state, it must persist mismatchGraceMs (which
+            // covers that scan) before it is the controller's answer.
+            wrongSince ??= readback.requestedMono;
+            lastReason = `the controller still shows ${readback.state}`;
+            if (clock.elapsed() - wrongSince < profile.timing.mismatchGraceMs) break;
+            this.host.settle(log, record, 'dispatched', {
+              to: 'failed',
+              code: 'DEVICE_FAULT',
+              faultCode: verdict.faultCode,
+              observed: observe(readback),
+              detail: `the controller still shows ${readback.state}${verdict.faultCode === null ? '' : ` (fault ${verdict.faultCode})`} ${profile.timing.mismatchGraceMs} ms after the ${record.action} was written: it did not clear the fault (this controller echoes no sequence numbers; the wait covers the scan that takes a write)`,
+            });
+            return;
+          }
           this.host.settle(log, record, 'dispatched', {
             to: 'failed',
             code: 'DEVICE_FAULT',

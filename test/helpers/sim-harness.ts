@@ -61,7 +61,19 @@ export interface SimHarnessOptions {
   readonly warm?: boolean;
   /** TCP connections to the Modbus PLC (plcs.<name>.connections; default one). */
   readonly connections?: number;
+  /**
+   * Also the field devices of simulators/plants/field.yaml on the Modbus PLC: the limit-switch
+   * valve `lsv` (profile limit-switch-valve: no echo, no clock, bit-decoded state) and the
+   * float positioner `fcv` (profile float-positioner: float32 registers, refusal to FAULT).
+   */
+  readonly field?: boolean;
 }
+
+/** The bridge's profile for a simulated Modbus device, by its register layout. */
+const LAYOUT_PROFILES: Readonly<Record<string, string>> = {
+  'limit-switch': 'limit-switch-valve',
+  float: 'float-positioner',
+};
 
 /** The sequence number a warm device last took (the bridge allocates around it). */
 export const WARM_ECHO = 60_000;
@@ -114,6 +126,18 @@ export class SimHarness {
           v1: { profile: 'valve', base: 0, travelMs },
           v2: { profile: 'valve', base: 100, travelMs },
           a1: { profile: 'actuator', base: 200, travelMs },
+          ...(options.field === true
+            ? {
+                lsv: { profile: 'valve', layout: 'limit-switch', base: 300, travelMs },
+                fcv: {
+                  profile: 'actuator',
+                  layout: 'float',
+                  base: 400,
+                  refusal: 'fault',
+                  travelMs,
+                },
+              }
+            : {}),
         },
       },
     };
@@ -292,7 +316,7 @@ export class SimHarness {
       for (const device of plc.devices) {
         inventory.devices[device.id] = {
           plc: plc.name,
-          profile: device.profile,
+          profile: LAYOUT_PROFILES[device.layout ?? ''] ?? device.profile,
           ...(e.protocol === 'modbus' ? { base: device.config.base ?? 0 } : {}),
         };
       }

@@ -1,0 +1,68 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { SimHarness } from '../helpers/sim-harness.js';
+
+/**
+ * The field profiles of devices/profiles read as they promise, on the real parts: the pipeline
+ * with the real Modbus driver against sluice-sim's field layouts (test/helpers/sim-harness.ts,
+ * `field`), a real journal. Ground truth: the simulator's write log and live state.
+ */
+
+let h: SimHarness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+/** Travel sticks: the open ends in FAULT 0x81 (the controller's travel timeout). */
+async function faulted(harness: SimHarness, device: string): Promise<void> {
+  const valve = harness.device(device);
+  valve.setFault({ kind: 'stuck-travel' });
+  harness.submit('stuck-open', { device, action: 'open' });
+  expect(await harness.settled('stuck-open')).toMatchObject({
+    state: 'failed',
+    code: 'DEVICE_FAULT',
+  });
+  expect(valve.snapshot().state).toBe('FAULT');
+  valve.clearFault('stuck-travel');
+}
+
+describe('limit-switch valve (no echo, no fault code, no clock)', () => {
+  it('a reset from FAULT is confirmed once the controller takes it, not failed on the image from before its scan', async () => {
+    // Scans 30 ms apart: the first readback after the write comes before the scan that takes it.
+    h = await SimHarness.start({ field: true, scanMs: 30 });
+    const valve = h.device('lsv');
+    await faulted(h, 'lsv');
+    h.submit('r', { device: 'lsv', action: 'reset' });
+    const r = await h.settled('r');
+    expect(r).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(['STOPPED', 'CLOSED', 'OPEN']).toContain(r.observed?.state);
+    // Ground truth: the reset was written once and taken; the valve is out of FAULT.
+    expect(valve.writeLog.map((w) => [w.code, w.outcome])).toEqual([
+      [1, 'accepted'],
+      [4, 'accepted'],
+    ]);
+    expect(valve.snapshot().state).not.toBe('FAULT');
+  });
+
+  it('a FAULT that outlasts the grace after a reset ends DEVICE_FAULT, saying so', async () => {
+    h = await SimHarness.start({ field: true });
+    const valve = h.device('lsv');
+    await faulted(h, 'lsv');
+    // The controller's handshake stays busy past the profile's mismatch grace (80 ms here):
+    // without an echo nothing tells a reset not yet taken from one that left the fault.
+    valve.setFault({ kind: 'hold' });
+    h.submit('r', { device: 'lsv', action: 'reset' });
+    const r = await h.settled('r');
+    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT', faultCode: null });
+    expect(r.observed?.state).toBe('FAULT');
+    expect(r.detail).toMatch(
+      /^the controller still shows FAULT 80 ms after the reset was written: it did not clear the fault/,
+    );
+    // Ground truth: the reset reached the controller once and still waits for its scan.
+    expect(valve.writeLog.map((w) => [w.code, w.outcome])).toEqual([
+      [1, 'accepted'],
+      [4, null],
+    ]);
+    expect(valve.snapshot()).toMatchObject({ state: 'FAULT', pendingWrites: 1 });
+  });
+});
