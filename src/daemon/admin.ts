@@ -103,7 +103,9 @@ export class AdminEndpoint {
     let refused = 0;
     server.on('drop', () => {
       refused++;
-      const now = Date.now();
+      // A duration (SPEC §6): on the wall clock, a gateway clock stepped back would keep the
+      // refusals quiet for the length of the step.
+      const now = this.o.clock.elapsed();
       if (now - warnedAt < 60_000) return; // one warning a minute, with the count
       this.log.warn(
         { maxConnections: server.maxConnections, refused },

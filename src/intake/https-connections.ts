@@ -1,5 +1,6 @@
 import type { Server as HttpsServer } from 'node:https';
 import type { Server as NetServer, Socket } from 'node:net';
+import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 
 /**
@@ -30,6 +31,8 @@ export interface ConnectionLimits {
   readonly maxConnections: number;
   readonly maxConnectionsPerAddress: number;
   readonly logger: Logger;
+  /** The warnings' minute is measured on its monotonic clock (`elapsed()`). */
+  readonly clock: Clock;
   /** `sluice_https_connections_refused_total{reason}` */
   readonly refused: { inc(labels: { reason: RefusalReason }): void };
 }
@@ -101,7 +104,9 @@ function refusalWarnings(
     const state = since.get(reason) ?? { count: 0, warnedAt: -Infinity };
     state.count++;
     since.set(reason, state);
-    const now = Date.now();
+    // A duration (SPEC §6): on the wall clock, a gateway clock stepped back an hour would keep
+    // every refusal quiet for that hour, and one stepped forward would let the next one warn.
+    const now = limits.clock.elapsed();
     if (now - state.warnedAt < REFUSED_LOG_INTERVAL_MS) return;
     limits.logger.warn(
       {

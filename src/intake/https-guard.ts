@@ -33,7 +33,9 @@ export class CallerGuard {
     this.rateLimit = options.rateLimit;
     this.mutualTls = options.mutualTls;
     const clock = options.clock;
-    this.limiter = new RateLimiter(options.rateLimit, () => clock.now());
+    // Refill is a duration (SPEC §6): on the wall clock, a gateway clock stepped forward an hour
+    // refilled every bucket to its burst, and one stepped back withheld the refill due.
+    this.limiter = new RateLimiter(options.rateLimit, () => clock.elapsed());
   }
 
   /** The route option that puts a route behind the guard. */

@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { fastify } from 'fastify';
+import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { takeOnlyUtf8Json } from './https-body.js';
 import { HANDSHAKE_TIMEOUT_MS, limitConnections } from './https-connections.js';
@@ -47,12 +48,14 @@ export interface ServerOptions {
   readonly tls: TlsMaterial;
   readonly metrics: HttpsMetrics;
   readonly logger: Logger;
+  /** The intake's clock: the connection limits' warnings are rate-limited on its `elapsed()`. */
+  readonly clock: Clock;
   /** Aborted when the intake stops: new requests are answered 503 SHUTTING_DOWN. */
   readonly stopping: AbortSignal;
 }
 
 export function createServer(options: ServerOptions): App {
-  const { config, tls, metrics, logger, stopping } = options;
+  const { config, tls, metrics, logger, clock, stopping } = options;
   const errors = { metrics, logger, bodyLimitBytes: config.bodyLimitBytes };
   const app = fastify({
     https: {
@@ -97,6 +100,7 @@ export function createServer(options: ServerOptions): App {
     maxConnections: config.maxConnections,
     maxConnectionsPerAddress: config.maxConnectionsPerAddress,
     logger,
+    clock,
     refused: metrics.httpsConnectionsRefused,
   });
   app.server.on('tlsClientError', (error: Error & { code?: string }) => {

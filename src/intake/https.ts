@@ -34,7 +34,10 @@ export interface HttpsIntakeOptions {
   readonly metrics: HttpsMetrics;
   readonly logger: Logger;
   readonly readiness: () => Readiness;
-  /** Rate limiting and readback ages; the system clock by default. */
+  /**
+   * Rate limiting, the connection warnings' interval (both on its monotonic `elapsed()`) and
+   * readback ages; the system clock by default.
+   */
   readonly clock?: Clock;
   /** How long stop() lets in-flight responses finish before cutting connections (default 5 s). */
   readonly drainTimeoutMs?: number;
@@ -68,7 +71,7 @@ export class HttpsIntake {
     const logger = this.logger;
     const clock = this.clock;
 
-    const app = createServer({ config, tls, metrics, logger, stopping });
+    const app = createServer({ config, tls, metrics, logger, clock, stopping });
     const methods = new MethodTable(app);
     const guard = new CallerGuard({ identities, rateLimit: config.rateLimit, mutualTls, clock });
     registerCommandRoutes(app, { pipeline, waitPolicy: config, metrics, logger, guard, stopping });

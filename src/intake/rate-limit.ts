@@ -1,7 +1,8 @@
 /**
  * Per-identity token buckets for the HTTPS intake: a client may burst up to `burst` requests,
  * then `perSecond` sustained. One bucket per identity (identities come from the configuration,
- * so the map is bounded). Time comes from an injected clock so tests need no sleeps.
+ * so the map is bounded). Time comes from an injected clock so tests need no sleeps: a
+ * monotonic one (`Clock.elapsed()`), since the refill is a duration (SPEC §6).
  */
 
 export interface RateLimitPolicy {
@@ -33,7 +34,7 @@ export class RateLimiter {
   take(identity: string): RateDecision {
     const now = this.now();
     const bucket = this.buckets.get(identity) ?? { tokens: this.policy.burst, at: now };
-    // A clock that steps backwards (wall-clock adjustment) must not drain or overfill a bucket.
+    // Monotonic, so never negative; kept as a guard should a caller pass another clock.
     const elapsedMs = Math.max(0, now - bucket.at);
     bucket.tokens = Math.min(
       this.policy.burst,

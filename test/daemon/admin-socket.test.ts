@@ -7,6 +7,8 @@ import { pino } from 'pino';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
+import { systemClock, type Clock } from '../../src/core/clock.js';
+import type { Logger } from '../../src/core/logger.js';
 import { AdminEndpoint } from '../../src/daemon/admin.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
@@ -231,6 +233,54 @@ describe('admin socket', () => {
     }
   });
 
+  it('warns about refused connections at most once a minute on the monotonic clock, whatever the wall clock does', async () => {
+    const path = join(dir, 'refused.sock');
+    // The test's clock: its wall and monotonic readings step apart (SPEC §6).
+    const shift = { wall: 0, mono: 0 };
+    const clock: Clock = {
+      ...systemClock,
+      now: () => systemClock.now() + shift.wall,
+      elapsed: () => systemClock.elapsed() + shift.mono,
+    };
+    const warnings: { refused: number }[] = [];
+    const logger = pino(
+      { level: 'warn' },
+      {
+        write(line: string) {
+          const entry = JSON.parse(line) as { msg: string; refused: number };
+          if (entry.msg.startsWith('admin connections refused')) warnings.push(entry);
+        },
+      },
+    );
+    const endpoint = adminOn(path, { maxConnections: 1, clock, logger });
+    await endpoint.start();
+    const held: Socket[] = [];
+    /** One connection past the limit: closed by the daemon at once. */
+    const refuseOne = async (): Promise<void> => {
+      const s = await idleConnection(path);
+      held.push(s);
+      await until(() => (s.destroyed || s.readableEnded ? true : undefined), 5_000, 'closed');
+    };
+    try {
+      held.push(await idleConnection(path));
+      await refuseOne();
+      expect(warnings.map((w) => w.refused)).toEqual([1]);
+      // The gateway's clock stepped an hour forward: no minute has passed, no second warning.
+      shift.wall += 3_600_000;
+      await refuseOne();
+      expect(warnings).toHaveLength(1);
+      // Stepped two hours back, and a minute passes: the next refusal warns, with the count
+      // since the last warning (on the wall clock it was silenced for the hour of the step).
+      shift.wall -= 7_200_000;
+      shift.mono += 61_000;
+      await refuseOne();
+      expect(warnings.map((w) => w.refused)).toEqual([1, 2]);
+    } finally {
+      for (const s of held) s.destroy();
+      await endpoint.stop();
+    }
+  });
+
   it('answers an oversized body 413 and a malformed key 400, as problems', async () => {
     const raw = (path: string, body: string): Promise<{ status: number; body: string }> =>
       adminRequest('POST', path, body);
@@ -275,7 +325,12 @@ describe('admin socket', () => {
 
 function adminOn(
   path: string,
-  limits: { firstRequestTimeoutMs?: number; maxConnections?: number } = {},
+  limits: {
+    firstRequestTimeoutMs?: number;
+    maxConnections?: number;
+    clock?: Clock;
+    logger?: Logger;
+  } = {},
 ): AdminEndpoint {
   return AdminEndpoint.create({
     socket: path,
@@ -286,7 +341,7 @@ function adminOn(
     } as never,
     policy: { onUnsynced: 'reject', maxControllerSkewMs: 2000 },
     readiness: () => daemon.readiness(),
-    clock: { now: () => Date.now() } as never,
+    clock: systemClock,
     logger: pino({ level: 'silent' }),
     ...limits,
   });

@@ -2,12 +2,20 @@ import { once } from 'node:events';
 import { connect as tcpConnect, type Socket } from 'node:net';
 import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { systemClock, type Clock } from '../../src/core/clock.js';
 import {
   FIRST_REQUEST_TIMEOUT_MS,
   HANDSHAKE_TIMEOUT_MS,
 } from '../../src/intake/https-connections.js';
 import { startStack, type Stack } from '../helpers/stack.js';
-import { makePki, startIntake, type Pki, type RunningIntake } from './https-client.js';
+import {
+  makePki,
+  memoryLogger,
+  startIntake,
+  until,
+  type Pki,
+  type RunningIntake,
+} from './https-client.js';
 
 /**
  * The connections the HTTPS intake holds (src/intake/https-connections.ts): at most
@@ -40,8 +48,8 @@ afterAll(async () => {
 });
 
 /** A TLS connection from `from`, once its handshake is done; null when the server closed it. */
-async function tls(from = '127.0.0.1'): Promise<TLSSocket | null> {
-  const tcp = tcpConnect({ host: '127.0.0.1', port: api.port, localAddress: from });
+async function tls(from = '127.0.0.1', port = api.port): Promise<TLSSocket | null> {
+  const tcp = tcpConnect({ host: '127.0.0.1', port, localAddress: from });
   tcp.on('error', () => undefined);
   // Destroyed through its TLS socket only: destroying the TCP socket under a live TLS socket
   // made the test process exit here.
@@ -129,6 +137,51 @@ describe('connections', () => {
     expect(again !== null, 'a freed place taken again').toBe(true);
     expect(await health(again!)).toBe('HTTP/1.1 200 OK');
     for (const s of [...first, ...second, again!]) s.destroy();
+  });
+
+  it('warns about refused connections at most once a minute on the monotonic clock, whatever the wall clock does', async () => {
+    // The test's clock: its wall and monotonic readings step apart (SPEC §6).
+    const shift = { wall: 0, mono: 0 };
+    const clock: Clock = {
+      ...systemClock,
+      now: () => systemClock.now() + shift.wall,
+      elapsed: () => systemClock.elapsed() + shift.mono,
+    };
+    const log = memoryLogger();
+    const limited = await startIntake(stack, pki, {
+      https: { maxConnectionsPerAddress: 1 },
+      clock,
+      logger: log,
+    });
+    const warnings = (): { refused: number }[] =>
+      log.lines
+        .map((l) => JSON.parse(l) as { level: string; msg: string; refused: number })
+        .filter((l) => l.level === 'warn' && l.msg.startsWith('HTTPS connections refused'));
+    /** One more connection from the held one's address, refused: once it is counted. */
+    const refuseOne = async (): Promise<void> => {
+      const before = await refused('per_address');
+      expect((await tls('127.0.0.4', limited.port)) === null, 'refused').toBe(true);
+      await until(async () => (await refused('per_address')) === before + 1, 5_000, 'counted');
+    };
+    try {
+      const held = await tls('127.0.0.4', limited.port);
+      expect(held !== null, 'the one connection allowed').toBe(true);
+      await refuseOne();
+      expect(warnings().map((w) => w.refused)).toEqual([1]);
+      // The gateway's clock stepped an hour forward: no minute has passed, no second warning.
+      shift.wall += 3_600_000;
+      await refuseOne();
+      expect(warnings()).toHaveLength(1);
+      // Stepped two hours back, and a minute passes: the next refusal warns, with the count
+      // since the last warning (on the wall clock it was silenced for the hour of the step).
+      shift.wall -= 7_200_000;
+      shift.mono += 61_000;
+      await refuseOne();
+      expect(warnings().map((w) => w.refused)).toEqual([1, 2]);
+      held!.destroy();
+    } finally {
+      await limited.stop();
+    }
   });
 
   it(

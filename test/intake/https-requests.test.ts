@@ -505,9 +505,14 @@ describe('devices, health, readiness, metrics', () => {
 });
 
 describe('429: per-identity rate limit', () => {
-  it('limits one identity after its burst, with Retry-After, and not the others', async () => {
-    let now = 1_000_000;
-    const clock: Clock = { ...systemClock, now: () => now };
+  it('limits one identity after its burst, with Retry-After, and not the others; the refill runs on the monotonic clock', async () => {
+    // The test's clock: its wall and monotonic readings step apart (SPEC §6).
+    const shift = { wall: 0, mono: 0 };
+    const clock: Clock = {
+      ...systemClock,
+      now: () => systemClock.now() + shift.wall,
+      elapsed: () => 1_000_000 + shift.mono,
+    };
     const limited = await startIntake(stack, pki, {
       https: { rateLimit: { perSecond: 0.5, burst: 2 } },
       clock,
@@ -522,11 +527,19 @@ describe('429: per-identity rate limit', () => {
       expect(third.headers['retry-after']).toBe('2');
       expect((await get(TOKENS.ops)).status).toBe(200);
       expect((await call(limited, 'GET', '/healthz')).status).toBe(200);
-      now += 1_000;
+      // The gateway's wall clock stepped an hour forward: no time passed, nothing refilled
+      // (on the wall clock the bucket was full again: a burst past the limit after every step).
+      shift.wall += 3_600_000;
+      const stepped = await get(TOKENS.plant);
+      expectProblem(stepped, 429, 'RATE_LIMITED');
+      expect(stepped.headers['retry-after']).toBe('2');
+      // And two hours back: the refill due still comes.
+      shift.wall -= 7_200_000;
+      shift.mono += 1_000;
       const half = await get(TOKENS.plant);
       expect(half.status).toBe(429);
       expect(half.headers['retry-after']).toBe('1');
-      now += 1_000;
+      shift.mono += 1_000;
       expect((await get(TOKENS.plant)).status).toBe(200);
     } finally {
       await limited.stop();

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { systemClock } from '../../src/core/clock.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { createServer } from '../../src/intake/https-server.js';
 import type { HttpsConfig } from '../../src/intake/https-types.js';
@@ -37,6 +38,7 @@ describe('HTTPS server', () => {
       tls: { cert: Buffer.from(pki.server.cert), key: Buffer.from(pki.server.key), ca: undefined },
       metrics,
       logger: silentLogger,
+      clock: systemClock,
       stopping: new AbortController().signal,
     });
   }
