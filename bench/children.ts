@@ -1,12 +1,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { TS_REGISTER } from './paths.js';
 
 /**
  * The bench's own processes (the simulated plant, the daemon): node children that run an
  * entry (compiled JavaScript, or TypeScript under the project's loader), talk over the IPC
  * channel (one request, one answer, by id), and log to a file of the run. The bench reads their CPU time and memory
- * from /proc, so that the load generator in this process is not counted as theirs.
+ * from /proc, so that the load generator in this process is not counted as theirs. A child's
+ * stdout and stderr are that file itself, not pipes this process copies from: the daemon logs
+ * at its shipped level, a few lines per command, and their copying would be counted as the
+ * clients' CPU.
  */
 
 export interface ChildRequest {
@@ -66,30 +69,34 @@ export class BenchChild {
     readonly logFile: string;
     readonly timeoutMs: number;
   }): Promise<{ child: BenchChild; ready: unknown; spawnedAt: number }> {
-    const log = createWriteStream(args.logFile, { flags: 'a' });
+    const log = openSync(args.logFile, 'a');
     const spawnedAt = Date.now();
-    const proc = spawn(
-      process.execPath,
-      [
-        // SLUICE_BENCH_CPU_PROFILE=DIR: every child writes a V8 CPU profile there at its exit
-        // (open in Chrome DevTools), to see where a phase's time goes.
-        ...(process.env.SLUICE_BENCH_CPU_PROFILE === undefined
-          ? []
-          : ['--cpu-prof', `--cpu-prof-dir=${process.env.SLUICE_BENCH_CPU_PROFILE}`]),
-        // SLUICE_BENCH_NODE_FLAGS="--trace-gc ...": V8 and Node flags for every child, for flags
-        // that NODE_OPTIONS refuses (their output goes to the child's log in the scratch folder).
-        ...(process.env.SLUICE_BENCH_NODE_FLAGS?.split(/\s+/).filter((f) => f !== '') ?? []),
-        ...(args.script.endsWith('.ts') ? ['--import', TS_REGISTER] : []),
-        args.script,
-        ...(args.argv ?? []),
-      ],
-      {
-        stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-        env: { ...process.env, ...args.env },
-      },
-    );
-    proc.stdout?.pipe(log);
-    proc.stderr?.pipe(log);
+    let proc: ChildProcess;
+    try {
+      proc = spawn(
+        process.execPath,
+        [
+          // SLUICE_BENCH_CPU_PROFILE=DIR: every child writes a V8 CPU profile there at its exit
+          // (open in Chrome DevTools), to see where a phase's time goes.
+          ...(process.env.SLUICE_BENCH_CPU_PROFILE === undefined
+            ? []
+            : ['--cpu-prof', `--cpu-prof-dir=${process.env.SLUICE_BENCH_CPU_PROFILE}`]),
+          // SLUICE_BENCH_NODE_FLAGS="--trace-gc ...": V8 and Node flags for every child, for flags
+          // that NODE_OPTIONS refuses (their output goes to the child's log in the scratch folder).
+          ...(process.env.SLUICE_BENCH_NODE_FLAGS?.split(/\s+/).filter((f) => f !== '') ?? []),
+          ...(args.script.endsWith('.ts') ? ['--import', TS_REGISTER] : []),
+          args.script,
+          ...(args.argv ?? []),
+        ],
+        {
+          stdio: ['ignore', log, log, 'ipc'],
+          env: { ...process.env, ...args.env },
+        },
+      );
+    } finally {
+      // The child has its own copy of the descriptor.
+      closeSync(log);
+    }
     const child = new BenchChild(args.name, proc, args.logFile);
     const ready = await new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => {

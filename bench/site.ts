@@ -125,7 +125,6 @@ export async function writeSite(args: {
     gatewayId: GATEWAY,
     stateDir: join(dir, 'state'),
     profilesDir: args.profilesDir,
-    log: { level: 'warn' },
     journal: { path: journalPath },
     https: {
       host: '127.0.0.1',
