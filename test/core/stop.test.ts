@@ -125,6 +125,30 @@ describe('stop preempts travel', () => {
     expect(['STOPPED', 'CLOSED']).toContain(valve.snapshot().state);
   });
 
+  it('a stop that reaches the controller after the travel ended is a no-op there, and confirmed', async () => {
+    h = await SimHarness.start({ travelMs: 600, timing: { confirmTimeoutMs: 3_000 } });
+    const valve = h.device('v1');
+    h.submit('a', { device: 'v1', action: 'open' });
+    await stopAtAbout(h, 'v1', 60);
+    // The stop is decided on OPENING and written; the controller's handshake is busy until the
+    // valve is open, so the stop is taken in OPEN, where it changes nothing (SPEC §3).
+    valve.setFault({ kind: 'hold' });
+    h.submit('s', { device: 'v1', action: 'stop' });
+    await h.until(() => valve.counters.writesReceived === 2, 5_000, 'the stop');
+    await h.until(() => valve.snapshot().state === 'OPEN', 5_000, 'OPEN');
+    valve.clearFault('hold');
+    const [s, a] = [await h.settled('s'), await h.settled('a')];
+    expect(s).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(s.observed).toMatchObject({ state: 'OPEN', seq: s.seq, position: 100 });
+    expect(h.journal.history(s).map((e) => e.to)).toEqual(['accepted', 'dispatched', 'confirmed']);
+    // Ground truth: the open was taken from CLOSED, the stop as a no-op in OPEN; each once.
+    expect(valve.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
+      [a.seq, 'accepted', 'CLOSED', 'OPENING'],
+      [s.seq, 'noop', 'OPEN', 'OPEN'],
+    ]);
+    expect(valve.writesWithSeq(a.seq!)).toBe(1);
+  });
+
   it('after a crash between the stop and its outcome, recovery still says INTERRUPTED', async () => {
     h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
     const valve = h.device('v1');
