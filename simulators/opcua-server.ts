@@ -20,6 +20,13 @@
  *
  * A power cycle closes every session and aborts every channel; while the power is off, new
  * channels are aborted as soon as they open.
+ *
+ * A Write request changes the command variables all at once, when node-opcua has processed it,
+ * with the values that request carried. node-opcua processes requests concurrently and awaits
+ * between the nodes of one request, so two requests written back to back (even on one channel)
+ * interleave node by node: had each node written the shared command image as it went, the
+ * first request's CommandSeq would have been handed over with the second one's seq and code,
+ * and its own seq would never have reached the write log.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -112,6 +119,22 @@ interface CommandImage {
   seq: CommandValue;
 }
 
+/** One node of a Write request that writes a command variable's Value. */
+interface CommandNodeWrite {
+  /** Index in the original request. */
+  index: number;
+  device: SimDevice;
+  slot: keyof CommandImage;
+  /** The value the request carries; taken only if node-opcua answers the node Good. */
+  value: unknown;
+}
+
+const COMMAND_SLOTS: Readonly<Record<keyof typeof COMMAND_TYPES, keyof CommandImage>> = {
+  CommandCode: 'code',
+  Setpoint: 'setpoint',
+  CommandSeq: 'seq',
+};
+
 /** A node's status from a `bad-status` fault. */
 interface NodeVerdict {
   status: StatusCode;
@@ -128,8 +151,8 @@ interface PendingRequest {
   answered: (StatusCode | undefined)[];
   /** Write requests: original indexes of the nodes node-opcua was asked to write. */
   kept?: number[];
-  /** Write requests: original index → device, for nodes that wrote CommandSeq. */
-  commandSeq?: Map<number, SimDevice>;
+  /** Write requests: the nodes that write a command variable, in request order. */
+  commandWrites?: CommandNodeWrite[];
   /** Called once node-opcua has processed the request (its response is being sent). */
   processed?: () => void;
 }
@@ -329,8 +352,7 @@ export class OpcuaPlcServer {
         keyof typeof COMMAND_TYPES,
         DataType,
       ][]) {
-        const slot =
-          name === 'CommandCode' ? image.code : name === 'Setpoint' ? image.setpoint : image.seq;
+        const slot = image[COMMAND_SLOTS[name]];
         addVariable(name, dataType, true).bindVariable(
           {
             timestamped_get: () =>
@@ -339,13 +361,13 @@ export class OpcuaPlcServer {
                 sourceTimestamp: new Date(slot.at),
                 statusCode: StatusCodes.Good,
               }),
+            // Only checks the value: the request's values are written to the image all at
+            // once when the whole request has been processed (#complete).
             timestamped_set: (dataValue: DataValue): Promise<StatusCode> => {
               const variant = dataValue.value;
               if (variant.dataType !== dataType || typeof variant.value !== 'number') {
                 return Promise.resolve(StatusCodes.BadTypeMismatch);
               }
-              slot.value = variant.value;
-              slot.at = this.#plc.controllerTime();
               return Promise.resolve(StatusCodes.Good);
             },
           },
@@ -497,16 +519,20 @@ export class OpcuaPlcServer {
 
     if (request instanceof WriteRequest) {
       const nodesToWrite = request.nodesToWrite ?? [];
-      pending.commandSeq = new Map();
-      nodeIds.forEach((nodeId, i) => {
+      pending.commandWrites = nodesToWrite.flatMap((writeValue, i): CommandNodeWrite[] => {
         const device = nodeDevices[i];
+        const nodeId = nodeIds[i];
+        if (device === undefined || nodeId === undefined) return [];
+        if (attributeIds[i] !== AttributeIds.Value) return [];
+        const name = variableOf(nodeId);
         if (
-          device !== undefined &&
-          attributeIds[i] === AttributeIds.Value &&
-          nodeId.value === `${device.id}.CommandSeq`
+          String(nodeId.value) !== `${device.id}.${name}` ||
+          !Object.hasOwn(COMMAND_SLOTS, name)
         ) {
-          pending.commandSeq?.set(i, device);
+          return [];
         }
+        const slot = COMMAND_SLOTS[name as keyof typeof COMMAND_SLOTS];
+        return [{ index: i, device, slot, value: writeValue.value.value.value }];
       });
       if (bad.some((status) => status !== undefined)) {
         // Refused nodes must not be written at all: hand node-opcua only the others and put
@@ -606,14 +632,26 @@ export class OpcuaPlcServer {
       results = merged;
       response.results = merged;
     }
-    for (const [i, device] of pending.commandSeq ?? []) {
-      if (results[i]?.isGood() !== true) continue;
+    // The nodes written take their values now, all of one request at once (see the file's
+    // comment); then every CommandSeq written hands over the block as the whole request left
+    // it, each with the seq it wrote.
+    const taken = (pending.commandWrites ?? []).filter(
+      (w) => results[w.index]?.isGood() === true && typeof w.value === 'number',
+    );
+    const at = this.#plc.controllerTime();
+    for (const { device, slot, value } of taken) {
+      const command = this.#commands.get(device.id)?.[slot];
+      if (command === undefined) continue;
+      command.value = value as number;
+      command.at = at;
+    }
+    for (const { device, slot, value } of taken) {
       const image = this.#commands.get(device.id);
-      if (image === undefined) continue;
+      if (slot !== 'seq' || image === undefined) continue;
       device.receiveWrite({
         code: image.code.value,
         setpoint: image.setpoint.value,
-        seq: image.seq.value,
+        seq: value as number,
       });
     }
     pending.answered.forEach((status, i) => {

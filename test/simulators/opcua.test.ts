@@ -62,6 +62,8 @@ describe('OPC UA PLC: address space, handshake, clock and faults', () => {
     'v-ts',
     'v-hs',
     'v-order',
+    'v-pipe',
+    'v-twice',
     'v-bad',
     'v-bad2',
     'v-lat',
@@ -232,6 +234,57 @@ describe('OPC UA PLC: address space, handshake, clock and faults', () => {
     ]);
     expect(wrongType?.isGood()).toBe(false);
     expect(device.counters.writesReceived).toBe(2);
+  });
+
+  it('keeps two Write requests sent back to back apart: each hands over its own seq and code', async () => {
+    // node-opcua processes concurrent requests node by node, interleaved: the first request's
+    // CommandSeq used to be handed over with the second one's code and seq (seq 42 logged
+    // twice, 41 never), a false duplicate and a lost write in the I1 ground truth.
+    const device = plant.device('v-pipe');
+    const results = await Promise.all([
+      ua.session.write(uaCommandWrites('v-pipe', OPEN, 0, 41)),
+      ua.session.write(uaCommandWrites('v-pipe', STOP, 0, 42)),
+    ]);
+    expect(results.flat().map((r) => r.name)).toEqual(new Array(6).fill('Good'));
+    expect(device.writeLog.map(({ seq, code }) => ({ seq, code }))).toEqual([
+      { seq: 41, code: OPEN },
+      { seq: 42, code: STOP },
+    ]);
+    expect([device.writesWithSeq(41), device.writesWithSeq(42)]).toEqual([1, 1]);
+    step(0);
+    expect(device.log.map(({ seq, outcome, to }) => ({ seq, outcome, to }))).toEqual([
+      { seq: 41, outcome: 'accepted', to: 'OPENING' },
+      { seq: 42, outcome: 'accepted', to: 'STOPPED' },
+    ]);
+    const [code, seq] = await uaRead(ua.session, [
+      nodeId('v-pipe', 'CommandCode'),
+      nodeId('v-pipe', 'CommandSeq'),
+    ]);
+    expect([code?.value.value, seq?.value.value]).toEqual([STOP, 42]);
+  });
+
+  it('logs each seq a Write request wrote when it writes CommandSeq twice', async () => {
+    const device = plant.device('v-twice');
+    const [code, setpoint, first] = uaCommandWrites('v-twice', OPEN, 0, 51);
+    const [, , second] = uaCommandWrites('v-twice', OPEN, 0, 52);
+    if (
+      code === undefined ||
+      setpoint === undefined ||
+      first === undefined ||
+      second === undefined
+    ) {
+      throw new Error('uaCommandWrites gave fewer nodes');
+    }
+    await ua.session.write([code, setpoint, first, second]);
+    expect(device.writeLog.map(({ seq, code: written }) => ({ seq, code: written }))).toEqual([
+      { seq: 51, code: OPEN },
+      { seq: 52, code: OPEN },
+    ]);
+    step(0);
+    expect(device.log.map(({ seq, outcome }) => ({ seq, outcome }))).toEqual([
+      { seq: 51, outcome: 'accepted' },
+      { seq: 52, outcome: 'noop' },
+    ]);
   });
 
   it('takes the whole command block whatever the order of the nodes in the Write request', async () => {
