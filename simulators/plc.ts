@@ -398,17 +398,22 @@ export class SimPlc {
     return fault;
   }
 
-  /** Clearing `clock` returns the clock to the plant file's offset and drift. */
+  /**
+   * Clearing a `clock` that was set returns the clock to the plant file's offset and drift.
+   * A clock nobody set is left alone: setting it again would restart its drift from zero, a
+   * step back by all the drift gathered since the start that nothing in the plant caused.
+   */
   clearFault(kind: FaultKind): boolean {
-    if (kind === 'clock') this.clock.set(this.config.clock);
     const cleared = this.faultSet.clear(kind);
+    if (cleared && kind === 'clock') this.clock.set(this.config.clock);
     if (cleared) this.log.info({ kind }, 'PLC fault cleared');
     return cleared;
   }
 
   clearFaults(): void {
+    const clockSet = this.faultSet.has('clock');
     this.faultSet.clearAll();
-    this.clock.set(this.config.clock);
+    if (clockSet) this.clock.set(this.config.clock);
   }
 
   faults(): ActiveFault[] {

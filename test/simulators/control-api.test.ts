@@ -147,6 +147,47 @@ describe('control API', () => {
     });
   });
 
+  it('leaves a drifting clock alone when faults are cleared and the clock was never set', async () => {
+    const drifting = await startPlant(
+      {
+        plcs: {
+          plc: {
+            protocol: 'modbus',
+            port: 0,
+            clock: { offsetMs: 2000, driftPpm: 1000 },
+            devices: { v1: { profile: 'valve', base: 0 } },
+          },
+        },
+      },
+      { time, manualScan: true, ephemeralPorts: true },
+    );
+    const base = drifting.controlUrl ?? '';
+    const ep = modbusEndpoint(drifting.plc('plc').endpoint);
+    const client = new ModbusRTU();
+    await client.connectTCP(ep.host, { port: ep.port });
+    client.setID(ep.unitId);
+    client.setTimeout(1000);
+    const clockRegisters = async (): Promise<number> =>
+      (await client.readHoldingRegisters(900, 4)).data.reduce((acc, word) => acc * 65536 + word, 0);
+    try {
+      // 1000 ppm over 100 s: the controller is 100 ms ahead of its offset.
+      time.advance(100_000);
+      expect(await clockRegisters()).toBe(time.now() + 2000 + 100);
+      await api(base, 'PUT', '/plcs/plc/faults/latency', { ms: 1 });
+      expect((await api(base, 'DELETE', '/plcs/plc/faults')).status).toBe(200);
+      expect(await clockRegisters()).toBe(time.now() + 2000 + 100);
+      const res = await api(base, 'DELETE', '/plcs/plc/faults/clock');
+      expect(res.body).toMatchObject({ cleared: false });
+      time.advance(10_000);
+      expect(await clockRegisters()).toBe(time.now() + 2000 + 110);
+    } finally {
+      await new Promise((resolve) => {
+        client.close(resolve);
+      });
+      await drifting.stop();
+    }
+  });
+
   it('applies PLC faults to every device and shows them per device', async () => {
     await api(url, 'PUT', '/plcs/plc/faults/frozen');
     const res = await api(url, 'GET', '/devices/a1');
