@@ -123,6 +123,14 @@ export interface ListFilter {
  * JournalUnavailableError; a guarded transition that finds another state throws
  * JournalConflictError.
  */
+/** One step of the retention purge (Journal.purgeSettled). */
+export interface PurgeStep {
+  /** Commands deleted with their history. */
+  readonly purged: number;
+  /** The step ended on its limit or its time budget: more may be due. */
+  readonly more: boolean;
+}
+
 export interface Journal {
   /**
    * Inserts the command once. An existing key is returned as a duplicate (same fingerprint)
@@ -179,8 +187,12 @@ export interface Journal {
    * stop accepted after a step back would look older than the command it interrupted).
    */
   stopsAfter(ref: CommandRef, limit: number): CommandRecord[];
-  /** Deletes at most `limit` settled commands settled before `before`; returns how many. */
-  purgeSettled(before: number, limit: number): number;
+  /**
+   * Deletes, with their history, at most `limit` settled commands settled before `before`,
+   * in one transaction that ends once it has taken `budgetMs` (default: no bound), possibly
+   * part way through one command's history (the command and the rest stay until a later call).
+   */
+  purgeSettled(before: number, limit: number, budgetMs?: number): PurgeStep;
   /** Throws JournalUnavailableError when a write would fail now (readiness). */
   checkWritable(): void;
   /**

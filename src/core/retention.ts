@@ -1,5 +1,5 @@
 import type { Clock } from './clock.js';
-import type { Journal } from './journal.js';
+import type { Journal, PurgeStep } from './journal.js';
 import type { Logger } from './logger.js';
 
 export interface RetentionOptions {
@@ -8,13 +8,18 @@ export interface RetentionOptions {
   readonly logger: Logger;
   /** How long a settled key is kept (and replayed) before it is purged. Default 48 h. */
   readonly retentionMs?: number;
-  /** Commands deleted per transaction: keeps each write-lock hold short. Default 500. */
+  /** Most commands deleted per transaction. Default 500. */
   readonly batchSize?: number;
+  /**
+   * How long one transaction may delete before it ends, whatever it has deleted: it holds the
+   * event loop and the write lock meanwhile. Default 10 ms.
+   */
+  readonly batchBudgetMs?: number;
   /** Pause between batches, so intakes' claims interleave. Default 50 ms. */
   readonly pauseMs?: number;
   /** Time between sweeps. Default 10 min. */
   readonly intervalMs?: number;
-  /** Most batches in one sweep; the rest waits for the next sweep. Default 100. */
+  /** Most batches in one sweep; the rest waits for the next sweep. Default 1000. */
   readonly maxBatchesPerSweep?: number;
 }
 
@@ -31,6 +36,7 @@ export class RetentionSweeper {
   private readonly logger: Logger;
   readonly retentionMs: number;
   private readonly batchSize: number;
+  private readonly batchBudgetMs: number;
   private readonly pauseMs: number;
   private readonly intervalMs: number;
   private readonly maxBatches: number;
@@ -49,9 +55,12 @@ export class RetentionSweeper {
     this.logger = options.logger;
     this.retentionMs = options.retentionMs ?? DEFAULT_RETENTION_MS;
     this.batchSize = options.batchSize ?? 500;
+    this.batchBudgetMs = options.batchBudgetMs ?? 10;
     this.pauseMs = options.pauseMs ?? 50;
     this.intervalMs = options.intervalMs ?? 10 * 60 * 1000;
-    this.maxBatches = options.maxBatchesPerSweep ?? 100;
+    // Batches are bounded by time (batchBudgetMs): on a large journal each deletes fewer than
+    // batchSize, and a sweep must still keep up with a busy gateway's commands.
+    this.maxBatches = options.maxBatchesPerSweep ?? 1000;
   }
 
   /**
@@ -87,15 +96,15 @@ export class RetentionSweeper {
     let purged = 0;
     for (let batch = 0; batch < this.maxBatches; batch++) {
       if (this.stopping.signal.aborted) break;
-      let n: number;
+      let step: PurgeStep;
       try {
-        n = this.journal.purgeSettled(before, this.batchSize);
+        step = this.journal.purgeSettled(before, this.batchSize, this.batchBudgetMs);
       } catch (error) {
         this.logger.warn({ err: error }, 'retention sweep could not purge; will try again');
         break;
       }
-      purged += n;
-      if (n < this.batchSize) break;
+      purged += step.purged;
+      if (!step.more) break;
       await this.clock.sleep(this.pauseMs, this.stopping.signal);
     }
     if (purged > 0) this.logger.info({ purged }, 'retention sweep purged settled commands');

@@ -10,6 +10,7 @@ import type {
   CommandRef,
   NewCommand,
   Observation,
+  PurgeStep,
   Rejection,
   SeqAllocator,
   Settlement,
@@ -65,10 +66,13 @@ export interface Connection {
   readonly txSettle: Transaction<
     (ref: CommandRef, from: OpenState, s: Settlement) => CommandRecord
   >;
-  readonly txPurge: Transaction<(before: number, limit: number) => number>;
+  readonly txPurge: Transaction<(before: number, limit: number, budgetMs: number) => PurgeStep>;
 }
 
 type Statements = ReturnType<typeof prepare>;
+
+/** Events of one command deleted by one statement of the purge (txPurge). */
+const EVENTS_PER_STEP = 500;
 
 /** Opens the file, migrates it, and prepares every statement and transaction on it. */
 export function openConnection(options: ConnectionOptions): Connection {
@@ -256,13 +260,29 @@ export function openConnection(options: ConnectionOptions): Connection {
     },
   );
 
-  const txPurge = db.transaction((before: number, limit: number): number => {
-    const victims = s.purgeCandidates.all(before, limit) as { scope: string; key: string }[];
+  // Bounded by time as well as by count: a command's history has one event per duplicate
+  // (a client that retried for hours left thousands), and a batch of them at a time held the
+  // event loop — and the write lock — for hundreds of milliseconds on a journal of a million
+  // commands. A history is deleted in steps of EVENTS_PER_STEP events, and its command only once
+  // none is left; past the budget the transaction ends where it stands, and the next one goes
+  // on. A command whose purge the budget cut keeps the rest of its history meanwhile (its result
+  // is its row, replayed unchanged), and its row with its id: a history without its command
+  // could be joined by a new command given the same id (the largest id is given again once
+  // deleted).
+  const txPurge = db.transaction((before: number, limit: number, budgetMs: number): PurgeStep => {
+    const started = performance.now();
+    const spent = (): boolean => performance.now() - started >= budgetMs;
+    const victims = s.purgeCandidates.all(before, limit) as { id: number }[];
+    let purged = 0;
     for (const v of victims) {
-      s.deleteEvents.run(v.scope, v.key);
-      s.deleteCommand.run(v.scope, v.key);
+      while (s.deleteEvents.run(v.id, EVENTS_PER_STEP).changes === EVENTS_PER_STEP) {
+        if (spent()) return { purged, more: true };
+      }
+      s.deleteCommand.run(v.id);
+      purged++;
+      if (purged < victims.length && spent()) return { purged, more: true };
     }
-    return victims.length;
+    return { purged, more: victims.length === limit };
   });
   return { db, stmts: s, txClaim, txDispatch, txRedispatch, txSettle, txPurge };
 }
@@ -363,14 +383,15 @@ function prepare(db: Database): {
         AND c.action = 'stop' AND c.id > after.id
       ORDER BY c.id DESC LIMIT ?`),
     purgeCandidates: db.prepare(`
-      SELECT scope, key FROM commands
+      SELECT id FROM commands
       WHERE settled_at IS NOT NULL AND settled_at < ?
         AND state IN ('confirmed', 'rejected', 'failed')
       ORDER BY settled_at LIMIT ?`),
-    deleteEvents: db.prepare(
-      'DELETE FROM events WHERE command = (SELECT id FROM commands WHERE scope = ? AND key = ?)',
-    ),
-    deleteCommand: db.prepare('DELETE FROM commands WHERE scope = ? AND key = ?'),
+    // The oldest events of a command first (events_command: command, id).
+    deleteEvents: db.prepare(`
+      DELETE FROM events WHERE id IN
+        (SELECT id FROM events WHERE command = ? ORDER BY id LIMIT ?)`),
+    deleteCommand: db.prepare('DELETE FROM commands WHERE id = ?'),
     touch: db.prepare(`
       INSERT INTO meta (key, value) VALUES ('writable-check', ?)
       ON CONFLICT (key) DO UPDATE SET value = excluded.value`),

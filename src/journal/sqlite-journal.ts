@@ -10,6 +10,7 @@ import {
   type NewCommand,
   type Observation,
   type OpenRef,
+  type PurgeStep,
   type Rejection,
   type SeqAllocator,
   type Settlement,
@@ -214,8 +215,8 @@ export class SqliteJournal implements Journal {
     }
   }
 
-  purgeSettled(before: number, limit: number): number {
-    return this.write('purge', (c) => c.txPurge.immediate(before, limit));
+  purgeSettled(before: number, limit: number, budgetMs = Number.POSITIVE_INFINITY): PurgeStep {
+    return this.write('purge', (c) => c.txPurge.immediate(before, limit, budgetMs));
   }
 
   checkWritable(): void {

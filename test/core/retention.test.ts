@@ -1,20 +1,23 @@
 import { join } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { NewCommand } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { RetentionSweeper } from '../../src/core/retention.js';
-import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { openJournal, tempDir } from '../helpers/fixtures.js';
 
 let journal: SqliteJournal;
+let journalPath: string;
 let cleanup: () => void;
 const HOUR = 3_600_000;
 
 beforeEach(() => {
   const t = tempDir();
   cleanup = t.cleanup;
-  journal = openJournal(join(t.dir, 'journal.db'));
+  journalPath = join(t.dir, 'journal.db');
+  journal = openJournal(journalPath);
 });
 afterEach(() => {
   journal.close();
@@ -60,6 +63,8 @@ describe('RetentionSweeper', () => {
       clock: systemClock,
       logger: silentLogger,
       batchSize: 50,
+      // Bounded by count alone here: the time bound has its own test.
+      batchBudgetMs: 10_000,
       pauseMs: 1,
       maxBatchesPerSweep: 2,
     });
@@ -105,6 +110,63 @@ describe('RetentionSweeper', () => {
     await new Promise((r) => setTimeout(r, 30));
     await sweeper.stop();
     expect(journal.get({ scope: 'plant', key: 'old' })).toBeUndefined();
+  });
+
+  it('holds the event loop for about its time budget per batch, however long the histories', async () => {
+    // 300 settled commands with 1,000 history events each (clients that retried their keys):
+    // by SQL on the journal's file, the way claim() writes them.
+    const old = Date.now() - 100 * HOUR;
+    for (let i = 0; i < 300; i++) add(`retried-${i}`, old + i);
+    add('young', Date.now() - HOUR);
+    const db = new BetterSqlite3(journalPath);
+    try {
+      const event =
+        db.prepare(`INSERT INTO events (command, at, from_state, to_state, intake, detail)
+        SELECT id, ?, 'rejected', 'rejected', 'https', 'duplicate' FROM commands WHERE key = ?`);
+      db.transaction(() => {
+        for (let i = 0; i < 300; i++)
+          for (let e = 0; e < 1_000; e++) event.run(old + e, `retried-${i}`);
+      })();
+    } finally {
+      db.close();
+    }
+    // As the daemon opens it: the writes of a turn commit together at its end.
+    const daemons = SqliteJournal.open({ path: journalPath, groupCommit: true });
+    const sweeper = new RetentionSweeper({
+      journal: daemons,
+      clock: systemClock,
+      logger: silentLogger,
+      batchBudgetMs: 5,
+      pauseMs: 0,
+    });
+    // The event loop's longest hold while the sweep runs: each batch and its commit.
+    let last = performance.now();
+    let longest = 0;
+    const ticks = setInterval(() => {
+      const now = performance.now();
+      longest = Math.max(longest, now - last);
+      last = now;
+    }, 1);
+    let purged: number;
+    try {
+      purged = await sweeper.sweep();
+      await daemons.durable();
+    } finally {
+      clearInterval(ticks);
+      daemons.close();
+    }
+    expect(purged).toBe(300);
+    // Deleting the 300,000 events took more than one batch could: each stopped near its budget
+    // (the step it was in, 500 events, finished first), not at the batch size (500 commands).
+    expect(longest).toBeLessThan(100);
+    const count = new BetterSqlite3(journalPath, { readonly: true });
+    try {
+      // The young command's: accepted, rejected.
+      expect(count.prepare('SELECT count(*) AS n FROM events').get()).toEqual({ n: 2 });
+    } finally {
+      count.close();
+    }
+    expect(journal.get({ scope: 'plant', key: 'young' })?.state).toBe('rejected');
   });
 
   it('keeps a settled key for the window in real time when the wall clock steps forward', async () => {

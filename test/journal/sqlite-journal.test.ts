@@ -374,16 +374,57 @@ describe('retention', () => {
     for (let i = 0; i < 25; i++) confirm(j, j.claim(command(`old-${i}`)).record, T0 + i);
     confirm(j, j.claim(command('recent')).record, T0 + 100_000);
     j.claim(command('open-old', { acceptedAt: T0 - 1e9 }));
-    expect(j.purgeSettled(T0 + 50_000, 10)).toBe(10);
-    expect(j.purgeSettled(T0 + 50_000, 10)).toBe(10);
-    expect(j.purgeSettled(T0 + 50_000, 10)).toBe(5);
-    expect(j.purgeSettled(T0 + 50_000, 10)).toBe(0);
+    expect(j.purgeSettled(T0 + 50_000, 10)).toEqual({ purged: 10, more: true });
+    expect(j.purgeSettled(T0 + 50_000, 10)).toEqual({ purged: 10, more: true });
+    expect(j.purgeSettled(T0 + 50_000, 10)).toEqual({ purged: 5, more: false });
+    expect(j.purgeSettled(T0 + 50_000, 10)).toEqual({ purged: 0, more: false });
     expect(j.get({ scope: 'plant', key: 'old-0' })).toBeUndefined();
     expect(j.history({ scope: 'plant', key: 'old-0' })).toEqual([]);
     expect(j.get({ scope: 'plant', key: 'recent' })?.state).toBe('confirmed');
     expect(j.get({ scope: 'plant', key: 'open-old' })?.state).toBe('accepted');
     // A purged key is a new command again: that is what the retention window means.
     expect(j.claim(command('old-0')).kind).toBe('new');
+  });
+
+  it('ends a purge on its time budget, part way through a long history, and goes on from there', () => {
+    const path = join(dir, 'journal.db');
+    const j = open(path);
+    const retried = confirm(j, j.claim(command('retried')).record, T0 + 10);
+    const kept = confirm(j, j.claim(command('kept')).record, T0 + 100_000);
+    // A client that retried one key for hours: one duplicate event per retry (as claim()
+    // writes them; by SQL, the thousands at once).
+    const db = new BetterSqlite3(path);
+    try {
+      const id = (
+        db.prepare('SELECT id FROM commands WHERE key = ?').get('retried') as { id: number }
+      ).id;
+      const event =
+        db.prepare(`INSERT INTO events (command, at, from_state, to_state, intake, detail)
+        VALUES (?, ?, 'confirmed', 'confirmed', 'https', 'duplicate')`);
+      db.transaction(() => {
+        for (let i = 0; i < 1_600; i++) event.run(id, T0 + 20 + i);
+      })();
+    } finally {
+      db.close();
+    }
+    const events = j.history(retried).length;
+    expect(events).toBe(1_603); // accepted, dispatched, confirmed and the duplicates
+    const keptHistory = j.history(kept);
+    // No time at all: each call deletes one step of the history (500 events) and ends.
+    const steps: { purged: number; more: boolean }[] = [];
+    for (let left = events; left >= 500; left -= 500) {
+      steps.push(j.purgeSettled(T0 + 50_000, 10, 0));
+      // Meanwhile the command is there, replayed as it was, with the rest of its history.
+      expect(j.get(retried)?.state).toBe('confirmed');
+      expect(j.history(retried)).toHaveLength(left - 500);
+    }
+    expect(steps).toEqual([...Array<unknown>(3)].map(() => ({ purged: 0, more: true })));
+    expect(j.purgeSettled(T0 + 50_000, 10, 0)).toEqual({ purged: 1, more: false });
+    expect(j.get(retried)).toBeUndefined();
+    expect(j.history(retried)).toEqual([]);
+    // The command within the window keeps its row and its whole history.
+    expect(j.history(kept)).toEqual(keptHistory);
+    expect(j.get(kept)?.state).toBe('confirmed');
   });
 });
 
