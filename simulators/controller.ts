@@ -361,7 +361,11 @@ export class DeviceController {
     this.#faultRegister = FAULT_NONE;
     this.#state = this.#restingState();
     this.#readLocalSwitch();
-    if (!frozen) this.#publish(powerUpTime);
+    // Rebuilt, not updated: every field is stamped with the power-up time, also one whose
+    // value came back the same. Its last change was taken by the clock before the restart,
+    // which may have come back stepped (clockOffsetMs): kept, it could lie in the future of
+    // the controller clock, or make an image of before the restart look newer than it is.
+    if (!frozen) this.#publish(powerUpTime, true);
   }
 
   /**
@@ -575,11 +579,12 @@ export class DeviceController {
       : ACTUATOR_STATE_CODES[this.#state as ActuatorState];
   }
 
-  #publish(controllerTime: number): void {
+  /** `rebuilt`: every field counts as changed now (the image after a power-up). */
+  #publish(controllerTime: number, rebuilt = false): void {
     const previous = this.#published;
     const position = publishedPosition(this.#position);
     const changed = (before: number | string, after: number | string, at: number): number =>
-      before === after ? at : controllerTime;
+      before === after && !rebuilt ? at : controllerTime;
     this.#published = {
       state: this.#state,
       stateCode: this.#stateCode(),

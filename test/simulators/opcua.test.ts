@@ -460,6 +460,7 @@ describe('OPC UA PLC: requests held on the link, power cycle', () => {
               h1: { profile: 'valve', travelMs: 200 },
               h2: { profile: 'valve', travelMs: 200 },
               p1: { profile: 'valve', travelMs: 200 },
+              p2: { profile: 'valve', travelMs: 200 },
             },
           },
         },
@@ -588,6 +589,35 @@ describe('OPC UA PLC: requests held on the link, power cycle', () => {
       expect(device.counters.writesReceived).toBe(1);
     } finally {
       await own.close().catch(() => undefined);
+    }
+  });
+
+  it('power cycle: every status variable is stamped with the power-up time, none from before', async () => {
+    // The image is rebuilt at power-up. A value the restart left as it was (OPEN, 100 %)
+    // used to keep its SourceTimestamp from before, taken by a clock that came back 15 s
+    // slow: a change 10 s in the controller's future.
+    const own = await connectOpcua(endpointUrl);
+    await uaCommand(own.session, 'p2', OPEN, 0, 41);
+    step(0);
+    step(200);
+    expect(plant.device('p2').state).toBe('OPEN');
+    time.advance(5000);
+    await own.close();
+    const { powerUpControllerTime } = plant.plc('ua').powerCycle({ clockOffsetMs: -15_000 });
+    expect(powerUpControllerTime).toBe(time.now() - 15_000);
+    const again = await connectOpcua(endpointUrl);
+    try {
+      const names = ['State', 'StateCode', 'Position', 'FaultCode', 'SeqEcho', 'ScanTime'];
+      const values = await uaRead(
+        again.session,
+        names.map((name) => nodeId('p2', name)),
+      );
+      expect(values.slice(0, 3).map((v): unknown => v.value.value)).toEqual(['OPEN', 2, 100]);
+      expect(values.map((v) => v.sourceTimestamp?.getTime())).toEqual(
+        names.map(() => powerUpControllerTime),
+      );
+    } finally {
+      await again.close();
     }
   });
 
