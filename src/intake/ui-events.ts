@@ -23,6 +23,16 @@ import type { UiDevice, UiGateway, UiViews } from './ui-views.js';
  *
  * A comment line every 15 s keeps proxies and the browser from timing the stream out; the
  * `retry` field tells the browser to reconnect 2 s after the stream drops.
+ *
+ * A page that does not read its stream (a tablet asleep with its connection half-open, a
+ * browser stalled, a client that never reads) must not make the daemon keep every event for it:
+ * once the kernel's socket buffers are full, Node would queue each write in memory, without
+ * bound — a devices event of a plant of 200 valves is about 120 KB, five a second while one
+ * travels. So a stream whose write is refused (`write()` false: Node's buffer is past its
+ * high-water mark) is sent nothing more until it drains; then it gets what changed meanwhile —
+ * the devices and the gateway as they are then, and a `commands` cue when one was held back.
+ * Every event is a whole document or a cue to fetch one, so the page misses nothing by it, and
+ * the daemon holds at most one event beyond the high-water mark per stream.
  */
 
 const TICK_MS = 1_000;
@@ -37,8 +47,13 @@ interface Stream {
   readonly res: ServerResponse;
   readonly session: UiSession;
   readonly allowed: (device: string) => boolean;
+  /** Signatures of the devices and gateway documents last queued on the stream. */
   lastDevices: string;
   lastGateway: string;
+  /** Not read fast enough: nothing more is written until it drains. */
+  behind: boolean;
+  /** A `commands` cue was held back while behind: one is sent when it drains. */
+  commandsHeld: boolean;
 }
 
 export interface UiEventsOptions {
@@ -100,13 +115,21 @@ export class UiEvents {
       // A buffering reverse proxy would hold events back.
       'x-accel-buffering': 'no',
     });
-    const stream: Stream = { res, session, allowed, lastDevices: '', lastGateway: '' };
+    const stream: Stream = {
+      res,
+      session,
+      allowed,
+      lastDevices: '',
+      lastGateway: '',
+      behind: false,
+      commandsHeld: false,
+    };
     this.streams.add(stream);
     res.on('close', () => {
       this.streams.delete(stream);
       if (this.streams.size === 0) this.stopTicking();
     });
-    res.write(`retry: ${RETRY_MS}\n\n`);
+    this.send(stream, `retry: ${RETRY_MS}\n\n`);
     this.sendDevices(stream, this.o.views.devices(allowed));
     this.sendGateway(stream, this.o.views.gateway());
     this.write(stream, 'commands', '{}');
@@ -180,7 +203,8 @@ export class UiEvents {
       this.sendDevices(stream, this.o.views.devices(stream.allowed));
       this.sendGateway(stream, gateway);
       if (lanesChanged) this.write(stream, 'commands', '{}');
-      if (heartbeat) stream.res.write(': keep-alive\n\n');
+      // A stream that is behind is not idle: its connection has bytes to carry already.
+      if (heartbeat) this.send(stream, ': keep-alive\n\n');
     }
   }
 
@@ -190,7 +214,9 @@ export class UiEvents {
       this.o.sessions.touch(stream.session);
       return true;
     }
-    this.write(stream, 'session', JSON.stringify({ ended: true }));
+    // Written even when the stream is behind: the page must learn why the stream ends, and
+    // nothing follows it.
+    stream.res.write(`event: session\ndata: ${JSON.stringify({ ended: true })}\n\n`);
     stream.res.end();
     this.streams.delete(stream);
     return false;
@@ -200,8 +226,9 @@ export class UiEvents {
     // Readback ages change at every read; the page ages them itself between events.
     const signature = JSON.stringify(devices.map(withoutAges));
     if (signature === stream.lastDevices) return;
-    stream.lastDevices = signature;
-    this.write(stream, 'devices', JSON.stringify({ devices }));
+    // Held back while behind: the signature stays the last one sent, so the devices are sent
+    // when the stream drains if they differ from it then.
+    if (this.write(stream, 'devices', JSON.stringify({ devices }))) stream.lastDevices = signature;
   }
 
   private sendGateway(stream: Stream, gateway: UiGateway): void {
@@ -211,13 +238,36 @@ export class UiEvents {
       clock: { ...gateway.clock, checkedAt: null },
     });
     if (signature === stream.lastGateway) return;
-    stream.lastGateway = signature;
-    this.write(stream, 'gateway', JSON.stringify(gateway));
+    if (this.write(stream, 'gateway', JSON.stringify(gateway))) stream.lastGateway = signature;
   }
 
-  private write(stream: Stream, event: string, data: string): void {
+  /** Queues an event on the stream; false when it was held back (the stream is behind). */
+  private write(stream: Stream, event: string, data: string): boolean {
     // JSON has no raw newlines, so each event is one `data:` line.
-    stream.res.write(`event: ${event}\ndata: ${data}\n\n`);
+    const sent = this.send(stream, `event: ${event}\ndata: ${data}\n\n`);
+    if (!sent && event === 'commands') stream.commandsHeld = true;
+    return sent;
+  }
+
+  /** Writes unless the stream is behind; a refused write puts it behind until it drains. */
+  private send(stream: Stream, text: string): boolean {
+    if (stream.behind) return false;
+    if (!stream.res.write(text)) {
+      stream.behind = true;
+      stream.res.once('drain', () => {
+        this.caughtUp(stream);
+      });
+    }
+    return true;
+  }
+
+  /** A stream that was behind has drained: it gets what changed while it was. */
+  private caughtUp(stream: Stream): void {
+    stream.behind = false;
+    if (!this.streams.has(stream) || !this.live(stream)) return;
+    this.sendDevices(stream, this.o.views.devices(stream.allowed));
+    this.sendGateway(stream, this.o.views.gateway());
+    if (stream.commandsHeld && this.write(stream, 'commands', '{}')) stream.commandsHeld = false;
   }
 
   /** Ends every stream and lets go of the pipeline (the intake is stopping). */

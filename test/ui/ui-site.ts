@@ -50,7 +50,15 @@ export interface UiSite {
 export interface UiSiteOptions {
   readonly mqtt: boolean;
   readonly opcua: boolean;
+  /**
+   * Idle valves added to the Modbus PLC (`bulk-000`, …), read every 5 s: a plant whose
+   * devices event is large (about 600 bytes a valve).
+   */
+  readonly bulkValves?: number;
 }
+
+/** The bulk valves' profile: the shipped valve's, read rarely (they never move). */
+const BULK_PROFILE = 'valve-idle';
 
 export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
   const { dir, cleanup } = tempDir('sluice-ui-');
@@ -68,6 +76,13 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
             'inlet-valve': { profile: 'valve', base: 0, travelMs: 800, travelTimeoutMs: 120_000 },
             // Slow enough to be seen in flight.
             'drain-valve': { profile: 'valve', base: 100, travelMs: 3_000 },
+            ...Object.fromEntries(
+              bulkValveIds(options.bulkValves ?? 0).map((id, i) => [
+                id,
+                // Clear of the PLC's clock registers at 900.
+                { profile: 'valve', base: 1_000 + 20 * i, travelMs: 800 },
+              ]),
+            ),
           },
         },
         ...(options.opcua
@@ -97,8 +112,17 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     };
     profile.timing = { ...profile.timing, confirmTimeoutMs: 60_000, pollIntervalMs: 50 };
     writeFileSync(join(profilesDir, file), stringify(profile));
+    if (file === 'valve.yaml' && options.bulkValves !== undefined) {
+      const idle = { ...profile, profile: BULK_PROFILE, timing: { ...profile.timing } };
+      idle.timing.pollIntervalMs = 5_000;
+      writeFileSync(join(profilesDir, `${BULK_PROFILE}.yaml`), stringify(idle));
+    }
   }
   const inventory = inventoryFor(plant);
+  for (const id of bulkValveIds(options.bulkValves ?? 0)) {
+    const device = inventory.devices[id];
+    if (device !== undefined) inventory.devices[id] = { ...device, profile: BULK_PROFILE };
+  }
   const configPath = join(dir, 'sluice.yaml');
   const hash = (token: string): string => sha256(token).toString('hex');
   writeFileSync(
@@ -169,6 +193,10 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
       cleanup();
     },
   };
+}
+
+function bulkValveIds(count: number): string[] {
+  return Array.from({ length: count }, (_, i) => `bulk-${String(i).padStart(3, '0')}`);
 }
 
 export interface Answer {
