@@ -279,6 +279,8 @@ export class ModbusPlcServer {
       case FC_READ_DISCRETE_INPUTS: {
         const bits = this.#readBits(fc, start, quantity);
         if (bits === undefined) return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
+        // A limit-switch valve is read by its inputs as well as by its status word.
+        this.#noteRead(start, quantity);
         const out = Buffer.alloc(2 + Math.ceil(quantity / 8));
         out.writeUInt8(fc, 0);
         out.writeUInt8(out.length - 2, 1);

@@ -238,6 +238,21 @@ describe('Modbus register layouts', () => {
       }
     });
 
+    it('logs an answered FC2 read of its inputs in the read log, as an FC3 read of its word', async () => {
+      // The read log is what tests hold a readback against (taken after the write, I2); a
+      // master reading this valve by its inputs alone used to leave it empty.
+      step(5);
+      const before = lsv.readLog.length;
+      await inputs(LSV, 6);
+      expect(lsv.readLog.slice(before)).toEqual([plant.plc('plc').controllerTime()]);
+      step(5);
+      await statusWord();
+      expect(lsv.readLog.slice(before)).toHaveLength(2);
+      // A refused read is no readback.
+      expect((await mb.request(readPdu(0x02, LSV, 7))).exception).toBe(ILLEGAL_ADDRESS);
+      expect(lsv.readLog.slice(before)).toHaveLength(2);
+    });
+
     it('takes every non-zero write of the command register as one command, seq 0, and clears it at the scan', async () => {
       await write(LSV + 10, [LS.open]);
       expect(await holding(LSV + 10)).toEqual([LS.open]);
