@@ -194,7 +194,9 @@ export class ModbusPlcServer {
       return;
     }
     const request = decode(pdu);
-    if (request.direction === 'write') this.#noteWriter(request, socket);
+    // A request for another unit id reaches none of this PLC's registers, whatever the faults.
+    const ours = unitId === this.#config.unitId;
+    if (request.direction === 'write' && ours) this.#noteWriter(request, socket);
     const sets = this.#faultSets(request);
     const plan = planRequest(sets, request.direction, this.#plc.random, 'exception');
     if (plan.resetBefore) {
@@ -205,9 +207,9 @@ export class ModbusPlcServer {
 
     let reply: Buffer;
     if (plan.refuse?.exception !== undefined) {
-      if (plan.refuse.applied === true) this.#execute(request);
+      if (plan.refuse.applied === true && ours) this.#execute(request);
       reply = exceptionPdu(request.fc, plan.refuse.exception);
-    } else if (unitId !== this.#config.unitId) {
+    } else if (!ours) {
       reply = exceptionPdu(request.fc, EXCEPTION.gatewayTargetFailed);
     } else {
       reply = this.#execute(request);

@@ -348,6 +348,26 @@ describe.skipIf(!haveMbpoll)('Modbus PLC driven by mbpoll', () => {
       expect(plant.device('v1').faults()).toEqual([]);
     });
 
+    it('an exception after the write applies nothing for a request addressed to another unit id', async () => {
+      // 'after' applies the request to this PLC; one for unit 3 used to be applied to unit
+      // 1's registers all the same: a command write counted that no master sent to it.
+      plant.device('v1').setFault({ kind: 'exception', code: 0x0b, on: 'write', when: 'after' });
+      const result = await mbpoll({ ...ep, unitId: 3 }, [
+        '-r',
+        '10',
+        ep.host,
+        String(OPEN),
+        '0',
+        '1',
+      ]);
+      expect(result.code).not.toBe(0);
+      expect(plant.device('v1').counters.writesReceived).toBe(0);
+      expect(plant.device('v1').writers).toEqual([]);
+      step(0);
+      expect(await mbRead(ep, 0, 4)).toEqual([0, 0, 0, 0]);
+      expect(await mbRead(ep, 10, 3)).toEqual([0, 0, 0]);
+    });
+
     it('latency holds the reply back; the write is applied on arrival', async () => {
       plant.device('v1').setFault({ kind: 'latency', ms: 300 });
       const read = await mbpoll(ep, ['-r', '0', '-c', '1', ep.host], 2);
