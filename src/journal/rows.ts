@@ -50,11 +50,21 @@ export function stillInTransaction(db: Database): boolean {
   return db.inTransaction;
 }
 
-/** An SQLite error that means the journal cannot be used now, as JournalUnavailableError. */
-export function translate(error: unknown, what: string): never {
+/**
+ * An SQLite error that means the journal cannot be used now, as JournalUnavailableError. With
+ * the journal's `path`, a full filesystem is said in words an operator acts on (/readyz,
+ * `sluicectl health`): SQLITE_FULL alone names neither the cause nor where to free space.
+ */
+export function translate(error: unknown, what: string, path?: string): never {
   const code = (error as { code?: unknown }).code;
   if (typeof code === 'string' && UNAVAILABLE.test(code)) {
-    throw new JournalUnavailableError(`journal unavailable (${what}): ${code}`, { cause: error });
+    const full =
+      code === 'SQLITE_FULL' && path !== undefined
+        ? `: the filesystem of ${path} is full; commands are refused until space is freed there, then taken again without a restart`
+        : '';
+    throw new JournalUnavailableError(`journal unavailable (${what}): ${code}${full}`, {
+      cause: error,
+    });
   }
   throw error;
 }

@@ -304,7 +304,7 @@ export class SqliteJournal implements Journal {
       if (typeof code === 'string' && code.startsWith('SQLITE_READONLY')) {
         this.readOnlyConnection = true;
       }
-      return translate(error, what);
+      return translate(error, what, this.options.path);
     }
   }
 
