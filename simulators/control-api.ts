@@ -196,7 +196,7 @@ export class ControlApi {
         Allow: allow,
       });
     }
-    const params = hit.match.slice(1).map((p) => decodeURIComponent(p));
+    const params = hit.match.slice(1).map((p) => decodeSegment(p));
     const body = await hit.entry.handler(req, params);
     send(res, 200, body);
   }
@@ -223,6 +223,15 @@ export class ControlApi {
 
   #plc(id: string | undefined): SimPlc {
     return this.#plant.plc(id ?? '');
+  }
+}
+
+/** A path segment, percent-decoded; a malformed escape is the client's error, not ours (500). */
+function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new InvalidRequestError(`"${segment}" in the path is not valid percent-encoding`);
   }
 }
 

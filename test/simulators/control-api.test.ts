@@ -384,6 +384,9 @@ describe('control API', () => {
       ['PUT', '/devices/v1/faults/bad-status', {}, 422, 'FAULT_NOT_APPLICABLE'],
       ['GET', '/nowhere', undefined, 404, 'NOT_FOUND'],
       ['POST', '/devices', {}, 405, 'METHOD_NOT_ALLOWED'],
+      // A malformed percent escape in a device id was a 500 INTERNAL "URI malformed".
+      ['GET', '/devices/v%E0', undefined, 400, 'INVALID_REQUEST'],
+      ['DELETE', '/devices/v1/faults/%ZZ', undefined, 400, 'INVALID_REQUEST'],
     ];
     for (const [method, path, body, status, code] of cases) {
       const res = await api(url, method, path, body);
