@@ -1,4 +1,5 @@
-import { statSync } from 'node:fs';
+import { statSync, statfsSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Clock } from '../core/clock.js';
 import type { GatewayClock } from '../core/gateway-clock.js';
@@ -116,6 +117,23 @@ export class Metrics {
             }
           }
           this.set(bytes);
+        },
+      });
+      // A full filesystem stops every intake (I5: 503, no PUBACK) and the counter of refusals
+      // moves only once a command comes: the space left is what an alert can watch beforehand,
+      // and what shows a full disk on a gateway that is idle. Read by statfs, without a write.
+      new Gauge({
+        name: 'sluice_journal_filesystem_available_bytes',
+        help: "Space left for the journal on its filesystem (statfs: blocks available to the daemon's user); at 0 commands are refused.",
+        registers,
+        collect() {
+          try {
+            const fs = statfsSync(dirname(journal.path));
+            this.set(fs.bavail * fs.bsize);
+          } catch {
+            // The directory cannot be read: left out of the scrape (readiness says why).
+            this.reset();
+          }
         },
       });
     }

@@ -114,6 +114,8 @@ describe.runIf(mountable)('a full journal filesystem under a command in flight',
       expect(onFile('in-flight')).toMatchObject({ state: 'accepted', seq: null });
       const readyz = await get('/readyz');
       expect(readyz.status).toBe(503);
+      // Watched without a command: the space left, from /metrics.
+      expect(await available()).toBeLessThan(64 * 1024);
       // Said in words an operator acts on: what is full, and where.
       const journal = (JSON.parse(readyz.body) as { checks: Record<string, unknown> }).checks
         .journal;
@@ -135,7 +137,15 @@ describe.runIf(mountable)('a full journal filesystem under a command in flight',
     const history = historyOnFile('in-flight');
     expect(history.filter((e) => e.to === 'dispatched' && e.from === 'accepted')).toHaveLength(1);
     expect((await get('/readyz')).status).toBe(200);
+    expect(await available()).toBeGreaterThan(2 * 1024 * 1024);
   }, 60_000);
+
+  async function available(): Promise<number> {
+    const metrics = await get('/metrics');
+    const line = /^sluice_journal_filesystem_available_bytes (\d+)$/m.exec(metrics.body);
+    expect(line, metrics.body).not.toBeNull();
+    return Number(line![1]);
+  }
 
   function onFile(key: string): { state: string; seq: number | null } | undefined {
     const journal = SqliteJournal.open({ path: journalPath, readonly: true });
