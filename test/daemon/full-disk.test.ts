@@ -27,7 +27,9 @@ import { mountTmpfs, tmpfsAvailable, unmount } from '../reliability/support.js';
  * The journal's filesystem fills while a command is in flight (I5): its claim is on disk and
  * acknowledged (202), its device read is under way, and the dispatch that would precede its
  * write cannot be committed. The write must not be sent; the command stays `accepted` on disk;
- * once space is back, the daemon takes it up without a restart and it runs exactly once.
+ * once space is back, the daemon takes it up without a restart and it runs exactly once. And
+ * the filesystem fills after the write: the settlement cannot be committed, the command stays
+ * `dispatched` on disk, and once space is back it is settled by readback, never written again.
  * Real daemon (in this process), sluice-sim over Modbus TCP, the journal on a real tmpfs;
  * ground truth: the simulator's write counter and the journal file.
  */
@@ -138,6 +140,57 @@ describe.runIf(mountable)('a full journal filesystem under a command in flight',
     expect(history.filter((e) => e.to === 'dispatched' && e.from === 'accepted')).toHaveLength(1);
     expect((await get('/readyz')).status).toBe(200);
     expect(await available()).toBeGreaterThan(2 * 1024 * 1024);
+  }, 60_000);
+
+  it('the settlement is not committed: the command written once stays dispatched, and is settled by readback, never written again', async () => {
+    const valve = plant.device(VALVE);
+    const action = valve.snapshot().published.state === 'OPEN' ? 'close' : 'open';
+    const writes = valve.counters.writesReceived;
+    // Slow readbacks: the command is written and its confirmation still under way.
+    valve.setFault({ kind: 'latency', ms: 250, on: 'read' });
+    const db = new BetterSqlite3(journalPath);
+    db.pragma('wal_checkpoint(TRUNCATE)');
+    db.close();
+    const accepted = await post('settle-full', action, 'respond-async');
+    expect(accepted.status, accepted.body).toBe(202);
+    await until(
+      () =>
+        lines.some((l) => l.includes('"key":"settle-full"') && l.includes('"command dispatched"'))
+          ? true
+          : undefined,
+      15_000,
+      'the dispatch durable',
+    );
+    const filler = join(stateDir, 'filler');
+    fill(filler);
+    try {
+      await until(
+        () =>
+          lines.some(
+            (l) =>
+              l.includes('"key":"settle-full"') &&
+              l.includes('command left open (journal unavailable)'),
+          )
+            ? true
+            : undefined,
+        15_000,
+        'the settlement refused',
+      );
+      expect(valve.counters.writesReceived).toBe(writes + 1);
+      expect(onFile('settle-full')?.state).toBe('dispatched');
+    } finally {
+      rmSync(filler, { force: true });
+    }
+    valve.clearFaults();
+    await until(
+      () => (onFile('settle-full')?.state === 'confirmed' ? true : undefined),
+      30_000,
+      'the command settled once space is back',
+    );
+    expect(valve.counters.writesReceived).toBe(writes + 1);
+    expect(
+      historyOnFile('settle-full').filter((e) => e.to === 'dispatched' && e.from === 'accepted'),
+    ).toHaveLength(1);
   }, 60_000);
 
   async function available(): Promise<number> {
