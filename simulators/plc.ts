@@ -212,7 +212,8 @@ export class SimDevice {
 
   /**
    * Controller times (epoch ms) at which a read request that touched this device's registers
-   * was answered, oldest first: the last READ_LOG_CAPACITY of them. A copy.
+   * read the image, for the reads whose answer was sent (not those dropped, cut off or answered
+   * by an exception), in the order the answers left: the last READ_LOG_CAPACITY of them. A copy.
    */
   get readLog(): number[] {
     return [...this.#readLog];
