@@ -79,15 +79,22 @@ export class RetentionSweeper {
    */
   private cutoff(): number {
     const mono = this.clock.elapsed();
-    this.offsets.push({ at: mono, offset: this.clock.now() - mono });
+    const offset = this.clock.now() - mono;
+    // An earlier reading no lower than this one can no longer be the lowest (this one stays in
+    // the window longer): the readings kept rise from the first, which is the lowest, and
+    // there are few of them whatever the sweeps' pace.
+    for (let last = this.offsets.at(-1); last !== undefined && last.offset >= offset;) {
+      this.offsets.pop();
+      last = this.offsets.at(-1);
+    }
+    this.offsets.push({ at: mono, offset });
     // Readings older than the window go, but for the newest of them: the wall clock it read
     // held until the next reading, at the window's start.
     for (let next = this.offsets[1]; next !== undefined && next.at <= mono - this.retentionMs;) {
       this.offsets.shift();
       next = this.offsets[1];
     }
-    const lowest = Math.min(...this.offsets.map((o) => o.offset));
-    return mono + lowest - this.retentionMs;
+    return mono + (this.offsets[0]?.offset ?? offset) - this.retentionMs;
   }
 
   /** One sweep: returns how many commands it purged. */
