@@ -7,7 +7,8 @@ import {
   FIRST_REQUEST_TIMEOUT_MS,
   HANDSHAKE_TIMEOUT_MS,
 } from '../../src/intake/https-connections.js';
-import { startStack, type Stack } from '../helpers/stack.js';
+import { REQUEST_TIMEOUT_MS } from '../../src/intake/https-server.js';
+import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
 import {
   makePki,
   memoryLogger,
@@ -98,6 +99,33 @@ async function health(socket: TLSSocket): Promise<string> {
   });
   socket.write('GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n');
   return answer;
+}
+
+/**
+ * Writes `head`, then `drip` every second until the server closes the connection: how long the
+ * connection lived after the head, and all it was sent.
+ */
+async function slowRequest(
+  socket: TLSSocket,
+  head: string,
+  drip: string,
+): Promise<{ lived: number; text: string }> {
+  let text = '';
+  socket.on('data', (chunk: Buffer) => {
+    text += chunk.toString('latin1');
+  });
+  const closed = once(socket, 'close');
+  socket.write(head);
+  const sentAt = performance.now();
+  const dripping = setInterval(() => {
+    if (drip !== '' && socket.writable) socket.write(drip);
+  }, 1_000);
+  try {
+    await closed;
+  } finally {
+    clearInterval(dripping);
+  }
+  return { lived: performance.now() - sentAt, text };
 }
 
 async function refused(reason: 'max_connections' | 'per_address'): Promise<number> {
@@ -203,6 +231,38 @@ describe('connections', () => {
       used!.destroy();
     },
     FIRST_REQUEST_TIMEOUT_MS + 20_000,
+  );
+
+  it(
+    'a request trickled or stalled, headers or body, is answered 408 and closed within the request timeout; nothing is journaled',
+    async () => {
+      const keys = ['slow-body', 'stalled-body'].map((k) => `${k}-${String(Date.now())}`);
+      const commandHead = (key: string): string =>
+        'POST /v1/commands HTTP/1.1\r\nHost: localhost\r\n' +
+        `Authorization: Bearer ${TOKENS.plant}\r\nIdempotency-Key: ${key}\r\n` +
+        'Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"device":"v1",';
+      const sockets = await Promise.all(
+        ['127.0.0.5', '127.0.0.6', '127.0.0.7'].map((from) => tlsWhenFree(from)),
+      );
+      expect(sockets.every((s) => s !== null)).toBe(true);
+      const [trickling, stalled, slowHead] = sockets as [TLSSocket, TLSSocket, TLSSocket];
+      expect(await health(slowHead)).toBe('HTTP/1.1 200 OK');
+      const answers = await Promise.all([
+        slowRequest(trickling, commandHead(keys[0]!), ' '),
+        slowRequest(stalled, commandHead(keys[1]!), ''),
+        // The next request on a kept connection, its headers a line a second.
+        slowRequest(slowHead, 'GET /healthz HTTP/1.1\r\nHost: localhost\r\n', 'X-Slow: 1\r\n'),
+      ]);
+      for (const [i, answer] of answers.entries()) {
+        expect(answer.text, `connection ${String(i)}`).toContain('408 Request Timeout');
+        expect(answer.lived, `connection ${String(i)}`).toBeGreaterThanOrEqual(
+          REQUEST_TIMEOUT_MS - 1_000,
+        );
+        expect(answer.lived, `connection ${String(i)}`).toBeLessThan(REQUEST_TIMEOUT_MS + 3_000);
+      }
+      for (const key of keys) expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+    },
+    REQUEST_TIMEOUT_MS + 90_000,
   );
 
   it(
