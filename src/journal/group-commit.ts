@@ -144,6 +144,11 @@ export class GroupCommit {
     return this.failed !== null;
   }
 
+  /** The failed fdatasync outstanding (see syncFailed), with its error; null when none is. */
+  get syncFailure(): JournalUnavailableError | null {
+    return this.failed;
+  }
+
   /** Opens the turn's batch on `db` unless it is open: the write that follows runs in it. */
   begin(db: Connection['db']): void {
     if (db.inTransaction) return;

@@ -216,10 +216,24 @@ export class SqliteJournal implements Journal {
   }
 
   purgeSettled(before: number, limit: number, budgetMs = Number.POSITIVE_INFINITY): PurgeStep {
-    return this.write('purge', (c) => c.txPurge.immediate(before, limit, budgetMs));
+    // Committed on its own, not in the batch of the moment's claims: a purge writes many pages,
+    // and on a filesystem with room for the claims and not for it, its failure at the batch's
+    // COMMIT took them down with it (refused, 503 / no PUBACK) while the purge, its error
+    // unseen, counted as done. On its own it fails here, alone, and says so.
+    return this.write('purge', (c) => c.txPurge.immediate(before, limit, budgetMs), false);
   }
 
   checkWritable(): void {
+    // After a failed fdatasync every barrier fails until the journal has written its log anew
+    // (group-commit.ts, recover()), so every intake refuses; a write still succeeds meanwhile
+    // (it only reaches the page cache), and the check below would call the journal writable.
+    const failure = this.group.syncFailure;
+    if (failure !== null) {
+      // A barrier asked for here carries the recovery when it is due: an idle journal, which no
+      // command asks for one, becomes writable again without waiting for a command to fail.
+      this.group.durable().catch(() => undefined);
+      throw failure;
+    }
     // A real write, committed on its own: it fails the way a claim would (full, read-only,
     // locked), at once rather than at the end of a batch.
     this.write('check', (c) => c.stmts.touch.run(new Date().toISOString()), false);
