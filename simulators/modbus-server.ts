@@ -205,9 +205,6 @@ export class ModbusPlcServer {
     }
     if (plan.latencyBeforeMs > 0 && !(await this.#heldOnLink(plan.latencyBeforeMs))) return;
 
-    // When the image was read, for the read log once the reply has left (a read dropped, cut
-    // off or answered by an exception never reached the client: no readback).
-    const executedAt = this.#plc.controllerTime();
     let reply: Buffer;
     if (plan.refuse?.exception !== undefined) {
       if (plan.refuse.applied === true && ours) this.#execute(request);
@@ -231,9 +228,6 @@ export class ModbusPlcServer {
     header.writeUInt16BE(reply.length + 1, 4);
     header.writeUInt8(unitId, 6);
     socket.write(Buffer.concat([header, reply]));
-    if (request.direction === 'read' && !('exception' in request) && reply[0] === request.fc) {
-      this.#noteRead(request.start, request.quantity, executedAt);
-    }
   }
 
   /**
@@ -270,11 +264,12 @@ export class ModbusPlcServer {
     }
   }
 
-  /** Every device whose registers an answered read touched logs it (SimDevice.readLog). */
-  #noteRead(start: number, quantity: number, at: number): void {
+  /** Every device whose registers a read answered logs it (SimDevice.readLog). */
+  #noteRead(start: number, quantity: number): void {
     const end = start + quantity;
+    let at: number | undefined;
     for (const { device, base, span } of this.#blocks) {
-      if (start < base + span && base < end) device.noteRead(at);
+      if (start < base + span && base < end) device.noteRead((at ??= this.#plc.controllerTime()));
     }
   }
 
@@ -286,6 +281,8 @@ export class ModbusPlcServer {
       case FC_READ_DISCRETE_INPUTS: {
         const bits = this.#readBits(fc, start, quantity);
         if (bits === undefined) return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
+        // A limit-switch valve is read by its inputs as well as by its status word.
+        this.#noteRead(start, quantity);
         const out = Buffer.alloc(2 + Math.ceil(quantity / 8));
         out.writeUInt8(fc, 0);
         out.writeUInt8(out.length - 2, 1);
@@ -299,6 +296,7 @@ export class ModbusPlcServer {
       case FC_READ_INPUT: {
         const read = this.#read(fc, start, quantity);
         if (read === undefined) return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
+        this.#noteRead(start, quantity);
         const out = Buffer.alloc(2 + 2 * quantity);
         out.writeUInt8(fc, 0);
         out.writeUInt8(2 * quantity, 1);

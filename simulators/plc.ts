@@ -211,9 +211,10 @@ export class SimDevice {
   }
 
   /**
-   * Controller times (epoch ms) at which a read request that touched this device's registers
-   * read the image, for the reads whose answer was sent (not those dropped, cut off or answered
-   * by an exception), in the order the answers left: the last READ_LOG_CAPACITY of them. A copy.
+   * Controller times (epoch ms) at which the PLC served a read request that touched this
+   * device's registers, oldest first: the last READ_LOG_CAPACITY of them. A copy. Served is
+   * not received: a link fault may then have held the answer back, dropped it or cut it off
+   * (tests wait on this log for a read that has reached the PLC and whose reply is delayed).
    */
   get readLog(): number[] {
     return [...this.#readLog];

@@ -113,28 +113,6 @@ describe.skipIf(!haveMbpoll)('Modbus PLC driven by mbpoll', () => {
       expect(plant.device('v2').readLog).toEqual([]);
     });
 
-    it('logs no read whose answer never reached the client: answered by an exception, dropped', async () => {
-      // The read log stands for readbacks the client got (I2: a readback taken after the
-      // write). A read applied and then answered by an exception, or never answered, used to
-      // be logged all the same.
-      const raw = await rawModbus(ep);
-      try {
-        const v1 = plant.device('v1');
-        // One request each, in this order: the exception first (it outranks the drop).
-        v1.setFault({ kind: 'exception', code: 0x0b, on: 'read', when: 'after', count: 1 });
-        v1.setFault({ kind: 'drop', on: 'read', count: 1 });
-        step(5);
-        expect((await raw.read(0, 8)).exception).toBe(0x0b);
-        void raw.read(0, 8).catch(() => undefined);
-        // Served in order behind the dropped one on the same connection.
-        expect((await raw.read(0, 8)).exception).toBeUndefined();
-        expect(v1.faults()).toEqual([]);
-        expect(v1.readLog).toEqual([plant.plc('plc').controllerTime()]);
-      } finally {
-        raw.socket.destroy();
-      }
-    });
-
     it('reports the controller clock with offset and drift at 900..903 and follows runtime changes', async () => {
       time.advance(60_000);
       // Drift accumulates from the start: 200 ppm over 60 s is 12 ms.
