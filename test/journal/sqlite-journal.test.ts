@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, statSync, truncateSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import BetterSqlite3 from 'better-sqlite3';
@@ -508,6 +508,67 @@ describe('fail closed (I5)', () => {
       expect(j.get({ scope: 'plant', key: `fill-0-${'x'.repeat(200)}` })?.state).toBe('accepted');
     });
 
+    it.runIf(available)(
+      'a purge the filesystem has no room for fails on its own: the claims made beside it are kept',
+      async () => {
+        // A filesystem of its own, larger than the one above: a journal with old commands.
+        const big = join(dir, 'big');
+        mkdirSync(big);
+        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', big]);
+        try {
+          const path = join(big, 'journal.db');
+          const j = SqliteJournal.open({ path, busyTimeoutMs: 500, groupCommit: true });
+          try {
+            const db = new BetterSqlite3(path);
+            try {
+              const insert = db.prepare(`INSERT INTO commands (scope, key, fingerprint, device,
+                action, issued_at, issued_at_source, ttl_ms, deadline, intake, state, code,
+                accepted_at, settled_at)
+                VALUES ('plant', ?, 'f', 'inlet-valve', 'open', ?, 'issuer', 1000, ?, 'https',
+                  'rejected', 'STALE_COMMAND', ?, ?)`);
+              const event = db.prepare(`INSERT INTO events (command, at, from_state, to_state,
+                intake, detail) VALUES (?, ?, NULL, 'accepted', 'https', 'accepted')`);
+              db.transaction(() => {
+                for (let i = 0; i < 2_000; i++) {
+                  const id = insert.run(
+                    `old-${(i * 7919) % 2_000}-${'k'.repeat(40)}`,
+                    T0,
+                    T0,
+                    T0,
+                    T0,
+                  ).lastInsertRowid;
+                  event.run(id, T0);
+                }
+              })();
+              db.pragma('wal_checkpoint(TRUNCATE)');
+            } finally {
+              db.close();
+            }
+            // Full, then room for a few pages: a claim's, not a batch of purged commands'.
+            const filler = join(big, 'filler');
+            fillUp(filler);
+            truncateSync(filler, statSync(filler).size - 96 * 1024);
+            // One turn: a claim, and the retention purge beside it.
+            expect(j.claim(command('beside-the-purge')).kind).toBe('new');
+            expect(() => j.purgeSettled(T0 + 1, 500)).toThrow(JournalUnavailableError);
+            await j.durable();
+            expect(j.get({ scope: 'plant', key: 'beside-the-purge' })?.state).toBe('accepted');
+          } finally {
+            j.close();
+          }
+          const reader = SqliteJournal.open({ path, readonly: true });
+          try {
+            expect(reader.get({ scope: 'plant', key: 'beside-the-purge' })?.state).toBe('accepted');
+            expect(reader.list({ state: 'rejected', limit: 5_000 })).toHaveLength(2_000);
+          } finally {
+            reader.close();
+          }
+        } finally {
+          execFileSync('umount', ['-l', big]);
+        }
+      },
+    );
+
     it.runIf(available)('refuses to work on a read-only filesystem and keeps what it had', () => {
       const path = join(mnt, 'journal.db');
       const j = open(path);
@@ -571,5 +632,22 @@ function canMountTmpfs(): boolean {
     return false;
   } finally {
     done();
+  }
+}
+
+/** Fills a filesystem with a file until it is full (ENOSPC). */
+function fillUp(path: string): void {
+  const fd = openSync(path, 'w');
+  try {
+    for (const size of [64 * 1024, 512]) {
+      const chunk = Buffer.alloc(size, 0x55);
+      try {
+        for (;;) writeSync(fd, chunk);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
+      }
+    }
+  } finally {
+    closeSync(fd);
   }
 }
