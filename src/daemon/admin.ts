@@ -36,6 +36,8 @@ export interface AdminOptions {
   readonly firstRequestTimeoutMs?: number;
   /** At most this many connections at once; past it a new one is closed (default MAX_CONNECTIONS). */
   readonly maxConnections?: number;
+  /** How long stop() lets requests in flight finish before cutting them (default DRAIN_MS). */
+  readonly drainMs?: number;
 }
 
 const MAX_BODY = 16 * 1024;
@@ -47,6 +49,13 @@ const MAX_BODY = 16 * 1024;
 export const FIRST_REQUEST_TIMEOUT_MS = 10_000;
 /** sluicectl makes one request at a time; the status page does not use the socket. */
 export const MAX_CONNECTIONS = 32;
+/**
+ * How long a stop lets requests in flight finish: a resolve already journaled waits for its sync
+ * (RESOLVE_SYNC_WAIT_MS), and cut, its operator would read "socket hang up" for a resolve that
+ * took effect. A reverify waiting longer for its readback is cut (it changed nothing yet, or its
+ * settlement is in the journal for `show`).
+ */
+export const DRAIN_MS = 6_000;
 const REVERIFY_WAIT_MS = 10_000;
 /** How long a resolve waits for the journal's sync (operator-resolve.ts). */
 export { RESOLVE_SYNC_WAIT_MS } from '../core/operator-resolve.js';
@@ -67,6 +76,9 @@ export class AdminEndpoint {
   private token: Buffer;
   private server: Server | null = null;
   private readonly sockets = new Set<Socket>();
+  /** Answers not yet sent: a stop waits for them (DRAIN_MS). */
+  private readonly inFlight = new Set<ServerResponse>();
+  private draining = false;
 
   private constructor(options: AdminOptions) {
     this.o = options;
@@ -94,6 +106,11 @@ export class AdminEndpoint {
       rmSync(this.o.socket, { force: true });
     }
     const server = createServer((req, res) => {
+      this.inFlight.add(res);
+      res.once('close', () => {
+        this.inFlight.delete(res);
+      });
+      if (this.draining) res.shouldKeepAlive = false;
       this.handle(req, res).catch((error: unknown) => {
         this.fail(res, error);
       });
@@ -146,8 +163,22 @@ export class AdminEndpoint {
         resolve();
       });
     });
-    for (const s of this.sockets) s.destroy();
+    this.draining = true;
+    // No new connections; those without a request close now. A request in flight gets its
+    // answer, and its connection closes after it; past the bound, what is left is cut.
+    for (const res of this.inFlight) res.shouldKeepAlive = false;
+    server.closeIdleConnections();
+    const cut = setTimeout(() => {
+      if (this.inFlight.size > 0) {
+        this.log.warn(
+          { requests: this.inFlight.size, drainMs: this.o.drainMs ?? DRAIN_MS },
+          'admin requests still in flight at the stop bound; their connections are cut',
+        );
+      }
+      for (const s of this.sockets) s.destroy();
+    }, this.o.drainMs ?? DRAIN_MS);
     await closed;
+    clearTimeout(cut);
     rmSync(this.o.socket, { force: true });
   }
 

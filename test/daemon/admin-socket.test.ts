@@ -34,6 +34,8 @@ let socket: string;
 let tokenFile: string;
 /** Keys are printable ASCII (SPEC §2): these two are path segments a URL parser resolves away. */
 const DOT_KEYS = ['.', '..'];
+/** A command resolved while the endpoint stops. */
+const DRAIN_KEY = 'resolved-at-stop';
 
 /** One request to an admin socket with the daemon's token; the status and the body as text. */
 function adminRequest(
@@ -92,7 +94,7 @@ beforeAll(async () => {
   configPath = await writeDaemonSite(dir, plant, 'adminsock');
   // Commands whose keys are dot segments, on a valve no longer configured: open until resolved.
   mkdirSync(join(dir, 'state'), { recursive: true });
-  for (const key of DOT_KEYS) {
+  for (const key of [...DOT_KEYS, DRAIN_KEY]) {
     seedOrphan(join(dir, 'state', 'journal.db'), Date.now(), {
       scope: 'plant',
       key,
@@ -281,6 +283,63 @@ describe('admin socket', () => {
     }
   });
 
+  it('a stop lets a request in flight finish: the operator gets the answer to a resolve it made', async () => {
+    const path = join(dir, 'drain.sock');
+    const endpoint = adminOn(path, { drainMs: 20_000 });
+    await endpoint.start();
+    const body = JSON.stringify({ as: 'failed', by: 'alice@gw', reason: 'valve removed' });
+    const token = readFileSync(tokenFile, 'utf8').trim();
+    const stop: { done?: Promise<void> } = {};
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = request(
+        {
+          socketPath: path,
+          method: 'POST',
+          path: `/v1/commands/${DRAIN_KEY}/resolve`,
+          headers: {
+            authorization: `Bearer ${token}`,
+            'content-type': 'application/json',
+            'content-length': Buffer.byteLength(body),
+            // The server's 100 Continue says it has taken the request: it is in flight.
+            expect: '100-continue',
+          },
+          agent: false,
+        },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (text += c));
+          res.on('end', () => {
+            resolve({ status: res.statusCode ?? 0, body: text });
+          });
+        },
+      );
+      req.once('error', reject);
+      req.once('continue', () => {
+        // The daemon stops (SIGTERM) while the request is in flight; its body comes after.
+        stop.done = endpoint.stop();
+        setImmediate(() => req.end(body));
+      });
+    });
+    await stop.done;
+    expect(answer.status).toBe(200);
+    expect(JSON.parse(answer.body)).toMatchObject({
+      result: { key: DRAIN_KEY, state: 'failed', code: 'RESOLVED_BY_OPERATOR' },
+    });
+    // Ground truth: the journal.
+    const journal = SqliteJournal.open({ path: join(dir, 'state', 'journal.db'), readonly: true });
+    try {
+      expect(journal.get({ scope: 'plant', key: DRAIN_KEY })).toMatchObject({
+        state: 'failed',
+        code: 'RESOLVED_BY_OPERATOR',
+      });
+    } finally {
+      journal.close();
+    }
+    // Stopped: the socket is gone and nobody answers there.
+    expect(existsSync(path)).toBe(false);
+  });
+
   it('answers an oversized body 413 and a malformed key 400, as problems', async () => {
     const raw = (path: string, body: string): Promise<{ status: number; body: string }> =>
       adminRequest('POST', path, body);
@@ -326,6 +385,7 @@ describe('admin socket', () => {
 function adminOn(
   path: string,
   limits: {
+    drainMs?: number;
     firstRequestTimeoutMs?: number;
     maxConnections?: number;
     clock?: Clock;
