@@ -47,6 +47,8 @@ export interface Readiness {
 
 /** A device whose last readback is older than this counts as unreachable for readiness. */
 const READBACK_STALE_MS = 15_000;
+/** How often the STATUS= line is looked at after READY (sent only when it changed). */
+const STATUS_REFRESH_MS = 1_000;
 
 /**
  * The composition root of `sluiced`: builds config → logger → journal → drivers → pipeline
@@ -70,6 +72,13 @@ export class Daemon {
   private readonly notifier: ServiceNotifier;
   private readonly shutdownBoundMs: number;
   private stopping: Promise<void> | null = null;
+  /** The recovered commands READY waited for, and how many of them are still open. */
+  private recovery: { total: number; open: number } = { total: 0, open: 0 };
+  /** The STATUS= line sent last, and the timer that sends a new one when it changes. */
+  private statusSent = '';
+  private statusTimer: NodeJS.Timeout | null = null;
+  /** Aborted when a stop begins: ends the wait of followRecovery. */
+  private readonly statusEnd = new AbortController();
 
   private constructor(parts: {
     config: SluiceConfig;
@@ -346,23 +355,70 @@ export class Daemon {
       open = recovered.length;
     }
     if (this.stopping !== null) return;
-    const intakes = [
-      ...(this.https === null ? [] : [`HTTPS on ${this.https.host}:${this.https.port}`]),
-      ...(this.mqttIntake === null
-        ? []
-        : [`MQTT ${this.mqttIntake.connected() ? 'connected' : 'connecting'}`]),
-    ];
-    const recovery =
-      open === 0
-        ? `${recovered.length} recovered command(s) settled`
-        : `${open} of ${recovered.length} recovered command(s) still settling`;
     if (open > 0) {
       this.logger.warn({ open, boundMs }, 'ready with recovered commands still open');
     }
-    this.notifier.ready(
-      `ready: ${intakes.length === 0 ? 'no intake' : intakes.join(', ')}; ${recovery}`,
-    );
+    this.recovery = { total: recovered.length, open };
+    this.statusSent = this.statusLine();
+    this.notifier.ready(this.statusSent);
     this.logger.info({ recovered: recovered.length, open }, 'sluiced ready');
+    // `systemctl status` shows the last STATUS= line for as long as the service runs: the one
+    // sent with READY said "MQTT connecting" (READY does not wait for the broker) and "still
+    // settling" long after the broker had connected, and "MQTT connected" while it was down.
+    // A new line goes out whenever what it says has changed.
+    this.statusTimer = setInterval(() => {
+      this.refreshStatus();
+    }, STATUS_REFRESH_MS);
+    this.statusTimer.unref();
+    if (open > 0) void this.followRecovery(recovered);
+  }
+
+  /** Counts the recovered commands still open until none is (for the status line). */
+  private async followRecovery(recovered: readonly CommandRef[]): Promise<void> {
+    while (!this.statusEnd.signal.aborted && this.recovery.open > 0) {
+      try {
+        const open = await this.pipeline.waitForAllSettled(recovered, 5_000);
+        this.recovery = { total: recovered.length, open };
+      } catch {
+        // The journal cannot be read: counted again at the next round (readiness says why).
+        await this.clock.sleep(5_000, this.statusEnd.signal);
+      }
+    }
+    this.refreshStatus();
+  }
+
+  /** Sends the status line when it says something else than the one sent last. */
+  private refreshStatus(): void {
+    if (this.statusEnd.signal.aborted) return;
+    const line = this.statusLine();
+    if (line === this.statusSent) return;
+    this.statusSent = line;
+    this.notifier.status(line);
+  }
+
+  /** `ready: HTTPS on …, MQTT connected; 2 recovered command(s) settled`. */
+  private statusLine(): string {
+    let mqtt: string[] = [];
+    if (this.mqttIntake !== null) {
+      const lastError = this.mqttIntake.health().lastError;
+      mqtt = [
+        this.mqttIntake.connected()
+          ? 'MQTT connected'
+          : lastError === null
+            ? 'MQTT connecting'
+            : `MQTT not connected (${lastError})`,
+      ];
+    }
+    const intakes = [
+      ...(this.https === null ? [] : [`HTTPS on ${this.https.host}:${this.https.port}`]),
+      ...mqtt,
+    ];
+    const { total, open } = this.recovery;
+    const recovery =
+      open === 0
+        ? `${total} recovered command(s) settled`
+        : `${open} of ${total} recovered command(s) still settling`;
+    return `ready: ${intakes.length === 0 ? 'no intake' : intakes.join(', ')}; ${recovery}`;
   }
 
   /** Journal writable, intakes up, devices reachable (SPEC §4 /readyz). */
@@ -470,6 +526,8 @@ export class Daemon {
    */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      if (this.statusTimer !== null) clearInterval(this.statusTimer);
+      this.statusEnd.abort();
       this.logger.info({}, 'sluiced stopping');
       this.notifier.stopping(
         `stopping: intakes close, in-flight commands get ${Math.round(this.shutdownBoundMs / 1000)} s to settle`,

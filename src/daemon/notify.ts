@@ -23,6 +23,8 @@ import type { Logger as PinoLogger } from 'pino';
 export interface ServiceNotifier {
   /** READY=1 with a status line: the intakes listen and recovery is done. */
   ready(status: string): void;
+  /** A new status line alone (`systemctl status`), after READY: what changed since. */
+  status(status: string): void;
   /** STOPPING=1 with a status line: a graceful stop has begun. */
   stopping(status: string): void;
   /** Stops the watchdog pings and closes the socket. Idempotent. */
@@ -48,6 +50,7 @@ interface UnixDgram {
 
 const silent: ServiceNotifier = {
   ready: () => undefined,
+  status: () => undefined,
   stopping: () => undefined,
   close: () => undefined,
 };
@@ -127,6 +130,9 @@ export function serviceNotifier(env: NodeJS.ProcessEnv, logger: PinoLogger): Ser
   return {
     ready: (status) => {
       send(`READY=1\nSTATUS=${statusLine(status)}`);
+    },
+    status: (status) => {
+      send(`STATUS=${statusLine(status)}`);
     },
     stopping: (status) => {
       send(`STOPPING=1\nSTATUS=${statusLine(status)}`);
