@@ -190,6 +190,30 @@
   });
 
   // ---- the live stream ----
+  //
+  // A browser opens at most six HTTP/1.1 connections to one host, and every event stream holds
+  // one for as long as its page is open: with six pages of the gateway open, a seventh did not
+  // even load, and every page's requests (a resolve among them) waited for ever. So the pages of
+  // one browser share one stream where they can: the page holding a Web Lock opens it and
+  // passes its events and its state on a BroadcastChannel; the others listen, and one of them
+  // takes the lock (and opens the stream) when that page goes. A browser without either opens
+  // a stream per page, as before.
+
+  var SHARED = 'sluice-events';
+  var locks = window.navigator.locks;
+  var sharing =
+    typeof window.BroadcastChannel === 'function' &&
+    typeof locks === 'object' &&
+    locks !== null &&
+    typeof locks.request === 'function';
+  /** This page's BroadcastChannel while it is logged in (sharing browsers). */
+  var channel = null;
+  /** Releases the lock while this page holds the shared stream. */
+  var leading = null;
+  /** Counts openStream() calls: a lock granted to an earlier one is given back at once. */
+  var generation = 0;
+  /** What the holder sends a page that joins: the last devices, gateway and stream state. */
+  var last = { devices: null, gateway: null, status: null };
 
   function setStream(kind, text) {
     var node = $('stream');
@@ -197,60 +221,122 @@
     node.textContent = text;
   }
 
+  /** The stream's state, here and on every page that shares it. */
+  function status(kind, text) {
+    setStream(kind, text);
+    last.status = { kind: kind, text: text };
+    share({ type: 'status', kind: kind, text: text });
+  }
+
+  function share(message) {
+    if (leading && channel) channel.postMessage(message);
+  }
+
   function closeStream() {
+    generation++;
+    if (leading && channel) channel.postMessage({ type: 'ended' });
     if (stream) stream.close();
     stream = null;
     if (retryTimer) clearTimeout(retryTimer);
     retryTimer = null;
+    if (channel) channel.close();
+    channel = null;
+    if (leading) leading();
+    leading = null;
+    last = { devices: null, gateway: null, status: null };
   }
 
   function openStream() {
     closeStream();
     setStream('idle', 'Connecting…');
+    if (!sharing) {
+      connect();
+      return;
+    }
+    var mine = generation;
+    channel = new window.BroadcastChannel(SHARED);
+    channel.onmessage = function (message) {
+      var m = message.data || {};
+      if (leading) {
+        if (m.type === 'hello') greet();
+      } else if (m.type === 'event') received(m.event, m.data);
+      else if (m.type === 'status') setStream(m.kind, m.text);
+      // The page holding the stream was logged out, or its session ended: so is this one's.
+      else if (m.type === 'ended' && session) loggedOut();
+    };
+    channel.postMessage({ type: 'hello' });
+    locks.request(SHARED, function () {
+      if (mine !== generation) return null;
+      return new Promise(function (release) {
+        leading = release;
+        connect();
+      });
+    });
+  }
+
+  /** A page joined: it gets what this one shows now; its own lists it fetches itself. */
+  function greet() {
+    if (last.status) share({ type: 'status', kind: last.status.kind, text: last.status.text });
+    if (last.devices) share({ type: 'event', event: 'devices', data: last.devices });
+    if (last.gateway) share({ type: 'event', event: 'gateway', data: last.gateway });
+  }
+
+  /** Opens this page's event stream (its own, or the one it holds for the others). */
+  function connect() {
+    if (stream) stream.close();
+    stream = null;
+    status('idle', 'Connecting…');
     var es = new EventSource('/ui/api/events');
     stream = es;
     es.onopen = function () {
-      setStream('live', 'Live');
+      status('live', 'Live');
     };
     es.onerror = function () {
       if (stream !== es) return;
-      setStream('down', 'Disconnected, retrying…');
+      status('down', 'Disconnected, retrying…');
       // The browser retries by itself unless the answer was not a stream (a 401 after the
       // session ended, a 503): then this page asks whether the session is still there.
       if (es.readyState === 2) {
         es.close();
         retryTimer = setTimeout(function () {
           api('GET', '/ui/api/session').then(function (answer) {
-            if (answer.status === 200) openStream();
+            if (answer.status === 200) connect();
             else if (answer.status !== 401) retryLater();
           });
         }, 2000);
       }
     };
-    es.addEventListener('devices', function (e) {
-      devices = { list: JSON.parse(e.data).devices, at: now() };
+    ['devices', 'gateway', 'commands', 'session'].forEach(function (name) {
+      es.addEventListener(name, function (e) {
+        if (name === 'devices' || name === 'gateway') last[name] = e.data;
+        share({ type: 'event', event: name, data: e.data });
+        received(name, e.data);
+      });
+    });
+  }
+
+  function received(name, data) {
+    if (name === 'devices') {
+      devices = { list: JSON.parse(data).devices, at: now() };
       fillDeviceFilter();
       renderDevices();
-    });
-    es.addEventListener('gateway', function (e) {
-      gateway = JSON.parse(e.data);
+    } else if (name === 'gateway') {
+      gateway = JSON.parse(data);
       renderGateway();
-    });
-    es.addEventListener('commands', function (e) {
-      var change = JSON.parse(e.data);
+    } else if (name === 'commands') {
+      var change = JSON.parse(data);
       loadCommandsSoon();
       if (shown && (!change.key || (change.key === shown.key && change.scope === shown.scope))) {
         loadCommand(shown.scope, shown.key);
       }
-    });
-    es.addEventListener('session', function () {
+    } else if (name === 'session') {
       loggedOut();
-    });
+    }
   }
 
   function retryLater() {
-    setStream('down', 'Disconnected, retrying…');
-    retryTimer = setTimeout(openStream, 5000);
+    status('down', 'Disconnected, retrying…');
+    retryTimer = setTimeout(connect, 5000);
   }
 
   // ---- gateway ----
