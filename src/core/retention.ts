@@ -43,11 +43,15 @@ export class RetentionSweeper {
   private readonly stopping = new AbortController();
   private loop: Promise<void> | null = null;
   /**
-   * The wall clock's offset from the monotonic one (now() − elapsed()) as read at each sweep
-   * (and at the first), with the monotonic time of the reading, for the last `retentionMs`:
-   * see cutoff().
+   * The wall clock's offset from the monotonic one (now() − elapsed()) as read at the sweeps of
+   * the last `retentionMs`, with the monotonic time of the reading and of the reading after it
+   * (until then, that offset held as far as the sweeper knows): see cutoff().
    */
-  private readonly offsets: { readonly at: number; readonly offset: number }[] = [];
+  private readonly offsets: {
+    readonly at: number;
+    readonly offset: number;
+    next: number | null;
+  }[] = [];
 
   constructor(options: RetentionOptions) {
     this.journal = options.journal;
@@ -75,24 +79,29 @@ export class RetentionSweeper {
    * below the stepped clock), and never above the wall clock now. Once a step is older than
    * `retentionMs`, every key settled before it has been kept that long in real time, and the
    * cut-off follows the stepped clock again. Keys settled before the daemon started are judged
-   * by the wall clock at its start (the first reading), as before.
+   * by the wall clock at the first sweep (the first reading), one interval after the start.
    */
   private cutoff(): number {
     const mono = this.clock.elapsed();
     const offset = this.clock.now() - mono;
+    const previous = this.offsets.at(-1);
+    if (previous !== undefined) previous.next = mono;
     // An earlier reading no lower than this one can no longer be the lowest (this one stays in
     // the window longer): the readings kept rise from the first, which is the lowest, and
     // there are few of them whatever the sweeps' pace.
-    for (let last = this.offsets.at(-1); last !== undefined && last.offset >= offset;) {
+    for (let last = previous; last !== undefined && last.offset >= offset;) {
       this.offsets.pop();
       last = this.offsets.at(-1);
     }
-    this.offsets.push({ at: mono, offset });
-    // Readings older than the window go, but for the newest of them: the wall clock it read
-    // held until the next reading, at the window's start.
-    for (let next = this.offsets[1]; next !== undefined && next.at <= mono - this.retentionMs;) {
+    this.offsets.push({ at: mono, offset, next: null });
+    // A reading goes once the one after it (when its offset ended, as far as the sweeper knows)
+    // is older than the window: a key settled within the window bears a later wall time.
+    for (
+      let first = this.offsets[0];
+      first !== undefined && first.next !== null && first.next <= mono - this.retentionMs;
+    ) {
       this.offsets.shift();
-      next = this.offsets[1];
+      first = this.offsets[0];
     }
     return mono + (this.offsets[0]?.offset ?? offset) - this.retentionMs;
   }
@@ -121,6 +130,12 @@ export class RetentionSweeper {
   start(): void {
     if (this.loop !== null) return;
     this.loop = (async () => {
+      // The first sweep waits one interval. Keys settled before the start can be judged only by
+      // the wall clock (cutoff()), and a gateway that boots with its clock far ahead (a wrong
+      // real-time clock) has it set right by its time source within moments of the start: a
+      // sweep at once would purge by the wrong clock every key settled before the reboot, and
+      // a client's retry of a command the reboot interrupted would then run again (I1).
+      await this.clock.sleep(this.intervalMs, this.stopping.signal);
       while (!this.stopping.signal.aborted) {
         await this.sweep();
         await this.clock.sleep(this.intervalMs, this.stopping.signal);

@@ -24,6 +24,15 @@ afterEach(() => {
   cleanup();
 });
 
+/** Resolves once `done()` holds, checked every 5 ms; fails after 5 s. */
+async function until(done: () => boolean, what: string): Promise<void> {
+  const end = performance.now() + 5_000;
+  while (!done()) {
+    if (performance.now() > end) throw new Error(`${what} did not happen within 5 s`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 function add(key: string, settledAt: number | null): void {
   const c: NewCommand = {
     scope: 'plant',
@@ -107,9 +116,35 @@ describe('RetentionSweeper', () => {
       intervalMs: 10,
     });
     sweeper.start();
-    await new Promise((r) => setTimeout(r, 30));
+    await until(() => journal.get({ scope: 'plant', key: 'old' }) === undefined, 'a sweep');
     await sweeper.stop();
-    expect(journal.get({ scope: 'plant', key: 'old' })).toBeUndefined();
+  });
+
+  it('sweeps first one interval after its start: a clock set right at boot purges nothing early', async () => {
+    // The gateway booted with its clock 100 h ahead; its time source sets it right a moment
+    // after the daemon started.
+    const shift = { wall: 100 * HOUR };
+    const clock: Clock = { ...systemClock, now: () => systemClock.now() + shift.wall };
+    const now = systemClock.now();
+    add('before-reboot', now - 60_000);
+    add('long-ago', now - 49 * HOUR);
+    const sweeper = new RetentionSweeper({
+      journal,
+      clock,
+      logger: silentLogger,
+      intervalMs: 300,
+      pauseMs: 1,
+    });
+    sweeper.start();
+    try {
+      await new Promise((r) => setTimeout(r, 50));
+      shift.wall = 0;
+      // The first sweep has run when the key past the window is gone.
+      await until(() => journal.get({ scope: 'plant', key: 'long-ago' }) === undefined, 'a sweep');
+    } finally {
+      await sweeper.stop();
+    }
+    expect(journal.get({ scope: 'plant', key: 'before-reboot' })?.state).toBe('rejected');
   });
 
   it('holds the event loop for about its time budget per batch, however long the histories', async () => {
@@ -193,7 +228,6 @@ describe('RetentionSweeper', () => {
     // Settled before the daemon started, past the window by the wall clock: purged as before.
     add('earlier-life', clock.now() - retentionMs - 1_000);
     expect(await sweeper.sweep()).toBe(1);
-    const settled = performance.now();
     add('just-settled', clock.now());
     // A time source steps the clock two days forward: the key settled a moment ago, and a
     // retry of it must still be replayed, not run again.
@@ -204,10 +238,13 @@ describe('RetentionSweeper', () => {
     shift.wall = -HOUR;
     expect(await sweeper.sweep()).toBe(0);
     shift.wall = 48 * HOUR;
+    // The clock read an hour back until this reading: a key settled meanwhile would bear such
+    // a time, so the cut-off stays on that scale until this reading is a window old.
+    const stepped = performance.now();
     expect(await sweeper.sweep()).toBe(0);
     expect(journal.get({ scope: 'plant', key: 'just-settled' })?.state).toBe('rejected');
     // Once the window has passed in real time, it goes.
-    await new Promise((r) => setTimeout(r, retentionMs - (performance.now() - settled) + 50));
+    await new Promise((r) => setTimeout(r, retentionMs - (performance.now() - stepped) + 50));
     expect(await sweeper.sweep()).toBe(1);
     expect(journal.get({ scope: 'plant', key: 'just-settled' })).toBeUndefined();
     // A step older than the window no longer holds the cut-off back: the stepped clock rules.
