@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import { JournalInUseError } from '../core/errors.js';
+import { JournalInUseError, JournalUnavailableError } from '../core/errors.js';
 
 /**
  * One daemon per journal. Two daemons on one journal would each work the other's commands: the
@@ -37,6 +37,14 @@ export function lockJournal(journalPath: string): WriterLock {
   } catch (error) {
     db.close();
     const code = (error as { code?: unknown }).code;
+    if (code === 'SQLITE_FULL') {
+      // Not another daemon: taking the lock writes (SQLite's rollback journal beside the lock
+      // file), and so does opening the journal (its shared-memory index). Said as what it is.
+      throw new JournalUnavailableError(
+        `journal unavailable (open): SQLITE_FULL: the filesystem of ${journalPath} is full (${path} cannot be locked); free space there, then start sluiced again`,
+        { cause: error },
+      );
+    }
     if (typeof code === 'string' && code.startsWith('SQLITE_BUSY')) {
       throw new JournalInUseError(
         `the journal ${journalPath} is in use by another sluiced (it holds ${path}); one daemon per journal: stop the other first`,

@@ -45,13 +45,14 @@ describe.runIf(mountable)('a full journal filesystem under a command in flight',
   let journalPath: string;
   let cleanup: () => void;
   let ca: string;
+  let configPath: string;
   const lines: string[] = [];
 
   beforeAll(async () => {
     let dir: string;
     ({ dir, cleanup } = tempDir('sluice-full-disk-'));
     plant = await startModbusPlant({ [VALVE]: { profile: 'valve', base: 0, travelMs: 200 } });
-    const configPath = await writeDaemonSite(dir, plant, 'fulldisk');
+    configPath = await writeDaemonSite(dir, plant, 'fulldisk');
     const config = parse(readFileSync(configPath, 'utf8')) as Record<string, unknown>;
     config.identities = { ops: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } };
     writeFileSync(configPath, stringify(config));
@@ -191,6 +192,25 @@ describe.runIf(mountable)('a full journal filesystem under a command in flight',
     expect(
       historyOnFile('settle-full').filter((e) => e.to === 'dispatched' && e.from === 'accepted'),
     ).toHaveLength(1);
+  }, 60_000);
+
+  it('a start on a full filesystem fails saying so, and succeeds once space is freed', async () => {
+    await daemon.stop();
+    const filler = join(stateDir, 'filler');
+    fill(filler);
+    try {
+      await expect(
+        Daemon.start(loadConfig(configPath, { env: {} }), { logger: pino({ level: 'silent' }) }),
+      ).rejects.toThrow(
+        `journal unavailable (open): SQLITE_FULL: the filesystem of ${journalPath} is full (${journalPath}.lock cannot be locked); free space there, then start sluiced again`,
+      );
+    } finally {
+      rmSync(filler, { force: true });
+    }
+    daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
+      logger: pino({ level: 'silent' }),
+    });
+    expect((await get('/readyz')).status).toBe(200);
   }, 60_000);
 
   async function available(): Promise<number> {
