@@ -81,6 +81,8 @@ export class CommandMessages {
   private readonly publisher: MqttPublisher;
   private readonly link: CommandLink;
   private readonly metrics: MqttMetrics;
+  /** Set by handle() for receive(), which counts it (decide()). */
+  private decided: MessageOutcome | null = null;
   private readonly logger: Logger;
   private readonly clock: Clock;
   private readonly acceptUntimed: boolean;
@@ -123,24 +125,29 @@ export class CommandMessages {
       return;
     }
     let handling: Handling;
+    let outcome: MessageOutcome | null;
+    this.decided = null;
     try {
       handling = this.handle(packet);
+      outcome = this.decided;
     } catch (error) {
       // A bug, not a verdict on the message: fail closed, the broker keeps it.
       this.logger.error({ err: error, topic: packet.topic }, 'command message handling failed');
-      this.count('internal_error');
+      outcome = 'internal_error';
       handling = { kind: 'withhold', reason: 'internal error', reconnect: true };
     }
     switch (handling.kind) {
       case 'ack':
         if (!handling.durable || !this.pipeline.syncPending) {
+          if (outcome !== null) this.count(outcome);
           callback();
           return;
         }
         // Group commit: the PUBACK waits for the claim's fsync, shared with other commands.
-        this.awaitDurable(client, packet, callback, handling.claimed);
+        this.awaitDurable(client, packet, callback, handling.claimed, outcome);
         return;
       case 'withhold':
+        if (outcome !== null) this.count(outcome);
         // With an error, mqtt.js sends no PUBACK and goes on with the connection's next packet
         // (a callback never called would stall every later packet of the connection, PUBACKs
         // and PINGRESP included, until the keepalive times out: mqtt.js issue #1935).
@@ -156,6 +163,7 @@ export class CommandMessages {
     packet: IPublishPacket,
     callback: DoneCallback,
     claimed: Received | undefined,
+    outcome: MessageOutcome | null,
   ): void {
     // The connection the message came on: mqtt.js makes a new stream for each.
     const connection = client.stream;
@@ -168,9 +176,11 @@ export class CommandMessages {
           // the second names an id the broker may have given to another message meanwhile
           // (MQTT 5 §2.2.1), acknowledging it before it is journaled. The redelivery is
           // acknowledged on its own connection; its claim is on disk now.
+          this.count('withheld');
           callback(new Error('not acknowledged: the connection it came on is closed'));
           return;
         }
+        if (outcome !== null) this.count(outcome);
         callback();
       },
       (error: unknown) => {
@@ -205,7 +215,7 @@ export class CommandMessages {
       const filter = this.topics.formerCommandFilter(packet.topic);
       if (filter !== null) this.link.unsubscribeFormer(filter);
       this.logger.warn({ topic: packet.topic }, 'message on a topic that is not a command topic');
-      this.count('foreign_topic');
+      this.decide('foreign_topic');
       return ACK;
     }
     const message = parseCommandMessage({
@@ -224,7 +234,7 @@ export class CommandMessages {
           ? 'untimed command refused (no issuedAt, no message expiry): acknowledged and answered, nothing written'
           : 'malformed command message acknowledged and answered',
       );
-      this.count(message.cause === 'untimed' ? 'untimed' : 'invalid');
+      this.decide(message.cause === 'untimed' ? 'untimed' : 'invalid');
       this.publisher.error({ key: message.key, device }, route, receivedAt, {
         code: message.code,
         detail: message.detail,
@@ -255,7 +265,7 @@ export class CommandMessages {
         this.metrics.journalFailures.inc();
         this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'refused' });
         log.error({ err: error }, 'journal unavailable: command not acknowledged (fail closed)');
-        this.count('journal_unavailable');
+        this.decide('journal_unavailable');
         return this.refuse(packet, log, received, 'JOURNAL_UNAVAILABLE', true);
       }
       if (error instanceof ShuttingDownError) {
@@ -264,7 +274,7 @@ export class CommandMessages {
       }
       if (error instanceof UnknownDeviceError) {
         log.warn({}, 'command for an unknown device acknowledged and answered');
-        this.count('unknown_device');
+        this.decide('unknown_device');
         this.publisher.error({ key, device }, route, receivedAt, {
           code: 'UNKNOWN_DEVICE',
           detail: error.message,
@@ -277,7 +287,7 @@ export class CommandMessages {
         const code =
           error instanceof InvalidKeyError ? 'MISSING_IDEMPOTENCY_KEY' : 'INVALID_COMMAND';
         log.warn({ code, detail: error.message }, 'invalid command acknowledged and answered');
-        this.count('invalid');
+        this.decide('invalid');
         this.publisher.error({ key, device }, route, receivedAt, {
           code,
           detail: error.message,
@@ -292,7 +302,7 @@ export class CommandMessages {
     switch (claim.kind) {
       case 'new':
         this.publisher.awaitOutcome(record, route);
-        this.count('new');
+        this.decide('new');
         this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'new' });
         log.debug({ dup: packet.dup }, 'command claimed; acknowledging');
         return { kind: 'ack', durable: true, claimed: received };
@@ -313,7 +323,7 @@ export class CommandMessages {
           } else {
             this.publisher.replay(record, route);
           }
-          this.count('replayed');
+          this.decide('replayed');
           this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'replayed' });
           log.info(
             { state: record.state, dup: packet.dup },
@@ -323,7 +333,7 @@ export class CommandMessages {
         } else {
           // Still in flight: its outcome will be published, to this requester's route too.
           this.publisher.awaitOutcome(record, route);
-          this.count('in_flight');
+          this.decide('in_flight');
           this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'in_flight' });
           log.info({ state: record.state, dup: packet.dup }, 'duplicate of a command in flight');
           // Its original's claim may be in the batch the barrier carries (the same turn).
@@ -332,7 +342,7 @@ export class CommandMessages {
         return ACK;
       case 'reused':
         log.warn({}, 'idempotency key reused with a different command; acknowledged and answered');
-        this.count('key_reused');
+        this.decide('key_reused');
         this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'key_reused' });
         this.publisher.error({ key, device }, route, receivedAt, {
           code: 'IDEMPOTENCY_KEY_REUSED',
@@ -372,7 +382,7 @@ export class CommandMessages {
       { key, device: device.slice(0, 256), topic: packet.topic.slice(0, 512), root: former.root },
       'command on a topic root this gateway no longer uses: answered, acknowledged, not run',
     );
-    this.count('foreign_topic');
+    this.decide('foreign_topic');
     this.publisher.error(
       { key, device },
       route,
@@ -399,7 +409,7 @@ export class CommandMessages {
     reconnect: boolean,
   ): Handling {
     // A claim the journal refused is counted by the caller; everything else here is withheld.
-    if (!reconnect) this.count('withheld');
+    if (!reconnect) this.decide('withheld');
     const { device, key, route, receivedAt } = message;
     const detail =
       code === 'JOURNAL_UNAVAILABLE'
@@ -435,5 +445,14 @@ export class CommandMessages {
 
   private count(outcome: MessageOutcome): void {
     this.metrics.mqttMessages.inc({ outcome });
+  }
+
+  /**
+   * The outcome handle() found for the message: counted by receive() once the message is done
+   * with — at once, or when its barrier has returned: a message whose claim the journal then
+   * could not make durable is `journal_unavailable` (not acknowledged), not also `new`.
+   */
+  private decide(outcome: MessageOutcome): void {
+    this.decided = outcome;
   }
 }

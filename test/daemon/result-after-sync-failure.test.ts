@@ -209,4 +209,76 @@ describe.runIf(real)('an outcome whose journal sync fails', () => {
       db.close();
     }
   }, 60_000);
+
+  it('counts an MQTT command whose claim could not be made durable once, as journal_unavailable, not also as new', async () => {
+    const journal = (daemon as unknown as { journal: SqliteJournal }).journal;
+    await until(() => (journal.syncPending ? undefined : true), 10_000, 'an idle journal');
+    const topic = `sluice/${GW}/cmd/inlet-valve`;
+    const messages = async (): Promise<Record<string, number>> => {
+      const text = await daemon.metrics.registry.metrics();
+      const counts: Record<string, number> = {};
+      for (const m of text.matchAll(/^sluice_mqtt_messages_total\{outcome="(\w+)"\} (\d+)$/gm)) {
+        counts[m[1]!] = Number(m[2]);
+      }
+      return counts;
+    };
+    const total = (counts: Record<string, number>): number =>
+      Object.values(counts).reduce((a, b) => a + b, 0);
+    const before = await messages();
+    const deliveredBefore = broker.deliveriesTo('sluice-sync-fail', topic).length;
+    const client = await TestClient.connect(broker.url);
+    const realSync = fs.fdatasync;
+    let failures = 0;
+    fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
+      failures++;
+      setImmediate(() => {
+        callback(Object.assign(new Error(`EIO: i/o error, fdatasync ${fd}`), { code: 'EIO' }));
+      });
+    }) as typeof fs.fdatasync;
+    syncBuiltinESMExports();
+    try {
+      await until(
+        () => (daemon.readiness().checks.mqtt?.ok === true ? true : undefined),
+        20_000,
+        'the MQTT intake connected',
+      );
+      // No close: the valve is closed, a no-op that writes nothing whatever happens.
+      await client.publish(topic, {
+        key: 'k-mqtt-eio',
+        action: 'close',
+        issuedAt: new Date().toISOString(),
+      });
+      const during = await until(
+        async () => {
+          const counts = await messages();
+          return (counts.journal_unavailable ?? 0) > (before.journal_unavailable ?? 0)
+            ? counts
+            : undefined;
+        },
+        10_000,
+        'the message refused at its barrier',
+      );
+      expect(failures).toBeGreaterThan(0);
+      // Ground truth: the broker delivered it once so far; it was not acknowledged, and is
+      // counted once, as such.
+      expect(broker.deliveriesTo('sluice-sync-fail', topic).length - deliveredBefore).toBe(1);
+      expect(total(during) - total(before)).toBe(1);
+      expect((during.new ?? 0) - (before.new ?? 0)).toBe(0);
+    } finally {
+      fs.fdatasync = realSync;
+      syncBuiltinESMExports();
+      await client.end();
+    }
+    // The broker redelivers it once the journal has recovered: every delivery one outcome.
+    await until(
+      async () => {
+        const delivered = broker.deliveriesTo('sluice-sync-fail', topic).length - deliveredBefore;
+        return delivered >= 2 && total(await messages()) - total(before) === delivered
+          ? true
+          : undefined;
+      },
+      20_000,
+      'the redelivery handled and counted',
+    );
+  }, 60_000);
 });
