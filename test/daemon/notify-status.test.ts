@@ -1,17 +1,23 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256 } from '../../src/intake/identities.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant } from '../helpers/daemon-site.js';
-import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { mosquittoAvailable, startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { hasCommand } from '../helpers/real.js';
+import {
+  bindNotifySocket,
+  spawnNotifiedSluiced,
+  type Datagram,
+  type NotifiedSluiced,
+  type NotifySocket,
+} from '../helpers/notify-socket.js';
 
 /**
  * The STATUS= line `systemctl status` shows follows the MQTT intake after READY. READY does not
@@ -24,32 +30,16 @@ import { hasCommand } from '../helpers/real.js';
 
 const real = mosquittoAvailable() && hasCommand('python3');
 
-// Prints one JSON line per datagram: receive time (ms since the epoch) and text.
-const LISTENER = `
-import json, socket, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind(sys.argv[1])
-print(json.dumps({"bound": True}), flush=True)
-while True:
-    data = s.recv(4096)
-    print(json.dumps({"at": time.time() * 1000, "text": data.decode()}), flush=True)
-`;
-
-interface Datagram {
-  readonly at: number;
-  readonly text: string;
-}
-
 const CLIENT_ID = 'sluice-notify-status';
 
 describe.runIf(real)('the STATUS= line after READY', () => {
   let plant: Plant;
   let broker: Mosquitto;
   let cleanup: () => void;
-  let listener: ChildProcess;
+  let socket: NotifySocket;
+  let sluiced: NotifiedSluiced;
   let daemon: ChildProcess;
-  let daemonOut = '';
-  const datagrams: Datagram[] = [];
+  let datagrams: Datagram[] = [];
 
   beforeAll(async () => {
     let dir: string;
@@ -72,33 +62,10 @@ describe.runIf(real)('the STATUS= line after READY', () => {
         admin: { enabled: false },
       }),
     );
-    const socketPath = join(dir, 'notify.sock');
-    listener = spawn('python3', ['-u', '-c', LISTENER, socketPath], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let bound = false;
-    createInterface({ input: listener.stdout! }).on('line', (line) => {
-      const entry = JSON.parse(line) as Partial<Datagram> & { bound?: boolean };
-      if (entry.bound === true) bound = true;
-      else datagrams.push(entry as Datagram);
-    });
-    await until(() => (bound ? true : undefined), 10_000, 'the notify socket bound');
-    const env = Object.fromEntries(
-      Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_')),
-    );
-    daemon = spawn(
-      process.execPath,
-      [
-        '--import',
-        join(ROOT, 'test/helpers/ts-register.mjs'),
-        join(ROOT, 'src/daemon/cli.ts'),
-        '--config',
-        configPath,
-      ],
-      { env: { ...env, NOTIFY_SOCKET: socketPath }, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    daemon.stdout!.on('data', (c: Buffer) => (daemonOut += c.toString('utf8')));
-    daemon.stderr!.on('data', (c: Buffer) => (daemonOut += c.toString('utf8')));
+    socket = await bindNotifySocket(join(dir, 'notify.sock'));
+    datagrams = socket.datagrams;
+    sluiced = spawnNotifiedSluiced(configPath, socket);
+    daemon = sluiced.child;
   }, 60_000);
 
   afterAll(async () => {
@@ -107,7 +74,7 @@ describe.runIf(real)('the STATUS= line after READY', () => {
       daemon.kill('SIGTERM');
       await exited;
     }
-    listener.kill('SIGTERM');
+    socket.close();
     await broker.close();
     await plant.stop();
     cleanup();
@@ -128,14 +95,14 @@ describe.runIf(real)('the STATUS= line after READY', () => {
         return status !== undefined && pattern.test(status) ? status : undefined;
       },
       20_000,
-      `${what}; datagrams: ${JSON.stringify(datagrams.map((d) => d.text))}; daemon output:\n${daemonOut}`,
+      `${what}; datagrams: ${JSON.stringify(datagrams.map((d) => d.text))}; daemon output:\n${sluiced.output()}`,
     );
 
   it('says whether MQTT is connected, as the broker goes away and comes back', async () => {
     await until(
       () => datagrams.find((d) => d.text.startsWith('READY=1')),
       45_000,
-      `READY=1; daemon output:\n${daemonOut}`,
+      `READY=1; daemon output:\n${sluiced.output()}`,
     );
     const connected = await statusMatching(/MQTT connected/, 'the status line: MQTT connected');
     expect(connected).toMatch(/^ready: HTTPS on 127\.0\.0\.1:\d+, MQTT connected; 0 recovered/);

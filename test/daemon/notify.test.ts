@@ -1,7 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { stringify } from 'yaml';
@@ -10,11 +9,18 @@ import { serviceNotifier, watchdogIntervalMs } from '../../src/daemon/notify.js'
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
-import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { hasCommand, realComponent } from '../helpers/real.js';
+import {
+  bindNotifySocket,
+  spawnNotifiedSluiced,
+  type Datagram,
+  type NotifiedSluiced,
+  type NotifySocket,
+} from '../helpers/notify-socket.js';
 
 /**
  * sd_notify as systemd sees it: the real `sluiced` process with NOTIFY_SOCKET pointing at a
@@ -25,28 +31,6 @@ import { hasCommand, realComponent } from '../helpers/real.js';
  */
 
 const python = realComponent('python3', hasCommand('python3'), 'apt-get install python3');
-
-// Prints one JSON line per datagram: receive time (ms since the epoch), sender PID, text.
-const LISTENER = `
-import json, socket, struct, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-s.bind(sys.argv[1])
-print(json.dumps({"bound": True}), flush=True)
-while True:
-    data, ancillary, _flags, _addr = s.recvmsg(4096, socket.CMSG_SPACE(12))
-    pid = None
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            pid = struct.unpack("iII", payload[:12])[0]
-    print(json.dumps({"at": time.time() * 1000, "pid": pid, "text": data.decode()}), flush=True)
-`;
-
-interface Datagram {
-  readonly at: number;
-  readonly pid: number | null;
-  readonly text: string;
-}
 
 const TOKEN = 'notify-token';
 const WATCHDOG_USEC = 1_000_000;
@@ -96,10 +80,10 @@ describe.runIf(python)('sd_notify from the sluiced process', () => {
   let plant: Plant;
   let dir: string;
   let cleanup: () => void;
-  let listener: ChildProcess;
-  const datagrams: Datagram[] = [];
+  let socket: NotifySocket;
+  let datagrams: Datagram[] = [];
+  let sluiced: NotifiedSluiced;
   let daemon: ChildProcess;
-  let daemonOut = '';
   let journalPath: string;
 
   beforeAll(async () => {
@@ -154,42 +138,15 @@ describe.runIf(python)('sd_notify from the sluiced process', () => {
     });
     seed.close();
 
-    const socketPath = join(dir, 'notify.sock');
-    listener = spawn('python3', ['-u', '-c', LISTENER, socketPath], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let bound = false;
-    createInterface({ input: listener.stdout! }).on('line', (line) => {
-      const entry = JSON.parse(line) as Partial<Datagram> & { bound?: boolean };
-      if (entry.bound === true) bound = true;
-      else datagrams.push(entry as Datagram);
-    });
-    await until(() => (bound ? true : undefined), 10_000, 'the notify socket bound');
-
-    const env = Object.fromEntries(
-      Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_')),
-    );
-    daemon = spawn(
-      process.execPath,
-      [
-        '--import',
-        join(ROOT, 'test/helpers/ts-register.mjs'),
-        join(ROOT, 'src/daemon/cli.ts'),
-        '--config',
-        configPath,
-      ],
-      {
-        env: { ...env, NOTIFY_SOCKET: socketPath, WATCHDOG_USEC: String(WATCHDOG_USEC) },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    daemon.stdout!.on('data', (c: Buffer) => (daemonOut += c.toString('utf8')));
-    daemon.stderr!.on('data', (c: Buffer) => (daemonOut += c.toString('utf8')));
+    socket = await bindNotifySocket(join(dir, 'notify.sock'));
+    datagrams = socket.datagrams;
+    sluiced = spawnNotifiedSluiced(configPath, socket, { WATCHDOG_USEC: String(WATCHDOG_USEC) });
+    daemon = sluiced.child;
   }, 60_000);
 
   afterAll(async () => {
     if (daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGKILL');
-    listener.kill('SIGTERM');
+    socket.close();
     await plant.stop();
     cleanup();
   });
@@ -200,7 +157,7 @@ describe.runIf(python)('sd_notify from the sluiced process', () => {
     const ready = await until(
       () => datagrams.find((d) => d.text.startsWith('READY=1')),
       45_000,
-      `READY=1; datagrams: ${JSON.stringify(texts())}; daemon output:\n${daemonOut}`,
+      `READY=1; datagrams: ${JSON.stringify(texts())}; daemon output:\n${sluiced.output()}`,
     );
     expect(ready.pid).toBe(daemon.pid);
     expect(ready.text).toMatch(/^READY=1\nSTATUS=ready: HTTPS on 127\.0\.0\.1:\d+; 1 recovered/);

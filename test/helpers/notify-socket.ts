@@ -1,0 +1,98 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { ROOT } from './fixtures.js';
+import { until } from './mosquitto.js';
+
+/**
+ * systemd's side of sd_notify for tests: a Unix datagram socket bound by python3 (Node's dgram
+ * has none), receiving as PID 1 does, with the sender's credentials (SCM_CREDENTIALS), and the
+ * real `sluiced` started from source with NOTIFY_SOCKET pointing at it.
+ */
+
+// Prints one JSON line per datagram: receive time (ms since the epoch), sender PID, text.
+const LISTENER = `
+import json, socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+s.bind(sys.argv[1])
+print(json.dumps({"bound": True}), flush=True)
+while True:
+    data, ancillary, _flags, _addr = s.recvmsg(4096, socket.CMSG_SPACE(12))
+    pid = None
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid = struct.unpack("iII", payload[:12])[0]
+    print(json.dumps({"at": time.time() * 1000, "pid": pid, "text": data.decode()}), flush=True)
+`;
+
+export interface Datagram {
+  readonly at: number;
+  readonly pid: number | null;
+  readonly text: string;
+}
+
+export interface NotifySocket {
+  readonly path: string;
+  /** Every datagram received so far, in order. */
+  readonly datagrams: Datagram[];
+  close(): void;
+}
+
+/** Binds the socket at `path` and resolves once it is bound (within 10 s). */
+export async function bindNotifySocket(path: string): Promise<NotifySocket> {
+  const listener: ChildProcess = spawn('python3', ['-u', '-c', LISTENER, path], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const datagrams: Datagram[] = [];
+  let bound = false;
+  createInterface({ input: listener.stdout! }).on('line', (line) => {
+    const entry = JSON.parse(line) as Partial<Datagram> & { bound?: boolean };
+    if (entry.bound === true) bound = true;
+    else datagrams.push(entry as Datagram);
+  });
+  await until(() => (bound ? true : undefined), 10_000, 'the notify socket bound');
+  return {
+    path,
+    datagrams,
+    close: () => {
+      listener.kill('SIGTERM');
+    },
+  };
+}
+
+export interface NotifiedSluiced {
+  readonly child: ChildProcess;
+  /** Its stdout and stderr so far (for failure messages). */
+  output(): string;
+}
+
+/**
+ * The real `sluiced` (src/daemon/cli.ts under the test loader) on `configPath`, with
+ * NOTIFY_SOCKET set to the socket and `env` added; the SLUICE_* overrides of a developer's
+ * shell are left out.
+ */
+export function spawnNotifiedSluiced(
+  configPath: string,
+  socket: NotifySocket,
+  env: Record<string, string> = {},
+): NotifiedSluiced {
+  const clean = Object.fromEntries(
+    Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_')),
+  );
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      join(ROOT, 'test/helpers/ts-register.mjs'),
+      join(ROOT, 'src/daemon/cli.ts'),
+      '--config',
+      configPath,
+    ],
+    { env: { ...clean, ...env, NOTIFY_SOCKET: socket.path }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  return { child, output: () => out };
+}
