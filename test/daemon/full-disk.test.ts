@@ -1,12 +1,4 @@
-import {
-  closeSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-  writeSync,
-} from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { pino } from 'pino';
@@ -21,7 +13,7 @@ import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
-import { mountTmpfs, tmpfsAvailable, unmount } from '../reliability/support.js';
+import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliability/support.js';
 
 /**
  * The journal's filesystem fills while a command is in flight (I5): its claim is on disk and
@@ -98,7 +90,7 @@ describe.runIf(mountable)('a full journal filesystem under a command in flight',
     const accepted = await post('in-flight', 'close', 'respond-async');
     expect(accepted.status, accepted.body).toBe(202);
     const filler = join(stateDir, 'filler');
-    fill(filler);
+    fillFilesystem(filler);
     try {
       // Proof that the daemon reached the dispatch and could not make it durable.
       await until(
@@ -163,7 +155,7 @@ describe.runIf(mountable)('a full journal filesystem under a command in flight',
       'the dispatch durable',
     );
     const filler = join(stateDir, 'filler');
-    fill(filler);
+    fillFilesystem(filler);
     try {
       await until(
         () =>
@@ -197,7 +189,7 @@ describe.runIf(mountable)('a full journal filesystem under a command in flight',
   it('a start on a full filesystem fails saying so, and succeeds once space is freed', async () => {
     await daemon.stop();
     const filler = join(stateDir, 'filler');
-    fill(filler);
+    fillFilesystem(filler);
     try {
       await expect(
         Daemon.start(loadConfig(configPath, { env: {} }), { logger: pino({ level: 'silent' }) }),
@@ -239,20 +231,3 @@ describe.runIf(mountable)('a full journal filesystem under a command in flight',
     }
   }
 });
-
-/** Fills a filesystem with a file until it is full (ENOSPC). */
-function fill(path: string): void {
-  const fd = openSync(path, 'w');
-  try {
-    for (const size of [64 * 1024, 512]) {
-      const chunk = Buffer.alloc(size, 0x55);
-      try {
-        for (;;) writeSync(fd, chunk);
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
-      }
-    }
-  } finally {
-    closeSync(fd);
-  }
-}

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, statSync, truncateSync, writeSync } from 'node:fs';
+import { mkdirSync, statSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import BetterSqlite3 from 'better-sqlite3';
@@ -15,7 +15,7 @@ import { renderResult } from '../../src/core/result.js';
 import { LATEST_VERSION } from '../../src/journal/migrations.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { ROOT, openJournal, tempDir } from '../helpers/fixtures.js';
-import { isRoot, realComponent } from '../helpers/real.js';
+import { fillFilesystem, tmpfsAvailable } from '../reliability/support.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -473,12 +473,7 @@ describe('fail closed (I5)', () => {
   });
 
   describe('on a real small filesystem', () => {
-    const mountable = isRoot && canMountTmpfs();
-    const available = realComponent(
-      'a mountable tmpfs (root with CAP_SYS_ADMIN)',
-      mountable,
-      'run as root',
-    );
+    const available = tmpfsAvailable();
     let mnt: string;
     beforeEach(() => {
       mnt = join(dir, 'mnt');
@@ -546,7 +541,7 @@ describe('fail closed (I5)', () => {
             }
             // Full, then room for a few pages: a claim's, not a batch of purged commands'.
             const filler = join(big, 'filler');
-            fillUp(filler);
+            fillFilesystem(filler);
             truncateSync(filler, statSync(filler).size - 96 * 1024);
             // One turn: a claim, and the retention purge beside it.
             expect(j.claim(command('beside-the-purge')).kind).toBe('new');
@@ -621,33 +616,3 @@ describe('fail closed (I5)', () => {
     );
   });
 });
-
-function canMountTmpfs(): boolean {
-  const { dir: probe, cleanup: done } = tempDir('sluice-mount-probe-');
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe], { stdio: 'ignore' });
-    execFileSync('umount', [probe], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  } finally {
-    done();
-  }
-}
-
-/** Fills a filesystem with a file until it is full (ENOSPC). */
-function fillUp(path: string): void {
-  const fd = openSync(path, 'w');
-  try {
-    for (const size of [64 * 1024, 512]) {
-      const chunk = Buffer.alloc(size, 0x55);
-      try {
-        for (;;) writeSync(fd, chunk);
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
-      }
-    }
-  } finally {
-    closeSync(fd);
-  }
-}

@@ -1,4 +1,4 @@
-import { mkdirSync, openSync, closeSync, rmSync, writeSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import ModbusSerial from 'modbus-serial';
@@ -17,6 +17,7 @@ import {
   recordOf,
   remount,
   settledResult,
+  fillFilesystem,
   tmpfsAvailable,
   unmount,
   until,
@@ -364,7 +365,7 @@ describe.runIf(real)('fault campaign on the real daemon', () => {
       const pubacks = site.broker.pubacksFrom(DAEMON_CLIENT);
       const refusedBefore = (await metric(site, 'sluice_journal_unavailable_total')) ?? 0;
       const filler = join(stateDir, 'filler');
-      fill(filler);
+      fillFilesystem(filler);
       try {
         const refused = await site.postCommand('full-https', {
           device: 'mb-valve-2',
@@ -935,26 +936,6 @@ describe.runIf(real)('fault campaign on the real daemon', () => {
 
 function isResult(m: Received): boolean {
   return m.topic.startsWith(RESULTS);
-}
-
-/** Fills a filesystem with a file until it is full (ENOSPC). */
-function fill(path: string): void {
-  const fd = openSync(path, 'w');
-  const chunk = Buffer.alloc(64 * 1024, 0x55);
-  try {
-    for (;;) writeSync(fd, chunk);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
-  }
-  // The last few kilobytes (less than a chunk) too.
-  const small = Buffer.alloc(512, 0x55);
-  try {
-    for (;;) writeSync(fd, small);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /** Until /readyz shows MQTT connected and every device read. */

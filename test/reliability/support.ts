@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { isRoot, realComponent } from '../helpers/real.js';
@@ -189,5 +189,22 @@ export function unmount(dir: string): void {
     execFileSync('umount', ['-l', dir], { stdio: 'ignore' });
   } catch {
     // Not mounted (a skipped suite, or already unmounted).
+  }
+}
+
+/** Fills a filesystem with a file at `path` until it is full (ENOSPC), its last kilobytes too. */
+export function fillFilesystem(path: string): void {
+  const fd = openSync(path, 'w');
+  try {
+    for (const size of [64 * 1024, 512]) {
+      const chunk = Buffer.alloc(size, 0x55);
+      try {
+        for (;;) writeSync(fd, chunk);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
+      }
+    }
+  } finally {
+    closeSync(fd);
   }
 }
