@@ -1,5 +1,3 @@
-import fs from 'node:fs';
-import { syncBuiltinESMExports } from 'node:module';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -14,6 +12,7 @@ import { sluicectl, type CliRun } from '../cli/helpers.js';
 import { seedOrphan, startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { holdThreadPool } from '../helpers/thread-pool.js';
+import { failFdatasync } from '../helpers/failing-fdatasync.js';
 
 /**
  * `sluicectl resolve` while the journal cannot make the resolve durable, and of a command whose
@@ -162,25 +161,14 @@ describe('resolve while the journal cannot make it durable', () => {
     // A double for the one fault no real part here can produce on demand: an fdatasync that
     // fails with EIO (a disk's write error). Only the next call fails; the journal's next
     // barrier syncs again (group-commit.ts) and succeeds.
-    const real = fs.fdatasync;
-    let failed = 0;
-    fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
-      fs.fdatasync = real;
-      syncBuiltinESMExports();
-      failed++;
-      setImmediate(() => {
-        callback(Object.assign(new Error(`EIO: i/o error, fdatasync ${fd}`), { code: 'EIO' }));
-      });
-    }) as typeof fs.fdatasync;
-    syncBuiltinESMExports();
+    const disk = failFdatasync(1);
     let first: CliRun;
     try {
       first = await cli('resolve', 'failed-1', '--as', 'failed', '--reason', reason);
     } finally {
-      fs.fdatasync = real;
-      syncBuiltinESMExports();
+      disk.restore();
     }
-    expect(failed).toBe(1);
+    expect(disk.failures).toBe(1);
     expect(first.code).toBe(1);
     expect(first.stdout).toMatch(/^RESOLVED, NOT YET ON DISK by /);
     expect(first.stdout).toContain('not on disk yet: journal unavailable (sync): EIO');

@@ -1,5 +1,4 @@
 import fs from 'node:fs';
-import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { stringify } from 'yaml';
@@ -13,6 +12,7 @@ import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest, loopbackCertificate } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
+import { failFdatasync } from '../helpers/failing-fdatasync.js';
 
 /**
  * /readyz while the journal's fdatasync fails. After a failed fdatasync every barrier fails
@@ -79,15 +79,7 @@ describe('/readyz while the journal cannot sync', () => {
     const failingFrom = Date.now();
     let failingUntil = Number.POSITIVE_INFINITY;
 
-    const realSync = fs.fdatasync;
-    let failures = 0;
-    fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
-      failures++;
-      setImmediate(() => {
-        callback(Object.assign(new Error(`EIO: i/o error, fdatasync ${fd}`), { code: 'EIO' }));
-      });
-    }) as typeof fs.fdatasync;
-    syncBuiltinESMExports();
+    const disk = failFdatasync();
     try {
       const refused = await httpsRequest(
         target,
@@ -98,7 +90,7 @@ describe('/readyz while the journal cannot sync', () => {
       );
       expect(refused.status).toBe(503);
       expect(refused.json().code).toBe('JOURNAL_UNAVAILABLE');
-      expect(failures).toBeGreaterThan(0);
+      expect(disk.failures).toBeGreaterThan(0);
 
       // Commands are refused: /readyz says so, and why.
       const down = await readyz();
@@ -108,11 +100,10 @@ describe('/readyz while the journal cannot sync', () => {
       expect(daemon.readiness().ready).toBe(false);
       // Still refused later: the journal's recovery fails with the disk (at least one attempt
       // past the first failure), and readiness stays down with it.
-      await until(() => (failures >= 2 ? true : undefined), 10_000, 'a recovery attempt');
+      await until(() => (disk.failures >= 2 ? true : undefined), 10_000, 'a recovery attempt');
       expect((await readyz()).status).toBe(503);
     } finally {
-      fs.fdatasync = realSync;
-      syncBuiltinESMExports();
+      disk.restore();
       failingUntil = Date.now();
     }
     // The disk flushes again: the journal recovers and /readyz is 200 again, the probe

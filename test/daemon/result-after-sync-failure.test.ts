@@ -1,6 +1,5 @@
 import fs from 'node:fs';
 import BetterSqlite3 from 'better-sqlite3';
-import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { stringify } from 'yaml';
@@ -21,6 +20,7 @@ import {
   type Mosquitto,
 } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
+import { failFdatasync, type FailingFdatasync } from '../helpers/failing-fdatasync.js';
 
 /**
  * A command's outcome whose journal sync fails is published once a later sync succeeds. The
@@ -81,7 +81,7 @@ describe.runIf(real)('an outcome whose journal sync fails', () => {
   it('is published on the result topic once a later sync succeeds', async () => {
     const valve = plant.device('inlet-valve');
     const client = await TestClient.connect(broker.url);
-    const realSync = fs.fdatasync;
+    let disk: FailingFdatasync | undefined;
     try {
       await client.subscribe(`sluice/${GW}/result/#`);
       await until(
@@ -97,16 +97,7 @@ describe.runIf(real)('an outcome whose journal sync fails', () => {
       // The write has gone out (its dispatch barrier is behind): the next barrier is the
       // settlement's, and its fdatasync fails once.
       await until(() => (valve.counters.writesReceived === 1 ? true : undefined), 10_000, 'write');
-      let failedAt: number | null = null;
-      fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
-        fs.fdatasync = realSync;
-        syncBuiltinESMExports();
-        failedAt = Date.now();
-        setImmediate(() => {
-          callback(Object.assign(new Error(`EIO: i/o error, fdatasync ${fd}`), { code: 'EIO' }));
-        });
-      }) as typeof fs.fdatasync;
-      syncBuiltinESMExports();
+      disk = failFdatasync(1);
 
       const result = await client.waitFor(
         (m) => m.topic === `sluice/${GW}/result/inlet-valve` && m.json().key === 'k-sync',
@@ -115,19 +106,18 @@ describe.runIf(real)('an outcome whose journal sync fails', () => {
       );
       expect(result.json()).toMatchObject({ state: 'confirmed', code: 'OK', replayed: false });
       // The failed sync was the settlement's: the command was settled before it.
-      expect(failedAt).not.toBeNull();
+      expect(disk.failedAt).not.toBeNull();
       const journal = SqliteJournal.open({ path: journalPath, readonly: true });
       try {
         const record = journal.findByKey('k-sync')[0]!;
         expect(record.state).toBe('confirmed');
-        expect(record.settledAt!).toBeLessThanOrEqual(failedAt!);
+        expect(record.settledAt!).toBeLessThanOrEqual(disk.failedAt!);
       } finally {
         journal.close();
       }
       expect(valve.counters.writesReceived).toBe(1);
     } finally {
-      fs.fdatasync = realSync;
-      syncBuiltinESMExports();
+      disk?.restore();
       await client.end();
     }
   }, 60_000);
@@ -150,28 +140,12 @@ describe.runIf(real)('an outcome whose journal sync fails', () => {
     const writesBefore = valve.counters.writesReceived;
     // The double fails the next fdatasync (EIO) and notes when the one after it began: the
     // journal's recovery (while it is failed no barrier runs an fdatasync of its own).
-    const realSync = fs.fdatasync;
-    let failedAt: number | null = null;
-    let resumedAt: number | null = null;
-    fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
-      if (failedAt === null) {
-        failedAt = Date.now();
-        setImmediate(() => {
-          callback(Object.assign(new Error(`EIO: i/o error, fdatasync ${fd}`), { code: 'EIO' }));
-        });
-        return;
-      }
-      resumedAt = Date.now();
-      fs.fdatasync = realSync;
-      syncBuiltinESMExports();
-      realSync(fd, callback);
-    }) as typeof fs.fdatasync;
-    syncBuiltinESMExports();
+    const disk = failFdatasync(1);
     try {
       const refused = await post('k-eio-1', 'close');
       expect(refused.status).toBe(503);
       expect(refused.json().code).toBe('JOURNAL_UNAVAILABLE');
-      expect(failedAt).not.toBeNull();
+      expect(disk.failedAt).not.toBeNull();
       // A later fdatasync would succeed, but proves nothing: the next command is answered
       // only once the journal has written its log anew and synced it, and nothing is written
       // before.
@@ -179,18 +153,17 @@ describe.runIf(real)('an outcome whose journal sync fails', () => {
       const again = await post('k-eio-2', 'close');
       expect(journal.recoveries).toBe(recoveriesBefore + 1);
       expect(again.status).toBe(202);
-      expect(resumedAt).not.toBeNull();
+      expect(disk.resumedAt).not.toBeNull();
       const accepted = await post('k-eio-after', 'close', 'wait=10');
       expect(accepted.status).toBe(200);
       expect(accepted.json()).toMatchObject({ state: 'confirmed', code: 'OK' });
     } finally {
-      fs.fdatasync = realSync;
-      syncBuiltinESMExports();
+      disk.restore();
     }
     // Ground truth: no write reached the controller between the failure and the recovery.
-    const writes = valve.writeLog.filter((w) => w.receivedAt >= failedAt!);
+    const writes = valve.writeLog.filter((w) => w.receivedAt >= disk.failedAt!);
     expect(writes.length).toBeGreaterThan(0);
-    for (const w of writes) expect(w.receivedAt).toBeGreaterThanOrEqual(resumedAt!);
+    for (const w of writes) expect(w.receivedAt).toBeGreaterThanOrEqual(disk.resumedAt!);
     // Every commit is in the log as written anew: a copy of the journal's files without the
     // wal-index is recovered by SQLite from the WAL's checksum chain, the settlement of the
     // test before and the command after the recovery both in it.
@@ -227,15 +200,7 @@ describe.runIf(real)('an outcome whose journal sync fails', () => {
     const before = await messages();
     const deliveredBefore = broker.deliveriesTo('sluice-sync-fail', topic).length;
     const client = await TestClient.connect(broker.url);
-    const realSync = fs.fdatasync;
-    let failures = 0;
-    fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
-      failures++;
-      setImmediate(() => {
-        callback(Object.assign(new Error(`EIO: i/o error, fdatasync ${fd}`), { code: 'EIO' }));
-      });
-    }) as typeof fs.fdatasync;
-    syncBuiltinESMExports();
+    const disk = failFdatasync();
     try {
       await until(
         () => (daemon.readiness().checks.mqtt?.ok === true ? true : undefined),
@@ -258,15 +223,14 @@ describe.runIf(real)('an outcome whose journal sync fails', () => {
         10_000,
         'the message refused at its barrier',
       );
-      expect(failures).toBeGreaterThan(0);
+      expect(disk.failures).toBeGreaterThan(0);
       // Ground truth: the broker delivered it once so far; it was not acknowledged, and is
       // counted once, as such.
       expect(broker.deliveriesTo('sluice-sync-fail', topic).length - deliveredBefore).toBe(1);
       expect(total(during) - total(before)).toBe(1);
       expect((during.new ?? 0) - (before.new ?? 0)).toBe(0);
     } finally {
-      fs.fdatasync = realSync;
-      syncBuiltinESMExports();
+      disk.restore();
       await client.end();
     }
     // The broker redelivers it once the journal has recovered: every delivery one outcome.
