@@ -1,4 +1,4 @@
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect, type Socket } from 'node:net';
@@ -73,7 +73,12 @@ class AdminError extends Error {
 export class AdminEndpoint {
   private readonly o: AdminOptions;
   private readonly log: Logger;
-  private token: Buffer;
+  /**
+   * The admin token's SHA-256 digest (null until start()): a request's token is compared as its
+   * digest, in constant time and at one length whatever was sent, so a wrong guess tells
+   * neither how much of it matched nor how long the token is.
+   */
+  private tokenDigest: Buffer | null = null;
   private server: Server | null = null;
   private readonly sockets = new Set<Socket>();
   /** Answers not yet sent: a stop waits for them (DRAIN_MS). */
@@ -83,7 +88,6 @@ export class AdminEndpoint {
   private constructor(options: AdminOptions) {
     this.o = options;
     this.log = options.logger.child({ component: 'admin' });
-    this.token = Buffer.alloc(0);
   }
 
   /** Builds the endpoint; the token is read (or generated) when it starts. */
@@ -92,7 +96,7 @@ export class AdminEndpoint {
   }
 
   async start(): Promise<void> {
-    this.token = Buffer.from(adminToken(this.o.tokenFile), 'utf8');
+    this.tokenDigest = digest(adminToken(this.o.tokenFile));
     // A socket file left by a killed daemon would make listen() fail: it is removed. One that a
     // process still answers on belongs to a running daemon (a second sluiced started with the
     // same configuration): taking it would leave that daemon unreachable for sluicectl, for good
@@ -184,8 +188,8 @@ export class AdminEndpoint {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const auth = req.headers.authorization ?? '';
-    const given = Buffer.from(auth.startsWith('Bearer ') ? auth.slice(7).trim() : '', 'utf8');
-    if (given.length !== this.token.length || !timingSafeEqual(given, this.token)) {
+    const given = digest(auth.startsWith('Bearer ') ? auth.slice(7).trim() : '');
+    if (this.tokenDigest === null || !timingSafeEqual(given, this.tokenDigest)) {
       throw new AdminError(401, 'UNAUTHORIZED', 'missing or wrong admin token');
     }
     // The path as sent, not as a URL parser resolves it: "." and ".." are keys too, and a
@@ -323,6 +327,10 @@ function answers(path: string): Promise<boolean> {
       done(error.code !== 'ECONNREFUSED' && error.code !== 'ENOENT');
     });
   });
+}
+
+function digest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
 }
 
 /** The admin token: read, or generated (0600) at the first start. */

@@ -112,6 +112,12 @@ describe('admin endpoint', () => {
     const refused = await admin('GET', '/v1/health', undefined, 'x'.repeat(64));
     expect(refused.status).toBe(401);
     expect(refused.json).toMatchObject({ code: 'UNAUTHORIZED' });
+    // Compared as digests: a prefix, the token with more after it, and nothing are refused alike.
+    for (const wrong of [token.slice(0, 32), `${token}0`, token.slice(1), '']) {
+      const answer = await admin('GET', '/v1/health', undefined, wrong);
+      expect(answer.status).toBe(401);
+      expect(answer.json).toMatchObject({ code: 'UNAUTHORIZED' });
+    }
     const health = await admin('GET', '/v1/health');
     expect(health.status).toBe(200);
     expect(health.json).toHaveProperty('checks');
