@@ -206,6 +206,7 @@ export class CommandExecution {
                 PIPELINE,
                 observe(before),
               );
+        this.host.dispatched(dispatched);
         // Group commit: the dispatch shares its fsync with other lanes' commits; the write
         // waits for it. A failed sync leaves the command dispatched and unwritten: the sweep
         // takes it up and settles it by reading the controller.

@@ -142,6 +142,8 @@ export interface ExecutionHost {
    * every other command, the wall clock.
    */
   deadlineNow(record: CommandRecord): number;
+  /** The command's dispatch was journaled now (its durations are timed from here). */
+  dispatched(record: CommandRecord): void;
   /** Journals the outcome and tells waiters and listeners; null when it could not. */
   settle(
     log: Logger,

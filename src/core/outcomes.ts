@@ -5,7 +5,29 @@ import type { CommandRecord, CommandRef, Journal } from './journal.js';
 import { PIPELINE, refId, type Lane, type Outcome } from './lane.js';
 import type { Logger } from './logger.js';
 
-export type SettledListener = (record: CommandRecord) => void;
+/**
+ * How long a settled command took (the metrics' histograms). Durations are measured on the
+ * monotonic clock (SPEC §6) from the moments this process saw — its acceptance, its journaled
+ * dispatch, its settlement — so that a step of the gateway's wall clock meanwhile makes them
+ * neither negative nor hours long; a moment from an earlier life of the daemon (a command
+ * taken up after a restart) has only the journal's wall-clock time, and that span is never
+ * counted below zero.
+ */
+export interface SettledTimes {
+  /** From its acceptance to its terminal state, ms. */
+  readonly sinceAcceptedMs: number;
+  /** From its journaled dispatch to its terminal state, ms; null: it was never dispatched. */
+  readonly sinceDispatchedMs: number | null;
+}
+
+export type SettledListener = (record: CommandRecord, times: SettledTimes) => void;
+
+/** A command's moments on the monotonic clock, as this process saw them. */
+interface Moments {
+  accepted?: number;
+  dispatched?: number;
+  settled?: number;
+}
 
 /** How soon a settlement whose barrier failed asks for the next one (announceOnceSynced). */
 const ANNOUNCE_RETRY_MS = 1_000;
@@ -33,6 +55,8 @@ export class Outcomes {
   /** Settled records announced after their barrier: on disk, whatever was written since. */
   private readonly announced = new WeakSet<CommandRecord>();
   private readonly listeners = new Set<SettledListener>();
+  /** Open commands' moments (SettledTimes), until their settlement is announced. */
+  private readonly moments = new Map<string, Moments>();
 
   constructor(host: OutcomesHost) {
     this.host = host;
@@ -51,6 +75,45 @@ export class Outcomes {
   onSettled(listener: SettledListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  /** A new command was journaled at `nowMono` (the monotonic clock). */
+  accepted(ref: CommandRef, nowMono: number): void {
+    this.moment(ref).accepted = nowMono;
+  }
+
+  /** A command's dispatch was journaled now. */
+  dispatched(ref: CommandRef): void {
+    this.moment(ref).dispatched = this.host.clock.elapsed();
+  }
+
+  private moment(ref: CommandRef): Moments {
+    const id = refId(ref);
+    let moments = this.moments.get(id);
+    if (moments === undefined) {
+      moments = {};
+      this.moments.set(id, moments);
+    }
+    return moments;
+  }
+
+  /** The durations of a settled command, and its moments forgotten (SettledTimes). */
+  private timesOf(settled: CommandRecord): SettledTimes {
+    const id = refId(settled);
+    const moments = this.moments.get(id) ?? {};
+    this.moments.delete(id);
+    const end = moments.settled ?? this.host.clock.elapsed();
+    const wall = (from: number): number => Math.max(0, (settled.settledAt ?? from) - from);
+    return {
+      sinceAcceptedMs:
+        moments.accepted === undefined ? wall(settled.acceptedAt) : end - moments.accepted,
+      sinceDispatchedMs:
+        settled.dispatchedAt === null
+          ? null
+          : moments.dispatched === undefined
+            ? wall(settled.dispatchedAt)
+            : end - moments.dispatched,
+    };
   }
 
   /** Journals the outcome (with its stored result) and tells listeners and waiters. */
@@ -78,6 +141,7 @@ export class Outcomes {
       }
       throw error;
     }
+    this.moment(settled).settled = this.host.clock.elapsed();
     const lane = this.host.lanes.get(settled.device);
     if (lane !== undefined && lane.inFlight !== null && refId(lane.inFlight) === refId(settled)) {
       lane.settledInFlight = settled;
@@ -158,11 +222,12 @@ export class Outcomes {
 
   private announceNow(settled: CommandRecord, log: Logger): void {
     this.announced.add(settled);
+    const times = this.timesOf(settled);
     const waiting = this.waiters.get(refId(settled));
     if (waiting !== undefined) for (const wake of waiting) wake(settled);
     for (const listener of this.listeners) {
       try {
-        listener(settled);
+        listener(settled, times);
       } catch (error) {
         log.error({ err: error }, 'settled listener failed');
       }

@@ -223,6 +223,9 @@ export class CommandPipeline {
           ? this.clock.now()
           : record.acceptedAt + (this.clock.elapsed() - received);
       },
+      dispatched: (record) => {
+        this.outcomes.dispatched(record);
+      },
     });
   }
 
@@ -302,6 +305,7 @@ export class CommandPipeline {
     if (claim.kind !== 'new') return claim;
 
     const record = claim.record;
+    this.outcomes.accepted(record, nowMono);
     const log = commandLogger(this.logger, record);
     if (forbidden) {
       log.warn({ intake: submission.intake, code: record.code }, 'command rejected');

@@ -6,6 +6,7 @@ import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandRecord } from '../core/journal.js';
 import type { CommandPipeline, OpenCommands } from '../core/pipeline.js';
 import { RetentionSweeper, type RetentionOptions } from '../core/retention.js';
+import type { SettledTimes } from '../core/outcomes.js';
 import type { RowCounts } from '../journal/row-counts.js';
 
 /** How often the journal's rows are counted for `sluice_journal_rows`. */
@@ -404,29 +405,25 @@ export class Metrics {
         this.set(open.stuck.length);
       },
     });
-    pipeline.onSettled((record) => {
-      this.settled(record);
+    pipeline.onSettled((record, times) => {
+      this.settled(record, times);
     });
   }
 
-  private settled(record: CommandRecord): void {
+  /** Counted, and its durations observed (measured on the monotonic clock: SettledTimes). */
+  private settled(record: CommandRecord, times: SettledTimes): void {
     this.commands.inc({
       device: record.device,
       intake: record.intake,
       state: record.state,
       code: record.code ?? '',
     });
-    if (record.settledAt !== null) {
-      this.latency.observe(
-        { device: record.device, state: record.state },
-        (record.settledAt - record.acceptedAt) / 1000,
-      );
-      if (record.state === 'confirmed' && record.dispatchedAt !== null) {
-        this.confirmLatency.observe(
-          { device: record.device },
-          (record.settledAt - record.dispatchedAt) / 1000,
-        );
-      }
+    this.latency.observe(
+      { device: record.device, state: record.state },
+      times.sinceAcceptedMs / 1000,
+    );
+    if (record.state === 'confirmed' && times.sinceDispatchedMs !== null) {
+      this.confirmLatency.observe({ device: record.device }, times.sinceDispatchedMs / 1000);
     }
   }
 }
