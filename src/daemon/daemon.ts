@@ -446,9 +446,18 @@ export class Daemon {
       };
     }
     if (this.httpsIntake !== null) {
+      // Listening is not enough: clients refuse a server certificate out of its validity.
+      const certificate = this.https === null ? null : this.httpsIntake.certificateCheck();
       checks.https = {
-        ok: this.https !== null,
-        detail: this.https === null ? 'not listening' : 'listening',
+        ok: this.https !== null && certificate?.ok !== false,
+        detail:
+          this.https === null
+            ? 'not listening'
+            : certificate === null
+              ? 'listening'
+              : certificate.ok
+                ? `listening; ${certificate.detail}`
+                : `listening, but ${certificate.detail}`,
       };
     }
     try {

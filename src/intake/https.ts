@@ -2,6 +2,12 @@ import type { AddressInfo } from 'node:net';
 import { systemClock, type Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
+import {
+  certificateVerdict,
+  serverCertificate,
+  type CertificateVerdict,
+  type ServerCertificate,
+} from './https-certificate.js';
 import { registerCommandRoutes } from './https-command-routes.js';
 import { CallerGuard } from './https-guard.js';
 import { MethodTable } from './https-methods.js';
@@ -52,6 +58,10 @@ export class HttpsIntake {
   private readonly drainTimeoutMs: number;
   private readonly stopping = new AbortController();
   private app: App | null = null;
+  /** The server certificate read at start (null: not started, or not readable as X.509). */
+  private certificate: ServerCertificate | null = null;
+  /** Whether the last verdict on it was good: a change is logged once. */
+  private certificateOk = true;
 
   constructor(options: HttpsIntakeOptions) {
     this.options = options;
@@ -66,6 +76,7 @@ export class HttpsIntake {
     if (this.stopping.signal.aborted) throw new Error('the HTTPS intake was stopped');
     const { config, pipeline, identities, metrics, readiness } = this.options;
     const tls = await readTlsMaterial(config);
+    this.certificate = serverCertificate(tls.cert);
     const mutualTls = tls.ca !== undefined;
     const stopping = this.stopping.signal;
     const logger = this.logger;
@@ -94,7 +105,24 @@ export class HttpsIntake {
       { host: address.address, port: address.port, mutualTls },
       'HTTPS intake listening',
     );
+    this.certificateCheck();
     return { host: address.address, port: address.port };
+  }
+
+  /**
+   * Whether clients can accept the server certificate now (https-certificate.ts), for the
+   * readiness checks; null before the start. Logged when it becomes bad (and at the start),
+   * with what to do, and when it is good again.
+   */
+  certificateCheck(): CertificateVerdict | null {
+    if (this.certificate === null) return null;
+    const verdict = certificateVerdict(this.certificate, this.clock.now());
+    if (verdict.ok !== this.certificateOk) {
+      this.certificateOk = verdict.ok;
+      if (verdict.ok) this.logger.info({}, `HTTPS ${verdict.detail}`);
+      else this.logger.error({}, `HTTPS intake: ${verdict.detail}`);
+    }
+    return verdict;
   }
 
   /**

@@ -1,0 +1,70 @@
+import { X509Certificate } from 'node:crypto';
+
+/**
+ * The HTTPS server certificate's validity, as the operator needs to see it while the daemon
+ * runs: a certificate that expired (or is not valid yet) fails every client's TLS handshake,
+ * while the intake itself listens as if nothing were wrong. `sluiced --check` shows the dates
+ * before a start (check-summary.ts); /readyz and `sluicectl health` show them after.
+ */
+
+/** How long before its end a certificate's detail says when it expires. */
+const EXPIRY_NOTICE_MS = 30 * 24 * 3_600_000;
+
+export interface ServerCertificate {
+  /** Its CN, or its whole subject when it has none. */
+  readonly name: string;
+  readonly validFrom: number;
+  readonly validTo: number;
+}
+
+export interface CertificateVerdict {
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+/** The first certificate of a PEM chain (the server's own); null when it cannot be read. */
+export function serverCertificate(pem: Buffer): ServerCertificate | null {
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(pem);
+  } catch {
+    return null;
+  }
+  const cn = certificate.subject
+    .split('\n')
+    .find((part) => part.startsWith('CN='))
+    ?.slice(3);
+  const validFrom = Date.parse(certificate.validFrom);
+  const validTo = Date.parse(certificate.validTo);
+  if (Number.isNaN(validFrom) || Number.isNaN(validTo)) return null;
+  return { name: cn ?? certificate.subject.replace(/\n/g, ', '), validFrom, validTo };
+}
+
+/** Whether clients can accept the certificate at `now` (wall-clock ms), said for an operator. */
+export function certificateVerdict(
+  certificate: ServerCertificate,
+  now: number,
+): CertificateVerdict {
+  const { name, validFrom, validTo } = certificate;
+  const iso = (ms: number): string => new Date(ms).toISOString();
+  if (now > validTo) {
+    return {
+      ok: false,
+      detail: `its certificate (CN=${name}) expired on ${iso(validTo)}: clients' TLS handshakes fail; replace https.certFile and https.keyFile, then restart sluiced`,
+    };
+  }
+  if (now < validFrom) {
+    return {
+      ok: false,
+      detail: `its certificate (CN=${name}) is not valid before ${iso(validFrom)}: clients' TLS handshakes fail (is the gateway clock right?)`,
+    };
+  }
+  const days = Math.floor((validTo - now) / (24 * 3_600_000));
+  return {
+    ok: true,
+    detail:
+      validTo - now <= EXPIRY_NOTICE_MS
+        ? `certificate CN=${name} expires on ${iso(validTo)} (in ${String(days)} days): replace it before then`
+        : `certificate CN=${name} valid until ${iso(validTo).slice(0, 10)}`,
+  };
+}
