@@ -356,7 +356,9 @@ export class Metrics {
         try {
           open = pipeline.openCommands();
         } catch {
-          // The journal cannot be read: the gauges are left out of this scrape.
+          // The journal cannot be read: the gauges below say so in this scrape — the labelled
+          // ones are left out, the others are NaN (Prometheus' "unknown") — rather than show
+          // their last counts as current.
         }
         snapshot = { at, open };
       }
@@ -369,6 +371,7 @@ export class Metrics {
       registers,
       collect() {
         const open = openNow();
+        this.reset();
         if (open === null) return;
         this.set({ state: 'accepted' }, open.accepted);
         this.set({ state: 'dispatched' }, open.dispatched);
@@ -381,6 +384,7 @@ export class Metrics {
       registers,
       collect() {
         const open = openNow();
+        this.reset();
         if (open === null) return;
         for (const bucket of open.byAge) this.set({ le: bucket.le }, bucket.count);
       },
@@ -391,8 +395,7 @@ export class Metrics {
       registers,
       collect() {
         const open = openNow();
-        if (open === null) return;
-        this.set((open.oldestAgeMs ?? 0) / 1000);
+        this.set(open === null ? Number.NaN : (open.oldestAgeMs ?? 0) / 1000);
       },
     });
     new Gauge({
@@ -401,8 +404,7 @@ export class Metrics {
       registers,
       collect() {
         const open = openNow();
-        if (open === null) return;
-        this.set(open.stuck.length);
+        this.set(open === null ? Number.NaN : open.stuck.length);
       },
     });
     pipeline.onSettled((record, times) => {

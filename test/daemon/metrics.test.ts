@@ -7,6 +7,7 @@ import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
+import { seedOrphan } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest, loopbackCertificate, type HttpsAnswer } from '../helpers/loopback-https.js';
 import {
@@ -20,7 +21,7 @@ import {
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { countRowsOffThread } from '../../src/journal/row-counts.js';
-import { systemClock } from '../../src/core/clock.js';
+import { systemClock, type Clock } from '../../src/core/clock.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { CommandPipeline } from '../../src/core/pipeline.js';
 import { Metrics } from '../../src/daemon/metrics.js';
@@ -124,6 +125,50 @@ it('answers a scrape whose first count does not come, leaving the rows out', asy
   } finally {
     await pipeline.stop(0);
     journal.close();
+    cleanup();
+  }
+});
+
+it('leaves the open-command gauges out of a scrape while the journal cannot be read, not at their last values', async () => {
+  const { dir, cleanup } = tempDir('sluice-open-gauges-');
+  const path = join(dir, 'journal.db');
+  seedOrphan(path, Date.now(), {
+    scope: 'plant',
+    key: 'orphan-1',
+    device: 'gone-valve',
+    intake: 'https',
+  });
+  const journal = SqliteJournal.open({ path });
+  let mono = 0;
+  const clock: Clock = { ...systemClock, elapsed: () => mono };
+  const pipeline = new CommandPipeline({
+    journal,
+    devices: [],
+    clock,
+    logger: silentLogger,
+    freshness: { maxIssuerSkewMs: 2000 },
+  });
+  let closed = false;
+  try {
+    const metrics = new Metrics(pipeline, clock);
+    const before = parseMetrics(await metrics.registry.metrics());
+    expect(value(before, 'sluice_commands_open', { state: 'accepted' })).toBe(1);
+    expect(value(before, 'sluice_commands_stuck')).toBe(1);
+    // A real read failure: the journal's connection is closed under the pipeline (no real
+    // part fails a read on demand otherwise). The next scrape queries the journal again.
+    journal.close();
+    closed = true;
+    mono += 1_000;
+    const text = await metrics.registry.metrics();
+    expect(text).not.toMatch(/^sluice_commands_open\{/m);
+    expect(text).not.toMatch(/^sluice_commands_open_by_age\{/m);
+    // Unlabelled, they cannot be left out: NaN, Prometheus' "unknown" (prom-client writes
+    // "Nan"; Prometheus parses it in any case), not the last value.
+    expect(text).toMatch(/^sluice_commands_oldest_open_age_seconds nan$/im);
+    expect(text).toMatch(/^sluice_commands_stuck nan$/im);
+  } finally {
+    await pipeline.stop(0);
+    if (!closed) journal.close();
     cleanup();
   }
 });
