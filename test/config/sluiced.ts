@@ -4,14 +4,14 @@ import { createInterface } from 'node:readline';
 import { ROOT } from '../helpers/fixtures.js';
 
 /** `sluiced` as an operator runs it: the CLI entry from source, loaded by the test loader. */
-const SLUICED = [
+export const SLUICED = [
   '--import',
   join(ROOT, 'test/helpers/ts-register.mjs'),
   join(ROOT, 'src/daemon/cli.ts'),
 ];
 
 /** The environment without the SLUICE_* overrides a developer's shell may carry. */
-function cleanEnv(): NodeJS.ProcessEnv {
+export function cleanEnv(): NodeJS.ProcessEnv {
   return Object.fromEntries(
     Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_')),
   );

@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { ROOT } from './fixtures.js';
+import { SLUICED, cleanEnv } from '../config/sluiced.js';
 import { until } from './mosquitto.js';
 
 /**
@@ -68,7 +67,7 @@ export interface NotifiedSluiced {
 }
 
 /**
- * The real `sluiced` (src/daemon/cli.ts under the test loader) on `configPath`, with
+ * The real `sluiced` (as test/config/sluiced.ts starts it) on `configPath`, with
  * NOTIFY_SOCKET set to the socket and `env` added; the SLUICE_* overrides of a developer's
  * shell are left out.
  */
@@ -77,20 +76,10 @@ export function spawnNotifiedSluiced(
   socket: NotifySocket,
   env: Record<string, string> = {},
 ): NotifiedSluiced {
-  const clean = Object.fromEntries(
-    Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_')),
-  );
-  const child = spawn(
-    process.execPath,
-    [
-      '--import',
-      join(ROOT, 'test/helpers/ts-register.mjs'),
-      join(ROOT, 'src/daemon/cli.ts'),
-      '--config',
-      configPath,
-    ],
-    { env: { ...clean, ...env, NOTIFY_SOCKET: socket.path }, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const child = spawn(process.execPath, [...SLUICED, '--config', configPath], {
+    env: { ...cleanEnv(), ...env, NOTIFY_SOCKET: socket.path },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
   child.stderr.on('data', (c: Buffer) => (out += c.toString('utf8')));
