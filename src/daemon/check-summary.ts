@@ -1,4 +1,5 @@
 import type { X509Certificate } from 'node:crypto';
+import { certificateName } from '../intake/https-certificate.js';
 import { profilesDirOf, type SluiceConfig } from '../config/config.js';
 import type { Preflight } from '../config/preflight.js';
 import { registerMapLines } from '../drivers/modbus-map.js';
@@ -104,11 +105,7 @@ function nodeNames(fields: Readonly<Record<string, string | undefined>>): string
 
 /** `CN=localhost, valid until 2027-12-01` (or EXPIRED): what an operator checks first. */
 function certificateLine(certificate: X509Certificate, now: Date): string {
-  const cn =
-    certificate.subject
-      .split('\n')
-      .find((part) => part.startsWith('CN='))
-      ?.slice(3) ?? certificate.subject.replace(/\n/g, ', ');
+  const cn = certificateName(certificate);
   const until = new Date(certificate.validTo);
   const day = Number.isNaN(until.getTime())
     ? certificate.validTo

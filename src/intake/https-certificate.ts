@@ -30,14 +30,20 @@ export function serverCertificate(pem: Buffer): ServerCertificate | null {
   } catch {
     return null;
   }
-  const cn = certificate.subject
-    .split('\n')
-    .find((part) => part.startsWith('CN='))
-    ?.slice(3);
   const validFrom = Date.parse(certificate.validFrom);
   const validTo = Date.parse(certificate.validTo);
   if (Number.isNaN(validFrom) || Number.isNaN(validTo)) return null;
-  return { name: cn ?? certificate.subject.replace(/\n/g, ', '), validFrom, validTo };
+  return { name: certificateName(certificate), validFrom, validTo };
+}
+
+/** A certificate's CN, or its whole subject when it has none. */
+export function certificateName(certificate: X509Certificate): string {
+  return (
+    certificate.subject
+      .split('\n')
+      .find((part) => part.startsWith('CN='))
+      ?.slice(3) ?? certificate.subject.replace(/\n/g, ', ')
+  );
 }
 
 /** Whether clients can accept the certificate at `now` (wall-clock ms), said for an operator. */
