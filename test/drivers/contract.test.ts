@@ -315,6 +315,93 @@ describe.each([
     }
   }, 40_000);
 
+  it('a link cut while the write awaits its answer: reported unknown, never sent again by itself; one write', async () => {
+    // The write reaches the controller, its answer is lost with the connection. The driver
+    // must report an unknown outcome and leave it at that: node-opcua replays requests it holds
+    // while it reconnects (ClientSessionImpl.flushPendingTransactions), so a write handed to it
+    // during the outage would reach the controller after the reconnection, long after the
+    // driver gave up on it. Ground truth: the simulator's write log.
+    const plc = plant.plc(prefix).endpoint;
+    const target =
+      plc.protocol === 'modbus'
+        ? { host: plc.host, port: plc.port }
+        : { host: '127.0.0.1', port: Number(new URL(plc.endpointUrl).port) };
+    const link = await TcpLink.open(target);
+    const inventory = inventoryFor(plant);
+    const via = inventory.plcs[prefix]!;
+    inventory.plcs = {
+      [prefix]:
+        via.protocol === 'modbus'
+          ? { ...via, port: link.port }
+          : { ...via, endpointUrl: via.endpointUrl.replace(`:${target.port}`, `:${link.port}`) },
+    };
+    inventory.devices = { [valveId]: inventory.devices[valveId]! };
+    const pki = tempDir('sluice-pki-');
+    const own = await buildDrivers({
+      inventory,
+      profiles: PROFILES,
+      pkiDir: pki.dir,
+      acceptUnknownCertificates: true,
+      clock: systemClock,
+      logger: silentLogger,
+    });
+    /**
+     * Retries `attempt` while the driver has no connection yet (it reconnects meanwhile); a
+     * write is retried only when it was not sent, or the retry could be a second write.
+     */
+    const connected = async <T>(attempt: () => Promise<T>, write = false): Promise<T> => {
+      const end = Date.now() + 20_000;
+      for (;;) {
+        try {
+          return await attempt();
+        } catch (error) {
+          if (write) expect(error).toMatchObject({ reason: 'no-connection' });
+          if (Date.now() > end) throw error;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+    };
+    try {
+      own.start();
+      const driver = own.bindings[0]!.driver;
+      await connected(() => driver.read());
+      // The answers wait on the controller's side (applied first, then answered), so the cut
+      // falls between the controller taking the write and the driver hearing of it.
+      valve.setFault({ kind: 'latency', ms: 200, when: 'after', on: 'write' });
+      const cut = driver.write({ action: 'open', position: null, seq: 4347 }).then(
+        () => null,
+        (error: unknown) => error,
+      );
+      await until(() => valve.writesWithSeq(4347) === 1);
+      await link.refuse();
+      const error = await cut;
+      expect(error).toBeInstanceOf(Error);
+      expect(error).not.toBeInstanceOf(WriteNotSentError);
+      expect(error).toMatchObject({ code: 'DEVICE_UNREACHABLE' });
+      valve.clearFaults();
+
+      // While the link is down, a write finds no connection: refused before it reaches the
+      // library, so there is nothing it could replay once the connection is back.
+      const refused = driver.write({ action: 'close', position: null, seq: 4348 });
+      await expect(refused).rejects.toThrow(WriteNotSentError);
+      await expect(refused).rejects.toMatchObject({ reason: 'no-connection' });
+
+      await link.accept();
+      // A write sent once the connection is back reaches the controller behind anything the
+      // library could have replayed on it: when it is in the log, nothing else is on its way.
+      await connected(() => driver.write({ action: 'close', position: null, seq: 4349 }), true);
+      await until(() => valve.writesWithSeq(4349) === 1);
+      expect(valve.writesWithSeq(4347)).toBe(1);
+      expect(valve.writesWithSeq(4348)).toBe(0);
+      expect(valve.counters.writesReceived).toBe(2);
+    } finally {
+      valve.clearFaults();
+      await own.close();
+      await link.close();
+      pki.cleanup();
+    }
+  }, 40_000);
+
   it('reads the controller clock, and the skew estimate follows its offset', async () => {
     const plc = plant.plc(prefix);
     plc.setClock({ offsetMs: -7_000, driftPpm: 0 });
