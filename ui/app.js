@@ -541,14 +541,23 @@
     }, 150);
   }
 
+  /**
+   * Counts the list requests: a filter change, a cue from the stream and a login each ask
+   * again while an earlier answer may still be on its way, and answers can arrive in any order
+   * (a slow network, a busy gateway). Only the answer to the latest request is shown; an older
+   * one arriving after it would put back a list for the wrong filter, or one out of date.
+   */
+  var commandsAsked = 0;
+
   function loadCommands() {
     var q = [];
     var device = $('filter-device').value;
     var state = $('filter-state').value;
     if (device) q.push('device=' + encodeURIComponent(device));
     if (state) q.push('state=' + encodeURIComponent(state));
+    var asked = ++commandsAsked;
     api('GET', '/ui/api/commands' + (q.length ? '?' + q.join('&') : '')).then(function (answer) {
-      if (answer.status !== 200) return;
+      if (asked !== commandsAsked || answer.status !== 200) return;
       commands = { open: answer.body.open, recent: answer.body.recent, at: now() };
       renderCommands();
     });
@@ -632,12 +641,16 @@
     if (session) route();
   });
 
+  /** Counts the command requests, as commandsAsked counts the lists'. */
+  var commandAsked = 0;
+
   function loadCommand(scope, key) {
+    var asked = ++commandAsked;
     api(
       'GET',
       '/ui/api/commands/' + encodeURIComponent(scope) + '/' + encodeURIComponent(key),
     ).then(function (answer) {
-      if (!shown || shown.key !== key || shown.scope !== scope) return;
+      if (asked !== commandAsked || !shown || shown.key !== key || shown.scope !== scope) return;
       if (answer.status !== 200) {
         clear($('command-fields'));
         $('command-actions').hidden = true;
