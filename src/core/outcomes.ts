@@ -215,6 +215,19 @@ export class Outcomes {
     });
   }
 
+  /**
+   * A command whose claim is not in the journal when its device takes it up: the batch that
+   * held the claim was lost at its COMMIT (a full disk), so it will never settle. Its waiters
+   * (an HTTPS request with `Prefer: wait`) are woken now: they find it gone and answer 503 at
+   * once, not at the end of their wait (up to the wait policy's maximum).
+   */
+  lost(ref: CommandRef): void {
+    const id = refId(ref);
+    this.moments.delete(id);
+    const waiting = this.waiters.get(id);
+    if (waiting !== undefined) for (const wake of [...waiting]) wake(undefined);
+  }
+
   /** Whether this record was announced: its settlement's own barrier succeeded. */
   wasAnnounced(record: CommandRecord): boolean {
     return this.announced.has(record);

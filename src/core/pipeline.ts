@@ -547,6 +547,7 @@ export class CommandPipeline {
         return;
       }
       if (record === undefined || isTerminal(record.state)) {
+        if (record === undefined) this.claimLost(ref, this.logger.child({ key: ref.key }), null);
         lane.superseded.delete(refId(ref));
         this.preemption.afterStop(lane, ref);
         continue;
@@ -611,8 +612,24 @@ export class CommandPipeline {
         this.leftOpen(lane, ref, log, failure);
         return;
       }
+      if (after === undefined) this.claimLost(ref, log, failure);
       this.preemption.afterStop(lane, ref);
     }
+  }
+
+  /**
+   * The command's claim is not in the journal: the batch that held it was lost at its COMMIT (a
+   * full disk), after its device had taken it up, or before. Nothing was written for it (its
+   * dispatch finds no row), no intake acknowledged it (the claim's barrier fails, and an HTTPS
+   * request that waited for its outcome answers 503 on finding it gone), and it will never
+   * settle: its waiters are woken now rather than at the end of their wait.
+   */
+  private claimLost(ref: CommandRef, log: Logger, failure: unknown): void {
+    log.warn(
+      { err: failure ?? undefined },
+      'the claim was lost with its batch (its commit failed): the command was never accepted, and nothing was written',
+    );
+    this.outcomes.lost(ref);
   }
 
   /**

@@ -17,6 +17,9 @@ import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { CountedRetentionSweeper, Metrics } from './metrics.js';
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
+import { readiness, statusLine, type Readiness, type ReadinessParts } from './readiness.js';
+
+export type { Readiness } from './readiness.js';
 
 export interface DaemonOptions {
   readonly logger?: PinoLogger;
@@ -40,13 +43,6 @@ export interface DaemonOptions {
   readonly readyBoundMs?: number;
 }
 
-export interface Readiness {
-  ready: boolean;
-  checks: Record<string, { ok: boolean; detail: string }>;
-}
-
-/** A device whose last readback is older than this counts as unreachable for readiness. */
-const READBACK_STALE_MS = 15_000;
 /** How often the STATUS= line is looked at after READY (sent only when it changed). */
 const STATUS_REFRESH_MS = 1_000;
 
@@ -396,136 +392,25 @@ export class Daemon {
     this.notifier.status(line);
   }
 
-  /** `ready: HTTPS on …, MQTT connected; 2 recovered command(s) settled`. */
-  private statusLine(): string {
-    let mqtt: string[] = [];
-    if (this.mqttIntake !== null) {
-      const lastError = this.mqttIntake.health().lastError;
-      mqtt = [
-        this.mqttIntake.connected()
-          ? 'MQTT connected'
-          : lastError === null
-            ? 'MQTT connecting'
-            : `MQTT not connected (${lastError})`,
-      ];
-    }
-    const intakes = [
-      ...(this.https === null ? [] : [`HTTPS on ${this.https.host}:${this.https.port}`]),
-      ...mqtt,
-    ];
-    const { total, open } = this.recovery;
-    const recovery =
-      open === 0
-        ? `${total} recovered command(s) settled`
-        : `${open} of ${total} recovered command(s) still settling`;
-    return `ready: ${intakes.length === 0 ? 'no intake' : intakes.join(', ')}; ${recovery}`;
+  /** Every check /readyz answers with (readiness.ts). */
+  readiness(): Readiness {
+    return readiness(this.readinessParts());
   }
 
-  /** Journal writable, intakes up, devices reachable (SPEC §4 /readyz). */
-  readiness(): Readiness {
-    const checks: Readiness['checks'] = {};
-    try {
-      this.journal.checkWritable();
-      checks.journal = { ok: true, detail: 'writable' };
-    } catch (error) {
-      checks.journal = {
-        ok: false,
-        detail: error instanceof Error ? error.message : String(error),
-      };
-    }
-    if (this.mqttIntake !== null) {
-      // The version is part of the answer: after a fallback to 3.1.1 (SPEC §5) the intake is
-      // up, without response topics and message expiry.
-      const up = this.mqttIntake.connected();
-      const lastError = this.mqttIntake.health().lastError;
-      checks.mqtt = {
-        ok: up,
-        detail: up
-          ? `connected (${this.mqttIntake.protocol().summary})`
-          : `not connected to the broker${lastError === null ? '' : `: ${lastError}`}`,
-      };
-    }
-    if (this.httpsIntake !== null) {
-      // Listening is not enough: clients refuse a server certificate out of its validity.
-      const certificate = this.https === null ? null : this.httpsIntake.certificateCheck();
-      checks.https = {
-        ok: this.https !== null && certificate?.ok !== false,
-        detail:
-          this.https === null
-            ? 'not listening'
-            : certificate === null
-              ? 'listening'
-              : certificate.ok
-                ? `listening; ${certificate.detail}`
-                : `listening, but ${certificate.detail}`,
-      };
-    }
-    try {
-      const open = this.pipeline.openCommands();
-      const stuck = open.stuck;
-      const oldest =
-        open.oldestAgeMs === null ? '' : `, oldest ${Math.round(open.oldestAgeMs / 1000)} s`;
-      checks.commands = {
-        ok: stuck.length === 0,
-        detail:
-          `${open.accepted + open.dispatched} open (${open.accepted} accepted, ${open.dispatched} dispatched${oldest})` +
-          (stuck.length === 0
-            ? ''
-            : // Each with the bound it is past, in the words of `sluicectl stuck` and the page.
-              `; ${stuck.length} stuck: ${stuck
-                .slice(0, 5)
-                .map(
-                  (c) =>
-                    `${c.key} on ${c.device} (${c.state}) ${Math.round(c.overdueMs / 1000)} s past ${c.reason}`,
-                )
-                .join('; ')}${stuck.length > 5 ? '; …' : ''}`),
-      };
-    } catch (error) {
-      checks.commands = {
-        ok: false,
-        detail: error instanceof Error ? error.message : String(error),
-      };
-    }
-    const sync = this.clocks.gateway.status();
-    const synced = sync.source === 'none' || sync.state === 'LOCKED' || sync.state === 'HOLDOVER';
-    checks.clock = {
-      // Unsynced under `warn`: commands still run, so the gateway stays ready (and says so).
-      ok: synced || this.config.clock.onUnsynced === 'warn',
-      detail:
-        sync.source === 'none'
-          ? sync.detail
-          : `${sync.state} (${sync.source}${sync.offsetNs === null ? '' : `, offset ${sync.offsetNs} ns`}): ${sync.detail}${synced ? '' : `; timestamped commands ${this.config.clock.onUnsynced === 'reject' ? 'are refused CLOCK_SKEW' : 'run with a warning'}`}`,
+  private statusLine(): string {
+    return statusLine(this.readinessParts(), this.recovery);
+  }
+
+  private readinessParts(): ReadinessParts {
+    return {
+      journal: this.journal,
+      pipeline: this.pipeline,
+      mqttIntake: this.mqttIntake,
+      httpsIntake: this.httpsIntake,
+      https: this.https,
+      gatewayClock: this.clocks.gateway,
+      onUnsynced: this.config.clock.onUnsynced,
     };
-    for (const d of this.pipeline.devices()) {
-      if (d.skew !== null || d.clockOff !== null) {
-        const off = d.clockOff;
-        const drift = d.driftPpm === null ? '' : `, drift ${Math.round(d.driftPpm)} ppm`;
-        checks[`clock:${d.id}`] = {
-          ok: off === null || this.config.clock.onUnsynced === 'warn',
-          detail:
-            off === null
-              ? `controller skew ${Math.round(d.skew?.offsetMs ?? 0)} ms${drift}`
-              : `controller clock ${Math.round(off.offsetMs)} ms off, beyond ${off.maxMs} ms${drift}; its writes ${this.config.clock.onUnsynced === 'reject' ? 'are refused CLOCK_SKEW' : 'run with a warning'}`,
-        };
-      }
-      // Monotonic: a gateway clock stepped back would show a device that stopped answering
-      // as read a moment ago for as long as the step.
-      const age = d.readbackAgeMs === null ? null : Math.round(d.readbackAgeMs);
-      const ok = age !== null && age < READBACK_STALE_MS;
-      // The device's own failing reads say why; else its connection's last error may.
-      const failing =
-        d.readError === null
-          ? null
-          : `reads fail since ${new Date(d.readError.since).toISOString()} (${d.readError.failures} in a row): ${d.readError.message}`;
-      const why = failing ?? d.health.lastError;
-      checks[`device:${d.id}`] = {
-        ok,
-        detail: ok
-          ? `readback ${age} ms ago${failing === null ? '' : `; ${failing}`}`
-          : `no readback for ${age === null ? 'ever' : `${age} ms`}${why === null ? '' : `: ${why}`}`,
-      };
-    }
-    return { ready: Object.values(checks).every((c) => c.ok), checks };
   }
 
   /**

@@ -78,6 +78,10 @@ export class GroupCommit {
   private commitScheduled = false;
   /** A batch was lost (its COMMIT failed, or SQLite rolled it back): the next barrier fails. */
   private batchLost: Error | null = null;
+  /** See commitFailure. */
+  private lastLoss: JournalUnavailableError | null = null;
+  /** A write succeeded in the batch open now (an empty batch's COMMIT proves nothing). */
+  private batchWrote = false;
   /** Batches committed (transactions of group commit). */
   private batches = 0;
   /** Writes made so far (wrote()): a write's number is the count after it. */
@@ -149,6 +153,14 @@ export class GroupCommit {
     return this.failed;
   }
 
+  /**
+   * The last batch lost at its COMMIT (a full disk), until a batch commits again: what the
+   * journal's status says without a write of its own (SqliteJournal.knownFailure()).
+   */
+  get commitFailure(): JournalUnavailableError | null {
+    return this.lastLoss;
+  }
+
   /** Opens the turn's batch on `db` unless it is open: the write that follows runs in it. */
   begin(db: Connection['db']): void {
     if (db.inTransaction) return;
@@ -162,6 +174,7 @@ export class GroupCommit {
    */
   wrote(): number {
     this.unsynced = true;
+    this.batchWrote = true;
     return ++this.writes;
   }
 
@@ -180,6 +193,8 @@ export class GroupCommit {
     try {
       db.exec('COMMIT');
       this.batches++;
+      if (this.batchWrote) this.lastLoss = null;
+      this.batchWrote = false;
     } catch (error) {
       // A failed COMMIT may leave the transaction open (SQLITE_BUSY) or have rolled it back.
       if (stillInTransaction(db)) {
@@ -200,10 +215,13 @@ export class GroupCommit {
   lose(error: unknown): void {
     const code = (error as { code?: unknown }).code;
     const reason = typeof code === 'string' ? code : String(error);
-    this.batchLost = new JournalUnavailableError(
+    const lost = new JournalUnavailableError(
       `journal unavailable (commit): ${reason}; the writes of that moment were not kept`,
       { cause: error },
     );
+    this.batchLost = lost;
+    this.lastLoss = lost;
+    this.batchWrote = false;
     if (typeof code === 'string' && code.startsWith('SQLITE_READONLY')) {
       this.host.readOnly();
     }

@@ -46,6 +46,8 @@ export class SqliteJournal implements Journal {
   /** A write failed SQLITE_READONLY: the connection may be read-only for good (see below). */
   private readOnlyConnection = false;
   private lastReopen = Number.NEGATIVE_INFINITY;
+  /** What the last write met when it could not be made; null once a write succeeds. */
+  private writeFailure: JournalUnavailableError | null = null;
   private closed = false;
   /** The batch of this turn's writes and the durability barriers (option `groupCommit`). */
   private readonly group: GroupCommit;
@@ -239,6 +241,15 @@ export class SqliteJournal implements Journal {
     this.write('check', (c) => c.stmts.touch.run(new Date().toISOString()), false);
   }
 
+  /**
+   * What the journal met at its last write, or since its last failed fdatasync, without writing
+   * anything (the status line asks every second; checkWritable() proves it with a write). Null
+   * while the last write succeeded and no flush has failed since the log was written anew.
+   */
+  knownFailure(): JournalUnavailableError | null {
+    return this.group.syncFailure ?? this.group.commitFailure ?? this.writeFailure;
+  }
+
   get syncPending(): boolean {
     return this.group.pending;
   }
@@ -300,7 +311,13 @@ export class SqliteJournal implements Journal {
     // A write of its own (a barrier, a check) commits the batch first: on this connection it
     // would run inside it otherwise.
     if (!batched) this.group.commitBatch();
-    const connection = this.connection();
+    let connection: Connection;
+    try {
+      connection = this.connection();
+    } catch (error) {
+      if (error instanceof JournalUnavailableError) this.writeFailure = error;
+      throw error;
+    }
     let inBatch = false;
     try {
       if (batched) {
@@ -310,6 +327,7 @@ export class SqliteJournal implements Journal {
       // Inside the batch, better-sqlite3 runs the write's transaction as a savepoint.
       const result = run(connection);
       if (this.options.groupCommit === true) this.lastWrite = this.group.wrote();
+      this.writeFailure = null;
       return result;
     } catch (error) {
       // Some errors (a full disk, an I/O error) make SQLite roll the whole batch back.
@@ -318,7 +336,12 @@ export class SqliteJournal implements Journal {
       if (typeof code === 'string' && code.startsWith('SQLITE_READONLY')) {
         this.readOnlyConnection = true;
       }
-      return translate(error, what, this.options.path);
+      try {
+        return translate(error, what, this.options.path);
+      } catch (translated) {
+        if (translated instanceof JournalUnavailableError) this.writeFailure = translated;
+        throw translated;
+      }
     }
   }
 

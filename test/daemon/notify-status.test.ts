@@ -1,5 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import BetterSqlite3 from 'better-sqlite3';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,7 +8,7 @@ import { sha256 } from '../../src/intake/identities.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { loopbackCertificate } from '../helpers/loopback-https.js';
+import { httpsRequest, loopbackCertificate } from '../helpers/loopback-https.js';
 import { mosquittoAvailable, startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { hasCommand } from '../helpers/real.js';
@@ -18,17 +19,23 @@ import {
   type NotifiedSluiced,
   type NotifySocket,
 } from '../helpers/notify-socket.js';
+import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliability/support.js';
 
 /**
  * The STATUS= line `systemctl status` shows follows the MQTT intake after READY. READY does not
  * wait for the broker (docs/spec-notes.md, Operation: "`systemctl status` and `/readyz` say
  * whether MQTT is connected"), and the only line was the one sent with READY: "MQTT connecting"
  * for as long as the daemon ran once the broker had connected, "MQTT connected" while it was
- * down. The real `sluiced` process with NOTIFY_SOCKET bound by python3 (as in notify.test.ts),
- * real Mosquitto stopped and started again, sluice-sim.
+ * down. The line also began "ready:" while /readyz answered 503 (a broker down, a journal that
+ * cannot be written): it now says "not ready" and why, from the same checks (readiness.ts).
+ * The real `sluiced` process with NOTIFY_SOCKET bound by python3 (as in notify.test.ts), real
+ * Mosquitto stopped and started again, sluice-sim, the state folder on a real tmpfs filled to
+ * ENOSPC.
  */
 
 const real = mosquittoAvailable() && hasCommand('python3');
+/** The journal on a tmpfs of its own, filled under the running daemon (root only). */
+const mountable = real && tmpfsAvailable();
 
 const CLIENT_ID = 'sluice-notify-status';
 
@@ -40,13 +47,18 @@ describe.runIf(real)('the STATUS= line after READY', () => {
   let sluiced: NotifiedSluiced;
   let daemon: ChildProcess;
   let datagrams: Datagram[] = [];
+  let stateDir: string;
+  let ca: string;
 
   beforeAll(async () => {
     let dir: string;
     ({ dir, cleanup } = tempDir('sluice-notify-status-'));
     plant = await startModbusPlant({ 'inlet-valve': { profile: 'valve', base: 0 } });
     broker = await startMosquitto();
-    await loopbackCertificate(dir);
+    ca = await loopbackCertificate(dir);
+    stateDir = join(dir, 'state');
+    mkdirSync(stateDir, { mode: 0o700 });
+    if (mountable) mountTmpfs(stateDir, '16m');
     const inventory = inventoryFor(plant);
     const configPath = join(dir, 'sluice.yaml');
     writeFileSync(
@@ -77,6 +89,7 @@ describe.runIf(real)('the STATUS= line after READY', () => {
     socket.close();
     await broker.close();
     await plant.stop();
+    if (mountable) unmount(stateDir);
     cleanup();
   });
 
@@ -112,13 +125,75 @@ describe.runIf(real)('the STATUS= line after READY', () => {
     await broker.stop();
     expect(broker.running()).toBe(false);
     const down = await statusMatching(/MQTT not connected/, 'the status line: MQTT not connected');
-    expect(down).toMatch(/^ready: HTTPS on 127\.0\.0\.1:\d+, MQTT not connected \(.+\); 0 /);
+    // /readyz fails while the broker is away: the line does not call the gateway ready.
+    expect(down).toMatch(/^not ready: HTTPS on 127\.0\.0\.1:\d+, MQTT not connected \(.+\); 0 /);
 
     await broker.restart();
-    await statusMatching(/MQTT connected/, 'the status line: MQTT connected again');
+    await statusMatching(
+      /^ready: .*MQTT connected/,
+      'the status line: ready, MQTT connected again',
+    );
     expect(broker.connectionsOf(CLIENT_ID)).toBeGreaterThanOrEqual(1);
     // A line when what it says changes, not one per second.
     const statuses = datagrams.filter((d) => d.text.startsWith('STATUS='));
     expect(statuses.length).toBeLessThanOrEqual(6);
   }, 90_000);
+
+  it.runIf(mountable)(
+    'says "not ready" and why while the journal cannot be written, and "ready" once it can',
+    async () => {
+      await statusMatching(/^ready: .*MQTT connected/, 'the status line: ready');
+      const target = {
+        port: Number(/HTTPS on 127\.0\.0\.1:(\d+)/.exec(lastStatus()!)![1]),
+        ca,
+        token: 't',
+      };
+      const post = (key: string, waitS = 10) =>
+        httpsRequest(
+          target,
+          'POST',
+          '/v1/commands',
+          { 'idempotency-key': key, prefer: `wait=${waitS}` },
+          {
+            device: 'inlet-valve',
+            action: 'open',
+            ttlMs: 60_000,
+          },
+        );
+      const writes = plant.device('inlet-valve').counters.writesReceived;
+      // An empty WAL (a second connection may checkpoint it), so that the next claim needs new
+      // space on the filesystem; then the filesystem is filled.
+      const db = new BetterSqlite3(join(stateDir, 'journal.db'));
+      db.pragma('wal_checkpoint(TRUNCATE)');
+      db.close();
+      const filler = join(stateDir, 'filler');
+      fillFilesystem(filler);
+      try {
+        const sent = performance.now();
+        const refused = await post('on-a-full-disk', 30);
+        // Ground truth: the claim was refused (I5) and nothing reached the controller.
+        expect(refused.status, refused.body).toBe(503);
+        // At once: the claim's batch was lost at its COMMIT, so the command can never settle,
+        // and its device's worker, finding it gone, wakes the request. It used to wait out
+        // its `Prefer: wait` (30 s here) before the 503.
+        expect(performance.now() - sent).toBeLessThan(15_000);
+        const notReady = await statusMatching(
+          /^not ready \(journal unavailable/,
+          'the status line: not ready, the journal',
+        );
+        expect(notReady).toMatch(
+          /^not ready \(journal unavailable \(commit\): SQLITE_FULL; the writes of that moment were not kept\): HTTPS on 127\.0\.0\.1:\d+, MQTT connected; /,
+        );
+        expect(plant.device('inlet-valve').counters.writesReceived).toBe(writes);
+      } finally {
+        rmSync(filler, { force: true });
+      }
+      // The journal can be written again: the next command goes through, and the line says so.
+      const accepted = await post('after-space-is-freed');
+      expect(accepted.status, accepted.body).toBe(200);
+      await statusMatching(/^ready: HTTPS/, 'the status line: ready again');
+      expect(plant.device('inlet-valve').counters.writesReceived).toBe(writes + 1);
+    },
+    60_000,
+  );
 });

@@ -1,0 +1,223 @@
+import type { GatewayClock } from '../core/gateway-clock.js';
+import type { CommandPipeline } from '../core/pipeline.js';
+import type { HttpsIntake } from '../intake/https.js';
+import type { MqttIntake } from '../intake/mqtt.js';
+
+/**
+ * The gateway's readiness (SPEC §4 /readyz), and the STATUS= line `systemctl status` shows.
+ *
+ * Both say the same thing from the same checks. /readyz is asked for: it proves the journal
+ * writable with a real write and lists every open command. The status line is looked at every
+ * second: it takes the journal's word for what its last writes and barriers did (a write every
+ * second would be a flush of the gateway's flash every second) and leaves the open commands out
+ * (with thousands open, listing them each second would cost the event loop what recovery needs);
+ * `/readyz` and `sluicectl stuck` name the stuck ones.
+ */
+
+export interface Readiness {
+  ready: boolean;
+  checks: Record<string, { ok: boolean; detail: string }>;
+}
+
+/** A device whose last readback is older than this counts as unreachable for readiness. */
+export const READBACK_STALE_MS = 15_000;
+
+export interface ReadinessParts {
+  readonly journal: {
+    /** Throws what a claim would meet now: a real write, committed on its own. */
+    checkWritable(): void;
+    /** What the journal's last write or barrier met, if it failed; null when it succeeded. */
+    knownFailure(): Error | null;
+  };
+  readonly pipeline: Pick<CommandPipeline, 'openCommands' | 'devices'>;
+  readonly mqttIntake: MqttIntake | null;
+  readonly httpsIntake: HttpsIntake | null;
+  /** Where HTTPS listens; null until it does. */
+  readonly https: { host: string; port: number } | null;
+  readonly gatewayClock: GatewayClock;
+  readonly onUnsynced: 'warn' | 'reject';
+}
+
+interface Check {
+  ok: boolean;
+  detail: string;
+  /**
+   * What is wrong, for the status line, in words that stay the same while it stays wrong (the
+   * line is sent again whenever its text changes). Unset: the intakes' part of the line says it.
+   */
+  brief?: string;
+}
+
+/** Every check /readyz answers with, the journal proved by a write. */
+export function readiness(parts: ReadinessParts): Readiness {
+  const checks = runChecks(parts, 'probe');
+  return {
+    ready: Object.values(checks).every((c) => c.ok),
+    checks: Object.fromEntries(
+      Object.entries(checks).map(([name, c]) => [name, { ok: c.ok, detail: c.detail }]),
+    ),
+  };
+}
+
+/**
+ * `ready: HTTPS on …, MQTT connected; 2 recovered command(s) settled`, or, while a check fails,
+ * `not ready (journal unavailable (claim): SQLITE_FULL …; valve-2 unreachable): HTTPS on …`.
+ */
+export function statusLine(
+  parts: ReadinessParts,
+  recovery: { total: number; open: number },
+): string {
+  const checks = runChecks(parts, 'status');
+  const failing = Object.values(checks).filter((c) => !c.ok);
+  const briefs = failing.flatMap((c) => (c.brief === undefined ? [] : [c.brief]));
+  const state =
+    failing.length === 0
+      ? 'ready'
+      : briefs.length === 0
+        ? 'not ready'
+        : `not ready (${briefs.join('; ')})`;
+  let mqtt: string[] = [];
+  if (parts.mqttIntake !== null) {
+    const lastError = parts.mqttIntake.health().lastError;
+    mqtt = [
+      parts.mqttIntake.connected()
+        ? 'MQTT connected'
+        : lastError === null
+          ? 'MQTT connecting'
+          : `MQTT not connected (${lastError})`,
+    ];
+  }
+  const intakes = [
+    ...(parts.https === null ? [] : [`HTTPS on ${parts.https.host}:${parts.https.port}`]),
+    ...mqtt,
+  ];
+  const { total, open } = recovery;
+  const recovered =
+    open === 0
+      ? `${total} recovered command(s) settled`
+      : `${open} of ${total} recovered command(s) still settling`;
+  return `${state}: ${intakes.length === 0 ? 'no intake' : intakes.join(', ')}; ${recovered}`;
+}
+
+function runChecks(parts: ReadinessParts, mode: 'probe' | 'status'): Record<string, Check> {
+  const checks: Record<string, Check> = {};
+  checks.journal = journalCheck(parts, mode);
+  if (parts.mqttIntake !== null) {
+    // The version is part of the answer: after a fallback to 3.1.1 (SPEC §5) the intake is
+    // up, without response topics and message expiry.
+    const up = parts.mqttIntake.connected();
+    const lastError = parts.mqttIntake.health().lastError;
+    checks.mqtt = {
+      ok: up,
+      detail: up
+        ? `connected (${parts.mqttIntake.protocol().summary})`
+        : `not connected to the broker${lastError === null ? '' : `: ${lastError}`}`,
+    };
+  }
+  if (parts.httpsIntake !== null) {
+    // Listening is not enough: clients refuse a server certificate out of its validity.
+    const certificate = parts.https === null ? null : parts.httpsIntake.certificateCheck();
+    checks.https = {
+      ok: parts.https !== null && certificate?.ok !== false,
+      detail:
+        parts.https === null
+          ? 'not listening'
+          : certificate === null
+            ? 'listening'
+            : certificate.ok
+              ? `listening; ${certificate.detail}`
+              : `listening, but ${certificate.detail}`,
+      brief:
+        parts.https === null
+          ? 'HTTPS not listening'
+          : `HTTPS certificate: ${certificate?.detail ?? 'valid'}`,
+    };
+  }
+  if (mode === 'probe') checks.commands = commandsCheck(parts);
+  const sync = parts.gatewayClock.status();
+  const synced = sync.source === 'none' || sync.state === 'LOCKED' || sync.state === 'HOLDOVER';
+  checks.clock = {
+    // Unsynced under `warn`: commands still run, so the gateway stays ready (and says so).
+    ok: synced || parts.onUnsynced === 'warn',
+    detail:
+      sync.source === 'none'
+        ? sync.detail
+        : `${sync.state} (${sync.source}${sync.offsetNs === null ? '' : `, offset ${sync.offsetNs} ns`}): ${sync.detail}${synced ? '' : `; timestamped commands ${parts.onUnsynced === 'reject' ? 'are refused CLOCK_SKEW' : 'run with a warning'}`}`,
+    brief: `gateway clock ${sync.state} (${sync.source})`,
+  };
+  for (const d of parts.pipeline.devices()) {
+    if (d.skew !== null || d.clockOff !== null) {
+      const off = d.clockOff;
+      const drift = d.driftPpm === null ? '' : `, drift ${Math.round(d.driftPpm)} ppm`;
+      checks[`clock:${d.id}`] = {
+        ok: off === null || parts.onUnsynced === 'warn',
+        detail:
+          off === null
+            ? `controller skew ${Math.round(d.skew?.offsetMs ?? 0)} ms${drift}`
+            : `controller clock ${Math.round(off.offsetMs)} ms off, beyond ${off.maxMs} ms${drift}; its writes ${parts.onUnsynced === 'reject' ? 'are refused CLOCK_SKEW' : 'run with a warning'}`,
+        brief: `${d.id}: controller clock off beyond ${off?.maxMs ?? 0} ms`,
+      };
+    }
+    // Monotonic: a gateway clock stepped back would show a device that stopped answering
+    // as read a moment ago for as long as the step.
+    const age = d.readbackAgeMs === null ? null : Math.round(d.readbackAgeMs);
+    const ok = age !== null && age < READBACK_STALE_MS;
+    // The device's own failing reads say why; else its connection's last error may.
+    const failing =
+      d.readError === null
+        ? null
+        : `reads fail since ${new Date(d.readError.since).toISOString()} (${d.readError.failures} in a row): ${d.readError.message}`;
+    const why = failing ?? d.health.lastError;
+    checks[`device:${d.id}`] = {
+      ok,
+      detail: ok
+        ? `readback ${age} ms ago${failing === null ? '' : `; ${failing}`}`
+        : `no readback for ${age === null ? 'ever' : `${age} ms`}${why === null ? '' : `: ${why}`}`,
+      brief: age === null ? `${d.id} not read yet` : `${d.id} unreachable`,
+    };
+  }
+  return checks;
+}
+
+function journalCheck(parts: ReadinessParts, mode: 'probe' | 'status'): Check {
+  const failed = (error: unknown): Check => {
+    const detail = error instanceof Error ? error.message : String(error);
+    return { ok: false, detail, brief: detail };
+  };
+  if (mode === 'status') {
+    const failure = parts.journal.knownFailure();
+    return failure === null ? { ok: true, detail: 'writable at its last write' } : failed(failure);
+  }
+  try {
+    parts.journal.checkWritable();
+    return { ok: true, detail: 'writable' };
+  } catch (error) {
+    return failed(error);
+  }
+}
+
+function commandsCheck(parts: ReadinessParts): Check {
+  try {
+    const open = parts.pipeline.openCommands();
+    const stuck = open.stuck;
+    const oldest =
+      open.oldestAgeMs === null ? '' : `, oldest ${Math.round(open.oldestAgeMs / 1000)} s`;
+    return {
+      ok: stuck.length === 0,
+      detail:
+        `${open.accepted + open.dispatched} open (${open.accepted} accepted, ${open.dispatched} dispatched${oldest})` +
+        (stuck.length === 0
+          ? ''
+          : // Each with the bound it is past, in the words of `sluicectl stuck` and the page.
+            `; ${stuck.length} stuck: ${stuck
+              .slice(0, 5)
+              .map(
+                (c) =>
+                  `${c.key} on ${c.device} (${c.state}) ${Math.round(c.overdueMs / 1000)} s past ${c.reason}`,
+              )
+              .join('; ')}${stuck.length > 5 ? '; …' : ''}`),
+    };
+  } catch (error) {
+    return { ok: false, detail: error instanceof Error ? error.message : String(error) };
+  }
+}
