@@ -44,6 +44,67 @@
     while (node.firstChild) node.removeChild(node.firstChild);
   }
 
+  /**
+   * Makes `parent`'s children look like `nodes` (freshly built, not in the document), touching
+   * only what differs. The tables are drawn again every second (ages move on) and at every
+   * event: rebuilt whole, they cleared the operator's text selection each time — a key half
+   * selected to copy was gone a second later. So a child that is the same is left alone, a
+   * changed one keeps its element and gets only its changed cells, and only new children are
+   * inserted. With `idOf`, children are matched by it (a row stays the same element when rows
+   * come or go around it); without, by position.
+   */
+  function patch(parent, nodes, idOf) {
+    var ids = idOf ? nodes.map(idOf) : null;
+    var kept = new Map();
+    children(parent).forEach(function (child, i) {
+      var id = idOf ? idOf(child) : i;
+      var wanted = ids ? ids.indexOf(id) >= 0 : i < nodes.length;
+      if (!wanted || kept.has(id)) parent.removeChild(child);
+      else kept.set(id, child);
+    });
+    nodes.forEach(function (node, i) {
+      var current = kept.get(ids ? ids[i] : i);
+      var at = parent.children[i] || null;
+      if (current === undefined || current.tagName !== node.tagName) {
+        if (current !== undefined) parent.removeChild(current);
+        parent.insertBefore(node, parent.children[i] || null);
+        return;
+      }
+      // Matched once: a second node with the same id gets an element of its own.
+      kept.delete(ids ? ids[i] : i);
+      // Moving a child would drop a selection inside it: only when the order changed.
+      if (current !== at) parent.insertBefore(current, at);
+      if (!current.isEqualNode(node)) update(current, node);
+    });
+  }
+
+  /** Gives `current` the attributes and children of `node`, replacing only the changed ones. */
+  function update(current, node) {
+    Array.prototype.slice.call(current.attributes).forEach(function (a) {
+      if (!node.hasAttribute(a.name)) current.removeAttribute(a.name);
+    });
+    Array.prototype.slice.call(node.attributes).forEach(function (a) {
+      if (current.getAttribute(a.name) !== a.value) current.setAttribute(a.name, a.value);
+    });
+    var fresh = Array.prototype.slice.call(node.childNodes);
+    fresh.forEach(function (child, i) {
+      var old = current.childNodes[i];
+      if (!old) current.appendChild(child);
+      else if (!old.isEqualNode(child)) current.replaceChild(child, old);
+    });
+    while (current.childNodes.length > fresh.length) current.removeChild(current.lastChild);
+  }
+
+  function children(node) {
+    return Array.prototype.slice.call(node.children);
+  }
+
+  function byAttribute(name) {
+    return function (node) {
+      return node.getAttribute(name);
+    };
+  }
+
   function now() {
     return Date.now();
   }
@@ -350,9 +411,11 @@
   }
 
   function renderGateway() {
-    var dl = $('gateway');
-    clear(dl);
-    if (!gateway) return;
+    if (!gateway) {
+      clear($('gateway'));
+      return;
+    }
+    var dl = el('dl');
     var c = gateway.clock;
     var clockTone =
       c.state === 'LOCKED'
@@ -396,15 +459,14 @@
       open.stuck > 0 ? 'bad' : null,
     );
     field(dl, 'Version', 'sluice ' + gateway.version);
+    patch($('gateway'), children(dl));
   }
 
   // ---- devices ----
 
   function renderDevices() {
-    var body = $('devices').tBodies[0];
-    clear(body);
     var since = now() - devices.at;
-    devices.list.forEach(function (d) {
+    var rows = devices.list.map(function (d) {
       var m = d.mirror;
       var stateCell = el('td');
       stateCell.appendChild(word(m ? m.state : 'NO READBACK', d.tone));
@@ -464,8 +526,9 @@
         connectivity(d),
         inFlight(d, since),
       ]);
-      body.appendChild(row);
+      return row;
     });
+    patch($('devices').tBodies[0], rows, byAttribute('data-device'));
   }
 
   function connectivity(d) {
@@ -565,11 +628,11 @@
 
   function renderCommands() {
     var since = now() - commands.at;
-    var open = $('open-commands').tBodies[0];
-    clear(open);
-    commands.open.forEach(function (c) {
-      open.appendChild(
-        el('tr', { class: c.stuck ? 'stuck' : null, 'data-key': c.key }, [
+    var open = commands.open.map(function (c) {
+      return el(
+        'tr',
+        { class: c.stuck ? 'stuck' : null, 'data-key': c.key, 'data-scope': c.scope },
+        [
           el('td', null, [commandLink(c.scope, c.key)]),
           el('td', { text: c.scope }),
           el('td', { text: c.device }),
@@ -588,29 +651,32 @@
               : 'no',
           ]),
           el('td', { text: c.why }),
-        ]),
+        ],
       );
     });
+    patch($('open-commands').tBodies[0], open, commandId);
     $('open-empty').hidden = commands.open.length > 0;
-    var recent = $('recent-commands').tBodies[0];
-    clear(recent);
-    commands.recent.forEach(function (c) {
-      recent.appendChild(
-        el('tr', { 'data-key': c.key }, [
-          el('td', null, [commandLink(c.scope, c.key)]),
-          el('td', { text: c.scope }),
-          el('td', { text: c.device }),
-          el('td', { text: action(c.action, c.position) }),
-          el('td', null, [word(c.state, stateTone(c.state))]),
-          el('td', { text: outcome(null, c.code, c.faultCode) || '-' }),
-          el('td', { class: 'num', text: c.seq === null ? '-' : c.seq }),
-          el('td', { text: c.intake }),
-          el('td', { text: dur(c.ageMs + since) }),
-          el('td', { text: c.settledAt ? ago(c.settledAt) : '-' }),
-        ]),
-      );
+    var recent = commands.recent.map(function (c) {
+      return el('tr', { 'data-key': c.key, 'data-scope': c.scope }, [
+        el('td', null, [commandLink(c.scope, c.key)]),
+        el('td', { text: c.scope }),
+        el('td', { text: c.device }),
+        el('td', { text: action(c.action, c.position) }),
+        el('td', null, [word(c.state, stateTone(c.state))]),
+        el('td', { text: outcome(null, c.code, c.faultCode) || '-' }),
+        el('td', { class: 'num', text: c.seq === null ? '-' : c.seq }),
+        el('td', { text: c.intake }),
+        el('td', { text: dur(c.ageMs + since) }),
+        el('td', { text: c.settledAt ? ago(c.settledAt) : '-' }),
+      ]);
     });
+    patch($('recent-commands').tBodies[0], recent, commandId);
     $('recent-empty').hidden = commands.recent.length > 0;
+  }
+
+  /** A command row's identity: keys are unique within a scope only. */
+  function commandId(row) {
+    return row.getAttribute('data-scope') + '/' + row.getAttribute('data-key');
   }
 
   $('filter-device').addEventListener('change', loadCommands);
@@ -693,8 +759,7 @@
 
   function renderCommand() {
     var s = shown.story;
-    var dl = $('command-fields');
-    clear(dl);
+    var dl = el('dl');
     field(dl, 'device', s.device);
     field(dl, 'action', action(s.action, s.position));
     field(dl, 'state', word(outcome(s.state, s.code, s.faultCode), stateTone(s.state)));
@@ -796,33 +861,34 @@
       );
     }
 
+    patch($('command-fields'), children(dl));
+
     $('command-actions').hidden = !(s.actions && (s.actions.reverify || s.actions.resolve));
     $('reverify').disabled = !(s.actions && s.actions.reverify);
 
-    var body = $('command-history').tBodies[0];
-    clear(body);
-    s.history.forEach(function (e) {
+    var history = s.history.map(function (e) {
       var tone =
         e.kind === 'settled'
           ? stateTone(e.to)
           : e.kind === 'key-reuse' || e.kind === 'operator'
             ? 'warn'
             : null;
-      body.appendChild(
-        el('tr', null, [
-          el('td', { text: e.at }),
-          el('td', { text: ago(e.at) }),
-          el('td', { text: e.intake }),
-          el('td', null, [tone ? word(WHAT[e.kind], tone) : WHAT[e.kind]]),
-          el('td', {
-            text: e.from === null ? '→ ' + e.to : e.from === e.to ? e.to : e.from + ' → ' + e.to,
-          }),
-          el('td', { text: e.detail }),
-        ]),
-      );
+      return el('tr', null, [
+        el('td', { text: e.at }),
+        el('td', { text: ago(e.at) }),
+        el('td', { text: e.intake }),
+        el('td', null, [tone ? word(WHAT[e.kind], tone) : WHAT[e.kind]]),
+        el('td', {
+          text: e.from === null ? '→ ' + e.to : e.from === e.to ? e.to : e.from + ' → ' + e.to,
+        }),
+        el('td', { text: e.detail }),
+      ]);
     });
-    $('command-result').textContent =
+    // Events are only ever appended to a history: matched by position.
+    patch($('command-history').tBodies[0], history);
+    var result =
       s.result === null ? 'none yet: the command is open' : JSON.stringify(s.result, null, 2);
+    if ($('command-result').textContent !== result) $('command-result').textContent = result;
   }
 
   function commandPath(verb) {

@@ -14,7 +14,9 @@ import { call, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 /**
  * How the status page keeps its tables up to date, in Debian's Chromium against the daemon and
  * sluice-sim: an answer to an older list request that arrives after a newer one (a slow
- * network, a filter changed twice) does not put the older list back.
+ * network, a filter changed twice) does not put the older list back; text the operator selected
+ * in a table (a key, to copy it) stays selected while the tables are drawn again every second
+ * and while other rows and cells change, and those changes still show.
  *
  * The page's answers come from the daemon; the test only holds one back in the browser (as a
  * slow network would). When the page has read an answer is known from the page itself: a
@@ -119,6 +121,32 @@ function recentKeys(): Promise<(string | null)[]> {
   );
 }
 
+/** Selects the text of the element `selector` names, as an operator's drag would. */
+async function select(selector: string): Promise<void> {
+  await page.evaluate(`(() => {
+    const range = document.createRange();
+    range.selectNodeContents(document.querySelector(${JSON.stringify(selector)}));
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+  })()`);
+}
+
+function selected(): Promise<string> {
+  return page.evaluate<string>('getSelection().toString()');
+}
+
+function cell(selector: string, index: number): Promise<string> {
+  return page.locator(`${selector} td`).nth(index).innerText();
+}
+
+/** Waits until the text of a cell that changes with time alone has changed twice. */
+async function drawnTwice(selector: string, index: number): Promise<void> {
+  for (let i = 0; i < 2; i++) {
+    const before = await cell(selector, index);
+    await expect.poll(() => cell(selector, index), { timeout: 10_000 }).not.toBe(before);
+  }
+}
+
 /** Waits until the page has read (and handled) the answer from a URL ending in `suffix`. */
 async function pageRead(suffix: string): Promise<void> {
   await expect
@@ -161,6 +189,38 @@ describe.runIf(real)('the status page keeps its tables up to date', () => {
     await page.unroute('**/ui/api/commands?device=drain-valve', hold);
     await page.selectOption('#filter-device', '');
     await expect.poll(recentKeys, { timeout: 10_000 }).toEqual(['upd-inlet', 'upd-drain']);
+    expect(problems).toEqual([]);
+  }, 60_000);
+
+  it('a selection in a table survives its updates, and changes still show', async () => {
+    await expect.poll(recentKeys, { timeout: 10_000 }).toEqual(['upd-inlet', 'upd-drain']);
+    const row = '#recent-commands tr[data-key="upd-drain"]';
+    await select(`${row} a`);
+    expect(await selected()).toBe('upd-drain');
+    // The list is drawn again every second (its Age column moves on; nothing else changed).
+    await drawnTwice(row, 8);
+    expect(await selected()).toBe('upd-drain');
+    // A new command comes in above it.
+    await send('upd-drain-close', 'drain-valve', 'close');
+    await expect
+      .poll(recentKeys, { timeout: 10_000 })
+      .toEqual(['upd-drain-close', 'upd-inlet', 'upd-drain']);
+    expect(
+      await page.locator('#recent-commands tr[data-key="upd-drain-close"]').innerText(),
+    ).toMatch(/drain-valve\s+close\s+confirmed\s+OK/);
+    expect(await selected()).toBe('upd-drain');
+
+    // A device's id, while its row changes: the valve travels open.
+    const device = '#devices tr[data-device="drain-valve"]';
+    await expect.poll(() => cell(device, 1), { timeout: 10_000 }).toBe('CLOSED');
+    await select(`${device} strong`);
+    expect(await selected()).toBe('drain-valve');
+    await drawnTwice(device, 5);
+    expect(await selected()).toBe('drain-valve');
+    await send('upd-drain-open', 'drain-valve', 'open');
+    await expect.poll(() => cell(device, 1), { timeout: 10_000 }).toBe('OPEN');
+    expect((await cell(device, 2)).trim()).toBe('100 %');
+    expect(await selected()).toBe('drain-valve');
     expect(problems).toEqual([]);
   }, 60_000);
 });
