@@ -1,4 +1,5 @@
 import type { Clock } from '../core/clock.js';
+import type { Logger } from '../core/logger.js';
 import { authenticate } from './credentials.js';
 import { makeProblem, sendProblem } from './https-problems.js';
 import type { Reply, Request } from './https-types.js';
@@ -17,7 +18,9 @@ export interface CallerGuardOptions {
   readonly rateLimit: RateLimitPolicy;
   /** Client certificates are asked for (https.clientCaFile is set). */
   readonly mutualTls: boolean;
+  /** Wall time for client certificates' validity; monotonic `elapsed()` for the rate limit. */
   readonly clock: Clock;
+  readonly logger: Logger;
 }
 
 export class CallerGuard {
@@ -25,6 +28,10 @@ export class CallerGuard {
   private readonly rateLimit: RateLimitPolicy;
   private readonly mutualTls: boolean;
   private readonly limiter: RateLimiter;
+  private readonly clock: Clock;
+  private readonly logger: Logger;
+  /** Connections whose lapsed certificate was already logged: one warning per connection. */
+  private readonly lapsedWarned = new WeakSet<object>();
   /** Who each authenticated request is; keyed by the raw request so nothing outlives it. */
   private readonly callers = new WeakMap<object, NamedIdentity>();
 
@@ -33,6 +40,8 @@ export class CallerGuard {
     this.rateLimit = options.rateLimit;
     this.mutualTls = options.mutualTls;
     const clock = options.clock;
+    this.clock = clock;
+    this.logger = options.logger;
     // Refill is a duration (SPEC §6): on the wall clock, a gateway clock stepped forward an hour
     // refilled every bucket to its burst, and one stepped back withheld the refill due.
     this.limiter = new RateLimiter(options.rateLimit, () => clock.elapsed());
@@ -57,8 +66,19 @@ export class CallerGuard {
       request.raw.socket,
       this.identities,
       this.mutualTls,
+      this.clock.now(),
     );
     if (!auth.ok) {
+      const lapsed = auth.lapsed;
+      if (lapsed !== undefined && !this.lapsedWarned.has(request.raw.socket)) {
+        // A client that goes on using a session or connection made with a certificate that has
+        // since lapsed: its operator must renew it. Once per connection, not per request.
+        this.lapsedWarned.add(request.raw.socket);
+        this.logger.warn(
+          { cn: lapsed.cn, validTo: lapsed.validTo, resumed: lapsed.resumed, ip: request.ip },
+          'client certificate refused: outside its validity',
+        );
+      }
       const challenge =
         auth.error === null
           ? 'Bearer realm="sluice"'

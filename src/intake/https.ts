@@ -84,7 +84,13 @@ export class HttpsIntake {
 
     const app = createServer({ config, tls, metrics, logger, clock, stopping });
     const methods = new MethodTable(app);
-    const guard = new CallerGuard({ identities, rateLimit: config.rateLimit, mutualTls, clock });
+    const guard = new CallerGuard({
+      identities,
+      rateLimit: config.rateLimit,
+      mutualTls,
+      clock,
+      logger,
+    });
     registerCommandRoutes(app, { pipeline, waitPolicy: config, metrics, logger, guard, stopping });
     registerReadRoutes(app, { pipeline, identities, metrics, readiness, clock, guard });
     const ui = this.options.ui;

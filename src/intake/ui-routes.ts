@@ -214,6 +214,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
       request.raw.socket,
       identities,
       options.mutualTls,
+      clock.now(),
     );
     if (!auth.ok) {
       logins.failed(request.ip);

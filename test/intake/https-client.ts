@@ -31,8 +31,11 @@ export interface Pki {
   readonly certFile: string;
   readonly keyFile: string;
   readonly clientCaFile: string;
-  /** A client certificate for `cn` signed by `ca` (the client CA by default). */
-  client(cn: string, options?: { ca?: Pem; expired?: boolean }): Promise<Pem>;
+  /**
+   * A client certificate for `cn` signed by `ca` (the client CA by default); `expired`: its
+   * validity ended a day ago; `notAfter`: its validity ends then (X.509 keeps whole seconds).
+   */
+  client(cn: string, options?: { ca?: Pem; expired?: boolean; notAfter?: Date }): Promise<Pem>;
   /** A CA nobody configured. */
   foreignCa(): Promise<Pem>;
   cleanup(): void;
@@ -104,6 +107,9 @@ export async function makePki(): Promise<Pki> {
         ...(options.expired === true
           ? { notBeforeDate: new Date(now - 2 * DAY), notAfterDate: new Date(now - DAY) }
           : {}),
+        ...(options.notAfter === undefined
+          ? {}
+          : { notBeforeDate: new Date(now - DAY), notAfterDate: options.notAfter }),
         extensions: [
           { name: 'basicConstraints', cA: false },
           { name: 'keyUsage', digitalSignature: true },
