@@ -1,6 +1,6 @@
 import { actionText } from '../views/command-list.js';
 import { showCommand, type OpenStatus } from '../views/command-show.js';
-import type { CommandStory, StoryEvent, StoryKind } from '../views/command-story.js';
+import type { CommandStory, Hit, StoryEvent, StoryKind } from '../views/command-story.js';
 import type { CliContext } from './context.js';
 import { formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
@@ -48,6 +48,21 @@ function eventTone(e: StoryEvent): Tone | null {
     case 'note':
       return null;
   }
+}
+
+function hitCount(hits: readonly Hit[]): number {
+  return hits.reduce((n, h) => n + h.count, 0);
+}
+
+/** `mqtt 2m8s ago, https ×1200 (first 3h ago, last 2s ago)`. */
+function hitsText(hits: readonly Hit[], now: number): string {
+  return hits
+    .map((h) =>
+      h.count === 1
+        ? `${h.intake} ${relative(Date.parse(h.at), now)}`
+        : `${h.intake} ×${h.count} (first ${relative(Date.parse(h.firstAt), now)}, last ${relative(Date.parse(h.at), now)})`,
+    )
+    .join(', ');
 }
 
 function renderStory(
@@ -99,13 +114,13 @@ function renderStory(
       'duplicates',
       s.duplicates.length === 0
         ? 'none'
-        : `${s.duplicates.length}: ${s.duplicates.map((d) => `${d.intake} ${relative(Date.parse(d.at), now)}`).join(', ')}`,
+        : `${hitCount(s.duplicates)}: ${hitsText(s.duplicates, now)}`,
     ],
   ];
   if (s.keyReuses.length > 0) {
     story.push([
       'key reuse',
-      `${s.keyReuses.length} refused (same key, different command): ${s.keyReuses.map((d) => `${d.intake} ${relative(Date.parse(d.at), now)}`).join(', ')}`,
+      `${hitCount(s.keyReuses)} refused (same key, different command): ${hitsText(s.keyReuses, now)}`,
       'warn',
     ]);
   }

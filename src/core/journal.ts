@@ -79,6 +79,42 @@ export interface JournalEvent {
   readonly detail: string;
 }
 
+/**
+ * The history event of a duplicate claim (same key, same fingerprint) and of a refused key reuse
+ * (same key, different fingerprint). A client stuck retrying one key would add one per retry,
+ * without bound: repeated hits of one kind over one intake, with nothing else journaled for the
+ * command since, are kept as one event, `at` its last hit, its detail carrying how many and when
+ * the first was (repeatDetail).
+ */
+export const DUPLICATE_DETAIL = 'duplicate';
+export const KEY_REUSE_DETAIL = 'key reuse refused: different payload';
+
+/** `duplicate ×12 (first 2026-12-03T23:00:00.000Z)`: the detail of a repeated hit. */
+export function repeatDetail(
+  base: typeof DUPLICATE_DETAIL | typeof KEY_REUSE_DETAIL,
+  count: number,
+  firstAt: number,
+): string {
+  return count === 1 ? base : `${base} ×${count} (first ${new Date(firstAt).toISOString()})`;
+}
+
+/** A hit event's kind, count and first time (its `at` is the last); null for any other event. */
+export function repeatOf(event: Pick<JournalEvent, 'at' | 'detail'>): {
+  readonly base: typeof DUPLICATE_DETAIL | typeof KEY_REUSE_DETAIL;
+  readonly count: number;
+  readonly firstAt: number;
+} | null {
+  for (const base of [DUPLICATE_DETAIL, KEY_REUSE_DETAIL] as const) {
+    if (event.detail === base) return { base, count: 1, firstAt: event.at };
+    if (!event.detail.startsWith(`${base} ×`)) continue;
+    const m = /^ ×(\d+) \(first ([^)]+)\)$/.exec(event.detail.slice(base.length));
+    const firstAt = m === null ? Number.NaN : Date.parse(m[2] ?? '');
+    if (m === null || Number.isNaN(firstAt)) return null;
+    return { base, count: Number(m[1]), firstAt };
+  }
+  return null;
+}
+
 export type Claim =
   | { readonly kind: 'new'; readonly record: CommandRecord }
   | { readonly kind: 'duplicate'; readonly record: CommandRecord }
@@ -134,7 +170,8 @@ export interface PurgeStep {
 export interface Journal {
   /**
    * Inserts the command once. An existing key is returned as a duplicate (same fingerprint)
-   * or a reuse (different fingerprint); either hit is recorded in its history. With a
+   * or a reuse (different fingerprint); either hit is recorded in its history, repeated hits
+   * of one kind over one intake as one event with their count (repeatDetail). With a
    * `rejection`, a new command is inserted and rejected in one commit.
    */
   claim(command: NewCommand, rejection?: Rejection): Claim;

@@ -4,16 +4,20 @@ import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement, Transaction } from 'better-sqlite3';
 import type { OpenState } from '../core/command.js';
 import { JournalConflictError, JournalVersionError } from '../core/errors.js';
-import type {
-  Claim,
-  CommandRecord,
-  CommandRef,
-  NewCommand,
-  Observation,
-  PurgeStep,
-  Rejection,
-  SeqAllocator,
-  Settlement,
+import {
+  DUPLICATE_DETAIL,
+  KEY_REUSE_DETAIL,
+  repeatDetail,
+  repeatOf,
+  type Claim,
+  type CommandRecord,
+  type CommandRef,
+  type NewCommand,
+  type Observation,
+  type PurgeStep,
+  type Rejection,
+  type SeqAllocator,
+  type Settlement,
 } from '../core/journal.js';
 import { LATEST_VERSION, MIGRATIONS, createLatest } from './migrations.js';
 import { rowToRecord, translate, type CommandRow } from './rows.js';
@@ -161,13 +165,34 @@ export function openConnection(options: ConnectionOptions): Connection {
     const row = findRow(c);
     const record = rowToRecord(row);
     const same = record.fingerprint === c.fingerprint;
+    const base = same ? DUPLICATE_DETAIL : KEY_REUSE_DETAIL;
+    // A client stuck retrying one key (a loop, a QoS 1 redelivery storm) added one event per
+    // retry, without bound. Hits of one kind over one intake since the command's last other
+    // event are one event: the earlier one goes, and one counting it goes at the end (the
+    // history stays in journal order, its `at` the last hit). At most two such events per intake
+    // (a duplicate, a reuse) follow the command's last other event, whatever the retries.
+    const last = s.lastHit.get({
+      command: row.id,
+      intake: c.intake,
+      state: record.state,
+      base,
+      repeated: `${base} ×*`,
+    }) as { id: number; at: number; detail: string } | undefined;
+    let count = 1;
+    let firstAt = c.acceptedAt;
+    const earlier = last === undefined ? null : repeatOf(last);
+    if (last !== undefined && earlier !== null) {
+      s.deleteEvent.run(last.id);
+      count = earlier.count + 1;
+      firstAt = earlier.firstAt;
+    }
     s.eventOf.run(
       row.id,
       c.acceptedAt,
       record.state,
       record.state,
       c.intake,
-      same ? 'duplicate' : 'key reuse refused: different payload',
+      repeatDetail(base, count, firstAt),
     );
     return { kind: same ? 'duplicate' : 'reused', record };
   });
@@ -260,8 +285,9 @@ export function openConnection(options: ConnectionOptions): Connection {
     },
   );
 
-  // Bounded by time as well as by count: a command's history has one event per duplicate
-  // (a client that retried for hours left thousands), and a batch of them at a time held the
+  // Bounded by time as well as by count: a command's history had one event per duplicate
+  // (a client that retried for hours left thousands; journals written before hits were
+  // counted in one event still hold them), and a batch of them at a time held the
   // event loop — and the write lock — for hundreds of milliseconds on a journal of a million
   // commands. A history is deleted in steps of EVENTS_PER_STEP events, and its command only once
   // none is left; past the budget the transaction ends where it stands, and the next one goes
@@ -327,6 +353,8 @@ function prepare(db: Database): {
   purgeCandidates: Statement;
   deleteEvents: Statement;
   deleteCommand: Statement;
+  lastHit: Statement;
+  deleteEvent: Statement;
   touch: Statement;
 } {
   return {
@@ -392,6 +420,18 @@ function prepare(db: Database): {
       DELETE FROM events WHERE id IN
         (SELECT id FROM events WHERE command = ? ORDER BY id LIMIT ?)`),
     deleteCommand: db.prepare('DELETE FROM commands WHERE id = ?'),
+    // The command's latest hit of this kind over this intake in this state, provided no other
+    // event followed it but hits (events_command: a few rows from the end of its history).
+    lastHit: db.prepare(`
+      SELECT id, at, detail FROM events
+      WHERE command = @command AND intake = @intake
+        AND from_state = @state AND to_state = @state
+        AND (detail = @base OR detail GLOB @repeated)
+        AND id > coalesce((SELECT max(id) FROM events WHERE command = @command
+          AND NOT (detail IN ('${DUPLICATE_DETAIL}', '${KEY_REUSE_DETAIL}')
+            OR detail GLOB '${DUPLICATE_DETAIL} ×*' OR detail GLOB '${KEY_REUSE_DETAIL} ×*')), 0)
+      ORDER BY id DESC LIMIT 1`),
+    deleteEvent: db.prepare('DELETE FROM events WHERE id = ?'),
     touch: db.prepare(`
       INSERT INTO meta (key, value) VALUES ('writable-check', ?)
       ON CONFLICT (key) DO UPDATE SET value = excluded.value`),

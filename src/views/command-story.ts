@@ -1,4 +1,10 @@
-import type { CommandRecord, JournalEvent, Observation } from '../core/journal.js';
+import {
+  repeatOf,
+  DUPLICATE_DETAIL,
+  type CommandRecord,
+  type JournalEvent,
+  type Observation,
+} from '../core/journal.js';
 
 /**
  * The whole story of one command, from the journal alone (issue 12): how it was received and
@@ -28,6 +34,13 @@ export interface StoryEvent {
   readonly detail: string;
 }
 
+export interface Hit {
+  readonly at: string;
+  readonly intake: string;
+  readonly count: number;
+  readonly firstAt: string;
+}
+
 export interface CommandStory {
   readonly key: string;
   readonly scope: string;
@@ -45,8 +58,12 @@ export interface CommandStory {
     /** The identity the key belongs to. */
     readonly scope: string;
   };
-  readonly duplicates: readonly { readonly at: string; readonly intake: string }[];
-  readonly keyReuses: readonly { readonly at: string; readonly intake: string }[];
+  /**
+   * Hits of the key, as the journal keeps them: repeated ones over one intake as one entry,
+   * `at` the last, `count` how many since `firstAt`.
+   */
+  readonly duplicates: readonly Hit[];
+  readonly keyReuses: readonly Hit[];
   readonly freshness: {
     readonly issuedAt: string;
     /** `issuer`: the command carried issuedAt; `gateway`: timed from its receipt. */
@@ -95,8 +112,8 @@ const OPERATOR_INTAKE = 'admin';
 
 export function classify(event: JournalEvent): StoryKind {
   if (event.from === null) return 'received';
-  if (event.detail === 'duplicate') return 'duplicate';
-  if (event.detail.startsWith('key reuse refused')) return 'key-reuse';
+  const hit = repeatOf(event);
+  if (hit !== null) return hit.base === DUPLICATE_DETAIL ? 'duplicate' : 'key-reuse';
   if (event.intake === OPERATOR_INTAKE) return 'operator';
   if (event.from === 'accepted' && event.to === 'dispatched') return 'dispatched';
   if (event.detail.startsWith('redispatch:')) return 'redispatched';
@@ -148,12 +165,8 @@ export function buildStory(record: CommandRecord, history: readonly JournalEvent
       intake: received?.intake ?? record.intake,
       scope: record.scope,
     },
-    duplicates: events
-      .filter((e) => e.kind === 'duplicate')
-      .map((e) => ({ at: e.at, intake: e.intake })),
-    keyReuses: events
-      .filter((e) => e.kind === 'key-reuse')
-      .map((e) => ({ at: e.at, intake: e.intake })),
+    duplicates: hits(history, 'duplicate'),
+    keyReuses: hits(history, 'key-reuse'),
     freshness: {
       issuedAt: iso(record.issuedAt),
       issuedAtSource: record.issuedAtSource,
@@ -186,6 +199,20 @@ export function buildStory(record: CommandRecord, history: readonly JournalEvent
     history: events,
     result,
   };
+}
+
+function hits(history: readonly JournalEvent[], kind: 'duplicate' | 'key-reuse'): Hit[] {
+  return history
+    .filter((e) => classify(e) === kind)
+    .map((e) => {
+      const hit = repeatOf(e);
+      return {
+        at: iso(e.at),
+        intake: e.intake,
+        count: hit?.count ?? 1,
+        firstAt: iso(hit?.firstAt ?? e.at),
+      };
+    });
 }
 
 /** The dispatch event reads `seq 7; gateway clock LOCKED (ptp); controller skew +3 ms ± 1 ms`. */

@@ -162,7 +162,7 @@ function dispatch(
 export function seedJournal(path: string, now: number): void {
   const journal = SqliteJournal.open({ path });
   try {
-    // confirmed, 3 minutes ago; duplicates over MQTT and HTTPS, then a key reuse.
+    // confirmed, 3 minutes ago; duplicates over MQTT and HTTPS (three), then a key reuse.
     const ok = claim(journal, now, {
       key: 'k-confirmed',
       device: 'inlet-valve',
@@ -184,7 +184,13 @@ export function seedJournal(path: string, now: number): void {
       acceptedAgoMs: 2 * minutes,
       intake: 'mqtt',
     });
-    claim(journal, now, { key: 'k-confirmed', device: 'inlet-valve', acceptedAgoMs: 1 * minutes });
+    // A client retrying over HTTPS: its three hits are one event in the history.
+    for (const ago of [60, 50, 40])
+      claim(journal, now, {
+        key: 'k-confirmed',
+        device: 'inlet-valve',
+        acceptedAgoMs: ago * seconds,
+      });
     claim(journal, now, {
       key: 'k-confirmed',
       device: 'inlet-valve',

@@ -181,7 +181,9 @@ describe('show', () => {
     expect(out).toMatch(/deadline\s+\S+Z \(.+ ago\), ttl 30s/);
     expect(out).toMatch(/freshness\s+40ms old when accepted; dispatched 29s before the deadline/);
     expect(out).toMatch(/clocks\s+gateway clock LOCKED \(ptp\); controller skew \+3 ms ± 1 ms/);
-    expect(out).toMatch(/duplicates\s+2: mqtt 2m\d*s? ago, https 1m\d*s? ago/);
+    expect(out).toMatch(
+      /duplicates\s+4: mqtt 2m\d*s? ago, https ×3 \(first 1m\d*s? ago, last \d+s ago\)/,
+    );
     expect(out).toMatch(/key reuse\s+1 refused \(same key, different command\)/);
     expect(out).toMatch(/dispatch\s+\S+Z \(.+\), seq 7, 1 write/);
     expect(out).toMatch(/readback before the write\s+CLOSED 0% seq 6/);
@@ -216,7 +218,10 @@ describe('show', () => {
       state: 'confirmed',
       code: 'OK',
       received: { intake: 'https', scope: 'plant' },
-      duplicates: [{ intake: 'mqtt' }, { intake: 'https' }],
+      duplicates: [
+        { intake: 'mqtt', count: 1 },
+        { intake: 'https', count: 3 },
+      ],
       keyReuses: [{ intake: 'https' }],
       freshness: { issuedAtSource: 'issuer', ttlMs: 30_000, ageAtAcceptMs: 40, refused: null },
       clocks: 'gateway clock LOCKED (ptp); controller skew +3 ms ± 1 ms',

@@ -110,6 +110,70 @@ describe('claim', () => {
     expect(j.history(dup.record).at(-1)).toMatchObject({ intake: 'mqtt', detail: 'duplicate' });
   });
 
+  it('keeps a history of bounded size however often a settled key is retried, with the count and the last time', () => {
+    const path = join(dir, 'journal.db');
+    const j = open(path);
+    const settled = confirm(j, j.claim(command('retried')).record);
+    const size = (): number => {
+      // The file as it stands once the log is copied into it.
+      const db = new BetterSqlite3(path);
+      try {
+        db.pragma('wal_checkpoint(TRUNCATE)');
+        return statSync(path).size;
+      } finally {
+        db.close();
+      }
+    };
+    const retry = (i: number): void => {
+      // A client retrying over HTTPS, another over MQTT, and one reusing the key.
+      expect(j.claim(command('retried', { acceptedAt: T0 + 10_000 + i })).kind).toBe('duplicate');
+      expect(
+        j.claim(command('retried', { intake: 'mqtt', acceptedAt: T0 + 10_000 + i })).kind,
+      ).toBe('duplicate');
+      expect(
+        j.claim(command('retried', { fingerprint: 'f-close', acceptedAt: T0 + 10_000 + i })).kind,
+      ).toBe('reused');
+    };
+    for (let i = 0; i < 10; i++) retry(i);
+    const early = size();
+    for (let i = 10; i < 300; i++) retry(i);
+    const first = new Date(T0 + 10_000).toISOString();
+    const last = T0 + 10_000 + 299;
+    // Before: 900 events, one per retry, and the file grew with them.
+    expect(j.history(settled).slice(3)).toEqual([
+      {
+        at: last,
+        from: 'confirmed',
+        to: 'confirmed',
+        intake: 'https',
+        detail: `duplicate ×300 (first ${first})`,
+      },
+      {
+        at: last,
+        from: 'confirmed',
+        to: 'confirmed',
+        intake: 'mqtt',
+        detail: `duplicate ×300 (first ${first})`,
+      },
+      {
+        at: last,
+        from: 'confirmed',
+        to: 'confirmed',
+        intake: 'https',
+        detail: `key reuse refused: different payload ×300 (first ${first})`,
+      },
+    ]);
+    expect(size()).toBe(early);
+    // Another event ends the run: hits after it are counted from one again, after it.
+    j.note(settled, T0 + 20_000, 'operator looked', 'admin');
+    j.claim(command('retried', { acceptedAt: T0 + 20_001 }));
+    expect(j.history(settled).slice(-2)).toMatchObject([
+      { detail: 'operator looked' },
+      { at: T0 + 20_001, intake: 'https', detail: 'duplicate' },
+    ]);
+    expect(j.history(settled)).toHaveLength(8);
+  });
+
   it('refuses a reused key with a different fingerprint and never changes the original', () => {
     const j = open();
     j.claim(command('k1'));
@@ -172,7 +236,10 @@ describe('claim', () => {
     expect(kinds.filter((k) => k === 'new')).toHaveLength(1);
     expect(kinds.filter((k) => k === 'duplicate')).toHaveLength(7);
     const j = open(path);
-    expect(j.history({ scope: 'plant', key: 'contended' })).toHaveLength(8);
+    // Accepted, and the seven duplicates over one intake as one event that counts them.
+    const history = j.history({ scope: 'plant', key: 'contended' });
+    expect(history).toHaveLength(2);
+    expect(history[1]?.detail).toMatch(/^duplicate ×7 \(first /);
   });
 });
 

@@ -13,7 +13,7 @@ import {
   type RetryPolicy,
 } from './campaign-clients.js';
 import { Rng } from './campaign-random.js';
-import { Site, type SiteOptions, type Violation } from './site.js';
+import { Site, duplicateHits, type SiteOptions, type Violation } from './site.js';
 
 /**
  * One crash run of the campaign on a whole site (test/reliability/site.ts): clients send
@@ -822,7 +822,7 @@ export function tally(
   let duplicates = 0;
   for (const r of records) {
     if (r.seq !== null) writes += cs.site.plant.device(r.device).writesWithSeq(r.seq);
-    duplicates += cs.watch.history(r).filter((e) => e.detail === 'duplicate').length;
+    duplicates += duplicateHits(cs.watch.history(r));
   }
   return { commands: records.length, writes, duplicates };
 }

@@ -4,7 +4,12 @@ import { request } from 'node:https';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
 import { parse, stringify } from 'yaml';
-import type { CommandRecord, JournalEvent } from '../../src/core/journal.js';
+import {
+  DUPLICATE_DETAIL,
+  repeatOf,
+  type CommandRecord,
+  type JournalEvent,
+} from '../../src/core/journal.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
@@ -547,7 +552,7 @@ export class Site {
     const records = this.records();
     let duplicates = 0;
     for (const r of records) {
-      duplicates += this.history(r).filter((e) => e.detail === 'duplicate').length;
+      duplicates += duplicateHits(this.history(r));
     }
     return {
       writes: this.plant.devices().reduce((n, d) => n + d.counters.writesReceived, 0),
@@ -583,4 +588,14 @@ async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Pr
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** The duplicate claims a history records: repeated ones are one event with their count. */
+export function duplicateHits(history: readonly JournalEvent[]): number {
+  let hits = 0;
+  for (const e of history) {
+    const hit = repeatOf(e);
+    if (hit?.base === DUPLICATE_DETAIL) hits += hit.count;
+  }
+  return hits;
 }
