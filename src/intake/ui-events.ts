@@ -40,8 +40,20 @@ const HEARTBEAT_MS = 15_000;
 const RETRY_MS = 2_000;
 /** Mirror changes come at every scan while a valve travels: one devices event per 200 ms. */
 const DEVICES_DEBOUNCE_MS = 200;
-/** An old tablet left open in each control room; beyond this a new stream is refused. */
-export const MAX_STREAMS = 32;
+/**
+ * Streams one session may hold. The pages of one browser share one stream (ui/app.js); a
+ * browser without Web Locks opens one per page, and past a few it has no connection left to
+ * the gateway for anything else. A session that asks for more (a page reopened in a loop, a
+ * misbehaving client) is refused without taking the streams of other operators: with one
+ * limit for all, one session holding them all kept every other page from going live.
+ */
+export const MAX_STREAMS_PER_SESSION = 4;
+/**
+ * Streams at once, all sessions together: an old tablet left open in each control room, with
+ * room to spare. It bounds what the streams cost the daemon: a view of the devices each tick
+ * and, for a stream that is not read, at most one event beyond Node's high-water mark.
+ */
+export const MAX_STREAMS = 64;
 
 interface Stream {
   readonly res: ServerResponse;
@@ -104,9 +116,23 @@ export class UiEvents {
     return this.streams.size;
   }
 
-  /** Takes over a response for a stream; false when too many are open. */
+  /** Why a new stream for this session is refused (too many open), or null when it is not. */
+  refusal(session: UiSession): string | null {
+    if (this.o.stopping.aborted) return 'the gateway is stopping; retry shortly';
+    let mine = 0;
+    for (const stream of this.streams) if (stream.session === session) mine++;
+    if (mine >= MAX_STREAMS_PER_SESSION) {
+      return `this session has ${mine} event streams open, the most one session may hold (the pages of one browser share one); close a page or retry shortly`;
+    }
+    if (this.streams.size >= MAX_STREAMS) {
+      return `too many status pages are open (${MAX_STREAMS} event streams); retry shortly`;
+    }
+    return null;
+  }
+
+  /** Takes over a response for a stream; false when it is refused (refusal()). */
   open(res: ServerResponse, session: UiSession, allowed: (device: string) => boolean): boolean {
-    if (this.streams.size >= MAX_STREAMS || this.o.stopping.aborted) return false;
+    if (this.refusal(session) !== null) return false;
     res.writeHead(200, {
       ...this.o.headers,
       'content-type': 'text/event-stream',

@@ -11,7 +11,7 @@ import { authenticate } from './credentials.js';
 import { JSON_TYPE, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, Reply, Request } from './https-types.js';
 import type { IdentityRegistry } from './identities.js';
-import { MAX_STREAMS, UiEvents } from './ui-events.js';
+import { UiEvents } from './ui-events.js';
 import {
   clearedCookie,
   CSRF_HEADER,
@@ -315,12 +315,11 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   // No HEAD: a stream has no headers-only form.
   app.get('/ui/api/events', { ...reader, exposeHeadRoute: false }, async (request, reply) => {
     const session = sessionOf(request);
-    if (events.count >= MAX_STREAMS || stopping.aborted) {
+    const refusal = events.refusal(session);
+    if (refusal !== null) {
       return sendProblem(
         reply,
-        makeProblem(503, 'TOO_MANY_STREAMS', 'too many status pages are open; retry shortly', {
-          title: 'Too many event streams',
-        }),
+        makeProblem(503, 'TOO_MANY_STREAMS', refusal, { title: 'Too many event streams' }),
         { 'retry-after': '10' },
       );
     }
