@@ -82,8 +82,13 @@ export interface Lane {
     readonly stop: CommandRef;
     readonly write: LastWrite | null;
   } | null;
-  /** Commands superseded by a stop (never written) whose rejection is still to be journaled. */
-  readonly superseded: Set<string>;
+  /**
+   * Commands a stop superseded whose rejection is still to be journaled, by id, with that stop:
+   * the journal failed under the rejection, or could not be read to tell what the command was.
+   * When the device comes to one, it is rejected `SUPERSEDED` if it is still `accepted` (never
+   * written), run if it is a stop (preemption.ts).
+   */
+  readonly superseded: Map<string, CommandRef>;
 }
 
 export const PIPELINE = 'pipeline';

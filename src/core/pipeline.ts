@@ -159,7 +159,7 @@ export class CommandPipeline {
         preempt: null,
         commandAbort: null,
         interrupted: null,
-        superseded: new Set(),
+        superseded: new Map(),
       });
     }
     this.outcomes = new Outcomes({
@@ -553,10 +553,10 @@ export class CommandPipeline {
         continue;
       }
       const log = commandLogger(this.logger, record);
-      if (lane.superseded.has(refId(ref))) {
-        const stop = lane.interrupted?.stop ?? { scope: ref.scope, key: '(a stop)' };
+      const supersededBy = lane.superseded.get(refId(ref));
+      if (supersededBy !== undefined) {
         lane.superseded.delete(refId(ref));
-        this.preemption.supersede(lane, ref, stop, log);
+        this.preemption.supersede(lane, ref, supersededBy, log);
         continue;
       }
       lane.inFlight = ref;
@@ -598,6 +598,13 @@ export class CommandPipeline {
         after =
           settled !== null && this.outcomes.wasAnnounced(settled) ? settled : this.journal.get(ref);
       } catch (error) {
+        // Preempted by a stop, and whether it was written cannot be read now: taken up again,
+        // it must not run as a command of its own ahead of the stop (written after it). Marked,
+        // it is rejected SUPERSEDED if it is still `accepted`, judged after the stop if not.
+        const stop = lane.interrupted;
+        if (preempt.signal.aborted && stop !== null && refId(stop.target) === refId(ref)) {
+          lane.superseded.set(refId(ref), stop.stop);
+        }
         this.leftOpen(lane, ref, log, failure ?? error);
         return;
       }

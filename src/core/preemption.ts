@@ -5,6 +5,9 @@ import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
 import { decide, type Decision } from './state-machine.js';
 
+/** A record the journal could not give (read failed): not the same as one it does not hold. */
+const UNREADABLE = Symbol('unreadable');
+
 /** What a stop's preemption needs from the pipeline. */
 export interface PreemptionHost {
   readonly journal: Journal;
@@ -26,7 +29,15 @@ export class Preemption {
     this.host = host;
   }
 
-  /** A stop was accepted on `lane`: it preempts what is there (see the class). */
+  /**
+   * A stop was accepted on `lane`: it preempts what is there (see the class). A record the
+   * journal cannot give now (a read failing) does not end the take-over half way: the commands
+   * taken off the queue would fall out of the lane, the sweep would run them after the stop
+   * (written after the operator's stop superseded them), and the travel would go on. Fail
+   * closed instead: a command ahead of the stop that cannot be read keeps its place, marked
+   * (lane.superseded: rejected when the device comes to it if never written, run if it is a
+   * stop), and a command in flight that cannot be read is preempted as one that may travel.
+   */
   stopPreempts(lane: Lane, stop: CommandRef, log: Logger): void {
     const target = lane.inFlight ?? lane.unresolved;
     const ahead = lane.queue.splice(0, lane.queue.length);
@@ -38,13 +49,23 @@ export class Preemption {
       // judged again only once that stop is terminal (afterStop): superseded, it never ran,
       // and the preempted command stayed `dispatched` with its device held for good — every
       // later command went past it, and no later stop could preempt travel.
-      if (this.host.journal.get(ref)?.action === 'stop') lane.queue.push(ref);
+      const queued = this.read(ref, log);
+      if (queued === UNREADABLE) this.keepMarked(lane, ref, stop, log);
+      else if (queued?.action === 'stop') lane.queue.push(ref);
       else this.supersede(lane, ref, stop, log);
     }
     if (target === null || lane.interrupted !== null) return;
-    const current = this.host.journal.get(target);
-    if (current === undefined || isTerminal(current.state) || current.action === 'stop') return;
-    log.warn({ preempts: target.key }, 'stop preempts the command in flight');
+    const current = this.read(target, log);
+    if (
+      current !== UNREADABLE &&
+      (current === undefined || isTerminal(current.state) || current.action === 'stop')
+    ) {
+      return;
+    }
+    log.warn(
+      { preempts: target.key, unread: current === UNREADABLE || undefined },
+      'stop preempts the command in flight',
+    );
     const last = lane.lastWrite;
     const write =
       last !== null && last.scope === target.scope && last.key === target.key ? last : null;
@@ -52,16 +73,34 @@ export class Preemption {
     if (lane.unresolved !== null && refId(lane.unresolved) === refId(target)) {
       // No worker holds it: the stop runs first, then it is judged again.
       lane.unresolved = null;
-      if (current.state === 'accepted') this.supersede(lane, target, stop, log);
+      if (current === UNREADABLE) {
+        // Not known to be written: it goes first, marked — rejected if it never was, left to
+        // afterStop if it was, run if it is a stop (which the take-over would have left alone).
+        lane.superseded.set(refId(target), stop);
+        lane.queue.unshift({ scope: target.scope, key: target.key });
+      } else if (current.state === 'accepted') {
+        this.supersede(lane, target, stop, log);
+      }
     }
     lane.preempt?.abort();
   }
 
   /** A command accepted before a stop and never written: rejected SUPERSEDED. */
   supersede(lane: Lane, ref: CommandRef, stop: CommandRef, log: Logger): void {
-    const record = this.host.journal.get(ref);
-    if (record === undefined || record.state !== 'accepted') return;
-    lane.superseded.add(refId(ref));
+    const record = this.read(ref, log);
+    if (record === UNREADABLE) {
+      this.keepMarked(lane, ref, stop, log);
+      return;
+    }
+    if (record === undefined) return;
+    if (record.action === 'stop') {
+      // Marked while the journal could not say what it was: a stop is not superseded (see
+      // stopPreempts). It runs next, where it stood, ahead of the stop that marked it.
+      lane.queue.unshift({ scope: ref.scope, key: ref.key });
+      return;
+    }
+    if (record.state !== 'accepted') return;
+    lane.superseded.set(refId(ref), stop);
     const settled = this.host.outcomes.settle(
       commandLogger(this.host.logger, record),
       record,
@@ -82,6 +121,27 @@ export class Preemption {
     }
   }
 
+  /** The command as journaled, or UNREADABLE when the journal cannot be read now. */
+  private read(ref: CommandRef, log: Logger): CommandRecord | undefined | typeof UNREADABLE {
+    try {
+      return this.host.journal.get(ref);
+    } catch (error) {
+      log.warn({ err: error, command: ref.key }, 'stop: a command of its device cannot be read');
+      return UNREADABLE;
+    }
+  }
+
+  /**
+   * A command ahead of the stop that cannot be read now: it keeps its place (the stop's
+   * supersession is not dropped with it), marked with the stop, and is judged when the device
+   * comes to it and the journal reads again.
+   */
+  private keepMarked(lane: Lane, ref: CommandRef, stop: CommandRef, log: Logger): void {
+    lane.superseded.set(refId(ref), stop);
+    lane.queue.push({ scope: ref.scope, key: ref.key });
+    log.warn({ superseded: ref.key }, 'superseded command kept marked until the journal reads');
+  }
+
   /**
    * Once a stop that preempted a written command is terminal, that command is taken up again,
    * first: its readbacks decide — INTERRUPTED when the controller took the stop, its own
@@ -95,8 +155,11 @@ export class Preemption {
     const interrupted = lane.interrupted;
     if (interrupted === null || refId(interrupted.stop) !== refId(ref)) return;
     lane.interrupted = null;
-    const target = this.host.journal.get(interrupted.target);
-    if (target === undefined || isTerminal(target.state)) return;
+    // Unreadable now, it is taken up all the same: the take-up reads it again (and waits for
+    // the journal), and never writes it again. (A read error thrown here ended the device's
+    // worker with its promise rejected, unhandled: the daemon died.)
+    const target = this.read(interrupted.target, this.host.logger.child({ key: ref.key }));
+    if (target !== UNREADABLE && (target === undefined || isTerminal(target.state))) return;
     lane.unresolved = interrupted.target;
     if (interrupted.write !== null) lane.lastWrite = interrupted.write;
   }
