@@ -167,6 +167,14 @@ export interface PurgeStep {
   readonly more: boolean;
 }
 
+/** The settlements journaled after a point of the journal's order (Journal.settledSince). */
+export interface SettledSince {
+  /** The journal's last event now: where to ask from next time (0 when it has none). */
+  readonly mark: number;
+  /** The lowest settlement time (wall clock) among the events after the point; null when none. */
+  readonly lowestSettledAt: number | null;
+}
+
 export interface Journal {
   /**
    * Inserts the command once. An existing key is returned as a duplicate (same fingerprint)
@@ -230,6 +238,12 @@ export interface Journal {
    * part way through one command's history (the command and the rest stay until a later call).
    */
   purgeSettled(before: number, limit: number, budgetMs?: number): PurgeStep;
+  /**
+   * The settlements journaled after event `after` of the journal's order (its mark from an
+   * earlier call), and the mark to ask from next: the retention sweep learns from it how the
+   * wall clock read when keys settled, whatever it read at its own sweeps (RetentionSweeper).
+   */
+  settledSince(after: number): SettledSince;
   /** Throws JournalUnavailableError when a write would fail now (readiness). */
   checkWritable(): void;
   /**

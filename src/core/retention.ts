@@ -53,6 +53,9 @@ export class RetentionSweeper {
     next: number | null;
   }[] = [];
 
+  /** The journal's last event when it was last looked at (Journal.settledSince); null: unread. */
+  private mark: number | null = null;
+
   constructor(options: RetentionOptions) {
     this.journal = options.journal;
     this.clock = options.clock;
@@ -65,6 +68,28 @@ export class RetentionSweeper {
     // Batches are bounded by time (batchBudgetMs): on a large journal each deletes fewer than
     // batchSize, and a sweep must still keep up with a busy gateway's commands.
     this.maxBatches = options.maxBatchesPerSweep ?? 1000;
+    // Settlements journaled from here on are looked at by the sweeps (cutoff()).
+    try {
+      this.mark = this.journal.settledSince(Number.MAX_SAFE_INTEGER).mark;
+    } catch (error) {
+      // The first sweep reads the mark instead.
+      this.logger.warn({ err: error }, 'retention could not read the journal at its start');
+    }
+  }
+
+  /**
+   * The lowest time a key was stamped with when it settled since the last look (null: none),
+   * from the journal's order. A read with the purge that follows it, in one synchronous step:
+   * nothing settles in between.
+   */
+  private settledSinceLastLook(): number | null {
+    if (this.mark === null) {
+      this.mark = this.journal.settledSince(Number.MAX_SAFE_INTEGER).mark;
+      return null;
+    }
+    const seen = this.journal.settledSince(this.mark);
+    this.mark = seen.mark;
+    return seen.lowestSettledAt;
   }
 
   /**
@@ -78,12 +103,19 @@ export class RetentionSweeper {
    * at the sweeps of the last `retentionMs` (a reading before a forward step extrapolates
    * below the stepped clock), and never above the wall clock now. Once a step is older than
    * `retentionMs`, every key settled before it has been kept that long in real time, and the
-   * cut-off follows the stepped clock again. Keys settled before the daemon started are judged
-   * by the wall clock at the first sweep (the first reading), one interval after the start.
+   * cut-off follows the stepped clock again.
+   *
+   * The wall clock as the sweeps read it is not all: a clock set back for a while between two
+   * sweeps (and forward again) stamped the keys settled meanwhile with times the sweeps never
+   * saw, and would have had them purged early by the length of the dip — a day's dip, at once.
+   * So the lowest time a key settled with since the last reading counts as a reading too, now
+   * (`settled`: below the offset the clock had when it settled, as it settled before now).
+   * Keys settled before the daemon started are judged by the wall clock at the first sweep (the
+   * first reading), one interval after the start.
    */
-  private cutoff(): number {
+  private cutoff(settled: number | null): number {
     const mono = this.clock.elapsed();
-    const offset = this.clock.now() - mono;
+    const offset = Math.min(this.clock.now(), settled ?? Number.POSITIVE_INFINITY) - mono;
     const previous = this.offsets.at(-1);
     if (previous !== undefined) previous.next = mono;
     // An earlier reading no lower than this one can no longer be the lowest (this one stays in
@@ -108,13 +140,20 @@ export class RetentionSweeper {
 
   /** One sweep: returns how many commands it purged. */
   async sweep(): Promise<number> {
-    const before = this.cutoff();
     let purged = 0;
     for (let batch = 0; batch < this.maxBatches; batch++) {
       if (this.stopping.signal.aborted) break;
       let step: PurgeStep;
       try {
+        // Each batch cuts anew: keys settle during the pauses between batches.
+        const before = this.cutoff(this.settledSinceLastLook());
         step = this.journal.purgeSettled(before, this.batchSize, this.batchBudgetMs);
+        // A purge that deleted the journal's last events lets the next events take their ids
+        // again (SQLite gives the largest id plus one): the mark goes back to the last one left.
+        this.mark = Math.min(
+          this.mark ?? 0,
+          this.journal.settledSince(Number.MAX_SAFE_INTEGER).mark,
+        );
       } catch (error) {
         this.logger.warn({ err: error }, 'retention sweep could not purge; will try again');
         break;

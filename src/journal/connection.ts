@@ -78,6 +78,10 @@ type Statements = ReturnType<typeof prepare>;
 /** Events of one command deleted by one statement of the purge (txPurge). */
 const EVENTS_PER_STEP = 500;
 
+/** An event that settled its command (an open state to a terminal one). */
+const SETTLEMENT = `from_state IN ('accepted', 'dispatched')
+  AND to_state IN ('confirmed', 'rejected', 'failed')`;
+
 /** Opens the file, migrates it, and prepares every statement and transaction on it. */
 export function openConnection(options: ConnectionOptions): Connection {
   const readonly = options.readonly ?? false;
@@ -355,6 +359,8 @@ function prepare(db: Database): {
   deleteCommand: Statement;
   lastHit: Statement;
   deleteEvent: Statement;
+  lowestSettled: Statement;
+  lastEvent: Statement;
   touch: Statement;
 } {
   return {
@@ -432,6 +438,12 @@ function prepare(db: Database): {
             OR detail GLOB '${DUPLICATE_DETAIL} ×*' OR detail GLOB '${KEY_REUSE_DETAIL} ×*')), 0)
       ORDER BY id DESC LIMIT 1`),
     deleteEvent: db.prepare('DELETE FROM events WHERE id = ?'),
+    // The retention sweep's view of settlements (Journal.settledSince): by the events' order,
+    // which a step of the wall clock does not change.
+    lowestSettled: db.prepare(`
+      SELECT min(at) AS lowest FROM events
+      WHERE id > ? AND ${SETTLEMENT}`),
+    lastEvent: db.prepare('SELECT max(id) AS id FROM events'),
     touch: db.prepare(`
       INSERT INTO meta (key, value) VALUES ('writable-check', ?)
       ON CONFLICT (key) DO UPDATE SET value = excluded.value`),

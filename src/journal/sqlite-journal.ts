@@ -13,6 +13,7 @@ import {
   type PurgeStep,
   type Rejection,
   type SeqAllocator,
+  type SettledSince,
   type Settlement,
 } from '../core/journal.js';
 import type { CommandState, OpenState } from '../core/command.js';
@@ -223,6 +224,17 @@ export class SqliteJournal implements Journal {
     // COMMIT took them down with it (refused, 503 / no PUBACK) while the purge, its error
     // unseen, counted as done. On its own it fails here, alone, and says so.
     return this.write('purge', (c) => c.txPurge.immediate(before, limit, budgetMs), false);
+  }
+
+  settledSince(after: number): SettledSince {
+    try {
+      const s = this.connection().stmts;
+      const lowest = (s.lowestSettled.get(after) as { lowest: number | null }).lowest;
+      const mark = (s.lastEvent.get() as { id: number | null }).id ?? 0;
+      return { mark, lowestSettledAt: lowest };
+    } catch (error) {
+      return translate(error, 'read');
+    }
   }
 
   checkWritable(): void {

@@ -218,6 +218,8 @@ describe('RetentionSweeper', () => {
     const shift = { wall: 0 };
     const clock: Clock = { ...systemClock, now: () => systemClock.now() + shift.wall };
     const retentionMs = 400;
+    // Settled before the daemon started, past the window by the wall clock: purged as before.
+    add('earlier-life', clock.now() - retentionMs - 1_000);
     const sweeper = new RetentionSweeper({
       journal,
       clock,
@@ -225,8 +227,6 @@ describe('RetentionSweeper', () => {
       retentionMs,
       pauseMs: 1,
     });
-    // Settled before the daemon started, past the window by the wall clock: purged as before.
-    add('earlier-life', clock.now() - retentionMs - 1_000);
     expect(await sweeper.sweep()).toBe(1);
     add('just-settled', clock.now());
     // A time source steps the clock two days forward: the key settled a moment ago, and a
@@ -241,15 +241,87 @@ describe('RetentionSweeper', () => {
     // The clock read an hour back until this reading: a key settled meanwhile would bear such
     // a time, so the cut-off stays on that scale until this reading is a window old.
     const stepped = performance.now();
+    // A key settled on the stepped clock.
+    add('stepped-scale', clock.now());
     expect(await sweeper.sweep()).toBe(0);
     expect(journal.get({ scope: 'plant', key: 'just-settled' })?.state).toBe('rejected');
-    // Once the window has passed in real time, it goes.
+    // Once the window has passed in real time, it goes; so does the key settled on the stepped
+    // clock: a step older than the window no longer holds the cut-off back.
     await new Promise((r) => setTimeout(r, retentionMs - (performance.now() - stepped) + 50));
-    expect(await sweeper.sweep()).toBe(1);
+    expect(await sweeper.sweep()).toBe(2);
     expect(journal.get({ scope: 'plant', key: 'just-settled' })).toBeUndefined();
-    // A step older than the window no longer holds the cut-off back: the stepped clock rules.
-    await new Promise((r) => setTimeout(r, retentionMs + 50));
-    add('stepped-scale', clock.now() - retentionMs - 100);
+  });
+
+  it('keeps a key settled while the wall clock was set back between two sweeps for the window in real time', async () => {
+    const shift = { wall: 0 };
+    const clock: Clock = { ...systemClock, now: () => systemClock.now() + shift.wall };
+    const retentionMs = 400;
+    const sweeper = new RetentionSweeper({
+      journal,
+      clock,
+      logger: silentLogger,
+      retentionMs,
+      pauseMs: 1,
+    });
+    expect(await sweeper.sweep()).toBe(0);
+    // Between two sweeps the clock reads a day back for a while (a time source's bad answer,
+    // corrected): a command timed by its receipt settles meanwhile, stamped a day back.
+    shift.wall = -24 * HOUR;
+    add('in-the-dip', clock.now());
+    const settled = performance.now();
+    shift.wall = 0;
+    // Before: purged by this sweep, a day early (a retry of it would run again, I1).
+    expect(await sweeper.sweep()).toBe(0);
+    expect(journal.get({ scope: 'plant', key: 'in-the-dip' })?.state).toBe('rejected');
+    // Once the window has passed in real time, it goes.
+    await new Promise((r) => setTimeout(r, retentionMs - (performance.now() - settled) + 50));
     expect(await sweeper.sweep()).toBe(1);
+    expect(journal.get({ scope: 'plant', key: 'in-the-dip' })).toBeUndefined();
+  });
+
+  it('keeps a key settled while the wall clock was set back during a sweep, between two batches', async () => {
+    const shift = { wall: 0 };
+    const clock: Clock = { ...systemClock, now: () => systemClock.now() + shift.wall };
+    const retentionMs = 400;
+    for (let i = 0; i < 30; i++) add(`old-${i}`, clock.now() - retentionMs - 1_000);
+    const sweeper = new RetentionSweeper({
+      journal,
+      clock,
+      logger: silentLogger,
+      retentionMs,
+      batchSize: 10,
+      pauseMs: 20,
+    });
+    const sweep = sweeper.sweep();
+    // The first batch has run; the sweep pauses.
+    await new Promise((r) => setTimeout(r, 5));
+    shift.wall = -24 * HOUR;
+    add('in-a-pause', clock.now());
+    shift.wall = 0;
+    // The batches after it cut by the time it settled with: the rest of the window's keys wait
+    // for a later sweep (before: it went with them, 31 purged).
+    expect(await sweep).toBe(10);
+    expect(journal.get({ scope: 'plant', key: 'in-a-pause' })?.state).toBe('rejected');
+  });
+
+  it('sees a key settled after a purge emptied the journal, whose events take the old ids again', async () => {
+    const shift = { wall: 0 };
+    const clock: Clock = { ...systemClock, now: () => systemClock.now() + shift.wall };
+    const retentionMs = 400;
+    add('old', clock.now() - retentionMs - 1_000);
+    const sweeper = new RetentionSweeper({
+      journal,
+      clock,
+      logger: silentLogger,
+      retentionMs,
+      pauseMs: 1,
+    });
+    // Its events were the journal's last: SQLite gives their ids to the next ones.
+    expect(await sweeper.sweep()).toBe(1);
+    shift.wall = -24 * HOUR;
+    add('in-the-dip', clock.now());
+    shift.wall = 0;
+    expect(await sweeper.sweep()).toBe(0);
+    expect(journal.get({ scope: 'plant', key: 'in-the-dip' })?.state).toBe('rejected');
   });
 });
