@@ -712,10 +712,7 @@
 
   function loadCommand(scope, key) {
     var asked = ++commandAsked;
-    api(
-      'GET',
-      '/ui/api/commands/' + encodeURIComponent(scope) + '/' + encodeURIComponent(key),
-    ).then(function (answer) {
+    api('GET', '/ui/api/command?' + commandQuery(scope, key)).then(function (answer) {
       if (asked !== commandAsked || !shown || shown.key !== key || shown.scope !== scope) return;
       if (answer.status !== 200) {
         clear($('command-fields'));
@@ -891,15 +888,16 @@
     if ($('command-result').textContent !== result) $('command-result').textContent = result;
   }
 
+  /**
+   * A command is named in the query, not the path: `.` and `..` are legal keys, and the browser
+   * would resolve them as path segments (percent-encoded too) and ask for another URL.
+   */
+  function commandQuery(scope, key) {
+    return 'scope=' + encodeURIComponent(scope) + '&key=' + encodeURIComponent(key);
+  }
+
   function commandPath(verb) {
-    return (
-      '/ui/api/commands/' +
-      encodeURIComponent(shown.scope) +
-      '/' +
-      encodeURIComponent(shown.key) +
-      '/' +
-      verb
-    );
+    return '/ui/api/command/' + verb + '?' + commandQuery(shown.scope, shown.key);
   }
 
   $('reverify').addEventListener('click', function () {

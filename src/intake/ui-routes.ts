@@ -74,7 +74,19 @@ const MAX_TOKEN = 4_096;
 const DEFAULT_LIMIT = 50;
 const MAX_LIMIT = 500;
 
-type KeyParams = { Params: { scope: string; key: string } };
+/**
+ * A command is named in the path (`/ui/api/commands/{scope}/{key}`) or in the query
+ * (`/ui/api/command?scope=…&key=…`), which the page uses: `.` and `..` are legal keys (SPEC),
+ * and a browser resolves them as path segments before the request leaves it, percent-encoded
+ * (`%2E`) or not — `/ui/api/commands/ops/..` is sent as `/ui/api/commands/`.
+ */
+interface KeyParams {
+  Params: { scope?: string; key?: string };
+  Querystring: { scope?: string; key?: string };
+}
+
+/** Each route that names a command, in its two forms: the path's and the query's. */
+const COMMAND_URLS = { path: '/ui/api/commands/:scope/:key', query: '/ui/api/command' } as const;
 
 export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   const { ui, pipeline, identities, clock, stopping } = options;
@@ -299,9 +311,15 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     },
   );
 
-  app.get<KeyParams>('/ui/api/commands/:scope/:key', reader, async (request, reply) => {
+  for (const url of Object.values(COMMAND_URLS)) {
+    app.get<KeyParams>(url, reader, showCommand);
+    app.post<KeyParams & { Body: unknown }>(`${url}/reverify`, changer('operator'), reverify);
+    app.post<KeyParams & { Body: unknown }>(`${url}/resolve`, changer('operator'), resolve);
+  }
+
+  async function showCommand(request: Request<KeyParams>, reply: Reply): Promise<Reply> {
     const session = sessionOf(request);
-    const ref = refOf(request.params);
+    const ref = refOf(request);
     const shown = ref === null ? undefined : views.command(ref);
     if (shown === undefined) return unknownCommand(reply);
     const open = shown.outcome === null;
@@ -310,7 +328,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
       ...shown,
       actions: { reverify: open && operator, resolve: open && operator },
     });
-  });
+  }
 
   // No HEAD: a stream has no headers-only form.
   app.get('/ui/api/events', { ...reader, exposeHeadRoute: false }, async (request, reply) => {
@@ -329,108 +347,106 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     return reply;
   });
 
-  app.post<KeyParams & { Body: unknown }>(
-    '/ui/api/commands/:scope/:key/reverify',
-    changer('operator'),
-    async (request, reply) => {
-      const session = sessionOf(request);
-      const ref = refOf(request.params);
-      if (ref === null) return unknownCommand(reply);
-      const by = operatorName(session, request.ip);
-      let outcome: Awaited<ReturnType<CommandPipeline['reverify']>>;
-      try {
-        outcome = await pipeline.reverify(ref, by, REVERIFY_WAIT_MS);
-      } catch (error) {
-        return actionError(reply, error);
-      }
-      const { record, detail } = outcome;
-      const settled = record.state !== 'accepted' && record.state !== 'dispatched';
-      logger.warn(
-        { key: record.key, device: record.device, by, settled },
-        'reverify from the status page',
-      );
-      return json(reply, 200, { key: record.key, by, settled, detail, result: toResult(record) });
-    },
-  );
+  async function reverify(
+    request: Request<KeyParams & { Body: unknown }>,
+    reply: Reply,
+  ): Promise<Reply> {
+    const session = sessionOf(request);
+    const ref = refOf(request);
+    if (ref === null) return unknownCommand(reply);
+    const by = operatorName(session, request.ip);
+    let outcome: Awaited<ReturnType<CommandPipeline['reverify']>>;
+    try {
+      outcome = await pipeline.reverify(ref, by, REVERIFY_WAIT_MS);
+    } catch (error) {
+      return actionError(reply, error);
+    }
+    const { record, detail } = outcome;
+    const settled = record.state !== 'accepted' && record.state !== 'dispatched';
+    logger.warn(
+      { key: record.key, device: record.device, by, settled },
+      'reverify from the status page',
+    );
+    return json(reply, 200, { key: record.key, by, settled, detail, result: toResult(record) });
+  }
 
-  app.post<KeyParams & { Body: unknown }>(
-    '/ui/api/commands/:scope/:key/resolve',
-    changer('operator'),
-    async (request, reply) => {
-      const session = sessionOf(request);
-      const ref = refOf(request.params);
-      if (ref === null) return unknownCommand(reply);
-      const body = request.body;
-      const fields =
-        typeof body === 'object' && body !== null && !Array.isArray(body)
-          ? (body as Record<string, unknown>)
-          : {};
-      const reason = typeof fields.reason === 'string' ? fields.reason.trim() : '';
-      const errors: string[] = [];
-      if (fields.as !== undefined && fields.as !== 'failed') {
-        errors.push('as: only "failed": only a readback can confirm a command');
-      }
-      if (reason === '' || reason.length > MAX_REASON) {
-        errors.push(`reason: required, 1–${MAX_REASON} characters`);
-      }
-      if (errors.length > 0) {
+  async function resolve(
+    request: Request<KeyParams & { Body: unknown }>,
+    reply: Reply,
+  ): Promise<Reply> {
+    const session = sessionOf(request);
+    const ref = refOf(request);
+    if (ref === null) return unknownCommand(reply);
+    const body = request.body;
+    const fields =
+      typeof body === 'object' && body !== null && !Array.isArray(body)
+        ? (body as Record<string, unknown>)
+        : {};
+    const reason = typeof fields.reason === 'string' ? fields.reason.trim() : '';
+    const errors: string[] = [];
+    if (fields.as !== undefined && fields.as !== 'failed') {
+      errors.push('as: only "failed": only a readback can confirm a command');
+    }
+    if (reason === '' || reason.length > MAX_REASON) {
+      errors.push(`reason: required, 1–${MAX_REASON} characters`);
+    }
+    if (errors.length > 0) {
+      return sendProblem(
+        reply,
+        makeProblem(400, 'INVALID_REQUEST', errors.join('; '), {
+          title: 'Invalid request',
+          errors,
+        }),
+      );
+    }
+    const by = operatorName(session, request.ip);
+    // Answered as sluicectl's resolve is (operator-resolve.ts): a sync that stalls or fails
+    // is a resolve that took effect and is not on disk yet, never a failed one, and the same
+    // resolve asked again is this one.
+    let answer: ResolveAnswer;
+    try {
+      answer = await resolveAndSync(pipeline, clock, { ref, by, reason }, (r) => {
+        logger.warn({ key: r.key, device: r.device, by }, 'resolved from the status page');
+      });
+    } catch (error) {
+      return actionError(reply, error);
+    }
+    switch (answer.kind) {
+      case 'durable':
+        return json(reply, 200, {
+          key: answer.record.key,
+          by,
+          reason,
+          result: toResult(answer.record),
+          ...(answer.detail === null ? {} : { replayed: true, detail: answer.detail }),
+        });
+      case 'unsynced':
+        logger.error(
+          { key: answer.record.key, device: answer.record.device, by, err: answer.why },
+          'resolve from the status page not yet on disk',
+        );
         return sendProblem(
           reply,
-          makeProblem(400, 'INVALID_REQUEST', errors.join('; '), {
-            title: 'Invalid request',
-            errors,
-          }),
-        );
-      }
-      const by = operatorName(session, request.ip);
-      // Answered as sluicectl's resolve is (operator-resolve.ts): a sync that stalls or fails
-      // is a resolve that took effect and is not on disk yet, never a failed one, and the same
-      // resolve asked again is this one.
-      let answer: ResolveAnswer;
-      try {
-        answer = await resolveAndSync(pipeline, clock, { ref, by, reason }, (r) => {
-          logger.warn({ key: r.key, device: r.device, by }, 'resolved from the status page');
-        });
-      } catch (error) {
-        return actionError(reply, error);
-      }
-      switch (answer.kind) {
-        case 'durable':
-          return json(reply, 200, {
+          makeProblem(503, 'JOURNAL_UNAVAILABLE', answer.detail, {
+            title: 'Resolved, not yet on disk',
             key: answer.record.key,
             by,
             reason,
             result: toResult(answer.record),
-            ...(answer.detail === null ? {} : { replayed: true, detail: answer.detail }),
-          });
-        case 'unsynced':
-          logger.error(
-            { key: answer.record.key, device: answer.record.device, by, err: answer.why },
-            'resolve from the status page not yet on disk',
-          );
-          return sendProblem(
-            reply,
-            makeProblem(503, 'JOURNAL_UNAVAILABLE', answer.detail, {
-              title: 'Resolved, not yet on disk',
-              key: answer.record.key,
-              by,
-              reason,
-              result: toResult(answer.record),
-            }),
-          );
-        case 'refused':
-          return sendProblem(
-            reply,
-            makeProblem(answer.status, answer.code, answer.detail, {
-              title:
-                answer.code === 'ALREADY_SETTLED'
-                  ? 'Command already settled'
-                  : 'Resolve did not take effect',
-            }),
-          );
-      }
-    },
-  );
+          }),
+        );
+      case 'refused':
+        return sendProblem(
+          reply,
+          makeProblem(answer.status, answer.code, answer.detail, {
+            title:
+              answer.code === 'ALREADY_SETTLED'
+                ? 'Command already settled'
+                : 'Resolve did not take effect',
+          }),
+        );
+    }
+  }
 }
 
 function sessionDocument(session: UiSession, gatewayId: string): Record<string, unknown> {
@@ -448,9 +464,11 @@ function operatorName(session: UiSession, ip: string): string {
   return `${session.identity} (status page, ${ip})`;
 }
 
-function refOf(params: { scope: string; key: string }): CommandRef | null {
+function refOf(request: Request<KeyParams>): CommandRef | null {
+  const named = request.params.key === undefined ? request.query : request.params;
+  if (named.scope === undefined) return null;
   try {
-    return { scope: params.scope, key: parseIdempotencyKey(params.key) };
+    return { scope: named.scope, key: parseIdempotencyKey(named.key) };
   } catch (error) {
     if (error instanceof InvalidKeyError) return null;
     throw error;

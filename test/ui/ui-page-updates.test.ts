@@ -9,14 +9,16 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { until } from '../helpers/mosquitto.js';
 import { isRoot, realComponent } from '../helpers/real.js';
-import { call, startUiSite, TOKENS, type UiSite } from './ui-site.js';
+import { call, login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
  * How the status page keeps its tables up to date, in Debian's Chromium against the daemon and
  * sluice-sim: an answer to an older list request that arrives after a newer one (a slow
  * network, a filter changed twice) does not put the older list back; text the operator selected
  * in a table (a key, to copy it) stays selected while the tables are drawn again every second
- * and while other rows and cells change, and those changes still show.
+ * and while other rows and cells change, and those changes still show; the commands keyed `.`
+and `..` (legal keys) open from the page, which a browser would otherwise resolve as path
+segments.
  *
  * The page's answers come from the daemon; the test only holds one back in the browser (as a
  * slow network would). When the page has read an answer is known from the page itself: a
@@ -221,6 +223,51 @@ describe.runIf(real)('the status page keeps its tables up to date', () => {
     await expect.poll(() => cell(device, 1), { timeout: 10_000 }).toBe('OPEN');
     expect((await cell(device, 2)).trim()).toBe('100 %');
     expect(await selected()).toBe('drain-valve');
+    expect(problems).toEqual([]);
+  }, 60_000);
+
+  it('opens the commands keyed . and ..', async () => {
+    await send('.', 'drain-valve', 'close');
+    await send('..', 'drain-valve', 'open');
+    await expect
+      .poll(async () => (await recentKeys()).slice(0, 2), { timeout: 10_000 })
+      .toEqual(['..', '.']);
+    for (const [key, action] of [
+      ['..', 'open'],
+      ['.', 'close'],
+    ] as const) {
+      await page.click(`#recent-commands tr[data-key="${key}"] a`);
+      await page.locator('#command').waitFor({ state: 'visible' });
+      expect(await page.locator('#command-title').innerText()).toBe(`Command ${key} (scope ops)`);
+      await expect
+        .poll(() => page.locator('#command-fields').innerText(), { timeout: 5_000 })
+        .toMatch(
+          new RegExp(`device\\s+drain-valve\\s+action\\s+${action}\\s+state\\s+confirmed OK`),
+        );
+      expect(await page.locator('#command-result').innerText()).toContain(`"key": "${key}"`);
+      await page.click('#command a[href="#"]');
+      await page.locator('#overview').waitFor({ state: 'visible' });
+    }
+
+    // The actions name the command the same way; the path form stays for other clients.
+    const session = await login(site, TOKENS.ops);
+    const reverify = await call(
+      site,
+      'POST',
+      '/ui/api/command/reverify?scope=ops&key=..',
+      {
+        cookie: session.cookie,
+        origin: site.origin,
+        'x-csrf-token': session.csrf,
+        'content-type': 'application/json',
+      },
+      '{}',
+    );
+    expect(reverify.json()).toMatchObject({ code: 'ALREADY_SETTLED' });
+    const byPath = await call(site, 'GET', '/ui/api/commands/ops/upd-drain', {
+      cookie: session.cookie,
+    });
+    expect(byPath.json()).toMatchObject({ key: 'upd-drain', state: 'confirmed' });
     expect(problems).toEqual([]);
   }, 60_000);
 });
