@@ -14,13 +14,17 @@ import type { Logger } from '../core/logger.js';
  *   one client address: past either, a new connection is closed as soon as it is accepted (a
  *   counter counts them by reason, and one warning a minute per reason says how many were);
  * - a TLS handshake must complete within HANDSHAKE_TIMEOUT_MS (Node's own default is 120 s);
- * - a connection must bring its first request within FIRST_REQUEST_TIMEOUT_MS of its handshake.
- *   After an answer, the keep-alive timeout closes an idle connection, as before.
+ * - a connection must bring its first request's headers within FIRST_REQUEST_TIMEOUT_MS of its
+ *   handshake: closed when it sent nothing, answered 408 when a request had begun. After an
+ *   answer, the keep-alive timeout closes an idle connection, as before.
  */
 
 /** A TLS handshake must complete within this. */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
-/** A connection that brings no request within this after its handshake is closed. */
+/**
+ * A connection whose first request's headers have not all arrived within this after its
+ * handshake is closed (answered 408 when the request had begun).
+ */
 export const FIRST_REQUEST_TIMEOUT_MS = 10_000;
 /** At most one warning about refused connections in this long, per reason. */
 const REFUSED_LOG_INTERVAL_MS = 60_000;
@@ -65,10 +69,17 @@ export function limitConnections(server: HttpsServer, limits: ConnectionLimits):
   requireFirstRequest(server, 'secureConnection', FIRST_REQUEST_TIMEOUT_MS);
 }
 
+/** Node's own answer to a request past its timeout, for a server without a clientError listener. */
+const REQUEST_TIMEOUT_RESPONSE = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n';
+
 /**
  * Closes a connection that brings no request within `ms` of `event` (its accept, or its TLS
  * handshake). Node keeps one that never sends a request for ever: its header timeout starts
  * with a request's first byte. Used by the HTTPS intake and the daemon's admin endpoint.
+ *
+ * A connection whose first request has begun (bytes read, its headers not complete) is
+ * answered 408, as Node answers a request past its headers timeout: cut silently, its client
+ * could not tell a slow request from a crashed gateway, nor that a retry may succeed.
  */
 export function requireFirstRequest(
   server: NetServer,
@@ -78,7 +89,10 @@ export function requireFirstRequest(
   const awaitingRequest = new WeakMap<Socket, NodeJS.Timeout>();
   server.on(event, (socket: Socket) => {
     const timer = setTimeout(() => {
-      socket.destroy();
+      // bytesRead counts what the HTTP parser was given: on a TLS socket, decrypted bytes
+      // (the handshake's are not counted).
+      if (socket.bytesRead === 0 || !socket.writable) socket.destroy();
+      else answerRequestTimeout(server, socket);
     }, ms);
     timer.unref();
     awaitingRequest.set(socket, timer);
@@ -92,6 +106,21 @@ export function requireFirstRequest(
     clearTimeout(timer);
     awaitingRequest.delete(request.socket);
   });
+}
+
+/**
+ * Answers 408 on a connection whose request did not arrive in time, the way Node does at its
+ * own request timeout: through the server's `clientError` listeners (the HTTPS intake's answers
+ * a problem document, https-problems.ts), or, without one, Node's bare 408; then closes it.
+ */
+function answerRequestTimeout(server: NetServer, socket: Socket): void {
+  const error = Object.assign(
+    new Error('the request headers did not arrive within the first-request timeout'),
+    { code: 'ERR_HTTP_REQUEST_TIMEOUT' },
+  );
+  if (server.emit('clientError', error, socket)) return;
+  socket.end(REQUEST_TIMEOUT_RESPONSE);
+  socket.destroySoon();
 }
 
 /** Counts a refusal, and warns at most once a minute per reason with how many there were. */

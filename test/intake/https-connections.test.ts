@@ -222,13 +222,42 @@ describe('connections', () => {
       // Opened after `used`: were `used`'s timer still running, it would fire first.
       const idle = await tls();
       expect(idle !== null, 'an idle connection').toBe(true);
+      let said = '';
+      idle!.on('data', (chunk: Buffer) => {
+        said += chunk.toString('latin1');
+      });
       const openedAt = performance.now();
       await once(idle!, 'close');
       const lived = performance.now() - openedAt;
+      // No request, so nothing to answer.
+      expect(said).toBe('');
       expect(lived).toBeGreaterThanOrEqual(FIRST_REQUEST_TIMEOUT_MS - 100);
       expect(lived).toBeLessThan(FIRST_REQUEST_TIMEOUT_MS + 5_000);
       expect(await health(used!)).toBe('HTTP/1.1 200 OK');
       used!.destroy();
+    },
+    FIRST_REQUEST_TIMEOUT_MS + 20_000,
+  );
+
+  it(
+    'a first request whose headers are still coming at the first-request timeout is answered 408, not cut silently; nothing is journaled',
+    async () => {
+      const key = `slow-first-head-${String(Date.now())}`;
+      const trickling = await tlsWhenFree('127.0.0.8');
+      expect(trickling !== null, 'a connection').toBe(true);
+      // The connection's first request: its head a line a second, never finished.
+      const answer = await slowRequest(
+        trickling!,
+        'POST /v1/commands HTTP/1.1\r\nHost: localhost\r\n' +
+          `Authorization: Bearer ${TOKENS.plant}\r\nIdempotency-Key: ${key}\r\n`,
+        'X-Slow: 1\r\n',
+      );
+      expect(answer.text).toContain('HTTP/1.1 408 Request Timeout');
+      expect(answer.text).toContain('application/problem+json');
+      expect(answer.text).toContain('"code":"REQUEST_TIMEOUT"');
+      expect(answer.lived).toBeGreaterThanOrEqual(FIRST_REQUEST_TIMEOUT_MS - 1_000);
+      expect(answer.lived).toBeLessThan(FIRST_REQUEST_TIMEOUT_MS + 5_000);
+      expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
     },
     FIRST_REQUEST_TIMEOUT_MS + 20_000,
   );
