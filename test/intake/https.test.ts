@@ -103,28 +103,38 @@ describe('200 confirmed and replays', () => {
     expect(again.headers['content-type']).toBe(r.headers['content-type']);
     expect(again.body.equals(r.body)).toBe(true);
     expect(writes('v1')).toBe(1);
+    const third = await post(k, { device: 'v1', action: 'open' });
+    expect(third.body.equals(r.body)).toBe(true);
 
     const shown = await get(`/v1/commands/${k}`);
     expect(shown.status).toBe(200);
     expect(shown.json).toMatchObject({ key: k, state: 'confirmed' });
     const history = (
-      shown.json as { history: { at: string; from: string | null; to: string; intake: string }[] }
+      shown.json as {
+        history: { at: string; from: string | null; to: string; intake: string; detail: string }[];
+      }
     ).history;
     expect(history.slice(0, 3).map((e) => e.to)).toEqual(['accepted', 'dispatched', 'confirmed']);
     expect(history[0]).toMatchObject({ from: null, intake: 'https' });
     expect(history.every((e) => !Number.isNaN(Date.parse(e.at)))).toBe(true);
-    // The replay is in the history as a duplicate hit.
+    // The two replays are in the history as one duplicate event that counts them, its time
+    // the last one's.
     expect(history.length).toBe(4);
+    expect(history[3]).toMatchObject({ from: 'confirmed', to: 'confirmed', intake: 'https' });
+    expect(history[3]?.detail).toMatch(/^duplicate ×2 \(first \d{4}-\S+Z\)$/);
+    expect(Date.parse(history[3]?.at ?? '')).toBeGreaterThanOrEqual(
+      Date.parse(/first (\S+)\)/.exec(history[3]?.detail ?? '')?.[1] ?? ''),
+    );
 
     const metrics = await call(api, 'GET', '/metrics');
     expect(metrics.text).toMatch(
       /sluice_commands_received_total\{intake="https",outcome="new"\} 1/,
     );
     expect(metrics.text).toMatch(
-      /sluice_commands_received_total\{intake="https",outcome="replayed"\} 1/,
+      /sluice_commands_received_total\{intake="https",outcome="replayed"\} 2/,
     );
     expect(metrics.text).toContain(
-      'sluice_http_responses_total{route="/v1/commands",status="200"} 2',
+      'sluice_http_responses_total{route="/v1/commands",status="200"} 3',
     );
   });
 });
