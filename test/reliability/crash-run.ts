@@ -13,7 +13,7 @@ import {
   type RetryPolicy,
 } from './campaign-clients.js';
 import { Rng } from './campaign-random.js';
-import { Site, duplicateHits, type SiteOptions, type Violation } from './site.js';
+import { Site, claimsOver, duplicateHits, type SiteOptions, type Violation } from './site.js';
 
 /**
  * One crash run of the campaign on a whole site (test/reliability/site.ts): clients send
@@ -726,13 +726,7 @@ export function groundTruth(
     const published = cs.mqtt.published.get(key) ?? 0;
     if (published === 0) continue;
     const r = byKey.get(key);
-    const claims =
-      r === undefined
-        ? 0
-        : cs.watch
-            .history(r)
-            .filter((e) => e.intake === 'mqtt' && (e.from === null || e.detail === 'duplicate'))
-            .length;
+    const claims = r === undefined ? 0 : claimsOver(cs.watch.history(r), 'mqtt');
     if (claims < published) {
       add(
         'I5',
@@ -781,9 +775,7 @@ export async function judge(
     const short = mqttKeys.some((k) => {
       const r = cs.watch.get(k);
       if (r === undefined) return true;
-      const claims = cs.watch
-        .history(r)
-        .filter((e) => e.intake === 'mqtt' && (e.from === null || e.detail === 'duplicate')).length;
+      const claims = claimsOver(cs.watch.history(r), 'mqtt');
       return claims < (cs.mqtt.published.get(k) ?? 0);
     });
     return short ? undefined : true;

@@ -590,12 +590,22 @@ async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Pr
   }
 }
 
-/** The duplicate claims a history records: repeated ones are one event with their count. */
-export function duplicateHits(history: readonly JournalEvent[]): number {
+/**
+ * The duplicate claims a history records (over `intake`, or any): repeated ones are one event
+ * with their count.
+ */
+export function duplicateHits(history: readonly JournalEvent[], intake?: string): number {
   let hits = 0;
   for (const e of history) {
+    if (intake !== undefined && e.intake !== intake) continue;
     const hit = repeatOf(e);
     if (hit?.base === DUPLICATE_DETAIL) hits += hit.count;
   }
   return hits;
+}
+
+/** The claims of a key a history records over `intake`: its acceptance and its duplicates. */
+export function claimsOver(history: readonly JournalEvent[], intake: string): number {
+  const received = history.some((e) => e.from === null && e.intake === intake) ? 1 : 0;
+  return received + duplicateHits(history, intake);
 }
