@@ -19,7 +19,8 @@
  * until the session times out, so the write lands as it would on a PLC.
  *
  * A power cycle closes every session and aborts every channel; while the power is off, new
- * channels are aborted as soon as they open.
+ * channels are aborted as soon as they open. A session loss closes every session and keeps
+ * the channels; new sessions may be refused for a while (BadTooManySessions).
  *
  * A Write request changes the command variables all at once, when node-opcua has processed it,
  * with the values that request carried. node-opcua processes requests concurrently and awaits
@@ -32,6 +33,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  CreateSessionRequest,
   DataType,
   DataValue,
   MessageSecurityMode,
@@ -42,6 +44,7 @@ import {
   ReadResponse,
   RegisterServerMethod,
   SecurityPolicy,
+  ServiceFault,
   StatusCode,
   StatusCodes,
   Variant,
@@ -195,6 +198,8 @@ export class OpcuaPlcServer {
   #server: OPCUAServer | undefined;
   #ownPkiDir: string | undefined;
   #namespaceIndex = 1;
+  /** Time-source reading until which new sessions are refused (loseSessions' refuseMs). */
+  #refuseSessionsUntil = Number.NEGATIVE_INFINITY;
 
   constructor(plc: SimPlc, config: OpcuaPlcConfig, options: OpcuaServerOptions = {}) {
     this.#plc = plc;
@@ -221,6 +226,9 @@ export class OpcuaPlcServer {
     };
     plc.onPowerCycle((result) => {
       this.#powerCycled(result);
+    });
+    plc.onSessionLoss((refuseUntil) => {
+      this.#loseSessions(refuseUntil);
     });
   }
 
@@ -415,6 +423,19 @@ export class OpcuaPlcServer {
     }
   }
 
+  /**
+   * The server forgets its sessions and keeps its channels: a request on one of them is
+   * answered BadSessionIdInvalid by node-opcua, as by a server whose sessions timed out.
+   */
+  #loseSessions(refuseUntil: number): void {
+    const server = this.#server;
+    if (server === undefined) return;
+    this.#refuseSessionsUntil = refuseUntil;
+    for (const session of server.engine.getSessions()) {
+      server.engine.closeSession(session.authenticationToken, true, 'Terminated');
+    }
+  }
+
   #interceptRequests(server: OPCUAServer): void {
     const dispatch: Dispatch = server.on_request.bind(server);
     server.on_request = (message, channel) => {
@@ -431,6 +452,16 @@ export class OpcuaPlcServer {
         if (this.#plc.powerCycles !== powerCycles) return undefined;
         if (!this.#plc.powered) {
           channel.abruptlyInterrupt();
+          return undefined;
+        }
+        if (
+          message.request instanceof CreateSessionRequest &&
+          this.#plc.time.now() < this.#refuseSessionsUntil
+        ) {
+          const refusal = new ServiceFault({
+            responseHeader: { serviceResult: StatusCodes.BadTooManySessions },
+          });
+          channel.send_response('MSG', refusal, message);
           return undefined;
         }
         return this.#onRequest(message, channel, dispatch);

@@ -50,6 +50,15 @@ export interface PowerCycleResult {
   powerUpControllerTime: number;
 }
 
+/** Options of a session loss (typed API): an OPC UA server that forgot its sessions. */
+export interface SessionLossOptions {
+  /**
+   * For this long after it (time source) the server refuses new sessions with
+   * BadTooManySessions, as one whose session table is still full; default 0.
+   */
+  refuseMs?: number;
+}
+
 /** What the control API and tests see of a device. */
 export interface DeviceSnapshot {
   id: string;
@@ -327,6 +336,7 @@ export class SimPlc {
   /** @internal protocol-specific parameter checks (e.g. that a Bad status name exists). */
   frontEndFaultCheck: ((fault: Fault, target: string) => void) | undefined;
   readonly #powerListeners: ((result: PowerCycleResult) => void)[] = [];
+  readonly #sessionLossListeners: ((refuseUntil: number) => void)[] = [];
   readonly #scanListeners: (() => void)[] = [];
   #endpoint: PlcEndpoint | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -498,6 +508,35 @@ export class SimPlc {
   /** @internal a front end drops its connections and volatile registers on a power cycle. */
   onPowerCycle(listener: (result: PowerCycleResult) => void): void {
     this.#powerListeners.push(listener);
+  }
+
+  /**
+   * An OPC UA server forgets every session, its connections (secure channels) staying up: the
+   * sessions timed out on its side, or it restarted its session layer. A client learns it from
+   * its next request, answered BadSessionIdInvalid, and must make a new session; `refuseMs`
+   * makes the server refuse that for a while (BadTooManySessions). The controller itself is
+   * untouched. Modbus has no sessions.
+   */
+  loseSessions(options: SessionLossOptions = {}): void {
+    const refuseMs = options.refuseMs ?? 0;
+    if (!Number.isFinite(refuseMs) || refuseMs < 0) {
+      throw new InvalidRequestError(`refuseMs: must be a duration in ms, not ${refuseMs}`);
+    }
+    if (this.#sessionLossListeners.length === 0) {
+      throw new FaultNotApplicableError(
+        'session loss',
+        `PLC ${this.name}`,
+        'only an OPC UA server has sessions',
+      );
+    }
+    const refuseUntil = this.time.now() + refuseMs;
+    for (const listener of this.#sessionLossListeners) listener(refuseUntil);
+    this.log.info({ refuseMs }, 'PLC lost its OPC UA sessions');
+  }
+
+  /** @internal an OPC UA front end closes its sessions (see loseSessions). */
+  onSessionLoss(listener: (refuseUntil: number) => void): void {
+    this.#sessionLossListeners.push(listener);
   }
 
   /** @internal a front end whose registers follow the scan (e.g. a command register it clears). */

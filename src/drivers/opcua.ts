@@ -10,6 +10,8 @@ import {
   OPCUAClient,
   SecurityPolicy,
   StatusCodes,
+  WriteRequest,
+  WriteResponse,
   type ClientSession,
   type DataValue,
   type StatusCode,
@@ -256,6 +258,45 @@ function preparationOutcome(results: readonly StatusCode[]): WriteFault | null {
  */
 class NotConnectedError extends DeviceUnreachableError {}
 
+/**
+ * The session's one-shot transaction (ClientSessionImpl, node-opcua 2.182.2, pinned): sends the
+ * request at once on the session's secure channel, or fails at once when the channel is not
+ * open; never holds it, never sends it again. An internal member, not documented API.
+ */
+interface OneShotSession {
+  isChannelValid(): boolean;
+  _performMessageTransaction(
+    request: WriteRequest,
+    callback: (err: Error | null, response?: unknown) => void,
+  ): void;
+}
+
+/**
+ * Sends a Write request once. ClientSession.write sends a request again by itself: one the
+ * server answered BadSessionIdInvalid (it lost the session: timed out on its side, restarted
+ * its session layer), once it has made a new session, and one handed to it while it repairs
+ * the session or reconnects, once that is done (ClientSessionImpl #reprocessRequest,
+ * #_recreate_session_and_reperform_transaction, flushPendingTransactions). The repair retries
+ * every 2 s for as long as the server refuses a new session, so that write would reach the
+ * controller seconds or minutes after the driver gave up on it (its request timeout), past
+ * its deadline (I3), and after the core may have proven it not applied and sent it again
+ * (I1). A command's request must reach the controller when the driver sends it, or never.
+ */
+function writeOnce(session: ClientSession, values: WriteValueOptions[]): Promise<StatusCode[]> {
+  const oneShot = session as unknown as OneShotSession;
+  return new Promise((resolve, reject) => {
+    oneShot._performMessageTransaction(new WriteRequest({ nodesToWrite: values }), (err, r) => {
+      if (err !== null) {
+        reject(err);
+      } else if (!(r instanceof WriteResponse) || (r.results ?? []).length !== values.length) {
+        reject(new Error('the server answered the Write with something else than its results'));
+      } else {
+        resolve(r.results ?? []);
+      }
+    });
+  });
+}
+
 const MODES: Record<OpcuaSecurityMode, MessageSecurityMode> = {
   None: MessageSecurityMode.None,
   Sign: MessageSecurityMode.Sign,
@@ -365,10 +406,17 @@ export class OpcuaEndpoint {
    */
   async write(values: WriteValueOptions[], trigger: boolean, signal?: AbortSignal): Promise<void> {
     const session = this.ready(signal);
+    // The one-shot send fails at once, sending nothing, on a channel that is not open (a
+    // connection lost that node-opcua has not reported yet): said here, it is a write not sent.
+    if (!(session as unknown as OneShotSession).isChannelValid()) {
+      throw new NotConnectedError(
+        `${this.name}: not connected to ${this.o.endpointUrl} (channel closed)`,
+      );
+    }
     let results: StatusCode[];
     try {
       results = await withTimeout(
-        session.write(values),
+        writeOnce(session, values),
         this.requestTimeoutMs,
         `${this.name}: write timed out after ${this.requestTimeoutMs} ms`,
       );

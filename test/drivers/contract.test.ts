@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { AttributeIds, DataType } from 'node-opcua';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseCommandRequest } from '../../src/core/command.js';
 import { systemClock } from '../../src/core/clock.js';
@@ -8,12 +9,14 @@ import type { CommandRecord } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { CommandPipeline, type DeviceBinding } from '../../src/core/pipeline.js';
 import type { ProfileTiming } from '../../src/core/profile.js';
+import { commandCode } from '../../src/drivers/common.js';
 import { buildDrivers, type Drivers } from '../../src/drivers/inventory.js';
 import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.js';
 import { PROFILES, openJournal, tempDir } from '../helpers/fixtures.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { TcpLink } from '../helpers/tcp-link.js';
+import { connectOpcua, nodeId, releaseClientPki, uaRead } from '../simulators/helpers.js';
 
 /**
  * One contract suite for the driver port, run against both drivers and both simulators: every
@@ -106,6 +109,7 @@ afterAll(async () => {
   await drivers.close();
   await plant.stop();
   cleanupPki();
+  await releaseClientPki();
 });
 
 describe.each([
@@ -630,6 +634,62 @@ describe.each([
       expect(r).toMatchObject({ state: 'confirmed', attempts: 1, observed: { state: 'OPEN' } });
       expect(valve.counters.writesReceived).toBe(1);
     });
+
+    it('a server that lost the session: a trigger answered BadSessionIdInvalid is never sent again behind the driver', async () => {
+      // node-opcua's ClientSession.write makes a new session and sends such a request again
+      // when that succeeds: here 4 s later (new sessions refused meanwhile), long after the
+      // driver gave up on it and past its deadline. Ground truth: the simulator's write log.
+      const driver = binding(valveId).driver;
+      const open = commandCode(binding(valveId).profile, 'open');
+      const { endpointUrl } = plant.plc(prefix).endpoint as { endpointUrl: string };
+      const probe = await connectOpcua(endpointUrl);
+      const written = async (): Promise<unknown> =>
+        (await uaRead(probe.session, [nodeId(valveId, 'CommandCode')]))[0]?.value.value;
+      try {
+        // CommandCode alone is no command (the controller takes one with its CommandSeq).
+        await probe.session.write({
+          nodeId: nodeId(valveId, 'CommandCode'),
+          attributeId: AttributeIds.Value,
+          value: { value: { dataType: DataType.UInt16, value: 0 } },
+        });
+        // The code and setpoint are taken at once, their answer held: the session is lost
+        // before the trigger (the sequence number) goes out after them.
+        valve.setFault({ kind: 'latency', ms: 400, when: 'after', on: 'write' });
+        const write = driver
+          .write({ action: 'open', position: null, seq: 4350, notAfter: Date.now() + 2_000 })
+          .then(
+            () => null,
+            (error: unknown) => error,
+          );
+        for (let i = 0; (await written()) !== open; i++) {
+          if (i > 100) throw new Error('the code never reached the controller');
+        }
+        plant.plc(prefix).loseSessions({ refuseMs: 3_000 });
+        const error = await write;
+        // Its outcome is unknown to the driver: the core settles it by readback.
+        expect(error).toMatchObject({ code: 'DEVICE_UNREACHABLE' });
+        valve.clearFaults();
+      } finally {
+        await probe.close().catch(() => undefined);
+      }
+      // The driver reads again once node-opcua has a new session; a write sent then reaches
+      // the controller behind anything the library sends again: when it is in the log, the
+      // trigger that was refused would be there before it.
+      const end = Date.now() + 20_000;
+      for (;;) {
+        try {
+          await driver.read();
+          break;
+        } catch (error) {
+          if (Date.now() > end) throw error;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+      await driver.write({ action: 'open', position: null, seq: 4351 });
+      await until(() => valve.writesWithSeq(4351) === 1);
+      expect(valve.writesWithSeq(4350)).toBe(0);
+      expect(valve.counters.writesReceived).toBe(1);
+    }, 40_000);
 
     it('Bad status on reads delays a command, it does not fail it', async () => {
       valve.setFault({ kind: 'bad-status', status: 'BadDeviceFailure', on: 'read', count: 3 });

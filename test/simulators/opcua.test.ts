@@ -621,6 +621,40 @@ describe('OPC UA PLC: requests held on the link, power cycle', () => {
     }
   });
 
+  it('session loss: channels stay up, the next request is answered BadSessionIdInvalid, new sessions refused for a while', async () => {
+    const plc = plant.plc('ua');
+    const device = plant.device('p2');
+    const own = await connectOpcua(endpointUrl);
+    const answers: string[] = [];
+    let lost = false;
+    own.client.on(
+      'receive_response',
+      (response: { responseHeader: { serviceResult: { name: string } } }) => {
+        answers.push(response.responseHeader.serviceResult.name);
+      },
+    );
+    own.client.on('connection_lost', () => {
+      lost = true;
+    });
+    try {
+      const before = { state: device.state, writes: device.counters.writesReceived };
+      plc.loseSessions({ refuseMs: 1000 });
+      // A client of its own cannot have a session until the refusal ends (time source).
+      await expect(connectOpcua(endpointUrl)).rejects.toThrow(/BadTooManySessions/);
+      // The old session's next request: refused, the client makes a new session on the same
+      // channel once the server takes one, and its read goes through then.
+      const read = uaRead(own.session, [nodeId('p2', 'State')]);
+      await until(() => answers.includes('BadSessionIdInvalid'), { attempts: 200, everyMs: 10 });
+      time.advance(1000);
+      const values = await read;
+      expect(values[0]?.value.value).toBe(before.state);
+      expect(lost).toBe(false);
+      expect([device.state, device.counters.writesReceived]).toEqual([before.state, before.writes]);
+    } finally {
+      await own.close().catch(() => undefined);
+    }
+  }, 20_000);
+
   it('power cycle: a write held on the link dies with the link', async () => {
     const plc = plant.plc('ua');
     const device = plant.device('h1');
