@@ -150,6 +150,12 @@ export class Preemption {
    * back to the take-up: the stop's write replaced it as the lane's last, and without it the
    * take-up took the write for an earlier life's ("written by an earlier life of the daemon",
    * its acknowledgement forgotten).
+   *
+   * A stop that ended without taking effect (rejected, failed: a stale stop, one the controller
+   * never took) leaves the travel going. When another stop waits next in the queue (a stop
+   * pressed twice), the interruption passes to it: it runs first, and the command is taken up
+   * after it. Taken up first, the command followed its travel to the end by its readbacks, and
+   * the waiting stop came after it, a no-op at the end of travel.
    */
   afterStop(lane: Lane, ref: CommandRef): void {
     const interrupted = lane.interrupted;
@@ -160,8 +166,34 @@ export class Preemption {
     // worker with its promise rejected, unhandled: the daemon died.)
     const target = this.read(interrupted.target, this.host.logger.child({ key: ref.key }));
     if (target !== UNREADABLE && (target === undefined || isTerminal(target.state))) return;
+    const next = this.nextStop(lane, ref);
+    if (next !== null) {
+      lane.interrupted = { ...interrupted, stop: next };
+      return;
+    }
     lane.unresolved = interrupted.target;
     if (interrupted.write !== null) lane.lastWrite = interrupted.write;
+  }
+
+  /**
+   * The stop waiting next on the lane, when `stop` ended other than confirmed; otherwise null
+   * (confirmed, the controller shows a state a stop leaves it in: the travel is over, and the
+   * take-up is one readback). Stops wait at the head of the queue: a stop supersedes every
+   * other command queued before it. Marked commands (rejected when reached) are passed over.
+   */
+  private nextStop(lane: Lane, stop: CommandRef): CommandRef | null {
+    const log = this.host.logger.child({ key: stop.key });
+    const ended = this.read(stop, log);
+    if (ended === UNREADABLE || ended?.state === 'confirmed') return null;
+    for (const ref of lane.queue) {
+      if (lane.superseded.has(refId(ref))) continue;
+      const queued = this.read(ref, log);
+      if (queued === UNREADABLE || queued?.action !== 'stop' || isTerminal(queued.state)) {
+        return null;
+      }
+      return ref;
+    }
+    return null;
   }
 }
 

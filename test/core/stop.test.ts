@@ -267,6 +267,42 @@ describe('stop preempts travel', () => {
     });
   }
 
+  // A stop pressed twice, and the first ends without taking effect (the controller refuses its
+  // write: 0x06, busy) while the open travels. The second, waiting behind it (queued with it, or
+  // accepted while it was in flight), goes next and stops the travel; the open is taken up after
+  // it. Taken up first, the open followed its travel to OPEN by its readbacks, and the second
+  // stop waited for that, a no-op at the end of travel.
+  for (const second of ['queued with the first', 'accepted while the first is in flight']) {
+    it(`a first stop refused by the controller: the second (${second}) goes next and stops the travel`, async () => {
+      h = await SimHarness.start({ travelMs: 3_000, timing: { confirmTimeoutMs: 5_000 } });
+      const valve = h.device('v1');
+      const plc = h.plant.plc('mb');
+      h.submit('a', { device: 'v1', action: 'open' });
+      await stopAtAbout(h, 'v1', 20);
+      plc.setFault({ kind: 'exception', code: 6, on: 'write', count: 1 });
+      const inFlight = second !== 'queued with the first';
+      // Reads take 150 ms: the first stop is still reading its device when the second comes.
+      if (inFlight) plc.setFault({ kind: 'latency', ms: 150, on: 'read' });
+      h.submit('s1', { device: 'v1', action: 'stop' });
+      if (inFlight) {
+        await h.until(() => h?.pipeline.device('v1')?.inFlight === 's1', 5_000, 's1 in flight');
+      }
+      h.submit('s2', { device: 'v1', action: 'stop' });
+      plc.clearFault('latency');
+      const [a, s1, s2] = [await h.settled('a'), await h.settled('s1'), await h.settled('s2')];
+      expect(s1).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT' });
+      expect(s2).toMatchObject({ state: 'confirmed', code: 'OK' });
+      expect(s2.observed?.state).toBe('STOPPED');
+      expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+      expect(a.detail).toMatch(/^stopped by s2 at \d+(\.\d)? %/);
+      // Ground truth: the open and the second stop reached the valve (the first was refused),
+      // and the valve rests short of the end of its travel.
+      expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s2.seq]);
+      expect(valve.snapshot().state).toBe('STOPPED');
+      expect(valve.snapshot().position).toBeLessThan(60);
+    });
+  }
+
   it('a command a stop found not yet written is never written after a crash before its rejection', async () => {
     h = await SimHarness.start({ requestTimeoutMs: 1_000, timing: { redispatchGuardMs: 1_200 } });
     const valve = h.device('v1');
