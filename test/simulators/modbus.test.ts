@@ -561,17 +561,29 @@ describe.skipIf(!haveMbpoll)('Modbus PLC driven by mbpoll', () => {
       device.setFault({ kind: 'latency', ms: 150, when: 'before' });
       const raw = await rawModbus(ep);
       const reply = raw.write(10, [OPEN, 0, 3]).catch((err: unknown) => err);
+      // The PLC notes a write's connection when the write comes in, before the latency holds
+      // it: from then on it is on the link.
+      await until(() => device.writers.length === 1);
       step(10);
       const { powerUpControllerTime } = plc.powerCycle({ offMs: 50 });
       expect(await reply).toBeInstanceOf(Error);
       step(40);
       // Off: no scan; the image is the one the power-up will show.
       expect(device.published.scanTime).toBe(powerUpControllerTime);
-      await new Promise((resolve) => setTimeout(resolve, 250));
-      expect(device.counters.writesReceived).toBe(0);
       step(10);
       expect(device.published.scanTime).toBe(plc.clock.at(time.now()));
       expect(plc.powerCycles).toBe(1);
+      // The held write's latency ends 150 ms after it came in. A marker write on a new
+      // connection, sent after it and held as long, reaches the PLC after it would have: the
+      // write log then holds the marker alone.
+      const after = await rawModbus(ep);
+      try {
+        expect((await after.write(10, [STOP, 0, 4])).exception).toBeUndefined();
+      } finally {
+        after.socket.destroy();
+      }
+      expect(device.writeLog.map((e) => e.seq)).toEqual([4]);
+      expect(device.counters.writesReceived).toBe(1);
     });
 
     it('the write log counts every write of a seq, retries and duplicates included', async () => {
