@@ -36,6 +36,8 @@ export function runSluiced(args: readonly string[], timeoutMs = 30_000): Finishe
 export interface Running {
   /** Every stdout line so far. */
   readonly lines: string[];
+  /** Everything on stderr so far. */
+  stderr(): string;
   /** Resolves with the first stdout line that passes, or rejects after `timeoutMs`. */
   line(predicate: (line: string) => boolean, timeoutMs: number): Promise<string>;
   /** SIGTERM, and the exit code. */
@@ -46,10 +48,13 @@ export interface Running {
   readonly exited: Promise<number | null>;
 }
 
-/** Starts sluiced as a daemon; stdout is kept line by line. */
-export function startSluiced(args: readonly string[]): Running {
+/**
+ * Starts sluiced as a daemon; stdout is kept line by line. `env`: variables added to the
+ * clean environment (e.g. NODE_DEBUG=module, to see on stderr which modules it loads).
+ */
+export function startSluiced(args: readonly string[], env: NodeJS.ProcessEnv = {}): Running {
   const child = spawn(process.execPath, [...SLUICED, ...args], {
-    env: cleanEnv(),
+    env: { ...cleanEnv(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];
@@ -63,6 +68,7 @@ export function startSluiced(args: readonly string[]): Running {
   const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
   return {
     lines,
+    stderr: () => stderr,
     line: (predicate, timeoutMs) =>
       new Promise((resolve, reject) => {
         const check = (): void => {
