@@ -28,6 +28,21 @@ export interface LastWrite {
   epoch: number | null;
 }
 
+/**
+ * A command a stop preempted, and that stop, until the stop is terminal; `write`: the
+ * preempted command's write as this process knows it (the lane's lastWrite, which the stop's
+ * own write replaces), handed back to the take-up after the stop; null when none was made in
+ * this life. `outer`: when the preempted command is itself a stop that had preempted a
+ * command (a stop pressed again while the first one's effect was not seen), that first
+ * interruption, which holds again once the preempted stop is taken up (preemption.ts).
+ */
+export interface Interruption {
+  readonly target: CommandRef;
+  readonly stop: CommandRef;
+  readonly write: LastWrite | null;
+  readonly outer: Interruption | null;
+}
+
 /** One device's worker state. */
 export interface Lane {
   readonly binding: DeviceBinding;
@@ -71,17 +86,8 @@ export interface Lane {
   preempt: AbortController | null;
   /** The controller the lane's next command takes as its `preempt`, unless it was aborted. */
   commandAbort: AbortController | null;
-  /**
-   * The command a stop preempted, and that stop, until the stop is terminal; `write`: the
-   * preempted command's write as this process knows it (the lane's lastWrite, which the stop's
-   * own write replaces), handed back to the take-up after the stop; null when none was made in
-   * this life.
-   */
-  interrupted: {
-    readonly target: CommandRef;
-    readonly stop: CommandRef;
-    readonly write: LastWrite | null;
-  } | null;
+  /** The command a stop preempted, and that stop, until the stop is terminal. */
+  interrupted: Interruption | null;
   /**
    * Commands a stop superseded whose rejection is still to be journaled, by id, with that stop:
    * the journal failed under the rejection, or could not be read to tell what the command was.
@@ -197,6 +203,16 @@ export function settledMeanwhile(
 }
 
 export { refId } from './journal.js';
+
+/**
+ * Every command the lane's interruptions hold for a take-up after their stop: the target of
+ * each (a stop preempted by a stop holds the command it had preempted as its outer one's).
+ */
+export function interruptedTargets(lane: Lane): CommandRef[] {
+  const targets: CommandRef[] = [];
+  for (let i = lane.interrupted; i !== null; i = i.outer) targets.push(i.target);
+  return targets;
+}
 
 /** The logger of one command's lines: every line carries its key and device (and scope). */
 export function commandLogger(logger: Logger, record: CommandRecord): Logger {

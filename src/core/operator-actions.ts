@@ -2,7 +2,7 @@ import { isTerminal } from './command.js';
 import type { Clock } from './clock.js';
 import { AlreadySettledError, UnknownCommandError } from './errors.js';
 import type { CommandRecord, CommandRef, Journal } from './journal.js';
-import { ADMIN, commandLogger, refId, type Lane } from './lane.js';
+import { ADMIN, commandLogger, interruptedTargets, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
 import { latestWriteUnsent } from './redispatch.js';
@@ -96,7 +96,7 @@ export class OperatorActions {
     const held =
       (lane.inFlight !== null && refId(lane.inFlight) === id) ||
       lane.queue.some((q) => refId(q) === id) ||
-      (lane.interrupted !== null && refId(lane.interrupted.target) === id);
+      interruptedTargets(lane).some((target) => refId(target) === id);
     if (!held) {
       if (lane.unresolved !== null && refId(lane.unresolved) !== id) lane.queue.unshift(ref);
       else lane.unresolved = { scope: ref.scope, key: ref.key };

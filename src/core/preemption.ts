@@ -42,6 +42,8 @@ export class Preemption {
     const target = lane.inFlight ?? lane.unresolved;
     const ahead = lane.queue.splice(0, lane.queue.length);
     if (target === null && ahead.length === 0) return;
+    // The stop that runs next: the first stop kept in the queue, or this one.
+    let next: CommandRef = stop;
     for (const ref of ahead) {
       // A stop still waiting to run (a second stop came before the first was taken) is not
       // superseded: it queues ahead of this one, as a stop in flight does. The first stop is
@@ -51,15 +53,24 @@ export class Preemption {
       // later command went past it, and no later stop could preempt travel.
       const queued = this.read(ref, log);
       if (queued === UNREADABLE) this.keepMarked(lane, ref, stop, log);
-      else if (queued?.action === 'stop') lane.queue.push(ref);
-      else this.supersede(lane, ref, stop, log);
+      else if (queued?.action === 'stop') {
+        if (next === stop) next = ref;
+        lane.queue.push(ref);
+      } else this.supersede(lane, ref, stop, log);
     }
-    if (target === null || lane.interrupted !== null) return;
+    if (target === null) return;
+    if (lane.interrupted !== null) {
+      // A stop preempted the travel already: this one may preempt that stop, once it runs.
+      const first = lane.interrupted.stop;
+      if (refId(target) === refId(first)) {
+        this.stopOvertakes(lane, target, this.read(target, log), next, log);
+      }
+      return;
+    }
     const current = this.read(target, log);
-    if (
-      current !== UNREADABLE &&
-      (current === undefined || isTerminal(current.state) || current.action === 'stop')
-    ) {
+    if (current !== UNREADABLE && (current === undefined || isTerminal(current.state))) return;
+    if (current !== UNREADABLE && current.action === 'stop') {
+      this.stopOvertakes(lane, target, current, next, log);
       return;
     }
     log.warn(
@@ -69,7 +80,12 @@ export class Preemption {
     const last = lane.lastWrite;
     const write =
       last !== null && last.scope === target.scope && last.key === target.key ? last : null;
-    lane.interrupted = { target: { scope: target.scope, key: target.key }, stop, write };
+    lane.interrupted = {
+      target: { scope: target.scope, key: target.key },
+      stop,
+      write,
+      outer: null,
+    };
     if (lane.unresolved !== null && refId(lane.unresolved) === refId(target)) {
       // No worker holds it: the stop runs first, then it is judged again.
       lane.unresolved = null;
@@ -82,6 +98,68 @@ export class Preemption {
         this.supersede(lane, target, stop, log);
       }
     }
+    lane.preempt?.abort();
+  }
+
+  /**
+   * A stop was accepted while a stop is in flight (pressed again: another key, an operator
+   * seeing the valve still move). When that stop was written and its effect is not seen — the
+   * latest readback shows the device travelling, without its echo — its outcome may stay
+   * unknown until its confirm timeout (an exception 0x04, a lost reply: and a stop after it
+   * forbids writing it again); queued behind it, the new stop waited all of that while the
+   * valve travelled to the end. So the new stop (`next`: the stop that runs next) preempts it
+   * as a stop preempts travel: the first stop's handling is aborted (its write, if on the
+   * wire, completes), the next stop is written at once, and the first is judged again by its
+   * readbacks once the next is terminal — confirmed when the controller shows its echo,
+   * INTERRUPTED when it shows the later stop's, its own readback outcome otherwise; never
+   * written again. The command it had preempted (`outer`) is taken up after it. A stop in
+   * flight not yet written, or whose effect is seen (the device rests, or echoes it), is
+   * left to finish: the new stop queues behind it, a no-op or a cheap one.
+   */
+  private stopOvertakes(
+    lane: Lane,
+    target: CommandRef,
+    current: CommandRecord | undefined | typeof UNREADABLE,
+    next: CommandRef,
+    log: Logger,
+  ): void {
+    const outer = lane.interrupted;
+    if (lane.inFlight === null || refId(lane.inFlight) !== refId(target)) return;
+    if (outer !== null && refId(outer.stop) !== refId(target)) return;
+    if (current === UNREADABLE || current?.action !== 'stop' || current.state !== 'dispatched') {
+      return;
+    }
+    const last = lane.lastWrite;
+    const write =
+      last !== null &&
+      last.scope === target.scope &&
+      last.key === target.key &&
+      last.seq === current.seq
+        ? last
+        : null;
+    // Not yet handed to the driver (its dispatch is being made durable): written in a moment.
+    if (write === null) return;
+    const seen = lane.mirror;
+    if (
+      seen === null ||
+      !lane.binding.profile.transitional.includes(seen.state) ||
+      (current.seq !== null && seen.seq === current.seq) ||
+      // Acknowledged and not read since: its first readback comes within a scan or two, and
+      // most often shows it taken (the stop behind it is then a no-op, as before).
+      (write.acked && seen.requestedMono < write.sentMono)
+    ) {
+      return;
+    }
+    log.warn(
+      { preempts: target.key, seen: seen.state, position: seen.position, acked: write.acked },
+      'stop preempts the stop in flight: its effect is not seen, the device still travels',
+    );
+    lane.interrupted = {
+      target: { scope: target.scope, key: target.key },
+      stop: next,
+      write,
+      outer,
+    };
     lane.preempt?.abort();
   }
 
@@ -160,12 +238,17 @@ export class Preemption {
   afterStop(lane: Lane, ref: CommandRef): void {
     const interrupted = lane.interrupted;
     if (interrupted === null || refId(interrupted.stop) !== refId(ref)) return;
-    lane.interrupted = null;
+    // A stop preempted by this one (stopOvertakes) holds its own interruption again: the
+    // command it had preempted is taken up once it is terminal.
+    lane.interrupted = interrupted.outer;
     // Unreadable now, it is taken up all the same: the take-up reads it again (and waits for
     // the journal), and never writes it again. (A read error thrown here ended the device's
     // worker with its promise rejected, unhandled: the daemon died.)
     const target = this.read(interrupted.target, this.host.logger.child({ key: ref.key }));
-    if (target !== UNREADABLE && (target === undefined || isTerminal(target.state))) return;
+    if (target !== UNREADABLE && (target === undefined || isTerminal(target.state))) {
+      if (interrupted.outer !== null) this.afterStop(lane, interrupted.target);
+      return;
+    }
     const next = this.nextStop(lane, ref);
     if (next !== null) {
       lane.interrupted = { ...interrupted, stop: next };

@@ -1,6 +1,6 @@
 import type { Clock } from './clock.js';
 import type { CommandRef, Journal, OpenRef } from './journal.js';
-import { refId, type Lane } from './lane.js';
+import { interruptedTargets, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { summarizeOpen, type OpenCommands } from './open-commands.js';
 
@@ -60,7 +60,7 @@ export class Sweep {
       if (lane.inFlight !== null) live.add(refId(lane.inFlight));
       if (lane.unresolved !== null) live.add(refId(lane.unresolved));
       // Preempted by a stop: taken up again once the stop is terminal.
-      if (lane.interrupted !== null) live.add(refId(lane.interrupted.target));
+      for (const target of interruptedTargets(lane)) live.add(refId(target));
       if (
         lane.queue.length === 0 &&
         lane.inFlight === null &&

@@ -303,6 +303,81 @@ describe('stop preempts travel', () => {
     });
   }
 
+  // A stop pressed again while the first one's effect is not seen: the first stop's write was
+  // answered 0x04 (server device failure: whether it was applied is unknown) and not applied,
+  // and the valve travels on. The second stop is written at once, preempting the first, which
+  // is judged by its readbacks once the second is terminal. Queued behind the first, the
+  // second waited for its confirm timeout (5 s) while the valve travelled to OPEN, and was a
+  // no-op there.
+  it("a second stop while the first one's outcome is unknown and the valve still travels is written at once", async () => {
+    h = await SimHarness.start({ travelMs: 3_000, timing: { confirmTimeoutMs: 5_000 } });
+    const valve = h.device('v1');
+    const plc = h.plant.plc('mb');
+    const a = h.submit('a', { device: 'v1', action: 'open' }).record;
+    await stopAtAbout(h, 'v1', 20);
+    plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
+    h.submit('s1', { device: 'v1', action: 'stop' });
+    // The first stop's write was answered (the fault is used up), and a readback after it
+    // shows the valve still opening.
+    await h.until(
+      () => plc.faults().length === 0 && valve.snapshot().position >= 30,
+      5_000,
+      'the first stop refused, the valve still opening',
+    );
+    const acceptedMono = performance.now();
+    const at = valve.snapshot().position;
+    h.submit('s2', { device: 'v1', action: 'stop' });
+    await h.until(() => valve.writeLog.length === 2, 5_000, 'the second stop written');
+    const writtenAfterMs = performance.now() - acceptedMono;
+    const [opened, s1, s2] = [await h.settled('a'), await h.settled('s1'), await h.settled('s2')];
+    // Ground truth: the open and the second stop reached the valve, the second within a few
+    // scans of its acceptance, not after the first stop's 5 s; the valve rests where the
+    // second stop found it, far short of the end of travel.
+    expect(valve.writeLog.map((w) => [w.seq, w.outcome])).toEqual([
+      [a.seq ?? opened.seq, 'accepted'],
+      [s2.seq, 'accepted'],
+    ]);
+    expect(writtenAfterMs).toBeLessThan(1_000);
+    expect(valve.snapshot().state).toBe('STOPPED');
+    expect(valve.snapshot().position).toBeLessThan(at + 15);
+    expect(s2).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
+    expect(s2.observed).toMatchObject({ state: 'STOPPED', seq: s2.seq });
+    // The first stop never took effect: not confirmed (I2), never written again (I1).
+    expect(s1).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+    expect(s1.detail).toMatch(/^stopped by s2 at \d+(\.\d)? %/);
+    expect(valve.writesWithSeq(s1.seq!)).toBe(0);
+    expect(opened).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+    expect(opened.detail).toMatch(/^stopped by s2 at \d+(\.\d)? %/);
+    expect(valve.writesWithSeq(opened.seq!)).toBe(1);
+    // Both stops settle far inside the first one's confirm timeout.
+    expect(s1.settledAt! - s2.acceptedAt).toBeLessThan(2_000);
+  });
+
+  // The same, but the first stop's reply is lost after the valve took it: the second stop waits
+  // for the first's write to time out on the connection (one request at a time), finds the
+  // valve stopped, and is a no-op; the first is confirmed by its own echo.
+  it("a second stop while the first one's reply is lost: the first, taken, is confirmed by its echo; the second is a no-op", async () => {
+    h = await SimHarness.start({ travelMs: 3_000, timing: { confirmTimeoutMs: 5_000 } });
+    const valve = h.device('v1');
+    const plc = h.plant.plc('mb');
+    const a = h.submit('a', { device: 'v1', action: 'open' }).record;
+    await stopAtAbout(h, 'v1', 20);
+    plc.setFault({ kind: 'drop', on: 'write', count: 1 });
+    h.submit('s1', { device: 'v1', action: 'stop' });
+    await h.until(() => valve.writeLog.length === 2, 5_000, 'the first stop written');
+    h.submit('s2', { device: 'v1', action: 'stop' });
+    const [opened, s1, s2] = [await h.settled('a'), await h.settled('s1'), await h.settled('s2')];
+    expect(s1).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
+    expect(s1.observed).toMatchObject({ state: 'STOPPED', seq: s1.seq });
+    expect(s2).toMatchObject({ state: 'confirmed', code: 'OK', seq: null });
+    expect(s2.detail).toMatch(/no-op/);
+    expect(opened).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    expect(opened.detail).toMatch(/^stopped by s1 at/);
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq ?? opened.seq, s1.seq]);
+    expect(valve.snapshot().state).toBe('STOPPED');
+    expect(s2.settledAt! - s2.acceptedAt).toBeLessThan(2_000);
+  });
+
   it('a command a stop found not yet written is never written after a crash before its rejection', async () => {
     h = await SimHarness.start({ requestTimeoutMs: 1_000, timing: { redispatchGuardMs: 1_200 } });
     const valve = h.device('v1');
