@@ -14,7 +14,14 @@ import { takeUpNote } from './open-commands.js';
 import { stopOverPreempted } from './preemption.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
-import { imageOf, judgeRedispatch, unsentLine, type DeviceImage } from './redispatch.js';
+import {
+  imageOf,
+  judgeRedispatch,
+  localLine,
+  localSeenIn,
+  unsentLine,
+  type DeviceImage,
+} from './redispatch.js';
 import type { TimedReadback } from './skew.js';
 import { decide } from './state-machine.js';
 
@@ -37,6 +44,12 @@ interface WrittenContext {
   readonly windowMs: number;
   /** Stops accepted after the command, as last looked up for an echo. */
   stops?: { readonly echo: number | null; readonly found: readonly CommandRecord[] };
+  /**
+   * A readback after the write showed the valve in LOCAL: the operator at the panel took it
+   * after the command's read. The command is never written again (redispatch), also once the
+   * valve is back in REMOTE: a write decided before the operator's hand would act after it.
+   */
+  localSeen?: boolean;
 }
 
 type WriteOutcome =
@@ -193,6 +206,7 @@ export class ConfirmationLoop {
         write,
         windowMs,
         confirmByMono: nowMono + windowMs,
+        localSeen: localSeenIn(this.host.journal.history(record), record.seq),
       },
       log,
       true,
@@ -214,6 +228,9 @@ export class ConfirmationLoop {
     let lastGood: TimedReadback | null = null;
     let lastReason = 'no readback after the write';
     let wrongSince: number | null = null;
+    let localSince: number | null = null;
+    // The controller was seen echoing this command outside LOCAL: it took it in REMOTE.
+    let takenInRemote = false;
     // Readbacks are placed on the controller's scans where its image time says when they are
     // (readback-pacing.ts); the first follows an acknowledged write no sooner than the scan
     // that can take it, an unacknowledged one at once.
@@ -245,6 +262,15 @@ export class ConfirmationLoop {
         writeSentMono: ctx.write.sentMono,
         skew: this.reads.usableSkew(lane),
       });
+      if (verdict.kind !== 'local') localSince = null;
+      if (
+        profile.controller.echoesSeq &&
+        readback.seq === seq &&
+        readback.state !== profile.localState &&
+        verdict.kind !== 'skew-contradicted'
+      ) {
+        takenInRemote = true;
+      }
       switch (verdict.kind) {
         case 'confirmed':
           this.host.settle(log, record, 'dispatched', {
@@ -319,7 +345,10 @@ export class ConfirmationLoop {
             }
           }
           wrongSince ??= readback.requestedMono;
-          lastReason = `the controller took the command and rests in ${readback.state}`;
+          lastReason =
+            ctx.localSeen === true
+              ? `the valve was switched to LOCAL after the command's read and rests in ${readback.state} since`
+              : `the controller took the command and rests in ${readback.state}`;
           if (clock.elapsed() - wrongSince >= profile.timing.mismatchGraceMs) {
             this.host.settle(log, record, 'dispatched', {
               to: 'failed',
@@ -330,6 +359,45 @@ export class ConfirmationLoop {
             });
             return;
           }
+          break;
+        }
+        case 'local': {
+          if (ctx.localSeen !== true && verdict.echo !== 'this') {
+            this.host.note(record, localLine(seq));
+          }
+          ctx.localSeen = true;
+          wrongSince = null;
+          if (verdict.echo === 'this') {
+            // Taken, so ignored in LOCAL — or taken just before the switch.
+            this.host.settle(log, record, 'dispatched', {
+              to: 'failed',
+              code: 'READBACK_MISMATCH',
+              faultCode: null,
+              observed: observe(readback),
+              detail: localDetail(seq, ctx.before, readback, takenInRemote),
+            });
+            return;
+          }
+          if (verdict.echo === 'none') {
+            // No echo: the LOCAL state must outlast mismatchGraceMs, which covers the scan that
+            // takes a write, so that the write is taken (or ignored) before the verdict.
+            localSince ??= readback.requestedMono;
+            if (clock.elapsed() - localSince >= profile.timing.mismatchGraceMs) {
+              this.host.settle(log, record, 'dispatched', {
+                to: 'failed',
+                code: 'READBACK_MISMATCH',
+                faultCode: null,
+                observed: observe(readback),
+                detail: `the valve was switched to LOCAL after the command's read and still shows LOCAL ${profile.timing.mismatchGraceMs} ms after the ${record.action} was written; this controller echoes no sequence numbers, so whether it took the command before the switch and acted on it cannot be told; it is not written again`,
+              });
+              return;
+            }
+            lastReason = "the valve was switched to LOCAL after the command's read";
+            break;
+          }
+          // Not taken yet: the controller may still take it (and, in LOCAL, ignore it); it is
+          // never written again, so the wait ends with the echo or the confirm timeout.
+          lastReason = `the valve was switched to LOCAL after the command's read and the controller has not taken the command (it does not echo sequence number ${seq}); it is not written again`;
           break;
         }
         case 'skew-contradicted':
@@ -433,6 +501,18 @@ export class ConfirmationLoop {
         kind: 'waiting',
         reason: `${prefix}; the stop ${stops[0]?.key ?? ''} followed it, so it is not written again and whether it was applied is unknown`,
       };
+    }
+    if (verdict.kind === 'redispatch' && ctx.localSeen === true) {
+      // The operator took the valve in hand at the panel after the command's read: a second
+      // write, taken once the valve is back in REMOTE, would act after the operator's hand.
+      this.host.settle(log, record, 'dispatched', {
+        to: 'failed',
+        code: 'DEVICE_UNREACHABLE',
+        faultCode: null,
+        observed: observe(readback),
+        detail: `the write never reached the controller: ${verdict.proof}; the valve was switched to LOCAL after the command's read, so it is not sent again; nothing was applied`,
+      });
+      return { kind: 'settled' };
     }
     switch (verdict.kind) {
       case 'wait':
@@ -736,6 +816,34 @@ export class ConfirmationLoop {
       detail: `the controller refused the write: ${error}`,
     });
   }
+}
+
+/**
+ * The outcome of a command whose controller took it (its echo) and shows LOCAL: a controller in
+ * LOCAL ignores what it takes. It did not act on it unless it was seen taking it in REMOTE or
+ * the valve moved since the read (by the command before the switch, or by hand).
+ */
+function localDetail(
+  seq: number,
+  before: DeviceImage,
+  readback: TimedReadback,
+  takenInRemote: boolean,
+): string {
+  const moved =
+    before.position !== null &&
+    readback.position !== null &&
+    Math.abs(readback.position - before.position) >= 0.5;
+  if (!takenInRemote && !moved) {
+    return `the valve was switched to LOCAL before the controller took the command: it echoes sequence number ${seq} and shows LOCAL where it stood before the write; it did not act on it, and it is not written again`;
+  }
+  const at =
+    readback.position === null
+      ? ''
+      : ` at ${readback.position} %${before.position === null ? '' : ` (${before.position} % before the write)`}`;
+  const when = takenInRemote
+    ? 'after it had begun to act on it'
+    : 'whether before or after it acted on it cannot be told';
+  return `the controller took the command (it echoes sequence number ${seq}) and the valve was switched to LOCAL, ${when}: it shows LOCAL${at}; the local operator has it, and it is not written again`;
 }
 
 function requireSeq(record: CommandRecord): number {

@@ -34,6 +34,14 @@ export type WrittenVerdict =
   /** The controller has not (yet) echoed this command's sequence number. */
   | { readonly kind: 'not-taken' }
   /**
+   * The valve shows the profile's local state (the LOCAL/REMOTE switch at the panel) after the
+   * write: switched after the command's read, which did not show it (that would have been
+   * LOCAL_MODE, never written). `echo`: the controller echoes this command (it took it, and a
+   * controller in LOCAL ignores what it takes), another sequence number (it has not taken it),
+   * or none (it echoes nothing, so whether it took it before the switch cannot be told).
+   */
+  | { readonly kind: 'local'; readonly echo: 'this' | 'other' | 'none' }
+  /**
    * The readback shows this command's echo with a source time before the write: impossible
    * unless the controller's clock stepped; the skew is measured again before judging on.
    */
@@ -85,13 +93,21 @@ export function judgeWritten(args: {
     return { kind: 'pending', reason: 'readback requested before the write' };
   }
   const echoes = profile.controller.echoesSeq;
-  if (echoes && readback.seq !== seq) return { kind: 'not-taken' };
+  // LOCAL outranks what the command asked for: the operator at the panel has the valve, and the
+  // command is not to be confirmed, refused or written again on what the valve does now.
+  const local = readback.state === profile.localState;
+  if (echoes && readback.seq !== seq) {
+    return local ? { kind: 'local', echo: 'other' } : { kind: 'not-taken' };
+  }
   if (predatesWrite(readback, writeSentMono, skew)) {
     // The controller echoes this command, so the image was produced after the write: a source
     // time before it means the controller's clock stepped back since the estimate (SPEC §6).
     if (echoes) return { kind: 'skew-contradicted' };
-    return { kind: 'pending', reason: 'readback source time predates the write' };
+    if (!local) return { kind: 'pending', reason: 'readback source time predates the write' };
   }
+  // Before the 0x88 latch: a controller in LOCAL ignores the command it takes and keeps a latch
+  // an earlier refused command left, which is not this command's refusal.
+  if (local) return { kind: 'local', echo: echoes ? 'this' : 'none' };
   // A latched 0x88 with this command's echo is the controller's own refusal (I4).
   if (readback.faultCode === ILLEGAL_TRANSITION_FAULT && echoes) {
     return { kind: 'controller-rejected' };

@@ -133,6 +133,22 @@ export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
 }
 
 /**
+ * The history line that says a readback after the command's write showed the valve in LOCAL
+ * (the switch at the panel, set after the command's read): from then on the command is never
+ * written again, also once the valve is back in REMOTE — a second write, decided on the state
+ * before the operator's hand, would act after it. Journaled so that whoever takes the command
+ * up next (after a journal stall, after a restart) goes by it too (localSeenIn).
+ */
+export function localLine(seq: number): string {
+  return `the valve shows LOCAL after the write (sequence number ${seq}): it was switched after the command's read, so the command is not written again`;
+}
+
+/** Whether a readback after the command's write was journaled showing the valve in LOCAL. */
+export function localSeenIn(history: readonly JournalEvent[], seq: number): boolean {
+  return history.some((event) => event.intake === RECOVERY && event.detail === localLine(seq));
+}
+
+/**
  * The history line that says a command's write was withdrawn before it was sent: the driver
  * took it out of its queue (or found it withdrawn in the step that would have sent it) and
  * rejected it with WriteNotSentError, so it never left this process and never will

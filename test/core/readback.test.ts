@@ -80,6 +80,23 @@ describe('judgeWritten (I2)', () => {
     expect(judge(rb({ state: 'OPENING' })).kind).toBe('pending');
     expect(judge(rb({ state: 'STOPPED' })).kind).toBe('wrong-state');
   });
+  it('calls a readback in the local state LOCAL before anything else, with what the echo says', () => {
+    expect(judge(rb({ state: 'LOCAL', position: 0 }))).toEqual({ kind: 'local', echo: 'this' });
+    expect(judge(rb({ state: 'LOCAL', seq: 6 }))).toEqual({ kind: 'local', echo: 'other' });
+    // A latch an earlier refusal left survives LOCAL: it is not this command's refusal.
+    expect(judge(rb({ state: 'LOCAL', faultCode: 0x88 }))).toEqual({ kind: 'local', echo: 'this' });
+    const quiet = { ...valve, controller: { ...valve.controller, echoesSeq: false } };
+    expect(judge(rb({ state: 'LOCAL', seq: null }), quiet)).toEqual({
+      kind: 'local',
+      echo: 'none',
+    });
+    expect(judge(rb({ state: 'LOCAL', seq: null, sourceTime: WRITE - 10 }), quiet)).toEqual({
+      kind: 'local',
+      echo: 'none',
+    });
+    // Still never judged on a readback requested before the write.
+    expect(judge(rb({ state: 'LOCAL', requestedAt: WRITE - 1 })).kind).toBe('pending');
+  });
   it('confirms a move only within the position tolerance', () => {
     const at = (position: number) => judge(rb({ state: 'IDLE', position }), actuator, ['IDLE'], 40);
     expect(at(40.9).kind).toBe('confirmed');
