@@ -124,7 +124,9 @@ export class Preemption {
     log: Logger,
   ): void {
     const outer = lane.interrupted;
-    if (lane.inFlight === null || refId(lane.inFlight) !== refId(target)) return;
+    const held = lane.inFlight !== null && refId(lane.inFlight) === refId(target);
+    const waiting = !held && lane.unresolved !== null && refId(lane.unresolved) === refId(target);
+    if (!held && !waiting) return;
     if (outer !== null && refId(outer.stop) !== refId(target)) return;
     if (current === UNREADABLE || current?.action !== 'stop' || current.state !== 'dispatched') {
       return;
@@ -137,10 +139,16 @@ export class Preemption {
       last.seq === current.seq
         ? last
         : null;
-    // Not yet handed to the driver (its dispatch is being made durable): written in a moment.
-    if (write === null) return;
     const seen = lane.mirror;
-    if (
+    if (write === null) {
+      // In flight: not yet handed to the driver (its dispatch is being made durable), it is
+      // written in a moment. Waiting to be taken up with no write of this life (recovery after
+      // a restart): nothing here knows its fate, and its take-up reads back for up to its
+      // deadline while the device may travel; the new stop goes first, one read when the
+      // device rests (measured: a second stop behind a first answered 0x04 before a crash
+      // waited 29.7 s after the restart, the valve opening to the end).
+      if (held) return;
+    } else if (
       seen === null ||
       !lane.binding.profile.transitional.includes(seen.state) ||
       (current.seq !== null && seen.seq === current.seq) ||
@@ -151,8 +159,13 @@ export class Preemption {
       return;
     }
     log.warn(
-      { preempts: target.key, seen: seen.state, position: seen.position, acked: write.acked },
-      'stop preempts the stop in flight: its effect is not seen, the device still travels',
+      {
+        preempts: target.key,
+        seen: seen?.state,
+        position: seen?.position,
+        acked: write?.acked,
+      },
+      'stop preempts the stop in flight: its effect is not seen, the device may still travel',
     );
     lane.interrupted = {
       target: { scope: target.scope, key: target.key },
@@ -160,7 +173,9 @@ export class Preemption {
       write,
       outer,
     };
-    lane.preempt?.abort();
+    // No worker holds it: the new stop runs first, then it is taken up (afterStop).
+    if (waiting) lane.unresolved = null;
+    else lane.preempt?.abort();
   }
 
   /** A command accepted before a stop and never written: rejected SUPERSEDED. */

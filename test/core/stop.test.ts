@@ -353,6 +353,44 @@ describe('stop preempts travel', () => {
     expect(s1.settledAt! - s2.acceptedAt).toBeLessThan(2_000);
   });
 
+  // The same across a crash: the first stop's write was answered 0x04 (not applied), the second
+  // stop was accepted, and the process died before it ran. Recovery took the first stop up
+  // first, reading back until its deadline (30 s) while the valve opened to the end, and the
+  // second came after it, a no-op in OPEN. Now the second goes first.
+  it('a second stop accepted behind a first whose outcome is unknown, then a crash: the second goes first after the restart', async () => {
+    h = await SimHarness.start({ travelMs: 6_000, timing: { confirmTimeoutMs: 5_000 } });
+    const valve = h.device('v1');
+    const plc = h.plant.plc('mb');
+    const a = h.submit('a', { device: 'v1', action: 'open' }).record;
+    await stopAtAbout(h, 'v1', 20);
+    plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
+    h.submit('s1', { device: 'v1', action: 'stop' });
+    await h.until(
+      () => plc.faults().length === 0 && valve.snapshot().position >= 25,
+      5_000,
+      'the first stop refused, the valve still opening',
+    );
+    h.submit('s2', { device: 'v1', action: 'stop' });
+    await h.crash();
+    expect(valve.writeLog).toHaveLength(1);
+    await h.restart();
+    const restartedMono = performance.now();
+    const at = valve.snapshot().position;
+    await h.until(() => valve.writeLog.length === 2, 5_000, 'the second stop written');
+    expect(performance.now() - restartedMono).toBeLessThan(1_000);
+    const [s2, s1, opened] = [await h.settled('s2'), await h.settled('s1'), await h.settled('a')];
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq ?? opened.seq, s2.seq]);
+    expect(valve.snapshot().state).toBe('STOPPED');
+    expect(valve.snapshot().position).toBeLessThan(at + 10);
+    expect(s2).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(s2.observed).toMatchObject({ state: 'STOPPED', seq: s2.seq });
+    expect(s1).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+    expect(s1.detail).toMatch(/^stopped by s2 at/);
+    expect(valve.writesWithSeq(s1.seq!)).toBe(0);
+    expect(opened).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
+    expect(opened.detail).toMatch(/^stopped by s2 at/);
+  });
+
   // The same, but the first stop's reply is lost after the valve took it: the second stop waits
   // for the first's write to time out on the connection (one request at a time), finds the
   // valve stopped, and is a no-op; the first is confirmed by its own echo.
