@@ -279,6 +279,51 @@ describe('RetentionSweeper', () => {
     expect(journal.get({ scope: 'plant', key: 'in-the-dip' })).toBeUndefined();
   });
 
+  it('reads settlements between sweeps, so that a sweep reads only the last moments, and keeps what they saw', async () => {
+    const shift = { wall: 0 };
+    const clock: Clock = { ...systemClock, now: () => systemClock.now() + shift.wall };
+    // The journal's reads of settlements, with where each began (instrumented, not replaced).
+    const reads: number[] = [];
+    const settledSince = journal.settledSince.bind(journal);
+    journal.settledSince = (after: number) => {
+      // MAX_SAFE_INTEGER: a read of the last event's id only (the mark), which scans nothing.
+      if (after !== Number.MAX_SAFE_INTEGER) reads.push(after);
+      return settledSince(after);
+    };
+    const sweeper = new RetentionSweeper({
+      journal,
+      clock,
+      logger: silentLogger,
+      retentionMs: 400,
+      pauseMs: 1,
+      intervalMs: 60_000,
+      lookIntervalMs: 10,
+    });
+    sweeper.start();
+    try {
+      // The clock reads a day back while a command settles, then is set right.
+      shift.wall = -24 * HOUR;
+      add('in-the-dip', clock.now());
+      shift.wall = 0;
+      for (let i = 0; i < 20; i++) add(`after-${i}`, clock.now());
+      const last = (
+        new BetterSqlite3(journalPath, { readonly: true })
+          .prepare('SELECT max(id) AS id FROM events')
+          .get() as { id: number }
+      ).id;
+      // A look between sweeps has read past every settlement.
+      await until(() => reads.some((after) => after >= last), 'a look past the last event');
+      reads.length = 0;
+      // The sweep's own read begins where the looks ended: nothing left to scan.
+      expect(await sweeper.sweep()).toBe(0);
+      expect(reads[0]).toBeGreaterThanOrEqual(last);
+      // What the looks saw (a key stamped a day back) counts at the sweep: it is kept.
+      expect(journal.get({ scope: 'plant', key: 'in-the-dip' })?.state).toBe('rejected');
+    } finally {
+      await sweeper.stop();
+    }
+  });
+
   it('keeps a key settled while the wall clock was set back during a sweep, between two batches', async () => {
     const shift = { wall: 0 };
     const clock: Clock = { ...systemClock, now: () => systemClock.now() + shift.wall };
