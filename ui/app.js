@@ -123,6 +123,25 @@
     return Math.floor(h / 24) + 'd' + (h % 24 ? (h % 24) + 'h' : '');
   }
 
+  // Repeated hits of one kind over one intake are one history event with a count (the journal
+  // keeps a client's retries from growing it): summed, as `sluicectl show` does.
+  function hitCount(hits) {
+    return hits.reduce(function (n, h) {
+      return n + h.count;
+    }, 0);
+  }
+
+  // `mqtt 2m ago, https ×1200 (first 3h ago, last 2s ago)`.
+  function hitsText(hits) {
+    return hits
+      .map(function (h) {
+        return h.count === 1
+          ? h.intake + ' ' + ago(h.at)
+          : h.intake + ' ×' + h.count + ' (first ' + ago(h.firstAt) + ', last ' + ago(h.at) + ')';
+      })
+      .join(', ');
+  }
+
   function ago(iso) {
     var t = Date.parse(iso);
     if (isNaN(t)) return '-';
@@ -796,18 +815,15 @@
     field(
       dl,
       'duplicates',
-      s.duplicates.length === 0
-        ? 'none'
-        : s.duplicates.length +
-            ': ' +
-            s.duplicates
-              .map(function (d) {
-                return d.intake + ' ' + ago(d.at);
-              })
-              .join(', '),
+      s.duplicates.length === 0 ? 'none' : hitCount(s.duplicates) + ': ' + hitsText(s.duplicates),
     );
     if (s.keyReuses.length > 0) {
-      field(dl, 'key reuse', s.keyReuses.length + ' refused (same key, different command)', 'warn');
+      field(
+        dl,
+        'key reuse',
+        hitCount(s.keyReuses) + ' refused (same key, different command): ' + hitsText(s.keyReuses),
+        'warn',
+      );
     }
     field(
       dl,

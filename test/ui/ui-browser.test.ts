@@ -254,8 +254,22 @@ describe.runIf(real)('the status page in Chromium', () => {
     const valve = site.plant.device('inlet-valve');
     valve.setFault({ kind: 'stuck-travel' });
     const key = 'ui-stuck-1';
-    await mqtt.publish('sluice/uisite/cmd/inlet-valve', timed({ key, action: 'open' }));
+    const command = timed({ key, action: 'open' });
+    await mqtt.publish('sluice/uisite/cmd/inlet-valve', command);
     await until(() => (valve.counters.writesReceived === 1 ? true : undefined), 5_000, 'the write');
+    // A client retrying it (the same message, three times): one history event counting three.
+    for (let i = 0; i < 3; i++) await mqtt.publish('sluice/uisite/cmd/inlet-valve', command);
+    await until(
+      async () => {
+        const answer = await call(site, 'GET', `/v1/commands/${key}`, {
+          authorization: `Bearer ${TOKENS.scada}`,
+        });
+        const history = answer.json<{ history: { detail: string }[] }>().history;
+        return history.some((e) => e.detail.startsWith('duplicate ×3 (first ')) ? true : undefined;
+      },
+      10_000,
+      'the three duplicates journaled as one event',
+    );
     // No movement for 5 s while OPENING: the valve is STUCK, and so is the row of its command.
     await expect
       .poll(() => deviceRow('inlet-valve'), { timeout: 15_000 })
@@ -282,6 +296,8 @@ describe.runIf(real)('the status page in Chromium', () => {
     const fields = await page.locator('#command-fields').innerText();
     expect(fields).toMatch(/dispatch\s+\S+ \(\d+s ago\), seq \d+, 1 write/);
     expect(fields).toMatch(/outcome\s+still dispatched: not settled yet/);
+    // Counted by hits, as `sluicectl show` counts them, not by history events.
+    expect(fields).toMatch(/duplicates\s+3: mqtt ×3 \(first \S+ ago, last \S+ ago\)/);
     expect(await page.locator('#command-history').innerText()).toMatch(
       /mqtt\s+received\s+→ accepted/,
     );
