@@ -8,7 +8,17 @@ import type { IdentityRegistry, NamedIdentity } from './identities.js';
  * the request. Tokens are never logged or echoed; failures say what was wrong, not what was sent.
  */
 export type Authentication =
-  | { readonly ok: true; readonly identity: NamedIdentity; readonly via: 'token' | 'certificate' }
+  | { readonly ok: true; readonly identity: NamedIdentity; readonly via: 'token' }
+  | {
+      readonly ok: true;
+      readonly identity: NamedIdentity;
+      readonly via: 'certificate';
+      /**
+       * The end of the credential (epoch ms): the earliest notAfter of the client certificate
+       * and its chain. Whatever the request starts on it (a status page session) ends then too.
+       */
+      readonly notAfter: number;
+    }
   | {
       readonly ok: false;
       readonly detail: string;
@@ -145,7 +155,21 @@ function byCertificate(
       error: null,
     };
   }
-  return { ok: true, identity, via: 'certificate' };
+  return { ok: true, identity, via: 'certificate', notAfter: chainEnd(certificate) };
+}
+
+/** The earliest notAfter (epoch ms) of the certificate and its chain: when it stops passing. */
+function chainEnd(certificate: DetailedPeerCertificate): number {
+  const seen = new Set<string>();
+  let end = Infinity;
+  let current: DetailedPeerCertificate | undefined = certificate;
+  while (current !== undefined && !seen.has(current.fingerprint256)) {
+    seen.add(current.fingerprint256);
+    // Parsed already by outsideValidity, which refuses a date that does not parse.
+    end = Math.min(end, Date.parse(current.valid_to));
+    current = (current as { issuerCertificate?: DetailedPeerCertificate }).issuerCertificate;
+  }
+  return end;
 }
 
 /**

@@ -104,7 +104,15 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     );
     return;
   }
-  const sessions = new UiSessions(ui.config, clock);
+  // Said when it is found (the next request, stream tick or login), so that the audit log
+  // shows why an operator had to log in again; a certificate running out is for someone to
+  // renew, hence a warning.
+  const sessions = new UiSessions(ui.config, clock, (session, lapse) => {
+    logger[lapse.kind === 'certificate' ? 'warn' : 'info'](
+      { identity: session.identity, role: session.role, lapse: lapse.kind },
+      `status page session ended: ${lapse.detail}`,
+    );
+  });
   const views = new UiViews({
     pipeline,
     commands: ui.commands,
@@ -248,9 +256,19 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
         ),
       );
     }
-    const { id, session } = sessions.create(identity, role);
-    logger.info({ ip: request.ip, identity, role, via: auth.via }, 'status page login');
-    reply.header('set-cookie', sessionCookie(id, sessions.maxAgeS));
+    const notAfter = auth.via === 'certificate' ? auth.notAfter : null;
+    const { id, session } = sessions.create(identity, role, notAfter);
+    logger.info(
+      {
+        ip: request.ip,
+        identity,
+        role,
+        via: auth.via,
+        ...(notAfter === null ? {} : { until: new Date(notAfter).toISOString() }),
+      },
+      'status page login',
+    );
+    reply.header('set-cookie', sessionCookie(id, sessions.cookieMaxAgeS(session)));
     return json(reply, 200, sessionDocument(session, ui.gateway.gatewayId));
   });
 

@@ -9,6 +9,10 @@ import type { SluiceConfig } from '../config/config.js';
  * sits in the page, its URLs or the browser's storage. Sessions live in the daemon's memory: a
  * restart logs everyone out, which is the safe direction.
  *
+ * A session started by a client certificate ends no later than the certificate (or its chain)
+ * does: the /v1 routes check a certificate's validity at every request (credentials.ts), and a
+ * cookie must not carry its identity further, at the valves, than the certificate itself would.
+ *
  * Each session carries a CSRF token that the page sends back in a header with every change
  * (synchronizer token): a cross-site form or fetch can neither read it nor set the header.
  */
@@ -32,8 +36,19 @@ export interface UiSession {
   /** Monotonic time of the login and of the last request (durations: SPEC §6). */
   readonly loginMono: number;
   lastSeenMono: number;
-  /** Logged out, or evicted: an event stream still open for it closes. */
+  /**
+   * Wall time (the gateway's clock, against which /v1 checks certificates) at which the client
+   * certificate the session was started with stops being valid; null for a token login.
+   */
+  readonly notAfter: number | null;
+  /** Logged out, evicted or lapsed: an event stream still open for it closes. */
   ended: boolean;
+}
+
+/** Why a session lapsed by itself, for the audit log (logout and eviction are not lapses). */
+export interface UiLapse {
+  readonly kind: 'certificate' | 'idle' | 'max-age';
+  readonly detail: string;
 }
 
 const digest = (id: string): string => createHash('sha256').update(id, 'utf8').digest('hex');
@@ -47,6 +62,8 @@ export class UiSessions {
   constructor(
     config: Pick<UiConfig, 'sessionIdleMinutes' | 'sessionMaxHours'>,
     private readonly clock: Clock,
+    /** Told once, when a session is found to have lapsed (at a request, a prune or a stream tick). */
+    private readonly onLapse: (session: UiSession, lapse: UiLapse) => void = () => undefined,
   ) {
     this.idleMs = config.sessionIdleMinutes * 60_000;
     this.maxMs = config.sessionMaxHours * 3_600_000;
@@ -61,8 +78,25 @@ export class UiSessions {
     return this.sessions.size;
   }
 
-  /** A new session; returns its id, for the cookie only. */
-  create(identity: string, role: UiRole): { id: string; session: UiSession } {
+  /**
+   * Seconds the cookie of a session may live: the configured maximum, or less when the session
+   * ends sooner with its certificate, so that the browser lets go of it no later than that.
+   */
+  cookieMaxAgeS(session: UiSession): number {
+    if (session.notAfter === null) return this.maxAgeS;
+    const left = Math.floor((session.notAfter - this.clock.now()) / 1000);
+    return Math.max(0, Math.min(this.maxAgeS, left));
+  }
+
+  /**
+   * A new session; returns its id, for the cookie only. `notAfter` (wall ms) bounds a session
+   * started by a client certificate; null for a token.
+   */
+  create(
+    identity: string,
+    role: UiRole,
+    notAfter: number | null = null,
+  ): { id: string; session: UiSession } {
     this.prune();
     while (this.sessions.size >= MAX_SESSIONS) {
       const oldest = this.sessions.entries().next();
@@ -80,6 +114,7 @@ export class UiSessions {
       loginAt: this.clock.now(),
       loginMono: mono,
       lastSeenMono: mono,
+      notAfter,
       ended: false,
     };
     this.sessions.set(digest(id), session);
@@ -105,14 +140,35 @@ export class UiSessions {
     return session;
   }
 
-  /** Whether a session is still live, without touching it (a long event stream asks). */
+  /**
+   * Whether a session is still live, without touching it (a long event stream asks). A session
+   * found lapsed is ended here, and its lapse told once.
+   */
   alive(session: UiSession): boolean {
+    if (session.ended) return false;
+    const lapse = this.lapse(session);
+    if (lapse === null) return true;
+    session.ended = true;
+    this.onLapse(session, lapse);
+    return false;
+  }
+
+  private lapse(session: UiSession): UiLapse | null {
+    // As credentials.ts judges a certificate at a /v1 request: expired from notAfter on.
+    if (session.notAfter !== null && this.clock.now() >= session.notAfter) {
+      return {
+        kind: 'certificate',
+        detail: `the client certificate it was started with (or its chain) expired at ${new Date(session.notAfter).toISOString()}`,
+      };
+    }
     const mono = this.clock.elapsed();
-    return (
-      !session.ended &&
-      mono - session.lastSeenMono < this.idleMs &&
-      mono - session.loginMono < this.maxMs
-    );
+    if (mono - session.lastSeenMono >= this.idleMs) {
+      return { kind: 'idle', detail: `idle for ${String(this.idleMs / 60_000)} min` };
+    }
+    if (mono - session.loginMono >= this.maxMs) {
+      return { kind: 'max-age', detail: `${String(this.maxMs / 3_600_000)} h since the login` };
+    }
+    return null;
   }
 
   /** Keeps an event stream's session from idling out while the page is open and listening. */

@@ -65,6 +65,39 @@ describe('UiSessions', () => {
     expect(sessions.maxAgeS).toBe(3_600);
   });
 
+  it('ends a session started by a certificate at its notAfter, and tells why once', () => {
+    const clock = fakeClock();
+    const lapses: [string, string, string][] = [];
+    const sessions = new UiSessions(
+      { sessionIdleMinutes: 30, sessionMaxHours: 12 },
+      clock,
+      (session, lapse) => lapses.push([session.identity, lapse.kind, lapse.detail]),
+    );
+    const notAfter = clock.now() + 20 * 60_000 + 500;
+    const byCert = sessions.create('ops', 'operator', notAfter);
+    const byToken = sessions.create('desk', 'viewer');
+    // The cookie goes no further than the certificate; a token's lives the configured maximum.
+    expect(sessions.cookieMaxAgeS(byCert.session)).toBe(20 * 60);
+    expect(sessions.cookieMaxAgeS(byToken.session)).toBe(12 * 3_600);
+    clock.advance(20 * 60_000 + 499);
+    expect(sessions.fromCookie(cookieOf(byCert.id))).toBe(byCert.session);
+    clock.advance(1);
+    expect(sessions.alive(byCert.session)).toBe(false);
+    expect(sessions.fromCookie(cookieOf(byCert.id))).toBeUndefined();
+    expect(sessions.fromCookie(cookieOf(byToken.id))).toBe(byToken.session);
+    expect(lapses).toEqual([
+      [
+        'ops',
+        'certificate',
+        `the client certificate it was started with (or its chain) expired at ${new Date(notAfter).toISOString()}`,
+      ],
+    ]);
+    clock.advance(30 * 60_000);
+    expect(sessions.fromCookie(cookieOf(byToken.id))).toBeUndefined();
+    expect(lapses[1]).toEqual(['desk', 'idle', 'idle for 30 min']);
+    expect(lapses).toHaveLength(2);
+  });
+
   it('logout ends it; beyond 256 sessions the least recently used goes', () => {
     const clock = fakeClock();
     const sessions = new UiSessions({ sessionIdleMinutes: 30, sessionMaxHours: 12 }, clock);

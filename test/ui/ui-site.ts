@@ -55,7 +55,15 @@ export interface UiSiteOptions {
    * devices event is large (about 600 bytes a valve).
    */
   readonly bulkValves?: number;
+  /**
+   * Client certificates issued by this CA are asked for (https.clientCaFile): a browser may
+   * log in with one. `ops` is then also the identity of the certificate CN `ops-1`.
+   */
+  readonly clientCaFile?: string;
 }
+
+/** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
+export const OPS_CN = 'ops-1';
 
 /** The bulk valves' profile: the shipped valve's, read rarely (they never move). */
 const BULK_PROFILE = 'valve-idle';
@@ -131,13 +139,23 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
       gatewayId: 'uisite',
       stateDir: 'state',
       profilesDir: 'profiles',
-      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+      https: {
+        host: '127.0.0.1',
+        port: 0,
+        certFile: 'cert.pem',
+        keyFile: 'key.pem',
+        ...(options.clientCaFile === undefined ? {} : { clientCaFile: options.clientCaFile }),
+      },
       ...(broker === null
         ? {}
         : { mqtt: { url: broker.url, identity: 'scada', clientId: 'sluice-ui-test' } }),
       opcua: { acceptUnknownCertificates: true },
       identities: {
-        ops: { tokenSha256: hash(TOKENS.ops), devices: ['*'] },
+        ops: {
+          tokenSha256: hash(TOKENS.ops),
+          devices: ['*'],
+          ...(options.clientCaFile === undefined ? {} : { certificateCn: OPS_CN }),
+        },
         desk: { tokenSha256: hash(TOKENS.desk), devices: ['drain-valve'] },
         scada: { tokenSha256: hash(TOKENS.scada), devices: ['*'] },
       },
@@ -208,9 +226,14 @@ export interface Answer {
   json<T = Record<string, unknown>>(): T;
 }
 
-/** One HTTPS request to the site, with exactly the headers given (no token unless asked). */
+/**
+ * One HTTPS request to the site, with exactly the headers given (no token unless asked), on a
+ * connection of its own that presents `clientCert` when the site-like target names one.
+ */
 export function call(
-  site: Pick<UiSite, 'port' | 'cert'>,
+  site: Pick<UiSite, 'port' | 'cert'> & {
+    readonly clientCert?: { readonly cert: string; readonly key: string };
+  },
   method: string,
   path: string,
   headers: Record<string, string> = {},
@@ -224,6 +247,9 @@ export function call(
         method,
         path,
         ca: site.cert,
+        ...(site.clientCert === undefined
+          ? {}
+          : { cert: site.clientCert.cert, key: site.clientCert.key }),
         agent: false,
         headers: {
           ...headers,

@@ -1,0 +1,168 @@
+import { request } from 'node:https';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { makePki, type Pem, type Pki } from '../intake/https-client.js';
+import { until } from '../helpers/mosquitto.js';
+import { call, login, OPS_CN, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
+
+/**
+ * A status page session started by a client certificate ends when the certificate does
+ * (src/intake/ui-session.ts): the /v1 routes check a certificate's validity at every request,
+ * and the page's cookie must not carry the identity past notAfter either. The real daemon with
+ * mutual TLS, sluice-sim, a real certificate that expires seconds after the login; ground
+ * truth is the journal file, read through a connection of the test's own.
+ */
+
+let site: UiSite;
+let pki: Pki;
+
+beforeAll(async () => {
+  pki = await makePki();
+  site = await startUiSite({ mqtt: false, opcua: false, clientCaFile: pki.clientCaFile });
+}, 60_000);
+
+afterAll(async () => {
+  await site.stop();
+  pki.cleanup();
+});
+
+/** Resolves once the wall clock is past `instant`: the event a certificate's expiry is. */
+async function pastInstant(instant: Date): Promise<void> {
+  while (Date.now() <= instant.getTime()) {
+    await new Promise((resolve) => setTimeout(resolve, instant.getTime() + 1 - Date.now()));
+  }
+}
+
+/** A certificate for `ops` whose validity ends `ms` from now, at a whole second. */
+async function shortLived(ms: number): Promise<{ cert: Pem; notAfter: Date }> {
+  const notAfter = new Date(Math.ceil((Date.now() + ms) / 1_000) * 1_000);
+  return { cert: await pki.client(OPS_CN, { notAfter }), notAfter };
+}
+
+/** Logs in as the page does with no token: the connection's client certificate decides. */
+async function certificateLogin(cert: Pem) {
+  const answer = await call(
+    { ...site, clientCert: cert },
+    'POST',
+    '/ui/api/login',
+    { origin: site.origin, 'content-type': 'application/json' },
+    '{}',
+  );
+  const setCookie = answer.headers['set-cookie'];
+  const first = Array.isArray(setCookie) ? (setCookie[0] ?? '') : (setCookie ?? '');
+  return {
+    answer,
+    setCookie: first,
+    cookie: first.split(';')[0] ?? '',
+    csrf: answer.status === 200 ? answer.json<{ csrfToken: string }>().csrfToken : '',
+  };
+}
+
+function onFile(key: string): { state: string; code: string | null } {
+  const journal = SqliteJournal.open({ path: site.journalPath, readonly: true });
+  try {
+    const r = journal.findByKey(key)[0]!;
+    return { state: r.state, code: r.code };
+  } finally {
+    journal.close();
+  }
+}
+
+function historyLength(): number {
+  const journal = SqliteJournal.open({ path: site.journalPath, readonly: true });
+  try {
+    return journal.history({ scope: ORPHAN.scope, key: ORPHAN.key }).length;
+  } finally {
+    journal.close();
+  }
+}
+
+/** The page's event stream for a session, read as text until it ends. */
+function openStream(cookie: string): Promise<{ status: number; text: () => string }> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port: site.port,
+        path: '/ui/api/events',
+        ca: site.cert,
+        agent: false,
+        headers: { cookie, accept: 'text/event-stream' },
+      },
+      (res) => {
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        resolve({ status: res.statusCode ?? 0, text: () => text });
+      },
+    );
+    req.once('error', reject);
+    req.end();
+  });
+}
+
+describe('a status page session started by a client certificate', () => {
+  it('works until the certificate expires, then is 401 and resolves nothing; the log says why', async () => {
+    const { cert, notAfter } = await shortLived(6_000);
+    const ops = await certificateLogin(cert);
+    expect(ops.answer.status).toBe(200);
+    expect(ops.answer.json()).toMatchObject({ identity: 'ops', role: 'operator' });
+    expect(site.log()).toMatch(/"via":"certificate"[^\n]*status page login/);
+    // The browser forgets the cookie no later than the certificate ends.
+    const maxAge = Number(/Max-Age=(\d+)/.exec(ops.setCookie)?.[1]);
+    expect(maxAge).toBeGreaterThan(0);
+    expect(Date.now() + maxAge * 1_000).toBeLessThanOrEqual(notAfter.getTime());
+
+    const own = {
+      cookie: ops.cookie,
+      'x-csrf-token': ops.csrf,
+      origin: site.origin,
+      'content-type': 'application/json',
+    };
+    const path = `/ui/api/commands/${ORPHAN.scope}/${ORPHAN.key}/resolve`;
+    // Before notAfter the session reads and may act: an invalid resolve is judged on its body.
+    expect((await call(site, 'GET', '/ui/api/session', { cookie: ops.cookie })).status).toBe(200);
+    expect((await call(site, 'GET', '/ui/api/devices', { cookie: ops.cookie })).status).toBe(200);
+    const early = await call(site, 'POST', path, own, JSON.stringify({ reason: '' }));
+    expect(early.status).toBe(400);
+    expect(Date.now()).toBeLessThan(notAfter.getTime());
+    const stream = await openStream(ops.cookie);
+    expect(stream.status).toBe(200);
+
+    await pastInstant(notAfter);
+    const before = historyLength();
+    const resolved = await call(
+      site,
+      'POST',
+      path,
+      own,
+      JSON.stringify({ as: 'failed', reason: 'after the certificate expired' }),
+    );
+    expect(resolved.status).toBe(401);
+    expect(resolved.json()).toMatchObject({ code: 'UNAUTHORIZED' });
+    expect(onFile(ORPHAN.key)).toEqual({ state: 'accepted', code: null });
+    expect(historyLength()).toBe(before);
+    for (const read of ['/ui/api/session', '/ui/api/devices', '/ui/api/commands']) {
+      expect((await call(site, 'GET', read, { cookie: ops.cookie })).status, read).toBe(401);
+    }
+    // The page's open stream is told the session ended: the page shows its login again.
+    await until(
+      () => (stream.text().includes('event: session\ndata: {"ended":true}') ? true : undefined),
+      5_000,
+      'the stream says the session ended',
+    );
+    const ended = site
+      .log()
+      .split('\n')
+      .filter((l) => l.includes('status page session ended'));
+    expect(ended).toHaveLength(1);
+    expect(ended[0]).toContain('"identity":"ops"');
+    expect(ended[0]).toContain(
+      `the client certificate it was started with (or its chain) expired at ${notAfter.toISOString()}`,
+    );
+
+    // A token session is not bounded by any certificate: it goes on.
+    const token = await login(site, TOKENS.ops);
+    expect((await call(site, 'GET', '/ui/api/session', { cookie: token.cookie })).status).toBe(200);
+  }, 60_000);
+});
