@@ -244,6 +244,10 @@ export interface Journal {
    * wall clock read when keys settled, whatever it read at its own sweeps (RetentionSweeper).
    */
   settledSince(after: number): SettledSince;
+  /** A value the journal keeps for a part of the daemon across restarts (null: none saved). */
+  readMeta(key: string): string | null;
+  /** Saves `value` under `key` (readMeta), in a commit of its own. */
+  writeMeta(key: string, value: string): void;
   /** Throws JournalUnavailableError when a write would fail now (readiness). */
   checkWritable(): void;
   /**

@@ -362,6 +362,8 @@ function prepare(db: Database): {
   lowestSettled: Statement;
   lastEvent: Statement;
   touch: Statement;
+  readMeta: Statement;
+  writeMeta: Statement;
 } {
   return {
     insert: db.prepare(`
@@ -446,6 +448,10 @@ function prepare(db: Database): {
     lastEvent: db.prepare('SELECT max(id) AS id FROM events'),
     touch: db.prepare(`
       INSERT INTO meta (key, value) VALUES ('writable-check', ?)
+      ON CONFLICT (key) DO UPDATE SET value = excluded.value`),
+    readMeta: db.prepare('SELECT value FROM meta WHERE key = ?'),
+    writeMeta: db.prepare(`
+      INSERT INTO meta (key, value) VALUES (?, ?)
       ON CONFLICT (key) DO UPDATE SET value = excluded.value`),
   };
 }

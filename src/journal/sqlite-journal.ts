@@ -237,6 +237,20 @@ export class SqliteJournal implements Journal {
     }
   }
 
+  readMeta(key: string): string | null {
+    try {
+      const row = this.connection().stmts.readMeta.get(key) as { value: string } | undefined;
+      return row?.value ?? null;
+    } catch (error) {
+      return translate(error, 'read');
+    }
+  }
+
+  writeMeta(key: string, value: string): void {
+    // On its own, like a purge: a failure here must not take the moment's claims down with it.
+    this.write('meta', (c) => c.stmts.writeMeta.run(key, value), false);
+  }
+
   checkWritable(): void {
     // After a failed fdatasync every barrier fails until the journal has written its log anew
     // (group-commit.ts, recover()), so every intake refuses; a write still succeeds meanwhile

@@ -4,7 +4,11 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { NewCommand } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
-import { RetentionSweeper } from '../../src/core/retention.js';
+import {
+  RETENTION_READINGS_KEY,
+  RetentionSweeper,
+  type RetentionOptions,
+} from '../../src/core/retention.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { openJournal, tempDir } from '../helpers/fixtures.js';
 
@@ -30,6 +34,25 @@ async function until(done: () => boolean, what: string): Promise<void> {
   while (!done()) {
     if (performance.now() > end) throw new Error(`${what} did not happen within 5 s`);
     await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** The daemon stops and starts again on the same journal file. */
+function restart(): void {
+  journal.close();
+  journal = openJournal(journalPath);
+}
+
+/** A sweeper whose finished sweeps are counted. */
+class CountedSweeper extends RetentionSweeper {
+  sweeps = 0;
+  constructor(options: Omit<RetentionOptions, 'journal' | 'logger'>) {
+    super({ journal, logger: silentLogger, ...options });
+  }
+  override async sweep(): Promise<number> {
+    const purged = await super.sweep();
+    this.sweeps++;
+    return purged;
   }
 }
 
@@ -368,5 +391,116 @@ describe('RetentionSweeper', () => {
     shift.wall = 0;
     expect(await sweeper.sweep()).toBe(0);
     expect(journal.get({ scope: 'plant', key: 'in-the-dip' })?.state).toBe('rejected');
+  });
+
+  it('judges keys settled before a restart by the clock as it read before, not by a clock far ahead at boot', async () => {
+    const now = systemClock.now();
+    add('yesterday', now - 24 * HOUR);
+    add('long-ago', now - 49 * HOUR);
+    // The run before the restart, its clock right.
+    const before = new CountedSweeper({ clock: systemClock, pauseMs: 1 });
+    expect(await before.sweep()).toBe(1);
+    restart();
+    // The gateway reboots with its clock 100 days ahead (a wrong real-time clock), and its time
+    // source stays out of reach past the first sweeps.
+    const clock: Clock = { ...systemClock, now: () => systemClock.now() + 100 * 24 * HOUR };
+    const sweeper = new CountedSweeper({ clock, intervalMs: 20, pauseMs: 1 });
+    sweeper.start();
+    try {
+      await until(() => sweeper.sweeps >= 3, 'three sweeps');
+    } finally {
+      await sweeper.stop();
+    }
+    // Before: purged by the first sweep, a day after it settled (a retry of it, timed by its
+    // receipt, would have run as a new command).
+    expect(journal.get({ scope: 'plant', key: 'yesterday' })?.state).toBe('rejected');
+  });
+
+  it('purges a key settled before a restart once it is a window old, with the clock right', async () => {
+    const retentionMs = 400;
+    const settledAt = systemClock.now() - 100;
+    add('recent', settledAt);
+    const before = new CountedSweeper({ clock: systemClock, retentionMs, pauseMs: 1 });
+    expect(await before.sweep()).toBe(0);
+    restart();
+    const sweeper = new CountedSweeper({
+      clock: systemClock,
+      retentionMs,
+      intervalMs: 20,
+      pauseMs: 1,
+    });
+    sweeper.start();
+    try {
+      await until(() => journal.get({ scope: 'plant', key: 'recent' }) === undefined, 'the purge');
+    } finally {
+      await sweeper.stop();
+    }
+    expect(systemClock.now() - settledAt).toBeGreaterThanOrEqual(retentionMs);
+  });
+
+  it('sweeps in a daemon that crashes more often than its interval, from a new journal on', async () => {
+    const retentionMs = 400;
+    let settledAt: number | null = null;
+    // Each run lasts 100 ms, far less than the interval (a minute): before, none ever swept.
+    for (let run = 0; run < 40; run++) {
+      const sweeper = new CountedSweeper({
+        clock: systemClock,
+        retentionMs,
+        intervalMs: 60_000,
+        pauseMs: 1,
+        lookIntervalMs: 10,
+        saveIntervalMs: 20,
+      });
+      sweeper.start();
+      try {
+        await until(() => sweeper.sweeps >= 1, `run ${run}'s first sweep`);
+        if (settledAt === null) {
+          settledAt = systemClock.now();
+          add('in-the-loop', settledAt);
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      } finally {
+        // A crash: what the stop saves is lost; what the looks saved before it stays.
+        const saved = journal.readMeta(RETENTION_READINGS_KEY);
+        await sweeper.stop();
+        if (saved !== null) journal.writeMeta(RETENTION_READINGS_KEY, saved);
+      }
+      if (journal.get({ scope: 'plant', key: 'in-the-loop' }) === undefined) break;
+      restart();
+    }
+    expect(journal.get({ scope: 'plant', key: 'in-the-loop' })).toBeUndefined();
+    // Kept for the window of the runs' time at least (the time between runs counts as none).
+    expect(settledAt).not.toBeNull();
+    expect(systemClock.now() - (settledAt ?? 0)).toBeGreaterThanOrEqual(retentionMs);
+  });
+
+  it('saves no reading of a clock not yet trusted: a run without readings, before its first sweep', async () => {
+    // A journal written before the readings were saved.
+    add('yesterday', systemClock.now() - 24 * HOUR);
+    // The looks, counted (instrumented, not replaced).
+    let looks = 0;
+    const settledSince = journal.settledSince.bind(journal);
+    journal.settledSince = (after: number) => {
+      looks++;
+      return settledSince(after);
+    };
+    // Booted with the clock 100 days ahead; stopped before its first sweep.
+    const clock: Clock = { ...systemClock, now: () => systemClock.now() + 100 * 24 * HOUR };
+    const sweeper = new CountedSweeper({
+      clock,
+      intervalMs: 60_000,
+      lookIntervalMs: 5,
+      saveIntervalMs: 5,
+    });
+    sweeper.start();
+    try {
+      await until(() => looks >= 10, 'ten looks');
+    } finally {
+      await sweeper.stop();
+    }
+    expect(sweeper.sweeps).toBe(0);
+    // A restart would have taken such a reading up as the clock before it, and judged the key
+    // settled yesterday by it.
+    expect(journal.readMeta(RETENTION_READINGS_KEY)).toBeNull();
   });
 });
