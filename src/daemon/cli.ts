@@ -64,6 +64,18 @@ if (opts.check === true) {
 // JSON lines on stdout (journald), readable lines on a terminal.
 const logger = await daemonLogger(config.log.level);
 
+// An error that escapes every handler (a bug: an exception, a promise rejected with no handler)
+// ends the process as Node ends it, exit 1; systemd restarts the daemon, and its recovery
+// settles the open commands by reading the controllers (I5). It is said first in the JSON log,
+// with its stack, among the lines that led to it: Node's own report is raw text on
+// stderr, which a log pipeline reading JSON lines does not parse.
+process.on('uncaughtExceptionMonitor', (error, origin) => {
+  logger.fatal(
+    { err: error, origin },
+    'sluiced crashed: an error escaped every handler; the process exits, systemd restarts it, and recovery settles the open commands by reading the controllers',
+  );
+});
+
 // Signals are handled once: the first stops gracefully, a second (or a stop that overruns
 // its bound) exits at once — the journal keeps whatever was in flight for recovery. The
 // handlers are in place before the start begins: a stop asked for while the daemon starts

@@ -44,6 +44,8 @@ export interface Running {
   stop(): Promise<number | null>;
   /** SIGKILL (a crash, a power cut for the process), and the exit code (null: the signal). */
   kill(): Promise<number | null>;
+  /** Sends `signal` to the process, and returns at once. */
+  signal(signal: NodeJS.Signals): void;
   /** Resolves with the exit code once it has exited by itself or otherwise. */
   readonly exited: Promise<number | null>;
 }
@@ -96,6 +98,9 @@ export function startSluiced(args: readonly string[], env: NodeJS.ProcessEnv = {
     kill: async () => {
       if (child.exitCode === null) child.kill('SIGKILL');
       return exited;
+    },
+    signal: (signal) => {
+      child.kill(signal);
     },
     exited,
   };

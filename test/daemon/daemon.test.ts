@@ -1,6 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import BetterSqlite3 from 'better-sqlite3';
 import { pino } from 'pino';
 import { generate } from 'selfsigned';
@@ -376,6 +377,34 @@ describe.runIf(real)('sluiced', () => {
     // 0, not null: its handler stopped it, not the signal's default action.
     expect(await sluiced.stop()).toBe(0);
     expect(sluiced.lines.some((l) => l.includes('"msg":"sluiced stopped"'))).toBe(true);
+  }, 60_000);
+
+  it('a promise rejected with no handler ends sluiced with exit 1, said in the JSON log first', async () => {
+    // The fault, a bug no real part produces: a preload (NODE_OPTIONS --import) that rejects a
+    // promise with no handler when sent SIGUSR2; the daemon's code is as it ships.
+    const preload = join(dir, 'reject-on-sigusr2.mjs');
+    writeFileSync(
+      preload,
+      "process.on('SIGUSR2', () => { void Promise.reject(new Error('injected: a rejection no one handles')); });\n",
+    );
+    const sluiced = startSluiced(['--config', configPath], {
+      NODE_OPTIONS: `--import=${pathToFileURL(preload).href}`,
+    });
+    await sluiced.line((l) => l.includes('"msg":"sluiced ready"'), 30_000);
+    sluiced.signal('SIGUSR2');
+    const line = await sluiced.line((l) => l.includes('"level":60'), 30_000);
+    expect(await sluiced.exited).toBe(1);
+    const fatal = JSON.parse(line) as {
+      msg: string;
+      origin?: string;
+      err?: { message?: string; stack?: string };
+    };
+    expect(fatal).toMatchObject({
+      origin: 'unhandledRejection',
+      err: { message: 'injected: a rejection no one handles' },
+    });
+    expect(fatal.msg).toMatch(/^sluiced crashed: an error escaped every handler/);
+    expect(fatal.err?.stack).toContain('reject-on-sigusr2.mjs');
   }, 60_000);
 
   it('a SIGTERM while sluiced starts stops it gracefully once started, not by the signal', async () => {
