@@ -131,6 +131,44 @@ describe.each([
     return { ...b, profile: { ...b.profile, timing: TIMING } };
   };
 
+  /** A TCP link (test/helpers/tcp-link.ts) in front of this suite's PLC. */
+  const linkToPlc = (): Promise<TcpLink> => {
+    const plc = plant.plc(prefix).endpoint;
+    return TcpLink.open(
+      plc.protocol === 'modbus'
+        ? { host: plc.host, port: plc.port }
+        : { host: '127.0.0.1', port: Number(new URL(plc.endpointUrl).port) },
+    );
+  };
+
+  /** Drivers of their own for this suite's valve, reaching its PLC through `link`. */
+  const driversThrough = async (
+    link: TcpLink,
+  ): Promise<{
+    own: Awaited<ReturnType<typeof buildDrivers>>;
+    pki: ReturnType<typeof tempDir>;
+  }> => {
+    const inventory = inventoryFor(plant);
+    const via = inventory.plcs[prefix]!;
+    inventory.plcs = {
+      [prefix]:
+        via.protocol === 'modbus'
+          ? { ...via, port: link.port }
+          : { ...via, endpointUrl: via.endpointUrl.replace(/:\d+(?=\/|$)/, `:${link.port}`) },
+    };
+    inventory.devices = { [valveId]: inventory.devices[valveId]! };
+    const pki = tempDir('sluice-pki-');
+    const own = await buildDrivers({
+      inventory,
+      profiles: PROFILES,
+      pkiDir: pki.dir,
+      acceptUnknownCertificates: true,
+      clock: systemClock,
+      logger: silentLogger,
+    });
+    return { own, pki };
+  };
+
   const until = async (cond: () => boolean, ms = 5_000): Promise<void> => {
     const end = Date.now() + ms;
     while (!cond()) {
@@ -256,31 +294,9 @@ describe.each([
   it('a write with no connection to its controller is never sent: WriteNotSentError no-connection, nothing received', async () => {
     // A driver of its own, reaching the controller through a link that refuses connections
     // (nothing listens on its port): the connect fails, so the write never reaches a socket.
-    const plc = plant.plc(prefix).endpoint;
-    const target =
-      plc.protocol === 'modbus'
-        ? { host: plc.host, port: plc.port }
-        : { host: '127.0.0.1', port: Number(new URL(plc.endpointUrl).port) };
-    const link = await TcpLink.open(target);
+    const link = await linkToPlc();
     await link.refuse();
-    const inventory = inventoryFor(plant);
-    const via = inventory.plcs[prefix]!;
-    inventory.plcs = {
-      [prefix]:
-        via.protocol === 'modbus'
-          ? { ...via, port: link.port }
-          : { ...via, endpointUrl: via.endpointUrl.replace(`:${target.port}`, `:${link.port}`) },
-    };
-    inventory.devices = { [valveId]: inventory.devices[valveId]! };
-    const pki = tempDir('sluice-pki-');
-    const own = await buildDrivers({
-      inventory,
-      profiles: PROFILES,
-      pkiDir: pki.dir,
-      acceptUnknownCertificates: true,
-      clock: systemClock,
-      logger: silentLogger,
-    });
+    const { own, pki } = await driversThrough(link);
     try {
       own.start();
       const driver = own.bindings[0]!.driver;
@@ -325,30 +341,8 @@ describe.each([
     // while it reconnects (ClientSessionImpl.flushPendingTransactions), so a write handed to it
     // during the outage would reach the controller after the reconnection, long after the
     // driver gave up on it. Ground truth: the simulator's write log.
-    const plc = plant.plc(prefix).endpoint;
-    const target =
-      plc.protocol === 'modbus'
-        ? { host: plc.host, port: plc.port }
-        : { host: '127.0.0.1', port: Number(new URL(plc.endpointUrl).port) };
-    const link = await TcpLink.open(target);
-    const inventory = inventoryFor(plant);
-    const via = inventory.plcs[prefix]!;
-    inventory.plcs = {
-      [prefix]:
-        via.protocol === 'modbus'
-          ? { ...via, port: link.port }
-          : { ...via, endpointUrl: via.endpointUrl.replace(`:${target.port}`, `:${link.port}`) },
-    };
-    inventory.devices = { [valveId]: inventory.devices[valveId]! };
-    const pki = tempDir('sluice-pki-');
-    const own = await buildDrivers({
-      inventory,
-      profiles: PROFILES,
-      pkiDir: pki.dir,
-      acceptUnknownCertificates: true,
-      clock: systemClock,
-      logger: silentLogger,
-    });
+    const link = await linkToPlc();
+    const { own, pki } = await driversThrough(link);
     /**
      * Retries `attempt` while the driver has no connection yet (it reconnects meanwhile); a
      * write is retried only when it was not sent, or the retry could be a second write.
