@@ -141,6 +141,14 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       join(ROOT, 'systemd/sluiced.service'),
       join(root, 'etc/systemd/system/sluiced.service'),
     );
+    // journald's rate limit, made tiny for every service of the container: the unit's own
+    // setting must keep every line of the daemon (each command logs four at info; journald's
+    // default of 10,000 lines in 30 s would drop them above about 80 commands a second).
+    mkdirSync(join(root, 'etc/systemd/journald.conf.d'), { recursive: true });
+    writeFileSync(
+      join(root, 'etc/systemd/journald.conf.d/sluice-test-ratelimit.conf'),
+      '[Journal]\nRateLimitIntervalSec=1h\nRateLimitBurst=1\n',
+    );
 
     const logFile = join(dir, 'boot.log');
     nspawn = spawn(
@@ -325,6 +333,15 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       .map((l) => JSON.parse(l) as Record<string, unknown>);
     const confirmed = lines.find((l) => l.msg === 'command confirmed');
     expect(confirmed).toMatchObject({ key: 'install-1', device: 'inlet-valve' });
+    // Every line of the command, and the start's before them, past the container's tiny
+    // journald rate limit (above): the unit's LogRateLimitBurst= keeps them all.
+    expect(lines.filter((l) => l.key === 'install-1').map((l) => l.msg)).toEqual([
+      'command accepted',
+      'command dispatched',
+      'command confirmed',
+      'HTTPS command answered',
+    ]);
+    expect(lines.find((l) => l.msg === 'sluiced starting')).toBeDefined();
     expect(JSON.stringify(lines)).not.toContain(TOKEN);
 
     // The journal under StateDirectory, the admin socket under RuntimeDirectory, both the
