@@ -1,9 +1,10 @@
 import type { Clock } from '../core/clock.js';
-import { parseIdempotencyKey } from '../core/command.js';
-import { InvalidKeyError } from '../core/errors.js';
+import { isTerminal, parseIdempotencyKey } from '../core/command.js';
+import { InvalidKeyError, JournalUnavailableError } from '../core/errors.js';
 import type { CommandRef } from '../core/journal.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import { deviceDocument } from './device-view.js';
+import { commandPath } from './https-command-routes.js';
 import type { CallerGuard } from './https-guard.js';
 import { JSON_TYPE, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, HttpsMetrics, Readiness, Reply, Request } from './https-types.js';
@@ -68,7 +69,12 @@ async function getCommand(
   }
   const ref: CommandRef = { scope: identity.scope, key };
   // What is answered must be on disk (group commit: it may have settled a moment ago).
-  await options.pipeline.durable();
+  try {
+    await options.pipeline.durable();
+  } catch (error) {
+    if (!(error instanceof JournalUnavailableError)) throw error;
+    return unsyncedRead(options.pipeline, ref, reply);
+  }
   const record = options.pipeline.get(ref);
   if (record === undefined) return notFound();
   const history = options.pipeline.history(ref).map((event) => ({
@@ -80,6 +86,45 @@ async function getCommand(
   }));
   const result = JSON.parse(resultBody(record)) as Record<string, unknown>;
   return send(reply, 200, JSON_TYPE, JSON.stringify({ ...result, history }));
+}
+
+/** Polling interval suggested while the journal cannot vouch for what it holds. */
+const RETRY_UNSYNCED_S = 1;
+
+/**
+ * A read while the journal cannot make what it holds durable (a failed sync, a lost commit):
+ * 503, as nothing it holds can be vouched for, but never the intake's "nothing was accepted or
+ * written" — this is the poll of a command that was answered 202 and goes on, perhaps written
+ * already, and that sentence would invite its issuer to send it again under a new key, the one
+ * thing that would actuate twice (I1). Said instead: what the key holds, and to poll again.
+ */
+function unsyncedRead(pipeline: CommandPipeline, ref: CommandRef, reply: Reply): Reply {
+  const kept = pipeline.get(ref);
+  const headers = { 'retry-after': String(RETRY_UNSYNCED_S) };
+  if (kept === undefined) {
+    return sendProblem(
+      reply,
+      makeProblem(
+        503,
+        'JOURNAL_UNAVAILABLE',
+        'the journal cannot make what it holds durable now, so this read cannot be answered; ask again shortly',
+      ),
+      headers,
+    );
+  }
+  const stands = isTerminal(kept.state)
+    ? `is ${kept.state} in the journal, not yet on disk`
+    : `is ${kept.state} in the journal and goes on (it may have been written)`;
+  return sendProblem(
+    reply,
+    makeProblem(
+      503,
+      'JOURNAL_UNAVAILABLE',
+      `the journal cannot make what it holds durable now, but the command with this key ${stands}: poll again for its outcome, and retry it with the same key, never with a new key (a retry never writes it again)`,
+      { key: kept.key, state: kept.state },
+    ),
+    { ...headers, location: commandPath(kept.key) },
+  );
 }
 
 function getDevices(options: ReadRoutesOptions, request: Request, reply: Reply): Reply {

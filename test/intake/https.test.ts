@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { commitFaults } from '../helpers/commit-faults.js';
+import { failFdatasync } from '../helpers/failing-fdatasync.js';
 import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
 import {
   call,
@@ -310,6 +311,48 @@ describe('503 after the key is in the journal', () => {
     expect(writes('v1')).toBe(1);
     const replay = await post(k, { device: 'v1', action: 'open' });
     expect(replay.status).toBe(200);
+    expect(writes('v1')).toBe(1);
+  });
+
+  it('a poll of a 202 command while the journal cannot sync says the command goes on, never that nothing was accepted', async () => {
+    await setUp({ travelMs: 4_000, timing: { confirmTimeoutMs: 10_000 } });
+    const k = key();
+    const first = await post(
+      k,
+      { device: 'v1', action: 'open' },
+      { headers: { prefer: 'respond-async' } },
+    );
+    expect(first.status).toBe(202);
+    await until(() => writes('v1') === 1, 5_000, 'the write to reach the PLC');
+    const sync = failFdatasync();
+    try {
+      // Another command's barrier meets the failed fdatasync: the journal fails closed.
+      const other = await post(
+        key(),
+        { device: 'v2', action: 'open' },
+        { headers: { prefer: 'respond-async' } },
+      );
+      expectProblem(other, 503, 'JOURNAL_UNAVAILABLE');
+      const poll = await get(first.headers.location!);
+      expectProblem(poll, 503, 'JOURNAL_UNAVAILABLE');
+      // "Nothing was accepted" would send the issuer to send it again under a new key: a
+      // second actuation (I1). The poll says what the key holds, and to poll again.
+      expect(poll.json.detail).not.toContain('nothing was accepted');
+      expect(poll.json).toMatchObject({ key: k, state: 'dispatched' });
+      expect(poll.json.detail).toContain('never with a new key');
+      expect(poll.headers['retry-after']).toBe('1');
+      expect(poll.headers.location).toBe(first.headers.location);
+      // A key the journal does not hold is not said to be accepted either.
+      const unknown = await get(`/v1/commands/${key()}`);
+      expectProblem(unknown, 503, 'JOURNAL_UNAVAILABLE');
+      expect(unknown.json.detail).not.toContain('nothing was accepted');
+      expect(unknown.json.key).toBeUndefined();
+    } finally {
+      sync.restore();
+    }
+    // What it said holds: the command goes on and is confirmed, written once.
+    const settled = await settledAt(first.headers.location!);
+    expect(settled.json).toMatchObject({ state: 'confirmed' });
     expect(writes('v1')).toBe(1);
   });
 });
