@@ -152,8 +152,16 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
     ]);
   }
   if (fields.device !== undefined && fields.device !== input.device) {
+    // An object or array is named by its kind, not serialised: JSON.stringify recurses, and
+    // 8 000 nested arrays (within the 16 KiB a command may have) overflowed the stack. The
+    // throw made the message an internal error, withheld and redelivered on every connection,
+    // and the commands behind it with it.
+    const shown =
+      typeof fields.device === 'object' && fields.device !== null
+        ? jsonKind(fields.device)
+        : JSON.stringify(fields.device);
     return malformed('INVALID_COMMAND', 'command', key, [
-      `device: ${JSON.stringify(fields.device)} does not match the topic's device "${input.device}"`,
+      `device: ${shown} does not match the topic's device "${input.device}"`,
     ]);
   }
   let request: CommandRequest;

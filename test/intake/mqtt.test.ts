@@ -274,6 +274,38 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     expect(await counted(site.stack.metrics, 'mqttMessages', 'key_reused')).toBe(1);
   });
 
+  it('answers a payload device nested thousands of levels deep INVALID_COMMAND, once, and goes on with the commands behind it', async () => {
+    const topic = `${PREFIX}/cmd/v1`;
+    const before = writes('v1');
+    const redelivered = site.broker.deliveriesTo(CLIENT_ID, topic).filter((d) => d.dup).length;
+    const connections = site.broker.connectionsOf(CLIENT_ID);
+    const deep = randomUUID();
+    // Within the 16 KiB a command may have: 8 000 nested arrays as the payload's `device`.
+    const payload = JSON.stringify(timed({ key: deep, action: moveOf('v1') })).replace(
+      /}$/,
+      `,"device":${'['.repeat(8_000)}${']'.repeat(8_000)}}`,
+    );
+    expect(payload.length).toBeLessThan(16_384);
+    await issuer.publish(topic, payload);
+    // Behind it on the same topic, in the same session: a command that must run.
+    const next = randomUUID();
+    await issuer.publish(topic, timed({ key: next, action: moveOf('v1') }));
+
+    const answer = await observer.waitFor(resultFor(deep, 'v1'), 10_000, 'answer');
+    expect(answer.json()).toMatchObject({ code: 'INVALID_COMMAND', device: 'v1' });
+    expect(answer.json().detail).toContain('an array does not match the topic\'s device "v1"');
+    const result = await observer.waitFor(resultFor(next, 'v1'), 10_000, 'result');
+    expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
+    // Ground truth: one write (the command behind it), the deep one never journaled, neither
+    // message redelivered, the intake's connection never dropped for it.
+    expect(writes('v1')).toBe(before + 1);
+    expect(site.stack.pipeline.get({ scope: 'plant', key: deep })).toBeUndefined();
+    expect(site.broker.deliveriesTo(CLIENT_ID, topic).filter((d) => d.dup)).toHaveLength(
+      redelivered,
+    );
+    expect(site.broker.connectionsOf(CLIENT_ID)).toBe(connections);
+  });
+
   it('a message past the Maximum Packet Size is not delivered to the gateway; one within it is answered', async () => {
     const topic = `${PREFIX}/cmd/v2`;
     const deliveredBefore = site.broker.deliveriesTo(CLIENT_ID, topic).length;
