@@ -143,9 +143,13 @@ function getDevice(
   const identity = options.guard.caller(request);
   const view = options.pipeline.device(request.params.id);
   if (view === undefined) {
+    // As `POST /v1/commands` names it (docs/http-api.md: UNKNOWN_DEVICE has `device`), so that
+    // a client reads the device from one member whichever route refused it.
     return sendProblem(
       reply,
-      makeProblem(404, 'UNKNOWN_DEVICE', `unknown device "${request.params.id}"`),
+      makeProblem(404, 'UNKNOWN_DEVICE', `unknown device "${request.params.id}"`, {
+        device: request.params.id,
+      }),
     );
   }
   const body = deviceDocument(view, options.identities.mayCommand(identity, view.id));
