@@ -149,8 +149,11 @@ export interface ExecutionHost {
    * The gateway wall time a command's deadline is judged against now (I3). For a command
    * timed by its receipt in this process's life (no issuedAt: its deadline is the receipt plus
    * its TTL), its receipt plus the time since on the monotonic clock, so that a step of the
-   * gateway's wall clock while it waits neither ages it nor makes it young (SPEC §6); for
-   * every other command, the wall clock.
+   * gateway's wall clock while it waits neither ages it nor makes it young (SPEC §6). For a
+   * command with the issuer's issuedAt received in this life, the wall clock, or its receipt
+   * plus the time since on the monotonic clock when that is later: a step back of the wall
+   * clock while it waits must not make it young again and let it be written after its
+   * deadline. For a command of an earlier life, the wall clock.
    */
   deadlineNow(record: CommandRecord): number;
   /** The command's dispatch was journaled now (its durations are timed from here). */

@@ -114,12 +114,16 @@ export class CommandPipeline {
   private readonly operator: OperatorActions;
   private readonly execution: CommandExecution;
   /**
-   * When this process received each open command timed by its receipt (no issuedAt), on the
-   * monotonic clock: its age is measured from there (ExecutionHost.deadlineNow). Its wall
-   * receipt is the deadline's base, and a step of the gateway's wall clock (chrony or ptp4l
-   * stepping it at boot, an operator) while it waits would otherwise age it by the step
-   * (STALE_COMMAND a moment after it was received), or, stepped back, leave its issuedAt in
-   * the future (CLOCK_SKEW, "issuedAt lies … in the future", of a command with no issuedAt).
+   * When this process received each open command, on the monotonic clock: the time it has
+   * waited since is measured from there (ExecutionHost.deadlineNow). A command timed by its
+   * receipt (no issuedAt) has its wall receipt as its deadline's base, and a step of the
+   * gateway's wall clock (chrony or ptp4l stepping it at boot, an operator) while it waits
+   * would otherwise age it by the step (STALE_COMMAND a moment after it was received), or,
+   * stepped back, leave its issuedAt in the future (CLOCK_SKEW, "issuedAt lies … in the
+   * future", of a command with no issuedAt). A command with the issuer's issuedAt is judged on
+   * the wall clock, but never as younger than the time it has waited here: stepped back while
+   * it waits in its device's queue, the wall clock would otherwise let it be written after its
+   * deadline (I3).
    */
   private readonly receivedMono = new Map<string, number>();
   private closed = false;
@@ -219,9 +223,11 @@ export class CommandPipeline {
       },
       deadlineNow: (record) => {
         const received = this.receivedMono.get(refId(record));
-        return received === undefined
-          ? this.clock.now()
-          : record.acceptedAt + (this.clock.elapsed() - received);
+        if (received === undefined) return this.clock.now();
+        const sinceReceipt = record.acceptedAt + (this.clock.elapsed() - received);
+        return record.issuedAtSource === 'gateway'
+          ? sinceReceipt
+          : Math.max(this.clock.now(), sinceReceipt);
       },
       dispatched: (record) => {
         this.outcomes.dispatched(record);
@@ -344,7 +350,7 @@ export class CommandPipeline {
         log.error({ err: error }, 'stop could not preempt the command in flight');
       }
     }
-    if (record.issuedAtSource === 'gateway') this.receivedMono.set(refId(record), nowMono);
+    this.receivedMono.set(refId(record), nowMono);
     this.enqueue(lane, record);
     return claim;
   }

@@ -346,6 +346,35 @@ describe('SPEC §6: durations on a monotonic clock, controller clock steps', () 
     });
   }
 
+  // Back by less than the issuer skew (2 s here): the stale command's issuedAt is not "in the
+  // future" on the stepped clock, and its deadline lay ahead on it again. Back by an hour: the
+  // stale command was refused CLOCK_SKEW ("issuedAt lies … in the future") and the fresh one
+  // with it.
+  for (const step of [-1_900, -3_600_000]) {
+    it(`a command with its issuer's issuedAt, waiting behind travel through a wall-clock step of ${step} ms: never younger than its wait (I3)`, async () => {
+      const clock = new SteppingClock();
+      h = await SimHarness.start({ clock, travelMs: 1_500 });
+      const valve = h.device('v1');
+      h.submit('k1', open());
+      await h.until(() => valve.state === 'OPENING', 5_000, 'the first command travelling');
+      const issuedAt = new Date(clock.now()).toISOString();
+      // Its deadline passes while it waits for the travel (1.5 s).
+      h.submit('stale', { device: 'v1', action: 'close', issuedAt, ttlMs: 300 });
+      // Its deadline does not.
+      h.submit('fresh', { device: 'v1', action: 'close', issuedAt, ttlMs: 20_000 });
+      clock.offset = step;
+      expect((await h.settled('k1')).state).toBe('confirmed');
+      const stale = await h.settled('stale');
+      expect(stale, stale.detail ?? '').toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
+      expect(stale.seq).toBeNull();
+      const fresh = await h.settled('fresh');
+      expect(fresh, fresh.detail ?? '').toMatchObject({ state: 'confirmed', attempts: 1 });
+      // Ground truth: the open and the fresh close, nothing of the stale close.
+      expect(valve.writeLog.map((w) => w.seq)).toEqual([(await h.settled('k1')).seq, fresh.seq]);
+      expect(valve.state).toBe('CLOSED');
+    });
+  }
+
   for (const step of [3_600_000, -3_600_000]) {
     it(`a device's readback age is a duration: a wall-clock step of ${step > 0 ? '+' : '-'}1 h does not change it`, async () => {
       const clock = new SteppingClock();
