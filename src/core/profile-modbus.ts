@@ -133,6 +133,8 @@ export function checkModbusMap(
     /** The profile's name and positionTolerance, for the check of a move's resolution. */
     readonly profile?: string;
     readonly positionTolerance?: number;
+    /** controller.commandCodes: each must fit the command code register. */
+    readonly commandCodes?: Readonly<Record<string, number>>;
   },
 ): string[] {
   const errors: string[] = [];
@@ -227,6 +229,28 @@ export function checkModbusMap(
   if (context.echoesSeq && map.command.seq === undefined) {
     errors.push('modbus.command.seq: required when controller.echoesSeq is true');
   }
+  // Sequence numbers run 1..65535 (src/core/sequence.ts). A signed 16-bit register carries
+  // half of them: from 32768 on the write could not be encoded — after 32767 commands every
+  // command would fail as if its write were lost — and an echo read as int16 would be negative
+  // and never match the command. The register's 16 bits are the same read unsigned.
+  for (const [path, field] of [
+    ['modbus.command.seq', map.command.seq],
+    ['modbus.status.seqEcho', seqEcho],
+  ] as const) {
+    if (field?.type === 'int16') {
+      errors.push(
+        `${path}.type: int16 cannot carry sequence numbers 32768..65535 (they run 1..65535); declare the register uint16 (the same 16 bits, read unsigned) or a 32-bit type`,
+      );
+    }
+  }
+  const codeRange = CODE_RANGE[map.command.code.type];
+  for (const [action, code] of Object.entries(context.commandCodes ?? {})) {
+    if (code < codeRange[0] || code > codeRange[1]) {
+      errors.push(
+        `controller.commandCodes.${action}: ${code} does not fit modbus.command.code, a ${map.command.code.type} register (${codeRange[0]}..${codeRange[1]})`,
+      );
+    }
+  }
   if (time !== undefined && clock === undefined) {
     // A source time means nothing without the controller's clock offset: read alone, an
     // image time would be taken as gateway time.
@@ -289,6 +313,15 @@ export function checkModbusMap(
 }
 
 type ScaledField = z.output<typeof scaledField>;
+
+/** The values an integer code register can carry, by its type. */
+const CODE_RANGE: Readonly<Record<z.output<typeof codeField>['type'], readonly [number, number]>> =
+  {
+    uint16: [0, 0xffff],
+    int16: [-0x8000, 0x7fff],
+    uint32: [0, 0xffffffff],
+    int32: [-0x80000000, 0x7fffffff],
+  };
 
 /** The range of each setpoint type's raw value. */
 const RAW_RANGE: Readonly<Record<ScaledField['type'], readonly [number, number]>> = {

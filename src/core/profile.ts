@@ -172,6 +172,7 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
         hasMove: p.actions.includes('move'),
         stateCodes: codes !== undefined,
         profile: p.profile,
+        commandCodes: p.controller.commandCodes,
         ...(p.positionTolerance === undefined ? {} : { positionTolerance: p.positionTolerance }),
       }),
     );

@@ -303,6 +303,46 @@ describe('a register map with a mistake is refused with its path', () => {
     expect(errors).toContain('modbus.status.position: required for a profile with the move action');
   });
 
+  it('a signed 16-bit sequence number or echo, and a command code its register cannot carry', () => {
+    // Sequence numbers run 1..65535: from 32768 on an int16 register could not be written, and
+    // its echo would read negative — every command then failed DEVICE_UNREACHABLE ("the write
+    // never reached the controller"), dispatched twice, after the 32767th.
+    const actuator = shipped('actuator').modbus!;
+    const errors = errorsOf(
+      withModbus(
+        'actuator',
+        {
+          status: { ...actuator.status, seqEcho: { at: 3, type: 'int16' } },
+          command: {
+            ...actuator.command,
+            code: { at: 10, type: 'int16' },
+            seq: { at: 12, type: 'int16' },
+          },
+        },
+        { commandCodes: { move: 40_000, stop: 3, reset: 4 } },
+      ),
+    );
+    expect(errors).toContain(
+      'modbus.command.seq.type: int16 cannot carry sequence numbers 32768..65535 (they run 1..65535); declare the register uint16 (the same 16 bits, read unsigned) or a 32-bit type',
+    );
+    expect(errors).toContain(
+      'modbus.status.seqEcho.type: int16 cannot carry sequence numbers 32768..65535 (they run 1..65535); declare the register uint16 (the same 16 bits, read unsigned) or a 32-bit type',
+    );
+    expect(errors).toContain(
+      'controller.commandCodes.move: 40000 does not fit modbus.command.code, a int16 register (-32768..32767)',
+    );
+    expect(errors).toHaveLength(3);
+    // The same registers declared uint16 load; an int16 code register carries codes that fit it.
+    expect(
+      errorsOf(
+        withModbus('actuator', {
+          status: { ...actuator.status, seqEcho: { at: 3, type: 'uint16' } },
+          command: { ...actuator.command, code: { at: 10, type: 'int16' } },
+        }),
+      ),
+    ).toEqual([]);
+  });
+
   it('unknown keys anywhere in a profile', () => {
     const data = withModbus('valve', shipped('valve').modbus) as Record<string, unknown>;
     const errors = errorsOf({
