@@ -37,6 +37,11 @@ export interface Delivery {
   readonly httpStatus: number | null;
   /** Why there is no terminal result (not settled within the wait). */
   readonly note: string | null;
+  /**
+   * The exchange ended before its wait (the connection lost, no acknowledgement): the note says
+   * what is known of the command, and the report does not say "within --wait".
+   */
+  readonly lost?: boolean;
 }
 
 export interface SendTarget {
@@ -70,6 +75,49 @@ export function refused(
         ? '; check --token-file / SLUICE_TOKEN'
         : '';
   return new CliError(`${what(target)} refused${at}: ${code}: ${detail}${hint}`, EXIT.ERROR, code);
+}
+
+/**
+ * What to do about a command whose fate this run could not learn (the connection lost after it
+ * was sent): look it up, or send the very same command again — with its key, issuedAt and ttl,
+ * so that the intake recognises the retry (SPEC §2) and replays it, never actuating it twice.
+ * Another run without --key would be a new command, a second actuation.
+ */
+export function retryHint(target: SendTarget): string {
+  const { command, key, options, ctx } = target;
+  const sluicectl = ctx.configExplicit
+    ? `sluicectl --config ${shellWord(ctx.configPath)}`
+    : 'sluicectl';
+  const line = [
+    sluicectl,
+    'send',
+    shellWord(command.device),
+    command.action,
+    ...(command.position === undefined ? [] : ['--position', String(command.position)]),
+    '--key',
+    shellWord(key),
+    '--via',
+    options.via,
+    ...(command.issuedAt === undefined ? [] : ['--issued-at', command.issuedAt]),
+    ...(command.ttlMs === undefined ? [] : ['--ttl', `${command.ttlMs}ms`]),
+    // How this run reached the intake (file names, not secrets).
+    ...(options.tokenFile === undefined ? [] : ['--token-file', shellWord(options.tokenFile)]),
+    ...(options.ca === undefined ? [] : ['--ca', shellWord(options.ca)]),
+    ...(options.mqttUsername === undefined
+      ? []
+      : ['--mqtt-username', shellWord(options.mqttUsername)]),
+    ...(options.mqttPasswordFile === undefined
+      ? []
+      : ['--mqtt-password-file', shellWord(options.mqttPasswordFile)]),
+  ].join(' ');
+  // A key that begins with '-' would read as an option: `--` ends them.
+  const show = `${sluicectl} show ${key.startsWith('-') ? '-- ' : ''}${shellWord(key)}`;
+  return `look it up with: ${show}; or send it again with the same key (a retry is never actuated twice; a run without --key would be a new command): ${line}`;
+}
+
+/** A word as a POSIX shell reads it back: quoted unless it is plainly safe. */
+function shellWord(word: string): string {
+  return /^[A-Za-z0-9_.,:=@%+/-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`;
 }
 
 /** `open inlet-valve over https`. */

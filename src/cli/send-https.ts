@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { CliError, UsageError, messageOf } from './errors.js';
 import { isResultDocument, type ResultDocument } from './result-view.js';
-import { refused, type Delivery, type SendTarget } from './send-common.js';
+import { refused, retryHint, type Delivery, type SendTarget } from './send-common.js';
 
 /**
  * `send --via https`: POST /v1/commands (docs/http-api.md) with the key, `Prefer: wait=N`, then
@@ -16,6 +16,12 @@ interface Answer {
 }
 
 const POLL_MS = 250;
+
+/**
+ * The connection failed after it was set up (reset, closed, no answer in time): the request may
+ * have reached the intake, and the command may be journaled and written. Not "cannot reach".
+ */
+class AnswerLost extends Error {}
 const TERMINAL = new Set(['confirmed', 'rejected', 'failed']);
 
 /** The bearer token: --token-file, SLUICE_TOKEN, or the one identity with a tokenFile. */
@@ -107,12 +113,22 @@ function call(
         });
       },
     );
+    // Once the TLS handshake is done the request goes out: a failure from then on may come
+    // after the intake took it. Before it (refused, a certificate not trusted) nothing was sent.
+    let connected = false;
+    req.once('socket', (socket) => {
+      socket.once('secureConnect', () => {
+        connected = true;
+      });
+    });
     req.once('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
     req.once('error', (error) => {
       reject(
-        new CliError(
-          `cannot reach the HTTPS intake at https://${at.host}:${at.port}: ${messageOf(error)}`,
-        ),
+        connected
+          ? new AnswerLost(messageOf(error))
+          : new CliError(
+              `cannot reach the HTTPS intake at https://${at.host}:${at.port}: ${messageOf(error)}`,
+            ),
       );
     });
     req.end(body);
@@ -152,15 +168,29 @@ export async function sendHttps(target: SendTarget): Promise<Delivery> {
   const { key, options } = target;
   const started = target.ctx.now();
   const waitS = Math.max(0, Math.ceil(options.waitMs / 1000));
-  const answer = await call(
-    at,
-    bearer,
-    'POST',
-    '/v1/commands',
-    { 'idempotency-key': key, prefer: waitS === 0 ? 'respond-async' : `wait=${waitS}` },
-    JSON.stringify(target.command),
-    options.waitMs + 15_000,
-  );
+  let answer: Answer;
+  try {
+    answer = await call(
+      at,
+      bearer,
+      'POST',
+      '/v1/commands',
+      { 'idempotency-key': key, prefer: waitS === 0 ? 'respond-async' : `wait=${waitS}` },
+      JSON.stringify(target.command),
+      options.waitMs + 15_000,
+    );
+  } catch (error) {
+    if (!(error instanceof AnswerLost)) throw error;
+    return {
+      result: null,
+      replayed: false,
+      httpStatus: null,
+      note:
+        `the connection to https://${at.host}:${at.port} was lost after the command was sent (${error.message}): ` +
+        `whether the intake took it is unknown (it may be journaled, and the valve may move); ${retryHint(target)}`,
+      lost: true,
+    };
+  }
   const replayed = answer.headers['idempotent-replayed'] === 'true';
   let result = resultIn(answer.body);
   const inProgress = answer.status === 409 && problemOf(answer).code === 'IN_PROGRESS';
@@ -173,18 +203,31 @@ export async function sendHttps(target: SendTarget): Promise<Delivery> {
     const left = started + options.waitMs - target.ctx.now();
     if (left <= 0) break;
     await new Promise((r) => setTimeout(r, Math.min(POLL_MS, left)));
-    const poll = await call(
-      at,
-      bearer,
-      'GET',
-      `/v1/commands/${encodeURIComponent(key)}`,
-      {},
-      undefined,
-      10_000,
-    );
+    let poll: Answer;
+    try {
+      poll = await call(
+        at,
+        bearer,
+        'GET',
+        `/v1/commands/${encodeURIComponent(key)}`,
+        {},
+        undefined,
+        10_000,
+      );
+    } catch (error) {
+      // The intake took the command (its answer said so): following it failed, not the command.
+      if (!(error instanceof AnswerLost) && !(error instanceof CliError)) throw error;
+      return following(target, answer.status, result, inProgress, messageOf(error));
+    }
     if (poll.status !== 200) {
       const p = problemOf(poll);
-      throw refused(p.code, p.detail, target, poll.status);
+      return following(
+        target,
+        answer.status,
+        result,
+        inProgress,
+        `HTTP ${poll.status} ${p.code}: ${p.detail}`,
+      );
     }
     result = resultIn(poll.body);
   }
@@ -198,5 +241,33 @@ export async function sendHttps(target: SendTarget): Promise<Delivery> {
           ? `this run sent nothing: key ${key} was already in flight (IN_PROGRESS), and this is the result of the command under way`
           : null
         : `the command is journaled and ${result?.state ?? 'in flight'}; it settles on its own`,
+  };
+}
+
+/**
+ * The intake answered that it holds the command (202, or 409 IN_PROGRESS), and a later look at
+ * it failed (the daemon restarting, the link down): the command is journaled and settles on its
+ * own. Said with the key, not as "cannot reach the HTTPS intake", which would read as though
+ * nothing had been sent.
+ */
+function following(
+  target: SendTarget,
+  status: number,
+  result: ResultDocument | null,
+  inProgress: boolean,
+  why: string,
+): Delivery {
+  const { key } = target;
+  const taken = inProgress
+    ? `key ${key} was already in flight (HTTP ${status} IN_PROGRESS; this run sent nothing)`
+    : `the intake took the command (HTTP ${status})`;
+  return {
+    result,
+    replayed: false,
+    httpStatus: status,
+    note:
+      `${taken}, but following it failed (${why}): it is journaled and settles on its own; ` +
+      retryHint(target),
+    lost: true,
   };
 }

@@ -220,6 +220,13 @@ function report(ctx: CliContext, target: SendTarget, delivery: Delivery): ExitCo
       `${style.paint(result.state.toUpperCase(), result.state === 'confirmed' ? 'good' : 'bad')} ${how}` +
         `${delivery.note === null ? '' : `: ${delivery.note}`}\n`,
     );
+  } else if (delivery.lost === true) {
+    // The run lost track of the command before its wait was over: the note says what is known
+    // and how to look it up or retry it safely.
+    ctx.out(
+      `${style.paint('NOT SETTLED', 'warn')} ${how}` +
+        `${delivery.note === null ? '' : `: ${delivery.note}`}\n`,
+    );
   } else {
     ctx.out(
       `${style.paint('NOT SETTLED', 'warn')} within ${formatDuration(options.waitMs)} ${how}` +
