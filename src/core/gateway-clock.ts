@@ -143,6 +143,14 @@ export interface ObservationJudgement {
   readonly portState: string | null;
   /** Why it is locked, or every reason it is not. */
   readonly detail: string;
+  /**
+   * The reference is there and measures this clock off beyond the bound (PTP: a port follows
+   * a present grandmaster; chrony: synchronised to a source, its pending correction beyond).
+   * No holdover covers that: holdover is a clock that lost its reference and is presumed to
+   * free-run within its bound, and this one is measured outside it (a step of the gateway's
+   * clock, by an operator or another time daemon, reads so).
+   */
+  readonly measuredOff: boolean;
 }
 
 const CHRONY_NO_REFERENCE = '00000000';
@@ -192,8 +200,8 @@ function judgePtp(o: PtpObservation, policy: GatewayClockPolicy): ObservationJud
   }
   if (!o.gmPresent) reasons.push('no grandmaster (gmPresent false: this clock is its own)');
   if (tracking !== undefined && offset === null) reasons.push('no offset reported');
-  if (offset !== null && !withinBound(offset, policy))
-    reasons.push(`offset ${offset} ns beyond ±${policy.maxOffsetNs} ns`);
+  const beyond = offset !== null && !withinBound(offset, policy);
+  if (beyond) reasons.push(`offset ${offset} ns beyond ±${policy.maxOffsetNs} ns`);
 
   if (reasons.length === 0 && tracking !== undefined && offset !== null) {
     const accepted =
@@ -204,20 +212,35 @@ function judgePtp(o: PtpObservation, policy: GatewayClockPolicy): ObservationJud
       grandmaster,
       portState,
       detail: `locked to grandmaster ${grandmaster ?? '?'}: port ${tracking.state}${accepted}, offset ${offset} ns within ±${policy.maxOffsetNs} ns`,
+      measuredOff: false,
     };
   }
-  return { locked: false, offsetNs: offset, grandmaster, portState, detail: reasons.join('; ') };
+  return {
+    locked: false,
+    offsetNs: offset,
+    grandmaster,
+    portState,
+    detail: reasons.join('; '),
+    // The offset is live only while a port follows a master (above), and means something only
+    // with a grandmaster present.
+    measuredOff: beyond && o.gmPresent,
+  };
 }
 
 function judgeChrony(o: ChronyObservation, policy: GatewayClockPolicy): ObservationJudgement {
   const grandmaster =
     o.referenceId === CHRONY_NO_REFERENCE ? null : o.referenceName || o.referenceId;
   const reasons: string[] = [];
-  if (o.leapStatus === 'Not synchronised') reasons.push('chrony: not synchronised');
-  if (o.referenceId === CHRONY_NO_REFERENCE && o.leapStatus !== 'Not synchronised')
+  const unsynchronised = o.leapStatus === 'Not synchronised';
+  if (unsynchronised) reasons.push('chrony: not synchronised');
+  if (o.referenceId === CHRONY_NO_REFERENCE && !unsynchronised)
     reasons.push('chrony: no reference');
   if (o.referenceId === CHRONY_LOCAL_REFERENCE)
     reasons.push('chrony serves its own clock (local directive), not a time source');
+  const referenced =
+    !unsynchronised &&
+    o.referenceId !== CHRONY_NO_REFERENCE &&
+    o.referenceId !== CHRONY_LOCAL_REFERENCE;
   if (!withinBound(o.maxErrorNs, policy))
     reasons.push(
       `chrony error bound ${Math.round(o.maxErrorNs)} ns (offset ${Math.round(o.offsetNs)} ns + root dispersion + root delay / 2) beyond ±${policy.maxOffsetNs} ns`,
@@ -230,16 +253,27 @@ function judgeChrony(o: ChronyObservation, policy: GatewayClockPolicy): Observat
       grandmaster,
       portState: null,
       detail: `chrony synchronised to ${grandmaster ?? '?'} (stratum ${o.stratum}, leap status ${o.leapStatus}): offset ${offsetNs} ns, error bound ${Math.round(o.maxErrorNs)} ns within ±${policy.maxOffsetNs} ns`,
+      measuredOff: false,
     };
   }
-  return { locked: false, offsetNs, grandmaster, portState: null, detail: reasons.join('; ') };
+  return {
+    locked: false,
+    offsetNs,
+    grandmaster,
+    portState: null,
+    detail: reasons.join('; '),
+    // The offset itself beyond the bound, not only the error bound: the dispersion that grows
+    // after the sources are lost is what holdover is for; an offset chrony measured is not.
+    measuredOff: referenced && !withinBound(o.offsetNs, policy),
+  };
 }
 
 /**
  * The state rule. LOCKED: the observation is locked (PTP: a SLAVE port, a grandmaster, |offset|
  * within the bound; chrony: synchronised to a reference, error bound within the bound).
- * HOLDOVER: not locked now, but locked at most `holdoverMs` ago (monotonic) and not already
- * UNLOCKED since. UNLOCKED: otherwise. UNKNOWN: the source could not be read.
+ * HOLDOVER: not locked now, but locked at most `holdoverMs` ago (monotonic), not already
+ * UNLOCKED since, and not measured off by the reference (ObservationJudgement.measuredOff).
+ * UNLOCKED: otherwise. UNKNOWN: the source could not be read.
  */
 export function nextGatewayClockStatus(
   previous: GatewayClockStatus,
@@ -289,7 +323,8 @@ export function nextGatewayClockStatus(
     lastLockedAt: previous.lastLockedAt,
     lastLockedMono: previous.lastLockedMono,
   };
-  if (lockAgeMs !== null && previous.state !== 'UNLOCKED' && lockAgeMs <= policy.holdoverMs) {
+  const recent = lockAgeMs !== null && previous.state !== 'UNLOCKED';
+  if (recent && lockAgeMs <= policy.holdoverMs && !judged.measuredOff) {
     return {
       ...base,
       ...history,
@@ -298,10 +333,11 @@ export function nextGatewayClockStatus(
       since: sinceFor('HOLDOVER'),
     };
   }
-  const expired =
-    lockAgeMs !== null && previous.state !== 'UNLOCKED'
-      ? `holdover of ${policy.holdoverMs} ms expired (locked ${Math.round(lockAgeMs)} ms ago); `
-      : '';
+  const expired = !recent
+    ? ''
+    : lockAgeMs <= policy.holdoverMs
+      ? `no holdover (locked ${Math.round(lockAgeMs)} ms ago): the reference measures this clock off; `
+      : `holdover of ${policy.holdoverMs} ms expired (locked ${Math.round(lockAgeMs)} ms ago); `;
   return {
     ...base,
     ...history,

@@ -134,8 +134,6 @@ describe('gateway clock state rule', () => {
     ['port MASTER', ptp(port('MASTER')), 'port MASTER'],
     ['port UNCALIBRATED', ptp(port('UNCALIBRATED')), 'port UNCALIBRATED: not locked'],
     ['port FAULTY', ptp(port('FAULTY')), 'port FAULTY'],
-    ['offset beyond, positive', ptp({ masterOffsetNs: 1001 }), 'offset 1001 ns beyond ±1000 ns'],
-    ['offset beyond, negative', ptp({ masterOffsetNs: -5000 }), 'offset -5000 ns beyond'],
     ['no offset', ptp({ masterOffsetNs: null, offsetFromMasterNs: null }), 'no offset reported'],
   ])('LOCKED → HOLDOVER: %s', (_name, probe, reason) => {
     const [locked, holdover] = run([
@@ -150,6 +148,45 @@ describe('gateway clock state rule', () => {
     });
     expect(holdover!.detail).toContain('holdover: locked 1000 ms ago, UNLOCKED after 5000 ms');
     expect(holdover!.detail).toContain(reason);
+  });
+
+  it.each([
+    ['positive', 1001, 'offset 1001 ns beyond ±1000 ns'],
+    ['negative', -5000, 'offset -5000 ns beyond ±1000 ns'],
+    // The gateway's clock stepped back an hour under a ptp4l that follows its grandmaster.
+    ['an hour behind', -3_600_000_000_000, 'offset -3600000000000 ns beyond ±1000 ns'],
+  ])(
+    'LOCKED → UNLOCKED at once, no holdover: the grandmaster measures the clock off beyond the bound (%s)',
+    (_name, offset, reason) => {
+      const [, off, back] = run([
+        [100, ptp()],
+        [1100, ptp({ masterOffsetNs: offset, offsetFromMasterNs: offset })],
+        [2100, ptp()],
+      ]);
+      expect(off).toMatchObject({ state: 'UNLOCKED', offsetNs: offset, lastLockedMono: 10_100 });
+      expect(off!.detail).toBe(
+        `no holdover (locked 1000 ms ago): the reference measures this clock off; ${reason}`,
+      );
+      // Back within the bound: LOCKED again.
+      expect(back!.state).toBe('LOCKED');
+    },
+  );
+
+  it('a port UNCALIBRATED (not accepted) that measures the clock off: UNLOCKED, no holdover', () => {
+    const [, off] = run([
+      [100, ptp()],
+      [1100, ptp({ ...port('UNCALIBRATED'), masterOffsetNs: 2_000_000 })],
+    ]);
+    expect(off).toMatchObject({ state: 'UNLOCKED', offsetNs: 2_000_000 });
+  });
+
+  it('an offset beyond the bound after the grandmaster is lost is stale: holdover as usual', () => {
+    // LISTENING keeps the last master_offset it measured; no port follows a master.
+    const [, lostGm] = run([
+      [100, ptp()],
+      [1100, ptp({ ...port('LISTENING'), masterOffsetNs: -5000 })],
+    ]);
+    expect(lostGm).toMatchObject({ state: 'HOLDOVER', offsetNs: null });
   });
 
   it('the offset falls back to CURRENT_DATA_SET offsetFromMaster without master_offset', () => {
@@ -356,6 +393,18 @@ describe('gateway clock state rule, chrony', () => {
       grandmaster: 'PHC0',
       portState: null,
     });
+  });
+
+  it('chrony measuring the clock off beyond the bound (its pending correction): UNLOCKED at once, no holdover', () => {
+    const statuses = runChrony([
+      [0, chrony()],
+      // The clock stepped two seconds: chrony, still synchronised, has that much to correct.
+      [1000, chrony({ offsetNs: -2_000_000_000, maxErrorNs: 2_000_000_600 })],
+    ]);
+    expect(states(statuses)).toEqual(['LOCKED', 'UNLOCKED']);
+    expect(statuses[1]!.detail).toMatch(
+      /^no holdover \(locked 1000 ms ago\): the reference measures this clock off; chrony error bound/,
+    );
   });
 
   it('Not synchronised, or serving its local clock: UNLOCKED', () => {

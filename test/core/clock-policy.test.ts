@@ -1,4 +1,10 @@
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { GatewayClockPoller } from '../../src/clock/gateway-clock.js';
+import { ptpReader } from '../../src/clock/pmc.js';
+import { sleepFor, type Clock } from '../../src/core/clock.js';
 import {
   crossingInMs,
   driftPpm,
@@ -6,7 +12,9 @@ import {
   type SkewSample,
 } from '../../src/core/controller-clock.js';
 import type { ClockPolicy, GatewaySync } from '../../src/core/lane.js';
+import { silentLogger } from '../../src/core/logger.js';
 import type { SkewEstimate } from '../../src/core/skew.js';
+import { tempDir } from '../helpers/fixtures.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -114,6 +122,20 @@ describe('controller skew (SPEC §6)', () => {
   });
 });
 
+/** The gateway's wall clock, stepped by the test; the monotonic clock runs on. */
+class SteppingClock implements Clock {
+  offset = 0;
+  now(): number {
+    return Date.now() + this.offset;
+  }
+  elapsed(): number {
+    return performance.now();
+  }
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    return sleepFor(ms, signal);
+  }
+}
+
 class GatewayStandIn implements GatewaySync {
   state = 'LOCKED';
   status(): { source: string; state: string; detail: string } {
@@ -146,6 +168,68 @@ describe('gateway clock (SPEC §6)', () => {
     expect(h.notes('holdover').find((n) => n.startsWith('dispatched:'))).toMatch(
       /gateway clock HOLDOVER \(ptp\)/,
     );
+  });
+
+  it("the gateway's clock stepped back an hour under a ptp4l that follows its grandmaster: UNLOCKED at once, and a command held for that hour is not written", async () => {
+    // pmc's answers as linuxptp 3.1.1 prints them (test/clock/fixtures/pmc), read by the real
+    // reader and parser over a real UNIX socket; a ptp4l in this test cannot be made to measure
+    // an hour without adjusting this machine's clock.
+    const locked = readFileSync(
+      join(import.meta.dirname, '..', 'clock', 'fixtures', 'pmc', 'hand-slave-locked.txt'),
+      'utf8',
+    );
+    const hourBehind = locked
+      .replace(/master_offset +-488/, 'master_offset              -3600000000000')
+      .replace('offsetFromMaster -488.0', 'offsetFromMaster -3600000000000.0');
+    expect(hourBehind).not.toBe(locked);
+    let answer = locked;
+    const { dir, cleanup } = tempDir('sluice-ptp-');
+    const socket = createServer();
+    await new Promise<void>((resolve) => socket.listen(join(dir, 'ptp4l'), resolve));
+    const clock = new SteppingClock();
+    const poller = new GatewayClockPoller({
+      source: 'ptp',
+      read: ptpReader({
+        udsPath: join(dir, 'ptp4l'),
+        clientSocketDir: dir,
+        exec: () =>
+          Promise.resolve({ stdout: answer, stderr: '', code: 0, timedOut: false, error: null }),
+      }),
+      policy: { maxOffsetNs: 1_000_000, holdoverMs: 60_000 },
+      intervalMs: 50,
+      clock,
+      logger: silentLogger,
+    });
+    try {
+      poller.start();
+      expect((await poller.pollOnce()).state).toBe('LOCKED');
+      h = await SimHarness.start({
+        clock,
+        clockPolicy: { onUnsynced: 'reject', maxControllerSkewMs: () => null, gateway: poller },
+      });
+      // The gateway's clock is stepped back an hour; ptp4l, following its grandmaster, measures
+      // it (master_offset is slave minus master).
+      clock.offset = -3_600_000;
+      answer = hourBehind;
+      await h.until(() => poller.status().state !== 'LOCKED', 5_000, 'the step seen');
+      // An MQTT command the broker held for that hour: on the stepped clock it looks a second
+      // old.
+      h.submit('held', {
+        device: 'v1',
+        action: 'open',
+        issuedAt: new Date(clock.now() - 1_000).toISOString(),
+        ttlMs: 30_000,
+      });
+      const held = await h.settled('held');
+      expect(held).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+      expect(held.detail).toMatch(/gateway clock is UNLOCKED \(ptp: no holdover .*beyond/);
+      expect(h.device('v1').counters.writesReceived).toBe(0);
+      expect(poller.status()).toMatchObject({ state: 'UNLOCKED', offsetNs: -3_600_000_000_000 });
+    } finally {
+      await poller.stop();
+      await new Promise((resolve) => socket.close(resolve));
+      cleanup();
+    }
   });
 
   it('policy warn: a timestamped command runs while the gateway clock is unlocked', async () => {
