@@ -467,9 +467,14 @@ export class MqttSession {
     delete client.options.properties;
     client.options.reconnectPeriod = FALLBACK_RECONNECT_MS;
     this.backoff.reset();
+    // What becomes of a command without issuedAt depends on the site: said as it is, so that
+    // a site that takes untimed commands is not told they are now refused.
+    const untimed = this.config.acceptUntimedCommands
+      ? 'commands without issuedAt are still taken, timed from their receipt (mqtt.acceptUntimedCommands)'
+      : 'commands must carry issuedAt';
     this.logger.warn(
       { url: this.config.url, refusal: error.message },
-      'the MQTT broker refused MQTT 5; falling back to MQTT 3.1.1: response topics and message expiry are unavailable, commands must carry issuedAt',
+      `the MQTT broker refused MQTT 5; falling back to MQTT 3.1.1: response topics and message expiry are unavailable, ${untimed}`,
     );
   }
 

@@ -138,6 +138,8 @@ describe('MQTT protocol version against a broker that refuses MQTT 5 (aedes)', (
         lines.filter((l) => String(l.msg).includes('refused MQTT 5'));
       expect(fallbacks()).toHaveLength(1);
       expect(fallbacks()[0]).toMatchObject({ level: 40 });
+      // Untimed commands are refused by default: without message expiry they need issuedAt.
+      expect(String(fallbacks()[0]?.msg)).toContain('commands must carry issuedAt');
 
       // The MQTT path works on 3.1.1: a timed command is executed once.
       await client.subscribe('sluice/fb/result/#');
@@ -213,6 +215,52 @@ describe('MQTT protocol version against a broker that refuses MQTT 5 (aedes)', (
         expect(intake.connected()).toBe(false);
         expect(intake.protocol()).toMatchObject({ version: 5, fallback: false });
       } finally {
+        await intake.stop();
+      }
+    });
+
+    it('with mqtt.acceptUntimedCommands, falls back saying untimed commands are still taken, and runs one', async () => {
+      const { logger, lines } = recordingLogger();
+      const intake = new MqttIntake({
+        config: intakeConfig(broker.url, {
+          clientId: 'sluice-untimed',
+          acceptUntimedCommands: true,
+        }),
+        gatewayId: 'untimed',
+        pipeline: stack.pipeline,
+        identities: stack.identities,
+        metrics: stack.metrics,
+        logger,
+      });
+      const client = await TestClient.connect(broker.url, { protocolVersion: 4 });
+      try {
+        intake.start();
+        await until(() => intake.connected() || undefined, 10_000, 'connected');
+        expect(intake.protocol()).toMatchObject({ version: 4, fallback: true });
+        const fallbacks = lines.filter((l) => String(l.msg).includes('refused MQTT 5'));
+        expect(fallbacks).toHaveLength(1);
+        const said = String(fallbacks[0]?.msg);
+        expect(said).not.toContain('must carry issuedAt');
+        expect(said).toContain(
+          'commands without issuedAt are still taken, timed from their receipt',
+        );
+
+        // What the line says is what happens: an untimed command over 3.1.1 runs, once.
+        await client.subscribe('sluice/untimed/result/#');
+        const device = stack.plant.device('v1');
+        const before = device.counters.writesReceived;
+        const key = randomUUID();
+        const action = device.published.state === 'CLOSED' ? 'open' : 'close';
+        await client.publish('sluice/untimed/cmd/v1', { key, action });
+        const result = await client.waitFor(
+          (m) => m.topic === 'sluice/untimed/result/v1' && m.json().key === key,
+          15_000,
+          'result',
+        );
+        expect(result.json()).toMatchObject({ state: 'confirmed', issuedAtSource: 'gateway' });
+        expect(device.counters.writesReceived).toBe(before + 1);
+      } finally {
+        await client.end();
         await intake.stop();
       }
     });
