@@ -196,9 +196,32 @@ export function journalUnavailable(
   return makeProblem(503, 'JOURNAL_UNAVAILABLE', detail, extensions);
 }
 
-/** What Node's HTTP parser refused, as a status and code. */
-function clientErrorStatus(code: string | undefined): readonly [number, string, string] {
-  switch (code) {
+/** A parser error as Node raises it: where in the chunk it stopped, and the chunk. */
+type ParserError = Error & { code?: string; bytesParsed?: unknown; rawPacket?: unknown };
+
+/** RFC 9110 §5.1: a field name is a token. */
+const FIELD_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/**
+ * The header whose value Node's parser refused, and the byte it refused: the parser stops at
+ * that byte (`bytesParsed` counts the chunk up to it), so its line in the chunk names the
+ * header. Null when the chunk does not show it (the line began in an earlier chunk).
+ */
+function refusedHeaderValue(error: ParserError): { name: string; byte: number } | null {
+  const raw = error.rawPacket;
+  const at = error.bytesParsed;
+  if (!Buffer.isBuffer(raw) || typeof at !== 'number' || at <= 0 || at >= raw.length) return null;
+  const lineStart = raw.lastIndexOf(0x0a, at - 1) + 1;
+  const colon = raw.indexOf(0x3a, lineStart);
+  if (lineStart === 0 || colon === -1 || colon >= at) return null;
+  const name = raw.toString('latin1', lineStart, colon);
+  const byte = raw[at];
+  return FIELD_NAME.test(name) && byte !== undefined ? { name, byte } : null;
+}
+
+/** What Node's HTTP parser refused, as a status, code and detail. */
+function clientErrorStatus(error: ParserError): readonly [number, string, string] {
+  switch (error.code) {
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return [408, 'REQUEST_TIMEOUT', 'the request could not be read'];
     case 'HPE_HEADER_OVERFLOW':
@@ -207,22 +230,36 @@ function clientErrorStatus(code: string | undefined): readonly [number, string, 
       // RFC 9110 §9.1: a method the server does not recognise is 501. Node's parser knows
       // every registered method (node:http METHODS); anything else never becomes a request.
       return [501, 'NOT_IMPLEMENTED', 'the request method is not one this server knows'];
+    case 'HPE_INVALID_HEADER_TOKEN': {
+      // A control character in a header value (RFC 9110 §5.5) is refused by the parser before
+      // the request exists; "could not be read" left the client guessing which header, and a
+      // key with one is the malformed key SPEC §4 answers MISSING_IDEMPOTENCY_KEY.
+      const refused = refusedHeaderValue(error);
+      if (refused === null) break;
+      const hex = `0x${refused.byte.toString(16).toUpperCase().padStart(2, '0')}`;
+      const said = `the ${refused.name} header holds the byte ${hex}, which HTTP does not allow in a header value`;
+      if (refused.name.toLowerCase() === 'idempotency-key') {
+        return [
+          400,
+          'MISSING_IDEMPOTENCY_KEY',
+          `${said}: an idempotency key is 1-255 printable ASCII characters without spaces`,
+        ];
+      }
+      return [400, 'BAD_REQUEST', said];
+    }
     default:
-      return [400, 'BAD_REQUEST', 'the request could not be read'];
+      break;
   }
+  return [400, 'BAD_REQUEST', 'the request could not be read'];
 }
 
 /**
  * Errors before a request exists (malformed HTTP, an unknown method, oversized headers, request
  * timeout) are answered on the raw socket, as a problem document like every other error.
  */
-export function answerClientError(
-  error: Error & { code?: string },
-  socket: Socket,
-  logger: Logger,
-): void {
+export function answerClientError(error: ParserError, socket: Socket, logger: Logger): void {
   if (error.code === 'ECONNRESET' || socket.destroyed) return;
-  const [status, code, detail] = clientErrorStatus(error.code);
+  const [status, code, detail] = clientErrorStatus(error);
   logger.debug({ code: error.code, status }, 'HTTP client error');
   if (socket.writable) {
     const body = JSON.stringify(makeProblem(status, code, detail));

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import { IdentityRegistry, sha256 } from '../../src/intake/identities.js';
@@ -64,6 +65,25 @@ function post(
 
 const writes = (device: string): number => stack.plant.device(device).counters.writesReceived;
 
+/** Writes a request as raw bytes on a fresh TLS connection and returns the raw answer. */
+function rawRequest(request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({
+      host: '127.0.0.1',
+      port: api.port,
+      ca: api.ca,
+      servername: 'localhost',
+    });
+    const chunks: Buffer[] = [];
+    socket.on('secureConnect', () => socket.end(Buffer.from(request, 'latin1')));
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      resolve(Buffer.concat(chunks).toString('latin1'));
+    });
+  });
+}
+
 function expectProblem(r: HttpResult, status: number, code: string): void {
   expect(r.status).toBe(status);
   expect(r.headers['content-type']).toBe('application/problem+json');
@@ -82,6 +102,42 @@ describe('400: key and body validation', () => {
       const r = await post(bad, { device: 'v1', action: 'close' });
       expectProblem(r, 400, 'MISSING_IDEMPOTENCY_KEY');
     }
+  });
+
+  it('refuses a key with a control character MISSING_IDEMPOTENCY_KEY, naming the header and the byte', async () => {
+    // Node's parser refuses such a header before the request exists; a client library that
+    // sends it anyway must learn that its key is the problem, not that "the request could not
+    // be read".
+    const before = writes('v1');
+    for (const [byte, hex] of [
+      ['\x01', '0x01'],
+      ['\x7f', '0x7F'],
+    ] as const) {
+      const k = `k${byte}${randomUUID()}`;
+      const answer = await rawRequest(
+        'POST /v1/commands HTTP/1.1\r\nHost: localhost\r\n' +
+          `Authorization: Bearer ${TOKENS.plant}\r\nIdempotency-Key: ${k}\r\n` +
+          'Content-Type: application/json\r\nContent-Length: 33\r\n\r\n' +
+          '{"device":"v1","action":"close"}\n',
+      );
+      expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+      expect(answer).toContain('Content-Type: application/problem+json');
+      const body = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as {
+        code: string;
+        detail: string;
+      };
+      expect(body.code).toBe('MISSING_IDEMPOTENCY_KEY');
+      expect(body.detail).toContain(`the Idempotency-Key header holds the byte ${hex}`);
+      expect(stack.pipeline.get({ scope: 'plant', key: k })).toBeUndefined();
+    }
+    // Another header with one is a plain bad request, and says which header.
+    const other = await rawRequest(
+      'GET /v1/devices HTTP/1.1\r\nHost: localhost\r\nX-Trace: a\x02b\r\n\r\n',
+    );
+    expect(other).toMatch(/^HTTP\/1\.1 400 /);
+    expect(other).toContain('"code":"BAD_REQUEST"');
+    expect(other).toContain('the X-Trace header holds the byte 0x02');
+    expect(writes('v1')).toBe(before);
   });
 
   it('refuses an invalid command with every error listed, and journals nothing', async () => {
