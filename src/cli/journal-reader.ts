@@ -1,4 +1,4 @@
-import { accessSync, constants, existsSync } from 'node:fs';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import type { CommandRecord } from '../core/journal.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
 import { CliError, UsageError, messageOf } from './errors.js';
@@ -14,6 +14,11 @@ export function openJournal(path: string): SqliteJournal {
       `no journal at ${path}: check --journal, or journal.path and stateDir in the configuration`,
     );
   }
+  if (statSync(path).isDirectory()) {
+    throw new CliError(
+      `${path} is a directory, not a journal: give the journal file (journal.db by default)`,
+    );
+  }
   try {
     accessSync(path, constants.R_OK);
   } catch {
@@ -25,9 +30,30 @@ export function openJournal(path: string): SqliteJournal {
   try {
     journal = SqliteJournal.open({ path, readonly: true });
   } catch (error) {
-    throw new CliError(`cannot open the journal ${path}: ${messageOf(error)}`);
+    throw new CliError(`cannot open the journal ${path}: ${sqliteProblem(error)}`);
   }
   return journal;
+}
+
+/**
+ * What SQLite met, in words an operator can act on: the journal's own error names only the
+ * result code ("journal unavailable (open): SQLITE_BUSY"), which says neither what is wrong
+ * with the file nor what to do. SQLite's own sentence is kept beside the code.
+ */
+function sqliteProblem(error: unknown): string {
+  const cause = error instanceof Error && error.cause instanceof Error ? error.cause : null;
+  const code = (cause as { code?: unknown } | null)?.code;
+  if (cause === null || typeof code !== 'string') return messageOf(error);
+  const sqlite = `${code}: ${cause.message}`;
+  if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED')) {
+    // A WAL reader waits for no writer: only a connection holding the file exclusively (not
+    // sluiced, which shares it) or a recovery of its log keeps it out for that long.
+    return `it is locked (${sqlite}) for longer than a reader waits (2 s): another program holds it exclusively, or sluiced is recovering its log at start; try again`;
+  }
+  if (code === 'SQLITE_NOTADB') {
+    return `it is not a Sluice journal: not an SQLite database (${sqlite})`;
+  }
+  return sqlite;
 }
 
 /** Runs `read` on the journal opened read-only, and closes it whatever happens. */
@@ -37,7 +63,7 @@ export function withJournal<T>(path: string, read: (journal: SqliteJournal) => T
     return read(journal);
   } catch (error) {
     if (error instanceof CliError) throw error;
-    throw new CliError(`cannot read the journal ${path}: ${messageOf(error)}`);
+    throw new CliError(`cannot read the journal ${path}: ${sqliteProblem(error)}`);
   } finally {
     journal.close();
   }

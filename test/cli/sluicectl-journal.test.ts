@@ -537,12 +537,39 @@ describe('errors and usage', () => {
       cli('--journal', older, 'list'),
     ]);
     expect(text.code).toBe(1);
-    expect(text.stderr).toMatch(/^sluicectl: cannot open the journal .*notes\.txt: /);
+    expect(text.stderr).toMatch(
+      /^sluicectl: cannot open the journal .*notes\.txt: it is not a Sluice journal: not an SQLite database \(SQLITE_NOTADB: file is not a database\)\n$/,
+    );
     expect(other.code).toBe(1);
     expect(other.stderr).toContain(`${foreign} is not a Sluice journal`);
     expect(old.code).toBe(1);
     expect(old.stderr).toContain('has schema version 1, older than this Sluice');
     expect(old.stderr).toContain('sluiced upgrades it when it next starts');
+  });
+
+  it('says a journal is locked, or a directory, in words, not as a bare SQLite code', async () => {
+    const { journal } = freshJournal();
+    // Another program holding the file exclusively (a WAL reader waits for no writer otherwise).
+    const holder = new BetterSqlite3(journal);
+    try {
+      holder.pragma('locking_mode = EXCLUSIVE');
+      holder.exec('BEGIN EXCLUSIVE');
+      const locked = await sluicectl(['--journal', journal, 'list']);
+      expect({ code: locked.code, stdout: locked.stdout }).toEqual({ code: 1, stdout: '' });
+      expect(locked.stderr).toBe(
+        `sluicectl: cannot open the journal ${journal}: it is locked (SQLITE_BUSY: database is locked) for longer than a reader waits (2 s): another program holds it exclusively, or sluiced is recovering its log at start; try again\n`,
+      );
+    } finally {
+      holder.close();
+    }
+    const free = await sluicectl(['--journal', journal, 'list', '--json']);
+    expect(free.code).toBe(0);
+
+    const folder = await sluicectl(['--journal', join(dir, 'state'), 'list']);
+    expect({ code: folder.code, stdout: folder.stdout }).toEqual({ code: 1, stdout: '' });
+    expect(folder.stderr).toBe(
+      `sluicectl: ${join(dir, 'state')} is a directory, not a journal: give the journal file (journal.db by default)\n`,
+    );
   });
 
   it('reads the journal named by SLUICE_CONFIG, and --journal overrides it', async () => {
