@@ -1,5 +1,5 @@
 import { isTerminal, parseCommandRequest, type IntakeFields } from '../core/command.js';
-import { JournalUnavailableError, SluiceError } from '../core/errors.js';
+import { InvalidCommandError, JournalUnavailableError, SluiceError } from '../core/errors.js';
 import type { Claim, CommandRecord, CommandRef } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
@@ -72,6 +72,13 @@ async function postCommand(
   let device: string | undefined;
   try {
     key = readIdempotencyKey(request.raw.headersDistinct['idempotency-key']);
+    // No body at all (nor a media type to parse one with): said so, rather than the validator's
+    // "expected object, received undefined", which names no JSON value and no fix.
+    if (request.body === undefined) {
+      throw new InvalidCommandError([
+        '(body): is missing; a command is a JSON object, sent with Content-Type: application/json',
+      ]);
+    }
     const command = parseCommandRequest(request.body, HTTPS_FIELDS);
     device = command.device;
     claim = pipeline.submit({ key, identity, intake: 'https', request: command });

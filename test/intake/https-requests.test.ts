@@ -169,6 +169,11 @@ describe('400: key and body validation', () => {
     expectProblem(poisoned, 400, 'INVALID_COMMAND');
     const none = await post(key(), undefined);
     expectProblem(none, 400, 'INVALID_COMMAND');
+    // No body and no media type: said as such, with the fix, not as a JavaScript "undefined".
+    expect(none.json.errors).toEqual([
+      '(body): is missing; a command is a JSON object, sent with Content-Type: application/json',
+    ]);
+    expect(none.text).not.toContain('undefined');
   });
 });
 
