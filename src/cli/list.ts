@@ -27,14 +27,32 @@ export function parseState(value: string): CommandState {
 export function runList(ctx: CliContext, options: ListOptions): ExitCode {
   const state = options.state === undefined ? undefined : parseState(options.state);
   const now = ctx.now();
-  const records = withJournal(ctx.journalPath(), (journal) =>
-    journal.list({
+  const { records, deviceKnown } = withJournal(ctx.journalPath(), (journal) => {
+    const found = journal.list({
       ...(options.device === undefined ? {} : { device: options.device }),
       ...(state === undefined ? {} : { state }),
       ...(options.since === undefined ? {} : { since: now - options.since }),
       limit: options.limit,
-    }),
-  );
+    });
+    return {
+      records: found,
+      // Found nothing: has the journal ever held a command for that device (one removed from
+      // the configuration since), or is it a name no one knows?
+      deviceKnown:
+        options.device === undefined ||
+        found.length > 0 ||
+        journal.list({ device: options.device, limit: 1 }).length > 0,
+    };
+  });
+  if (!deviceKnown && options.device !== undefined) {
+    const config = ctx.optionalConfig();
+    // A misspelt device would read "No commands found.": as though it had none.
+    if (config !== null && config.devices[options.device] === undefined) {
+      throw new UsageError(
+        `--device: unknown device "${options.device}": not in the configuration (configured: ${Object.keys(config.devices).join(', ') || 'none'}), and no command in the journal names it`,
+      );
+    }
+  }
   const items = records.map((r) => listItem(r, now));
   if (ctx.json) {
     ctx.outJson({ commands: items });

@@ -169,6 +169,41 @@ describe('list', () => {
   });
 });
 
+describe('list --device', () => {
+  it('refuses a device neither the configuration nor the journal knows; one they know with nothing to show is no error', async () => {
+    // The configuration without dosing-actuator: a device removed since its commands.
+    const removed = join(dir, 'removed.yaml');
+    writeFileSync(
+      removed,
+      configYaml('state')
+        .split('\n')
+        .filter((l) => !l.includes('dosing-actuator'))
+        .join('\n'),
+    );
+    const [typo, none, gone, goneAny, bare] = await Promise.all([
+      cli('list', '--device', 'inlet-vlave'),
+      cli('list', '--device', 'drain-valve', '--state', 'rejected'),
+      sluicectl(['--config', removed, 'list', '--device', 'dosing-actuator', '--state', 'failed']),
+      sluicectl(['--config', removed, 'list', '--device', 'dosing-actuator', '--json']),
+      // Without a configuration an unknown name cannot be told from a device with no commands.
+      sluicectl(['--journal', journalPath, 'list', '--device', 'inlet-vlave']),
+    ]);
+    expect({ code: typo.code, stdout: typo.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(typo.stderr).toMatch(
+      /^sluicectl: --device: unknown device "inlet-vlave": not in the configuration \(configured: inlet-valve, outlet-valve, drain-valve, dosing-actuator\), and no command in the journal names it\n/,
+    );
+    for (const run of [none, gone, bare]) {
+      expect({ code: run.code, stdout: run.stdout, stderr: run.stderr }).toEqual({
+        code: 0,
+        stdout: 'No commands found.\n',
+        stderr: '',
+      });
+    }
+    expect(goneAny.code).toBe(0);
+    expect(goneAny.json<{ commands: Item[] }>().commands.map((c) => c.key)).toEqual(['k-move']);
+  });
+});
+
 describe('show', () => {
   it('tells the whole story: received, duplicates, key reuse, freshness, clocks, dispatch, readbacks, outcome', async () => {
     const run = await cli('show', 'k-confirmed');
