@@ -39,7 +39,13 @@ export interface CommandRoutesOptions {
 }
 
 export function commandPath(key: string): string {
-  return `/v1/commands/${encodeURIComponent(key)}`;
+  // `.` and `..` are keys, and dot-segments of a path: a client that resolves the Location as
+  // RFC 3986 §5.2.4 asks (curl -L, Python, Go, Java) would poll `/v1/commands/` or `/v1/`
+  // instead, and find no command. Percent-encoded they are segments like any other, which the
+  // router decodes back to the key. (A WHATWG URL parser, a browser's, takes `%2E` for a dot
+  // too: no path reaches these keys from one.)
+  const segment = key === '.' || key === '..' ? '%2E'.repeat(key.length) : encodeURIComponent(key);
+  return `/v1/commands/${segment}`;
 }
 
 export function registerCommandRoutes(app: App, options: CommandRoutesOptions): void {

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { connect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
@@ -479,6 +479,27 @@ describe('keys and preferences', () => {
     const again = await post(quoted, { device: 'v1', action: 'close' });
     expect(again.status).toBe(200);
     expect(again.headers['idempotent-replayed']).toBe('true');
+  });
+
+  it('gives the keys . and .. a Location that no URI resolution turns into another path', async () => {
+    for (const [k, segment] of [
+      ['.', '%2E'],
+      ['..', '%2E%2E'],
+    ] as const) {
+      const first = await post(
+        k,
+        { device: 'v1', action: 'close' },
+        { headers: { prefer: 'respond-async' } },
+      );
+      expect(first.status).toBe(202);
+      const location = first.headers.location!;
+      expect(location).toBe(`/v1/commands/${segment}`);
+      // RFC 3986 §5.2.4 removes dot-segments as posix normalisation does: the Location stays.
+      expect(posix.normalize(location)).toBe(location);
+      const polled = await call(api, 'GET', location, { token: TOKENS.plant });
+      expect(polled.status).toBe(200);
+      expect(polled.json).toMatchObject({ key: k });
+    }
   });
 
   it('caps Prefer: wait at maxWaitS and says so', async () => {
