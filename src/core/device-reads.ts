@@ -193,6 +193,20 @@ export class DeviceReads {
     lane.skew = null;
   }
 
+  /**
+   * How much older than its read an image may look before the clock is measured again. A step
+   * back of the controller's clock makes its images look older by the step, and one that takes
+   * the clock past the bound on the slow side may be smaller than OLD_IMAGE_MS: from an offset
+   * o within a bound B, a step back of more than B + o (less the estimate's uncertainty). A
+   * controller 3 s slow behind a 2 s bound would otherwise take writes until the estimate
+   * expires (skewMaxAgeMs, a minute).
+   */
+  private oldImageMs(lane: Lane, skew: SkewEstimate): number {
+    const bound = this.host.clockPolicy.maxControllerSkewMs(lane.binding.id);
+    if (bound === null) return OLD_IMAGE_MS;
+    return Math.min(OLD_IMAGE_MS, Math.max(0, bound + skew.offsetMs - skew.uncertaintyMs));
+  }
+
   private readTime(): ReadTime {
     return { now: this.host.clock.now(), mono: this.host.clock.elapsed() };
   }
@@ -241,7 +255,7 @@ export class DeviceReads {
       // at once and then at most every OLD_IMAGE_MS, so that a clock set back beyond its bound
       // is caught before the next write rather than when the estimate expires.
       const window = sourceWindow(readback, skew);
-      if (window !== null && window.latest < readback.requestedMono - OLD_IMAGE_MS) {
+      if (window !== null && window.latest < readback.requestedMono - this.oldImageMs(lane, skew)) {
         lane.skew = null;
         lane.oldImageCheckMono = this.host.clock.elapsed();
       }

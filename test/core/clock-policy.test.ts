@@ -75,6 +75,24 @@ describe('controller skew (SPEC §6)', () => {
     expect(h.device('v1').counters.writesReceived).toBe(1);
   });
 
+  it('a controller clock set 3 s back, beyond a 2 s bound: caught before the next write, though its images look only 3 s old', async () => {
+    h = await SimHarness.start({ clockPolicy: bounded(2_000) });
+    h.submit('k1', { device: 'v1', action: 'open' });
+    expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
+    // Within 60 s of that measurement, the PLC's clock is set back three seconds.
+    h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: -3_000 });
+    await h.until(
+      () => h!.device('v1').snapshot().published.scanTime < Date.now() - 2_500,
+      2_000,
+      'an image stamped with the stepped clock',
+    );
+    h.submit('k2', { device: 'v1', action: 'close' });
+    const r = await h.settled('k2');
+    expect(r, r.detail ?? '').toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+    expect(r.detail).toMatch(/controller clock of v1 is -(29|30)\d\d ms off .* allowed 2000 ms/);
+    expect(h.device('v1').counters.writesReceived).toBe(1);
+  });
+
   it('within the bound, commands pass and the history records the skew', async () => {
     h = await SimHarness.start({ clockPolicy: bounded(1_000) });
     h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: 300 });
