@@ -19,6 +19,7 @@ import {
   judgeRedispatch,
   localLine,
   localSeenIn,
+  mayStillLand,
   unsentLine,
   type DeviceImage,
 } from './redispatch.js';
@@ -50,6 +51,11 @@ interface WrittenContext {
    * valve is back in REMOTE: a write decided before the operator's hand would act after it.
    */
   localSeen?: boolean;
+  /**
+   * The key of a stop of ours the controller was seen taking while this command's write, its
+   * outcome unknown, could still reach it: should it, it is taken after the stop.
+   */
+  stopTakenFirst?: string;
 }
 
 type WriteOutcome =
@@ -278,7 +284,11 @@ export class ConfirmationLoop {
             code: 'OK',
             faultCode: null,
             observed: observe(readback),
-            detail: `readback after the write shows ${readback.state}`,
+            detail: `readback after the write shows ${readback.state}${
+              ctx.stopTakenFirst === undefined
+                ? ''
+                : `; the controller took this command after the stop ${ctx.stopTakenFirst} (its write, whose answer was lost, reached the controller late), so the stop did not hold it`
+            }`,
           });
           return;
         case 'controller-rejected':
@@ -332,6 +342,12 @@ export class ConfirmationLoop {
             const stop = this.laterStops(record, ctx, null, true).find(
               (r) => r.dispatchedAt !== null && r.dispatchedAt <= readback.requestedAt,
             );
+            const landing = stop === undefined ? null : this.mayStillLand(lane, ctx, readback);
+            if (stop !== undefined && landing !== null) {
+              // The stop may have been taken first, and this command may still come after it.
+              lastReason = `the stop ${stop.key} was written after this command, but ${landing}`;
+              break;
+            }
             if (stop !== undefined) {
               const at = readback.position === null ? '' : ` at ${readback.position} %`;
               this.host.settle(log, record, 'dispatched', {
@@ -485,6 +501,17 @@ export class ConfirmationLoop {
         ? this.laterStops(record, ctx, readback.seq)
         : [];
     const taken = stops.find((r) => r.seq !== null && r.seq === readback.seq);
+    const landing = taken === undefined ? null : this.mayStillLand(lane, ctx, readback);
+    if (taken !== undefined && landing !== null) {
+      // The controller took the stop, but this command's write may still come after it (the
+      // stop went out on the connection that replaced the one its answer was lost on): not
+      // INTERRUPTED yet, or a write taken after the stop would go unsaid.
+      ctx.stopTakenFirst = taken.key;
+      return {
+        kind: 'waiting',
+        reason: `the controller took the stop ${taken.key} (${readback.state}), but ${landing}`,
+      };
+    }
     if (taken !== undefined) {
       const at = readback.position === null ? '' : ` at ${readback.position} %`;
       this.host.settle(log, record, 'dispatched', {
@@ -614,6 +641,17 @@ export class ConfirmationLoop {
    * The stops journaled on the device after this command, newest first; looked up once per
    * echo the controller shows (the confirm loop polls).
    */
+  /** Why this command's write may still reach the controller after `readback` (or null). */
+  private mayStillLand(lane: Lane, ctx: WrittenContext, readback: TimedReadback): string | null {
+    return mayStillLand({
+      profile: lane.binding.profile,
+      readback,
+      skew: this.reads.usableSkew(lane),
+      acked: ctx.write.acked,
+      unknownSinceMono: ctx.write.unknownSinceMono ?? ctx.write.sentMono,
+    });
+  }
+
   private laterStops(
     record: CommandRecord,
     ctx: WrittenContext,

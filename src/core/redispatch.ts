@@ -133,6 +133,26 @@ export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
 }
 
 /**
+ * Why a write whose outcome is unknown may still reach the controller after the image
+ * `readback` shows, or null when it no longer can: it was acknowledged, or the image was
+ * produced past the guard after its outcome became unknown. A request that timed out may still
+ * be on its way (held by a gateway, in a TCP retransmission) up to the guard, and the
+ * controller takes it whatever it took meanwhile: a stop written on the connection that
+ * replaced the lost one can be taken first, and the write after it. Without a source time
+ * placed on the gateway's clock, the moment the readback was requested stands in (the
+ * controller answered after it).
+ */
+export function mayStillLand(
+  f: Pick<RedispatchFacts, 'profile' | 'readback' | 'skew' | 'acked' | 'unknownSinceMono'>,
+): string | null {
+  if (f.acked) return null;
+  const landsBy = f.unknownSinceMono + f.profile.timing.redispatchGuardMs;
+  const produced = sourceWindow(f.readback, f.skew)?.earliest ?? f.readback.requestedMono;
+  if (produced >= landsBy) return null;
+  return `its write's outcome is unknown and may still reach the controller: the newest image is ${Math.round(landsBy - produced)} ms short of the guard after the outcome became unknown`;
+}
+
+/**
  * The history line that says a readback after the command's write showed the valve in LOCAL
  * (the switch at the panel, set after the command's read): from then on the command is never
  * written again, also once the valve is back in REMOTE — a second write, decided on the state

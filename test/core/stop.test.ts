@@ -149,6 +149,39 @@ describe('stop preempts travel', () => {
     expect(valve.writesWithSeq(a.seq!)).toBe(1);
   });
 
+  it('a move whose write, its answer lost, reaches the controller after the stop is not called INTERRUPTED', async () => {
+    // The move's request is held on the link past the request timeout (250 ms) and within the
+    // guard, as the profile's contract allows: the driver replaces the connection, the stop
+    // goes out on the new one and is taken first (a no-op: the actuator rests), then the move
+    // lands and the actuator travels to 80 %. The move used to end INTERRUPTED "stopped by s at
+    // 0 %" on the first readback showing the stop's echo, before its own write had landed.
+    h = await SimHarness.start({
+      travelMs: 300,
+      warm: true,
+      timing: { redispatchGuardMs: 2_500, confirmTimeoutMs: 5_000 },
+    });
+    const actuator = h.device('a1');
+    actuator.setFault({ kind: 'latency', ms: 1_500, on: 'write', when: 'before' });
+    h.submit('m', { device: 'a1', action: 'move', position: 80 });
+    // The move's write has reached the PLC's front end, which holds it on the link.
+    await h.until(() => actuator.writers.length === 1, 5_000, 'the move on the link');
+    actuator.clearFault('latency');
+    h.submit('s', { device: 'a1', action: 'stop' });
+    const [s, m] = [await h.settled('s'), await h.settled('m')];
+    expect(s).toMatchObject({ state: 'confirmed', code: 'OK' });
+    // The move did take effect, after the stop: its own readback says so, with its echo.
+    expect(m).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
+    expect(m.observed).toMatchObject({ state: 'IDLE', position: 80, seq: m.seq });
+    expect(m.detail).toMatch(/took this command after the stop s .*the stop did not hold it/);
+    // Ground truth: the stop reached the controller first, at rest; the move after it; each once.
+    expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
+      [s.seq, 'noop', 'IDLE', 'IDLE'],
+      [m.seq, 'accepted', 'IDLE', 'MOVING'],
+    ]);
+    expect(actuator.writesWithSeq(m.seq!)).toBe(1);
+    expect(actuator.snapshot()).toMatchObject({ state: 'IDLE', position: 80 });
+  });
+
   it('after a crash between the stop and its outcome, recovery still says INTERRUPTED', async () => {
     h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
     const valve = h.device('v1');
