@@ -73,6 +73,8 @@ async function getCommand(
     await options.pipeline.durable();
   } catch (error) {
     if (!(error instanceof JournalUnavailableError)) throw error;
+    // Counted as every request the journal refused is (sluice_journal_unavailable_total).
+    options.metrics.journalFailures.inc();
     return unsyncedRead(options.pipeline, ref, reply);
   }
   const record = options.pipeline.get(ref);

@@ -333,8 +333,13 @@ describe('503 after the key is in the journal', () => {
         { headers: { prefer: 'respond-async' } },
       );
       expectProblem(other, 503, 'JOURNAL_UNAVAILABLE');
+      const refusals = async (): Promise<number> =>
+        Number(/sluice_journal_unavailable_total (\d+)/.exec((await get('/metrics')).text)?.[1]);
+      const before = await refusals();
       const poll = await get(first.headers.location!);
       expectProblem(poll, 503, 'JOURNAL_UNAVAILABLE');
+      // Counted like every request the journal refused.
+      expect(await refusals()).toBe(before + 1);
       // "Nothing was accepted" would send the issuer to send it again under a new key: a
       // second actuation (I1). The poll says what the key holds, and to poll again.
       expect(poll.json.detail).not.toContain('nothing was accepted');
