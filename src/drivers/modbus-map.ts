@@ -150,8 +150,22 @@ export function rawValue(field: Field, base: number, image: Image): number {
 
 /** A percentage field: raw × scale + offset. */
 export function scaled(field: NonNullable<ModbusMap['status']['position']>, raw: number): number {
+  // A float32 register holds 24 bits: a positioner at 20.4 % reads 20.399999618530273. The
+  // shortest decimal that is the same float32 is the value the register carries (20.4), not
+  // "stopped at 20.3999996185 %" in a result, a precision the register does not have.
+  const value = field.type === 'float32' ? shortestFloat32(raw) : raw;
   // 12 significant digits: 403 × 0.1 is 40.3, not 40.300000000000004 (what operators read).
-  return Number((raw * field.scale + field.offset).toPrecision(12));
+  return Number((value * field.scale + field.offset).toPrecision(12));
+}
+
+/** The decimal with the fewest significant digits that is the float32 `value` (9 always are). */
+function shortestFloat32(value: number): number {
+  if (!Number.isFinite(value)) return value;
+  for (let digits = 1; digits < 9; digits++) {
+    const candidate = Number(value.toPrecision(digits));
+    if (Math.fround(candidate) === value) return candidate;
+  }
+  return value;
 }
 
 /** The state name a state field's raw value stands for (UNKNOWN(…) when none). */

@@ -66,3 +66,27 @@ describe('limit-switch valve (no echo, no fault code, no clock)', () => {
     expect(valve.snapshot()).toMatchObject({ state: 'FAULT', pendingWrites: 1 });
   });
 });
+
+describe('float positioner (float32 position and setpoint, low word first)', () => {
+  it('a move and a stop say the positions the float registers carry, not their binary expansion', async () => {
+    h = await SimHarness.start({ field: true, travelMs: 1_500 });
+    const positioner = h.device('fcv');
+    h.submit('m1', { device: 'fcv', action: 'move', position: 33.33 });
+    const m1 = await h.settled('m1');
+    // Read back from the float32 register it reached, 33.33 is 33.33000183105469 in binary.
+    expect(m1).toMatchObject({ state: 'confirmed', observed: { state: 'IDLE', position: 33.33 } });
+    h.submit('m2', { device: 'fcv', action: 'move', position: 90 });
+    await h.until(() => positioner.snapshot().position >= 50, 10_000, 'fcv past 50 %');
+    h.submit('s', { device: 'fcv', action: 'stop' });
+    const [s, m2] = [await h.settled('s'), await h.settled('m2')];
+    expect(s).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(m2).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    // Ground truth: where the positioner stopped, as its float32 register carries it.
+    const stoppedAt = m2.observed!.position!;
+    expect(Math.fround(stoppedAt)).toBe(Math.fround(positioner.published.rawPosition));
+    expect(m2.detail).toBe(
+      `stopped by s at ${String(stoppedAt)} %: the controller took the stop and shows IDLE`,
+    );
+    expect(String(stoppedAt).replace(/^\d+\.?/, '').length).toBeLessThanOrEqual(6);
+  });
+});

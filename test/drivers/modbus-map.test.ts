@@ -150,6 +150,20 @@ describe('decoding', () => {
     expect(scaled({ ...position, scale: 0.01, offset: -50 }, 10_000)).toBeCloseTo(50);
   });
 
+  it('reads a float32 percentage as the shortest decimal that is the same float32', () => {
+    const position = shipped('float-positioner').modbus!.status.position!;
+    // What a float32 register holding 20.4 and 33.33 decodes to, and the register's own limit.
+    expect(scaled(position, Math.fround(20.4))).toBe(20.4);
+    expect(scaled(position, Math.fround(33.33))).toBe(33.33);
+    expect(scaled(position, Math.fround(0.04))).toBe(0.04);
+    expect(scaled(position, Math.fround(100 / 3))).toBe(33.333332);
+    expect(scaled({ ...position, scale: 100, offset: 0 }, Math.fround(0.375))).toBe(37.5);
+    // Every float32 stays itself: the shorter decimal is the same register value.
+    for (const raw of [Math.fround(20.4), Math.fround(100 / 3), Math.fround(99.96)]) {
+      expect(Math.fround(scaled(position, raw))).toBe(raw);
+    }
+  });
+
   it('decodes a status word by the first matching bit rule, and names what it cannot decode', () => {
     const lsv = shipped('limit-switch-valve');
     expect(decodeState(lsv, 0b000010)).toBe('CLOSED');
