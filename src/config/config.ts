@@ -220,6 +220,21 @@ export const configSchema = z
         payload.value !== null &&
         !payload.issues.some((i) => i.path?.[0] === 'journal' || i.path?.[0] === 'clock'),
     },
+  )
+  .superRefine(
+    (c, ctx) => {
+      if (c.mqtt === undefined) return;
+      const problem = untimedSessionProblem(c.mqtt, c.journal.retentionHours);
+      if (problem !== null) {
+        ctx.addIssue({ code: 'custom', path: ['mqtt', 'sessionExpiryS'], message: problem });
+      }
+    },
+    {
+      when: (payload) =>
+        typeof payload.value === 'object' &&
+        payload.value !== null &&
+        !payload.issues.some((i) => i.path?.[0] === 'journal' || i.path?.[0] === 'mqtt'),
+    },
   );
 
 /**
@@ -238,6 +253,38 @@ export function retentionProblem(retentionHours: number, maxIssuerSkewMs: number
     `(MAX_TTL_MS ${MAX_TTL_MS} ms) + clock.maxIssuerSkewMs ${maxIssuerSkewMs} ms = ` +
     `${neededMs} ms = ${neededHours} h; a retry of a purged key would run as a new command ` +
     `(set at least ${neededHours})`
+  );
+}
+
+/**
+ * I1 across retention for untimed MQTT commands (`mqtt.acceptUntimedCommands`): such a command
+ * is timed from its receipt, so it is fresh whenever it arrives, and the broker delivers it
+ * again (its PUBACK lost to a power cut after the claim) as long as the gateway's session lives:
+ * up to `sessionExpiryS` after the broker saw the gateway go, which it notices up to 1.5
+ * keepalives late. Its key must still be journaled then: the session must end within the
+ * retention. (Over MQTT 3.1.1 the broker alone decides how long the session lives:
+ * docs/configuration.md.)
+ */
+export function untimedSessionProblem(
+  mqtt: {
+    readonly acceptUntimedCommands: boolean;
+    readonly protocolVersion: 'auto' | 4 | 5;
+    readonly sessionExpiryS: number;
+    readonly keepaliveS: number;
+  },
+  retentionHours: number,
+): string | null {
+  if (!mqtt.acceptUntimedCommands || mqtt.protocolVersion === 4) return null;
+  const keptS = Math.floor(retentionHours * 3600);
+  const redeliveryS = mqtt.sessionExpiryS + Math.ceil(1.5 * mqtt.keepaliveS);
+  if (redeliveryS <= keptS) return null;
+  return (
+    `${mqtt.sessionExpiryS} s with mqtt.acceptUntimedCommands: an untimed command is fresh at ` +
+    `every delivery, and the broker may deliver it again for the session's life (` +
+    `sessionExpiryS + 1.5 × keepaliveS ${mqtt.keepaliveS} s = ${redeliveryS} s), longer than ` +
+    `the journal keeps its key (journal.retentionHours ${retentionHours} h = ${keptS} s): a ` +
+    `redelivery after the purge would run as a new command (set at most ` +
+    `${keptS - Math.ceil(1.5 * mqtt.keepaliveS)}, or raise journal.retentionHours)`
   );
 }
 

@@ -241,6 +241,7 @@ export class Daemon {
           clock,
           // The topic roots published under, for clearing a former root's retained topics.
           topicRootsFile: join(config.stateDir, 'mqtt-topic-roots.json'),
+          retentionHours: config.journal.retentionHours,
         });
         const intake = mqttIntake;
         releasers.push({ name: 'mqtt', release: () => intake.stop() });

@@ -38,6 +38,8 @@ export interface CommandMessagesOptions {
   readonly clock: Clock;
   /** `mqtt.acceptUntimedCommands` (SPEC §5). */
   readonly acceptUntimed: boolean;
+  /** How long the journal keeps a settled key, s (CommandMessageInput.keysKeptS). */
+  readonly keysKeptS?: number | undefined;
 }
 
 /** What to do with a message after handling it: acknowledge it, or leave it with the broker. */
@@ -86,6 +88,7 @@ export class CommandMessages {
   private readonly logger: Logger;
   private readonly clock: Clock;
   private readonly acceptUntimed: boolean;
+  private readonly keysKeptS: number | undefined;
   /** False once stopping or once the pipeline refuses as shutting down: nothing more is claimed. */
   private isTaking = true;
 
@@ -99,6 +102,7 @@ export class CommandMessages {
     this.logger = options.logger;
     this.clock = options.clock;
     this.acceptUntimed = options.acceptUntimed;
+    this.keysKeptS = options.keysKeptS;
   }
 
   /** Whether messages are being taken (false once stopping, or the pipeline is shutting down). */
@@ -225,6 +229,7 @@ export class CommandMessages {
       retained: packet.retain,
       messageExpiryS: packet.properties?.messageExpiryInterval,
       acceptUntimed: this.acceptUntimed,
+      keysKeptS: this.keysKeptS,
     });
     const route = this.publisher.responseRoute(packet, { key: message.key, device });
     if (message.kind === 'malformed') {
@@ -374,6 +379,7 @@ export class CommandMessages {
       retained: packet.retain,
       messageExpiryS: packet.properties?.messageExpiryInterval,
       acceptUntimed: this.acceptUntimed,
+      keysKeptS: this.keysKeptS,
     });
     const key = message.key;
     const route = this.publisher.responseRoute(packet, { key, device });

@@ -55,6 +55,14 @@ export interface CommandMessageInput {
   readonly messageExpiryS?: number | undefined;
   /** `mqtt.acceptUntimedCommands`: take commands with neither issuedAt nor message expiry. */
   readonly acceptUntimed?: boolean;
+  /**
+   * How long the journal keeps a settled key (`journal.retentionHours`), in seconds: a command
+   * timed by its Message Expiry Interval (no issuedAt) whose interval is longer is refused. The
+   * broker may deliver the message again until the interval runs out (a PUBACK lost to a power
+   * cut after the claim), and a command timed from its receipt is fresh at every delivery: once
+   * its key is purged, a redelivery would run as a new command (I1). Unset: no bound.
+   */
+  readonly keysKeptS?: number | undefined;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -183,6 +191,18 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
     // run as long after it was meant as the gateway was away (SPEC §5, I3).
     return malformed('INVALID_COMMAND', 'untimed', key, [
       'issuedAt: required over MQTT (or an MQTT 5 Message Expiry Interval): a command without its age may have waited at the broker while the gateway was offline; nothing was written',
+    ]);
+  }
+  if (
+    request.issuedAt === null &&
+    input.messageExpiryS !== undefined &&
+    input.keysKeptS !== undefined &&
+    input.messageExpiryS > input.keysKeptS
+  ) {
+    // Timed from its receipt, the command is fresh at every delivery; the broker may deliver it
+    // again until its interval runs out, and by then its key must still be in the journal (I1).
+    return malformed('INVALID_COMMAND', 'command', key, [
+      `Message Expiry Interval ${input.messageExpiryS} s without issuedAt: longer than this gateway keeps a settled key (journal.retentionHours, ${input.keysKeptS} s), so a redelivery after the key is purged would run as a new command; send issuedAt, or an interval of at most ${input.keysKeptS} s; nothing was written`,
     ]);
   }
   return { kind: 'command', key, request };

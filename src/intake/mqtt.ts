@@ -29,6 +29,12 @@ export interface MqttIntakeOptions {
    * it they are not.
    */
   readonly topicRootsFile?: string;
+  /**
+   * How long the journal keeps a settled key (`journal.retentionHours`), in hours: a command
+   * timed by a Message Expiry Interval longer than that is refused (mqtt-message.ts). Unset: no
+   * bound (the daemon always sets it).
+   */
+  readonly retentionHours?: number;
 }
 
 export interface MqttHealth {
@@ -100,6 +106,10 @@ export class MqttIntake {
       logger: this.logger,
       clock,
       acceptUntimed: config.acceptUntimedCommands,
+      keysKeptS:
+        options.retentionHours === undefined
+          ? undefined
+          : Math.floor(options.retentionHours * 3600),
     });
     this.retainedState = new RetainedStateSweep({
       topics: this.topics,

@@ -233,6 +233,49 @@ describe('journal retention against the freshness of a retry', () => {
   });
 });
 
+describe('untimed MQTT commands against the retention', () => {
+  // An untimed command (mqtt.acceptUntimedCommands) is timed from its receipt: fresh at every
+  // delivery. The broker delivers it again while the session lives, so the session must end
+  // before the journal purges its key.
+  const site = (mqtt: string, journal = '{}'): string =>
+    `${SITE.replace(
+      'mqtt: { url: mqtt://127.0.0.1:1883, identity: plant }',
+      `mqtt: { url: mqtt://127.0.0.1:1883, identity: plant, ${mqtt} }`,
+    )}journal: ${journal}\n`;
+
+  it('refuses a session that outlives the retention, with the values and what to set', () => {
+    const errors = errorsOf(() =>
+      loadConfig(write(site('acceptUntimedCommands: true, sessionExpiryS: 172800')), { env: {} }),
+    );
+    expect(errors).toEqual([
+      "mqtt.sessionExpiryS: 172800 s with mqtt.acceptUntimedCommands: an untimed command is fresh at every delivery, and the broker may deliver it again for the session's life (sessionExpiryS + 1.5 × keepaliveS 30 s = 172845 s), longer than the journal keeps its key (journal.retentionHours 48 h = 172800 s): a redelivery after the purge would run as a new command (set at most 172755, or raise journal.retentionHours)",
+    ]);
+    expect(() =>
+      loadConfig(write(site('acceptUntimedCommands: true, sessionExpiryS: 172755')), { env: {} }),
+    ).not.toThrow();
+  });
+
+  it('applies only to untimed commands over MQTT 5', () => {
+    // Timed commands are bounded by their deadline (the retention rule above).
+    expect(() => loadConfig(write(site('sessionExpiryS: 4000000000')), { env: {} })).not.toThrow();
+    // Over 3.1.1 the broker alone sets the session's life (docs/configuration.md).
+    expect(() =>
+      loadConfig(
+        write(site('acceptUntimedCommands: true, protocolVersion: 4, sessionExpiryS: 4000000000')),
+        { env: {} },
+      ),
+    ).not.toThrow();
+    // The shortest retention allowed with the default session and untimed commands.
+    const errors = errorsOf(() =>
+      loadConfig(write(site('acceptUntimedCommands: true', '{ retentionHours: 24.0014 }')), {
+        env: {},
+      }),
+    );
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatch(/^mqtt\.sessionExpiryS: 86400 s with .* \(set at most 86360, /);
+  });
+});
+
 describe("a move's resolution against the profile's positionTolerance", () => {
   /** The bundled profiles copied to `profiles/`, the actuator's text changed by `edit`. */
   const actuatorAs = (edit: (text: string) => string): string => {

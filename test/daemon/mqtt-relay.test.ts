@@ -200,4 +200,31 @@ describe.runIf(real)('two gateways on one broker', () => {
       await observer.end();
     }
   });
+  it("the daemon bounds a Message Expiry Interval by its journal's retention (48 h): longer is refused, never written", async () => {
+    const valve = plant.device('inlet-valve');
+    const before = valve.counters.writesReceived;
+    const observer = await TestClient.connect(broker.url);
+    try {
+      await observer.subscribe('sluice/demo/result/#');
+      await observer.publish(
+        'sluice/demo/cmd/inlet-valve',
+        { action: 'open', key: 'expiry-past-retention' },
+        { properties: { messageExpiryInterval: 172_800 + 600 } },
+      );
+      const answer = await observer.waitFor(
+        (m) =>
+          m.topic === 'sluice/demo/result/inlet-valve' && m.json().key === 'expiry-past-retention',
+        10_000,
+        "demo's answer",
+      );
+      expect(answer.json()).toMatchObject({ code: 'INVALID_COMMAND', device: 'inlet-valve' });
+      expect(String(answer.json().detail)).toContain('journal.retentionHours, 172800 s');
+      expect(
+        demo.pipeline.get({ scope: 'demo-mqtt', key: 'expiry-past-retention' }),
+      ).toBeUndefined();
+      expect(valve.counters.writesReceived).toBe(before);
+    } finally {
+      await observer.end();
+    }
+  });
 });

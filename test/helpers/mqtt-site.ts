@@ -29,6 +29,8 @@ export interface SiteIntakeOptions {
   readonly pipeline?: CommandPipeline;
   readonly reconnect?: { readonly minMs?: number; readonly maxMs?: number } | undefined;
   readonly topicRootsFile?: string | undefined;
+  /** The journal's retention the intake bounds message expiry by; the schema's default (48 h). */
+  readonly retentionHours?: number;
 }
 
 /**
@@ -74,6 +76,7 @@ export class MqttSite {
       logger: silentLogger,
       ...(options.reconnect === undefined ? {} : { reconnect: options.reconnect }),
       ...(options.topicRootsFile === undefined ? {} : { topicRootsFile: options.topicRootsFile }),
+      retentionHours: options.retentionHours ?? 48,
     });
   }
 

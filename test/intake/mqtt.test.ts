@@ -393,6 +393,59 @@ describe.skipIf(!available)('MQTT intake (mosquitto, MQTT 5)', () => {
     expect(await counted(site.stack.metrics, 'mqttMessages', 'untimed')).toBe(untimed + 1);
   });
 
+  it('refuses a command timed by a Message Expiry Interval longer than the journal keeps its key; one within it runs', async () => {
+    // Timed from its receipt, such a command is fresh at every delivery, and the broker may
+    // deliver it again until its interval runs out: its key must still be journaled then (I1).
+    // The site keeps keys 48 h (172,800 s).
+    const key = `expiry-${randomUUID()}`;
+    const action = moveOf('v1');
+    const log = site.stack.plant.device('v1').writeLog.length;
+    const pubacks = site.broker.pubacksFrom(CLIENT_ID);
+    await issuer.publish(
+      `${PREFIX}/cmd/v1`,
+      { action, key },
+      {
+        properties: {
+          messageExpiryInterval: 172_800 + 600,
+          responseTopic: 'test/replies/expiry',
+          correlationData: Buffer.from('e'),
+        },
+      },
+    );
+    const answer = await observer.waitFor(resultFor(key, 'v1'), 10_000, 'answer');
+    expect(answer.json()).toMatchObject({ key, device: 'v1', code: 'INVALID_COMMAND' });
+    expect(answer.json().state).toBeUndefined();
+    expect(String(answer.json().detail)).toMatch(
+      /^Message Expiry Interval 1734\d\d s without issuedAt: longer than this gateway keeps a settled key \(journal\.retentionHours, 172800 s\).*send issuedAt, or an interval of at most 172800 s; nothing was written$/,
+    );
+    const reply = await issuer.waitFor((m) => m.topic === 'test/replies/expiry');
+    expect(reply.json()).toMatchObject({ key, code: 'INVALID_COMMAND' });
+    await until(() => (site.broker.pubacksFrom(CLIENT_ID) > pubacks ? true : undefined));
+    expect(site.broker.deliveriesTo(CLIENT_ID, `${PREFIX}/cmd/v1`).filter((d) => d.dup)).toEqual(
+      [],
+    );
+    // Ground truth: no row for the key, no write.
+    expect(site.stack.journal.findByKey(key)).toEqual([]);
+    expect(site.stack.plant.device('v1').writeLog).toHaveLength(log);
+
+    // Within the retention: taken, timed from its receipt, written once.
+    const within = `expiry-${randomUUID()}`;
+    await issuer.publish(
+      `${PREFIX}/cmd/v1`,
+      { action, key: within },
+      { properties: { messageExpiryInterval: 172_800 - 600 } },
+    );
+    const result = await observer.waitFor(resultFor(within, 'v1'), 10_000, 'result');
+    expect(result.json()).toMatchObject({
+      key: within,
+      state: 'confirmed',
+      issuedAtSource: 'gateway',
+    });
+    const seq = Number(result.json().seq);
+    expect(site.stack.plant.device('v1').writeLog).toHaveLength(log + 1);
+    expect(site.stack.plant.device('v1').writesWithSeq(seq)).toBe(1);
+  });
+
   it('refuses a misspelt ttlMs (never the default TTL): answered, acknowledged, not journaled, never written; spelt right it runs', async () => {
     const key = `ttl-${randomUUID()}`;
     const action = moveOf('v1');
