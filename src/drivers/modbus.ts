@@ -70,14 +70,21 @@ const MODBUS_EXCEPTIONS: Record<number, string> = {
 };
 
 /**
- * Exceptions that answer a write without saying it was not applied: 0x04 (server device
- * failure: an unrecoverable error "while the server was attempting to perform the requested
- * action", which may have been partly or wholly performed), 0x05 (acknowledge: taken, still
- * being processed) and 0x0B (a gateway's target did not answer in time: it may have taken the
- * write and its answer been lost or late). Modbus Application Protocol v1.1b3 §7. Such a
- * write's outcome is unknown, as after a lost answer: the readback settles it.
+ * Exceptions that say a write was not performed (Modbus Application Protocol v1.1b3 §7): 0x01
+ * illegal function, 0x02 illegal data address, 0x03 illegal data value (the request refused as
+ * it stands), 0x06 server device busy (not processed: "retransmit the message later") and 0x0A
+ * gateway path unavailable (the gateway could not forward it). Any other exception answers a
+ * write without saying that, and its outcome is unknown, as after a lost answer: the readback
+ * settles it. So 0x04 (server device failure: an unrecoverable error "while the server was
+ * attempting to perform the requested action", which may have been partly or wholly
+ * performed), 0x05 (acknowledge: taken, still being processed), 0x0B (a gateway's target did
+ * not answer in time: it may have taken the write and its answer been lost or late), 0x08
+ * (memory parity error, defined for file records: a PLC that says it of a write failed while
+ * performing it) — and a code the protocol does not define (a vendor's), of which nothing is
+ * known: taken for a refusal, a write it applied would end DEVICE_FAULT "refused", with the
+ * device acting on it.
  */
-const WRITE_OUTCOME_UNKNOWN: ReadonlySet<number> = new Set([0x04, 0x05, 0x0b]);
+const WRITE_REFUSALS: ReadonlySet<number> = new Set([0x01, 0x02, 0x03, 0x06, 0x0a]);
 
 /** Exceptions a PLC gives for a read of addresses it does not map. */
 const SPAN_REFUSALS: ReadonlySet<number> = new Set([2, 3]);
@@ -146,7 +153,8 @@ const NOTHING: Delivery = () => undefined;
  *   before any answer (a PLC past its number of connections takes the connect and closes) is a
  *   failed attempt, so that such a PLC is not reconnected to once per request.
  * - Exception responses become DeviceRefusedError (the PLC answered: nothing was applied),
- *   except 0x04, 0x05 and 0x0B to a write (WRITE_OUTCOME_UNKNOWN); a write for which no
+ *   except those that do not say a write was not performed (all but WRITE_REFUSALS: 0x04,
+ *   0x05, 0x08, 0x0B, undefined codes), which leave its outcome unknown; a write for which no
  *   connection could be had (the connect failed, or the backoff refused it), or that the
  *   endpoint's close took out of the queue, becomes WriteNotSentError `no-connection` (never
  *   handed to a socket: nothing was applied); everything else becomes DeviceUnreachableError
@@ -387,7 +395,7 @@ export class ModbusEndpoint {
       };
     } catch (error) {
       const failure =
-        error instanceof ModbusExceptionError && WRITE_OUTCOME_UNKNOWN.has(error.exception)
+        error instanceof ModbusExceptionError && !WRITE_REFUSALS.has(error.exception)
           ? new DeviceUnreachableError(
               `${error.message}: whether the write was applied is unknown`,
               { cause: error },

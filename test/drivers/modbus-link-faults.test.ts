@@ -213,6 +213,11 @@ describe('an exception answered to a write that says nothing of whether it was a
     ['0x05 (acknowledge)', 0x05, 'v2', 'open'],
     // v1 again, opened above: closed this time.
     ['0x04 (server device failure)', 0x04, 'v1', 'close'],
+    // Said of a write, these do not say it was not performed either: a parity error while the
+    // PLC performed it, and a code the protocol does not define (a vendor's). Each used to end
+    // DEVICE_FAULT "the controller refused the write" while the valve acted on it.
+    ['0x08 (memory parity error)', 0x08, 'v2', 'close'],
+    ['0x0C (not defined by the protocol)', 0x0c, 'v1', 'open'],
   ] as const)(
     '%s: confirmed by readback, one write, never DEVICE_FAULT',
     async (_, code, id, action) => {
