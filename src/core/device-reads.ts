@@ -245,19 +245,25 @@ export class DeviceReads {
     if (contradictsSkew(readback, skew)) {
       // The image claims to be produced after its answer arrived: the clock stepped forward.
       lane.skew = null;
-    } else if (
-      skew !== null &&
-      (lane.oldImageCheckMono === null ||
-        this.host.clock.elapsed() - lane.oldImageCheckMono > OLD_IMAGE_MS)
-    ) {
+    } else if (skew !== null && readback.sourceTime !== null) {
       // An image far older than its read: frozen, or the controller's clock stepped back (a
       // restart, a manual set) — which no readback can tell apart. The clock is measured again,
-      // at once and then at most every OLD_IMAGE_MS, so that a clock set back beyond its bound
-      // is caught before the next write rather than when the estimate expires.
+      // so that a clock set back beyond its bound is caught before the next write rather than
+      // when the estimate expires: at once, and for the same image (frozen, or an idle OPC UA
+      // valve's last change) at most every OLD_IMAGE_MS. An image stamped anew that still
+      // looks old after a measurement is a clock set back again: measured at once, or a second
+      // step within OLD_IMAGE_MS of the first would take writes for the estimate's minute.
+      const last = lane.oldImageCheck;
       const window = sourceWindow(readback, skew);
-      if (window !== null && window.latest < readback.requestedMono - this.oldImageMs(lane, skew)) {
+      if (
+        (last === null ||
+          last.sourceTime !== readback.sourceTime ||
+          this.host.clock.elapsed() - last.mono > OLD_IMAGE_MS) &&
+        window !== null &&
+        window.latest < readback.requestedMono - this.oldImageMs(lane, skew)
+      ) {
         lane.skew = null;
-        lane.oldImageCheckMono = this.host.clock.elapsed();
+        lane.oldImageCheck = { mono: this.host.clock.elapsed(), sourceTime: readback.sourceTime };
       }
     }
     this.host.mirror(lane, readback);

@@ -69,8 +69,11 @@ export interface Lane {
   readonly skewSamples: SkewSample[];
   /** Set while the controller clock is provably beyond the allowed skew (SPEC §6). */
   clockOff: { readonly since: number; readonly offsetMs: number; readonly maxMs: number } | null;
-  /** When an image far older than its read last had the clock measured again (monotonic). */
-  oldImageCheckMono: number | null;
+  /**
+   * The last image far older than its read that had the clock measured again: when
+   * (monotonic), and its source time (the same image does so again only after a while).
+   */
+  oldImageCheck: { readonly mono: number; readonly sourceTime: number } | null;
   /** The device's status reads failing in a row, if they do (read-failures.ts). */
   readonly statusReads: ReadFailures;
   /** Its controller clock reads failing in a row, if they do. */

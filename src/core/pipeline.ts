@@ -156,7 +156,7 @@ export class CommandPipeline {
         lastWrite: null,
         skewSamples: [],
         clockOff: null,
-        oldImageCheckMono: null,
+        oldImageCheck: null,
         statusReads: noReadFailures(),
         clockReads: noReadFailures(),
         signal: this.abort.signal,

@@ -93,6 +93,39 @@ describe('controller skew (SPEC §6)', () => {
     expect(h.device('v1').counters.writesReceived).toBe(1);
   });
 
+  it('a controller clock set back twice within 5 s: the second step is caught before the next write too', async () => {
+    h = await SimHarness.start({ clockPolicy: bounded(2_000) });
+    const plc = h.plant.plc('mb');
+    const stamped = async (behindMs: number): Promise<void> => {
+      const at = Date.now();
+      await h!.until(
+        () => {
+          const scan = h!.device('v1').snapshot().published.scanTime;
+          return Math.abs(scan - (Date.now() - behindMs)) < 500 && Date.now() > at;
+        },
+        2_000,
+        'an image stamped with the stepped clock',
+      );
+    };
+    plc.setFault({ kind: 'clock', offsetMs: 7_200_000 });
+    h.submit('ahead', { device: 'v1', action: 'open' });
+    expect(await h.settled('ahead')).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+    // Set right (back two hours): its next command runs, the clock measured again on an image
+    // that looked two hours old.
+    plc.clearFault('clock');
+    await stamped(0);
+    h.submit('right', { device: 'v1', action: 'open' });
+    const right = await h.settled('right');
+    expect(right).toMatchObject({ state: 'confirmed' });
+    // At once set two hours back again, within 5 s of that measurement.
+    plc.setFault({ kind: 'clock', offsetMs: -7_200_000 });
+    await stamped(7_200_000);
+    h.submit('behind', { device: 'v1', action: 'close' });
+    const behind = await h.settled('behind');
+    expect(behind, behind.detail ?? '').toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+    expect(h.device('v1').writeLog.map((w) => w.seq)).toEqual([right.seq]);
+  });
+
   it('within the bound, commands pass and the history records the skew', async () => {
     h = await SimHarness.start({ clockPolicy: bounded(1_000) });
     h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: 300 });
