@@ -18,6 +18,13 @@ export interface AdminAnswer {
   readonly body: unknown;
 }
 
+/**
+ * The request went out and no answer came back (the connection closed, the daemon stopping or
+ * restarting, no answer in time): what it asked for may have been done. The caller says what
+ * that means for its action and how to learn which.
+ */
+export class AnswerLostError extends CliError {}
+
 /** Problem codes that mean the command line must say more, not that something broke. */
 const USAGE_CODES = new Set(['AMBIGUOUS_KEY', 'INVALID_REQUEST']);
 
@@ -125,16 +132,30 @@ export class AdminClient {
           });
         },
       );
+      // Once the request is written, the daemon may act on it whatever becomes of the answer.
+      let sent = false;
+      req.once('finish', () => {
+        sent = true;
+      });
       req.once('timeout', () => {
         req.destroy(
           Object.assign(new Error(`no answer within ${this.timeoutMs} ms`), { code: 'ETIMEDOUT' }),
         );
       });
       req.once('error', (error) => {
-        reject(this.unreachable(error));
+        reject(sent ? this.lost(error) : this.unreachable(error));
       });
       req.end(payload);
     });
+  }
+
+  private lost(error: Error): AnswerLostError {
+    const code = (error as { code?: unknown }).code;
+    return new AnswerLostError(
+      code === 'ETIMEDOUT'
+        ? `sluiced took the request at ${this.paths.socket} and gave no answer within ${this.timeoutMs} ms`
+        : `sluiced closed the connection at ${this.paths.socket} before answering (${messageOf(error)}): it may be stopping or restarting`,
+    );
   }
 
   private unreachable(error: Error): CliError {

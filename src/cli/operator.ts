@@ -1,5 +1,5 @@
 import { hostname, userInfo } from 'node:os';
-import { AdminClient } from './admin-client.js';
+import { AdminClient, AnswerLostError } from './admin-client.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, UsageError, type ExitCode } from './errors.js';
 import { isResultDocument, resultFields, type ResultDocument } from './result-view.js';
@@ -48,10 +48,17 @@ export async function runReverify(
   scope: string | undefined,
 ): Promise<ExitCode> {
   const by = operatorName(ctx.io.env);
-  const answer = await new AdminClient(ctx.adminEndpoint()).post(commandPath(key, 'reverify'), {
-    ...(scope === undefined ? {} : { scope }),
-    by,
-  });
+  const answer = await new AdminClient(ctx.adminEndpoint())
+    .post(commandPath(key, 'reverify'), {
+      ...(scope === undefined ? {} : { scope }),
+      by,
+    })
+    .catch((error: unknown) => {
+      if (!(error instanceof AnswerLostError)) throw error;
+      throw new CliError(
+        `${error.message}. The reverify may have been noted in the command's history, and the command may have settled since: ${showLine(ctx, key, scope)}`,
+      );
+    });
   const body = (answer.body ?? {}) as { settled?: unknown; detail?: unknown };
   const result = resultOf(answer.body);
   const settled = body.settled === true;
@@ -73,6 +80,13 @@ export async function runReverify(
   }
   ctx.out(renderFields(resultFields(result, ctx.now()), ctx.style));
   return EXIT.OK;
+}
+
+/** `sluicectl show KEY [--scope S]`, as it can be typed back. */
+function showLine(ctx: CliContext, key: string, scope: string | undefined): string {
+  const config = ctx.configExplicit ? ` --config ${ctx.configPath}` : '';
+  const scoped = scope === undefined ? '' : ` --scope ${scope}`;
+  return `sluicectl${config} show${scoped} ${key.startsWith('-') ? '-- ' : ''}${key}`;
 }
 
 export interface ResolveOptions {
@@ -105,16 +119,24 @@ export async function runResolve(
   const by = operatorName(ctx.io.env);
   // 503 with a result: the resolve took effect, but the journal has not made it durable (its
   // sync failed or stalls): said as such, not as a refusal (docs/admin-api.md).
-  const answer = await new AdminClient(ctx.adminEndpoint()).post(
-    commandPath(key, 'resolve'),
-    {
-      ...(options.scope === undefined ? {} : { scope: options.scope }),
-      as: 'failed',
-      reason,
-      by,
-    },
-    [503],
-  );
+  const answer = await new AdminClient(ctx.adminEndpoint())
+    .post(
+      commandPath(key, 'resolve'),
+      {
+        ...(options.scope === undefined ? {} : { scope: options.scope }),
+        as: 'failed',
+        reason,
+        by,
+      },
+      [503],
+    )
+    .catch((error: unknown) => {
+      if (!(error instanceof AnswerLostError)) throw error;
+      // The daemon answers a retry of this very resolve (same who and reason) as this one.
+      throw new CliError(
+        `${error.message}. The resolve may have taken effect, and may not be on disk yet: run the same resolve again, with the same --reason, to learn (a retry of this resolve is answered as it, not refused as already settled); or look: ${showLine(ctx, key, options.scope)}`,
+      );
+    });
   const body = (answer.body ?? {}) as { code?: unknown; detail?: unknown; replayed?: unknown };
   const detail = typeof body.detail === 'string' ? body.detail : null;
   if (answer.status === 503 && !isResultDocument((answer.body as { result?: unknown }).result)) {

@@ -523,8 +523,45 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     expect(valve.counters.writesReceived).toBe(before + 1);
   }, 60_000);
 
-  it('says clearly when the daemon is not there', async () => {
+  it('says clearly when the daemon is not there, or went away while it was asked', async () => {
+    // A reverify the daemon's stop cuts (it waits for a readback, longer than the stop lets an
+    // admin request finish): the request was taken, so it is not "cannot reach" nor a bare
+    // "socket hang up", and it says how to learn what became of the command.
+    const valve = plant.device('send-valve');
+    const before = valve.counters.writesReceived;
+    valve.setFault({ kind: 'stuck-travel' });
+    const action = valve.snapshot().state === 'OPEN' ? 'close' : 'open';
+    const sent = await cli(
+      'send',
+      'send-valve',
+      action,
+      '--key',
+      'cut-1',
+      '--wait',
+      '1s',
+      '--token-file',
+      tokenFile,
+    );
+    expect(sent.code).toBe(1);
+    await until(() => (valve.counters.writesReceived === before + 1 ? true : undefined), 5_000);
+    const pending = cli('reverify', 'cut-1');
+    await until(
+      () =>
+        historyOf('cut-1').some((e) => e.detail === `reverify requested by ${OPERATOR}`)
+          ? true
+          : undefined,
+      15_000,
+      'the reverify request',
+    );
     await daemon.stop();
+    const cut = await pending;
+    valve.clearFault('stuck-travel');
+    expect({ code: cut.code, stdout: cut.stdout }).toEqual({ code: 1, stdout: '' });
+    expect(cut.stderr).toMatch(
+      /^sluicectl: sluiced closed the connection at .*admin\.sock before answering \([^)]+\): it may be stopping or restarting\. The reverify may have been noted in the command's history, and the command may have settled since: sluicectl --config \S+ show cut-1\n$/,
+    );
+    expect(valve.counters.writesReceived).toBe(before + 1);
+
     const [health, resolve] = await Promise.all([
       cli('health'),
       cli('resolve', 'held-1', '--as', 'failed', '--reason', 'x'),
@@ -538,5 +575,5 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     // Reading needs no daemon.
     const list = await cli('list', '--json');
     expect(list.code).toBe(0);
-  }, 30_000);
+  }, 60_000);
 });
