@@ -36,6 +36,19 @@ function duration(value: string): number {
   return parseDuration(value);
 }
 
+/** The longest --wait: a command lives at most a day (ttlMs), so a longer wait waits for nothing. */
+const MAX_WAIT_MS = 86_400_000;
+
+function waitDuration(value: string): number {
+  const ms = parseDuration(value);
+  // Past 2^31-1 ms Node's timers fire at once (TimeoutOverflowWarning): the run would give up
+  // as it began.
+  if (ms > MAX_WAIT_MS) {
+    throw new InvalidArgumentError(`"${value}" is longer than a day, the longest a command lives`);
+  }
+  return ms;
+}
+
 function positiveInt(value: string): number {
   if (!/^\d+$/.test(value) || Number(value) < 1) {
     throw new InvalidArgumentError(`"${value}" is not a positive whole number`);
@@ -214,8 +227,8 @@ export function buildProgram(io: Io, result: { code: number }): Command {
         .default('https'),
     )
     .addOption(
-      new Option('--wait <duration>', 'how long to wait for the result')
-        .argParser(duration)
+      new Option('--wait <duration>', 'how long to wait for the result (at most 1d)')
+        .argParser(waitDuration)
         .default(10_000, '10s'),
     )
     .option(

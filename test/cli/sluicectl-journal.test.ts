@@ -441,6 +441,7 @@ describe('errors and usage', () => {
       cli('send', 'no-such-valve', 'open'),
       cli('send', 'inlet-valve', 'open', '--key', 'has space'),
       cli('send', 'inlet-valve', 'open', '--key', '"k"'),
+      cli('send', 'inlet-valve', 'open', '--wait', '30d'),
     ]);
     for (const run of runs) {
       expect({ code: run.code, stderr: run.stderr }).toMatchObject({ code: 2 });
@@ -464,6 +465,7 @@ describe('errors and usage', () => {
       device,
       key,
       quoted,
+      wait,
     ] = runs.map((r) => r.stderr);
     expect(unknownCmd).toContain("unknown command 'frobnicate'");
     expect(unknownOpt).toContain("unknown option '--bogus'");
@@ -485,6 +487,8 @@ describe('errors and usage', () => {
     expect(key).toContain('--key: an idempotency key is 1-255 printable ASCII characters');
     // Over HTTPS `"k"` is the key k, over MQTT it would be `"k"`: refused before either.
     expect(quoted).toContain('--key: an idempotency key has no double quote');
+    // Past 2^31-1 ms a timer fires at once: the run gave up as it began.
+    expect(wait).toContain('"30d" is longer than a day, the longest a command lives');
   });
 
   it('exits 1 with a clear message when the journal, the configuration or the daemon is missing', async () => {
