@@ -237,6 +237,8 @@ export class ConfirmationLoop {
     let localSince: number | null = null;
     // The controller was seen echoing this command outside LOCAL: it took it in REMOTE.
     let takenInRemote = false;
+    // This stop was seen taken while the write of the command it preempted could still land.
+    let stopTakenAt: TimedReadback | null = null;
     // Readbacks are placed on the controller's scans where its image time says when they are
     // (readback-pacing.ts); the first follows an acknowledged write no sooner than the scan
     // that can take it, an unacknowledged one at once.
@@ -278,7 +280,16 @@ export class ConfirmationLoop {
         takenInRemote = true;
       }
       switch (verdict.kind) {
-        case 'confirmed':
+        case 'confirmed': {
+          const landing = this.preemptedMayLand(lane, record, readback);
+          if (landing !== null) {
+            // The preempted command's write may still come after this stop and undo it: the
+            // stop is confirmed only once it no longer can (or the write it preempted is seen).
+            stopTakenAt ??= readback;
+            wrongSince = null;
+            lastReason = landing;
+            break;
+          }
           this.host.settle(log, record, 'dispatched', {
             to: 'confirmed',
             code: 'OK',
@@ -291,6 +302,7 @@ export class ConfirmationLoop {
             }`,
           });
           return;
+        }
         case 'controller-rejected':
           this.host.settle(log, record, 'dispatched', {
             to: 'rejected',
@@ -429,6 +441,26 @@ export class ConfirmationLoop {
           lastReason = 'the controller clock stepped; measuring it again';
           break;
         case 'not-taken': {
+          const late = lane.interrupted?.write;
+          if (
+            stopTakenAt !== null &&
+            late !== undefined &&
+            late !== null &&
+            readback.seq === late.seq
+          ) {
+            // The controller took this stop, then the preempted command's write, which had
+            // been on its way (its answer lost): the stop did not hold. It is not written again
+            // (I1): the operator's next stop is a new command.
+            const at = readback.position === null ? '' : ` at ${readback.position} %`;
+            this.host.settle(log, record, 'dispatched', {
+              to: 'failed',
+              code: 'READBACK_MISMATCH',
+              faultCode: null,
+              observed: observe(readback),
+              detail: `the controller took the stop (it showed ${stopTakenAt.state}${stopTakenAt.position === null ? '' : ` at ${stopTakenAt.position} %`}), then the write of ${lane.interrupted?.target.key ?? 'the command it preempted'} (sequence number ${late.seq}), whose answer had been lost and which reached it late: it shows ${readback.state}${at}; the stop did not hold, and it is not written again`,
+            });
+            return;
+          }
           wrongSince = null;
           const next = await this.notTaken(lane, record, ctx, readback, log);
           if (next.kind === 'settled') return;
@@ -641,6 +673,37 @@ export class ConfirmationLoop {
    * The stops journaled on the device after this command, newest first; looked up once per
    * echo the controller shows (the confirm loop polls).
    */
+  /**
+   * For a stop that preempted a written command: why that command's write may still reach the
+   * controller after `readback`, and so after this stop (or null). Its answer lost, it may be
+   * on its way still, and this stop went out on the connection that replaced the lost one.
+   */
+  private preemptedMayLand(
+    lane: Lane,
+    record: CommandRecord,
+    readback: TimedReadback,
+  ): string | null {
+    const interrupted = lane.interrupted;
+    if (
+      record.action !== 'stop' ||
+      interrupted === null ||
+      refId(interrupted.stop) !== refId(record) ||
+      interrupted.write === null
+    ) {
+      return null;
+    }
+    const landing = mayStillLand({
+      profile: lane.binding.profile,
+      readback,
+      skew: this.reads.usableSkew(lane),
+      acked: interrupted.write.acked,
+      unknownSinceMono: interrupted.write.unknownSinceMono ?? interrupted.write.sentMono,
+    });
+    return landing === null
+      ? null
+      : `the controller took the stop, but the command it preempted (${interrupted.target.key}) may still undo it: ${landing}`;
+  }
+
   /** Why this command's write may still reach the controller after `readback` (or null). */
   private mayStillLand(lane: Lane, ctx: WrittenContext, readback: TimedReadback): string | null {
     return mayStillLand({

@@ -149,12 +149,12 @@ describe('stop preempts travel', () => {
     expect(valve.writesWithSeq(a.seq!)).toBe(1);
   });
 
-  it('a move whose write, its answer lost, reaches the controller after the stop is not called INTERRUPTED', async () => {
+  it('a move whose write, its answer lost, reaches the controller after the stop: neither is said to have held', async () => {
     // The move's request is held on the link past the request timeout (250 ms) and within the
     // guard, as the profile's contract allows: the driver replaces the connection, the stop
     // goes out on the new one and is taken first (a no-op: the actuator rests), then the move
-    // lands and the actuator travels to 80 %. The move used to end INTERRUPTED "stopped by s at
-    // 0 %" on the first readback showing the stop's echo, before its own write had landed.
+    // lands and the actuator travels to 80 %. The stop used to be confirmed on its first
+    // readback, and the move to end INTERRUPTED "stopped by s at 0 %", before the move landed.
     h = await SimHarness.start({
       travelMs: 300,
       warm: true,
@@ -168,16 +168,21 @@ describe('stop preempts travel', () => {
     actuator.clearFault('latency');
     h.submit('s', { device: 'a1', action: 'stop' });
     const [s, m] = [await h.settled('s'), await h.settled('m')];
-    expect(s).toMatchObject({ state: 'confirmed', code: 'OK' });
+    // The stop was taken and then undone by the late move: it says so, and is not written again.
+    expect(s).toMatchObject({ state: 'failed', code: 'READBACK_MISMATCH', attempts: 1 });
+    expect(s.observed).toMatchObject({ seq: m.seq });
+    expect(s.detail).toMatch(
+      /^the controller took the stop \(it showed IDLE at 0 %\), then the write of m \(sequence number \d+\), whose answer had been lost and which reached it late: .*the stop did not hold, and it is not written again$/,
+    );
     // The move did take effect, after the stop: its own readback says so, with its echo.
     expect(m).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
     expect(m.observed).toMatchObject({ state: 'IDLE', position: 80, seq: m.seq });
-    expect(m.detail).toMatch(/took this command after the stop s .*the stop did not hold it/);
     // Ground truth: the stop reached the controller first, at rest; the move after it; each once.
     expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
       [s.seq, 'noop', 'IDLE', 'IDLE'],
       [m.seq, 'accepted', 'IDLE', 'MOVING'],
     ]);
+    expect(actuator.writesWithSeq(s.seq!)).toBe(1);
     expect(actuator.writesWithSeq(m.seq!)).toBe(1);
     expect(actuator.snapshot()).toMatchObject({ state: 'IDLE', position: 80 });
   });
