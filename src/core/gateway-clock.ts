@@ -144,11 +144,12 @@ export interface ObservationJudgement {
   /** Why it is locked, or every reason it is not. */
   readonly detail: string;
   /**
-   * The reference is there and measures this clock off beyond the bound (PTP: a port follows
-   * a present grandmaster; chrony: synchronised to a source, its pending correction beyond).
-   * No holdover covers that: holdover is a clock that lost its reference and is presumed to
-   * free-run within its bound, and this one is measured outside it (a step of the gateway's
-   * clock, by an operator or another time daemon, reads so).
+   * The reference is there and measures this clock off beyond what a holdover presumes (PTP: a
+   * port follows a present grandmaster; chrony: synchronised to a source, its pending correction
+   * beyond; withinHoldover()). No holdover covers that: holdover is a clock that lost its
+   * reference and is presumed to free-run from within its bound, and this one is measured far
+   * outside it (a step of the gateway's clock, by an operator or another time daemon, reads so).
+   * An offset just past the bound (a servo's spike) is holdover, as before.
    */
   readonly measuredOff: boolean;
 }
@@ -171,6 +172,21 @@ export function judgeObservation(
 
 function withinBound(valueNs: number | null, policy: GatewayClockPolicy): boolean {
   return valueNs !== null && Number.isFinite(valueNs) && Math.abs(valueNs) <= policy.maxOffsetNs;
+}
+
+/**
+ * How far a clock in holdover may be presumed to have run off: free-running from within the
+ * bound, at a gateway oscillator's worst drift (100 ppm, a plain crystal's tolerance), for the
+ * whole holdover. A reference that measures the clock within this is a transient (a spike of the
+ * servo, a path-delay jump): holdover rides it out, as it would a lost grandmaster. Beyond it the
+ * clock was stepped (an operator, another time daemon): no holdover covers that.
+ */
+const HOLDOVER_DRIFT_PPM = 100;
+
+function withinHoldover(valueNs: number | null, policy: GatewayClockPolicy): boolean {
+  // A millisecond at one part per million is a nanosecond.
+  const presumedNs = policy.maxOffsetNs + policy.holdoverMs * HOLDOVER_DRIFT_PPM;
+  return valueNs !== null && Number.isFinite(valueNs) && Math.abs(valueNs) <= presumedNs;
 }
 
 function judgePtp(o: PtpObservation, policy: GatewayClockPolicy): ObservationJudgement {
@@ -223,7 +239,7 @@ function judgePtp(o: PtpObservation, policy: GatewayClockPolicy): ObservationJud
     detail: reasons.join('; '),
     // The offset is live only while a port follows a master (above), and means something only
     // with a grandmaster present.
-    measuredOff: beyond && o.gmPresent,
+    measuredOff: beyond && o.gmPresent && !withinHoldover(offset, policy),
   };
 }
 
@@ -264,7 +280,7 @@ function judgeChrony(o: ChronyObservation, policy: GatewayClockPolicy): Observat
     detail: reasons.join('; '),
     // The offset itself beyond the bound, not only the error bound: the dispersion that grows
     // after the sources are lost is what holdover is for; an offset chrony measured is not.
-    measuredOff: referenced && !withinBound(o.offsetNs, policy),
+    measuredOff: referenced && !withinHoldover(o.offsetNs, policy),
   };
 }
 

@@ -134,6 +134,15 @@ describe('gateway clock state rule', () => {
     ['port MASTER', ptp(port('MASTER')), 'port MASTER'],
     ['port UNCALIBRATED', ptp(port('UNCALIBRATED')), 'port UNCALIBRATED: not locked'],
     ['port FAULTY', ptp(port('FAULTY')), 'port FAULTY'],
+    // A servo's spike past the bound, within what a holdover presumes (the bound + holdoverMs
+    // at 100 ppm: 1000 + 5000 × 100 = 501,000 ns here).
+    ['offset beyond, positive', ptp({ masterOffsetNs: 1001 }), 'offset 1001 ns beyond ±1000 ns'],
+    ['offset beyond, negative', ptp({ masterOffsetNs: -5000 }), 'offset -5000 ns beyond'],
+    [
+      'offset at what a holdover presumes',
+      ptp({ masterOffsetNs: -501_000 }),
+      'offset -501000 ns beyond ±1000 ns',
+    ],
     ['no offset', ptp({ masterOffsetNs: null, offsetFromMasterNs: null }), 'no offset reported'],
   ])('LOCKED → HOLDOVER: %s', (_name, probe, reason) => {
     const [locked, holdover] = run([
@@ -151,12 +160,13 @@ describe('gateway clock state rule', () => {
   });
 
   it.each([
-    ['positive', 1001, 'offset 1001 ns beyond ±1000 ns'],
-    ['negative', -5000, 'offset -5000 ns beyond ±1000 ns'],
+    // Past the bound + holdoverMs at 100 ppm (501,000 ns here): no holdover presumes it.
+    ['positive', 501_001, 'offset 501001 ns beyond ±1000 ns'],
+    ['negative', -2_000_000, 'offset -2000000 ns beyond ±1000 ns'],
     // The gateway's clock stepped back an hour under a ptp4l that follows its grandmaster.
     ['an hour behind', -3_600_000_000_000, 'offset -3600000000000 ns beyond ±1000 ns'],
   ])(
-    'LOCKED → UNLOCKED at once, no holdover: the grandmaster measures the clock off beyond the bound (%s)',
+    'LOCKED → UNLOCKED at once, no holdover: the grandmaster measures the clock off beyond what a holdover presumes (%s)',
     (_name, offset, reason) => {
       const [, off, back] = run([
         [100, ptp()],
