@@ -11,6 +11,7 @@ import {
 } from './lane.js';
 import type { Logger } from './logger.js';
 import { takeUpNote } from './open-commands.js';
+import type { DeviceProfile } from './profile.js';
 import { stopOverPreempted } from './preemption.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
@@ -373,17 +374,27 @@ export class ConfirmationLoop {
             }
           }
           wrongSince ??= readback.requestedMono;
+          // A move that rests in a target state away from its setpoint: the positions say
+          // what is wrong ("expected IDLE; … rests in IDLE" said nothing).
+          const at =
+            ctx.expect.position === null || readback.position === null
+              ? ''
+              : ` at ${readback.position} %`;
           lastReason =
             ctx.localSeen === true
-              ? `the valve was switched to LOCAL after the command's read and rests in ${readback.state} since`
-              : `the controller took the command and rests in ${readback.state}`;
+              ? `the valve was switched to LOCAL after the command's read and rests in ${readback.state}${at} since`
+              : `the controller took the command and rests in ${readback.state}${at}`;
           if (clock.elapsed() - wrongSince >= profile.timing.mismatchGraceMs) {
             this.host.settle(log, record, 'dispatched', {
               to: 'failed',
               code: 'READBACK_MISMATCH',
               faultCode: null,
               observed: observe(readback),
-              detail: `expected ${ctx.expect.confirm.join(' or ')}; ${lastReason}`,
+              detail: `expected ${expectedText(profile, ctx.expect)}; ${lastReason}${
+                ctx.expect.position !== null && readback.position === null
+                  ? ' (the controller gives no position)'
+                  : ''
+              }`,
             });
             return;
           }
@@ -962,4 +973,11 @@ function aborted(lane: Lane): boolean {
 function imageTimeOf(before: DeviceImage): { readonly sourceTime: number | null } | null {
   const time = (before as Partial<TimedReadback>).sourceTime;
   return typeof time === 'number' ? { sourceTime: time } : null;
+}
+
+/** What a command waits to see: its states, and for a move its setpoint within tolerance. */
+function expectedText(profile: DeviceProfile, expect: Expectation): string {
+  const states = expect.confirm.join(' or ');
+  if (expect.position === null) return states;
+  return `${states} at ${String(expect.position)} % (within ${String(profile.positionTolerance ?? 0)} %)`;
 }
