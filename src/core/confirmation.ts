@@ -703,6 +703,15 @@ export class ConfirmationLoop {
     ) {
       return null;
     }
+    // A preempted write withdrawn before it was sent leaves the command SUPERSEDED: nothing of
+    // it can land. Unreadable, the command is taken as still open (the stop waits the guard).
+    let target: CommandRecord | undefined;
+    try {
+      target = this.host.journal.get(interrupted.target);
+    } catch {
+      target = undefined;
+    }
+    if (target !== undefined && target.state !== 'dispatched') return null;
     const landing = mayStillLand({
       profile: lane.binding.profile,
       readback,
