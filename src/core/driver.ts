@@ -34,11 +34,20 @@ export interface CommandWrite {
   /** 16-bit command sequence number, 1..65535; the controller echoes it. */
   readonly seq: number;
   /**
-   * Wall-clock ms (the command's deadline): a write not yet sent by then — still queued behind
-   * other requests to its controller, or waiting for a connection — is not sent at all and
-   * rejects with WriteNotSentError (I3). Absent: no such bound.
+   * Wall-clock ms (the command's deadline), for a command timed by its issuer's issuedAt: a
+   * write not yet sent by then — still queued behind other requests to its controller, or
+   * waiting for a connection — is not sent at all and rejects with WriteNotSentError (I3). A
+   * step of the gateway's clock forward ages such a command, so it is judged on the wall clock
+   * too. Absent: no wall-clock bound (a command timed by its receipt: a step must not age it).
    */
   readonly notAfter?: number;
+  /**
+   * Monotonic ms left before the command's deadline, counted from the moment `write` is called:
+   * a write not yet sent once that much has passed on the monotonic clock is not sent at all,
+   * as for `notAfter` (I3). A step of the gateway's clock back while the write waits does not
+   * give it that time again. Absent: no such bound.
+   */
+  readonly timeLeftMs?: number;
   /**
    * Aborted when the write is no longer wanted: a stop preempted its command, an operator
    * resolved it, the daemon is stopping. A write not yet sent by then — still queued behind

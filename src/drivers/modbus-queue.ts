@@ -57,6 +57,8 @@ export interface WriteJob extends QueuedJob {
   readonly values: readonly number[];
   /** Wall-clock ms past which it is not sent (CommandWrite.notAfter). */
   readonly notAfter: number | undefined;
+  /** Monotonic ms (the endpoint's clock) past which it is not sent (CommandWrite.timeLeftMs). */
+  readonly notAfterMono: number | undefined;
   /** Once aborted, it is not sent (CommandWrite.withdrawn). */
   readonly withdrawn: AbortSignal | undefined;
   readonly resolve: () => void;

@@ -248,19 +248,24 @@ export class ModbusEndpoint {
   /**
    * `owner`, when given, names the device the registers belong to: reads of other devices may
    * then be served before this write, never reads of the same owner (modbus-queue.ts). `bounds`
-   * are the command's CommandWrite.notAfter and .withdrawn: a write not yet sent when its
-   * deadline passes or it is withdrawn is never sent (WriteNotSentError). Withdrawn while it
-   * waits in the queue, it leaves the queue at once.
+   * are the command's CommandWrite.notAfter, .timeLeftMs and .withdrawn: a write not yet sent
+   * when its deadline passes (on the wall clock or, counted from this call, on the monotonic
+   * clock) or it is withdrawn is never sent (WriteNotSentError). Withdrawn while it waits in
+   * the queue, it leaves the queue at once.
    */
   writeRegisters(
     address: number,
     values: number[],
     signal?: AbortSignal,
     owner?: string,
-    bounds: Pick<CommandWrite, 'notAfter' | 'withdrawn'> = {},
+    bounds: Pick<CommandWrite, 'notAfter' | 'timeLeftMs' | 'withdrawn'> = {},
   ): Promise<void> {
     const what = `write ${address}+${values.length}`;
     const { withdrawn } = bounds;
+    const notAfterMono =
+      bounds.timeLeftMs === undefined
+        ? undefined
+        : this.options.clock.elapsed() + bounds.timeLeftMs;
     return new Promise<void>((resolve, reject) => {
       if (withdrawn?.aborted === true) {
         reject(this.withdrawnError(what));
@@ -290,6 +295,7 @@ export class ModbusEndpoint {
         },
         owner,
         notAfter: bounds.notAfter,
+        notAfterMono,
         withdrawn,
       };
       withdrawn?.addEventListener('abort', onWithdrawn, { once: true });
@@ -565,14 +571,19 @@ export class ModbusEndpoint {
 
   /** Why `write` must not be sent now (past its deadline, withdrawn), or null. */
   private unsendable(write: WriteJob, what: string): WriteNotSentError | null {
-    if (write.notAfter !== undefined) {
-      const late = this.options.clock.now() - write.notAfter;
-      if (late >= 0) {
-        return new WriteNotSentError(
-          `${this.name}: ${what}: not sent: its deadline passed ${late} ms ago while it waited for the PLC; nothing was written`,
-          'deadline',
-        );
-      }
+    // The later of the two measures: a step of the wall clock back must not give a queued
+    // write its time again, nor one forward a receipt-timed command's (it has no notAfter).
+    const late = Math.max(
+      write.notAfter === undefined ? -Infinity : this.options.clock.now() - write.notAfter,
+      write.notAfterMono === undefined
+        ? -Infinity
+        : this.options.clock.elapsed() - write.notAfterMono,
+    );
+    if (late >= 0) {
+      return new WriteNotSentError(
+        `${this.name}: ${what}: not sent: its deadline passed ${Math.round(late)} ms ago while it waited for the PLC; nothing was written`,
+        'deadline',
+      );
     }
     return write.withdrawn?.aborted === true ? this.withdrawnError(what) : null;
   }

@@ -611,6 +611,9 @@ export interface OpcuaDeviceOptions {
   readonly clock: Clock;
 }
 
+/** A command's write with its monotonic deadline on this driver's clock (CommandWrite.timeLeftMs). */
+type BoundedWrite = CommandWrite & { readonly notAfterMono: number | undefined };
+
 /** The driver port for one device on an OPC UA controller (node names: docs/device-profiles.md). */
 export class OpcuaDeviceDriver implements DeviceDriver {
   private readonly o: OpcuaDeviceOptions;
@@ -672,7 +675,15 @@ export class OpcuaDeviceDriver implements DeviceDriver {
     };
   }
 
-  async write(command: CommandWrite, signal?: AbortSignal): Promise<void> {
+  async write(unbounded: CommandWrite, signal?: AbortSignal): Promise<void> {
+    // Its monotonic deadline, counted from now (CommandWrite.timeLeftMs).
+    const command: BoundedWrite = {
+      ...unbounded,
+      notAfterMono:
+        unbounded.timeLeftMs === undefined
+          ? undefined
+          : this.o.clock.elapsed() + unbounded.timeLeftMs,
+    };
     const e = this.o.endpoint;
     const c = this.names.command;
     const value = (name: string, dataType: DataType, v: number): WriteValueOptions => ({
@@ -718,7 +729,7 @@ export class OpcuaDeviceDriver implements DeviceDriver {
    * handed to the session that then failed is not that: its outcome is unknown.
    */
   private async sendOnSession(
-    command: CommandWrite,
+    command: BoundedWrite,
     stage: 'write' | 'trigger',
     send: () => Promise<void>,
   ): Promise<void> {
@@ -739,7 +750,7 @@ export class OpcuaDeviceDriver implements DeviceDriver {
    * sent, for that reason, when nothing else forbids it.
    */
   private notSent(
-    command: CommandWrite,
+    command: BoundedWrite,
     stage: 'write' | 'trigger',
     noSession?: string,
   ): WriteNotSentError | null {
@@ -751,14 +762,19 @@ export class OpcuaDeviceDriver implements DeviceDriver {
             ' while the code and setpoint were on their way',
             'the controller takes nothing without it',
           ];
-    if (command.notAfter !== undefined) {
-      const late = this.o.clock.now() - command.notAfter;
-      if (late >= 0) {
-        return new WriteNotSentError(
-          `${this.o.id}: ${what} not sent: its deadline passed ${late} ms ago${during}; ${outcome}`,
-          'deadline',
-        );
-      }
+    // The later of the two measures: a step of the wall clock back must not give the write its
+    // time again, nor one forward a receipt-timed command's (it has no notAfter).
+    const late = Math.max(
+      command.notAfter === undefined ? -Infinity : this.o.clock.now() - command.notAfter,
+      command.notAfterMono === undefined
+        ? -Infinity
+        : this.o.clock.elapsed() - command.notAfterMono,
+    );
+    if (late >= 0) {
+      return new WriteNotSentError(
+        `${this.o.id}: ${what} not sent: its deadline passed ${Math.round(late)} ms ago${during}; ${outcome}`,
+        'deadline',
+      );
     }
     if (command.withdrawn?.aborted === true) {
       return new WriteNotSentError(
