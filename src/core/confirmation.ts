@@ -810,14 +810,21 @@ export class ConfirmationLoop {
     seq: number,
     write: LastWrite,
   ): Promise<WriteOutcome> {
+    // The time left before the deadline, as deadlineNow() judges it (I3).
+    const timeLeftMs = record.deadline - this.host.deadlineNow(record);
     try {
       await lane.binding.driver.write(
         {
           action: record.action,
           position: record.position,
           seq,
-          // The driver judges it on its own wall clock: the time left, from now on that clock.
-          notAfter: this.host.clock.now() + (record.deadline - this.host.deadlineNow(record)),
+          // The driver counts the time left from now on the monotonic clock: a step of the
+          // gateway's clock back while the write waits for its controller does not give it that
+          // time again. A command timed by its issuer is judged on the wall clock too (a step
+          // forward ages it, as deadlineNow says); one timed by its receipt is not (a step must
+          // not age it).
+          ...(record.issuedAtSource === 'issuer' ? { notAfter: record.deadline } : {}),
+          timeLeftMs,
           // Preempted by a stop, resolved by an operator, the daemon stopping: a write still
           // waiting for its controller is not sent (SPEC §2: a command not yet written when a
           // stop comes is never written).
