@@ -180,9 +180,11 @@ export function freshnessDetail(
   now: number,
   policy: FreshnessPolicy,
 ): string {
+  // `now` may be a fraction of a millisecond (deadlineNow() counts on the monotonic clock): the
+  // detail, stored in the result every replay returns, says whole milliseconds.
   return verdict === 'STALE_COMMAND'
-    ? `deadline ${new Date(record.deadline).toISOString()} passed ${now - record.deadline} ms ago; nothing was written`
-    : `issuedAt lies ${record.issuedAt - now} ms in the future, more than the allowed ${policy.maxIssuerSkewMs} ms; nothing was written`;
+    ? `deadline ${new Date(record.deadline).toISOString()} passed ${Math.round(now - record.deadline)} ms ago; nothing was written`
+    : `issuedAt lies ${Math.round(record.issuedAt - now)} ms in the future, more than the allowed ${policy.maxIssuerSkewMs} ms; nothing was written`;
 }
 
 /**

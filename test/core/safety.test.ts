@@ -366,6 +366,8 @@ describe('SPEC §6: durations on a monotonic clock, controller clock steps', () 
       expect((await h.settled('k1')).state).toBe('confirmed');
       const stale = await h.settled('stale');
       expect(stale, stale.detail ?? '').toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
+      // Whole milliseconds, though judged on the monotonic clock's fractions.
+      expect(stale.detail).toMatch(/ passed \d+ ms ago; nothing was written$/);
       expect(stale.seq).toBeNull();
       const fresh = await h.settled('fresh');
       expect(fresh, fresh.detail ?? '').toMatchObject({ state: 'confirmed', attempts: 1 });
