@@ -240,6 +240,8 @@ export class ConfirmationLoop {
     let takenInRemote = false;
     // This stop was seen taken while the write of the command it preempted could still land.
     let stopTakenAt: TimedReadback | null = null;
+    // A command written from the fault state (a reset) seen out of it: the first such image.
+    let leftFault: TimedReadback | null = null;
     // Readbacks are placed on the controller's scans where its image time says when they are
     // (readback-pacing.ts); the first follows an acknowledged write no sooner than the scan
     // that can take it, an unacknowledged one at once.
@@ -289,6 +291,19 @@ export class ConfirmationLoop {
             stopTakenAt ??= readback;
             wrongSince = null;
             lastReason = landing;
+            break;
+          }
+          if (
+            ctx.before.state === profile.faultState &&
+            !ofLaterScan(profile, leftFault, readback)
+          ) {
+            // A controller re-raises a fault whose cause persists (a broken position sensor)
+            // at its next scan: one image out of FAULT after a reset proves nothing yet, and
+            // confirming on it answered a reset "confirmed" or DEVICE_FAULT by the readback's
+            // timing alone. An image of a later scan decides.
+            leftFault ??= readback;
+            wrongSince = null;
+            lastReason = `the controller shows ${readback.state} after the ${record.action}; waiting for a later scan to show that the fault does not come back`;
             break;
           }
           this.host.settle(log, record, 'dispatched', {
@@ -341,7 +356,13 @@ export class ConfirmationLoop {
             code: 'DEVICE_FAULT',
             faultCode: verdict.faultCode,
             observed: observe(readback),
-            detail: `the controller took the command and went to ${readback.state}${verdict.faultCode === null ? '' : ` (fault ${verdict.faultCode})`}${
+            detail: `${faultLead(record, ctx.before.state === profile.faultState, leftFault)} ${readback.state}${verdict.faultCode === null ? '' : ` (fault ${verdict.faultCode})`}${
+              leftFault !== null
+                ? ' at a later scan: the cause of the fault persists'
+                : ctx.before.state === profile.faultState
+                  ? ': the fault did not clear, or came back at once'
+                  : ''
+            }${
               profile.controller.refusal === 'fault' && !profile.controller.echoesSeq
                 ? `; this controller also goes to ${readback.state} when it refuses a command, and without an echo the two cannot be told apart`
                 : ''
@@ -996,4 +1017,34 @@ function expectedText(profile: DeviceProfile, expect: Expectation): string {
   const states = expect.confirm.join(' or ');
   if (expect.position === null) return states;
   return `${states} at ${String(expect.position)} % (within ${String(profile.positionTolerance ?? 0)} %)`;
+}
+
+/**
+ * Whether `next` is an image of a later controller scan than `first` (null: none yet): by its
+ * source time, or without one, requested a scan after `first` came back.
+ */
+function ofLaterScan(
+  profile: DeviceProfile,
+  first: TimedReadback | null,
+  next: TimedReadback,
+): boolean {
+  if (first === null) return false;
+  if (first.sourceTime !== null && next.sourceTime !== null) {
+    return next.sourceTime > first.sourceTime;
+  }
+  return next.requestedMono >= first.receivedMono + profile.timing.scanMs;
+}
+
+/** How a DEVICE_FAULT detail begins: what the controller did with the command before FAULT. */
+function faultLead(
+  record: CommandRecord,
+  fromFault: boolean,
+  leftFault: TimedReadback | null,
+): string {
+  if (leftFault !== null) {
+    return `the controller took the ${record.action} and showed ${leftFault.state}, then went back to`;
+  }
+  return fromFault
+    ? `the controller took the ${record.action} and shows`
+    : 'the controller took the command and went to';
 }

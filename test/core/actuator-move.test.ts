@@ -44,3 +44,37 @@ describe('a move that rests away from its setpoint', () => {
     expect(actuator.snapshot()).toMatchObject({ state: 'IDLE', position: 30 });
   });
 });
+
+describe('a reset while the cause of the fault persists', () => {
+  it('is never confirmed on the one scan the controller shows IDLE: DEVICE_FAULT 0x82 each time', async () => {
+    h = await SimHarness.start({ travelMs: 1_500, warm: true });
+    const actuator = h.device('a1');
+    // A broken position sensor: the controller leaves FAULT when reset, and falls back into
+    // FAULT 0x82 at its next scan while the sensor stays broken.
+    actuator.setFault({ kind: 'position-sensor' });
+    await h.until(() => actuator.published.state === 'FAULT', 5_000, 'FAULT');
+    for (const key of ['r1', 'r2', 'r3', 'r4', 'r5']) {
+      h.submit(key, { device: 'a1', action: 'reset' });
+      const r = await h.settled(key);
+      // Whether a readback fell on the scan that showed IDLE was luck: it used to be
+      // "confirmed" then, and DEVICE_FAULT otherwise.
+      expect(r, key).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT', faultCode: '0x82' });
+      expect(r.observed).toMatchObject({ state: 'FAULT', seq: r.seq });
+      expect(r.detail).toMatch(
+        /^the controller took the reset and (showed IDLE, then went back to FAULT \(fault 0x82\) at a later scan: the cause of the fault persists|shows FAULT \(fault 0x82\): the fault did not clear, or came back at once)$/,
+      );
+    }
+    // Ground truth: each reset was taken (out of FAULT for a scan), and the device is in FAULT.
+    expect(actuator.log.map((e) => [e.outcome, e.from, e.to])).toEqual(
+      Array.from({ length: 5 }, () => ['accepted', 'FAULT', 'IDLE']),
+    );
+    expect(actuator.snapshot()).toMatchObject({ state: 'FAULT', faultCode: 0x82 });
+    // Once the sensor is repaired, a reset is confirmed.
+    actuator.clearFault('position-sensor');
+    h.submit('r6', { device: 'a1', action: 'reset' });
+    expect(await h.settled('r6')).toMatchObject({
+      state: 'confirmed',
+      observed: { state: 'IDLE' },
+    });
+  });
+});
