@@ -230,9 +230,14 @@ function jsonKind(value: unknown): string {
 }
 
 /** An unreadable key is not echoed; a long one is cut to the longest a key may be. */
+/**
+ * The key an answer names. A key too long to be one is cut, and the cut marked with '…': cut
+ * alone, its first 255 characters are a valid key, possibly another command's, and the answer
+ * would seem to be about that one. With the mark it cannot be a key.
+ */
 function readableKey(key: string | null): string | null {
   if (key === null || key.length === 0) return null;
-  return key.slice(0, 255);
+  return key.length <= 255 ? key : `${key.slice(0, 254)}…`;
 }
 
 /** The answer to a message that did not become (or join) a command. */
