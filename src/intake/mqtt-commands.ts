@@ -233,11 +233,17 @@ export class CommandMessages {
     });
     const route = this.publisher.responseRoute(packet, { key: message.key, device });
     if (message.kind === 'malformed') {
+      // Answered on the result topic when a key can be read, on the Response Topic when one
+      // was given (MqttPublisher.error): with neither, nothing is sent, and the line says so.
+      const how =
+        message.key !== null || route !== undefined
+          ? 'acknowledged and answered'
+          : 'acknowledged, not answered (no key for the result topic, no Response Topic)';
       this.logger.warn(
         { key: message.key, device, code: message.code, detail: message.detail },
         message.cause === 'untimed'
-          ? 'untimed command refused (no issuedAt, no message expiry): acknowledged and answered, nothing written'
-          : 'malformed command message acknowledged and answered',
+          ? `untimed command refused (no issuedAt, no message expiry): ${how}, nothing written`
+          : `malformed command message ${how}`,
       );
       this.decide(message.cause === 'untimed' ? 'untimed' : 'invalid');
       this.publisher.error({ key: message.key, device }, route, receivedAt, {

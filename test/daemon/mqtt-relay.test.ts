@@ -227,4 +227,29 @@ describe.runIf(real)('two gateways on one broker', () => {
       await observer.end();
     }
   });
+  it('logs whether a malformed message was answered: with no key and no Response Topic it was not', async () => {
+    const client = await TestClient.connect(broker.url);
+    try {
+      await client.publish('sluice/gw2/cmd/other-valve', 'not json at all');
+      await client.publish('sluice/gw2/cmd/other-valve', '{"action":"open","key":"mal-1"}');
+      const line = (msg: string, key: unknown): Promise<Record<string, unknown>> =>
+        until(() => gw2Log.find((l) => l.msg === msg && l.key === key), 10_000, msg);
+      // Nothing could be sent for the first: no key for the result topic, no Response Topic.
+      expect(
+        await line(
+          'malformed command message acknowledged, not answered (no key for the result topic, no Response Topic)',
+          null,
+        ),
+      ).toMatchObject({ level: 40, device: 'other-valve', code: 'INVALID_COMMAND' });
+      // The second (untimed: no issuedAt) has a key: answered on the result topic.
+      expect(
+        await line(
+          'untimed command refused (no issuedAt, no message expiry): acknowledged and answered, nothing written',
+          'mal-1',
+        ),
+      ).toMatchObject({ level: 40, device: 'other-valve' });
+    } finally {
+      await client.end();
+    }
+  });
 });
