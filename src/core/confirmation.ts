@@ -702,10 +702,6 @@ export class ConfirmationLoop {
   }
 
   /**
-   * The stops journaled on the device after this command, newest first; looked up once per
-   * echo the controller shows (the confirm loop polls).
-   */
-  /**
    * For a stop that preempted a written command: why that command's write may still reach the
    * controller after `readback`, and so after this stop (or null). Its answer lost, it may be
    * on its way still, and this stop went out on the connection that replaced the lost one.
@@ -756,6 +752,10 @@ export class ConfirmationLoop {
     });
   }
 
+  /**
+   * The stops journaled on the device after this command, newest first; looked up once per
+   * echo the controller shows (the confirm loop polls).
+   */
   private laterStops(
     record: CommandRecord,
     ctx: WrittenContext,
