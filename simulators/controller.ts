@@ -352,7 +352,15 @@ export class DeviceController {
    * that nobody reads the image from before the power loss (unless it is frozen). Sensor
    * supervision runs at the first scan, as on any scan.
    */
-  powerCycle(lostAt: number, powerUpTime: number, frozen: boolean): void {
+  powerCycle(
+    lostAt: number,
+    powerUpTime: number,
+    frozen: boolean,
+    now: number,
+    stuckTravel: boolean,
+  ): void {
+    // The drive ran until the power went, also since the last scan: it stops where it was then.
+    this.#runTravel(now, stuckTravel);
     for (const { entry } of this.#pending) settle(entry, 'power-cycle', lostAt);
     this.#pending = [];
     this.#seqEcho = 0;
@@ -380,6 +388,11 @@ export class DeviceController {
 
   /** One scan: inputs, fault detection, commands, travel, then the status image. */
   scan(now: number, controllerTime: number, conditions: ScanConditions): void {
+    // The valve travels between scans, not at them: bring it to where it is now before the
+    // inputs are read, so that a stop, the LOCAL switch or a fault taken at this scan holds
+    // it there (not where the previous scan saw it), and a valve that has arrived meanwhile
+    // is seen OPEN / CLOSED / IDLE by the commands of this scan, as its limit switch says.
+    this.#runTravel(now, conditions.stuckTravel);
     this.#readLocalSwitch();
     // Sensor supervision runs before commands so that a reset shows its result for one scan
     // and the device falls back into FAULT on the next one while the fault persists.
@@ -394,6 +407,7 @@ export class DeviceController {
         settle(entry, this.#take(write, now, controllerTime), controllerTime);
       }
     }
+    // Again for a travel a command of this scan started (travelMs 0 arrives at once).
     this.#runTravel(now, conditions.stuckTravel);
     if (!conditions.frozen) this.#publish(controllerTime);
   }

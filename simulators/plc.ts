@@ -304,8 +304,14 @@ export class SimDevice {
   }
 
   /** @internal the PLC's power was cut and restored. */
-  powerCycle(lostAt: number, powerUpTime: number): void {
-    this.controller.powerCycle(lostAt, powerUpTime, this.#has('frozen'));
+  powerCycle(lostAt: number, powerUpTime: number, now: number): void {
+    this.controller.powerCycle(
+      lostAt,
+      powerUpTime,
+      this.#has('frozen'),
+      now,
+      this.#has('stuck-travel'),
+    );
   }
 
   #has(kind: FaultKind): boolean {
@@ -493,7 +499,7 @@ export class SimPlc {
       this.clock.set(settings, this.#offUntil);
     }
     const powerUpControllerTime = this.clock.at(this.#offUntil);
-    for (const device of this.devices) device.powerCycle(lostAt, powerUpControllerTime);
+    for (const device of this.devices) device.powerCycle(lostAt, powerUpControllerTime, now);
     const result: PowerCycleResult = {
       powerCycles: this.#powerCycles,
       offMs,

@@ -45,6 +45,7 @@ function rig(settings: Partial<DeviceSettings> = {}) {
       controller.receiveWrite({ code, setpoint, seq }, now + offset);
     },
     controllerTime: () => now + offset,
+    now: () => now,
   };
 }
 
@@ -368,7 +369,7 @@ describe('power cycle of the controller', () => {
       1,
     ]);
     const lostAt = r.controllerTime();
-    r.controller.powerCycle(lostAt, lostAt + 500, false);
+    r.controller.powerCycle(lostAt, lostAt + 500, false, r.now(), false);
     expect([
       r.controller.state,
       r.controller.position,
@@ -403,10 +404,10 @@ describe('power cycle of the controller', () => {
     const r = rig({ initialPosition: 100 });
     r.scan(0, { positionSensorFault: true });
     expect(r.controller.state).toBe('FAULT');
-    r.controller.powerCycle(r.controllerTime(), r.controllerTime(), false);
+    r.controller.powerCycle(r.controllerTime(), r.controllerTime(), false, r.now(), false);
     expect([r.controller.state, r.controller.faultCode]).toEqual(['OPEN', 0]);
     r.controller.setLocalSwitch(true);
-    r.controller.powerCycle(r.controllerTime(), r.controllerTime(), false);
+    r.controller.powerCycle(r.controllerTime(), r.controllerTime(), false, r.now(), false);
     expect(r.controller.published.state).toBe('LOCAL');
   });
 });
