@@ -17,7 +17,13 @@ import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { CountedRetentionSweeper, Metrics } from './metrics.js';
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
-import { readiness, statusLine, type Readiness, type ReadinessParts } from './readiness.js';
+import {
+  ProbeCache,
+  readiness,
+  statusLine,
+  type Readiness,
+  type ReadinessParts,
+} from './readiness.js';
 
 export type { Readiness } from './readiness.js';
 
@@ -70,6 +76,8 @@ export class Daemon {
   private stopping: Promise<void> | null = null;
   /** The recovered commands READY waited for, and how many of them are still open. */
   private recovery: { total: number; open: number } = { total: 0, open: 0 };
+  /** What /readyz reuses for a moment: its proof write and its list of open commands. */
+  private readonly probes: ProbeCache;
   /** The STATUS= line sent last, and the timer that sends a new one when it changes. */
   private statusSent = '';
   private statusTimer: NodeJS.Timeout | null = null;
@@ -99,6 +107,7 @@ export class Daemon {
     this.journal = parts.journal;
     this.clocks = parts.clocks;
     this.clock = parts.clock;
+    this.probes = new ProbeCache(() => parts.clock.elapsed());
     this.notifier = parts.notifier;
     this.shutdownBoundMs = parts.shutdownBoundMs;
     this.httpsIntake = parts.httpsIntake;
@@ -395,7 +404,7 @@ export class Daemon {
 
   /** Every check /readyz answers with (readiness.ts). */
   readiness(): Readiness {
-    return readiness(this.readinessParts());
+    return readiness(this.readinessParts(), this.probes);
   }
 
   private statusLine(): string {

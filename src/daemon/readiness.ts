@@ -7,7 +7,8 @@ import type { MqttIntake } from '../intake/mqtt.js';
  * The gateway's readiness (SPEC §4 /readyz), and the STATUS= line `systemctl status` shows.
  *
  * Both say the same thing from the same checks. /readyz is asked for: it proves the journal
- * writable with a real write and lists every open command. The status line is looked at every
+ * writable with a real write and lists every open command (each reused for PROBE_REUSE_MS, as
+ * anyone may ask it any number of times). The status line is looked at every
  * second: it takes the journal's word for what its last writes and barriers did (a write every
  * second would be a flush of the gateway's flash every second) and leaves the open commands out
  * (with thousands open, listing them each second would cost the event loop what recovery needs);
@@ -21,6 +22,35 @@ export interface Readiness {
 
 /** A device whose last readback is older than this counts as unreachable for readiness. */
 export const READBACK_STALE_MS = 15_000;
+
+/**
+ * How long a /readyz answer reuses the journal's last successful proof write and its last list
+ * of open commands. /readyz needs no credentials, and each probe is a commit and a walk of every
+ * open command on the event loop that carries commands (about 50 ms with 5 000 open, as after a
+ * restart under load): a burst of probes would otherwise cost a commit each and the time
+ * recovery needs. Failures are not reused: a journal that failed its last write is proved
+ * again at every request, so it shows at once and its recovery as soon as it comes.
+ */
+export const PROBE_REUSE_MS = 1_000;
+
+/**
+ * What /readyz reuses for PROBE_REUSE_MS, on the monotonic clock (a step of the gateway clock
+ * would make a proof look fresh for as long as the step). One per daemon.
+ */
+export class ProbeCache {
+  /** When the journal last took the proof write, while no write of its own has failed since. */
+  provenAt: number | null = null;
+  commands: { at: number; check: Check } | null = null;
+
+  constructor(
+    readonly elapsed: () => number,
+    readonly reuseMs = PROBE_REUSE_MS,
+  ) {}
+
+  fresh(at: number | null): boolean {
+    return at !== null && this.elapsed() - at < this.reuseMs;
+  }
+}
 
 export interface ReadinessParts {
   readonly journal: {
@@ -48,9 +78,12 @@ interface Check {
   brief?: string;
 }
 
-/** Every check /readyz answers with, the journal proved by a write. */
-export function readiness(parts: ReadinessParts): Readiness {
-  const checks = runChecks(parts, 'probe');
+/**
+ * Every check /readyz answers with, the journal proved by a write (or by one made within
+ * PROBE_REUSE_MS while none has failed since: ProbeCache).
+ */
+export function readiness(parts: ReadinessParts, cache: ProbeCache): Readiness {
+  const checks = runChecks(parts, cache);
   return {
     ready: Object.values(checks).every((c) => c.ok),
     checks: Object.fromEntries(
@@ -99,7 +132,8 @@ export function statusLine(
   return `${state}: ${intakes.length === 0 ? 'no intake' : intakes.join(', ')}; ${recovered}`;
 }
 
-function runChecks(parts: ReadinessParts, mode: 'probe' | 'status'): Record<string, Check> {
+/** The checks; with a ProbeCache, /readyz's (the journal proved, the open commands listed). */
+function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<string, Check> {
   const checks: Record<string, Check> = {};
   checks.journal = journalCheck(parts, mode);
   if (parts.mqttIntake !== null) {
@@ -133,7 +167,7 @@ function runChecks(parts: ReadinessParts, mode: 'probe' | 'status'): Record<stri
           : `HTTPS certificate: ${certificate?.detail ?? 'valid'}`,
     };
   }
-  if (mode === 'probe') checks.commands = commandsCheck(parts);
+  if (mode !== 'status') checks.commands = commandsCheck(parts, mode);
   const sync = parts.gatewayClock.status();
   const synced = sync.source === 'none' || sync.state === 'LOCKED' || sync.state === 'HOLDOVER';
   checks.clock = {
@@ -179,7 +213,7 @@ function runChecks(parts: ReadinessParts, mode: 'probe' | 'status'): Record<stri
   return checks;
 }
 
-function journalCheck(parts: ReadinessParts, mode: 'probe' | 'status'): Check {
+function journalCheck(parts: ReadinessParts, mode: ProbeCache | 'status'): Check {
   const failed = (error: unknown): Check => {
     const detail = error instanceof Error ? error.message : String(error);
     return { ok: false, detail, brief: detail };
@@ -188,15 +222,31 @@ function journalCheck(parts: ReadinessParts, mode: 'probe' | 'status'): Check {
     const failure = parts.journal.knownFailure();
     return failure === null ? { ok: true, detail: 'writable at its last write' } : failed(failure);
   }
+  // A proof write made a moment ago stands while no write of the journal has failed since.
+  if (mode.fresh(mode.provenAt) && parts.journal.knownFailure() === null) {
+    return { ok: true, detail: 'writable' };
+  }
   try {
     parts.journal.checkWritable();
+    mode.provenAt = mode.elapsed();
     return { ok: true, detail: 'writable' };
   } catch (error) {
+    mode.provenAt = null;
     return failed(error);
   }
 }
 
-function commandsCheck(parts: ReadinessParts): Check {
+function commandsCheck(parts: ReadinessParts, cache: ProbeCache): Check {
+  const last = cache.commands;
+  if (last !== null && cache.fresh(last.at)) return last.check;
+  const at = cache.elapsed();
+  const check = listOpen(parts);
+  // A failed read is not kept: the next probe reads again.
+  cache.commands = check.readFailed === true ? null : { at, check };
+  return check;
+}
+
+function listOpen(parts: ReadinessParts): Check & { readFailed?: true } {
   try {
     const open = parts.pipeline.openCommands();
     const stuck = open.stuck;
@@ -218,6 +268,10 @@ function commandsCheck(parts: ReadinessParts): Check {
               .join('; ')}${stuck.length > 5 ? '; …' : ''}`),
     };
   } catch (error) {
-    return { ok: false, detail: error instanceof Error ? error.message : String(error) };
+    return {
+      ok: false,
+      detail: error instanceof Error ? error.message : String(error),
+      readFailed: true,
+    };
   }
 }
