@@ -132,8 +132,10 @@ export class Metrics {
             const fs = statfsSync(dirname(journal.path));
             this.set(fs.bavail * fs.bsize);
           } catch {
-            // The directory cannot be read: left out of the scrape (readiness says why).
-            this.reset();
+            // The directory cannot be read: NaN (Prometheus' "unknown"), as an unlabelled gauge
+            // cannot be left out of a scrape — reset() would export 0, a full filesystem to
+            // every alert on it. Readiness says why.
+            this.set(Number.NaN);
           }
         },
       });
@@ -338,12 +340,13 @@ export class Metrics {
       });
       new Gauge({
         name: 'sluice_gateway_clock_offset_seconds',
-        help: 'Gateway clock offset from its reference (PTP master offset, chrony), when known.',
+        help: 'Gateway clock offset from its reference (PTP master offset, chrony); NaN when not known (no source, or it does not answer).',
         registers,
         collect() {
           const offset = gatewayClock.status().offsetNs;
-          this.reset();
-          if (offset !== null) this.set(offset / 1e9);
+          // Unknown is NaN, not 0: reset() would export 0, a perfect offset, for a gateway
+          // whose time source is down or absent.
+          this.set(offset === null ? Number.NaN : offset / 1e9);
         },
       });
     }

@@ -173,6 +173,39 @@ it('leaves the open-command gauges out of a scrape while the journal cannot be r
   }
 });
 
+it("exports the space left as unknown (NaN), not 0, while the journal's directory cannot be read", async () => {
+  const { dir, cleanup } = tempDir('sluice-statfs-');
+  const journal = SqliteJournal.open({ path: join(dir, 'journal.db') });
+  const pipeline = new CommandPipeline({
+    journal,
+    devices: [],
+    clock: systemClock,
+    logger: silentLogger,
+    freshness: { maxIssuerSkewMs: 2000 },
+  });
+  try {
+    // statfs of a directory that does not exist fails (ENOENT), as one removed or unmounted.
+    const metrics = new Metrics(pipeline, systemClock, undefined, {
+      path: join(dir, 'gone', 'journal.db'),
+    });
+    const text = await metrics.registry.metrics();
+    // 0 would be a full filesystem to every alert on it ("at 0 commands are refused").
+    expect(text).toMatch(/^sluice_journal_filesystem_available_bytes nan$/im);
+    const present = new Metrics(pipeline, systemClock, undefined, {
+      path: join(dir, 'journal.db'),
+    });
+    const free = value(
+      parseMetrics(await present.registry.metrics()),
+      'sluice_journal_filesystem_available_bytes',
+    );
+    expect(free).toBeGreaterThan(0);
+  } finally {
+    await pipeline.stop(0);
+    journal.close();
+    cleanup();
+  }
+});
+
 describe.runIf(real)('/metrics after a scripted sequence of commands', () => {
   let plant: Plant;
   let broker: Mosquitto;
@@ -367,6 +400,11 @@ describe.runIf(real)('/metrics after a scripted sequence of commands', () => {
       expect(samples.some((s) => s.name === 'sluice_controller_skew_seconds')).toBe(true);
     }
     expect(value(samples, 'sluice_gateway_clock_state')).toBe(1);
+    // No time source configured: the offset is not known, and says so (NaN), never 0.
+    expect(value(samples, 'sluice_gateway_clock_state', { state: 'UNKNOWN', source: 'none' })).toBe(
+      1,
+    );
+    expect(scrape.body).toMatch(/^sluice_gateway_clock_offset_seconds nan$/im);
 
     // No key and no token in any label.
     for (const s of samples) {
