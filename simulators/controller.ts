@@ -386,7 +386,7 @@ export class DeviceController {
     if (!local) this.#localPosition = undefined;
   }
 
-  /** One scan: inputs, fault detection, commands, travel, then the status image. */
+  /** One scan: travel so far, inputs, fault detection, commands, new travel, the status image. */
   scan(now: number, controllerTime: number, conditions: ScanConditions): void {
     // The valve travels between scans, not at them: bring it to where it is now before the
     // inputs are read, so that a stop, the LOCAL switch or a fault taken at this scan holds
