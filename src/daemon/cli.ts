@@ -35,6 +35,21 @@ const opts = program.opts<{
   shutdownBound: string;
 }>();
 
+/** A stop gets this long past its bound before the process exits regardless (onSignal). */
+const STOP_MARGIN_MS = 10_000;
+// Whole milliseconds, checked before anything else (exit 2: the unit does not restart on it). A
+// value such as `10s` or `abc` was taken as NaN, and so was the force timer's delay, which Node
+// fires at once: every SIGTERM then ended the process with exit 1 ("stop overran its bound")
+// before any in-flight command could settle or have its result published. A bound past a
+// timer's range (2^31 - 1 ms with the margin) fires at once the same way.
+const shutdownBoundMs = /^\d+$/.test(opts.shutdownBound) ? Number(opts.shutdownBound) : NaN;
+if (!(shutdownBoundMs <= 2 ** 31 - 1 - STOP_MARGIN_MS)) {
+  process.stderr.write(
+    `sluiced: --shutdown-bound ${JSON.stringify(opts.shutdownBound)}: expected whole milliseconds from 0 to ${2 ** 31 - 1 - STOP_MARGIN_MS} (e.g. 10000 for 10 s)\n`,
+  );
+  process.exit(2);
+}
+
 let config: SluiceConfig;
 let checked: Preflight;
 try {
@@ -99,13 +114,10 @@ const onSignal = (signal: NodeJS.Signals): void => {
     process.exit(1);
   }
   signals.received = true;
-  const force = setTimeout(
-    () => {
-      logger.error({}, 'stop overran its bound: exiting now');
-      process.exit(1);
-    },
-    Number(opts.shutdownBound) + 10_000,
-  );
+  const force = setTimeout(() => {
+    logger.error({}, 'stop overran its bound: exiting now');
+    process.exit(1);
+  }, shutdownBoundMs + STOP_MARGIN_MS);
   force.unref();
   if (daemon === undefined) {
     logger.info({ signal }, 'stopping once the start has finished');
@@ -129,7 +141,7 @@ try {
   const { Daemon } = await import('./daemon.js');
   daemon = await Daemon.start(config, {
     logger,
-    shutdownBoundMs: Number(opts.shutdownBound),
+    shutdownBoundMs,
   });
 } catch (error) {
   if (error instanceof ConfigError) {

@@ -172,6 +172,22 @@ describe('sluiced --config', () => {
     expect(existsSync(join(dir, 'never-made'))).toBe(false);
   }, 30_000);
 
+  it('exits 2 on a --shutdown-bound that is not whole milliseconds, before it creates anything', () => {
+    // Taken as NaN, `10s` made the stop's force timer fire at once: every SIGTERM ended the
+    // daemon with exit 1 before an in-flight command could settle. Refused at once instead.
+    const path = write(MINIMAL.replace('stateDir: state', 'stateDir: never-made'));
+    for (const bound of ['10s', 'abc', '-1', '1e4', '99999999999']) {
+      const r = runSluiced(['--config', path, '--shutdown-bound', bound], 15_000);
+      expect(r.status, `--shutdown-bound ${bound}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toContain(
+        `sluiced: --shutdown-bound "${bound}": expected whole milliseconds`,
+      );
+      expect(existsSync(join(dir, 'never-made'))).toBe(false);
+    }
+    const good = runSluiced(['--config', path, '--shutdown-bound', '2500', '--check']);
+    expect(good.status).toBe(0);
+  }, 120_000);
+
   it('--check validates a good configuration and exits 0', () => {
     const r = runSluiced(['--config', write(MINIMAL), '--check']);
     expect(r.stdout).toContain('configuration is valid');
