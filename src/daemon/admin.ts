@@ -32,7 +32,10 @@ export interface AdminOptions {
   readonly readiness: () => unknown;
   readonly clock: Clock;
   readonly logger: Logger;
-  /** A connection that brings no request within this is closed (default FIRST_REQUEST_TIMEOUT_MS). */
+  /**
+   * A connection that brings no request within this is closed, and a request body that does not
+   * arrive within this of its head is answered 408 (default FIRST_REQUEST_TIMEOUT_MS).
+   */
   readonly firstRequestTimeoutMs?: number;
   /** At most this many connections at once; past it a new one is closed (default MAX_CONNECTIONS). */
   readonly maxConnections?: number;
@@ -219,7 +222,7 @@ export class AdminEndpoint {
     const action = /^\/v1\/commands\/([^/]+)\/(reverify|resolve)$/.exec(path);
     if (method === 'POST' && action !== null) {
       const key = decodeKey(action[1] ?? '');
-      const body = await readJson(req);
+      const body = await readJson(req, this.o.firstRequestTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS);
       const by = text(body.by, 'by', 200);
       const ref = this.refOf(key, body.scope);
       if (action[2] === 'resolve') {
@@ -288,6 +291,9 @@ export class AdminEndpoint {
   }
 
   private fail(res: ServerResponse, error: unknown): void {
+    // A body not read to its end cannot be told from the next request: the connection closes
+    // after this answer.
+    if (!res.req.complete) res.shouldKeepAlive = false;
     if (error instanceof AdminError) {
       problem(res, error.status, error.code, error.message);
     } else if (error instanceof UnknownCommandError) {
@@ -365,17 +371,44 @@ function text(value: unknown, field: string, max: number): string {
   return value.trim();
 }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    const buffer = chunk as Buffer;
-    size += buffer.length;
-    if (size > MAX_BODY)
-      throw new AdminError(413, 'PAYLOAD_TOO_LARGE', `body over ${MAX_BODY} bytes`);
-    chunks.push(buffer);
+/**
+ * The request's JSON body, which must arrive within `ms` of its head: Node's own bound on a
+ * request is 5 min, so a body announced and never sent (its head carrying the token) held one
+ * of the endpoint's few connections that long. Past `ms` it is answered 408 and its connection
+ * closed (the rest of a body cannot be told from the next request).
+ */
+async function readJson(req: IncomingMessage, ms: number): Promise<Record<string, unknown>> {
+  const reading = (async (): Promise<Buffer> => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req) {
+      const buffer = chunk as Buffer;
+      size += buffer.length;
+      if (size > MAX_BODY)
+        throw new AdminError(413, 'PAYLOAD_TOO_LARGE', `body over ${MAX_BODY} bytes`);
+      chunks.push(buffer);
+    }
+    return Buffer.concat(chunks);
+  })();
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => {
+      reject(
+        new AdminError(408, 'REQUEST_TIMEOUT', `the request body did not arrive within ${ms} ms`),
+      );
+    }, ms);
+  });
+  let body: Buffer;
+  try {
+    body = await Promise.race([reading, late]);
+  } catch (error) {
+    // The read left behind ends with the connection, closed after the answer (fail()).
+    reading.catch(() => undefined);
+    throw error;
+  } finally {
+    clearTimeout(timer);
   }
-  const raw = Buffer.concat(chunks).toString('utf8').trim();
+  const raw = body.toString('utf8').trim();
   if (raw === '') return {};
   let parsed: unknown;
   try {

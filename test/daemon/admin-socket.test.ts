@@ -199,6 +199,36 @@ describe('admin socket', () => {
     }
   });
 
+  it('answers 408 and closes a connection whose request body does not come', async () => {
+    const path = join(dir, 'slow-body.sock');
+    const endpoint = adminOn(path, { firstRequestTimeoutMs: 300 });
+    await endpoint.start();
+    const slow = await idleConnection(path);
+    let answer = '';
+    slow.setEncoding('utf8');
+    slow.on('data', (chunk: string) => (answer += chunk));
+    try {
+      // The request's head, with the token, and a body announced that never comes: it would
+      // hold one of the endpoint's connections for Node's 5 min request timeout.
+      const token = readFileSync(tokenFile, 'utf8').trim();
+      slow.write(
+        `POST /v1/commands/k/resolve HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\n` +
+          'Content-Type: application/json\r\nContent-Length: 64\r\n\r\n{"as":',
+      );
+      await until(
+        () => (slow.destroyed || slow.readableEnded ? true : undefined),
+        10_000,
+        'closed',
+      );
+      expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+      expect(answer).toContain('"code":"REQUEST_TIMEOUT"');
+      expect((await health(path)).status).toBe(200);
+    } finally {
+      slow.destroy();
+      await endpoint.stop();
+    }
+  });
+
   it('holds a bounded number of connections at once; those past it are closed at once', async () => {
     const path = join(dir, 'many.sock');
     const endpoint = adminOn(path, { maxConnections: 4 });
