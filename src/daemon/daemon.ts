@@ -434,7 +434,7 @@ export class Daemon {
       this.statusEnd.abort();
       this.logger.info({}, 'sluiced stopping');
       this.notifier.stopping(
-        `stopping: intakes close, in-flight commands get ${Math.round(this.shutdownBoundMs / 1000)} s to settle`,
+        `stopping: intakes close, in-flight commands get ${boundText(this.shutdownBoundMs)} to settle`,
       );
       // MQTT stops claiming at once (messages stay unacknowledged at the broker) but stays
       // connected to publish the results of commands that settle during the bound.
@@ -454,4 +454,12 @@ export class Daemon {
     })();
     return this.stopping;
   }
+}
+
+/**
+ * The shutdown bound as the STOPPING line says it: seconds, with the milliseconds a whole
+ * number of seconds would lose (rounded, a bound of 300 ms read "0 s", and 1500 ms "2 s").
+ */
+function boundText(ms: number): string {
+  return `${Number((ms / 1000).toFixed(3))} s`;
 }

@@ -140,7 +140,11 @@ describe.runIf(python)('sd_notify from the sluiced process', () => {
 
     socket = await bindNotifySocket(join(dir, 'notify.sock'));
     datagrams = socket.datagrams;
-    sluiced = spawnNotifiedSluiced(configPath, socket, { WATCHDOG_USEC: String(WATCHDOG_USEC) });
+    // A bound that is not whole seconds: the STOPPING line says it as it is.
+    sluiced = spawnNotifiedSluiced(configPath, socket, { WATCHDOG_USEC: String(WATCHDOG_USEC) }, [
+      '--shutdown-bound',
+      '1500',
+    ]);
     daemon = sluiced.child;
   }, 60_000);
 
@@ -209,7 +213,10 @@ describe.runIf(python)('sd_notify from the sluiced process', () => {
       'STOPPING=1',
     );
     expect(stopping.pid).toBe(daemon.pid);
-    expect(stopping.text).toMatch(/^STOPPING=1\nSTATUS=stopping: /);
+    // 1.5 s, not "2 s" (nor "0 s" for a bound of 300 ms): seconds were rounded.
+    expect(stopping.text).toMatch(
+      /^STOPPING=1\nSTATUS=stopping: intakes close, in-flight commands get 1\.5 s to settle$/,
+    );
     const order = texts().filter((t) => !t.startsWith('WATCHDOG'));
     expect(order.map((t) => t.split('\n')[0])).toEqual(['READY=1', 'STOPPING=1']);
   }, 30_000);

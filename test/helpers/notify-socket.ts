@@ -68,15 +68,16 @@ export interface NotifiedSluiced {
 
 /**
  * The real `sluiced` (as test/config/sluiced.ts starts it) on `configPath`, with
- * NOTIFY_SOCKET set to the socket and `env` added; the SLUICE_* overrides of a developer's
- * shell are left out.
+ * NOTIFY_SOCKET set to the socket, `env` added and `args` after the configuration; the SLUICE_*
+ * overrides of a developer's shell are left out.
  */
 export function spawnNotifiedSluiced(
   configPath: string,
   socket: NotifySocket,
   env: Record<string, string> = {},
+  args: readonly string[] = [],
 ): NotifiedSluiced {
-  const child = spawn(process.execPath, [...SLUICED, '--config', configPath], {
+  const child = spawn(process.execPath, [...SLUICED, '--config', configPath, ...args], {
     env: { ...cleanEnv(), ...env, NOTIFY_SOCKET: socket.path },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
