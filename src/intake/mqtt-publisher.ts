@@ -212,6 +212,17 @@ export class MqttPublisher {
     return this.send(topic, '', { retain: true, about: { key: null, device }, bare: true });
   }
 
+  /**
+   * Publications handed to mqtt.js and not yet acknowledged, once those deferred by the last
+   * turns are handed too (as flush()): while disconnected, those held for the next connection
+   * (the intake's stop says how many it leaves unpublished).
+   */
+  async held(): Promise<number> {
+    await new Promise((resolve) => setImmediate(resolve));
+    await new Promise((resolve) => setImmediate(resolve));
+    return this.handed;
+  }
+
   /** Resolves once every publication made so far is acknowledged (or given up). */
   async flush(): Promise<void> {
     // Results of commands that settled just before (their publication is deferred by one or

@@ -277,15 +277,17 @@ export class MqttSession {
   /**
    * Publishes retained `offline` once `flush` (the results still being published) is done, and
    * ends the connection cleanly; each step bounded. Unacknowledged messages stay in the
-   * broker's session for the next start.
+   * broker's session for the next start. Resolves true when it was connected (`flush` ran),
+   * false when the publications held for the broker go with the process.
    */
-  async stop(flush: () => Promise<unknown>): Promise<void> {
+  async stop(flush: () => Promise<unknown>): Promise<boolean> {
     const client = this.current;
     if (client === null) {
       this.isEnded = true;
-      return;
+      return false;
     }
-    if (client.connected) {
+    const wasConnected = client.connected;
+    if (wasConnected) {
       if (!(await this.within(STOP_STEP_MS, flush()))) {
         this.logger.warn({}, 'results not acknowledged by the broker in time');
       }
@@ -311,6 +313,7 @@ export class MqttSession {
       client.stream.destroy();
       this.logger.warn({}, 'MQTT connection did not close in time; closed forcibly');
     }
+    return wasConnected;
   }
 
   private buildClientOptions(gatewayId: string): IClientOptions {

@@ -227,7 +227,16 @@ export class MqttIntake {
     if (!this.started) return;
     // Results of commands that settled just before the stop go out and are acknowledged
     // before `offline` and the DISCONNECT; ending the client earlier loses them.
-    await this.session.stop(() => this.publisher.flush());
+    // Held while the broker was away (sent on reconnection), they go with the process: the stop
+    // went without a word, and an operator could not tell that clients on the result topic
+    // missed outcomes (docs/mqtt-api.md: they are in the journal).
+    const held = await this.publisher.held();
+    if (!(await this.session.stop(() => this.publisher.flush())) && held > 0) {
+      this.logger.warn(
+        { held },
+        'stopped while disconnected from the MQTT broker: the results held for it were not published (they are in the journal: GET /v1/commands/{key}, sluicectl show)',
+      );
+    }
     this.logger.info({}, 'MQTT intake stopped');
   }
 
