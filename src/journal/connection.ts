@@ -3,7 +3,11 @@ import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement, Transaction } from 'better-sqlite3';
 import type { OpenState } from '../core/command.js';
-import { JournalConflictError, JournalVersionError } from '../core/errors.js';
+import {
+  JournalConflictError,
+  JournalUnavailableError,
+  JournalVersionError,
+} from '../core/errors.js';
 import {
   DUPLICATE_DETAIL,
   KEY_REUSE_DETAIL,
@@ -94,7 +98,7 @@ export function openConnection(options: ConnectionOptions): Connection {
       timeout: options.busyTimeoutMs ?? 2000,
     });
   } catch (error) {
-    translate(error, 'open');
+    openFailed(error, options.path);
   }
   try {
     const version = db.pragma('user_version', { simple: true }) as number;
@@ -113,6 +117,22 @@ export function openConnection(options: ConnectionOptions): Connection {
           : `journal ${options.path} has schema version ${version}, older than this Sluice's ${LATEST_VERSION}: sluiced upgrades it when it next starts; until then read it with the Sluice that wrote it`,
       );
     }
+    if (
+      !readonly &&
+      version === 0 &&
+      db.prepare('SELECT 1 FROM sqlite_schema').get() !== undefined
+    ) {
+      // No schema version, yet tables: another program's database (journal.path mistyped, or
+      // pointed at the wrong file). A Sluice journal has had a version since its first schema,
+      // and a new one gets its tables and its version in one transaction (migrate), so a start
+      // that died creating it leaves no table behind. Creating the journal's tables in it, and
+      // switching it to WAL (a change of its header every later user of the file meets), wrote
+      // into a file that is not ours; it is left as it is.
+      db.close();
+      throw new JournalVersionError(
+        `${options.path} is not a Sluice journal (it has no schema version, yet holds tables: another program's database); refusing to write it: check journal.path and stateDir`,
+      );
+    }
     if (!readonly) {
       db.pragma('journal_mode = WAL');
       // FULL: the WAL is fsynced at every commit, so an acknowledged command survives power
@@ -124,7 +144,7 @@ export function openConnection(options: ConnectionOptions): Connection {
   } catch (error) {
     if (error instanceof JournalVersionError) throw error;
     if (db.open) db.close();
-    translate(error, 'open');
+    openFailed(error, options.path);
   }
   const s = prepare(db);
   const findRow = (ref: CommandRef): CommandRow => {
@@ -315,6 +335,30 @@ export function openConnection(options: ConnectionOptions): Connection {
     return { purged, more: victims.length === limit };
   });
   return { db, stmts: s, txClaim, txDispatch, txRedispatch, txSettle, txPurge };
+}
+
+/**
+ * A journal that cannot be opened, said with its path and SQLite's own sentence: sluiced does not
+ * start on it (exit 1), and "journal unavailable (open): SQLITE_NOTADB" alone named neither the
+ * file nor what is wrong with it. A damaged file is left as it is (nothing is created over it).
+ */
+function openFailed(error: unknown, path: string): never {
+  const code = (error as { code?: unknown }).code;
+  if (typeof code !== 'string' || !(error instanceof Error)) return translate(error, 'open');
+  const what = code.startsWith('SQLITE_NOTADB')
+    ? `${path} is not an SQLite database: not a Sluice journal, or one damaged`
+    : code.startsWith('SQLITE_CORRUPT')
+      ? `${path} is damaged`
+      : `cannot open ${path}`;
+  try {
+    return translate(error, 'open');
+  } catch (translated) {
+    if (!(translated instanceof JournalUnavailableError)) throw translated;
+    throw new JournalUnavailableError(
+      `${translated.message}: ${what} (${error.message}); it is left as it is`,
+      { cause: error },
+    );
+  }
 }
 
 function migrate(db: Database, from: number): void {

@@ -1,5 +1,12 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, statSync, truncateSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import BetterSqlite3 from 'better-sqlite3';
@@ -518,6 +525,48 @@ describe('migrations', () => {
       check.prepare("SELECT name FROM sqlite_master WHERE name = 'commands'").get(),
     ).toBeUndefined();
     check.close();
+  });
+
+  it("refuses another program's database (no schema version, yet tables) and leaves it byte for byte", () => {
+    // journal.path pointed at the wrong file: it was switched to WAL and given the journal's
+    // tables beside its own.
+    const path = join(dir, 'other.db');
+    const raw = new BetterSqlite3(path);
+    raw.exec("CREATE TABLE readings (tag TEXT, value REAL); INSERT INTO readings VALUES ('t', 1)");
+    raw.close();
+    const before = readFileSync(path);
+    expect(() => SqliteJournal.open({ path })).toThrow(
+      `${path} is not a Sluice journal (it has no schema version, yet holds tables`,
+    );
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(existsSync(`${path}-wal`)).toBe(false);
+  });
+
+  it('refuses a file that is not an SQLite database, or a damaged one, naming the file, and leaves it as it is', () => {
+    const garbage = join(dir, 'garbage.db');
+    writeFileSync(garbage, 'not a database\n'.repeat(512));
+    // A journal cut short (a copy interrupted, a filesystem repaired): its header promises
+    // pages the file no longer holds.
+    const cut = join(dir, 'cut.db');
+    const j = SqliteJournal.open({ path: cut });
+    for (let i = 0; i < 100; i++) j.claim(command(`k${i}`));
+    j.close();
+    truncateSync(cut, 3 * 4096);
+    for (const [path, what] of [
+      [garbage, `SQLITE_NOTADB: ${garbage} is not an SQLite database`],
+      [cut, `SQLITE_CORRUPT: ${cut} is damaged`],
+    ] as const) {
+      const before = readFileSync(path);
+      let error: unknown = null;
+      try {
+        SqliteJournal.open({ path }).close();
+      } catch (e) {
+        error = e;
+      }
+      expect(error).toBeInstanceOf(JournalUnavailableError);
+      expect((error as Error).message).toContain(`journal unavailable (open): ${what}`);
+      expect(readFileSync(path).equals(before)).toBe(true);
+    }
   });
 });
 
