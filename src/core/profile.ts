@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ACTIONS, type Action } from './command.js';
+import { ACTIONS, MAX_TTL_MS, type Action } from './command.js';
 import { ProfileError } from './errors.js';
 import { checkModbusMap, modbusMapSchema } from './profile-modbus.js';
 
@@ -22,7 +22,18 @@ const cellSchema = z.discriminatedUnion('effect', [
 ]);
 
 const timingSchema = z.strictObject({
-  defaultTtlMs: z.number().int().positive(),
+  /**
+   * At most a day, as a command's own ttlMs (MAX_TTL_MS): journal.retentionHours is sized for
+   * deadlines no further than that after a key settles. A longer default would leave a retry of
+   * a purged key fresh, and it would run as a new command (I1).
+   */
+  defaultTtlMs: z
+    .number()
+    .int()
+    .positive()
+    .max(MAX_TTL_MS, {
+      error: `at most ${String(MAX_TTL_MS)} ms (MAX_TTL_MS, a day), as a command's own ttlMs: the journal keeps a settled key for journal.retentionHours, which covers deadlines up to a day; a longer default would let a retry of a purged key run as a new command (set at most ${String(MAX_TTL_MS)})`,
+    }),
   confirmTimeoutMs: z.number().int().positive(),
   pollIntervalMs: z.number().int().positive(),
   /**

@@ -276,6 +276,51 @@ describe('untimed MQTT commands against the retention', () => {
   });
 });
 
+describe("a profile's default ttl against the retention", () => {
+  // The retention rule above holds for deadlines at most MAX_TTL_MS after issuedAt. A command
+  // without ttlMs takes its profile's defaultTtlMs: a longer one left a retry of a purged key
+  // fresh, and it ran as a new command (I1), while --check accepted the profile.
+  const profilesWithValveTtl = (ttl: number): string => {
+    const out = join(dir, 'profiles');
+    mkdirSync(out);
+    for (const name of readdirSync(BUNDLED)) {
+      const text = readFileSync(join(BUNDLED, name), 'utf8');
+      writeFileSync(
+        join(out, name),
+        name === 'valve.yaml' ? text.replace(/defaultTtlMs: \d+/, `defaultTtlMs: ${ttl}`) : text,
+      );
+    }
+    return out;
+  };
+  const message = (file: string): string =>
+    `profilesDir: ${file}: timing.defaultTtlMs: at most 86400000 ms (MAX_TTL_MS, a day), as a command's own ttlMs: the journal keeps a settled key for journal.retentionHours, which covers deadlines up to a day; a longer default would let a retry of a purged key run as a new command (set at most 86400000)`;
+
+  it('refuses a defaultTtlMs longer than MAX_TTL_MS, naming the file, the field and the bound', () => {
+    const profilesDir = profilesWithValveTtl(7 * 24 * 3_600_000);
+    expect(
+      errorsOf(() => loadConfig(write(`profilesDir: ${profilesDir}\n${SITE}`), { env: {} })),
+    ).toEqual([message(join(profilesDir, 'valve.yaml'))]);
+  });
+
+  it('accepts MAX_TTL_MS itself, and every shipped profile is within it', () => {
+    const profilesDir = profilesWithValveTtl(MAX_TTL_MS);
+    const config = loadConfig(write(`profilesDir: ${profilesDir}\n${SITE}`), { env: {} });
+    expect(loadProfiles(config.profilesDir!).get('valve')!.timing.defaultTtlMs).toBe(MAX_TTL_MS);
+    for (const [name, p] of SHIPPED) {
+      expect(p.timing.defaultTtlMs, name).toBeLessThanOrEqual(MAX_TTL_MS);
+    }
+  });
+
+  it('sluiced --check exits 2 with the message and creates nothing', () => {
+    const profilesDir = profilesWithValveTtl(MAX_TTL_MS + 1);
+    const r = runSluiced(['--config', write(`profilesDir: ${profilesDir}\n${SITE}`), '--check']);
+    expect(r.stderr).toContain(message(join(profilesDir, 'valve.yaml')));
+    expect(r.stdout).toBe('');
+    expect(r.status).toBe(2);
+    expect(readdirSync(dir).sort()).toEqual(['profiles', 'sluice.yaml']);
+  }, 30_000);
+});
+
 describe("a move's resolution against the profile's positionTolerance", () => {
   /** The bundled profiles copied to `profiles/`, the actuator's text changed by `edit`. */
   const actuatorAs = (edit: (text: string) => string): string => {
