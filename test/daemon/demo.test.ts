@@ -1,20 +1,23 @@
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { expect, it } from 'vitest';
-import { ROOT } from '../helpers/fixtures.js';
-import { TestClient } from '../helpers/mosquitto.js';
-import { hasCommand, realComponent } from '../helpers/real.js';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { mosquittoAvailable, TestClient, until } from '../helpers/mosquitto.js';
+import { hasCommand, isRoot, realComponent } from '../helpers/real.js';
 
 /**
  * The README's first command: `npm start` comes up (building first when needed), the curl
- * command it prints opens a valve, the mosquitto_sub and mosquitto_pub commands it prints open
- * another and replay the result (the embedded broker speaks MQTT 3.1.1 only: the intake falls
- * back), and Ctrl-C stops everything, leaving no process and no port. node-opcua's own
- * messages (its W27 check, "Creating default certificate") go to the demo's log, never into
- * the instructions.
+ * command it prints opens a valve and, sent again, gets the same answer with
+ * `Idempotent-Replayed: true` and no second write; the mosquitto_sub and mosquitto_pub commands
+ * it prints open another and replay the result (the embedded broker speaks MQTT 3.1.1 only:
+ * the intake falls back), and Ctrl-C stops everything, leaving no process and no port.
+ * node-opcua's own messages (its W27 check, "Creating default certificate") go to the demo's
+ * log, never into the instructions. With 1883 taken by another broker, `npm start` prints the
+ * command that points the demo at it; that command, run as printed, brings the demo up on
+ * that broker (Mosquitto: MQTT 5), and the printed mosquitto commands work there too.
  */
 
 const PORTS = [8443, 1883, 5020, 4840, 5080];
@@ -150,43 +153,115 @@ async function printedMqttCommandsWork(
   }
 }
 
+interface RunningDemo {
+  readonly child: ChildProcess;
+  /** The lines it printed to stdout so far. */
+  readonly lines: string[];
+  stderr(): string;
+  /** Ctrl-C in a terminal, and what it must leave: a clean stop, no process, no port. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts the demo as `command` and waits for its instructions; `ports` are the ones it takes
+ * (all of PORTS, or all but 1883 when it uses another broker there).
+ */
+async function startDemo(
+  command: readonly string[],
+  env: NodeJS.ProcessEnv,
+  ports: readonly number[] = PORTS,
+): Promise<RunningDemo> {
+  for (const port of ports) {
+    if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
+  }
+  const child = spawn(command[0]!, command.slice(1), {
+    cwd: ROOT,
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  const lines: string[] = [];
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString('utf8');
+    process.stderr.write(chunk);
+  });
+  const stop = async (): Promise<void> => {
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once('exit', (code, signal) => {
+        resolve({ code, signal });
+      }),
+    );
+    // Every holder of the output pipes gone (npm and the demo under it): all lines are in.
+    const closed = new Promise<void>((resolve) =>
+      child.once('close', () => {
+        resolve();
+      }),
+    );
+    // Ctrl-C in a terminal: SIGINT to the whole foreground process group (npm and the demo).
+    if (child.exitCode === null) process.kill(-child.pid!, 'SIGINT');
+    const result = await Promise.race([
+      exited,
+      new Promise<'timeout'>((r) =>
+        setTimeout(() => {
+          r('timeout');
+        }, 20_000),
+      ),
+    ]);
+    if (result === 'timeout') process.kill(-child.pid!, 'SIGKILL');
+    expect(result).not.toBe('timeout');
+    // npm itself ends by the signal; the demo under it stops cleanly and says so.
+    if (result !== 'timeout') expect(result.code === 0 || result.signal === 'SIGINT').toBe(true);
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
+    expect(lines.join('\n')).toContain('stopping');
+    // Nothing left behind: no process of the group, every port free again.
+    expect(() => process.kill(-child.pid!, 0)).toThrow();
+    for (const port of ports) expect(await portFree(port)).toBe(true);
+  };
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new Error(`demo did not come up:\n${lines.join('\n')}`));
+      }, 120_000);
+      createInterface({ input: child.stdout }).on('line', (line) => {
+        lines.push(line);
+        if (line.includes('Ctrl-C stops everything')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      child.once('exit', (code) => {
+        reject(new Error(`demo exited with ${code}:\n${lines.join('\n')}`));
+      });
+    });
+  } catch (error) {
+    if (child.exitCode === null) process.kill(-child.pid!, 'SIGKILL');
+    throw error;
+  }
+  return { child, lines, stderr: () => stderr, stop };
+}
+
+/** The printed curl command, exactly as a user would paste it, with curl options appended. */
+function curlOutput(command: string, options: string): string {
+  return execFileSync('sh', ['-c', `${command} ${options}`], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+}
+
 it.runIf(curl && mosquittoClients)(
   'npm start comes up, its printed curl and mosquitto commands open valves and replay, Ctrl-C leaves nothing behind',
   async () => {
-    for (const port of PORTS) {
-      if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
-    }
     // A first start's OPC UA client: it makes its certificate, as on a fresh clone.
     rmSync(join(STATE, 'pki'), { recursive: true, force: true });
     const logFrom = existsSync(LOG) ? statSync(LOG).size : 0;
-    const child = spawn('npm', ['start', '--silent'], {
-      cwd: ROOT,
-      env: { ...process.env, SLUICE_DEMO_TOKEN: 'demo-test-token', SLUICE_MQTT_URL: '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
+    const demo = await startDemo(['npm', 'start', '--silent'], {
+      ...process.env,
+      SLUICE_DEMO_TOKEN: 'demo-test-token',
+      SLUICE_MQTT_URL: '',
     });
-    const lines: string[] = [];
-    let stderr = '';
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString('utf8');
-      process.stderr.write(chunk);
-    });
+    const { lines } = demo;
     try {
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          reject(new Error(`demo did not come up:\n${lines.join('\n')}`));
-        }, 120_000);
-        createInterface({ input: child.stdout }).on('line', (line) => {
-          lines.push(line);
-          if (line.includes('Ctrl-C stops everything')) {
-            clearTimeout(timer);
-            resolve();
-          }
-        });
-        child.once('exit', (code) => {
-          reject(new Error(`demo exited with ${code}:\n${lines.join('\n')}`));
-        });
-      });
       const text = lines.join('\n');
       expect(text).toContain('https://127.0.0.1:8443');
       expect(text).toContain('demo-test-token');
@@ -202,10 +277,7 @@ it.runIf(curl && mosquittoClients)(
         .slice(start, start + 3)
         .map((l) => l.trim().replace(/\\$/, ''))
         .join(' ');
-      const out = execFileSync('sh', ['-c', `${command} -sS -w '\\n%{http_code}'`], {
-        encoding: 'utf8',
-        timeout: 30_000,
-      });
+      const out = curlOutput(command, `-sS -w '\\n%{http_code}'`);
       const [body, status] = [
         out.slice(0, out.lastIndexOf('\n')),
         out.slice(out.lastIndexOf('\n') + 1),
@@ -218,6 +290,14 @@ it.runIf(curl && mosquittoClients)(
       });
       // Ground truth for HTTPS: the simulator counted one write on inlet-valve.
       const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
+      expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
+
+      // Sent again (README): the same answer, with Idempotent-Replayed: true, no second write.
+      const again = curlOutput(command, '-sS -i');
+      const head = again.slice(0, again.indexOf('\r\n\r\n'));
+      expect(head).toMatch(/^HTTP\/1\.1 200 /);
+      expect(head).toMatch(/^idempotent-replayed: true\r?$/im);
+      expect(again.slice(again.indexOf('\r\n\r\n') + 4)).toBe(body);
       expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
 
       // /readyz says how MQTT is connected: the embedded broker refuses MQTT 5 (SPEC §5).
@@ -247,41 +327,16 @@ it.runIf(curl && mosquittoClients)(
 
       await printedMqttCommandsWork(lines, controlUrl);
     } finally {
-      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>(
-        (resolve) =>
-          child.once('exit', (code, signal) => {
-            resolve({ code, signal });
-          }),
-      );
-      // Every holder of the output pipes gone (npm and the demo under it): all lines are in.
-      const closed = new Promise<void>((resolve) =>
-        child.once('close', () => {
-          resolve();
-        }),
-      );
-      // Ctrl-C in a terminal: SIGINT to the whole foreground process group (npm and the demo).
-      if (child.exitCode === null) process.kill(-child.pid!, 'SIGINT');
-      const result = await Promise.race([
-        exited,
-        new Promise<'timeout'>((r) =>
-          setTimeout(() => {
-            r('timeout');
-          }, 20_000),
-        ),
-      ]);
-      if (result === 'timeout') process.kill(-child.pid!, 'SIGKILL');
-      expect(result).not.toBe('timeout');
-      // npm itself ends by the signal; the demo under it stops cleanly and says so.
-      if (result !== 'timeout') expect(result.code === 0 || result.signal === 'SIGINT').toBe(true);
-      await Promise.race([closed, new Promise((r) => setTimeout(r, 10_000))]);
-      expect(lines.join('\n')).toContain('stopping');
+      await demo.stop();
     }
-    // Nothing left behind: no process of the group, every port free again.
-    expect(() => process.kill(-child.pid!, 0)).toThrow();
-    for (const port of PORTS) expect(await portFree(port)).toBe(true);
     // Not printed at any time, before the banner, inside it or after it: in the log instead.
     expect(lines.filter((l) => OPCUA_NOISE.test(l))).toEqual([]);
-    expect(stderr.split('\n').filter((l) => OPCUA_NOISE.test(l))).toEqual([]);
+    expect(
+      demo
+        .stderr()
+        .split('\n')
+        .filter((l) => OPCUA_NOISE.test(l)),
+    ).toEqual([]);
     const logged = readFileSync(LOG)
       .subarray(logFrom)
       .toString('utf8')
@@ -299,4 +354,78 @@ it.runIf(curl && mosquittoClients)(
     }
   },
   180_000,
+);
+
+/** A Mosquitto on the embedded broker's own address, 127.0.0.1:1883, as a gateway may have. */
+async function mosquittoOn1883(): Promise<{ stop: () => Promise<void> }> {
+  const { dir, cleanup } = tempDir('sluice-demo-mosquitto-');
+  writeFileSync(
+    join(dir, 'mosquitto.conf'),
+    [
+      'listener 1883 127.0.0.1',
+      'allow_anonymous true',
+      // As root mosquitto would switch to the `mosquitto` user.
+      ...(isRoot ? ['user root'] : []),
+      '',
+    ].join('\n'),
+  );
+  const child = spawn('mosquitto', ['-c', join(dir, 'mosquitto.conf')], { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      resolve();
+    }),
+  );
+  const stop = async (): Promise<void> => {
+    child.kill('SIGTERM');
+    await exited;
+    cleanup();
+  };
+  try {
+    await until(async () => ((await portFree(1883)) ? undefined : true), 10_000, 'mosquitto');
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { stop };
+}
+
+it.runIf(curl && mosquittoClients && mosquittoAvailable())(
+  'with 1883 taken, npm start prints how to use that broker; the printed command runs the demo on it',
+  async () => {
+    for (const port of PORTS) {
+      if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
+    }
+    const broker = await mosquittoOn1883();
+    try {
+      const env: NodeJS.ProcessEnv = { ...process.env, SLUICE_DEMO_TOKEN: 'demo-test-token' };
+      delete env.SLUICE_MQTT_URL;
+      const refused = spawnSync('npm', ['start', '--silent'], {
+        cwd: ROOT,
+        env,
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
+      expect(refused.status, refused.stderr).toBe(2);
+      const hint = /point the demo at it: (.+)$/m.exec(refused.stderr)?.[1];
+      expect(hint).toBe('SLUICE_MQTT_URL=mqtt://127.0.0.1:1883 npm start');
+      // The refused start left nothing on the ports it had taken (the simulators').
+      const ports = PORTS.filter((p) => p !== 1883);
+      for (const port of ports) expect(await portFree(port)).toBe(true);
+
+      // The hint, run as printed by a shell.
+      const demo = await startDemo(['sh', '-c', hint!], env, ports);
+      try {
+        const text = demo.lines.join('\n');
+        expect(text).toContain('mqtt://127.0.0.1:1883 (SLUICE_MQTT_URL)');
+        expect(demo.lines.map((l) => l.trim())).toContain('connected (MQTT 5)');
+        const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
+        await printedMqttCommandsWork(demo.lines, controlUrl);
+      } finally {
+        await demo.stop();
+      }
+    } finally {
+      await broker.stop();
+    }
+  },
+  240_000,
 );
