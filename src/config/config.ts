@@ -460,16 +460,19 @@ export function loadConfig(
     );
   }
   const unset: string[] = [];
+  const unsupported: string[] = [];
   const config = resolvePaths(
     parsed.data,
     dirname(resolve(path)),
     options.env ?? process.env,
     unset,
+    unsupported,
   );
   // checkInventory repeats some of crossCheck's findings (a device's unknown PLC): once each.
   const errors = [
     ...new Set([
       ...(options.unitDirectories === 'optional' ? [] : unset),
+      ...unsupported,
       ...crossCheck(config),
       ...checkDevices(config),
     ]),
@@ -563,57 +566,80 @@ const UNIT_DIRECTORIES = new Set([
   'CONFIGURATION_DIRECTORY',
 ]);
 
+/** How a path names a folder from the environment: `${NAME}` anywhere, or `$NAME` first. */
+const VARIABLE_LIKE = /\$\{|^\$[A-Za-z_]/;
+
 function resolvePaths(
   c: SluiceConfig,
   base: string,
   env: NodeJS.ProcessEnv,
   unset: string[],
+  unsupported: string[],
 ): SluiceConfig {
-  const expand = (p: string): string => {
+  const expand = (p: string, field: string): string => {
     const m = /^\$\{([A-Z_]+)\}(\/.*)?$/.exec(p);
-    if (m === null || !UNIT_DIRECTORIES.has(m[1] ?? '')) return p;
+    if (m === null || !UNIT_DIRECTORIES.has(m[1] ?? '')) {
+      // Any other variable is left as written, and was taken for a folder of that name:
+      // `stateDir: ${HOME}/sluice` made the daemon create `./${HOME}/sluice` in its working
+      // directory, and a secret's path under it was simply "no such file".
+      if (VARIABLE_LIKE.test(p)) unsupported.push(unsupportedVariable(p, field));
+      return p;
+    }
     const name = m[1] ?? '';
+    if (VARIABLE_LIKE.test(m[2] ?? '')) {
+      unsupported.push(unsupportedVariable(p, field));
+      return p;
+    }
     // systemd may give a list (StateDirectory=a b): the first is the unit's own.
     const dir = env[name]?.split(':')[0];
     if (dir === undefined || dir === '') {
       unset.push(
-        `"${p}": ${name} is not set: systemd sets it for the unit; elsewhere set it to the folder that holds these files`,
+        `${field}: "${p}": ${name} is not set: systemd sets it for the unit; elsewhere set it to the folder that holds these files`,
       );
       return p;
     }
     return `${dir}${m[2] ?? ''}`;
   };
-  const abs = (raw: string): string => {
-    const p = expand(raw);
+  const abs = (raw: string, field: string): string => {
+    const p = expand(raw, field);
     // Unexpanded (its folder unset): kept as written, never taken for a relative path.
     return isAbsolute(p) || p.startsWith('${') ? p : resolve(base, p);
   };
-  const opt = (p: string | undefined): string | undefined => (p === undefined ? undefined : abs(p));
-  const stateDir = abs(c.stateDir);
+  const opt = (p: string | undefined, field: string): string | undefined =>
+    p === undefined ? undefined : abs(p, field);
+  const stateDir = abs(c.stateDir, 'stateDir');
   return {
     ...c,
     stateDir,
-    ...(c.profilesDir === undefined ? {} : { profilesDir: abs(c.profilesDir) }),
+    ...(c.profilesDir === undefined ? {} : { profilesDir: abs(c.profilesDir, 'profilesDir') }),
     journal: {
       ...c.journal,
-      path: c.journal.path === undefined ? resolve(stateDir, 'journal.db') : abs(c.journal.path),
+      path:
+        c.journal.path === undefined
+          ? resolve(stateDir, 'journal.db')
+          : abs(c.journal.path, 'journal.path'),
     },
     admin: {
       ...c.admin,
-      socket: c.admin.socket === undefined ? resolve(stateDir, 'admin.sock') : abs(c.admin.socket),
+      socket:
+        c.admin.socket === undefined
+          ? resolve(stateDir, 'admin.sock')
+          : abs(c.admin.socket, 'admin.socket'),
       tokenFile:
-        c.admin.tokenFile === undefined ? resolve(stateDir, 'admin.token') : abs(c.admin.tokenFile),
+        c.admin.tokenFile === undefined
+          ? resolve(stateDir, 'admin.token')
+          : abs(c.admin.tokenFile, 'admin.tokenFile'),
     },
     ...(c.https === undefined
       ? {}
       : {
           https: {
             ...c.https,
-            certFile: abs(c.https.certFile),
-            keyFile: abs(c.https.keyFile),
+            certFile: abs(c.https.certFile, 'https.certFile'),
+            keyFile: abs(c.https.keyFile, 'https.keyFile'),
             ...(c.https.clientCaFile === undefined
               ? {}
-              : { clientCaFile: abs(c.https.clientCaFile) }),
+              : { clientCaFile: abs(c.https.clientCaFile, 'https.clientCaFile') }),
           },
         }),
     ...(c.mqtt === undefined
@@ -623,17 +649,27 @@ function resolvePaths(
             ...c.mqtt,
             ...(c.mqtt.passwordFile === undefined
               ? {}
-              : { passwordFile: opt(c.mqtt.passwordFile) }),
-            ...(c.mqtt.caFile === undefined ? {} : { caFile: opt(c.mqtt.caFile) }),
-            ...(c.mqtt.certFile === undefined ? {} : { certFile: opt(c.mqtt.certFile) }),
-            ...(c.mqtt.keyFile === undefined ? {} : { keyFile: opt(c.mqtt.keyFile) }),
+              : { passwordFile: opt(c.mqtt.passwordFile, 'mqtt.passwordFile') }),
+            ...(c.mqtt.caFile === undefined ? {} : { caFile: opt(c.mqtt.caFile, 'mqtt.caFile') }),
+            ...(c.mqtt.certFile === undefined
+              ? {}
+              : { certFile: opt(c.mqtt.certFile, 'mqtt.certFile') }),
+            ...(c.mqtt.keyFile === undefined
+              ? {}
+              : { keyFile: opt(c.mqtt.keyFile, 'mqtt.keyFile') }),
           },
         }),
     identities: Object.fromEntries(
       Object.entries(c.identities).map(([k, v]) => [
         k,
-        v.tokenFile === undefined ? v : { ...v, tokenFile: abs(v.tokenFile) },
+        v.tokenFile === undefined
+          ? v
+          : { ...v, tokenFile: abs(v.tokenFile, `identities.${k}.tokenFile`) },
       ]),
     ),
   };
+}
+
+function unsupportedVariable(path: string, field: string): string {
+  return `${field}: "${path}": only \${CREDENTIALS_DIRECTORY}, \${STATE_DIRECTORY}, \${RUNTIME_DIRECTORY} and \${CONFIGURATION_DIRECTORY} are expanded, and only at the start of a path; no other variable is: write the folder out`;
 }

@@ -1,9 +1,12 @@
-import { writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { afterEach, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config/config.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { loopbackCertificate } from '../helpers/loopback-https.js';
+import { SLUICED, cleanEnv } from '../config/sluiced.js';
 
 /**
  * Under systemd/sluiced.service the secrets come through LoadCredential=: the site file names
@@ -75,8 +78,9 @@ it('names every path whose systemd folder is not set', () => {
   }
   expect(error).toBeInstanceOf(ConfigError);
   const message = (error as Error).message;
+  // Each names the field that holds the path.
   expect(message).toContain(
-    '"${CREDENTIALS_DIRECTORY}/sluice_https.key": CREDENTIALS_DIRECTORY is not set',
+    'https.keyFile: "${CREDENTIALS_DIRECTORY}/sluice_https.key": CREDENTIALS_DIRECTORY is not set',
   );
   expect(message).toContain('"${CREDENTIALS_DIRECTORY}/sluice_mqtt.password"');
   expect(message).toContain('"${RUNTIME_DIRECTORY}/admin.sock": RUNTIME_DIRECTORY is not set');
@@ -91,3 +95,78 @@ it('lets sluicectl, which reads no secret, load the same file outside the unit',
   expect(config.journal.path).toBe('/var/lib/sluice/journal.db');
   expect(config.https?.keyFile).toBe('${CREDENTIALS_DIRECTORY}/sluice_https.key');
 });
+
+/** The refusal of a path that names a variable other than systemd's unit folders. */
+const unsupported = (field: string, path: string): string =>
+  `${field}: "${path}": only \${CREDENTIALS_DIRECTORY}, \${STATE_DIRECTORY}, \${RUNTIME_DIRECTORY} and \${CONFIGURATION_DIRECTORY} are expanded, and only at the start of a path; no other variable is: write the folder out`;
+
+it('refuses a path with any other variable, naming the field, rather than taking it for a folder of that name', () => {
+  const { dir, cleanup } = tempDir('sluice-variables-');
+  cleanups.push(cleanup);
+  const path = join(dir, 'sluice.yaml');
+  writeFileSync(
+    path,
+    stringify({
+      gatewayId: 'line2',
+      stateDir: '${HOME}/sluice',
+      mqtt: { url: 'mqtt://127.0.0.1:1883', identity: 'scada', passwordFile: '$HOME/mqtt.pw' },
+      identities: {
+        scada: { tokenFile: '${CREDENTIALS_DIRECTORY}/${TOKEN}', devices: ['*'] },
+      },
+      plcs: { mb: { protocol: 'modbus', host: '127.0.0.1', port: 502 } },
+      devices: { 'inlet-valve': { plc: 'mb', profile: 'valve', base: 0 } },
+    }),
+  );
+  let error: unknown;
+  try {
+    loadConfig(path, { env: { HOME: '/root', CREDENTIALS_DIRECTORY: '/run/credentials/x' } });
+  } catch (e) {
+    error = e;
+  }
+  expect(error).toBeInstanceOf(ConfigError);
+  expect((error as ConfigError).errors).toEqual([
+    unsupported('stateDir', '${HOME}/sluice'),
+    unsupported('mqtt.passwordFile', '$HOME/mqtt.pw'),
+    unsupported('identities.scada.tokenFile', '${CREDENTIALS_DIRECTORY}/${TOKEN}'),
+  ]);
+  // sluicectl, which tolerates an unset unit folder, is refused the same: it would look for
+  // the journal in a folder named "${HOME}".
+  expect(() => loadConfig(path, { env: { HOME: '/root' }, unitDirectories: 'optional' })).toThrow(
+    unsupported('stateDir', '${HOME}/sluice'),
+  );
+});
+
+it('sluiced refuses it at start and under --check, and creates no folder named after the variable', async () => {
+  const { dir, cleanup } = tempDir('sluice-variables-');
+  cleanups.push(cleanup);
+  await loopbackCertificate(dir);
+  writeFileSync(join(dir, 'token'), 'plant-token\n');
+  const path = join(dir, 'sluice.yaml');
+  writeFileSync(
+    path,
+    stringify({
+      gatewayId: 'line2',
+      stateDir: '${HOME}/sluice',
+      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+      identities: { scada: { tokenFile: 'token', devices: ['*'] } },
+      plcs: { mb: { protocol: 'modbus', host: '127.0.0.1', port: 1 } },
+      devices: { 'inlet-valve': { plc: 'mb', profile: 'valve', base: 0 } },
+    }),
+  );
+  const before = readdirSync(dir).sort();
+  for (const args of [['--check'], []]) {
+    // Run from the site's folder: the daemon had created ./${HOME}/sluice in its working
+    // directory, and --check had printed that as the journal's folder.
+    const r = spawnSync(process.execPath, [...SLUICED, '--config', path, ...args], {
+      cwd: dir,
+      encoding: 'utf8',
+      env: cleanEnv(),
+      timeout: 30_000,
+    });
+    expect({ args, status: r.status, stdout: r.stdout }).toEqual({ args, status: 2, stdout: '' });
+    expect(r.stderr).toBe(
+      `sluiced: ${path}: invalid configuration:\n  ${unsupported('stateDir', '${HOME}/sluice')}\n`,
+    );
+    expect(readdirSync(dir).sort()).toEqual(before);
+  }
+}, 60_000);
