@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { accessSync, constants, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { JournalInUseError, JournalUnavailableError } from '../core/errors.js';
@@ -29,6 +29,22 @@ export function lockJournal(journalPath: string): WriterLock {
   } catch (error) {
     throw new JournalInUseError(
       `cannot open the journal's lock file ${path}: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+  try {
+    accessSync(path, constants.W_OK);
+  } catch (error) {
+    db.close();
+    // SQLite opens a file it may not write read-only, without a word, and an EXCLUSIVE
+    // transaction on such a connection excludes no one: two daemons both "held" the lock (a
+    // start on a read-only filesystem, or a lock file another user left), and once the journal
+    // could be written both wrote it (I1). Refused, as when the lock file cannot be created.
+    const code = (error as { code?: unknown }).code;
+    throw new JournalUnavailableError(
+      code === 'EROFS'
+        ? `journal unavailable (open): the filesystem of ${journalPath} is read-only, so ${path} cannot be locked (one daemon per journal); start sluiced again once it is writable`
+        : `journal unavailable (open): ${path} cannot be written by this user (${String(code)}), so it cannot be locked (one daemon per journal); give it, and the journal, to the daemon's user`,
       { cause: error },
     );
   }

@@ -1,0 +1,91 @@
+import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { JournalUnavailableError } from '../../src/core/errors.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { lockJournal } from '../../src/journal/writer-lock.js';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { mountTmpfs, remount, tmpfsAvailable, unmount } from '../reliability/support.js';
+
+/**
+ * One daemon per journal (src/journal/writer-lock.ts). SQLite opens a lock file it may not
+ * write read-only, without an error, and an EXCLUSIVE transaction on that connection excluded
+ * no one: on a filesystem that turned read-only (a daemon restarted on it after a crash starts,
+ * and answers 503), a second sluiced "took" the lock too, and once the filesystem was writable
+ * again both wrote the journal. Real processes on a real read-only tmpfs; ground truth: what each
+ * process got from lockJournal.
+ */
+
+let dir: string;
+let cleanup: () => void;
+let mnt: string;
+const children: ReturnType<typeof spawn>[] = [];
+
+/** lockJournal in another process (a second sluiced): "locked" or "refused <message>". */
+function lockInChild(path: string): Promise<string> {
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      join(ROOT, 'test/helpers/ts-register.mjs'),
+      join(ROOT, 'test/helpers/lock-process.ts'),
+      path,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    createInterface({ input: child.stdout }).once('line', resolve);
+    child.once('error', reject);
+    child.once('exit', (code) => {
+      reject(new Error(`lock-process exited (${code ?? 'signal'}) without a word`));
+    });
+  });
+}
+
+const available = tmpfsAvailable();
+
+describe.runIf(available)('the journal lock on a filesystem that cannot be written', () => {
+  beforeEach(() => {
+    ({ dir, cleanup } = tempDir('sluice-lock-'));
+    mnt = join(dir, 'mnt');
+    mkdirSync(mnt);
+    mountTmpfs(mnt, '1m');
+  });
+  afterEach(() => {
+    for (const c of children.splice(0)) c.kill('SIGKILL');
+    unmount(mnt);
+    cleanup();
+  });
+
+  it('is refused, saying why, rather than "held" by two daemons at once', async () => {
+    const path = join(mnt, 'journal.db');
+    // A daemon's earlier life left the journal and its lock file.
+    const earlier = lockJournal(path);
+    SqliteJournal.open({ path }).close();
+    earlier.release();
+    remount(mnt, 'ro');
+
+    const first = await lockInChild(path);
+    let second: string;
+    try {
+      lockJournal(path);
+      second = 'locked';
+    } catch (error) {
+      expect(error).toBeInstanceOf(JournalUnavailableError);
+      second = `refused ${(error as Error).message}`;
+    }
+    expect([first, second].filter((outcome) => outcome === 'locked')).toHaveLength(0);
+    for (const outcome of [first, second]) {
+      expect(outcome).toBe(
+        `refused journal unavailable (open): the filesystem of ${path} is read-only, so ${path}.lock cannot be locked (one daemon per journal); start sluiced again once it is writable`,
+      );
+    }
+    // Writable again, the lock works as before: one holder, the next refused.
+    remount(mnt, 'rw');
+    expect(await lockInChild(path)).toBe('locked');
+    expect(() => lockJournal(path)).toThrow(/in use by another sluiced/);
+  }, 30_000);
+});
