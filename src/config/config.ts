@@ -47,7 +47,17 @@ function problemCheck(
 export const mqttConfigSchema = z.strictObject({
   url: z
     .string()
-    .regex(/^(mqtts?|tcp|ssl|wss?):\/\/.+/, 'an mqtt://, mqtts://, ws:// or wss:// URL'),
+    .regex(/^(mqtts?|tcp|ssl|wss?):\/\/.+/, 'an mqtt://, mqtts://, ws:// or wss:// URL')
+    .superRefine((url, ctx) => {
+      // MQTT.js takes a password from the URL, but the URL is shown wherever the broker is
+      // named: the log at every start and connection error, sluiced --check, its own errors.
+      if (withoutPassword(url) !== url) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `carries a password (user:…@ in ${withoutPassword(url)}), which would be printed wherever the URL is shown (the log at every start and connection error, sluiced --check): give the user as mqtt.username and the password in the file mqtt.passwordFile (under systemd, \${CREDENTIALS_DIRECTORY}/…), and the URL without them`,
+        });
+      }
+    }),
   clientId: z.string().min(1).max(128).optional(),
   username: z.string().min(1).optional(),
   passwordFile: z.string().min(1).optional(),
@@ -363,6 +373,15 @@ function environmentProblems(file: unknown, settings: readonly EnvironmentOverri
   });
 }
 
+/**
+ * A URL with the password of its user info replaced by `***` (the URL itself when it has
+ * none): how a URL is shown, since a password must not reach a log or a terminal.
+ */
+export function withoutPassword(url: string): string {
+  // Also when the scheme is misspelt (`mqtt//user:secret@host`): that value is echoed too.
+  return url.replace(/^((?:[^/?#@]*\/\/)?[^/?#@:]*):[^/?#@]*@/, '$1:***@');
+}
+
 /** An issue's message, naming the variable when the value came from the environment. */
 function withSource(
   path: readonly PropertyKey[],
@@ -374,7 +393,7 @@ function withSource(
   );
   return from === undefined
     ? message
-    : `${message} (set by the environment: ${from.variable}=${JSON.stringify(String(from.value))})`;
+    : `${message} (set by the environment: ${from.variable}=${JSON.stringify(withoutPassword(String(from.value)))})`;
 }
 
 function valueAt(tree: unknown, path: readonly string[]): unknown {

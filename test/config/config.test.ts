@@ -151,6 +151,38 @@ devices:
     expect(c.gatewayId).toBe('g1');
   });
 
+  it('refuses a password in mqtt.url, and never prints it, from the file or the environment', () => {
+    // MQTT.js takes a password from the URL; the URL is logged at every start and connection
+    // error and printed by --check. It was taken, and printed there.
+    const refusal = (shown: string): string =>
+      `mqtt.url: carries a password (user:…@ in ${shown}), which would be printed wherever the URL is shown (the log at every start and connection error, sluiced --check): give the user as mqtt.username and the password in the file mqtt.passwordFile (under systemd, \${CREDENTIALS_DIRECTORY}/…), and the URL without them`;
+    const inFile = MINIMAL.replace('mqtt://127.0.0.1:1883', 'mqtts://line2:s3cret@broker:8883');
+    expect(errorsOf(() => loadConfig(write(inFile), { env: {} }))).toEqual([
+      refusal('mqtts://line2:***@broker:8883'),
+    ]);
+    expect(
+      errorsOf(() =>
+        loadConfig(write(MINIMAL), { env: { SLUICE_MQTT_URL: 'ws://line2:s3cret@broker/mqtt' } }),
+      ),
+    ).toEqual([
+      `${refusal('ws://line2:***@broker/mqtt')} (set by the environment: SLUICE_MQTT_URL="ws://line2:***@broker/mqtt")`,
+    ]);
+    // A value refused for its form is echoed without its password too.
+    const misspelt = errorsOf(() =>
+      loadConfig(write(MINIMAL), { env: { SLUICE_MQTT_URL: 'mqtt//line2:s3cret@broker' } }),
+    );
+    expect(misspelt).toEqual([
+      'mqtt.url: an mqtt://, mqtts://, ws:// or wss:// URL (set by the environment: SLUICE_MQTT_URL="mqtt//line2:***@broker")',
+      `${refusal('mqtt//line2:***@broker')} (set by the environment: SLUICE_MQTT_URL="mqtt//line2:***@broker")`,
+    ]);
+    expect(misspelt.join('\n')).not.toContain('s3cret');
+    // A user alone is no secret.
+    expect(
+      loadConfig(write(MINIMAL.replace('mqtt://127.0.0.1', 'mqtt://line2@127.0.0.1')), { env: {} })
+        .mqtt?.url,
+    ).toBe('mqtt://line2@127.0.0.1:1883');
+  });
+
   it('reports YAML syntax errors with their line', () => {
     const path = write('gatewayId: g1\nstateDir: [unclosed\n');
     expect(errorsOf(() => loadConfig(path, { env: {} }))[0]).toMatch(/^\(yaml\) line \d+/);
@@ -187,6 +219,17 @@ describe('sluiced --config', () => {
     const good = runSluiced(['--config', path, '--shutdown-bound', '2500', '--check']);
     expect(good.status).toBe(0);
   }, 120_000);
+
+  it('--check refuses a password in mqtt.url without printing it', () => {
+    const path = write(MINIMAL.replace('mqtt://127.0.0.1:1883', 'mqtt://line2:s3cret@127.0.0.1:1'));
+    const r = runSluiced(['--config', path, '--check']);
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain(
+      'mqtt.url: carries a password (user:…@ in mqtt://line2:***@127.0.0.1:1)',
+    );
+    expect(r.stderr + r.stdout).not.toContain('s3cret');
+  }, 30_000);
 
   it('--check validates a good configuration and exits 0', () => {
     const r = runSluiced(['--config', write(MINIMAL), '--check']);
