@@ -292,6 +292,8 @@ export class CommandExecution {
       });
       return true;
     }
+    // `now` may be a fraction of a millisecond (deadlineNow()): the detail says whole ones, as
+    // freshnessDetail's does (lane.ts).
     const now = this.host.deadlineNow(dispatched);
     if (checkFreshness(dispatched, now, this.host.freshness) !== 'STALE_COMMAND') return false;
     this.host.settle(log, dispatched, 'dispatched', {
@@ -299,7 +301,7 @@ export class CommandExecution {
       code: 'STALE_COMMAND',
       faultCode: null,
       observed: dispatched.observedBefore,
-      detail: `deadline ${new Date(dispatched.deadline).toISOString()} passed ${now - dispatched.deadline} ms ago, while the dispatch was being made durable; nothing was written`,
+      detail: `deadline ${new Date(dispatched.deadline).toISOString()} passed ${Math.round(now - dispatched.deadline)} ms ago, while the dispatch was being made durable; nothing was written`,
     });
     return true;
   }

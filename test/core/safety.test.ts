@@ -292,6 +292,11 @@ describe('I3: no stale write', () => {
     const settled = await h.settled(r.key);
     expect(settled).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
     expect(h.device('v1').counters.writesReceived).toBe(0);
+    // Refused before the dispatch, not after it: the journal holds no dispatch, no sequence
+    // number. (The checks after the dispatch's barrier and in the driver also keep the write
+    // back, so the write log alone cannot tell whether this check ran.)
+    expect(h.get(r.key)).toMatchObject({ seq: null, dispatchedAt: null, attempts: 0 });
+    expect(h.journal.history(r).map((e) => e.to)).toEqual(['accepted', 'rejected']);
   });
 });
 
