@@ -22,7 +22,7 @@ import { SimHarness } from '../helpers/sim-harness.js';
  * - I3: nothing was dispatched past its deadline;
  * - every command ends: nothing is left open.
  *
- * A failure prints the seed and path; replay it with
+ * The seed is printed when the test starts, and a failure prints it with its path; replay with
  *   SLUICE_PROPERTY_SEED=<seed> SLUICE_PROPERTY_PATH=<path> npx vitest run test/core/invariants.property.test.ts
  * (SLUICE_PROPERTY_RUNS=N for a longer run, SLUICE_PROPERTY_SHRINK=1 to shrink a failure).
  */
@@ -271,14 +271,18 @@ async function run(connections: number, ops: Op[]): Promise<void> {
 
 describe('invariants under random interleavings, on sluice-sim', () => {
   it('I1, I2 and I3 hold, and every command ends', async () => {
-    const seed = process.env.SLUICE_PROPERTY_SEED;
+    // The seed is drawn here and printed before the first run, not only with a failure: a run
+    // that hangs until vitest's timeout never reaches fast-check's report.
+    const seed = Number(process.env.SLUICE_PROPERTY_SEED ?? Math.floor(Math.random() * 0x7fffffff));
     const path = process.env.SLUICE_PROPERTY_PATH;
     const runs = Number(process.env.SLUICE_PROPERTY_RUNS ?? 30);
+    expect(Number.isSafeInteger(seed), `SLUICE_PROPERTY_SEED=${String(seed)}`).toBe(true);
+    console.log(`property seed ${seed} (replay: SLUICE_PROPERTY_SEED=${seed})`);
     const details = await fc.check(
       fc.asyncProperty(fc.constantFrom(1, 2), fc.array(op, { minLength: 1, maxLength: 25 }), run),
       {
         numRuns: runs,
-        ...(seed === undefined ? {} : { seed: Number(seed) }),
+        seed,
         ...(path === undefined ? {} : { path }),
         // Bounded, and an interrupted run is a failure, not fewer cases in silence.
         interruptAfterTimeLimit: 240_000,
