@@ -1,8 +1,13 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { threadSched, waitedMs } from '../../bench/schedstat.js';
+import { realComponent } from '../helpers/real.js';
 
-const taskset = spawnSync('taskset', ['--version']).status === 0;
+const taskset = realComponent(
+  'taskset',
+  spawnSync('taskset', ['--version']).status === 0,
+  'apt-get install util-linux',
+);
 
 /**
  * The bench reads the kernel's run-queue accounting beside each replay (bench/schedstat.ts).

@@ -11,7 +11,7 @@ import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest, loopbackCertificate } from '../helpers/loopback-https.js';
 import { mosquittoAvailable, startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { hasCommand } from '../helpers/real.js';
+import { hasCommand, realComponent } from '../helpers/real.js';
 import {
   bindNotifySocket,
   spawnNotifiedSluiced,
@@ -33,7 +33,9 @@ import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliabil
  * ENOSPC.
  */
 
-const real = mosquittoAvailable() && hasCommand('python3');
+const real =
+  mosquittoAvailable() &&
+  realComponent('python3', hasCommand('python3'), 'apt-get install python3');
 /** The journal on a tmpfs of its own, filled under the running daemon (root only). */
 const mountable = real && tmpfsAvailable();
 

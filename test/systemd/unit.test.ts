@@ -105,41 +105,46 @@ describe('the unit', () => {
   });
 });
 
-describe.runIf(isRoot && hasCommand('systemd-sysusers') && hasCommand('systemd-tmpfiles'))(
-  'sysusers.d and tmpfiles.d, applied to a scratch root',
-  () => {
-    const { dir, cleanup } = tempDir('sluice-sysroot-');
-    afterAll(cleanup);
+const sysusers =
+  realComponent('root (to apply sysusers.d to a scratch root)', isRoot, 'run the tests as root') &&
+  realComponent(
+    'systemd-sysusers and systemd-tmpfiles',
+    hasCommand('systemd-sysusers') && hasCommand('systemd-tmpfiles'),
+    'apt-get install systemd',
+  );
 
-    it('creates the user sluice and /etc/sluice with root-only credentials', () => {
-      mkdirSync(join(dir, 'etc'));
-      // With --root, a relative file name is looked up inside the root: read from stdin.
-      execFileSync('systemd-sysusers', [`--root=${dir}`, '-'], {
-        input: readFileSync(join(ROOT, 'systemd/sysusers.d/sluice.conf')),
-        stdio: ['pipe', 'ignore', 'pipe'],
-      });
-      const passwd = readFileSync(join(dir, 'etc/passwd'), 'utf8');
-      const user = /^sluice:x:(\d+):(\d+):[^:]*:\/var\/lib\/sluice:\/usr\/sbin\/nologin$/m.exec(
-        passwd,
-      );
-      expect(user, passwd).not.toBeNull();
-      expect(Number(user![1])).toBeGreaterThan(0);
-      expect(Number(user![1])).toBeLessThan(1000);
-      execFileSync('systemd-tmpfiles', ['--create', `--root=${dir}`, '-'], {
-        input: readFileSync(join(ROOT, 'systemd/tmpfiles.d/sluice.conf')),
-        stdio: ['pipe', 'ignore', 'pipe'],
-      });
-      const etc = statSync(join(dir, 'etc/sluice'));
-      expect(etc.mode & 0o777).toBe(0o750);
-      expect(etc.uid).toBe(0);
-      expect(etc.gid).toBe(Number(user![2]));
-      const credentials = statSync(join(dir, 'etc/sluice/credentials'));
-      expect(credentials.mode & 0o777).toBe(0o700);
-      expect(credentials.uid).toBe(0);
-      expect(credentials.gid).toBe(0);
+describe.runIf(sysusers)('sysusers.d and tmpfiles.d, applied to a scratch root', () => {
+  const { dir, cleanup } = tempDir('sluice-sysroot-');
+  afterAll(cleanup);
+
+  it('creates the user sluice and /etc/sluice with root-only credentials', () => {
+    mkdirSync(join(dir, 'etc'));
+    // With --root, a relative file name is looked up inside the root: read from stdin.
+    execFileSync('systemd-sysusers', [`--root=${dir}`, '-'], {
+      input: readFileSync(join(ROOT, 'systemd/sysusers.d/sluice.conf')),
+      stdio: ['pipe', 'ignore', 'pipe'],
     });
-  },
-);
+    const passwd = readFileSync(join(dir, 'etc/passwd'), 'utf8');
+    const user = /^sluice:x:(\d+):(\d+):[^:]*:\/var\/lib\/sluice:\/usr\/sbin\/nologin$/m.exec(
+      passwd,
+    );
+    expect(user, passwd).not.toBeNull();
+    expect(Number(user![1])).toBeGreaterThan(0);
+    expect(Number(user![1])).toBeLessThan(1000);
+    execFileSync('systemd-tmpfiles', ['--create', `--root=${dir}`, '-'], {
+      input: readFileSync(join(ROOT, 'systemd/tmpfiles.d/sluice.conf')),
+      stdio: ['pipe', 'ignore', 'pipe'],
+    });
+    const etc = statSync(join(dir, 'etc/sluice'));
+    expect(etc.mode & 0o777).toBe(0o750);
+    expect(etc.uid).toBe(0);
+    expect(etc.gid).toBe(Number(user![2]));
+    const credentials = statSync(join(dir, 'etc/sluice/credentials'));
+    expect(credentials.mode & 0o777).toBe(0o700);
+    expect(credentials.uid).toBe(0);
+    expect(credentials.gid).toBe(0);
+  });
+});
 
 describe('the README layout', () => {
   const { dir, cleanup } = tempDir('sluice-opt-');
