@@ -378,6 +378,39 @@ describe('keys (I1)', () => {
     expect(valve.writeLog.map((w) => [w.seq, w.code])).toEqual([[r.seq, 1]]);
   });
 
+  it('refuses a key reused with another position, issuedAt or ttlMs: each is in the fingerprint', async () => {
+    // SPEC §2: the fingerprint hashes device, action, position, issuedAt and ttlMs. A field
+    // left out of it would take a retry that moves elsewhere, or runs on another deadline,
+    // as the original, and answer it with the original's success (a move to 70 % confirmed
+    // at 30 %).
+    const h = await start();
+    const actuator = h.device('a1');
+    const at = Date.now();
+    const withoutTtl = {
+      device: 'a1',
+      action: 'move',
+      position: 30,
+      issuedAt: new Date(at).toISOString(),
+    };
+    const first = { ...withoutTtl, ttlMs: 20_000 };
+    expect(h.submit('k1', first).kind).toBe('new');
+    for (const other of [
+      { ...first, position: 70 },
+      { ...first, issuedAt: new Date(at - 1).toISOString() },
+      { ...first, ttlMs: 20_001 },
+      withoutTtl,
+    ]) {
+      expect(h.submit('k1', other).kind, JSON.stringify(other)).toBe('reused');
+    }
+    // The same instant written with another offset is the same command (docs/spec-notes.md).
+    const plusOne = new Date(at + 3_600_000).toISOString().replace('Z', '+01:00');
+    expect(h.submit('k1', { ...first, issuedAt: plusOne }).kind).toBe('duplicate');
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'confirmed', position: 30 });
+    // Ground truth: one write, the original's setpoint.
+    expect(actuator.writeLog.map((w) => [w.seq, w.setpoint])).toEqual([[r.seq, 30]]);
+  });
+
   it('rejects FORBIDDEN_DEVICE for an identity without the device, without a write', async () => {
     const h = await start();
     const requests = tripwire(h);
