@@ -1,5 +1,5 @@
-import { accessSync, constants, mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { accessSync, constants, mkdirSync, realpathSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { JournalInUseError, JournalUnavailableError } from '../core/errors.js';
 
@@ -7,8 +7,8 @@ import { JournalInUseError, JournalUnavailableError } from '../core/errors.js';
  * One daemon per journal. Two daemons on one journal would each work the other's commands: the
  * sweep of one takes up a command the other has dispatched and is about to write, proves it
  * not applied once the redispatch guard has passed, and writes it a second time (I1). So the
- * daemon holds, for its whole life, an exclusive lock on a file beside the journal
- * (`<journal>.lock`), and a second daemon on the same journal refuses to start.
+ * daemon holds, for its whole life, an exclusive lock on a file beside the journal's own file
+ * (`<journal>.lock`, symlinks resolved), and a second daemon on the same journal refuses to start.
  *
  * The lock is SQLite's own (an EXCLUSIVE transaction on a small database file, held open): a
  * POSIX advisory lock the kernel drops when the process ends, however it ends — a killed daemon
@@ -21,10 +21,11 @@ export interface WriterLock {
 }
 
 export function lockJournal(journalPath: string): WriterLock {
-  const path = `${journalPath}.lock`;
+  let path = `${journalPath}.lock`;
   let db: BetterSqlite3.Database;
   try {
     mkdirSync(dirname(journalPath), { recursive: true });
+    path = `${realJournalPath(journalPath)}.lock`;
     db = new BetterSqlite3(path, { timeout: 0 });
   } catch (error) {
     throw new JournalInUseError(
@@ -83,4 +84,20 @@ export function lockJournal(journalPath: string): WriterLock {
       }
     },
   };
+}
+
+/**
+ * The journal's own file, its symlinks resolved (the file's, or its folder's while it does not
+ * exist yet). The lock sits beside it: a journal moved to a larger disk and reached through a
+ * symlink at its old place was locked beside the link by one daemon and beside the file by
+ * another (a configuration naming the new place), and both ran on it — SQLite itself follows
+ * the link to one WAL, so both wrote the one journal (I1).
+ */
+function realJournalPath(journalPath: string): string {
+  try {
+    return realpathSync(journalPath);
+  } catch (error) {
+    if ((error as { code?: unknown }).code !== 'ENOENT') throw error;
+    return join(realpathSync(dirname(journalPath)), basename(journalPath));
+  }
 }

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -87,5 +87,41 @@ describe.runIf(available)('the journal lock on a filesystem that cannot be writt
     remount(mnt, 'rw');
     expect(await lockInChild(path)).toBe('locked');
     expect(() => lockJournal(path)).toThrow(/in use by another sluiced/);
+  }, 30_000);
+});
+
+describe('the journal lock through a symlink', () => {
+  beforeEach(() => {
+    ({ dir, cleanup } = tempDir('sluice-lock-'));
+  });
+  afterEach(() => {
+    for (const c of children.splice(0)) c.kill('SIGKILL');
+    cleanup();
+  });
+
+  it('is one lock for the journal and a symlink to it: the second daemon is refused', async () => {
+    // The journal moved to a larger disk, a symlink left at its old place (the service's
+    // stateDir), and a configuration naming the new place.
+    const disk = join(dir, 'data');
+    mkdirSync(disk);
+    const moved = join(disk, 'journal.db');
+    SqliteJournal.open({ path: moved }).close();
+    const state = join(dir, 'state');
+    mkdirSync(state);
+    const link = join(state, 'journal.db');
+    symlinkSync(moved, link);
+
+    expect(await lockInChild(link)).toBe('locked');
+    expect(() => lockJournal(moved)).toThrow(
+      `the journal ${moved} is in use by another sluiced (it holds ${moved}.lock)`,
+    );
+    // And the other way round, with a folder reached through a symlink.
+    for (const c of children.splice(0)) c.kill('SIGKILL');
+    const linkedFolder = join(dir, 'state-link');
+    symlinkSync(disk, linkedFolder);
+    expect(await lockInChild(moved)).toBe('locked');
+    expect(() => lockJournal(join(linkedFolder, 'journal.db'))).toThrow(
+      /in use by another sluiced/,
+    );
   }, 30_000);
 });
