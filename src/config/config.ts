@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { MAX_TTL_MS } from '../core/command.js';
 import type { DeviceProfile } from '../core/profile.js';
@@ -8,6 +7,7 @@ import { checkInventory, deviceSchema, plcSchema } from '../drivers/inventory-sc
 import { topicFilterProblem, topicRootProblem } from '../intake/mqtt-topics.js';
 import { packageRoot } from '../package-root.js';
 import { readProfiles } from '../profiles/load.js';
+import { parseYamlText } from './yaml-text.js';
 
 /**
  * The daemon's configuration: one YAML file, one schema. Precedence: schema defaults < file <
@@ -449,16 +449,9 @@ export function loadConfig(
       `(file): ${error instanceof Error ? error.message : String(error)}`,
     ]);
   }
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    throw new ConfigError(
-      path,
-      doc.errors.map(
-        (e) => `(yaml) line ${e.linePos?.[0].line ?? '?'}: ${e.message.split('\n')[0] ?? ''}`,
-      ),
-    );
-  }
-  const file = doc.toJS() as unknown;
+  const yaml = parseYamlText(text);
+  if (!yaml.ok) throw new ConfigError(path, yaml.errors);
+  const file = yaml.value;
   // A flag overrides the environment: its value is not the variable's.
   const settings = environmentSettings(options.env ?? process.env).filter(
     (setting) => valueAt(options.overrides ?? {}, setting.path) === undefined,

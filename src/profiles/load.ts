@@ -1,17 +1,22 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { parse } from 'yaml';
+import { parseYamlText } from '../config/yaml-text.js';
 import { ProfileError } from '../core/errors.js';
 import { parseProfile, type DeviceProfile } from '../core/profile.js';
 
 /** Reads and validates one YAML device profile. */
 export function loadProfileFile(path: string): DeviceProfile {
-  let data: unknown;
+  let text: string;
   try {
-    data = parse(readFileSync(path, 'utf8'));
+    text = readFileSync(path, 'utf8');
   } catch (error) {
     throw new ProfileError(path, [error instanceof Error ? error.message : String(error)]);
   }
+  // As the site file's: one line per problem (the parser's own messages carry a code frame
+  // over several lines), and an alias bomb refused rather than thrown.
+  const yaml = parseYamlText(text);
+  if (!yaml.ok) throw new ProfileError(path, yaml.errors);
+  const data = yaml.value;
   const problem = notAProfile(data);
   if (problem !== null) throw new ProfileError(path, [problem]);
   return parseProfile(data, path);

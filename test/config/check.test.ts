@@ -177,6 +177,46 @@ describe('sluiced --check', () => {
     ]);
   });
 
+  it('refuses aliases that expand too far, in the site file or a profile, as a configuration error', () => {
+    // Ten aliases of ten aliases, eight deep: the parser's bound (maxAliasCount) refuses to
+    // expand it. It threw out of loadConfig: a stack trace and exit 1, which systemd restarts.
+    const bomb = [
+      'a0: &a0 [x, x, x, x, x, x, x, x, x, x]',
+      ...Array.from(
+        { length: 8 },
+        (_, i) => `a${i + 1}: &a${i + 1} [${Array(10).fill(`*a${i}`).join(', ')}]`,
+      ),
+    ].join('\n');
+    const refusal =
+      '(yaml) Excessive alias count indicates a resource exhaustion attack: its aliases (*name) expand to too many values; write the repeated values out, or nest fewer aliases';
+    refusedEverywhere(site(`${bomb}\n${SITE}`), [refusal]);
+    const valve = join(dir, 'profiles', 'valve.yaml');
+    writeFileSync(valve, `${readFileSync(valve, 'utf8')}\n${bomb}\n`);
+    refusedEverywhere(site(), [`profilesDir: ${valve}: ${refusal}`]);
+  });
+
+  it('names a YAML error by line and column on one line, and lists only the first few', () => {
+    const valve = join(dir, 'profiles', 'valve.yaml');
+    const text = readFileSync(valve, 'utf8');
+    // The parser's message carried its code frame over several lines into the error list.
+    writeFileSync(valve, `${text}timing:\n  defaultTtlMs: 5\n`);
+    const line = text.split('\n').length;
+    refusedEverywhere(site(), [
+      `profilesDir: ${valve}: (yaml) line ${line}, column 1: Map keys must be unique`,
+    ]);
+    writeFileSync(valve, text);
+    // One stray brace: the parser reports each token after it, 60-odd lines.
+    const brace = SITE.replace('keyFile: key.pem', 'keyFile: ${X}/key.pem');
+    const r = runSluiced(['--config', site(brace), '--check']);
+    expect(r.status).toBe(2);
+    const lines = errorLines(r.stderr, join(dir, 'sluice.yaml'));
+    expect(lines[0]).toMatch(/^\(yaml\) line 5, column \d+: Unexpected flow-map-start/);
+    expect(lines).toHaveLength(6);
+    expect(lines[5]).toMatch(
+      /^\(yaml\) … and \d+ more YAML error\(s\) after these, which the first often causes: fix it, then check again$/,
+    );
+  });
+
   it('reads every file the daemon reads at start: missing, empty, not PEM, or not a pair', async () => {
     const other = await generate([{ name: 'commonName', value: 'other' }], {
       keyType: 'ec',
