@@ -324,6 +324,18 @@ it.runIf(curl && mosquittoClients)(
       );
       expect(page.slice(page.lastIndexOf('\n') + 1)).toBe('200');
       expect(page).toMatch(/<html/i);
+      // "log in with the token": the demo token is an operator there (README).
+      const login = JSON.parse(
+        execFileSync(
+          'sh',
+          [
+            '-c',
+            `curl -sS --cacert ${cacert} -H 'Origin: https://127.0.0.1:8443' -H 'Content-Type: application/json' -d '{"token":"demo-test-token"}' https://127.0.0.1:8443/ui/api/login`,
+          ],
+          { encoding: 'utf8', timeout: 10_000 },
+        ),
+      ) as Record<string, unknown>;
+      expect(login).toMatchObject({ identity: 'demo', role: 'operator', gatewayId: 'demo' });
 
       await printedMqttCommandsWork(lines, controlUrl);
     } finally {
