@@ -2,9 +2,11 @@ import {
   closeSync,
   fdatasync,
   fdatasyncSync,
+  fstatSync,
   fsyncSync,
   openSync,
   readSync,
+  statSync,
   writeSync,
 } from 'node:fs';
 import { endianness } from 'node:os';
@@ -107,6 +109,13 @@ export class GroupCommit {
   private recovered = 0;
   /** The next recovery attempt, not yet begun, shared by the barriers waiting for it. */
   private recoveryDue: Promise<void> | null = null;
+  /** The journal file (device and inode) as it was when its WAL was first opened (walFd()). */
+  private journalFile: { readonly dev: number; readonly ino: number } | null = null;
+  /**
+   * The journal's files were removed or replaced while it was open (see goneSince()): every
+   * barrier fails from then on, for good. Null: they are where they were.
+   */
+  private gone: JournalUnavailableError | null = null;
 
   constructor(host: GroupCommitHost) {
     this.host = host;
@@ -150,7 +159,7 @@ export class GroupCommit {
 
   /** The failed fdatasync outstanding (see syncFailed), with its error; null when none is. */
   get syncFailure(): JournalUnavailableError | null {
-    return this.failed;
+    return this.gone ?? this.failed;
   }
 
   /**
@@ -272,7 +281,7 @@ export class GroupCommit {
    * (recover()).
    */
   durable(): Promise<void> {
-    if (!this.unsynced && this.batchLost === null && this.failed === null) {
+    if (!this.unsynced && this.batchLost === null && this.failed === null && this.gone === null) {
       return this.syncing ?? Promise.resolve();
     }
     this.barrier ??= new Promise<void>((resolve, reject) => {
@@ -301,6 +310,10 @@ export class GroupCommit {
       done.reject(lost);
       return;
     }
+    if (this.gone !== null) {
+      done.reject(this.gone);
+      return;
+    }
     if (this.failed !== null) {
       this.recover().then(done.resolve, done.reject);
       return;
@@ -327,6 +340,11 @@ export class GroupCommit {
           { cause: error },
         ),
       );
+    }
+    const gone = this.goneSince(fd);
+    if (gone !== null) {
+      this.gone = gone;
+      return Promise.reject(gone);
     }
     this.unsynced = false;
     this.inFlight++;
@@ -436,6 +454,11 @@ export class GroupCommit {
         ),
       );
     }
+    const gone = this.goneSince(fd);
+    if (gone !== null) {
+      this.gone = gone;
+      return Promise.reject(gone);
+    }
     this.unsynced = false;
     this.inFlight++;
     return this.track(
@@ -532,7 +555,45 @@ export class GroupCommit {
       throw error;
     }
     this.wal = { fd, conn: this.host.current() };
+    if (this.journalFile === null) {
+      const { dev, ino } = statSync(this.host.path);
+      this.journalFile = { dev, ino };
+    }
     return fd;
+  }
+
+  /**
+   * Whether the journal's files are still the ones its path names, checked before each barrier:
+   * SQLite keeps writing the files it opened, and fdatasync syncs them, after they were
+   * removed (a state folder deleted while the daemon ran, a journal moved away or another file
+   * moved over it). Every command then journaled was acknowledged — and actuated — from files
+   * that the next start does not find: its open commands never settled, a retry of a settled key
+   * run again (I1). Not to be recovered from in this process: it fails closed, and says so.
+   */
+  private goneSince(walFd: number): JournalUnavailableError | null {
+    const path = this.host.path;
+    let why: string | null = null;
+    try {
+      const wal = fstatSync(walFd);
+      const walNow = statSync(`${path}-wal`);
+      const journalNow = statSync(path);
+      if (wal.nlink === 0 || walNow.dev !== wal.dev || walNow.ino !== wal.ino) {
+        why = `its log ${path}-wal is not the file it writes any more`;
+      } else if (
+        this.journalFile !== null &&
+        (journalNow.dev !== this.journalFile.dev || journalNow.ino !== this.journalFile.ino)
+      ) {
+        why = `${path} is another file than the one it opened`;
+      }
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') return null;
+      why = `${(error as { path?: string }).path ?? path} was removed`;
+    }
+    if (why === null) return null;
+    return new JournalUnavailableError(
+      `journal unavailable (sync): the journal was removed or replaced while sluiced ran (${why}); what it journals now would not be found at the next start, so nothing is acknowledged or written any more: restart sluiced (the commands journaled since the removal are lost with the removed file)`,
+    );
   }
 
   /** Closes the WAL's descriptor (at once, or once the fdatasync using it returns). */

@@ -1,5 +1,14 @@
-import { closeSync, copyFileSync, fstatSync, openSync, statSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import {
+  closeSync,
+  copyFileSync,
+  fstatSync,
+  openSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
+import { dirname, join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { CommandRecord, NewCommand, Settlement } from '../../src/core/journal.js';
@@ -330,6 +339,51 @@ describe('group commit', () => {
     const other = new BetterSqlite3(path, { readonly: true });
     expect(other.prepare('SELECT count(*) AS n FROM commands').get()).toEqual({ n: 2 });
     other.close();
+  });
+
+  it('a journal removed or replaced while open fails every barrier from then on, for good', async () => {
+    // Its files deleted (the state folder removed while the daemon ran), or another file moved
+    // over it: SQLite writes and fdatasync syncs the files it opened, and every command
+    // acknowledged since would be missing at the next start (its key free again, I1).
+    const cases: [string, (path: string) => void][] = [
+      [
+        'its folder removed',
+        (path) => {
+          rmSync(dirname(path), { recursive: true });
+        },
+      ],
+      [
+        'its log removed',
+        (path) => {
+          rmSync(`${path}-wal`);
+        },
+      ],
+      [
+        'another file moved over it',
+        (path) => {
+          copyFileSync(path, `${path}.copy`);
+          renameSync(`${path}.copy`, path);
+        },
+      ],
+    ];
+    for (const [what, remove] of cases) {
+      const { journal, path } = open(true);
+      journal.claim(command('before'));
+      await journal.durable();
+      remove(path);
+      // The claim itself succeeds (SQLite writes the open files); its barrier must not.
+      journal.claim(command('after'));
+      await expect(journal.durable(), what).rejects.toThrow(
+        /journal unavailable \(sync\): the journal was removed or replaced while sluiced ran/,
+      );
+      // For good: the next barrier, /readyz's check and the status line say so too.
+      journal.claim(command('later'));
+      await expect(journal.durable(), what).rejects.toThrow(/removed or replaced/);
+      expect(() => {
+        journal.checkWritable();
+      }, what).toThrow(/removed or replaced/);
+      expect(journal.knownFailure()?.message, what).toMatch(/removed or replaced/);
+    }
   });
 
   it('a failed fdatasync fails every barrier until the journal has written its log anew and synced it', async () => {
