@@ -101,6 +101,8 @@ export function checkInventory(
     start: number;
     end: number;
   }[] = [];
+  /** Every Modbus status field placed so far, in any table: what a device's reads cover. */
+  const statusReads: PlacedStatus[] = [];
   const objects = new Map<string, { id: string; plc: string }>();
   // OPC UA message security is a mode and a policy together: one without the other is no
   // endpoint a server offers, and would be found only at the first connect, then retried for
@@ -177,6 +179,17 @@ export function checkInventory(
         );
       }
       commandRanges.push({ id, plc: device.plc, controller, ...span });
+      const overlaps = statusOverlaps(id, device.plc, controller, device.base, map, statusReads);
+      // One line per device: a base that is off puts several fields on another's; and none
+      // when its command registers clash already (that error names the same base).
+      const first = overlaps[0];
+      if (first !== undefined && clash === undefined) {
+        errors.push(
+          overlaps.length === 1
+            ? first
+            : `${first} (and ${overlaps.length - 1} more of its status fields)`,
+        );
+      }
       for (const [name, field] of Object.entries(map.status)) {
         // Commands are written to holding registers; the other tables cannot hold them.
         if (field === undefined || field.table !== 'holding') continue;
@@ -237,6 +250,73 @@ export function checkInventory(
     );
   }
   return errors;
+}
+
+/**
+ * A status field read on another's registers: a base a few registers off (`drain-valve` at 103
+ * on `inlet-valve`'s block at 100), or a block slid onto its own absolute fields (a `time` on
+ * the PLC's clock). The device would take those values for its own state, echo or image time,
+ * and a command could be confirmed by another device's readback (I2). Fields given by absolute
+ * address may be shared on purpose (the PLC's clock, read by every device); a field placed
+ * from the base may not lie on any other. Records the device's fields in `placed`.
+ */
+function statusOverlaps(
+  id: string,
+  plc: string,
+  controller: string,
+  base: number,
+  map: NonNullable<DeviceProfile['modbus']>,
+  placed: PlacedStatus[],
+): string[] {
+  const errors: string[] = [];
+  const own = Object.entries(map.status).flatMap(([name, field]): PlacedStatus[] => {
+    if (field === undefined) return [];
+    const start = fieldAddress(field, base);
+    const absolute = field.address !== undefined;
+    const end = start + fieldWidth(field);
+    return [{ id, plc, controller, base, name, table: field.table, absolute, start, end }];
+  });
+  const shown = (f: PlacedStatus): string =>
+    `${f.table} ${f.end - f.start === 1 ? f.start : `${f.start}..${f.end - 1}`}`;
+  for (const field of own) {
+    // The profile's check compares its relative fields among themselves: here, against its
+    // own absolute ones and every other device's fields.
+    const others = [
+      ...placed.filter((o) => o.controller === controller),
+      ...own.filter((o) => o.absolute && !field.absolute),
+    ];
+    const clash = others.find(
+      (o) =>
+        o.table === field.table &&
+        !(o.absolute && field.absolute) &&
+        field.start < o.end &&
+        o.start < field.end,
+    );
+    if (clash === undefined) continue;
+    // Said of the field placed from its base: that base is what is off.
+    const [moved, under] = field.absolute ? [clash, field] : [field, clash];
+    const whose =
+      under.id === moved.id
+        ? `its own modbus.status.${under.name} (${shown(under)}, an absolute address)`
+        : `device ${under.id}'s modbus.status.${under.name} (${shown(under)}${under.absolute ? ', an absolute address' : ''})`;
+    errors.push(
+      `devices.${moved.id}.base: ${moved.base} puts its status field modbus.status.${moved.name} (${shown(moved)}) on ${whose} on PLC ${samePlc(moved.plc, under.plc, controller)}: it would read those registers as its own ${moved.name}; give it a base where its registers are its own`,
+    );
+  }
+  placed.push(...own);
+  return errors;
+}
+
+interface PlacedStatus {
+  readonly id: string;
+  readonly plc: string;
+  readonly controller: string;
+  readonly base: number;
+  readonly name: string;
+  readonly table: string;
+  readonly absolute: boolean;
+  readonly start: number;
+  readonly end: number;
 }
 
 /** A Modbus controller as the network reaches it: host, port and unit id. */

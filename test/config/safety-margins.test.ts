@@ -504,6 +504,75 @@ ${devices}`);
     ).not.toThrow();
   });
 
+  it("refuses a status field on another device's status registers: a base a few registers off", () => {
+    // Accepted before: drain-valve read inlet-valve's sequence echo as its limit-switch word,
+    // so that an echo with bit 0 set and bit 1 clear showed it OPEN, confirming an open that
+    // it may never have made (I2).
+    /** The errors of a site with these devices ([] when it loads). */
+    const errorsFor = (plcs: string, devices: string): string[] => {
+      try {
+        loadConfig(site(plcs, devices), { env: {} });
+        return [];
+      } catch {
+        return errorsOf(() => loadConfig(site(plcs, devices), { env: {} }));
+      }
+    };
+    const overlap = (devices: string): string[] => errorsFor(MODBUS, devices);
+    expect(
+      overlap(
+        '  inlet-valve: { plc: p1, profile: valve, base: 100 }\n' +
+          '  drain-valve: { plc: p1, profile: limit-switch-valve, base: 103 }\n' +
+          '  dosing: { plc: p1, profile: float-positioner, base: 85 }\n',
+      ),
+    ).toEqual([
+      "devices.drain-valve.base: 103 puts its status field modbus.status.state (holding 103) on device inlet-valve's modbus.status.seqEcho (holding 103) on PLC p1: it would read those registers as its own state; give it a base where its registers are its own",
+      "devices.dosing.base: 85 puts its status field modbus.status.time (holding 101..104) on device inlet-valve's modbus.status.position (holding 101) on PLC p1: it would read those registers as its own time; give it a base where its registers are its own (and 1 more of its status fields)",
+    ]);
+    // A block slid onto its own absolute clock: the image time read from the live clock makes
+    // every readback look taken after the write.
+    expect(overlap('  a: { plc: p1, profile: valve, base: 896 }\n')).toEqual([
+      'devices.a.base: 896 puts its status field modbus.status.time (holding 900..903) on its own modbus.status.clock (holding 900..903, an absolute address) on PLC p1: it would read those registers as its own time; give it a base where its registers are its own',
+    ]);
+    // Said of the device placed from its base, whichever comes first in the file.
+    expect(
+      overlap(
+        '  fcv: { plc: p1, profile: float-positioner, base: 880 }\n  a: { plc: p1, profile: valve, base: 0 }\n',
+      ),
+    ).toEqual([
+      "devices.fcv.base: 880 puts its status field modbus.status.clock (holding 900..903) on device a's modbus.status.clock (holding 900..903, an absolute address) on PLC p1: it would read those registers as its own clock; give it a base where its registers are its own",
+    ]);
+    // The PLC's clock at an absolute address is shared on purpose, and another controller's
+    // registers are its own.
+    expect(
+      overlap(
+        '  a: { plc: p1, profile: valve, base: 0 }\n  b: { plc: p1, profile: valve, base: 100 }\n' +
+          '  c: { plc: p1, profile: limit-switch-valve, base: 200 }\n',
+      ),
+    ).toEqual([]);
+    expect(
+      errorsFor(
+        `${MODBUS}\n  p2: { protocol: modbus, host: 127.0.0.1, port: 502, unitId: 2 }`,
+        '  a: { plc: p1, profile: valve, base: 100 }\n  b: { plc: p2, profile: limit-switch-valve, base: 103 }\n',
+      ),
+    ).toEqual([]);
+  });
+
+  it('sluiced --check refuses it, exit 2', () => {
+    const r = runSluiced([
+      '--config',
+      site(
+        MODBUS,
+        '  inlet-valve: { plc: p1, profile: valve, base: 100 }\n  drain-valve: { plc: p1, profile: limit-switch-valve, base: 103 }\n',
+      ),
+      '--check',
+    ]);
+    expect(r.stderr).toContain(
+      "devices.drain-valve.base: 103 puts its status field modbus.status.state (holding 103) on device inlet-valve's modbus.status.seqEcho (holding 103) on PLC p1",
+    );
+    expect(r.stdout).toBe('');
+    expect(r.status).toBe(2);
+  }, 30_000);
+
   it('refuses a status field on a command block: a base off by one block', () => {
     expect(
       errorsOf(() =>
