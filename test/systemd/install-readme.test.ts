@@ -224,6 +224,7 @@ describe.runIf(why === null)(
       // 2. The user, the folders, the unit.
       inside(inCheckout(steps.get(2)!));
       expect(inside('id -u sluice').stdout.trim()).toMatch(/^\d+$/);
+      expect(inside('stat -c "%U %a" /usr/local/bin/sluicectl').stdout).toBe('root 755\n');
 
       // 3. The site file and the secrets, each with the owner and mode the README promises.
       inside(inCheckout(steps.get(3)!));
@@ -309,7 +310,8 @@ describe.runIf(why === null)(
       );
       // (Its stderr has curl's progress meter, shown when stdout is not a terminal.)
       expect(JSON.parse(ready.stdout)).toMatchObject({ status: 'ready' });
-      const health = inside(line('node /opt/sluice/dist/src/cli/sluicectl.js'), { check: false });
+      // sluicectl from step 2, on root's PATH, with the site file it reads by default.
+      const health = inside(line('sluicectl health'), { check: false });
       expect(health.stderr).toBe('');
       expect(health.status).toBe(0);
       expect(health.stdout).toMatch(/^journal\s+ok\s/m);
