@@ -432,6 +432,18 @@ export class Site {
    */
   verify(): Violation[] {
     const records = this.records();
+    const journal = SqliteJournal.open({ path: this.journalPath, readonly: true });
+    try {
+      return this.violations(records, (r) => journal.history(r));
+    } finally {
+      journal.close();
+    }
+  }
+
+  private violations(
+    records: readonly CommandRecord[],
+    history: (record: CommandRecord) => JournalEvent[],
+  ): Violation[] {
     const violations: Violation[] = [];
     const add = (v: Omit<Violation, 'history'>, record?: CommandRecord): void => {
       violations.push({ ...v, history: record === undefined ? [] : this.history(record) });
@@ -478,13 +490,20 @@ export class Site {
             r,
           );
         }
-        if (r.dispatchedAt !== null && r.dispatchedAt >= r.deadline) {
+        // Every dispatch, a re-dispatch included: the record's dispatchedAt keeps the first.
+        const late = history(r).find(
+          (e) =>
+            ((e.from === 'accepted' && e.to === 'dispatched') ||
+              e.detail.startsWith('redispatch:')) &&
+            e.at >= r.deadline,
+        );
+        if (late !== undefined) {
           add(
             {
               invariant: 'I3',
               key: r.key,
               device: device.id,
-              message: 'dispatched past its deadline',
+              message: `dispatched past its deadline (${late.detail})`,
             },
             r,
           );
