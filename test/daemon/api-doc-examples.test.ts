@@ -62,6 +62,25 @@ function blocks(doc: string, from: string, to: string): string[] {
   return [...text.slice(start, end).matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!);
 }
 
+/** The first JSON example after a heading of docs/http-api.md. */
+function docJson(heading: string): unknown {
+  const text = readFileSync(join(ROOT, 'docs', 'http-api.md'), 'utf8');
+  const at = text.indexOf(heading);
+  expect(at, heading).toBeGreaterThanOrEqual(0);
+  const block = /```json\n([\s\S]*?)```/.exec(text.slice(at))?.[1];
+  return JSON.parse(block!) as unknown;
+}
+
+/** A document's member names, nested objects' included (values and types aside). */
+function shape(doc: unknown): unknown {
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) return '*';
+  return Object.fromEntries(
+    Object.entries(doc as Record<string, unknown>)
+      .map(([k, v]) => [k, v === null ? '*' : shape(v)] as const)
+      .sort(([a], [b]) => a.localeCompare(b)),
+  );
+}
+
 interface ShellRun {
   readonly code: number;
   readonly stdout: string;
@@ -234,8 +253,14 @@ describe.runIf(real)('the examples of docs/http-api.md and docs/mqtt-api.md', ()
     const devices = await shell(section('Mutual TLS'));
     expect(devices.stderr).toBe('');
     expect(devices.code).toBe(0);
-    const listed = JSON.parse(devices.stdout) as unknown;
-    expect(JSON.stringify(listed)).toContain('"id":"v1"');
+    // The shape http-api.md shows: `{"devices": [ … ]}`, each device with the example's members.
+    const listed = JSON.parse(devices.stdout) as { devices: Record<string, unknown>[] };
+    const device = listed.devices.find((d) => d.id === 'v1');
+    expect(device).toBeDefined();
+    const shown = docJson('### `GET /v1/devices`');
+    expect(shape(device)).toEqual(shape(shown));
+    // And the result the open answered with: the members of the doc's result.
+    expect(shape(result)).toEqual(shape(docJson('### Result (`200`')));
 
     // Health, readiness, metrics: three answers one after the other.
     const health = await shell(section('Health, readiness, metrics'));
