@@ -16,7 +16,10 @@ export type YamlText = { ok: true; value: unknown } | { ok: false; errors: strin
 
 export function parseYamlText(text: string): YamlText {
   // Duplicate keys are errors: the last of two `inlet-valve:` entries must not silently win.
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  // Merge keys (`<<: *modbus`, YAML 1.1) are taken as operators write them for PLCs and devices
+  // that share settings: off (YAML 1.2's default), `<<` was a key of its own, and the entry
+  // was refused for a field it does set ("plcs.b.protocol: Invalid discriminator value").
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true });
   if (doc.errors.length > 0) {
     const errors = doc.errors.slice(0, MAX_SYNTAX_ERRORS).map((e) => {
       const at = e.linePos?.[0];

@@ -217,6 +217,29 @@ describe('sluiced --check', () => {
     );
   });
 
+  it('takes YAML merge keys for PLCs that share settings, still refusing unknown keys', () => {
+    // `<<` was taken for a key of its own: the entry was refused for the protocol it merges in.
+    const merged = SITE.replace(
+      '  modbus-plc: { protocol: modbus, host: 127.0.0.1, port: 5020 }',
+      '  modbus-plc: &modbus { protocol: modbus, host: 127.0.0.1, port: 5020 }\n' +
+        '  modbus-plc-2: { <<: *modbus, unitId: 2 }',
+    ).replace(
+      '  inlet-valve: { plc: modbus-plc, profile: valve, base: 100 }',
+      '  inlet-valve: { plc: modbus-plc, profile: valve, base: 100 }\n' +
+        '  drain-valve: { plc: modbus-plc-2, profile: valve, base: 100 }',
+    );
+    const r = runSluiced(['--config', site(merged), '--check']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(
+      /\n +modbus-plc-2 +modbus +127\.0\.0\.1:5020 unit 2, timeout 1000 ms, /,
+    );
+    expect(r.stdout).toMatch(/\n +drain-valve +modbus-plc-2 +valve +base 100\n/);
+    refusedEverywhere(site(merged.replace('unitId: 2 }', 'unitId: 2, speed: 9 }')), [
+      'plcs.modbus-plc-2: Unrecognized key: "speed"',
+    ]);
+  });
+
   it('reads every file the daemon reads at start: missing, empty, not PEM, or not a pair', async () => {
     const other = await generate([{ name: 'commonName', value: 'other' }], {
       keyType: 'ec',
