@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement, Transaction } from 'better-sqlite3';
@@ -90,6 +90,7 @@ const SETTLEMENT = `from_state IN ('accepted', 'dispatched')
 export function openConnection(options: ConnectionOptions): Connection {
   const readonly = options.readonly ?? false;
   let db: Database;
+  if (!readonly) refuseOrphanLog(options.path);
   try {
     if (!readonly) mkdirSync(dirname(options.path), { recursive: true });
     db = new BetterSqlite3(options.path, {
@@ -335,6 +336,26 @@ export function openConnection(options: ConnectionOptions): Connection {
     return { purged, more: victims.length === limit };
   });
   return { db, stmts: s, txClaim, txDispatch, txRedispatch, txSettle, txPurge };
+}
+
+/**
+ * A journal's log (`-wal`) with no journal beside it: the journal was removed or moved away and
+ * its log left (a daemon killed with commits not yet checkpointed leaves them there). SQLite
+ * would create an empty journal and discard the log — the commands it holds, acknowledged and
+ * perhaps written to a controller — and the keys would be free again (I1). Refused, and said,
+ * so that the journal can be put back (or the log moved away, to start anew on purpose).
+ */
+function refuseOrphanLog(path: string): void {
+  let log: { size: number };
+  try {
+    log = statSync(`${path}-wal`);
+  } catch {
+    return; // No log: nothing to lose.
+  }
+  if (log.size === 0 || existsSync(path)) return;
+  throw new JournalUnavailableError(
+    `journal unavailable (open): ${path} is missing, but its log ${path}-wal (${log.size} bytes) is there: the journal was removed or moved away, and a new one would discard the commands its log holds; put the journal back, or move the log away to start a new journal`,
+  );
 }
 
 /**

@@ -3,6 +3,7 @@ import {
   existsSync,
   mkdirSync,
   readFileSync,
+  renameSync,
   statSync,
   truncateSync,
   writeFileSync,
@@ -567,6 +568,30 @@ describe('migrations', () => {
       expect((error as Error).message).toContain(`journal unavailable (open): ${what}`);
       expect(readFileSync(path).equals(before)).toBe(true);
     }
+  });
+});
+
+describe('a log without its journal', () => {
+  it('is refused, and left as it is, rather than discarded under a new empty journal', () => {
+    const path = join(dir, 'journal.db');
+    open(path).close();
+    journals.length = 0;
+    // A daemon killed with a commit in the log (not yet checkpointed into the journal).
+    const crash = `const D = require('better-sqlite3'); const db = new D(${JSON.stringify(path)}); db.prepare("INSERT INTO meta (key, value) VALUES ('k', 'in the log')").run(); process.kill(process.pid, 'SIGKILL');`;
+    expect(() => execFileSync(process.execPath, ['-e', crash], { cwd: ROOT })).toThrow();
+    // The journal moved away (a backup, a mistake), its log left behind.
+    renameSync(path, `${path}.moved`);
+    const log = readFileSync(`${path}-wal`);
+    expect(log.length).toBeGreaterThan(0);
+    expect(() => SqliteJournal.open({ path })).toThrow(
+      `journal unavailable (open): ${path} is missing, but its log ${path}-wal (${log.length} bytes) is there`,
+    );
+    expect(existsSync(path)).toBe(false);
+    expect(readFileSync(`${path}-wal`).equals(log)).toBe(true);
+    // Put back, the journal opens with what its log held.
+    renameSync(`${path}.moved`, path);
+    const j = open(path);
+    expect(j.readMeta('k')).toBe('in the log');
   });
 });
 
