@@ -7,9 +7,9 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { Aedes } from 'aedes';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { generate } from 'selfsigned';
-import { ConfigError, loadConfig } from '../config/config.js';
+import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
 import { preflight } from '../config/preflight.js';
 import { Daemon, type Readiness } from '../daemon/daemon.js';
 import { routeOpcuaMessages } from '../daemon/opcua-messages.js';
@@ -131,6 +131,24 @@ async function startSimulators(): Promise<Plant> {
   }
 }
 
+/**
+ * The daemon, or what to do when its HTTPS port is taken (another demo, a sluiced, anything
+ * on 8443): the other ports the demo takes say so in words, this one must too.
+ */
+async function startDaemon(config: SluiceConfig, logger: Logger): Promise<Daemon> {
+  try {
+    return await Daemon.start(config, { logger, shutdownBoundMs: 5_000 });
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException & { address?: string; port?: number };
+    if (e.code === 'EADDRINUSE' && config.https !== undefined && e.port === config.https.port) {
+      throw new DemoError(
+        `${e.address ?? config.https.host}:${e.port} is taken (another demo or sluiced?). Stop it, or give the demo another HTTPS port: SLUICE_HTTPS_PORT=9443 npm start`,
+      );
+    }
+    throw error;
+  }
+}
+
 async function main(): Promise<void> {
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const config = loadConfig(sitePath);
@@ -161,7 +179,7 @@ async function main(): Promise<void> {
     stack.push({ name: 'simulators', stop: () => plant.stop() });
     const broker = await startBroker();
     if (broker !== null) stack.push({ name: 'broker', stop: broker.stop });
-    const daemon = await Daemon.start(config, { logger, shutdownBoundMs: 5_000 });
+    const daemon = await startDaemon(config, logger);
     stack.push({ name: 'daemon', stop: () => daemon.stop() });
     const checks = await readyToCommand(daemon, READY_WAIT_MS);
     const mqttCheck = checks.mqtt ?? { ok: false, detail: 'not configured' };

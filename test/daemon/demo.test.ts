@@ -17,7 +17,9 @@ import { hasCommand, isRoot, realComponent } from '../helpers/real.js';
  * node-opcua's own messages (its W27 check, "Creating default certificate") go to the demo's
  * log, never into the instructions. With 1883 taken by another broker, `npm start` prints the
  * command that points the demo at it; that command, run as printed, brings the demo up on
- * that broker (Mosquitto: MQTT 5), and the printed mosquitto commands work there too.
+ * that broker (Mosquitto: MQTT 5), and the printed mosquitto commands work there too. With
+ * 8443 taken, it prints (in words, not a stack trace) the command that moves its HTTPS, and
+ * that command brings it up on the other port, where its printed curl works.
  */
 
 const PORTS = [8443, 1883, 5020, 4840, 5080];
@@ -437,6 +439,65 @@ it.runIf(curl && mosquittoClients && mosquittoAvailable())(
       }
     } finally {
       await broker.stop();
+    }
+  },
+  240_000,
+);
+
+it.runIf(curl)(
+  'with 8443 taken, npm start prints how to move its HTTPS; the printed command runs the demo there',
+  async () => {
+    for (const port of PORTS) {
+      if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
+    }
+    // Something else on the demo's HTTPS address (another demo, a sluiced).
+    const squatter = createServer();
+    await new Promise<void>((resolve) => squatter.listen(8443, '127.0.0.1', resolve));
+    try {
+      const env: NodeJS.ProcessEnv = {
+        ...process.env,
+        SLUICE_DEMO_TOKEN: 'demo-test-token',
+        SLUICE_MQTT_URL: '',
+      };
+      delete env.SLUICE_HTTPS_PORT;
+      const refused = spawnSync('npm', ['start', '--silent'], {
+        cwd: ROOT,
+        env,
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
+      // Said in words, as for the other ports, not a stack trace.
+      expect(refused.status, refused.stderr).toBe(2);
+      expect(refused.stderr).not.toMatch(/^\s+at /m);
+      const hint = /give the demo another HTTPS port: (.+)$/m.exec(refused.stderr)?.[1];
+      expect(hint).toBe('SLUICE_HTTPS_PORT=9443 npm start');
+      for (const port of PORTS.filter((p) => p !== 8443)) expect(await portFree(port)).toBe(true);
+
+      // The hint, run as printed by a shell: the demo on 9443, its printed curl works there.
+      const ports = [9443, ...PORTS.filter((p) => p !== 8443)];
+      const demo = await startDemo(['sh', '-c', hint!], env, ports);
+      try {
+        const text = demo.lines.join('\n');
+        expect(text).toContain('HTTPS      https://127.0.0.1:9443');
+        const start = demo.lines.findIndex((l) => l.trim().startsWith('curl '));
+        const command = demo.lines
+          .slice(start, start + 3)
+          .map((l) => l.trim().replace(/\\$/, ''))
+          .join(' ');
+        expect(command).toContain('https://127.0.0.1:9443/v1/commands');
+        const out = curlOutput(command, '-sS');
+        expect(JSON.parse(out)).toMatchObject({
+          device: 'inlet-valve',
+          state: 'confirmed',
+          code: 'OK',
+        });
+        const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
+        expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
+      } finally {
+        await demo.stop();
+      }
+    } finally {
+      await new Promise((resolve) => squatter.close(resolve));
     }
   },
   240_000,
