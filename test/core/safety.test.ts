@@ -31,7 +31,9 @@ const open = (extra: Record<string, unknown> = {}): Record<string, unknown> => (
 
 describe('I1: a second write only when the first is provably not applied', () => {
   it('a frozen image across a restart proves nothing: no second write, an honest failure', async () => {
-    h = await SimHarness.start();
+    // Warm: a cold device's power-up echo, seen over the new connection, would prove nothing by
+    // itself, and the image's freshness would go unjudged.
+    h = await SimHarness.start({ warm: true });
     const valve = h.device('v1');
     // The status image stops updating before the write: the controller takes the command and
     // opens, but every readback still shows CLOSED with the old echo and old source time.
@@ -153,7 +155,9 @@ describe('I1: a second write only when the first is provably not applied', () =>
 
   it('the guard runs from when the outcome became unknown: a write held on the link is not sent twice', async () => {
     // Request timeout 250 ms, guard 400 ms; the write is held 500 ms on its way to the PLC.
-    h = await SimHarness.start({ travelMs: 100 });
+    // Warm: a cold device shows its power-up echo, which proves nothing by itself (judged
+    // before the guard), so only a warm one shows whether the guard holds the second write.
+    h = await SimHarness.start({ travelMs: 100, warm: true });
     const valve = h.device('v1');
     valve.setFault({ kind: 'latency', ms: 500, on: 'write', when: 'before' });
     h.submit('k1', open());
