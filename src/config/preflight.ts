@@ -53,6 +53,14 @@ function checkFiles(c: SluiceConfig): {
   if (c.mqtt !== undefined) {
     const { passwordFile, caFile, certFile, keyFile } = c.mqtt;
     if (passwordFile !== undefined) files.text(passwordFile, 'mqtt.passwordFile');
+    // MQTT carries a password only after a user name (MQTT 3.1.1 §3.1.2.9; MQTT.js refuses to
+    // send a CONNECT with one alone, for either version). Accepted, the intake never reached
+    // the broker, and nothing in the log said why.
+    if (passwordFile !== undefined && c.mqtt.username === undefined) {
+      errors.push(
+        `mqtt.username: required with mqtt.passwordFile ${passwordFile}: a password is sent only with a user name, and without one the MQTT client never connects; give the broker user as mqtt.username`,
+      );
+    }
     if (caFile !== undefined) files.certificates(caFile, 'mqtt.caFile');
     if (certFile !== undefined && keyFile === undefined) {
       errors.push('mqtt.keyFile: required with mqtt.certFile (a client certificate needs its key)');

@@ -240,6 +240,29 @@ describe('sluiced --check', () => {
     ]);
   });
 
+  it('refuses an MQTT password without a user name, which the client never connects with', () => {
+    // Accepted before: the daemon started, reported ready, and its MQTT client refused to send
+    // the CONNECT ("Username is required to use password"): Mosquitto never saw a client, and
+    // the log said nothing about MQTT.
+    writeFileSync(join(dir, 'mqtt.pw'), 'secret\n');
+    const path = site(
+      SITE.replace(
+        'mqtt: { url: mqtt://127.0.0.1:1, identity: plant }',
+        'mqtt: { url: mqtt://127.0.0.1:1, identity: plant, passwordFile: mqtt.pw }',
+      ),
+    );
+    refusedEverywhere(path, [
+      `mqtt.username: required with mqtt.passwordFile ${join(dir, 'mqtt.pw')}: a password is sent only with a user name, and without one the MQTT client never connects; give the broker user as mqtt.username`,
+    ]);
+    const r = runSluiced([
+      '--config',
+      site(readFileSync(path, 'utf8').replace('passwordFile:', 'username: line2, passwordFile:')),
+      '--check',
+    ]);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+  });
+
   it('reads every file the daemon reads at start: missing, empty, not PEM, or not a pair', async () => {
     const other = await generate([{ name: 'commonName', value: 'other' }], {
       keyType: 'ec',
@@ -252,7 +275,7 @@ describe('sluiced --check', () => {
       SITE.replace('keyFile: key.pem }', 'keyFile: other-key.pem, clientCaFile: ca.pem }')
         .replace(
           'identity: plant }',
-          'identity: plant, certFile: cert.pem, passwordFile: profiles, caFile: nowhere.pem }',
+          'identity: plant, certFile: cert.pem, username: line2, passwordFile: profiles, caFile: nowhere.pem }',
         )
         .replace(
           "plant: { tokenFile: token, devices: ['*'] }",
