@@ -207,6 +207,16 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
       );
     }
   }
+  // Without an echo, a readback that still shows the state before the write is told from the
+  // controller's answer only by time: the wrong state must outlast the scan that takes the
+  // write (docs/device-profiles.md, Optional fields). A grace no longer than a scan failed a
+  // command the controller was about to carry out: READBACK_MISMATCH, or DEVICE_FAULT for a
+  // reset read before the scan that clears the fault.
+  if (!p.controller.echoesSeq && p.timing.mismatchGraceMs <= p.timing.scanMs) {
+    errors.push(
+      `timing.mismatchGraceMs: ${p.timing.mismatchGraceMs} ms is not longer than timing.scanMs ${p.timing.scanMs} ms; this controller echoes no sequence numbers (controller.echoesSeq: false), so a readback still showing the state from before the write is its answer only once it has outlasted the scan that takes the write: a shorter grace fails commands the controller is about to carry out. Set mismatchGraceMs well above scanMs (with a margin for the network: the shipped limit-switch-valve has 400 ms on a 10 ms scan)`,
+    );
+  }
   if (p.actions.includes('move') && p.positionTolerance === undefined) {
     errors.push('positionTolerance: required for a profile with the move action');
   }

@@ -321,6 +321,55 @@ describe("a profile's default ttl against the retention", () => {
   }, 30_000);
 });
 
+describe('a controller without an echo: the mismatch grace against its scan', () => {
+  // Without an echo, the state from before the write is told from the controller's answer only
+  // by outlasting the scan that takes the write (test/core/field-profiles.test.ts shows an open
+  // failed READBACK_MISMATCH, then carried out, with a grace of 80 ms on a 200 ms scan).
+  const limitSwitchWith = (scanMs: number, graceMs: number): string => {
+    const out = join(dir, 'profiles');
+    mkdirSync(out);
+    for (const name of readdirSync(BUNDLED)) {
+      const text = readFileSync(join(BUNDLED, name), 'utf8');
+      writeFileSync(
+        join(out, name),
+        name === 'limit-switch-valve.yaml'
+          ? text
+              .replace(/scanMs: \d+/, `scanMs: ${scanMs}`)
+              .replace(/mismatchGraceMs: \d+/, `mismatchGraceMs: ${graceMs}`)
+          : text,
+      );
+    }
+    return out;
+  };
+  const message = (file: string, graceMs: number, scanMs: number): string =>
+    `profilesDir: ${file}: timing.mismatchGraceMs: ${graceMs} ms is not longer than timing.scanMs ${scanMs} ms; this controller echoes no sequence numbers (controller.echoesSeq: false), so a readback still showing the state from before the write is its answer only once it has outlasted the scan that takes the write: a shorter grace fails commands the controller is about to carry out. Set mismatchGraceMs well above scanMs (with a margin for the network: the shipped limit-switch-valve has 400 ms on a 10 ms scan)`;
+
+  it('refuses a grace not longer than the scan, naming the file, both values and the fix', () => {
+    const profilesDir = limitSwitchWith(500, 400);
+    const file = join(profilesDir, 'limit-switch-valve.yaml');
+    expect(
+      errorsOf(() => loadConfig(write(`profilesDir: ${profilesDir}\n${SITE}`), { env: {} })),
+    ).toEqual([message(file, 400, 500)]);
+    const r = runSluiced(['--config', write(`profilesDir: ${profilesDir}\n${SITE}`), '--check']);
+    expect(r.stderr).toContain(message(file, 400, 500));
+    expect(r.status).toBe(2);
+  }, 30_000);
+
+  it('takes a grace longer than the scan; a controller with an echo is not bound by it', () => {
+    const profilesDir = limitSwitchWith(500, 501);
+    expect(() =>
+      loadConfig(write(`profilesDir: ${profilesDir}\n${SITE}`), { env: {} }),
+    ).not.toThrow();
+    const valve = SHIPPED.get('valve')!;
+    expect(valve.controller.echoesSeq).toBe(true);
+    for (const [name, p] of SHIPPED) {
+      if (!p.controller.echoesSeq) {
+        expect(p.timing.mismatchGraceMs, name).toBeGreaterThan(p.timing.scanMs);
+      }
+    }
+  });
+});
+
 describe("a move's resolution against the profile's positionTolerance", () => {
   /** The bundled profiles copied to `profiles/`, the actuator's text changed by `edit`. */
   const actuatorAs = (edit: (text: string) => string): string => {

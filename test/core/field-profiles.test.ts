@@ -44,6 +44,24 @@ describe('limit-switch valve (no echo, no fault code, no clock)', () => {
     expect(valve.snapshot().state).not.toBe('FAULT');
   });
 
+  it('a grace not longer than the scan fails an open the controller then carries out: why profiles refuse it', async () => {
+    // The timing a profile with mismatchGraceMs <= scanMs would give (parseProfile refuses it;
+    // the harness builds its profiles in code): scans 200 ms apart, a grace of 80 ms. The
+    // readbacks before the scan that takes the write show CLOSED, as a refusal would.
+    h = await SimHarness.start({
+      field: true,
+      scanMs: 200,
+      timing: { scanMs: 200, mismatchGraceMs: 80 },
+    });
+    const valve = h.device('lsv');
+    h.submit('o', { device: 'lsv', action: 'open' });
+    expect(await h.settled('o')).toMatchObject({ state: 'failed', code: 'READBACK_MISMATCH' });
+    // Ground truth: the controller took that one open at its scan and opened: the failure was
+    // false, and a client told so may send it again.
+    await h.until(() => valve.snapshot().state === 'OPEN', 5_000, 'lsv open');
+    expect(valve.writeLog.map((w) => [w.code, w.outcome])).toEqual([[1, 'accepted']]);
+  });
+
   it('a FAULT that outlasts the grace after a reset ends DEVICE_FAULT, saying so', async () => {
     h = await SimHarness.start({ field: true });
     const valve = h.device('lsv');
