@@ -170,6 +170,26 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
         errors.push(`controller.stateCodes.${state}: unknown state "${state}"`);
     }
   }
+  // One code, one meaning. Two states on one code read as the first of them (modbus-map.ts):
+  // with OPEN first, a closed valve reads OPEN and an open is "confirmed" as a no-op without a
+  // write (I2). Two actions on one code make the controller do the other: a close written as
+  // the open's code opens the valve.
+  for (const [section, table] of [
+    ['stateCodes', p.controller.stateCodes ?? {}],
+    ['commandCodes', p.controller.commandCodes],
+  ] as const) {
+    const seen = new Map<number, string>();
+    for (const [name, code] of Object.entries(table)) {
+      const other = seen.get(code);
+      if (other === undefined) {
+        seen.set(code, name);
+        continue;
+      }
+      errors.push(
+        `controller.${section}.${name}: code ${code} is also ${other}'s; the controller ${section === 'stateCodes' ? `reports each state with its own code, and ${code} would always read as ${other}` : `would take a ${name} written as ${code} for ${other}`}: give each its own code, as the controller's manual lists them`,
+      );
+    }
+  }
   for (const action of Object.keys(p.controller.commandCodes)) {
     if (!(p.actions as string[]).includes(action)) {
       errors.push(`controller.commandCodes.${action}: action not listed in actions`);

@@ -146,6 +146,20 @@ describe('sluiced --check', () => {
     ]);
   });
 
+  it('refuses two states or two actions on one controller code, at --check and at start', () => {
+    // Accepted before: a state register value read as the first state with it (a closed valve
+    // read OPEN confirms an open without a write), and a close written with the open's code
+    // opens the valve.
+    const valve = join(dir, 'profiles', 'valve.yaml');
+    const text = readFileSync(valve, 'utf8');
+    for (const code of ['OPEN: 2,', 'close: 2,']) expect(text).toContain(code);
+    writeFileSync(valve, text.replace('OPEN: 2,', 'OPEN: 0,').replace('close: 2,', 'close: 1,'));
+    refusedEverywhere(site(), [
+      `profilesDir: ${valve}: controller.stateCodes.OPEN: code 0 is also CLOSED's; the controller reports each state with its own code, and 0 would always read as CLOSED: give each its own code, as the controller's manual lists them`,
+      `profilesDir: ${valve}: controller.commandCodes.close: code 1 is also open's; the controller would take a close written as 1 for open: give each its own code, as the controller's manual lists them`,
+    ]);
+  });
+
   it('names a site file kept in profilesDir as what it is, and does not skip it', () => {
     const path = site();
     copyFileSync(path, join(dir, 'profiles', 'site.yaml'));
