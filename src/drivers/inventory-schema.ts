@@ -125,8 +125,13 @@ export function checkInventory(
     const profile = profiles.get(device.profile);
     if (plc === undefined) errors.push(`devices.${id}.plc: no PLC named "${device.plc}"`);
     if (profile === undefined) {
+      // An empty folder (a wrong profilesDir) said "(have )".
       errors.push(
-        `devices.${id}.profile: no profile named "${device.profile}" (have ${[...profiles.keys()].join(', ')})`,
+        `devices.${id}.profile: no profile named "${device.profile}" (${
+          profiles.size === 0
+            ? 'the profiles folder holds none: set profilesDir to the folder of the device profiles (.yaml), or leave it out for the bundled ones'
+            : `have ${[...profiles.keys()].join(', ')}`
+        })`,
       );
     }
     // A setting of the other protocol is a mistake in the file (a device moved between PLCs,

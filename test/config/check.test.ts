@@ -160,6 +160,14 @@ describe('sluiced --check', () => {
     ]);
   });
 
+  it('says so when profilesDir holds no profile at all', () => {
+    mkdirSync(join(dir, 'empty'));
+    refusedEverywhere(site(SITE.replace('profilesDir: profiles', 'profilesDir: empty')), [
+      'devices.inlet-valve.profile: no profile named "valve" (the profiles folder holds none: set profilesDir to the folder of the device profiles (.yaml), or leave it out for the bundled ones)',
+      'devices.outlet-valve.profile: no profile named "valve" (the profiles folder holds none: set profilesDir to the folder of the device profiles (.yaml), or leave it out for the bundled ones)',
+    ]);
+  });
+
   it('names a site file kept in profilesDir as what it is, and does not skip it', () => {
     const path = site();
     copyFileSync(path, join(dir, 'profiles', 'site.yaml'));
