@@ -642,6 +642,18 @@ function resolvePaths(
           ? resolve(stateDir, 'admin.token')
           : abs(c.admin.tokenFile, 'admin.tokenFile'),
     },
+    // ptp4l's socket and pmc's reply folder are paths like any other (the unit's
+    // ${RUNTIME_DIRECTORY} included); the pmc and chronyc binaries are looked up on PATH.
+    clock: {
+      ...c.clock,
+      ptp: {
+        ...c.clock.ptp,
+        udsPath: abs(c.clock.ptp.udsPath, 'clock.ptp.udsPath'),
+        ...(c.clock.ptp.clientSocketDir === undefined
+          ? {}
+          : { clientSocketDir: abs(c.clock.ptp.clientSocketDir, 'clock.ptp.clientSocketDir') }),
+      },
+    },
     ...(c.https === undefined
       ? {}
       : {

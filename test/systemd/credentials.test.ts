@@ -170,3 +170,33 @@ it('sluiced refuses it at start and under --check, and creates no folder named a
     expect(readdirSync(dir).sort()).toEqual(before);
   }
 }, 60_000);
+
+it("expands and resolves clock.ptp's socket paths like every other path", () => {
+  // They were passed on as written: `clientSocketDir: ${RUNTIME_DIRECTORY}` made pmc bind its
+  // reply socket in a folder literally named so, and the gateway clock stayed UNKNOWN.
+  const { dir, cleanup } = tempDir('sluice-ptp-paths-');
+  cleanups.push(cleanup);
+  const path = join(dir, 'sluice.yaml');
+  writeFileSync(
+    path,
+    stringify({
+      gatewayId: 'line2',
+      stateDir: '/var/lib/sluice',
+      clock: { source: 'ptp', ptp: { udsPath: 'ptp4l', clientSocketDir: '${RUNTIME_DIRECTORY}' } },
+      mqtt: { url: 'mqtt://127.0.0.1:1883', identity: 'scada' },
+      identities: { scada: { devices: ['*'] } },
+      plcs: { mb: { protocol: 'modbus', host: '127.0.0.1', port: 502 } },
+      devices: { 'inlet-valve': { plc: 'mb', profile: 'valve', base: 0 } },
+    }),
+  );
+  const config = loadConfig(path, { env: { RUNTIME_DIRECTORY: '/run/sluice' } });
+  expect(config.clock.ptp).toMatchObject({
+    udsPath: join(dir, 'ptp4l'),
+    clientSocketDir: '/run/sluice',
+    pmc: '/usr/sbin/pmc',
+  });
+  expect(config.clock.chrony.chronyc).toBe('chronyc');
+  expect(() => loadConfig(path, { env: {} })).toThrow(
+    'clock.ptp.clientSocketDir: "${RUNTIME_DIRECTORY}": RUNTIME_DIRECTORY is not set',
+  );
+});
