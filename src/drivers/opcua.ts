@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto';
-import { readdirSync, rmSync, type Dirent } from 'node:fs';
+import { readFileSync, readdirSync, rmSync, type Dirent } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -46,6 +46,9 @@ export class OpcuaClientPki {
   readonly manager: OPCUACertificateManager;
   readonly applicationUri = `urn:${hostname()}:sluice`;
   readonly dir: string;
+  private readonly log: Logger;
+  /** The store's checks, one at a time (`decide`). */
+  private checks: Promise<unknown> = Promise.resolve();
 
   constructor(options: {
     readonly dir: string;
@@ -68,6 +71,7 @@ export class OpcuaClientPki {
       options.logger.warn({ lock }, 'removed a stale OPC UA PKI lock left by a killed process');
     }
     this.dir = options.dir;
+    this.log = options.logger;
     this.manager = new OPCUACertificateManager({
       rootFolder: options.dir,
       automaticallyAcceptUnknownCertificate: options.acceptUnknownCertificates,
@@ -86,6 +90,7 @@ export class OpcuaClientPki {
     refused: (refusal: CertificateRefusal) => void,
   ): OPCUACertificateManager {
     const manager = this.manager;
+    const decide = (chain: Buffer | Buffer[]): Promise<StatusCode> => this.decide(chain);
     const check = async (chain: Buffer | Buffer[]): Promise<StatusCode> => {
       const der = Array.isArray(chain) ? chain[0] : chain;
       const certificate = der === undefined ? null : readCertificate(der);
@@ -96,7 +101,7 @@ export class OpcuaClientPki {
           return StatusCodes.BadCertificateTimeInvalid;
         }
       }
-      const status = await manager.checkCertificate(chain);
+      const status = await decide(chain);
       if (!status.isGood()) refused({ status, certificate, at: now() });
       return status;
     };
@@ -110,6 +115,61 @@ export class OpcuaClientPki {
           : value;
       },
     });
+  }
+
+  /**
+   * The store's verdict on a server certificate. An operator trusts one by moving it from
+   * `rejected/` to `trusted/certs/`, and node-opcua-pki learns of the move only from inotify
+   * watchers of those folders; where the machine's inotify instances are used up (128 per user
+   * by default, shared by all of the user's processes) its watcher fails without a word, and
+   * the move was never seen: measured with `fs.inotify.max_user_instances=0`, the PLC stayed
+   * refused until sluiced restarted. A certificate refused as untrusted that the folders show
+   * trusted (in `trusted/certs/`, not in `rejected/`) means the store missed a move: it is read
+   * again and asked once more. Checks run one at a time (one per connection attempt, at the
+   * backoff's pace), so that none is answered from a store half read.
+   */
+  private decide(chain: Buffer | Buffer[]): Promise<StatusCode> {
+    const run = this.checks.then(async () => {
+      const status = await this.manager.checkCertificate(chain);
+      if (status.value !== StatusCodes.BadCertificateUntrusted.value) return status;
+      const der = Array.isArray(chain) ? chain[0] : chain;
+      const thumbprint = der === undefined ? undefined : readCertificate(der)?.thumbprint;
+      if (thumbprint === undefined) return status;
+      const inFolder = (folder: string): boolean =>
+        certificateFiles(folder).some((file) => thumbprintOf(file) === thumbprint);
+      if (!inFolder(join(this.dir, 'trusted', 'certs')) || inFolder(join(this.dir, 'rejected'))) {
+        return status;
+      }
+      this.log.warn(
+        { thumbprint },
+        'the OPC UA certificate store missed a certificate moved to trusted/ (no file watcher): read again',
+      );
+      await this.manager.reloadCertificates();
+      return this.manager.checkCertificate(chain);
+    });
+    this.checks = run.catch(() => undefined);
+    return run;
+  }
+}
+
+/** The certificate files of a PKI folder (none if it is missing). */
+function certificateFiles(folder: string): string[] {
+  try {
+    return readdirSync(folder)
+      .filter((name) => /\.(pem|der|crt|cer)$/i.test(name))
+      .map((name) => join(folder, name));
+  } catch {
+    return [];
+  }
+}
+
+/** The SHA-1 thumbprint of the certificate in a PEM or DER file (null: not one). */
+function thumbprintOf(file: string): string | null {
+  try {
+    const x509 = new X509Certificate(readFileSync(file));
+    return x509.fingerprint.replaceAll(':', '').toLowerCase();
+  } catch {
+    return null;
   }
 }
 

@@ -1,0 +1,113 @@
+import fs, { existsSync, readdirSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { systemClock } from '../../src/core/clock.js';
+import type { DeviceDriver } from '../../src/core/driver.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { buildDrivers } from '../../src/drivers/inventory.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { PROFILES, tempDir } from '../helpers/fixtures.js';
+
+/**
+ * An operator trusts a PLC's certificate by moving it from the PKI's rejected/ folder to
+ * trusted/certs/. node-opcua-pki learned of the move only from file-system watchers; on a
+ * gateway whose inotify instances are used up (measured with
+ * `sysctl fs.inotify.max_user_instances=0`: every attempt refused until sluiced restarted) the
+ * move was never seen. That limit is the machine's, shared by every process and test, so this
+ * test produces the same fault in its own process only: `fs.watch` fails as the kernel makes it
+ * fail (ENOSPC, "System limit for number of file watchers reached") — a fault neither the
+ * simulator nor the store can be asked for. The PLC, its certificate and the store are real.
+ */
+
+const realWatch = fs.watch;
+let plant: Plant;
+const cleanups: (() => Promise<void> | void)[] = [];
+
+beforeAll(async () => {
+  fs.watch = (): never => {
+    throw Object.assign(new Error('ENOSPC: System limit for number of file watchers reached'), {
+      code: 'ENOSPC',
+      errno: -28,
+      syscall: 'watch',
+    });
+  };
+  plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        ua: {
+          protocol: 'opcua',
+          host: '127.0.0.1',
+          port: 0,
+          securityModes: ['None', 'SignAndEncrypt'],
+          devices: { 'ua-valve': { profile: 'valve' } },
+        },
+      },
+    },
+    { ephemeralPorts: true, control: false },
+  );
+}, 30_000);
+
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c();
+  await plant.stop();
+  fs.watch = realWatch;
+});
+
+async function readWithin(driver: DeviceDriver, ms: number): Promise<string | null> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    try {
+      return (await driver.read()).state;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  return null;
+}
+
+it('a certificate an operator moves to trusted/ is trusted where no file watcher can run', async () => {
+  const e = plant.plc('ua').endpoint;
+  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+  const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
+  cleanups.push(cleanup);
+  const d = await buildDrivers({
+    inventory: {
+      plcs: {
+        ua: {
+          protocol: 'opcua',
+          endpointUrl: e.endpointUrl,
+          namespaceUri: e.namespaceUri,
+          securityMode: 'SignAndEncrypt',
+          securityPolicy: 'Basic256Sha256',
+          requestTimeoutMs: 2000,
+        },
+      },
+      devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
+    },
+    profiles: PROFILES,
+    pkiDir,
+    acceptUnknownCertificates: false,
+    clock: systemClock,
+    logger: silentLogger,
+  });
+  cleanups.push(() => d.close());
+  d.start();
+  const driver = d.bindings[0]!.driver;
+
+  // Refused, and put in rejected/.
+  const rejected = join(pkiDir, 'client', 'rejected');
+  const end = Date.now() + 15_000;
+  while (!/is not trusted: it was put in/.test(driver.health().lastError ?? '')) {
+    if (Date.now() > end) throw new Error(`no refusal: ${driver.health().lastError}`);
+    await driver.read().catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const certs = existsSync(rejected) ? readdirSync(rejected) : [];
+  expect(certs.length).toBeGreaterThan(0);
+
+  // The operator trusts it: the next attempt, at the backoff's pace, connects.
+  const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+  for (const cert of certs) renameSync(join(rejected, cert), join(trusted, cert));
+  expect(await readWithin(driver, 20_000)).toBe('CLOSED');
+}, 45_000);
