@@ -21,6 +21,13 @@ export interface Readback {
    * newest source timestamp (OPC UA) or the scan time stored with the status block (Modbus).
    */
   readonly sourceTime: number | null;
+  /**
+   * True when `sourceTime` is the time of the scan that published the image, which advances
+   * at every scan also when no value changed (a Modbus status block's scan time, an OPC UA
+   * controller's `ScanTime`); absent or false when it is only the last change (OPC UA
+   * SourceTimestamps), which cannot tell an idle device's image from a frozen one.
+   */
+  readonly sourceIsScan?: boolean;
   /** Gateway time when the read request was sent. */
   readonly requestedAt: number;
   /** Gateway time when the answer arrived. */

@@ -13,11 +13,12 @@ import {
 } from './lane.js';
 import type { Logger } from './logger.js';
 import { stopOverPreempted } from './preemption.js';
-import { meetsExpectation, observe, type Expectation } from './readback.js';
+import { observe, type Expectation } from './readback.js';
+import { NoOpCourse } from './no-op.js';
 import { latestWriteUnsent } from './redispatch.js';
 import { allocateSeq } from './sequence.js';
 import type { TimedReadback } from './skew.js';
-import { decide, formatFaultCode, type Decision } from './state-machine.js';
+import { decide, type Decision } from './state-machine.js';
 
 /**
  * Carrying out one `accepted` command on its device: freshness, the fresh read and the
@@ -30,11 +31,13 @@ export class CommandExecution {
   private readonly host: ExecutionHost;
   readonly reads: DeviceReads;
   private readonly confirmation: ConfirmationLoop;
+  private readonly noOp: NoOpCourse;
 
   constructor(host: ExecutionHost) {
     this.host = host;
     this.reads = new DeviceReads(host);
     this.confirmation = new ConfirmationLoop(host, this.reads);
+    this.noOp = new NoOpCourse(host, this.reads);
   }
 
   /**
@@ -114,6 +117,8 @@ export class CommandExecution {
   ): Promise<void> {
     const { clock } = this.host;
     const { from } = course;
+    // The moment the command is taken up: a no-op is decided on an image from no earlier.
+    const takenUpMono = clock.elapsed();
     if (this.rejectIfStale(record, null, from, log)) return;
     // The state-machine check runs against a fresh read, never against a cached mirror.
     const read = await this.reads.readUntil(
@@ -133,8 +138,21 @@ export class CommandExecution {
       });
       return;
     }
-    const before = read.readback;
-    const decision = this.decideFor(lane, record, before);
+    let before = read.readback;
+    let decision = this.decideFor(lane, record, before);
+    if (decision.kind === 'noop') {
+      // I2: not on a frozen image (no-op.ts); a newer image is decided on afresh.
+      const image = await this.noOp.freshImage(lane, before, takenUpMono, log);
+      if (image.kind === 'aborted') return;
+      if (image.kind === 'stale') {
+        this.noOp.settleStale(lane, record, image, from, log);
+        return;
+      }
+      if (image.readback !== before) {
+        before = image.readback;
+        decision = this.decideFor(lane, record, before);
+      }
+    }
     const expect: Expectation = { confirm: [], position: record.position };
     switch (decision.kind) {
       case 'reject':
@@ -150,7 +168,7 @@ export class CommandExecution {
         });
         return;
       case 'noop':
-        await this.confirmWithoutWrite(
+        await this.noOp.confirm(
           lane,
           record,
           before,
@@ -324,70 +342,6 @@ export class CommandExecution {
       detail: freshnessDetail(fresh, record, now, this.host.freshness),
     });
     return true;
-  }
-
-  /** A no-op is confirmed by a readback that shows the target state, with no write at all. */
-  private async confirmWithoutWrite(
-    lane: Lane,
-    record: CommandRecord,
-    first: TimedReadback,
-    expect: Expectation,
-    from: OpenState,
-    log: Logger,
-  ): Promise<void> {
-    const { clock } = this.host;
-    const { profile } = lane.binding;
-    const confirmBy = clock.elapsed() + profile.timing.confirmTimeoutMs;
-    let readback = first;
-    let wrongSince: number | null = null;
-    for (;;) {
-      if (meetsExpectation(profile, readback, expect)) {
-        this.host.settle(log, record, from, {
-          to: 'confirmed',
-          code: 'OK',
-          faultCode: null,
-          observed: observe(readback),
-          detail: `no-op: the controller shows ${readback.state}; nothing was written`,
-        });
-        return;
-      }
-      if (readback.state === profile.faultState) {
-        this.host.settle(log, record, from, {
-          to: 'failed',
-          code: 'DEVICE_FAULT',
-          faultCode: readback.faultCode === null ? null : formatFaultCode(readback.faultCode),
-          observed: observe(readback),
-          detail: `the controller went to ${readback.state} while the command waited; nothing was written`,
-        });
-        return;
-      }
-      if (profile.transitional.includes(readback.state)) {
-        wrongSince = null;
-      } else {
-        wrongSince ??= readback.requestedMono;
-        if (clock.elapsed() - wrongSince >= profile.timing.mismatchGraceMs) {
-          this.host.settle(log, record, from, {
-            to: 'failed',
-            code: 'READBACK_MISMATCH',
-            faultCode: null,
-            observed: observe(readback),
-            detail: `expected ${expect.confirm.join(' or ')}, the controller rests in ${readback.state}; nothing was written`,
-          });
-          return;
-        }
-      }
-      if (clock.elapsed() >= confirmBy) break;
-      await clock.sleep(profile.timing.pollIntervalMs, lane.signal);
-      if (aborted(lane)) return;
-      readback = (await this.reads.tryRead(lane, log)) ?? readback;
-    }
-    this.host.settle(log, record, from, {
-      to: 'failed',
-      code: 'READBACK_TIMEOUT',
-      faultCode: null,
-      observed: observe(readback),
-      detail: `no readback showed ${expect.confirm.join(' or ')} within ${profile.timing.confirmTimeoutMs} ms; nothing was written`,
-    });
   }
 }
 

@@ -776,6 +776,7 @@ export class ModbusDeviceDriver implements DeviceDriver {
       seq: status.seqEcho === undefined ? null : this.decode(status.seqEcho, image),
       faultCode: fault === 0 ? null : fault,
       sourceTime: status.time === undefined ? null : this.decode(status.time, image),
+      sourceIsScan: status.time !== undefined,
       requestedAt,
       receivedAt,
     };

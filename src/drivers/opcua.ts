@@ -730,6 +730,7 @@ export class OpcuaDeviceDriver implements DeviceDriver {
           : times.length === 0
             ? null
             : Math.max(...times),
+      sourceIsScan: scanTime !== null && scanTime > 0,
       requestedAt,
       receivedAt,
     };

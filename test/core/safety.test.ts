@@ -179,6 +179,71 @@ describe('I1: a second write only when the first is provably not applied', () =>
   });
 });
 
+describe('I2: no false success', () => {
+  it.each([
+    ['Modbus', 'v1'],
+    ['OPC UA', 'u1'],
+  ] as const)(
+    'a no-op is not confirmed on a frozen image (%s): the valve closed by hand since shows OPEN',
+    async (_protocol, device) => {
+      h = await SimHarness.start({ warm: true, opcua: device === 'u1' });
+      const valve = h.device(device);
+      h.submit('k1', open({ device }));
+      expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
+      await h.until(() => valve.published.state === 'OPEN', 5_000, 'OPEN published');
+      // The controller stops publishing its image (it still shows OPEN); the valve is switched
+      // to LOCAL, closed by hand and switched back to REMOTE: it is CLOSED, the image says OPEN.
+      valve.setFault({ kind: 'frozen' });
+      valve.setLocal(true, 0);
+      await h.until(() => valve.snapshot().state === 'LOCAL', 5_000, 'LOCAL taken');
+      valve.setLocal(false);
+      await h.until(() => valve.snapshot().state === 'CLOSED', 5_000, 'CLOSED in REMOTE');
+      expect(valve.published.state).toBe('OPEN');
+      // The image a second old on the controller's clock: older than any uncertainty of the
+      // skew estimate (a loaded machine's slow reads widen it), so provably older than a scan.
+      await h.until(
+        () => valve.snapshot().controllerTime - valve.published.scanTime > 1_000,
+        5_000,
+        'the image a second old',
+      );
+
+      // Before the fix, the open was "confirmed" as a no-op on the frozen OPEN.
+      const writes = valve.counters.writesReceived;
+      h.submit('k2', open({ device }));
+      const r = await h.settled('k2');
+      expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+      expect(r.detail).toMatch(
+        /^the controller shows OPEN, but in an image produced \d+ ms before the command was taken up, and no newer image came within 2000 ms: the controller has stopped publishing \(a frozen image\), or its clock was set back; what the device does now is unknown; nothing was written$/,
+      );
+      // Ground truth: nothing written, the valve still closed.
+      expect(valve.counters.writesReceived).toBe(writes);
+      expect(valve.snapshot().state).toBe('CLOSED');
+
+      // Publishing again, the image shows CLOSED: the next open is written once and confirmed.
+      valve.clearFault('frozen');
+      h.submit('k3', open({ device }));
+      const r3 = await h.settled('k3');
+      expect(r3).toMatchObject({ state: 'confirmed', attempts: 1 });
+      expect(h.writesWithSeq(device, r3.seq!)).toBe(1);
+      expect(valve.snapshot().state).toBe('OPEN');
+    },
+    20_000,
+  );
+
+  it('a no-op on a live image is confirmed without a write', async () => {
+    h = await SimHarness.start({ warm: true });
+    const valve = h.device('v1');
+    h.submit('k1', open());
+    expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
+    const writes = valve.counters.writesReceived;
+    h.submit('k2', open());
+    const r = await h.settled('k2');
+    expect(r).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(r.detail).toBe('no-op: the controller shows OPEN; nothing was written');
+    expect(valve.counters.writesReceived).toBe(writes);
+  });
+});
+
 describe('I2/I5: every open command ends with a true, specific outcome', () => {
   it('a device unreachable through the whole window ends DEVICE_UNREACHABLE, unwritten and published', async () => {
     h = await SimHarness.start();
