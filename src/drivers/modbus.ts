@@ -517,7 +517,8 @@ export class ModbusEndpoint {
         throw (
           this.unsendable(write, what) ??
           new WriteNotSentError(
-            `${this.name}: ${what}: not sent: no connection to the PLC (${describeError(error)}); nothing was written`,
+            // The endpoint's own reason is for operators as it stands (no error class names).
+            `${this.name}: ${what}: not sent: no connection to the PLC (${error instanceof DeviceUnreachableError ? error.message : describeError(error)}); nothing was written`,
             'no-connection',
           )
         );
