@@ -230,6 +230,33 @@ describe('I2: no false success', () => {
     20_000,
   );
 
+  it('a stop while a no-op waits for a newer image supersedes it; neither is written', async () => {
+    h = await SimHarness.start({ warm: true });
+    const valve = h.device('v1');
+    h.submit('k1', open());
+    expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
+    await h.until(() => valve.published.state === 'OPEN', 5_000, 'OPEN published');
+    valve.setFault({ kind: 'frozen' });
+    await h.until(
+      () => valve.snapshot().controllerTime - valve.published.scanTime > 1_000,
+      5_000,
+      'the image a second old',
+    );
+    const writes = valve.counters.writesReceived;
+    const reads = valve.readLog.length;
+    h.submit('k2', open());
+    // k2 reads again and again while the image is older than its take-up.
+    await h.until(() => valve.readLog.length >= reads + 3, 5_000, 'k2 reading again');
+    expect(h.get('k2')?.state).toBe('accepted');
+    h.submit('s', { device: 'v1', action: 'stop' });
+    const [r2, rs] = [await h.settled('k2'), await h.settled('s')];
+    expect(r2).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', seq: null });
+    // The stop is a no-op on the frozen OPEN too: not written, and not confirmed on that image.
+    expect(rs).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+    expect(rs.detail).toMatch(/a frozen image/);
+    expect(valve.counters.writesReceived).toBe(writes);
+  });
+
   it('a no-op on a live image is confirmed without a write', async () => {
     h = await SimHarness.start({ warm: true });
     const valve = h.device('v1');
