@@ -17,6 +17,12 @@ export interface DeviceView {
    * back, show a device that stopped answering as read a moment ago for as long as the step.
    */
   readonly readbackAgeMs: number | null;
+  /**
+   * How long reads have kept returning the same scan (monotonic: from the first read that
+   * returned the mirror's scan time to the mirror's read); null when readbacks carry no scan
+   * time. Grows without bound for a frozen image: the controller has stopped publishing.
+   */
+  readonly imageUnchangedMs: number | null;
   readonly skew: SkewEstimate | null;
   /** The driver's connection: shared by every device of a Modbus PLC. */
   readonly health: DeviceHealth;
@@ -51,6 +57,10 @@ export function deviceView(lane: Lane, reads: DeviceReads, nowMono: number): Dev
     profile: lane.binding.profile.profile,
     mirror: lane.mirror,
     readbackAgeMs: lane.mirror === null ? null : Math.max(0, nowMono - lane.mirror.receivedMono),
+    imageUnchangedMs:
+      lane.mirror === null || lane.imageSince === null
+        ? null
+        : Math.max(0, lane.mirror.requestedMono - lane.imageSince.mono),
     skew: lane.skew,
     health: lane.binding.driver.health(),
     readError: lane.statusReads.current,

@@ -64,6 +64,12 @@ export interface Lane {
    */
   unresolved: CommandRef | null;
   mirror: TimedReadback | null;
+  /**
+   * The scan time of the mirror's image and when a read first returned it (monotonic, its
+   * answer's arrival); null when readbacks carry no scan time. A scan time that stands while
+   * reads go on answering is a frozen image: the controller has stopped publishing.
+   */
+  imageSince: { readonly sourceTime: number; readonly mono: number } | null;
   skew: SkewEstimate | null;
   /** Recent skew measurements: the controller clock's drift. */
   readonly skewSamples: SkewSample[];

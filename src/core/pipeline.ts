@@ -151,6 +151,7 @@ export class CommandPipeline {
         inFlight: null,
         settledInFlight: null,
         mirror: null,
+        imageSince: null,
         skew: null,
         unresolved: null,
         lastWrite: null,
@@ -670,6 +671,10 @@ export class CommandPipeline {
   private updateMirror(lane: Lane, readback: TimedReadback): void {
     const previous = lane.mirror;
     lane.mirror = readback;
+    if (readback.sourceIsScan !== true || readback.sourceTime === null) lane.imageSince = null;
+    else if (lane.imageSince?.sourceTime !== readback.sourceTime) {
+      lane.imageSince = { sourceTime: readback.sourceTime, mono: readback.receivedMono };
+    }
     const changed =
       previous === null ||
       previous.state !== readback.state ||

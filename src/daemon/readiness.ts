@@ -24,6 +24,12 @@ export interface Readiness {
 export const READBACK_STALE_MS = 15_000;
 
 /**
+ * A device whose reads have returned the same scan of its image this long has a frozen image:
+ * the controller answers, but has stopped publishing (a PLC in STOP, a halted program).
+ */
+export const IMAGE_FROZEN_MS = 15_000;
+
+/**
  * How long a /readyz answer reuses the journal's last successful proof write and its last list
  * of open commands. /readyz needs no credentials, and each probe is a commit and a walk of every
  * open command on the event loop that carries commands (about 50 ms with 5 000 open, as after a
@@ -195,7 +201,18 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
     // Monotonic: a gateway clock stepped back would show a device that stopped answering
     // as read a moment ago for as long as the step.
     const age = d.readbackAgeMs === null ? null : Math.round(d.readbackAgeMs);
-    const ok = age !== null && age < READBACK_STALE_MS;
+    const reached = age !== null && age < READBACK_STALE_MS;
+    const unchanged = d.imageUnchangedMs === null ? null : Math.round(d.imageUnchangedMs);
+    if (reached && unchanged !== null && unchanged >= IMAGE_FROZEN_MS) {
+      const scan = d.mirror?.sourceTime ?? null;
+      checks[`device:${d.id}`] = {
+        ok: false,
+        detail: `readback ${age} ms ago, but the controller's image has shown the same scan${scan === null ? '' : ` (${new Date(scan).toISOString()}, controller clock)`} for ${unchanged} ms: the controller has stopped publishing it (a PLC in STOP, a halted program); the mirror is not what the device does, and commands on it are not confirmed`,
+        brief: `${d.id} image frozen`,
+      };
+      continue;
+    }
+    const ok = reached;
     // The device's own failing reads say why; else its connection's last error may.
     const failing =
       d.readError === null

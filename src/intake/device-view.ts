@@ -20,6 +20,11 @@ export interface DeviceDocument {
   /** The last readback, as journaled with commands (`Observation`). */
   readonly mirror: Observation | null;
   readonly readbackAgeMs: number | null;
+  /**
+   * How long reads have returned the same scan of the controller's image (null: its readbacks
+   * carry no scan time). Past a few scans the controller has stopped publishing: a frozen image.
+   */
+  readonly imageUnchangedMs: number | null;
   readonly skew: {
     readonly offsetMs: number;
     readonly uncertaintyMs: number;
@@ -73,6 +78,7 @@ export function deviceDocument(view: DeviceView, allowed: boolean): DeviceDocume
     allowed,
     mirror: m === null ? null : observe(m),
     readbackAgeMs: view.readbackAgeMs === null ? null : Math.round(view.readbackAgeMs),
+    imageUnchangedMs: view.imageUnchangedMs === null ? null : Math.round(view.imageUnchangedMs),
     skew:
       view.skew === null
         ? null
