@@ -11,6 +11,7 @@ import { HttpsIntake } from '../intake/https.js';
 import { IdentityRegistry } from '../intake/identities.js';
 import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
+import { refuseDamagedJournal } from '../journal/integrity.js';
 import { countRowsOffThread } from '../journal/row-counts.js';
 import { lockJournal } from '../journal/writer-lock.js';
 import { AdminEndpoint } from './admin.js';
@@ -155,6 +156,9 @@ export class Daemon {
           lock.release();
         },
       });
+      // A damaged page is met only when a statement reads it: checked first, so that the
+      // daemon does not run on a journal that lost keys or open commands (I1, I5).
+      await refuseDamagedJournal(journalPath, config.journal.busyTimeoutMs);
       const journal = SqliteJournal.open({
         path: journalPath,
         busyTimeoutMs: config.journal.busyTimeoutMs,
