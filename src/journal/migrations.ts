@@ -142,6 +142,12 @@ export const MIGRATIONS: readonly Migration[] = [
       // A WITHOUT ROWID table keeps at most ~1 KB of a row on its B-tree page; a settled
       // command is about that, so each spilled onto a 4 KB overflow page of its own (5.4 KB
       // per retained command). The result is rendered from the record whenever it is read.
+      // The commands are copied in the journal's order, which version 2 keeps in their ids
+      // (stopsAfter, listOpenRefs: a stop preempts what came before it, SPEC §2). Version 1
+      // kept them by key, with no rowid: their order is that of their first events, whose ids
+      // were given in claim order. Not accepted_at: a step of the gateway's clock reorders it,
+      // and an open command then came after a stop claimed after it (written though
+      // superseded), or before a stop claimed before it (superseded though it came after).
       db.exec(`
         DROP INDEX commands_open;
         DROP INDEX commands_settled;
@@ -160,7 +166,10 @@ export const MIGRATIONS: readonly Migration[] = [
           SELECT scope, key, fingerprint, device, action, position, issued_at,
             issued_at_source, ttl_ms, deadline, intake, state, code, fault_code, seq, attempts,
             observed_before, observed, detail, accepted_at, dispatched_at, settled_at
-          FROM commands_v1 ORDER BY accepted_at;
+          FROM commands_v1 c LEFT JOIN
+            (SELECT scope, key, min(id) AS first FROM events_v1 GROUP BY scope, key) f
+            USING (scope, key)
+          ORDER BY f.first IS NULL, f.first, c.accepted_at;
         INSERT INTO events (id, command, at, from_state, to_state, intake, detail)
           SELECT e.id, c.id, e.at, e.from_state, e.to_state, e.intake, e.detail
           FROM events_v1 e JOIN commands c ON c.key = e.key AND c.scope = e.scope;

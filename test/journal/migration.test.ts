@@ -125,4 +125,77 @@ describe('journal migration 1 → 2', () => {
     expect(db.pragma('user_version', { simple: true })).toBe(2);
     db.close();
   });
+
+  it('keeps the journal order of the commands, not their accepted_at, which a clock step reorders', () => {
+    // Version 1 kept commands by (scope, key) with no rowid: their journal order is that of
+    // their first events (ids given in claim order). Version 2 takes it from the commands' ids
+    // (stopsAfter, listOpenRefs: a stop preempts what came before it, SPEC §2). Here the
+    // gateway's clock stepped back twice: the stop `a-stop` came after `z-open` though accepted
+    // 5 s "earlier", and `m-open` after `a-stop` though accepted "later" than both.
+    const { dir, cleanup } = tempDir('sluice-migrate-');
+    cleanups.push(cleanup);
+    const path = join(dir, 'v1.db');
+    const v1 = new BetterSqlite3(path);
+    v1.pragma('journal_mode = WAL');
+    MIGRATIONS[0]!.up(v1);
+    v1.pragma('user_version = 1');
+    const insert = v1.prepare(`
+      INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
+        issued_at_source, ttl_ms, deadline, intake, state, seq, attempts, accepted_at,
+        dispatched_at)
+      VALUES ('ops', @key, 'fp', 'inlet-valve', @action, NULL, @at, 'gateway', 30000,
+        @at + 30000, 'https', @state, @seq, @attempts, @at, @dispatched)`);
+    const event = v1.prepare(
+      "INSERT INTO events (scope, key, at, from_state, to_state, intake, detail) VALUES ('ops', ?, ?, ?, ?, 'https', ?)",
+    );
+    const T = 1764590400000;
+    // In claim order, each with its events as they came.
+    insert.run({
+      key: 'z-open',
+      action: 'open',
+      at: T + 5_000,
+      state: 'dispatched',
+      seq: 1,
+      attempts: 1,
+      dispatched: T + 5_001,
+    });
+    event.run('z-open', T + 5_000, null, 'accepted', 'accepted');
+    event.run('z-open', T + 5_001, 'accepted', 'dispatched', 'seq 1');
+    insert.run({
+      key: 'a-stop',
+      action: 'stop',
+      at: T,
+      state: 'accepted',
+      seq: null,
+      attempts: 0,
+      dispatched: null,
+    });
+    event.run('a-stop', T, null, 'accepted', 'accepted');
+    insert.run({
+      key: 'm-open',
+      action: 'open',
+      at: T + 9_000,
+      state: 'accepted',
+      seq: null,
+      attempts: 0,
+      dispatched: null,
+    });
+    event.run('m-open', T + 9_000, null, 'accepted', 'accepted');
+    v1.close();
+
+    const j = SqliteJournal.open({ path });
+    try {
+      expect(j.listOpenRefs().map((r) => r.key)).toEqual(['z-open', 'a-stop', 'm-open']);
+      expect(j.stopsAfter({ scope: 'ops', key: 'z-open' }, 10).map((r) => r.key)).toEqual([
+        'a-stop',
+      ]);
+      expect(j.stopsAfter({ scope: 'ops', key: 'm-open' }, 10)).toEqual([]);
+      expect(j.history({ scope: 'ops', key: 'z-open' }).map((e) => e.detail)).toEqual([
+        'accepted',
+        'seq 1',
+      ]);
+    } finally {
+      j.close();
+    }
+  });
 });
