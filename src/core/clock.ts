@@ -7,6 +7,17 @@
  * mismatch grace — which never does. A wall-clock step must not confirm, fail or re-send
  * anything.
  */
+/**
+ * The longest delay a timer can wait: Node's setTimeout takes a signed 32-bit number of
+ * milliseconds (about 24.8 days) and fires a longer delay after 1 ms instead (with a
+ * TimeoutOverflowWarning). Every configured duration that reaches a timer is bounded by it, so
+ * that a huge timeout, interval or guard is refused rather than acted on at once.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** The refusal of a duration past MAX_TIMER_MS, as the schemas word it. */
+export const MAX_TIMER_MESSAGE = `at most ${String(MAX_TIMER_MS)} ms (2^31 - 1, about 24.8 days): a timer cannot wait longer, and Node fires a longer one at once`;
+
 export interface Clock {
   /** Gateway wall-clock time, epoch milliseconds. May step. */
   now(): number;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_TIMER_MESSAGE, MAX_TIMER_MS } from './clock.js';
 import { ACTIONS, MAX_TTL_MS, type Action } from './command.js';
 import { ProfileError } from './errors.js';
 import { checkModbusMap, modbusMapSchema } from './profile-modbus.js';
@@ -21,6 +22,9 @@ const cellSchema = z.discriminatedUnion('effect', [
   }),
 ]);
 
+/** A duration that reaches a timer (a sleep, a timeout): MAX_TIMER_MS at most. */
+const timerMs = () => z.number().int().max(MAX_TIMER_MS, { error: MAX_TIMER_MESSAGE });
+
 const timingSchema = z.strictObject({
   /**
    * At most a day, as a command's own ttlMs (MAX_TTL_MS): journal.retentionHours is sized for
@@ -34,15 +38,15 @@ const timingSchema = z.strictObject({
     .max(MAX_TTL_MS, {
       error: `at most ${String(MAX_TTL_MS)} ms (MAX_TTL_MS, a day), as a command's own ttlMs: the journal keeps a settled key for journal.retentionHours, which covers deadlines up to a day; a longer default would let a retry of a purged key run as a new command (set at most ${String(MAX_TTL_MS)})`,
     }),
-  confirmTimeoutMs: z.number().int().positive(),
-  pollIntervalMs: z.number().int().positive(),
+  confirmTimeoutMs: timerMs().positive(),
+  pollIntervalMs: timerMs().positive(),
   /**
    * The controller's scan (ms): after an acknowledged write the first readback is at once,
    * the next ones one scan apart, doubling up to pollIntervalMs.
    */
-  scanMs: z.number().int().positive().default(10),
-  mismatchGraceMs: z.number().int().nonnegative(),
-  redispatchGuardMs: z.number().int().nonnegative(),
+  scanMs: timerMs().positive().default(10),
+  mismatchGraceMs: timerMs().nonnegative(),
+  redispatchGuardMs: timerMs().nonnegative(),
 });
 
 const profileSchema = z.strictObject({

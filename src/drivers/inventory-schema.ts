@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_TIMER_MESSAGE, MAX_TIMER_MS } from '../core/clock.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { fieldAddress, fieldWidth } from '../core/profile-modbus.js';
 import { COMBINE_READS_DEFAULTS, MAX_REGISTERS } from './modbus-queue.js';
@@ -10,6 +11,13 @@ export const MAX_CONNECTIONS = 8;
  * The schema of the device inventory (the `plcs` and `devices` sections of the configuration).
  * Kept apart from the drivers so that validating a configuration loads no protocol stack.
  */
+
+/** Each request's timer: MAX_TIMER_MS at most (a longer one fires at once: every request timed out). */
+const requestTimeoutMs = z
+  .number()
+  .int()
+  .positive()
+  .max(MAX_TIMER_MS, { error: MAX_TIMER_MESSAGE });
 
 const modbusPlc = z.strictObject({
   protocol: z.literal('modbus'),
@@ -23,7 +31,7 @@ const modbusPlc = z.strictObject({
         'no longer a PLC setting: the controller clock is the profile field modbus.status.clock (docs/device-profiles.md)',
     })
     .optional(),
-  requestTimeoutMs: z.number().int().positive().default(1000),
+  requestTimeoutMs: requestTimeoutMs.default(1000),
   /** Overrides clock.maxControllerSkewMs for this PLC's devices. */
   maxClockSkewMs: z.number().int().min(1).max(86_400_000).optional(),
   /**
@@ -53,7 +61,7 @@ const opcuaPlc = z.strictObject({
   securityPolicy: z
     .enum(['None', 'Basic256Sha256', 'Aes128_Sha256_RsaOaep', 'Aes256_Sha256_RsaPss'])
     .default('None'),
-  requestTimeoutMs: z.number().int().positive().default(2000),
+  requestTimeoutMs: requestTimeoutMs.default(2000),
   /** Overrides clock.maxControllerSkewMs for this PLC's devices. */
   maxClockSkewMs: z.number().int().min(1).max(86_400_000).optional(),
 });
