@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { CommandRecord, NewCommand, Observation } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
@@ -26,6 +27,27 @@ export const SUBCOMMANDS = [
   'resolve',
   'send',
 ] as const;
+
+/**
+ * Runs `tasks` at most `width` at a time, results in order. Each sluicectl is a Node process
+ * compiling TypeScript at start: sixteen at once on a two-core runner share it sixteen ways, and
+ * each one's own timeout would run out while it waits for the CPU, not for anything it does.
+ */
+export async function inTurns<T>(
+  tasks: readonly (() => Promise<T>)[],
+  width = availableParallelism(),
+): Promise<T[]> {
+  const results: T[] = new Array<T>(tasks.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < tasks.length) {
+      const i = next++;
+      results[i] = await tasks[i]!();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, width) }, worker));
+  return results;
+}
 
 export function sluicectl(
   args: readonly string[],

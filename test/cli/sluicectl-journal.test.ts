@@ -6,7 +6,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatDuration, parseDuration, relative } from '../../src/cli/durations.js';
 import { Style, renderTable, type Column } from '../../src/cli/table.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
-import { SUBCOMMANDS, configYaml, seedJournal, sluicectl, type CliRun } from './helpers.js';
+import {
+  SUBCOMMANDS,
+  configYaml,
+  inTurns,
+  seedJournal,
+  sluicectl,
+  type CliRun,
+} from './helpers.js';
 
 /**
  * sluicectl against a journal file, as an operator runs it (a process per call, stdout piped):
@@ -18,13 +25,16 @@ let dir: string;
 let cleanup: () => void;
 let configPath: string;
 let journalPath: string;
+/** When the shared journal was seeded: the ages it holds grow from there. */
+let seededAt: number;
 
 beforeAll(() => {
   ({ dir, cleanup } = tempDir('sluice-cli-'));
   journalPath = join(dir, 'state', 'journal.db');
   configPath = join(dir, 'sluice.yaml');
   writeFileSync(configPath, configYaml('state'));
-  seedJournal(journalPath, Date.now());
+  seededAt = Date.now();
+  seedJournal(journalPath, seededAt);
 });
 
 afterAll(() => {
@@ -41,6 +51,31 @@ function freshJournal(): { config: string; journal: string } {
   const config = join(fresh, 'sluice.yaml');
   writeFileSync(config, configYaml('.'));
   return { config, journal };
+}
+
+/** An age as formatDuration prints it: `450ms`, `12s`, `1m4s`, `3m`, `2h5m`, `3d4h`. */
+const AGE = String.raw`(\d+(?:ms|s|m|h|d)(?:\d+(?:s|m|h))?)`;
+
+/**
+ * `text` matches `pattern` (a regular expression's source, each age in it an `AGE`), and each
+ * age printed is the one seeded, grown by no more than the time since seeding: a `40s ago`
+ * seeded can read `1m4s ago` by the time a loaded machine runs sluicectl, never `20s ago`.
+ */
+function expectAges(text: string, pattern: string, seededAgesMs: readonly number[]): void {
+  const m = new RegExp(pattern, 'm').exec(text);
+  expect(m, `${pattern} in:\n${text}`).not.toBeNull();
+  const grown = Date.now() - seededAt;
+  seededAgesMs.forEach((seeded, i) => {
+    const printed = m![i + 1]!;
+    const ms = parseDuration(printed);
+    // formatDuration truncates (seconds under an hour): up to 1 s under the age it had.
+    expect(ms, `age ${printed}, seeded ${formatDuration(seeded)} ago`).toBeGreaterThan(
+      seeded - 1_000,
+    );
+    expect(ms, `age ${printed}, seeded ${formatDuration(seeded)} ago`).toBeLessThanOrEqual(
+      seeded + grown,
+    );
+  });
 }
 
 interface Item {
@@ -89,13 +124,17 @@ describe('list', () => {
       expect(line.slice(stateAt)).toMatch(/^(accepted|dispatched|confirmed|rejected|failed)\s/);
       expect(line.slice(ageAt)).toMatch(/^\d+(ms|s|m|h|d)\S* ago/);
     }
-    expect(row('k-confirmed')).toMatch(
-      /inlet-valve\s+open\s+confirmed\s+OK\s+7\s+https\s+3m\d*s? ago/,
+    expectAges(
+      row('k-confirmed'),
+      String.raw`inlet-valve\s+open\s+confirmed\s+OK\s+7\s+https\s+${AGE} ago`,
+      [3 * 60_000],
     );
     expect(row('k-failed')).toMatch(/failed\s+DEVICE_FAULT 0x81\s+4\s+mqtt/);
     expect(row('k-rejected')).toMatch(/rejected\s+ILLEGAL_TRANSITION 0x88\s+-\s+https/);
     expect(row('k-move')).toMatch(/move 40%\s+confirmed/);
-    expect(row('k-stuck')).toMatch(/dispatched\s+-\s+6\s+mqtt\s+10m\d*s? ago\s+-$/);
+    expectAges(row('k-stuck'), String.raw`dispatched\s+-\s+6\s+mqtt\s+${AGE} ago\s+-$`, [
+      10 * 60_000,
+    ]);
     // Newest first.
     const keys = lines.slice(1).map((l) => l.split(/\s+/)[0]);
     expect(keys[0]).toBe('k-dispatched');
@@ -211,13 +250,17 @@ describe('show', () => {
     const out = run.stdout;
     expect(out).toMatch(/^Command k-confirmed {2}\(scope plant\)/);
     expect(out).toMatch(/state\s+confirmed OK/);
-    expect(out).toMatch(/received\s+\S+Z \(3m\d*s? ago\) over https, identity plant/);
+    expectAges(out, String.raw`received\s+\S+Z \(${AGE} ago\) over https, identity plant`, [
+      3 * 60_000,
+    ]);
     expect(out).toMatch(/issued\s+\S+Z by the issuer/);
     expect(out).toMatch(/deadline\s+\S+Z \(.+ ago\), ttl 30s/);
     expect(out).toMatch(/freshness\s+40ms old when accepted; dispatched 29s before the deadline/);
     expect(out).toMatch(/clocks\s+gateway clock LOCKED \(ptp\); controller skew \+3 ms ± 1 ms/);
-    expect(out).toMatch(
-      /duplicates\s+4: mqtt 2m\d*s? ago, https ×3 \(first 1m\d*s? ago, last \d+s ago\)/,
+    expectAges(
+      out,
+      String.raw`duplicates\s+4: mqtt ${AGE} ago, https ×3 \(first ${AGE} ago, last ${AGE} ago\)`,
+      [2 * 60_000, 60_000, 40_000],
     );
     expect(out).toMatch(/key reuse\s+1 refused \(same key, different command\)/);
     expect(out).toMatch(/dispatch\s+\S+Z \(.+\), seq 7, 1 write/);
@@ -297,8 +340,11 @@ describe('show', () => {
   it('names a stuck command as stuck, with what to do', async () => {
     const run = await cli('show', 'k-stuck');
     expect(run.code).toBe(0);
-    expect(run.stdout).toMatch(
-      /outcome\s+STUCK: still dispatched, 9m\d*s? past its deadline plus its 8 s confirm timeout; settle it: sluicectl reverify k-stuck/,
+    // Accepted 10 min ago with a 30 s ttl and the valve's 8 s confirm timeout: 9m22s past.
+    expectAges(
+      run.stdout,
+      String.raw`outcome\s+STUCK: still dispatched, ${AGE} past its deadline plus its 8 s confirm timeout; settle it: sluicectl reverify k-stuck`,
+      [(10 * 60 - 30 - 8) * 1_000],
     );
     expect(run.stdout).toMatch(/recovery\s+note\s+dispatched\s+taken up again/);
     expect(run.stdout).toContain('none yet: the command is open');
@@ -356,7 +402,16 @@ describe('stuck', () => {
     );
     expect(run.stdout).not.toMatch(/k-accepted|k-dispatched|k-confirmed/);
 
-    const json = await sluicectl(['--config', config, 'stuck', '--older-than', '500ms', '--json']);
+    // Seeded again: k-late is late, not stuck, for 7 s after seeding, and a loaded runner can
+    // spend that on the run above.
+    const json = await sluicectl([
+      '--config',
+      freshJournal().config,
+      'stuck',
+      '--older-than',
+      '500ms',
+      '--json',
+    ]);
     expect(json.code).toBe(3);
     const doc = json.json<{ olderThanMs: number; stuck: number; commands: Item[] }>();
     expect(doc.olderThanMs).toBe(500);
@@ -425,23 +480,24 @@ describe('stuck', () => {
 
 describe('errors and usage', () => {
   it('exits 2 on usage errors, with the reason', async () => {
-    const runs = await Promise.all([
-      cli('frobnicate'),
-      cli('list', '--bogus'),
-      cli('list', '--since', '5 minutes'),
-      cli('list', '--state', 'done'),
-      cli('list', '--limit', '0'),
-      cli('stuck', '--older-than', '30'),
-      cli('show'),
-      cli('resolve', 'k-stuck', '--as', 'failed'),
-      cli('resolve', 'k-stuck', '--as', 'failed', '--reason', '   '),
-      cli('resolve', 'k-stuck', '--as', 'confirmed', '--reason', 'x'),
-      cli('send', 'inlet-valve', 'move'),
-      cli('send', 'inlet-valve', 'open', '--position', '140'),
-      cli('send', 'no-such-valve', 'open'),
-      cli('send', 'inlet-valve', 'open', '--key', 'has space'),
-      cli('send', 'inlet-valve', 'open', '--key', '"k"'),
-      cli('send', 'inlet-valve', 'open', '--wait', '30d'),
+    // Sixteen process starts, two at a time: the test's time is theirs, under any load.
+    const runs = await inTurns([
+      () => cli('frobnicate'),
+      () => cli('list', '--bogus'),
+      () => cli('list', '--since', '5 minutes'),
+      () => cli('list', '--state', 'done'),
+      () => cli('list', '--limit', '0'),
+      () => cli('stuck', '--older-than', '30'),
+      () => cli('show'),
+      () => cli('resolve', 'k-stuck', '--as', 'failed'),
+      () => cli('resolve', 'k-stuck', '--as', 'failed', '--reason', '   '),
+      () => cli('resolve', 'k-stuck', '--as', 'confirmed', '--reason', 'x'),
+      () => cli('send', 'inlet-valve', 'move'),
+      () => cli('send', 'inlet-valve', 'open', '--position', '140'),
+      () => cli('send', 'no-such-valve', 'open'),
+      () => cli('send', 'inlet-valve', 'open', '--key', 'has space'),
+      () => cli('send', 'inlet-valve', 'open', '--key', '"k"'),
+      () => cli('send', 'inlet-valve', 'open', '--wait', '30d'),
     ]);
     for (const run of runs) {
       expect({ code: run.code, stderr: run.stderr }).toMatchObject({ code: 2 });
@@ -489,7 +545,7 @@ describe('errors and usage', () => {
     expect(quoted).toContain('--key: an idempotency key has no double quote');
     // Past 2^31-1 ms a timer fires at once: the run gave up as it began.
     expect(wait).toContain('"30d" is longer than a day, the longest a command lives');
-  });
+  }, 120_000);
 
   it('exits 1 with a clear message when the journal, the configuration or the daemon is missing', async () => {
     const [journal, config, defaults] = await Promise.all([

@@ -375,8 +375,13 @@ ${devices}
     let code: number | null;
     try {
       await daemon.line(started, 30_000);
-      // A while at work, its Modbus driver trying the PLC that is not there.
-      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      // At work: its Modbus driver has tried the PLC that is not there (the refused connect
+      // fails the device's read), and polled again while it waits out its backoff (a read
+      // failing with another error) — a failed connection and a retry cycle, without OPC UA.
+      const failed = (msg: string) => (line: string) =>
+        line.includes(`"msg":"${msg}"`) && line.includes('"device":"inlet-valve"');
+      await daemon.line(failed('device reads fail'), 30_000);
+      await daemon.line(failed('device reads fail with another error'), 30_000);
     } finally {
       code = await daemon.stop();
     }
