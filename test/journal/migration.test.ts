@@ -1,3 +1,4 @@
+import { mkdirSync, readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -5,6 +6,7 @@ import { toResult } from '../../src/core/result.js';
 import { MIGRATIONS } from '../../src/journal/migrations.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliability/support.js';
 
 /**
  * Version 1 journals (a WITHOUT ROWID commands table with a stored response; events keyed by
@@ -198,4 +200,63 @@ describe('journal migration 1 → 2', () => {
       j.close();
     }
   });
+
+  const mountable = tmpfsAvailable();
+  it.runIf(mountable)(
+    'a migration the filesystem has no room for says so, with the room it needs, and leaves the journal as it was',
+    () => {
+      // A small gateway filesystem: the upgrade copies the tables. "SQLITE_FULL: cannot open"
+      // said neither that the upgrade needed the room, nor how much; each start (systemd
+      // restarts sluiced) tried again the same way.
+      const { dir, cleanup } = tempDir('sluice-migrate-');
+      cleanups.push(cleanup);
+      const mnt = join(dir, 'mnt');
+      mkdirSync(mnt);
+      mountTmpfs(mnt, '8m');
+      cleanups.unshift(() => {
+        unmount(mnt);
+      });
+      const path = join(mnt, 'journal.db');
+      const v1 = new BetterSqlite3(path);
+      v1.pragma('journal_mode = WAL');
+      MIGRATIONS[0]!.up(v1);
+      v1.pragma('user_version = 1');
+      const insert = v1.prepare(`
+        INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
+          issued_at_source, ttl_ms, deadline, intake, state, accepted_at, response)
+        VALUES ('ops', ?, 'fp', 'inlet-valve', 'open', NULL, 1, 'issuer', 30000, 30001,
+          'https', 'accepted', 1, ?)`);
+      const event = v1.prepare(
+        "INSERT INTO events (scope, key, at, from_state, to_state, intake, detail) VALUES ('ops', ?, 1, NULL, 'accepted', 'https', 'accepted')",
+      );
+      v1.transaction(() => {
+        for (let i = 0; i < 3_000; i++) {
+          insert.run(`k${i}`, 'r'.repeat(300));
+          event.run(`k${i}`);
+        }
+      })();
+      v1.pragma('wal_checkpoint(TRUNCATE)');
+      v1.close();
+      const filler = join(mnt, 'filler');
+      fillFilesystem(filler);
+      truncateSync(filler, statSync(filler).size - 256 * 1024);
+      const before = readFileSync(path);
+      const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
+      expect(() => SqliteJournal.open({ path, groupCommit: true })).toThrow(
+        `SQLITE_FULL: the filesystem of ${path} is full: upgrading the journal from schema version 1 to 2 copies its tables and needs up to about ${mb(2 * before.length)} free there (twice the journal's ${mb(before.length)}; 0.`,
+      );
+      expect(() => SqliteJournal.open({ path, groupCommit: true })).toThrow(
+        'MB were free); the upgrade was undone and the journal is left as it was; free space there, then start sluiced again',
+      );
+      expect(readFileSync(path).equals(before)).toBe(true);
+      // Space freed: the next start upgrades it, every command kept.
+      rmSync(filler);
+      const j = SqliteJournal.open({ path, groupCommit: true });
+      try {
+        expect(j.listOpenRefs()).toHaveLength(3_000);
+      } finally {
+        j.close();
+      }
+    },
+  );
 });
