@@ -23,7 +23,13 @@ export interface DeviceView {
    * time. Grows without bound for a frozen image: the controller has stopped publishing.
    */
   readonly imageUnchangedMs: number | null;
+  /** The last skew measurement (null: never measured, or voided). */
   readonly skew: SkewEstimate | null;
+  /**
+   * Whether `skew` still stands (measured on this connection, within its maximum age): one
+   * that does not is only the last measurement, and the controller clock is not known now.
+   */
+  readonly skewStands: boolean;
   /** The driver's connection: shared by every device of a Modbus PLC. */
   readonly health: DeviceHealth;
   /**
@@ -42,7 +48,10 @@ export interface DeviceView {
   readonly unresolved: string | null;
   /** The controller clock's drift (ppm), when measurements span long enough. */
   readonly driftPpm: number | null;
-  /** Set while the controller clock is beyond its allowed skew. */
+  /**
+   * Set while the controller clock is beyond its allowed skew, on an estimate that stands
+   * (DeviceReads.clockOff).
+   */
   readonly clockOff: {
     readonly since: number;
     readonly offsetMs: number;
@@ -62,6 +71,7 @@ export function deviceView(lane: Lane, reads: DeviceReads, nowMono: number): Dev
         ? null
         : Math.max(0, lane.mirror.requestedMono - lane.imageSince.mono),
     skew: lane.skew,
+    skewStands: reads.standingSkew(lane) !== null,
     health: lane.binding.driver.health(),
     readError: lane.statusReads.current,
     clockReadError: lane.clockReads.current,
@@ -70,7 +80,7 @@ export function deviceView(lane: Lane, reads: DeviceReads, nowMono: number): Dev
     inFlight: lane.inFlight?.key ?? null,
     unresolved: lane.unresolved?.key ?? null,
     driftPpm: reads.drift(lane),
-    clockOff: lane.clockOff,
+    clockOff: reads.clockOff(lane),
   };
 }
 

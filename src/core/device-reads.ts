@@ -83,6 +83,28 @@ export class DeviceReads {
   }
 
   /**
+   * The lane's skew while it still stands: measured on this connection, within
+   * skewMaxAgeMs. Unlike usableSkew, not cut short by a predicted crossing of the bound, which
+   * only brings the next measurement forward. An estimate that no longer stands is the last
+   * measurement only: the controller clock is not known now (reports say so, SPEC §6).
+   */
+  standingSkew(lane: Lane): SkewEstimate | null {
+    const epoch = lane.binding.driver.health().connectionEpoch;
+    return skewUsable(lane.skew, epoch, this.host.clock.elapsed(), this.host.skewMaxAgeMs)
+      ? lane.skew
+      : null;
+  }
+
+  /**
+   * The lane's clock flag while the estimate it was judged on stands (judgeClock keeps it in
+   * step with every measurement); null once that estimate is void, of another connection or
+   * too old: a clock not known now is not reported beyond its bound.
+   */
+  clockOff(lane: Lane): Lane['clockOff'] {
+    return this.standingSkew(lane) === null ? null : lane.clockOff;
+  }
+
+  /**
    * Whether the lane's usable skew is too coarse to place readbacks on the controller's
    * scans (readback-pacing.ts): known to worse than a twentieth of a scan, as an estimate
    * measured while the event loop was busy (a hundred devices starting at once) can be.
@@ -141,7 +163,10 @@ export class DeviceReads {
         }
         readFailed(lane.clockReads, CLOCK_READS, errorText(error), this.readTime(), log);
         // The readings taken before it still hold.
-        if (readings.length === 0) return null;
+        if (readings.length === 0) {
+          this.forgetStale(lane, log);
+          return null;
+        }
         break;
       }
     }
@@ -184,6 +209,26 @@ export class DeviceReads {
         'controller clock back within the allowed skew',
       );
     }
+  }
+
+  /**
+   * The clock could not be measured: an estimate that no longer stands (of another connection,
+   * or too old) is voided, and the flag judged on it lifted, for nothing is known of the clock
+   * now — the command's history would record the old skew as the one it was judged on. After a
+   * reconnect the controller may have restarted with its clock set right: a write refused
+   * CLOCK_SKEW on the offset it had before would be a false failure (SPEC §6), and without a
+   * skew no readback is judged by the controller's clock. Flagged again once measured.
+   */
+  private forgetStale(lane: Lane, log: Logger): void {
+    if (this.standingSkew(lane) !== null) return;
+    if (lane.clockOff !== null) {
+      log.warn(
+        { offsetMs: Math.round(lane.clockOff.offsetMs), maxMs: lane.clockOff.maxMs },
+        'controller clock no longer known to be beyond the allowed skew: its estimate no longer stands and the clock cannot be read',
+      );
+    }
+    lane.skew = null;
+    lane.clockOff = null;
   }
 
   /** Voids the skew estimate: something contradicted it. */

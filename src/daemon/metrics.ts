@@ -295,12 +295,16 @@ export class Metrics {
     });
     new Gauge({
       name: 'sluice_controller_skew_seconds',
-      help: 'Controller clock minus gateway clock, as last measured.',
+      help: 'Controller clock minus gateway clock, as measured on the current connection; NaN while not known (never measured, no clock, or the estimate void, of a connection since lost, or expired).',
       labelNames: ['device'],
       registers,
       collect() {
+        // Unknown is NaN, not the last value: a skew voided (a reconnect, a contradicting
+        // readback, an expiry) is no longer the controller's, and a gauge left as it was would
+        // show it as current until the clock is measured again.
         for (const d of pipeline.devices()) {
-          if (d.skew !== null) this.set({ device: d.id }, d.skew.offsetMs / 1000);
+          const known = d.skew !== null && d.skewStands;
+          this.set({ device: d.id }, known ? d.skew.offsetMs / 1000 : Number.NaN);
         }
       },
     });
@@ -317,11 +321,16 @@ export class Metrics {
     });
     new Gauge({
       name: 'sluice_controller_clock_ok',
-      help: 'Whether the controller clock is within its allowed skew (1) or beyond it (0).',
+      help: 'Whether the controller clock is within its allowed skew (1) or beyond it (0), as measured on the current connection; NaN while not known.',
       labelNames: ['device'],
       registers,
       collect() {
-        for (const d of pipeline.devices()) this.set({ device: d.id }, d.clockOff === null ? 1 : 0);
+        // A clock never measured (a device without a clock register, or not read yet) or
+        // whose estimate no longer stands is not known to be within its bound: NaN, not 1.
+        for (const d of pipeline.devices()) {
+          const known = d.skew !== null && d.skewStands;
+          this.set({ device: d.id }, !known ? Number.NaN : d.clockOff === null ? 1 : 0);
+        }
       },
     });
     if (gatewayClock !== undefined) {

@@ -191,10 +191,14 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
       const drift = d.driftPpm === null ? '' : `, drift ${Math.round(d.driftPpm)} ppm`;
       checks[`clock:${d.id}`] = {
         ok: off === null || parts.onUnsynced === 'warn',
+        // The flag is the standing estimate's (DeviceView.clockOff); a skew that no longer
+        // stands (a reconnect, an expiry) is the last measurement, not the clock as it is.
         detail:
-          off === null
-            ? `controller skew ${Math.round(d.skew?.offsetMs ?? 0)} ms${drift}`
-            : `controller clock ${Math.round(off.offsetMs)} ms off, beyond ${off.maxMs} ms${drift}; its writes ${parts.onUnsynced === 'reject' ? 'are refused CLOCK_SKEW' : 'run with a warning'}`,
+          off !== null
+            ? `controller clock ${Math.round(off.offsetMs)} ms off, beyond ${off.maxMs} ms${drift}; its writes ${parts.onUnsynced === 'reject' ? 'are refused CLOCK_SKEW' : 'run with a warning'}`
+            : d.skew !== null && !d.skewStands
+              ? `controller clock not known now: its last measurement (skew ${Math.round(d.skew.offsetMs)} ms at ${new Date(d.skew.measuredAt).toISOString()}) no longer stands (another connection, or too old); measured again before a write`
+              : `controller skew ${Math.round(d.skew?.offsetMs ?? 0)} ms${drift}`,
         brief: `${d.id}: controller clock off beyond ${off?.maxMs ?? 0} ms`,
       };
     }
