@@ -34,6 +34,8 @@ export type RefusalReason = 'max_connections' | 'per_address';
 export interface ConnectionLimits {
   readonly maxConnections: number;
   readonly maxConnectionsPerAddress: number;
+  /** FIRST_REQUEST_TIMEOUT_MS unless given. */
+  readonly firstRequestTimeoutMs?: number;
   readonly logger: Logger;
   /** The warnings' minute is measured on its monotonic clock (`elapsed()`). */
   readonly clock: Clock;
@@ -66,7 +68,11 @@ export function limitConnections(server: HttpsServer, limits: ConnectionLimits):
     });
   });
 
-  requireFirstRequest(server, 'secureConnection', FIRST_REQUEST_TIMEOUT_MS);
+  requireFirstRequest(
+    server,
+    'secureConnection',
+    limits.firstRequestTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS,
+  );
 }
 
 /** Node's own answer to a request past its timeout, for a server without a clientError listener. */

@@ -3,7 +3,11 @@ import { fastify } from 'fastify';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { takeOnlyUtf8Json } from './https-body.js';
-import { HANDSHAKE_TIMEOUT_MS, limitConnections } from './https-connections.js';
+import {
+  FIRST_REQUEST_TIMEOUT_MS,
+  HANDSHAKE_TIMEOUT_MS,
+  limitConnections,
+} from './https-connections.js';
 import { settleUnreadBody } from './https-drain.js';
 import {
   answerClientError,
@@ -31,6 +35,23 @@ const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
 /** Keys are up to 255 characters; percent-encoded they may take three times that. */
 const MAX_PARAM_LENGTH = 1024;
 
+/**
+ * How long a connection may take over each step (defaults: HANDSHAKE_TIMEOUT_MS,
+ * FIRST_REQUEST_TIMEOUT_MS, REQUEST_TIMEOUT_MS). Not configurable for a site: the tests of the
+ * timeouts shorten them, to wait seconds rather than minutes.
+ */
+export interface HttpsTimeouts {
+  readonly handshakeMs: number;
+  readonly firstRequestMs: number;
+  readonly requestMs: number;
+}
+
+export const HTTPS_TIMEOUTS: HttpsTimeouts = {
+  handshakeMs: HANDSHAKE_TIMEOUT_MS,
+  firstRequestMs: FIRST_REQUEST_TIMEOUT_MS,
+  requestMs: REQUEST_TIMEOUT_MS,
+};
+
 export interface TlsMaterial {
   readonly cert: Buffer;
   readonly key: Buffer;
@@ -57,20 +78,22 @@ export interface ServerOptions {
   readonly clock: Clock;
   /** Aborted when the intake stops: new requests are answered 503 SHUTTING_DOWN. */
   readonly stopping: AbortSignal;
+  readonly timeouts?: HttpsTimeouts;
 }
 
 export function createServer(options: ServerOptions): App {
   const { config, tls, metrics, logger, clock, stopping } = options;
+  const timeouts = options.timeouts ?? HTTPS_TIMEOUTS;
   const errors = { metrics, logger, bodyLimitBytes: config.bodyLimitBytes };
   const app = fastify({
     https: {
       cert: tls.cert,
       key: tls.key,
-      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+      handshakeTimeout: timeouts.handshakeMs,
       // Not Node's default headers timeout (60 s): one longer than the request timeout makes
       // Node swap the two, and a body trickled or stalled after its headers lived 60 s (90 s
       // with the default check interval) instead of the 30 s the intake promises.
-      headersTimeout: REQUEST_TIMEOUT_MS,
+      headersTimeout: timeouts.requestMs,
       connectionsCheckingInterval: TIMEOUT_CHECK_INTERVAL_MS,
       // SPEC §4: TLS 1.3 only; an older client fails the handshake.
       minVersion: 'TLSv1.3',
@@ -87,7 +110,7 @@ export function createServer(options: ServerOptions): App {
     },
     logger: false,
     bodyLimit: config.bodyLimitBytes,
-    requestTimeout: REQUEST_TIMEOUT_MS,
+    requestTimeout: timeouts.requestMs,
     // fastify's own 503 during close is not a problem document; the onRequest hook answers
     // SHUTTING_DOWN instead.
     return503OnClosing: false,
@@ -109,6 +132,7 @@ export function createServer(options: ServerOptions): App {
   limitConnections(app.server, {
     maxConnections: config.maxConnections,
     maxConnectionsPerAddress: config.maxConnectionsPerAddress,
+    firstRequestTimeoutMs: timeouts.firstRequestMs,
     logger,
     clock,
     refused: metrics.httpsConnectionsRefused,

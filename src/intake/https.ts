@@ -12,7 +12,7 @@ import { registerCommandRoutes } from './https-command-routes.js';
 import { CallerGuard } from './https-guard.js';
 import { MethodTable } from './https-methods.js';
 import { registerReadRoutes } from './https-read-routes.js';
-import { createServer, readTlsMaterial } from './https-server.js';
+import { createServer, readTlsMaterial, type HttpsTimeouts } from './https-server.js';
 import type { App, HttpsConfig, HttpsMetrics, Readiness } from './https-types.js';
 import type { IdentityRegistry } from './identities.js';
 import { registerUiRoutes, type UiOptions } from './ui-routes.js';
@@ -49,6 +49,8 @@ export interface HttpsIntakeOptions {
   readonly drainTimeoutMs?: number;
   /** The operator status page; not served when absent or not enabled. */
   readonly ui?: UiOptions;
+  /** The connection timeouts (https-server.ts HTTPS_TIMEOUTS by default). */
+  readonly timeouts?: HttpsTimeouts;
 }
 
 export class HttpsIntake {
@@ -82,7 +84,15 @@ export class HttpsIntake {
     const logger = this.logger;
     const clock = this.clock;
 
-    const app = createServer({ config, tls, metrics, logger, clock, stopping });
+    const app = createServer({
+      config,
+      tls,
+      metrics,
+      logger,
+      clock,
+      stopping,
+      ...(this.options.timeouts === undefined ? {} : { timeouts: this.options.timeouts }),
+    });
     const methods = new MethodTable(app);
     const guard = new CallerGuard({
       identities,

@@ -7,6 +7,7 @@ import { afterAll, beforeAll } from 'vitest';
 import type { Clock } from '../../src/core/clock.js';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
 import { HttpsIntake, type HttpsConfig, type Readiness } from '../../src/intake/https.js';
+import type { HttpsTimeouts } from '../../src/intake/https-server.js';
 import type { IdentityRegistry } from '../../src/intake/identities.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { startStack, type Stack } from '../helpers/stack.js';
@@ -221,6 +222,7 @@ export interface IntakeOptions {
   readonly clock?: Clock;
   readonly logger?: Logger;
   readonly mutualTls?: boolean;
+  readonly timeouts?: HttpsTimeouts;
 }
 
 export async function startIntake(
@@ -250,6 +252,7 @@ export async function startIntake(
     logger: options.logger ?? silentLogger,
     readiness: options.readiness ?? (() => ({ ready: true, checks: {} })),
     ...(options.clock === undefined ? {} : { clock: options.clock }),
+    ...(options.timeouts === undefined ? {} : { timeouts: options.timeouts }),
   });
   const { port } = await intake.start();
   return { intake, port, ca: pki.serverCa.cert, stop: () => intake.stop() };

@@ -3,11 +3,7 @@ import { connect as tcpConnect, type Socket } from 'node:net';
 import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
-import {
-  FIRST_REQUEST_TIMEOUT_MS,
-  HANDSHAKE_TIMEOUT_MS,
-} from '../../src/intake/https-connections.js';
-import { REQUEST_TIMEOUT_MS } from '../../src/intake/https-server.js';
+import { HTTPS_TIMEOUTS, type HttpsTimeouts } from '../../src/intake/https-server.js';
 import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
 import {
   makePki,
@@ -28,6 +24,14 @@ import {
 
 const MAX = 5;
 const PER_ADDRESS = 3;
+/**
+ * The intake's timeouts, shortened (a few seconds, not tens) so that the tests wait for each of
+ * them to pass; the same code enforces the defaults, which stay those SPEC and docs give.
+ */
+const TIMEOUTS: HttpsTimeouts = { handshakeMs: 2_000, firstRequestMs: 2_000, requestMs: 4_000 };
+const HANDSHAKE_TIMEOUT_MS = TIMEOUTS.handshakeMs;
+const FIRST_REQUEST_TIMEOUT_MS = TIMEOUTS.firstRequestMs;
+const REQUEST_TIMEOUT_MS = TIMEOUTS.requestMs;
 let stack: Stack;
 let pki: Pki;
 let api: RunningIntake;
@@ -38,6 +42,7 @@ beforeAll(async () => {
   stack = await startStack();
   api = await startIntake(stack, pki, {
     https: { maxConnections: MAX, maxConnectionsPerAddress: PER_ADDRESS },
+    timeouts: TIMEOUTS,
   });
 });
 
@@ -309,4 +314,12 @@ describe('connections', () => {
     },
     HANDSHAKE_TIMEOUT_MS + 20_000,
   );
+});
+
+it('the defaults are those the documentation gives: 10 s handshake, 10 s first request, 30 s request', () => {
+  expect(HTTPS_TIMEOUTS).toEqual({
+    handshakeMs: 10_000,
+    firstRequestMs: 10_000,
+    requestMs: 30_000,
+  });
 });
