@@ -497,6 +497,15 @@
           }),
         );
       }
+      if (d.frozen) {
+        // The controller answers with the same scan: the state shown is not what it does.
+        stateCell.appendChild(
+          el('span', {
+            class: 'badge',
+            text: 'IMAGE FROZEN: the same scan for ' + dur(d.frozen.forMs + since),
+          }),
+        );
+      }
       var position = el('td');
       if (m && m.position !== null) {
         position.appendChild(
@@ -529,7 +538,7 @@
           }),
         );
       }
-      var row = el('tr', { class: d.stalled ? 'stuck' : null, 'data-device': d.id }, [
+      var row = el('tr', { class: d.stalled || d.frozen ? 'stuck' : null, 'data-device': d.id }, [
         el('td', null, [
           el('strong', { text: d.id }),
           el('span', { class: 'sub', text: d.profile }),

@@ -6,6 +6,13 @@ import type { Logger } from './logger.js';
 import type { ReadFailure } from './read-failures.js';
 import type { SkewEstimate } from './skew.js';
 
+/**
+ * A device whose reads have returned the same scan of its image this long has a frozen image:
+ * the controller answers, but has stopped publishing (a PLC in STOP, a halted program).
+ * /readyz, /v1/devices readers and the status page judge `imageUnchangedMs` by it.
+ */
+export const IMAGE_FROZEN_MS = 15_000;
+
 /** What the rest of the daemon may know about a device, as the pipeline last saw it. */
 export interface DeviceView {
   readonly id: string;

@@ -1,3 +1,4 @@
+import { IMAGE_FROZEN_MS } from '../core/device-monitor.js';
 import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import type { HttpsIntake } from '../intake/https.js';
@@ -22,12 +23,6 @@ export interface Readiness {
 
 /** A device whose last readback is older than this counts as unreachable for readiness. */
 export const READBACK_STALE_MS = 15_000;
-
-/**
- * A device whose reads have returned the same scan of its image this long has a frozen image:
- * the controller answers, but has stopped publishing (a PLC in STOP, a halted program).
- */
-export const IMAGE_FROZEN_MS = 15_000;
 
 /**
  * How long a /readyz answer reuses the journal's last successful proof write and its last list

@@ -309,9 +309,11 @@ function withoutAges(d: UiDevice): unknown {
   return {
     ...d,
     readbackAgeMs: null,
+    imageUnchangedMs: null,
     mirror: d.mirror === null ? null : { ...d.mirror, readAt: null, sourceTime: null },
     connectivity: { ...d.connectivity, lastGoodReadAt: null },
     command: d.command === null ? null : { ...d.command, ageMs: null, pastDeadlineMs: null },
     stalled: d.stalled === null ? null : { ...d.stalled, forMs: null },
+    frozen: d.frozen === null ? null : { ...d.frozen, forMs: null },
   };
 }

@@ -4,6 +4,7 @@ import type { Clock } from '../core/clock.js';
 import { isTerminal, type CommandState } from '../core/command.js';
 import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandRecord, CommandRef, JournalEvent, ListFilter } from '../core/journal.js';
+import { IMAGE_FROZEN_MS } from '../core/device-monitor.js';
 import type { CommandPipeline, DeviceView } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { packageRoot } from '../package-root.js';
@@ -76,6 +77,11 @@ export interface UiDevice extends DeviceDocument {
     readonly position: number | null;
     readonly forMs: number;
   } | null;
+  /**
+   * Reads answered with the same scan of the controller's image for IMAGE_FROZEN_MS or longer:
+   * the controller has stopped publishing, and the state shown is not what the device does.
+   */
+  readonly frozen: { readonly scanTime: string | null; readonly forMs: number } | null;
   /** The command in flight on the device, with its age. */
   readonly command: InFlightCommand | null;
 }
@@ -199,6 +205,10 @@ export class UiViews {
       mode: mirror === null ? null : mirror.state === profile?.localState ? 'LOCAL' : 'REMOTE',
       fault: faultCode === null ? null : { code: faultCode, meaning },
       stalled: this.stalled(view, profile),
+      frozen:
+        view.imageUnchangedMs !== null && view.imageUnchangedMs >= IMAGE_FROZEN_MS
+          ? { scanTime: mirror?.sourceTime ?? null, forMs: Math.round(view.imageUnchangedMs) }
+          : null,
       command: this.inFlight(view, now),
     };
   }
@@ -250,10 +260,12 @@ export class UiViews {
       (query.device === undefined || r.device === query.device) &&
       (query.state === undefined || r.state === query.state);
     const openRecords = reader.listOpen().filter(matches);
+    const devices = this.devices(allowedDevice);
     const stalled = new Map(
-      this.devices(allowedDevice)
-        .filter((d) => d.stalled !== null)
-        .map((d) => [d.id, d.stalled] as const),
+      devices.filter((d) => d.stalled !== null).map((d) => [d.id, d.stalled] as const),
+    );
+    const frozen = new Map(
+      devices.filter((d) => d.frozen !== null).map((d) => [d.id, d.frozen] as const),
     );
     // Judged beside the device's other open commands, whatever the state asked for: a device
     // whose command recovery is settling holds its queued ones within that window too.
@@ -261,7 +273,10 @@ export class UiViews {
       .listOpen()
       .filter((r) => query.device === undefined || r.device === query.device);
     const open = stuckItems(ofDevices, 0, now, this.confirmTimeouts(), reader, (r) => matches(r))
-      .map((item) => ({ ...item, why: whyOpen(item, stalled.get(item.device) ?? null) }))
+      .map((item) => ({
+        ...item,
+        why: whyOpen(item, stalled.get(item.device) ?? null, frozen.get(item.device) ?? null),
+      }))
       .sort((a, b) =>
         a.stuck !== b.stuck
           ? a.stuck
@@ -344,11 +359,18 @@ function seconds(ms: number): string {
   return m < 120 ? `${m} min ${s % 60} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
-function whyOpen(item: StuckItem, stalled: UiDevice['stalled']): string {
+function whyOpen(
+  item: StuckItem,
+  stalled: UiDevice['stalled'],
+  frozen: UiDevice['frozen'],
+): string {
   const last = item.lastEvent === null ? '' : `; last event: ${item.lastEvent.detail}`;
   if (item.stuck) {
     // The bound in the words of /readyz and `sluicectl stuck` (core/open-commands.ts).
     return `open ${seconds(item.overdueMs ?? 0)} past ${item.stuckReason ?? 'its bound'}; the daemon would have ended it by now${last}`;
+  }
+  if (frozen !== null) {
+    return `the controller's image is frozen: the same scan for ${seconds(frozen.forMs)}, so no readback can show what the device does${last}`;
   }
   if (stalled !== null) {
     const at = stalled.position === null ? '' : ` at ${stalled.position} %`;

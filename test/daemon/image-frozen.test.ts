@@ -5,7 +5,7 @@ import { stringify } from 'yaml';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { IMAGE_FROZEN_MS } from '../../src/daemon/readiness.js';
+import { IMAGE_FROZEN_MS } from '../../src/core/device-monitor.js';
 import type { DeviceDocument } from '../../src/intake/device-view.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';

@@ -377,4 +377,28 @@ describe.runIf(real)('the status page in Chromium', () => {
     // Connection resets while the network was down are the browser's; nothing else went wrong.
     expect(problems.filter((p) => !p.includes('net::ERR_'))).toEqual([]);
   }, 60_000);
+
+  it('a controller that stops publishing its image shows as frozen, and no longer once it publishes', async () => {
+    const valve = site.plant.device('dosing-actuator');
+    valve.setFault({ kind: 'frozen' });
+    const scan = valve.published.scanTime;
+    // Reads go on answering (the monitor's, every 200 ms) with the same scan: after 15 s the
+    // row says the image is frozen, and is marked like a stuck one.
+    await expect
+      .poll(() => deviceRow('dosing-actuator'), { timeout: 30_000 })
+      .toMatch(/IMAGE FROZEN: the same scan for \d+s/);
+    expect(
+      await page.locator('#devices tr[data-device="dosing-actuator"]').getAttribute('class'),
+    ).toBe('stuck');
+    // Ground truth: the simulator has not published since.
+    expect(valve.published.scanTime).toBe(scan);
+    valve.clearFault('frozen');
+    await expect
+      .poll(() => deviceRow('dosing-actuator'), { timeout: 10_000 })
+      .not.toContain('IMAGE FROZEN');
+    expect(
+      await page.locator('#devices tr[data-device="dosing-actuator"]').getAttribute('class'),
+    ).toBeNull();
+    expect(problems.filter((p) => !p.includes('net::ERR_'))).toEqual([]);
+  }, 60_000);
 });
