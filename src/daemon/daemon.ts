@@ -4,6 +4,7 @@ import { pino, type Logger as PinoLogger } from 'pino';
 import type { SluiceConfig } from '../config/config.js';
 import { preflight } from '../config/preflight.js';
 import { systemClock, type Clock } from '../core/clock.js';
+import { JournalUnavailableError } from '../core/errors.js';
 import type { CommandRef } from '../core/journal.js';
 import { CommandPipeline } from '../core/pipeline.js';
 import { buildDrivers } from '../drivers/inventory.js';
@@ -13,7 +14,7 @@ import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
 import { refuseDamagedJournal } from '../journal/integrity.js';
 import { countRowsOffThread } from '../journal/row-counts.js';
-import { lockJournal } from '../journal/writer-lock.js';
+import { lockJournal, unwritable } from '../journal/writer-lock.js';
 import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { CountedRetentionSweeper, Metrics } from './metrics.js';
@@ -144,7 +145,17 @@ export class Daemon {
       // What `sluiced --check` checks, before anything is created: a configuration error
       // (ConfigError, exit 2) leaves no state folder, journal or PKI behind.
       const { profiles } = preflight(config, 'configuration');
-      mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+      try {
+        mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+      } catch (error) {
+        // Node says ENOENT for a folder it cannot create on a read-only filesystem.
+        const why = unwritable(join(config.stateDir, 'journal.db'));
+        if (why === null) throw error;
+        throw new JournalUnavailableError(
+          `stateDir ${config.stateDir} cannot be created: ${why.what}; ${why.todo}`,
+          { cause: error },
+        );
+      }
       const inventory = { plcs: config.plcs, devices: config.devices };
 
       const journalPath = config.journal.path ?? join(config.stateDir, 'journal.db');

@@ -25,6 +25,7 @@ import {
 } from '../core/journal.js';
 import { LATEST_VERSION, MIGRATIONS, createLatest } from './migrations.js';
 import { rowToRecord, translate, type CommandRow } from './rows.js';
+import { unwritable } from './writer-lock.js';
 
 /** How a journal file is opened. */
 export interface ConnectionOptions {
@@ -99,6 +100,17 @@ export function openConnection(options: ConnectionOptions): Connection {
       timeout: options.busyTimeoutMs ?? 2000,
     });
   } catch (error) {
+    if (!readonly && !existsSync(options.path)) {
+      // A new journal that cannot be created: SQLite's "unable to open database file" (or
+      // Node's ENOENT for its folder on a read-only filesystem) named no cause.
+      const why = unwritable(options.path);
+      if (why !== null) {
+        throw new JournalUnavailableError(
+          `journal unavailable (open): ${options.path} cannot be created: ${why.what}; ${why.todo}`,
+          { cause: error },
+        );
+      }
+    }
     openFailed(error, options.path);
   }
   try {

@@ -1,4 +1,4 @@
-import { accessSync, constants, mkdirSync, realpathSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, realpathSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { JournalInUseError, JournalUnavailableError } from '../core/errors.js';
@@ -28,6 +28,15 @@ export function lockJournal(journalPath: string): WriterLock {
     path = `${realJournalPath(journalPath)}.lock`;
     db = new BetterSqlite3(path, { timeout: 0 });
   } catch (error) {
+    // SQLite's "unable to open database file" (and Node's ENOENT for a folder it could not
+    // create on a read-only filesystem) named no cause: said as what it is when it is one.
+    const why = unwritable(path);
+    if (why !== null) {
+      throw new JournalUnavailableError(
+        `journal unavailable (open): ${why.what}, so ${path} cannot be created to lock the journal (one daemon per journal); ${why.todo}`,
+        { cause: error },
+      );
+    }
     throw new JournalInUseError(
       `cannot open the journal's lock file ${path}: ${(error as Error).message}`,
       { cause: error },
@@ -84,6 +93,35 @@ export function lockJournal(journalPath: string): WriterLock {
       }
     },
   };
+}
+
+/**
+ * Why a file cannot be created at `path`, when the reason is the filesystem or the folder's
+ * permissions: found on the nearest folder of it that exists (the rest would be created in
+ * it). Null for another reason (the open's own error then says it).
+ */
+export function unwritable(path: string): { what: string; todo: string } | null {
+  let folder = dirname(path);
+  while (!existsSync(folder) && dirname(folder) !== folder) folder = dirname(folder);
+  try {
+    accessSync(folder, constants.W_OK);
+    return null;
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (code === 'EROFS') {
+      return {
+        what: `the filesystem of ${folder} is read-only`,
+        todo: 'start sluiced again once it is writable',
+      };
+    }
+    if (code === 'EACCES' || code === 'EPERM') {
+      return {
+        what: `${folder} cannot be written by this user (uid ${String(process.getuid?.())}, ${code})`,
+        todo: "give it to the daemon's user (stateDir, journal.path)",
+      };
+    }
+    return null;
+  }
 }
 
 /**

@@ -88,6 +88,21 @@ describe.runIf(available)('the journal lock on a filesystem that cannot be writt
     expect(await lockInChild(path)).toBe('locked');
     expect(() => lockJournal(path)).toThrow(/in use by another sluiced/);
   }, 30_000);
+
+  it('a new journal there: the lock and the journal say the filesystem is read-only', () => {
+    // SQLite's "unable to open database file", and Node's ENOENT for a folder it could not
+    // create, named no cause.
+    remount(mnt, 'ro');
+    for (const path of [join(mnt, 'journal.db'), join(mnt, 'sub', 'journal.db')]) {
+      const readOnly = `the filesystem of ${mnt} is read-only`;
+      expect(() => lockJournal(path)).toThrow(
+        `journal unavailable (open): ${readOnly}, so ${path}.lock cannot be created to lock the journal (one daemon per journal); start sluiced again once it is writable`,
+      );
+      expect(() => SqliteJournal.open({ path })).toThrow(
+        `journal unavailable (open): ${path} cannot be created: ${readOnly}; start sluiced again once it is writable`,
+      );
+    }
+  });
 });
 
 describe('the journal lock through a symlink', () => {
