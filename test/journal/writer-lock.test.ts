@@ -1,5 +1,5 @@
-import { spawn } from 'node:child_process';
-import { mkdirSync, symlinkSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, mkdirSync, readdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -7,6 +7,7 @@ import { JournalUnavailableError } from '../../src/core/errors.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { lockJournal } from '../../src/journal/writer-lock.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { isRoot } from '../helpers/real.js';
 import { mountTmpfs, remount, tmpfsAvailable, unmount } from '../reliability/support.js';
 
 /**
@@ -103,6 +104,37 @@ describe.runIf(available)('the journal lock on a filesystem that cannot be writt
       );
     }
   });
+});
+
+describe.runIf(isRoot)("the journal lock in a folder the daemon's user cannot write", () => {
+  it('is refused, naming the folder, the user and what to do', () => {
+    // As root a folder's mode does not stop a write: the lock is taken by another user, as
+    // sluiced runs under systemd (User=sluice), in a folder left to root.
+    const { dir: folder, cleanup: done } = tempDir('sluice-lock-perm-');
+    try {
+      const state = join(folder, 'state');
+      mkdirSync(state);
+      chmodSync(folder, 0o755);
+      chmodSync(state, 0o555);
+      const path = join(state, 'journal.db');
+      const said = execFileSync(
+        process.execPath,
+        [
+          '--import',
+          join(ROOT, 'test/helpers/ts-register.mjs'),
+          join(ROOT, 'test/helpers/lock-process.ts'),
+          path,
+        ],
+        { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 30_000 },
+      );
+      expect(said.trim()).toBe(
+        `refused journal unavailable (open): ${state} cannot be written by this user (uid 65534, EACCES), so ${path}.lock cannot be created to lock the journal (one daemon per journal); give it to the daemon's user (stateDir, journal.path)`,
+      );
+      expect(readdirSync(state)).toEqual([]);
+    } finally {
+      done();
+    }
+  }, 30_000);
 });
 
 describe('the journal lock through a symlink', () => {
