@@ -4,7 +4,12 @@ import { z } from 'zod';
 import { MAX_TTL_MS } from '../core/command.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { checkInventory, deviceSchema, plcSchema } from '../drivers/inventory-schema.js';
-import { topicFilterProblem, topicRootProblem } from '../intake/mqtt-topics.js';
+import {
+  mqttStringProblem,
+  topicFilterProblem,
+  topicRootProblem,
+  topicRootStringProblem,
+} from '../intake/mqtt-topics.js';
 import { packageRoot } from '../package-root.js';
 import { readProfiles } from '../profiles/load.js';
 import { parseYamlText } from './yaml-text.js';
@@ -58,8 +63,19 @@ export const mqttConfigSchema = z.strictObject({
         });
       }
     }),
-  clientId: z.string().min(1).max(128).optional(),
-  username: z.string().min(1).optional(),
+  // Sent in the CONNECT: a value MQTT forbids (or lets the broker refuse) was taken here, and the
+  // intake then never connected.
+  clientId: z
+    .string()
+    .min(1)
+    .max(128)
+    .superRefine(problemCheck(mqttStringProblem, 'cannot be sent to an MQTT broker'))
+    .optional(),
+  username: z
+    .string()
+    .min(1)
+    .superRefine(problemCheck(mqttStringProblem, 'cannot be sent to an MQTT broker'))
+    .optional(),
   passwordFile: z.string().min(1).optional(),
   caFile: z.string().min(1).optional(),
   certFile: z.string().min(1).optional(),
@@ -78,6 +94,7 @@ export const mqttConfigSchema = z.strictObject({
   topicRoot: z
     .string()
     .superRefine(problemCheck(topicRootProblem, 'must be one or more plain MQTT topic levels'))
+    .superRefine(problemCheck(topicRootStringProblem, 'cannot be sent to an MQTT broker'))
     .default('sluice'),
   /**
    * Accept commands with neither issuedAt nor an MQTT 5 Message Expiry Interval (SPEC §5):

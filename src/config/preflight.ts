@@ -3,6 +3,7 @@ import { readFileSync, statSync, type Stats } from 'node:fs';
 import type { DeviceProfile } from '../core/profile.js';
 import { checkInventory } from '../drivers/inventory-schema.js';
 import { IdentityRegistry } from '../intake/identities.js';
+import { MAX_MQTT_STRING_BYTES } from '../intake/mqtt-topics.js';
 import { ConfigError, deviceProfiles, type SluiceConfig } from './config.js';
 
 /**
@@ -52,7 +53,16 @@ function checkFiles(c: SluiceConfig): {
   }
   if (c.mqtt !== undefined) {
     const { passwordFile, caFile, certFile, keyFile } = c.mqtt;
-    if (passwordFile !== undefined) files.text(passwordFile, 'mqtt.passwordFile');
+    const password =
+      passwordFile === undefined ? null : files.text(passwordFile, 'mqtt.passwordFile');
+    // Read as the intake reads it (trimmed). MQTT carries at most 65,535 bytes, and MQTT.js
+    // throws on a longer one at every CONNECT.
+    const passwordBytes = password === null ? 0 : Buffer.byteLength(password.trim(), 'utf8');
+    if (passwordBytes > MAX_MQTT_STRING_BYTES) {
+      errors.push(
+        `mqtt.passwordFile: ${passwordFile}: ${passwordBytes} bytes, longer than an MQTT password may be (${MAX_MQTT_STRING_BYTES} bytes): is it the right file?`,
+      );
+    }
     // MQTT carries a password only after a user name (MQTT 3.1.1 §3.1.2.9; MQTT.js refuses to
     // send a CONNECT with one alone, for either version). Accepted, the intake never reached
     // the broker, and nothing in the log said why.

@@ -100,6 +100,8 @@ export class MqttSession {
   private isDropping = false;
   /** A CONNECT was sent and no CONNACK accepted it yet. */
   private awaitingConnack = false;
+  /** The connection attempt under way has had its failure said (onError, onStreamError). */
+  private attemptFailed = false;
   /** The broker's Maximum Packet Size (MQTT 5 CONNACK), when it gave one. */
   private brokerMaxPacket: number | undefined;
   /** When the connection came up, on the monotonic clock (clock.elapsed()); null: not connected. */
@@ -189,7 +191,15 @@ export class MqttSession {
       // when the broker's redeliveries may already have been handled.
       this.isDropping = false;
       this.awaitingConnack = true;
+      this.attemptFailed = false;
       this.unsubscribed.clear();
+      // MQTT.js passes on only the stream errors that carry a code (a socket's): when MQTT.js
+      // itself refuses to write a packet (mqtt-packet's "Invalid …", "Username is required to
+      // use password") it ends the stream with an error without one, which it swallows.
+      const stream = client.stream;
+      stream.on('error', (error: Error & { code?: unknown }) => {
+        if (error.code === undefined && client.stream === stream) this.onStreamError(error);
+      });
       // mqtt.js leaves Nagle's algorithm on: a result published right after a PUBACK would
       // wait for the broker's delayed ACK (~40 ms). Set on every new socket, as it is made.
       setNoDelay(client);
@@ -419,8 +429,20 @@ export class MqttSession {
       now - this.connectedAt >= STABLE_CONNECTION_MS &&
       !this.isDropping;
     this.connectedAt = null;
+    const unanswered = this.awaitingConnack && !this.attemptFailed;
     this.awaitingConnack = false;
     if (this.isEnded) return;
+    if (unanswered) {
+      // The CONNECT went out and the connection ended with neither a CONNACK nor an error: the
+      // broker closed it, as Mosquitto does on a CONNECT it finds malformed ("protocol error")
+      // or will not take. Said like any other failure, or the intake would stay unconnected
+      // with nothing in the log above debug and /readyz saying only "not connected".
+      this.failed(
+        new Error(
+          'the broker closed the connection without answering the CONNECT: it refused it (its log says why; e.g. a client id, user name or topic root it does not accept)',
+        ),
+      );
+    }
     if (stable) this.backoff.reset();
     const delay = this.backoff.next();
     client.options.reconnectPeriod = delay;
@@ -432,20 +454,41 @@ export class MqttSession {
   }
 
   private onError(client: MqttClient, error: Error): void {
+    this.attemptFailed = true;
     if (this.refusesProtocol(error)) {
       if (this.config.protocolVersion === 'auto') {
         this.fallBack(client, error);
         return;
       }
-      this.error = `${error.message}: the broker does not speak MQTT ${this.level === 5 ? '5' : '3.1.1'} (mqtt.protocolVersion ${this.config.protocolVersion}; \`auto\` falls back to 3.1.1)`;
+      this.failed(
+        error,
+        `${error.message}: the broker does not speak MQTT ${this.level === 5 ? '5' : '3.1.1'} (mqtt.protocolVersion ${this.config.protocolVersion}; \`auto\` falls back to 3.1.1)`,
+      );
     } else {
-      this.error = error.message;
+      this.failed(error);
     }
+  }
+
+  /** An error MQTT.js swallows (see start()): a packet it refused to write, the CONNECT above all. */
+  private onStreamError(error: Error): void {
+    if (this.isEnded) return;
+    this.attemptFailed = true;
+    this.failed(error, `MQTT client refused to send a packet: ${error.message}`);
+  }
+
+  /** Records why the intake is not connected (/readyz) and logs it. */
+  private failed(error: Error, reason = error.message): void {
+    const changed = reason !== this.error;
+    this.error = reason;
     this.errorStreak += 1;
-    // The first failure of a streak is worth a warning; a broker down for an hour is not
-    // worth thousands of them.
-    const level = this.errorStreak === 1 ? 'warn' : 'debug';
-    this.logger[level]({ err: error, url: this.config.url }, 'MQTT connection error');
+    // The first failure of a streak is worth a warning, and so is a new reason (a broker that
+    // was down comes up and refuses the CONNECT); a broker down for an hour is not worth
+    // thousands of them.
+    const level = this.errorStreak === 1 || changed ? 'warn' : 'debug';
+    this.logger[level](
+      { err: error, url: this.config.url, ...(reason === error.message ? {} : { reason }) },
+      'MQTT connection error',
+    );
   }
 
   private refusesProtocol(error: Error): boolean {

@@ -174,6 +174,45 @@ export function topicRootProblem(root: string): string | null {
   return null;
 }
 
+/** The longest an MQTT string (a client id, a user name, a topic) may be: 65,535 UTF-8 bytes. */
+export const MAX_MQTT_STRING_BYTES = 65_535;
+
+/**
+ * What a topic adds to the topic root, at the longest: `/{gatewayId}/result/{device}`, with a
+ * gateway id of 64 and a device id of 128 ASCII characters (the configuration's limits).
+ */
+const LONGEST_TOPIC_SUFFIX_BYTES = '/'.length + 64 + '/result/'.length + 128;
+
+/**
+ * Why a string the gateway sends in its CONNECT (client id, user name, and the Will's topic
+ * under the topic root) cannot be sent, or null. MQTT strings are at most 65,535 bytes of
+ * UTF-8 without U+0000 or surrogates (MQTT 5 §1.5.4, 3.1.1 §1.5.3), and a broker may close the
+ * connection on control characters and non-characters, which Mosquitto does: it drops such a
+ * CONNECT without a CONNACK ("protocol error"), and MQTT.js throws on a string past the length.
+ * Either way the intake would never connect. `reserved`: bytes the string must leave for what
+ * follows it in a topic.
+ */
+export function mqttStringProblem(value: string, reserved = 0): string | null {
+  const bytes = Buffer.byteLength(value, 'utf8');
+  if (bytes > MAX_MQTT_STRING_BYTES - reserved) {
+    return `${bytes} bytes of UTF-8, longer than MQTT allows (${MAX_MQTT_STRING_BYTES - reserved} bytes${reserved === 0 ? '' : `, leaving ${reserved} for the rest of the longest topic`})`;
+  }
+  const bad = /[\p{Cc}\p{Cs}\p{Noncharacter_Code_Point}]/u.exec(value);
+  if (bad === null) return null;
+  const code = (bad[0].codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0');
+  const what = /\p{Cc}/u.test(bad[0])
+    ? 'a control character'
+    : /\p{Cs}/u.test(bad[0])
+      ? 'a lone surrogate (not UTF-8)'
+      : 'a Unicode non-character';
+  return `has ${what} (U+${code} at ${bad.index}), which MQTT forbids or lets a broker refuse (Mosquitto closes the connection)`;
+}
+
+/** mqttStringProblem for the topic root: every topic of the gateway must fit too. */
+export function topicRootStringProblem(root: string): string | null {
+  return mqttStringProblem(root, LONGEST_TOPIC_SUFFIX_BYTES);
+}
+
 /** Null when `filter` is a valid MQTT topic filter (MQTT 5 §4.7). */
 export function topicFilterProblem(filter: string): string | null {
   if (filter.length === 0) return 'is empty';
