@@ -310,12 +310,14 @@ export class Metrics {
     });
     new Gauge({
       name: 'sluice_controller_drift_ppm',
-      help: 'Controller clock rate against the gateway clock, ppm (+: it gains).',
+      help: 'Controller clock rate against the gateway clock, ppm (+: it gains); NaN while not known (measurements since the last step of the clock span less than 5 s).',
       labelNames: ['device'],
       registers,
       collect() {
+        // NaN, not the last value: after a step of the controller's clock (a restart, a manual
+        // set) the drift of the clock before it is no longer its drift.
         for (const d of pipeline.devices()) {
-          if (d.driftPpm !== null) this.set({ device: d.id }, d.driftPpm);
+          this.set({ device: d.id }, d.driftPpm ?? Number.NaN);
         }
       },
     });
