@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
-import { join } from 'node:path';
+import { isAbsolute, join, relative } from 'node:path';
 import { Aedes } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { generate } from 'selfsigned';
@@ -23,6 +23,19 @@ const sitePath = join(root, 'devices', 'site.example.yaml');
 const logPath = join(stateDir, 'sluiced.log');
 
 class DemoError extends Error {}
+
+/** The folder `npm start` was run from (npm passes it as INIT_CWD; it runs us in the root). */
+const launchDir = process.env.INIT_CWD ?? process.cwd();
+
+/**
+ * A file as the printed commands name it: relative to launchDir when the file is under it —
+ * the README's `npm install && npm start` runs in the clone, and the printed curl then reads
+ * as the README shows it — and in full otherwise, where a relative path would not resolve.
+ */
+function shownPath(path: string): string {
+  const rel = relative(launchDir, path);
+  return rel === '' || rel.startsWith('..') || isAbsolute(rel) ? path : rel;
+}
 
 /**
  * How long the demo waits, before printing the instructions, for its MQTT intake (the printed
@@ -195,6 +208,8 @@ async function main(): Promise<void> {
     const mqttHost = new URL(mqttUrl);
     const hostPort = `-h ${mqttHost.hostname} -p ${mqttHost.port || '1883'}`;
     const key = `demo-${Date.now().toString(36)}`;
+    const certFile = join(tlsDir, 'cert.pem');
+    const cacert = shownPath(certFile);
     process.stdout.write(
       [
         '',
@@ -210,9 +225,10 @@ async function main(): Promise<void> {
         `  Token      ${token}`,
         `  Logs       ${logPath}`,
         '',
-        'Open a valve over HTTPS (waits for the readback, up to 10 s):',
+        `Open a valve over HTTPS${cacert === certFile ? '' : ` (in ${launchDir})`}; it waits for the readback, up to 10 s:`,
         '',
-        `  curl --cacert ${join(tlsDir, 'cert.pem')} -X POST ${base}/v1/commands \\`,
+        // -sS: no progress meter when its output is piped (to jq, a file), errors still said.
+        `  curl -sS --cacert ${cacert} -X POST ${base}/v1/commands \\`,
         `    -H "Authorization: Bearer ${token}" -H "Idempotency-Key: ${key}" \\`,
         `    -H "Content-Type: application/json" -d '{"device":"inlet-valve","action":"open"}'`,
         '',

@@ -1,5 +1,5 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -243,12 +243,29 @@ async function startDemo(
   return { child, lines, stderr: () => stderr, stop };
 }
 
-/** The printed curl command, exactly as a user would paste it, with curl options appended. */
-function curlOutput(command: string, options: string): string {
-  return execFileSync('sh', ['-c', `${command} ${options}`], {
+/**
+ * A curl command as a user pastes it: run by a shell in the clone's folder (where the README
+ * has them run `npm start`), its output piped as into jq or a file. `extra` options are appended
+ * only where the test must see more than the user does (the headers). Its stderr is kept:
+ * piped, curl's progress meter goes there unless the command says -s.
+ */
+function curlRun(command: string, extra = ''): { stdout: string; stderr: string } {
+  const run = spawnSync('sh', ['-c', extra === '' ? command : `${command} ${extra}`], {
+    cwd: ROOT,
     encoding: 'utf8',
     timeout: 30_000,
   });
+  expect(run.status, `${command}\n${run.stderr}`).toBe(0);
+  return { stdout: run.stdout, stderr: run.stderr };
+}
+
+/** The README's curl command for the demo, as written there (its fenced block). */
+function readmeCurl(): string {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const blocks = [...readme.matchAll(/^```[a-z]*\n([\s\S]*?)^```$/gm)].map((m) => m[1]!.trim());
+  const found = blocks.filter((b) => b.startsWith('curl ') && b.includes('/v1/commands'));
+  expect(found, 'the README shows one curl command for the demo').toHaveLength(1);
+  return found[0]!;
 }
 
 it.runIf(curl && mosquittoClients)(
@@ -256,6 +273,10 @@ it.runIf(curl && mosquittoClients)(
   async () => {
     // A first start's OPC UA client: it makes its certificate, as on a fresh clone.
     rmSync(join(STATE, 'pki'), { recursive: true, force: true });
+    // And a fresh clone's journal: the README's key demo-1 not yet used.
+    for (const name of readdirSync(STATE).filter((n) => n.startsWith('journal.db'))) {
+      rmSync(join(STATE, name), { force: true });
+    }
     const logFrom = existsSync(LOG) ? statSync(LOG).size : 0;
     const demo = await startDemo(['npm', 'start', '--silent'], {
       ...process.env,
@@ -273,18 +294,14 @@ it.runIf(curl && mosquittoClients)(
       const banner = lines.slice(lines.indexOf('Sluice demo is running.'));
       expect(banner.map((l) => l.trim())).toContain('all 4 answering');
       expect(lines.filter((l) => OPCUA_NOISE.test(l))).toEqual([]);
-      // The printed curl command, exactly as a user would paste it.
-      const start = lines.findIndex((l) => l.trim().startsWith('curl '));
-      const command = lines
-        .slice(start, start + 3)
-        .map((l) => l.trim().replace(/\\$/, ''))
-        .join(' ');
-      const out = curlOutput(command, `-sS -w '\\n%{http_code}'`);
-      const [body, status] = [
-        out.slice(0, out.lastIndexOf('\n')),
-        out.slice(out.lastIndexOf('\n') + 1),
-      ];
-      expect(status).toBe('200');
+      // The printed curl command, exactly as a user pastes it (its lines and backslashes), run
+      // verbatim, piped: the answer alone on stdout, nothing on stderr (no progress meter).
+      const command = printed(lines, 'curl ');
+      // As the README shows it: `npm start` ran in the clone, the certificate is under it.
+      expect(command).toMatch(/^curl -sS --cacert \.state\/demo\/tls\/cert\.pem -X POST /);
+      const first = curlRun(command);
+      expect(first.stderr).toBe('');
+      const body = first.stdout;
       expect(JSON.parse(body)).toMatchObject({
         device: 'inlet-valve',
         state: 'confirmed',
@@ -294,18 +311,45 @@ it.runIf(curl && mosquittoClients)(
       const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
       expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
 
-      // Sent again (README): the same answer, with Idempotent-Replayed: true, no second write.
-      const again = curlOutput(command, '-sS -i');
+      // Sent again (README): the same answer, no second write; -i shows Idempotent-Replayed.
+      expect(curlRun(command)).toEqual({ stdout: body, stderr: '' });
+      const again = curlRun(command, '-i').stdout;
       const head = again.slice(0, again.indexOf('\r\n\r\n'));
       expect(head).toMatch(/^HTTP\/1\.1 200 /);
       expect(head).toMatch(/^idempotent-replayed: true\r?$/im);
       expect(again.slice(again.indexOf('\r\n\r\n') + 4)).toBe(body);
       expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
 
-      // /readyz says how MQTT is connected: the embedded broker refuses MQTT 5 (SPEC §5).
       const cacert = /--cacert (\S+)/.exec(command)?.[1] ?? '';
+
+      // The README's own curl, as written there, from the clone's folder: the valve closed
+      // first (a command of the test's own), it opens it with one write; sent again, the same
+      // answer and no second write.
+      const closed = JSON.parse(
+        curlRun(
+          `curl -sS --cacert ${cacert} -X POST https://127.0.0.1:8443/v1/commands -H "Authorization: Bearer demo-test-token" -H "Idempotency-Key: test-close-${Date.now()}" -H "Content-Type: application/json" -d '{"device":"inlet-valve","action":"close"}'`,
+        ).stdout,
+      ) as Record<string, unknown>;
+      expect(closed).toMatchObject({ state: 'confirmed', code: 'OK' });
+      expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(2);
+      const readme = readmeCurl();
+      const fromReadme = curlRun(readme);
+      expect(fromReadme.stderr).toBe('');
+      expect(JSON.parse(fromReadme.stdout)).toMatchObject({
+        key: 'demo-1',
+        device: 'inlet-valve',
+        action: 'open',
+        state: 'confirmed',
+        code: 'OK',
+      });
+      expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(3);
+      expect(curlRun(readme)).toEqual(fromReadme);
+      expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(3);
+
+      // /readyz says how MQTT is connected: the embedded broker refuses MQTT 5 (SPEC §5).
       const readyz = JSON.parse(
         execFileSync('sh', ['-c', `curl -sS --cacert ${cacert} https://127.0.0.1:8443/readyz`], {
+          cwd: ROOT,
           encoding: 'utf8',
           timeout: 10_000,
         }),
@@ -322,7 +366,7 @@ it.runIf(curl && mosquittoClients)(
       const page = execFileSync(
         'sh',
         ['-c', `curl -sS --cacert ${cacert} -w '\n%{http_code}' ${statusUrl}`],
-        { encoding: 'utf8', timeout: 10_000 },
+        { cwd: ROOT, encoding: 'utf8', timeout: 10_000 },
       );
       expect(page.slice(page.lastIndexOf('\n') + 1)).toBe('200');
       expect(page).toMatch(/<html/i);
@@ -334,7 +378,7 @@ it.runIf(curl && mosquittoClients)(
             '-c',
             `curl -sS --cacert ${cacert} -H 'Origin: https://127.0.0.1:8443' -H 'Content-Type: application/json' -d '{"token":"demo-test-token"}' https://127.0.0.1:8443/ui/api/login`,
           ],
-          { encoding: 'utf8', timeout: 10_000 },
+          { cwd: ROOT, encoding: 'utf8', timeout: 10_000 },
         ),
       ) as Record<string, unknown>;
       expect(login).toMatchObject({ identity: 'demo', role: 'operator', gatewayId: 'demo' });
@@ -479,14 +523,11 @@ it.runIf(curl)(
       try {
         const text = demo.lines.join('\n');
         expect(text).toContain('HTTPS      https://127.0.0.1:9443');
-        const start = demo.lines.findIndex((l) => l.trim().startsWith('curl '));
-        const command = demo.lines
-          .slice(start, start + 3)
-          .map((l) => l.trim().replace(/\\$/, ''))
-          .join(' ');
+        const command = printed(demo.lines, 'curl ');
         expect(command).toContain('https://127.0.0.1:9443/v1/commands');
-        const out = curlOutput(command, '-sS');
-        expect(JSON.parse(out)).toMatchObject({
+        const out = curlRun(command);
+        expect(out.stderr).toBe('');
+        expect(JSON.parse(out.stdout)).toMatchObject({
           device: 'inlet-valve',
           state: 'confirmed',
           code: 'OK',
