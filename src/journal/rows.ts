@@ -45,6 +45,20 @@ export interface EventRow {
 const UNAVAILABLE =
   /^SQLITE_(FULL|READONLY|BUSY|LOCKED|IOERR|CANTOPEN|CORRUPT|NOTADB|PROTOCOL|PERM|AUTH)/;
 
+/** What an operator does about `code` on the journal at `path`, when there is something to do. */
+function hint(code: string, path: string): string {
+  if (code === 'SQLITE_FULL') {
+    return `: the filesystem of ${path} is full; commands are refused until space is freed there, then taken again without a restart`;
+  }
+  // A page damaged while the daemon runs (a failing disk): it does not mend itself, and
+  // SQLITE_CORRUPT alone named neither the file nor what to do. The journal is checked at every
+  // start (integrity.ts): started again on it as it is, sluiced refuses it.
+  if (code.startsWith('SQLITE_CORRUPT')) {
+    return `: the journal ${path} is damaged; commands that need its damaged pages are refused: stop sluiced, then restore the journal from a backup, or move it aside with its -wal and -shm files`;
+  }
+  return '';
+}
+
 /** Read again after a statement (the compiler would take the earlier check for it). */
 export function stillInTransaction(db: Database): boolean {
   return db.inTransaction;
@@ -58,11 +72,8 @@ export function stillInTransaction(db: Database): boolean {
 export function translate(error: unknown, what: string, path?: string): never {
   const code = (error as { code?: unknown }).code;
   if (typeof code === 'string' && UNAVAILABLE.test(code)) {
-    const full =
-      code === 'SQLITE_FULL' && path !== undefined
-        ? `: the filesystem of ${path} is full; commands are refused until space is freed there, then taken again without a restart`
-        : '';
-    throw new JournalUnavailableError(`journal unavailable (${what}): ${code}${full}`, {
+    const advice = path === undefined ? '' : hint(code, path);
+    throw new JournalUnavailableError(`journal unavailable (${what}): ${code}${advice}`, {
       cause: error,
     });
   }

@@ -87,7 +87,7 @@ export class SqliteJournal implements Journal {
       const row = this.connection().stmts.get.get(ref.scope, ref.key) as CommandRow | undefined;
       return row === undefined ? undefined : rowToRecord(row);
     } catch (error) {
-      return translate(error, 'read');
+      return translate(error, 'read', this.options.path);
     }
   }
 
@@ -95,7 +95,7 @@ export class SqliteJournal implements Journal {
     try {
       return (this.connection().stmts.byKey.all(key) as CommandRow[]).map(rowToRecord);
     } catch (error) {
-      return translate(error, 'read');
+      return translate(error, 'read', this.options.path);
     }
   }
 
@@ -159,7 +159,7 @@ export class SqliteJournal implements Journal {
         detail: e.detail,
       }));
     } catch (error) {
-      return translate(error, 'read');
+      return translate(error, 'read', this.options.path);
     }
   }
 
@@ -167,7 +167,7 @@ export class SqliteJournal implements Journal {
     try {
       return (this.connection().stmts.open.all() as CommandRow[]).map(rowToRecord);
     } catch (error) {
-      return translate(error, 'read');
+      return translate(error, 'read', this.options.path);
     }
   }
 
@@ -175,7 +175,7 @@ export class SqliteJournal implements Journal {
     try {
       return this.connection().stmts.openRefs.all() as OpenRef[];
     } catch (error) {
-      return translate(error, 'read');
+      return translate(error, 'read', this.options.path);
     }
   }
 
@@ -185,7 +185,7 @@ export class SqliteJournal implements Journal {
         this.connection().stmts.stopsAfter.all(ref.scope, ref.key, limit) as CommandRow[]
       ).map(rowToRecord);
     } catch (error) {
-      return translate(error, 'read');
+      return translate(error, 'read', this.options.path);
     }
   }
 
@@ -214,7 +214,7 @@ export class SqliteJournal implements Journal {
           .all(...params) as CommandRow[]
       ).map(rowToRecord);
     } catch (error) {
-      return translate(error, 'read');
+      return translate(error, 'read', this.options.path);
     }
   }
 
@@ -233,7 +233,7 @@ export class SqliteJournal implements Journal {
       const mark = (s.lastEvent.get() as { id: number | null }).id ?? 0;
       return { mark, lowestSettledAt: lowest };
     } catch (error) {
-      return translate(error, 'read');
+      return translate(error, 'read', this.options.path);
     }
   }
 
@@ -242,7 +242,7 @@ export class SqliteJournal implements Journal {
       const row = this.connection().stmts.readMeta.get(key) as { value: string } | undefined;
       return row?.value ?? null;
     } catch (error) {
-      return translate(error, 'read');
+      return translate(error, 'read', this.options.path);
     }
   }
 

@@ -1,12 +1,15 @@
 import { execFileSync } from 'node:child_process';
 import {
+  closeSync,
   existsSync,
   mkdirSync,
+  openSync,
   readFileSync,
   renameSync,
   statSync,
   truncateSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -568,6 +571,51 @@ describe('migrations', () => {
       expect((error as Error).message).toContain(`journal unavailable (open): ${what}`);
       expect(readFileSync(path).equals(before)).toBe(true);
     }
+  });
+});
+
+describe('a page damaged under a journal in use', () => {
+  it('refuses what needs the page, naming the file and what to do', () => {
+    // The daemon checks the journal at its start (integrity.ts); a page that goes bad while it
+    // runs (a failing disk) is met by a statement: "SQLITE_CORRUPT" alone named neither.
+    const path = join(dir, 'journal.db');
+    // One batch (group commit), made durable by the close's checkpoint.
+    const j = SqliteJournal.open({ path, groupCommit: true });
+    for (let i = 0; i < 2_000; i++) j.claim(command(`key-${i}`));
+    j.close();
+    const db = new BetterSqlite3(path, { readonly: true });
+    const pageSize = db.pragma('page_size', { simple: true }) as number;
+    const leaves = db
+      .prepare("SELECT pageno FROM dbstat WHERE name = 'commands_key' AND pagetype = 'leaf'")
+      .all() as { pageno: number }[];
+    db.close();
+    const page = leaves[Math.floor(leaves.length / 2)]!.pageno;
+    const fd = openSync(path, 'r+');
+    writeSync(fd, Buffer.alloc(pageSize, 0x5a), 0, pageSize, (page - 1) * pageSize);
+    closeSync(fd);
+    const damaged = open(path);
+    const advice = `the journal ${path} is damaged; commands that need its damaged pages are refused: stop sluiced, then restore the journal from a backup, or move it aside with its -wal and -shm files`;
+    const failures = new Set<string>();
+    const fails = (run: () => unknown): boolean => {
+      try {
+        run();
+        return false;
+      } catch (error) {
+        expect(error).toBeInstanceOf(JournalUnavailableError);
+        failures.add((error as Error).message);
+        return true;
+      }
+    };
+    // The keys on the damaged page: reading them fails, and so does claiming one again.
+    const lost = Array.from({ length: 2_000 }, (_, i) => `key-${i}`).filter((key) =>
+      fails(() => damaged.get({ scope: 'plant', key })),
+    );
+    expect(lost.length).toBeGreaterThan(0);
+    expect(fails(() => damaged.claim(command(lost[0]!)))).toBe(true);
+    expect([...failures].sort()).toEqual([
+      `journal unavailable (claim): SQLITE_CORRUPT: ${advice}`,
+      `journal unavailable (read): SQLITE_CORRUPT: ${advice}`,
+    ]);
   });
 });
 
