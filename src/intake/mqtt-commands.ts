@@ -52,7 +52,14 @@ type Handling =
   | { readonly kind: 'withhold'; readonly reason: string; readonly reconnect: boolean };
 
 const ACK: Handling = { kind: 'ack', durable: true };
-/** A replay of a settlement already on disk: its duplicate event is an audit line only. */
+/**
+ * A message whose acknowledgement vouches for nothing in the journal: one that wrote nothing
+ * there (malformed, untimed, for an unknown device, on a foreign topic), or a replay of a
+ * settlement already on disk (its duplicate event is an audit line only). It waited for
+ * whatever barrier was pending, and while the journal failed closed it was withheld and the
+ * connection dropped for it: redelivered and answered again at every reconnection, for as
+ * long as the journal failed (SPEC §5: acknowledged, so that it does not redeliver).
+ */
 const ACK_NOW: Handling = { kind: 'ack', durable: false };
 
 /** A message that names a device and a key, as far as it got. */
@@ -220,7 +227,7 @@ export class CommandMessages {
       if (filter !== null) this.link.unsubscribeFormer(filter);
       this.logger.warn({ topic: packet.topic }, 'message on a topic that is not a command topic');
       this.decide('foreign_topic');
-      return ACK;
+      return ACK_NOW;
     }
     const message = parseCommandMessage({
       device,
@@ -251,7 +258,7 @@ export class CommandMessages {
         detail: message.detail,
         errors: message.errors,
       });
-      return ACK;
+      return ACK_NOW;
     }
     const { key } = message;
     const received: Received = { device, key, route, receivedAt };
@@ -290,7 +297,7 @@ export class CommandMessages {
           code: 'UNKNOWN_DEVICE',
           detail: error.message,
         });
-        return ACK;
+        return ACK_NOW;
       }
       if (error instanceof InvalidCommandError || error instanceof InvalidKeyError) {
         // submit() validates again what parseCommandMessage let through (the device profile's
@@ -304,7 +311,7 @@ export class CommandMessages {
           detail: error.message,
           errors: error instanceof InvalidCommandError ? error.errors : [],
         });
-        return ACK;
+        return ACK_NOW;
       }
       throw error;
     }
@@ -405,7 +412,7 @@ export class CommandMessages {
       },
       former.result,
     );
-    return ACK;
+    return ACK_NOW;
   }
 
   /**
@@ -430,7 +437,7 @@ export class CommandMessages {
     if (packet.qos === 0) {
       log.warn({ code }, 'QoS 0 command refused and answered (QoS 0 is never redelivered)');
       this.publisher.error({ key, device }, route, receivedAt, { code, detail });
-      return ACK;
+      return ACK_NOW;
     }
     log.info({ code, reconnect }, 'command left unacknowledged with the broker');
     return { kind: 'withhold', reason: detail, reconnect };
