@@ -1,0 +1,124 @@
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { JournalUnavailableError } from '../../src/core/errors.js';
+import type { NewCommand } from '../../src/core/journal.js';
+import { refuseDamagedJournal } from '../../src/journal/integrity.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { tempDir } from '../helpers/fixtures.js';
+
+/**
+ * The start's check of the journal (src/journal/integrity.ts) on real journal files. The
+ * daemon's refusal of garbage in a page is test/daemon/damaged-journal.test.ts; here, a page
+ * whose content is well formed but stale (a write the disk lost: an older version of the page
+ * read back), which SQLite reads without an error: the keys claimed since were free again, and
+ * their retries ran as new commands (I1).
+ */
+
+let dir: string;
+let cleanup: () => void;
+beforeEach(() => {
+  ({ dir, cleanup } = tempDir('sluice-integrity-'));
+});
+afterEach(() => {
+  cleanup();
+});
+
+function command(key: string): NewCommand {
+  return {
+    scope: 'plant',
+    key,
+    fingerprint: `f-${key}`,
+    device: 'inlet-valve',
+    action: 'open',
+    position: null,
+    issuedAt: 1,
+    issuedAtSource: 'issuer',
+    ttlMs: 30_000,
+    deadline: 30_001,
+    intake: 'https',
+    acceptedAt: 1,
+  };
+}
+
+function claim(path: string, from: number, to: number): void {
+  const j = SqliteJournal.open({ path, groupCommit: true });
+  try {
+    for (let i = from; i < to; i++) j.claim(command(`key-${i}`));
+  } finally {
+    j.close();
+  }
+}
+
+function keyLeaves(path: string): Set<number> {
+  const db = new BetterSqlite3(path, { readonly: true });
+  try {
+    return new Set(
+      (
+        db
+          .prepare("SELECT pageno FROM dbstat WHERE name = 'commands_key' AND pagetype = 'leaf'")
+          .all() as { pageno: number }[]
+      ).map((r) => r.pageno),
+    );
+  } finally {
+    db.close();
+  }
+}
+
+describe("the start's check of the journal", () => {
+  it('passes a whole journal, and an absent one', async () => {
+    const path = join(dir, 'journal.db');
+    await refuseDamagedJournal(path);
+    claim(path, 0, 100);
+    await refuseDamagedJournal(path);
+  });
+
+  it('refuses a journal with a stale page of its key index, whose keys would be claimed anew', async () => {
+    const path = join(dir, 'journal.db');
+    claim(path, 0, 1_000);
+    const old = readFileSync(path);
+    const oldLeaves = keyLeaves(path);
+    claim(path, 1_000, 1_100);
+    const now = readFileSync(path);
+    const pageSize = 4096;
+    const at = (buf: Buffer, page: number): Buffer =>
+      buf.subarray((page - 1) * pageSize, page * pageSize);
+    // A leaf of the key index then and now, changed by the later claims: its older version
+    // written back.
+    const page = [...keyLeaves(path)].find(
+      (p) => oldLeaves.has(p) && !at(old, p).equals(at(now, p)),
+    );
+    expect(page).toBeDefined();
+    const fd = openSync(path, 'r+');
+    writeSync(fd, at(old, page!), 0, pageSize, (page! - 1) * pageSize);
+    closeSync(fd);
+    const damaged = readFileSync(path);
+
+    let refused: unknown = null;
+    try {
+      await refuseDamagedJournal(path);
+    } catch (error) {
+      refused = error;
+    }
+    expect(refused).toBeInstanceOf(JournalUnavailableError);
+    expect((refused as Error).message).toContain(
+      `journal unavailable (open): ${path} is damaged (SQLite's check: wrong # of entries in index commands_key`,
+    );
+    expect((refused as Error).message).toContain(
+      'Restore the journal from a backup, or move it aside with its -wal and -shm files',
+    );
+    expect(readFileSync(path).equals(damaged)).toBe(true);
+
+    // What the check keeps the daemon from: the journal opens, and keys it holds are new again.
+    const j = SqliteJournal.open({ path, groupCommit: true });
+    try {
+      const again = Array.from({ length: 1_100 }, (_, i) => `key-${i}`).filter(
+        (key) => j.claim(command(key)).kind === 'new',
+      );
+      expect(again.length).toBeGreaterThan(0);
+    } finally {
+      j.close();
+    }
+  });
+});
