@@ -229,7 +229,7 @@ export class CommandMessages {
       this.decide('foreign_topic');
       return ACK_NOW;
     }
-    const message = parseCommandMessage({
+    let message = parseCommandMessage({
       device,
       payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
       userProperties: packet.properties?.userProperties,
@@ -238,6 +238,19 @@ export class CommandMessages {
       acceptUntimed: this.acceptUntimed,
       keysKeptS: this.keysKeptS,
     });
+    if (
+      message.kind === 'malformed' &&
+      message.untimed !== undefined &&
+      this.pipeline.get({ scope: this.identity.scope, key: message.untimed.key }) !== undefined
+    ) {
+      // An untimed retry of a command the journal holds (sent untimed over HTTPS, over MQTT 5
+      // with a Message Expiry Interval, or while the site accepted untimed commands): its key
+      // can start no new command, so the rule against untimed commands (that one queued while
+      // the gateway was away must not run late) has nothing to prevent. Claimed as a retry, it
+      // is replayed, joins the command in flight, or is a key reuse; it was answered
+      // INVALID_COMMAND "nothing was written", though the command had run.
+      message = { kind: 'command', key: message.untimed.key, request: message.untimed.request };
+    }
     const route = this.publisher.responseRoute(packet, { key: message.key, device });
     if (message.kind === 'malformed') {
       // Answered on the result topic when a key can be read, on the Response Topic when one

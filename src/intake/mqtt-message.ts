@@ -38,6 +38,11 @@ export type CommandMessage =
       readonly key: string | null;
       readonly detail: string;
       readonly errors: readonly string[];
+      /**
+       * An untimed command's key and request (cause `untimed`): a retry of a command the
+       * journal already holds starts nothing, so the intake answers it as the retry it is.
+       */
+      readonly untimed?: { readonly key: string; readonly request: CommandRequest };
     };
 
 export interface CommandMessageInput {
@@ -189,9 +194,12 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
   ) {
     // A broker keeps QoS 1 messages for an absent gateway: without its age, a command could
     // run as long after it was meant as the gateway was away (SPEC §5, I3).
-    return malformed('INVALID_COMMAND', 'untimed', key, [
-      'issuedAt: required over MQTT (or an MQTT 5 Message Expiry Interval): a command without its age may have waited at the broker while the gateway was offline; nothing was written',
-    ]);
+    return {
+      ...malformed('INVALID_COMMAND', 'untimed', key, [
+        'issuedAt: required over MQTT (or an MQTT 5 Message Expiry Interval): a command without its age may have waited at the broker while the gateway was offline; nothing was written',
+      ]),
+      untimed: { key, request },
+    } as CommandMessage;
   }
   if (
     request.issuedAt === null &&
