@@ -1,5 +1,5 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +10,7 @@ import { freePort, until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { hasCommand, isRoot, requireReal } from '../helpers/real.js';
 import { buildInto } from './build.js';
+import { bootContainer, type Container, type InContainer } from './container.js';
 
 /**
  * The README's "Installing as a service" block, run as printed, step by step, by bash as root
@@ -64,26 +65,11 @@ describe.runIf(why === null)(
     let cleanup: () => void;
     let root: string;
     let checkout: string;
-    let nspawn: ChildProcess | null = null;
-    let leader = 0;
-    let mounted = false;
+    let container: Container | null = null;
 
     /** A script run by bash inside the container (all of its namespaces), as root there. */
-    const inside = (
-      script: string,
-      options: { check?: boolean } = {},
-    ): { status: number | null; stdout: string; stderr: string } => {
-      const r = spawnSync('nsenter', ['-t', String(leader), '-a', 'bash', '-c', script], {
-        encoding: 'utf8',
-        timeout: 90_000,
-      });
-      if (options.check !== false && r.status !== 0) {
-        throw new Error(
-          `in the container, "${script}" exited ${r.status}:\n${r.stdout}${r.stderr}`,
-        );
-      }
-      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-    };
+    const inside = (script: string, options: { check?: boolean } = {}): InContainer =>
+      container!.run(script, options);
 
     beforeAll(async () => {
       ({ dir, cleanup } = tempDir('sluice-install-readme-'));
@@ -105,104 +91,28 @@ describe.runIf(why === null)(
         { ephemeralPorts: true, control: false },
       );
 
-      // The container's root: this machine's, with writes going to a layer of the test's own.
-      root = join(dir, 'root');
-      for (const d of ['upper', 'work', 'root']) mkdirSync(join(dir, d));
-      const mount = spawnSync('mount', [
-        '-t',
-        'overlay',
-        'overlay',
-        '-o',
-        `lowerdir=/,upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')}`,
-        root,
-      ]);
-      expect(mount.status, String(mount.stderr)).toBe(0);
-      mounted = true;
-      // A machine id of its own (systemd-nspawn refuses to share the host's journal).
-      writeFileSync(join(root, 'etc/machine-id'), `${crypto.randomUUID().replaceAll('-', '')}\n`);
-
-      // The reader's checkout, built, with the certificate and key the README installs, at
-      // /srv/sluice-checkout in the container (its /tmp is a tmpfs of its own).
-      checkout = '/srv/sluice-checkout';
-      const here = join(root, checkout);
-      mkdirSync(here, { recursive: true });
-      buildInto(join(here, 'dist'));
-      const cp = spawnSync('cp', [
-        '-a',
-        ...['package.json', 'node_modules', 'devices', 'docs', 'README.md', 'systemd'].map((f) =>
-          join(ROOT, f),
-        ),
-        here,
-      ]);
-      expect(cp.status, String(cp.stderr)).toBe(0);
-      await loopbackCertificate(here);
-
-      const logFile = join(dir, 'boot.log');
-      nspawn = spawn(
-        'systemd-nspawn',
-        [
-          '--directory',
-          root,
-          '--machine',
-          `sluice-readme-${process.pid}`,
-          '--register=no',
-          '--keep-unit',
-          '--console=pipe',
-          '--boot',
-          '--',
-          '--unit=basic.target',
-        ],
-        { stdio: ['ignore', openSync(logFile, 'w'), openSync(logFile, 'a')] },
-      );
-      const nspawnPid = nspawn.pid!;
-      // The container's PID 1 (systemd-nspawn's short-lived helper child is not it).
-      leader = await until(
-        () => {
-          const r = spawnSync('pgrep', ['-P', String(nspawnPid)], { encoding: 'utf8' });
-          for (const pid of r.stdout.trim().split('\n').map(Number)) {
-            if (!(pid > 0)) continue;
-            try {
-              if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'systemd') return pid;
-            } catch {
-              // gone meanwhile
-            }
-          }
-          return undefined;
-        },
-        20_000,
-        'the container started',
-      );
-      let state = '';
-      try {
-        await until(
-          () => {
-            state = inside('systemctl is-system-running', { check: false }).stdout.trim();
-            return state === 'running' || state === 'degraded' ? true : undefined;
-          },
-          120_000,
-          'the container booted',
-        );
-      } catch (error) {
-        throw new Error(
-          `${String(error)} (last state "${state}"); systemd-nspawn said:\n${readFileSync(logFile, 'utf8')}`,
-          { cause: error },
-        );
-      }
+      container = await bootContainer(dir, 'sluice-readme', async (into) => {
+        // The reader's checkout, built, with the certificate and key the README installs, at
+        // /srv/sluice-checkout in the container (its /tmp is a tmpfs of its own).
+        checkout = '/srv/sluice-checkout';
+        const here = join(into, checkout);
+        mkdirSync(here, { recursive: true });
+        buildInto(join(here, 'dist'));
+        const cp = spawnSync('cp', [
+          '-a',
+          ...['package.json', 'node_modules', 'devices', 'docs', 'README.md', 'systemd'].map((f) =>
+            join(ROOT, f),
+          ),
+          here,
+        ]);
+        expect(cp.status, String(cp.stderr)).toBe(0);
+        await loopbackCertificate(here);
+      });
+      root = container.root;
     }, 240_000);
 
     afterAll(async () => {
-      if (nspawn !== null && nspawn.exitCode === null && nspawn.signalCode === null) {
-        const exited = new Promise<void>((resolve) => {
-          nspawn!.once('exit', () => {
-            resolve();
-          });
-        });
-        inside('systemctl poweroff', { check: false });
-        const timer = setTimeout(() => nspawn!.kill('SIGKILL'), 15_000);
-        await exited;
-        clearTimeout(timer);
-      }
-      if (mounted) spawnSync('umount', ['--lazy', root]);
+      await container?.stop();
       await plant.stop();
       cleanup();
       // A container's poweroff beside other work on two cores has taken over a minute.

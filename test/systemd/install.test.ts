@@ -1,12 +1,5 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import {
-  copyFileSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  writeFileSync,
-} from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +10,7 @@ import { freePort, until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { hasCommand, isRoot, requireReal } from '../helpers/real.js';
 import { buildInto } from './build.js';
+import { bootContainer, type Container } from './container.js';
 
 /**
  * The README's install, for real: a systemd booted in a container (systemd-nspawn over an
@@ -52,9 +46,7 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
   let dir: string;
   let cleanup: () => void;
   let root: string;
-  let nspawn: ChildProcess | null = null;
-  let leader = 0;
-  let mounted = false;
+  let container: Container | null = null;
   let port = 0;
   let cert = '';
 
@@ -63,15 +55,8 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
     command: string,
     options: { check?: boolean } = {},
   ): { status: number | null; out: string } => {
-    const r = spawnSync('nsenter', ['-t', String(leader), '-a', 'sh', '-c', command], {
-      encoding: 'utf8',
-      timeout: 60_000,
-    });
-    const out = r.stdout + r.stderr;
-    if (options.check !== false && r.status !== 0) {
-      throw new Error(`in the container, "${command}" exited ${r.status}:\n${out}`);
-    }
-    return { status: r.status, out };
+    const r = container!.run(command, { ...options, timeoutMs: 60_000 });
+    return { status: r.status, out: r.stdout + r.stderr };
   };
 
   const show = (properties: string[]): Record<string, string> =>
@@ -102,129 +87,46 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       { ephemeralPorts: true, control: false },
     );
 
-    // The container's root: this machine's, with writes going to a layer of the test's own.
-    root = join(dir, 'root');
-    for (const d of ['upper', 'work', 'root']) mkdirSync(join(dir, d));
-    const mount = spawnSync('mount', [
-      '-t',
-      'overlay',
-      'overlay',
-      '-o',
-      `lowerdir=/,upperdir=${join(dir, 'upper')},workdir=${join(dir, 'work')}`,
-      root,
-    ]);
-    expect(mount.status, String(mount.stderr)).toBe(0);
-    mounted = true;
-    // A machine id of its own (systemd-nspawn refuses to share the host's journal), and no
-    // service of this machine started in it (basic.target below).
-    writeFileSync(join(root, 'etc/machine-id'), `${crypto.randomUUID().replaceAll('-', '')}\n`);
-
-    // README, step 1: the built package in /opt/sluice.
-    const opt = join(root, 'opt/sluice');
-    mkdirSync(opt, { recursive: true });
-    buildInto(join(opt, 'dist'));
-    const cp = spawnSync('cp', [
-      '-a',
-      join(ROOT, 'package.json'),
-      join(ROOT, 'node_modules'),
-      join(ROOT, 'devices'),
-      opt,
-    ]);
-    expect(cp.status, String(cp.stderr)).toBe(0);
-    // Step 2: the user, the folders, the unit.
-    copyFileSync(
-      join(ROOT, 'systemd/sysusers.d/sluice.conf'),
-      join(root, 'usr/lib/sysusers.d/sluice.conf'),
-    );
-    copyFileSync(
-      join(ROOT, 'systemd/tmpfiles.d/sluice.conf'),
-      join(root, 'usr/lib/tmpfiles.d/sluice.conf'),
-    );
-    copyFileSync(
-      join(ROOT, 'systemd/sluiced.service'),
-      join(root, 'etc/systemd/system/sluiced.service'),
-    );
-    // journald's rate limit, made tiny for every service of the container: the unit's own
-    // setting must keep every line of the daemon (each command logs four at info; journald's
-    // default of 10,000 lines in 30 s would drop them above about 80 commands a second).
-    mkdirSync(join(root, 'etc/systemd/journald.conf.d'), { recursive: true });
-    writeFileSync(
-      join(root, 'etc/systemd/journald.conf.d/sluice-test-ratelimit.conf'),
-      '[Journal]\nRateLimitIntervalSec=1h\nRateLimitBurst=1\n',
-    );
-
-    const logFile = join(dir, 'boot.log');
-    nspawn = spawn(
-      'systemd-nspawn',
-      [
-        '--directory',
-        root,
-        '--machine',
-        `sluice-install-${process.pid}`,
-        // No machined or D-Bus on this machine: the container runs in this test's own scope.
-        '--register=no',
-        '--keep-unit',
-        '--console=pipe',
-        '--boot',
-        '--',
-        '--unit=basic.target',
-      ],
-      { stdio: ['ignore', openSync(logFile, 'w'), openSync(logFile, 'a')] },
-    );
-    const nspawnPid = nspawn.pid!;
-    // The container's PID 1, a child of systemd-nspawn once it runs systemd. While it sets the
-    // container up, systemd-nspawn has a second, short-lived child (the one that creates the
-    // namespaces and exits): taken for the leader, every nsenter into it fails once it is gone.
-    leader = await until(
-      () => {
-        const r = spawnSync('pgrep', ['-P', String(nspawnPid)], { encoding: 'utf8' });
-        for (const pid of r.stdout.trim().split('\n').map(Number)) {
-          if (!(pid > 0)) continue;
-          try {
-            if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'systemd') return pid;
-          } catch {
-            // gone meanwhile
-          }
-        }
-        return undefined;
-      },
-      20_000,
-      'the container started',
-    );
-    // A boot takes seconds alone; beside the rest of the suite on two cores it has taken over a
-    // minute. The bound is generous: what this file tests is the unit, not the boot's speed.
-    let state = '';
-    try {
-      await until(
-        () => {
-          state = inside('systemctl is-system-running', { check: false }).out.trim();
-          return state === 'running' || state === 'degraded' ? true : undefined;
-        },
-        120_000,
-        'the container booted',
+    container = await bootContainer(dir, 'sluice-install', (into) => {
+      // README, step 1: the built package in /opt/sluice.
+      const opt = join(into, 'opt/sluice');
+      mkdirSync(opt, { recursive: true });
+      buildInto(join(opt, 'dist'));
+      const cp = spawnSync('cp', [
+        '-a',
+        join(ROOT, 'package.json'),
+        join(ROOT, 'node_modules'),
+        join(ROOT, 'devices'),
+        opt,
+      ]);
+      expect(cp.status, String(cp.stderr)).toBe(0);
+      // Step 2: the user, the folders, the unit.
+      copyFileSync(
+        join(ROOT, 'systemd/sysusers.d/sluice.conf'),
+        join(into, 'usr/lib/sysusers.d/sluice.conf'),
       );
-    } catch (error) {
-      const jobs = inside('systemctl list-jobs --no-pager', { check: false }).out.trim();
-      throw new Error(
-        `${String(error)} (last state "${state}"; jobs: ${jobs}); systemd-nspawn said:\n${readFileSync(logFile, 'utf8')}`,
-        { cause: error },
+      copyFileSync(
+        join(ROOT, 'systemd/tmpfiles.d/sluice.conf'),
+        join(into, 'usr/lib/tmpfiles.d/sluice.conf'),
       );
-    }
+      copyFileSync(
+        join(ROOT, 'systemd/sluiced.service'),
+        join(into, 'etc/systemd/system/sluiced.service'),
+      );
+      // journald's rate limit, made tiny for every service of the container: the unit's own
+      // setting must keep every line of the daemon (each command logs four at info; journald's
+      // default of 10,000 lines in 30 s would drop them above about 80 commands a second).
+      mkdirSync(join(into, 'etc/systemd/journald.conf.d'), { recursive: true });
+      writeFileSync(
+        join(into, 'etc/systemd/journald.conf.d/sluice-test-ratelimit.conf'),
+        '[Journal]\nRateLimitIntervalSec=1h\nRateLimitBurst=1\n',
+      );
+    });
+    root = container.root;
   }, 240_000);
 
   afterAll(async () => {
-    if (nspawn !== null && nspawn.exitCode === null && nspawn.signalCode === null) {
-      const exited = new Promise<void>((resolve) => {
-        nspawn!.once('exit', () => {
-          resolve();
-        });
-      });
-      inside('systemctl poweroff', { check: false });
-      const timer = setTimeout(() => nspawn!.kill('SIGKILL'), 15_000);
-      await exited;
-      clearTimeout(timer);
-    }
-    if (mounted) spawnSync('umount', ['--lazy', root]);
+    await container?.stop();
     await plant.stop();
     cleanup();
   }, 60_000);
