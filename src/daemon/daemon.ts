@@ -169,7 +169,12 @@ export class Daemon {
       });
       // A damaged page is met only when a statement reads it: checked first, so that the
       // daemon does not run on a journal that lost keys or open commands (I1, I5).
+      const checking = performance.now();
       await refuseDamagedJournal(journalPath, config.journal.busyTimeoutMs);
+      logger.info(
+        { path: journalPath, ms: Math.round(performance.now() - checking) },
+        'journal checked (SQLite quick_check)',
+      );
       const journal = SqliteJournal.open({
         path: journalPath,
         busyTimeoutMs: config.journal.busyTimeoutMs,

@@ -5,6 +5,7 @@ import { JournalUnavailableError } from '../core/errors.js';
 /** What the check thread found: SQLite's quick_check lines, or the error that stopped it. */
 type Outcome =
   | { readonly kind: 'absent' }
+  | { readonly kind: 'not-ours' }
   | { readonly kind: 'checked'; readonly lines: string[] }
   | { readonly kind: 'error'; readonly code: string | null; readonly message: string };
 
@@ -14,14 +15,34 @@ const REPORTED = 3;
 /**
  * The worker's program, plain JavaScript (see row-counts.ts for why). The connection is not
  * read-only: a read-only one cannot recover the log a killed daemon left, and it writes nothing
- * (quick_check only reads; the writer lock is held, so no other daemon writes meanwhile).
+ * (quick_check only reads; the writer lock is held, so no other daemon writes meanwhile). A file
+ * whose header is not that of a Sluice journal (not SQLite, or no schema version: another
+ * program's database, whose hot rollback journal a connection would play back into it) is not
+ * opened: the journal's open refuses it and leaves it as it is.
  */
 const PROGRAM = `
-const { existsSync } = require('node:fs');
+const { closeSync, existsSync, openSync, readSync } = require('node:fs');
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.sqlite);
+function ours(path) {
+  const header = Buffer.alloc(100);
+  let fd;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return false;
+  }
+  try {
+    if (readSync(fd, header, 0, 100, 0) < 100) return false;
+  } finally {
+    closeSync(fd);
+  }
+  return header.toString('latin1', 0, 16) === 'SQLite format 3\\0' && header.readUInt32BE(60) !== 0;
+}
 if (!existsSync(workerData.path)) {
   parentPort.postMessage({ kind: 'absent' });
+} else if (!ours(workerData.path)) {
+  parentPort.postMessage({ kind: 'not-ours' });
 } else {
   let db = null;
   try {
@@ -49,12 +70,14 @@ const SQLITE = createRequire(import.meta.url).resolve('better-sqlite3');
  * its open commands on such a page were never recovered (I5), while the rest went on as if the
  * journal were whole. quick_check reads every page of the file and checks each B-tree's
  * structure (not that the indexes match their tables: integrity_check, about twice the time).
- * Measured (2026-12-04, 2 cores): 0.22 s for a journal of 100,000 settled commands (86 MB) in
- * the page cache; it reads the whole file, so a cold one takes what the disk needs to read it.
- * Off the event loop: the watchdog pings go on meanwhile.
+ * Measured (2026-12-04, 2 busy cores, the file in the page cache): 0.22 s for a journal of
+ * 100,000 settled commands (86 MB), 12–15 s for 1,000,000 (870 MB); it reads the whole file, so
+ * from a cold disk it takes at least what the disk needs to read it. Off the event loop: the
+ * watchdog pings go on meanwhile, and the daemon logs how long it took.
  *
- * Resolves when the journal is absent (created new) or whole, and when SQLite could not read it
- * at all (not a database, cannot be opened): the open that follows says those in its own words.
+ * Resolves when the journal is absent (created new) or whole, and when it is not one or SQLite
+ * could not read it at all (not a database, cannot be opened): the open that follows says those
+ * in its own words.
  */
 export async function refuseDamagedJournal(path: string, busyTimeoutMs = 2000): Promise<void> {
   const outcome = await new Promise<Outcome>((resolve, reject) => {

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
@@ -6,7 +7,7 @@ import { JournalUnavailableError } from '../../src/core/errors.js';
 import type { NewCommand } from '../../src/core/journal.js';
 import { refuseDamagedJournal } from '../../src/journal/integrity.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import { tempDir } from '../helpers/fixtures.js';
+import { ROOT, tempDir } from '../helpers/fixtures.js';
 
 /**
  * The start's check of the journal (src/journal/integrity.ts) on real journal files. The
@@ -72,6 +73,27 @@ describe("the start's check of the journal", () => {
     await refuseDamagedJournal(path);
     claim(path, 0, 100);
     await refuseDamagedJournal(path);
+  });
+
+  it("leaves another program's database as it is, its interrupted transaction too", async () => {
+    // journal.path pointed at the wrong file, one whose program was killed mid-transaction:
+    // a connection opened on it plays its rollback journal back into it. The journal's open
+    // refuses such a file byte for byte (sqlite-journal.test.ts); the check before it must not
+    // have changed it.
+    const path = join(dir, 'other.db');
+    const crash = `const D = require('better-sqlite3'); const db = new D(${JSON.stringify(path)});
+      db.exec('CREATE TABLE readings (tag TEXT, value BLOB)');
+      db.pragma('cache_size = 2'); db.exec('BEGIN');
+      const put = db.prepare('INSERT INTO readings VALUES (?, randomblob(4000))');
+      for (let i = 0; i < 200; i++) put.run('t' + i);
+      process.kill(process.pid, 'SIGKILL');`;
+    expect(() => execFileSync(process.execPath, ['-e', crash], { cwd: ROOT })).toThrow();
+    const before = readFileSync(path);
+    const journal = readFileSync(`${path}-journal`);
+    expect(journal.length).toBeGreaterThan(0);
+    await refuseDamagedJournal(path);
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(readFileSync(`${path}-journal`).equals(journal)).toBe(true);
   });
 
   it('refuses a journal with a stale page of its key index, whose keys would be claimed anew', async () => {
