@@ -40,7 +40,7 @@ export interface RedispatchFacts {
   readonly before: DeviceImage;
   /** The newest readback, requested after the write; it does not echo `seq`. */
   readonly readback: TimedReadback;
-  /** A skew estimate usable on the connection the readback came from, or null. */
+  /** The lane's skew estimate; used only when measured on the readback's connection. */
   readonly skew: SkewEstimate | null;
   /** The controller acknowledged the write: it arrived, whatever became of it. */
   readonly acked: boolean;
@@ -89,6 +89,18 @@ export function unchangedSince(before: DeviceImage, now: DeviceImage): string | 
   return null;
 }
 
+/**
+ * The skew only when it was measured on the connection the readback came from. A controller
+ * that restarted between the two (a new connection) may have its clock set anywhere: an image
+ * of the old connection placed with the new connection's estimate was measured, with a clock
+ * set back an hour, as produced an hour after the write's outcome became unknown — a false
+ * proof, and a second write. Callers re-measure the skew while they wait (notTaken, for a
+ * preempted write), and it may then come from a new connection.
+ */
+function skewOfConnection(readback: TimedReadback, skew: SkewEstimate | null): SkewEstimate | null {
+  return skew !== null && skew.epoch === readback.epoch ? skew : null;
+}
+
 export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
   if (f.acked) return { kind: 'unprovable', reason: 'the controller acknowledged the write' };
   if (!f.profile.controller.echoesSeq) {
@@ -108,7 +120,7 @@ export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
   if (f.readback.sourceTime === null) {
     return { kind: 'unprovable', reason: 'the controller gives no source time for its image' };
   }
-  const window = sourceWindow(f.readback, f.skew);
+  const window = sourceWindow(f.readback, skewOfConnection(f.readback, f.skew));
   if (window === null) {
     return { kind: 'wait', reason: 'no controller clock estimate on this connection yet' };
   }
@@ -147,7 +159,9 @@ export function mayStillLand(
 ): string | null {
   if (f.acked) return null;
   const landsBy = f.unknownSinceMono + f.profile.timing.redispatchGuardMs;
-  const produced = sourceWindow(f.readback, f.skew)?.earliest ?? f.readback.requestedMono;
+  const produced =
+    sourceWindow(f.readback, skewOfConnection(f.readback, f.skew))?.earliest ??
+    f.readback.requestedMono;
   if (produced >= landsBy) return null;
   return `its write's outcome is unknown and may still reach the controller: the newest image is ${Math.round(landsBy - produced)} ms short of the guard after the outcome became unknown`;
 }
