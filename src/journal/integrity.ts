@@ -26,16 +26,14 @@ const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.sqlite);
 function ours(path) {
   const header = Buffer.alloc(100);
-  let fd;
+  let fd = null;
   try {
     fd = openSync(path, 'r');
-  } catch {
-    return false;
-  }
-  try {
     if (readSync(fd, header, 0, 100, 0) < 100) return false;
+  } catch {
+    return false; // A folder, a file this user may not read: the open says so.
   } finally {
-    closeSync(fd);
+    if (fd !== null) closeSync(fd);
   }
   return header.toString('latin1', 0, 16) === 'SQLite format 3\\0' && header.readUInt32BE(60) !== 0;
 }

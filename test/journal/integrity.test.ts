@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -68,9 +68,12 @@ function keyLeaves(path: string): Set<number> {
 }
 
 describe("the start's check of the journal", () => {
-  it('passes a whole journal, and an absent one', async () => {
+  it('passes a whole journal, and an absent one, and leaves a folder to the open', async () => {
     const path = join(dir, 'journal.db');
     await refuseDamagedJournal(path);
+    // journal.path naming a folder: the journal's open says what it is.
+    mkdirSync(join(dir, 'folder'));
+    await refuseDamagedJournal(join(dir, 'folder'));
     claim(path, 0, 100);
     await refuseDamagedJournal(path);
   });
