@@ -273,6 +273,19 @@ export class Metrics {
       },
     });
     new Gauge({
+      name: 'sluice_device_image_unchanged_seconds',
+      help: 'How long reads have returned the same scan of the controller image (frozen past a few scans: the controller has stopped publishing); NaN when its readbacks carry no scan time.',
+      labelNames: ['device'],
+      registers,
+      collect() {
+        for (const d of pipeline.devices()) {
+          if (d.mirror === null) continue;
+          const ms = d.imageUnchangedMs;
+          this.set({ device: d.id }, ms === null ? Number.NaN : ms / 1000);
+        }
+      },
+    });
+    new Gauge({
       name: 'sluice_commands_in_flight',
       help: 'Commands being carried out now (checked, written, awaiting their readback): at most one per device.',
       registers,

@@ -142,6 +142,12 @@ it('a frozen image is named in /readyz and /v1/devices, and ready again once it 
   );
   // Ground truth: the simulator's image really has not been published since.
   expect(valve.published.scanTime).toBe(frozenScan);
+  // /metrics: the same, for an alert.
+  const metrics = (await https('/metrics')).body;
+  const line = /^sluice_device_image_unchanged_seconds\{device="inlet-valve"\} (\S+)$/m.exec(
+    metrics,
+  );
+  expect(Number(line?.[1])).toBeGreaterThanOrEqual(IMAGE_FROZEN_MS / 1000);
 
   // Published again: ready, and the count starts over.
   valve.clearFault('frozen');
