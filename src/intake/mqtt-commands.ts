@@ -277,8 +277,11 @@ export class CommandMessages {
     const received: Received = { device, key, route, receivedAt };
     const log = this.logger.child({ key, device });
     if (!this.isTaking) return this.refuse(packet, log, received, 'SHUTTING_DOWN', false);
-    if (this.link.dropping) {
-      // Already parsed off a connection being dropped: left for its redelivery.
+    if (this.link.dropping && packet.qos > 0) {
+      // Already parsed off a connection being dropped: left for its redelivery. A QoS 0 command
+      // has none: it is claimed as on an open connection (refused and answered only when the
+      // journal refuses it). It was answered JOURNAL_UNAVAILABLE "nothing was claimed" whatever
+      // the drop was for (an internal error, a refused subscription, one failed commit).
       return this.refuse(packet, log, received, 'JOURNAL_UNAVAILABLE', false);
     }
     log.debug({ qos: packet.qos, dup: packet.dup }, 'command message received');
