@@ -47,6 +47,23 @@ export function formatDuration(ms: number): string {
   return two(Math.floor(h / 24), 'd', h % 24, 'h');
 }
 
+/**
+ * A duration the operator gave, said back whole: `1s500ms`, `2h30m15s`. formatDuration's two
+ * units would turn `--older-than 1500ms` into "older than 1s", a bound the listing did not use.
+ */
+export function exactDuration(ms: number): string {
+  let rest = Math.abs(Math.round(ms));
+  if (rest === 0) return '0ms';
+  const parts: string[] = [];
+  for (const unit of ['d', 'h', 'm', 's', 'ms']) {
+    const size = UNIT_MS[unit] ?? 1;
+    const n = Math.floor(rest / size);
+    if (n > 0) parts.push(`${n}${unit}`);
+    rest -= n * size;
+  }
+  return parts.join('');
+}
+
 function two(major: number, mu: string, minor: number, nu: string): string {
   return minor === 0 ? `${major}${mu}` : `${major}${mu}${minor}${nu}`;
 }

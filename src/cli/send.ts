@@ -9,7 +9,7 @@ import { InvalidCommandError, InvalidKeyError } from '../core/errors.js';
 import type { CommandRecord } from '../core/journal.js';
 import type { SluiceConfig } from '../config/config.js';
 import type { CliContext } from './context.js';
-import { formatDuration } from './durations.js';
+import { exactDuration } from './durations.js';
 import { EXIT, UsageError, type ExitCode } from './errors.js';
 import { openJournal } from './journal-reader.js';
 import { resultFields } from './result-view.js';
@@ -229,7 +229,7 @@ function report(ctx: CliContext, target: SendTarget, delivery: Delivery): ExitCo
     );
   } else {
     ctx.out(
-      `${style.paint('NOT SETTLED', 'warn')} within ${formatDuration(options.waitMs)} ${how}` +
+      `${style.paint('NOT SETTLED', 'warn')} within ${exactDuration(options.waitMs)} ${how}` +
         `${delivery.note === null ? '' : `: ${delivery.note}`}\n` +
         `  follow it: sluicectl show ${key}\n`,
     );

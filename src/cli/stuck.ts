@@ -1,7 +1,7 @@
 import { actionText } from '../views/command-list.js';
 import { stuckItems, type StuckItem } from '../views/open-commands.js';
 import type { CliContext } from './context.js';
-import { formatDuration, relative } from './durations.js';
+import { exactDuration, formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
 import { withJournal } from './journal-reader.js';
 import { renderTable, type Column } from './table.js';
@@ -33,7 +33,7 @@ export function runStuck(ctx: CliContext, olderThanMs: number): ExitCode {
     return code;
   }
   if (items.length === 0) {
-    ctx.out(`No open commands older than ${formatDuration(olderThanMs)}.\n`);
+    ctx.out(`No open commands older than ${exactDuration(olderThanMs)}.\n`);
     return code;
   }
   const columns: Column<StuckItem>[] = [
@@ -60,7 +60,7 @@ export function runStuck(ctx: CliContext, olderThanMs: number): ExitCode {
   ctx.out(renderTable(columns, items, ctx.style));
   const stuck = items.filter((i) => i.stuck).length;
   ctx.out(
-    `\n${items.length} open command${items.length === 1 ? '' : 's'} older than ${formatDuration(olderThanMs)}` +
+    `\n${items.length} open command${items.length === 1 ? '' : 's'} older than ${exactDuration(olderThanMs)}` +
       `; ${stuck} stuck (open past the bound their "stuck past" column names).\n` +
       'Explain one: sluicectl show KEY. Settle it: sluicectl reverify KEY, or ' +
       'sluicectl resolve KEY --as failed --reason "…".\n',

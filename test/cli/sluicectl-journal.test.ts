@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { formatDuration, parseDuration, relative } from '../../src/cli/durations.js';
+import { exactDuration, formatDuration, parseDuration, relative } from '../../src/cli/durations.js';
 import { Style, renderTable, type Column } from '../../src/cli/table.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import {
@@ -440,12 +440,15 @@ describe('stuck', () => {
   });
 
   it('exits 0 when nothing is that old', async () => {
-    const [table, json] = await Promise.all([
+    const [table, json, odd] = await Promise.all([
       cli('stuck', '--older-than', '1h'),
       cli('stuck', '--older-than', '2d', '--json'),
+      cli('stuck', '--older-than', '2h30m15s'),
     ]);
     expect(table.code).toBe(0);
     expect(table.stdout).toBe('No open commands older than 1h.\n');
+    // The bound said back as given, not cut to two units ("2h30m").
+    expect(odd.stdout).toBe('No open commands older than 2h30m15s.\n');
     expect(json.code).toBe(0);
     expect(json.json()).toMatchObject({ olderThanMs: 172_800_000, stuck: 0, commands: [] });
   });
@@ -721,6 +724,17 @@ describe('formatting', () => {
     expect(formatDuration(273_600_000)).toBe('3d4h');
     expect(relative(1_000, 193_000)).toBe('3m12s ago');
     expect(relative(10_000, 5_000)).toBe('in 5s');
+  });
+
+  it('says a bound the operator gave back whole', () => {
+    expect(exactDuration(1_500)).toBe('1s500ms');
+    expect(exactDuration(9_015_000)).toBe('2h30m15s');
+    expect(exactDuration(300_000)).toBe('5m');
+    expect(exactDuration(86_400_001)).toBe('1d1ms');
+    expect(exactDuration(0)).toBe('0ms');
+    for (const text of ['1s500ms', '2h30m15s', '1d1ms', '45s']) {
+      expect(exactDuration(parseDuration(text))).toBe(text);
+    }
   });
 
   it('colours only on a TTY, never with --no-color or NO_COLOR, and aligns by visible width', () => {
