@@ -18,6 +18,13 @@ export class JournalUnavailableError extends SluiceError {
   }
 }
 
+/**
+ * The journal file is damaged, or not a journal at all: the daemon does not start on it, and
+ * no restart mends it (sluiced exits 3, which its unit does not restart on); an operator
+ * restores it or moves it aside.
+ */
+export class JournalDamagedError extends JournalUnavailableError {}
+
 /** The journal file was written by a newer Sluice; opening it could corrupt it. */
 export class JournalVersionError extends SluiceError {
   constructor(message: string) {

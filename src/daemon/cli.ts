@@ -6,6 +6,7 @@
 // before anything is created on disk.
 import { Command, Option } from 'commander';
 import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
+import { JournalDamagedError, JournalVersionError } from '../core/errors.js';
 import { preflight, type Preflight } from '../config/preflight.js';
 import { checkSummary } from './check-summary.js';
 import type { Daemon } from './daemon.js';
@@ -148,7 +149,16 @@ try {
     process.stderr.write(`sluiced: ${error.message}\n`);
     process.exit(2);
   }
-  logger.fatal({ err: error }, 'sluiced could not start');
-  process.exit(1);
+  // A journal damaged, not a journal, or of a newer Sluice stays so: exit 3, which the unit
+  // does not restart on (each start read the whole file again, every 2 s, for ever: a start
+  // takes longer than the unit's burst window, so systemd's start limit never stopped it).
+  const lasting = error instanceof JournalDamagedError || error instanceof JournalVersionError;
+  logger.fatal(
+    { err: error },
+    lasting
+      ? 'sluiced could not start, and a restart cannot mend it: an operator must act'
+      : 'sluiced could not start',
+  );
+  process.exit(lasting ? 3 : 1);
 }
 if (signals.received) stop(daemon);

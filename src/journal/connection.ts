@@ -5,6 +5,7 @@ import type { Database, Statement, Transaction } from 'better-sqlite3';
 import type { OpenState } from '../core/command.js';
 import {
   JournalConflictError,
+  JournalDamagedError,
   JournalUnavailableError,
   JournalVersionError,
 } from '../core/errors.js';
@@ -377,12 +378,14 @@ function refuseOrphanLog(path: string): void {
 
 /**
  * A journal that cannot be opened, said with its path and SQLite's own sentence: sluiced does not
- * start on it (exit 1), and "journal unavailable (open): SQLITE_NOTADB" alone named neither the
+ * start on it (exit 3 when it is damaged or not a database: JournalDamagedError, which no restart
+ * mends; exit 1 otherwise), and "journal unavailable (open): SQLITE_NOTADB" alone named neither the
  * file nor what is wrong with it. A damaged file is left as it is (nothing is created over it).
  */
 function openFailed(error: unknown, path: string): never {
   const code = (error as { code?: unknown }).code;
   if (typeof code !== 'string' || !(error instanceof Error)) return translate(error, 'open');
+  const damaged = code.startsWith('SQLITE_NOTADB') || code.startsWith('SQLITE_CORRUPT');
   const what = code.startsWith('SQLITE_NOTADB')
     ? `${path} is not an SQLite database: not a Sluice journal, or one damaged`
     : code.startsWith('SQLITE_CORRUPT')
@@ -392,7 +395,7 @@ function openFailed(error: unknown, path: string): never {
     return translate(error, 'open');
   } catch (translated) {
     if (!(translated instanceof JournalUnavailableError)) throw translated;
-    throw new JournalUnavailableError(
+    throw new (damaged ? JournalDamagedError : JournalUnavailableError)(
       `${translated.message}: ${what} (${error.message}); it is left as it is`,
       { cause: error },
     );

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
-import { JournalUnavailableError } from '../core/errors.js';
+import { JournalDamagedError } from '../core/errors.js';
 
 /** What the check thread found: SQLite's quick_check lines, or the error that stopped it. */
 type Outcome =
@@ -105,7 +105,7 @@ export async function refuseDamagedJournal(path: string, busyTimeoutMs = 2000): 
   } else {
     return;
   }
-  throw new JournalUnavailableError(
+  throw new JournalDamagedError(
     `journal unavailable (open): ${path} is damaged (SQLite's check: ${found}); sluiced does not start on it: the keys and open commands on its damaged pages would be lost. Restore the journal from a backup, or move it aside with its -wal and -shm files (a new journal is then created: check the valves, the commands it held are unknown to Sluice); it is left as it is`,
   );
 }

@@ -108,11 +108,16 @@ describe('a journal with a damaged page', () => {
             () => 'neither',
           ),
       ]);
-      expect(outcome).toBe('exited 1');
+      // 3: the unit does not restart on it (RestartPreventExitStatus): no restart mends it.
+      expect(outcome).toBe('exited 3');
     } finally {
       await sluiced.kill();
     }
-    const refused = sluiced.lines.find((l) => l.includes('"msg":"sluiced could not start"'));
+    const refused = sluiced.lines.find((l) =>
+      l.includes(
+        '"msg":"sluiced could not start, and a restart cannot mend it: an operator must act"',
+      ),
+    );
     expect(refused).toContain(`${path} is damaged`);
     expect(refused).toMatch(/Restore the journal from a backup, or move it aside/);
     // Nothing of it reached the PLC, and the file is as it was.
