@@ -572,6 +572,7 @@ function crossCheck(c: SluiceConfig): string[] {
       errors.push(`ui.roles.${id}: identity "${id}" has no token or certificate CN to log in with`);
     }
   }
+  if (c.mqtt !== undefined) errors.push(...mqttTlsProblems(c.mqtt));
   if (c.https === undefined && c.mqtt === undefined) {
     errors.push(
       '(root): configure https, mqtt or both: without an intake nothing can be commanded',
@@ -582,6 +583,22 @@ function crossCheck(c: SluiceConfig): string[] {
       errors.push(`devices.${id}.plc: no PLC named "${device.plc}"`);
   }
   return errors;
+}
+
+/**
+ * A client certificate against the URL's scheme: MQTT.js speaks TLS for mqtts://, ssl:// and
+ * wss://, turns mqtt:// and ws:// into them when given a certificate and key, and refuses the
+ * pair with tcp:// ("Unknown protocol for secure connection"), which failed the daemon's start,
+ * not --check.
+ */
+function mqttTlsProblems(mqtt: NonNullable<SluiceConfig['mqtt']>): string[] {
+  const clientCertificate = mqtt.certFile !== undefined && mqtt.keyFile !== undefined;
+  if (clientCertificate && mqtt.url.startsWith('tcp:')) {
+    return [
+      `mqtt.url: ${withoutPassword(mqtt.url)}: a client certificate (mqtt.certFile, mqtt.keyFile) needs TLS, which tcp:// is not, and MQTT.js refuses the pair with it: use mqtts://`,
+    ];
+  }
+  return [];
 }
 
 /**

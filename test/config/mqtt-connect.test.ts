@@ -87,4 +87,25 @@ describe('the MQTT CONNECT in the configuration', () => {
       'mqtt.username: cannot be sent to an MQTT broker: has a Unicode non-character (U+FFFE at 5)',
     );
   });
+
+  it('refuses a client certificate on tcp://, which MQTT.js refuses at start', () => {
+    const path = join(dir, 'sluice.yaml');
+    writeFileSync(
+      path,
+      `
+gatewayId: g1
+stateDir: state
+mqtt: { url: "tcp://127.0.0.1:8883", identity: plant, certFile: c.pem, keyFile: k.pem }
+identities:
+  plant: { devices: ['*'] }
+plcs: {}
+devices: {}
+`,
+    );
+    const tcp = runSluiced(['--config', path, '--check']);
+    expect(tcp.status, tcp.stderr).toBe(2);
+    expect(tcp.stderr).toContain(
+      'mqtt.url: tcp://127.0.0.1:8883: a client certificate (mqtt.certFile, mqtt.keyFile) needs TLS',
+    );
+  });
 });
