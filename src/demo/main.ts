@@ -208,6 +208,9 @@ async function main(): Promise<void> {
     const mqttHost = new URL(mqttUrl);
     const hostPort = `-h ${mqttHost.hostname} -p ${mqttHost.port || '1883'}`;
     const key = `demo-${Date.now().toString(36)}`;
+    // The daemon's own topics: SLUICE_GATEWAY_ID (or an edited site file) moves them off
+    // sluice/demo, and printed commands on the old ones would reach nothing.
+    const topics = `${config.mqtt?.topicRoot ?? 'sluice'}/${config.gatewayId}`;
     const certFile = join(tlsDir, 'cert.pem');
     const cacert = shownPath(certFile);
     process.stdout.write(
@@ -216,7 +219,7 @@ async function main(): Promise<void> {
         'Sluice demo is running.',
         '',
         `  HTTPS      ${base}   (self-signed: ${join(tlsDir, 'cert.pem')})`,
-        `  MQTT       ${mqttUrl}${broker === null ? ' (SLUICE_MQTT_URL)' : ' (embedded broker)'}   topics sluice/demo/#`,
+        `  MQTT       ${mqttUrl}${broker === null ? ' (SLUICE_MQTT_URL)' : ' (embedded broker)'}   topics ${topics}/#`,
         `             ${mqttCheck.ok ? mqttCheck.detail : `NOT READY, ${mqttCheck.detail} (see the log)`}`,
         `  Devices    inlet-valve, drain-valve (Modbus TCP 127.0.0.1:5020), outlet-valve, dosing-actuator (OPC UA opc.tcp://127.0.0.1:4840)`,
         `             ${devicesCheck}`,
@@ -234,13 +237,13 @@ async function main(): Promise<void> {
         '',
         'Or over MQTT. Watch the results in a second terminal:',
         '',
-        `  mosquitto_sub ${hostPort} -t 'sluice/demo/result/#' -v`,
+        `  mosquitto_sub ${hostPort} -t '${topics}/result/#' -v`,
         '',
         'and send a command. An MQTT command carries the time it was issued (a command queued at',
         'the broker must not run late), so stamp it first:',
         '',
         `  ISSUED_AT=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)`,
-        `  mosquitto_pub ${hostPort} -q 1 -t sluice/demo/cmd/drain-valve \\`,
+        `  mosquitto_pub ${hostPort} -q 1 -t ${topics}/cmd/drain-valve \\`,
         `    -m '{"key":"${key}-mqtt","action":"open","issuedAt":"'"$ISSUED_AT"'"}'`,
         '',
         'Run the same mosquitto_pub line again: same key, same command, so the stored result comes',

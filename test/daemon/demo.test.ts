@@ -71,11 +71,13 @@ function printed(lines: readonly string[], start: string): string {
  * The MQTT instructions the demo prints, run verbatim with `sh -c`: `mosquitto_sub` watching
  * the results, then the ISSUED_AT line and `mosquitto_pub`, then — once the result is in — the
  * same `mosquitto_pub` line again in the same shell (the user's "run it again"). Judged on the
- * simulator's write counter: one write for the command, none for the replay.
+ * simulator's write counter: one write for the command, none for the replay. `topics`: the
+ * daemon's `{topicRoot}/{gatewayId}`, where the test watches too.
  */
 async function printedMqttCommandsWork(
   lines: readonly string[],
   controlUrl: string,
+  topics = 'sluice/demo',
 ): Promise<void> {
   const subCommand = printed(lines, 'mosquitto_sub ');
   const stamp = printed(lines, 'ISSUED_AT=');
@@ -113,17 +115,17 @@ async function printedMqttCommandsWork(
   const isResult =
     (replayed: boolean) =>
     (line: string): boolean =>
-      line.startsWith('sluice/demo/result/drain-valve ') &&
+      line.startsWith(`${topics}/result/drain-valve `) &&
       resultOf(line).key === key &&
       resultOf(line).replayed === replayed;
   const probe = await TestClient.connect('mqtt://127.0.0.1:1883', { protocolVersion: 4 });
   try {
     // The subscription is in place once mosquitto_sub prints a probe published after it.
     const ticker = setInterval(() => {
-      void probe.publish('sluice/demo/result/probe', 'probe', { qos: 0 }).catch(() => undefined);
+      void probe.publish(`${topics}/result/probe`, 'probe', { qos: 0 }).catch(() => undefined);
     }, 200);
     try {
-      await waitForLine((l) => l.startsWith('sluice/demo/result/probe '), 'probe');
+      await waitForLine((l) => l.startsWith(`${topics}/result/probe `), 'probe');
     } finally {
       clearInterval(ticker);
     }
@@ -455,7 +457,13 @@ it.runIf(curl && mosquittoClients && mosquittoAvailable())(
     }
     const broker = await mosquittoOn1883();
     try {
-      const env: NodeJS.ProcessEnv = { ...process.env, SLUICE_DEMO_TOKEN: 'demo-test-token' };
+      // A gateway id of the user's own in the environment too: the printed commands follow the
+      // daemon's topics, sluice/line-7/…, not the site file's sluice/demo/….
+      const env: NodeJS.ProcessEnv = {
+        ...process.env,
+        SLUICE_DEMO_TOKEN: 'demo-test-token',
+        SLUICE_GATEWAY_ID: 'line-7',
+      };
       delete env.SLUICE_MQTT_URL;
       const refused = spawnSync('npm', ['start', '--silent'], {
         cwd: ROOT,
@@ -475,9 +483,10 @@ it.runIf(curl && mosquittoClients && mosquittoAvailable())(
       try {
         const text = demo.lines.join('\n');
         expect(text).toContain('mqtt://127.0.0.1:1883 (SLUICE_MQTT_URL)');
+        expect(text).toContain('topics sluice/line-7/#');
         expect(demo.lines.map((l) => l.trim())).toContain('connected (MQTT 5)');
         const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
-        await printedMqttCommandsWork(demo.lines, controlUrl);
+        await printedMqttCommandsWork(demo.lines, controlUrl, 'sluice/line-7');
       } finally {
         await demo.stop();
       }
