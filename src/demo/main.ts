@@ -203,7 +203,11 @@ async function main(): Promise<void> {
         ? `all ${devices.length} answering`
         : `NOT READY, ${silent.map(([name, check]) => `${name.slice('device:'.length)}: ${check.detail}`).join('; ')} (see the log)`;
     const https = daemon.https ?? { host: '127.0.0.1', port: 8443 };
-    const base = `https://${https.host}:${https.port}`;
+    // Where a user on this machine reaches it: a wildcard (SLUICE_HTTPS_HOST=0.0.0.0, to be
+    // reached from elsewhere) is no address to connect to, and the demo certificate names
+    // 127.0.0.1 and localhost only.
+    const reach = https.host === '0.0.0.0' || https.host === '::' ? '127.0.0.1' : https.host;
+    const base = `https://${reach.includes(':') ? `[${reach}]` : reach}:${https.port}`;
     const mqttUrl = config.mqtt?.url ?? 'mqtt://127.0.0.1:1883';
     const mqttHost = new URL(mqttUrl);
     const hostPort = `-h ${mqttHost.hostname} -p ${mqttHost.port || '1883'}`;

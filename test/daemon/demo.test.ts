@@ -463,6 +463,9 @@ it.runIf(curl && mosquittoClients && mosquittoAvailable())(
         ...process.env,
         SLUICE_DEMO_TOKEN: 'demo-test-token',
         SLUICE_GATEWAY_ID: 'line-7',
+        // And HTTPS on every address (to be reached from elsewhere): the printed curl still
+        // works from here.
+        SLUICE_HTTPS_HOST: '0.0.0.0',
       };
       delete env.SLUICE_MQTT_URL;
       const refused = spawnSync('npm', ['start', '--silent'], {
@@ -487,6 +490,12 @@ it.runIf(curl && mosquittoClients && mosquittoAvailable())(
         expect(demo.lines.map((l) => l.trim())).toContain('connected (MQTT 5)');
         const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
         await printedMqttCommandsWork(demo.lines, controlUrl, 'sluice/line-7');
+        const command = printed(demo.lines, 'curl ');
+        expect(command).toContain(' https://127.0.0.1:8443/v1/commands ');
+        const out = curlRun(command);
+        expect(out.stderr).toBe('');
+        expect(JSON.parse(out.stdout)).toMatchObject({ state: 'confirmed', code: 'OK' });
+        expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
       } finally {
         await demo.stop();
       }
