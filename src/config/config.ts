@@ -589,13 +589,22 @@ function crossCheck(c: SluiceConfig): string[] {
  * A client certificate against the URL's scheme: MQTT.js speaks TLS for mqtts://, ssl:// and
  * wss://, turns mqtt:// and ws:// into them when given a certificate and key, and refuses the
  * pair with tcp:// ("Unknown protocol for secure connection"), which failed the daemon's start,
- * not --check.
+ * not --check. A CA file without TLS: MQTT.js ignores it on mqtt:// and ws:// (without a client
+ * certificate) and on tcp://, and connected in the clear, the broker never checked against the
+ * CA the operator gave — a site that meant to pin its broker did not.
  */
 function mqttTlsProblems(mqtt: NonNullable<SluiceConfig['mqtt']>): string[] {
   const clientCertificate = mqtt.certFile !== undefined && mqtt.keyFile !== undefined;
   if (clientCertificate && mqtt.url.startsWith('tcp:')) {
     return [
       `mqtt.url: ${withoutPassword(mqtt.url)}: a client certificate (mqtt.certFile, mqtt.keyFile) needs TLS, which tcp:// is not, and MQTT.js refuses the pair with it: use mqtts://`,
+    ];
+  }
+  const tls =
+    /^(mqtts|ssl|wss):/.test(mqtt.url) || (clientCertificate && !mqtt.url.startsWith('tcp:'));
+  if (mqtt.caFile !== undefined && !tls) {
+    return [
+      `mqtt.caFile: given, but mqtt.url ${withoutPassword(mqtt.url)} is not TLS: the connection would be unencrypted and the broker never checked against the CA; use mqtts:// (or wss://), or drop mqtt.caFile`,
     ];
   }
   return [];

@@ -295,6 +295,8 @@ describe('sluiced --check', () => {
     writeFileSync(join(dir, 'token'), '\n');
     const path = site(
       SITE.replace('keyFile: key.pem }', 'keyFile: other-key.pem, clientCaFile: ca.pem }')
+        // TLS: a CA file is taken with TLS only (test/config/mqtt-tls.test.ts).
+        .replace('url: mqtt://127.0.0.1:1,', 'url: mqtts://127.0.0.1:1,')
         .replace(
           'identity: plant }',
           'identity: plant, certFile: cert.pem, username: line2, passwordFile: profiles, caFile: nowhere.pem }',
