@@ -276,7 +276,9 @@ it.runIf(curl && mosquittoClients)(
     // A first start's OPC UA client: it makes its certificate, as on a fresh clone.
     rmSync(join(STATE, 'pki'), { recursive: true, force: true });
     // And a fresh clone's journal: the README's key demo-1 not yet used.
-    for (const name of readdirSync(STATE).filter((n) => n.startsWith('journal.db'))) {
+    // (A fresh clone has no state folder yet.)
+    const names = existsSync(STATE) ? readdirSync(STATE) : [];
+    for (const name of names.filter((n) => n.startsWith('journal.db'))) {
       rmSync(join(STATE, name), { force: true });
     }
     const logFrom = existsSync(LOG) ? statSync(LOG).size : 0;
