@@ -1,3 +1,4 @@
+import { IMAGE_FROZEN_MS } from '../core/device-monitor.js';
 import type { DeviceDocument } from '../intake/device-view.js';
 import { AdminClient } from './admin-client.js';
 import type { CliContext } from './context.js';
@@ -60,7 +61,10 @@ export async function runDevices(ctx: CliContext): Promise<ExitCode> {
     { header: 'seq', value: (d) => dash(d.mirror?.seq), align: 'right' },
     {
       header: 'readback',
-      value: (d) => (d.readbackAgeMs === null ? 'never' : `${formatDuration(d.readbackAgeMs)} ago`),
+      value: (d) =>
+        (d.readbackAgeMs === null ? 'never' : `${formatDuration(d.readbackAgeMs)} ago`) +
+        (frozen(d) ? `, image frozen ${formatDuration(d.imageUnchangedMs ?? 0)}` : ''),
+      tone: (d) => (frozen(d) ? 'bad' : null),
     },
     { header: 'skew', value: (d) => skewText(d.skew) },
     {
@@ -78,6 +82,11 @@ export async function runDevices(ctx: CliContext): Promise<ExitCode> {
   ];
   ctx.out(renderTable(columns, devices, ctx.style));
   return EXIT.OK;
+}
+
+/** Reads answered with the same scan of the image for IMAGE_FROZEN_MS: it is not published. */
+function frozen(d: DeviceDocument): boolean {
+  return d.imageUnchangedMs !== null && d.imageUnchangedMs >= IMAGE_FROZEN_MS;
 }
 
 /**

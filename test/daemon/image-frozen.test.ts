@@ -11,6 +11,7 @@ import { sha256 } from '../../src/intake/identities.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest, loopbackCertificate, type HttpsAnswer } from '../helpers/loopback-https.js';
+import { sluicectl } from '../cli/helpers.js';
 import { until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 
@@ -29,6 +30,7 @@ let plant: Plant;
 let daemon: Daemon;
 let cleanup: () => void;
 let cert: string;
+let configPath: string;
 
 function https(path: string): Promise<HttpsAnswer> {
   return httpsRequest({ port: daemon.https!.port, ca: cert, token: TOKEN }, 'GET', path);
@@ -65,7 +67,7 @@ beforeAll(async () => {
   );
   cert = await loopbackCertificate(dir);
   const inventory = inventoryFor(plant);
-  const configPath = join(dir, 'sluice.yaml');
+  configPath = join(dir, 'sluice.yaml');
   writeFileSync(
     configPath,
     stringify({
@@ -148,6 +150,10 @@ it('a frozen image is named in /readyz and /v1/devices, and ready again once it 
     metrics,
   );
   expect(Number(line?.[1])).toBeGreaterThanOrEqual(IMAGE_FROZEN_MS / 1000);
+  // sluicectl devices: the readback column says so.
+  const devices = await sluicectl(['--config', configPath, 'devices']);
+  expect(devices.code, devices.stderr).toBe(0);
+  expect(devices.stdout).toMatch(/^inlet-valve\s.*\d+(ms|s) ago, image frozen \d+s\s/m);
 
   // Published again: ready, and the count starts over.
   valve.clearFault('frozen');
