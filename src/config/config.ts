@@ -587,21 +587,27 @@ function crossCheck(c: SluiceConfig): string[] {
 
 /**
  * A client certificate against the URL's scheme: MQTT.js speaks TLS for mqtts://, ssl:// and
- * wss://, turns mqtt:// and ws:// into them when given a certificate and key, and refuses the
- * pair with tcp:// ("Unknown protocol for secure connection"), which failed the daemon's start,
- * not --check. A CA file without TLS: MQTT.js ignores it on mqtt:// and ws:// (without a client
- * certificate) and on tcp://, and connected in the clear, the broker never checked against the
- * CA the operator gave — a site that meant to pin its broker did not.
+ * wss://, refuses the pair with tcp:// ("Unknown protocol for secure connection"), which failed
+ * the daemon's start, not --check, and turns mqtt:// and ws:// into mqtts:// and wss:// by
+ * itself: the intake spoke TLS while the configuration, the log and /readyz said mqtt:// (a
+ * plain listener then answered every attempt with a reset TLS handshake, under that name). A
+ * CA file without TLS: MQTT.js ignores it on mqtt://, ws:// and tcp://, and connected in the
+ * clear, the broker never checked against the CA the operator gave — a site that meant to pin
+ * its broker did not.
  */
 function mqttTlsProblems(mqtt: NonNullable<SluiceConfig['mqtt']>): string[] {
+  const tls = /^(mqtts|ssl|wss):/.test(mqtt.url);
+  const scheme = /^[a-z]+/.exec(mqtt.url)?.[0] ?? '';
   const clientCertificate = mqtt.certFile !== undefined && mqtt.keyFile !== undefined;
-  if (clientCertificate && mqtt.url.startsWith('tcp:')) {
+  if (clientCertificate && !tls) {
+    const mqttJs =
+      scheme === 'tcp'
+        ? 'MQTT.js refuses the pair with it'
+        : `MQTT.js would speak TLS on it all the same, while the log and /readyz say ${scheme}://`;
     return [
-      `mqtt.url: ${withoutPassword(mqtt.url)}: a client certificate (mqtt.certFile, mqtt.keyFile) needs TLS, which tcp:// is not, and MQTT.js refuses the pair with it: use mqtts://`,
+      `mqtt.url: ${withoutPassword(mqtt.url)}: a client certificate (mqtt.certFile, mqtt.keyFile) needs TLS, which ${scheme}:// is not, and ${mqttJs}: use ${scheme === 'ws' ? 'wss' : 'mqtts'}://`,
     ];
   }
-  const tls =
-    /^(mqtts|ssl|wss):/.test(mqtt.url) || (clientCertificate && !mqtt.url.startsWith('tcp:'));
   if (mqtt.caFile !== undefined && !tls) {
     return [
       `mqtt.caFile: given, but mqtt.url ${withoutPassword(mqtt.url)} is not TLS: the connection would be unencrypted and the broker never checked against the CA; use mqtts:// (or wss://), or drop mqtt.caFile`,
