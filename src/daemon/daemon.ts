@@ -12,6 +12,7 @@ import { HttpsIntake } from '../intake/https.js';
 import { IdentityRegistry } from '../intake/identities.js';
 import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
+import { checkUpgradeRoom } from '../journal/connection.js';
 import { refuseDamagedJournal } from '../journal/integrity.js';
 import { countRowsOffThread } from '../journal/row-counts.js';
 import { lockJournal, unwritable } from '../journal/writer-lock.js';
@@ -167,6 +168,8 @@ export class Daemon {
           lock.release();
         },
       });
+      // An upgrade the filesystem has no room for is refused before the check reads the file.
+      checkUpgradeRoom(journalPath, config.journal.busyTimeoutMs);
       // A damaged page is met only when a statement reads it: checked first, so that the
       // daemon does not run on a journal that lost keys or open commands (I1, I5).
       const checking = performance.now();

@@ -148,6 +148,8 @@ export function openConnection(options: ConnectionOptions): Connection {
       );
     }
     if (!readonly) {
+      // Before anything is written (the switch to WAL of a journal not in it is a write).
+      if (version > 0 && version < LATEST_VERSION) refuseUpgradeWithoutRoom(options.path, version);
       db.pragma('journal_mode = WAL');
       // FULL: the WAL is fsynced at every commit, so an acknowledged command survives power
       // loss. With group commit, NORMAL: commits append to the WAL and durable() fsyncs it
@@ -158,7 +160,7 @@ export function openConnection(options: ConnectionOptions): Connection {
   } catch (error) {
     if (error instanceof JournalVersionError) throw error;
     if (error instanceof JournalUnavailableError) {
-      // Said already, with the path (migrate: a full filesystem).
+      // Said already, with the path (an upgrade with no room for it).
       if (db.open) db.close();
       throw error;
     }
@@ -432,12 +434,90 @@ function migrate(db: Database, from: number, path: string): void {
 }
 
 /**
- * A migration the filesystem had no room for. Its transaction was rolled back: the journal is
- * as it was, at its old version, and every start (systemd restarts sluiced) tries again and
- * fails the same way until space is freed. "SQLITE_FULL: cannot open" said neither that the
- * upgrade was what needed the room, nor how much: a migration copies the tables into the log,
- * and the checkpoint after it into the file, up to about twice the journal's size at the peak
- * (measured: 0.6 × for 20,000 settled v1 commands, the new tables being smaller).
+ * Free space an upgrade needs per byte of the journal: a migration copies the tables into the
+ * log, and the checkpoint after it into the file, so at the peak the log and the file's growth
+ * each hold the new tables, at most the journal's size each (measured on a tmpfs, the least
+ * room the upgrade from version 1 took: 0.2 × the journal's size for settled commands with
+ * long results, up to 1.4 × for short rows with none stored).
+ */
+const UPGRADE_FACTOR = 2;
+
+/**
+ * Room beyond UPGRADE_FACTOR for the log's own bytes (a 24-byte header per page, its index in
+ * the -shm file) and the pages SQLite writes besides: 2 % of the journal, 1 MB at least.
+ */
+function upgradeMargin(size: number): number {
+  return Math.max(1e6, Math.ceil(size / 50));
+}
+
+const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
+
+/**
+ * An upgrade is refused, before it writes anything, when the journal's filesystem has not the
+ * room it needs (UPGRADE_FACTOR). Attempted, it filled the filesystem to the last block, failed
+ * SQLITE_FULL and was rolled back — and under systemd (Restart=on-failure) every start 2 s
+ * later did the same, for as long as the space was not freed: the flash written over and over,
+ * and every other writer on that filesystem (the logs, other services) met ENOSPC each time,
+ * while nothing had changed. Refused, the start fails (exit 1) having written nothing, each
+ * restart measures again, and the first one that finds the room upgrades the journal. When
+ * the free space cannot be measured, the upgrade is tried (migrationFull says a failure).
+ */
+function refuseUpgradeWithoutRoom(path: string, from: number): void {
+  const free = freeBytes(path);
+  if (free === null) return;
+  let size: number;
+  try {
+    // Its log too: committed pages not yet in the file are the journal's as much.
+    size = statSync(path).size + logBytes(path);
+  } catch {
+    return; // The open says what is wrong with the file.
+  }
+  const margin = upgradeMargin(size);
+  const needed = UPGRADE_FACTOR * size + margin;
+  if (free >= needed) return;
+  throw new JournalUnavailableError(
+    `journal unavailable (open): not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION}: the upgrade copies its tables and needs about ${mb(needed)} free on its filesystem (twice the journal's ${mb(size)}, and ${mb(margin)} for the log), and ${mb(free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(needed - free)} more there: sluiced measures again at each start (the unit restarts it every 2 s) and upgrades the journal once the room is there`,
+  );
+}
+
+/**
+ * refuseUpgradeWithoutRoom for the daemon's start, before its check of the whole file
+ * (integrity.ts): a start refused for want of room is made again at each restart, every 2 s
+ * under the unit, and each read the whole journal through first. Anything else (no journal, a
+ * damaged one, one of this schema) is left to the check and the open.
+ */
+export function checkUpgradeRoom(path: string, busyTimeoutMs = 2000): void {
+  let version: number;
+  try {
+    // Not read-only: the last connection to close removes the log and its index (-shm), which
+    // a read-only one leaves behind.
+    const db = new BetterSqlite3(path, { fileMustExist: true, timeout: busyTimeoutMs });
+    try {
+      version = db.pragma('user_version', { simple: true }) as number;
+    } finally {
+      db.close();
+    }
+  } catch {
+    return;
+  }
+  if (version > 0 && version < LATEST_VERSION) refuseUpgradeWithoutRoom(path, version);
+}
+
+/** Bytes of the journal's log (`-wal`), 0 when it has none. */
+function logBytes(path: string): number {
+  try {
+    return statSync(`${path}-wal`).size;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * A migration the filesystem had no room for, though refuseUpgradeWithoutRoom found it there
+ * (another writer took it meanwhile, or the estimate fell short). Its transaction was rolled
+ * back: the journal is as it was, at its old version, and the next start measures again.
+ * "SQLITE_FULL: cannot open" said neither that the upgrade was what needed the room, nor how
+ * much.
  */
 function migrationFull(
   path: string,
@@ -445,12 +525,11 @@ function migrationFull(
   free: number | null,
   cause: unknown,
 ): JournalUnavailableError {
-  const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
   let room = '';
   try {
     const size = statSync(path).size;
     const had = free === null ? '' : `; ${mb(free)} were free`;
-    room = ` and needs up to about ${mb(2 * size)} free there (twice the journal's ${mb(size)}${had})`;
+    room = ` and needs up to about ${mb(UPGRADE_FACTOR * size)} free there (twice the journal's ${mb(size)}${had})`;
   } catch {
     // Size unknown: the sentence goes without it.
   }

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, statSync, statfsSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -203,11 +203,13 @@ describe('journal migration 1 → 2', () => {
 
   const mountable = tmpfsAvailable();
   it.runIf(mountable)(
-    'a migration the filesystem has no room for says so, with the room it needs, and leaves the journal as it was',
+    'a migration the filesystem has no room for is refused before it writes anything, with the room it needs and the room there is',
     () => {
-      // A small gateway filesystem: the upgrade copies the tables. "SQLITE_FULL: cannot open"
-      // said neither that the upgrade needed the room, nor how much; each start (systemd
-      // restarts sluiced) tried again the same way.
+      // A small gateway filesystem: the upgrade copies the tables. Attempted without the room,
+      // it filled the filesystem to the last block before it failed SQLITE_FULL and was rolled
+      // back — at every start, every 2 s under systemd — while every other writer there met
+      // ENOSPC. Ground truth: the filesystem's used blocks and the file's bytes (the system
+      // calls of a refused sluiced: test/daemon/journal-upgrade-room.test.ts).
       const { dir, cleanup } = tempDir('sluice-migrate-');
       cleanups.push(cleanup);
       const mnt = join(dir, 'mnt');
@@ -241,13 +243,30 @@ describe('journal migration 1 → 2', () => {
       fillFilesystem(filler);
       truncateSync(filler, statSync(filler).size - 256 * 1024);
       const before = readFileSync(path);
+      const used = (): number => {
+        const fs = statfsSync(mnt);
+        return (fs.blocks - fs.bfree) * fs.bsize;
+      };
+      const usedBefore = used();
+      const free = statfsSync(mnt).bavail * statfsSync(mnt).bsize;
+      let message = '';
+      try {
+        SqliteJournal.open({ path, groupCommit: true }).close();
+      } catch (error) {
+        message = (error as Error).message;
+      }
       const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
-      expect(() => SqliteJournal.open({ path, groupCommit: true })).toThrow(
-        `SQLITE_FULL: the filesystem of ${path} is full: upgrading the journal from schema version 1 to 2 copies its tables and needs up to about ${mb(2 * before.length)} free there (twice the journal's ${mb(before.length)}; 0.`,
+      const size = before.length;
+      expect(message).toContain(
+        `not enough free space to upgrade the journal ${path} from schema version 1 to 2: the upgrade copies its tables and needs about ${mb(2 * size + 1e6)} free on its filesystem (twice the journal's ${mb(size)}, and 1.0 MB for the log), and `,
       );
-      expect(() => SqliteJournal.open({ path, groupCommit: true })).toThrow(
-        'MB were free); the upgrade was undone and the journal is left as it was; free space there, then start sluiced again',
+      // The free space as the open found it (its log's index, 32 KB, already taken).
+      const said = /, and ([\d.]+) MB are free; /.exec(message);
+      expect(Math.abs(Number(said?.[1]) - free / 1e6)).toBeLessThanOrEqual(0.1);
+      expect(message).toContain(
+        'nothing was written, the journal is left as it was (version 1); free ',
       );
+      expect(used()).toBe(usedBefore);
       expect(readFileSync(path).equals(before)).toBe(true);
       // Space freed: the next start upgrades it, every command kept.
       rmSync(filler);
