@@ -37,6 +37,48 @@ function shownPath(path: string): string {
   return rel === '' || rel.startsWith('..') || isAbsolute(rel) ? path : rel;
 }
 
+/** A word for a POSIX shell: quoted when it holds more than plain name and path characters. */
+function shellWord(word: string): string {
+  return /^[\w./:@%+,=-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * The mosquitto_sub and mosquitto_pub options that reach the broker as the daemon reaches it:
+ * a broker of the user's own (SLUICE_MQTT_URL, the site file's mqtt section) may want TLS, its
+ * CA, a client certificate, a user and a password, and commands printed with -h and -p alone
+ * could not connect to it. The password stays in its file: the shell reads it (as the README's
+ * curl reads the token), it is never printed.
+ */
+function mosquittoOptions(mqtt: SluiceConfig['mqtt'], url: string): string {
+  const u = new URL(url);
+  const scheme = u.protocol.slice(0, -1);
+  const tls = scheme === 'mqtts' || scheme === 'ssl';
+  const host = u.hostname.replace(/^\[(.*)\]$/, '$1');
+  const options = [`-h ${shellWord(host)}`, `-p ${u.port || (tls ? '8883' : '1883')}`];
+  if (tls) {
+    // Without mqtt.caFile the daemon trusts the usual public CAs, as --tls-use-os-certs does.
+    options.push(
+      mqtt?.caFile === undefined
+        ? '--tls-use-os-certs'
+        : `--cafile ${shellWord(shownPath(mqtt.caFile))}`,
+    );
+    // A client certificate needs TLS (the configuration refuses it with mqtt://).
+    if (mqtt?.certFile !== undefined && mqtt.keyFile !== undefined) {
+      options.push(
+        `--cert ${shellWord(shownPath(mqtt.certFile))}`,
+        `--key ${shellWord(shownPath(mqtt.keyFile))}`,
+      );
+    }
+  }
+  // MQTT.js takes a user name in the URL over mqtt.username.
+  const user = u.username === '' ? mqtt?.username : decodeURIComponent(u.username);
+  if (user !== undefined) options.push(`-u ${shellWord(user)}`);
+  if (mqtt?.passwordFile !== undefined) {
+    options.push(`-P "$(cat ${shellWord(shownPath(mqtt.passwordFile))})"`);
+  }
+  return options.join(' ');
+}
+
 /**
  * How long the demo waits, before printing the instructions, for its MQTT intake (the printed
  * mosquitto_pub must find the command subscription in place) and for a readback from every
@@ -209,14 +251,13 @@ async function main(): Promise<void> {
     const reach = https.host === '0.0.0.0' || https.host === '::' ? '127.0.0.1' : https.host;
     const base = `https://${reach.includes(':') ? `[${reach}]` : reach}:${https.port}`;
     const mqttUrl = config.mqtt?.url ?? 'mqtt://127.0.0.1:1883';
-    const mqttHost = new URL(mqttUrl);
-    const hostPort = `-h ${mqttHost.hostname} -p ${mqttHost.port || '1883'}`;
     const key = `demo-${Date.now().toString(36)}`;
     // The daemon's own topics: SLUICE_GATEWAY_ID (or an edited site file) moves them off
     // sluice/demo, and printed commands on the old ones would reach nothing.
     const topics = `${config.mqtt?.topicRoot ?? 'sluice'}/${config.gatewayId}`;
     const certFile = join(tlsDir, 'cert.pem');
     const cacert = shownPath(certFile);
+    const brokerOptions = mosquittoOptions(config.mqtt, mqttUrl);
     process.stdout.write(
       [
         '',
@@ -241,13 +282,13 @@ async function main(): Promise<void> {
         '',
         'Or over MQTT. Watch the results in a second terminal:',
         '',
-        `  mosquitto_sub ${hostPort} -t '${topics}/result/#' -v`,
+        `  mosquitto_sub ${brokerOptions} -t '${topics}/result/#' -v`,
         '',
         'and send a command. An MQTT command carries the time it was issued (a command queued at',
         'the broker must not run late), so stamp it first:',
         '',
         `  ISSUED_AT=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)`,
-        `  mosquitto_pub ${hostPort} -q 1 -t ${topics}/cmd/drain-valve \\`,
+        `  mosquitto_pub ${brokerOptions} -q 1 -t ${topics}/cmd/drain-valve \\`,
         `    -m '{"key":"${key}-mqtt","action":"open","issuedAt":"'"$ISSUED_AT"'"}'`,
         '',
         'Run the same mosquitto_pub line again: same key, same command, so the stored result comes',

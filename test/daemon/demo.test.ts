@@ -1,12 +1,23 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import type { IClientOptions } from 'mqtt';
 import { expect, it } from 'vitest';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
-import { mosquittoAvailable, TestClient, until } from '../helpers/mosquitto.js';
+import { mosquittoAvailable, startMosquitto, TestClient, until } from '../helpers/mosquitto.js';
 import { hasCommand, isRoot, realComponent } from '../helpers/real.js';
+import { makePki } from '../intake/https-client.js';
 
 /**
  * The README's first command: `npm start` comes up (building first when needed), the curl
@@ -19,7 +30,10 @@ import { hasCommand, isRoot, realComponent } from '../helpers/real.js';
  * command that points the demo at it; that command, run as printed, brings the demo up on
  * that broker (Mosquitto: MQTT 5), and the printed mosquitto commands work there too. With
  * 8443 taken, it prints (in words, not a stack trace) the command that moves its HTTPS, and
- * that command brings it up on the other port, where its printed curl works.
+ * that command brings it up on the other port, where its printed curl works. Pointed at a
+ * broker of the user's own that wants TLS, its CA, a client certificate, a user and a password
+ * (SLUICE_MQTT_URL and the site file's mqtt section), the printed mosquitto commands carry what
+ * that broker needs, the password read from its file, and work as printed.
  */
 
 const PORTS = [8443, 1883, 5020, 4840, 5080];
@@ -72,12 +86,17 @@ function printed(lines: readonly string[], start: string): string {
  * the results, then the ISSUED_AT line and `mosquitto_pub`, then — once the result is in — the
  * same `mosquitto_pub` line again in the same shell (the user's "run it again"). Judged on the
  * simulator's write counter: one write for the command, none for the replay. `topics`: the
- * daemon's `{topicRoot}/{gatewayId}`, where the test watches too.
+ * daemon's `{topicRoot}/{gatewayId}`, where the test watches too; `broker`: how the test's own
+ * client reaches the broker.
  */
 async function printedMqttCommandsWork(
   lines: readonly string[],
   controlUrl: string,
   topics = 'sluice/demo',
+  broker: { url: string; options: IClientOptions } = {
+    url: 'mqtt://127.0.0.1:1883',
+    options: { protocolVersion: 4 },
+  },
 ): Promise<void> {
   const subCommand = printed(lines, 'mosquitto_sub ');
   const stamp = printed(lines, 'ISSUED_AT=');
@@ -118,7 +137,7 @@ async function printedMqttCommandsWork(
       line.startsWith(`${topics}/result/drain-valve `) &&
       resultOf(line).key === key &&
       resultOf(line).replayed === replayed;
-  const probe = await TestClient.connect('mqtt://127.0.0.1:1883', { protocolVersion: 4 });
+  const probe = await TestClient.connect(broker.url, broker.options);
   try {
     // The subscription is in place once mosquitto_sub prints a probe published after it.
     const ticker = setInterval(() => {
@@ -174,12 +193,13 @@ async function startDemo(
   command: readonly string[],
   env: NodeJS.ProcessEnv,
   ports: readonly number[] = PORTS,
+  cwd = ROOT,
 ): Promise<RunningDemo> {
   for (const port of ports) {
     if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
   }
   const child = spawn(command[0]!, command.slice(1), {
-    cwd: ROOT,
+    cwd,
     env,
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
@@ -559,6 +579,140 @@ it.runIf(curl)(
       }
     } finally {
       await new Promise((resolve) => squatter.close(resolve));
+    }
+  },
+  240_000,
+);
+
+/** The newest modification time under `dir` (of .ts files only, unless `every`). */
+function newest(dir: string, every = false): number {
+  let latest = 0;
+  for (const item of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, item.name);
+    if (item.isDirectory()) latest = Math.max(latest, newest(path, every));
+    else if (every || item.name.endsWith('.ts')) latest = Math.max(latest, statSync(path).mtimeMs);
+  }
+  return latest;
+}
+
+/**
+ * The demo as built (`npm start` builds when the build is older than its sources, as here) in
+ * a copy of the package whose site file the test may edit as a user would: the repository's
+ * own stays as it is. The build, the site file and the plant are copied, node_modules linked.
+ */
+function demoCopy(dir: string, edit: (site: string) => string): string {
+  const entry = join(ROOT, 'dist', 'src', 'demo', 'main.js');
+  const built = existsSync(entry) ? statSync(entry).mtimeMs : 0;
+  const sources = Math.max(
+    newest(join(ROOT, 'src')),
+    newest(join(ROOT, 'simulators')),
+    newest(join(ROOT, 'ui'), true),
+  );
+  if (built < sources) {
+    execFileSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, stdio: 'inherit' });
+  }
+  const copy = join(dir, 'sluice');
+  for (const part of ['package.json', 'dist', 'devices', join('simulators', 'plants')]) {
+    cpSync(join(ROOT, part), join(copy, part), { recursive: true });
+  }
+  symlinkSync(join(ROOT, 'node_modules'), join(copy, 'node_modules'));
+  const site = join(copy, 'devices', 'site.example.yaml');
+  writeFileSync(site, edit(readFileSync(site, 'utf8')));
+  return copy;
+}
+
+const mosquittoPasswd = realComponent(
+  'mosquitto_passwd',
+  hasCommand('mosquitto_passwd'),
+  'apt-get install mosquitto',
+);
+
+it.runIf(mosquittoClients && mosquittoPasswd && mosquittoAvailable())(
+  "pointed at a broker that wants TLS, a client certificate, a user and a password, the demo's printed mosquitto commands work as printed",
+  async () => {
+    const ports = PORTS.filter((p) => p !== 1883);
+    for (const port of ports) {
+      if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
+    }
+    const { dir, cleanup } = tempDir('sluice-demo-broker-');
+    const pki = await makePki();
+    const files = {
+      ca: join(dir, 'broker-ca.pem'),
+      cert: join(dir, 'gateway.pem'),
+      key: join(dir, 'gateway.key'),
+      password: join(dir, 'mqtt password'),
+      passwd: join(dir, 'mosquitto.passwd'),
+    };
+    const client = await pki.client('demo-gateway');
+    writeFileSync(files.ca, pki.serverCa.cert);
+    writeFileSync(files.cert, client.cert);
+    writeFileSync(files.key, client.key, { mode: 0o600 });
+    const password = `pw ${Date.now().toString(36)}`;
+    writeFileSync(files.password, `${password}\n`, { mode: 0o600 });
+    execFileSync('mosquitto_passwd', ['-c', '-b', files.passwd, 'line-op', password]);
+    // A site's broker: TLS only, a client certificate of its CA, and a user with a password.
+    const broker = await startMosquitto({
+      settings: [
+        'allow_anonymous false',
+        `password_file ${files.passwd}`,
+        `cafile ${pki.clientCaFile}`,
+        `certfile ${pki.certFile}`,
+        `keyfile ${pki.keyFile}`,
+        'require_certificate true',
+      ],
+    });
+    const url = `mqtts://127.0.0.1:${broker.port}`;
+    const tls: IClientOptions = {
+      ca: pki.serverCa.cert,
+      cert: client.cert,
+      key: client.key,
+      reconnectPeriod: 0,
+    };
+    try {
+      // The broker wants them all: without the password it refuses.
+      await expect(TestClient.connect(url, { ...tls, username: 'line-op' })).rejects.toThrow();
+
+      // The user's edit: the mqtt section of the demo's site file names the broker's files.
+      const copy = demoCopy(dir, (site) => {
+        const identity = "  identity: demo # MQTT commands share the demo token's key scope\n";
+        expect(site).toContain(identity);
+        return site.replace(
+          identity,
+          `${identity}  username: line-op\n  passwordFile: ${JSON.stringify(files.password)}\n  caFile: ${files.ca}\n  certFile: ${files.cert}\n  keyFile: ${files.key}\n`,
+        );
+      });
+      const env: NodeJS.ProcessEnv = {
+        ...process.env,
+        SLUICE_DEMO_TOKEN: 'demo-test-token',
+        SLUICE_MQTT_URL: url,
+      };
+      delete env.SLUICE_GATEWAY_ID;
+      delete env.INIT_CWD;
+      const demo = await startDemo(
+        [process.execPath, join(copy, 'dist', 'src', 'demo', 'main.js')],
+        env,
+        ports,
+        copy,
+      );
+      try {
+        const text = demo.lines.join('\n');
+        expect(text).toContain(`${url} (SLUICE_MQTT_URL)`);
+        expect(demo.lines.map((l) => l.trim())).toContain('connected (MQTT 5)');
+        // The password is read from its file by the shell, never printed.
+        expect(text).not.toContain(password);
+        expect(printed(demo.lines, 'mosquitto_pub ')).toContain(`-P "$(cat '${files.password}')"`);
+        const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
+        await printedMqttCommandsWork(demo.lines, controlUrl, 'sluice/demo', {
+          url,
+          options: { ...tls, protocolVersion: 5, username: 'line-op', password },
+        });
+      } finally {
+        await demo.stop();
+      }
+    } finally {
+      await broker.close();
+      pki.cleanup();
+      cleanup();
     }
   },
   240_000,
