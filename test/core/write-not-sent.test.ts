@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, it } from 'vitest';
 import { parseCommandRequest } from '../../src/core/command.js';
 import { systemClock } from '../../src/core/clock.js';
 import type { CommandRecord, CommandRef } from '../../src/core/journal.js';
@@ -39,77 +39,36 @@ const logger: Logger =
     ? pino({ level: 'debug' }, pino.destination(2))
     : silentLogger;
 
-let plant: Plant;
-let link: TcpLink;
-let dir: string;
-let cleanup: () => void;
-let journal: SqliteJournal;
-let drivers: Drivers;
-let pipeline: CommandPipeline;
-let life = 0;
-let alive = false;
-
-function inventory(): Inventory {
-  const e = plant.plc('mb').endpoint;
-  if (e.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
-  return {
-    plcs: {
-      mb: {
-        protocol: 'modbus',
-        host: '127.0.0.1',
-        port: link.port,
-        unitId: e.unitId,
-        requestTimeoutMs: 3_000,
-      },
-    },
-    devices: {
-      v1: { plc: 'mb', profile: 'valve', base: 0 },
-      v2: { plc: 'mb', profile: 'valve', base: 100 },
-      v3: { plc: 'mb', profile: 'valve', base: 200 },
-    },
-  };
+/**
+ * One test's own world: a plant on ephemeral ports, the link to its PLC, a temp dir with the
+ * journal file, and the daemon's lives on it. Each test builds its own, so that the tests
+ * (which mostly wait on the PLC's deliberate latencies) can run at the same time.
+ */
+interface Site {
+  readonly plant: Plant;
+  readonly link: TcpLink;
+  readonly dir: string;
+  readonly journal: SqliteJournal;
+  readonly drivers: Drivers;
+  readonly pipeline: CommandPipeline;
+  /** A life of the daemon on the journal file: recovery runs first. */
+  startLife(): Promise<void>;
+  /** The daemon stops (no time for commands in flight), as at SIGTERM with no shutdown bound. */
+  stopLife(): Promise<void>;
+  submit(key: string, device: string, action?: 'open' | 'stop'): CommandRef;
+  settled(ref: CommandRef, ms: number): Promise<CommandRecord>;
+  /** The other valves' commands keep the PLC's connection busy: each readback is answered late. */
+  busyConnection(): Promise<void>;
+  /** The sequence numbers of the writes the pipeline hands to `device`'s driver, as it does. */
+  handedWrites(device: string): number[];
+  close(): Promise<void>;
 }
 
-/** A life of the daemon on the journal file: recovery runs first. */
-async function startLife(): Promise<void> {
-  life++;
-  const profiles = new Map<string, DeviceProfile>();
-  for (const [name, p] of PROFILES) profiles.set(name, { ...p, timing: TIMING });
-  journal = openJournal(join(dir, 'journal.db'));
-  drivers = await buildDrivers({
-    inventory: inventory(),
-    profiles,
-    pkiDir: join(dir, `pki-${life}`),
-    acceptUnknownCertificates: true,
-    clock: systemClock,
-    logger,
-  });
-  drivers.start();
-  pipeline = new CommandPipeline({
-    journal,
-    devices: drivers.bindings,
-    clock: systemClock,
-    logger,
-    freshness: { maxIssuerSkewMs: 2_000 },
-    unreachableGraceMs: 1_000,
-  });
-  pipeline.recover();
-  pipeline.startSweep(100);
-  alive = true;
-}
+/** The other valves, whose commands keep the PLC's connection busy. */
+const SLOW = ['v2', 'v3'];
 
-/** The daemon stops (no time for commands in flight), as at SIGTERM with no shutdown bound. */
-async function stopLife(): Promise<void> {
-  if (!alive) return;
-  alive = false;
-  await pipeline.stop(0);
-  await drivers.close();
-  journal.close();
-}
-
-beforeEach(async () => {
-  life = 0;
-  plant = await startPlant(
+async function openSite(): Promise<Site> {
+  const plant = await startPlant(
     {
       control: { host: '127.0.0.1', port: 0 },
       plcs: {
@@ -130,27 +89,139 @@ beforeEach(async () => {
   );
   const e = plant.plc('mb').endpoint;
   if (e.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
-  link = await TcpLink.open({ host: e.host, port: e.port });
-  ({ dir, cleanup } = tempDir());
-  await startLife();
-});
+  const link = await TcpLink.open({ host: e.host, port: e.port });
+  const { dir, cleanup } = tempDir();
+  const inventory: Inventory = {
+    plcs: {
+      mb: {
+        protocol: 'modbus',
+        host: '127.0.0.1',
+        port: link.port,
+        unitId: e.unitId,
+        requestTimeoutMs: 3_000,
+      },
+    },
+    devices: {
+      v1: { plc: 'mb', profile: 'valve', base: 0 },
+      v2: { plc: 'mb', profile: 'valve', base: 100 },
+      v3: { plc: 'mb', profile: 'valve', base: 200 },
+    },
+  };
+  let life = 0;
+  let alive = false;
+  let journal: SqliteJournal | undefined;
+  let drivers: Drivers | undefined;
+  let pipeline: CommandPipeline | undefined;
+  const current = <T>(value: T | undefined, what: string): T => {
+    if (value === undefined) throw new Error(`no ${what}: the daemon has not started`);
+    return value;
+  };
 
-afterEach(async () => {
-  for (const device of plant.devices()) device.clearFaults();
-  await stopLife();
-  await link.close();
-  await plant.stop();
-  cleanup();
-});
+  const site: Site = {
+    plant,
+    link,
+    dir,
+    get journal() {
+      return current(journal, 'journal');
+    },
+    get drivers() {
+      return current(drivers, 'drivers');
+    },
+    get pipeline() {
+      return current(pipeline, 'pipeline');
+    },
+    async startLife() {
+      life++;
+      const profiles = new Map<string, DeviceProfile>();
+      for (const [name, p] of PROFILES) profiles.set(name, { ...p, timing: TIMING });
+      journal = openJournal(join(dir, 'journal.db'));
+      drivers = await buildDrivers({
+        inventory,
+        profiles,
+        pkiDir: join(dir, `pki-${life}`),
+        acceptUnknownCertificates: true,
+        clock: systemClock,
+        logger,
+      });
+      drivers.start();
+      pipeline = new CommandPipeline({
+        journal,
+        devices: drivers.bindings,
+        clock: systemClock,
+        logger,
+        freshness: { maxIssuerSkewMs: 2_000 },
+        unreachableGraceMs: 1_000,
+      });
+      pipeline.recover();
+      pipeline.startSweep(100);
+      alive = true;
+    },
+    async stopLife() {
+      if (!alive) return;
+      alive = false;
+      await site.pipeline.stop(0);
+      await site.drivers.close();
+      site.journal.close();
+    },
+    submit(key, device, action = 'open') {
+      site.pipeline.submit({
+        key,
+        identity: { scope: 'plant', devices: 'all' },
+        intake: 'https',
+        request: parseCommandRequest({ device, action, ttlMs: 60_000 }),
+      });
+      return { scope: 'plant', key };
+    },
+    async settled(ref, ms) {
+      const r = await site.pipeline.waitForSettled(ref, ms);
+      if (r === undefined || r.state === 'accepted' || r.state === 'dispatched') {
+        const history = site.journal.history(ref).map((e) => `${e.to}: ${e.detail}`);
+        throw new Error(`${ref.key} not settled within ${ms} ms:\n  ${history.join('\n  ')}`);
+      }
+      return r;
+    },
+    async busyConnection() {
+      for (const id of SLOW) {
+        const device = plant.device(id);
+        device.setFault({ kind: 'hold' });
+        device.setFault({ kind: 'latency', ms: LATENCY_MS, on: 'read' });
+        site.submit(`busy-${id}`, id);
+        await until(
+          () => (device.counters.writesReceived > 0 ? true : undefined),
+          15_000,
+          `the write of ${id}`,
+        );
+      }
+    },
+    handedWrites(device) {
+      const binding = site.drivers.bindings.find((b) => b.id === device)!;
+      const handed: number[] = [];
+      const write = binding.driver.write.bind(binding.driver);
+      binding.driver.write = (command, signal) => {
+        handed.push(command.seq);
+        return write(command, signal);
+      };
+      return handed;
+    },
+    async close() {
+      for (const device of plant.devices()) device.clearFaults();
+      await site.stopLife();
+      await link.close();
+      await plant.stop();
+      cleanup();
+    },
+  };
+  await site.startLife();
+  return site;
+}
 
-function submit(key: string, device: string, action: 'open' | 'stop' = 'open'): CommandRef {
-  pipeline.submit({
-    key,
-    identity: { scope: 'plant', devices: 'all' },
-    intake: 'https',
-    request: parseCommandRequest({ device, action, ttlMs: 60_000 }),
-  });
-  return { scope: 'plant', key };
+/** A site for this test, closed when the test has finished (passed or not). */
+async function siteFor(context: {
+  onTestFinished: (fn: () => Promise<void>) => void;
+}): Promise<Site> {
+  const site = await openSite();
+  context.onTestFinished(() => site.close());
+  return site;
 }
 
 async function until<T>(probe: () => T | undefined, ms: number, what: string): Promise<T> {
@@ -163,52 +234,18 @@ async function until<T>(probe: () => T | undefined, ms: number, what: string): P
   }
 }
 
-async function settled(ref: CommandRef, ms: number): Promise<CommandRecord> {
-  const r = await pipeline.waitForSettled(ref, ms);
-  if (r === undefined || r.state === 'accepted' || r.state === 'dispatched') {
-    const history = journal.history(ref).map((e) => `${e.to}: ${e.detail}`);
-    throw new Error(`${ref.key} not settled within ${ms} ms:\n  ${history.join('\n  ')}`);
-  }
-  return r;
-}
-
-/** The other valves' commands keep the PLC's connection busy: each readback is answered late. */
-const SLOW = ['v2', 'v3'];
-
-async function busyConnection(): Promise<void> {
-  for (const id of SLOW) {
-    const device = plant.device(id);
-    device.setFault({ kind: 'hold' });
-    device.setFault({ kind: 'latency', ms: LATENCY_MS, on: 'read' });
-    submit(`busy-${id}`, id);
-    await until(
-      () => (device.counters.writesReceived > 0 ? true : undefined),
-      15_000,
-      `the write of ${id}`,
-    );
-  }
-}
-
-/** The sequence numbers of the writes the pipeline hands to `device`'s driver, as it does. */
-function handedWrites(device: string): number[] {
-  const binding = drivers.bindings.find((b) => b.id === device)!;
-  const handed: number[] = [];
-  const write = binding.driver.write.bind(binding.driver);
-  binding.driver.write = (command, signal) => {
-    handed.push(command.seq);
-    return write(command, signal);
-  };
-  return handed;
-}
-
-describe('a write that never left the daemon', () => {
-  it('no connection to the PLC: failed DEVICE_UNREACHABLE "never sent", at once, even though the PLC then shows its power-up echo', async () => {
-    const v1 = plant.device('v1');
-    await busyConnection();
-    const ref = submit('unconnected', 'v1');
+describe.concurrent('a write that never left the daemon', () => {
+  it('no connection to the PLC: failed DEVICE_UNREACHABLE "never sent", at once, even though the PLC then shows its power-up echo', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const site = await siteFor({ onTestFinished });
+    const v1 = site.plant.device('v1');
+    await site.busyConnection();
+    const ref = site.submit('unconnected', 'v1');
     const dispatched = await until(
       () => {
-        const r = journal.get(ref);
+        const r = site.journal.get(ref);
         return r?.state === 'dispatched' ? r : undefined;
       },
       15_000,
@@ -217,10 +254,10 @@ describe('a write that never left the daemon', () => {
     // Its write waits behind a slow read when the PLC goes away: the connection is reset under
     // that read, and nothing listens any more, so the write's connect is refused.
     expect(v1.counters.writesReceived).toBe(0);
-    await link.refuse();
+    await site.link.refuse();
     // Settled as soon as the driver said so: not after the confirm window (30 s) of a write
     // whose outcome would be unknown.
-    const r = await settled(ref, 4_000);
+    const r = await site.settled(ref, 4_000);
     expect(r).toMatchObject({
       state: 'failed',
       code: 'DEVICE_UNREACHABLE',
@@ -232,12 +269,12 @@ describe('a write that never left the daemon', () => {
       /^the write was never sent: no connection to the controller; nothing was applied \(mb: write 10\+3: not sent: no connection to the PLC \(mb: (not connected; next attempt in \d+ ms \(mb: )?connect to 127\.0\.0\.1:\d+ failed: [^()]*ECONNREFUSED[^()]*(\(-111\))?\)?\); nothing was written\)$/,
     );
     // The PLC restarts (power-up echo 0) and can be reached again.
-    plant.plc('mb').powerCycle();
-    for (const id of SLOW) plant.device(id).clearFaults();
-    await link.accept();
+    site.plant.plc('mb').powerCycle();
+    for (const id of SLOW) site.plant.device(id).clearFaults();
+    await site.link.accept();
     // A next command goes out over the new connection and is confirmed: the queue is drained,
     // and the valve's write log holds that write alone — never the one reported unsent.
-    const next = await settled(submit('after', 'v1'), 15_000);
+    const next = await site.settled(site.submit('after', 'v1'), 15_000);
     expect(next).toMatchObject({ state: 'confirmed', attempts: 1 });
     expect(v1.writesWithSeq(dispatched.seq!)).toBe(0);
     expect(v1.writeLog.map((w) => w.seq)).toEqual([next.seq]);
@@ -246,22 +283,26 @@ describe('a write that never left the daemon', () => {
   // Once as it was, and once with a stop of the valve accepted while the daemon was down: its
   // first write went out (proven not applied), so it is not "superseded" (never written) either.
   for (const stopBetween of [false, true]) {
-    it(`a second write withdrawn at a stop of the daemon: the history says so, and the next start ends it DEVICE_UNREACHABLE without a third write${stopBetween ? ' (a stop accepted meanwhile)' : ''}`, async () => {
-      const v1 = plant.device('v1');
+    it(`a second write withdrawn at a stop of the daemon: the history says so, and the next start ends it DEVICE_UNREACHABLE without a third write${stopBetween ? ' (a stop accepted meanwhile)' : ''}`, async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const site = await siteFor({ onTestFinished });
+      const v1 = site.plant.device('v1');
       // As on a PLC that has run a while: the valve echoes another master's command, so a lost
       // write can be proven not applied over a new connection (redispatch.ts).
       v1.receiveWrite({ code: 3, setpoint: 0, seq: WARM_ECHO });
       await until(() => (v1.seqEcho === WARM_ECHO ? true : undefined), 5_000, 'the warm-up');
       v1.resetCounters();
-      await busyConnection();
+      await site.busyConnection();
       // The first write is lost: the PLC resets the connection before taking it.
       v1.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
-      const ref = submit('twice', 'v1');
+      const ref = site.submit('twice', 'v1');
       // Proven not applied, it is dispatched again; its second write waits behind a slow read.
       const again = await until(
         () =>
-          journal.history(ref).some((e) => e.detail.startsWith('redispatch:'))
-            ? journal.get(ref)
+          site.journal.history(ref).some((e) => e.detail.startsWith('redispatch:'))
+            ? site.journal.get(ref)
             : undefined,
         30_000,
         'the second dispatch',
@@ -269,11 +310,11 @@ describe('a write that never left the daemon', () => {
       expect(again).toMatchObject({ state: 'dispatched', attempts: 2 });
       const seq = again.seq!;
       expect(v1.writesWithSeq(seq)).toBe(0);
-      await stopLife();
+      await site.stopLife();
       // Ground truth: neither write reached the valve; the history says the latest was withdrawn.
       expect(v1.writesWithSeq(seq)).toBe(0);
       expect(v1.counters.writesReceived).toBe(0);
-      const between = openJournal(join(dir, 'journal.db'));
+      const between = openJournal(join(site.dir, 'journal.db'));
       try {
         expect(between.get(ref)).toMatchObject({ state: 'dispatched', attempts: 2, seq });
         expect(between.history(ref).at(-1)?.detail).toMatch(
@@ -304,12 +345,12 @@ describe('a write that never left the daemon', () => {
       }
       // While the daemon is down the PLC restarts: its power-up echo over a new connection, which
       // no readback can tell from a controller that lost a write it had taken.
-      for (const device of plant.devices()) device.clearFaults();
-      plant.plc('mb').powerCycle();
+      for (const device of site.plant.devices()) device.clearFaults();
+      site.plant.plc('mb').powerCycle();
       expect(v1.seqEcho).toBe(0);
-      await startLife();
+      await site.startLife();
       // Settled by the line, not after a readback window that could prove nothing.
-      const r = await settled(ref, 4_000);
+      const r = await site.settled(ref, 4_000);
       expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 2, seq });
       expect(r.detail).toMatch(
         stopBetween
@@ -320,28 +361,32 @@ describe('a write that never left the daemon', () => {
       expect(v1.writesWithSeq(seq)).toBe(0);
       if (!stopBetween) expect(v1.counters.writesReceived).toBe(0);
       else {
-        const stop = await settled({ scope: 'plant', key: 'stop-between' }, 10_000);
+        const stop = await site.settled({ scope: 'plant', key: 'stop-between' }, 10_000);
         expect(v1.counters.writesReceived).toBe(stop.seq === null ? 0 : v1.writesWithSeq(stop.seq));
       }
     }, 90_000);
   }
 
-  it('a second write withdrawn by a stop that preempts its command: the history says so, and it ends without being sent', async () => {
-    const v1 = plant.device('v1');
+  it('a second write withdrawn by a stop that preempts its command: the history says so, and it ends without being sent', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const site = await siteFor({ onTestFinished });
+    const v1 = site.plant.device('v1');
     // A warm valve (another master's echo), so that the lost first write can be proven not
     // applied and the command dispatched again, as above.
     v1.receiveWrite({ code: 3, setpoint: 0, seq: WARM_ECHO });
     await until(() => (v1.seqEcho === WARM_ECHO ? true : undefined), 5_000, 'the warm-up');
     v1.resetCounters();
-    await busyConnection();
-    const handed = handedWrites('v1');
+    await site.busyConnection();
+    const handed = site.handedWrites('v1');
     // The first write is lost: the PLC resets the connection before taking it.
     v1.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
-    const ref = submit('preempted-twice', 'v1');
+    const ref = site.submit('preempted-twice', 'v1');
     const again = await until(
       () =>
-        journal.history(ref).some((e) => e.detail.startsWith('redispatch:'))
-          ? journal.get(ref)
+        site.journal.history(ref).some((e) => e.detail.startsWith('redispatch:'))
+          ? site.journal.get(ref)
           : undefined,
       30_000,
       'the second dispatch',
@@ -355,11 +400,11 @@ describe('a write that never left the daemon', () => {
       'the second write handed to the driver',
     );
     expect(v1.writesWithSeq(seq)).toBe(0);
-    const stop = submit('the-stop', 'v1', 'stop');
-    const stopped = await settled(stop, 20_000);
+    const stop = site.submit('the-stop', 'v1', 'stop');
+    const stopped = await site.settled(stop, 20_000);
     expect(stopped.state).toBe('confirmed');
-    const r = await settled(ref, 20_000);
-    const history = journal.history(ref).map((e) => e.detail);
+    const r = await site.settled(ref, 20_000);
+    const history = site.journal.history(ref).map((e) => e.detail);
     // The history says what became of the second write: withdrawn by the stop, never sent.
     expect(history).toContainEqual(
       expect.stringMatching(
@@ -374,14 +419,18 @@ describe('a write that never left the daemon', () => {
     expect(v1.writesWithSeq(seq)).toBe(0);
     expect(v1.writeLog.map((w) => w.seq)).toEqual([stopped.seq]);
   }, 90_000);
-  it('the PLC connection closes while the write waits behind other requests: failed DEVICE_UNREACHABLE "never sent", at once', async () => {
-    const v1 = plant.device('v1');
-    await busyConnection();
-    const handed = handedWrites('v1');
-    const ref = submit('closed-queued', 'v1');
+  it('the PLC connection closes while the write waits behind other requests: failed DEVICE_UNREACHABLE "never sent", at once', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const site = await siteFor({ onTestFinished });
+    const v1 = site.plant.device('v1');
+    await site.busyConnection();
+    const handed = site.handedWrites('v1');
+    const ref = site.submit('closed-queued', 'v1');
     const dispatched = await until(
       () => {
-        const r = journal.get(ref);
+        const r = site.journal.get(ref);
         return r?.state === 'dispatched' && handed.includes(r.seq!) ? r : undefined;
       },
       15_000,
@@ -390,10 +439,10 @@ describe('a write that never left the daemon', () => {
     // Queued behind a slow read of v2 or v3 when the connection is closed (as the daemon
     // closes its drivers): the close lets the read in flight finish, and drops the rest.
     expect(v1.counters.writesReceived).toBe(0);
-    const closing = drivers.modbus[0]!.close();
+    const closing = site.drivers.modbus[0]!.close();
     // Settled as soon as the driver said so: not after the confirm window (30 s) of a write
     // whose outcome would be unknown.
-    const r = await settled(ref, 4_000);
+    const r = await site.settled(ref, 4_000);
     await closing;
     expect(r).toMatchObject({
       state: 'failed',
@@ -409,22 +458,26 @@ describe('a write that never left the daemon', () => {
     expect(v1.counters.writesReceived).toBe(0);
   }, 60_000);
 
-  it('the PLC connection closes while the write is on the wire and its answer is lost: its outcome stays unknown, and readback settles it', async () => {
-    const v1 = plant.device('v1');
+  it('the PLC connection closes while the write is on the wire and its answer is lost: its outcome stays unknown, and readback settles it', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const site = await siteFor({ onTestFinished });
+    const v1 = site.plant.device('v1');
     // The PLC takes the write and never answers it.
     v1.setFault({ kind: 'drop', on: 'write', count: 1 });
-    const ref = submit('closed-on-the-wire', 'v1');
+    const ref = site.submit('closed-on-the-wire', 'v1');
     await until(
       () => (v1.counters.writesReceived === 1 ? true : undefined),
       10_000,
       'the write at the PLC',
     );
-    const seq = journal.get(ref)!.seq!;
+    const seq = site.journal.get(ref)!.seq!;
     // The close waits for the request in flight, which times out (3 s): an answer lost.
-    await drivers.modbus[0]!.close();
+    await site.drivers.modbus[0]!.close();
     // The worker is done with it once the pipeline has stopped: what it journaled by then.
-    await stopLife();
-    const between = openJournal(join(dir, 'journal.db'));
+    await site.stopLife();
+    const between = openJournal(join(site.dir, 'journal.db'));
     try {
       expect(between.get(ref)).toMatchObject({ state: 'dispatched', attempts: 1, seq });
       // Never said "not sent": the write may have reached the PLC (and did).
@@ -435,8 +488,8 @@ describe('a write that never left the daemon', () => {
       between.close();
     }
     v1.clearFaults();
-    await startLife();
-    const r = await settled(ref, 10_000);
+    await site.startLife();
+    const r = await site.settled(ref, 10_000);
     expect(r).toMatchObject({ state: 'confirmed', attempts: 1, seq });
     // Ground truth: the one write, applied; never written again.
     expect(v1.writesWithSeq(seq)).toBe(1);
