@@ -46,12 +46,15 @@ describe('limit-switch valve (no echo, no fault code, no clock)', () => {
 
   it('a grace not longer than the scan fails an open the controller then carries out: why profiles refuse it', async () => {
     // The timing a profile with mismatchGraceMs <= scanMs would give (parseProfile refuses it;
-    // the harness builds its profiles in code): scans 200 ms apart, a grace of 80 ms. The
-    // readbacks before the scan that takes the write show CLOSED, as a refusal would.
+    // the harness builds its profiles in code): scans a second apart (the simulator's longest),
+    // a grace of 80 ms. The readbacks before the scan that takes the write show CLOSED, as a
+    // refusal would. The write lands a moment after the first scan, which the simulator runs
+    // at its start: the next one comes more than 80 ms after it unless the submit is delayed
+    // by most of a second (it was, now and then, on a loaded runner with scans 200 ms apart).
     h = await SimHarness.start({
       field: true,
-      scanMs: 200,
-      timing: { scanMs: 200, mismatchGraceMs: 80 },
+      scanMs: 1000,
+      timing: { scanMs: 1000, mismatchGraceMs: 80 },
     });
     const valve = h.device('lsv');
     h.submit('o', { device: 'lsv', action: 'open' });
