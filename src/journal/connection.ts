@@ -392,7 +392,9 @@ function openFailed(error: unknown, path: string): never {
     ? `${path} is not an SQLite database: not a Sluice journal, or one damaged`
     : code.startsWith('SQLITE_CORRUPT')
       ? `${path} is damaged`
-      : `cannot open ${path}`;
+      : code === 'SQLITE_IOERR_SHMSIZE'
+        ? noRoomForIndex(path)
+        : `cannot open ${path}`;
   try {
     return translate(error, 'open');
   } catch (translated) {
@@ -402,6 +404,19 @@ function openFailed(error: unknown, path: string): never {
       { cause: error },
     );
   }
+}
+
+/**
+ * SQLITE_IOERR_SHMSIZE: the log's shared-memory index (`-shm`, 32 KB, which every connection to
+ * a journal in WAL mode maps, a reader's too) could not be made. Its cause is nearly always a
+ * filesystem with less than those 32 KB free, and "disk I/O error", all SQLite says, sent the
+ * operator after a failing disk.
+ */
+function noRoomForIndex(path: string): string {
+  const free = freeBytes(path);
+  const index = `cannot open ${path}: its log's shared-memory index ${path}-shm (32 KB) cannot be made`;
+  if (free === null || free >= 64 * 1024) return index;
+  return `${index}, its filesystem being full (${(free / 1024).toFixed(0)} KB free); free space there, then start again`;
 }
 
 function migrate(db: Database, from: number, path: string): void {

@@ -6,6 +6,7 @@ import {
   openSync,
   readFileSync,
   renameSync,
+  rmSync,
   statSync,
   truncateSync,
   writeFileSync,
@@ -775,6 +776,30 @@ describe('fail closed (I5)', () => {
       expect(reader.get({ scope: 'plant', key: 'before' })?.state).toBe('accepted');
       expect(reader.get({ scope: 'plant', key: 'after' })).toBeUndefined();
     });
+
+    it.runIf(available)(
+      "opened on a filesystem without room for its log's index, says the filesystem is full, not a disk I/O error",
+      () => {
+        // Every connection to a journal in WAL mode maps a 32 KB shared-memory index (-shm),
+        // a reader's too; with less free, SQLite fails SQLITE_IOERR_SHMSIZE, "disk I/O error",
+        // which sent an operator after a failing disk when the filesystem was merely full.
+        const path = join(mnt, 'journal.db');
+        const first = open(path);
+        first.claim(command('kept'));
+        first.close();
+        const filler = join(mnt, 'filler');
+        fillFilesystem(filler);
+        truncateSync(filler, statSync(filler).size - 8 * 1024);
+        const before = readFileSync(path);
+        expect(() => SqliteJournal.open({ path })).toThrow(
+          `SQLITE_IOERR_SHMSIZE: cannot open ${path}: its log's shared-memory index ${path}-shm (32 KB) cannot be made, its filesystem being full (`,
+        );
+        expect(readFileSync(path).equals(before)).toBe(true);
+        rmSync(filler);
+        const j = open(path);
+        expect(j.get({ scope: 'plant', key: 'kept' })?.state).toBe('accepted');
+      },
+    );
 
     it.runIf(available)(
       'opened on a read-only filesystem, takes writes again once it is writable, without a restart',
