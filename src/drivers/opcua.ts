@@ -49,6 +49,8 @@ export class OpcuaClientPki {
   private readonly log: Logger;
   /** The store's checks, one at a time (`decide`). */
   private checks: Promise<unknown> = Promise.resolve();
+  /** The folders' certificates as the store last read them (`follow`); null: not read yet. */
+  private seen: string | null = null;
 
   constructor(options: {
     readonly dir: string;
@@ -90,7 +92,7 @@ export class OpcuaClientPki {
     refused: (refusal: CertificateRefusal) => void,
   ): OPCUACertificateManager {
     const manager = this.manager;
-    const decide = (chain: Buffer | Buffer[]): Promise<StatusCode> => this.decide(chain);
+    const decide = (chain: Buffer | Buffer[]): Promise<Verdict> => this.decide(chain);
     const check = async (chain: Buffer | Buffer[]): Promise<StatusCode> => {
       const der = Array.isArray(chain) ? chain[0] : chain;
       const certificate = der === undefined ? null : readCertificate(der);
@@ -101,8 +103,8 @@ export class OpcuaClientPki {
           return StatusCodes.BadCertificateTimeInvalid;
         }
       }
-      const status = await decide(chain);
-      if (!status.isGood()) refused({ status, certificate, at: now() });
+      const { status, kept } = await decide(chain);
+      if (!status.isGood()) refused({ status, certificate, at: now(), kept });
       return status;
     };
     return new Proxy(manager, {
@@ -118,38 +120,94 @@ export class OpcuaClientPki {
   }
 
   /**
-   * The store's verdict on a server certificate. An operator trusts one by moving it from
-   * `rejected/` to `trusted/certs/`, and node-opcua-pki learns of the move only from inotify
-   * watchers of those folders; where the machine's inotify instances are used up (128 per user
-   * by default, shared by all of the user's processes) its watcher fails without a word, and
-   * the move was never seen: measured with `fs.inotify.max_user_instances=0`, the PLC stayed
-   * refused until sluiced restarted. A certificate refused as untrusted that the folders show
-   * trusted (in `trusted/certs/`, not in `rejected/`) means the store missed a move: it is read
-   * again and asked once more. Checks run one at a time (one per connection attempt, at the
-   * backoff's pace), so that none is answered from a store half read.
+   * The store's verdict on a server certificate, and the refused copies of it that trusted/certs/
+   * also holds and that could not be removed (see `follow`). Checks run one at a time (one per
+   * connection attempt, at the backoff's pace), so that none is answered from a store half read.
    */
-  private decide(chain: Buffer | Buffer[]): Promise<StatusCode> {
+  private decide(chain: Buffer | Buffer[]): Promise<Verdict> {
     const run = this.checks.then(async () => {
-      const status = await this.manager.checkCertificate(chain);
-      if (status.value !== StatusCodes.BadCertificateUntrusted.value) return status;
       const der = Array.isArray(chain) ? chain[0] : chain;
       const thumbprint = der === undefined ? undefined : readCertificate(der)?.thumbprint;
-      if (thumbprint === undefined) return status;
-      const inFolder = (folder: string): boolean =>
-        certificateFiles(folder).some((file) => thumbprintOf(file) === thumbprint);
-      if (!inFolder(join(this.dir, 'trusted', 'certs')) || inFolder(join(this.dir, 'rejected'))) {
-        return status;
-      }
-      this.log.warn(
-        { thumbprint },
-        'the OPC UA certificate store missed a certificate moved to trusted/ (no file watcher): read again',
-      );
-      await this.manager.reloadCertificates();
-      return this.manager.checkCertificate(chain);
+      const kept = await this.follow(thumbprint);
+      return { status: await this.manager.checkCertificate(chain), kept };
     });
     this.checks = run.catch(() => undefined);
     return run;
   }
+
+  /**
+   * Brings the store in line with its folders before a check, and returns the refused copies of
+   * the certificate being checked (`thumbprint`) that trusted/certs/ also holds and that could
+   * not be removed.
+   *
+   * The folders are what an operator acts on: trusting a certificate is moving it from
+   * `rejected/` to `trusted/certs/`, revoking it is removing it from there. node-opcua-pki keeps
+   * its own index of them, which it learns of changes to only from inotify watchers; where the
+   * machine's inotify instances are used up (128 per user by default, shared by all of the
+   * user's processes) its watchers fail without a word, and nothing the operator did is seen
+   * (measured with `fs.inotify.max_user_instances=0`: a certificate moved to trusted/ stayed
+   * refused, and one removed from there stayed trusted, until sluiced restarted). The folders'
+   * certificates are read at each check, and the store is read again whenever they are not what
+   * it read last.
+   *
+   * A certificate found in both folders is rejected by node-opcua-pki ("in the reject and trusted
+   * list at the same time is considered rejected"), so a copy left in rejected/ kept the PLC
+   * refused, with a message telling the operator to move a certificate already in trusted/. Such
+   * a copy is the gateway's own record of a refusal: the operator copied the certificate instead
+   * of moving it, or a connection attempt put it back while the operator was moving it. The
+   * operator's trust wins: a file in rejected/ holding the very certificate (the same SHA-1
+   * thumbprint) that a file in trusted/certs/ holds is removed. Nothing is ever trusted that
+   * trusted/certs/ does not hold.
+   */
+  private async follow(thumbprint: string | undefined): Promise<string[]> {
+    const trusted = folderCertificates(join(this.dir, 'trusted', 'certs'));
+    let rejected = folderCertificates(join(this.dir, 'rejected'));
+    const kept: string[] = [];
+    if (thumbprint !== undefined && trusted.some((c) => c.thumbprint === thumbprint)) {
+      for (const copy of rejected.filter((c) => c.thumbprint === thumbprint)) {
+        try {
+          rmSync(copy.file, { force: true });
+          this.log.warn(
+            { removed: copy.file, thumbprint },
+            'removed a refused copy of an OPC UA server certificate that trusted/certs/ holds: the operator trusted it',
+          );
+        } catch (error) {
+          kept.push(copy.file);
+          this.log.error(
+            { file: copy.file, thumbprint, err: error },
+            'cannot remove a refused copy of an OPC UA server certificate that trusted/certs/ holds: it stays refused',
+          );
+        }
+      }
+      rejected = folderCertificates(join(this.dir, 'rejected'));
+    }
+    const folders = JSON.stringify([trusted, rejected]);
+    if (folders !== this.seen) {
+      if (this.seen !== null) {
+        this.log.info(
+          { trusted: trusted.length, rejected: rejected.length },
+          'the OPC UA PKI folders changed since the certificate store read them: read again',
+        );
+      }
+      await this.manager.reloadCertificates();
+      this.seen = folders;
+    }
+    return kept;
+  }
+}
+
+/** The store's verdict on a server certificate (OpcuaClientPki.decide). */
+interface Verdict {
+  readonly status: StatusCode;
+  /** Refused copies of the certificate that trusted/certs/ also holds, which could not be removed. */
+  readonly kept: readonly string[];
+}
+
+/** The certificates of a PKI folder: each file and the SHA-1 thumbprint of its first one. */
+function folderCertificates(folder: string): { file: string; thumbprint: string | null }[] {
+  return certificateFiles(folder)
+    .sort()
+    .map((file) => ({ file, thumbprint: thumbprintOf(file) }));
 }
 
 /** The certificate files of a PKI folder (none if it is missing). */
@@ -187,6 +245,8 @@ interface CertificateRefusal {
   readonly certificate: CertificateFacts | null;
   /** Gateway wall-clock time of the check. */
   readonly at: number;
+  /** Refused copies of it that trusted/certs/ also holds, which could not be removed. */
+  readonly kept?: readonly string[];
 }
 
 function readCertificate(der: Buffer): CertificateFacts | null {
@@ -220,6 +280,10 @@ function describeRefusal(refusal: CertificateRefusal, endpointUrl: string, pkiDi
     return `${which} is refused: ${when} (the gateway's clock reads ${iso(refusal.at)}). Renew the PLC's certificate, or set the PLC's or the gateway's clock right (${refusal.status.name})`;
   }
   if (refusal.status.value === StatusCodes.BadCertificateUntrusted.value) {
+    const kept = refusal.kept ?? [];
+    if (kept.length > 0) {
+      return `${which} is not trusted: ${join(pkiDir, 'trusted', 'certs')} holds it, but so does ${kept.map((f) => `'${f}'`).join(', ')}, which the gateway could not remove; remove it to trust the certificate (${refusal.status.name})`;
+    }
     return `${which} is not trusted: it was put in ${join(pkiDir, 'rejected')}; to trust it, move it to ${join(pkiDir, 'trusted', 'certs')} (${refusal.status.name})`;
   }
   return `${which} is refused: ${refusal.status.name} (${refusal.status.description})`;
@@ -558,6 +622,12 @@ export class OpcuaEndpoint {
   private async connect(): Promise<void> {
     // What the certificate check refused during this attempt, if anything.
     const check: { refused: CertificateRefusal | null } = { refused: null };
+    const store = this.o.pki.viewFor(
+      () => this.o.clock.now(),
+      (refusal) => {
+        check.refused = refusal;
+      },
+    );
     const client = OPCUAClient.create({
       applicationName: 'Sluice',
       // One client certificate serves every endpoint, so one application URI (it is in the
@@ -567,12 +637,7 @@ export class OpcuaEndpoint {
       endpointMustExist: false,
       securityMode: MODES[this.o.securityMode],
       securityPolicy: POLICIES[this.o.securityPolicy],
-      clientCertificateManager: this.o.pki.viewFor(
-        () => this.o.clock.now(),
-        (refusal) => {
-          check.refused = refusal;
-        },
-      ),
+      clientCertificateManager: store,
       keepSessionAlive: true,
       requestedSessionTimeout: 60_000,
       // Reconnect forever with exponential backoff: a PLC that reboots comes back by itself.
@@ -594,12 +659,39 @@ export class OpcuaEndpoint {
       this.health.disconnected();
       this.log.warn({}, 'opc ua connection lost; reconnecting');
     });
+    // node-opcua reconnects on the server certificate it fetched when it first connected, and
+    // checks it no more: a certificate an operator removed from trusted/certs/ (revoked), or one
+    // that expired, would be used for every reconnection for as long as this client lives. It
+    // is checked again here before the link is used (requests are refused until then); refused,
+    // the client is given up, and the endpoint's next connection is refused with the reason.
     client.on('connection_reestablished', () => {
       if (!current()) return;
-      this.epoch++;
-      this.linkUp = true;
-      this.health.connected();
-      this.log.info({}, 'opc ua connection re-established');
+      const epoch = ++this.epoch;
+      const certificate = client.serverCertificate;
+      void (async () => {
+        let status: StatusCode | Error = StatusCodes.Good;
+        try {
+          // Security mode None: no certificate, none checked at first either.
+          if (certificate !== undefined) status = await store.checkCertificate(certificate);
+        } catch (error) {
+          status = error instanceof Error ? error : new Error(String(error));
+        }
+        if (!current() || this.epoch !== epoch) return;
+        if (status instanceof Error || !status.isGood()) {
+          const refusal = check.refused;
+          check.refused = null;
+          this.abandon(
+            client,
+            refusal === null
+              ? `server certificate check on reconnection failed: ${describeError(status)}`
+              : describeRefusal(refusal, this.o.endpointUrl, this.o.pki.dir),
+          );
+          return;
+        }
+        this.linkUp = true;
+        this.health.connected();
+        this.log.info({}, 'opc ua connection re-established');
+      })();
     });
     client.on('backoff', (count: number, delay: number) => {
       if (!current()) return;

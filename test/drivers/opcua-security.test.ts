@@ -1,4 +1,5 @@
-import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { OPCUACertificateManager } from 'node-opcua';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -354,4 +355,150 @@ describe('OPC UA server back with a certificate the gateway does not trust', () 
     for (const cert of readdirSync(rejected)) renameSync(join(rejected, cert), join(trusted, cert));
     expect(await readWithin(driver, 30_000)).toBe('CLOSED');
   }, 90_000);
+});
+
+/**
+ * trusted/certs/ is the operator's decision. A copy of the same certificate left in rejected/
+ * (copied to trusted/ instead of moved, or put back there by a connection attempt while the
+ * operator moved it) must not keep the PLC refused; a certificate taken out of trusted/ must not
+ * stay trusted.
+ */
+describe('OPC UA server certificate trust and the PKI folders', () => {
+  /** The driver, through a link a test can cut, to the plant's PLC, not trusting unknown certificates. */
+  async function linkedDriver(): Promise<{ driver: DeviceDriver; link: TcpLink; pkiDir: string }> {
+    const e = plant.plc('ua').endpoint;
+    if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+    const link = await TcpLink.open({
+      host: '127.0.0.1',
+      port: Number(new URL(e.endpointUrl).port),
+    });
+    cleanups.push(() => link.close());
+    const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
+    cleanups.push(cleanup);
+    const d = await buildDrivers({
+      inventory: {
+        plcs: {
+          ua: {
+            protocol: 'opcua',
+            endpointUrl: `opc.tcp://127.0.0.1:${link.port}`,
+            namespaceUri: e.namespaceUri,
+            securityMode: 'SignAndEncrypt',
+            securityPolicy: 'Basic256Sha256',
+            requestTimeoutMs: 2000,
+          },
+        },
+        devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
+      },
+      profiles: PROFILES,
+      pkiDir,
+      acceptUnknownCertificates: false,
+      clock: systemClock,
+      logger: silentLogger,
+    });
+    cleanups.push(() => d.close());
+    d.start();
+    return { driver: d.bindings[0]!.driver, link, pkiDir };
+  }
+
+  /**
+   * Waits for the driver to say the PLC's certificate is not trusted, asking it to connect: a
+   * refusal after the driver's `errorsBefore`-th error.
+   */
+  async function untrusted(driver: DeviceDriver, errorsBefore = 0): Promise<string> {
+    const end = Date.now() + 20_000;
+    const refused = (): boolean =>
+      driver.health().errorCount > errorsBefore &&
+      /is not trusted: it was put in/.test(driver.health().lastError ?? '');
+    while (!refused()) {
+      if (Date.now() > end) throw new Error(`no refusal: ${driver.health().lastError}`);
+      await driver.read().catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return driver.health().lastError ?? '';
+  }
+
+  /** A write the simulator received (its own count), or not. */
+  async function writeLands(driver: DeviceDriver): Promise<boolean> {
+    const device = plant.device('ua-valve');
+    const before = device.counters.writesReceived;
+    const sent = await driver
+      .write({ action: 'stop', position: null, seq: 1000 + before })
+      .then(() => true)
+      .catch(() => false);
+    expect(device.counters.writesReceived).toBe(sent ? before + 1 : before);
+    return sent;
+  }
+
+  it('one an operator copied to trusted/ rather than moved is trusted; the refused copy is removed', async () => {
+    const { driver, pkiDir } = await linkedDriver();
+    await untrusted(driver);
+    const rejected = join(pkiDir, 'client', 'rejected');
+    const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+    const certs = readdirSync(rejected);
+    expect(certs).toHaveLength(1);
+    // Copied under a name of the operator's: the same certificate, another file.
+    copyFileSync(join(rejected, certs[0]!), join(trusted, 'plc-ua.pem'));
+    expect(await readWithin(driver, 20_000)).not.toBeNull();
+    expect(await writeLands(driver)).toBe(true);
+    // The operator's file stays; the refused copy is gone.
+    expect(readdirSync(trusted)).toEqual(['plc-ua.pem']);
+    expect(readdirSync(rejected)).toEqual([]);
+  }, 60_000);
+
+  it('a refused copy the gateway cannot remove is named in the refusal, and the PLC stays refused', async (ctx) => {
+    const { driver, pkiDir } = await linkedDriver();
+    await untrusted(driver);
+    const rejected = join(pkiDir, 'client', 'rejected');
+    const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+    const [cert] = readdirSync(rejected);
+    const copy = join(rejected, cert!);
+    // An immutable file: one the gateway's user (root here) cannot remove. The file system
+    // decides whether it can be made so.
+    try {
+      execFileSync('chattr', ['+i', copy], { stdio: 'ignore' });
+    } catch {
+      ctx.skip();
+    }
+    cleanups.push(() => {
+      execFileSync('chattr', ['-i', copy], { stdio: 'ignore' });
+    });
+    copyFileSync(copy, join(trusted, 'plc-ua.pem'));
+    const errors = driver.health().errorCount;
+    const end = Date.now() + 20_000;
+    const named = (): boolean =>
+      driver.health().errorCount > errors &&
+      (driver.health().lastError ?? '').includes(`'${copy}'`);
+    while (!named()) {
+      if (Date.now() > end)
+        throw new Error(`no refusal naming the copy: ${driver.health().lastError}`);
+      await driver.read().catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(driver.health().lastError).toMatch(
+      /is not trusted: \S+trusted\/certs holds it, but so does '.+', which the gateway could not remove; remove it to trust the certificate/,
+    );
+    expect(await writeLands(driver)).toBe(false);
+  }, 60_000);
+
+  it('one removed from trusted/ while the session is up is refused at the next connection', async () => {
+    const { driver, link, pkiDir } = await linkedDriver();
+    await untrusted(driver);
+    const rejected = join(pkiDir, 'client', 'rejected');
+    const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+    const [cert] = readdirSync(rejected);
+    renameSync(join(rejected, cert!), join(trusted, cert!));
+    expect(await readWithin(driver, 20_000)).not.toBeNull();
+    // The operator revokes it; the connection drops and is made again.
+    rmSync(join(trusted, cert!));
+    const from = link.accepted;
+    const errors = driver.health().errorCount;
+    link.down();
+    link.up();
+    const refusal = await untrusted(driver, errors);
+    expect(link.accepted).toBeGreaterThan(from);
+    expect(refusal).toMatch(/is not trusted/);
+    expect(await writeLands(driver)).toBe(false);
+    // Put in rejected/ again, for the operator to see.
+    expect(readdirSync(rejected)).toHaveLength(1);
+  }, 60_000);
 });

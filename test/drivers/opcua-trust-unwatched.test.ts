@@ -1,4 +1,4 @@
-import fs, { existsSync, readdirSync, renameSync } from 'node:fs';
+import fs, { copyFileSync, existsSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
@@ -7,6 +7,7 @@ import { silentLogger } from '../../src/core/logger.js';
 import { buildDrivers } from '../../src/drivers/inventory.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
+import { TcpLink } from '../helpers/tcp-link.js';
 
 /**
  * An operator trusts a PLC's certificate by moving it from the PKI's rejected/ folder to
@@ -110,4 +111,95 @@ it('a certificate an operator moves to trusted/ is trusted where no file watcher
   const trusted = join(pkiDir, 'client', 'trusted', 'certs');
   for (const cert of certs) renameSync(join(rejected, cert), join(trusted, cert));
   expect(await readWithin(driver, 20_000)).toBe('CLOSED');
+}, 45_000);
+
+/** The driver, through a link a test can cut, to the plant's PLC, not trusting unknown certificates. */
+async function linkedDriver(): Promise<{ driver: DeviceDriver; link: TcpLink; pkiDir: string }> {
+  const e = plant.plc('ua').endpoint;
+  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+  const link = await TcpLink.open({ host: '127.0.0.1', port: Number(new URL(e.endpointUrl).port) });
+  cleanups.push(() => link.close());
+  const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
+  cleanups.push(cleanup);
+  const d = await buildDrivers({
+    inventory: {
+      plcs: {
+        ua: {
+          protocol: 'opcua',
+          endpointUrl: `opc.tcp://127.0.0.1:${link.port}`,
+          namespaceUri: e.namespaceUri,
+          securityMode: 'SignAndEncrypt',
+          securityPolicy: 'Basic256Sha256',
+          requestTimeoutMs: 2000,
+        },
+      },
+      devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
+    },
+    profiles: PROFILES,
+    pkiDir,
+    acceptUnknownCertificates: false,
+    clock: systemClock,
+    logger: silentLogger,
+  });
+  cleanups.push(() => d.close());
+  d.start();
+  return { driver: d.bindings[0]!.driver, link, pkiDir };
+}
+
+/** Waits for a refusal of the PLC's certificate as untrusted after the driver's `errorsBefore`-th error. */
+async function untrusted(driver: DeviceDriver, errorsBefore = 0): Promise<void> {
+  const end = Date.now() + 20_000;
+  const refused = (): boolean =>
+    driver.health().errorCount > errorsBefore &&
+    /is not trusted: it was put in/.test(driver.health().lastError ?? '');
+  while (!refused()) {
+    if (Date.now() > end) throw new Error(`no refusal: ${driver.health().lastError}`);
+    await driver.read().catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Whether a write reached the simulator (its own count says so). */
+async function writeLands(driver: DeviceDriver): Promise<boolean> {
+  const device = plant.device('ua-valve');
+  const before = device.counters.writesReceived;
+  const sent = await driver
+    .write({ action: 'stop', position: null, seq: 1000 + before })
+    .then(() => true)
+    .catch(() => false);
+  expect(device.counters.writesReceived).toBe(sent ? before + 1 : before);
+  return sent;
+}
+
+it('a certificate an operator copies to trusted/ (its refused copy left in rejected/) is trusted where no file watcher can run', async () => {
+  const { driver, pkiDir } = await linkedDriver();
+  await untrusted(driver);
+  const rejected = join(pkiDir, 'client', 'rejected');
+  const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+  const [cert] = readdirSync(rejected);
+  copyFileSync(join(rejected, cert!), join(trusted, 'plc-ua.pem'));
+  expect(await readWithin(driver, 20_000)).not.toBeNull();
+  expect(await writeLands(driver)).toBe(true);
+  expect(readdirSync(trusted)).toEqual(['plc-ua.pem']);
+  expect(readdirSync(rejected)).toEqual([]);
+}, 45_000);
+
+it('a certificate an operator removes from trusted/ is refused at the next connection where no file watcher can run', async () => {
+  const { driver, link, pkiDir } = await linkedDriver();
+  await untrusted(driver);
+  const rejected = join(pkiDir, 'client', 'rejected');
+  const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+  const [cert] = readdirSync(rejected);
+  renameSync(join(rejected, cert!), join(trusted, cert!));
+  expect(await readWithin(driver, 20_000)).not.toBeNull();
+  // The operator revokes it; the connection drops and is made again.
+  rmSync(join(trusted, cert!));
+  const from = link.accepted;
+  const errors = driver.health().errorCount;
+  link.down();
+  link.up();
+  await untrusted(driver, errors);
+  expect(link.accepted).toBeGreaterThan(from);
+  expect(await writeLands(driver)).toBe(false);
+  expect(readdirSync(rejected)).toHaveLength(1);
 }, 45_000);
