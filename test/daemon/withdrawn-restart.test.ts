@@ -1,4 +1,4 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, it, type ExpectStatic } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { mosquittoAvailable } from '../helpers/mosquitto.js';
 import { Site } from '../reliability/site.js';
@@ -20,11 +20,15 @@ const VALVE = 'mb-valve-1';
 const SLOW = ['mb-valve-2', 'mb-actuator'];
 const LATENCY_MS = 1_500;
 
-let site: Site;
-
-beforeAll(async () => {
-  if (!real) return;
-  site = await Site.start({
+/**
+ * A site of this test's own (plant, broker, journal and sluiced), so that the tests, which mostly
+ * wait on the PLC's deliberate latencies and on sluiced's starts, can run at the same time.
+ * Closed (sluiced killed) when the test has finished, passed or not.
+ */
+async function siteFor(context: {
+  onTestFinished: (fn: () => Promise<void>) => void;
+}): Promise<Site> {
+  const site = await Site.start({
     gatewayId: 'withdrawn',
     shutdownBoundMs: 0,
     // The slow reads must not time out (the guard must exceed the request timeout).
@@ -32,25 +36,20 @@ beforeAll(async () => {
     // The held commands keep reading for the confirm timeout.
     timing: { redispatchGuardMs: 3_500, confirmTimeoutMs: 15_000 },
   });
-}, 60_000);
+  context.onTestFinished(async () => {
+    console.log(
+      site.logs
+        .filter((l) => !l.includes('"level":20'))
+        .slice(-60)
+        .join('\n'),
+    );
+    for (const id of SLOW) site.plant.device(id).clearFaults();
+    await site.close();
+  });
+  return site;
+}
 
-afterEach(async () => {
-  if (!real) return;
-  console.log(
-    site.logs
-      .filter((l) => !l.includes('"level":20'))
-      .slice(-60)
-      .join('\n'),
-  );
-  for (const id of SLOW) site.plant.device(id).clearFaults();
-  await site.kill();
-});
-
-afterAll(async () => {
-  if (real) await site.close();
-});
-
-function record(key: string): CommandRecord | undefined {
+function record(site: Site, key: string): CommandRecord | undefined {
   return site.records().find((r) => r.key === key);
 }
 
@@ -70,14 +69,19 @@ async function until<T>(probe: () => T | undefined, ms: number, what: string): P
  * command as the stop left it.
  */
 /** A command that moves the device from where it rests now (never a no-op). */
-function toggle(id: string): Record<string, unknown> {
+function toggle(site: Site, id: string): Record<string, unknown> {
   const { state, position } = site.plant.device(id).snapshot().published;
   if (id === 'mb-actuator')
     return { device: id, action: 'move', position: position > 50 ? 0 : 100 };
   return { device: id, action: state === 'OPEN' ? 'close' : 'open' };
 }
 
-async function withdrawnAtStop(key: string, ttlMs: number): Promise<CommandRecord> {
+async function withdrawnAtStop(
+  site: Site,
+  expect: ExpectStatic,
+  key: string,
+  ttlMs: number,
+): Promise<CommandRecord> {
   const valve = site.plant.device(VALVE);
   const valveWrites = valve.counters.writesReceived;
   await site.startDaemon();
@@ -88,7 +92,7 @@ async function withdrawnAtStop(key: string, ttlMs: number): Promise<CommandRecor
     device.setFault({ kind: 'hold' });
     device.setFault({ kind: 'latency', ms: LATENCY_MS, on: 'read' });
     const writes = device.counters.writesReceived;
-    const held = await site.postCommand(`${key}-${id}`, { ...toggle(id), ttlMs });
+    const held = await site.postCommand(`${key}-${id}`, { ...toggle(site, id), ttlMs });
     expect(held.status).toBe(202);
     await until(
       () => (device.counters.writesReceived > writes ? true : undefined),
@@ -96,11 +100,11 @@ async function withdrawnAtStop(key: string, ttlMs: number): Promise<CommandRecor
       `the write of ${id}`,
     );
   }
-  const answer = await site.postCommand(key, { ...toggle(VALVE), ttlMs });
+  const answer = await site.postCommand(key, { ...toggle(site, VALVE), ttlMs });
   expect(answer.status).toBe(202);
   const dispatched = await until(
     () => {
-      const r = record(key);
+      const r = record(site, key);
       return r?.state === 'dispatched' ? r : undefined;
     },
     15_000,
@@ -112,7 +116,7 @@ async function withdrawnAtStop(key: string, ttlMs: number): Promise<CommandRecor
   for (const id of SLOW) site.plant.device(id).clearFaults();
   // Ground truth: the write never reached the PLC, and the journal says it was withdrawn.
   expect(valve.writesWithSeq(dispatched.seq!)).toBe(0);
-  const left = record(key)!;
+  const left = record(site, key)!;
   expect(left).toMatchObject({ state: 'dispatched', attempts: 1, seq: dispatched.seq });
   expect(site.history(left).at(-1)?.detail).toMatch(
     new RegExp(
@@ -122,10 +126,10 @@ async function withdrawnAtStop(key: string, ttlMs: number): Promise<CommandRecor
   return left;
 }
 
-async function settled(key: string, ms: number): Promise<CommandRecord> {
+async function settled(site: Site, key: string, ms: number): Promise<CommandRecord> {
   return until(
     () => {
-      const r = record(key);
+      const r = record(site, key);
       return r !== undefined && r.state !== 'accepted' && r.state !== 'dispatched' ? r : undefined;
     },
     ms,
@@ -133,16 +137,20 @@ async function settled(key: string, ms: number): Promise<CommandRecord> {
   );
 }
 
-describe.runIf(real)('a write withdrawn as sluiced stopped, after the restart', () => {
-  it('is written once, as its second dispatch, and confirmed (the valve shows its power-up echo)', async () => {
+describe.runIf(real).concurrent('a write withdrawn as sluiced stopped, after the restart', () => {
+  it('is written once, as its second dispatch, and confirmed (the valve shows its power-up echo)', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const site = await siteFor({ onTestFinished });
     const valve = site.plant.device(VALVE);
     valve.resetCounters();
-    const left = await withdrawnAtStop('withdrawn-open', 60_000);
+    const left = await withdrawnAtStop(site, expect, 'withdrawn-open', 60_000);
     expect(valve.snapshot().published.seqEcho).toBe(0);
     await site.startDaemon();
     // Well within the take-up window (15 s grace, or the time to the deadline): nothing waits
     // for a proof that no readback can give.
-    const r = await settled('withdrawn-open', 10_000);
+    const r = await settled(site, 'withdrawn-open', 10_000);
     expect(r).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 2, seq: left.seq });
     expect(r.observed?.state).toBe('OPEN');
     // I1: one write for the key, with its sequence number; nothing else reached the valve.
@@ -163,13 +171,17 @@ describe.runIf(real)('a write withdrawn as sluiced stopped, after the restart', 
     expect(site.verify()).toEqual([]);
   }, 90_000);
 
-  it('past its deadline at the restart: rejected STALE_COMMAND, never written', async () => {
+  it('past its deadline at the restart: rejected STALE_COMMAND, never written', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const site = await siteFor({ onTestFinished });
     const valve = site.plant.device(VALVE);
     const writes = valve.counters.writesReceived;
-    const left = await withdrawnAtStop('withdrawn-stale', 8_000);
+    const left = await withdrawnAtStop(site, expect, 'withdrawn-stale', 8_000);
     await until(() => (Date.now() > left.deadline ? true : undefined), 10_000, 'the deadline');
     await site.startDaemon();
-    const r = await settled('withdrawn-stale', 10_000);
+    const r = await settled(site, 'withdrawn-stale', 10_000);
     expect(r).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND', seq: left.seq });
     expect(r.detail).toMatch(/nothing was written/);
     expect(valve.writesWithSeq(left.seq!)).toBe(0);
