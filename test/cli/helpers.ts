@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { CommandRecord, NewCommand, Observation } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { main } from '../../src/cli/main.js';
 import { ROOT } from '../helpers/fixtures.js';
 
 /** sluicectl as a user runs it: a process, its exit code, stdout and stderr. */
@@ -49,16 +50,57 @@ export async function inTurns<T>(
   return results;
 }
 
-export function sluicectl(
-  args: readonly string[],
-  options: { env?: Record<string, string | undefined>; timeoutMs?: number } = {},
-): Promise<CliRun> {
+interface RunOptions {
+  readonly env?: Record<string, string | undefined>;
+  readonly timeoutMs?: number;
+}
+
+/** The environment a run gets: the test's, without the configuration and colour it decides. */
+function runEnv(options: RunOptions): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries({ ...process.env, ...options.env })) {
     // Tests decide the configuration and colour themselves.
     if (v !== undefined && k !== 'SLUICE_CONFIG' && k !== 'NO_COLOR') env[k] = v;
   }
   if (options.env?.SLUICE_CONFIG !== undefined) env.SLUICE_CONFIG = options.env.SLUICE_CONFIG;
+  return env;
+}
+
+function finished(
+  args: readonly string[],
+  code: number | null,
+  stdout: string,
+  stderr: string,
+): CliRun {
+  // SLUICECTL_TEST_ECHO=1 prints what the operator would see (for reading the output).
+  if (process.env.SLUICECTL_TEST_ECHO === '1') {
+    process.stdout.write(
+      `$ sluicectl ${args.join(' ')}  [exit ${String(code)}]\n${stdout}${stderr}\n`,
+    );
+  }
+  return {
+    code,
+    stdout,
+    stderr,
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- as above
+    json: <T>() => {
+      try {
+        return JSON.parse(stdout) as T;
+      } catch (error) {
+        throw new Error(`not JSON (${String(error)}): ${stdout}\nstderr: ${stderr}`, {
+          cause: error,
+        });
+      }
+    },
+  };
+}
+
+/**
+ * sluicectl as a process, the binary an operator runs (stdout and stderr are pipes). For what
+ * depends on the process itself: its exit code as the shell sees it, pipe detection (no
+ * colour), the modules it loads, that it exits once its work is done (nothing left open).
+ */
+export function sluicectl(args: readonly string[], options: RunOptions = {}): Promise<CliRun> {
   const child = spawn(
     process.execPath,
     [
@@ -67,7 +109,7 @@ export function sluicectl(
       join(ROOT, 'src/cli/sluicectl.ts'),
       ...args,
     ],
-    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+    { env: runEnv(options), stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let stdout = '';
   let stderr = '';
@@ -85,29 +127,48 @@ export function sluicectl(
     child.once('error', reject);
     child.once('close', (code) => {
       clearTimeout(timer);
-      // SLUICECTL_TEST_ECHO=1 prints what the operator would see (for reading the output).
-      if (process.env.SLUICECTL_TEST_ECHO === '1') {
-        process.stdout.write(
-          `$ sluicectl ${args.join(' ')}  [exit ${String(code)}]\n${stdout}${stderr}\n`,
-        );
-      }
-      resolve({
-        code,
-        stdout,
-        stderr,
-        // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- as above
-        json: <T>() => {
-          try {
-            return JSON.parse(stdout) as T;
-          } catch (error) {
-            throw new Error(`not JSON (${String(error)}): ${stdout}\nstderr: ${stderr}`, {
-              cause: error,
-            });
-          }
-        },
-      });
+      resolve(finished(args, code, stdout, stderr));
     });
   });
+}
+
+/**
+ * sluicectl run in this process: the function the binary calls (src/cli/main.ts), with
+ * stdout and stderr captured as a pipe would (no TTY: no colour), and the exit code it
+ * returns, which the binary makes the process's. A process start costs most of a second of
+ * CPU (loading the TypeScript sources, zod, yaml, SQLite); the output, filters and exit codes
+ * are tested here, and each subcommand also as a process (sluicectl() above).
+ * SLUICECTL_TEST_SPAWN=1 runs these as processes too.
+ */
+export async function sluicectlInProcess(
+  args: readonly string[],
+  options: RunOptions = {},
+): Promise<CliRun> {
+  if (process.env.SLUICECTL_TEST_SPAWN === '1') return sluicectl(args, options);
+  let stdout = '';
+  let stderr = '';
+  const run = main(args, {
+    stdout: { write: (text: string) => (stdout += text) },
+    stderr: { write: (text: string) => (stderr += text) },
+    env: runEnv(options),
+    now: () => Date.now(),
+  });
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(
+        new Error(
+          `sluicectl ${args.join(' ')} did not end within ${options.timeoutMs ?? 30_000} ms\n${stdout}\n${stderr}`,
+        ),
+      );
+    }, options.timeoutMs ?? 30_000);
+  });
+  try {
+    const code = await Promise.race([run, timeout]);
+    return finished(args, code, stdout, stderr);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 const seconds = 1_000;

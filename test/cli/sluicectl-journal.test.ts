@@ -12,13 +12,18 @@ import {
   inTurns,
   seedJournal,
   sluicectl,
+  sluicectlInProcess,
   type CliRun,
 } from './helpers.js';
 
 /**
- * sluicectl against a journal file, as an operator runs it (a process per call, stdout piped):
- * commands in every state, built with the real SqliteJournal. No daemon is needed: reading is
- * a read-only journal connection.
+ * sluicectl against a journal file: commands in every state, built with the real SqliteJournal.
+ * No daemon is needed: reading is a read-only journal connection. Most runs call sluicectl's
+ * main in this process (`cli`, sluicectlInProcess: the function the binary runs, stdout a
+ * pipe); each subcommand read here also runs as the binary, a process with stdout piped
+ * (`binary`), and so does whatever depends on the process: no colour on a pipe, the exit code
+ * 3 the shell sees, a reader that goes away, --help (its width and colour follow the
+ * process's terminal).
  */
 
 let dir: string;
@@ -41,7 +46,10 @@ afterAll(() => {
   cleanup();
 });
 
-const cli = (...args: string[]): Promise<CliRun> => sluicectl(['--config', configPath, ...args]);
+const cli = (...args: string[]): Promise<CliRun> =>
+  sluicectlInProcess(['--config', configPath, ...args]);
+/** As `cli`, as a process: the binary an operator runs. */
+const binary = (...args: string[]): Promise<CliRun> => sluicectl(['--config', configPath, ...args]);
 
 /** A fresh journal seeded now (for tests whose verdicts depend on the time since seeding). */
 function freshJournal(): { config: string; journal: string } {
@@ -97,7 +105,7 @@ function columnStarts(header: string): number[] {
 
 describe('list', () => {
   it('prints aligned columns, newest first, with relative ages and no colour on a pipe', async () => {
-    const run = await cli('list');
+    const run = await binary('list');
     expect(run.code).toBe(0);
     expect(run.stdout).not.toContain('\x1b[');
     const lines = run.stdout.trimEnd().split('\n');
@@ -222,10 +230,18 @@ describe('list --device', () => {
     const [typo, none, gone, goneAny, bare] = await Promise.all([
       cli('list', '--device', 'inlet-vlave'),
       cli('list', '--device', 'drain-valve', '--state', 'rejected'),
-      sluicectl(['--config', removed, 'list', '--device', 'dosing-actuator', '--state', 'failed']),
-      sluicectl(['--config', removed, 'list', '--device', 'dosing-actuator', '--json']),
+      sluicectlInProcess([
+        '--config',
+        removed,
+        'list',
+        '--device',
+        'dosing-actuator',
+        '--state',
+        'failed',
+      ]),
+      sluicectlInProcess(['--config', removed, 'list', '--device', 'dosing-actuator', '--json']),
       // Without a configuration an unknown name cannot be told from a device with no commands.
-      sluicectl(['--journal', journalPath, 'list', '--device', 'inlet-vlave']),
+      sluicectlInProcess(['--journal', journalPath, 'list', '--device', 'inlet-vlave']),
     ]);
     expect({ code: typo.code, stdout: typo.stdout }).toEqual({ code: 2, stdout: '' });
     expect(typo.stderr).toMatch(
@@ -245,7 +261,7 @@ describe('list --device', () => {
 
 describe('show', () => {
   it('tells the whole story: received, duplicates, key reuse, freshness, clocks, dispatch, readbacks, outcome', async () => {
-    const run = await cli('show', 'k-confirmed');
+    const run = await binary('show', 'k-confirmed');
     expect(run.code).toBe(0);
     const out = run.stdout;
     expect(out).toMatch(/^Command k-confirmed {2}\(scope plant\)/);
@@ -374,6 +390,7 @@ describe('show', () => {
 describe('stuck', () => {
   it('lists open commands older than --older-than, marks the SPEC-stuck ones, and exits 3', async () => {
     const { config } = freshJournal();
+    // As a process: 3 is the exit code monitoring sees.
     const run = await sluicectl(['--config', config, 'stuck']);
     expect(run.code).toBe(3);
     const lines = run.stdout.split('\n');
@@ -404,7 +421,7 @@ describe('stuck', () => {
 
     // Seeded again: k-late is late, not stuck, for 7 s after seeding, and a loaded runner can
     // spend that on the run above.
-    const json = await sluicectl([
+    const json = await sluicectlInProcess([
       '--config',
       freshJournal().config,
       'stuck',
@@ -455,7 +472,7 @@ describe('stuck', () => {
 
   it('without a configuration, judges from deadlines alone and says so', async () => {
     const { journal } = freshJournal();
-    const run = await sluicectl([
+    const run = await sluicectlInProcess([
       '--config',
       join(dir, 'absent.yaml'),
       '--journal',
@@ -466,7 +483,7 @@ describe('stuck', () => {
     expect(run.code).toBe(1);
     expect(run.stderr).toContain(`no configuration at ${join(dir, 'absent.yaml')}`);
     // ... the default one missing, with --journal, is not.
-    const bare = await sluicectl(['--journal', journal, 'stuck', '--json']);
+    const bare = await sluicectlInProcess(['--journal', journal, 'stuck', '--json']);
     expect(bare.code).toBe(3);
     const doc = bare.json<{ configured: boolean; commands: Item[] }>();
     expect(doc.configured).toBe(false);
@@ -476,14 +493,15 @@ describe('stuck', () => {
       key: 'k-late',
       stuckReason: 'its deadline (no configuration: its confirm timeout is unknown)',
     });
-    const human = await sluicectl(['--journal', journal, 'stuck']);
+    const human = await sluicectlInProcess(['--journal', journal, 'stuck']);
     expect(human.stderr).toContain('no configuration: confirm timeouts unknown');
   });
 });
 
 describe('errors and usage', () => {
   it('exits 2 on usage errors, with the reason', async () => {
-    // Sixteen process starts, two at a time: the test's time is theirs, under any load.
+    // In turns: with SLUICECTL_TEST_SPAWN=1 these are sixteen process starts, which on a
+    // two-core runner would share it sixteen ways.
     const runs = await inTurns([
       () => cli('frobnicate'),
       () => cli('list', '--bogus'),
@@ -553,8 +571,8 @@ describe('errors and usage', () => {
   it('exits 1 with a clear message when the journal, the configuration or the daemon is missing', async () => {
     const [journal, config, defaults] = await Promise.all([
       cli('--journal', join(dir, 'nope.db'), 'list'),
-      sluicectl(['--config', join(dir, 'nope.yaml'), 'list']),
-      sluicectl(['list'], { env: { SLUICE_CONFIG: join(dir, 'env.yaml') } }),
+      sluicectlInProcess(['--config', join(dir, 'nope.yaml'), 'list']),
+      sluicectlInProcess(['list'], { env: { SLUICE_CONFIG: join(dir, 'env.yaml') } }),
     ]);
     expect(journal.code).toBe(1);
     expect(journal.stderr).toBe(
@@ -568,7 +586,7 @@ describe('errors and usage', () => {
     const off = join(dir, 'admin-off.yaml');
     writeFileSync(off, `${configYaml('state')}admin:\n  enabled: false\n`);
     const [disabled, absent] = await Promise.all([
-      sluicectl(['--config', off, 'health']),
+      sluicectlInProcess(['--config', off, 'health']),
       cli('devices'),
     ]);
     expect(disabled.code).toBe(1);
@@ -652,7 +670,7 @@ describe('errors and usage', () => {
     try {
       holder.pragma('locking_mode = EXCLUSIVE');
       holder.exec('BEGIN EXCLUSIVE');
-      const locked = await sluicectl(['--journal', journal, 'list']);
+      const locked = await sluicectlInProcess(['--journal', journal, 'list']);
       expect({ code: locked.code, stdout: locked.stdout }).toEqual({ code: 1, stdout: '' });
       expect(locked.stderr).toBe(
         `sluicectl: cannot open the journal ${journal}: it is locked (SQLITE_BUSY: database is locked) for longer than a reader waits (2 s): another program holds it exclusively, or sluiced is recovering its log at start; try again\n`,
@@ -660,10 +678,10 @@ describe('errors and usage', () => {
     } finally {
       holder.close();
     }
-    const free = await sluicectl(['--journal', journal, 'list', '--json']);
+    const free = await sluicectlInProcess(['--journal', journal, 'list', '--json']);
     expect(free.code).toBe(0);
 
-    const folder = await sluicectl(['--journal', join(dir, 'state'), 'list']);
+    const folder = await sluicectlInProcess(['--journal', join(dir, 'state'), 'list']);
     expect({ code: folder.code, stdout: folder.stdout }).toEqual({ code: 1, stdout: '' });
     expect(folder.stderr).toBe(
       `sluicectl: ${join(dir, 'state')} is a directory, not a journal: give the journal file (journal.db by default)\n`,
@@ -671,13 +689,13 @@ describe('errors and usage', () => {
   });
 
   it('reads the journal named by SLUICE_CONFIG, and --journal overrides it', async () => {
-    const run = await sluicectl(['list', '--json', '--limit', '1'], {
+    const run = await sluicectlInProcess(['list', '--json', '--limit', '1'], {
       env: { SLUICE_CONFIG: configPath },
     });
     expect(run.code).toBe(0);
     expect(run.json<{ commands: Item[] }>().commands).toHaveLength(1);
     const { journal } = freshJournal();
-    const other = await sluicectl(['--journal', journal, 'list', '--json']);
+    const other = await sluicectlInProcess(['--journal', journal, 'list', '--json']);
     expect(other.code).toBe(0);
     expect(other.json<{ commands: Item[] }>().commands).toHaveLength(12);
   });
