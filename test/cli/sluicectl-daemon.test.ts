@@ -16,7 +16,7 @@ import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { mosquittoAvailable, startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { seedOrphan } from '../helpers/daemon-site.js';
-import { sluicectl, type CliRun } from './helpers.js';
+import { sluicectl, sluicectlInProcess, type CliRun } from './helpers.js';
 
 /**
  * sluicectl against a running daemon (built from its configuration file, as `sluiced` builds
@@ -43,9 +43,17 @@ let tokenFile: string;
 let cert: string;
 let httpsPort: number;
 
-/** As an operator on the gateway: sudo from alice. */
+/**
+ * As an operator on the gateway: sudo from alice. `cli` calls sluicectl's main in this process
+ * (the function the binary runs); `binary` runs the binary, a process, once for each
+ * subcommand here: the exit code the shell sees, and that it ends once its work is done (an
+ * admin request, an HTTPS or MQTT connection left open would keep it running).
+ */
+const OPERATOR_ENV = { SUDO_USER: 'alice', USER: 'root' };
 const cli = (...args: string[]): Promise<CliRun> =>
-  sluicectl(['--config', configPath, ...args], { env: { SUDO_USER: 'alice', USER: 'root' } });
+  sluicectlInProcess(['--config', configPath, ...args], { env: OPERATOR_ENV });
+const binary = (...args: string[]): Promise<CliRun> =>
+  sluicectl(['--config', configPath, ...args], { env: OPERATOR_ENV });
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -197,11 +205,11 @@ afterAll(async () => {
 describe.runIf(real)('sluicectl on a running daemon', () => {
   it('health, devices and clock come from the admin endpoint; health exits 1 while a command is stuck', async () => {
     const [health, healthJson, devices, devicesJson, clock, clockJson] = await Promise.all([
-      cli('health'),
+      binary('health'),
       cli('health', '--json'),
-      cli('devices'),
+      binary('devices'),
       cli('devices', '--json'),
-      cli('clock'),
+      binary('clock'),
       cli('clock', '--json'),
     ]);
     expect(health.code).toBe(1);
@@ -269,7 +277,7 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     expect(sent.stdout).toContain('follow it: sluicectl show held-1');
     await until(() => (valve.counters.writesReceived === 1 ? true : undefined), 5_000, 'the write');
 
-    const stuck = await cli('stuck', '--older-than', '1s');
+    const stuck = await binary('stuck', '--older-than', '1s');
     expect(stuck.code).toBe(3);
     expect(stuck.stdout).toMatch(
       // Accepted 10 min before the suite began, deadline 30 s later: past 10 min on a slow run.
@@ -290,7 +298,7 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     ]);
 
     // The orphan's device is gone: a readback cannot settle it, and reverify says so.
-    const orphan = await cli('reverify', 'orphan-1');
+    const orphan = await binary('reverify', 'orphan-1');
     expect(orphan.code).toBe(0);
     expect(orphan.stdout).toMatch(
       /^NOT SETTLED: the command stays accepted; its device "removed-valve" is not in the configuration/,
@@ -335,7 +343,7 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     expect(historyOf('orphan-1').every((e) => e.to === 'accepted')).toBe(true);
 
     const reason = 'valve removed from service; checked closed by hand (WO 4711)';
-    const resolved = await cli('resolve', 'orphan-1', '--as', 'failed', '--reason', reason);
+    const resolved = await binary('resolve', 'orphan-1', '--as', 'failed', '--reason', reason);
     expect(resolved.code).toBe(0);
     expect(resolved.stdout).toMatch(
       new RegExp(`^RESOLVED by ${OPERATOR}: failed RESOLVED_BY_OPERATOR; nothing was written`),
@@ -344,7 +352,7 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     expect(again.code).toBe(1);
     expect(again.stderr).toContain('ALREADY_SETTLED');
 
-    const show = await cli('show', 'orphan-1');
+    const show = await binary('show', 'orphan-1');
     expect(show.code).toBe(0);
     expect(show.stdout).toMatch(/state\s+failed RESOLVED_BY_OPERATOR/);
     expect(show.stdout).toContain(`operator  `);
@@ -372,7 +380,7 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     const valve = plant.device('send-valve');
     const before = valve.counters.writesReceived;
 
-    const https = await cli(
+    const https = await binary(
       'send',
       'send-valve',
       'open',
@@ -385,7 +393,7 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     expect(https.stdout).toMatch(/^CONFIRMED over https \(HTTP 200\)/);
     expect(https.stdout).toMatch(/key\s+send-https-1/);
     expect(https.stdout).toMatch(/observed\s+OPEN 100% seq \d+/);
-    const replay = await sluicectl(
+    const replay = await sluicectlInProcess(
       ['--config', configPath, 'send', 'send-valve', 'open', '--key', 'send-https-1', '--json'],
       { env: { SLUICE_TOKEN: TOKEN } },
     );
@@ -432,7 +440,15 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     );
     expect(valve.counters.writesReceived).toBe(before + 1);
 
-    const mqtt = await cli('send', 'send-valve', 'close', '--via', 'mqtt', '--key', 'send-mqtt-1');
+    const mqtt = await binary(
+      'send',
+      'send-valve',
+      'close',
+      '--via',
+      'mqtt',
+      '--key',
+      'send-mqtt-1',
+    );
     expect(mqtt.code).toBe(0);
     expect(mqtt.stdout).toMatch(/^CONFIRMED over mqtt/);
     expect(mqtt.stdout).toMatch(/issued\s+\S+Z\n/);
@@ -573,7 +589,7 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
       );
     }
     // Reading needs no daemon.
-    const list = await cli('list', '--json');
+    const list = await binary('list', '--json');
     expect(list.code).toBe(0);
   }, 60_000);
 });
