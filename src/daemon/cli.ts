@@ -4,78 +4,21 @@
 // creates nothing, and prints what the daemon would run. Exit codes: 0 clean stop (or a valid
 // configuration), 1 runtime failure, 2 invalid configuration — at start as under --check, and
 // before anything is created on disk.
-import { Command, Option } from 'commander';
-import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
+import { ConfigError } from '../config/config.js';
 import { JournalDamagedError, JournalVersionError } from '../core/errors.js';
-import { preflight, type Preflight } from '../config/preflight.js';
-import { checkSummary } from './check-summary.js';
 import type { Daemon } from './daemon.js';
 import { daemonLogger } from './log.js';
+import { STOP_MARGIN_MS, prepare } from './prepare.js';
 
-const program = new Command()
-  .name('sluiced')
-  .description('Sluice: keyed valve commands from MQTT and HTTPS to PLCs, confirmed by readback')
-  .requiredOption('-c, --config <file>', 'configuration file (YAML)')
-  .addOption(
-    new Option('--log-level <level>', 'overrides log.level').choices([
-      'fatal',
-      'error',
-      'warn',
-      'info',
-      'debug',
-      'trace',
-    ]),
-  )
-  .option('--check', 'run every start-up check, create nothing, print what would run, and exit')
-  .option('--shutdown-bound <ms>', 'time in-flight commands get to settle at SIGTERM', '10000');
-program.parse();
-const opts = program.opts<{
-  config: string;
-  logLevel?: string;
-  check?: boolean;
-  shutdownBound: string;
-}>();
-
-/** A stop gets this long past its bound before the process exits regardless (onSignal). */
-const STOP_MARGIN_MS = 10_000;
-// Whole milliseconds, checked before anything else (exit 2: the unit does not restart on it). A
-// value such as `10s` or `abc` was taken as NaN, and so was the force timer's delay, which Node
-// fires at once: every SIGTERM then ended the process with exit 1 ("stop overran its bound")
-// before any in-flight command could settle or have its result published. A bound past a
-// timer's range (2^31 - 1 ms with the margin) fires at once the same way.
-const shutdownBoundMs = /^\d+$/.test(opts.shutdownBound) ? Number(opts.shutdownBound) : NaN;
-if (!(shutdownBoundMs <= 2 ** 31 - 1 - STOP_MARGIN_MS)) {
-  process.stderr.write(
-    `sluiced: --shutdown-bound ${JSON.stringify(opts.shutdownBound)}: expected whole milliseconds from 0 to ${2 ** 31 - 1 - STOP_MARGIN_MS} (e.g. 10000 for 10 s)\n`,
-  );
-  process.exit(2);
-}
-
-let config: SluiceConfig;
-let checked: Preflight;
-try {
-  config = loadConfig(opts.config, {
-    overrides: opts.logLevel === undefined ? {} : { log: { level: opts.logLevel } },
-  });
-  checked = preflight(config, opts.config);
-} catch (error) {
-  if (error instanceof ConfigError) {
-    process.stderr.write(`sluiced: ${error.message}\n`);
-    process.exit(2);
-  }
-  throw error;
-}
-if (opts.check === true) {
-  process.stdout.write(
-    [
-      `sluiced: ${opts.config}: configuration is valid (nothing was created)`,
-      '',
-      ...checkSummary(config, checked, new Date()),
-      '',
-    ].join('\n'),
-  );
-  process.exit(0);
-}
+// The command line, the configuration and every start-up check (prepare.ts): --check ends
+// here, and so does a configuration the start refuses, before anything is created.
+const prepared = prepare(process.argv.slice(2), {
+  stdout: process.stdout,
+  stderr: process.stderr,
+  env: process.env,
+});
+if (prepared.exit !== undefined) process.exit(prepared.exit);
+const { config, configPath, shutdownBoundMs } = prepared;
 
 // JSON lines on stdout (journald), readable lines on a terminal.
 const logger = await daemonLogger(config.log.level);
@@ -130,7 +73,7 @@ const onSignal = (signal: NodeJS.Signals): void => {
 process.on('SIGTERM', onSignal);
 process.on('SIGINT', onSignal);
 
-logger.info({ config: opts.config, pid: process.pid }, 'sluiced starting');
+logger.info({ config: configPath, pid: process.pid }, 'sluiced starting');
 try {
   if (Object.values(config.plcs).some((plc) => plc.protocol === 'opcua')) {
     // Only with an OPC UA PLC: loading node-opcua takes seconds, and its own messages go to

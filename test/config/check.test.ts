@@ -7,12 +7,15 @@ import { registerMapLines } from '../../src/drivers/modbus-map.js';
 import { loadProfiles } from '../../src/profiles/load.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
-import { runSluiced, startSluiced } from './sluiced.js';
+import { runSluiced, runSluicedInProcess, startSluiced, type Finished } from './sluiced.js';
 
 /**
  * `sluiced --check` runs every check the start runs and creates nothing; a configuration the
  * start would refuse is refused by --check, and at start with exit 2 before anything is
- * created. On success it prints what the daemon would run.
+ * created. On success it prints what the daemon would run. Most runs call the binary's
+ * command line and checks in this process (runSluicedInProcess: src/daemon/prepare.ts, which
+ * the binary runs before its start; never a start that gets past them); a few run the binary
+ * as a process (runSluiced), and the daemons below are processes.
  */
 
 const BUNDLED = join(ROOT, 'devices', 'profiles');
@@ -66,11 +69,19 @@ function errorLines(stderr: string, path: string): string[] {
   return lines.slice(1).map((l) => l.replace(/^ {2}/, ''));
 }
 
-/** --check and a real start both refuse with exactly `expected`, exit 2, and create nothing. */
-function refusedEverywhere(path: string, expected: readonly string[]): void {
+/**
+ * --check and a real start both refuse with exactly `expected`, exit 2, and create nothing.
+ * `run`: in this process (the checks the binary runs before its start), or runSluiced, the
+ * binary as a process.
+ */
+function refusedEverywhere(
+  path: string,
+  expected: readonly string[],
+  run: (args: readonly string[]) => Finished = runSluicedInProcess,
+): void {
   const before = tree();
   for (const args of [['--check'], []]) {
-    const r = runSluiced(['--config', path, ...args]);
+    const r = run(['--config', path, ...args]);
     expect({ args, status: r.status }).toEqual({ args, status: 2 });
     expect(errorLines(r.stderr, path)).toEqual(expected);
     expect(r.stdout).toBe('');
@@ -81,7 +92,7 @@ function refusedEverywhere(path: string, expected: readonly string[]): void {
 describe('sluiced --check', () => {
   it('shows a Modbus PLC given more than one connection', () => {
     const path = site(SITE.replace('port: 5020 }', 'port: 5020, connections: 2 }'));
-    const r = runSluiced(['--config', path, '--check']);
+    const r = runSluicedInProcess(['--config', path, '--check']);
     expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
     expect(r.stdout).toContain(
       '  PLCs      modbus-plc  modbus  127.0.0.1:5020 unit 1, timeout 1000 ms, block reads (gap ≤ 16), 2 connections\n',
@@ -122,9 +133,14 @@ describe('sluiced --check', () => {
   it('refuses a token no header can carry, and one token for two identities, at --check and at start', () => {
     const token = join(dir, 'token');
     writeFileSync(token, 'plant token\n', { mode: 0o600 });
-    refusedEverywhere(site(), [
-      `identities.plant.tokenFile: ${token} holds a space, a control character or a non-ASCII character inside the token, which no Authorization header can carry`,
-    ]);
+    // As processes: the binary's exit code 2, at --check and at start.
+    refusedEverywhere(
+      site(),
+      [
+        `identities.plant.tokenFile: ${token} holds a space, a control character or a non-ASCII character inside the token, which no Authorization header can carry`,
+      ],
+      runSluiced,
+    );
     writeFileSync(token, 'plant-token\n', { mode: 0o600 });
     const twice = SITE.replace(
       "  plant: { tokenFile: token, devices: ['*'] }",
@@ -250,7 +266,7 @@ describe('sluiced --check', () => {
       '  inlet-valve: { plc: modbus-plc, profile: valve, base: 100 }\n' +
         '  drain-valve: { plc: modbus-plc-2, profile: valve, base: 100 }',
     );
-    const r = runSluiced(['--config', site(merged), '--check']);
+    const r = runSluicedInProcess(['--config', site(merged), '--check']);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(
@@ -276,7 +292,7 @@ describe('sluiced --check', () => {
     refusedEverywhere(path, [
       `mqtt.username: required with mqtt.passwordFile ${join(dir, 'mqtt.pw')}: a password is sent only with a user name, and without one the MQTT client never connects; give the broker user as mqtt.username`,
     ]);
-    const r = runSluiced([
+    const r = runSluicedInProcess([
       '--config',
       site(readFileSync(path, 'utf8').replace('passwordFile:', 'username: line2, passwordFile:')),
       '--check',
@@ -306,15 +322,20 @@ describe('sluiced --check', () => {
           "plant: { tokenFile: token, devices: ['*'] }\n  other: { tokenFile: missing-token, devices: ['*'] }",
         ),
     );
-    refusedEverywhere(path, [
-      `https.keyFile: ${join(dir, 'other-key.pem')} is not the private key of https.certFile ${join(dir, 'cert.pem')}`,
-      `https.clientCaFile: ${join(dir, 'ca.pem')} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`,
-      `mqtt.passwordFile: ${join(dir, 'profiles')}: a folder, not a file`,
-      `mqtt.caFile: ${join(dir, 'nowhere.pem')}: no such file`,
-      'mqtt.keyFile: required with mqtt.certFile (a client certificate needs its key)',
-      `identities.plant.tokenFile: ${join(dir, 'token')} is empty`,
-      `identities.other.tokenFile: ${join(dir, 'missing-token')}: no such file`,
-    ]);
+    refusedEverywhere(
+      path,
+      [
+        `https.keyFile: ${join(dir, 'other-key.pem')} is not the private key of https.certFile ${join(dir, 'cert.pem')}`,
+        `https.clientCaFile: ${join(dir, 'ca.pem')} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`,
+        `mqtt.passwordFile: ${join(dir, 'profiles')}: a folder, not a file`,
+        `mqtt.caFile: ${join(dir, 'nowhere.pem')}: no such file`,
+        'mqtt.keyFile: required with mqtt.certFile (a client certificate needs its key)',
+        `identities.plant.tokenFile: ${join(dir, 'token')} is empty`,
+        `identities.other.tokenFile: ${join(dir, 'missing-token')}: no such file`,
+      ],
+      // As processes: every file read by the binary itself, creating nothing.
+      runSluiced,
+    );
   });
 
   it('refuses a missing HTTPS certificate and a key that is not PEM', () => {

@@ -1,6 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { prepare } from '../../src/daemon/prepare.js';
 import { ROOT } from '../helpers/fixtures.js';
 
 /** `sluiced` as an operator runs it: the CLI entry from source, loaded by the test loader. */
@@ -31,6 +32,32 @@ export function runSluiced(args: readonly string[], timeoutMs = 30_000): Finishe
     timeout: timeoutMs,
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * sluiced's command line and start-up checks run in this process: src/daemon/prepare.ts, what
+ * the binary runs before it starts the daemon, with the same arguments and environment as
+ * runSluiced's process, and the exit code the binary exits with. For `--check`, and for a
+ * start the configuration refuses; it never starts a daemon: a start the checks let through
+ * fails the test here. A process start costs most of a second of CPU (the TypeScript sources,
+ * zod, yaml); what depends on the process is tested with runSluiced. SLUICED_TEST_SPAWN=1
+ * runs these as processes too.
+ */
+export function runSluicedInProcess(args: readonly string[]): Finished {
+  if (process.env.SLUICED_TEST_SPAWN === '1') return runSluiced(args);
+  let stdout = '';
+  let stderr = '';
+  const prepared = prepare(args, {
+    stdout: { write: (text: string) => (stdout += text) },
+    stderr: { write: (text: string) => (stderr += text) },
+    env: cleanEnv(),
+  });
+  if (prepared.exit === undefined) {
+    throw new Error(
+      `sluiced ${args.join(' ')}: every start-up check passed, and the binary would start the daemon (not run in the test's process)\nstdout:\n${stdout}\nstderr:\n${stderr}`,
+    );
+  }
+  return { status: prepared.exit, stdout, stderr };
 }
 
 export interface Running {

@@ -1,0 +1,108 @@
+import { Command, CommanderError, Option } from 'commander';
+import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
+import { preflight, type Preflight } from '../config/preflight.js';
+import { checkSummary } from './check-summary.js';
+
+/**
+ * The part of `sluiced` (cli.ts) before the daemon: the command line, the configuration and
+ * every start-up check. It ends the run (`--check`, `--help`, a usage error, a configuration
+ * the start would refuse: `exit`), or gives the start what it needs; it starts nothing and
+ * creates nothing. The binary is this with the process's streams and environment, then the
+ * start; kept apart from it so that it can be called without the binary's side effects.
+ */
+
+/** A stop gets this long past its bound before the process exits regardless (cli.ts). */
+export const STOP_MARGIN_MS = 10_000;
+
+export interface SluicedIo {
+  readonly stdout: { write(text: string): unknown };
+  readonly stderr: { write(text: string): unknown };
+  readonly env: NodeJS.ProcessEnv;
+}
+
+export interface StartPlan {
+  readonly exit?: undefined;
+  readonly configPath: string;
+  readonly config: SluiceConfig;
+  readonly shutdownBoundMs: number;
+}
+
+export type Prepared = { readonly exit: number } | StartPlan;
+
+export function prepare(argv: readonly string[], io: SluicedIo): Prepared {
+  const program = new Command()
+    .name('sluiced')
+    .description('Sluice: keyed valve commands from MQTT and HTTPS to PLCs, confirmed by readback')
+    .requiredOption('-c, --config <file>', 'configuration file (YAML)')
+    .addOption(
+      new Option('--log-level <level>', 'overrides log.level').choices([
+        'fatal',
+        'error',
+        'warn',
+        'info',
+        'debug',
+        'trace',
+      ]),
+    )
+    .option('--check', 'run every start-up check, create nothing, print what would run, and exit')
+    .option('--shutdown-bound <ms>', 'time in-flight commands get to settle at SIGTERM', '10000')
+    .configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+    })
+    // commander's own exit (--help, a usage error) with its exit code, made by the caller.
+    .exitOverride();
+  try {
+    program.parse(argv, { from: 'user' });
+  } catch (error) {
+    if (error instanceof CommanderError) return { exit: error.exitCode };
+    throw error;
+  }
+  const opts = program.opts<{
+    config: string;
+    logLevel?: string;
+    check?: boolean;
+    shutdownBound: string;
+  }>();
+
+  // Whole milliseconds, checked before anything else (exit 2: the unit does not restart on it).
+  // A value such as `10s` or `abc` was taken as NaN, and so was the force timer's delay, which
+  // Node fires at once: every SIGTERM then ended the process with exit 1 ("stop overran its
+  // bound") before any in-flight command could settle or have its result published. A bound
+  // past a timer's range (2^31 - 1 ms with the margin) fires at once the same way.
+  const shutdownBoundMs = /^\d+$/.test(opts.shutdownBound) ? Number(opts.shutdownBound) : NaN;
+  if (!(shutdownBoundMs <= 2 ** 31 - 1 - STOP_MARGIN_MS)) {
+    io.stderr.write(
+      `sluiced: --shutdown-bound ${JSON.stringify(opts.shutdownBound)}: expected whole milliseconds from 0 to ${2 ** 31 - 1 - STOP_MARGIN_MS} (e.g. 10000 for 10 s)\n`,
+    );
+    return { exit: 2 };
+  }
+
+  let config: SluiceConfig;
+  let checked: Preflight;
+  try {
+    config = loadConfig(opts.config, {
+      env: io.env,
+      overrides: opts.logLevel === undefined ? {} : { log: { level: opts.logLevel } },
+    });
+    checked = preflight(config, opts.config);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      io.stderr.write(`sluiced: ${error.message}\n`);
+      return { exit: 2 };
+    }
+    throw error;
+  }
+  if (opts.check === true) {
+    io.stdout.write(
+      [
+        `sluiced: ${opts.config}: configuration is valid (nothing was created)`,
+        '',
+        ...checkSummary(config, checked, new Date()),
+        '',
+      ].join('\n'),
+    );
+    return { exit: 0 };
+  }
+  return { configPath: opts.config, config, shutdownBoundMs };
+}
