@@ -6,7 +6,7 @@ import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { main } from '../../src/cli/main.js';
 import { ROOT } from '../helpers/fixtures.js';
 
-/** sluicectl as a user runs it: a process, its exit code, stdout and stderr. */
+/** A run of sluicectl (a process, or its main in this process): exit code, stdout and stderr. */
 export interface CliRun {
   readonly code: number | null;
   readonly stdout: string;
