@@ -1,6 +1,14 @@
 import { join } from 'node:path';
 import { AttributeIds, DataType } from 'node-opcua';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import {
+  afterAll,
+  afterEach,
+  beforeAll,
+  beforeEach,
+  describe,
+  it as vitestIt,
+  type TestFunction,
+} from 'vitest';
 import { parseCommandRequest } from '../../src/core/command.js';
 import { systemClock } from '../../src/core/clock.js';
 import { WriteNotSentError } from '../../src/core/driver.js';
@@ -112,10 +120,26 @@ afterAll(async () => {
   await releaseClientPki();
 });
 
-describe.each([
-  ['Modbus TCP', 'mb'],
-  ['OPC UA', 'ua'],
-] as const)('driver contract: %s', (_name, prefix) => {
+/**
+ * The tests that run alone, after both suites: what each proves turns on a 60 ms window of this
+ * process's timers against a read the pipeline sends at once, which the event loop shared with
+ * the other protocol's suite could shift.
+ */
+const ALONE = new Set([
+  'ends rejected 0x88 when the controller refuses a write the mirror thought legal',
+]);
+
+/**
+ * The contract for the PLC `prefix`: its tests one after another (they share its valve and
+ * actuator), either all but those that run alone (`part` 'beside': beside the other protocol's
+ * suite, whose devices and PLC are its own) or those alone.
+ */
+function contract(prefix: 'mb' | 'ua', part: 'beside' | 'alone'): void {
+  const it = (name: string, fn: TestFunction, timeout?: number): void => {
+    if (ALONE.has(name) === (part === 'alone')) {
+      vitestIt(name, { concurrent: false, ...(timeout === undefined ? {} : { timeout }) }, fn);
+    }
+  };
   const valveId = `${prefix}-valve`;
   const actuatorId = `${prefix}-actuator`;
   let journal: SqliteJournal;
@@ -228,14 +252,18 @@ describe.each([
     actuator.clearFaults();
   });
 
-  it('reads the status block: state names, position, echo and a source time', async () => {
+  it('reads the status block: state names, position, echo and a source time', async ({
+    expect,
+  }) => {
     const rb = await binding(valveId).driver.read();
     expect(rb).toMatchObject({ state: 'CLOSED', position: 0, faultCode: null });
     expect(rb.sourceTime).toBeTypeOf('number');
     expect(rb.receivedAt).toBeGreaterThanOrEqual(rb.requestedAt);
   });
 
-  it('a write whose notAfter has passed is never sent: WriteNotSentError, nothing received', async () => {
+  it('a write whose notAfter has passed is never sent: WriteNotSentError, nothing received', async ({
+    expect,
+  }) => {
     const driver = binding(valveId).driver;
     const write = { action: 'open' as const, position: null, seq: 4242 };
     await expect(driver.write({ ...write, notAfter: Date.now() - 1 })).rejects.toThrow(
@@ -247,7 +275,9 @@ describe.each([
     expect(valve.writesWithSeq(4242)).toBe(1);
   });
 
-  it('a write withdrawn before it is sent is never sent: WriteNotSentError, nothing received', async () => {
+  it('a write withdrawn before it is sent is never sent: WriteNotSentError, nothing received', async ({
+    expect,
+  }) => {
     const driver = binding(valveId).driver;
     const withdrawn = new AbortController();
     withdrawn.abort();
@@ -270,7 +300,9 @@ describe.each([
     expect(valve.writesWithSeq(4343)).toBe(0);
   });
 
-  it('a write withdrawn once handed over is not sent, or not triggered: the controller takes nothing', async () => {
+  it('a write withdrawn once handed over is not sent, or not triggered: the controller takes nothing', async ({
+    expect,
+  }) => {
     const driver = binding(valveId).driver;
     const withdrawn = new AbortController();
     const write = driver.write({
@@ -291,7 +323,9 @@ describe.each([
     expect(valve.counters.writesReceived).toBe(0);
   });
 
-  it('a write with no connection to its controller is never sent: WriteNotSentError no-connection, nothing received', async () => {
+  it('a write with no connection to its controller is never sent: WriteNotSentError no-connection, nothing received', async ({
+    expect,
+  }) => {
     // A driver of its own, reaching the controller through a link that refuses connections
     // (nothing listens on its port): the connect fails, so the write never reaches a socket.
     const link = await linkToPlc();
@@ -335,7 +369,9 @@ describe.each([
     }
   }, 40_000);
 
-  it('a link cut while the write awaits its answer: reported unknown, never sent again by itself; one write', async () => {
+  it('a link cut while the write awaits its answer: reported unknown, never sent again by itself; one write', async ({
+    expect,
+  }) => {
     // The write reaches the controller, its answer is lost with the connection. The driver
     // must report an unknown outcome and leave it at that: node-opcua replays requests it holds
     // while it reconnects (ClientSessionImpl.flushPendingTransactions), so a write handed to it
@@ -400,7 +436,7 @@ describe.each([
     }
   }, 40_000);
 
-  it('reads the controller clock, and the skew estimate follows its offset', async () => {
+  it('reads the controller clock, and the skew estimate follows its offset', async ({ expect }) => {
     const plc = plant.plc(prefix);
     plc.setClock({ offsetMs: -7_000, driftPpm: 0 });
     try {
@@ -411,7 +447,9 @@ describe.each([
     }
   });
 
-  it('opens, stops, closes and resets a valve, each confirmed with one write', async () => {
+  it('opens, stops, closes and resets a valve, each confirmed with one write', async ({
+    expect,
+  }) => {
     expect(await send(`open-${n}`, { device: valveId, action: 'open' })).toMatchObject({
       state: 'confirmed',
       observed: { state: 'OPEN', position: 100 },
@@ -448,7 +486,7 @@ describe.each([
     expect(valve.counters.writesReceived).toBe(5);
   });
 
-  it('moves, stops and resets an actuator', async () => {
+  it('moves, stops and resets an actuator', async ({ expect }) => {
     const move = await send(`move-${n}`, { device: actuatorId, action: 'move', position: 40 });
     expect(move.state).toBe('confirmed');
     expect(move.observed?.position).toBeCloseTo(40, 0);
@@ -468,13 +506,15 @@ describe.each([
     });
   });
 
-  it('confirms a no-op without any write', async () => {
+  it('confirms a no-op without any write', async ({ expect }) => {
     const r = await send(`noop-${n}`, { device: valveId, action: 'close' });
     expect(r).toMatchObject({ state: 'confirmed', seq: null });
     expect(valve.counters.writesReceived).toBe(0);
   });
 
-  it('ends rejected 0x88 when the controller refuses a write the mirror thought legal', async () => {
+  it('ends rejected 0x88 when the controller refuses a write the mirror thought legal', async ({
+    expect,
+  }) => {
     await rest(valve, 50); // STOPPED half-way: close is legal
     // The pre-write read is answered late, and meanwhile another master starts the valve
     // opening: the bridge writes close into OPENING and the controller refuses it.
@@ -499,7 +539,7 @@ describe.each([
     expect(pipeline.devices().find((d) => d.id === valveId)?.mirror?.state).toBe('OPENING');
   });
 
-  it('stuck travel ends READBACK_TIMEOUT, with one write', async () => {
+  it('stuck travel ends READBACK_TIMEOUT, with one write', async ({ expect }) => {
     const short = {
       ...binding(valveId),
       profile: { ...binding(valveId).profile, timing: { ...TIMING, confirmTimeoutMs: 450 } },
@@ -525,28 +565,32 @@ describe.each([
   // exactly one write reaches the controller's sequence number.
   const attemptsAfterLostAnswer = prefix === 'mb' ? 1 : 2;
 
-  it('a dropped reply to the write is recovered without a second write', async () => {
+  it('a dropped reply to the write is recovered without a second write', async ({ expect }) => {
     valve.setFault({ kind: 'drop', on: 'write', count: 1 });
     const r = await send(`drop-${n}`, { device: valveId, action: 'open' });
     expect(r).toMatchObject({ state: 'confirmed', attempts: attemptsAfterLostAnswer });
     expect(valve.counters.writesReceived).toBe(1);
   });
 
-  it('a connection reset after the write is recovered without a second write', async () => {
+  it('a connection reset after the write is recovered without a second write', async ({
+    expect,
+  }) => {
     valve.setFault({ kind: 'reset', when: 'after', on: 'write', count: 1 });
     const r = await send(`reset-after-${n}`, { device: valveId, action: 'open' });
     expect(r).toMatchObject({ state: 'confirmed', attempts: attemptsAfterLostAnswer });
     expect(valve.counters.writesReceived).toBe(1);
   });
 
-  it('a connection reset before the write reaches the controller: one write in the end', async () => {
+  it('a connection reset before the write reaches the controller: one write in the end', async ({
+    expect,
+  }) => {
     valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
     const r = await send(`reset-before-${n}`, { device: valveId, action: 'open' });
     expect(r).toMatchObject({ state: 'confirmed', attempts: 2 });
     expect(valve.counters.writesReceived).toBe(1);
   });
 
-  it('a frozen (stale) status never confirms', async () => {
+  it('a frozen (stale) status never confirms', async ({ expect }) => {
     valve.setFault({ kind: 'frozen' });
     const r = await send(`frozen-${n}`, { device: valveId, action: 'open' });
     expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
@@ -562,7 +606,7 @@ describe.each([
   });
 
   if (prefix === 'mb') {
-    it('a Modbus exception on the write ends DEVICE_FAULT, nothing applied', async () => {
+    it('a Modbus exception on the write ends DEVICE_FAULT, nothing applied', async ({ expect }) => {
       valve.setFault({ kind: 'exception', code: 3, on: 'write', count: 1 });
       const r = await send(`exc-${n}`, { device: valveId, action: 'open' });
       expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT' });
@@ -570,14 +614,16 @@ describe.each([
       expect(valve.counters.commandsTaken).toBe(0);
     });
 
-    it('Modbus exceptions on reads delay a command, they do not fail it', async () => {
+    it('Modbus exceptions on reads delay a command, they do not fail it', async ({ expect }) => {
       valve.setFault({ kind: 'exception', code: 6, on: 'read', count: 3 });
       expect((await send(`exc-read-${n}`, { device: valveId, action: 'open' })).state).toBe(
         'confirmed',
       );
     });
   } else {
-    it('an OPC UA Bad status on the write ends DEVICE_FAULT, nothing applied', async () => {
+    it('an OPC UA Bad status on the write ends DEVICE_FAULT, nothing applied', async ({
+      expect,
+    }) => {
       valve.setFault({ kind: 'bad-status', status: 'BadDeviceFailure', on: 'write', count: 1 });
       const r = await send(`bad-${n}`, { device: valveId, action: 'open' });
       expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_FAULT' });
@@ -585,7 +631,9 @@ describe.each([
       expect(valve.counters.commandsTaken).toBe(0);
     });
 
-    it('BadTimeout answered to a trigger the controller took is an unknown outcome: confirmed by readback, one write', async () => {
+    it('BadTimeout answered to a trigger the controller took is an unknown outcome: confirmed by readback, one write', async ({
+      expect,
+    }) => {
       // A server whose field device took the sequence number but whose answer timed out.
       valve.setFault({
         kind: 'bad-status',
@@ -601,7 +649,9 @@ describe.each([
       expect(valve.counters.commandsTaken).toBe(1);
     });
 
-    it('BadTimeout answered to a trigger the controller did not take: proven by readback, sent once more, one write', async () => {
+    it('BadTimeout answered to a trigger the controller did not take: proven by readback, sent once more, one write', async ({
+      expect,
+    }) => {
       valve.setFault({
         kind: 'bad-status',
         status: 'BadTimeout',
@@ -615,7 +665,9 @@ describe.each([
       expect(valve.counters.writesReceived).toBe(1);
     });
 
-    it('a Good status with a subcode on the trigger is a write taken, not a refusal', async () => {
+    it('a Good status with a subcode on the trigger is a write taken, not a refusal', async ({
+      expect,
+    }) => {
       valve.setFault({
         kind: 'bad-status',
         status: 'GoodCompletesAsynchronously',
@@ -629,7 +681,9 @@ describe.each([
       expect(valve.counters.writesReceived).toBe(1);
     });
 
-    it('a server that lost the session: a trigger answered BadSessionIdInvalid is never sent again behind the driver', async () => {
+    it('a server that lost the session: a trigger answered BadSessionIdInvalid is never sent again behind the driver', async ({
+      expect,
+    }) => {
       // node-opcua's ClientSession.write makes a new session and sends such a request again
       // when that succeeds: here 4 s later (new sessions refused meanwhile), long after the
       // driver gave up on it and past its deadline. Ground truth: the simulator's write log.
@@ -685,11 +739,24 @@ describe.each([
       expect(valve.counters.writesReceived).toBe(1);
     }, 40_000);
 
-    it('Bad status on reads delays a command, it does not fail it', async () => {
+    it('Bad status on reads delays a command, it does not fail it', async ({ expect }) => {
       valve.setFault({ kind: 'bad-status', status: 'BadDeviceFailure', on: 'read', count: 3 });
       expect((await send(`bad-read-${n}`, { device: valveId, action: 'open' })).state).toBe(
         'confirmed',
       );
     });
   }
+}
+
+const PROTOCOLS = [
+  ['Modbus TCP', 'mb'],
+  ['OPC UA', 'ua'],
+] as const;
+
+describe.concurrent.each(PROTOCOLS)('driver contract: %s', (_name, prefix) => {
+  contract(prefix, 'beside');
+});
+
+describe.each(PROTOCOLS)('driver contract: %s, run alone', (_name, prefix) => {
+  contract(prefix, 'alone');
 });
