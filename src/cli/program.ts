@@ -240,6 +240,11 @@ export function buildProgram(io: Io, result: { code: number }): Command {
     .option('--ca <file>', "CA to trust for HTTPS (default: the configuration's https.certFile)")
     .option('--mqtt-username <name>', 'MQTT username')
     .option('--mqtt-password-file <file>', 'MQTT password file')
+    .option(
+      '--mqtt-cert <file>',
+      'MQTT client certificate, for a broker that wants one (with --mqtt-key)',
+    )
+    .option('--mqtt-key <file>', "the client certificate's private key (with --mqtt-cert)")
     .addHelpText(
       'after',
       example(
@@ -265,6 +270,8 @@ export function buildProgram(io: Io, result: { code: number }): Command {
             ca?: string;
             mqttUsername?: string;
             mqttPasswordFile?: string;
+            mqttCert?: string;
+            mqttKey?: string;
           },
         ) =>
           runSend(ctx, device, action, {
@@ -280,6 +287,8 @@ export function buildProgram(io: Io, result: { code: number }): Command {
             ...(opts.mqttPasswordFile === undefined
               ? {}
               : { mqttPasswordFile: opts.mqttPasswordFile }),
+            ...(opts.mqttCert === undefined ? {} : { mqttCert: opts.mqttCert }),
+            ...(opts.mqttKey === undefined ? {} : { mqttKey: opts.mqttKey }),
           }),
       ),
     );

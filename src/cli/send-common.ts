@@ -17,6 +17,9 @@ export interface SendOptions {
   readonly ca?: string;
   readonly mqttUsername?: string;
   readonly mqttPasswordFile?: string;
+  /** A client certificate and its key for a broker that wants one (both or neither). */
+  readonly mqttCert?: string;
+  readonly mqttKey?: string;
 }
 
 /** The command as it goes on the wire: the body both intakes take (SPEC §2). */
@@ -109,6 +112,8 @@ export function retryHint(target: SendTarget): string {
     ...(options.mqttPasswordFile === undefined
       ? []
       : ['--mqtt-password-file', shellWord(options.mqttPasswordFile)]),
+    ...(options.mqttCert === undefined ? [] : ['--mqtt-cert', shellWord(options.mqttCert)]),
+    ...(options.mqttKey === undefined ? [] : ['--mqtt-key', shellWord(options.mqttKey)]),
   ].join(' ');
   // A key that begins with '-' would read as an option: `--` ends them.
   const show = `${sluicectl} show ${key.startsWith('-') ? '-- ' : ''}${shellWord(key)}`;

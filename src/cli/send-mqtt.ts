@@ -40,6 +40,11 @@ function clientOptions(target: SendTarget, version: 4 | 5): IClientOptions {
           password: read(options.mqttPasswordFile, '--mqtt-password-file').toString('utf8').trim(),
         }),
     ...(mqtt.caFile === undefined ? {} : { ca: read(mqtt.caFile, 'mqtt.caFile') }),
+    // Its own certificate, not the daemon's (mqtt.certFile): the broker tells the operator's
+    // tool from the gateway, as --mqtt-username does for a password login.
+    ...(options.mqttCert === undefined || options.mqttKey === undefined
+      ? {}
+      : { cert: read(options.mqttCert, '--mqtt-cert'), key: read(options.mqttKey, '--mqtt-key') }),
   };
 }
 

@@ -7,7 +7,7 @@ import {
 } from '../core/command.js';
 import { InvalidCommandError, InvalidKeyError } from '../core/errors.js';
 import type { CommandRecord } from '../core/journal.js';
-import type { SluiceConfig } from '../config/config.js';
+import { withoutPassword, type SluiceConfig } from '../config/config.js';
 import type { CliContext } from './context.js';
 import { exactDuration } from './durations.js';
 import { EXIT, UsageError, type ExitCode } from './errors.js';
@@ -38,11 +38,29 @@ export async function runSend(
       `unknown device "${device}" (configured: ${Object.keys(config.devices).join(', ') || 'none'})`,
     );
   }
+  if ((options.mqttCert === undefined) !== (options.mqttKey === undefined)) {
+    throw new UsageError('--mqtt-cert and --mqtt-key go together: give both, or neither');
+  }
+  if (options.mqttCert !== undefined && options.via !== 'mqtt') {
+    throw new UsageError('--mqtt-cert and --mqtt-key need --via mqtt');
+  }
   if (options.via === 'https' && config.https === undefined) {
     throw new UsageError('--via https: the configuration has no https section');
   }
   if (options.via === 'mqtt' && config.mqtt === undefined) {
     throw new UsageError('--via mqtt: the configuration has no mqtt section');
+  }
+  // As the daemon's mqtt.certFile (config.ts): MQTT.js would speak TLS on mqtt:// and ws:// all
+  // the same, under a name that says otherwise, and refuses the pair with tcp://.
+  const mqttUrl = config.mqtt?.url;
+  if (
+    options.mqttCert !== undefined &&
+    mqttUrl !== undefined &&
+    !/^(mqtts|ssl|wss):/.test(mqttUrl)
+  ) {
+    throw new UsageError(
+      `--mqtt-cert: a client certificate needs TLS, and the configuration's mqtt.url ${withoutPassword(mqttUrl)} is not TLS (mqtts:// or wss://)`,
+    );
   }
   const key = checkedKey(options.key ?? randomUUID());
   const { command, messageExpiryS } = buildCommand(ctx, config, device, action, key, options);
