@@ -1,4 +1,4 @@
-import { describe, it, type ExpectStatic } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { deviceDocument } from '../../src/intake/device-view.js';
 import { sleepFor, systemClock, type Clock } from '../../src/core/clock.js';
 import type { CommandRecord, CommandRef, Settlement } from '../../src/core/journal.js';
@@ -7,7 +7,7 @@ import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js'
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { commitFaults, type CommitFaults } from '../helpers/commit-faults.js';
 import { lockHolder } from '../helpers/journal-lock.js';
-import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
+import { SimHarness } from '../helpers/sim-harness.js';
 import { profile } from '../helpers/fixtures.js';
 
 /**
@@ -17,20 +17,11 @@ import { profile } from '../helpers/fixtures.js';
  * the controller, by sequence number) and the journal — never the pipeline's word.
  */
 
-/**
- * A harness of the test's own, closed when the test has finished (passed or not): the tests
- * share no state and most run concurrently (they mostly wait on simulated travel and
- * readbacks). Those whose margins are a few hundred milliseconds of this process's timers run
- * alone, after the others (the describe blocks at the end of the file).
- */
-async function harness(
-  context: { onTestFinished: (fn: () => Promise<void>) => void },
-  options?: SimHarnessOptions,
-): Promise<SimHarness> {
-  const h = await SimHarness.start(options);
-  context.onTestFinished(() => h.close());
-  return h;
-}
+let h: SimHarness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
 
 const open = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({
   device: 'v1',
@@ -38,14 +29,11 @@ const open = (extra: Record<string, unknown> = {}): Record<string, unknown> => (
   ...extra,
 });
 
-describe.concurrent('I1: a second write only when the first is provably not applied', () => {
-  it('a frozen image across a restart proves nothing: no second write, an honest failure', async ({
-    expect,
-    onTestFinished,
-  }) => {
+describe('I1: a second write only when the first is provably not applied', () => {
+  it('a frozen image across a restart proves nothing: no second write, an honest failure', async () => {
     // Warm: a cold device's power-up echo, seen over the new connection, would prove nothing by
     // itself, and the image's freshness would go unjudged.
-    const h = await harness({ onTestFinished }, { warm: true });
+    h = await SimHarness.start({ warm: true });
     const valve = h.device('v1');
     // The status image stops updating before the write: the controller takes the command and
     // opens, but every readback still shows CLOSED with the old echo and old source time.
@@ -61,10 +49,32 @@ describe.concurrent('I1: a second write only when the first is provably not appl
     expect(h.notes('k1').some((n) => n.includes('redispatch'))).toBe(false);
   });
 
-  it("a settlement lost at its batch's COMMIT keeps the device on the command: the next waits, no second write", async ({
-    expect,
-    onTestFinished,
-  }) => {
+  it('a journal stall under a settling command never lets the next command run first', async () => {
+    h = await SimHarness.start({ travelMs: 200, busyTimeoutMs: 300 });
+    const valve = h.device('v1');
+    const locker = await lockHolder(h.path);
+    const a = h.submit('A', open()).record;
+    h.submit('B', { device: 'v1', action: 'close' });
+    await h.until(() => valve.counters.writesReceived >= 1, 5_000, "A's write");
+    // Another process holds the journal's write lock for 650 ms from A's write: A's settle
+    // (after ~200 ms of travel) gives up after the 300 ms busy bound; a dispatch of B right
+    // after would wait and get through when the lock goes. Before the fix, B ran while A was
+    // unresolved, and A, taken up again later, was "proven not applied" and written again.
+    await locker.hold(650);
+    const [ra, rb] = [await h.settled('A'), await h.settled('B')];
+    locker.close();
+    expect(ra).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(rb).toMatchObject({ state: 'confirmed' });
+    // Ground truth: one write per key, A's before B's, and the valve ends where B put it.
+    expect(h.writesWithSeq('v1', ra.seq!)).toBe(1);
+    expect(h.writesWithSeq('v1', rb.seq!)).toBe(1);
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([ra.seq, rb.seq]);
+    expect(valve.snapshot().state).toBe('CLOSED');
+    expect(rb.dispatchedAt!).toBeGreaterThanOrEqual(ra.settledAt!);
+    expect(a.key).toBe('A');
+  });
+
+  it("a settlement lost at its batch's COMMIT keeps the device on the command: the next waits, no second write", async () => {
     // A double, for a fault no simulator or filesystem can time: SQLite fails the COMMIT of
     // the one batch that holds A's settlement (an I/O error that clears at once). A full tmpfs
     // (test/reliability/faults.test.ts) fails every later write too, so the next command could
@@ -72,13 +82,9 @@ describe.concurrent('I1: a second write only when the first is provably not appl
     // one batch: A stays dispatched on disk while B's dispatch would commit fine. The
     // settlement is not announced, A is taken up again and settled by reading the controller,
     // and B waits for that.
-    const h = await harness({ onTestFinished }, { travelMs: 200 });
+    h = await SimHarness.start({ travelMs: 200 });
     const valve = h.device('v1');
-    const { ra, rb, da, db, settlementsOfA, published } = await lostSettlement(
-      h,
-      expect,
-      'confirmed',
-    );
+    const { ra, rb, da, db, settlementsOfA, published } = await lostSettlement(h, 'confirmed');
     expect(da).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
     expect(db).toMatchObject({ state: 'confirmed', code: 'OK' });
     // B was dispatched only once A's settlement was kept, and A's lost settlement left no
@@ -94,15 +100,12 @@ describe.concurrent('I1: a second write only when the first is provably not appl
     expect(published.filter((r) => r.key === 'A').map((r) => r.settledAt)).toEqual([ra.settledAt]);
   });
 
-  it("the same after a controller's refusal: the worker reads on after the settlement, and its own later barrier succeeds", async ({
-    expect,
-    onTestFinished,
-  }) => {
+  it("the same after a controller's refusal: the worker reads on after the settlement, and its own later barrier succeeds", async () => {
     // After a 0x88 the worker reads the device once more (I4) before it returns: its barrier is
     // then a later one than the settlement's, and succeeds. The settlement's barrier took the
     // loss; only reading A back shows it open. (A worker that trusted the settlement it had
     // journaled moved on to B here, and A was settled again only after B.)
-    const h = await harness({ onTestFinished }, { travelMs: 2_000 });
+    h = await SimHarness.start({ travelMs: 2_000 });
     const valve = h.device('v1');
     // Another master opens the valve and stops it part-way: STOPPED, where an open is legal.
     valve.receiveWrite({ code: 1, setpoint: 0, seq: 60_001 });
@@ -118,7 +121,7 @@ describe.concurrent('I1: a second write only when the first is provably not appl
       }
       receive(write);
     };
-    const { ra, da, db, settlementsOfA } = await lostSettlement(h, expect, 'rejected');
+    const { ra, da, db, settlementsOfA } = await lostSettlement(h, 'rejected');
     expect(da).toMatchObject({ state: 'rejected', code: 'ILLEGAL_TRANSITION', attempts: 1 });
     expect(db).toMatchObject({ state: 'confirmed', code: 'OK', seq: null });
     // B was taken up only once A's settlement was kept.
@@ -129,14 +132,11 @@ describe.concurrent('I1: a second write only when the first is provably not appl
     expect(valve.snapshot().state).toBe('CLOSED');
   });
 
-  it('a power cycle that wipes an acknowledged write leaves the power-up echo: proof of nothing', async ({
-    expect,
-    onTestFinished,
-  }) => {
+  it('a power cycle that wipes an acknowledged write leaves the power-up echo: proof of nothing', async () => {
     // The controller acknowledged the write and held it (busy); the daemon dies; the PLC loses
     // power before a scan took the write. It comes back echoing 0, as before the write: a
     // readback cannot tell this from a write that never arrived, so it is not sent again.
-    const h = await harness({ onTestFinished }, { travelMs: 400 });
+    h = await SimHarness.start({ travelMs: 400 });
     const valve = h.device('v1');
     // Held until the power cycle, however long the write takes to arrive on a busy machine.
     valve.setFault({ kind: 'hold' });
@@ -153,12 +153,22 @@ describe.concurrent('I1: a second write only when the first is provably not appl
     expect(r.detail).toMatch(/power-up echo \(0\)/);
   });
 
-  it('a write that provably never arrived is sent once more and confirmed', async ({
-    expect,
-    onTestFinished,
-  }) => {
+  it('the guard runs from when the outcome became unknown: a write held on the link is not sent twice', async () => {
+    // Request timeout 250 ms, guard 400 ms; the write is held 500 ms on its way to the PLC.
+    // Warm: a cold device shows its power-up echo, which proves nothing by itself (judged
+    // before the guard), so only a warm one shows whether the guard holds the second write.
+    h = await SimHarness.start({ travelMs: 100, warm: true });
+    const valve = h.device('v1');
+    valve.setFault({ kind: 'latency', ms: 500, on: 'write', when: 'before' });
+    h.submit('k1', open());
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
+  });
+
+  it('a write that provably never arrived is sent once more and confirmed', async () => {
     // A device that has taken commands before: its echo is not the power-up 0.
-    const h = await harness({ onTestFinished }, { travelMs: 100, warm: true });
+    h = await SimHarness.start({ travelMs: 100, warm: true });
     const valve = h.device('v1');
     valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
     h.submit('k1', open());
@@ -169,15 +179,14 @@ describe.concurrent('I1: a second write only when the first is provably not appl
   });
 });
 
-describe.concurrent('I2: no false success', () => {
-  it.for([
+describe('I2: no false success', () => {
+  it.each([
     ['Modbus', 'v1'],
     ['OPC UA', 'u1'],
   ] as const)(
     'a no-op is not confirmed on a frozen image (%s): the valve closed by hand since shows OPEN',
-    { timeout: 20_000 },
-    async ([, device], { expect, onTestFinished }) => {
-      const h = await harness({ onTestFinished }, { warm: true, opcua: device === 'u1' });
+    async (_protocol, device) => {
+      h = await SimHarness.start({ warm: true, opcua: device === 'u1' });
       const valve = h.device(device);
       h.submit('k1', open({ device }));
       expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
@@ -218,10 +227,38 @@ describe.concurrent('I2: no false success', () => {
       expect(h.writesWithSeq(device, r3.seq!)).toBe(1);
       expect(valve.snapshot().state).toBe('OPEN');
     },
+    20_000,
   );
 
-  it('a no-op on a live image is confirmed without a write', async ({ expect, onTestFinished }) => {
-    const h = await harness({ onTestFinished }, { warm: true });
+  it('a stop while a no-op waits for a newer image supersedes it; neither is written', async () => {
+    h = await SimHarness.start({ warm: true });
+    const valve = h.device('v1');
+    h.submit('k1', open());
+    expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
+    await h.until(() => valve.published.state === 'OPEN', 5_000, 'OPEN published');
+    valve.setFault({ kind: 'frozen' });
+    await h.until(
+      () => valve.snapshot().controllerTime - valve.published.scanTime > 1_000,
+      5_000,
+      'the image a second old',
+    );
+    const writes = valve.counters.writesReceived;
+    const reads = valve.readLog.length;
+    h.submit('k2', open());
+    // k2 reads again and again while the image is older than its take-up.
+    await h.until(() => valve.readLog.length >= reads + 3, 5_000, 'k2 reading again');
+    expect(h.get('k2')?.state).toBe('accepted');
+    h.submit('s', { device: 'v1', action: 'stop' });
+    const [r2, rs] = [await h.settled('k2'), await h.settled('s')];
+    expect(r2).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', seq: null });
+    // The stop is a no-op on the frozen OPEN too: not written, and not confirmed on that image.
+    expect(rs).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+    expect(rs.detail).toMatch(/a frozen image/);
+    expect(valve.counters.writesReceived).toBe(writes);
+  });
+
+  it('a no-op on a live image is confirmed without a write', async () => {
+    h = await SimHarness.start({ warm: true });
     const valve = h.device('v1');
     h.submit('k1', open());
     expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
@@ -234,12 +271,9 @@ describe.concurrent('I2: no false success', () => {
   });
 });
 
-describe.concurrent('I2/I5: every open command ends with a true, specific outcome', () => {
-  it('a device unreachable through the whole window ends DEVICE_UNREACHABLE, unwritten and published', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    const h = await harness({ onTestFinished });
+describe('I2/I5: every open command ends with a true, specific outcome', () => {
+  it('a device unreachable through the whole window ends DEVICE_UNREACHABLE, unwritten and published', async () => {
+    h = await SimHarness.start();
     h.dispatchedNotWritten('k1', 1_500);
     await h.crash();
     h.plant.plc('mb').setFault({ kind: 'reset', when: 'before', on: 'both' });
@@ -253,11 +287,8 @@ describe.concurrent('I2/I5: every open command ends with a true, specific outcom
     expect(h.device('v1').counters.writesReceived).toBe(0);
   });
 
-  it('a write that never reached the controller, taken up after its deadline, fails saying so', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    const h = await harness({ onTestFinished }, { warm: true });
+  it('a write that never reached the controller, taken up after its deadline, fails saying so', async () => {
+    h = await SimHarness.start({ warm: true });
     h.dispatchedNotWritten('k1', 300);
     await h.crash();
     await sleepFor(400);
@@ -268,11 +299,8 @@ describe.concurrent('I2/I5: every open command ends with a true, specific outcom
     expect(h.device('v1').counters.writesReceived).toBe(0);
   });
 
-  it('killed during its re-dispatch, a command is never written a third time', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    const h = await harness({ onTestFinished }, { warm: true });
+  it('killed during its re-dispatch, a command is never written a third time', async () => {
+    h = await SimHarness.start({ warm: true });
     h.dispatchedNotWritten('k1', 5_000, 2);
     await h.crash();
     await h.restart();
@@ -282,11 +310,8 @@ describe.concurrent('I2/I5: every open command ends with a true, specific outcom
     expect(h.device('v1').counters.writesReceived).toBe(0);
   });
 
-  it('a device another master commanded meanwhile: the effect is unknown, and it says so', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    const h = await harness({ onTestFinished });
+  it('a device another master commanded meanwhile: the effect is unknown, and it says so', async () => {
+    h = await SimHarness.start();
     const mine = h.dispatchedNotWritten('k1', 1_500);
     await h.crash();
     // Another Modbus master opens the valve with its own sequence number.
@@ -314,11 +339,8 @@ describe.concurrent('I2/I5: every open command ends with a true, specific outcom
     expect(h.writesWithSeq('v1', mine.seq!)).toBe(0);
   });
 
-  it('the periodic sweep takes up an open command that has no worker, without a restart', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    const h = await harness({ onTestFinished }, { warm: true });
+  it('the periodic sweep takes up an open command that has no worker, without a restart', async () => {
+    h = await SimHarness.start({ warm: true });
     h.dispatchedNotWritten('k1', 300);
     // Nobody calls recover(): the sweep finds the command and settles it by readback.
     const r = await h.settled('k1');
@@ -327,11 +349,8 @@ describe.concurrent('I2/I5: every open command ends with a true, specific outcom
     expect(h.pipeline.openCommands()).toMatchObject({ accepted: 0, dispatched: 0, stuck: [] });
   });
 
-  it('a command no worker can take is stuck: counted, named and noted, never silent', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    const h = await harness({ onTestFinished });
+  it('a command no worker can take is stuck: counted, named and noted, never silent', async () => {
+    h = await SimHarness.start();
     const now = Date.now();
     // Journaled for a device that is no longer in the configuration, deadline long passed.
     h.journal.claim({
@@ -360,6 +379,23 @@ describe.concurrent('I2/I5: every open command ends with a true, specific outcom
   });
 });
 
+describe('I3: no stale write', () => {
+  it('freshness is checked again after the controller clock read, in the step that dispatches', async () => {
+    // Reads take 200 ms: the status read ends before the deadline, the clock read after it.
+    h = await SimHarness.start({ requestTimeoutMs: 1_000, timing: { redispatchGuardMs: 1_200 } });
+    h.plant.plc('mb').setFault({ kind: 'latency', ms: 200, on: 'read' });
+    const r = h.submit('k1', open({ issuedAt: new Date().toISOString(), ttlMs: 300 })).record;
+    const settled = await h.settled(r.key);
+    expect(settled).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
+    expect(h.device('v1').counters.writesReceived).toBe(0);
+    // Refused before the dispatch, not after it: the journal holds no dispatch, no sequence
+    // number. (The checks after the dispatch's barrier and in the driver also keep the write
+    // back, so the write log alone cannot tell whether this check ran.)
+    expect(h.get(r.key)).toMatchObject({ seq: null, dispatchedAt: null, attempts: 0 });
+    expect(h.journal.history(r).map((e) => e.to)).toEqual(['accepted', 'rejected']);
+  });
+});
+
 class SteppingClock implements Clock {
   offset = 0;
   now(): number {
@@ -373,14 +409,11 @@ class SteppingClock implements Clock {
   }
 }
 
-describe.concurrent('SPEC §6: durations on a monotonic clock, controller clock steps', () => {
+describe('SPEC §6: durations on a monotonic clock, controller clock steps', () => {
   for (const step of [3_600_000, -3_600_000]) {
-    it(`a wall-clock step of ${step > 0 ? '+' : '-'}1 h during a command changes nothing`, async ({
-      expect,
-      onTestFinished,
-    }) => {
+    it(`a wall-clock step of ${step > 0 ? '+' : '-'}1 h during a command changes nothing`, async () => {
       const clock = new SteppingClock();
-      const h = await harness({ onTestFinished }, { clock, travelMs: 300 });
+      h = await SimHarness.start({ clock, travelMs: 300 });
       const valve = h.device('v1');
       h.submit('k1', open());
       await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the write');
@@ -392,12 +425,9 @@ describe.concurrent('SPEC §6: durations on a monotonic clock, controller clock 
   }
 
   for (const step of [3_600_000, -3_600_000]) {
-    it(`a command timed by its receipt, waiting behind travel through a wall-clock step of ${step > 0 ? '+' : '-'}1 h: its age is not changed by it`, async ({
-      expect,
-      onTestFinished,
-    }) => {
+    it(`a command timed by its receipt, waiting behind travel through a wall-clock step of ${step > 0 ? '+' : '-'}1 h: its age is not changed by it`, async () => {
       const clock = new SteppingClock();
-      const h = await harness({ onTestFinished }, { clock, travelMs: 400 });
+      h = await SimHarness.start({ clock, travelMs: 400 });
       const valve = h.device('v1');
       h.submit('k1', open());
       await h.until(() => valve.state === 'OPENING', 5_000, 'the first command travelling');
@@ -422,12 +452,9 @@ describe.concurrent('SPEC §6: durations on a monotonic clock, controller clock 
   // stale command was refused CLOCK_SKEW ("issuedAt lies … in the future") and the fresh one
   // with it.
   for (const step of [-1_900, -3_600_000]) {
-    it(`a command with its issuer's issuedAt, waiting behind travel through a wall-clock step of ${step} ms: never younger than its wait (I3)`, async ({
-      expect,
-      onTestFinished,
-    }) => {
+    it(`a command with its issuer's issuedAt, waiting behind travel through a wall-clock step of ${step} ms: never younger than its wait (I3)`, async () => {
       const clock = new SteppingClock();
-      const h = await harness({ onTestFinished }, { clock, travelMs: 1_500 });
+      h = await SimHarness.start({ clock, travelMs: 1_500 });
       const valve = h.device('v1');
       h.submit('k1', open());
       await h.until(() => valve.state === 'OPENING', 5_000, 'the first command travelling');
@@ -452,12 +479,9 @@ describe.concurrent('SPEC §6: durations on a monotonic clock, controller clock 
   }
 
   for (const step of [3_600_000, -3_600_000]) {
-    it(`a device's readback age is a duration: a wall-clock step of ${step > 0 ? '+' : '-'}1 h does not change it`, async ({
-      expect,
-      onTestFinished,
-    }) => {
+    it(`a device's readback age is a duration: a wall-clock step of ${step > 0 ? '+' : '-'}1 h does not change it`, async () => {
       const clock = new SteppingClock();
-      const h = await harness({ onTestFinished }, { clock });
+      h = await SimHarness.start({ clock });
       h.submit('k1', open());
       expect((await h.settled('k1')).state).toBe('confirmed');
       // No reads between commands (no monitor): the last readback only ages.
@@ -471,11 +495,8 @@ describe.concurrent('SPEC §6: durations on a monotonic clock, controller clock 
     });
   }
 
-  it('a controller clock set 15 s back between two commands: re-measured, no false failure', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    const h = await harness({ onTestFinished });
+  it('a controller clock set 15 s back between two commands: re-measured, no false failure', async () => {
+    h = await SimHarness.start();
     h.submit('k1', open());
     expect((await h.settled('k1')).state).toBe('confirmed');
     h.plant.plc('mb').setFault({ kind: 'clock', offsetMs: -15_000 });
@@ -485,11 +506,8 @@ describe.concurrent('SPEC §6: durations on a monotonic clock, controller clock 
     expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
   });
 
-  it('a PLC restarted with its clock 15 s behind: skew measured again on the new connection', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    const h = await harness({ onTestFinished });
+  it('a PLC restarted with its clock 15 s behind: skew measured again on the new connection', async () => {
+    h = await SimHarness.start();
     h.submit('k1', open());
     expect((await h.settled('k1')).state).toBe('confirmed');
     h.plant.plc('mb').powerCycle({ clockOffsetMs: -15_000 });
@@ -500,112 +518,6 @@ describe.concurrent('SPEC §6: durations on a monotonic clock, controller clock 
   });
 });
 
-// Run alone, after the tests above: what each proves turns on a margin of a few hundred
-// milliseconds between timers of this process (a lock held 650 ms against a 300 ms busy bound,
-// a write held 500 ms against a 250 ms request timeout and a 400 ms guard, reads of 200 ms
-// against a 300 ms TTL, three reads within a no-op's 2 s wait for a newer image), which the
-// event loop shared with concurrent tests could shift.
-describe('I1: a second write only when the first is provably not applied', () => {
-  it('a journal stall under a settling command never lets the next command run first', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    const h = await harness({ onTestFinished }, { travelMs: 200, busyTimeoutMs: 300 });
-    const valve = h.device('v1');
-    const locker = await lockHolder(h.path);
-    const a = h.submit('A', open()).record;
-    h.submit('B', { device: 'v1', action: 'close' });
-    await h.until(() => valve.counters.writesReceived >= 1, 5_000, "A's write");
-    // Another process holds the journal's write lock for 650 ms from A's write: A's settle
-    // (after ~200 ms of travel) gives up after the 300 ms busy bound; a dispatch of B right
-    // after would wait and get through when the lock goes. Before the fix, B ran while A was
-    // unresolved, and A, taken up again later, was "proven not applied" and written again.
-    await locker.hold(650);
-    const [ra, rb] = [await h.settled('A'), await h.settled('B')];
-    locker.close();
-    expect(ra).toMatchObject({ state: 'confirmed', attempts: 1 });
-    expect(rb).toMatchObject({ state: 'confirmed' });
-    // Ground truth: one write per key, A's before B's, and the valve ends where B put it.
-    expect(h.writesWithSeq('v1', ra.seq!)).toBe(1);
-    expect(h.writesWithSeq('v1', rb.seq!)).toBe(1);
-    expect(valve.writeLog.map((w) => w.seq)).toEqual([ra.seq, rb.seq]);
-    expect(valve.snapshot().state).toBe('CLOSED');
-    expect(rb.dispatchedAt!).toBeGreaterThanOrEqual(ra.settledAt!);
-    expect(a.key).toBe('A');
-  });
-
-  it('the guard runs from when the outcome became unknown: a write held on the link is not sent twice', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    // Request timeout 250 ms, guard 400 ms; the write is held 500 ms on its way to the PLC.
-    // Warm: a cold device shows its power-up echo, which proves nothing by itself (judged
-    // before the guard), so only a warm one shows whether the guard holds the second write.
-    const h = await harness({ onTestFinished }, { travelMs: 100, warm: true });
-    const valve = h.device('v1');
-    valve.setFault({ kind: 'latency', ms: 500, on: 'write', when: 'before' });
-    h.submit('k1', open());
-    const r = await h.settled('k1');
-    expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
-    expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
-  });
-});
-
-describe('I2: no false success', () => {
-  it('a stop while a no-op waits for a newer image supersedes it; neither is written', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    const h = await harness({ onTestFinished }, { warm: true });
-    const valve = h.device('v1');
-    h.submit('k1', open());
-    expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
-    await h.until(() => valve.published.state === 'OPEN', 5_000, 'OPEN published');
-    valve.setFault({ kind: 'frozen' });
-    await h.until(
-      () => valve.snapshot().controllerTime - valve.published.scanTime > 1_000,
-      5_000,
-      'the image a second old',
-    );
-    const writes = valve.counters.writesReceived;
-    const reads = valve.readLog.length;
-    h.submit('k2', open());
-    // k2 reads again and again while the image is older than its take-up.
-    await h.until(() => valve.readLog.length >= reads + 3, 5_000, 'k2 reading again');
-    expect(h.get('k2')?.state).toBe('accepted');
-    h.submit('s', { device: 'v1', action: 'stop' });
-    const [r2, rs] = [await h.settled('k2'), await h.settled('s')];
-    expect(r2).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', seq: null });
-    // The stop is a no-op on the frozen OPEN too: not written, and not confirmed on that image.
-    expect(rs).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
-    expect(rs.detail).toMatch(/a frozen image/);
-    expect(valve.counters.writesReceived).toBe(writes);
-  });
-});
-
-describe('I3: no stale write', () => {
-  it('freshness is checked again after the controller clock read, in the step that dispatches', async ({
-    expect,
-    onTestFinished,
-  }) => {
-    // Reads take 200 ms: the status read ends before the deadline, the clock read after it.
-    const h = await harness(
-      { onTestFinished },
-      { requestTimeoutMs: 1_000, timing: { redispatchGuardMs: 1_200 } },
-    );
-    h.plant.plc('mb').setFault({ kind: 'latency', ms: 200, on: 'read' });
-    const r = h.submit('k1', open({ issuedAt: new Date().toISOString(), ttlMs: 300 })).record;
-    const settled = await h.settled(r.key);
-    expect(settled).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND' });
-    expect(h.device('v1').counters.writesReceived).toBe(0);
-    // Refused before the dispatch, not after it: the journal holds no dispatch, no sequence
-    // number. (The checks after the dispatch's barrier and in the driver also keep the write
-    // back, so the write log alone cannot tell whether this check ran.)
-    expect(h.get(r.key)).toMatchObject({ seq: null, dispatchedAt: null, attempts: 0 });
-    expect(h.journal.history(r).map((e) => e.to)).toEqual(['accepted', 'rejected']);
-  });
-});
-
 /**
  * Submits A (an open) and B (a close) on v1 with A's settlement to `to` lost at its batch's
  * COMMIT; returns both as the pipeline reported them and as the journal file holds them (read
@@ -613,7 +525,6 @@ describe('I3: no stale write', () => {
  */
 async function lostSettlement(
   h: SimHarness,
-  expect: ExpectStatic,
   to: Settlement['to'],
 ): Promise<{
   ra: CommandRecord;
