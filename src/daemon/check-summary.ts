@@ -2,6 +2,7 @@ import type { X509Certificate } from 'node:crypto';
 import { certificateName } from '../intake/https-certificate.js';
 import { profilesDirOf, type SluiceConfig } from '../config/config.js';
 import type { Preflight } from '../config/preflight.js';
+import { mb, type JournalOutlook } from '../journal/upgrade-room.js';
 import { registerMapLines } from '../drivers/modbus-map.js';
 import { COMBINE_READS_DEFAULTS } from '../drivers/modbus-queue.js';
 
@@ -10,7 +11,12 @@ import { COMBINE_READS_DEFAULTS } from '../drivers/modbus-queue.js';
  * screen — the gateway, its intakes, its PLCs, and every device with its profile and the
  * registers or nodes the driver will use. Loads no protocol stack.
  */
-export function checkSummary(config: SluiceConfig, checked: Preflight, now: Date): string[] {
+export function checkSummary(
+  config: SluiceConfig,
+  checked: Preflight,
+  now: Date,
+  journal: JournalOutlook = { kind: 'none' },
+): string[] {
   const lines: string[] = [];
   /** Lines under one label, the label on the first. */
   const section = (label: string, texts: readonly string[]): void => {
@@ -22,6 +28,7 @@ export function checkSummary(config: SluiceConfig, checked: Preflight, now: Date
   section('gateway', [config.gatewayId]);
   section('state', [
     `${config.stateDir} (journal ${config.journal.path ?? 'in the state folder'})`,
+    ...journalLine(journal),
   ]);
   section('profiles', [`${profilesDirOf(config)}: ${[...checked.profiles.keys()].join(', ')}`]);
 
@@ -113,4 +120,26 @@ function certificateLine(certificate: X509Certificate, now: Date): string {
   return until.getTime() < now.getTime()
     ? `CN=${cn}, EXPIRED on ${day}`
     : `CN=${cn}, valid until ${day}`;
+}
+
+/** What the start will make of the journal (journalOutlook); a refused one never gets here. */
+function journalLine(journal: JournalOutlook): string[] {
+  switch (journal.kind) {
+    case 'none':
+      return ['journal: none yet, created at start'];
+    case 'other':
+      return ['journal: a file the start checks (it is no Sluice journal this check can read)'];
+    case 'current':
+    case 'newer':
+      return [`journal: schema version ${journal.version}`];
+    case 'upgrade': {
+      const room =
+        journal.room === null
+          ? 'its free space could not be measured'
+          : `needs about ${mb(journal.room.needed)} free, ${mb(journal.room.free)} are`;
+      return [
+        `journal: schema version ${journal.from}, upgraded to ${journal.to} at start (${room})`,
+      ];
+    }
+  }
 }

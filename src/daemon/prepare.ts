@@ -1,6 +1,8 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
 import { preflight, type Preflight } from '../config/preflight.js';
+import { join } from 'node:path';
+import { journalOutlook } from '../journal/upgrade-room.js';
 import { checkSummary } from './check-summary.js';
 
 /**
@@ -94,11 +96,26 @@ export function prepare(argv: readonly string[], io: SluicedIo): Prepared {
     throw error;
   }
   if (opts.check === true) {
+    // What the start will make of the journal: an upgrade it has no room for, or a journal of
+    // a newer Sluice, fails the start (exit 1, exit 3) as surely as a bad configuration, so
+    // the check fails on them too: an operator checks before restarting on a new version.
+    const journalPath = config.journal.path ?? join(config.stateDir, 'journal.db');
+    const journal = journalOutlook(journalPath);
+    if (journal.kind === 'upgrade' && journal.refusal !== null) {
+      io.stderr.write(`sluiced: ${journal.refusal}: the start would refuse it (exit 1)\n`);
+      return { exit: 1 };
+    }
+    if (journal.kind === 'newer') {
+      io.stderr.write(
+        `sluiced: the journal ${journalPath} is of schema version ${journal.version}, written by a newer Sluice: this one cannot read it, and the start would refuse it (exit 3)\n`,
+      );
+      return { exit: 3 };
+    }
     io.stdout.write(
       [
         `sluiced: ${opts.config}: configuration is valid (nothing was created)`,
         '',
-        ...checkSummary(config, checked, new Date()),
+        ...checkSummary(config, checked, new Date(), journal),
         '',
       ].join('\n'),
     );

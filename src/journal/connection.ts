@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, statSync, statfsSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database, Statement, Transaction } from 'better-sqlite3';
@@ -26,6 +26,7 @@ import {
 } from '../core/journal.js';
 import { LATEST_VERSION, MIGRATIONS, createLatest } from './migrations.js';
 import { rowToRecord, translate, type CommandRow } from './rows.js';
+import { UPGRADE_FACTOR, freeBytes, mb, upgradeRoom, upgradeShortOfRoom } from './upgrade-room.js';
 import { unwritable } from './writer-lock.js';
 
 /** How a journal file is opened. */
@@ -449,25 +450,6 @@ function migrate(db: Database, from: number, path: string): void {
 }
 
 /**
- * Free space an upgrade needs per byte of the journal: a migration copies the tables into the
- * log, and the checkpoint after it into the file, so at the peak the log and the file's growth
- * each hold the new tables, at most the journal's size each (measured on a tmpfs, the least
- * room the upgrade from version 1 took: 0.2 × the journal's size for settled commands with
- * long results, up to 1.4 × for short rows with none stored).
- */
-const UPGRADE_FACTOR = 2;
-
-/**
- * Room beyond UPGRADE_FACTOR for the log's own bytes (a 24-byte header per page, its index in
- * the -shm file) and the pages SQLite writes besides: 2 % of the journal, 1 MB at least.
- */
-function upgradeMargin(size: number): number {
-  return Math.max(1e6, Math.ceil(size / 50));
-}
-
-const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
-
-/**
  * An upgrade is refused, before it writes anything, when the journal's filesystem has not the
  * room it needs (UPGRADE_FACTOR). Attempted, it filled the filesystem to the last block, failed
  * SQLITE_FULL and was rolled back — and under systemd (Restart=on-failure) every start 2 s
@@ -478,21 +460,30 @@ const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
  * the free space cannot be measured, the upgrade is tried (migrationFull says a failure).
  */
 function refuseUpgradeWithoutRoom(path: string, from: number): void {
-  const free = freeBytes(path);
-  if (free === null) return;
-  let size: number;
-  try {
-    // Its log too: committed pages not yet in the file are the journal's as much.
-    size = statSync(path).size + logBytes(path);
-  } catch {
-    return; // The open says what is wrong with the file.
-  }
-  const margin = upgradeMargin(size);
-  const needed = UPGRADE_FACTOR * size + margin;
-  if (free >= needed) return;
+  const room = upgradeRoom(path);
+  if (room === null || room.free >= room.needed) return;
   throw new JournalUnavailableError(
-    `journal unavailable (open): not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION}: the upgrade copies its tables and needs about ${mb(needed)} free on its filesystem (twice the journal's ${mb(size)}, and ${mb(margin)} for the log), and ${mb(free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(needed - free)} more there: sluiced measures again at each start (the unit restarts it every 2 s) and upgrades the journal once the room is there`,
+    `journal unavailable (open): ${upgradeShortOfRoom(path, from, room)}: sluiced measures again at each start (the unit restarts it every 2 s) and upgrades the journal once the room is there`,
   );
+}
+
+/**
+ * The journal's schema version, read as the start reads it; null when there is no journal at
+ * `path` or it is no SQLite file (the start says what is wrong with it). Opened writable but
+ * writing nothing: the last connection to close removes the log and its index (-shm), which a
+ * read-only one leaves behind.
+ */
+function schemaVersion(path: string, busyTimeoutMs: number): number | null {
+  try {
+    const db = new BetterSqlite3(path, { fileMustExist: true, timeout: busyTimeoutMs });
+    try {
+      return db.pragma('user_version', { simple: true }) as number;
+    } finally {
+      db.close();
+    }
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -502,28 +493,9 @@ function refuseUpgradeWithoutRoom(path: string, from: number): void {
  * damaged one, one of this schema) is left to the check and the open.
  */
 export function checkUpgradeRoom(path: string, busyTimeoutMs = 2000): void {
-  let version: number;
-  try {
-    // Not read-only: the last connection to close removes the log and its index (-shm), which
-    // a read-only one leaves behind.
-    const db = new BetterSqlite3(path, { fileMustExist: true, timeout: busyTimeoutMs });
-    try {
-      version = db.pragma('user_version', { simple: true }) as number;
-    } finally {
-      db.close();
-    }
-  } catch {
-    return;
-  }
-  if (version > 0 && version < LATEST_VERSION) refuseUpgradeWithoutRoom(path, version);
-}
-
-/** Bytes of the journal's log (`-wal`), 0 when it has none. */
-function logBytes(path: string): number {
-  try {
-    return statSync(`${path}-wal`).size;
-  } catch {
-    return 0;
+  const version = schemaVersion(path, busyTimeoutMs);
+  if (version !== null && version > 0 && version < LATEST_VERSION) {
+    refuseUpgradeWithoutRoom(path, version);
   }
 }
 
@@ -555,15 +527,6 @@ function migrationFull(
 }
 
 /** Bytes free to this user on the filesystem of `path`, or null when it cannot be said. */
-function freeBytes(path: string): number | null {
-  try {
-    const fs = statfsSync(dirname(path));
-    return fs.bavail * fs.bsize;
-  } catch {
-    return null;
-  }
-}
-
 function prepare(db: Database): {
   insert: Statement;
   get: Statement;

@@ -112,6 +112,7 @@ describe('sluiced --check', () => {
     expect(lines.slice(2)).toEqual([
       '  gateway   g1',
       `  state     ${join(dir, 'state')} (journal ${join(dir, 'state', 'journal.db')})`,
+      '            journal: none yet, created at start',
       `  profiles  ${join(dir, 'profiles')}: actuator, valve`,
       expect.stringMatching(
         /^ {2}HTTPS {5}127\.0\.0\.1:0, certificate CN=localhost, valid until \d{4}-\d\d-\d\d$/,

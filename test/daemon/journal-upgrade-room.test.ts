@@ -13,7 +13,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIGRATIONS } from '../../src/journal/migrations.js';
 import type { Plant } from '../../simulators/plant.js';
-import { SLUICED, cleanEnv, startSluiced } from '../config/sluiced.js';
+import { SLUICED, cleanEnv, runSluiced, startSluiced } from '../config/sluiced.js';
 import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { hasCommand, realComponent } from '../helpers/real.js';
@@ -165,8 +165,31 @@ describe.runIf(mountable && haveStrace)('an upgrade the filesystem has no room f
     expect(readFileSync(path).equals(before)).toBe(true);
     expect(existsSync(`${path}-wal`)).toBe(false);
 
-    // Space freed: the same start comes up, the journal upgraded, every command kept.
+    // `sluiced --check`, which an operator runs before restarting on a new version, says the
+    // same and fails as the start does; it reads the file's header only, and writes nothing
+    // (no -shm either: it opens no SQLite connection).
+    const check = runSluiced(['--config', configPath, '--check']);
+    expect(check.status, check.stderr).toBe(1);
+    expect(check.stderr).toContain(
+      `sluiced: not enough free space to upgrade the journal ${path} from schema version 1 to 2: the upgrade copies its tables and needs about ${mb(needed)} free on its filesystem`,
+    );
+    expect(check.stderr).toContain(': the start would refuse it (exit 1)\n');
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(existsSync(`${path}-shm`)).toBe(false);
+    expect(used()).toBe(usedBefore);
+
+    // Space freed: the check says what the start will do, and passes.
     rmSync(filler);
+    const room = runSluiced(['--config', configPath, '--check']);
+    expect(room.status, room.stderr).toBe(0);
+    expect(room.stdout).toMatch(
+      new RegExp(
+        `journal: schema version 1, upgraded to 2 at start \\(needs about ${mb(needed).replace('.', '\\.')} free, [\\d.]+ MB are\\)`,
+      ),
+    );
+    expect(readFileSync(path).equals(before)).toBe(true);
+
+    // The same start comes up, the journal upgraded, every command kept.
     const sluiced = startSluiced(['--config', configPath]);
     try {
       const outcome = await Promise.race([
@@ -178,6 +201,9 @@ describe.runIf(mountable && haveStrace)('an upgrade the filesystem has no room f
     } finally {
       await sluiced.kill();
     }
+    expect(runSluiced(['--config', configPath, '--check']).stdout).toContain(
+      'journal: schema version 2\n',
+    );
     const db = new BetterSqlite3(path, { readonly: true });
     try {
       expect(db.pragma('user_version', { simple: true })).toBe(2);
