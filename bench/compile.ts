@@ -1,6 +1,20 @@
-import { mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
+import type TypeScriptModule from 'typescript';
 import { ROOT } from './paths.js';
+
+type TypeScript = typeof TypeScriptModule;
 
 /**
  * The daemon and the plant run as compiled JavaScript, as `sluiced` ships (dist/), not under
@@ -12,6 +26,11 @@ import { ROOT } from './paths.js';
  * bench measures the working tree as it is), into a folder of the run. Every other top-level
  * entry of the project (package.json, node_modules, devices, ui, …) is linked beside them, so
  * that the tree resolves packages, finds its package root and reads its files as dist/ does.
+ *
+ * Each file's output is kept in a cache in the temp dir, by the hash of its path, its source
+ * and the compiler's version and settings (as test/helpers/ts-loader.mjs keeps its own):
+ * transpiling the whole tree takes seconds, and TypeScript is loaded only when a file changed.
+ * Nothing is measured while the tree is made, so a cached file changes no figure.
  */
 
 const SOURCES = ['src', 'simulators', 'bench'];
@@ -28,8 +47,24 @@ export interface CompiledTree {
   path(source: string): string;
 }
 
+/** The transpile's settings; SETTINGS_KEY names them in the cache's key (keep the two alike). */
+const settings = (ts: TypeScript): TypeScriptModule.CompilerOptions => ({
+  module: ts.ModuleKind.ESNext,
+  target: ts.ScriptTarget.ES2023,
+  verbatimModuleSyntax: true,
+  sourceMap: false,
+});
+const SETTINGS_KEY = JSON.stringify({ module: 'ESNext', target: 'ES2023', sourceMap: false });
+
 export async function compileTree(dir: string): Promise<CompiledTree> {
-  const { default: ts } = await import('typescript');
+  const require = createRequire(import.meta.url);
+  const version = (
+    JSON.parse(readFileSync(require.resolve('typescript/package.json'), 'utf8')) as {
+      version: string;
+    }
+  ).version;
+  const cache = join(tmpdir(), `sluice-bench-js-cache-${version}`);
+  let ts: TypeScript | null = null;
   mkdirSync(dir, { recursive: true });
   for (const entry of readdirSync(ROOT)) {
     if (SOURCES.includes(entry) || entry === '.git') continue;
@@ -37,15 +72,35 @@ export async function compileTree(dir: string): Promise<CompiledTree> {
   }
   for (const top of SOURCES) {
     for (const file of tsFiles(join(ROOT, top))) {
-      const { outputText } = ts.transpileModule(readFileSync(file, 'utf8'), {
-        fileName: file,
-        compilerOptions: {
-          module: ts.ModuleKind.ESNext,
-          target: ts.ScriptTarget.ES2023,
-          verbatimModuleSyntax: true,
-          sourceMap: false,
-        },
-      });
+      const source = readFileSync(file, 'utf8');
+      const hash = createHash('sha256')
+        .update(SETTINGS_KEY)
+        .update('\0')
+        .update(file)
+        .update('\0')
+        .update(source)
+        .digest('hex');
+      const cached = join(cache, `${hash}.js`);
+      let outputText: string;
+      if (existsSync(cached)) {
+        outputText = readFileSync(cached, 'utf8');
+      } else {
+        ts ??= (await import('typescript')).default;
+        ({ outputText } = ts.transpileModule(source, {
+          fileName: file,
+          compilerOptions: settings(ts),
+        }));
+        // Written aside and renamed: a bench run beside this one never reads half a file. A
+        // failed write only costs the next run this transpile.
+        try {
+          mkdirSync(cache, { recursive: true });
+          const partial = `${cached}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+          writeFileSync(partial, outputText);
+          renameSync(partial, cached);
+        } catch {
+          // a read-only temp dir: fine
+        }
+      }
       const out = join(dir, relative(ROOT, file)).replace(/\.ts$/, '.js');
       mkdirSync(dirname(out), { recursive: true });
       writeFileSync(out, outputText);
