@@ -97,7 +97,7 @@ describe.runIf(why === null)(
         checkout = '/srv/sluice-checkout';
         const here = join(into, checkout);
         mkdirSync(here, { recursive: true });
-        buildInto(join(here, 'dist'));
+        await buildInto(join(here, 'dist'));
         const cp = spawnSync('cp', [
           '-a',
           ...['package.json', 'node_modules', 'devices', 'docs', 'README.md', 'systemd'].map((f) =>

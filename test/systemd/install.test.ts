@@ -87,11 +87,11 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       { ephemeralPorts: true, control: false },
     );
 
-    container = await bootContainer(dir, 'sluice-install', (into) => {
+    container = await bootContainer(dir, 'sluice-install', async (into) => {
       // README, step 1: the built package in /opt/sluice.
       const opt = join(into, 'opt/sluice');
       mkdirSync(opt, { recursive: true });
-      buildInto(join(opt, 'dist'));
+      await buildInto(join(opt, 'dist'));
       const cp = spawnSync('cp', [
         '-a',
         join(ROOT, 'package.json'),

@@ -156,7 +156,7 @@ describe('the README layout', () => {
     // dist/ as `npm run build` makes it, node_modules/ and devices/.
     const opt = join(dir, 'opt', 'sluice');
     mkdirSync(opt, { recursive: true });
-    buildInto(join(opt, 'dist'));
+    await buildInto(join(opt, 'dist'));
     for (const shared of ['node_modules', 'devices', 'package.json']) {
       symlinkSync(join(ROOT, shared), join(opt, shared));
     }
