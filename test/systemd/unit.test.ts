@@ -10,6 +10,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { STOP_MARGIN_MS } from '../../src/daemon/prepare.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { hasCommand, isRoot, realComponent } from '../helpers/real.js';
@@ -94,12 +95,13 @@ describe('the unit', () => {
   });
 
   it('gives the graceful drain time to finish before systemd kills', () => {
-    // The CLI's default --shutdown-bound is 10 s and it exits by itself 10 s after it.
-    const cli = readFileSync(join(ROOT, 'src', 'daemon', 'cli.ts'), 'utf8');
+    // The CLI's default --shutdown-bound (its command line is parsed in prepare.ts), and the
+    // margin after it at which the process exits by itself.
+    const cli = readFileSync(join(ROOT, 'src', 'daemon', 'prepare.ts'), 'utf8');
     const bound = /'--shutdown-bound <ms>'.*'(\d+)'\)/.exec(cli);
     expect(bound).not.toBeNull();
     const drainS = Number(bound![1]) / 1000;
-    expect(seconds(values('TimeoutStopSec')[0])).toBeGreaterThan(drainS + 10);
+    expect(seconds(values('TimeoutStopSec')[0])).toBeGreaterThan(drainS + STOP_MARGIN_MS / 1000);
     expect(values('KillSignal')).toEqual(['SIGTERM']);
     // READY waits at most 45 s for recovered commands (src/daemon/daemon.ts).
     expect(seconds(values('TimeoutStartSec')[0])).toBeGreaterThan(45);
