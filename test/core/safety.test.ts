@@ -77,11 +77,11 @@ describe('I1: a second write only when the first is provably not applied', () =>
   it("a settlement lost at its batch's COMMIT keeps the device on the command: the next waits, no second write", async () => {
     // A double, for a fault no simulator or filesystem can time: SQLite fails the COMMIT of
     // the one batch that holds A's settlement (an I/O error that clears at once). A full tmpfs
-    // (test/reliability/faults.test.ts) fails every later write too, so the next command could
-    // not be dispatched either and a pipeline that moved on would go unseen. Here the loss is
-    // one batch: A stays dispatched on disk while B's dispatch would commit fine. The
-    // settlement is not announced, A is taken up again and settled by reading the controller,
-    // and B waits for that.
+    // (test/reliability/faults-journal.test.ts) fails every later write too, so the next
+    // command could not be dispatched either and a pipeline that moved on would go unseen.
+    // Here the loss is one batch: A stays dispatched on disk while B's dispatch would commit
+    // fine. The settlement is not announced, A is taken up again and settled by reading the
+    // controller, and B waits for that.
     h = await SimHarness.start({ travelMs: 200 });
     const valve = h.device('v1');
     const { ra, rb, da, db, settlementsOfA, published } = await lostSettlement(h, 'confirmed');

@@ -5,9 +5,9 @@ import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
  * Fails COMMITs of a journal's group-commit batches on demand, as an I/O error that clears at
  * once would: the batch rolled back, none of its writes kept, the next commit fine. A double,
  * for a fault no simulator or filesystem can time: a full or read-only filesystem
- * (test/reliability/faults.test.ts) fails every later write too, which hides what a single
- * lost batch does. The journal's connection is private: reached here, in tests, for this
- * fault alone (one connection per journal object; a restarted journal is a new object).
+ * (test/reliability/faults-journal.test.ts) fails every later write too, which hides what a
+ * single lost batch does. The journal's connection is private: reached here, in tests, for
+ * this fault alone (one connection per journal object; a restarted journal is a new object).
  */
 export interface CommitFaults {
   /** The next COMMIT fails. */
