@@ -100,7 +100,7 @@ beforeAll(async () => {
   ({ dir, cleanup } = tempDir('sluice-walkthrough-'));
   checkout = join(dir, 'sluice');
   mkdirSync(checkout);
-  buildInto(join(checkout, 'dist'));
+  await buildInto(join(checkout, 'dist'));
   for (const f of ['package.json', 'devices', 'simulators/plants']) {
     cpSync(join(ROOT, f), join(checkout, f), { recursive: true });
   }
