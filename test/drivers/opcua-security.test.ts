@@ -11,6 +11,7 @@ import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/in
 import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
 import { TcpLink } from '../helpers/tcp-link.js';
+import { linkedDriver, readWithin, untrusted, writeLands } from './opcua-trust.js';
 
 /**
  * OPC UA message security: Sign and SignAndEncrypt work, and a server certificate the gateway
@@ -78,18 +79,6 @@ async function drivers(
   cleanups.push(cleanup, () => d.close());
   d.start();
   return { drivers: d, pkiDir: dir };
-}
-
-async function readWithin(driver: DeviceDriver, ms: number): Promise<string | null> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    try {
-      return (await driver.read()).state;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  return null;
 }
 
 describe('OPC UA security', () => {
@@ -364,73 +353,8 @@ describe('OPC UA server back with a certificate the gateway does not trust', () 
  * stay trusted.
  */
 describe('OPC UA server certificate trust and the PKI folders', () => {
-  /** The driver, through a link a test can cut, to the plant's PLC, not trusting unknown certificates. */
-  async function linkedDriver(): Promise<{ driver: DeviceDriver; link: TcpLink; pkiDir: string }> {
-    const e = plant.plc('ua').endpoint;
-    if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
-    const link = await TcpLink.open({
-      host: '127.0.0.1',
-      port: Number(new URL(e.endpointUrl).port),
-    });
-    cleanups.push(() => link.close());
-    const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
-    cleanups.push(cleanup);
-    const d = await buildDrivers({
-      inventory: {
-        plcs: {
-          ua: {
-            protocol: 'opcua',
-            endpointUrl: `opc.tcp://127.0.0.1:${link.port}`,
-            namespaceUri: e.namespaceUri,
-            securityMode: 'SignAndEncrypt',
-            securityPolicy: 'Basic256Sha256',
-            requestTimeoutMs: 2000,
-          },
-        },
-        devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
-      },
-      profiles: PROFILES,
-      pkiDir,
-      acceptUnknownCertificates: false,
-      clock: systemClock,
-      logger: silentLogger,
-    });
-    cleanups.push(() => d.close());
-    d.start();
-    return { driver: d.bindings[0]!.driver, link, pkiDir };
-  }
-
-  /**
-   * Waits for the driver to say the PLC's certificate is not trusted, asking it to connect: a
-   * refusal after the driver's `errorsBefore`-th error.
-   */
-  async function untrusted(driver: DeviceDriver, errorsBefore = 0): Promise<string> {
-    const end = Date.now() + 20_000;
-    const refused = (): boolean =>
-      driver.health().errorCount > errorsBefore &&
-      /is not trusted: it was put in/.test(driver.health().lastError ?? '');
-    while (!refused()) {
-      if (Date.now() > end) throw new Error(`no refusal: ${driver.health().lastError}`);
-      await driver.read().catch(() => undefined);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    return driver.health().lastError ?? '';
-  }
-
-  /** A write the simulator received (its own count), or not. */
-  async function writeLands(driver: DeviceDriver): Promise<boolean> {
-    const device = plant.device('ua-valve');
-    const before = device.counters.writesReceived;
-    const sent = await driver
-      .write({ action: 'stop', position: null, seq: 1000 + before })
-      .then(() => true)
-      .catch(() => false);
-    expect(device.counters.writesReceived).toBe(sent ? before + 1 : before);
-    return sent;
-  }
-
   it('one an operator copied to trusted/ rather than moved is trusted; the refused copy is removed', async () => {
-    const { driver, pkiDir } = await linkedDriver();
+    const { driver, pkiDir } = await linkedDriver(plant, cleanups);
     await untrusted(driver);
     const rejected = join(pkiDir, 'client', 'rejected');
     const trusted = join(pkiDir, 'client', 'trusted', 'certs');
@@ -439,14 +363,14 @@ describe('OPC UA server certificate trust and the PKI folders', () => {
     // Copied under a name of the operator's: the same certificate, another file.
     copyFileSync(join(rejected, certs[0]!), join(trusted, 'plc-ua.pem'));
     expect(await readWithin(driver, 20_000)).not.toBeNull();
-    expect(await writeLands(driver)).toBe(true);
+    expect(await writeLands(plant, driver)).toBe(true);
     // The operator's file stays; the refused copy is gone.
     expect(readdirSync(trusted)).toEqual(['plc-ua.pem']);
     expect(readdirSync(rejected)).toEqual([]);
   }, 60_000);
 
   it('a refused copy the gateway cannot remove is named in the refusal, and the PLC stays refused', async (ctx) => {
-    const { driver, pkiDir } = await linkedDriver();
+    const { driver, pkiDir } = await linkedDriver(plant, cleanups);
     await untrusted(driver);
     const rejected = join(pkiDir, 'client', 'rejected');
     const trusted = join(pkiDir, 'client', 'trusted', 'certs');
@@ -477,11 +401,11 @@ describe('OPC UA server certificate trust and the PKI folders', () => {
     expect(driver.health().lastError).toMatch(
       /is not trusted: \S+trusted\/certs holds it, but so does '.+', which the gateway could not remove; remove it to trust the certificate/,
     );
-    expect(await writeLands(driver)).toBe(false);
+    expect(await writeLands(plant, driver)).toBe(false);
   }, 60_000);
 
   it('one removed from trusted/ while the session is up is refused at the next connection', async () => {
-    const { driver, link, pkiDir } = await linkedDriver();
+    const { driver, link, pkiDir } = await linkedDriver(plant, cleanups);
     await untrusted(driver);
     const rejected = join(pkiDir, 'client', 'rejected');
     const trusted = join(pkiDir, 'client', 'trusted', 'certs');
@@ -497,7 +421,7 @@ describe('OPC UA server certificate trust and the PKI folders', () => {
     const refusal = await untrusted(driver, errors);
     expect(link.accepted).toBeGreaterThan(from);
     expect(refusal).toMatch(/is not trusted/);
-    expect(await writeLands(driver)).toBe(false);
+    expect(await writeLands(plant, driver)).toBe(false);
     // Put in rejected/ again, for the operator to see.
     expect(readdirSync(rejected)).toHaveLength(1);
   }, 60_000);

@@ -2,12 +2,11 @@ import fs, { copyFileSync, existsSync, readdirSync, renameSync, rmSync } from 'n
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
-import type { DeviceDriver } from '../../src/core/driver.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { buildDrivers } from '../../src/drivers/inventory.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
-import { TcpLink } from '../helpers/tcp-link.js';
+import { linkedDriver, readWithin, untrusted, writeLands } from './opcua-trust.js';
 
 /**
  * An operator trusts a PLC's certificate by moving it from the PKI's rejected/ folder to
@@ -55,18 +54,6 @@ afterAll(async () => {
   fs.watch = realWatch;
 });
 
-async function readWithin(driver: DeviceDriver, ms: number): Promise<string | null> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    try {
-      return (await driver.read()).state;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  return null;
-}
-
 it('a certificate an operator moves to trusted/ is trusted where no file watcher can run', async () => {
   const e = plant.plc('ua').endpoint;
   if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
@@ -113,79 +100,21 @@ it('a certificate an operator moves to trusted/ is trusted where no file watcher
   expect(await readWithin(driver, 20_000)).toBe('CLOSED');
 }, 45_000);
 
-/** The driver, through a link a test can cut, to the plant's PLC, not trusting unknown certificates. */
-async function linkedDriver(): Promise<{ driver: DeviceDriver; link: TcpLink; pkiDir: string }> {
-  const e = plant.plc('ua').endpoint;
-  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
-  const link = await TcpLink.open({ host: '127.0.0.1', port: Number(new URL(e.endpointUrl).port) });
-  cleanups.push(() => link.close());
-  const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
-  cleanups.push(cleanup);
-  const d = await buildDrivers({
-    inventory: {
-      plcs: {
-        ua: {
-          protocol: 'opcua',
-          endpointUrl: `opc.tcp://127.0.0.1:${link.port}`,
-          namespaceUri: e.namespaceUri,
-          securityMode: 'SignAndEncrypt',
-          securityPolicy: 'Basic256Sha256',
-          requestTimeoutMs: 2000,
-        },
-      },
-      devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
-    },
-    profiles: PROFILES,
-    pkiDir,
-    acceptUnknownCertificates: false,
-    clock: systemClock,
-    logger: silentLogger,
-  });
-  cleanups.push(() => d.close());
-  d.start();
-  return { driver: d.bindings[0]!.driver, link, pkiDir };
-}
-
-/** Waits for a refusal of the PLC's certificate as untrusted after the driver's `errorsBefore`-th error. */
-async function untrusted(driver: DeviceDriver, errorsBefore = 0): Promise<void> {
-  const end = Date.now() + 20_000;
-  const refused = (): boolean =>
-    driver.health().errorCount > errorsBefore &&
-    /is not trusted: it was put in/.test(driver.health().lastError ?? '');
-  while (!refused()) {
-    if (Date.now() > end) throw new Error(`no refusal: ${driver.health().lastError}`);
-    await driver.read().catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** Whether a write reached the simulator (its own count says so). */
-async function writeLands(driver: DeviceDriver): Promise<boolean> {
-  const device = plant.device('ua-valve');
-  const before = device.counters.writesReceived;
-  const sent = await driver
-    .write({ action: 'stop', position: null, seq: 1000 + before })
-    .then(() => true)
-    .catch(() => false);
-  expect(device.counters.writesReceived).toBe(sent ? before + 1 : before);
-  return sent;
-}
-
 it('a certificate an operator copies to trusted/ (its refused copy left in rejected/) is trusted where no file watcher can run', async () => {
-  const { driver, pkiDir } = await linkedDriver();
+  const { driver, pkiDir } = await linkedDriver(plant, cleanups);
   await untrusted(driver);
   const rejected = join(pkiDir, 'client', 'rejected');
   const trusted = join(pkiDir, 'client', 'trusted', 'certs');
   const [cert] = readdirSync(rejected);
   copyFileSync(join(rejected, cert!), join(trusted, 'plc-ua.pem'));
   expect(await readWithin(driver, 20_000)).not.toBeNull();
-  expect(await writeLands(driver)).toBe(true);
+  expect(await writeLands(plant, driver)).toBe(true);
   expect(readdirSync(trusted)).toEqual(['plc-ua.pem']);
   expect(readdirSync(rejected)).toEqual([]);
 }, 45_000);
 
 it('a certificate an operator removes from trusted/ is refused at the next connection where no file watcher can run', async () => {
-  const { driver, link, pkiDir } = await linkedDriver();
+  const { driver, link, pkiDir } = await linkedDriver(plant, cleanups);
   await untrusted(driver);
   const rejected = join(pkiDir, 'client', 'rejected');
   const trusted = join(pkiDir, 'client', 'trusted', 'certs');
@@ -200,6 +129,6 @@ it('a certificate an operator removes from trusted/ is refused at the next conne
   link.up();
   await untrusted(driver, errors);
   expect(link.accepted).toBeGreaterThan(from);
-  expect(await writeLands(driver)).toBe(false);
+  expect(await writeLands(plant, driver)).toBe(false);
   expect(readdirSync(rejected)).toHaveLength(1);
 }, 45_000);

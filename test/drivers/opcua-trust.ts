@@ -1,0 +1,100 @@
+import { expect } from 'vitest';
+import { systemClock } from '../../src/core/clock.js';
+import type { DeviceDriver } from '../../src/core/driver.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { buildDrivers } from '../../src/drivers/inventory.js';
+import type { Plant } from '../../simulators/plant.js';
+import { PROFILES, tempDir } from '../helpers/fixtures.js';
+import { TcpLink } from '../helpers/tcp-link.js';
+
+/**
+ * What the OPC UA trust tests share (opcua-security.test.ts, opcua-trust-unwatched.test.ts): the
+ * real driver to a plant's `ua` PLC with SignAndEncrypt, not trusting unknown certificates, and
+ * waits on what the driver and the simulator say.
+ */
+
+export type Cleanups = (() => Promise<void> | void)[];
+
+/** The first read the driver answers within `ms`, its state; null if none. */
+export async function readWithin(driver: DeviceDriver, ms: number): Promise<string | null> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    try {
+      return (await driver.read()).state;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  return null;
+}
+
+/**
+ * The driver, through a link a test can cut, to `plant`'s PLC `ua` (device `ua-valve`); what it
+ * opens is pushed on `cleanups`.
+ */
+export async function linkedDriver(
+  plant: Plant,
+  cleanups: Cleanups,
+): Promise<{ driver: DeviceDriver; link: TcpLink; pkiDir: string }> {
+  const e = plant.plc('ua').endpoint;
+  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+  const link = await TcpLink.open({ host: '127.0.0.1', port: Number(new URL(e.endpointUrl).port) });
+  cleanups.push(() => link.close());
+  const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
+  cleanups.push(cleanup);
+  const d = await buildDrivers({
+    inventory: {
+      plcs: {
+        ua: {
+          protocol: 'opcua',
+          endpointUrl: `opc.tcp://127.0.0.1:${link.port}`,
+          namespaceUri: e.namespaceUri,
+          securityMode: 'SignAndEncrypt',
+          securityPolicy: 'Basic256Sha256',
+          requestTimeoutMs: 2000,
+        },
+      },
+      devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
+    },
+    profiles: PROFILES,
+    pkiDir,
+    acceptUnknownCertificates: false,
+    clock: systemClock,
+    logger: silentLogger,
+  });
+  cleanups.push(() => d.close());
+  d.start();
+  return { driver: d.bindings[0]!.driver, link, pkiDir };
+}
+
+/**
+ * Waits for the driver to say the PLC's certificate is not trusted, asking it to connect: a
+ * refusal after the driver's `errorsBefore`-th error. Returns the refusal.
+ */
+export async function untrusted(driver: DeviceDriver, errorsBefore = 0): Promise<string> {
+  const end = Date.now() + 20_000;
+  const refused = (): boolean =>
+    driver.health().errorCount > errorsBefore &&
+    /is not trusted: it was put in/.test(driver.health().lastError ?? '');
+  while (!refused()) {
+    if (Date.now() > end) throw new Error(`no refusal: ${driver.health().lastError}`);
+    await driver.read().catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return driver.health().lastError ?? '';
+}
+
+/**
+ * Whether a write reached `plant`'s `ua-valve`: the driver's answer, checked against the
+ * simulator's own count of writes received.
+ */
+export async function writeLands(plant: Plant, driver: DeviceDriver): Promise<boolean> {
+  const device = plant.device('ua-valve');
+  const before = device.counters.writesReceived;
+  const sent = await driver
+    .write({ action: 'stop', position: null, seq: 1000 + before })
+    .then(() => true)
+    .catch(() => false);
+  expect(device.counters.writesReceived).toBe(sent ? before + 1 : before);
+  return sent;
+}
