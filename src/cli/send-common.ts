@@ -1,4 +1,5 @@
 import type { SluiceConfig } from '../config/config.js';
+import { shellWord } from '../shell-word.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT } from './errors.js';
 import type { ResultDocument } from './result-view.js';
@@ -118,11 +119,6 @@ export function retryHint(target: SendTarget): string {
   // A key that begins with '-' would read as an option: `--` ends them.
   const show = `${sluicectl} show ${key.startsWith('-') ? '-- ' : ''}${shellWord(key)}`;
   return `look it up with: ${show}; or send it again with the same key (a retry is never actuated twice; a run without --key would be a new command): ${line}`;
-}
-
-/** A word as a POSIX shell reads it back: quoted unless it is plainly safe. */
-function shellWord(word: string): string {
-  return /^[A-Za-z0-9_.,:=@%+/-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`;
 }
 
 /** `open inlet-valve over https`. */

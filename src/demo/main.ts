@@ -14,6 +14,7 @@ import { preflight } from '../config/preflight.js';
 import { Daemon, type Readiness } from '../daemon/daemon.js';
 import { routeOpcuaMessages } from '../daemon/opcua-messages.js';
 import { packageRoot } from '../package-root.js';
+import { shellWord } from '../shell-word.js';
 import { loadPlantFile, startPlant, type Plant } from '../../simulators/plant.js';
 
 const root = packageRoot();
@@ -35,11 +36,6 @@ const launchDir = process.env.INIT_CWD ?? process.cwd();
 function shownPath(path: string): string {
   const rel = relative(launchDir, path);
   return rel === '' || rel.startsWith('..') || isAbsolute(rel) ? path : rel;
-}
-
-/** A word for a POSIX shell: quoted when it holds more than plain name and path characters. */
-function shellWord(word: string): string {
-  return /^[\w./:@%+,=-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
 /**
