@@ -7,7 +7,7 @@ import {
 } from '../core/command.js';
 import { InvalidCommandError, InvalidKeyError } from '../core/errors.js';
 import type { CommandRecord } from '../core/journal.js';
-import { withoutPassword, type SluiceConfig } from '../config/config.js';
+import { isTlsMqttUrl, withoutPassword, type SluiceConfig } from '../config/config.js';
 import type { CliContext } from './context.js';
 import { exactDuration } from './durations.js';
 import { EXIT, UsageError, type ExitCode } from './errors.js';
@@ -53,11 +53,7 @@ export async function runSend(
   // As the daemon's mqtt.certFile (config.ts): MQTT.js would speak TLS on mqtt:// and ws:// all
   // the same, under a name that says otherwise, and refuses the pair with tcp://.
   const mqttUrl = config.mqtt?.url;
-  if (
-    options.mqttCert !== undefined &&
-    mqttUrl !== undefined &&
-    !/^(mqtts|ssl|wss):/.test(mqttUrl)
-  ) {
+  if (options.mqttCert !== undefined && mqttUrl !== undefined && !isTlsMqttUrl(mqttUrl)) {
     throw new UsageError(
       `--mqtt-cert: a client certificate needs TLS, and the configuration's mqtt.url ${withoutPassword(mqttUrl)} is not TLS (mqtts:// or wss://)`,
     );

@@ -585,6 +585,11 @@ function crossCheck(c: SluiceConfig): string[] {
   return errors;
 }
 
+/** A broker URL MQTT.js speaks TLS on: mqtts://, ssl:// or wss://. */
+export function isTlsMqttUrl(url: string): boolean {
+  return /^(mqtts|ssl|wss):/.test(url);
+}
+
 /**
  * A client certificate against the URL's scheme: MQTT.js speaks TLS for mqtts://, ssl:// and
  * wss://, refuses the pair with tcp:// ("Unknown protocol for secure connection"), which failed
@@ -596,7 +601,7 @@ function crossCheck(c: SluiceConfig): string[] {
  * its broker did not.
  */
 function mqttTlsProblems(mqtt: NonNullable<SluiceConfig['mqtt']>): string[] {
-  const tls = /^(mqtts|ssl|wss):/.test(mqtt.url);
+  const tls = isTlsMqttUrl(mqtt.url);
   const scheme = /^[a-z]+/.exec(mqtt.url)?.[0] ?? '';
   const clientCertificate = mqtt.certFile !== undefined && mqtt.keyFile !== undefined;
   if (clientCertificate && !tls) {
