@@ -22,6 +22,11 @@ export interface SkewSample {
 export const SKEW_SAMPLES = 32;
 export const MIN_SAMPLE_GAP_MS = 1_000;
 export const MIN_DRIFT_SPAN_MS = 5_000;
+/**
+ * The least an uncertainty counts for in the drift's weights: estimates on loopback reach a
+ * fraction of a millisecond, and one of 0 (a clock read without delay) must not take all weight.
+ */
+export const MIN_WEIGHT_UNCERTAINTY_MS = 0.1;
 /** A clock at or past its bound is measured again no more often than this. */
 export const MIN_REMEASURE_MS = 250;
 
@@ -42,8 +47,9 @@ export function addSample(samples: SkewSample[], skew: SkewEstimate): void {
 
 /**
  * The controller clock's rate against the gateway's, in ppm (+: it gains), by least squares
- * over the samples; null over less than MIN_DRIFT_SPAN_MS. A step (a restart, a manual set)
- * breaks the line: samples from before a jump larger than any drift explains are dropped.
+ * over the samples, each weighted by its precision (1/uncertainty²); null over less than
+ * MIN_DRIFT_SPAN_MS. A step (a restart, a manual set) breaks the line: samples from before a
+ * jump larger than any drift explains are dropped.
  */
 export function driftPpm(samples: readonly SkewSample[]): number | null {
   const last = samples.at(-1);
@@ -59,14 +65,27 @@ export function driftPpm(samples: readonly SkewSample[]): number | null {
   const run = samples.slice(start);
   const first = run[0] ?? last;
   if (last.mono - first.mono < MIN_DRIFT_SPAN_MS) return null;
-  const n = run.length;
-  const mx = run.reduce((s, p) => s + p.mono, 0) / n;
-  const my = run.reduce((s, p) => s + p.offsetMs, 0) / n;
+  // Weighted by 1/u²: a measurement taken over a slow round trip (a loaded gateway, a busy
+  // controller) is known to tens of ms and must not outweigh the sub-millisecond ones.
+  const weight = (p: SkewSample): number =>
+    1 / Math.max(p.uncertaintyMs, MIN_WEIGHT_UNCERTAINTY_MS) ** 2;
+  let sw = 0;
+  let swx = 0;
+  let swy = 0;
+  for (const p of run) {
+    const w = weight(p);
+    sw += w;
+    swx += w * p.mono;
+    swy += w * p.offsetMs;
+  }
+  const mx = swx / sw;
+  const my = swy / sw;
   let sxy = 0;
   let sxx = 0;
   for (const p of run) {
-    sxy += (p.mono - mx) * (p.offsetMs - my);
-    sxx += (p.mono - mx) ** 2;
+    const w = weight(p);
+    sxy += w * (p.mono - mx) * (p.offsetMs - my);
+    sxx += w * (p.mono - mx) ** 2;
   }
   return sxx === 0 ? null : (sxy / sxx) * 1e6;
 }

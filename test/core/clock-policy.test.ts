@@ -315,6 +315,17 @@ describe('controller clock arithmetic', () => {
     const stepped = [...samples, { mono: 6_000, offsetMs: -15_000, uncertaintyMs: 1 }];
     expect(driftPpm(stepped)).toBeNull();
   });
+  it('a measurement over a slow round trip does not outweigh the precise ones', () => {
+    // +100 ppm measured to 0.5 ms every second; one reading, taken over a 60 ms round trip,
+    // lands 25 ms off the line (inside its ± 30 ms): unweighted, the fit would read about −2,600 ppm.
+    const samples: SkewSample[] = [0, 1_000, 2_000, 3_000, 4_000, 5_000, 6_000].map((t) => ({
+      mono: t,
+      offsetMs: 100 + t * 0.0001 + (t === 6_000 ? -25 : 0),
+      uncertaintyMs: t === 6_000 ? 30 : 0.5,
+    }));
+    expect(driftPpm(samples)).toBeGreaterThan(80);
+    expect(driftPpm(samples)).toBeLessThan(120);
+  });
   it('beyond the bound only provably: the uncertainty counts in the device’s favour', () => {
     expect(skewExceeds(skew(1_005, 10), 1_000)).toBe(false);
     expect(skewExceeds(skew(-1_011, 10), 1_000)).toBe(true);
