@@ -18,7 +18,8 @@ import {
 /**
  * The HTTPS intake's command outcomes (SPEC §4) against the simulated plant over real sockets:
  * each test gets a fresh plant, journal and intake, and counts the writes that reached the
- * controller (the ground truth for I1).
+ * controller (the ground truth for I1). The plant is the Modbus PLC alone: no test here
+ * addresses the OPC UA valve, whose server and session would cost most of each test's CPU.
  */
 
 let pki: Pki;
@@ -37,7 +38,7 @@ afterEach(async () => {
 });
 
 async function setUp(options: Parameters<typeof startStack>[0] = {}): Promise<void> {
-  stack = await startStack(options);
+  stack = await startStack({ ...options, opcua: false });
   cleanups.push(() => stack.stop());
   api = await startIntake(stack, pki);
   cleanups.push(() => api.stop());
