@@ -62,7 +62,8 @@ interface WrittenContext {
 type WriteOutcome =
   | { readonly kind: 'acked' }
   | { readonly kind: 'unknown'; readonly error: string }
-  | { readonly kind: 'refused'; readonly error: string }
+  /** `busy`: refused busy until the deadline (sendWhileBusy); `error` then says it all. */
+  | { readonly kind: 'refused'; readonly error: string; readonly busy?: true }
   /**
    * Never sent: its deadline passed while it waited for the controller (I3), it was withdrawn
    * meanwhile (the lane's signal: a stop's preemption, an operator, the shutdown), or the
@@ -73,6 +74,12 @@ type WriteOutcome =
       readonly reason: WriteNotSentReason;
       readonly error: string;
     };
+
+/** One attempt's outcome (trySend): also `busy`, which sendWhileBusy answers by sending again. */
+type AttemptOutcome = WriteOutcome | { readonly kind: 'busy'; readonly error: string };
+
+/** The longest pause between two attempts of a write the controller answers busy. */
+const BUSY_PAUSE_MAX_MS = 2_000;
 
 export class ConfirmationLoop {
   private readonly host: ExecutionHost;
@@ -93,9 +100,9 @@ export class ConfirmationLoop {
     const { profile } = lane.binding;
     const seq = requireSeq(dispatched);
     const write = this.beginWrite(lane, dispatched, seq);
-    const outcome = await this.send(lane, dispatched, seq, write);
+    const outcome = await this.send(lane, dispatched, seq, write, log);
     if (outcome.kind === 'refused') {
-      this.refused(dispatched, observe(first.before), outcome.error, log);
+      this.refused(dispatched, observe(first.before), outcome, log);
       return;
     }
     if (outcome.kind === 'not-sent' && outcome.reason === 'withdrawn') {
@@ -661,10 +668,10 @@ export class ConfirmationLoop {
         log.warn({ seq }, 'first write provably not applied; dispatching once more');
         const write = this.beginWrite(lane, again, seq);
         ctx.write = write;
-        const outcome = await this.send(lane, again, seq, write);
+        const outcome = await this.send(lane, again, seq, write, log);
         ctx.confirmByMono = write.sentMono + ctx.windowMs;
         if (outcome.kind === 'refused') {
-          this.refused(again, observe(readback), outcome.error, log);
+          this.refused(again, observe(readback), outcome, log);
           return { kind: 'settled' };
         }
         if (outcome.kind === 'not-sent' && outcome.reason === 'withdrawn') {
@@ -790,10 +797,82 @@ export class ConfirmationLoop {
     record: CommandRecord,
     seq: number,
     write: LastWrite,
+    log: Logger,
   ): Promise<WriteOutcome> {
-    const outcome = await this.trySend(lane, record, seq, write);
+    const outcome = await this.sendWhileBusy(lane, record, seq, write, log);
     if (aborted(lane)) this.noteAfterResolve(record, seq, outcome);
     return outcome;
+  }
+
+  /**
+   * Sends the write, and sends it again while the controller answers that it is busy (Modbus
+   * exception 0x06: "the client should retransmit the message later when the server is free").
+   * A busy answer proves the write was not processed, so sending it again is no second effect
+   * (I1) — unlike a write whose answer was lost, which only a readback may prove not applied
+   * (redispatch.ts). It is the same write (action, setpoint, sequence number: the same
+   * registers and values) of the same dispatch, sent after pauses that double from the
+   * profile's pollIntervalMs up to BUSY_PAUSE_MAX_MS, each journaled and logged; never past the
+   * command's deadline (I3: the driver checks it again as it sends), and not once a stop, an
+   * operator or the daemon's stop withdrew it while it waited (`not-sent` `withdrawn`). A
+   * controller still busy when the deadline leaves no time for another attempt ends the
+   * command as refused, with a detail that says it stayed busy.
+   */
+  private async sendWhileBusy(
+    lane: Lane,
+    record: CommandRecord,
+    seq: number,
+    write: LastWrite,
+    log: Logger,
+  ): Promise<WriteOutcome> {
+    const { clock } = this.host;
+    const firstMono = clock.elapsed();
+    let pause = lane.binding.profile.timing.pollIntervalMs;
+    let busy: string | null = null;
+    for (let sent = 1; ; sent++) {
+      const outcome = await this.trySend(lane, record, seq, write);
+      const stayedBusy = (answers: number, why: string): WriteOutcome => ({
+        kind: 'refused',
+        busy: true,
+        error: `the controller stayed busy: the write was sent ${answers} times over ${Math.round(clock.elapsed() - firstMono)} ms and answered busy each time (last: ${busy ?? ''}), and its deadline ${new Date(record.deadline).toISOString()} ${why}; it was never processed, nothing was applied`,
+      });
+      if (outcome.kind === 'not-sent' && outcome.reason === 'deadline' && busy !== null) {
+        // Its deadline passed while the retransmission waited behind other requests.
+        return stayedBusy(sent - 1, 'passed before it could be sent again');
+      }
+      if (outcome.kind !== 'busy') return outcome;
+      busy = outcome.error;
+      // Not processed: nothing of this write is pending at the controller while it waits.
+      write.unknownSinceMono = null;
+      const left = record.deadline - this.host.deadlineNow(record);
+      if (left <= pause) return stayedBusy(sent, 'leaves no time to send it again');
+      this.noteBusy(record, seq, busy, pause);
+      log.warn(
+        { seq, busy: sent, pauseMs: pause, err: busy },
+        'controller busy: the write is sent again',
+      );
+      await clock.sleep(pause, lane.signal);
+      if (aborted(lane)) {
+        if (lane.lastWrite === write) lane.lastWrite = null;
+        return {
+          kind: 'not-sent',
+          reason: 'withdrawn',
+          error: `withdrawn while it waited to be sent again after the controller answered busy (${busy}): the controller never processed it`,
+        };
+      }
+      if (this.host.deadlineNow(record) >= record.deadline) return stayedBusy(sent, 'passed');
+      pause = Math.min(pause * 2, BUSY_PAUSE_MAX_MS);
+      write.sentMono = clock.elapsed();
+    }
+  }
+
+  /** Journals a busy answer to the write: the history says why the same write goes out again. */
+  private noteBusy(record: CommandRecord, seq: number, error: string, pauseMs: number): void {
+    const detail = `the controller answered busy to the write (sequence number ${seq}): ${error}: not processed; the same write is sent again in ${pauseMs} ms`;
+    try {
+      this.host.journal.note(record, this.host.clock.now(), detail, PIPELINE);
+    } catch {
+      // The dispatch is durable already; the line only explains the next attempt.
+    }
   }
 
   /**
@@ -830,7 +909,7 @@ export class ConfirmationLoop {
     record: CommandRecord,
     seq: number,
     write: LastWrite,
-  ): Promise<WriteOutcome> {
+  ): Promise<AttemptOutcome> {
     // The time left before the deadline, as deadlineNow() judges it (I3).
     const timeLeftMs = record.deadline - this.host.deadlineNow(record);
     try {
@@ -862,6 +941,10 @@ export class ConfirmationLoop {
         // Never sent: nothing of it reached the controller, the lane's last write is void.
         lane.lastWrite = null;
         return { kind: 'not-sent', reason: error.reason, error: message };
+      }
+      if (error instanceof DeviceRefusedError && error.busy) {
+        // Busy: not processed, to be sent again (sendWhileBusy).
+        return { kind: 'busy', error: message };
       }
       if (error instanceof DeviceRefusedError) {
         // The controller answered that it did not apply it: not unknown.
@@ -954,7 +1037,7 @@ export class ConfirmationLoop {
   private refused(
     record: CommandRecord,
     observed: Observation | null,
-    error: string,
+    outcome: Extract<WriteOutcome, { kind: 'refused' }>,
     log: Logger,
   ): void {
     this.host.settle(log, record, 'dispatched', {
@@ -962,7 +1045,10 @@ export class ConfirmationLoop {
       code: 'DEVICE_FAULT',
       faultCode: null,
       observed,
-      detail: `the controller refused the write: ${error}`,
+      detail:
+        outcome.busy === true
+          ? outcome.error
+          : `the controller refused the write: ${outcome.error}`,
     });
   }
 }

@@ -141,7 +141,15 @@ export type WriteNotSentReason = 'deadline' | 'withdrawn' | 'no-connection';
 
 /** The controller answered and refused the request (Modbus exception, OPC UA Bad status). */
 export class DeviceRefusedError extends SluiceError {
-  constructor(message: string, options?: ErrorOptions) {
+  /**
+   * The controller said it is busy and did not process the request, to be sent again later
+   * (Modbus exception 0x06 server device busy): a write so refused is sent again, the same
+   * write, while its command's deadline allows (confirmation.ts); a read is read again.
+   */
+  readonly busy: boolean;
+
+  constructor(message: string, options?: ErrorOptions & { readonly busy?: boolean }) {
     super('DEVICE_REFUSED', message, options);
+    this.busy = options?.busy ?? false;
   }
 }

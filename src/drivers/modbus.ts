@@ -72,10 +72,10 @@ const MODBUS_EXCEPTIONS: Record<number, string> = {
 /**
  * Exceptions that say a write was not performed (Modbus Application Protocol v1.1b3 §7): 0x01
  * illegal function, 0x02 illegal data address, 0x03 illegal data value (the request refused as
- * it stands), 0x06 server device busy (not processed: "retransmit the message later") and 0x0A
- * gateway path unavailable (the gateway could not forward it). Any other exception answers a
- * write without saying that, and its outcome is unknown, as after a lost answer: the readback
- * settles it. So 0x04 (server device failure: an unrecoverable error "while the server was
+ * it stands), 0x06 server device busy (not processed: "retransmit the message later", which
+ * the core does: ModbusExceptionError `busy`) and 0x0A gateway path unavailable (the gateway
+ * could not forward it). Any other exception answers a write without saying that, and its
+ * outcome is unknown, as after a lost answer: the readback settles it. So 0x04 (server device failure: an unrecoverable error "while the server was
  * attempting to perform the requested action", which may have been partly or wholly
  * performed), 0x05 (acknowledge: taken, still being processed), 0x0B (a gateway's target did
  * not answer in time: it may have taken the write and its answer been lost or late), 0x08
@@ -86,6 +86,9 @@ const MODBUS_EXCEPTIONS: Record<number, string> = {
  */
 const WRITE_REFUSALS: ReadonlySet<number> = new Set([0x01, 0x02, 0x03, 0x06, 0x0a]);
 
+/** Exception 0x06: the PLC is busy (with a long program command); sent again later, not a fault. */
+const SERVER_DEVICE_BUSY = 0x06;
+
 /** Exceptions a PLC gives for a read of addresses it does not map. */
 const SPAN_REFUSALS: ReadonlySet<number> = new Set([2, 3]);
 
@@ -93,12 +96,17 @@ function hex(n: number): string {
   return `0x${n.toString(16).padStart(2, '0')}`;
 }
 
-/** The PLC answered a request with a Modbus exception: nothing was applied. */
+/**
+ * The PLC answered a request with a Modbus exception: nothing was applied (for a write, only
+ * WRITE_REFUSALS say so: serveWrite). 0x06 is `busy`: the request was not processed and is
+ * to be sent again later — the core sends a write so refused again, the same write, while its
+ * command's deadline allows (confirmation.ts), and reads a read again.
+ */
 class ModbusExceptionError extends DeviceRefusedError {
   readonly exception: number;
 
   constructor(message: string, exception: number, options?: ErrorOptions) {
-    super(message, options);
+    super(message, { ...options, busy: exception === SERVER_DEVICE_BUSY });
     this.exception = exception;
   }
 }
@@ -152,7 +160,8 @@ const NOTHING: Delivery = () => undefined;
  *   connection counts as good only once the PLC has answered a request on it: one that is lost
  *   before any answer (a PLC past its number of connections takes the connect and closes) is a
  *   failed attempt, so that such a PLC is not reconnected to once per request.
- * - Exception responses become DeviceRefusedError (the PLC answered: nothing was applied),
+ * - Exception responses become DeviceRefusedError (the PLC answered: nothing was applied;
+ *   `busy` for 0x06, which the core sends again while the command's deadline allows),
  *   except those that do not say a write was not performed (all but WRITE_REFUSALS: 0x04,
  *   0x05, 0x08, 0x0B, undefined codes), which leave its outcome unknown; a write for which no
  *   connection could be had (the connect failed, or the backoff refused it), or that the

@@ -306,7 +306,8 @@ describe('stop preempts travel', () => {
   }
 
   // A stop pressed twice, and the first ends without taking effect (the controller refuses its
-  // write: 0x06, busy) while the open travels. The second, waiting behind it (queued with it, or
+  // write: 0x0A, gateway path unavailable — not 0x06 busy, after which the same write is sent
+  // again) while the open travels. The second, waiting behind it (queued with it, or
   // accepted while it was in flight), goes next and stops the travel; the open is taken up after
   // it. Taken up first, the open followed its travel to OPEN by its readbacks, and the second
   // stop waited for that, a no-op at the end of travel.
@@ -317,7 +318,7 @@ describe('stop preempts travel', () => {
       const plc = h.plant.plc('mb');
       h.submit('a', { device: 'v1', action: 'open' });
       await stopAtAbout(h, 'v1', 20);
-      plc.setFault({ kind: 'exception', code: 6, on: 'write', count: 1 });
+      plc.setFault({ kind: 'exception', code: 0x0a, on: 'write', count: 1 });
       const inFlight = second !== 'queued with the first';
       // Reads take 150 ms: the first stop is still reading its device when the second comes.
       if (inFlight) plc.setFault({ kind: 'latency', ms: 150, on: 'read' });

@@ -67,6 +67,8 @@ export interface SimHarnessOptions {
    * float positioner `fcv` (profile float-positioner: float32 registers, refusal to FAULT).
    */
   readonly field?: boolean;
+  /** The pipeline's and the drivers' logger (default: silent, or stderr with SLUICE_TEST_DEBUG=1). */
+  readonly logger?: Logger;
 }
 
 /** The bridge's profile for a simulated Modbus device, by its register layout. */
@@ -108,9 +110,10 @@ export class SimHarness {
     this.cleanupDir = cleanup;
     this.path = join(dir, 'journal.db');
     this.logger =
-      process.env.SLUICE_TEST_DEBUG === '1'
+      options.logger ??
+      (process.env.SLUICE_TEST_DEBUG === '1'
         ? pino({ level: 'debug' }, pino.destination(2))
-        : silentLogger;
+        : silentLogger);
   }
 
   static async start(options: SimHarnessOptions = {}): Promise<SimHarness> {
