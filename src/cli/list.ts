@@ -27,15 +27,18 @@ export function parseState(value: string): CommandState {
 export function runList(ctx: CliContext, options: ListOptions): ExitCode {
   const state = options.state === undefined ? undefined : parseState(options.state);
   const now = ctx.now();
-  const { records, deviceKnown } = withJournal(ctx.journalPath(), (journal) => {
+  const { records, more, deviceKnown } = withJournal(ctx.journalPath(), (journal) => {
+    // One past the limit: whether more commands match than are shown, said only when true
+    // (a page of exactly the limit is the whole answer).
     const found = journal.list({
       ...(options.device === undefined ? {} : { device: options.device }),
       ...(state === undefined ? {} : { state }),
       ...(options.since === undefined ? {} : { since: now - options.since }),
-      limit: options.limit,
+      limit: options.limit + 1,
     });
     return {
-      records: found,
+      records: found.slice(0, options.limit),
+      more: found.length > options.limit,
       // Found nothing: has the journal ever held a command for that device (one removed from
       // the configuration since), or is it a name no one knows?
       deviceKnown:
@@ -55,7 +58,7 @@ export function runList(ctx: CliContext, options: ListOptions): ExitCode {
   }
   const items = records.map((r) => listItem(r, now));
   if (ctx.json) {
-    ctx.outJson({ commands: items });
+    ctx.outJson({ commands: items, more });
     return EXIT.OK;
   }
   if (items.length === 0) {
@@ -82,8 +85,8 @@ export function runList(ctx: CliContext, options: ListOptions): ExitCode {
     },
   ];
   ctx.out(renderTable(columns, items, ctx.style));
-  if (items.length === options.limit) {
-    ctx.warn(`showing the newest ${options.limit}; use --limit for more`);
+  if (more) {
+    ctx.warn(`showing the newest ${options.limit}; more match: use --limit for more`);
   }
   return EXIT.OK;
 }

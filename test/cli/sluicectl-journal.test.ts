@@ -193,11 +193,14 @@ describe('list', () => {
   });
 
   it('filters by device, state, age and count', async () => {
-    const [device, state, since, limited] = await Promise.all([
+    const [device, state, since, limited, limitedJson, whole] = await Promise.all([
       cli('list', '--device', 'outlet-valve', '--json'),
       cli('list', '--state', 'failed', '--json'),
       cli('list', '--since', '1h', '--json'),
       cli('list', '--limit', '2'),
+      cli('list', '--limit', '2', '--json'),
+      // Exactly as many as the limit: the whole answer, no sign of more.
+      cli('list', '--state', 'failed', '--limit', '2'),
     ]);
     const keys = (run: CliRun): string[] =>
       run
@@ -212,7 +215,12 @@ describe('list', () => {
     expect(keys(since)).toHaveLength(11);
     expect(limited.code).toBe(0);
     expect(limited.stdout.trimEnd().split('\n')).toHaveLength(3);
-    expect(limited.stderr).toContain('showing the newest 2; use --limit for more');
+    expect(limited.stderr).toContain('showing the newest 2; more match: use --limit for more');
+    expect(limitedJson.json<{ commands: Item[]; more: boolean }>()).toMatchObject({ more: true });
+    expect(limitedJson.json<{ commands: Item[] }>().commands).toHaveLength(2);
+    expect(state.json<{ more: boolean }>().more).toBe(false);
+    expect(whole.stdout.trimEnd().split('\n')).toHaveLength(3);
+    expect(whole.stderr).not.toContain('showing the newest');
   });
 });
 
