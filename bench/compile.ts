@@ -20,12 +20,17 @@ type TypeScript = typeof TypeScriptModule;
  * The daemon and the plant run as compiled JavaScript, as `sluiced` ships (dist/), not under
  * the TypeScript loader: the loader's worker thread would add its own memory to the daemon's
  * RSS (and TypeScript itself, some 60 MiB, whenever a source changed since it was last
- * transpiled) and its start-up to the time until the daemon listens.
+ * transpiled) and its start-up to the time until the daemon listens. The test suite runs the
+ * processes it starts from such a tree too (test/global-setup.ts): under the loader each start
+ * of sluiced cost about 60 % more CPU, and the suite starts hundreds.
  *
  * The sources are transpiled file by file, with the loader's settings (no type check: the
- * bench measures the working tree as it is), into a folder of the run. Every other top-level
- * entry of the project (package.json, node_modules, devices, ui, …) is linked beside them, so
- * that the tree resolves packages, finds its package root and reads its files as dist/ does.
+ * bench and the tests run the working tree as it is), into a folder of the run; the other
+ * files of the source folders (plants, fixtures, .mjs) are linked in place. Every other
+ * top-level entry of the project (package.json, node_modules, devices, ui, …) is linked
+ * beside them, so that the tree resolves packages, finds its package root and reads its files
+ * as dist/ does. test/ is among the sources for the helper processes the tests start
+ * (test/helpers/*-process.ts, the worker threads).
  *
  * Each file's output is kept in a cache in the temp dir, by the hash of its path, its source
  * and the compiler's version and settings (as test/helpers/ts-loader.mjs keeps its own):
@@ -33,13 +38,15 @@ type TypeScript = typeof TypeScriptModule;
  * Nothing is measured while the tree is made, so a cached file changes no figure.
  */
 
-const SOURCES = ['src', 'simulators', 'bench'];
+const SOURCES = ['src', 'simulators', 'bench', 'test'];
 
-function tsFiles(dir: string): string[] {
+function files(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true, recursive: true })
-    .filter((e) => e.isFile() && e.name.endsWith('.ts') && !e.name.endsWith('.d.ts'))
+    .filter((e) => e.isFile())
     .map((e) => join(e.parentPath, e.name));
 }
+
+const transpiled = (file: string): boolean => file.endsWith('.ts') && !file.endsWith('.d.ts');
 
 export interface CompiledTree {
   readonly dir: string;
@@ -63,7 +70,7 @@ export async function compileTree(dir: string): Promise<CompiledTree> {
       version: string;
     }
   ).version;
-  const cache = join(tmpdir(), `sluice-bench-js-cache-${version}`);
+  const cache = join(tmpdir(), `sluice-js-cache-${version}`);
   let ts: TypeScript | null = null;
   mkdirSync(dir, { recursive: true });
   for (const entry of readdirSync(ROOT)) {
@@ -71,7 +78,13 @@ export async function compileTree(dir: string): Promise<CompiledTree> {
     symlinkSync(join(ROOT, entry), join(dir, entry));
   }
   for (const top of SOURCES) {
-    for (const file of tsFiles(join(ROOT, top))) {
+    for (const file of files(join(ROOT, top))) {
+      if (!transpiled(file)) {
+        const link = join(dir, relative(ROOT, file));
+        mkdirSync(dirname(link), { recursive: true });
+        symlinkSync(file, link);
+        continue;
+      }
       const source = readFileSync(file, 'utf8');
       const hash = createHash('sha256')
         .update(SETTINGS_KEY)
@@ -90,7 +103,7 @@ export async function compileTree(dir: string): Promise<CompiledTree> {
           fileName: file,
           compilerOptions: settings(ts),
         }));
-        // Written aside and renamed: a bench run beside this one never reads half a file. A
+        // Written aside and renamed: a run beside this one never reads half a file. A
         // failed write only costs the next run this transpile.
         try {
           mkdirSync(cache, { recursive: true });
