@@ -13,6 +13,7 @@ import {
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
+import { nodeArgs } from '../helpers/entry.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { TestClient, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
@@ -236,9 +237,7 @@ export class Site {
     const child = spawn(
       process.execPath,
       [
-        '--import',
-        join(ROOT, 'test/helpers/ts-register.mjs'),
-        join(ROOT, 'src/daemon/cli.ts'),
+        ...nodeArgs('src/daemon/cli.ts'),
         '--config',
         this.configPath,
         '--log-level',
