@@ -1,10 +1,9 @@
 import { spawn } from 'node:child_process';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
 import type { CommandRecord, NewCommand, Observation } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { main } from '../../src/cli/main.js';
-import { ROOT } from '../helpers/fixtures.js';
+import { nodeArgs } from '../helpers/entry.js';
 
 /** A run of sluicectl (a process, or its main in this process): exit code, stdout and stderr. */
 export interface CliRun {
@@ -101,16 +100,10 @@ function finished(
  * colour), the modules it loads, that it exits once its work is done (nothing left open).
  */
 export function sluicectl(args: readonly string[], options: RunOptions = {}): Promise<CliRun> {
-  const child = spawn(
-    process.execPath,
-    [
-      '--import',
-      join(ROOT, 'test/helpers/ts-register.mjs'),
-      join(ROOT, 'src/cli/sluicectl.ts'),
-      ...args,
-    ],
-    { env: runEnv(options), stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const child = spawn(process.execPath, [...nodeArgs('src/cli/sluicectl.ts'), ...args], {
+    env: runEnv(options),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));

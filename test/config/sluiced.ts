@@ -1,15 +1,10 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { prepare } from '../../src/daemon/prepare.js';
-import { ROOT } from '../helpers/fixtures.js';
+import { nodeArgs } from '../helpers/entry.js';
 
-/** `sluiced` as an operator runs it: the CLI entry from source, loaded by the test loader. */
-export const SLUICED = [
-  '--import',
-  join(ROOT, 'test/helpers/ts-register.mjs'),
-  join(ROOT, 'src/daemon/cli.ts'),
-];
+/** `sluiced` as an operator runs it: the CLI entry, compiled as it ships (test/helpers/entry.ts). */
+export const SLUICED = nodeArgs('src/daemon/cli.ts');
 
 /** The environment without the SLUICE_* overrides a developer's shell may carry. */
 export function cleanEnv(): NodeJS.ProcessEnv {
