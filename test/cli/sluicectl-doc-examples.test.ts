@@ -10,6 +10,7 @@ import { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { seedOrphan } from '../helpers/daemon-site.js';
+import { nodeArgs } from '../helpers/entry.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import {
@@ -200,7 +201,7 @@ beforeAll(async () => {
   mkdirSync(bin);
   writeFileSync(
     join(bin, 'sluicectl'),
-    `#!/bin/sh\nexec '${process.execPath}' --import '${join(ROOT, 'test/helpers/ts-register.mjs')}' '${join(ROOT, 'src/cli/sluicectl.ts')}' "$@"\n`,
+    `#!/bin/sh\nexec ${[process.execPath, ...nodeArgs('src/cli/sluicectl.ts')].map((a) => `'${a}'`).join(' ')} "$@"\n`,
   );
   chmodSync(join(bin, 'sluicectl'), 0o755);
   await until(

@@ -8,7 +8,8 @@ import { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
 import { seedOrphan, startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
-import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { nodeArgs } from '../helpers/entry.js';
+import { tempDir } from '../helpers/fixtures.js';
 import { SUBCOMMANDS, sluicectl } from './helpers.js';
 
 /**
@@ -76,7 +77,7 @@ beforeAll(async () => {
   mkdirSync(bin);
   writeFileSync(
     join(bin, 'sluicectl'),
-    `#!/bin/sh\nexec '${process.execPath}' --import '${join(ROOT, 'test/helpers/ts-register.mjs')}' '${join(ROOT, 'src/cli/sluicectl.ts')}' "$@"\n`,
+    `#!/bin/sh\nexec ${[process.execPath, ...nodeArgs('src/cli/sluicectl.ts')].map((a) => `'${a}'`).join(' ')} "$@"\n`,
   );
   chmodSync(join(bin, 'sluicectl'), 0o755);
 }, 60_000);

@@ -5,7 +5,8 @@ import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exactDuration, formatDuration, parseDuration, relative } from '../../src/cli/durations.js';
 import { Style, renderTable, type Column } from '../../src/cli/table.js';
-import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { nodeArgs } from '../helpers/entry.js';
+import { tempDir } from '../helpers/fixtures.js';
 import {
   SUBCOMMANDS,
   configYaml,
@@ -613,14 +614,7 @@ describe('errors and usage', () => {
     const closedPipe = (args: string[]): Promise<{ code: number | null; stderr: string }> => {
       const child = spawn(
         process.execPath,
-        [
-          '--import',
-          join(ROOT, 'test/helpers/ts-register.mjs'),
-          join(ROOT, 'src/cli/sluicectl.ts'),
-          '--config',
-          configPath,
-          ...args,
-        ],
+        [...nodeArgs('src/cli/sluicectl.ts'), '--config', configPath, ...args],
         { stdio: ['ignore', 'pipe', 'pipe'] },
       );
       child.stdout.destroy();

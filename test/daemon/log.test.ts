@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import { daemonLogger } from '../../src/daemon/log.js';
+import { nodeArgs } from '../helpers/entry.js';
 
 /** A stdout stand-in that keeps what is written, a terminal or not. */
 function terminal(isTTY: boolean): { stream: NodeJS.WriteStream; text: () => string } {
@@ -108,13 +109,7 @@ describe('a process that ends in the turn that logged: every line is written', (
     const fd = stdout === 'file' ? openSync(file, 'w') : undefined;
     const child = spawn(
       process.execPath,
-      [
-        '--import',
-        './test/helpers/ts-register.mjs',
-        'test/helpers/log-process.ts',
-        mode,
-        String(LINES),
-      ],
+      [...nodeArgs('test/helpers/log-process.ts'), mode, String(LINES)],
       { stdio: ['ignore', fd ?? 'pipe', 'pipe'] },
     );
     if (fd !== undefined) closeSync(fd);

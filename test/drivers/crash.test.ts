@@ -4,7 +4,8 @@ import { createInterface } from 'node:readline';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
-import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { nodeArgs } from '../helpers/entry.js';
+import { tempDir } from '../helpers/fixtures.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 
 /**
@@ -58,9 +59,7 @@ function startDaemon(journal: string): Daemon {
   const child = spawn(
     process.execPath,
     [
-      '--import',
-      join(ROOT, 'test/helpers/ts-register.mjs'),
-      join(ROOT, 'test/helpers/pipeline-process.ts'),
+      ...nodeArgs('test/helpers/pipeline-process.ts'),
       JSON.stringify({ journal, pkiDir: join(dir, 'pki'), inventory: inventoryFor(plant) }),
     ],
     { stdio: ['pipe', 'pipe', 'inherit'] },

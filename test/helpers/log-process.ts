@@ -6,6 +6,8 @@ import { daemonLogger } from '../../src/daemon/log.js';
  *
  *   node --import ./test/helpers/ts-register.mjs test/helpers/log-process.ts MODE LINES
  *
+ * (the test starts it from the run's compiled tree: test/helpers/entry.ts).
+ *
  * MODE: `exit` (process.exit(0)), `throw` (an uncaught exception), `reject` (a promise rejected
  * with no handler). Like sluiced (src/daemon/cli.ts), an error that escapes is logged at fatal
  * by an uncaughtExceptionMonitor.

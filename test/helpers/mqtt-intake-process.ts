@@ -1,6 +1,6 @@
 // A daemon-like process with the MQTT intake: a journal file, the real drivers, the pipeline
-// and the intake, nothing else. Tests start it with `node --import ./test/helpers/ts-register.mjs`,
-// read its pino log lines on stdout, and kill it with SIGKILL mid-command.
+// and the intake, nothing else. Tests start it with node (test/helpers/entry.ts), read its pino
+// log lines on stdout, and kill it with SIGKILL mid-command.
 //
 //   argv[2]: JSON { journal, busyTimeoutMs, pkiDir, inventory, url, gatewayId }
 //   stdout:  pino JSON lines (debug); {"ready": n} once recovery queued n open commands and

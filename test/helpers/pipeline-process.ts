@@ -1,6 +1,7 @@
 // A daemon-like process: a journal file, the real drivers and the pipeline, nothing else.
-// Tests start it with `node --import ./test/helpers/ts-register.mjs`, send it commands as JSON
-// lines on stdin, read its journal from outside, and kill it with SIGKILL mid-command.
+// Tests start it with node (test/helpers/entry.ts: from the run's compiled tree, or under the
+// TypeScript loader), send it commands as JSON lines on stdin, read its journal from outside,
+// and kill it with SIGKILL mid-command.
 //
 //   argv[2]: JSON { journal, pkiDir, inventory }
 //   stdin:   {"submit": {"key": "...", "body": {...}}}   one per line

@@ -6,7 +6,8 @@ import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
-import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { nodeArgs } from '../helpers/entry.js';
+import { tempDir } from '../helpers/fixtures.js';
 import {
   mosquittoAvailable,
   startMosquitto,
@@ -93,9 +94,7 @@ describe.skipIf(!available)('MQTT intake: SIGKILL before the PUBACK', () => {
     const child = spawn(
       process.execPath,
       [
-        '--import',
-        join(ROOT, 'test/helpers/ts-register.mjs'),
-        join(ROOT, 'test/helpers/mqtt-intake-process.ts'),
+        ...nodeArgs('test/helpers/mqtt-intake-process.ts'),
         JSON.stringify({
           journal,
           busyTimeoutMs: 10_000,

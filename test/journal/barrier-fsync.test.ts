@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { hasCommand, realComponent } from '../helpers/real.js';
 
@@ -84,9 +85,7 @@ describe.skipIf(!haveStrace)('group commit barrier, traced', () => {
           '-o',
           trace,
           process.execPath,
-          '--import',
-          join(ROOT, 'test/helpers/ts-register.mjs'),
-          join(ROOT, 'test/helpers/barrier-process.ts'),
+          ...nodeArgs('test/helpers/barrier-process.ts'),
           journal,
           String(rounds),
         ],

@@ -26,6 +26,7 @@ import { allocateSeq } from '../../src/core/sequence.js';
 import { renderResult } from '../../src/core/result.js';
 import { LATEST_VERSION } from '../../src/journal/migrations.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { workerEntry } from '../helpers/entry.js';
 import { ROOT, openJournal, tempDir } from '../helpers/fixtures.js';
 import { fillFilesystem, tmpfsAvailable } from '../reliability/support.js';
 
@@ -214,13 +215,13 @@ describe('claim', () => {
     const path = join(dir, 'journal.db');
     open(path).close();
     const start = new Int32Array(new SharedArrayBuffer(4));
-    const register = new URL('../helpers/ts-register.mjs', import.meta.url);
+    const { script, execArgv } = workerEntry('test/helpers/claim-worker.ts');
     const workers = Array.from(
       { length: 8 },
       () =>
-        new Worker(new URL('../helpers/claim-worker.ts', import.meta.url), {
+        new Worker(script, {
           workerData: { path, key: 'contended', fingerprint: 'f-open', start },
-          execArgv: ['--import', register.href],
+          execArgv,
         }),
     );
     const ready = workers.map(

@@ -6,7 +6,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { JournalUnavailableError } from '../../src/core/errors.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { lockJournal } from '../../src/journal/writer-lock.js';
-import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { nodeArgs } from '../helpers/entry.js';
+import { tempDir } from '../helpers/fixtures.js';
 import { isRoot } from '../helpers/real.js';
 import { mountTmpfs, remount, tmpfsAvailable, unmount } from '../reliability/support.js';
 
@@ -26,16 +27,9 @@ const children: ReturnType<typeof spawn>[] = [];
 
 /** lockJournal in another process (a second sluiced): "locked" or "refused <message>". */
 function lockInChild(path: string): Promise<string> {
-  const child = spawn(
-    process.execPath,
-    [
-      '--import',
-      join(ROOT, 'test/helpers/ts-register.mjs'),
-      join(ROOT, 'test/helpers/lock-process.ts'),
-      path,
-    ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
+  const child = spawn(process.execPath, [...nodeArgs('test/helpers/lock-process.ts'), path], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   children.push(child);
   return new Promise((resolve, reject) => {
     createInterface({ input: child.stdout }).once('line', resolve);
@@ -119,12 +113,7 @@ describe.runIf(isRoot)("the journal lock in a folder the daemon's user cannot wr
       const path = join(state, 'journal.db');
       const said = execFileSync(
         process.execPath,
-        [
-          '--import',
-          join(ROOT, 'test/helpers/ts-register.mjs'),
-          join(ROOT, 'test/helpers/lock-process.ts'),
-          path,
-        ],
+        [...nodeArgs('test/helpers/lock-process.ts'), path],
         { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 30_000 },
       );
       expect(said.trim()).toBe(

@@ -1,5 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { workerEntry } from '../helpers/entry.js';
 import { TestClient, mosquittoAvailable } from '../helpers/mosquitto.js';
 import type { FinalAnswer, StormJob, StormReply } from './https-clients.js';
 import { Site } from './site.js';
@@ -69,11 +70,8 @@ describe.runIf(real)('duplicate storm on the real daemon', () => {
     // The HTTPS clients run in a worker thread: hundreds of TLS handshakes on this thread
     // would starve the simulated PLCs it hosts (seconds of event-loop lag), and the bridge
     // would rightly fail commands whose controller does not answer.
-    const register = new URL('../helpers/ts-register.mjs', import.meta.url);
-    clients = new Worker(new URL('./https-clients.ts', import.meta.url), {
-      workerData: site.httpsEndpoint,
-      execArgv: ['--import', register.href],
-    });
+    const { script, execArgv } = workerEntry('test/reliability/https-clients.ts');
+    clients = new Worker(script, { workerData: site.httpsEndpoint, execArgv });
     clients.on('message', (reply: StormReply) => pending.get(reply.id)?.(reply));
     releasers.push(async () => {
       await clients.terminate();

@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../simulators/cli-main.js';
-import { ROOT } from '../helpers/fixtures.js';
 import { api, until } from './helpers.js';
+import { nodeArgs } from '../helpers/entry.js';
 
 class Capture extends Writable {
   text = '';
@@ -94,17 +94,9 @@ describe('sluice-sim command', () => {
         '',
       ].join('\n'),
     );
-    const child = spawn(
-      process.execPath,
-      [
-        '--import',
-        join(ROOT, 'test/helpers/ts-register.mjs'),
-        join(ROOT, 'simulators/cli.ts'),
-        '--plant',
-        file,
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    const child = spawn(process.execPath, [...nodeArgs('simulators/cli.ts'), '--plant', file], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (out += c.toString()));
