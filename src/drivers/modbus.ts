@@ -74,17 +74,24 @@ const MODBUS_EXCEPTIONS: Record<number, string> = {
  * illegal function, 0x02 illegal data address, 0x03 illegal data value (the request refused as
  * it stands), 0x06 server device busy (not processed: "retransmit the message later", which
  * the core does: ModbusExceptionError `busy`) and 0x0A gateway path unavailable (the gateway
- * could not forward it). Any other exception answers a write without saying that, and its
- * outcome is unknown, as after a lost answer: the readback settles it. So 0x04 (server device failure: an unrecoverable error "while the server was
- * attempting to perform the requested action", which may have been partly or wholly
- * performed), 0x05 (acknowledge: taken, still being processed), 0x0B (a gateway's target did
- * not answer in time: it may have taken the write and its answer been lost or late), 0x08
- * (memory parity error, defined for file records: a PLC that says it of a write failed while
+ * could not forward it). 0x05 acknowledge (taken, still being processed) acknowledges the
+ * write (ACKNOWLEDGE). Any other exception answers a write without saying either, and its
+ * outcome is unknown, as after a lost answer: the readback settles it. So 0x04 (server device
+ * failure: an unrecoverable error "while the server was attempting to perform the requested
+ * action", which may have been partly or wholly performed), 0x0B (a gateway's target did not
+ * answer in time: it may have taken the write and its answer been lost or late), 0x08 (memory
+ * parity error, defined for file records: a PLC that says it of a write failed while
  * performing it) — and a code the protocol does not define (a vendor's), of which nothing is
  * known: taken for a refusal, a write it applied would end DEVICE_FAULT "refused", with the
  * device acting on it.
  */
 const WRITE_REFUSALS: ReadonlySet<number> = new Set([0x01, 0x02, 0x03, 0x06, 0x0a]);
+
+/**
+ * Exception 0x05 acknowledge: the PLC "has accepted the request and is processing it, but a
+ * long duration of time will be required" (§7): for a write, an acknowledgement (serveWrite).
+ */
+const ACKNOWLEDGE = 0x05;
 
 /** Exception 0x06: the PLC is busy (with a long program command); sent again later, not a fault. */
 const SERVER_DEVICE_BUSY = 0x06;
@@ -163,11 +170,11 @@ const NOTHING: Delivery = () => undefined;
  * - Exception responses become DeviceRefusedError (the PLC answered: nothing was applied;
  *   `busy` for 0x06, which the core sends again while the command's deadline allows),
  *   except those that do not say a write was not performed (all but WRITE_REFUSALS: 0x04,
- *   0x05, 0x08, 0x0B, undefined codes), which leave its outcome unknown; a write for which no
- *   connection could be had (the connect failed, or the backoff refused it), or that the
- *   endpoint's close took out of the queue, becomes WriteNotSentError `no-connection` (never
- *   handed to a socket: nothing was applied); everything else becomes DeviceUnreachableError
- *   (no answer: outcome unknown).
+ *   0x08, 0x0B, undefined codes), which leave its outcome unknown, and 0x05 acknowledge, which
+ *   acknowledges it; a write for which no connection could be had (the connect failed, or the
+ *   backoff refused it), or that the endpoint's close took out of the queue, becomes
+ *   WriteNotSentError `no-connection` (never handed to a socket: nothing was applied);
+ *   everything else becomes DeviceUnreachableError (no answer: outcome unknown).
  */
 export class ModbusEndpoint {
   readonly name: string;
@@ -409,6 +416,19 @@ export class ModbusEndpoint {
         job.resolve();
       };
     } catch (error) {
+      if (error instanceof ModbusExceptionError && error.exception === ACKNOWLEDGE) {
+        // Taken, still being processed: the write reached the PLC, as a normal answer says.
+        // Not an unknown outcome: the PLC may take longer than the redispatch guard to act on
+        // it, and a readback without its echo would then "prove" it not applied and send it a
+        // second time (I1). The readback confirms it, or the confirm window runs out.
+        this.log.info(
+          { address, length: values.length, exception: hex(ACKNOWLEDGE) },
+          'write answered 0x05 (acknowledge): taken, still being processed; the readback settles it',
+        );
+        return () => {
+          job.resolve();
+        };
+      }
       const failure =
         error instanceof ModbusExceptionError && !WRITE_REFUSALS.has(error.exception)
           ? new DeviceUnreachableError(

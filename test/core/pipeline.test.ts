@@ -184,7 +184,8 @@ describe('confirmation (I2)', () => {
     const h = await start();
     const valve = h.device('v1');
     // The PLC answers the next write with exception 03 (illegal data value: not performed); a
-    // retry would go through. (0x04, 0x05 and 0x0B leave the outcome unknown: readback.)
+    // retry would go through. (0x04 and 0x0B leave the outcome unknown, 0x05 acknowledges the
+    // write, 0x06 busy sends it again: readback.)
     valve.setFault({ kind: 'exception', code: 3, on: 'write', count: 1 });
     h.submit('k1', open);
     const r = await h.settled('k1');

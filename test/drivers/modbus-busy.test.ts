@@ -26,7 +26,9 @@ afterEach(async () => {
   h = undefined;
 });
 
-async function start(): Promise<{ harness: SimHarness; lines: LogLine[] }> {
+async function start(
+  options: { warm?: boolean } = {},
+): Promise<{ harness: SimHarness; lines: LogLine[] }> {
   const lines: LogLine[] = [];
   const logger = pino(
     { level: 'info' },
@@ -36,7 +38,7 @@ async function start(): Promise<{ harness: SimHarness; lines: LogLine[] }> {
       },
     },
   );
-  h = await SimHarness.start({ logger });
+  h = await SimHarness.start({ logger, ...options });
   return { harness: h, lines };
 }
 
@@ -145,6 +147,29 @@ describe('a read answered 0x06 (server device busy)', () => {
       attempts: 1,
     });
     expect(busyLeft(harness, 'v1')).toBeUndefined();
+    expect(valve.writesWithSeq(r.seq!)).toBe(1);
+    expect(valve.writeLog).toHaveLength(1);
+  });
+});
+
+describe('a write answered 0x05 (acknowledge)', () => {
+  it('taken, processed later than the redispatch guard: confirmed by readback, never sent again', async () => {
+    // 0x05: "the server has accepted the request and is processing it, but a long duration of
+    // time will be required to do so" (Modbus Application Protocol v1.1b3 §7). The simulator's
+    // held handshake is that PLC: it keeps the write and takes it when the hold ends (1.2 s,
+    // three times the redispatch guard); the write is answered 0x05 once received. Warm: the
+    // valve's echo is not its power-up one, so a readback could prove a write not applied.
+    const { harness } = await start({ warm: true });
+    const valve = harness.device('v1');
+    valve.setFault({ kind: 'hold', ms: 1_200 });
+    valve.setFault({ kind: 'exception', code: 5, on: 'write', when: 'after', count: 1 });
+    harness.submit('ack-05', { device: 'v1', action: 'open' });
+    const r = await harness.settled('ack-05');
+    expect(r, harness.notes('ack-05').join('\n')).toMatchObject({
+      state: 'confirmed',
+      attempts: 1,
+    });
+    // Ground truth: one write of this command reached the controller.
     expect(valve.writesWithSeq(r.seq!)).toBe(1);
     expect(valve.writeLog).toHaveLength(1);
   });
