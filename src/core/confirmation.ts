@@ -814,8 +814,8 @@ export class ConfirmationLoop {
    * profile's pollIntervalMs up to BUSY_PAUSE_MAX_MS, each journaled and logged; never past the
    * command's deadline (I3: the driver checks it again as it sends), and not once a stop, an
    * operator or the daemon's stop withdrew it while it waited (`not-sent` `withdrawn`). A
-   * controller still busy when the deadline leaves no time for another attempt ends the
-   * command as refused, with a detail that says it stayed busy.
+   * controller still busy at the deadline ends the command as refused, with a detail that says
+   * it stayed busy.
    */
   private async sendWhileBusy(
     lane: Lane,
@@ -843,14 +843,15 @@ export class ConfirmationLoop {
       busy = outcome.error;
       // Not processed: nothing of this write is pending at the controller while it waits.
       write.unknownSinceMono = null;
-      const left = record.deadline - this.host.deadlineNow(record);
-      if (left <= pause) return stayedBusy(sent, 'leaves no time to send it again');
-      this.noteBusy(record, seq, busy, pause);
+      // The last pause ends just before the deadline: until then the write may still go out.
+      const wait = Math.min(pause, record.deadline - this.host.deadlineNow(record) - 1);
+      if (wait < 0) return stayedBusy(sent, 'passed');
+      this.noteBusy(record, seq, busy, Math.round(wait));
       log.warn(
-        { seq, busy: sent, pauseMs: pause, err: busy },
+        { seq, busy: sent, pauseMs: Math.round(wait), err: busy },
         'controller busy: the write is sent again',
       );
-      await clock.sleep(pause, lane.signal);
+      await clock.sleep(wait, lane.signal);
       if (aborted(lane)) {
         if (lane.lastWrite === write) lane.lastWrite = null;
         return {
