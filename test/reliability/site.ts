@@ -157,12 +157,16 @@ export class Site {
     this.cert = pems.cert;
     writeFileSync(join(this.dir, 'cert.pem'), pems.cert);
     writeFileSync(join(this.dir, 'key.pem'), pems.private);
-    // The shipped profiles with timings scaled to the simulator's short travel.
+    // The shipped profiles the plant's devices use, with timings scaled to the simulator's
+    // short travel. Only those: the daemon parses and checks every file of profilesDir at each
+    // start, and the campaigns start it dozens of times.
     const profilesDir = join(this.dir, 'profiles');
     mkdirSync(profilesDir);
     const shipped = join(ROOT, 'devices', 'profiles');
+    const used = new Set<string>(this.plant.devices().map((d) => d.profile));
     for (const file of readdirSync(shipped).filter((f) => f.endsWith('.yaml'))) {
       const profile = parse(readFileSync(join(shipped, file), 'utf8')) as Record<string, unknown>;
+      if (typeof profile.profile !== 'string' || !used.has(profile.profile)) continue;
       profile.timing = { ...CAMPAIGN_TIMING, ...options.timing };
       writeFileSync(join(profilesDir, file), stringify(profile));
     }
