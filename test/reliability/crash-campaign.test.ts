@@ -48,7 +48,7 @@ import { CAMPAIGN_TIMING, type SiteOptions } from './site.js';
  * processes' timing is not, and a run replayed alone starts from a fresh plant.
  */
 
-/** Runs in the bounded campaign of `npm test` (~90–120 s for this file on 2 cores). */
+/** Runs in the bounded campaign of `npm test`. */
 const CI_RUNS = 12;
 const settings = campaignSettings(process.env, CI_RUNS);
 const PER_RUN_MS = 120_000;
@@ -112,8 +112,12 @@ async function campaign(
   expect(failures).toEqual([]);
 }
 
+// The two campaigns and the named scenarios run at the same time, each on a site of its own
+// (its own plant, broker, journal and daemon, so each judges its own ground truth): a run spends
+// most of its time waiting for travel, outages, deadlines and retries, which the others fill.
 describe.skipIf(!mosquittoAvailable())(
   'crash campaign: SIGKILL at every point of a command’s life',
+  { concurrent: true },
   () => {
     it.skipIf(modbusRuns.length === 0)(
       `Modbus PLC: ${modbusRuns.length} runs (seed 0x${settings.seed.toString(16)})`,
