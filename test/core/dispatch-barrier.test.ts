@@ -20,7 +20,8 @@ let pool: { release: () => Promise<void> } | null = null;
 let n = 0;
 
 beforeAll(async () => {
-  stack = await startStack({ travelMs: 0 });
+  // Every test here addresses the Modbus valves: no OPC UA PLC (seconds of CPU per stack).
+  stack = await startStack({ travelMs: 0, opcua: false });
 });
 
 afterEach(async () => {
@@ -262,6 +263,7 @@ describe('while the write waits for its PLC', () => {
   beforeAll(async () => {
     slow = await startStack({
       travelMs: 0,
+      opcua: false,
       modbusRequestTimeoutMs: 2_000,
       timing: { redispatchGuardMs: 2_500 },
     });
@@ -327,7 +329,11 @@ describe('while the write waits for its PLC', () => {
 
 describe('when the daemon stops while the write waits for its PLC', () => {
   it('the write is never sent, and the history says so', async () => {
-    const own = await startStack({ travelMs: 0, modbusRequestTimeoutMs: 2_000 });
+    const own = await startStack({
+      travelMs: 0,
+      opcua: false,
+      modbusRequestTimeoutMs: 2_000,
+    });
     try {
       const valve = own.plant.device('v1');
       const held = await dispatchedAndHeld(toggle(own), 30_000, own);

@@ -10,7 +10,8 @@ import { call, intakeForFile, type HttpResult } from './https-client.js';
  * Each refusal is a 400 that leaves nothing in the journal and writes nothing.
  */
 
-const fx = intakeForFile();
+// No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+const fx = intakeForFile({ stack: { opcua: false } });
 
 const key = (): string => `k-${randomUUID()}`;
 const writes = (): number => fx.stack.plant.device('v1').counters.writesReceived;

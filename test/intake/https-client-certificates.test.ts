@@ -29,7 +29,8 @@ const log = memoryLogger();
 
 beforeAll(async () => {
   pki = await makePki();
-  stack = await startStack();
+  // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+  stack = await startStack({ opcua: false });
   const identities = new IdentityRegistry({
     plant: { tokenSha256: sha256(TOKENS.plant).toString('hex'), devices: ['*'] },
     scada: { certificateCn: 'scada-1', devices: ['*'] },

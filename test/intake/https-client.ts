@@ -301,13 +301,16 @@ export interface IntakeFixture {
 
 /**
  * Starts an IntakeFixture before the tests of the file that calls it and stops it after them.
- * Its fields are readable once the tests run.
+ * Its fields are readable once the tests run. `stack` goes to startStack (e.g. `opcua: false`
+ * for a file that never addresses `u1`).
  */
-export function intakeForFile(): IntakeFixture {
+export function intakeForFile(
+  options: { stack?: Parameters<typeof startStack>[0] } = {},
+): IntakeFixture {
   let running: IntakeFixture | undefined;
   beforeAll(async () => {
     const pki = await makePki();
-    const stack = await startStack();
+    const stack = await startStack(options.stack);
     running = { pki, stack, api: await startIntake(stack, pki) };
   });
   afterAll(async () => {

@@ -39,7 +39,8 @@ const opened: Socket[] = [];
 
 beforeAll(async () => {
   pki = await makePki();
-  stack = await startStack();
+  // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+  stack = await startStack({ opcua: false });
   api = await startIntake(stack, pki, {
     https: { maxConnections: MAX, maxConnectionsPerAddress: PER_ADDRESS },
     timeouts: TIMEOUTS,

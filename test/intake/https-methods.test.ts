@@ -10,7 +10,8 @@ import { call, intakeForFile, type HttpResult } from './https-client.js';
  * method nobody knows is `501`.
  */
 
-const fx = intakeForFile();
+// No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+const fx = intakeForFile({ stack: { opcua: false } });
 
 /** Each known path with its Allow header. */
 const PATHS: readonly (readonly [path: string, allow: string])[] = [

@@ -26,7 +26,8 @@ let api: RunningIntake;
 
 beforeAll(async () => {
   pki = await makePki();
-  stack = await startStack();
+  // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+  stack = await startStack({ opcua: false });
   api = await startIntake(stack, pki);
 });
 
