@@ -11,6 +11,8 @@ import {
 } from './mosquitto.js';
 import { startStack, type Stack } from './stack.js';
 
+type StackOptions = NonNullable<Parameters<typeof startStack>[0]>;
+
 export {
   mosquittoAvailable,
   TestClient,
@@ -37,13 +39,18 @@ export interface SiteIntakeOptions {
  * What the MQTT intake tests share: a real Mosquitto and a stack (the simulated plant, the real
  * drivers, a journal file, the pipeline), started before the file's tests and stopped after
  * them, and intakes made on them. Cleanup is a last-in-first-out stack: what a test pushes on
- * `cleanups` is undone before the stack and the broker, in reverse order.
+ * `cleanups` is undone before the stack and the broker, in reverse order. `stackOptions` go to
+ * startStack: `{ opcua: false }` for a file that never addresses `u1` (its OPC UA PLC costs
+ * seconds of CPU to start and stop).
  */
 export class MqttSite {
   readonly cleanups: (() => Promise<void> | void)[] = [];
   private parts: { readonly broker: Mosquitto; readonly stack: Stack } | null = null;
 
-  constructor(private readonly brokerOptions: MosquittoOptions = {}) {}
+  constructor(
+    private readonly brokerOptions: MosquittoOptions = {},
+    private readonly stackOptions: StackOptions = {},
+  ) {}
 
   get broker(): Mosquitto {
     return this.started().broker;
@@ -56,7 +63,7 @@ export class MqttSite {
   async start(): Promise<void> {
     const broker = await startMosquitto(this.brokerOptions);
     this.cleanups.push(() => broker.close());
-    const stack = await startStack();
+    const stack = await startStack(this.stackOptions);
     this.cleanups.push(() => stack.stop());
     this.parts = { broker, stack };
   }
@@ -97,8 +104,11 @@ export class MqttSite {
  * An MQTT site for the calling `describe`: started in a beforeAll registered now (before the
  * file's own, which may use it), stopped in an afterAll that runs after the file's own.
  */
-export function useMqttSite(brokerOptions: MosquittoOptions = {}): MqttSite {
-  const site = new MqttSite(brokerOptions);
+export function useMqttSite(
+  brokerOptions: MosquittoOptions = {},
+  stackOptions: StackOptions = {},
+): MqttSite {
+  const site = new MqttSite(brokerOptions, stackOptions);
   beforeAll(() => site.start(), 60_000);
   afterAll(() => site.stop());
   return site;

@@ -24,7 +24,8 @@ const available = mosquittoAvailable();
 
 describe.skipIf(!available)('idempotency keys on both intakes', () => {
   const PREFIX = 'sluice/gw';
-  const site = useMqttSite();
+  // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+  const site = useMqttSite({}, { opcua: false });
   const { cleanups } = site;
   let pki: Pki;
   let api: RunningIntake;

@@ -43,7 +43,8 @@ function recordingLogger(lines: Line[]): Logger {
 }
 
 describe.skipIf(!available)('MQTT intake: a CONNECT refused without an answer', () => {
-  const site = useMqttSite();
+  // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+  const site = useMqttSite({}, { opcua: false });
   let intake: MqttIntake | null = null;
   const dirs: (() => void)[] = [];
 

@@ -21,7 +21,8 @@ const available = mosquittoAvailable();
 describe.skipIf(!available)('MQTT intake: a QoS 0 command on a connection being dropped', () => {
   const GATEWAY = 'gwd';
   const PREFIX = `sluice/${GATEWAY}`;
-  const site = useMqttSite();
+  // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+  const site = useMqttSite({}, { opcua: false });
   let intake: MqttIntake;
   let observer: TestClient;
   let proxy: Server;

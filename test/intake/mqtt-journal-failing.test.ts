@@ -21,7 +21,8 @@ describe.skipIf(!available)(
     const GATEWAY = 'gwf';
     const PREFIX = `sluice/${GATEWAY}`;
     const CLIENT_ID = `sluice-${GATEWAY}`;
-    const site = useMqttSite();
+    // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+    const site = useMqttSite({}, { opcua: false });
     let intake: MqttIntake;
     let observer: TestClient;
     let failing: FailingFdatasync | null = null;

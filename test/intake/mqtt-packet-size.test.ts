@@ -14,7 +14,8 @@ describe.skipIf(!available)('MQTT intake: the broker’s Maximum Packet Size', (
   const PREFIX = `sluice/${GATEWAY}`;
   const CLIENT_ID = `sluice-${GATEWAY}`;
   // Commands (about 150 bytes) fit; a result document (about 700 bytes) does not.
-  const site = useMqttSite({ settings: ['max_packet_size 400'] });
+  // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+  const site = useMqttSite({ settings: ['max_packet_size 400'] }, { opcua: false });
   const { cleanups } = site;
 
   it('does not publish a result larger than the broker takes, and keeps its connection and taking commands', async () => {

@@ -18,7 +18,8 @@ const real = mosquittoAvailable();
 if (!real) console.warn('mosquitto not installed: MQTT reconnect clock test skipped');
 
 describe.runIf(real)('MQTT reconnect backoff and the wall clock', () => {
-  const site = useMqttSite();
+  // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+  const site = useMqttSite({}, { opcua: false });
 
   it('a connection that lasted resets the backoff though the wall clock stepped back meanwhile', async () => {
     // The broker behind a link the test cuts; the intake's clocks shifted at will.

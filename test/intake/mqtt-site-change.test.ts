@@ -27,7 +27,8 @@ import { FAST_TIMING } from '../helpers/stack.js';
 const available = mosquittoAvailable();
 
 describe.skipIf(!available)('MQTT intake: the site changed between two runs', () => {
-  const site = useMqttSite();
+  // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+  const site = useMqttSite({}, { opcua: false });
   const { cleanups } = site;
 
   const intakeOn = (

@@ -17,7 +17,8 @@ const available = mosquittoAvailable();
 describe.skipIf(!available)('MQTT intake: an untimed retry of a journaled command', () => {
   const GATEWAY = 'gwu';
   const PREFIX = `sluice/${GATEWAY}`;
-  const site = useMqttSite();
+  // No test here addresses `u1`: no OPC UA PLC (seconds of CPU to start and stop).
+  const site = useMqttSite({}, { opcua: false });
   let observer: TestClient;
   let intake: MqttIntake | null = null;
 
