@@ -20,7 +20,10 @@ declare module 'vitest' {
  * JavaScript (the loader's own thread, which reads and hashes every source it loads), and the
  * suite starts hundreds of them. The tests themselves still run from source under vitest.
  */
-export default async function setup(project: TestProject): Promise<() => void> {
+export default async function setup(project: TestProject): Promise<(() => void) | undefined> {
+  // In watch mode a tree built once would go stale as the sources change between reruns: the
+  // processes keep the loader there, which reads the sources as they are.
+  if (project.config.watch) return undefined;
   const dir = mkdtempSync(join(tmpdir(), 'sluice-test-js-'));
   // Readable by every user: a test starts a helper as nobody (test/journal/writer-lock.test.ts).
   chmodSync(dir, 0o755);
