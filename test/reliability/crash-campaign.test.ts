@@ -153,6 +153,10 @@ async function scenario(
   if (!groups.includes(scenarios)) groups.push(scenarios);
   const cs = await openCampaignSite(options, `scenario-${name}`);
   const s = new ScenarioRun(cs, name, seed);
+  // A step or an expectation of the scenario's own that fails says what happened: the journal,
+  // the write logs and the daemon's log, which the site removes as it closes (a finding of the
+  // judgement prints them itself).
+  let judged = false;
   try {
     await steps(s);
     const result = await s.finish();
@@ -163,12 +167,41 @@ async function scenario(
         replay: `npx vitest run test/reliability/crash-campaign.test.ts -t '${name}'`,
       });
       console.error(text);
+      judged = true;
       expect.fail(text);
     }
     then(s);
+  } catch (error) {
+    if (!judged) console.error(scenarioHistory(cs, name));
+    throw error;
   } finally {
     await closeCampaignSite(cs);
   }
+}
+
+/** Every command of the scenario with its history, write log and log lines. */
+function scenarioHistory(cs: CampaignSite, name: string): string {
+  const lines = [`scenario ${name} failed; what happened:`];
+  for (const r of cs.site.records()) {
+    lines.push(
+      `${r.key} ${r.device} seq ${r.seq ?? '-'}: ${r.state} ${r.code ?? ''} attempts ${r.attempts}`,
+    );
+    for (const e of cs.watch.history(r)) {
+      lines.push(
+        `    ${new Date(e.at).toISOString()} ${e.from ?? '-'}→${e.to} [${e.intake}] ${e.detail}`,
+      );
+    }
+    const sim = cs.site.plant.devices().find((d) => d.id === r.device);
+    for (const w of r.seq === null || sim === undefined ? [] : sim.writesOfSeq(r.seq)) {
+      lines.push(
+        `    write log: seq ${w.seq} code ${w.code} received ${new Date(w.receivedAt).toISOString()} → ${w.outcome ?? 'pending'}${w.settledAt === null ? '' : ` at ${new Date(w.settledAt).toISOString()}`}`,
+      );
+    }
+    for (const l of cs.site.logs.filter((line) => line.includes(r.key))) {
+      lines.push(`    log ${l.slice(0, 600)}`);
+    }
+  }
+  return lines.join('\n');
 }
 
 /** Polls (the simulator, in this process) until the probe holds; bounded. */
