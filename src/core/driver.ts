@@ -144,7 +144,7 @@ export class DeviceRefusedError extends SluiceError {
   /**
    * The controller said it is busy and did not process the request, to be sent again later
    * (Modbus exception 0x06 server device busy): a write so refused is sent again, the same
-   * write, while its command's deadline allows (confirmation.ts); a read is read again.
+   * write, while its command's deadline allows (busy-write.ts); a read is read again.
    */
   readonly busy: boolean;
 

@@ -107,7 +107,7 @@ function hex(n: number): string {
  * The PLC answered a request with a Modbus exception: nothing was applied (for a write, only
  * WRITE_REFUSALS say so: serveWrite). 0x06 is `busy`: the request was not processed and is
  * to be sent again later — the core sends a write so refused again, the same write, while its
- * command's deadline allows (confirmation.ts), and reads a read again.
+ * command's deadline allows (src/core/busy-write.ts), and reads a read again.
  */
 class ModbusExceptionError extends DeviceRefusedError {
   readonly exception: number;
