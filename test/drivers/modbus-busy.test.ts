@@ -130,6 +130,37 @@ describe('a write answered 0x06 (server device busy)', () => {
   });
 });
 
+describe('the daemon stopped while a busy write waits to be sent again', () => {
+  it('journals that the controller processed none of it, and the next life sends it once', async () => {
+    const { harness } = await start();
+    const valve = harness.device('v1');
+    valve.setFault({ kind: 'exception', code: 6, on: 'write', count: 100_000 });
+    harness.submit('busy-down', { device: 'v1', action: 'open', ttlMs: 60_000 });
+    await harness.until(
+      () => harness.notes('busy-down').some((n) => n.includes('answered busy')),
+      5_000,
+      'a busy answer journaled',
+    );
+    // The daemon stops (SIGTERM): the write waiting for its next attempt is withdrawn.
+    await harness.pipeline.stop(0);
+    await harness.drivers.close();
+    const notes = harness.notes('busy-down');
+    harness.journal.close();
+    const unsent = notes.find((n) => n.includes('was not sent: withdrawn'));
+    expect(unsent, notes.join('\n')).toBeDefined();
+    // It was sent and answered busy: "nothing of it reached the controller" would be false.
+    expect(unsent).toContain('answered busy');
+    expect(unsent).toContain('the controller processed none of it');
+    expect(unsent).not.toContain('reached the controller');
+    expect(valve.writeLog).toHaveLength(0);
+    // The next life takes it up as never processed and sends it: one write, confirmed.
+    valve.clearFaults();
+    await harness.restart();
+    expect(await harness.settled('busy-down')).toMatchObject({ state: 'confirmed' });
+    expect(valve.writeLog.filter((w) => w.outcome === 'accepted')).toHaveLength(1);
+  });
+});
+
 describe('a read answered 0x06 (server device busy)', () => {
   it('busy readbacks after the write are read again: the command confirms, one write', async () => {
     const { harness } = await start();
