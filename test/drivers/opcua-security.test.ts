@@ -11,7 +11,7 @@ import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/in
 import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
 import { TcpLink } from '../helpers/tcp-link.js';
-import { linkedDriver, readWithin, untrusted, writeLands } from './opcua-trust.js';
+import { linkedDriver, readWithin, secureDriver, untrusted, writeLands } from './opcua-trust.js';
 
 /**
  * OPC UA message security: Sign and SignAndEncrypt work, and a server certificate the gateway
@@ -284,38 +284,20 @@ describe('OPC UA server back with a certificate the gateway does not trust', () 
     // The gateway reaches the PLC through a link that counts its connections.
     const link = await TcpLink.open({ host: '127.0.0.1', port });
     cleanups.push(() => link.close());
-    const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
-    cleanups.push(cleanup);
     // The operator trusted the PLC's first certificate.
-    const trusted = join(pkiDir, 'client', 'trusted', 'certs');
-    mkdirSync(trusted, { recursive: true });
-    copyFileSync(
-      join(first.dir, 'ua', 'pki', 'own', 'certs', 'certificate.pem'),
-      join(trusted, 'first.pem'),
-    );
-    const d = await buildDrivers({
-      inventory: {
-        plcs: {
-          ua: {
-            protocol: 'opcua',
-            endpointUrl: `opc.tcp://127.0.0.1:${link.port}`,
-            namespaceUri: e.namespaceUri,
-            securityMode: 'SignAndEncrypt',
-            securityPolicy: 'Basic256Sha256',
-            requestTimeoutMs: 2000,
-          },
-        },
-        devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
+    const { driver, pkiDir } = await secureDriver(
+      `opc.tcp://127.0.0.1:${link.port}`,
+      e.namespaceUri,
+      cleanups,
+      (pkiDir) => {
+        const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+        mkdirSync(trusted, { recursive: true });
+        copyFileSync(
+          join(first.dir, 'ua', 'pki', 'own', 'certs', 'certificate.pem'),
+          join(trusted, 'first.pem'),
+        );
       },
-      profiles: PROFILES,
-      pkiDir,
-      acceptUnknownCertificates: false,
-      clock: systemClock,
-      logger: silentLogger,
-    });
-    cleanups.push(() => d.close());
-    d.start();
-    const driver = d.bindings[0]!.driver;
+    );
     expect(await readWithin(driver, 20_000)).not.toBeNull();
 
     // The PLC restarts on the same port with a new certificate.
@@ -341,6 +323,7 @@ describe('OPC UA server back with a certificate the gateway does not trust', () 
 
     // The operator trusts the new certificate: the gateway connects.
     const rejected = join(pkiDir, 'client', 'rejected');
+    const trusted = join(pkiDir, 'client', 'trusted', 'certs');
     for (const cert of readdirSync(rejected)) renameSync(join(rejected, cert), join(trusted, cert));
     expect(await readWithin(driver, 30_000)).toBe('CLOSED');
   }, 90_000);

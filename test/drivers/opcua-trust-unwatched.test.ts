@@ -1,12 +1,8 @@
 import fs, { copyFileSync, existsSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { systemClock } from '../../src/core/clock.js';
-import { silentLogger } from '../../src/core/logger.js';
-import { buildDrivers } from '../../src/drivers/inventory.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
-import { PROFILES, tempDir } from '../helpers/fixtures.js';
-import { linkedDriver, readWithin, untrusted, writeLands } from './opcua-trust.js';
+import { linkedDriver, readWithin, secureDriver, untrusted, writeLands } from './opcua-trust.js';
 
 /**
  * An operator trusts a PLC's certificate by moving it from the PKI's rejected/ folder to
@@ -57,31 +53,7 @@ afterAll(async () => {
 it('a certificate an operator moves to trusted/ is trusted where no file watcher can run', async () => {
   const e = plant.plc('ua').endpoint;
   if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
-  const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
-  cleanups.push(cleanup);
-  const d = await buildDrivers({
-    inventory: {
-      plcs: {
-        ua: {
-          protocol: 'opcua',
-          endpointUrl: e.endpointUrl,
-          namespaceUri: e.namespaceUri,
-          securityMode: 'SignAndEncrypt',
-          securityPolicy: 'Basic256Sha256',
-          requestTimeoutMs: 2000,
-        },
-      },
-      devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
-    },
-    profiles: PROFILES,
-    pkiDir,
-    acceptUnknownCertificates: false,
-    clock: systemClock,
-    logger: silentLogger,
-  });
-  cleanups.push(() => d.close());
-  d.start();
-  const driver = d.bindings[0]!.driver;
+  const { driver, pkiDir } = await secureDriver(e.endpointUrl, e.namespaceUri, cleanups);
 
   // Refused, and put in rejected/.
   const rejected = join(pkiDir, 'client', 'rejected');

@@ -9,7 +9,7 @@ import { TcpLink } from '../helpers/tcp-link.js';
 
 /**
  * What the OPC UA trust tests share (opcua-security.test.ts, opcua-trust-unwatched.test.ts): the
- * real driver to a plant's `ua` PLC with SignAndEncrypt, not trusting unknown certificates, and
+ * real driver to an OPC UA PLC with SignAndEncrypt, not trusting unknown certificates, and
  * waits on what the driver and the simulator say.
  */
 
@@ -29,26 +29,27 @@ export async function readWithin(driver: DeviceDriver, ms: number): Promise<stri
 }
 
 /**
- * The driver, through a link a test can cut, to `plant`'s PLC `ua` (device `ua-valve`); what it
- * opens is pushed on `cleanups`.
+ * The driver to the OPC UA PLC at `endpointUrl` (device `ua-valve`), SignAndEncrypt, trusting
+ * no unknown certificate, with a PKI folder of its own; `before` prepares that folder (an
+ * operator's trusted certificates) before the driver starts. What it opens is pushed on
+ * `cleanups`.
  */
-export async function linkedDriver(
-  plant: Plant,
+export async function secureDriver(
+  endpointUrl: string,
+  namespaceUri: string,
   cleanups: Cleanups,
-): Promise<{ driver: DeviceDriver; link: TcpLink; pkiDir: string }> {
-  const e = plant.plc('ua').endpoint;
-  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
-  const link = await TcpLink.open({ host: '127.0.0.1', port: Number(new URL(e.endpointUrl).port) });
-  cleanups.push(() => link.close());
+  before: (pkiDir: string) => void = () => undefined,
+): Promise<{ driver: DeviceDriver; pkiDir: string }> {
   const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
   cleanups.push(cleanup);
+  before(pkiDir);
   const d = await buildDrivers({
     inventory: {
       plcs: {
         ua: {
           protocol: 'opcua',
-          endpointUrl: `opc.tcp://127.0.0.1:${link.port}`,
-          namespaceUri: e.namespaceUri,
+          endpointUrl,
+          namespaceUri,
           securityMode: 'SignAndEncrypt',
           securityPolicy: 'Basic256Sha256',
           requestTimeoutMs: 2000,
@@ -64,7 +65,27 @@ export async function linkedDriver(
   });
   cleanups.push(() => d.close());
   d.start();
-  return { driver: d.bindings[0]!.driver, link, pkiDir };
+  return { driver: d.bindings[0]!.driver, pkiDir };
+}
+
+/**
+ * secureDriver through a link a test can cut, to `plant`'s PLC `ua`; what it opens is pushed
+ * on `cleanups`.
+ */
+export async function linkedDriver(
+  plant: Plant,
+  cleanups: Cleanups,
+): Promise<{ driver: DeviceDriver; link: TcpLink; pkiDir: string }> {
+  const e = plant.plc('ua').endpoint;
+  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+  const link = await TcpLink.open({ host: '127.0.0.1', port: Number(new URL(e.endpointUrl).port) });
+  cleanups.push(() => link.close());
+  const { driver, pkiDir } = await secureDriver(
+    `opc.tcp://127.0.0.1:${link.port}`,
+    e.namespaceUri,
+    cleanups,
+  );
+  return { driver, link, pkiDir };
 }
 
 /**
