@@ -207,31 +207,9 @@ describe('OPC UA server certificate outside its validity period', () => {
     const p = await plantWithCertificate(new Date(Date.now() - DAY));
     const e = p.plc('ua').endpoint;
     if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
-    const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
-    cleanups.push(cleanup);
-    const d = await buildDrivers({
-      inventory: {
-        plcs: {
-          ua: {
-            protocol: 'opcua',
-            endpointUrl: e.endpointUrl,
-            namespaceUri: e.namespaceUri,
-            securityMode: 'SignAndEncrypt',
-            securityPolicy: 'Basic256Sha256',
-            requestTimeoutMs: 2000,
-          },
-        },
-        devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
-      },
-      profiles: PROFILES,
-      pkiDir,
-      acceptUnknownCertificates: false,
+    const { driver, pkiDir } = await secureDriver(e.endpointUrl, e.namespaceUri, cleanups, {
       clock: stepped,
-      logger: silentLogger,
     });
-    cleanups.push(() => d.close());
-    d.start();
-    const driver = d.bindings[0]!.driver;
     // The PLC's certificate is not trusted yet: an attempt fails, and the backoff holds the next.
     const end = Date.now() + 15_000;
     while (!/is not trusted: it was put in/.test(driver.health().lastError ?? '')) {
@@ -289,13 +267,15 @@ describe('OPC UA server back with a certificate the gateway does not trust', () 
       `opc.tcp://127.0.0.1:${link.port}`,
       e.namespaceUri,
       cleanups,
-      (pkiDir) => {
-        const trusted = join(pkiDir, 'client', 'trusted', 'certs');
-        mkdirSync(trusted, { recursive: true });
-        copyFileSync(
-          join(first.dir, 'ua', 'pki', 'own', 'certs', 'certificate.pem'),
-          join(trusted, 'first.pem'),
-        );
+      {
+        before: (pkiDir) => {
+          const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+          mkdirSync(trusted, { recursive: true });
+          copyFileSync(
+            join(first.dir, 'ua', 'pki', 'own', 'certs', 'certificate.pem'),
+            join(trusted, 'first.pem'),
+          );
+        },
       },
     );
     expect(await readWithin(driver, 20_000)).not.toBeNull();

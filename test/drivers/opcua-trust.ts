@@ -1,5 +1,5 @@
 import { expect } from 'vitest';
-import { systemClock } from '../../src/core/clock.js';
+import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { DeviceDriver } from '../../src/core/driver.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { buildDrivers } from '../../src/drivers/inventory.js';
@@ -31,18 +31,19 @@ export async function readWithin(driver: DeviceDriver, ms: number): Promise<stri
 /**
  * The driver to the OPC UA PLC at `endpointUrl` (device `ua-valve`), SignAndEncrypt, trusting
  * no unknown certificate, with a PKI folder of its own; `before` prepares that folder (an
- * operator's trusted certificates) before the driver starts. What it opens is pushed on
+ * operator's trusted certificates) before the driver starts; `clock`: the driver's (default the
+ * system's). What it opens is pushed on
  * `cleanups`.
  */
 export async function secureDriver(
   endpointUrl: string,
   namespaceUri: string,
   cleanups: Cleanups,
-  before: (pkiDir: string) => void = () => undefined,
+  options: { readonly before?: (pkiDir: string) => void; readonly clock?: Clock } = {},
 ): Promise<{ driver: DeviceDriver; pkiDir: string }> {
   const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
   cleanups.push(cleanup);
-  before(pkiDir);
+  options.before?.(pkiDir);
   const d = await buildDrivers({
     inventory: {
       plcs: {
@@ -60,7 +61,7 @@ export async function secureDriver(
     profiles: PROFILES,
     pkiDir,
     acceptUnknownCertificates: false,
-    clock: systemClock,
+    clock: options.clock ?? systemClock,
     logger: silentLogger,
   });
   cleanups.push(() => d.close());
