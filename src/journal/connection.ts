@@ -430,7 +430,7 @@ function migrate(db: Database, from: number, path: string): void {
   }
   // Before the upgrade: a failed one leaves its log, as large as it got, until the close.
   const free = freeBytes(path);
-  let applied = 0;
+  let reached = from;
   try {
     for (const migration of MIGRATIONS) {
       if (migration.version <= from) continue;
@@ -438,14 +438,20 @@ function migrate(db: Database, from: number, path: string): void {
         migration.up(db);
         db.pragma(`user_version = ${migration.version}`);
       }).immediate();
-      applied++;
+      reached = migration.version;
     }
-    // A migration rewrites tables: move its pages into the database file and empty the WAL, so
-    // that the copy does not hold twice the space on a small gateway filesystem.
-    if (applied > 0) db.pragma('wal_checkpoint(TRUNCATE)');
   } catch (error) {
     if ((error as { code?: unknown }).code !== 'SQLITE_FULL') throw error;
-    throw migrationFull(path, from, free, error);
+    throw migrationFull(path, from, reached, free, error);
+  }
+  if (reached === from) return;
+  try {
+    // A migration rewrites tables: move its pages into the database file and empty the WAL, so
+    // that the copy does not hold twice the space on a small gateway filesystem.
+    db.pragma('wal_checkpoint(TRUNCATE)');
+  } catch (error) {
+    if ((error as { code?: unknown }).code !== 'SQLITE_FULL') throw error;
+    throw checkpointFull(path, from, error);
   }
 }
 
@@ -502,13 +508,14 @@ export function checkUpgradeRoom(path: string, busyTimeoutMs = 2000): void {
 /**
  * A migration the filesystem had no room for, though refuseUpgradeWithoutRoom found it there
  * (another writer took it meanwhile, or the estimate fell short). Its transaction was rolled
- * back: the journal is as it was, at its old version, and the next start measures again.
- * "SQLITE_FULL: cannot open" said neither that the upgrade was what needed the room, nor how
- * much.
+ * back: the journal is at the version it had before it (its old one, unless an earlier step
+ * was committed), and the next start measures again. "SQLITE_FULL: cannot open" said neither
+ * that the upgrade was what needed the room, nor how much.
  */
 function migrationFull(
   path: string,
   from: number,
+  reached: number,
   free: number | null,
   cause: unknown,
 ): JournalUnavailableError {
@@ -520,8 +527,34 @@ function migrationFull(
   } catch {
     // Size unknown: the sentence goes without it.
   }
+  const undone =
+    reached === from
+      ? `the upgrade was undone and the journal is left as it was (version ${from})`
+      : `its last step was undone and the journal is at version ${reached}`;
   return new JournalUnavailableError(
-    `journal unavailable (open): SQLITE_FULL: the filesystem of ${path} is full: upgrading the journal from schema version ${from} to ${LATEST_VERSION} copies its tables${room}; the upgrade was undone and the journal is left as it was; free space there, then start sluiced again (it tries again at each start)`,
+    `journal unavailable (open): SQLITE_FULL: the filesystem of ${path} is full: upgrading the journal from schema version ${from} to ${LATEST_VERSION} copies its tables${room}; ${undone}; free space there, then start sluiced again (it tries again at each start)`,
+    { cause },
+  );
+}
+
+/**
+ * The upgrade committed, and the copy of its log into the journal file (the checkpoint) found
+ * no room: another writer took it after the COMMIT, or while a reader of the old journal held
+ * the checkpoint back. Nothing was undone: the journal is at the new version, and its log
+ * (`-wal`) holds the upgraded tables, some of their pages perhaps copied over the old ones in
+ * the file already, so the file without its log is no journal. Said as undone, the upgrade was
+ * taken for not made, and the log for the failed attempt's leftover, to be removed.
+ */
+function checkpointFull(path: string, from: number, cause: unknown): JournalUnavailableError {
+  let room = '';
+  try {
+    // The copy writes each of the log's pages once: the file grows by the log's size at most.
+    room = ` (it needs up to the log's ${mb(statSync(`${path}-wal`).size)} more there)`;
+  } catch {
+    // Size unknown: the sentence goes without it.
+  }
+  return new JournalUnavailableError(
+    `journal unavailable (open): SQLITE_FULL: the filesystem of ${path} is full: the journal was upgraded from schema version ${from} to ${LATEST_VERSION}: the upgrade is committed, in its log ${path}-wal, but copying it into ${path} found no room${room}; the journal is at version ${LATEST_VERSION}, every command in it, and is whole only with that log: keep ${path}-wal beside it (never remove or move it away); free space there, then start sluiced again (it opens the journal at version ${LATEST_VERSION} without upgrading it again, and copies the log into it once there is room)`,
     { cause },
   );
 }

@@ -1,10 +1,21 @@
-import { mkdirSync, readFileSync, rmSync, statSync, statfsSync, truncateSync } from 'node:fs';
+import { type ChildProcess, spawn } from 'node:child_process';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  statfsSync,
+  truncateSync,
+} from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toResult } from '../../src/core/result.js';
 import { MIGRATIONS } from '../../src/journal/migrations.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliability/support.js';
 
@@ -279,3 +290,107 @@ describe('journal migration 1 → 2', () => {
     },
   );
 });
+
+describe.runIf(tmpfsAvailable())(
+  'an upgrade committed on a filesystem that fills before its checkpoint',
+  () => {
+    const children: ChildProcess[] = [];
+    afterEach(() => {
+      for (const c of children.splice(0)) c.kill('SIGKILL');
+    });
+
+    it('says the journal is at the new version, its log holding the upgrade, not that it was undone', async () => {
+      // After the upgrade's COMMIT, migrate() copies the log into the journal file (a TRUNCATE
+      // checkpoint). With a reader of the old journal (a backup, the sqlite3 shell) SQLite waits
+      // for it to end before that copy; meanwhile another writer took the filesystem's last
+      // blocks. The copy then fails SQLITE_FULL with the upgrade committed in the log, and "the
+      // upgrade was undone and the journal is left as it was" sent the operator to the wrong
+      // fix: the log is the upgraded journal. Real processes on a real tmpfs; ground truth: the
+      // journal's version and commands as SQLite reads them from the file and its log.
+      const { dir, cleanup } = tempDir('sluice-migrate-');
+      cleanups.push(cleanup);
+      const mnt = join(dir, 'mnt');
+      mkdirSync(mnt);
+      mountTmpfs(mnt, '8m');
+      cleanups.unshift(() => {
+        unmount(mnt);
+      });
+      const path = join(mnt, 'journal.db');
+      const v1 = new BetterSqlite3(path);
+      v1.pragma('journal_mode = WAL');
+      MIGRATIONS[0]!.up(v1);
+      v1.pragma('user_version = 1');
+      const insert = v1.prepare(`
+      INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
+        issued_at_source, ttl_ms, deadline, intake, state, accepted_at)
+      VALUES ('ops', ?, 'fp', 'inlet-valve', 'open', NULL, 1, 'issuer', 30000, 30001,
+        'https', 'accepted', 1)`);
+      const event = v1.prepare(
+        "INSERT INTO events (scope, key, at, from_state, to_state, intake, detail) VALUES ('ops', ?, 1, NULL, 'accepted', 'https', 'accepted')",
+      );
+      v1.transaction(() => {
+        for (let i = 0; i < 3_000; i++) {
+          insert.run(`k${i}`);
+          event.run(`k${i}`);
+        }
+      })();
+      v1.pragma('wal_checkpoint(TRUNCATE)');
+      v1.close();
+
+      const reader = spawn(
+        process.execPath,
+        [...nodeArgs('test/helpers/upgrade-reader-process.ts'), path, '2', join(mnt, 'filler')],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      children.push(reader);
+      const lines = createInterface({ input: reader.stdout })[Symbol.asyncIterator]();
+      expect((await lines.next()).value).toBe('reading');
+      const exited = new Promise((resolve) => reader.once('exit', resolve));
+      let message = '';
+      try {
+        // The wait for the reader is SQLite's busy handler: long enough for a loaded machine.
+        SqliteJournal.open({ path, groupCommit: true, busyTimeoutMs: 20_000 }).close();
+      } catch (error) {
+        message = (error as Error).message;
+      }
+      expect((await lines.next()).value).toBe('filled');
+      expect(await exited).toBe(0);
+
+      expect(message).toContain(
+        `journal unavailable (open): SQLITE_FULL: the filesystem of ${path} is full`,
+      );
+      expect(message).not.toContain('undone');
+      expect(message).not.toContain('left as it was');
+      expect(message).toContain(
+        `the journal was upgraded from schema version 1 to 2: the upgrade is committed, in its log ${path}-wal, but copying it into ${path} found no room`,
+      );
+      expect(message).toContain(`keep ${path}-wal beside it`);
+      // Ground truth, still full: the journal with its log is at version 2, every command there.
+      const read = new BetterSqlite3(path, { readonly: true, fileMustExist: true });
+      try {
+        expect(read.pragma('user_version', { simple: true })).toBe(2);
+        expect(read.prepare('SELECT count(*) AS n FROM commands').get()).toEqual({ n: 3_000 });
+      } finally {
+        read.close();
+      }
+      expect(statSync(`${path}-wal`).size).toBeGreaterThan(0);
+
+      // Space freed: the next start opens it at version 2 without upgrading again, every command
+      // kept, and its close copies the log into the journal file.
+      rmSync(join(mnt, 'filler'));
+      const j = SqliteJournal.open({ path, groupCommit: true });
+      try {
+        expect(j.listOpenRefs()).toHaveLength(3_000);
+      } finally {
+        j.close();
+      }
+      expect(existsSync(`${path}-wal`)).toBe(false);
+      const alone = new BetterSqlite3(path, { readonly: true, fileMustExist: true });
+      try {
+        expect(alone.pragma('user_version', { simple: true })).toBe(2);
+      } finally {
+        alone.close();
+      }
+    });
+  },
+);
