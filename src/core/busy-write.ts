@@ -58,11 +58,17 @@ export async function sendWhileBusy(
   let busy: string | null = null;
   for (let sent = 1; ; sent++) {
     const outcome = await attempt();
-    const stayedBusy = (answers: number, why: string): WriteOutcome => ({
-      kind: 'refused',
-      busy: true,
-      error: `the controller stayed busy: the write was sent ${answers} times over ${Math.round(clock.elapsed() - firstMono)} ms and answered busy each time (last: ${busy ?? ''}), and its deadline ${new Date(record.deadline).toISOString()} ${why}; it was never processed, nothing was applied`,
-    });
+    // A resend that the driver sent (any answer, or none): one that never left the gateway
+    // (not-sent) is no resend.
+    if (sent > 1 && outcome.kind !== 'not-sent') lane.writes.busyResends++;
+    const stayedBusy = (answers: number, why: string): WriteOutcome => {
+      lane.writes.busyGivenUp++;
+      return {
+        kind: 'refused',
+        busy: true,
+        error: `the controller stayed busy: the write was sent ${answers} times over ${Math.round(clock.elapsed() - firstMono)} ms and answered busy each time (last: ${busy ?? ''}), and its deadline ${new Date(record.deadline).toISOString()} ${why}; it was never processed, nothing was applied`,
+      };
+    };
     if (outcome.kind === 'not-sent' && outcome.reason === 'deadline' && busy !== null) {
       // Its deadline passed while the retransmission waited behind other requests.
       return stayedBusy(sent - 1, 'passed before it could be sent again');

@@ -1,7 +1,7 @@
 import type { Clock } from './clock.js';
 import type { DeviceReads } from './device-reads.js';
 import type { DeviceHealth, Readback } from './driver.js';
-import type { Lane } from './lane.js';
+import type { Lane, WriteCounts } from './lane.js';
 import type { Logger } from './logger.js';
 import type { ReadFailure } from './read-failures.js';
 import type { SkewEstimate } from './skew.js';
@@ -49,6 +49,8 @@ export interface DeviceView {
   readonly clockReadError: ReadFailure | null;
   /** Failed reads since the daemon started: status and controller clock. */
   readonly readErrors: { readonly status: number; readonly clock: number };
+  /** What became of its writes since the daemon started (as the counts stand). */
+  readonly writes: Readonly<WriteCounts>;
   readonly queued: number;
   readonly inFlight: string | null;
   /** A command left open and waiting to be taken up again: the device waits for it. */
@@ -83,6 +85,7 @@ export function deviceView(lane: Lane, reads: DeviceReads, nowMono: number): Dev
     readError: lane.statusReads.current,
     clockReadError: lane.clockReads.current,
     readErrors: { status: lane.statusReads.total, clock: lane.clockReads.total },
+    writes: lane.writes,
     queued: lane.queue.length,
     inFlight: lane.inFlight?.key ?? null,
     unresolved: lane.unresolved?.key ?? null,

@@ -13,6 +13,21 @@ import type { SkewEstimate, TimedReadback } from './skew.js';
  * in flight, its mirror, skew and last write) and what the pipeline lends them.
  */
 
+/**
+ * What became of a device's writes since the daemon started, beyond their commands' outcomes:
+ * counted here as they happen (a field incremented, nothing allocated) and read by /metrics.
+ */
+export interface WriteCounts {
+  /** Writes sent again after the controller answered busy (Modbus 0x06): busy-write.ts. */
+  busyResends: number;
+  /** Writes given up at their command's deadline, the controller busy to the last. */
+  busyGivenUp: number;
+}
+
+export function noWrites(): WriteCounts {
+  return { busyResends: 0, busyGivenUp: 0 };
+}
+
 /** The last write sent on a lane, as this process knows it (the journal knows less). */
 export interface LastWrite {
   readonly scope: string;
@@ -84,6 +99,8 @@ export interface Lane {
   readonly statusReads: ReadFailures;
   /** Its controller clock reads failing in a row, if they do. */
   readonly clockReads: ReadFailures;
+  /** What became of its writes since the daemon started: busy resends. */
+  readonly writes: WriteCounts;
   lastWrite: LastWrite | null;
   /**
    * Aborted when the pipeline stops, or when a stop preempts the command being handled (SPEC

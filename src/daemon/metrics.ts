@@ -261,6 +261,26 @@ export class Metrics {
         for (const d of pipeline.devices()) this.inc({ device: d.id }, d.readErrors.clock);
       },
     });
+    new Counter({
+      name: 'sluice_device_write_busy_resends_total',
+      help: 'Writes sent again to the device because the controller answered the last one busy (Modbus exception 0x06: not processed), since start.',
+      labelNames: ['device'],
+      registers,
+      collect() {
+        this.reset();
+        for (const d of pipeline.devices()) this.inc({ device: d.id }, d.writes.busyResends);
+      },
+    });
+    new Counter({
+      name: 'sluice_device_write_busy_given_up_total',
+      help: "Writes to the device given up at their command's deadline, the controller answering busy to the last (the command failed DEVICE_FAULT, nothing applied), since start.",
+      labelNames: ['device'],
+      registers,
+      collect() {
+        this.reset();
+        for (const d of pipeline.devices()) this.inc({ device: d.id }, d.writes.busyGivenUp);
+      },
+    });
     new Gauge({
       name: 'sluice_device_readback_age_seconds',
       help: 'Age of the last readback of the device.',
