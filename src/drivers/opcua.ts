@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto';
-import { readFileSync, readdirSync, rmSync, type Dirent } from 'node:fs';
+import { readFileSync, readdirSync, rmSync, statSync, type Dirent } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -51,6 +51,14 @@ export class OpcuaClientPki {
   private checks: Promise<unknown> = Promise.resolve();
   /** The folders' certificates as the store last read them (`follow`); null: not read yet. */
   private seen: string | null = null;
+  /** trusted/certs/ at the last look (`pollTrust`): its files' names, sizes, times; null: none yet. */
+  private trustStamp: string | null = null;
+  /** Its certificates then (each file and its thumbprint). */
+  private trustedNow: readonly TrustedFile[] = [];
+  /** Bumped whenever trusted/certs/ is found changed. */
+  private trustRevision = 0;
+  private readonly trustListeners = new Set<() => void>();
+  private trustTimer: NodeJS.Timeout | null = null;
 
   constructor(options: {
     readonly dir: string;
@@ -78,6 +86,52 @@ export class OpcuaClientPki {
       rootFolder: options.dir,
       automaticallyAcceptUnknownCertificate: options.acceptUnknownCertificates,
     });
+  }
+
+  /**
+   * The revision of trusted/certs/: bumped whenever its files are not what they were at the last
+   * look, and `watchTrust`'s listeners told. Cheap (the folder listed, its files' sizes and times;
+   * certificates read only after a change), so that it is looked at before every request of every
+   * session and every TRUST_POLL_MS: a certificate an operator removes from there (revokes) must
+   * stop the gateway talking to that server at once, not at its next connection. node-opcua-pki's
+   * own folder watchers are not relied on: where the machine's inotify instances are used up they
+   * fail without a word (see `follow`).
+   */
+  pollTrust(): number {
+    const folder = join(this.dir, 'trusted', 'certs');
+    const stamp = folderStamp(folder);
+    if (stamp !== this.trustStamp) {
+      const first = this.trustStamp === null;
+      this.trustStamp = stamp;
+      this.trustedNow = folderCertificates(folder);
+      if (!first) {
+        this.trustRevision++;
+        for (const listener of this.trustListeners) listener();
+      }
+    }
+    return this.trustRevision;
+  }
+
+  /** trusted/certs/'s certificates at the last `pollTrust`. */
+  trustedCertificates(): readonly TrustedFile[] {
+    return this.trustedNow;
+  }
+
+  /**
+   * Calls `listener` whenever trusted/certs/ is found changed, looked at every TRUST_POLL_MS while
+   * anyone listens (and at every `pollTrust`). Returns the function that stops it.
+   */
+  watchTrust(listener: () => void): () => void {
+    this.trustListeners.add(listener);
+    this.pollTrust();
+    this.trustTimer ??= setInterval(() => this.pollTrust(), TRUST_POLL_MS).unref();
+    return () => {
+      this.trustListeners.delete(listener);
+      if (this.trustListeners.size === 0 && this.trustTimer !== null) {
+        clearInterval(this.trustTimer);
+        this.trustTimer = null;
+      }
+    };
   }
 
   /**
@@ -203,8 +257,35 @@ interface Verdict {
   readonly kept: readonly string[];
 }
 
+/** How often trusted/certs/ is looked at while no request does it (OpcuaClientPki.pollTrust). */
+const TRUST_POLL_MS = 1000;
+
+/** A certificate file of a PKI folder and the SHA-1 thumbprint of its first certificate. */
+interface TrustedFile {
+  readonly file: string;
+  readonly thumbprint: string | null;
+}
+
+/**
+ * A PKI folder's certificate files as the file system describes them (name, size, change time,
+ * inode): any file added, removed, renamed or written over changes it.
+ */
+function folderStamp(folder: string): string {
+  return certificateFiles(folder)
+    .sort()
+    .map((file) => {
+      try {
+        const s = statSync(file);
+        return `${file}|${s.size}|${s.mtimeMs}|${s.ctimeMs}|${s.ino}`;
+      } catch {
+        return `${file}|gone`;
+      }
+    })
+    .join('\n');
+}
+
 /** The certificates of a PKI folder: each file and the SHA-1 thumbprint of its first one. */
-function folderCertificates(folder: string): { file: string; thumbprint: string | null }[] {
+function folderCertificates(folder: string): TrustedFile[] {
   return certificateFiles(folder)
     .sort()
     .map((file) => ({ file, thumbprint: thumbprintOf(file) }));
@@ -267,10 +348,7 @@ function readCertificate(der: Buffer): CertificateFacts | null {
 /** What an operator reads when the server's certificate was refused, and what to do. */
 function describeRefusal(refusal: CertificateRefusal, endpointUrl: string, pkiDir: string): string {
   const c = refusal.certificate;
-  const which =
-    c === null
-      ? `the server certificate of ${endpointUrl}`
-      : `the server certificate of ${endpointUrl} (${c.subject}; SHA-1 ${c.thumbprint})`;
+  const which = certificateName(c, endpointUrl);
   const iso = (t: number): string => new Date(t).toISOString();
   if (refusal.status.value === StatusCodes.BadCertificateTimeInvalid.value && c !== null) {
     const when =
@@ -287,6 +365,13 @@ function describeRefusal(refusal: CertificateRefusal, endpointUrl: string, pkiDi
     return `${which} is not trusted: it was put in ${join(pkiDir, 'rejected')}; to trust it, move it to ${join(pkiDir, 'trusted', 'certs')} (${refusal.status.name})`;
   }
   return `${which} is refused: ${refusal.status.name} (${refusal.status.description})`;
+}
+
+/** A server's certificate as an operator would find it. */
+function certificateName(c: CertificateFacts | null, endpointUrl: string): string {
+  return c === null
+    ? `the server certificate of ${endpointUrl}`
+    : `the server certificate of ${endpointUrl} (${c.subject}; SHA-1 ${c.thumbprint})`;
 }
 
 /** Lock files and directories (`*.lock`) in a PKI store, three levels deep at most. */
@@ -434,6 +519,25 @@ const POLICIES: Record<OpcuaSecurityPolicy, SecurityPolicy> = {
 };
 
 /**
+ * The open session's server certificate, and the trusted certificates it was last found trusted
+ * against (OpcuaEndpoint.settleTrust).
+ */
+interface SessionTrust {
+  readonly client: OPCUAClient;
+  /** Its chain as the server sent it, the server's own first. */
+  readonly certificate: Buffer | Buffer[];
+  /** The store's check of a certificate, with what it refused, if it did. */
+  readonly verify: (certificate: Buffer | Buffer[]) => Promise<{
+    readonly status: StatusCode | Error;
+    readonly refusal: CertificateRefusal | null;
+  }>;
+  /** OpcuaClientPki.pollTrust's revision at the last check that trusted it. */
+  revision: number;
+  /** trusted/certs/'s certificates then. */
+  trustedBy: readonly TrustedFile[];
+}
+
+/**
  * One long-lived OPC UA client and session per endpoint: repeated sessions exhaust servers
  * (node-opcua #446). node-opcua reconnects with its connection strategy (backoff) and keeps the
  * session alive; a read that spans a reconnection is discarded as stale, since its values may
@@ -455,6 +559,11 @@ export class OpcuaEndpoint {
   private closed = false;
   /** Between failed attempts to open a session (connect, certificate, namespace). */
   private readonly backoff = new Backoff({ minMs: 500, maxMs: 15_000 });
+  /** The open session's server certificate (null: no session, or one without security). */
+  private trust: SessionTrust | null = null;
+  /** The check of it under way after trusted/certs/ changed (settleTrust). */
+  private review: Promise<void> | null = null;
+  private unwatchTrust: (() => void) | null = null;
 
   constructor(options: OpcuaEndpointOptions) {
     this.o = options;
@@ -467,7 +576,11 @@ export class OpcuaEndpoint {
   start(): void {
     // Monotonic (SPEC §6: durations): a gateway clock stepped back an hour after a failed
     // attempt would otherwise hold every next one for that hour.
-    if (this.closed || this.backoff.remaining(this.o.clock.elapsed()) > 0) return;
+    if (this.closed) return;
+    this.unwatchTrust ??= this.o.pki.watchTrust(() => {
+      void this.settleTrust();
+    });
+    if (this.backoff.remaining(this.o.clock.elapsed()) > 0) return;
     this.starting ??= this.connect().catch((error: unknown) => {
       this.health.error(`${this.name}: ${describeError(error)}`);
       this.log.warn({ err: error }, 'opc ua connection failed');
@@ -489,6 +602,7 @@ export class OpcuaEndpoint {
     nodeIds: readonly string[],
     signal?: AbortSignal,
   ): Promise<{ values: DataValue[]; requestedAt: number; receivedAt: number }> {
+    await this.settleTrust();
     const session = this.ready(signal);
     const epoch = this.epoch;
     const requestedAt = this.o.clock.now();
@@ -530,6 +644,15 @@ export class OpcuaEndpoint {
    */
   async write(values: WriteValueOptions[], trigger: boolean, signal?: AbortSignal): Promise<void> {
     const session = this.ready(signal);
+    // The caller settled the trust just before (OpcuaDeviceDriver.write), and checked the
+    // command's deadline after; trusted/certs/ changed since then (a moment ago) is not waited
+    // for here, where the deadline would not be checked again: not sent.
+    if (this.trust !== null && this.trust.revision !== this.o.pki.pollTrust()) {
+      void this.settleTrust();
+      throw new NotConnectedError(
+        `${this.name}: trusted/certs/ changed: the server certificate of ${this.o.endpointUrl} is being checked again`,
+      );
+    }
     // The one-shot send fails at once, sending nothing, on a channel that is not open (a
     // connection lost that node-opcua has not reported yet): said here, it is a write not sent.
     if (!(session as unknown as OneShotSession).isChannelValid()) {
@@ -556,12 +679,90 @@ export class OpcuaEndpoint {
       : new DeviceUnreachableError(message);
   }
 
+  /**
+   * Resolves once the open session's server certificate has been checked against the trusted
+   * certificates as they are now; one no longer trusted has its session closed (`revoke`), so
+   * that the request the caller is about to send is refused as not sent. Without a change to
+   * trusted/certs/ since the last check, at once. Never rejects.
+   */
+  async settleTrust(): Promise<void> {
+    for (;;) {
+      const t = this.trust;
+      if (t === null || t.revision === this.o.pki.pollTrust()) return;
+      this.review ??= this.reviewTrust(t).finally(() => {
+        this.review = null;
+      });
+      await this.review;
+    }
+  }
+
+  private async reviewTrust(t: SessionTrust): Promise<void> {
+    const revision = this.o.pki.pollTrust();
+    const trustedBy = this.o.pki.trustedCertificates();
+    const { status, refusal } = await t.verify(t.certificate);
+    if (this.trust !== t) return;
+    if (!(status instanceof Error) && status.isGood()) {
+      t.revision = revision;
+      t.trustedBy = trustedBy;
+      return;
+    }
+    this.revoke(t, status, refusal);
+  }
+
+  /**
+   * The session's server certificate is no longer trusted (an operator removed it, or its CA,
+   * from trusted/certs/): a compromised or replaced PLC must not receive one more write. The
+   * session and its secure channel are closed now rather than at the next connection; a request
+   * on its way fails with its outcome unknown (the core's rules for a lost connection), and the
+   * next connection attempt is refused by the store's check, as any untrusted certificate is.
+   */
+  private revoke(
+    t: SessionTrust,
+    status: StatusCode | Error,
+    refusal: CertificateRefusal | null,
+  ): void {
+    const leaf = Array.isArray(t.certificate) ? t.certificate[0] : t.certificate;
+    const facts = leaf === undefined ? null : readCertificate(leaf);
+    const now = this.o.pki.trustedCertificates();
+    const removed = t.trustedBy.filter(
+      (f) => !now.some((n) => n.file === f.file && n.thumbprint === f.thumbprint),
+    );
+    // The files that held this very certificate, else (trusted through a CA) whatever went.
+    const own = removed.filter((f) => f.thumbprint !== null && f.thumbprint === facts?.thumbprint);
+    const named = (own.length > 0 ? own : removed).map((f) => f.file);
+    const why =
+      status instanceof Error
+        ? `its check failed: ${describeError(status)}`
+        : refusal !== null && refusal.status.value !== StatusCodes.BadCertificateUntrusted.value
+          ? describeRefusal(refusal, this.o.endpointUrl, this.o.pki.dir)
+          : status.name;
+    const gone =
+      named.length === 0
+        ? ''
+        : `: ${named.map((f) => `'${f}'`).join(', ')} removed from trusted/certs/`;
+    const reason = `${certificateName(facts, this.o.endpointUrl)} is no longer trusted${gone}; the session with it was closed, and no request goes to it until an operator trusts it again (${why})`;
+    this.log.error(
+      {
+        endpointUrl: this.o.endpointUrl,
+        thumbprint: facts?.thumbprint ?? null,
+        subject: facts?.subject ?? null,
+        removed: named,
+        status: status instanceof Error ? describeError(status) : status.name,
+      },
+      'opc ua server certificate no longer trusted: session closed',
+    );
+    this.drop(t.client, reason);
+  }
+
   async close(): Promise<void> {
     this.closed = true;
+    this.unwatchTrust?.();
+    this.unwatchTrust = null;
     const client = this.client;
     const session = this.session;
     this.session = null;
     this.client = null;
+    this.trust = null;
     this.linkUp = false;
     try {
       if (session !== null) await withTimeout(session.close(), 2000, 'session close timed out');
@@ -600,26 +801,44 @@ export class OpcuaEndpoint {
    * after the backoff. Nothing is in flight on it: requests are refused while its link is down.
    */
   private abandon(client: OPCUAClient, reason: string): void {
-    if (this.client !== client || this.closed) return;
+    if (this.drop(client, reason)) {
+      this.log.warn(
+        { reason },
+        'opc ua reconnection given up; a new connection follows the backoff',
+      );
+    }
+  }
+
+  /**
+   * Gives `client` up now: refuses every request from here on (nothing more is sent on it),
+   * closes its session and channel in the background, and lets the next request start a new
+   * one after the backoff. False if it is no longer the endpoint's.
+   */
+  private drop(client: OPCUAClient, reason: string): boolean {
+    if (this.client !== client || this.closed) return false;
     const session = this.session;
     this.client = null;
     this.session = null;
+    this.trust = null;
     this.starting = null;
     this.epoch++;
     this.linkUp = false;
     this.health.disconnected();
     this.health.error(`${this.name}: ${reason}`);
     this.backoff.failed(this.o.clock.elapsed());
-    this.log.warn({ reason }, 'opc ua reconnection given up; a new connection follows the backoff');
     void (async () => {
       if (session !== null) {
         await withTimeout(session.close(), 2000, 'session close').catch(() => undefined);
       }
       await withTimeout(client.disconnect(), 2000, 'disconnect').catch(() => undefined);
     })();
+    return true;
   }
 
   private async connect(): Promise<void> {
+    // trusted/certs/ as the store's check below sees it: a change after it is checked again.
+    const trustRevision = this.o.pki.pollTrust();
+    const trustedBy = this.o.pki.trustedCertificates();
     // What the certificate check refused during this attempt, if anything.
     const check: { refused: CertificateRefusal | null } = { refused: null };
     const store = this.o.pki.viewFor(
@@ -668,6 +887,8 @@ export class OpcuaEndpoint {
       if (!current()) return;
       const epoch = ++this.epoch;
       const certificate = client.serverCertificate;
+      const revision = this.o.pki.pollTrust();
+      const trustedBy = this.o.pki.trustedCertificates();
       void (async () => {
         let status: StatusCode | Error = StatusCodes.Good;
         try {
@@ -687,6 +908,9 @@ export class OpcuaEndpoint {
               : describeRefusal(refusal, this.o.endpointUrl, this.o.pki.dir),
           );
           return;
+        }
+        if (this.trust !== null && certificate !== undefined) {
+          this.trust = { ...this.trust, certificate, revision, trustedBy };
         }
         this.linkUp = true;
         this.health.connected();
@@ -745,6 +969,29 @@ export class OpcuaEndpoint {
     }
     this.backoff.reset();
     this.session = session;
+    const certificate = client.serverCertificate;
+    this.trust =
+      certificate === undefined || this.o.securityMode === 'None'
+        ? null
+        : {
+            client,
+            certificate,
+            verify: async (certificate) => {
+              check.refused = null;
+              let status: StatusCode | Error;
+              try {
+                status = await store.checkCertificate(certificate);
+              } catch (error) {
+                status = error instanceof Error ? error : new Error(String(error));
+              }
+              // Set by the check (the store's `refused`), which the compiler cannot see.
+              const refusal = check.refused as CertificateRefusal | null;
+              check.refused = null;
+              return { status, refusal };
+            },
+            revision: trustRevision,
+            trustedBy,
+          };
     this.linkUp = true;
     this.health.connected();
     this.log.info(
@@ -844,6 +1091,9 @@ export class OpcuaDeviceDriver implements DeviceDriver {
       attributeId: AttributeIds.Value,
       value: { value: { dataType, value: v } },
     });
+    // A server whose certificate was revoked meanwhile gets nothing (its session is closed
+    // here); waited for before the deadline is judged.
+    await e.settleTrust();
     // Not sent at all past the command's deadline (I3), nor once withdrawn: the session sends
     // at once, so this is the last moment before the write goes out.
     const before = this.notSent(command, 'write');
@@ -868,6 +1118,7 @@ export class OpcuaDeviceDriver implements DeviceDriver {
     // The trigger is checked again: its deadline may have passed, or it may have been withdrawn,
     // while the first request was on its way. Without the trigger the controller takes nothing
     // (the code and setpoint wait for a sequence number that does not come).
+    await e.settleTrust();
     const trigger = this.notSent(command, 'trigger');
     if (trigger !== null) throw trigger;
     await this.sendOnSession(command, 'trigger', () =>

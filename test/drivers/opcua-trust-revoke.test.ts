@@ -1,0 +1,233 @@
+import fs, { copyFileSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { AttributeIds, OPCUAClient, type ClientSession } from 'node-opcua';
+import { pino } from 'pino';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { systemClock } from '../../src/core/clock.js';
+import {
+  DeviceRefusedError,
+  DeviceUnreachableError,
+  WriteNotSentError,
+  type DeviceDriver,
+} from '../../src/core/driver.js';
+import { buildDrivers } from '../../src/drivers/inventory.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
+import { PROFILES, tempDir } from '../helpers/fixtures.js';
+import { readWithin, untrusted, writeLands, type Cleanups } from './opcua-trust.js';
+
+/**
+ * An operator revokes a PLC's certificate by removing it from trusted/certs/. The gateway must
+ * stop talking to that server at once — a compromised or replaced PLC would otherwise keep
+ * receiving valve writes on the session opened while it was trusted — not at the next
+ * connection. Real parts: sluice-sim's OPC UA PLC with SignAndEncrypt, the real driver and
+ * store. What the server saw is read from the server itself (its session counts, by a client
+ * of its own over security None) and from the simulator's write counter, never from the
+ * driver's word.
+ *
+ * The revocation must be seen where node-opcua-pki's folder watchers cannot run (the machine's
+ * inotify instances used up): `fs.watch` fails in this process as the kernel makes it fail
+ * (ENOSPC) — a fault neither the simulator nor the store can be asked for.
+ */
+
+const realWatch = fs.watch;
+let plant: Plant;
+let simPki: string;
+let observer: { client: OPCUAClient; session: ClientSession };
+const cleanups: Cleanups = [];
+
+/** The server's own counts: sessions open now, and sessions ever created. */
+async function serverSessions(): Promise<{ current: number; cumulated: number }> {
+  const [current, cumulated] = await observer.session.read([
+    { nodeId: 'ns=0;i=2277', attributeId: AttributeIds.Value }, // CurrentSessionCount
+    { nodeId: 'ns=0;i=2278', attributeId: AttributeIds.Value }, // CumulatedSessionCount
+  ]);
+  return { current: Number(current?.value.value), cumulated: Number(cumulated?.value.value) };
+}
+
+async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 20_000) {
+  const end = Date.now() + ms;
+  while (!(await ok())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+beforeAll(async () => {
+  fs.watch = (): never => {
+    throw Object.assign(new Error('ENOSPC: System limit for number of file watchers reached'), {
+      code: 'ENOSPC',
+      errno: -28,
+      syscall: 'watch',
+    });
+  };
+  const sim = tempDir('sluice-sim-pki-');
+  cleanups.push(sim.cleanup);
+  simPki = sim.dir;
+  plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        ua: {
+          protocol: 'opcua',
+          host: '127.0.0.1',
+          port: 0,
+          securityModes: ['None', 'SignAndEncrypt'],
+          devices: { 'ua-valve': { profile: 'valve' } },
+        },
+      },
+    },
+    { ephemeralPorts: true, control: false, pkiDir: simPki },
+  );
+  const e = plant.plc('ua').endpoint;
+  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+  const client = OPCUAClient.create({ endpointMustExist: false });
+  await client.connect(e.endpointUrl);
+  observer = { client, session: await client.createSession() };
+}, 30_000);
+
+afterAll(async () => {
+  await observer.session.close().catch(() => undefined);
+  await observer.client.disconnect().catch(() => undefined);
+  for (const c of cleanups.reverse()) await c();
+  await plant.stop();
+  fs.watch = realWatch;
+});
+
+/**
+ * The driver to the PLC, SignAndEncrypt, whose PKI trusts the PLC's certificate as
+ * trusted/certs/plc-ua.pem (an operator's decision), with a session up and a write landed.
+ */
+async function trustedDriver(
+  requestTimeoutMs = 2000,
+): Promise<{ driver: DeviceDriver; pkiDir: string; trustedFile: string }> {
+  const e = plant.plc('ua').endpoint;
+  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+  const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
+  cleanups.push(cleanup);
+  const trusted = join(pkiDir, 'client', 'trusted', 'certs');
+  mkdirSync(trusted, { recursive: true });
+  const trustedFile = join(trusted, 'plc-ua.pem');
+  copyFileSync(join(simPki, 'ua', 'pki', 'own', 'certs', 'certificate.pem'), trustedFile);
+  const d = await buildDrivers({
+    inventory: {
+      plcs: {
+        ua: {
+          protocol: 'opcua',
+          endpointUrl: e.endpointUrl,
+          namespaceUri: e.namespaceUri,
+          securityMode: 'SignAndEncrypt',
+          securityPolicy: 'Basic256Sha256',
+          requestTimeoutMs,
+        },
+      },
+      devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
+    },
+    // The guard must outlast the request timeout (the inventory's rule); a long timeout
+    // lets a test hold a write's answer at the server.
+    profiles: new Map(
+      [...PROFILES].map(([name, p]) => [
+        name,
+        { ...p, timing: { ...p.timing, redispatchGuardMs: requestTimeoutMs + 500 } },
+      ]),
+    ),
+    pkiDir,
+    acceptUnknownCertificates: false,
+    clock: systemClock,
+    logger: pino({ level: process.env.SLUICE_TEST_DEBUG === '1' ? 'debug' : 'silent' }),
+  });
+  cleanups.push(() => d.close());
+  d.start();
+  const driver = d.bindings[0]!.driver;
+  expect(await readWithin(driver, 20_000)).not.toBeNull();
+  return { driver, pkiDir, trustedFile };
+}
+
+it('a certificate removed from trusted/ closes the session at once: nothing more reaches the server, and a reconnection is refused', async () => {
+  const before = await serverSessions();
+  const { driver, pkiDir, trustedFile } = await trustedDriver();
+  expect(await writeLands(plant, driver)).toBe(true);
+  // The driver's session and the observer's.
+  expect((await serverSessions()).current).toBe(before.current + 1);
+  const opened = (await serverSessions()).cumulated;
+
+  // The operator revokes it. No request of the driver's is asked for: the gateway must cut an
+  // idle session too. The event: the server itself sees the session closed.
+  rmSync(trustedFile);
+  await until('the server to see the session closed', async () => {
+    return (await serverSessions()).current === before.current;
+  });
+  const health = driver.health();
+  expect(health.connected).toBe(false);
+  expect(health.lastError).toContain(`'${trustedFile}' removed from trusted/certs/`);
+  expect(health.lastError).toMatch(
+    /SHA-1 [0-9a-f]{40}\) is no longer trusted: .* the session with it was closed/,
+  );
+
+  // Writes do not reach the PLC (its own counter); a reconnection, asked for by reads and
+  // writes at the backoff's pace, is refused, and puts the certificate in rejected/ again.
+  expect(await writeLands(plant, driver)).toBe(false);
+  const refusal = await untrusted(driver, driver.health().errorCount);
+  expect(refusal).toMatch(/is not trusted: it was put in/);
+  expect(await writeLands(plant, driver)).toBe(false);
+  expect(readdirSync(join(pkiDir, 'client', 'rejected'))).toHaveLength(1);
+  // No session was opened on the server after the revocation.
+  const after = await serverSessions();
+  expect(after.current).toBe(before.current);
+  expect(after.cumulated).toBe(opened);
+}, 60_000);
+
+it('a write in flight when the session is cut ends with its outcome unknown, never "not sent", and is not sent again', async () => {
+  const before = await serverSessions();
+  const { driver, trustedFile } = await trustedDriver(10_000);
+  const device = plant.device('ua-valve');
+  // Every write is applied at once and its reply held 3 s: the trigger is in the controller
+  // while the driver waits for its answer.
+  device.setFault({ kind: 'latency', ms: 3000, on: 'write' });
+  cleanups.push(() => {
+    device.clearFault('latency');
+  });
+  const written = device.counters.writesReceived;
+  const write = driver.write({ action: 'stop', position: null, seq: 2000 + written });
+  const outcome = write.then(
+    () => null,
+    (error: unknown) => error,
+  );
+  // The trigger has reached the controller (its own count); its answer is held.
+  await until('the trigger to reach the controller', () => {
+    return device.counters.writesReceived === written + 1;
+  });
+  rmSync(trustedFile);
+  await until('the server to see the session closed', async () => {
+    return (await serverSessions()).current === before.current;
+  });
+  const error = await outcome;
+  // It reached the controller: only "unknown" is honest (the core's rules for a lost
+  // connection: readback, the redispatch guard), never a refusal nor "not sent".
+  expect(error).toBeInstanceOf(DeviceUnreachableError);
+  expect(error).not.toBeInstanceOf(WriteNotSentError);
+  expect(error).not.toBeInstanceOf(DeviceRefusedError);
+  device.clearFault('latency');
+  expect(await writeLands(plant, driver)).toBe(false);
+  expect(device.counters.writesReceived).toBe(written + 1);
+}, 60_000);
+
+it('a write asked for right after the removal, before any look at the folder, does not reach the server', async () => {
+  const before = await serverSessions();
+  const { driver, trustedFile } = await trustedDriver();
+  expect(await writeLands(plant, driver)).toBe(true);
+  rmSync(trustedFile);
+  // At once, in the same turn: the write's own look at trusted/certs/ finds the change, the
+  // certificate is checked again, and the session is closed before anything is sent.
+  const device = plant.device('ua-valve');
+  const written = device.counters.writesReceived;
+  const error = await driver.write({ action: 'stop', position: null, seq: 3000 + written }).then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(WriteNotSentError);
+  expect(String(error)).toMatch(/no longer trusted/);
+  await until('the server to see the session closed', async () => {
+    return (await serverSessions()).current === before.current;
+  });
+  expect(device.counters.writesReceived).toBe(written);
+}, 60_000);
