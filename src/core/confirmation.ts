@@ -42,6 +42,8 @@ interface WrittenContext {
   readonly expect: Expectation;
   /** The write being confirmed, as this process knows it. */
   write: LastWrite;
+  /** That write was sent by an earlier life of the daemon: taken up at this one's start. */
+  readonly earlierLife: boolean;
   /** Monotonic time at which confirmation gives up. */
   confirmByMono: number;
   readonly windowMs: number;
@@ -80,6 +82,11 @@ export class ConfirmationLoop {
     const seq = requireSeq(dispatched);
     const write = this.beginWrite(lane, dispatched, seq);
     const outcome = await this.send(lane, dispatched, seq, write, log);
+    // A second dispatch comes here only for a first write withdrawn before it was sent
+    // (execution.ts, takeUpUnsent); one proven not applied by readback is sent by notTaken.
+    if (dispatched.attempts > 1 && outcome.kind !== 'not-sent') {
+      lane.writes.redispatches.withdrawn++;
+    }
     if (outcome.kind === 'refused') {
       this.refused(dispatched, observe(first.before), outcome, log);
       return;
@@ -122,6 +129,7 @@ export class ConfirmationLoop {
         before: first.before,
         expect: first.expect,
         write,
+        earlierLife: false,
         windowMs,
         confirmByMono: write.sentMono + windowMs,
       },
@@ -197,6 +205,7 @@ export class ConfirmationLoop {
         before: imageOf(before),
         expect: { confirm: decision.confirm, position: record.position },
         write,
+        earlierLife: remembered === null,
         windowMs,
         confirmByMono: nowMono + windowMs,
         localSeen: localSeenIn(this.host.journal.history(record), record.seq),
@@ -648,6 +657,9 @@ export class ConfirmationLoop {
         const write = this.beginWrite(lane, again, seq);
         ctx.write = write;
         const outcome = await this.send(lane, again, seq, write, log);
+        if (outcome.kind !== 'not-sent') {
+          lane.writes.redispatches[ctx.earlierLife ? 'restart' : 'lost_answer']++;
+        }
         ctx.confirmByMono = write.sentMono + ctx.windowMs;
         if (outcome.kind === 'refused') {
           this.refused(again, observe(readback), outcome, log);

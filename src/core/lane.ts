@@ -14,6 +14,14 @@ import type { SkewEstimate, TimedReadback } from './skew.js';
  */
 
 /**
+ * Why a command's first write was in doubt when a second one went out (redispatch.ts): this
+ * process sent it and lost its answer (a timeout, a dropped reply, a connection reset); an
+ * earlier life of the daemon sent it, and this one took the command up at its start; or it was
+ * withdrawn before it was sent (the daemon stopped while it waited), as its history says.
+ */
+export type RedispatchReason = 'lost_answer' | 'restart' | 'withdrawn';
+
+/**
  * What became of a device's writes since the daemon started, beyond their commands' outcomes:
  * counted here as they happen (a field incremented, nothing allocated) and read by /metrics.
  */
@@ -22,10 +30,16 @@ export interface WriteCounts {
   busyResends: number;
   /** Writes given up at their command's deadline, the controller busy to the last. */
   busyGivenUp: number;
+  /** Second writes of commands whose first was proven never applied, by why it was in doubt. */
+  readonly redispatches: Record<RedispatchReason, number>;
 }
 
 export function noWrites(): WriteCounts {
-  return { busyResends: 0, busyGivenUp: 0 };
+  return {
+    busyResends: 0,
+    busyGivenUp: 0,
+    redispatches: { lost_answer: 0, restart: 0, withdrawn: 0 },
+  };
 }
 
 /** The last write sent on a lane, as this process knows it (the journal knows less). */
@@ -99,7 +113,7 @@ export interface Lane {
   readonly statusReads: ReadFailures;
   /** Its controller clock reads failing in a row, if they do. */
   readonly clockReads: ReadFailures;
-  /** What became of its writes since the daemon started: busy resends. */
+  /** What became of its writes since the daemon started: busy resends, re-dispatches. */
   readonly writes: WriteCounts;
   lastWrite: LastWrite | null;
   /**

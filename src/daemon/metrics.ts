@@ -4,10 +4,14 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { Clock } from '../core/clock.js';
 import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandRecord } from '../core/journal.js';
+import type { RedispatchReason } from '../core/lane.js';
 import type { CommandPipeline, OpenCommands } from '../core/pipeline.js';
 import { RetentionSweeper, type RetentionOptions } from '../core/retention.js';
 import type { SettledTimes } from '../core/outcomes.js';
 import type { RowCounts } from '../journal/row-counts.js';
+
+/** `sluice_device_redispatches_total{reason}`: every reason exported, 0 included. */
+const REDISPATCH_REASONS: readonly RedispatchReason[] = ['lost_answer', 'restart', 'withdrawn'];
 
 /** How often the journal's rows are counted for `sluice_journal_rows`. */
 const ROWS_EVERY_MS = 30_000;
@@ -279,6 +283,20 @@ export class Metrics {
       collect() {
         this.reset();
         for (const d of pipeline.devices()) this.inc({ device: d.id }, d.writes.busyGivenUp);
+      },
+    });
+    new Counter({
+      name: 'sluice_device_redispatches_total',
+      help: 'Second writes sent to the device for commands whose first write was proven never applied, by why it was in doubt: lost_answer (its answer lost), restart (sent by an earlier life of the daemon), withdrawn (withdrawn unsent as the daemon stopped); since start.',
+      labelNames: ['device', 'reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const d of pipeline.devices()) {
+          const counts = d.writes.redispatches;
+          for (const reason of REDISPATCH_REASONS)
+            this.inc({ device: d.id, reason }, counts[reason]);
+        }
       },
     });
     new Gauge({

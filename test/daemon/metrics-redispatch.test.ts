@@ -1,0 +1,188 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { stringify } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig, type SluiceConfig } from '../../src/config/config.js';
+import type { CommandRecord } from '../../src/core/journal.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { sha256 } from '../../src/intake/identities.js';
+import type { Plant } from '../../simulators/plant.js';
+import { startModbusPlant } from '../helpers/daemon-site.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { httpsRequest, loopbackCertificate, type HttpsAnswer } from '../helpers/loopback-https.js';
+import { until } from '../helpers/mosquitto.js';
+import { inventoryFor } from '../helpers/plant-inventory.js';
+
+/**
+ * Re-dispatches in /metrics (`sluice_device_redispatches_total{device, reason}`) of a real
+ * daemon against sluice-sim over real sockets, read over HTTPS: a second write of a command
+ * whose first was provably never applied, for each reason it was in doubt — its answer lost
+ * (the connection reset before the write reached the controller), an earlier life of the daemon
+ * that sent it (stopped while the command waited for its proof), and a write withdrawn unsent
+ * as the daemon stopped (it waited to be sent again after a busy answer). Ground truth: the
+ * simulator's write log (each command's sequence number written once) and the journal (two
+ * dispatches). The valves are warm (their echo is not the power-up one), so that a readback
+ * can prove a write not applied over a new connection.
+ */
+
+const TOKEN = 'redispatch-metrics-token';
+const SCOPE = 'scada';
+
+let plant: Plant;
+let config: SluiceConfig;
+let daemon: Daemon;
+let cert: string;
+let cleanup: () => void;
+
+async function startDaemon(): Promise<void> {
+  // No time for in-flight commands at a stop: they stay journaled as they are.
+  daemon = await Daemon.start(config, {
+    logger: pino({ level: 'silent' }),
+    monitorIntervalMs: 200,
+    shutdownBoundMs: 0,
+  });
+}
+
+function post(key: string, body: unknown, headers: Record<string, string> = {}) {
+  return httpsRequest(
+    { port: daemon.https!.port, ca: cert, token: TOKEN },
+    'POST',
+    '/v1/commands',
+    { 'idempotency-key': key, ...headers },
+    body,
+  );
+}
+
+/** The sample of `name` with exactly these labels; 0 when the scrape has none. */
+async function sample(name: string, labels: Record<string, string>): Promise<number> {
+  const scrape: HttpsAnswer = await httpsRequest(
+    { port: daemon.https!.port, ca: cert, token: '' },
+    'GET',
+    '/metrics',
+  );
+  expect(scrape.status).toBe(200);
+  const want = Object.entries(labels)
+    .map(([k, v]) => `${k}="${v}"`)
+    .join(',');
+  const line = scrape.body.split('\n').find((l) => l.startsWith(`${name}{${want}} `));
+  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+async function redispatches(device: string): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (const reason of ['lost_answer', 'restart', 'withdrawn']) {
+    counts[reason] = await sample('sluice_device_redispatches_total', { device, reason });
+  }
+  return counts;
+}
+
+async function settled(key: string): Promise<CommandRecord> {
+  const record = await daemon.pipeline.waitForSettled({ scope: SCOPE, key }, 20_000);
+  if (record === undefined) throw new Error(`${key} did not settle`);
+  return record;
+}
+
+/** The device's active fault of this kind, if any (a `count` fault is gone once used up). */
+function activeFault(device: string, kind: string): { remaining?: number } | undefined {
+  return plant
+    .device(device)
+    .faults()
+    .find((f) => f.kind === kind);
+}
+
+beforeAll(async () => {
+  const made = tempDir('sluice-metrics-redispatch-');
+  cleanup = made.cleanup;
+  plant = await startModbusPlant({
+    v1: { profile: 'valve', base: 0, travelMs: 200 },
+    v2: { profile: 'valve', base: 100, travelMs: 200 },
+  });
+  cert = await loopbackCertificate(made.dir);
+  const inventory = inventoryFor(plant);
+  const configPath = join(made.dir, 'sluice.yaml');
+  writeFileSync(
+    configPath,
+    stringify({
+      gatewayId: 'redispatch',
+      stateDir: 'state',
+      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+      identities: { [SCOPE]: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } },
+      plcs: inventory.plcs,
+      devices: inventory.devices,
+    }),
+  );
+  config = loadConfig(configPath, { env: {} });
+  await startDaemon();
+  // Warm: each valve takes a command, so that its echo is not its power-up one.
+  for (const device of ['v1', 'v2']) {
+    const warm = await post(`warm-${device}`, { device, action: 'open' });
+    expect(warm.status, warm.body).toBe(200);
+  }
+}, 60_000);
+
+afterAll(async () => {
+  await daemon.stop();
+  await plant.stop();
+  cleanup();
+}, 30_000);
+
+describe('re-dispatches in /metrics, by reason', () => {
+  it('lost_answer: the connection reset before the write reached the controller', async () => {
+    const valve = plant.device('v2');
+    valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+    const answer = await post('lost-answer', { device: 'v2', action: 'close' });
+    expect(answer.status, answer.body).toBe(200);
+    const record = await settled('lost-answer');
+    // Ground truth: the reset used up, two dispatches journaled, one write taken.
+    expect(activeFault('v2', 'reset')).toBeUndefined();
+    expect(record).toMatchObject({ state: 'confirmed', attempts: 2 });
+    expect(valve.writesWithSeq(record.seq!)).toBe(1);
+    expect(await redispatches('v2')).toEqual({ lost_answer: 1, restart: 0, withdrawn: 0 });
+    expect(await redispatches('v1')).toEqual({ lost_answer: 0, restart: 0, withdrawn: 0 });
+  });
+
+  it('restart and withdrawn: commands left in doubt by a stop, written again by the next life', async () => {
+    const v1 = plant.device('v1');
+    const v2 = plant.device('v2');
+    const async = { prefer: 'respond-async' };
+    // v1 (OPEN): its close is answered busy, and waits to be sent again.
+    v1.setFault({ kind: 'exception', code: 6, on: 'write', count: 100_000 });
+    expect(
+      (await post('withdrawn', { device: 'v1', action: 'close', ttlMs: 60_000 }, async)).status,
+    ).toBe(202);
+    await until(
+      () => ((activeFault('v1', 'exception')?.remaining ?? 0) < 100_000 ? true : undefined),
+      10_000,
+      'a busy answer to the close of v1',
+    );
+    // v2 (CLOSED): its open is lost with the connection, and waits for the guard's proof.
+    v2.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+    expect(
+      (await post('restart', { device: 'v2', action: 'open', ttlMs: 60_000 }, async)).status,
+    ).toBe(202);
+    await until(
+      () => (activeFault('v2', 'reset') === undefined ? true : undefined),
+      10_000,
+      'the write of v2 lost with its connection',
+    );
+    // Stopped now, well within the guard (2.5 s): neither command is settled or written again.
+    await daemon.stop();
+    v1.clearFaults();
+    v2.clearFaults();
+    const writesBefore = { v1: v1.writeLog.length, v2: v2.writeLog.length };
+
+    await startDaemon();
+    const [withdrawn, restart] = [await settled('withdrawn'), await settled('restart')];
+    // Ground truth: each command dispatched twice, its sequence number written once.
+    expect(withdrawn).toMatchObject({ state: 'confirmed', attempts: 2 });
+    expect(restart).toMatchObject({ state: 'confirmed', attempts: 2 });
+    expect(v1.writesWithSeq(withdrawn.seq!)).toBe(1);
+    expect(v2.writesWithSeq(restart.seq!)).toBe(1);
+    expect(v1.writeLog.length).toBe(writesBefore.v1 + 1);
+    expect(v2.writeLog.length).toBe(writesBefore.v2 + 1);
+    // This life's counts: the last life's lost answer is not among them.
+    expect(await redispatches('v1')).toEqual({ lost_answer: 0, restart: 0, withdrawn: 1 });
+    expect(await redispatches('v2')).toEqual({ lost_answer: 0, restart: 1, withdrawn: 0 });
+  });
+});
