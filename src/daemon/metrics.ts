@@ -192,7 +192,7 @@ export class Metrics {
     }
     this.httpResponses = new Counter({
       name: 'sluice_http_responses_total',
-      help: 'HTTPS intake responses by route and status.',
+      help: 'HTTPS intake responses by route (its pattern; unmatched: no route; unparsed: refused by the HTTP parser before it was a request) and status.',
       labelNames: ['route', 'status'],
       registers,
     });

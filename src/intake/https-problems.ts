@@ -255,13 +255,19 @@ function clientErrorStatus(error: ParserError): readonly [number, string, string
 
 /**
  * Errors before a request exists (malformed HTTP, an unknown method, oversized headers, request
- * timeout) are answered on the raw socket, as a problem document like every other error.
+ * timeout) are answered on the raw socket, as a problem document like every other error, and
+ * counted among the responses as route `unparsed`: no request reaches fastify's hooks.
  */
-export function answerClientError(error: ParserError, socket: Socket, logger: Logger): void {
+export function answerClientError(
+  error: ParserError,
+  socket: Socket,
+  options: Pick<ErrorMapOptions, 'metrics' | 'logger'>,
+): void {
   if (error.code === 'ECONNRESET' || socket.destroyed) return;
   const [status, code, detail] = clientErrorStatus(error);
-  logger.debug({ code: error.code, status }, 'HTTP client error');
+  options.logger.debug({ code: error.code, status }, 'HTTP client error');
   if (socket.writable) {
+    options.metrics.httpResponses.inc({ route: 'unparsed', status: String(status) });
     const body = JSON.stringify(makeProblem(status, code, detail));
     socket.write(
       `HTTP/1.1 ${String(status)} ${STATUS_CODES[status] ?? ''}\r\n` +

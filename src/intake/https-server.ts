@@ -116,13 +116,15 @@ export function createServer(options: ServerOptions): App {
     return503OnClosing: false,
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     // Router errors (a malformed percent-encoding, an over-long path segment) come here
-    // instead of the error handler.
+    // instead of the error handler, and their answers pass none of the hooks below: counted
+    // here, with no route (the router could not read the path).
     frameworkErrors: (error, _request, reply) => {
       const mapped = mapError(error, errors);
+      metrics.httpResponses.inc({ route: 'unmatched', status: String(mapped.problem.status) });
       void sendProblem(reply, mapped.problem, mapped.headers);
     },
     clientErrorHandler: (error, socket) => {
-      answerClientError(error, socket, logger);
+      answerClientError(error, socket, errors);
     },
     // No route declares a JSON schema: commands are validated with zod (src/core/command.ts)
     // and answers are plain JSON. fastify's default compilers (ajv, fast-json-stringify) would
