@@ -11,6 +11,7 @@ import {
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline, SubmitOutcome } from '../core/pipeline.js';
 import type { NamedIdentity } from './identities.js';
+import { OrderedAcks, PUBACK_HELD } from './mqtt-acks.js';
 import { parseCommandMessage } from './mqtt-message.js';
 import type { MessageOutcome, MqttMetrics } from './mqtt-metrics.js';
 import type { MqttPublisher } from './mqtt-publisher.js';
@@ -75,13 +76,15 @@ interface Received {
  * claimed in the journal through the pipeline, and acknowledged or not; what cannot become a
  * command is answered (docs/mqtt-api.md "Errors").
  *
- * I5: a command message is acknowledged (PUBACK) only after the pipeline's synchronous claim
- * has committed. mqtt.js sends the PUBACK when the `handleMessage` callback is called without
- * an error; `receive` is that handleMessage: it claims, then calls the callback. When the claim
- * cannot be made (journal unavailable), the callback gets an error — mqtt.js then skips the
- * PUBACK and its packet pump moves on — and the connection is dropped, because a broker
- * redelivers an unacknowledged QoS 1 message only on a new connection of the session (MQTT 5
- * §4.4).
+ * I5: a command message is acknowledged (PUBACK) only after its claim is on disk (the
+ * journal's barrier). mqtt.js sends the PUBACK when the `handleMessage` callback is called
+ * without an error; `receive` is that handleMessage: it claims, then calls the callback. A
+ * PUBACK that waits for a barrier is held and sent by OrderedAcks (mqtt-acks.ts) instead, in
+ * the messages' order, while mqtt.js goes on with the next messages, which join the same
+ * barrier. When the claim cannot be made (journal unavailable), the callback gets an error —
+ * mqtt.js then skips the PUBACK and its packet pump moves on — and the connection is dropped,
+ * because a broker redelivers an unacknowledged QoS 1 message only on a new connection of the
+ * session (MQTT 5 §4.4).
  */
 export class CommandMessages {
   private readonly pipeline: CommandPipeline;
@@ -98,6 +101,8 @@ export class CommandMessages {
   private readonly keysKeptS: number | undefined;
   /** False once stopping or once the pipeline refuses as shutting down: nothing more is claimed. */
   private isTaking = true;
+  /** The PUBACKs held for barriers, of the client messages come from (one per session). */
+  private acks: OrderedAcks | null = null;
 
   constructor(options: CommandMessagesOptions) {
     this.pipeline = options.pipeline;
@@ -151,6 +156,13 @@ export class CommandMessages {
       case 'ack':
         if (!handling.durable || !this.pipeline.syncPending) {
           if (outcome !== null) this.count(outcome);
+          const acks = this.acksOf(client);
+          if (packet.qos > 0 && packet.messageId !== undefined && acks.holding) {
+            // PUBACKs go in the messages' order: this one behind those held for a barrier.
+            callback(PUBACK_HELD);
+            acks.release(acks.hold(packet.messageId), true);
+            return;
+          }
           callback();
           return;
         }
@@ -178,6 +190,22 @@ export class CommandMessages {
   ): void {
     // The connection the message came on: mqtt.js makes a new stream for each.
     const connection = client.stream;
+    const acks = this.acksOf(client);
+    // mqtt.js takes the connection's next packet only once this one's callback is called: it
+    // is called now, and the PUBACK sent once the barrier has returned (mqtt-acks.ts), so that
+    // the messages that follow are claimed meanwhile and share the barrier. A QoS 0 message has
+    // no PUBACK to wait for.
+    const held =
+      packet.qos === 0
+        ? null
+        : packet.messageId !== undefined && acks.available
+          ? acks.hold(packet.messageId)
+          : undefined;
+    if (held !== undefined) callback(held === null ? undefined : PUBACK_HELD);
+    const acknowledge = (send: boolean, error?: Error): void => {
+      if (held === undefined) callback(send ? undefined : error);
+      else if (held !== null) acks.release(held, send);
+    };
     this.pipeline.durable().then(
       () => {
         if (packet.qos > 0 && (client.stream !== connection || !client.connected)) {
@@ -188,11 +216,11 @@ export class CommandMessages {
           // (MQTT 5 §2.2.1), acknowledging it before it is journaled. The redelivery is
           // acknowledged on its own connection; its claim is on disk now.
           this.count('withheld');
-          callback(new Error('not acknowledged: the connection it came on is closed'));
+          acknowledge(false, new Error('not acknowledged: the connection it came on is closed'));
           return;
         }
         if (outcome !== null) this.count(outcome);
-        callback();
+        acknowledge(true);
       },
       (error: unknown) => {
         this.logger.error(
@@ -206,10 +234,10 @@ export class CommandMessages {
           // Never redelivered, so dropping the connection would not bring it back: its
           // requester is told instead, as when the claim itself is refused (refuse()).
           if (claimed !== undefined) this.lostClaim(claimed);
-          callback();
+          acknowledge(true);
           return;
         }
-        callback(new Error('not acknowledged: journal sync failed'));
+        acknowledge(false, new Error('not acknowledged: journal sync failed'));
         this.link.dropConnection(client, 'journal sync failed');
       },
     );
@@ -476,6 +504,12 @@ export class CommandMessages {
       detail:
         'the journal could not make this command durable; it may not have been kept: publish it again with the same key (it runs at most once), at QoS 1 so that the broker redelivers it',
     });
+  }
+
+  /** The held PUBACKs of `client` (the session's one client; a new one starts afresh). */
+  private acksOf(client: MqttClient): OrderedAcks {
+    if (this.acks?.client !== client) this.acks = new OrderedAcks(client);
+    return this.acks;
   }
 
   private count(outcome: MessageOutcome): void {
