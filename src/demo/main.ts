@@ -76,6 +76,49 @@ function mosquittoOptions(mqtt: SluiceConfig['mqtt'], url: string): string {
 }
 
 /**
+ * A broker reached over WebSockets (ws://, wss://, which the configuration takes): the mosquitto
+ * clients speak MQTT over TCP only, and mosquitto_sub and mosquitto_pub printed with its host
+ * and port failed against its WebSocket listener ("a network protocol error"). sluicectl
+ * connects as the daemon does (MQTT.js, the configuration's mqtt section), so the demo prints
+ * `sluicectl send … --via mqtt` instead, with the settings of the environment that decide where
+ * the command goes (the broker, the topics) and where its journal is (a rerun of the key takes
+ * its issuedAt from there): a second terminal does not have the demo's environment.
+ */
+function sluicectlSend(
+  config: SluiceConfig,
+  url: string,
+  device: string,
+  key: string,
+): readonly string[] {
+  const env = [`SLUICE_MQTT_URL=${shellWord(url)}`];
+  if ((process.env.SLUICE_GATEWAY_ID ?? '') !== '') {
+    env.push(`SLUICE_GATEWAY_ID=${shellWord(config.gatewayId)}`);
+  }
+  if ((process.env.SLUICE_STATE_DIR ?? '') !== '') {
+    env.push(`SLUICE_STATE_DIR=${shellWord(shownPath(config.stateDir))}`);
+  }
+  const mqtt = config.mqtt;
+  const options = [`--via mqtt --key ${shellWord(key)}`];
+  if (mqtt?.username !== undefined && new URL(url).username === '') {
+    options.push(`--mqtt-username ${shellWord(mqtt.username)}`);
+  }
+  if (mqtt?.passwordFile !== undefined) {
+    options.push(`--mqtt-password-file ${shellWord(shownPath(mqtt.passwordFile))}`);
+  }
+  if (mqtt?.certFile !== undefined && mqtt.keyFile !== undefined) {
+    options.push(
+      `--mqtt-cert ${shellWord(shownPath(mqtt.certFile))} --mqtt-key ${shellWord(shownPath(mqtt.keyFile))}`,
+    );
+  }
+  const cli = shellWord(shownPath(join(root, 'dist', 'src', 'cli', 'sluicectl.js')));
+  return [
+    `  ${env.join(' ')} \\`,
+    `    node ${cli} --config ${shellWord(shownPath(sitePath))} \\`,
+    `    send ${device} open ${options.join(' ')}`,
+  ];
+}
+
+/**
  * How long the demo waits, before printing the instructions, for its MQTT intake (the printed
  * mosquitto_pub must find the command subscription in place) and for a readback from every
  * device (the OPC UA client has its certificate and session; the printed curl works at once).
@@ -253,7 +296,9 @@ async function main(): Promise<void> {
     const topics = `${config.mqtt?.topicRoot ?? 'sluice'}/${config.gatewayId}`;
     const certFile = join(tlsDir, 'cert.pem');
     const cacert = shownPath(certFile);
-    const brokerOptions = mosquittoOptions(config.mqtt, mqttUrl);
+    // The mosquitto clients speak MQTT over TCP only: sluicectlSend.
+    const webSocket = /^wss?:/.test(mqttUrl);
+    const brokerOptions = webSocket ? '' : mosquittoOptions(config.mqtt, mqttUrl);
     process.stdout.write(
       [
         '',
@@ -276,20 +321,34 @@ async function main(): Promise<void> {
         `    -H "Authorization: Bearer ${token}" -H "Idempotency-Key: ${key}" \\`,
         `    -H "Content-Type: application/json" -d '{"device":"inlet-valve","action":"open"}'`,
         '',
-        'Or over MQTT. Watch the results in a second terminal:',
-        '',
-        `  mosquitto_sub ${brokerOptions} -t '${topics}/result/#' -v`,
-        '',
-        'and send a command. An MQTT command carries the time it was issued (a command queued at',
-        'the broker must not run late), so stamp it first:',
-        '',
-        `  ISSUED_AT=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)`,
-        `  mosquitto_pub ${brokerOptions} -q 1 -t ${topics}/cmd/drain-valve \\`,
-        `    -m '{"key":"${key}-mqtt","action":"open","issuedAt":"'"$ISSUED_AT"'"}'`,
-        '',
-        'Run the same mosquitto_pub line again: same key, same command, so the stored result comes',
-        'back with "replayed": true and the valve is not moved twice. A new command needs a new',
-        'key and a new ISSUED_AT.',
+        ...(webSocket
+          ? [
+              `Or over MQTT. The broker is reached over WebSockets (${new URL(mqttUrl).protocol}//), which the`,
+              'mosquitto clients (mosquitto_pub, mosquitto_sub) cannot reach: they speak MQTT over TCP',
+              'only. sluicectl reaches it as the daemon does; it sends the command with the time it was',
+              'issued (a command queued at the broker must not run late) and prints its result:',
+              '',
+              ...sluicectlSend(config, mqttUrl, 'drain-valve', `${key}-mqtt`),
+              '',
+              'Run the same line again: same key, same command, so the stored result comes back',
+              '(REPLAYED) and the valve is not moved twice. A new command needs a new key.',
+            ]
+          : [
+              'Or over MQTT. Watch the results in a second terminal:',
+              '',
+              `  mosquitto_sub ${brokerOptions} -t '${topics}/result/#' -v`,
+              '',
+              'and send a command. An MQTT command carries the time it was issued (a command queued at',
+              'the broker must not run late), so stamp it first:',
+              '',
+              `  ISSUED_AT=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)`,
+              `  mosquitto_pub ${brokerOptions} -q 1 -t ${topics}/cmd/drain-valve \\`,
+              `    -m '{"key":"${key}-mqtt","action":"open","issuedAt":"'"$ISSUED_AT"'"}'`,
+              '',
+              'Run the same mosquitto_pub line again: same key, same command, so the stored result comes',
+              'back with "replayed": true and the valve is not moved twice. A new command needs a new',
+              'key and a new ISSUED_AT.',
+            ]),
         '',
         'Ctrl-C stops everything.',
         '',

@@ -12,10 +12,17 @@ import {
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import BetterSqlite3 from 'better-sqlite3';
 import type { IClientOptions } from 'mqtt';
 import { expect, it } from 'vitest';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
-import { mosquittoAvailable, startMosquitto, TestClient, until } from '../helpers/mosquitto.js';
+import {
+  freePort,
+  mosquittoAvailable,
+  startMosquitto,
+  TestClient,
+  until,
+} from '../helpers/mosquitto.js';
 import { hasCommand, isRoot, realComponent } from '../helpers/real.js';
 import { makePki } from '../intake/https-client.js';
 
@@ -33,7 +40,9 @@ import { makePki } from '../intake/https-client.js';
  * that command brings it up on the other port, where its printed curl works. Pointed at a
  * broker of the user's own that wants TLS, its CA, a client certificate, a user and a password
  * (SLUICE_MQTT_URL and the site file's mqtt section), the printed mosquitto commands carry what
- * that broker needs, the password read from its file, and work as printed.
+ * that broker needs, the password read from its file, and work as printed. Pointed at a
+ * WebSocket broker (ws://), which the mosquitto clients cannot reach, it prints a sluicectl send
+ * instead, which works as printed and replays.
  */
 
 const PORTS = [8443, 1883, 5020, 4840, 5080];
@@ -64,7 +73,10 @@ const mosquittoClients = realComponent(
 );
 
 async function writesReceived(controlUrl: string, device: string): Promise<number> {
-  const response = await fetch(`${controlUrl}/devices/${device}/writes`);
+  const url = `${controlUrl}/devices/${device}/writes`;
+  // A kept-alive connection the simulator's control API closed as idle just as it was reused
+  // (a command run in between took its keep-alive time): asked again, on a new one.
+  const response = await fetch(url).catch(() => fetch(url));
   return ((await response.json()) as { writesReceived: number }).writesReceived;
 }
 
@@ -713,6 +725,94 @@ it.runIf(mosquittoClients && mosquittoPasswd && mosquittoAvailable())(
       await broker.close();
       pki.cleanup();
       cleanup();
+    }
+  },
+  240_000,
+);
+
+it.runIf(mosquittoClients && mosquittoAvailable())(
+  'pointed at a WebSocket broker (ws://), the demo prints no mosquitto command but a sluicectl send that works as printed',
+  async () => {
+    // SLUICE_MQTT_URL takes ws:// and wss:// (config.ts), and the demo printed mosquitto_sub and
+    // mosquitto_pub with that URL's host and port: the mosquitto clients speak MQTT over TCP
+    // only, so they failed against the broker's WebSocket listener. Ground truth: the
+    // simulator's write counter and the demo's journal.
+    const ports = PORTS.filter((p) => p !== 1883);
+    for (const port of ports) {
+      if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
+    }
+    const wsPort = await freePort();
+    const broker = await startMosquitto({
+      settings: [`listener ${wsPort} 127.0.0.1`, 'protocol websockets'],
+    });
+    const url = `ws://127.0.0.1:${wsPort}`;
+    try {
+      const env: NodeJS.ProcessEnv = {
+        ...process.env,
+        SLUICE_DEMO_TOKEN: 'demo-test-token',
+        SLUICE_MQTT_URL: url,
+      };
+      delete env.SLUICE_GATEWAY_ID;
+      delete env.SLUICE_STATE_DIR;
+      const demo = await startDemo(['npm', 'start', '--silent'], env, ports);
+      try {
+        const text = demo.lines.join('\n');
+        expect(text).toContain(`${url} (SLUICE_MQTT_URL)`);
+        expect(demo.lines.map((l) => l.trim())).toContain('connected (MQTT 5)');
+        expect(demo.lines.filter((l) => /^\s*mosquitto_(sub|pub) /.test(l))).toEqual([]);
+        expect(text).toContain(
+          'mosquitto clients (mosquitto_pub, mosquitto_sub) cannot reach: they speak MQTT over TCP',
+        );
+        // The printed line, run verbatim in a shell from the clone's folder (where `npm start`
+        // ran), in a terminal without the demo's environment.
+        const send = printed(demo.lines, 'SLUICE_MQTT_URL=');
+        const key = /--key (\S+)/.exec(send)?.[1] ?? '';
+        expect(key).not.toBe('');
+        const shellEnv: NodeJS.ProcessEnv = { ...process.env };
+        delete shellEnv.SLUICE_MQTT_URL;
+        const run = (): { status: number | null; stdout: string; stderr: string } =>
+          spawnSync('sh', ['-c', send], {
+            cwd: ROOT,
+            env: shellEnv,
+            encoding: 'utf8',
+            timeout: 60_000,
+          });
+        const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
+        const before = await writesReceived(controlUrl, 'drain-valve');
+        const first = run();
+        expect(first.status, `${first.stdout}\n${first.stderr}`).toBe(0);
+        expect(first.stdout).toMatch(/^CONFIRMED over mqtt/);
+        expect(await writesReceived(controlUrl, 'drain-valve')).toBe(before + 1);
+        const journalRow = (): unknown => {
+          const db = new BetterSqlite3(join(STATE, 'journal.db'), { readonly: true });
+          try {
+            return db
+              .prepare('SELECT device, action, state, code, intake FROM commands WHERE key = ?')
+              .all(key);
+          } finally {
+            db.close();
+          }
+        };
+        const settled = {
+          device: 'drain-valve',
+          action: 'open',
+          state: 'confirmed',
+          code: 'OK',
+          intake: 'mqtt',
+        };
+        expect(journalRow()).toEqual([settled]);
+
+        // Run again as the demo says: the stored result, no second write.
+        const again = run();
+        expect(again.status, `${again.stdout}\n${again.stderr}`).toBe(0);
+        expect(again.stdout).toMatch(new RegExp(`^REPLAYED: key ${key} was already settled`));
+        expect(await writesReceived(controlUrl, 'drain-valve')).toBe(before + 1);
+        expect(journalRow()).toEqual([settled]);
+      } finally {
+        await demo.stop();
+      }
+    } finally {
+      await broker.close();
     }
   },
   240_000,
