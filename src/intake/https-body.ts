@@ -15,6 +15,30 @@ import { duplicateMember } from './json-members.js';
 // the JSON parser drops exactly one, as RFC 8259 §8.1 allows and MQTT's decoder does.
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
+/**
+ * The errors this parser refused a body with. An InvalidCommandError of its own (empty, a name
+ * twice, prototype poisoning) is otherwise the route's own refusal of a command; only this set
+ * tells them apart (isBodyRefusal). Filled on refusals alone.
+ */
+const parserRefusals = new WeakSet<Error>();
+
+function refuse(error: Error): Error {
+  parserRefusals.add(error);
+  return error;
+}
+
+/**
+ * Whether `error` refused a request's body before its route ran: this parser's refusals, and
+ * fastify's own (FST_ERR_CTP_*: no parser for its media type, past the body limit, a length
+ * that does not match Content-Length, not JSON).
+ */
+export function isBodyRefusal(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  if (parserRefusals.has(error)) return true;
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' && code.startsWith('FST_ERR_CTP_');
+}
+
 export class BodyNotUtf8Error extends Error {
   constructor() {
     super('the request body is not valid UTF-8');
@@ -36,19 +60,20 @@ export function takeOnlyUtf8Json(app: App): void {
     try {
       text = utf8.decode(body as Buffer);
     } catch {
-      done(new BodyNotUtf8Error(), undefined);
+      done(refuse(new BodyNotUtf8Error()), undefined);
       return;
     }
     // fastify's JSON parser answers through `done` and returns nothing.
     void parseJson(request, text, (error, parsed) => {
       if (error !== null) {
-        done(refusal(error, text), undefined);
+        done(refuse(refusal(error, text)), undefined);
         return;
       }
       const name = duplicateMember(text);
       if (name !== undefined) {
         // A body whose meaning depends on the parser that reads it is refused (json-members.ts).
-        done(new InvalidCommandError([`${name}: is given more than once in an object`]), undefined);
+        const twice = new InvalidCommandError([`${name}: is given more than once in an object`]);
+        done(refuse(twice), undefined);
         return;
       }
       done(error, parsed);

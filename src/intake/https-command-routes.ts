@@ -3,6 +3,7 @@ import { InvalidCommandError, JournalUnavailableError, SluiceError } from '../co
 import type { Claim, CommandRecord, CommandRef } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
+import { isBodyRefusal } from './https-body.js';
 import type { CallerGuard } from './https-guard.js';
 import { journalUnavailable, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, HttpsMetrics, Reply, Request } from './https-types.js';
@@ -60,8 +61,18 @@ export function registerCommandRoutes(app: App, options: CommandRoutesOptions): 
     },
     { once: true },
   );
-  app.post('/v1/commands', options.guard.hooks, async (request, reply) =>
-    postCommand(options, waiting, request, reply),
+  app.post(
+    '/v1/commands',
+    {
+      ...options.guard.hooks,
+      // A body the parser refused (not JSON, not UTF-8, the wrong media type, too large) never
+      // reaches postCommand, which counts the commands it refuses itself: counted here.
+      onError: async (_request, _reply, error) => {
+        if (!isBodyRefusal(error)) return;
+        options.metrics.accepted.inc({ intake: 'https', outcome: 'refused' });
+      },
+    },
+    async (request, reply) => postCommand(options, waiting, request, reply),
   );
 }
 

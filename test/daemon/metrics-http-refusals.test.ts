@@ -32,7 +32,7 @@ let cert: string;
 let cleanup: () => void;
 
 /** Writes `text` on a TLS connection of its own; resolves with the status of the answer. */
-function raw(text: string): Promise<number> {
+function raw(text: string | Buffer): Promise<number> {
   return new Promise((resolve, reject) => {
     const socket = connect(
       { host: '127.0.0.1', port: daemon.https!.port, ca: cert, servername: 'localhost' },
@@ -164,4 +164,76 @@ it('counts every refused request in sluice_http_responses_total, with its status
   // Each once, and nothing else but the scrapes themselves.
   counted.delete('/metrics 200');
   expect(counted).toEqual(expected);
+});
+
+it('counts a command body refused by the parser as a command refused, as one refused by its route', async () => {
+  const target = { port: daemon.https!.port, ca: cert, token: TOKEN };
+  const refused = async (): Promise<number> => {
+    const scrape = await httpsRequest(
+      { port: daemon.https!.port, ca: cert, token: '' },
+      'GET',
+      '/metrics',
+    );
+    const m = /^sluice_commands_received_total\{intake="https",outcome="refused"\} (\S+)$/m.exec(
+      scrape.body,
+    );
+    return m === null ? 0 : Number(m[1]);
+  };
+  const before = await refused();
+  const answers = [
+    // Refused by the body parser, before the route: not JSON, a member twice, not UTF-8, the
+    // wrong media type, past the body limit.
+    await httpsRequest(
+      target,
+      'POST',
+      '/v1/commands',
+      { 'idempotency-key': 'p-1' },
+      new RawJson('{'),
+    ),
+    await httpsRequest(
+      target,
+      'POST',
+      '/v1/commands',
+      { 'idempotency-key': 'p-2' },
+      new RawJson('{"device":"v1","action":"open","action":"close"}'),
+    ),
+    // A JSON string whose one byte is 0xFF, which UTF-8 never has.
+    await raw(
+      Buffer.concat([
+        Buffer.from(
+          request(
+            'POST /v1/commands',
+            'Idempotency-Key: p-3',
+            'Content-Type: application/json',
+            'Content-Length: 3',
+            '',
+            '',
+          ),
+        ),
+        Buffer.from([0x22, 0xff, 0x22]),
+      ]),
+    ),
+    await raw(
+      request(
+        'POST /v1/commands',
+        'Idempotency-Key: p-4',
+        'Content-Type: text/plain',
+        'Content-Length: 4',
+        '',
+        'open',
+      ),
+    ),
+    await httpsRequest(
+      target,
+      'POST',
+      '/v1/commands',
+      { 'idempotency-key': 'p-5' },
+      new RawJson(`{"device":"${'x'.repeat(200_000)}"}`),
+    ),
+    // Refused by the route: no key.
+    await httpsRequest(target, 'POST', '/v1/commands', {}, { device: 'v1', action: 'open' }),
+  ].map((a) => (typeof a === 'number' ? a : a.status));
+  expect(answers).toEqual([400, 400, 400, 415, 413, 400]);
+  // Counted before each answer was written.
+  expect((await refused()) - before).toBe(6);
 });
