@@ -272,7 +272,7 @@ export function answerClientError(
     socket.write(
       `HTTP/1.1 ${String(status)} ${STATUS_CODES[status] ?? ''}\r\n` +
         `Content-Type: ${PROBLEM_TYPE}\r\nContent-Length: ${String(Buffer.byteLength(body))}\r\n` +
-        `Cache-Control: no-store\r\nConnection: close\r\n\r\n${body}`,
+        `Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n${body}`,
     );
   }
   socket.destroy(error);

@@ -117,11 +117,16 @@ export function createServer(options: ServerOptions): App {
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     // Router errors (a malformed percent-encoding, an over-long path segment) come here
     // instead of the error handler, and their answers pass none of the hooks below: counted
-    // here, with no route (the router could not read the path).
+    // here, with no route (the router could not read the path), and given the headers the
+    // onSend hook gives every other answer.
     frameworkErrors: (error, _request, reply) => {
       const mapped = mapError(error, errors);
       metrics.httpResponses.inc({ route: 'unmatched', status: String(mapped.problem.status) });
-      void sendProblem(reply, mapped.problem, mapped.headers);
+      void sendProblem(reply, mapped.problem, {
+        'cache-control': 'no-store',
+        'x-content-type-options': 'nosniff',
+        ...mapped.headers,
+      });
     },
     clientErrorHandler: (error, socket) => {
       answerClientError(error, socket, errors);
