@@ -151,10 +151,11 @@ export class MqttCommander {
     });
   }
 
-  static async connect(url: string, gateway: string): Promise<MqttCommander> {
+  /** `name` tells the bench's connections apart (one client id each). */
+  static async connect(url: string, gateway: string, name = 'client'): Promise<MqttCommander> {
     const client = await connectAsync(url, {
       protocolVersion: 5,
-      clientId: `sluice-bench-client-${process.pid}`,
+      clientId: `sluice-bench-${name}-${process.pid}`,
       clean: true,
       reconnectPeriod: 0,
       connectTimeout: 5_000,

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { format, resolveConfig } from 'prettier';
 import { BENCH_DIR } from './paths.js';
 import { STEPS, type StepName } from './phases/steps.js';
-import type { DaemonLoad, Results, Skipped, StepTime, Target } from './results.js';
+import type { DaemonLoad, Results, Skipped, StepTime, Target, Throughput } from './results.js';
 import { isSkipped } from './results.js';
 import type { Distribution } from './stats.js';
 import { round } from './stats.js';
@@ -87,6 +87,20 @@ export function evaluateTargets(r: Omit<Results, 'targets'>): Target[] {
       (v) => v >= 2000,
     ),
   );
+  const tm = r.throughputMqtt;
+  if (tm !== undefined) {
+    t.push(
+      isSkipped(tm)
+        ? { name: 'throughput over MQTT', target: '—', measured: tm.skipped, pass: null }
+        : target(
+            'throughput over MQTT (one connection), 100 valves, durable journal',
+            '≥ 2 000 confirmed/s',
+            tm.confirmedPerSecond,
+            '/s',
+            (v) => v >= 2000,
+          ),
+    );
+  }
   t.push({
     name: 'fsyncs per confirmed command',
     target: 'only what durability needs',
@@ -408,51 +422,11 @@ export function tables(r: Results): Record<string, Table> {
     ],
     rows: [replayRow('HTTPS', r.replay.https), replayRow('MQTT', r.replay.mqtt)],
   };
-  const failures = Object.entries(t.failures);
-  out.throughput = {
-    head: ['', ''],
-    rows: [
-      ['confirmed commands per second', n(t.confirmedPerSecond)],
-      [
-        'clients (one valve each), window',
-        `${t.clients}, ${n(t.seconds, 's')} after ${r.settings.warmupSeconds} s warm-up`,
-      ],
-      ['confirmed in the window', n(t.confirmed)],
-      ['latency p50 / p99', `${pp(t.latencyMs)} ms`],
-      [
-        'not confirmed',
-        failures.length === 0 ? '0' : failures.map(([k, v]) => `${v}× ${k}`).join('; '),
-      ],
-      ['MQTT intake connected (results published)', t.mqttConnected ? 'yes' : 'no'],
-      ['daemon event-loop utilisation', n(t.daemon.eventLoopUtilisation)],
-      [
-        'CPU time stolen by the hypervisor in the window',
-        t.stealShare === null || t.stealShare === undefined ? 'not known' : pct(t.stealShare),
-      ],
-      [
-        'CPU, cores: daemon / simulator / broker / bench clients',
-        `${n(t.cpuCores.daemon)} / ${n(t.cpuCores.simulator)} / ${n(t.cpuCores.broker)} / ${n(t.cpuCores.bench)}`,
-      ],
-      ...budgetRows(t),
-      ['fsyncs per confirmed command', n(t.fsyncsPerCommand)],
-      [
-        'fsync time per confirmed command: main thread (the event loop waits) / thread pool',
-        isSkipped(t.daemon.fsyncs)
-          ? t.daemon.fsyncs.skipped
-          : `${n(t.daemon.fsyncs.mainMs / Math.max(1, t.confirmed), 'ms')} / ${n(t.daemon.fsyncs.otherMs / Math.max(1, t.confirmed), 'ms')}`,
-      ],
-      ['Modbus requests per confirmed command', n(t.modbusRequestsPerCommand)],
-      [
-        'ceiling of one PLC connection: 1 / (requests per command × simulator read p50)',
-        n(t.ceilings.plcConnectionPerSecond, '/s'),
-      ],
-      [
-        'ceiling of the fsyncs on the main thread: 1 / (their time per command)',
-        n(t.ceilings.serialFsyncsPerSecond, '/s'),
-      ],
-      ...modbusRows(t.daemon, Math.max(1, t.confirmed), 'cmd').slice(2),
-    ],
-  };
+  out.throughput = throughputTable(t, r.settings.warmupSeconds);
+  const tm = r.throughputMqtt ?? { skipped: 'not measured (results from before 2026-12-04)' };
+  out.throughputMqtt = isSkipped(tm)
+    ? { head: ['', ''], rows: [['confirmed commands per second', tm.skipped]] }
+    : throughputTable(tm, r.settings.warmupSeconds);
   out.throughputJournal = {
     head: ['journal method (throughput)', 'calls/command', 'mean', 'time/command'],
     rows: journalRows(t.daemon, Math.max(1, t.confirmed), 'cmd'),
@@ -639,6 +613,7 @@ const TITLES: Record<string, string> = {
   e2eDaemon: 'Inside the daemon, per HTTPS command',
   replay: 'Replays',
   throughput: 'Throughput',
+  throughputMqtt: 'Throughput over MQTT',
   throughputJournal: 'Journal time per command under load',
   scale: 'Journal scale',
   scaleDaemon: 'The daemon on the large journal',
@@ -701,6 +676,57 @@ function ratioFloor(r: Results): Table {
 }
 
 /** The cores' budget and the HTTPS intake's own window (absent in older results). */
+/** A throughput phase's table (over HTTPS or MQTT). */
+function throughputTable(t: Throughput, warmupSeconds: unknown): Table {
+  const failures = Object.entries(t.failures);
+  return {
+    head: ['', ''],
+    rows: [
+      ['confirmed commands per second', n(t.confirmedPerSecond)],
+      [
+        t.intake === 'mqtt'
+          ? 'clients (one valve each, one MQTT connection), window'
+          : 'clients (one valve each), window',
+        `${t.clients}, ${n(t.seconds, 's')} after ${String(warmupSeconds)} s warm-up`,
+      ],
+      ['confirmed in the window', n(t.confirmed)],
+      ['latency p50 / p99', `${pp(t.latencyMs)} ms`],
+      [
+        'not confirmed',
+        failures.length === 0 ? '0' : failures.map(([k, v]) => `${v}× ${k}`).join('; '),
+      ],
+      ['MQTT intake connected (results published)', t.mqttConnected ? 'yes' : 'no'],
+      ['daemon event-loop utilisation', n(t.daemon.eventLoopUtilisation)],
+      [
+        'CPU time stolen by the hypervisor in the window',
+        t.stealShare === null || t.stealShare === undefined ? 'not known' : pct(t.stealShare),
+      ],
+      [
+        'CPU, cores: daemon / simulator / broker / bench clients',
+        `${n(t.cpuCores.daemon)} / ${n(t.cpuCores.simulator)} / ${n(t.cpuCores.broker)} / ${n(t.cpuCores.bench)}`,
+      ],
+      ...budgetRows(t),
+      ['fsyncs per confirmed command', n(t.fsyncsPerCommand)],
+      [
+        'fsync time per confirmed command: main thread (the event loop waits) / thread pool',
+        isSkipped(t.daemon.fsyncs)
+          ? t.daemon.fsyncs.skipped
+          : `${n(t.daemon.fsyncs.mainMs / Math.max(1, t.confirmed), 'ms')} / ${n(t.daemon.fsyncs.otherMs / Math.max(1, t.confirmed), 'ms')}`,
+      ],
+      ['Modbus requests per confirmed command', n(t.modbusRequestsPerCommand)],
+      [
+        'ceiling of one PLC connection: 1 / (requests per command × simulator read p50)',
+        n(t.ceilings.plcConnectionPerSecond, '/s'),
+      ],
+      [
+        'ceiling of the fsyncs on the main thread: 1 / (their time per command)',
+        n(t.ceilings.serialFsyncsPerSecond, '/s'),
+      ],
+      ...modbusRows(t.daemon, Math.max(1, t.confirmed), 'cmd').slice(2),
+    ],
+  };
+}
+
 function budgetRows(t: Results['throughput']): string[][] {
   const rows: string[][] = [];
   const b = t.cpuBudget;

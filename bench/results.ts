@@ -147,6 +147,8 @@ export interface CpuWait {
 }
 
 export interface Throughput {
+  /** The intake the clients sent their commands over (absent in results from before: HTTPS). */
+  readonly intake?: 'https' | 'mqtt';
   readonly clients: number;
   readonly valves: number;
   readonly seconds: number;
@@ -296,6 +298,8 @@ export interface Results {
   readonly endToEnd: { readonly https: IntakeLatency; readonly mqtt: IntakeLatency | Skipped };
   readonly replay: { readonly https: ReplayLatency; readonly mqtt: ReplayLatency | Skipped };
   readonly throughput: Throughput;
+  /** The same over MQTT (absent in results from before it was measured). */
+  readonly throughputMqtt?: Throughput | Skipped;
   readonly recovery: Recovery;
   readonly journalScale: JournalScale;
   readonly targets: readonly Target[];

@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { parse } from 'yaml';
 import { BenchChild } from './children.js';
 import { compileTree } from './compile.js';
-import type { RunContext } from './context.js';
+import { isBroker, type RunContext } from './context.js';
 import { startDaemon } from './daemon.js';
 import { buildFsyncShim } from './fsync-counter.js';
 import {
@@ -171,6 +171,7 @@ async function main(options: BenchOptions): Promise<void> {
     const daemon = await startDaemon(ctx, site, 'daemon');
     let lat: Awaited<ReturnType<typeof latency>>;
     let tp: Awaited<ReturnType<typeof throughput>>;
+    let tpMqtt: Results['throughputMqtt'];
     try {
       lat = await latency(ctx, daemon, base.modbus);
       tp = await throughput(
@@ -179,6 +180,15 @@ async function main(options: BenchOptions): Promise<void> {
         base.simulator.readMs.p50,
         base.modbus.cpuMsPerRequest ?? null,
       );
+      tpMqtt = isBroker(broker)
+        ? await throughput(
+            ctx,
+            daemon,
+            base.simulator.readMs.p50,
+            base.modbus.cpuMsPerRequest ?? null,
+            'mqtt',
+          )
+        : { skipped: broker.skipped };
     } finally {
       await daemon.stop();
     }
@@ -208,6 +218,7 @@ async function main(options: BenchOptions): Promise<void> {
       endToEnd: { https: lat.https, mqtt: lat.mqtt },
       replay: { https: lat.replayHttps, mqtt: lat.replayMqtt },
       throughput: tp,
+      throughputMqtt: tpMqtt,
       recovery: rec,
       journalScale: scale,
     };

@@ -1,19 +1,21 @@
 import { availableParallelism } from 'node:os';
 import { procCpuSeconds } from '../children.js';
-import { HttpsClient } from '../clients.js';
+import { HttpsClient, MqttCommander } from '../clients.js';
 import { isBroker, modbusValves, type RunContext } from '../context.js';
 import { daemonLoad, markDaemon, type RunningDaemon } from '../daemon.js';
 import { cpuTicks, stealBetween } from '../machine.js';
 import { nextMove } from '../raw-drivers.js';
 import type { CpuBudget, IntakeAlone, Throughput } from '../results.js';
+import { GATEWAY } from '../site.js';
 import { distribution, round } from '../stats.js';
 import { untilReady } from './latency.js';
 
 /**
- * Throughput: `clients` HTTPS clients over one keep-alive agent, each with its own valve,
- * each sending its next command as soon as the last one is answered (confirmed by readback,
- * journaled durably). Counted over a window after a warm-up; every loop ends at
- * the window's end and every request has a timeout.
+ * Throughput: `clients` clients, each with its own valve, each sending its next command as
+ * soon as the last one is answered (confirmed by readback, journaled durably). Over HTTPS they
+ * share one keep-alive agent; over MQTT one connection (as a plant system's would be): each
+ * command a QoS 1 publish, answered by the result the gateway publishes. Counted over a window
+ * after a warm-up; every loop ends at the window's end and every request has a timeout.
  */
 
 /** The target's rate (issue 14): confirmed commands per second. */
@@ -32,6 +34,8 @@ export async function throughput(
   simulatorReadMs: number,
   /** The raw Modbus driver's CPU per request (the baseline); null when not measured. */
   driverCpuMsPerRequest: number | null,
+  /** The intake the clients send their commands over. */
+  intake: 'https' | 'mqtt' = 'https',
 ): Promise<Throughput> {
   const { options } = ctx;
   const valves = modbusValves(ctx).slice(0, options.clients);
@@ -39,6 +43,7 @@ export async function throughput(
     { port: daemon.site.httpsPort, ca: ctx.credentials.ca, token: ctx.credentials.token },
     valves.length,
   );
+  let mqtt: MqttCommander | null = null;
   const states = await ctx.plant.child.request<Record<string, string>>('states');
   const run = Date.now().toString(36);
   const done: Done[] = [];
@@ -49,8 +54,13 @@ export async function throughput(
     const mqttConnected =
       (JSON.parse((await https.get('/readyz')).body) as { checks?: { mqtt?: { ok?: boolean } } })
         .checks?.mqtt?.ok === true;
+    if (intake === 'mqtt') {
+      if (!isBroker(ctx.broker)) throw new Error('throughput over MQTT needs the broker');
+      mqtt = await MqttCommander.connect(ctx.broker.url, GATEWAY, 'throughput');
+    }
+    const send = sender(https, mqtt);
     ctx.progress(
-      `throughput: ${valves.length} HTTPS clients, ${options.warmupSeconds} s warm-up + ${options.throughputSeconds} s`,
+      `throughput: ${valves.length} ${intake === 'mqtt' ? 'MQTT clients over one connection' : 'HTTPS clients'}, ${options.warmupSeconds} s warm-up + ${options.throughputSeconds} s`,
     );
     const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
     let stopped = false;
@@ -100,12 +110,7 @@ export async function throughput(
           let outcome: string;
           const key = `tp-${run}-${c}-${i}`;
           try {
-            const a = await https.command(key, { device, action: move.action });
-            const body = JSON.parse(a.body) as { state?: string; code?: string };
-            outcome =
-              a.status === 200 && body.state === 'confirmed'
-                ? 'confirmed'
-                : `${a.status} ${body.code ?? body.state ?? ''}`;
+            outcome = await send(key, device, move.action);
           } catch (error) {
             outcome = error instanceof Error ? error.message.slice(0, 80) : String(error);
           }
@@ -139,8 +144,11 @@ export async function throughput(
         : perCommand(journalMethods.reduce((sum, m) => sum + (m?.totalMs ?? 0), 0)),
       driverCpuMsPerRequest === null ? null : round(driverCpuMsPerRequest * requests),
     );
-    const intakeAlone = await intakeWindow(ctx, daemon, https, lastKeys);
+    // The HTTPS intake's lightest request, under the same clients: HTTPS's own bound.
+    const intakeAlone =
+      intake === 'https' ? await intakeWindow(ctx, daemon, https, lastKeys) : undefined;
     return {
+      intake,
       clients: valves.length,
       valves: valves.length,
       seconds: round(seconds),
@@ -163,11 +171,31 @@ export async function throughput(
       cpuCores: { daemon: load.cpuCores, ...cpu },
       daemon: load,
       cpuBudget,
-      intakeAlone,
+      ...(intakeAlone === undefined ? {} : { intakeAlone }),
     };
   } finally {
     https.close();
+    await mqtt?.close();
   }
+}
+
+/** Sends one command and says how it ended: `confirmed`, or what came instead. */
+type Send = (key: string, device: string, action: string) => Promise<string>;
+
+function sender(https: HttpsClient, mqtt: MqttCommander | null): Send {
+  if (mqtt !== null) {
+    return async (key, device, action) => {
+      const r = await mqtt.command(device, { key, action, issuedAt: new Date().toISOString() });
+      return r.state === 'confirmed' ? 'confirmed' : `MQTT ${r.code ?? r.state ?? ''}`;
+    };
+  }
+  return async (key, device, action) => {
+    const a = await https.command(key, { device, action });
+    const body = JSON.parse(a.body) as { state?: string; code?: string };
+    return a.status === 200 && body.state === 'confirmed'
+      ? 'confirmed'
+      : `${a.status} ${body.code ?? body.state ?? ''}`;
+  };
 }
 
 /** The answers that came within the window: those with the `ok` outcome, and the rest by kind. */

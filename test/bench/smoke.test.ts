@@ -167,6 +167,10 @@ describe('npm run bench, smoke run', () => {
               ...latency('endToEnd.mqtt'),
               'replay.mqtt.latencyMs.p99',
               'replay.mqtt.controllerWrites',
+              // The same clients over one MQTT connection (bench/phases/throughput.ts).
+              'throughputMqtt.confirmedPerSecond',
+              'throughputMqtt.daemon.eventLoopUtilisation',
+              'throughputMqtt.cpuBudget.cores',
             ]
           : []),
       ];
@@ -175,6 +179,11 @@ describe('npm run bench, smoke run', () => {
       if (!broker) {
         const mqtt = (results.endToEnd as { mqtt: { skipped?: unknown } }).mqtt;
         expect(typeof mqtt.skipped).toBe('string');
+        expect(typeof (results.throughputMqtt as { skipped?: unknown }).skipped).toBe('string');
+      } else {
+        // Over MQTT the commands were confirmed (the window of a second may count none).
+        const tm = results.throughputMqtt as { failures: Record<string, number>; intake: string };
+        expect(tm).toMatchObject({ intake: 'mqtt', failures: {} });
       }
       // A command's steps end where the next begins: their means add up to its latency's.
       const steps = (results.endToEnd as { https: { steps: StepsResult } }).https.steps;
