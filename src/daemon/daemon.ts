@@ -1,11 +1,11 @@
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino, type Logger as PinoLogger } from 'pino';
 import type { SluiceConfig } from '../config/config.js';
 import { preflight } from '../config/preflight.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { JournalUnavailableError } from '../core/errors.js';
-import type { CommandRef } from '../core/journal.js';
+import { refId, type CommandRef } from '../core/journal.js';
 import { CommandPipeline } from '../core/pipeline.js';
 import { buildDrivers } from '../drivers/inventory.js';
 import { HttpsIntake } from '../intake/https.js';
@@ -13,13 +13,20 @@ import { IdentityRegistry } from '../intake/identities.js';
 import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
 import { checkUpgradeRoom } from '../journal/connection.js';
-import { refuseDamagedJournal } from '../journal/integrity.js';
+import { checkJournal } from '../journal/integrity.js';
 import { countRowsOffThread } from '../journal/row-counts.js';
 import { lockJournal, unwritable } from '../journal/writer-lock.js';
 import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { CountedRetentionSweeper, Metrics } from './metrics.js';
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
+import {
+  extendWhile,
+  journalCheckPhase,
+  recoveryPhase,
+  startProgressIntervalMs,
+  type StartProgressOptions,
+} from './start-progress.js';
 import {
   ProbeCache,
   readiness,
@@ -50,6 +57,12 @@ export interface DaemonOptions {
    * still open. Below the unit's TimeoutStartSec=.
    */
   readonly readyBoundMs?: number;
+  /**
+   * How often a long phase of the start (the journal check, the settling READY waits for) is
+   * looked at, and the start extended (EXTEND_TIMEOUT_USEC, twice this) when it advanced: by
+   * default half WatchdogSec= (WATCHDOG_USEC), else 10 s (start-progress.ts).
+   */
+  readonly startProgressIntervalMs?: number;
 }
 
 /** How often the STATUS= line is looked at after READY (sent only when it changed). */
@@ -75,6 +88,7 @@ export class Daemon {
   private readonly clocks: GatewayClocks;
   private readonly clock: Clock;
   private readonly notifier: ServiceNotifier;
+  private readonly startProgress: StartProgressOptions;
   private readonly shutdownBoundMs: number;
   private stopping: Promise<void> | null = null;
   /** The recovered commands READY waited for, and how many of them are still open. */
@@ -97,6 +111,7 @@ export class Daemon {
     clocks: GatewayClocks;
     clock: Clock;
     notifier: ServiceNotifier;
+    startProgress: StartProgressOptions;
     shutdownBoundMs: number;
     httpsIntake: HttpsIntake | null;
     mqttIntake: MqttIntake | null;
@@ -112,6 +127,7 @@ export class Daemon {
     this.clock = parts.clock;
     this.probes = new ProbeCache(() => parts.clock.elapsed());
     this.notifier = parts.notifier;
+    this.startProgress = parts.startProgress;
     this.shutdownBoundMs = parts.shutdownBoundMs;
     this.httpsIntake = parts.httpsIntake;
     this.mqttIntake = parts.mqttIntake;
@@ -134,8 +150,14 @@ export class Daemon {
       }
     };
     // Opened first and closed last: the watchdog pings run through a long start (OPC UA PKI,
-    // recovery) and through the graceful drain at stop.
+    // the journal check, recovery) and through the graceful drain at stop; a long start also
+    // tells systemd that it goes on (EXTEND_TIMEOUT_USEC: pings do not move TimeoutStartSec=).
     const notifier = options.notifier ?? serviceNotifier(process.env, logger);
+    const startProgress: StartProgressOptions = {
+      notifier,
+      logger,
+      intervalMs: options.startProgressIntervalMs ?? startProgressIntervalMs(process.env),
+    };
     releasers.push({
       name: 'service notification',
       release: () => {
@@ -171,9 +193,20 @@ export class Daemon {
       // An upgrade the filesystem has no room for is refused before the check reads the file.
       checkUpgradeRoom(journalPath, config.journal.busyTimeoutMs);
       // A damaged page is met only when a statement reads it: checked first, so that the
-      // daemon does not run on a journal that lost keys or open commands (I1, I5).
+      // daemon does not run on a journal that lost keys or open commands (I1, I5). It reads the
+      // whole file: on a large journal, longer than TimeoutStartSec= may allow, so the start is
+      // extended while the check reads (start-progress.ts).
       const checking = performance.now();
-      await refuseDamagedJournal(journalPath, config.journal.busyTimeoutMs);
+      const journalBytes = fileBytes(journalPath) + fileBytes(`${journalPath}-wal`);
+      logger.info(
+        { path: journalPath, journalMb: Math.round(journalBytes / 1_000_000) },
+        'checking the journal (SQLite quick_check, every page of it)',
+      );
+      const check = checkJournal(journalPath, config.journal.busyTimeoutMs);
+      await extendWhile(journalCheckPhase(check.bytesRead, journalBytes), check.done, {
+        ...startProgress,
+        thenExtend: 'journal checked; opening it and connecting to the PLCs',
+      });
       logger.info(
         { path: journalPath, ms: Math.round(performance.now() - checking) },
         'journal checked (SQLite quick_check)',
@@ -235,6 +268,13 @@ export class Daemon {
       } catch (error) {
         logger.warn({ err: error }, 'the journal cannot be read at start; the sweep retries');
       }
+      // Which of them are still open, for the status line while READY waits: followed by
+      // their settlements from before recovery takes them up (no query: listing the open
+      // commands again costs a read of the journal).
+      const stillOpen = new Set(openAtStart.map(refId));
+      const followed = pipeline.onSettled((record) => {
+        stillOpen.delete(refId(record));
+      });
       const recovered = pipeline.recover();
       if (recovered > 0)
         logger.warn({ open: recovered }, 'recovering open commands from the journal');
@@ -324,6 +364,7 @@ export class Daemon {
         clocks,
         clock,
         notifier,
+        startProgress,
         shutdownBoundMs: boundMs,
         httpsIntake,
         mqttIntake,
@@ -363,7 +404,10 @@ export class Daemon {
         },
         'sluiced started',
       );
-      void daemon.announceReady(openAtStart, options.readyBoundMs ?? 45_000);
+      void daemon.announceReady(
+        { refs: openAtStart, stillOpen, unfollow: followed },
+        options.readyBoundMs ?? 45_000,
+      );
       return daemon;
     } catch (error) {
       await release();
@@ -375,13 +419,34 @@ export class Daemon {
    * READY=1 once the intakes listen (Daemon.start has returned) and the commands the journal
    * held open at start have settled, within `boundMs`. Not sent once a stop has begun.
    */
-  private async announceReady(recovered: readonly CommandRef[], boundMs: number): Promise<void> {
+  private async announceReady(
+    at: {
+      readonly refs: readonly CommandRef[];
+      /** Those not settled yet, as their settlements have been seen. */
+      readonly stillOpen: ReadonlySet<string>;
+      readonly unfollow: () => void;
+    },
+    boundMs: number,
+  ): Promise<void> {
+    const recovered = at.refs;
     let open: number;
     try {
-      open = await this.pipeline.waitForAllSettled(recovered, boundMs);
+      // A start made long by the journal check is past TimeoutStartSec= already: this wait is
+      // extended too, or systemd would end the start in it.
+      const waiting = this.pipeline.waitForAllSettled(recovered, boundMs);
+      open =
+        recovered.length === 0
+          ? await waiting
+          : await extendWhile(
+              recoveryPhase(recovered.length, () => at.stillOpen.size, boundMs),
+              waiting,
+              this.startProgress,
+            );
     } catch (error) {
       this.logger.warn({ err: error }, 'recovery: the journal cannot be read');
       open = recovered.length;
+    } finally {
+      at.unfollow();
     }
     if (this.stopping !== null) return;
     if (open > 0) {
@@ -476,6 +541,15 @@ export class Daemon {
       this.logger.info({}, 'sluiced stopped');
     })();
     return this.stopping;
+  }
+}
+
+/** A file's size in bytes; 0 when there is none. */
+function fileBytes(path: string): number {
+  try {
+    return statSync(path).size;
+  } catch {
+    return 0;
   }
 }
 

@@ -3,8 +3,9 @@ import type { Logger as PinoLogger } from 'pino';
 
 /**
  * The service manager's notification protocol (sd_notify(3)): READY=1 once the daemon serves,
- * WATCHDOG=1 from the event loop at half of WATCHDOG_USEC, STOPPING=1 when a stop begins, and
- * a STATUS= line for `systemctl status`. Without NOTIFY_SOCKET it is silent and loads nothing.
+ * WATCHDOG=1 from the event loop at half of WATCHDOG_USEC, EXTEND_TIMEOUT_USEC= while a long
+ * start makes progress, STOPPING=1 when a stop begins, and a STATUS= line for `systemctl
+ * status`. Without NOTIFY_SOCKET it is silent and loads nothing.
  *
  * Why the native module unix-dgram: Node's dgram has no AF_UNIX datagram sockets. The other
  * way, running `systemd-notify` (systemd-notify(1)), sends from a child: without privileges
@@ -25,6 +26,12 @@ export interface ServiceNotifier {
   ready(status: string): void;
   /** A new status line alone (`systemctl status`), after READY: what changed since. */
   status(status: string): void;
+  /**
+   * EXTEND_TIMEOUT_USEC= with a status line, before READY: the start goes on, and systemd is to
+   * wait `ms` more from now, past TimeoutStartSec= if need be (sd_notify(3); systemd 236). Sent
+   * only while a long phase of the start shows progress (start-progress.ts).
+   */
+  extendStart(ms: number, status: string): void;
   /** STOPPING=1 with a status line: a graceful stop has begun. */
   stopping(status: string): void;
   /** Stops the watchdog pings and closes the socket. Idempotent. */
@@ -51,6 +58,7 @@ interface UnixDgram {
 const silent: ServiceNotifier = {
   ready: () => undefined,
   status: () => undefined,
+  extendStart: () => undefined,
   stopping: () => undefined,
   close: () => undefined,
 };
@@ -133,6 +141,9 @@ export function serviceNotifier(env: NodeJS.ProcessEnv, logger: PinoLogger): Ser
     },
     status: (status) => {
       send(`STATUS=${statusLine(status)}`);
+    },
+    extendStart: (ms, status) => {
+      send(`EXTEND_TIMEOUT_USEC=${Math.ceil(ms * 1000)}\nSTATUS=${statusLine(status)}`);
     },
     stopping: (status) => {
       send(`STOPPING=1\nSTATUS=${statusLine(status)}`);

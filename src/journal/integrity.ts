@@ -1,6 +1,13 @@
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import { JournalDamagedError } from '../core/errors.js';
+
+/** The check thread's first message: where its I/O counters are (null where none are kept). */
+interface ThreadMessage {
+  readonly kind: 'thread';
+  readonly io: string | null;
+}
 
 /** What the check thread found: SQLite's quick_check lines, or the error that stopped it. */
 type Outcome =
@@ -21,9 +28,16 @@ const REPORTED = 3;
  * opened: the journal's open refuses it and leaves it as it is.
  */
 const PROGRAM = `
-const { closeSync, existsSync, openSync, readSync } = require('node:fs');
+const { closeSync, existsSync, openSync, readSync, readlinkSync } = require('node:fs');
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.sqlite);
+// This thread's own I/O counters (Linux: /proc/thread-self is "<pid>/task/<tid>"), read by the
+// main thread while quick_check runs here: what it has read so far.
+try {
+  parentPort.postMessage({ kind: 'thread', io: '/proc/' + readlinkSync('/proc/thread-self') + '/io' });
+} catch {
+  parentPort.postMessage({ kind: 'thread', io: null });
+}
 function ours(path) {
   const header = Buffer.alloc(100);
   let fd = null;
@@ -70,15 +84,37 @@ const SQLITE = createRequire(import.meta.url).resolve('better-sqlite3');
  * structure (not that the indexes match their tables: integrity_check, about twice the time).
  * Measured (2026-12-04, 2 busy cores, the file in the page cache): 0.22 s for a journal of
  * 100,000 settled commands (86 MB), 12–15 s for 1,000,000 (870 MB); it reads the whole file, so
- * from a cold disk it takes at least what the disk needs to read it. Off the event loop: the
- * watchdog pings go on meanwhile, and the daemon logs how long it took.
+ * from a cold disk it takes at least what the disk needs to read it (again on 2026-12-04: 0.5–1 s
+ * and 2.6–5.6 s in the page cache, 2–3 s and 23–29 s with the file dropped from it — a start after
+ * a boot). Off the event loop: the daemon tells systemd that the start goes on while the check
+ * reads (EXTEND_TIMEOUT_USEC, checkJournal's bytesRead), and logs how long it took.
  *
  * Resolves when the journal is absent (created new) or whole, and when it is not one or SQLite
  * could not read it at all (not a database, cannot be opened): the open that follows says those
  * in its own words.
  */
 export async function refuseDamagedJournal(path: string, busyTimeoutMs = 2000): Promise<void> {
-  const outcome = await new Promise<Outcome>((resolve, reject) => {
+  return checkJournal(path, busyTimeoutMs).done;
+}
+
+/** The check of refuseDamagedJournal while it runs. */
+export interface JournalCheck {
+  /** Settles as refuseDamagedJournal's promise does. */
+  readonly done: Promise<void>;
+  /**
+   * The bytes the check's thread has read so far (its `rchar` in /proc: reads from the page
+   * cache count too), or null when this system does not say (no /proc/thread-self, no task I/O
+   * accounting) or the thread has not started or has ended. Growth is the proof that the
+   * check is getting on (the start's EXTEND_TIMEOUT_USEC, src/daemon/start-progress.ts): a
+   * thread held in a read the disk never answers reads nothing more.
+   */
+  readonly bytesRead: () => number | null;
+}
+
+/** refuseDamagedJournal, with a look at how far its thread has read. */
+export function checkJournal(path: string, busyTimeoutMs = 2000): JournalCheck {
+  let io: string | null = null;
+  const outcome = new Promise<Outcome>((resolve, reject) => {
     const worker = new Worker(PROGRAM, {
       eval: true,
       workerData: { path, sqlite: SQLITE, busyTimeoutMs, limit: REPORTED },
@@ -87,15 +123,35 @@ export async function refuseDamagedJournal(path: string, busyTimeoutMs = 2000): 
       stderr: false,
     });
     let result: Outcome | null = null;
-    worker.once('message', (message: Outcome) => {
-      result = message;
+    worker.on('message', (message: Outcome | ThreadMessage) => {
+      if (message.kind === 'thread') io = message.io;
+      else result = message;
     });
     worker.once('error', reject);
     worker.once('exit', (code) => {
+      io = null;
       if (result !== null) resolve(result);
       else reject(new Error(`the journal's check thread exited ${code} without an answer`));
     });
   });
+  const bytesRead = (): number | null => {
+    if (io === null) return null;
+    try {
+      const rchar = /^rchar:\s*(\d+)$/m.exec(readFileSync(io, 'utf8'))?.[1];
+      return rchar === undefined ? null : Number(rchar);
+    } catch {
+      return null;
+    }
+  };
+  return {
+    done: outcome.then((o) => {
+      judge(path, o);
+    }),
+    bytesRead,
+  };
+}
+
+function judge(path: string, outcome: Outcome): void {
   let found: string;
   if (outcome.kind === 'checked') {
     if (outcome.lines.length === 1 && outcome.lines[0] === 'ok') return;

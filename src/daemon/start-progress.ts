@@ -1,0 +1,184 @@
+import type { Logger as PinoLogger } from 'pino';
+import { watchdogIntervalMs, type ServiceNotifier } from './notify.js';
+
+/**
+ * A long start under systemd. With Type=notify, systemd gives the start TimeoutStartSec= (90 s in
+ * the unit) to send READY=1, then kills the daemon and, with Restart=on-failure, starts it again
+ * from the beginning. WATCHDOG=1 does not move that time: it feeds the watchdog, which runs
+ * during the start too (seen with systemd 252: a service pinging every 0.5 s with
+ * WatchdogSec=2s was stopped at its TimeoutStartSec= of 4 s). Some phases of the start grow with
+ * the journal or the backlog: the check of the whole journal (quick_check reads every page: on
+ * 2026-12-04, 23–29 s for 1,000,000 retained commands from a cold page cache on this machine's
+ * disk, and a gateway's eMMC may be several times slower) and the settling of the commands found
+ * open. A gateway whose journal had grown past what TimeoutStartSec= covers was killed in its
+ * check at every start, and never came up (reproduced with systemd 252 and a start of 5–7 s
+ * under TimeoutStartSec=4s: "start operation timed out" at every restart). Raising
+ * TimeoutStartSec= to the largest journal would also leave a start that hangs (a dead disk)
+ * undetected for as long.
+ *
+ * What systemd offers for it (sd_notify(3), systemd.service(5) TimeoutStartSec=):
+ * EXTEND_TIMEOUT_USEC=, repeated within the time it names until READY=1. It is sent here only
+ * while a long phase shows progress, each message for a bounded time: every half WatchdogSec=
+ * (WATCHDOG_USEC; 10 s at most, and without a watchdog) the phase is looked at, and when it
+ * advanced since the last look the start is extended by twice that period (WatchdogSec=) from
+ * now. A phase that stops advancing gets no more: once TimeoutStartSec= has passed, systemd ends
+ * the start at most two periods after its last progress, as it ends a running daemon whose event
+ * loop stops for WatchdogSec=. The messages go from a timer on the event loop (a blocked loop sends none), while
+ * the work runs elsewhere (the check on its own thread, the settling on the drivers' I/O).
+ */
+
+/** What a look at a phase found. */
+export interface PhaseLook {
+  /**
+   * Whether it advanced since the last look (the first: since it began): the only ground for
+   * an extension.
+   */
+  readonly advanced: boolean;
+  /**
+   * What it is doing, for STATUS= and the log: "checking the journal (915 MB): 312 MB read so
+   * far".
+   */
+  readonly status: string;
+  /** Numbers for the log line. */
+  readonly fields: Record<string, unknown>;
+  /** When it did not advance: why, for the log. */
+  readonly stall?: string;
+}
+
+/** A phase of the start whose length grows with the journal or the backlog. */
+export interface StartPhase {
+  /** Its name in the log: "journal check", "recovery". */
+  readonly name: string;
+  look(): PhaseLook;
+}
+
+export interface StartProgressOptions {
+  readonly notifier: ServiceNotifier;
+  readonly logger: PinoLogger;
+  /** How often a phase is looked at; each extension is twice this. */
+  readonly intervalMs: number;
+}
+
+/**
+ * Without a watchdog, as with the unit's WatchdogSec=20s; and at most: the first extension must
+ * reach systemd before TimeoutStartSec= has passed (systemd.service(5)), and a long WatchdogSec=
+ * would put the first look past it.
+ */
+const LONGEST_INTERVAL_MS = 10_000;
+
+/** The look period for this process: half WatchdogSec= (WATCHDOG_USEC), at most 10 s. */
+export function startProgressIntervalMs(env: NodeJS.ProcessEnv): number {
+  return Math.min(watchdogIntervalMs(env) ?? LONGEST_INTERVAL_MS, LONGEST_INTERVAL_MS);
+}
+
+/**
+ * Runs until `work` settles, extending the start while `phase` advances; with `thenExtend`, once
+ * more when it has succeeded (its end is progress: what follows it, the short phases up to the
+ * next long one or READY, starts with a whole extension). Each look is logged, so that
+ * `journalctl -u sluiced` says why the start is long.
+ */
+export async function extendWhile<T>(
+  phase: StartPhase,
+  work: Promise<T>,
+  options: StartProgressOptions & { readonly thenExtend?: string },
+): Promise<T> {
+  const { notifier, logger, intervalMs } = options;
+  const extensionMs = 2 * intervalMs;
+  const began = performance.now();
+  const seconds = (): number => Math.round((performance.now() - began) / 100) / 10;
+  let stalled = false;
+  const timer = setInterval(() => {
+    const look = phase.look();
+    const fields = { phase: phase.name, elapsedS: seconds(), ...look.fields };
+    if (look.advanced) {
+      stalled = false;
+      notifier.extendStart(extensionMs, `starting: ${look.status}`);
+      logger.info(
+        { ...fields, extendedMs: extensionMs },
+        `start: ${look.status} (${seconds()} s so far; start time extended)`,
+      );
+    } else if (!stalled) {
+      // Once per stall: the log says when progress stopped, and when it resumes (above).
+      stalled = true;
+      logger.warn(
+        fields,
+        `start: ${phase.name}: ${look.stall ?? 'no progress'}; the start time is not extended (systemd ends the start when it runs out)`,
+      );
+    }
+  }, intervalMs);
+  // What runs the phase (a thread, sockets) keeps the process alive, not this timer.
+  timer.unref();
+  try {
+    const result = await work;
+    if (options.thenExtend !== undefined) {
+      notifier.extendStart(extensionMs, `starting: ${options.thenExtend}`);
+    }
+    return result;
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/** Megabytes, whole. */
+function mb(bytes: number): number {
+  return Math.round(bytes / 1_000_000);
+}
+
+/**
+ * The journal check (src/journal/integrity.ts) as a phase: it advances when its thread has read
+ * more of the file since the last look.
+ */
+export function journalCheckPhase(
+  bytesRead: () => number | null,
+  journalBytes: number,
+): StartPhase {
+  let last = 0;
+  return {
+    name: 'journal check',
+    look: () => {
+      const read = bytesRead();
+      const size = `${mb(journalBytes)} MB`;
+      if (read === null) {
+        return {
+          advanced: false,
+          status: `checking the journal (${size})`,
+          fields: { journalMb: mb(journalBytes) },
+          stall:
+            "the check thread's reads cannot be seen (/proc/thread-self/io): no proof that it is getting on",
+        };
+      }
+      const advanced = read > last;
+      last = Math.max(last, read);
+      return {
+        advanced,
+        // More than the file in the end: quick_check reads some pages twice (a table's, for
+        // its constraints, besides its B-tree walk).
+        status: `checking the journal (${size}): ${mb(read)} MB read so far`,
+        fields: { readMb: mb(read), journalMb: mb(journalBytes) },
+        stall: `the check has read nothing since the last look (${mb(read)} MB read so far)`,
+      };
+    },
+  };
+}
+
+/**
+ * The wait of READY for the commands found open at start (Daemon.announceReady) as a phase: it
+ * ends by itself at its bound (a timer on the event loop), so it advances while the bound is
+ * ahead; past it (the wait's last step syncs the journal, which a dead disk can hold) it does not.
+ */
+export function recoveryPhase(total: number, stillOpen: () => number, boundMs: number): StartPhase {
+  const began = performance.now();
+  return {
+    name: 'recovery',
+    look: () => {
+      const open = stillOpen();
+      const leftS = Math.max(0, Math.ceil((boundMs - (performance.now() - began)) / 1000));
+      return {
+        advanced: leftS > 0,
+        status: `settling the commands the journal held open: ${open} of ${total} still open (READY in ${leftS} s at the latest)`,
+        fields: { open, recovered: total, boundMs },
+        stall: `the wait for the ${total} recovered commands passed its bound`,
+      };
+    },
+  };
+}
