@@ -14,7 +14,8 @@ import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { startPlant, type Plant } from '../../simulators/plant.js';
+import type { Plant } from '../../simulators/plant.js';
+import { startSecurePlant } from '../drivers/opcua-trust.js';
 import { writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest, loopbackCertificate } from '../helpers/loopback-https.js';
@@ -61,21 +62,7 @@ beforeAll(async () => {
   const sim = tempDir('sluice-sim-pki-');
   cleanups.push(site.cleanup, sim.cleanup);
   dir = site.dir;
-  plant = await startPlant(
-    {
-      control: { host: '127.0.0.1', port: 0 },
-      plcs: {
-        ua: {
-          protocol: 'opcua',
-          host: '127.0.0.1',
-          port: 0,
-          securityModes: ['None', 'SignAndEncrypt'],
-          devices: { 'ua-valve': { profile: 'valve' } },
-        },
-      },
-    },
-    { ephemeralPorts: true, control: false, pkiDir: sim.dir },
-  );
+  plant = await startSecurePlant(sim.dir);
   cleanups.push(() => plant.stop());
   const e = plant.plc('ua').endpoint;
   if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');

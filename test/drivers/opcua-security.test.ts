@@ -11,7 +11,14 @@ import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/in
 import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
 import { TcpLink } from '../helpers/tcp-link.js';
-import { linkedDriver, readWithin, secureDriver, untrusted, writeLands } from './opcua-trust.js';
+import {
+  linkedDriver,
+  readWithin,
+  secureDriver,
+  startSecurePlant,
+  untrusted,
+  writeLands,
+} from './opcua-trust.js';
 
 /**
  * OPC UA message security: Sign and SignAndEncrypt work, and a server certificate the gateway
@@ -146,21 +153,7 @@ describe('OPC UA server certificate outside its validity period', () => {
       validity: 2,
     });
     await store.dispose();
-    const p = await startPlant(
-      {
-        control: { host: '127.0.0.1', port: 0 },
-        plcs: {
-          ua: {
-            protocol: 'opcua',
-            host: '127.0.0.1',
-            port: 0,
-            securityModes: ['None', 'SignAndEncrypt'],
-            devices: { 'ua-valve': { profile: 'valve' } },
-          },
-        },
-      },
-      { ephemeralPorts: true, control: false, pkiDir: dir },
-    );
+    const p = await startSecurePlant(dir);
     cleanups.push(() => p.stop());
     return p;
   }

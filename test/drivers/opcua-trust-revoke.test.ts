@@ -11,9 +11,15 @@ import {
   type DeviceDriver,
 } from '../../src/core/driver.js';
 import { buildDrivers } from '../../src/drivers/inventory.js';
-import { startPlant, type Plant } from '../../simulators/plant.js';
+import type { Plant } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
-import { readWithin, untrusted, writeLands, type Cleanups } from './opcua-trust.js';
+import {
+  readWithin,
+  startSecurePlant,
+  untrusted,
+  writeLands,
+  type Cleanups,
+} from './opcua-trust.js';
 
 /**
  * An operator revokes a PLC's certificate by removing it from trusted/certs/. The gateway must
@@ -63,21 +69,7 @@ beforeAll(async () => {
   const sim = tempDir('sluice-sim-pki-');
   cleanups.push(sim.cleanup);
   simPki = sim.dir;
-  plant = await startPlant(
-    {
-      control: { host: '127.0.0.1', port: 0 },
-      plcs: {
-        ua: {
-          protocol: 'opcua',
-          host: '127.0.0.1',
-          port: 0,
-          securityModes: ['None', 'SignAndEncrypt'],
-          devices: { 'ua-valve': { profile: 'valve' } },
-        },
-      },
-    },
-    { ephemeralPorts: true, control: false, pkiDir: simPki },
-  );
+  plant = await startSecurePlant(simPki);
   const e = plant.plc('ua').endpoint;
   if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
   const client = OPCUAClient.create({ endpointMustExist: false });

@@ -1,8 +1,15 @@
 import fs, { copyFileSync, existsSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startPlant, type Plant } from '../../simulators/plant.js';
-import { linkedDriver, readWithin, secureDriver, untrusted, writeLands } from './opcua-trust.js';
+import type { Plant } from '../../simulators/plant.js';
+import {
+  linkedDriver,
+  readWithin,
+  secureDriver,
+  startSecurePlant,
+  untrusted,
+  writeLands,
+} from './opcua-trust.js';
 
 /**
  * An operator trusts a PLC's certificate by moving it from the PKI's rejected/ folder to
@@ -27,21 +34,7 @@ beforeAll(async () => {
       syscall: 'watch',
     });
   };
-  plant = await startPlant(
-    {
-      control: { host: '127.0.0.1', port: 0 },
-      plcs: {
-        ua: {
-          protocol: 'opcua',
-          host: '127.0.0.1',
-          port: 0,
-          securityModes: ['None', 'SignAndEncrypt'],
-          devices: { 'ua-valve': { profile: 'valve' } },
-        },
-      },
-    },
-    { ephemeralPorts: true, control: false },
-  );
+  plant = await startSecurePlant();
 }, 30_000);
 
 afterAll(async () => {

@@ -3,17 +3,39 @@ import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { DeviceDriver } from '../../src/core/driver.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { buildDrivers } from '../../src/drivers/inventory.js';
-import type { Plant } from '../../simulators/plant.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
 import { TcpLink } from '../helpers/tcp-link.js';
 
 /**
- * What the OPC UA trust tests share (opcua-security.test.ts, opcua-trust-unwatched.test.ts): the
- * real driver to an OPC UA PLC with SignAndEncrypt, not trusting unknown certificates, and
- * waits on what the driver and the simulator say.
+ * What the OPC UA trust tests share (opcua-security, opcua-trust-unwatched, opcua-trust-revoke
+ * and test/daemon/opcua-revoke): sluice-sim's OPC UA PLC with SignAndEncrypt, the real driver
+ * to it, not trusting unknown certificates, and waits on what the driver and the simulator say.
  */
 
 export type Cleanups = (() => Promise<void> | void)[];
+
+/**
+ * sluice-sim with one OPC UA PLC `ua` (valve `ua-valve`) offering None and SignAndEncrypt, on
+ * ephemeral ports; its own PKI in `pkiDir` (a fresh one when absent).
+ */
+export function startSecurePlant(pkiDir?: string): Promise<Plant> {
+  return startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        ua: {
+          protocol: 'opcua',
+          host: '127.0.0.1',
+          port: 0,
+          securityModes: ['None', 'SignAndEncrypt'],
+          devices: { 'ua-valve': { profile: 'valve' } },
+        },
+      },
+    },
+    { ephemeralPorts: true, control: false, ...(pkiDir === undefined ? {} : { pkiDir }) },
+  );
+}
 
 /** The first read the driver answers within `ms`, its state; null if none. */
 export async function readWithin(driver: DeviceDriver, ms: number): Promise<string | null> {
