@@ -12,9 +12,11 @@ import { HttpsIntake } from '../intake/https.js';
 import { IdentityRegistry } from '../intake/identities.js';
 import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
-import { checkUpgradeRoom } from '../journal/connection.js';
+import { checkUpgradeRoom, schemaVersion } from '../journal/connection.js';
 import { checkJournal } from '../journal/integrity.js';
+import { LATEST_VERSION } from '../journal/migrations.js';
 import { countRowsOffThread } from '../journal/row-counts.js';
+import { upgradeJournalOffThread } from '../journal/upgrade.js';
 import { lockJournal, unwritable } from '../journal/writer-lock.js';
 import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
@@ -23,6 +25,7 @@ import { serviceNotifier, type ServiceNotifier } from './notify.js';
 import {
   extendWhile,
   journalCheckPhase,
+  journalUpgradePhase,
   recoveryPhase,
   startProgressIntervalMs,
   type StartProgressOptions,
@@ -211,6 +214,40 @@ export class Daemon {
         { path: journalPath, ms: Math.round(performance.now() - checking) },
         'journal checked (SQLite quick_check)',
       );
+      // An older journal is upgraded after its check, not before: the upgrade writes into the
+      // file, and a damaged one is refused as it is (the copy would have carried into the new
+      // tables what it could read of the damaged pages, or failed halfway). On a thread of its
+      // own, as the check: the copy of every command held the event loop for seconds (3.4 s for
+      // 100,000 on a developer's machine), with no WATCHDOG=1 meanwhile, and one longer than
+      // WatchdogSec= was killed, rolled back and made again at every restart. The open below
+      // then finds the journal at this Sluice's version and migrates nothing.
+      const version = schemaVersion(journalPath, config.journal.busyTimeoutMs);
+      if (version !== null && version > 0 && version < LATEST_VERSION) {
+        const upgrading = performance.now();
+        const bytes = fileBytes(journalPath) + fileBytes(`${journalPath}-wal`);
+        logger.info(
+          { path: journalPath, journalMb: Math.round(bytes / 1_000_000), from: version },
+          `upgrading the journal from schema version ${version} to ${LATEST_VERSION}`,
+        );
+        const upgrade = upgradeJournalOffThread(journalPath, config.journal.busyTimeoutMs);
+        await extendWhile(
+          journalUpgradePhase(upgrade.bytesMoved, bytes, version, LATEST_VERSION),
+          upgrade.done,
+          {
+            ...startProgress,
+            thenExtend: 'journal upgraded; opening it and connecting to the PLCs',
+          },
+        );
+        logger.info(
+          {
+            path: journalPath,
+            from: version,
+            to: LATEST_VERSION,
+            ms: Math.round(performance.now() - upgrading),
+          },
+          `journal upgraded from schema version ${version} to ${LATEST_VERSION}`,
+        );
+      }
       const journal = SqliteJournal.open({
         path: journalPath,
         busyTimeoutMs: config.journal.busyTimeoutMs,

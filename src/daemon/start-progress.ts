@@ -24,7 +24,8 @@ import { watchdogIntervalMs, type ServiceNotifier } from './notify.js';
  * now. A phase that stops advancing gets no more: once TimeoutStartSec= has passed, systemd ends
  * the start at most two periods after its last progress, as it ends a running daemon whose event
  * loop stops for WatchdogSec=. The messages go from a timer on the event loop (a blocked loop sends none), while
- * the work runs elsewhere (the check on its own thread, the settling on the drivers' I/O).
+ * the work runs elsewhere (the check and an older journal's upgrade on threads of their own, the
+ * settling on the drivers' I/O).
  */
 
 /** What a look at a phase found. */
@@ -156,6 +157,46 @@ export function journalCheckPhase(
         status: `checking the journal (${size}): ${mb(read)} MB read so far`,
         fields: { readMb: mb(read), journalMb: mb(journalBytes) },
         stall: `the check has read nothing since the last look (${mb(read)} MB read so far)`,
+      };
+    },
+  };
+}
+
+/**
+ * The upgrade of an older journal to this Sluice's schema (src/journal/upgrade.ts) as a phase:
+ * it advances when its thread has read or written more since the last look (the old tables
+ * read, the new ones written to the log and the file, SQLite's sorts spilled to their temporary
+ * files). A copy held in a write the disk never answers moves nothing more.
+ */
+export function journalUpgradePhase(
+  bytesMoved: () => number | null,
+  journalBytes: number,
+  from: number,
+  to: number,
+): StartPhase {
+  let last = 0;
+  return {
+    name: 'journal upgrade',
+    look: () => {
+      const moved = bytesMoved();
+      const what = `upgrading the journal (${mb(journalBytes)} MB) from schema version ${from} to ${to}`;
+      const fields = { journalMb: mb(journalBytes), from, to };
+      if (moved === null) {
+        return {
+          advanced: false,
+          status: what,
+          fields,
+          stall:
+            "the upgrade thread's reads and writes cannot be seen (/proc/thread-self/io): no proof that it is getting on",
+        };
+      }
+      const advanced = moved > last;
+      last = Math.max(last, moved);
+      return {
+        advanced,
+        status: `${what}: ${mb(moved)} MB read and written so far`,
+        fields: { ...fields, movedMb: mb(moved) },
+        stall: `the upgrade has read and written nothing since the last look (${mb(moved)} MB so far)`,
       };
     },
   };

@@ -420,6 +420,47 @@ function noRoomForIndex(path: string): string {
   return `${index}, its filesystem being full (${(free / 1024).toFixed(0)} KB free); free space there, then start again`;
 }
 
+/** What upgradeJournal did: the schema version it found, and the one it left. */
+export interface Upgrade {
+  readonly from: number;
+  readonly to: number;
+}
+
+/**
+ * The daemon's upgrade of an older journal to this Sluice's schema, with the writer lock held
+ * (src/daemon/daemon.ts runs it on a worker thread, upgrade.ts): the migrations and the
+ * checkpoint after them, as openConnection runs them, with the same refusals and messages. It
+ * is what makes a start long (a copy of every command: 3.4 s for 100,000 on a developer's
+ * machine, more on a gateway's eMMC and at a million), and on the event loop it held the
+ * watchdog's pings and the start's extensions for all that time: longer than WatchdogSec=,
+ * systemd killed the daemon mid-copy, the upgrade was rolled back, and every restart did the
+ * same. Anything but an older Sluice journal (none, a new one, one of this schema, one not
+ * ours, one newer) is left untouched for the open to judge and say.
+ */
+export function upgradeJournal(path: string, busyTimeoutMs = 2000): Upgrade | null {
+  const version = schemaVersion(path, busyTimeoutMs);
+  if (version === null || version <= 0 || version >= LATEST_VERSION) return null;
+  let db: Database;
+  try {
+    db = new BetterSqlite3(path, { fileMustExist: true, timeout: busyTimeoutMs });
+  } catch (error) {
+    openFailed(error, path);
+  }
+  try {
+    // As openConnection: refused before anything is written, then the journal's own modes.
+    refuseUpgradeWithoutRoom(path, version);
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = FULL');
+    migrate(db, version, path);
+    return { from: version, to: LATEST_VERSION };
+  } catch (error) {
+    if (error instanceof JournalUnavailableError) throw error;
+    return openFailed(error, path);
+  } finally {
+    if (db.open) db.close();
+  }
+}
+
 function migrate(db: Database, from: number, path: string): void {
   if (from === 0) {
     db.transaction(() => {
@@ -479,7 +520,7 @@ function refuseUpgradeWithoutRoom(path: string, from: number): void {
  * writing nothing: the last connection to close removes the log and its index (-shm), which a
  * read-only one leaves behind.
  */
-function schemaVersion(path: string, busyTimeoutMs: number): number | null {
+export function schemaVersion(path: string, busyTimeoutMs: number): number | null {
   try {
     const db = new BetterSqlite3(path, { fileMustExist: true, timeout: busyTimeoutMs });
     try {
