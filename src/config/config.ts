@@ -90,6 +90,12 @@ export const mqttConfigSchema = z.strictObject({
   /** MQTT 5 session expiry: queued commands survive a gateway outage this long. */
   sessionExpiryS: z.number().int().min(1).max(4_294_967_295).default(86_400),
   keepaliveS: z.number().int().min(5).max(3600).default(30),
+  /**
+   * MQTT 5 Receive Maximum, told the broker on connect: at most this many QoS 1 command
+   * messages it has sent are unacknowledged at once — the claims that may wait together for one
+   * fsync of the journal (mqtt-acks.ts). MQTT 3.1.1 has none: the broker's own window bounds it.
+   */
+  receiveMaximum: z.number().int().min(1).max(65_535).default(100),
   /** Topics are `{topicRoot}/{gatewayId}/…`; every gateway on a broker should share it. */
   topicRoot: z
     .string()

@@ -348,6 +348,9 @@ export class MqttSession {
       options.properties = {
         sessionExpiryInterval: c.sessionExpiryS,
         maximumPacketSize: MAX_PACKET_BYTES,
+        // Without it the broker's own window bounds the command messages whose PUBACKs wait for
+        // the journal (mqtt-acks.ts): 20 in Mosquitto, unbounded in a broker set so.
+        receiveMaximum: c.receiveMaximum,
       };
     }
     if (c.username !== undefined) options.username = c.username;

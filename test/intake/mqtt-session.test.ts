@@ -353,6 +353,49 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     expect(acked.slice(-mids.length)).toEqual(mids);
   });
 
+  it('has the broker hold back the command messages past its Receive Maximum while their PUBACKs wait for a stalled fsync', async () => {
+    // mqtt.receiveMaximum bounds the claims that wait for one fsync (mqtt-acks.ts): the broker
+    // sends no more unacknowledged QoS 1 messages than the gateway told it (MQTT 5 §3.3.4).
+    await intake.stop();
+    await startIntake({ receiveMaximum: 2 });
+    const devices = ['v2', 'v1', 'u1'];
+    const keys = devices.map(() => randomUUID());
+    const before = devices.map(writes);
+    const heldBack = `${PREFIX}/cmd/u1`;
+    const delivered = site.broker.deliveriesTo(CLIENT_ID, heldBack).length;
+    const pool = holdThreadPool();
+    try {
+      for (let i = 0; i < devices.length; i++) {
+        await issuer.publish(
+          `${PREFIX}/cmd/${devices[i]!}`,
+          timed({ action: moveOf(devices[i]!), key: keys[i], ttlMs: 60_000 }),
+        );
+      }
+      // Behind them a QoS 0 message, which no window holds back: once its answer is out, every
+      // message the broker sent before it has been taken.
+      const probe = randomUUID();
+      await issuer.publish(`${PREFIX}/cmd/v1`, { key: probe, action: 'fly' }, { qos: 0 });
+      await observer.waitFor(resultFor(probe, 'v1'), 10_000, 'the QoS 0 answer');
+      const claimed = keys.map(
+        (key) => site.stack.pipeline.get({ scope: 'plant', key }) !== undefined,
+      );
+      expect(claimed).toEqual([true, true, false]);
+      expect(site.broker.deliveriesTo(CLIENT_ID, heldBack)).toHaveLength(delivered);
+      expect(devices.map(writes)).toEqual(before);
+    } finally {
+      await pool.release();
+    }
+    // The PUBACKs out, the broker sends the third; each command runs once.
+    for (let i = 0; i < devices.length; i++) {
+      const result = await observer.waitFor(resultFor(keys[i]!, devices[i]!), 15_000, 'result');
+      expect(result.json()).toMatchObject({ state: 'confirmed', replayed: false });
+    }
+    expect(devices.map(writes)).toEqual(before.map((n) => n + 1));
+    expect(site.broker.deliveriesTo(CLIENT_ID, heldBack)).toHaveLength(delivered + 1);
+    await intake.stop();
+    await startIntake();
+  });
+
   it('answers a QoS 0 command whose claim the journal could not commit (JOURNAL_UNAVAILABLE), writes nothing, keeps the connection; sent again it runs once', async () => {
     const key = randomUUID();
     const topic = `${PREFIX}/cmd/v1`;
