@@ -18,7 +18,7 @@ import {
   type WriteValueOptions,
 } from 'node-opcua';
 import { Backoff } from '../backoff.js';
-import type { Clock } from '../core/clock.js';
+import { MAX_TIMER_MS, timer, type Clock } from '../core/clock.js';
 import {
   DeviceRefusedError,
   DeviceUnreachableError,
@@ -330,6 +330,12 @@ interface CertificateRefusal {
   readonly kept?: readonly string[];
 }
 
+/** The first certificate of a chain as the server sent it: its own. */
+function readLeaf(chain: Buffer | Buffer[]): CertificateFacts | null {
+  const der = Array.isArray(chain) ? chain[0] : chain;
+  return der === undefined ? null : readCertificate(der);
+}
+
 function readCertificate(der: Buffer): CertificateFacts | null {
   try {
     const x509 = new X509Certificate(der);
@@ -526,6 +532,8 @@ interface SessionTrust {
   readonly client: OPCUAClient;
   /** Its chain as the server sent it, the server's own first. */
   readonly certificate: Buffer | Buffer[];
+  /** The server's own certificate, read (null: not readable here; the store decided on it). */
+  readonly facts: CertificateFacts | null;
   /** The store's check of a certificate, with what it refused, if it did. */
   readonly verify: (certificate: Buffer | Buffer[]) => Promise<{
     readonly status: StatusCode | Error;
@@ -564,6 +572,8 @@ export class OpcuaEndpoint {
   /** The check of it under way after trusted/certs/ changed (settleTrust). */
   private review: Promise<void> | null = null;
   private unwatchTrust: (() => void) | null = null;
+  /** Cancels the timer set for the end of the session's server certificate's validity. */
+  private cancelValidity: (() => void) | null = null;
 
   constructor(options: OpcuaEndpointOptions) {
     this.o = options;
@@ -643,6 +653,8 @@ export class OpcuaEndpoint {
    * after it (DeviceRefusedError).
    */
   async write(values: WriteValueOptions[], trigger: boolean, signal?: AbortSignal): Promise<void> {
+    // A server certificate expired since the caller's check (settleTrust) gets nothing either.
+    this.checkValidity();
     const session = this.ready(signal);
     // The caller settled the trust just before (OpcuaDeviceDriver.write), and checked the
     // command's deadline after; trusted/certs/ changed since then (a moment ago) is not waited
@@ -682,10 +694,12 @@ export class OpcuaEndpoint {
   /**
    * Resolves once the open session's server certificate has been checked against the trusted
    * certificates as they are now; one no longer trusted has its session closed (`revoke`), so
-   * that the request the caller is about to send is refused as not sent. Without a change to
-   * trusted/certs/ since the last check, at once. Never rejects.
+   * that the request the caller is about to send is refused as not sent. So is one whose validity
+   * period the gateway's clock has left (`checkValidity`). Without a change to trusted/certs/
+   * since the last check, at once. Never rejects.
    */
   async settleTrust(): Promise<void> {
+    this.checkValidity();
     for (;;) {
       const t = this.trust;
       if (t === null || t.revision === this.o.pki.pollTrust()) return;
@@ -721,8 +735,7 @@ export class OpcuaEndpoint {
     status: StatusCode | Error,
     refusal: CertificateRefusal | null,
   ): void {
-    const leaf = Array.isArray(t.certificate) ? t.certificate[0] : t.certificate;
-    const facts = leaf === undefined ? null : readCertificate(leaf);
+    const facts = t.facts;
     const now = this.o.pki.trustedCertificates();
     const removed = t.trustedBy.filter(
       (f) => !now.some((n) => n.file === f.file && n.thumbprint === f.thumbprint),
@@ -754,10 +767,75 @@ export class OpcuaEndpoint {
     this.drop(t.client, reason);
   }
 
+  /**
+   * Closes the session (`expire`) if the gateway's clock is outside its server certificate's
+   * validity period, as the store's check refuses such a certificate at connection
+   * (BadCertificateTimeInvalid): a PLC must not keep receiving writes on a session opened while
+   * its certificate was valid. Looked at before every request, so that a wall clock stepped past
+   * the certificate's notAfter is caught too, and at notAfter itself (`watchValidity`).
+   */
+  private checkValidity(): void {
+    const t = this.trust;
+    if (t === null || t.facts === null) return;
+    const at = this.o.clock.now();
+    if (at < t.facts.validFrom || at > t.facts.validTo) this.expire(t, t.facts, at);
+  }
+
+  /**
+   * Sets a timer for just past the session's server certificate's notAfter, so that an idle
+   * session is closed when it expires, without a request to notice it. The timer runs on the
+   * monotonic clock and is bounded (MAX_TIMER_MS, about 24.8 days, as every timer must be):
+   * when it fires before the wall clock says notAfter (the bound, or the clock stepped back) it
+   * is set again.
+   */
+  private watchValidity(): void {
+    this.cancelValidity?.();
+    this.cancelValidity = null;
+    this.checkValidity();
+    const t = this.trust;
+    // A date Node could not parse (NaN) would make the timer fire at once, again and again.
+    if (t === null || t.facts === null || !Number.isFinite(t.facts.validTo)) return;
+    const ms = Math.min(Math.max(t.facts.validTo - this.o.clock.now() + 1, 1), MAX_TIMER_MS);
+    this.cancelValidity = timer(this.o.clock, ms, () => {
+      this.cancelValidity = null;
+      if (this.trust === t) this.watchValidity();
+    });
+  }
+
+  /**
+   * The session's server certificate has expired (or is not yet valid, the gateway's clock
+   * stepped back): the session is closed as for a revocation (`revoke`), and the next connection
+   * is refused by the store's check with the certificate's dates.
+   */
+  private expire(t: SessionTrust, facts: CertificateFacts, at: number): void {
+    const iso = (ms: number): string => new Date(ms).toISOString();
+    const when =
+      at > facts.validTo
+        ? `expired on ${iso(facts.validTo)}`
+        : `is not valid before ${iso(facts.validFrom)}`;
+    const reason = `${certificateName(facts, this.o.endpointUrl)} ${when} (the gateway's clock reads ${iso(at)}); the session with it was closed, and no request goes to it until the PLC's certificate is renewed, or the PLC's or the gateway's clock set right (BadCertificateTimeInvalid)`;
+    this.log.error(
+      {
+        endpointUrl: this.o.endpointUrl,
+        thumbprint: facts.thumbprint,
+        subject: facts.subject,
+        removed: [],
+        status: StatusCodes.BadCertificateTimeInvalid.name,
+        notBefore: iso(facts.validFrom),
+        notAfter: iso(facts.validTo),
+        at: iso(at),
+      },
+      'opc ua server certificate no longer trusted: session closed',
+    );
+    this.drop(t.client, reason);
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     this.unwatchTrust?.();
     this.unwatchTrust = null;
+    this.cancelValidity?.();
+    this.cancelValidity = null;
     const client = this.client;
     const session = this.session;
     this.session = null;
@@ -820,6 +898,8 @@ export class OpcuaEndpoint {
     this.client = null;
     this.session = null;
     this.trust = null;
+    this.cancelValidity?.();
+    this.cancelValidity = null;
     this.starting = null;
     this.epoch++;
     this.linkUp = false;
@@ -910,11 +990,13 @@ export class OpcuaEndpoint {
           return;
         }
         if (this.trust !== null && certificate !== undefined) {
-          this.trust = { ...this.trust, certificate, revision, trustedBy };
+          const facts = readLeaf(certificate);
+          this.trust = { ...this.trust, certificate, facts, revision, trustedBy };
         }
         this.linkUp = true;
         this.health.connected();
         this.log.info({}, 'opc ua connection re-established');
+        this.watchValidity();
       })();
     });
     client.on('backoff', (count: number, delay: number) => {
@@ -976,6 +1058,7 @@ export class OpcuaEndpoint {
         : {
             client,
             certificate,
+            facts: readLeaf(certificate),
             verify: async (certificate) => {
               check.refused = null;
               let status: StatusCode | Error;
@@ -998,6 +1081,7 @@ export class OpcuaEndpoint {
       { endpointUrl: this.o.endpointUrl, namespaceIndex: this.namespaceIndex },
       'opc ua session open',
     );
+    this.watchValidity();
   }
 }
 
