@@ -402,7 +402,10 @@ function environmentProblems(file: unknown, settings: readonly EnvironmentOverri
  */
 export function withoutPassword(url: string): string {
   // Also when the scheme is misspelt (`mqtt//user:secret@host`): that value is echoed too.
-  return url.replace(/^((?:[^/?#@]*\/\/)?[^/?#@:]*):[^/?#@]*@/, '$1:***@');
+  // The user info runs to the last `@` before the path, as MQTT.js (url.parse) and WHATWG URL
+  // read it: up to the first `@`, a user with an `@` of its own (`mqtt://op@line2:secret@host`)
+  // hid its password, which was then taken and shown, and `secret@word` showed `word`.
+  return url.replace(/^((?:[^/?#@]*\/\/)?[^/?#:]*):[^/?#]*@/, '$1:***@');
 }
 
 /** An issue's message, naming the variable when the value came from the environment. */

@@ -9,7 +9,7 @@ import { isAbsolute, join, relative } from 'node:path';
 import { Aedes } from 'aedes';
 import { pino, type Logger } from 'pino';
 import { generate } from 'selfsigned';
-import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
+import { ConfigError, loadConfig, withoutPassword, type SluiceConfig } from '../config/config.js';
 import { preflight } from '../config/preflight.js';
 import { Daemon, type Readiness } from '../daemon/daemon.js';
 import { routeOpcuaMessages } from '../daemon/opcua-messages.js';
@@ -305,7 +305,8 @@ async function main(): Promise<void> {
         'Sluice demo is running.',
         '',
         `  HTTPS      ${base}   (self-signed: ${join(tlsDir, 'cert.pem')})`,
-        `  MQTT       ${mqttUrl}${broker === null ? ' (SLUICE_MQTT_URL)' : ' (embedded broker)'}   topics ${topics}/#`,
+        // The configuration refuses a URL with a password; shown without one all the same.
+        `  MQTT       ${withoutPassword(mqttUrl)}${broker === null ? ' (SLUICE_MQTT_URL)' : ' (embedded broker)'}   topics ${topics}/#`,
         `             ${mqttCheck.ok ? mqttCheck.detail : `NOT READY, ${mqttCheck.detail} (see the log)`}`,
         `  Devices    inlet-valve, drain-valve (Modbus TCP 127.0.0.1:5020), outlet-valve, dosing-actuator (OPC UA opc.tcp://127.0.0.1:4840)`,
         `             ${devicesCheck}`,

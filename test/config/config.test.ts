@@ -176,6 +176,19 @@ devices:
       `${refusal('mqtt//line2:***@broker')} (set by the environment: SLUICE_MQTT_URL="mqtt//line2:***@broker")`,
     ]);
     expect(misspelt.join('\n')).not.toContain('s3cret');
+    // The user info runs to the last `@` (MQTT.js takes `op@line2` as the user, `s3cret` as the
+    // password): read to the first, a user with an `@` hid the password, which was taken and
+    // shown, and a password with an `@` was shown from it on.
+    for (const [url, shown] of [
+      ['mqtt://op@line2:s3cret@broker:1883', 'mqtt://op@line2:***@broker:1883'],
+      ['ws://line2:s3c@ret@broker/mqtt', 'ws://line2:***@broker/mqtt'],
+    ] as const) {
+      const errors = errorsOf(() => loadConfig(write(MINIMAL), { env: { SLUICE_MQTT_URL: url } }));
+      expect(errors).toEqual([
+        `${refusal(shown)} (set by the environment: SLUICE_MQTT_URL="${shown}")`,
+      ]);
+      expect(errors.join('\n')).not.toMatch(/s3c|ret@/);
+    }
     // A user alone is no secret.
     expect(
       loadConfig(write(MINIMAL.replace('mqtt://127.0.0.1', 'mqtt://line2@127.0.0.1')), { env: {} })

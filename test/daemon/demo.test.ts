@@ -754,6 +754,23 @@ it.runIf(mosquittoClients && mosquittoAvailable())(
       };
       delete env.SLUICE_GATEWAY_ID;
       delete env.SLUICE_STATE_DIR;
+      // That broker's URL with a user and a password: a password in the URL would be printed
+      // in the banner and in the printed sluicectl line. Refused before anything starts, the
+      // password not printed; a user with an `@` of its own once hid it, and the demo came up.
+      const secret = `s3cret-${Date.now().toString(36)}`;
+      const withPassword = `ws://op@line2:${secret}@127.0.0.1:${wsPort}`;
+      const refused = spawnSync('npm', ['start', '--silent'], {
+        cwd: ROOT,
+        env: { ...env, SLUICE_MQTT_URL: withPassword },
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
+      expect(refused.status, refused.stdout + refused.stderr).toBe(2);
+      expect(refused.stderr).toContain(
+        `mqtt.url: carries a password (user:…@ in ws://op@line2:***@127.0.0.1:${wsPort})`,
+      );
+      expect(refused.stdout + refused.stderr).not.toContain(secret);
+      for (const port of ports) expect(await portFree(port)).toBe(true);
       const demo = await startDemo(['npm', 'start', '--silent'], env, ports);
       try {
         const text = demo.lines.join('\n');
