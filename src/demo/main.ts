@@ -1,6 +1,6 @@
 // The demo behind `npm start`: the bundled simulator plant, an embedded MQTT broker (or the
-// one in SLUICE_MQTT_URL), and the daemon with HTTPS on 127.0.0.1:8443 and gateway id `demo`,
-// configured by devices/site.example.yaml. It creates a self-signed certificate and a demo
+// one in SLUICE_MQTT_URL or the site file), and the daemon with HTTPS on 127.0.0.1:8443 and
+// gateway id `demo`, configured by devices/site.example.yaml. It creates a self-signed certificate and a demo
 // token under .state/demo, prints how to send a first command, and stops everything on Ctrl-C.
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -15,6 +15,7 @@ import { Daemon, type Readiness } from '../daemon/daemon.js';
 import { routeOpcuaMessages } from '../daemon/opcua-messages.js';
 import { packageRoot } from '../package-root.js';
 import { shellWord } from '../shell-word.js';
+import { brokerChoice, EMBEDDED_BROKER_URL } from './broker-choice.js';
 import { loadPlantFile, startPlant, type Plant } from '../../simulators/plant.js';
 
 const root = packageRoot();
@@ -175,9 +176,7 @@ function ensureToken(): string {
   return token;
 }
 
-async function startBroker(): Promise<{ url: string; stop: () => Promise<void> } | null> {
-  const external = process.env.SLUICE_MQTT_URL;
-  if (external !== undefined && external !== '') return null;
+async function startBroker(): Promise<{ url: string; stop: () => Promise<void> }> {
   const broker = await Aedes.createBroker();
   const server: Server = createServer(broker.handle);
   await new Promise<void>((resolve, reject) => {
@@ -193,7 +192,7 @@ async function startBroker(): Promise<{ url: string; stop: () => Promise<void> }
     server.listen(1883, '127.0.0.1', resolve);
   });
   return {
-    url: 'mqtt://127.0.0.1:1883',
+    url: EMBEDDED_BROKER_URL,
     stop: async () => {
       await new Promise<void>((resolve) => {
         broker.close(() => {
@@ -271,8 +270,11 @@ async function main(): Promise<void> {
   try {
     const plant = await startSimulators();
     stack.push({ name: 'simulators', stop: () => plant.stop() });
-    const broker = await startBroker();
-    if (broker !== null) stack.push({ name: 'broker', stop: broker.stop });
+    const brokerFrom = brokerChoice(process.env, config);
+    if (brokerFrom === 'embedded') {
+      const broker = await startBroker();
+      stack.push({ name: 'broker', stop: broker.stop });
+    }
     const daemon = await startDaemon(config, logger);
     stack.push({ name: 'daemon', stop: () => daemon.stop() });
     const checks = await readyToCommand(daemon, READY_WAIT_MS);
@@ -289,7 +291,12 @@ async function main(): Promise<void> {
     // 127.0.0.1 and localhost only.
     const reach = https.host === '0.0.0.0' || https.host === '::' ? '127.0.0.1' : https.host;
     const base = `https://${reach.includes(':') ? `[${reach}]` : reach}:${https.port}`;
-    const mqttUrl = config.mqtt?.url ?? 'mqtt://127.0.0.1:1883';
+    const mqttUrl = config.mqtt?.url ?? EMBEDDED_BROKER_URL;
+    const brokerLabel = {
+      environment: 'SLUICE_MQTT_URL',
+      site: shownPath(sitePath),
+      embedded: 'embedded broker',
+    }[brokerFrom];
     const key = `demo-${Date.now().toString(36)}`;
     // The daemon's own topics: SLUICE_GATEWAY_ID (or an edited site file) moves them off
     // sluice/demo, and printed commands on the old ones would reach nothing.
@@ -306,7 +313,7 @@ async function main(): Promise<void> {
         '',
         `  HTTPS      ${base}   (self-signed: ${join(tlsDir, 'cert.pem')})`,
         // The configuration refuses a URL with a password; shown without one all the same.
-        `  MQTT       ${withoutPassword(mqttUrl)}${broker === null ? ' (SLUICE_MQTT_URL)' : ' (embedded broker)'}   topics ${topics}/#`,
+        `  MQTT       ${withoutPassword(mqttUrl)} (${brokerLabel})   topics ${topics}/#`,
         `             ${mqttCheck.ok ? mqttCheck.detail : `NOT READY, ${mqttCheck.detail} (see the log)`}`,
         `  Devices    inlet-valve, drain-valve (Modbus TCP 127.0.0.1:5020), outlet-valve, dosing-actuator (OPC UA opc.tcp://127.0.0.1:4840)`,
         `             ${devicesCheck}`,

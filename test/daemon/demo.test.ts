@@ -39,8 +39,9 @@ import { makePki } from '../intake/https-client.js';
  * 8443 taken, it prints (in words, not a stack trace) the command that moves its HTTPS, and
  * that command brings it up on the other port, where its printed curl works. Pointed at a
  * broker of the user's own that wants TLS, its CA, a client certificate, a user and a password
- * (SLUICE_MQTT_URL and the site file's mqtt section), the printed mosquitto commands carry what
- * that broker needs, the password read from its file, and work as printed. Pointed at a
+ * (all in the site file's mqtt section: no embedded broker then, and the banner names the site
+ * file), the printed mosquitto commands carry what that broker needs, the password read from
+ * its file, and work as printed. Pointed at a
  * WebSocket broker (ws://), which the mosquitto clients cannot reach, it prints a sluicectl send
  * instead, which works as printed and replays.
  */
@@ -684,20 +685,22 @@ it.runIf(mosquittoClients && mosquittoPasswd && mosquittoAvailable())(
       // The broker wants them all: without the password it refuses.
       await expect(TestClient.connect(url, { ...tls, username: 'line-op' })).rejects.toThrow();
 
-      // The user's edit: the mqtt section of the demo's site file names the broker's files.
+      // The user's edit: the mqtt section of the demo's site file names the broker and its
+      // files. The site file's URL once did not count: the embedded broker started on 1883 all
+      // the same, and the banner called the site's broker "(embedded broker)".
       const copy = demoCopy(dir, (site) => {
         const identity = "  identity: demo # MQTT commands share the demo token's key scope\n";
         expect(site).toContain(identity);
-        return site.replace(
-          identity,
-          `${identity}  username: line-op\n  passwordFile: ${JSON.stringify(files.password)}\n  caFile: ${files.ca}\n  certFile: ${files.cert}\n  keyFile: ${files.key}\n`,
-        );
+        expect(site).toContain('  url: mqtt://127.0.0.1:1883 ');
+        return site
+          .replace('  url: mqtt://127.0.0.1:1883 ', `  url: ${url} `)
+          .replace(
+            identity,
+            `${identity}  username: line-op\n  passwordFile: ${JSON.stringify(files.password)}\n  caFile: ${files.ca}\n  certFile: ${files.cert}\n  keyFile: ${files.key}\n`,
+          );
       });
-      const env: NodeJS.ProcessEnv = {
-        ...process.env,
-        SLUICE_DEMO_TOKEN: 'demo-test-token',
-        SLUICE_MQTT_URL: url,
-      };
+      const env: NodeJS.ProcessEnv = { ...process.env, SLUICE_DEMO_TOKEN: 'demo-test-token' };
+      delete env.SLUICE_MQTT_URL;
       delete env.SLUICE_GATEWAY_ID;
       delete env.INIT_CWD;
       const demo = await startDemo(
@@ -708,7 +711,10 @@ it.runIf(mosquittoClients && mosquittoPasswd && mosquittoAvailable())(
       );
       try {
         const text = demo.lines.join('\n');
-        expect(text).toContain(`${url} (SLUICE_MQTT_URL)`);
+        expect(text).toContain(`${url} (devices/site.example.yaml)`);
+        expect(text).not.toContain('embedded broker');
+        // The banner comes after the broker's start: no embedded one took 1883.
+        expect(await portFree(1883)).toBe(true);
         expect(demo.lines.map((l) => l.trim())).toContain('connected (MQTT 5)');
         // The password is read from its file by the shell, never printed.
         expect(text).not.toContain(password);
