@@ -8,14 +8,13 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { AttributeIds, OPCUAClient, type ClientSession } from 'node-opcua';
 import { pino } from 'pino';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import type { Plant } from '../../simulators/plant.js';
-import { startSecurePlant } from '../drivers/opcua-trust.js';
+import { sessionCounter, startSecurePlant } from '../drivers/opcua-trust.js';
 import { writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest, loopbackCertificate } from '../helpers/loopback-https.js';
@@ -33,17 +32,10 @@ let plant: Plant;
 let daemon: Daemon;
 let cert: string;
 let dir: string;
-let observer: { client: OPCUAClient; session: ClientSession };
+let counter: Awaited<ReturnType<typeof sessionCounter>>;
+const serverSessions = (): ReturnType<typeof counter.sessions> => counter.sessions();
 const lines: string[] = [];
 const cleanups: (() => Promise<void> | void)[] = [];
-
-async function serverSessions(): Promise<{ current: number; cumulated: number }> {
-  const [current, cumulated] = await observer.session.read([
-    { nodeId: 'ns=0;i=2277', attributeId: AttributeIds.Value }, // CurrentSessionCount
-    { nodeId: 'ns=0;i=2278', attributeId: AttributeIds.Value }, // CumulatedSessionCount
-  ]);
-  return { current: Number(current?.value.value), cumulated: Number(cumulated?.value.value) };
-}
 
 async function deviceCheck(): Promise<{ ok: boolean; detail: string } | undefined> {
   const answer = await httpsRequest(
@@ -64,15 +56,8 @@ beforeAll(async () => {
   dir = site.dir;
   plant = await startSecurePlant(sim.dir);
   cleanups.push(() => plant.stop());
-  const e = plant.plc('ua').endpoint;
-  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
-  const client = OPCUAClient.create({ endpointMustExist: false });
-  await client.connect(e.endpointUrl);
-  observer = { client, session: await client.createSession() };
-  cleanups.push(async () => {
-    await observer.session.close().catch(() => undefined);
-    await observer.client.disconnect().catch(() => undefined);
-  });
+  counter = await sessionCounter(plant);
+  cleanups.push(() => counter.close());
 
   const configPath = await writeDaemonSite(dir, plant, 'revoke');
   cert = await loopbackCertificate(dir);

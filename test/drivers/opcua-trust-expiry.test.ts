@@ -1,8 +1,5 @@
 import { X509Certificate } from 'node:crypto';
-import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { AttributeIds, OPCUAClient, type ClientSession } from 'node-opcua';
-import { pino } from 'pino';
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import {
@@ -11,10 +8,16 @@ import {
   WriteNotSentError,
   type DeviceDriver,
 } from '../../src/core/driver.js';
-import { buildDrivers } from '../../src/drivers/inventory.js';
 import type { Plant } from '../../simulators/plant.js';
-import { PROFILES, tempDir } from '../helpers/fixtures.js';
-import { readWithin, startSecurePlant, writeLands, type Cleanups } from './opcua-trust.js';
+import { tempDir } from '../helpers/fixtures.js';
+import {
+  plcCertificate,
+  sessionCounter,
+  startSecurePlant,
+  trustedDriver,
+  writeLands,
+  type Cleanups,
+} from './opcua-trust.js';
 
 /**
  * A PLC's certificate that expires while the gateway has a session with it: the gateway must
@@ -30,17 +33,9 @@ let plant: Plant;
 let simPki: string;
 /** The simulator's certificate's notAfter (epoch ms). */
 let notAfter: number;
-let observer: { client: OPCUAClient; session: ClientSession };
+let counter: Awaited<ReturnType<typeof sessionCounter>>;
+const serverSessions = (): ReturnType<typeof counter.sessions> => counter.sessions();
 const cleanups: Cleanups = [];
-
-/** The server's own counts: sessions open now, and sessions ever created. */
-async function serverSessions(): Promise<{ current: number; cumulated: number }> {
-  const [current, cumulated] = await observer.session.read([
-    { nodeId: 'ns=0;i=2277', attributeId: AttributeIds.Value }, // CurrentSessionCount
-    { nodeId: 'ns=0;i=2278', attributeId: AttributeIds.Value }, // CumulatedSessionCount
-  ]);
-  return { current: Number(current?.value.value), cumulated: Number(cumulated?.value.value) };
-}
 
 async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 20_000) {
   const end = Date.now() + ms;
@@ -55,20 +50,13 @@ beforeAll(async () => {
   cleanups.push(sim.cleanup);
   simPki = sim.dir;
   plant = await startSecurePlant(simPki);
-  const cert = new X509Certificate(
-    readFileSync(join(simPki, 'ua', 'pki', 'own', 'certs', 'certificate.pem')),
-  );
+  const cert = new X509Certificate(readFileSync(plcCertificate(simPki)));
   notAfter = Date.parse(cert.validTo);
-  const e = plant.plc('ua').endpoint;
-  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
-  const client = OPCUAClient.create({ endpointMustExist: false });
-  await client.connect(e.endpointUrl);
-  observer = { client, session: await client.createSession() };
+  counter = await sessionCounter(plant);
 }, 30_000);
 
 afterAll(async () => {
-  await observer.session.close().catch(() => undefined);
-  await observer.client.disconnect().catch(() => undefined);
+  await counter.close();
   for (const c of cleanups.reverse()) await c();
   await plant.stop();
 });
@@ -83,48 +71,11 @@ function steppedClock(offset: number): Clock & { offset: number } {
  * The driver to the PLC on `clock`, SignAndEncrypt, whose PKI trusts the PLC's certificate (an
  * operator's decision), with a session up and a write landed.
  */
-async function trustedDriver(clock: Clock, requestTimeoutMs = 2000): Promise<DeviceDriver> {
-  const e = plant.plc('ua').endpoint;
-  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
-  const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
-  cleanups.push(cleanup);
-  const trusted = join(pkiDir, 'client', 'trusted', 'certs');
-  mkdirSync(trusted, { recursive: true });
-  copyFileSync(
-    join(simPki, 'ua', 'pki', 'own', 'certs', 'certificate.pem'),
-    join(trusted, 'plc-ua.pem'),
-  );
-  const d = await buildDrivers({
-    inventory: {
-      plcs: {
-        ua: {
-          protocol: 'opcua',
-          endpointUrl: e.endpointUrl,
-          namespaceUri: e.namespaceUri,
-          securityMode: 'SignAndEncrypt',
-          securityPolicy: 'Basic256Sha256',
-          requestTimeoutMs,
-        },
-      },
-      devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
-    },
-    // The guard must outlast the request timeout (the inventory's rule); a long timeout lets a
-    // test hold a write's answer at the server.
-    profiles: new Map(
-      [...PROFILES].map(([name, p]) => [
-        name,
-        { ...p, timing: { ...p.timing, redispatchGuardMs: requestTimeoutMs + 500 } },
-      ]),
-    ),
-    pkiDir,
-    acceptUnknownCertificates: false,
+async function trustedDriverOn(clock: Clock, requestTimeoutMs?: number): Promise<DeviceDriver> {
+  const { driver } = await trustedDriver(plant, simPki, cleanups, {
     clock,
-    logger: pino({ level: process.env.SLUICE_TEST_DEBUG === '1' ? 'debug' : 'silent' }),
+    ...(requestTimeoutMs === undefined ? {} : { requestTimeoutMs }),
   });
-  cleanups.push(() => d.close());
-  d.start();
-  const driver = d.bindings[0]!.driver;
-  expect(await readWithin(driver, 20_000)).not.toBeNull();
   expect(await writeLands(plant, driver)).toBe(true);
   return driver;
 }
@@ -146,7 +97,7 @@ const iso = (ms: number): string => new Date(ms).toISOString();
 it('a certificate that expires during an idle session closes it at its notAfter, and a reconnection is refused', async () => {
   const before = await serverSessions();
   // The gateway's clock reads 6 s before the PLC certificate's notAfter: valid at connection.
-  const driver = await trustedDriver(steppedClock(notAfter - 6000 - Date.now()));
+  const driver = await trustedDriverOn(steppedClock(notAfter - 6000 - Date.now()));
   expect((await serverSessions()).current).toBe(before.current + 1);
   const opened = (await serverSessions()).cumulated;
 
@@ -174,7 +125,7 @@ it('a certificate that expires during an idle session closes it at its notAfter,
 it('a clock stepped past notAfter during a session: the next write is not sent, and the session is closed', async () => {
   const before = await serverSessions();
   const clock = steppedClock(0);
-  const driver = await trustedDriver(clock);
+  const driver = await trustedDriverOn(clock);
   const opened = (await serverSessions()).cumulated;
   const device = plant.device('ua-valve');
   const written = device.counters.writesReceived;
@@ -202,7 +153,7 @@ it('a clock stepped past notAfter during a session: the next write is not sent, 
 it('a write in flight when a stepped clock is noticed ends with its outcome unknown, never "not sent", and is not sent again', async () => {
   const before = await serverSessions();
   const clock = steppedClock(0);
-  const driver = await trustedDriver(clock, 10_000);
+  const driver = await trustedDriverOn(clock, 10_000);
   const device = plant.device('ua-valve');
   // Every write is applied at once and its reply held 3 s: the trigger is in the controller
   // while the driver waits for its answer.

@@ -1,21 +1,17 @@
-import fs, { copyFileSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import fs, { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { AttributeIds, OPCUAClient, type ClientSession } from 'node-opcua';
-import { pino } from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { systemClock } from '../../src/core/clock.js';
 import {
   DeviceRefusedError,
   DeviceUnreachableError,
   WriteNotSentError,
-  type DeviceDriver,
 } from '../../src/core/driver.js';
-import { buildDrivers } from '../../src/drivers/inventory.js';
 import type { Plant } from '../../simulators/plant.js';
-import { PROFILES, tempDir } from '../helpers/fixtures.js';
+import { tempDir } from '../helpers/fixtures.js';
 import {
-  readWithin,
+  sessionCounter,
   startSecurePlant,
+  trustedDriver,
   untrusted,
   writeLands,
   type Cleanups,
@@ -38,17 +34,9 @@ import {
 const realWatch = fs.watch;
 let plant: Plant;
 let simPki: string;
-let observer: { client: OPCUAClient; session: ClientSession };
+let counter: Awaited<ReturnType<typeof sessionCounter>>;
+const serverSessions = (): ReturnType<typeof counter.sessions> => counter.sessions();
 const cleanups: Cleanups = [];
-
-/** The server's own counts: sessions open now, and sessions ever created. */
-async function serverSessions(): Promise<{ current: number; cumulated: number }> {
-  const [current, cumulated] = await observer.session.read([
-    { nodeId: 'ns=0;i=2277', attributeId: AttributeIds.Value }, // CurrentSessionCount
-    { nodeId: 'ns=0;i=2278', attributeId: AttributeIds.Value }, // CumulatedSessionCount
-  ]);
-  return { current: Number(current?.value.value), cumulated: Number(cumulated?.value.value) };
-}
 
 async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 20_000) {
   const end = Date.now() + ms;
@@ -70,73 +58,19 @@ beforeAll(async () => {
   cleanups.push(sim.cleanup);
   simPki = sim.dir;
   plant = await startSecurePlant(simPki);
-  const e = plant.plc('ua').endpoint;
-  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
-  const client = OPCUAClient.create({ endpointMustExist: false });
-  await client.connect(e.endpointUrl);
-  observer = { client, session: await client.createSession() };
+  counter = await sessionCounter(plant);
 }, 30_000);
 
 afterAll(async () => {
-  await observer.session.close().catch(() => undefined);
-  await observer.client.disconnect().catch(() => undefined);
+  await counter.close();
   for (const c of cleanups.reverse()) await c();
   await plant.stop();
   fs.watch = realWatch;
 });
 
-/**
- * The driver to the PLC, SignAndEncrypt, whose PKI trusts the PLC's certificate as
- * trusted/certs/plc-ua.pem (an operator's decision), with a session up and a write landed.
- */
-async function trustedDriver(
-  requestTimeoutMs = 2000,
-): Promise<{ driver: DeviceDriver; pkiDir: string; trustedFile: string }> {
-  const e = plant.plc('ua').endpoint;
-  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
-  const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
-  cleanups.push(cleanup);
-  const trusted = join(pkiDir, 'client', 'trusted', 'certs');
-  mkdirSync(trusted, { recursive: true });
-  const trustedFile = join(trusted, 'plc-ua.pem');
-  copyFileSync(join(simPki, 'ua', 'pki', 'own', 'certs', 'certificate.pem'), trustedFile);
-  const d = await buildDrivers({
-    inventory: {
-      plcs: {
-        ua: {
-          protocol: 'opcua',
-          endpointUrl: e.endpointUrl,
-          namespaceUri: e.namespaceUri,
-          securityMode: 'SignAndEncrypt',
-          securityPolicy: 'Basic256Sha256',
-          requestTimeoutMs,
-        },
-      },
-      devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
-    },
-    // The guard must outlast the request timeout (the inventory's rule); a long timeout
-    // lets a test hold a write's answer at the server.
-    profiles: new Map(
-      [...PROFILES].map(([name, p]) => [
-        name,
-        { ...p, timing: { ...p.timing, redispatchGuardMs: requestTimeoutMs + 500 } },
-      ]),
-    ),
-    pkiDir,
-    acceptUnknownCertificates: false,
-    clock: systemClock,
-    logger: pino({ level: process.env.SLUICE_TEST_DEBUG === '1' ? 'debug' : 'silent' }),
-  });
-  cleanups.push(() => d.close());
-  d.start();
-  const driver = d.bindings[0]!.driver;
-  expect(await readWithin(driver, 20_000)).not.toBeNull();
-  return { driver, pkiDir, trustedFile };
-}
-
 it('a certificate removed from trusted/ closes the session at once: nothing more reaches the server, and a reconnection is refused', async () => {
   const before = await serverSessions();
-  const { driver, pkiDir, trustedFile } = await trustedDriver();
+  const { driver, pkiDir, trustedFile } = await trustedDriver(plant, simPki, cleanups);
   expect(await writeLands(plant, driver)).toBe(true);
   // The driver's session and the observer's.
   expect((await serverSessions()).current).toBe(before.current + 1);
@@ -170,7 +104,9 @@ it('a certificate removed from trusted/ closes the session at once: nothing more
 
 it('a write in flight when the session is cut ends with its outcome unknown, never "not sent", and is not sent again', async () => {
   const before = await serverSessions();
-  const { driver, trustedFile } = await trustedDriver(10_000);
+  const { driver, trustedFile } = await trustedDriver(plant, simPki, cleanups, {
+    requestTimeoutMs: 10_000,
+  });
   const device = plant.device('ua-valve');
   // Every write is applied at once and its reply held 3 s: the trigger is in the controller
   // while the driver waits for its answer.
@@ -205,7 +141,7 @@ it('a write in flight when the session is cut ends with its outcome unknown, nev
 
 it('a write asked for right after the removal, before any look at the folder, does not reach the server', async () => {
   const before = await serverSessions();
-  const { driver, trustedFile } = await trustedDriver();
+  const { driver, trustedFile } = await trustedDriver(plant, simPki, cleanups);
   expect(await writeLands(plant, driver)).toBe(true);
   rmSync(trustedFile);
   // At once, in the same turn: the write's own look at trusted/certs/ finds the change, the

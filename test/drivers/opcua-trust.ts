@@ -1,3 +1,6 @@
+import { copyFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { AttributeIds, OPCUAClient } from 'node-opcua';
 import { expect } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { DeviceDriver } from '../../src/core/driver.js';
@@ -61,8 +64,17 @@ export async function secureDriver(
   endpointUrl: string,
   namespaceUri: string,
   cleanups: Cleanups,
-  options: { readonly before?: (pkiDir: string) => void; readonly clock?: Clock } = {},
+  options: {
+    readonly before?: (pkiDir: string) => void;
+    readonly clock?: Clock;
+    /**
+     * The PLC's request timeout (default 2000 ms); the redispatch guard is kept past it (the
+     * inventory's rule): a long one lets a test hold a write's answer at the server.
+     */
+    readonly requestTimeoutMs?: number;
+  } = {},
 ): Promise<{ driver: DeviceDriver; pkiDir: string }> {
+  const requestTimeoutMs = options.requestTimeoutMs ?? 2000;
   const { dir: pkiDir, cleanup } = tempDir('sluice-pki-');
   cleanups.push(cleanup);
   options.before?.(pkiDir);
@@ -75,12 +87,20 @@ export async function secureDriver(
           namespaceUri,
           securityMode: 'SignAndEncrypt',
           securityPolicy: 'Basic256Sha256',
-          requestTimeoutMs: 2000,
+          requestTimeoutMs,
         },
       },
       devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },
     },
-    profiles: PROFILES,
+    profiles:
+      options.requestTimeoutMs === undefined
+        ? PROFILES
+        : new Map(
+            [...PROFILES].map(([name, p]) => [
+              name,
+              { ...p, timing: { ...p.timing, redispatchGuardMs: requestTimeoutMs + 500 } },
+            ]),
+          ),
     pkiDir,
     acceptUnknownCertificates: false,
     clock: options.clock ?? systemClock,
@@ -141,4 +161,63 @@ export async function writeLands(plant: Plant, driver: DeviceDriver): Promise<bo
     .catch(() => false);
   expect(device.counters.writesReceived).toBe(sent ? before + 1 : before);
   return sent;
+}
+
+/** The PLC's own certificate, as sluice-sim keeps it in its PKI folder `simPki`. */
+export function plcCertificate(simPki: string): string {
+  return join(simPki, 'ua', 'pki', 'own', 'certs', 'certificate.pem');
+}
+
+/**
+ * secureDriver to `plant`'s PLC `ua`, whose PKI trusts the PLC's certificate as
+ * trusted/certs/plc-ua.pem (an operator's decision), with a session up (a read answered).
+ */
+export async function trustedDriver(
+  plant: Plant,
+  simPki: string,
+  cleanups: Cleanups,
+  options: { readonly clock?: Clock; readonly requestTimeoutMs?: number } = {},
+): Promise<{ driver: DeviceDriver; pkiDir: string; trustedFile: string }> {
+  const e = plant.plc('ua').endpoint;
+  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+  let trustedFile = '';
+  const { driver, pkiDir } = await secureDriver(e.endpointUrl, e.namespaceUri, cleanups, {
+    ...options,
+    before: (dir) => {
+      const trusted = join(dir, 'client', 'trusted', 'certs');
+      mkdirSync(trusted, { recursive: true });
+      trustedFile = join(trusted, 'plc-ua.pem');
+      copyFileSync(plcCertificate(simPki), trustedFile);
+    },
+  });
+  expect(await readWithin(driver, 20_000)).not.toBeNull();
+  return { driver, pkiDir, trustedFile };
+}
+
+/**
+ * The server's own count of its sessions (open now, ever created), read by a client of the
+ * test's own over security None: what the server saw, never the driver's word.
+ */
+export async function sessionCounter(plant: Plant): Promise<{
+  sessions(): Promise<{ current: number; cumulated: number }>;
+  close(): Promise<void>;
+}> {
+  const e = plant.plc('ua').endpoint;
+  if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+  const client = OPCUAClient.create({ endpointMustExist: false });
+  await client.connect(e.endpointUrl);
+  const session = await client.createSession();
+  return {
+    async sessions() {
+      const [current, cumulated] = await session.read([
+        { nodeId: 'ns=0;i=2277', attributeId: AttributeIds.Value }, // CurrentSessionCount
+        { nodeId: 'ns=0;i=2278', attributeId: AttributeIds.Value }, // CumulatedSessionCount
+      ]);
+      return { current: Number(current?.value.value), cumulated: Number(cumulated?.value.value) };
+    },
+    async close() {
+      await session.close().catch(() => undefined);
+      await client.disconnect().catch(() => undefined);
+    },
+  };
 }
