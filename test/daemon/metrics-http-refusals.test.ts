@@ -1,18 +1,13 @@
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { connect } from 'node:tls';
 import { pino } from 'pino';
-import { stringify } from 'yaml';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { sha256 } from '../../src/intake/identities.js';
 import type { Plant } from '../../simulators/plant.js';
-import { startModbusPlant } from '../helpers/daemon-site.js';
+import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { httpsRequest, loopbackCertificate, RawJson } from '../helpers/loopback-https.js';
+import { httpsRequest, RawJson } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
-import { inventoryFor } from '../helpers/plant-inventory.js';
 
 /**
  * Requests the HTTPS intake refuses before any route runs, in `sluice_http_responses_total` of a
@@ -76,20 +71,11 @@ beforeAll(async () => {
   const made = tempDir('sluice-metrics-refusals-');
   cleanup = made.cleanup;
   plant = await startModbusPlant({ v1: { profile: 'valve', base: 0, travelMs: 200 } });
-  cert = await loopbackCertificate(made.dir);
-  const inventory = inventoryFor(plant);
-  const configPath = join(made.dir, 'sluice.yaml');
-  writeFileSync(
-    configPath,
-    stringify({
-      gatewayId: 'refusals',
-      stateDir: 'state',
-      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
-      identities: { scada: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } },
-      plcs: inventory.plcs,
-      devices: inventory.devices,
-    }),
-  );
+  let configPath: string;
+  ({ configPath, cert } = await writeTokenSite(made.dir, plant, {
+    gatewayId: 'refusals',
+    token: TOKEN,
+  }));
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
   });

@@ -1,18 +1,13 @@
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { pino } from 'pino';
-import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type SluiceConfig } from '../../src/config/config.js';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { sha256 } from '../../src/intake/identities.js';
 import type { Plant } from '../../simulators/plant.js';
-import { startModbusPlant } from '../helpers/daemon-site.js';
+import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { httpsRequest, loopbackCertificate, type HttpsAnswer } from '../helpers/loopback-https.js';
+import { httpsRequest, metricSample } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
-import { inventoryFor } from '../helpers/plant-inventory.js';
 
 /**
  * Re-dispatches in /metrics (`sluice_device_redispatches_total{device, reason}`) of a real
@@ -55,18 +50,8 @@ function post(key: string, body: unknown, headers: Record<string, string> = {}) 
 }
 
 /** The sample of `name` with exactly these labels; 0 when the scrape has none. */
-async function sample(name: string, labels: Record<string, string>): Promise<number> {
-  const scrape: HttpsAnswer = await httpsRequest(
-    { port: daemon.https!.port, ca: cert, token: '' },
-    'GET',
-    '/metrics',
-  );
-  expect(scrape.status).toBe(200);
-  const want = Object.entries(labels)
-    .map(([k, v]) => `${k}="${v}"`)
-    .join(',');
-  const line = scrape.body.split('\n').find((l) => l.startsWith(`${name}{${want}} `));
-  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+function sample(name: string, labels: Record<string, string>): Promise<number> {
+  return metricSample({ port: daemon.https!.port, ca: cert }, name, labels);
 }
 
 async function redispatches(device: string): Promise<Record<string, number>> {
@@ -98,20 +83,12 @@ beforeAll(async () => {
     v1: { profile: 'valve', base: 0, travelMs: 200 },
     v2: { profile: 'valve', base: 100, travelMs: 200 },
   });
-  cert = await loopbackCertificate(made.dir);
-  const inventory = inventoryFor(plant);
-  const configPath = join(made.dir, 'sluice.yaml');
-  writeFileSync(
-    configPath,
-    stringify({
-      gatewayId: 'redispatch',
-      stateDir: 'state',
-      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
-      identities: { [SCOPE]: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } },
-      plcs: inventory.plcs,
-      devices: inventory.devices,
-    }),
-  );
+  let configPath: string;
+  ({ configPath, cert } = await writeTokenSite(made.dir, plant, {
+    gatewayId: 'redispatch',
+    token: TOKEN,
+    scope: SCOPE,
+  }));
   config = loadConfig(configPath, { env: {} });
   await startDaemon();
   // Warm: each valve takes a command, so that its echo is not its power-up one.

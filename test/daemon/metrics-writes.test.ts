@@ -1,17 +1,12 @@
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { pino } from 'pino';
-import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { sha256 } from '../../src/intake/identities.js';
 import type { Plant } from '../../simulators/plant.js';
-import { startModbusPlant } from '../helpers/daemon-site.js';
+import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { httpsRequest, loopbackCertificate, type HttpsAnswer } from '../helpers/loopback-https.js';
+import { httpsRequest, metricSample, type HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
-import { inventoryFor } from '../helpers/plant-inventory.js';
 
 /**
  * What became of a device's writes, in /metrics of a real daemon against sluice-sim over real
@@ -39,18 +34,8 @@ function post(key: string, body: unknown): Promise<HttpsAnswer> {
 }
 
 /** The sample of `name` with exactly these labels; 0 when the scrape has none. */
-async function sample(name: string, labels: Record<string, string>): Promise<number> {
-  const scrape = await httpsRequest(
-    { port: daemon.https!.port, ca: cert, token: '' },
-    'GET',
-    '/metrics',
-  );
-  expect(scrape.status).toBe(200);
-  const want = Object.entries(labels)
-    .map(([k, v]) => `${k}="${v}"`)
-    .join(',');
-  const line = scrape.body.split('\n').find((l) => l.startsWith(`${name}{${want}} `));
-  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+function sample(name: string, labels: Record<string, string>): Promise<number> {
+  return metricSample({ port: daemon.https!.port, ca: cert }, name, labels);
 }
 
 /** Requests of the device the simulator answered busy: a `count` fault wears down by one each. */
@@ -69,20 +54,10 @@ beforeAll(async () => {
     v1: { profile: 'valve', base: 0, travelMs: 200 },
     v2: { profile: 'valve', base: 100, travelMs: 200 },
   });
-  cert = await loopbackCertificate(made.dir);
-  const inventory = inventoryFor(plant);
-  configPath = join(made.dir, 'sluice.yaml');
-  writeFileSync(
-    configPath,
-    stringify({
-      gatewayId: 'writes',
-      stateDir: 'state',
-      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
-      identities: { scada: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } },
-      plcs: inventory.plcs,
-      devices: inventory.devices,
-    }),
-  );
+  ({ configPath, cert } = await writeTokenSite(made.dir, plant, {
+    gatewayId: 'writes',
+    token: TOKEN,
+  }));
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
     monitorIntervalMs: 200,

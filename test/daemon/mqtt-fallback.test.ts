@@ -2,9 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { Aedes } from 'aedes';
-import { pino } from 'pino';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
@@ -16,6 +14,7 @@ import { tempDir } from '../helpers/fixtures.js';
 import { intakeConfig, TestClient, timed, until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { startStack, type Stack } from '../helpers/stack.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
  * SPEC §5, protocol version: MQTT 5 is preferred; against a broker that refuses it — the
@@ -52,20 +51,6 @@ async function startAedes(): Promise<Broker> {
       );
     },
   };
-}
-
-/** A pino logger whose lines the test can read. */
-function recordingLogger(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString('utf8').split('\n')) {
-        if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
-      }
-      done();
-    },
-  });
-  return { logger: pino({ level: 'debug' }, stream), lines };
 }
 
 describe('MQTT protocol version against a broker that refuses MQTT 5 (aedes)', () => {

@@ -1,6 +1,5 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +16,7 @@ import {
   type Mosquitto,
 } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
  * Issue 9, "no relay between gateways", reproduced with two daemons (gateways `demo` and
@@ -28,19 +28,6 @@ import { inventoryFor } from '../helpers/plant-inventory.js';
  */
 
 const real = mosquittoAvailable();
-
-function recordingLogger(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString('utf8').split('\n')) {
-        if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
-      }
-      done();
-    },
-  });
-  return { logger: pino({ level: 'info' }, stream), lines };
-}
 
 describe.runIf(real)('two gateways on one broker', () => {
   let broker: Mosquitto;

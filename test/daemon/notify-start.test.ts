@@ -1,7 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { stringify } from 'yaml';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -29,6 +28,7 @@ import {
 } from '../helpers/notify-socket.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { hasCommand, realComponent } from '../helpers/real.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
  * A start longer than TimeoutStartSec=. systemd kills a Type=notify service that has not sent
@@ -48,19 +48,6 @@ const python = realComponent('python3', hasCommand('python3'), 'apt-get install 
 /** WatchdogSec= of 200 ms: the start is looked at every 100 ms, each extension 200 ms. */
 const WATCHDOG_USEC = 200_000;
 const LOOK_MS = WATCHDOG_USEC / 2_000;
-
-function recordingLogger(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString('utf8').split('\n')) {
-        if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
-      }
-      done();
-    },
-  });
-  return { logger: pino({ level: 'debug' }, stream), lines };
-}
 
 function recordingNotifier(): { notifier: ServiceNotifier; extended: [number, string][] } {
   const extended: [number, string][] = [];

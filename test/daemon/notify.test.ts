@@ -1,8 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serviceNotifier, watchdogIntervalMs } from '../../src/daemon/notify.js';
@@ -21,6 +19,7 @@ import {
   type NotifiedSluiced,
   type NotifySocket,
 } from '../helpers/notify-socket.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
  * sd_notify as systemd sees it: the real `sluiced` process with NOTIFY_SOCKET pointing at a
@@ -34,19 +33,6 @@ const python = realComponent('python3', hasCommand('python3'), 'apt-get install 
 
 const TOKEN = 'notify-token';
 const WATCHDOG_USEC = 1_000_000;
-
-function recordingLogger(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString('utf8').split('\n')) {
-        if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
-      }
-      done();
-    },
-  });
-  return { logger: pino({ level: 'debug' }, stream), lines };
-}
 
 describe('the notifier without a service manager', () => {
   it('is silent when NOTIFY_SOCKET is unset, watchdog or not', () => {

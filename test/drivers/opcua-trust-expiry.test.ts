@@ -17,6 +17,7 @@ import {
   trustedDriver,
   writeLands,
   type Cleanups,
+  until,
 } from './opcua-trust.js';
 
 /**
@@ -36,14 +37,6 @@ let notAfter: number;
 let counter: Awaited<ReturnType<typeof sessionCounter>>;
 const serverSessions = (): ReturnType<typeof counter.sessions> => counter.sessions();
 const cleanups: Cleanups = [];
-
-async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 20_000) {
-  const end = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 beforeAll(async () => {
   const sim = tempDir('sluice-sim-pki-');

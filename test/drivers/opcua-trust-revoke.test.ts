@@ -15,6 +15,7 @@ import {
   untrusted,
   writeLands,
   type Cleanups,
+  until,
 } from './opcua-trust.js';
 
 /**
@@ -37,14 +38,6 @@ let simPki: string;
 let counter: Awaited<ReturnType<typeof sessionCounter>>;
 const serverSessions = (): ReturnType<typeof counter.sessions> => counter.sessions();
 const cleanups: Cleanups = [];
-
-async function until(what: string, ok: () => Promise<boolean> | boolean, ms = 20_000) {
-  const end = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 beforeAll(async () => {
   fs.watch = (): never => {

@@ -221,3 +221,16 @@ export async function sessionCounter(plant: Plant): Promise<{
     },
   };
 }
+
+/** Waits until `ok` holds (checked every 25 ms), at most `ms`; fails naming `what`. */
+export async function until(
+  what: string,
+  ok: () => Promise<boolean> | boolean,
+  ms = 20_000,
+): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await ok())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}

@@ -2,8 +2,10 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
 import { stringify } from 'yaml';
+import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
+import { loopbackCertificate } from './loopback-https.js';
 import { inventoryFor } from './plant-inventory.js';
 
 type ModbusDevices = Extract<
@@ -52,6 +54,38 @@ export async function writeDaemonSite(
     }),
   );
   return configPath;
+}
+
+/**
+ * A sluiced site in `dir` for `plant` with one identity, `scope`, whose bearer token is `token`,
+ * allowed every device: loopbackCertificate's certificate, sluice.yaml with HTTPS on a free
+ * loopback port, state in `state/`, no MQTT. Returns the file's path and the certificate to trust.
+ */
+export async function writeTokenSite(
+  dir: string,
+  plant: Plant,
+  options: { readonly gatewayId: string; readonly token: string; readonly scope?: string },
+): Promise<{ configPath: string; cert: string }> {
+  const cert = await loopbackCertificate(dir);
+  const inventory = inventoryFor(plant);
+  const configPath = join(dir, 'sluice.yaml');
+  writeFileSync(
+    configPath,
+    stringify({
+      gatewayId: options.gatewayId,
+      stateDir: 'state',
+      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+      identities: {
+        [options.scope ?? 'scada']: {
+          tokenSha256: sha256(options.token).toString('hex'),
+          devices: ['*'],
+        },
+      },
+      plcs: inventory.plcs,
+      devices: inventory.devices,
+    }),
+  );
+  return { configPath, cert };
 }
 
 /**

@@ -71,3 +71,21 @@ export function httpsRequest(
     } else req.end();
   });
 }
+
+/**
+ * The value of the sample `name` with exactly `labels` in the daemon's /metrics (over HTTPS, as a
+ * scraper reads it); 0 when the scrape has no such sample (a counter never incremented).
+ */
+export async function metricSample(
+  target: { readonly port: number; readonly ca: string },
+  name: string,
+  labels: Record<string, string>,
+): Promise<number> {
+  const scrape = await httpsRequest({ ...target, token: '' }, 'GET', '/metrics');
+  if (scrape.status !== 200) throw new Error(`GET /metrics answered ${scrape.status}`);
+  const want = Object.entries(labels)
+    .map(([k, v]) => `${k}="${v}"`)
+    .join(',');
+  const line = scrape.body.split('\n').find((l) => l.startsWith(`${name}{${want}} `));
+  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
