@@ -5,6 +5,7 @@ import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import { isBodyRefusal } from './https-body.js';
 import type { CallerGuard } from './https-guard.js';
+import { refusedWhileStopping } from './https-server.js';
 import { journalUnavailable, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, HttpsMetrics, Reply, Request } from './https-types.js';
 import { readIdempotencyKey } from './idempotency-key.js';
@@ -70,6 +71,14 @@ export function registerCommandRoutes(app: App, options: CommandRoutesOptions): 
       onError: async (_request, _reply, error) => {
         if (!isBodyRefusal(error)) return;
         options.metrics.accepted.inc({ intake: 'https', outcome: 'refused' });
+      },
+      // Nor does a command that came while the intake stops, answered 503 SHUTTING_DOWN before
+      // any hook of this route (https-server.ts): refused all the same (docs/http-api.md).
+      onResponse: (request, _reply, done) => {
+        if (refusedWhileStopping(request)) {
+          options.metrics.accepted.inc({ intake: 'https', outcome: 'refused' });
+        }
+        done();
       },
     },
     async (request, reply) => postCommand(options, waiting, request, reply),

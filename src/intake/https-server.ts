@@ -16,7 +16,7 @@ import {
   RETRY_SHUTDOWN_S,
   sendProblem,
 } from './https-problems.js';
-import type { App, HttpsConfig, HttpsMetrics } from './https-types.js';
+import type { App, HttpsConfig, HttpsMetrics, Request } from './https-types.js';
 
 /**
  * The HTTPS server under the intake's routes: TLS 1.3 (SPEC §4) with optional client
@@ -151,8 +151,9 @@ export function createServer(options: ServerOptions): App {
 
   takeOnlyUtf8Json(app);
 
-  app.addHook('onRequest', async (_request, reply) => {
+  app.addHook('onRequest', async (request, reply) => {
     if (!stopping.aborted) return;
+    answeredStopping.add(request.raw);
     return sendProblem(
       reply,
       makeProblem(503, 'SHUTTING_DOWN', 'the gateway is shutting down; retry shortly'),
@@ -199,6 +200,17 @@ export function createServer(options: ServerOptions): App {
     ),
   );
   return app;
+}
+
+/**
+ * The requests the stopping hook answered 503 SHUTTING_DOWN, before their route's own hooks and
+ * handler ran: a route that counts its refusals counts these too (refusedWhileStopping).
+ */
+const answeredStopping = new WeakSet<object>();
+
+/** Whether `request` was answered 503 SHUTTING_DOWN before its route ran. */
+export function refusedWhileStopping(request: Request): boolean {
+  return answeredStopping.has(request.raw);
 }
 
 /** The compilers' factory for routes with a JSON schema, which this server does not take. */
