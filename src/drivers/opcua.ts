@@ -51,11 +51,16 @@ export class OpcuaClientPki {
   private checks: Promise<unknown> = Promise.resolve();
   /** The folders' certificates as the store last read them (`follow`); null: not read yet. */
   private seen: string | null = null;
-  /** trusted/certs/ at the last look (`pollTrust`): its files' names, sizes, times; null: none yet. */
+  /**
+   * The folders the trust of a server certificate depends on (TRUST_FOLDERS) at the last look
+   * (`pollTrust`): their files' names, sizes, times; null: none yet.
+   */
   private trustStamp: string | null = null;
-  /** Its certificates then (each file and its thumbprint). */
+  /** trusted/certs/'s certificates then (each file and its thumbprint). */
   private trustedNow: readonly TrustedFile[] = [];
-  /** Bumped whenever trusted/certs/ is found changed. */
+  /** The revocation lists' files then (trusted/crl/, issuers/crl/), one stamp line each. */
+  private crlsNow: readonly string[] = [];
+  /** Bumped whenever one of TRUST_FOLDERS is found changed. */
   private trustRevision = 0;
   private readonly trustListeners = new Set<() => void>();
   private trustTimer: NodeJS.Timeout | null = null;
@@ -89,21 +94,27 @@ export class OpcuaClientPki {
   }
 
   /**
-   * The revision of trusted/certs/: bumped whenever its files are not what they were at the last
-   * look, and `watchTrust`'s listeners told. Cheap (the folder listed, its files' sizes and times;
-   * certificates read only after a change), so that it is looked at before every request of every
-   * session and every TRUST_POLL_MS: a certificate an operator removes from there (revokes) must
-   * stop the gateway talking to that server at once, not at its next connection. node-opcua-pki's
-   * own folder watchers are not relied on: where the machine's inotify instances are used up they
-   * fail without a word (see `follow`).
+   * The revision of the trust folders (TRUST_FOLDERS): bumped whenever their files are not what
+   * they were at the last look, and `watchTrust`'s listeners told. Cheap (the folders listed,
+   * their files' sizes and times; certificates read only after a change), so that it is looked at
+   * before every request of every session and every TRUST_POLL_MS: a certificate an operator
+   * removes from trusted/certs/, or revokes with a revocation list put in trusted/crl/ or
+   * issuers/crl/, must stop the gateway talking to that server at once, not at its next
+   * connection. node-opcua-pki's own folder watchers are not relied on: where the machine's
+   * inotify instances are used up they fail without a word (see `follow`), and even where they
+   * run, a revocation list written over in place (a CA's newer list under the same name) is not
+   * read again (node-opcua-pki 6.22 ignores a change to a file of a CRL folder).
    */
   pollTrust(): number {
-    const folder = join(this.dir, 'trusted', 'certs');
-    const stamp = folderStamp(folder);
+    const stamps = TRUST_FOLDERS.map((f) => folderStamp(join(this.dir, f), !f.endsWith('certs')));
+    const stamp = stamps.join('\n\n');
     if (stamp !== this.trustStamp) {
       const first = this.trustStamp === null;
       this.trustStamp = stamp;
-      this.trustedNow = folderCertificates(folder);
+      this.trustedNow = folderCertificates(join(this.dir, 'trusted', 'certs'));
+      this.crlsNow = TRUST_FOLDERS.filter((f) => f.endsWith('crl'))
+        .flatMap((f) => folderStamp(join(this.dir, f), true).split('\n'))
+        .filter((line) => line !== '');
       if (!first) {
         this.trustRevision++;
         for (const listener of this.trustListeners) listener();
@@ -117,8 +128,13 @@ export class OpcuaClientPki {
     return this.trustedNow;
   }
 
+  /** The revocation lists' files at the last `pollTrust`, one stamp line each (`crlFile`). */
+  revocationLists(): readonly string[] {
+    return this.crlsNow;
+  }
+
   /**
-   * Calls `listener` whenever trusted/certs/ is found changed, looked at every TRUST_POLL_MS while
+   * Calls `listener` whenever a trust folder (TRUST_FOLDERS) is found changed, looked at every TRUST_POLL_MS while
    * anyone listens (and at every `pollTrust`). Returns the function that stops it.
    */
   watchTrust(listener: () => void): () => void {
@@ -235,7 +251,12 @@ export class OpcuaClientPki {
       }
       rejected = folderCertificates(join(this.dir, 'rejected'));
     }
-    const folders = JSON.stringify([trusted, rejected]);
+    // The issuers' certificates and the revocation lists too: a CA's newer list, or a CA removed,
+    // must be what the check below decides on.
+    const others = TRUST_FOLDERS.filter((f) => f !== join('trusted', 'certs')).map((f) =>
+      folderStamp(join(this.dir, f), !f.endsWith('certs')),
+    );
+    const folders = JSON.stringify([trusted, rejected, others]);
     if (folders !== this.seen) {
       if (this.seen !== null) {
         this.log.info(
@@ -257,8 +278,20 @@ interface Verdict {
   readonly kept: readonly string[];
 }
 
-/** How often trusted/certs/ is looked at while no request does it (OpcuaClientPki.pollTrust). */
+/** How often the trust folders are looked at while no request does it (OpcuaClientPki.pollTrust). */
 const TRUST_POLL_MS = 1000;
+
+/**
+ * The PKI folders a server certificate's trust depends on (node-opcua-pki's layout): the trusted
+ * certificates and CAs, the issuers' (CA) certificates that complete a chain, and the revocation
+ * lists of trusted CAs and of issuers.
+ */
+const TRUST_FOLDERS = [
+  join('trusted', 'certs'),
+  join('trusted', 'crl'),
+  join('issuers', 'certs'),
+  join('issuers', 'crl'),
+] as const;
 
 /** A certificate file of a PKI folder and the SHA-1 thumbprint of its first certificate. */
 interface TrustedFile {
@@ -267,11 +300,12 @@ interface TrustedFile {
 }
 
 /**
- * A PKI folder's certificate files as the file system describes them (name, size, change time,
- * inode): any file added, removed, renamed or written over changes it.
+ * A PKI folder's certificate files (`crl`: every file, as node-opcua-pki reads a CRL folder) as
+ * the file system describes them (name, size, change time, inode), one line each: any file added,
+ * removed, renamed or written over changes it.
  */
-function folderStamp(folder: string): string {
-  return certificateFiles(folder)
+function folderStamp(folder: string, crl = false): string {
+  return (crl ? folderFiles(folder) : certificateFiles(folder))
     .sort()
     .map((file) => {
       try {
@@ -293,13 +327,21 @@ function folderCertificates(folder: string): TrustedFile[] {
 
 /** The certificate files of a PKI folder (none if it is missing). */
 function certificateFiles(folder: string): string[] {
+  return folderFiles(folder).filter((file) => /\.(pem|der|crt|cer)$/i.test(file));
+}
+
+/** The files of a PKI folder (none if it is missing). */
+function folderFiles(folder: string): string[] {
   try {
-    return readdirSync(folder)
-      .filter((name) => /\.(pem|der|crt|cer)$/i.test(name))
-      .map((name) => join(folder, name));
+    return readdirSync(folder).map((name) => join(folder, name));
   } catch {
     return [];
   }
+}
+
+/** The file a folderStamp line is about. */
+function crlFile(line: string): string {
+  return line.slice(0, line.indexOf('|'));
 }
 
 /** The SHA-1 thumbprint of the certificate in a PEM or DER file (null: not one). */
@@ -369,6 +411,15 @@ function describeRefusal(refusal: CertificateRefusal, endpointUrl: string, pkiDi
       return `${which} is not trusted: ${join(pkiDir, 'trusted', 'certs')} holds it, but so does ${kept.map((f) => `'${f}'`).join(', ')}, which the gateway could not remove; remove it to trust the certificate (${refusal.status.name})`;
     }
     return `${which} is not trusted: it was put in ${join(pkiDir, 'rejected')}; to trust it, move it to ${join(pkiDir, 'trusted', 'certs')} (${refusal.status.name})`;
+  }
+  if (refusal.status.value === StatusCodes.BadCertificateRevoked.value) {
+    return `${which} is revoked: a certificate revocation list of its CA in ${join(pkiDir, 'trusted', 'crl')} or ${join(pkiDir, 'issuers', 'crl')} lists it. The PLC needs a new certificate from its CA (${refusal.status.name})`;
+  }
+  if (
+    refusal.status.value === StatusCodes.BadCertificateRevocationUnknown.value ||
+    refusal.status.value === StatusCodes.BadCertificateIssuerRevocationUnknown.value
+  ) {
+    return `${which} is refused: it is issued by a CA whose certificate revocation list the gateway does not have; put the CA's current list in ${join(pkiDir, 'trusted', 'crl')} (a trusted CA) or ${join(pkiDir, 'issuers', 'crl')} (${refusal.status.name})`;
   }
   return `${which} is refused: ${refusal.status.name} (${refusal.status.description})`;
 }
@@ -543,6 +594,8 @@ interface SessionTrust {
   revision: number;
   /** trusted/certs/'s certificates then. */
   trustedBy: readonly TrustedFile[];
+  /** The revocation lists' files then (OpcuaClientPki.revocationLists). */
+  crlsBy: readonly string[];
 }
 
 /**
@@ -713,11 +766,13 @@ export class OpcuaEndpoint {
   private async reviewTrust(t: SessionTrust): Promise<void> {
     const revision = this.o.pki.pollTrust();
     const trustedBy = this.o.pki.trustedCertificates();
+    const crlsBy = this.o.pki.revocationLists();
     const { status, refusal } = await t.verify(t.certificate);
     if (this.trust !== t) return;
     if (!(status instanceof Error) && status.isGood()) {
       t.revision = revision;
       t.trustedBy = trustedBy;
+      t.crlsBy = crlsBy;
       return;
     }
     this.revoke(t, status, refusal);
@@ -743,6 +798,11 @@ export class OpcuaEndpoint {
     // The files that held this very certificate, else (trusted through a CA) whatever went.
     const own = removed.filter((f) => f.thumbprint !== null && f.thumbprint === facts?.thumbprint);
     const named = (own.length > 0 ? own : removed).map((f) => f.file);
+    // A revocation list put in trusted/crl/ or issuers/crl/, or written over, since the last check.
+    const lists = this.o.pki
+      .revocationLists()
+      .filter((line) => !t.crlsBy.includes(line))
+      .map(crlFile);
     const why =
       status instanceof Error
         ? `its check failed: ${describeError(status)}`
@@ -750,9 +810,11 @@ export class OpcuaEndpoint {
           ? describeRefusal(refusal, this.o.endpointUrl, this.o.pki.dir)
           : status.name;
     const gone =
-      named.length === 0
-        ? ''
-        : `: ${named.map((f) => `'${f}'`).join(', ')} removed from trusted/certs/`;
+      named.length > 0
+        ? `: ${named.map((f) => `'${f}'`).join(', ')} removed from trusted/certs/`
+        : lists.length > 0
+          ? `: revocation list ${lists.map((f) => `'${f}'`).join(', ')} changed`
+          : '';
     const reason = `${certificateName(facts, this.o.endpointUrl)} is no longer trusted${gone}; the session with it was closed, and no request goes to it until an operator trusts it again (${why})`;
     this.log.error(
       {
@@ -760,6 +822,7 @@ export class OpcuaEndpoint {
         thumbprint: facts?.thumbprint ?? null,
         subject: facts?.subject ?? null,
         removed: named,
+        revocationLists: lists,
         status: status instanceof Error ? describeError(status) : status.name,
       },
       'opc ua server certificate no longer trusted: session closed',
@@ -820,6 +883,7 @@ export class OpcuaEndpoint {
         thumbprint: facts.thumbprint,
         subject: facts.subject,
         removed: [],
+        revocationLists: [],
         status: StatusCodes.BadCertificateTimeInvalid.name,
         notBefore: iso(facts.validFrom),
         notAfter: iso(facts.validTo),
@@ -919,6 +983,7 @@ export class OpcuaEndpoint {
     // trusted/certs/ as the store's check below sees it: a change after it is checked again.
     const trustRevision = this.o.pki.pollTrust();
     const trustedBy = this.o.pki.trustedCertificates();
+    const crlsBy = this.o.pki.revocationLists();
     // What the certificate check refused during this attempt, if anything.
     const check: { refused: CertificateRefusal | null } = { refused: null };
     const store = this.o.pki.viewFor(
@@ -969,6 +1034,7 @@ export class OpcuaEndpoint {
       const certificate = client.serverCertificate;
       const revision = this.o.pki.pollTrust();
       const trustedBy = this.o.pki.trustedCertificates();
+      const crlsBy = this.o.pki.revocationLists();
       void (async () => {
         let status: StatusCode | Error = StatusCodes.Good;
         try {
@@ -991,7 +1057,7 @@ export class OpcuaEndpoint {
         }
         if (this.trust !== null && certificate !== undefined) {
           const facts = readLeaf(certificate);
-          this.trust = { ...this.trust, certificate, facts, revision, trustedBy };
+          this.trust = { ...this.trust, certificate, facts, revision, trustedBy, crlsBy };
         }
         this.linkUp = true;
         this.health.connected();
@@ -1074,6 +1140,7 @@ export class OpcuaEndpoint {
             },
             revision: trustRevision,
             trustedBy,
+            crlsBy,
           };
     this.linkUp = true;
     this.health.connected();

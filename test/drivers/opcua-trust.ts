@@ -4,7 +4,7 @@ import { AttributeIds, OPCUAClient } from 'node-opcua';
 import { expect } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { DeviceDriver } from '../../src/core/driver.js';
-import { silentLogger } from '../../src/core/logger.js';
+import { silentLogger, type Logger } from '../../src/core/logger.js';
 import { buildDrivers } from '../../src/drivers/inventory.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
@@ -72,6 +72,8 @@ export async function secureDriver(
      * inventory's rule): a long one lets a test hold a write's answer at the server.
      */
     readonly requestTimeoutMs?: number;
+    /** The driver's logger (default: silent). */
+    readonly logger?: Logger;
   } = {},
 ): Promise<{ driver: DeviceDriver; pkiDir: string }> {
   const requestTimeoutMs = options.requestTimeoutMs ?? 2000;
@@ -104,7 +106,7 @@ export async function secureDriver(
     pkiDir,
     acceptUnknownCertificates: false,
     clock: options.clock ?? systemClock,
-    logger: silentLogger,
+    logger: options.logger ?? silentLogger,
   });
   cleanups.push(() => d.close());
   d.start();
