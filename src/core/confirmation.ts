@@ -479,12 +479,16 @@ export class ConfirmationLoop {
             // been on its way (its answer lost): the stop did not hold. It is not written again
             // (I1): the operator's next stop is a new command.
             const at = readback.position === null ? '' : ` at ${readback.position} %`;
+            const lost =
+              lane.interrupted?.earlierLife === true
+                ? 'sent before the daemon restarted (its answer unknown), which'
+                : 'whose answer had been lost and which';
             this.host.settle(log, record, 'dispatched', {
               to: 'failed',
               code: 'READBACK_MISMATCH',
               faultCode: null,
               observed: observe(readback),
-              detail: `the controller took the stop (it showed ${stopTakenAt.state}${stopTakenAt.position === null ? '' : ` at ${stopTakenAt.position} %`}), then the write of ${lane.interrupted?.target.key ?? 'the command it preempted'} (sequence number ${late.seq}), whose answer had been lost and which reached it late: it shows ${readback.state}${at}; the stop did not hold, and it is not written again`,
+              detail: `the controller took the stop (it showed ${stopTakenAt.state}${stopTakenAt.position === null ? '' : ` at ${stopTakenAt.position} %`}), then the write of ${lane.interrupted?.target.key ?? 'the command it preempted'} (sequence number ${late.seq}), ${lost} reached it late: it shows ${readback.state}${at}; the stop did not hold, and it is not written again`,
             });
             return;
           }

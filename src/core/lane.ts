@@ -60,8 +60,10 @@ export interface LastWrite {
 /**
  * A command a stop preempted, and that stop, until the stop is terminal; `write`: the
  * preempted command's write as this process knows it (the lane's lastWrite, which the stop's
- * own write replaces), handed back to the take-up after the stop; null when none was made in
- * this life. `outer`: when the preempted command is itself a stop that had preempted a
+ * own write replaces), handed back to the take-up after the stop; for a command an earlier
+ * life wrote (`earlierLife`: taken up after a restart), its write with the outcome unknown
+ * from the moment this process took it up (preemption.ts, earlierWrite), not handed back;
+ * null when it was not written. `outer`: when the preempted command is itself a stop that had preempted a
  * command (a stop pressed again while the first one's effect was not seen), that first
  * interruption, which holds again once the preempted stop is taken up (preemption.ts).
  */
@@ -69,6 +71,7 @@ export interface Interruption {
   readonly target: CommandRef;
   readonly stop: CommandRef;
   readonly write: LastWrite | null;
+  readonly earlierLife: boolean;
   readonly outer: Interruption | null;
 }
 

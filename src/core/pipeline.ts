@@ -180,6 +180,7 @@ export class CommandPipeline {
     });
     this.preemption = new Preemption({
       journal: this.journal,
+      clock: this.clock,
       logger: this.logger,
       outcomes: this.outcomes,
     });

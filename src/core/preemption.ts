@@ -1,8 +1,10 @@
+import type { Clock } from './clock.js';
 import { isTerminal } from './command.js';
 import type { CommandRecord, CommandRef, Journal } from './journal.js';
-import { commandLogger, refId, type Lane } from './lane.js';
+import { commandLogger, refId, type Lane, type LastWrite } from './lane.js';
 import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
+import { latestWriteUnsent } from './redispatch.js';
 import { decide, type Decision } from './state-machine.js';
 
 /** A record the journal could not give (read failed): not the same as one it does not hold. */
@@ -11,6 +13,7 @@ const UNREADABLE = Symbol('unreadable');
 /** What a stop's preemption needs from the pipeline. */
 export interface PreemptionHost {
   readonly journal: Journal;
+  readonly clock: Clock;
   readonly logger: Logger;
   readonly outcomes: Outcomes;
 }
@@ -78,12 +81,21 @@ export class Preemption {
       'stop preempts the command in flight',
     );
     const last = lane.lastWrite;
-    const write =
+    const known =
       last !== null && last.scope === target.scope && last.key === target.key ? last : null;
+    // Taken up with no write of this life (recovery after a restart): an earlier life wrote it.
+    const earlier =
+      known === null &&
+      current !== UNREADABLE &&
+      lane.unresolved !== null &&
+      refId(lane.unresolved) === refId(target)
+        ? this.earlierWrite(current, log)
+        : null;
     lane.interrupted = {
       target: { scope: target.scope, key: target.key },
       stop,
-      write,
+      write: known ?? earlier,
+      earlierLife: earlier !== null,
       outer: null,
     };
     if (lane.unresolved !== null && refId(lane.unresolved) === refId(target)) {
@@ -171,11 +183,46 @@ export class Preemption {
       target: { scope: target.scope, key: target.key },
       stop: next,
       write,
+      earlierLife: false,
       outer,
     };
     // No worker holds it: the new stop runs first, then it is taken up (afterStop).
     if (waiting) lane.unresolved = null;
     else lane.preempt?.abort();
+  }
+
+  /**
+   * A preempted command an earlier life of the daemon wrote (it is `dispatched`, and its
+   * history does not say its latest write was withdrawn unsent): what this process knows of that
+   * write, as the stop's confirmation needs it (confirmation.ts, preemptedMayLand). Its answer
+   * is not known — it may have been lost, the request held by a gateway or on its way when the
+   * process died — so its outcome is unknown from now: the earlier life wrote it before this
+   * one started. Without it the stop was confirmed on its first readback after the restart,
+   * though the write, whose guard the earlier life was waiting out, could still reach the
+   * controller after the stop and undo it (measured: a move held on the PLC's link landed
+   * seconds after the stop was reported confirmed, the actuator travelling to 80 %).
+   */
+  private earlierWrite(record: CommandRecord | undefined, log: Logger): LastWrite | null {
+    if (record?.state !== 'dispatched' || record.seq === null) return null;
+    try {
+      if (latestWriteUnsent(this.host.journal.history(record), record.seq)) return null;
+    } catch (error) {
+      // Unreadable history: the write is taken as sent (the stop waits the guard).
+      log.warn(
+        { err: error, command: record.key },
+        "stop: the preempted command's history cannot be read",
+      );
+    }
+    const now = this.host.clock.elapsed();
+    return {
+      scope: record.scope,
+      key: record.key,
+      seq: record.seq,
+      sentMono: now,
+      acked: false,
+      unknownSinceMono: now,
+      epoch: null,
+    };
   }
 
   /** A command accepted before a stop and never written: rejected SUPERSEDED. */
@@ -270,7 +317,8 @@ export class Preemption {
       return;
     }
     lane.unresolved = interrupted.target;
-    if (interrupted.write !== null) lane.lastWrite = interrupted.write;
+    // An earlier life's write is not handed back: the take-up knows it as such by itself.
+    if (interrupted.write !== null && !interrupted.earlierLife) lane.lastWrite = interrupted.write;
   }
 
   /**

@@ -1,0 +1,122 @@
+import { describe, it } from 'vitest';
+import type { CommandRecord } from '../../src/core/journal.js';
+import { mosquittoAvailable } from '../helpers/mosquitto.js';
+import { Site } from '../reliability/site.js';
+
+/**
+ * A stop that preempted a command whose write's outcome is unknown waits, before it is
+ * confirmed, for an image produced past `redispatchGuardMs` (docs/spec-notes.md, "A stop
+ * preempts"): the lost write may still reach the controller after the stop and undo it. Here
+ * the real sluiced is killed (SIGKILL) or stopped (SIGTERM, no time for in-flight commands)
+ * during that wait, and started again. The new process knows nothing of the preempted write
+ * but what the journal says (dispatched, its sequence number): that write may still land, so
+ * the stop still waits — from the moment the new process took it up — and says that it did not
+ * hold when the write lands. It used to be confirmed on its first readback after the restart,
+ * the write landing after it and the actuator travelling on.
+ *
+ * The move's request is held on the PLC's link (latency before processing) past the request
+ * timeout and within the guard, as the profile's contract allows. Ground truth: the
+ * simulator's command log (what the controller took, in order) and the journal file.
+ */
+
+const real = mosquittoAvailable();
+const ACTUATOR = 'mb-actuator';
+/** The move's request waits this long on the link before the controller takes it. */
+const HELD_MS = 12_000;
+const GUARD_MS = 16_000;
+
+function record(site: Site, key: string): CommandRecord | undefined {
+  return site.records().find((r) => r.key === key);
+}
+
+async function until<T>(probe: () => T | undefined, ms: number, what: string): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+async function settled(site: Site, key: string, ms: number): Promise<CommandRecord> {
+  return until(
+    () => {
+      const r = record(site, key);
+      return r !== undefined && r.state !== 'accepted' && r.state !== 'dispatched' ? r : undefined;
+    },
+    ms,
+    `${key} to settle`,
+  );
+}
+
+describe
+  .runIf(real)
+  .concurrent('a stop waiting out the guard of the write it preempted, then a restart', () => {
+    for (const how of ['SIGKILL', 'SIGTERM'] as const) {
+      it(`${how}: after the restart the stop still waits, and says it did not hold when the write lands`, async ({
+        expect,
+        onTestFinished,
+      }) => {
+        const site = await Site.start({
+          gatewayId: `guard-${how.toLowerCase()}`,
+          shutdownBoundMs: 0,
+          timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 20_000, defaultTtlMs: 40_000 },
+        });
+        onTestFinished(async () => {
+          console.log(
+            site.logs
+              .filter((l) => !l.includes('"level":20'))
+              .slice(-40)
+              .join('\n'),
+          );
+          await site.close();
+        });
+        const actuator = site.plant.device(ACTUATOR);
+        await site.startDaemon();
+        expect(actuator.snapshot().published).toMatchObject({ state: 'IDLE', position: 0 });
+        actuator.setFault({ kind: 'latency', ms: HELD_MS, on: 'write', when: 'before' });
+        expect(
+          (await site.postCommand('m', { device: ACTUATOR, action: 'move', position: 80 })).status,
+        ).toBe(202);
+        // The move's write has reached the PLC's front end, which holds it on the link.
+        await until(
+          () => (actuator.writers.length === 1 ? true : undefined),
+          5_000,
+          'the move on the link',
+        );
+        actuator.clearFault('latency');
+        expect((await site.postCommand('s', { device: ACTUATOR, action: 'stop' })).status).toBe(
+          202,
+        );
+        // The stop went out on the connection that replaced the move's and was taken first (a
+        // no-op at rest); the move is still held. The stop waits out the move's guard.
+        await until(() => (actuator.log.length === 1 ? true : undefined), 5_000, 'the stop taken');
+        expect(actuator.log[0]).toMatchObject({ outcome: 'noop', from: 'IDLE' });
+        expect(record(site, 's')?.state).toBe('dispatched');
+        if (how === 'SIGKILL') await site.kill();
+        else expect(await site.stop()).toBe(0);
+        // Neither was settled by the life that ended: both are left to the next one.
+        const m0 = record(site, 'm')!;
+        const s0 = record(site, 's')!;
+        expect([m0.state, s0.state]).toEqual(['dispatched', 'dispatched']);
+        expect(actuator.log.length).toBe(1);
+        await site.startDaemon();
+        const [s, m] = [await settled(site, 's', 40_000), await settled(site, 'm', 40_000)];
+        // Ground truth: the controller took the stop, then the move, which it carried out.
+        expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
+          [s.seq, 'noop', 'IDLE', 'IDLE'],
+          [m.seq, 'accepted', 'IDLE', 'MOVING'],
+        ]);
+        expect(actuator.snapshot().published).toMatchObject({ state: 'IDLE', position: 80 });
+        // So the stop did not hold, and says so; the move took effect, after it.
+        expect(s).toMatchObject({ state: 'failed', code: 'READBACK_MISMATCH', attempts: 1 });
+        expect(s.detail).toMatch(/the stop did not hold, and it is not written again$/);
+        expect(m).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
+        // I1: each written once.
+        expect(actuator.writesWithSeq(s.seq!)).toBe(1);
+        expect(actuator.writesWithSeq(m.seq!)).toBe(1);
+        expect(site.verify()).toEqual([]);
+      }, 120_000);
+    }
+  });
