@@ -213,6 +213,23 @@ async function until(probe: () => boolean, what: string, ms = 5_000): Promise<vo
   }
 }
 
+/** When (epoch ms) the running life took the command up, by its journal event; bounded. */
+async function takeUp(s: ScenarioRun, key: string, ms = 30_000): Promise<number> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const r = s.record(key);
+    const event =
+      r === undefined
+        ? undefined
+        : s.cs.watch
+            .history(r)
+            .findLast((e) => e.intake === 'recovery' && e.detail.startsWith('taken up'));
+    if (event !== undefined) return event.at;
+    if (Date.now() > end) throw new Error(`${key}: no take-up journaled within ${ms} ms`);
+    await sleep(5);
+  }
+}
+
 /** Polls the journal (read-only) until the probe holds; bounded. */
 async function journalUntil(
   s: ScenarioRun,
@@ -281,15 +298,19 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
         const valve = s.cs.site.plant.device('mb-valve-1');
         // The first write is lost on the link: the connection is reset before the PLC sees it.
         valve.setFault({ kind: 'reset', when: 'before', on: 'write' });
+        // A deadline far enough off for the second life to re-dispatch: a restart took 20 s on a
+        // machine loaded 15-20 deep, past a 15 s deadline. The second write's count, not the
+        // deadline, ends the command (src/core/redispatch.ts), so the run is no longer for it.
         const sent = s.send({
           key: 'redo-open',
           device: 'mb-valve-1',
           action: 'open',
-          ttlMs: 15_000,
+          ttlMs: 60_000,
         });
         expect(await s.reach(sent, 'dispatched', 0)).toBe('dispatched');
-        // Killed well inside the guard: the live process has not re-dispatched.
-        await sleep(150);
+        // Killed once the write has reached the PLC and been reset (its outcome unknown to the
+        // daemon), well inside the guard: the live process has not re-dispatched.
+        await until(() => valve.writers.length > 0, 'the first write reset at the PLC', 15_000);
         const first = await s.kill();
         expect(first).toContain('redo-open');
         expect(valve.counters.writesReceived).toBe(0);
@@ -330,14 +351,16 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
           via: 'both',
           ttlMs: 12_000,
         });
-        // Queued behind it on the same device (claimed after it), and another device.
+        // Queued behind it on the same device (claimed after it), and another device. Its
+        // deadline must outlast the outage, a restart (20 s on a machine loaded 15-20 deep) and
+        // far-open's settling: it is written after them.
         await journalUntil(s, 'far-open', () => true, 'far-open claimed');
         s.send({
           key: 'far-close',
           device: 'mb-valve-1',
           action: 'close',
           via: 'mqtt',
-          ttlMs: 25_000,
+          ttlMs: 60_000,
         });
         s.send(
           { key: 'far-move', device: 'mb-actuator', action: 'move', position: 60, ttlMs: 12_000 },
@@ -348,7 +371,11 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
         const plc = s.cs.site.plant.plc('mb');
         plc.setFault({ kind: 'reset', when: 'before', on: 'both' });
         await s.restart(inDoubt);
-        await sleep(CAMPAIGN_TIMING.confirmTimeoutMs + 2_000);
+        // Unreachable for longer than the confirm timeout, counted from the new life's take-up
+        // of far-open (its window opens there), not from the test's view of the restart: on a
+        // loaded machine that came seconds later and the outage ran past the window.
+        const takenUp = await takeUp(s, 'far-open');
+        await sleep(takenUp + CAMPAIGN_TIMING.confirmTimeoutMs + 2_000 - Date.now());
         expect(s.record('far-open')?.state).toBe('dispatched');
         plc.clearFault('reset');
       },
@@ -373,9 +400,12 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
         const site = s.cs.site;
         const sent = s.send({ key: 'tp-open', device: 'mb-valve-1', action: 'open', via: 'both' });
         expect(await s.reach(sent, 'readback', 100)).toBe('readback');
-        const inDoubt = await s.kill();
-        // While the bridge is down another master sends close to the opening valve: 0x88.
+        // While the bridge is down another master sends close to the opening valve: 0x88. Sent
+        // as soon as SIGKILL is (synchronously, in kill()), not after the exit is reaped: on a
+        // loaded machine that wait let the valve finish its travel first.
+        const killing = s.kill();
         await thirdPartyWrite(site, 'mb-valve-1', 'close', 61_001);
+        const inDoubt = await killing;
         const valve = site.plant.device('mb-valve-1');
         await until(() => valve.seqEcho === 61_001, "the other master's command taken");
         expect(valve.snapshot()).toMatchObject({ faultCode: 0x88, state: 'OPENING' });
@@ -501,9 +531,15 @@ describe.skipIf(!mosquittoAvailable())('named crash scenarios', { concurrent: tr
           ttlMs: 15_000,
         });
         expect(await s.reach(sent, 'dispatched', 0)).toBe('dispatched');
-        const inDoubt = await s.kill();
+        // The dispatched commit comes before the write leaves the daemon: killed on the commit, a
+        // loaded machine's daemon had not sent it yet. Killed once the PLC's front end holds it.
+        await until(() => valve.writers.length > 0, 'the write held on the link', 15_000);
+        const killing = s.kill();
+        // SIGKILL has been sent (synchronously, above): what the PLC had taken by then.
+        const takenAtKill = valve.counters.writesReceived;
+        const inDoubt = await killing;
         valve.clearFault('latency');
-        expect(valve.counters.writesReceived).toBe(0);
+        expect(takenAtKill).toBe(0);
         await s.restart(inDoubt);
       },
       (s) => {
