@@ -53,6 +53,7 @@ export class Metrics {
   readonly mqttResultsNotPublished: Counter;
   readonly journalFailures: Counter;
   readonly httpsConnectionsRefused: Counter<'reason'>;
+  readonly httpsConnectionsIdleClosed: Counter<'stage'>;
 
   constructor(
     pipeline: CommandPipeline,
@@ -222,6 +223,12 @@ export class Metrics {
       name: 'sluice_https_connections_refused_total',
       help: 'HTTPS connections closed as soon as accepted, by reason: max_connections (https.maxConnections were open), per_address (https.maxConnectionsPerAddress from its address).',
       labelNames: ['reason'],
+      registers,
+    });
+    this.httpsConnectionsIdleClosed = new Counter({
+      name: 'sluice_https_connections_idle_closed_total',
+      help: 'HTTPS connections closed without an answer because they brought nothing in time, by stage: handshake (no TLS handshake within 10 s), first_request (no byte of a request within 10 s of the handshake).',
+      labelNames: ['stage'],
       registers,
     });
     new Gauge({

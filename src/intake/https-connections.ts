@@ -41,6 +41,8 @@ export interface ConnectionLimits {
   readonly clock: Clock;
   /** `sluice_https_connections_refused_total{reason}` */
   readonly refused: { inc(labels: { reason: RefusalReason }): void };
+  /** `sluice_https_connections_idle_closed_total{stage}` (only `first_request` is counted here) */
+  readonly idleClosed: { inc(labels: { stage: 'first_request' }): void };
 }
 
 export function limitConnections(server: HttpsServer, limits: ConnectionLimits): void {
@@ -72,6 +74,9 @@ export function limitConnections(server: HttpsServer, limits: ConnectionLimits):
     server,
     'secureConnection',
     limits.firstRequestTimeoutMs ?? FIRST_REQUEST_TIMEOUT_MS,
+    () => {
+      limits.idleClosed.inc({ stage: 'first_request' });
+    },
   );
 }
 
@@ -86,18 +91,23 @@ const REQUEST_TIMEOUT_RESPONSE = 'HTTP/1.1 408 Request Timeout\r\nConnection: cl
  * A connection whose first request has begun (bytes read, its headers not complete) is
  * answered 408, as Node answers a request past its headers timeout: cut silently, its client
  * could not tell a slow request from a crashed gateway, nor that a retry may succeed.
+ * `closedIdle` is told of each connection closed having sent nothing (no answer to count it by).
  */
 export function requireFirstRequest(
   server: NetServer,
   event: 'connection' | 'secureConnection',
   ms: number,
+  closedIdle?: () => void,
 ): void {
   const awaitingRequest = new WeakMap<Socket, NodeJS.Timeout>();
   server.on(event, (socket: Socket) => {
     const timer = setTimeout(() => {
       // bytesRead counts what the HTTP parser was given: on a TLS socket, decrypted bytes
       // (the handshake's are not counted).
-      if (socket.bytesRead === 0 || !socket.writable) socket.destroy();
+      if (socket.bytesRead === 0) {
+        socket.destroy();
+        closedIdle?.();
+      } else if (!socket.writable) socket.destroy();
       else answerRequestTimeout(server, socket);
     }, ms);
     timer.unref();

@@ -143,8 +143,14 @@ export function createServer(options: ServerOptions): App {
     logger,
     clock,
     refused: metrics.httpsConnectionsRefused,
+    idleClosed: metrics.httpsConnectionsIdleClosed,
   });
   app.server.on('tlsClientError', (error: Error & { code?: string }) => {
+    // A connection that sat through the handshake timeout sending nothing (or too little) is
+    // closed without an answer: only this counter shows it (a scanner, a stuck client).
+    if (error.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
+      metrics.httpsConnectionsIdleClosed.inc({ stage: 'handshake' });
+    }
     // A refused handshake (TLS 1.2, garbage) is the client's problem; keep it out of warn.
     logger.debug({ code: error.code, err: error.message }, 'TLS handshake refused');
   });

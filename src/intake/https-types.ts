@@ -32,6 +32,10 @@ export interface HttpsMetrics {
   readonly httpsConnectionsRefused: {
     inc(labels: { reason: 'max_connections' | 'per_address' }): void;
   };
+  /** `sluice_https_connections_idle_closed_total{stage}` (https-connections.ts) */
+  readonly httpsConnectionsIdleClosed: {
+    inc(labels: { stage: 'handshake' | 'first_request' }): void;
+  };
 }
 
 export type Server = HttpsServer;

@@ -139,6 +139,23 @@ async function refused(reason: 'max_connections' | 'per_address'): Promise<numbe
   return values.filter((v) => v.labels.reason === reason).reduce((sum, v) => sum + v.value, 0);
 }
 
+/**
+ * `sluice_https_connections_idle_closed_total{stage}` as the registry renders it (0 before its
+ * first count, and on a registry without it).
+ */
+async function idleClosed(stage: 'handshake' | 'first_request'): Promise<number> {
+  const metric = await stack.metrics.registry
+    .getSingleMetric('sluice_https_connections_idle_closed_total')
+    ?.get();
+  return metric?.values.find((v) => v.labels.stage === stage)?.value ?? 0;
+}
+
+/** `sluice_http_responses_total{route="unparsed",status="408"}`: the requests not read in time. */
+async function timedOutRequests(): Promise<number> {
+  const { values } = await stack.metrics.httpResponses.get();
+  return values.find((v) => v.labels.route === 'unparsed' && v.labels.status === '408')?.value ?? 0;
+}
+
 /** `n` connections from `from`, each up. */
 async function hold(n: number, from: string): Promise<TLSSocket[]> {
   const held: TLSSocket[] = [];
@@ -225,6 +242,7 @@ describe('connections', () => {
       const used = await tlsWhenFree();
       expect(used !== null, 'a connection').toBe(true);
       expect(await health(used!)).toBe('HTTP/1.1 200 OK');
+      const before = await idleClosed('first_request');
       // Opened after `used`: were `used`'s timer still running, it would fire first.
       const idle = await tls();
       expect(idle !== null, 'an idle connection').toBe(true);
@@ -240,6 +258,9 @@ describe('connections', () => {
       expect(lived).toBeGreaterThanOrEqual(FIRST_REQUEST_TIMEOUT_MS - 100);
       expect(lived).toBeLessThan(FIRST_REQUEST_TIMEOUT_MS + 5_000);
       expect(await health(used!)).toBe('HTTP/1.1 200 OK');
+      // Closed without an answer, so in no response's count: in the idle connections' (once;
+      // `used`, which brought a request, is not).
+      expect(await idleClosed('first_request')).toBe(before + 1);
       used!.destroy();
     },
     FIRST_REQUEST_TIMEOUT_MS + 20_000,
@@ -249,6 +270,10 @@ describe('connections', () => {
     'a first request whose headers are still coming at the first-request timeout is answered 408, not cut silently; nothing is journaled',
     async () => {
       const key = `slow-first-head-${String(Date.now())}`;
+      const before = {
+        answered: await timedOutRequests(),
+        idle: await idleClosed('first_request'),
+      };
       const trickling = await tlsWhenFree('127.0.0.8');
       expect(trickling !== null, 'a connection').toBe(true);
       // The connection's first request: its head a line a second, never finished.
@@ -264,6 +289,9 @@ describe('connections', () => {
       expect(answer.lived).toBeGreaterThanOrEqual(FIRST_REQUEST_TIMEOUT_MS - 1_000);
       expect(answer.lived).toBeLessThan(FIRST_REQUEST_TIMEOUT_MS + 5_000);
       expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+      // Counted as the answer it got, not as a connection that sent nothing.
+      expect(await timedOutRequests()).toBe(before.answered + 1);
+      expect(await idleClosed('first_request')).toBe(before.idle);
     },
     FIRST_REQUEST_TIMEOUT_MS + 20_000,
   );
@@ -282,6 +310,7 @@ describe('connections', () => {
       expect(sockets.every((s) => s !== null)).toBe(true);
       const [trickling, stalled, slowHead] = sockets as [TLSSocket, TLSSocket, TLSSocket];
       expect(await health(slowHead)).toBe('HTTP/1.1 200 OK');
+      const answered = await timedOutRequests();
       const answers = await Promise.all([
         slowRequest(trickling, commandHead(keys[0]!), ' '),
         slowRequest(stalled, commandHead(keys[1]!), ''),
@@ -296,6 +325,7 @@ describe('connections', () => {
         expect(answer.lived, `connection ${String(i)}`).toBeLessThan(REQUEST_TIMEOUT_MS + 3_000);
       }
       for (const key of keys) expect(stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+      expect(await timedOutRequests()).toBe(answered + 3);
     },
     REQUEST_TIMEOUT_MS + 90_000,
   );
@@ -303,6 +333,7 @@ describe('connections', () => {
   it(
     'a TCP connection that never begins its TLS handshake is closed after the handshake timeout',
     async () => {
+      const before = await idleClosed('handshake');
       const socket = tcpConnect(api.port, '127.0.0.1');
       opened.push(socket);
       socket.on('error', () => undefined);
@@ -312,6 +343,7 @@ describe('connections', () => {
       const lived = performance.now() - openedAt;
       expect(lived).toBeGreaterThanOrEqual(HANDSHAKE_TIMEOUT_MS - 100);
       expect(lived).toBeLessThan(HANDSHAKE_TIMEOUT_MS + 5_000);
+      expect(await idleClosed('handshake')).toBe(before + 1);
     },
     HANDSHAKE_TIMEOUT_MS + 20_000,
   );

@@ -17,6 +17,7 @@ const metrics = {
   accepted: { inc: (): void => undefined },
   journalFailures: { inc: (): void => undefined },
   httpsConnectionsRefused: { inc: (): void => undefined },
+  httpsConnectionsIdleClosed: { inc: (): void => undefined },
 };
 
 describe('HTTPS server', () => {
