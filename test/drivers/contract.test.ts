@@ -24,7 +24,7 @@ import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.j
 import { PROFILES, openJournal, tempDir } from '../helpers/fixtures.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { TcpLink } from '../helpers/tcp-link.js';
-import { connectOpcua, nodeId, releaseClientPki, uaRead } from '../simulators/helpers.js';
+import { connectOpcua, nodeId, releaseClientPki, uaRead } from '../simulators/opcua-client.js';
 
 /**
  * One contract suite for the driver port, run against both drivers and both simulators: every

@@ -6,7 +6,7 @@ import { buildDrivers, type Drivers } from '../../src/drivers/inventory.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { releaseClientPki } from '../simulators/helpers.js';
+import { releaseClientPki } from '../simulators/opcua-client.js';
 
 /**
  * I3 in the drivers: a command's write that waits for its controller (Modbus: behind another

@@ -1,28 +1,18 @@
 /**
- * Independent clients for the simulator tests: mbpoll (libmodbus) for Modbus, node-opcua's
- * OPCUAClient for OPC UA, fetch for the control API. None of them shares code with the
- * simulators or with src/.
+ * Independent clients for the simulator tests: mbpoll (libmodbus) for Modbus, fetch for the
+ * control API; node-opcua's OPCUAClient for OPC UA is in opcua-client.ts (loading node-opcua
+ * costs a Modbus-only test file seconds). None of them shares code with the simulators or
+ * with src/.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { AttributeIds, DataType, OPCUACertificateManager, OPCUAClient } from 'node-opcua';
-import type { ClientSession, DataValue, StatusCode } from 'node-opcua';
 import type { PlcEndpoint } from '../../simulators/plant.js';
 
 export type ModbusEndpoint = Extract<PlcEndpoint, { protocol: 'modbus' }>;
-export type OpcuaEndpoint = Extract<PlcEndpoint, { protocol: 'opcua' }>;
 
 export function modbusEndpoint(endpoint: PlcEndpoint): ModbusEndpoint {
   if (endpoint.protocol !== 'modbus') throw new Error('not a Modbus PLC');
-  return endpoint;
-}
-
-export function opcuaEndpoint(endpoint: PlcEndpoint): OpcuaEndpoint {
-  if (endpoint.protocol !== 'opcua') throw new Error('not an OPC UA PLC');
   return endpoint;
 }
 
@@ -228,129 +218,6 @@ export function modbusWire(endpoint: ModbusEndpoint, bases: ReadonlyMap<string, 
         faultCode: faultCode ?? -1,
         seqEcho: seqEcho ?? -1,
       };
-    },
-  };
-}
-
-export interface UaConnection {
-  client: OPCUAClient;
-  session: ClientSession;
-  close(): Promise<void>;
-}
-
-let sharedPki: { dir: string; manager: OPCUACertificateManager } | undefined;
-
-/**
- * One client PKI per test process, in a temporary directory: node-opcua creates a client
- * certificate on first use, which is slow, and must not land in the user's home.
- */
-async function clientPki(): Promise<OPCUACertificateManager> {
-  if (sharedPki === undefined) {
-    const dir = await mkdtemp(join(tmpdir(), 'sluice-sim-test-client-'));
-    const manager = new OPCUACertificateManager({
-      rootFolder: join(dir, 'pki'),
-      automaticallyAcceptUnknownCertificate: true,
-      disableFileWatchers: true,
-    });
-    sharedPki = { dir, manager };
-  }
-  return sharedPki.manager;
-}
-
-/** Call from afterAll in files that used connectOpcua. */
-export async function releaseClientPki(): Promise<void> {
-  const pki = sharedPki;
-  sharedPki = undefined;
-  if (pki === undefined) return;
-  await pki.manager.dispose();
-  await rm(pki.dir, { recursive: true, force: true });
-}
-
-/** A node-opcua client session on an endpoint. */
-export async function connectOpcua(
-  endpointUrl: string,
-  options: { transactionTimeoutMs?: number } = {},
-): Promise<UaConnection> {
-  const client = OPCUAClient.create({
-    applicationName: 'sluice-sim-test',
-    endpointMustExist: false,
-    connectionStrategy: { maxRetry: 0, initialDelay: 100, maxDelay: 200 },
-    clientCertificateManager: await clientPki(),
-    ...(options.transactionTimeoutMs === undefined
-      ? {}
-      : { defaultTransactionTimeout: options.transactionTimeoutMs }),
-  });
-  await client.connect(endpointUrl);
-  const session = await client.createSession();
-  return {
-    client,
-    session,
-    close: async () => {
-      await session.close().catch(() => undefined);
-      await client.disconnect();
-    },
-  };
-}
-
-export function nodeId(device: string, name: string): string {
-  return `ns=1;s=${device}.${name}`;
-}
-
-export function uaCommandWrites(device: string, code: number, setpoint: number, seq: number) {
-  return [
-    {
-      nodeId: nodeId(device, 'CommandCode'),
-      attributeId: AttributeIds.Value,
-      value: { value: { dataType: DataType.UInt16, value: code } },
-    },
-    {
-      nodeId: nodeId(device, 'Setpoint'),
-      attributeId: AttributeIds.Value,
-      value: { value: { dataType: DataType.Double, value: setpoint } },
-    },
-    {
-      nodeId: nodeId(device, 'CommandSeq'),
-      attributeId: AttributeIds.Value,
-      value: { value: { dataType: DataType.UInt16, value: seq } },
-    },
-  ];
-}
-
-/** Writes CommandCode, Setpoint and CommandSeq in one Write request. */
-export async function uaCommand(
-  session: ClientSession,
-  device: string,
-  code: number,
-  setpoint: number,
-  seq: number,
-): Promise<StatusCode[]> {
-  return session.write(uaCommandWrites(device, code, setpoint, seq));
-}
-
-export async function uaRead(session: ClientSession, ids: readonly string[]): Promise<DataValue[]> {
-  return session.read(
-    ids.map((id) => ({ nodeId: id, attributeId: AttributeIds.Value })),
-    0,
-  );
-}
-
-export function opcuaWire(session: ClientSession): Wire {
-  return {
-    command: async (device, code, setpoint, seq) => {
-      const results = await uaCommand(session, device, code, setpoint, seq);
-      const bad = results.find((r) => !r.isGood());
-      if (bad !== undefined) throw new Error(`OPC UA write failed: ${bad.toString()}`);
-    },
-    status: async (device) => {
-      const values = await session.read(
-        ['StateCode', 'Position', 'FaultCode', 'SeqEcho'].map((name) => ({
-          nodeId: nodeId(device, name),
-          attributeId: AttributeIds.Value,
-        })),
-        0,
-      );
-      const num = (i: number): number => Number(values[i]?.value.value);
-      return { stateCode: num(0), position: num(1), faultCode: num(2), seqEcho: num(3) };
     },
   };
 }

@@ -2,6 +2,7 @@ import { AttributeIds, ClientSecureChannelLayer, DataType, StatusCodes } from 'n
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ManualTime, startPlant } from '../../simulators/plant.js';
 import type { Plant } from '../../simulators/plant.js';
+import { until } from './helpers.js';
 import {
   connectOpcua,
   nodeId,
@@ -11,9 +12,8 @@ import {
   uaCommand,
   uaCommandWrites,
   uaRead,
-  until,
-} from './helpers.js';
-import type { UaConnection } from './helpers.js';
+} from './opcua-client.js';
+import type { UaConnection } from './opcua-client.js';
 import { runStateTable, tablePlant } from './state-table.js';
 
 const OPEN = 1;
