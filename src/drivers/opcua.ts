@@ -173,7 +173,27 @@ export class OpcuaClientPki {
           return StatusCodes.BadCertificateTimeInvalid;
         }
       }
-      const { status, kept } = await decide(chain);
+      // Bounded: a check that does not finish (a disk that stops answering under the PKI
+      // folder, a verification that hangs) must not hold the request or the connection attempt
+      // waiting on it for ever. The certificate is then not trusted (fail closed): nothing is sent
+      // to the server until a check completes. The check itself goes on; its late verdict is
+      // not used, and the checks behind it in the store's queue wait for it (and time out too).
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<null>((resolve) => {
+        timer = setTimeout(() => {
+          resolve(null);
+        }, TRUST_CHECK_TIMEOUT_MS);
+      });
+      const verdict = await Promise.race([decide(chain), late]).finally(() => {
+        clearTimeout(timer);
+      });
+      if (verdict === null) {
+        const status = StatusCodes.BadSecurityChecksFailed;
+        const unchecked = `the check did not finish within ${TRUST_CHECK_TIMEOUT_MS} ms (the PKI folder ${this.dir} not answering, or the verification hung)`;
+        refused({ status, certificate, at: now(), unchecked });
+        return status;
+      }
+      const { status, kept } = verdict;
       if (!status.isGood()) refused({ status, certificate, at: now(), kept });
       return status;
     };
@@ -278,6 +298,13 @@ interface Verdict {
   readonly kept: readonly string[];
 }
 
+/**
+ * The longest a check of a server certificate (OpcuaClientPki.viewFor) may take, its wait behind
+ * other checks included: normally milliseconds (the folders read again after a change, a chain
+ * verified); a request waits for it before it is sent.
+ */
+const TRUST_CHECK_TIMEOUT_MS = 5000;
+
 /** How often the trust folders are looked at while no request does it (OpcuaClientPki.pollTrust). */
 const TRUST_POLL_MS = 1000;
 
@@ -370,6 +397,8 @@ interface CertificateRefusal {
   readonly at: number;
   /** Refused copies of it that trusted/certs/ also holds, which could not be removed. */
   readonly kept?: readonly string[];
+  /** Why the check could not decide (it did not finish): not trusted until one does. */
+  readonly unchecked?: string;
 }
 
 /** The first certificate of a chain as the server sent it: its own. */
@@ -398,6 +427,9 @@ function describeRefusal(refusal: CertificateRefusal, endpointUrl: string, pkiDi
   const c = refusal.certificate;
   const which = certificateName(c, endpointUrl);
   const iso = (t: number): string => new Date(t).toISOString();
+  if (refusal.unchecked !== undefined) {
+    return `${which} could not be checked: ${refusal.unchecked}; it is not trusted until a check completes (${refusal.status.name})`;
+  }
   if (refusal.status.value === StatusCodes.BadCertificateTimeInvalid.value && c !== null) {
     const when =
       refusal.at > c.validTo
@@ -815,7 +847,10 @@ export class OpcuaEndpoint {
         : lists.length > 0
           ? `: revocation list ${lists.map((f) => `'${f}'`).join(', ')} changed`
           : '';
-    const reason = `${certificateName(facts, this.o.endpointUrl)} is no longer trusted${gone}; the session with it was closed, and no request goes to it until an operator trusts it again (${why})`;
+    const reason =
+      refusal?.unchecked !== undefined
+        ? `${why}; the session with it was closed, and no request goes to it until a check completes`
+        : `${certificateName(facts, this.o.endpointUrl)} is no longer trusted${gone}; the session with it was closed, and no request goes to it until an operator trusts it again (${why})`;
     this.log.error(
       {
         endpointUrl: this.o.endpointUrl,
@@ -824,6 +859,7 @@ export class OpcuaEndpoint {
         removed: named,
         revocationLists: lists,
         status: status instanceof Error ? describeError(status) : status.name,
+        reason,
       },
       'opc ua server certificate no longer trusted: session closed',
     );
