@@ -7,6 +7,7 @@ import {
   refId,
   settledMeanwhile,
   type ExecutionHost,
+  type Interruption,
   type Lane,
   type LastWrite,
 } from './lane.js';
@@ -468,19 +469,15 @@ export class ConfirmationLoop {
           lastReason = 'the controller clock stepped; measuring it again';
           break;
         case 'not-taken': {
-          const late = lane.interrupted?.write;
-          if (
-            stopTakenAt !== null &&
-            late !== undefined &&
-            late !== null &&
-            readback.seq === late.seq
-          ) {
+          const preempted = landedLate(lane, readback.seq);
+          const late = preempted?.write;
+          if (stopTakenAt !== null && late !== undefined && late !== null) {
             // The controller took this stop, then the preempted command's write, which had
             // been on its way (its answer lost): the stop did not hold. It is not written again
             // (I1): the operator's next stop is a new command.
             const at = readback.position === null ? '' : ` at ${readback.position} %`;
             const lost =
-              lane.interrupted?.earlierLife === true
+              preempted?.earlierLife === true
                 ? 'sent before the daemon restarted (its answer unknown), which'
                 : 'whose answer had been lost and which';
             this.host.settle(log, record, 'dispatched', {
@@ -488,7 +485,7 @@ export class ConfirmationLoop {
               code: 'READBACK_MISMATCH',
               faultCode: null,
               observed: observe(readback),
-              detail: `the controller took the stop (it showed ${stopTakenAt.state}${stopTakenAt.position === null ? '' : ` at ${stopTakenAt.position} %`}), then the write of ${lane.interrupted?.target.key ?? 'the command it preempted'} (sequence number ${late.seq}), ${lost} reached it late: it shows ${readback.state}${at}; the stop did not hold, and it is not written again`,
+              detail: `the controller took the stop (it showed ${stopTakenAt.state}${stopTakenAt.position === null ? '' : ` at ${stopTakenAt.position} %`}), then the write of ${preempted?.target.key ?? 'the command it preempted'} (sequence number ${late.seq}), ${lost} reached it late: it shows ${readback.state}${at}; the stop did not hold, and it is not written again`,
             });
             return;
           }
@@ -706,7 +703,9 @@ export class ConfirmationLoop {
   /**
    * For a stop that preempted a written command: why that command's write may still reach the
    * controller after `readback`, and so after this stop (or null). Its answer lost, it may be
-   * on its way still, and this stop went out on the connection that replaced the lost one.
+   * on its way still, and this stop went out on the connection that replaced the lost one. A
+   * stop that overtook a stop (preemption.ts, stopOvertakes) waits for the write of the command
+   * that first stop had preempted, too: it may land after either.
    */
   private preemptedMayLand(
     lane: Lane,
@@ -717,30 +716,33 @@ export class ConfirmationLoop {
     if (
       record.action !== 'stop' ||
       interrupted === null ||
-      refId(interrupted.stop) !== refId(record) ||
-      interrupted.write === null
+      refId(interrupted.stop) !== refId(record)
     ) {
       return null;
     }
-    // A preempted write withdrawn before it was sent leaves the command SUPERSEDED: nothing of
-    // it can land. Unreadable, the command is taken as still open (the stop waits the guard).
-    let target: CommandRecord | undefined;
-    try {
-      target = this.host.journal.get(interrupted.target);
-    } catch {
-      target = undefined;
+    for (let i: Interruption | null = interrupted; i !== null; i = i.outer) {
+      if (i.write === null) continue;
+      // A preempted write withdrawn before it was sent leaves the command SUPERSEDED: nothing
+      // of it can land. Unreadable, the command is taken as still open (the stop waits).
+      let target: CommandRecord | undefined;
+      try {
+        target = this.host.journal.get(i.target);
+      } catch {
+        target = undefined;
+      }
+      if (target !== undefined && target.state !== 'dispatched') continue;
+      const landing = mayStillLand({
+        profile: lane.binding.profile,
+        readback,
+        skew: this.reads.usableSkew(lane),
+        acked: i.write.acked,
+        unknownSinceMono: i.write.unknownSinceMono ?? i.write.sentMono,
+      });
+      if (landing !== null) {
+        return `the controller took the stop, but the command it preempted (${i.target.key}) may still undo it: ${landing}`;
+      }
     }
-    if (target !== undefined && target.state !== 'dispatched') return null;
-    const landing = mayStillLand({
-      profile: lane.binding.profile,
-      readback,
-      skew: this.reads.usableSkew(lane),
-      acked: interrupted.write.acked,
-      unknownSinceMono: interrupted.write.unknownSinceMono ?? interrupted.write.sentMono,
-    });
-    return landing === null
-      ? null
-      : `the controller took the stop, but the command it preempted (${interrupted.target.key}) may still undo it: ${landing}`;
+    return null;
   }
 
   /** Why this command's write may still reach the controller after `readback` (or null). */
@@ -1059,4 +1061,16 @@ function faultLead(
   return fromFault
     ? `the controller took the ${record.action} and shows`
     : 'the controller took the command and went to';
+}
+
+/**
+ * The interruption on `lane` (the stop's own, or one a stop it overtook held) whose preempted
+ * write the controller echoes (`seq`): that write reached it after the stop.
+ */
+function landedLate(lane: Lane, seq: number | null): Interruption | null {
+  if (seq === null) return null;
+  for (let i = lane.interrupted; i !== null; i = i.outer) {
+    if (i.write !== null && i.write.seq === seq) return i;
+  }
+  return null;
 }

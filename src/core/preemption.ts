@@ -1,7 +1,7 @@
 import type { Clock } from './clock.js';
 import { isTerminal } from './command.js';
 import type { CommandRecord, CommandRef, Journal } from './journal.js';
-import { commandLogger, refId, type Lane, type LastWrite } from './lane.js';
+import { commandLogger, refId, type Interruption, type Lane, type LastWrite } from './lane.js';
 import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
 import { latestWriteUnsent } from './redispatch.js';
@@ -350,6 +350,14 @@ export class Preemption {
  * whenever it would be from the state that write leads to, and it is confirmed by any state a
  * stop leaves the device in from there (SPEC §2). The same when a stop so dispatched is taken
  * up again (after a restart, a journal stall): judged on the decision it was written on.
+ *
+ * A stop that overtook a stop (stopOvertakes) decides so for the command that first stop had
+ * preempted, too, when that command's write may still reach the controller (its outcome
+ * unknown: an earlier life's write, after a restart). The read shows the first stop's echo, which
+ * hides whether that write was taken: a no-op decided on it was confirmed at once after a
+ * restart, and the write, landing after it, moved the actuator to 80 % — the stop is written
+ * instead (a no-op at the controller where the device rests) and waits the write's guard as the
+ * first stop did (confirmation.ts, preemptedMayLand).
  */
 export function stopOverPreempted(
   journal: Pick<Journal, 'get'>,
@@ -358,7 +366,6 @@ export function stopOverPreempted(
   before: { readonly state: string; readonly seq: number | null },
   actual: Decision,
 ): Decision {
-  const { profile } = lane.binding;
   const interrupted = lane.interrupted;
   if (
     stop.action !== 'stop' ||
@@ -368,20 +375,38 @@ export function stopOverPreempted(
   ) {
     return actual;
   }
-  const target = journal.get(interrupted.target);
+  let decision: Decision = actual;
+  for (let i: Interruption | null = interrupted; i !== null; i = i.outer) {
+    if (i !== interrupted && (i.write === null || i.write.acked)) continue;
+    decision = overPreempted(journal, lane, i.target, before, decision);
+  }
+  return decision;
+}
+
+/** `decision`, made a write when a stop would be one from the state `target`'s write leads to. */
+function overPreempted(
+  journal: Pick<Journal, 'get'>,
+  lane: Lane,
+  ref: CommandRef,
+  before: { readonly state: string; readonly seq: number | null },
+  decision: Decision,
+): Decision {
+  const { profile } = lane.binding;
+  const target = journal.get(ref);
   if (
     target?.state !== 'dispatched' ||
     target.seq === null ||
     target.observedBefore === null ||
     before.seq === target.seq
   ) {
-    return actual;
+    return decision;
   }
   const written = decide(profile, target.observedBefore.state, target.action);
-  if (written.kind !== 'write') return actual;
+  if (written.kind !== 'write') return decision;
   const expected = decide(profile, written.next, 'stop');
-  if (expected.kind !== 'write') return actual;
+  if (expected.kind !== 'write') return decision;
   const confirm = new Set<string>(expected.confirm);
+  if (decision.kind === 'write') for (const c of decision.confirm) confirm.add(c);
   for (const state of [before.state, ...written.confirm]) {
     const cell = decide(profile, state, 'stop');
     if (cell.kind !== 'reject') for (const c of cell.confirm) confirm.add(c);

@@ -14,6 +14,11 @@ import { Site } from '../reliability/site.js';
  * hold when the write lands. It used to be confirmed on its first readback after the restart,
  * the write landing after it and the actuator travelling on.
  *
+ * A second stop pressed during the wait queues behind the first; after a restart it goes first
+ * (the new process knows nothing of the first stop's write). It used to be decided on the read
+ * showing the first stop's echo, a no-op at rest, and confirmed at once, the move landing after
+ * it; it is written, waits the move's guard in turn, and says that it did not hold.
+ *
  * The move's request is held on the PLC's link (latency before processing) past the request
  * timeout and within the guard, as the profile's contract allows. Ground truth: the
  * simulator's command log (what the controller took, in order) and the journal file.
@@ -63,13 +68,16 @@ describe
           shutdownBoundMs: 0,
           timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 20_000, defaultTtlMs: 40_000 },
         });
-        onTestFinished(async () => {
-          console.log(
-            site.logs
-              .filter((l) => !l.includes('"level":20'))
-              .slice(-40)
-              .join('\n'),
-          );
+        onTestFinished(async ({ task }) => {
+          // The daemon's lines, when the test failed.
+          if (task.result?.state === 'fail') {
+            console.log(
+              site.logs
+                .filter((l) => !l.includes('"level":20'))
+                .slice(-40)
+                .join('\n'),
+            );
+          }
           await site.close();
         });
         const actuator = site.plant.device(ACTUATOR);
@@ -119,4 +127,63 @@ describe
         expect(site.verify()).toEqual([]);
       }, 120_000);
     }
+
+    it('a second stop pressed during the wait, then SIGKILL: it goes first after the restart, and says it did not hold when the write lands', async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const site = await Site.start({
+        gatewayId: 'guard-second',
+        timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 20_000, defaultTtlMs: 40_000 },
+      });
+      onTestFinished(async ({ task }) => {
+        if (task.result?.state === 'fail') console.log(site.logs.slice(-60).join('\n'));
+        await site.close();
+      });
+      const actuator = site.plant.device(ACTUATOR);
+      await site.startDaemon();
+      actuator.setFault({ kind: 'latency', ms: HELD_MS, on: 'write', when: 'before' });
+      await site.postCommand('m', { device: ACTUATOR, action: 'move', position: 80 });
+      await until(
+        () => (actuator.writers.length === 1 ? true : undefined),
+        5_000,
+        'the move on the link',
+      );
+      actuator.clearFault('latency');
+      await site.postCommand('s1', { device: ACTUATOR, action: 'stop' });
+      await until(() => (actuator.log.length === 1 ? true : undefined), 5_000, 'the stop taken');
+      // Pressed again while the first waits out the move's guard: queued behind it.
+      expect((await site.postCommand('s2', { device: ACTUATOR, action: 'stop' })).status).toBe(202);
+      await site.kill();
+      expect(
+        site
+          .records()
+          .map((r) => [r.key, r.state])
+          .sort(),
+      ).toEqual([
+        ['m', 'dispatched'],
+        ['s1', 'dispatched'],
+        ['s2', 'accepted'],
+      ]);
+      expect(actuator.log.length).toBe(1);
+      await site.startDaemon();
+      const s2 = await settled(site, 's2', 40_000);
+      const [s1, m] = [await settled(site, 's1', 60_000), await settled(site, 'm', 60_000)];
+      // Ground truth: both stops reached the controller at rest, then the move, carried out.
+      expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
+        [s1.seq, 'noop', 'IDLE', 'IDLE'],
+        [s2.seq, 'noop', 'IDLE', 'IDLE'],
+        [m.seq, 'accepted', 'IDLE', 'MOVING'],
+      ]);
+      expect(actuator.snapshot().published).toMatchObject({ state: 'IDLE', position: 80 });
+      // No stop is said to have held: the one the new process saw taken says it did not.
+      expect(s2).toMatchObject({ state: 'failed', code: 'READBACK_MISMATCH', attempts: 1 });
+      expect(s2.detail).toMatch(
+        /then the write of m .*the stop did not hold, and it is not written again$/,
+      );
+      expect(s1.state).toBe('failed');
+      expect(m).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
+      for (const r of [s1, s2, m]) expect(actuator.writesWithSeq(r.seq!)).toBe(1);
+      expect(site.verify()).toEqual([]);
+    }, 150_000);
   });
