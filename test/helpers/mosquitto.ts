@@ -2,13 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { join } from 'node:path';
-import {
-  connectAsync,
-  type IClientOptions,
-  type IClientPublishOptions,
-  type IPublishPacket,
-  type MqttClient,
-} from 'mqtt';
+import type { IClientOptions, IClientPublishOptions, IPublishPacket, MqttClient } from 'mqtt';
 import { mqttConfigSchema } from '../../src/config/config.js';
 import type { MqttConfig } from '../../src/intake/mqtt.js';
 import { tempDir } from './fixtures.js';
@@ -248,6 +242,9 @@ export class TestClient {
   }
 
   static async connect(url: string, options: IClientOptions = {}): Promise<TestClient> {
+    // Loaded here, not at the top: most files import this one for the broker alone (or for
+    // mosquittoAvailable, until) and would pay for mqtt.js at every start of their worker.
+    const { connectAsync } = await import('mqtt');
     const client = await connectAsync(url, {
       protocolVersion: 5,
       reconnectPeriod: 200,
