@@ -1,5 +1,5 @@
 // The demo behind `npm start`: the bundled simulator plant, an embedded MQTT broker (or the
-// one in SLUICE_MQTT_URL or the site file), and the daemon with HTTPS on 127.0.0.1:8443 and
+// one in SLUICE_MQTT_URL or the site file; none without an mqtt section), and the daemon with HTTPS on 127.0.0.1:8443 and
 // gateway id `demo`, configured by devices/site.example.yaml. It creates a self-signed certificate and a demo
 // token under .state/demo, prints how to send a first command, and stops everything on Ctrl-C.
 import { randomBytes } from 'node:crypto';
@@ -296,6 +296,7 @@ async function main(): Promise<void> {
       environment: 'SLUICE_MQTT_URL',
       site: shownPath(sitePath),
       embedded: 'embedded broker',
+      none: '',
     }[brokerFrom];
     const key = `demo-${Date.now().toString(36)}`;
     // The daemon's own topics: SLUICE_GATEWAY_ID (or an edited site file) moves them off
@@ -312,9 +313,15 @@ async function main(): Promise<void> {
         'Sluice demo is running.',
         '',
         `  HTTPS      ${base}   (self-signed: ${join(tlsDir, 'cert.pem')})`,
-        // The configuration refuses a URL with a password; shown without one all the same.
-        `  MQTT       ${withoutPassword(mqttUrl)} (${brokerLabel})   topics ${topics}/#`,
-        `             ${mqttCheck.ok ? mqttCheck.detail : `NOT READY, ${mqttCheck.detail} (see the log)`}`,
+        ...(brokerFrom === 'none'
+          ? [
+              `  MQTT       off (no mqtt section in ${shownPath(sitePath)}): commands over HTTPS only`,
+            ]
+          : [
+              // The configuration refuses a URL with a password; shown without one all the same.
+              `  MQTT       ${withoutPassword(mqttUrl)} (${brokerLabel})   topics ${topics}/#`,
+              `             ${mqttCheck.ok ? mqttCheck.detail : `NOT READY, ${mqttCheck.detail} (see the log)`}`,
+            ]),
         `  Devices    inlet-valve, drain-valve (Modbus TCP 127.0.0.1:5020), outlet-valve, dosing-actuator (OPC UA opc.tcp://127.0.0.1:4840)`,
         `             ${devicesCheck}`,
         `  Simulators control API ${plant.controlUrl ?? 'off'}`,
@@ -329,35 +336,39 @@ async function main(): Promise<void> {
         `    -H "Authorization: Bearer ${token}" -H "Idempotency-Key: ${key}" \\`,
         `    -H "Content-Type: application/json" -d '{"device":"inlet-valve","action":"open"}'`,
         '',
-        ...(webSocket
-          ? [
-              `Or over MQTT. The broker is reached over WebSockets (${new URL(mqttUrl).protocol}//), which the`,
-              'mosquitto clients (mosquitto_pub, mosquitto_sub) cannot reach: they speak MQTT over TCP',
-              'only. sluicectl reaches it as the daemon does; it sends the command with the time it was',
-              'issued (a command queued at the broker must not run late) and prints its result:',
-              '',
-              ...sluicectlSend(config, mqttUrl, 'drain-valve', `${key}-mqtt`),
-              '',
-              'Run the same line again: same key, same command, so the stored result comes back',
-              '(REPLAYED) and the valve is not moved twice. A new command needs a new key.',
-            ]
-          : [
-              'Or over MQTT. Watch the results in a second terminal:',
-              '',
-              `  mosquitto_sub ${brokerOptions} -t '${topics}/result/#' -v`,
-              '',
-              'and send a command. An MQTT command carries the time it was issued (a command queued at',
-              'the broker must not run late), so stamp it first:',
-              '',
-              `  ISSUED_AT=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)`,
-              `  mosquitto_pub ${brokerOptions} -q 1 -t ${topics}/cmd/drain-valve \\`,
-              `    -m '{"key":"${key}-mqtt","action":"open","issuedAt":"'"$ISSUED_AT"'"}'`,
-              '',
-              'Run the same mosquitto_pub line again: same key, same command, so the stored result comes',
-              'back with "replayed": true and the valve is not moved twice. A new command needs a new',
-              'key and a new ISSUED_AT.',
-            ]),
-        '',
+        // The daemon has no MQTT intake: a command published anywhere would reach nothing.
+        ...(brokerFrom === 'none'
+          ? []
+          : webSocket
+            ? [
+                `Or over MQTT. The broker is reached over WebSockets (${new URL(mqttUrl).protocol}//), which the`,
+                'mosquitto clients (mosquitto_pub, mosquitto_sub) cannot reach: they speak MQTT over TCP',
+                'only. sluicectl reaches it as the daemon does; it sends the command with the time it was',
+                'issued (a command queued at the broker must not run late) and prints its result:',
+                '',
+                ...sluicectlSend(config, mqttUrl, 'drain-valve', `${key}-mqtt`),
+                '',
+                'Run the same line again: same key, same command, so the stored result comes back',
+                '(REPLAYED) and the valve is not moved twice. A new command needs a new key.',
+                '',
+              ]
+            : [
+                'Or over MQTT. Watch the results in a second terminal:',
+                '',
+                `  mosquitto_sub ${brokerOptions} -t '${topics}/result/#' -v`,
+                '',
+                'and send a command. An MQTT command carries the time it was issued (a command queued at',
+                'the broker must not run late), so stamp it first:',
+                '',
+                `  ISSUED_AT=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)`,
+                `  mosquitto_pub ${brokerOptions} -q 1 -t ${topics}/cmd/drain-valve \\`,
+                `    -m '{"key":"${key}-mqtt","action":"open","issuedAt":"'"$ISSUED_AT"'"}'`,
+                '',
+                'Run the same mosquitto_pub line again: same key, same command, so the stored result comes',
+                'back with "replayed": true and the valve is not moved twice. A new command needs a new',
+                'key and a new ISSUED_AT.',
+                '',
+              ]),
         'Ctrl-C stops everything.',
         '',
       ].join('\n'),

@@ -43,7 +43,8 @@ import { makePki } from '../intake/https-client.js';
  * file), the printed mosquitto commands carry what that broker needs, the password read from
  * its file, and work as printed. Pointed at a
  * WebSocket broker (ws://), which the mosquitto clients cannot reach, it prints a sluicectl send
- * instead, which works as printed and replays.
+ * instead, which works as printed and replays. With no mqtt section in the site file, it starts
+ * no broker and prints no MQTT command: the daemon takes none.
  */
 
 const PORTS = [8443, 1883, 5020, 4840, 5080];
@@ -284,9 +285,9 @@ async function startDemo(
  * only where the test must see more than the user does (the headers). Its stderr is kept:
  * piped, curl's progress meter goes there unless the command says -s.
  */
-function curlRun(command: string, extra = ''): { stdout: string; stderr: string } {
+function curlRun(command: string, extra = '', cwd = ROOT): { stdout: string; stderr: string } {
   const run = spawnSync('sh', ['-c', extra === '' ? command : `${command} ${extra}`], {
-    cwd: ROOT,
+    cwd,
     encoding: 'utf8',
     timeout: 30_000,
   });
@@ -836,6 +837,69 @@ it.runIf(mosquittoClients && mosquittoAvailable())(
       }
     } finally {
       await broker.close();
+    }
+  },
+  240_000,
+);
+
+/** The shell commands the demo printed for a user to run: their first lines. */
+function printedCommands(lines: readonly string[]): string[] {
+  return lines
+    .map((l) => l.trim())
+    .filter((l) => /^(curl|mosquitto_sub|mosquitto_pub|ISSUED_AT=|SLUICE_\w+=|node) /.test(l));
+}
+
+it.runIf(curl)(
+  'with no mqtt section in the site file, the demo starts no broker and prints no MQTT command; its curl works as printed',
+  async () => {
+    for (const port of PORTS) {
+      if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
+    }
+    // The site file without its mqtt section: the daemon has no MQTT intake. The demo started
+    // the embedded broker on 1883 all the same and printed mosquitto_sub and mosquitto_pub
+    // commands, whose commands reached no daemon (no write, no journal row, no result).
+    const { dir, cleanup } = tempDir('sluice-demo-no-mqtt-');
+    try {
+      const copy = demoCopy(dir, (site) => {
+        const section = /^mqtt:\n(?: .*\n)+\n/m;
+        expect(site).toMatch(section);
+        return site.replace(section, '');
+      });
+      const env: NodeJS.ProcessEnv = { ...process.env, SLUICE_DEMO_TOKEN: 'demo-test-token' };
+      delete env.SLUICE_MQTT_URL;
+      delete env.SLUICE_GATEWAY_ID;
+      delete env.INIT_CWD;
+      const demo = await startDemo(
+        [process.execPath, join(copy, 'dist', 'src', 'demo', 'main.js')],
+        env,
+        PORTS,
+        copy,
+      );
+      try {
+        const text = demo.lines.join('\n');
+        // Up and banner printed: no broker took 1883.
+        expect(await portFree(1883)).toBe(true);
+        // Every command printed is run here: the curl alone.
+        expect(printedCommands(demo.lines).map((l) => l.split(' ')[0])).toEqual(['curl']);
+        expect(text).toContain(
+          'MQTT       off (no mqtt section in devices/site.example.yaml): commands over HTTPS only',
+        );
+        expect(text).not.toContain('embedded broker');
+        const command = printed(demo.lines, 'curl ');
+        const out = curlRun(command, '', copy);
+        expect(out.stderr).toBe('');
+        expect(JSON.parse(out.stdout)).toMatchObject({
+          device: 'inlet-valve',
+          state: 'confirmed',
+          code: 'OK',
+        });
+        const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
+        expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
+      } finally {
+        await demo.stop();
+      }
+    } finally {
+      cleanup();
     }
   },
   240_000,

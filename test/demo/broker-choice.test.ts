@@ -11,7 +11,7 @@ import { ROOT, tempDir } from '../helpers/fixtures.js';
  * banner called the site's broker "(embedded broker)". The demo start with a site file's broker
  * is in test/daemon/demo.test.ts (the broker that wants TLS).
  */
-it("takes SLUICE_MQTT_URL first, then the site file's own broker, and embeds one only for the site file's as shipped", () => {
+it("takes SLUICE_MQTT_URL first, then the site file's own broker, embeds one only for the site file's as shipped, and none without an mqtt section", () => {
   const { dir, cleanup } = tempDir('sluice-demo-broker-choice-');
   try {
     const shipped = readFileSync(join(ROOT, 'devices', 'site.example.yaml'), 'utf8');
@@ -43,6 +43,17 @@ it("takes SLUICE_MQTT_URL first, then the site file's own broker, and embeds one
         'environment',
       );
     }
+    // No mqtt section: the daemon takes no MQTT command, so no broker (SLUICE_MQTT_URL alone is
+    // refused by the configuration, which names the missing section).
+    const noMqtt = join(dir, 'site-no-mqtt.yaml');
+    writeFileSync(
+      noMqtt,
+      shipped.replaceAll('../', `${join(ROOT, 'devices')}/../`).replace(/^mqtt:\n(?: .*\n)+/m, ''),
+    );
+    expect(choice(noMqtt, {})).toBe('none');
+    expect(() => choice(noMqtt, { SLUICE_MQTT_URL: 'mqtt://127.0.0.1:1883' })).toThrow(
+      /SLUICE_MQTT_URL: overrides mqtt\.url, but the configuration has no mqtt section/,
+    );
   } finally {
     cleanup();
   }
