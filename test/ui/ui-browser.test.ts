@@ -81,6 +81,8 @@ interface Relay {
   readonly port: number;
   /** Resets every connection, and every new one until restore(). */
   cut(): void;
+  /** The connections reset at their opening since the last cut(): the page's retries. */
+  readonly refused: number;
   restore(): void;
   close(): Promise<void>;
 }
@@ -89,8 +91,10 @@ interface Relay {
 async function startRelay(target: number): Promise<Relay> {
   const sockets = new Set<Socket>();
   let down = false;
+  let refused = 0;
   const server: Server = createServer((client) => {
     if (down) {
+      refused += 1;
       client.resetAndDestroy();
       return;
     }
@@ -113,8 +117,12 @@ async function startRelay(target: number): Promise<Relay> {
   const port = typeof address === 'object' && address !== null ? address.port : 0;
   return {
     port,
+    get refused() {
+      return refused;
+    },
     cut: () => {
       down = true;
+      refused = 0;
       for (const socket of sockets) socket.resetAndDestroy();
     },
     restore: () => {
@@ -369,8 +377,8 @@ describe.runIf(real)('the status page in Chromium', () => {
       .toBe('Disconnected, retrying…');
     expect(await page.locator('#stream').getAttribute('class')).toBe('stream stream-down');
     await page.screenshot({ path: join(ARTIFACTS, 'ui-disconnected.png') });
-    // Still down a few retries later: the page keeps saying so.
-    await new Promise((resolve) => setTimeout(resolve, 5_000));
+    // Still down a few retries later (each one refused at the relay): the page keeps saying so.
+    await expect.poll(() => relay.refused, { timeout: 15_000 }).toBeGreaterThanOrEqual(3);
     expect(await page.locator('#stream').innerText()).toBe('Disconnected, retrying…');
     relay.restore();
     await expect.poll(() => page.locator('#stream').innerText(), { timeout: 20_000 }).toBe('Live');
