@@ -83,15 +83,18 @@ function mosquittoOptions(mqtt: SluiceConfig['mqtt'], url: string): string {
  * connects as the daemon does (MQTT.js, the configuration's mqtt section), so the demo prints
  * `sluicectl send … --via mqtt` instead, with the settings of the environment that decide where
  * the command goes (the broker, the topics) and where its journal is (a rerun of the key takes
- * its issuedAt from there): a second terminal does not have the demo's environment.
+ * its issuedAt from there): a second terminal does not have the demo's environment. A broker
+ * named in the site file is not repeated as SLUICE_MQTT_URL: sluicectl reads it from the file
+ * (--config) as the daemon does.
  */
 function sluicectlSend(
   config: SluiceConfig,
   url: string,
+  brokerFrom: 'environment' | 'site' | 'embedded',
   device: string,
   key: string,
 ): readonly string[] {
-  const env = [`SLUICE_MQTT_URL=${shellWord(url)}`];
+  const env = brokerFrom === 'environment' ? [`SLUICE_MQTT_URL=${shellWord(url)}`] : [];
   if ((process.env.SLUICE_GATEWAY_ID ?? '') !== '') {
     env.push(`SLUICE_GATEWAY_ID=${shellWord(config.gatewayId)}`);
   }
@@ -112,9 +115,9 @@ function sluicectlSend(
     );
   }
   const cli = shellWord(shownPath(join(root, 'dist', 'src', 'cli', 'sluicectl.js')));
+  const node = `node ${cli} --config ${shellWord(shownPath(sitePath))} \\`;
   return [
-    `  ${env.join(' ')} \\`,
-    `    node ${cli} --config ${shellWord(shownPath(sitePath))} \\`,
+    ...(env.length === 0 ? [`  ${node}`] : [`  ${env.join(' ')} \\`, `    ${node}`]),
     `    send ${device} open ${options.join(' ')}`,
   ];
 }
@@ -346,7 +349,7 @@ async function main(): Promise<void> {
                 'only. sluicectl reaches it as the daemon does; it sends the command with the time it was',
                 'issued (a command queued at the broker must not run late) and prints its result:',
                 '',
-                ...sluicectlSend(config, mqttUrl, 'drain-valve', `${key}-mqtt`),
+                ...sluicectlSend(config, mqttUrl, brokerFrom, 'drain-valve', `${key}-mqtt`),
                 '',
                 'Run the same line again: same key, same command, so the stored result comes back',
                 '(REPLAYED) and the valve is not moved twice. A new command needs a new key.',

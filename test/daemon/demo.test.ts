@@ -904,3 +904,105 @@ it.runIf(curl)(
   },
   240_000,
 );
+
+it.runIf(mosquittoAvailable())(
+  'pointed at a WebSocket broker named in the site file, the printed sluicectl send names it nowhere else and works as printed',
+  async () => {
+    // The broker is in the site file, which the printed line gives sluicectl (--config): the
+    // line repeated it as SLUICE_MQTT_URL, a second place to keep in step for nothing. Run
+    // verbatim in a shell of the copy's folder (where the demo ran) without the demo's
+    // environment; ground truth: the simulator's write counter and the copy's journal.
+    const ports = PORTS.filter((p) => p !== 1883);
+    for (const port of ports) {
+      if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
+    }
+    const wsPort = await freePort();
+    const broker = await startMosquitto({
+      settings: [`listener ${wsPort} 127.0.0.1`, 'protocol websockets'],
+    });
+    const url = `ws://127.0.0.1:${wsPort}`;
+    const { dir, cleanup } = tempDir('sluice-demo-site-ws-');
+    try {
+      const copy = demoCopy(dir, (site) => {
+        expect(site).toContain('  url: mqtt://127.0.0.1:1883 ');
+        return site.replace('  url: mqtt://127.0.0.1:1883 ', `  url: ${url} `);
+      });
+      const env: NodeJS.ProcessEnv = { ...process.env, SLUICE_DEMO_TOKEN: 'demo-test-token' };
+      delete env.SLUICE_MQTT_URL;
+      delete env.SLUICE_GATEWAY_ID;
+      delete env.SLUICE_STATE_DIR;
+      delete env.INIT_CWD;
+      const demo = await startDemo(
+        [process.execPath, join(copy, 'dist', 'src', 'demo', 'main.js')],
+        env,
+        ports,
+        copy,
+      );
+      try {
+        const text = demo.lines.join('\n');
+        expect(text).toContain(`${url} (devices/site.example.yaml)`);
+        expect(demo.lines.map((l) => l.trim())).toContain('connected (MQTT 5)');
+        expect(text).not.toContain('SLUICE_MQTT_URL');
+        // Every command printed is run here: the curl and the sluicectl line.
+        expect(printedCommands(demo.lines).map((l) => l.split(' ')[0])).toEqual(['curl', 'node']);
+        const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
+        const curled = curlRun(printed(demo.lines, 'curl '), '', copy);
+        expect(curled.stderr).toBe('');
+        expect(JSON.parse(curled.stdout)).toMatchObject({ state: 'confirmed', code: 'OK' });
+        expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
+        const send = printed(demo.lines, 'node ');
+        expect(send).toContain(' --via mqtt ');
+        const key = /--key (\S+)/.exec(send)?.[1] ?? '';
+        expect(key).not.toBe('');
+        const shellEnv: NodeJS.ProcessEnv = { ...process.env };
+        delete shellEnv.SLUICE_MQTT_URL;
+        delete shellEnv.SLUICE_GATEWAY_ID;
+        delete shellEnv.SLUICE_STATE_DIR;
+        const run = (): { status: number | null; stdout: string; stderr: string } =>
+          spawnSync('sh', ['-c', send], {
+            cwd: copy,
+            env: shellEnv,
+            encoding: 'utf8',
+            timeout: 60_000,
+          });
+        const before = await writesReceived(controlUrl, 'drain-valve');
+        const first = run();
+        expect(first.status, `${first.stdout}\n${first.stderr}`).toBe(0);
+        expect(first.stdout).toMatch(/^CONFIRMED over mqtt/);
+        expect(await writesReceived(controlUrl, 'drain-valve')).toBe(before + 1);
+        const journalRow = (): unknown => {
+          const db = new BetterSqlite3(join(copy, '.state', 'demo', 'journal.db'), {
+            readonly: true,
+          });
+          try {
+            return db
+              .prepare('SELECT device, action, state, code, intake FROM commands WHERE key = ?')
+              .all(key);
+          } finally {
+            db.close();
+          }
+        };
+        const settled = {
+          device: 'drain-valve',
+          action: 'open',
+          state: 'confirmed',
+          code: 'OK',
+          intake: 'mqtt',
+        };
+        expect(journalRow()).toEqual([settled]);
+        // Run again as the demo says: the stored result, no second write.
+        const again = run();
+        expect(again.status, `${again.stdout}\n${again.stderr}`).toBe(0);
+        expect(again.stdout).toMatch(new RegExp(`^REPLAYED: key ${key} was already settled`));
+        expect(await writesReceived(controlUrl, 'drain-valve')).toBe(before + 1);
+        expect(journalRow()).toEqual([settled]);
+      } finally {
+        await demo.stop();
+      }
+    } finally {
+      await broker.close();
+      cleanup();
+    }
+  },
+  240_000,
+);
