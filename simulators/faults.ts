@@ -91,6 +91,12 @@ const faultSchemas = {
       .regex(/^[A-Za-z]+$/, 'a variable name such as CommandSeq')
       .optional()
       .describe('only this variable of each device: requests without it are not hit'),
+    service: z
+      .boolean()
+      .default(false)
+      .describe(
+        'the whole request answered with a ServiceFault carrying the status (the Service itself failed), as servers answer BadServerTooBusy or BadTooManyOperations, instead of a status per node; Bad only',
+      ),
   }),
   clock: z.strictObject({
     kind: z.literal('clock'),

@@ -143,6 +143,8 @@ interface NodeVerdict {
   status: StatusCode;
   /** `when: after`: the node is read or written all the same, then answered with `status`. */
   applied: boolean;
+  /** `service`: the whole request is answered with a ServiceFault carrying `status`. */
+  service: boolean;
 }
 
 /** What a Read/Write request suffers, decided when it arrives, applied when it is answered. */
@@ -154,6 +156,11 @@ interface PendingRequest {
   answered: (StatusCode | undefined)[];
   /** Write requests: original indexes of the nodes node-opcua was asked to write. */
   kept?: number[];
+  /**
+   * A ServiceFault answers the whole request: `applied` false, instead of processing it (nothing
+   * read or written); true, once it has been processed, in place of its response.
+   */
+  serviceFault?: NodeVerdict;
   /** Write requests: the nodes that write a command variable, in request order. */
   commandWrites?: CommandNodeWrite[];
   /** Called once node-opcua has processed the request (its response is being sent). */
@@ -181,6 +188,11 @@ const COMMAND_TYPES = {
 export function statusCodeNamed(name: string): StatusCode | undefined {
   const code = (StatusCodes as unknown as Record<string, unknown>)[name];
   return code instanceof StatusCode ? code : undefined;
+}
+
+/** A ServiceFault carrying `status`: the Service itself failed (OPC 10000-4 §5.3). */
+function serviceFault(status: StatusCode): ServiceFault {
+  return new ServiceFault({ responseHeader: { serviceResult: status } });
 }
 
 /** The policies offered with Sign and SignAndEncrypt. */
@@ -213,6 +225,13 @@ export class OpcuaPlcServer {
           fault.kind,
           target,
           `${fault.status} is not an OPC UA status code`,
+        );
+      }
+      if (fault.service && !status.isBad()) {
+        throw new FaultNotApplicableError(
+          fault.kind,
+          target,
+          `${fault.status} is not a Bad status: a ServiceFault says the Service failed`,
         );
       }
       // A Good or Uncertain status does not refuse anything: the node is processed.
@@ -530,7 +549,7 @@ export class OpcuaPlcServer {
           set,
           fault === undefined || status === undefined
             ? undefined
-            : { status, applied: fault.when === 'after' },
+            : { status, applied: fault.when === 'after', service: fault.service },
         );
       }
       return verdicts.get(set);
@@ -544,9 +563,13 @@ export class OpcuaPlcServer {
       }
       return undefined;
     });
-    const bad = nodeVerdicts.map((v) => (v !== undefined && !v.applied ? v.status : undefined));
-    const answered = nodeVerdicts.map((v) => (v?.applied === true ? v.status : undefined));
+    // A service-level fault answers the request as a whole: no status per node then.
+    const failed = nodeVerdicts.find((v) => v?.service === true);
+    const perNode = failed === undefined ? nodeVerdicts : [];
+    const bad = perNode.map((v) => (v !== undefined && !v.applied ? v.status : undefined));
+    const answered = perNode.map((v) => (v?.applied === true ? v.status : undefined));
     const pending: PendingRequest = { plan, bad, answered };
+    if (failed !== undefined) pending.serviceFault = failed;
 
     if (request instanceof WriteRequest) {
       const nodesToWrite = request.nodesToWrite ?? [];
@@ -576,7 +599,10 @@ export class OpcuaPlcServer {
     }
     const deliver = (): void => {
       this.#pending.set(message, pending);
-      if (pending.kept?.length === 0) {
+      if (pending.serviceFault?.applied === false) {
+        // The Service failed: nothing of the request is read or written.
+        channel.send_response('MSG', serviceFault(pending.serviceFault.status), message);
+      } else if (pending.kept?.length === 0) {
         channel.send_response('MSG', new WriteResponse({ results: [] }), message);
       } else {
         dispatch(message, channel);
@@ -618,6 +644,11 @@ export class OpcuaPlcServer {
       this.#pending.delete(message);
       this.#complete(pending, response);
       pending.processed?.();
+      // Processed (`when: after`), then answered with the ServiceFault instead.
+      const answer =
+        pending.serviceFault?.applied === true
+          ? serviceFault(pending.serviceFault.status)
+          : response;
       const finish = (): void => {
         if (pending.plan.drop) {
           callback?.();
@@ -625,7 +656,7 @@ export class OpcuaPlcServer {
           channel.abruptlyInterrupt();
           callback?.();
         } else {
-          send(msgType, response, message, callback);
+          send(msgType, answer, message, callback);
         }
       };
       if (pending.plan.latencyMs > 0) this.#timers.after(pending.plan.latencyMs, finish);

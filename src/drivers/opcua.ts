@@ -9,6 +9,7 @@ import {
   OPCUACertificateManager,
   OPCUAClient,
   SecurityPolicy,
+  ServiceFault,
   StatusCodes,
   WriteRequest,
   WriteResponse,
@@ -500,38 +501,90 @@ function severity(status: StatusCode): 'good' | 'uncertain' | 'bad' {
 }
 
 /**
- * Bad statuses a server answers when it could not learn what became of a write it passed on
- * to its field device (a gateway in front of a fieldbus, a device that did not answer in
- * time): the device may have taken it. Other Bad statuses say the value was not written.
+ * Bad statuses that do not say the write was not carried out: a server answers the first ones
+ * when it could not learn what became of a write it passed on to its field device (a gateway in
+ * front of a fieldbus, a device that did not answer in time), and the resource ones ("an
+ * operating system resource is not available", "not enough memory to complete the operation")
+ * do not say at which point the resource ran out. The device may have taken it. Other Bad
+ * statuses say the value was not written.
  */
 const UNKNOWN_OUTCOME = new Set<number>([
   StatusCodes.BadTimeout.value,
   StatusCodes.BadCommunicationError.value,
   StatusCodes.BadWaitingForResponse.value,
   StatusCodes.BadRequestTimeout.value,
+  StatusCodes.BadResourceUnavailable.value,
+  StatusCodes.BadOutOfMemory.value,
+]);
+
+/**
+ * Statuses that say the server is busy and did not process the request: "the Server does not
+ * have the resources to process the request at this time" (BadServerTooBusy, and the transport's
+ * BadTcpServerTooBusy, "cannot process the request because it is too busy"). A write so answered
+ * was not applied; it is sent again, the same write, while its command's deadline allows
+ * (DeviceRefusedError `busy`: src/core/busy-write.ts), as a Modbus write answered 0x06 is.
+ */
+const BUSY = new Set<number>([
+  StatusCodes.BadServerTooBusy.value,
+  StatusCodes.BadTcpServerTooBusy.value,
+]);
+
+/**
+ * The Write Service's own service results (OPC 10000-4 Table 54): the request was not processed
+ * (too many operations for the server's limits, or none), so nothing was written; sending the
+ * same request again would be refused the same way. Any other ServiceFault to a write leaves
+ * its outcome unknown, except BUSY.
+ */
+const WRITE_NOT_PROCESSED = new Set<number>([
+  StatusCodes.BadTooManyOperations.value,
+  StatusCodes.BadNothingToDo.value,
 ]);
 
 interface WriteFault {
-  /** `refused`: not applied; `unknown`: the controller may have taken it. */
-  readonly kind: 'refused' | 'unknown';
+  /**
+   * `refused`: not applied; `busy`: not applied, the server busy (sent again); `unknown`: the
+   * controller may have taken it.
+   */
+  readonly kind: 'refused' | 'busy' | 'unknown';
   readonly message: string;
+}
+
+/**
+ * The service result of a request the server answered with a ServiceFault (OPC 10000-4 §5.3:
+ * "the Service itself failed"), which node-opcua hands over as an error carrying the fault.
+ */
+class ServiceResultError extends Error {
+  constructor(
+    readonly status: StatusCode,
+    cause: Error,
+  ) {
+    super(`the server answered the Write with a ServiceFault: ${status.name}`, { cause });
+  }
 }
 
 /**
  * What the statuses of the trigger's Write say of the command (null: taken). A Good status with
  * a subcode (GoodCompletesAsynchronously, GoodClamped) is a write the server took; an Uncertain
  * one, or a Bad one of UNKNOWN_OUTCOME, does not say whether it took it, which only a readback
- * can tell; any other Bad status is a refusal.
+ * can tell; a BUSY one is a write not processed, to be sent again; any other Bad status is a
+ * refusal.
  */
 function triggerOutcome(results: readonly StatusCode[]): WriteFault | null {
-  const refused = results.find((s) => severity(s) === 'bad' && !UNKNOWN_OUTCOME.has(s.value));
+  const refused = results.find(
+    (s) => severity(s) === 'bad' && !UNKNOWN_OUTCOME.has(s.value) && !BUSY.has(s.value),
+  );
   if (refused !== undefined) return { kind: 'refused', message: refused.name };
-  const unknown = results.find((s) => severity(s) !== 'good');
-  if (unknown === undefined) return null;
-  return {
-    kind: 'unknown',
-    message: `${unknown.name}: the controller may have taken it (outcome unknown)`,
-  };
+  const unknown = results.find((s) => severity(s) !== 'good' && !BUSY.has(s.value));
+  if (unknown !== undefined) {
+    return {
+      kind: 'unknown',
+      message: `${unknown.name}: the controller may have taken it (outcome unknown)`,
+    };
+  }
+  const busy = results.find((s) => BUSY.has(s.value));
+  return busy === undefined
+    ? null
+    : { kind: 'busy', message: `${busy.name}: the server did not process it; nothing was applied` };
 }
 
 /**
@@ -540,11 +593,13 @@ function triggerOutcome(results: readonly StatusCode[]): WriteFault | null {
  * trigger is not sent, so the controller takes nothing.
  */
 function preparationOutcome(results: readonly StatusCode[]): WriteFault | null {
-  const status = results.find((s) => s.value !== StatusCodes.Good.value);
+  const statuses = results.filter((s) => s.value !== StatusCodes.Good.value);
+  const status = statuses.find((s) => !BUSY.has(s.value)) ?? statuses[0];
   return status === undefined
     ? null
     : {
-        kind: 'refused',
+        // Only busy answers: the whole write is sent again, code and setpoint first.
+        kind: BUSY.has(status.value) ? 'busy' : 'refused',
         message: `${status.name} to the code and setpoint; the trigger (the sequence number) was not sent, the controller takes nothing`,
       };
 }
@@ -585,7 +640,18 @@ function writeOnce(session: ClientSession, values: WriteValueOptions[]): Promise
   return new Promise((resolve, reject) => {
     oneShot._performMessageTransaction(new WriteRequest({ nodesToWrite: values }), (err, r) => {
       if (err !== null) {
-        reject(err);
+        // A ServiceFault: node-opcua puts it on the error (`response`), or passes a response
+        // whose service result is Bad.
+        const fault = (err as { response?: unknown }).response ?? r;
+        const status =
+          fault instanceof ServiceFault || fault instanceof WriteResponse
+            ? fault.responseHeader.serviceResult
+            : undefined;
+        reject(
+          status !== undefined && status.isNot(StatusCodes.Good)
+            ? new ServiceResultError(status, err)
+            : err,
+        );
       } else if (!(r instanceof WriteResponse) || (r.results ?? []).length !== values.length) {
         reject(new Error('the server answered the Write with something else than its results'));
       } else {
@@ -758,22 +824,40 @@ export class OpcuaEndpoint {
       );
     }
     let results: StatusCode[];
+    let outcome: WriteFault | null;
     try {
       results = await withTimeout(
         writeOnce(session, values),
         this.requestTimeoutMs,
         `${this.name}: write timed out after ${this.requestTimeoutMs} ms`,
       );
+      outcome = trigger ? triggerOutcome(results) : preparationOutcome(results);
     } catch (error) {
-      throw this.failure(error, 'write');
+      // The server answered, but for the request as a whole (a ServiceFault): busy, or a Write
+      // it did not process, is certain not applied; anything else leaves the outcome unknown.
+      if (!(error instanceof ServiceResultError)) throw this.failure(error, 'write');
+      const status = error.status;
+      const notSent = trigger ? '' : '; the trigger (the sequence number) was not sent';
+      if (BUSY.has(status.value)) {
+        outcome = {
+          kind: 'busy',
+          message: `${status.name} (service result): the server did not process it; nothing was applied${notSent}`,
+        };
+      } else if (WRITE_NOT_PROCESSED.has(status.value)) {
+        outcome = {
+          kind: 'refused',
+          message: `${status.name} (service result): the server did not process it${notSent}`,
+        };
+      } else {
+        throw this.failure(error, 'write');
+      }
     }
-    const outcome = trigger ? triggerOutcome(results) : preparationOutcome(results);
     if (outcome === null) return;
     const message = `${this.name}: write: ${outcome.message}`;
     this.health.error(message);
-    throw outcome.kind === 'refused'
-      ? new DeviceRefusedError(message)
-      : new DeviceUnreachableError(message);
+    throw outcome.kind === 'unknown'
+      ? new DeviceUnreachableError(message)
+      : new DeviceRefusedError(message, { busy: outcome.kind === 'busy' });
   }
 
   /**
