@@ -1,6 +1,6 @@
 import type { X509Certificate } from 'node:crypto';
 import { certificateName } from '../intake/https-certificate.js';
-import { profilesDirOf, type SluiceConfig } from '../config/config.js';
+import { profilesDirOf, withoutPassword, type SluiceConfig } from '../config/config.js';
 import type { Preflight } from '../config/preflight.js';
 import { mb, type JournalOutlook } from '../journal/upgrade-room.js';
 import { registerMapLines } from '../drivers/modbus-map.js';
@@ -50,7 +50,7 @@ export function checkSummary(
   section('MQTT', [
     m === undefined
       ? 'off'
-      : `${m.url}, topics ${m.topicRoot}/${config.gatewayId}/#, identity ${m.identity}, protocol ${protocol}`,
+      : `${withoutPassword(m.url)}, topics ${m.topicRoot}/${config.gatewayId}/#, identity ${m.identity}, protocol ${protocol}`,
   ]);
 
   const plcs = Object.entries(config.plcs);

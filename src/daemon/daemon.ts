@@ -1,7 +1,7 @@
 import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino, type Logger as PinoLogger } from 'pino';
-import type { SluiceConfig } from '../config/config.js';
+import { withoutPassword, type SluiceConfig } from '../config/config.js';
 import { preflight } from '../config/preflight.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { JournalUnavailableError } from '../core/errors.js';
@@ -436,7 +436,8 @@ export class Daemon {
       logger.info(
         {
           https: daemon.https,
-          mqtt: config.mqtt?.url ?? null,
+          // A password in it as ***, as everywhere the URL is shown (mqtt-session.ts).
+          mqtt: config.mqtt === undefined ? null : withoutPassword(config.mqtt.url),
           devices: Object.keys(config.devices),
         },
         'sluiced started',

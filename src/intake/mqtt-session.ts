@@ -10,7 +10,7 @@ import {
   type MqttClient,
 } from 'mqtt';
 import { Backoff } from '../backoff.js';
-import type { SluiceConfig } from '../config/config.js';
+import { withoutPassword, type SluiceConfig } from '../config/config.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import type { GatewayTopics } from './mqtt-topics.js';
@@ -86,6 +86,12 @@ const FALLBACK_RECONNECT_MS = 50;
 export class MqttSession {
   readonly topics: GatewayTopics;
   private readonly config: MqttConfig;
+  /**
+   * The broker's URL as the log shows it: a password in it as `***`. The configuration refuses
+   * one (config.ts), but an intake built from code is not checked there, and the log must not
+   * carry it whatever it is given.
+   */
+  private readonly shownUrl: string;
   private readonly clock: Clock;
   private readonly logger: Logger;
   private readonly clientOptions: IClientOptions;
@@ -114,6 +120,7 @@ export class MqttSession {
 
   constructor(options: MqttSessionOptions) {
     this.config = options.config;
+    this.shownUrl = withoutPassword(options.config.url);
     this.topics = options.topics;
     this.clock = options.clock;
     this.logger = options.logger;
@@ -489,7 +496,7 @@ export class MqttSession {
     // thousands of them.
     const level = this.errorStreak === 1 || changed ? 'warn' : 'debug';
     this.logger[level](
-      { err: error, url: this.config.url, ...(reason === error.message ? {} : { reason }) },
+      { err: error, url: this.shownUrl, ...(reason === error.message ? {} : { reason }) },
       'MQTT connection error',
     );
   }
@@ -522,7 +529,7 @@ export class MqttSession {
       ? 'commands without issuedAt are still taken, timed from their receipt (mqtt.acceptUntimedCommands)'
       : 'commands must carry issuedAt';
     this.logger.warn(
-      { url: this.config.url, refusal: error.message },
+      { url: this.shownUrl, refusal: error.message },
       `the MQTT broker refused MQTT 5; falling back to MQTT 3.1.1: response topics and message expiry are unavailable, ${untimed}`,
     );
   }
