@@ -99,6 +99,16 @@ const SERVER_DEVICE_BUSY = 0x06;
 /** Exceptions a PLC gives for a read of addresses it does not map. */
 const SPAN_REFUSALS: ReadonlySet<number> = new Set([2, 3]);
 
+/**
+ * How long reads go each on its own after a PLC refused a block read's span, before a block
+ * read is tried again: a minute at first, doubled at each refusal after a try, up to an hour.
+ * A PLC in program (STOP) mode or taking a download may refuse reads of what it maps only once
+ * its program runs; one that maps nothing in the gap refuses again, one request an hour. An
+ * hour of block reads without a refusal starts the doubling over.
+ */
+export const UNCOMBINED_FIRST_MS = 60_000;
+export const UNCOMBINED_MAX_MS = 3_600_000;
+
 function hex(n: number): string {
   return `0x${n.toString(16).padStart(2, '0')}`;
 }
@@ -190,8 +200,15 @@ export class ModbusEndpoint {
   private readonly jobs: ModbusJob[] = [];
   /** The pump while it runs: it serves the queue until it is empty. */
   private pumping: Promise<void> | null = null;
-  /** Null once combining is off (configured so, or the PLC refused a combined read). */
-  private maxGap: number | null;
+  /** The configured gap; null when combining is configured off. */
+  private readonly combineGap: number | null;
+  /**
+   * While a refusal of a block read's span holds combining off: until when (monotonic), and for
+   * how long it was held off (UNCOMBINED_FIRST_MS).
+   */
+  private uncombined: { readonly untilMono: number; readonly holdMs: number } | null = null;
+  /** The last hold, and since when (monotonic) reads have been combined again after it. */
+  private lastHold: { readonly holdMs: number; readonly combiningSinceMono: number } | null = null;
   private closed = false;
   private sent = 0;
   private served = 0;
@@ -209,7 +226,7 @@ export class ModbusEndpoint {
       maxMs: options.backoffMaxMs ?? 10_000,
     });
     const combine = options.combineReads ?? COMBINE_READS_DEFAULTS;
-    this.maxGap = combine.enabled ? combine.maxGap : null;
+    this.combineGap = combine.enabled ? combine.maxGap : null;
     this.log = options.logger.child({ plc: options.name });
   }
 
@@ -223,9 +240,28 @@ export class ModbusEndpoint {
     return this.served;
   }
 
-  /** Whether concurrent reads are still combined (false once the PLC refused a block read). */
+  /** Whether concurrent reads are combined now (not while a PLC's refusal holds it off). */
   get combinesReads(): boolean {
-    return this.maxGap !== null;
+    return this.maxGap() !== null;
+  }
+
+  /**
+   * The gap within which reads join a block now: the configured one, or null while combining
+   * is off (configured so, or held off after the PLC refused a block read's span). The hold
+   * ends here, logged once.
+   */
+  private maxGap(): number | null {
+    const off = this.uncombined;
+    if (off === null) return this.combineGap;
+    const now = this.options.clock.elapsed();
+    if (now < off.untilMono) return null;
+    this.uncombined = null;
+    this.lastHold = { holdMs: off.holdMs, combiningSinceMono: now };
+    this.log.info(
+      { uncombinedMs: off.holdMs },
+      'combining reads again: a block read is tried after the PLC refused one',
+    );
+    return this.combineGap;
   }
 
   readRegisters(address: number, length: number, signal?: AbortSignal): Promise<number[]> {
@@ -365,7 +401,7 @@ export class ModbusEndpoint {
           this.jobs.shift();
           served = this.serveWrite(head);
         } else {
-          served = this.serveRead(takeReadBlock(this.jobs, this.maxGap));
+          served = this.serveRead(takeReadBlock(this.jobs, this.maxGap()));
         }
         deliver?.();
         deliver = null;
@@ -489,13 +525,23 @@ export class ModbusEndpoint {
    * The PLC refused a block read: some PLCs refuse a read across addresses they do not map,
    * although each read alone is fine. None of the jobs failed, so none fails: each job is read
    * on its own, in queue order, with its own outcome. An address refusal (0x02 illegal data
-   * address, 0x03 illegal data value: the span) stops combining for good (until restart); any
-   * other exception (a busy or failing PLC) says nothing about the span, and the next block
-   * reads are combined again.
+   * address, 0x03 illegal data value: the span) holds combining off for a while
+   * (UNCOMBINED_FIRST_MS, doubled at each refusal after a try): a PLC in program mode refuses
+   * what it serves once running, and combining stayed off until the daemon restarted, every
+   * command paying a request per read. Trying again is as safe as the first block read was: a
+   * refused block is read request by request, and nothing of it fails. Any other exception (a
+   * busy or failing PLC) says nothing about the span, and the next block reads are combined
+   * again.
    */
   private async uncombine(block: ReadBlock, exception: number): Promise<void> {
-    if (this.maxGap !== null && SPAN_REFUSALS.has(exception)) {
-      this.maxGap = null;
+    if (this.combineGap !== null && this.uncombined === null && SPAN_REFUSALS.has(exception)) {
+      const now = this.options.clock.elapsed();
+      const last = this.lastHold;
+      const holdMs =
+        last === null || now - last.combiningSinceMono >= UNCOMBINED_MAX_MS
+          ? UNCOMBINED_FIRST_MS
+          : Math.min(last.holdMs * 2, UNCOMBINED_MAX_MS);
+      this.uncombined = { untilMono: now + holdMs, holdMs };
       // The parent logger: this.log already binds `plc`, and the line names it once.
       this.options.logger.warn(
         {
@@ -504,8 +550,9 @@ export class ModbusEndpoint {
           start: block.start,
           length: block.length,
           exception: hex(exception),
+          retryInMs: holdMs,
         },
-        'PLC refused a combined read; reading each request on its own from now on',
+        'PLC refused a combined read; reading each request on its own until a block read is tried again',
       );
     }
     for (const job of block.jobs) {

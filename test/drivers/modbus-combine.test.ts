@@ -6,6 +6,8 @@ import { inventorySchema } from '../../src/drivers/inventory.js';
 import {
   ModbusDeviceDriver,
   ModbusEndpoint,
+  UNCOMBINED_FIRST_MS,
+  UNCOMBINED_MAX_MS,
   type ModbusEndpointOptions,
 } from '../../src/drivers/modbus.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
@@ -75,7 +77,7 @@ afterAll(async () => {
 function endpoint(
   plc: 'flat' | 'strict',
   options: Partial<
-    Pick<ModbusEndpointOptions, 'combineReads' | 'logger' | 'requestTimeoutMs'>
+    Pick<ModbusEndpointOptions, 'clock' | 'combineReads' | 'logger' | 'requestTimeoutMs'>
   > = {},
 ): ModbusEndpoint {
   const e = plant.plc(plc).endpoint;
@@ -397,7 +399,7 @@ describe('block reads', () => {
 });
 
 describe('a PLC that refuses a combined read', () => {
-  it('has each read answered on its own, warns once and combines no more', async () => {
+  it('has each read answered on its own, warns once and combines no more for a while', async () => {
     const { logger, warnings } = warningsLogger();
     const e = endpoint('strict', { logger });
     const drivers = valves(e, 's', STRICT_VALVES, STRICT_SPACING);
@@ -419,20 +421,119 @@ describe('a PLC that refuses a combined read', () => {
     expect(first.served).toBe(STRICT_VALVES);
     expect(warnings).toEqual([
       {
-        obj: { plc: 'strict', table: 'holding', start: 0, length: 68, exception: '0x02' },
-        msg: 'PLC refused a combined read; reading each request on its own from now on',
+        obj: {
+          plc: 'strict',
+          table: 'holding',
+          start: 0,
+          length: 68,
+          exception: '0x02',
+          retryInMs: UNCOMBINED_FIRST_MS,
+        },
+        msg: 'PLC refused a combined read; reading each request on its own until a block read is tried again',
       },
     ]);
     expect(e.combinesReads).toBe(false);
     // The refused block read is not counted against the PLC's health; the refused read is.
     expect(e.health.snapshot().errorCount).toBe(1);
 
-    // From now on every read is a request of its own, even reads that overlap.
+    // From now on (for a minute) every read is a request of its own, even reads that overlap.
     const next = await counting(e, () =>
       Promise.all([...drivers.map((d) => d.read()), e.read('holding', 0, 8)]),
     );
     expect(next.sent).toBe(STRICT_VALVES + 1);
     expect(warnings).toHaveLength(1);
+  });
+});
+
+/** A logger port that keeps its info and warning lines. */
+function linesLogger(): { logger: Logger; lines: { level: string; msg?: string }[] } {
+  const lines: { level: string; msg?: string }[] = [];
+  const logger: Logger = {
+    ...silentLogger,
+    info: (_obj, msg) => {
+      lines.push({ level: 'info', ...(msg === undefined ? {} : { msg }) });
+    },
+    warn: (_obj, msg) => {
+      lines.push({ level: 'warn', ...(msg === undefined ? {} : { msg }) });
+    },
+    child: () => logger,
+  };
+  return { logger, lines };
+}
+
+describe('a PLC that refuses combined reads for a while (program mode, a download)', () => {
+  it('has block reads tried again after a minute, then after twice as long at each refusal', async () => {
+    // The endpoint's monotonic clock, stepped forward by the test: the holds last minutes.
+    let aheadMs = 0;
+    const clock = { ...systemClock, elapsed: () => systemClock.elapsed() + aheadMs };
+    const { logger, lines } = linesLogger();
+    const e = endpoint('flat', { logger, clock });
+    // Five valves: 80 registers, one block (the flat PLC maps the gaps).
+    const drivers = valves(e, 'f', 5, FLAT_SPACING);
+    const readAll = (): Promise<{ result: (number | null)[]; sent: number; served: number }> =>
+      counting(e, () => Promise.all(drivers.map((d) => d.read().then((r) => r.position))));
+    const positions = [0, 10, 20, 30, 40];
+    const refuseNextRead = (): void => {
+      // The PLC refuses the next request, the block read, as a PLC in STOP mode does.
+      plant.plc('flat').setFault({ kind: 'exception', code: 2, on: 'read', count: 1 });
+    };
+    const warned = (): number => lines.filter((l) => l.level === 'warn').length;
+    const resumed = (): number =>
+      lines.filter((l) => l.msg?.startsWith('combining reads again') === true).length;
+
+    refuseNextRead();
+    const refused = await readAll();
+    expect(refused.result).toEqual(positions);
+    expect(refused.sent).toBe(1 + 5);
+    expect([warned(), resumed(), e.combinesReads]).toEqual([1, 0, false]);
+    // Within the minute, each read is its own request.
+    aheadMs += UNCOMBINED_FIRST_MS - 1_000;
+    expect((await readAll()).sent).toBe(5);
+    // Past it, the reads are one block again, logged once.
+    aheadMs += 1_000;
+    const again = await readAll();
+    expect([again.result, again.sent]).toEqual([positions, 1]);
+    expect((await readAll()).sent).toBe(1);
+    expect([warned(), resumed(), e.combinesReads]).toEqual([1, 1, true]);
+
+    // Refused again soon after: held off twice as long.
+    refuseNextRead();
+    expect((await readAll()).sent).toBe(1 + 5);
+    aheadMs += UNCOMBINED_FIRST_MS;
+    expect((await readAll()).sent).toBe(5);
+    aheadMs += UNCOMBINED_FIRST_MS;
+    expect((await readAll()).sent).toBe(1);
+    expect([warned(), resumed()]).toEqual([2, 2]);
+
+    // An hour of block reads without a refusal: the next refusal holds for a minute again.
+    aheadMs += UNCOMBINED_MAX_MS;
+    refuseNextRead();
+    expect((await readAll()).sent).toBe(1 + 5);
+    aheadMs += UNCOMBINED_FIRST_MS;
+    expect((await readAll()).sent).toBe(1);
+    expect([warned(), resumed()]).toEqual([3, 3]);
+  });
+
+  it('is held off an hour at most, however often it refuses', async () => {
+    let aheadMs = 0;
+    const clock = { ...systemClock, elapsed: () => systemClock.elapsed() + aheadMs };
+    const e = endpoint('strict', { clock });
+    // The strict PLC maps nothing between its valves: it refuses every block read across them.
+    const drivers = valves(e, 's', STRICT_VALVES, STRICT_SPACING);
+    const holds: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      const first = await counting(e, () => Promise.all(drivers.map((d) => d.read())));
+      expect(first.sent).toBe(1 + STRICT_VALVES);
+      expect(first.served).toBe(STRICT_VALVES);
+      // The hold: a minute at a time forward until a block read is tried again.
+      let held = 0;
+      do {
+        aheadMs += UNCOMBINED_FIRST_MS;
+        held += UNCOMBINED_FIRST_MS;
+      } while (!e.combinesReads && held < 2 * UNCOMBINED_MAX_MS);
+      holds.push(held);
+    }
+    expect(holds).toEqual([1, 2, 4, 8, 16, 32, 60, 60].map((m) => m * UNCOMBINED_FIRST_MS));
   });
 });
 
