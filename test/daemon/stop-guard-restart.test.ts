@@ -26,9 +26,13 @@ import { Site } from '../reliability/site.js';
 
 const real = mosquittoAvailable();
 const ACTUATOR = 'mb-actuator';
-/** The move's request waits this long on the link before the controller takes it. */
-const HELD_MS = 12_000;
-const GUARD_MS = 16_000;
+/**
+ * The move's request waits this long on the link before the controller takes it: longer than
+ * a restart of sluiced takes to read the actuator (3 to 5 s measured), so that the new process
+ * sees the stop taken before the move lands.
+ */
+const HELD_MS = 18_000;
+const GUARD_MS = 22_000;
 
 function record(site: Site, key: string): CommandRecord | undefined {
   return site.records().find((r) => r.key === key);
@@ -66,7 +70,7 @@ describe
         const site = await Site.start({
           gatewayId: `guard-${how.toLowerCase()}`,
           shutdownBoundMs: 0,
-          timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 20_000, defaultTtlMs: 40_000 },
+          timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 25_000, defaultTtlMs: 50_000 },
         });
         onTestFinished(async ({ task }) => {
           // The daemon's lines, when the test failed.
@@ -110,7 +114,7 @@ describe
         expect([m0.state, s0.state]).toEqual(['dispatched', 'dispatched']);
         expect(actuator.log.length).toBe(1);
         await site.startDaemon();
-        const [s, m] = [await settled(site, 's', 40_000), await settled(site, 'm', 40_000)];
+        const [s, m] = [await settled(site, 's', 90_000), await settled(site, 'm', 90_000)];
         // Ground truth: the controller took the stop, then the move, which it carried out.
         expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
           [s.seq, 'noop', 'IDLE', 'IDLE'],
@@ -125,7 +129,7 @@ describe
         expect(actuator.writesWithSeq(s.seq!)).toBe(1);
         expect(actuator.writesWithSeq(m.seq!)).toBe(1);
         expect(site.verify()).toEqual([]);
-      }, 120_000);
+      }, 180_000);
     }
 
     it('a second stop pressed during the wait, then SIGKILL: it goes first after the restart, and says it did not hold when the write lands', async ({
@@ -134,7 +138,7 @@ describe
     }) => {
       const site = await Site.start({
         gatewayId: 'guard-second',
-        timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 20_000, defaultTtlMs: 40_000 },
+        timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 25_000, defaultTtlMs: 50_000 },
       });
       onTestFinished(async ({ task }) => {
         if (task.result?.state === 'fail') console.log(site.logs.slice(-60).join('\n'));
@@ -167,8 +171,8 @@ describe
       ]);
       expect(actuator.log.length).toBe(1);
       await site.startDaemon();
-      const s2 = await settled(site, 's2', 40_000);
-      const [s1, m] = [await settled(site, 's1', 60_000), await settled(site, 'm', 60_000)];
+      const s2 = await settled(site, 's2', 90_000);
+      const [s1, m] = [await settled(site, 's1', 90_000), await settled(site, 'm', 90_000)];
       // Ground truth: both stops reached the controller at rest, then the move, carried out.
       expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
         [s1.seq, 'noop', 'IDLE', 'IDLE'],
@@ -185,5 +189,5 @@ describe
       expect(m).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
       for (const r of [s1, s2, m]) expect(actuator.writesWithSeq(r.seq!)).toBe(1);
       expect(site.verify()).toEqual([]);
-    }, 150_000);
+    }, 240_000);
   });
