@@ -47,6 +47,7 @@ export class Preemption {
     if (target === null && ahead.length === 0) return;
     // The stop that runs next: the first stop kept in the queue, or this one.
     let next: CommandRef = stop;
+    const lost = new Set<string>();
     for (const ref of ahead) {
       // A stop still waiting to run (a second stop came before the first was taken) is not
       // superseded: it queues ahead of this one, as a stop in flight does. The first stop is
@@ -56,10 +57,24 @@ export class Preemption {
       // later command went past it, and no later stop could preempt travel.
       const queued = this.read(ref, log);
       if (queued === UNREADABLE) this.keepMarked(lane, ref, stop, log);
-      else if (queued?.action === 'stop') {
+      else if (queued === undefined) {
+        // Its claim was lost with its batch (the COMMIT failed): it was never accepted.
+        lost.add(refId(ref));
+        this.claimLost(ref, log);
+      } else if (queued.action === 'stop') {
         if (next === stop) next = ref;
         lane.queue.push(ref);
       } else this.supersede(lane, ref, stop, log);
+    }
+    if (lane.interrupted !== null && lost.has(refId(lane.interrupted.stop))) {
+      // The stop that preempted the travel was never accepted: its claim was lost with its
+      // batch after it had preempted (a preemption acts at the claim, before the commit). This
+      // stop takes its place: the preempted command is taken up once this one is terminal, and
+      // this one waits for that command's write as the lost one would have. Left pointing at
+      // the lost stop, the interruption never ended: the command stayed `dispatched`, its
+      // device past it, until the daemon restarted (found by the property test, a stop pressed
+      // twice while a write was held on the link and the first one's batch lost).
+      lane.interrupted = { ...lane.interrupted, stop: next };
     }
     if (target === null) return;
     if (lane.interrupted !== null) {
@@ -223,6 +238,19 @@ export class Preemption {
       unknownSinceMono: now,
       epoch: null,
     };
+  }
+
+  /**
+   * A command queued ahead of a stop is not in the journal: its claim's batch was lost at its
+   * COMMIT. It was never accepted (its intake was not acknowledged: the claim's barrier
+   * failed); it leaves the queue, and whoever waits for its outcome is woken now.
+   */
+  private claimLost(ref: CommandRef, log: Logger): void {
+    log.warn(
+      { command: ref.key },
+      'stop: a command queued before it was lost with its batch (its commit failed): never accepted, nothing written',
+    );
+    this.host.outcomes.lost(ref);
   }
 
   /** A command accepted before a stop and never written: rejected SUPERSEDED. */
