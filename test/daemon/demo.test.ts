@@ -790,48 +790,10 @@ it.runIf(mosquittoClients && mosquittoAvailable())(
         // The printed line, run verbatim in a shell from the clone's folder (where `npm start`
         // ran), in a terminal without the demo's environment.
         const send = printed(demo.lines, 'SLUICE_MQTT_URL=');
-        const key = /--key (\S+)/.exec(send)?.[1] ?? '';
-        expect(key).not.toBe('');
         const shellEnv: NodeJS.ProcessEnv = { ...process.env };
         delete shellEnv.SLUICE_MQTT_URL;
-        const run = (): { status: number | null; stdout: string; stderr: string } =>
-          spawnSync('sh', ['-c', send], {
-            cwd: ROOT,
-            env: shellEnv,
-            encoding: 'utf8',
-            timeout: 60_000,
-          });
         const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
-        const before = await writesReceived(controlUrl, 'drain-valve');
-        const first = run();
-        expect(first.status, `${first.stdout}\n${first.stderr}`).toBe(0);
-        expect(first.stdout).toMatch(/^CONFIRMED over mqtt/);
-        expect(await writesReceived(controlUrl, 'drain-valve')).toBe(before + 1);
-        const journalRow = (): unknown => {
-          const db = new BetterSqlite3(join(STATE, 'journal.db'), { readonly: true });
-          try {
-            return db
-              .prepare('SELECT device, action, state, code, intake FROM commands WHERE key = ?')
-              .all(key);
-          } finally {
-            db.close();
-          }
-        };
-        const settled = {
-          device: 'drain-valve',
-          action: 'open',
-          state: 'confirmed',
-          code: 'OK',
-          intake: 'mqtt',
-        };
-        expect(journalRow()).toEqual([settled]);
-
-        // Run again as the demo says: the stored result, no second write.
-        const again = run();
-        expect(again.status, `${again.stdout}\n${again.stderr}`).toBe(0);
-        expect(again.stdout).toMatch(new RegExp(`^REPLAYED: key ${key} was already settled`));
-        expect(await writesReceived(controlUrl, 'drain-valve')).toBe(before + 1);
-        expect(journalRow()).toEqual([settled]);
+        await sendTwiceAsPrinted(send, ROOT, shellEnv, controlUrl, join(STATE, 'journal.db'));
       } finally {
         await demo.stop();
       }
@@ -841,6 +803,53 @@ it.runIf(mosquittoClients && mosquittoAvailable())(
   },
   240_000,
 );
+
+/**
+ * Runs the printed sluicectl send line verbatim in a shell (from `cwd`, with `env`) twice, as the
+ * demo says: the first opens drain-valve with one write (the simulator's write counter) and a
+ * confirmed mqtt row in the journal; the second replays the stored result, with no second write.
+ */
+async function sendTwiceAsPrinted(
+  send: string,
+  cwd: string,
+  env: NodeJS.ProcessEnv,
+  controlUrl: string,
+  journal: string,
+): Promise<void> {
+  const key = /--key (\S+)/.exec(send)?.[1] ?? '';
+  expect(key).not.toBe('');
+  const run = (): { status: number | null; stdout: string; stderr: string } =>
+    spawnSync('sh', ['-c', send], { cwd, env, encoding: 'utf8', timeout: 60_000 });
+  const before = await writesReceived(controlUrl, 'drain-valve');
+  const first = run();
+  expect(first.status, `${first.stdout}\n${first.stderr}`).toBe(0);
+  expect(first.stdout).toMatch(/^CONFIRMED over mqtt/);
+  expect(await writesReceived(controlUrl, 'drain-valve')).toBe(before + 1);
+  const journalRow = (): unknown => {
+    const db = new BetterSqlite3(journal, { readonly: true });
+    try {
+      return db
+        .prepare('SELECT device, action, state, code, intake FROM commands WHERE key = ?')
+        .all(key);
+    } finally {
+      db.close();
+    }
+  };
+  const settled = {
+    device: 'drain-valve',
+    action: 'open',
+    state: 'confirmed',
+    code: 'OK',
+    intake: 'mqtt',
+  };
+  expect(journalRow()).toEqual([settled]);
+  // Run again as the demo says: the stored result, no second write.
+  const again = run();
+  expect(again.status, `${again.stdout}\n${again.stderr}`).toBe(0);
+  expect(again.stdout).toMatch(new RegExp(`^REPLAYED: key ${key} was already settled`));
+  expect(await writesReceived(controlUrl, 'drain-valve')).toBe(before + 1);
+  expect(journalRow()).toEqual([settled]);
+}
 
 /** The shell commands the demo printed for a user to run: their first lines. */
 function printedCommands(lines: readonly string[]): string[] {
@@ -952,50 +961,17 @@ it.runIf(mosquittoAvailable())(
         expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
         const send = printed(demo.lines, 'node ');
         expect(send).toContain(' --via mqtt ');
-        const key = /--key (\S+)/.exec(send)?.[1] ?? '';
-        expect(key).not.toBe('');
         const shellEnv: NodeJS.ProcessEnv = { ...process.env };
         delete shellEnv.SLUICE_MQTT_URL;
         delete shellEnv.SLUICE_GATEWAY_ID;
         delete shellEnv.SLUICE_STATE_DIR;
-        const run = (): { status: number | null; stdout: string; stderr: string } =>
-          spawnSync('sh', ['-c', send], {
-            cwd: copy,
-            env: shellEnv,
-            encoding: 'utf8',
-            timeout: 60_000,
-          });
-        const before = await writesReceived(controlUrl, 'drain-valve');
-        const first = run();
-        expect(first.status, `${first.stdout}\n${first.stderr}`).toBe(0);
-        expect(first.stdout).toMatch(/^CONFIRMED over mqtt/);
-        expect(await writesReceived(controlUrl, 'drain-valve')).toBe(before + 1);
-        const journalRow = (): unknown => {
-          const db = new BetterSqlite3(join(copy, '.state', 'demo', 'journal.db'), {
-            readonly: true,
-          });
-          try {
-            return db
-              .prepare('SELECT device, action, state, code, intake FROM commands WHERE key = ?')
-              .all(key);
-          } finally {
-            db.close();
-          }
-        };
-        const settled = {
-          device: 'drain-valve',
-          action: 'open',
-          state: 'confirmed',
-          code: 'OK',
-          intake: 'mqtt',
-        };
-        expect(journalRow()).toEqual([settled]);
-        // Run again as the demo says: the stored result, no second write.
-        const again = run();
-        expect(again.status, `${again.stdout}\n${again.stderr}`).toBe(0);
-        expect(again.stdout).toMatch(new RegExp(`^REPLAYED: key ${key} was already settled`));
-        expect(await writesReceived(controlUrl, 'drain-valve')).toBe(before + 1);
-        expect(journalRow()).toEqual([settled]);
+        await sendTwiceAsPrinted(
+          send,
+          copy,
+          shellEnv,
+          controlUrl,
+          join(copy, '.state', 'demo', 'journal.db'),
+        );
       } finally {
         await demo.stop();
       }
