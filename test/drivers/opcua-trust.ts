@@ -1,9 +1,14 @@
-import { copyFileSync, mkdirSync } from 'node:fs';
+import fs, { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { AttributeIds, OPCUAClient } from 'node-opcua';
 import { expect } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
-import type { DeviceDriver } from '../../src/core/driver.js';
+import {
+  DeviceRefusedError,
+  DeviceUnreachableError,
+  WriteNotSentError,
+  type DeviceDriver,
+} from '../../src/core/driver.js';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
 import { buildDrivers } from '../../src/drivers/inventory.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
@@ -11,9 +16,10 @@ import { PROFILES, tempDir } from '../helpers/fixtures.js';
 import { TcpLink } from '../helpers/tcp-link.js';
 
 /**
- * What the OPC UA trust tests share (opcua-security, opcua-trust-unwatched, opcua-trust-revoke
- * and test/daemon/opcua-revoke): sluice-sim's OPC UA PLC with SignAndEncrypt, the real driver
- * to it, not trusting unknown certificates, and waits on what the driver and the simulator say.
+ * What the OPC UA trust tests share (opcua-security, opcua-trust-unwatched, opcua-trust-revoke,
+ * opcua-trust-crl, opcua-trust-expiry and test/daemon/opcua-revoke): sluice-sim's OPC UA PLC
+ * with SignAndEncrypt, the real driver to it, not trusting unknown certificates, and waits on
+ * what the driver and the simulator say.
  */
 
 export type Cleanups = (() => Promise<void> | void)[];
@@ -235,4 +241,71 @@ export async function until(
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/**
+ * Makes `fs.watch` fail in this process as the kernel makes it fail where the machine's inotify
+ * instances are used up (ENOSPC), so that node-opcua-pki's folder watchers cannot run: a fault
+ * neither the simulator nor the store can be asked for. Returns what puts `fs.watch` back.
+ */
+export function failFileWatchers(): () => void {
+  const realWatch = fs.watch;
+  fs.watch = (): never => {
+    throw Object.assign(new Error('ENOSPC: System limit for number of file watchers reached'), {
+      code: 'ENOSPC',
+      errno: -28,
+      syscall: 'watch',
+    });
+  };
+  return () => {
+    fs.watch = realWatch;
+  };
+}
+
+/**
+ * A write by `driver` that has reached `plant`'s `ua-valve` (the simulator's own count) and
+ * whose answer is held: every write is applied at once and its reply held 3 s (a fault cleared
+ * by `cleanups`). Returns the count of writes received before it and the write's outcome
+ * (null, or what it failed with).
+ */
+export async function writeInController(
+  plant: Plant,
+  driver: DeviceDriver,
+  cleanups: Cleanups,
+): Promise<{ written: number; outcome: Promise<unknown> }> {
+  const device = plant.device('ua-valve');
+  device.setFault({ kind: 'latency', ms: 3000, on: 'write' });
+  cleanups.push(() => {
+    device.clearFault('latency');
+  });
+  const written = device.counters.writesReceived;
+  const outcome = driver.write({ action: 'stop', position: null, seq: 2000 + written }).then(
+    () => null,
+    (error: unknown) => error,
+  );
+  await until('the trigger to reach the controller', () => {
+    return device.counters.writesReceived === written + 1;
+  });
+  return { written, outcome };
+}
+
+/**
+ * The write of writeInController, its session cut under it: it reached the controller, so only
+ * "unknown" is honest (the core's rules for a lost connection: readback, the redispatch guard),
+ * never a refusal nor "not sent"; and it is not sent again (the simulator's count), nor is any
+ * later write.
+ */
+export async function endedUnknownNotResent(
+  plant: Plant,
+  driver: DeviceDriver,
+  { written, outcome }: { written: number; outcome: Promise<unknown> },
+): Promise<void> {
+  const device = plant.device('ua-valve');
+  const error = await outcome;
+  expect(error).toBeInstanceOf(DeviceUnreachableError);
+  expect(error).not.toBeInstanceOf(WriteNotSentError);
+  expect(error).not.toBeInstanceOf(DeviceRefusedError);
+  device.clearFault('latency');
+  expect(await writeLands(plant, driver)).toBe(false);
+  expect(device.counters.writesReceived).toBe(written + 1);
 }
