@@ -1,7 +1,7 @@
 import { describe, it } from 'vitest';
-import type { CommandRecord } from '../../src/core/journal.js';
 import { mosquittoAvailable } from '../helpers/mosquitto.js';
 import { Site } from '../reliability/site.js';
+import { recordOf, settledRecord, until } from '../reliability/support.js';
 
 /**
  * A stop that preempted a command whose write's outcome is unknown waits, before it is
@@ -33,31 +33,6 @@ const ACTUATOR = 'mb-actuator';
  */
 const HELD_MS = 18_000;
 const GUARD_MS = 22_000;
-
-function record(site: Site, key: string): CommandRecord | undefined {
-  return site.records().find((r) => r.key === key);
-}
-
-async function until<T>(probe: () => T | undefined, ms: number, what: string): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
-async function settled(site: Site, key: string, ms: number): Promise<CommandRecord> {
-  return until(
-    () => {
-      const r = record(site, key);
-      return r !== undefined && r.state !== 'accepted' && r.state !== 'dispatched' ? r : undefined;
-    },
-    ms,
-    `${key} to settle`,
-  );
-}
 
 describe
   .runIf(real)
@@ -96,6 +71,7 @@ describe
           () => (actuator.writers.length === 1 ? true : undefined),
           5_000,
           'the move on the link',
+          5,
         );
         actuator.clearFault('latency');
         expect((await site.postCommand('s', { device: ACTUATOR, action: 'stop' })).status).toBe(
@@ -103,18 +79,26 @@ describe
         );
         // The stop went out on the connection that replaced the move's and was taken first (a
         // no-op at rest); the move is still held. The stop waits out the move's guard.
-        await until(() => (actuator.log.length === 1 ? true : undefined), 5_000, 'the stop taken');
+        await until(
+          () => (actuator.log.length === 1 ? true : undefined),
+          5_000,
+          'the stop taken',
+          5,
+        );
         expect(actuator.log[0]).toMatchObject({ outcome: 'noop', from: 'IDLE' });
-        expect(record(site, 's')?.state).toBe('dispatched');
+        expect(recordOf(site, 's')?.state).toBe('dispatched');
         if (how === 'SIGKILL') await site.kill();
         else expect(await site.stop()).toBe(0);
         // Neither was settled by the life that ended: both are left to the next one.
-        const m0 = record(site, 'm')!;
-        const s0 = record(site, 's')!;
+        const m0 = recordOf(site, 'm')!;
+        const s0 = recordOf(site, 's')!;
         expect([m0.state, s0.state]).toEqual(['dispatched', 'dispatched']);
         expect(actuator.log.length).toBe(1);
         await site.startDaemon();
-        const [s, m] = [await settled(site, 's', 90_000), await settled(site, 'm', 90_000)];
+        const [s, m] = [
+          await settledRecord(site, 's', 90_000),
+          await settledRecord(site, 'm', 90_000),
+        ];
         // Ground truth: the controller took the stop, then the move, which it carried out.
         expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
           [s.seq, 'noop', 'IDLE', 'IDLE'],
@@ -152,10 +136,11 @@ describe
         () => (actuator.writers.length === 1 ? true : undefined),
         5_000,
         'the move on the link',
+        5,
       );
       actuator.clearFault('latency');
       await site.postCommand('s1', { device: ACTUATOR, action: 'stop' });
-      await until(() => (actuator.log.length === 1 ? true : undefined), 5_000, 'the stop taken');
+      await until(() => (actuator.log.length === 1 ? true : undefined), 5_000, 'the stop taken', 5);
       // Pressed again while the first waits out the move's guard: queued behind it.
       expect((await site.postCommand('s2', { device: ACTUATOR, action: 'stop' })).status).toBe(202);
       await site.kill();
@@ -171,8 +156,11 @@ describe
       ]);
       expect(actuator.log.length).toBe(1);
       await site.startDaemon();
-      const s2 = await settled(site, 's2', 90_000);
-      const [s1, m] = [await settled(site, 's1', 90_000), await settled(site, 'm', 90_000)];
+      const s2 = await settledRecord(site, 's2', 90_000);
+      const [s1, m] = [
+        await settledRecord(site, 's1', 90_000),
+        await settledRecord(site, 'm', 90_000),
+      ];
       // Ground truth: both stops reached the controller at rest, then the move, carried out.
       expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
         [s1.seq, 'noop', 'IDLE', 'IDLE'],

@@ -2,6 +2,7 @@ import { describe, it, type ExpectStatic } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { mosquittoAvailable } from '../helpers/mosquitto.js';
 import { Site } from '../reliability/site.js';
+import { recordOf, settledRecord, until } from '../reliability/support.js';
 
 /**
  * A write withdrawn at a stop of the real sluiced, then its next start. The write of
@@ -49,20 +50,6 @@ async function siteFor(context: {
   return site;
 }
 
-function record(site: Site, key: string): CommandRecord | undefined {
-  return site.records().find((r) => r.key === key);
-}
-
-async function until<T>(probe: () => T | undefined, ms: number, what: string): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 /**
  * Sends `open` to the valve while the PLC's connection is busy with slow reads, and stops
  * sluiced once the command is dispatched: its write is still queued then. Returns the
@@ -98,17 +85,19 @@ async function withdrawnAtStop(
       () => (device.counters.writesReceived > writes ? true : undefined),
       15_000,
       `the write of ${id}`,
+      5,
     );
   }
   const answer = await site.postCommand(key, { ...toggle(site, VALVE), ttlMs });
   expect(answer.status).toBe(202);
   const dispatched = await until(
     () => {
-      const r = record(site, key);
+      const r = recordOf(site, key);
       return r?.state === 'dispatched' ? r : undefined;
     },
     15_000,
     'the dispatch',
+    5,
   );
   // Still queued behind a slow read when the stop comes.
   expect(valve.counters.writesReceived).toBe(valveWrites);
@@ -116,7 +105,7 @@ async function withdrawnAtStop(
   for (const id of SLOW) site.plant.device(id).clearFaults();
   // Ground truth: the write never reached the PLC, and the journal says it was withdrawn.
   expect(valve.writesWithSeq(dispatched.seq!)).toBe(0);
-  const left = record(site, key)!;
+  const left = recordOf(site, key)!;
   expect(left).toMatchObject({ state: 'dispatched', attempts: 1, seq: dispatched.seq });
   expect(site.history(left).at(-1)?.detail).toMatch(
     new RegExp(
@@ -124,17 +113,6 @@ async function withdrawnAtStop(
     ),
   );
   return left;
-}
-
-async function settled(site: Site, key: string, ms: number): Promise<CommandRecord> {
-  return until(
-    () => {
-      const r = record(site, key);
-      return r !== undefined && r.state !== 'accepted' && r.state !== 'dispatched' ? r : undefined;
-    },
-    ms,
-    `${key} to settle`,
-  );
 }
 
 describe.runIf(real).concurrent('a write withdrawn as sluiced stopped, after the restart', () => {
@@ -150,7 +128,7 @@ describe.runIf(real).concurrent('a write withdrawn as sluiced stopped, after the
     await site.startDaemon();
     // Well within the take-up window (15 s grace, or the time to the deadline): nothing waits
     // for a proof that no readback can give.
-    const r = await settled(site, 'withdrawn-open', 10_000);
+    const r = await settledRecord(site, 'withdrawn-open', 10_000);
     expect(r).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 2, seq: left.seq });
     expect(r.observed?.state).toBe('OPEN');
     // I1: one write for the key, with its sequence number; nothing else reached the valve.
@@ -179,9 +157,9 @@ describe.runIf(real).concurrent('a write withdrawn as sluiced stopped, after the
     const valve = site.plant.device(VALVE);
     const writes = valve.counters.writesReceived;
     const left = await withdrawnAtStop(site, expect, 'withdrawn-stale', 8_000);
-    await until(() => (Date.now() > left.deadline ? true : undefined), 10_000, 'the deadline');
+    await until(() => (Date.now() > left.deadline ? true : undefined), 10_000, 'the deadline', 5);
     await site.startDaemon();
-    const r = await settled(site, 'withdrawn-stale', 10_000);
+    const r = await settledRecord(site, 'withdrawn-stale', 10_000);
     expect(r).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND', seq: left.seq });
     expect(r.detail).toMatch(/nothing was written/);
     expect(valve.writesWithSeq(left.seq!)).toBe(0);

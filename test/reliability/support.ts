@@ -89,6 +89,26 @@ export async function journalState(
   );
 }
 
+/** Waits (bounded) until the journal shows the key settled: neither accepted nor dispatched. */
+export async function settledRecord(
+  site: Site,
+  key: string,
+  ms: number,
+  everyMs = 5,
+): Promise<CommandRecord> {
+  return until(
+    () => {
+      const record = recordOf(site, key);
+      return record !== undefined && record.state !== 'accepted' && record.state !== 'dispatched'
+        ? record
+        : undefined;
+    },
+    ms,
+    `${key} to settle`,
+    everyMs,
+  );
+}
+
 /** Formats violations with the command's history and the daemon's last lines, for a failure. */
 export function describeViolations(site: Site, violations: readonly Violation[]): string {
   return [
