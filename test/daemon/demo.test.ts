@@ -748,11 +748,7 @@ it.runIf(mosquittoClients && mosquittoAvailable())(
     for (const port of ports) {
       if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
     }
-    const wsPort = await freePort();
-    const broker = await startMosquitto({
-      settings: [`listener ${wsPort} 127.0.0.1`, 'protocol websockets'],
-    });
-    const url = `ws://127.0.0.1:${wsPort}`;
+    const { broker, port: wsPort, url } = await wsBroker();
     try {
       const env: NodeJS.ProcessEnv = {
         ...process.env,
@@ -803,6 +799,19 @@ it.runIf(mosquittoClients && mosquittoAvailable())(
   },
   240_000,
 );
+
+/** A Mosquitto with one WebSocket listener on a free port of 127.0.0.1; its port, its ws:// URL. */
+async function wsBroker(): Promise<{
+  broker: Awaited<ReturnType<typeof startMosquitto>>;
+  port: number;
+  url: string;
+}> {
+  const wsPort = await freePort();
+  const broker = await startMosquitto({
+    settings: [`listener ${wsPort} 127.0.0.1`, 'protocol websockets'],
+  });
+  return { broker, port: wsPort, url: `ws://127.0.0.1:${wsPort}` };
+}
 
 /**
  * Runs the printed sluicectl send line verbatim in a shell (from `cwd`, with `env`) twice, as the
@@ -925,11 +934,7 @@ it.runIf(mosquittoAvailable())(
     for (const port of ports) {
       if (!(await portFree(port))) throw new Error(`port ${port} is taken: the demo cannot start`);
     }
-    const wsPort = await freePort();
-    const broker = await startMosquitto({
-      settings: [`listener ${wsPort} 127.0.0.1`, 'protocol websockets'],
-    });
-    const url = `ws://127.0.0.1:${wsPort}`;
+    const { broker, url } = await wsBroker();
     const { dir, cleanup } = tempDir('sluice-demo-site-ws-');
     try {
       const copy = demoCopy(dir, (site) => {
