@@ -119,7 +119,13 @@ describe.runIf(real)('the STATUS= line after READY', () => {
       45_000,
       `READY=1; daemon output:\n${sluiced.output()}`,
     );
-    const connected = await statusMatching(/MQTT connected/, 'the status line: MQTT connected');
+    // READY=1 comes once recovery is done; the line says "ready" once every device has been
+    // read as well (as /readyz): a line with MQTT connected may come before that, "not ready
+    // (inlet-valve not read yet)" — wait for the one that calls the gateway ready.
+    const connected = await statusMatching(
+      /^ready: .*MQTT connected/,
+      'the status line: ready, MQTT connected',
+    );
     expect(connected).toMatch(/^ready: HTTPS on 127\.0\.0\.1:\d+, MQTT connected; 0 recovered/);
     // Ground truth: the broker took the daemon's connection.
     expect(broker.connectionsOf(CLIENT_ID)).toBeGreaterThanOrEqual(1);
