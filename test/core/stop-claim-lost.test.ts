@@ -17,46 +17,49 @@ afterEach(async () => {
   h = undefined;
 });
 
+/**
+ * An open travelling (at 20 %), then a stop `s1` claimed in a batch whose COMMIT fails: the stop
+ * has preempted the open, and was never accepted.
+ */
+async function stopLostWhileOpening() {
+  h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
+  const valve = h.device('v1');
+  const faults = commitFaults(h.journal);
+  h.submit('a', { device: 'v1', action: 'open' });
+  await h.until(() => valve.snapshot().position >= 20, 10_000, 'v1 at 20 %');
+  faults.failNext();
+  h.submit('s1', { device: 'v1', action: 'stop' });
+  return { sim: h, valve, faults };
+}
+
 describe('a stop whose claim is lost with its batch', () => {
   it('a stop pressed again takes its place: the travel is stopped, the preempted open interrupted, nothing left open', async () => {
-    h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
-    const valve = h.device('v1');
-    const faults = commitFaults(h.journal);
-    h.submit('a', { device: 'v1', action: 'open' });
-    await h.until(() => valve.snapshot().position >= 20, 10_000, 'v1 at 20 %');
-    faults.failNext();
-    h.submit('s1', { device: 'v1', action: 'stop' });
-    await h.until(
-      () => faults.failed === 1 && h!.journal.get({ scope: 'plant', key: 's1' }) === undefined,
+    const { sim, valve, faults } = await stopLostWhileOpening();
+    await sim.until(
+      () => faults.failed === 1 && sim.journal.get({ scope: 'plant', key: 's1' }) === undefined,
       5_000,
       'the batch holding the first stop lost',
     );
     expect(valve.snapshot().state).toBe('OPENING');
-    h.submit('s2', { device: 'v1', action: 'stop' });
-    const [a, s2] = [await h.settled('a'), await h.settled('s2')];
+    sim.submit('s2', { device: 'v1', action: 'stop' });
+    const [a, s2] = [await sim.settled('a'), await sim.settled('s2')];
     expect(s2).toMatchObject({ state: 'confirmed', code: 'OK' });
     expect(s2.observed?.state).toBe('STOPPED');
     expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
     expect(a.detail).toMatch(/^stopped by s2 at \d+(\.\d)? %/);
-    expect(h.journal.listOpen()).toEqual([]);
+    expect(sim.journal.listOpen()).toEqual([]);
     // The open, then the second stop while it travelled; the lost stop was never written.
     expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s2.seq]);
     expect(valve.snapshot().published.state).toBe('STOPPED');
   }, 30_000);
 
   it('with no other stop, the preempted open is taken up again and ends by its readbacks', async () => {
-    h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
-    const valve = h.device('v1');
-    const faults = commitFaults(h.journal);
-    h.submit('a', { device: 'v1', action: 'open' });
-    await h.until(() => valve.snapshot().position >= 20, 10_000, 'v1 at 20 %');
-    faults.failNext();
-    h.submit('s1', { device: 'v1', action: 'stop' });
-    const a = await h.settled('a');
+    const { sim, valve, faults } = await stopLostWhileOpening();
+    const a = await sim.settled('a');
     expect(faults.failed).toBe(1);
-    expect(h.journal.get({ scope: 'plant', key: 's1' })).toBeUndefined();
+    expect(sim.journal.get({ scope: 'plant', key: 's1' })).toBeUndefined();
     expect(a).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
-    expect(h.journal.listOpen()).toEqual([]);
+    expect(sim.journal.listOpen()).toEqual([]);
     expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq]);
     expect(valve.snapshot().published.state).toBe('OPEN');
   }, 30_000);
