@@ -236,6 +236,9 @@ export class ConfirmationLoop {
     let takenInRemote = false;
     // This stop was seen taken while the write of the command it preempted could still land.
     let stopTakenAt: TimedReadback | null = null;
+    // Since when (monotonic) every readback of this stop has shown, in place of its echo, the
+    // echo of the command it preempted, whose write's answer was lost (see 'not-taken').
+    let lateEchoSince: number | null = null;
     // A command written from the fault state (a reset) seen out of it: the first such image.
     let leftFault: TimedReadback | null = null;
     // Readbacks are placed on the controller's scans where its image time says when they are
@@ -270,6 +273,7 @@ export class ConfirmationLoop {
         skew: this.reads.usableSkew(lane),
       });
       if (verdict.kind !== 'local') localSince = null;
+      if (verdict.kind !== 'not-taken') lateEchoSince = null;
       if (
         profile.controller.echoesSeq &&
         readback.seq === seq &&
@@ -489,6 +493,43 @@ export class ConfirmationLoop {
             });
             return;
           }
+          if (
+            stopTakenAt === null &&
+            late !== undefined &&
+            late !== null &&
+            (!late.acked || preempted?.earlierLife === true) &&
+            ctx.write.acked &&
+            ctx.before.seq !== late.seq
+          ) {
+            // No readback has shown this stop's echo, and the controller shows the preempted
+            // command's: that write, whose answer was lost, reached it after this stop's read
+            // (its image before the write showed no such echo), and this stop, acknowledged,
+            // is in the controller's hands. Had the late write come first, the controller
+            // would take the stop at a later scan and show its echo; once the preempted one's
+            // has outlasted mismatchGraceMs (the profile's bound on the scan that takes a
+            // write) it came after: the stop was overwritten or undone. Waiting out the
+            // confirm timeout said so only at its end while the valve travelled.
+            lateEchoSince ??= readback.requestedMono;
+            const shownMs = Math.round(clock.elapsed() - lateEchoSince);
+            const lost =
+              preempted?.earlierLife === true
+                ? 'sent before the daemon restarted (its answer unknown), which'
+                : 'whose answer had been lost and which';
+            if (shownMs >= profile.timing.mismatchGraceMs) {
+              this.host.settle(log, record, 'dispatched', {
+                to: 'failed',
+                code: 'READBACK_MISMATCH',
+                faultCode: null,
+                observed: observe(readback),
+                detail: `the controller shows the write of ${preempted?.target.key ?? 'the command it preempted'} (sequence number ${late.seq}), ${lost} reached it after the stop was written, and has not shown the stop for ${shownMs} ms since: the stop did not hold (whether the controller took it first cannot be told), and it is not written again`,
+              });
+              return;
+            }
+            wrongSince = null;
+            lastReason = `the controller shows the write of ${preempted?.target.key ?? 'the command it preempted'} (sequence number ${late.seq}), ${lost} reached it after the stop was written, and not the stop`;
+            break;
+          }
+          lateEchoSince = null;
           wrongSince = null;
           const next = await this.notTaken(lane, record, ctx, readback, log);
           if (next.kind === 'settled') return;

@@ -187,6 +187,45 @@ describe('stop preempts travel', () => {
     expect(actuator.snapshot()).toMatchObject({ state: 'IDLE', position: 80 });
   });
 
+  it('a move whose write, its answer lost, reaches the controller right behind the stop: the stop says at once that it did not hold', async () => {
+    // As above, but the controller's handshake is held (busy) while the stop arrives and the
+    // late move lands behind it: one scan takes both, in order, and no image ever shows the
+    // stop's echo — every readback of the stop shows the move's. The stop used to wait out its
+    // whole confirm timeout (READBACK_TIMEOUT) while the actuator travelled.
+    h = await SimHarness.start({
+      travelMs: 300,
+      warm: true,
+      timing: { redispatchGuardMs: 2_500, confirmTimeoutMs: 20_000 },
+    });
+    const actuator = h.device('a1');
+    actuator.setFault({ kind: 'latency', ms: 1_500, on: 'write', when: 'before' });
+    h.submit('m', { device: 'a1', action: 'move', position: 80 });
+    await h.until(() => actuator.writers.length === 1, 5_000, 'the move on the link');
+    actuator.clearFault('latency');
+    actuator.setFault({ kind: 'hold' });
+    h.submit('s', { device: 'a1', action: 'stop' });
+    await h.until(() => actuator.pendingWrites === 2, 5_000, 'the stop, then the move, waiting');
+    const released = performance.now();
+    actuator.clearFault('hold');
+    const [s, m] = [await h.settled('s'), await h.settled('m')];
+    expect(s).toMatchObject({ state: 'failed', code: 'READBACK_MISMATCH', attempts: 1 });
+    expect(s.observed).toMatchObject({ seq: m.seq });
+    expect(s.detail).toMatch(
+      /^the controller shows the write of m \(sequence number \d+\), whose answer had been lost and which reached it after the stop was written, and has not shown the stop for \d+ ms since: the stop did not hold \(whether the controller took it first cannot be told\), and it is not written again$/,
+    );
+    // Settled on the evidence, not at its confirm timeout (20 s; settled() waits 10 s at most).
+    expect(performance.now() - released).toBeLessThan(10_000);
+    expect(m).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
+    expect(m.observed).toMatchObject({ state: 'IDLE', position: 80, seq: m.seq });
+    // Ground truth: the stop was taken first (a no-op at rest), the move after it; each once.
+    expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
+      [s.seq, 'noop', 'IDLE', 'IDLE'],
+      [m.seq, 'accepted', 'IDLE', 'MOVING'],
+    ]);
+    expect(actuator.writesWithSeq(s.seq!)).toBe(1);
+    expect(actuator.writesWithSeq(m.seq!)).toBe(1);
+  });
+
   it('after a crash between the stop and its outcome, recovery still says INTERRUPTED', async () => {
     h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
     const valve = h.device('v1');
