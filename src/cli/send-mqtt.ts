@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { connectAsync, type IClientOptions, type MqttClient } from 'mqtt';
+import { withoutPassword } from '../config/config.js';
 import { CliError, messageOf } from './errors.js';
 import { isResultDocument } from './result-view.js';
 import { refused, retryHint, type Delivery, type SendTarget } from './send-common.js';
@@ -59,10 +60,14 @@ async function connect(target: SendTarget): Promise<MqttClient> {
       try {
         return await connectAsync(url, clientOptions(target, 4));
       } catch (again) {
-        throw new CliError(`cannot connect to the MQTT broker ${url}: ${messageOf(again)}`);
+        throw new CliError(
+          `cannot connect to the MQTT broker ${withoutPassword(url)}: ${messageOf(again)}`,
+        );
       }
     }
-    throw new CliError(`cannot connect to the MQTT broker ${url}: ${messageOf(error)}`);
+    throw new CliError(
+      `cannot connect to the MQTT broker ${withoutPassword(url)}: ${messageOf(error)}`,
+    );
   }
 }
 
@@ -130,7 +135,9 @@ export async function sendMqtt(target: SendTarget): Promise<Delivery> {
         }
       });
     });
-    const broker = mqtt.url;
+    // As the broker is shown everywhere: a password in it as *** (the configuration refuses
+    // such a URL; the terminal would keep it).
+    const broker = withoutPassword(mqtt.url);
     // Subscribed before the command goes out: results are not retained.
     const subscribed = await Promise.race([
       client.subscribeAsync([resultTopic, statusTopic], { qos: 1 }).then(
