@@ -54,6 +54,7 @@ export class Metrics {
   readonly journalFailures: Counter;
   readonly httpsConnectionsRefused: Counter<'reason'>;
   readonly httpsConnectionsIdleClosed: Counter<'stage'>;
+  readonly httpsTlsHandshakesFailed: Counter<'reason'>;
 
   constructor(
     pipeline: CommandPipeline,
@@ -229,6 +230,12 @@ export class Metrics {
       name: 'sluice_https_connections_idle_closed_total',
       help: 'HTTPS connections closed without an answer because they brought nothing in time, by stage: handshake (no TLS handshake within 10 s), first_request (no byte of a request within 10 s of the handshake).',
       labelNames: ['stage'],
+      registers,
+    });
+    this.httpsTlsHandshakesFailed = new Counter({
+      name: 'sluice_https_tls_handshakes_failed_total',
+      help: "HTTPS connections whose TLS handshake failed, by reason: plain_http (an http:// request to the HTTPS port), not_tls (bytes that are not TLS), version (the client offers no TLS 1.3), untrusted (the client's alert: it does not trust the gateway's certificate), aborted (the client closed the connection during the handshake, as a Node.js client not trusting the certificate does), other. Handshake timeouts are in sluice_https_connections_idle_closed_total.",
+      labelNames: ['reason'],
       registers,
     });
     new Gauge({

@@ -16,7 +16,7 @@ import {
   RETRY_SHUTDOWN_S,
   sendProblem,
 } from './https-problems.js';
-import type { App, HttpsConfig, HttpsMetrics, Request } from './https-types.js';
+import type { App, HandshakeFailure, HttpsConfig, HttpsMetrics, Request } from './https-types.js';
 
 /**
  * The HTTPS server under the intake's routes: TLS 1.3 (SPEC §4) with optional client
@@ -150,6 +150,10 @@ export function createServer(options: ServerOptions): App {
     // closed without an answer: only this counter shows it (a scanner, a stuck client).
     if (error.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
       metrics.httpsConnectionsIdleClosed.inc({ stage: 'handshake' });
+    } else {
+      // Counted by reason: a client that cannot connect (http:// for https://, TLS 1.2 only,
+      // not trusting the gateway's certificate) shows on the gateway, not only on itself.
+      metrics.httpsTlsHandshakesFailed.inc({ reason: handshakeFailure(error.code) });
     }
     // A refused handshake (TLS 1.2, garbage) is the client's problem; keep it out of warn.
     logger.debug({ code: error.code, err: error.message }, 'TLS handshake refused');
@@ -206,6 +210,40 @@ export function createServer(options: ServerOptions): App {
     ),
   );
   return app;
+}
+
+/**
+ * Why a TLS handshake failed, from the error's code (OpenSSL's reason, as Node names it): a
+ * handful of reasons an operator can act on, so that the counter's labels stay few.
+ */
+export function handshakeFailure(code: string | undefined): HandshakeFailure {
+  switch (code) {
+    case 'ERR_SSL_HTTP_REQUEST':
+      return 'plain_http';
+    case 'ERR_SSL_WRONG_VERSION_NUMBER':
+    case 'ERR_SSL_PACKET_LENGTH_TOO_LONG':
+    case 'ERR_SSL_HTTPS_PROXY_REQUEST':
+    case 'ERR_SSL_RECORD_LENGTH_MISMATCH':
+      return 'not_tls';
+    case 'ERR_SSL_UNSUPPORTED_PROTOCOL':
+    case 'ERR_SSL_NO_PROTOCOLS_AVAILABLE':
+    case 'ERR_SSL_VERSION_TOO_LOW':
+      return 'version';
+    case 'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA':
+    case 'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE':
+    case 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_UNKNOWN':
+    case 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED':
+    case 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_REVOKED':
+    case 'ERR_SSL_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE':
+      // The client's alert: it does not trust the gateway's certificate (curl, OpenSSL).
+      return 'untrusted';
+    case 'ECONNRESET':
+      // The client hung up mid-handshake: a Node.js client refusing the gateway's certificate
+      // closes without an alert, and the server sees only the close.
+      return 'aborted';
+    default:
+      return 'other';
+  }
 }
 
 /**

@@ -36,7 +36,13 @@ export interface HttpsMetrics {
   readonly httpsConnectionsIdleClosed: {
     inc(labels: { stage: 'handshake' | 'first_request' }): void;
   };
+  /** `sluice_https_tls_handshakes_failed_total{reason}` (https-server.ts, handshakeFailure) */
+  readonly httpsTlsHandshakesFailed: { inc(labels: { reason: HandshakeFailure }): void };
 }
+
+/** Why a TLS handshake failed, as counted (https-server.ts, handshakeFailure). */
+export type HandshakeFailure =
+  'plain_http' | 'not_tls' | 'version' | 'untrusted' | 'aborted' | 'other';
 
 export type Server = HttpsServer;
 export type Request<G extends RouteGenericInterface = RouteGenericInterface> = FastifyRequest<

@@ -1,9 +1,12 @@
+import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { connect as tcpConnect, type Socket } from 'node:net';
 import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import { HTTPS_TIMEOUTS, type HttpsTimeouts } from '../../src/intake/https-server.js';
+import type { HandshakeFailure } from '../../src/intake/https-types.js';
+import { hasCommand, realComponent } from '../helpers/real.js';
 import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
 import {
   makePki,
@@ -132,6 +135,31 @@ async function slowRequest(
     clearInterval(dripping);
   }
   return { lived: performance.now() - sentAt, text };
+}
+
+/** `sluice_https_tls_handshakes_failed_total{reason}` as the registry renders it (0 before). */
+async function handshakesFailed(reason: HandshakeFailure): Promise<number> {
+  const metric = await stack.metrics.registry
+    .getSingleMetric('sluice_https_tls_handshakes_failed_total')
+    ?.get();
+  return metric?.values.find((v) => v.labels.reason === reason)?.value ?? 0;
+}
+
+/** Resolves when `socket` closes, whatever error it closes with (events.once rejects on one). */
+async function closedAnyway(socket: Socket): Promise<void> {
+  socket.on('error', () => undefined);
+  await new Promise((resolve) => socket.once('close', resolve));
+}
+
+/** Sends `bytes` on a plain TCP connection and waits for the server to close it. */
+async function sendRaw(bytes: string | Buffer): Promise<void> {
+  const socket = tcpConnect(api.port, '127.0.0.1');
+  opened.push(socket);
+  socket.on('error', () => undefined);
+  await once(socket, 'connect');
+  const closed = once(socket, 'close');
+  socket.write(bytes);
+  await closed;
 }
 
 async function refused(reason: 'max_connections' | 'per_address'): Promise<number> {
@@ -329,6 +357,56 @@ describe('connections', () => {
     },
     REQUEST_TIMEOUT_MS + 90_000,
   );
+
+  it('failed TLS handshakes are counted by reason: plain HTTP, not TLS, TLS 1.2, a client not trusting the certificate', async () => {
+    const counts = async (): Promise<Record<HandshakeFailure, number>> => ({
+      plain_http: await handshakesFailed('plain_http'),
+      not_tls: await handshakesFailed('not_tls'),
+      version: await handshakesFailed('version'),
+      untrusted: await handshakesFailed('untrusted'),
+      aborted: await handshakesFailed('aborted'),
+      other: await handshakesFailed('other'),
+    });
+    const before = await counts();
+    const expected = { ...before };
+    // http:// for https:// (the commonest client mistake), then bytes that are not TLS.
+    await sendRaw('GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n');
+    expected.plain_http += 1;
+    await until(async () => (await handshakesFailed('plain_http')) === expected.plain_http);
+    await sendRaw(Buffer.alloc(64, 0x41));
+    expected.not_tls += 1;
+    await until(async () => (await handshakesFailed('not_tls')) === expected.not_tls);
+    // A client that offers TLS 1.2 at most (the intake takes 1.3 only).
+    const old = connect({
+      host: '127.0.0.1',
+      port: api.port,
+      ca: api.ca,
+      servername: 'localhost',
+      maxVersion: 'TLSv1.2',
+    });
+    opened.push(old);
+    await closedAnyway(old);
+    expected.version += 1;
+    await until(async () => (await handshakesFailed('version')) === expected.version);
+    // A Node.js client without the gateway's CA: it refuses the certificate and closes.
+    const doubting = connect({ host: '127.0.0.1', port: api.port, servername: 'localhost' });
+    opened.push(doubting);
+    await closedAnyway(doubting);
+    expected.aborted += 1;
+    await until(async () => (await handshakesFailed('aborted')) === expected.aborted);
+    // curl without the gateway's CA: it says why, with an alert (unknown CA).
+    if (realComponent('curl', hasCommand('curl'), 'apt-get install curl')) {
+      await new Promise<void>((resolve) => {
+        execFile('curl', ['-s', '-o', '/dev/null', `https://localhost:${api.port}/healthz`], () => {
+          resolve();
+        });
+      });
+      expected.untrusted += 1;
+      await until(async () => (await handshakesFailed('untrusted')) === expected.untrusted);
+    }
+    // Each counted once, under its own reason, and nothing else.
+    expect(await counts()).toEqual(expected);
+  });
 
   it(
     'a TCP connection that never begins its TLS handshake is closed after the handshake timeout',

@@ -18,6 +18,7 @@ const metrics = {
   journalFailures: { inc: (): void => undefined },
   httpsConnectionsRefused: { inc: (): void => undefined },
   httpsConnectionsIdleClosed: { inc: (): void => undefined },
+  httpsTlsHandshakesFailed: { inc: (): void => undefined },
 };
 
 describe('HTTPS server', () => {
