@@ -15,11 +15,12 @@ import {
 
 /**
  * The site of the fault campaign (issue 10; faults.test.ts, faults-journal.test.ts): the real
- * `sluiced` process against sluice-sim (Modbus and OPC UA) and a real Mosquitto, with the
- * journal on a small real tmpfs (as root) that a test can fill or make read-only, and two
- * persistent MQTT sessions (a watcher of results and status, a publisher). Every verdict is
- * taken from ground truth: the simulators' write logs (per sequence number) and the journal.
- * The campaign is two files, each on a site of its own, so that they go to two workers at once.
+ * `sluiced` process against sluice-sim (Modbus, and OPC UA where the file asks for it) and a
+ * real Mosquitto, with the journal on a small real tmpfs (as root) that a test can fill or make
+ * read-only, and two persistent MQTT sessions (a watcher of results and status, a publisher).
+ * Every verdict is taken from ground truth: the simulators' write logs (per sequence number)
+ * and the journal. The campaign is two files, each on a site of its own, so that they go to
+ * two workers at once.
  */
 
 export const real = mosquittoAvailable();
@@ -55,11 +56,25 @@ export interface FaultCampaign {
   readonly report: (start: Tally, scenario: string, outcome: string) => void;
 }
 
+/** What a file's site holds besides the Modbus PLC (valves mb-valve-1, mb-valve-2, mb-actuator). */
+export interface CampaignOptions {
+  /**
+   * An OPC UA PLC too (valve `ua-valve`). Only where a scenario uses it: with an OPC UA PLC in
+   * its configuration every start of sluiced loads node-opcua (seconds of CPU), and the plant
+   * starts an OPC UA server.
+   */
+  readonly opcua: boolean;
+}
+
 /**
  * A describe block on a site of its own. Each scenario starts from a plant without faults,
  * every valve in REMOTE, a daemon running; the block's summary is printed at its end.
  */
-export function faultCampaign(title: string, body: (f: FaultCampaign) => void): void {
+export function faultCampaign(
+  title: string,
+  options: CampaignOptions,
+  body: (f: FaultCampaign) => void,
+): void {
   describe.runIf(real)(title, () => {
     let site: Site;
     let stateDir: string;
@@ -76,7 +91,7 @@ export function faultCampaign(title: string, body: (f: FaultCampaign) => void): 
     }[] = [];
 
     beforeAll(async () => {
-      site = await Site.start({ opcua: true, gatewayId: GW });
+      site = await Site.start({ opcua: options.opcua, gatewayId: GW });
       releasers.push(() => site.close());
       stateDir = join(site.dir, 'state');
       if (tmpfs) {
