@@ -506,16 +506,18 @@ export class ConfirmationLoop {
             // (its image before the write showed no such echo), and this stop, acknowledged,
             // is in the controller's hands. Had the late write come first, the controller
             // would take the stop at a later scan and show its echo; once the preempted one's
-            // has outlasted mismatchGraceMs (the profile's bound on the scan that takes a
-            // write) it came after: the stop was overwritten or undone. Waiting out the
-            // confirm timeout said so only at its end while the valve travelled.
+            // has stood for redispatchGuardMs it came after: the stop was overwritten or
+            // undone. (The guard, not mismatchGraceMs: a controller whose handshake is busy
+            // may hold the stop past a scan or two, and it would then be said not to hold
+            // when it is about to.) Waiting out the confirm timeout said so only at its end,
+            // while the valve travelled.
             lateEchoSince ??= readback.requestedMono;
             const shownMs = Math.round(clock.elapsed() - lateEchoSince);
             const lost =
               preempted?.earlierLife === true
                 ? 'sent before the daemon restarted (its answer unknown), which'
                 : 'whose answer had been lost and which';
-            if (shownMs >= profile.timing.mismatchGraceMs) {
+            if (shownMs >= profile.timing.redispatchGuardMs) {
               this.host.settle(log, record, 'dispatched', {
                 to: 'failed',
                 code: 'READBACK_MISMATCH',
