@@ -24,7 +24,7 @@ const TINY = [
   '--e2e-commands', '10',
   '--replays', '10',
   '--clients', '4',
-  '--warmup-seconds', '1',
+  '--warmup-seconds', '0',
   '--throughput-seconds', '1',
   '--recovery-commands', '20',
   '--recovery-timeout-seconds', '60',
