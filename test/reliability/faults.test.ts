@@ -464,10 +464,12 @@ faultCampaign('fault campaign on the real daemon', { opcua: true }, (f) => {
       await site.postCommand(key, { device, action: moving(site, device), issuedAt: nowIso() });
       return settledResult(site, key);
     };
-    for (const [plc, device] of [
+    // The two PLCs side by side: a clock fault is the PLC's own, and each has its own valve.
+    const pairs = [
       ['mb', 'mb-valve-1'],
       ['ua', 'ua-valve'],
-    ] as const) {
+    ] as const;
+    const clocksOf = async ([plc, device]: (typeof pairs)[number]): Promise<void> => {
       // Far beyond any bound (SPEC §6, maxControllerSkewMs): refused CLOCK_SKEW and never
       // written; without a bound (or under `warn`) the skew only places readbacks in time and
       // the command is confirmed by its echo. Then set right: the very next command runs.
@@ -525,7 +527,8 @@ faultCampaign('fault campaign on the real daemon', { opcua: true }, (f) => {
       expect(after, `${device} after the step was undone: ${JSON.stringify(after)}`).toMatchObject({
         state: 'confirmed',
       });
-    }
+    };
+    await Promise.all(pairs.map(clocksOf));
     assertInvariants(site);
     console.log(`controller clocks: ${observed.join('; ')}`);
     report(
