@@ -6,17 +6,17 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { isAbsolute, join, relative } from 'node:path';
-import { Aedes } from 'aedes';
 import { pino, type Logger } from 'pino';
-import { generate } from 'selfsigned';
 import { ConfigError, loadConfig, withoutPassword, type SluiceConfig } from '../config/config.js';
 import { preflight } from '../config/preflight.js';
-import { Daemon, type Readiness } from '../daemon/daemon.js';
-import { routeOpcuaMessages } from '../daemon/opcua-messages.js';
+// The daemon, the simulators and the broker (node-opcua above all: seconds to load) are loaded
+// once the configuration is read and the ports the demo names in its hints are found free, so
+// a start refused for either says why at once (main).
+import type { Daemon, Readiness } from '../daemon/daemon.js';
 import { packageRoot } from '../package-root.js';
 import { shellWord } from '../shell-word.js';
 import { brokerChoice, EMBEDDED_BROKER_URL } from './broker-choice.js';
-import { loadPlantFile, startPlant, type Plant } from '../../simulators/plant.js';
+import type { Plant } from '../../simulators/plant.js';
 
 const root = packageRoot();
 const stateDir = join(root, '.state', 'demo');
@@ -148,6 +148,7 @@ async function ensureCertificate(): Promise<void> {
   const keyFile = join(tlsDir, 'key.pem');
   if (existsSync(certFile) && existsSync(keyFile)) return;
   mkdirSync(tlsDir, { recursive: true, mode: 0o700 });
+  const { generate } = await import('selfsigned');
   const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
     keyType: 'ec',
     curve: 'P-256',
@@ -179,18 +180,40 @@ function ensureToken(): string {
   return token;
 }
 
+const BROKER_PORT_TAKEN =
+  '127.0.0.1:1883 is taken (another MQTT broker?). Stop it, or point the demo at it: SLUICE_MQTT_URL=mqtt://127.0.0.1:1883 npm start';
+
+function httpsPortTaken(address: string, port: number): DemoError {
+  return new DemoError(
+    `${address}:${port} is taken (another demo or sluiced?). Stop it, or give the demo another HTTPS port: SLUICE_HTTPS_PORT=9443 npm start`,
+  );
+}
+
+/**
+ * Whether something already listens on host:port (EADDRINUSE), found by listening there a
+ * moment; any other error is left to the real listener to report.
+ */
+async function inUse(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', (error: NodeJS.ErrnoException) => {
+      resolve(error.code === 'EADDRINUSE');
+    });
+    probe.listen(port, host, () =>
+      probe.close(() => {
+        resolve(false);
+      }),
+    );
+  });
+}
+
 async function startBroker(): Promise<{ url: string; stop: () => Promise<void> }> {
+  const { Aedes } = await import('aedes');
   const broker = await Aedes.createBroker();
   const server: Server = createServer(broker.handle);
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) => {
-      reject(
-        error.code === 'EADDRINUSE'
-          ? new DemoError(
-              '127.0.0.1:1883 is taken (another MQTT broker?). Stop it, or point the demo at it: SLUICE_MQTT_URL=mqtt://127.0.0.1:1883 npm start',
-            )
-          : error,
-      );
+      reject(error.code === 'EADDRINUSE' ? new DemoError(BROKER_PORT_TAKEN) : error);
     });
     server.listen(1883, '127.0.0.1', resolve);
   });
@@ -212,6 +235,7 @@ async function startBroker(): Promise<{ url: string; stop: () => Promise<void> }
 }
 
 async function startSimulators(): Promise<Plant> {
+  const { loadPlantFile, startPlant } = await import('../../simulators/plant.js');
   try {
     return await startPlant(
       await loadPlantFile(join(root, 'simulators', 'plants', 'default.yaml')),
@@ -232,14 +256,14 @@ async function startSimulators(): Promise<Plant> {
  * on 8443): the other ports the demo takes say so in words, this one must too.
  */
 async function startDaemon(config: SluiceConfig, logger: Logger): Promise<Daemon> {
+  const { Daemon } = await import('../daemon/daemon.js');
   try {
     return await Daemon.start(config, { logger, shutdownBoundMs: 5_000 });
   } catch (error) {
+    // Taken since main found it free.
     const e = error as NodeJS.ErrnoException & { address?: string; port?: number };
     if (e.code === 'EADDRINUSE' && config.https !== undefined && e.port === config.https.port) {
-      throw new DemoError(
-        `${e.address ?? config.https.host}:${e.port} is taken (another demo or sluiced?). Stop it, or give the demo another HTTPS port: SLUICE_HTTPS_PORT=9443 npm start`,
-      );
+      throw httpsPortTaken(e.address ?? config.https.host, e.port);
     }
     throw error;
   }
@@ -248,18 +272,33 @@ async function startDaemon(config: SluiceConfig, logger: Logger): Promise<Daemon
 async function main(): Promise<void> {
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const config = loadConfig(sitePath);
-  const logger = pino(
-    { level: config.log.level },
-    pino.destination({ dest: logPath, mkdir: true, sync: false }),
-  );
-  // Before anything else (node-opcua, loaded with the simulators, reports a check it started
-  // as it loaded a moment later): node-opcua's own messages go to the log, never into the
-  // instructions below.
-  routeOpcuaMessages(logger);
   await ensureCertificate();
   const token = ensureToken();
   // The daemon's own start-up checks, before the simulators and the broker take their ports.
   preflight(config, sitePath);
+  // The embedded broker's port and the daemon's HTTPS port, whose hints say how to get past
+  // them, before anything is loaded and started: found taken only once the simulators were up
+  // (and node-opcua loaded), a refusal took seconds. Taken in between, startBroker and
+  // startDaemon say the same.
+  const brokerFrom = brokerChoice(process.env, config);
+  if (brokerFrom === 'embedded' && (await inUse('127.0.0.1', 1883))) {
+    throw new DemoError(BROKER_PORT_TAKEN);
+  }
+  const listen = config.https;
+  if (listen !== undefined && listen.port !== 0 && (await inUse(listen.host, listen.port))) {
+    throw httpsPortTaken(listen.host, listen.port);
+  }
+  // Opened once no check refuses the start: an exit before its file is open throws ("sonic boom
+  // is not ready yet").
+  const logger = pino(
+    { level: config.log.level },
+    pino.destination({ dest: logPath, mkdir: true, sync: false }),
+  );
+  // Before the simulators and the daemon load it (node-opcua reports a check it started as it
+  // loaded a moment later): node-opcua's own messages go to the log, never into the
+  // instructions below.
+  const { routeOpcuaMessages } = await import('../daemon/opcua-messages.js');
+  routeOpcuaMessages(logger);
   const stack: { name: string; stop: () => Promise<void> }[] = [];
   const stopAll = async (): Promise<void> => {
     for (let s = stack.pop(); s !== undefined; s = stack.pop()) {
@@ -273,7 +312,6 @@ async function main(): Promise<void> {
   try {
     const plant = await startSimulators();
     stack.push({ name: 'simulators', stop: () => plant.stop() });
-    const brokerFrom = brokerChoice(process.env, config);
     if (brokerFrom === 'embedded') {
       const broker = await startBroker();
       stack.push({ name: 'broker', stop: broker.stop });

@@ -513,7 +513,8 @@ it.runIf(curl && mosquittoClients && mosquittoAvailable())(
       expect(refused.status, refused.stderr).toBe(2);
       const hint = /point the demo at it: (.+)$/m.exec(refused.stderr)?.[1];
       expect(hint).toBe('SLUICE_MQTT_URL=mqtt://127.0.0.1:1883 npm start');
-      // The refused start left nothing on the ports it had taken (the simulators').
+      // The refused start left nothing on the demo's other ports (it checks 1883 before starting
+      // anything; taken later, it stops what it started).
       const ports = PORTS.filter((p) => p !== 1883);
       for (const port of ports) expect(await portFree(port)).toBe(true);
 
