@@ -3,8 +3,8 @@
  * the HTTP control API), and the bookkeeping that decides what a request suffers.
  *
  * Process faults act on the controller program (stuck travel, position sensor, frozen image,
- * held handshake). Link faults act on requests at the protocol front end (latency, dropped
- * replies, connection resets, Modbus exceptions, OPC UA Bad status). A device fault applies to
+ * held handshake). Link faults act on requests at the protocol front end (latency, a stall
+ * until released, dropped replies, connection resets, Modbus exceptions, OPC UA Bad status). A device fault applies to
  * requests that touch the device; a PLC fault applies to every device and request of that PLC.
  */
 import { z } from 'zod';
@@ -44,6 +44,13 @@ const faultSchemas = {
       .enum(['before', 'after'])
       .default('after')
       .describe('before: held on the link, then applied; after: applied, then the reply held'),
+  }),
+  stall: z.strictObject({
+    kind: z.literal('stall'),
+    on: directionSchema,
+    count: count.describe(
+      'how many requests it catches; the later ones pass, the caught ones stay held until the fault is cleared; absent: every one until cleared',
+    ),
   }),
   drop: z.strictObject({
     kind: z.literal('drop'),
@@ -146,6 +153,20 @@ interface Entry {
   expiresAt: number | undefined;
 }
 
+/** What a `stall` caught waits on: released when the fault is cleared. */
+interface Stall {
+  readonly released: Promise<void>;
+  readonly release: () => void;
+}
+
+function newStall(): Stall {
+  let release = (): void => undefined;
+  const released = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  return { released, release };
+}
+
 /** How long a fault lasts before it clears itself, if it does (`hold` with `ms`). */
 function lifetimeMs(fault: Fault): number | undefined {
   return fault.kind === 'hold' ? fault.ms : undefined;
@@ -158,6 +179,8 @@ function lifetimeMs(fault: Fault): number | undefined {
 export class FaultSet {
   readonly #entries = new Map<FaultKind, Entry>();
   readonly #time: TimeSource;
+  /** Set with the `stall` fault; what it caught is released when the fault is cleared. */
+  #stall: Stall | undefined;
 
   constructor(time: TimeSource) {
     this.#time = time;
@@ -168,15 +191,24 @@ export class FaultSet {
     const lifetime = lifetimeMs(fault);
     const expiresAt = lifetime === undefined ? undefined : this.#time.now() + lifetime;
     this.#entries.set(fault.kind, { fault, remaining, expiresAt });
+    // Set again (other parameters), a stall keeps what it caught held: only clearing releases.
+    if (fault.kind === 'stall') this.#stall ??= newStall();
   }
 
   clear(kind: FaultKind): boolean {
     this.#expire();
+    if (kind === 'stall') this.#releaseStall();
     return this.#entries.delete(kind);
   }
 
   clearAll(): void {
+    this.#releaseStall();
     this.#entries.clear();
+  }
+
+  #releaseStall(): void {
+    this.#stall?.release();
+    this.#stall = undefined;
   }
 
   has(kind: FaultKind): boolean {
@@ -234,6 +266,24 @@ export class FaultSet {
     return fault;
   }
 
+  /**
+   * Whether a `stall` catches a request going this direction: what to hold it on the link
+   * until (the fault cleared). A catch uses up one of the fault's count; when none is left the
+   * fault catches no more but stays set (`remaining: 0`), as what it caught is released only
+   * when it is cleared.
+   */
+  stalled(direction: Direction): Promise<void> | undefined {
+    const entry = this.#entries.get('stall');
+    if (entry === undefined || this.#stall === undefined) return undefined;
+    const fault = entry.fault as FaultOf<'stall'>;
+    if (fault.on !== 'both' && fault.on !== direction) return undefined;
+    if (entry.remaining !== undefined) {
+      if (entry.remaining <= 0) return undefined;
+      entry.remaining -= 1;
+    }
+    return this.#stall.released;
+  }
+
   /** Latency does not wear out; the largest applicable one of each `when` wins. */
   latency(direction: Direction, when: 'before' | 'after'): number {
     const fault = this.get('latency');
@@ -256,6 +306,11 @@ export interface LinkPlan {
    * request is applied when it ends, whatever became of the client's connection meanwhile.
    */
   latencyBeforeMs: number;
+  /**
+   * Held on the link (after `latencyBeforeMs`) until this settles: a `stall` caught it, and it
+   * goes on when the stall is cleared, applied then as a request held by latency `before` is.
+   */
+  stalledUntil: Promise<void> | undefined;
   /** Delay between processing and the reply (latency `when: after`). */
   latencyMs: number;
   /** Process the request but never reply. */
@@ -286,6 +341,7 @@ export function planRequest(
     resetBefore: false,
     refuse: undefined,
     latencyBeforeMs: 0,
+    stalledUntil: undefined,
     latencyMs: 0,
     drop: false,
     resetAfter: false,
@@ -294,6 +350,10 @@ export function planRequest(
   if (resetSets.some((set) => set.hit('reset', direction, random) !== undefined)) {
     plan.resetBefore = true;
     return plan;
+  }
+  for (const set of sets) {
+    plan.stalledUntil = set.stalled(direction);
+    if (plan.stalledUntil !== undefined) break;
   }
   if (refusal === 'exception') {
     const fault = first('exception');

@@ -14,9 +14,9 @@
  *
  * Requests on one connection are served one at a time, in order, as a PLC's communication
  * task does; a request is applied when it is served and its reply leaves after any injected
- * latency. Latency `when: before` holds a request on the link before it is applied (and the
- * requests behind it on that connection with it); it is applied when the delay ends even if
- * the client has gone meanwhile: its bytes were already on the wire.
+ * latency. Latency `when: before` (or a stall, until it is cleared) holds a request on the link
+ * before it is applied (and the requests behind it on that connection with it); it is applied
+ * when the hold ends even if the client has gone meanwhile: its bytes were already on the wire.
  *
  * A power cycle resets every connection and clears the command registers (volatile memory);
  * while the power is off, new connections are reset at once.
@@ -203,7 +203,12 @@ export class ModbusPlcServer {
       socket.destroy();
       return;
     }
-    if (plan.latencyBeforeMs > 0 && !(await this.#heldOnLink(plan.latencyBeforeMs))) return;
+    if (
+      (plan.latencyBeforeMs > 0 || plan.stalledUntil !== undefined) &&
+      !(await this.#heldOnLink(plan.latencyBeforeMs, plan.stalledUntil))
+    ) {
+      return;
+    }
 
     let reply: Buffer;
     if (plan.refuse?.exception !== undefined) {
@@ -231,13 +236,14 @@ export class ModbusPlcServer {
   }
 
   /**
-   * Holds a request on the link. True when it then reaches the PLC, even if its connection is
-   * gone by now; false when the PLC was power cycled meanwhile (the link and whatever was on
-   * it died with it) or the plant stopped.
+   * Holds a request on the link `ms`, then until `stalled` settles. True when it then reaches
+   * the PLC, even if its connection is gone by now; false when the PLC was power cycled
+   * meanwhile (the link and whatever was on it died with it) or the plant stopped.
    */
-  async #heldOnLink(ms: number): Promise<boolean> {
+  async #heldOnLink(ms: number, stalled: Promise<void> | undefined): Promise<boolean> {
     const powerCycles = this.#plc.powerCycles;
-    await this.#timers.delay(ms);
+    if (ms > 0) await this.#timers.delay(ms);
+    if (stalled !== undefined) await this.#timers.until(stalled);
     return this.#server !== undefined && this.#plc.powerCycles === powerCycles;
   }
 

@@ -9,12 +9,12 @@
  *
  * Link faults are applied around node-opcua's request dispatch: `on_request` is wrapped to
  * plan each Read/Write request (and to hold it on the link before dispatch for latency
- * `when: before`), and each channel's `send_response` is wrapped to add latency, swallow the
+ * `when: before` or a stall), and each channel's `send_response` is wrapped to add latency, swallow the
  * reply, cut the connection after processing or turn results Bad. Both are node-opcua 2.182
  * internals (public members, not documented API); the version is pinned.
  *
  * A request held on the link holds back every request behind it on the same secure channel
- * (CloseSession included), and is dispatched when its delay ends even if the client has
+ * (CloseSession included), and is dispatched when its hold ends even if the client has
  * closed or dropped the connection meanwhile: node-opcua keeps a session whose channel died
  * until the session times out, so the write lands as it would on a PLC.
  *
@@ -608,22 +608,29 @@ export class OpcuaPlcServer {
         dispatch(message, channel);
       }
     };
-    if (plan.latencyBeforeMs <= 0) {
+    if (plan.latencyBeforeMs <= 0 && plan.stalledUntil === undefined) {
       deliver();
       return undefined;
     }
-    return this.#heldOnLink(plan.latencyBeforeMs, pending, deliver);
+    return this.#heldOnLink(plan.latencyBeforeMs, plan.stalledUntil, pending, deliver);
   }
 
   /**
-   * Holds a request on the link, then delivers it, whatever became of the client's connection
-   * meanwhile, unless a power cycle or the plant's stop took the link and what was on it.
-   * Settles once node-opcua has processed it, not just received it: node-opcua processes
-   * requests concurrently, a PLC's communication task in order, and the ones behind it wait.
+   * Holds a request on the link `ms`, then until `stalled` settles, then delivers it, whatever
+   * became of the client's connection meanwhile, unless a power cycle or the plant's stop took
+   * the link and what was on it. Settles once node-opcua has processed it, not just received
+   * it: node-opcua processes requests concurrently, a PLC's communication task in order, and
+   * the ones behind it wait.
    */
-  async #heldOnLink(ms: number, pending: PendingRequest, deliver: () => void): Promise<void> {
+  async #heldOnLink(
+    ms: number,
+    stalled: Promise<void> | undefined,
+    pending: PendingRequest,
+    deliver: () => void,
+  ): Promise<void> {
     const powerCycles = this.#plc.powerCycles;
-    await this.#timers.delay(ms);
+    if (ms > 0) await this.#timers.delay(ms);
+    if (stalled !== undefined) await this.#timers.until(stalled);
     if (this.#server === undefined || this.#plc.powerCycles !== powerCycles) return;
     await new Promise<void>((resolve) => {
       pending.processed = resolve;

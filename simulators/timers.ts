@@ -1,9 +1,11 @@
 /**
- * Delays for injected latency that a stopping plant can cut short, so that no timer outlives
- * the plant (vitest must be able to exit) and no reply is held back past stop().
+ * Delays for injected latency (and waits for a stall's release) that a stopping plant can cut
+ * short, so that no timer outlives the plant (vitest must be able to exit) and no reply is held
+ * back past stop().
  */
 export class Timers {
   readonly #pending = new Map<NodeJS.Timeout, () => void>();
+  readonly #waiting = new Set<() => void>();
 
   /** Resolves after `ms`, or at once when cancelAll() runs. */
   delay(ms: number): Promise<void> {
@@ -13,6 +15,18 @@ export class Timers {
         resolve();
       }, ms);
       this.#pending.set(timer, resolve);
+    });
+  }
+
+  /** Resolves when `released` does, or at once when cancelAll() runs. */
+  until(released: Promise<void>): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.#waiting.delete(done);
+        resolve();
+      };
+      this.#waiting.add(done);
+      void released.then(done);
     });
   }
 
@@ -31,5 +45,6 @@ export class Timers {
       resolve();
     }
     this.#pending.clear();
+    for (const done of [...this.#waiting]) done();
   }
 }

@@ -513,6 +513,41 @@ describe.skipIf(!haveMbpoll)('Modbus PLC driven by mbpoll', () => {
       expect(device.writeLog).toMatchObject([{ seq: 77, code: OPEN, outcome: null }]);
     });
 
+    it('stall: the write it caught waits on the link until the fault is cleared; with count 1, later ones pass', async () => {
+      const device = plant.device('v1');
+      device.setFault({ kind: 'stall', on: 'write', count: 1 });
+      const held = await rawModbus(ep);
+      const other = await rawModbus(ep);
+      try {
+        const caught = held.write(10, [OPEN, 0, 8]);
+        await until(() => device.writers.length === 1);
+        // It caught its one: a write sent after it, on another connection, passes and is
+        // applied while the caught one waits.
+        expect((await other.write(10, [STOP, 0, 9])).exception).toBeUndefined();
+        expect(device.writeLog.map((e) => e.seq)).toEqual([9]);
+        expect(device.faults()).toEqual([{ kind: 'stall', on: 'write', count: 1, remaining: 0 }]);
+        // Cleared: the caught write is applied, then answered.
+        expect(device.clearFault('stall')).toBe(true);
+        expect((await caught).exception).toBeUndefined();
+        expect(device.writeLog.map((e) => e.seq)).toEqual([9, 8]);
+      } finally {
+        held.socket.destroy();
+        other.socket.destroy();
+      }
+    });
+
+    it('stall: a plant that stops releases what it holds without applying it', async () => {
+      const device = plant.device('v1');
+      device.setFault({ kind: 'stall', on: 'write' });
+      const raw = await rawModbus(ep);
+      const reply = raw.write(10, [OPEN, 0, 6]).catch((err: unknown) => err);
+      await until(() => device.writers.length === 1);
+      // Never cleared: stop() must not wait for it, and the link dies with what was on it.
+      await plant.stop();
+      expect(await reply).toBeInstanceOf(Error);
+      expect(device.counters.writesReceived).toBe(0);
+    });
+
     it('power cycle: connections reset, refused while off, volatile memory lost, clock back wrong', async () => {
       const plc = plant.plc('plc');
       const device = plant.device('v1');

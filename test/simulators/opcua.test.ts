@@ -542,6 +542,31 @@ describe('OPC UA PLC: requests held on the link, power cycle', () => {
     }
   });
 
+  it('stall: the write it caught lands when the fault is cleared; with count 1, later ones pass', async () => {
+    const own = await connectOpcua(endpointUrl);
+    const other = await connectOpcua(endpointUrl);
+    const device = plant.device('h1');
+    const logged = device.writeLog.length;
+    try {
+      device.setFault({ kind: 'stall', on: 'write', count: 1 });
+      const caught = uaCommand(own.session, 'h1', OPEN, 0, 51);
+      await until(() => device.faults()[0]?.remaining === 0, { attempts: 200, everyMs: 10 });
+      // It caught its one: a write sent after it, on another channel, passes and is applied
+      // while the caught one waits.
+      expect((await uaCommand(other.session, 'h1', STOP, 0, 52)).every((r) => r.isGood())).toBe(
+        true,
+      );
+      expect(device.writeLog.slice(logged).map((e) => e.seq)).toEqual([52]);
+      // Cleared: the caught write is applied, then answered.
+      expect(device.clearFault('stall')).toBe(true);
+      expect((await caught).every((r) => r.isGood())).toBe(true);
+      expect(device.writeLog.slice(logged).map((e) => e.seq)).toEqual([52, 51]);
+    } finally {
+      await own.close();
+      await other.close();
+    }
+  });
+
   it('power cycle: sessions and channels closed, connections refused while off, volatile memory lost', async () => {
     const plc = plant.plc('ua');
     const device = plant.device('p1');
