@@ -432,14 +432,22 @@ export function send(cs: CampaignSite, c: PlannedCommand, rng: Rng, delayMs = 0)
   return { command: c, firstSend, answers };
 }
 
-/** Polls (every 2 ms) until the probe answers; `undefined` after `ms`. */
-async function poll<T>(probe: () => T | undefined, ms: number): Promise<T | undefined> {
+/**
+ * Polls (every `everyMs`) until the probe answers; `undefined` after `ms`. A kill point is
+ * watched every 2 ms; waits that only end a step poll less often: each read of the journal
+ * costs this process, which runs the simulators, CPU.
+ */
+async function poll<T>(
+  probe: () => T | undefined,
+  ms: number,
+  everyMs = 2,
+): Promise<T | undefined> {
   const end = Date.now() + ms;
   for (;;) {
     const v = probe();
     if (v !== undefined) return v;
     if (Date.now() > end) return undefined;
-    await sleep(2);
+    await sleep(everyMs);
   }
 }
 
@@ -614,13 +622,17 @@ export async function restartDaemon(cs: CampaignSite): Promise<number> {
 export async function recovery(cs: CampaignSite, inDoubt: readonly string[]): Promise<number> {
   const start = Date.now();
   if (inDoubt.length === 0) return 0;
-  await poll(() => {
-    const open = inDoubt.filter((k) => {
-      const r = cs.watch.get(k);
-      return r === undefined || !TERMINAL.has(r.state);
-    });
-    return open.length === 0 ? true : undefined;
-  }, 60_000);
+  await poll(
+    () => {
+      const open = inDoubt.filter((k) => {
+        const r = cs.watch.get(k);
+        return r === undefined || !TERMINAL.has(r.state);
+      });
+      return open.length === 0 ? true : undefined;
+    },
+    60_000,
+    20,
+  );
   return Date.now() - start;
 }
 
@@ -771,15 +783,19 @@ export async function judge(
   // The gateway takes deliveries queued at the broker in its own time: wait (bounded) until
   // the journal holds the MQTT claims the broker was given, before counting them.
   const mqttKeys = [...keys].filter((k) => (cs.mqtt.published.get(k) ?? 0) > 0);
-  await poll(() => {
-    const short = mqttKeys.some((k) => {
-      const r = cs.watch.get(k);
-      if (r === undefined) return true;
-      const claims = claimsOver(cs.watch.history(r), 'mqtt');
-      return claims < (cs.mqtt.published.get(k) ?? 0);
-    });
-    return short ? undefined : true;
-  }, 10_000);
+  await poll(
+    () => {
+      const short = mqttKeys.some((k) => {
+        const r = cs.watch.get(k);
+        if (r === undefined) return true;
+        const claims = claimsOver(cs.watch.history(r), 'mqtt');
+        return claims < (cs.mqtt.published.get(k) ?? 0);
+      });
+      return short ? undefined : true;
+    },
+    10_000,
+    20,
+  );
   const all: Finding[] = [
     ...cs.site.verify().map(fromViolation),
     ...groundTruth(cs, keys, answers, lateSlackMs),
