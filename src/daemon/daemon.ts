@@ -45,6 +45,8 @@ export interface DaemonOptions {
   readonly clock?: Clock;
   /** Bound for in-flight commands to settle at shutdown; the rest stay journaled. */
   readonly shutdownBoundMs?: number;
+  /** How long a stop lets admin requests in flight finish before cutting them (admin.ts, DRAIN_MS). */
+  readonly adminDrainMs?: number;
   /** Period of the idle-device readback that keeps the mirror current. */
   readonly monitorIntervalMs?: number;
   /** Period of the sweep that takes up open commands with no live worker. */
@@ -422,6 +424,7 @@ export class Daemon {
           readiness: () => daemon.readiness(),
           clock,
           logger,
+          ...(options.adminDrainMs === undefined ? {} : { drainMs: options.adminDrainMs }),
         });
         try {
           await admin.start();

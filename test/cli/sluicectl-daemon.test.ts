@@ -178,6 +178,12 @@ beforeAll(async () => {
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
     monitorIntervalMs: 200,
+    // The last test stops the daemon while a reverify waits for a readback (up to 10 s) and its
+    // command is in flight on the stuck valve: the stop cuts the first and leaves the second
+    // journaled, each after its bound. Short bounds, still well within that wait: the stop
+    // took 16 s with the defaults (6 s, 10 s), for the same answers.
+    adminDrainMs: 1_000,
+    shutdownBoundMs: 1_000,
   });
   await until(
     () => (daemon.readiness().checks.mqtt?.ok === true ? true : undefined),
