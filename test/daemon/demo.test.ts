@@ -285,14 +285,33 @@ async function startDemo(
  * only where the test must see more than the user does (the headers). Its stderr is kept:
  * piped, curl's progress meter goes there unless the command says -s.
  */
-function curlRun(command: string, extra = '', cwd = ROOT): { stdout: string; stderr: string } {
-  const run = spawnSync('sh', ['-c', extra === '' ? command : `${command} ${extra}`], {
+async function curlRun(
+  command: string,
+  extra = '',
+  cwd = ROOT,
+): Promise<{ stdout: string; stderr: string }> {
+  // Not spawnSync: the MQTT commands run beside these, on the same event loop.
+  const run = spawn('sh', ['-c', extra === '' ? command : `${command} ${extra}`], {
     cwd,
-    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
     timeout: 30_000,
   });
-  expect(run.status, `${command}\n${run.stderr}`).toBe(0);
-  return { stdout: run.stdout, stderr: run.stderr };
+  let stdout = '';
+  let stderr = '';
+  run.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+  run.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  const status = await new Promise<number | null>((resolve, reject) => {
+    run.once('error', reject);
+    run.once('close', resolve);
+  });
+  expect(status, `${command}\n${stderr}`).toBe(0);
+  return { stdout, stderr };
+}
+
+/** Waits for both (neither left running when the other fails), then throws the first failure. */
+async function bothDone(a: Promise<void>, b: Promise<void>): Promise<void> {
+  const results = await Promise.allSettled([a, b]);
+  for (const result of results) if (result.status === 'rejected') throw result.reason;
 }
 
 /** The README's curl command for the demo, as written there (its fenced block). */
@@ -337,91 +356,87 @@ it.runIf(curl && mosquittoClients)(
       const command = printed(lines, 'curl ');
       // As the README shows it: `npm start` ran in the clone, the certificate is under it.
       expect(command).toMatch(/^curl -sS --cacert \.state\/demo\/tls\/cert\.pem -X POST /);
-      const first = curlRun(command);
-      expect(first.stderr).toBe('');
-      const body = first.stdout;
-      expect(JSON.parse(body)).toMatchObject({
-        device: 'inlet-valve',
-        state: 'confirmed',
-        code: 'OK',
-      });
-      // Ground truth for HTTPS: the simulator counted one write on inlet-valve.
       const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
-      expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
+      // The printed MQTT commands (drain-valve) run beside the HTTPS ones (inlet-valve), as from
+      // a second terminal: each is judged on its own valve's write counter.
+      const overMqtt = printedMqttCommandsWork(lines, controlUrl);
+      const overHttps = async (): Promise<void> => {
+        const first = await curlRun(command);
+        expect(first.stderr).toBe('');
+        const body = first.stdout;
+        expect(JSON.parse(body)).toMatchObject({
+          device: 'inlet-valve',
+          state: 'confirmed',
+          code: 'OK',
+        });
+        // Ground truth for HTTPS: the simulator counted one write on inlet-valve.
+        expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
 
-      // Sent again (README): the same answer, no second write; -i shows Idempotent-Replayed.
-      expect(curlRun(command)).toEqual({ stdout: body, stderr: '' });
-      const again = curlRun(command, '-i').stdout;
-      const head = again.slice(0, again.indexOf('\r\n\r\n'));
-      expect(head).toMatch(/^HTTP\/1\.1 200 /);
-      expect(head).toMatch(/^idempotent-replayed: true\r?$/im);
-      expect(again.slice(again.indexOf('\r\n\r\n') + 4)).toBe(body);
-      expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
+        // Sent again (README): the same answer, no second write; -i shows Idempotent-Replayed.
+        expect(await curlRun(command)).toEqual({ stdout: body, stderr: '' });
+        const again = (await curlRun(command, '-i')).stdout;
+        const head = again.slice(0, again.indexOf('\r\n\r\n'));
+        expect(head).toMatch(/^HTTP\/1\.1 200 /);
+        expect(head).toMatch(/^idempotent-replayed: true\r?$/im);
+        expect(again.slice(again.indexOf('\r\n\r\n') + 4)).toBe(body);
+        expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
 
-      const cacert = /--cacert (\S+)/.exec(command)?.[1] ?? '';
+        const cacert = /--cacert (\S+)/.exec(command)?.[1] ?? '';
 
-      // The README's own curl, as written there, from the clone's folder: the valve closed
-      // first (a command of the test's own), it opens it with one write; sent again, the same
-      // answer and no second write.
-      const closed = JSON.parse(
-        curlRun(
-          `curl -sS --cacert ${cacert} -X POST https://127.0.0.1:8443/v1/commands -H "Authorization: Bearer demo-test-token" -H "Idempotency-Key: test-close-${Date.now()}" -H "Content-Type: application/json" -d '{"device":"inlet-valve","action":"close"}'`,
-        ).stdout,
-      ) as Record<string, unknown>;
-      expect(closed).toMatchObject({ state: 'confirmed', code: 'OK' });
-      expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(2);
-      const readme = readmeCurl();
-      const fromReadme = curlRun(readme);
-      expect(fromReadme.stderr).toBe('');
-      expect(JSON.parse(fromReadme.stdout)).toMatchObject({
-        key: 'demo-1',
-        device: 'inlet-valve',
-        action: 'open',
-        state: 'confirmed',
-        code: 'OK',
-      });
-      expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(3);
-      expect(curlRun(readme)).toEqual(fromReadme);
-      expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(3);
+        // The README's own curl, as written there, from the clone's folder: the valve closed
+        // first (a command of the test's own), it opens it with one write; sent again, the same
+        // answer and no second write.
+        const closed = JSON.parse(
+          (
+            await curlRun(
+              `curl -sS --cacert ${cacert} -X POST https://127.0.0.1:8443/v1/commands -H "Authorization: Bearer demo-test-token" -H "Idempotency-Key: test-close-${Date.now()}" -H "Content-Type: application/json" -d '{"device":"inlet-valve","action":"close"}'`,
+            )
+          ).stdout,
+        ) as Record<string, unknown>;
+        expect(closed).toMatchObject({ state: 'confirmed', code: 'OK' });
+        expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(2);
+        const readme = readmeCurl();
+        const fromReadme = await curlRun(readme);
+        expect(fromReadme.stderr).toBe('');
+        expect(JSON.parse(fromReadme.stdout)).toMatchObject({
+          key: 'demo-1',
+          device: 'inlet-valve',
+          action: 'open',
+          state: 'confirmed',
+          code: 'OK',
+        });
+        expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(3);
+        expect(await curlRun(readme)).toEqual(fromReadme);
+        expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(3);
 
-      // /readyz says how MQTT is connected: the embedded broker refuses MQTT 5 (SPEC §5).
-      const readyz = JSON.parse(
-        execFileSync('sh', ['-c', `curl -sS --cacert ${cacert} https://127.0.0.1:8443/readyz`], {
-          cwd: ROOT,
-          encoding: 'utf8',
-          timeout: 10_000,
-        }),
-      ) as { checks: Record<string, { ok: boolean; detail: string }> };
-      expect(readyz.checks.mqtt).toEqual({
-        ok: true,
-        detail:
-          'connected (MQTT 3.1.1: the broker refused MQTT 5; response topics and message expiry unavailable)',
-      });
+        // /readyz says how MQTT is connected: the embedded broker refuses MQTT 5 (SPEC §5).
+        const readyz = JSON.parse(
+          (await curlRun(`curl -sS --cacert ${cacert} https://127.0.0.1:8443/readyz`)).stdout,
+        ) as { checks: Record<string, { ok: boolean; detail: string }> };
+        expect(readyz.checks.mqtt).toEqual({
+          ok: true,
+          detail:
+            'connected (MQTT 3.1.1: the broker refused MQTT 5; response topics and message expiry unavailable)',
+        });
 
-      // The printed status page answers over the same TLS (the browser test logs in there).
-      const statusUrl = /Status +(\S+)/.exec(text)?.[1] ?? '';
-      expect(statusUrl).toBe('https://127.0.0.1:8443/ui/');
-      const page = execFileSync(
-        'sh',
-        ['-c', `curl -sS --cacert ${cacert} -w '\n%{http_code}' ${statusUrl}`],
-        { cwd: ROOT, encoding: 'utf8', timeout: 10_000 },
-      );
-      expect(page.slice(page.lastIndexOf('\n') + 1)).toBe('200');
-      expect(page).toMatch(/<html/i);
-      // "log in with the token": the demo token is an operator there (README).
-      const login = JSON.parse(
-        execFileSync(
-          'sh',
-          [
-            '-c',
-            `curl -sS --cacert ${cacert} -H 'Origin: https://127.0.0.1:8443' -H 'Content-Type: application/json' -d '{"token":"demo-test-token"}' https://127.0.0.1:8443/ui/api/login`,
-          ],
-          { cwd: ROOT, encoding: 'utf8', timeout: 10_000 },
-        ),
-      ) as Record<string, unknown>;
-      expect(login).toMatchObject({ identity: 'demo', role: 'operator', gatewayId: 'demo' });
-
-      await printedMqttCommandsWork(lines, controlUrl);
+        // The printed status page answers over the same TLS (the browser test logs in there).
+        const statusUrl = /Status +(\S+)/.exec(text)?.[1] ?? '';
+        expect(statusUrl).toBe('https://127.0.0.1:8443/ui/');
+        const page = (await curlRun(`curl -sS --cacert ${cacert} -w '\n%{http_code}' ${statusUrl}`))
+          .stdout;
+        expect(page.slice(page.lastIndexOf('\n') + 1)).toBe('200');
+        expect(page).toMatch(/<html/i);
+        // "log in with the token": the demo token is an operator there (README).
+        const login = JSON.parse(
+          (
+            await curlRun(
+              `curl -sS --cacert ${cacert} -H 'Origin: https://127.0.0.1:8443' -H 'Content-Type: application/json' -d '{"token":"demo-test-token"}' https://127.0.0.1:8443/ui/api/login`,
+            )
+          ).stdout,
+        ) as Record<string, unknown>;
+        expect(login).toMatchObject({ identity: 'demo', role: 'operator', gatewayId: 'demo' });
+      };
+      await bothDone(overHttps(), overMqtt);
     } finally {
       await demo.stop();
     }
@@ -526,13 +541,18 @@ it.runIf(curl && mosquittoClients && mosquittoAvailable())(
         expect(text).toContain('topics sluice/line-7/#');
         expect(demo.lines.map((l) => l.trim())).toContain('connected (MQTT 5)');
         const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
-        await printedMqttCommandsWork(demo.lines, controlUrl, 'sluice/line-7');
         const command = printed(demo.lines, 'curl ');
         expect(command).toContain(' https://127.0.0.1:8443/v1/commands ');
-        const out = curlRun(command);
-        expect(out.stderr).toBe('');
-        expect(JSON.parse(out.stdout)).toMatchObject({ state: 'confirmed', code: 'OK' });
-        expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
+        // Side by side, as from two terminals: drain-valve over MQTT, inlet-valve over HTTPS.
+        await bothDone(
+          printedMqttCommandsWork(demo.lines, controlUrl, 'sluice/line-7'),
+          (async () => {
+            const out = await curlRun(command);
+            expect(out.stderr).toBe('');
+            expect(JSON.parse(out.stdout)).toMatchObject({ state: 'confirmed', code: 'OK' });
+            expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
+          })(),
+        );
       } finally {
         await demo.stop();
       }
@@ -580,7 +600,7 @@ it.runIf(curl)(
         expect(text).toContain('HTTPS      https://127.0.0.1:9443');
         const command = printed(demo.lines, 'curl ');
         expect(command).toContain('https://127.0.0.1:9443/v1/commands');
-        const out = curlRun(command);
+        const out = await curlRun(command);
         expect(out.stderr).toBe('');
         expect(JSON.parse(out.stdout)).toMatchObject({
           device: 'inlet-valve',
@@ -905,7 +925,7 @@ it.runIf(curl)(
         );
         expect(text).not.toContain('embedded broker');
         const command = printed(demo.lines, 'curl ');
-        const out = curlRun(command, '', copy);
+        const out = await curlRun(command, '', copy);
         expect(out.stderr).toBe('');
         expect(JSON.parse(out.stdout)).toMatchObject({
           device: 'inlet-valve',
@@ -961,7 +981,7 @@ it.runIf(mosquittoAvailable())(
         // Every command printed is run here: the curl and the sluicectl line.
         expect(printedCommands(demo.lines).map((l) => l.split(' ')[0])).toEqual(['curl', 'node']);
         const controlUrl = /Simulators control API (\S+)/.exec(text)?.[1] ?? '';
-        const curled = curlRun(printed(demo.lines, 'curl '), '', copy);
+        const curled = await curlRun(printed(demo.lines, 'curl '), '', copy);
         expect(curled.stderr).toBe('');
         expect(JSON.parse(curled.stdout)).toMatchObject({ state: 'confirmed', code: 'OK' });
         expect(await writesReceived(controlUrl, 'inlet-valve')).toBe(1);
