@@ -749,6 +749,34 @@ export class OpcuaEndpoint {
     });
   }
 
+  /**
+   * For a read: while a session is being opened, waits for it, up to the request timeout, as
+   * a Modbus read waits for its connection. Reads failed at once meanwhile and the monitor's
+   * next came a monitor period later: at every start each device of an OPC UA PLC was first
+   * read about a second after its session opened (readiness, the demo's "all answering").
+   * Nothing to wait for — the session up, node-opcua re-establishing a lost link, a backoff
+   * after a failed attempt — returns at once. Writes do not wait: a write that finds no
+   * session is never sent (WriteNotSentError), and its command says so.
+   */
+  async sessionOpening(signal?: AbortSignal): Promise<void> {
+    if (this.closed || (this.session !== null && this.linkUp)) return;
+    this.start();
+    const starting = this.starting;
+    if (starting === null || this.session !== null || signal?.aborted === true) return;
+    let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
+    await Promise.race([
+      starting,
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, this.requestTimeoutMs);
+        onAbort = resolve;
+        signal?.addEventListener('abort', onAbort, { once: true });
+      }),
+    ]);
+    clearTimeout(timer);
+    if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
+  }
+
   nodeId(object: string, name: string): string {
     if (this.namespaceIndex === null) {
       this.start();
@@ -1312,6 +1340,7 @@ export class OpcuaDeviceDriver implements DeviceDriver {
         ['time', s.time],
       ] as const
     ).filter((entry): entry is [(typeof entry)[0], string] => entry[1] !== undefined);
+    await e.sessionOpening(signal);
     const ids = mapped.map(([, n]) => e.nodeId(this.object, n));
     const { values, requestedAt, receivedAt } = await e.read(ids, signal);
     const get = (name: (typeof mapped)[number][0]): DataValue | undefined => {
@@ -1468,6 +1497,7 @@ export class OpcuaDeviceDriver implements DeviceDriver {
   }
 
   async readClock(signal?: AbortSignal): Promise<ClockSample> {
+    await this.o.endpoint.sessionOpening(signal);
     const { values, requestedAt, receivedAt } = await this.o.endpoint.read(
       [SERVER_CURRENT_TIME],
       signal,
