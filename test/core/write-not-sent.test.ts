@@ -22,7 +22,7 @@ import { pino } from 'pino';
  * write log.
  */
 
-const LATENCY_MS = 1_500;
+const LATENCY_MS = 1_000;
 const TIMING = {
   defaultTtlMs: 60_000,
   // The held commands keep reading (and the connection busy) for as long as a test runs.
