@@ -60,7 +60,8 @@ const problems: string[] = [];
 
 beforeAll(async () => {
   if (!real || chromiumPath === null) return;
-  site = await startUiSite({ mqtt: false, opcua: false });
+  // Nothing here looks at a valve in flight: each command is waited for until it settles.
+  site = await startUiSite({ mqtt: false, opcua: false, drainTravelMs: 800 });
   // One settled command on each valve, before the page opens.
   await send('upd-drain', 'drain-valve', 'open');
   await send('upd-inlet', 'inlet-valve', 'open');

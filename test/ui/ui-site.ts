@@ -60,6 +60,11 @@ export interface UiSiteOptions {
    * log in with one. `ops` is then also the identity of the certificate CN `ops-1`.
    */
   readonly clientCaFile?: string;
+  /**
+   * drain-valve's travel time (ms), 3 s unless given: slow enough to be seen in flight. A test
+   * that only waits for its commands to settle gives it less, not to wait 3 s for each.
+   */
+  readonly drainTravelMs?: number;
 }
 
 /** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
@@ -83,7 +88,11 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
             // A stuck valve stays OPENING: no travel timeout fault within the test.
             'inlet-valve': { profile: 'valve', base: 0, travelMs: 800, travelTimeoutMs: 120_000 },
             // Slow enough to be seen in flight.
-            'drain-valve': { profile: 'valve', base: 100, travelMs: 3_000 },
+            'drain-valve': {
+              profile: 'valve',
+              base: 100,
+              travelMs: options.drainTravelMs ?? 3_000,
+            },
             ...Object.fromEntries(
               bulkValveIds(options.bulkValves ?? 0).map((id, i) => [
                 id,

@@ -41,7 +41,8 @@ const problems: string[] = [];
 beforeAll(async () => {
   if (!real || chromiumPath === null) return;
   subscribe('http.server.request.start', onRequest);
-  site = await startUiSite({ mqtt: false, opcua: false });
+  // The pages are looked at once drain-valve has arrived, never while it travels.
+  site = await startUiSite({ mqtt: false, opcua: false, drainTravelMs: 800 });
   browser = await chromium.launch({
     executablePath: chromiumPath,
     args: isRoot ? ['--no-sandbox'] : [],
