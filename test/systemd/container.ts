@@ -29,13 +29,16 @@ export interface Container {
  * starts are there) and returns once the boot has finished. `prepare` puts files into its root
  * before the boot. No service of this machine is started in it (basic.target), and it runs in
  * the test's own scope (no machined or D-Bus here). A failed boot leaves nothing behind: the
- * container is stopped and the root unmounted before the error is thrown. Needs root,
- * systemd-nspawn and nsenter.
+ * container is stopped and the root unmounted before the error is thrown. `readOnly` maps
+ * container paths to this machine's folders, bound read-only (systemd-nspawn --bind-ro): a
+ * node_modules there costs nothing, where a copy of its 19,000 files took 3-5 s of each
+ * boot. Needs root, systemd-nspawn and nsenter.
  */
 export async function bootContainer(
   dir: string,
   name: string,
   prepare: (root: string) => void | Promise<void>,
+  readOnly: Record<string, string> = {},
 ): Promise<Container> {
   const root = join(dir, 'root');
   // The container's writes go to a tmpfs: an install copies node_modules (some 17,000 files)
@@ -105,6 +108,7 @@ export async function bootContainer(
         '--register=no',
         '--keep-unit',
         '--console=pipe',
+        ...Object.entries(readOnly).map(([inside, from]) => `--bind-ro=${from}:${inside}`),
         '--boot',
         '--',
         '--unit=basic.target',

@@ -91,23 +91,30 @@ describe.runIf(why === null)(
         { ephemeralPorts: true, control: false },
       );
 
-      container = await bootContainer(dir, 'sluice-readme', async (into) => {
-        // The reader's checkout, built, with the certificate and key the README installs, at
-        // /srv/sluice-checkout in the container (its /tmp is a tmpfs of its own).
-        checkout = '/srv/sluice-checkout';
-        const here = join(into, checkout);
-        mkdirSync(here, { recursive: true });
-        await buildInto(join(here, 'dist'));
-        const cp = spawnSync('cp', [
-          '-a',
-          ...['package.json', 'node_modules', 'devices', 'docs', 'README.md', 'systemd'].map((f) =>
-            join(ROOT, f),
-          ),
-          here,
-        ]);
-        expect(cp.status, String(cp.stderr)).toBe(0);
-        await loopbackCertificate(here);
-      });
+      // The reader's checkout, built, with the certificate and key the README installs, at
+      // /srv/sluice-checkout in the container (its /tmp is a tmpfs of its own). Its node_modules
+      // is this tree's, bound read-only: step 1's cp -a copies it to /opt/sluice as printed, and
+      // a first copy into the checkout took 3-5 s.
+      checkout = '/srv/sluice-checkout';
+      container = await bootContainer(
+        dir,
+        'sluice-readme',
+        async (into) => {
+          const here = join(into, checkout);
+          mkdirSync(join(here, 'node_modules'), { recursive: true });
+          await buildInto(join(here, 'dist'));
+          const cp = spawnSync('cp', [
+            '-a',
+            ...['package.json', 'devices', 'docs', 'README.md', 'systemd'].map((f) =>
+              join(ROOT, f),
+            ),
+            here,
+          ]);
+          expect(cp.status, String(cp.stderr)).toBe(0);
+          await loopbackCertificate(here);
+        },
+        { [`${checkout}/node_modules`]: join(ROOT, 'node_modules') },
+      );
       root = container.root;
     }, 240_000);
 

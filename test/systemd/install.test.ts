@@ -87,41 +87,42 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       { ephemeralPorts: true, control: false },
     );
 
-    container = await bootContainer(dir, 'sluice-install', async (into) => {
-      // README, step 1: the built package in /opt/sluice.
-      const opt = join(into, 'opt/sluice');
-      mkdirSync(opt, { recursive: true });
-      await buildInto(join(opt, 'dist'));
-      const cp = spawnSync('cp', [
-        '-a',
-        join(ROOT, 'package.json'),
-        join(ROOT, 'node_modules'),
-        join(ROOT, 'devices'),
-        opt,
-      ]);
-      expect(cp.status, String(cp.stderr)).toBe(0);
-      // Step 2: the user, the folders, the unit.
-      copyFileSync(
-        join(ROOT, 'systemd/sysusers.d/sluice.conf'),
-        join(into, 'usr/lib/sysusers.d/sluice.conf'),
-      );
-      copyFileSync(
-        join(ROOT, 'systemd/tmpfiles.d/sluice.conf'),
-        join(into, 'usr/lib/tmpfiles.d/sluice.conf'),
-      );
-      copyFileSync(
-        join(ROOT, 'systemd/sluiced.service'),
-        join(into, 'etc/systemd/system/sluiced.service'),
-      );
-      // journald's rate limit, made tiny for every service of the container: the unit's own
-      // setting must keep every line of the daemon (each command logs four at info; journald's
-      // default of 10,000 lines in 30 s would drop them above about 80 commands a second).
-      mkdirSync(join(into, 'etc/systemd/journald.conf.d'), { recursive: true });
-      writeFileSync(
-        join(into, 'etc/systemd/journald.conf.d/sluice-test-ratelimit.conf'),
-        '[Journal]\nRateLimitIntervalSec=1h\nRateLimitBurst=1\n',
-      );
-    });
+    container = await bootContainer(
+      dir,
+      'sluice-install',
+      async (into) => {
+        // README, step 1: the built package in /opt/sluice, its node_modules this tree's, bound
+        // read-only (below; the service sees /opt read-only in any case, ProtectSystem=strict).
+        // The README's own cp -a runs in install-readme.test.ts.
+        const opt = join(into, 'opt/sluice');
+        mkdirSync(join(opt, 'node_modules'), { recursive: true });
+        await buildInto(join(opt, 'dist'));
+        const cp = spawnSync('cp', ['-a', join(ROOT, 'package.json'), join(ROOT, 'devices'), opt]);
+        expect(cp.status, String(cp.stderr)).toBe(0);
+        // Step 2: the user, the folders, the unit.
+        copyFileSync(
+          join(ROOT, 'systemd/sysusers.d/sluice.conf'),
+          join(into, 'usr/lib/sysusers.d/sluice.conf'),
+        );
+        copyFileSync(
+          join(ROOT, 'systemd/tmpfiles.d/sluice.conf'),
+          join(into, 'usr/lib/tmpfiles.d/sluice.conf'),
+        );
+        copyFileSync(
+          join(ROOT, 'systemd/sluiced.service'),
+          join(into, 'etc/systemd/system/sluiced.service'),
+        );
+        // journald's rate limit, made tiny for every service of the container: the unit's own
+        // setting must keep every line of the daemon (each command logs four at info; journald's
+        // default of 10,000 lines in 30 s would drop them above about 80 commands a second).
+        mkdirSync(join(into, 'etc/systemd/journald.conf.d'), { recursive: true });
+        writeFileSync(
+          join(into, 'etc/systemd/journald.conf.d/sluice-test-ratelimit.conf'),
+          '[Journal]\nRateLimitIntervalSec=1h\nRateLimitBurst=1\n',
+        );
+      },
+      { '/opt/sluice/node_modules': join(ROOT, 'node_modules') },
+    );
     root = container.root;
   }, 240_000);
 
@@ -263,9 +264,10 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
   }, 60_000);
 
   it('is restarted by the watchdog when its event loop stops, and replays instead of writing again', async () => {
-    // A short watchdog for the test, in a drop-in as an operator would change it.
+    // A short watchdog for the test, in a drop-in as an operator would change it; and the
+    // restart at once, not the unit's 2 s later (RestartSec=, a pause the proof does not need).
     inside(
-      'mkdir -p /etc/systemd/system/sluiced.service.d && printf "[Service]\\nWatchdogSec=4s\\n" > /etc/systemd/system/sluiced.service.d/watchdog.conf && systemctl daemon-reload && systemctl restart sluiced',
+      'mkdir -p /etc/systemd/system/sluiced.service.d && printf "[Service]\\nWatchdogSec=4s\\nRestartSec=0\\n" > /etc/systemd/system/sluiced.service.d/watchdog.conf && systemctl daemon-reload && systemctl restart sluiced',
     );
     const first = show(['MainPID', 'NRestarts', 'WatchdogTimestampMonotonic']);
     // Pings every 2 s keep it alive past its 4 s limit.
