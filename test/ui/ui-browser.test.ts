@@ -238,6 +238,10 @@ describe.runIf(real)('the status page in Chromium', () => {
   }, 60_000);
 
   it('a command sent over MQTT appears without a reload and settles', async () => {
+    // The frozen image of the last test shows only after 15 s of reads with the same scan: it
+    // starts here, on a device no test before the last one looks at, and ages while the next
+    // tests run.
+    freezeDosingActuator();
     await page.evaluate('window.notReloaded = true');
     const key = 'ui-mqtt-1';
     await mqtt.publish('sluice/uisite/cmd/drain-valve', timed({ key, action: 'open' }));
@@ -270,9 +274,6 @@ describe.runIf(real)('the status page in Chromium', () => {
   }, 40_000);
 
   it('a stuck valve shows as stuck; resolving its command from the page is audited', async () => {
-    // The frozen image of the last test shows only after 15 s of reads with the same scan: it
-    // starts here, on another device, and ages while this test and the next one run.
-    freezeDosingActuator();
     const valve = site.plant.device('inlet-valve');
     valve.setFault({ kind: 'stuck-travel' });
     const key = 'ui-stuck-1';
@@ -387,8 +388,9 @@ describe.runIf(real)('the status page in Chromium', () => {
       .poll(() => deviceRow('inlet-valve'), { timeout: 10_000 })
       .toMatch(/inlet-valve\s+valve\s+OPEN\s+100 %/);
     expect(await deviceRow('inlet-valve')).not.toContain('STUCK');
+    // To inlet-valve, which travels in 0.8 s (drain-valve takes 3 s).
     await mqtt.publish(
-      'sluice/uisite/cmd/drain-valve',
+      'sluice/uisite/cmd/inlet-valve',
       timed({ key: 'ui-after', action: 'close' }),
     );
     await expect
@@ -402,7 +404,7 @@ describe.runIf(real)('the status page in Chromium', () => {
 
   it('a controller that stops publishing its image shows as frozen, and no longer once it publishes', async () => {
     const valve = site.plant.device('dosing-actuator');
-    // Frozen since the stuck valve's test (or from now, when run alone).
+    // Frozen since the MQTT command's test (or from now, when run alone).
     const scan = frozenScan ?? freezeDosingActuator();
     // Reads go on answering (the monitor's, every 200 ms) with the same scan: after 15 s the
     // row says the image is frozen, and is marked like a stuck one.
