@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
 import { SimHarness } from '../helpers/sim-harness.js';
+import type { SimDevice } from '../../simulators/plant.js';
 
 /**
  * SPEC §2: a stop is not queued behind travel. On the real parts (the pipeline with the real
@@ -22,6 +23,28 @@ async function stopAtAbout(harness: SimHarness, device: string, percent: number)
     10_000,
     `${device} at ${percent} %`,
   );
+}
+
+/**
+ * An actuator at rest and a move `m` to 80 % whose write is held on the link for 1.5 s, past the
+ * request timeout (250 ms) and within the guard (2.5 s): its answer will be lost, and it lands
+ * late. Returns once the write has reached the PLC's front end (the hold itself is cleared for
+ * the requests after it).
+ */
+async function moveHeldOnTheLink(
+  confirmTimeoutMs: number,
+): Promise<{ readonly harness: SimHarness; readonly actuator: SimDevice }> {
+  h = await SimHarness.start({
+    travelMs: 300,
+    warm: true,
+    timing: { redispatchGuardMs: 2_500, confirmTimeoutMs },
+  });
+  const actuator = h.device('a1');
+  actuator.setFault({ kind: 'latency', ms: 1_500, on: 'write', when: 'before' });
+  h.submit('m', { device: 'a1', action: 'move', position: 80 });
+  await h.until(() => actuator.writers.length === 1, 5_000, 'the move on the link');
+  actuator.clearFault('latency');
+  return { harness: h, actuator };
 }
 
 describe('stop preempts travel', () => {
@@ -155,19 +178,9 @@ describe('stop preempts travel', () => {
     // goes out on the new one and is taken first (a no-op: the actuator rests), then the move
     // lands and the actuator travels to 80 %. The stop used to be confirmed on its first
     // readback, and the move to end INTERRUPTED "stopped by s at 0 %", before the move landed.
-    h = await SimHarness.start({
-      travelMs: 300,
-      warm: true,
-      timing: { redispatchGuardMs: 2_500, confirmTimeoutMs: 5_000 },
-    });
-    const actuator = h.device('a1');
-    actuator.setFault({ kind: 'latency', ms: 1_500, on: 'write', when: 'before' });
-    h.submit('m', { device: 'a1', action: 'move', position: 80 });
-    // The move's write has reached the PLC's front end, which holds it on the link.
-    await h.until(() => actuator.writers.length === 1, 5_000, 'the move on the link');
-    actuator.clearFault('latency');
-    h.submit('s', { device: 'a1', action: 'stop' });
-    const [s, m] = [await h.settled('s'), await h.settled('m')];
+    const { harness, actuator } = await moveHeldOnTheLink(5_000);
+    harness.submit('s', { device: 'a1', action: 'stop' });
+    const [s, m] = [await harness.settled('s'), await harness.settled('m')];
     // The stop was taken and then undone by the late move: it says so, and is not written again.
     expect(s).toMatchObject({ state: 'failed', code: 'READBACK_MISMATCH', attempts: 1 });
     expect(s.observed).toMatchObject({ seq: m.seq });
@@ -192,22 +205,17 @@ describe('stop preempts travel', () => {
     // late move lands behind it: one scan takes both, in order, and no image ever shows the
     // stop's echo — every readback of the stop shows the move's. The stop used to wait out its
     // whole confirm timeout (READBACK_TIMEOUT) while the actuator travelled.
-    h = await SimHarness.start({
-      travelMs: 300,
-      warm: true,
-      timing: { redispatchGuardMs: 2_500, confirmTimeoutMs: 20_000 },
-    });
-    const actuator = h.device('a1');
-    actuator.setFault({ kind: 'latency', ms: 1_500, on: 'write', when: 'before' });
-    h.submit('m', { device: 'a1', action: 'move', position: 80 });
-    await h.until(() => actuator.writers.length === 1, 5_000, 'the move on the link');
-    actuator.clearFault('latency');
+    const { harness, actuator } = await moveHeldOnTheLink(20_000);
     actuator.setFault({ kind: 'hold' });
-    h.submit('s', { device: 'a1', action: 'stop' });
-    await h.until(() => actuator.pendingWrites === 2, 5_000, 'the stop, then the move, waiting');
+    harness.submit('s', { device: 'a1', action: 'stop' });
+    await harness.until(
+      () => actuator.pendingWrites === 2,
+      5_000,
+      'the stop, then the move, waiting',
+    );
     const released = performance.now();
     actuator.clearFault('hold');
-    const [s, m] = [await h.settled('s'), await h.settled('m')];
+    const [s, m] = [await harness.settled('s'), await harness.settled('m')];
     expect(s).toMatchObject({ state: 'failed', code: 'READBACK_MISMATCH', attempts: 1 });
     expect(s.observed).toMatchObject({ seq: m.seq });
     expect(s.detail).toMatch(

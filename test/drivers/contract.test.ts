@@ -760,3 +760,38 @@ describe.concurrent.each(PROTOCOLS)('driver contract: %s', (_name, prefix) => {
 describe.each(PROTOCOLS)('driver contract: %s, run alone', (_name, prefix) => {
   contract(prefix, 'alone');
 });
+
+/**
+ * A read that finds the OPC UA session still opening waits for it (up to the request timeout),
+ * as a Modbus read waits for its connection: it used to fail at once ("not connected …
+ * (connecting)"), and the daemon's monitor read every OPC UA device again only a period (1 s)
+ * later, at every start. Its own drivers on the same plant, started here; ground truth is the
+ * simulator's own device state.
+ */
+vitestIt(
+  'OPC UA: the first status and clock reads, made as the session begins to open, wait for it and answer',
+  async ({ expect }) => {
+    const pki = tempDir('sluice-pki-');
+    const fresh = await buildDrivers({
+      inventory: inventoryFor(plant),
+      profiles: PROFILES,
+      pkiDir: pki.dir,
+      acceptUnknownCertificates: true,
+      clock: systemClock,
+      logger: silentLogger,
+    });
+    try {
+      fresh.start();
+      const valve = fresh.bindings.find((b) => b.id === 'ua-valve')!.driver;
+      // Both at once, before the session can be open: each waits for the one session.
+      const [status, clock] = await Promise.all([valve.read(), valve.readClock!()]);
+      expect(status.state).toBe(plant.device('ua-valve').snapshot().state);
+      expect(Math.abs(clock.controllerTime - Date.now())).toBeLessThan(60_000);
+      expect(valve.health()).toMatchObject({ connected: true, errorCount: 0, lastError: null });
+    } finally {
+      await fresh.close();
+      pki.cleanup();
+    }
+  },
+  30_000,
+);
