@@ -474,28 +474,32 @@ export class ConfirmationLoop {
           break;
         case 'not-taken': {
           const preempted = landedLate(lane, readback.seq);
-          const late = preempted?.write;
-          if (stopTakenAt !== null && late !== undefined && late !== null) {
+          const late = preempted?.write ?? null;
+          // The preempted command's write, shown in this readback, as the details name it.
+          const lateWrite =
+            preempted === null || late === null
+              ? null
+              : `the write of ${preempted.target.key} (sequence number ${late.seq}), ${
+                  preempted.earlierLife
+                    ? 'sent before the daemon restarted (its answer unknown), which'
+                    : 'whose answer had been lost and which'
+                }`;
+          if (stopTakenAt !== null && lateWrite !== null) {
             // The controller took this stop, then the preempted command's write, which had
             // been on its way (its answer lost): the stop did not hold. It is not written again
             // (I1): the operator's next stop is a new command.
             const at = readback.position === null ? '' : ` at ${readback.position} %`;
-            const lost =
-              preempted?.earlierLife === true
-                ? 'sent before the daemon restarted (its answer unknown), which'
-                : 'whose answer had been lost and which';
             this.host.settle(log, record, 'dispatched', {
               to: 'failed',
               code: 'READBACK_MISMATCH',
               faultCode: null,
               observed: observe(readback),
-              detail: `the controller took the stop (it showed ${stopTakenAt.state}${stopTakenAt.position === null ? '' : ` at ${stopTakenAt.position} %`}), then the write of ${preempted?.target.key ?? 'the command it preempted'} (sequence number ${late.seq}), ${lost} reached it late: it shows ${readback.state}${at}; the stop did not hold, and it is not written again`,
+              detail: `the controller took the stop (it showed ${stopTakenAt.state}${stopTakenAt.position === null ? '' : ` at ${stopTakenAt.position} %`}), then ${lateWrite} reached it late: it shows ${readback.state}${at}; the stop did not hold, and it is not written again`,
             });
             return;
           }
           if (
-            stopTakenAt === null &&
-            late !== undefined &&
+            lateWrite !== null &&
             late !== null &&
             (!late.acked || preempted?.earlierLife === true) &&
             ctx.write.acked &&
@@ -513,22 +517,18 @@ export class ConfirmationLoop {
             // while the valve travelled.
             lateEchoSince ??= readback.requestedMono;
             const shownMs = Math.round(clock.elapsed() - lateEchoSince);
-            const lost =
-              preempted?.earlierLife === true
-                ? 'sent before the daemon restarted (its answer unknown), which'
-                : 'whose answer had been lost and which';
             if (shownMs >= profile.timing.redispatchGuardMs) {
               this.host.settle(log, record, 'dispatched', {
                 to: 'failed',
                 code: 'READBACK_MISMATCH',
                 faultCode: null,
                 observed: observe(readback),
-                detail: `the controller shows the write of ${preempted?.target.key ?? 'the command it preempted'} (sequence number ${late.seq}), ${lost} reached it after the stop was written, and has not shown the stop for ${shownMs} ms since: the stop did not hold (whether the controller took it first cannot be told), and it is not written again`,
+                detail: `the controller shows ${lateWrite} reached it after the stop was written, and has not shown the stop for ${shownMs} ms since: the stop did not hold (whether the controller took it first cannot be told), and it is not written again`,
               });
               return;
             }
             wrongSince = null;
-            lastReason = `the controller shows the write of ${preempted?.target.key ?? 'the command it preempted'} (sequence number ${late.seq}), ${lost} reached it after the stop was written, and not the stop`;
+            lastReason = `the controller shows ${lateWrite} reached it after the stop was written, and not the stop`;
             break;
           }
           lateEchoSince = null;
