@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 import type { SimDevice } from '../../simulators/plant.js';
+import type { CommandRecord } from '../../src/core/journal.js';
 
 /**
  * SPEC §2: a stop is not queued behind travel. On the real parts (the pipeline with the real
@@ -45,6 +46,19 @@ async function moveHeldOnTheLink(
   await h.until(() => actuator.writers.length === 1, 5_000, 'the move on the link');
   actuator.clearFault('latency');
   return { harness: h, actuator };
+}
+
+/**
+ * Ground truth of the late-move cases: the controller took the stop first (a no-op at rest),
+ * the move after it; each reached it once.
+ */
+function expectStopThenMove(actuator: SimDevice, s: CommandRecord, m: CommandRecord): void {
+  expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
+    [s.seq, 'noop', 'IDLE', 'IDLE'],
+    [m.seq, 'accepted', 'IDLE', 'MOVING'],
+  ]);
+  expect(actuator.writesWithSeq(s.seq!)).toBe(1);
+  expect(actuator.writesWithSeq(m.seq!)).toBe(1);
 }
 
 describe('stop preempts travel', () => {
@@ -190,13 +204,7 @@ describe('stop preempts travel', () => {
     // The move did take effect, after the stop: its own readback says so, with its echo.
     expect(m).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
     expect(m.observed).toMatchObject({ state: 'IDLE', position: 80, seq: m.seq });
-    // Ground truth: the stop reached the controller first, at rest; the move after it; each once.
-    expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
-      [s.seq, 'noop', 'IDLE', 'IDLE'],
-      [m.seq, 'accepted', 'IDLE', 'MOVING'],
-    ]);
-    expect(actuator.writesWithSeq(s.seq!)).toBe(1);
-    expect(actuator.writesWithSeq(m.seq!)).toBe(1);
+    expectStopThenMove(actuator, s, m);
     expect(actuator.snapshot()).toMatchObject({ state: 'IDLE', position: 80 });
   });
 
@@ -225,13 +233,7 @@ describe('stop preempts travel', () => {
     expect(performance.now() - released).toBeLessThan(10_000);
     expect(m).toMatchObject({ state: 'confirmed', code: 'OK', attempts: 1 });
     expect(m.observed).toMatchObject({ state: 'IDLE', position: 80, seq: m.seq });
-    // Ground truth: the stop was taken first (a no-op at rest), the move after it; each once.
-    expect(actuator.log.map((e) => [e.seq, e.outcome, e.from, e.to])).toEqual([
-      [s.seq, 'noop', 'IDLE', 'IDLE'],
-      [m.seq, 'accepted', 'IDLE', 'MOVING'],
-    ]);
-    expect(actuator.writesWithSeq(s.seq!)).toBe(1);
-    expect(actuator.writesWithSeq(m.seq!)).toBe(1);
+    expectStopThenMove(actuator, s, m);
   });
 
   it('after a crash between the stop and its outcome, recovery still says INTERRUPTED', async () => {

@@ -86,18 +86,23 @@ let plant: Plant;
 let drivers: Drivers;
 let cleanupPki: () => void;
 
-beforeAll(async () => {
-  plant = await startPlant(PLANT, { ephemeralPorts: true });
-  const pki = tempDir('sluice-pki-');
-  cleanupPki = pki.cleanup;
-  drivers = await buildDrivers({
+/** The real drivers for the plant's PLCs, their OPC UA PKI in `pkiDir`, not started. */
+function driversFor(pkiDir: string): Promise<Drivers> {
+  return buildDrivers({
     inventory: inventoryFor(plant),
     profiles: PROFILES,
-    pkiDir: pki.dir,
+    pkiDir,
     acceptUnknownCertificates: true,
     clock: systemClock,
     logger: silentLogger,
   });
+}
+
+beforeAll(async () => {
+  plant = await startPlant(PLANT, { ephemeralPorts: true });
+  const pki = tempDir('sluice-pki-');
+  cleanupPki = pki.cleanup;
+  drivers = await driversFor(pki.dir);
   drivers.start();
   // The OPC UA session opens in the background; wait until a read succeeds.
   const ua = drivers.bindings.find((b) => b.id === 'ua-valve')!;
@@ -772,14 +777,7 @@ vitestIt(
   'OPC UA: the first status and clock reads, made as the session begins to open, wait for it and answer',
   async ({ expect }) => {
     const pki = tempDir('sluice-pki-');
-    const fresh = await buildDrivers({
-      inventory: inventoryFor(plant),
-      profiles: PROFILES,
-      pkiDir: pki.dir,
-      acceptUnknownCertificates: true,
-      clock: systemClock,
-      logger: silentLogger,
-    });
+    const fresh = await driversFor(pki.dir);
     try {
       fresh.start();
       const valve = fresh.bindings.find((b) => b.id === 'ua-valve')!.driver;
