@@ -45,6 +45,8 @@ interface WrittenContext {
   write: LastWrite;
   /** That write was sent by an earlier life of the daemon: taken up at this one's start. */
   readonly earlierLife: boolean;
+  /** This process withheld that write, unsent, when its dispatch's barrier failed (lane.ts). */
+  readonly withheld?: boolean;
   /** Monotonic time at which confirmation gives up. */
   confirmByMono: number;
   readonly windowMs: number;
@@ -191,9 +193,18 @@ export class ConfirmationLoop {
       unknownSinceMono: nowMono,
       epoch: null,
     };
+    // Dispatched by this process, whose write it withheld (its barrier failed): no write of
+    // it was sent, by this life or an earlier one. Judged as a write whose outcome is unknown
+    // from now all the same (the memory only names it).
+    const withheld =
+      remembered === null &&
+      lane.withheld !== null &&
+      lane.withheld.scope === record.scope &&
+      lane.withheld.key === record.key &&
+      lane.withheld.seq === record.seq;
     if (!write.acked && write.unknownSinceMono === null) write.unknownSinceMono = nowMono;
     lane.lastWrite = write;
-    this.host.note(record, takeUpNote(record.seq, remembered === null ? null : write));
+    this.host.note(record, takeUpNote(record.seq, remembered === null ? null : write, withheld));
     const windowMs = Math.max(
       profile.timing.confirmTimeoutMs,
       this.host.unreachableGraceMs,
@@ -206,7 +217,8 @@ export class ConfirmationLoop {
         before: imageOf(before),
         expect: { confirm: decision.confirm, position: record.position },
         write,
-        earlierLife: remembered === null,
+        earlierLife: remembered === null && !withheld,
+        withheld,
         windowMs,
         confirmByMono: nowMono + windowMs,
         localSeen: localSeenIn(this.host.journal.history(record), record.seq),
@@ -702,7 +714,9 @@ export class ConfirmationLoop {
         ctx.write = write;
         const outcome = await this.send(lane, again, seq, write, log);
         if (outcome.kind !== 'not-sent') {
-          lane.writes.redispatches[ctx.earlierLife ? 'restart' : 'lost_answer']++;
+          lane.writes.redispatches[
+            ctx.withheld === true ? 'withheld' : ctx.earlierLife ? 'restart' : 'lost_answer'
+          ]++;
         }
         ctx.confirmByMono = write.sentMono + ctx.windowMs;
         if (outcome.kind === 'refused') {

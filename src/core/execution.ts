@@ -235,6 +235,9 @@ export class CommandExecution {
             { err: error, seq: dispatched.seq },
             'journal sync failed: the command is not written',
           );
+          if (dispatched.seq !== null) {
+            lane.withheld = { scope: dispatched.scope, key: dispatched.key, seq: dispatched.seq };
+          }
           return;
         }
         // The barrier may have taken long (a slow or stalled disk): freshness and the command's

@@ -16,10 +16,12 @@ import type { SkewEstimate, TimedReadback } from './skew.js';
 /**
  * Why a command's first write was in doubt when a second one went out (redispatch.ts): this
  * process sent it and lost its answer (a timeout, a dropped reply, a connection reset); an
- * earlier life of the daemon sent it, and this one took the command up at its start; or it was
- * withdrawn before it was sent (the daemon stopped while it waited), as its history says.
+ * earlier life of the daemon sent it, and this one took the command up at its start; it was
+ * withdrawn before it was sent (the daemon stopped while it waited), as its history says; or
+ * this process withheld it, unsent, because the journal failed to make its dispatch durable,
+ * and took it up again once the journal had recovered (`withheld`: no write preceded it).
  */
-export type RedispatchReason = 'lost_answer' | 'restart' | 'withdrawn';
+export type RedispatchReason = 'lost_answer' | 'restart' | 'withdrawn' | 'withheld';
 
 /**
  * What became of a device's writes since the daemon started, beyond their commands' outcomes:
@@ -38,7 +40,7 @@ export function noWrites(): WriteCounts {
   return {
     busyResends: 0,
     busyGivenUp: 0,
-    redispatches: { lost_answer: 0, restart: 0, withdrawn: 0 },
+    redispatches: { lost_answer: 0, restart: 0, withdrawn: 0, withheld: 0 },
   };
 }
 
@@ -119,6 +121,14 @@ export interface Lane {
   /** What became of its writes since the daemon started: busy resends, re-dispatches. */
   readonly writes: WriteCounts;
   lastWrite: LastWrite | null;
+  /**
+   * The command whose dispatch this process journaled and whose write it then withheld, unsent,
+   * because the dispatch's barrier failed (I5: nothing is written before its dispatch is on
+   * disk): the sweep takes it up once the journal is back, and its history then says it was
+   * never sent by this process, where a take-up with no write known to this process otherwise
+   * comes from a restart (an earlier life's write). Settled by readback all the same.
+   */
+  withheld: { readonly scope: string; readonly key: string; readonly seq: number } | null;
   /**
    * Aborted when the pipeline stops, or when a stop preempts the command being handled (SPEC
    * §2: a stop is not queued behind travel). Reads and pauses follow it; a write in progress

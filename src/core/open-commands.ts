@@ -79,9 +79,17 @@ export interface StuckRule {
 /**
  * The note the confirmation loop journals when it takes up a dispatched command to settle it by
  * readback (dispatched → dispatched): written by an earlier life of the daemon (`write` null),
- * or taken up again in this one. takeUpAt() finds it; both live here so that they cannot drift.
+ * taken up again in this one, or `withheld` by this one (its dispatch's barrier failed, so it
+ * was never sent: lane.ts). takeUpAt() finds it; both live here so that they cannot drift.
  */
-export function takeUpNote(seq: number, write: { readonly acked: boolean } | null): string {
+export function takeUpNote(
+  seq: number,
+  write: { readonly acked: boolean } | null,
+  withheld = false,
+): string {
+  if (withheld) {
+    return `taken up: sequence number ${seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`;
+  }
   return write === null
     ? `taken up: sequence number ${seq}, written by an earlier life of the daemon; settling by readback`
     : `taken up again: sequence number ${seq} (write ${write.acked ? 'acknowledged' : 'outcome unknown'}); settling by readback`;

@@ -156,6 +156,7 @@ export class CommandPipeline {
         skew: null,
         unresolved: null,
         lastWrite: null,
+        withheld: null,
         skewSamples: [],
         clockOff: null,
         oldImageCheck: null,

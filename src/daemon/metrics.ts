@@ -11,7 +11,12 @@ import type { SettledTimes } from '../core/outcomes.js';
 import type { RowCounts } from '../journal/row-counts.js';
 
 /** `sluice_device_redispatches_total{reason}`: every reason exported, 0 included. */
-const REDISPATCH_REASONS: readonly RedispatchReason[] = ['lost_answer', 'restart', 'withdrawn'];
+const REDISPATCH_REASONS: readonly RedispatchReason[] = [
+  'lost_answer',
+  'restart',
+  'withdrawn',
+  'withheld',
+];
 
 /** How often the journal's rows are counted for `sluice_journal_rows`. */
 const ROWS_EVERY_MS = 30_000;
@@ -301,7 +306,7 @@ export class Metrics {
     });
     new Counter({
       name: 'sluice_device_redispatches_total',
-      help: 'Second writes sent to the device for commands whose first write was proven never applied, by why it was in doubt: lost_answer (its answer lost), restart (sent by an earlier life of the daemon), withdrawn (withdrawn unsent as the daemon stopped); since start.',
+      help: 'Second writes sent to the device for commands whose first write was proven never applied, by why it was in doubt: lost_answer (its answer lost), restart (sent by an earlier life of the daemon), withdrawn (withdrawn unsent as the daemon stopped), withheld (withheld unsent when the journal failed to make its dispatch durable); since start.',
       labelNames: ['device', 'reason'],
       registers,
       collect() {

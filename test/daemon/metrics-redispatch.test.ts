@@ -6,6 +6,8 @@ import { Daemon } from '../../src/daemon/daemon.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { failFdatasync } from '../helpers/failing-fdatasync.js';
 import { httpsRequest, metricSample } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 
@@ -14,8 +16,9 @@ import { until } from '../helpers/mosquitto.js';
  * daemon against sluice-sim over real sockets, read over HTTPS: a second write of a command
  * whose first was provably never applied, for each reason it was in doubt — its answer lost
  * (the connection reset before the write reached the controller), an earlier life of the daemon
- * that sent it (stopped while the command waited for its proof), and a write withdrawn unsent
- * as the daemon stopped (it waited to be sent again after a busy answer). Ground truth: the
+ * that sent it (stopped while the command waited for its proof), a write withdrawn unsent
+ * as the daemon stopped (it waited to be sent again after a busy answer), and a write withheld
+ * unsent because the journal failed to make its dispatch durable. Ground truth: the
  * simulator's write log (each command's sequence number written once) and the journal (two
  * dispatches). The valves are warm (their echo is not the power-up one), so that a readback
  * can prove a write not applied over a new connection.
@@ -56,7 +59,7 @@ function sample(name: string, labels: Record<string, string>): Promise<number> {
 
 async function redispatches(device: string): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};
-  for (const reason of ['lost_answer', 'restart', 'withdrawn']) {
+  for (const reason of ['lost_answer', 'restart', 'withdrawn', 'withheld']) {
     counts[reason] = await sample('sluice_device_redispatches_total', { device, reason });
   }
   return counts;
@@ -115,8 +118,18 @@ describe('re-dispatches in /metrics, by reason', () => {
     expect(activeFault('v2', 'reset')).toBeUndefined();
     expect(record).toMatchObject({ state: 'confirmed', attempts: 2 });
     expect(valve.writesWithSeq(record.seq!)).toBe(1);
-    expect(await redispatches('v2')).toEqual({ lost_answer: 1, restart: 0, withdrawn: 0 });
-    expect(await redispatches('v1')).toEqual({ lost_answer: 0, restart: 0, withdrawn: 0 });
+    expect(await redispatches('v2')).toEqual({
+      lost_answer: 1,
+      restart: 0,
+      withdrawn: 0,
+      withheld: 0,
+    });
+    expect(await redispatches('v1')).toEqual({
+      lost_answer: 0,
+      restart: 0,
+      withdrawn: 0,
+      withheld: 0,
+    });
   });
 
   it('restart and withdrawn: commands left in doubt by a stop, written again by the next life', async () => {
@@ -159,7 +172,67 @@ describe('re-dispatches in /metrics, by reason', () => {
     expect(v1.writeLog.length).toBe(writesBefore.v1 + 1);
     expect(v2.writeLog.length).toBe(writesBefore.v2 + 1);
     // This life's counts: the last life's lost answer is not among them.
-    expect(await redispatches('v1')).toEqual({ lost_answer: 0, restart: 0, withdrawn: 1 });
-    expect(await redispatches('v2')).toEqual({ lost_answer: 0, restart: 1, withdrawn: 0 });
+    expect(await redispatches('v1')).toEqual({
+      lost_answer: 0,
+      restart: 0,
+      withdrawn: 1,
+      withheld: 0,
+    });
+    expect(await redispatches('v2')).toEqual({
+      lost_answer: 0,
+      restart: 1,
+      withdrawn: 0,
+      withheld: 0,
+    });
+  });
+
+  it('withheld: the dispatch could not be made durable, the write withheld, then taken up', async () => {
+    const v1 = plant.device('v1');
+    const writesBefore = v1.writeLog.length;
+    // Toward the other end, so that it takes a write (v1 is closed after the case above).
+    const action = v1.state === 'OPEN' ? 'close' : 'open';
+    // The command's fresh read is held on the link, so that the failing flush below is armed
+    // after its claim's barrier (the 202) and before its dispatch's.
+    v1.setFault({ kind: 'stall', on: 'read', count: 1 });
+    const accepted = await post(
+      'withheld',
+      { device: 'v1', action, ttlMs: 60_000 },
+      { prefer: 'respond-async' },
+    );
+    expect(accepted.status, accepted.body).toBe(202);
+    // A double for the one fault no real part here produces on demand: an fdatasync that
+    // fails with EIO (a disk's write error). Only the next call fails: the dispatch's barrier.
+    const disk = failFdatasync(1);
+    try {
+      v1.clearFaults();
+      await until(() => (disk.failures === 1 ? true : undefined), 10_000, 'the failed flush');
+    } finally {
+      disk.restore();
+    }
+    // The journal recovers; the sweep takes the command up and settles it by readback: the
+    // image proves the withheld write not applied, and it is written once.
+    const record = await settled('withheld');
+    expect(record).toMatchObject({ state: 'confirmed', attempts: 2 });
+    expect(v1.writesWithSeq(record.seq!)).toBe(1);
+    expect(v1.writeLog.length).toBe(writesBefore + 1);
+    const journal = SqliteJournal.open({ path: config.journal.path!, readonly: true });
+    try {
+      const notes = journal
+        .history({ scope: SCOPE, key: 'withheld' })
+        .filter((e) => e.from === 'dispatched' && e.to === 'dispatched')
+        .map((e) => e.detail);
+      expect(notes).toContain(
+        `taken up: sequence number ${record.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
+      );
+      expect(notes.join('\n')).not.toContain('earlier life');
+    } finally {
+      journal.close();
+    }
+    expect(await redispatches('v1')).toEqual({
+      lost_answer: 0,
+      restart: 0,
+      withdrawn: 1,
+      withheld: 1,
+    });
   });
 });
