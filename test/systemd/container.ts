@@ -16,9 +16,10 @@ export interface Container {
   readonly root: string;
   /**
    * A script run by bash inside the container (all of its namespaces), as root there; a
-   * non-zero exit throws unless `check` is false.
+   * non-zero exit throws unless `check` is false. Asynchronous: the simulated plant runs in the
+   * test's own process and must answer the daemon in the container while the script runs.
    */
-  run(script: string, options?: { check?: boolean; timeoutMs?: number }): InContainer;
+  run(script: string, options?: { check?: boolean; timeoutMs?: number }): Promise<InContainer>;
   /** Powers it off (killed after 15 s) and unmounts its root. */
   stop(): Promise<void>;
 }
@@ -65,13 +66,17 @@ export async function bootContainer(
   let nspawn: ChildProcess | null = null;
   let leader = 0;
 
-  const run = (script: string, options: { check?: boolean; timeoutMs?: number } = {}) => {
-    const r = spawnSync('nsenter', ['-t', String(leader), '-a', 'bash', '-c', script], {
-      encoding: 'utf8',
-      timeout: options.timeoutMs ?? 90_000,
-    });
+  const run = async (
+    script: string,
+    options: { check?: boolean; timeoutMs?: number } = {},
+  ): Promise<InContainer> => {
+    const timeoutMs = options.timeoutMs ?? 90_000;
+    const r = await inContainer(leader, script, timeoutMs);
     if (options.check !== false && r.status !== 0) {
-      throw new Error(`in the container, "${script}" exited ${r.status}:\n${r.stdout}${r.stderr}`);
+      const killed = r.timedOut ? ` (killed after ${timeoutMs} ms)` : '';
+      throw new Error(
+        `in the container, "${script}" exited ${r.status}${killed}:\n${r.stdout}${r.stderr}`,
+      );
     }
     return { status: r.status, stdout: r.stdout, stderr: r.stderr };
   };
@@ -84,8 +89,9 @@ export async function bootContainer(
           resolve();
         });
       });
-      if (leader > 0) run('systemctl poweroff', { check: false });
+      // The bound covers the poweroff command too: it is answered by the container it stops.
       const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      if (leader > 0) await run('systemctl poweroff', { check: false, timeoutMs: 15_000 });
       await exited;
       clearTimeout(timer);
     }
@@ -144,18 +150,20 @@ export async function bootContainer(
     const bootEnd = Date.now() + 120_000;
     try {
       await until(
-        () => {
-          state = run('systemctl is-system-running --wait', {
-            check: false,
-            timeoutMs: Math.max(1000, bootEnd - Date.now()),
-          }).stdout.trim();
+        async () => {
+          state = (
+            await run('systemctl is-system-running --wait', {
+              check: false,
+              timeoutMs: Math.max(1000, bootEnd - Date.now()),
+            })
+          ).stdout.trim();
           return state === 'running' || state === 'degraded' ? true : undefined;
         },
         120_000,
         'the container booted',
       );
     } catch (error) {
-      const jobs = run('systemctl list-jobs --no-pager', { check: false }).stdout.trim();
+      const jobs = (await run('systemctl list-jobs --no-pager', { check: false })).stdout.trim();
       throw new Error(
         `${String(error)} (last state "${state}"; jobs: ${jobs}); systemd-nspawn said:\n${readFileSync(logFile, 'utf8')}`,
         { cause: error },
@@ -166,4 +174,59 @@ export async function bootContainer(
     throw error;
   }
   return { root, run, stop };
+}
+
+/**
+ * `bash -c script` in every namespace of the process `leader`, without blocking the event
+ * loop (spawnSync did: the plant in the test's process then answered no Modbus read while a
+ * command ran, and the daemon in the container saw its reads time out). As spawnSync did, it
+ * ends once the output is closed, or on the timeout: then nsenter is killed (SIGTERM) and the
+ * answer comes as soon as it has exited, without waiting for what it started in the container,
+ * which may still hold the output open.
+ */
+function inContainer(
+  leader: number,
+  script: string,
+  timeoutMs: number,
+): Promise<InContainer & { timedOut: boolean }> {
+  return new Promise((resolve) => {
+    const child = spawn('nsenter', ['-t', String(leader), '-a', 'bash', '-c', script], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      stdout += chunk;
+    });
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+      stderr += chunk;
+    });
+    let timedOut = false;
+    let settled = false;
+    const settle = (status: number | null): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      child.stdout.destroy();
+      child.stderr.destroy();
+      resolve({ status, stdout, stderr, timedOut });
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGTERM');
+      if (child.exitCode !== null || child.signalCode !== null) settle(child.exitCode);
+      else
+        child.once('exit', (code) => {
+          settle(code);
+        });
+    }, timeoutMs);
+    child.once('close', (code) => {
+      settle(code);
+    });
+    // nsenter did not start (spawnSync gave no status then either).
+    child.once('error', (error) => {
+      stderr += String(error);
+      settle(null);
+    });
+  });
 }

@@ -68,7 +68,7 @@ describe.runIf(why === null)(
     let container: Container | null = null;
 
     /** A script run by bash inside the container (all of its namespaces), as root there. */
-    const inside = (script: string, options: { check?: boolean } = {}): InContainer =>
+    const inside = (script: string, options: { check?: boolean } = {}): Promise<InContainer> =>
       container!.run(script, options);
 
     beforeAll(async () => {
@@ -133,21 +133,23 @@ describe.runIf(why === null)(
       // 1. The copy to /opt/sluice (the build line aside: see above).
       const build = 'npm ci && npm run build && npm prune --omit=dev';
       expect(steps.get(1)!.split('\n')).toContain(build);
-      inside(inCheckout(steps.get(1)!.replace(`${build}\n`, '')));
-      expect(inside('ls /opt/sluice').stdout.split('\n').sort()).toEqual(
+      await inside(inCheckout(steps.get(1)!.replace(`${build}\n`, '')));
+      expect((await inside('ls /opt/sluice')).stdout.split('\n').sort()).toEqual(
         ['', 'README.md', 'devices', 'dist', 'docs', 'node_modules', 'package.json'].sort(),
       );
 
       // 2. The user, the folders, the unit.
-      inside(inCheckout(steps.get(2)!));
-      expect(inside('id -u sluice').stdout.trim()).toMatch(/^\d+$/);
-      expect(inside('stat -c "%U %a" /usr/local/bin/sluicectl').stdout).toBe('root 755\n');
+      await inside(inCheckout(steps.get(2)!));
+      expect((await inside('id -u sluice')).stdout.trim()).toMatch(/^\d+$/);
+      expect((await inside('stat -c "%U %a" /usr/local/bin/sluicectl')).stdout).toBe('root 755\n');
 
       // 3. The site file and the secrets, each with the owner and mode the README promises.
-      inside(inCheckout(steps.get(3)!));
+      await inside(inCheckout(steps.get(3)!));
       expect(
-        inside(
-          'stat -c "%n %U %G %a" /etc/sluice /etc/sluice/sluice.yaml /etc/sluice/sluiced.env /etc/sluice/tls /etc/sluice/credentials /etc/sluice/credentials/*',
+        (
+          await inside(
+            'stat -c "%n %U %G %a" /etc/sluice /etc/sluice/sluice.yaml /etc/sluice/sluiced.env /etc/sluice/tls /etc/sluice/credentials /etc/sluice/credentials/*',
+          )
         ).stdout,
       ).toBe(
         [
@@ -176,13 +178,13 @@ describe.runIf(why === null)(
       writeFileSync(sitePath, stringify(site));
 
       // 4. The check as the service runs it, then enable and start: back once READY came.
-      const started = inside(inCheckout(steps.get(4)!));
+      const started = await inside(inCheckout(steps.get(4)!));
       expect(started.stdout).toContain(
         'sluiced: /etc/sluice/sluice.yaml: configuration is valid (nothing was created)',
       );
       expect(
-        inside('systemctl show sluiced -p ActiveState -p SubState -p User')
-          .stdout.trim()
+        (await inside('systemctl show sluiced -p ActiveState -p SubState -p User')).stdout
+          .trim()
           .split('\n')
           .sort(),
       ).toEqual(['ActiveState=active', 'SubState=running', 'User=sluice']);
@@ -197,7 +199,7 @@ describe.runIf(why === null)(
         expect(found, start).toBeDefined();
         return found!;
       };
-      const status = inside(line('systemctl status sluiced'));
+      const status = await inside(line('systemctl status sluiced'));
       expect(status.stdout).toMatch(/^\s*Active: active \(running\)/m);
       expect(status.stdout).toMatch(
         new RegExp(
@@ -206,7 +208,7 @@ describe.runIf(why === null)(
         ),
       );
       // `-f` follows until Ctrl-C: what it shows in its first seconds, the start's JSON lines.
-      const follow = inside(`timeout -s INT 3 ${line('journalctl -u sluiced -f -o cat')}`, {
+      const follow = await inside(`timeout -s INT 3 ${line('journalctl -u sluiced -f -o cat')}`, {
         check: false,
       });
       const logged = follow.stdout
@@ -218,8 +220,10 @@ describe.runIf(why === null)(
       // Ready once the monitor has read every valve (every second).
       const readyz = line('curl --cacert /etc/sluice/tls/cert.pem https://127.0.0.1:8443/readyz');
       const ready = await until(
-        () => {
-          const r = inside(readyz.replace('127.0.0.1:8443', `127.0.0.1:${port}`), { check: false });
+        async () => {
+          const r = await inside(readyz.replace('127.0.0.1:8443', `127.0.0.1:${port}`), {
+            check: false,
+          });
           return r.status === 0 && r.stdout.startsWith('{"status":"ready"') ? r : undefined;
         },
         15_000,
@@ -228,7 +232,7 @@ describe.runIf(why === null)(
       // (Its stderr has curl's progress meter, shown when stdout is not a terminal.)
       expect(JSON.parse(ready.stdout)).toMatchObject({ status: 'ready' });
       // sluicectl from step 2, on root's PATH, with the site file it reads by default.
-      const health = inside(line('sluicectl health'), { check: false });
+      const health = await inside(line('sluicectl health'), { check: false });
       expect(health.stderr).toBe('');
       expect(health.status).toBe(0);
       expect(health.stdout).toMatch(/^journal\s+ok\s/m);
@@ -247,7 +251,7 @@ describe.runIf(why === null)(
       expect(valve.counters.writesReceived).toBe(1);
       expect(valve.writesWithSeq(Number(answer.json().seq))).toBe(1);
 
-      inside('systemctl stop sluiced');
+      await inside('systemctl stop sluiced');
     }, 240_000);
   },
 );

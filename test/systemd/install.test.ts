@@ -51,18 +51,18 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
   let cert = '';
 
   /** A command inside the container (all of its namespaces), as root there. */
-  const inside = (
+  const inside = async (
     command: string,
     options: { check?: boolean } = {},
-  ): { status: number | null; out: string } => {
-    const r = container!.run(command, { ...options, timeoutMs: 60_000 });
+  ): Promise<{ status: number | null; out: string }> => {
+    const r = await container!.run(command, { ...options, timeoutMs: 60_000 });
     return { status: r.status, out: r.stdout + r.stderr };
   };
 
-  const show = (properties: string[]): Record<string, string> =>
+  const show = async (properties: string[]): Promise<Record<string, string>> =>
     Object.fromEntries(
-      inside(`systemctl show sluiced ${properties.map((p) => `-p ${p}`).join(' ')}`)
-        .out.trim()
+      (await inside(`systemctl show sluiced ${properties.map((p) => `-p ${p}`).join(' ')}`)).out
+        .trim()
         .split('\n')
         .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
     );
@@ -133,8 +133,8 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
   }, 60_000);
 
   it('installs as the README says; enable --now returns once READY came', async () => {
-    inside('systemd-sysusers sluice.conf && systemd-tmpfiles --create sluice.conf');
-    expect(inside('id -u sluice').out.trim()).toMatch(/^\d+$/);
+    await inside('systemd-sysusers sluice.conf && systemd-tmpfiles --create sluice.conf');
+    expect((await inside('id -u sluice')).out.trim()).toMatch(/^\d+$/);
 
     // Step 3: the shipped site file, pointed at this test's PLC and port, without a broker;
     // the certificate, and the secrets in /etc/sluice/credentials.
@@ -155,19 +155,19 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
     copyFileSync(join(dir, 'cert.pem'), join(root, 'etc/sluice/tls/cert.pem'));
     copyFileSync(join(dir, 'key.pem'), join(root, 'etc/sluice/credentials/https.key'));
     writeFileSync(join(root, 'etc/sluice/credentials/scada.token'), `${TOKEN}\n`);
-    inside(
+    await inside(
       'chgrp -R sluice /etc/sluice/sluice.yaml /etc/sluice/tls && chmod 0640 /etc/sluice/sluice.yaml /etc/sluice/tls/cert.pem && chmod 0750 /etc/sluice/tls && chmod 0600 /etc/sluice/credentials/*',
     );
 
     // Step 4: the check as the service runs it, then enable and start.
-    const check = inside(
+    const check = await inside(
       'systemd-run --pipe --wait --quiet -p User=sluice -p LoadCredential=sluice:/etc/sluice/credentials /usr/bin/node /opt/sluice/dist/src/daemon/cli.js --config /etc/sluice/sluice.yaml --check',
     );
     expect(check.out).toMatch(/configuration is valid/);
-    inside('systemctl daemon-reload && systemctl enable --now sluiced');
+    await inside('systemctl daemon-reload && systemctl enable --now sluiced');
 
     // Type=notify: the start job ended with READY, whose status line systemd keeps.
-    const state = show(['ActiveState', 'SubState', 'StatusText', 'User', 'NRestarts']);
+    const state = await show(['ActiveState', 'SubState', 'StatusText', 'User', 'NRestarts']);
     expect(state).toMatchObject({
       ActiveState: 'active',
       SubState: 'running',
@@ -182,8 +182,8 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       ),
     );
     await until(
-      () => {
-        const text = show(['StatusText']).StatusText;
+      async () => {
+        const text = (await show(['StatusText'])).StatusText;
         return text === `ready: HTTPS on 127.0.0.1:${port}; 0 recovered command(s) settled`
           ? text
           : undefined;
@@ -192,6 +192,22 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       'the status line: ready',
     );
   }, 120_000);
+
+  it('has the simulated PLC answer while a command runs in the container', async () => {
+    // The plant runs in this process: a container command that held its event loop (spawnSync
+    // did) left the daemon's reads unanswered for as long as it ran, and their 300 ms timeout
+    // took the valves for disconnected. Here the command itself reads the plant: it has its
+    // answer only if the plant answers while the command runs (with the loop held, never: head
+    // gives up after 5 s and the output is empty).
+    const plc = plant.plcs[0]!.endpoint;
+    if (plc.protocol !== 'modbus') throw new Error('the install plant is Modbus');
+    const unit = plc.unitId.toString(16).padStart(2, '0');
+    // FC3, one holding register at 0, transaction 7; the 11 bytes of its answer, in hex.
+    const read = await inside(
+      `exec 3<>/dev/tcp/${plc.host}/${plc.port} && printf '\\x00\\x07\\x00\\x00\\x00\\x06\\x${unit}\\x03\\x00\\x00\\x00\\x01' >&3 && timeout 5 head -c 11 <&3 | od -An -tx1`,
+    );
+    expect(read.out.trim()).toMatch(new RegExp(`^00 07 00 00 00 05 ${unit} 03 02 \\w\\w \\w\\w$`));
+  }, 30_000);
 
   it('takes a command over HTTPS, one write; logs JSON with key and device; keeps its files to itself', async () => {
     const valve = plant.device('inlet-valve');
@@ -227,14 +243,14 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       throw new Error(`${String(error)}; last answer: ${last}`);
     });
     expect(ready.status, ready.body).toBe(200);
-    const health = inside(
+    const health = await inside(
       'node /opt/sluice/dist/src/cli/sluicectl.js --config /etc/sluice/sluice.yaml health --json',
     );
     expect(JSON.parse(health.out)).toMatchObject({ ready: true });
 
     // journald has the daemon's JSON lines, key and device on the command's.
-    const lines = inside('journalctl -u sluiced -o cat --no-pager')
-      .out.split('\n')
+    const lines = (await inside('journalctl -u sluiced -o cat --no-pager')).out
+      .split('\n')
       .filter((l) => l.startsWith('{'))
       .map((l) => JSON.parse(l) as Record<string, unknown>);
     const confirmed = lines.find((l) => l.msg === 'command confirmed');
@@ -252,11 +268,11 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
 
     // The journal under StateDirectory, the admin socket under RuntimeDirectory, both the
     // daemon's alone; the credentials reach it, the folder they come from does not.
-    expect(inside('stat -c "%U %a" /var/lib/sluice /var/lib/sluice/journal.db').out).toBe(
+    expect((await inside('stat -c "%U %a" /var/lib/sluice /var/lib/sluice/journal.db')).out).toBe(
       'sluice 700\nsluice 600\n',
     );
-    expect(inside('stat -c "%U %a" /run/sluice/admin.sock').out).toBe('sluice 600\n');
-    const denied = inside('runuser -u sluice -- cat /etc/sluice/credentials/https.key', {
+    expect((await inside('stat -c "%U %a" /run/sluice/admin.sock')).out).toBe('sluice 600\n');
+    const denied = await inside('runuser -u sluice -- cat /etc/sluice/credentials/https.key', {
       check: false,
     });
     expect(denied.status).not.toBe(0);
@@ -266,14 +282,14 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
   it('is restarted by the watchdog when its event loop stops, and replays instead of writing again', async () => {
     // A short watchdog for the test, in a drop-in as an operator would change it; and the
     // restart at once, not the unit's 2 s later (RestartSec=, a pause the proof does not need).
-    inside(
+    await inside(
       'mkdir -p /etc/systemd/system/sluiced.service.d && printf "[Service]\\nWatchdogSec=4s\\nRestartSec=0\\n" > /etc/systemd/system/sluiced.service.d/watchdog.conf && systemctl daemon-reload && systemctl restart sluiced',
     );
-    const first = show(['MainPID', 'NRestarts', 'WatchdogTimestampMonotonic']);
+    const first = await show(['MainPID', 'NRestarts', 'WatchdogTimestampMonotonic']);
     // Pings every 2 s keep it alive past its 4 s limit.
     await until(
-      () => {
-        const now = show(['WatchdogTimestampMonotonic']);
+      async () => {
+        const now = await show(['WatchdogTimestampMonotonic']);
         return Number(now.WatchdogTimestampMonotonic) - Number(first.WatchdogTimestampMonotonic) >
           5_000_000
           ? true
@@ -282,16 +298,16 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       20_000,
       'watchdog pings over more than the watchdog period',
     );
-    expect(show(['MainPID', 'NRestarts'])).toEqual({
+    expect(await show(['MainPID', 'NRestarts'])).toEqual({
       MainPID: first.MainPID,
       NRestarts: first.NRestarts,
     });
 
     // The event loop stops turning: systemd's watchdog kills and restarts it.
-    inside(`kill -STOP ${first.MainPID}`);
+    await inside(`kill -STOP ${first.MainPID}`);
     await until(
-      () => {
-        const now = show(['NRestarts', 'ActiveState', 'SubState']);
+      async () => {
+        const now = await show(['NRestarts', 'ActiveState', 'SubState']);
         return Number(now.NRestarts) === Number(first.NRestarts) + 1 &&
           now.ActiveState === 'active' &&
           now.SubState === 'running'
@@ -301,7 +317,9 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
       30_000,
       'restarted by the watchdog and ready again',
     );
-    expect(inside('journalctl -u sluiced -o cat --no-pager').out).toMatch(/Watchdog timeout/);
+    expect((await inside('journalctl -u sluiced -o cat --no-pager')).out).toMatch(
+      /Watchdog timeout/,
+    );
 
     // The journal survived in the StateDirectory: the same key replays, nothing is written.
     const valve = plant.device('inlet-valve');
@@ -318,14 +336,14 @@ describe.runIf(why === null)('installed into a systemd booted in a container', (
     expect(valve.counters.writesReceived).toBe(before);
   }, 90_000);
 
-  it('stops gracefully on systemctl stop', () => {
-    inside('systemctl stop sluiced');
-    expect(show(['ActiveState', 'Result', 'ExecMainStatus'])).toEqual({
+  it('stops gracefully on systemctl stop', async () => {
+    await inside('systemctl stop sluiced');
+    expect(await show(['ActiveState', 'Result', 'ExecMainStatus'])).toEqual({
       ActiveState: 'inactive',
       Result: 'success',
       ExecMainStatus: '0',
     });
-    const log = inside('journalctl -u sluiced -o cat --no-pager').out;
+    const log = (await inside('journalctl -u sluiced -o cat --no-pager')).out;
     expect(log).toMatch(/"msg":"sluiced stopped"/);
   }, 60_000);
 });
