@@ -76,17 +76,21 @@ process.on('SIGINT', onSignal);
 
 logger.info({ config: configPath, pid: process.pid }, 'sluiced starting');
 try {
-  if (Object.values(config.plcs).some((plc) => plc.protocol === 'opcua')) {
-    // Only with an OPC UA PLC: loading node-opcua takes seconds, and its own messages go to
-    // the JSON log rather than raw onto stdout.
-    const { routeOpcuaMessages } = await import('./opcua-messages.js');
-    routeOpcuaMessages(logger);
-  }
   // Loaded only now: validating a configuration (--check, errors) needs no protocol stacks.
   const { Daemon } = await import('./daemon.js');
   daemon = await Daemon.start(config, {
     logger,
     shutdownBoundMs,
+    // Only with an OPC UA PLC, and only once the journal is found usable: loading node-opcua
+    // takes seconds, and a start the journal refuses (read-only, in use, damaged) said so only
+    // after it. Its own messages go to the JSON log rather than raw onto stdout; routed before
+    // the drivers load it for use.
+    beforeDrivers: async () => {
+      if (Object.values(config.plcs).some((plc) => plc.protocol === 'opcua')) {
+        const { routeOpcuaMessages } = await import('./opcua-messages.js');
+        routeOpcuaMessages(logger);
+      }
+    },
   });
 } catch (error) {
   if (error instanceof ConfigError) {

@@ -68,6 +68,13 @@ export interface DaemonOptions {
    * default half WatchdogSec= (WATCHDOG_USEC), else 10 s (start-progress.ts).
    */
   readonly startProgressIntervalMs?: number;
+  /**
+   * Called once the journal is locked, checked and open, just before the drivers are built
+   * (which, with an OPC UA PLC, loads node-opcua: seconds on a small gateway). sluiced loads
+   * node-opcua here to route its messages (opcua-messages.ts): a start the journal refuses
+   * (read-only, locked, damaged) is refused without loading it first.
+   */
+  readonly beforeDrivers?: () => Promise<void>;
 }
 
 /** How often the STATUS= line is looked at after READY (sent only when it changed). */
@@ -264,6 +271,7 @@ export class Daemon {
         },
       });
 
+      await options.beforeDrivers?.();
       const drivers = await buildDrivers({
         inventory,
         profiles,
