@@ -29,6 +29,8 @@
  * first request's CommandSeq would have been handed over with the second one's seq and code,
  * and its own seq would never have reached the write log.
  */
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { readFileSync, readdirSync, rmSync, type Dirent } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,10 +53,14 @@ import {
   VariableIds,
   WriteRequest,
   WriteResponse,
+  extractFullyQualifiedDomainName,
+  getFullyQualifiedDomainName,
+  getHostname,
   makeNodeId,
 } from 'node-opcua';
 import type { NodeId, ServerSecureChannelLayer, UAVariable } from 'node-opcua';
 import { AttributeIds } from 'node-opcua';
+import type { Logger } from 'pino';
 import { opcuaNamespaceUri } from './codes.js';
 import type { OpcuaVariableName } from './codes.js';
 import { FaultNotApplicableError } from './errors.js';
@@ -108,6 +114,15 @@ export interface OpcuaServerOptions {
   /** Where the servers keep their PKI (one subdirectory per PLC); default: a temporary
    *  directory per server, removed on stop. */
   pkiDir?: string | undefined;
+  /**
+   * pkiDir is this plant's own, kept from one of its starts to the next (the demo's): locks
+   * found there at start were left by a killed start and are removed, and a certificate that
+   * can no longer serve (keptCertificateProblem) is made anew. Otherwise the folder is used as
+   * found, as a PLC serves the certificate it was given: tests put expired ones there.
+   */
+  ownsPki?: boolean | undefined;
+  /** Says when a kept certificate is not used, and why. */
+  logger?: Logger | undefined;
 }
 
 interface CommandValue {
@@ -195,6 +210,73 @@ function serviceFault(status: StatusCode): ServiceFault {
   return new ServiceFault({ responseHeader: { serviceResult: status } });
 }
 
+/**
+ * Why a server certificate and private key kept from an earlier start cannot serve this one, or
+ * null when they can, or when there is neither (node-opcua makes both). Kept only as a pair
+ * that serves: readable, the key the certificate's own, valid now, made for this application
+ * URI and these DNS names (a host renamed since).
+ */
+export function keptCertificateProblem(
+  certificateFile: string,
+  privateKeyFile: string,
+  wanted: { applicationUri: string; dnsNames: readonly string[]; now: number },
+): string | null {
+  // A file's contents, or why it could not be read (its error code: ENOENT when missing).
+  const read = (file: string): Buffer | string => {
+    try {
+      return readFileSync(file);
+    } catch (error) {
+      return (error as NodeJS.ErrnoException).code ?? String(error);
+    }
+  };
+  const pem = read(certificateFile);
+  const keyPem = read(privateKeyFile);
+  if (pem === 'ENOENT') return keyPem === 'ENOENT' ? null : 'a private key without its certificate';
+  if (!Buffer.isBuffer(pem)) return `the certificate cannot be read (${pem})`;
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(pem);
+  } catch {
+    return 'the certificate file holds no readable certificate';
+  }
+  if (wanted.now < Date.parse(certificate.validFrom)) {
+    return `the certificate is not valid before ${certificate.validFrom}`;
+  }
+  if (wanted.now >= Date.parse(certificate.validTo)) {
+    return `the certificate expired on ${certificate.validTo}`;
+  }
+  const names = (certificate.subjectAltName ?? '').split(', ');
+  if (!names.includes(`URI:${wanted.applicationUri}`)) {
+    return `the certificate was made for another application URI than ${wanted.applicationUri}`;
+  }
+  const unnamed = wanted.dnsNames.filter((name) => !names.includes(`DNS:${name}`));
+  if (unnamed.length > 0) return `the certificate does not name ${unnamed.join(', ')}`;
+  if (!Buffer.isBuffer(keyPem)) return `the private key cannot be read (${keyPem})`;
+  try {
+    if (!certificate.checkPrivateKey(createPrivateKey(keyPem))) {
+      return 'the private key does not belong to the certificate';
+    }
+  } catch {
+    return 'the private key file holds no readable key';
+  }
+  return null;
+}
+
+/** Lock files and directories (`*.lock`) under a PKI folder, a few levels deep. */
+function staleLocks(dir: string, depth = 0): string[] {
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return [];
+  }
+  return entries.flatMap((entry) => {
+    const path = join(dir, entry.name);
+    if (entry.name.endsWith('.lock')) return [path];
+    return entry.isDirectory() && depth < 4 ? staleLocks(path, depth + 1) : [];
+  });
+}
+
 /** The policies offered with Sign and SignAndEncrypt. */
 const SECURE_POLICIES = [SecurityPolicy.Basic256Sha256, SecurityPolicy.Aes128_Sha256_RsaOaep];
 
@@ -259,6 +341,14 @@ export class OpcuaPlcServer {
     } else {
       pkiDir = join(this.#options.pkiDir, this.#plc.name);
     }
+    const ownsPki = this.#options.pkiDir !== undefined && this.#options.ownsPki === true;
+    if (ownsPki) {
+      // node-opcua-pki serialises its changes with lock directories that a process killed while
+      // making the certificate leaves behind, and the next start waited minutes for them to
+      // look stale. The folder is this plant's alone (OpcuaServerOptions.ownsPki), so locks
+      // found before its stores are opened are stale.
+      for (const lock of staleLocks(pkiDir)) rmSync(lock, { recursive: true, force: true });
+    }
     // Both stores live under pkiDir: left to itself node-opcua would put its user PKI in the
     // home directory. Nobody edits these folders while the plant runs, so no file watchers.
     const certificateManager = new OPCUACertificateManager({
@@ -295,6 +385,7 @@ export class OpcuaPlcServer {
       serverInfo: { applicationName: { text: `sluice-sim ${this.#plc.name}` } },
     });
     this.#server = server;
+    if (ownsPki) await this.#checkKeptCertificate(server);
     await server.initialize();
     this.#buildAddressSpace(server);
     this.#bindControllerClock(server);
@@ -330,6 +421,29 @@ export class OpcuaPlcServer {
         this.#ownPkiDir = undefined;
       }
     }
+  }
+
+  /**
+   * node-opcua uses the certificate and key it finds in its PKI folder as they are, and makes
+   * them only when the certificate file is missing: an expired one, one made under another
+   * host name, or one whose key was lost would be served for ever (node-opcua only warns). They
+   * are removed here when they cannot serve this start, so that initialize() makes both anew.
+   */
+  async #checkKeptCertificate(server: OPCUAServer): Promise<void> {
+    // The names node-opcua puts in the certificate it makes (its application URI and DNS names).
+    await extractFullyQualifiedDomainName();
+    const problem = keptCertificateProblem(server.certificateFile, server.privateKeyFile, {
+      applicationUri: server.serverInfo.applicationUri ?? '',
+      dnsNames: [getFullyQualifiedDomainName(), getHostname()],
+      now: Date.now(),
+    });
+    if (problem === null) return;
+    this.#options.logger?.info(
+      { plc: this.#plc.name, certificateFile: server.certificateFile, problem },
+      'OPC UA server certificate kept from an earlier start not used; making a new one',
+    );
+    rmSync(server.certificateFile, { force: true });
+    rmSync(server.privateKeyFile, { force: true });
   }
 
   #buildAddressSpace(server: OPCUAServer): void {

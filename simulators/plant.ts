@@ -47,6 +47,14 @@ export interface StartPlantOptions {
   control?: boolean;
   /** Directory for the OPC UA servers' PKI (default: a temporary directory per server). */
   pkiDir?: string;
+  /**
+   * pkiDir is this plant's own, kept from one of its starts to the next (the demo's
+   * .state/demo/sim-pki): a server's certificate and key there are used again while they serve
+   * (readable, valid, made for this host) and made anew otherwise, and locks a killed start left
+   * are removed. Default false: the folder is used as found (a test's expired certificate is
+   * served as it is).
+   */
+  ownsPki?: boolean;
   /** Random source for probabilistic faults (default Math.random). */
   random?: () => number;
   logger?: Logger;
@@ -116,6 +124,8 @@ export class Plant {
               // for a plant with an OPC UA PLC.
               new (await import('./opcua-server.js')).OpcuaPlcServer(plc, config, {
                 pkiDir: options.pkiDir,
+                ownsPki: options.ownsPki,
+                logger,
               });
         this.#cleanup.push(() => frontEnd.stop());
         plc.endpoint = await frontEnd.start();

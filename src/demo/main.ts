@@ -1,7 +1,8 @@
 // The demo behind `npm start`: the bundled simulator plant, an embedded MQTT broker (or the
 // one in SLUICE_MQTT_URL or the site file; none without an mqtt section), and the daemon with HTTPS on 127.0.0.1:8443 and
 // gateway id `demo`, configured by devices/site.example.yaml. It creates a self-signed certificate and a demo
-// token under .state/demo, prints how to send a first command, and stops everything on Ctrl-C.
+// token under .state/demo (the simulated OPC UA server keeps its certificate there too, sim-pki/),
+// prints how to send a first command, and stops everything on Ctrl-C.
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
@@ -21,6 +22,11 @@ import type { Plant } from '../../simulators/plant.js';
 const root = packageRoot();
 const stateDir = join(root, '.state', 'demo');
 const tlsDir = join(stateDir, 'tls');
+/**
+ * The simulated OPC UA server's PKI: its certificate and key, made at the first start (most of
+ * a second, more on a loaded machine) and used again while they serve (simulators/opcua-server.ts).
+ */
+const simPkiDir = join(stateDir, 'sim-pki');
 const sitePath = join(root, 'devices', 'site.example.yaml');
 const logPath = join(stateDir, 'sluiced.log');
 
@@ -239,6 +245,7 @@ async function startSimulators(): Promise<Plant> {
   try {
     return await startPlant(
       await loadPlantFile(join(root, 'simulators', 'plants', 'default.yaml')),
+      { pkiDir: simPkiDir, ownsPki: true },
     );
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;

@@ -1,4 +1,5 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import {
   cpSync,
   existsSync,
@@ -50,6 +51,15 @@ import { makePki } from '../intake/https-client.js';
 const PORTS = [8443, 1883, 5020, 4840, 5080];
 const STATE = join(ROOT, '.state', 'demo');
 const LOG = join(STATE, 'sluiced.log');
+/** The simulated OPC UA server's certificate, which the demo keeps from one start to the next. */
+const SIM_CERTIFICATE = join(STATE, 'sim-pki/opcua-plc/pki/own/certs/certificate.pem');
+
+/** The kept simulator certificate's SHA-256 fingerprint; null while there is none. */
+function keptSimCertificate(): string | null {
+  if (!existsSync(SIM_CERTIFICATE)) return null;
+  return new X509Certificate(readFileSync(SIM_CERTIFICATE)).fingerprint256;
+}
+
 /** What node-opcua prints by itself when nobody routes it. */
 const OPCUA_NOISE = /NODE-OPCUA|security-revert|Creating default certificate/;
 
@@ -326,8 +336,10 @@ function readmeCurl(): string {
 it.runIf(curl && mosquittoClients)(
   'npm start comes up, its printed curl and mosquitto commands open valves and replay, Ctrl-C leaves nothing behind',
   async () => {
-    // A first start's OPC UA client: it makes its certificate, as on a fresh clone.
+    // A first start's OPC UA client and simulated server: each makes its certificate, as on a
+    // fresh clone.
     rmSync(join(STATE, 'pki'), { recursive: true, force: true });
+    rmSync(join(STATE, 'sim-pki'), { recursive: true, force: true });
     // And a fresh clone's journal: the README's key demo-1 not yet used.
     // (A fresh clone has no state folder yet.)
     const names = existsSync(STATE) ? readdirSync(STATE) : [];
@@ -351,6 +363,8 @@ it.runIf(curl && mosquittoClients)(
       const banner = lines.slice(lines.indexOf('Sluice demo is running.'));
       expect(banner.map((l) => l.trim())).toContain('all 4 answering');
       expect(lines.filter((l) => OPCUA_NOISE.test(l))).toEqual([]);
+      // The simulator's certificate is kept for the next start (the 8443 case starts on it).
+      expect(keptSimCertificate()).not.toBeNull();
       // The printed curl command, exactly as a user pastes it (its lines and backslashes), run
       // verbatim, piped: the answer alone on stdout, nothing on stderr (no progress meter).
       const command = printed(lines, 'curl ');
@@ -593,10 +607,16 @@ it.runIf(curl)(
       for (const port of PORTS.filter((p) => p !== 8443)) expect(await portFree(port)).toBe(true);
 
       // The hint, run as printed by a shell: the demo on 9443, its printed curl works there.
+      // It starts on the simulator certificate an earlier start kept (the first test's; none
+      // when this test runs alone), serves it again (every device answers, the OPC UA ones
+      // included) and leaves it as it was: no new one made.
+      const kept = keptSimCertificate();
       const ports = [9443, ...PORTS.filter((p) => p !== 8443)];
       const demo = await startDemo(['sh', '-c', hint!], env, ports);
       try {
         const text = demo.lines.join('\n');
+        expect(demo.lines.map((l) => l.trim())).toContain('all 4 answering');
+        if (kept !== null) expect(keptSimCertificate()).toBe(kept);
         expect(text).toContain('HTTPS      https://127.0.0.1:9443');
         const command = printed(demo.lines, 'curl ');
         expect(command).toContain('https://127.0.0.1:9443/v1/commands');
