@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
+import { UNREACHABLE_GRACE_MS, type DeviceTiming } from '../core/open-commands.js';
 import { packageRoot } from '../package-root.js';
 import { loadProfiles } from '../profiles/load.js';
 import { CliError, messageOf } from './errors.js';
@@ -145,19 +146,26 @@ export class CliContext {
   }
 
   /**
-   * Each configured device's confirm timeout (its profile's), for the stuck rule: open past
-   * its deadline plus this (SPEC §2). Null without a configuration: every command is then
-   * judged from its deadline alone, as the daemon judges a device it no longer has.
+   * Each configured device's confirm timeout (its profile's) and unreachable grace (its PLC's,
+   * else UNREACHABLE_GRACE_MS), for the stuck rule: open past its deadline plus the confirm
+   * timeout (SPEC §2), or past the window of a take-up, which reads for at least the grace —
+   * the lengths the daemon's workers use, so that both judge alike. Null without a
+   * configuration: every command is then judged from its deadline alone, as the daemon judges
+   * a device it no longer has.
    */
-  confirmTimeouts(): ReadonlyMap<string, number> | null {
+  deviceTimings(): ReadonlyMap<string, DeviceTiming> | null {
     const config = this.optionalConfig();
     if (config === null) return null;
     const profiles = loadProfiles(config.profilesDir ?? join(packageRoot(), 'devices', 'profiles'));
-    const timeouts = new Map<string, number>();
+    const timings = new Map<string, DeviceTiming>();
     for (const [id, device] of Object.entries(config.devices)) {
       const profile = profiles.get(device.profile);
-      if (profile !== undefined) timeouts.set(id, profile.timing.confirmTimeoutMs);
+      if (profile === undefined) continue;
+      timings.set(id, {
+        confirmTimeoutMs: profile.timing.confirmTimeoutMs,
+        unreachableGraceMs: config.plcs[device.plc]?.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
+      });
     }
-    return timeouts;
+    return timings;
   }
 }

@@ -13,7 +13,7 @@ export function runShow(ctx: CliContext, key: string, scope: string | undefined)
   const now = ctx.now();
   const shown = withJournal(ctx.journalPath(), (journal) => {
     const found = findCommand(journal, key, scope);
-    return showCommand(found, journal, now, () => ctx.confirmTimeouts());
+    return showCommand(found, journal, now, () => ctx.deviceTimings());
   });
   if (ctx.json) {
     ctx.outJson(shown);

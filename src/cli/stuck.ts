@@ -15,18 +15,18 @@ import { renderTable, type Column } from './table.js';
 
 export function runStuck(ctx: CliContext, olderThanMs: number): ExitCode {
   const now = ctx.now();
-  const timeouts = ctx.confirmTimeouts();
+  const timings = ctx.deviceTimings();
   const items = withJournal(ctx.journalPath(), (journal) =>
-    stuckItems(journal.listOpen(), olderThanMs, now, timeouts, journal),
+    stuckItems(journal.listOpen(), olderThanMs, now, timings, journal),
   );
   const code = items.length > 0 ? EXIT.STUCK : EXIT.OK;
-  if (timeouts === null && !ctx.json) {
+  if (timings === null && !ctx.json) {
     ctx.warn('no configuration: confirm timeouts unknown, stuck is judged from deadlines alone');
   }
   if (ctx.json) {
     ctx.outJson({
       olderThanMs,
-      configured: timeouts !== null,
+      configured: timings !== null,
       stuck: items.filter((i) => i.stuck).length,
       commands: items,
     });

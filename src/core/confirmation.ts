@@ -207,7 +207,7 @@ export class ConfirmationLoop {
     this.host.note(record, takeUpNote(record.seq, remembered === null ? null : write, withheld));
     const windowMs = Math.max(
       profile.timing.confirmTimeoutMs,
-      this.host.unreachableGraceMs,
+      lane.unreachableGraceMs,
       record.deadline - this.host.deadlineNow(record),
     );
     await this.confirm(

@@ -80,6 +80,12 @@ export interface Interruption {
 /** One device's worker state. */
 export interface Lane {
   readonly binding: DeviceBinding;
+  /**
+   * How long taking up an open command keeps trying to reach the device at least, even past
+   * its deadline: its PLC's driver may need that long to (re)connect after a restart. The
+   * binding's (its PLC's `unreachableGraceMs`), else the pipeline's default.
+   */
+  readonly unreachableGraceMs: number;
   readonly queue: CommandRef[];
   running: Promise<void> | null;
   inFlight: CommandRef | null;
@@ -191,11 +197,6 @@ export interface ExecutionHost {
   readonly clockPolicy: ClockPolicy;
   /** Controller skew is measured again when older than this. */
   readonly skewMaxAgeMs: number;
-  /**
-   * How long taking up an open command keeps trying to reach its device at least, even past
-   * its deadline: a driver may need that long to (re)connect after a restart.
-   */
-  readonly unreachableGraceMs: number;
   /** Aborted when the pipeline gives up waiting at shutdown (lanes follow it). */
   readonly signal: AbortSignal;
   /**

@@ -11,7 +11,7 @@ import { refId, type CommandRecord, type CommandRef, type JournalEvent } from '.
  * command open past that bound while everything works as designed (docs/spec-notes.md, "Every
  * open command ends"), and its history shows both:
  * - Recovery took it up (its take-up note): its worker reads the controller for the longest of
- *   the confirm timeout, the unreachable grace and the time to the deadline from the take-up
+ *   the confirm timeout, its PLC's unreachable grace and the time to the deadline from the take-up
  *   (again from a re-dispatch it made then: confirmation.ts).
  * - A stop paused it (SPEC §2, "stop is not queued behind travel"; preemption.ts): it waits
  *   for the stop, which is bounded by its own deadline plus confirm timeout, and is then taken
@@ -23,9 +23,18 @@ import { refId, type CommandRecord, type CommandRef, type JournalEvent } from '.
 
 /**
  * How long taking up an open command keeps trying to reach its device at least, even past its
- * deadline (the pipeline's `unreachableGraceMs`): a driver may need that long to reconnect.
+ * deadline, unless its PLC sets its own (`plcs.<name>.unreachableGraceMs`): a driver may need
+ * that long to reconnect.
  */
 export const UNREACHABLE_GRACE_MS = 15_000;
+
+/** What the stuck rule knows of a configured device: the two lengths its windows are made of. */
+export interface DeviceTiming {
+  /** Its profile's confirm timeout. */
+  readonly confirmTimeoutMs: number;
+  /** Its PLC's unreachable grace (UNREACHABLE_GRACE_MS unless the PLC sets its own). */
+  readonly unreachableGraceMs: number;
+}
 
 /** Upper bounds (seconds) of the age buckets; the last bucket is everything older. */
 export const OPEN_AGE_BUCKETS_S = [1, 10, 60, 600, 3_600] as const;
@@ -66,13 +75,12 @@ export interface StuckJournal {
 
 export interface StuckRule {
   /**
-   * Each configured device's confirm timeout. A device not in it has no worker: its commands
-   * are stuck from their deadline. Null when the configuration is unknown (sluicectl without
-   * one): every command is then judged from its deadline alone, and the reason says why.
+   * Each configured device's confirm timeout and unreachable grace, as its worker uses them. A
+   * device not in it has no worker: its commands are stuck from their deadline. Null when the
+   * configuration is unknown (sluicectl without one): every command is then judged from its
+   * deadline alone, and the reason says why.
    */
-  readonly confirmTimeoutMs: ReadonlyMap<string, number> | null;
-  /** The pipeline's unreachable grace (UNREACHABLE_GRACE_MS unless configured otherwise). */
-  readonly graceMs?: number;
+  readonly devices: ReadonlyMap<string, DeviceTiming> | null;
   readonly journal: StuckJournal;
 }
 
@@ -124,18 +132,17 @@ export function summarizeOpen(
   now: number,
   rule: StuckRule,
 ): OpenCommands {
-  const grace = rule.graceMs ?? UNREACHABLE_GRACE_MS;
   // Each device's windows, from its dispatched commands' histories: looked up only for a
   // device with a command past its deadline plus confirm timeout (a history read per
   // dispatched command), so that a journal with nothing overdue costs no lookup.
   const windows = new Map<string, readonly Window[]>();
-  const windowsOf = (device: string, timeout: number): readonly Window[] => {
+  const windowsOf = (device: string, timing: DeviceTiming): readonly Window[] => {
     const known = windows.get(device);
     if (known !== undefined) return known;
     const found: Window[] = [];
     for (const r of open) {
       if (r.device !== device || r.state !== 'dispatched') continue;
-      const w = settlingWindow(r, timeout, grace, rule.journal);
+      const w = settlingWindow(r, timing.confirmTimeoutMs, timing.unreachableGraceMs, rule.journal);
       if (w !== null) found.push(w);
     }
     windows.set(device, found);
@@ -153,25 +160,25 @@ export function summarizeOpen(
     const age = Math.max(0, now - r.acceptedAt);
     ages.push(age);
     oldest = oldest === null ? age : Math.max(oldest, age);
-    const timeout = rule.confirmTimeoutMs?.get(r.device);
+    const timing = rule.devices?.get(r.device);
     let bound: number;
     let reason: string;
-    if (timeout === undefined) {
+    if (timing === undefined) {
       // A device no longer configured has no confirm timeout (nor a worker): stuck from its
       // deadline.
       bound = r.deadline;
       reason =
-        rule.confirmTimeoutMs === null
+        rule.devices === null
           ? 'its deadline (no configuration: its confirm timeout is unknown)'
           : 'its deadline (its device is not in the configuration: no worker can settle it)';
     } else {
-      bound = r.deadline + timeout;
-      reason = `its deadline plus its ${spoken(timeout)} confirm timeout`;
+      bound = r.deadline + timing.confirmTimeoutMs;
+      reason = `its deadline plus its ${spoken(timing.confirmTimeoutMs)} confirm timeout`;
     }
     if (now <= bound) continue;
-    if (timeout !== undefined) {
+    if (timing !== undefined) {
       const id = refId(r);
-      for (const w of windowsOf(r.device, timeout)) {
+      for (const w of windowsOf(r.device, timing)) {
         if (w.notFor === id || w.until <= bound) continue;
         bound = w.until;
         reason = w.reason(r.key);

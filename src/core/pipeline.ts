@@ -29,20 +29,25 @@ import {
   type Lane,
 } from './lane.js';
 import type { Logger } from './logger.js';
-import { UNREACHABLE_GRACE_MS, type OpenCommands } from './open-commands.js';
+import { UNREACHABLE_GRACE_MS, type DeviceTiming, type OpenCommands } from './open-commands.js';
 import { OperatorActions } from './operator-actions.js';
 import { Outcomes, type SettledListener } from './outcomes.js';
 import { Preemption } from './preemption.js';
 import type { DeviceProfile } from './profile.js';
 import { noReadFailures } from './read-failures.js';
 import type { TimedReadback } from './skew.js';
-import { Sweep } from './sweep.js';
+import { deviceTimings, Sweep } from './sweep.js';
 
 /** One commandable device: its profile and the driver that reaches it. */
 export interface DeviceBinding {
   readonly id: string;
   readonly profile: DeviceProfile;
   readonly driver: DeviceDriver;
+  /**
+   * Its PLC's unreachable grace (`plcs.<name>.unreachableGraceMs`): how long taking up one of
+   * its open commands keeps trying to reach it at least. Omitted: the pipeline's.
+   */
+  readonly unreachableGraceMs?: number;
 }
 
 /** Who sent a command: keys are scoped to it, and it may command only its devices. */
@@ -72,7 +77,8 @@ export interface PipelineOptions {
   /**
    * Taking up an open command keeps trying to reach its device at least this long, even past
    * its deadline, before it ends DEVICE_UNREACHABLE (default 15 s: an OPC UA session may need
-   * several seconds to come up after a restart).
+   * several seconds to come up after a restart). For the devices whose binding has no grace of
+   * its own (DeviceBinding.unreachableGraceMs, from their PLC's configuration).
    */
   readonly unreachableGraceMs?: number;
   /**
@@ -147,6 +153,8 @@ export class CommandPipeline {
     for (const binding of options.devices) {
       this.lanes.set(binding.id, {
         binding,
+        unreachableGraceMs:
+          binding.unreachableGraceMs ?? options.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
         queue: [],
         running: null,
         inFlight: null,
@@ -193,7 +201,6 @@ export class CommandPipeline {
       clock: this.clock,
       logger: this.logger,
       lanes: this.lanes,
-      unreachableGraceMs: options.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
       closed: () => this.closed,
       startWorker,
       stopPreempts: (lane, stop, log) => {
@@ -217,7 +224,6 @@ export class CommandPipeline {
       freshness: this.freshness,
       clockPolicy: this.clockPolicy,
       skewMaxAgeMs: this.skewMaxAgeMs,
-      unreachableGraceMs: options.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
       signal: this.abort.signal,
       settle: (log, record, from, outcome) => this.outcomes.settle(log, record, from, outcome),
       note: (record, detail) => {
@@ -488,6 +494,14 @@ export class CommandPipeline {
   /** Open commands by state and age, and the stuck ones (SPEC §2), for metrics and readiness. */
   openCommands(): OpenCommands {
     return this.sweeper.openCommands();
+  }
+
+  /**
+   * Each device's confirm timeout and unreachable grace, for the stuck rule of the readers
+   * beside the pipeline (the status page): the lengths its workers use.
+   */
+  deviceTimings(): Map<string, DeviceTiming> {
+    return deviceTimings(this.lanes);
   }
 
   /**

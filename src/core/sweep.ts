@@ -2,7 +2,7 @@ import type { Clock } from './clock.js';
 import type { CommandRef, Journal, OpenRef } from './journal.js';
 import { interruptedTargets, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
-import { summarizeOpen, type OpenCommands } from './open-commands.js';
+import { summarizeOpen, type DeviceTiming, type OpenCommands } from './open-commands.js';
 
 /** What the sweep needs from the pipeline. */
 export interface SweepHost {
@@ -10,8 +10,6 @@ export interface SweepHost {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly lanes: ReadonlyMap<string, Lane>;
-  /** How long a take-up by recovery reads its device at least (ExecutionHost's). */
-  readonly unreachableGraceMs: number;
   /** True once the pipeline stops taking commands. */
   closed(): boolean;
   startWorker(lane: Lane): void;
@@ -19,6 +17,18 @@ export interface SweepHost {
   stopPreempts(lane: Lane, stop: CommandRef, log: Logger): void;
   /** An event in the command's history without a transition (recovery's). */
   note(record: CommandRef & { readonly device: string }, detail: string): void;
+}
+
+/** Each device's confirm timeout and unreachable grace, as its worker uses them (the stuck rule's). */
+export function deviceTimings(lanes: ReadonlyMap<string, Lane>): Map<string, DeviceTiming> {
+  const timings = new Map<string, DeviceTiming>();
+  for (const [id, lane] of lanes) {
+    timings.set(id, {
+      confirmTimeoutMs: lane.binding.profile.timing.confirmTimeoutMs,
+      unreachableGraceMs: lane.unreachableGraceMs,
+    });
+  }
+  return timings;
 }
 
 /**
@@ -109,13 +119,8 @@ export class Sweep {
    */
   openCommands(): OpenCommands {
     const { journal, lanes } = this.host;
-    const confirmTimeouts = new Map<string, number>();
-    for (const [id, lane] of lanes) {
-      confirmTimeouts.set(id, lane.binding.profile.timing.confirmTimeoutMs);
-    }
     return summarizeOpen(journal.listOpen(), this.host.clock.now(), {
-      confirmTimeoutMs: confirmTimeouts,
-      graceMs: this.host.unreachableGraceMs,
+      devices: deviceTimings(lanes),
       journal,
     });
   }

@@ -63,10 +63,15 @@ export function checkSummary(
           ? `${plc.host}:${plc.port} unit ${plc.unitId}`
           : `${plc.endpointUrl}, security ${plc.securityMode}/${plc.securityPolicy}, namespace ${plc.namespaceUri}`;
       const line = `${name.padEnd(plcWidth)}  ${plc.protocol.padEnd(6)}  ${address}, timeout ${plc.requestTimeoutMs} ms`;
-      if (plc.protocol !== 'modbus') return line;
+      // Named only where the PLC sets its own: every other PLC has the default (15 s).
+      const grace =
+        plc.unreachableGraceMs === undefined
+          ? ''
+          : `, unreachable grace ${plc.unreachableGraceMs} ms`;
+      if (plc.protocol !== 'modbus') return `${line}${grace}`;
       const combine = plc.combineReads ?? COMBINE_READS_DEFAULTS;
       const connections = (plc.connections ?? 1) > 1 ? `, ${plc.connections} connections` : '';
-      return `${line}, ${combine.enabled ? `block reads (gap ≤ ${combine.maxGap})` : 'no block reads'}${connections}`;
+      return `${line}, ${combine.enabled ? `block reads (gap ≤ ${combine.maxGap})` : 'no block reads'}${connections}${grace}`;
     }),
   );
 

@@ -12,6 +12,23 @@ export const MAX_CONNECTIONS = 8;
  * Kept apart from the drivers so that validating a configuration loads no protocol stack.
  */
 
+/**
+ * How long taking up an open command of one of the PLC's devices keeps trying to reach it at
+ * least, even past its deadline (docs/configuration.md). Omitted, it stays undefined: the
+ * pipeline's default (UNREACHABLE_GRACE_MS, 15 s) applies, as for inventories built in code. No
+ * lower bound beyond 0: the take-up reads for the device's confirm timeout at least whatever
+ * the grace, so a short one cannot cut a readback short; it only ends sooner a command whose
+ * device cannot be reached.
+ */
+const GRACE_MESSAGE =
+  'a whole number of milliseconds, 0 or more: how long taking up an open command keeps trying to reach the PLC (default 15000)';
+const unreachableGraceMs = z
+  .number({ error: GRACE_MESSAGE })
+  .int({ error: GRACE_MESSAGE })
+  .min(0, { error: GRACE_MESSAGE })
+  .max(MAX_TIMER_MS, { error: MAX_TIMER_MESSAGE })
+  .optional();
+
 /** Each request's timer: MAX_TIMER_MS at most (a longer one fires at once: every request timed out). */
 const requestTimeoutMs = z
   .number()
@@ -51,6 +68,7 @@ const modbusPlc = z.strictObject({
    * undefined rather than defaulted).
    */
   connections: z.number().int().min(1).max(MAX_CONNECTIONS).optional(),
+  unreachableGraceMs,
 });
 
 const opcuaPlc = z.strictObject({
@@ -64,6 +82,7 @@ const opcuaPlc = z.strictObject({
   requestTimeoutMs: requestTimeoutMs.default(2000),
   /** Overrides clock.maxControllerSkewMs for this PLC's devices. */
   maxClockSkewMs: z.number().int().min(1).max(86_400_000).optional(),
+  unreachableGraceMs,
 });
 
 export const plcSchema = z.discriminatedUnion('protocol', [modbusPlc, opcuaPlc]);

@@ -112,11 +112,15 @@ export async function buildDrivers(args: {
   const bindings: DeviceBinding[] = Object.entries(inventory.devices).map(([id, device]) => {
     const profile = need(profiles.get(device.profile), `profile ${device.profile}`);
     const plc = need(inventory.plcs[device.plc], `plc ${device.plc}`);
+    // Its PLC's grace, when the PLC sets one (the pipeline's default otherwise).
+    const grace =
+      plc.unreachableGraceMs === undefined ? {} : { unreachableGraceMs: plc.unreachableGraceMs };
     switch (plc.protocol) {
       case 'modbus':
         return {
           id,
           profile,
+          ...grace,
           driver: new ModbusDeviceDriver({
             id,
             profile,
@@ -129,6 +133,7 @@ export async function buildDrivers(args: {
         return {
           id,
           profile,
+          ...grace,
           driver: new (opcuaModule().OpcuaDeviceDriver)({
             id,
             profile,

@@ -4,6 +4,7 @@ import type { Clock } from '../core/clock.js';
 import { isTerminal, type CommandState } from '../core/command.js';
 import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandRecord, CommandRef, JournalEvent, ListFilter } from '../core/journal.js';
+import type { DeviceTiming } from '../core/open-commands.js';
 import { IMAGE_FROZEN_MS } from '../core/device-monitor.js';
 import type { CommandPipeline, DeviceView } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
@@ -174,12 +175,9 @@ export class UiViews {
     this.lastChange.set(device, this.o.clock.elapsed());
   }
 
-  confirmTimeouts(): Map<string, number> {
-    const timeouts = new Map<string, number>();
-    for (const [id, profile] of this.o.profiles) {
-      timeouts.set(id, profile.timing.confirmTimeoutMs);
-    }
-    return timeouts;
+  /** Each device's confirm timeout and unreachable grace: the pipeline's, as /readyz judges. */
+  deviceTimings(): Map<string, DeviceTiming> {
+    return this.o.pipeline.deviceTimings();
   }
 
   devices(allowed: (device: string) => boolean): UiDevice[] {
@@ -272,7 +270,7 @@ export class UiViews {
     const ofDevices = reader
       .listOpen()
       .filter((r) => query.device === undefined || r.device === query.device);
-    const open = stuckItems(ofDevices, 0, now, this.confirmTimeouts(), reader, (r) => matches(r))
+    const open = stuckItems(ofDevices, 0, now, this.deviceTimings(), reader, (r) => matches(r))
       .map((item) => ({
         ...item,
         why: whyOpen(item, stalled.get(item.device) ?? null, frozen.get(item.device) ?? null),
@@ -303,7 +301,7 @@ export class UiViews {
   command(ref: CommandRef): CommandShow | undefined {
     const record = this.o.commands.get(ref);
     if (record === undefined) return undefined;
-    return showCommand(record, this.o.commands, this.o.clock.now(), () => this.confirmTimeouts());
+    return showCommand(record, this.o.commands, this.o.clock.now(), () => this.deviceTimings());
   }
 
   gateway(): UiGateway {

@@ -1,5 +1,5 @@
 import type { CommandRecord, JournalEvent } from '../core/journal.js';
-import type { StuckJournal } from '../core/open-commands.js';
+import type { DeviceTiming, StuckJournal } from '../core/open-commands.js';
 import { buildStory, type CommandStory } from './command-story.js';
 import { stuckItems, type StuckItem } from './open-commands.js';
 
@@ -19,6 +19,8 @@ export interface OpenStatus {
   readonly stuckReason: string | null;
   /** The device's confirm timeout; null when the configuration does not know the device. */
   readonly confirmTimeoutMs: number | null;
+  /** Its PLC's unreachable grace; null when the configuration does not know the device. */
+  readonly unreachableGraceMs: number | null;
 }
 
 export interface CommandShow extends CommandStory {
@@ -31,8 +33,11 @@ export function showCommand(
   /** The journal, read: the command's history, and (while it is open) its device's commands. */
   journal: StuckJournal & { listOpen(): readonly CommandRecord[] },
   now: number,
-  /** Asked only for an open command: device → confirm timeout; null when unknown. */
-  confirmTimeouts: () => ReadonlyMap<string, number> | null,
+  /**
+   * Asked only for an open command: device → confirm timeout and unreachable grace; null when
+   * unknown.
+   */
+  timings: () => ReadonlyMap<string, DeviceTiming> | null,
 ): CommandShow {
   const history: readonly JournalEvent[] = journal.history(record);
   const story = buildStory(record, history);
@@ -50,7 +55,7 @@ export function showCommand(
         device,
         0,
         now,
-        confirmTimeouts(),
+        timings(),
         {
           history: (r) => (same(r) ? history : journal.history(r)),
           stopsAfter: (r, limit) => journal.stopsAfter(r, limit),
@@ -67,6 +72,7 @@ export function showCommand(
           overdueMs: item.overdueMs,
           stuckReason: item.stuckReason,
           confirmTimeoutMs: item.confirmTimeoutMs,
+          unreachableGraceMs: item.unreachableGraceMs,
         };
   return { ...story, open };
 }

@@ -1,12 +1,12 @@
 import { refId, type CommandRecord, type CommandRef, type JournalEvent } from '../core/journal.js';
-import { summarizeOpen, type StuckJournal } from '../core/open-commands.js';
+import { summarizeOpen, type DeviceTiming, type StuckJournal } from '../core/open-commands.js';
 
 /**
  * Open commands as an operator sees them (`sluicectl stuck`, `show`, the status page): each with
  * its age and deadline, and marked *stuck* when it is still open past its bound, judged by the
  * rule `/readyz` and `/metrics` use (core/open-commands.ts): its deadline plus its device's
  * confirm timeout (SPEC §2), or the end of a window its device's history gives — a take-up by
- * recovery, a pause for a stop. Each stuck one says which bound, in the same words. Pure: built
+ * recovery (at least its PLC's unreachable grace), a pause for a stop. Each stuck one says which bound, in the same words. Pure: built
  * from journal records.
  */
 
@@ -30,6 +30,8 @@ export interface StuckItem {
   readonly stuckReason: string | null;
   /** The device's confirm timeout; null when the configuration does not know the device. */
   readonly confirmTimeoutMs: number | null;
+  /** Its PLC's unreachable grace; null when the configuration does not know the device. */
+  readonly unreachableGraceMs: number | null;
   readonly lastEvent: { readonly at: string; readonly detail: string } | null;
 }
 
@@ -38,7 +40,8 @@ export function stuckItems(
   open: readonly CommandRecord[],
   olderThanMs: number,
   now: number,
-  confirmTimeouts: ReadonlyMap<string, number> | null,
+  /** Each configured device's confirm timeout and unreachable grace; null when unknown. */
+  timings: ReadonlyMap<string, DeviceTiming> | null,
   journal: StuckJournal,
   /** Which of them to list (all by default). */
   listed: (record: CommandRecord) => boolean = () => true,
@@ -55,7 +58,7 @@ export function stuckItems(
   };
   const stuck = new Map(
     summarizeOpen(open, now, {
-      confirmTimeoutMs: confirmTimeouts,
+      devices: timings,
       journal: { history: historyOf, stopsAfter: (r, limit) => journal.stopsAfter(r, limit) },
     }).stuck.map((s) => [refId(s), s]),
   );
@@ -79,7 +82,8 @@ export function stuckItems(
         stuck: late !== null,
         overdueMs: late?.overdueMs ?? null,
         stuckReason: late?.reason ?? null,
-        confirmTimeoutMs: confirmTimeouts?.get(r.device) ?? null,
+        confirmTimeoutMs: timings?.get(r.device)?.confirmTimeoutMs ?? null,
+        unreachableGraceMs: timings?.get(r.device)?.unreachableGraceMs ?? null,
         lastEvent:
           event === undefined
             ? null

@@ -5,6 +5,10 @@ import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exactDuration, formatDuration, parseDuration, relative } from '../../src/cli/durations.js';
 import { Style, renderTable, type Column } from '../../src/cli/table.js';
+import type { Observation } from '../../src/core/journal.js';
+import { takeUpNote } from '../../src/core/open-commands.js';
+import { allocateSeq } from '../../src/core/sequence.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
 import {
@@ -477,6 +481,90 @@ describe('stuck', () => {
     expect(odd.stdout).toBe('No open commands older than 2h30m15s.\n');
     expect(json.code).toBe(0);
     expect(json.json()).toMatchObject({ olderThanMs: 172_800_000, stuck: 0, commands: [] });
+  });
+
+  it("judges a command recovery took up by its PLC's unreachable grace, as the daemon's worker reads it", async () => {
+    // A command an earlier life dispatched, its deadline long past, taken up by recovery 20 s
+    // ago: its worker reads the controller for its PLC's grace from the take-up.
+    const fresh = join(dir, `grace-${Math.random().toString(16).slice(2)}`);
+    const journalFile = join(fresh, 'journal.db');
+    const now = Date.now();
+    const journal = SqliteJournal.open({ path: journalFile });
+    try {
+      const before: Observation = {
+        state: 'CLOSED',
+        position: 0,
+        seq: 0,
+        faultCode: null,
+        sourceTime: new Date(now - 299_000).toISOString(),
+        readAt: new Date(now - 299_000).toISOString(),
+      };
+      const { record } = journal.claim({
+        scope: 'plant',
+        key: 'k-taken-up',
+        fingerprint: 'f-taken-up',
+        device: 'inlet-valve',
+        action: 'open',
+        position: null,
+        issuedAt: now - 300_000,
+        issuedAtSource: 'issuer',
+        ttlMs: 30_000,
+        deadline: now - 270_000,
+        intake: 'https',
+        acceptedAt: now - 300_000,
+      });
+      const dispatched = journal.markDispatched(
+        record,
+        now - 299_000,
+        before,
+        'pipeline',
+        (last, open) => allocateSeq(last, before.seq, open),
+      );
+      journal.note(dispatched, now - 20_000, takeUpNote(dispatched.seq ?? 0, null), 'pipeline');
+    } finally {
+      journal.close();
+    }
+    /** `stuck` and `show` with the site file's PLC line `plc` (in a file named `name`). */
+    const judged = async (
+      name: string,
+      plc: string,
+    ): Promise<{ stuck: Item; shown: { open: Record<string, unknown> } }> => {
+      const config = join(fresh, name);
+      writeFileSync(
+        config,
+        configYaml('.').replace('  mb: { protocol: modbus, host: 127.0.0.1, port: 5020 }', plc),
+      );
+      const list = await sluicectlInProcess(['--config', config, 'stuck', '--json']);
+      const shown = await sluicectlInProcess(['--config', config, 'show', 'k-taken-up', '--json']);
+      return {
+        stuck: list.json<{ commands: Item[] }>().commands.find((c) => c.key === 'k-taken-up')!,
+        shown: shown.json<{ open: Record<string, unknown> }>(),
+      };
+    };
+    // A PLC that needs a minute to come back: within its take-up, not stuck.
+    const slow = await judged(
+      'slow.yaml',
+      '  mb: { protocol: modbus, host: 127.0.0.1, port: 5020, unreachableGraceMs: 60000 }',
+    );
+    expect(slow.stuck).toMatchObject({
+      stuck: false,
+      unreachableGraceMs: 60_000,
+      confirmTimeoutMs: 8000,
+    });
+    expect(slow.shown.open).toMatchObject({ stuck: false, unreachableGraceMs: 60_000 });
+    // The default grace (15 s) ended 5 s ago: stuck, and the reason says for how long it read.
+    const plain = await judged(
+      'plain.yaml',
+      '  mb: { protocol: modbus, host: 127.0.0.1, port: 5020 }',
+    );
+    expect(plain.stuck).toMatchObject({
+      stuck: true,
+      unreachableGraceMs: 15_000,
+      stuckReason: expect.stringMatching(
+        /^its take-up by readback \(taken up .*; read for 15 s\)$/,
+      ) as unknown,
+    });
+    expect(plain.shown.open).toMatchObject({ stuck: true, unreachableGraceMs: 15_000 });
   });
 
   it('without a configuration, judges from deadlines alone and says so', async () => {

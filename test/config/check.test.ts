@@ -99,6 +99,32 @@ describe('sluiced --check', () => {
     );
   });
 
+  it("takes a PLC's own unreachable grace, shows it, and refuses one that is not a whole number of ms, 0 or more", () => {
+    const withGrace = (modbus: string, opcua: string): string =>
+      SITE.replace('port: 5020 }', `port: 5020, unreachableGraceMs: ${modbus} }`).replace(
+        'namespaceUri: urn:x }',
+        `namespaceUri: urn:x, unreachableGraceMs: ${opcua} }`,
+      );
+    const r = runSluicedInProcess(['--config', site(withGrace('60000', '0')), '--check']);
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(r.stdout).toContain(
+      '  PLCs      modbus-plc  modbus  127.0.0.1:5020 unit 1, timeout 1000 ms, block reads (gap ≤ 16), unreachable grace 60000 ms\n',
+    );
+    expect(r.stdout).toMatch(
+      /\n +opcua-plc +opcua +opc\.tcp:.*, timeout 2000 ms, unreachable grace 0 ms\n/,
+    );
+    const why =
+      'a whole number of milliseconds, 0 or more: how long taking up an open command keeps trying to reach the PLC (default 15000)';
+    refusedEverywhere(site(withGrace('-1', '1.5')), [
+      `plcs.modbus-plc.unreachableGraceMs: ${why}`,
+      `plcs.opcua-plc.unreachableGraceMs: ${why}`,
+    ]);
+    refusedEverywhere(site(withGrace('"40 s"', '3000000000')), [
+      `plcs.modbus-plc.unreachableGraceMs: ${why}`,
+      'plcs.opcua-plc.unreachableGraceMs: at most 2147483647 ms (2^31 - 1, about 24.8 days): a timer cannot wait longer, and Node fires a longer one at once',
+    ]);
+  });
+
   it('prints the gateway, its intakes, PLCs and every device with its map, and creates nothing', () => {
     const path = site();
     const before = tree();

@@ -4,6 +4,7 @@ import type { CommandRecord, Observation } from '../../src/core/journal.js';
 import {
   summarizeOpen,
   takeUpNote,
+  type DeviceTiming,
   type StuckJournal,
   type StuckRule,
 } from '../../src/core/open-commands.js';
@@ -75,8 +76,16 @@ function dispatch(record: CommandRecord, at: number): CommandRecord {
   );
 }
 
-function rule(journalView: StuckJournal = journal, timeouts = new Map([['v1', C]])): StuckRule {
-  return { confirmTimeoutMs: timeouts, graceMs: GRACE, journal: journalView };
+/** A configured device's lengths: its confirm timeout, its PLC's unreachable grace. */
+function timing(graceMs = GRACE): DeviceTiming {
+  return { confirmTimeoutMs: C, unreachableGraceMs: graceMs };
+}
+
+function rule(
+  journalView: StuckJournal = journal,
+  devices = new Map([['v1', timing()]]),
+): StuckRule {
+  return { devices, journal: journalView };
 }
 
 function stuckAt(now: number): { key: string; overdueMs: number; reason: string }[] {
@@ -103,8 +112,8 @@ describe('summarizeOpen', () => {
       },
     };
     const timeouts = new Map([
-      ['v1', C],
-      ['v2', C],
+      ['v1', timing()],
+      ['v2', timing()],
     ]);
     expect(summarizeOpen(journal.listOpen(), NOW, rule(counting, timeouts)).stuck).toEqual([]);
     expect(asked).toEqual([]);
@@ -129,6 +138,53 @@ describe('summarizeOpen', () => {
         overdueMs: 5_000,
         reason: `its take-up by readback (taken up ${new Date(NOW - 5_000).toISOString()}; read for 15 s)`,
       },
+    ]);
+  });
+
+  it("reads each device's take-up for its own PLC's grace, the confirm timeout at least", () => {
+    // Deadlines long past, all taken up 20 s ago: on v1 a PLC that needs 50 s to come back, on
+    // v2 the default 15 s, on v3 a 2 s grace (under the 10 s confirm timeout, which stands).
+    for (const device of ['v1', 'v2', 'v3']) {
+      const r = dispatch(claim(`late-${device}`, device, NOW - 60_000), NOW - 89_000);
+      journal.note(r, NOW - 20_000, takeUpNote(r.seq ?? 0, null), 'pipeline');
+    }
+    const devices = new Map([
+      ['v1', timing(50_000)],
+      ['v2', timing()],
+      ['v3', timing(2_000)],
+    ]);
+    const stuck = (now: number): { key: string; overdueMs: number; reason: string }[] =>
+      summarizeOpen(journal.listOpen(), now, rule(journal, devices)).stuck.map((s) => ({
+        key: s.key,
+        overdueMs: s.overdueMs,
+        reason: s.reason,
+      }));
+    const takenUp = new Date(NOW - 20_000).toISOString();
+    expect(stuck(NOW)).toEqual([
+      {
+        key: 'late-v3',
+        overdueMs: 10_000,
+        reason: `its take-up by readback (taken up ${takenUp}; read for 10 s)`,
+      },
+      {
+        key: 'late-v2',
+        overdueMs: 5_000,
+        reason: `its take-up by readback (taken up ${takenUp}; read for 15 s)`,
+      },
+    ]);
+    // v1's worker reads on for 50 s from its take-up: not stuck until then, and then it is.
+    expect(stuck(NOW + 30_000).map((s) => s.key)).not.toContain('late-v1');
+    expect(stuck(NOW + 31_000)).toContainEqual({
+      key: 'late-v1',
+      overdueMs: 1_000,
+      reason: `its take-up by readback (taken up ${takenUp}; read for 50 s)`,
+    });
+    // The views (sluicectl stuck, show, the status page) judge alike, and show the grace.
+    const items = stuckItems(journal.listOpen(), 0, NOW, devices, journal);
+    expect(items.map((i) => [i.key, i.stuck, i.unreachableGraceMs])).toEqual([
+      ['late-v1', false, 50_000],
+      ['late-v2', true, 15_000],
+      ['late-v3', true, 2_000],
     ]);
   });
 
@@ -228,7 +284,7 @@ describe('stuckItems', () => {
       journal.listOpen(),
       0,
       NOW + 21_000,
-      new Map([['v1', C]]),
+      new Map([['v1', timing()]]),
       journal,
       (r) => r.key === 'moving',
     );

@@ -1,4 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { takeUpAt } from '../../src/core/open-commands.js';
+import { stuckItems } from '../../src/views/open-commands.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -138,4 +140,90 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
     expect(h.writesWithSeq('u1', r.seq!)).toBe(1);
   }, 60_000);
+
+  // A PLC's own grace (plcs.<name>.unreachableGraceMs) in place of the pipeline's: a plant whose
+  // controller needs longer than 15 s to come back after a power cycle sets a longer one, and
+  // one that answers at once or not at all may end the wait sooner.
+  const takenUpAt = (key: string): number | undefined =>
+    takeUpAt(h!.journal.history({ scope: 'plant', key })) ?? undefined;
+
+  it("ends a take-up DEVICE_UNREACHABLE after its PLC's short grace, not the pipeline's 15 s", async () => {
+    h = await SimHarness.start({
+      travelMs: 1_000,
+      timing: { confirmTimeoutMs: 1_000, redispatchGuardMs: 600 },
+      unreachableGraceMs: 15_000,
+      plcGraceMs: { mb: 2_500 },
+    });
+    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 1_500 });
+    await h.until(() => h!.device('v1').counters.writesReceived === 1, 5_000, 'the write');
+    await h.crash();
+    // The PLC does not answer after the restart: every request is reset.
+    const mb = h.plant.plc('mb');
+    mb.setFault({ kind: 'reset', when: 'before', on: 'both' });
+    try {
+      await h.restart();
+      // Within 10 s: the pipeline's 15 s would not end it by then.
+      const r = await h.settled('k1', 10_000);
+      expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 1 });
+      const takenUp = takenUpAt('k1');
+      expect(takenUp).toBeDefined();
+      // Read for the grace from the take-up (its deadline and confirm timeout end sooner).
+      const read = (r.settledAt ?? 0) - takenUp!;
+      expect(read).toBeGreaterThanOrEqual(2_400);
+      expect(read).toBeLessThan(8_000);
+      expect(h.device('v1').counters.writesReceived).toBe(1);
+    } finally {
+      mb.clearFault('reset');
+    }
+  }, 30_000);
+
+  it("keeps a take-up open for its PLC's longer grace: not stuck, and settled by readback once the PLC is back", async () => {
+    // The pipeline's grace is 1 s (the harness's); the Modbus PLC's own is 8 s.
+    h = await SimHarness.start({
+      travelMs: 1_000,
+      timing: { confirmTimeoutMs: 1_000, redispatchGuardMs: 600 },
+      plcGraceMs: { mb: 8_000 },
+    });
+    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 1_500 });
+    await h.until(() => h!.device('v1').counters.writesReceived === 1, 5_000, 'the write');
+    await h.crash();
+    const mb = h.plant.plc('mb');
+    mb.setFault({ kind: 'reset', when: 'before', on: 'both' });
+    let linkBackAt: number;
+    try {
+      await h.restart();
+      await h.until(() => takenUpAt('k1') !== undefined, 5_000, 'the take-up');
+      const takenUp = takenUpAt('k1')!;
+      const record = h.journal.get({ scope: 'plant', key: 'k1' })!;
+      // The PLC stays down until well past the end of the window the pipeline's grace would
+      // give the take-up (the longest of it, the confirm timeout and the time to the deadline),
+      // and past the command's deadline plus confirm timeout (from then on it would be stuck
+      // but for its take-up).
+      const shortWindowEnd = Math.max(takenUp + 1_000, record.deadline + 1_000);
+      await h.until(() => Date.now() > shortWindowEnd + 1_500, 10_000, 'the short window to pass');
+      // Still being settled, by the journal; and neither the daemon's rule (/readyz, /metrics)
+      // nor the views (sluicectl stuck, the status page) call it stuck, as they would with the
+      // pipeline's grace.
+      expect(h.journal.get({ scope: 'plant', key: 'k1' })?.state).toBe('dispatched');
+      expect(h.pipeline.openCommands().stuck).toEqual([]);
+      const now = Date.now();
+      const timings = h.pipeline.deviceTimings();
+      expect(timings.get('v1')?.unreachableGraceMs).toBe(8_000);
+      const judged = (t: typeof timings): boolean | undefined =>
+        stuckItems(h!.journal.listOpen(), 0, now, t, h!.journal).find((i) => i.key === 'k1')?.stuck;
+      expect(judged(timings)).toBe(false);
+      const withDefault = new Map(
+        [...timings].map(([id, t]) => [id, { ...t, unreachableGraceMs: 1_000 }]),
+      );
+      expect(judged(withDefault)).toBe(true);
+    } finally {
+      linkBackAt = Date.now();
+      mb.clearFault('reset');
+    }
+    const r = await h.settled('k1', 10_000);
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(r.settledAt).toBeGreaterThanOrEqual(linkBackAt);
+    expect(h.writesWithSeq('v1', r.seq!)).toBe(1);
+    expect(h.device('v1').counters.writesReceived).toBe(1);
+  }, 30_000);
 });

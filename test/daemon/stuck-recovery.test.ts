@@ -1,9 +1,12 @@
+import { readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/config.js';
 import type { Observation } from '../../src/core/journal.js';
+import { takeUpAt } from '../../src/core/open-commands.js';
 import { allocateSeq } from '../../src/core/sequence.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
@@ -17,7 +20,9 @@ import { until } from '../helpers/mosquitto.js';
  * "Stuck" right after a restart (SPEC §2, docs/spec-notes.md "Every open command ends"). A
  * command in doubt at the restart (dispatched by an earlier life) whose deadline passed while
  * the gateway was down is taken up by recovery and settled by reading its controller for the
- * longest of its confirm timeout and the unreachable grace (15 s). While its worker does that,
+ * longest of its confirm timeout (8 s) and its PLC's unreachable grace (15 s by default; 10 s
+ * here, plcs.mb.unreachableGraceMs, so that the worker's window is the grace's and the test
+ * does not wait 15 s). While its worker does that,
  * within that window, it is not stuck: /readyz's commands check, `sluice_commands_stuck` and
  * `sluicectl stuck` used to count it stuck at once (past deadline + confirm timeout), so /readyz
  * answered 503 while everything worked as designed. A command of a device no longer configured
@@ -27,17 +32,30 @@ import { until } from '../helpers/mosquitto.js';
  */
 
 const VALVE = 'inlet-valve';
+/** The PLC's unreachable grace: longer than the valve's 8 s confirm timeout, shorter than 15 s. */
+const GRACE_MS = 10_000;
 let plant: Plant;
 let daemon: Daemon;
 let configPath: string;
 let journalPath: string;
 let cleanup: () => void;
 
-function onFile(key: string): { state: string; notes: string[] } {
+function onFile(key: string): {
+  state: string;
+  notes: string[];
+  takenUpAt: number | null;
+  settledAt: number | null;
+} {
   const journal = SqliteJournal.open({ path: journalPath, readonly: true });
   try {
     const r = journal.findByKey(key)[0]!;
-    return { state: r.state, notes: journal.history(r).map((e) => e.detail) };
+    const history = journal.history(r);
+    return {
+      state: r.state,
+      notes: history.map((e) => e.detail),
+      takenUpAt: takeUpAt(history),
+      settledAt: r.settledAt,
+    };
   } finally {
     journal.close();
   }
@@ -93,6 +111,9 @@ beforeAll(async () => {
   ({ dir, cleanup } = tempDir('sluice-stuck-recovery-'));
   plant = await startModbusPlant({ [VALVE]: { profile: 'valve', base: 0, travelMs: 300 } });
   configPath = await writeDaemonSite(dir, plant, 'stuckrecovery');
+  const site = parse(readFileSync(configPath, 'utf8')) as { plcs: Record<string, object> };
+  site.plcs.mb = { ...site.plcs.mb, unreachableGraceMs: GRACE_MS };
+  writeFileSync(configPath, stringify(site));
   journalPath = join(dir, 'state', 'journal.db');
   const now = Date.now();
   // An earlier life dispatched `open` ten minutes ago and died; its deadline passed long ago.
@@ -199,7 +220,12 @@ describe('stuck after a restart', () => {
       40_000,
       'recovery to settle the command',
     );
-    expect(onFile('in-doubt-1').state).toBe('failed');
+    const settled = onFile('in-doubt-1');
+    expect(settled.state).toBe('failed');
+    // Read for its PLC's grace from the take-up, not the default 15 s.
+    const read = (settled.settledAt ?? 0) - (settled.takenUpAt ?? 0);
+    expect(read).toBeGreaterThanOrEqual(GRACE_MS - 100);
+    expect(read).toBeLessThan(14_000);
     const after = await reported();
     expect(after.gauge).toBe(1);
     expect(after.cli).toEqual(['orphan-1']);

@@ -46,6 +46,11 @@ export interface SimHarnessOptions {
   readonly clock?: Clock;
   readonly busyTimeoutMs?: number;
   readonly unreachableGraceMs?: number;
+  /**
+   * Each PLC's own unreachable grace by name (`mb`, `ua`): plcs.<name>.unreachableGraceMs in
+   * the inventory, which the PLC's devices use in place of the pipeline's `unreachableGraceMs`.
+   */
+  readonly plcGraceMs?: Readonly<Record<string, number>>;
   /** Also an OPC UA PLC with the valve `u1` (slower to start). */
   readonly opcua?: boolean;
   readonly clockPolicy?: ClockPolicy;
@@ -316,6 +321,10 @@ export class SimHarness {
               // Below the default guard (the configuration refuses a guard not longer).
               requestTimeoutMs: 350,
             };
+      const grace = this.options.plcGraceMs?.[plc.name];
+      if (grace !== undefined) {
+        inventory.plcs[plc.name] = { ...inventory.plcs[plc.name]!, unreachableGraceMs: grace };
+      }
       for (const device of plc.devices) {
         inventory.devices[device.id] = {
           plc: plc.name,
