@@ -1,7 +1,8 @@
 // The demo behind `npm start`: the bundled simulator plant, an embedded MQTT broker (or the
 // one in SLUICE_MQTT_URL or the site file; none without an mqtt section), and the daemon with HTTPS on 127.0.0.1:8443 and
-// gateway id `demo`, configured by devices/site.example.yaml. It creates a self-signed certificate and a demo
-// token under .state/demo (the simulated OPC UA server keeps its certificate there too, sim-pki/),
+// gateway id `demo`, configured by devices/site.example.yaml. It creates a self-signed certificate (kept
+// while it serves, made anew when it cannot: https-certificate.ts) and a demo token under .state/demo
+// (the simulated OPC UA server keeps its certificate there too, sim-pki/),
 // prints how to send a first command, and stops everything on Ctrl-C.
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -17,6 +18,12 @@ import type { Daemon, Readiness } from '../daemon/daemon.js';
 import { packageRoot } from '../package-root.js';
 import { shellWord } from '../shell-word.js';
 import { brokerChoice, EMBEDDED_BROKER_URL } from './broker-choice.js';
+import {
+  certificateNames,
+  ensureDemoCertificate,
+  printedBase,
+  printedCurl,
+} from './https-certificate.js';
 import type { Plant } from '../../simulators/plant.js';
 
 const root = packageRoot();
@@ -149,31 +156,6 @@ async function readyToCommand(daemon: Daemon, waitMs: number): Promise<Readiness
   }
 }
 
-async function ensureCertificate(): Promise<void> {
-  const certFile = join(tlsDir, 'cert.pem');
-  const keyFile = join(tlsDir, 'key.pem');
-  if (existsSync(certFile) && existsSync(keyFile)) return;
-  mkdirSync(tlsDir, { recursive: true, mode: 0o700 });
-  const { generate } = await import('selfsigned');
-  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
-    keyType: 'ec',
-    curve: 'P-256',
-    algorithm: 'sha256',
-    notAfterDate: new Date(Date.now() + 365 * 24 * 3_600_000),
-    extensions: [
-      {
-        name: 'subjectAltName',
-        altNames: [
-          { type: 2, value: 'localhost' },
-          { type: 7, ip: '127.0.0.1' },
-        ],
-      },
-    ],
-  });
-  writeFileSync(keyFile, pems.private, { mode: 0o600 });
-  writeFileSync(certFile, pems.cert);
-}
-
 function ensureToken(): string {
   const file = join(stateDir, 'demo-token');
   const fixed = process.env.SLUICE_DEMO_TOKEN;
@@ -279,7 +261,9 @@ async function startDaemon(config: SluiceConfig, logger: Logger): Promise<Daemon
 async function main(): Promise<void> {
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const config = loadConfig(sitePath);
-  await ensureCertificate();
+  // Kept from an earlier start while it serves (https-certificate.ts); made anew when it
+  // expired or soon will, its key is lost or another's, or it does not name the printed host.
+  const certificate = await ensureDemoCertificate(tlsDir, certificateNames(config.https?.host));
   const token = ensureToken();
   // The daemon's own start-up checks, before the simulators and the broker take their ports.
   preflight(config, sitePath);
@@ -306,6 +290,12 @@ async function main(): Promise<void> {
   // instructions below.
   const { routeOpcuaMessages } = await import('../daemon/opcua-messages.js');
   routeOpcuaMessages(logger);
+  if (certificate.problem !== null) {
+    logger.warn(
+      { certFile: certificate.certFile, problem: certificate.problem },
+      'demo HTTPS certificate kept from an earlier start not used; made a new one',
+    );
+  }
   const stack: { name: string; stop: () => Promise<void> }[] = [];
   const stopAll = async (): Promise<void> => {
     for (let s = stack.pop(); s !== undefined; s = stack.pop()) {
@@ -334,11 +324,9 @@ async function main(): Promise<void> {
         ? `all ${devices.length} answering`
         : `NOT READY, ${silent.map(([name, check]) => `${name.slice('device:'.length)}: ${check.detail}`).join('; ')} (see the log)`;
     const https = daemon.https ?? { host: '127.0.0.1', port: 8443 };
-    // Where a user on this machine reaches it: a wildcard (SLUICE_HTTPS_HOST=0.0.0.0, to be
-    // reached from elsewhere) is no address to connect to, and the demo certificate names
-    // 127.0.0.1 and localhost only.
-    const reach = https.host === '0.0.0.0' || https.host === '::' ? '127.0.0.1' : https.host;
-    const base = `https://${reach.includes(':') ? `[${reach}]` : reach}:${https.port}`;
+    // Where a user on this machine reaches it (a wildcard on loopback), a name the certificate
+    // carries (certificateNames).
+    const base = printedBase(https.host, https.port);
     const mqttUrl = config.mqtt?.url ?? EMBEDDED_BROKER_URL;
     const brokerLabel = {
       environment: 'SLUICE_MQTT_URL',
@@ -350,7 +338,7 @@ async function main(): Promise<void> {
     // The daemon's own topics: SLUICE_GATEWAY_ID (or an edited site file) moves them off
     // sluice/demo, and printed commands on the old ones would reach nothing.
     const topics = `${config.mqtt?.topicRoot ?? 'sluice'}/${config.gatewayId}`;
-    const certFile = join(tlsDir, 'cert.pem');
+    const certFile = certificate.certFile;
     const cacert = shownPath(certFile);
     // The mosquitto clients speak MQTT over TCP only: sluicectlSend.
     const webSocket = /^wss?:/.test(mqttUrl);
@@ -360,7 +348,11 @@ async function main(): Promise<void> {
         '',
         'Sluice demo is running.',
         '',
-        `  HTTPS      ${base}   (self-signed: ${join(tlsDir, 'cert.pem')})`,
+        `  HTTPS      ${base}   (self-signed: ${certFile})`,
+        // A browser or a command that trusted the kept certificate must take the new one.
+        ...(certificate.problem === null
+          ? []
+          : [`             made anew at this start: ${certificate.problem}`]),
         ...(brokerFrom === 'none'
           ? [
               `  MQTT       off (no mqtt section in ${shownPath(sitePath)}): commands over HTTPS only`,
@@ -379,10 +371,7 @@ async function main(): Promise<void> {
         '',
         `Open a valve over HTTPS${cacert === certFile ? '' : ` (in ${launchDir})`}; it waits for the readback, up to 10 s:`,
         '',
-        // -sS: no progress meter when its output is piped (to jq, a file), errors still said.
-        `  curl -sS --cacert ${cacert} -X POST ${base}/v1/commands \\`,
-        `    -H "Authorization: Bearer ${token}" -H "Idempotency-Key: ${key}" \\`,
-        `    -H "Content-Type: application/json" -d '{"device":"inlet-valve","action":"open"}'`,
+        ...printedCurl({ cacert, base, token, key }),
         '',
         // The daemon has no MQTT intake: a command published anywhere would reach nothing.
         ...(brokerFrom === 'none'
