@@ -38,6 +38,11 @@ let dir: string;
 let cleanup: () => void;
 let cert: string;
 let configPath: string;
+/**
+ * The same site without its OPC UA PLC, for the sluiced process tests whose subject is not the
+ * plant: such a start does not load node-opcua (most of its 2-3 s).
+ */
+let modbusConfigPath: string;
 
 /** MQTT command messages the daemon's intake counted as refused by the journal. */
 async function mqttRefusals(daemon: Daemon): Promise<number> {
@@ -114,21 +119,24 @@ beforeAll(async () => {
   writeFileSync(join(dir, 'cert.pem'), pems.cert);
   writeFileSync(join(dir, 'key.pem'), pems.private);
   const inventory = inventoryFor(plant);
-  configPath = join(dir, 'sluice.yaml');
-  writeFileSync(
-    configPath,
+  const site = (plcs: readonly string[], stateDir: string): string =>
     stringify({
       gatewayId: 'site',
-      stateDir: 'state',
+      stateDir,
       journal: { busyTimeoutMs: 300 },
       https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
       mqtt: { url: broker.url, identity: 'scada', clientId: 'sluice-site-test' },
       opcua: { acceptUnknownCertificates: true },
       identities: { scada: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } },
-      plcs: inventory.plcs,
-      devices: inventory.devices,
-    }),
-  );
+      plcs: Object.fromEntries(Object.entries(inventory.plcs).filter(([n]) => plcs.includes(n))),
+      devices: Object.fromEntries(
+        Object.entries(inventory.devices).filter(([, d]) => plcs.includes(d.plc)),
+      ),
+    });
+  configPath = join(dir, 'sluice.yaml');
+  writeFileSync(configPath, site(['mb', 'ua'], 'state'));
+  modbusConfigPath = join(dir, 'sluice-modbus.yaml');
+  writeFileSync(modbusConfigPath, site(['mb'], 'state-modbus'));
 }, 60_000);
 
 afterAll(async () => {
@@ -372,7 +380,7 @@ describe.runIf(real)('sluiced', () => {
   }, 60_000);
 
   it('sluiced exits 0 on SIGTERM', async () => {
-    const sluiced = startSluiced(['--config', configPath]);
+    const sluiced = startSluiced(['--config', modbusConfigPath]);
     await sluiced.line((l) => l.includes('"msg":"sluiced started"'), 30_000);
     // 0, not null: its handler stopped it, not the signal's default action.
     expect(await sluiced.stop()).toBe(0);
@@ -387,7 +395,7 @@ describe.runIf(real)('sluiced', () => {
       preload,
       "process.on('SIGUSR2', () => { void Promise.reject(new Error('injected: a rejection no one handles')); });\n",
     );
-    const sluiced = startSluiced(['--config', configPath], {
+    const sluiced = startSluiced(['--config', modbusConfigPath], {
       NODE_OPTIONS: `--import=${pathToFileURL(preload).href}`,
     });
     await sluiced.line((l) => l.includes('"msg":"sluiced ready"'), 30_000);
