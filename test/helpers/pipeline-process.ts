@@ -3,7 +3,7 @@
 // TypeScript loader), send it commands as JSON lines on stdin, read its journal from outside,
 // and kill it with SIGKILL mid-command.
 //
-//   argv[2]: JSON { journal, pkiDir, inventory }
+//   argv[2]: JSON { journal, pkiDir, inventory, timing? }  (timing: laid over every profile's)
 //   stdin:   {"submit": {"key": "...", "body": {...}}}   one per line
 //   stdout:  {"ready": n} once recovery has queued n open commands; {"claimed": key, "kind": ...}
 import { createInterface } from 'node:readline';
@@ -12,6 +12,7 @@ import { systemClock } from '../../src/core/clock.js';
 import { pino } from 'pino';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
 import { CommandPipeline } from '../../src/core/pipeline.js';
+import type { ProfileTiming } from '../../src/core/profile.js';
 import { buildDrivers, inventorySchema } from '../../src/drivers/inventory.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { PROFILES } from './fixtures.js';
@@ -20,6 +21,8 @@ interface Args {
   journal: string;
   pkiDir: string;
   inventory: unknown;
+  /** Timings laid over every shipped profile's (a shorter guard, say); absent: theirs. */
+  timing?: Partial<ProfileTiming>;
 }
 
 const logger: Logger =
@@ -28,9 +31,19 @@ const logger: Logger =
     : silentLogger;
 const args = JSON.parse(process.argv[2] ?? '{}') as Args;
 const journal = SqliteJournal.open({ path: args.journal });
+const { timing } = args;
+const profiles =
+  timing === undefined
+    ? PROFILES
+    : new Map(
+        [...PROFILES].map(([name, profile]) => [
+          name,
+          { ...profile, timing: { ...profile.timing, ...timing } },
+        ]),
+      );
 const drivers = await buildDrivers({
   inventory: inventorySchema.parse(args.inventory),
-  profiles: PROFILES,
+  profiles,
   pkiDir: args.pkiDir,
   acceptUnknownCertificates: true,
   clock: systemClock,
