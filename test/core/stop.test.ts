@@ -27,8 +27,8 @@ async function stopAtAbout(harness: SimHarness, device: string, percent: number)
 }
 
 /**
- * An actuator at rest and a move `m` to 80 % whose write is held on the link for 1.5 s, past the
- * request timeout (250 ms) and within the guard (2.5 s): its answer will be lost, and it lands
+ * An actuator at rest and a move `m` to 80 % whose write is held on the link for 0.8 s, past the
+ * request timeout (250 ms) and within the guard (1.5 s): its answer will be lost, and it lands
  * late. Returns once the write has reached the PLC's front end (the hold itself is cleared for
  * the requests after it).
  */
@@ -38,10 +38,10 @@ async function moveHeldOnTheLink(
   h = await SimHarness.start({
     travelMs: 300,
     warm: true,
-    timing: { redispatchGuardMs: 2_500, confirmTimeoutMs },
+    timing: { redispatchGuardMs: 1_500, confirmTimeoutMs },
   });
   const actuator = h.device('a1');
-  actuator.setFault({ kind: 'latency', ms: 1_500, on: 'write', when: 'before' });
+  actuator.setFault({ kind: 'latency', ms: 800, on: 'write', when: 'before' });
   h.submit('m', { device: 'a1', action: 'move', position: 80 });
   await h.until(() => actuator.writers.length === 1, 5_000, 'the move on the link');
   actuator.clearFault('latency');
