@@ -7,8 +7,9 @@ import { call, login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
  * A page that stops reading its event stream (a tablet asleep with its connection half-open, a
- * stalled browser) against the daemon and sluice-sim, with a plant of 200 valves whose devices
- * event is about 120 KB, five a second while a valve travels. Once the kernel's socket buffers
+ * stalled browser) against the daemon and sluice-sim, with a plant of 400 valves whose devices
+ * event is about 240 KB (120 KB for 200), five a second while a valve travels: the kernel's
+ * buffers fill in seconds, twice as fast as with 200 valves. Once the kernel's socket buffers
  * are full (about 4 MB on loopback), what the daemon still holds for that stream — its
  * response's writableLength, read from the server's own response object — must stay bounded
  * while a page that reads gets megabytes more; and when the stalled page reads again, the
@@ -18,7 +19,7 @@ import { call, login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 let site: UiSite;
 
 beforeAll(async () => {
-  site = await startUiSite({ mqtt: false, opcua: false, bulkValves: 200 });
+  site = await startUiSite({ mqtt: false, opcua: false, bulkValves: 400 });
 }, 90_000);
 
 afterAll(async () => {
