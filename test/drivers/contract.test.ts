@@ -1,3 +1,4 @@
+import { cpSync } from 'node:fs';
 import { join } from 'node:path';
 import { AttributeIds, DataType } from 'node-opcua';
 import {
@@ -85,6 +86,8 @@ const PLANT = {
 let plant: Plant;
 let drivers: Drivers;
 let cleanupPki: () => void;
+/** The PKI folder of the file's drivers: its client certificate made once, at the first start. */
+let sharedPki: string;
 
 /** The real drivers for the plant's PLCs, their OPC UA PKI in `pkiDir`, not started. */
 function driversFor(pkiDir: string): Promise<Drivers> {
@@ -102,6 +105,7 @@ beforeAll(async () => {
   plant = await startPlant(PLANT, { ephemeralPorts: true });
   const pki = tempDir('sluice-pki-');
   cleanupPki = pki.cleanup;
+  sharedPki = pki.dir;
   drivers = await driversFor(pki.dir);
   drivers.start();
   // The OPC UA session opens in the background; wait until a read succeeds.
@@ -776,7 +780,11 @@ describe.each(PROTOCOLS)('driver contract: %s, run alone', (_name, prefix) => {
 vitestIt(
   'OPC UA: the first status and clock reads, made as the session begins to open, wait for it and answer',
   async ({ expect }) => {
+    // The gateway's client certificate as a daemon finds it at every start but its first (kept
+    // in its state folder): a copy of the file's PKI, so that opening the session makes no RSA
+    // key, which on a loaded machine took longer than the request timeout the reads wait.
     const pki = tempDir('sluice-pki-');
+    cpSync(sharedPki, pki.dir, { recursive: true });
     const fresh = await driversFor(pki.dir);
     try {
       fresh.start();
