@@ -40,19 +40,24 @@ export function mbpoll(
   });
 }
 
+/**
+ * How long mbRead and mbWrite let mbpoll wait for an answer. They expect one, so a longer wait
+ * costs nothing when it comes; at mbpoll's 1 s a state-table write timed out with the simulator
+ * starved of CPU by the files running beside it.
+ */
+const ANSWER_EXPECTED_S = 5;
+
 /** Reads holding registers with mbpoll; throws with mbpoll's message when the read fails. */
 export async function mbRead(
   endpoint: ModbusEndpoint,
   address: number,
   count: number,
 ): Promise<number[]> {
-  const result = await mbpoll(endpoint, [
-    '-r',
-    String(address),
-    '-c',
-    String(count),
-    endpoint.host,
-  ]);
+  const result = await mbpoll(
+    endpoint,
+    ['-r', String(address), '-c', String(count), endpoint.host],
+    ANSWER_EXPECTED_S,
+  );
   if (result.code !== 0)
     throw new Error(`mbpoll read failed: ${result.stderr.trim() || result.stdout}`);
   const values = new Map<number, number>();
@@ -73,12 +78,11 @@ export async function mbWrite(
   address: number,
   values: readonly number[],
 ): Promise<void> {
-  const result = await mbpoll(endpoint, [
-    '-r',
-    String(address),
-    endpoint.host,
-    ...values.map(String),
-  ]);
+  const result = await mbpoll(
+    endpoint,
+    ['-r', String(address), endpoint.host, ...values.map(String)],
+    ANSWER_EXPECTED_S,
+  );
   if (result.code !== 0)
     throw new Error(`mbpoll write failed: ${result.stderr.trim() || result.stdout}`);
 }
