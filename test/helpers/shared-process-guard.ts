@@ -1,0 +1,38 @@
+import { isDeepStrictEqual } from 'node:util';
+import { afterAll, beforeAll, vi } from 'vitest';
+
+/**
+ * The files of one vitest worker run in one process (isolate: false in vitest.config.ts), so a
+ * file that left the process changed would change the files after it. This runs around every
+ * file and fails the file that did: fake timers still installed, an environment variable set or
+ * removed, or a listener for a signal or a process-wide error added and not removed.
+ */
+const WATCHED = ['SIGTERM', 'SIGINT', 'SIGHUP', 'uncaughtException', 'unhandledRejection'] as const;
+
+let env: Record<string, string | undefined> = {};
+let listeners: Record<string, number> = {};
+
+const listenerCounts = (): Record<string, number> =>
+  Object.fromEntries(WATCHED.map((event) => [event, process.listenerCount(event)]));
+
+beforeAll(() => {
+  env = { ...process.env };
+  listeners = listenerCounts();
+});
+
+afterAll(() => {
+  const left: string[] = [];
+  if (vi.isFakeTimers()) left.push('fake timers installed');
+  const now = { ...process.env };
+  const changed = [...new Set([...Object.keys(env), ...Object.keys(now)])].filter(
+    (name) => env[name] !== now[name],
+  );
+  if (changed.length > 0) left.push(`process.env changed: ${changed.join(', ')}`);
+  const counts = listenerCounts();
+  if (!isDeepStrictEqual(counts, listeners)) {
+    left.push(`process listeners ${JSON.stringify(listeners)} -> ${JSON.stringify(counts)}`);
+  }
+  if (left.length > 0) {
+    throw new Error(`this file left the shared test process changed: ${left.join('; ')}`);
+  }
+});
