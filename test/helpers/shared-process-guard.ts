@@ -9,6 +9,15 @@ import { afterAll, beforeAll, vi } from 'vitest';
  */
 const WATCHED = ['SIGTERM', 'SIGINT', 'SIGHUP', 'uncaughtException', 'unhandledRejection'] as const;
 
+/**
+ * Variables node-opcua sets process-wide as it works, whichever file loaded it: node-opcua-pki
+ * points OPENSSL_CONF (and RANDFILE) at its own files before it runs openssl, and
+ * node-opcua-crypto sets OPENSSL_CONF around reading a private key and "restores" an unset one
+ * as the string "undefined". Not a file's doing: they are put back as they were before the file,
+ * as a fresh process per file had them, instead of failing it.
+ */
+const SET_BY_LIBRARIES = new Set(['OPENSSL_CONF', 'RANDFILE']);
+
 let env: Record<string, string | undefined> = {};
 let listeners: Record<string, number> = {};
 
@@ -23,6 +32,11 @@ beforeAll(() => {
 afterAll(() => {
   const left: string[] = [];
   if (vi.isFakeTimers()) left.push('fake timers installed');
+  for (const name of SET_BY_LIBRARIES) {
+    const before = env[name];
+    if (before === undefined) Reflect.deleteProperty(process.env, name);
+    else process.env[name] = before;
+  }
   const now = { ...process.env };
   const changed = [...new Set([...Object.keys(env), ...Object.keys(now)])].filter(
     (name) => env[name] !== now[name],
