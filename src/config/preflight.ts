@@ -43,16 +43,10 @@ function checkFiles(c: SluiceConfig): {
   const files = new FileChecks(errors);
   let httpsCertificate: X509Certificate | null = null;
   if (c.https !== undefined) {
-    const { certFile, keyFile, clientCaFile } = c.https;
-    httpsCertificate = files.certificates(certFile, 'https.certFile')?.[0] ?? null;
-    const key = files.privateKey(keyFile, 'https.keyFile');
-    if (httpsCertificate !== null && key !== null && !httpsCertificate.checkPrivateKey(key)) {
-      errors.push(`https.keyFile: ${keyFile} is not the private key of https.certFile ${certFile}`);
-    }
-    if (clientCaFile !== undefined) files.certificates(clientCaFile, 'https.clientCaFile');
+    httpsCertificate = checkHttpsTls(c.https, files)?.certificate ?? null;
   }
   if (c.mqtt !== undefined) {
-    const { passwordFile, caFile, certFile, keyFile } = c.mqtt;
+    const { passwordFile } = c.mqtt;
     const password =
       passwordFile === undefined ? null : files.text(passwordFile, 'mqtt.passwordFile');
     // Read as the intake reads it (trimmed). MQTT carries at most 65,535 bytes, and MQTT.js
@@ -71,19 +65,7 @@ function checkFiles(c: SluiceConfig): {
         `mqtt.username: required with mqtt.passwordFile ${passwordFile}: a password is sent only with a user name, and without one the MQTT client never connects; give the broker user as mqtt.username`,
       );
     }
-    if (caFile !== undefined) files.certificates(caFile, 'mqtt.caFile');
-    if (certFile !== undefined && keyFile === undefined) {
-      errors.push('mqtt.keyFile: required with mqtt.certFile (a client certificate needs its key)');
-    }
-    if (keyFile !== undefined && certFile === undefined) {
-      errors.push('mqtt.certFile: required with mqtt.keyFile (a client key needs its certificate)');
-    }
-    const cert = certFile === undefined ? null : files.certificates(certFile, 'mqtt.certFile');
-    const key = keyFile === undefined ? null : files.privateKey(keyFile, 'mqtt.keyFile');
-    const first = cert?.[0];
-    if (first !== undefined && key !== null && !first.checkPrivateKey(key)) {
-      errors.push(`mqtt.keyFile: ${keyFile} is not the private key of mqtt.certFile ${certFile}`);
-    }
+    checkMqttTls(c.mqtt, files);
   }
   const before = errors.length;
   for (const [name, identity] of Object.entries(c.identities)) {
@@ -111,6 +93,91 @@ function checkFiles(c: SluiceConfig): {
   return { errors, httpsCertificate };
 }
 
+/**
+ * The HTTPS intake's TLS files as read and checked (PEM text, as `tls.createSecureContext`
+ * takes it): what the start serves, and what a reload (SIGHUP, src/daemon/tls-reload.ts) puts
+ * in its place.
+ */
+export interface HttpsTlsFiles {
+  readonly cert: string;
+  readonly key: string;
+  /** `https.clientCaFile`'s certificates, when mutual TLS is configured. */
+  readonly ca: string | undefined;
+  /** The server certificate (the first of `cert`). */
+  readonly certificate: X509Certificate;
+}
+
+/** The MQTT client's TLS files as read and checked; each absent when not configured. */
+export interface MqttTlsFiles {
+  readonly ca: string | undefined;
+  readonly cert: string | undefined;
+  readonly key: string | undefined;
+}
+
+/** The outcome of reading a group of files: the files, or every problem found with them. */
+export type FilesRead<T> =
+  | { readonly ok: true; readonly files: T }
+  | { readonly ok: false; readonly errors: readonly string[] };
+
+/**
+ * Reads `https.certFile`, `https.keyFile` and `https.clientCaFile` with the checks the start
+ * runs on them (each readable and not empty, PEM certificates that parse, an unencrypted PEM
+ * key, the key the certificate's own). The text checked is the text returned: a file replaced
+ * between a check and its use cannot slip in unchecked.
+ */
+export function readHttpsTlsFiles(
+  https: NonNullable<SluiceConfig['https']>,
+): FilesRead<HttpsTlsFiles> {
+  const errors: string[] = [];
+  const files = checkHttpsTls(https, new FileChecks(errors));
+  return files === null || errors.length > 0 ? { ok: false, errors } : { ok: true, files };
+}
+
+/**
+ * Reads `mqtt.caFile`, `mqtt.certFile` and `mqtt.keyFile` with the checks the start runs on
+ * them (as readHttpsTlsFiles; the certificate and key given together).
+ */
+export function readMqttTlsFiles(mqtt: NonNullable<SluiceConfig['mqtt']>): FilesRead<MqttTlsFiles> {
+  const errors: string[] = [];
+  const files = checkMqttTls(mqtt, new FileChecks(errors));
+  return errors.length > 0 ? { ok: false, errors } : { ok: true, files };
+}
+
+function checkHttpsTls(
+  https: NonNullable<SluiceConfig['https']>,
+  files: FileChecks,
+): HttpsTlsFiles | null {
+  const { certFile, keyFile, clientCaFile } = https;
+  const cert = files.certificates(certFile, 'https.certFile');
+  const key = files.privateKey(keyFile, 'https.keyFile');
+  const certificate = cert?.certificates[0];
+  if (certificate !== undefined && key !== null && !certificate.checkPrivateKey(key.key)) {
+    files.error(`https.keyFile: ${keyFile} is not the private key of https.certFile ${certFile}`);
+  }
+  const ca =
+    clientCaFile === undefined ? undefined : files.certificates(clientCaFile, 'https.clientCaFile');
+  if (cert === null || certificate === undefined || key === null || ca === null) return null;
+  return { cert: cert.text, key: key.text, ca: ca?.text, certificate };
+}
+
+function checkMqttTls(mqtt: NonNullable<SluiceConfig['mqtt']>, files: FileChecks): MqttTlsFiles {
+  const { caFile, certFile, keyFile } = mqtt;
+  const ca = caFile === undefined ? null : files.certificates(caFile, 'mqtt.caFile');
+  if (certFile !== undefined && keyFile === undefined) {
+    files.error('mqtt.keyFile: required with mqtt.certFile (a client certificate needs its key)');
+  }
+  if (keyFile !== undefined && certFile === undefined) {
+    files.error('mqtt.certFile: required with mqtt.keyFile (a client key needs its certificate)');
+  }
+  const cert = certFile === undefined ? null : files.certificates(certFile, 'mqtt.certFile');
+  const key = keyFile === undefined ? null : files.privateKey(keyFile, 'mqtt.keyFile');
+  const first = cert?.certificates[0];
+  if (first !== undefined && key !== null && !first.checkPrivateKey(key.key)) {
+    files.error(`mqtt.keyFile: ${keyFile} is not the private key of mqtt.certFile ${certFile}`);
+  }
+  return { ca: ca?.text, cert: cert?.text, key: key?.text };
+}
+
 /** Whether something exists at `path` and passes `test`. */
 function existsAs(path: string, test: (stats: Stats) => boolean): boolean {
   try {
@@ -125,6 +192,10 @@ const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE
 /** Reads files the way the daemon will, and says what is wrong with each, by its path. */
 class FileChecks {
   constructor(private readonly errors: string[]) {}
+
+  error(problem: string): void {
+    this.errors.push(problem);
+  }
 
   /** The file's text, or null (and an error) when it is missing, unreadable or blank. */
   text(path: string, what: string): string | null {
@@ -142,8 +213,14 @@ class FileChecks {
     return text;
   }
 
-  /** Every PEM certificate in the file; null (and an error) when there is none or one is bad. */
-  certificates(path: string, what: string): X509Certificate[] | null {
+  /**
+   * The file's text and every PEM certificate in it; null (and an error) when there is none or
+   * one is bad.
+   */
+  certificates(
+    path: string,
+    what: string,
+  ): { text: string; certificates: X509Certificate[] } | null {
     const text = this.text(path, what);
     if (text === null) return null;
     const blocks = text.match(PEM_CERTIFICATE) ?? [];
@@ -162,14 +239,15 @@ class FileChecks {
         return null;
       }
     }
-    return certificates;
+    return { text, certificates };
   }
 
-  privateKey(path: string, what: string): KeyObject | null {
+  /** The file's text and the key it holds; null (and an error) when it holds none. */
+  privateKey(path: string, what: string): { text: string; key: KeyObject } | null {
     const text = this.text(path, what);
     if (text === null) return null;
     try {
-      return createPrivateKey(text);
+      return { text, key: createPrivateKey(text) };
     } catch (error) {
       this.errors.push(
         `${what}: ${path} is not an unencrypted PEM private key (${messageOf(error)})`,
