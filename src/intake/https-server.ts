@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import type { SecureContextOptions } from 'node:tls';
 import { fastify } from 'fastify';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
@@ -53,10 +54,10 @@ export const HTTPS_TIMEOUTS: HttpsTimeouts = {
 };
 
 export interface TlsMaterial {
-  readonly cert: Buffer;
-  readonly key: Buffer;
+  readonly cert: Buffer | string;
+  readonly key: Buffer | string;
   /** The CA client certificates must chain to; mutual TLS is on when it is present. */
-  readonly ca: Buffer | undefined;
+  readonly ca: Buffer | string | undefined;
 }
 
 export async function readTlsMaterial(config: HttpsConfig): Promise<TlsMaterial> {
@@ -67,6 +68,23 @@ export async function readTlsMaterial(config: HttpsConfig): Promise<TlsMaterial>
     clientCaFile === undefined ? Promise.resolve(undefined) : readFile(clientCaFile),
   ]);
   return { cert, key, ca };
+}
+
+/**
+ * What the server's TLS context is made of: the material and the protocol versions. One
+ * function for the start and for a reload (HttpsIntake.replaceTlsMaterial): Node's
+ * `setSecureContext` takes the versions from its argument too, and a context made without them
+ * would take TLS 1.2 from then on.
+ */
+export function secureContextOptions(tls: TlsMaterial): SecureContextOptions {
+  return {
+    cert: tls.cert,
+    key: tls.key,
+    // SPEC §4: TLS 1.3 only; an older client fails the handshake.
+    minVersion: 'TLSv1.3',
+    maxVersion: 'TLSv1.3',
+    ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
+  };
 }
 
 export interface ServerOptions {
@@ -87,20 +105,15 @@ export function createServer(options: ServerOptions): App {
   const errors = { metrics, logger, bodyLimitBytes: config.bodyLimitBytes };
   const app = fastify({
     https: {
-      cert: tls.cert,
-      key: tls.key,
+      ...secureContextOptions(tls),
       handshakeTimeout: timeouts.handshakeMs,
       // Not Node's default headers timeout (60 s): one longer than the request timeout makes
       // Node swap the two, and a body trickled or stalled after its headers lived 60 s (90 s
       // with the default check interval) instead of the 30 s the intake promises.
       headersTimeout: timeouts.requestMs,
       connectionsCheckingInterval: TIMEOUT_CHECK_INTERVAL_MS,
-      // SPEC §4: TLS 1.3 only; an older client fails the handshake.
-      minVersion: 'TLSv1.3',
-      maxVersion: 'TLSv1.3',
       ...(tls.ca !== undefined
         ? {
-            ca: tls.ca,
             requestCert: true,
             // The handshake completes without a (valid) certificate so that a token can
             // still authenticate, and a bad certificate gets a 401 with its reason.

@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net';
+import { createSecureContext } from 'node:tls';
 import { systemClock, type Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
@@ -12,7 +13,13 @@ import { registerCommandRoutes } from './https-command-routes.js';
 import { CallerGuard } from './https-guard.js';
 import { MethodTable } from './https-methods.js';
 import { registerReadRoutes } from './https-read-routes.js';
-import { createServer, readTlsMaterial, type HttpsTimeouts } from './https-server.js';
+import {
+  createServer,
+  readTlsMaterial,
+  secureContextOptions,
+  type HttpsTimeouts,
+  type TlsMaterial,
+} from './https-server.js';
 import type { App, HttpsConfig, HttpsMetrics, Readiness } from './https-types.js';
 import type { IdentityRegistry } from './identities.js';
 import { registerUiRoutes, type UiOptions } from './ui-routes.js';
@@ -60,7 +67,10 @@ export class HttpsIntake {
   private readonly drainTimeoutMs: number;
   private readonly stopping = new AbortController();
   private app: App | null = null;
-  /** The server certificate read at start (null: not started, or not readable as X.509). */
+  /**
+   * The server certificate read at start, or put in place by the last reload (null: not
+   * started, or not readable as X.509).
+   */
   private certificate: ServerCertificate | null = null;
   /** Whether the last verdict on it was good: a change is logged once. */
   private certificateOk = true;
@@ -139,6 +149,29 @@ export class HttpsIntake {
       else this.logger.error({}, `HTTPS intake: ${verdict.detail}`);
     }
     return verdict;
+  }
+
+  /**
+   * Serves `tls` (checked by the caller: src/config/preflight.ts) to every TLS handshake from
+   * now on: connections already open keep the certificate and client verification they were
+   * made with, and their requests, commands waiting included, are not disturbed. The TLS
+   * session tickets start anew with it, so a client resumes no session made under the old
+   * material (a client certificate from a CA no longer trusted would otherwise pass by
+   * resumption). Throws, leaving the old material served, when OpenSSL refuses the material;
+   * false when the intake does not listen (not started yet, or stopping).
+   */
+  replaceTlsMaterial(tls: TlsMaterial): boolean {
+    const app = this.app;
+    if (app === null || this.stopping.signal.aborted) return false;
+    const options = secureContextOptions(tls);
+    // Made once first, so that material OpenSSL refuses throws before anything changes:
+    // setSecureContext stores its options on the server before it makes the context.
+    createSecureContext(options);
+    app.server.setSecureContext(options);
+    this.certificate = serverCertificate(tls.cert);
+    // Logged when the verdict changes (an expired certificate replaced by a valid one).
+    this.certificateCheck();
+    return true;
   }
 
   /**
