@@ -333,6 +333,27 @@ export class MqttSession {
     return wasConnected;
   }
 
+  /**
+   * TLS files for the connections from now on (checked by the caller: src/config/preflight.ts).
+   * TLS authenticates at the handshake, so the connection that is up keeps its session; the next
+   * one, a reconnection included, presents these. MQTT.js makes each connection from the
+   * client's own options object (as fallBack relies on), so setting them there is enough.
+   * Returns whether a connection is up (it goes on with the files it was made with).
+   */
+  replaceTlsFiles(files: {
+    readonly ca: string | undefined;
+    readonly cert: string | undefined;
+    readonly key: string | undefined;
+  }): boolean {
+    for (const options of [this.clientOptions, this.current?.options]) {
+      if (options === undefined) continue;
+      if (files.ca !== undefined) options.ca = files.ca;
+      if (files.cert !== undefined) options.cert = files.cert;
+      if (files.key !== undefined) options.key = files.key;
+    }
+    return this.current?.connected === true && !this.isEnded;
+  }
+
   private buildClientOptions(gatewayId: string): IClientOptions {
     const c = this.config;
     const options: IClientOptions = {

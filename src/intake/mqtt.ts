@@ -204,6 +204,14 @@ export class MqttIntake {
   }
 
   /**
+   * TLS files (`mqtt.caFile`, `certFile`, `keyFile`, checked) for the next connection to the
+   * broker; the connection that is up stays. Returns whether one is up.
+   */
+  replaceTlsFiles(files: Parameters<MqttSession['replaceTlsFiles']>[0]): boolean {
+    return this.session.replaceTlsFiles(files);
+  }
+
+  /**
    * Stops claiming commands; results and state are still published. For a graceful stop:
    * stopTakingCommands(), let the pipeline settle in-flight commands, then stop(). Messages
    * arriving now are left unacknowledged; the broker keeps them for the next session.
