@@ -23,7 +23,7 @@ export interface CertificateVerdict {
 }
 
 /** The first certificate of a PEM chain (the server's own); null when it cannot be read. */
-export function serverCertificate(pem: Buffer): ServerCertificate | null {
+export function serverCertificate(pem: Buffer | string): ServerCertificate | null {
   let certificate: X509Certificate;
   try {
     certificate = new X509Certificate(pem);
