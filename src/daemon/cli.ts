@@ -73,6 +73,26 @@ const onSignal = (signal: NodeJS.Signals): void => {
 };
 process.on('SIGTERM', onSignal);
 process.on('SIGINT', onSignal);
+// SIGHUP reloads the TLS files (`systemctl reload sluiced`; daemon/tls-reload.ts), never the
+// configuration file. Without a handler Node's default action ends the process at once. One
+// asked for while the daemon starts is made once the start has finished: the files read
+// then are the newest, whichever the start read.
+const reload = { asked: false };
+process.on('SIGHUP', () => {
+  if (signals.received) {
+    logger.warn({ signal: 'SIGHUP' }, 'reload (SIGHUP) ignored: sluiced is stopping');
+    return;
+  }
+  if (daemon === undefined) {
+    reload.asked = true;
+    logger.info(
+      { signal: 'SIGHUP' },
+      'reload (SIGHUP) asked for while starting: the TLS files are read again once the start has finished',
+    );
+    return;
+  }
+  daemon.reloadTlsFiles();
+});
 
 logger.info({ config: configPath, pid: process.pid }, 'sluiced starting');
 try {
@@ -110,3 +130,4 @@ try {
   process.exit(lasting ? 3 : 1);
 }
 if (signals.received) stop(daemon);
+else if (reload.asked) daemon.reloadTlsFiles();

@@ -30,6 +30,7 @@ import {
   startProgressIntervalMs,
   type StartProgressOptions,
 } from './start-progress.js';
+import { reloadTlsFiles, type TlsReload } from './tls-reload.js';
 import {
   ProbeCache,
   readiness,
@@ -103,6 +104,8 @@ export class Daemon {
   private readonly startProgress: StartProgressOptions;
   private readonly shutdownBoundMs: number;
   private stopping: Promise<void> | null = null;
+  /** READY=1 has been sent: from then on a reload says RELOADING=1, then READY=1 again. */
+  private readySent = false;
   /** The recovered commands READY waited for, and how many of them are still open. */
   private recovery: { total: number; open: number } = { total: 0, open: 0 };
   /** What /readyz reuses for a moment: its proof write and its list of open commands. */
@@ -504,6 +507,7 @@ export class Daemon {
     this.recovery = { total: recovered.length, open };
     this.statusSent = this.statusLine();
     this.notifier.ready(this.statusSent);
+    this.readySent = true;
     this.logger.info({ recovered: recovered.length, open }, 'sluiced ready');
     // `systemctl status` shows the last STATUS= line for as long as the service runs: the one
     // sent with READY said "MQTT connecting" (READY does not wait for the broker) and "still
@@ -537,6 +541,35 @@ export class Daemon {
     if (line === this.statusSent) return;
     this.statusSent = line;
     this.notifier.status(line);
+  }
+
+  /**
+   * The reload (SIGHUP): the TLS files read again and, when they pass the start's checks, used
+   * from then on (tls-reload.ts); never the configuration file. Null when a stop has begun: the
+   * intakes are closing, and nothing is worth changing. After READY, systemd is told
+   * (RELOADING=1, then READY=1 with the status line, whose certificate verdict is the new one);
+   * before it, READY=1 would claim the start finished, and the reload goes unannounced.
+   */
+  reloadTlsFiles(): TlsReload | null {
+    if (this.stopping !== null) {
+      this.logger.warn({}, 'reload (SIGHUP) ignored: sluiced is stopping');
+      return null;
+    }
+    const announce = this.readySent;
+    if (announce) this.notifier.reloading('reloading: reading the TLS files again');
+    try {
+      return reloadTlsFiles(
+        this.config,
+        { https: this.httpsIntake, mqtt: this.mqttIntake },
+        this.logger,
+        process.env,
+      );
+    } finally {
+      if (announce) {
+        this.statusSent = this.statusLine();
+        this.notifier.ready(this.statusSent);
+      }
+    }
   }
 
   /** Every check /readyz answers with (readiness.ts). */

@@ -4,8 +4,8 @@ import type { Logger as PinoLogger } from 'pino';
 /**
  * The service manager's notification protocol (sd_notify(3)): READY=1 once the daemon serves,
  * WATCHDOG=1 from the event loop at half of WATCHDOG_USEC, EXTEND_TIMEOUT_USEC= while a long
- * start makes progress, STOPPING=1 when a stop begins, and a STATUS= line for `systemctl
- * status`. Without NOTIFY_SOCKET it is silent and loads nothing.
+ * start makes progress, RELOADING=1 and READY=1 around a reload (SIGHUP), STOPPING=1 when a
+ * stop begins, and a STATUS= line for `systemctl status`. Without NOTIFY_SOCKET it is silent and loads nothing.
  *
  * Why the native module unix-dgram: Node's dgram has no AF_UNIX datagram sockets. The other
  * way, running `systemd-notify` (systemd-notify(1)), sends from a child: without privileges
@@ -32,6 +32,12 @@ export interface ServiceNotifier {
    * only while a long phase of the start shows progress (start-progress.ts).
    */
   extendStart(ms: number, status: string): void;
+  /**
+   * RELOADING=1 with the monotonic time it began (MONOTONIC_USEC=, which systemd 253 and later
+   * ask for) and a status line: a reload (SIGHUP) has begun; `ready()` says it is done. Only
+   * after READY: before it, READY=1 would claim a start that is not finished.
+   */
+  reloading(status: string): void;
   /** STOPPING=1 with a status line: a graceful stop has begun. */
   stopping(status: string): void;
   /** Stops the watchdog pings and closes the socket. Idempotent. */
@@ -59,6 +65,7 @@ const silent: ServiceNotifier = {
   ready: () => undefined,
   status: () => undefined,
   extendStart: () => undefined,
+  reloading: () => undefined,
   stopping: () => undefined,
   close: () => undefined,
 };
@@ -144,6 +151,11 @@ export function serviceNotifier(env: NodeJS.ProcessEnv, logger: PinoLogger): Ser
     },
     extendStart: (ms, status) => {
       send(`EXTEND_TIMEOUT_USEC=${Math.ceil(ms * 1000)}\nSTATUS=${statusLine(status)}`);
+    },
+    reloading: (status) => {
+      // CLOCK_MONOTONIC, as systemd reads it: libuv's hrtime is that clock on Linux.
+      const usec = process.hrtime.bigint() / 1_000n;
+      send(`RELOADING=1\nMONOTONIC_USEC=${usec}\nSTATUS=${statusLine(status)}`);
     },
     stopping: (status) => {
       send(`STOPPING=1\nSTATUS=${statusLine(status)}`);

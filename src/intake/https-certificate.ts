@@ -4,7 +4,8 @@ import { X509Certificate } from 'node:crypto';
  * The HTTPS server certificate's validity, as the operator needs to see it while the daemon
  * runs: a certificate that expired (or is not valid yet) fails every client's TLS handshake,
  * while the intake itself listens as if nothing were wrong. `sluiced --check` shows the dates
- * before a start (check-summary.ts); /readyz and `sluicectl health` show them after.
+ * before a start (check-summary.ts); /readyz and `sluicectl health` show them after, and after a
+ * reload (SIGHUP) the certificate it put in place.
  */
 
 /** How long before its end a certificate's detail says when it expires. */
@@ -56,7 +57,7 @@ export function certificateVerdict(
   if (now > validTo) {
     return {
       ok: false,
-      detail: `its certificate (CN=${name}) expired on ${iso(validTo)}: clients' TLS handshakes fail; replace https.certFile and https.keyFile, then restart sluiced`,
+      detail: `its certificate (CN=${name}) expired on ${iso(validTo)}: clients' TLS handshakes fail; replace https.certFile and https.keyFile, then reload sluiced (systemctl reload sluiced)`,
     };
   }
   if (now < validFrom) {

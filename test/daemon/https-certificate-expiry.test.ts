@@ -84,7 +84,7 @@ it('says when the server certificate expires, and is not ready once it has', asy
   expect(expired.status).toBe(503);
   expect(expired.ok).toBe(false);
   expect(expired.detail).toBe(
-    `listening, but its certificate (CN=localhost) expired on ${new Date(validTo).toISOString()}: clients' TLS handshakes fail; replace https.certFile and https.keyFile, then restart sluiced`,
+    `listening, but its certificate (CN=localhost) expired on ${new Date(validTo).toISOString()}: clients' TLS handshakes fail; replace https.certFile and https.keyFile, then reload sluiced (systemctl reload sluiced)`,
   );
   expect(daemon.readiness().ready).toBe(false);
 

@@ -56,6 +56,7 @@ function recordingNotifier(): { notifier: ServiceNotifier; extended: [number, st
     notifier: {
       ready: () => undefined,
       status: () => undefined,
+      reloading: () => undefined,
       stopping: () => undefined,
       close: () => undefined,
       extendStart: (ms, status) => {
