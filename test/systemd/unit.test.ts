@@ -103,6 +103,8 @@ describe('the unit', () => {
     const drainS = Number(bound![1]) / 1000;
     expect(seconds(values('TimeoutStopSec')[0])).toBeGreaterThan(drainS + STOP_MARGIN_MS / 1000);
     expect(values('KillSignal')).toEqual(['SIGTERM']);
+    // A reload is SIGHUP (the TLS files read again, src/daemon/tls-reload.ts), never a restart.
+    expect(values('ExecReload')).toEqual(['/bin/kill -HUP $MAINPID']);
     // READY waits at most 45 s for recovered commands (src/daemon/daemon.ts).
     expect(seconds(values('TimeoutStartSec')[0])).toBeGreaterThan(45);
   });
