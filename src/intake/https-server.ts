@@ -10,6 +10,7 @@ import {
   limitConnections,
 } from './https-connections.js';
 import { settleUnreadBody } from './https-drain.js';
+import { readIdempotencyKey } from './idempotency-key.js';
 import {
   answerClientError,
   makeProblem,
@@ -205,7 +206,15 @@ export function createServer(options: ServerOptions): App {
     const status = reply.statusCode;
     metrics.httpResponses.inc({ route, status: String(status) });
     const line = { method: request.method, route, status, ms: Math.round(reply.elapsedTime) };
-    if (status >= 500) logger.warn(line, 'HTTPS response');
+    if (answeredStopping.has(request.raw)) {
+      // Every stop and restart answers the requests that come meanwhile so (the client retries
+      // after Retry-After): expected, not a fault to warn of, one line per request at the level
+      // the MQTT intake says the same of a command, with its key when it had a valid one.
+      logger.info(
+        { ...line, code: 'SHUTTING_DOWN', ...stoppingKey(request) },
+        'HTTPS request refused: the gateway is stopping',
+      );
+    } else if (status >= 500) logger.warn(line, 'HTTPS response');
     else logger.debug(line, 'HTTPS response');
   });
   app.setErrorHandler(async (error, _request, reply) => {
@@ -264,6 +273,15 @@ export function handshakeFailure(code: string | undefined): HandshakeFailure {
  * handler ran: a route that counts its refusals counts these too (refusedWhileStopping).
  */
 const answeredStopping = new WeakSet<object>();
+
+/** The command key of a request refused while stopping, for its log line: only a valid one. */
+function stoppingKey(request: Request): { key?: string } {
+  try {
+    return { key: readIdempotencyKey(request.raw.headersDistinct['idempotency-key']) };
+  } catch {
+    return {};
+  }
+}
 
 /** Whether `request` was answered 503 SHUTTING_DOWN before its route ran. */
 export function refusedWhileStopping(request: Request): boolean {

@@ -1,6 +1,5 @@
 import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
-import { pino } from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
@@ -10,6 +9,7 @@ import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
  * A command POSTed while the daemon stops is answered 503 SHUTTING_DOWN before any route runs
@@ -17,7 +17,9 @@ import { until } from '../helpers/mosquitto.js';
  * (`sluice_commands_received_total{intake="https",outcome="refused"}`: "the gateway stopping").
  * It was answered and never counted: a client hammering a stopping gateway left the counter flat.
  * A real daemon on a real journal; the request's headers begin before the stop (so the
- * connection is not idle and survives it) and end after it.
+ * connection is not idle and survives it) and end after it. Its log line is info, with its
+ * key, as the MQTT intake logs a command it leaves with the broker while stopping: every stop
+ * answers so the requests that come meanwhile, which is no fault to warn of.
  */
 
 const TOKEN = 'stopping-metrics-token';
@@ -27,6 +29,7 @@ let daemon: Daemon;
 let cert: string;
 let dir: string;
 let cleanup: () => void;
+const recorded = recordingLogger();
 
 beforeAll(async () => {
   const made = tempDir('sluice-metrics-stopping-');
@@ -38,7 +41,7 @@ beforeAll(async () => {
     token: TOKEN,
   }));
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
-    logger: pino({ level: 'silent' }),
+    logger: recorded.logger,
   });
 }, 60_000);
 
@@ -113,6 +116,16 @@ it('counts a command refused 503 SHUTTING_DOWN as refused, and journals nothing'
   expect(answer).toContain('"code":"SHUTTING_DOWN"');
   expect(await received('refused')).toBe(1);
   expect(await received('new')).toBe(0);
+  const refusals = recorded.lines.filter((l) => l.status === 503);
+  expect(refusals).toEqual([
+    expect.objectContaining({
+      level: 30,
+      code: 'SHUTTING_DOWN',
+      key: 'stopping-1',
+      route: '/v1/commands',
+      msg: 'HTTPS request refused: the gateway is stopping',
+    }),
+  ]);
 
   const journal = SqliteJournal.open({ path: join(dir, 'state', 'journal.db') });
   try {
