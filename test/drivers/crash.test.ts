@@ -3,11 +3,12 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import { startPlant, type Plant } from '../../simulators/plant.js';
+import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.js';
 import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
 import type { Inventory } from '../../src/drivers/inventory.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
+import { WARM_ECHO } from '../helpers/sim-harness.js';
 
 /**
  * I1 and I5 across a real crash: a separate daemon-like process (journal, real drivers,
@@ -129,11 +130,23 @@ async function killed(child: ChildProcess): Promise<void> {
   await exited;
 }
 
+/**
+ * The valve switched to LOCAL, closed by hand and switched back to REMOTE: CLOSED, as each case
+ * needs it, whatever a case before it left (an open confirmed by the other case of its device).
+ */
+async function closedByHand(device: SimDevice): Promise<void> {
+  device.setLocal(true, 0);
+  await until(() => (device.published.state === 'LOCAL' ? true : undefined));
+  device.setLocal(false);
+  await until(() => (device.published.state === 'CLOSED' ? true : undefined));
+}
+
 describe.each(['mb', 'ua'] as const)('SIGKILL mid-command (%s)', (prefix) => {
   const deviceId = `${prefix}-valve`;
 
   it('a command whose write was sent is confirmed by recovery, never re-written', async () => {
     const device = plant.device(deviceId);
+    await closedByHand(device);
     device.resetCounters();
     const journal = join(dir, `${prefix}-written.db`);
     const first = startDaemon(journal, prefix);
@@ -155,10 +168,14 @@ describe.each(['mb', 'ua'] as const)('SIGKILL mid-command (%s)', (prefix) => {
   if (prefix === 'mb') {
     it('a command journaled dispatched whose write never arrived is sent exactly once', async () => {
       const device = plant.device(deviceId);
-      device.setLocal(true, 0);
-      await until(() => (device.published.state === 'LOCAL' ? true : undefined));
-      device.setLocal(false);
-      await until(() => (device.published.state === 'CLOSED' ? true : undefined));
+      await closedByHand(device);
+      // The controller has run a while, as before any real crash: it took another master's
+      // command (a stop, a no-op at rest), so its echo is that command's sequence number, not
+      // the power-up 0. Recovery can prove the write lost only then: a controller showing its
+      // power-up echo over a new connection may have restarted and lost a write it had taken
+      // (src/core/redispatch.ts), and recovery rightly leaves such a command unwritten.
+      device.receiveWrite({ code: 3, setpoint: 0, seq: WARM_ECHO });
+      await until(() => (device.published.seqEcho === WARM_ECHO ? true : undefined));
       device.resetCounters();
       // Every write is lost on the way (the link resets before the PLC reads it).
       device.setFault({ kind: 'reset', when: 'before', on: 'write' });
@@ -174,7 +191,13 @@ describe.each(['mb', 'ua'] as const)('SIGKILL mid-command (%s)', (prefix) => {
 
       const second = startDaemon(journal, prefix);
       expect(await second.ready).toBe(1);
-      await until(() => (stateOf(journal, 'k3') === 'confirmed' ? true : undefined));
+      // Settled either way: a recovery that refused to send it again fails here once the command
+      // ends otherwise, not at the wait's bound.
+      const settled = await until(() => {
+        const state = stateOf(journal, 'k3');
+        return state === 'accepted' || state === 'dispatched' ? undefined : state;
+      });
+      expect(settled).toBe('confirmed');
       expect(device.counters.writesReceived).toBe(1);
       expect(stateOf(journal, 'k2')).toBe('confirmed');
       await killed(second.child);
