@@ -304,7 +304,14 @@ async function noOpOnFrozenImage(
   device: 'v1' | 'u1',
   { expect, onTestFinished }: TestContext,
 ): Promise<void> {
-  const h = await harness(onTestFinished, { warm: true, opcua: device === 'u1' });
+  // A 1 s confirm timeout, not SIM_TIMING's 2 s: the no-op waits it out on the frozen image
+  // before it fails, and no more of it is needed to show that no newer image came; the open
+  // before it and the one after (150 ms of travel) still confirm well within it.
+  const h = await harness(onTestFinished, {
+    warm: true,
+    opcua: device === 'u1',
+    timing: { confirmTimeoutMs: 1_000 },
+  });
   const valve = h.device(device);
   h.submit('k1', open({ device }));
   expect(await h.settled('k1')).toMatchObject({ state: 'confirmed' });
@@ -331,7 +338,7 @@ async function noOpOnFrozenImage(
   const r = await h.settled('k2');
   expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
   expect(r.detail).toMatch(
-    /^the controller shows OPEN, but in an image produced \d+ ms before the command was taken up, and no newer image came within 2000 ms: the controller has stopped publishing \(a frozen image\), or its clock was set back; what the device does now is unknown; nothing was written$/,
+    /^the controller shows OPEN, but in an image produced \d+ ms before the command was taken up, and no newer image came within 1000 ms: the controller has stopped publishing \(a frozen image\), or its clock was set back; what the device does now is unknown; nothing was written$/,
   );
   // Ground truth: nothing written, the valve still closed.
   expect(valve.counters.writesReceived).toBe(writes);
