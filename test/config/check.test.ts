@@ -417,7 +417,18 @@ ${devices}
         '--config',
         httpsOnly(
           '  modbus-plc: { protocol: modbus, host: 127.0.0.1, port: 1 }',
-          '  inlet-valve: { plc: modbus-plc, profile: valve, base: 0 }',
+          // Ten valves on the PLC: the monitor reads them in turn over its second, and their
+          // failed connects grow the driver's backoff (shared by the PLC's devices) within it,
+          // so that a read of inlet-valve meets the backoff after a second or two. Alone, its
+          // read once a second met it only once the backoff had doubled past a second (~5 s).
+          [
+            '  inlet-valve: { plc: modbus-plc, profile: valve, base: 0 }',
+            ...Array.from(
+              { length: 9 },
+              (_, i) =>
+                `  valve-${i + 1}: { plc: modbus-plc, profile: valve, base: ${(i + 1) * 20} }`,
+            ),
+          ].join('\n'),
         ),
       ],
       { NODE_DEBUG: 'module' },
