@@ -8,6 +8,7 @@ import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
 import type { Inventory } from '../../src/drivers/inventory.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
+import { sharedSimCertificate } from '../helpers/sim-certificate.js';
 import { WARM_ECHO } from '../helpers/sim-harness.js';
 
 /**
@@ -40,7 +41,10 @@ let cleanup: () => void;
 const children: ChildProcess[] = [];
 
 beforeAll(async () => {
-  plant = await startPlant(PLANT, { ephemeralPorts: true });
+  plant = await startPlant(PLANT, {
+    ephemeralPorts: true,
+    ...(await sharedSimCertificate(PLANT)),
+  });
   ({ dir, cleanup } = tempDir());
 });
 afterEach(() => {
