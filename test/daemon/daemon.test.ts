@@ -11,7 +11,7 @@ import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
 import { startSluiced } from '../config/sluiced.js';
 import { tempDir } from '../helpers/fixtures.js';
 import {
@@ -22,7 +22,6 @@ import {
   type Mosquitto,
 } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { sharedSimCertificate } from '../helpers/sim-certificate.js';
 
 /**
  * The whole daemon, built by its composition root from a configuration file: a real
@@ -90,28 +89,26 @@ async function https(
 beforeAll(async () => {
   if (!real) return;
   ({ dir, cleanup } = tempDir('sluice-daemon-'));
-  const plantInput: PlantInput = {
-    control: { host: '127.0.0.1', port: 0 },
-    plcs: {
-      mb: {
-        protocol: 'modbus',
-        host: '127.0.0.1',
-        port: 0,
-        devices: { 'inlet-valve': { profile: 'valve', base: 0, travelMs: 300 } },
-      },
-      ua: {
-        protocol: 'opcua',
-        host: '127.0.0.1',
-        port: 0,
-        devices: { 'outlet-valve': { profile: 'valve', travelMs: 300 } },
+  plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        mb: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          devices: { 'inlet-valve': { profile: 'valve', base: 0, travelMs: 300 } },
+        },
+        ua: {
+          protocol: 'opcua',
+          host: '127.0.0.1',
+          port: 0,
+          devices: { 'outlet-valve': { profile: 'valve', travelMs: 300 } },
+        },
       },
     },
-  };
-  plant = await startPlant(plantInput, {
-    ephemeralPorts: true,
-    control: false,
-    ...(await sharedSimCertificate(plantInput)),
-  });
+    { ephemeralPorts: true, control: false },
+  );
   broker = await startMosquitto();
   const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
     keyType: 'ec',

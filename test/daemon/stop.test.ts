@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
-import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
 import { tempDir } from '../helpers/fixtures.js';
 import {
   TestClient,
@@ -17,7 +17,6 @@ import {
 } from '../helpers/mosquitto.js';
 import { loopbackCertificate, httpsRequest } from '../helpers/loopback-https.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { sharedSimCertificate } from '../helpers/sim-certificate.js';
 
 /**
  * SPEC §2's stop through the whole daemon, on both intakes and both simulators: an open sent
@@ -52,28 +51,26 @@ beforeAll(async () => {
   if (!real) return;
   const { dir, cleanup: done } = tempDir('sluice-stop-');
   cleanup = done;
-  const plantInput: PlantInput = {
-    control: { host: '127.0.0.1', port: 0 },
-    plcs: {
-      mb: {
-        protocol: 'modbus',
-        host: '127.0.0.1',
-        port: 0,
-        devices: { 'inlet-valve': { profile: 'valve', base: 0, travelMs: 2_000 } },
-      },
-      ua: {
-        protocol: 'opcua',
-        host: '127.0.0.1',
-        port: 0,
-        devices: { 'outlet-valve': { profile: 'valve', travelMs: 2_000 } },
+  plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        mb: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          devices: { 'inlet-valve': { profile: 'valve', base: 0, travelMs: 2_000 } },
+        },
+        ua: {
+          protocol: 'opcua',
+          host: '127.0.0.1',
+          port: 0,
+          devices: { 'outlet-valve': { profile: 'valve', travelMs: 2_000 } },
+        },
       },
     },
-  };
-  plant = await startPlant(plantInput, {
-    ephemeralPorts: true,
-    control: false,
-    ...(await sharedSimCertificate(plantInput)),
-  });
+    { ephemeralPorts: true, control: false },
+  );
   broker = await startMosquitto();
   cert = await loopbackCertificate(dir);
   const inventory = inventoryFor(plant);

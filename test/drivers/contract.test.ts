@@ -24,7 +24,6 @@ import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.js';
 import { PROFILES, openJournal, tempDir } from '../helpers/fixtures.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { sharedSimCertificate } from '../helpers/sim-certificate.js';
 import { TcpLink } from '../helpers/tcp-link.js';
 import { connectOpcua, nodeId, releaseClientPki, uaRead } from '../simulators/opcua-client.js';
 
@@ -103,10 +102,7 @@ function driversFor(pkiDir: string): Promise<Drivers> {
 }
 
 beforeAll(async () => {
-  plant = await startPlant(PLANT, {
-    ephemeralPorts: true,
-    ...(await sharedSimCertificate(PLANT)),
-  });
+  plant = await startPlant(PLANT, { ephemeralPorts: true });
   const pki = tempDir('sluice-pki-');
   cleanupPki = pki.cleanup;
   sharedPki = pki.dir;

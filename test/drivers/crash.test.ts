@@ -8,7 +8,6 @@ import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
 import type { Inventory } from '../../src/drivers/inventory.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { sharedSimCertificate } from '../helpers/sim-certificate.js';
 import { WARM_ECHO } from '../helpers/sim-harness.js';
 
 /**
@@ -41,10 +40,7 @@ let cleanup: () => void;
 const children: ChildProcess[] = [];
 
 beforeAll(async () => {
-  plant = await startPlant(PLANT, {
-    ephemeralPorts: true,
-    ...(await sharedSimCertificate(PLANT)),
-  });
+  plant = await startPlant(PLANT, { ephemeralPorts: true });
   ({ dir, cleanup } = tempDir());
 });
 afterEach(() => {

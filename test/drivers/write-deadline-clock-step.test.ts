@@ -6,7 +6,6 @@ import { buildDrivers, type Drivers } from '../../src/drivers/inventory.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { sharedSimCertificate } from '../helpers/sim-certificate.js';
 import { releaseClientPki } from '../simulators/opcua-client.js';
 
 /**
@@ -47,10 +46,7 @@ let drivers: Drivers;
 let cleanupPki: () => void;
 
 beforeAll(async () => {
-  plant = await startPlant(PLANT, {
-    ephemeralPorts: true,
-    ...(await sharedSimCertificate(PLANT)),
-  });
+  plant = await startPlant(PLANT, { ephemeralPorts: true });
   const pki = tempDir('sluice-pki-');
   cleanupPki = pki.cleanup;
   drivers = await buildDrivers({

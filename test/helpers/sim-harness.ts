@@ -14,9 +14,8 @@ import type { ClockPolicy } from '../../src/core/lane.js';
 import type { DeviceProfile, ProfileTiming } from '../../src/core/profile.js';
 import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/inventory.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import { startPlant, type Plant, type PlantInput, type SimDevice } from '../../simulators/plant.js';
+import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from './fixtures.js';
-import { sharedSimCertificate } from './sim-certificate.js';
 import { pino } from 'pino';
 
 export const PLANT_IDENTITY: Identity = { scope: 'plant', devices: 'all' };
@@ -159,12 +158,10 @@ export class SimHarness {
         devices: { u1: { profile: 'valve', travelMs } },
       };
     }
-    const input = { control: { host: '127.0.0.1', port: 0 }, plcs } as PlantInput;
-    const plant = await startPlant(input, {
-      ephemeralPorts: true,
-      control: false,
-      ...(await sharedSimCertificate(input)),
-    });
+    const plant = await startPlant(
+      { control: { host: '127.0.0.1', port: 0 }, plcs } as Parameters<typeof startPlant>[0],
+      { ephemeralPorts: true, control: false },
+    );
     if (options.warm === true) {
       for (const device of plant.devices()) {
         // As another master would: a stop, a no-op at rest; then the ground truth starts clean.

@@ -7,9 +7,8 @@ import { Metrics } from '../../src/daemon/metrics.js';
 import { buildDrivers, type Drivers } from '../../src/drivers/inventory.js';
 import { IdentityRegistry, sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from './fixtures.js';
-import { sharedSimCertificate } from './sim-certificate.js';
 import { inventoryFor } from './plant-inventory.js';
 
 /**
@@ -59,35 +58,33 @@ export async function startStack(
 ): Promise<Stack> {
   const travelMs = options.travelMs ?? 200;
   const logger = options.logger ?? silentLogger;
-  const plantInput: PlantInput = {
-    control: { host: '127.0.0.1', port: 0 },
-    plcs: {
-      mb: {
-        protocol: 'modbus',
-        host: '127.0.0.1',
-        port: 0,
-        devices: {
-          v1: { profile: 'valve', base: 0, travelMs },
-          v2: { profile: 'valve', base: 100, travelMs },
+  const plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        mb: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          devices: {
+            v1: { profile: 'valve', base: 0, travelMs },
+            v2: { profile: 'valve', base: 100, travelMs },
+          },
         },
+        ...(options.opcua === false
+          ? {}
+          : {
+              ua: {
+                protocol: 'opcua',
+                host: '127.0.0.1',
+                port: 0,
+                devices: { u1: { profile: 'valve', travelMs } },
+              },
+            }),
       },
-      ...(options.opcua === false
-        ? {}
-        : {
-            ua: {
-              protocol: 'opcua',
-              host: '127.0.0.1',
-              port: 0,
-              devices: { u1: { profile: 'valve', travelMs } },
-            },
-          }),
     },
-  };
-  const plant = await startPlant(plantInput, {
-    ephemeralPorts: true,
-    control: false,
-    ...(await sharedSimCertificate(plantInput)),
-  });
+    { ephemeralPorts: true, control: false },
+  );
   const { dir, cleanup } = tempDir('sluice-stack-');
   const journalPath = join(dir, 'journal.db');
   const journal = SqliteJournal.open({ path: journalPath, busyTimeoutMs: 500, groupCommit: true });

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
-import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest, loopbackCertificate, RawJson } from '../helpers/loopback-https.js';
 import {
@@ -17,7 +17,6 @@ import {
   type Mosquitto,
 } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { sharedSimCertificate } from '../helpers/sim-certificate.js';
 
 /**
  * `"position": -0` is JSON for the number 0 (RFC 8259 §6 has no signed zero for an issuer to
@@ -56,30 +55,28 @@ describe.runIf(real)('a move to position -0', () => {
   beforeAll(async () => {
     broker = await startMosquitto();
     cleanups.push(() => broker.close());
-    const plantInput: PlantInput = {
-      control: { host: '127.0.0.1', port: 0 },
-      plcs: {
-        mb: {
-          protocol: 'modbus',
-          host: '127.0.0.1',
-          port: 0,
-          devices: {
-            fcv: { profile: 'actuator', layout: 'float', base: 0, travelMs: 200 },
+    plant = await startPlant(
+      {
+        control: { host: '127.0.0.1', port: 0 },
+        plcs: {
+          mb: {
+            protocol: 'modbus',
+            host: '127.0.0.1',
+            port: 0,
+            devices: {
+              fcv: { profile: 'actuator', layout: 'float', base: 0, travelMs: 200 },
+            },
+          },
+          ua: {
+            protocol: 'opcua',
+            host: '127.0.0.1',
+            port: 0,
+            devices: { act: { profile: 'actuator', travelMs: 200 } },
           },
         },
-        ua: {
-          protocol: 'opcua',
-          host: '127.0.0.1',
-          port: 0,
-          devices: { act: { profile: 'actuator', travelMs: 200 } },
-        },
       },
-    };
-    plant = await startPlant(plantInput, {
-      ephemeralPorts: true,
-      control: false,
-      ...(await sharedSimCertificate(plantInput)),
-    });
+      { ephemeralPorts: true, control: false },
+    );
     cleanups.push(() => plant.stop());
     const { dir, cleanup } = tempDir('sluice-zero-');
     cleanups.push(cleanup);

@@ -12,12 +12,11 @@ import {
 } from '../../src/core/journal.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
 import { nodeArgs } from '../helpers/entry.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { TestClient, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { sharedSimCertificate } from '../helpers/sim-certificate.js';
 
 /**
  * A whole site for the reliability campaigns: the real `sluiced` process (spawned, killed with
@@ -137,12 +136,10 @@ export class Site {
         devices: { 'ua-valve': { profile: 'valve', travelMs } },
       };
     }
-    const input = { control: { host: '127.0.0.1', port: 0 }, plcs } as PlantInput;
-    const plant = await startPlant(input, {
-      ephemeralPorts: true,
-      control: false,
-      ...(await sharedSimCertificate(input)),
-    });
+    const plant = await startPlant(
+      { control: { host: '127.0.0.1', port: 0 }, plcs } as Parameters<typeof startPlant>[0],
+      { ephemeralPorts: true, control: false },
+    );
     const broker = await startMosquitto();
     const { dir, cleanup } = tempDir('sluice-site-');
     const site = new Site(plant, broker, dir, cleanup, options.gatewayId ?? 'campaign');

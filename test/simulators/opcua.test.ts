@@ -1,8 +1,7 @@
 import { AttributeIds, ClientSecureChannelLayer, DataType, StatusCodes } from 'node-opcua';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ManualTime, startPlant } from '../../simulators/plant.js';
-import type { Plant, PlantInput } from '../../simulators/plant.js';
-import { sharedSimCertificate } from '../helpers/sim-certificate.js';
+import type { Plant } from '../../simulators/plant.js';
 import { until } from './helpers.js';
 import {
   connectOpcua,
@@ -30,13 +29,11 @@ describe('OPC UA PLC: SPEC §3 state table over node-opcua', () => {
   let plant: Plant;
   let ua: UaConnection;
   beforeAll(async () => {
-    const input = tablePlant('opcua');
-    plant = await startPlant(input, {
+    plant = await startPlant(tablePlant('opcua'), {
       time,
       manualScan: true,
       ephemeralPorts: true,
       control: false,
-      ...(await sharedSimCertificate(input)),
     });
     ua = await connectOpcua(opcuaEndpoint(plant.plc('table').endpoint).endpointUrl);
   });
@@ -77,26 +74,22 @@ describe('OPC UA PLC: address space, handshake, clock and faults', () => {
   ];
 
   beforeAll(async () => {
-    const input: PlantInput = {
-      plcs: {
-        ua: {
-          protocol: 'opcua',
-          port: 0,
-          clock: { offsetMs: 90_000, driftPpm: 500 },
-          devices: {
-            ...Object.fromEntries(valves.map((id) => [id, { profile: 'valve', travelMs: 200 }])),
-            'a-move': { profile: 'actuator', travelMs: 200 },
+    plant = await startPlant(
+      {
+        plcs: {
+          ua: {
+            protocol: 'opcua',
+            port: 0,
+            clock: { offsetMs: 90_000, driftPpm: 500 },
+            devices: {
+              ...Object.fromEntries(valves.map((id) => [id, { profile: 'valve', travelMs: 200 }])),
+              'a-move': { profile: 'actuator', travelMs: 200 },
+            },
           },
         },
       },
-    };
-    plant = await startPlant(input, {
-      time,
-      manualScan: true,
-      ephemeralPorts: true,
-      control: false,
-      ...(await sharedSimCertificate(input)),
-    });
+      { time, manualScan: true, ephemeralPorts: true, control: false },
+    );
     endpointUrl = opcuaEndpoint(plant.plc('ua').endpoint).endpointUrl;
     ua = await connectOpcua(endpointUrl);
   });
@@ -457,27 +450,23 @@ describe('OPC UA PLC: requests held on the link, power cycle', () => {
   };
 
   beforeAll(async () => {
-    const input: PlantInput = {
-      plcs: {
-        ua: {
-          protocol: 'opcua',
-          port: 0,
-          devices: {
-            h1: { profile: 'valve', travelMs: 200 },
-            h2: { profile: 'valve', travelMs: 200 },
-            p1: { profile: 'valve', travelMs: 200 },
-            p2: { profile: 'valve', travelMs: 200 },
+    plant = await startPlant(
+      {
+        plcs: {
+          ua: {
+            protocol: 'opcua',
+            port: 0,
+            devices: {
+              h1: { profile: 'valve', travelMs: 200 },
+              h2: { profile: 'valve', travelMs: 200 },
+              p1: { profile: 'valve', travelMs: 200 },
+              p2: { profile: 'valve', travelMs: 200 },
+            },
           },
         },
       },
-    };
-    plant = await startPlant(input, {
-      time,
-      manualScan: true,
-      ephemeralPorts: true,
-      control: false,
-      ...(await sharedSimCertificate(input)),
-    });
+      { time, manualScan: true, ephemeralPorts: true, control: false },
+    );
     endpointUrl = opcuaEndpoint(plant.plc('ua').endpoint).endpointUrl;
   });
   afterEach(() => {

@@ -7,13 +7,12 @@ import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
-import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
+import { startPlant, type Plant } from '../../simulators/plant.js';
 import { seedOrphan } from '../helpers/daemon-site.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { sharedSimCertificate } from '../helpers/sim-certificate.js';
 
 /**
  * A whole site for the status page's tests: `sluiced` built from its configuration file (as
@@ -76,49 +75,47 @@ const BULK_PROFILE = 'valve-idle';
 
 export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
   const { dir, cleanup } = tempDir('sluice-ui-');
-  const plantInput: PlantInput = {
-    control: { host: '127.0.0.1', port: 0 },
-    plcs: {
-      mb: {
-        protocol: 'modbus',
-        host: '127.0.0.1',
-        port: 0,
-        scanMs: 5,
-        devices: {
-          // A stuck valve stays OPENING: no travel timeout fault within the test.
-          'inlet-valve': { profile: 'valve', base: 0, travelMs: 800, travelTimeoutMs: 120_000 },
-          // Slow enough to be seen in flight.
-          'drain-valve': {
-            profile: 'valve',
-            base: 100,
-            travelMs: options.drainTravelMs ?? 3_000,
-          },
-          ...Object.fromEntries(
-            bulkValveIds(options.bulkValves ?? 0).map((id, i) => [
-              id,
-              // Clear of the PLC's clock registers at 900.
-              { profile: 'valve', base: 1_000 + 20 * i, travelMs: 800 },
-            ]),
-          ),
-        },
-      },
-      ...(options.opcua
-        ? {
-            ua: {
-              protocol: 'opcua',
-              host: '127.0.0.1',
-              port: 0,
-              devices: { 'dosing-actuator': { profile: 'actuator', travelMs: 800 } },
+  const plant = await startPlant(
+    {
+      control: { host: '127.0.0.1', port: 0 },
+      plcs: {
+        mb: {
+          protocol: 'modbus',
+          host: '127.0.0.1',
+          port: 0,
+          scanMs: 5,
+          devices: {
+            // A stuck valve stays OPENING: no travel timeout fault within the test.
+            'inlet-valve': { profile: 'valve', base: 0, travelMs: 800, travelTimeoutMs: 120_000 },
+            // Slow enough to be seen in flight.
+            'drain-valve': {
+              profile: 'valve',
+              base: 100,
+              travelMs: options.drainTravelMs ?? 3_000,
             },
-          }
-        : {}),
+            ...Object.fromEntries(
+              bulkValveIds(options.bulkValves ?? 0).map((id, i) => [
+                id,
+                // Clear of the PLC's clock registers at 900.
+                { profile: 'valve', base: 1_000 + 20 * i, travelMs: 800 },
+              ]),
+            ),
+          },
+        },
+        ...(options.opcua
+          ? {
+              ua: {
+                protocol: 'opcua',
+                host: '127.0.0.1',
+                port: 0,
+                devices: { 'dosing-actuator': { profile: 'actuator', travelMs: 800 } },
+              },
+            }
+          : {}),
+      },
     },
-  };
-  const plant = await startPlant(plantInput, {
-    ephemeralPorts: true,
-    control: false,
-    ...(await sharedSimCertificate(plantInput)),
-  });
+    { ephemeralPorts: true, control: false },
+  );
   const broker = options.mqtt ? await startMosquitto() : null;
   const cert = await loopbackCertificate(dir);
   // The shipped profiles with a confirm timeout long enough to look at a command the stuck
