@@ -1,4 +1,4 @@
-import { IMAGE_FROZEN_MS } from '../core/device-monitor.js';
+import { imageFrozen } from '../core/device-monitor.js';
 import type { DeviceDocument } from '../intake/device-view.js';
 import { AdminClient } from './admin-client.js';
 import type { CliContext } from './context.js';
@@ -86,7 +86,7 @@ export async function runDevices(ctx: CliContext): Promise<ExitCode> {
 
 /** Reads answered with the same scan of the image for IMAGE_FROZEN_MS: it is not published. */
 function frozen(d: DeviceDocument): boolean {
-  return d.imageUnchangedMs !== null && d.imageUnchangedMs >= IMAGE_FROZEN_MS;
+  return imageFrozen(d.imageUnchangedMs);
 }
 
 /**

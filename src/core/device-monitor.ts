@@ -9,9 +9,24 @@ import type { SkewEstimate } from './skew.js';
 /**
  * A device whose reads have returned the same scan of its image this long has a frozen image:
  * the controller answers, but has stopped publishing (a PLC in STOP, a halted program).
- * /readyz, /v1/devices readers and the status page judge `imageUnchangedMs` by it.
+ * /readyz, /v1/devices readers and the status page judge `imageUnchangedMs` by it (imageFrozen).
  */
 export const IMAGE_FROZEN_MS = 15_000;
+
+/**
+ * Whether an image has stood unchanged for IMAGE_FROZEN_MS: the one rule /readyz, the status
+ * page and sluicectl judge by, on the unrounded time, and on a time shown in whole milliseconds
+ * rounded down (wholeMs): rounded to the nearest, 14 999.6 ms showed as 15 000 (frozen to
+ * /readyz) while the status page and the metric still had it under the bound.
+ */
+export function imageFrozen(imageUnchangedMs: number | null): boolean {
+  return imageUnchangedMs !== null && imageUnchangedMs >= IMAGE_FROZEN_MS;
+}
+
+/** A duration shown in whole milliseconds, rounded down: it reaches a bound when the time does. */
+export function wholeMs(ms: number): number {
+  return Math.floor(ms);
+}
 
 /** What the rest of the daemon may know about a device, as the pipeline last saw it. */
 export interface DeviceView {

@@ -1,4 +1,4 @@
-import { IMAGE_FROZEN_MS } from '../core/device-monitor.js';
+import { imageFrozen, wholeMs } from '../core/device-monitor.js';
 import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import type { HttpsIntake } from '../intake/https.js';
@@ -201,8 +201,8 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
     // as read a moment ago for as long as the step.
     const age = d.readbackAgeMs === null ? null : Math.round(d.readbackAgeMs);
     const reached = age !== null && age < READBACK_STALE_MS;
-    const unchanged = d.imageUnchangedMs === null ? null : Math.round(d.imageUnchangedMs);
-    if (reached && unchanged !== null && unchanged >= IMAGE_FROZEN_MS) {
+    if (reached && d.imageUnchangedMs !== null && imageFrozen(d.imageUnchangedMs)) {
+      const unchanged = wholeMs(d.imageUnchangedMs);
       const scan = d.mirror?.sourceTime ?? null;
       checks[`device:${d.id}`] = {
         ok: false,

@@ -1,4 +1,5 @@
 import type { DeviceView } from '../core/pipeline.js';
+import { wholeMs } from '../core/device-monitor.js';
 import type { Observation } from '../core/journal.js';
 import type { ReadFailure } from '../core/read-failures.js';
 import { observe } from '../core/readback.js';
@@ -78,7 +79,7 @@ export function deviceDocument(view: DeviceView, allowed: boolean): DeviceDocume
     allowed,
     mirror: m === null ? null : observe(m),
     readbackAgeMs: view.readbackAgeMs === null ? null : Math.round(view.readbackAgeMs),
-    imageUnchangedMs: view.imageUnchangedMs === null ? null : Math.round(view.imageUnchangedMs),
+    imageUnchangedMs: view.imageUnchangedMs === null ? null : wholeMs(view.imageUnchangedMs),
     skew:
       view.skew === null
         ? null

@@ -5,7 +5,7 @@ import { isTerminal, type CommandState } from '../core/command.js';
 import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandRecord, CommandRef, JournalEvent, ListFilter } from '../core/journal.js';
 import type { DeviceTiming } from '../core/open-commands.js';
-import { IMAGE_FROZEN_MS } from '../core/device-monitor.js';
+import { imageFrozen, wholeMs } from '../core/device-monitor.js';
 import type { CommandPipeline, DeviceView } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { packageRoot } from '../package-root.js';
@@ -204,8 +204,8 @@ export class UiViews {
       fault: faultCode === null ? null : { code: faultCode, meaning },
       stalled: this.stalled(view, profile),
       frozen:
-        view.imageUnchangedMs !== null && view.imageUnchangedMs >= IMAGE_FROZEN_MS
-          ? { scanTime: mirror?.sourceTime ?? null, forMs: Math.round(view.imageUnchangedMs) }
+        view.imageUnchangedMs !== null && imageFrozen(view.imageUnchangedMs)
+          ? { scanTime: mirror?.sourceTime ?? null, forMs: wholeMs(view.imageUnchangedMs) }
           : null,
       command: this.inFlight(view, now),
     };
