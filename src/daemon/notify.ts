@@ -5,7 +5,8 @@ import type { Logger as PinoLogger } from 'pino';
  * The service manager's notification protocol (sd_notify(3)): READY=1 once the daemon serves,
  * WATCHDOG=1 from the event loop at half of WATCHDOG_USEC, EXTEND_TIMEOUT_USEC= while a long
  * start makes progress, RELOADING=1 and READY=1 around a reload (SIGHUP), STOPPING=1 when a
- * stop begins, and a STATUS= line for `systemctl status`. Without NOTIFY_SOCKET it is silent and loads nothing.
+ * stop begins, and a STATUS= line for `systemctl status`. Without NOTIFY_SOCKET it is silent
+ * and loads nothing.
  *
  * Why the native module unix-dgram: Node's dgram has no AF_UNIX datagram sockets. The other
  * way, running `systemd-notify` (systemd-notify(1)), sends from a child: without privileges
