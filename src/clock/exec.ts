@@ -27,6 +27,17 @@ export type Exec = (
 
 const MAX_OUTPUT_BYTES = 1024 * 1024;
 
+/**
+ * The environment the process had when this module was loaded, which the daemon does before any
+ * driver runs: the one its clock tools are given. process.env is not theirs to inherit as it
+ * stands later: node-opcua sets OPENSSL_CONF and RANDFILE process-wide as it works, never when
+ * loaded (node-opcua-pki points them at its own files before it runs openssl, and
+ * node-opcua-crypto sets OPENSSL_CONF around reading a private key and "restores" an unset one
+ * as the string "undefined"). A pmc or chronyc wrapper that runs an OpenSSL tool with
+ * OPENSSL_CONF=undefined fails (`openssl req`: Can't open "undefined"). Nothing in Sluice sets a variable for a child through process.env.
+ */
+const START_ENVIRONMENT: Readonly<NodeJS.ProcessEnv> = Object.freeze({ ...process.env });
+
 interface ExecFileFailure {
   code?: unknown;
   killed?: boolean;
@@ -45,7 +56,7 @@ export const execBounded: Exec = (file, args, options) =>
         maxBuffer: MAX_OUTPUT_BYTES,
         encoding: 'utf8',
         // Parsed output: no translated messages or locale-dependent number formats.
-        env: { ...process.env, LC_ALL: 'C' },
+        env: { ...START_ENVIRONMENT, LC_ALL: 'C' },
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       },
       (error, stdout, stderr) => {
