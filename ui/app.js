@@ -461,6 +461,22 @@
           ' ' + (m.connected ? m.protocol : m.lastError || 'no connection to the broker'),
         ]),
       );
+    // The daemon's verdict on its HTTPS certificate, as /readyz gives it: the word and tone
+    // follow its state, the text is its detail.
+    var cert = gateway.certificate;
+    if (cert === null) field(dl, 'HTTPS certificate', 'not known');
+    else
+      field(
+        dl,
+        'HTTPS certificate',
+        el('span', null, [
+          word(
+            cert.state.toUpperCase(),
+            cert.state === 'valid' ? 'rest' : cert.state === 'expiring' ? 'warn' : 'fault',
+          ),
+          ' ' + cert.detail,
+        ]),
+      );
     field(dl, 'Journal', bytes(gateway.journal.bytes));
     var open = gateway.commands;
     field(

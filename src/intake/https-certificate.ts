@@ -4,8 +4,10 @@ import { X509Certificate } from 'node:crypto';
  * The HTTPS server certificate's validity, as the operator needs to see it while the daemon
  * runs: a certificate that expired (or is not valid yet) fails every client's TLS handshake,
  * while the intake itself listens as if nothing were wrong. `sluiced --check` shows the dates
- * before a start (check-summary.ts); /readyz and `sluicectl health` show them after, and after a
- * reload (SIGHUP) the certificate it put in place.
+ * before a start (check-summary.ts); /readyz, `sluicectl health`, the systemd status line and the
+ * status page show them after, and after a reload (SIGHUP) the certificate it put in place. Each
+ * shows certificateVerdict's answer, so that no two of them can judge the same certificate
+ * differently.
  */
 
 /** How long before its end a certificate's detail says when it expires. */
@@ -20,6 +22,11 @@ export interface ServerCertificate {
 
 export interface CertificateVerdict {
   readonly ok: boolean;
+  /**
+   * The verdict in a word: `expiring` is still `ok` (clients accept it), within
+   * EXPIRY_NOTICE_MS of its end; the status page colours it as a warning.
+   */
+  readonly state: 'valid' | 'expiring' | 'expired' | 'not yet valid';
   readonly detail: string;
 }
 
@@ -57,21 +64,27 @@ export function certificateVerdict(
   if (now > validTo) {
     return {
       ok: false,
+      state: 'expired',
       detail: `its certificate (CN=${name}) expired on ${iso(validTo)}: clients' TLS handshakes fail; replace https.certFile and https.keyFile, then reload sluiced (systemctl reload sluiced)`,
     };
   }
   if (now < validFrom) {
     return {
       ok: false,
+      state: 'not yet valid',
       detail: `its certificate (CN=${name}) is not valid before ${iso(validFrom)}: clients' TLS handshakes fail (is the gateway clock right?)`,
     };
   }
   const days = Math.floor((validTo - now) / (24 * 3_600_000));
-  return {
-    ok: true,
-    detail:
-      validTo - now <= EXPIRY_NOTICE_MS
-        ? `certificate CN=${name} expires on ${iso(validTo)} (in ${String(days)} days): replace it before then`
-        : `certificate CN=${name} valid until ${iso(validTo).slice(0, 10)}`,
-  };
+  return validTo - now <= EXPIRY_NOTICE_MS
+    ? {
+        ok: true,
+        state: 'expiring',
+        detail: `certificate CN=${name} expires on ${iso(validTo)} (in ${String(days)} days): replace it before then`,
+      }
+    : {
+        ok: true,
+        state: 'valid',
+        detail: `certificate CN=${name} valid until ${iso(validTo).slice(0, 10)}`,
+      };
 }

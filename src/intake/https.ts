@@ -115,7 +115,17 @@ export class HttpsIntake {
     registerReadRoutes(app, { pipeline, identities, metrics, readiness, clock, guard });
     const ui = this.options.ui;
     if (ui?.config.enabled === true) {
-      registerUiRoutes(app, { ui, pipeline, identities, mutualTls, clock, logger, stopping });
+      registerUiRoutes(app, {
+        ui,
+        pipeline,
+        identities,
+        mutualTls,
+        // The page's verdict is /readyz's: a reload's certificate shows at its next look.
+        serverCertificate: () => this.certificateCheck(),
+        clock,
+        logger,
+        stopping,
+      });
     }
     methods.answerOtherMethods(app);
 
@@ -137,8 +147,8 @@ export class HttpsIntake {
 
   /**
    * Whether clients can accept the server certificate now (https-certificate.ts), for the
-   * readiness checks; null before the start. Logged when it becomes bad (and at the start),
-   * with what to do, and when it is good again.
+   * readiness checks and the status page; null before the start. Logged when it becomes bad
+   * (and at the start), with what to do, and when it is good again.
    */
   certificateCheck(): CertificateVerdict | null {
     if (this.certificate === null) return null;

@@ -8,6 +8,7 @@ import type { CommandPipeline } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { toResult } from '../core/result.js';
 import { authenticate } from './credentials.js';
+import type { CertificateVerdict } from './https-certificate.js';
 import { JSON_TYPE, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, Reply, Request } from './https-types.js';
 import type { IdentityRegistry } from './identities.js';
@@ -62,6 +63,8 @@ export interface UiRoutesOptions {
   readonly identities: IdentityRegistry;
   /** Client certificates are asked for: a browser may log in with one. */
   readonly mutualTls: boolean;
+  /** The verdict on the server certificate served now: the one /readyz gives (https.ts). */
+  readonly serverCertificate: () => CertificateVerdict | null;
   readonly clock: Clock;
   readonly logger: Logger;
   readonly stopping: AbortSignal;
@@ -118,6 +121,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     commands: ui.commands,
     profiles: ui.profiles,
     gateway: ui.gateway,
+    serverCertificate: options.serverCertificate,
     clock,
   });
   const events = new UiEvents({

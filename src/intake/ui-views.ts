@@ -9,6 +9,7 @@ import { imageFrozen, wholeMs } from '../core/device-monitor.js';
 import type { CommandPipeline, DeviceView } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { packageRoot } from '../package-root.js';
+import type { CertificateVerdict } from './https-certificate.js';
 import { listItem, type ListItem } from '../views/command-list.js';
 import { showCommand, type CommandShow } from '../views/command-show.js';
 import { stuckItems, type StuckItem } from '../views/open-commands.js';
@@ -53,6 +54,11 @@ export interface UiViewsOptions {
   /** Each configured device's profile, by device id. */
   readonly profiles: ReadonlyMap<string, DeviceProfile>;
   readonly gateway: GatewaySources;
+  /**
+   * The verdict on the HTTPS server certificate served now, as /readyz gives it
+   * (HttpsIntake.certificateCheck); null when it cannot be read as X.509.
+   */
+  readonly serverCertificate: () => CertificateVerdict | null;
   readonly clock: Clock;
 }
 
@@ -140,6 +146,8 @@ export interface UiGateway {
     readonly protocol: string;
     readonly lastError: string | null;
   } | null;
+  /** The HTTPS server certificate's verdict (https-certificate.ts); null when not known. */
+  readonly certificate: CertificateVerdict | null;
   readonly journal: { readonly bytes: number | null };
   readonly commands: {
     readonly accepted: number;
@@ -332,6 +340,7 @@ export class UiViews {
               protocol: mqtt.protocol().summary,
               lastError: mqtt.health().lastError,
             },
+      certificate: this.o.serverCertificate(),
       journal: { bytes: journalBytes(gateway.journalPath) },
       commands: {
         accepted: open.accepted,
