@@ -19,8 +19,12 @@ import { ConfigError, deviceProfiles, type SluiceConfig } from './config.js';
 
 export interface Preflight {
   readonly profiles: ReadonlyMap<string, DeviceProfile>;
-  /** The HTTPS server certificate (the first of its file), when HTTPS is configured. */
-  readonly httpsCertificate: X509Certificate | null;
+  /**
+   * The HTTPS TLS files as read and checked, when HTTPS is configured: the start serves this
+   * text and does not read the files again, so that the material served is the material
+   * checked (a file replaced in between would otherwise be served unchecked).
+   */
+  readonly httpsTls: HttpsTlsFiles | null;
 }
 
 /** Throws ConfigError, naming `source`, with every problem found. */
@@ -32,19 +36,16 @@ export function preflight(config: SluiceConfig, source: string): Preflight {
   const files = checkFiles(config);
   errors.push(...files.errors);
   if (errors.length > 0) throw new ConfigError(source, errors);
-  return { profiles, httpsCertificate: files.httpsCertificate };
+  return { profiles, httpsTls: files.httpsTls };
 }
 
 function checkFiles(c: SluiceConfig): {
   errors: string[];
-  httpsCertificate: X509Certificate | null;
+  httpsTls: HttpsTlsFiles | null;
 } {
   const errors: string[] = [];
   const files = new FileChecks(errors);
-  let httpsCertificate: X509Certificate | null = null;
-  if (c.https !== undefined) {
-    httpsCertificate = checkHttpsTls(c.https, files)?.certificate ?? null;
-  }
+  const httpsTls = c.https === undefined ? null : checkHttpsTls(c.https, files);
   if (c.mqtt !== undefined) {
     const { passwordFile } = c.mqtt;
     const password =
@@ -90,7 +91,7 @@ function checkFiles(c: SluiceConfig): {
   if (c.journal.path !== undefined && existsAs(c.journal.path, (s) => s.isDirectory())) {
     errors.push(`journal.path: ${c.journal.path} is a folder, not a journal file`);
   }
-  return { errors, httpsCertificate };
+  return { errors, httpsTls };
 }
 
 /**

@@ -34,9 +34,9 @@ export function checkSummary(
 
   const h = config.https;
   const certificate =
-    checked.httpsCertificate === null
+    checked.httpsTls === null
       ? ''
-      : `, certificate ${certificateLine(checked.httpsCertificate, now)}`;
+      : `, certificate ${certificateLine(checked.httpsTls.certificate, now)}`;
   const mutual =
     h?.clientCaFile === undefined ? '' : `, client certificates from ${h.clientCaFile}`;
   section('HTTPS', [h === undefined ? 'off' : `${h.host}:${h.port}${certificate}${mutual}`]);

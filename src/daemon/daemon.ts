@@ -182,7 +182,7 @@ export class Daemon {
     try {
       // What `sluiced --check` checks, before anything is created: a configuration error
       // (ConfigError, exit 2) leaves no state folder, journal or PKI behind.
-      const { profiles } = preflight(config, 'configuration');
+      const { profiles, httpsTls } = preflight(config, 'configuration');
       try {
         mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
       } catch (error) {
@@ -376,8 +376,14 @@ export class Daemon {
       let httpsIntake: HttpsIntake | null = null;
       const daemonRef: { current: Daemon | null } = { current: null };
       if (config.https !== undefined) {
+        // Preflight returns the files whenever HTTPS is configured, or throws.
+        if (httpsTls === null) throw new Error('preflight returned no HTTPS TLS files');
         httpsIntake = new HttpsIntake({
           config: config.https,
+          // Served as checked: the intake does not read the files again, so a file replaced
+          // since the check (a renewal agent at work during a long start) is not served
+          // unchecked; the next reload (SIGHUP) takes it, with the checks.
+          tls: httpsTls,
           pipeline,
           identities,
           metrics,

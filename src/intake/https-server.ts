@@ -1,4 +1,3 @@
-import { readFile } from 'node:fs/promises';
 import type { SecureContextOptions } from 'node:tls';
 import { fastify } from 'fastify';
 import type { Clock } from '../core/clock.js';
@@ -54,21 +53,16 @@ export const HTTPS_TIMEOUTS: HttpsTimeouts = {
   requestMs: REQUEST_TIMEOUT_MS,
 };
 
+/**
+ * The server's certificate, key and client CA as PEM text, read and checked by the caller
+ * (src/config/preflight.ts readHttpsTlsFiles, at start and at a reload): the intake never
+ * reads the files itself, so what it serves is what was checked.
+ */
 export interface TlsMaterial {
   readonly cert: Buffer | string;
   readonly key: Buffer | string;
   /** The CA client certificates must chain to; mutual TLS is on when it is present. */
   readonly ca: Buffer | string | undefined;
-}
-
-export async function readTlsMaterial(config: HttpsConfig): Promise<TlsMaterial> {
-  const { certFile, keyFile, clientCaFile } = config;
-  const [cert, key, ca] = await Promise.all([
-    readFile(certFile),
-    readFile(keyFile),
-    clientCaFile === undefined ? Promise.resolve(undefined) : readFile(clientCaFile),
-  ]);
-  return { cert, key, ca };
 }
 
 /**

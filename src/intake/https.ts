@@ -15,7 +15,6 @@ import { MethodTable } from './https-methods.js';
 import { registerReadRoutes } from './https-read-routes.js';
 import {
   createServer,
-  readTlsMaterial,
   secureContextOptions,
   type HttpsTimeouts,
   type TlsMaterial,
@@ -42,6 +41,11 @@ export type { HttpsConfig, HttpsMetrics, Readiness } from './https-types.js';
 
 export interface HttpsIntakeOptions {
   readonly config: HttpsConfig;
+  /**
+   * The material to serve from the start: `config`'s files as read and checked (the daemon
+   * passes what its preflight read), not read again here.
+   */
+  readonly tls: TlsMaterial;
   readonly pipeline: CommandPipeline;
   readonly identities: IdentityRegistry;
   readonly metrics: HttpsMetrics;
@@ -82,12 +86,11 @@ export class HttpsIntake {
     this.drainTimeoutMs = options.drainTimeoutMs ?? 5_000;
   }
 
-  /** Reads the TLS material and listens; port 0 binds an ephemeral port. */
+  /** Listens, serving the TLS material given; port 0 binds an ephemeral port. */
   async start(): Promise<{ host: string; port: number }> {
     if (this.app !== null) throw new Error('the HTTPS intake is already started');
     if (this.stopping.signal.aborted) throw new Error('the HTTPS intake was stopped');
-    const { config, pipeline, identities, metrics, readiness } = this.options;
-    const tls = await readTlsMaterial(config);
+    const { config, tls, pipeline, identities, metrics, readiness } = this.options;
     this.certificate = serverCertificate(tls.cert);
     const mutualTls = tls.ca !== undefined;
     const stopping = this.stopping.signal;

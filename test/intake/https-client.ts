@@ -4,6 +4,7 @@ import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
 import { afterAll, beforeAll } from 'vitest';
+import { readHttpsTlsFiles } from '../../src/config/preflight.js';
 import type { Clock } from '../../src/core/clock.js';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
 import { HttpsIntake, type HttpsConfig, type Readiness } from '../../src/intake/https.js';
@@ -244,8 +245,13 @@ export async function startIntake(
     ...(options.mutualTls === true ? { clientCaFile: pki.clientCaFile } : {}),
     ...options.https,
   };
+  // Read and checked as the daemon's start does (src/config/preflight.ts), which hands the
+  // intake the material it serves.
+  const read = readHttpsTlsFiles(config);
+  if (!read.ok) throw new Error(`the test's TLS files: ${read.errors.join('; ')}`);
   const intake = new HttpsIntake({
     config,
+    tls: read.files,
     pipeline: stack.pipeline,
     identities: options.identities ?? stack.identities,
     metrics: stack.metrics,
