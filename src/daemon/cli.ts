@@ -10,6 +10,7 @@ import { JournalDamagedError, JournalVersionError } from '../core/errors.js';
 import type { Daemon } from './daemon.js';
 import { daemonLogger } from './log.js';
 import { STOP_MARGIN_MS, prepare } from './prepare.js';
+import { outliveTerminalHangup } from './terminal.js';
 
 // The command line, the configuration and every start-up check (prepare.ts): --check ends
 // here, and so does a configuration the start refuses, before anything is created.
@@ -20,6 +21,10 @@ const prepared = prepare(process.argv.slice(2), {
 });
 if (prepared.exit !== undefined) process.exit(prepared.exit);
 const { config, configPath, shutdownBoundMs } = prepared;
+
+// Run in a terminal, the daemon keeps serving when the terminal hangs up, and stops cleanly
+// after it (terminal.ts); under systemd nothing changes.
+outliveTerminalHangup();
 
 // JSON lines on stdout (journald), readable lines on a terminal.
 const logger = await daemonLogger(config.log.level);
