@@ -1,11 +1,13 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { cpSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { connect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { certificateNames, ensureDemoCertificate } from '../../src/demo/https-certificate.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { buildInto } from '../systemd/build.js';
-import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { until } from '../helpers/mosquitto.js';
 import { hasCommand, realComponent } from '../helpers/real.js';
@@ -17,6 +19,11 @@ import { hasCommand, realComponent } from '../helpers/real.js';
  * the field plant, the mbpoll cross-checks, `npx sluiced --check` on devices/site.field.yaml,
  * the daemon started the same way, then the first command's curl and mbpoll. Judged on the
  * simulator's control API (its write log), the mbpoll reads and the field site's journal.
+ * Then the step the doc gives for a daemon left running when a later `npm start` makes the
+ * demo's certificate anew: the demo's own code makes it (the kept one, made by that code a year
+ * ago, expires within the day), the doc's curl fails on the old certificate, and
+ * `kill -HUP <pid>` with the pid of the daemon's log puts the new one in place (the certificate
+ * a new TLS handshake is given).
  * `npm run build` before `npx sluice-sim` is left out: the checkout is built by the same
  * compiler (test/systemd/build.ts) without touching this tree's dist/. The ports are the
  * doc's own (5021, 5081, 8444), which no other test takes.
@@ -31,6 +38,9 @@ const TOKEN = 'walkthrough-token';
 let dir: string;
 let cleanup: () => void;
 let checkout: string;
+/** The demo's TLS folder in the checkout, as `npm start` leaves it. */
+let tls: string;
+const DAY = 86_400_000;
 const started: ChildProcess[] = [];
 
 interface ShellRun {
@@ -88,6 +98,19 @@ async function writes(device: string): Promise<{ writesReceived: number }> {
   return (await r.json()) as { writesReceived: number };
 }
 
+/** The fingerprint of the certificate a new TLS connection to the field daemon is given. */
+function served(): Promise<string> {
+  return new Promise((resolve, reject) => {
+    // Looked at, not trusted: the test asks which certificate is served.
+    const socket = connect({ host: '127.0.0.1', port: 8444, rejectUnauthorized: false }, () => {
+      const fingerprint = socket.getPeerCertificate().fingerprint256;
+      socket.destroy();
+      resolve(fingerprint);
+    });
+    socket.once('error', reject);
+  });
+}
+
 /** The number mbpoll printed for one register. */
 function register(out: string, at: number): number {
   const m = new RegExp(`^\\[${at}\\]:\\s+(\\S+)$`, 'm').exec(out);
@@ -105,10 +128,15 @@ beforeAll(async () => {
     cpSync(join(ROOT, f), join(checkout, f), { recursive: true });
   }
   symlinkSync(join(ROOT, 'node_modules'), join(checkout, 'node_modules'));
-  // What `npm start` leaves: the demo's certificate and token.
-  const tls = join(checkout, '.state', 'demo', 'tls');
-  mkdirSync(tls, { recursive: true });
-  await loopbackCertificate(tls);
+  // What `npm start` leaves: the demo's certificate and token. The certificate is the demo's
+  // own, made by its code as a start a year ago (364.5 days) made it: valid for half a day more.
+  tls = join(checkout, '.state', 'demo', 'tls');
+  const made = await ensureDemoCertificate(
+    tls,
+    certificateNames(undefined),
+    Date.now() - 364.5 * DAY,
+  );
+  expect(made.made).toBe(true);
   writeFileSync(join(checkout, '.state', 'demo', 'demo-token'), `${TOKEN}\n`, { mode: 0o600 });
 }, 120_000);
 
@@ -217,5 +245,45 @@ describe.runIf(tools)('the walkthrough of docs/device-profiles.md, as printed', 
     } finally {
       journal.close();
     }
+
+    // A later `npm start` makes the demo's certificate anew: its code, on the kept one that
+    // expires within the day. The daemon left running serves the old one, and the doc's curl,
+    // trusting the new file, fails.
+    expect(text).toContain('fails on this daemon (`SSL certificate problem`)');
+    const oldServed = await served();
+    const renewed = await ensureDemoCertificate(tls, certificateNames(undefined));
+    expect(renewed.made).toBe(true);
+    expect(renewed.problem).toMatch(/expires/);
+    const newFingerprint = new X509Certificate(readFileSync(renewed.certFile)).fingerprint256;
+    expect(newFingerprint).not.toBe(oldServed);
+    const replay = lines.slice(0, mbpollAt).join('\n');
+    const refused = await shell(replay);
+    expect(refused.code).toBe(60);
+    expect(refused.stderr).toContain('SSL certificate problem');
+    expect(await served()).toBe(oldServed);
+
+    // "`kill -HUP <pid>`, with the `pid` its log lines carry."
+    expect(text).toContain(
+      'Reload the daemon: `kill -HUP <pid>`, with the `pid` its log lines carry',
+    );
+    const logged = daemon.lines.find((l) => l.includes('"msg":"sluiced started"'));
+    const pid = (JSON.parse(logged!) as { pid: number }).pid;
+    const from = daemon.lines.length;
+    const hup = await shell(`kill -HUP ${String(pid)}`);
+    expect(hup.code, hup.stderr).toBe(0);
+    await until(
+      () =>
+        daemon.lines.slice(from).some((l) => l.includes('"msg":"reload done"')) ? true : undefined,
+      15_000,
+      `the reload done (it printed: ${daemon.lines.slice(-5).join('\n')})`,
+    );
+    const done = daemon.lines.slice(from).find((l) => l.includes('"msg":"reload done"'));
+    expect(JSON.parse(done!)).toMatchObject({ https: 'reloaded' });
+    // New connections get the new pair; the doc's curl gets the stored answer.
+    expect(await served()).toBe(newFingerprint);
+    const again = await shell(replay);
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout)).toMatchObject({ key: 'first-move-1', state: 'confirmed' });
+    expect((await writes('fcv-201')).writesReceived).toBe(before + 1);
   }, 180_000);
 });
