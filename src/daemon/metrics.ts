@@ -56,6 +56,7 @@ export class Metrics {
   readonly mqttMessages: Counter<'outcome'>;
   readonly mqttResponseTopicsRefused: Counter<'reason'>;
   readonly mqttResultsNotPublished: Counter;
+  readonly mqttPublicationsRefused: Counter<'kind' | 'reason'>;
   readonly journalFailures: Counter;
   readonly httpsConnectionsRefused: Counter<'reason'>;
   readonly httpsConnectionsIdleClosed: Counter<'stage'>;
@@ -218,6 +219,12 @@ export class Metrics {
     this.mqttResultsNotPublished = new Counter({
       name: 'sluice_mqtt_results_not_published_total',
       help: 'Results (and replies) not published because more were waiting for the MQTT broker, while the gateway was disconnected, than are held (10 000); each is in the journal.',
+      registers,
+    });
+    this.mqttPublicationsRefused = new Counter({
+      name: 'sluice_mqtt_publications_refused_total',
+      help: 'MQTT publications the broker refused with a reason code (MQTT 5 PUBACK; e.g. 0x87 Not authorized, an ACL), by kind (result, response, state) and reason; not sent again, each outcome is in the journal.',
+      labelNames: ['kind', 'reason'],
       registers,
     });
     this.journalFailures = new Counter({

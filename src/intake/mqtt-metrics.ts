@@ -14,6 +14,13 @@ export type MessageOutcome =
   | 'internal_error'
   | 'foreign_topic';
 
+/**
+ * What a publication carries, for sluice_mqtt_publications_refused_total{kind}: a result, replay
+ * or error on a result topic; the same on a Response Topic; the retained state, or the clearing
+ * of a retained topic.
+ */
+export type PublicationKind = 'result' | 'response' | 'state';
+
 /** sluice_commands_received_total{intake="mqtt",outcome}. */
 export type ReceivedOutcome = 'new' | 'replayed' | 'in_flight' | 'key_reused' | 'refused';
 
@@ -28,4 +35,11 @@ export interface MqttMetrics {
   readonly mqttResponseTopicsRefused: { inc(labels: { reason: ResponseTopicRefusal }): void };
   /** Results not published: more were waiting for the broker, while disconnected, than are held. */
   readonly mqttResultsNotPublished: { inc(): void };
+  /**
+   * Publications the broker refused with a reason code (MQTT 5 PUBACK): `reason` is the code,
+   * e.g. `0x87` (Not authorized: an ACL).
+   */
+  readonly mqttPublicationsRefused: {
+    inc(labels: { kind: PublicationKind; reason: string }): void;
+  };
 }

@@ -1,9 +1,14 @@
-import type { IClientPublishOptions, IPublishPacket, MqttClient } from 'mqtt';
+import {
+  ErrorWithReasonCode,
+  type IClientPublishOptions,
+  type IPublishPacket,
+  type MqttClient,
+} from 'mqtt';
 import type { Readback } from '../core/driver.js';
 import type { CommandRecord } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import { errorDocument, stateDocument, type MessageErrorCode } from './mqtt-message.js';
-import type { MqttMetrics } from './mqtt-metrics.js';
+import type { MqttMetrics, PublicationKind } from './mqtt-metrics.js';
 import { ResponseRoutes, type ResponseRoute } from './mqtt-response-routes.js';
 import type { GatewayTopics } from './mqtt-topics.js';
 import { replayedResultBody, resultBody } from './outcome.js';
@@ -52,6 +57,8 @@ export interface Requester {
 }
 
 interface PublicationOptions {
+  /** What is published, for the log and the metric of a refusal. */
+  readonly kind: PublicationKind;
   readonly retain: boolean;
   readonly correlationData?: Buffer;
   readonly about: Requester;
@@ -61,6 +68,16 @@ interface PublicationOptions {
 
 /** The longest part of a refused Response Topic that is logged. */
 const LOGGED_TOPIC_CHARS = 256;
+
+/**
+ * Topics whose refusal by the broker has been logged at warn (see refused()), at most: their
+ * names come from the site's devices but also from requesters (Response Topics, the device
+ * level of a command topic), so the set is bounded. Past it a refusal is logged at debug.
+ */
+const MAX_REFUSED_TOPICS = 1_000;
+
+/** MQTT 5 reason code 0x87 Not authorized (§2.4): what a broker's ACL answers. */
+const NOT_AUTHORIZED = 0x87;
 
 /** A topic name is a UTF-8 string of at most this many bytes (MQTT 5 §1.5.4, 3.1.1 §1.5.3). */
 const MAX_TOPIC_BYTES = 65_535;
@@ -92,6 +109,11 @@ export class MqttPublisher {
   private handed = 0;
   /** Publications not held since the connection was lost (see MAX_HELD_PUBLICATIONS). */
   private dropped = 0;
+  /**
+   * Topics on which the broker refused a publication and has not accepted one since, on this
+   * connection: each refusal streak is logged at warn once (refused()).
+   */
+  private readonly refusedTopics = new Set<string>();
 
   constructor(options: MqttPublisherOptions) {
     this.link = options.link;
@@ -107,6 +129,9 @@ export class MqttPublisher {
    * in the journal: `GET /v1/commands/{key}`, `sluicectl show`).
    */
   reconnected(): void {
+    // A broker's ACL may have been changed meanwhile: a refusal on the new connection is said
+    // again.
+    this.refusedTopics.clear();
     if (this.dropped === 0) return;
     this.logger.warn(
       { dropped: this.dropped, held: this.maxHeld },
@@ -148,14 +173,22 @@ export class MqttPublisher {
   /** A settled command's stored result, to the result topic and its requesters' routes. */
   result(record: CommandRecord): void {
     const body = resultBody(record);
-    this.publish(this.topics.result(record.device), body, { retain: false, about: record });
+    this.publish(this.topics.result(record.device), body, {
+      kind: 'result',
+      retain: false,
+      about: record,
+    });
     for (const route of this.routes.take(record)) this.publishToRoute(route, body, record);
   }
 
   /** A retry of a settled command: its stored result, marked as a replay. */
   replay(record: CommandRecord, route: ResponseRoute | undefined): void {
     const body = replayedResultBody(record);
-    this.publish(this.topics.result(record.device), body, { retain: false, about: record });
+    this.publish(this.topics.result(record.device), body, {
+      kind: 'result',
+      retain: false,
+      about: record,
+    });
     if (route !== undefined) this.publishToRoute(route, body, record);
   }
 
@@ -182,7 +215,7 @@ export class MqttPublisher {
       receivedAt: new Date(receivedAt).toISOString(),
     });
     if (requester.key !== null) {
-      this.publish(resultTopic, body, { retain: false, about: requester });
+      this.publish(resultTopic, body, { kind: 'result', retain: false, about: requester });
     }
     if (route !== undefined) this.publishToRoute(route, body, requester);
   }
@@ -191,6 +224,7 @@ export class MqttPublisher {
   state(device: string, readback: Readback): void {
     if (this.link.client?.connected !== true) return;
     this.publish(this.topics.state(device), stateDocument(device, readback), {
+      kind: 'state',
       retain: true,
       about: { key: null, device },
     });
@@ -209,7 +243,12 @@ export class MqttPublisher {
    * there). Resolves true once the broker acknowledged it (mqtt-former-roots.ts).
    */
   clearRetained(topic: string, device = ''): Promise<boolean> {
-    return this.send(topic, '', { retain: true, about: { key: null, device }, bare: true });
+    return this.send(topic, '', {
+      kind: 'state',
+      retain: true,
+      about: { key: null, device },
+      bare: true,
+    });
   }
 
   /**
@@ -234,6 +273,7 @@ export class MqttPublisher {
 
   private publishToRoute(route: ResponseRoute, body: string, about: Requester): void {
     this.publish(route.topic, body, {
+      kind: 'response',
       retain: false,
       about,
       ...(route.correlationData === undefined ? {} : { correlationData: route.correlationData }),
@@ -308,8 +348,18 @@ export class MqttPublisher {
         client.publish(topic, payload, publishOptions, (error) => {
           this.handed -= 1;
           // mqtt.js calls back with null, not undefined, on success.
-          if (error instanceof Error && this.link.client !== null) {
-            this.logger.warn({ err: error, topic }, 'MQTT publication failed');
+          if (!(error instanceof Error)) this.refusedTopics.delete(topic);
+          else if (error instanceof ErrorWithReasonCode) this.refused(topic, options, error);
+          else if (this.link.client !== null) {
+            this.logger.warn(
+              {
+                err: error,
+                key: options.about.key,
+                device: options.about.device.slice(0, LOGGED_TOPIC_CHARS),
+                topic: topic.slice(0, LOGGED_TOPIC_CHARS),
+              },
+              'MQTT publication failed',
+            );
           }
           resolve(!(error instanceof Error));
         });
@@ -318,6 +368,40 @@ export class MqttPublisher {
     this.unacknowledged.add(sent);
     void sent.then(() => this.unacknowledged.delete(sent));
     return sent;
+  }
+
+  /**
+   * The broker answered a publication with a failure reason code (MQTT 5 PUBACK, §3.4.2.1):
+   * most often 0x87 Not authorized, from an ACL that does not let the gateway publish on the
+   * topic. mqtt.js has dropped the publication by then (it is not sent again, and holds no
+   * memory), and the outcome is in the journal; only the topic's subscribers miss it. The first
+   * refusal on a topic is logged at warn with its key, device and the broker's reason, then
+   * those on the same topic at debug until one there is accepted or the gateway reconnects:
+   * the state of a travelling valve changes several times a second, and a denied state topic
+   * would otherwise log as fast. Each is counted. Over MQTT 3.1.1 a PUBACK carries no reason,
+   * and a broker drops a denied publication unsaid (Mosquitto acknowledges it as accepted).
+   */
+  private refused(topic: string, options: PublicationOptions, error: ErrorWithReasonCode): void {
+    const reasonCode = `0x${error.code.toString(16).padStart(2, '0')}`;
+    this.metrics.mqttPublicationsRefused.inc({ kind: options.kind, reason: reasonCode });
+    const first = !this.refusedTopics.has(topic) && this.refusedTopics.size < MAX_REFUSED_TOPICS;
+    if (first) this.refusedTopics.add(topic);
+    this.logger[first ? 'warn' : 'debug'](
+      {
+        key: options.about.key,
+        device: options.about.device.slice(0, LOGGED_TOPIC_CHARS),
+        topic: topic.slice(0, LOGGED_TOPIC_CHARS),
+        kind: options.kind,
+        reasonCode,
+        reason: error.message.replace(/^Publish error: /, ''),
+        ...(error.code === NOT_AUTHORIZED
+          ? { hint: "the broker's ACL does not let this gateway publish on this topic" }
+          : {}),
+      },
+      first
+        ? 'not published: the MQTT broker refused the publication; it is not sent again (the outcome is in the journal), and further refusals on this topic are logged at debug'
+        : 'not published: the MQTT broker refused the publication',
+    );
   }
 
   /** A publication not held for the broker: the first of an outage is logged with its key. */

@@ -32,6 +32,7 @@ const noMetrics = {
   journalFailures: { inc: (): void => undefined },
   mqttResponseTopicsRefused: { inc: (): void => undefined },
   mqttResultsNotPublished: { inc: (): void => undefined },
+  mqttPublicationsRefused: { inc: (): void => undefined },
 };
 
 describe.skipIf(!available)('MQTT publisher: one turn, one write, in order', () => {

@@ -1,0 +1,147 @@
+import { randomUUID } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { MqttIntake } from '../../src/intake/mqtt.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { intakeConfig } from '../helpers/mosquitto.js';
+import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
+
+/**
+ * A plant's broker whose ACL does not let the gateway publish its results or state (Mosquitto
+ * `acl_file` with read but no write on those topics). Over MQTT 5 the broker answers each such
+ * PUBLISH with PUBACK reason 0x87 Not authorized, and drops it. The command must still have
+ * exactly one effect (the simulator's write log) and its outcome stay in the journal; the
+ * publication is not sent again; the operator is told, with the key, device, topic and reason,
+ * once per topic rather than at every state change of a travelling valve; each is counted.
+ * The broker's log ("Denied PUBLISH") is the ground truth for what it refused.
+ */
+
+const available = mosquittoAvailable();
+const GATEWAY = 'gwacl';
+const PREFIX = `sluice/${GATEWAY}`;
+const CLIENT_ID = 'sluice-gwacl';
+const acl = tempDir('sluice-acl-');
+const aclFile = join(acl.dir, 'acl');
+writeFileSync(
+  aclFile,
+  [
+    // Anonymous clients (the test's issuer and observer) may do anything.
+    'topic readwrite #',
+    // The gateway: its commands and status, but only read on its result and state topics.
+    'user gateway',
+    `topic read ${PREFIX}/cmd/#`,
+    `topic write ${PREFIX}/status`,
+    `topic read ${PREFIX}/result/#`,
+    `topic read ${PREFIX}/state/#`,
+    '',
+  ].join('\n'),
+);
+
+describe.skipIf(!available)(
+  'MQTT intake: a broker ACL refuses the gateway its result topic',
+  () => {
+    const site = useMqttSite({ settings: [`acl_file ${aclFile}`] }, { opcua: false });
+    afterAll(() => {
+      acl.cleanup();
+    });
+
+    /** Lines of the broker's log: the PUBLISH packets of the gateway it denied, on `topic`. */
+    const denied = (topic: string): number =>
+      site.broker
+        .log()
+        .split('\n')
+        .filter((l) => l.includes(`Denied PUBLISH from ${CLIENT_ID} (`) && l.includes(`'${topic}'`))
+        .length;
+    const refusedCount = async (kind: string): Promise<number> => {
+      const { values } = await site.stack.metrics.mqttPublicationsRefused.get();
+      return values
+        .filter((v) => v.labels.kind === kind && v.labels.reason === '0x87')
+        .reduce((sum, v) => sum + v.value, 0);
+    };
+
+    it('MQTT 5: runs the command once, keeps its outcome in the journal, does not send it again, and says so once per topic with key, device and reason', async () => {
+      const { logger, lines } = recordingLogger();
+      const intake = new MqttIntake({
+        config: intakeConfig(site.broker.url, {
+          protocolVersion: 5,
+          username: 'gateway',
+          clientId: CLIENT_ID,
+        }),
+        gatewayId: GATEWAY,
+        pipeline: site.stack.pipeline,
+        identities: site.stack.identities,
+        metrics: site.stack.metrics,
+        logger,
+        reconnect: { minMs: 100, maxMs: 500 },
+        retentionHours: 48,
+      });
+      site.cleanups.push(() => intake.stop());
+      await site.connect(intake);
+      const client = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => client.end());
+      await client.subscribe(`${PREFIX}/result/#`);
+
+      const key = randomUUID();
+      const device = site.stack.plant.device('v1');
+      const before = device.counters.writesReceived;
+      const command = timed({
+        key,
+        action: device.published.state === 'CLOSED' ? 'open' : 'close',
+      });
+      await client.publish(`${PREFIX}/cmd/v1`, command);
+      const resultTopic = `${PREFIX}/result/v1`;
+      const refusals = (): Record<string, unknown>[] =>
+        lines.filter((l) => String(l.msg).startsWith('not published: the MQTT broker refused'));
+      const resultRefusals = (): Record<string, unknown>[] =>
+        refusals().filter((l) => l.topic === resultTopic);
+      await until(() => (resultRefusals().length === 1 ? true : undefined), 10_000, 'the refusal');
+
+      // Ground truth: one write, the outcome in the journal, and the broker denied the result.
+      expect(device.counters.writesReceived).toBe(before + 1);
+      const records = site.stack.journal.findByKey(key);
+      expect(records.map((r) => r.state)).toEqual(['confirmed']);
+      expect(denied(resultTopic)).toBe(1);
+      expect(resultRefusals()[0]).toMatchObject({
+        level: 40,
+        key,
+        device: 'v1',
+        topic: resultTopic,
+        kind: 'result',
+        reasonCode: '0x87',
+        reason: 'Not authorized',
+        hint: expect.stringContaining('ACL') as unknown,
+      });
+      expect(await refusedCount('result')).toBe(1);
+
+      // The valve's state changed several times on its way, each state publication denied: one
+      // warning, the rest at debug, every one counted.
+      const stateTopic = `${PREFIX}/state/v1`;
+      const states = denied(stateTopic);
+      expect(states).toBeGreaterThan(1);
+      await until(
+        async () => ((await refusedCount('state')) >= states ? true : undefined),
+        5_000,
+        'every state refusal counted',
+      );
+      const stateRefusals = refusals().filter((l) => l.topic === stateTopic);
+      expect(stateRefusals.filter((l) => l.level === 40)).toHaveLength(1);
+      expect(stateRefusals.length).toBeGreaterThanOrEqual(states);
+
+      // The requester retries: the replay is refused too (at debug: the topic's refusal was
+      // said), nothing is written, and neither publication was sent again by the gateway.
+      await client.publish(`${PREFIX}/cmd/v1`, command);
+      await until(() => (resultRefusals().length === 2 ? true : undefined), 10_000, 'the replay');
+      expect(resultRefusals()[1]).toMatchObject({ level: 20, key, reasonCode: '0x87' });
+      expect(denied(resultTopic)).toBe(2);
+      expect(site.broker.log()).not.toMatch(
+        new RegExp(`Received PUBLISH from ${CLIENT_ID} \\(d1, [^)]*'${resultTopic}'`),
+      );
+      expect(device.counters.writesReceived).toBe(before + 1);
+      expect(site.stack.journal.findByKey(key)).toHaveLength(1);
+      expect(client.on(resultTopic)).toEqual([]);
+      expect(await refusedCount('result')).toBe(2);
+    });
+  },
+);
