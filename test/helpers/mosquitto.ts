@@ -23,6 +23,11 @@ export interface Mosquitto {
   running(): boolean;
   /** SIGTERM and wait for exit: mosquitto writes its persistence file on the way out. */
   stop(): Promise<void>;
+  /**
+   * SIGKILL and wait for exit: a crash or power cut. Mosquitto writes its persistence file only
+   * on a clean stop and every `autosave_interval`, so what changed since the last save is lost.
+   */
+  kill(): Promise<void>;
   /** Starts again on the same port with the same persistence. */
   restart(): Promise<void>;
   /** Stops the broker and removes its directory. */
@@ -161,7 +166,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
     }
   };
 
-  const stop = async (): Promise<void> => {
+  const stop = async (signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> => {
     const proc = child;
     child = null;
     if (proc === null || proc.exitCode !== null || proc.signalCode !== null) return;
@@ -170,7 +175,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
         resolve();
       });
     });
-    proc.kill('SIGTERM');
+    proc.kill(signal);
     const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
     await exited;
     clearTimeout(timer);
@@ -182,7 +187,8 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
     url: `mqtt://127.0.0.1:${port}`,
     dir,
     running: () => child !== null,
-    stop,
+    stop: () => stop(),
+    kill: () => stop('SIGKILL'),
     restart: async () => {
       await stop();
       await start();
