@@ -31,6 +31,8 @@ export interface MqttPublisherOptions {
   readonly logger: Logger;
   /** At most this many publications held for the broker while disconnected (default 10 000). */
   readonly maxHeld?: number;
+  /** At most this many topics remembered as refused by the broker (default 1 000). */
+  readonly maxRefusedTopics?: number;
 }
 
 /**
@@ -70,11 +72,13 @@ interface PublicationOptions {
 const LOGGED_TOPIC_CHARS = 256;
 
 /**
- * Topics whose refusal by the broker has been logged at warn (see refused()), at most: their
- * names come from the site's devices but also from requesters (Response Topics, the device
- * level of a command topic), so the set is bounded. Past it a refusal is logged at debug.
+ * Topics whose refusal by the broker has been logged at warn and is remembered (see refused()),
+ * at most: their names come from the site's devices but also from requesters (Response Topics,
+ * the device level of a command topic), so the set is bounded. When it is full it is emptied
+ * and starts again: a requester with a new Response Topic per command must not leave the
+ * refusal of a device's result topic unsaid.
  */
-const MAX_REFUSED_TOPICS = 1_000;
+export const MAX_REFUSED_TOPICS = 1_000;
 
 /** MQTT 5 reason code 0x87 Not authorized (§2.4): what a broker's ACL answers. */
 const NOT_AUTHORIZED = 0x87;
@@ -105,6 +109,7 @@ export class MqttPublisher {
   /** Publications deferred to the next turn, sent there together (see publish()). */
   private readonly deferred: (() => void)[] = [];
   private readonly maxHeld: number;
+  private readonly maxRefusedTopics: number;
   /** Publications handed to mqtt.js and not yet acknowledged (or given up) by the broker. */
   private handed = 0;
   /** Publications not held since the connection was lost (see MAX_HELD_PUBLICATIONS). */
@@ -122,6 +127,7 @@ export class MqttPublisher {
     this.metrics = options.metrics;
     this.logger = options.logger;
     this.maxHeld = options.maxHeld ?? MAX_HELD_PUBLICATIONS;
+    this.maxRefusedTopics = options.maxRefusedTopics ?? MAX_REFUSED_TOPICS;
   }
 
   /**
@@ -384,8 +390,11 @@ export class MqttPublisher {
   private refused(topic: string, options: PublicationOptions, error: ErrorWithReasonCode): void {
     const reasonCode = `0x${error.code.toString(16).padStart(2, '0')}`;
     this.metrics.mqttPublicationsRefused.inc({ kind: options.kind, reason: reasonCode });
-    const first = !this.refusedTopics.has(topic) && this.refusedTopics.size < MAX_REFUSED_TOPICS;
-    if (first) this.refusedTopics.add(topic);
+    const first = !this.refusedTopics.has(topic);
+    if (first) {
+      if (this.refusedTopics.size >= this.maxRefusedTopics) this.refusedTopics.clear();
+      this.refusedTopics.add(topic);
+    }
     this.logger[first ? 'warn' : 'debug'](
       {
         key: options.about.key,

@@ -2,7 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { connectAsync } from 'mqtt';
 import { MqttIntake } from '../../src/intake/mqtt.js';
+import { MqttPublisher } from '../../src/intake/mqtt-publisher.js';
+import { GatewayTopics } from '../../src/intake/mqtt-topics.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { intakeConfig } from '../helpers/mosquitto.js';
 import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
@@ -142,6 +145,43 @@ describe.skipIf(!available)(
       expect(site.stack.journal.findByKey(key)).toHaveLength(1);
       expect(client.on(resultTopic)).toEqual([]);
       expect(await refusedCount('result')).toBe(2);
+    });
+
+    it('says the refusal of a new topic even after as many other topics were refused as it remembers', async () => {
+      // A requester with a new Response Topic per command fills the topics remembered as
+      // refused; a device's result topic refused after them must still be said (warn).
+      const { logger, lines } = recordingLogger();
+      const client = await connectAsync(site.broker.url, {
+        protocolVersion: 5,
+        username: 'gateway',
+        clientId: `${CLIENT_ID}-publisher`,
+        reconnectPeriod: 0,
+      });
+      site.cleanups.push(() => client.endAsync(true));
+      const publisher = new MqttPublisher({
+        link: { client, protocolLevel: 5 },
+        topics: new GatewayTopics(GATEWAY),
+        responseTopics: [],
+        metrics: site.stack.metrics,
+        logger,
+        maxRefusedTopics: 2,
+      });
+      for (const device of ['a', 'b', 'c', 'a']) {
+        publisher.error({ key: `k-${device}`, device }, undefined, Date.now(), {
+          code: 'UNKNOWN_DEVICE',
+          detail: 'no such device',
+        });
+        await publisher.flush();
+      }
+      const said = lines.filter((l) =>
+        String(l.msg).startsWith('not published: the MQTT broker refused'),
+      );
+      expect(said.map((l) => [l.device, l.level])).toEqual([
+        ['a', 40],
+        ['b', 40],
+        ['c', 40],
+        ['a', 40],
+      ]);
     });
   },
 );
