@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { copyFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { MqttIntake } from '../../src/intake/mqtt.js';
 import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
@@ -88,6 +90,75 @@ describe.skipIf(!available)(
       expect(device.counters.writesReceived).toBe(before + 1);
       expect(site.stack.journal.findByKey(key).map((r) => r.state)).toEqual(['confirmed']);
       await until(() => (intake.connected() ? true : undefined), 5_000, 'the intake subscribed');
+    });
+
+    it('replays, never writes again, the commands an older save still has queued for the gateway', async () => {
+      // Mosquitto saves every autosave_interval (30 min by default): after a crash it comes
+      // back with the messages it had queued for the gateway at the last save, though the
+      // gateway took and acknowledged them since. They are redelivered; their keys are in the
+      // journal.
+      const gatewayId = 'gwsave';
+      const clientId = `sluice-${gatewayId}`;
+      const newIntake = (): MqttIntake =>
+        site.intake({
+          gatewayId,
+          config: { protocolVersion: 5, clientId },
+          reconnect: { minMs: 100, maxMs: 500 },
+        });
+      let intake = newIntake();
+      await site.connect(intake);
+      await intake.stop();
+      // A persistent session, in the save too: the replays wait for it if it reconnects late.
+      const issuer = await TestClient.connect(site.broker.url, {
+        clientId: 'save-issuer',
+        clean: false,
+        properties: { sessionExpiryInterval: 600 },
+      });
+      site.cleanups.push(() => issuer.end());
+      await issuer.subscribe(`sluice/${gatewayId}/result/#`);
+      const device = site.stack.plant.device('v2');
+      const before = device.counters.writesReceived;
+      const timedKey = randomUUID();
+      const expiryKey = randomUUID();
+      const first = device.published.state === 'CLOSED' ? 'open' : 'close';
+      const cmdTopic = `sluice/${gatewayId}/cmd/v2`;
+      // Queued in the gateway's session while it is away: one stamped, one timed by its expiry.
+      await issuer.publish(cmdTopic, timed({ key: timedKey, action: first }));
+      await issuer.publish(
+        cmdTopic,
+        { key: expiryKey, action: first === 'open' ? 'close' : 'open' },
+        { properties: { messageExpiryInterval: 600 } },
+      );
+      // The save the crash will go back to: both commands queued.
+      await site.broker.stop();
+      const save = join(site.broker.dir, 'mosquitto.db');
+      copyFileSync(save, `${save}.old`);
+      await site.broker.restart();
+
+      intake = newIntake();
+      site.cleanups.push(() => intake.stop());
+      await site.connect(intake);
+      const result = (key: string, replayed: boolean): Promise<unknown> =>
+        issuer.waitFor(
+          (m) => m.json().key === key && m.json().replayed === replayed,
+          10_000,
+          `${replayed ? 'replay' : 'result'} of ${key}`,
+        );
+      await result(timedKey, false);
+      await result(expiryKey, false);
+      expect(device.counters.writesReceived).toBe(before + 2);
+
+      // The crash, and the old save back in place.
+      await site.broker.kill();
+      copyFileSync(`${save}.old`, save);
+      await site.broker.restart();
+      await result(timedKey, true);
+      await result(expiryKey, true);
+      expect(site.broker.deliveriesTo(clientId, cmdTopic)).toHaveLength(4);
+      expect(device.counters.writesReceived).toBe(before + 2);
+      for (const key of [timedKey, expiryKey]) {
+        expect(site.stack.journal.findByKey(key).map((r) => r.state)).toEqual(['confirmed']);
+      }
     });
   },
 );
