@@ -36,14 +36,22 @@ export interface MqttPublisherOptions {
 }
 
 /**
- * Publications held for the broker while the gateway is disconnected, at most. mqtt.js keeps
- * every QoS 1 publication made while disconnected in memory (about 1.5 KB a result), and
- * numbers them with 16-bit packet ids that wrap: past 65 535 a new one silently replaces the
- * oldest (measured: 70 000 results settled during a broker outage, 65 535 delivered, the first
- * 4 465 lost without a word, 100 MB of heap). Past the bound a result is not held: it is in the
- * journal, and the drop is logged.
+ * Publications held for the broker while the gateway is disconnected, at most (about 1.5 KB a
+ * result). mqtt.js, left to hold them, numbers them with 16-bit packet ids that wrap: past
+ * 65 535 a new one silently replaced the oldest (measured: 70 000 results settled during a
+ * broker outage, 65 535 delivered, the first 4 465 lost without a word, 100 MB of heap). Past
+ * the bound a result is not held: it is in the journal, and the drop is logged.
  */
 export const MAX_HELD_PUBLICATIONS = 10_000;
+
+/** A publication held while disconnected, sent by reconnected(). */
+interface HeldPublication {
+  readonly topic: string;
+  readonly topicBytes: number;
+  readonly payload: string;
+  readonly options: PublicationOptions;
+  readonly resolve: (acknowledged: boolean) => void;
+}
 
 /** An error answer: the document of docs/mqtt-api.md "Errors". */
 export interface MessageAnswer {
@@ -94,8 +102,11 @@ const MAX_TOPIC_BYTES = 65_535;
  *
  * Publications are QoS 1 and never synchronous: called from the client's handleMessage they are
  * deferred to the next turn of the event loop, after the PUBACK (mqtt.js issue #2026). While
- * disconnected, mqtt.js holds results and sends them on reconnection (in memory only, at most
- * MAX_HELD_PUBLICATIONS).
+ * disconnected, the publisher holds results and sends them all on reconnection (in memory only,
+ * at most MAX_HELD_PUBLICATIONS), not mqtt.js: mqtt.js sends what it holds one at a time, each
+ * after the broker's PUBACK of the one before, and takes no new publication (nor says it is
+ * connected) until it is done, so a backlog delayed everything by its length times the round
+ * trip to the broker.
  */
 export class MqttPublisher {
   private readonly link: PublishingLink;
@@ -112,6 +123,8 @@ export class MqttPublisher {
   private readonly maxRefusedTopics: number;
   /** Publications handed to mqtt.js and not yet acknowledged (or given up) by the broker. */
   private handed = 0;
+  /** Publications made while disconnected, in order, for the next connection. */
+  private readonly held: HeldPublication[] = [];
   /** Publications not held since the connection was lost (see MAX_HELD_PUBLICATIONS). */
   private dropped = 0;
   /**
@@ -138,6 +151,8 @@ export class MqttPublisher {
     // A broker's ACL may have been changed meanwhile: a refusal on the new connection is said
     // again.
     this.refusedTopics.clear();
+    // Held while disconnected: all sent now, in their order, in one go (see the class comment).
+    for (const publication of this.held.splice(0)) this.hand(publication);
     if (this.dropped === 0) return;
     this.logger.warn(
       { dropped: this.dropped, held: this.maxHeld },
@@ -258,14 +273,19 @@ export class MqttPublisher {
   }
 
   /**
-   * Publications handed to mqtt.js and not yet acknowledged, once those deferred by the last
-   * turns are handed too (as flush()): while disconnected, those held for the next connection
-   * (the intake's stop says how many it leaves unpublished).
+   * Publications held for the next connection or handed to mqtt.js and not yet acknowledged,
+   * once those deferred by the last turns are made too (as flush()): while disconnected, those
+   * the intake's stop leaves unpublished (it says how many).
    */
-  async held(): Promise<number> {
+  async unpublished(): Promise<number> {
     await new Promise((resolve) => setImmediate(resolve));
     await new Promise((resolve) => setImmediate(resolve));
-    return this.handed;
+    return this.handed + this.held.length;
+  }
+
+  /** The session has ended: publications still held will never be sent. */
+  ended(): void {
+    for (const publication of this.held.splice(0)) publication.resolve(false);
   }
 
   /** Resolves once every publication made so far is acknowledged (or given up). */
@@ -315,65 +335,85 @@ export class MqttPublisher {
           resolve(false);
           return;
         }
-        if (!client.connected && this.handed >= this.maxHeld) {
-          this.drop(topic, options.about);
-          resolve(false);
-          return;
-        }
-        const publishOptions: IClientPublishOptions = { qos: 1, retain: options.retain };
-        if (this.link.protocolLevel === 5 && options.bare !== true) {
-          publishOptions.properties = {
-            contentType: 'application/json',
-            payloadFormatIndicator: true,
-            ...(options.correlationData === undefined
-              ? {}
-              : { correlationData: options.correlationData }),
-          };
-        }
-        const limit = this.link.maximumPacketSize;
-        const bytes = publishPacketBytes(topicBytes, Buffer.byteLength(payload), publishOptions);
-        if (limit !== undefined && bytes > limit) {
-          // The broker would close the connection on it (MQTT 5 §3.2.2.3.6: a packet over its
-          // limit is a protocol error), and mqtt.js would send it again on every reconnection:
-          // the intake would go on losing its connection, commands and all (measured on
-          // mosquitto with max_packet_size). The result is in the journal.
-          this.logger.warn(
-            {
-              key: options.about.key,
-              device: options.about.device.slice(0, LOGGED_TOPIC_CHARS),
-              topic: topic.slice(0, LOGGED_TOPIC_CHARS),
-              bytes,
-              maximumPacketSize: limit,
-            },
-            "not published: larger than the broker's Maximum Packet Size",
-          );
-          resolve(false);
-          return;
-        }
-        this.handed += 1;
-        client.publish(topic, payload, publishOptions, (error) => {
-          this.handed -= 1;
-          // mqtt.js calls back with null, not undefined, on success.
-          if (!(error instanceof Error)) this.refusedTopics.delete(topic);
-          else if (error instanceof ErrorWithReasonCode) this.refused(topic, options, error);
-          else if (this.link.client !== null) {
-            this.logger.warn(
-              {
-                err: error,
-                key: options.about.key,
-                device: options.about.device.slice(0, LOGGED_TOPIC_CHARS),
-                topic: topic.slice(0, LOGGED_TOPIC_CHARS),
-              },
-              'MQTT publication failed',
-            );
+        // Behind those held, until reconnected() sends them: mqtt.js says it is connected
+        // before its own resending is done and the intake is told.
+        if (!client.connected || this.held.length > 0) {
+          if (this.handed + this.held.length >= this.maxHeld) {
+            this.drop(topic, options.about);
+            resolve(false);
+            return;
           }
-          resolve(!(error instanceof Error));
-        });
+          this.held.push({ topic, topicBytes, payload, options, resolve });
+          return;
+        }
+        this.hand({ topic, topicBytes, payload, options, resolve });
       });
     });
     this.unacknowledged.add(sent);
     void sent.then(() => this.unacknowledged.delete(sent));
     return sent;
+  }
+
+  /**
+   * Hands a publication to mqtt.js, with the properties and the packet size limit of the
+   * connection it goes out on (a fallback to MQTT 3.1.1 may have come in between).
+   */
+  private hand(publication: HeldPublication): void {
+    const { topic, topicBytes, payload, options, resolve } = publication;
+    const client = this.link.client;
+    if (client === null) {
+      resolve(false);
+      return;
+    }
+    const publishOptions: IClientPublishOptions = { qos: 1, retain: options.retain };
+    if (this.link.protocolLevel === 5 && options.bare !== true) {
+      publishOptions.properties = {
+        contentType: 'application/json',
+        payloadFormatIndicator: true,
+        ...(options.correlationData === undefined
+          ? {}
+          : { correlationData: options.correlationData }),
+      };
+    }
+    const limit = this.link.maximumPacketSize;
+    const bytes = publishPacketBytes(topicBytes, Buffer.byteLength(payload), publishOptions);
+    if (limit !== undefined && bytes > limit) {
+      // The broker would close the connection on it (MQTT 5 §3.2.2.3.6: a packet over its
+      // limit is a protocol error), and mqtt.js would send it again on every reconnection:
+      // the intake would go on losing its connection, commands and all (measured on
+      // mosquitto with max_packet_size). The result is in the journal.
+      this.logger.warn(
+        {
+          key: options.about.key,
+          device: options.about.device.slice(0, LOGGED_TOPIC_CHARS),
+          topic: topic.slice(0, LOGGED_TOPIC_CHARS),
+          bytes,
+          maximumPacketSize: limit,
+        },
+        "not published: larger than the broker's Maximum Packet Size",
+      );
+      resolve(false);
+      return;
+    }
+    this.handed += 1;
+    client.publish(topic, payload, publishOptions, (error) => {
+      this.handed -= 1;
+      // mqtt.js calls back with null, not undefined, on success.
+      if (!(error instanceof Error)) this.refusedTopics.delete(topic);
+      else if (error instanceof ErrorWithReasonCode) this.refused(topic, options, error);
+      else if (this.link.client !== null) {
+        this.logger.warn(
+          {
+            err: error,
+            key: options.about.key,
+            device: options.about.device.slice(0, LOGGED_TOPIC_CHARS),
+            topic: topic.slice(0, LOGGED_TOPIC_CHARS),
+          },
+          'MQTT publication failed',
+        );
+      }
+      resolve(!(error instanceof Error));
+    });
   }
 
   /**

@@ -238,8 +238,10 @@ export class MqttIntake {
     // Held while the broker was away (sent on reconnection), they go with the process: the stop
     // went without a word, and an operator could not tell that clients on the result topic
     // missed outcomes (docs/mqtt-api.md: they are in the journal).
-    const held = await this.publisher.held();
-    if (!(await this.session.stop(() => this.publisher.flush())) && held > 0) {
+    const held = await this.publisher.unpublished();
+    const wasConnected = await this.session.stop(() => this.publisher.flush());
+    this.publisher.ended();
+    if (!wasConnected && held > 0) {
       this.logger.warn(
         { held },
         'stopped while disconnected from the MQTT broker: the results held for it were not published (they are in the journal: GET /v1/commands/{key}, sluicectl show)',
