@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectAsync } from 'mqtt';
 import { MqttIntake } from '../../src/intake/mqtt.js';
 import { MqttPublisher } from '../../src/intake/mqtt-publisher.js';
 import { GatewayTopics } from '../../src/intake/mqtt-topics.js';
-import { tempDir } from '../helpers/fixtures.js';
 import { intakeConfig } from '../helpers/mosquitto.js';
 import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
@@ -25,30 +25,30 @@ const available = mosquittoAvailable();
 const GATEWAY = 'gwacl';
 const PREFIX = `sluice/${GATEWAY}`;
 const CLIENT_ID = 'sluice-gwacl';
-const acl = tempDir('sluice-acl-');
-const aclFile = join(acl.dir, 'acl');
-writeFileSync(
-  aclFile,
-  [
-    // Anonymous clients (the test's issuer and observer) may do anything.
-    'topic readwrite #',
-    // The gateway: its commands and status, but only read on its result and state topics.
-    'user gateway',
-    `topic read ${PREFIX}/cmd/#`,
-    `topic write ${PREFIX}/status`,
-    `topic read ${PREFIX}/result/#`,
-    `topic read ${PREFIX}/state/#`,
-    '',
-  ].join('\n'),
-);
+const ACL = [
+  // Anonymous clients (the test's issuer and observer) may do anything.
+  'topic readwrite #',
+  // The gateway: its commands and status, but only read on its result and state topics.
+  'user gateway',
+  `topic read ${PREFIX}/cmd/#`,
+  `topic write ${PREFIX}/status`,
+  `topic read ${PREFIX}/result/#`,
+  `topic read ${PREFIX}/state/#`,
+  '',
+].join('\n');
 
 describe.skipIf(!available)(
   'MQTT intake: a broker ACL refuses the gateway its result topic',
   () => {
-    const site = useMqttSite({ settings: [`acl_file ${aclFile}`] }, { opcua: false });
-    afterAll(() => {
-      acl.cleanup();
+    // The broker reads its ACL at start: written before the site's beforeAll, registered next.
+    const aclFile = join(tmpdir(), `sluice-acl-${randomUUID()}`);
+    beforeAll(() => {
+      writeFileSync(aclFile, ACL);
     });
+    afterAll(() => {
+      rmSync(aclFile, { force: true });
+    });
+    const site = useMqttSite({ settings: [`acl_file ${aclFile}`] }, { opcua: false });
 
     /** Lines of the broker's log: the PUBLISH packets of the gateway it denied, on `topic`. */
     const denied = (topic: string): number =>
