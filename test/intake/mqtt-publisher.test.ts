@@ -35,6 +35,36 @@ const noMetrics = {
   mqttPublicationsRefused: { inc: (): void => undefined },
 };
 
+/** Settled commands as the journal stores them (rejected at the claim: a stored result). */
+function settled(journal: SqliteJournal, prefix: string, count: number): CommandRecord[] {
+  return Array.from({ length: count }, (_, i) => {
+    const claim = journal.claim(newCommand(`${prefix}-${i}`, 'f'), {
+      code: 'FORBIDDEN_DEVICE',
+      detail: 'not this identity’s device; nothing was written',
+    });
+    expect(claim.kind).toBe('new');
+    return claim.record;
+  });
+}
+
+/**
+ * Stops the broker, waits for the client to see it gone, and publishes `records`' results; the
+ * publications are made in the next turn (where holding or dropping each is decided), so two
+ * turns are let pass before it returns.
+ */
+async function publishedWhileDown(
+  broker: Mosquitto,
+  client: MqttClient,
+  publisher: MqttPublisher,
+  records: readonly CommandRecord[],
+): Promise<void> {
+  await broker.stop();
+  await until(() => (client.connected ? undefined : true), 5_000, 'the client disconnected');
+  for (const record of records) publisher.result(record);
+  await new Promise((resolve) => setImmediate(resolve));
+  await new Promise((resolve) => setImmediate(resolve));
+}
+
 describe.skipIf(!available)('MQTT publisher: one turn, one write, in order', () => {
   let broker: Mosquitto;
   let client: MqttClient;
@@ -59,18 +89,6 @@ describe.skipIf(!available)('MQTT publisher: one turn, one write, in order', () 
     journal.close();
     cleanup();
   });
-
-  /** Settled commands as the journal stores them (rejected at the claim: a stored result). */
-  function settled(prefix: string, count: number): CommandRecord[] {
-    return Array.from({ length: count }, (_, i) => {
-      const claim = journal.claim(newCommand(`${prefix}-${i}`, 'f'), {
-        code: 'FORBIDDEN_DEVICE',
-        detail: 'not this identity’s device; nothing was written',
-      });
-      expect(claim.kind).toBe('new');
-      return claim.record;
-    });
-  }
 
   /** Counts the socket's writes (its Writable implementation's calls) while `run` runs. */
   async function socketWrites(run: () => Promise<void>): Promise<number> {
@@ -108,8 +126,8 @@ describe.skipIf(!available)('MQTT publisher: one turn, one write, in order', () 
       metrics: noMetrics,
       logger: silentLogger,
     });
-    const first = settled('turn1', 30);
-    const second = settled('turn2', 10);
+    const first = settled(journal, 'turn1', 30);
+    const second = settled(journal, 'turn2', 10);
     const writes = await socketWrites(async () => {
       for (const record of first) publisher.result(record);
       // A later turn: its publications follow the first turn's.
@@ -202,20 +220,8 @@ describe.skipIf(!available)('MQTT publisher: results held while disconnected are
     client.on('connect', () => {
       publisher.reconnected();
     });
-    const records = Array.from({ length: 30 }, (_, i) => {
-      const claim = journal.claim(newCommand(`held-${i}`, 'f'), {
-        code: 'FORBIDDEN_DEVICE',
-        detail: 'not this identity’s device; nothing was written',
-      });
-      return claim.record;
-    });
-
-    await broker.stop();
-    await until(() => (client.connected ? undefined : true), 5_000, 'the client disconnected');
-    for (const record of records) publisher.result(record);
-    // The publications are made in the next turn; the drop is decided there.
-    await new Promise((resolve) => setImmediate(resolve));
-    await new Promise((resolve) => setImmediate(resolve));
+    const records = settled(journal, 'held', 30);
+    await publishedWhileDown(broker, client, publisher, records);
     await broker.restart();
     await until(() => (client.connected ? true : undefined), 10_000, 'the client reconnected');
     // Every publication handed to mqtt.js is acknowledged by the broker: nothing more will come.
@@ -361,18 +367,8 @@ describe.skipIf(!available)(
       client.on('connect', () => {
         publisher.reconnected();
       });
-      const records = Array.from({ length: 50 }, (_, i) => {
-        const claim = journal.claim(newCommand(`together-${i}`, 'f'), {
-          code: 'FORBIDDEN_DEVICE',
-          detail: 'not this identity’s device; nothing was written',
-        });
-        return claim.record;
-      });
-      await broker.stop();
-      await until(() => (client.connected ? undefined : true), 5_000, 'the client disconnected');
-      for (const record of records) publisher.result(record);
-      await new Promise((resolve) => setImmediate(resolve));
-      await new Promise((resolve) => setImmediate(resolve));
+      const records = settled(journal, 'together', 50);
+      await publishedWhileDown(broker, client, publisher, records);
 
       // No PUBACK reaches the gateway on the next connection: every held result reaches the
       // broker all the same (it took one, then waited for its PUBACK for ever).
