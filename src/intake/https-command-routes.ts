@@ -171,17 +171,33 @@ async function answerClaim(
   switch (claim.kind) {
     case 'new': {
       const plan = planWait(parsePrefer(request.headers.prefer), options.waitPolicy);
-      const record = await settledWithin(options, waiting, claim.record, plan.waitMs);
+      const client = watchClient(reply);
+      let record: CommandRecord;
+      try {
+        record = await settledWithin(options, waiting, claim.record, plan.waitMs, client.gone);
+      } finally {
+        client.stopWatching();
+      }
       // Group commit: nothing is answered before what it reports (the claim, the settlement,
       // a duplicate's event) is on disk — one barrier, just before the answer, so that the
       // command runs meanwhile (none for a settlement announced, which followed its own); a
       // failed sync is a JournalUnavailableError, answered 503.
       await pipeline.durableFor(record);
       if (plan.applied !== null) reply.header('preference-applied', plan.applied);
-      log.info(
-        { identity: identityName, state: record.state, code: record.code },
-        'HTTPS command answered',
-      );
+      if (client.left) {
+        // The client hung up (or its connection broke) while its command ran: no fault of the
+        // gateway's, and the command goes on, so info; never "answered", which would tell an
+        // operator looking for a lost answer that it was sent. A retry with the key gets it.
+        log.info(
+          { identity: identityName, state: record.state, code: record.code },
+          'HTTPS client gone before its answer; the command goes on, a retry with its key gets the outcome',
+        );
+      } else {
+        log.info(
+          { identity: identityName, state: record.state, code: record.code },
+          'HTTPS command answered',
+        );
+      }
       return sendRecord(reply, record, false);
     }
     case 'duplicate': {
@@ -238,12 +254,51 @@ function receivedOutcome(claim: Claim): 'new' | 'replayed' | 'in_flight' | 'key_
   }
 }
 
-/** The command once terminal, or as it stands after `waitMs` or when the intake stops. */
+/**
+ * Whether the client left before its answer: the connection closed (a FIN, a reset) with the
+ * answer not sent. `gone` resolves then, so that a request whose client left stops waiting.
+ */
+interface ClientWatch {
+  readonly gone: Promise<undefined>;
+  readonly left: boolean;
+  stopWatching(): void;
+}
+
+function watchClient(reply: Reply): ClientWatch {
+  const response = reply.raw;
+  let left = false;
+  let onClose = (): void => undefined;
+  const gone = new Promise<undefined>((resolve) => {
+    onClose = () => {
+      if (response.writableFinished) return;
+      left = true;
+      resolve(undefined);
+    };
+  });
+  response.once('close', onClose);
+  // A connection already gone when the handler runs emits no more 'close'.
+  if (reply.request.raw.socket.destroyed) onClose();
+  return {
+    gone,
+    get left() {
+      return left || reply.request.raw.socket.destroyed;
+    },
+    stopWatching: () => {
+      response.off('close', onClose);
+    },
+  };
+}
+
+/**
+ * The command once terminal, or as it stands after `waitMs`, when the intake stops or when its
+ * client has gone (`gone`).
+ */
 async function settledWithin(
   options: CommandRoutesOptions,
   waiting: Set<() => void>,
   record: CommandRecord,
   waitMs: number,
+  gone: Promise<undefined>,
 ): Promise<CommandRecord> {
   const { pipeline, stopping } = options;
   const ref: CommandRef = { scope: record.scope, key: record.key };
@@ -258,7 +313,7 @@ async function settledWithin(
     waiting.add(wake);
   });
   try {
-    const settled = await Promise.race([pipeline.waitForSettled(ref, waitMs), stopped]);
+    const settled = await Promise.race([pipeline.waitForSettled(ref, waitMs), stopped, gone]);
     return settled ?? journaled(pipeline, ref);
   } finally {
     waiting.delete(wake);

@@ -9,6 +9,7 @@ import {
   limitConnections,
 } from './https-connections.js';
 import { settleUnreadBody } from './https-drain.js';
+import { AnswersOwed } from './https-owed.js';
 import { readIdempotencyKey } from './idempotency-key.js';
 import {
   answerClientError,
@@ -137,13 +138,18 @@ export function createServer(options: ServerOptions): App {
       });
     },
     clientErrorHandler: (error, socket) => {
-      answerClientError(error, socket, errors);
+      // After the answers owed to the requests read before the bytes that failed: answered at
+      // once, the failure's answer would come first, where the client reads its command's.
+      answersOwed.afterAnswered(socket, () => {
+        answerClientError(error, socket, errors);
+      });
     },
     // No route declares a JSON schema: commands are validated with zod (src/core/command.ts)
     // and answers are plain JSON. fastify's default compilers (ajv, fast-json-stringify) would
     // be loaded for nothing at every start (about 90 ms here); these refuse a schema instead.
     schemaController: { compilersFactory: { buildValidator: noSchema, buildSerializer: noSchema } },
   });
+  const answersOwed = new AnswersOwed(app.server);
   limitConnections(app.server, {
     maxConnections: config.maxConnections,
     maxConnectionsPerAddress: config.maxConnectionsPerAddress,

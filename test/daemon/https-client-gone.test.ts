@@ -1,0 +1,168 @@
+import { once } from 'node:events';
+import { connect as tcpConnect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { connect, type TLSSocket } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/config.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import type { Plant } from '../../simulators/plant.js';
+import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { until } from '../helpers/mosquitto.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
+
+/**
+ * Clients a plant network produces, on the real sluiced (in this process) with sluice-sim and its
+ * SQLite journal: one that hangs up (FIN, or a reset) while its command runs, and one whose
+ * request is followed by bytes that are no request (a `Content-Length` a few bytes short of what
+ * it sent). Ground truth: the valve's write log, the journal file read through a connection of
+ * its own, the bytes the client received, and the daemon's log.
+ */
+
+const TOKEN = 'client-gone-token';
+
+let plant: Plant;
+let daemon: Daemon;
+let cert: string;
+let dir: string;
+let cleanup: () => void;
+const log = recordingLogger();
+
+beforeAll(async () => {
+  ({ dir, cleanup } = tempDir('sluice-client-gone-'));
+  // A stroke long enough to hang up while the command waits for its readback.
+  plant = await startModbusPlant({
+    v1: { profile: 'valve', base: 0, travelMs: 800 },
+    v2: { profile: 'valve', base: 20, travelMs: 800 },
+    v3: { profile: 'valve', base: 40, travelMs: 100 },
+  });
+  let configPath: string;
+  ({ configPath, cert } = await writeTokenSite(dir, plant, {
+    gatewayId: 'client-gone',
+    token: TOKEN,
+  }));
+  daemon = await Daemon.start(loadConfig(configPath, { env: {} }), { logger: log.logger });
+}, 60_000);
+
+afterAll(async () => {
+  await daemon.stop();
+  await plant.stop();
+  cleanup();
+}, 30_000);
+
+interface Client {
+  readonly tls: TLSSocket;
+  /** The TCP connection under it: a reset is sent on it (a TLS socket cannot send one). */
+  readonly tcp: Socket;
+  /** Everything received so far. */
+  received(): string;
+}
+
+async function open(): Promise<Client> {
+  const tcp = tcpConnect({ host: '127.0.0.1', port: daemon.https!.port });
+  const tls = connect({ socket: tcp, ca: cert, servername: 'localhost' });
+  let text = '';
+  tls.setEncoding('utf8');
+  tls.on('data', (chunk: string) => (text += chunk));
+  tls.on('error', () => undefined);
+  tcp.on('error', () => undefined);
+  await once(tls, 'secureConnect');
+  return { tls, tcp, received: () => text };
+}
+
+/** Issued once: a retry sends the very same command. */
+const issuedAt = new Date().toISOString();
+
+function command(key: string, device: string): string {
+  const body = JSON.stringify({ device, action: 'open', issuedAt });
+  return (
+    `POST /v1/commands HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${TOKEN}\r\n` +
+    `Idempotency-Key: ${key}\r\nContent-Type: application/json\r\n` +
+    `Content-Length: ${String(Buffer.byteLength(body))}\r\n\r\n${body}`
+  );
+}
+
+/** The command as the journal file holds it, with its history. */
+function journaled(key: string): { state: string; code: string | null; steps: string[] }[] {
+  const journal = SqliteJournal.open({ path: join(dir, 'state', 'journal.db'), readonly: true });
+  try {
+    return journal.findByKey(key).map((record) => ({
+      state: record.state,
+      code: record.code,
+      steps: journal.history(record).map((event) => `${String(event.from)}->${event.to}`),
+    }));
+  } finally {
+    journal.close();
+  }
+}
+
+function linesOf(key: string): Record<string, unknown>[] {
+  return log.lines.filter((line) => line.key === key);
+}
+
+/** The status lines of the answers in `text`, in the order they came. */
+function statuses(text: string): string[] {
+  return [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]!);
+}
+
+describe('a client that hangs up while its command runs', () => {
+  for (const [how, device] of [
+    ['FIN', 'v1'],
+    ['reset', 'v2'],
+  ] as const) {
+    it(`(${how}) the command runs once and is journaled; the log says the client left, at info, with key and device; a retry gets the stored result`, async () => {
+      const key = `gone-${how}`;
+      const valve = plant.device(device);
+      const client = await open();
+      client.tls.write(command(key, device));
+      // The write is in flight: the command waits for its readback.
+      await until(() => (valve.writeLog.length === 1 ? true : undefined), 5_000, 'the write');
+      if (how === 'FIN') client.tls.end();
+      else client.tcp.resetAndDestroy();
+      const gone = await until(
+        () =>
+          linesOf(key).find((line) => String(line.msg).startsWith('HTTPS client gone')) ??
+          undefined,
+        5_000,
+        'the log line of the client gone',
+      );
+      expect(gone).toMatchObject({ level: 30, key, device });
+      await until(() => (journaled(key)[0]?.state === 'confirmed' ? true : undefined));
+      expect(journaled(key)).toEqual([
+        {
+          state: 'confirmed',
+          code: 'OK',
+          steps: ['null->accepted', 'accepted->dispatched', 'dispatched->confirmed'],
+        },
+      ]);
+      // Nothing was sent to that client, and the log never says it was.
+      expect(client.received()).toBe('');
+      expect(linesOf(key).filter((line) => line.msg === 'HTTPS command answered')).toEqual([]);
+      expect(linesOf(key).filter((line) => Number(line.level) >= 40)).toEqual([]);
+
+      const retry = await open();
+      retry.tls.write(command(key, device).replace('\r\n\r\n', '\r\nConnection: close\r\n\r\n'));
+      await once(retry.tls, 'close');
+      expect(statuses(retry.received())).toEqual(['200']);
+      expect(retry.received()).toMatch(/idempotent-replayed: true/i);
+      expect(valve.writeLog).toHaveLength(1);
+    });
+  }
+});
+
+describe('bytes after a command that are no request', () => {
+  it('the command is answered first, then the bytes refused and the connection closed; one write', async () => {
+    const key = 'stray-bytes';
+    const valve = plant.device('v3');
+    const client = await open();
+    // A Content-Length that leaves out the space and line end the client sent after its body.
+    client.tls.write(`${command(key, 'v3')} \r\n`);
+    await once(client.tls, 'close');
+    // In that order: the client reads the first answer as its command's.
+    expect(statuses(client.received())).toEqual(['200', '501']);
+    expect(client.received()).toContain(`"key":"${key}"`);
+    expect(journaled(key)[0]).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(valve.writeLog).toHaveLength(1);
+  });
+});
