@@ -223,7 +223,7 @@ export class Metrics {
     });
     this.mqttPublicationsRefused = new Counter({
       name: 'sluice_mqtt_publications_refused_total',
-      help: 'MQTT publications the broker refused with a reason code (MQTT 5 PUBACK; e.g. 0x87 Not authorized, an ACL), by kind (result, response, state) and reason; not sent again, each outcome is in the journal.',
+      help: 'MQTT publications the broker refused with a reason code (MQTT 5 PUBACK; e.g. 0x87 Not authorized, an ACL), by kind (result, response, state, status: the gateway online at connect) and reason; not sent again, each outcome is in the journal.',
       labelNames: ['kind', 'reason'],
       registers,
     });

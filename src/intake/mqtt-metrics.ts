@@ -17,9 +17,9 @@ export type MessageOutcome =
 /**
  * What a publication carries, for sluice_mqtt_publications_refused_total{kind}: a result, replay
  * or error on a result topic; the same on a Response Topic; the retained state, or the clearing
- * of a retained topic.
+ * of a retained topic; the gateway's retained `online` at connect.
  */
-export type PublicationKind = 'result' | 'response' | 'state';
+export type PublicationKind = 'result' | 'response' | 'state' | 'status';
 
 /** sluice_commands_received_total{intake="mqtt",outcome}. */
 export type ReceivedOutcome = 'new' | 'replayed' | 'in_flight' | 'key_reused' | 'refused';

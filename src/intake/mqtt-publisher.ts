@@ -91,6 +91,9 @@ export const MAX_REFUSED_TOPICS = 1_000;
 /** MQTT 5 reason code 0x87 Not authorized (§2.4): what a broker's ACL answers. */
 const NOT_AUTHORIZED = 0x87;
 
+/** The gateway's own publications (its status) answer no requester and name no device. */
+const NO_REQUESTER: Requester = { key: null, device: '' };
+
 /** A topic name is a UTF-8 string of at most this many bytes (MQTT 5 §1.5.4, 3.1.1 §1.5.3). */
 const MAX_TOPIC_BYTES = 65_535;
 
@@ -448,9 +451,19 @@ export class MqttPublisher {
           : {}),
       },
       first
-        ? 'not published: the MQTT broker refused the publication; it is not sent again (the outcome is in the journal), and further refusals on this topic are logged at debug'
+        ? `not published: the MQTT broker refused the publication; it is not sent again (${options.kind === 'status' ? 'the status is published again at the next connection' : 'the outcome is in the journal'}), and further refusals on this topic are logged at debug`
         : 'not published: the MQTT broker refused the publication',
     );
+  }
+
+  /**
+   * The broker refused the gateway's retained `online` (mqtt-session.ts), published once per
+   * connection: said as a refused result is (refused()), at warn on each connection, since
+   * reconnected() forgets the topics refused on the last one. Subscribers to the status topic
+   * are left with whatever it held (`offline`, the Will, or nothing).
+   */
+  statusRefused(error: ErrorWithReasonCode): void {
+    this.refused(this.topics.status, { kind: 'status', retain: true, about: NO_REQUESTER }, error);
   }
 
   /** A publication not held for the broker: the first of an outage is logged with its key. */

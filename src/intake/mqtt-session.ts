@@ -6,6 +6,7 @@ import {
   type IClientOptions,
   type IClientPublishOptions,
   type IConnackPacket,
+  type IDisconnectPacket,
   type IPublishPacket,
   type MqttClient,
 } from 'mqtt';
@@ -48,6 +49,11 @@ export interface SessionEvents {
   readonly message: (client: MqttClient, packet: IPublishPacket, callback: DoneCallback) => void;
   /** A connection is up (before its subscription is confirmed); `online` is on its way. */
   readonly connected: () => void;
+  /**
+   * The broker refused `online` with a reason code (MQTT 5 PUBACK, e.g. 0x87 from an ACL without
+   * write on the status topic): said by the publisher, as its own refusals are.
+   */
+  readonly statusRefused: (error: ErrorWithReasonCode) => void;
 }
 
 export interface MqttSessionOptions {
@@ -74,6 +80,19 @@ const DISCONNECT_WITH_WILL = 0x04;
 const PROTOCOL_REFUSALS = new Set([0x01, 0x84]);
 /** After a refusal of MQTT 5, the 3.1.1 attempt follows this soon. */
 const FALLBACK_RECONNECT_MS = 50;
+/** MQTT 5 DISCONNECT reason 0x8E Session taken over (§3.14.2.1): a client with this id connected. */
+const SESSION_TAKEN_OVER = 0x8e;
+/**
+ * A connection the broker closes this soon after accepting it, without a reason, counts towards
+ * a suspected takeover (see closedShortly): another client with the same client id that
+ * reconnects as soon as it is thrown off. As long as the longest reconnection delay, so that
+ * another Sluice with the same id, which waits up to that long, is caught too.
+ */
+const SHORT_CONNECTION_MS = 30_000;
+/** Short connections in a row, closed without a reason, before a takeover is suspected. */
+const SHORT_CONNECTIONS_SUSPECTED = 3;
+/** The takeover warning is repeated at most this often while the connections stay short. */
+const TAKEOVER_WARN_EVERY_MS = 10 * 60_000;
 
 /**
  * The MQTT session of the intake: one persistent session (clean start off) on one client id,
@@ -117,6 +136,14 @@ export class MqttSession {
   private readonly unsubscribed = new Set<string>();
   private error: string | null = null;
   private errorStreak = 0;
+  /** The DISCONNECT the broker sent on the current connection (MQTT 5), if any. */
+  private brokerDisconnect: IDisconnectPacket | null = null;
+  /** Connections in a row the broker closed shortly after accepting them (closedShortly). */
+  private shortConnections = 0;
+  /** One of them ended with DISCONNECT 0x8E Session taken over: the cause is known. */
+  private takenOver = false;
+  /** When the takeover was last said at warn (clock.elapsed()); null: not in this streak. */
+  private takeoverSaidAt: number | null = null;
 
   constructor(options: MqttSessionOptions) {
     this.config = options.config;
@@ -199,6 +226,7 @@ export class MqttSession {
       this.isDropping = false;
       this.awaitingConnack = true;
       this.attemptFailed = false;
+      this.brokerDisconnect = null;
       this.unsubscribed.clear();
       // MQTT.js passes on only the stream errors that carry a code (a socket's): when MQTT.js
       // itself refuses to write a packet (mqtt-packet's "Invalid …", "Username is required to
@@ -213,6 +241,10 @@ export class MqttSession {
     });
     client.on('connect', (connack) => {
       this.onConnect(client, connack, events);
+    });
+    // MQTT 5: a broker may say why it ends the connection (a DISCONNECT before it closes it).
+    client.on('disconnect', (packet) => {
+      this.brokerDisconnect = packet;
     });
     // Prepended: mqtt.js's own close handler schedules the reconnect with
     // `options.reconnectPeriod`, so the next delay must be set before it runs.
@@ -417,9 +449,11 @@ export class MqttSession {
       'connected to the MQTT broker',
     );
     client.publish(this.topics.status, 'online', this.statusOptions(), (error) => {
-      if (error instanceof Error && !this.isEnded) {
-        this.logger.warn({ err: error }, '`online` not published');
-      }
+      if (!(error instanceof Error) || this.isEnded) return;
+      // A refusal carries the broker's reason (the publisher says it like any other); other
+      // errors (the connection lost first) have only their message.
+      if (error instanceof ErrorWithReasonCode) events.statusRefused(error);
+      else this.logger.warn({ err: error }, '`online` not published');
     });
     if (!sessionPresent) this.subscribed = false;
     if (!this.subscribed) this.subscribe(client);
@@ -454,11 +488,10 @@ export class MqttSession {
 
   private onClose(client: MqttClient): void {
     const now = this.clock.elapsed();
-    const wasConnected = this.connectedAt !== null;
-    const stable =
-      this.connectedAt !== null &&
-      now - this.connectedAt >= STABLE_CONNECTION_MS &&
-      !this.isDropping;
+    const upMs = this.connectedAt === null ? null : now - this.connectedAt;
+    const stable = upMs !== null && upMs >= STABLE_CONNECTION_MS && !this.isDropping;
+    const disconnect = this.brokerDisconnect;
+    this.brokerDisconnect = null;
     this.connectedAt = null;
     const unanswered = this.awaitingConnack && !this.attemptFailed;
     this.awaitingConnack = false;
@@ -477,11 +510,60 @@ export class MqttSession {
     if (stable) this.backoff.reset();
     const delay = this.backoff.next();
     client.options.reconnectPeriod = delay;
-    if (wasConnected) {
-      this.logger.warn({ reconnectInMs: delay }, 'disconnected from the MQTT broker');
+    if (upMs !== null) {
+      const reason = disconnect === null ? {} : brokerReason(disconnect);
+      this.logger.warn(
+        { reconnectInMs: delay, connectedForMs: Math.round(upMs), ...reason },
+        'disconnected from the MQTT broker',
+      );
+      // Closed by the broker (not dropped by the gateway, no error), with no reason or because
+      // another client took the session over.
+      const byBroker =
+        !this.isDropping &&
+        !this.attemptFailed &&
+        (disconnect === null || disconnect.reasonCode === SESSION_TAKEN_OVER);
+      if (byBroker && upMs < SHORT_CONNECTION_MS) {
+        this.closedShortly(now, disconnect !== null);
+      } else if (upMs >= SHORT_CONNECTION_MS) {
+        this.shortConnections = 0;
+        this.takenOver = false;
+        this.takeoverSaidAt = null;
+      }
     } else {
       this.logger.debug({ reconnectInMs: delay }, 'MQTT connection attempt failed');
     }
+  }
+
+  /**
+   * The broker closed a connection soon after accepting it: with DISCONNECT 0x8E Session taken
+   * over, or without a word (Mosquitto 2.0.11 sends no DISCONNECT on a takeover, over MQTT 5
+   * either: it logs "Client <id> already connected, closing old connection" and closes the
+   * socket). Another client with the same client id — a second gateway, a stray tool — throws
+   * the gateway off each time it connects, and is thrown off in turn when the gateway comes
+   * back: the link flaps, and the commands queued in the session go to whichever client holds
+   * it (a tool that acknowledges them takes them, and they are never run nor answered). Said at
+   * warn at once for a 0x8E, after SHORT_CONNECTIONS_SUSPECTED such closes without one, then
+   * at most every TAKEOVER_WARN_EVERY_MS with the count; also the reason /readyz gives while
+   * disconnected.
+   */
+  private closedShortly(now: number, takenOver: boolean): void {
+    this.shortConnections += 1;
+    this.takenOver ||= takenOver;
+    const clientId = this.clientOptions.clientId;
+    const count = this.shortConnections;
+    const cause = this.takenOver
+      ? `the MQTT broker ended the session: another client connected with this client id (${clientId}; DISCONNECT 0x8E Session taken over)`
+      : `the MQTT broker closed the connection ${count} times in a row, each within ${SHORT_CONNECTION_MS / 1000} s of accepting it and without a reason: most likely another client connects with this client id (${clientId}); the broker's log shows "Client ${clientId} already connected, closing old connection"`;
+    if (!this.takenOver && count < SHORT_CONNECTIONS_SUSPECTED) return;
+    this.error = cause;
+    if (this.takeoverSaidAt !== null && now - this.takeoverSaidAt < TAKEOVER_WARN_EVERY_MS) {
+      return;
+    }
+    this.takeoverSaidAt = now;
+    this.logger.warn(
+      { clientId, shortConnections: count },
+      `${cause}. Each connection throws the other client off and the link flaps; the commands queued for the gateway go to whichever client holds the session. Give every client its own id (mqtt.clientId, default sluice-{gatewayId})`,
+    );
   }
 
   private onError(client: MqttClient, error: Error): void {
@@ -568,6 +650,16 @@ export class MqttSession {
     timeout.abort();
     return result;
   }
+}
+
+/** The reason of a broker's DISCONNECT, for the log. */
+function brokerReason(packet: IDisconnectPacket): Record<string, unknown> {
+  const code = packet.reasonCode ?? 0;
+  const reasonString = packet.properties?.reasonString;
+  return {
+    reasonCode: `0x${code.toString(16).padStart(2, '0')}`,
+    ...(reasonString === undefined ? {} : { reason: reasonString }),
+  };
 }
 
 function setNoDelay(client: MqttClient): void {

@@ -182,6 +182,9 @@ export class MqttIntake {
         this.retainedState.connected();
         this.formerRoots?.connected();
       },
+      statusRefused: (error) => {
+        this.publisher.statusRefused(error);
+      },
     });
   }
 

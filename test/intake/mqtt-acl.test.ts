@@ -34,6 +34,11 @@ const ACL = [
   `topic write ${PREFIX}/status`,
   `topic read ${PREFIX}/result/#`,
   `topic read ${PREFIX}/state/#`,
+  // A gateway whose user may not write its status: its `online` at connect is refused.
+  'user gateway-nostatus',
+  `topic read ${PREFIX}/cmd/#`,
+  `topic write ${PREFIX}/result/#`,
+  `topic write ${PREFIX}/state/#`,
   '',
 ].join('\n');
 
@@ -145,6 +150,68 @@ describe.skipIf(!available)(
       expect(site.stack.journal.findByKey(key)).toHaveLength(1);
       expect(client.on(resultTopic)).toEqual([]);
       expect(await refusedCount('result')).toBe(2);
+    });
+
+    it("MQTT 5: the refusal of the gateway's `online` says the topic, reason code and reason, once per connection", async () => {
+      const { logger, lines } = recordingLogger();
+      const clientId = `${CLIENT_ID}-nostatus`;
+      const intake = new MqttIntake({
+        config: intakeConfig(site.broker.url, {
+          protocolVersion: 5,
+          username: 'gateway-nostatus',
+          clientId,
+        }),
+        gatewayId: GATEWAY,
+        pipeline: site.stack.pipeline,
+        identities: site.stack.identities,
+        metrics: site.stack.metrics,
+        logger,
+        reconnect: { minMs: 100, maxMs: 500 },
+        retentionHours: 48,
+      });
+      site.cleanups.push(() => intake.stop());
+      const statusTopic = `${PREFIX}/status`;
+      const deniedStatus = (): number =>
+        site.broker
+          .log()
+          .split('\n')
+          .filter(
+            (l) =>
+              l.includes(`Denied PUBLISH from ${clientId} (`) && l.includes(`'${statusTopic}'`),
+          ).length;
+      const refusals = (): Record<string, unknown>[] =>
+        lines.filter(
+          (l) =>
+            String(l.msg).startsWith('not published: the MQTT broker refused') &&
+            l.topic === statusTopic,
+        );
+      const before = await refusedCount('status');
+      await site.connect(intake);
+      await until(() => (refusals().length === 1 ? true : undefined), 10_000, 'the refusal');
+      // Ground truth: the broker denied it.
+      expect(deniedStatus()).toBe(1);
+      expect(refusals()[0]).toMatchObject({
+        level: 40,
+        topic: statusTopic,
+        kind: 'status',
+        reasonCode: '0x87',
+        reason: 'Not authorized',
+        hint: expect.stringContaining('ACL') as unknown,
+      });
+      expect(String(refusals()[0]?.msg)).toContain('published again at the next connection');
+      expect(lines.filter((l) => l.msg === '`online` not published')).toEqual([]);
+      expect(await refusedCount('status')).toBe(before + 1);
+
+      // A new connection (the broker restarted) publishes `online` again: refused again, and
+      // said again at warn (one line per connection, not one per run).
+      // The broker's log survives its restart (appended to).
+      expect(site.broker.connectionsOf(clientId)).toBe(1);
+      await site.broker.restart();
+      await until(() => (deniedStatus() === 2 ? true : undefined), 10_000, 'denied again');
+      await until(() => (refusals().length === 2 ? true : undefined), 10_000, 'said again');
+      expect(site.broker.connectionsOf(clientId)).toBe(2);
+      expect(refusals()[1]).toMatchObject({ level: 40, kind: 'status', reasonCode: '0x87' });
+      expect(await refusedCount('status')).toBe(before + 2);
     });
 
     it('says the refusal of a new topic even after as many other topics were refused as it remembers', async () => {
