@@ -118,6 +118,12 @@ describe('a client that hangs up while its command runs', () => {
       client.tls.write(command(key, device));
       // The write is in flight: the command waits for its readback.
       await until(() => (valve.writeLog.length === 1 ? true : undefined), 5_000, 'the write');
+      // A retry on a second connection meanwhile: in flight, 409 IN_PROGRESS (SPEC §4).
+      const early = await open();
+      early.tls.write(command(key, device).replace('\r\n\r\n', '\r\nConnection: close\r\n\r\n'));
+      await once(early.tls, 'close');
+      expect(statuses(early.received())).toEqual(['409']);
+      expect(early.received()).toContain('"code":"IN_PROGRESS"');
       if (how === 'FIN') client.tls.end();
       else client.tcp.resetAndDestroy();
       const gone = await until(
@@ -133,10 +139,17 @@ describe('a client that hangs up while its command runs', () => {
         {
           state: 'confirmed',
           code: 'OK',
-          steps: ['null->accepted', 'accepted->dispatched', 'dispatched->confirmed'],
+          // The retry in flight is noted in the history, and changed nothing.
+          steps: [
+            'null->accepted',
+            'accepted->dispatched',
+            'dispatched->dispatched',
+            'dispatched->confirmed',
+          ],
         },
       ]);
-      // Nothing was sent to that client, and the log never says it was.
+      // Nothing was sent to that client (Node ends a connection its client half-closed without
+      // the answer still owed), and the log never says it was.
       expect(client.received()).toBe('');
       expect(linesOf(key).filter((line) => line.msg === 'HTTPS command answered')).toEqual([]);
       expect(linesOf(key).filter((line) => Number(line.level) >= 40)).toEqual([]);
