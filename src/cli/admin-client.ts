@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { CliError, EXIT, messageOf } from './errors.js';
 
 /**
@@ -176,4 +177,33 @@ export class AdminClient {
         return new CliError(`the admin endpoint at ${socket} failed: ${messageOf(error)}`);
     }
   }
+}
+
+/**
+ * Whether a daemon listens on the admin socket: `absent` only when nothing does (no socket file,
+ * or one a killed daemon left), `unknown` when that cannot be told (no permission, no answer
+ * within `timeoutMs`). Connects and closes: nothing is asked of the daemon.
+ */
+export function daemonListening(
+  socket: string,
+  timeoutMs = 1_000,
+): Promise<'listening' | 'absent' | 'unknown'> {
+  return new Promise((resolve) => {
+    const probe = connect({ path: socket });
+    const done = (answer: 'listening' | 'absent' | 'unknown'): void => {
+      clearTimeout(timer);
+      probe.destroy();
+      resolve(answer);
+    };
+    const timer = setTimeout(() => {
+      done('unknown');
+    }, timeoutMs);
+    probe.once('connect', () => {
+      done('listening');
+    });
+    probe.once('error', (error) => {
+      const code = (error as { code?: unknown }).code;
+      done(code === 'ENOENT' || code === 'ECONNREFUSED' ? 'absent' : 'unknown');
+    });
+  });
 }

@@ -4,6 +4,7 @@ import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js'
 import { UNREACHABLE_GRACE_MS, type DeviceTiming } from '../core/open-commands.js';
 import { packageRoot } from '../package-root.js';
 import { loadProfiles } from '../profiles/load.js';
+import { daemonListening } from './admin-client.js';
 import { CliError, messageOf } from './errors.js';
 import { Style } from './table.js';
 
@@ -143,6 +144,29 @@ export class CliContext {
           ? join(config.stateDir, 'admin.token')
           : abs(admin.tokenFile),
     };
+  }
+
+  /**
+   * Said beside open commands read from the journal when no daemon runs with this
+   * configuration: they read as being settled (`no` in STUCK, "not settled yet") while nothing
+   * settles them, and the `reverify` and `resolve` the output suggests would fail. Silent when
+   * the daemon answers, when that cannot be told, without a configuration (no socket known),
+   * and for a journal named by --journal (perhaps not the daemon's).
+   */
+  async warnIfDaemonAbsent(): Promise<void> {
+    if (this.journalOverride !== undefined || this.optionalConfig() === null) return;
+    let socket: string;
+    try {
+      socket = this.adminEndpoint().socket;
+    } catch {
+      return;
+    }
+    if ((await daemonListening(socket)) !== 'absent') return;
+    this.warn(
+      `sluiced is not running (nothing listens at ${socket}): no open command is being settled; ` +
+        'when it starts it takes each one up by reading its device, never by writing it again. ' +
+        'reverify and resolve need it running (systemctl status sluiced)',
+    );
   }
 
   /**

@@ -78,10 +78,25 @@ export async function runDevices(ctx: CliContext): Promise<ExitCode> {
       tone: (d) => (d.connectivity.connected && d.connectivity.readError === null ? 'good' : 'bad'),
     },
     { header: 'queued', value: (d) => String(d.queued), align: 'right' },
-    { header: 'in flight', value: (d) => dash(d.inFlight) },
+    { header: 'in flight', value: inFlightText, tone: (d) => (held(d) === null ? null : 'warn') },
   ];
   ctx.out(renderTable(columns, devices, ctx.style));
   return EXIT.OK;
+}
+
+/** The command a device is held for while no worker runs it (older daemons send none). */
+function held(d: DeviceDocument): string | null {
+  return d.inFlight === null ? ((d as { unresolved?: string | null }).unresolved ?? null) : null;
+}
+
+/**
+ * The command in flight, or the one left open that the device waits for: a device held by a
+ * command whose journal write failed has nothing in flight and still runs nothing else, and an
+ * operator looking for what holds it needs its key.
+ */
+function inFlightText(d: DeviceDocument): string {
+  const key = held(d);
+  return key === null ? dash(d.inFlight) : `${key} (left open; the device waits for it)`;
 }
 
 /** Reads answered with the same scan of the image for IMAGE_FROZEN_MS: it is not published. */

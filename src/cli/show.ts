@@ -1,6 +1,7 @@
 import { actionText } from '../views/command-list.js';
 import { showCommand, type OpenStatus } from '../views/command-show.js';
 import type { CommandStory, Hit, StoryEvent, StoryKind } from '../views/command-story.js';
+import { aheadText } from '../views/open-commands.js';
 import type { CliContext } from './context.js';
 import { formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
@@ -9,12 +10,17 @@ import { observationText, outcomeText } from './result-view.js';
 import { clean, renderFields, renderTable, stateTone, type Field, type Tone } from './table.js';
 
 /** `sluicectl show KEY`: the whole story of one command, from the journal (views/command-show.ts). */
-export function runShow(ctx: CliContext, key: string, scope: string | undefined): ExitCode {
+export async function runShow(
+  ctx: CliContext,
+  key: string,
+  scope: string | undefined,
+): Promise<ExitCode> {
   const now = ctx.now();
   const shown = withJournal(ctx.journalPath(), (journal) => {
     const found = findCommand(journal, key, scope);
     return showCommand(found, journal, now, () => ctx.deviceTimings());
   });
+  if (shown.open !== null) await ctx.warnIfDaemonAbsent();
   if (ctx.json) {
     ctx.outJson(shown);
     return EXIT.OK;
@@ -63,6 +69,23 @@ function hitsText(hits: readonly Hit[], now: number): string {
         : `${h.intake} ×${h.count} (first ${relative(Date.parse(h.firstAt), now)}, last ${relative(Date.parse(h.at), now)})`,
     )
     .join(', ');
+}
+
+/**
+ * What an open command waits for, from the journal: an accepted one, the commands its device
+ * runs first; a dispatched one, the readback that settles its write, whose effect is unknown
+ * until then. "Not settled yet" alone left an operator guessing whether anything was happening.
+ */
+function waitingText(s: CommandStory, open: OpenStatus | null, now: number): string | null {
+  if (open !== null && open.waitsBehind.length > 0)
+    return aheadText(open.waitsBehind, open.waitsBehindCount);
+  if (s.state !== 'dispatched' || s.dispatch === null) return null;
+  const seq = s.dispatch.seq === null ? '' : ` (seq ${s.dispatch.seq})`;
+  return (
+    `a readback that settles its write${seq}, sent ${relative(Date.parse(s.dispatch.at), now)}: ` +
+    `until one does, the write's effect is unknown (the device may move). ` +
+    `Read it now: sluicectl reverify ${s.key}`
+  );
 }
 
 function renderStory(
@@ -143,6 +166,8 @@ function renderStory(
       : `${outcomeText(s.outcome.state, s.outcome.code, s.outcome.faultCode)} ${at(s.outcome.settledAt)}`,
     s.outcome === null ? (open?.stuck === true ? 'bad' : null) : stateTone(s.outcome.state),
   ]);
+  const waiting = s.outcome === null ? waitingText(s, open, now) : null;
+  if (waiting !== null) story.push(['waiting for', waiting, 'warn']);
   out.push('\n', renderFields(story, style));
 
   out.push('\nHistory\n');

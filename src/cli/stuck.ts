@@ -13,7 +13,7 @@ import { renderTable, type Column } from './table.js';
  * (core/open-commands.ts). Exit 3 when any command is listed, so that monitoring can call it.
  */
 
-export function runStuck(ctx: CliContext, olderThanMs: number): ExitCode {
+export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<ExitCode> {
   const now = ctx.now();
   const timings = ctx.deviceTimings();
   const items = withJournal(ctx.journalPath(), (journal) =>
@@ -23,6 +23,7 @@ export function runStuck(ctx: CliContext, olderThanMs: number): ExitCode {
   if (timings === null && !ctx.json) {
     ctx.warn('no configuration: confirm timeouts unknown, stuck is judged from deadlines alone');
   }
+  if (items.length > 0) await ctx.warnIfDaemonAbsent();
   if (ctx.json) {
     ctx.outJson({
       olderThanMs,

@@ -56,6 +56,12 @@ export interface DeviceDocument {
   };
   readonly queued: number;
   readonly inFlight: string | null;
+  /**
+   * A command left open and waiting to be taken up again (its journal write failed, or the stop
+   * that paused it has ended): the device runs nothing else until it is settled. `inFlight` is
+   * null meanwhile, so without this key a device held for it looked idle.
+   */
+  readonly unresolved: string | null;
 }
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
@@ -107,5 +113,6 @@ export function deviceDocument(view: DeviceView, allowed: boolean): DeviceDocume
     },
     queued: view.queued,
     inFlight: view.inFlight,
+    unresolved: view.unresolved,
   };
 }

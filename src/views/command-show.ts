@@ -1,7 +1,7 @@
 import type { CommandRecord, JournalEvent } from '../core/journal.js';
 import type { DeviceTiming, StuckJournal } from '../core/open-commands.js';
 import { buildStory, type CommandStory } from './command-story.js';
-import { stuckItems, type StuckItem } from './open-commands.js';
+import { stuckItems, type AheadCommand, type StuckItem } from './open-commands.js';
 
 /**
  * One command as `sluicectl show --json` and the status page's command page give it: its whole
@@ -21,6 +21,10 @@ export interface OpenStatus {
   readonly confirmTimeoutMs: number | null;
   /** Its PLC's unreachable grace; null when the configuration does not know the device. */
   readonly unreachableGraceMs: number | null;
+  /** Accepted: the first open commands its device runs first (open-commands.ts); else empty. */
+  readonly waitsBehind: readonly AheadCommand[];
+  /** How many its device runs first. */
+  readonly waitsBehindCount: number;
 }
 
 export interface CommandShow extends CommandStory {
@@ -73,6 +77,8 @@ export function showCommand(
           stuckReason: item.stuckReason,
           confirmTimeoutMs: item.confirmTimeoutMs,
           unreachableGraceMs: item.unreachableGraceMs,
+          waitsBehind: item.waitsBehind,
+          waitsBehindCount: item.waitsBehindCount,
         };
   return { ...story, open };
 }

@@ -33,6 +33,87 @@ export interface StuckItem {
   /** Its PLC's unreachable grace; null when the configuration does not know the device. */
   readonly unreachableGraceMs: number | null;
   readonly lastEvent: { readonly at: string; readonly detail: string } | null;
+  /**
+   * For an `accepted` command: the first (at most 3) of the open commands its device runs before
+   * it, one at a time — one written and not settled first, then those accepted before it.
+   * Empty when it is next, and for a `dispatched` command (its write is out).
+   */
+  readonly waitsBehind: readonly AheadCommand[];
+  /** How many open commands its device runs before it (`waitsBehind` shows the first 3). */
+  readonly waitsBehindCount: number;
+}
+
+/** An open command of the same device, ahead of the one listed. */
+export interface AheadCommand {
+  readonly key: string;
+  readonly scope: string;
+  readonly state: string;
+}
+
+/** How many of the commands ahead are named: a queue of thousands is a count, not a list. */
+const AHEAD_SHOWN = 3;
+
+/**
+ * `doubt-1 (dispatched) on its device, which runs one command at a time`: the words of
+ * `sluicectl show` and the status page for the commands an accepted one waits behind.
+ */
+export function aheadText(ahead: readonly AheadCommand[], count: number): string {
+  const shown = ahead.map((a) => `${a.key} (${a.state})`);
+  const more = count > shown.length ? ` and ${count - shown.length} more` : '';
+  return `${shown.join(', ')}${more} on its device, which runs one command at a time`;
+}
+
+/**
+ * What each accepted command waits for on its device, read from the journal alone: the device
+ * runs one command at a time, in the order accepted, and a written one holds it until settled.
+ * Without this an operator saw "accepted" and no reason it had not run.
+ */
+function aheadOfEach(
+  open: readonly CommandRecord[],
+): (record: CommandRecord) => { readonly first: AheadCommand[]; readonly count: number } {
+  // Per device, oldest first: a queue of thousands is counted by a search, not scanned for
+  // each of its commands.
+  const byDevice = new Map<string, CommandRecord[]>();
+  for (const r of open) {
+    const list = byDevice.get(r.device) ?? [];
+    list.push(r);
+    byDevice.set(r.device, list);
+  }
+  const written = new Map<string, CommandRecord[]>();
+  for (const [device, list] of byDevice) {
+    list.sort((a, b) => a.acceptedAt - b.acceptedAt);
+    written.set(
+      device,
+      list.filter((r) => r.state === 'dispatched'),
+    );
+  }
+  return (record) => {
+    if (record.state !== 'accepted') return { first: [], count: 0 };
+    const list = byDevice.get(record.device) ?? [];
+    // Those before index `lo` were accepted before it: every one is ahead.
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if ((list[mid]?.acceptedAt ?? Infinity) < record.acceptedAt) lo = mid + 1;
+      else hi = mid;
+    }
+    // And one written though accepted after it (a stop, dispatched at once): it holds the device.
+    const writtenAfter = (written.get(record.device) ?? []).filter(
+      (r) => r.acceptedAt >= record.acceptedAt,
+    );
+    // The written ones first (they hold the device now), then by age.
+    const writing = written.get(record.device) ?? [];
+    const first = [
+      ...writing,
+      ...list
+        .slice(0, Math.min(lo, AHEAD_SHOWN + writing.length))
+        .filter((r) => r.state !== 'dispatched'),
+    ]
+      .slice(0, AHEAD_SHOWN)
+      .map((o) => ({ key: o.key, scope: o.scope, state: o.state }));
+    return { first, count: lo + writtenAfter.length };
+  };
 }
 
 export function stuckItems(
@@ -56,6 +137,7 @@ export function stuckItems(
     }
     return events;
   };
+  const aheadOf = aheadOfEach(open);
   const stuck = new Map(
     summarizeOpen(open, now, {
       devices: timings,
@@ -66,6 +148,7 @@ export function stuckItems(
     .filter((r) => listed(r) && now - r.acceptedAt >= olderThanMs)
     .map((r) => {
       const late = stuck.get(refId(r)) ?? null;
+      const behind = aheadOf(r);
       const event = historyOf(r).at(-1);
       return {
         key: r.key,
@@ -88,6 +171,8 @@ export function stuckItems(
           event === undefined
             ? null
             : { at: new Date(event.at).toISOString(), detail: event.detail },
+        waitsBehind: behind.first,
+        waitsBehindCount: behind.count,
       };
     });
 }

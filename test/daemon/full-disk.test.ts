@@ -11,6 +11,7 @@ import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { sluicectl } from '../cli/helpers.js';
 import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliability/support.js';
@@ -21,7 +22,8 @@ import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliabil
  * write cannot be committed. The write must not be sent; the command stays `accepted` on disk;
  * once space is back, the daemon takes it up without a restart and it runs exactly once. And
  * the filesystem fills after the write: the settlement cannot be committed, the command stays
- * `dispatched` on disk, and once space is back it is settled by readback, never written again.
+ * `dispatched` on disk, and once space is back it is settled by readback, never written again;
+ * meanwhile `GET /v1/devices` and `sluicectl devices` name it as the command the valve waits for.
  * Real daemon (in this process), sluice-sim over Modbus TCP, the journal on a real tmpfs;
  * ground truth: the simulator's write counter and the journal file.
  */
@@ -171,6 +173,27 @@ describe.runIf(mountable)('a full journal filesystem under a command in flight',
       );
       expect(valve.counters.writesReceived).toBe(writes + 1);
       expect(onFile('settle-full')?.state).toBe('dispatched');
+      // The device is held for it, with no worker running it between take-ups: the tools an
+      // operator asks what holds the valve name it (they said `inFlight: null`, an idle valve).
+      await until(
+        async () => {
+          const doc = JSON.parse((await get(`/v1/devices/${VALVE}`)).body) as {
+            inFlight: string | null;
+            unresolved?: string | null;
+          };
+          return doc.inFlight === null && doc.unresolved === 'settle-full' ? true : undefined;
+        },
+        15_000,
+        'GET /v1/devices naming the command the valve waits for',
+      );
+      const devices = await sluicectl(['--config', configPath, 'devices', '--no-color']);
+      expect(devices.stderr).toBe('');
+      expect(devices.stdout).toMatch(
+        new RegExp(
+          `^${VALVE}\\s.*\\s(settle-full \\(left open; the device waits for it\\)|settle-full)$`,
+          'm',
+        ),
+      );
     } finally {
       rmSync(filler, { force: true });
     }
