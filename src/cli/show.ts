@@ -1,7 +1,7 @@
 import { actionText } from '../views/command-list.js';
 import { showCommand, type OpenStatus } from '../views/command-show.js';
 import type { CommandStory, Hit, StoryEvent, StoryKind } from '../views/command-story.js';
-import { aheadText } from '../views/open-commands.js';
+import { aheadText, pausedText } from '../views/open-commands.js';
 import type { CliContext } from './context.js';
 import { formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
@@ -77,8 +77,10 @@ function hitsText(hits: readonly Hit[], now: number): string {
  * until then. "Not settled yet" alone left an operator guessing whether anything was happening.
  */
 function waitingText(s: CommandStory, open: OpenStatus | null, now: number): string | null {
-  if (open !== null && open.waitsBehind.length > 0)
+  if (open !== null && open.waitsBehind.length > 0) {
+    if (s.state === 'dispatched') return pausedText(open.waitsBehind, open.waitsBehindCount);
     return aheadText(open.waitsBehind, open.waitsBehindCount);
+  }
   if (s.state !== 'dispatched' || s.dispatch === null) return null;
   const seq = s.dispatch.seq === null ? '' : ` (seq ${s.dispatch.seq})`;
   return (

@@ -12,7 +12,7 @@ import { packageRoot } from '../package-root.js';
 import type { CertificateVerdict } from './https-certificate.js';
 import { listItem, type ListItem } from '../views/command-list.js';
 import { showCommand, type CommandShow } from '../views/command-show.js';
-import { aheadText, stuckItems, type StuckItem } from '../views/open-commands.js';
+import { aheadText, pausedText, stuckItems, type StuckItem } from '../views/open-commands.js';
 import { deviceDocument, type DeviceDocument } from './device-view.js';
 
 /**
@@ -383,8 +383,11 @@ function whyOpen(
     const at = stalled.position === null ? '' : ` at ${stalled.position} %`;
     return `the device is not moving: ${stalled.state}${at} for ${seconds(stalled.forMs)}${last}`;
   }
-  if (item.waitsBehind.length > 0)
-    return `waits behind ${aheadText(item.waitsBehind, item.waitsBehindCount)}`;
+  if (item.waitsBehind.length > 0) {
+    return item.state === 'dispatched'
+      ? `waits for ${pausedText(item.waitsBehind, item.waitsBehindCount)}`
+      : `waits behind ${aheadText(item.waitsBehind, item.waitsBehindCount)}`;
+  }
   return item.lastEvent?.detail ?? item.state;
 }
 

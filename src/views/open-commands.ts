@@ -35,8 +35,8 @@ export interface StuckItem {
   readonly lastEvent: { readonly at: string; readonly detail: string } | null;
   /**
    * For an `accepted` command: the first (at most 3) of the open commands its device runs before
-   * it, one at a time — one written and not settled first, then those accepted before it.
-   * Empty when it is next, and for a `dispatched` command (its write is out).
+   * it, one at a time — one written and not settled first, then those accepted before it. For a
+   * `dispatched` one: a stop written after it, which paused it. Empty when nothing is ahead.
    */
   readonly waitsBehind: readonly AheadCommand[];
   /** How many open commands its device runs before it (`waitsBehind` shows the first 3). */
@@ -64,8 +64,22 @@ export function aheadText(ahead: readonly AheadCommand[], count: number): string
 }
 
 /**
- * What each accepted command waits for on its device, read from the journal alone: the device
- * runs one command at a time, in the order accepted, and a written one holds it until settled.
+ * `the stop stop-1 (dispatched), written after it, which paused it: …`: what a written command a
+ * stop paused waits for, in the words of `sluicectl show` and the status page.
+ */
+export function pausedText(stops: readonly AheadCommand[], count: number): string {
+  const more = count > stops.length ? ` and ${count - stops.length} more` : '';
+  return (
+    `the stop ${stops.map((a) => `${a.key} (${a.state})`).join(', ')}${more}, written after it, ` +
+    'which paused it: once that settles, the daemon takes this one up again by reading its ' +
+    'device, never writing it again'
+  );
+}
+
+/**
+ * What each open command waits for on its device, read from the journal alone: the device runs
+ * one command at a time, in the order accepted, and a written one holds it until settled; a
+ * stop is written at once, and pauses a written command until it settles.
  * Without this an operator saw "accepted" and no reason it had not run.
  */
 function aheadOfEach(
@@ -88,6 +102,19 @@ function aheadOfEach(
     );
   }
   return (record) => {
+    if (record.state === 'dispatched') {
+      // A stop written after it has paused it (SPEC §2): it is taken up again once that settles.
+      const id = refId(record);
+      const stops = (written.get(record.device) ?? []).filter(
+        (r) => r.action === 'stop' && r.acceptedAt > record.acceptedAt && refId(r) !== id,
+      );
+      return {
+        first: stops
+          .slice(0, AHEAD_SHOWN)
+          .map((o) => ({ key: o.key, scope: o.scope, state: o.state })),
+        count: stops.length,
+      };
+    }
     if (record.state !== 'accepted') return { first: [], count: 0 };
     const list = byDevice.get(record.device) ?? [];
     // Those before index `lo` were accepted before it: every one is ahead.

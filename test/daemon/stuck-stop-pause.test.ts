@@ -141,10 +141,22 @@ describe.skipIf(!real)('stuck while a stop pauses a command', () => {
     expect(during.readyz.detail).toMatch(
       new RegExp(`orphan-1 on removed-valve \\(accepted\\) \\d+ s past ${escape(why)}`),
     );
-    const show = await sluicectl(['--config', site.configPath, 'show', 'travel-1', '--json'], {
-      timeoutMs: 30_000,
+    const [show, told] = await Promise.all(
+      [['--json'], ['--no-color']].map((format) =>
+        sluicectl(['--config', site.configPath, 'show', 'travel-1', ...format], {
+          timeoutMs: 30_000,
+        }),
+      ),
+    );
+    expect(show!.json<{ open: { stuck: boolean } | null }>().open).toMatchObject({
+      stuck: false,
+      waitsBehind: [{ key: 'stop-1', state: 'dispatched' }],
     });
-    expect(show.json<{ open: { stuck: boolean } | null }>().open?.stuck).toBe(false);
+    // What it waits for is the stop, not a readback of its own write.
+    expect(told!.stdout).toMatch(
+      /^ {2}waiting for +the stop stop-1 \(dispatched\), written after it, which paused it: once that settles, the daemon takes this one up again by reading its device, never writing it again$/m,
+    );
+    expect(onFile('stop-1')?.state).toBe('dispatched');
 
     // The stop ends (no readback showed it taken); the paused command is taken up again by
     // readback and read for its window: not stuck either, until it settles.
