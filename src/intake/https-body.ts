@@ -47,6 +47,53 @@ export class BodyNotUtf8Error extends Error {
 }
 
 /**
+ * A body whose coding the gateway does not undo: a `Content-Encoding` (gzip, deflate, …: 415,
+ * RFC 9110 §8.4.1) or a transfer coding other than `chunked` (501, RFC 9112 §6.1). Node's parser
+ * undoes `chunked` only and hands the rest on as it came, so a body declared gzip-coded was read
+ * as JSON all the same: plain JSON sent under such a header ran as a command its sender declared
+ * to be something else, and a really compressed one was refused as "not valid UTF-8", as if it
+ * had been damaged on the way.
+ */
+export class BodyCodingError extends Error {
+  constructor(
+    readonly status: 415 | 501,
+    readonly code: 'UNSUPPORTED_MEDIA_TYPE' | 'NOT_IMPLEMENTED',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'BodyCodingError';
+  }
+}
+
+/** The coding of a request's body that nothing here undoes, as an error; null when none. */
+function unsupportedCoding(headers: Record<string, unknown>): BodyCodingError | null {
+  const codings = (value: unknown): string[] =>
+    typeof value === 'string'
+      ? value
+          .split(',')
+          .map((coding) => coding.trim().toLowerCase())
+          .filter((coding) => coding !== '')
+      : [];
+  const content = codings(headers['content-encoding']).filter((c) => c !== 'identity');
+  if (content.length > 0) {
+    return new BodyCodingError(
+      415,
+      'UNSUPPORTED_MEDIA_TYPE',
+      `the request body is sent with Content-Encoding: ${content.join(', ')}, which the gateway does not decode; send the JSON without a Content-Encoding`,
+    );
+  }
+  const transfer = codings(headers['transfer-encoding']).filter((c) => c !== 'chunked');
+  if (transfer.length > 0) {
+    return new BodyCodingError(
+      501,
+      'NOT_IMPLEMENTED',
+      `the request body is sent with the transfer coding ${transfer.join(', ')}, which the gateway does not decode; send it with Content-Length or chunked alone`,
+    );
+  }
+  return null;
+}
+
+/**
  * Replaces fastify's body parsers with one for `application/json` (with or without parameters)
  * that decodes strictly and then parses with fastify's own JSON parser, prototype-poisoning
  * checks included, and refuses an object with a member name given twice (400 INVALID_COMMAND).
@@ -56,6 +103,11 @@ export function takeOnlyUtf8Json(app: App): void {
   const parseJson = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser(['application/json', 'text/plain']);
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+    const coded = unsupportedCoding(request.headers);
+    if (coded !== null) {
+      done(refuse(coded), undefined);
+      return;
+    }
     let text: string;
     try {
       text = utf8.decode(body as Buffer);

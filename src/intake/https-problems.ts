@@ -8,7 +8,7 @@ import {
   UnknownDeviceError,
 } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import { BodyNotUtf8Error } from './https-body.js';
+import { BodyCodingError, BodyNotUtf8Error } from './https-body.js';
 import type { HttpsMetrics, Reply } from './https-types.js';
 import { problem, type Problem } from './outcome.js';
 
@@ -109,6 +109,10 @@ export function mapError(error: unknown, options: ErrorMapOptions): MappedError 
         errors: ['(body): is not valid UTF-8'],
       }),
     };
+  }
+  if (error instanceof BodyCodingError) {
+    const title = error.status === 501 ? { title: 'Transfer coding not implemented' } : {};
+    return { problem: makeProblem(error.status, error.code, error.message, title) };
   }
   if (error instanceof UnknownDeviceError) {
     return {

@@ -16,7 +16,7 @@ import { recordingLogger } from '../helpers/recording-logger.js';
  * Clients a plant network produces, on the real sluiced (in this process) with sluice-sim and its
  * SQLite journal: one that hangs up (FIN, or a reset) while its command runs, and one whose
  * request is followed by bytes that are no request (a `Content-Length` a few bytes short of what
- * it sent). Ground truth: the valve's write log, the journal file read through a connection of
+ * it sent), and one that declares a coding of its body that the gateway does not undo. Ground truth: the valve's write log, the journal file read through a connection of
  * its own, the bytes the client received, and the daemon's log.
  */
 
@@ -36,6 +36,7 @@ beforeAll(async () => {
     v1: { profile: 'valve', base: 0, travelMs: 800 },
     v2: { profile: 'valve', base: 20, travelMs: 800 },
     v3: { profile: 'valve', base: 40, travelMs: 100 },
+    v4: { profile: 'valve', base: 60, travelMs: 100 },
   });
   let configPath: string;
   ({ configPath, cert } = await writeTokenSite(dir, plant, {
@@ -176,6 +177,38 @@ describe('bytes after a command that are no request', () => {
     expect(statuses(client.received())).toEqual(['200', '501']);
     expect(client.received()).toContain(`"key":"${key}"`);
     expect(journaled(key)[0]).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(valve.writeLog).toHaveLength(1);
+  });
+});
+
+describe('a body in a coding the gateway does not undo', () => {
+  it('Content-Encoding is 415, a transfer coding besides chunked 501: nothing journaled, nothing written, the connection serves on', async () => {
+    const valve = plant.device('v4');
+    // Plain JSON under the header: was read as the command all the same, and written.
+    const cases = [
+      { key: 'coded-gzip', header: 'Content-Encoding: gzip', status: '415' },
+      { key: 'coded-br', header: 'Content-Encoding: identity, br', status: '415' },
+      { key: 'coded-transfer', header: 'Transfer-Encoding: gzip, chunked', status: '501' },
+    ];
+    const client = await open();
+    for (const { key, header } of cases) {
+      const plain = command(key, 'v4');
+      const chunked = header.startsWith('Transfer-Encoding');
+      const [head, body] = plain.split('\r\n\r\n') as [string, string];
+      const framed = chunked
+        ? `${head.replace(/Content-Length: \d+/, header)}\r\n\r\n` +
+          `${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n`
+        : `${head}\r\n${header}\r\n\r\n${body}`;
+      client.tls.write(framed);
+    }
+    // And then a command the gateway can read, on the same connection.
+    client.tls.write(
+      command('coded-none', 'v4').replace('\r\n\r\n', '\r\nConnection: close\r\n\r\n'),
+    );
+    await once(client.tls, 'close');
+    expect(statuses(client.received())).toEqual([...cases.map((c) => c.status), '200']);
+    expect(client.received()).toContain('which the gateway does not decode');
+    for (const { key } of cases) expect(journaled(key)).toEqual([]);
     expect(valve.writeLog).toHaveLength(1);
   });
 });
