@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
 import { UNREACHABLE_GRACE_MS, type DeviceTiming } from '../core/open-commands.js';
+import type { DeviceProfile } from '../core/profile.js';
 import { packageRoot } from '../package-root.js';
 import { loadProfiles } from '../profiles/load.js';
 import { daemonListening } from './admin-client.js';
@@ -167,6 +168,15 @@ export class CliContext {
         'when it starts it takes each one up by reading its device, never by writing it again. ' +
         'reverify and resolve need it running (systemctl status sluiced)',
     );
+  }
+
+  /** The profile the configuration gives `device`; null without a configuration or device. */
+  deviceProfile(device: string): DeviceProfile | null {
+    const config = this.optionalConfig();
+    const named = config?.devices[device]?.profile;
+    if (config === null || named === undefined) return null;
+    const profiles = loadProfiles(config.profilesDir ?? join(packageRoot(), 'devices', 'profiles'));
+    return profiles.get(named) ?? null;
   }
 
   /**

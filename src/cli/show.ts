@@ -2,6 +2,7 @@ import { actionText } from '../views/command-list.js';
 import { showCommand, type OpenStatus } from '../views/command-show.js';
 import type { CommandStory, Hit, StoryEvent, StoryKind } from '../views/command-story.js';
 import { aheadText, pausedText } from '../views/open-commands.js';
+import type { DeviceProfile } from '../core/profile.js';
 import type { CliContext } from './context.js';
 import { formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
@@ -21,11 +22,15 @@ export async function runShow(
     return showCommand(found, journal, now, () => ctx.deviceTimings());
   });
   if (shown.open !== null) await ctx.warnIfDaemonAbsent();
+  const advice = refusalAdvice(
+    shown,
+    shown.outcome === null ? null : ctx.deviceProfile(shown.device),
+  );
   if (ctx.json) {
-    ctx.outJson(shown);
+    ctx.outJson({ ...shown, advice });
     return EXIT.OK;
   }
-  ctx.out(renderStory(shown, shown.open, now, ctx));
+  ctx.out(renderStory(shown, shown.open, now, ctx, advice));
   return EXIT.OK;
 }
 
@@ -90,11 +95,48 @@ function waitingText(s: CommandStory, open: OpenStatus | null, now: number): str
   );
 }
 
+/**
+ * What an operator can do about a command its device refused for the state it was in: the
+ * refusal's detail names the rule ("move is not a legal transition from FAULT"), not the
+ * device's fault nor the way out of it. From the readback the refusal was judged on and the
+ * device's profile (its fault codes, and the actions its table takes in that state). Null for
+ * any other outcome, or without the profile.
+ */
+export function refusalAdvice(s: CommandStory, profile: DeviceProfile | null): string | null {
+  if (profile === null || s.outcome === null) return null;
+  const seen = s.readbacks.find((r) => r.when === 'at settlement')?.observation ?? null;
+  if (s.outcome.code === 'LOCAL_MODE') {
+    return (
+      `the device is in ${profile.localState}: switched to local (hand) control at its panel, ` +
+      'it takes no remote command; once it is switched back to remote, send the command again'
+    );
+  }
+  if (s.outcome.code !== 'ILLEGAL_TRANSITION' || seen?.state !== profile.faultState) return null;
+  const code = seen.faultCode;
+  const meaning =
+    code === null
+      ? undefined
+      : Object.entries(profile.controller.faultCodes ?? {}).find(
+          ([known]) => known.toLowerCase() === code.toLowerCase(),
+        )?.[1];
+  const fault =
+    code === null ? '' : ` (fault ${code}${meaning === undefined ? '' : `: ${meaning}`})`;
+  const clears = profile.actions.filter(
+    (a) => profile.table[a]?.[profile.faultState]?.effect === 'write',
+  );
+  const way =
+    clears.length === 0
+      ? 'it takes no command that clears it: it is cleared at the controller'
+      : `once its cause is fixed, clear it: ${clears.map((a) => `sluicectl send ${s.device} ${a}`).join(', or ')}; then send the command again`;
+  return `the device is in ${profile.faultState}${fault}, where it refuses ${s.action}; ${way}`;
+}
+
 function renderStory(
   s: CommandStory,
   open: OpenStatus | null,
   now: number,
   ctx: CliContext,
+  advice: string | null,
 ): string {
   const style = ctx.style;
   const at = (iso: string): string => `${iso} (${relative(Date.parse(iso), now)})`;
@@ -168,6 +210,7 @@ function renderStory(
       : `${outcomeText(s.outcome.state, s.outcome.code, s.outcome.faultCode)} ${at(s.outcome.settledAt)}`,
     s.outcome === null ? (open?.stuck === true ? 'bad' : null) : stateTone(s.outcome.state),
   ]);
+  if (advice !== null) story.push(['what to do', advice, 'warn']);
   const waiting = s.outcome === null ? waitingText(s, open, now) : null;
   if (waiting !== null) story.push(['waiting for', waiting, 'warn']);
   out.push('\n', renderFields(story, style));

@@ -4,6 +4,9 @@ import { IDENTITY, Site, TOKEN } from '../reliability/site.js';
 import { sluicectl, type CliRun } from './helpers.js';
 
 /**
+ * What sluicectl says an operator can do about a command its device refused — faulted (0x82),
+ * or in local mode: the fault and its meaning, and the way out, which then works.
+ *
  * What sluicectl says an open command waits for. A valve's write goes out and its PLC stops
  * answering (the simulator holds the write on the link, then every request): the command is
  * `dispatched`, its write in doubt; a second command for the valve waits behind it. `show` says
@@ -49,6 +52,70 @@ function onFile(key: string): { state: string; seq: number | null } | undefined 
 }
 
 describe.skipIf(!real)('sluicectl on commands that wait', () => {
+  it("says what to do about a command refused for its device's fault or local mode", async () => {
+    const actuator = site.plant.device('mb-actuator');
+    const valve = site.plant.device('mb-valve-2');
+    const writes = actuator.counters.writesReceived + valve.counters.writesReceived;
+    actuator.setFault({ kind: 'position-sensor' });
+    await until(() => (actuator.snapshot().state === 'FAULT' ? true : undefined), 5_000);
+    const refused = await site.postCommand(
+      'faulted-1',
+      { device: 'mb-actuator', action: 'move', position: 40 },
+      'wait=10',
+    );
+    expect(refused.status, refused.body).toBe(409);
+    valve.setLocal(true);
+    await until(() => (valve.snapshot().state === 'LOCAL' ? true : undefined), 5_000);
+    const local = await site.postCommand(
+      'local-1',
+      { device: 'mb-valve-2', action: 'open' },
+      'wait=10',
+    );
+    expect(local.status, local.body).toBe(409);
+    // Ground truth: both refused on file, nothing written.
+    expect(site.records().find((r) => r.key === 'faulted-1')).toMatchObject({
+      state: 'rejected',
+      code: 'ILLEGAL_TRANSITION',
+    });
+    expect(site.records().find((r) => r.key === 'local-1')).toMatchObject({
+      state: 'rejected',
+      code: 'LOCAL_MODE',
+    });
+    expect(actuator.counters.writesReceived + valve.counters.writesReceived).toBe(writes);
+
+    const [faulted, inHand, json] = await Promise.all([
+      ctl('show', 'faulted-1'),
+      ctl('show', 'local-1'),
+      ctl('show', 'faulted-1', '--json'),
+    ]);
+    expect(faulted.stdout).toMatch(
+      /^ {2}what to do +the device is in FAULT \(fault 0x82: position sensor disagreement\), where it refuses move; once its cause is fixed, clear it: sluicectl send mb-actuator reset; then send the command again$/m,
+    );
+    expect(inHand.stdout).toMatch(
+      /^ {2}what to do +the device is in LOCAL: switched to local \(hand\) control at its panel, it takes no remote command; once it is switched back to remote, send the command again$/m,
+    );
+    expect(json.json<{ advice: string }>().advice).toMatch(/^the device is in FAULT \(fault 0x82/);
+
+    // The advice works: the cause fixed, a reset clears the fault (one write), and the valve
+    // switched back takes the open.
+    actuator.clearFault('position-sensor');
+    valve.setLocal(false);
+    const reset = await site.postCommand(
+      'reset-1',
+      { device: 'mb-actuator', action: 'reset' },
+      'wait=10',
+    );
+    expect(reset.status, reset.body).toBe(200);
+    expect(actuator.snapshot().state).toBe('IDLE');
+    const again = await site.postCommand(
+      'local-2',
+      { device: 'mb-valve-2', action: 'open' },
+      'wait=10',
+    );
+    expect(again.status, again.body).toBe(200);
+    expect(actuator.counters.writesReceived + valve.counters.writesReceived).toBe(writes + 2);
+  }, 60_000);
+
   it('says what a command in doubt and one behind it wait for; and that no daemon runs once it died', async () => {
     const plc = site.plant.plc('mb');
     const valve = site.plant.device(VALVE);
