@@ -400,7 +400,7 @@ export class MqttSession {
       connectTimeout: 10_000,
       // Bad credentials may be fixed on the broker: keep trying, with backoff.
       reconnectOnConnackError: true,
-      // The subscription is renewed by onConnect when the broker lost the session.
+      // onConnect subscribes at every connection (see there), not mqtt.js.
       resubscribe: false,
       will: { topic: this.topics.status, payload: Buffer.from('offline'), qos: 1, retain: true },
     };
@@ -455,8 +455,17 @@ export class MqttSession {
       if (error instanceof ErrorWithReasonCode) events.statusRefused(error);
       else this.logger.warn({ err: error }, '`online` not published');
     });
+    // Subscribed again at every connection, the session present or not: the session may have
+    // lost the command filter while this gateway was away — another gateway given the same
+    // mqtt.clientId (a copied site file) took the session over meanwhile and unsubscribed the
+    // filter as one left by an earlier configuration (unsubscribeFormer), as this one does its
+    // filter in turn. Trusting the session, the gateway stayed deaf once the other had gone,
+    // connected and ready. The same filter subscribed again replaces its subscription without
+    // a gap; no retained message comes with it over MQTT 5 (retain handling 2), and over 3.1.1 a
+    // retained command is refused as at any subscription. Ready (subscribed) as before while
+    // the session holds the filter; a lost session waits for the SUBACK.
     if (!sessionPresent) this.subscribed = false;
-    if (!this.subscribed) this.subscribe(client);
+    this.subscribe(client);
     events.connected();
   }
 
