@@ -1,4 +1,4 @@
-import { STATUS_CODES } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import {
   InvalidCommandError,
@@ -28,6 +28,7 @@ const EXTRA_TITLES: Record<string, string> = {
   BAD_REQUEST: 'Bad request',
   METHOD_NOT_ALLOWED: 'Method not allowed',
   NOT_IMPLEMENTED: 'Method not implemented',
+  EXPECTATION_FAILED: 'Expectation failed',
   URI_TOO_LONG: 'Request target too long',
   REQUEST_TIMEOUT: 'Request timeout',
   HEADERS_TOO_LARGE: 'Request header fields too large',
@@ -280,4 +281,36 @@ export function answerClientError(
     );
   }
   socket.destroy(error);
+}
+
+/**
+ * Answers a request whose `Expect` header asks for anything but `100-continue` (RFC 9110 §10.1.1:
+ * 417). Node answers it itself when nothing listens for `checkExpectation`, with a bare 417 that
+ * bypasses every hook: no problem document, no `Cache-Control: no-store`, counted nowhere. The
+ * request never reaches a route; its body, unread, is not waited for (`Connection: close`, as
+ * Node's own answer).
+ */
+export function answerExpectationFailed(
+  request: IncomingMessage,
+  response: ServerResponse,
+  options: Pick<ErrorMapOptions, 'metrics' | 'logger'>,
+): void {
+  const expect = request.headers.expect ?? '';
+  options.logger.debug({ expect, method: request.method }, 'HTTPS request refused: Expect');
+  options.metrics.httpResponses.inc({ route: 'unmatched', status: '417' });
+  const body = JSON.stringify(
+    makeProblem(
+      417,
+      'EXPECTATION_FAILED',
+      `the Expect header asks for ${JSON.stringify(expect)}; only 100-continue is supported`,
+    ),
+  );
+  response.writeHead(417, {
+    'content-type': PROBLEM_TYPE,
+    'content-length': String(Buffer.byteLength(body)),
+    'cache-control': 'no-store',
+    'x-content-type-options': 'nosniff',
+    connection: 'close',
+  });
+  response.end(body);
 }

@@ -1,3 +1,4 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { SecureContextOptions } from 'node:tls';
 import { fastify } from 'fastify';
 import type { Clock } from '../core/clock.js';
@@ -13,6 +14,7 @@ import { AnswersOwed } from './https-owed.js';
 import { readIdempotencyKey } from './idempotency-key.js';
 import {
   answerClientError,
+  answerExpectationFailed,
   makeProblem,
   mapError,
   RETRY_SHUTDOWN_S,
@@ -158,6 +160,9 @@ export function createServer(options: ServerOptions): App {
     clock,
     refused: metrics.httpsConnectionsRefused,
     idleClosed: metrics.httpsConnectionsIdleClosed,
+  });
+  app.server.on('checkExpectation', (request: IncomingMessage, response: ServerResponse) => {
+    answerExpectationFailed(request, response, errors);
   });
   app.server.on('tlsClientError', (error: Error & { code?: string }) => {
     // A connection that sat through the handshake timeout sending nothing (or too little) is

@@ -212,3 +212,31 @@ describe('a body in a coding the gateway does not undo', () => {
     expect(valve.writeLog).toHaveLength(1);
   });
 });
+
+describe('Expect', () => {
+  it('100-continue: 100, then the answer; anything else 417 as a problem document, nothing journaled', async () => {
+    const valve = plant.device('v4');
+    const writes = valve.writeLog.length;
+    const continued = await open();
+    const [head, body] = command('expect-continue', 'v4').split('\r\n\r\n') as [string, string];
+    continued.tls.write(`${head}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`);
+    await until(() => (continued.received().startsWith('HTTP/1.1 100 ') ? true : undefined));
+    continued.tls.write(body);
+    await once(continued.tls, 'close');
+    expect(statuses(continued.received())).toEqual(['100', '200']);
+    expect(journaled('expect-continue')).toHaveLength(1);
+
+    const other = await open();
+    other.tls.write(
+      command('expect-other', 'v4').replace('\r\n\r\n', '\r\nExpect: 200-ok\r\n\r\n'),
+    );
+    await once(other.tls, 'close');
+    // Node's own 417 had no body, no Cache-Control: no-store, and was counted nowhere.
+    expect(statuses(other.received())).toEqual(['417']);
+    expect(other.received()).toMatch(/content-type: application\/problem\+json/i);
+    expect(other.received()).toMatch(/cache-control: no-store/i);
+    expect(other.received()).toContain('"code":"EXPECTATION_FAILED"');
+    expect(journaled('expect-other')).toEqual([]);
+    expect(valve.writeLog).toHaveLength(writes);
+  });
+});
