@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import type { Logger } from '../../src/core/logger.js';
 import { MqttIntake } from '../../src/intake/mqtt.js';
 import { intakeConfig } from '../helpers/mosquitto.js';
 import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
@@ -22,38 +23,31 @@ describe.skipIf(!available)('MQTT intake: two gateways given one client id', () 
   const site = useMqttSite({}, { opcua: false });
 
   it('hears its commands again once the other gateway has gone, though the other unsubscribed its filter', async () => {
-    const first = recordingLogger();
-    // A backoff (3–6 s, jittered) long enough for the other gateway's whole visit: nothing
-    // flaps meanwhile.
-    const a = new MqttIntake({
-      config: intakeConfig(site.broker.url, { protocolVersion: 5, clientId: CLIENT_ID }),
-      gatewayId: 'gwa',
-      pipeline: site.stack.pipeline,
-      identities: site.stack.identities,
-      metrics: site.stack.metrics,
-      logger: first.logger,
-      reconnect: { minMs: 6_000, maxMs: 6_000 },
-      retentionHours: 48,
-    });
-    site.cleanups.push(() => a.stop());
-    await site.connect(a);
+    /** A gateway on the shared client id, on the stack's pipeline. */
+    const gateway = (gatewayId: string, logger: Logger): MqttIntake => {
+      const intake = new MqttIntake({
+        config: intakeConfig(site.broker.url, { protocolVersion: 5, clientId: CLIENT_ID }),
+        gatewayId,
+        pipeline: site.stack.pipeline,
+        identities: site.stack.identities,
+        metrics: site.stack.metrics,
+        logger,
+        // A backoff (3–6 s, jittered) long enough for the other gateway's whole visit: nothing
+        // flaps meanwhile.
+        reconnect: { minMs: 6_000, maxMs: 6_000 },
+        retentionHours: 48,
+      });
+      site.cleanups.push(() => intake.stop());
+      return intake;
+    };
+    const a = await site.connect(gateway('gwa', recordingLogger().logger));
     const issuer = await TestClient.connect(site.broker.url);
     site.cleanups.push(() => issuer.end());
 
     // The other gateway connects with the same client id: the broker closes the first's
     // connection and hands the session (the first's filter in it) to the second.
     const second = recordingLogger();
-    const b = new MqttIntake({
-      config: intakeConfig(site.broker.url, { protocolVersion: 5, clientId: CLIENT_ID }),
-      gatewayId: 'gwb',
-      pipeline: site.stack.pipeline,
-      identities: site.stack.identities,
-      metrics: site.stack.metrics,
-      logger: second.logger,
-      reconnect: { minMs: 6_000, maxMs: 6_000 },
-      retentionHours: 48,
-    });
-    site.cleanups.push(() => b.stop());
+    const b = gateway('gwb', second.logger);
     b.start();
     await until(() => (b.connected() && !a.connected() ? true : undefined), 10_000, 'b holds it');
 
