@@ -34,7 +34,8 @@ const MAX_OUTPUT_BYTES = 1024 * 1024;
  * loaded (node-opcua-pki points them at its own files before it runs openssl, and
  * node-opcua-crypto sets OPENSSL_CONF around reading a private key and "restores" an unset one
  * as the string "undefined"). A pmc or chronyc wrapper that runs an OpenSSL tool with
- * OPENSSL_CONF=undefined fails (`openssl req`: Can't open "undefined"). Nothing in Sluice sets a variable for a child through process.env.
+ * OPENSSL_CONF=undefined fails (`openssl req`: Can't open "undefined"). Nothing in Sluice sets a
+ * variable for a child through process.env.
  */
 const START_ENVIRONMENT: Readonly<NodeJS.ProcessEnv> = Object.freeze({ ...process.env });
 
