@@ -1,5 +1,5 @@
 import { afterAll, beforeAll } from 'vitest';
-import { silentLogger } from '../../src/core/logger.js';
+import { silentLogger, type Logger } from '../../src/core/logger.js';
 import type { CommandPipeline } from '../../src/core/pipeline.js';
 import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
 import {
@@ -33,6 +33,8 @@ export interface SiteIntakeOptions {
   readonly topicRootsFile?: string | undefined;
   /** The journal's retention the intake bounds message expiry by; the schema's default (48 h). */
   readonly retentionHours?: number;
+  /** Silent unless given (a test that reads the intake's log lines). */
+  readonly logger?: Logger;
 }
 
 /**
@@ -80,7 +82,7 @@ export class MqttSite {
       pipeline: options.pipeline ?? this.stack.pipeline,
       identities: this.stack.identities,
       metrics: this.stack.metrics,
-      logger: silentLogger,
+      logger: options.logger ?? silentLogger,
       ...(options.reconnect === undefined ? {} : { reconnect: options.reconnect }),
       ...(options.topicRootsFile === undefined ? {} : { topicRootsFile: options.topicRootsFile }),
       retentionHours: options.retentionHours ?? 48,

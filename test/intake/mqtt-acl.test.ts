@@ -4,10 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectAsync } from 'mqtt';
-import { MqttIntake } from '../../src/intake/mqtt.js';
 import { MqttPublisher } from '../../src/intake/mqtt-publisher.js';
 import { GatewayTopics } from '../../src/intake/mqtt-topics.js';
-import { intakeConfig } from '../helpers/mosquitto.js';
 import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
 
@@ -71,19 +69,11 @@ describe.skipIf(!available)(
 
     it('MQTT 5: runs the command once, keeps its outcome in the journal, does not send it again, and says so once per topic with key, device and reason', async () => {
       const { logger, lines } = recordingLogger();
-      const intake = new MqttIntake({
-        config: intakeConfig(site.broker.url, {
-          protocolVersion: 5,
-          username: 'gateway',
-          clientId: CLIENT_ID,
-        }),
+      const intake = site.intake({
+        config: { protocolVersion: 5, username: 'gateway', clientId: CLIENT_ID },
         gatewayId: GATEWAY,
-        pipeline: site.stack.pipeline,
-        identities: site.stack.identities,
-        metrics: site.stack.metrics,
         logger,
         reconnect: { minMs: 100, maxMs: 500 },
-        retentionHours: 48,
       });
       site.cleanups.push(() => intake.stop());
       await site.connect(intake);
@@ -155,19 +145,11 @@ describe.skipIf(!available)(
     it("MQTT 5: the refusal of the gateway's `online` says the topic, reason code and reason, once per connection", async () => {
       const { logger, lines } = recordingLogger();
       const clientId = `${CLIENT_ID}-nostatus`;
-      const intake = new MqttIntake({
-        config: intakeConfig(site.broker.url, {
-          protocolVersion: 5,
-          username: 'gateway-nostatus',
-          clientId,
-        }),
+      const intake = site.intake({
+        config: { protocolVersion: 5, username: 'gateway-nostatus', clientId },
         gatewayId: GATEWAY,
-        pipeline: site.stack.pipeline,
-        identities: site.stack.identities,
-        metrics: site.stack.metrics,
         logger,
         reconnect: { minMs: 100, maxMs: 500 },
-        retentionHours: 48,
       });
       site.cleanups.push(() => intake.stop());
       const statusTopic = `${PREFIX}/status`;

@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { Logger } from '../../src/core/logger.js';
-import { MqttIntake } from '../../src/intake/mqtt.js';
-import { intakeConfig } from '../helpers/mosquitto.js';
+import type { MqttIntake } from '../../src/intake/mqtt.js';
 import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
 
@@ -25,17 +24,13 @@ describe.skipIf(!available)('MQTT intake: two gateways given one client id', () 
   it('hears its commands again once the other gateway has gone, though the other unsubscribed its filter', async () => {
     /** A gateway on the shared client id, on the stack's pipeline. */
     const gateway = (gatewayId: string, logger: Logger): MqttIntake => {
-      const intake = new MqttIntake({
-        config: intakeConfig(site.broker.url, { protocolVersion: 5, clientId: CLIENT_ID }),
+      const intake = site.intake({
+        config: { protocolVersion: 5, clientId: CLIENT_ID },
         gatewayId,
-        pipeline: site.stack.pipeline,
-        identities: site.stack.identities,
-        metrics: site.stack.metrics,
         logger,
         // A backoff (3–6 s, jittered) long enough for the other gateway's whole visit: nothing
         // flaps meanwhile.
         reconnect: { minMs: 6_000, maxMs: 6_000 },
-        retentionHours: 48,
       });
       site.cleanups.push(() => intake.stop());
       return intake;

@@ -31,15 +31,11 @@ describe.skipIf(!available)('MQTT intake: another client connects with its clien
 
   it('says so once with the client id and the count, names it in the readiness reason, and keeps one write per key', async () => {
     const { logger, lines } = recordingLogger();
-    const intake = new MqttIntake({
-      config: intakeConfig(site.broker.url, { protocolVersion: 5, clientId: CLIENT_ID }),
+    const intake = site.intake({
+      config: { protocolVersion: 5, clientId: CLIENT_ID },
       gatewayId: GATEWAY,
-      pipeline: site.stack.pipeline,
-      identities: site.stack.identities,
-      metrics: site.stack.metrics,
       logger,
       reconnect: { minMs: 100, maxMs: 400 },
-      retentionHours: 48,
     });
     site.cleanups.push(() => intake.stop());
     await site.connect(intake);
