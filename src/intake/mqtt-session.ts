@@ -462,9 +462,10 @@ export class MqttSession {
     // filter in turn. Trusting the session, the gateway stayed deaf once the other had gone,
     // connected and ready. The same filter subscribed again replaces its subscription without
     // a gap; no retained message comes with it over MQTT 5 (retain handling 2), and over 3.1.1 a
-    // retained command is refused as at any subscription. Ready (subscribed) as before while
-    // the session holds the filter; a lost session waits for the SUBACK.
-    if (!sessionPresent) this.subscribed = false;
+    // retained command is refused as at any subscription. Ready (subscribed) only at the SUBACK,
+    // session present or not: until then the session may be without the filter, and a command
+    // published meanwhile is dropped by the broker (no subscriber), not held for this gateway.
+    this.subscribed = false;
     this.subscribe(client);
     events.connected();
   }

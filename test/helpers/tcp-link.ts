@@ -15,7 +15,15 @@ export class TcpLink {
     readonly port: number,
   ) {}
 
-  static async open(target: { host: string; port: number }): Promise<TcpLink> {
+  /**
+   * `holdUpstreamMs`: every chunk a client sends after its first (an MQTT client's CONNECT) is
+   * carried to the target that much later, in order — a slow uplink, on which what a client
+   * sends after its connection is accepted (its SUBSCRIBE) reaches the broker late.
+   */
+  static async open(
+    target: { host: string; port: number },
+    options: { holdUpstreamMs?: number } = {},
+  ): Promise<TcpLink> {
     const holder: { link: TcpLink | null } = { link: null };
     const server = createServer((inbound) => {
       const link = holder.link;
@@ -35,7 +43,8 @@ export class TcpLink {
       };
       inbound.on('error', close).on('close', close);
       outbound.on('error', close).on('close', close);
-      inbound.pipe(outbound);
+      if (options.holdUpstreamMs === undefined) inbound.pipe(outbound);
+      else holdAfterFirst(inbound, outbound, options.holdUpstreamMs);
       outbound.pipe(inbound);
     });
     await new Promise<void>((resolve, reject) => {
@@ -104,4 +113,20 @@ export class TcpLink {
       });
     });
   }
+}
+
+/** Carries `from`'s chunks to `to`, each after the first `holdMs` later, in order. */
+function holdAfterFirst(from: Socket, to: Socket, holdMs: number): void {
+  let first = true;
+  from.on('data', (chunk: Buffer) => {
+    if (first) {
+      first = false;
+      to.write(chunk);
+      return;
+    }
+    // Timers of one delay fire in the order they were set: the chunks keep their order.
+    setTimeout(() => {
+      if (!to.destroyed) to.write(chunk);
+    }, holdMs);
+  });
 }

@@ -4,6 +4,7 @@ import type { Logger } from '../../src/core/logger.js';
 import type { MqttIntake } from '../../src/intake/mqtt.js';
 import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
+import { TcpLink } from '../helpers/tcp-link.js';
 
 /**
  * Two gateways given the same mqtt.clientId (a copied site file) with different gateway ids
@@ -23,9 +24,9 @@ describe.skipIf(!available)('MQTT intake: two gateways given one client id', () 
 
   it('hears its commands again once the other gateway has gone, though the other unsubscribed its filter', async () => {
     /** A gateway on the shared client id, on the stack's pipeline. */
-    const gateway = (gatewayId: string, logger: Logger): MqttIntake => {
+    const gateway = (gatewayId: string, logger: Logger, url = site.broker.url): MqttIntake => {
       const intake = site.intake({
-        config: { protocolVersion: 5, clientId: CLIENT_ID },
+        config: { protocolVersion: 5, clientId: CLIENT_ID, url },
         gatewayId,
         logger,
         // A backoff (3–6 s, jittered) long enough for the other gateway's whole visit: nothing
@@ -35,7 +36,17 @@ describe.skipIf(!available)('MQTT intake: two gateways given one client id', () 
       site.cleanups.push(() => intake.stop());
       return intake;
     };
-    const a = await site.connect(gateway('gwa', recordingLogger().logger));
+    // The first gateway's uplink is slow: what it sends after its CONNECT (its SUBSCRIBE)
+    // reaches the broker 300 ms later. Ready before the broker has its subscription, the
+    // gateway said so while a command published meanwhile found no subscriber and was dropped.
+    const uplink = await TcpLink.open(
+      { host: '127.0.0.1', port: site.broker.port },
+      { holdUpstreamMs: 300 },
+    );
+    site.cleanups.push(() => uplink.close());
+    const a = await site.connect(
+      gateway('gwa', recordingLogger().logger, `mqtt://${uplink.address}`),
+    );
     const issuer = await TestClient.connect(site.broker.url);
     site.cleanups.push(() => issuer.end());
 
