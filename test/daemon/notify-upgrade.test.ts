@@ -105,6 +105,13 @@ describe.runIf(python)('an older journal upgraded at start, as systemd sees it',
       `READY=1; datagrams: ${JSON.stringify(datagrams.map((d) => d.text))}; daemon output:\n${output()}`,
     );
     const before = datagrams.filter((d) => d.at <= ready.at);
+    // The daemon writes a turn's log lines at the turn's end, and the start can go from the
+    // upgrade's end to READY in one turn: the line that times the upgrade may follow READY.
+    await until(
+      () => output().includes('"msg":"journal upgraded from schema version 1 to 2"') || undefined,
+      10_000,
+      `the log line of the upgrade's end; daemon output:\n${output()}`,
+    );
     const explain = `datagrams before READY: ${JSON.stringify(before.map((d) => [Math.round(d.at), d.text]))}\ndaemon output:\n${output()}`;
 
     // The pings, from the first to READY: never a gap of more than a few periods. On the event
