@@ -5,6 +5,7 @@ import type { CommandRecord } from '../../src/core/journal.js';
 import { commitFaults } from '../helpers/commit-faults.js';
 import { lockHolder } from '../helpers/journal-lock.js';
 import { SIM_REQUEST_TIMEOUT_MS, SIM_TIMING, SimHarness } from '../helpers/sim-harness.js';
+import type { WriteLogEntry } from '../../simulators/write-log.js';
 
 /**
  * Random interleavings on the real parts — the pipeline with the real Modbus drivers against
@@ -173,11 +174,29 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
   // Warm devices have taken a command before the run: their echo is not the power-up one, so a
   // lost write can be proven not applied and sent once more (redispatch.ts); cold ones show
   // the power-up echo, which proves nothing (with cold devices only, no run sent a second write).
-  const h = await SimHarness.start({ travelMs: 100, busyTimeoutMs: 200, connections, warm });
+  // The plant runs in a sluice-sim process of its own: a journal stall blocks this process's
+  // event loop (better-sqlite3 waits synchronously, up to the busy bound, at each journal
+  // write), and a plant on that loop delivered writes held on its link hundreds of
+  // milliseconds past their hold — past the redispatch guard that bounds such holds (the
+  // profile's contract), which no PLC beside a stalled gateway does.
+  const h = await SimHarness.start({
+    travelMs: 100,
+    busyTimeoutMs: 200,
+    connections,
+    warm,
+    plantProcess: true,
+  });
+  const sim = h.sim!;
   const timers: NodeJS.Timeout[] = [];
+  // Faults ended later (control API calls): awaited before the checks, their errors kept.
+  const ending: Promise<unknown>[] = [];
   const locker = await lockHolder(h.path);
-  const later = (ms: number, f: () => void): void => {
-    timers.push(setTimeout(f, ms));
+  const later = (ms: number, f: () => Promise<unknown>): void => {
+    timers.push(
+      setTimeout(() => {
+        ending.push(f());
+      }, ms),
+    );
   };
   // Commands with keys of their own (stops, the late ones): a refusal of the moment (a stalled
   // journal) is the client's to retry; any other error is kept and fails the run.
@@ -219,26 +238,30 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
           await new Promise((r) => setTimeout(r, o.ms));
           break;
         case 'dropReply':
-          h.device(o.device).setFault({ kind: 'drop', on: 'write', count: 1 });
+          await sim.device(o.device).setFault({ kind: 'drop', on: 'write', count: 1 });
           break;
         case 'loseWrite':
-          h.device(o.device).setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+          await sim
+            .device(o.device)
+            .setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
           break;
         case 'failReads':
-          h.device(o.device).setFault({ kind: 'reset', when: 'before', on: 'read', count: o.n });
+          await sim
+            .device(o.device)
+            .setFault({ kind: 'reset', when: 'before', on: 'read', count: o.n });
           break;
         case 'hold':
-          h.device(o.device).setFault({ kind: 'hold', ms: o.ms });
+          await sim.device(o.device).setFault({ kind: 'hold', ms: o.ms });
           break;
         case 'slowLink': {
-          const d = h.device(o.device);
-          d.setFault({ kind: 'latency', ms: o.ms, on: 'write', when: 'before' });
+          const d = sim.device(o.device);
+          await d.setFault({ kind: 'latency', ms: o.ms, on: 'write', when: 'before' });
           later(o.forMs, () => d.clearFault('latency'));
           break;
         }
         case 'lateStop': {
-          const d = h.device(o.device);
-          const now = d.snapshot().published;
+          const d = sim.device(o.device);
+          const now = (await d.snapshot()).published;
           const body =
             o.device === 'a1'
               ? {
@@ -248,25 +271,23 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
                   ttlMs: TTL,
                 }
               : { device: o.device, action: now.state === 'OPEN' ? 'close' : 'open', ttlMs: TTL };
-          d.setFault({ kind: 'latency', ms: o.ms, on: 'write', when: 'before' });
+          await d.setFault({ kind: 'latency', ms: o.ms, on: 'write', when: 'before' });
           submitNew(`late-${n++}`, body, 'https');
           await new Promise((r) => setTimeout(r, o.stopAfterMs));
-          d.clearFault('latency');
+          await d.clearFault('latency');
           submitNew(`stop-${n++}`, { device: o.device, action: 'stop', ttlMs: TTL }, 'mqtt');
           break;
         }
         case 'freeze': {
-          const d = h.device(o.device);
-          d.setFault({ kind: 'frozen' });
+          const d = sim.device(o.device);
+          await d.setFault({ kind: 'frozen' });
           later(o.ms, () => d.clearFault('frozen'));
           break;
         }
         case 'local': {
-          const d = h.device(o.device);
-          d.setLocal(true, d.snapshot().position > 50 ? 0 : 100);
-          later(o.ms, () => {
-            d.setLocal(false);
-          });
+          const d = sim.device(o.device);
+          await d.setLocal(true, (await d.snapshot()).position > 50 ? 0 : 100);
+          later(o.ms, () => d.setLocal(false));
           break;
         }
         case 'stall':
@@ -279,11 +300,12 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
     }
     // Let the faults end, then everything settles: each device works through its queue.
     for (const t of timers.splice(0)) clearTimeout(t);
+    await Promise.all(ending);
     expect(unexpected, 'commands refused other than for the moment').toEqual([]);
     for (const id of ['v1', 'v2', 'a1']) {
-      const d = h.device(id);
-      d.clearFaults();
-      d.setLocal(false);
+      const d = sim.device(id);
+      await d.clearFaults();
+      await d.setLocal(false);
     }
     const end = Date.now() + 40_000;
     const open = (): CommandRecord[] => h.journal.listOpen();
@@ -295,12 +317,18 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
     ).toEqual([]);
 
     const records = h.journal.list({ limit: 10_000 });
+    // The simulator's write logs: every write that reached a controller, in arrival order.
+    const writeLogs = new Map<string, WriteLogEntry[]>();
+    for (const id of ['v1', 'v2', 'a1']) writeLogs.set(id, await sim.device(id).writeLog());
+    const writesWithSeq = (id: string, seq: number): number =>
+      writeLogs.get(id)!.filter((w) => w.seq === seq).length;
     for (const id of ['v1', 'v2', 'a1']) {
       const mine = records.filter((r) => r.device === id && r.seq !== null);
       const bySeq = new Map(mine.map((r) => [r.seq!, r]));
       // Sequence numbers are never shared by two keys of one device.
       expect(bySeq.size).toBe(mine.length);
-      for (const w of h.device(id).writeLog) {
+      const log = writeLogs.get(id)!;
+      for (const w of log) {
         // I1: every write is attributed to a journaled command...
         const owner = bySeq.get(w.seq);
         expect(owner, `write seq ${w.seq} on ${id} belongs to no journaled command`).toBeDefined();
@@ -308,7 +336,7 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
       for (const r of mine) {
         // ...and no command's write reached the controller twice.
         expect(
-          h.writesWithSeq(id, r.seq!),
+          writesWithSeq(id, r.seq!),
           `${r.key}: ${h.notes(r.key).join(' | ')}`,
         ).toBeLessThanOrEqual(1);
         // I3: dispatched before its deadline — every dispatch, the second one too (a
@@ -332,7 +360,6 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
       // late — held on the link, its answer given up — and then the stop must say that it did
       // not hold (READBACK_MISMATCH), not be confirmed. Stops written late after a later stop
       // are left out: either one stops the device.
-      const log = h.device(id).writeLog;
       for (const stop of mine.filter((r) => r.action === 'stop' && r.state === 'confirmed')) {
         // The log is in arrival order; a scan takes the writes waiting for it in that order.
         const at = log.findIndex((w) => w.seq === stop.seq && w.settledAt !== null);
@@ -376,7 +403,7 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
       // target while its image was frozen is confirmed — it does show the target, SPEC §1. And
       // a valve moved there by hand and released before the write arrived takes it as a no-op,
       // echoing it: confirmed by the target state, as any no-op is, SPEC §3.)
-      const taken = h.device(record.device).writeLog.find((w) => w.seq === record.seq);
+      const taken = writeLogs.get(record.device)!.find((w) => w.seq === record.seq);
       expect(
         ['accepted', 'noop', 'ignored-local'],
         `${record.key} confirmed without its write taken (${taken?.outcome ?? 'no write'})`,

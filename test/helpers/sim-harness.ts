@@ -16,6 +16,7 @@ import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/in
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from './fixtures.js';
+import { SimProcess, type LaidOutPlc, type PlantPlcs } from './sim-process.js';
 import { pino } from 'pino';
 
 export const PLANT_IDENTITY: Identity = { scope: 'plant', devices: 'all' };
@@ -74,6 +75,12 @@ export interface SimHarnessOptions {
   readonly field?: boolean;
   /** The pipeline's and the drivers' logger (default: silent, or stderr with SLUICE_TEST_DEBUG=1). */
   readonly logger?: Logger;
+  /**
+   * The plant runs in a sluice-sim process of its own (`h.sim`, its control API), not in the
+   * test's process (`h.plant`): its link and its scans keep their timing while the test's event
+   * loop is blocked (a journal stall: better-sqlite3 waits synchronously). Modbus only.
+   */
+  readonly plantProcess?: boolean;
 }
 
 /** The bridge's profile for a simulated Modbus device, by its register layout. */
@@ -91,10 +98,12 @@ export const WARM_ECHO = 60_000;
  * an OPC UA PLC `ua` with valve `u1`). The simulator's write log is the ground truth for I1.
  * `crash()` ends the process's life the way SIGKILL does (no more journal writes, workers
  * abandoned, connections gone); `restart()` builds a new life on the same journal file and
- * runs recovery. The plant keeps running across both.
+ * runs recovery. The plant keeps running across both. With the option plantProcess the plant
+ * runs in a sluice-sim process of its own (`sim`) instead of this one (`plant`, `device()`).
  */
 export class SimHarness {
-  readonly plant: Plant;
+  /** The plant in its own process (the option plantProcess), else null. */
+  readonly sim: SimProcess | null;
   readonly path: string;
   readonly clock: Clock;
   journal!: SqliteJournal;
@@ -104,16 +113,23 @@ export class SimHarness {
   private readonly dir: string;
   private readonly cleanupDir: () => void;
   private readonly logger: Logger;
+  private readonly inProcess: Plant | null;
+  private readonly plcs: readonly LaidOutPlc[];
   private life = 0;
 
-  private constructor(plant: Plant, options: SimHarnessOptions) {
-    this.plant = plant;
+  private constructor(
+    plant: Plant | SimProcess,
+    options: SimHarnessOptions,
+    made: { dir: string; cleanup: () => void },
+  ) {
+    this.inProcess = plant instanceof SimProcess ? null : plant;
+    this.sim = plant instanceof SimProcess ? plant : null;
+    this.plcs = plant.plcs;
     this.options = options;
     this.clock = options.clock ?? systemClock;
-    const { dir, cleanup } = tempDir();
-    this.dir = dir;
-    this.cleanupDir = cleanup;
-    this.path = join(dir, 'journal.db');
+    this.dir = made.dir;
+    this.cleanupDir = made.cleanup;
+    this.path = join(made.dir, 'journal.db');
     this.logger =
       options.logger ??
       (process.env.SLUICE_TEST_DEBUG === '1'
@@ -158,6 +174,30 @@ export class SimHarness {
         devices: { u1: { profile: 'valve', travelMs } },
       };
     }
+    const made = tempDir();
+    if (options.plantProcess === true) {
+      if (options.opcua === true) throw new Error('plantProcess: a Modbus plant only');
+      const sim = await SimProcess.start(made.dir, plcs as PlantPlcs);
+      if (options.warm === true) {
+        const devices = Object.entries((plcs as PlantPlcs).mb!.devices);
+        for (const [, device] of devices) {
+          if (device.layout !== undefined) throw new Error('warm: standard-layout devices only');
+          // As another master would: a stop (a no-op at rest), over Modbus.
+          await sim.masterWrite('mb', device.base ?? 0, [3, 0, WARM_ECHO]);
+        }
+        const end = Date.now() + 5_000;
+        for (const [id] of devices) {
+          while ((await sim.device(id).snapshot()).seqEcho !== WARM_ECHO) {
+            if (Date.now() > end) throw new Error('warm-up write not taken');
+            await new Promise((r) => setTimeout(r, 5));
+          }
+          await sim.device(id).resetCounters();
+        }
+      }
+      const h = new SimHarness(sim, options, made);
+      await h.build();
+      return h;
+    }
     const plant = await startPlant(
       { control: { host: '127.0.0.1', port: 0 }, plcs } as Parameters<typeof startPlant>[0],
       { ephemeralPorts: true, control: false },
@@ -174,9 +214,17 @@ export class SimHarness {
       }
       for (const device of plant.devices()) device.resetCounters();
     }
-    const h = new SimHarness(plant, options);
+    const h = new SimHarness(plant, options, made);
     await h.build();
     return h;
+  }
+
+  /** The plant in the test's process; throws for a plant in a process of its own (use `sim`). */
+  get plant(): Plant {
+    if (this.inProcess === null) {
+      throw new Error('the plant runs in a sluice-sim process: use h.sim');
+    }
+    return this.inProcess;
   }
 
   device(id: string): SimDevice {
@@ -292,13 +340,13 @@ export class SimHarness {
     await this.pipeline.stop(0);
     await this.drivers.close();
     this.journal.close();
-    await this.plant.stop();
+    await (this.inProcess ?? this.sim)?.stop();
     this.cleanupDir();
   }
 
   inventory(): Inventory {
     const inventory: Inventory = { plcs: {}, devices: {} };
-    for (const plc of this.plant.plcs) {
+    for (const plc of this.plcs) {
       const e = plc.endpoint;
       inventory.plcs[plc.name] =
         e.protocol === 'modbus'
