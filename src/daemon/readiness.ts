@@ -21,7 +21,11 @@ export interface Readiness {
   checks: Record<string, { ok: boolean; detail: string }>;
 }
 
-/** A device whose last readback is older than this counts as unreachable for readiness. */
+/**
+ * A device whose last readback is older than this counts as unreachable for readiness. Reads
+ * that fail make it unreachable at once (runChecks); this bound is for a device whose reads
+ * neither succeed nor fail.
+ */
 export const READBACK_STALE_MS = 15_000;
 
 /**
@@ -201,7 +205,14 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
     // as read a moment ago for as long as the step.
     const age = d.readbackAgeMs === null ? null : Math.round(d.readbackAgeMs);
     const reached = age !== null && age < READBACK_STALE_MS;
-    if (reached && d.imageUnchangedMs !== null && imageFrozen(d.imageUnchangedMs)) {
+    // Reads that fail now say more of the device than the image the last good one returned:
+    // they are said below.
+    if (
+      reached &&
+      d.readError === null &&
+      d.imageUnchangedMs !== null &&
+      imageFrozen(d.imageUnchangedMs)
+    ) {
       const unchanged = wholeMs(d.imageUnchangedMs);
       const scan = d.mirror?.sourceTime ?? null;
       checks[`device:${d.id}`] = {
@@ -211,7 +222,14 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
       };
       continue;
     }
-    const ok = reached;
+    // Unreachable from the first failed read, as a command finds it: a command reads its
+    // device before it writes, writes nothing while its reads fail, and ends
+    // DEVICE_UNREACHABLE with their error if none succeeds by its deadline. A young mirror
+    // says nothing of now: judged by its age alone, a device whose every read failed (the PLC
+    // answering nothing, resetting the connection, refusing the reads) stayed ready for up to
+    // READBACK_STALE_MS. The PLC's unreachable grace is no bound here: it is how long taking
+    // up an open command keeps reading, not whether the device answers now.
+    const ok = reached && d.readError === null;
     // The device's own failing reads say why; else its connection's last error may.
     const failing =
       d.readError === null
@@ -221,7 +239,7 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
     checks[`device:${d.id}`] = {
       ok,
       detail: ok
-        ? `readback ${age} ms ago${failing === null ? '' : `; ${failing}`}`
+        ? `readback ${age} ms ago`
         : `no readback for ${age === null ? 'ever' : `${age} ms`}${why === null ? '' : `: ${why}`}`,
       brief: age === null ? `${d.id} not read yet` : `${d.id} unreachable`,
     };

@@ -97,3 +97,26 @@ describe('the frozen-image bound', () => {
     });
   }
 });
+
+describe('reads that fail after a good one (readyz-failing-reads.test.ts on the daemon)', () => {
+  const failing = (imageUnchangedMs: number): DeviceView => ({
+    ...view(imageUnchangedMs),
+    readError: {
+      message: 'mb: read 0+8: Timed out',
+      since: Date.parse('2026-12-05T12:00:15Z'),
+      lastAt: Date.parse('2026-12-05T12:00:15Z'),
+      failures: 1,
+      sinceMono: 0,
+    },
+  });
+
+  it('a young readback does not keep the device ready: the STATUS= line says it unreachable', () => {
+    const line = statusLine(parts(failing(0)), { total: 0, open: 0 });
+    expect(line).toMatch(/^not ready \(v1 unreachable\): /);
+  });
+
+  it('reads that fail now are said rather than the frozen image of the last good one', () => {
+    const line = statusLine(parts(failing(IMAGE_FROZEN_MS + 1_000)), { total: 0, open: 0 });
+    expect(line).toMatch(/^not ready \(v1 unreachable\): /);
+  });
+});

@@ -278,10 +278,14 @@ describe('a device whose reads keep failing says why', () => {
     valve.setFault({ kind: 'exception', code: 2, on: 'read' });
     const first = await failingFor('flaky-valve', 5);
     expect(first.connectivity.readError?.message).toContain(EXCEPTION_02);
-    // The mirror is young still: ready, and /readyz says that reads fail.
-    const ready = (await https('/readyz')).json().checks as Record<string, { detail: string }>;
+    // The mirror is young still, and the device is not ready: its reads fail (as a command's
+    // would: readyz-failing-reads.test.ts), and /readyz says so.
+    const readyz = await https('/readyz');
+    expect(readyz.status).toBe(503);
+    const ready = readyz.json().checks as Record<string, { ok: boolean; detail: string }>;
+    expect(ready['device:flaky-valve']?.ok).toBe(false);
     expect(ready['device:flaky-valve']?.detail).toMatch(
-      /^readback \d+ ms ago; reads fail since \S+ \(\d+ in a row\): .*Modbus exception 0x02/,
+      /^no readback for \d+ ms: reads fail since \S+ \(\d+ in a row\): .*Modbus exception 0x02/,
     );
 
     // Another error: said once more; the run of failures goes on from where it was.
