@@ -61,6 +61,7 @@ export class Metrics {
   readonly httpsConnectionsRefused: Counter<'reason'>;
   readonly httpsConnectionsIdleClosed: Counter<'stage'>;
   readonly httpsTlsHandshakesFailed: Counter<'reason'>;
+  readonly httpsClientsGone: Counter;
 
   constructor(
     pipeline: CommandPipeline,
@@ -248,6 +249,11 @@ export class Metrics {
       name: 'sluice_https_tls_handshakes_failed_total',
       help: "HTTPS connections whose TLS handshake failed, by reason: plain_http (an http:// request to the HTTPS port), not_tls (bytes that are not TLS), version (the client offers no TLS 1.3), untrusted (the client's alert: it does not trust the gateway's certificate), aborted (the client closed the connection during the handshake, as a Node.js client not trusting the certificate does), other. Handshake timeouts are in sluice_https_connections_idle_closed_total.",
       labelNames: ['reason'],
+      registers,
+    });
+    this.httpsClientsGone = new Counter({
+      name: 'sluice_https_clients_gone_total',
+      help: 'HTTPS commands whose client was gone before its answer (its connection reset or broken while the command ran): each command goes on and settles, and a retry with its key gets the outcome. A client that half-closes its connection is answered, not counted.',
       registers,
     });
     new Gauge({

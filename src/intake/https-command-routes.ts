@@ -166,7 +166,7 @@ async function answerClaim(
   identityName: string,
   log: Logger,
 ): Promise<Reply> {
-  const { pipeline } = options;
+  const { pipeline, metrics } = options;
   const key = claim.record.key;
   switch (claim.kind) {
     case 'new': {
@@ -185,16 +185,24 @@ async function answerClaim(
       await pipeline.durableFor(record);
       if (plan.applied !== null) reply.header('preference-applied', plan.applied);
       if (client.left) {
-        // The client hung up (or its connection broke) while its command ran: no fault of the
+        // The client's connection was reset or broke while its command ran (one that only
+        // half-closed it is still answered: https-owed.ts AnswersOwed): no fault of the
         // gateway's, and the command goes on, so info; never "answered", which would tell an
         // operator looking for a lost answer that it was sent. A retry with the key gets it.
+        // Counted as well: clients that keep leaving before their answer are often clients
+        // whose own timeout is shorter than the wait they ask for (Prefer: wait).
+        metrics.httpsClientsGone.inc();
         log.info(
           { identity: identityName, state: record.state, code: record.code },
           'HTTPS client gone before its answer; the command goes on, a retry with its key gets the outcome',
         );
       } else {
+        // A client that half-closed its connection is answered, but TCP cannot tell it from one
+        // that closed its socket, whose answer is lost (https-owed.ts): said, for an operator
+        // looking for a lost answer.
+        const halfClosed = request.raw.socket.readableEnded ? { halfClosed: true } : {};
         log.info(
-          { identity: identityName, state: record.state, code: record.code },
+          { identity: identityName, state: record.state, code: record.code, ...halfClosed },
           'HTTPS command answered',
         );
       }
@@ -255,8 +263,9 @@ function receivedOutcome(claim: Claim): 'new' | 'replayed' | 'in_flight' | 'key_
 }
 
 /**
- * Whether the client left before its answer: the connection closed (a FIN, a reset) with the
- * answer not sent. `gone` resolves then, so that a request whose client left stops waiting.
+ * Whether the client left before its answer: the connection closed (a reset, a broken
+ * connection; a FIN only half-closes it, and the answer is still sent) with the answer not
+ * sent. `gone` resolves then, so that a request whose client left stops waiting.
  */
 interface ClientWatch {
   readonly gone: Promise<undefined>;

@@ -13,6 +13,25 @@ import type { Socket } from 'node:net';
  * journaled and written to the valve was seen as refused, and the answer that said what became
  * of it was cut off. So the failure's answer waits until every request read before it has been
  * answered.
+ *
+ * A client that half-closes its connection once its request is sent (shutdown of its sending
+ * side: a FIN, after TLS's close_notify or not), as `nc -N`, socat and some embedded HTTP clients
+ * do, and reads on, is owed its answers too. Node's HTTP server ended such a connection at its
+ * FIN (lib/_http_server.js socketOnEnd), the answer still owed: the command was journaled and
+ * written once and its client told nothing. Two switches of Node's keep it open. The TLS socket
+ * keeps its sending side when the client ends its own (`allowHalfOpen`, a stream's documented
+ * property, which may be changed until its 'end'): set once the handshake is done rather than as
+ * a server option, so that a client hanging up mid-handshake is still closed at once (counted
+ * `aborted`), not held until the handshake timeout. And the server's `httpAllowHalfOpen`, which
+ * Node's tests set (test-http-server.js) and its types do not declare: with it, socketOnEnd
+ * leaves the connection to be closed after the last answer owed. Node marks that answer for it,
+ * but the mark does not survive the answer's Connection header being removed (https-server.ts
+ * does, to keep a connection fastify would close): the connection stayed open, half-closed, for
+ * the keep-alive timeout. So it is closed here, once nothing is owed.
+ *
+ * TCP cannot tell a half-close from a client that closed its socket: such a client is answered
+ * too, at the end of its wait, and the answer is lost with the connection (its kernel resets
+ * it), not seen as a client gone. A connection reset or broken before its answer still is.
  */
 export class AnswersOwed {
   /** Per connection, the requests read and not yet answered. */
@@ -24,6 +43,10 @@ export class AnswersOwed {
   >();
 
   constructor(server: HttpsServer) {
+    (server as HttpsServer & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
+    server.on('secureConnection', (socket: Socket) => {
+      socket.allowHalfOpen = true;
+    });
     server.on('request', (request: IncomingMessage, response: ServerResponse) => {
       const socket = request.socket;
       let open = this.unanswered.get(socket);
@@ -36,14 +59,21 @@ export class AnswersOwed {
       // connection's end without it; either way nothing more is owed for this request.
       response.once('close', () => {
         open.delete(request);
-        const waiting = this.waiting.get(socket);
-        if (waiting === undefined) return;
-        waiting.before.delete(request);
-        if (waiting.before.size > 0) return;
-        this.waiting.delete(socket);
-        waiting.then();
+        this.answered(socket, request);
+        // The client half-closed the connection and has had every answer it is owed.
+        if (open.size === 0 && socket.readableEnded && !socket.destroyed) socket.destroySoon();
       });
     });
+  }
+
+  /** Runs the answer waiting on `socket` once `request`, the last it waits for, is answered. */
+  private answered(socket: Socket, request: IncomingMessage): void {
+    const waiting = this.waiting.get(socket);
+    if (waiting === undefined) return;
+    waiting.before.delete(request);
+    if (waiting.before.size > 0) return;
+    this.waiting.delete(socket);
+    waiting.then();
   }
 
   /**

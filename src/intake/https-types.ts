@@ -38,6 +38,8 @@ export interface HttpsMetrics {
   };
   /** `sluice_https_tls_handshakes_failed_total{reason}` (https-server.ts, handshakeFailure) */
   readonly httpsTlsHandshakesFailed: { inc(labels: { reason: HandshakeFailure }): void };
+  /** `sluice_https_clients_gone_total` (https-command-routes.ts) */
+  readonly httpsClientsGone: { inc(): void };
 }
 
 /** Why a TLS handshake failed, as counted (https-server.ts, handshakeFailure). */

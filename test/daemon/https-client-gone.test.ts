@@ -14,10 +14,12 @@ import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
  * Clients a plant network produces, on the real sluiced (in this process) with sluice-sim and its
- * SQLite journal: one that hangs up (FIN, or a reset) while its command runs, and one whose
- * request is followed by bytes that are no request (a `Content-Length` a few bytes short of what
- * it sent), and one that declares a coding of its body that the gateway does not undo. Ground truth: the valve's write log, the journal file read through a connection of
- * its own, the bytes the client received, and the daemon's log.
+ * SQLite journal: one whose connection is reset while its command runs, one that half-closes its
+ * connection once its request is sent (a FIN, with TLS's close_notify or without) and waits for
+ * the answer, one whose request is followed by bytes that are no request (a `Content-Length` a
+ * few bytes short of what it sent), and one that declares a coding of its body that the gateway
+ * does not undo. Ground truth: the valve's write log, the journal file read through a
+ * connection of its own, the bytes the client received, and the daemon's log and metrics.
  */
 
 const TOKEN = 'client-gone-token';
@@ -37,6 +39,8 @@ beforeAll(async () => {
     v2: { profile: 'valve', base: 20, travelMs: 800 },
     v3: { profile: 'valve', base: 40, travelMs: 100 },
     v4: { profile: 'valve', base: 60, travelMs: 100 },
+    v5: { profile: 'valve', base: 80, travelMs: 800 },
+    v6: { profile: 'valve', base: 100, travelMs: 100 },
   });
   let configPath: string;
   ({ configPath, cert } = await writeTokenSite(dir, plant, {
@@ -107,14 +111,22 @@ function statuses(text: string): string[] {
   return [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]!);
 }
 
-describe('a client that hangs up while its command runs', () => {
-  for (const [how, device] of [
-    ['FIN', 'v1'],
-    ['reset', 'v2'],
-  ] as const) {
-    it(`(${how}) the command runs once and is journaled; the log says the client left, at info, with key and device; a retry gets the stored result`, async () => {
+/** `sluice_https_clients_gone_total` as `GET /metrics` serves it now. */
+async function clientsGone(): Promise<number> {
+  const client = await open();
+  client.tls.write('GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+  await once(client.tls, 'close');
+  const count = /^sluice_https_clients_gone_total (\d+)$/m.exec(client.received())?.[1];
+  if (count === undefined) throw new Error('GET /metrics has no sluice_https_clients_gone_total');
+  return Number(count);
+}
+
+describe('a client whose connection is reset while its command runs', () => {
+  for (const [how, device] of [['reset', 'v2']] as const) {
+    it(`(${how}) the command runs once and is journaled; the log says the client left, at info, with key and device, and it is counted; a retry gets the stored result`, async () => {
       const key = `gone-${how}`;
       const valve = plant.device(device);
+      const goneBefore = await clientsGone();
       const client = await open();
       client.tls.write(command(key, device));
       // The write is in flight: the command waits for its readback.
@@ -125,8 +137,7 @@ describe('a client that hangs up while its command runs', () => {
       await once(early.tls, 'close');
       expect(statuses(early.received())).toEqual(['409']);
       expect(early.received()).toContain('"code":"IN_PROGRESS"');
-      if (how === 'FIN') client.tls.end();
-      else client.tcp.resetAndDestroy();
+      client.tcp.resetAndDestroy();
       const gone = await until(
         () =>
           linesOf(key).find((line) => String(line.msg).startsWith('HTTPS client gone')) ??
@@ -135,6 +146,7 @@ describe('a client that hangs up while its command runs', () => {
         'the log line of the client gone',
       );
       expect(gone).toMatchObject({ level: 30, key, device });
+      expect(await clientsGone()).toBe(goneBefore + 1);
       await until(() => (journaled(key)[0]?.state === 'confirmed' ? true : undefined));
       expect(journaled(key)).toEqual([
         {
@@ -149,8 +161,7 @@ describe('a client that hangs up while its command runs', () => {
           ],
         },
       ]);
-      // Nothing was sent to that client (Node ends a connection its client half-closed without
-      // the answer still owed), and the log never says it was.
+      // Nothing was sent to that client, and the log never says it was.
       expect(client.received()).toBe('');
       expect(linesOf(key).filter((line) => line.msg === 'HTTPS command answered')).toEqual([]);
       expect(linesOf(key).filter((line) => Number(line.level) >= 40)).toEqual([]);
@@ -163,6 +174,70 @@ describe('a client that hangs up while its command runs', () => {
       expect(valve.writeLog).toHaveLength(1);
     });
   }
+});
+
+describe('a client that half-closes its connection once its request is sent, and reads on', () => {
+  // Node ended such a connection at its FIN with the answer still owed: the command was
+  // journaled and written, its client got nothing (not even a status line).
+  it('with close_notify and a FIN (TLS end): answered 200 with its result, then the connection closed; one write', async () => {
+    const key = 'half-closed-tls';
+    const valve = plant.device('v1');
+    const goneBefore = await clientsGone();
+    const client = await open();
+    client.tls.write(command(key, 'v1'));
+    client.tls.end();
+    // The server closes once the answer is written: 'end' on the client's reading side.
+    await once(client.tls, 'close');
+    expect(statuses(client.received())).toEqual(['200']);
+    expect(client.received()).toContain(`"key":"${key}"`);
+    expect(client.received()).toContain('"state":"confirmed"');
+    expect(journaled(key)).toEqual([
+      {
+        state: 'confirmed',
+        code: 'OK',
+        steps: ['null->accepted', 'accepted->dispatched', 'dispatched->confirmed'],
+      },
+    ]);
+    expect(valve.writeLog).toHaveLength(1);
+    // Said so: a client that closed its socket with a FIN looks the same, and lost its answer.
+    expect(linesOf(key).find((line) => line.msg === 'HTTPS command answered')).toMatchObject({
+      level: 30,
+      key,
+      device: 'v1',
+      halfClosed: true,
+    });
+    expect(linesOf(key).filter((line) => String(line.msg).startsWith('HTTPS client gone'))).toEqual(
+      [],
+    );
+    expect(await clientsGone()).toBe(goneBefore);
+  });
+
+  it('a FIN alone (no close_notify) after two pipelined commands: both answered, in order, then the connection closed; one write each', async () => {
+    const client = await open();
+    // Both requests handed to the TCP connection before its sending side is shut.
+    await new Promise<void>((resolve) => {
+      client.tls.write(
+        command('half-closed-tcp-1', 'v5') + command('half-closed-tcp-2', 'v6'),
+        () => {
+          resolve();
+        },
+      );
+    });
+    // shutdown(SHUT_WR) on the socket under the TLS session, no close_notify first: as a client
+    // whose TLS library does not send one at a half-close.
+    client.tcp.end();
+    await once(client.tls, 'close');
+    expect(statuses(client.received())).toEqual(['200', '200']);
+    const first = client.received().indexOf('"key":"half-closed-tcp-1"');
+    const second = client.received().indexOf('"key":"half-closed-tcp-2"');
+    expect(first).toBeGreaterThan(-1);
+    expect(second).toBeGreaterThan(first);
+    for (const key of ['half-closed-tcp-1', 'half-closed-tcp-2']) {
+      expect(journaled(key)[0]).toMatchObject({ state: 'confirmed', code: 'OK' });
+    }
+    expect(plant.device('v5').writeLog).toHaveLength(1);
+    expect(plant.device('v6').writeLog).toHaveLength(1);
+  });
 });
 
 describe('bytes after a command that are no request', () => {

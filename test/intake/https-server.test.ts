@@ -19,6 +19,7 @@ const metrics = {
   httpsConnectionsRefused: { inc: (): void => undefined },
   httpsConnectionsIdleClosed: { inc: (): void => undefined },
   httpsTlsHandshakesFailed: { inc: (): void => undefined },
+  httpsClientsGone: { inc: (): void => undefined },
 };
 
 describe('HTTPS server', () => {
