@@ -19,6 +19,7 @@ import {
 } from './errors.js';
 import { CommandExecution } from './execution.js';
 import type { Claim, CommandRecord, CommandRef, Journal, JournalEvent } from './journal.js';
+import { LateEcho } from './late-echo.js';
 import {
   RECOVERY,
   commandLogger,
@@ -120,6 +121,8 @@ export class CommandPipeline {
   private readonly sweeper: Sweep;
   private readonly operator: OperatorActions;
   private readonly execution: CommandExecution;
+  /** Commands ended with their write in doubt, noted when a later readback shows their echo. */
+  private readonly lateEcho: LateEcho;
   /**
    * When this process received each open command, on the monotonic clock: the time it has
    * waited since is measured from there (ExecutionHost.deadlineNow). A command timed by its
@@ -184,8 +187,10 @@ export class CommandPipeline {
       lanes: this.lanes,
       signal: this.abort.signal,
     });
+    this.lateEcho = new LateEcho({ journal: this.journal, clock: this.clock, logger: this.logger });
     this.outcomes.onSettled((record) => {
       this.receivedMono.delete(refId(record));
+      this.lateEcho.settled(record);
     });
     this.preemption = new Preemption({
       journal: this.journal,
@@ -242,6 +247,7 @@ export class CommandPipeline {
       },
       dispatched: (record) => {
         this.outcomes.dispatched(record);
+        this.lateEcho.dispatched(record);
       },
     });
   }
@@ -472,6 +478,7 @@ export class CommandPipeline {
    * Returns how many open commands the journal held.
    */
   recover(): number {
+    this.lateEcho.takeUp(this.lanes.keys());
     return this.sweeper.run();
   }
 
@@ -687,6 +694,7 @@ export class CommandPipeline {
   }
 
   private updateMirror(lane: Lane, readback: TimedReadback): void {
+    this.lateEcho.readback(lane.binding.id, readback);
     const previous = lane.mirror;
     lane.mirror = readback;
     if (readback.sourceIsScan !== true || readback.sourceTime === null) lane.imageSince = null;

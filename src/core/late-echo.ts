@@ -1,0 +1,136 @@
+import type { Clock } from './clock.js';
+import type { CommandRecord, Journal } from './journal.js';
+import { commandLogger, PIPELINE, refId } from './lane.js';
+import type { Logger } from './logger.js';
+import type { TimedReadback } from './skew.js';
+
+/**
+ * The endings of a written command that leave open whether the controller took its write: no
+ * readback came in its window ("the command's effect is unknown"), the readbacks never settled
+ * it (READBACK_TIMEOUT), or an operator resolved it while its write was out. A command that
+ * ended any other way either showed its echo (confirmed, READBACK_MISMATCH, DEVICE_FAULT,
+ * INTERRUPTED) or never had a write.
+ */
+const UNKNOWN_EFFECT_CODES: ReadonlySet<string> = new Set([
+  'DEVICE_UNREACHABLE',
+  'READBACK_TIMEOUT',
+  'RESOLVED_BY_OPERATOR',
+]);
+
+/** How many of a device's latest commands a start looks through for one in doubt. */
+const RECENT_AT_START = 20;
+
+export interface LateEchoHost {
+  readonly journal: Journal;
+  readonly clock: Clock;
+  readonly logger: Logger;
+}
+
+/**
+ * A command that ended `failed` while its write's fate was unknown keeps its outcome (a
+ * terminal state is final, and every replay returns the same result) — but when a later
+ * readback of its device shows the command's sequence number echoed, the controller took that
+ * write after all: the device may stand where the command sent it while the journal says only
+ * that its effect was unknown (a reply lost on a link that recovered, a PLC that answered
+ * after the window). That readback is noted in the command's history, once, with what it
+ * showed, and logged (warn, with the command's key and device): an operator reading
+ * `sluicectl show` or GET /v1/commands/{key}?history learns what became of the write. Watched
+ * per device: the device's latest command in doubt, until the device's next dispatch (from
+ * then on the echo may be that command's). Taken up at start from the journal.
+ */
+export class LateEcho {
+  private readonly host: LateEchoHost;
+  /** By device: its latest command in doubt, watched for its echo. */
+  private readonly watched = new Map<string, CommandRecord>();
+  /** By device: the command of its latest dispatch in this life (refId). */
+  private readonly lastDispatched = new Map<string, string>();
+
+  constructor(host: LateEchoHost) {
+    this.host = host;
+  }
+
+  /**
+   * A command of the device was dispatched (its dispatch journaled, before its write): from
+   * now on the echo may be its own — a sequence number is never that of two open commands,
+   * but one that provably never reached the controller may be given again — so the watch ends.
+   */
+  dispatched(record: CommandRecord): void {
+    this.lastDispatched.set(record.device, refId(record));
+    const watched = this.watched.get(record.device);
+    if (watched !== undefined && refId(watched) !== refId(record)) {
+      this.watched.delete(record.device);
+    }
+  }
+
+  /** Every settled command of every device, once its settlement is on disk. */
+  settled(record: CommandRecord): void {
+    if (!inDoubt(record)) return;
+    // Not when another command of the device was dispatched after it (a stop, or the next
+    // command once this one's settlement was announced): the echo may be that one's.
+    const last = this.lastDispatched.get(record.device);
+    if (last !== undefined && last !== refId(record)) return;
+    this.watched.set(record.device, record);
+  }
+
+  /**
+   * At start: each device's latest command with a sequence number, if it ended in doubt (one
+   * open, or a later one written, ends the watch as a dispatch does).
+   */
+  takeUp(devices: Iterable<string>): void {
+    for (const device of devices) {
+      const latest = this.host.journal
+        .list({ device, limit: RECENT_AT_START })
+        .filter((r) => r.seq !== null && r.dispatchedAt !== null)
+        .sort((a, b) => (b.dispatchedAt ?? 0) - (a.dispatchedAt ?? 0))[0];
+      if (latest !== undefined && inDoubt(latest)) this.watched.set(device, latest);
+    }
+  }
+
+  /** Every readback of a device. */
+  readback(device: string, readback: TimedReadback): void {
+    const watched = this.watched.get(device);
+    if (watched === undefined || readback.seq === null || readback.seq !== watched.seq) return;
+    const log = commandLogger(this.host.logger, watched);
+    const shown = [
+      readback.state,
+      readback.position === null ? null : `at ${readback.position} %`,
+      readback.faultCode === null ? null : `fault code ${readback.faultCode}`,
+    ]
+      .filter((part) => part !== null)
+      .join(' ');
+    const when =
+      readback.sourceTime === null
+        ? ''
+        : ` (image of ${new Date(readback.sourceTime).toISOString()}, controller clock)`;
+    const detail = `a later readback shows its sequence number ${watched.seq} echoed: the controller took its write after the command ended ${watched.code ?? watched.state}; the device shows ${shown}${when}`;
+    try {
+      this.host.journal.note(watched, this.host.clock.now(), detail, PIPELINE);
+    } catch (error) {
+      // Tried again at the next readback that shows it.
+      log.error({ err: error }, 'late echo of a command in doubt not journaled');
+      return;
+    }
+    this.watched.delete(device);
+    log.warn(
+      {
+        seq: watched.seq,
+        code: watched.code,
+        state: readback.state,
+        position: readback.position,
+        faultCode: readback.faultCode,
+      },
+      'a command that ended with its write in doubt was taken by the controller after all',
+    );
+  }
+}
+
+/** Ended failed with a write out and no readback showing its echo. */
+function inDoubt(record: CommandRecord): boolean {
+  return (
+    record.state === 'failed' &&
+    record.seq !== null &&
+    record.dispatchedAt !== null &&
+    UNKNOWN_EFFECT_CODES.has(record.code ?? '') &&
+    record.observed?.seq !== record.seq
+  );
+}

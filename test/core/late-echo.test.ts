@@ -1,0 +1,214 @@
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'vitest';
+import { systemClock } from '../../src/core/clock.js';
+import type { CommandRecord, Observation } from '../../src/core/journal.js';
+import { LateEcho } from '../../src/core/late-echo.js';
+import { silentLogger } from '../../src/core/logger.js';
+import type { TimedReadback } from '../../src/core/skew.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
+
+/**
+ * A command that ended `failed` with its write in doubt keeps its outcome, but a later readback
+ * that shows its sequence number echoed is noted in its history: the controller took the write
+ * after all (src/core/late-echo.ts). The real pipeline and journal against sluice-sim; the
+ * simulator's write log says when the controller took the write, the journal's history what
+ * the daemon said of it.
+ */
+
+async function harness(
+  onTestFinished: TestContext['onTestFinished'],
+  options: SimHarnessOptions = {},
+): Promise<SimHarness> {
+  // The idle monitor reads the device between commands, as the daemon does.
+  const h = await SimHarness.start({
+    warm: true,
+    monitorMs: 50,
+    timing: { confirmTimeoutMs: 800 },
+    ...options,
+  });
+  onTestFinished(() => h.close());
+  return h;
+}
+
+const LATE =
+  /^a later readback shows its sequence number (\d+) echoed: the controller took its write after the command ended READBACK_TIMEOUT; the device shows (OPENING|OPEN)( at [\d.]+ %)? \(image of .+, controller clock\)$/;
+
+describe.concurrent(
+  'a command ended with its write in doubt, taken by the controller later',
+  () => {
+    it('is noted in its history at the first readback that shows its echo; its outcome stays', async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const h = await harness(onTestFinished);
+      const valve = h.device('v1');
+      // The controller acknowledges the write and takes it only later (a PLC busy in its scan):
+      // no readback within the confirm window shows the command's echo.
+      valve.setFault({ kind: 'hold', ms: 60_000 });
+      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 5_000 });
+      const r = await h.settled('k1');
+      expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+      expect(valve.writesWithSeq(r.seq!)).toBe(1);
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+
+      // The controller takes the held write at its next scan.
+      valve.clearFault('hold');
+      await h.until(
+        () => h.notes('k1').some((n) => n.includes('a later readback')),
+        5_000,
+        'the late echo noted',
+      );
+      const taken = valve.writeLog.find((w) => w.seq === r.seq);
+      expect(taken?.outcome).toBe('accepted');
+      const notes = h.notes('k1').filter((n) => n.includes('a later readback'));
+      expect(notes).toHaveLength(1);
+      const [, seq] = LATE.exec(notes[0]!.replace(/^failed: /, '')) ?? [];
+      expect(Number(seq)).toBe(r.seq);
+      // Its outcome as journaled and published: unchanged.
+      expect(h.get('k1')).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+      expect(h.get('k1')?.response).toBe(r.response);
+
+      // Noted once: the next readbacks show the same echo.
+      const monitorReads = valve.readLog.length;
+      await h.until(() => valve.readLog.length > monitorReads + 3, 5_000, 'more readbacks');
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toHaveLength(1);
+    });
+
+    it("a write the controller never took is not noted, nor the next command's echo taken for it", async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const h = await harness(onTestFinished);
+      const valve = h.device('v1');
+      valve.setFault({ kind: 'hold', ms: 60_000 });
+      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 5_000 });
+      const first = await h.settled('k1');
+      expect(first).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+      // The held write is discarded by a power cycle: the controller never takes it.
+      h.plant.plc('mb').applyPowerCycle({ offMs: 0 });
+      valve.clearFault('hold');
+      expect(valve.writeLog.find((w) => w.seq === first.seq)?.outcome).toBe('power-cycle');
+      h.submit('k2', { device: 'v1', action: 'open', ttlMs: 5_000 });
+      const second = await h.settled('k2');
+      expect(second).toMatchObject({ state: 'confirmed' });
+      expect(valve.writesWithSeq(second.seq!)).toBe(1);
+      // Readbacks after the second command showing its echo: none noted on the first.
+      const reads = valve.readLog.length;
+      await h.until(() => valve.readLog.length > reads + 3, 5_000, 'more readbacks');
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    });
+
+    it('is noted after a restart too: the watch is taken up from the journal', async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const h = await harness(onTestFinished);
+      const valve = h.device('v1');
+      valve.setFault({ kind: 'hold', ms: 60_000 });
+      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 5_000 });
+      const r = await h.settled('k1');
+      expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+      await h.crash();
+      valve.clearFault('hold');
+      await h.until(
+        () => valve.writeLog.find((w) => w.seq === r.seq)?.outcome === 'accepted',
+        5_000,
+        'the held write taken while the daemon was down',
+      );
+      await h.restart();
+      await h.until(
+        () => h.notes('k1').some((n) => n.includes('a later readback')),
+        5_000,
+        'the late echo noted after the restart',
+      );
+      expect(h.get('k1')).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+    });
+  },
+);
+
+describe('the watch of a command in doubt, on the journal', () => {
+  it('ends at the next dispatch of the device: a sequence number given again is not the earlier write', ({
+    expect,
+    onTestFinished,
+  }) => {
+    const made = tempDir();
+    const journal = SqliteJournal.open({ path: join(made.dir, 'journal.db') });
+    onTestFinished(() => {
+      journal.close();
+      made.cleanup();
+    });
+    const clock = systemClock;
+    /** A command of v1 written with `seq`, and how it ended. */
+    const written = (key: string, seq: number): CommandRecord => {
+      const at = Date.now();
+      const { record } = journal.claim({
+        scope: 'plant',
+        key,
+        fingerprint: key,
+        device: 'v1',
+        action: 'open',
+        position: null,
+        issuedAt: at,
+        issuedAtSource: 'gateway',
+        ttlMs: 5_000,
+        deadline: at + 5_000,
+        intake: 'https',
+        acceptedAt: at,
+      });
+      return journal.markDispatched(record, at, observation(1), 'pipeline', () => seq);
+    };
+    const inDoubt = (record: CommandRecord): CommandRecord =>
+      journal.settle(record, 'dispatched', {
+        to: 'failed',
+        code: 'DEVICE_UNREACHABLE',
+        faultCode: null,
+        observed: null,
+        detail: 'the write was never sent: no connection to the controller; nothing was applied',
+        at: Date.now(),
+        intake: 'pipeline',
+      });
+    const late = (key: string): string[] =>
+      journal
+        .history({ scope: 'plant', key })
+        .map((e) => e.detail)
+        .filter((d) => d.startsWith('a later readback'));
+
+    const echo = new LateEcho({ journal, clock, logger: silentLogger });
+    // k1's write never left (seq 7 never reached the controller); k2 is given 7 again.
+    echo.dispatched(written('k1', 7));
+    echo.settled(inDoubt(journal.get({ scope: 'plant', key: 'k1' })!));
+    echo.dispatched(written('k2', 7));
+    echo.readback('v1', readback(7));
+    expect(late('k1')).toEqual([]);
+
+    // Without a later dispatch, the same echo is k3's own late write.
+    echo.dispatched(written('k3', 9));
+    echo.settled(inDoubt(journal.get({ scope: 'plant', key: 'k3' })!));
+    echo.readback('v1', readback(9));
+    expect(late('k3')).toHaveLength(1);
+  });
+});
+
+function observation(seq: number): Observation {
+  const at = new Date().toISOString();
+  return { state: 'CLOSED', position: 0, seq, faultCode: null, sourceTime: at, readAt: at };
+}
+
+function readback(seq: number): TimedReadback {
+  const now = performance.now();
+  return {
+    state: 'OPEN',
+    position: 100,
+    seq,
+    faultCode: null,
+    sourceTime: Date.now(),
+    sourceIsScan: true,
+    requestedAt: Date.now(),
+    receivedAt: Date.now(),
+    requestedMono: now,
+    receivedMono: now,
+    epoch: 0,
+  };
+}
