@@ -216,7 +216,7 @@ export interface Journal {
   /** An event without a transition (recovery findings, operator notes). */
   note(ref: CommandRef, at: number, detail: string, intake: string): void;
   history(ref: CommandRef): JournalEvent[];
-  /** Non-terminal commands, oldest first. */
+  /** Non-terminal commands, in the journal's order (its ids: the order they were claimed in). */
   listOpen(): CommandRecord[];
   /**
    * The same commands, only what the sweep needs of them: a backlog of thousands is read every

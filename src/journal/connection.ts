@@ -662,9 +662,11 @@ function prepare(db: Database): {
     history: db.prepare(`
       SELECT at, from_state, to_state, intake, detail FROM events
       WHERE command = (SELECT id FROM commands WHERE scope = ? AND key = ?) ORDER BY id`),
-    open: db.prepare(
-      "SELECT * FROM commands WHERE state IN ('accepted', 'dispatched') ORDER BY accepted_at, id",
-    ),
+    // In the journal's order, as openRefs below (the order the daemon runs a device's commands
+    // in): what the operator's tools say a command waits behind follows it.
+    open: db.prepare(`
+      SELECT * FROM commands INDEXED BY commands_open
+      WHERE state IN ('accepted', 'dispatched') ORDER BY id`),
     // The journal's own order (claims get increasing ids; retention never deletes an open row,
     // so a new one always gets a larger id): the order the commands came in even when the
     // gateway's clock stepped back between two claims, which accepted_at would reverse. The

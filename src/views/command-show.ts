@@ -49,11 +49,10 @@ export function showCommand(
     r.scope === record.scope && r.key === record.key;
   let item: StuckItem | null = null;
   if (story.outcome === null) {
-    // As it was read (it may have settled since the list was read: judged as it was).
-    const device = [
-      ...journal.listOpen().filter((r) => r.device === record.device && !same(r)),
-      record,
-    ];
+    // As it was read, in its place in the journal's order (it may have settled since the list
+    // was read: judged as it was, last).
+    const open = journal.listOpen().filter((r) => r.device === record.device);
+    const device = open.some(same) ? open.map((r) => (same(r) ? record : r)) : [...open, record];
     item =
       stuckItems(
         device,

@@ -78,36 +78,40 @@ export function pausedText(stops: readonly AheadCommand[], count: number): strin
 
 /**
  * What each open command waits for on its device, read from the journal alone: the device runs
- * one command at a time, in the order accepted, and a written one holds it until settled; a
- * stop is written at once, and pauses a written command until it settles.
- * Without this an operator saw "accepted" and no reason it had not run.
+ * one command at a time, in the order the journal took them (its ids: the order the daemon
+ * queues them, also after a restart — accepted_at would reverse two commands taken either side
+ * of a step back of the gateway's clock), and a written one holds it until settled; a stop is
+ * written at once, and pauses a written command until it settles. `open` is in the journal's
+ * order (Journal.listOpen). Without this an operator saw "accepted" and no reason it had not run.
  */
 function aheadOfEach(
   open: readonly CommandRecord[],
 ): (record: CommandRecord) => { readonly first: AheadCommand[]; readonly count: number } {
-  // Per device, oldest first: a queue of thousands is counted by a search, not scanned for
-  // each of its commands.
+  // Per device, in the journal's order, and each command's place there: a queue of thousands
+  // is counted by its place, not scanned for each of its commands.
   const byDevice = new Map<string, CommandRecord[]>();
+  const place = new Map<string, number>();
   for (const r of open) {
     const list = byDevice.get(r.device) ?? [];
+    place.set(refId(r), list.length);
     list.push(r);
     byDevice.set(r.device, list);
   }
-  const written = new Map<string, CommandRecord[]>();
+  const written = new Map<string, { readonly record: CommandRecord; readonly at: number }[]>();
   for (const [device, list] of byDevice) {
-    list.sort((a, b) => a.acceptedAt - b.acceptedAt);
     written.set(
       device,
-      list.filter((r) => r.state === 'dispatched'),
+      list.flatMap((record, at) => (record.state === 'dispatched' ? [{ record, at }] : [])),
     );
   }
   return (record) => {
+    const id = refId(record);
+    const at = place.get(id) ?? Infinity;
     if (record.state === 'dispatched') {
       // A stop written after it has paused it (SPEC §2): it is taken up again once that settles.
-      const id = refId(record);
-      const stops = (written.get(record.device) ?? []).filter(
-        (r) => r.action === 'stop' && r.acceptedAt > record.acceptedAt && refId(r) !== id,
-      );
+      const stops = (written.get(record.device) ?? [])
+        .filter((w) => w.record.action === 'stop' && w.at > at)
+        .map((w) => w.record);
       return {
         first: stops
           .slice(0, AHEAD_SHOWN)
@@ -117,29 +121,21 @@ function aheadOfEach(
     }
     if (record.state !== 'accepted') return { first: [], count: 0 };
     const list = byDevice.get(record.device) ?? [];
-    // Those before index `lo` were accepted before it: every one is ahead.
-    let lo = 0;
-    let hi = list.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if ((list[mid]?.acceptedAt ?? Infinity) < record.acceptedAt) lo = mid + 1;
-      else hi = mid;
-    }
-    // And one written though accepted after it (a stop, dispatched at once): it holds the device.
-    const writtenAfter = (written.get(record.device) ?? []).filter(
-      (r) => r.acceptedAt >= record.acceptedAt,
-    );
-    // The written ones first (they hold the device now), then by age.
+    // Those before it in the journal's order came in before it: every one is ahead.
+    const before = Math.min(at, list.length);
+    // And one written though it came in after it (a stop, dispatched at once): it holds the device.
     const writing = written.get(record.device) ?? [];
+    const writtenAfter = writing.filter((w) => w.at > at).length;
+    // The written ones first (they hold the device now), then in the journal's order.
     const first = [
-      ...writing,
+      ...writing.map((w) => w.record),
       ...list
-        .slice(0, Math.min(lo, AHEAD_SHOWN + writing.length))
+        .slice(0, Math.min(before, AHEAD_SHOWN + writing.length))
         .filter((r) => r.state !== 'dispatched'),
     ]
       .slice(0, AHEAD_SHOWN)
       .map((o) => ({ key: o.key, scope: o.scope, state: o.state }));
-    return { first, count: lo + writtenAfter.length };
+    return { first, count: before + writtenAfter };
   };
 }
 

@@ -10,6 +10,7 @@ import {
 } from '../../src/core/open-commands.js';
 import { allocateSeq } from '../../src/core/sequence.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { showCommand } from '../../src/views/command-show.js';
 import { stuckItems } from '../../src/views/open-commands.js';
 import { tempDir } from '../helpers/fixtures.js';
 
@@ -301,6 +302,43 @@ describe('stuckItems', () => {
     expect(bare.map((i) => [i.key, i.stuckReason])).toEqual([
       ['moving', 'its deadline (no configuration: its confirm timeout is unknown)'],
       ['stop-1', 'its deadline (no configuration: its confirm timeout is unknown)'],
+    ]);
+  });
+});
+
+describe('what an open command waits behind', () => {
+  it("follows the journal's order, not accepted_at, across a step back of the gateway's clock", () => {
+    // first came in, then the gateway's clock was stepped back a minute, then second: the
+    // daemon runs first, then second (the journal's order); accepted_at says the opposite.
+    const first = claim('first', 'v1', NOW + 30_000);
+    const second = claim('second', 'v1', NOW - 30_000);
+    expect(second.acceptedAt).toBeLessThan(first.acceptedAt);
+    claim('third', 'v1', NOW + 20_000);
+    expect(journal.listOpen().map((r) => r.key)).toEqual(['first', 'second', 'third']);
+
+    const behind = (items: ReturnType<typeof stuckItems>): [string, string[], number][] =>
+      items.map((i) => [i.key, i.waitsBehind.map((a) => a.key), i.waitsBehindCount]);
+    expect(behind(stuckItems(journal.listOpen(), 0, NOW, null, journal))).toEqual([
+      ['first', [], 0],
+      ['second', ['first'], 1],
+      ['third', ['first', 'second'], 2],
+    ]);
+
+    // sluicectl show: the command in its place among its device's open commands.
+    const timings = (): Map<string, DeviceTiming> => new Map([['v1', timing()]]);
+    expect(showCommand(second, journal, NOW, timings).open?.waitsBehind.map((a) => a.key)).toEqual([
+      'first',
+    ]);
+    expect(showCommand(first, journal, NOW, timings).open?.waitsBehind).toEqual([]);
+
+    // A stop written after the first (dispatched at once) holds the device for those queued.
+    const stop = dispatch(claim('stop-1', 'v1', NOW - 40_000, 'stop'), NOW);
+    expect(stop.state).toBe('dispatched');
+    expect(behind(stuckItems(journal.listOpen(), 0, NOW, null, journal))).toEqual([
+      ['first', ['stop-1'], 1],
+      ['second', ['stop-1', 'first'], 2],
+      ['third', ['stop-1', 'first', 'second'], 3],
+      ['stop-1', [], 0],
     ]);
   });
 });

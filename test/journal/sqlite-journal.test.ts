@@ -403,17 +403,17 @@ describe('transitions', () => {
     ]);
   });
 
-  it('lists open commands oldest first, and filters', () => {
+  it("lists open commands in the journal's order, and filters", () => {
     const j = open();
     j.claim(command('late', { acceptedAt: T0 + 10 }));
     j.claim(command('early', { acceptedAt: T0 }));
     confirm(j, j.claim(command('done', { acceptedAt: T0 + 5, device: 'drain-valve' })).record);
-    expect(j.listOpen().map((r) => r.key)).toEqual(['early', 'late']);
+    // In the order they were claimed: 'late' came first, its acceptedAt later only because the
+    // clock stepped back before 'early' was claimed (the order the daemon runs them in).
+    expect(j.listOpen().map((r) => r.key)).toEqual(['late', 'early']);
     expect(j.list({ device: 'drain-valve' }).map((r) => r.key)).toEqual(['done']);
     expect(j.list({ state: 'accepted', since: T0 + 1 }).map((r) => r.key)).toEqual(['late']);
-    // The sweep's light list: the same commands with device, state, action, in the order they
-    // were claimed: 'late' came first, its acceptedAt later only because the clock stepped back
-    // before 'early' was claimed.
+    // The sweep's light list: the same commands with device, state, action, in the same order.
     dispatch(j, { scope: 'plant', key: 'late' }, T0 + 20, seen, 'pipeline');
     const byKey = new Map(j.listOpen().map((r) => [r.key, r]));
     expect(j.listOpenRefs()).toEqual(
