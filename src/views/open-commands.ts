@@ -167,8 +167,10 @@ export function stuckItems(
       journal: { history: historyOf, stopsAfter: (r, limit) => journal.stopsAfter(r, limit) },
     }).stuck.map((s) => [refId(s), s]),
   );
+  // Listed oldest first (what each waits behind is judged in the journal's order above).
   return open
     .filter((r) => listed(r) && now - r.acceptedAt >= olderThanMs)
+    .sort((a, b) => a.acceptedAt - b.acceptedAt)
     .map((r) => {
       const late = stuck.get(refId(r)) ?? null;
       const behind = aheadOf(r);

@@ -316,12 +316,14 @@ describe('what an open command waits behind', () => {
     claim('third', 'v1', NOW + 20_000);
     expect(journal.listOpen().map((r) => r.key)).toEqual(['first', 'second', 'third']);
 
+    // Listed oldest first by accepted_at, as an operator reads a list; what each waits behind
+    // is the journal's order.
     const behind = (items: ReturnType<typeof stuckItems>): [string, string[], number][] =>
       items.map((i) => [i.key, i.waitsBehind.map((a) => a.key), i.waitsBehindCount]);
     expect(behind(stuckItems(journal.listOpen(), 0, NOW, null, journal))).toEqual([
-      ['first', [], 0],
       ['second', ['first'], 1],
       ['third', ['first', 'second'], 2],
+      ['first', [], 0],
     ]);
 
     // sluicectl show: the command in its place among its device's open commands.
@@ -335,10 +337,10 @@ describe('what an open command waits behind', () => {
     const stop = dispatch(claim('stop-1', 'v1', NOW - 40_000, 'stop'), NOW);
     expect(stop.state).toBe('dispatched');
     expect(behind(stuckItems(journal.listOpen(), 0, NOW, null, journal))).toEqual([
-      ['first', ['stop-1'], 1],
+      ['stop-1', [], 0],
       ['second', ['stop-1', 'first'], 2],
       ['third', ['stop-1', 'first', 'second'], 3],
-      ['stop-1', [], 0],
+      ['first', ['stop-1'], 1],
     ]);
   });
 });
