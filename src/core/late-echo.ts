@@ -24,19 +24,22 @@ export interface LateEchoHost {
   readonly journal: Journal;
   readonly clock: Clock;
   readonly logger: Logger;
+  /** The sequence number the device's last readback echoed (null: none, or no echo). */
+  echoed(device: string): number | null;
 }
 
 /**
  * A command that ended `failed` while its write's fate was unknown keeps its outcome (a
  * terminal state is final, and every replay returns the same result) — but when a later
- * readback of its device shows the command's sequence number echoed, the controller took that
- * write after all: the device may stand where the command sent it while the journal says only
+ * readback of its device shows the command's sequence number echoed, which none had shown
+ * while it was open, the controller took that write: the device may stand where the command sent it while the journal says only
  * that its effect was unknown (a reply lost on a link that recovered, a PLC that answered
  * after the window). That readback is noted in the command's history, once, with what it
  * showed, and logged (warn, with the command's key and device): an operator reading
  * `sluicectl show` or GET /v1/commands/{key}?history learns what became of the write. Watched
  * per device: the device's latest command in doubt, until the device's next dispatch (from
- * then on the echo may be that command's). Taken up at start from the journal.
+ * then on the echo may be that command's). Taken up at start from the journal (an operator's
+ * resolve aside: whether its echo had been read before is not journaled).
  */
 export class LateEcho {
   private readonly host: LateEchoHost;
@@ -65,6 +68,9 @@ export class LateEcho {
   /** Every settled command of every device, once its settlement is on disk. */
   settled(record: CommandRecord): void {
     if (!inDoubt(record)) return;
+    // Its echo already read while it was open (a valve that took the write and did not move,
+    // resolved by an operator): the write was taken before it ended, not after.
+    if (this.host.echoed(record.device) === record.seq) return;
     // Not when another command of the device was dispatched after it (a stop, or the next
     // command once this one's settlement was announced): the echo may be that one's.
     const last = this.lastDispatched.get(record.device);
@@ -102,7 +108,7 @@ export class LateEcho {
       readback.sourceTime === null
         ? ''
         : ` (image of ${new Date(readback.sourceTime).toISOString()}, controller clock)`;
-    const detail = `a later readback shows its sequence number ${watched.seq} echoed: the controller took its write after the command ended ${watched.code ?? watched.state}; the device shows ${shown}${when}`;
+    const detail = `a later readback shows its sequence number ${watched.seq} echoed: the controller took its write, which no readback had shown before the command ended ${watched.code ?? watched.state}; the device shows ${shown}${when}`;
     try {
       this.host.journal.note(watched, this.host.clock.now(), detail, PIPELINE);
     } catch (error) {
@@ -119,7 +125,7 @@ export class LateEcho {
         position: readback.position,
         faultCode: readback.faultCode,
       },
-      'a command that ended with its write in doubt was taken by the controller after all',
+      'the controller took the write of a command that ended with its write in doubt',
     );
   }
 }

@@ -187,7 +187,12 @@ export class CommandPipeline {
       lanes: this.lanes,
       signal: this.abort.signal,
     });
-    this.lateEcho = new LateEcho({ journal: this.journal, clock: this.clock, logger: this.logger });
+    this.lateEcho = new LateEcho({
+      journal: this.journal,
+      clock: this.clock,
+      logger: this.logger,
+      echoed: (device) => this.lanes.get(device)?.mirror?.seq ?? null,
+    });
     this.outcomes.onSettled((record) => {
       this.receivedMono.delete(refId(record));
       this.lateEcho.settled(record);

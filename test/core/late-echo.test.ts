@@ -33,7 +33,7 @@ async function harness(
 }
 
 const LATE =
-  /^a later readback shows its sequence number (\d+) echoed: the controller took its write after the command ended READBACK_TIMEOUT; the device shows (OPENING|OPEN)( at [\d.]+ %)? \(image of .+, controller clock\)$/;
+  /^a later readback shows its sequence number (\d+) echoed: the controller took its write, which no readback had shown before the command ended READBACK_TIMEOUT; the device shows (OPENING|OPEN)( at [\d.]+ %)? \(image of .+, controller clock\)$/;
 
 describe.concurrent(
   'a command ended with its write in doubt, taken by the controller later',
@@ -98,6 +98,39 @@ describe.concurrent(
       const reads = valve.readLog.length;
       await h.until(() => valve.readLog.length > reads + 3, 5_000, 'more readbacks');
       expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    });
+
+    it('an echo read while the command was open is not noted: a stuck valve an operator resolved', async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const h = await harness(onTestFinished, { timing: { confirmTimeoutMs: 30_000 } });
+      const valve = h.device('v1');
+      // The valve takes the write and does not move: the readbacks show its echo, OPENING.
+      valve.setFault({ kind: 'stuck-travel' });
+      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 5_000 });
+      await h.until(() => h.get('k1')?.seq != null, 5_000, 'the dispatch');
+      const seq = h.get('k1')!.seq!;
+      await h.until(
+        () => h.pipeline.devices().find((d) => d.id === 'v1')?.mirror?.seq === seq,
+        5_000,
+        'a readback showing the echo',
+      );
+      h.pipeline.resolve({ scope: 'plant', key: 'k1' }, 'ops', 'valve stuck, checked on site');
+      const resolvedAt = Date.now();
+      expect(h.get('k1')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+      // Readbacks received well after the resolve (a note would be journaled as one arrives),
+      // showing the same echo: nothing noted.
+      await h.until(
+        () => {
+          const mirror = h.pipeline.devices().find((d) => d.id === 'v1')?.mirror;
+          return mirror?.seq === seq && mirror.receivedAt > resolvedAt + 200;
+        },
+        5_000,
+        'the echo read again after the resolve',
+      );
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+      valve.clearFault('stuck-travel');
     });
 
     it('is noted after a restart too: the watch is taken up from the journal', async ({
@@ -175,7 +208,7 @@ describe('the watch of a command in doubt, on the journal', () => {
         .map((e) => e.detail)
         .filter((d) => d.startsWith('a later readback'));
 
-    const echo = new LateEcho({ journal, clock, logger: silentLogger });
+    const echo = new LateEcho({ journal, clock, logger: silentLogger, echoed: () => 1 });
     // k1's write never left (seq 7 never reached the controller); k2 is given 7 again.
     echo.dispatched(written('k1', 7));
     echo.settled(inDoubt(journal.get({ scope: 'plant', key: 'k1' })!));
