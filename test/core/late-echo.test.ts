@@ -32,6 +32,21 @@ async function harness(
   return h;
 }
 
+/**
+ * An open of v1 that ends `READBACK_TIMEOUT` with its write in doubt: the controller
+ * acknowledges the write and takes it only later (a PLC busy in its scan, the simulator's
+ * `hold`), so no readback within the confirm window shows the command's echo. The hold stays.
+ */
+async function heldAndFailed(h: SimHarness, key: string): Promise<CommandRecord> {
+  h.device('v1').setFault({ kind: 'hold', ms: 60_000 });
+  h.submit(key, { device: 'v1', action: 'open', ttlMs: 5_000 });
+  const r = await h.settled(key);
+  if (r.state !== 'failed' || r.code !== 'READBACK_TIMEOUT') {
+    throw new Error(`${key} ended ${r.state} ${r.code ?? ''}, not failed READBACK_TIMEOUT`);
+  }
+  return r;
+}
+
 const LATE =
   /^a later readback shows its sequence number (\d+) echoed: the controller took its write, which no readback had shown before the command ended READBACK_TIMEOUT; the device shows (OPENING|OPEN)( at [\d.]+ %)? \(image of .+, controller clock\)$/;
 
@@ -44,12 +59,7 @@ describe.concurrent(
     }) => {
       const h = await harness(onTestFinished);
       const valve = h.device('v1');
-      // The controller acknowledges the write and takes it only later (a PLC busy in its scan):
-      // no readback within the confirm window shows the command's echo.
-      valve.setFault({ kind: 'hold', ms: 60_000 });
-      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 5_000 });
-      const r = await h.settled('k1');
-      expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+      const r = await heldAndFailed(h, 'k1');
       expect(valve.writesWithSeq(r.seq!)).toBe(1);
       expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
 
@@ -82,10 +92,7 @@ describe.concurrent(
     }) => {
       const h = await harness(onTestFinished);
       const valve = h.device('v1');
-      valve.setFault({ kind: 'hold', ms: 60_000 });
-      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 5_000 });
-      const first = await h.settled('k1');
-      expect(first).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+      const first = await heldAndFailed(h, 'k1');
       // The held write is discarded by a power cycle: the controller never takes it.
       h.plant.plc('mb').applyPowerCycle({ offMs: 0 });
       valve.clearFault('hold');
@@ -139,10 +146,7 @@ describe.concurrent(
     }) => {
       const h = await harness(onTestFinished);
       const valve = h.device('v1');
-      valve.setFault({ kind: 'hold', ms: 60_000 });
-      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 5_000 });
-      const r = await h.settled('k1');
-      expect(r).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+      const r = await heldAndFailed(h, 'k1');
       await h.crash();
       valve.clearFault('hold');
       await h.until(
