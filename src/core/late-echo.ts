@@ -80,7 +80,8 @@ export class LateEcho {
 
   /**
    * At start: each device's latest command with a sequence number, if it ended in doubt (one
-   * open, or a later one written, ends the watch as a dispatch does).
+   * open, or a later one written, ends the watch as a dispatch does) and not by an operator's
+   * resolve.
    */
   takeUp(devices: Iterable<string>): void {
     for (const device of devices) {
@@ -88,7 +89,11 @@ export class LateEcho {
         .list({ device, limit: RECENT_AT_START })
         .filter((r) => r.seq !== null && r.dispatchedAt !== null)
         .sort((a, b) => (b.dispatchedAt ?? 0) - (a.dispatchedAt ?? 0))[0];
-      if (latest !== undefined && inDoubt(latest)) this.watched.set(device, latest);
+      // Not an operator's resolve: its outcome keeps the readback from before the write, so
+      // whether a readback showed its echo while it was open (a valve that took the write and
+      // did not move) is not journaled, and that echo, read again now, would be noted as new.
+      if (latest === undefined || latest.code === 'RESOLVED_BY_OPERATOR') continue;
+      if (inDoubt(latest)) this.watched.set(device, latest);
     }
   }
 

@@ -140,6 +140,42 @@ describe.concurrent(
       valve.clearFault('stuck-travel');
     });
 
+    it('an echo read while the command was open is not noted after a restart either: the resolve is not taken up', async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const h = await harness(onTestFinished, { timing: { confirmTimeoutMs: 30_000 } });
+      const valve = h.device('v1');
+      valve.setFault({ kind: 'stuck-travel' });
+      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 5_000 });
+      await h.until(() => h.get('k1')?.seq != null, 5_000, 'the dispatch');
+      const seq = h.get('k1')!.seq!;
+      await h.until(
+        () => h.pipeline.devices().find((d) => d.id === 'v1')?.mirror?.seq === seq,
+        5_000,
+        'a readback showing the echo',
+      );
+      h.pipeline.resolve({ scope: 'plant', key: 'k1' }, 'ops', 'valve stuck, checked on site');
+      expect(h.get('k1')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+      // The journaled outcome keeps the readback from before the write: the restart cannot
+      // tell from it that the echo had been read while the command was open.
+      expect(h.get('k1')?.observed?.seq).not.toBe(seq);
+      await h.crash();
+      await h.restart();
+      const restartedAt = Date.now();
+      // Readbacks of the new life, well after its start, showing the same echo: nothing noted.
+      await h.until(
+        () => {
+          const mirror = h.pipeline.devices().find((d) => d.id === 'v1')?.mirror;
+          return mirror?.seq === seq && mirror.receivedAt > restartedAt + 200;
+        },
+        5_000,
+        'the echo read again after the restart',
+      );
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+      valve.clearFault('stuck-travel');
+    });
+
     it('is noted after a restart too: the watch is taken up from the journal', async ({
       expect,
       onTestFinished,
