@@ -26,6 +26,22 @@ export interface LateEchoHost {
   readonly logger: Logger;
   /** The sequence number the device's last readback echoed (null: none, or no echo). */
   echoed(device: string): number | null;
+  /**
+   * Whether the command's write is its device's last write as this process knows it (the
+   * lane's lastWrite): handed to the driver, and not since found never sent (withdrawn while
+   * it waited for the controller, no connection to send it on).
+   */
+  wrote(record: CommandRecord): boolean;
+}
+
+/** A command in doubt, watched for its echo. */
+interface Watched {
+  readonly record: CommandRecord;
+  /**
+   * Taken up from the journal at start: its write was an earlier life's, which this process
+   * does not know (the lane's lastWrite is not its own).
+   */
+  readonly fromJournal: boolean;
 }
 
 /**
@@ -44,7 +60,7 @@ export interface LateEchoHost {
 export class LateEcho {
   private readonly host: LateEchoHost;
   /** By device: its latest command in doubt, watched for its echo. */
-  private readonly watched = new Map<string, CommandRecord>();
+  private readonly watched = new Map<string, Watched>();
   /** By device: the command of its latest dispatch in this life (refId). */
   private readonly lastDispatched = new Map<string, string>();
 
@@ -60,7 +76,7 @@ export class LateEcho {
   dispatched(record: CommandRecord): void {
     this.lastDispatched.set(record.device, refId(record));
     const watched = this.watched.get(record.device);
-    if (watched !== undefined && refId(watched) !== refId(record)) {
+    if (watched !== undefined && refId(watched.record) !== refId(record)) {
       this.watched.delete(record.device);
     }
   }
@@ -75,7 +91,10 @@ export class LateEcho {
     // command once this one's settlement was announced): the echo may be that one's.
     const last = this.lastDispatched.get(record.device);
     if (last !== undefined && last !== refId(record)) return;
-    this.watched.set(record.device, record);
+    // Its write never sent (no connection to the controller, or withdrawn while it waited
+    // for one): the echo of its number can only be another master's.
+    if (!this.host.wrote(record)) return;
+    this.watched.set(record.device, { record, fromJournal: false });
   }
 
   /**
@@ -93,14 +112,21 @@ export class LateEcho {
       // whether a readback showed its echo while it was open (a valve that took the write and
       // did not move) is not journaled, and that echo, read again now, would be noted as new.
       if (latest === undefined || latest.code === 'RESOLVED_BY_OPERATOR') continue;
-      if (inDoubt(latest)) this.watched.set(device, latest);
+      if (inDoubt(latest)) this.watched.set(device, { record: latest, fromJournal: true });
     }
   }
 
   /** Every readback of a device. */
   readback(device: string, readback: TimedReadback): void {
-    const watched = this.watched.get(device);
-    if (watched === undefined || readback.seq === null || readback.seq !== watched.seq) return;
+    const entry = this.watched.get(device);
+    if (entry === undefined || readback.seq === null || readback.seq !== entry.record.seq) return;
+    const watched = entry.record;
+    // An operator resolved it while its write waited for the controller, which then was not
+    // sent after all (the resolve withdrew it): nothing of it reached the controller.
+    if (!entry.fromJournal && !this.host.wrote(watched)) {
+      this.watched.delete(device);
+      return;
+    }
     const log = commandLogger(this.host.logger, watched);
     const shown = [
       readback.state,

@@ -192,6 +192,15 @@ export class CommandPipeline {
       clock: this.clock,
       logger: this.logger,
       echoed: (device) => this.lanes.get(device)?.mirror?.seq ?? null,
+      wrote: (record) => {
+        const last = this.lanes.get(record.device)?.lastWrite ?? null;
+        return (
+          last !== null &&
+          last.scope === record.scope &&
+          last.key === record.key &&
+          last.seq === record.seq
+        );
+      },
     });
     this.outcomes.onSettled((record) => {
       this.receivedMono.delete(refId(record));

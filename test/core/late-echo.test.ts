@@ -176,6 +176,47 @@ describe.concurrent(
       valve.clearFault('stuck-travel');
     });
 
+    it("a write never sent is not noted when another master's write echoes its number", async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const h = await harness(onTestFinished);
+      const valve = h.device('v1');
+      // The controller answers every write busy (Modbus exception 0x06): the command's write
+      // is never processed, and waits to be sent again when the operator resolves it.
+      valve.setFault({ kind: 'exception', code: 6, on: 'write' });
+      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 20_000 });
+      await h.until(
+        () => h.notes('k1').some((n) => n.includes('answered busy')),
+        5_000,
+        'a busy answer to the write',
+      );
+      const seq = h.get('k1')!.seq!;
+      h.pipeline.resolve({ scope: 'plant', key: 'k1' }, 'ops', 'PLC busy, done by hand');
+      expect(h.get('k1')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+      await h.until(
+        () => h.notes('k1').some((n) => n.includes('was not sent')),
+        5_000,
+        'the history saying the write was never sent',
+      );
+      valve.clearFault('exception');
+      expect(valve.writeLog.filter((w) => w.seq === seq).map((w) => w.outcome)).not.toContain(
+        'accepted',
+      );
+      // Another master's stop that happens to carry the same sequence number, taken.
+      valve.receiveWrite({ code: 3, setpoint: 0, seq });
+      const takenAt = Date.now();
+      await h.until(
+        () => {
+          const mirror = h.pipeline.devices().find((d) => d.id === 'v1')?.mirror;
+          return mirror?.seq === seq && mirror.receivedAt > takenAt + 200;
+        },
+        5_000,
+        "the other master's echo read",
+      );
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    });
+
     it('is noted after a restart too: the watch is taken up from the journal', async ({
       expect,
       onTestFinished,
@@ -248,7 +289,14 @@ describe('the watch of a command in doubt, on the journal', () => {
         .map((e) => e.detail)
         .filter((d) => d.startsWith('a later readback'));
 
-    const echo = new LateEcho({ journal, clock, logger: silentLogger, echoed: () => 1 });
+    // Every write of this test handed to the driver, as far as the watch asks.
+    const echo = new LateEcho({
+      journal,
+      clock,
+      logger: silentLogger,
+      echoed: () => 1,
+      wrote: () => true,
+    });
     // k1's write never left (seq 7 never reached the controller); k2 is given 7 again.
     echo.dispatched(written('k1', 7));
     echo.settled(inDoubt(journal.get({ scope: 'plant', key: 'k1' })!));
