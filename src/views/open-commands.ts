@@ -35,7 +35,8 @@ export interface StuckItem {
   readonly lastEvent: { readonly at: string; readonly detail: string } | null;
   /**
    * For an `accepted` command: the first (at most 3) of the open commands its device runs before
-   * it, one at a time — one written and not settled first, then those accepted before it. For a
+   * it, one at a time — one written and not settled first, then those accepted before it; for an
+   * accepted stop, only the stops before it (SPEC §2: a stop is not queued behind travel). For a
    * `dispatched` one: a stop written after it, which paused it. Empty when nothing is ahead.
    */
   readonly waitsBehind: readonly AheadCommand[];
@@ -121,6 +122,19 @@ function aheadOfEach(
     }
     if (record.state !== 'accepted') return { first: [], count: 0 };
     const list = byDevice.get(record.device) ?? [];
+    if (record.action === 'stop') {
+      // SPEC §2, a stop is not queued behind travel: the written command it found is paused
+      // until it settles, and those accepted before it end superseded. Only a stop taken
+      // before it may go first (one still waiting runs ahead of it; one in flight is overtaken
+      // or finished first, as the device shows, which the journal does not say).
+      const stops = list.slice(0, Math.min(at, list.length)).filter((r) => r.action === 'stop');
+      return {
+        first: stops
+          .slice(0, AHEAD_SHOWN)
+          .map((o) => ({ key: o.key, scope: o.scope, state: o.state })),
+        count: stops.length,
+      };
+    }
     // Those before it in the journal's order came in before it: every one is ahead.
     const before = Math.min(at, list.length);
     // And one written though it came in after it (a stop, dispatched at once): it holds the device.

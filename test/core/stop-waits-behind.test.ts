@@ -1,0 +1,60 @@
+import { describe, it } from 'vitest';
+import { showCommand } from '../../src/views/command-show.js';
+import { stuckItems } from '../../src/views/open-commands.js';
+import { SimHarness } from '../helpers/sim-harness.js';
+
+/**
+ * What `sluicectl show`, `sluicectl stuck` and the status page say an accepted stop waits
+ * behind (src/views/open-commands.ts): SPEC §2, a stop is not queued behind travel. The real
+ * pipeline and journal against sluice-sim; the simulator's write log and the journal say when
+ * the stop was written, and that the travel it preempted was still open then.
+ */
+describe('an accepted stop, while its read of the device is still to come', () => {
+  it('is said to wait behind no command the travel it preempts, and is written before that one settles', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await SimHarness.start({ warm: true, travelMs: 20_000 });
+    onTestFinished(() => h.close());
+    const valve = h.device('v1');
+    h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await h.until(
+      () => valve.readLog.length > 0 && h.get('open-1')?.seq != null,
+      5_000,
+      'the open dispatched',
+    );
+    const openSeq = h.get('open-1')!.seq!;
+    await h.until(() => valve.writesWithSeq(openSeq) === 1, 5_000, 'the open written');
+    // The device answers no read: the stop's read before its write waits (a device slow to
+    // answer, the moment an operator presses stop and looks).
+    valve.setFault({ kind: 'drop', on: 'read' });
+    h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    expect(h.get('stop-1')).toMatchObject({ state: 'accepted' });
+    expect(h.get('open-1')).toMatchObject({ state: 'dispatched' });
+
+    const shown = showCommand(h.get('stop-1')!, h.journal, Date.now(), () => null);
+    expect(shown.open).toMatchObject({ waitsBehind: [], waitsBehindCount: 0 });
+    const listed = stuckItems(h.journal.listOpen(), 0, Date.now(), null, h.journal);
+    expect(listed.find((i) => i.key === 'stop-1')).toMatchObject({
+      waitsBehind: [],
+      waitsBehindCount: 0,
+    });
+    // A command accepted after the stop waits behind both: the stop, and the travel it paused,
+    // which is taken up again once the stop settles.
+    h.submit('close-1', { device: 'v1', action: 'close', ttlMs: 30_000 });
+    const after = showCommand(h.get('close-1')!, h.journal, Date.now(), () => null);
+    expect(after.open?.waitsBehind.map((a) => a.key).sort()).toEqual(['open-1', 'stop-1']);
+
+    // Ground truth: the stop is written while the open it preempted is still open.
+    valve.clearFault('drop');
+    await h.until(() => h.get('stop-1')?.seq != null, 10_000, 'the stop dispatched');
+    const stopSeq = h.get('stop-1')!.seq!;
+    await h.until(() => valve.writesWithSeq(stopSeq) === 1, 10_000, 'the stop written');
+    const stop = await h.settled('stop-1');
+    const open = await h.settled('open-1');
+    expect(stop.state).toBe('confirmed');
+    expect(open).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    expect(open.settledAt!).toBeGreaterThanOrEqual(stop.dispatchedAt!);
+    await h.settled('close-1');
+  });
+});
