@@ -241,7 +241,7 @@ export class Metrics {
     });
     this.httpsConnectionsIdleClosed = new Counter({
       name: 'sluice_https_connections_idle_closed_total',
-      help: 'HTTPS connections closed without an answer because they brought nothing in time, by stage: handshake (no TLS handshake within 10 s), first_request (no byte of a request within 10 s of the handshake).',
+      help: 'HTTPS connections closed because their client did not do its part in time, by stage: handshake (no TLS handshake within 10 s), first_request (no byte of a request within 10 s of the handshake), answer_unread (an answer not taken by the client within 30 s: it does not read).',
       labelNames: ['stage'],
       registers,
     });

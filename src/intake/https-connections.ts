@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
 import type { Server as NetServer, Socket } from 'node:net';
 import type { Clock } from '../core/clock.js';
@@ -16,7 +17,9 @@ import type { Logger } from '../core/logger.js';
  * - a TLS handshake must complete within HANDSHAKE_TIMEOUT_MS (Node's own default is 120 s);
  * - a connection must bring its first request's headers within FIRST_REQUEST_TIMEOUT_MS of its
  *   handshake: closed when it sent nothing, answered 408 when a request had begun. After an
- *   answer, the keep-alive timeout closes an idle connection, as before.
+ *   answer, the keep-alive timeout closes an idle connection, as before;
+ * - a client must take each answer within the request timeout of its last byte being handed to
+ *   the connection (boundAnswers).
  */
 
 /** A TLS handshake must complete within this. */
@@ -41,8 +44,8 @@ export interface ConnectionLimits {
   readonly clock: Clock;
   /** `sluice_https_connections_refused_total{reason}` */
   readonly refused: { inc(labels: { reason: RefusalReason }): void };
-  /** `sluice_https_connections_idle_closed_total{stage}` (only `first_request` is counted here) */
-  readonly idleClosed: { inc(labels: { stage: 'first_request' }): void };
+  /** `sluice_https_connections_idle_closed_total{stage}` (`first_request`, `answer_unread`) */
+  readonly idleClosed: { inc(labels: { stage: 'first_request' | 'answer_unread' }): void };
 }
 
 export function limitConnections(server: HttpsServer, limits: ConnectionLimits): void {
@@ -78,6 +81,35 @@ export function limitConnections(server: HttpsServer, limits: ConnectionLimits):
       limits.idleClosed.inc({ stage: 'first_request' });
     },
   );
+}
+
+/**
+ * Closes a connection whose client does not take an answer: once the whole answer is handed to
+ * the connection ('prefinish'), it must be written out ('finish': taken by the kernel) within
+ * `ms`. Node bounds the request coming in (its headers and request timeouts) and an idle
+ * connection (keep-alive), not an answer going out: a client that sent requests and never read
+ * — shrinking its TCP window to zero, half-closed or not — held its connection and the answers
+ * in the socket buffers (megabytes each, up to https.maxConnections of them) for as long as it
+ * kept the connection, since its keep-alive timeout starts only once an answer is written out.
+ * Streams that never end (the status page's events, ui-events.ts, which hold back what a
+ * client does not read) are not bounded here. `closed` is told of each connection closed so.
+ */
+export function boundAnswers(server: NetServer, ms: number, closed?: () => void): void {
+  server.on('request', (request: { socket: Socket }, response: ServerResponse) => {
+    response.once('prefinish', () => {
+      if (response.writableFinished) return;
+      const timer = setTimeout(() => {
+        if (response.writableFinished || request.socket.destroyed) return;
+        request.socket.destroy();
+        closed?.();
+      }, ms);
+      timer.unref();
+      // 'close' follows the finish, or the connection's end before it.
+      response.once('close', () => {
+        clearTimeout(timer);
+      });
+    });
+  });
 }
 
 /** Node's own answer to a request past its timeout, for a server without a clientError listener. */

@@ -5,6 +5,7 @@ import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { takeOnlyUtf8Json } from './https-body.js';
 import {
+  boundAnswers,
   FIRST_REQUEST_TIMEOUT_MS,
   HANDSHAKE_TIMEOUT_MS,
   limitConnections,
@@ -160,6 +161,11 @@ export function createServer(options: ServerOptions): App {
     clock,
     refused: metrics.httpsConnectionsRefused,
     idleClosed: metrics.httpsConnectionsIdleClosed,
+  });
+  // The answer going out is bounded as the request coming in is: a client that never reads
+  // (half-closed or not) would otherwise hold its connection for as long as it likes.
+  boundAnswers(app.server, timeouts.requestMs, () => {
+    metrics.httpsConnectionsIdleClosed.inc({ stage: 'answer_unread' });
   });
   app.server.on('checkExpectation', (request: IncomingMessage, response: ServerResponse) => {
     answerExpectationFailed(request, response, errors);

@@ -34,7 +34,7 @@ export interface HttpsMetrics {
   };
   /** `sluice_https_connections_idle_closed_total{stage}` (https-connections.ts) */
   readonly httpsConnectionsIdleClosed: {
-    inc(labels: { stage: 'handshake' | 'first_request' }): void;
+    inc(labels: { stage: 'handshake' | 'first_request' | 'answer_unread' }): void;
   };
   /** `sluice_https_tls_handshakes_failed_total{reason}` (https-server.ts, handshakeFailure) */
   readonly httpsTlsHandshakesFailed: { inc(labels: { reason: HandshakeFailure }): void };

@@ -1,0 +1,95 @@
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { connect as tcpConnect } from 'node:net';
+import { connect, type TLSSocket } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { HttpsTimeouts } from '../../src/intake/https-server.js';
+import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
+import { makePki, startIntake, until, type Pki, type RunningIntake } from './https-client.js';
+
+/**
+ * A client that sends requests and never reads their answers, its sending side half-closed
+ * (a FIN) or not: the intake closes its connection once an answer has waited the request
+ * timeout to be taken (https-connections.ts boundAnswers). Node bounds a request coming in and
+ * an idle connection, not an answer going out, and such a client held its connection and
+ * megabytes of answers in the socket buffers for as long as it kept it. On the real intake over
+ * real sockets, with sluice-sim and the SQLite journal under it; ground truth is the kernel's
+ * table of TCP connections (/proc/net/tcp): the server's end of the connection gone.
+ */
+
+/** Shortened, so that the test waits seconds; the same code enforces the default (30 s). */
+const TIMEOUTS: HttpsTimeouts = { handshakeMs: 2_000, firstRequestMs: 2_000, requestMs: 3_000 };
+/** Enough answers of GET /metrics to fill the socket buffers of a loopback connection. */
+const PIPELINED = 400;
+
+let stack: Stack;
+let pki: Pki;
+let api: RunningIntake;
+const opened: TLSSocket[] = [];
+
+beforeAll(async () => {
+  pki = await makePki();
+  stack = await startStack({ opcua: false });
+  api = await startIntake(stack, pki, { timeouts: TIMEOUTS });
+});
+
+afterAll(async () => {
+  for (const s of opened) s.destroy();
+  await api.stop();
+  await stack.stop();
+  pki.cleanup();
+});
+
+/** The TCP states (hex, as /proc/net/tcp gives them) of the server's end of the connection. */
+function serverEnd(serverPort: number, clientPort: number): string[] {
+  const hex = (port: number): string => port.toString(16).toUpperCase().padStart(4, '0');
+  const states: string[] = [];
+  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const [, local, remote, state] = line.trim().split(/\s+/);
+    if (local?.endsWith(`:${hex(serverPort)}`) && remote?.endsWith(`:${hex(clientPort)}`)) {
+      states.push(state!);
+    }
+  }
+  return states;
+}
+
+/** ESTABLISHED and CLOSE_WAIT (the client's FIN received): the server still holds it. */
+const HELD = new Set(['01', '08']);
+
+async function idleClosedUnread(): Promise<number> {
+  const metric = await stack.metrics.httpsConnectionsIdleClosed.get();
+  return metric.values.find((v) => v.labels.stage === 'answer_unread')?.value ?? 0;
+}
+
+describe('a client that never reads its answers', () => {
+  for (const halfClosed of [false, true]) {
+    it(`${halfClosed ? 'half-closed after its requests' : 'its connection left open'}: closed once an answer has waited the request timeout, and counted`, async () => {
+      const before = await idleClosedUnread();
+      const tcp = tcpConnect({ host: '127.0.0.1', port: api.port });
+      tcp.on('error', () => undefined);
+      const tls = connect({ socket: tcp, ca: api.ca, servername: 'localhost' });
+      opened.push(tls);
+      tls.on('error', () => undefined);
+      await once(tls, 'secureConnect');
+      const clientPort = tcp.localPort!;
+      // Reads nothing from now on: the kernel's window fills, then the server's send buffer.
+      tls.pause();
+      const request = `GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${TOKENS.ops}\r\n\r\n`;
+      tls.write(request.repeat(PIPELINED));
+      if (halfClosed) tls.end();
+      await until(
+        () => serverEnd(api.port, clientPort).some((state) => HELD.has(state)),
+        5_000,
+        'the server to hold the connection',
+      );
+      const sentAt = Date.now();
+      await until(
+        () => !serverEnd(api.port, clientPort).some((state) => HELD.has(state)),
+        TIMEOUTS.requestMs + 5_000,
+        "the server's end of the connection to close",
+      );
+      expect(Date.now() - sentAt).toBeGreaterThanOrEqual(TIMEOUTS.requestMs - 500);
+      expect(await idleClosedUnread()).toBe(before + 1);
+    }, 20_000);
+  }
+});
