@@ -42,7 +42,16 @@ interface Watched {
    * does not know (the lane's lastWrite is not its own).
    */
   readonly fromJournal: boolean;
+  /**
+   * Its note could not be journaled: said once, tried again no sooner than this (monotonic
+   * ms) — a journal write waits up to the busy bound, on the event loop, and the monitor reads
+   * every second.
+   */
+  retryAtMono?: number;
 }
+
+/** How long after a note the journal refused the next try waits. */
+const NOTE_RETRY_MS = 10_000;
 
 /**
  * A command that ended `failed` while its write's fate was unknown keeps its outcome (a
@@ -120,6 +129,7 @@ export class LateEcho {
   readback(device: string, readback: TimedReadback): void {
     const entry = this.watched.get(device);
     if (entry === undefined || readback.seq === null || readback.seq !== entry.record.seq) return;
+    if (entry.retryAtMono !== undefined && this.host.clock.elapsed() < entry.retryAtMono) return;
     const watched = entry.record;
     // An operator resolved it while its write waited for the controller, which then was not
     // sent after all (the resolve withdrew it): nothing of it reached the controller.
@@ -143,8 +153,14 @@ export class LateEcho {
     try {
       this.host.journal.note(watched, this.host.clock.now(), detail, PIPELINE);
     } catch (error) {
-      // Tried again at the next readback that shows it.
-      log.error({ err: error }, 'late echo of a command in doubt not journaled');
+      // Tried again at a readback that shows it a while later; said once.
+      if (entry.retryAtMono === undefined) {
+        log.error(
+          { err: error },
+          'late echo of a command in doubt not journaled; tried again at a later readback that shows it',
+        );
+      }
+      entry.retryAtMono = this.host.clock.elapsed() + NOTE_RETRY_MS;
       return;
     }
     this.watched.delete(device);

@@ -1,12 +1,14 @@
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'vitest';
-import { systemClock } from '../../src/core/clock.js';
+import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { CommandRecord, Observation } from '../../src/core/journal.js';
 import { LateEcho } from '../../src/core/late-echo.js';
 import { silentLogger } from '../../src/core/logger.js';
 import type { TimedReadback } from '../../src/core/skew.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { lockHolder } from '../helpers/journal-lock.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
 import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
 
 /**
@@ -242,73 +244,133 @@ describe.concurrent(
   },
 );
 
+/** A real journal file for the watch alone, with commands of v1 as the pipeline journals them. */
+function journalFixture(
+  onTestFinished: TestContext['onTestFinished'],
+  busyTimeoutMs?: number,
+): {
+  journal: SqliteJournal;
+  path: string;
+  written: (key: string, seq: number) => CommandRecord;
+  inDoubt: (key: string) => CommandRecord;
+  late: (key: string) => string[];
+} {
+  const made = tempDir();
+  const path = join(made.dir, 'journal.db');
+  const journal = SqliteJournal.open({
+    path,
+    ...(busyTimeoutMs === undefined ? {} : { busyTimeoutMs }),
+  });
+  onTestFinished(() => {
+    journal.close();
+    made.cleanup();
+  });
+  /** A command of v1 written with `seq`. */
+  const written = (key: string, seq: number): CommandRecord => {
+    const at = Date.now();
+    const { record } = journal.claim({
+      scope: 'plant',
+      key,
+      fingerprint: key,
+      device: 'v1',
+      action: 'open',
+      position: null,
+      issuedAt: at,
+      issuedAtSource: 'gateway',
+      ttlMs: 5_000,
+      deadline: at + 5_000,
+      intake: 'https',
+      acceptedAt: at,
+    });
+    return journal.markDispatched(record, at, observation(1), 'pipeline', () => seq);
+  };
+  /** It ends with its write in doubt. */
+  const inDoubt = (key: string): CommandRecord =>
+    journal.settle(journal.get({ scope: 'plant', key })!, 'dispatched', {
+      to: 'failed',
+      code: 'DEVICE_UNREACHABLE',
+      faultCode: null,
+      observed: null,
+      detail: "no readback after the write within 2000 ms; the command's effect is unknown",
+      at: Date.now(),
+      intake: 'pipeline',
+    });
+  const late = (key: string): string[] =>
+    journal
+      .history({ scope: 'plant', key })
+      .map((e) => e.detail)
+      .filter((d) => d.startsWith('a later readback'));
+  return { journal, path, written, inDoubt, late };
+}
+
 describe('the watch of a command in doubt, on the journal', () => {
   it('ends at the next dispatch of the device: a sequence number given again is not the earlier write', ({
     expect,
     onTestFinished,
   }) => {
-    const made = tempDir();
-    const journal = SqliteJournal.open({ path: join(made.dir, 'journal.db') });
-    onTestFinished(() => {
-      journal.close();
-      made.cleanup();
-    });
-    const clock = systemClock;
-    /** A command of v1 written with `seq`, and how it ended. */
-    const written = (key: string, seq: number): CommandRecord => {
-      const at = Date.now();
-      const { record } = journal.claim({
-        scope: 'plant',
-        key,
-        fingerprint: key,
-        device: 'v1',
-        action: 'open',
-        position: null,
-        issuedAt: at,
-        issuedAtSource: 'gateway',
-        ttlMs: 5_000,
-        deadline: at + 5_000,
-        intake: 'https',
-        acceptedAt: at,
-      });
-      return journal.markDispatched(record, at, observation(1), 'pipeline', () => seq);
-    };
-    const inDoubt = (record: CommandRecord): CommandRecord =>
-      journal.settle(record, 'dispatched', {
-        to: 'failed',
-        code: 'DEVICE_UNREACHABLE',
-        faultCode: null,
-        observed: null,
-        detail: 'the write was never sent: no connection to the controller; nothing was applied',
-        at: Date.now(),
-        intake: 'pipeline',
-      });
-    const late = (key: string): string[] =>
-      journal
-        .history({ scope: 'plant', key })
-        .map((e) => e.detail)
-        .filter((d) => d.startsWith('a later readback'));
-
+    const { journal, written, inDoubt, late } = journalFixture(onTestFinished);
     // Every write of this test handed to the driver, as far as the watch asks.
     const echo = new LateEcho({
       journal,
-      clock,
+      clock: systemClock,
       logger: silentLogger,
       echoed: () => 1,
       wrote: () => true,
     });
-    // k1's write never left (seq 7 never reached the controller); k2 is given 7 again.
+    // k1's write never reached the controller (seq 7); k2 is given 7 again.
     echo.dispatched(written('k1', 7));
-    echo.settled(inDoubt(journal.get({ scope: 'plant', key: 'k1' })!));
+    echo.settled(inDoubt('k1'));
     echo.dispatched(written('k2', 7));
     echo.readback('v1', readback(7));
     expect(late('k1')).toEqual([]);
 
     // Without a later dispatch, the same echo is k3's own late write.
     echo.dispatched(written('k3', 9));
-    echo.settled(inDoubt(journal.get({ scope: 'plant', key: 'k3' })!));
+    echo.settled(inDoubt('k3'));
     echo.readback('v1', readback(9));
     expect(late('k3')).toHaveLength(1);
+  });
+
+  it('a journal that refuses the note is tried again a while later, not at every readback, and said once', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { journal, path, written, inDoubt, late } = journalFixture(onTestFinished, 50);
+    const { logger, lines } = recordingLogger();
+    // The monotonic clock, moved on by the test.
+    let skipped = 0;
+    const clock: Clock = { ...systemClock, elapsed: () => systemClock.elapsed() + skipped };
+    const echo = new LateEcho({ journal, clock, logger, echoed: () => 1, wrote: () => true });
+    echo.dispatched(written('k1', 7));
+    echo.settled(inDoubt('k1'));
+
+    // Another process holds the journal's write lock: the note waits out the busy bound once.
+    const locker = await lockHolder(path);
+    onTestFinished(() => {
+      locker.close();
+    });
+    await locker.hold(600);
+    const lockedUntil = Date.now() + 600;
+    const tries = (): number =>
+      lines.filter((l) => String(l.msg).startsWith('late echo of a command in doubt not journaled'))
+        .length;
+    const began = performance.now();
+    for (let i = 0; i < 5; i++) echo.readback('v1', readback(7));
+    // One try (one busy wait of 50 ms), not five.
+    expect(performance.now() - began).toBeLessThan(250);
+    expect(tries()).toBe(1);
+    expect(late('k1')).toEqual([]);
+
+    // The lock gone and the retry's time come, the next readback showing the echo notes it.
+    await new Promise((r) => setTimeout(r, Math.max(0, lockedUntil + 200 - Date.now())));
+    skipped = 10_000;
+    const end = Date.now() + 5_000;
+    while (late('k1').length === 0 && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 50));
+      echo.readback('v1', readback(7));
+    }
+    expect(late('k1'), JSON.stringify(lines)).toHaveLength(1);
+    expect(tries()).toBe(1);
   });
 });
 
