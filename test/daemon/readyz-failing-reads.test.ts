@@ -1,20 +1,16 @@
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { pino } from 'pino';
-import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { READBACK_STALE_MS } from '../../src/daemon/readiness.js';
 import type { DeviceDocument } from '../../src/intake/device-view.js';
-import { sha256 } from '../../src/intake/identities.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import type { DeviceFaultInput } from '../../simulators/plc.js';
 import { sluicectl } from '../cli/helpers.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { httpsRequest, loopbackCertificate, type HttpsAnswer } from '../helpers/loopback-https.js';
+import { writeTokenSite } from '../helpers/daemon-site.js';
+import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
-import { inventoryFor } from '../helpers/plant-inventory.js';
 
 /**
  * A device whose reads fail is not ready from its first failed read, as a command finds it
@@ -104,27 +100,13 @@ beforeAll(async () => {
     },
     { ephemeralPorts: true, control: false },
   );
-  cert = await loopbackCertificate(dir);
-  const inventory = inventoryFor(plant);
-  configPath = join(dir, 'sluice.yaml');
-  writeFileSync(
-    configPath,
-    stringify({
-      gatewayId: 'readyzfailing',
-      stateDir: 'state',
-      https: {
-        host: '127.0.0.1',
-        port: 0,
-        certFile: 'cert.pem',
-        keyFile: 'key.pem',
-        // The test asks /readyz every 20 ms.
-        rateLimit: { perSecond: 1_000, burst: 1_000 },
-      },
-      identities: { ops: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } },
-      plcs: inventory.plcs,
-      devices: inventory.devices,
-    }),
-  );
+  // The test asks /readyz every 20 ms.
+  ({ configPath, cert } = await writeTokenSite(dir, plant, {
+    gatewayId: 'readyzfailing',
+    token: TOKEN,
+    scope: 'ops',
+    https: { rateLimit: { perSecond: 1_000, burst: 1_000 } },
+  }));
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
   });

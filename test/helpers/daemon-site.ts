@@ -64,7 +64,13 @@ export async function writeDaemonSite(
 export async function writeTokenSite(
   dir: string,
   plant: Plant,
-  options: { readonly gatewayId: string; readonly token: string; readonly scope?: string },
+  options: {
+    readonly gatewayId: string;
+    readonly token: string;
+    readonly scope?: string;
+    /** More of the `https` section (a test that polls asks for a higher rate limit). */
+    readonly https?: Record<string, unknown>;
+  },
 ): Promise<{ configPath: string; cert: string }> {
   const cert = await loopbackCertificate(dir);
   const inventory = inventoryFor(plant);
@@ -74,7 +80,13 @@ export async function writeTokenSite(
     stringify({
       gatewayId: options.gatewayId,
       stateDir: 'state',
-      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+      https: {
+        host: '127.0.0.1',
+        port: 0,
+        certFile: 'cert.pem',
+        keyFile: 'key.pem',
+        ...options.https,
+      },
       identities: {
         [options.scope ?? 'scada']: {
           tokenSha256: sha256(options.token).toString('hex'),
