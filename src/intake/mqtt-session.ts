@@ -448,13 +448,6 @@ export class MqttSession {
       { sessionPresent, protocol: this.protocol().summary },
       'connected to the MQTT broker',
     );
-    client.publish(this.topics.status, 'online', this.statusOptions(), (error) => {
-      if (!(error instanceof Error) || this.isEnded) return;
-      // A refusal carries the broker's reason (the publisher says it like any other); other
-      // errors (the connection lost first) have only their message.
-      if (error instanceof ErrorWithReasonCode) events.statusRefused(error);
-      else this.logger.warn({ err: error }, '`online` not published');
-    });
     // Subscribed again at every connection, the session present or not: the session may have
     // lost the command filter while this gateway was away — another gateway given the same
     // mqtt.clientId (a copied site file) took the session over meanwhile and unsubscribed the
@@ -466,11 +459,27 @@ export class MqttSession {
     // session present or not: until then the session may be without the filter, and a command
     // published meanwhile is dropped by the broker (no subscriber), not held for this gateway.
     this.subscribed = false;
-    this.subscribe(client);
+    this.subscribe(client, events);
     events.connected();
   }
 
-  private subscribe(client: MqttClient): void {
+  /**
+   * The retained `online`: once the command subscription is granted — the gateway hears its
+   * commands. At the CONNACK it said so of a gateway whose broker then refused the
+   * subscription, and again at every reconnection of its retry loop, the Will's `offline`
+   * between.
+   */
+  private publishOnline(client: MqttClient, events: SessionEvents): void {
+    client.publish(this.topics.status, 'online', this.statusOptions(), (error) => {
+      if (!(error instanceof Error) || this.isEnded) return;
+      // A refusal carries the broker's reason (the publisher says it like any other); other
+      // errors (the connection lost first) have only their message.
+      if (error instanceof ErrorWithReasonCode) events.statusRefused(error);
+      else this.logger.warn({ err: error }, '`online` not published');
+    });
+  }
+
+  private subscribe(client: MqttClient, events: SessionEvents): void {
     // MQTT 5: retained messages are not sent at subscription (retain handling 2), and the
     // retain flag is kept as published (rap), so that a command published retained — which
     // the broker would replay to every new subscriber — is refused rather than executed.
@@ -485,6 +494,7 @@ export class MqttSession {
           { topic: this.topics.commandFilter, qos },
           'subscribed to the command topics',
         );
+        this.publishOnline(client, events);
         return;
       }
       this.error = error?.message ?? 'subscription refused by the broker';
@@ -505,6 +515,11 @@ export class MqttSession {
     this.connectedAt = null;
     const unanswered = this.awaitingConnack && !this.attemptFailed;
     this.awaitingConnack = false;
+    // Not ready again before the next connection's SUBACK: mqtt.js counts a connection as up
+    // from its CONNACK, and sends what it held (an `online` or a result still in flight when
+    // the last one ended) before it says 'connect' — a while on a slow uplink, in which the
+    // last connection's subscription said ready of one that has none yet.
+    this.subscribed = false;
     if (this.isEnded) return;
     if (unanswered) {
       // The CONNECT went out and the connection ended with neither a CONNACK nor an error: the

@@ -1,8 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
-import { Aedes } from 'aedes';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
@@ -10,6 +8,7 @@ import { silentLogger } from '../../src/core/logger.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { MqttIntake } from '../../src/intake/mqtt.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
+import { startAedes, type AedesBroker } from '../helpers/aedes.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { intakeConfig, TestClient, timed, until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
@@ -23,38 +22,8 @@ import { recordingLogger } from '../helpers/recording-logger.js';
  * and in /readyz, and takes commands. `protocolVersion: 5` keeps MQTT 5 and does not connect.
  */
 
-interface Broker {
-  readonly url: string;
-  readonly aedes: Aedes;
-  close(): Promise<void>;
-}
-
-/** The broker the demo embeds (aedes), on an ephemeral loopback port. */
-async function startAedes(): Promise<Broker> {
-  const aedes = await Aedes.createBroker();
-  const server: Server = createServer(aedes.handle);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  return {
-    url: `mqtt://127.0.0.1:${port}`,
-    aedes,
-    close: async () => {
-      await new Promise<void>((resolve) => {
-        aedes.close(() => {
-          resolve();
-        });
-      });
-      await new Promise<void>((resolve) =>
-        server.close(() => {
-          resolve();
-        }),
-      );
-    },
-  };
-}
-
 describe('MQTT protocol version against a broker that refuses MQTT 5 (aedes)', () => {
-  let broker: Broker;
+  let broker: AedesBroker;
   let plant: Plant;
   let dir: string;
   const cleanups: (() => Promise<void> | void)[] = [];

@@ -39,6 +39,9 @@ describe.skipIf(!available)('MQTT intake: two gateways given one client id', () 
     // The first gateway's uplink is slow: what it sends after its CONNECT (its SUBSCRIBE)
     // reaches the broker 300 ms later. Ready before the broker has its subscription, the
     // gateway said so while a command published meanwhile found no subscriber and was dropped.
+    // Its `online` is still on that uplink when the other takes the session over: at the
+    // reconnection mqtt.js sends it again before it says 'connect', and the last connection's
+    // subscription must not say ready meanwhile.
     const uplink = await TcpLink.open(
       { host: '127.0.0.1', port: site.broker.port },
       { holdUpstreamMs: 300 },
