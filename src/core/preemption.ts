@@ -1,7 +1,14 @@
 import type { Clock } from './clock.js';
 import { isTerminal } from './command.js';
 import type { CommandRecord, CommandRef, Journal } from './journal.js';
-import { commandLogger, refId, type Interruption, type Lane, type LastWrite } from './lane.js';
+import {
+  commandLogger,
+  interruptedTargets,
+  refId,
+  type Interruption,
+  type Lane,
+  type LastWrite,
+} from './lane.js';
 import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
 import { latestWriteUnsent } from './redispatch.js';
@@ -43,7 +50,8 @@ export class Preemption {
    */
   stopPreempts(lane: Lane, stop: CommandRef, log: Logger): void {
     const target = lane.inFlight ?? lane.unresolved;
-    const ahead = lane.queue.splice(0, lane.queue.length);
+    const left = this.leftOut(lane, stop, log);
+    const ahead = [...lane.queue.splice(0, lane.queue.length), ...left];
     if (target === null && ahead.length === 0) return;
     // The stop that runs next: the first stop kept in the queue, or this one.
     let next: CommandRef = stop;
@@ -251,6 +259,43 @@ export class Preemption {
       'stop: a command queued before it was lost with its batch (its commit failed): never accepted, nothing written',
     );
     this.host.outcomes.lost(ref);
+  }
+
+  /**
+   * The commands of the stop's device accepted before it, never written, that nothing in this
+   * process holds: a stop superseded them (taking them off the queue) in a batch whose COMMIT
+   * failed, so the journal has them `accepted` again and only the sweep would take them up —
+   * after this stop, which they came before: the valve moved after the operator's stop (found
+   * by the property test: a stop's batch lost, another stop pressed before the next sweep).
+   * Called before the queue is taken: what it holds is not listed twice.
+   */
+  private leftOut(lane: Lane, stop: CommandRef, log: Logger): CommandRef[] {
+    const held = new Set<string>(lane.queue.map(refId));
+    for (const ref of [lane.inFlight, lane.unresolved, ...interruptedTargets(lane)]) {
+      if (ref !== null) held.add(refId(ref));
+    }
+    let open;
+    try {
+      open = this.host.journal.listOpenRefs();
+    } catch (error) {
+      // The sweep takes them up once the journal reads; the stop is not held back for them.
+      log.warn({ err: error }, 'stop: the open commands of its device cannot be listed');
+      return [];
+    }
+    // In the journal's order: the ones before the stop (it is the newest on its device).
+    const at = open.findIndex((ref) => refId(ref) === refId(stop));
+    const device = open[at]?.device;
+    if (device === undefined) return [];
+    return open
+      .slice(0, at)
+      .filter(
+        (ref) =>
+          ref.device === device &&
+          ref.state === 'accepted' &&
+          ref.action !== 'stop' &&
+          !held.has(refId(ref)),
+      )
+      .map((ref) => ({ scope: ref.scope, key: ref.key }));
   }
 
   /** A command accepted before a stop and never written: rejected SUPERSEDED. */

@@ -63,4 +63,35 @@ describe('a stop whose claim is lost with its batch', () => {
     expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq]);
     expect(valve.snapshot().published.state).toBe('OPEN');
   }, 30_000);
+
+  it('a command the lost stop superseded is superseded by the next stop, never written after it', async () => {
+    h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 5_000 } });
+    const sim = h;
+    const valve = sim.device('v1');
+    const faults = commitFaults(sim.journal);
+    sim.submit('a', { device: 'v1', action: 'open' });
+    sim.submit('b', { device: 'v1', action: 'close' });
+    await sim.until(() => valve.snapshot().position >= 20, 10_000, 'v1 at 20 %');
+    // s1 takes b off the queue and journals it SUPERSEDED, in the batch that is lost: b is
+    // `accepted` on disk again, and nothing holds it until the sweep (every 100 ms here) —
+    // the second stop comes first, within a turn of the event loop of the loss.
+    faults.failNext();
+    sim.submit('s1', { device: 'v1', action: 'stop' });
+    const start = Date.now();
+    while (faults.failed === 0 && Date.now() - start < 5_000) {
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(sim.journal.get({ scope: 'plant', key: 's1' })).toBeUndefined();
+    expect(sim.journal.get({ scope: 'plant', key: 'b' })?.state).toBe('accepted');
+    sim.submit('s2', { device: 'v1', action: 'stop' });
+    const [a, b, s2] = [await sim.settled('a'), await sim.settled('b'), await sim.settled('s2')];
+    // b was accepted before s2 and never written: superseded by it (SPEC §2), not run after it.
+    expect(b).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', seq: null });
+    expect(b.detail).toMatch(/^superseded by the stop s2/);
+    expect(s2).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s2.seq]);
+    expect(valve.snapshot().published.state).toBe('STOPPED');
+    expect(sim.journal.listOpen()).toEqual([]);
+  }, 30_000);
 });
