@@ -110,6 +110,10 @@ export async function startStack(
     logger,
     freshness: { maxIssuerSkewMs: 5_000 },
   });
+  // As the daemon runs it: open commands without a worker are taken up every second (a claim
+  // lost with its batch's COMMIT while its device's worker held it leaves the device waiting
+  // for the sweep).
+  pipeline.startSweep(1_000);
   const identities = new IdentityRegistry({
     plant: { tokenSha256: sha256(TOKENS.plant).toString('hex'), devices: ['*'] },
     ops: { tokenSha256: sha256(TOKENS.ops).toString('hex'), devices: ['v2'] },
