@@ -72,6 +72,27 @@ async function stuckAndResolved(h: SimHarness, key: string): Promise<number> {
   return seq;
 }
 
+/**
+ * Waits for a readback of v1 showing `seq` that the pipeline received more than 200 ms after
+ * `after` (epoch ms): a note would have been journaled as it arrived, so a note still missing
+ * then was not made.
+ */
+async function echoReadAfter(
+  h: SimHarness,
+  seq: number,
+  after: number,
+  what: string,
+): Promise<void> {
+  await h.until(
+    () => {
+      const mirror = h.pipeline.devices().find((d) => d.id === 'v1')?.mirror;
+      return mirror?.seq === seq && mirror.receivedAt > after + 200;
+    },
+    5_000,
+    what,
+  );
+}
+
 const LATE =
   /^a later readback shows its sequence number (\d+) echoed: the controller took its write, which no readback had shown before the command ended READBACK_TIMEOUT; the device shows (OPENING|OPEN)( at [\d.]+ %)? \(image of .+, controller clock\)$/;
 
@@ -106,8 +127,7 @@ describe.concurrent(
       expect(h.get('k1')?.response).toBe(r.response);
 
       // Noted once: the next readbacks show the same echo.
-      const monitorReads = valve.readLog.length;
-      await h.until(() => valve.readLog.length > monitorReads + 3, 5_000, 'more readbacks');
+      await echoReadAfter(h, r.seq!, Date.now(), 'the echo read again after the note');
       expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toHaveLength(1);
     });
 
@@ -127,8 +147,7 @@ describe.concurrent(
       expect(second).toMatchObject({ state: 'confirmed' });
       expect(valve.writesWithSeq(second.seq!)).toBe(1);
       // Readbacks after the second command showing its echo: none noted on the first.
-      const reads = valve.readLog.length;
-      await h.until(() => valve.readLog.length > reads + 3, 5_000, 'more readbacks');
+      await echoReadAfter(h, second.seq!, Date.now(), "the second command's echo read again");
       expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
     });
 
@@ -142,14 +161,7 @@ describe.concurrent(
       const resolvedAt = Date.now();
       // Readbacks received well after the resolve (a note would be journaled as one arrives),
       // showing the same echo: nothing noted.
-      await h.until(
-        () => {
-          const mirror = h.pipeline.devices().find((d) => d.id === 'v1')?.mirror;
-          return mirror?.seq === seq && mirror.receivedAt > resolvedAt + 200;
-        },
-        5_000,
-        'the echo read again after the resolve',
-      );
+      await echoReadAfter(h, seq, resolvedAt, 'the echo read again after the resolve');
       expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
       valve.clearFault('stuck-travel');
     });
@@ -168,14 +180,7 @@ describe.concurrent(
       await h.restart();
       const restartedAt = Date.now();
       // Readbacks of the new life, well after its start, showing the same echo: nothing noted.
-      await h.until(
-        () => {
-          const mirror = h.pipeline.devices().find((d) => d.id === 'v1')?.mirror;
-          return mirror?.seq === seq && mirror.receivedAt > restartedAt + 200;
-        },
-        5_000,
-        'the echo read again after the restart',
-      );
+      await echoReadAfter(h, seq, restartedAt, 'the echo read again after the restart');
       expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
       valve.clearFault('stuck-travel');
     });
