@@ -37,7 +37,8 @@ export interface StuckItem {
    * For an `accepted` command: the first (at most 3) of the open commands its device runs before
    * it, one at a time — one written and not settled first, then those accepted before it; for an
    * accepted stop, only the stops before it (SPEC §2: a stop is not queued behind travel). For a
-   * `dispatched` one: a stop written after it, which paused it. Empty when nothing is ahead.
+   * `dispatched` one: the stops accepted after it, written or still to be, which paused it. Empty
+   * when nothing is ahead.
    */
   readonly waitsBehind: readonly AheadCommand[];
   /** How many open commands its device runs before it (`waitsBehind` shows the first 3). */
@@ -65,14 +66,18 @@ export function aheadText(ahead: readonly AheadCommand[], count: number): string
 }
 
 /**
- * `the stop stop-1 (dispatched), written after it, which paused it: …`: what a written command a
- * stop paused waits for, in the words of `sluicectl show` and the status page.
+ * `the stop stop-1 (accepted), which came after it and paused it: …`: what a written command a
+ * stop paused waits for, in the words of `sluicectl show` and the status page. The stop pauses it
+ * from its acceptance (SPEC §2; Preemption acts at the claim), not from its write: a stop whose
+ * read of the device is still to come has paused the travel already.
  */
 export function pausedText(stops: readonly AheadCommand[], count: number): string {
   const more = count > stops.length ? ` and ${count - stops.length} more` : '';
+  const which = count > 1 ? 'the stops' : 'the stop';
+  const those = count > 1 ? 'those settle' : 'that settles';
   return (
-    `the stop ${stops.map((a) => `${a.key} (${a.state})`).join(', ')}${more}, written after it, ` +
-    'which paused it: once that settles, the daemon takes this one up again by reading its ' +
+    `${which} ${stops.map((a) => `${a.key} (${a.state})`).join(', ')}${more}, which came ` +
+    `after it and paused it: once ${those}, the daemon takes this one up again by reading its ` +
     'device, never writing it again'
   );
 }
@@ -109,10 +114,11 @@ function aheadOfEach(
     const id = refId(record);
     const at = place.get(id) ?? Infinity;
     if (record.state === 'dispatched') {
-      // A stop written after it has paused it (SPEC §2): it is taken up again once that settles.
-      const stops = (written.get(record.device) ?? [])
-        .filter((w) => w.record.action === 'stop' && w.at > at)
-        .map((w) => w.record);
+      // A stop accepted after it has paused it (SPEC §2), written or not yet (its read of the
+      // device still to come): it is taken up again once the stops settle.
+      const stops = (byDevice.get(record.device) ?? [])
+        .slice(at + 1)
+        .filter((r) => r.action === 'stop');
       return {
         first: stops
           .slice(0, AHEAD_SHOWN)

@@ -1,6 +1,6 @@
 import { describe, it } from 'vitest';
 import { showCommand } from '../../src/views/command-show.js';
-import { stuckItems } from '../../src/views/open-commands.js';
+import { pausedText, stuckItems } from '../../src/views/open-commands.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -10,7 +10,7 @@ import { SimHarness } from '../helpers/sim-harness.js';
  * the stop was written, and that the travel it preempted was still open then.
  */
 describe('an accepted stop, while its read of the device is still to come', () => {
-  it('is said to wait behind no command the travel it preempts, and is written before that one settles', async ({
+  it('is said to wait behind no command the travel it preempts, which is said to wait for the stop, and is written before that one settles', async ({
     expect,
     onTestFinished,
   }) => {
@@ -39,6 +39,19 @@ describe('an accepted stop, while its read of the device is still to come', () =
       waitsBehind: [],
       waitsBehindCount: 0,
     });
+    // The travel waits for the stop from the stop's acceptance (the preemption acts at the
+    // claim), not for a readback of its own write: said so before the stop is written, too.
+    const paused = showCommand(h.get('open-1')!, h.journal, Date.now(), () => null);
+    expect(paused.open).toMatchObject({
+      waitsBehind: [{ key: 'stop-1', state: 'accepted' }],
+      waitsBehindCount: 1,
+    });
+    expect(listed.find((i) => i.key === 'open-1')).toMatchObject({
+      waitsBehind: [{ key: 'stop-1', state: 'accepted' }],
+    });
+    expect(pausedText(paused.open!.waitsBehind, paused.open!.waitsBehindCount)).toBe(
+      'the stop stop-1 (accepted), which came after it and paused it: once that settles, the daemon takes this one up again by reading its device, never writing it again',
+    );
     // A command accepted after the stop waits behind both: the stop, and the travel it paused,
     // which is taken up again once the stop settles.
     h.submit('close-1', { device: 'v1', action: 'close', ttlMs: 30_000 });
@@ -55,6 +68,8 @@ describe('an accepted stop, while its read of the device is still to come', () =
     expect(stop.state).toBe('confirmed');
     expect(open).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
     expect(open.settledAt!).toBeGreaterThanOrEqual(stop.dispatchedAt!);
+    // Paused, as said: taken up again by reading, never written again.
+    expect(valve.writesWithSeq(openSeq)).toBe(1);
     await h.settled('close-1');
   });
 });

@@ -155,7 +155,7 @@ describe.skipIf(!real)('stuck while a stop pauses a command', () => {
     });
     // What it waits for is the stop, not a readback of its own write.
     expect(told!.stdout).toMatch(
-      /^ {2}waiting for +the stop stop-1 \(dispatched\), written after it, which paused it: once that settles, the daemon takes this one up again by reading its device, never writing it again$/m,
+      /^ {2}waiting for +the stop stop-1 \(dispatched\), which came after it and paused it: once that settles, the daemon takes this one up again by reading its device, never writing it again$/m,
     );
     expect(onFile('stop-1')?.state).toBe('dispatched');
 
