@@ -121,6 +121,11 @@ export function serviceNotifier(env: NodeJS.ProcessEnv, logger: PinoLogger): Ser
   const warned = new Set<string>();
   const send = (message: string): void => {
     if (closed) return;
+    // The lines logged so far are written first: the daemon's logger writes a turn's lines at
+    // the turn's end (log.ts), and READY, RELOADING or STOPPING sent in the middle of a turn
+    // would otherwise reach systemd before the lines that led to it (journald showed a start's
+    // last lines after "Started").
+    log.flush();
     const buffer = Buffer.from(message, 'utf8');
     socket.send(buffer, 0, buffer.length, path, (error) => {
       if (error === undefined) return;

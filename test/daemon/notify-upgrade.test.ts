@@ -1,5 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -93,9 +93,16 @@ describe.runIf(python)('an older journal upgraded at start, as systemd sees it',
     const journalPath = join(dir, 'state', 'journal.db');
     writeV1(journalPath);
 
-    socket = await bindNotifySocket(join(dir, 'notify.sock'));
+    const stdoutPath = join(dir, 'stdout.log');
+    socket = await bindNotifySocket(join(dir, 'notify.sock'), stdoutPath);
     const datagrams = socket.datagrams;
-    sluiced = spawnNotifiedSluiced(configPath, socket, { WATCHDOG_USEC: String(WATCHDOG_USEC) });
+    sluiced = spawnNotifiedSluiced(
+      configPath,
+      socket,
+      { WATCHDOG_USEC: String(WATCHDOG_USEC) },
+      [],
+      stdoutPath,
+    );
     const daemon = sluiced.child;
     const run = sluiced;
     const output = (): string => run.output();
@@ -105,12 +112,13 @@ describe.runIf(python)('an older journal upgraded at start, as systemd sees it',
       `READY=1; datagrams: ${JSON.stringify(datagrams.map((d) => d.text))}; daemon output:\n${output()}`,
     );
     const before = datagrams.filter((d) => d.at <= ready.at);
-    // The daemon writes a turn's log lines at the turn's end, and the start can go from the
-    // upgrade's end to READY in one turn: the line that times the upgrade may follow READY.
-    await until(
-      () => output().includes('"msg":"journal upgraded from schema version 1 to 2"') || undefined,
-      10_000,
-      `the log line of the upgrade's end; daemon output:\n${output()}`,
+    // The line that times the upgrade was written before READY was sent: the daemon writes a
+    // turn's log lines at the turn's end, and the start can go from the upgrade's end to READY
+    // in one turn, so journald showed the upgrade's line after "Started" until the lines logged
+    // so far were written before each notification.
+    const beforeReady = readFileSync(stdoutPath).subarray(0, ready.watchedBytes!).toString('utf8');
+    expect(beforeReady, `daemon output:\n${output()}`).toContain(
+      '"msg":"journal upgraded from schema version 1 to 2"',
     );
     const explain = `datagrams before READY: ${JSON.stringify(before.map((d) => [Math.round(d.at), d.text]))}\ndaemon output:\n${output()}`;
 

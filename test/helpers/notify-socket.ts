@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { SLUICED, cleanEnv } from '../config/sluiced.js';
 import { until } from './mosquitto.js';
@@ -9,9 +10,11 @@ import { until } from './mosquitto.js';
  * real `sluiced` started from source with NOTIFY_SOCKET pointing at it.
  */
 
-// Prints one JSON line per datagram: receive time (ms since the epoch), sender PID, text.
+// Prints one JSON line per datagram: receive time (ms since the epoch), sender PID, text, and
+// the size of the file named by the second argument, if any, at the datagram's receipt.
 const LISTENER = `
-import json, socket, struct, sys, time
+import json, os, socket, struct, sys, time
+watched = sys.argv[2] if len(sys.argv) > 2 else None
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 s.bind(sys.argv[1])
@@ -22,13 +25,19 @@ while True:
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
             pid = struct.unpack("iII", payload[:12])[0]
-    print(json.dumps({"at": time.time() * 1000, "pid": pid, "text": data.decode()}), flush=True)
+    size = os.path.getsize(watched) if watched is not None and os.path.exists(watched) else None
+    print(json.dumps({"at": time.time() * 1000, "pid": pid, "text": data.decode(), "watchedBytes": size}), flush=True)
 `;
 
 export interface Datagram {
   readonly at: number;
   readonly pid: number | null;
   readonly text: string;
+  /**
+   * The size of the socket's watched file when the datagram was received (null without one):
+   * with the daemon's stdout in that file, what it had written before it sent the datagram.
+   */
+  readonly watchedBytes: number | null;
 }
 
 export interface NotifySocket {
@@ -38,9 +47,13 @@ export interface NotifySocket {
   close(): void;
 }
 
-/** Binds the socket at `path` and resolves once it is bound (within 10 s). */
-export async function bindNotifySocket(path: string): Promise<NotifySocket> {
-  const listener: ChildProcess = spawn('python3', ['-u', '-c', LISTENER, path], {
+/**
+ * Binds the socket at `path` and resolves once it is bound (within 10 s). With `watched`, each
+ * datagram carries that file's size at its receipt (Datagram.watchedBytes).
+ */
+export async function bindNotifySocket(path: string, watched?: string): Promise<NotifySocket> {
+  const args = ['-u', '-c', LISTENER, path, ...(watched === undefined ? [] : [watched])];
+  const listener: ChildProcess = spawn('python3', args, {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const datagrams: Datagram[] = [];
@@ -69,20 +82,28 @@ export interface NotifiedSluiced {
 /**
  * The real `sluiced` (as test/config/sluiced.ts starts it) on `configPath`, with
  * NOTIFY_SOCKET set to the socket, `env` added and `args` after the configuration; the SLUICE_*
- * overrides of a developer's shell are left out.
+ * overrides of a developer's shell are left out. With `stdoutPath`, its stdout is that file, as
+ * journald's stream is a descriptor of its own: what it wrote before a datagram is in the file
+ * when the datagram arrives (a pipe read by this process gives no such order).
  */
 export function spawnNotifiedSluiced(
   configPath: string,
   socket: NotifySocket,
   env: Record<string, string> = {},
   args: readonly string[] = [],
+  stdoutPath?: string,
 ): NotifiedSluiced {
+  const fd = stdoutPath === undefined ? null : openSync(stdoutPath, 'w');
   const child = spawn(process.execPath, [...SLUICED, '--config', configPath, ...args], {
     env: { ...cleanEnv(), ...env, NOTIFY_SOCKET: socket.path },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['ignore', fd ?? 'pipe', 'pipe'],
   });
+  if (fd !== null) closeSync(fd);
   let out = '';
-  child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
-  child.stderr.on('data', (c: Buffer) => (out += c.toString('utf8')));
-  return { child, output: () => out };
+  child.stdout?.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  child.stderr!.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  return {
+    child,
+    output: () => (stdoutPath === undefined ? out : readFileSync(stdoutPath, 'utf8') + out),
+  };
 }
