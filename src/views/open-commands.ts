@@ -114,11 +114,15 @@ function aheadOfEach(
     const id = refId(record);
     const at = place.get(id) ?? Infinity;
     if (record.state === 'dispatched') {
-      // A stop accepted after it has paused it (SPEC §2), written or not yet (its read of the
-      // device still to come): it is taken up again once the stops settle.
+      // A stop accepted after it has paused it (SPEC §2): travel from the stop's acceptance,
+      // written or not yet (its read of the device still to come); a stop in flight only once
+      // the later stop is written, since a later stop may as well queue behind it and let it
+      // finish (Preemption.stopOvertakes). It is taken up again once the stops settle.
       const stops = (byDevice.get(record.device) ?? [])
         .slice(at + 1)
-        .filter((r) => r.action === 'stop');
+        .filter(
+          (r) => r.action === 'stop' && (record.action !== 'stop' || r.state === 'dispatched'),
+        );
       return {
         first: stops
           .slice(0, AHEAD_SHOWN)

@@ -343,4 +343,39 @@ describe('what an open command waits behind', () => {
       ['first', ['stop-1'], 1],
     ]);
   });
+
+  it('a stop pauses the travel in flight from its acceptance, a stop in flight only once it is written itself', () => {
+    const behind = (): [string, string, string[]][] =>
+      stuckItems(journal.listOpen(), 0, NOW, null, journal).map((i) => [
+        i.key,
+        i.state,
+        i.waitsBehind.map((a) => `${a.key} (${a.state})`),
+      ]);
+    // Travel written, then a stop whose read of the device is still to come: the stop took the
+    // travel over at its claim (Preemption.stopPreempts), so the travel waits for it.
+    dispatch(claim('moving', 'v1', NOW + 20_000), NOW - 2_000);
+    claim('stop-a', 'v1', NOW + 25_000, 'stop');
+    expect(behind()).toEqual([
+      ['moving', 'dispatched', ['stop-a (accepted)']],
+      ['stop-a', 'accepted', []],
+    ]);
+
+    // A stop in flight, then another stop not written yet: the later one may as well queue
+    // behind the first and let it finish (Preemption.stopOvertakes), so the first is not said
+    // to be paused; written, the later one has overtaken it.
+    const first = dispatch(claim('stop-1', 'v2', NOW + 20_000, 'stop'), NOW - 2_000);
+    const second = claim('stop-2', 'v2', NOW + 25_000, 'stop');
+    const onV2 = (): [string, string, string[]][] =>
+      behind().filter(([k]) => k.startsWith('stop-') && k !== 'stop-a');
+    expect(onV2()).toEqual([
+      ['stop-1', 'dispatched', []],
+      ['stop-2', 'accepted', ['stop-1 (dispatched)']],
+    ]);
+    dispatch(second, NOW - 1_000);
+    expect(onV2()).toEqual([
+      ['stop-1', 'dispatched', ['stop-2 (dispatched)']],
+      ['stop-2', 'dispatched', []],
+    ]);
+    expect(first.state).toBe('dispatched');
+  });
 });
