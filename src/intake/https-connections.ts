@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
-import type { Server as NetServer, Socket } from 'node:net';
+import { Socket, type Server as NetServer } from 'node:net';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 
@@ -19,7 +19,7 @@ import type { Logger } from '../core/logger.js';
  *   handshake: closed when it sent nothing, answered 408 when a request had begun. After an
  *   answer, the keep-alive timeout closes an idle connection, as before;
  * - a client must take each answer within the request timeout of its last byte being handed to
- *   the connection (boundAnswers).
+ *   the connection (boundAnswers), or its connection is reset.
  */
 
 /** A TLS handshake must complete within this. */
@@ -93,6 +93,11 @@ export function limitConnections(server: HttpsServer, limits: ConnectionLimits):
  * kept the connection, since its keep-alive timeout starts only once an answer is written out.
  * Streams that never end (the status page's events, ui-events.ts, which hold back what a
  * client does not read) are not bounded here. `closed` is told of each connection closed so.
+ *
+ * The connection is reset (resetConnection), not closed: closed, the answers the client did not
+ * read stayed in the kernel's send buffer behind the FIN, the connection in FIN-WAIT-1 (LAST-ACK
+ * when the client had half-closed) for as long as the kernel probes a window that never opens —
+ * minutes, the memory the bound is there to free still held.
  */
 export function boundAnswers(server: NetServer, ms: number, closed?: () => void): void {
   server.on('request', (request: { socket: Socket }, response: ServerResponse) => {
@@ -100,7 +105,7 @@ export function boundAnswers(server: NetServer, ms: number, closed?: () => void)
       if (response.writableFinished) return;
       const timer = setTimeout(() => {
         if (response.writableFinished || request.socket.destroyed) return;
-        request.socket.destroy();
+        resetConnection(request.socket);
         closed?.();
       }, ms);
       timer.unref();
@@ -110,6 +115,29 @@ export function boundAnswers(server: NetServer, ms: number, closed?: () => void)
       });
     });
   });
+}
+
+/**
+ * Ends a connection with a TCP reset (RST): the kernel drops what is still queued to send and
+ * forgets the connection at once, where a close (FIN) keeps it, and the unsent bytes, until the
+ * peer has taken them. Node resets a TCP socket (`resetAndDestroy`, SO_LINGER 0) but refuses a
+ * TLS socket, whose handle is the TLS layer (ERR_INVALID_HANDLE_TYPE; nodejs/node#49484). A TLS
+ * server's socket wraps the TCP socket it accepted, which Node keeps as its `_parent`
+ * (lib/_tls_wrap.js, undeclared in its types): that one is reset, and the TLS socket then
+ * destroyed, which Node completes at once for a TLS socket whose TCP socket is already closed
+ * (TLSWrap.close). A socket with no TCP socket under it (a pipe) is only destroyed.
+ */
+export function resetConnection(socket: Socket): void {
+  const under = (socket as Socket & { _parent?: unknown })._parent;
+  const tcp = under instanceof Socket ? under : socket;
+  if (!tcp.destroyed) {
+    try {
+      tcp.resetAndDestroy();
+    } catch {
+      // Not a TCP handle (ERR_INVALID_HANDLE_TYPE): a close is all there is.
+    }
+  }
+  socket.destroy();
 }
 
 /** Node's own answer to a request past its timeout, for a server without a clientError listener. */

@@ -14,7 +14,10 @@ import { makePki, startIntake, until, type Pki, type RunningIntake } from './htt
  * an idle connection, not an answer going out, and such a client held its connection and
  * megabytes of answers in the socket buffers for as long as it kept it. On the real intake over
  * real sockets, with sluice-sim and the SQLite journal under it; ground truth is the kernel's
- * table of TCP connections (/proc/net/tcp): the server's end of the connection gone.
+ * table of TCP connections (/proc/net/tcp): the server's end of the connection gone from it. The
+ * connection is reset, not closed: closed with a FIN, it stayed in the table in FIN-WAIT-1 (or
+ * LAST-ACK after the client's FIN) with the unread answers queued, for minutes, since the client
+ * never opens its window.
  */
 
 /** Shortened, so that the test waits seconds; the same code enforces the default (30 s). */
@@ -40,21 +43,25 @@ afterAll(async () => {
   pki.cleanup();
 });
 
-/** The TCP states (hex, as /proc/net/tcp gives them) of the server's end of the connection. */
+/**
+ * The server's end of the connection as /proc/net/tcp gives it: its state (hex) and the bytes
+ * queued to send, e.g. `04 tx=2949120` (FIN-WAIT-1 with its answers still queued).
+ */
 function serverEnd(serverPort: number, clientPort: number): string[] {
   const hex = (port: number): string => port.toString(16).toUpperCase().padStart(4, '0');
-  const states: string[] = [];
+  const ends: string[] = [];
   for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
-    const [, local, remote, state] = line.trim().split(/\s+/);
+    const [, local, remote, state, queues] = line.trim().split(/\s+/);
     if (local?.endsWith(`:${hex(serverPort)}`) && remote?.endsWith(`:${hex(clientPort)}`)) {
-      states.push(state!);
+      ends.push(`${state!} tx=${String(parseInt(queues!.split(':')[0]!, 16))}`);
     }
   }
-  return states;
+  return ends;
 }
 
 /** ESTABLISHED and CLOSE_WAIT (the client's FIN received): the server still holds it. */
 const HELD = new Set(['01', '08']);
+const held = (end: string): boolean => HELD.has(end.slice(0, 2));
 
 async function idleClosedUnread(): Promise<number> {
   const metric = await stack.metrics.httpsConnectionsIdleClosed.get();
@@ -63,7 +70,7 @@ async function idleClosedUnread(): Promise<number> {
 
 describe('a client that never reads its answers', () => {
   for (const halfClosed of [false, true]) {
-    it(`${halfClosed ? 'half-closed after its requests' : 'its connection left open'}: closed once an answer has waited the request timeout, and counted`, async () => {
+    it(`${halfClosed ? 'half-closed after its requests' : 'its connection left open'}: reset once an answer has waited the request timeout (gone from the kernel's table), and counted`, async () => {
       const before = await idleClosedUnread();
       const tcp = tcpConnect({ host: '127.0.0.1', port: api.port });
       tcp.on('error', () => undefined);
@@ -78,17 +85,27 @@ describe('a client that never reads its answers', () => {
       tls.write(request.repeat(PIPELINED));
       if (halfClosed) tls.end();
       await until(
-        () => serverEnd(api.port, clientPort).some((state) => HELD.has(state)),
+        () => serverEnd(api.port, clientPort).some(held),
         5_000,
         'the server to hold the connection',
       );
       const sentAt = Date.now();
       await until(
-        () => !serverEnd(api.port, clientPort).some((state) => HELD.has(state)),
+        () => !serverEnd(api.port, clientPort).some(held),
         TIMEOUTS.requestMs + 5_000,
         "the server's end of the connection to close",
       );
       expect(Date.now() - sentAt).toBeGreaterThanOrEqual(TIMEOUTS.requestMs - 500);
+      // Reset: gone from the kernel's table with what it had queued, not left in FIN-WAIT-1 or
+      // LAST-ACK behind the answers the client does not read.
+      let last: string[] = [];
+      await until(
+        () => (last = serverEnd(api.port, clientPort)).length === 0,
+        2_000,
+        "the server's end of the connection to leave the kernel's table",
+      ).catch((error: unknown) => {
+        throw new Error(`${String(error)}; it is ${JSON.stringify(last)}`);
+      });
       expect(await idleClosedUnread()).toBe(before + 1);
     }, 20_000);
   }
