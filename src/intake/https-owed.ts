@@ -29,6 +29,14 @@ import type { Socket } from 'node:net';
  * does, to keep a connection fastify would close): the connection stayed open, half-closed, for
  * the keep-alive timeout. So it is closed here, once nothing is owed.
  *
+ * The last answer owed to a client that half-closed says so: `Connection: close` (RFC 9112 §9.6:
+ * a server that will close after an answer sends the close option in it), added by the answer's
+ * onSend hook (https-server.ts) when `isLastOwed`. Only the last: an earlier one would make Node
+ * close the connection after it, the answers still owed to the requests that followed lost, and
+ * §9.6 has a server process no request after one it answered with close. An answer made before
+ * the FIN was read (its header composed, e.g. queued behind a slower answer) cannot say it: the
+ * connection is closed after it all the same.
+ *
  * TCP cannot tell a half-close from a client that closed its socket: such a client is answered
  * too, at the end of its wait, and the answer is lost with the connection (its kernel resets
  * it), not seen as a client gone. A connection reset or broken before its answer still is.
@@ -36,6 +44,8 @@ import type { Socket } from 'node:net';
 export class AnswersOwed {
   /** Per connection, the requests read and not yet answered. */
   private readonly unanswered = new WeakMap<Socket, Set<IncomingMessage>>();
+  /** Per connection, the request read last. */
+  private readonly latest = new WeakMap<Socket, IncomingMessage>();
   /** Per connection, the answer waiting and the requests it waits for. */
   private readonly waiting = new WeakMap<
     Socket,
@@ -47,7 +57,9 @@ export class AnswersOwed {
     server.on('secureConnection', (socket: Socket) => {
       socket.allowHalfOpen = true;
     });
-    server.on('request', (request: IncomingMessage, response: ServerResponse) => {
+    // Before fastify's own listener, which may answer at once (a router error): the request is
+    // known here by the time its answer is made.
+    server.prependListener('request', (request: IncomingMessage, response: ServerResponse) => {
       const socket = request.socket;
       let open = this.unanswered.get(socket);
       if (open === undefined) {
@@ -55,6 +67,7 @@ export class AnswersOwed {
         this.unanswered.set(socket, open);
       }
       open.add(request);
+      this.latest.set(socket, request);
       // 'close' follows the answer's last byte handed to the socket ('finish'), or the
       // connection's end without it; either way nothing more is owed for this request.
       response.once('close', () => {
@@ -64,6 +77,17 @@ export class AnswersOwed {
         if (open.size === 0 && socket.readableEnded && !socket.destroyed) socket.destroySoon();
       });
     });
+  }
+
+  /**
+   * Whether the answer to `request` is the last its connection is owed because its client
+   * half-closed: the connection's end of input (the FIN) is read and `request` is the last request
+   * read before it. Node reads a connection's requests ahead of their answers (it stops only when
+   * answers back up), so once the FIN is read no request remains unread.
+   */
+  isLastOwed(request: IncomingMessage): boolean {
+    const socket = request.socket;
+    return socket.readableEnded && this.latest.get(socket) === request;
   }
 
   /** Runs the answer waiting on `socket` once `request`, the last it waits for, is answered. */

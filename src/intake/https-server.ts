@@ -131,12 +131,13 @@ export function createServer(options: ServerOptions): App {
     // instead of the error handler, and their answers pass none of the hooks below: counted
     // here, with no route (the router could not read the path), and given the headers the
     // onSend hook gives every other answer.
-    frameworkErrors: (error, _request, reply) => {
+    frameworkErrors: (error, request, reply) => {
       const mapped = mapError(error, errors);
       metrics.httpResponses.inc({ route: 'unmatched', status: String(mapped.problem.status) });
       void sendProblem(reply, mapped.problem, {
         'cache-control': 'no-store',
         'x-content-type-options': 'nosniff',
+        ...(answersOwed.isLastOwed(request.raw) ? { connection: 'close' } : {}),
         ...mapped.headers,
       });
     },
@@ -206,7 +207,11 @@ export function createServer(options: ServerOptions): App {
       // more data"; the parser here reads the whole body before it refuses one (not JSON, not
       // UTF-8, a name twice), so nothing is left to send and the connection serves on, as after
       // any other 400.
-      if (unread === 'drained' || (unread === 'complete' && request.raw.complete)) {
+      if (answersOwed.isLastOwed(request.raw)) {
+        // The client half-closed, and this is the last answer it is owed: the connection is
+        // closed once it is written (https-owed.ts), and the answer says so (RFC 9112 §9.6).
+        reply.header('connection', 'close');
+      } else if (unread === 'drained' || (unread === 'complete' && request.raw.complete)) {
         reply.removeHeader('connection');
       } else if (unread === 'close') reply.header('connection', 'close');
     }

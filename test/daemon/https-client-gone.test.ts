@@ -111,6 +111,20 @@ function statuses(text: string): string[] {
   return [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]!);
 }
 
+/**
+ * The Connection header of each answer in `text`, in the order they came (null: none). Answers
+ * are cut at their status lines: no body here holds one.
+ */
+function connectionHeaders(text: string): (string | null)[] {
+  return text
+    .split(/(?=HTTP\/1\.1 \d{3} )/)
+    .filter((answer) => answer.startsWith('HTTP/1.1 '))
+    .map((answer) => {
+      const head = answer.slice(0, answer.indexOf('\r\n\r\n'));
+      return /^connection: *(.*)$/im.exec(head)?.[1]?.trim() ?? null;
+    });
+}
+
 /** `sluice_https_clients_gone_total` as `GET /metrics` serves it now. */
 async function clientsGone(): Promise<number> {
   const client = await open();
@@ -189,6 +203,8 @@ describe('a client that half-closes its connection once its request is sent, and
     // The server closes once the answer is written: 'end' on the client's reading side.
     await once(client.tls, 'close');
     expect(statuses(client.received())).toEqual(['200']);
+    // The answer says the connection closes after it (RFC 9112 §9.6): it is the last owed.
+    expect(connectionHeaders(client.received())).toEqual(['close']);
     expect(client.received()).toContain(`"key":"${key}"`);
     expect(client.received()).toContain('"state":"confirmed"');
     expect(journaled(key)).toEqual([
@@ -228,6 +244,9 @@ describe('a client that half-closes its connection once its request is sent, and
     client.tcp.end();
     await once(client.tls, 'close');
     expect(statuses(client.received())).toEqual(['200', '200']);
+    // Only the last answer says close: on the first, the client would take the connection to
+    // end before the second answer, and Node would end it there.
+    expect(connectionHeaders(client.received())).toEqual([null, 'close']);
     const first = client.received().indexOf('"key":"half-closed-tcp-1"');
     const second = client.received().indexOf('"key":"half-closed-tcp-2"');
     expect(first).toBeGreaterThan(-1);
