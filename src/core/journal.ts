@@ -233,6 +233,15 @@ export interface Journal {
    */
   stopsAfter(ref: CommandRef, limit: number): CommandRecord[];
   /**
+   * The command of the device's last dispatch: the one given the sequence number the device's
+   * last dispatch journaled (its `device_seq` row, written in the dispatch's own commit), found
+   * among the device's `window` newest commands, or undefined (never dispatched, purged, or more
+   * than `window` commands of the device came after it without a dispatch). By what the journal
+   * recorded of the dispatches, not by dispatchedAt, which a step of the gateway's clock
+   * reorders.
+   */
+  lastDispatched(device: string, window: number): CommandRecord | undefined;
+  /**
    * Deletes, with their history, at most `limit` settled commands settled before `before`,
    * in one transaction that ends once it has taken `budgetMs` (default: no bound), possibly
    * part way through one command's history (the command and the rest stay until a later call).

@@ -2,6 +2,7 @@ import type { Clock } from './clock.js';
 import type { CommandRecord, Journal } from './journal.js';
 import { commandLogger, PIPELINE, refId } from './lane.js';
 import type { Logger } from './logger.js';
+import { latestWriteUnsent } from './redispatch.js';
 import type { TimedReadback } from './skew.js';
 
 /**
@@ -9,7 +10,8 @@ import type { TimedReadback } from './skew.js';
  * readback came in its window ("the command's effect is unknown"), the readbacks never settled
  * it (READBACK_TIMEOUT), or an operator resolved it while its write was out. A command that
  * ended any other way either showed its echo (confirmed, READBACK_MISMATCH, DEVICE_FAULT,
- * INTERRUPTED) or never had a write.
+ * INTERRUPTED) or never had a write. A DEVICE_UNREACHABLE with an observation is not in doubt
+ * either (inDoubt).
  */
 const UNKNOWN_EFFECT_CODES: ReadonlySet<string> = new Set([
   'DEVICE_UNREACHABLE',
@@ -17,8 +19,11 @@ const UNKNOWN_EFFECT_CODES: ReadonlySet<string> = new Set([
   'RESOLVED_BY_OPERATOR',
 ]);
 
-/** How many of a device's latest commands a start looks through for one in doubt. */
-const RECENT_AT_START = 20;
+/**
+ * How many of a device's newest commands a start looks through for its last dispatch
+ * (Journal.lastDispatched): a bound on the rows read at start, whatever the journal holds.
+ */
+const LAST_DISPATCH_WINDOW = 1_000;
 
 export interface LateEchoHost {
   readonly journal: Journal;
@@ -43,6 +48,18 @@ interface Watched {
    */
   readonly fromJournal: boolean;
   /**
+   * Its settlement's barrier has returned (announced: on disk). Until then a readback showing
+   * its echo is kept (`held`), not noted: a note journaled before the settlement is on disk
+   * could outlive it (a batch lost at its COMMIT leaves the command open, and goes on).
+   */
+  announced: boolean;
+  /**
+   * The latest readback showing its echo that came between its settlement in the journal and
+   * the announcement (a barrier takes as long as the disk does, the readbacks go on): noted
+   * at the announcement. That echo was read after the command ended, not while it was open.
+   */
+  held?: TimedReadback;
+  /**
    * Its note could not be journaled: said once, tried again no sooner than this (monotonic
    * ms) — a journal write waits up to the busy bound, on the event loop, and the monitor reads
    * every second.
@@ -62,9 +79,11 @@ const NOTE_RETRY_MS = 10_000;
  * after the window). That readback is noted in the command's history, once, with what it
  * showed, and logged (warn, with the command's key and device): an operator reading
  * `sluicectl show` or GET /v1/commands/{key}?history learns what became of the write. Watched
- * per device: the device's latest command in doubt, until the device's next dispatch (from
- * then on the echo may be that command's). Taken up at start from the journal (an operator's
- * resolve aside: whether its echo had been read before is not journaled).
+ * per device: the device's latest command in doubt, from its settlement in the journal until
+ * the device's next dispatch (from then on the echo may be that command's), noted once the
+ * settlement is on disk. Taken up at start from the journal: the command of the device's last
+ * dispatch (an operator's resolve aside: whether its echo had been read before is not
+ * journaled).
  */
 export class LateEcho {
   private readonly host: LateEchoHost;
@@ -90,38 +109,69 @@ export class LateEcho {
     }
   }
 
-  /** Every settled command of every device, once its settlement is on disk. */
-  settled(record: CommandRecord): void {
+  /**
+   * Every settled command of every device, as its settlement is journaled (in the same turn,
+   * before its barrier): the readbacks received so far are those of the command while it was
+   * open; a watch begins, to be noted on once the settlement is on disk (settled).
+   */
+  journaled(record: CommandRecord): void {
+    // Settled anew (its earlier settlement lost with its batch, the command went on): that
+    // settlement's watch is void, whatever this one's outcome.
+    const earlier = this.watched.get(record.device);
+    if (earlier !== undefined && refId(earlier.record) === refId(record)) {
+      this.watched.delete(record.device);
+    }
     if (!inDoubt(record)) return;
     // Its echo already read while it was open (a valve that took the write and did not move,
-    // resolved by an operator): the write was taken before it ended, not after.
+    // resolved by an operator): the write was taken before it ended, not after. Asked here and
+    // not at the announcement: a readback received while the barrier ran was read after the
+    // command ended, and showed a write no readback had shown before.
     if (this.host.echoed(record.device) === record.seq) return;
-    // Not when another command of the device was dispatched after it (a stop, or the next
-    // command once this one's settlement was announced): the echo may be that one's.
+    // Not when another command of the device was dispatched after it (a stop that preempted
+    // it): the echo may be that one's.
     const last = this.lastDispatched.get(record.device);
     if (last !== undefined && last !== refId(record)) return;
     // Its write never sent (no connection to the controller, or withdrawn while it waited
     // for one): the echo of its number can only be another master's.
     if (!this.host.wrote(record)) return;
-    this.watched.set(record.device, { record, fromJournal: false });
+    this.watched.set(record.device, { record, fromJournal: false, announced: false });
   }
 
   /**
-   * At start: each device's latest command with a sequence number, if it ended in doubt (one
-   * open, or a later one written, ends the watch as a dispatch does) and not by an operator's
-   * resolve.
+   * Every settled command of every device, once its settlement is on disk (announced): a
+   * readback that showed its echo meanwhile is noted now.
+   */
+  settled(record: CommandRecord): void {
+    const entry = this.watched.get(record.device);
+    // The very settlement the watch began at (announce passes the journaled record on).
+    if (entry === undefined || entry.announced || entry.record !== record) return;
+    entry.announced = true;
+    const held = entry.held;
+    if (held === undefined) return;
+    delete entry.held;
+    this.readback(record.device, held);
+  }
+
+  /**
+   * At start: the command of each device's last dispatch, as the journal recorded the
+   * dispatches (not the latest by dispatchedAt, which a step of the gateway's clock reorders;
+   * commands never dispatched since, however many of the device's newest they are, are passed
+   * over up to LAST_DISPATCH_WINDOW), if it ended in doubt (still open, recovery takes it up),
+   * not by an operator's resolve, and with a write the history does not show never sent.
    */
   takeUp(devices: Iterable<string>): void {
+    const { journal } = this.host;
     for (const device of devices) {
-      const latest = this.host.journal
-        .list({ device, limit: RECENT_AT_START })
-        .filter((r) => r.seq !== null && r.dispatchedAt !== null)
-        .sort((a, b) => (b.dispatchedAt ?? 0) - (a.dispatchedAt ?? 0))[0];
+      const last = journal.lastDispatched(device, LAST_DISPATCH_WINDOW);
       // Not an operator's resolve: its outcome keeps the readback from before the write, so
       // whether a readback showed its echo while it was open (a valve that took the write and
       // did not move) is not journaled, and that echo, read again now, would be noted as new.
-      if (latest === undefined || latest.code === 'RESOLVED_BY_OPERATOR') continue;
-      if (inDoubt(latest)) this.watched.set(device, { record: latest, fromJournal: true });
+      if (last?.seq == null || last.code === 'RESOLVED_BY_OPERATOR' || !inDoubt(last)) continue;
+      // Its latest write withdrawn before it was sent (the daemon's own line, which the take-up
+      // of a dispatched command goes by too): that life knew it never left the gateway, and the
+      // echo of its number can only be another master's.
+      if (latestWriteUnsent(journal.history(last), last.seq)) continue;
+      this.watched.set(device, { record: last, fromJournal: true, announced: true });
     }
   }
 
@@ -129,6 +179,10 @@ export class LateEcho {
   readback(device: string, readback: TimedReadback): void {
     const entry = this.watched.get(device);
     if (entry === undefined || readback.seq === null || readback.seq !== entry.record.seq) return;
+    if (!entry.announced) {
+      entry.held = readback;
+      return;
+    }
     if (entry.retryAtMono !== undefined && this.host.clock.elapsed() < entry.retryAtMono) return;
     const watched = entry.record;
     // An operator resolved it while its write waited for the controller, which then was not
@@ -177,13 +231,21 @@ export class LateEcho {
   }
 }
 
-/** Ended failed with a write out and no readback showing its echo. */
+/**
+ * Ended failed with a write out and no readback showing its echo. DEVICE_UNREACHABLE is in
+ * doubt only without an observation ("no readback after the write …; the command's effect is
+ * unknown"): with one, the daemon knew nothing was applied — the write never sent (no connection
+ * to the controller: the readback from before the write) or proven not applied past the
+ * redispatch guard, when it can no longer land (the readback that proved it) — and a later echo
+ * of its number is another master's, which a note would call this command's.
+ */
 function inDoubt(record: CommandRecord): boolean {
   return (
     record.state === 'failed' &&
     record.seq !== null &&
     record.dispatchedAt !== null &&
     UNKNOWN_EFFECT_CODES.has(record.code ?? '') &&
+    (record.code !== 'DEVICE_UNREACHABLE' || record.observed === null) &&
     record.observed?.seq !== record.seq
   );
 }

@@ -39,6 +39,12 @@ export interface OutcomesHost {
   readonly lanes: ReadonlyMap<string, Lane>;
   /** The pipeline's stop: waiters give up when it aborts. */
   readonly signal: AbortSignal;
+  /**
+   * Told of a settlement as soon as it is journaled, in the same turn, before its barrier
+   * (announce): what the settlement follows from is as it stood then, not once the disk has
+   * answered (the watch for a late echo, late-echo.ts).
+   */
+  readonly journaled?: (settled: CommandRecord) => void;
 }
 
 /**
@@ -165,6 +171,12 @@ export class Outcomes {
    * settlement is on disk: a published result must never be lost to a power cut (group commit).
    */
   announce(settled: CommandRecord, log: Logger): void {
+    this.host.journaled?.(settled);
+    this.announceWhenDurable(settled, log);
+  }
+
+  /** announce, without telling `journaled` again (a settlement whose barrier failed). */
+  private announceWhenDurable(settled: CommandRecord, log: Logger): void {
     const { journal } = this.host;
     if (!journal.syncPending) {
       this.announceNow(settled, log);
@@ -211,7 +223,7 @@ export class Outcomes {
         log.warn({}, 'the settlement was lost with its batch: not published; the command goes on');
         return;
       }
-      this.announce(settled, log);
+      this.announceWhenDurable(settled, log);
     });
   }
 

@@ -186,6 +186,9 @@ export class CommandPipeline {
       clock: this.clock,
       lanes: this.lanes,
       signal: this.abort.signal,
+      journaled: (record) => {
+        this.lateEcho.journaled(record);
+      },
     });
     this.lateEcho = new LateEcho({
       journal: this.journal,

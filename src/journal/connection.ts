@@ -616,6 +616,7 @@ function prepare(db: Database): {
   open: Statement;
   openRefs: Statement;
   stopsAfter: Statement;
+  lastDispatched: Statement;
   purgeCandidates: Statement;
   deleteEvents: Statement;
   deleteCommand: Statement;
@@ -686,6 +687,19 @@ function prepare(db: Database): {
       WHERE after.scope = ? AND after.key = ? AND +c.device = after.device
         AND c.action = 'stop' AND c.id > after.id
       ORDER BY c.id DESC LIMIT ?`),
+    // The device's last dispatch (Journal.lastDispatched): the sequence number its commit gave,
+    // looked for among the device's newest rows (commands_device, newest first; the inner LIMIT
+    // bounds the rows read whatever the journal holds), the first that has it. One such row at
+    // most: a number is given again only after 65,535 dispatches of the device, each a row.
+    // Read once per device at start.
+    lastDispatched: db.prepare(`
+      SELECT * FROM commands WHERE id = (
+        SELECT id FROM (
+          SELECT id, seq, dispatched_at FROM commands INDEXED BY commands_device
+          WHERE device = @device ORDER BY accepted_at DESC LIMIT @window)
+        WHERE seq = (SELECT last_seq FROM device_seq WHERE device = @device)
+          AND dispatched_at IS NOT NULL
+        LIMIT 1)`),
     purgeCandidates: db.prepare(`
       SELECT id FROM commands
       WHERE settled_at IS NOT NULL AND settled_at < ?

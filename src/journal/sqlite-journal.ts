@@ -189,6 +189,16 @@ export class SqliteJournal implements Journal {
     }
   }
 
+  lastDispatched(device: string, window: number): CommandRecord | undefined {
+    try {
+      const row = this.connection().stmts.lastDispatched.get({ device, window }) as
+        CommandRow | undefined;
+      return row === undefined ? undefined : rowToRecord(row);
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
   list(filter: ListFilter): CommandRecord[] {
     const where: string[] = [];
     const params: (string | number)[] = [];

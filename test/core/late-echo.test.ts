@@ -10,6 +10,7 @@ import { tempDir } from '../helpers/fixtures.js';
 import { lockHolder } from '../helpers/journal-lock.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
 import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
+import { holdThreadPool } from '../helpers/thread-pool.js';
 
 /**
  * A command that ended `failed` with its write in doubt keeps its outcome, but a later readback
@@ -35,13 +36,17 @@ async function harness(
 }
 
 /**
- * An open of v1 that ends `READBACK_TIMEOUT` with its write in doubt: the controller
+ * An open (or `action`) of v1 that ends `READBACK_TIMEOUT` with its write in doubt: the controller
  * acknowledges the write and takes it only later (a PLC busy in its scan, the simulator's
  * `hold`), so no readback within the confirm window shows the command's echo. The hold stays.
  */
-async function heldAndFailed(h: SimHarness, key: string): Promise<CommandRecord> {
+async function heldAndFailed(
+  h: SimHarness,
+  key: string,
+  action: 'open' | 'close' = 'open',
+): Promise<CommandRecord> {
   h.device('v1').setFault({ kind: 'hold', ms: 60_000 });
-  h.submit(key, { device: 'v1', action: 'open', ttlMs: 5_000 });
+  h.submit(key, { device: 'v1', action, ttlMs: 5_000 });
   const r = await h.settled(key);
   if (r.state !== 'failed' || r.code !== 'READBACK_TIMEOUT') {
     throw new Error(`${key} ended ${r.state} ${r.code ?? ''}, not failed READBACK_TIMEOUT`);
@@ -248,8 +253,153 @@ describe.concurrent(
       );
       expect(h.get('k1')).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
     });
+
+    it("is taken up after a restart however many of the device's newest commands were never dispatched", async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const h = await harness(onTestFinished);
+      const valve = h.device('v1');
+      const r = await heldAndFailed(h, 'k1');
+      // Commands of v1 issued an hour ago, refused as stale: newer than k1, never dispatched
+      // (the start looked at the device's 20 newest commands for a dispatched one).
+      const issuedAt = new Date(Date.now() - 3_600_000).toISOString();
+      for (let i = 0; i < 25; i++) {
+        h.submit(`stale-${i}`, { device: 'v1', action: 'close', ttlMs: 5_000, issuedAt });
+        const stale = await h.settled(`stale-${i}`);
+        expect(stale).toMatchObject({ state: 'rejected', code: 'STALE_COMMAND', seq: null });
+      }
+      await h.crash();
+      valve.clearFault('hold');
+      await h.until(
+        () => valve.writeLog.find((w) => w.seq === r.seq)?.outcome === 'accepted',
+        5_000,
+        'the held write taken while the daemon was down',
+      );
+      await h.restart();
+      await h.until(
+        () => h.notes('k1').some((n) => n.includes('a later readback')),
+        5_000,
+        'the late echo noted after the restart',
+      );
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toHaveLength(1);
+    });
+
+    it("is taken up after a restart by the device's last dispatch, not by the latest dispatchedAt: a step of the gateway's clock", async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const shift = { wall: 0 };
+      const clock: Clock = { ...systemClock, now: () => systemClock.now() + shift.wall };
+      const h = await harness(onTestFinished, { clock });
+      const valve = h.device('v1');
+      // The gateway's clock an hour ahead for a first command, confirmed; then set right.
+      shift.wall = 3_600_000;
+      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 5_000 });
+      const first = await h.settled('k1');
+      expect(first).toMatchObject({ state: 'confirmed' });
+      shift.wall = 0;
+      const r = await heldAndFailed(h, 'k2', 'close');
+      // Its dispatch, the device's last, is journaled an hour before the first's.
+      expect(r.dispatchedAt!).toBeLessThan(first.dispatchedAt! - 3_000_000);
+      await h.crash();
+      valve.clearFault('hold');
+      await h.until(
+        () => valve.writeLog.find((w) => w.seq === r.seq)?.outcome === 'accepted',
+        5_000,
+        'the held write taken while the daemon was down',
+      );
+      await h.restart();
+      await h.until(
+        () => h.notes('k2').some((n) => n.includes('a later readback')),
+        5_000,
+        'the late echo noted after the restart',
+      );
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    });
   },
 );
+
+/**
+ * Tests that hold libuv's thread pool (a journal barrier that does not return until released,
+ * test/helpers/thread-pool.ts): one at a time, since the pool is the process's, and a
+ * concurrent test's barriers would wait too.
+ */
+describe('a command in doubt while a barrier runs', () => {
+  it("a write never sent, settled in an earlier life, is not watched after a restart: another master's write with its number is not noted", async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await harness(onTestFinished);
+    const valve = h.device('v1');
+    const plc = h.plant.plc('mb');
+    // The dispatch's barrier held: the PLC loses its power meanwhile, and the write, once the
+    // dispatch is on disk, finds no connection to go out on.
+    const pool = holdThreadPool();
+    onTestFinished(() => pool.release());
+    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 10_000 });
+    await h.until(() => h.get('k1')?.state === 'dispatched', 5_000, 'the dispatch');
+    const seq = h.get('k1')!.seq!;
+    plc.powerCycle({ offMs: 3_000 });
+    const v1 = h.drivers.bindings.find((b) => b.id === 'v1')!;
+    await h.until(() => !v1.driver.health().connected, 5_000, 'the connection gone');
+    await pool.release();
+    const r = await h.settled('k1');
+    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', seq });
+    expect(r.detail).toMatch(
+      /^the write was never sent: no connection to the controller; nothing was applied /,
+    );
+    expect(valve.writesWithSeq(seq)).toBe(0);
+    await h.crash();
+    await h.restart();
+    await h.until(() => plc.powered, 5_000, 'the PLC powered again');
+    // Another master's stop that carries the same sequence number, taken.
+    valve.receiveWrite({ code: 3, setpoint: 0, seq });
+    await echoReadAfter(h, seq, Date.now(), "the other master's echo read after the restart");
+    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+  });
+
+  it('an echo read while its settlement was being made durable is noted once it is: it was read after the command ended', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await harness(onTestFinished);
+    const valve = h.device('v1');
+    const announced: string[] = [];
+    h.pipeline.onSettled((record) => {
+      announced.push(record.key);
+    });
+    valve.setFault({ kind: 'hold', ms: 60_000 });
+    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 5_000 });
+    // The write has reached the controller (its dispatch's barrier is behind it): the pool
+    // held now holds the barrier of its settlement, at the end of its confirm window.
+    await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the write received');
+    const pool = holdThreadPool();
+    onTestFinished(() => pool.release());
+    await h.until(() => h.get('k1')?.state === 'failed', 5_000, 'the settlement journaled');
+    const r = h.get('k1')!;
+    expect(r).toMatchObject({ code: 'READBACK_TIMEOUT' });
+    // The controller takes the held write, and a readback shows it, before the settlement is
+    // on disk.
+    valve.clearFault('hold');
+    await h.until(
+      () => h.pipeline.devices().find((d) => d.id === 'v1')?.mirror?.seq === r.seq,
+      5_000,
+      'a readback showing the echo',
+    );
+    expect(announced).not.toContain('k1');
+    await pool.release();
+    await h.until(() => announced.includes('k1'), 5_000, 'the settlement announced');
+    await h.until(
+      () => h.notes('k1').some((n) => n.includes('a later readback')),
+      5_000,
+      'the late echo noted',
+    );
+    await echoReadAfter(h, r.seq!, Date.now(), 'the echo read again after the note');
+    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toHaveLength(1);
+    expect(h.get('k1')).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
+  });
+});
 
 /** A real journal file for the watch alone, with commands of v1 as the pipeline journals them. */
 function journalFixture(
@@ -326,16 +476,43 @@ describe('the watch of a command in doubt, on the journal', () => {
     });
     // k1's write never reached the controller (seq 7); k2 is given 7 again.
     echo.dispatched(written('k1', 7));
-    echo.settled(inDoubt('k1'));
+    settle(echo, inDoubt('k1'));
     echo.dispatched(written('k2', 7));
     echo.readback('v1', readback(7));
     expect(late('k1')).toEqual([]);
 
     // Without a later dispatch, the same echo is k3's own late write.
     echo.dispatched(written('k3', 9));
-    echo.settled(inDoubt('k3'));
+    settle(echo, inDoubt('k3'));
     echo.readback('v1', readback(9));
     expect(late('k3')).toHaveLength(1);
+  });
+
+  it('an echo read before the settlement is on disk is not noted on a later settlement of the command (the first lost with its batch)', ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { journal, written, inDoubt, late } = journalFixture(onTestFinished);
+    const echo = new LateEcho({
+      journal,
+      clock: systemClock,
+      logger: silentLogger,
+      echoed: () => 1,
+      wrote: () => true,
+    });
+    echo.dispatched(written('k1', 7));
+    const lost = inDoubt('k1');
+    echo.journaled(lost);
+    // Its echo read while the barrier ran: held until the settlement is on disk.
+    echo.readback('v1', readback(7));
+    expect(late('k1')).toEqual([]);
+    // That barrier fails and the batch is lost: never announced. The command goes on and is
+    // confirmed by that very echo; its announcement notes nothing.
+    const confirmed: CommandRecord = { ...lost, state: 'confirmed', code: 'OK' };
+    echo.journaled(confirmed);
+    echo.settled(confirmed);
+    echo.readback('v1', readback(7));
+    expect(late('k1')).toEqual([]);
   });
 
   it('a journal that refuses the note is tried again a while later, not at every readback, and said once', async ({
@@ -349,7 +526,7 @@ describe('the watch of a command in doubt, on the journal', () => {
     const clock: Clock = { ...systemClock, elapsed: () => systemClock.elapsed() + skipped };
     const echo = new LateEcho({ journal, clock, logger, echoed: () => 1, wrote: () => true });
     echo.dispatched(written('k1', 7));
-    echo.settled(inDoubt('k1'));
+    settle(echo, inDoubt('k1'));
 
     // Another process holds the journal's write lock: the note waits out the busy bound once.
     const locker = await lockHolder(path);
@@ -380,6 +557,12 @@ describe('the watch of a command in doubt, on the journal', () => {
     expect(tries()).toBe(1);
   });
 });
+
+/** A settlement as the pipeline tells the watch of it: journaled, then on disk (announced). */
+function settle(echo: LateEcho, record: CommandRecord): void {
+  echo.journaled(record);
+  echo.settled(record);
+}
 
 function observation(seq: number): Observation {
   const at = new Date().toISOString();
