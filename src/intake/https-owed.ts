@@ -46,6 +46,8 @@ export class AnswersOwed {
   private readonly unanswered = new WeakMap<Socket, Set<IncomingMessage>>();
   /** Per connection, the request read last. */
   private readonly latest = new WeakMap<Socket, IncomingMessage>();
+  /** Each request's answer. */
+  private readonly answers = new WeakMap<IncomingMessage, ServerResponse>();
   /** Per connection, the answer waiting and the requests it waits for. */
   private readonly waiting = new WeakMap<
     Socket,
@@ -68,6 +70,7 @@ export class AnswersOwed {
       }
       open.add(request);
       this.latest.set(socket, request);
+      this.answers.set(request, response);
       // 'close' follows the answer's last byte handed to the socket ('finish'), or the
       // connection's end without it; either way nothing more is owed for this request.
       response.once('close', () => {
@@ -88,6 +91,28 @@ export class AnswersOwed {
   isLastOwed(request: IncomingMessage): boolean {
     const socket = request.socket;
     return socket.readableEnded && this.latest.get(socket) === request;
+  }
+
+  /**
+   * Takes a parser error that is no request's: the client's FIN in the body of a request already
+   * answered. A request refused before its body was read (413 on its Content-Length, 401, 415;
+   * https-drain.ts) leaves its client free to stop sending the body and half-close: Node's parser
+   * then fails at the end of input (HPE_INVALID_EOF_STATE), and the failure was answered as any
+   * other, a `400 BAD_REQUEST` to no request after the answer the client had, its connection
+   * destroyed at once — an answer still queued behind an earlier one (pipelined) lost with it.
+   * Nothing is answered for it: the connection is closed once nothing more is owed (at once, or
+   * after the answers still being written). False for any other error, and for one whose request
+   * is not answered yet (its answer is the failure's) or that cut a request's head (no request).
+   */
+  endedInAnsweredBody(socket: Socket, error: { code?: string }): boolean {
+    if (error.code !== 'HPE_INVALID_EOF_STATE' || !socket.readableEnded) return false;
+    const request = this.latest.get(socket);
+    if (request === undefined || request.complete) return false;
+    const answer = this.answers.get(request);
+    if (answer === undefined || !(answer.headersSent || answer.writableEnded)) return false;
+    const open = this.unanswered.get(socket);
+    if ((open === undefined || open.size === 0) && !socket.destroyed) socket.destroySoon();
+    return true;
   }
 
   /** Runs the answer waiting on `socket` once `request`, the last it waits for, is answered. */

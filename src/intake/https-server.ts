@@ -142,6 +142,8 @@ export function createServer(options: ServerOptions): App {
       });
     },
     clientErrorHandler: (error, socket) => {
+      // The client's FIN in the body of a request already answered: nothing to answer.
+      if (answersOwed.endedInAnsweredBody(socket, error)) return;
       // After the answers owed to the requests read before the bytes that failed: answered at
       // once, the failure's answer would come first, where the client reads its command's.
       answersOwed.afterAnswered(socket, () => {

@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:http';
 import { connect as tcpConnect, type AddressInfo, type Socket } from 'node:net';
 import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DRAIN_MAX_BYTES, settleUnreadBody } from '../../src/intake/https-drain.js';
+import { DRAIN_MAX_BYTES, DRAIN_MAX_MS, settleUnreadBody } from '../../src/intake/https-drain.js';
 import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
 import { makePki, startIntake, type Pki, type RunningIntake } from './https-client.js';
 
@@ -266,6 +266,94 @@ describe('any answer given before the body was read: the rest drained within the
     expect(refused.head).toMatch(/\r\nconnection: close/i);
     await client.closedByServer();
     client.socket.destroy();
+  });
+});
+
+/**
+ * A TLS client that reads everything the server sends, and half-closes when told: the answers
+ * it got, by their status lines, once the server has closed the connection.
+ */
+async function halfClosingClient(): Promise<{
+  socket: TLSSocket;
+  text: () => string;
+  statuses: () => string[];
+  closed: Promise<unknown>;
+}> {
+  const socket = connect({
+    host: '127.0.0.1',
+    port: api.port,
+    ca: api.ca,
+    servername: 'localhost',
+  });
+  socket.on('error', () => undefined);
+  let text = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (chunk: string) => (text += chunk));
+  const closed = once(socket, 'close');
+  await once(socket, 'secureConnect');
+  return {
+    socket,
+    text: () => text,
+    statuses: () => [...text.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]!),
+    closed,
+  };
+}
+
+async function untilReceived(client: { text: () => string }, status: string): Promise<void> {
+  for (let i = 0; i < 5_000 && !client.text().includes(`HTTP/1.1 ${status} `); i++) {
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  expect(client.text()).toContain(`HTTP/1.1 ${status} `);
+}
+
+describe('a client that half-closes instead of sending a body refused before it was read', () => {
+  // Node's parser fails at the FIN in the middle of the body; that failure was answered 400
+  // BAD_REQUEST, a second answer to a request already answered, and the connection destroyed
+  // with any answer still queued.
+  it('on its Content-Length: the 413 alone, then the connection closed', async () => {
+    const client = await halfClosingClient();
+    client.socket.write(post('Content-Length: 1048576\r\n', 'half-cl'));
+    await untilReceived(client, '413');
+    const finAt = Date.now();
+    client.socket.end();
+    await client.closed;
+    expect(client.statuses()).toEqual(['413']);
+    // Closed as nothing more is owed, not cut by the drain's bound.
+    expect(Date.now() - finAt).toBeLessThan(DRAIN_MAX_MS);
+  });
+
+  it('chunked, past the limit: the 413 alone, then the connection closed', async () => {
+    const client = await halfClosingClient();
+    client.socket.write(post('Transfer-Encoding: chunked\r\n', 'half-chunked'));
+    client.socket.write(chunked(Buffer.alloc(20_000, 0x20)));
+    await untilReceived(client, '413');
+    const finAt = Date.now();
+    client.socket.end();
+    await client.closed;
+    expect(client.statuses()).toEqual(['413']);
+    // Closed as nothing more is owed, not cut by the drain's bound.
+    expect(Date.now() - finAt).toBeLessThan(DRAIN_MAX_MS);
+  });
+
+  it('after a command on the same connection: the command answered and written once, then the 413, then closed', async () => {
+    const valve = stack.plant.device('v1');
+    const writes = valve.writeLog.length;
+    const body = JSON.stringify({ device: 'v1', action: 'open' });
+    const client = await halfClosingClient();
+    client.socket.write(
+      post(`Content-Length: ${String(body.length)}\r\n`, 'half-command') +
+        body +
+        post('Content-Length: 1048576\r\n', 'half-cl-after'),
+    );
+    // The 413 was made while the command ran, and follows its answer.
+    await untilReceived(client, '200');
+    client.socket.end();
+    await client.closed;
+    expect(client.statuses()).toEqual(['200', '413']);
+    expect(stack.pipeline.get({ scope: 'plant', key: 'half-command' })).toMatchObject({
+      state: 'confirmed',
+    });
+    expect(valve.writeLog).toHaveLength(writes + 1);
   });
 });
 
