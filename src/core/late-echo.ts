@@ -167,10 +167,15 @@ export class LateEcho {
       // whether a readback showed its echo while it was open (a valve that took the write and
       // did not move) is not journaled, and that echo, read again now, would be noted as new.
       if (last?.seq == null || last.code === 'RESOLVED_BY_OPERATOR' || !inDoubt(last)) continue;
+      const history = journal.history(last);
       // Its latest write withdrawn before it was sent (the daemon's own line, which the take-up
       // of a dispatched command goes by too): that life knew it never left the gateway, and the
       // echo of its number can only be another master's.
-      if (latestWriteUnsent(journal.history(last), last.seq)) continue;
+      if (latestWriteUnsent(history, last.seq)) continue;
+      // Noted already, by an earlier life: the device shows the same echo until its next
+      // command, and every restart noted it again.
+      const noted = notePrefix(last.seq);
+      if (history.some((e) => e.intake === PIPELINE && e.detail.startsWith(noted))) continue;
       this.watched.set(device, { record: last, fromJournal: true, announced: true });
     }
   }
@@ -203,7 +208,7 @@ export class LateEcho {
       readback.sourceTime === null
         ? ''
         : ` (image of ${new Date(readback.sourceTime).toISOString()}, controller clock)`;
-    const detail = `a later readback shows its sequence number ${watched.seq} echoed: the controller took its write, which no readback had shown before the command ended ${watched.code ?? watched.state}; the device shows ${shown}${when}`;
+    const detail = `${notePrefix(entry.record.seq)} the controller took its write, which no readback had shown before the command ended ${watched.code ?? watched.state}; the device shows ${shown}${when}`;
     try {
       this.host.journal.note(watched, this.host.clock.now(), detail, PIPELINE);
     } catch (error) {
@@ -229,6 +234,11 @@ export class LateEcho {
       'the controller took the write of a command that ended with its write in doubt',
     );
   }
+}
+
+/** How the note of a late echo begins (one note per command: takeUp looks for it). */
+function notePrefix(seq: number | null): string {
+  return `a later readback shows its sequence number ${seq ?? 'none'} echoed:`;
 }
 
 /**

@@ -254,6 +254,27 @@ describe.concurrent(
       expect(h.get('k1')).toMatchObject({ state: 'failed', code: 'READBACK_TIMEOUT' });
     });
 
+    it('is noted once, not again after a restart while the device still shows the echo', async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const h = await harness(onTestFinished);
+      const valve = h.device('v1');
+      const r = await heldAndFailed(h, 'k1');
+      valve.clearFault('hold');
+      await h.until(
+        () => h.notes('k1').some((n) => n.includes('a later readback')),
+        5_000,
+        'the late echo noted',
+      );
+      for (let life = 0; life < 2; life++) {
+        await h.crash();
+        await h.restart();
+        await echoReadAfter(h, r.seq!, Date.now(), 'the echo read after the restart');
+      }
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toHaveLength(1);
+    });
+
     it("is taken up after a restart however many of the device's newest commands were never dispatched", async ({
       expect,
       onTestFinished,
