@@ -231,6 +231,29 @@ describe.concurrent(
       expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
     });
 
+    it("a write proven not applied is not noted when another master's write echoes its number", async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const h = await harness(onTestFinished);
+      const valve = h.device('v1');
+      // Every write is lost on the link (the connection reset before it reaches the PLC: its
+      // outcome unknown); the readbacks past the redispatch guard prove the first not applied,
+      // and then the second, which is not sent again.
+      valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 5 });
+      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 10_000 });
+      const r = await h.settled('k1');
+      expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 2 });
+      expect(r.detail).toMatch(
+        /^the write never reached the controller: .*; it was already dispatched twice, so it is not sent again; nothing was applied$/,
+      );
+      expect(valve.writeLog.filter((w) => w.seq === r.seq && w.outcome === 'accepted')).toEqual([]);
+      // Another master's stop that carries the same sequence number, taken.
+      valve.receiveWrite({ code: 3, setpoint: 0, seq: r.seq! });
+      await echoReadAfter(h, r.seq!, Date.now(), "the other master's echo read");
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    });
+
     it('is noted after a restart too: the watch is taken up from the journal', async ({
       expect,
       onTestFinished,
