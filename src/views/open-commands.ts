@@ -36,9 +36,10 @@ export interface StuckItem {
   /**
    * For an `accepted` command: the first (at most 3) of the open commands its device runs before
    * it, one at a time — one written and not settled first, then those accepted before it; for an
-   * accepted stop, only the stops before it (SPEC §2: a stop is not queued behind travel). For a
-   * `dispatched` one: the stops accepted after it, written or still to be, which paused it. Empty
-   * when nothing is ahead.
+   * accepted stop, only the stops before it still waiting to run (SPEC §2: a stop is not queued
+   * behind travel, nor behind a stop in flight whose effect is not seen). For a `dispatched` one:
+   * the stops accepted after it, written or still to be, which paused it. Empty when nothing is
+   * ahead.
    */
   readonly waitsBehind: readonly AheadCommand[];
   /** How many open commands its device runs before it (`waitsBehind` shows the first 3). */
@@ -114,15 +115,16 @@ function aheadOfEach(
     const id = refId(record);
     const at = place.get(id) ?? Infinity;
     if (record.state === 'dispatched') {
-      // A stop accepted after it has paused it (SPEC §2): travel from the stop's acceptance,
-      // written or not yet (its read of the device still to come); a stop in flight only once
-      // the later stop is written, since a later stop may as well queue behind it and let it
-      // finish (Preemption.stopOvertakes). It is taken up again once the stops settle.
+      // A stop accepted after it has paused it (SPEC §2), from the stop's acceptance, written or
+      // not yet (its read of the device still to come): travel, and a stop in flight too — a
+      // later stop takes a stop over at its claim when that one's effect is not seen
+      // (Preemption.stopOvertakes), as always after a restart, and a stop whose effect is seen
+      // settles at its next readback, before anyone reads this. Said paused only once the later
+      // stop was written, a stop overtaken while the device did not answer the later one's read
+      // was said to wait for nothing. It is taken up again once the stops settle.
       const stops = (byDevice.get(record.device) ?? [])
         .slice(at + 1)
-        .filter(
-          (r) => r.action === 'stop' && (record.action !== 'stop' || r.state === 'dispatched'),
-        );
+        .filter((r) => r.action === 'stop');
       return {
         first: stops
           .slice(0, AHEAD_SHOWN)
@@ -134,10 +136,13 @@ function aheadOfEach(
     const list = byDevice.get(record.device) ?? [];
     if (record.action === 'stop') {
       // SPEC §2, a stop is not queued behind travel: the written command it found is paused
-      // until it settles, and those accepted before it end superseded. Only a stop taken
-      // before it may go first (one still waiting runs ahead of it; one in flight is overtaken
-      // or finished first, as the device shows, which the journal does not say).
-      const stops = list.slice(0, Math.min(at, list.length)).filter((r) => r.action === 'stop');
+      // until it settles, and those accepted before it end superseded. Only a stop still waiting
+      // to run goes first; a stop in flight (written) is overtaken by this one when its effect
+      // is not seen, and settles at its next readback when it is (Preemption.stopOvertakes):
+      // the journal does not say which, and the first is the one that lasts.
+      const stops = list
+        .slice(0, Math.min(at, list.length))
+        .filter((r) => r.action === 'stop' && r.state === 'accepted');
       return {
         first: stops
           .slice(0, AHEAD_SHOWN)

@@ -344,7 +344,7 @@ describe('what an open command waits behind', () => {
     ]);
   });
 
-  it('a stop pauses the travel in flight from its acceptance, a stop in flight only once it is written itself', () => {
+  it('a stop pauses the command in flight from its acceptance, travel or a stop', () => {
     const behind = (): [string, string, string[]][] =>
       stuckItems(journal.listOpen(), 0, NOW, null, journal).map((i) => [
         i.key,
@@ -360,16 +360,18 @@ describe('what an open command waits behind', () => {
       ['stop-a', 'accepted', []],
     ]);
 
-    // A stop in flight, then another stop not written yet: the later one may as well queue
-    // behind the first and let it finish (Preemption.stopOvertakes), so the first is not said
-    // to be paused; written, the later one has overtaken it.
+    // A stop in flight, then another stop not written yet: the later one took the first over at
+    // its claim when the first's effect was not seen (Preemption.stopOvertakes; always after a
+    // restart), and a first whose effect is seen settles at its next readback: the first is
+    // said to be paused, the later one to wait behind nothing (stop-waits-behind.test.ts has
+    // the pipeline do it).
     const first = dispatch(claim('stop-1', 'v2', NOW + 20_000, 'stop'), NOW - 2_000);
     const second = claim('stop-2', 'v2', NOW + 25_000, 'stop');
     const onV2 = (): [string, string, string[]][] =>
       behind().filter(([k]) => k.startsWith('stop-') && k !== 'stop-a');
     expect(onV2()).toEqual([
-      ['stop-1', 'dispatched', []],
-      ['stop-2', 'accepted', ['stop-1 (dispatched)']],
+      ['stop-1', 'dispatched', ['stop-2 (accepted)']],
+      ['stop-2', 'accepted', []],
     ]);
     dispatch(second, NOW - 1_000);
     expect(onV2()).toEqual([

@@ -73,3 +73,67 @@ describe('an accepted stop, while its read of the device is still to come', () =
     await h.settled('close-1');
   });
 });
+
+/**
+ * A second stop while the first is written and its effect not seen (its write answered 0x04,
+ * the valve still opening): the second takes the first over at its claim (Preemption.
+ * stopOvertakes), before its own read of the device, as a stop takes travel over; the first is
+ * judged again only once the second is terminal. Said so while that read is still to come.
+ */
+describe('a second stop, while its read of the device is still to come and the first stop in flight is not seen to take effect', () => {
+  it('is said to have paused the first, which it is not said to wait behind, and is written while the first is still open', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await SimHarness.start({ travelMs: 3_000, timing: { confirmTimeoutMs: 5_000 } });
+    onTestFinished(() => h.close());
+    const valve = h.device('v1');
+    const plc = h.plant.plc('mb');
+    h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await h.until(() => valve.snapshot().position >= 20, 10_000, 'v1 at 20 %');
+    plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
+    h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    // The first stop's write was answered 0x04 (the fault is used up: not applied, its outcome
+    // unknown to the daemon), and a readback after it shows the valve still opening.
+    const readsBefore = valve.readLog.length;
+    await h.until(
+      () => plc.faults().length === 0 && valve.readLog.length > readsBefore + 2,
+      5_000,
+      'the first stop refused, the valve read since',
+    );
+    expect(valve.snapshot().state).toBe('OPENING');
+    valve.setFault({ kind: 'drop', on: 'read' });
+    h.submit('stop-2', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    expect(h.get('stop-1')).toMatchObject({ state: 'dispatched' });
+    expect(h.get('stop-2')).toMatchObject({ state: 'accepted' });
+
+    const first = showCommand(h.get('stop-1')!, h.journal, Date.now(), () => null);
+    expect(first.open).toMatchObject({
+      waitsBehind: [{ key: 'stop-2', state: 'accepted' }],
+      waitsBehindCount: 1,
+    });
+    const second = showCommand(h.get('stop-2')!, h.journal, Date.now(), () => null);
+    expect(second.open).toMatchObject({ waitsBehind: [], waitsBehindCount: 0 });
+    const listed = stuckItems(h.journal.listOpen(), 0, Date.now(), null, h.journal);
+    expect(listed.find((i) => i.key === 'stop-1')?.waitsBehind).toEqual([
+      { key: 'stop-2', scope: 'plant', state: 'accepted' },
+    ]);
+
+    // Ground truth: the second stop is written while the first is still open, which is taken up
+    // again (by reading) only once the second is terminal, and never written.
+    valve.clearFault('drop');
+    await h.until(() => h.get('stop-2')?.seq != null, 10_000, 'the second stop dispatched');
+    const secondSeq = h.get('stop-2')!.seq!;
+    await h.until(() => valve.writesWithSeq(secondSeq) === 1, 10_000, 'the second stop written');
+    const [stop2, stop1, opened] = [
+      await h.settled('stop-2'),
+      await h.settled('stop-1'),
+      await h.settled('open-1'),
+    ];
+    expect(stop2).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(stop1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    expect(stop1.settledAt!).toBeGreaterThanOrEqual(stop2.settledAt!);
+    expect(valve.writesWithSeq(stop1.seq!)).toBe(0);
+    expect(opened).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+  });
+});
