@@ -2,6 +2,7 @@ import type { Clock } from './clock.js';
 import type { CommandRecord, Journal } from './journal.js';
 import { commandLogger, PIPELINE, refId } from './lane.js';
 import type { Logger } from './logger.js';
+import { latestWriteWithheld } from './open-commands.js';
 import { latestWriteUnsent } from './redispatch.js';
 import type { TimedReadback } from './skew.js';
 
@@ -172,6 +173,9 @@ export class LateEcho {
       // of a dispatched command goes by too): that life knew it never left the gateway, and the
       // echo of its number can only be another master's.
       if (latestWriteUnsent(history, last.seq)) continue;
+      // Its write withheld when its dispatch could not be made durable (the take-up's own line),
+      // and not dispatched again since: it never left the gateway either.
+      if (latestWriteWithheld(history, last.seq)) continue;
       // Noted already, by an earlier life: the device shows the same echo until its next
       // command, and every restart noted it again.
       const noted = notePrefix(last.seq);

@@ -106,6 +106,29 @@ export function takeUpNote(
 const TAKE_UP_NOTE = /^taken up(?: again)?: sequence number \d+\b.*; settling by readback$/;
 
 /**
+ * Whether the latest write of sequence number `seq` in this history was withheld, never sent:
+ * its dispatch's barrier failed and the take-up says so (takeUpNote, `withheld`), with no
+ * dispatch or redispatch after it. The daemon's own line, journaled when it took the command up:
+ * an echo of that number can only be another master's write.
+ */
+export function latestWriteWithheld(history: readonly JournalEvent[], seq: number): boolean {
+  const withheld = takeUpNote(seq, null, true);
+  let unsent = false;
+  for (const event of history) {
+    if (event.from === 'accepted' && event.to === 'dispatched') unsent = false;
+    else if (event.detail.startsWith('redispatch:')) unsent = false;
+    else if (
+      event.from === 'dispatched' &&
+      event.to === 'dispatched' &&
+      event.detail === withheld
+    ) {
+      unsent = true;
+    }
+  }
+  return unsent;
+}
+
+/**
  * When recovery took up this command to settle it by readback, by its history: the note the
  * confirmation loop journals at the take-up (takeUpNote); null when none. The daemon and the
  * readers of the journal alone (sluicectl, the status page) go by it alike: the take-up's

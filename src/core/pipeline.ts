@@ -196,12 +196,24 @@ export class CommandPipeline {
       logger: this.logger,
       echoed: (device) => this.lanes.get(device)?.mirror?.seq ?? null,
       wrote: (record) => {
-        const last = this.lanes.get(record.device)?.lastWrite ?? null;
+        const lane = this.lanes.get(record.device);
+        const last = lane?.lastWrite ?? null;
+        const withheld = lane?.withheld ?? null;
         return (
           last !== null &&
           last.scope === record.scope &&
           last.key === record.key &&
-          last.seq === record.seq
+          last.seq === record.seq &&
+          // Withheld when its dispatch could not be made durable, then taken up with a stand-in
+          // for the write (confirmation.ts) and not dispatched again (a redispatch writes it for
+          // real): never sent.
+          !(
+            withheld !== null &&
+            withheld.scope === record.scope &&
+            withheld.key === record.key &&
+            withheld.seq === record.seq &&
+            record.attempts < 2
+          )
         );
       },
     });

@@ -6,6 +6,7 @@ import { LateEcho } from '../../src/core/late-echo.js';
 import { silentLogger } from '../../src/core/logger.js';
 import type { TimedReadback } from '../../src/core/skew.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { failFdatasync } from '../helpers/failing-fdatasync.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { lockHolder } from '../helpers/journal-lock.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
@@ -400,6 +401,54 @@ describe('a command in doubt while a barrier runs', () => {
     // Another master's stop that carries the same sequence number, taken.
     valve.receiveWrite({ code: 3, setpoint: 0, seq });
     await echoReadAfter(h, seq, Date.now(), "the other master's echo read after the restart");
+    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+  });
+
+  it("a write withheld when its dispatch could not be made durable is not noted when another master's write echoes its number, in this life or the next", async ({
+    expect,
+    onTestFinished,
+  }) => {
+    // No idle monitor yet: the one read held below is the command's fresh read.
+    const h = await harness(onTestFinished, { monitorMs: undefined });
+    const valve = h.device('v1');
+    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 10_000 });
+    await h.until(
+      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+      5_000,
+      'the fresh read held',
+    );
+    // A double for the one fault no real part here produces on demand: an fdatasync that fails
+    // with EIO (a disk's write error). The journal fails every barrier until it has recovered,
+    // a second later: the dispatch's among them, and the write is withheld, never sent.
+    const disk = failFdatasync(1);
+    onTestFinished(() => {
+      disk.restore();
+    });
+    valve.clearFault('stall');
+    await h.until(() => (disk.failures === 1 ? true : undefined), 5_000, 'the failed flush');
+    // The device answers no read from now: the take-up after the journal's recovery sees
+    // nothing, and the command ends with its effect unknown to the confirmation loop.
+    valve.setFault({ kind: 'drop', on: 'read' });
+    const r = await h.settled('k1');
+    expect(r.state).toBe('failed');
+    expect(r.seq).not.toBeNull();
+    expect(h.notes('k1')).toContain(
+      `dispatched: taken up: sequence number ${r.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
+    );
+    expect(valve.writesWithSeq(r.seq!)).toBe(0);
+    valve.clearFault('drop');
+    h.pipeline.startMonitor(50);
+    // Another master's stop that carries the same sequence number, taken.
+    valve.receiveWrite({ code: 3, setpoint: 0, seq: r.seq! });
+    await echoReadAfter(h, r.seq!, Date.now(), "the other master's echo read");
+    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    // The next life takes the watch up from the journal: the history says the write was
+    // withheld, and the echo the device still shows is not noted either.
+    await h.crash();
+    await h.restart();
+    h.pipeline.startMonitor(50);
+    await echoReadAfter(h, r.seq!, Date.now(), 'the echo read after the restart');
     expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
   });
 
