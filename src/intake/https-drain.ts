@@ -65,12 +65,19 @@ export function settleUnreadBody(
     clearTimeout(timer);
     request.off('data', count);
     request.off('end', stop);
+    socket.off('end', stop);
     socket.off('close', stop);
   }
   // Read here, not by Node: Node discards a body nobody consumed without a count (its 'data'
   // events stop), and this reading is what bounds it.
   request.on('data', count);
   request.once('end', stop);
+  // The client's end of input (a FIN, with close_notify or not): the rest of the body will not
+  // come, and there is nothing left to bound. Cut at the bound all the same, the connection lost
+  // the answers still owed before this one (a command waiting for its outcome, pipelined before
+  // it); it is closed once nothing more is owed (https-owed.ts endedInAnsweredBody), and a client
+  // that does not read them is bounded as any other (https-connections.ts boundAnswers).
+  socket.once('end', stop);
   socket.once('close', stop);
   return 'drained';
 }

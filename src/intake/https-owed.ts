@@ -101,11 +101,18 @@ export class AnswersOwed {
    * other, a `400 BAD_REQUEST` to no request after the answer the client had, its connection
    * destroyed at once — an answer still queued behind an earlier one (pipelined) lost with it.
    * Nothing is answered for it: the connection is closed once nothing more is owed (at once, or
-   * after the answers still being written). False for any other error, and for one whose request
-   * is not answered yet (its answer is the failure's) or that cut a request's head (no request).
+   * after the answers still being written). The same request, never complete, later passes the
+   * request timeout while an earlier request's answer is still owed (a command waiting for its
+   * outcome, pipelined before it): Node then reports ERR_HTTP_REQUEST_TIMEOUT, taken here too —
+   * answered, it was a `408` after the refusal, a second answer to the request. False for any
+   * other error, and for one whose request is not answered yet (its answer is the failure's) or
+   * that cut a request's head (no request).
    */
   endedInAnsweredBody(socket: Socket, error: { code?: string }): boolean {
-    if (error.code !== 'HPE_INVALID_EOF_STATE' || !socket.readableEnded) return false;
+    if (error.code !== 'HPE_INVALID_EOF_STATE' && error.code !== 'ERR_HTTP_REQUEST_TIMEOUT') {
+      return false;
+    }
+    if (!socket.readableEnded) return false;
     const request = this.latest.get(socket);
     if (request === undefined || request.complete) return false;
     const answer = this.answers.get(request);

@@ -5,7 +5,7 @@ import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DRAIN_MAX_BYTES, DRAIN_MAX_MS, settleUnreadBody } from '../../src/intake/https-drain.js';
 import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
-import { makePki, startIntake, type Pki, type RunningIntake } from './https-client.js';
+import { makePki, startIntake, until, type Pki, type RunningIntake } from './https-client.js';
 
 /**
  * A body refused as too large (413) is refused before it was read, while the client may still be
@@ -273,7 +273,7 @@ describe('any answer given before the body was read: the rest drained within the
  * A TLS client that reads everything the server sends, and half-closes when told: the answers
  * it got, by their status lines, once the server has closed the connection.
  */
-async function halfClosingClient(): Promise<{
+async function halfClosingClient(target: RunningIntake = api): Promise<{
   socket: TLSSocket;
   text: () => string;
   statuses: () => string[];
@@ -281,8 +281,8 @@ async function halfClosingClient(): Promise<{
 }> {
   const socket = connect({
     host: '127.0.0.1',
-    port: api.port,
-    ca: api.ca,
+    port: target.port,
+    ca: target.ca,
     servername: 'localhost',
   });
   socket.on('error', () => undefined);
@@ -355,6 +355,56 @@ describe('a client that half-closes instead of sending a body refused before it 
     });
     expect(valve.writeLog).toHaveLength(writes + 1);
   });
+});
+
+describe('a client that half-closes instead of sending a refused body, behind a command still waiting for its outcome', () => {
+  // The 413 is made at once and waits behind the command's answer; the client half-closes
+  // without the body. The drain's bound (10 s from the 413) cut the connection with the
+  // command's answer still owed (nothing answered), and past the request timeout Node reported
+  // the cut request, answered 408 after its 413. Here the request timeout is 4 s, the drain's
+  // bound the daemon's (10 s), and the command's wait 12 s: its read of the valve is held by
+  // sluice-sim, so it is still open when its answer (202) is made.
+  it('the command answered after the drain bound and the request timeout, then the 413 alone, then closed', async () => {
+    const shortened = await startIntake(stack, pki, {
+      timeouts: { handshakeMs: 10_000, firstRequestMs: 10_000, requestMs: 4_000 },
+    });
+    const valve = stack.plant.device('v2');
+    try {
+      valve.setFault({ kind: 'stall', on: 'read', count: 1_000 });
+      const body = JSON.stringify({ device: 'v2', action: 'open' });
+      const client = await halfClosingClient(shortened);
+      client.socket.write(
+        post(`Prefer: wait=12\r\nContent-Length: ${String(body.length)}\r\n`, 'held-command') +
+          body +
+          post('Content-Length: 1048576\r\n', 'held-cl-after'),
+      );
+      // The command's read of the valve is held: both requests were read, the 413 made (the
+      // same chunk, microtasks away) long before.
+      await until(
+        () => (valve.faults()[0]?.remaining ?? 1_000) < 1_000,
+        5_000,
+        "the command's read of the valve held",
+      );
+      const finAt = Date.now();
+      client.socket.end();
+      await client.closed;
+      expect(client.statuses()).toEqual(['202', '413']);
+      expect(client.text()).toContain('"key":"held-command"');
+      // Closed once the command's answer and the 413 were written, past the drain's bound.
+      expect(Date.now() - finAt).toBeGreaterThan(DRAIN_MAX_MS);
+      expect(stack.pipeline.get({ scope: 'plant', key: 'held-command' })).toMatchObject({
+        state: 'accepted',
+      });
+    } finally {
+      valve.clearFault('stall');
+      await shortened.stop();
+    }
+    const settled = await stack.pipeline.waitForSettled(
+      { scope: 'plant', key: 'held-command' },
+      20_000,
+    );
+    expect(settled?.state).not.toBe('accepted');
+  }, 40_000);
 });
 
 describe('a body read whole and refused: the connection serves on', () => {
