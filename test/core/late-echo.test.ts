@@ -23,14 +23,15 @@ import { holdThreadPool } from '../helpers/thread-pool.js';
 
 async function harness(
   onTestFinished: TestContext['onTestFinished'],
-  options: SimHarnessOptions = {},
+  options: Omit<SimHarnessOptions, 'monitorMs'> & { readonly monitorMs?: number | null } = {},
 ): Promise<SimHarness> {
-  // The idle monitor reads the device between commands, as the daemon does.
+  // The idle monitor reads the device between commands, as the daemon does (null: none).
+  const { monitorMs = 50, ...rest } = options;
   const h = await SimHarness.start({
     warm: true,
-    monitorMs: 50,
     timing: { confirmTimeoutMs: 800 },
-    ...options,
+    ...rest,
+    ...(monitorMs === null ? {} : { monitorMs }),
   });
   onTestFinished(() => h.close());
   return h;
@@ -409,7 +410,7 @@ describe('a command in doubt while a barrier runs', () => {
     onTestFinished,
   }) => {
     // No idle monitor yet: the one read held below is the command's fresh read.
-    const h = await harness(onTestFinished, { monitorMs: undefined });
+    const h = await harness(onTestFinished, { monitorMs: null });
     const valve = h.device('v1');
     valve.setFault({ kind: 'stall', on: 'read', count: 1 });
     h.submit('k1', { device: 'v1', action: 'open', ttlMs: 10_000 });
@@ -426,7 +427,7 @@ describe('a command in doubt while a barrier runs', () => {
       disk.restore();
     });
     valve.clearFault('stall');
-    await h.until(() => (disk.failures === 1 ? true : undefined), 5_000, 'the failed flush');
+    await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
     // The device answers no read from now: the take-up after the journal's recovery sees
     // nothing, and the command ends with its effect unknown to the confirmation loop.
     valve.setFault({ kind: 'drop', on: 'read' });
