@@ -1,5 +1,5 @@
 import type { Clock } from './clock.js';
-import type { CommandRecord, Journal } from './journal.js';
+import type { CommandRecord, Journal, JournalEvent } from './journal.js';
 import { commandLogger, PIPELINE, refId } from './lane.js';
 import type { Logger } from './logger.js';
 import { latestWriteWithheld } from './open-commands.js';
@@ -135,6 +135,13 @@ export class LateEcho {
     // Its write never sent (no connection to the controller, or withdrawn while it waited
     // for one): the echo of its number can only be another master's.
     if (!this.host.wrote(record)) return;
+    // Nor when its history says its latest write never left the gateway, which the lane's last
+    // write does not always know: a take-up stands in a write for a command it finds
+    // dispatched (confirmation.ts), one an earlier life withheld among them, and a stop hands
+    // the write of the command it preempted back once it is terminal (preemption.ts,
+    // afterStop), a second write it withdrew among them. Both were watched, and another
+    // master's write of their number noted as the controller taking it.
+    if (this.historySaysUnsent(record)) return;
     this.watched.set(record.device, { record, fromJournal: false, announced: false });
   }
 
@@ -169,18 +176,30 @@ export class LateEcho {
       // did not move) is not journaled, and that echo, read again now, would be noted as new.
       if (last?.seq == null || last.code === 'RESOLVED_BY_OPERATOR' || !inDoubt(last)) continue;
       const history = journal.history(last);
-      // Its latest write withdrawn before it was sent (the daemon's own line, which the take-up
-      // of a dispatched command goes by too): that life knew it never left the gateway, and the
-      // echo of its number can only be another master's.
-      if (latestWriteUnsent(history, last.seq)) continue;
-      // Its write withheld when its dispatch could not be made durable (the take-up's own line),
-      // and not dispatched again since: it never left the gateway either.
-      if (latestWriteWithheld(history, last.seq)) continue;
+      if (latestWriteNeverSent(history, last.seq)) continue;
       // Noted already, by an earlier life: the device shows the same echo until its next
       // command, and every restart noted it again.
       const noted = notePrefix(last.seq);
       if (history.some((e) => e.intake === PIPELINE && e.detail.startsWith(noted))) continue;
       this.watched.set(device, { record: last, fromJournal: true, announced: true });
+    }
+  }
+
+  /**
+   * Whether the command's history says its latest write never left the gateway
+   * (latestWriteNeverSent). A history that cannot be read now counts as saying so: a note
+   * missed is better than a false one, and the settlement it is asked at must go on.
+   */
+  private historySaysUnsent(record: CommandRecord): boolean {
+    if (record.seq === null) return true;
+    try {
+      return latestWriteNeverSent(this.host.journal.history(record), record.seq);
+    } catch (error) {
+      commandLogger(this.host.logger, record).warn(
+        { err: error },
+        'late echo: the history of a command in doubt cannot be read; it is not watched',
+      );
+      return true;
     }
   }
 
@@ -238,6 +257,17 @@ export class LateEcho {
       'the controller took the write of a command that ended with its write in doubt',
     );
   }
+}
+
+/**
+ * Whether the history shows the latest write of sequence number `seq` never sent: withdrawn
+ * before it was sent (the daemon's own line, which the take-up of a dispatched command goes by
+ * too), or withheld when its dispatch could not be made durable (the take-up's own line), and
+ * not dispatched again since. It never left the gateway, and an echo of its number can only be
+ * another master's.
+ */
+function latestWriteNeverSent(history: readonly JournalEvent[], seq: number): boolean {
+  return latestWriteUnsent(history, seq) || latestWriteWithheld(history, seq);
 }
 
 /** How the note of a late echo begins (one note per command: takeUp looks for it). */

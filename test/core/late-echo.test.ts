@@ -256,6 +256,48 @@ describe.concurrent(
       expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
     });
 
+    it("a second write withdrawn by a stop that was never written is not noted when another master's write echoes its number", async ({
+      expect,
+      onTestFinished,
+    }) => {
+      const h = await harness(onTestFinished);
+      const valve = h.device('v1');
+      // The first write is lost on the link (the connection reset before it reaches the PLC)
+      // and proven not applied past the guard; the second is answered busy (0x06), and waits
+      // to be sent again.
+      valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 10_000 });
+      await h.until(
+        () => !valve.faults().some((f) => f.kind === 'reset'),
+        5_000,
+        'the first write lost',
+      );
+      valve.setFault({ kind: 'exception', code: 6, on: 'write' });
+      await h.until(
+        () => h.get('k1')?.attempts === 2 && h.notes('k1').some((n) => n.includes('answered busy')),
+        5_000,
+        'the second write answered busy',
+      );
+      const seq = h.get('k1')!.seq!;
+      // A stop preempts it and withdraws the second write; the stop itself is never written
+      // (the device answers none of its reads before its deadline).
+      valve.setFault({ kind: 'drop', on: 'read' });
+      h.submit('s1', { device: 'v1', action: 'stop', ttlMs: 1_500 });
+      const stop = await h.settled('s1');
+      expect(stop).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', seq: null });
+      valve.clearFault('drop');
+      // Dispatched twice, its second write never sent: not sent again, nothing was applied.
+      const r = await h.settled('k1');
+      expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 2 });
+      expect(r.detail).toMatch(/nothing was applied$/);
+      valve.clearFault('exception');
+      expect(valve.writeLog.filter((w) => w.seq === seq && w.outcome === 'accepted')).toEqual([]);
+      // Another master's stop that carries the same sequence number, taken.
+      valve.receiveWrite({ code: 3, setpoint: 0, seq });
+      await echoReadAfter(h, seq, Date.now(), "the other master's echo read");
+      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    });
+
     it('is noted after a restart too: the watch is taken up from the journal', async ({
       expect,
       onTestFinished,
@@ -450,6 +492,53 @@ describe('a command in doubt while a barrier runs', () => {
     await h.restart();
     h.pipeline.startMonitor(50);
     await echoReadAfter(h, r.seq!, Date.now(), 'the echo read after the restart');
+    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+  });
+
+  it("a write withheld by an earlier life, settled in doubt by the next one's take-up, is not noted when another master's write echoes its number", async ({
+    expect,
+    onTestFinished,
+  }) => {
+    // No idle monitor: the one read held below is the command's fresh read.
+    const h = await harness(onTestFinished, { monitorMs: null });
+    const valve = h.device('v1');
+    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 6_000 });
+    await h.until(
+      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+      5_000,
+      'the fresh read held',
+    );
+    // A double for the one fault no real part here produces on demand: an fdatasync that fails
+    // with EIO. The dispatch's barrier fails and the write is withheld, never sent.
+    const disk = failFdatasync(1);
+    onTestFinished(() => {
+      disk.restore();
+    });
+    valve.clearFault('stall');
+    await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
+    // The device answers no read from now: the take-up after the journal's recovery sees
+    // nothing, and the process dies while it reads.
+    valve.setFault({ kind: 'drop', on: 'read' });
+    const seq = h.get('k1')!.seq!;
+    const withheld = `dispatched: taken up: sequence number ${seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`;
+    await h.until(
+      () => h.notes('k1').includes(withheld),
+      5_000,
+      'the take-up of the withheld write',
+    );
+    await h.crash();
+    // The next life takes it up (the device still answers nothing) and ends it with its effect
+    // unknown to the confirmation loop: it never had a write, of this life or the last.
+    await h.restart();
+    const r = await h.settled('k1', 15_000);
+    expect(r.state).toBe('failed');
+    expect(valve.writesWithSeq(seq)).toBe(0);
+    valve.clearFault('drop');
+    h.pipeline.startMonitor(50);
+    // Another master's stop that carries the same sequence number, taken.
+    valve.receiveWrite({ code: 3, setpoint: 0, seq });
+    await echoReadAfter(h, seq, Date.now(), "the other master's echo read");
     expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
   });
 
