@@ -685,7 +685,14 @@ export class ConfirmationLoop {
         await this.host.journal.durable();
         // As before the first write (execution.ts): not for a command an operator resolved
         // meanwhile, nor past its deadline (I3), which the barrier may have outlasted.
-        if (settledMeanwhile(this.host, lane, again, log)) return { kind: 'settled' };
+        if (settledMeanwhile(this.host, lane, again, log)) {
+          // Its first write proven not applied and its second never handed to the driver: no
+          // write of it stands. Left the lane's last, the first write had the resolved command
+          // watched for a late echo, and another master's write of its number noted as the
+          // controller taking it (late-echo.ts).
+          if (lane.lastWrite === ctx.write) lane.lastWrite = null;
+          return { kind: 'settled' };
+        }
         if (aborted(lane)) {
           // A stop preempted it meanwhile (or the daemon is stopping): never written again.
           this.secondUnsent(

@@ -542,6 +542,41 @@ describe('a command in doubt while a barrier runs', () => {
     expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
   });
 
+  it("a write proven not applied, resolved while its second dispatch was being made durable, is not noted when another master's write echoes its number", async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await harness(onTestFinished);
+    const valve = h.device('v1');
+    // The first write is lost on the link (the connection reset before it reaches the PLC);
+    // the readbacks past the guard prove it not applied, and a second dispatch is journaled.
+    valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 10_000 });
+    await h.until(
+      () => !valve.faults().some((f) => f.kind === 'reset'),
+      5_000,
+      'the first write lost',
+    );
+    // Its barrier held: an operator resolves the command before the second write is sent.
+    const pool = holdThreadPool();
+    onTestFinished(() => pool.release());
+    await h.until(() => h.get('k1')?.attempts === 2, 5_000, 'the second dispatch journaled');
+    const seq = h.get('k1')!.seq!;
+    h.pipeline.resolve({ scope: 'plant', key: 'k1' }, 'ops', 'done by hand');
+    await pool.release();
+    expect(h.get('k1')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+    // Neither write reached the controller: the first lost on the link, the second never sent.
+    await h.until(() => h.pipeline.devices().find((d) => d.id === 'v1')?.mirror !== null);
+    expect(valve.writeLog.filter((w) => w.seq === seq).map((w) => w.outcome)).not.toContain(
+      'accepted',
+    );
+    expect(valve.counters.writesReceived).toBe(0);
+    // Another master's stop that carries the same sequence number, taken.
+    valve.receiveWrite({ code: 3, setpoint: 0, seq });
+    await echoReadAfter(h, seq, Date.now(), "the other master's echo read");
+    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+  });
+
   it('an echo read while its settlement was being made durable is noted once it is: it was read after the command ended', async ({
     expect,
     onTestFinished,
