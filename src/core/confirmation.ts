@@ -12,7 +12,7 @@ import {
   type LastWrite,
 } from './lane.js';
 import type { Logger } from './logger.js';
-import { takeUpNote } from './open-commands.js';
+import { latestWriteWithheld, takeUpNote } from './open-commands.js';
 import type { DeviceProfile } from './profile.js';
 import { stopOverPreempted } from './preemption.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
@@ -193,18 +193,32 @@ export class ConfirmationLoop {
       unknownSinceMono: nowMono,
       epoch: null,
     };
+    const history = this.host.journal.history(record);
     // Dispatched by this process, whose write it withheld (its barrier failed): no write of
     // it was sent, by this life or an earlier one. Judged as a write whose outcome is unknown
     // from now all the same (the memory only names it).
-    const withheld =
+    const withheldHere =
       remembered === null &&
       lane.withheld !== null &&
       lane.withheld.scope === record.scope &&
       lane.withheld.key === record.key &&
       lane.withheld.seq === record.seq;
+    // Or by an earlier life, whose take-up said so before the process ended, and not dispatched
+    // again since: its history says it never left the gateway, and "written by an earlier life"
+    // would put a write that never was in its history (and count a restart's redispatch).
+    const withheldBefore =
+      remembered === null && !withheldHere && latestWriteWithheld(history, record.seq);
+    const withheld = withheldHere || withheldBefore;
     if (!write.acked && write.unknownSinceMono === null) write.unknownSinceMono = nowMono;
     lane.lastWrite = write;
-    this.host.note(record, takeUpNote(record.seq, remembered === null ? null : write, withheld));
+    this.host.note(
+      record,
+      takeUpNote(
+        record.seq,
+        remembered === null ? null : write,
+        withheldBefore ? 'by an earlier life' : withheldHere,
+      ),
+    );
     const windowMs = Math.max(
       profile.timing.confirmTimeoutMs,
       lane.unreachableGraceMs,
@@ -221,7 +235,7 @@ export class ConfirmationLoop {
         withheld,
         windowMs,
         confirmByMono: nowMono + windowMs,
-        localSeen: localSeenIn(this.host.journal.history(record), record.seq),
+        localSeen: localSeenIn(history, record.seq),
       },
       log,
       true,

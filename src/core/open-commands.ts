@@ -88,13 +88,17 @@ export interface StuckRule {
  * The note the confirmation loop journals when it takes up a dispatched command to settle it by
  * readback (dispatched → dispatched): written by an earlier life of the daemon (`write` null),
  * taken up again in this one, or `withheld` by this one (its dispatch's barrier failed, so it
- * was never sent: lane.ts). takeUpAt() finds it; both live here so that they cannot drift.
+ * was never sent: lane.ts) or by an earlier life (whose take-up said so before the process
+ * ended). takeUpAt() finds it; both live here so that they cannot drift.
  */
 export function takeUpNote(
   seq: number,
   write: { readonly acked: boolean } | null,
-  withheld = false,
+  withheld: boolean | 'by an earlier life' = false,
 ): string {
+  if (withheld === 'by an earlier life') {
+    return `taken up: sequence number ${seq}, never sent (an earlier life of the daemon withheld it: the journal failed before its dispatch was on disk); settling by readback`;
+  }
   if (withheld) {
     return `taken up: sequence number ${seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`;
   }
@@ -112,7 +116,7 @@ const TAKE_UP_NOTE = /^taken up(?: again)?: sequence number \d+\b.*; settling by
  * an echo of that number can only be another master's write.
  */
 export function latestWriteWithheld(history: readonly JournalEvent[], seq: number): boolean {
-  const withheld = takeUpNote(seq, null, true);
+  const withheld = [takeUpNote(seq, null, true), takeUpNote(seq, null, 'by an earlier life')];
   let unsent = false;
   for (const event of history) {
     if (event.from === 'accepted' && event.to === 'dispatched') unsent = false;
@@ -120,7 +124,7 @@ export function latestWriteWithheld(history: readonly JournalEvent[], seq: numbe
     else if (
       event.from === 'dispatched' &&
       event.to === 'dispatched' &&
-      event.detail === withheld
+      withheld.includes(event.detail)
     ) {
       unsent = true;
     }

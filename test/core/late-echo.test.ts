@@ -534,6 +534,11 @@ describe('a command in doubt while a barrier runs', () => {
     const r = await h.settled('k1', 15_000);
     expect(r.state).toBe('failed');
     expect(valve.writesWithSeq(seq)).toBe(0);
+    // Its history says what the next life knew: withheld, never sent, not written by it.
+    expect(h.notes('k1')).toContain(
+      `dispatched: taken up: sequence number ${seq}, never sent (an earlier life of the daemon withheld it: the journal failed before its dispatch was on disk); settling by readback`,
+    );
+    expect(h.notes('k1').join('\n')).not.toContain('written by an earlier life');
     valve.clearFault('drop');
     h.pipeline.startMonitor(50);
     // Another master's stop that carries the same sequence number, taken.
