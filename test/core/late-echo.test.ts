@@ -100,6 +100,53 @@ async function echoReadAfter(
   );
 }
 
+/**
+ * Another master's stop that carries sequence number `seq`, taken by v1's controller, and a
+ * readback showing its echo received after it (see echoReadAfter).
+ */
+async function anotherMastersEcho(
+  h: SimHarness,
+  seq: number,
+  what = "the other master's echo read",
+): Promise<void> {
+  h.device('v1').receiveWrite({ code: 3, setpoint: 0, seq });
+  await echoReadAfter(h, seq, Date.now(), what);
+}
+
+/** The late-echo notes in the history of `key`. */
+function lateNotes(h: SimHarness, key = 'k1'): string[] {
+  return h.notes(key).filter((n) => n.includes('a later readback'));
+}
+
+/**
+ * An open of v1, key k1, whose write is withheld: its dispatch's barrier fails (an fdatasync
+ * failing with EIO, the one fault no real part here produces on demand; the journal fails every
+ * barrier until it has recovered, a second later), so it is never sent. From then on the device
+ * answers no read, so that its take-up after the journal's recovery sees nothing. For a harness
+ * with no idle monitor: the one read held first is the command's fresh read.
+ */
+async function withheldOpen(
+  h: SimHarness,
+  onTestFinished: TestContext['onTestFinished'],
+  ttlMs: number,
+): Promise<void> {
+  const valve = h.device('v1');
+  valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+  h.submit('k1', { device: 'v1', action: 'open', ttlMs });
+  await h.until(
+    () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+    5_000,
+    'the fresh read held',
+  );
+  const disk = failFdatasync(1);
+  onTestFinished(() => {
+    disk.restore();
+  });
+  valve.clearFault('stall');
+  await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
+  valve.setFault({ kind: 'drop', on: 'read' });
+}
+
 const LATE =
   /^a later readback shows its sequence number (\d+) echoed: the controller took its write, which no readback had shown before the command ended READBACK_TIMEOUT; the device shows (OPENING|OPEN)( at [\d.]+ %)? \(image of .+, controller clock\)$/;
 
@@ -114,7 +161,7 @@ describe.concurrent(
       const valve = h.device('v1');
       const r = await heldAndFailed(h, 'k1');
       expect(valve.writesWithSeq(r.seq!)).toBe(1);
-      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+      expect(lateNotes(h)).toEqual([]);
 
       // The controller takes the held write at its next scan.
       valve.clearFault('hold');
@@ -155,7 +202,7 @@ describe.concurrent(
       expect(valve.writesWithSeq(second.seq!)).toBe(1);
       // Readbacks after the second command showing its echo: none noted on the first.
       await echoReadAfter(h, second.seq!, Date.now(), "the second command's echo read again");
-      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+      expect(lateNotes(h)).toEqual([]);
     });
 
     it('an echo read while the command was open is not noted: a stuck valve an operator resolved', async ({
@@ -169,7 +216,7 @@ describe.concurrent(
       // Readbacks received well after the resolve (a note would be journaled as one arrives),
       // showing the same echo: nothing noted.
       await echoReadAfter(h, seq, resolvedAt, 'the echo read again after the resolve');
-      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+      expect(lateNotes(h)).toEqual([]);
       valve.clearFault('stuck-travel');
     });
 
@@ -188,7 +235,7 @@ describe.concurrent(
       const restartedAt = Date.now();
       // Readbacks of the new life, well after its start, showing the same echo: nothing noted.
       await echoReadAfter(h, seq, restartedAt, 'the echo read again after the restart');
-      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+      expect(lateNotes(h)).toEqual([]);
       valve.clearFault('stuck-travel');
     });
 
@@ -230,7 +277,7 @@ describe.concurrent(
         5_000,
         "the other master's echo read",
       );
-      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+      expect(lateNotes(h)).toEqual([]);
     });
 
     it("a write proven not applied is not noted when another master's write echoes its number", async ({
@@ -251,9 +298,8 @@ describe.concurrent(
       );
       expect(valve.writeLog.filter((w) => w.seq === r.seq && w.outcome === 'accepted')).toEqual([]);
       // Another master's stop that carries the same sequence number, taken.
-      valve.receiveWrite({ code: 3, setpoint: 0, seq: r.seq! });
-      await echoReadAfter(h, r.seq!, Date.now(), "the other master's echo read");
-      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+      await anotherMastersEcho(h, r.seq!);
+      expect(lateNotes(h)).toEqual([]);
     });
 
     it("a second write withdrawn by a stop that was never written is not noted when another master's write echoes its number", async ({
@@ -293,9 +339,8 @@ describe.concurrent(
       valve.clearFault('exception');
       expect(valve.writeLog.filter((w) => w.seq === seq && w.outcome === 'accepted')).toEqual([]);
       // Another master's stop that carries the same sequence number, taken.
-      valve.receiveWrite({ code: 3, setpoint: 0, seq });
-      await echoReadAfter(h, seq, Date.now(), "the other master's echo read");
-      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+      await anotherMastersEcho(h, seq);
+      expect(lateNotes(h)).toEqual([]);
     });
 
     it('is noted after a restart too: the watch is taken up from the journal', async ({
@@ -403,7 +448,7 @@ describe.concurrent(
         5_000,
         'the late echo noted after the restart',
       );
-      expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+      expect(lateNotes(h)).toEqual([]);
     });
   },
 );
@@ -442,37 +487,20 @@ describe('a command in doubt while a barrier runs', () => {
     await h.restart();
     await h.until(() => plc.powered, 5_000, 'the PLC powered again');
     // Another master's stop that carries the same sequence number, taken.
-    valve.receiveWrite({ code: 3, setpoint: 0, seq });
-    await echoReadAfter(h, seq, Date.now(), "the other master's echo read after the restart");
-    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    await anotherMastersEcho(h, seq, "the other master's echo read after the restart");
+    expect(lateNotes(h)).toEqual([]);
   });
 
   it("a write withheld when its dispatch could not be made durable is not noted when another master's write echoes its number, in this life or the next", async ({
     expect,
     onTestFinished,
   }) => {
-    // No idle monitor yet: the one read held below is the command's fresh read.
+    // No idle monitor yet: the one read held is the command's fresh read.
     const h = await harness(onTestFinished, { monitorMs: null });
     const valve = h.device('v1');
-    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
-    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 10_000 });
-    await h.until(
-      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
-      5_000,
-      'the fresh read held',
-    );
-    // A double for the one fault no real part here produces on demand: an fdatasync that fails
-    // with EIO (a disk's write error). The journal fails every barrier until it has recovered,
-    // a second later: the dispatch's among them, and the write is withheld, never sent.
-    const disk = failFdatasync(1);
-    onTestFinished(() => {
-      disk.restore();
-    });
-    valve.clearFault('stall');
-    await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
-    // The device answers no read from now: the take-up after the journal's recovery sees
-    // nothing, and the command ends with its effect unknown to the confirmation loop.
-    valve.setFault({ kind: 'drop', on: 'read' });
+    // The take-up sees no readback: the command ends with its effect unknown to the
+    // confirmation loop.
+    await withheldOpen(h, onTestFinished, 10_000);
     const r = await h.settled('k1');
     expect(r.state).toBe('failed');
     expect(r.seq).not.toBeNull();
@@ -483,43 +511,26 @@ describe('a command in doubt while a barrier runs', () => {
     valve.clearFault('drop');
     h.pipeline.startMonitor(50);
     // Another master's stop that carries the same sequence number, taken.
-    valve.receiveWrite({ code: 3, setpoint: 0, seq: r.seq! });
-    await echoReadAfter(h, r.seq!, Date.now(), "the other master's echo read");
-    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    await anotherMastersEcho(h, r.seq!);
+    expect(lateNotes(h)).toEqual([]);
     // The next life takes the watch up from the journal: the history says the write was
     // withheld, and the echo the device still shows is not noted either.
     await h.crash();
     await h.restart();
     h.pipeline.startMonitor(50);
     await echoReadAfter(h, r.seq!, Date.now(), 'the echo read after the restart');
-    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    expect(lateNotes(h)).toEqual([]);
   });
 
   it("a write withheld by an earlier life, settled in doubt by the next one's take-up, is not noted when another master's write echoes its number", async ({
     expect,
     onTestFinished,
   }) => {
-    // No idle monitor: the one read held below is the command's fresh read.
+    // No idle monitor: the one read held is the command's fresh read.
     const h = await harness(onTestFinished, { monitorMs: null });
     const valve = h.device('v1');
-    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
-    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 6_000 });
-    await h.until(
-      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
-      5_000,
-      'the fresh read held',
-    );
-    // A double for the one fault no real part here produces on demand: an fdatasync that fails
-    // with EIO. The dispatch's barrier fails and the write is withheld, never sent.
-    const disk = failFdatasync(1);
-    onTestFinished(() => {
-      disk.restore();
-    });
-    valve.clearFault('stall');
-    await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
-    // The device answers no read from now: the take-up after the journal's recovery sees
-    // nothing, and the process dies while it reads.
-    valve.setFault({ kind: 'drop', on: 'read' });
+    // The take-up sees no readback, and the process dies while it reads.
+    await withheldOpen(h, onTestFinished, 6_000);
     const seq = h.get('k1')!.seq!;
     const withheld = `dispatched: taken up: sequence number ${seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`;
     await h.until(
@@ -542,9 +553,8 @@ describe('a command in doubt while a barrier runs', () => {
     valve.clearFault('drop');
     h.pipeline.startMonitor(50);
     // Another master's stop that carries the same sequence number, taken.
-    valve.receiveWrite({ code: 3, setpoint: 0, seq });
-    await echoReadAfter(h, seq, Date.now(), "the other master's echo read");
-    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    await anotherMastersEcho(h, seq);
+    expect(lateNotes(h)).toEqual([]);
   });
 
   it("a write proven not applied, resolved while its second dispatch was being made durable, is not noted when another master's write echoes its number", async ({
@@ -577,9 +587,8 @@ describe('a command in doubt while a barrier runs', () => {
     );
     expect(valve.counters.writesReceived).toBe(0);
     // Another master's stop that carries the same sequence number, taken.
-    valve.receiveWrite({ code: 3, setpoint: 0, seq });
-    await echoReadAfter(h, seq, Date.now(), "the other master's echo read");
-    expect(h.notes('k1').filter((n) => n.includes('a later readback'))).toEqual([]);
+    await anotherMastersEcho(h, seq);
+    expect(lateNotes(h)).toEqual([]);
   });
 
   it('an echo read while its settlement was being made durable is noted once it is: it was read after the command ended', async ({
