@@ -113,6 +113,21 @@ async function anotherMastersEcho(
   await echoReadAfter(h, seq, Date.now(), what);
 }
 
+/**
+ * An open of v1, key k1 (TTL 10 s), whose first write is lost on the link: the connection reset
+ * before the write reaches the PLC, its outcome unknown to the pipeline.
+ */
+async function firstWriteLost(h: SimHarness): Promise<void> {
+  const valve = h.device('v1');
+  valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+  h.submit('k1', { device: 'v1', action: 'open', ttlMs: 10_000 });
+  await h.until(
+    () => !valve.faults().some((f) => f.kind === 'reset'),
+    5_000,
+    'the first write lost',
+  );
+}
+
 /** The late-echo notes in the history of `key`. */
 function lateNotes(h: SimHarness, key = 'k1'): string[] {
   return h.notes(key).filter((n) => n.includes('a later readback'));
@@ -311,13 +326,7 @@ describe.concurrent(
       // The first write is lost on the link (the connection reset before it reaches the PLC)
       // and proven not applied past the guard; the second is answered busy (0x06), and waits
       // to be sent again.
-      valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
-      h.submit('k1', { device: 'v1', action: 'open', ttlMs: 10_000 });
-      await h.until(
-        () => !valve.faults().some((f) => f.kind === 'reset'),
-        5_000,
-        'the first write lost',
-      );
+      await firstWriteLost(h);
       valve.setFault({ kind: 'exception', code: 6, on: 'write' });
       await h.until(
         () => h.get('k1')?.attempts === 2 && h.notes('k1').some((n) => n.includes('answered busy')),
@@ -565,13 +574,7 @@ describe('a command in doubt while a barrier runs', () => {
     const valve = h.device('v1');
     // The first write is lost on the link (the connection reset before it reaches the PLC);
     // the readbacks past the guard prove it not applied, and a second dispatch is journaled.
-    valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
-    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 10_000 });
-    await h.until(
-      () => !valve.faults().some((f) => f.kind === 'reset'),
-      5_000,
-      'the first write lost',
-    );
+    await firstWriteLost(h);
     // Its barrier held: an operator resolves the command before the second write is sent.
     const pool = holdThreadPool();
     onTestFinished(() => pool.release());
