@@ -151,7 +151,19 @@ export class UiEvents {
       commandsHeld: false,
     };
     this.streams.add(stream);
+    // The page gone (its tab or browser closed) ends its side of the connection. The TLS socket
+    // is kept half-open for the answers a client is owed (https-owed.ts), and a stream is never
+    // done: it went on until a write found the connection gone (the heartbeat, 15 s), counted
+    // against its session and the daemon's streams meanwhile. An EventSource never half-closes
+    // on purpose: its end of input is the page gone, and the stream ends with it.
+    const socket = res.socket;
+    const gone = (): void => {
+      res.end();
+    };
+    if (socket?.readableEnded === true) gone();
+    else socket?.once('end', gone);
     res.on('close', () => {
+      socket?.off('end', gone);
       this.streams.delete(stream);
       if (this.streams.size === 0) this.stopTicking();
     });

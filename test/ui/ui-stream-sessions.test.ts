@@ -101,3 +101,35 @@ it('one session at its limit does not keep another session from its stream', asy
   }
   expect(again.status).toBe(200);
 }, 60_000);
+
+it('a page that ends its side of the connection has its stream ended at once, not at the next heartbeat', async () => {
+  const session = await login(site, TOKENS.ops);
+  const streams: Opened[] = [];
+  for (let i = 0; i < MAX_STREAMS_PER_SESSION; i++) streams.push(await openStream(session.cookie));
+  expect(streams.map((s) => s.status)).toEqual(streams.map(() => 200));
+  expect((await openStream(session.cookie)).status).toBe(503);
+
+  // The page goes: close_notify and a FIN, as a browser closing a tab ends its connection.
+  const socket = streams[0]!.req.socket!;
+  const closedAt = new Promise<number>((resolve) =>
+    socket.once('close', () => {
+      resolve(Date.now());
+    }),
+  );
+  const endedAt = Date.now();
+  socket.end();
+  // The daemon ends the stream and the connection: well before its heartbeat (15 s), the next
+  // write that would have found the connection gone.
+  const closed = await Promise.race([
+    closedAt,
+    new Promise<null>((r) =>
+      setTimeout(() => {
+        r(null);
+      }, 5_000),
+    ),
+  ]);
+  expect(closed, 'the connection closed by the daemon').not.toBeNull();
+  expect(closed! - endedAt).toBeLessThan(5_000);
+  // And the session may open another at once: the daemon no longer counts the one gone.
+  expect((await openStream(session.cookie)).status).toBe(200);
+}, 60_000);
