@@ -1,5 +1,6 @@
 import { isTerminal, type OpenState } from './command.js';
 import { refId, type CommandRecord, type CommandRef, type JournalEvent } from './journal.js';
+import { latestWriteMarked } from './redispatch.js';
 
 /**
  * The open (non-terminal) commands at a glance, for `/metrics`, `/readyz`, `sluicectl stuck` and
@@ -117,19 +118,11 @@ const TAKE_UP_NOTE = /^taken up(?: again)?: sequence number \d+\b.*; settling by
  */
 export function latestWriteWithheld(history: readonly JournalEvent[], seq: number): boolean {
   const withheld = [takeUpNote(seq, null, true), takeUpNote(seq, null, 'by an earlier life')];
-  let unsent = false;
-  for (const event of history) {
-    if (event.from === 'accepted' && event.to === 'dispatched') unsent = false;
-    else if (event.detail.startsWith('redispatch:')) unsent = false;
-    else if (
-      event.from === 'dispatched' &&
-      event.to === 'dispatched' &&
-      withheld.includes(event.detail)
-    ) {
-      unsent = true;
-    }
-  }
-  return unsent;
+  return latestWriteMarked(
+    history,
+    (event) =>
+      event.from === 'dispatched' && event.to === 'dispatched' && withheld.includes(event.detail),
+  );
 }
 
 /**

@@ -211,18 +211,30 @@ function unsentPrefix(seq: number): string {
  */
 export function latestWriteUnsent(history: readonly JournalEvent[], seq: number): boolean {
   const prefix = unsentPrefix(seq);
-  let unsent = false;
-  for (const event of history) {
-    if (event.from === 'accepted' && event.to === 'dispatched') unsent = false;
-    else if (event.detail.startsWith('redispatch:')) unsent = false;
-    else if (
+  return latestWriteMarked(
+    history,
+    (event) =>
       event.intake === RECOVERY &&
       event.from === 'dispatched' &&
       event.to === 'dispatched' &&
-      event.detail.startsWith(`${prefix} `)
-    ) {
-      unsent = true;
-    }
+      event.detail.startsWith(`${prefix} `),
+  );
+}
+
+/**
+ * Whether the latest dispatch or re-dispatch in this history is followed by an event `marked`:
+ * a line the daemon journals about that write (unsent, withheld). A write journaled later may
+ * have gone out.
+ */
+export function latestWriteMarked(
+  history: readonly JournalEvent[],
+  marked: (event: JournalEvent) => boolean,
+): boolean {
+  let found = false;
+  for (const event of history) {
+    if (event.from === 'accepted' && event.to === 'dispatched') found = false;
+    else if (event.detail.startsWith('redispatch:')) found = false;
+    else if (marked(event)) found = true;
   }
-  return unsent;
+  return found;
 }
