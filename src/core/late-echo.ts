@@ -1,9 +1,8 @@
 import type { Clock } from './clock.js';
-import type { CommandRecord, Journal, JournalEvent } from './journal.js';
+import type { CommandRecord, Journal } from './journal.js';
 import { commandLogger, PIPELINE, refId } from './lane.js';
 import type { Logger } from './logger.js';
-import { latestWriteWithheld } from './open-commands.js';
-import { latestWriteUnsent } from './redispatch.js';
+import { latestWriteNeverSent } from './open-commands.js';
 import type { TimedReadback } from './skew.js';
 
 /**
@@ -257,17 +256,6 @@ export class LateEcho {
       'the controller took the write of a command that ended with its write in doubt',
     );
   }
-}
-
-/**
- * Whether the history shows the latest write of sequence number `seq` never sent: withdrawn
- * before it was sent (the daemon's own line, which the take-up of a dispatched command goes by
- * too), or withheld when its dispatch could not be made durable (the take-up's own line), and
- * not dispatched again since. It never left the gateway, and an echo of its number can only be
- * another master's.
- */
-function latestWriteNeverSent(history: readonly JournalEvent[], seq: number): boolean {
-  return latestWriteUnsent(history, seq) || latestWriteWithheld(history, seq);
 }
 
 /** How the note of a late echo begins (one note per command: takeUp looks for it). */

@@ -1,6 +1,6 @@
 import { isTerminal, type OpenState } from './command.js';
 import { refId, type CommandRecord, type CommandRef, type JournalEvent } from './journal.js';
-import { latestWriteMarked } from './redispatch.js';
+import { latestWriteMarked, latestWriteUnsent } from './redispatch.js';
 
 /**
  * The open (non-terminal) commands at a glance, for `/metrics`, `/readyz`, `sluicectl stuck` and
@@ -123,6 +123,18 @@ export function latestWriteWithheld(history: readonly JournalEvent[], seq: numbe
     (event) =>
       event.from === 'dispatched' && event.to === 'dispatched' && withheld.includes(event.detail),
   );
+}
+
+/**
+ * Whether the history shows the latest write of sequence number `seq` never sent: withdrawn
+ * before it was sent (the daemon's own line, unsentLine, which the take-up of a dispatched
+ * command goes by too), or withheld when its dispatch could not be made durable (the take-up's
+ * own line), and not dispatched again since. It never left the gateway: an echo of its number
+ * can only be another master's (late-echo.ts), and nothing of it can reach the controller
+ * after a stop that preempted it (preemption.ts).
+ */
+export function latestWriteNeverSent(history: readonly JournalEvent[], seq: number): boolean {
+  return latestWriteUnsent(history, seq) || latestWriteWithheld(history, seq);
 }
 
 /**

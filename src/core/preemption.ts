@@ -11,7 +11,7 @@ import {
 } from './lane.js';
 import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
-import { latestWriteUnsent } from './redispatch.js';
+import { latestWriteNeverSent } from './open-commands.js';
 import { decide, type Decision } from './state-machine.js';
 
 /** A record the journal could not give (read failed): not the same as one it does not hold. */
@@ -104,15 +104,22 @@ export class Preemption {
       'stop preempts the command in flight',
     );
     const last = lane.lastWrite;
+    // A write known never sent is none: nothing of it can reach the controller after the stop,
+    // which need not wait the guard for it (confirmation.ts, preemptedMayLand). The lane's last
+    // write may be a take-up's stand-in for a write withheld unsent (confirmation.ts, takeUp).
+    const unsent = current !== UNREADABLE && this.neverSent(current, log);
     const known =
-      last !== null && last.scope === target.scope && last.key === target.key ? last : null;
+      last !== null && last.scope === target.scope && last.key === target.key && !unsent
+        ? last
+        : null;
     // Taken up with no write of this life (recovery after a restart): an earlier life wrote it.
     const earlier =
       known === null &&
+      !unsent &&
       current !== UNREADABLE &&
       lane.unresolved !== null &&
       refId(lane.unresolved) === refId(target)
-        ? this.earlierWrite(current, log)
+        ? this.earlierWrite(current)
         : null;
     lane.interrupted = {
       target: { scope: target.scope, key: target.key },
@@ -205,7 +212,10 @@ export class Preemption {
     lane.interrupted = {
       target: { scope: target.scope, key: target.key },
       stop: next,
-      write,
+      // A take-up's stand-in for a write withheld unsent is none (see stopPreempts): nothing
+      // of it can land after the next stop. The decision above went by it all the same: a stop
+      // never sent has no effect to be seen, and the next one goes first.
+      write: write !== null && this.neverSent(current, log) ? null : write,
       earlierLife: false,
       outer,
     };
@@ -216,8 +226,8 @@ export class Preemption {
 
   /**
    * A preempted command an earlier life of the daemon wrote (it is `dispatched`, and its
-   * history does not say its latest write was withdrawn unsent): what this process knows of that
-   * write, as the stop's confirmation needs it (confirmation.ts, preemptedMayLand). Its answer
+   * history does not say its latest write was never sent: neverSent): what this process knows
+   * of that write, as the stop's confirmation needs it (confirmation.ts, preemptedMayLand). Its answer
    * is not known — it may have been lost, the request held by a gateway or on its way when the
    * process died — so its outcome is unknown from now: the earlier life wrote it before this
    * one started. Without it the stop was confirmed on its first readback after the restart,
@@ -225,17 +235,8 @@ export class Preemption {
    * controller after the stop and undo it (measured: a move held on the PLC's link landed
    * seconds after the stop was reported confirmed, the actuator travelling to 80 %).
    */
-  private earlierWrite(record: CommandRecord | undefined, log: Logger): LastWrite | null {
+  private earlierWrite(record: CommandRecord | undefined): LastWrite | null {
     if (record?.state !== 'dispatched' || record.seq === null) return null;
-    try {
-      if (latestWriteUnsent(this.host.journal.history(record), record.seq)) return null;
-    } catch (error) {
-      // Unreadable history: the write is taken as sent (the stop waits the guard).
-      log.warn(
-        { err: error, command: record.key },
-        "stop: the preempted command's history cannot be read",
-      );
-    }
     const now = this.host.clock.elapsed();
     return {
       scope: record.scope,
@@ -246,6 +247,29 @@ export class Preemption {
       unknownSinceMono: now,
       epoch: null,
     };
+  }
+
+  /**
+   * Whether the latest write of a preempted command (`dispatched`) is known never sent, so that
+   * nothing of it can reach the controller after the stop: its history says it was withdrawn
+   * before it was sent, or withheld when its dispatch could not be made durable (the take-up's
+   * line, of this life or an earlier one), with no dispatch after it (latestWriteNeverSent:
+   * the daemon's own lines; a write goes out only after its dispatch is on disk). Only what
+   * the history proves counts: one that cannot be read, or says nothing yet (a write withheld
+   * by this process and not taken up since), leaves the write as one that may have gone out,
+   * and the stop waits the guard for it.
+   */
+  private neverSent(record: CommandRecord | undefined, log: Logger): boolean {
+    if (record?.state !== 'dispatched' || record.seq === null) return false;
+    try {
+      return latestWriteNeverSent(this.host.journal.history(record), record.seq);
+    } catch (error) {
+      log.warn(
+        { err: error, command: record.key },
+        "stop: the preempted command's history cannot be read; its write is taken as sent",
+      );
+      return false;
+    }
   }
 
   /**

@@ -1,0 +1,171 @@
+import { describe, it, type TestContext } from 'vitest';
+import type { CommandRecord } from '../../src/core/journal.js';
+import { failFdatasync } from '../helpers/failing-fdatasync.js';
+import { SimHarness } from '../helpers/sim-harness.js';
+
+/**
+ * A stop that preempts a command whose write was withheld (its dispatch could not be made
+ * durable, so the write was never sent; src/core/lane.ts, `withheld`) does not wait the
+ * redispatch guard for that write: nothing of it can reach the controller after the stop. The
+ * real pipeline and journal against sluice-sim; the simulator's write log says what reached
+ * the controller, the stop's history when it was dispatched and confirmed.
+ */
+
+/** Far longer than the stop takes to be written and read back: a wait for it stands out. */
+const GUARD_MS = 3_000;
+
+const OPEN = { key: 'a', action: 'open' } as const;
+
+async function harness(
+  onTestFinished: TestContext['onTestFinished'],
+  travelMs?: number,
+): Promise<SimHarness> {
+  // No idle monitor: the one read held first is the withheld command's fresh read.
+  const h = await SimHarness.start({
+    warm: true,
+    timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 2 * GUARD_MS },
+    ...(travelMs === undefined ? {} : { travelMs }),
+  });
+  onTestFinished(() => h.close());
+  return h;
+}
+
+/**
+ * A command of v1 (`key`: an open, or a stop) whose write is withheld: its dispatch's barrier
+ * fails (an fdatasync failing with EIO, the one fault no real part here produces on demand; the
+ * journal fails every barrier until it has recovered, a second later), so it is never sent. The
+ * sweep then takes it up, its take-up saying so in its history ("never sent by this process");
+ * from the failed flush on the valve answers its reads, or drops them (`readsAfter`). Returns
+ * its record.
+ */
+async function withheldAndTakenUp(
+  h: SimHarness,
+  onTestFinished: TestContext['onTestFinished'],
+  command: { readonly key: string; readonly action: 'open' | 'stop' },
+  readsAfter: 'answered' | 'dropped',
+): Promise<CommandRecord> {
+  const valve = h.device('v1');
+  // The fresh read is held until the next barrier's flush is set to fail: the dispatch's.
+  valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+  h.submit(command.key, { device: 'v1', action: command.action, ttlMs: 20_000 });
+  await h.until(
+    () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+    5_000,
+    'the fresh read held',
+  );
+  // The claim is on disk: the flush that fails is the dispatch's.
+  await h.journal.durable();
+  const disk = failFdatasync(1);
+  onTestFinished(() => {
+    disk.restore();
+  });
+  valve.clearFault('stall');
+  await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
+  if (readsAfter === 'dropped') valve.setFault({ kind: 'drop', on: 'read' });
+  await h.until(() => h.get(command.key)?.seq != null, 5_000, 'the dispatch');
+  const withheld = h.get(command.key)!;
+  await h.until(
+    () =>
+      h
+        .notes(command.key)
+        .includes(
+          `dispatched: taken up: sequence number ${withheld.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
+        ),
+    5_000,
+    'the take-up of the withheld write',
+  );
+  return withheld;
+}
+
+/** Milliseconds from the stop's dispatch to its confirmation, by its history. */
+function dispatchToConfirmed(h: SimHarness, key: string): number {
+  const history = h.journal.history({ scope: 'plant', key });
+  const dispatched = history.find((e) => e.from === 'accepted' && e.to === 'dispatched');
+  const confirmed = history.find((e) => e.to === 'confirmed');
+  if (dispatched === undefined || confirmed === undefined) {
+    throw new Error(`${key}: no dispatch or no confirmation in its history`);
+  }
+  return confirmed.at - dispatched.at;
+}
+
+// One at a time: the fdatasync double is the process's.
+describe('a stop that preempts a command whose write was withheld', () => {
+  it('in the life that withheld it, while its take-up reads: the stop is confirmed without the guard', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await harness(onTestFinished);
+    const valve = h.device('v1');
+    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
+    // The take-up reads the valve (CLOSED, no echo of the open) and waits the guard before
+    // anything can be proven; the stop comes meanwhile and goes first.
+    h.submit('s', { device: 'v1', action: 'stop' });
+    const s = await h.settled('s', 3 * GUARD_MS);
+    expect(s.state).toBe('confirmed');
+    // Ground truth: the open never reached the controller, the stop did, once.
+    expect(valve.writesWithSeq(a.seq!)).toBe(0);
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([s.seq]);
+    // Nothing could land after the stop: confirmed at its readback, not past the guard.
+    expect(dispatchToConfirmed(h, 's')).toBeLessThan(GUARD_MS / 2);
+    const after = await h.settled('a', 3 * GUARD_MS);
+    expect(after.attempts).toBe(1);
+    expect(valve.writesWithSeq(a.seq!)).toBe(0);
+  });
+
+  it('after a restart, its take-up having said so: the stop that goes first is confirmed without the guard', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await harness(onTestFinished);
+    const valve = h.device('v1');
+    // The take-up sees no readback, and a stop is accepted just before the process dies.
+    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'dropped');
+    h.submit('s', { device: 'v1', action: 'stop' });
+    await h.crash();
+    valve.clearFault('drop');
+    // The next life finds the open dispatched and the stop accepted: the stop preempts the open
+    // at the start, which knows of the open's write only what the history says.
+    await h.restart();
+    const s = await h.settled('s', 3 * GUARD_MS);
+    expect(s.state).toBe('confirmed');
+    expect(valve.writesWithSeq(a.seq!)).toBe(0);
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([s.seq]);
+    expect(dispatchToConfirmed(h, 's')).toBeLessThan(GUARD_MS / 2);
+    const after = await h.settled('a', 3 * GUARD_MS);
+    expect(after.attempts).toBe(1);
+    expect(valve.writesWithSeq(a.seq!)).toBe(0);
+  });
+
+  it('a stop pressed again while the first, withheld, is taken up and the valve travels: the second is confirmed without the guard', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    // A stroke of 10 s: the open travels all through.
+    const h = await harness(onTestFinished, 10_000);
+    const valve = h.device('v1');
+    h.submit('a', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    await h.until(() => valve.snapshot().position >= 5, 5_000, 'the open travelling');
+    const a = h.get('a')!;
+    // The first stop preempts the open, and its own write is withheld; its take-up reads the
+    // valve still travelling (it never had the stop), its outcome open until the guard's end.
+    const s1 = await withheldAndTakenUp(
+      h,
+      onTestFinished,
+      { key: 's1', action: 'stop' },
+      'answered',
+    );
+    // Pressed again: the second stop goes first (preemption.ts, stopOvertakes).
+    h.submit('s2', { device: 'v1', action: 'stop' });
+    const s2 = await h.settled('s2', 3 * GUARD_MS);
+    expect(s2.state).toBe('confirmed');
+    // Ground truth: the open and the second stop reached the controller, the first stop never.
+    expect(valve.writesWithSeq(s1.seq!)).toBe(0);
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s2.seq]);
+    expect(valve.snapshot().state).toBe('STOPPED');
+    expect(dispatchToConfirmed(h, 's2')).toBeLessThan(GUARD_MS / 2);
+    await h.settled('s1', 3 * GUARD_MS);
+    await h.settled('a', 3 * GUARD_MS);
+    expect(valve.writesWithSeq(s1.seq!)).toBe(0);
+    expect(valve.writesWithSeq(a.seq!)).toBe(1);
+  });
+});
