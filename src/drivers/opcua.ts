@@ -1075,6 +1075,17 @@ export class OpcuaEndpoint {
         `${this.name}: not connected to ${this.o.endpointUrl} (${this.health.snapshot().lastError ?? 'connecting'})`,
       );
     }
+    // The server lost the session (BadSessionIdInvalid: timed out on its side, its session
+    // layer restarted) and node-opcua is making a new one on the same channel, every 2 s for as
+    // long as the server refuses. It holds every request handed to the session meanwhile and
+    // sends them all once it has one: a read the driver gave up on at its timeout would still
+    // reach the server then, one per monitor period and readback, in a burst (measured: 26
+    // Reads for 2 answered). Nothing is sent until the session is back.
+    if (this.session.isReconnecting) {
+      throw new NotConnectedError(
+        `${this.name}: no session with ${this.o.endpointUrl}: the server lost it, a new one is being made`,
+      );
+    }
     return this.session;
   }
 
