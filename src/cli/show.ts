@@ -1,7 +1,7 @@
 import { actionText } from '../views/command-list.js';
 import { showCommand, type OpenStatus } from '../views/command-show.js';
 import type { CommandStory, Hit, StoryEvent, StoryKind } from '../views/command-story.js';
-import { aheadText, pausedText } from '../views/open-commands.js';
+import { aheadText, pausedText, settlingText } from '../views/open-commands.js';
 import type { DeviceProfile } from '../core/profile.js';
 import type { CliContext } from './context.js';
 import { formatDuration, relative } from './durations.js';
@@ -87,10 +87,8 @@ function waitingText(s: CommandStory, open: OpenStatus | null, now: number): str
     return aheadText(open.waitsBehind, open.waitsBehindCount);
   }
   if (s.state !== 'dispatched' || s.dispatch === null) return null;
-  const seq = s.dispatch.seq === null ? '' : ` (seq ${s.dispatch.seq})`;
   return (
-    `a readback that settles its write${seq}, sent ${relative(Date.parse(s.dispatch.at), now)}: ` +
-    `until one does, the write's effect is unknown (the device may move). ` +
+    `${settlingText(s.dispatch.seq, relative(Date.parse(s.dispatch.at), now))}. ` +
     `Read it now: sluicectl reverify ${s.key}`
   );
 }

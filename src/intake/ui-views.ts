@@ -12,7 +12,13 @@ import { packageRoot } from '../package-root.js';
 import type { CertificateVerdict } from './https-certificate.js';
 import { listItem, type ListItem } from '../views/command-list.js';
 import { showCommand, type CommandShow } from '../views/command-show.js';
-import { aheadText, pausedText, stuckItems, type StuckItem } from '../views/open-commands.js';
+import {
+  aheadText,
+  pausedText,
+  settlingText,
+  stuckItems,
+  type StuckItem,
+} from '../views/open-commands.js';
 import { deviceDocument, type DeviceDocument } from './device-view.js';
 
 /**
@@ -388,6 +394,11 @@ function whyOpen(
       ? `waits for ${pausedText(item.waitsBehind, item.waitsBehindCount)}`
       : `waits behind ${aheadText(item.waitsBehind, item.waitsBehindCount)}`;
   }
+  // Written and not paused: it waits for the readback that settles its write, as `sluicectl
+  // show` says. Its last event alone is, until a take-up, its dispatch's line — the clocks the
+  // write was judged on ("seq 1; gateway clock not checked; …") — which read as the reason a
+  // command held by its controller, or whose PLC stopped answering, was still open.
+  if (item.state === 'dispatched') return `waits for ${settlingText(item.seq, null)}${last}`;
   return item.lastEvent?.detail ?? item.state;
 }
 

@@ -84,6 +84,20 @@ export function pausedText(stops: readonly AheadCommand[], count: number): strin
 }
 
 /**
+ * `a readback that settles its write (seq 7), sent 3s ago: until one does, …`: what a written
+ * command no stop paused waits for, in the words of `sluicectl show` and the status page. Its
+ * dispatch's own history line (the clocks it was judged on) says nothing of why it is open.
+ */
+export function settlingText(seq: number | null, sentAgo: string | null): string {
+  const which = seq === null ? '' : ` (seq ${seq})`;
+  const sent = sentAgo === null ? '' : `, sent ${sentAgo}`;
+  return (
+    `a readback that settles its write${which}${sent}: until one does, the write's effect is ` +
+    'unknown (the device may move)'
+  );
+}
+
+/**
  * What each open command waits for on its device, read from the journal alone: the device runs
  * one command at a time, in the order the journal took them (its ids: the order the daemon
  * queues them, also after a restart — accepted_at would reverse two commands taken either side

@@ -169,11 +169,15 @@ describe.skipIf(!real)('sluicectl on commands that wait', () => {
     const cookie = setCookie?.[0]?.split(';')[0] ?? '';
     const page = await site.https('GET', '/ui/api/commands', { cookie });
     expect(page.status, page.body).toBe(200);
-    const why = (JSON.parse(page.body) as { open: { key: string; why: string }[] }).open.find(
-      (c) => c.key === 'behind-1',
-    )?.why;
+    const listed = (JSON.parse(page.body) as { open: { key: string; why: string }[] }).open;
+    const why = listed.find((c) => c.key === 'behind-1')?.why;
     expect(why).toBe(
       'waits behind doubt-1 (dispatched) on its device, which runs one command at a time',
+    );
+    // And why the one in doubt is open, as show says it: its write's readback. Its last event,
+    // the dispatch's line about the clocks, was given as the reason.
+    expect(listed.find((c) => c.key === 'doubt-1')?.why).toMatch(
+      /^waits for a readback that settles its write \(seq 1\): until one does, the write's effect is unknown \(the device may move\); last event: seq 1; /,
     );
     expect(stuck.code).toBe(3);
     expect(
