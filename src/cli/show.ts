@@ -1,7 +1,7 @@
 import { actionText } from '../views/command-list.js';
 import { showCommand, type OpenStatus } from '../views/command-show.js';
 import type { CommandStory, Hit, StoryEvent, StoryKind } from '../views/command-story.js';
-import { aheadText, pausedText, settlingText } from '../views/open-commands.js';
+import { aheadText, expiredText, pausedText, settlingText } from '../views/open-commands.js';
 import type { DeviceProfile } from '../core/profile.js';
 import type { CliContext } from './context.js';
 import { formatDuration, relative } from './durations.js';
@@ -82,9 +82,21 @@ function hitsText(hits: readonly Hit[], now: number): string {
  * until then. "Not settled yet" alone left an operator guessing whether anything was happening.
  */
 function waitingText(s: CommandStory, open: OpenStatus | null, now: number): string | null {
-  if (open !== null && open.waitsBehind.length > 0) {
-    if (s.state === 'dispatched') return pausedText(open.waitsBehind, open.waitsBehindCount);
-    return aheadText(open.waitsBehind, open.waitsBehindCount);
+  if (s.state === 'accepted') {
+    // Only for a device the configuration has: no worker takes one it no longer has.
+    const expired =
+      open === null || open.confirmTimeoutMs === null
+        ? null
+        : expiredText(Date.parse(s.freshness.deadline), now);
+    const ahead =
+      open === null || open.waitsBehind.length === 0
+        ? null
+        : aheadText(open.waitsBehind, open.waitsBehindCount);
+    if (ahead === null || expired === null) return ahead ?? expired;
+    return `${ahead}; ${expired}`;
+  }
+  if (open !== null && open.waitsBehind.length > 0 && s.state === 'dispatched') {
+    return pausedText(open.waitsBehind, open.waitsBehindCount);
   }
   if (s.state !== 'dispatched' || s.dispatch === null) return null;
   return (

@@ -14,6 +14,7 @@ import { listItem, type ListItem } from '../views/command-list.js';
 import { showCommand, type CommandShow } from '../views/command-show.js';
 import {
   aheadText,
+  expiredText,
   pausedText,
   settlingText,
   stuckItems,
@@ -287,7 +288,7 @@ export class UiViews {
     const open = stuckItems(ofDevices, 0, now, this.deviceTimings(), reader, (r) => matches(r))
       .map((item) => ({
         ...item,
-        why: whyOpen(item, stalled.get(item.device) ?? null, frozen.get(item.device) ?? null),
+        why: whyOpen(item, stalled.get(item.device) ?? null, frozen.get(item.device) ?? null, now),
       }))
       .sort((a, b) =>
         a.stuck !== b.stuck
@@ -376,6 +377,7 @@ function whyOpen(
   item: StuckItem,
   stalled: UiDevice['stalled'],
   frozen: UiDevice['frozen'],
+  now: number,
 ): string {
   const last = item.lastEvent === null ? '' : `; last event: ${item.lastEvent.detail}`;
   if (item.stuck) {
@@ -389,11 +391,18 @@ function whyOpen(
     const at = stalled.position === null ? '' : ` at ${stalled.position} %`;
     return `the device is not moving: ${stalled.state}${at} for ${seconds(stalled.forMs)}${last}`;
   }
+  // An accepted one past its deadline will not run, whatever it waits behind (as `sluicectl
+  // show` says), on a device the daemon has: no worker takes one it no longer has.
+  const expired =
+    item.state === 'accepted' && item.confirmTimeoutMs !== null
+      ? expiredText(Date.parse(item.deadline), now)
+      : null;
   if (item.waitsBehind.length > 0) {
     return item.state === 'dispatched'
       ? `waits for ${pausedText(item.waitsBehind, item.waitsBehindCount)}`
-      : `waits behind ${aheadText(item.waitsBehind, item.waitsBehindCount)}`;
+      : `waits behind ${aheadText(item.waitsBehind, item.waitsBehindCount)}${expired === null ? '' : `; ${expired}`}`;
   }
+  if (expired !== null) return expired;
   // Written and not paused: it waits for the readback that settles its write, as `sluicectl
   // show` says. Its last event alone is, until a take-up, its dispatch's line — the clocks the
   // write was judged on ("seq 1; gateway clock not checked; …") — which read as the reason a

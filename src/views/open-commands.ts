@@ -84,6 +84,18 @@ export function pausedText(stops: readonly AheadCommand[], count: number): strin
 }
 
 /**
+ * What becomes of an accepted command still waiting past its deadline: when its device takes it,
+ * freshness is judged first (I3; execution.ts, carryOut), and it ends `rejected`
+ * `STALE_COMMAND` without a read or a write — unless a stop supersedes it or an operator resolves
+ * it first, neither of which writes it either. "Waiting for the command ahead" alone read as if
+ * it would still run once the device was free.
+ */
+export function expiredText(deadline: number, now: number): string | null {
+  if (now <= deadline) return null;
+  return 'its deadline has passed: it will not be written; when its turn comes it ends rejected STALE_COMMAND';
+}
+
+/**
  * `a readback that settles its write (seq 7), sent 3s ago: until one does, …`: what a written
  * command no stop paused waits for, in the words of `sluicectl show` and the status page. Its
  * dispatch's own history line (the clocks it was judged on) says nothing of why it is open.
