@@ -136,6 +136,13 @@ export interface Lane {
    */
   withheld: { readonly scope: string; readonly key: string; readonly seq: number } | null;
   /**
+   * A stop that queued behind another stop when it was accepted (one in flight left to finish,
+   * not written yet or its effect not judged yet, or one still to run): once it is the next to
+   * run, it takes the stop in flight over at the readback that shows that stop did not take
+   * effect (preemption.ts, stopBehindRejudged). Null otherwise.
+   */
+  stopBehind: CommandRef | null;
+  /**
    * Aborted when the pipeline stops, or when a stop preempts the command being handled (SPEC
    * §2: a stop is not queued behind travel). Reads and pauses follow it; a write in progress
    * is completed, so that its fate is known.

@@ -168,6 +168,7 @@ export class CommandPipeline {
         unresolved: null,
         lastWrite: null,
         withheld: null,
+        stopBehind: null,
         skewSamples: [],
         clockOff: null,
         oldImageCheck: null,
@@ -730,6 +731,8 @@ export class CommandPipeline {
     else if (lane.imageSince?.sourceTime !== readback.sourceTime) {
       lane.imageSince = { sourceTime: readback.sourceTime, mono: readback.receivedMono };
     }
+    // A stop queued behind a stop in flight takes it over once this shows it did not take effect.
+    this.preemption.stopBehindRejudged(lane);
     const changed =
       previous === null ||
       previous.state !== readback.state ||

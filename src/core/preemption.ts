@@ -74,6 +74,9 @@ export class Preemption {
         lane.queue.push(ref);
       } else this.supersede(lane, ref, stop, log);
     }
+    // A stop still to run goes first: this one waits behind it, and takes it over once a
+    // readback shows it written and its effect not seen (stopBehindRejudged).
+    if (next !== stop) lane.stopBehind ??= stop;
     if (lane.interrupted !== null && lost.has(refId(lane.interrupted.stop))) {
       // The stop that preempted the travel was never accepted: its claim was lost with its
       // batch after it had preempted (a preemption acts at the claim, before the commit). This
@@ -89,14 +92,14 @@ export class Preemption {
       // A stop preempted the travel already: this one may preempt that stop, once it runs.
       const first = lane.interrupted.stop;
       if (refId(target) === refId(first)) {
-        this.stopOvertakes(lane, target, this.read(target, log), next, log);
+        this.stopBehindStop(lane, target, this.read(target, log), next, log);
       }
       return;
     }
     const current = this.read(target, log);
     if (current !== UNREADABLE && (current === undefined || isTerminal(current.state))) return;
     if (current !== UNREADABLE && current.action === 'stop') {
-      this.stopOvertakes(lane, target, current, next, log);
+      this.stopBehindStop(lane, target, current, next, log);
       return;
     }
     log.warn(
@@ -141,6 +144,56 @@ export class Preemption {
       }
     }
     lane.preempt?.abort();
+  }
+
+  /**
+   * A stop accepted while a stop is in flight (stopOvertakes), and, when it does not take that
+   * stop over now, remembered as queued behind it (lane.stopBehind): the stop in flight was
+   * left to finish because it is not written yet (its read of the device, or its dispatch being
+   * made durable) or its effect is not judged yet, and once it is written its effect may not
+   * show (its write answered 0x04, the valve still travelling). Judged again at each readback
+   * (stopBehindRejudged); taken over at the claim only, the stop behind waited out the first
+   * one's confirm timeout while the valve travelled to the end (measured: two stops pressed at
+   * 10 % of a 6 s stroke, the first answered 0x04 while the second was claimed during the
+   * first's barrier, the valve fully open, the second a no-op at OPEN).
+   */
+  private stopBehindStop(
+    lane: Lane,
+    target: CommandRef,
+    current: CommandRecord | undefined | typeof UNREADABLE,
+    next: CommandRef,
+    log: Logger,
+  ): void {
+    this.stopOvertakes(lane, target, current, next, log);
+    lane.stopBehind = overtakenBy(lane, target, next) ? null : next;
+  }
+
+  /**
+   * At each readback of the device (pipeline.ts): a stop that queued behind a stop in flight or
+   * still to run (lane.stopBehind), once it is the next to run, takes the stop in flight over
+   * when the device shows it did not take effect, by the rule that decides at a stop's claim
+   * (stopOvertakes). Forgotten once it has left the queue.
+   */
+  stopBehindRejudged(lane: Lane): void {
+    const behind = lane.stopBehind;
+    if (behind === null) return;
+    const id = refId(behind);
+    const head = lane.queue[0];
+    if (head === undefined || refId(head) !== id) {
+      // Not next yet (the stop it waits behind is still queued), or no longer queued: it runs,
+      // or ran.
+      if (!lane.queue.some((ref) => refId(ref) === id)) lane.stopBehind = null;
+      return;
+    }
+    // Between two commands (the first's end being made durable) neither is set: judged at the
+    // next readback. So is a command in flight that cannot be read now, or is no stop.
+    const target = lane.inFlight ?? lane.unresolved;
+    if (target === null) return;
+    const log = this.host.logger.child({ key: behind.key });
+    const current = this.read(target, log);
+    if (current === UNREADABLE || current?.action !== 'stop') return;
+    this.stopOvertakes(lane, target, current, behind, log);
+    if (overtakenBy(lane, target, behind)) lane.stopBehind = null;
   }
 
   /**
@@ -438,6 +491,16 @@ export class Preemption {
     }
     return null;
   }
+}
+
+/** Whether `stop` took `target` over (the lane's interruption says so). */
+function overtakenBy(lane: Lane, target: CommandRef, stop: CommandRef): boolean {
+  const interrupted = lane.interrupted;
+  return (
+    interrupted !== null &&
+    refId(interrupted.target) === refId(target) &&
+    refId(interrupted.stop) === refId(stop)
+  );
 }
 
 /**

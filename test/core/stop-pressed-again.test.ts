@@ -1,0 +1,105 @@
+import { describe, it } from 'vitest';
+import { SimHarness } from '../helpers/sim-harness.js';
+import { holdThreadPool } from '../helpers/thread-pool.js';
+
+/**
+ * SPEC §2, a stop is not queued behind travel: a stop pressed again while the first stop is in
+ * flight and not yet written (its read of the device, or its dispatch being made durable) waits
+ * for it, as the first is written in a moment and mostly takes effect. When it does not (its
+ * write answered 0x04, the valve still travelling), the second takes the first over at the
+ * first readback that shows so (Preemption.stopOvertakes), as it does when it comes after that
+ * readback. The real pipeline and journal against sluice-sim; the simulator's write log and the
+ * valve's travel are the ground truth.
+ */
+describe('a stop pressed again while the first stop is not yet written', () => {
+  it('while its dispatch is being made durable: the second is written once a readback shows the first did not take effect, and the valve stops', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await SimHarness.start({ travelMs: 6_000, timing: { confirmTimeoutMs: 5_000 } });
+    onTestFinished(() => h.close());
+    const valve = h.device('v1');
+    const plc = h.plant.plc('mb');
+    h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await h.until(() => valve.snapshot().position >= 10, 10_000, 'v1 at 10 %');
+    // The first stop's read of the device is held until the pool is (below): its dispatch's
+    // barrier then waits for the pool, as on a disk whose flush stalls.
+    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+    h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    await h.until(
+      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+      5_000,
+      'a read held',
+    );
+    await h.journal.durable();
+    const pool = holdThreadPool();
+    onTestFinished(() => pool.release());
+    // The controller will answer the first stop's write 0x04 (busy: not processed).
+    plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
+    valve.clearFault('stall');
+    await h.until(() => h.get('stop-1')?.seq != null, 5_000, "the first stop's dispatch");
+    // Claimed while the first stop's dispatch is being made durable: not written yet (the
+    // controller's 0x04 still to come), so the second queues behind it.
+    expect(plc.faults()).toHaveLength(1);
+    h.submit('stop-2', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    await pool.release();
+    // The first stop is written, answered 0x04; the valve goes on opening.
+    await h.until(() => plc.faults().length === 0, 3_000, "the first stop's write answered 0x04");
+
+    // Ground truth: the second stop reaches the controller while the first is still open (its
+    // confirm timeout is 5 s), and the valve stops well short of the end of its travel.
+    await h.until(() => h.get('stop-2')?.seq != null, 3_000, 'the second stop dispatched');
+    const second = h.get('stop-2')!;
+    await h.until(() => valve.writesWithSeq(second.seq!) === 1, 3_000, 'the second stop written');
+    expect(h.get('stop-1')?.state).toBe('dispatched');
+    const [stop2, stop1, open1] = [
+      await h.settled('stop-2'),
+      await h.settled('stop-1'),
+      await h.settled('open-1'),
+    ];
+    expect(stop2).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(valve.snapshot().state).toBe('STOPPED');
+    expect(valve.snapshot().position).toBeLessThan(60);
+    // The first stop never reached the controller's program; neither was written twice, nor the
+    // open again.
+    expect(valve.writesWithSeq(stop1.seq!)).toBe(0);
+    expect(valve.writesWithSeq(stop2.seq!)).toBe(1);
+    expect(valve.writesWithSeq(open1.seq!)).toBe(1);
+    // The first, judged once the second is terminal: the controller took the second.
+    expect(stop1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    expect(open1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+  });
+
+  it('so is a stop pressed again before the first one ran', async ({ expect, onTestFinished }) => {
+    const h = await SimHarness.start({ travelMs: 6_000, timing: { confirmTimeoutMs: 5_000 } });
+    onTestFinished(() => h.close());
+    const valve = h.device('v1');
+    const plc = h.plant.plc('mb');
+    h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await h.until(() => valve.snapshot().position >= 10, 10_000, 'v1 at 10 %');
+    // The controller will answer the first stop's write 0x04 (not processed). Both stops are
+    // claimed before the first has taken the device: the second queues behind the first.
+    plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
+    h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    h.submit('stop-2', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    await h.until(() => plc.faults().length === 0, 3_000, "the first stop's write answered 0x04");
+
+    await h.until(() => h.get('stop-2')?.seq != null, 3_000, 'the second stop dispatched');
+    const second = h.get('stop-2')!;
+    await h.until(() => valve.writesWithSeq(second.seq!) === 1, 3_000, 'the second stop written');
+    expect(h.get('stop-1')?.state).toBe('dispatched');
+    const [stop2, stop1, open1] = [
+      await h.settled('stop-2'),
+      await h.settled('stop-1'),
+      await h.settled('open-1'),
+    ];
+    expect(stop2).toMatchObject({ state: 'confirmed', code: 'OK' });
+    expect(valve.snapshot().state).toBe('STOPPED');
+    expect(valve.snapshot().position).toBeLessThan(60);
+    expect(valve.writesWithSeq(stop1.seq!)).toBe(0);
+    expect(valve.writesWithSeq(stop2.seq!)).toBe(1);
+    expect(valve.writesWithSeq(open1.seq!)).toBe(1);
+    expect(stop1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    expect(open1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+  });
+});
