@@ -329,11 +329,18 @@ export class DeviceController {
   /**
    * A command write arrived (one that touched the sequence number; without a seq handshake,
    * any command). It is counted now (the ground truth must not depend on the scan) and taken
-   * at the next scan, in arrival order.
+   * at the next scan, in arrival order. `heldOnLinkMs`: how long a link fault held its request
+   * (the write log's).
    */
-  receiveWrite(write: CommandWrite, controllerTime: number): void {
+  receiveWrite(write: CommandWrite, controllerTime: number, heldOnLinkMs?: number): void {
     this.#counters.writesReceived += 1;
-    const entry = this.#writeLog.record(controllerTime, write.seq, write.code, write.setpoint);
+    const entry = this.#writeLog.record(
+      controllerTime,
+      write.seq,
+      write.code,
+      write.setpoint,
+      heldOnLinkMs,
+    );
     if (this.#pending.length >= MAX_PENDING_WRITES) {
       const discarded = this.#pending.shift();
       if (discarded !== undefined) settle(discarded.entry, 'overrun', controllerTime);

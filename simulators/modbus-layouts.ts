@@ -86,9 +86,10 @@ export interface RegisterBlock {
   writable(offset: number): boolean;
   /**
    * Applies one request's writes to this block (all of them writable, checked first) and
-   * hands the controller the command(s) they make.
+   * hands the controller the command(s) they make. `heldOnLinkMs`: how long a link fault held
+   * the request (the write log's).
    */
-  write(writes: readonly BlockWrite[]): void;
+  write(writes: readonly BlockWrite[], heldOnLinkMs?: number): void;
   /** Power lost: the command registers are volatile. */
   powerCycled(): void;
   /** A scan of the PLC ran. */
@@ -148,7 +149,7 @@ class StandardBlock implements RegisterBlock {
   }
 
   /** The command block as it stands after the whole request: one FC16 is one command. */
-  write(writes: readonly BlockWrite[]): void {
+  write(writes: readonly BlockWrite[], heldOnLinkMs?: number): void {
     let seqWritten = false;
     for (const { offset, value } of writes) {
       const index = commandIndex(offset);
@@ -158,7 +159,10 @@ class StandardBlock implements RegisterBlock {
     }
     if (!seqWritten) return;
     const [code, setpoint, seq] = this.#command;
-    this.device.receiveWrite({ code, setpoint: setpoint / MODBUS_POSITION_SCALE, seq });
+    this.device.receiveWrite(
+      { code, setpoint: setpoint / MODBUS_POSITION_SCALE, seq },
+      heldOnLinkMs,
+    );
   }
 
   powerCycled(): void {
@@ -232,16 +236,19 @@ class LimitSwitchBlock implements RegisterBlock {
    * Writing 0 is no command: it is not counted or logged and leaves the register as it is, so
    * a command still waiting for its scan keeps showing.
    */
-  write(writes: readonly BlockWrite[]): void {
+  write(writes: readonly BlockWrite[], heldOnLinkMs?: number): void {
     for (const { offset, value } of writes) {
       if (offset !== LIMIT_SWITCH_COMMAND_REGISTER || value === 0) continue;
       this.#command = value;
-      this.device.receiveWrite({
-        code: value,
-        setpoint: 0,
-        seq: 0,
-        command: LIMIT_SWITCH_COMMANDS.get(value) ?? null,
-      });
+      this.device.receiveWrite(
+        {
+          code: value,
+          setpoint: 0,
+          seq: 0,
+          command: LIMIT_SWITCH_COMMANDS.get(value) ?? null,
+        },
+        heldOnLinkMs,
+      );
     }
   }
 
@@ -327,7 +334,7 @@ class FloatBlock implements RegisterBlock {
   }
 
   /** The command block as it stands after the whole request: one FC16 of B+0..3 is one command. */
-  write(writes: readonly BlockWrite[]): void {
+  write(writes: readonly BlockWrite[], heldOnLinkMs?: number): void {
     let seqWritten = false;
     for (const { offset, value } of writes) {
       if (offset < 0 || offset >= FLOAT_COMMAND_LENGTH) continue;
@@ -336,12 +343,15 @@ class FloatBlock implements RegisterBlock {
     }
     if (!seqWritten) return;
     const [code, low, high, seq] = this.#command;
-    this.device.receiveWrite({
-      code,
-      setpoint: registersToFloat(low, high),
-      seq,
-      command: FLOAT_COMMANDS.get(code) ?? null,
-    });
+    this.device.receiveWrite(
+      {
+        code,
+        setpoint: registersToFloat(low, high),
+        seq,
+        command: FLOAT_COMMANDS.get(code) ?? null,
+      },
+      heldOnLinkMs,
+    );
   }
 
   powerCycled(): void {

@@ -137,16 +137,18 @@ export class ModbusPlcServer {
     socket.setNoDelay(true);
     const log = this.#plc.log.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
     let buffer: Buffer = Buffer.alloc(0);
-    const queue: Buffer[] = [];
+    // Each frame with the moment it reached the PLC (time source), for the write log's
+    // heldOnLinkMs.
+    const queue: { frame: Buffer; arrivedAt: number }[] = [];
     let serving = false;
 
     const serveQueue = async (): Promise<void> => {
       if (serving) return;
       serving = true;
       try {
-        for (let frame = queue.shift(); frame !== undefined; frame = queue.shift()) {
+        for (let next = queue.shift(); next !== undefined; next = queue.shift()) {
           if (socket.destroyed) return;
-          await this.#serve(frame, socket);
+          await this.#serve(next.frame, socket, next.arrivedAt);
         }
       } finally {
         serving = false;
@@ -166,7 +168,7 @@ export class ModbusPlcServer {
         }
         const total = 6 + length;
         if (buffer.length < total) break;
-        queue.push(buffer.subarray(0, total));
+        queue.push({ frame: buffer.subarray(0, total), arrivedAt: this.#plc.time.now() });
         buffer = buffer.subarray(total);
       }
       serveQueue().catch((err: unknown) => {
@@ -183,7 +185,7 @@ export class ModbusPlcServer {
     });
   }
 
-  async #serve(frame: Buffer, socket: Socket): Promise<void> {
+  async #serve(frame: Buffer, socket: Socket, arrivedAt: number): Promise<void> {
     const transactionId = frame.readUInt16BE(0);
     const protocolId = frame.readUInt16BE(2);
     const unitId = frame.readUInt8(6);
@@ -203,21 +205,20 @@ export class ModbusPlcServer {
       socket.destroy();
       return;
     }
-    if (
-      (plan.latencyBeforeMs > 0 || plan.stalledUntil !== undefined) &&
-      !(await this.#heldOnLink(plan.latencyBeforeMs, plan.stalledUntil))
-    ) {
-      return;
-    }
+    const held = plan.latencyBeforeMs > 0 || plan.stalledUntil !== undefined;
+    if (held && !(await this.#heldOnLink(plan.latencyBeforeMs, plan.stalledUntil))) return;
+    // From its arrival: the time it waited behind the requests before it on the connection
+    // counts too.
+    const heldOnLinkMs = held ? this.#plc.time.now() - arrivedAt : undefined;
 
     let reply: Buffer;
     if (plan.refuse?.exception !== undefined) {
-      if (plan.refuse.applied === true && ours) this.#execute(request);
+      if (plan.refuse.applied === true && ours) this.#execute(request, heldOnLinkMs);
       reply = exceptionPdu(request.fc, plan.refuse.exception);
     } else if (!ours) {
       reply = exceptionPdu(request.fc, EXCEPTION.gatewayTargetFailed);
     } else {
-      reply = this.#execute(request);
+      reply = this.#execute(request, heldOnLinkMs);
     }
 
     if (plan.latencyMs > 0) await this.#timers.delay(plan.latencyMs);
@@ -279,7 +280,8 @@ export class ModbusPlcServer {
     }
   }
 
-  #execute(request: Decoded): Buffer {
+  /** `heldOnLinkMs`: how long a link fault held the request (the write log's). */
+  #execute(request: Decoded, heldOnLinkMs: number | undefined): Buffer {
     if ('exception' in request) return exceptionPdu(request.fc, request.exception);
     const { fc, start, quantity, values } = request;
     switch (fc) {
@@ -311,7 +313,9 @@ export class ModbusPlcServer {
       }
       case FC_WRITE_SINGLE:
       case FC_WRITE_MULTIPLE: {
-        if (!this.#write(start, values)) return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
+        if (!this.#write(start, values, heldOnLinkMs)) {
+          return exceptionPdu(fc, EXCEPTION.illegalDataAddress);
+        }
         const out = Buffer.alloc(5);
         out.writeUInt8(fc, 0);
         out.writeUInt16BE(start, 1);
@@ -381,7 +385,7 @@ export class ModbusPlcServer {
    * is written. Each block then gets its share of the request at once, so that a command
    * block written by one FC16 is one command.
    */
-  #write(start: number, values: readonly number[]): boolean {
+  #write(start: number, values: readonly number[], heldOnLinkMs: number | undefined): boolean {
     const perBlock = new Map<RegisterBlock, BlockWrite[]>();
     for (const [i, value] of values.entries()) {
       const at = this.#blockAt(start + i);
@@ -390,7 +394,7 @@ export class ModbusPlcServer {
       writes.push({ offset: at.offset, value });
       perBlock.set(at.block, writes);
     }
-    for (const [block, writes] of perBlock) block.write(writes);
+    for (const [block, writes] of perBlock) block.write(writes, heldOnLinkMs);
     return true;
   }
 }

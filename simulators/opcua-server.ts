@@ -180,6 +180,8 @@ interface PendingRequest {
   commandWrites?: CommandNodeWrite[];
   /** Called once node-opcua has processed the request (its response is being sent). */
   processed?: () => void;
+  /** How long a link fault held it before it was delivered (the write log's heldOnLinkMs). */
+  heldOnLinkMs?: number;
 }
 
 const STATUS_TYPES: Readonly<
@@ -743,9 +745,11 @@ export class OpcuaPlcServer {
     deliver: () => void,
   ): Promise<void> {
     const powerCycles = this.#plc.powerCycles;
+    const heldFrom = this.#plc.time.now();
     if (ms > 0) await this.#timers.delay(ms);
     if (stalled !== undefined) await this.#timers.until(stalled);
     if (this.#server === undefined || this.#plc.powerCycles !== powerCycles) return;
+    pending.heldOnLinkMs = this.#plc.time.now() - heldFrom;
     await new Promise<void>((resolve) => {
       pending.processed = resolve;
       deliver();
@@ -831,11 +835,14 @@ export class OpcuaPlcServer {
     for (const { device, slot, value } of taken) {
       const image = this.#commands.get(device.id);
       if (slot !== 'seq' || image === undefined) continue;
-      device.receiveWrite({
-        code: image.code.value,
-        setpoint: image.setpoint.value,
-        seq: value as number,
-      });
+      device.receiveWrite(
+        {
+          code: image.code.value,
+          setpoint: image.setpoint.value,
+          seq: value as number,
+        },
+        pending.heldOnLinkMs,
+      );
     }
     pending.answered.forEach((status, i) => {
       if (status !== undefined && results[i]?.isGood() === true) results[i] = status;

@@ -289,8 +289,8 @@ export class SimDevice {
   }
 
   /** @internal a front end received a command write (see DeviceController.receiveWrite). */
-  receiveWrite(write: CommandWrite): void {
-    this.controller.receiveWrite(write, this.plc.clock.now());
+  receiveWrite(write: CommandWrite, heldOnLinkMs?: number): void {
+    this.controller.receiveWrite(write, this.plc.clock.now(), heldOnLinkMs);
   }
 
   /** @internal */

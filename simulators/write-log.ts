@@ -20,6 +20,13 @@ export type WriteOutcome =
 export interface WriteLogEntry {
   /** Controller time (epoch ms) when the write arrived. */
   receivedAt: number;
+  /**
+   * How long a link fault (latency `when: before`, a stall) held the request that carried the
+   * write before it reached the controller, from its arrival at the PLC's front end; absent when
+   * none held it. On a loopback link the master sent it at receivedAt − heldOnLinkMs: how long
+   * after its sending a write was taken is what a profile's redispatch guard bounds.
+   */
+  heldOnLinkMs?: number;
   /** 0 for every write to a device without a sequence number. */
   seq: number;
   /** The command code as written, in the code table of the device's register layout. */
@@ -55,9 +62,16 @@ export class WriteLog {
    * Records a received write and returns its entry; the caller settles it later (the entry
    * may have left the ring by then, which is harmless).
    */
-  record(receivedAt: number, seq: number, code: number, setpoint: number): WriteLogEntry {
+  record(
+    receivedAt: number,
+    seq: number,
+    code: number,
+    setpoint: number,
+    heldOnLinkMs?: number,
+  ): WriteLogEntry {
     const entry: WriteLogEntry = {
       receivedAt,
+      ...(heldOnLinkMs === undefined ? {} : { heldOnLinkMs }),
       seq,
       code,
       setpoint,

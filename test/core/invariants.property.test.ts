@@ -24,7 +24,9 @@ import type { WriteLogEntry } from '../../simulators/write-log.js';
  * - I3: nothing was dispatched past its deadline, a second dispatch included;
  * - a confirmed stop held: no write of a command accepted before it was taken by the
  *   controller after the stop's (a write that lands late, after the stop, fails the stop:
- *   READBACK_MISMATCH, "the stop did not hold" — docs/spec-notes.md);
+ *   READBACK_MISMATCH, "the stop did not hold" — docs/spec-notes.md), unless a hold kept that
+ *   write past what the profile lets a write take to land (below, takenPastGuard; the same
+ *   hold lets a command's write reach the controller twice, the second ignored as a repeat);
  * - every command ends: nothing is left open.
  *
  * The seed is printed when the test starts, and a failure prints it with its path; replay with
@@ -105,6 +107,11 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     }),
   },
   // The controller takes no command for a while — up to twice the redispatch guard (400 ms).
+  // Past the guard is within the profile's contract for a write whose answer the daemon has
+  // (it waits for its echo until its confirm timeout), not for one whose answer was lost (held
+  // on the link past the request timeout, a dropped reply): the contract has that one taken
+  // within the guard after its request timed out. A hold that keeps it longer is left out of
+  // the stop check and the count of writes per command (takenPastGuard).
   {
     weight: 1,
     arbitrary: fc.record({
@@ -322,6 +329,24 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
     for (const id of ['v1', 'v2', 'a1']) writeLogs.set(id, await sim.device(id).writeLog());
     const writesWithSeq = (id: string, seq: number): number =>
       writeLogs.get(id)!.filter((w) => w.seq === seq).length;
+    // The profile's contract (docs/device-profiles.md, "How the timings relate";
+    // docs/spec-notes.md, a stop's wait): a write whose answer is lost may still reach the
+    // controller and be taken up to redispatchGuardMs after its request timed out, and not
+    // later — so no later than the request timeout plus the guard after it was sent (at
+    // receivedAt − heldOnLinkMs: the simulator's link is loopback). The daemon waits the guard
+    // from then (a stop for the write it preempted, a second write for the first); after a
+    // restart from its take-up, which here comes later (crash() lets the request in flight
+    // time out first). The links here hold writes for less than the guard, but the `hold`
+    // fault, which leaves received writes waiting for its end, can keep such a write past
+    // it: seed 848157809 (path 33) held a move that had reached the controller 333 ms after
+    // it was sent (83 ms after its request timed out) for some 700 ms more, and the stop,
+    // confirmed at the end of its guard, was undone by it after that — a controller outside
+    // its profile's contract, which no wait of the daemon can see (a held write is not in the
+    // controller's image). Such writes are left out where the contract is the premise.
+    const takenPastGuard = (w: WriteLogEntry): boolean =>
+      w.settledAt !== null &&
+      w.settledAt - (w.receivedAt - (w.heldOnLinkMs ?? 0)) >
+        SIM_REQUEST_TIMEOUT_MS + SIM_TIMING.redispatchGuardMs;
     for (const id of ['v1', 'v2', 'a1']) {
       const mine = records.filter((r) => r.device === id && r.seq !== null);
       const bySeq = new Map(mine.map((r) => [r.seq!, r]));
@@ -334,11 +359,23 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
         expect(owner, `write seq ${w.seq} on ${id} belongs to no journaled command`).toBeDefined();
       }
       for (const r of mine) {
-        // ...and no command's write reached the controller twice.
-        expect(
-          writesWithSeq(id, r.seq!),
-          `${r.key}: ${h.notes(r.key).join(' | ')}`,
-        ).toBeLessThanOrEqual(1);
+        // ...and no command's write reached the controller twice — unless a hold kept the
+        // first past the guard (takenPastGuard) after its answer was lost: an image produced
+        // past the guard that still lacks the first's echo proves it not applied (redispatch.ts),
+        // and a write the controller holds is not in its image. The controller, which took the
+        // first, then ignores the second as a repeat of its sequence number (docs/spec-notes.md,
+        // "A second write"): one actuation all the same.
+        const writes = log.filter((w) => w.seq === r.seq);
+        const repeatOfHeld =
+          writes.length === 2 &&
+          takenPastGuard(writes[0]!) &&
+          writes[1]!.outcome === 'ignored-same-seq';
+        if (!repeatOfHeld) {
+          expect(
+            writesWithSeq(id, r.seq!),
+            `${r.key}: ${h.notes(r.key).join(' | ')}`,
+          ).toBeLessThanOrEqual(1);
+        }
         // I3: dispatched before its deadline — every dispatch, the second one too (a
         // re-dispatch is an event of its own: the record's dispatchedAt keeps the first).
         const dispatches = h.journal
@@ -369,7 +406,7 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
           const owner = bySeq.get(w.seq);
           if (owner === undefined || owner.action === 'stop' || w.outcome !== 'accepted') continue;
           const after = w.settledAt! > stopScan || (w.settledAt === stopScan && i > at);
-          if (owner.acceptedAt >= stop.acceptedAt || !after) continue;
+          if (owner.acceptedAt >= stop.acceptedAt || !after || takenPastGuard(w)) continue;
           expect.fail(
             `${stop.key} confirmed, but ${owner.key} (accepted before it) was taken after it: ${h.notes(stop.key).join(' | ')} || ${h.notes(owner.key).join(' | ')}`,
           );
