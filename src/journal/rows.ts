@@ -46,9 +46,16 @@ const UNAVAILABLE =
   /^SQLITE_(FULL|READONLY|BUSY|LOCKED|IOERR|CANTOPEN|CORRUPT|NOTADB|PROTOCOL|PERM|AUTH)/;
 
 /** What an operator does about `code` on the journal at `path`, when there is something to do. */
-function hint(code: string, path: string): string {
+function hint(code: string, path: string, what: string): string {
   if (code === 'SQLITE_FULL') {
     return `: the filesystem of ${path} is full; commands are refused until space is freed there, then taken again without a restart`;
+  }
+  // A write (a WAL reader waits for no writer) whose lock another connection held past the
+  // journal's busy wait: sluiced is the journal's only writer (writer-lock.ts), so it is another
+  // program — a sqlite3 shell or a backup tool with a transaction open. SQLITE_BUSY alone, in
+  // /readyz and `sluicectl health`, named neither the file nor what holds it.
+  if (code === 'SQLITE_BUSY' && what !== 'read' && what !== 'open') {
+    return `: another program holds the write lock of ${path} (a sqlite3 shell or a backup with a transaction open) for longer than sluiced waits for it (journal.busyTimeoutMs); commands are refused until it lets go, then taken again without a restart`;
   }
   // A page damaged while the daemon runs (a failing disk): it does not mend itself, and
   // SQLITE_CORRUPT alone named neither the file nor what to do. The journal is checked at every
@@ -72,7 +79,7 @@ export function stillInTransaction(db: Database): boolean {
 export function translate(error: unknown, what: string, path?: string): never {
   const code = (error as { code?: unknown }).code;
   if (typeof code === 'string' && UNAVAILABLE.test(code)) {
-    const advice = path === undefined ? '' : hint(code, path);
+    const advice = path === undefined ? '' : hint(code, path, what);
     throw new JournalUnavailableError(`journal unavailable (${what}): ${code}${advice}`, {
       cause: error,
     });
