@@ -190,7 +190,9 @@ export class ConfirmationLoop {
       // as this process can place it.
       sentMono: Math.min(nowMono, (record.dispatchedAt ?? 0) - clock.now() + nowMono),
       acked: false,
-      unknownSinceMono: nowMono,
+      // Unknown from the take-up, or from the end of the request timeout after the earlier
+      // life ended when the restart came sooner (Lane.earlierWriteUnknownSinceMono).
+      unknownSinceMono: Math.max(nowMono, lane.earlierWriteUnknownSinceMono),
       epoch: null,
     };
     const history = this.host.journal.history(record);

@@ -86,6 +86,17 @@ export interface Lane {
    * binding's (its PLC's `unreachableGraceMs`), else the pipeline's default.
    */
   readonly unreachableGraceMs: number;
+  /**
+   * When the outcome of a write an earlier life of the daemon sent became unknown, at the
+   * latest (monotonic): that life ended before this process took the journal's writer lock,
+   * and the write's request, sent before, may have been on its way up to the PLC's request
+   * timeout after — the moment from which the profile's contract has it taken within the
+   * redispatch guard, if ever (docs/device-profiles.md, "How the timings relate"). A take-up
+   * sooner after the restart than that counts the guard from here, not from itself: a write
+   * sent just before a SIGKILL, the daemon restarted within the request timeout, could land
+   * after a guard counted from the take-up (a second write, or a stop confirmed and undone).
+   */
+  readonly earlierWriteUnknownSinceMono: number;
   readonly queue: CommandRef[];
   running: Promise<void> | null;
   inFlight: CommandRef | null;

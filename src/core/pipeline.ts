@@ -49,6 +49,13 @@ export interface DeviceBinding {
    * its open commands keeps trying to reach it at least. Omitted: the pipeline's.
    */
   readonly unreachableGraceMs?: number;
+  /**
+   * Its PLC's request timeout (`plcs.<name>.requestTimeoutMs`): a write an earlier life of the
+   * daemon sent may have been on its way for up to this long when that life ended (Lane,
+   * earlierWriteUnknownSinceMono). Omitted: the profile's redispatch guard stands in, which the
+   * configuration check keeps longer than the timeout.
+   */
+  readonly requestTimeoutMs?: number;
 }
 
 /** Who sent a command: keys are scoped to it, and it may command only its devices. */
@@ -82,6 +89,13 @@ export interface PipelineOptions {
    * its own (DeviceBinding.unreachableGraceMs, from their PLC's configuration).
    */
   readonly unreachableGraceMs?: number;
+  /**
+   * Monotonic time (this clock) by which every earlier life of the daemon on this journal had
+   * ended: when this process took the journal's writer lock (src/journal/writer-lock.ts), which
+   * a live daemon holds. A write of an earlier life was sent before it. Default: when the
+   * pipeline is made.
+   */
+  readonly earlierLivesEndedMono?: number;
   /**
    * What the clocks may do to commands (SPEC §6). Default: no gateway clock source, no bound
    * on controller skew, and `reject` as the policy once either is configured.
@@ -153,11 +167,15 @@ export class CommandPipeline {
       maxControllerSkewMs: () => null,
       gateway: null,
     };
+    const earlierLivesEnded = options.earlierLivesEndedMono ?? this.clock.elapsed();
     for (const binding of options.devices) {
       this.lanes.set(binding.id, {
         binding,
         unreachableGraceMs:
           binding.unreachableGraceMs ?? options.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
+        earlierWriteUnknownSinceMono:
+          earlierLivesEnded +
+          (binding.requestTimeoutMs ?? binding.profile.timing.redispatchGuardMs),
         queue: [],
         running: null,
         inFlight: null,

@@ -122,7 +122,7 @@ export class Preemption {
       current !== UNREADABLE &&
       lane.unresolved !== null &&
       refId(lane.unresolved) === refId(target)
-        ? this.earlierWrite(current)
+        ? this.earlierWrite(lane, current)
         : null;
     lane.interrupted = {
       target: { scope: target.scope, key: target.key },
@@ -288,7 +288,7 @@ export class Preemption {
    * controller after the stop and undo it (measured: a move held on the PLC's link landed
    * seconds after the stop was reported confirmed, the actuator travelling to 80 %).
    */
-  private earlierWrite(record: CommandRecord | undefined): LastWrite | null {
+  private earlierWrite(lane: Lane, record: CommandRecord | undefined): LastWrite | null {
     if (record?.state !== 'dispatched' || record.seq === null) return null;
     const now = this.host.clock.elapsed();
     return {
@@ -297,7 +297,9 @@ export class Preemption {
       seq: record.seq,
       sentMono: now,
       acked: false,
-      unknownSinceMono: now,
+      // Or later, when the restart came within the request timeout of the earlier life's end
+      // (Lane.earlierWriteUnknownSinceMono): the guard counts from there.
+      unknownSinceMono: Math.max(now, lane.earlierWriteUnknownSinceMono),
       epoch: null,
     };
   }

@@ -199,6 +199,9 @@ export class Daemon {
       const journalPath = config.journal.path ?? join(config.stateDir, 'journal.db');
       // One daemon per journal (I1), taken before anything is opened or connected.
       const lock = lockJournal(journalPath);
+      // Every earlier life of the daemon on this journal has ended: its writes were sent before
+      // now (the take-up of one counts its guard from here at the earliest: Lane).
+      const earlierLivesEndedMono = clock.elapsed();
       releasers.push({
         name: 'journal lock',
         release: () => {
@@ -299,6 +302,7 @@ export class Daemon {
         logger,
         freshness: { maxIssuerSkewMs: config.clock.maxIssuerSkewMs },
         clockPolicy: clocks.policy,
+        earlierLivesEndedMono,
       });
       const boundMs = options.shutdownBoundMs ?? 10_000;
       // I5: every open command is put at the head of its device's queue before the intakes

@@ -112,15 +112,20 @@ export async function buildDrivers(args: {
   const bindings: DeviceBinding[] = Object.entries(inventory.devices).map(([id, device]) => {
     const profile = need(profiles.get(device.profile), `profile ${device.profile}`);
     const plc = need(inventory.plcs[device.plc], `plc ${device.plc}`);
-    // Its PLC's grace, when the PLC sets one (the pipeline's default otherwise).
-    const grace =
-      plc.unreachableGraceMs === undefined ? {} : { unreachableGraceMs: plc.unreachableGraceMs };
+    // Its PLC's grace, when the PLC sets one (the pipeline's default otherwise), and its
+    // request timeout (how long an earlier life's write may have been on its way: Lane).
+    const plcTimings = {
+      ...(plc.unreachableGraceMs === undefined
+        ? {}
+        : { unreachableGraceMs: plc.unreachableGraceMs }),
+      requestTimeoutMs: plc.requestTimeoutMs,
+    };
     switch (plc.protocol) {
       case 'modbus':
         return {
           id,
           profile,
-          ...grace,
+          ...plcTimings,
           driver: new ModbusDeviceDriver({
             id,
             profile,
@@ -133,7 +138,7 @@ export async function buildDrivers(args: {
         return {
           id,
           profile,
-          ...grace,
+          ...plcTimings,
           driver: new (opcuaModule().OpcuaDeviceDriver)({
             id,
             profile,
