@@ -192,7 +192,17 @@ export class Preemption {
     const log = this.host.logger.child({ key: behind.key });
     const current = this.read(target, log);
     if (current === UNREADABLE || current?.action !== 'stop') return;
-    this.stopOvertakes(lane, target, current, behind, log);
+    // Acknowledged, the stop in flight is given the controller's time to show it (a readback
+    // right after the write may have been answered before the scan that takes it): taken over
+    // on that image, a stop about to show its effect was interrupted, and the next one written.
+    this.stopOvertakes(
+      lane,
+      target,
+      current,
+      behind,
+      log,
+      lane.binding.profile.timing.mismatchGraceMs,
+    );
     if (overtakenBy(lane, target, behind)) lane.stopBehind = null;
   }
 
@@ -217,6 +227,8 @@ export class Preemption {
     current: CommandRecord | undefined | typeof UNREADABLE,
     next: CommandRef,
     log: Logger,
+    /** How long after an acknowledged write a readback must be requested to show it not taken. */
+    showMs = 0,
   ): void {
     const outer = lane.interrupted;
     const held = lane.inFlight !== null && refId(lane.inFlight) === refId(target);
@@ -249,7 +261,7 @@ export class Preemption {
       (current.seq !== null && seen.seq === current.seq) ||
       // Acknowledged and not read since: its first readback comes within a scan or two, and
       // most often shows it taken (the stop behind it is then a no-op, as before).
-      (write.acked && seen.requestedMono < write.sentMono)
+      (write.acked && seen.requestedMono < write.sentMono + showMs)
     ) {
       return;
     }
