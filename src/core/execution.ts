@@ -15,6 +15,7 @@ import type { Logger } from './logger.js';
 import { stopOverPreempted } from './preemption.js';
 import { observe, type Expectation } from './readback.js';
 import { NoOpCourse } from './no-op.js';
+import { previousWritePending, stopAfterPending } from './previous-write.js';
 import { latestWriteUnsent } from './redispatch.js';
 import { allocateSeq } from './sequence.js';
 import type { TimedReadback } from './skew.js';
@@ -138,8 +139,12 @@ export class CommandExecution {
       });
       return;
     }
-    let before = read.readback;
-    let decision = this.decideFor(lane, record, before);
+    // The device's previous write may still be taken (its command ended with its fate open):
+    // decided on an image without it, this command would be undone by it.
+    const settled = await this.afterPreviousWrite(lane, record, read.readback, from, log);
+    if (settled === null) return;
+    let before = settled.readback;
+    let decision = settled.stop ?? this.decideFor(lane, record, before);
     if (decision.kind === 'noop') {
       // I2: not on a frozen image (no-op.ts); a newer image is decided on afresh.
       const image = await this.noOp.freshImage(lane, before, takenUpMono, log);
@@ -252,6 +257,85 @@ export class CommandExecution {
         );
         return;
       }
+    }
+  }
+
+  /**
+   * `first`, or the first later readback, on which the command may be decided: one that shows
+   * the device's previous write taken, or a readback after which it can no longer be
+   * (previous-write.ts). That write belongs to a command that ended with its fate open — most
+   * often an operator's resolve while the controller held it — and the controller takes writes
+   * in arrival order: a close decided on CLOSED while an acknowledged open waits in the
+   * controller was confirmed a no-op, and the open was taken 44 ms later (I2). Waiting for the
+   * write, rather than deciding on the state it leads to, decides on what the controller did
+   * (the write may be taken, refused, or never: a PLC with one command register keeps only the
+   * last write), with the state machine's check on it (I4). The wait is bounded by the write's
+   * own bound and by the command's deadline: past that, it ends `rejected` `STALE_COMMAND`,
+   * never written. A stop does not wait for an acknowledged write: it is decided on the state
+   * that write leads to (`stop`; previous-write.ts, stopAfterPending). Null when the command is
+   * settled or its handling aborted.
+   */
+  private async afterPreviousWrite(
+    lane: Lane,
+    record: CommandRecord,
+    first: TimedReadback,
+    from: OpenState,
+    log: Logger,
+  ): Promise<{ readonly readback: TimedReadback; readonly stop?: Decision } | null> {
+    const { clock, journal } = this.host;
+    const { profile } = lane.binding;
+    let readback = first;
+    let said = false;
+    for (;;) {
+      const pending = previousWritePending(
+        journal,
+        lane,
+        record,
+        readback,
+        this.reads.usableSkew(lane),
+        clock.elapsed(),
+      );
+      if (pending === null) return { readback };
+      const stop =
+        record.action === 'stop'
+          ? stopAfterPending(profile, pending, readback, decide(profile, readback.state, 'stop'))
+          : null;
+      if (stop?.kind === 'write') {
+        log.warn(
+          { previous: pending.command.key, seq: pending.write.seq },
+          "stop decided on the state the device's previous write leads to",
+        );
+        this.host.note(
+          record,
+          `decided on the state the device's previous write leads to: ${pending.reason}; the stop is written after it, and confirmed by any state a stop leaves the device in`,
+        );
+        return { readback, stop };
+      }
+      if (!said) {
+        said = true;
+        log.warn(
+          { previous: pending.command.key, seq: pending.write.seq, acked: pending.write.acked },
+          "waiting for the device's previous write to be taken before deciding",
+        );
+        this.host.note(
+          record,
+          `not decided yet: ${pending.reason}; a decision on the image before it (${readback.state}) would be undone by it, so the command waits for a readback that shows it taken`,
+        );
+      }
+      const now = this.host.deadlineNow(record);
+      if (now >= record.deadline) {
+        this.host.settle(log, record, from, {
+          to: 'rejected',
+          code: 'STALE_COMMAND',
+          faultCode: null,
+          observed: observe(readback),
+          detail: `deadline ${new Date(record.deadline).toISOString()} passed ${Math.round(now - record.deadline)} ms ago while the command waited for the device's previous write: ${pending.reason}; nothing was written`,
+        });
+        return null;
+      }
+      await clock.sleep(profile.timing.pollIntervalMs, lane.signal);
+      if (aborted(lane)) return null;
+      readback = (await this.reads.tryRead(lane, log)) ?? readback;
     }
   }
 

@@ -1,0 +1,124 @@
+import type { CommandRecord, Journal } from './journal.js';
+import type { Lane, LastWrite } from './lane.js';
+import type { DeviceProfile } from './profile.js';
+import { mayStillLand } from './redispatch.js';
+import type { SkewEstimate, TimedReadback } from './skew.js';
+import { decide, type Decision } from './state-machine.js';
+
+/**
+ * The outcomes that end a written command while its write's fate is open: no readback showed
+ * its echo (late-echo.ts, where the same endings are watched for a late echo). Any other ending
+ * either showed the echo (the controller took the write) or had no write standing.
+ */
+const FATE_OPEN: ReadonlySet<string> = new Set([
+  'RESOLVED_BY_OPERATOR',
+  'READBACK_TIMEOUT',
+  'DEVICE_UNREACHABLE',
+]);
+
+/** The device's last write, of a command that has ended, which the controller may still take. */
+export interface PendingWrite {
+  readonly command: CommandRecord;
+  readonly write: LastWrite;
+  /** Why it may still be taken, as a clause of a sentence (for the history and the log). */
+  readonly reason: string;
+}
+
+/**
+ * The device's last write (the lane's: this process sent it), when it belongs to a command that
+ * has ended with the write's fate open — an operator resolved it while the write was out, or no
+ * readback showed its echo in its window — and the controller may still take it after `readback`:
+ * - acknowledged, by a controller that echoes sequence numbers, and `readback` does not show its
+ *   echo, within the profile's confirm timeout from its write. The write is in the controller's
+ *   hands (a held handshake: a PLC busy with a long task takes command writes at a later scan, in
+ *   arrival order). The confirm timeout is the bound the daemon already takes for an
+ *   acknowledged write (it ends READBACK_TIMEOUT after it, and Modbus 0x05 is judged so): a
+ *   controller that holds one longer breaks that contract, as a write held past the redispatch
+ *   guard does (mayStillLand), and the device is not held for it for ever;
+ * - its outcome unknown (its answer lost) and `readback` produced before the redispatch guard
+ *   after that (mayStillLand): it may still be on its way.
+ * Null when none: no such write, the command's own, taken (echoed), or past its bound. A
+ * controller that echoes nothing cannot show an acknowledged write taken: such a write is left
+ * out, as before.
+ *
+ * A command judged on an image without that write — a close a no-op on CLOSED while an open
+ * waits in the controller — is undone by it: the controller takes the open after the close was
+ * confirmed, and the valve opens (I2). So the next command is decided only once the write is
+ * seen taken, or can no longer be (execution.ts).
+ */
+export function previousWritePending(
+  journal: Pick<Journal, 'get'>,
+  lane: Lane,
+  record: CommandRecord,
+  readback: TimedReadback,
+  skew: SkewEstimate | null,
+  nowMono: number,
+): PendingWrite | null {
+  const write = lane.lastWrite;
+  if (write === null || (write.scope === record.scope && write.key === record.key)) return null;
+  if (readback.seq !== null && readback.seq === write.seq) return null;
+  const command = journal.get({ scope: write.scope, key: write.key });
+  if (
+    command?.state !== 'failed' ||
+    command.seq !== write.seq ||
+    !FATE_OPEN.has(command.code ?? '') ||
+    // With an observation, DEVICE_UNREACHABLE says nothing was applied (late-echo.ts, inDoubt).
+    (command.code === 'DEVICE_UNREACHABLE' && command.observed !== null) ||
+    command.observed?.seq === write.seq
+  ) {
+    return null;
+  }
+  const { profile } = lane.binding;
+  const name = `the write of ${command.key} (sequence number ${write.seq}), which ended ${command.code}`;
+  if (write.acked) {
+    if (!profile.controller.echoesSeq) return null;
+    const leftMs = write.sentMono + profile.timing.confirmTimeoutMs - nowMono;
+    if (leftMs <= 0) return null;
+    return {
+      command,
+      write,
+      reason: `${name}, was acknowledged by the controller and no readback shows it taken (its echo): the controller may still take it, before any write after it (for ${Math.ceil(leftMs)} ms more: the confirm timeout from its write)`,
+    };
+  }
+  const landing = mayStillLand({
+    profile,
+    readback,
+    skew,
+    acked: false,
+    unknownSinceMono: write.unknownSinceMono ?? write.sentMono,
+  });
+  if (landing === null) return null;
+  return { command, write, reason: `${name}; ${landing}` };
+}
+
+/**
+ * A stop's decision when the device's previous write may still be taken (`actual`: the table's,
+ * on the image without it). A stop does not wait for that write (SPEC §2: a stop is not queued
+ * behind travel): it is written whenever it would be from the state that write leads to, as a
+ * stop written over a preempted write not taken yet is (preemption.ts, stopOverPreempted) — the
+ * controller takes writes in arrival order, so it takes the stop after that write, or the stop
+ * alone when its one command register kept only the last — and it is confirmed by any state a
+ * stop leaves the device in from either. Only for an acknowledged write: one whose outcome is
+ * unknown may still come after the stop, which then waits out its guard before deciding
+ * (execution.ts). `actual` when the stop would be no write from there either, or is refused.
+ */
+export function stopAfterPending(
+  profile: DeviceProfile,
+  pending: PendingWrite,
+  before: { readonly state: string },
+  actual: Decision,
+): Decision {
+  const from = pending.command.observedBefore;
+  if (actual.kind === 'reject' || from === null || !pending.write.acked) return actual;
+  const written = decide(profile, from.state, pending.command.action);
+  if (written.kind !== 'write') return actual;
+  const expected = decide(profile, written.next, 'stop');
+  if (expected.kind !== 'write') return actual;
+  const confirm = new Set<string>(expected.confirm);
+  if (actual.kind === 'write') for (const state of actual.confirm) confirm.add(state);
+  for (const state of [before.state, ...written.confirm]) {
+    const cell = decide(profile, state, 'stop');
+    if (cell.kind !== 'reject') for (const c of cell.confirm) confirm.add(c);
+  }
+  return { kind: 'write', next: expected.next, confirm: [...confirm] };
+}
