@@ -114,6 +114,12 @@ export interface Lane {
    * sweep takes it up again before anything else.
    */
   unresolved: CommandRef | null;
+  /**
+   * The command whose handling has returned while its end is being made durable (the worker's
+   * barrier after it): still the device's command until the worker knows it terminal on disk
+   * or leaves it open. A stop accepted meanwhile preempts it, and the sweep leaves it alone.
+   */
+  ending: CommandRef | null;
   mirror: TimedReadback | null;
   /**
    * The scan time of the mirror's image and when a read first returned it (monotonic, its

@@ -187,6 +187,7 @@ export class CommandPipeline {
         lastWrite: null,
         withheld: null,
         stopBehind: null,
+        ending: null,
         skewSamples: [],
         clockOff: null,
         oldImageCheck: null,
@@ -669,7 +670,12 @@ export class CommandPipeline {
       if (this.aborted()) return;
       // Whatever happened, the device moves on only once the command is terminal — or a stop
       // preempted it (SPEC §2) — on disk: a settlement that a failed group commit lost leaves
-      // the command open, and the device stays on it.
+      // the command open, and the device stays on it. Until then a stop accepted meanwhile
+      // preempts it, and the sweep leaves it alone (lane.ending). Taken by neither, a command
+      // left open — its write withheld, or the journal failing under its readbacks — had the
+      // stop queue behind its take-up, which reads until its deadline while the valve may
+      // travel, and the sweep took it up beside the worker still deciding.
+      lane.ending = ref;
       let after: CommandRecord | undefined;
       try {
         await this.durable();
@@ -678,17 +684,21 @@ export class CommandPipeline {
         after =
           settled !== null && this.outcomes.wasAnnounced(settled) ? settled : this.journal.get(ref);
       } catch (error) {
+        lane.ending = null;
         // Preempted by a stop, and whether it was written cannot be read now: taken up again,
         // it must not run as a command of its own ahead of the stop (written after it). Marked,
         // it is rejected SUPERSEDED if it is still `accepted`, judged after the stop if not.
         const stop = lane.interrupted;
-        if (preempt.signal.aborted && stop !== null && refId(stop.target) === refId(ref)) {
+        if (stop !== null && refId(stop.target) === refId(ref)) {
           lane.superseded.set(refId(ref), stop.stop);
         }
         this.leftOpen(lane, ref, log, failure ?? error);
         return;
       }
-      if (preempt.signal.aborted && lane.interrupted?.target.key === ref.key) {
+      lane.ending = null;
+      // Preempted by a stop while it ran (its handling aborted) or while its end was being made
+      // durable: the interruption names it.
+      if (lane.interrupted !== null && refId(lane.interrupted.target) === refId(ref)) {
         if (after?.state === 'accepted') {
           this.preemption.supersede(lane, ref, lane.interrupted.stop, log);
         }

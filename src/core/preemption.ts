@@ -49,7 +49,7 @@ export class Preemption {
    * stop), and a command in flight that cannot be read is preempted as one that may travel.
    */
   stopPreempts(lane: Lane, stop: CommandRef, log: Logger): void {
-    const target = lane.inFlight ?? lane.unresolved;
+    const target = lane.inFlight ?? lane.ending ?? lane.unresolved;
     const left = this.leftOut(lane, stop, log);
     const ahead = [...lane.queue.splice(0, lane.queue.length), ...left];
     if (target === null && ahead.length === 0) return;
@@ -362,7 +362,7 @@ export class Preemption {
    */
   private leftOut(lane: Lane, stop: CommandRef, log: Logger): CommandRef[] {
     const held = new Set<string>(lane.queue.map(refId));
-    for (const ref of [lane.inFlight, lane.unresolved, ...interruptedTargets(lane)]) {
+    for (const ref of [lane.inFlight, lane.ending, lane.unresolved, ...interruptedTargets(lane)]) {
       if (ref !== null) held.add(refId(ref));
     }
     let open;

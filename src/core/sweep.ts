@@ -68,6 +68,8 @@ export class Sweep {
     for (const lane of lanes.values()) {
       for (const ref of lane.queue) live.add(refId(ref));
       if (lane.inFlight !== null) live.add(refId(lane.inFlight));
+      // Its end being made durable: its worker decides next.
+      if (lane.ending !== null) live.add(refId(lane.ending));
       if (lane.unresolved !== null) live.add(refId(lane.unresolved));
       // Preempted by a stop: taken up again once the stop is terminal.
       for (const target of interruptedTargets(lane)) live.add(refId(target));

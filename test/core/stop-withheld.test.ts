@@ -168,4 +168,47 @@ describe('a stop that preempts a command whose write was withheld', () => {
     expect(valve.writesWithSeq(s1.seq!)).toBe(0);
     expect(valve.writesWithSeq(a.seq!)).toBe(1);
   });
+
+  it('accepted while the end of its handling is being made durable: the stop goes first, not behind its take-up', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await harness(onTestFinished);
+    const valve = h.device('v1');
+    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+    h.submit('a', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    await h.until(
+      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+      5_000,
+      'the fresh read held',
+    );
+    await h.journal.durable();
+    const disk = failFdatasync(1);
+    onTestFinished(() => {
+      disk.restore();
+    });
+    valve.clearFault('stall');
+    await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
+    // The open's write is withheld, and its handling has returned; its worker waits for the
+    // journal to recover (a second) before it moves on, and the stop is accepted meanwhile.
+    await h.until(
+      () => h.pipeline.devices().find((d) => d.id === 'v1')?.inFlight === null,
+      5_000,
+      "the open's handling returned",
+    );
+    expect(h.get('a')?.state).toBe('dispatched');
+    h.submit('s', { device: 'v1', action: 'stop' });
+    // Ground truth: the stop reaches the controller while the open is still open — not once the
+    // open's take-up has read until its deadline (20 s) — and the open never does.
+    await h.until(() => h.get('s')?.seq != null, 5_000, 'the stop dispatched');
+    const stopSeq = h.get('s')!.seq!;
+    await h.until(() => valve.writesWithSeq(stopSeq) === 1, 3_000, 'the stop written');
+    expect(h.get('a')?.state).toBe('dispatched');
+    const s = await h.settled('s', 3 * GUARD_MS);
+    expect(s.state).toBe('confirmed');
+    const a = await h.settled('a', 3 * GUARD_MS);
+    expect(valve.writesWithSeq(a.seq!)).toBe(0);
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([s.seq]);
+    expect(a.attempts).toBe(1);
+  });
 });
