@@ -25,7 +25,9 @@ import {
   mayStillLand,
   unsentLine,
   type DeviceImage,
+  type RedispatchVerdict,
 } from './redispatch.js';
+import { POWER_UP_ECHO } from './sequence.js';
 import type { TimedReadback } from './skew.js';
 import { decide } from './state-machine.js';
 
@@ -58,6 +60,12 @@ interface WrittenContext {
    * valve is back in REMOTE: a write decided before the operator's hand would act after it.
    */
   localSeen?: boolean;
+  /**
+   * A readback after the write showed this command's echo: the controller took it. Should a
+   * later one not show it (the controller restarted, its echo volatile and back to its power-up
+   * value; another command taken), the write is never proven unapplied, nor sent again.
+   */
+  echoSeen?: boolean;
   /**
    * The key of a stop of ours the controller was seen taking while this command's write, its
    * outcome unknown, could still reach it: should it, it is taken after the stop.
@@ -305,10 +313,10 @@ export class ConfirmationLoop {
       if (
         profile.controller.echoesSeq &&
         readback.seq === seq &&
-        readback.state !== profile.localState &&
         verdict.kind !== 'skew-contradicted'
       ) {
-        takenInRemote = true;
+        ctx.echoSeen = true;
+        if (readback.state !== profile.localState) takenInRemote = true;
       }
       switch (verdict.kind) {
         case 'confirmed': {
@@ -611,7 +619,7 @@ export class ConfirmationLoop {
     if (!ctx.write.acked && this.reads.usableSkew(lane) === null) {
       await this.reads.ensureSkew(lane, log);
     }
-    const verdict = judgeRedispatch({
+    const judged = judgeRedispatch({
       profile: lane.binding.profile,
       seq,
       attempts: record.attempts,
@@ -624,7 +632,17 @@ export class ConfirmationLoop {
       nowWall: this.host.deadlineNow(record),
       sameConnection: ctx.write.epoch !== null && ctx.write.epoch === readback.epoch,
     });
-    const prefix = `the controller never echoed sequence number ${seq}`;
+    // Taken (an earlier readback showed its echo) is never proven unapplied by a later image
+    // that lacks the echo: a controller that restarted since shows its power-up echo, and may
+    // stand as before the write; sent again, the command would act a second time (I1).
+    const verdict: RedispatchVerdict =
+      ctx.echoSeen === true && (judged.kind === 'redispatch' || judged.kind === 'not-applied')
+        ? { kind: 'unprovable', reason: 'an earlier readback showed it taken' }
+        : judged;
+    const prefix =
+      ctx.echoSeen === true
+        ? `the controller took sequence number ${seq} (a readback showed its echo) and no longer echoes it (it shows ${readback.seq ?? 'none'}${readback.seq === POWER_UP_ECHO ? ', its power-up value: it restarted since' : ''})`
+        : `the controller never echoed sequence number ${seq}`;
     // A stop of ours that came after this command (SPEC §2): if the controller took it, this
     // command was interrupted; either way, it is never written again.
     const stops =
@@ -678,7 +696,10 @@ export class ConfirmationLoop {
       case 'unprovable':
         return {
           kind: 'waiting',
-          reason: `${prefix}; ${verdict.reason}, so whether the write was applied is unknown`,
+          reason:
+            ctx.echoSeen === true
+              ? `${prefix}; it is never written again, and whether it took effect is not confirmed`
+              : `${prefix}; ${verdict.reason}, so whether the write was applied is unknown`,
         };
       case 'not-applied':
         this.host.settle(log, record, 'dispatched', {

@@ -73,7 +73,11 @@ export function imageOf(observation: Observation): DeviceImage {
 /** Same state, fault, echo and (within half a percent) position. */
 export function unchangedSince(before: DeviceImage, now: DeviceImage): string | null {
   if (now.seq !== before.seq) {
-    return `the controller's echo moved from ${before.seq ?? 'none'} to ${now.seq ?? 'none'} (another command was taken)`;
+    // Back to the power-up value: the controller restarted (its echo is volatile), which says
+    // nothing of what it took before; any other value is a command it took.
+    return now.seq === POWER_UP_ECHO
+      ? `the controller's echo fell from ${before.seq ?? 'none'} to ${POWER_UP_ECHO}, its power-up value (the controller restarted since)`
+      : `the controller's echo moved from ${before.seq ?? 'none'} to ${now.seq ?? 'none'} (another command was taken)`;
   }
   if (now.state !== before.state) return `the device moved from ${before.state} to ${now.state}`;
   if (now.faultCode !== before.faultCode) {
