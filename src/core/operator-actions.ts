@@ -57,6 +57,7 @@ export class OperatorActions {
     ) {
       lane.preempt?.abort();
     }
+    if (lane !== undefined && record.state === 'accepted') leaveQueue(lane, ref);
     if (
       lane?.unresolved !== null &&
       lane?.unresolved !== undefined &&
@@ -110,6 +111,22 @@ export class OperatorActions {
         : `still ${after.state}: waiting for the device's command in flight`;
     return { record: after, detail };
   }
+}
+
+/**
+ * A queued command the operator resolved leaves its device's queue at once: left in it until the
+ * device came to it, it was still counted as waiting (`sluicectl devices`, /v1/devices, the
+ * status page, sluice_device_queue_length) while the journal had it failed. Not a stop that a
+ * preemption waits for (lane.interrupted): the worker, coming to it ended, hands the preempted
+ * command on (preemption.ts, afterStop), and that stays its job.
+ */
+function leaveQueue(lane: Lane, ref: CommandRef): void {
+  const id = refId(ref);
+  if (lane.interrupted !== null && refId(lane.interrupted.stop) === id) return;
+  const at = lane.queue.findIndex((queued) => refId(queued) === id);
+  if (at < 0) return;
+  lane.queue.splice(at, 1);
+  lane.superseded.delete(id);
 }
 
 /**

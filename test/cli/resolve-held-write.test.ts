@@ -134,4 +134,40 @@ describe.skipIf(!real)('a command queued behind a resolved command whose write i
     expect(valve.snapshot().seqEcho).toBe(2);
     expect(site.verify()).toEqual([]);
   }, 60_000);
+
+  it('a queued command an operator resolves no longer counts as waiting for its device', async () => {
+    const valve = site.plant.device('mb-actuator');
+    valve.setFault({ kind: 'hold' });
+    const held = await site.postCommand('move-3', {
+      device: 'mb-actuator',
+      action: 'move',
+      position: 40,
+    });
+    expect(held.status).toBe(202);
+    await until(() => (valve.counters.writesReceived === 1 ? true : undefined), 10_000);
+    const queued = await site.postCommand('move-4', {
+      device: 'mb-actuator',
+      action: 'move',
+      position: 60,
+    });
+    expect(queued.status).toBe(202);
+    const device = async (): Promise<{ queued: number; inFlight: string | null }> =>
+      JSON.parse((await site.https('GET', '/v1/devices/mb-actuator')).body) as {
+        queued: number;
+        inFlight: string | null;
+      };
+    await until(async () => ((await device()).queued === 1 ? true : undefined), 10_000);
+    const resolved = await sluicectl(
+      ['--config', site.configPath, 'resolve', 'move-4', '--as', 'failed', '--reason', 'not now'],
+      { timeoutMs: 30_000 },
+    );
+    expect(resolved.code).toBe(0);
+    // The journal has it failed; the device's count and the metric say the same.
+    expect(site.records().find((r) => r.key === 'move-4')?.state).toBe('failed');
+    expect(await device()).toMatchObject({ queued: 0, inFlight: 'move-3' });
+    const metrics = (await site.https('GET', '/metrics')).body;
+    expect(metrics).toMatch(/^sluice_device_queue_length\{device="mb-actuator"\} 1$/m);
+    expect(valve.writeLog.map((e) => e.seq)).toEqual([1]);
+    valve.clearFaults();
+  }, 60_000);
 });
