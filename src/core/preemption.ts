@@ -12,7 +12,7 @@ import {
 import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
 import { latestWriteNeverSent } from './open-commands.js';
-import { decide, type Decision } from './state-machine.js';
+import { stopBehindWrite, type Decision } from './state-machine.js';
 
 /** A record the journal could not give (read failed): not the same as one it does not hold. */
 const UNREADABLE = Symbol('unreadable');
@@ -575,15 +575,11 @@ function overPreempted(
   ) {
     return decision;
   }
-  const written = decide(profile, target.observedBefore.state, target.action);
-  if (written.kind !== 'write') return decision;
-  const expected = decide(profile, written.next, 'stop');
-  if (expected.kind !== 'write') return decision;
-  const confirm = new Set<string>(expected.confirm);
-  if (decision.kind === 'write') for (const c of decision.confirm) confirm.add(c);
-  for (const state of [before.state, ...written.confirm]) {
-    const cell = decide(profile, state, 'stop');
-    if (cell.kind !== 'reject') for (const c of cell.confirm) confirm.add(c);
-  }
-  return { kind: 'write', next: expected.next, confirm: [...confirm] };
+  return stopBehindWrite(
+    profile,
+    target.observedBefore.state,
+    target.action,
+    before.state,
+    decision,
+  );
 }

@@ -3,7 +3,7 @@ import type { Lane, LastWrite } from './lane.js';
 import type { DeviceProfile } from './profile.js';
 import { mayStillLand } from './redispatch.js';
 import type { SkewEstimate, TimedReadback } from './skew.js';
-import { decide, type Decision } from './state-machine.js';
+import { stopBehindWrite, type Decision } from './state-machine.js';
 
 /**
  * The outcomes that end a written command while its write's fate is open: no readback showed
@@ -110,15 +110,5 @@ export function stopAfterPending(
 ): Decision {
   const from = pending.command.observedBefore;
   if (actual.kind === 'reject' || from === null || !pending.write.acked) return actual;
-  const written = decide(profile, from.state, pending.command.action);
-  if (written.kind !== 'write') return actual;
-  const expected = decide(profile, written.next, 'stop');
-  if (expected.kind !== 'write') return actual;
-  const confirm = new Set<string>(expected.confirm);
-  if (actual.kind === 'write') for (const state of actual.confirm) confirm.add(state);
-  for (const state of [before.state, ...written.confirm]) {
-    const cell = decide(profile, state, 'stop');
-    if (cell.kind !== 'reject') for (const c of cell.confirm) confirm.add(c);
-  }
-  return { kind: 'write', next: expected.next, confirm: [...confirm] };
+  return stopBehindWrite(profile, from.state, pending.command.action, before.state, actual);
 }

@@ -43,3 +43,32 @@ export function decide(profile: DeviceProfile, state: string, action: Action): D
       };
   }
 }
+
+/**
+ * A stop's decision when a write of another command (`action`, decided on `from`) may still be
+ * taken before it — the controller takes writes in arrival order — and the device shows
+ * `before`: `decision` (the table's, on `before`), made a write when a stop would be one from
+ * the state that write leads to, and confirmed by any state a stop leaves the device in from
+ * either (preemption.ts, a stop over a preempted write; previous-write.ts, a stop behind a write
+ * of a command that ended with its fate open). `decision` when a stop would be no write from
+ * there either.
+ */
+export function stopBehindWrite(
+  profile: DeviceProfile,
+  from: string,
+  action: Action,
+  before: string,
+  decision: Decision,
+): Decision {
+  const written = decide(profile, from, action);
+  if (written.kind !== 'write') return decision;
+  const expected = decide(profile, written.next, 'stop');
+  if (expected.kind !== 'write') return decision;
+  const confirm = new Set<string>(expected.confirm);
+  if (decision.kind === 'write') for (const c of decision.confirm) confirm.add(c);
+  for (const state of [before, ...written.confirm]) {
+    const cell = decide(profile, state, 'stop');
+    if (cell.kind !== 'reject') for (const c of cell.confirm) confirm.add(c);
+  }
+  return { kind: 'write', next: expected.next, confirm: [...confirm] };
+}
