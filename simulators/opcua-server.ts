@@ -2,7 +2,8 @@
  * OPC UA front end of a simulated PLC (node-opcua OPCUAServer, SecurityMode None, anonymous).
  *
  * Address space: namespace `urn:sluice:sim:<plc>` (index 1: the server's own namespace is
- * skipped), one object per device with string node ids `ns=1;s=<device>.<Name>`. Status
+ * skipped; after the plant file's `namespacesBefore`, if any), one object per device with
+ * string node ids `ns=1;s=<device>.<Name>`. Status
  * variables serve the image the controller published at its last scan, with the controller
  * clock at the scan that changed them as SourceTimestamp. Server_ServerStatus_CurrentTime
  * reports the controller clock (offset and drift included).
@@ -374,8 +375,8 @@ export class OpcuaPlcServer {
         ...(this.#config.securityModes.some((m) => m !== 'None') ? SECURE_POLICIES : []),
       ],
       allowAnonymous: true,
-      // The plant namespace must be index 1 (`ns=1;s=<device>.<Name>`), so the server's own
-      // default namespace is not created.
+      // The plant namespace must be index 1 (`ns=1;s=<device>.<Name>`), or the one after the
+      // plant file's namespacesBefore, so the server's own default namespace is not created.
       skipOwnNamespace: true,
       serverCertificateManager: certificateManager,
       userCertificateManager,
@@ -451,6 +452,8 @@ export class OpcuaPlcServer {
   #buildAddressSpace(server: OPCUAServer): void {
     const addressSpace = server.engine.addressSpace;
     if (addressSpace === null) throw new Error('OPC UA address space missing after initialize');
+    // Registered first, they take the indexes from 1 and move the plant's after them.
+    for (const uri of this.#config.namespacesBefore) addressSpace.registerNamespace(uri);
     const namespace = addressSpace.registerNamespace(opcuaNamespaceUri(this.#plc.name));
     this.#namespaceIndex = namespace.index;
     const controllerTime = this.#plc.controllerTime();

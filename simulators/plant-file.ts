@@ -87,6 +87,13 @@ const opcuaPlcSchema = z.strictObject({
     .array(z.enum(['None', 'Sign', 'SignAndEncrypt']))
     .min(1)
     .default(['None']),
+  /**
+   * Namespace URIs the server registers before the plant's own, which then has the index after
+   * them (1 without any): a server that orders its namespaces otherwise after a restart (a
+   * firmware update that registers another, another start order). Restarting a plant on the
+   * same port with one moves the plant's namespace under a client that keeps its session.
+   */
+  namespacesBefore: z.array(z.string().min(1)).default([]),
   devices: z.record(nameSchema, opcuaDeviceSchema),
 });
 

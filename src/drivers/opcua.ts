@@ -493,6 +493,15 @@ export interface OpcuaEndpointOptions {
 }
 
 const SERVER_CURRENT_TIME = 'ns=0;i=2258';
+/** Server_NamespaceArray (OPC 10000-5, 6.3.1): the namespace URIs, at their indexes. */
+const NAMESPACE_ARRAY = 'ns=0;i=2255';
+
+/**
+ * A variable to read: one of the controller's namespace (a device object's variable), whose
+ * NodeId is made with the namespace index of the session it is sent on; or a NodeId of the
+ * server's own namespace 0, the same on every server.
+ */
+export type NodeAddress = { readonly object: string; readonly name: string } | `ns=0;${string}`;
 
 /** A StatusCode's severity: its two top bits (Part 4, 7.39): 0 Good, 1 Uncertain, 2 and 3 Bad. */
 function severity(status: StatusCode): 'good' | 'uncertain' | 'bad' {
@@ -611,6 +620,9 @@ function preparationOutcome(results: readonly StatusCode[]): WriteFault | null {
  */
 class NotConnectedError extends DeviceUnreachableError {}
 
+/** The server's NamespaceArray lacks the controller's namespace (OpcuaEndpoint.readNamespaceIndex). */
+class NamespaceMissingError extends Error {}
+
 /**
  * The session's one-shot transaction (ClientSessionImpl, node-opcua 2.182.2, pinned): sends the
  * request at once on the session's secure channel, or fails at once when the channel is not
@@ -710,7 +722,17 @@ export class OpcuaEndpoint {
   private readonly log: Logger;
   private client: OPCUAClient | null = null;
   private session: ClientSession | null = null;
+  /**
+   * The index of the controller's namespace (OpcuaEndpointOptions.namespaceUri) in the
+   * NamespaceArray of the server the session is open with, read when the session was opened
+   * and again after every reconnection or new session: null until it has been, and nothing is
+   * sent meanwhile. A server may order its namespaces differently after a restart (another
+   * namespace registered before the controller's: a firmware update, another start order), and
+   * a NodeId made with the old index names another namespace's node, or none.
+   */
   private namespaceIndex: number | null = null;
+  /** The index the last session used (namespaceIndex), to say when a new one differs. */
+  private lastNamespaceIndex: number | null = null;
   private starting: Promise<void> | null = null;
   /** Bumped at every connection loss: a request that began in an older epoch is stale. */
   private epoch = 0;
@@ -777,6 +799,11 @@ export class OpcuaEndpoint {
     if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
   }
 
+  /**
+   * The NodeId of a device variable on the current session. Call it just before the request
+   * that carries it is sent, in the same turn of the event loop: the namespace index may change
+   * at any reconnection.
+   */
   nodeId(object: string, name: string): string {
     if (this.namespaceIndex === null) {
       this.start();
@@ -788,11 +815,13 @@ export class OpcuaEndpoint {
   }
 
   async read(
-    nodeIds: readonly string[],
+    nodes: readonly NodeAddress[],
     signal?: AbortSignal,
   ): Promise<{ values: DataValue[]; requestedAt: number; receivedAt: number }> {
     await this.settleTrust();
     const session = this.ready(signal);
+    // Made now, after the wait for the trust check, on the session's namespace index as it is.
+    const nodeIds = nodes.map((n) => (typeof n === 'string' ? n : this.nodeId(n.object, n.name)));
     const epoch = this.epoch;
     const requestedAt = this.o.clock.now();
     let values: DataValue[];
@@ -1052,6 +1081,7 @@ export class OpcuaEndpoint {
     const session = this.session;
     this.session = null;
     this.client = null;
+    this.namespaceIndex = null;
     this.trust = null;
     this.linkUp = false;
     try {
@@ -1086,7 +1116,89 @@ export class OpcuaEndpoint {
         `${this.name}: no session with ${this.o.endpointUrl}: the server lost it, a new one is being made`,
       );
     }
+    if (this.namespaceIndex === null) {
+      throw new NotConnectedError(
+        `${this.name}: no session with ${this.o.endpointUrl} yet: its namespace index is being read again after a new session`,
+      );
+    }
     return this.session;
+  }
+
+  /**
+   * The index of the controller's namespace on `session`, read from the server now (maxAge 0).
+   * Not session.readNamespaceArray(): it answers from a copy node-opcua keeps on the session
+   * object, which node-opcua 2.182 clears only when it makes a new session, not when it
+   * reactivates the old one after a reconnection; the server's own answer is what counts.
+   * Throws when the server has no such namespace (NamespaceMissingError), or did not answer.
+   */
+  private async readNamespaceIndex(session: ClientSession): Promise<number> {
+    const value = await withTimeout(
+      session.read({ nodeId: NAMESPACE_ARRAY, attributeId: AttributeIds.Value }, 0),
+      this.requestTimeoutMs,
+      `${this.name}: reading the NamespaceArray timed out after ${this.requestTimeoutMs} ms`,
+    );
+    if (!value.statusCode.isGood()) {
+      throw new Error(`${this.name}: NamespaceArray: ${value.statusCode.name}`);
+    }
+    const namespaces: unknown = value.value.value;
+    if (!Array.isArray(namespaces) || !namespaces.every((n) => typeof n === 'string')) {
+      throw new Error(`${this.name}: the server's NamespaceArray is not a list of URIs`);
+    }
+    const index = namespaces.indexOf(this.o.namespaceUri);
+    if (index < 0) {
+      throw new NamespaceMissingError(
+        `${this.o.endpointUrl} has no namespace ${this.o.namespaceUri} (it has ${namespaces.join(', ')}): nothing is read from or written to it`,
+      );
+    }
+    return index;
+  }
+
+  /**
+   * After a reconnection (`connection_reestablished`) or a new session node-opcua made for one
+   * the server lost (`session_restored`): reads the namespace index again before the link is
+   * used. A changed index is used from now on, and said; a server that no longer has the
+   * controller's namespace, or that does not answer, has its client given up (`abandon`): the
+   * endpoint starts over at its backoff's pace, and its next session is refused with the reason
+   * while the namespace is missing. False when the link is no longer this one (`epoch`).
+   */
+  private async renewNamespace(
+    client: OPCUAClient,
+    session: ClientSession,
+    epoch: number,
+  ): Promise<boolean> {
+    let index: number;
+    try {
+      index = await this.readNamespaceIndex(session);
+    } catch (error) {
+      if (this.client !== client || this.epoch !== epoch) return false;
+      this.abandon(
+        client,
+        error instanceof NamespaceMissingError
+          ? `${error.message} (found on a new session: the server restarted or changed)`
+          : `namespace index not read again after the new session: ${describeError(error)}`,
+      );
+      return false;
+    }
+    if (this.client !== client || this.epoch !== epoch || this.session !== session) return false;
+    this.adoptNamespace(index);
+    return true;
+  }
+
+  /** Uses `index` for the controller's namespace from now on, saying so when it changed. */
+  private adoptNamespace(index: number): void {
+    if (this.lastNamespaceIndex !== null && index !== this.lastNamespaceIndex) {
+      this.log.warn(
+        {
+          endpointUrl: this.o.endpointUrl,
+          namespaceUri: this.o.namespaceUri,
+          was: this.lastNamespaceIndex,
+          now: index,
+        },
+        'opc ua namespace index changed on the new session; the new one is used',
+      );
+    }
+    this.namespaceIndex = index;
+    this.lastNamespaceIndex = index;
   }
 
   private failure(error: unknown, what: string): DeviceUnreachableError {
@@ -1120,6 +1232,7 @@ export class OpcuaEndpoint {
     const session = this.session;
     this.client = null;
     this.session = null;
+    this.namespaceIndex = null;
     this.trust = null;
     this.cancelValidity?.();
     this.cancelValidity = null;
@@ -1179,6 +1292,7 @@ export class OpcuaEndpoint {
       if (!current()) return;
       this.epoch++;
       this.linkUp = false;
+      this.namespaceIndex = null;
       this.health.disconnected();
       this.log.warn({}, 'opc ua connection lost; reconnecting');
     });
@@ -1218,6 +1332,10 @@ export class OpcuaEndpoint {
           const facts = readLeaf(certificate);
           this.trust = { ...this.trust, certificate, facts, revision, trustedBy, crlsBy };
         }
+        // The server may have restarted with its namespaces in another order: nothing is sent
+        // until the index is read again (requests are refused while the link is down).
+        const session = this.session;
+        if (session === null || !(await this.renewNamespace(client, session, epoch))) return;
         this.linkUp = true;
         this.health.connected();
         this.log.info({}, 'opc ua connection re-established');
@@ -1250,14 +1368,7 @@ export class OpcuaEndpoint {
       await client.connect(this.o.endpointUrl);
       if (this.closed) throw new Error('endpoint closed while connecting');
       session = await client.createSession();
-      const namespaces = await session.readNamespaceArray();
-      const index = namespaces.indexOf(this.o.namespaceUri);
-      if (index < 0) {
-        throw new Error(
-          `${this.o.endpointUrl} has no namespace ${this.o.namespaceUri} (it has ${namespaces.join(', ')})`,
-        );
-      }
-      this.namespaceIndex = index;
+      this.adoptNamespace(await this.readNamespaceIndex(session));
     } catch (error) {
       // A failed attempt leaves nothing behind: the next one starts from a new client.
       if (this.client === client) this.client = null;
@@ -1276,6 +1387,21 @@ export class OpcuaEndpoint {
     }
     this.backoff.reset();
     this.session = session;
+    // node-opcua makes a new session by itself for one the server lost (BadSessionIdInvalid on
+    // the same channel: the server restarted its session layer), and after a reconnection whose
+    // old session the server no longer has. Either is a session of a server that may have
+    // ordered its namespaces anew: the index is read again before anything is sent on it. Said
+    // while node-opcua still counts the session as being repaired (ready() refuses requests), so
+    // none goes out in between. After a reconnection, connection_reestablished reads it.
+    const opened = session;
+    session.on('session_restored', () => {
+      if (!current() || this.session !== opened) return;
+      this.epoch++;
+      this.namespaceIndex = null;
+      if (!this.linkUp) return;
+      const epoch = this.epoch;
+      void this.renewNamespace(client, opened, epoch);
+    });
     const certificate = client.serverCertificate;
     this.trust =
       certificate === undefined || this.o.securityMode === 'None'
@@ -1352,8 +1478,8 @@ export class OpcuaDeviceDriver implements DeviceDriver {
       ] as const
     ).filter((entry): entry is [(typeof entry)[0], string] => entry[1] !== undefined);
     await e.sessionOpening(signal);
-    const ids = mapped.map(([, n]) => e.nodeId(this.object, n));
-    const { values, requestedAt, receivedAt } = await e.read(ids, signal);
+    const nodes = mapped.map(([, name]) => ({ object: this.object, name }));
+    const { values, requestedAt, receivedAt } = await e.read(nodes, signal);
     const get = (name: (typeof mapped)[number][0]): DataValue | undefined => {
       const i = mapped.findIndex(([field]) => field === name);
       return i < 0 ? undefined : values[i];
