@@ -1,4 +1,4 @@
-import { describe, it } from 'vitest';
+import { describe, it, type ExpectStatic } from 'vitest';
 import { SimHarness } from '../helpers/sim-harness.js';
 import { holdThreadPool } from '../helpers/thread-pool.js';
 
@@ -46,28 +46,7 @@ describe('a stop pressed again while the first stop is not yet written', () => {
     // The first stop is written, answered 0x04; the valve goes on opening.
     await h.until(() => plc.faults().length === 0, 3_000, "the first stop's write answered 0x04");
 
-    // Ground truth: the second stop reaches the controller while the first is still open (its
-    // confirm timeout is 5 s), and the valve stops well short of the end of its travel.
-    await h.until(() => h.get('stop-2')?.seq != null, 3_000, 'the second stop dispatched');
-    const second = h.get('stop-2')!;
-    await h.until(() => valve.writesWithSeq(second.seq!) === 1, 3_000, 'the second stop written');
-    expect(h.get('stop-1')?.state).toBe('dispatched');
-    const [stop2, stop1, open1] = [
-      await h.settled('stop-2'),
-      await h.settled('stop-1'),
-      await h.settled('open-1'),
-    ];
-    expect(stop2).toMatchObject({ state: 'confirmed', code: 'OK' });
-    expect(valve.snapshot().state).toBe('STOPPED');
-    expect(valve.snapshot().position).toBeLessThan(60);
-    // The first stop never reached the controller's program; neither was written twice, nor the
-    // open again.
-    expect(valve.writesWithSeq(stop1.seq!)).toBe(0);
-    expect(valve.writesWithSeq(stop2.seq!)).toBe(1);
-    expect(valve.writesWithSeq(open1.seq!)).toBe(1);
-    // The first, judged once the second is terminal: the controller took the second.
-    expect(stop1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
-    expect(open1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    await secondStopHeld(h, expect);
   });
 
   it('so is a stop pressed again before the first one ran', async ({ expect, onTestFinished }) => {
@@ -84,22 +63,34 @@ describe('a stop pressed again while the first stop is not yet written', () => {
     h.submit('stop-2', { device: 'v1', action: 'stop', ttlMs: 30_000 });
     await h.until(() => plc.faults().length === 0, 3_000, "the first stop's write answered 0x04");
 
-    await h.until(() => h.get('stop-2')?.seq != null, 3_000, 'the second stop dispatched');
-    const second = h.get('stop-2')!;
-    await h.until(() => valve.writesWithSeq(second.seq!) === 1, 3_000, 'the second stop written');
-    expect(h.get('stop-1')?.state).toBe('dispatched');
-    const [stop2, stop1, open1] = [
-      await h.settled('stop-2'),
-      await h.settled('stop-1'),
-      await h.settled('open-1'),
-    ];
-    expect(stop2).toMatchObject({ state: 'confirmed', code: 'OK' });
-    expect(valve.snapshot().state).toBe('STOPPED');
-    expect(valve.snapshot().position).toBeLessThan(60);
-    expect(valve.writesWithSeq(stop1.seq!)).toBe(0);
-    expect(valve.writesWithSeq(stop2.seq!)).toBe(1);
-    expect(valve.writesWithSeq(open1.seq!)).toBe(1);
-    expect(stop1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
-    expect(open1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    await secondStopHeld(h, expect);
   });
 });
+
+/**
+ * Ground truth of both cases: the second stop reaches the controller while the first is still
+ * open (its confirm timeout is 5 s), and the valve stops well short of the end of its travel; the
+ * first stop never reached the controller's program, neither was written twice, nor the open
+ * again; the first, judged once the second is terminal, was interrupted (the controller took the
+ * second), as was the open.
+ */
+async function secondStopHeld(h: SimHarness, expect: ExpectStatic): Promise<void> {
+  const valve = h.device('v1');
+  await h.until(() => h.get('stop-2')?.seq != null, 3_000, 'the second stop dispatched');
+  const second = h.get('stop-2')!;
+  await h.until(() => valve.writesWithSeq(second.seq!) === 1, 3_000, 'the second stop written');
+  expect(h.get('stop-1')?.state).toBe('dispatched');
+  const [stop2, stop1, open1] = [
+    await h.settled('stop-2'),
+    await h.settled('stop-1'),
+    await h.settled('open-1'),
+  ];
+  expect(stop2).toMatchObject({ state: 'confirmed', code: 'OK' });
+  expect(valve.snapshot().state).toBe('STOPPED');
+  expect(valve.snapshot().position).toBeLessThan(60);
+  expect(valve.writesWithSeq(stop1.seq!)).toBe(0);
+  expect(valve.writesWithSeq(stop2.seq!)).toBe(1);
+  expect(valve.writesWithSeq(open1.seq!)).toBe(1);
+  expect(stop1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+  expect(open1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+}
