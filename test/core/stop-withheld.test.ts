@@ -1,4 +1,4 @@
-import { describe, it, type TestContext } from 'vitest';
+import { describe, it, type ExpectStatic, type TestContext } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { failFdatasync } from '../helpers/failing-fdatasync.js';
 import { SimHarness } from '../helpers/sim-harness.js';
@@ -78,6 +78,23 @@ async function withheldAndTakenUp(
 }
 
 /** Milliseconds from the stop's dispatch to its confirmation, by its history. */
+/**
+ * Ground truth when stop `s` went before the withheld open `a`: the open never reached the
+ * controller, the stop did, once; nothing could land after the stop, so it was confirmed at its
+ * readback, not past the guard; the open, taken up after it, was never written.
+ */
+async function stopWentFirst(h: SimHarness, a: CommandRecord, expect: ExpectStatic): Promise<void> {
+  const valve = h.device('v1');
+  const s = await h.settled('s', 3 * GUARD_MS);
+  expect(s.state).toBe('confirmed');
+  expect(valve.writesWithSeq(a.seq!)).toBe(0);
+  expect(valve.writeLog.map((w) => w.seq)).toEqual([s.seq]);
+  expect(dispatchToConfirmed(h, 's')).toBeLessThan(GUARD_MS / 2);
+  const after = await h.settled('a', 3 * GUARD_MS);
+  expect(after.attempts).toBe(1);
+  expect(valve.writesWithSeq(a.seq!)).toBe(0);
+}
+
 function dispatchToConfirmed(h: SimHarness, key: string): number {
   const history = h.journal.history({ scope: 'plant', key });
   const dispatched = history.find((e) => e.from === 'accepted' && e.to === 'dispatched');
@@ -95,21 +112,11 @@ describe('a stop that preempts a command whose write was withheld', () => {
     onTestFinished,
   }) => {
     const h = await harness(onTestFinished);
-    const valve = h.device('v1');
     const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
     // The take-up reads the valve (CLOSED, no echo of the open) and waits the guard before
     // anything can be proven; the stop comes meanwhile and goes first.
     h.submit('s', { device: 'v1', action: 'stop' });
-    const s = await h.settled('s', 3 * GUARD_MS);
-    expect(s.state).toBe('confirmed');
-    // Ground truth: the open never reached the controller, the stop did, once.
-    expect(valve.writesWithSeq(a.seq!)).toBe(0);
-    expect(valve.writeLog.map((w) => w.seq)).toEqual([s.seq]);
-    // Nothing could land after the stop: confirmed at its readback, not past the guard.
-    expect(dispatchToConfirmed(h, 's')).toBeLessThan(GUARD_MS / 2);
-    const after = await h.settled('a', 3 * GUARD_MS);
-    expect(after.attempts).toBe(1);
-    expect(valve.writesWithSeq(a.seq!)).toBe(0);
+    await stopWentFirst(h, a, expect);
   });
 
   it('after a restart, its take-up having said so: the stop that goes first is confirmed without the guard', async ({
@@ -126,14 +133,7 @@ describe('a stop that preempts a command whose write was withheld', () => {
     // The next life finds the open dispatched and the stop accepted: the stop preempts the open
     // at the start, which knows of the open's write only what the history says.
     await h.restart();
-    const s = await h.settled('s', 3 * GUARD_MS);
-    expect(s.state).toBe('confirmed');
-    expect(valve.writesWithSeq(a.seq!)).toBe(0);
-    expect(valve.writeLog.map((w) => w.seq)).toEqual([s.seq]);
-    expect(dispatchToConfirmed(h, 's')).toBeLessThan(GUARD_MS / 2);
-    const after = await h.settled('a', 3 * GUARD_MS);
-    expect(after.attempts).toBe(1);
-    expect(valve.writesWithSeq(a.seq!)).toBe(0);
+    await stopWentFirst(h, a, expect);
   });
 
   it('a stop pressed again while the first, withheld, is taken up and the valve travels: the second is confirmed without the guard', async ({
