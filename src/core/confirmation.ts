@@ -25,7 +25,6 @@ import {
   mayStillLand,
   unsentLine,
   type DeviceImage,
-  type RedispatchVerdict,
 } from './redispatch.js';
 import { POWER_UP_ECHO } from './sequence.js';
 import type { TimedReadback } from './skew.js';
@@ -619,7 +618,7 @@ export class ConfirmationLoop {
     if (!ctx.write.acked && this.reads.usableSkew(lane) === null) {
       await this.reads.ensureSkew(lane, log);
     }
-    const judged = judgeRedispatch({
+    const verdict = judgeRedispatch({
       profile: lane.binding.profile,
       seq,
       attempts: record.attempts,
@@ -628,17 +627,11 @@ export class ConfirmationLoop {
       readback,
       skew: this.reads.usableSkew(lane),
       acked: ctx.write.acked,
+      echoSeen: ctx.echoSeen === true,
       unknownSinceMono: ctx.write.unknownSinceMono ?? ctx.write.sentMono,
       nowWall: this.host.deadlineNow(record),
       sameConnection: ctx.write.epoch !== null && ctx.write.epoch === readback.epoch,
     });
-    // Taken (an earlier readback showed its echo) is never proven unapplied by a later image
-    // that lacks the echo: a controller that restarted since shows its power-up echo, and may
-    // stand as before the write; sent again, the command would act a second time (I1).
-    const verdict: RedispatchVerdict =
-      ctx.echoSeen === true && (judged.kind === 'redispatch' || judged.kind === 'not-applied')
-        ? { kind: 'unprovable', reason: 'an earlier readback showed it taken' }
-        : judged;
     const prefix =
       ctx.echoSeen === true
         ? `the controller took sequence number ${seq} (a readback showed its echo) and no longer echoes it (it shows ${readback.seq ?? 'none'}${readback.seq === POWER_UP_ECHO ? ', its power-up value: it restarted since' : ''})`

@@ -44,6 +44,12 @@ export interface RedispatchFacts {
   readonly skew: SkewEstimate | null;
   /** The controller acknowledged the write: it arrived, whatever became of it. */
   readonly acked: boolean;
+  /**
+   * A readback after the write showed its echo: the controller took it. A later image without
+   * the echo (a controller restarted since, its echo volatile and back at its power-up value;
+   * another command taken) proves nothing of it: sent again, it would act a second time (I1).
+   */
+  readonly echoSeen: boolean;
   /** Monotonic time at which the write's outcome became unknown. */
   readonly unknownSinceMono: number;
   readonly nowWall: number;
@@ -107,6 +113,7 @@ function skewOfConnection(readback: TimedReadback, skew: SkewEstimate | null): S
 
 export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
   if (f.acked) return { kind: 'unprovable', reason: 'the controller acknowledged the write' };
+  if (f.echoSeen) return { kind: 'unprovable', reason: 'an earlier readback showed it taken' };
   if (!f.profile.controller.echoesSeq) {
     return { kind: 'unprovable', reason: 'the controller does not echo sequence numbers' };
   }

@@ -65,12 +65,22 @@ it("an image is never placed with the skew of another connection: a restarted co
     readback: image,
     skew,
     acked: false,
+    echoSeen: false,
     unknownSinceMono,
     nowWall: Date.now(),
     sameConnection: writeEpoch === image.epoch,
   });
   const own = judgeRedispatch(facts(reads.usableSkew(lane)));
   expect(own.kind).toBe('wait');
+  // Past the guard the same image proves the write unapplied — unless an earlier readback showed
+  // its echo: the controller took it, and one that no longer shows it (restarted behind a
+  // gateway that kept the connection, say) proves nothing (I1).
+  const past = { ...facts(reads.usableSkew(lane)), unknownSinceMono: unknownSinceMono - 60_000 };
+  expect(judgeRedispatch(past).kind).toBe('redispatch');
+  expect(judgeRedispatch({ ...past, echoSeen: true })).toEqual({
+    kind: 'unprovable',
+    reason: 'an earlier readback showed it taken',
+  });
 
   // The PLC restarts with its clock an hour back; the skew is measured on the new connection.
   h.plant.plc('mb').powerCycle({ clockOffsetMs: -3_600_000 });
