@@ -51,6 +51,19 @@ export function settleUnreadBody(
   if (declared !== undefined && !(Number(declared) <= limits.maxBytes)) return 'close';
   const socket = request.socket;
   let discarded = 0;
+  // A connection that closes after this answer (its client asked for it, `Connection: close`,
+  // as Python's urllib and many embedded clients send, or an HTTP/1.0 request without
+  // keep-alive) is closed by Node once the answer is written (socket.destroySoon): the rest of
+  // the body then arrived on a closed socket, the kernel answered it with a reset, and the
+  // client, still writing, got EPIPE or ECONNRESET instead of the answer — the hazard this
+  // drain is here to avoid. So its close lingers (RFC 9112 §9.6): its sending side is ended
+  // after the answer, and the connection closed once the body is read, or at the bounds.
+  let closeWhenDrained = false;
+  const lingeringClose = (): void => {
+    closeWhenDrained = true;
+    socket.end();
+  };
+  socket.destroySoon = lingeringClose;
   const cut = (): void => {
     stop();
     socket.destroy();
@@ -67,6 +80,9 @@ export function settleUnreadBody(
     request.off('end', stop);
     socket.off('end', stop);
     socket.off('close', stop);
+    // Node's own close again (the prototype's), and the close that waited for the body.
+    if (socket.destroySoon === lingeringClose) Reflect.deleteProperty(socket, 'destroySoon');
+    if (closeWhenDrained) socket.destroySoon();
   }
   // Read here, not by Node: Node discards a body nobody consumed without a count (its 'data'
   // events stop), and this reading is what bounds it.

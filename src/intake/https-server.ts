@@ -214,7 +214,10 @@ export function createServer(options: ServerOptions): App {
         // closed once it is written (https-owed.ts), and the answer says so (RFC 9112 §9.6).
         reply.header('connection', 'close');
       } else if (unread === 'drained' || (unread === 'complete' && request.raw.complete)) {
-        reply.removeHeader('connection');
+        // A client that asked for the connection to close (`Connection: close`, HTTP/1.0) is
+        // told it closes (RFC 9112 §9.6); removed, Node closed it all the same, unsaid.
+        if (reply.raw.shouldKeepAlive) reply.removeHeader('connection');
+        else reply.header('connection', 'close');
       } else if (unread === 'close') reply.header('connection', 'close');
     }
     return payload;

@@ -269,6 +269,49 @@ describe('any answer given before the body was read: the rest drained within the
   });
 });
 
+describe('a client that asks for its connection to close: the early answer reaches it all the same', () => {
+  // Node closed such a connection as soon as the answer was written, the rest of the body still
+  // coming: the kernel reset it, and the client got EPIPE at its next write, never the answer.
+  // Python's urllib sends `Connection: close` on every request; an HTTP/1.0 request without
+  // keep-alive is the same.
+  it.each([
+    {
+      what: '413 on its Content-Length, Connection: close',
+      status: 413,
+      head: (length: number) =>
+        post(`Connection: close\r\nContent-Length: ${String(length)}\r\n`, 'close-cl'),
+    },
+    {
+      what: '401 (no credentials), HTTP/1.0',
+      status: 401,
+      head: (length: number) =>
+        anonymous(`Content-Length: ${String(length)}\r\n`, 'close-anon').replace(
+          'HTTP/1.1',
+          'HTTP/1.0',
+        ),
+    },
+  ])(
+    '$what: every write lands, the answer says the connection closes, then it is closed',
+    async ({ status, head }) => {
+      const body = Buffer.alloc(1 << 20, 0x20);
+      const client = await WriteFirstClient.tls();
+      expect(await write(client.socket, head(body.length))).toBeNull();
+      await client.answerWaiting();
+      expect((await client.send(body)).error).toBeNull();
+      const refused = await client.response();
+      expect(refused.status).toBe(status);
+      expect(JSON.parse(refused.body)).toMatchObject({ status });
+      expect(refused.head).toMatch(/\r\nconnection: close/i);
+      // Closed once the body was read, not left to the drain's bound.
+      const readAt = Date.now();
+      await client.closedByServer();
+      expect(Date.now() - readAt).toBeLessThan(DRAIN_MAX_MS);
+      expect(client.error).toBeNull();
+      client.socket.destroy();
+    },
+  );
+});
+
 /**
  * A TLS client that reads everything the server sends, and half-closes when told: the answers
  * it got, by their status lines, once the server has closed the connection.
