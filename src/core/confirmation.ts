@@ -6,6 +6,7 @@ import {
   PIPELINE,
   refId,
   settledMeanwhile,
+  withheldUnsent,
   type ExecutionHost,
   type Interruption,
   type Lane,
@@ -205,13 +206,11 @@ export class ConfirmationLoop {
     const history = this.host.journal.history(record);
     // Dispatched by this process, whose write it withheld (its barrier failed): no write of
     // it was sent, by this life or an earlier one. Judged as a write whose outcome is unknown
-    // from now all the same (the memory only names it).
-    const withheldHere =
-      remembered === null &&
-      lane.withheld !== null &&
-      lane.withheld.scope === record.scope &&
-      lane.withheld.key === record.key &&
-      lane.withheld.seq === record.seq;
+    // from now all the same (the memory only names it). So too when an earlier take-up in this
+    // life stood a write in for it (`remembered`) and its second dispatch was withheld as well
+    // (its barrier failed): taken up "again" with a write "outcome unknown", its history had a
+    // write that never was (which a stop after a restart went by, waiting the guard for it).
+    const withheldHere = withheldUnsent(lane, record);
     // Or by an earlier life, whose take-up said so before the process ended, and not dispatched
     // again since: its history says it never left the gateway, and "written by an earlier life"
     // would put a write that never was in its history (and count a restart's redispatch).
@@ -868,8 +867,13 @@ export class ConfirmationLoop {
     return found;
   }
 
-  /** Remembers the write about to be sent: the lane's last write, in flight. */
+  /**
+   * Remembers the write about to be sent: the lane's last write, in flight. A command whose
+   * dispatch this process withheld is no longer one never sent (Lane.withheld): its write may
+   * be on the wire from now, and a stop that preempts it waits for it.
+   */
   private beginWrite(lane: Lane, record: CommandRecord, seq: number): LastWrite {
+    lane.withheld.delete(refId(record));
     const write: LastWrite = {
       scope: record.scope,
       key: record.key,

@@ -240,9 +240,7 @@ export class CommandExecution {
             { err: error, seq: dispatched.seq },
             'journal sync failed: the command is not written',
           );
-          if (dispatched.seq !== null) {
-            lane.withheld = { scope: dispatched.scope, key: dispatched.key, seq: dispatched.seq };
-          }
+          if (dispatched.seq !== null) lane.withheld.set(refId(dispatched), dispatched.seq);
           return;
         }
         // The barrier may have taken long (a slow or stalled disk): freshness and the command's

@@ -1,7 +1,13 @@
 import { isTerminal } from './command.js';
 import type { FreshnessPolicy, OpenState, ResultCode, TerminalState } from './command.js';
 import type { Clock } from './clock.js';
-import type { CommandRecord, CommandRef, Journal, Observation } from './journal.js';
+import {
+  refId,
+  type CommandRecord,
+  type CommandRef,
+  type Journal,
+  type Observation,
+} from './journal.js';
 import type { Logger } from './logger.js';
 import type { DeviceBinding } from './pipeline.js';
 import type { ReadFailures } from './read-failures.js';
@@ -145,13 +151,20 @@ export interface Lane {
   readonly writes: WriteCounts;
   lastWrite: LastWrite | null;
   /**
-   * The command whose dispatch this process journaled and whose write it then withheld, unsent,
+   * The commands whose dispatch this process journaled and whose write it then withheld, unsent,
    * because the dispatch's barrier failed (I5: nothing is written before its dispatch is on
-   * disk): the sweep takes it up once the journal is back, and its history then says it was
-   * never sent by this process, where a take-up with no write known to this process otherwise
-   * comes from a restart (an earlier life's write). Settled by readback all the same.
+   * disk), by id, with that dispatch's sequence number: the sweep takes such a command up once
+   * the journal is back, and its history then says it was never sent by this process, where a
+   * take-up with no write known to this process otherwise comes from a restart (an earlier
+   * life's write). Settled by readback all the same. Nothing of it can reach the controller, so
+   * a stop that preempts it does not wait for it — also before its take-up has said so in its
+   * history (preemption.ts, neverSent). An entry goes when the command's write is handed to the
+   * driver (a second dispatch: from then on it may be on the wire, and a stop waits for it) and
+   * when the command has settled; until then it holds across take-ups (a second dispatch whose
+   * own barrier failed sent nothing either). More than one: a stop that preempts a command so
+   * withheld may have its own dispatch withheld too.
    */
-  withheld: { readonly scope: string; readonly key: string; readonly seq: number } | null;
+  readonly withheld: Map<string, number>;
   /**
    * A stop that queued behind another stop when it was accepted (one in flight left to finish,
    * not written yet or its effect not judged yet, or one still to run): once it is the next to
@@ -286,6 +299,18 @@ export function settledMeanwhile(
 }
 
 export { refId } from './journal.js';
+
+/**
+ * Whether the command's latest dispatch is one this process withheld, unsent (Lane.withheld),
+ * and no write of it was handed to the driver since. Nothing of it can reach the controller: a
+ * dispatch before that one, if any, had its write withdrawn unsent (execution.ts, takeUpUnsent).
+ */
+export function withheldUnsent(
+  lane: Lane,
+  record: CommandRef & { readonly seq: number | null },
+): boolean {
+  return record.seq !== null && lane.withheld.get(refId(record)) === record.seq;
+}
 
 /**
  * Every command the lane's interruptions hold for a take-up after their stop: the target of

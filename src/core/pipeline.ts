@@ -26,6 +26,7 @@ import {
   freshnessDetail,
   noWrites,
   refId,
+  withheldUnsent,
   type ClockPolicy,
   type Lane,
 } from './lane.js';
@@ -185,7 +186,7 @@ export class CommandPipeline {
         skew: null,
         unresolved: null,
         lastWrite: null,
-        withheld: null,
+        withheld: new Map(),
         stopBehind: null,
         ending: null,
         skewSamples: [],
@@ -218,27 +219,24 @@ export class CommandPipeline {
       wrote: (record) => {
         const lane = this.lanes.get(record.device);
         const last = lane?.lastWrite ?? null;
-        const withheld = lane?.withheld ?? null;
         return (
+          lane !== undefined &&
           last !== null &&
           last.scope === record.scope &&
           last.key === record.key &&
           last.seq === record.seq &&
           // Withheld when its dispatch could not be made durable, then taken up with a stand-in
-          // for the write (confirmation.ts) and not dispatched again (a redispatch writes it for
-          // real): never sent.
-          !(
-            withheld !== null &&
-            withheld.scope === record.scope &&
-            withheld.key === record.key &&
-            withheld.seq === record.seq &&
-            record.attempts < 2
-          )
+          // for the write (confirmation.ts), and no write of it handed to the driver since (a
+          // redispatch that is sent writes it for real; one whose own barrier failed does not):
+          // never sent.
+          !withheldUnsent(lane, record)
         );
       },
     });
     this.outcomes.onSettled((record) => {
       this.receivedMono.delete(refId(record));
+      // Settled on disk: its write is never sent now, and nothing asks about it again.
+      this.lanes.get(record.device)?.withheld.delete(refId(record));
       this.lateEcho.settled(record);
     });
     this.preemption = new Preemption({

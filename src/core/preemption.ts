@@ -5,6 +5,7 @@ import {
   commandLogger,
   interruptedTargets,
   refId,
+  withheldUnsent,
   type Interruption,
   type Lane,
   type LastWrite,
@@ -110,7 +111,7 @@ export class Preemption {
     // A write known never sent is none: nothing of it can reach the controller after the stop,
     // which need not wait the guard for it (confirmation.ts, preemptedMayLand). The lane's last
     // write may be a take-up's stand-in for a write withheld unsent (confirmation.ts, takeUp).
-    const unsent = current !== UNREADABLE && this.neverSent(current, log);
+    const unsent = current !== UNREADABLE && this.neverSent(lane, current, log);
     const known =
       last !== null && last.scope === target.scope && last.key === target.key && !unsent
         ? last
@@ -280,7 +281,7 @@ export class Preemption {
       // A take-up's stand-in for a write withheld unsent is none (see stopPreempts): nothing
       // of it can land after the next stop. The decision above went by it all the same: a stop
       // never sent has no effect to be seen, and the next one goes first.
-      write: write !== null && this.neverSent(current, log) ? null : write,
+      write: write !== null && this.neverSent(lane, current, log) ? null : write,
       earlierLife: false,
       outer,
     };
@@ -318,16 +319,18 @@ export class Preemption {
 
   /**
    * Whether the latest write of a preempted command (`dispatched`) is known never sent, so that
-   * nothing of it can reach the controller after the stop: its history says it was withdrawn
-   * before it was sent, or withheld when its dispatch could not be made durable (the take-up's
-   * line, of this life or an earlier one), with no dispatch after it (latestWriteNeverSent:
-   * the daemon's own lines; a write goes out only after its dispatch is on disk). Only what
-   * the history proves counts: one that cannot be read, or says nothing yet (a write withheld
-   * by this process and not taken up since), leaves the write as one that may have gone out,
-   * and the stop waits the guard for it.
+   * nothing of it can reach the controller after the stop: this process withheld it when its
+   * dispatch could not be made durable and has handed no write of it to the driver since
+   * (Lane.withheld) — also before its take-up has said so in its history, or when that line
+   * could not be journaled: the stop waited the guard for a write never sent — or its history
+   * says it was withdrawn before it was sent, or withheld (the take-up's line, of this life or
+   * an earlier one), with no dispatch after it (latestWriteNeverSent: the daemon's own lines; a
+   * write goes out only after its dispatch is on disk). A history that cannot be read, or says
+   * nothing, leaves the write as one that may have gone out, and the stop waits the guard for it.
    */
-  private neverSent(record: CommandRecord | undefined, log: Logger): boolean {
+  private neverSent(lane: Lane, record: CommandRecord | undefined, log: Logger): boolean {
     if (record?.state !== 'dispatched' || record.seq === null) return false;
+    if (withheldUnsent(lane, record)) return true;
     try {
       return latestWriteNeverSent(this.host.journal.history(record), record.seq);
     } catch (error) {

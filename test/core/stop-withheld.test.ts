@@ -19,12 +19,14 @@ const OPEN = { key: 'a', action: 'open' } as const;
 async function harness(
   onTestFinished: TestContext['onTestFinished'],
   travelMs?: number,
+  sweepMs?: number,
 ): Promise<SimHarness> {
   // No idle monitor: the one read held first is the withheld command's fresh read.
   const h = await SimHarness.start({
     warm: true,
     timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 2 * GUARD_MS },
     ...(travelMs === undefined ? {} : { travelMs }),
+    ...(sweepMs === undefined ? {} : { sweepMs }),
   });
   onTestFinished(() => h.close());
   return h;
@@ -39,6 +41,27 @@ async function harness(
  * its record.
  */
 async function withheldAndTakenUp(
+  h: SimHarness,
+  onTestFinished: TestContext['onTestFinished'],
+  command: { readonly key: string; readonly action: 'open' | 'stop' },
+  readsAfter: 'answered' | 'dropped',
+): Promise<CommandRecord> {
+  const withheld = await withheldOnly(h, onTestFinished, command, readsAfter);
+  await h.until(
+    () =>
+      h
+        .notes(command.key)
+        .includes(
+          `dispatched: taken up: sequence number ${withheld.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
+        ),
+    5_000,
+    'the take-up of the withheld write',
+  );
+  return withheld;
+}
+
+/** withheldAndTakenUp up to the dispatch: the command's write withheld, not yet taken up. */
+async function withheldOnly(
   h: SimHarness,
   onTestFinished: TestContext['onTestFinished'],
   command: { readonly key: string; readonly action: 'open' | 'stop' },
@@ -63,18 +86,7 @@ async function withheldAndTakenUp(
   await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
   if (readsAfter === 'dropped') valve.setFault({ kind: 'drop', on: 'read' });
   await h.until(() => h.get(command.key)?.seq != null, 5_000, 'the dispatch');
-  const withheld = h.get(command.key)!;
-  await h.until(
-    () =>
-      h
-        .notes(command.key)
-        .includes(
-          `dispatched: taken up: sequence number ${withheld.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
-        ),
-    5_000,
-    'the take-up of the withheld write',
-  );
-  return withheld;
+  return h.get(command.key)!;
 }
 
 /** Milliseconds from the stop's dispatch to its confirmation, by its history. */
@@ -117,6 +129,68 @@ describe('a stop that preempts a command whose write was withheld', () => {
     // anything can be proven; the stop comes meanwhile and goes first.
     h.submit('s', { device: 'v1', action: 'stop' });
     await stopWentFirst(h, a, expect);
+  });
+
+  it('in the life that withheld it, before its take-up (its history says nothing of it yet): the stop is confirmed without the guard', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    // A sweep far apart: the open, left open by its worker, waits for it (the daemon's period is
+    // a second; the window is the same, only wider).
+    const h = await harness(onTestFinished, undefined, 600_000);
+    const a = await withheldOnly(h, onTestFinished, OPEN, 'answered');
+    await h.until(
+      () => h.pipeline.devices().find((d) => d.id === 'v1')?.unresolved === 'a',
+      5_000,
+      'the withheld open left to the sweep',
+    );
+    expect(h.get('a')?.state).toBe('dispatched');
+    expect(h.notes('a').filter((n) => n.includes('taken up'))).toEqual([]);
+    // Nothing of the open can reach the controller: its write never left the process.
+    h.submit('s', { device: 'v1', action: 'stop' });
+    await stopWentFirst(h, a, expect);
+  });
+
+  it('dispatched a second time by its take-up, that write sent and its answer lost: a stop waits for it, and says so when it lands after the stop', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await harness(onTestFinished);
+    const valve = h.device('v1');
+    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
+    // The take-up proves the withheld write not applied once the guard has passed (CLOSED, no
+    // echo of it) and dispatches it again; that write is held on the PLC's link, its answer lost
+    // (the request times out and the driver replaces its connection).
+    const epoch = h.pipeline.devices().find((d) => d.id === 'v1')!.health.connectionEpoch;
+    valve.setFault({ kind: 'stall', on: 'write', count: 1 });
+    await h.until(() => h.get('a')?.attempts === 2, 3 * GUARD_MS, 'the second dispatch');
+    await h.until(
+      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+      5_000,
+      'the second write held on the link',
+    );
+    await h.until(
+      () => h.pipeline.devices().find((d) => d.id === 'v1')!.health.connectionEpoch > epoch,
+      5_000,
+      'the connection replaced after the lost answer',
+    );
+    // That write may reach the controller yet: the stop is written, and waits for it.
+    h.submit('s', { device: 'v1', action: 'stop' });
+    await h.until(() => h.get('s')?.seq != null, 5_000, 'the stop dispatched');
+    const stopSeq = h.get('s')!.seq!;
+    await h.until(() => valve.snapshot().seqEcho === stopSeq, 5_000, 'the stop taken');
+    // The held write reaches the controller now, after the stop: the valve opens.
+    valve.clearFault('stall');
+    await h.until(() => valve.writesWithSeq(a.seq!) === 1, 5_000, 'the open taken after the stop');
+    const s = await h.settled('s', 3 * GUARD_MS);
+    // Ground truth: the stop reached the controller first, the open after it (each once); the
+    // stop is not confirmed, the valve having opened after it.
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([stopSeq, a.seq]);
+    expect(s).toMatchObject({ state: 'failed', code: 'READBACK_MISMATCH' });
+    expect(s.detail).toContain(`the write of a (sequence number ${a.seq})`);
+    const after = await h.settled('a', 3 * GUARD_MS);
+    expect(after.attempts).toBe(2);
+    expect(valve.writesWithSeq(a.seq!)).toBe(1);
   });
 
   it('after a restart, its take-up having said so: the stop that goes first is confirmed without the guard', async ({

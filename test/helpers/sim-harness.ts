@@ -59,6 +59,11 @@ export interface SimHarnessOptions {
   /** Starts the idle-device monitor at this period (readbacks and skew between commands). */
   readonly monitorMs?: number;
   /**
+   * The sweep's period (default 100 ms): longer, a command left open stays so, not taken up,
+   * until the test runs `pipeline.sweep()` (the daemon's default period is a second).
+   */
+  readonly sweepMs?: number;
+  /**
    * Every device has taken a command before the test (another master's no-op stop, sequence
    * number 60000; counters and write log cleared after): its echo is no longer the power-up 0,
    * as on a PLC that has run a while. A lost write can then be proven not applied across a
@@ -419,7 +424,7 @@ export class SimHarness {
         ? {}
         : { skewMaxAgeMs: this.options.skewMaxAgeMs }),
     });
-    this.pipeline.startSweep(100);
+    this.pipeline.startSweep(this.options.sweepMs ?? 100);
     if (this.options.monitorMs !== undefined) this.pipeline.startMonitor(this.options.monitorMs);
   }
 }
