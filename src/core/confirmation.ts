@@ -73,6 +73,14 @@ interface WrittenContext {
   stopTakenFirst?: string;
 }
 
+/**
+ * The outcome's detail of a take-up that cannot judge its command (READBACK_TIMEOUT at once, no
+ * readback taken): unlike every other READBACK_TIMEOUT, it does not come a confirm timeout or
+ * more after the command's write (previous-write.ts, earlierLastWrite).
+ */
+export const UNJUDGED_TAKE_UP =
+  'taken up without a sequence number, a readback from before the write, or a profile that maps it to a write: whether it was applied cannot be judged';
+
 export class ConfirmationLoop {
   private readonly host: ExecutionHost;
   private readonly reads: DeviceReads;
@@ -177,8 +185,7 @@ export class ConfirmationLoop {
         code: 'READBACK_TIMEOUT',
         faultCode: null,
         observed: null,
-        detail:
-          'taken up without a sequence number, a readback from before the write, or a profile that maps it to a write: whether it was applied cannot be judged',
+        detail: UNJUDGED_TAKE_UP,
       });
       return;
     }

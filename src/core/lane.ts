@@ -103,6 +103,12 @@ export interface Lane {
    * after a guard counted from the take-up (a second write, or a stop confirmed and undone).
    */
   readonly earlierWriteUnknownSinceMono: number;
+  /**
+   * When every earlier life of the daemon had ended, at the latest (monotonic): when this
+   * process took the journal's writer lock (PipelineOptions.earlierLivesEndedMono). A write an
+   * earlier life sent, and any acknowledgement of it, came before.
+   */
+  readonly earlierLivesEndedMono: number;
   readonly queue: CommandRef[];
   running: Promise<void> | null;
   inFlight: CommandRef | null;

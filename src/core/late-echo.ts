@@ -23,7 +23,7 @@ const UNKNOWN_EFFECT_CODES: ReadonlySet<string> = new Set([
  * How many of a device's newest commands a start looks through for its last dispatch
  * (Journal.lastDispatched): a bound on the rows read at start, whatever the journal holds.
  */
-const LAST_DISPATCH_WINDOW = 1_000;
+export const LAST_DISPATCH_WINDOW = 1_000;
 
 export interface LateEchoHost {
   readonly journal: Journal;

@@ -165,12 +165,8 @@ function writeNote(
     lane?.inFlight !== null &&
     lane?.inFlight !== undefined &&
     refId(lane.inFlight) === refId(record);
-  if (known?.acked === true) {
-    return `${resolve}, but ${write} had reached the controller before, which acknowledged it: it may have been applied`;
-  }
-  if (known !== null && known.unknownSinceMono !== null) {
-    return `${resolve}, but the outcome of ${write} is unknown: it may have been applied`;
-  }
+  if (known?.acked === true) return acknowledgedNote(record.seq);
+  if (known !== null && known.unknownSinceMono !== null) return unknownNote(record.seq);
   if (known !== null && held) {
     return `${resolve}; ${write} was on its way to the controller: withdrawn if it still waited, otherwise it may be applied (the history says which)`;
   }
@@ -184,4 +180,30 @@ function writeNote(
     return `${resolve}, and ${write} was withdrawn before it was sent (its history says so): nothing was applied`;
   }
   return `${resolve}, but ${write} had been dispatched before and whether it reached the controller is unknown: it may have been applied`;
+}
+
+/** The note of a resolve whose command's write the controller had acknowledged. */
+function acknowledgedNote(seq: number): string {
+  return `${WRITE_NOTE_BEGINNINGS[1]}, but the command's write (sequence number ${seq}) had reached the controller before, which acknowledged it: it may have been applied`;
+}
+
+/** The note of a resolve whose command's write had its outcome unknown (its answer lost). */
+function unknownNote(seq: number): string {
+  return `${WRITE_NOTE_BEGINNINGS[1]}, but the outcome of the command's write (sequence number ${seq}) is unknown: it may have been applied`;
+}
+
+/**
+ * What an operator's resolve of a written command said of its write, by its outcome's detail
+ * (writeNote's note ends it: the operator's reason comes before it): the controller had
+ * acknowledged it, or its outcome was unknown (its answer lost); null for any other note (the
+ * write still on its way, or one this process did not know). What a later life knows of that
+ * write (previous-write.ts, earlierLastWrite).
+ */
+export function resolvedWriteWas(record: CommandRecord): 'acknowledged' | 'unknown' | null {
+  if (record.code !== 'RESOLVED_BY_OPERATOR' || record.seq === null || record.detail === null) {
+    return null;
+  }
+  if (record.detail.endsWith(`; ${acknowledgedNote(record.seq)}`)) return 'acknowledged';
+  if (record.detail.endsWith(`; ${unknownNote(record.seq)}`)) return 'unknown';
+  return null;
 }

@@ -35,6 +35,7 @@ import { UNREACHABLE_GRACE_MS, type DeviceTiming, type OpenCommands } from './op
 import { OperatorActions } from './operator-actions.js';
 import { Outcomes, type SettledListener } from './outcomes.js';
 import { Preemption } from './preemption.js';
+import { earlierLastWrite } from './previous-write.js';
 import type { DeviceProfile } from './profile.js';
 import { noReadFailures } from './read-failures.js';
 import type { TimedReadback } from './skew.js';
@@ -177,6 +178,7 @@ export class CommandPipeline {
         earlierWriteUnknownSinceMono:
           earlierLivesEnded +
           (binding.requestTimeoutMs ?? binding.profile.timing.redispatchGuardMs),
+        earlierLivesEndedMono: earlierLivesEnded,
         queue: [],
         running: null,
         inFlight: null,
@@ -526,6 +528,19 @@ export class CommandPipeline {
    */
   recover(): number {
     this.lateEcho.takeUp(this.lanes.keys());
+    // Each device's last write an earlier life ended with its fate open, which the controller
+    // may still take: the next command waits for it as it would have in that life.
+    for (const lane of this.lanes.values()) {
+      try {
+        lane.lastWrite ??= earlierLastWrite(this.journal, lane);
+      } catch (error) {
+        // The sweep below meets the same journal and leaves its commands to a later sweep.
+        this.logger.error(
+          { err: error, device: lane.binding.id },
+          "the device's last write cannot be read from the journal: the next command is decided without it",
+        );
+      }
+    }
     return this.sweeper.run();
   }
 

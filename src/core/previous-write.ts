@@ -1,5 +1,9 @@
+import { UNJUDGED_TAKE_UP } from './confirmation.js';
 import type { CommandRecord, Journal } from './journal.js';
 import type { Lane, LastWrite } from './lane.js';
+import { LAST_DISPATCH_WINDOW } from './late-echo.js';
+import { latestWriteNeverSent } from './open-commands.js';
+import { resolvedWriteWas } from './operator-actions.js';
 import type { DeviceProfile } from './profile.js';
 import { mayStillLand } from './redispatch.js';
 import type { SkewEstimate, TimedReadback } from './skew.js';
@@ -58,26 +62,21 @@ export function previousWritePending(
   if (write === null || (write.scope === record.scope && write.key === record.key)) return null;
   if (readback.seq !== null && readback.seq === write.seq) return null;
   const command = journal.get({ scope: write.scope, key: write.key });
-  if (
-    command?.state !== 'failed' ||
-    command.seq !== write.seq ||
-    !FATE_OPEN.has(command.code ?? '') ||
-    // With an observation, DEVICE_UNREACHABLE says nothing was applied (late-echo.ts, inDoubt).
-    (command.code === 'DEVICE_UNREACHABLE' && command.observed !== null) ||
-    command.observed?.seq === write.seq
-  ) {
-    return null;
-  }
+  if (command === undefined || command.seq !== write.seq || !endedFateOpen(command)) return null;
   const { profile } = lane.binding;
-  const name = `the write of ${command.key} (sequence number ${write.seq}), which ended ${command.code}`;
+  const name = `the write of ${command.key} (sequence number ${write.seq}), which ended ${command.code ?? ''}`;
   if (write.acked) {
     if (!profile.controller.echoesSeq) return null;
     const leftMs = write.sentMono + profile.timing.confirmTimeoutMs - nowMono;
     if (leftMs <= 0) return null;
+    const from =
+      write.epoch === null
+        ? "from this process's start, the latest an earlier life of the daemon can have sent it"
+        : 'from its write';
     return {
       command,
       write,
-      reason: `${name}, was acknowledged by the controller and no readback shows it taken (its echo): the controller may still take it, before any write after it (for ${Math.ceil(leftMs)} ms more: the confirm timeout from its write)`,
+      reason: `${name}, was acknowledged by the controller and no readback shows it taken (its echo): the controller may still take it, before any write after it (for ${Math.ceil(leftMs)} ms more: the confirm timeout ${from})`,
     };
   }
   const landing = mayStillLand({
@@ -89,6 +88,79 @@ export function previousWritePending(
   });
   if (landing === null) return null;
   return { command, write, reason: `${name}; ${landing}` };
+}
+
+/**
+ * A command ended while its write's fate is open: `failed` with one of FATE_OPEN's codes, its
+ * write not shown taken by the readback it ended on.
+ */
+function endedFateOpen(command: CommandRecord): boolean {
+  return (
+    command.state === 'failed' &&
+    command.seq !== null &&
+    FATE_OPEN.has(command.code ?? '') &&
+    // With an observation, DEVICE_UNREACHABLE says nothing was applied (late-echo.ts, inDoubt).
+    !(command.code === 'DEVICE_UNREACHABLE' && command.observed !== null) &&
+    command.observed?.seq !== command.seq
+  );
+}
+
+/**
+ * At a start (recovery): the device's last write as the journal knows it, when an earlier life
+ * of the daemon ended its command with the write's fate open — the lane's last write that life
+ * had in memory, and previousWritePending went by. Without it, a close after a restart (a
+ * SIGKILL, the daemon started again at once) was confirmed a no-op at CLOSED while the
+ * controller still held the open an operator had resolved, and took it after (I2). The
+ * device's last dispatch (Journal.lastDispatched, as late-echo.ts takes it up), not shown
+ * never sent by its history; null when it is open (its take-up knows its write) or ended
+ * otherwise.
+ *
+ * The journal has no monotonic time of that write, only that it was sent before this process
+ * took the journal's writer lock (Lane.earlierLivesEndedMono), as cf78dc9 counts an earlier
+ * life's write for the guard: its bounds are counted from there, the latest they can end.
+ * Whether the controller acknowledged it, the journal says only in an operator's resolve
+ * (its detail says what the daemon knew then: operator-actions.ts, resolvedWriteWas):
+ * - acknowledged: sent before the lock, taken within the confirm timeout after its write if
+ *   ever — so within the confirm timeout from the lock (a stop goes at once behind it, as in
+ *   the life that knew it);
+ * - its outcome unknown (its answer lost): taken within the guard after the end of its request
+ *   timeout, which came before the lock plus the request timeout
+ *   (Lane.earlierWriteUnknownSinceMono);
+ * - READBACK_TIMEOUT, DEVICE_UNREACHABLE: they end a confirm window of at least the confirm
+ *   timeout from the write (or from a take-up, later than the write): had the controller
+ *   acknowledged it, that bound was over when the command ended. Only the bound of a write of
+ *   unknown outcome can still run: as above. Not so a take-up that could not judge its command
+ *   (UNJUDGED_TAKE_UP: at once): as below;
+ * - anything else (a resolve while the write was on its way, or of a write an earlier life sent
+ *   and this one had not taken up): either may hold, and taken as unknown, the safer of the
+ *   two — a stop waits for it rather than going at once (a write of unknown outcome could come
+ *   after it), a controller that echoes nothing is waited for too — its guard counted so that it
+ *   ends no sooner than an acknowledged write's confirm timeout from the lock would.
+ */
+export function earlierLastWrite(
+  journal: Pick<Journal, 'lastDispatched' | 'history'>,
+  lane: Lane,
+): LastWrite | null {
+  const command = journal.lastDispatched(lane.binding.id, LAST_DISPATCH_WINDOW);
+  if (command?.seq == null || !endedFateOpen(command)) return null;
+  if (latestWriteNeverSent(journal.history(command), command.seq)) return null;
+  const { timing } = lane.binding.profile;
+  const lock = lane.earlierLivesEndedMono;
+  const write = { scope: command.scope, key: command.key, seq: command.seq, epoch: null };
+  const resolved = resolvedWriteWas(command);
+  if (resolved === 'acknowledged') {
+    return { ...write, sentMono: lock, acked: true, unknownSinceMono: null };
+  }
+  const unknown =
+    resolved === 'unknown' ||
+    (command.code !== 'RESOLVED_BY_OPERATOR' && command.detail !== UNJUDGED_TAKE_UP);
+  const unknownSinceMono = unknown
+    ? lane.earlierWriteUnknownSinceMono
+    : Math.max(
+        lane.earlierWriteUnknownSinceMono,
+        lock + timing.confirmTimeoutMs - timing.redispatchGuardMs,
+      );
+  return { ...write, sentMono: lock, acked: false, unknownSinceMono };
 }
 
 /**
