@@ -85,7 +85,8 @@ const MAX_LIMIT = 500;
  */
 interface KeyParams {
   Params: { scope?: string; key?: string };
-  Querystring: { scope?: string; key?: string };
+  /** An array when a parameter is given more than once. */
+  Querystring: { scope?: string | string[]; key?: string | string[] };
 }
 
 /** Each route that names a command, in its two forms: the path's and the query's. */
@@ -293,12 +294,12 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
 
   app.get('/ui/api/gateway', reader, async (_request, reply) => json(reply, 200, views.gateway()));
 
-  app.get<{ Querystring: Record<string, string | undefined> }>(
+  app.get<{ Querystring: Record<string, unknown> }>(
     '/ui/api/commands',
     reader,
     async (request, reply) => {
-      const q = request.query;
       const errors: string[] = [];
+      const q = singleValues(request.query, errors);
       let state: CommandState | undefined;
       if (q.state !== undefined && q.state !== '') {
         state = COMMAND_STATES.find((s) => s === q.state);
@@ -486,9 +487,28 @@ function operatorName(session: UiSession, ip: string): string {
   return `${session.identity} (status page, ${ip})`;
 }
 
+/**
+ * The query's parameters that are given once; a parameter given more than once
+ * (`?device=a&device=b`, which the query parser makes an array) is an error in `errors`: which
+ * one was meant cannot be told, and passed on as it is, an array reached the journal's query
+ * and the answer was a 500.
+ */
+function singleValues(
+  query: Record<string, unknown>,
+  errors: string[],
+): Record<string, string | undefined> {
+  const values: Record<string, string | undefined> = {};
+  for (const [name, value] of Object.entries(query)) {
+    if (typeof value === 'string') values[name] = value;
+    else errors.push(`${name}: is given more than once`);
+  }
+  return values;
+}
+
 function refOf(request: Request<KeyParams>): CommandRef | null {
   const named = request.params.key === undefined ? request.query : request.params;
-  if (named.scope === undefined) return null;
+  // Given more than once in the query (an array): no one command is named.
+  if (typeof named.scope !== 'string' || typeof named.key !== 'string') return null;
   try {
     return { scope: named.scope, key: parseIdempotencyKey(named.key) };
   } catch (error) {

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { ROOT } from '../helpers/fixtures.js';
 import { until } from '../helpers/mosquitto.js';
 import { call, login, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
@@ -211,6 +212,40 @@ describe('with a session', () => {
       // A viewer sees the story and may not settle it.
       actions: { reverify: false, resolve: false },
     });
+  });
+
+  it('a query parameter given twice is refused, never a 500, and settles nothing', async () => {
+    // The query parser makes a repeated parameter an array: passed on as the device filter or
+    // the command's scope, it reached the journal's query and the answer was a 500.
+    const { cookie, csrf } = await login(site, TOKENS.ops);
+    const list = await call(site, 'GET', '/ui/api/commands?device=a&device=b', { cookie });
+    expect(list.status).toBe(400);
+    expect(list.json()).toMatchObject({
+      code: 'INVALID_REQUEST',
+      errors: ['device: is given more than once'],
+    });
+    const twice = `scope=${ORPHAN.scope}&scope=other&key=${ORPHAN.key}`;
+    const shown = await call(site, 'GET', `/ui/api/command?${twice}`, { cookie });
+    expect(shown.status).toBe(404);
+    expect(shown.json()).toMatchObject({ code: 'UNKNOWN_COMMAND' });
+    const resolved = await call(
+      site,
+      'POST',
+      `/ui/api/command/resolve?${twice}`,
+      { ...JSON_POST, cookie, origin: site.origin, 'x-csrf-token': csrf },
+      JSON.stringify({ as: 'failed', reason: 'which one?' }),
+    );
+    expect(resolved.status).toBe(404);
+    expect(resolved.json()).toMatchObject({ code: 'UNKNOWN_COMMAND' });
+    // Ground truth: the orphan is open in the journal, its history without an operator's act.
+    const journal = SqliteJournal.open({ path: site.journalPath, readonly: true });
+    try {
+      expect(journal.findByKey(ORPHAN.key)[0]).toMatchObject({ state: 'accepted' });
+      const history = journal.history({ scope: ORPHAN.scope, key: ORPHAN.key });
+      expect(history.map((e) => e.intake)).not.toContain('admin');
+    } finally {
+      journal.close();
+    }
   });
 
   it('refuses every cross-site change and a viewer; the operator reverifies and resolves, audited', async () => {
