@@ -172,12 +172,16 @@ export interface Lane {
    */
   readonly withheld: Map<string, number>;
   /**
-   * A stop that queued behind another stop when it was accepted (one in flight left to finish,
-   * not written yet or its effect not judged yet, or one still to run): once it is the next to
-   * run, it takes the stop in flight over at the readback that shows that stop did not take
-   * effect (preemption.ts, stopBehindRejudged). Null otherwise.
+   * The stops that queued behind another stop when they were accepted (one in flight left to
+   * finish, not written yet or its effect not judged yet, or one still to run), in the order
+   * they were accepted: each, once it is the next to run, takes the stop in flight over at the
+   * readback that shows that stop did not take effect (preemption.ts, stopBehindRejudged), and
+   * leaves the list when it has, or has left the queue. Every one of them, not only the first:
+   * a stop pressed a third time while the first was not yet written was forgotten, and once the
+   * second had taken the first over and did not take effect either (its write answered 0x04),
+   * the third waited out the second's confirm timeout while the valve travelled to the end.
    */
-  stopBehind: CommandRef | null;
+  readonly stopsBehind: CommandRef[];
   /**
    * Aborted when the pipeline stops, or when a stop preempts the command being handled (SPEC
    * §2: a stop is not queued behind travel). Reads and pauses follow it; a write in progress

@@ -189,7 +189,7 @@ export class CommandPipeline {
         unresolved: null,
         lastWrite: null,
         withheld: new Map(),
-        stopBehind: null,
+        stopsBehind: [],
         ending: null,
         skewSamples: [],
         clockOff: null,

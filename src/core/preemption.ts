@@ -77,7 +77,7 @@ export class Preemption {
     }
     // A stop still to run goes first: this one waits behind it, and takes it over once a
     // readback shows it written and its effect not seen (stopBehindRejudged).
-    if (next !== stop) lane.stopBehind ??= stop;
+    if (next !== stop) rememberBehind(lane, stop);
     if (lane.interrupted !== null && lost.has(refId(lane.interrupted.stop))) {
       // The stop that preempted the travel was never accepted: its claim was lost with its
       // batch after it had preempted (a preemption acts at the claim, before the commit). This
@@ -149,7 +149,7 @@ export class Preemption {
 
   /**
    * A stop accepted while a stop is in flight (stopOvertakes), and, when it does not take that
-   * stop over now, remembered as queued behind it (lane.stopBehind): the stop in flight was
+   * stop over now, remembered as queued behind it (lane.stopsBehind): the stop in flight was
    * left to finish because it is not written yet (its read of the device, or its dispatch being
    * made durable) or its effect is not judged yet, and once it is written its effect may not
    * show (its write answered 0x04, the valve still travelling). Judged again at each readback
@@ -166,26 +166,31 @@ export class Preemption {
     log: Logger,
   ): void {
     this.stopOvertakes(lane, target, current, next, log);
-    lane.stopBehind = overtakenBy(lane, target, next) ? null : next;
+    if (overtakenBy(lane, target, next)) forgetBehind(lane, next);
+    else rememberBehind(lane, next);
   }
 
   /**
    * At each readback of the device (pipeline.ts): a stop that queued behind a stop in flight or
-   * still to run (lane.stopBehind), once it is the next to run, takes the stop in flight over
+   * still to run (lane.stopsBehind), once it is the next to run, takes the stop in flight over
    * when the device shows it did not take effect, by the rule that decides at a stop's claim
-   * (stopOvertakes). Forgotten once it has left the queue.
+   * (stopOvertakes). Forgotten once it has left the queue. The next one behind it does the same
+   * with it, once it runs in its turn.
    */
   stopBehindRejudged(lane: Lane): void {
-    const behind = lane.stopBehind;
-    if (behind === null) return;
-    const id = refId(behind);
-    const head = lane.queue[0];
-    if (head === undefined || refId(head) !== id) {
-      // Not next yet (the stop it waits behind is still queued), or no longer queued: it runs,
-      // or ran.
-      if (!lane.queue.some((ref) => refId(ref) === id)) lane.stopBehind = null;
-      return;
+    const waiting = lane.stopsBehind;
+    if (waiting.length === 0) return;
+    // No longer queued: it runs, or ran.
+    const queued = new Set(lane.queue.map(refId));
+    for (let i = waiting.length - 1; i >= 0; i--) {
+      const ref = waiting[i];
+      if (ref !== undefined && !queued.has(refId(ref))) waiting.splice(i, 1);
     }
+    const head = lane.queue[0];
+    // Not next yet (the stop it waits behind is still queued).
+    const behind =
+      head === undefined ? undefined : waiting.find((ref) => refId(ref) === refId(head));
+    if (behind === undefined) return;
     // Between two commands (the first's end being made durable) neither is set: judged at the
     // next readback. So is a command in flight that cannot be read now, or is no stop.
     const target = lane.inFlight ?? lane.unresolved;
@@ -204,7 +209,7 @@ export class Preemption {
       log,
       lane.binding.profile.timing.mismatchGraceMs,
     );
-    if (overtakenBy(lane, target, behind)) lane.stopBehind = null;
+    if (overtakenBy(lane, target, behind)) forgetBehind(lane, behind);
   }
 
   /**
@@ -508,6 +513,21 @@ export class Preemption {
     }
     return null;
   }
+}
+
+/** Remembers `stop` as queued behind another stop (lane.stopsBehind), once. */
+function rememberBehind(lane: Lane, stop: CommandRef): void {
+  const id = refId(stop);
+  if (!lane.stopsBehind.some((ref) => refId(ref) === id)) {
+    lane.stopsBehind.push({ scope: stop.scope, key: stop.key });
+  }
+}
+
+/** `stop` took the stop it queued behind over: it no longer waits behind one. */
+function forgetBehind(lane: Lane, stop: CommandRef): void {
+  const id = refId(stop);
+  const at = lane.stopsBehind.findIndex((ref) => refId(ref) === id);
+  if (at >= 0) lane.stopsBehind.splice(at, 1);
 }
 
 /** Whether `stop` took `target` over (the lane's interruption says so). */

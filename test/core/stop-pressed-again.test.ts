@@ -68,6 +68,97 @@ describe('a stop pressed again while the first stop is not yet written', () => {
 });
 
 /**
+ * A third stop pressed behind the second, both while the first is not yet written: each stop
+ * pressed behind another is remembered (lane.stopsBehind), not only the first such, so the third
+ * takes the second over as the second took the first, at the first readback that shows it did
+ * not take effect (both writes answered 0x04), and not once the second's confirm timeout has
+ * passed (5 s: the valve then open to 94 %).
+ */
+describe('a stop pressed a third time while the first stop is not yet written', () => {
+  it('while its dispatch is being made durable: the third is written once a readback shows the second did not take effect, and the valve stops', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await SimHarness.start({ travelMs: 6_000, timing: { confirmTimeoutMs: 5_000 } });
+    onTestFinished(() => h.close());
+    const valve = h.device('v1');
+    const plc = h.plant.plc('mb');
+    h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await h.until(() => valve.snapshot().position >= 10, 10_000, 'v1 at 10 %');
+    // As above: the first stop's dispatch waits for the held pool.
+    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+    h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    await h.until(
+      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+      5_000,
+      'a read held',
+    );
+    await h.journal.durable();
+    const pool = holdThreadPool();
+    onTestFinished(() => pool.release());
+    // The controller will answer the first two stop writes 0x04 (not processed).
+    plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 2 });
+    valve.clearFault('stall');
+    await h.until(() => h.get('stop-1')?.seq != null, 5_000, "the first stop's dispatch");
+    // Both claimed while the first stop's dispatch is being made durable: the second queues
+    // behind it, the third behind the second.
+    h.submit('stop-2', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    h.submit('stop-3', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    await pool.release();
+
+    await thirdStopHeld(h, expect);
+  });
+
+  it('so is a third stop pressed before the first one ran', async ({ expect, onTestFinished }) => {
+    const h = await SimHarness.start({ travelMs: 6_000, timing: { confirmTimeoutMs: 5_000 } });
+    onTestFinished(() => h.close());
+    const valve = h.device('v1');
+    const plc = h.plant.plc('mb');
+    h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await h.until(() => valve.snapshot().position >= 10, 10_000, 'v1 at 10 %');
+    plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 2 });
+    h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    h.submit('stop-2', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    h.submit('stop-3', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+
+    await thirdStopHeld(h, expect);
+  });
+});
+
+/**
+ * Ground truth of the third-stop cases: the first two stop writes answered 0x04 (never applied);
+ * the third stop reaches the controller while the second is still open, and the valve stops
+ * well short of the end of its travel; no stop was written twice, nor the open again. Every
+ * command ends: the third confirmed, the two stops before it and the open interrupted by it
+ * (the controller took the third).
+ */
+async function thirdStopHeld(h: SimHarness, expect: ExpectStatic): Promise<void> {
+  const valve = h.device('v1');
+  const plc = h.plant.plc('mb');
+  await h.until(() => plc.faults().length === 0, 3_000, 'the first two stop writes answered 0x04');
+  await h.until(() => h.get('stop-3')?.seq != null, 3_000, 'the third stop dispatched');
+  const third = h.get('stop-3')!;
+  await h.until(() => valve.writesWithSeq(third.seq!) === 1, 3_000, 'the third stop written');
+  expect(h.get('stop-2')?.state).toBe('dispatched');
+  const [stop3, stop2, stop1, open1] = [
+    await h.settled('stop-3'),
+    await h.settled('stop-2'),
+    await h.settled('stop-1'),
+    await h.settled('open-1'),
+  ];
+  expect(stop3).toMatchObject({ state: 'confirmed', code: 'OK' });
+  expect(valve.snapshot().state).toBe('STOPPED');
+  expect(valve.snapshot().position).toBeLessThan(60);
+  expect(valve.writeLog.map((w) => w.seq)).toEqual([open1.seq, stop3.seq]);
+  for (const stop of [stop1, stop2]) {
+    expect(valve.writesWithSeq(stop.seq!)).toBe(0);
+    expect(stop).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+    expect(stop.detail).toContain('stopped by stop-3');
+  }
+  expect(open1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
+}
+
+/**
  * Ground truth of both cases: the second stop reaches the controller while the first is still
  * open (its confirm timeout is 5 s), and the valve stops well short of the end of its travel; the
  * first stop never reached the controller's program, neither was written twice, nor the open
