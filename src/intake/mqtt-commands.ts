@@ -26,6 +26,8 @@ export interface CommandLink {
   dropConnection(client: MqttClient, reason: string): void;
   /** Unsubscribes a command filter of an earlier configuration, left in the persistent session. */
   unsubscribeFormer(filter: string): void;
+  /** Unsubscribes the filters that could have delivered a message on a topic not ours. */
+  unsubscribeForeign(topic: string): void;
 }
 
 export interface CommandMessagesOptions {
@@ -253,6 +255,9 @@ export class CommandMessages {
       // gateway id it is not answered: a gateway that has that id now answers its own commands.
       const filter = this.topics.formerCommandFilter(packet.topic);
       if (filter !== null) this.link.unsubscribeFormer(filter);
+      // Or by another client that used this client id (a `mosquitto_sub -c -i …` left a `#`):
+      // whatever delivered it is not the gateway's subscription, and is removed.
+      this.link.unsubscribeForeign(packet.topic);
       this.logger.warn({ topic: packet.topic }, 'message on a topic that is not a command topic');
       this.decide('foreign_topic');
       return ACK_NOW;

@@ -14,7 +14,7 @@ import { Backoff } from '../backoff.js';
 import { withoutPassword, type SluiceConfig } from '../config/config.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
-import type { GatewayTopics } from './mqtt-topics.js';
+import { filtersMatching, type GatewayTopics } from './mqtt-topics.js';
 
 export type MqttConfig = NonNullable<SluiceConfig['mqtt']>;
 
@@ -93,6 +93,10 @@ const SHORT_CONNECTION_MS = 30_000;
 const SHORT_CONNECTIONS_SUSPECTED = 3;
 /** The takeover warning is repeated at most this often while the connections stay short. */
 const TAKEOVER_WARN_EVERY_MS = 10 * 60_000;
+/** Foreign topics whose matching filters are unsubscribed, at most, per connection. */
+const MAX_FOREIGN_TOPICS = 1_000;
+/** The longest part of a topic or filter that is logged. */
+const LOGGED_TOPIC_CHARS = 512;
 
 /**
  * The MQTT session of the intake: one persistent session (clean start off) on one client id,
@@ -134,6 +138,8 @@ export class MqttSession {
   private subscribed = false;
   /** Filters unsubscribed on the current connection (see unsubscribeFormer). */
   private readonly unsubscribed = new Set<string>();
+  /** Topics whose matching filters were unsubscribed on the current connection (unsubscribeForeign). */
+  private readonly foreignTopics = new Set<string>();
   private error: string | null = null;
   private errorStreak = 0;
   /** The DISCONNECT the broker sent on the current connection (MQTT 5), if any. */
@@ -228,6 +234,7 @@ export class MqttSession {
       this.attemptFailed = false;
       this.brokerDisconnect = null;
       this.unsubscribed.clear();
+      this.foreignTopics.clear();
       // MQTT.js passes on only the stream errors that carry a code (a socket's): when MQTT.js
       // itself refuses to write a packet (mqtt-packet's "Invalid …", "Username is required to
       // use password") it ends the stream with an error without one, which it swallows.
@@ -307,6 +314,56 @@ export class MqttSession {
       this.logger.warn(
         { filter, commandFilter: this.topics.commandFilter },
         'unsubscribed a command filter left in the persistent session by an earlier configuration (mqtt.topicRoot or gatewayId)',
+      );
+    });
+  }
+
+  /**
+   * Unsubscribes every filter that could have delivered `topic`, a topic that is no command topic
+   * of this gateway nor of an earlier configuration of it: the subscription that delivered it is
+   * not the gateway's. Another client that connected with the gateway's client id and a
+   * persistent session (a `mosquitto_sub -c -i sluice-gw-1 -t '#'` run to see what the gateway
+   * gets) leaves its subscriptions in the session when it goes, and the broker keeps them for the
+   * gateway: it was sent everything they match, each message a warning in its log, and while
+   * the gateway was away the broker queued that traffic for it, past its limit (mosquitto
+   * `max_queued_messages`, 1000 by default), dropping the commands published meanwhile, unsaid.
+   * MQTT cannot list a session's subscriptions, and the filter is not known from the message: the
+   * filters that match its topic are unsubscribed together (filtersMatching), never the command
+   * filter; over MQTT 5 the UNSUBACK says which of them existed. Once per connection and topic,
+   * for at most MAX_FOREIGN_TOPICS topics.
+   */
+  unsubscribeForeign(topic: string): void {
+    const client = this.client;
+    if (client?.connected !== true) return;
+    if (this.foreignTopics.has(topic) || this.foreignTopics.size >= MAX_FOREIGN_TOPICS) return;
+    this.foreignTopics.add(topic);
+    const filters = filtersMatching(topic).filter((f) => f !== this.topics.commandFilter);
+    if (filters.length === 0) return;
+    const shownTopic = topic.slice(0, LOGGED_TOPIC_CHARS);
+    client.unsubscribe(filters, (error, packet) => {
+      // mqtt.js calls back with null, not undefined, on success. The connection ended first:
+      // the next message on the topic unsubscribes again.
+      if (error instanceof Error) return;
+      const codes = (packet as { granted?: unknown } | undefined)?.granted;
+      if (!Array.isArray(codes)) {
+        this.logger.warn(
+          { topic: shownTopic, filters: filters.length },
+          'message on a topic no subscription of this gateway matches: unsubscribed every filter that matches it, to remove one another client with this client id left in the persistent session (MQTT 3.1.1 does not say which existed)',
+        );
+        return;
+      }
+      // MQTT 5 UNSUBACK: 0x00 removed, 0x11 no subscription existed (§3.11.3).
+      const removed = filters.filter((_, i) => codes[i] === 0);
+      if (removed.length === 0) {
+        this.logger.debug(
+          { topic: shownTopic },
+          'no filter matching a foreign topic was left in the session',
+        );
+        return;
+      }
+      this.logger.warn(
+        { topic: shownTopic, removed: removed.map((f) => f.slice(0, LOGGED_TOPIC_CHARS)) },
+        'unsubscribed filters another client with this client id left in the persistent session: the broker sent the gateway what they match, and queued it for the gateway while it was away, past its queue limit (mosquitto max_queued_messages) at the cost of the commands published meanwhile',
       );
     });
   }

@@ -245,6 +245,63 @@ export function topicMatches(filter: string, topic: string): boolean {
   return f.length === t.length;
 }
 
+/** At most this many filters are tried for one topic (filtersMatching). */
+export const MAX_MATCHING_FILTERS = 256;
+/** And at most this many bytes of them, so that one UNSUBSCRIBE stays a small packet. */
+const MAX_MATCHING_FILTER_BYTES = 64 * 1024;
+
+/**
+ * Topic filters that match `topic` (MQTT 5 §4.7), the most general first: `#`, each run of its
+ * first levels followed by `#` (which matches its parent level too), the topic itself, then the
+ * same with one level `+`, two, and so on, up to `limit` filters and 64 KiB. For a topic of up
+ * to six levels and a few hundred bytes that is every filter that matches it; past that, those
+ * with the most `+` levels are left out. None starts with a wildcard for a `$` topic (such a filter does not match it).
+ * What an UNSUBSCRIBE needs to remove a subscription that delivered `topic` when only the topic
+ * is known (MQTT cannot list a session's subscriptions).
+ */
+export function filtersMatching(topic: string, limit = MAX_MATCHING_FILTERS): string[] {
+  const levels = topic.split('/');
+  const n = levels.length;
+  const system = topic.startsWith('$');
+  // Each shape is the number of literal-or-`+` levels and whether `#` follows them.
+  const shapes: { readonly count: number; readonly hash: boolean }[] = [];
+  for (let k = 0; k <= n; k += 1) shapes.push({ count: k, hash: true });
+  shapes.push({ count: n, hash: false });
+  const filters: string[] = [];
+  let bytes = 0;
+  const add = (filter: string): boolean => {
+    const size = Buffer.byteLength(filter) + 2;
+    if (filters.length >= limit || bytes + size > MAX_MATCHING_FILTER_BYTES) return false;
+    filters.push(filter);
+    bytes += size;
+    return true;
+  };
+  for (let pluses = 0; pluses <= n; pluses += 1) {
+    for (const shape of shapes) {
+      if (pluses > shape.count) continue;
+      for (const positions of combinations(shape.count, pluses)) {
+        if (system && (positions[0] === 0 || (shape.count === 0 && shape.hash))) continue;
+        const parts = levels.slice(0, shape.count);
+        for (const i of positions) parts[i] = '+';
+        if (shape.hash) parts.push('#');
+        if (!add(parts.join('/'))) return filters;
+      }
+    }
+  }
+  return filters;
+}
+
+/** The ways to choose `k` of the positions 0 … n-1, in increasing order, lazily. */
+function* combinations(n: number, k: number, from = 0): Generator<number[]> {
+  if (k === 0) {
+    yield [];
+    return;
+  }
+  for (let i = from; i <= n - k; i += 1) {
+    for (const rest of combinations(n, k - 1, i + 1)) yield [i, ...rest];
+  }
+}
+
 function hasAny(text: string, characters: readonly string[]): boolean {
   return characters.some((c) => text.includes(c));
 }
