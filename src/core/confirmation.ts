@@ -16,6 +16,7 @@ import type { Logger } from './logger.js';
 import { latestWriteWithheld, takeUpNote } from './open-commands.js';
 import type { DeviceProfile } from './profile.js';
 import { stopOverPreempted } from './preemption.js';
+import { stopTakenUpAfterPending, UNJUDGED_TAKE_UP } from './previous-write.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
 import {
@@ -72,14 +73,6 @@ interface WrittenContext {
    */
   stopTakenFirst?: string;
 }
-
-/**
- * The outcome's detail of a take-up that cannot judge its command (READBACK_TIMEOUT at once, no
- * readback taken): unlike every other READBACK_TIMEOUT, it does not come a confirm timeout or
- * more after the command's write (previous-write.ts, earlierLastWrite).
- */
-export const UNJUDGED_TAKE_UP =
-  'taken up without a sequence number, a readback from before the write, or a profile that maps it to a write: whether it was applied cannot be judged';
 
 export class ConfirmationLoop {
   private readonly host: ExecutionHost;
@@ -167,17 +160,24 @@ export class ConfirmationLoop {
     const { clock } = this.host;
     const { profile } = lane.binding;
     const before = record.observedBefore;
-    // A stop written over a preempted write that was not taken yet was dispatched on the state
-    // that write leads to, not on the one it read (execution.ts): judged on the same decision.
+    // A stop written over a preempted write that was not taken yet, or behind the device's
+    // previous write (previous-write.ts), was dispatched on the state that write leads to, not
+    // on the one it read (execution.ts): judged on the same decision.
     const decision =
       before === null
         ? null
-        : stopOverPreempted(
+        : stopTakenUpAfterPending(
             this.host.journal,
-            lane,
+            profile,
             record,
             before,
-            decide(profile, before.state, record.action),
+            stopOverPreempted(
+              this.host.journal,
+              lane,
+              record,
+              before,
+              decide(profile, before.state, record.action),
+            ),
           );
     if (record.seq === null || before === null || decision?.kind !== 'write') {
       this.host.settle(log, record, 'dispatched', {

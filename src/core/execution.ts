@@ -15,7 +15,12 @@ import type { Logger } from './logger.js';
 import { stopOverPreempted } from './preemption.js';
 import { observe, type Expectation } from './readback.js';
 import { NoOpCourse } from './no-op.js';
-import { previousWritePending, stopAfterPending } from './previous-write.js';
+import {
+  DECIDED_AGAIN,
+  previousWritePending,
+  stopAfterPending,
+  stopAfterPendingNote,
+} from './previous-write.js';
 import { latestWriteUnsent } from './redispatch.js';
 import { allocateSeq } from './sequence.js';
 import type { TimedReadback } from './skew.js';
@@ -225,7 +230,7 @@ export class CommandExecution {
             : this.host.journal.markRedispatched(
                 record,
                 clock.now(),
-                `the first write (sequence number ${course.seq}) was withdrawn before it was sent, so it was never applied; decided again on a fresh read (${before.state}) and written now`,
+                `the first write (sequence number ${course.seq}) was withdrawn before it was sent, so it was never applied; ${DECIDED_AGAIN} (${before.state}) and written now`,
                 PIPELINE,
                 observe(before),
               );
@@ -303,10 +308,7 @@ export class CommandExecution {
           { previous: pending.command.key, seq: pending.write.seq },
           "stop decided on the state the device's previous write leads to",
         );
-        this.host.note(
-          record,
-          `decided on the state the device's previous write leads to: ${pending.reason}; the stop is written after it, and confirmed by any state a stop leaves the device in`,
-        );
+        this.host.note(record, stopAfterPendingNote(pending));
         return { readback, stop };
       }
       if (!said) {

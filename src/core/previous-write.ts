@@ -1,6 +1,5 @@
-import { UNJUDGED_TAKE_UP } from './confirmation.js';
-import type { CommandRecord, Journal } from './journal.js';
-import type { Lane, LastWrite } from './lane.js';
+import { refId, type CommandRecord, type Journal, type JournalEvent } from './journal.js';
+import { RECOVERY, type Lane, type LastWrite } from './lane.js';
 import { LAST_DISPATCH_WINDOW } from './late-echo.js';
 import { latestWriteNeverSent } from './open-commands.js';
 import { resolvedWriteWas } from './operator-actions.js';
@@ -19,6 +18,14 @@ const FATE_OPEN: ReadonlySet<string> = new Set([
   'READBACK_TIMEOUT',
   'DEVICE_UNREACHABLE',
 ]);
+
+/**
+ * The outcome's detail of a take-up that cannot judge its command (READBACK_TIMEOUT at once, no
+ * readback taken: confirmation.ts, takeUp): unlike every other READBACK_TIMEOUT, it does not
+ * come a confirm timeout or more after the command's write (earlierLastWrite).
+ */
+export const UNJUDGED_TAKE_UP =
+  'taken up without a sequence number, a readback from before the write, or a profile that maps it to a write: whether it was applied cannot be judged';
 
 /** The device's last write, of a command that has ended, which the controller may still take. */
 export interface PendingWrite {
@@ -64,7 +71,7 @@ export function previousWritePending(
   const command = journal.get({ scope: write.scope, key: write.key });
   if (command === undefined || command.seq !== write.seq || !endedFateOpen(command)) return null;
   const { profile } = lane.binding;
-  const name = `the write of ${command.key} (sequence number ${write.seq}), which ended ${command.code ?? ''}`;
+  const name = writeName(command.key, write.seq, command.code ?? '');
   if (write.acked) {
     if (!profile.controller.echoesSeq) return null;
     const leftMs = write.sentMono + profile.timing.confirmTimeoutMs - nowMono;
@@ -88,6 +95,11 @@ export function previousWritePending(
   });
   if (landing === null) return null;
   return { command, write, reason: `${name}; ${landing}` };
+}
+
+/** How the reasons name the previous write (stopAfterPendingNote's, read back by previousOf). */
+function writeName(key: string, seq: number, code: string): string {
+  return `the write of ${key} (sequence number ${seq}), which ended ${code}`;
 }
 
 /**
@@ -183,4 +195,104 @@ export function stopAfterPending(
   const from = pending.command.observedBefore;
   if (actual.kind === 'reject' || from === null || !pending.write.acked) return actual;
   return stopBehindWrite(profile, from.state, pending.command.action, before.state, actual);
+}
+
+/** How the history line of a stop decided by stopAfterPending begins. */
+const STOP_AFTER_PENDING = "decided on the state the device's previous write leads to: ";
+
+/**
+ * The history line of a stop decided on the state the device's previous write leads to
+ * (execution.ts, afterPreviousWrite): why, and what it is confirmed by. Its take-up goes by it
+ * (stopTakenUpAfterPending).
+ */
+export function stopAfterPendingNote(pending: PendingWrite): string {
+  return `${STOP_AFTER_PENDING}${pending.reason}; the stop is written after it, and confirmed by any state a stop leaves the device in`;
+}
+
+/**
+ * A stop taken up (confirmation.ts, takeUp: after a journal stall, after a restart) is judged on
+ * the decision it was written on: when its history says it was decided on the state the
+ * device's previous write leads to (stopAfterPendingNote, journaled before the dispatch it
+ * belongs to), that decision again, rebuilt from the journal — the previous command's state
+ * before its write and its action (the table is data: stopBehindWrite gives the same answer it
+ * gave then). Judged on its read alone, a stop behind a held open read at CLOSED is no write:
+ * the take-up ended it READBACK_TIMEOUT at once, "whether it was applied cannot be judged",
+ * while the controller held both writes and then took them, the valve STOPPED (a false
+ * failure). `actual` when there is no such line, or the command it names cannot be told for
+ * sure (its key as the line gives it, its device, number and ending).
+ */
+export function stopTakenUpAfterPending(
+  journal: Pick<Journal, 'history' | 'findByKey'>,
+  profile: DeviceProfile,
+  stop: CommandRecord,
+  before: { readonly state: string },
+  actual: Decision,
+): Decision {
+  if (stop.action !== 'stop' || actual.kind === 'reject') return actual;
+  const note = decisionNote(journal.history(stop));
+  const previous = note === null ? null : previousOf(journal, stop, note);
+  const from = previous?.observedBefore ?? null;
+  if (previous === null || from === null) return actual;
+  return stopBehindWrite(profile, from.state, previous.action, before.state, actual);
+}
+
+/**
+ * The stopAfterPendingNote line that decided the command's latest write: the last one before
+ * the dispatch that made a fresh decision — its first, or a second after a first write withdrawn
+ * unsent (execution.ts, takeUpUnsent: decided again on a fresh read) — not a second write of a
+ * first proven not applied, which goes out on the same decision.
+ */
+function decisionNote(history: readonly JournalEvent[]): string | null {
+  let noted: string | null = null;
+  let decided: string | null = null;
+  for (const event of history) {
+    if (event.intake === RECOVERY && event.detail.startsWith(STOP_AFTER_PENDING)) {
+      noted = event.detail;
+    } else if (
+      (event.from === 'accepted' && event.to === 'dispatched') ||
+      (event.detail.startsWith('redispatch: ') && event.detail.includes(DECIDED_AGAIN))
+    ) {
+      decided = noted;
+      noted = null;
+    }
+  }
+  return decided;
+}
+
+/** Words of the redispatch of a write withdrawn unsent: decided again (execution.ts). */
+export const DECIDED_AGAIN = 'decided again on a fresh read';
+
+/**
+ * The command a stopAfterPendingNote line names: a command of the stop's device, dispatched,
+ * whose key, sequence number and ending the line gives (writeName). A key may hold any printable
+ * character, " (sequence number " too: every place it could end is tried, and a line that fits
+ * two commands names none.
+ */
+function previousOf(
+  journal: Pick<Journal, 'findByKey'>,
+  stop: CommandRecord,
+  note: string,
+): CommandRecord | null {
+  const lead = `${STOP_AFTER_PENDING}the write of `;
+  if (!note.startsWith(lead)) return null;
+  const rest = note.slice(lead.length);
+  let found: CommandRecord | null = null;
+  for (let at = rest.indexOf(' (sequence number '); at > 0;) {
+    const key = rest.slice(0, at);
+    for (const r of journal.findByKey(key)) {
+      if (
+        r.device !== stop.device ||
+        r.seq === null ||
+        r.dispatchedAt === null ||
+        refId(r) === refId(stop) ||
+        !note.startsWith(`${STOP_AFTER_PENDING}${writeName(key, r.seq, r.code ?? '')}, `)
+      ) {
+        continue;
+      }
+      if (found !== null && refId(found) !== refId(r)) return null;
+      found = r;
+    }
+    at = rest.indexOf(' (sequence number ', at + 1);
+  }
+  return found;
 }

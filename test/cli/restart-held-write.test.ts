@@ -163,4 +163,52 @@ describe.skipIf(!real)('a write the controller holds across a restart of the dae
     await until(() => (valve.snapshot().state === 'CLOSED' ? true : undefined), 5_000);
     expect(site.verify()).toEqual([]);
   }, 90_000);
+
+  it('a stop written behind the held write and taken up after the restart keeps the decision it was written on', async () => {
+    // The first case left this valve CLOSED, its echo 2.
+    const valve = site.plant.device('mb-valve-1');
+    expect(valve.snapshot().state).toBe('CLOSED');
+    const before = valve.writeLog.length;
+    valve.setFault({ kind: 'hold' });
+    const open = await site.postCommand('open-3', { device: 'mb-valve-1', action: 'open' });
+    expect(open.status).toBe(202);
+    await until(() => (valve.writeLog.length === before + 1 ? true : undefined), 10_000);
+    await resolve('open-3');
+    expect(record('open-3')?.detail).toMatch(/which acknowledged it: it may have been applied$/);
+    // Decided on the state the held open leads to (OPENING) and written at once behind it.
+    const stop = await site.postCommand('stop-3', { device: 'mb-valve-1', action: 'stop' });
+    expect(stop.status).toBe(202);
+    await until(() => (valve.writeLog.length === before + 2 ? true : undefined), 10_000);
+    const written = record('stop-3');
+    expect(written).toMatchObject({ state: 'dispatched', seq: 4 });
+    expect(
+      site.history(written!).some((e) => e.detail.startsWith('decided on the state the device')),
+    ).toBe(true);
+
+    // Killed while the controller holds both; the next life takes the stop up.
+    await site.kill();
+    await site.startDaemon();
+    await until(() => {
+      const r = record('stop-3');
+      if (r === undefined) return undefined;
+      if (terminal('stop-3') !== undefined) return true;
+      return site.history(r).some((e) => e.detail.startsWith('taken up: sequence number 4'))
+        ? true
+        : undefined;
+    }, 15_000);
+    // On the previous code the take-up judged it on its read alone (a stop at CLOSED is no
+    // write) and ended it READBACK_TIMEOUT at once, while the controller held it.
+    expect(terminal('stop-3')).toBeUndefined();
+    valve.clearFaults();
+    const done = await until(() => terminal('stop-3'), 15_000);
+    expect(done).toMatchObject({ state: 'confirmed', seq: 4 });
+    expect(done.observed?.seq).toBe(4);
+    // Ground truth: the open taken, then the stop, each written once; the valve stopped.
+    expect(valve.writeLog.slice(before).map((e) => ({ seq: e.seq, outcome: e.outcome }))).toEqual([
+      { seq: 3, outcome: 'accepted' },
+      { seq: 4, outcome: 'accepted' },
+    ]);
+    expect(valve.snapshot()).toMatchObject({ state: 'STOPPED', seqEcho: 4 });
+    expect(site.verify()).toEqual([]);
+  }, 90_000);
 });
