@@ -140,6 +140,8 @@ export class MqttSession {
   private readonly unsubscribed = new Set<string>();
   /** Topics whose matching filters were unsubscribed on the current connection (unsubscribeForeign). */
   private readonly foreignTopics = new Set<string>();
+  /** An UNSUBSCRIBE of unsubscribeForeign awaits its UNSUBACK on the current connection. */
+  private foreignPending = false;
   private error: string | null = null;
   private errorStreak = 0;
   /** The DISCONNECT the broker sent on the current connection (MQTT 5), if any. */
@@ -235,6 +237,7 @@ export class MqttSession {
       this.brokerDisconnect = null;
       this.unsubscribed.clear();
       this.foreignTopics.clear();
+      this.foreignPending = false;
       // MQTT.js passes on only the stream errors that carry a code (a socket's): when MQTT.js
       // itself refuses to write a packet (mqtt-packet's "Invalid …", "Username is required to
       // use password") it ends the stream with an error without one, which it swallows.
@@ -330,17 +333,21 @@ export class MqttSession {
    * MQTT cannot list a session's subscriptions, and the filter is not known from the message: the
    * filters that match its topic are unsubscribed together (filtersMatching), never the command
    * filter; over MQTT 5 the UNSUBACK says which of them existed. Once per connection and topic,
-   * for at most MAX_FOREIGN_TOPICS topics.
+   * for at most MAX_FOREIGN_TOPICS topics, and one at a time: the messages of a flood that arrive
+   * before the UNSUBACK (on many topics, it may be) are not each worth an UNSUBSCRIBE.
    */
   unsubscribeForeign(topic: string): void {
     const client = this.client;
-    if (client?.connected !== true) return;
+    if (client?.connected !== true || this.foreignPending) return;
     if (this.foreignTopics.has(topic) || this.foreignTopics.size >= MAX_FOREIGN_TOPICS) return;
     this.foreignTopics.add(topic);
     const filters = filtersMatching(topic).filter((f) => f !== this.topics.commandFilter);
     if (filters.length === 0) return;
     const shownTopic = topic.slice(0, LOGGED_TOPIC_CHARS);
+    this.foreignPending = true;
+    const stream = client.stream;
     client.unsubscribe(filters, (error, packet) => {
+      if (client.stream === stream) this.foreignPending = false;
       // mqtt.js calls back with null, not undefined, on success. The connection ended first:
       // the next message on the topic unsubscribes again.
       if (error instanceof Error) return;

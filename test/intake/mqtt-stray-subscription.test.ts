@@ -123,6 +123,72 @@ describe.skipIf(!available)(
   },
 );
 
+describe.skipIf(!available)('MQTT intake: the traffic of a left subscription, in a burst', () => {
+  const site = useMqttSite({}, { opcua: false });
+
+  it('is answered with an UNSUBSCRIBE at a time, not one per topic', async () => {
+    const gateway = 'gwburst';
+    const clientId = `sluice-${gateway}`;
+    const newIntake = (): ReturnType<typeof site.intake> =>
+      site.intake({
+        gatewayId: gateway,
+        config: { protocolVersion: 5 },
+        reconnect: { minMs: 100, maxMs: 400 },
+      });
+    let intake = newIntake();
+    site.cleanups.push(() => intake.stop());
+    await site.connect(intake);
+    await intake.stop();
+    const stray = spawn(
+      'mosquitto_sub',
+      [
+        ...['-h', '127.0.0.1', '-p', String(site.broker.port), '-V', 'mqttv5'],
+        ...['-i', clientId, '-c', '-q', '1', '-t', '#', '-W', '1'],
+      ],
+      { stdio: 'ignore' },
+    );
+    await new Promise<void>((resolve) => {
+      stray.once('exit', () => {
+        resolve();
+      });
+    });
+    // Queued for the gateway on 40 topics: the broker sends them together when it connects,
+    // before it has read the gateway's first UNSUBSCRIBE.
+    const plant = await TestClient.connect(site.broker.url, { protocolVersion: 4 });
+    site.cleanups.push(() => plant.end());
+    for (let i = 0; i < 40; i++) await plant.publish(`plant/${gateway}/t${i}`, { v: i });
+    const unsubscribes = (): number =>
+      site.broker
+        .log()
+        .split('\n')
+        .filter((l) => l.includes(`Received UNSUBSCRIBE from ${clientId}`)).length;
+    const before = unsubscribes();
+    intake = newIntake();
+    await site.connect(intake);
+    // Ground truth (the broker's log): all 40 delivered, and `#` taken away.
+    const delivered = (): number =>
+      Array.from({ length: 40 }, (_, i) =>
+        site.broker.deliveriesTo(clientId, `plant/${gateway}/t${i}`),
+      ).filter((d) => d.length > 0).length;
+    const end = Date.now() + 10_000;
+    while ((delivered() < 40 || unsubscribes() === before) && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(delivered()).toBe(40);
+    // A message published now reaches no one: a subscriber on its topic shows it was sent.
+    const watcher = await TestClient.connect(site.broker.url);
+    site.cleanups.push(() => watcher.end());
+    await watcher.subscribe(`plant/${gateway}/after`);
+    await plant.publish(`plant/${gateway}/after`, { v: 'after' });
+    await watcher.waitFor((m) => m.topic === `plant/${gateway}/after`, 5_000, 'the later message');
+    expect(site.broker.deliveriesTo(clientId, `plant/${gateway}/after`)).toEqual([]);
+    // One per window of messages the broker had sent before it read one (it sends those it
+    // queued 20 at a time, mosquitto's max_inflight_messages): not one per topic.
+    expect(unsubscribes() - before).toBeLessThanOrEqual(2);
+    await intake.stop();
+  }, 60_000);
+});
+
 describe('filtersMatching', () => {
   const everyFilter = (topic: string): string[] => {
     // By brute force: each level literal or `+`, then `#` after any number of them, or not.
