@@ -12,6 +12,7 @@ import {
 } from '../intake/mqtt-topics.js';
 import { packageRoot } from '../package-root.js';
 import { readProfiles } from '../profiles/load.js';
+import { hostProblem, urlAddressProblem } from './network-addresses.js';
 import { parseYamlText } from './yaml-text.js';
 
 /**
@@ -19,6 +20,9 @@ import { parseYamlText } from './yaml-text.js';
  * environment (SLUICE_*) < command-line flags. Every error is reported at once, with its path;
  * an invalid configuration touches nothing. Relative paths are relative to the file.
  */
+
+/** The schemes MQTT.js connects with; the rest of the URL is checked by urlAddressProblem. */
+const BROKER_URL = /^(mqtts?|tcp|ssl|wss?):\/\/.+/;
 
 const hex64 = z.string().regex(/^[0-9a-f]{64}$/i, 'a SHA-256 digest: 64 hexadecimal characters');
 const port = z.number().int().min(0).max(65535);
@@ -52,8 +56,14 @@ function problemCheck(
 export const mqttConfigSchema = z.strictObject({
   url: z
     .string()
-    .regex(/^(mqtts?|tcp|ssl|wss?):\/\/.+/, 'an mqtt://, mqtts://, ws:// or wss:// URL')
+    .regex(BROKER_URL, 'an mqtt://, mqtts://, ws:// or wss:// URL')
     .superRefine((url, ctx) => {
+      // MQTT.js reads the URL with url.parse and connects to whatever it makes of it: a port
+      // past 65535 threw at the start (exit 1, restarted by systemd for ever), one that is not
+      // a number was dropped for the default 1883 (network-addresses.ts).
+      // Not with a password in it (refused below): what is wrong is said of the URL without it.
+      const address = BROKER_URL.test(url) ? urlAddressProblem(withoutPassword(url)) : null;
+      if (address !== null) ctx.addIssue({ code: 'custom', message: address });
       // MQTT.js takes a password from the URL, but the URL is shown wherever the broker is
       // named: the log at every start and connection error, sluiced --check, its own errors.
       if (withoutPassword(url) !== url) {
@@ -180,7 +190,16 @@ export const configSchema = z
       .prefault({}),
     https: z
       .strictObject({
-        host: z.string().min(1).default('127.0.0.1'),
+        // Node's listen() takes any string and fails at the start on one that is no host
+        // (`0.0.0.0:8443`: getaddrinfo ENOTFOUND, exit 1, restarted by systemd for ever).
+        host: z
+          .string()
+          .min(1)
+          .superRefine((host, ctx) => {
+            const problem = hostProblem(host);
+            if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
+          })
+          .default('127.0.0.1'),
         port: port.default(8443),
         certFile: z.string().min(1),
         keyFile: z.string().min(1),

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { MAX_TIMER_MESSAGE, MAX_TIMER_MS } from '../core/clock.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { fieldAddress, fieldWidth } from '../core/profile-modbus.js';
+import { hostProblem, urlAddressProblem } from '../config/network-addresses.js';
 import { COMBINE_READS_DEFAULTS, MAX_REGISTERS } from './modbus-queue.js';
 
 /** The most TCP connections one Modbus PLC is given (plcs.<name>.connections). */
@@ -36,9 +37,19 @@ const requestTimeoutMs = z
   .positive()
   .max(MAX_TIMER_MS, { error: MAX_TIMER_MESSAGE });
 
+const OPC_TCP_URL = /^opc\.tcp:\/\/.+/;
+
 const modbusPlc = z.strictObject({
   protocol: z.literal('modbus'),
-  host: z.string().min(1),
+  // A host written with its port (`10.0.0.20:502`) or as a URL was taken, and every request
+  // failed for as long as the daemon ran (getaddrinfo ENOTFOUND) after --check called it valid.
+  host: z
+    .string()
+    .min(1)
+    .superRefine((host, ctx) => {
+      const problem = hostProblem(host);
+      if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
+    }),
   port: z.number().int().min(1).max(65535),
   unitId: z.number().int().min(0).max(255).default(1),
   /** Where the controller clock is read is a profile field now (modbus.status.clock). */
@@ -73,7 +84,15 @@ const modbusPlc = z.strictObject({
 
 const opcuaPlc = z.strictObject({
   protocol: z.literal('opcua'),
-  endpointUrl: z.string().regex(/^opc\.tcp:\/\/.+/, 'must be an opc.tcp:// URL'),
+  // node-opcua takes any opc.tcp:// string and retries it for ever: a port past 65535 was
+  // "not connected … connection attempt N failed" with no word of the port.
+  endpointUrl: z
+    .string()
+    .regex(OPC_TCP_URL, 'must be an opc.tcp:// URL')
+    .superRefine((url, ctx) => {
+      const problem = OPC_TCP_URL.test(url) ? urlAddressProblem(url) : null;
+      if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
+    }),
   namespaceUri: z.string().min(1),
   securityMode: z.enum(['None', 'Sign', 'SignAndEncrypt']).default('None'),
   securityPolicy: z

@@ -305,6 +305,56 @@ describe('sluiced --check', () => {
     ]);
   });
 
+  it('refuses a host written with its port, or a URL whose port or host is none, naming the field', () => {
+    // Taken before by every check: a Modbus host with its port failed every read for as long as
+    // the daemon ran (getaddrinfo ENOTFOUND), the HTTPS listener and a broker port past 65535
+    // failed the start (exit 1, restarted every 2 s by systemd), a broker port that is not a
+    // number was dropped by MQTT.js for 1883, an OPC UA port past 65535 was retried for ever.
+    const bad = SITE.replace('host: 127.0.0.1, port: 0', 'host: 0.0.0.0:8443, port: 0')
+      .replace('url: mqtt://127.0.0.1:1,', 'url: mqtt://127.0.0.1:18a3,')
+      .replace('host: 127.0.0.1, port: 5020', "host: '10.0.0.20:502', port: 5020")
+      .replace('opc.tcp://127.0.0.1:4840', 'opc.tcp://127.0.0.1:484000');
+    refusedEverywhere(site(bad), [
+      'https.host: "0.0.0.0:8443" is not a host (the port is a field of its own, port)',
+      'mqtt.url: port "18a3" is not a number from 1 to 65535',
+      'plcs.modbus-plc.host: "10.0.0.20:502" is not a host (the port is a field of its own, port)',
+      'plcs.opcua-plc.endpointUrl: port "484000" is not a number from 1 to 65535',
+    ]);
+    refusedEverywhere(
+      site(
+        SITE.replace('host: 127.0.0.1, port: 5020', 'host: modbus://10.0.0.20, port: 5020')
+          .replace('url: mqtt://127.0.0.1:1,', "url: 'mqtt://:1883',")
+          .replace('opc.tcp://127.0.0.1:4840', "'opc.tcp://plc 1:4840'"),
+      ),
+      [
+        'mqtt.url: names no host (":1883")',
+        'plcs.modbus-plc.host: "modbus://10.0.0.20" is not a host (a URL: give the host alone)',
+        'plcs.opcua-plc.endpointUrl: host "plc 1" is not an IP address nor a host name',
+      ],
+    );
+  });
+
+  it('refuses a broker port past 65535 at start before it creates anything, the binary as a process', () => {
+    // The start created the state folder and journal, then node:net threw ERR_SOCKET_BAD_PORT at
+    // the MQTT connect: exit 1, which the unit restarts every 2 s.
+    refusedEverywhere(
+      site(SITE.replace('url: mqtt://127.0.0.1:1,', 'url: mqtt://127.0.0.1:99999,')),
+      ['mqtt.url: port "99999" is not a number from 1 to 65535'],
+      runSluiced,
+    );
+  });
+
+  it('takes host names, IPv6 addresses and URLs with paths', () => {
+    const good = SITE.replace('host: 127.0.0.1, port: 0', "host: '::1', port: 0")
+      .replace('url: mqtt://127.0.0.1:1,', "url: 'ws://edge_broker.plant.:8080/mqtt',")
+      .replace('host: 127.0.0.1, port: 5020', 'host: PLC-7.line2.plant, port: 5020')
+      .replace('opc.tcp://127.0.0.1:4840', "'opc.tcp://[fe80::1]:4840/UA/Server'");
+    const r = runSluicedInProcess(['--config', site(good), '--check']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/ modbus-plc +modbus +PLC-7\.line2\.plant:5020 unit 1, /);
+  });
+
   it('refuses an MQTT password without a user name, which the client never connects with', () => {
     // Accepted before: the daemon started, reported ready, and its MQTT client refused to send
     // the CONNECT ("Username is required to use password"): Mosquitto never saw a client, and

@@ -1,0 +1,76 @@
+import { isIP } from 'node:net';
+
+/**
+ * The network addresses of a site file — a listen host, a PLC's host, a broker's or an OPC UA
+ * server's URL — checked for what the libraries that use them take as given. None of them
+ * refuses a malformed address when it is handed over: the error comes at the first connection
+ * (or the listen), after `sluiced --check` has called the file valid. A host written with its
+ * port (`10.0.0.20:502`) made every read fail with "getaddrinfo ENOTFOUND" for as long as the
+ * daemon ran, and the HTTPS listener's start fail with exit 1, which systemd restarts every 2 s;
+ * a broker URL with a port past 65535 ended the start the same way (node:net throws
+ * ERR_SOCKET_BAD_PORT), and one whose port was not a number (`mqtt://broker:88a3`) was taken by
+ * MQTT.js, which reads URLs with url.parse, for the default port 1883.
+ */
+
+/** One label of a host name: letters, digits, "-" inside, "_" as some plant DNS has it. */
+const LABEL = /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
+
+/**
+ * What is wrong with a host to connect to or listen on (null: nothing): an IP address, or a
+ * host name of letters, digits, "-" and "_" in dot-separated labels.
+ */
+export function hostProblem(host: string): string | null {
+  if (isIP(host) !== 0) return null;
+  const name = host.endsWith('.') ? host.slice(0, -1) : host;
+  if (name.length > 0 && name.length <= 253 && name.split('.').every((l) => LABEL.test(l))) {
+    return null;
+  }
+  const why = /^\[.*\]$/.test(host)
+    ? 'an IPv6 address is written without brackets here'
+    : /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(host)
+      ? 'a URL: give the host alone'
+      : /:\d*$/.test(host)
+        ? 'the port is a field of its own, port'
+        : 'not an IP address, nor a host name of letters, digits, "-" and "_" between dots';
+  return `${JSON.stringify(host)} is not a host (${why})`;
+}
+
+/**
+ * What is wrong with the address of a URL to connect to (null: nothing): a host, and a port
+ * (when given) from 1 to 65535, as the WHATWG URL parser reads it. The URL's scheme is checked
+ * by its field's own rule.
+ */
+export function urlAddressProblem(url: string): string | null {
+  // The authority, as written: [user@]host[:port], up to the path, query or fragment; the
+  // user info runs to the last "@" (as WHATWG URL and url.parse read it), and is never shown.
+  const authority = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/(?:[^/?#]*@)?([^/?#@]*)/.exec(url)?.[1];
+  if (authority === undefined) return 'is not a URL (scheme://host:port)';
+  const m = /^(\[[^\]]*\]|[^:]*)(?::(.*))?$/.exec(authority);
+  const host = m?.[1] ?? '';
+  const port = m?.[2];
+  if (host === '') return `names no host (${JSON.stringify(authority)})`;
+  if (port !== undefined && port !== '') {
+    if (!/^\d+$/.test(port) || Number(port) < 1 || Number(port) > 65535) {
+      return `port ${JSON.stringify(port)} is not a number from 1 to 65535`;
+    }
+  }
+  const plain = host.startsWith('[') ? host.slice(1, -1) : host;
+  if (host.startsWith('[') ? isIP(plain) !== 6 : hostProblem(decodeHost(plain)) !== null) {
+    return `host ${JSON.stringify(host)} is not an IP address nor a host name`;
+  }
+  try {
+    new URL(url);
+  } catch {
+    return 'is not a valid URL';
+  }
+  return null;
+}
+
+/** A host as written in a URL, percent-escapes undone (none is expected in a plant's). */
+function decodeHost(host: string): string {
+  try {
+    return decodeURIComponent(host);
+  } catch {
+    return host;
+  }
+}
