@@ -115,6 +115,9 @@ export function repeatOf(event: Pick<JournalEvent, 'at' | 'detail'>): {
   return null;
 }
 
+/** What a retry of a key is judged by (Journal.retry): the submission's fingerprint, its intake and time. */
+export type Retry = Pick<NewCommand, 'scope' | 'key' | 'fingerprint' | 'intake' | 'acceptedAt'>;
+
 export type Claim =
   | { readonly kind: 'new'; readonly record: CommandRecord }
   | { readonly kind: 'duplicate'; readonly record: CommandRecord }
@@ -183,6 +186,15 @@ export interface Journal {
    * `rejection`, a new command is inserted and rejected in one commit.
    */
   claim(command: NewCommand, rejection?: Rejection): Claim;
+  /**
+   * A submission of a key already journaled, answered and recorded as claim() answers and
+   * records it (a duplicate or a reuse); null, with nothing written, when the key is not
+   * journaled. For a submission that cannot become a command (its device no longer configured,
+   * or no longer given the action by its profile): a retry of a key accepted before the change
+   * still gets that command's outcome, as every replay does, not a refusal its client could
+   * take for "never accepted".
+   */
+  retry(command: Retry): Claim | null;
   get(ref: CommandRef): CommandRecord | undefined;
   /** Every scope's command with this key (the operator names keys, not scopes). */
   findByKey(key: string): CommandRecord[];

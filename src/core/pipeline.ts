@@ -337,14 +337,25 @@ export class CommandPipeline {
     const key = parseIdempotencyKey(submission.key);
     const request = submission.request;
     const lane = this.lanes.get(request.device);
-    if (lane === undefined) throw new UnknownDeviceError(request.device);
-    const profile = lane.binding.profile;
-    if (!profile.actions.includes(request.action)) {
+    const now = this.clock.now();
+    if (lane === undefined || !lane.binding.profile.actions.includes(request.action)) {
+      // A retry of a key accepted before its device left the configuration (or its profile
+      // lost the action) gets that command's outcome, as every replay does (SPEC §2: a
+      // terminal outcome is final): refused, its client would take it for never accepted.
+      const earlier = this.journal.retry({
+        scope: submission.identity.scope,
+        key,
+        fingerprint: fingerprint(request),
+        intake: submission.intake,
+        acceptedAt: now,
+      });
+      if (earlier !== null) return earlier;
+      if (lane === undefined) throw new UnknownDeviceError(request.device);
       throw new InvalidCommandError([
-        `action: device "${request.device}" (${profile.profile}) has no action "${request.action}"`,
+        `action: device "${request.device}" (${lane.binding.profile.profile}) has no action "${request.action}"`,
       ]);
     }
-    const now = this.clock.now();
+    const profile = lane.binding.profile;
     const nowMono = this.clock.elapsed();
     const issuedAt = request.issuedAt === null ? now : Date.parse(request.issuedAt);
     const ttlMs = request.ttlMs ?? profile.timing.defaultTtlMs;

@@ -21,6 +21,7 @@ import {
   type Observation,
   type PurgeStep,
   type Rejection,
+  type Retry,
   type SeqAllocator,
   type Settlement,
 } from '../core/journal.js';
@@ -64,6 +65,7 @@ export interface Connection {
   readonly db: Database;
   readonly stmts: Statements;
   readonly txClaim: Transaction<(command: NewCommand, rejection?: Rejection) => Claim>;
+  readonly txRetry: Transaction<(retry: Retry) => Claim | null>;
   readonly txDispatch: Transaction<Dispatch>;
   readonly txRedispatch: Transaction<
     (
@@ -208,7 +210,11 @@ export function openConnection(options: ConnectionOptions): Connection {
         }),
       };
     }
-    const row = findRow(c);
+    return hit(findRow(c), c);
+  });
+
+  // A hit of a key already journaled: a duplicate or a reuse, recorded in its history.
+  const hit = (row: CommandRow, c: Retry): Claim => {
     const record = rowToRecord(row);
     const same = record.fingerprint === c.fingerprint;
     const base = same ? DUPLICATE_DETAIL : KEY_REUSE_DETAIL;
@@ -241,6 +247,11 @@ export function openConnection(options: ConnectionOptions): Connection {
       repeatDetail(base, count, firstAt),
     );
     return { kind: same ? 'duplicate' : 'reused', record };
+  };
+
+  const txRetry = db.transaction((c: Retry): Claim | null => {
+    const row = s.get.get(c.scope, c.key) as CommandRow | undefined;
+    return row === undefined ? null : hit(row, c);
   });
 
   const txDispatch = db.transaction<Dispatch>(
@@ -356,7 +367,7 @@ export function openConnection(options: ConnectionOptions): Connection {
     }
     return { purged, more: victims.length === limit };
   });
-  return { db, stmts: s, txClaim, txDispatch, txRedispatch, txSettle, txPurge };
+  return { db, stmts: s, txClaim, txRetry, txDispatch, txRedispatch, txSettle, txPurge };
 }
 
 /**

@@ -12,6 +12,7 @@ import {
   type OpenRef,
   type PurgeStep,
   type Rejection,
+  type Retry,
   type SeqAllocator,
   type SettledSince,
   type Settlement,
@@ -80,6 +81,10 @@ export class SqliteJournal implements Journal {
 
   claim(command: NewCommand, rejection?: Rejection): Claim {
     return this.write('claim', (c) => c.txClaim.immediate(command, rejection));
+  }
+
+  retry(command: Retry): Claim | null {
+    return this.write('retry', (c) => c.txRetry.immediate(command));
   }
 
   get(ref: CommandRef): CommandRecord | undefined {
