@@ -567,6 +567,14 @@ function checkDevices(c: SluiceConfig): string[] {
   return checkInventory({ plcs: c.plcs, devices: c.devices }, profiles);
 }
 
+/**
+ * The longest path a Unix socket can be bound to: Linux's sun_path holds 108 bytes with the
+ * terminating NUL (unix(7)). Node binds a longer one cut short, where no one looks for it: the
+ * admin endpoint (default {stateDir}/admin.sock, a state folder about 96 bytes deep) listened on
+ * a file in the state folder's parent, failed its start, and sluicectl could not reach it.
+ */
+const MAX_SOCKET_PATH_BYTES = 107;
+
 function crossCheck(c: SluiceConfig): string[] {
   const errors: string[] = [];
   if (c.mqtt !== undefined && c.identities[c.mqtt.identity] === undefined) {
@@ -601,6 +609,16 @@ function crossCheck(c: SluiceConfig): string[] {
     }
   }
   if (c.mqtt !== undefined) errors.push(...mqttTlsProblems(c.mqtt));
+  const socket = c.admin.socket;
+  if (
+    c.admin.enabled &&
+    socket !== undefined &&
+    Buffer.byteLength(socket) > MAX_SOCKET_PATH_BYTES
+  ) {
+    errors.push(
+      `admin.socket: ${socket} is ${Buffer.byteLength(socket)} bytes long, past the ${MAX_SOCKET_PATH_BYTES} a Unix socket's path may have: the daemon would listen on it cut short, in another folder, and sluicectl could not reach it; set admin.socket to a shorter path (under systemd /run/sluice/admin.sock)`,
+    );
+  }
   if (c.https === undefined && c.mqtt === undefined) {
     errors.push(
       '(root): configure https, mqtt or both: without an intake nothing can be commanded',

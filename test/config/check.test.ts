@@ -344,6 +344,27 @@ describe('sluiced --check', () => {
     );
   });
 
+  it('refuses an admin socket path longer than a Unix socket can be bound to', () => {
+    // Taken before: under a state folder about 96 bytes deep, the daemon bound the default
+    // {stateDir}/admin.sock cut short at 107 bytes (a file in the state folder's parent), its
+    // admin endpoint failed to start (chmod: ENOENT) and sluicectl could not reach it.
+    const stateDir = `state-${'x'.repeat(100)}`;
+    const socket = join(dir, stateDir, 'admin.sock');
+    refusedEverywhere(site(SITE.replace('stateDir: state', `stateDir: ${stateDir}`)), [
+      `admin.socket: ${socket} is ${socket.length} bytes long, past the 107 a Unix socket's path may have: the daemon would listen on it cut short, in another folder, and sluicectl could not reach it; set admin.socket to a shorter path (under systemd /run/sluice/admin.sock)`,
+    ]);
+    // A shorter socket for the same state folder passes; so does no admin endpoint.
+    for (const admin of ['admin: { socket: admin.sock }', 'admin: { enabled: false }']) {
+      const path = site(SITE.replace('stateDir: state', `stateDir: ${stateDir}\n${admin}`));
+      const r = runSluicedInProcess(['--config', path, '--check']);
+      expect({ admin, stderr: r.stderr, status: r.status }).toEqual({
+        admin,
+        stderr: '',
+        status: 0,
+      });
+    }
+  });
+
   it('takes host names, IPv6 addresses and URLs with paths', () => {
     const good = SITE.replace('host: 127.0.0.1, port: 0', "host: '::1', port: 0")
       .replace('url: mqtt://127.0.0.1:1,', "url: 'ws://edge_broker.plant.:8080/mqtt',")
