@@ -309,7 +309,8 @@ export function checkInventory(
  * the PLC's clock). The device would take those values for its own state, echo or image time,
  * and a command could be confirmed by another device's readback (I2). Fields given by absolute
  * address may be shared on purpose (the PLC's clock, read by every device); a field placed
- * from the base may not lie on any other. Records the device's fields in `placed`.
+ * from the base may not lie on any other, nor a device's own state, position or echo (ownOnly) on
+ * another device's, absolute or not. Records the device's fields in `placed`.
  */
 function statusOverlaps(
   id: string,
@@ -339,11 +340,17 @@ function statusOverlaps(
     const clash = others.find(
       (o) =>
         o.table === field.table &&
-        !(o.absolute && field.absolute) &&
+        !(o.absolute && field.absolute && !ownOnly(o) && !ownOnly(field)) &&
         field.start < o.end &&
         o.start < field.end,
     );
     if (clash === undefined) continue;
+    if (clash.absolute && field.absolute) {
+      errors.push(
+        `devices.${id}: its modbus.status.${field.name} (${shown(field)}, an absolute address) lies on device ${clash.id}'s modbus.status.${clash.name} (${shown(clash)}, an absolute address) on PLC ${samePlc(plc, clash.plc, controller)}: both devices would read those registers as their own ${field.name === clash.name ? field.name : `${field.name} and ${clash.name}`}, and a command to one could be confirmed by the other's readback; a state, position or echo at an absolute address fits one device per controller: place it with "at" (from the device's base) in the profile`,
+      );
+      continue;
+    }
     // Said of the field placed from its base: that base is what is off.
     const [moved, under] = field.absolute ? [clash, field] : [field, clash];
     const whose =
@@ -356,6 +363,16 @@ function statusOverlaps(
   }
   placed.push(...own);
   return errors;
+}
+
+/**
+ * A status field that ties a readback to one device: its state, its position, its echo of the
+ * device's own sequence numbers (which every device counts from 1). Shared by two devices, one
+ * would be confirmed by the other's readback (I2): a close a no-op at CLOSED because the other
+ * valve is closed. The PLC's clock, and an image time a whole-PLC scan publishes, may be shared.
+ */
+function ownOnly(field: PlacedStatus): boolean {
+  return field.name === 'state' || field.name === 'position' || field.name === 'seqEcho';
 }
 
 interface PlacedStatus {

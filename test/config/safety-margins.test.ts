@@ -606,6 +606,61 @@ ${devices}`);
     ).toEqual([]);
   });
 
+  it("refuses a state, position or echo at an absolute address shared with another device's", () => {
+    // Accepted before (two absolute fields were taken as shared on purpose, as the PLC's clock
+    // is): two valves of a profile with its state at an absolute register read one state, so
+    // that a close to one was confirmed a no-op at CLOSED because the other was closed (I2).
+    const profilesDir = join(dir, 'profiles');
+    mkdirSync(profilesDir);
+    for (const name of readdirSync(BUNDLED)) {
+      writeFileSync(join(profilesDir, name), readFileSync(join(BUNDLED, name), 'utf8'));
+    }
+    const valve = readFileSync(join(BUNDLED, 'valve.yaml'), 'utf8');
+    const variant = (name: string, field: RegExp, absolute: string): void => {
+      const text = valve.replace('profile: valve', `profile: ${name}`).replace(field, absolute);
+      expect(text).toContain(absolute);
+      writeFileSync(join(profilesDir, `${name}.yaml`), text);
+    };
+    variant('valve-abs-state', /state: \{ at: 0 \}/, 'state: { address: 50 }');
+    variant('valve-abs-echo', /seqEcho: \{ at: 3 \}/, 'seqEcho: { address: 51 }');
+    // The PLC's scan time at an absolute address, published once for every device.
+    variant('valve-abs-time', /time: \{ at: 4, type: uint64 \}/, 'time: { address: 60 }');
+    const errorsFor = (devices: string): string[] => {
+      const path = write(
+        `profilesDir: ${profilesDir}\ngatewayId: g1\nstateDir: state\n` +
+          'mqtt: { url: mqtt://127.0.0.1:1883, identity: plant }\n' +
+          "identities:\n  plant: { devices: ['*'] }\n" +
+          `plcs:\n${MODBUS}\n  p1b: { protocol: modbus, host: 127.0.0.1, port: 502, unitId: 1 }\n` +
+          `devices:\n${devices}`,
+      );
+      try {
+        loadConfig(path, { env: {} });
+        return [];
+      } catch {
+        return errorsOf(() => loadConfig(path, { env: {} }));
+      }
+    };
+    expect(
+      errorsFor(
+        '  a: { plc: p1, profile: valve-abs-state, base: 100 }\n' +
+          '  b: { plc: p1, profile: valve-abs-state, base: 200 }\n' +
+          '  c: { plc: p1, profile: valve-abs-echo, base: 300 }\n' +
+          '  d: { plc: p1b, profile: valve-abs-echo, base: 400 }\n',
+      ),
+    ).toEqual([
+      `devices.b: its modbus.status.state (holding 50, an absolute address) lies on device a's modbus.status.state (holding 50, an absolute address) on PLC p1: both devices would read those registers as their own state, and a command to one could be confirmed by the other's readback; a state, position or echo at an absolute address fits one device per controller: place it with "at" (from the device's base) in the profile`,
+      `devices.d: its modbus.status.seqEcho (holding 51, an absolute address) lies on device c's modbus.status.seqEcho (holding 51, an absolute address) on PLC p1b (the same controller as PLC p1: 127.0.0.1:502 unit 1): both devices would read those registers as their own seqEcho, and a command to one could be confirmed by the other's readback; a state, position or echo at an absolute address fits one device per controller: place it with "at" (from the device's base) in the profile`,
+    ]);
+    // One such device per controller, and a shared scan time or clock, are as before.
+    expect(
+      errorsFor(
+        '  a: { plc: p1, profile: valve-abs-state, base: 100 }\n' +
+          '  e: { plc: p1, profile: valve-abs-time, base: 200 }\n' +
+          '  f: { plc: p1, profile: valve-abs-time, base: 300 }\n',
+      ),
+    ).toEqual([]);
+  });
+
   it('sluiced --check refuses it, exit 2', () => {
     const r = runSluiced([
       '--config',
