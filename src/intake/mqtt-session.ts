@@ -552,13 +552,27 @@ export class MqttSession {
       // A connection lost before the SUBACK: the next one subscribes again.
       if (client !== this.current || this.isEnded || !client.connected) return;
       const qos = granted?.[0]?.qos;
-      if (error === null && qos !== undefined && qos < 0x80) {
+      if (error === null && qos !== undefined && qos >= 1 && qos < 0x80) {
         this.subscribed = true;
         this.logger.info(
           { topic: this.topics.commandFilter, qos },
           'subscribed to the command topics',
         );
         this.publishOnline(client, events);
+        return;
+      }
+      if (error === null && qos === 0) {
+        // A broker that caps QoS (EMQX max_qos_allowed, an authorizer) granted less than asked:
+        // the commands would come at most once — none kept for the gateway while it is away,
+        // none redelivered when the journal cannot take it, and no PUBACK of the gateway's saying
+        // that one is journaled (I5) — while `online` told the plant they were heard. Refused as
+        // a refusal is, until the broker grants QoS 1.
+        this.error = `the broker granted the command subscription ${this.topics.commandFilter} at QoS 0, not 1: commands would be lost while the gateway is away or its journal is unavailable; allow QoS 1 for this client on the broker`;
+        this.logger.error(
+          { topic: this.topics.commandFilter, qos },
+          'the broker granted the command subscription at QoS 0 only (commands at most once); reconnecting to try again',
+        );
+        this.dropConnection(client, 'subscription granted at QoS 0');
         return;
       }
       this.error = error?.message ?? 'subscription refused by the broker';
