@@ -8,11 +8,31 @@ import {
   type Journal,
   type Observation,
 } from './journal.js';
+import type { DeviceDriver } from './driver.js';
 import type { Logger } from './logger.js';
-import type { DeviceBinding } from './pipeline.js';
+import type { DeviceProfile } from './profile.js';
 import type { ReadFailures } from './read-failures.js';
 import type { SkewSample } from './controller-clock.js';
 import type { SkewEstimate, TimedReadback } from './skew.js';
+
+/** One commandable device: its profile and the driver that reaches it. */
+export interface DeviceBinding {
+  readonly id: string;
+  readonly profile: DeviceProfile;
+  readonly driver: DeviceDriver;
+  /**
+   * Its PLC's unreachable grace (`plcs.<name>.unreachableGraceMs`): how long taking up one of
+   * its open commands keeps trying to reach it at least. Omitted: the pipeline's.
+   */
+  readonly unreachableGraceMs?: number;
+  /**
+   * Its PLC's request timeout (`plcs.<name>.requestTimeoutMs`): a write an earlier life of the
+   * daemon sent may have been on its way for up to this long when that life ended (Lane,
+   * earlierWriteUnknownSinceMono). Omitted: the profile's redispatch guard stands in, which the
+   * configuration check keeps longer than the timeout.
+   */
+  readonly requestTimeoutMs?: number;
+}
 
 /**
  * What the pieces of one command's execution share: the device's lane (its queue, the command

@@ -10,7 +10,7 @@ import {
 import type { Clock } from './clock.js';
 import { gatewayVerdict } from './clock-policy.js';
 import { deviceView, startMonitor, type DeviceView } from './device-monitor.js';
-import type { DeviceDriver, Readback } from './driver.js';
+import type { Readback } from './driver.js';
 import {
   InvalidCommandError,
   JournalUnavailableError,
@@ -28,6 +28,7 @@ import {
   refId,
   withheldUnsent,
   type ClockPolicy,
+  type DeviceBinding,
   type Lane,
 } from './lane.js';
 import type { Logger } from './logger.js';
@@ -36,29 +37,9 @@ import { OperatorActions } from './operator-actions.js';
 import { Outcomes, type SettledListener } from './outcomes.js';
 import { Preemption } from './preemption.js';
 import { earlierLastWrite } from './previous-write.js';
-import type { DeviceProfile } from './profile.js';
 import { noReadFailures } from './read-failures.js';
 import type { TimedReadback } from './skew.js';
 import { deviceTimings, Sweep } from './sweep.js';
-
-/** One commandable device: its profile and the driver that reaches it. */
-export interface DeviceBinding {
-  readonly id: string;
-  readonly profile: DeviceProfile;
-  readonly driver: DeviceDriver;
-  /**
-   * Its PLC's unreachable grace (`plcs.<name>.unreachableGraceMs`): how long taking up one of
-   * its open commands keeps trying to reach it at least. Omitted: the pipeline's.
-   */
-  readonly unreachableGraceMs?: number;
-  /**
-   * Its PLC's request timeout (`plcs.<name>.requestTimeoutMs`): a write an earlier life of the
-   * daemon sent may have been on its way for up to this long when that life ended (Lane,
-   * earlierWriteUnknownSinceMono). Omitted: the profile's redispatch guard stands in, which the
-   * configuration check keeps longer than the timeout.
-   */
-  readonly requestTimeoutMs?: number;
-}
 
 /** Who sent a command: keys are scoped to it, and it may command only its devices. */
 export interface Identity {
@@ -107,7 +88,7 @@ export interface PipelineOptions {
 
 type MirrorListener = (device: string, readback: Readback) => void;
 
-export type { DeviceView, OpenCommands };
+export type { DeviceBinding, DeviceView, OpenCommands };
 
 /**
  * The command pipeline: where I1–I5 live. submit() journals a command (intakes acknowledge

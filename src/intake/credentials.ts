@@ -53,7 +53,6 @@ export interface LapsedCertificate {
  * identities are loaded (identities.ts).
  */
 const BEARER = /^Bearer +([\x21-\x7e]+) *$/i;
-export const BEARER_TOKEN = /^[\x21-\x7e]+$/;
 
 /**
  * `authorization` is every Authorization header of the request, one entry each (Node's

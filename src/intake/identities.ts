@@ -2,7 +2,13 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { SluiceConfig } from '../config/config.js';
 import type { Identity } from '../core/pipeline.js';
-import { BEARER_TOKEN } from './credentials.js';
+
+/**
+ * What a bearer token may hold: any visible ASCII character, as the Authorization header's
+ * Bearer credential is read (credentials.ts). A token file holding anything else could never
+ * authenticate, and is refused when the identities are loaded.
+ */
+const BEARER_TOKEN = /^[\x21-\x7e]+$/;
 
 /** A client identity: keys are scoped to it, and it may command only its devices. */
 export interface NamedIdentity extends Identity {
