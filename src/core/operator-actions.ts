@@ -2,8 +2,16 @@ import { isTerminal } from './command.js';
 import type { Clock } from './clock.js';
 import { AlreadySettledError, UnknownCommandError } from './errors.js';
 import type { CommandRecord, CommandRef, Journal } from './journal.js';
-import { ADMIN, commandLogger, interruptedTargets, refId, type Lane } from './lane.js';
+import {
+  ADMIN,
+  commandLogger,
+  interruptedTargets,
+  refId,
+  withheldUnsent,
+  type Lane,
+} from './lane.js';
 import type { Logger } from './logger.js';
+import { latestWriteWithheld } from './open-commands.js';
 import type { Outcomes } from './outcomes.js';
 import { latestWriteUnsent } from './redispatch.js';
 
@@ -165,6 +173,17 @@ function writeNote(
     lane?.inFlight !== null &&
     lane?.inFlight !== undefined &&
     refId(lane.inFlight) === refId(record);
+  // Withheld unsent when its dispatch could not be made durable, and no write of it handed to
+  // the driver since (a second dispatch that is sent clears the lane's memory and journals a
+  // redispatch after the take-up's line): nothing of it can reach the controller. The take-up's
+  // stand-in (`known`) is no write. Said so, the next command does not wait for it, in this life
+  // or the next (previous-write.ts, endedFateOpen).
+  if (
+    (lane !== undefined && withheldUnsent(lane, record)) ||
+    historyShowsWithheld(journal, record, record.seq)
+  ) {
+    return neverSentNote(record.seq);
+  }
   if (known?.acked === true) return acknowledgedNote(record.seq);
   if (known !== null && known.unknownSinceMono !== null) return unknownNote(record.seq);
   if (known !== null && held) {
@@ -182,6 +201,28 @@ function writeNote(
   return `${resolve}, but ${write} had been dispatched before and whether it reached the controller is unknown: it may have been applied`;
 }
 
+/**
+ * Whether the command's history says its latest write was withheld, never sent (its take-up's
+ * line, of this life or an earlier one). A history that cannot be read says nothing: the note
+ * then leaves the write as one that may have gone out.
+ */
+function historyShowsWithheld(
+  journal: Pick<Journal, 'history'>,
+  record: CommandRecord,
+  seq: number,
+): boolean {
+  try {
+    return latestWriteWithheld(journal.history(record), seq);
+  } catch {
+    return false;
+  }
+}
+
+/** The note of a resolve whose command's write was withheld, never sent (Lane.withheld). */
+function neverSentNote(seq: number): string {
+  return `${WRITE_NOTE_BEGINNINGS[1]}, and the command's write (sequence number ${seq}) was never sent: its dispatch could not be made durable, so the write was withheld; nothing was applied`;
+}
+
 /** The note of a resolve whose command's write the controller had acknowledged. */
 function acknowledgedNote(seq: number): string {
   return `${WRITE_NOTE_BEGINNINGS[1]}, but the command's write (sequence number ${seq}) had reached the controller before, which acknowledged it: it may have been applied`;
@@ -195,15 +236,18 @@ function unknownNote(seq: number): string {
 /**
  * What an operator's resolve of a written command said of its write, by its outcome's detail
  * (writeNote's note ends it: the operator's reason comes before it): the controller had
- * acknowledged it, or its outcome was unknown (its answer lost); null for any other note (the
- * write still on its way, or one this process did not know). What a later life knows of that
- * write (previous-write.ts, earlierLastWrite).
+ * acknowledged it, its outcome was unknown (its answer lost), or it was never sent (withheld);
+ * null for any other note (the write still on its way, or one this process did not know). What
+ * the next command, in this life or a later one, knows of that write (previous-write.ts).
  */
-export function resolvedWriteWas(record: CommandRecord): 'acknowledged' | 'unknown' | null {
+export function resolvedWriteWas(
+  record: CommandRecord,
+): 'acknowledged' | 'unknown' | 'never sent' | null {
   if (record.code !== 'RESOLVED_BY_OPERATOR' || record.seq === null || record.detail === null) {
     return null;
   }
   if (record.detail.endsWith(`; ${acknowledgedNote(record.seq)}`)) return 'acknowledged';
   if (record.detail.endsWith(`; ${unknownNote(record.seq)}`)) return 'unknown';
+  if (record.detail.endsWith(`; ${neverSentNote(record.seq)}`)) return 'never sent';
   return null;
 }

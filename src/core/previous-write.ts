@@ -104,7 +104,11 @@ function writeName(key: string, seq: number, code: string): string {
 
 /**
  * A command ended while its write's fate is open: `failed` with one of FATE_OPEN's codes, its
- * write not shown taken by the readback it ended on.
+ * write not shown taken by the readback it ended on, nor said never sent by the operator's
+ * resolve (operator-actions.ts, resolvedWriteWas): a write this process withheld when its
+ * dispatch could not be made durable cannot be taken. The lane's last write may be a take-up's
+ * stand-in for it (confirmation.ts, takeUp), and the next command waited the guard for it — so
+ * did the first command of the next life before its take-up had said so in its history.
  */
 function endedFateOpen(command: CommandRecord): boolean {
   return (
@@ -113,7 +117,8 @@ function endedFateOpen(command: CommandRecord): boolean {
     FATE_OPEN.has(command.code ?? '') &&
     // With an observation, DEVICE_UNREACHABLE says nothing was applied (late-echo.ts, inDoubt).
     !(command.code === 'DEVICE_UNREACHABLE' && command.observed !== null) &&
-    command.observed?.seq !== command.seq
+    command.observed?.seq !== command.seq &&
+    resolvedWriteWas(command) !== 'never sent'
   );
 }
 
@@ -124,8 +129,9 @@ function endedFateOpen(command: CommandRecord): boolean {
  * SIGKILL, the daemon started again at once) was confirmed a no-op at CLOSED while the
  * controller still held the open an operator had resolved, and took it after (I2). The
  * device's last dispatch (Journal.lastDispatched, as late-echo.ts takes it up), not shown
- * never sent by its history; null when it is open (its take-up knows its write) or ended
- * otherwise.
+ * never sent by its history nor by the operator's resolve (endedFateOpen: a write withheld and
+ * resolved before its take-up said so); null when it is open (its take-up knows its write) or
+ * ended otherwise.
  *
  * The journal has no monotonic time of that write, only that it was sent before this process
  * took the journal's writer lock (Lane.earlierLivesEndedMono), as cf78dc9 counts an earlier

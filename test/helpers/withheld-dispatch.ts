@@ -1,0 +1,62 @@
+import type { TestContext } from 'vitest';
+import type { CommandRecord } from '../../src/core/journal.js';
+import { failFdatasync } from './failing-fdatasync.js';
+import type { SimHarness } from './sim-harness.js';
+
+/**
+ * A command of v1 (`key`: an open, or a stop) whose write is withheld: its dispatch's barrier
+ * fails (an fdatasync failing with EIO, the one fault no real part here produces on demand; the
+ * journal fails every barrier until it has recovered, a second later), so it is never sent. The
+ * sweep then takes it up, its take-up saying so in its history ("never sent by this process");
+ * from the failed flush on the valve answers its reads, or drops them (`readsAfter`). Returns
+ * its record. The harness must run no idle monitor: the one read held first is the command's
+ * fresh read.
+ */
+export async function withheldAndTakenUp(
+  h: SimHarness,
+  onTestFinished: TestContext['onTestFinished'],
+  command: { readonly key: string; readonly action: 'open' | 'stop' },
+  readsAfter: 'answered' | 'dropped',
+): Promise<CommandRecord> {
+  const withheld = await withheldOnly(h, onTestFinished, command, readsAfter);
+  await h.until(
+    () =>
+      h
+        .notes(command.key)
+        .includes(
+          `dispatched: taken up: sequence number ${withheld.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
+        ),
+    5_000,
+    'the take-up of the withheld write',
+  );
+  return withheld;
+}
+
+/** withheldAndTakenUp up to the dispatch: the command's write withheld, not yet taken up. */
+export async function withheldOnly(
+  h: SimHarness,
+  onTestFinished: TestContext['onTestFinished'],
+  command: { readonly key: string; readonly action: 'open' | 'stop' },
+  readsAfter: 'answered' | 'dropped',
+): Promise<CommandRecord> {
+  const valve = h.device('v1');
+  // The fresh read is held until the next barrier's flush is set to fail: the dispatch's.
+  valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+  h.submit(command.key, { device: 'v1', action: command.action, ttlMs: 20_000 });
+  await h.until(
+    () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+    5_000,
+    'the fresh read held',
+  );
+  // The claim is on disk: the flush that fails is the dispatch's.
+  await h.journal.durable();
+  const disk = failFdatasync(1);
+  onTestFinished(() => {
+    disk.restore();
+  });
+  valve.clearFault('stall');
+  await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
+  if (readsAfter === 'dropped') valve.setFault({ kind: 'drop', on: 'read' });
+  await h.until(() => h.get(command.key)?.seq != null, 5_000, 'the dispatch');
+  return h.get(command.key)!;
+}
