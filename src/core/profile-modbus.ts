@@ -135,6 +135,8 @@ export function checkModbusMap(
     readonly positionTolerance?: number;
     /** controller.commandCodes: each must fit the command code register. */
     readonly commandCodes?: Readonly<Record<string, number>>;
+    /** controller.stateCodes: each must fit the state register (when it carries a code). */
+    readonly stateCodeValues?: Readonly<Record<string, number>>;
   },
 ): string[] {
   const errors: string[] = [];
@@ -249,6 +251,23 @@ export function checkModbusMap(
       errors.push(
         `controller.commandCodes.${action}: ${code} does not fit modbus.command.code, a ${map.command.code.type} register (${codeRange[0]}..${codeRange[1]})`,
       );
+    }
+  }
+  // A state code the register cannot carry is never read: decodeState compares the raw value,
+  // and that state would never be seen (a LOCAL never read as LOCAL, a fault state never read).
+  if (state.bits === undefined) {
+    const bits = state.table === 'coil' || state.table === 'discrete' ? (state.count ?? 1) : null;
+    const [min, max] = bits === null ? CODE_RANGE[state.type] : [0, 2 ** bits - 1];
+    const register =
+      bits === null
+        ? `a ${state.type} register`
+        : `${bits} ${state.table} bit${bits === 1 ? '' : 's'}`;
+    for (const [name, code] of Object.entries(context.stateCodeValues ?? {})) {
+      if (code < min || code > max) {
+        errors.push(
+          `controller.stateCodes.${name}: ${code} does not fit modbus.status.state, ${register} (${min}..${max}): the controller could never report it, and the device would never be read as ${name}`,
+        );
+      }
     }
   }
   if (time !== undefined && clock === undefined) {

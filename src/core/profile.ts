@@ -208,6 +208,7 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
         stateCodes: codes !== undefined,
         profile: p.profile,
         commandCodes: p.controller.commandCodes,
+        ...(codes === undefined ? {} : { stateCodeValues: codes }),
         ...(p.positionTolerance === undefined ? {} : { positionTolerance: p.positionTolerance }),
       }),
     );

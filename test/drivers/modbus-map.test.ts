@@ -357,6 +357,37 @@ describe('a register map with a mistake is refused with its path', () => {
     ).toEqual([]);
   });
 
+  it('a state code its register cannot carry', () => {
+    // Accepted before: the controller can never report 70000 in a 16-bit register, so the valve
+    // was never read as LOCAL (its raw value read UNKNOWN, or another state's code).
+    const valve = shipped('valve');
+    const codes = { ...valve.controller.stateCodes, LOCAL: 70_000, FAULT: 40_000 };
+    const inInt16 = {
+      ...valve.modbus,
+      status: { ...valve.modbus!.status, state: { at: 0, type: 'int16' } },
+    };
+    expect(errorsOf(withModbus('valve', inInt16, { stateCodes: codes }))).toEqual([
+      'controller.stateCodes.FAULT: 40000 does not fit modbus.status.state, a int16 register (-32768..32767): the controller could never report it, and the device would never be read as FAULT',
+      'controller.stateCodes.LOCAL: 70000 does not fit modbus.status.state, a int16 register (-32768..32767): the controller could never report it, and the device would never be read as LOCAL',
+    ]);
+    // Three discrete inputs carry codes 0..7.
+    const onBits = {
+      ...valve.modbus,
+      status: { ...valve.modbus!.status, state: { table: 'discrete', at: 0, count: 3 } },
+    };
+    expect(
+      errorsOf(withModbus('valve', onBits, { stateCodes: { ...codes, LOCAL: 8, FAULT: 7 } })),
+    ).toEqual([
+      'controller.stateCodes.LOCAL: 8 does not fit modbus.status.state, 3 discrete bits (0..7): the controller could never report it, and the device would never be read as LOCAL',
+    ]);
+    // A 32-bit register carries them (here at a register of its own).
+    const inUint32 = {
+      ...valve.modbus,
+      status: { ...valve.modbus!.status, state: { address: 800, type: 'uint32' } },
+    };
+    expect(errorsOf(withModbus('valve', inUint32, { stateCodes: codes }))).toEqual([]);
+  });
+
   it('unknown keys anywhere in a profile', () => {
     const data = withModbus('valve', shipped('valve').modbus) as Record<string, unknown>;
     const errors = errorsOf({
