@@ -74,3 +74,8 @@ function decodeHost(host: string): string {
     return host;
   }
 }
+
+/** A host and port as an operator reads them: an IPv6 address in brackets (`[::1]:8443`). */
+export function hostAndPort(host: string, port: number): string {
+  return `${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
+}

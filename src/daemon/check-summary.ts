@@ -1,6 +1,7 @@
 import type { X509Certificate } from 'node:crypto';
 import { certificateName } from '../intake/https-certificate.js';
 import { profilesDirOf, withoutPassword, type SluiceConfig } from '../config/config.js';
+import { hostAndPort } from '../config/network-addresses.js';
 import type { Preflight } from '../config/preflight.js';
 import { mb, type JournalOutlook } from '../journal/upgrade-room.js';
 import { registerMapLines } from '../drivers/modbus-map.js';
@@ -39,7 +40,9 @@ export function checkSummary(
       : `, certificate ${certificateLine(checked.httpsTls.certificate, now)}`;
   const mutual =
     h?.clientCaFile === undefined ? '' : `, client certificates from ${h.clientCaFile}`;
-  section('HTTPS', [h === undefined ? 'off' : `${h.host}:${h.port}${certificate}${mutual}`]);
+  section('HTTPS', [
+    h === undefined ? 'off' : `${hostAndPort(h.host, h.port)}${certificate}${mutual}`,
+  ]);
   const m = config.mqtt;
   const protocol =
     m?.protocolVersion === 'auto'
@@ -60,7 +63,7 @@ export function checkSummary(
     plcs.map(([name, plc]) => {
       const address =
         plc.protocol === 'modbus'
-          ? `${plc.host}:${plc.port} unit ${plc.unitId}`
+          ? `${hostAndPort(plc.host, plc.port)} unit ${plc.unitId}`
           : `${plc.endpointUrl}, security ${plc.securityMode}/${plc.securityPolicy}, namespace ${plc.namespaceUri}`;
       const line = `${name.padEnd(plcWidth)}  ${plc.protocol.padEnd(6)}  ${address}, timeout ${plc.requestTimeoutMs} ms`;
       // Named only where the PLC sets its own: every other PLC has the default (15 s).

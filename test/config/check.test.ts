@@ -374,6 +374,8 @@ describe('sluiced --check', () => {
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/ modbus-plc +modbus +PLC-7\.line2\.plant:5020 unit 1, /);
+    // An IPv6 address is shown in brackets: `::1:0` reads as an address of its own.
+    expect(r.stdout).toMatch(/\n {2}HTTPS {5}\[::1\]:0, certificate /);
   });
 
   it('refuses an MQTT password without a user name, which the client never connects with', () => {
