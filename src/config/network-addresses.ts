@@ -17,22 +17,29 @@ const LABEL = /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
 
 /**
  * What is wrong with a host to connect to or listen on (null: nothing): an IP address, or a
- * host name of letters, digits, "-" and "_" in dot-separated labels.
+ * host name of letters, digits, "-" and "_" in dot-separated labels, the last not a number.
  */
 export function hostProblem(host: string): string | null {
   if (isIP(host) !== 0) return null;
   const name = host.endsWith('.') ? host.slice(0, -1) : host;
-  if (name.length > 0 && name.length <= 253 && name.split('.').every((l) => LABEL.test(l))) {
-    return null;
-  }
   const why = /^\[.*\]$/.test(host)
     ? 'an IPv6 address is written without brackets here'
     : /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(host)
       ? 'a URL: give the host alone'
       : /:\d*$/.test(host)
         ? 'the port is a field of its own, port'
-        : 'not an IP address, nor a host name of letters, digits, "-" and "_" between dots';
-  return `${JSON.stringify(host)} is not a host (${why})`;
+        : null;
+  if (why !== null) return `${JSON.stringify(host)} is not a host (${why})`;
+  // No host name ends in a number: this one is an IPv4 address written otherwise, which
+  // getaddrinfo reads as inet_aton does — a leading 0 makes an octet octal, so the
+  // 192.168.001.020 a PLC's panel shows is 192.168.1.16, another controller; 10.1 is 10.0.0.1.
+  if (/^(?:\d+|0x[0-9a-f]*)$/i.test(name.split('.').at(-1) ?? '')) {
+    return `${JSON.stringify(host)} is not an IPv4 address as written (four numbers 0..255 without leading zeros): the system would read it as another address, or as none (a leading 0 makes a number octal: 192.168.001.020 is 192.168.1.16)`;
+  }
+  if (name.length > 0 && name.length <= 253 && name.split('.').every((l) => LABEL.test(l))) {
+    return null;
+  }
+  return `${JSON.stringify(host)} is not a host (not an IP address, nor a host name of letters, digits, "-" and "_" between dots)`;
 }
 
 /**
@@ -54,9 +61,11 @@ export function urlAddressProblem(url: string): string | null {
       return `port ${JSON.stringify(port)} is not a number from 1 to 65535`;
     }
   }
-  const plain = host.startsWith('[') ? host.slice(1, -1) : host;
-  if (host.startsWith('[') ? isIP(plain) !== 6 : hostProblem(decodeHost(plain)) !== null) {
-    return `host ${JSON.stringify(host)} is not an IP address nor a host name`;
+  if (host.startsWith('[')) {
+    if (isIP(host.slice(1, -1)) !== 6) return `host ${host} is not an IPv6 address`;
+  } else {
+    const problem = hostProblem(decodeHost(host));
+    if (problem !== null) return problem;
   }
   try {
     new URL(url);

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { copyFileSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { lookup } from 'node:dns/promises';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -329,7 +330,29 @@ describe('sluiced --check', () => {
       [
         'mqtt.url: names no host (":1883")',
         'plcs.modbus-plc.host: "modbus://10.0.0.20" is not a host (a URL: give the host alone)',
-        'plcs.opcua-plc.endpointUrl: host "plc 1" is not an IP address nor a host name',
+        'plcs.opcua-plc.endpointUrl: "plc 1" is not a host (not an IP address, nor a host name of letters, digits, "-" and "_" between dots)',
+      ],
+    );
+  });
+
+  it('refuses an IPv4 address the system would read as another one (zero-padded, short)', async () => {
+    // Taken before: getaddrinfo reads a leading 0 as octal, so the 192.168.001.020 a PLC panel
+    // shows was 192.168.1.16, another controller, which the daemon then read and wrote.
+    expect((await lookup('127.0.0.010')).address).toBe('127.0.0.8');
+    const octal = (host: string): string =>
+      `"${host}" is not an IPv4 address as written (four numbers 0..255 without leading zeros): the system would read it as another address, or as none (a leading 0 makes a number octal: 192.168.001.020 is 192.168.1.16)`;
+    refusedEverywhere(
+      site(
+        SITE.replace('host: 127.0.0.1, port: 0', "host: '127.1', port: 0")
+          .replace('url: mqtt://127.0.0.1:1,', 'url: mqtt://127.000.000.001:1,')
+          .replace('host: 127.0.0.1, port: 5020', 'host: 192.168.001.020, port: 5020')
+          .replace('opc.tcp://127.0.0.1:4840', 'opc.tcp://010.0.0.21:4840'),
+      ),
+      [
+        `https.host: ${octal('127.1')}`,
+        `mqtt.url: ${octal('127.000.000.001')}`,
+        `plcs.modbus-plc.host: ${octal('192.168.001.020')}`,
+        `plcs.opcua-plc.endpointUrl: ${octal('010.0.0.21')}`,
       ],
     );
   });
