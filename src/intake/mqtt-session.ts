@@ -152,6 +152,13 @@ export class MqttSession {
   private takenOver = false;
   /** When the takeover was last said at warn (clock.elapsed()); null: not in this streak. */
   private takeoverSaidAt: number | null = null;
+  /**
+   * False once the intake stopped taking commands (a graceful stop has begun): the status says
+   * `offline` from then on, at a reconnection too.
+   */
+  private takingCommands = true;
+  /** The events given to start(). */
+  private events: SessionEvents | null = null;
 
   constructor(options: MqttSessionOptions) {
     this.config = options.config;
@@ -219,6 +226,7 @@ export class MqttSession {
 
   /** Connects in the background; reconnects with backoff until stop(). */
   start(events: SessionEvents): void {
+    this.events = events;
     // manualConnect: every listener is in place before the first CONNECT is written.
     const client = connect(this.config.url, { ...this.clientOptions, manualConnect: true });
     this.current = client;
@@ -528,18 +536,36 @@ export class MqttSession {
   }
 
   /**
+   * The gateway takes no more commands (a graceful stop has begun; the connection stays up for
+   * the results of the commands still settling): the retained status says `offline` now, not at
+   * the end of the stop. A plant system that sends its commands to a gateway that says `online`
+   * (a failover to another gateway on `offline`) sent them, for as long as the commands in flight
+   * took to settle (up to the shutdown bound), to one that left them with the broker until its
+   * next start — run then if still fresh, or rejected STALE_COMMAND.
+   */
+  stopTakingCommands(): void {
+    if (!this.takingCommands) return;
+    this.takingCommands = false;
+    const client = this.client;
+    if (client?.connected === true && this.subscribed && this.events !== null) {
+      this.publishStatus(client, this.events);
+    }
+  }
+
+  /**
    * The retained `online`: once the command subscription is granted — the gateway hears its
    * commands. At the CONNACK it said so of a gateway whose broker then refused the
    * subscription, and again at every reconnection of its retry loop, the Will's `offline`
-   * between.
+   * between. `offline` instead once the gateway takes no more commands (stopTakingCommands).
    */
-  private publishOnline(client: MqttClient, events: SessionEvents): void {
-    client.publish(this.topics.status, 'online', this.statusOptions(), (error) => {
+  private publishStatus(client: MqttClient, events: SessionEvents): void {
+    const status = this.takingCommands ? 'online' : 'offline';
+    client.publish(this.topics.status, status, this.statusOptions(), (error) => {
       if (!(error instanceof Error) || this.isEnded) return;
       // A refusal carries the broker's reason (the publisher says it like any other); other
       // errors (the connection lost first) have only their message.
       if (error instanceof ErrorWithReasonCode) events.statusRefused(error);
-      else this.logger.warn({ err: error }, '`online` not published');
+      else this.logger.warn({ err: error }, `\`${status}\` not published`);
     });
   }
 
@@ -558,7 +584,7 @@ export class MqttSession {
           { topic: this.topics.commandFilter, qos },
           'subscribed to the command topics',
         );
-        this.publishOnline(client, events);
+        this.publishStatus(client, events);
         return;
       }
       if (error === null && qos === 0) {

@@ -221,6 +221,8 @@ export class MqttIntake {
    */
   stopTakingCommands(): void {
     this.commands.stopTaking();
+    // The retained status says `offline` from now on: the gateway no longer hears commands.
+    this.session.stopTakingCommands();
   }
 
   /**

@@ -20,6 +20,7 @@ import {
   startMosquitto,
   until,
   type Mosquitto,
+  type Received,
 } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 
@@ -313,14 +314,20 @@ describe.runIf(real)('sluiced', () => {
         'result of the command in flight at stop',
       );
       expect(result.json()).toMatchObject({ state: 'confirmed' });
-      // This stop's `offline`, not the retained one an earlier stop left, which the broker
-      // replays at the subscription (`online` comes once the daemon's subscription is granted).
-      const offline = await client.waitFor(
-        (m) => m.topic === 'sluice/site/status' && m.text === 'offline' && !m.packet.retain,
+      // This stop's `offline`s, not the retained one an earlier stop left, which the broker
+      // replays at the subscription (`online` comes once the daemon's subscription is granted):
+      // one as soon as the daemon took no more commands, while the command was still settling,
+      // and one at the end of the stop, after its result.
+      const isOffline = (m: Received): boolean =>
+        m.topic === 'sluice/site/status' && m.text === 'offline' && !m.packet.retain;
+      const resultAt = client.messages.indexOf(result);
+      await client.waitFor(
+        (m) => isOffline(m) && client.messages.indexOf(m) > resultAt,
         5_000,
-        'offline',
+        'offline at the end of the stop',
       );
-      expect(client.messages.indexOf(offline)).toBeGreaterThan(client.messages.indexOf(result));
+      const first = client.messages.findIndex(isOffline);
+      expect(first).toBeLessThan(resultAt);
     } finally {
       await client.end();
       await daemon.stop();
