@@ -590,6 +590,17 @@ function crossCheck(c: SluiceConfig): string[] {
         `identities.${id}: needs tokenSha256, tokenFile or certificateCn, or must be mqtt.identity`,
       );
     }
+    // A certificate is asked for only with a CA to check it against (mutual TLS): without one
+    // the CN is never seen, and an identity the operator gave one could never authenticate by it.
+    if (identity.certificateCn !== undefined && c.https?.clientCaFile === undefined) {
+      errors.push(
+        `identities.${id}.certificateCn: ${JSON.stringify(identity.certificateCn)} can never be presented: ${
+          c.https === undefined
+            ? 'there is no https section, and only the HTTPS intake takes client certificates'
+            : 'https.clientCaFile is not set, so the HTTPS intake asks no client for a certificate'
+        }; set https.clientCaFile to the CA that issues the client certificates, or remove certificateCn`,
+      );
+    }
     identity.devices.forEach((d, i) => {
       if (d !== '*' && c.devices[d] === undefined) {
         errors.push(`identities.${id}.devices.${i}: no device named "${d}"`);

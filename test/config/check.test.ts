@@ -357,6 +357,28 @@ describe('sluiced --check', () => {
     );
   });
 
+  it('refuses a certificate CN for an identity where no client certificate is asked for', () => {
+    // Taken before: without https.clientCaFile the intake asks for no client certificate, so
+    // the maintenance laptop's certificate was never presented and every request it made was
+    // 401, while --check called the file valid.
+    const maint = "\n  maint: { certificateCn: maint-laptop-7, devices: ['*'] }";
+    const withMaint = SITE.replace("devices: ['*'] }", `devices: ['*'] }${maint}`);
+    refusedEverywhere(site(withMaint), [
+      'identities.maint.certificateCn: "maint-laptop-7" can never be presented: https.clientCaFile is not set, so the HTTPS intake asks no client for a certificate; set https.clientCaFile to the CA that issues the client certificates, or remove certificateCn',
+    ]);
+    refusedEverywhere(site(withMaint.replace(/^https: .*\n/m, '').replace(/^ui: .*\n/m, '')), [
+      'identities.maint.certificateCn: "maint-laptop-7" can never be presented: there is no https section, and only the HTTPS intake takes client certificates; set https.clientCaFile to the CA that issues the client certificates, or remove certificateCn',
+    ]);
+    // With the CA, the same identity passes.
+    copyFileSync(join(dir, 'cert.pem'), join(dir, 'ca.pem'));
+    const r = runSluicedInProcess([
+      '--config',
+      site(withMaint.replace('keyFile: key.pem }', 'keyFile: key.pem, clientCaFile: ca.pem }')),
+      '--check',
+    ]);
+    expect({ stderr: r.stderr, status: r.status }).toEqual({ stderr: '', status: 0 });
+  });
+
   it('refuses a broker port past 65535 at start before it creates anything, the binary as a process', () => {
     // The start created the state folder and journal, then node:net threw ERR_SOCKET_BAD_PORT at
     // the MQTT connect: exit 1, which the unit restarts every 2 s.
