@@ -222,15 +222,16 @@ export class CommandPipeline {
       this.lanes.get(record.device)?.withheld.delete(refId(record));
       this.lateEcho.settled(record);
     });
+    const startWorker = (lane: Lane): void => {
+      this.startWorker(lane);
+    };
     this.preemption = new Preemption({
       journal: this.journal,
       clock: this.clock,
       logger: this.logger,
       outcomes: this.outcomes,
+      startWorker,
     });
-    const startWorker = (lane: Lane): void => {
-      this.startWorker(lane);
-    };
     this.sweeper = new Sweep({
       journal: this.journal,
       clock: this.clock,

@@ -24,6 +24,8 @@ export interface PreemptionHost {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly outcomes: Outcomes;
+  /** Starts the device's worker, unless one runs (pipeline.ts). */
+  startWorker(lane: Lane): void;
 }
 
 /**
@@ -209,7 +211,13 @@ export class Preemption {
       log,
       lane.binding.profile.timing.mismatchGraceMs,
     );
-    if (overtakenBy(lane, target, behind)) forgetBehind(lane, behind);
+    if (!overtakenBy(lane, target, behind)) return;
+    forgetBehind(lane, behind);
+    // Taken over while it waited to be taken up (left to the sweep: its settlement or its
+    // dispatch lost to a journal stall), read by the idle monitor: no worker runs on the device,
+    // and the stop, now first, waited for the sweep to start one (up to a second in the daemon)
+    // while the device travelled. A worker that runs (between two commands) goes on by itself.
+    this.host.startWorker(lane);
   }
 
   /**

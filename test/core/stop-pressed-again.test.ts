@@ -1,5 +1,7 @@
+import BetterSqlite3 from 'better-sqlite3';
 import { describe, it, type ExpectStatic } from 'vitest';
 import { SimHarness } from '../helpers/sim-harness.js';
+import { lockHolder } from '../helpers/journal-lock.js';
 import { holdThreadPool } from '../helpers/thread-pool.js';
 
 /**
@@ -185,3 +187,100 @@ async function secondStopHeld(h: SimHarness, expect: ExpectStatic): Promise<void
   expect(stop1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
   expect(open1).toMatchObject({ state: 'failed', code: 'INTERRUPTED' });
 }
+
+/**
+ * A stop pressed again while the first stop waits to be taken up — its settlement lost to a
+ * journal stall, the command left to the sweep — queues behind it while the device shows the
+ * first taken (STOPPED, its echo). When a readback then shows the device travelling without its
+ * echo (another master's open), the second takes the first over (stopBehindRejudged), and is
+ * written at once: not when the sweep comes to the device (a second in the daemon; the sweep
+ * here is ten minutes apart, so that it cannot be what runs it).
+ */
+describe('a stop pressed again while the first waits to be taken up', () => {
+  it('taken over at a readback that shows the device travelling: the second is written at once', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const h = await SimHarness.start({
+      warm: true,
+      travelMs: 10_000,
+      timing: { confirmTimeoutMs: 5_000 },
+      monitorMs: 20,
+      sweepMs: 600_000,
+    });
+    onTestFinished(() => h.close());
+    const valve = h.device('v1');
+    const locker = await lockHolder(h.path);
+    onTestFinished(() => {
+      locker.close();
+    });
+    const v1 = () => h.pipeline.devices().find((d) => d.id === 'v1')!;
+    h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await h.until(() => valve.snapshot().position >= 5, 10_000, 'v1 at 5 %');
+    // The first stop's dispatch waits for the held pool: meanwhile another process takes the
+    // journal's write lock, so that the stop, written and seen taken, cannot be settled.
+    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+    h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    await h.until(
+      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+      5_000,
+      "the first stop's read held",
+    );
+    await h.journal.durable();
+    const pool = holdThreadPool();
+    onTestFinished(() => pool.release());
+    valve.clearFault('stall');
+    await h.until(() => h.get('stop-1')?.seq != null, 5_000, "the first stop's dispatch");
+    const stop1 = h.get('stop-1')!;
+    await locker.hold(1_500);
+    await pool.release();
+    await h.until(() => valve.writesWithSeq(stop1.seq!) === 1, 5_000, 'the first stop written');
+    await h.until(() => v1().unresolved === 'stop-1', 5_000, 'the first stop left to the sweep');
+    expect(h.get('stop-1')?.state).toBe('dispatched');
+    expect(valve.snapshot()).toMatchObject({ state: 'STOPPED', seqEcho: stop1.seq });
+    // The lock ends; the device, waiting for the sweep, is read by the idle monitor. One such
+    // read is held on the link while the second stop is pressed: the device rests, showing the
+    // first stop's echo, so the second queues behind it.
+    const probe = new BetterSqlite3(h.path, { timeout: 0 });
+    onTestFinished(() => {
+      probe.close();
+    });
+    await h.until(
+      () => {
+        try {
+          probe.exec('BEGIN IMMEDIATE; ROLLBACK');
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      5_000,
+      'the journal lock released',
+    );
+    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+    await h.until(
+      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+      5_000,
+      "the monitor's read held",
+    );
+    h.submit('stop-2', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    expect(v1()).toMatchObject({ unresolved: 'stop-1', queued: 1 });
+    // Another master opens the valve; the held read then shows it travelling, without the first
+    // stop's echo: the second stop takes the first over.
+    valve.receiveWrite({ code: 1, setpoint: 0, seq: 61_000 });
+    await h.until(() => valve.snapshot().state === 'OPENING', 1_000, 'the other master’s open');
+    valve.clearFault('stall');
+    await h.until(() => h.get('stop-2')?.seq != null, 3_000, 'the second stop dispatched');
+    const stop2 = h.get('stop-2')!;
+    await h.until(() => valve.writesWithSeq(stop2.seq!) === 1, 3_000, 'the second stop written');
+    const [second, first, open1] = [
+      await h.settled('stop-2'),
+      await h.settled('stop-1'),
+      await h.settled('open-1'),
+    ];
+    expect(second).toMatchObject({ state: 'confirmed', code: 'OK' });
+    // Ground truth: each write once, the valve stopped where the second stop found it.
+    expect(valve.snapshot().state).toBe('STOPPED');
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([open1.seq, first.seq, 61_000, second.seq]);
+  });
+});
