@@ -607,6 +607,12 @@ function crossCheck(c: SluiceConfig): string[] {
       }
     });
   }
+  // The page is served on the HTTPS listener: without one, roles given would let nobody in.
+  if (c.https === undefined && c.ui.enabled && Object.keys(c.ui.roles).length > 0) {
+    errors.push(
+      'ui.roles: given, but there is no https section: the status page is served on the HTTPS listener, so nobody could log in; configure https, or remove ui.roles',
+    );
+  }
   for (const id of Object.keys(c.ui.roles)) {
     const identity = c.identities[id];
     if (identity === undefined) {

@@ -78,6 +78,21 @@ describe('the ui section', () => {
     ]);
   });
 
+  it('refuses roles where no page is served: no https section', () => {
+    // Taken before: the roles were kept, no page was ever served, and --check called it valid.
+    const path = join(dir, 'sluice.yaml');
+    const withoutHttps = BASE.replace(/^https: .*\n/m, '');
+    writeFileSync(path, `${withoutHttps}ui: { roles: { ops: operator } }\n`);
+    expect(() => loadConfig(path, { env: {} })).toThrow(
+      'ui.roles: given, but there is no https section: the status page is served on the HTTPS listener, so nobody could log in; configure https, or remove ui.roles',
+    );
+    // Without roles, or with the page turned off, the same file loads.
+    for (const ui of ['', 'ui: { enabled: false, roles: { ops: operator } }\n']) {
+      writeFileSync(path, `${withoutHttps}${ui}`);
+      expect(() => loadConfig(path, { env: {} })).not.toThrow();
+    }
+  });
+
   it('the demo site lets the demo token in as an operator', () => {
     const c = loadConfig(join(ROOT, 'devices', 'site.example.yaml'), { env: {} });
     expect(c.ui.roles).toEqual({ demo: 'operator' });
