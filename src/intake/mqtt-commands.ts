@@ -285,6 +285,23 @@ export class CommandMessages {
       message = { kind: 'command', key: message.untimed.key, request: message.untimed.request };
     }
     const route = this.publisher.responseRoute(packet, { key: message.key, device });
+    if (
+      message.kind === 'malformed' &&
+      packet.payload.length === 0 &&
+      message.key === null &&
+      route === undefined
+    ) {
+      // The clearing of a retained command, as docs/mqtt-api.md tells an operator to make it (an
+      // empty retained message on the command topic; delivered retained over MQTT 5, retain as
+      // published, and without the flag over 3.1.1 to a subscriber already there): no command,
+      // and no one to answer. It was logged at warn as a malformed command message.
+      this.logger.info(
+        { device },
+        'empty message on a command topic (the clearing of a retained command): acknowledged, nothing to do',
+      );
+      this.decide('invalid');
+      return ACK_NOW;
+    }
     if (message.kind === 'malformed') {
       // Answered on the result topic when a key can be read, on the Response Topic when one
       // was given (MqttPublisher.error): with neither, nothing is sent, and the line says so.
