@@ -283,6 +283,19 @@ describe('sluiced --check', () => {
     );
   });
 
+  it('refuses a key given twice as a number and as a string, which the data reads as one', () => {
+    // Taken before: YAML's own check tells 101 and '101' apart, the data does not, and the
+    // second device replaced the first without a word (the valve at base 100 was not served).
+    const twice = SITE.replace(
+      '  inlet-valve: { plc: modbus-plc, profile: valve, base: 100 }',
+      "  101: { plc: modbus-plc, profile: valve, base: 100 }\n  '101': { plc: modbus-plc, profile: valve, base: 200 }",
+    );
+    const line = twice.split('\n').findIndex((l) => l.startsWith("  '101':")) + 1;
+    refusedEverywhere(site(twice), [
+      `(yaml) line ${line}, column 3: the key "101" is given twice in this map (as 101 and "101", which YAML tells apart by their type but the configuration reads as one): only the last would count; give it once`,
+    ]);
+  });
+
   it('takes YAML merge keys for PLCs that share settings, still refusing unknown keys', () => {
     // `<<` was taken for a key of its own: the entry was refused for the protocol it merges in.
     const merged = SITE.replace(
