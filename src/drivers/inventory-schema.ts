@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { MAX_TIMER_MESSAGE, MAX_TIMER_MS } from '../core/clock.js';
 import type { DeviceProfile } from '../core/profile.js';
@@ -389,7 +390,18 @@ interface PlacedStatus {
 
 /** A Modbus controller as the network reaches it: host, port and unit id. */
 function modbusController(plc: { host: string; port: number; unitId: number }): string {
-  return `${plc.host.toLowerCase()}:${plc.port} unit ${plc.unitId}`;
+  return `${sameHost(plc.host)}:${plc.port} unit ${plc.unitId}`;
+}
+
+/**
+ * One spelling of a host for all of its spellings the name service reads as one: a host name in
+ * any case and with or without its root dot (`PLC-7.plant.` is `plc-7.plant`), an IPv6 address
+ * compressed (`0:0:0:0:0:0:0:1` is `::1`). Told apart, two PLC entries for one controller were
+ * compared as two, and their devices' registers never against each other.
+ */
+function sameHost(host: string): string {
+  if (isIP(host) === 6) return new URL(`http://[${host}]/`).hostname.slice(1, -1);
+  return host.toLowerCase().replace(/\.$/, '');
 }
 
 /** A PLC entry's name, and the other entry's when both name one controller. */

@@ -541,6 +541,28 @@ ${devices}`);
     ).toEqual([
       'devices.b.base: its command registers 10..12 overlap those of device a (10..12) on PLC p2 (the same controller as PLC p1: 127.0.0.1:502 unit 1)',
     ]);
+    // Another spelling of the same host is the same controller (the name's case and root dot,
+    // an IPv6 address written out): compared as two before, their registers never met.
+    for (const [one, other] of [
+      ['PLC-7.plant.', 'plc-7.plant'],
+      ["'0:0:0:0:0:0:0:1'", "'::1'"],
+    ]) {
+      expect(
+        errorsOf(() =>
+          loadConfig(
+            site(
+              `  p1: { protocol: modbus, host: ${one}, port: 502 }\n  p2: { protocol: modbus, host: ${other}, port: 502 }`,
+              '  a: { plc: p1, profile: valve, base: 0 }\n  b: { plc: p2, profile: valve, base: 0 }\n',
+            ),
+            { env: {} },
+          ),
+        ),
+      ).toEqual([
+        expect.stringMatching(
+          /^devices\.b\.base: its command registers 10\.\.12 overlap those of device a \(10\.\.12\) on PLC p2 \(the same controller as PLC p1: /,
+        ),
+      ]);
+    }
     // Another unit id behind the same address is another controller.
     expect(() =>
       loadConfig(
