@@ -400,7 +400,14 @@ function modbusController(plc: { host: string; port: number; unitId: number }): 
  * compared as two, and their devices' registers never against each other.
  */
 function sameHost(host: string): string {
-  if (isIP(host) === 6) return new URL(`http://[${host}]/`).hostname.slice(1, -1);
+  if (isIP(host) === 6) {
+    // A zone (`fe80::1%eth0`) is no part of a URL: such an address is kept as written.
+    try {
+      return new URL(`http://[${host}]/`).hostname.slice(1, -1);
+    } catch {
+      return host.toLowerCase();
+    }
+  }
   return host.toLowerCase().replace(/\.$/, '');
 }
 

@@ -546,6 +546,7 @@ ${devices}`);
     for (const [one, other] of [
       ['PLC-7.plant.', 'plc-7.plant'],
       ["'0:0:0:0:0:0:0:1'", "'::1'"],
+      ["'FE80::1%eth0'", "'fe80::1%eth0'"],
     ]) {
       expect(
         errorsOf(() =>
