@@ -72,6 +72,16 @@ export const mqttConfigSchema = z.strictObject({
           message: `carries a password (user:…@ in ${withoutPassword(url)}), which would be printed wherever the URL is shown (the log at every start and connection error, sluiced --check): give the user as mqtt.username and the password in the file mqtt.passwordFile (under systemd, \${CREDENTIALS_DIRECTORY}/…), and the URL without them`,
         });
       }
+      // MQTT.js takes a `clientId` in the URL's query over the one it is given: the gateway
+      // would connect as that client, whatever mqtt.clientId says (and a client id another
+      // client uses knocks one of the two off the broker, in turn, for ever).
+      const query = /^[^?#]*\?([^#]*)/.exec(url)?.[1];
+      if (query !== undefined && new URLSearchParams(query).has('clientId')) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `carries a clientId in its query, which MQTT.js would connect with over the gateway's own (mqtt.clientId, or the one made from gatewayId): give it as mqtt.clientId, and the URL without it`,
+        });
+      }
     }),
   // Sent in the CONNECT: a value MQTT forbids (or lets the broker refuse) was taken here, and the
   // intake then never connected.

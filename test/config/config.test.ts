@@ -196,6 +196,24 @@ devices:
     ).toBe('mqtt://line2@127.0.0.1:1883');
   });
 
+  it('refuses a clientId in the query of mqtt.url, which MQTT.js would connect with', () => {
+    const refusal =
+      "mqtt.url: carries a clientId in its query, which MQTT.js would connect with over the gateway's own (mqtt.clientId, or the one made from gatewayId): give it as mqtt.clientId, and the URL without it";
+    for (const url of [
+      'mqtt://127.0.0.1:1883?clientId=other-gw',
+      'wss://broker/mqtt?x=1&clientId=a',
+    ]) {
+      expect(errorsOf(() => loadConfig(write(MINIMAL), { env: { SLUICE_MQTT_URL: url } }))).toEqual(
+        [`${refusal} (set by the environment: SLUICE_MQTT_URL="${url}")`],
+      );
+    }
+    // Another query (a WebSocket broker's, say) is the broker's business.
+    expect(
+      loadConfig(write(MINIMAL), { env: { SLUICE_MQTT_URL: 'wss://broker/mqtt?token=1' } }).mqtt
+        ?.url,
+    ).toBe('wss://broker/mqtt?token=1');
+  });
+
   it('reports YAML syntax errors with their line', () => {
     const path = write('gatewayId: g1\nstateDir: [unclosed\n');
     expect(errorsOf(() => loadConfig(path, { env: {} }))[0]).toMatch(/^\(yaml\) line \d+/);
