@@ -242,6 +242,22 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
       `timing.mismatchGraceMs: ${p.timing.mismatchGraceMs} ms is not longer than timing.scanMs ${p.timing.scanMs} ms; this controller echoes no sequence numbers (controller.echoesSeq: false), so a readback still showing the state from before the write is its answer only once it has outlasted the scan that takes the write: a shorter grace fails commands the controller is about to carry out. Set mismatchGraceMs well above scanMs (with a margin for the network: the shipped limit-switch-valve has 400 ms on a 10 ms scan)`,
     );
   }
+  // Without an echo, nothing tells a readback made before the scan that takes the write from
+  // the controller's answer to it but the state: a write whose confirm states list the state it
+  // is written from is confirmed by the first readback after the write, taken or not (I2: a
+  // close written at STOPPED, confirmed at STOPPED, the valve never moved). A move is also
+  // confirmed by its position, within positionTolerance of its setpoint: it may list its own.
+  if (!p.controller.echoesSeq) {
+    for (const action of p.actions) {
+      if (action === 'move') continue;
+      for (const [state, cell] of Object.entries(p.table[action] ?? {})) {
+        if (cell.effect !== 'write' || !cell.confirm.includes(state)) continue;
+        errors.push(
+          `table.${action}.${state}.confirm: lists ${state}, the state the ${action} is written from; this controller echoes no sequence numbers (controller.echoesSeq: false), so the first readback after the write, made before the controller's scan has taken it, would show ${state} and confirm a ${action} that never took effect. List only the states the ${action} leads to (or make the cell a noop, if ${state} is already its end)`,
+        );
+      }
+    }
+  }
   if (p.actions.includes('move') && p.positionTolerance === undefined) {
     errors.push('positionTolerance: required for a profile with the move action');
   }

@@ -370,6 +370,58 @@ describe('a controller without an echo: the mismatch grace against its scan', ()
   });
 });
 
+describe('a controller without an echo: a write confirmed by the state it is written from', () => {
+  // Nothing but the state tells its first readback after a write from the controller's answer:
+  // a close written at STOPPED that lists STOPPED among its confirm states is confirmed before
+  // the controller's scan has taken it (I2), whatever the controller then does with it.
+  const limitSwitchWith = (edit: (text: string) => string): string => {
+    const out = join(dir, 'profiles');
+    mkdirSync(out);
+    for (const name of readdirSync(BUNDLED)) {
+      const text = readFileSync(join(BUNDLED, name), 'utf8');
+      writeFileSync(join(out, name), name === 'limit-switch-valve.yaml' ? edit(text) : text);
+    }
+    return out;
+  };
+  const closeFromStopped = (text: string): string =>
+    text.replace(
+      'STOPPED: { effect: write, next: CLOSING, confirm: [CLOSED] }',
+      'STOPPED: { effect: write, next: CLOSING, confirm: [STOPPED, CLOSED] }',
+    );
+
+  it('refuses it, naming the cell, the state and the fix; sluiced --check exits 2', () => {
+    const profilesDir = limitSwitchWith(closeFromStopped);
+    const file = join(profilesDir, 'limit-switch-valve.yaml');
+    expect(readFileSync(file, 'utf8')).toContain('confirm: [STOPPED, CLOSED]');
+    const message = `profilesDir: ${file}: table.close.STOPPED.confirm: lists STOPPED, the state the close is written from; this controller echoes no sequence numbers (controller.echoesSeq: false), so the first readback after the write, made before the controller's scan has taken it, would show STOPPED and confirm a close that never took effect. List only the states the close leads to (or make the cell a noop, if STOPPED is already its end)`;
+    expect(
+      errorsOf(() => loadConfig(write(`profilesDir: ${profilesDir}\n${SITE}`), { env: {} })),
+    ).toEqual([message]);
+    const r = runSluiced(['--config', write(`profilesDir: ${profilesDir}\n${SITE}`), '--check']);
+    expect(r.stderr).toContain(message);
+    expect(r.status).toBe(2);
+  }, 30_000);
+
+  it('takes it from a controller with an echo, and a move of any controller lists its own state', () => {
+    // The echo says the write was taken; a move is confirmed by its position as well.
+    const valve = SHIPPED.get('valve')!;
+    expect(valve.controller.echoesSeq).toBe(true);
+    expect(SHIPPED.get('actuator')!.table.move!.IDLE).toMatchObject({
+      effect: 'write',
+      confirm: ['IDLE'],
+    });
+    for (const [name, p] of SHIPPED) {
+      if (p.controller.echoesSeq) continue;
+      for (const action of p.actions.filter((a) => a !== 'move')) {
+        for (const [state, cell] of Object.entries(p.table[action] ?? {})) {
+          if (cell.effect === 'write')
+            expect(cell.confirm, `${name} ${action} ${state}`).not.toContain(state);
+        }
+      }
+    }
+  });
+});
+
 describe("a move's resolution against the profile's positionTolerance", () => {
   /** The bundled profiles copied to `profiles/`, the actuator's text changed by `edit`. */
   const actuatorAs = (edit: (text: string) => string): string => {
