@@ -225,6 +225,20 @@ export class ConfirmationLoop {
       remembered === null && !withheldHere && latestWriteWithheld(history, record.seq);
     const withheld = withheldHere || withheldBefore;
     if (!write.acked && write.unknownSinceMono === null) write.unknownSinceMono = nowMono;
+    // A stand-in for a write never sent is no write: the device's last write is still the one
+    // before it, which the controller may still take (a stop written at once behind a held
+    // open, its own dispatch withheld). Kept with it, so that the next command waits for that
+    // one (previous-write.ts): replaced, it was forgotten, and a close after the stop was
+    // confirmed a no-op at CLOSED while the controller held the open (I2).
+    if (withheld && write.behind === undefined) {
+      const before = lane.lastWrite;
+      write.behind =
+        before === null || (before.scope === record.scope && before.key === record.key)
+          ? (before?.behind ?? null)
+          : before.behind !== undefined
+            ? before.behind
+            : before;
+    }
     lane.lastWrite = write;
     this.host.note(
       record,

@@ -83,6 +83,15 @@ export interface LastWrite {
   unknownSinceMono: number | null;
   /** The driver's connection epoch when the write came back; null: an earlier life's write. */
   epoch: number | null;
+  /**
+   * Set only on a take-up's stand-in for a write this process or an earlier life withheld,
+   * never sent (confirmation.ts, takeUp): the device's last write that was handed to the driver
+   * before it (null: none known). Nothing of the withheld write can reach the controller, but
+   * that one still may: a stop is written at once behind an acknowledged write the controller
+   * may still take (previous-write.ts, stopAfterPending), and when that stop's own write was
+   * withheld, the next command after it waits for that earlier write (previousWritePending).
+   */
+  behind?: LastWrite | null;
 }
 
 /**

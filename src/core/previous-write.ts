@@ -65,8 +65,29 @@ export function previousWritePending(
   skew: SkewEstimate | null,
   nowMono: number,
 ): PendingWrite | null {
-  const write = lane.lastWrite;
-  if (write === null || (write.scope === record.scope && write.key === record.key)) return null;
+  const last = lane.lastWrite;
+  if (last === null) return null;
+  // A take-up's stand-in for a write never sent (Lane.lastWrite's `behind`) holds nothing by
+  // itself; the write handed to the driver before it may still be taken.
+  return (
+    writePending(journal, lane, record, last, readback, skew, nowMono) ??
+    (last.behind == null
+      ? null
+      : writePending(journal, lane, record, last.behind, readback, skew, nowMono))
+  );
+}
+
+/** previousWritePending for one write of the device: its command's, when it may still land. */
+function writePending(
+  journal: Pick<Journal, 'get'>,
+  lane: Lane,
+  record: CommandRecord,
+  write: LastWrite,
+  readback: TimedReadback,
+  skew: SkewEstimate | null,
+  nowMono: number,
+): PendingWrite | null {
+  if (write.scope === record.scope && write.key === record.key) return null;
   if (readback.seq !== null && readback.seq === write.seq) return null;
   const command = journal.get({ scope: write.scope, key: write.key });
   if (command === undefined || command.seq !== write.seq || !endedFateOpen(command)) return null;
@@ -156,12 +177,18 @@ function endedFateOpen(command: CommandRecord): boolean {
  *   ends no sooner than an acknowledged write's confirm timeout from the lock would.
  */
 export function earlierLastWrite(
-  journal: Pick<Journal, 'lastDispatched' | 'history'>,
+  journal: Pick<Journal, 'lastDispatched' | 'history' | 'findByKey'>,
   lane: Lane,
 ): LastWrite | null {
-  const command = journal.lastDispatched(lane.binding.id, LAST_DISPATCH_WINDOW);
+  const last = journal.lastDispatched(lane.binding.id, LAST_DISPATCH_WINDOW);
+  if (last === undefined) return null;
+  // A last dispatch whose write was never sent is no write: the device's last write is the one
+  // before it. Known only for a stop written at once behind a write the controller may still
+  // take (stopAfterPending): its history names that write. Any other command was decided once
+  // the write before it could no longer land (execution.ts, afterPreviousWrite).
+  const command = writeNeverSent(journal, last) ? decidedBehind(journal, last) : last;
   if (command?.seq == null || !endedFateOpen(command)) return null;
-  if (latestWriteNeverSent(journal.history(command), command.seq)) return null;
+  if (command !== last && writeNeverSent(journal, command)) return null;
   const { timing } = lane.binding.profile;
   const lock = lane.earlierLivesEndedMono;
   const write = { scope: command.scope, key: command.key, seq: command.seq, epoch: null };
@@ -179,6 +206,30 @@ export function earlierLastWrite(
         lock + timing.confirmTimeoutMs - timing.redispatchGuardMs,
       );
   return { ...write, sentMono: lock, acked: false, unknownSinceMono };
+}
+
+/**
+ * Whether the command's latest write was never sent: its history says it was withdrawn or
+ * withheld (latestWriteNeverSent), or the operator's resolve says it was withheld.
+ */
+function writeNeverSent(journal: Pick<Journal, 'history'>, command: CommandRecord): boolean {
+  if (command.seq === null) return false;
+  if (resolvedWriteWas(command) === 'never sent') return true;
+  return latestWriteNeverSent(journal.history(command), command.seq);
+}
+
+/**
+ * The command whose write a stop was decided behind (its stopAfterPendingNote line, as its
+ * take-up reads it: stopTakenUpAfterPending); null for any other command, or a line that
+ * names no command for sure.
+ */
+function decidedBehind(
+  journal: Pick<Journal, 'history' | 'findByKey'>,
+  stop: CommandRecord,
+): CommandRecord | null {
+  if (stop.action !== 'stop') return null;
+  const note = decisionNote(journal.history(stop));
+  return note === null ? null : previousOf(journal, stop, note);
 }
 
 /**
