@@ -12,7 +12,7 @@ import {
 } from '../intake/mqtt-topics.js';
 import { packageRoot } from '../package-root.js';
 import { readProfiles } from '../profiles/load.js';
-import { hostProblem, urlAddressProblem } from './network-addresses.js';
+import { hostSchema, urlAddressProblem } from './network-addresses.js';
 import { parseYamlText } from './yaml-text.js';
 
 /**
@@ -202,14 +202,7 @@ export const configSchema = z
       .strictObject({
         // Node's listen() takes any string and fails at the start on one that is no host
         // (`0.0.0.0:8443`: getaddrinfo ENOTFOUND, exit 1, restarted by systemd for ever).
-        host: z
-          .string()
-          .min(1)
-          .superRefine((host, ctx) => {
-            const problem = hostProblem(host);
-            if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
-          })
-          .default('127.0.0.1'),
+        host: hostSchema.default('127.0.0.1'),
         port: port.default(8443),
         certFile: z.string().min(1),
         keyFile: z.string().min(1),

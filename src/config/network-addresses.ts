@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import { z } from 'zod';
 
 /**
  * The network addresses of a site file — a listen host, a PLC's host, a broker's or an OPC UA
@@ -88,3 +89,12 @@ function decodeHost(host: string): string {
 export function hostAndPort(host: string, port: number): string {
   return `${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
 }
+
+/** A host field of the configuration: refused with what hostProblem finds wrong with it. */
+export const hostSchema = z
+  .string()
+  .min(1)
+  .superRefine((host, ctx) => {
+    const problem = hostProblem(host);
+    if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
+  });

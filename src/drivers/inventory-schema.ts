@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { MAX_TIMER_MESSAGE, MAX_TIMER_MS } from '../core/clock.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { fieldAddress, fieldWidth } from '../core/profile-modbus.js';
-import { hostProblem, urlAddressProblem } from '../config/network-addresses.js';
+import { hostSchema, urlAddressProblem } from '../config/network-addresses.js';
 import { COMBINE_READS_DEFAULTS, MAX_REGISTERS } from './modbus-queue.js';
 
 /** The most TCP connections one Modbus PLC is given (plcs.<name>.connections). */
@@ -44,13 +44,7 @@ const modbusPlc = z.strictObject({
   protocol: z.literal('modbus'),
   // A host written with its port (`10.0.0.20:502`) or as a URL was taken, and every request
   // failed for as long as the daemon ran (getaddrinfo ENOTFOUND) after --check called it valid.
-  host: z
-    .string()
-    .min(1)
-    .superRefine((host, ctx) => {
-      const problem = hostProblem(host);
-      if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
-    }),
+  host: hostSchema,
   port: z.number().int().min(1).max(65535),
   unitId: z.number().int().min(0).max(255).default(1),
   /** Where the controller clock is read is a profile field now (modbus.status.clock). */
