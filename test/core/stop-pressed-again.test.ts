@@ -1,5 +1,5 @@
 import BetterSqlite3 from 'better-sqlite3';
-import { describe, it, type ExpectStatic } from 'vitest';
+import { describe, it, type ExpectStatic, type TestContext } from 'vitest';
 import { SimHarness } from '../helpers/sim-harness.js';
 import { lockHolder } from '../helpers/journal-lock.js';
 import { holdThreadPool } from '../helpers/thread-pool.js';
@@ -20,26 +20,9 @@ describe('a stop pressed again while the first stop is not yet written', () => {
   }) => {
     const h = await SimHarness.start({ travelMs: 6_000, timing: { confirmTimeoutMs: 5_000 } });
     onTestFinished(() => h.close());
-    const valve = h.device('v1');
     const plc = h.plant.plc('mb');
-    h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
-    await h.until(() => valve.snapshot().position >= 10, 10_000, 'v1 at 10 %');
-    // The first stop's read of the device is held until the pool is (below): its dispatch's
-    // barrier then waits for the pool, as on a disk whose flush stalls.
-    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
-    h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
-    await h.until(
-      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
-      5_000,
-      'a read held',
-    );
-    await h.journal.durable();
-    const pool = holdThreadPool();
-    onTestFinished(() => pool.release());
     // The controller will answer the first stop's write 0x04 (busy: not processed).
-    plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
-    valve.clearFault('stall');
-    await h.until(() => h.get('stop-1')?.seq != null, 5_000, "the first stop's dispatch");
+    const pool = await firstStopAtItsBarrier(h, onTestFinished, { atPercent: 10, busyWrites: 1 });
     // Claimed while the first stop's dispatch is being made durable: not written yet (the
     // controller's 0x04 still to come), so the second queues behind it.
     expect(plc.faults()).toHaveLength(1);
@@ -83,25 +66,8 @@ describe('a stop pressed a third time while the first stop is not yet written', 
   }) => {
     const h = await SimHarness.start({ travelMs: 6_000, timing: { confirmTimeoutMs: 5_000 } });
     onTestFinished(() => h.close());
-    const valve = h.device('v1');
-    const plc = h.plant.plc('mb');
-    h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
-    await h.until(() => valve.snapshot().position >= 10, 10_000, 'v1 at 10 %');
-    // As above: the first stop's dispatch waits for the held pool.
-    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
-    h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
-    await h.until(
-      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
-      5_000,
-      'a read held',
-    );
-    await h.journal.durable();
-    const pool = holdThreadPool();
-    onTestFinished(() => pool.release());
     // The controller will answer the first two stop writes 0x04 (not processed).
-    plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 2 });
-    valve.clearFault('stall');
-    await h.until(() => h.get('stop-1')?.seq != null, 5_000, "the first stop's dispatch");
+    const pool = await firstStopAtItsBarrier(h, onTestFinished, { atPercent: 10, busyWrites: 2 });
     // Both claimed while the first stop's dispatch is being made durable: the second queues
     // behind it, the third behind the second.
     h.submit('stop-2', { device: 'v1', action: 'stop', ttlMs: 30_000 });
@@ -126,6 +92,38 @@ describe('a stop pressed a third time while the first stop is not yet written', 
     await thirdStopHeld(h, expect);
   });
 });
+
+/**
+ * open-1 travelling to `atPercent`, then stop-1 with its read of the device held until the
+ * thread pool is held, so that its dispatch's barrier waits for the pool, as on a disk whose
+ * flush stalls; the controller set to answer the next `busyWrites` writes 0x04. Returns the held
+ * pool once stop-1's dispatch is journaled (not yet durable, not written).
+ */
+async function firstStopAtItsBarrier(
+  h: SimHarness,
+  onTestFinished: TestContext['onTestFinished'],
+  o: { readonly atPercent: number; readonly busyWrites: number },
+): Promise<ReturnType<typeof holdThreadPool>> {
+  const valve = h.device('v1');
+  h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
+  await h.until(() => valve.snapshot().position >= o.atPercent, 10_000, `v1 at ${o.atPercent} %`);
+  valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+  h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+  await h.until(
+    () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+    5_000,
+    "the first stop's read held",
+  );
+  await h.journal.durable();
+  const pool = holdThreadPool();
+  onTestFinished(() => pool.release());
+  if (o.busyWrites > 0) {
+    h.plant.plc('mb').setFault({ kind: 'exception', code: 4, on: 'write', count: o.busyWrites });
+  }
+  valve.clearFault('stall');
+  await h.until(() => h.get('stop-1')?.seq != null, 5_000, "the first stop's dispatch");
+  return pool;
+}
 
 /**
  * Ground truth of the third-stop cases: the first two stop writes answered 0x04 (never applied);
@@ -215,22 +213,9 @@ describe('a stop pressed again while the first waits to be taken up', () => {
       locker.close();
     });
     const v1 = () => h.pipeline.devices().find((d) => d.id === 'v1')!;
-    h.submit('open-1', { device: 'v1', action: 'open', ttlMs: 30_000 });
-    await h.until(() => valve.snapshot().position >= 5, 10_000, 'v1 at 5 %');
     // The first stop's dispatch waits for the held pool: meanwhile another process takes the
     // journal's write lock, so that the stop, written and seen taken, cannot be settled.
-    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
-    h.submit('stop-1', { device: 'v1', action: 'stop', ttlMs: 30_000 });
-    await h.until(
-      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
-      5_000,
-      "the first stop's read held",
-    );
-    await h.journal.durable();
-    const pool = holdThreadPool();
-    onTestFinished(() => pool.release());
-    valve.clearFault('stall');
-    await h.until(() => h.get('stop-1')?.seq != null, 5_000, "the first stop's dispatch");
+    const pool = await firstStopAtItsBarrier(h, onTestFinished, { atPercent: 5, busyWrites: 0 });
     const stop1 = h.get('stop-1')!;
     await locker.hold(1_500);
     await pool.release();
