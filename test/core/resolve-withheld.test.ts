@@ -1,7 +1,12 @@
 import { describe, it, type ExpectStatic, type TestContext } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { SimHarness } from '../helpers/sim-harness.js';
-import { withheldAndTakenUp, withheldOnly } from '../helpers/withheld-dispatch.js';
+import {
+  leftToTheSweep,
+  redispatchedAnswerLost,
+  withheldAndTakenUp,
+  withheldOnly,
+} from '../helpers/withheld-dispatch.js';
 
 /**
  * An operator resolves a command whose write this process withheld (its dispatch could not be
@@ -90,11 +95,7 @@ describe('an operator resolves a command whose write this process withheld', () 
     // A sweep far apart: the open, left open by its worker, is not taken up before the resolve.
     const h = await harness(onTestFinished, 600_000);
     const a = await withheldOnly(h, onTestFinished, OPEN, 'answered');
-    await h.until(
-      () => h.pipeline.devices().find((d) => d.id === 'v1')?.unresolved === 'a',
-      5_000,
-      'the withheld open left to the sweep',
-    );
+    await leftToTheSweep(h, 'a');
     expect(h.notes('a').filter((n) => n.includes('taken up'))).toEqual([]);
     resolve(h, 'a');
     await h.journal.durable();
@@ -124,22 +125,9 @@ describe('an operator resolves a command whose write this process withheld', () 
     const h = await harness(onTestFinished);
     const valve = h.device('v1');
     const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
-    // The take-up proves the withheld write not applied once the guard has passed (CLOSED, no
-    // echo of it) and dispatches it again; that write is held on the PLC's link, its answer lost
-    // (the request times out and the driver replaces its connection).
-    const epoch = h.pipeline.devices().find((d) => d.id === 'v1')!.health.connectionEpoch;
-    valve.setFault({ kind: 'stall', on: 'write', count: 1 });
-    await h.until(() => h.get('a')?.attempts === 2, 3 * GUARD_MS, 'the second dispatch');
-    await h.until(
-      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
-      5_000,
-      'the second write held on the link',
-    );
-    await h.until(
-      () => h.pipeline.devices().find((d) => d.id === 'v1')!.health.connectionEpoch > epoch,
-      5_000,
-      'the connection replaced after the lost answer',
-    );
+    // The take-up proves the withheld write not applied once the guard has passed and
+    // dispatches it again; that write is held on the PLC's link, its answer lost.
+    await redispatchedAnswerLost(h, GUARD_MS);
     const resolved = resolve(h, 'a');
     expect(resolved.detail).toContain(
       `the outcome of the command's write (sequence number ${a.seq}) is unknown: it may have been applied`,

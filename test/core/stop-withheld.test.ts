@@ -2,7 +2,12 @@ import { describe, it, type ExpectStatic, type TestContext } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { failFdatasync } from '../helpers/failing-fdatasync.js';
 import { SimHarness } from '../helpers/sim-harness.js';
-import { withheldAndTakenUp, withheldOnly } from '../helpers/withheld-dispatch.js';
+import {
+  leftToTheSweep,
+  redispatchedAnswerLost,
+  withheldAndTakenUp,
+  withheldOnly,
+} from '../helpers/withheld-dispatch.js';
 
 /**
  * A stop that preempts a command whose write was withheld (its dispatch could not be made
@@ -83,11 +88,7 @@ describe('a stop that preempts a command whose write was withheld', () => {
     // a second; the window is the same, only wider).
     const h = await harness(onTestFinished, undefined, 600_000);
     const a = await withheldOnly(h, onTestFinished, OPEN, 'answered');
-    await h.until(
-      () => h.pipeline.devices().find((d) => d.id === 'v1')?.unresolved === 'a',
-      5_000,
-      'the withheld open left to the sweep',
-    );
+    await leftToTheSweep(h, 'a');
     expect(h.get('a')?.state).toBe('dispatched');
     expect(h.notes('a').filter((n) => n.includes('taken up'))).toEqual([]);
     // Nothing of the open can reach the controller: its write never left the process.
@@ -102,22 +103,9 @@ describe('a stop that preempts a command whose write was withheld', () => {
     const h = await harness(onTestFinished);
     const valve = h.device('v1');
     const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
-    // The take-up proves the withheld write not applied once the guard has passed (CLOSED, no
-    // echo of it) and dispatches it again; that write is held on the PLC's link, its answer lost
-    // (the request times out and the driver replaces its connection).
-    const epoch = h.pipeline.devices().find((d) => d.id === 'v1')!.health.connectionEpoch;
-    valve.setFault({ kind: 'stall', on: 'write', count: 1 });
-    await h.until(() => h.get('a')?.attempts === 2, 3 * GUARD_MS, 'the second dispatch');
-    await h.until(
-      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
-      5_000,
-      'the second write held on the link',
-    );
-    await h.until(
-      () => h.pipeline.devices().find((d) => d.id === 'v1')!.health.connectionEpoch > epoch,
-      5_000,
-      'the connection replaced after the lost answer',
-    );
+    // The take-up proves the withheld write not applied once the guard has passed and
+    // dispatches it again; that write is held on the PLC's link, its answer lost.
+    await redispatchedAnswerLost(h, GUARD_MS);
     // That write may reach the controller yet: the stop is written, and waits for it.
     h.submit('s', { device: 'v1', action: 'stop' });
     await h.until(() => h.get('s')?.seq != null, 5_000, 'the stop dispatched');

@@ -60,3 +60,35 @@ export async function withheldOnly(
   await h.until(() => h.get(command.key)?.seq != null, 5_000, 'the dispatch');
   return h.get(command.key)!;
 }
+
+/** Waits until the device's worker has left `key` open to the sweep (not taken up yet). */
+export async function leftToTheSweep(h: SimHarness, key: string): Promise<void> {
+  await h.until(
+    () => h.pipeline.devices().find((d) => d.id === 'v1')?.unresolved === key,
+    5_000,
+    `the withheld ${key} left to the sweep`,
+  );
+}
+
+/**
+ * `a`, withheld and taken up, dispatched a second time by its take-up once the guard has
+ * proven the withheld write not applied (CLOSED, no echo of it): that write is held on the PLC's
+ * link and its answer lost (the request times out and the driver replaces its connection).
+ * Returns once the connection is replaced, the write still on the link.
+ */
+export async function redispatchedAnswerLost(h: SimHarness, guardMs: number): Promise<void> {
+  const valve = h.device('v1');
+  const epoch = h.pipeline.devices().find((d) => d.id === 'v1')!.health.connectionEpoch;
+  valve.setFault({ kind: 'stall', on: 'write', count: 1 });
+  await h.until(() => h.get('a')?.attempts === 2, 3 * guardMs, 'the second dispatch');
+  await h.until(
+    () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
+    5_000,
+    'the second write held on the link',
+  );
+  await h.until(
+    () => h.pipeline.devices().find((d) => d.id === 'v1')!.health.connectionEpoch > epoch,
+    5_000,
+    'the connection replaced after the lost answer',
+  );
+}
