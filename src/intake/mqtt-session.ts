@@ -14,7 +14,8 @@ import { Backoff } from '../backoff.js';
 import { withoutPassword, type SluiceConfig } from '../config/config.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
-import { filtersMatching, type GatewayTopics } from './mqtt-topics.js';
+import { LeftSubscriptions } from './mqtt-left-subscriptions.js';
+import type { GatewayTopics } from './mqtt-topics.js';
 
 export type MqttConfig = NonNullable<SluiceConfig['mqtt']>;
 
@@ -93,10 +94,6 @@ const SHORT_CONNECTION_MS = 30_000;
 const SHORT_CONNECTIONS_SUSPECTED = 3;
 /** The takeover warning is repeated at most this often while the connections stay short. */
 const TAKEOVER_WARN_EVERY_MS = 10 * 60_000;
-/** Foreign topics whose matching filters are unsubscribed, at most, per connection. */
-const MAX_FOREIGN_TOPICS = 1_000;
-/** The longest part of a topic or filter that is logged. */
-const LOGGED_TOPIC_CHARS = 512;
 
 /**
  * The MQTT session of the intake: one persistent session (clean start off) on one client id,
@@ -136,12 +133,8 @@ export class MqttSession {
   /** When the connection came up, on the monotonic clock (clock.elapsed()); null: not connected. */
   private connectedAt: number | null = null;
   private subscribed = false;
-  /** Filters unsubscribed on the current connection (see unsubscribeFormer). */
-  private readonly unsubscribed = new Set<string>();
-  /** Topics whose matching filters were unsubscribed on the current connection (unsubscribeForeign). */
-  private readonly foreignTopics = new Set<string>();
-  /** An UNSUBSCRIBE of unsubscribeForeign awaits its UNSUBACK on the current connection. */
-  private foreignPending = false;
+  /** Subscriptions an earlier configuration or another client left in the session (LeftSubscriptions). */
+  private readonly left: LeftSubscriptions;
   private error: string | null = null;
   private errorStreak = 0;
   /** The DISCONNECT the broker sent on the current connection (MQTT 5), if any. */
@@ -173,6 +166,11 @@ export class MqttSession {
       maxMs: options.reconnect?.maxMs ?? 30_000,
     });
     this.clientOptions = this.buildClientOptions(options.gatewayId);
+    this.left = new LeftSubscriptions({
+      topics: this.topics,
+      logger: this.logger,
+      client: () => this.client,
+    });
   }
 
   /** The client while the session runs; null before start() and once stopped. */
@@ -243,9 +241,7 @@ export class MqttSession {
       this.awaitingConnack = true;
       this.attemptFailed = false;
       this.brokerDisconnect = null;
-      this.unsubscribed.clear();
-      this.foreignTopics.clear();
-      this.foreignPending = false;
+      this.left.connectionMade();
       // MQTT.js passes on only the stream errors that carry a code (a socket's): when MQTT.js
       // itself refuses to write a packet (mqtt-packet's "Invalid …", "Username is required to
       // use password") it ends the stream with an error without one, which it swallows.
@@ -303,84 +299,14 @@ export class MqttSession {
     });
   }
 
-  /**
-   * Unsubscribes a filter that the persistent session holds from an earlier configuration (the
-   * command filter under a former topic root, or a former gateway id kept under a fixed
-   * `mqtt.clientId`), so that the broker stops delivering, and queueing while the gateway is
-   * away, commands the site no longer sends there. MQTT offers no way to
-   * list a session's subscriptions: each is learned from the first message it delivers. Once per
-   * connection and filter; never the current command filter.
-   */
+  /** See LeftSubscriptions.unsubscribeFormer. */
   unsubscribeFormer(filter: string): void {
-    const client = this.client;
-    if (client?.connected !== true || filter === this.topics.commandFilter) return;
-    if (this.unsubscribed.has(filter)) return;
-    this.unsubscribed.add(filter);
-    client.unsubscribe(filter, (error) => {
-      // mqtt.js calls back with null, not undefined, on success.
-      if (error instanceof Error) {
-        // The connection ended first: the next message on that filter unsubscribes again.
-        return;
-      }
-      this.logger.warn(
-        { filter, commandFilter: this.topics.commandFilter },
-        'unsubscribed a command filter left in the persistent session by an earlier configuration (mqtt.topicRoot or gatewayId)',
-      );
-    });
+    this.left.unsubscribeFormer(filter);
   }
 
-  /**
-   * Unsubscribes every filter that could have delivered `topic`, a topic that is no command topic
-   * of this gateway nor of an earlier configuration of it: the subscription that delivered it is
-   * not the gateway's. Another client that connected with the gateway's client id and a
-   * persistent session (a `mosquitto_sub -c -i sluice-gw-1 -t '#'` run to see what the gateway
-   * gets) leaves its subscriptions in the session when it goes, and the broker keeps them for the
-   * gateway: it was sent everything they match, each message a warning in its log, and while
-   * the gateway was away the broker queued that traffic for it, past its limit (mosquitto
-   * `max_queued_messages`, 1000 by default), dropping the commands published meanwhile, unsaid.
-   * MQTT cannot list a session's subscriptions, and the filter is not known from the message: the
-   * filters that match its topic are unsubscribed together (filtersMatching), never the command
-   * filter; over MQTT 5 the UNSUBACK says which of them existed. Once per connection and topic,
-   * for at most MAX_FOREIGN_TOPICS topics, and one at a time: the messages of a flood that arrive
-   * before the UNSUBACK (on many topics, it may be) are not each worth an UNSUBSCRIBE.
-   */
+  /** See LeftSubscriptions.unsubscribeForeign. */
   unsubscribeForeign(topic: string): void {
-    const client = this.client;
-    if (client?.connected !== true || this.foreignPending) return;
-    if (this.foreignTopics.has(topic) || this.foreignTopics.size >= MAX_FOREIGN_TOPICS) return;
-    this.foreignTopics.add(topic);
-    const filters = filtersMatching(topic).filter((f) => f !== this.topics.commandFilter);
-    if (filters.length === 0) return;
-    const shownTopic = topic.slice(0, LOGGED_TOPIC_CHARS);
-    this.foreignPending = true;
-    const stream = client.stream;
-    client.unsubscribe(filters, (error, packet) => {
-      if (client.stream === stream) this.foreignPending = false;
-      // mqtt.js calls back with null, not undefined, on success. The connection ended first:
-      // the next message on the topic unsubscribes again.
-      if (error instanceof Error) return;
-      const codes = (packet as { granted?: unknown } | undefined)?.granted;
-      if (!Array.isArray(codes)) {
-        this.logger.warn(
-          { topic: shownTopic, filters: filters.length },
-          'message on a topic no subscription of this gateway matches: unsubscribed every filter that matches it, to remove one another client with this client id left in the persistent session (MQTT 3.1.1 does not say which existed)',
-        );
-        return;
-      }
-      // MQTT 5 UNSUBACK: 0x00 removed, 0x11 no subscription existed (§3.11.3).
-      const removed = filters.filter((_, i) => codes[i] === 0);
-      if (removed.length === 0) {
-        this.logger.debug(
-          { topic: shownTopic },
-          'no filter matching a foreign topic was left in the session',
-        );
-        return;
-      }
-      this.logger.warn(
-        { topic: shownTopic, removed: removed.map((f) => f.slice(0, LOGGED_TOPIC_CHARS)) },
-        'unsubscribed filters another client with this client id left in the persistent session: the broker sent the gateway what they match, and queued it for the gateway while it was away, past its queue limit (mosquitto max_queued_messages) at the cost of the commands published meanwhile',
-      );
-    });
+    this.left.unsubscribeForeign(topic);
   }
 
   /**
