@@ -1,10 +1,13 @@
-import { describe, it, type ExpectStatic, type TestContext } from 'vitest';
+import { describe, it, type ExpectStatic } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
-import { SimHarness } from '../helpers/sim-harness.js';
+import type { SimHarness } from '../helpers/sim-harness.js';
 import {
+  GUARD_MS,
+  OPEN,
   leftToTheSweep,
   redispatchedAnswerLost,
   withheldAndTakenUp,
+  withheldHarness,
   withheldOnly,
 } from '../helpers/withheld-dispatch.js';
 
@@ -17,25 +20,6 @@ import {
  * next command waits for it as before. The real pipeline and journal against sluice-sim; the
  * simulator's write log says what reached the controller, the journal what was decided when.
  */
-
-/** Far longer than a command takes to be decided and written: a wait for the guard stands out. */
-const GUARD_MS = 3_000;
-
-const OPEN = { key: 'a', action: 'open' } as const;
-
-async function harness(
-  onTestFinished: TestContext['onTestFinished'],
-  sweepMs?: number,
-): Promise<SimHarness> {
-  // No idle monitor: the one read held first is the withheld command's fresh read.
-  const h = await SimHarness.start({
-    warm: true,
-    timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 2 * GUARD_MS },
-    ...(sweepMs === undefined ? {} : { sweepMs }),
-  });
-  onTestFinished(() => h.close());
-  return h;
-}
 
 function resolve(h: SimHarness, key: string): CommandRecord {
   return h.pipeline.resolve({ scope: 'plant', key }, 'ops@test', 'checked on site');
@@ -80,7 +64,7 @@ describe('an operator resolves a command whose write this process withheld', () 
     expect,
     onTestFinished,
   }) => {
-    const h = await harness(onTestFinished);
+    const h = await withheldHarness(onTestFinished);
     // The take-up reads the valve (CLOSED, no echo of the open) and stands a write in for the
     // open, whose outcome it judges unknown until the guard's end; the operator resolves it.
     const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
@@ -93,7 +77,7 @@ describe('an operator resolves a command whose write this process withheld', () 
     onTestFinished,
   }) => {
     // A sweep far apart: the open, left open by its worker, is not taken up before the resolve.
-    const h = await harness(onTestFinished, 600_000);
+    const h = await withheldHarness(onTestFinished, { sweepMs: 600_000 });
     const a = await withheldOnly(h, onTestFinished, OPEN, 'answered');
     await leftToTheSweep(h, 'a');
     expect(h.notes('a').filter((n) => n.includes('taken up'))).toEqual([]);
@@ -109,7 +93,7 @@ describe('an operator resolves a command whose write this process withheld', () 
     expect,
     onTestFinished,
   }) => {
-    const h = await harness(onTestFinished);
+    const h = await withheldHarness(onTestFinished);
     const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
     resolve(h, 'a');
     await h.journal.durable();
@@ -122,7 +106,7 @@ describe('an operator resolves a command whose write this process withheld', () 
     expect,
     onTestFinished,
   }) => {
-    const h = await harness(onTestFinished);
+    const h = await withheldHarness(onTestFinished);
     const valve = h.device('v1');
     const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
     // The take-up proves the withheld write not applied once the guard has passed and

@@ -1,11 +1,14 @@
-import { describe, it, type ExpectStatic, type TestContext } from 'vitest';
+import { describe, it, type ExpectStatic } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { failFdatasync } from '../helpers/failing-fdatasync.js';
-import { SimHarness } from '../helpers/sim-harness.js';
+import type { SimHarness } from '../helpers/sim-harness.js';
 import {
+  GUARD_MS,
+  OPEN,
   leftToTheSweep,
   redispatchedAnswerLost,
   withheldAndTakenUp,
+  withheldHarness,
   withheldOnly,
 } from '../helpers/withheld-dispatch.js';
 
@@ -16,27 +19,6 @@ import {
  * real pipeline and journal against sluice-sim; the simulator's write log says what reached
  * the controller, the stop's history when it was dispatched and confirmed.
  */
-
-/** Far longer than the stop takes to be written and read back: a wait for it stands out. */
-const GUARD_MS = 3_000;
-
-const OPEN = { key: 'a', action: 'open' } as const;
-
-async function harness(
-  onTestFinished: TestContext['onTestFinished'],
-  travelMs?: number,
-  sweepMs?: number,
-): Promise<SimHarness> {
-  // No idle monitor: the one read held first is the withheld command's fresh read.
-  const h = await SimHarness.start({
-    warm: true,
-    timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 2 * GUARD_MS },
-    ...(travelMs === undefined ? {} : { travelMs }),
-    ...(sweepMs === undefined ? {} : { sweepMs }),
-  });
-  onTestFinished(() => h.close());
-  return h;
-}
 
 /** Milliseconds from the stop's dispatch to its confirmation, by its history. */
 /**
@@ -72,7 +54,7 @@ describe('a stop that preempts a command whose write was withheld', () => {
     expect,
     onTestFinished,
   }) => {
-    const h = await harness(onTestFinished);
+    const h = await withheldHarness(onTestFinished);
     const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
     // The take-up reads the valve (CLOSED, no echo of the open) and waits the guard before
     // anything can be proven; the stop comes meanwhile and goes first.
@@ -86,7 +68,7 @@ describe('a stop that preempts a command whose write was withheld', () => {
   }) => {
     // A sweep far apart: the open, left open by its worker, waits for it (the daemon's period is
     // a second; the window is the same, only wider).
-    const h = await harness(onTestFinished, undefined, 600_000);
+    const h = await withheldHarness(onTestFinished, { sweepMs: 600_000 });
     const a = await withheldOnly(h, onTestFinished, OPEN, 'answered');
     await leftToTheSweep(h, 'a');
     expect(h.get('a')?.state).toBe('dispatched');
@@ -100,7 +82,7 @@ describe('a stop that preempts a command whose write was withheld', () => {
     expect,
     onTestFinished,
   }) => {
-    const h = await harness(onTestFinished);
+    const h = await withheldHarness(onTestFinished);
     const valve = h.device('v1');
     const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
     // The take-up proves the withheld write not applied once the guard has passed and
@@ -129,7 +111,7 @@ describe('a stop that preempts a command whose write was withheld', () => {
     expect,
     onTestFinished,
   }) => {
-    const h = await harness(onTestFinished);
+    const h = await withheldHarness(onTestFinished);
     const valve = h.device('v1');
     // The take-up sees no readback, and a stop is accepted just before the process dies.
     const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'dropped');
@@ -147,7 +129,7 @@ describe('a stop that preempts a command whose write was withheld', () => {
     onTestFinished,
   }) => {
     // A stroke of 10 s: the open travels all through.
-    const h = await harness(onTestFinished, 10_000);
+    const h = await withheldHarness(onTestFinished, { travelMs: 10_000 });
     const valve = h.device('v1');
     h.submit('a', { device: 'v1', action: 'open', ttlMs: 20_000 });
     await h.until(() => valve.snapshot().position >= 5, 5_000, 'the open travelling');
@@ -179,7 +161,7 @@ describe('a stop that preempts a command whose write was withheld', () => {
     expect,
     onTestFinished,
   }) => {
-    const h = await harness(onTestFinished);
+    const h = await withheldHarness(onTestFinished);
     const valve = h.device('v1');
     valve.setFault({ kind: 'stall', on: 'read', count: 1 });
     h.submit('a', { device: 'v1', action: 'open', ttlMs: 20_000 });

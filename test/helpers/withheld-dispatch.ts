@@ -1,7 +1,32 @@
 import type { TestContext } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { failFdatasync } from './failing-fdatasync.js';
-import type { SimHarness } from './sim-harness.js';
+import { SimHarness } from './sim-harness.js';
+
+/** The guard of withheldHarness: far longer than a command takes, so a wait for it stands out. */
+export const GUARD_MS = 3_000;
+
+/** The open withheld in these tests. */
+export const OPEN = { key: 'a', action: 'open' } as const;
+
+/**
+ * sluice-sim and the pipeline for a withheld command's tests, closed when the test finishes: a
+ * warm valve, the guard GUARD_MS, and no idle monitor (the one read held first is the withheld
+ * command's fresh read); `sweepMs` far apart keeps a command left open from being taken up.
+ */
+export async function withheldHarness(
+  onTestFinished: TestContext['onTestFinished'],
+  o: { readonly travelMs?: number; readonly sweepMs?: number } = {},
+): Promise<SimHarness> {
+  const h = await SimHarness.start({
+    warm: true,
+    timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 2 * GUARD_MS },
+    ...(o.travelMs === undefined ? {} : { travelMs: o.travelMs }),
+    ...(o.sweepMs === undefined ? {} : { sweepMs: o.sweepMs }),
+  });
+  onTestFinished(() => h.close());
+  return h;
+}
 
 /**
  * A command of v1 (`key`: an open, or a stop) whose write is withheld: its dispatch's barrier
