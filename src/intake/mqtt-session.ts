@@ -268,7 +268,17 @@ export class MqttSession {
     client.on('error', (error) => {
       this.onError(client, error);
     });
-    client.connect();
+    try {
+      client.connect();
+    } catch (error) {
+      // mqtt.js makes the connection's stream inside connect(): TLS material it cannot use (a
+      // key or certificate that does not parse: an intake built from code, or files changed
+      // after the start's check) throws here, before any stream exists, and nothing reconnects.
+      // Said as the connection's error (the log, /readyz) instead of ending the daemon's start;
+      // the session stays down until it is stopped.
+      this.attemptFailed = true;
+      this.failed(error instanceof Error ? error : new Error(String(error)));
+    }
   }
 
   /**
@@ -329,7 +339,8 @@ export class MqttSession {
    */
   async stop(flush: () => Promise<unknown>): Promise<boolean> {
     const client = this.current;
-    if (client === null) {
+    // No stream: its connect() threw (start()), and mqtt.js's end() would throw on it too.
+    if (client === null || (client.stream as MqttClient['stream'] | undefined) === undefined) {
       this.isEnded = true;
       return false;
     }
