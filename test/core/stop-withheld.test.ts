@@ -1,6 +1,5 @@
 import { describe, it, type ExpectStatic } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
-import { failFdatasync } from '../helpers/failing-fdatasync.js';
 import type { SimHarness } from '../helpers/sim-harness.js';
 import {
   GUARD_MS,
@@ -163,20 +162,7 @@ describe('a stop that preempts a command whose write was withheld', () => {
   }) => {
     const h = await withheldHarness(onTestFinished);
     const valve = h.device('v1');
-    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
-    h.submit('a', { device: 'v1', action: 'open', ttlMs: 20_000 });
-    await h.until(
-      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
-      5_000,
-      'the fresh read held',
-    );
-    await h.journal.durable();
-    const disk = failFdatasync(1);
-    onTestFinished(() => {
-      disk.restore();
-    });
-    valve.clearFault('stall');
-    await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
+    await withheldOnly(h, onTestFinished, OPEN, 'answered');
     // The open's write is withheld, and its handling has returned; its worker waits for the
     // journal to recover (a second) before it moves on, and the stop is accepted meanwhile.
     await h.until(
