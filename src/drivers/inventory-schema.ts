@@ -40,13 +40,31 @@ const requestTimeoutMs = z
 
 const OPC_TCP_URL = /^opc\.tcp:\/\/.+/;
 
+/**
+ * Unit id 0 is the Modbus broadcast address (MODBUS over Serial Line, broadcast mode): a Modbus
+ * TCP-to-serial gateway passes a request for it to every device on its line, each takes a
+ * write, and none answers. A write would never be acknowledged nor confirmed (I2 would hold
+ * only by every command failing), and it would move every device on the line that maps the
+ * register. A controller reached directly over TCP takes 255 as "this device" (MODBUS
+ * Messaging on TCP/IP Implementation Guide, Unit Identifier); a serial device behind a gateway
+ * has its own address, 1..247.
+ */
+const UNIT_ID_BROADCAST =
+  '0 is the Modbus broadcast address: through a Modbus TCP-to-serial gateway every device on the line takes each write and none answers, so no write would be acknowledged or confirmed, and several devices could move. Set the unit id of the PLC itself: its address on the serial line (1..247), or 255 for a controller reached directly over TCP';
+
 const modbusPlc = z.strictObject({
   protocol: z.literal('modbus'),
   // A host written with its port (`10.0.0.20:502`) or as a URL was taken, and every request
   // failed for as long as the daemon ran (getaddrinfo ENOTFOUND) after --check called it valid.
   host: hostSchema,
   port: z.number().int().min(1).max(65535),
-  unitId: z.number().int().min(0).max(255).default(1),
+  unitId: z
+    .number()
+    .int()
+    .min(0)
+    .max(255)
+    .refine((id) => id !== 0, { error: UNIT_ID_BROADCAST })
+    .default(1),
   /** Where the controller clock is read is a profile field now (modbus.status.clock). */
   clockRegister: z
     .never({

@@ -370,6 +370,26 @@ describe('sluiced --check', () => {
     );
   });
 
+  it('refuses unit id 0, the Modbus broadcast address, at --check and at start, the binary as a process', () => {
+    // Taken before: through a Modbus TCP-to-serial gateway every device on the line took each
+    // write to unit 0 and none answered, so a write was never acknowledged nor confirmed, and
+    // it moved every device that maps the register.
+    refusedEverywhere(
+      site(SITE.replace('port: 5020 }', 'port: 5020, unitId: 0 }')),
+      [
+        'plcs.modbus-plc.unitId: 0 is the Modbus broadcast address: through a Modbus TCP-to-serial gateway every device on the line takes each write and none answers, so no write would be acknowledged or confirmed, and several devices could move. Set the unit id of the PLC itself: its address on the serial line (1..247), or 255 for a controller reached directly over TCP',
+      ],
+      runSluiced,
+    );
+    // The unit ids it points to pass: a serial address, and 255 for a controller on TCP.
+    for (const unit of [247, 255]) {
+      const path = site(SITE.replace('port: 5020 }', `port: 5020, unitId: ${unit} }`));
+      const r = runSluicedInProcess(['--config', path, '--check']);
+      expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+      expect(r.stdout).toContain(`modbus-plc  modbus  127.0.0.1:5020 unit ${unit}, `);
+    }
+  });
+
   it('refuses a certificate CN for an identity where no client certificate is asked for', () => {
     // Taken before: without https.clientCaFile the intake asks for no client certificate, so
     // the maintenance laptop's certificate was never presented and every request it made was
