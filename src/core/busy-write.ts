@@ -5,7 +5,7 @@ import type { Logger } from './logger.js';
 
 /**
  * A write the controller answers busy (Modbus exception 0x06, "the client should retransmit
- * the message later when the server is free"), sent again: confirmation.ts sends every write
+ * the message later when the server is free"), sent again: command-writes.ts sends every write
  * through sendWhileBusy.
  */
 

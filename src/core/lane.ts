@@ -85,7 +85,7 @@ export interface LastWrite {
   epoch: number | null;
   /**
    * Set only on a take-up's stand-in for a write this process or an earlier life withheld,
-   * never sent (confirmation.ts, takeUp): the device's last write that was handed to the driver
+   * never sent (take-up.ts): the device's last write that was handed to the driver
    * before it (null: none known). Nothing of the withheld write can reach the controller, but
    * that one still may: a stop is written at once behind an acknowledged write the controller
    * may still take (previous-write.ts, stopAfterPending), and when that stop's own write was
@@ -319,7 +319,7 @@ export function freshnessDetail(
  * a write: an operator's resolve, which aborts the lane's signal. The journal then says that
  * nothing was written, so the write is not sent. A stop's preemption aborts the signal too but
  * leaves the command open: the caller settles that case itself (superseded before a first
- * write, execution.ts; never written again before a second, confirmation.ts).
+ * write, execution.ts; never written again before a second, readback-confirmation.ts).
  */
 export function settledMeanwhile(
   host: Pick<ExecutionHost, 'journal'>,

@@ -136,7 +136,7 @@ export class LateEcho {
     if (!this.host.wrote(record)) return;
     // Nor when its history says its latest write never left the gateway, which the lane's last
     // write does not always know: a take-up stands in a write for a command it finds
-    // dispatched (confirmation.ts), one an earlier life withheld among them, and a stop hands
+    // dispatched (take-up.ts), one an earlier life withheld among them, and a stop hands
     // the write of the command it preempted back once it is terminal (preemption.ts,
     // afterStop), a second write it withdrew among them. Both were watched, and another
     // master's write of their number noted as the controller taking it.

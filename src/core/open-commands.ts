@@ -13,7 +13,7 @@ import { latestWriteMarked, latestWriteUnsent } from './redispatch.js';
  * open command ends"), and its history shows both:
  * - Recovery took it up (its take-up note): its worker reads the controller for the longest of
  *   the confirm timeout, its PLC's unreachable grace and the time to the deadline from the take-up
- *   (again from a re-dispatch it made then: confirmation.ts).
+ *   (again from a re-dispatch it made then: readback-confirmation.ts).
  * - A stop paused it (SPEC §2, "stop is not queued behind travel"; preemption.ts): it waits
  *   for the stop, which is bounded by its own deadline plus confirm timeout, and is then taken
  *   up again by readback as above.
@@ -299,7 +299,7 @@ function settlingWindow(
   if (start === null) return null;
   const begun = start;
   // The take-up reads for the longest of the confirm timeout, the grace and the time to the
-  // deadline; a re-dispatch it makes reads that long again from its write (confirmation.ts).
+  // deadline; a re-dispatch it makes reads that long again from its write (readback-confirmation.ts).
   const windowMs = Math.max(readMs, r.deadline - begun);
   const redispatch = history.findLast((e) => e.at >= begun && isRedispatch(e));
   let until = begun + windowMs;

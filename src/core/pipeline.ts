@@ -209,7 +209,7 @@ export class CommandPipeline {
           last.key === record.key &&
           last.seq === record.seq &&
           // Withheld when its dispatch could not be made durable, then taken up with a stand-in
-          // for the write (confirmation.ts), and no write of it handed to the driver since (a
+          // for the write (take-up.ts), and no write of it handed to the driver since (a
           // redispatch that is sent writes it for real; one whose own barrier failed does not):
           // never sent.
           !withheldUnsent(lane, record)

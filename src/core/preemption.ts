@@ -111,8 +111,8 @@ export class Preemption {
     );
     const last = lane.lastWrite;
     // A write known never sent is none: nothing of it can reach the controller after the stop,
-    // which need not wait the guard for it (confirmation.ts, preemptedMayLand). The lane's last
-    // write may be a take-up's stand-in for a write withheld unsent (confirmation.ts, takeUp).
+    // which need not wait the guard for it (readback-confirmation.ts, preemptedMayLand). The lane's last
+    // write may be a take-up's stand-in for a write withheld unsent (take-up.ts).
     const unsent = current !== UNREADABLE && this.neverSent(lane, current, log);
     const known =
       last !== null && last.scope === target.scope && last.key === target.key && !unsent
@@ -306,7 +306,7 @@ export class Preemption {
   /**
    * A preempted command an earlier life of the daemon wrote (it is `dispatched`, and its
    * history does not say its latest write was never sent: neverSent): what this process knows
-   * of that write, as the stop's confirmation needs it (confirmation.ts, preemptedMayLand). Its answer
+   * of that write, as the stop's confirmation needs it (readback-confirmation.ts, preemptedMayLand). Its answer
    * is not known — it may have been lost, the request held by a gateway or on its way when the
    * process died — so its outcome is unknown from now: the earlier life wrote it before this
    * one started. Without it the stop was confirmed on its first readback after the restart,
@@ -465,7 +465,7 @@ export class Preemption {
   /**
    * Once a stop that preempted a written command is terminal, that command is taken up again,
    * first: its readbacks decide — INTERRUPTED when the controller took the stop, its own
-   * outcome when the stop never reached it. It is never written again (confirmation.ts).
+   * outcome when the stop never reached it. It is never written again (readback-confirmation.ts).
    * What this process knows of its write (acknowledged, when, on which connection) is handed
    * back to the take-up: the stop's write replaced it as the lane's last, and without it the
    * take-up took the write for an earlier life's ("written by an earlier life of the daemon",
@@ -562,7 +562,7 @@ function overtakenBy(lane: Lane, target: CommandRef, stop: CommandRef): boolean 
  * hides whether that write was taken: a no-op decided on it was confirmed at once after a
  * restart, and the write, landing after it, moved the actuator to 80 % — the stop is written
  * instead (a no-op at the controller where the device rests) and waits the write's guard as the
- * first stop did (confirmation.ts, preemptedMayLand).
+ * first stop did (readback-confirmation.ts, preemptedMayLand).
  */
 export function stopOverPreempted(
   journal: Pick<Journal, 'get'>,

@@ -21,7 +21,7 @@ const FATE_OPEN: ReadonlySet<string> = new Set([
 
 /**
  * The outcome's detail of a take-up that cannot judge its command (READBACK_TIMEOUT at once, no
- * readback taken: confirmation.ts, takeUp): unlike every other READBACK_TIMEOUT, it does not
+ * readback taken: take-up.ts): unlike every other READBACK_TIMEOUT, it does not
  * come a confirm timeout or more after the command's write (earlierLastWrite).
  */
 export const UNJUDGED_TAKE_UP =
@@ -128,7 +128,7 @@ function writeName(key: string, seq: number, code: string): string {
  * write not shown taken by the readback it ended on, nor said never sent by the operator's
  * resolve (operator-actions.ts, resolvedWriteWas): a write this process withheld when its
  * dispatch could not be made durable cannot be taken. The lane's last write may be a take-up's
- * stand-in for it (confirmation.ts, takeUp), and the next command waited the guard for it — so
+ * stand-in for it (take-up.ts), and the next command waited the guard for it — so
  * did the first command of the next life before its take-up had said so in its history.
  */
 function endedFateOpen(command: CommandRecord): boolean {
@@ -267,7 +267,7 @@ export function stopAfterPendingNote(pending: PendingWrite): string {
 }
 
 /**
- * A stop taken up (confirmation.ts, takeUp: after a journal stall, after a restart) is judged on
+ * A stop taken up (take-up.ts: after a journal stall, after a restart) is judged on
  * the decision it was written on: when its history says it was decided on the state the
  * device's previous write leads to (stopAfterPendingNote, journaled before the dispatch it
  * belongs to), that decision again, rebuilt from the journal — the previous command's state

@@ -197,7 +197,7 @@ export function localSeenIn(history: readonly JournalEvent[], seq: number): bool
  * The history line that says a command's write was withdrawn before it was sent: the driver
  * took it out of its queue (or found it withdrawn in the step that would have sent it) and
  * rejected it with WriteNotSentError, so it never left this process and never will
- * (confirmation.ts, `withdrawn`) — or it was withdrawn while it waited to be sent again after
+ * (command-writes.ts, `withdrawn`) — or it was withdrawn while it waited to be sent again after
  * the controller had answered it busy, unprocessed (busy-write.ts; `error` says so). Either
  * way the controller processed none of it. Only that process knew it; the line is how a
  * later life learns it. `second`: the command's second write (a re-dispatch), which is not

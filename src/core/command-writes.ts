@@ -1,0 +1,250 @@
+import { sendWhileBusy, type AttemptOutcome, type WriteOutcome } from './busy-write.js';
+import { DeviceRefusedError, WriteNotSentError } from './driver.js';
+import type { CommandRecord, Observation } from './journal.js';
+import {
+  PIPELINE,
+  refId,
+  settledMeanwhile,
+  type ExecutionHost,
+  type Lane,
+  type LastWrite,
+} from './lane.js';
+import type { Logger } from './logger.js';
+import { unsentLine } from './redispatch.js';
+
+/**
+ * A command's write on its way to the controller: remembered as the lane's last write, handed to
+ * the driver (sent again while the controller answers busy, busy-write.ts), and what became of
+ * it when it was not sent or was refused — a history line where only this process knows it. The
+ * first write (confirmation.ts) and a second one proven needed (readback-confirmation.ts) both
+ * go out here.
+ */
+export class CommandWrites {
+  private readonly host: ExecutionHost;
+
+  constructor(host: ExecutionHost) {
+    this.host = host;
+  }
+
+  /**
+   * Remembers the write about to be sent: the lane's last write, in flight. A command whose
+   * dispatch this process withheld is no longer one never sent (Lane.withheld): its write may
+   * be on the wire from now, and a stop that preempts it waits for it.
+   */
+  beginWrite(lane: Lane, record: CommandRecord, seq: number): LastWrite {
+    lane.withheld.delete(refId(record));
+    const write: LastWrite = {
+      scope: record.scope,
+      key: record.key,
+      seq,
+      sentMono: this.host.clock.elapsed(),
+      acked: false,
+      unknownSinceMono: null,
+      epoch: null,
+    };
+    lane.lastWrite = write;
+    return write;
+  }
+
+  async send(
+    lane: Lane,
+    record: CommandRecord,
+    seq: number,
+    write: LastWrite,
+    log: Logger,
+  ): Promise<WriteOutcome> {
+    const outcome = await sendWhileBusy(this.host, lane, record, seq, write, log, () =>
+      this.trySend(lane, record, seq, write),
+    );
+    if (aborted(lane)) this.noteAfterResolve(record, seq, outcome);
+    return outcome;
+  }
+
+  /**
+   * An operator resolved the command while its write was on its way: the outcome says what was
+   * known then ("it may have been applied"); the history gets what became of the write, which
+   * only this worker learns (sent and acknowledged, refused, withdrawn before it was sent).
+   */
+  private noteAfterResolve(record: CommandRecord, seq: number, outcome: WriteOutcome): void {
+    let current: CommandRecord | undefined;
+    try {
+      current = this.host.journal.get(record);
+    } catch {
+      return;
+    }
+    if (current?.code !== 'RESOLVED_BY_OPERATOR') return;
+    const write = `after the operator's resolve: the command's write (sequence number ${seq})`;
+    const fate =
+      outcome.kind === 'acked'
+        ? 'had been sent, and the controller acknowledged it: it may be applied'
+        : outcome.kind === 'unknown'
+          ? `had been sent, and the controller did not answer (${outcome.error}): it may be applied`
+          : outcome.kind === 'refused'
+            ? `was refused by the controller (${outcome.error}); nothing was applied`
+            : `was not sent (${outcome.error}); nothing was applied`;
+    try {
+      this.host.journal.note(record, this.host.clock.now(), `${write} ${fate}`, PIPELINE);
+    } catch {
+      // The journal cannot be written: the outcome already says the write may be applied.
+    }
+  }
+
+  private async trySend(
+    lane: Lane,
+    record: CommandRecord,
+    seq: number,
+    write: LastWrite,
+  ): Promise<AttemptOutcome> {
+    // The time left before the deadline, as deadlineNow() judges it (I3).
+    const timeLeftMs = record.deadline - this.host.deadlineNow(record);
+    try {
+      await lane.binding.driver.write(
+        {
+          action: record.action,
+          position: record.position,
+          seq,
+          // The driver counts the time left from now on the monotonic clock: a step of the
+          // gateway's clock back while the write waits for its controller does not give it that
+          // time again. A command timed by its issuer is judged on the wall clock too (a step
+          // forward ages it, as deadlineNow says); one timed by its receipt is not (a step must
+          // not age it).
+          ...(record.issuedAtSource === 'issuer' ? { notAfter: record.deadline } : {}),
+          timeLeftMs,
+          // Preempted by a stop, resolved by an operator, the daemon stopping: a write still
+          // waiting for its controller is not sent (SPEC §2: a command not yet written when a
+          // stop comes is never written).
+          withdrawn: lane.signal,
+        },
+        this.host.signal,
+      );
+      write.epoch = lane.binding.driver.health().connectionEpoch;
+      write.acked = true;
+      return { kind: 'acked' };
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      if (error instanceof WriteNotSentError) {
+        // Never sent: nothing of it reached the controller, the lane's last write is void.
+        lane.lastWrite = null;
+        return { kind: 'not-sent', reason: error.reason, error: message };
+      }
+      if (error instanceof DeviceRefusedError && error.busy) {
+        // Busy: not processed, to be sent again (sendWhileBusy).
+        return { kind: 'busy', error: message };
+      }
+      if (error instanceof DeviceRefusedError) {
+        // The controller answered that it did not apply it: not unknown.
+        write.unknownSinceMono = this.host.clock.elapsed();
+        return { kind: 'refused', error: message };
+      }
+      // The guard starts now, when the outcome became unknown — not when the write was sent.
+      write.unknownSinceMono = this.host.clock.elapsed();
+      // The connection the write went out on is replaced after a lost answer: no epoch.
+      write.epoch = null;
+      return { kind: 'unknown', error: message };
+    }
+  }
+
+  /**
+   * The first write was withdrawn before it was sent (the lane's signal aborted while it waited
+   * for the controller): nothing of it was written.
+   * - An operator resolved the command meanwhile: the journal says so already.
+   * - A stop preempted it: `rejected` `SUPERSEDED`, as a command the stop finds not yet written
+   *   (SPEC §2), and the stop goes out alone.
+   * - The daemon is stopping: it stays `dispatched`, and the next start settles it by reading
+   *   the controller (I5), which shows it never taken.
+   */
+  withdrawn(
+    lane: Lane,
+    record: CommandRecord,
+    observed: Observation,
+    error: string,
+    log: Logger,
+  ): void {
+    if (settledMeanwhile(this.host, lane, record, log)) return;
+    const stop = lane.interrupted;
+    if (stop !== null && refId(stop.target) === refId(record)) {
+      this.host.settle(log, record, 'dispatched', {
+        to: 'rejected',
+        code: 'SUPERSEDED',
+        faultCode: null,
+        observed,
+        detail: `superseded by the stop ${stop.stop.key} while its write waited for the controller; it was not sent, nothing was applied (${error})`,
+      });
+      return;
+    }
+    this.noteUnsent(record, error, log);
+  }
+
+  /**
+   * The second write of a command was withdrawn before it was sent — by a stop that preempted
+   * the command, or as the daemon stopped: the history says so, as for a first write
+   * (withdrawn). Whoever takes the command up next (this life once the stop is terminal, or the
+   * next start) goes by it: the command was dispatched twice, so it is not sent again
+   * (execution.ts, takeUpUnsent), and nothing was applied. Without the line the history showed
+   * the re-dispatch and then an outcome read back after the stop ("stopped by …"), as if the
+   * second write had gone out; and after a restart a controller showing its power-up echo
+   * would leave it unknown.
+   */
+  secondUnsent(lane: Lane, again: CommandRecord, error: string, log: Logger): void {
+    const stop = lane.interrupted;
+    const by = stop !== null && refId(stop.target) === refId(again) ? stop.stop.key : null;
+    this.noteUnsent(again, error, log, by);
+  }
+
+  /**
+   * A write withdrawn unsent that nothing settled: the command stays `dispatched`, and the
+   * history says what only this process knows; the take-up goes by it (execution.ts,
+   * takeUpDispatched): a readback may not prove the write unapplied (a controller showing its
+   * power-up echo), the driver did — it never left this process. `stop`: the key of the stop
+   * that preempted the command and withdrew the write.
+   */
+  private noteUnsent(
+    record: CommandRecord,
+    error: string,
+    log: Logger,
+    stop: string | null = null,
+  ): void {
+    log.warn(
+      { seq: record.seq, err: error, ...(stop === null ? {} : { stop }) },
+      stop === null
+        ? 'write withdrawn before it was sent; left to recovery'
+        : 'write withdrawn before it was sent: preempted by a stop',
+    );
+    const why =
+      stop !== null
+        ? `as the stop ${stop} preempted the command`
+        : this.host.signal.aborted
+          ? 'as the daemon stopped'
+          : 'before it was sent';
+    this.host.note(record, unsentLine(requireSeq(record), why, error, record.attempts >= 2));
+  }
+
+  refused(
+    record: CommandRecord,
+    observed: Observation | null,
+    outcome: Extract<WriteOutcome, { kind: 'refused' }>,
+    log: Logger,
+  ): void {
+    this.host.settle(log, record, 'dispatched', {
+      to: 'failed',
+      code: 'DEVICE_FAULT',
+      faultCode: null,
+      observed,
+      detail:
+        outcome.busy === true
+          ? outcome.error
+          : `the controller refused the write: ${outcome.error}`,
+    });
+  }
+}
+
+export function requireSeq(record: CommandRecord): number {
+  if (record.seq === null)
+    throw new Error(`dispatched command ${record.key} has no sequence number`);
+  return record.seq;
+}
+
+/** A function, not a property read: the flag changes across awaits (and narrowing forgets). */
+export function aborted(lane: Lane): boolean {
+  return lane.signal.aborted;
+}
