@@ -28,6 +28,10 @@ export interface CommandLink {
   unsubscribeFormer(filter: string): void;
   /** Unsubscribes the filters that could have delivered a message on a topic not ours. */
   unsubscribeForeign(topic: string): void;
+  /** The command subscription's MQTT 5 Subscription Identifier on this connection, if any. */
+  readonly commandSubscriptionId: number | undefined;
+  /** Unsubscribes the filters beside the command filter that deliver a command topic. */
+  unsubscribeOverlapping(topic: string): void;
 }
 
 export interface CommandMessagesOptions {
@@ -261,6 +265,12 @@ export class CommandMessages {
       this.logger.warn({ topic: packet.topic }, 'message on a topic that is not a command topic');
       this.decide('foreign_topic');
       return ACK_NOW;
+    }
+    if (!this.deliveredByCommandFilter(packet)) {
+      // A copy another filter in the session delivered (one that overlaps the command filter):
+      // that filter is removed. The message is handled as usual — the command filter's copy,
+      // when there is one, is a duplicate of it, never a second write (I1).
+      this.link.unsubscribeOverlapping(packet.topic);
     }
     let message = parseCommandMessage({
       device,
@@ -526,6 +536,19 @@ export class CommandMessages {
       detail:
         'the journal could not make this command durable; it may not have been kept: publish it again with the same key (it runs at most once), at QoS 1 so that the broker redelivers it',
     });
+  }
+
+  /**
+   * Whether the command subscription delivered `packet`: over MQTT 5 the broker puts the
+   * identifiers of the subscriptions that delivered a message on it (§3.3.4: all of them on a
+   * single copy). Without an identifier in use (MQTT 3.1.1, a broker without them) it cannot be
+   * told, and is taken as delivered by it.
+   */
+  private deliveredByCommandFilter(packet: IPublishPacket): boolean {
+    const ours = this.link.commandSubscriptionId;
+    if (ours === undefined) return true;
+    const ids = packet.properties?.subscriptionIdentifier;
+    return Array.isArray(ids) ? ids.includes(ours) : ids === ours;
   }
 
   /** The held PUBACKs of `client` (the session's one client; a new one starts afresh). */

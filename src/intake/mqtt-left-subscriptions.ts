@@ -12,7 +12,8 @@ const LOGGED_TOPIC_CHARS = 512;
  * messages they deliver show them: MQTT offers no way to list a session's subscriptions. Those
  * of an earlier configuration of the gateway (unsubscribeFormer) and those another client left
  * under the gateway's client id (unsubscribeForeign). What was unsubscribed is remembered per
- * connection (connectionMade forgets it).
+ * connection (connectionMade forgets it), and filters beside the command filter that deliver
+ * its commands a second time (unsubscribeOverlapping).
  */
 export class LeftSubscriptions {
   /** Filters unsubscribed on the current connection (see unsubscribeFormer). */
@@ -80,6 +81,58 @@ export class LeftSubscriptions {
    * before the UNSUBACK (on many topics, it may be) are not each worth an UNSUBSCRIBE.
    */
   unsubscribeForeign(topic: string): void {
+    this.unsubscribeMatching(topic, {
+      unsaid:
+        'message on a topic no subscription of this gateway matches: unsubscribed every filter that matches it, to remove one another client with this client id left in the persistent session (MQTT 3.1.1 does not say which existed)',
+      removed:
+        'unsubscribed filters another client with this client id left in the persistent session: the broker sent the gateway what they match, and queued it for the gateway while it was away, past its queue limit (mosquitto max_queued_messages) at the cost of the commands published meanwhile',
+      none: null,
+    });
+  }
+
+  /**
+   * Unsubscribes every filter but the command filter that matches `topic`, a command topic of
+   * this gateway whose message the command subscription did not deliver: an MQTT 5 message
+   * without the command subscription's Subscription Identifier came through another filter of
+   * the session. Another client with the gateway's client id (`mosquitto_sub -c -i sluice-gw-1
+   * -t 'sluice/gw-1/cmd/#'`, or `sluice/+/cmd/+`, run to watch the commands) left one that
+   * overlaps the command filter, and an MQTT 5 broker may send one copy of a message per
+   * matching subscription (MQTT 5 §3.3.4; Mosquitto 2.0 does, whatever its deprecated
+   * `allow_duplicate_messages`): every command came twice, the copy a duplicate claimed, logged
+   * and counted again, never written again (I1). unsubscribeForeign never saw such a filter: it
+   * delivers only the gateway's own command topics (or other gateways', which it caught).
+   * The message itself is handled as any other: the copy the command filter delivered may be
+   * missing (a message queued before that subscription had its identifier), so it is not
+   * dropped. Once per connection and topic, as unsubscribeForeign.
+   */
+  unsubscribeOverlapping(topic: string): void {
+    this.unsubscribeMatching(topic, {
+      // Only MQTT 5 has Subscription Identifiers, and its UNSUBACK says which filters existed.
+      unsaid: null,
+      removed:
+        'unsubscribed filters another client with this client id left in the persistent session beside the command filter: the broker sent the gateway each command once for every filter that matched it (the copies duplicates, never written again)',
+      // A shared subscription is named by a group no message carries, so no filter can be
+      // derived for it; a message queued before the command subscription had its identifier
+      // (the first connection after an upgrade) lacks it too.
+      none: "a command came through another subscription than the command filter, and no filter matching its topic was left in the session: a shared subscription ($share/{group}/…) another client left with this client id, which the gateway cannot name, or a message queued before the command subscription had its identifier. Its copies are duplicates, never written again; remove a shared one while the gateway is stopped: mosquitto_sub -i {clientId} -c -V mqttv5 -x {sessionExpiryS} -q 1 -t '{prefix}/cmd/+' -U '$share/{group}/{filter}' -E (docs/mqtt-api.md)",
+    });
+  }
+
+  /**
+   * The UNSUBSCRIBE of unsubscribeForeign and unsubscribeOverlapping: the filters that match
+   * `topic` (filtersMatching), never the command filter; `said.removed` logs what the MQTT 5
+   * UNSUBACK says existed, `said.none` that none did, `said.unsaid` (when not null) that MQTT
+   * 3.1.1 cannot say.
+   */
+  private unsubscribeMatching(
+    topic: string,
+    said: {
+      readonly unsaid: string | null;
+      readonly removed: string;
+      /** Said at info when the UNSUBACK shows that none existed; null: at debug. */
+      readonly none: string | null;
+    },
+  ): void {
     const client = this.o.client();
     if (client?.connected !== true || this.foreignPending) return;
     if (this.foreignTopics.has(topic) || this.foreignTopics.size >= MAX_FOREIGN_TOPICS) return;
@@ -96,24 +149,27 @@ export class LeftSubscriptions {
       if (error instanceof Error) return;
       const codes = (packet as { granted?: unknown } | undefined)?.granted;
       if (!Array.isArray(codes)) {
-        this.o.logger.warn(
-          { topic: shownTopic, filters: filters.length },
-          'message on a topic no subscription of this gateway matches: unsubscribed every filter that matches it, to remove one another client with this client id left in the persistent session (MQTT 3.1.1 does not say which existed)',
-        );
+        if (said.unsaid !== null) {
+          this.o.logger.warn({ topic: shownTopic, filters: filters.length }, said.unsaid);
+        }
         return;
       }
       // MQTT 5 UNSUBACK: 0x00 removed, 0x11 no subscription existed (§3.11.3).
       const removed = filters.filter((_, i) => codes[i] === 0);
       if (removed.length === 0) {
-        this.o.logger.debug(
-          { topic: shownTopic },
-          'no filter matching a foreign topic was left in the session',
-        );
+        if (said.none === null) {
+          this.o.logger.debug(
+            { topic: shownTopic },
+            'no filter matching the topic was left in the session',
+          );
+        } else {
+          this.o.logger.info({ topic: shownTopic }, said.none);
+        }
         return;
       }
       this.o.logger.warn(
         { topic: shownTopic, removed: removed.map((f) => f.slice(0, LOGGED_TOPIC_CHARS)) },
-        'unsubscribed filters another client with this client id left in the persistent session: the broker sent the gateway what they match, and queued it for the gateway while it was away, past its queue limit (mosquitto max_queued_messages) at the cost of the commands published meanwhile',
+        said.removed,
       );
     });
   }

@@ -68,6 +68,12 @@ export interface MqttSessionOptions {
 
 /** A connection that stayed up this long resets the reconnect backoff when it ends. */
 const STABLE_CONNECTION_MS = 10_000;
+/**
+ * The Subscription Identifier of the command subscription (MQTT 5). Constant across connections
+ * and runs: the broker keeps it with the subscription in the persistent session, and messages
+ * queued there while the gateway was away carry it too.
+ */
+const COMMAND_SUBSCRIPTION_ID = 1;
 /** How long stop() waits for `offline` to be acknowledged and for a clean DISCONNECT. */
 const STOP_STEP_MS = 2_000;
 /** MQTT 5 DISCONNECT reason 0x04: the broker publishes the Will (`offline`) even so. */
@@ -133,6 +139,11 @@ export class MqttSession {
   /** When the connection came up, on the monotonic clock (clock.elapsed()); null: not connected. */
   private connectedAt: number | null = null;
   private subscribed = false;
+  /**
+   * The Subscription Identifier the command subscription is made with on the current connection
+   * (MQTT 5, when the broker's CONNACK does not say it has none); undefined otherwise.
+   */
+  private subscriptionId: number | undefined;
   /** Subscriptions an earlier configuration or another client left in the session (LeftSubscriptions). */
   private readonly left: LeftSubscriptions;
   private error: string | null = null;
@@ -320,6 +331,20 @@ export class MqttSession {
   }
 
   /**
+   * The Subscription Identifier the command subscription carries on this connection, which the
+   * broker puts on every message that subscription delivers (MQTT 5 §3.8.2.1.2); undefined over
+   * MQTT 3.1.1 and with a broker that has none.
+   */
+  get commandSubscriptionId(): number | undefined {
+    return this.subscriptionId;
+  }
+
+  /** See LeftSubscriptions.unsubscribeOverlapping. */
+  unsubscribeOverlapping(topic: string): void {
+    this.left.unsubscribeOverlapping(topic);
+  }
+
+  /**
    * Drops the connection without DISCONNECT so that the broker keeps the unacknowledged
    * messages for the session and redelivers them on the reconnection, after a backoff. The
    * broker publishes the Will (`offline`) meanwhile: the gateway is not taking commands.
@@ -450,6 +475,12 @@ export class MqttSession {
     // A duration follows (a stable connection?): the monotonic clock, which never steps.
     this.connectedAt = this.clock.elapsed();
     this.brokerMaxPacket = this.level === 5 ? connack.properties?.maximumPacketSize : undefined;
+    // A broker without Subscription Identifiers says so in its CONNACK, and would end the
+    // connection on a SUBSCRIBE that carries one (MQTT 5 §3.8.3.1, 0xA1).
+    this.subscriptionId =
+      this.level === 5 && connack.properties?.subscriptionIdentifiersAvailable !== false
+        ? COMMAND_SUBSCRIPTION_ID
+        : undefined;
     this.errorStreak = 0;
     this.error = null;
     const sessionPresent = connack.sessionPresent;
@@ -510,7 +541,19 @@ export class MqttSession {
     // MQTT 5: retained messages are not sent at subscription (retain handling 2), and the
     // retain flag is kept as published (rap), so that a command published retained — which
     // the broker would replay to every new subscriber — is refused rather than executed.
-    const options = this.level === 5 ? { qos: 1 as const, rh: 2, rap: true } : { qos: 1 as const };
+    // With a Subscription Identifier, so that a message another filter in the session delivers
+    // (a copy of a command, from a filter that overlaps this one) is told apart:
+    // CommandMessages.handle, LeftSubscriptions.unsubscribeOverlapping.
+    const id = this.subscriptionId;
+    const options =
+      this.level === 5
+        ? {
+            qos: 1 as const,
+            rh: 2,
+            rap: true,
+            ...(id === undefined ? {} : { properties: { subscriptionIdentifier: id } }),
+          }
+        : { qos: 1 as const };
     client.subscribe(this.topics.commandFilter, options, (error, granted) => {
       // A connection lost before the SUBACK: the next one subscribes again.
       if (client !== this.current || this.isEnded || !client.connected) return;
