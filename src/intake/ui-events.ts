@@ -3,6 +3,8 @@ import type { Clock } from '../core/clock.js';
 import type { CommandRecord } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
+import { resetConnection } from './https-connections.js';
+import { connectionOf, readTcpPeers } from './https-peer.js';
 import type { UiSession, UiSessions } from './ui-session.js';
 import type { UiDevice, UiGateway, UiViews } from './ui-views.js';
 
@@ -33,11 +35,30 @@ import type { UiDevice, UiGateway, UiViews } from './ui-views.js';
  * the devices and the gateway as they are then, and a `commands` cue when one was held back.
  * Every event is a whole document or a cue to fetch one, so the page misses nothing by it, and
  * the daemon holds at most one event beyond the high-water mark per stream.
+ *
+ * A page whose network vanished without a FIN (a tablet carried out of the radio's reach, a
+ * laptop's VPN dropped) is not seen by a write: the kernel takes the heartbeat and retransmits
+ * it unanswered until TCP gives up, about 15 minutes, and the stream counted against its
+ * session's four all that while, so that the operator who reopened the page after the blip was
+ * refused. So every PEER_CHECK_MS the kernel is asked whether each stream's client still
+ * acknowledges what is sent to it (https-peer.ts); a stream whose client has been silent for
+ * PEER_SILENT_MS is freed, its connection reset. The heartbeat makes sure something waits for an
+ * acknowledgement at least every HEARTBEAT_MS, so a silent client is found within
+ * HEARTBEAT_MS + PEER_SILENT_MS + PEER_CHECK_MS (50 s). A client that is there but does not read
+ * answers the kernel's window probes: it is held, as above, not freed.
  */
 
 const TICK_MS = 1_000;
 const HEARTBEAT_MS = 15_000;
 const RETRY_MS = 2_000;
+/** How often the kernel is asked whether the streams' clients still acknowledge. */
+const PEER_CHECK_MS = 5_000;
+/**
+ * A stream whose client has acknowledged nothing for this long, the kernel's retransmissions or
+ * probes unanswered, is freed. Long enough for a radio link's short fade, which TCP recovers
+ * from; a page cut so reconnects on its own within RETRY_MS and misses nothing.
+ */
+export const PEER_SILENT_MS = 30_000;
 /** Mirror changes come at every scan while a valve travels: one devices event per 200 ms. */
 const DEVICES_DEBOUNCE_MS = 200;
 /**
@@ -66,6 +87,10 @@ interface Stream {
   behind: boolean;
   /** A `commands` cue was held back while behind: one is sent when it drains. */
   commandsHeld: boolean;
+  /** The connection's key in the kernel's table (https-peer.ts), taken when it opened. */
+  readonly connection: string | null;
+  /** Since when (monotonic) the kernel has found the client silent at every look. */
+  silentSince: number | null;
 }
 
 export interface UiEventsOptions {
@@ -87,12 +112,15 @@ export class UiEvents {
   private tick: NodeJS.Timeout | null = null;
   private debounce: NodeJS.Timeout | null = null;
   private lastHeartbeatMono: number;
+  private lastPeerCheckMono: number;
+  private checkingPeers = false;
   /** The devices' queues and commands in flight at the last tick. */
   private lanes = '';
 
   constructor(options: UiEventsOptions) {
     this.o = options;
     this.lastHeartbeatMono = options.clock.elapsed();
+    this.lastPeerCheckMono = this.lastHeartbeatMono;
     const { pipeline, views } = options;
     this.unsubscribe.push(
       pipeline.onMirror((device) => {
@@ -149,6 +177,8 @@ export class UiEvents {
       lastGateway: '',
       behind: false,
       commandsHeld: false,
+      connection: res.socket === null ? null : connectionOf(res.socket),
+      silentSince: null,
     };
     this.streams.add(stream);
     // The page gone (its tab or browser closed) ends its side of the connection. The TLS socket
@@ -244,6 +274,50 @@ export class UiEvents {
       // A stream that is behind is not idle: its connection has bytes to carry already.
       if (heartbeat) this.send(stream, ': keep-alive\n\n');
     }
+    if (mono - this.lastPeerCheckMono >= PEER_CHECK_MS && !this.checkingPeers) {
+      this.lastPeerCheckMono = mono;
+      this.checkingPeers = true;
+      this.checkPeers()
+        .catch((error: unknown) => {
+          this.o.logger.error({ err: error }, 'status page event streams: peer check failed');
+        })
+        .finally(() => {
+          this.checkingPeers = false;
+        });
+    }
+  }
+
+  /** Frees the streams whose clients have acknowledged nothing for PEER_SILENT_MS. */
+  private async checkPeers(): Promise<void> {
+    const peers = await readTcpPeers();
+    // Not Linux: nothing to go by; such a stream lasts until TCP gives up, as before.
+    if (peers === null) return;
+    const mono = this.o.clock.elapsed();
+    for (const stream of this.streams) {
+      const peer = stream.connection === null ? undefined : peers.get(stream.connection);
+      if (peer?.silent !== true) {
+        stream.silentSince = null;
+        continue;
+      }
+      stream.silentSince ??= mono;
+      if (mono - stream.silentSince < PEER_SILENT_MS) continue;
+      const socket = stream.res.socket;
+      this.o.logger.info(
+        {
+          identity: stream.session.identity,
+          ip: socket?.remoteAddress,
+          unacknowledgedBytes: peer.unacknowledgedBytes,
+          silentMs: Math.round(mono - stream.silentSince),
+        },
+        'status page event stream freed: its client acknowledges nothing (network gone)',
+      );
+      this.streams.delete(stream);
+      // Reset, not closed: a FIN would wait behind the unacknowledged bytes, retransmitted to
+      // nobody until TCP gives up, the socket's buffers held meanwhile.
+      if (socket === null) stream.res.destroy();
+      else resetConnection(socket);
+    }
+    if (this.streams.size === 0) this.stopTicking();
   }
 
   /** The stream's session is still live (kept so while the page listens); else it ends. */

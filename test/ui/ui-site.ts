@@ -65,6 +65,11 @@ export interface UiSiteOptions {
    * that only waits for its commands to settle gives it less, not to wait 3 s for each.
    */
   readonly drainTravelMs?: number;
+  /**
+   * The address the HTTPS listener binds (127.0.0.1 unless given): `0.0.0.0` for a test whose
+   * client reaches it over another interface too. The helpers here still call it on loopback.
+   */
+  readonly httpsHost?: string;
 }
 
 /** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
@@ -149,7 +154,7 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
       stateDir: 'state',
       profilesDir: 'profiles',
       https: {
-        host: '127.0.0.1',
+        host: options.httpsHost ?? '127.0.0.1',
         port: 0,
         certFile: 'cert.pem',
         keyFile: 'key.pem',
