@@ -12,7 +12,7 @@ import type { Logger } from '../core/logger.js';
 import type { CommandPipeline, SubmitOutcome } from '../core/pipeline.js';
 import type { NamedIdentity } from './identities.js';
 import { OrderedAcks, PUBACK_HELD } from './mqtt-acks.js';
-import { parseCommandMessage } from './mqtt-message.js';
+import { parseCommandMessage, type CommandMessage } from './mqtt-message.js';
 import type { MessageOutcome, MqttMetrics } from './mqtt-metrics.js';
 import type { MqttPublisher } from './mqtt-publisher.js';
 import type { ResponseRoute } from './mqtt-response-routes.js';
@@ -32,6 +32,8 @@ export interface CommandLink {
   readonly commandSubscriptionId: number | undefined;
   /** Unsubscribes the filters beside the command filter that deliver a command topic. */
   unsubscribeOverlapping(topic: string): void;
+  /** The MQTT version of the connection: 5, or 4 (3.1.1). */
+  readonly protocolLevel: 4 | 5;
 }
 
 export interface CommandMessagesOptions {
@@ -68,6 +70,22 @@ const ACK: Handling = { kind: 'ack', durable: true };
  * long as the journal failed (SPEC §5: acknowledged, so that it does not redeliver).
  */
 const ACK_NOW: Handling = { kind: 'ack', durable: false };
+
+/** Said of an untimed redelivery over MQTT 5 (CommandMessages.handle). */
+const UNTIMED_REDELIVERY =
+  '(message): a redelivery (DUP) without a Message Expiry Interval: if it was published with one, the interval ran out while it waited for its redelivery (a broker sends such a message without it), and it is stale';
+
+/** Keys of commands timed by their Message Expiry Interval remembered, at most (ExpiryTimed). */
+const MAX_EXPIRY_TIMED = 10_000;
+
+/**
+ * A command timed by its MQTT 5 Message Expiry Interval alone (no issuedAt), as first delivered:
+ * how much of its interval was left, and when it was received (monotonic).
+ */
+interface ExpiryTimed {
+  readonly expiryS: number;
+  readonly receivedAt: number;
+}
 
 /** A message that names a device and a key, as far as it got. */
 interface Received {
@@ -109,6 +127,11 @@ export class CommandMessages {
   private isTaking = true;
   /** The PUBACKs held for barriers, of the client messages come from (one per session). */
   private acks: OrderedAcks | null = null;
+  /**
+   * Commands delivered with a Message Expiry Interval and no issuedAt, by key, the oldest first
+   * (see expiredRedelivery). In memory: a restart forgets them.
+   */
+  private readonly expiryTimed = new Map<string, ExpiryTimed>();
 
   constructor(options: CommandMessagesOptions) {
     this.pipeline = options.pipeline;
@@ -281,6 +304,8 @@ export class CommandMessages {
       acceptUntimed: this.acceptUntimed,
       keysKeptS: this.keysKeptS,
     });
+    const expired = this.expiredRedelivery(packet, message, device, receivedAt);
+    if (expired !== null) return expired;
     if (
       message.kind === 'malformed' &&
       message.untimed !== undefined &&
@@ -319,17 +344,27 @@ export class CommandMessages {
         message.key !== null || route !== undefined
           ? 'acknowledged and answered'
           : 'acknowledged, not answered (no key for the result topic, no Response Topic)';
+      // A redelivery over MQTT 5 that came untimed may have lost its interval on the way: a
+      // broker redelivers a message whose interval ran out without it (expiredRedelivery). Not
+      // known here (not seen with one in this run): both are said.
+      const perhapsExpired =
+        message.cause === 'untimed' && packet.dup && this.link.protocolLevel === 5;
+      const errors: readonly string[] = perhapsExpired
+        ? [...message.errors, UNTIMED_REDELIVERY]
+        : message.errors;
       this.logger.warn(
-        { key: message.key, device, code: message.code, detail: message.detail },
-        message.cause === 'untimed'
-          ? `untimed command refused (no issuedAt, no message expiry): ${how}, nothing written`
-          : `malformed command message ${how}`,
+        { key: message.key, device, code: message.code, detail: errors.join('; ') },
+        message.cause !== 'untimed'
+          ? `malformed command message ${how}`
+          : perhapsExpired
+            ? `untimed command refused (no issuedAt, and redelivered without a message expiry: none was set, or it ran out): ${how}, nothing written`
+            : `untimed command refused (no issuedAt, no message expiry): ${how}, nothing written`,
       );
       this.decide(message.cause === 'untimed' ? 'untimed' : 'invalid');
       this.publisher.error({ key: message.key, device }, route, receivedAt, {
         code: message.code,
-        detail: message.detail,
-        errors: message.errors,
+        detail: errors.join('; '),
+        errors,
       });
       return ACK_NOW;
     }
@@ -536,6 +571,63 @@ export class CommandMessages {
       detail:
         'the journal could not make this command durable; it may not have been kept: publish it again with the same key (it runs at most once), at QoS 1 so that the broker redelivers it',
     });
+  }
+
+  /**
+   * A redelivery whose MQTT 5 Message Expiry Interval ran out before it could be taken. A command
+   * timed by its interval alone, first delivered when it could not be claimed (the journal
+   * unavailable: withheld, the connection dropped), is redelivered (DUP) on the next connection
+   * with what is left of its interval; Mosquitto sends one whose interval has run out within the
+   * current second without the property (measured on 2.0.11: none left is "no expiry" on the
+   * wire) and drops it after that. It came untimed, and was refused as a command sent with
+   * neither issuedAt nor message expiry — which its issuer had not done. Such a redelivery of a
+   * command seen with an interval in this run, and not in the journal, is refused as what it is:
+   * stale, its interval run out, nothing written; whether the site accepts untimed commands or
+   * not (the issuer bounded its wait). One the journal holds is a retry, answered as one.
+   * Otherwise null; every command timed by its interval is remembered here.
+   */
+  private expiredRedelivery(
+    packet: IPublishPacket,
+    message: CommandMessage,
+    device: string,
+    receivedAt: number,
+  ): Handling | null {
+    const untimed =
+      message.kind === 'command'
+        ? message.request.issuedAt === null
+          ? message
+          : undefined
+        : message.untimed;
+    if (untimed === undefined) return null;
+    const expiryS = packet.properties?.messageExpiryInterval;
+    if (expiryS !== undefined) {
+      this.expiryTimed.delete(untimed.key);
+      this.expiryTimed.set(untimed.key, { expiryS, receivedAt: this.clock.elapsed() });
+      for (const oldest of this.expiryTimed.keys()) {
+        if (this.expiryTimed.size <= MAX_EXPIRY_TIMED) break;
+        this.expiryTimed.delete(oldest);
+      }
+      return null;
+    }
+    const first = this.expiryTimed.get(untimed.key);
+    if (!packet.dup || first === undefined) return null;
+    if (this.pipeline.get({ scope: this.identity.scope, key: untimed.key }) !== undefined) {
+      return null;
+    }
+    const agoS = Math.round((this.clock.elapsed() - first.receivedAt) / 1000);
+    const detail = `Message Expiry Interval: ran out before the command could be taken. It was delivered with ${first.expiryS} s left ${agoS} s ago and not taken then (left with the broker: see the log then), and the broker redelivered it at the end of its interval, without one: it is stale; nothing was written`;
+    const route = this.publisher.responseRoute(packet, { key: untimed.key, device });
+    this.logger.warn(
+      { key: untimed.key, device, code: 'INVALID_COMMAND', detail },
+      'command redelivered after its message expiry ran out: refused and answered, nothing written',
+    );
+    this.decide('expired');
+    this.publisher.error({ key: untimed.key, device }, route, receivedAt, {
+      code: 'INVALID_COMMAND',
+      detail,
+      errors: [detail],
+    });
+    return ACK_NOW;
   }
 
   /**

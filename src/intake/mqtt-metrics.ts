@@ -8,6 +8,7 @@ export type MessageOutcome =
   | 'key_reused'
   | 'invalid'
   | 'untimed'
+  | 'expired'
   | 'unknown_device'
   | 'journal_unavailable'
   | 'withheld'
