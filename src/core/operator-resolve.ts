@@ -136,7 +136,10 @@ export async function resolveAndSync(
  * The resolve of this operator with this reason, as OperatorActions.resolve words its detail:
  * `resolved by <who>: <reason>; <note>`. The note is one of writeNote's: a detail that merely
  * begins with the reason and "; " (the reason "valve closed" against an earlier "valve closed;
- * checked") is another operator's request, refused as settled, not replayed.
+ * checked") is another operator's request, refused as settled, not replayed. So is one whose rest
+ * begins as a note but goes on, after a "; ", with another note's beginning: that rest is the end
+ * of the earlier reason ("valve closed; nothing was written to the controller by the fitter")
+ * and then the note. No note has a note's beginning after a "; " of its own.
  */
 function resolvedBy(record: CommandRecord, by: string, reason: string): boolean {
   const prefix = `resolved by ${by}: ${reason}; `;
@@ -144,7 +147,10 @@ function resolvedBy(record: CommandRecord, by: string, reason: string): boolean 
     return false;
   }
   const note = record.detail.slice(prefix.length);
-  return WRITE_NOTE_BEGINNINGS.some((beginning) => note.startsWith(beginning));
+  return (
+    WRITE_NOTE_BEGINNINGS.some((beginning) => note.startsWith(beginning)) &&
+    !WRITE_NOTE_BEGINNINGS.some((beginning) => note.includes(`; ${beginning}`))
+  );
 }
 
 /** An ALREADY_SETTLED answer that says when and how: an operator's resolve names who and why. */

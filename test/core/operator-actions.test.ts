@@ -1,4 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { systemClock } from '../../src/core/clock.js';
+import { resolveAndSync } from '../../src/core/operator-resolve.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -87,5 +89,34 @@ describe('resolve of a dispatched command', () => {
     const next = await h.settled('k2');
     expect(next).toMatchObject({ state: 'confirmed' });
     expect(h.device('v1').writeLog.map((w) => w.seq)).toEqual([next.seq]);
+  });
+});
+
+describe('the same resolve asked again', () => {
+  it("is told from another operator's request whose reason the first one's goes on from with a note's words", async () => {
+    h = await SimHarness.start();
+    // Reads take 300 ms: the command is still reading its device, accepted, when resolved.
+    h.plant.plc('mb').setFault({ kind: 'latency', ms: 300, on: 'read' });
+    const { record } = h.submit('k1', { device: 'v1', action: 'open' });
+    const ref = { scope: record.scope, key: record.key };
+    const ask = (reason: string) =>
+      resolveAndSync(h!.pipeline, systemClock, { ref, by: 'ops@test', reason }, () => undefined);
+    // An operator's reason whose rest, after its "; ", begins as the daemon's note does.
+    const first = await ask('valve jammed; nothing was written to the controller by the fitter');
+    expect(first).toMatchObject({ kind: 'durable', replayed: false });
+    // Ground truth: the journal holds that resolve, and its detail.
+    expect(h.get('k1')).toMatchObject({
+      state: 'failed',
+      code: 'RESOLVED_BY_OPERATOR',
+      detail:
+        'resolved by ops@test: valve jammed; nothing was written to the controller by the fitter; nothing was written to the controller',
+    });
+    // The same operator with the reason the first one begins with is another request: refused
+    // as settled, not told that its own resolve took effect.
+    const shorter = await ask('valve jammed');
+    expect(shorter).toMatchObject({ kind: 'refused', status: 409, code: 'ALREADY_SETTLED' });
+    // The very same request is the resolve it was.
+    const same = await ask('valve jammed; nothing was written to the controller by the fitter');
+    expect(same).toMatchObject({ kind: 'durable', replayed: true });
   });
 });
