@@ -600,6 +600,7 @@ export class Daemon {
       https: this.https,
       gatewayClock: this.clocks.gateway,
       onUnsynced: this.config.clock.onUnsynced,
+      elapsed: () => this.clock.elapsed(),
     };
   }
 

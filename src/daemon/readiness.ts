@@ -23,10 +23,28 @@ export interface Readiness {
 
 /**
  * A device whose last readback is older than this counts as unreachable for readiness. Reads
- * that fail make it unreachable at once (runChecks); this bound is for a device whose reads
- * neither succeed nor fail.
+ * that keep failing make it unreachable sooner (READS_FAILING_MS); this bound is for a device
+ * whose reads neither succeed nor fail.
  */
 export const READBACK_STALE_MS = 15_000;
+
+/**
+ * How long a device's reads must keep failing before readiness counts it unreachable: at least
+ * READ_FAILURES_UNREACHABLE reads failed in a row, the first of them this long ago (monotonic).
+ *
+ * One failed read between good ones (a connection reset and opened again at the next read, a
+ * reply lost, a PLC busy for a scan) neither moves the device nor fails a command on it: a
+ * command reads until its deadline and writes at the first good read. Counted unreachable at
+ * once, it turned /readyz not ready for one read cycle, and a load balancer or a systemd
+ * consumer saw the gateway flap. A count alone would not tell a blip from an outage: one lost
+ * connection fails every read queued on it at once (a command's readback, the monitor's, the
+ * controller clock's), several in a row within a millisecond. A duration alone would count one
+ * failed read followed by a slow one. With the idle-device monitor's 1 s pace and the default
+ * request timeouts, a device that stops answering is counted unreachable 3 to 5 s after its
+ * first failed read, well before READBACK_STALE_MS.
+ */
+export const READS_FAILING_MS = 3_000;
+export const READ_FAILURES_UNREACHABLE = 2;
 
 /**
  * How long a /readyz answer reuses the journal's last successful proof write and its last list
@@ -71,6 +89,8 @@ export interface ReadinessParts {
   readonly https: { host: string; port: number } | null;
   readonly gatewayClock: GatewayClock;
   readonly onUnsynced: 'warn' | 'reject';
+  /** The pipeline's monotonic clock (Clock.elapsed): how long a device's reads have failed. */
+  readonly elapsed: () => number;
 }
 
 interface Check {
@@ -205,14 +225,21 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
     // as read a moment ago for as long as the step.
     const age = d.readbackAgeMs === null ? null : Math.round(d.readbackAgeMs);
     const reached = age !== null && age < READBACK_STALE_MS;
-    // Reads that fail now say more of the device than the image the last good one returned:
-    // they are said below.
-    if (
-      reached &&
-      d.readError === null &&
-      d.imageUnchangedMs !== null &&
-      imageFrozen(d.imageUnchangedMs)
-    ) {
+    const failing = d.readError;
+    const failingForMs = failing === null ? 0 : Math.max(0, parts.elapsed() - failing.sinceMono);
+    // Reads that keep failing (READS_FAILING_MS) count the device unreachable, as they leave a
+    // command nothing to write on; a run still shorter is said, and judged by the last good read.
+    const failed =
+      failing !== null &&
+      failing.failures >= READ_FAILURES_UNREACHABLE &&
+      failingForMs >= READS_FAILING_MS;
+    const failures =
+      failing === null
+        ? null
+        : `reads fail since ${new Date(failing.since).toISOString()} (${failing.failures} in a row): ${failing.message}`;
+    // Reads that keep failing say more of the device than the image the last good one
+    // returned: they are said below.
+    if (reached && !failed && d.imageUnchangedMs !== null && imageFrozen(d.imageUnchangedMs)) {
       const unchanged = wholeMs(d.imageUnchangedMs);
       const scan = d.mirror?.sourceTime ?? null;
       checks[`device:${d.id}`] = {
@@ -222,24 +249,17 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
       };
       continue;
     }
-    // Unreachable from the first failed read, as a command finds it: a command reads its
-    // device before it writes, writes nothing while its reads fail, and ends
-    // DEVICE_UNREACHABLE with their error if none succeeds by its deadline. A young mirror
-    // says nothing of now: judged by its age alone, a device whose every read failed (the PLC
-    // answering nothing, resetting the connection, refusing the reads) stayed ready for up to
-    // READBACK_STALE_MS. The PLC's unreachable grace is no bound here: it is how long taking
-    // up an open command keeps reading, not whether the device answers now.
-    const ok = reached && d.readError === null;
+    // A young mirror says nothing of now: judged by its age alone, a device whose every read
+    // failed (the PLC answering nothing, resetting the connection, refusing the reads) stayed
+    // ready for up to READBACK_STALE_MS. The PLC's unreachable grace is no bound here: it is
+    // how long taking up an open command keeps reading, not whether the device answers now.
+    const ok = reached && !failed;
     // The device's own failing reads say why; else its connection's last error may.
-    const failing =
-      d.readError === null
-        ? null
-        : `reads fail since ${new Date(d.readError.since).toISOString()} (${d.readError.failures} in a row): ${d.readError.message}`;
-    const why = failing ?? d.health.lastError;
+    const why = failures ?? d.health.lastError;
     checks[`device:${d.id}`] = {
       ok,
       detail: ok
-        ? `readback ${age} ms ago`
+        ? `readback ${age} ms ago${failures === null ? '' : `; ${failures}; unreachable if they fail for ${READS_FAILING_MS} ms`}`
         : `no readback for ${age === null ? 'ever' : `${age} ms`}${why === null ? '' : `: ${why}`}`,
       brief: age === null ? `${d.id} not read yet` : `${d.id} unreachable`,
     };

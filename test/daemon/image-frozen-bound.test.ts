@@ -1,7 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { IMAGE_FROZEN_MS, imageFrozen, type DeviceView } from '../../src/core/device-monitor.js';
 import { noWrites } from '../../src/core/lane.js';
-import { statusLine, type ReadinessParts } from '../../src/daemon/readiness.js';
+import {
+  READ_FAILURES_UNREACHABLE,
+  READS_FAILING_MS,
+  statusLine,
+  type ReadinessParts,
+} from '../../src/daemon/readiness.js';
 import { deviceDocument } from '../../src/intake/device-view.js';
 
 /**
@@ -49,8 +54,11 @@ function view(imageUnchangedMs: number): DeviceView {
   };
 }
 
-/** The parts the STATUS= line reads: a journal that has not failed, no intake, no clock source. */
-function parts(device: DeviceView): ReadinessParts {
+/**
+ * The parts the STATUS= line reads: a journal that has not failed, no intake, no clock source;
+ * the monotonic clock at `nowMono`.
+ */
+function parts(device: DeviceView, nowMono = 0): ReadinessParts {
   return {
     journal: {
       checkWritable: () => undefined,
@@ -74,6 +82,7 @@ function parts(device: DeviceView): ReadinessParts {
       }),
     },
     onUnsynced: 'warn',
+    elapsed: () => nowMono,
   } as unknown as ReadinessParts;
 }
 
@@ -99,24 +108,45 @@ describe('the frozen-image bound', () => {
 });
 
 describe('reads that fail after a good one (readyz-failing-reads.test.ts on the daemon)', () => {
-  const failing = (imageUnchangedMs: number): DeviceView => ({
+  /** Reads failed `failures` times in a row, the first at monotonic 0. */
+  const failing = (imageUnchangedMs: number, failures: number): DeviceView => ({
     ...view(imageUnchangedMs),
     readError: {
       message: 'mb: read 0+8: Timed out',
       since: Date.parse('2026-12-05T12:00:15Z'),
       lastAt: Date.parse('2026-12-05T12:00:15Z'),
-      failures: 1,
+      failures,
       sinceMono: 0,
     },
   });
 
-  it('a young readback does not keep the device ready: the STATUS= line says it unreachable', () => {
-    const line = statusLine(parts(failing(0)), { total: 0, open: 0 });
+  it('a young readback does not keep the device ready once its reads have kept failing: unreachable', () => {
+    const line = statusLine(parts(failing(0, READ_FAILURES_UNREACHABLE), READS_FAILING_MS), {
+      total: 0,
+      open: 0,
+    });
     expect(line).toMatch(/^not ready \(v1 unreachable\): /);
   });
 
-  it('reads that fail now are said rather than the frozen image of the last good one', () => {
-    const line = statusLine(parts(failing(IMAGE_FROZEN_MS + 1_000)), { total: 0, open: 0 });
-    expect(line).toMatch(/^not ready \(v1 unreachable\): /);
+  it('one failed read, or a burst of them from one lost connection, does not make it unreachable', () => {
+    // A single failed read however long ago (the next read is slow, not failed yet).
+    expect(statusLine(parts(failing(0, 1), 2 * READS_FAILING_MS), { total: 0, open: 0 })).toMatch(
+      /^ready: /,
+    );
+    // Reads queued on one connection fail together when it is lost: many, within a moment.
+    expect(statusLine(parts(failing(0, 5), READS_FAILING_MS - 1), { total: 0, open: 0 })).toMatch(
+      /^ready: /,
+    );
+  });
+
+  it('reads that keep failing are said rather than the frozen image of the last good one', () => {
+    const frozen = failing(IMAGE_FROZEN_MS + 1_000, READ_FAILURES_UNREACHABLE);
+    expect(statusLine(parts(frozen, READS_FAILING_MS), { total: 0, open: 0 })).toMatch(
+      /^not ready \(v1 unreachable\): /,
+    );
+    // One failed read does not hide the frozen image.
+    expect(statusLine(parts(frozen, 10), { total: 0, open: 0 })).toMatch(
+      /^not ready \(v1 image frozen\): /,
+    );
   });
 });

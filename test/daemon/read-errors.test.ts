@@ -5,6 +5,7 @@ import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
+import { READS_FAILING_MS } from '../../src/daemon/readiness.js';
 import type { DeviceDocument } from '../../src/intake/device-view.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
@@ -278,10 +279,18 @@ describe('a device whose reads keep failing says why', () => {
     valve.setFault({ kind: 'exception', code: 2, on: 'read' });
     const first = await failingFor('flaky-valve', 5);
     expect(first.connectivity.readError?.message).toContain(EXCEPTION_02);
-    // The mirror is young still, and the device is not ready: its reads fail (as a command's
-    // would: readyz-failing-reads.test.ts), and /readyz says so.
-    const readyz = await https('/readyz');
-    expect(readyz.status).toBe(503);
+    // The mirror is young still, and the device is not ready once its reads have kept failing
+    // for READS_FAILING_MS (as a command's would: readyz-failing-reads.test.ts), and /readyz
+    // says so.
+    const readyz = await until(
+      async () => {
+        const answer = await https('/readyz');
+        const checks = answer.json().checks as Record<string, { ok: boolean }>;
+        return checks['device:flaky-valve']?.ok === false ? answer : undefined;
+      },
+      READS_FAILING_MS + 10_000,
+      'flaky-valve not ready',
+    );
     const ready = readyz.json().checks as Record<string, { ok: boolean; detail: string }>;
     expect(ready['device:flaky-valve']?.ok).toBe(false);
     expect(ready['device:flaky-valve']?.detail).toMatch(

@@ -2,7 +2,11 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { READBACK_STALE_MS } from '../../src/daemon/readiness.js';
+import {
+  READ_FAILURES_UNREACHABLE,
+  READBACK_STALE_MS,
+  READS_FAILING_MS,
+} from '../../src/daemon/readiness.js';
 import type { DeviceDocument } from '../../src/intake/device-view.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import type { DeviceFaultInput } from '../../simulators/plc.js';
@@ -13,25 +17,28 @@ import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 
 /**
- * A device whose reads fail is not ready from its first failed read, as a command finds it
- * (it writes nothing until a read succeeds). /readyz judged the device by its last readback's
- * age alone and called it ready, "readback 3000 ms ago; reads fail since …", for up to
- * READBACK_STALE_MS (15 s) while the PLC answered nothing. Through the whole daemon on a real
- * sluice-sim plant, each fault on its own PLC (a reset takes the PLC's connection down, and
- * the other devices would fail with it): the PLC resetting the connection at every read, not
- * answering (reads dropped), holding every read (a stall); and a refused read (exception) on
- * a healthy connection. The idle-device monitor reads at its default pace (1 s), the Modbus
- * requests time out at their default (1 s).
+ * A device whose reads keep failing is not ready once they have failed for READS_FAILING_MS,
+ * as a command finds it (it writes nothing until a read succeeds). /readyz judged the device by
+ * its last readback's age alone and called it ready, "readback 3000 ms ago; reads fail since …",
+ * for up to READBACK_STALE_MS (15 s) while the PLC answered nothing. One failed read between
+ * good ones does not turn it: counted unreachable from the first failed read, the gateway was
+ * not ready for a read cycle at every blip, and a load balancer or a systemd consumer saw it
+ * flap. Through the whole daemon on a real sluice-sim plant, each fault on its own PLC (a reset
+ * takes the PLC's connection down, and the other devices would fail with it): the PLC resetting
+ * the connection at every read, not answering (reads dropped), holding every read (a stall); a
+ * refused read (exception) on a healthy connection; and one refused read among good ones. The
+ * idle-device monitor reads at its default pace (1 s), the Modbus requests time out at their
+ * default (1 s).
  */
 
 const TOKEN = 'readyz-failing-token';
 
 /**
- * The time the check has to turn after the fault is set: a read or two and a request timeout
- * at most, with room for a loaded machine, and well under READBACK_STALE_MS — the bound the
- * check turned at before.
+ * The time the check has to turn after the fault is set: a read and a request timeout before
+ * the first failed read, READS_FAILING_MS of them, with room for a loaded machine, and under
+ * READBACK_STALE_MS — the bound the check turned at before.
  */
-const TURN_WITHIN_MS = READBACK_STALE_MS / 2;
+const TURN_WITHIN_MS = READS_FAILING_MS + 6_000;
 
 let plant: Plant;
 let daemon: Daemon;
@@ -96,6 +103,7 @@ beforeAll(async () => {
         stalls: plc('stalled-valve'),
         refuses: plc('refused-valve'),
         steady: plc('steady-valve'),
+        blips: plc('blip-valve'),
       },
     },
     { ephemeralPorts: true, control: false },
@@ -110,7 +118,13 @@ beforeAll(async () => {
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
   });
-  for (const id of ['reset-valve', 'silent-valve', 'stalled-valve', 'refused-valve']) {
+  for (const id of [
+    'reset-valve',
+    'silent-valve',
+    'stalled-valve',
+    'refused-valve',
+    'blip-valve',
+  ]) {
     await readyAgain(id);
   }
 }, 60_000);
@@ -142,7 +156,59 @@ async function turnsOn(id: string, fault: DeviceFaultInput): Promise<Check & { a
 /** The not-ready detail: when reads began to fail, how many, the error; the readback's age. */
 const FAILING = /^no readback for (\d+) ms: reads fail since (\S+Z) \((\d+) in a row\): (.+)$/;
 
-describe('/readyz: a device whose reads fail is not ready from the first failed read', () => {
+describe('/readyz: a device whose reads keep failing is not ready; one failed read does not turn it', () => {
+  it('one refused read between good ones: ready throughout, the failed read said; refused reads that go on turn it', async () => {
+    const valve = plant.device('blip-valve');
+    const answers: Check[] = [];
+    /** The device's check, every answer kept: none may have been not ready. */
+    const observed = async (): Promise<Check> => {
+      const check = await deviceCheck('blip-valve');
+      answers.push(check);
+      return check;
+    };
+    valve.setFault({ kind: 'exception', code: 4, on: 'read', count: 1 });
+    // The event: /readyz shows the failed read (it stands until the next read succeeds, a
+    // second later).
+    const blip = await until(
+      async () => {
+        const c = await observed();
+        return c.detail.includes('reads fail since') ? c : undefined;
+      },
+      TURN_WITHIN_MS,
+      "blip-valve's failed read in /readyz",
+    );
+    expect(blip).toMatchObject({ status: 200, ok: true });
+    expect(blip.detail).toMatch(
+      /^readback \d+ ms ago; reads fail since \S+Z \(1 in a row\): .*Modbus exception 0x04 \(server device failure\); unreachable if they fail for \d+ ms$/,
+    );
+    // Ground truth: the PLC refused that one read (the fault has cleared itself) ...
+    expect(valve.faults()).toEqual([]);
+    const served = valve.readLog.length;
+    // ... and the next read is answered: the failure ends, without the check having turned.
+    const recovered = await until(
+      async () => {
+        const c = await observed();
+        return c.detail.includes('reads fail') ? undefined : c;
+      },
+      TURN_WITHIN_MS,
+      'blip-valve read again',
+    );
+    expect(recovered.detail).toMatch(/^readback \d+ ms ago$/);
+    expect(valve.readLog.length).toBeGreaterThan(served);
+    expect(answers.filter((a) => !a.ok || a.status !== 200)).toEqual([]);
+
+    // Refused reads that go on: not ready, once they have failed for READS_FAILING_MS.
+    const check = await turnsOn('blip-valve', { kind: 'exception', code: 4, on: 'read' });
+    expect(check.status).toBe(503);
+    const [, , since, failures] = FAILING.exec(check.detail) ?? [];
+    expect(check.detail).toMatch(FAILING);
+    expect(Number(failures)).toBeGreaterThanOrEqual(READ_FAILURES_UNREACHABLE);
+    // Counted from the first failed read (the daemon's wall clock, this process's).
+    expect(Date.now() - Date.parse(since!)).toBeGreaterThanOrEqual(READS_FAILING_MS - 50);
+    valve.clearFault('exception');
+    expect((await readyAgain('blip-valve')).detail).toMatch(/^readback \d+ ms ago$/);
+  }, 60_000);
+
   it('the PLC resets the connection at every read: not ready, a command on it writes nothing; ready once it answers', async () => {
     const valve = plant.device('reset-valve');
     const check = await turnsOn('reset-valve', { kind: 'reset', when: 'before', on: 'read' });
