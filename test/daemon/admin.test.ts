@@ -141,9 +141,22 @@ describe('admin endpoint', () => {
       },
     });
     await until(() => (valve.counters.writesReceived === 1 ? true : undefined), 5_000, 'the write');
-    const devices = (await admin('GET', '/v1/devices')).json.devices as {
-      inFlight: string | null;
-    }[];
+    // The resolve comes once the daemon has read the write's echo back while the command is
+    // open. Resolved before (a loaded machine: the admin request overtakes the readbacks), the
+    // command ends with its write in doubt, and the next readback showing the echo adds a note
+    // to its history after the resolve (late-echo.ts): a history of another shape.
+    const devices = await until(
+      async () => {
+        const list = (await admin('GET', '/v1/devices')).json.devices as {
+          inFlight: string | null;
+          mirror: { seq: number | null } | null;
+        }[];
+        const echoed = valve.snapshot().seqEcho;
+        return echoed !== 0 && list[0]?.mirror?.seq === echoed ? list : undefined;
+      },
+      5_000,
+      "the write's echo read back",
+    );
     expect(devices[0]?.inFlight).toBe('stuck-1');
 
     const noReason = await admin('POST', '/v1/commands/stuck-1/resolve', {
