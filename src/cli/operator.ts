@@ -1,9 +1,11 @@
 import { hostname, userInfo } from 'node:os';
+import { shellWord } from '../shell-word.js';
 import { AdminClient, AnswerLostError } from './admin-client.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, UsageError, type ExitCode } from './errors.js';
 import { isResultDocument, resultFields, type ResultDocument } from './result-view.js';
 import { renderFields } from './table.js';
+import { keyWords } from './typed-back.js';
 
 /**
  * `reverify` and `resolve`: the operator's two ways to settle an open command, both through the
@@ -84,9 +86,8 @@ export async function runReverify(
 
 /** `sluicectl show KEY [--scope S]`, as it can be typed back. */
 function showLine(ctx: CliContext, key: string, scope: string | undefined): string {
-  const config = ctx.configExplicit ? ` --config ${ctx.configPath}` : '';
-  const scoped = scope === undefined ? '' : ` --scope ${scope}`;
-  return `sluicectl${config} show${scoped} ${key.startsWith('-') ? '-- ' : ''}${key}`;
+  const config = ctx.configExplicit ? ` --config ${shellWord(ctx.configPath)}` : '';
+  return `sluicectl${config} show ${keyWords(key, scope)}`;
 }
 
 export interface ResolveOptions {

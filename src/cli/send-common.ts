@@ -3,6 +3,7 @@ import { shellWord } from '../shell-word.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT } from './errors.js';
 import type { ResultDocument } from './result-view.js';
+import { keyWords } from './typed-back.js';
 
 /** What `send` and its two intakes (send-https.ts, send-mqtt.ts) share. */
 
@@ -74,7 +75,7 @@ export function refused(
   const hint =
     code === 'IDEMPOTENCY_KEY_REUSED'
       ? `; key ${target.key} names a different command (device, action, position, issuedAt and ttl are compared): ` +
-        `see sluicectl show ${target.key}, repeat its --issued-at and --ttl, or use a new key`
+        `see sluicectl show ${keyWords(target.key)}, repeat its --issued-at and --ttl, or use a new key`
       : code === 'UNAUTHORIZED'
         ? '; check --token-file / SLUICE_TOKEN'
         : '';
@@ -116,8 +117,7 @@ export function retryHint(target: SendTarget): string {
     ...(options.mqttCert === undefined ? [] : ['--mqtt-cert', shellWord(options.mqttCert)]),
     ...(options.mqttKey === undefined ? [] : ['--mqtt-key', shellWord(options.mqttKey)]),
   ].join(' ');
-  // A key that begins with '-' would read as an option: `--` ends them.
-  const show = `${sluicectl} show ${key.startsWith('-') ? '-- ' : ''}${shellWord(key)}`;
+  const show = `${sluicectl} show ${keyWords(key)}`;
   return `look it up with: ${show}; or send it again with the same key (a retry is never actuated twice; a run without --key would be a new command): ${line}`;
 }
 

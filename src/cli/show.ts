@@ -8,6 +8,7 @@ import { formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
 import { findCommand, withJournal } from './journal-reader.js';
 import { observationText, outcomeText } from './result-view.js';
+import { keyWords } from './typed-back.js';
 import { clean, renderFields, renderTable, stateTone, type Field, type Tone } from './table.js';
 
 /** `sluicectl show KEY`: the whole story of one command, from the journal (views/command-show.ts). */
@@ -30,7 +31,7 @@ export async function runShow(
     ctx.outJson({ ...shown, advice });
     return EXIT.OK;
   }
-  ctx.out(renderStory(shown, shown.open, now, ctx, advice));
+  ctx.out(renderStory(shown, shown.open, now, ctx, advice, scope));
   return EXIT.OK;
 }
 
@@ -81,7 +82,12 @@ function hitsText(hits: readonly Hit[], now: number): string {
  * runs first; a dispatched one, the readback that settles its write, whose effect is unknown
  * until then. "Not settled yet" alone left an operator guessing whether anything was happening.
  */
-function waitingText(s: CommandStory, open: OpenStatus | null, now: number): string | null {
+function waitingText(
+  s: CommandStory,
+  open: OpenStatus | null,
+  now: number,
+  scope: string | undefined,
+): string | null {
   if (s.state === 'accepted') {
     // Only for a device the configuration has: no worker takes one it no longer has.
     const expired =
@@ -101,7 +107,7 @@ function waitingText(s: CommandStory, open: OpenStatus | null, now: number): str
   if (s.state !== 'dispatched' || s.dispatch === null) return null;
   return (
     `${settlingText(s.dispatch.seq, relative(Date.parse(s.dispatch.at), now))}. ` +
-    `Read it now: sluicectl reverify ${s.key}`
+    `Read it now: sluicectl reverify ${keyWords(s.key, scope)}`
   );
 }
 
@@ -147,6 +153,8 @@ function renderStory(
   now: number,
   ctx: CliContext,
   advice: string | null,
+  /** The --scope given: the lines printed to run next need it too. */
+  scope: string | undefined,
 ): string {
   const style = ctx.style;
   const at = (iso: string): string => `${iso} (${relative(Date.parse(iso), now)})`;
@@ -215,13 +223,13 @@ function renderStory(
     s.outcome === null
       ? open?.overdueMs !== null && open?.overdueMs !== undefined
         ? `STUCK: still ${s.state}, ${formatDuration(open.overdueMs)} past ${open.stuckReason ?? 'its bound'}; ` +
-          `settle it: sluicectl reverify ${s.key}, or sluicectl resolve ${s.key} --as failed --reason "…"`
+          `settle it: sluicectl reverify ${keyWords(s.key, scope)}, or sluicectl resolve --as failed --reason "…" ${keyWords(s.key, scope)}`
         : `still ${s.state}: not settled yet (${formatDuration(open?.ageMs ?? 0)} open)`
       : `${outcomeText(s.outcome.state, s.outcome.code, s.outcome.faultCode)} ${at(s.outcome.settledAt)}`,
     s.outcome === null ? (open?.stuck === true ? 'bad' : null) : stateTone(s.outcome.state),
   ]);
   if (advice !== null) story.push(['what to do', advice, 'warn']);
-  const waiting = s.outcome === null ? waitingText(s, open, now) : null;
+  const waiting = s.outcome === null ? waitingText(s, open, now, scope) : null;
   if (waiting !== null) story.push(['waiting for', waiting, 'warn']);
   out.push('\n', renderFields(story, style));
 

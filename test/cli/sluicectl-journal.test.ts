@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
@@ -377,6 +377,77 @@ describe('show', () => {
     );
     expect(run.stdout).toMatch(/recovery\s+note\s+dispatched\s+taken up again/);
     expect(run.stdout).toContain('none yet: the command is open');
+  });
+
+  it('prints the lines to run next as a shell reads them back, whatever the key holds', async () => {
+    // Keys are printable ASCII: an issuer may put `;`, `$(…)` or a leading `-` in one. The
+    // lines show prints are meant to be pasted: a real shell must read them back as sluicectl
+    // with the key as one argument, nothing else run. Ground truth: the words sh passes.
+    const fresh = join(dir, `typed-back-${Math.random().toString(16).slice(2)}`);
+    const path = join(fresh, 'journal.db');
+    const now = Date.now();
+    const injected = 'k;echo${IFS}INJECTED';
+    const dashed = '-k$(echo${IFS}INJECTED)';
+    const journal = SqliteJournal.open({ path });
+    try {
+      const open = (key: string, scope: string, agoMs: number): void => {
+        const acceptedAt = now - agoMs;
+        const { record } = journal.claim({
+          scope,
+          key,
+          fingerprint: `fp-${scope}-${key}`,
+          device: 'outlet-valve',
+          action: 'open',
+          position: null,
+          issuedAt: acceptedAt,
+          issuedAtSource: 'issuer',
+          ttlMs: 30_000,
+          deadline: acceptedAt + 30_000,
+          intake: 'mqtt',
+          acceptedAt,
+        });
+        const before = {
+          state: 'CLOSED',
+          position: 0,
+          seq: 0,
+          faultCode: null,
+          sourceTime: new Date(acceptedAt).toISOString(),
+          readAt: new Date(acceptedAt).toISOString(),
+        };
+        journal.markDispatched(record, acceptedAt + 5, before, 'pipeline', (last) => last + 1);
+      };
+      // Stuck (10 min open): "settle it: sluicectl reverify …, or sluicectl resolve …".
+      open(injected, 'plant', 600_000);
+      // Young and dispatched: "Read it now: sluicectl reverify …"; in two scopes.
+      open(dashed, 'plant', 1_000);
+      open(dashed, 'scada', 2_000);
+    } finally {
+      journal.close();
+    }
+    const read = (...args: string[]): Promise<CliRun> =>
+      sluicectlInProcess(['--config', configPath, '--journal', path, ...args]);
+    const [stuck, young] = await Promise.all([
+      read('show', injected),
+      read('show', '--scope', 'plant', '--', dashed),
+    ]);
+    expect(stuck.code).toBe(0);
+    expect(young.code).toBe(0);
+    const settle = /settle it: (sluicectl reverify .*), or (sluicectl resolve .*)$/m.exec(
+      stuck.stdout,
+    );
+    const readNow = /Read it now: (sluicectl reverify .*)$/m.exec(young.stdout);
+    expect(settle, stuck.stdout).not.toBeNull();
+    expect(readNow, young.stdout).not.toBeNull();
+    /** The arguments a POSIX shell gives sluicectl for `line`, one per element. */
+    const words = (line: string): string[] => {
+      const sh = spawnSync('sh', ['-c', `sluicectl() { printf '%s\\0' "$@"; }; ${line}`], {
+        encoding: 'utf8',
+      });
+      return sh.stdout.split('\0').slice(0, -1);
+    };
+    expect(words(settle![1]!)).toEqual(['reverify', injected]);
+    expect(words(settle![2]!)).toEqual(['resolve', '--as', 'failed', '--reason', '…', injected]);
+    expect(words(readNow![1]!)).toEqual(['reverify', '--scope', 'plant', '--', dashed]);
   });
 
   it('needs --scope for a key two identities used; an unknown key is an error', async () => {
