@@ -3,6 +3,7 @@ import type { Server as HttpsServer } from 'node:https';
 import { Socket, type Server as NetServer } from 'node:net';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
+import { connectionOf, readTcpPeers } from './https-peer.js';
 
 /**
  * The connections the HTTPS intake holds. Node keeps a TLS connection that sends no request for
@@ -19,7 +20,8 @@ import type { Logger } from '../core/logger.js';
  *   handshake: closed when it sent nothing, answered 408 when a request had begun. After an
  *   answer, the keep-alive timeout closes an idle connection, as before;
  * - a client must take each answer within the request timeout of its last byte being handed to
- *   the connection (boundAnswers), or its connection is reset.
+ *   the connection (boundAnswers), or its connection is reset; and the kernel may not hold what
+ *   it does not take for longer either (boundUnreadInKernel).
  */
 
 /** A TLS handshake must complete within this. */
@@ -114,6 +116,81 @@ export function boundAnswers(server: NetServer, ms: number, closed?: () => void)
         clearTimeout(timer);
       });
     });
+  });
+}
+
+/** How often the kernel is asked about the connections' peers (boundUnreadInKernel). */
+const KERNEL_CHECK_MS = 5_000;
+
+/**
+ * Connections that carry a stream without end (the status page's events, ui-events.ts), which
+ * bounds what a client that does not read costs it on its own: boundUnreadInKernel leaves them.
+ */
+const streamConnections = new WeakSet<Socket>();
+
+/** Leaves `socket` to the stream it carries (ui-events.ts): see streamConnections. */
+export function carriesStream(socket: Socket): void {
+  streamConnections.add(socket);
+}
+
+/**
+ * Resets a connection whose client has read nothing for `ms` while the kernel holds answers for
+ * it: bytes wait for an acknowledgement and its receive window stays closed (or it answers
+ * nothing at all), at every look (https-peer.ts). boundAnswers sees only what Node holds: an
+ * answer the kernel took is written out for Node, however long it then waits in the kernel's
+ * send buffer (hundreds of kilobytes on a connection whose client never read, more with a
+ * window that had grown). A client that sent requests and never read, its answers fitting in
+ * the kernel's buffers, kept its connection for as long as it sent a request now and then (each
+ * restarts the keep-alive timeout), and once that timeout closed it, the kernel kept it and its
+ * answers behind the FIN for minutes, probing a window that never opens. A client that reads,
+ * however slowly, opens its window: it is left alone. Linux only (/proc/net/tcp); elsewhere
+ * boundAnswers and the keep-alive timeout are all there is. `closed` is told of each connection
+ * reset so.
+ */
+export function boundUnreadInKernel(server: NetServer, ms: number, closed?: () => void): void {
+  const open = new Map<Socket, { key: string | null; stalledSince: number | null }>();
+  let timer: NodeJS.Timeout | null = null;
+  let checking = false;
+  const check = async (): Promise<void> => {
+    const peers = await readTcpPeers();
+    if (peers === null) return;
+    const now = performance.now();
+    for (const [socket, watch] of open) {
+      if (streamConnections.has(socket) || socket.destroyed) continue;
+      const peer = watch.key === null ? undefined : peers.get(watch.key);
+      if (peer === undefined || !(peer.windowClosed || peer.silent)) {
+        watch.stalledSince = null;
+        continue;
+      }
+      watch.stalledSince ??= now;
+      if (now - watch.stalledSince < ms) continue;
+      open.delete(socket);
+      resetConnection(socket);
+      closed?.();
+    }
+  };
+  server.on('secureConnection', (socket: Socket) => {
+    open.set(socket, { key: connectionOf(socket), stalledSince: null });
+    socket.once('close', () => {
+      open.delete(socket);
+      if (open.size > 0 || timer === null) return;
+      clearInterval(timer);
+      timer = null;
+    });
+    if (timer !== null) return;
+    timer = setInterval(
+      () => {
+        if (checking) return;
+        checking = true;
+        check()
+          .catch(() => undefined)
+          .finally(() => {
+            checking = false;
+          });
+      },
+      Math.min(KERNEL_CHECK_MS, ms / 2),
+    );
+    timer.unref();
   });
 }
 

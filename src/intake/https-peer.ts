@@ -21,7 +21,8 @@ import { endianness } from 'node:os';
  * and the zero-window probes unanswered (`timeout`, icsk_probes_out, reset by any
  * acknowledgement). A peer is silent when bytes wait for its acknowledgement and the kernel
  * has already retransmitted or probed without an answer. A peer that is there but does not
- * read (its receive window closed) answers the kernel's window probes: it is not silent.
+ * read (its receive window closed) answers the kernel's window probes: it is not silent, but
+ * its window is closed (`tr` 4: the zero-window probe timer runs, bytes wait for room).
  */
 
 export interface TcpPeer {
@@ -29,6 +30,8 @@ export interface TcpPeer {
   readonly unacknowledgedBytes: number;
   /** Bytes wait for the peer, and the kernel's retransmissions or probes went unanswered. */
   readonly silent: boolean;
+  /** Bytes wait for room in the peer's receive window, which it keeps closed: it reads nothing. */
+  readonly windowClosed: boolean;
 }
 
 const TABLES = ['/proc/net/tcp', '/proc/net/tcp6'];
@@ -51,13 +54,17 @@ export async function readTcpPeers(): Promise<ReadonlyMap<string, TcpPeer> | nul
     read = true;
     for (const line of text.split('\n').slice(1)) {
       const fields = line.trim().split(/\s+/);
-      const [, local, remote, , queues, , retransmits, , probes] = fields;
+      const [, local, remote, , queues, timer, retransmits, , probes] = fields;
       if (probes === undefined || local === undefined || remote === undefined) continue;
       const [txQueue] = (queues ?? '').split(':');
       const unacknowledgedBytes = parseInt(txQueue ?? '', 16);
       const key = `${tableEndpoint(local)}>${tableEndpoint(remote)}`;
       const unanswered = parseInt(retransmits ?? '', 16) > 0 || Number(probes) > 0;
-      peers.set(key, { unacknowledgedBytes, silent: unacknowledgedBytes > 0 && unanswered });
+      peers.set(key, {
+        unacknowledgedBytes,
+        silent: unacknowledgedBytes > 0 && unanswered,
+        windowClosed: unacknowledgedBytes > 0 && (timer ?? '').startsWith('04:'),
+      });
     }
   }
   return read ? peers : null;

@@ -6,6 +6,7 @@ import type { Logger } from '../core/logger.js';
 import { takeOnlyUtf8Json } from './https-body.js';
 import {
   boundAnswers,
+  boundUnreadInKernel,
   FIRST_REQUEST_TIMEOUT_MS,
   HANDSHAKE_TIMEOUT_MS,
   limitConnections,
@@ -168,6 +169,11 @@ export function createServer(options: ServerOptions): App {
   // The answer going out is bounded as the request coming in is: a client that never reads
   // (half-closed or not) would otherwise hold its connection for as long as it likes.
   boundAnswers(app.server, timeouts.requestMs, () => {
+    metrics.httpsConnectionsIdleClosed.inc({ stage: 'answer_unread' });
+  });
+  // And so is what the kernel took of it: a client whose answers fit in the kernel's buffers
+  // never made Node's buffer back up.
+  boundUnreadInKernel(app.server, timeouts.requestMs, () => {
     metrics.httpsConnectionsIdleClosed.inc({ stage: 'answer_unread' });
   });
   app.server.on('checkExpectation', (request: IncomingMessage, response: ServerResponse) => {

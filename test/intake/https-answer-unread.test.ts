@@ -1,3 +1,4 @@
+import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { connect as tcpConnect } from 'node:net';
@@ -29,6 +30,7 @@ let stack: Stack;
 let pki: Pki;
 let api: RunningIntake;
 const opened: TLSSocket[] = [];
+const clients: ChildProcess[] = [];
 
 beforeAll(async () => {
   pki = await makePki();
@@ -38,6 +40,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const s of opened) s.destroy();
+  for (const c of clients) c.kill('SIGKILL');
   await api.stop();
   await stack.stop();
   pki.cleanup();
@@ -110,3 +113,58 @@ describe('a client that never reads its answers', () => {
     }, 20_000);
   }
 });
+
+/**
+ * A client that sends a few requests now and then and never reads, in a process of its own that
+ * is stopped (SIGSTOP: a hung client, whose kernel still acknowledges what fits in its receive
+ * buffer and then closes its window). Its answers fit in the kernel's buffers, so Node writes
+ * every one of them out and boundAnswers never sees one waiting; the kernel holds the rest of
+ * them for a window that never opens. Without a bound on that, the connection stayed
+ * ESTABLISHED, its answers queued, until the keep-alive timeout (72 s; for as long as the client
+ * sent a request now and then), and then in FIN-WAIT-1 behind them for minutes.
+ */
+const HUNG_CLIENT = `
+import { connect } from 'node:tls';
+const { PORT, CA, TOKEN, COUNT } = process.env;
+const socket = connect({ host: '127.0.0.1', port: Number(PORT), ca: CA, servername: 'localhost' }, () => {
+  process.stdout.write(String(socket.localPort) + '\\n');
+  const request = 'GET /metrics HTTP/1.1\\r\\nHost: localhost\\r\\nAuthorization: Bearer ' + TOKEN + '\\r\\n\\r\\n';
+  socket.write(request.repeat(Number(COUNT)));
+});
+socket.on('error', () => undefined);
+setInterval(() => {}, 60_000);
+`;
+
+it("a hung client whose answers fit in the kernel's buffers: reset once its window has stayed closed the request timeout (gone from the kernel's table), and counted", async () => {
+  const before = await idleClosedUnread();
+  const client = spawn(process.execPath, ['--input-type=module', '-e', HUNG_CLIENT], {
+    env: { ...process.env, PORT: String(api.port), CA: api.ca, TOKEN: TOKENS.ops, COUNT: '12' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  clients.push(client);
+  let out = '';
+  client.stdout.on('data', (chunk: Buffer) => {
+    out += chunk.toString('utf8');
+  });
+  const clientPort = Number(
+    await until(() => out.includes('\n'), 10_000, 'the client to connect').then(() => out.trim()),
+  );
+  // The kernel holds answers for it: sent, not acknowledged (its window closed).
+  await until(
+    () => serverEnd(api.port, clientPort).some((end) => held(end) && !end.endsWith(' tx=0')),
+    10_000,
+    'the kernel to hold answers for the client',
+  );
+  client.kill('SIGSTOP');
+  const stoppedAt = Date.now();
+  let last: string[] = [];
+  await until(
+    () => (last = serverEnd(api.port, clientPort)).length === 0,
+    TIMEOUTS.requestMs + 10_000,
+    "the server's end of the connection to leave the kernel's table",
+  ).catch((error: unknown) => {
+    throw new Error(`${String(error)}; it is ${JSON.stringify(last)}`);
+  });
+  expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(TIMEOUTS.requestMs - 500);
+  expect(await idleClosedUnread()).toBe(before + 1);
+}, 30_000);
