@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { DoneCallback, IPublishPacket, MqttClient } from 'mqtt';
 import type { Clock } from '../core/clock.js';
 import { isTerminal } from '../core/command.js';
@@ -75,6 +76,9 @@ const ACK_NOW: Handling = { kind: 'ack', durable: false };
 const UNTIMED_REDELIVERY =
   '(message): a redelivery (DUP) without a Message Expiry Interval: if it was published with one, the interval ran out while it waited for its redelivery (a broker sends such a message without it), and it is stale';
 
+/** Retained commands remembered as refused, at most (CommandMessages.retainedCommand). */
+const MAX_RETAINED_REFUSED = 1_000;
+
 /** Keys of commands timed by their Message Expiry Interval remembered, at most (ExpiryTimed). */
 const MAX_EXPIRY_TIMED = 10_000;
 
@@ -132,6 +136,8 @@ export class CommandMessages {
    * (see expiredRedelivery). In memory: a restart forgets them.
    */
   private readonly expiryTimed = new Map<string, ExpiryTimed>();
+  /** Retained commands refused over MQTT 3.1.1, by topic and payload digest (retainedCommand). */
+  private readonly retainedRefused = new Set<string>();
 
   constructor(options: CommandMessagesOptions) {
     this.pipeline = options.pipeline;
@@ -336,6 +342,9 @@ export class CommandMessages {
       );
       this.decide('invalid');
       return ACK_NOW;
+    }
+    if (message.kind === 'malformed' && message.cause === 'retained') {
+      return this.retainedCommand(packet, message, device, route, receivedAt);
     }
     if (message.kind === 'malformed') {
       // Answered on the result topic when a key can be read, on the Response Topic when one
@@ -571,6 +580,58 @@ export class CommandMessages {
       detail:
         'the journal could not make this command durable; it may not have been kept: publish it again with the same key (it runs at most once), at QoS 1 so that the broker redelivers it',
     });
+  }
+
+  /**
+   * A command delivered from the broker's retained store (SPEC §5: never run). Over MQTT 3.1.1
+   * the broker sends the retained messages of the command filter again at every SUBSCRIBE, which
+   * the gateway makes at every connection (MQTT 3.1.1 §3.8.4: a subscription replaced sends them
+   * again; MQTT 5's retain handling 2 does not): a retained command was refused, warned of and
+   * answered INVALID_COMMAND at each reconnection, a flapping link making a flood of it on the
+   * result topic (after the command's own result, when it ran as published live). It is said
+   * and answered once per run, with how to clear it; its later replays (the same topic and
+   * payload) are acknowledged at debug, counted `invalid`. Over MQTT 5 a retained command comes
+   * with the flag only as published (retain as published), each publication answered.
+   */
+  private retainedCommand(
+    packet: IPublishPacket,
+    message: Extract<CommandMessage, { kind: 'malformed' }>,
+    device: string,
+    route: ResponseRoute | undefined,
+    receivedAt: number,
+  ): Handling {
+    this.decide('invalid');
+    const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+    const replayed = `${packet.topic}\u0000${createHash('sha256').update(payload).digest('hex')}`;
+    if (this.link.protocolLevel === 4) {
+      if (this.retainedRefused.has(replayed)) {
+        this.logger.debug(
+          { key: message.key, device },
+          'retained command replayed again at this connection (refused and said before): acknowledged',
+        );
+        return ACK_NOW;
+      }
+      this.retainedRefused.add(replayed);
+      for (const oldest of this.retainedRefused) {
+        if (this.retainedRefused.size <= MAX_RETAINED_REFUSED) break;
+        this.retainedRefused.delete(oldest);
+      }
+    }
+    const topic = packet.topic.slice(0, 512);
+    const clear = `clear it with an empty retained message: mosquitto_pub -r -n -q 1 -t '${topic}'`;
+    this.logger.warn(
+      { key: message.key, device, topic, code: message.code },
+      this.link.protocolLevel === 4
+        ? `retained command refused (never run from the retained store): the broker replays it at every connection of the gateway (MQTT 3.1.1), said here once; ${clear}`
+        : `retained command refused (never run from the retained store): the broker keeps it for every new subscriber; ${clear}`,
+    );
+    const errors = [...message.errors, `(message): ${clear}`];
+    this.publisher.error({ key: message.key, device }, route, receivedAt, {
+      code: message.code,
+      detail: errors.join('; '),
+      errors,
+    });
+    return ACK_NOW;
   }
 
   /**
