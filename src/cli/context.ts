@@ -1,4 +1,3 @@
-import { existsSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js';
 import { UNREACHABLE_GRACE_MS, type DeviceTiming } from '../core/open-commands.js';
@@ -7,6 +6,7 @@ import { packageRoot } from '../package-root.js';
 import { loadProfiles } from '../profiles/load.js';
 import { daemonListening } from './admin-client.js';
 import { CliError, messageOf } from './errors.js';
+import { lookUp } from './paths.js';
 import { Style } from './table.js';
 
 /**
@@ -94,7 +94,13 @@ export class CliContext {
 
   private loadConfig(required: boolean): SluiceConfig | null {
     if (this.loaded !== undefined) return this.loaded;
-    if (!existsSync(this.configPath)) {
+    const found = lookUp(this.configPath);
+    if (found.kind === 'denied' && required) {
+      throw new CliError(
+        `cannot read the configuration ${this.configPath}: permission denied (its folder is closed to this user); run as root or the daemon's user (sudo)`,
+      );
+    }
+    if (found.kind === 'missing' || found.kind === 'denied') {
       if (!required) {
         this.loaded = null;
         return null;

@@ -1,7 +1,8 @@
-import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { accessSync, constants } from 'node:fs';
 import type { CommandRecord } from '../core/journal.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
 import { CliError, UsageError, messageOf } from './errors.js';
+import { lookUp } from './paths.js';
 
 /**
  * The journal, read-only, beside a running daemon: SQLite WAL readers never block its writer
@@ -9,12 +10,14 @@ import { CliError, UsageError, messageOf } from './errors.js';
  * command goes through the daemon's admin endpoint.
  */
 export function openJournal(path: string): SqliteJournal {
-  if (!existsSync(path)) {
+  const found = lookUp(path);
+  if (found.kind === 'missing') {
     throw new CliError(
       `no journal at ${path}: check --journal, or journal.path and stateDir in the configuration`,
     );
   }
-  if (statSync(path).isDirectory()) {
+  if (found.kind === 'denied') throw new CliError(deniedJournal(path));
+  if (found.kind === 'found' && found.stats.isDirectory()) {
     throw new CliError(
       `${path} is a directory, not a journal: give the journal file (journal.db by default)`,
     );
@@ -22,9 +25,7 @@ export function openJournal(path: string): SqliteJournal {
   try {
     accessSync(path, constants.R_OK);
   } catch {
-    throw new CliError(
-      `cannot read the journal ${path}: permission denied; run as the daemon's user or root`,
-    );
+    throw new CliError(deniedJournal(path));
   }
   let journal: SqliteJournal;
   try {
@@ -33,6 +34,10 @@ export function openJournal(path: string): SqliteJournal {
     throw new CliError(`cannot open the journal ${path}: ${sqliteProblem(error)}`);
   }
   return journal;
+}
+
+function deniedJournal(path: string): string {
+  return `cannot read the journal ${path}: permission denied; run as the daemon's user or root`;
 }
 
 /**

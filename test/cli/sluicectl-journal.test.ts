@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,6 +11,7 @@ import { allocateSeq } from '../../src/core/sequence.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { isRoot } from '../helpers/real.js';
 import {
   SUBCOMMANDS,
   configYaml,
@@ -766,6 +767,60 @@ describe('errors and usage', () => {
       /^sluicectl: (no admin token at|cannot reach sluiced's admin endpoint)/,
     );
   });
+
+  it.runIf(isRoot)(
+    'says permission denied, not "no journal" or "no configuration", for a file in a folder closed to the user',
+    async () => {
+      // Under systemd the journal is in StateDirectory= (0700, the daemon's user) and the site
+      // file in /etc/sluice (0750, root:sluice): an operator without sudo cannot search either
+      // folder, and the file must not read as missing. As root a mode stops nothing: run as
+      // nobody.
+      const { dir: top, cleanup: done } = tempDir('sluice-cli-perm-');
+      try {
+        const open = join(top, 'open');
+        const closed = join(top, 'closed');
+        mkdirSync(open);
+        mkdirSync(closed);
+        seedJournal(join(closed, 'journal.db'), Date.now());
+        writeFileSync(join(open, 'sluice.yaml'), configYaml('../closed'));
+        writeFileSync(join(closed, 'sluice.yaml'), configYaml('.'));
+        chmodSync(top, 0o755);
+        chmodSync(open, 0o755);
+        chmodSync(join(open, 'sluice.yaml'), 0o644);
+        chmodSync(closed, 0o700);
+        const asNobody = (args: string[]): Promise<{ code: number | null; stderr: string }> => {
+          const child = spawn(process.execPath, [...nodeArgs('src/cli/sluicectl.ts'), ...args], {
+            stdio: ['ignore', 'ignore', 'pipe'],
+            uid: 65534,
+            gid: 65534,
+          });
+          let stderr = '';
+          child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+          return new Promise((resolve, reject) => {
+            child.once('error', reject);
+            child.once('close', (code) => {
+              resolve({ code, stderr });
+            });
+          });
+        };
+        const [journal, config] = await Promise.all([
+          asNobody(['--config', join(open, 'sluice.yaml'), 'stuck']),
+          asNobody(['--config', join(closed, 'sluice.yaml'), 'stuck']),
+        ]);
+        expect(journal).toEqual({
+          code: 1,
+          stderr: `sluicectl: cannot read the journal ${join(closed, 'journal.db')}: permission denied; run as the daemon's user or root\n`,
+        });
+        expect(config).toEqual({
+          code: 1,
+          stderr: `sluicectl: cannot read the configuration ${join(closed, 'sluice.yaml')}: permission denied (its folder is closed to this user); run as root or the daemon's user (sudo)\n`,
+        });
+      } finally {
+        done();
+      }
+    },
+    60_000,
+  );
 
   it('stops quietly when its reader goes away, with the exit code of the command', async () => {
     // `sluicectl stuck | head -1`, a pager quit at once: the read end of stdout is closed
