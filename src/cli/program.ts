@@ -53,6 +53,13 @@ function positiveInt(value: string): number {
   if (!/^\d+$/.test(value) || Number(value) < 1) {
     throw new InvalidArgumentError(`"${value}" is not a positive whole number`);
   }
+  // Past 2^53 a number is no longer whole in JavaScript, and SQLite refused the LIMIT it made
+  // ("cannot read the journal: datatype mismatch", as though the journal were at fault).
+  if (!Number.isSafeInteger(Number(value) + 1)) {
+    throw new InvalidArgumentError(
+      `"${value}" is too large (at most ${Number.MAX_SAFE_INTEGER - 1})`,
+    );
+  }
   return Number(value);
 }
 

@@ -669,14 +669,15 @@ describe('stuck', () => {
 
 describe('errors and usage', () => {
   it('exits 2 on usage errors, with the reason', async () => {
-    // In turns: with SLUICECTL_TEST_SPAWN=1 these are sixteen process starts, which on a
-    // two-core runner would share it sixteen ways.
+    // In turns: with SLUICECTL_TEST_SPAWN=1 these are seventeen process starts, which on a
+    // two-core runner would share it seventeen ways.
     const runs = await inTurns([
       () => cli('frobnicate'),
       () => cli('list', '--bogus'),
       () => cli('list', '--since', '5 minutes'),
       () => cli('list', '--state', 'done'),
       () => cli('list', '--limit', '0'),
+      () => cli('list', '--limit', '99999999999999999999'),
       () => cli('stuck', '--older-than', '30'),
       () => cli('show'),
       () => cli('resolve', 'k-stuck', '--as', 'failed'),
@@ -701,6 +702,7 @@ describe('errors and usage', () => {
       since,
       state,
       limit,
+      hugeLimit,
       olderThan,
       show,
       noReason,
@@ -720,6 +722,8 @@ describe('errors and usage', () => {
       'Allowed choices are accepted, dispatched, confirmed, rejected, failed',
     );
     expect(limit).toContain('"0" is not a positive whole number');
+    // A count no journal holds: refused as a usage error, not a journal that cannot be read.
+    expect(hugeLimit).toContain('"99999999999999999999" is too large');
     expect(olderThan).toContain('"30" is not a duration');
     expect(show).toContain("missing required argument 'key'");
     expect(noReason).toContain('resolve needs --reason');
