@@ -229,7 +229,14 @@ function decidedBehind(
 ): CommandRecord | null {
   if (stop.action !== 'stop') return null;
   const note = decisionNote(journal.history(stop));
-  return note === null ? null : previousOf(journal, stop, note);
+  const previous = note === null ? null : previousOf(journal, stop, note);
+  // The read the stop's dispatch was decided on (its observedBefore) shows that write taken (its
+  // echo): no stop is decided behind a write on a read that shows it taken (writePending), so
+  // the line is not this dispatch's. A life journaled it and ended before its dispatch, and the
+  // life that dispatched the stop decided on its read alone, behind no write. Taken for the
+  // decision, it held the next command for a write the controller had taken before the stop.
+  if (previous?.seq != null && stop.observedBefore?.seq === previous.seq) return null;
+  return previous;
 }
 
 /**
