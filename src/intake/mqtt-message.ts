@@ -94,9 +94,17 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
     errors,
   });
   if (input.payload.length > MAX_COMMAND_BYTES) {
-    return malformed('INVALID_COMMAND', 'payload', propertyKeys[0] ?? null, [
-      `(body): ${input.payload.length} bytes; a command is at most ${MAX_COMMAND_BYTES}`,
-    ]);
+    // Not parsed, but its key is looked for at its start: over MQTT 3.1.1 (no user property, no
+    // Maximum Packet Size to keep it at the broker) an oversized command was answered nowhere,
+    // its issuer left waiting for a result, and its log line named no key.
+    return malformed(
+      'INVALID_COMMAND',
+      'payload',
+      propertyKeys[0] ?? leadingKey(input.payload.subarray(0, MAX_COMMAND_BYTES)),
+      [
+        `(body): ${input.payload.length} bytes; a command is at most ${MAX_COMMAND_BYTES} bytes; nothing was written`,
+      ],
+    );
   }
   let body: unknown;
   let text: string;
@@ -214,6 +222,79 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
     ]);
   }
   return { kind: 'command', key, request };
+}
+
+const lenientUtf8 = new TextDecoder('utf-8');
+
+/**
+ * The `key` member of the object `head` starts with — the beginning of a payload too large to be
+ * parsed — when it is a string among the members that `head` holds whole; otherwise null. Only
+ * the outer object's members are read (a `key` inside a nested value is not the command's), and
+ * anything that is not JSON ends the search. A key given twice is not told: the first counts, for
+ * an answer only (the message is refused whatever its key).
+ */
+export function leadingKey(head: Buffer): string | null {
+  // Not fatal: the cut may fall inside a character, after the members looked at.
+  const text = lenientUtf8.decode(head);
+  let i = 0;
+  const skipSpace = (): void => {
+    while (i < text.length && ' \t\n\r'.includes(text.charAt(i))) i += 1;
+  };
+  /** The JSON string at `i` (moved past it), or undefined when there is none whole. */
+  const readString = (): string | undefined => {
+    if (text.charAt(i) !== '"') return undefined;
+    let end = i + 1;
+    while (end < text.length && text.charAt(end) !== '"') end += text.charAt(end) === '\\' ? 2 : 1;
+    if (end >= text.length) return undefined;
+    const literal = text.slice(i, end + 1);
+    i = end + 1;
+    try {
+      return JSON.parse(literal) as string;
+    } catch {
+      return undefined;
+    }
+  };
+  /** Moves past the value at `i`; false when it is not whole in `text`. */
+  const skipValue = (): boolean => {
+    const c = text.charAt(i);
+    if (c === '"') return readString() !== undefined;
+    if (c === '{' || c === '[') {
+      let depth = 0;
+      while (i < text.length) {
+        const d = text.charAt(i);
+        if (d === '"') {
+          if (readString() === undefined) return false;
+          continue;
+        }
+        if (d === '{' || d === '[') depth += 1;
+        else if (d === '}' || d === ']') depth -= 1;
+        i += 1;
+        if (depth === 0) return true;
+      }
+      return false;
+    }
+    const start = i;
+    while (i < text.length && !',}] \t\n\r'.includes(text.charAt(i))) i += 1;
+    return i > start && i < text.length;
+  };
+  // The decoder drops one leading BOM, as when a payload is parsed.
+  skipSpace();
+  if (text.charAt(i) !== '{') return null;
+  i += 1;
+  for (;;) {
+    skipSpace();
+    const name = readString();
+    if (name === undefined) return null;
+    skipSpace();
+    if (text.charAt(i) !== ':') return null;
+    i += 1;
+    skipSpace();
+    if (name === 'key') return text.charAt(i) === '"' ? (readString() ?? null) : null;
+    if (!skipValue()) return null;
+    skipSpace();
+    if (text.charAt(i) !== ',') return null;
+    i += 1;
+  }
 }
 
 function keyProperty(

@@ -3,6 +3,7 @@ import { parseCommandKey } from '../../src/core/command.js';
 import {
   MAX_COMMAND_BYTES,
   errorDocument,
+  leadingKey,
   parseCommandMessage,
   stateDocument,
 } from '../../src/intake/mqtt-message.js';
@@ -199,6 +200,41 @@ describe('parseCommandMessage', () => {
       code: 'INVALID_COMMAND',
       detail: mentions('bytes'),
     });
+  });
+
+  it('reads the key of an oversized payload from its start, for the answer (MQTT 3.1.1 has no user property)', () => {
+    const pad = 'x'.repeat(MAX_COMMAND_BYTES);
+    expect(message({ key: 'big-1', action: 'open', issuedAt: ISSUED, pad })).toMatchObject({
+      kind: 'malformed',
+      code: 'INVALID_COMMAND',
+      key: 'big-1',
+      detail: `(body): ${MAX_COMMAND_BYTES + 78} bytes; a command is at most ${MAX_COMMAND_BYTES} bytes; nothing was written`,
+    });
+    // The user property first, as for any malformed message.
+    expect(
+      parseCommandMessage({
+        device: 'v1',
+        payload: Buffer.from(JSON.stringify({ key: 'in-payload', pad })),
+        userProperties: { 'idempotency-key': 'in-property' },
+        retained: false,
+      }),
+    ).toMatchObject({ key: 'in-property' });
+    const head = (text: string): string | null => leadingKey(Buffer.from(text));
+    // After members of every kind, escaped, after a BOM and spaces.
+    expect(
+      head(
+        '\ufeff { "a" : {"key":"inner","b":["]",{"c":"}"}]}, "n":-1.5e3, "t":true, "s":"\\"key\\"", "k\\u0065y" : "k-\\u0031", "pad":"xx',
+      ),
+    ).toBe('k-1');
+    // Not found whole, not the outer object's, not a string, not JSON: none.
+    expect(head('{"pad":"xxxx')).toBeNull();
+    expect(head('{"n":12')).toBeNull();
+    expect(head('{"key":"abc')).toBeNull();
+    expect(head('{"key":17,"pad":"')).toBeNull();
+    expect(head('[{"key":"k"}')).toBeNull();
+    expect(head('{"a":{"key":"k"')).toBeNull();
+    expect(head('{"a" "key":"k"')).toBeNull();
+    expect(head('xyz')).toBeNull();
   });
 
   it('refuses a member given twice, as the HTTPS intake does, never reading the last one', () => {
