@@ -57,6 +57,12 @@ export class OpcuaClientPki {
    * (`pollTrust`): their files' names, sizes, times; null: none yet.
    */
   private trustStamp: string | null = null;
+  /**
+   * What that look saw of the folders themselves and of the files it listed, to tell at the
+   * next look whether anything may have changed without listing the folders again
+   * (`trustUnchanged`); null: list them.
+   */
+  private trustLook: TrustLook | null = null;
   /** trusted/certs/'s certificates then (each file and its thumbprint). */
   private trustedNow: readonly TrustedFile[] = [];
   /** The revocation lists' files then (trusted/crl/, issuers/crl/), one stamp line each. */
@@ -105,10 +111,23 @@ export class OpcuaClientPki {
    * inotify instances are used up they fail without a word (see `follow`), and even where they
    * run, a revocation list written over in place (a CA's newer list under the same name) is not
    * read again (node-opcua-pki 6.22 ignores a change to a file of a CRL folder).
+   *
+   * The folders are listed again only when one of them, or one of the files listed last, is not
+   * what it was (`trustUnchanged`): a file added to a folder, removed or renamed changes the
+   * folder's own times, and a file written over in place its own. Listed at every look, the four
+   * folders cost each read and write of every session four directory reads (a look took 0.2 ms
+   * on a loaded two-core machine, most of it the listings), some twenty times per command (its
+   * readbacks) and once a second per idle device; looked at this way, a stat of each folder and
+   * of each file.
    */
   pollTrust(): number {
-    const stamps = TRUST_FOLDERS.map((f) => folderStamp(join(this.dir, f), !f.endsWith('certs')));
-    const stamp = stamps.join('\n\n');
+    if (this.trustLook !== null && trustUnchanged(this.trustLook)) return this.trustRevision;
+    // Before the folders are listed: what changes while they are, the next look sees.
+    const lookedAt = Date.now();
+    const folders = TRUST_FOLDERS.map((f) => pathStamp(join(this.dir, f)));
+    const listed = TRUST_FOLDERS.map((f) => folderPaths(join(this.dir, f), !f.endsWith('certs')));
+    const stamp = listed.map((paths) => paths.map((p) => p.line).join('\n')).join('\n\n');
+    this.trustLook = trustLook([...folders, ...listed.flat()], lookedAt);
     if (stamp !== this.trustStamp) {
       const first = this.trustStamp === null;
       this.trustStamp = stamp;
@@ -321,6 +340,58 @@ const TRUST_FOLDERS = [
   join('issuers', 'crl'),
 ] as const;
 
+/**
+ * How long before a look at the trust folders a change to a folder or file must have been
+ * made for the look to stand on its times (`trustUnchanged`). File systems stamp times at their
+ * granularity (the kernel's tick, a jiffy of up to 10 ms; FAT's 2 s): a second change made in
+ * the same tick as the one a look saw leaves the times as they were. While a look's folders or
+ * files changed within this of it, every look lists the folders again.
+ */
+const TRUST_TIMES_GRANULARITY_MS = 2000;
+
+/** A path as the file system describes it (a folderStamp line), and when it last changed. */
+interface PathStamp {
+  readonly path: string;
+  readonly line: string;
+  /** Its latest change, content (mtime) or entry (ctime), wall time; null: not there. */
+  readonly changedMs: number | null;
+}
+
+/** What a look at the trust folders saw of the folders and of the files it listed (pollTrust). */
+interface TrustLook {
+  readonly paths: readonly PathStamp[];
+}
+
+function pathStamp(path: string): PathStamp {
+  try {
+    const s = statSync(path);
+    return {
+      path,
+      line: `${path}|${s.size}|${s.mtimeMs}|${s.ctimeMs}|${s.ino}`,
+      changedMs: Math.max(s.mtimeMs, s.ctimeMs),
+    };
+  } catch {
+    return { path, line: `${path}|gone`, changedMs: null };
+  }
+}
+
+/**
+ * A look that can stand on its times, or null when one of its paths changed too shortly before
+ * it (TRUST_TIMES_GRANULARITY_MS): the folders are then listed at every look until one can.
+ * The wall clock compares with the file system's times, which the kernel stamps with it.
+ */
+function trustLook(paths: readonly PathStamp[], lookedAt: number): TrustLook | null {
+  const recent = paths.some(
+    (p) => p.changedMs !== null && p.changedMs >= lookedAt - TRUST_TIMES_GRANULARITY_MS,
+  );
+  return recent ? null : { paths };
+}
+
+/** Whether every folder and file of the look is as it was: nothing added, removed or written. */
+function trustUnchanged(look: TrustLook): boolean {
+  return look.paths.every((p) => pathStamp(p.path).line === p.line);
+}
+
 /** A certificate file of a PKI folder and the SHA-1 thumbprint of its first certificate. */
 interface TrustedFile {
   readonly file: string;
@@ -333,17 +404,14 @@ interface TrustedFile {
  * removed, renamed or written over changes it.
  */
 function folderStamp(folder: string, crl = false): string {
-  return (crl ? folderFiles(folder) : certificateFiles(folder))
-    .sort()
-    .map((file) => {
-      try {
-        const s = statSync(file);
-        return `${file}|${s.size}|${s.mtimeMs}|${s.ctimeMs}|${s.ino}`;
-      } catch {
-        return `${file}|gone`;
-      }
-    })
+  return folderPaths(folder, crl)
+    .map((p) => p.line)
     .join('\n');
+}
+
+/** A PKI folder's certificate files (`crl`: every file) as folderStamp describes them. */
+function folderPaths(folder: string, crl = false): PathStamp[] {
+  return (crl ? folderFiles(folder) : certificateFiles(folder)).sort().map(pathStamp);
 }
 
 /** The certificates of a PKI folder: each file and the SHA-1 thumbprint of its first one. */
