@@ -4,11 +4,18 @@ import { authenticate } from './credentials.js';
 import { makeProblem, sendProblem } from './https-problems.js';
 import type { Reply, Request } from './https-types.js';
 import type { IdentityRegistry, NamedIdentity } from './identities.js';
-import { RateLimiter, type RateLimitPolicy } from './rate-limit.js';
+import {
+  RateLimiter,
+  warnThrottled,
+  type FailedAuthentications,
+  type RateLimitPolicy,
+} from './rate-limit.js';
 
 /**
  * Who may use the `/v1` routes: the caller is authenticated (bearer token or client
- * certificate, credentials.ts), then held to its identity's rate limit. Handlers ask the guard
+ * certificate, credentials.ts), then held to its identity's rate limit. An address whose tokens
+ * keep failing is answered 429 for a while (FailedAuthentications): without it a client could
+ * guess tokens as fast as the gateway answers. Handlers ask the guard
  * who the caller is; a handler that runs without the guard is a wiring bug, not an anonymous
  * caller.
  */
@@ -21,6 +28,8 @@ export interface CallerGuardOptions {
   /** Wall time for client certificates' validity; monotonic `elapsed()` for the rate limit. */
   readonly clock: Clock;
   readonly logger: Logger;
+  /** Failed authentications per address, shared with the status page's login. */
+  readonly failedAuthentications: FailedAuthentications;
 }
 
 export class CallerGuard {
@@ -30,6 +39,7 @@ export class CallerGuard {
   private readonly limiter: RateLimiter;
   private readonly clock: Clock;
   private readonly logger: Logger;
+  private readonly failures: FailedAuthentications;
   /** Connections whose lapsed certificate was already logged: one warning per connection. */
   private readonly lapsedWarned = new WeakSet<object>();
   /** Who each authenticated request is; keyed by the raw request so nothing outlives it. */
@@ -42,6 +52,7 @@ export class CallerGuard {
     const clock = options.clock;
     this.clock = clock;
     this.logger = options.logger;
+    this.failures = options.failedAuthentications;
     // Refill is a duration (SPEC §6): on the wall clock, a gateway clock stepped forward an hour
     // refilled every bucket to its burst, and one stepped back withheld the refill due.
     this.limiter = new RateLimiter(options.rateLimit, () => clock.elapsed());
@@ -61,14 +72,37 @@ export class CallerGuard {
   }
 
   private check(request: Request, reply: Reply): Reply | undefined {
+    const authorization = request.raw.headersDistinct.authorization;
+    // Before the token is looked at, so that a throttled address learns nothing of it, not even
+    // that it was right; only a request that presents a token is held (a client certificate
+    // cannot be guessed, and a request without credentials guesses nothing).
+    if (authorization !== undefined) {
+      const waitS = this.failures.waitS(request.ip);
+      if (waitS > 0) {
+        return sendProblem(
+          reply,
+          makeProblem(
+            429,
+            'RATE_LIMITED',
+            `more than ${String(this.failures.maxFailures)} failed authentications from this address within ${String(this.failures.windowMs / 1000)} s; retry after ${String(waitS)} s`,
+          ),
+          { 'retry-after': String(waitS) },
+        );
+      }
+    }
     const auth = authenticate(
-      request.raw.headersDistinct.authorization,
+      authorization,
       request.raw.socket,
       this.identities,
       this.mutualTls,
       this.clock.now(),
     );
     if (!auth.ok) {
+      // A token presented and refused: a guess, or a client with a wrong one. Several
+      // Authorization headers are a malformed request, not a guess.
+      if (auth.error === 'invalid_token' && this.failures.failed(request.ip)) {
+        warnThrottled(this.logger, this.failures, request.ip, request.routeOptions.url ?? '/v1');
+      }
       const lapsed = auth.lapsed;
       if (lapsed !== undefined && !this.lapsedWarned.has(request.raw.socket)) {
         // A client that goes on using a session or connection made with a certificate that has

@@ -21,6 +21,7 @@ import {
 } from './https-server.js';
 import type { App, HttpsConfig, HttpsMetrics, Readiness } from './https-types.js';
 import type { IdentityRegistry } from './identities.js';
+import { FailedAuthentications } from './rate-limit.js';
 import { registerUiRoutes, type UiOptions } from './ui-routes.js';
 
 /**
@@ -107,12 +108,15 @@ export class HttpsIntake {
       ...(this.options.timeouts === undefined ? {} : { timeouts: this.options.timeouts }),
     });
     const methods = new MethodTable(app);
+    // One count of failed authentications for /v1 and the status page's login.
+    const failedAuthentications = new FailedAuthentications(clock);
     const guard = new CallerGuard({
       identities,
       rateLimit: config.rateLimit,
       mutualTls,
       clock,
       logger,
+      failedAuthentications,
     });
     registerCommandRoutes(app, { pipeline, waitPolicy: config, metrics, logger, guard, stopping });
     registerReadRoutes(app, { pipeline, identities, metrics, readiness, clock, guard });
@@ -128,6 +132,7 @@ export class HttpsIntake {
         clock,
         logger,
         stopping,
+        failedAuthentications,
       });
     }
     methods.answerOtherMethods(app);

@@ -50,3 +50,105 @@ export class RateLimiter {
     return { allowed: false, retryAfterS };
   }
 }
+
+/**
+ * Failed authentications per client address, on `/v1` and the status page's login together: a
+ * token cannot be guessed, but the gateway must not be a free oracle either, answering guesses
+ * as fast as a client sends them. After `maxFailures` failures within `windowMs` the address
+ * waits until the oldest of them leaves the window; every other address is untouched, and so is
+ * a correct token from one. One count for both routes, so that a client cannot double its
+ * guesses by alternating them.
+ *
+ * An IPv6 address counts as its /64: a host is given a /64 and takes any address in it, so
+ * that per address it could rotate past the bound for free. The memory is bounded: at most
+ * `maxAddresses` addresses (the least recently failing is forgotten first), `maxFailures`
+ * instants each. An address that has never failed costs one map lookup.
+ */
+export class FailedAuthentications {
+  private readonly failures = new Map<string, number[]>();
+
+  constructor(
+    private readonly clock: { elapsed(): number },
+    readonly maxFailures = 5,
+    readonly windowMs = 60_000,
+    private readonly maxAddresses = 1_024,
+  ) {}
+
+  /** Seconds to wait before the next attempt from this address; 0 when it may try now. */
+  waitS(address: string): number {
+    const failed = this.failures.get(addressGroup(address));
+    // The path of every client that has not failed lately: one lookup.
+    if (failed === undefined || failed.length < this.maxFailures) return 0;
+    const oldest = failed[failed.length - this.maxFailures] ?? 0;
+    const waitMs = oldest + this.windowMs - this.clock.elapsed();
+    return waitMs > 0 ? Math.max(1, Math.ceil(waitMs / 1000)) : 0;
+  }
+
+  /** Counts a failure; true when it is the one that makes the address wait. */
+  failed(address: string): boolean {
+    const group = addressGroup(address);
+    const since = this.clock.elapsed() - this.windowMs;
+    const recent = (this.failures.get(group) ?? []).filter((t) => t > since);
+    recent.push(this.clock.elapsed());
+    // Re-inserted, so that the map's order is the order of the last failures.
+    this.failures.delete(group);
+    this.failures.set(group, recent.slice(-this.maxFailures));
+    while (this.failures.size > this.maxAddresses) {
+      const first = this.failures.keys().next();
+      if (first.done === true) break;
+      this.failures.delete(first.value);
+    }
+    return recent.length === this.maxFailures;
+  }
+
+  /** Addresses remembered now (at most maxAddresses). */
+  get addresses(): number {
+    return this.failures.size;
+  }
+}
+
+/**
+ * Says once, when an address has just reached the bound, that its authentications are refused
+ * for a while: a client guessing tokens, or one whose token is wrong (its operator's fix). The
+ * address and the route only: never a token.
+ */
+export function warnThrottled(
+  logger: { warn(obj: object, msg: string): void },
+  failures: FailedAuthentications,
+  address: string,
+  route: string,
+): void {
+  logger.warn(
+    {
+      ip: address,
+      counted: addressGroup(address),
+      route,
+      failures: failures.maxFailures,
+      windowS: failures.windowMs / 1000,
+      retryAfterS: failures.waitS(address),
+    },
+    'authentication refused: too many failed from this address; its requests with credentials are answered 429 until the oldest failure is a window old',
+  );
+}
+
+/**
+ * The address a failure counts against: an IPv4 address as it is (also when written
+ * IPv4-mapped, `::ffff:10.0.0.7`, as a dual-stack listener gives it), an IPv6 address as its /64.
+ */
+export function addressGroup(address: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped?.[1] !== undefined) return mapped[1];
+  if (!address.includes(':')) return address;
+  const [head = '', tail] = (address.split('%')[0] ?? address).toLowerCase().split('::');
+  const left = head === '' ? [] : head.split(':');
+  const right = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = [
+    ...left,
+    ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0'),
+    ...right,
+  ];
+  return `${groups
+    .slice(0, 4)
+    .map((g) => parseInt(g, 16).toString(16))
+    .join(':')}::/64`;
+}

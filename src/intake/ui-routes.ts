@@ -12,12 +12,12 @@ import type { CertificateVerdict } from './https-certificate.js';
 import { JSON_TYPE, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, Reply, Request } from './https-types.js';
 import type { IdentityRegistry } from './identities.js';
+import { warnThrottled, type FailedAuthentications } from './rate-limit.js';
 import { UiEvents } from './ui-events.js';
 import {
   clearedCookie,
   CSRF_HEADER,
   csrfMatches,
-  LoginThrottle,
   sameOrigin,
   sessionCookie,
   UiSessions,
@@ -68,6 +68,8 @@ export interface UiRoutesOptions {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly stopping: AbortSignal;
+  /** Failed authentications per address, shared with `/v1` (rate-limit.ts). */
+  readonly failedAuthentications: FailedAuthentications;
 }
 
 /** How long reverify waits for the fresh readback's verdict, as `sluicectl reverify` does. */
@@ -134,7 +136,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     stopping,
     headers: UI_HEADERS,
   });
-  const logins = new LoginThrottle(clock);
+  const logins = options.failedAuthentications;
   const byRequest = new WeakMap<object, UiSession>();
 
   app.addHook('onSend', async (request, reply, payload) => {
@@ -242,7 +244,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
       clock.now(),
     );
     if (!auth.ok) {
-      logins.failed(request.ip);
+      if (logins.failed(request.ip)) warnThrottled(logger, logins, request.ip, '/ui/api/login');
       const detail = given === undefined ? auth.detail : 'the token is not valid';
       logger.info({ ip: request.ip, reason: detail }, 'status page login refused');
       return sendProblem(reply, makeProblem(401, 'UNAUTHORIZED', detail));

@@ -140,6 +140,8 @@ export interface CallOptions {
   readonly body?: string | Buffer;
   readonly clientCert?: Pem;
   readonly maxVersion?: 'TLSv1.2' | 'TLSv1.3';
+  /** The client's own address (on Linux any of 127.0.0.0/8 reaches loopback): another client. */
+  readonly localAddress?: string;
 }
 
 export interface HttpResult {
@@ -183,6 +185,7 @@ export function call(
           ? {}
           : { cert: options.clientCert.cert, key: options.clientCert.key }),
         ...(options.maxVersion === undefined ? {} : { maxVersion: options.maxVersion }),
+        ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }),
       },
       (res) => {
         const chunks: Buffer[] = [];

@@ -3,13 +3,13 @@ import type { Clock } from '../../src/core/clock.js';
 import {
   clearedCookie,
   csrfMatches,
-  LoginThrottle,
   sameOrigin,
   SESSION_COOKIE,
   sessionCookie,
   sessionId,
   UiSessions,
 } from '../../src/intake/ui-session.js';
+import { FailedAuthentications } from '../../src/intake/rate-limit.js';
 
 /** Status page sessions, their cookie, CSRF token and origin rules, and the login throttle, on fake time. */
 
@@ -160,10 +160,10 @@ describe('cookie, CSRF token and origin', () => {
   });
 });
 
-describe('LoginThrottle', () => {
+describe('FailedAuthentications', () => {
   it('lets five failures a minute through per address, then says how long to wait', () => {
     const clock = fakeClock();
-    const throttle = new LoginThrottle(clock);
+    const throttle = new FailedAuthentications(clock);
     for (let i = 0; i < 5; i++) {
       expect(throttle.waitS('10.0.0.5')).toBe(0);
       throttle.failed('10.0.0.5');
@@ -173,5 +173,26 @@ describe('LoginThrottle', () => {
     expect(throttle.waitS('10.0.0.6')).toBe(0);
     clock.advance(55_000);
     expect(throttle.waitS('10.0.0.5')).toBe(0);
+  });
+
+  it('counts an IPv6 address as its /64, an IPv4-mapped one as its IPv4', () => {
+    const clock = fakeClock();
+    const throttle = new FailedAuthentications(clock);
+    for (let i = 1; i <= 5; i++) throttle.failed(`2001:db8:7:9::${i.toString(16)}`);
+    expect(throttle.waitS('2001:db8:7:9:ffff::1')).toBe(60);
+    expect(throttle.waitS('2001:db8:7:a::1')).toBe(0);
+    for (let i = 0; i < 5; i++) throttle.failed('::ffff:10.0.0.7');
+    expect(throttle.waitS('10.0.0.7')).toBe(60);
+  });
+
+  it('remembers at most its bound of addresses, the least recently failing forgotten first', () => {
+    const clock = fakeClock();
+    const throttle = new FailedAuthentications(clock, 5, 60_000, 100);
+    for (let i = 0; i < 5; i++) throttle.failed('10.9.9.9');
+    for (let i = 0; i < 99; i++) throttle.failed(`10.1.${i >> 8}.${i & 255}`);
+    expect(throttle.addresses).toBe(100);
+    expect(throttle.waitS('10.9.9.9')).toBe(60);
+    for (let i = 0; i < 10_000; i++) throttle.failed(`10.2.${i >> 8}.${i & 255}`);
+    expect(throttle.addresses).toBe(100);
   });
 });
