@@ -1,11 +1,10 @@
 import { hostname, userInfo } from 'node:os';
-import { shellWord } from '../shell-word.js';
 import { AdminClient, AnswerLostError } from './admin-client.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT, UsageError, type ExitCode } from './errors.js';
 import { isResultDocument, resultFields, type ResultDocument } from './result-view.js';
 import { renderFields } from './table.js';
-import { keyWords } from './typed-back.js';
+import { keyWords, sluicectlWords } from './typed-back.js';
 
 /**
  * `reverify` and `resolve`: the operator's two ways to settle an open command, both through the
@@ -86,8 +85,7 @@ export async function runReverify(
 
 /** `sluicectl show KEY [--scope S]`, as it can be typed back. */
 function showLine(ctx: CliContext, key: string, scope: string | undefined): string {
-  const config = ctx.configExplicit ? ` --config ${shellWord(ctx.configPath)}` : '';
-  return `sluicectl${config} show ${keyWords(key, scope)}`;
+  return `${sluicectlWords(ctx)} show ${keyWords(key, scope)}`;
 }
 
 export interface ResolveOptions {

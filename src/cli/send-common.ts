@@ -3,7 +3,7 @@ import { shellWord } from '../shell-word.js';
 import type { CliContext } from './context.js';
 import { CliError, EXIT } from './errors.js';
 import type { ResultDocument } from './result-view.js';
-import { keyWords } from './typed-back.js';
+import { keyWords, sluicectlWords } from './typed-back.js';
 
 /** What `send` and its two intakes (send-https.ts, send-mqtt.ts) share. */
 
@@ -75,7 +75,7 @@ export function refused(
   const hint =
     code === 'IDEMPOTENCY_KEY_REUSED'
       ? `; key ${target.key} names a different command (device, action, position, issuedAt and ttl are compared): ` +
-        `see sluicectl show ${keyWords(target.key)}, repeat its --issued-at and --ttl, or use a new key`
+        `see ${sluicectlWords(target.ctx)} show ${keyWords(target.key)}, repeat its --issued-at and --ttl, or use a new key`
       : code === 'UNAUTHORIZED'
         ? '; check --token-file / SLUICE_TOKEN'
         : '';
@@ -90,9 +90,7 @@ export function refused(
  */
 export function retryHint(target: SendTarget): string {
   const { command, key, options, ctx } = target;
-  const sluicectl = ctx.configExplicit
-    ? `sluicectl --config ${shellWord(ctx.configPath)}`
-    : 'sluicectl';
+  const sluicectl = sluicectlWords(ctx);
   const line = [
     sluicectl,
     'send',

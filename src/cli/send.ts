@@ -15,7 +15,7 @@ import { openJournal } from './journal-reader.js';
 import { resultFields } from './result-view.js';
 import type { Delivery, SendOptions, SendTarget, WireCommand } from './send-common.js';
 import { renderFields } from './table.js';
-import { keyWords } from './typed-back.js';
+import { keyWords, sluicectlWords } from './typed-back.js';
 
 /**
  * `sluicectl send`: an engineer's command by hand, over either intake, as any issuer would send
@@ -246,7 +246,7 @@ function report(ctx: CliContext, target: SendTarget, delivery: Delivery): ExitCo
     ctx.out(
       `${style.paint('NOT SETTLED', 'warn')} within ${exactDuration(options.waitMs)} ${how}` +
         `${delivery.note === null ? '' : `: ${delivery.note}`}\n` +
-        `  follow it: sluicectl show ${keyWords(key)}\n`,
+        `  follow it: ${sluicectlWords(ctx)} show ${keyWords(key)}\n`,
     );
   }
   if (result !== null) ctx.out(renderFields(resultFields(result, ctx.now()), style));

@@ -8,7 +8,7 @@ import { formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
 import { findCommand, withJournal } from './journal-reader.js';
 import { observationText, outcomeText } from './result-view.js';
-import { keyWords } from './typed-back.js';
+import { keyWords, sluicectlWords } from './typed-back.js';
 import { clean, renderFields, renderTable, stateTone, type Field, type Tone } from './table.js';
 
 /** `sluicectl show KEY`: the whole story of one command, from the journal (views/command-show.ts). */
@@ -26,6 +26,7 @@ export async function runShow(
   const advice = refusalAdvice(
     shown,
     shown.outcome === null ? null : ctx.deviceProfile(shown.device),
+    sluicectlWords(ctx),
   );
   if (ctx.json) {
     ctx.outJson({ ...shown, advice });
@@ -87,6 +88,8 @@ function waitingText(
   open: OpenStatus | null,
   now: number,
   scope: string | undefined,
+  /** How the command line it prints begins (sluicectlWords). */
+  sluicectl: string,
 ): string | null {
   if (s.state === 'accepted') {
     // Only for a device the configuration has: no worker takes one it no longer has.
@@ -107,7 +110,7 @@ function waitingText(
   if (s.state !== 'dispatched' || s.dispatch === null) return null;
   return (
     `${settlingText(s.dispatch.seq, relative(Date.parse(s.dispatch.at), now))}. ` +
-    `Read it now: sluicectl reverify ${keyWords(s.key, scope)}`
+    `Read it now: ${sluicectl} reverify ${keyWords(s.key, scope)}`
   );
 }
 
@@ -118,7 +121,12 @@ function waitingText(
  * device's profile (its fault codes, and the actions its table takes in that state). Null for
  * any other outcome, or without the profile.
  */
-export function refusalAdvice(s: CommandStory, profile: DeviceProfile | null): string | null {
+export function refusalAdvice(
+  s: CommandStory,
+  profile: DeviceProfile | null,
+  /** How the command lines it prints begin (sluicectlWords). */
+  sluicectl = 'sluicectl',
+): string | null {
   if (profile === null || s.outcome === null) return null;
   const seen = s.readbacks.find((r) => r.when === 'at settlement')?.observation ?? null;
   if (s.outcome.code === 'LOCAL_MODE') {
@@ -143,7 +151,7 @@ export function refusalAdvice(s: CommandStory, profile: DeviceProfile | null): s
   const way =
     clears.length === 0
       ? 'it takes no command that clears it: it is cleared at the controller'
-      : `once its cause is fixed, clear it: ${clears.map((a) => `sluicectl send ${s.device} ${a}`).join(', or ')}; then send the command again`;
+      : `once its cause is fixed, clear it: ${clears.map((a) => `${sluicectl} send ${s.device} ${a}`).join(', or ')}; then send the command again`;
   return `the device is in ${profile.faultState}${fault}, where it refuses ${s.action}; ${way}`;
 }
 
@@ -223,13 +231,13 @@ function renderStory(
     s.outcome === null
       ? open?.overdueMs !== null && open?.overdueMs !== undefined
         ? `STUCK: still ${s.state}, ${formatDuration(open.overdueMs)} past ${open.stuckReason ?? 'its bound'}; ` +
-          `settle it: sluicectl reverify ${keyWords(s.key, scope)}, or sluicectl resolve --as failed --reason "…" ${keyWords(s.key, scope)}`
+          `settle it: ${sluicectlWords(ctx)} reverify ${keyWords(s.key, scope)}, or ${sluicectlWords(ctx)} resolve --as failed --reason "…" ${keyWords(s.key, scope)}`
         : `still ${s.state}: not settled yet (${formatDuration(open?.ageMs ?? 0)} open)`
       : `${outcomeText(s.outcome.state, s.outcome.code, s.outcome.faultCode)} ${at(s.outcome.settledAt)}`,
     s.outcome === null ? (open?.stuck === true ? 'bad' : null) : stateTone(s.outcome.state),
   ]);
   if (advice !== null) story.push(['what to do', advice, 'warn']);
-  const waiting = s.outcome === null ? waitingText(s, open, now, scope) : null;
+  const waiting = s.outcome === null ? waitingText(s, open, now, scope, sluicectlWords(ctx)) : null;
   if (waiting !== null) story.push(['waiting for', waiting, 'warn']);
   out.push('\n', renderFields(story, style));
 

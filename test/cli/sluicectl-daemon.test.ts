@@ -280,7 +280,8 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     );
     expect({ code: sent.code, stderr: sent.stderr }).toEqual({ code: 1, stderr: '' });
     expect(sent.stdout).toMatch(/^NOT SETTLED within 1s over https \(HTTP 202\)/);
-    expect(sent.stdout).toContain('follow it: sluicectl show held-1');
+    // With the --config this run was given: the line reaches the same daemon and journal.
+    expect(sent.stdout).toContain(`follow it: sluicectl --config ${configPath} show held-1`);
     await until(() => (valve.counters.writesReceived === 1 ? true : undefined), 5_000, 'the write');
 
     const stuck = await binary('stuck', '--older-than', '1s');
@@ -499,7 +500,7 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     );
     expect(reused.code).toBe(1);
     expect(reused.stderr).toContain('IDEMPOTENCY_KEY_REUSED');
-    expect(reused.stderr).toContain('see sluicectl show send-mqtt-1');
+    expect(reused.stderr).toContain(`see sluicectl --config ${configPath} show send-mqtt-1`);
 
     // No --key: a fresh UUID.
     const fresh = await cli('send', 'send-valve', 'open', '--via', 'mqtt', '--json');

@@ -373,7 +373,7 @@ describe('show', () => {
     // Accepted 10 min ago with a 30 s ttl and the valve's 8 s confirm timeout: 9m22s past.
     expectAges(
       run.stdout,
-      String.raw`outcome\s+STUCK: still dispatched, ${AGE} past its deadline plus its 8 s confirm timeout; settle it: sluicectl reverify k-stuck`,
+      String.raw`outcome\s+STUCK: still dispatched, ${AGE} past its deadline plus its 8 s confirm timeout; settle it: sluicectl --config ${configPath} reverify k-stuck`,
       [(10 * 60 - 30 - 8) * 1_000],
     );
     expect(run.stdout).toMatch(/recovery\s+note\s+dispatched\s+taken up again/);
@@ -433,10 +433,8 @@ describe('show', () => {
     ]);
     expect(stuck.code).toBe(0);
     expect(young.code).toBe(0);
-    const settle = /settle it: (sluicectl reverify .*), or (sluicectl resolve .*)$/m.exec(
-      stuck.stdout,
-    );
-    const readNow = /Read it now: (sluicectl reverify .*)$/m.exec(young.stdout);
+    const settle = /settle it: (sluicectl .*?), or (sluicectl .*)$/m.exec(stuck.stdout);
+    const readNow = /Read it now: (sluicectl .*)$/m.exec(young.stdout);
     expect(settle, stuck.stdout).not.toBeNull();
     expect(readNow, young.stdout).not.toBeNull();
     /** The arguments a POSIX shell gives sluicectl for `line`, one per element. */
@@ -446,9 +444,19 @@ describe('show', () => {
       });
       return sh.stdout.split('\0').slice(0, -1);
     };
-    expect(words(settle![1]!)).toEqual(['reverify', injected]);
-    expect(words(settle![2]!)).toEqual(['resolve', '--as', 'failed', '--reason', '…', injected]);
-    expect(words(readNow![1]!)).toEqual(['reverify', '--scope', 'plant', '--', dashed]);
+    // With the --config this run was given: the line reaches the same daemon.
+    const config = ['--config', configPath];
+    expect(words(settle![1]!)).toEqual([...config, 'reverify', injected]);
+    expect(words(settle![2]!)).toEqual([
+      ...config,
+      'resolve',
+      '--as',
+      'failed',
+      '--reason',
+      '…',
+      injected,
+    ]);
+    expect(words(readNow![1]!)).toEqual([...config, 'reverify', '--scope', 'plant', '--', dashed]);
   });
 
   it('needs --scope for a key two identities used; an unknown key is an error', async () => {

@@ -89,7 +89,11 @@ describe.skipIf(!real)('sluicectl on commands that wait', () => {
       ctl('show', 'faulted-1', '--json'),
     ]);
     expect(faulted.stdout).toMatch(
-      /^ {2}what to do +the device is in FAULT \(fault 0x82: position sensor disagreement\), where it refuses move; once its cause is fixed, clear it: sluicectl send mb-actuator reset; then send the command again$/m,
+      /^ {2}what to do +the device is in FAULT \(fault 0x82: position sensor disagreement\), where it refuses move; once its cause is fixed, clear it: sluicectl --config \S+ send mb-actuator reset; then send the command again$/m,
+    );
+    // With the --config this run was given: the reset goes to this site's daemon.
+    expect(faulted.stdout).toContain(
+      `clear it: sluicectl --config ${site.configPath} send mb-actuator reset;`,
     );
     expect(inHand.stdout).toMatch(
       /^ {2}what to do +the device is in LOCAL: switched to local \(hand\) control at its panel, it takes no remote command; once it is switched back to remote, send the command again$/m,
@@ -145,7 +149,10 @@ describe.skipIf(!real)('sluicectl on commands that wait', () => {
       expect({ code: run.code, stderr: run.stderr }).toEqual({ code: 0, stderr: '' });
     }
     expect(doubt.stdout).toMatch(
-      /^ {2}waiting for +a readback that settles its write \(seq 1\), sent \d+(?:ms|s) ago: until one does, the write's effect is unknown \(the device may move\)\. Read it now: sluicectl reverify doubt-1$/m,
+      /^ {2}waiting for +a readback that settles its write \(seq 1\), sent \d+(?:ms|s) ago: until one does, the write's effect is unknown \(the device may move\)\. Read it now: sluicectl --config \S+ reverify doubt-1$/m,
+    );
+    expect(doubt.stdout).toContain(
+      `Read it now: sluicectl --config ${site.configPath} reverify doubt-1`,
     );
     expect(behind.stdout).toMatch(
       /^ {2}waiting for +doubt-1 \(dispatched\) on its device, which runs one command at a time$/m,
