@@ -8,6 +8,7 @@ import { daemonListening } from './admin-client.js';
 import { CliError, messageOf } from './errors.js';
 import { lookUp } from './paths.js';
 import { Style } from './table.js';
+import { unitEnvironment } from './unit-environment.js';
 
 /**
  * What every subcommand shares: the configuration (read once, only when a subcommand needs
@@ -114,8 +115,13 @@ export class CliContext {
     }
     try {
       // The site file of a systemd install names its secrets under ${CREDENTIALS_DIRECTORY},
-      // which only the unit has: sluicectl reads none of them.
-      this.loaded = loadConfig(this.configPath, { env: this.io.env, unitDirectories: 'optional' });
+      // which only the unit has: sluicectl reads none of them. The unit's environment file
+      // overrides the site file for the daemon, and so for sluicectl; a SLUICE_* variable the
+      // operator sets is theirs and overrides it in turn.
+      this.loaded = loadConfig(this.configPath, {
+        env: { ...unitEnvironment(this.configPath), ...this.io.env },
+        unitDirectories: 'optional',
+      });
     } catch (error) {
       if (error instanceof ConfigError) {
         const hint = this.configExplicit ? '' : ' (give --config FILE or SLUICE_CONFIG)';

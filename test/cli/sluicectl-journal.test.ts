@@ -834,6 +834,41 @@ describe('errors and usage', () => {
     60_000,
   );
 
+  it('reads the site as the unit runs it: the SLUICE_* overrides of sluiced.env beside the site file', async () => {
+    // The unit's EnvironmentFile= is /etc/sluice/sluiced.env, beside /etc/sluice/sluice.yaml:
+    // with SLUICE_STATE_DIR there, the daemon's journal is not the site file's stateDir.
+    const site = join(dir, `unit-env-${Math.random().toString(16).slice(2)}`);
+    const state = join(site, 'elsewhere');
+    mkdirSync(site);
+    seedJournal(join(state, 'journal.db'), Date.now());
+    writeFileSync(join(site, 'sluice.yaml'), configYaml('state-of-the-file'));
+    writeFileSync(
+      join(site, 'sluiced.env'),
+      [
+        '# Environment of sluiced under systemd',
+        `SLUICE_STATE_DIR="${state}"`,
+        'NODE_OPTIONS=--max-old-space-size=256',
+        '',
+      ].join('\n'),
+    );
+    const config = join(site, 'sluice.yaml');
+    const [unit, operator] = await Promise.all([
+      sluicectlInProcess(['--config', config, '--json', 'list', '--state', 'failed']),
+      // A variable the operator sets is theirs: it overrides the file, as it would the site's.
+      sluicectlInProcess(['--config', config, 'list'], {
+        env: { SLUICE_STATE_DIR: join(site, 'mine') },
+      }),
+    ]);
+    expect(unit.code).toBe(0);
+    // The journal the unit's daemon writes: its commands.
+    expect(unit.json<{ commands: { key: string }[] }>().commands.map((c) => c.key)).toEqual([
+      'k-failed',
+      'k-shared',
+    ]);
+    expect(operator.code).toBe(1);
+    expect(operator.stderr).toContain(`no journal at ${join(site, 'mine', 'journal.db')}`);
+  });
+
   it('stops quietly when its reader goes away, with the exit code of the command', async () => {
     // `sluicectl stuck | head -1`, a pager quit at once: the read end of stdout is closed
     // before sluicectl writes, so that every write meets a closed pipe (EPIPE).
