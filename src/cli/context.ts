@@ -6,6 +6,7 @@ import { packageRoot } from '../package-root.js';
 import { loadProfiles } from '../profiles/load.js';
 import { daemonListening } from './admin-client.js';
 import { CliError, messageOf } from './errors.js';
+import { journalLockHeld } from './journal-holder.js';
 import { lookUp } from './paths.js';
 import { Style } from './table.js';
 import { unitEnvironment } from './unit-environment.js';
@@ -175,6 +176,17 @@ export class CliContext {
       return;
     }
     if ((await daemonListening(socket)) !== 'absent') return;
+    if (journalLockHeld(this.journalPath()) === true) {
+      // A daemon holds the journal: starting (its endpoint not open yet while it takes up the
+      // commands its journal held open) or stopping (its endpoint closed while the commands in
+      // flight settle). "Not running: nothing is being settled" would be false of both.
+      this.warn(
+        `sluiced holds the journal but nothing listens at ${socket} yet or any more: it is starting ` +
+          'or stopping, and settles the open commands itself, by reading their devices. ' +
+          'reverify and resolve need its admin endpoint: try again in a moment (systemctl status sluiced)',
+      );
+      return;
+    }
     this.warn(
       `sluiced is not running (nothing listens at ${socket}): no open command is being settled; ` +
         'when it starts it takes each one up by reading its device, never by writing it again. ' +

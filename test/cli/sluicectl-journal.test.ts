@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exactDuration, formatDuration, parseDuration, relative } from '../../src/cli/durations.js';
@@ -867,6 +867,39 @@ describe('errors and usage', () => {
     ]);
     expect(operator.code).toBe(1);
     expect(operator.stderr).toContain(`no journal at ${join(site, 'mine', 'journal.db')}`);
+  });
+
+  it('says a daemon holding the journal without its admin endpoint is starting or stopping, not absent', async () => {
+    // While sluiced takes up the commands its journal held open at its start, and while a stop
+    // lets the commands in flight settle, it holds the journal's writer lock and its admin
+    // socket is not there: "not running, nothing is being settled" would be false. The lock is
+    // the daemon's own (writer-lock.ts), taken by a process of its own as a daemon takes it.
+    const { config } = freshJournal();
+    const journal = join(dirname(config), 'journal.db');
+    const holder = spawn(process.execPath, [...nodeArgs('test/helpers/lock-process.ts'), journal], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    try {
+      const said = await new Promise<string>((resolve, reject) => {
+        holder.stdout.once('data', (c: Buffer) => {
+          resolve(c.toString('utf8'));
+        });
+        holder.once('error', reject);
+      });
+      expect(said).toBe('locked\n');
+      const held = await sluicectlInProcess(['--config', config, 'show', 'k-stuck']);
+      expect(held.code).toBe(0);
+      expect(held.stderr).toMatch(
+        /^sluicectl: sluiced holds the journal but nothing listens at \S+admin\.sock yet or any more: it is starting or stopping/,
+      );
+    } finally {
+      const gone = new Promise((resolve) => holder.once('close', resolve));
+      holder.kill('SIGKILL');
+      await gone;
+    }
+    // The lock released with its process: no daemon now.
+    const absent = await sluicectlInProcess(['--config', config, 'show', 'k-stuck']);
+    expect(absent.stderr).toMatch(/^sluicectl: sluiced is not running \(nothing listens at /);
   });
 
   it('stops quietly when its reader goes away, with the exit code of the command', async () => {
