@@ -92,9 +92,16 @@ export function limitConnections(server: HttpsServer, limits: ConnectionLimits):
  * connection (keep-alive), not an answer going out: a client that sent requests and never read
  * — shrinking its TCP window to zero, half-closed or not — held its connection and the answers
  * in the socket buffers (megabytes each, up to https.maxConnections of them) for as long as it
- * kept the connection, since its keep-alive timeout starts only once an answer is written out.
+ * kept it, since its keep-alive timeout starts only once an answer is written out.
  * Streams that never end (the status page's events, ui-events.ts, which hold back what a
  * client does not read) are not bounded here. `closed` is told of each connection closed so.
+ *
+ * The bound is on progress, not time: an answer still going out at `ms` whose client the kernel
+ * sees taking bytes — acknowledging them, its receive window open (https-peer.ts) — is given
+ * another `ms`. A large answer over a slow radio link (a devices list of a big plant at a few
+ * kilobytes a second) took longer than the bound while every byte of it moved, and was cut,
+ * its client left to retry into the same cut. Where the kernel says nothing (not Linux), the
+ * bound is on time, as before.
  *
  * The connection is reset (resetConnection), not closed: closed, the answers the client did not
  * read stayed in the kernel's send buffer behind the FIN, the connection in FIN-WAIT-1 (LAST-ACK
@@ -105,18 +112,43 @@ export function boundAnswers(server: NetServer, ms: number, closed?: () => void)
   server.on('request', (request: { socket: Socket }, response: ServerResponse) => {
     response.once('prefinish', () => {
       if (response.writableFinished) return;
-      const timer = setTimeout(() => {
-        if (response.writableFinished || request.socket.destroyed) return;
-        resetConnection(request.socket);
-        closed?.();
-      }, ms);
-      timer.unref();
+      const socket = request.socket;
+      const done = (): boolean => response.writableFinished || socket.destroyed;
+      let timer: NodeJS.Timeout | undefined;
+      const expire = (): void => {
+        if (done()) return;
+        void takingBytes(socket).then((taking) => {
+          if (done()) return;
+          if (taking) {
+            arm();
+            return;
+          }
+          resetConnection(socket);
+          closed?.();
+        });
+      };
+      const arm = (): void => {
+        timer = setTimeout(expire, ms);
+        timer.unref();
+      };
+      arm();
       // 'close' follows the finish, or the connection's end before it.
       response.once('close', () => {
         clearTimeout(timer);
       });
     });
   });
+}
+
+/**
+ * Whether the kernel sees the connection's client taking bytes now: nothing waits for it, or it
+ * acknowledges what is sent with its receive window open. False where the kernel says nothing.
+ */
+async function takingBytes(socket: Socket): Promise<boolean> {
+  const key = connectionOf(socket);
+  if (key === null) return false;
+  const peer = (await readTcpPeers())?.get(key);
+  return peer !== undefined && !peer.windowClosed && !peer.silent;
 }
 
 /** How often the kernel is asked about the connections' peers (boundUnreadInKernel). */

@@ -1,0 +1,159 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { REQUEST_TIMEOUT_MS } from '../../src/intake/https-server.js';
+import { until } from '../helpers/mosquitto.js';
+import { call, startUiSite, type UiSite } from '../ui/ui-site.js';
+
+/**
+ * A large answer over a slow link, against the daemon (built from its site file) and sluice-sim:
+ * `/metrics` of a plant of 400 valves (about 400 KB), fetched by a client in a network namespace
+ * of its own whose link the kernel shapes to a rate (tc tbf on the gateway's end of a veth pair)
+ * at which the answer takes 80 s to go out, of which the gateway's process holds the part the
+ * kernel's buffers do not take (about 250 KB) well past the request timeout (30 s). Every byte
+ * moves, so the answer is not cut: the bound on an answer going out is on progress, not time
+ * (https-connections.ts boundAnswers). It was cut at the bound, the client left with part of
+ * the answer and a reset, and its retry cut the same way. Ground truth: what the client read,
+ * whole (its Content-Length, ending with a whole line).
+ *
+ * Needs root and iproute2 (`ip netns`, `tc` with tbf): skipped without them.
+ */
+
+const id = (process.pid % 250) + 1;
+const NS = `sluice-slow-${process.pid}`;
+const HOST_LINK = `slsh${process.pid}`.slice(0, 15);
+const NS_LINK = `slsn${process.pid}`.slice(0, 15);
+const HOST_IP = `10.215.${id}.1`;
+const CLIENT_IP = `10.215.${id}.2`;
+const VALVES = 400;
+/** How long the answer should take to go out over the shaped link. */
+const TRANSFER_MS = 80_000;
+
+function run(command: string, ...args: string[]): void {
+  execFileSync(command, args, { stdio: 'pipe' });
+}
+
+function runnable(): boolean {
+  if (process.getuid?.() !== 0) return false;
+  try {
+    run('ip', 'netns', 'list');
+    run('tc', '-V');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const canRun = runnable();
+let site: UiSite | undefined;
+
+beforeAll(async () => {
+  if (!canRun) return;
+  run('ip', 'netns', 'add', NS);
+  run('ip', 'link', 'add', HOST_LINK, 'type', 'veth', 'peer', 'name', NS_LINK);
+  run('ip', 'link', 'set', NS_LINK, 'netns', NS);
+  run('ip', 'addr', 'add', `${HOST_IP}/30`, 'dev', HOST_LINK);
+  run('ip', 'link', 'set', HOST_LINK, 'up');
+  run('ip', '-n', NS, 'addr', 'add', `${CLIENT_IP}/30`, 'dev', NS_LINK);
+  run('ip', '-n', NS, 'link', 'set', NS_LINK, 'up');
+  site = await startUiSite({ mqtt: false, opcua: false, bulkValves: VALVES, httpsHost: '0.0.0.0' });
+}, 120_000);
+
+afterAll(async () => {
+  await site?.stop();
+  if (!canRun) return;
+  try {
+    run('ip', 'link', 'del', HOST_LINK);
+  } catch {
+    // Gone with the namespace already.
+  }
+  run('ip', 'netns', 'del', NS);
+});
+
+/** One GET over the shaped link, read to its end: what the client got. */
+const CLIENT = `
+import { request } from 'node:https';
+const { HOST, PORT, CA, TOKEN } = process.env;
+const started = Date.now();
+let bytes = 0;
+const chunks = [];
+const req = request({ host: HOST, port: Number(PORT), path: '/metrics', ca: CA, agent: false,
+  checkServerIdentity: () => undefined }, (res) => {
+  res.on('data', (chunk) => { bytes += chunk.length; chunks.push(chunk); });
+  const report = (error) => {
+    const lastLine = Buffer.concat(chunks).toString('utf8').endsWith('\\n');
+    process.stdout.write(JSON.stringify({ status: res.statusCode, length: Number(res.headers['content-length']),
+      bytes, lastLine, ms: Date.now() - started, error: error?.code ?? error?.message ?? null }));
+    process.exit(0);
+  };
+  res.on('end', () => report(null));
+  res.on('error', report);
+  res.on('aborted', () => report(new Error('aborted')));
+});
+req.on('error', (error) => { process.stdout.write(JSON.stringify({ bytes, error: error.code ?? error.message, ms: Date.now() - started })); process.exit(0); });
+req.end();
+`;
+
+interface Fetched {
+  readonly status?: number;
+  readonly length?: number;
+  readonly bytes: number;
+  readonly lastLine?: boolean;
+  readonly ms: number;
+  readonly error: string | null;
+}
+
+it.skipIf(!canRun)(
+  'a large answer over a slow link, held by the gateway past the request timeout while it moves, arrives whole',
+  async () => {
+    const s = site!;
+    // The answer's size, on loopback: the link is shaped so that it takes TRANSFER_MS.
+    const local = await call(s, 'GET', '/metrics');
+    expect(local.status).toBe(200);
+    const size = Buffer.byteLength(local.body);
+    expect(size).toBeGreaterThan(300_000);
+    const kbit = Math.max(8, Math.floor((size * 8) / (TRANSFER_MS / 1000) / 1000));
+    run(
+      'tc',
+      'qdisc',
+      'add',
+      'dev',
+      HOST_LINK,
+      'root',
+      'tbf',
+      'rate',
+      `${kbit}kbit`,
+      'burst',
+      '1600',
+      'latency',
+      '5s',
+    );
+
+    let out = '';
+    const client = spawn(
+      'ip',
+      ['netns', 'exec', NS, process.execPath, '--input-type=module', '-e', CLIENT],
+      {
+        env: { ...process.env, HOST: HOST_IP, PORT: String(s.port), CA: s.cert },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
+    client.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString('utf8');
+    });
+    const exited = new Promise((resolve) => client.once('exit', resolve));
+    try {
+      await until(() => (out.endsWith('}') ? true : undefined), 3 * TRANSFER_MS, 'the fetch');
+    } finally {
+      client.kill('SIGKILL');
+      await exited;
+    }
+    const fetched = JSON.parse(out) as Fetched;
+    // It took far longer than the bound.
+    expect(fetched.ms, out).toBeGreaterThan(2 * REQUEST_TIMEOUT_MS);
+    expect(fetched.error, out).toBeNull();
+    expect(fetched.status).toBe(200);
+    expect(fetched.bytes).toBe(fetched.length);
+    expect(fetched.lastLine).toBe(true);
+  },
+  5 * TRANSFER_MS,
+);
