@@ -32,6 +32,12 @@ export interface Io {
   readonly stderr: { write(text: string): unknown };
   readonly env: NodeJS.ProcessEnv;
   readonly now: () => number;
+  /**
+   * Calls `say` when the operator interrupts the run (Ctrl-C, SIGTERM) before it ends, then
+   * ends the process (exit 128 + the signal's number); the returned function stops listening.
+   * The binary's; absent where there is no process to interrupt (main called in a test).
+   */
+  readonly onInterrupt?: (say: () => void) => () => void;
 }
 
 /** The `admin` section docs/admin-api.md adds; read structurally so older configs still load. */

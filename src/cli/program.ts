@@ -17,7 +17,8 @@ Exit codes:
   0  fine
   1  error: journal or daemon unreachable, refused, not ready, command not confirmed (send)
   2  usage: unknown option or subcommand, bad value, missing --reason, ambiguous key
-  3  stuck: 'stuck' listed open commands`;
+  3  stuck: 'stuck' listed open commands
+  130, 143  send interrupted (Ctrl-C, SIGTERM): its key and a safe retry on stderr`;
 
 const FILES = `
 Files and environment:

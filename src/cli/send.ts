@@ -13,7 +13,13 @@ import { exactDuration } from './durations.js';
 import { EXIT, UsageError, type ExitCode } from './errors.js';
 import { openJournal } from './journal-reader.js';
 import { resultFields } from './result-view.js';
-import type { Delivery, SendOptions, SendTarget, WireCommand } from './send-common.js';
+import {
+  retryHint,
+  type Delivery,
+  type SendOptions,
+  type SendTarget,
+  type WireCommand,
+} from './send-common.js';
 import { renderFields } from './table.js';
 import { keyWords, sluicectlWords } from './typed-back.js';
 
@@ -70,11 +76,23 @@ export async function runSend(
     ...(messageExpiryS === undefined ? {} : { messageExpiryS }),
   };
   // Loaded on use: the MQTT client library is the CLI's heaviest import.
-  const delivery =
-    options.via === 'https'
-      ? await (await import('./send-https.js')).sendHttps(target)
-      : await (await import('./send-mqtt.js')).sendMqtt(target);
-  return report(ctx, target, delivery);
+  // Interrupted while it waits (Ctrl-C on a slow valve), the run would end without a word, and
+  // the key of a command it may have sent (a new UUID unless --key) would be lost with it: the
+  // operator's next `send` is then a new command, a second actuation.
+  const stopListening = ctx.io.onInterrupt?.(() => {
+    ctx.io.stderr.write(
+      `sluicectl: interrupted before the result came: the command may have been sent, and the valve may move (key ${key}); ${retryHint(target)}\n`,
+    );
+  });
+  try {
+    const delivery =
+      options.via === 'https'
+        ? await (await import('./send-https.js')).sendHttps(target)
+        : await (await import('./send-mqtt.js')).sendMqtt(target);
+    return report(ctx, target, delivery);
+  } finally {
+    stopListening?.();
+  }
 }
 
 function checkedKey(key: string): string {

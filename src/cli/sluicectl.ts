@@ -20,6 +20,20 @@ const code = await main(process.argv.slice(2), {
   stderr: process.stderr,
   env: process.env,
   now: () => Date.now(),
+  onInterrupt: (say) => {
+    const signals = { SIGINT: 2, SIGTERM: 15 } as const;
+    const handlers = Object.entries(signals).map(([signal, number]) => {
+      const handler = (): void => {
+        say();
+        process.exit(128 + number);
+      };
+      process.once(signal, handler);
+      return () => process.off(signal, handler);
+    });
+    return () => {
+      for (const off of handlers) off();
+    };
+  },
 });
 // exitCode, not exit(): stdout may be a pipe still draining a long table.
 process.exitCode = code;

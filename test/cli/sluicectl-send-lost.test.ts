@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -9,6 +10,7 @@ import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
+import { nodeArgs } from '../helpers/entry.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { mosquittoAvailable, startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
@@ -290,6 +292,72 @@ describe.runIf(real)('sluicectl send that loses track of its command', () => {
     const again = await sluicectl(retry);
     expect({ code: again.code, stderr: again.stderr }).toEqual({ code: 0, stderr: '' });
     expect(again.stdout).toMatch(/^(CONFIRMED|REPLAYED)/);
+    expect(keyOf(again)).toBe(key);
+    expect(valve.counters.writesReceived).toBe(before + 1);
+  }, 60_000);
+
+  it('interrupted (Ctrl-C) while it waits: the key and a safe retry on stderr, exit 130', async () => {
+    const valve = plant.device('lost-valve');
+    const before = valve.counters.writesReceived;
+    valve.setFault({ kind: 'stuck-travel' });
+    const action = moving(valve);
+    // No --key: only the run's words can tell the operator which key it used.
+    const child = spawn(
+      process.execPath,
+      [
+        ...nodeArgs('src/cli/sluicectl.ts'),
+        '--config',
+        cliConfig,
+        'send',
+        'lost-valve',
+        action,
+        '--wait',
+        '20s',
+        '--token-file',
+        tokenFile,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    const ended = new Promise<number | null>((resolve) => child.once('close', resolve));
+    let code: number | null;
+    try {
+      // Written: the valve is commanded, and the run still waits for its result.
+      await until(
+        () => (valve.counters.writesReceived === before + 1 ? true : undefined),
+        15_000,
+        'the write',
+      );
+      child.kill('SIGINT');
+      code = await ended;
+    } finally {
+      valve.clearFault('stuck-travel');
+    }
+    expect({ code, stdout }).toEqual({ code: 130, stdout: '' });
+    const key = /\(key ([0-9a-f-]{36})\)/.exec(stderr)?.[1];
+    expect(key, stderr).toBeDefined();
+    const line = /send it again with the same key [^:]*: sluicectl (.*)$/m.exec(stderr)?.[1];
+    expect(line, stderr).toBeDefined();
+    const retry = line!.split(' ');
+    expect(retry).toEqual([
+      '--config',
+      cliConfig,
+      'send',
+      'lost-valve',
+      action,
+      '--key',
+      key,
+      '--via',
+      'https',
+      '--token-file',
+      tokenFile,
+    ]);
+    // The retry is the same command: followed or replayed, never written again.
+    const again = await sluicectl(retry);
+    expect({ code: again.code, stderr: again.stderr }).toEqual({ code: 0, stderr: '' });
     expect(keyOf(again)).toBe(key);
     expect(valve.counters.writesReceived).toBe(before + 1);
   }, 60_000);
