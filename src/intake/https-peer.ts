@@ -14,7 +14,7 @@ import { endianness } from 'node:os';
  * that writes a heartbeat never probes). TCP_USER_TIMEOUT would bound it in the kernel, but
  * Node has no setsockopt for it.
  *
- * Linux shows it in /proc/net/tcp and /proc/net/tcp6 (of the process's network namespace),
+ * Linux shows it in /proc/self/net/tcp and tcp6 (of the process's network namespace),
  * one line per connection (net/ipv4/tcp_ipv4.c get_tcp4_sock): the bytes sent and not yet
  * acknowledged (`tx_queue`, write_seq - snd_una), the retransmissions since the last
  * acknowledgement of new data (`retrnsmt`, icsk_retransmits, reset by such an acknowledgement)
@@ -34,7 +34,11 @@ export interface TcpPeer {
   readonly windowClosed: boolean;
 }
 
-const TABLES = ['/proc/net/tcp', '/proc/net/tcp6'];
+/**
+ * Read through the process's own folder: the daemon's unit mounts /proc with ProcSubset=pid
+ * (systemd/sluiced.service), which leaves the processes' folders and `self` but not /proc/net.
+ */
+const TABLES = ['/proc/self/net/tcp', '/proc/self/net/tcp6'];
 
 /**
  * The TCP connections of this network namespace by connectionOf's key; null where the kernel
