@@ -301,5 +301,10 @@ export function buildProgram(io: Io, result: { code: number }): Command {
       ),
     );
 
+  // docs/sluicectl.md promises the exit codes in `sluicectl COMMAND --help` too: a script's
+  // author reads the subcommand's help, and 3 (stuck) and 1 (health not ready) are what it
+  // tests.
+  for (const command of program.commands)
+    command.addHelpText('after', `${EXIT_CODES.trimStart()}\n`);
   return program;
 }

@@ -1014,6 +1014,9 @@ describe('errors and usage', () => {
       expect(run.code).toBe(0);
       expect(run.stdout).toContain(`Usage: sluicectl ${subcommands[i]!}`);
       expect(run.stdout).toMatch(/Example:\n {2}\$ (sudo )?sluicectl /);
+      expect(run.stdout).toMatch(
+        /Exit codes:\n\s+0 {2}fine\n\s+1 {2}error.*\n\s+2 {2}usage.*\n\s+3 {2}stuck/,
+      );
     });
   });
 });
