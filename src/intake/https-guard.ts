@@ -73,23 +73,9 @@ export class CallerGuard {
 
   private check(request: Request, reply: Reply): Reply | undefined {
     const authorization = request.raw.headersDistinct.authorization;
-    // Before the token is looked at, so that a throttled address learns nothing of it, not even
-    // that it was right; only a request that presents a token is held (a client certificate
-    // cannot be guessed, and a request without credentials guesses nothing).
-    if (authorization !== undefined) {
-      const waitS = this.failures.waitS(request.ip);
-      if (waitS > 0) {
-        return sendProblem(
-          reply,
-          makeProblem(
-            429,
-            'RATE_LIMITED',
-            `more than ${String(this.failures.maxFailures)} failed authentications from this address within ${String(this.failures.windowMs / 1000)} s; retry after ${String(waitS)} s`,
-          ),
-          { 'retry-after': String(waitS) },
-        );
-      }
-    }
+    // Only a request that presents a token is held (a client certificate cannot be guessed, and
+    // a request without credentials guesses nothing).
+    const waitS = authorization === undefined ? 0 : this.failures.waitS(request.ip);
     const auth = authenticate(
       authorization,
       request.raw.socket,
@@ -97,6 +83,23 @@ export class CallerGuard {
       this.mutualTls,
       this.clock.now(),
     );
+    // A held address is answered alike for a wrong token and a right one, so that a guess learns
+    // nothing, except for an identity accepted from there before the hold: the correct clients
+    // beside one with a wrong token (FailedAuthentications).
+    if (waitS > 0 && !(auth.ok && this.failures.knows(request.ip, auth.identity.name))) {
+      return sendProblem(
+        reply,
+        makeProblem(
+          429,
+          'RATE_LIMITED',
+          `more than ${String(this.failures.maxFailures)} failed authentications from this address within ${String(this.failures.windowMs / 1000)} s; retry after ${String(waitS)} s`,
+        ),
+        { 'retry-after': String(waitS) },
+      );
+    }
+    if (auth.ok && authorization !== undefined) {
+      this.failures.succeeded(request.ip, auth.identity.name);
+    }
     if (!auth.ok) {
       // A token presented and refused: a guess, or a client with a wrong one. Several
       // Authorization headers are a malformed request, not a guess.

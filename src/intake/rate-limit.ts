@@ -55,17 +55,30 @@ export class RateLimiter {
  * Failed authentications per client address, on `/v1` and the status page's login together: a
  * token cannot be guessed, but the gateway must not be a free oracle either, answering guesses
  * as fast as a client sends them. After `maxFailures` failures within `windowMs` the address
- * waits until the oldest of them leaves the window; every other address is untouched, and so is
- * a correct token from one. One count for both routes, so that a client cannot double its
- * guesses by alternating them.
+ * waits until the oldest of them leaves the window, a correct token refused as a wrong one (a
+ * guess learns nothing), unless the token's identity was accepted from that address before it
+ * was held: every other address is untouched. One count for both routes, so that a client cannot
+ * double its guesses by alternating them.
+ *
+ * The exception keeps the plant running. A plant system shares its address with whatever else
+ * runs on its host or behind its NAT: one client left with a token that was since rotated
+ * retries for as long as it runs, and would hold the address, and with it every correct client
+ * there, for as long as it retries — the commands of a SCADA host refused because a historian
+ * beside it is misconfigured. A guesser from a new address has no identity known there; one
+ * sharing the address of a client it would impersonate gains only the identities known there,
+ * and only by guessing right, which the hold still slows for every other identity.
  *
  * An IPv6 address counts as its /64: a host is given a /64 and takes any address in it, so
  * that per address it could rotate past the bound for free. The memory is bounded: at most
  * `maxAddresses` addresses (the least recently failing is forgotten first), `maxFailures`
- * instants each. An address that has never failed costs one map lookup.
+ * instants each, and as many addresses with the identities accepted there (the first known is
+ * forgotten first; only a correct token adds one). An address that has never failed costs one
+ * map lookup.
  */
 export class FailedAuthentications {
   private readonly failures = new Map<string, number[]>();
+  /** The identities whose token was accepted from each address (its group). */
+  private readonly accepted = new Map<string, Set<string>>();
 
   constructor(
     private readonly clock: { elapsed(): number },
@@ -99,6 +112,30 @@ export class FailedAuthentications {
       this.failures.delete(first.value);
     }
     return recent.length === this.maxFailures;
+  }
+
+  /** A token of `identity` was accepted from this address. */
+  succeeded(address: string, identity: string): void {
+    const group = addressGroup(address);
+    const known = this.accepted.get(group);
+    if (known !== undefined) {
+      known.add(identity);
+      return;
+    }
+    this.accepted.set(group, new Set([identity]));
+    while (this.accepted.size > this.maxAddresses) {
+      const first = this.accepted.keys().next();
+      if (first.done === true) break;
+      this.accepted.delete(first.value);
+    }
+  }
+
+  /**
+   * Whether a correct token of `identity` is served from this address although the address is
+   * held: its identity was accepted from there before (see the class).
+   */
+  knows(address: string, identity: string): boolean {
+    return this.accepted.get(addressGroup(address))?.has(identity) === true;
   }
 
   /** Addresses remembered now (at most maxAddresses). */

@@ -16,7 +16,8 @@ import {
  * requests that present a token are answered `429 RATE_LIMITED` with `Retry-After`, a correct
  * token too, and nothing they carry is journaled or written; another address (127.0.0.2, a
  * client of its own on loopback) is untouched, its correct token served and its command written
- * once. Without the bound a client could guess tokens as fast as the gateway answered. The
+ * once. An identity whose token was accepted from the held address before its hold is still
+ * served there: a plant system beside a client left with a rotated token goes on commanding. Without the bound a client could guess tokens as fast as the gateway answered. The
  * address is logged once when it is held, never a token, and the refusals are counted. The
  * window ends on the intake's monotonic clock, moved on here rather than waited for.
  */
@@ -117,4 +118,48 @@ it('an address whose tokens keep failing is held 429 for a while; another addres
   ahead += 61_000;
   const later = await call(api, 'GET', '/v1/devices', { token: TOKENS.plant });
   expect(later.status).toBe(200);
+}, 60_000);
+
+it('an identity accepted from an address before its hold is served there; another identity is held', async () => {
+  const SHARED = '127.0.0.3';
+  const v2 = stack.plant.device('v2');
+  // The plant system on this address is served, as every day.
+  const before = await call(api, 'POST', '/v1/commands', {
+    token: TOKENS.plant,
+    localAddress: SHARED,
+    headers: { 'idempotency-key': 'shared-before-1', prefer: 'wait=10' },
+    json: { device: 'v2', action: 'close' },
+  });
+  expect(before.status, before.text).toBe(200);
+  // Beside it, a client whose token was rotated away retries: the address is held.
+  for (const token of WRONG.slice(0, 5)) {
+    expect((await call(api, 'GET', '/v1/devices', { token, localAddress: SHARED })).status).toBe(
+      401,
+    );
+  }
+  const guess = await call(api, 'GET', '/v1/devices', { token: WRONG[5]!, localAddress: SHARED });
+  expect(guess.status).toBe(429);
+
+  // The plant system goes on: its command is journaled, confirmed and written once.
+  const writes = v2.writeLog.length;
+  const during = await call(api, 'POST', '/v1/commands', {
+    token: TOKENS.plant,
+    localAddress: SHARED,
+    headers: { 'idempotency-key': 'shared-during-1', prefer: 'wait=10' },
+    json: { device: 'v2', action: 'open' },
+  });
+  expect(during.status, during.text).toBe(200);
+  expect(stack.journal.findByKey('shared-during-1').map((r) => r.state)).toEqual(['confirmed']);
+  expect(v2.writeLog.length).toBe(writes + 1);
+
+  // A correct token of an identity never accepted from here is answered as a guess is.
+  const ops = await call(api, 'POST', '/v1/commands', {
+    token: TOKENS.ops,
+    localAddress: SHARED,
+    headers: { 'idempotency-key': 'shared-ops-1' },
+    json: { device: 'v2', action: 'close' },
+  });
+  expect(ops.status).toBe(429);
+  expect(stack.journal.findByKey('shared-ops-1')).toEqual([]);
+  expect(v2.writeLog.length).toBe(writes + 1);
 }, 60_000);
