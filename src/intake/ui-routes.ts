@@ -215,13 +215,6 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     const origin = sameOrigin(request.headers);
     if (!origin.ok) return refusedChange(request, reply, origin.detail);
     const waitS = logins.waitS(request.ip);
-    if (waitS > 0) {
-      return sendProblem(
-        reply,
-        makeProblem(429, 'RATE_LIMITED', 'too many failed logins from this address; wait'),
-        { 'retry-after': String(waitS) },
-      );
-    }
     const body = request.body;
     const token =
       typeof body === 'object' && body !== null && !Array.isArray(body)
@@ -243,6 +236,17 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
       options.mutualTls,
       clock.now(),
     );
+    // Held, a right token is answered as a wrong one, so that a guess learns nothing, except
+    // for an identity accepted from this address before: the operators beside a client whose
+    // token keeps failing (FailedAuthentications).
+    if (waitS > 0 && !(auth.ok && logins.knows(request.ip, auth.identity.name))) {
+      return sendProblem(
+        reply,
+        makeProblem(429, 'RATE_LIMITED', 'too many failed logins from this address; wait'),
+        { 'retry-after': String(waitS) },
+      );
+    }
+    if (auth.ok && given !== undefined) logins.succeeded(request.ip, auth.identity.name);
     if (!auth.ok) {
       if (logins.failed(request.ip)) warnThrottled(logger, logins, request.ip, '/ui/api/login');
       const detail = given === undefined ? auth.detail : 'the token is not valid';

@@ -252,12 +252,15 @@ export function call(
   path: string,
   headers: Record<string, string> = {},
   body?: string,
+  /** The client's own loopback address (127.0.0.x), as another host's would be. */
+  localAddress?: string,
 ): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = request(
       {
         host: '127.0.0.1',
         port: site.port,
+        ...(localAddress === undefined ? {} : { localAddress }),
         method,
         path,
         ca: site.cert,
@@ -294,6 +297,7 @@ export function call(
 export async function login(
   site: UiSite,
   token: string,
+  localAddress?: string,
 ): Promise<{ cookie: string; csrf: string; answer: Answer }> {
   const answer = await call(
     site,
@@ -301,6 +305,7 @@ export async function login(
     '/ui/api/login',
     { origin: site.origin, 'content-type': 'application/json' },
     JSON.stringify({ token }),
+    localAddress,
   );
   const setCookie = answer.headers['set-cookie'];
   const first = Array.isArray(setCookie) ? (setCookie[0] ?? '') : (setCookie ?? '');
