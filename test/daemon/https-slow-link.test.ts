@@ -2,6 +2,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { REQUEST_TIMEOUT_MS } from '../../src/intake/https-server.js';
 import { until } from '../helpers/mosquitto.js';
+import { realComponent } from '../helpers/real.js';
 import { call, startUiSite, type UiSite } from '../ui/ui-site.js';
 
 /**
@@ -43,7 +44,11 @@ function runnable(): boolean {
   }
 }
 
-const canRun = runnable();
+const canRun = realComponent(
+  'network namespaces and tc (root, iproute2)',
+  runnable(),
+  'run as root with iproute2 installed',
+);
 let site: UiSite | undefined;
 
 beforeAll(async () => {

@@ -4,6 +4,7 @@ import { request } from 'node:https';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { MAX_STREAMS_PER_SESSION, PEER_SILENT_MS } from '../../src/intake/ui-events.js';
 import { until } from '../helpers/mosquitto.js';
+import { realComponent } from '../helpers/real.js';
 import { login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
@@ -47,7 +48,11 @@ function canMakeNamespaces(): boolean {
   }
 }
 
-const runnable = canMakeNamespaces();
+const runnable = realComponent(
+  'network namespaces (root, iproute2: ip netns, ss)',
+  canMakeNamespaces(),
+  'run as root with iproute2 installed',
+);
 let site: UiSite | undefined;
 let page: ChildProcess | undefined;
 const held: ClientRequest[] = [];
