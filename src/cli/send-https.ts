@@ -1,4 +1,7 @@
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { checkServerIdentity, type PeerCertificate } from 'node:tls';
 import { request } from 'node:https';
 import { CliError, UsageError, messageOf } from './errors.js';
 import { isResultDocument, type ResultDocument } from './result-view.js';
@@ -50,7 +53,15 @@ function token(target: SendTarget): string {
   );
 }
 
-function endpoint(target: SendTarget): { host: string; port: number; ca: Buffer } {
+interface Endpoint {
+  readonly host: string;
+  readonly port: number;
+  readonly ca: Buffer;
+  /** The names the server's certificate is checked against, when not `host` (siteNames). */
+  readonly names: readonly string[] | null;
+}
+
+function endpoint(target: SendTarget): Endpoint {
   const https = target.config.https;
   if (https === undefined)
     throw new UsageError('--via https: the configuration has no https section');
@@ -63,11 +74,50 @@ function endpoint(target: SendTarget): { host: string; port: number; ca: Buffer 
   } catch (error) {
     throw new CliError(`cannot read the CA certificate ${caFile} (--ca): ${messageOf(error)}`);
   }
-  return { host, port: https.port, ca };
+  return { host, port: https.port, ca, names: isIP(host) === 0 ? null : siteNames(https.certFile) };
+}
+
+/**
+ * The names in the site's own certificate (https.certFile: DNS names, IP addresses, else its
+ * CN), for a listener reached at an address: a gateway's certificate names the gateway
+ * (`gw-7.plant`), not the loopback address a wildcard listener (`0.0.0.0`, the shipped
+ * systemd/sluice.yaml's) is reached on, nor the address a listener binds, so the usual check
+ * of the address against the certificate refused every send ("IP: 127.0.0.1 is not in the
+ * cert's list"). The chain is still checked against the CA; the server must present a
+ * certificate for one of the gateway's own names. Null when the file cannot be read (the usual
+ * check then applies, and says what is wrong).
+ */
+function siteNames(certFile: string): string[] | null {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(readFileSync(certFile));
+  } catch {
+    return null;
+  }
+  const names = (cert.subjectAltName ?? '')
+    .split(', ')
+    .map((entry) => /^(?:DNS:|IP Address:)(.+)$/.exec(entry)?.[1])
+    .filter((name): name is string => name !== undefined);
+  const cn = /^CN=(.+)$/m.exec(cert.subject)?.[1];
+  return names.length > 0 ? names : cn === undefined ? null : [cn];
+}
+
+/** checkServerIdentity against `names`: the certificate is good for any one of them. */
+function identityAmong(
+  names: readonly string[],
+): (host: string, cert: PeerCertificate) => Error | undefined {
+  return (host, cert) => {
+    for (const name of names) {
+      if (checkServerIdentity(name, cert) === undefined) return undefined;
+    }
+    return new Error(
+      `the server's certificate names none of the gateway's names in https.certFile (${names.join(', ')}), reached at ${host}`,
+    );
+  };
 }
 
 function call(
-  at: { host: string; port: number; ca: Buffer },
+  at: Endpoint,
   bearer: string,
   method: string,
   path: string,
@@ -83,6 +133,7 @@ function call(
         method,
         path,
         ca: at.ca,
+        ...(at.names === null ? {} : { checkServerIdentity: identityAmong(at.names) }),
         agent: false,
         timeout: timeoutMs,
         headers: {
