@@ -1,6 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { join } from 'node:path';
 import { checkServerIdentity, type PeerCertificate } from 'node:tls';
 import { request } from 'node:https';
 import { CliError, UsageError, messageOf } from './errors.js';
@@ -46,7 +47,7 @@ function token(target: SendTarget): string {
   const withFiles = Object.entries(config.identities).filter(([, i]) => i.tokenFile !== undefined);
   if (withFiles.length === 1 && withFiles[0] !== undefined) {
     const [name, identity] = withFiles[0];
-    return fromFile(identity.tokenFile ?? '', `identities.${name}.tokenFile`);
+    return fromFile(unitCredential(identity.tokenFile ?? ''), `identities.${name}.tokenFile`);
   }
   throw new UsageError(
     "no bearer token for HTTPS: give --token-file FILE or set SLUICE_TOKEN (an identity's token)",
@@ -59,6 +60,22 @@ interface Endpoint {
   readonly ca: Buffer;
   /** The names the server's certificate is checked against, when not `host` (siteNames). */
   readonly names: readonly string[] | null;
+}
+
+/** The folder systemd/sluiced.service hands to the daemon (LoadCredential=sluice:…). */
+const CREDENTIALS_FOLDER = '/etc/sluice/credentials';
+
+/**
+ * A token file the site names as one of the unit's credentials
+ * (`${CREDENTIALS_DIRECTORY}/sluice_scada.token`, as the shipped systemd/sluice.yaml does):
+ * CREDENTIALS_DIRECTORY exists only for the service, so outside it the file is read where the
+ * unit takes it from, `/etc/sluice/credentials/scada.token` (root's: run with sudo). The README's
+ * `sluicectl send inlet-valve open` failed on such a site with "cannot read the token
+ * ${CREDENTIALS_DIRECTORY}/sluice_scada.token: ENOENT". Any other path is kept as written.
+ */
+function unitCredential(file: string): string {
+  const named = /^\$\{CREDENTIALS_DIRECTORY\}\/sluice_([^/]+)$/.exec(file)?.[1];
+  return named === undefined ? file : join(CREDENTIALS_FOLDER, named);
 }
 
 function endpoint(target: SendTarget): Endpoint {

@@ -902,6 +902,31 @@ describe('errors and usage', () => {
     expect(absent.stderr).toMatch(/^sluicectl: sluiced is not running \(nothing listens at /);
   });
 
+  it("send reads a token the site names as the unit's credential where the unit takes it from", async () => {
+    // The shipped systemd/sluice.yaml names the token ${CREDENTIALS_DIRECTORY}/sluice_scada.token,
+    // a folder only the service has; the unit loads it from /etc/sluice/credentials
+    // (LoadCredential=sluice:/etc/sluice/credentials). Not on this machine: the error names
+    // where it was looked for, before anything is sent.
+    const site = join(dir, `credential-${Math.random().toString(16).slice(2)}`);
+    mkdirSync(site);
+    writeFileSync(join(site, 'cert.pem'), 'not read before the token\n');
+    writeFileSync(
+      join(site, 'sluice.yaml'),
+      configYaml('state').replace(
+        `    tokenSha256: ${'a'.repeat(64)}`,
+        '    tokenFile: ${CREDENTIALS_DIRECTORY}/sluice_scada.token',
+      ),
+    );
+    const run = await sluicectlInProcess(
+      ['--config', join(site, 'sluice.yaml'), 'send', 'inlet-valve', 'open'],
+      { env: { CREDENTIALS_DIRECTORY: undefined, SLUICE_TOKEN: undefined } },
+    );
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(
+      /^sluicectl: cannot read the token \(identities\.plant\.tokenFile\) \/etc\/sluice\/credentials\/scada\.token: ENOENT/,
+    );
+  });
+
   it('stops quietly when its reader goes away, with the exit code of the command', async () => {
     // `sluicectl stuck | head -1`, a pager quit at once: the read end of stdout is closed
     // before sluicectl writes, so that every write meets a closed pipe (EPIPE).
