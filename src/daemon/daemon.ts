@@ -9,6 +9,7 @@ import { refId, type CommandRef } from '../core/journal.js';
 import { CommandPipeline } from '../core/pipeline.js';
 import { buildDrivers } from '../drivers/inventory.js';
 import { HttpsIntake } from '../intake/https.js';
+import type { HttpsTimeouts } from '../intake/https-server.js';
 import { IdentityRegistry } from '../intake/identities.js';
 import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
@@ -52,6 +53,11 @@ export interface DaemonOptions {
   readonly monitorIntervalMs?: number;
   /** Period of the sweep that takes up open commands with no live worker. */
   readonly sweepIntervalMs?: number;
+  /**
+   * The HTTPS connections' timeouts (https-server.ts HTTPS_TIMEOUTS by default, not a site's
+   * setting): the tests of the bounds built on them shorten them, to wait seconds, not minutes.
+   */
+  readonly httpsTimeouts?: HttpsTimeouts;
   /**
    * The service manager's notifications (READY, WATCHDOG, STOPPING); by default from this
    * process's NOTIFY_SOCKET, silent without it.
@@ -384,6 +390,7 @@ export class Daemon {
         if (httpsTls === null) throw new Error('preflight returned no HTTPS TLS files');
         httpsIntake = new HttpsIntake({
           config: config.https,
+          ...(options.httpsTimeouts === undefined ? {} : { timeouts: options.httpsTimeouts }),
           // Served as checked: the intake does not read the files again, so a file replaced
           // since the check (a renewal agent at work during a long start) is not served
           // unchecked; the next reload (SIGHUP) takes it, with the checks.

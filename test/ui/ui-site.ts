@@ -1,3 +1,4 @@
+import type { HttpsTimeouts } from '../../src/intake/https-server.js';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
@@ -70,6 +71,8 @@ export interface UiSiteOptions {
    * client reaches it over another interface too. The helpers here still call it on loopback.
    */
   readonly httpsHost?: string;
+  /** The HTTPS connections' timeouts (DaemonOptions.httpsTimeouts): shortened, to wait less. */
+  readonly httpsTimeouts?: HttpsTimeouts;
 }
 
 /** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
@@ -196,6 +199,7 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
   const daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'debug' }, sink),
     monitorIntervalMs: 200,
+    ...(options.httpsTimeouts === undefined ? {} : { httpsTimeouts: options.httpsTimeouts }),
   });
   await until(
     () =>
