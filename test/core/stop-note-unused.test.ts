@@ -1,6 +1,6 @@
 import { describe, it } from 'vitest';
-import { failFdatasync } from '../helpers/failing-fdatasync.js';
 import { SimHarness } from '../helpers/sim-harness.js';
+import { dispatchFlushFailed } from '../helpers/withheld-dispatch.js';
 
 /**
  * A stop's history line "decided on the state the device's previous write leads to: the write
@@ -70,20 +70,7 @@ describe("a stop's decision line journaled by a life that never dispatched it", 
     await h.until(() => valve.snapshot().state === 'OPENING', 2_000, 'the open taken');
     valve.setFault({ kind: 'stall', on: 'read', count: 1 });
     await h.restart();
-    await h.until(
-      () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
-      5_000,
-      "the stop's fresh read held",
-    );
-    await h.journal.durable();
-    const disk = failFdatasync(1);
-    onTestFinished(() => {
-      disk.restore();
-    });
-    valve.clearFault('stall');
-    await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
-    await h.until(() => h.get('s')?.seq != null, 5_000, "the stop's dispatch");
-    const s = h.get('s')!;
+    const { record: s, disk } = await dispatchFlushFailed(h, onTestFinished, 's', 'answered');
     // Life 2 decided the stop on its read alone: that read shows the open taken (its echo).
     expect(s.observedBefore).toMatchObject({ state: 'OPENING', seq: p.seq });
     await h.until(

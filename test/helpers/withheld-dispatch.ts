@@ -1,6 +1,6 @@
 import type { TestContext } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
-import { failFdatasync } from './failing-fdatasync.js';
+import { failFdatasync, type FailingFdatasync } from './failing-fdatasync.js';
 import { SimHarness } from './sim-harness.js';
 
 /** The guard of withheldHarness: far longer than a command takes, so a wait for it stands out. */
@@ -64,10 +64,28 @@ export async function withheldOnly(
   command: { readonly key: string; readonly action: 'open' | 'stop' },
   readsAfter: 'answered' | 'dropped',
 ): Promise<CommandRecord> {
-  const valve = h.device('v1');
   // The fresh read is held until the next barrier's flush is set to fail: the dispatch's.
-  valve.setFault({ kind: 'stall', on: 'read', count: 1 });
+  h.device('v1').setFault({ kind: 'stall', on: 'read', count: 1 });
   h.submit(command.key, { device: 'v1', action: command.action, ttlMs: 20_000 });
+  return (await dispatchFlushFailed(h, onTestFinished, command.key, readsAfter)).record;
+}
+
+/**
+ * The dispatch of v1's command `key` made to fail at its barrier, from a fresh read of v1 the
+ * caller has held with a stall fault (set before the read is asked: a command submitted, or an
+ * accepted one taken up by a restart): once the read is held, the claim is made durable, the
+ * next flush is set to fail (the dispatch's), the read is let go; then the failed flush and the
+ * dispatch's sequence number are waited for. From the failed flush on the valve answers its
+ * reads, or drops them (`readsAfter`). Returns the command's record and the failing flush, which
+ * the test may restore before it ends (it is restored when the test finishes).
+ */
+export async function dispatchFlushFailed(
+  h: SimHarness,
+  onTestFinished: TestContext['onTestFinished'],
+  key: string,
+  readsAfter: 'answered' | 'dropped',
+): Promise<{ readonly record: CommandRecord; readonly disk: FailingFdatasync }> {
+  const valve = h.device('v1');
   await h.until(
     () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
     5_000,
@@ -82,8 +100,8 @@ export async function withheldOnly(
   valve.clearFault('stall');
   await h.until(() => disk.failures === 1, 5_000, 'the failed flush');
   if (readsAfter === 'dropped') valve.setFault({ kind: 'drop', on: 'read' });
-  await h.until(() => h.get(command.key)?.seq != null, 5_000, 'the dispatch');
-  return h.get(command.key)!;
+  await h.until(() => h.get(key)?.seq != null, 5_000, 'the dispatch');
+  return { record: h.get(key)!, disk };
 }
 
 /** Waits until the device's worker has left `key` open to the sweep (not taken up yet). */
