@@ -10,6 +10,7 @@ import { CommandPipeline } from '../core/pipeline.js';
 import { buildDrivers } from '../drivers/inventory.js';
 import { HttpsIntake } from '../intake/https.js';
 import type { HttpsTimeouts } from '../intake/https-server.js';
+import type { StreamPeerBounds } from '../intake/ui-events.js';
 import { IdentityRegistry } from '../intake/identities.js';
 import { MqttIntake } from '../intake/mqtt.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
@@ -58,6 +59,8 @@ export interface DaemonOptions {
    * setting): the tests of the bounds built on them shorten them, to wait seconds, not minutes.
    */
   readonly httpsTimeouts?: HttpsTimeouts;
+  /** How the status page finds a stream whose client vanished (ui-events.ts), shortened likewise. */
+  readonly uiStreamPeerBounds?: StreamPeerBounds;
   /**
    * The service manager's notifications (READY, WATCHDOG, STOPPING); by default from this
    * process's NOTIFY_SOCKET, silent without it.
@@ -416,6 +419,9 @@ export class Daemon {
               mqtt: mqttIntake,
               journalPath,
             },
+            ...(options.uiStreamPeerBounds === undefined
+              ? {}
+              : { streamPeerBounds: options.uiStreamPeerBounds }),
           },
         });
         const intake = httpsIntake;

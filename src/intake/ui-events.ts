@@ -40,25 +40,37 @@ import type { UiDevice, UiGateway, UiViews } from './ui-views.js';
  * laptop's VPN dropped) is not seen by a write: the kernel takes the heartbeat and retransmits
  * it unanswered until TCP gives up, about 15 minutes, and the stream counted against its
  * session's four all that while, so that the operator who reopened the page after the blip was
- * refused. So every PEER_CHECK_MS the kernel is asked whether each stream's client still
+ * refused. So every peerCheckMs the kernel is asked whether each stream's client still
  * acknowledges what is sent to it (https-peer.ts); a stream whose client has been silent for
- * PEER_SILENT_MS is freed, its connection reset. The heartbeat makes sure something waits for an
- * acknowledgement at least every HEARTBEAT_MS, so a silent client is found within
- * HEARTBEAT_MS + PEER_SILENT_MS + PEER_CHECK_MS (50 s). A client that is there but does not read
+ * peerSilentMs is freed, its connection reset. The heartbeat makes sure something waits for an
+ * acknowledgement at least every heartbeatMs, so a silent client is found within
+ * heartbeatMs + peerSilentMs + peerCheckMs (50 s: STREAM_PEER_BOUNDS). A client that is there but does not read
  * answers the kernel's window probes: it is held, as above, not freed.
  */
 
 const TICK_MS = 1_000;
-const HEARTBEAT_MS = 15_000;
 const RETRY_MS = 2_000;
-/** How often the kernel is asked whether the streams' clients still acknowledge. */
-const PEER_CHECK_MS = 5_000;
-/**
- * A stream whose client has acknowledged nothing for this long, the kernel's retransmissions or
- * probes unanswered, is freed. Long enough for a radio link's short fade, which TCP recovers
- * from; a page cut so reconnects on its own within RETRY_MS and misses nothing.
- */
-export const PEER_SILENT_MS = 30_000;
+
+/** How a stream whose client vanished is found (see the class comment). */
+export interface StreamPeerBounds {
+  /** Something waits for the client's acknowledgement at least this often. */
+  readonly heartbeatMs: number;
+  /** How often the kernel is asked whether the streams' clients still acknowledge. */
+  readonly peerCheckMs: number;
+  /**
+   * A stream whose client has acknowledged nothing for this long, the kernel's retransmissions
+   * or probes unanswered, is freed. Long enough for a radio link's short fade, which TCP
+   * recovers from; a page cut so reconnects on its own within RETRY_MS and misses nothing.
+   */
+  readonly peerSilentMs: number;
+}
+
+/** The gateway's bounds (not a site's setting): its tests shorten them, to wait less. */
+export const STREAM_PEER_BOUNDS: StreamPeerBounds = {
+  heartbeatMs: 15_000,
+  peerCheckMs: 5_000,
+  peerSilentMs: 30_000,
+};
 /** Mirror changes come at every scan while a valve travels: one devices event per 200 ms. */
 const DEVICES_DEBOUNCE_MS = 200;
 /**
@@ -103,10 +115,13 @@ export interface UiEventsOptions {
   readonly stopping: AbortSignal;
   /** Headers every status page response carries (CSP and the like). */
   readonly headers: Readonly<Record<string, string>>;
+  /** STREAM_PEER_BOUNDS unless given. */
+  readonly peerBounds?: StreamPeerBounds;
 }
 
 export class UiEvents {
   private readonly o: UiEventsOptions;
+  private readonly bounds: StreamPeerBounds;
   private readonly streams = new Set<Stream>();
   private readonly unsubscribe: (() => void)[] = [];
   private tick: NodeJS.Timeout | null = null;
@@ -119,6 +134,7 @@ export class UiEvents {
 
   constructor(options: UiEventsOptions) {
     this.o = options;
+    this.bounds = options.peerBounds ?? STREAM_PEER_BOUNDS;
     this.lastHeartbeatMono = options.clock.elapsed();
     this.lastPeerCheckMono = this.lastHeartbeatMono;
     const { pipeline, views } = options;
@@ -265,7 +281,7 @@ export class UiEvents {
     this.lanes = lanes;
     const gateway = this.o.views.gateway();
     const mono = this.o.clock.elapsed();
-    const heartbeat = mono - this.lastHeartbeatMono >= HEARTBEAT_MS;
+    const heartbeat = mono - this.lastHeartbeatMono >= this.bounds.heartbeatMs;
     if (heartbeat) this.lastHeartbeatMono = mono;
     for (const stream of this.streams) {
       if (!this.live(stream)) continue;
@@ -277,7 +293,7 @@ export class UiEvents {
       // A stream that is behind is not idle: its connection has bytes to carry already.
       if (heartbeat) this.send(stream, ': keep-alive\n\n');
     }
-    if (mono - this.lastPeerCheckMono >= PEER_CHECK_MS && !this.checkingPeers) {
+    if (mono - this.lastPeerCheckMono >= this.bounds.peerCheckMs && !this.checkingPeers) {
       this.lastPeerCheckMono = mono;
       this.checkingPeers = true;
       this.checkPeers()
@@ -290,7 +306,7 @@ export class UiEvents {
     }
   }
 
-  /** Frees the streams whose clients have acknowledged nothing for PEER_SILENT_MS. */
+  /** Frees the streams whose clients have acknowledged nothing for peerSilentMs. */
   private async checkPeers(): Promise<void> {
     const peers = await readTcpPeers();
     // Not Linux: nothing to go by; such a stream lasts until TCP gives up, as before.
@@ -303,7 +319,7 @@ export class UiEvents {
         continue;
       }
       stream.silentSince ??= mono;
-      if (mono - stream.silentSince < PEER_SILENT_MS) continue;
+      if (mono - stream.silentSince < this.bounds.peerSilentMs) continue;
       const socket = stream.res.socket;
       this.o.logger.info(
         {

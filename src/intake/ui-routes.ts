@@ -13,7 +13,7 @@ import { JSON_TYPE, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, Reply, Request } from './https-types.js';
 import type { IdentityRegistry } from './identities.js';
 import { warnThrottled, type FailedAuthentications } from './rate-limit.js';
-import { UiEvents } from './ui-events.js';
+import { UiEvents, type StreamPeerBounds } from './ui-events.js';
 import {
   clearedCookie,
   CSRF_HEADER,
@@ -55,6 +55,8 @@ export interface UiOptions {
   readonly gateway: GatewaySources;
   /** The page's files: the package's `ui/` folder unless given. */
   readonly directory?: string;
+  /** How a stream whose client vanished is found (ui-events.ts STREAM_PEER_BOUNDS unless given). */
+  readonly streamPeerBounds?: StreamPeerBounds;
 }
 
 export interface UiRoutesOptions {
@@ -135,6 +137,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     logger,
     stopping,
     headers: UI_HEADERS,
+    ...(ui.streamPeerBounds === undefined ? {} : { peerBounds: ui.streamPeerBounds }),
   });
   const logins = options.failedAuthentications;
   const byRequest = new WeakMap<object, UiSession>();

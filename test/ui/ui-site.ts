@@ -1,4 +1,5 @@
 import type { HttpsTimeouts } from '../../src/intake/https-server.js';
+import type { StreamPeerBounds } from '../../src/intake/ui-events.js';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
@@ -73,6 +74,8 @@ export interface UiSiteOptions {
   readonly httpsHost?: string;
   /** The HTTPS connections' timeouts (DaemonOptions.httpsTimeouts): shortened, to wait less. */
   readonly httpsTimeouts?: HttpsTimeouts;
+  /** How the page's streams of a vanished client are found (DaemonOptions.uiStreamPeerBounds). */
+  readonly uiStreamPeerBounds?: StreamPeerBounds;
 }
 
 /** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
@@ -200,6 +203,9 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     logger: pino({ level: 'debug' }, sink),
     monitorIntervalMs: 200,
     ...(options.httpsTimeouts === undefined ? {} : { httpsTimeouts: options.httpsTimeouts }),
+    ...(options.uiStreamPeerBounds === undefined
+      ? {}
+      : { uiStreamPeerBounds: options.uiStreamPeerBounds }),
   });
   await until(
     () =>

@@ -2,7 +2,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import type { ClientRequest, IncomingMessage } from 'node:http';
 import { request } from 'node:https';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { MAX_STREAMS_PER_SESSION, PEER_SILENT_MS } from '../../src/intake/ui-events.js';
+import { MAX_STREAMS_PER_SESSION, type StreamPeerBounds } from '../../src/intake/ui-events.js';
 import { until } from '../helpers/mosquitto.js';
 import { realComponent } from '../helpers/real.js';
 import { login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
@@ -15,9 +15,9 @@ import { login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
  * or a dropped VPN looks like to the gateway, and what a client that only stops reading does not
  * show (its kernel still acknowledges, and answers window probes): so the real link, not a
  * paused client. The operator then reopens the page (on loopback, as from another network): it
- * must get a stream within the bound (ui-events.ts: heartbeat 15 s + PEER_SILENT_MS 30 s + a
- * look every 5 s), where the four held the session's places until TCP gave up, about 15
- * minutes. Ground truth: the kernel's own table of the daemon's connections (`ss`) shows the
+ * must get a stream within the bound (ui-events.ts: heartbeat + peerSilentMs + a look; 50 s in
+ * a gateway, shortened here to 10 s: DaemonOptions.uiStreamPeerBounds), where the four held the
+ * session's places until TCP gave up, about 15 minutes. Ground truth: the kernel's own table of the daemon's connections (`ss`) shows the
  * four gone. A stream of another session, read on loopback all along, is kept.
  *
  * Needs root and iproute2 (`ip netns`, `ss`): skipped without them.
@@ -30,8 +30,10 @@ const NS_LINK = `slgn${process.pid}`.slice(0, 15);
 const HOST_IP = `10.214.${id}.1`;
 const PAGE_IP = `10.214.${id}.2`;
 
+/** The gateway's STREAM_PEER_BOUNDS (15 s, 5 s, 30 s), shortened: the test waits their sum. */
+const BOUNDS: StreamPeerBounds = { heartbeatMs: 3_000, peerCheckMs: 1_000, peerSilentMs: 6_000 };
 /** The bound ui-events.ts promises, with room for a loaded machine. */
-const BOUND_MS = 15_000 + PEER_SILENT_MS + 5_000 + 10_000;
+const BOUND_MS = BOUNDS.heartbeatMs + BOUNDS.peerSilentMs + BOUNDS.peerCheckMs + 10_000;
 
 function ip(...args: string[]): void {
   execFileSync('ip', args, { stdio: 'pipe' });
@@ -66,7 +68,12 @@ beforeAll(async () => {
   ip('link', 'set', HOST_LINK, 'up');
   ip('-n', NS, 'addr', 'add', `${PAGE_IP}/30`, 'dev', NS_LINK);
   ip('-n', NS, 'link', 'set', NS_LINK, 'up');
-  site = await startUiSite({ mqtt: false, opcua: false, httpsHost: '0.0.0.0' });
+  site = await startUiSite({
+    mqtt: false,
+    opcua: false,
+    httpsHost: '0.0.0.0',
+    uiStreamPeerBounds: BOUNDS,
+  });
 }, 90_000);
 
 afterAll(async () => {
