@@ -1,5 +1,6 @@
 import { describe, it, type ExpectStatic, type TestContext } from 'vitest';
 import { SimHarness } from '../helpers/sim-harness.js';
+import { heldAcknowledgedOpen } from '../helpers/withheld-dispatch.js';
 
 /**
  * Readings of a command's history and outcome by their text (previous-write.ts, late-echo.ts,
@@ -36,14 +37,7 @@ async function harness(onTestFinished: TestContext['onTestFinished']): Promise<S
 
 /** The open `p`, acknowledged and held by the controller, resolved with the crafted reason. */
 async function heldOpenResolvedCrafted(h: SimHarness, expect: ExpectStatic): Promise<void> {
-  const valve = h.device('v1');
-  valve.setFault({ kind: 'hold' });
-  h.submit('p', { device: 'v1', action: 'open', ttlMs: 60_000 });
-  await h.until(() => valve.pendingWrites === 1, 5_000, 'the open held by the controller');
-  const lanes = (
-    h.pipeline as unknown as { lanes: Map<string, { lastWrite: { acked: boolean } | null }> }
-  ).lanes;
-  await h.until(() => lanes.get('v1')?.lastWrite?.acked === true, 5_000, 'the open acknowledged');
+  await heldAcknowledgedOpen(h, 'p');
   const seq = h.get('p')?.seq;
   expect(seq).toBeTypeOf('number');
   const p = h.pipeline.resolve({ scope: 'plant', key: 'p' }, 'ops@test', craftedReason(seq!));

@@ -1,6 +1,10 @@
 import { describe, it, type ExpectStatic, type TestContext } from 'vitest';
 import { SimHarness } from '../helpers/sim-harness.js';
-import { withheldAndTakenUp, withheldOnly } from '../helpers/withheld-dispatch.js';
+import {
+  heldAcknowledgedOpen,
+  withheldAndTakenUp,
+  withheldOnly,
+} from '../helpers/withheld-dispatch.js';
 
 /**
  * A stop written at once behind an acknowledged open the controller holds (the sim's `hold`),
@@ -33,17 +37,7 @@ async function harness(
 
 /** The open `p`, acknowledged and held by the controller, resolved by an operator. */
 async function heldOpenResolved(h: SimHarness, expect: ExpectStatic): Promise<void> {
-  const valve = h.device('v1');
-  valve.setFault({ kind: 'hold' });
-  h.submit('p', { device: 'v1', action: 'open', ttlMs: 60_000 });
-  await h.until(() => valve.pendingWrites === 1, 5_000, 'the open held by the controller');
-  // Resolved once the daemon has the controller's answer (the hold keeps the write from the
-  // scan, not the reply): the resolve says the write was acknowledged, what the next command
-  // and the next life go by.
-  const lanes = (
-    h.pipeline as unknown as { lanes: Map<string, { lastWrite: { acked: boolean } | null }> }
-  ).lanes;
-  await h.until(() => lanes.get('v1')?.lastWrite?.acked === true, 5_000, 'the open acknowledged');
+  await heldAcknowledgedOpen(h, 'p');
   const p = h.pipeline.resolve({ scope: 'plant', key: 'p' }, 'ops@test', 'checked');
   expect(p.detail).toMatch(/which acknowledged it: it may have been applied$/);
 }

@@ -1,6 +1,6 @@
 import { describe, it } from 'vitest';
 import { SimHarness } from '../helpers/sim-harness.js';
-import { dispatchFlushFailed } from '../helpers/withheld-dispatch.js';
+import { dispatchFlushFailed, heldAcknowledgedOpen } from '../helpers/withheld-dispatch.js';
 
 /**
  * A stop's history line "decided on the state the device's previous write leads to: the write
@@ -40,13 +40,7 @@ describe("a stop's decision line journaled by a life that never dispatched it", 
     const plc = h.plant.plc('mb');
 
     // Life 1: the open p, acknowledged and held by the controller, resolved by an operator.
-    valve.setFault({ kind: 'hold' });
-    h.submit('p', { device: 'v1', action: 'open', ttlMs: 60_000 });
-    await h.until(() => valve.pendingWrites === 1, 5_000, 'the open held by the controller');
-    const lanes = (
-      h.pipeline as unknown as { lanes: Map<string, { lastWrite: { acked: boolean } | null }> }
-    ).lanes;
-    await h.until(() => lanes.get('v1')?.lastWrite?.acked === true, 5_000, 'the open acknowledged');
+    await heldAcknowledgedOpen(h, 'p');
     const p = h.pipeline.resolve({ scope: 'plant', key: 'p' }, 'ops@test', 'checked');
     expect(p.detail).toMatch(/which acknowledged it: it may have been applied$/);
     // The stop s, decided behind the held open (its line journaled); every read now slow, so

@@ -135,3 +135,20 @@ export async function redispatchedAnswerLost(h: SimHarness, guardMs: number): Pr
     'the connection replaced after the lost answer',
   );
 }
+
+/**
+ * v1's open `key`, written and acknowledged, held by the controller (a hold fault keeps the write
+ * from its scans, not the reply): the daemon has the controller's answer, so a resolve of it
+ * says the write was acknowledged, what the next command and the next life go by. The hold stays
+ * until the test clears it.
+ */
+export async function heldAcknowledgedOpen(h: SimHarness, key: string): Promise<void> {
+  const valve = h.device('v1');
+  valve.setFault({ kind: 'hold' });
+  h.submit(key, { device: 'v1', action: 'open', ttlMs: 60_000 });
+  await h.until(() => valve.pendingWrites === 1, 5_000, 'the open held by the controller');
+  const lanes = (
+    h.pipeline as unknown as { lanes: Map<string, { lastWrite: { acked: boolean } | null }> }
+  ).lanes;
+  await h.until(() => lanes.get('v1')?.lastWrite?.acked === true, 5_000, 'the open acknowledged');
+}
