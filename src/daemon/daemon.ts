@@ -62,6 +62,11 @@ export interface DaemonOptions {
   /** How the status page finds a stream whose client vanished (ui-events.ts), shortened likewise. */
   readonly uiStreamPeerBounds?: StreamPeerBounds;
   /**
+   * How long a device's reads must keep failing before /readyz counts it unreachable
+   * (readiness.ts READS_FAILING_MS by default, not a site's setting), shortened likewise.
+   */
+  readonly readsFailingMs?: number;
+  /**
    * The service manager's notifications (READY, WATCHDOG, STOPPING); by default from this
    * process's NOTIFY_SOCKET, silent without it.
    */
@@ -112,6 +117,7 @@ export class Daemon {
   private readonly notifier: ServiceNotifier;
   private readonly startProgress: StartProgressOptions;
   private readonly shutdownBoundMs: number;
+  private readonly readsFailingMs: number | undefined;
   private stopping: Promise<void> | null = null;
   /** READY=1 has been sent: from then on a reload says RELOADING=1, then READY=1 again. */
   private readySent = false;
@@ -137,6 +143,7 @@ export class Daemon {
     notifier: ServiceNotifier;
     startProgress: StartProgressOptions;
     shutdownBoundMs: number;
+    readsFailingMs: number | undefined;
     httpsIntake: HttpsIntake | null;
     mqttIntake: MqttIntake | null;
     releasers: { name: string; release: () => Promise<void> | void }[];
@@ -153,6 +160,7 @@ export class Daemon {
     this.notifier = parts.notifier;
     this.startProgress = parts.startProgress;
     this.shutdownBoundMs = parts.shutdownBoundMs;
+    this.readsFailingMs = parts.readsFailingMs;
     this.httpsIntake = parts.httpsIntake;
     this.mqttIntake = parts.mqttIntake;
     this.releasers = parts.releasers;
@@ -361,6 +369,13 @@ export class Daemon {
       );
       sweeper.start();
       releasers.push({ name: 'retention', release: () => sweeper.stop() });
+      // The admin endpoint is built once the daemon is (its health is the daemon's), but is
+      // stopped here, after the intakes, the pipeline's drain and MQTT: sluicectl's health,
+      // resolve and reverify are answered while a stop lets the commands in flight settle (up
+      // to the shutdown bound), with health saying the daemon is stopping. Stopped first, the
+      // socket was gone for that whole bound and sluicectl said "is sluiced running?".
+      let adminEndpoint: AdminEndpoint | null = null;
+      releasers.push({ name: 'admin', release: () => adminEndpoint?.stop() });
 
       const identities = new IdentityRegistry(config.identities);
 
@@ -439,6 +454,7 @@ export class Daemon {
         notifier,
         startProgress,
         shutdownBoundMs: boundMs,
+        readsFailingMs: options.readsFailingMs,
         httpsIntake,
         mqttIntake,
         releasers,
@@ -455,14 +471,14 @@ export class Daemon {
             onUnsynced: config.clock.onUnsynced,
             maxControllerSkewMs: config.clock.maxControllerSkewMs,
           },
-          readiness: () => daemon.readiness(),
+          readiness: () => daemon.health(),
           clock,
           logger,
           ...(options.adminDrainMs === undefined ? {} : { drainMs: options.adminDrainMs }),
         });
         try {
           await admin.start();
-          releasers.push({ name: 'admin', release: () => admin.stop() });
+          adminEndpoint = admin;
         } catch (error) {
           // The intakes must still answer (503 on a read-only journal, SPEC I5): the admin
           // endpoint is for operators, not a reason not to start.
@@ -600,6 +616,26 @@ export class Daemon {
     return readiness(this.readinessParts(), this.probes);
   }
 
+  /**
+   * What sluicectl health answers (the admin endpoint's /v1/health): the readiness checks, and
+   * while a stop runs a failing `stopping` check, since the endpoint serves until the stop's end.
+   */
+  health(): Readiness {
+    const now = this.readiness();
+    if (this.stopping === null) return now;
+    const checks = now.checks;
+    return {
+      ready: false,
+      checks: {
+        stopping: {
+          ok: false,
+          detail: `sluiced is stopping: no new commands are taken; those in flight get ${boundText(this.shutdownBoundMs)} to settle, the rest stay journaled for the next start`,
+        },
+        ...checks,
+      },
+    };
+  }
+
   private statusLine(): string {
     return statusLine(this.readinessParts(), this.recovery);
   }
@@ -614,6 +650,7 @@ export class Daemon {
       gatewayClock: this.clocks.gateway,
       onUnsynced: this.config.clock.onUnsynced,
       elapsed: () => this.clock.elapsed(),
+      ...(this.readsFailingMs === undefined ? {} : { readsFailingMs: this.readsFailingMs }),
     };
   }
 

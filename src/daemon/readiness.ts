@@ -91,6 +91,8 @@ export interface ReadinessParts {
   readonly onUnsynced: 'warn' | 'reject';
   /** The pipeline's monotonic clock (Clock.elapsed): how long a device's reads have failed. */
   readonly elapsed: () => number;
+  /** READS_FAILING_MS unless a test shortens it (DaemonOptions.readsFailingMs). */
+  readonly readsFailingMs?: number;
 }
 
 interface Check {
@@ -229,10 +231,11 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
     const failingForMs = failing === null ? 0 : Math.max(0, parts.elapsed() - failing.sinceMono);
     // Reads that keep failing (READS_FAILING_MS) count the device unreachable, as they leave a
     // command nothing to write on; a run still shorter is said, and judged by the last good read.
+    const failingBoundMs = parts.readsFailingMs ?? READS_FAILING_MS;
     const failed =
       failing !== null &&
       failing.failures >= READ_FAILURES_UNREACHABLE &&
-      failingForMs >= READS_FAILING_MS;
+      failingForMs >= failingBoundMs;
     const failures =
       failing === null
         ? null
@@ -259,7 +262,7 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
     checks[`device:${d.id}`] = {
       ok,
       detail: ok
-        ? `readback ${age} ms ago${failures === null ? '' : `; ${failures}; unreachable if they fail for ${READS_FAILING_MS} ms`}`
+        ? `readback ${age} ms ago${failures === null ? '' : `; ${failures}; unreachable if they fail for ${failingBoundMs} ms`}`
         : `no readback for ${age === null ? 'ever' : `${age} ms`}${why === null ? '' : `: ${why}`}`,
       brief: age === null ? `${d.id} not read yet` : `${d.id} unreachable`,
     };

@@ -28,8 +28,13 @@ import { until } from '../helpers/mosquitto.js';
  * the connection at every read, not answering (reads dropped), holding every read (a stall); a
  * refused read (exception) on a healthy connection; and one refused read among good ones. The
  * idle-device monitor reads at its default pace (1 s), the Modbus requests time out at their
- * default (1 s).
+ * default (1 s). The rule's bound is shortened to FAILING_MS (DaemonOptions.readsFailingMs), so
+ * that the five cases wait seconds, not the gateway's READS_FAILING_MS each: still longer than a
+ * read cycle, so that one failed read is no run, and still bound to two failed reads in a row.
  */
+
+/** The daemon's bound for these tests, in place of READS_FAILING_MS. */
+const FAILING_MS = 1_500;
 
 const TOKEN = 'readyz-failing-token';
 
@@ -117,6 +122,7 @@ beforeAll(async () => {
   }));
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
+    readsFailingMs: FAILING_MS,
   });
   for (const id of [
     'reset-valve',
@@ -179,7 +185,7 @@ describe('/readyz: a device whose reads keep failing is not ready; one failed re
     );
     expect(blip).toMatchObject({ status: 200, ok: true });
     expect(blip.detail).toMatch(
-      /^readback \d+ ms ago; reads fail since \S+Z \(1 in a row\): .*Modbus exception 0x04 \(server device failure\); unreachable if they fail for \d+ ms$/,
+      /^readback \d+ ms ago; reads fail since \S+Z \(1 in a row\): .*Modbus exception 0x04 \(server device failure\); unreachable if they fail for 1500 ms$/,
     );
     // Ground truth: the PLC refused that one read (the fault has cleared itself) ...
     expect(valve.faults()).toEqual([]);
@@ -197,14 +203,14 @@ describe('/readyz: a device whose reads keep failing is not ready; one failed re
     expect(valve.readLog.length).toBeGreaterThan(served);
     expect(answers.filter((a) => !a.ok || a.status !== 200)).toEqual([]);
 
-    // Refused reads that go on: not ready, once they have failed for READS_FAILING_MS.
+    // Refused reads that go on: not ready, once they have failed for the bound.
     const check = await turnsOn('blip-valve', { kind: 'exception', code: 4, on: 'read' });
     expect(check.status).toBe(503);
     const [, , since, failures] = FAILING.exec(check.detail) ?? [];
     expect(check.detail).toMatch(FAILING);
     expect(Number(failures)).toBeGreaterThanOrEqual(READ_FAILURES_UNREACHABLE);
     // Counted from the first failed read (the daemon's wall clock, this process's).
-    expect(Date.now() - Date.parse(since!)).toBeGreaterThanOrEqual(READS_FAILING_MS - 50);
+    expect(Date.now() - Date.parse(since!)).toBeGreaterThanOrEqual(FAILING_MS - 50);
     valve.clearFault('exception');
     expect((await readyAgain('blip-valve')).detail).toMatch(/^readback \d+ ms ago$/);
   }, 60_000);
