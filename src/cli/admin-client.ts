@@ -99,6 +99,10 @@ export class AdminClient {
       const req = request(
         {
           socketPath: this.paths.socket,
+          // A connection of its own per request: one kept alive in Node's global pool could
+          // be reused after the daemon closed it (a stop ends its connections), and fail as
+          // "closed the connection before answering" for a request never sent.
+          agent: false,
           method,
           path,
           // Host is required by HTTP/1.1; the socket is what names the daemon.
