@@ -92,7 +92,7 @@ function writePending(
   const command = journal.get({ scope: write.scope, key: write.key });
   if (command === undefined || command.seq !== write.seq || !endedFateOpen(command)) return null;
   const { profile } = lane.binding;
-  const name = writeName(command.key, write.seq, command.code ?? '');
+  const name = writeName(command, write.seq);
   if (write.acked) {
     if (!profile.controller.echoesSeq) return null;
     const leftMs = write.sentMono + profile.timing.confirmTimeoutMs - nowMono;
@@ -118,9 +118,25 @@ function writePending(
   return { command, write, reason: `${name}; ${landing}` };
 }
 
-/** How the reasons name the previous write (stopAfterPendingNote's, read back by previousOf). */
-function writeName(key: string, seq: number, code: string): string {
-  return `the write of ${key} (sequence number ${seq}), which ended ${code}`;
+/**
+ * How the reasons name the previous write (stopAfterPendingNote's, read back by previousOf): its
+ * command's key, identity (scope: keys are per identity, SPEC §2), sequence number and ending.
+ * Without the identity two commands of one device could fit the same line — the same key from
+ * two identities, given the same number after a wrap of the device's 16-bit numbers — and the
+ * line named neither: a start whose last dispatch was a stop written behind one of them, never
+ * sent, held nothing after it (earlierLastWrite), and a close was confirmed a no-op while the
+ * controller still held the open (I2).
+ */
+function writeName(command: Pick<CommandRecord, 'key' | 'scope' | 'code'>, seq: number): string {
+  return `the write of ${command.key} (identity ${command.scope}, sequence number ${seq}), which ended ${command.code ?? ''}`;
+}
+
+/**
+ * writeName as lines journaled before it named the identity read: still read (a journal
+ * carries them across an upgrade), the identity told by the journal alone (previousOf).
+ */
+function writeNameUnscoped(command: Pick<CommandRecord, 'key' | 'code'>, seq: number): string {
+  return `the write of ${command.key} (sequence number ${seq}), which ended ${command.code ?? ''}`;
 }
 
 /**
@@ -229,14 +245,20 @@ function decidedBehind(
 ): CommandRecord | null {
   if (stop.action !== 'stop') return null;
   const note = decisionNote(journal.history(stop));
-  const previous = note === null ? null : previousOf(journal, stop, note);
+  const fits = note === null ? [] : commandsNamed(journal, stop, note);
   // The read the stop's dispatch was decided on (its observedBefore) shows that write taken (its
   // echo): no stop is decided behind a write on a read that shows it taken (writePending), so
   // the line is not this dispatch's. A life journaled it and ended before its dispatch, and the
   // life that dispatched the stop decided on its read alone, behind no write. Taken for the
   // decision, it held the next command for a write the controller had taken before the stop.
-  if (previous?.seq != null && stop.observedBefore?.seq === previous.seq) return null;
-  return previous;
+  // (Every command that fits the line has its sequence number.)
+  const seq = fits[0]?.seq;
+  if (seq != null && stop.observedBefore?.seq === seq) return null;
+  // A line of an earlier version (no identity) may fit two commands: the same key from two
+  // identities, with the same number after a wrap. Here the next command is held for the write
+  // or not: one that may still be taken is waited for (the wait is the safe side, bounded; what
+  // the wait looks for, that number's echo, is the same for both).
+  return fits.find((c) => endedFateOpen(c) && !writeNeverSent(journal, c)) ?? fits[0] ?? null;
 }
 
 /**
@@ -327,36 +349,52 @@ function decisionNote(history: readonly JournalEvent[]): string | null {
 export const DECIDED_AGAIN = 'decided again on a fresh read';
 
 /**
- * The command a stopAfterPendingNote line names: a command of the stop's device, dispatched,
- * whose key, sequence number and ending the line gives (writeName). A key may hold any printable
- * character, " (sequence number " too: every place it could end is tried, and a line that fits
- * two commands names none.
+ * The command a stopAfterPendingNote line names (commandsNamed), or null when the line fits none
+ * or two: the take-up rebuilds the stop's decision from it, and a decision rebuilt from the
+ * wrong command could confirm the stop on a state it does not lead to.
  */
 function previousOf(
   journal: Pick<Journal, 'findByKey'>,
   stop: CommandRecord,
   note: string,
 ): CommandRecord | null {
+  const fits = commandsNamed(journal, stop, note);
+  return fits.length === 1 ? (fits[0] ?? null) : null;
+}
+
+/**
+ * The commands a stopAfterPendingNote line fits: of the stop's device, dispatched, whose key,
+ * identity, sequence number and ending the line gives (writeName: one command at most, keys
+ * being per identity) — or, in a line of an earlier version (writeNameUnscoped), its key,
+ * number and ending, which two identities' commands may share. Keys have no spaces (SPEC §2,
+ * command.ts), but every place the key could end is tried all the same.
+ */
+function commandsNamed(
+  journal: Pick<Journal, 'findByKey'>,
+  stop: CommandRecord,
+  note: string,
+): CommandRecord[] {
   const lead = `${STOP_AFTER_PENDING}the write of `;
-  if (!note.startsWith(lead)) return null;
+  if (!note.startsWith(lead)) return [];
   const rest = note.slice(lead.length);
-  let found: CommandRecord | null = null;
-  for (let at = rest.indexOf(' (sequence number '); at > 0;) {
-    const key = rest.slice(0, at);
-    for (const r of journal.findByKey(key)) {
+  const found = new Map<string, CommandRecord>();
+  for (let at = rest.indexOf(' ('); at > 0; at = rest.indexOf(' (', at + 1)) {
+    if (!rest.startsWith(' (identity ', at) && !rest.startsWith(' (sequence number ', at)) continue;
+    for (const r of journal.findByKey(rest.slice(0, at))) {
       if (
         r.device !== stop.device ||
         r.seq === null ||
         r.dispatchedAt === null ||
         refId(r) === refId(stop) ||
-        !note.startsWith(`${STOP_AFTER_PENDING}${writeName(key, r.seq, r.code ?? '')}, `)
+        !(
+          note.startsWith(`${STOP_AFTER_PENDING}${writeName(r, r.seq)}, `) ||
+          note.startsWith(`${STOP_AFTER_PENDING}${writeNameUnscoped(r, r.seq)}, `)
+        )
       ) {
         continue;
       }
-      if (found !== null && refId(found) !== refId(r)) return null;
-      found = r;
+      found.set(refId(r), r);
     }
-    at = rest.indexOf(' (sequence number ', at + 1);
   }
-  return found;
+  return [...found.values()];
 }

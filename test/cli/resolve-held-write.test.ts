@@ -58,7 +58,7 @@ describe.skipIf(!real)('a command queued behind a resolved command whose write i
     }, 10_000);
     expect(seen.record.detail ?? '').not.toMatch(/no-op/);
     expect(seen.record.state).toBe('accepted');
-    expect(seen.note?.detail).toContain('open-1 (sequence number 1)');
+    expect(seen.note?.detail).toContain('open-1 (identity plant, sequence number 1)');
     expect(valve.writeLog.map((e) => e.seq)).toEqual([1]);
     expect(valve.snapshot().state).toBe('CLOSED');
 

@@ -93,7 +93,7 @@ describe.skipIf(!real)('a write the controller holds across a restart of the dae
     expect(seen.r.detail ?? '').not.toMatch(/no-op/);
     expect(seen.r.state).toBe('accepted');
     expect(seen.note?.detail).toContain(
-      'open-1 (sequence number 1), which ended RESOLVED_BY_OPERATOR, was acknowledged',
+      'open-1 (identity plant, sequence number 1), which ended RESOLVED_BY_OPERATOR, was acknowledged',
     );
     expect(valve.writeLog.map((e) => e.seq)).toEqual([1]);
     expect(valve.snapshot().state).toBe('CLOSED');
@@ -144,7 +144,7 @@ describe.skipIf(!real)('a write the controller holds across a restart of the dae
     expect(seen.r.detail ?? '').not.toMatch(/no-op/);
     expect(seen.r.state).toBe('accepted');
     expect(seen.note?.detail).toContain(
-      "open-2 (sequence number 1), which ended RESOLVED_BY_OPERATOR; its write's outcome is unknown",
+      "open-2 (identity plant, sequence number 1), which ended RESOLVED_BY_OPERATOR; its write's outcome is unknown",
     );
     // Still on the link: the controller has received nothing yet.
     expect(valve.writeLog).toEqual([]);
