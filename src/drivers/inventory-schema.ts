@@ -5,6 +5,7 @@ import type { DeviceProfile } from '../core/profile.js';
 import { fieldAddress, fieldWidth } from '../core/profile-modbus.js';
 import { hostSchema, urlAddressProblem } from '../config/network-addresses.js';
 import { COMBINE_READS_DEFAULTS, MAX_REGISTERS } from './modbus-queue.js';
+import { UNIT_ID_BROADCAST, unitIdProblem } from './modbus-unit.js';
 
 /** The most TCP connections one Modbus PLC is given (plcs.<name>.connections). */
 export const MAX_CONNECTIONS = 8;
@@ -39,18 +40,6 @@ const requestTimeoutMs = z
   .max(MAX_TIMER_MS, { error: MAX_TIMER_MESSAGE });
 
 const OPC_TCP_URL = /^opc\.tcp:\/\/.+/;
-
-/**
- * Unit id 0 is the Modbus broadcast address (MODBUS over Serial Line, broadcast mode): a Modbus
- * TCP-to-serial gateway passes a request for it to every device on its line, each takes a
- * write, and none answers. A write would never be acknowledged nor confirmed (I2 would hold
- * only by every command failing), and it would move every device on the line that maps the
- * register. A controller reached directly over TCP takes 255 as "this device" (MODBUS
- * Messaging on TCP/IP Implementation Guide, Unit Identifier); a serial device behind a gateway
- * has its own address, 1..247.
- */
-const UNIT_ID_BROADCAST =
-  '0 is the Modbus broadcast address: through a Modbus TCP-to-serial gateway every device on the line takes each write and none answers, so no write would be acknowledged or confirmed, and several devices could move. Set the unit id of the PLC itself: its address on the serial line (1..247), or 255 for a controller reached directly over TCP';
 
 const modbusPlc = z.strictObject({
   protocol: z.literal('modbus'),
@@ -167,6 +156,11 @@ export function checkInventory(
   // endpoint a server offers, and would be found only at the first connect, then retried for
   // ever ("Cannot find an Endpoint matching security mode: 3 policy: …#None").
   for (const [name, plc] of Object.entries(inventory.plcs)) {
+    // The schema refuses it in a site file; an inventory built in code is checked here.
+    if (plc.protocol === 'modbus') {
+      const problem = unitIdProblem(plc.unitId);
+      if (problem !== null) errors.push(`plcs.${name}.unitId: ${problem}`);
+    }
     if (plc.protocol !== 'opcua') continue;
     if (plc.securityMode !== 'None' && plc.securityPolicy === 'None') {
       errors.push(

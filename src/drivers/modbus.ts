@@ -17,6 +17,7 @@ import type { Logger } from '../core/logger.js';
 import type { DeviceProfile } from '../core/profile.js';
 import type { ModbusMap, RegisterTable } from '../core/profile-modbus.js';
 import { HealthCounter, describeError, withTimeout } from './common.js';
+import { unitIdProblem } from './modbus-unit.js';
 import {
   COMBINE_READS_DEFAULTS,
   aloneBlock,
@@ -217,6 +218,9 @@ export class ModbusEndpoint {
   readonly health = new HealthCounter();
 
   constructor(options: ModbusEndpointOptions) {
+    // Refused where the endpoint is built, whatever built it (modbus-unit.ts).
+    const problem = unitIdProblem(options.unitId);
+    if (problem !== null) throw new Error(`Modbus PLC ${options.name}, unitId: ${problem}`);
     this.options = options;
     this.name = options.name;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 1000;
