@@ -1,0 +1,172 @@
+import {
+  ServiceFault,
+  StatusCodes,
+  WriteRequest,
+  WriteResponse,
+  type ClientSession,
+  type StatusCode,
+  type WriteValueOptions,
+} from 'node-opcua';
+
+/** A StatusCode's severity: its two top bits (Part 4, 7.39): 0 Good, 1 Uncertain, 2 and 3 Bad. */
+function severity(status: StatusCode): 'good' | 'uncertain' | 'bad' {
+  const bits = status.value >>> 30;
+  return bits === 0 ? 'good' : bits === 1 ? 'uncertain' : 'bad';
+}
+
+/**
+ * Bad statuses that do not say the write was not carried out: a server answers the first ones
+ * when it could not learn what became of a write it passed on to its field device (a gateway in
+ * front of a fieldbus, a device that did not answer in time), and the resource ones ("an
+ * operating system resource is not available", "not enough memory to complete the operation")
+ * do not say at which point the resource ran out. The device may have taken it. Other Bad
+ * statuses say the value was not written.
+ */
+const UNKNOWN_OUTCOME = new Set<number>([
+  StatusCodes.BadTimeout.value,
+  StatusCodes.BadCommunicationError.value,
+  StatusCodes.BadWaitingForResponse.value,
+  StatusCodes.BadRequestTimeout.value,
+  StatusCodes.BadResourceUnavailable.value,
+  StatusCodes.BadOutOfMemory.value,
+]);
+
+/**
+ * Statuses that say the server is busy and did not process the request: "the Server does not
+ * have the resources to process the request at this time" (BadServerTooBusy, and the transport's
+ * BadTcpServerTooBusy, "cannot process the request because it is too busy"). A write so answered
+ * was not applied; it is sent again, the same write, while its command's deadline allows
+ * (DeviceRefusedError `busy`: src/core/busy-write.ts), as a Modbus write answered 0x06 is.
+ */
+export const BUSY = new Set<number>([
+  StatusCodes.BadServerTooBusy.value,
+  StatusCodes.BadTcpServerTooBusy.value,
+]);
+
+/**
+ * The Write Service's own service results (OPC 10000-4 Table 54): the request was not processed
+ * (too many operations for the server's limits, or none), so nothing was written; sending the
+ * same request again would be refused the same way. Any other ServiceFault to a write leaves
+ * its outcome unknown, except BUSY.
+ */
+export const WRITE_NOT_PROCESSED = new Set<number>([
+  StatusCodes.BadTooManyOperations.value,
+  StatusCodes.BadNothingToDo.value,
+]);
+
+export interface WriteFault {
+  /**
+   * `refused`: not applied; `busy`: not applied, the server busy (sent again); `unknown`: the
+   * controller may have taken it.
+   */
+  readonly kind: 'refused' | 'busy' | 'unknown';
+  readonly message: string;
+}
+
+/**
+ * The service result of a request the server answered with a ServiceFault (OPC 10000-4 §5.3:
+ * "the Service itself failed"), which node-opcua hands over as an error carrying the fault.
+ */
+export class ServiceResultError extends Error {
+  constructor(
+    readonly status: StatusCode,
+    cause: Error,
+  ) {
+    super(`the server answered the Write with a ServiceFault: ${status.name}`, { cause });
+  }
+}
+
+/**
+ * What the statuses of the trigger's Write say of the command (null: taken). A Good status with
+ * a subcode (GoodCompletesAsynchronously, GoodClamped) is a write the server took; an Uncertain
+ * one, or a Bad one of UNKNOWN_OUTCOME, does not say whether it took it, which only a readback
+ * can tell; a BUSY one is a write not processed, to be sent again; any other Bad status is a
+ * refusal.
+ */
+export function triggerOutcome(results: readonly StatusCode[]): WriteFault | null {
+  const refused = results.find(
+    (s) => severity(s) === 'bad' && !UNKNOWN_OUTCOME.has(s.value) && !BUSY.has(s.value),
+  );
+  if (refused !== undefined) return { kind: 'refused', message: refused.name };
+  const unknown = results.find((s) => severity(s) !== 'good' && !BUSY.has(s.value));
+  if (unknown !== undefined) {
+    return {
+      kind: 'unknown',
+      message: `${unknown.name}: the controller may have taken it (outcome unknown)`,
+    };
+  }
+  const busy = results.find((s) => BUSY.has(s.value));
+  return busy === undefined
+    ? null
+    : { kind: 'busy', message: `${busy.name}: the server did not process it; nothing was applied` };
+}
+
+/**
+ * The code and setpoint must be in place, as written, before the trigger goes out: anything
+ * but plain Good (a clamped setpoint, a write still completing, an unknown outcome) and the
+ * trigger is not sent, so the controller takes nothing.
+ */
+export function preparationOutcome(results: readonly StatusCode[]): WriteFault | null {
+  const statuses = results.filter((s) => s.value !== StatusCodes.Good.value);
+  const status = statuses.find((s) => !BUSY.has(s.value)) ?? statuses[0];
+  return status === undefined
+    ? null
+    : {
+        // Only busy answers: the whole write is sent again, code and setpoint first.
+        kind: BUSY.has(status.value) ? 'busy' : 'refused',
+        message: `${status.name} to the code and setpoint; the trigger (the sequence number) was not sent, the controller takes nothing`,
+      };
+}
+
+/**
+ * The session's one-shot transaction (ClientSessionImpl, node-opcua 2.182.2, pinned): sends the
+ * request at once on the session's secure channel, or fails at once when the channel is not
+ * open; never holds it, never sends it again. An internal member, not documented API.
+ */
+export interface OneShotSession {
+  isChannelValid(): boolean;
+  _performMessageTransaction(
+    request: WriteRequest,
+    callback: (err: Error | null, response?: unknown) => void,
+  ): void;
+}
+
+/**
+ * Sends a Write request once. ClientSession.write sends a request again by itself: one the
+ * server answered BadSessionIdInvalid (it lost the session: timed out on its side, restarted
+ * its session layer), once it has made a new session, and one handed to it while it repairs
+ * the session or reconnects, once that is done (ClientSessionImpl #reprocessRequest,
+ * #_recreate_session_and_reperform_transaction, flushPendingTransactions). The repair retries
+ * every 2 s for as long as the server refuses a new session, so that write would reach the
+ * controller seconds or minutes after the driver gave up on it (its request timeout), past
+ * its deadline (I3), and after the core may have proven it not applied and sent it again
+ * (I1). A command's request must reach the controller when the driver sends it, or never.
+ */
+export function writeOnce(
+  session: ClientSession,
+  values: WriteValueOptions[],
+): Promise<StatusCode[]> {
+  const oneShot = session as unknown as OneShotSession;
+  return new Promise((resolve, reject) => {
+    oneShot._performMessageTransaction(new WriteRequest({ nodesToWrite: values }), (err, r) => {
+      if (err !== null) {
+        // A ServiceFault: node-opcua puts it on the error (`response`), or passes a response
+        // whose service result is Bad.
+        const fault = (err as { response?: unknown }).response ?? r;
+        const status =
+          fault instanceof ServiceFault || fault instanceof WriteResponse
+            ? fault.responseHeader.serviceResult
+            : undefined;
+        reject(
+          status !== undefined && status.isNot(StatusCodes.Good)
+            ? new ServiceResultError(status, err)
+            : err,
+        );
+      } else if (!(r instanceof WriteResponse) || (r.results ?? []).length !== values.length) {
+        reject(new Error('the server answered the Write with something else than its results'));
+      } else {
+        resolve(r.results ?? []);
+      }
+    });
+  });
+}
