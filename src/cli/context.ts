@@ -78,7 +78,13 @@ export class CliContext {
 
   /** Machine output: one JSON document, the same fields as the table. */
   outJson(value: unknown): void {
-    this.io.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+    // JSON.stringify escapes C0 but leaves DEL and C1 raw (0x9b is a CSI on some terminals):
+    // escaped here the JSON way, which the stream's guard (terminal-text.ts) then leaves alone.
+    const json = JSON.stringify(value, null, 2).replace(
+      /[\x7f-\x9f]/g,
+      (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+    );
+    this.io.stdout.write(`${json}\n`);
   }
 
   warn(text: string): void {

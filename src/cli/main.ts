@@ -2,13 +2,21 @@ import { CommanderError } from 'commander';
 import type { Io } from './context.js';
 import { CliError, EXIT, messageOf } from './errors.js';
 import { buildProgram } from './program.js';
+import { Style } from './table.js';
+import { terminalSafe } from './terminal-text.js';
 
 /**
  * Runs sluicectl with `argv` (without node and the script) and returns its exit code. The
  * binary (sluicectl.ts) is this with the process's streams, environment and clock; it is kept
  * apart from the binary so that it can be called without the binary's side effects.
  */
-export async function main(argv: readonly string[], io: Io): Promise<number> {
+export async function main(argv: readonly string[], given: Io): Promise<number> {
+  // Every line goes out with its control characters escaped (terminal-text.ts): it echoes what
+  // the operator typed, and what the journal and the daemon hold.
+  const io = terminalSafe(
+    given,
+    Style.for(given.stdout, argv.includes('--no-color'), given.env).colour,
+  );
   const result: { code: number } = { code: EXIT.OK };
   const program = buildProgram(io, result);
   try {
