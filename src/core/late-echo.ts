@@ -89,8 +89,12 @@ export class LateEcho {
   private readonly host: LateEchoHost;
   /** By device: its latest command in doubt, watched for its echo. */
   private readonly watched = new Map<string, Watched>();
-  /** By device: the command of its latest dispatch in this life (refId). */
-  private readonly lastDispatched = new Map<string, string>();
+  /**
+   * By device: the command of its latest dispatch in this life (refId, or at start the
+   * journal's: takeUp), its sequence number, and whether a readback has shown that number
+   * echoed since.
+   */
+  private readonly lastDispatched = new Map<string, LastDispatch>();
 
   constructor(host: LateEchoHost) {
     this.host = host;
@@ -102,7 +106,14 @@ export class LateEcho {
    * but one that provably never reached the controller may be given again — so the watch ends.
    */
   dispatched(record: CommandRecord): void {
-    this.lastDispatched.set(record.device, refId(record));
+    const earlier = this.lastDispatched.get(record.device);
+    if (earlier?.ref !== refId(record) || earlier.seq !== record.seq) {
+      this.lastDispatched.set(record.device, {
+        ref: refId(record),
+        seq: record.seq,
+        echoed: false,
+      });
+    }
     const watched = this.watched.get(record.device);
     if (watched !== undefined && refId(watched.record) !== refId(record)) {
       this.watched.delete(record.device);
@@ -130,7 +141,12 @@ export class LateEcho {
     // Not when another command of the device was dispatched after it (a stop that preempted
     // it): the echo may be that one's.
     const last = this.lastDispatched.get(record.device);
-    if (last !== undefined && last !== refId(record)) return;
+    if (last !== undefined && last.ref !== refId(record)) return;
+    // Nor when a readback showed its echo while it was open and the controller's echo has
+    // changed since (another master's write): its write was taken before it ended. Watched, a
+    // later write of its number (another master's) was noted as the controller taking its
+    // write, 'which no readback had shown before the command ended'.
+    if (last?.echoed === true && last.seq === record.seq) return;
     // Its write never sent (no connection to the controller, or withdrawn while it waited
     // for one): the echo of its number can only be another master's.
     if (!this.host.wrote(record)) return;
@@ -170,6 +186,13 @@ export class LateEcho {
     const { journal } = this.host;
     for (const device of devices) {
       const last = journal.lastDispatched(device, LAST_DISPATCH_WINDOW);
+      // The device's last dispatch as this life's would be: a command of the device dispatched
+      // before it, still open and taken up now, begins no watch when it ends in doubt (journaled:
+      // the echo may be this one's), as in the life that dispatched both. It began one, and
+      // replaced this one's: the controller taking this write late went unsaid.
+      if (last !== undefined && !this.lastDispatched.has(device)) {
+        this.lastDispatched.set(device, { ref: refId(last), seq: last.seq, echoed: false });
+      }
       // Not an operator's resolve: its outcome keeps the readback from before the write, so
       // whether a readback showed its echo while it was open (a valve that took the write and
       // did not move) is not journaled, and that echo, read again now, would be noted as new.
@@ -204,6 +227,10 @@ export class LateEcho {
 
   /** Every readback of a device. */
   readback(device: string, readback: TimedReadback): void {
+    const last = this.lastDispatched.get(device);
+    if (last !== undefined && readback.seq !== null && readback.seq === last.seq) {
+      last.echoed = true;
+    }
     const entry = this.watched.get(device);
     if (entry === undefined || readback.seq === null || readback.seq !== entry.record.seq) return;
     if (!entry.announced) {
@@ -256,6 +283,14 @@ export class LateEcho {
       'the controller took the write of a command that ended with its write in doubt',
     );
   }
+}
+
+/** A device's latest dispatch (LateEcho.lastDispatched). */
+interface LastDispatch {
+  readonly ref: string;
+  readonly seq: number | null;
+  /** A readback has shown `seq` echoed since the dispatch (or since the start). */
+  echoed: boolean;
 }
 
 /** How the note of a late echo begins (one note per command: takeUp looks for it). */
