@@ -17,6 +17,7 @@ import { parseCommandMessage, type CommandMessage } from './mqtt-message.js';
 import type { MessageOutcome, MqttMetrics } from './mqtt-metrics.js';
 import type { MqttPublisher } from './mqtt-publisher.js';
 import type { ResponseRoute } from './mqtt-response-routes.js';
+import { StrayCopies } from './mqtt-stray-copies.js';
 import type { FormerCommandTopic, GatewayTopics } from './mqtt-topics.js';
 
 /** What message handling needs of the session. */
@@ -50,6 +51,8 @@ export interface CommandMessagesOptions {
   readonly acceptUntimed: boolean;
   /** How long the journal keeps a settled key, s (CommandMessageInput.keysKeptS). */
   readonly keysKeptS?: number | undefined;
+  /** How long a stray copy awaits the command subscription's copy (StrayCopies), ms. */
+  readonly strayCopyWaitMs?: number | undefined;
 }
 
 /** What to do with a message after handling it: acknowledge it, or leave it with the broker. */
@@ -138,6 +141,8 @@ export class CommandMessages {
   private readonly expiryTimed = new Map<string, ExpiryTimed>();
   /** Retained commands refused over MQTT 3.1.1, by topic and payload digest (retainedCommand). */
   private readonly retainedRefused = new Set<string>();
+  /** Copies of commands other subscriptions of the session delivered (strayCopy). */
+  private readonly strays: StrayCopies;
 
   constructor(options: CommandMessagesOptions) {
     this.pipeline = options.pipeline;
@@ -150,6 +155,7 @@ export class CommandMessages {
     this.clock = options.clock;
     this.acceptUntimed = options.acceptUntimed;
     this.keysKeptS = options.keysKeptS;
+    this.strays = new StrayCopies(options.strayCopyWaitMs);
   }
 
   /** Whether messages are being taken (false once stopping, or the pipeline is shutting down). */
@@ -160,6 +166,7 @@ export class CommandMessages {
   /** Messages arriving from now on are left unacknowledged; the broker keeps them. */
   stopTaking(): void {
     this.isTaking = false;
+    this.strays.stop();
   }
 
   /** The client's handleMessage: decides PUBACK or not for one message (see the class doc). */
@@ -295,11 +302,18 @@ export class CommandMessages {
       this.decide('foreign_topic');
       return ACK_NOW;
     }
-    if (!this.deliveredByCommandFilter(packet)) {
-      // A copy another filter in the session delivered (one that overlaps the command filter):
-      // that filter is removed. The message is handled as usual — the command filter's copy,
-      // when there is one, is a duplicate of it, never a second write (I1).
-      this.link.unsubscribeOverlapping(packet.topic);
+    if (this.link.commandSubscriptionId !== undefined) {
+      const payload = Buffer.isBuffer(packet.payload)
+        ? packet.payload
+        : Buffer.from(packet.payload);
+      if (!this.deliveredByCommandFilter(packet)) {
+        // A copy another filter in the session delivered (one that overlaps the command filter):
+        // that filter is removed, and the copy is never run (its retain flag may have been
+        // cleared); the command filter's copy is handled as usual (StrayCopies).
+        this.link.unsubscribeOverlapping(packet.topic);
+        return this.strayCopy(packet, payload, device, receivedAt);
+      }
+      this.strays.ours(packet.topic, payload);
     }
     let message = parseCommandMessage({
       device,
@@ -688,6 +702,70 @@ export class CommandMessages {
       detail,
       errors: [detail],
     });
+    return ACK_NOW;
+  }
+
+  /**
+   * A copy of a command that a subscription other than the command subscription delivered (MQTT
+   * 5: without its Subscription Identifier). Never claimed nor run: that subscription's options
+   * are another client's, and without Retain As Published a command published retained comes
+   * through it unflagged (MQTT 5 §3.3.1.3), as a fresh one. Acknowledged (its sibling through the
+   * command filter is the one handled); answered, as not run, only when that sibling does not
+   * come (StrayCopies).
+   */
+  private strayCopy(
+    packet: IPublishPacket,
+    payload: Buffer,
+    device: string,
+    receivedAt: number,
+  ): Handling {
+    if (!this.isTaking) {
+      // Stopping: left with the broker, as its sibling is (an answer meanwhile would say "not
+      // run" of a command the next start may run).
+      this.decide('withheld');
+      return {
+        kind: 'withhold',
+        reason: 'the gateway is stopping and takes no new commands',
+        reconnect: false,
+      };
+    }
+    this.decide('other_subscription');
+    const seen = this.strays.stray(packet.topic, payload, () => {
+      const message = parseCommandMessage({
+        device,
+        payload,
+        userProperties: packet.properties?.userProperties,
+        retained: packet.retain,
+        messageExpiryS: packet.properties?.messageExpiryInterval,
+        acceptUntimed: this.acceptUntimed,
+        keysKeptS: this.keysKeptS,
+      });
+      const key = message.key;
+      if (key !== null && this.pipeline.get({ scope: this.identity.scope, key }) !== undefined) {
+        // Its key names a command the journal holds (its sibling came on another connection, or
+        // a retry): that command's outcome is published as usual.
+        this.logger.info(
+          { key, device },
+          'command copy from another subscription than the command filter: its key is journaled, nothing more to answer',
+        );
+        return;
+      }
+      const route = this.publisher.responseRoute(packet, { key, device });
+      const detail = `(subscription): delivered through a subscription of the gateway's session other than its command subscription (one another client with this client id left there), whose options may have cleared a retained command's flag: not run, nothing was written; the command subscription did not deliver it. Publish it again (not retained)`;
+      this.logger.warn(
+        { key, device, code: 'INVALID_COMMAND', topic: packet.topic.slice(0, 512) },
+        'command delivered only through another subscription than the command filter (whether it was retained cannot be told): not run, answered',
+      );
+      this.publisher.error({ key, device }, route, receivedAt, {
+        code: 'INVALID_COMMAND',
+        detail,
+        errors: [detail],
+      });
+    });
+    this.logger.debug(
+      { device, sibling: seen },
+      'command copy from another subscription than the command filter: acknowledged, not run',
+    );
     return ACK_NOW;
   }
 

@@ -101,20 +101,19 @@ export class LeftSubscriptions {
    * `allow_duplicate_messages`): every command came twice, the copy a duplicate claimed, logged
    * and counted again, never written again (I1). unsubscribeForeign never saw such a filter: it
    * delivers only the gateway's own command topics (or other gateways', which it caught).
-   * The message itself is handled as any other: the copy the command filter delivered may be
-   * missing (a message queued before that subscription had its identifier), so it is not
-   * dropped. Once per connection and topic, as unsubscribeForeign.
+   * The copy itself is never run (mqtt-stray-copies.ts): the command filter's copy is the one
+   * handled. Once per connection and topic, as unsubscribeForeign.
    */
   unsubscribeOverlapping(topic: string): void {
     this.unsubscribeMatching(topic, {
       // Only MQTT 5 has Subscription Identifiers, and its UNSUBACK says which filters existed.
       unsaid: null,
       removed:
-        'unsubscribed filters another client with this client id left in the persistent session beside the command filter: the broker sent the gateway each command once for every filter that matched it (the copies duplicates, never written again)',
+        'unsubscribed filters another client with this client id left in the persistent session beside the command filter: the broker sent the gateway each command once for every filter that matched it (the copies never run)',
       // A shared subscription is named by a group no message carries, so no filter can be
       // derived for it; a message queued before the command subscription had its identifier
       // (the first connection after an upgrade) lacks it too.
-      none: "a command came through another subscription than the command filter, and no filter matching its topic was left in the session: a shared subscription ($share/{group}/…) another client left with this client id, which the gateway cannot name, or a message queued before the command subscription had its identifier. Its copies are duplicates, never written again; remove a shared one while the gateway is stopped: mosquitto_sub -i {clientId} -c -V mqttv5 -x {sessionExpiryS} -q 1 -t '{prefix}/cmd/+' -U '$share/{group}/{filter}' -E (docs/mqtt-api.md)",
+      none: "a command came through another subscription than the command filter, and no filter matching its topic was left in the session: a shared subscription ($share/{group}/…) another client left with this client id, which the gateway cannot name, or a message queued before the command subscription had its identifier. Its copies are never run (the command filter's copy is); remove a shared one while the gateway is stopped: mosquitto_sub -i {clientId} -c -V mqttv5 -x {sessionExpiryS} -q 1 -t '{prefix}/cmd/+' -U '$share/{group}/{filter}' -E (docs/mqtt-api.md)",
     });
   }
 

@@ -13,7 +13,8 @@ export type MessageOutcome =
   | 'journal_unavailable'
   | 'withheld'
   | 'internal_error'
-  | 'foreign_topic';
+  | 'foreign_topic'
+  | 'other_subscription';
 
 /**
  * What a publication carries, for sluice_mqtt_publications_refused_total{kind}: a result, replay

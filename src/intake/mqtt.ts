@@ -35,6 +35,11 @@ export interface MqttIntakeOptions {
    * bound (the daemon always sets it).
    */
   readonly retentionHours?: number;
+  /**
+   * How long a command copy another subscription of the session delivered waits for the command
+   * subscription's copy before it is answered as not run (mqtt-stray-copies.ts; 5 s): tests.
+   */
+  readonly strayCopyWaitMs?: number;
 }
 
 export interface MqttHealth {
@@ -110,6 +115,7 @@ export class MqttIntake {
         options.retentionHours === undefined
           ? undefined
           : Math.floor(options.retentionHours * 3600),
+      strayCopyWaitMs: options.strayCopyWaitMs,
     });
     this.retainedState = new RetainedStateSweep({
       topics: this.topics,

@@ -35,6 +35,8 @@ export interface SiteIntakeOptions {
   readonly retentionHours?: number;
   /** Silent unless given (a test that reads the intake's log lines). */
   readonly logger?: Logger;
+  /** MqttIntakeOptions.strayCopyWaitMs. */
+  readonly strayCopyWaitMs?: number;
 }
 
 /**
@@ -86,6 +88,9 @@ export class MqttSite {
       ...(options.reconnect === undefined ? {} : { reconnect: options.reconnect }),
       ...(options.topicRootsFile === undefined ? {} : { topicRootsFile: options.topicRootsFile }),
       retentionHours: options.retentionHours ?? 48,
+      ...(options.strayCopyWaitMs === undefined
+        ? {}
+        : { strayCopyWaitMs: options.strayCopyWaitMs }),
     });
   }
 
