@@ -866,7 +866,16 @@
       field(dl, 'readback ' + r.when, observation(r.observation));
     });
     s.operator.forEach(function (o) {
-      field(dl, 'operator', at(o.at) + ': ' + o.detail, 'warn');
+      // A resolve's who and why quoted, as the daemon journals them: neither reads as the other.
+      var words = o.resolve
+        ? 'resolved by ' +
+          JSON.stringify(o.resolve.by) +
+          ': ' +
+          JSON.stringify(o.resolve.reason) +
+          '; ' +
+          o.resolve.note
+        : o.detail;
+      field(dl, 'operator', at(o.at) + ': ' + words, 'warn');
     });
     var open = s.open;
     if (s.outcome !== null) {

@@ -3,6 +3,7 @@ import { showCommand, type OpenStatus } from '../views/command-show.js';
 import type { CommandStory, Hit, StoryEvent, StoryKind } from '../views/command-story.js';
 import { aheadText, expiredText, pausedText, settlingText } from '../views/open-commands.js';
 import type { DeviceProfile } from '../core/profile.js';
+import { resolveDetail } from '../core/resolve-detail.js';
 import type { CliContext } from './context.js';
 import { formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
@@ -225,7 +226,12 @@ function renderStory(
   ]);
   for (const r of s.readbacks)
     story.push([`readback ${r.when}`, observationText(r.observation, now)]);
-  for (const o of s.operator) story.push(['operator', `${at(o.at)}: ${o.detail}`, 'warn']);
+  for (const o of s.operator) {
+    // Who and why quoted, as this version journals them, for a resolve of an earlier one too.
+    const words =
+      o.resolve === null ? o.detail : resolveDetail(o.resolve.by, o.resolve.reason, o.resolve.note);
+    story.push(['operator', `${at(o.at)}: ${words}`, 'warn']);
+  }
   story.push([
     'outcome',
     s.outcome === null

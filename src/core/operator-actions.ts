@@ -14,6 +14,7 @@ import type { Logger } from './logger.js';
 import { latestWriteWithheld } from './open-commands.js';
 import type { Outcomes } from './outcomes.js';
 import { latestWriteUnsent } from './redispatch.js';
+import { resolveDetail, WRITE_NOTE_BEGINNINGS } from './resolve-detail.js';
 
 /** What an operator's actions need from the pipeline. */
 export interface OperatorHost {
@@ -53,7 +54,7 @@ export class OperatorActions {
       code: 'RESOLVED_BY_OPERATOR',
       faultCode: null,
       observed: record.observed,
-      detail: `resolved by ${by}: ${reason}; ${writeNote(lane, record, journal)}`,
+      detail: resolveDetail(by, reason, writeNote(lane, record, journal)),
       at: clock.now(),
       intake: ADMIN,
     });
@@ -142,15 +143,6 @@ function leaveQueue(lane: Lane, ref: CommandRef): void {
  * `accepted` command; for a `dispatched` one, what this process knows of it — a client or an
  * operator reading "nothing was written" of a valve that took the write would be misled.
  */
-/**
- * How every note of writeNote begins: what follows an operator's reason in a resolve's detail
- * (`resolved by <who>: <reason>; <note>`), so that the reason can be told from the note.
- */
-export const WRITE_NOTE_BEGINNINGS = [
-  'nothing was written to the controller',
-  "the operator's action wrote nothing to the controller",
-] as const;
-
 function writeNote(
   lane: Lane | undefined,
   record: CommandRecord,

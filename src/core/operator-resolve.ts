@@ -1,7 +1,7 @@
 import type { Clock } from './clock.js';
 import { AlreadySettledError, JournalUnavailableError } from './errors.js';
 import type { CommandRecord, CommandRef } from './journal.js';
-import { WRITE_NOTE_BEGINNINGS } from './operator-actions.js';
+import { isResolveOf } from './resolve-detail.js';
 
 /**
  * An operator's resolve as both of its doors answer it — the admin endpoint for `sluicectl`
@@ -132,24 +132,12 @@ export async function resolveAndSync(
   };
 }
 
-/**
- * The resolve of this operator with this reason, as OperatorActions.resolve words its detail:
- * `resolved by <who>: <reason>; <note>`. The note is one of writeNote's: a detail that merely
- * begins with the reason and "; " (the reason "valve closed" against an earlier "valve closed;
- * checked") is another operator's request, refused as settled, not replayed. So is one whose rest
- * begins as a note but goes on, after a "; ", with another note's beginning: that rest is the end
- * of the earlier reason ("valve closed; nothing was written to the controller by the fitter")
- * and then the note. No note has a note's beginning after a "; " of its own.
- */
+/** The resolve of this operator with this reason (resolve-detail.ts), on disk or not. */
 function resolvedBy(record: CommandRecord, by: string, reason: string): boolean {
-  const prefix = `resolved by ${by}: ${reason}; `;
-  if (record.code !== 'RESOLVED_BY_OPERATOR' || record.detail?.startsWith(prefix) !== true) {
-    return false;
-  }
-  const note = record.detail.slice(prefix.length);
   return (
-    WRITE_NOTE_BEGINNINGS.some((beginning) => note.startsWith(beginning)) &&
-    !WRITE_NOTE_BEGINNINGS.some((beginning) => note.includes(`; ${beginning}`))
+    record.code === 'RESOLVED_BY_OPERATOR' &&
+    record.detail !== null &&
+    isResolveOf(record.detail, by, reason)
   );
 }
 

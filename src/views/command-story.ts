@@ -5,6 +5,7 @@ import {
   type JournalEvent,
   type Observation,
 } from '../core/journal.js';
+import { readResolveDetail, type ResolveWords } from '../core/resolve-detail.js';
 
 /**
  * The whole story of one command, from the journal alone (issue 12): how it was received and
@@ -92,6 +93,11 @@ export interface CommandStory {
   readonly operator: readonly {
     readonly at: string;
     readonly detail: string;
+    /**
+     * A resolve's who, why and the daemon's note, read apart (resolve-detail.ts), whether
+     * journaled by this version or an earlier one; null for a reverify's note.
+     */
+    readonly resolve: ResolveWords | null;
   }[];
   readonly outcome: {
     readonly state: string;
@@ -185,7 +191,7 @@ export function buildStory(record: CommandRecord, history: readonly JournalEvent
     readbacks,
     operator: events
       .filter((e) => e.kind === 'operator')
-      .map((e) => ({ at: e.at, detail: e.detail })),
+      .map((e) => ({ at: e.at, detail: e.detail, resolve: resolveWords(e) })),
     outcome:
       record.settledAt !== null
         ? {
@@ -199,6 +205,14 @@ export function buildStory(record: CommandRecord, history: readonly JournalEvent
     history: events,
     result,
   };
+}
+
+/** A resolve's event: its detail is the outcome's, after its code (`RESOLVED_BY_OPERATOR: `). */
+function resolveWords(event: StoryEvent): ResolveWords | null {
+  const code = 'RESOLVED_BY_OPERATOR: ';
+  return event.to === 'failed' && event.from !== event.to && event.detail.startsWith(code)
+    ? readResolveDetail(event.detail.slice(code.length))
+    : null;
 }
 
 function hits(history: readonly JournalEvent[], kind: 'duplicate' | 'key-reuse'): Hit[] {

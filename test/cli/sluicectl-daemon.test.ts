@@ -362,9 +362,9 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     expect(show.code).toBe(0);
     expect(show.stdout).toMatch(/state\s+failed RESOLVED_BY_OPERATOR/);
     expect(show.stdout).toContain(`operator  `);
-    expect(show.stdout).toContain(`resolved by ${OPERATOR}: ${reason}`);
+    expect(show.stdout).toContain(`resolved by "${OPERATOR}": ${JSON.stringify(reason)}`);
     expect(show.stdout).toMatch(
-      /admin\s+operator\s+accepted → failed\s+RESOLVED_BY_OPERATOR: resolved by alice@/,
+      /admin\s+operator\s+accepted → failed\s+RESOLVED_BY_OPERATOR: resolved by "alice@/,
     );
 
     const http = await getCommand('orphan-1');
@@ -372,7 +372,9 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     expect(http.body).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
     const history = http.body.history as { intake: string; to: string; detail: string }[];
     expect(history.at(-1)).toMatchObject({ intake: 'admin', to: 'failed' });
-    expect(history.at(-1)!.detail).toContain(`resolved by ${OPERATOR}: ${reason}`);
+    expect(history.at(-1)!.detail).toContain(
+      `resolved by "${OPERATOR}": ${JSON.stringify(reason)}`,
+    );
 
     const stuck = await cli('stuck', '--older-than', '1s');
     expect(stuck.code).toBe(0);

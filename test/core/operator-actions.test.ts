@@ -28,7 +28,7 @@ describe('resolve of a dispatched command', () => {
     const resolved = h.pipeline.resolve({ scope: 'plant', key: 'k1' }, 'ops@test', 'checking');
     expect(resolved).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
     expect(resolved.detail).toMatch(
-      /^resolved by ops@test: checking; the operator's action wrote nothing to the controller; the command's write \(sequence number \d+\) was on its way to the controller/,
+      /^resolved by "ops@test": "checking"; the operator's action wrote nothing to the controller; the command's write \(sequence number \d+\) was on its way to the controller/,
     );
     expect(resolved.detail).not.toMatch(/nothing was written/);
     // The worker learns the write's fate and puts it in the history.
@@ -66,7 +66,7 @@ describe('resolve of a dispatched command', () => {
     );
     const resolved = h.pipeline.resolve(record, 'ops@test', 'valve jammed');
     expect(resolved.detail).toBe(
-      `resolved by ops@test: valve jammed; the operator's action wrote nothing to the controller, but the command's write (sequence number ${seq}) had reached the controller before, which acknowledged it: it may have been applied`,
+      `resolved by "ops@test": "valve jammed"; the operator's action wrote nothing to the controller, but the command's write (sequence number ${seq}) had reached the controller before, which acknowledged it: it may have been applied`,
     );
     // Ground truth: it was taken; freed, the valve finishes the travel the write asked for.
     expect(valve.writesWithSeq(seq!)).toBe(1);
@@ -81,7 +81,7 @@ describe('resolve of a dispatched command', () => {
     const { record } = h.submit('k1', { device: 'v1', action: 'open' });
     const resolved = h.pipeline.resolve(record, 'ops@test', 'not wanted');
     expect(resolved.detail).toBe(
-      'resolved by ops@test: not wanted; nothing was written to the controller',
+      'resolved by "ops@test": "not wanted"; nothing was written to the controller',
     );
     h.plant.plc('mb').clearFault('latency');
     // The device moves on (the next command is written and confirmed): the first never was.
@@ -109,7 +109,7 @@ describe('the same resolve asked again', () => {
       state: 'failed',
       code: 'RESOLVED_BY_OPERATOR',
       detail:
-        'resolved by ops@test: valve jammed; nothing was written to the controller by the fitter; nothing was written to the controller',
+        'resolved by "ops@test": "valve jammed; nothing was written to the controller by the fitter"; nothing was written to the controller',
     });
     // The same operator with the reason the first one begins with is another request: refused
     // as settled, not told that its own resolve took effect.

@@ -145,7 +145,7 @@ describe('resolve while the journal cannot make it durable', () => {
     const other = await cli('resolve', 'stalled-1', '--as', 'failed', '--reason', 'twice');
     expect(other.code).toBe(1);
     expect(other.stderr).toContain('ALREADY_SETTLED');
-    expect(other.stderr).toContain(`resolved by ${OPERATOR}: ${reason}`);
+    expect(other.stderr).toContain(`resolved by "${OPERATOR}": ${JSON.stringify(reason)}`);
     // One resolve in the history.
     const journal = SqliteJournal.open({ path: journalPath, readonly: true });
     try {
@@ -188,7 +188,7 @@ describe('resolve while the journal cannot make it durable', () => {
     expect(resolved.code).toBe(0);
     expect(onFile('unsent-1')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
     expect(onFile('unsent-1').detail).toBe(
-      `resolved by ${OPERATOR}: valve gone; the operator's action wrote nothing to the controller, and the command's write (sequence number 7) was withdrawn before it was sent (its history says so): nothing was applied`,
+      `resolved by "${OPERATOR}": "valve gone"; the operator's action wrote nothing to the controller, and the command's write (sequence number 7) was withdrawn before it was sent (its history says so): nothing was applied`,
     );
   }, 60_000);
 });

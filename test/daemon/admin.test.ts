@@ -174,7 +174,7 @@ describe('admin endpoint', () => {
       state: 'failed',
       code: 'RESOLVED_BY_OPERATOR',
       detail: expect.stringContaining(
-        'resolved by ops@gw: valve jammed; fitter on site',
+        'resolved by "ops@gw": "valve jammed; fitter on site"',
       ) as unknown,
     });
     // The resolve wrote nothing; the command's own write had reached the valve, which takes it

@@ -338,7 +338,7 @@ describe.runIf(real)('the status page in Chromium', () => {
       .poll(() => page.locator('#command-fields').innerText(), { timeout: 5_000 })
       .toMatch(/outcome\s+failed RESOLVED_BY_OPERATOR/);
     expect(await page.locator('#command-history').innerText()).toContain(
-      `resolved by ops (status page, 127.0.0.1): ${reason}`,
+      `resolved by "ops (status page, 127.0.0.1)": ${JSON.stringify(reason)}`,
     );
     await page.screenshot({ path: join(ARTIFACTS, 'ui-command.png'), fullPage: true });
 
@@ -356,7 +356,7 @@ describe.runIf(real)('the status page in Chromium', () => {
       to: 'failed',
       intake: 'admin',
       detail: expect.stringContaining(
-        `resolved by ops (status page, 127.0.0.1): ${reason}`,
+        `resolved by "ops (status page, 127.0.0.1)": ${JSON.stringify(reason)}`,
       ) as unknown,
     });
     expect(valve.counters.writesReceived).toBe(1);

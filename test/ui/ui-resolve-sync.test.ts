@@ -98,7 +98,7 @@ describe('Resolve on the status page while the journal sync stalls', () => {
     expect(other.json()).toMatchObject({
       code: 'ALREADY_SETTLED',
       detail: expect.stringContaining(
-        `resolved by ops (status page, 127.0.0.1): ${reason}`,
+        `resolved by "ops (status page, 127.0.0.1)": ${JSON.stringify(reason)}`,
       ) as unknown,
     });
 

@@ -352,7 +352,7 @@ describe('with a session', () => {
       to: 'failed',
       intake: 'admin',
       detail: expect.stringContaining(
-        'resolved by ops (status page, 127.0.0.1): valve removed; checked closed by hand',
+        'resolved by "ops (status page, 127.0.0.1)": "valve removed; checked closed by hand"',
       ) as unknown,
     });
     // The same resolve asked again is this one; another is refused, naming whose and why.
@@ -369,7 +369,7 @@ describe('with a session', () => {
     expect(other.status).toBe(409);
     expect(other.json()).toMatchObject({
       code: 'ALREADY_SETTLED',
-      detail: expect.stringContaining('resolved by ops (status page, 127.0.0.1)') as unknown,
+      detail: expect.stringContaining('resolved by "ops (status page, 127.0.0.1)"') as unknown,
     });
   });
 

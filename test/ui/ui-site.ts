@@ -44,6 +44,8 @@ export interface UiSite {
   readonly orphanDeadline: number;
   /** The journal's SQLite file: ground truth, read through a connection of the test's own. */
   readonly journalPath: string;
+  /** The site file (sluicectl --config reaches the daemon's admin endpoint with it). */
+  readonly configPath: string;
   /** Everything the daemon logged, as text. */
   log(): string;
   stop(): Promise<void>;
@@ -76,6 +78,8 @@ export interface UiSiteOptions {
   readonly httpsTimeouts?: HttpsTimeouts;
   /** How the page's streams of a vanished client are found (DaemonOptions.uiStreamPeerBounds). */
   readonly uiStreamPeerBounds?: StreamPeerBounds;
+  /** More open commands seeded as ORPHAN is (its scope and device), by key. */
+  readonly orphans?: readonly string[];
 }
 
 /** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
@@ -185,12 +189,14 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     }),
   );
   const now = Date.now();
-  seedOrphan(join(dir, 'state', 'journal.db'), now, {
-    scope: ORPHAN.scope,
-    key: ORPHAN.key,
-    device: ORPHAN.device,
-    intake: 'mqtt',
-  });
+  for (const key of [ORPHAN.key, ...(options.orphans ?? [])]) {
+    seedOrphan(join(dir, 'state', 'journal.db'), now, {
+      scope: ORPHAN.scope,
+      key,
+      device: ORPHAN.device,
+      intake: 'mqtt',
+    });
+  }
 
   const lines: string[] = [];
   const sink = new Writable({
@@ -226,6 +232,7 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     origin: `https://127.0.0.1:${port}`,
     orphanDeadline: now - 570_000,
     journalPath: join(dir, 'state', 'journal.db'),
+    configPath,
     cert,
     log: () => lines.join(''),
     stop: async () => {
