@@ -92,7 +92,7 @@ export function settleUnreadBody(
   // come, and there is nothing left to bound. Cut at the bound all the same, the connection lost
   // the answers still owed before this one (a command waiting for its outcome, pipelined before
   // it); it is closed once nothing more is owed (https-owed.ts endedInAnsweredBody), and a client
-  // that does not read them is bounded as any other (https-connections.ts boundAnswers).
+  // that does not read them is bounded as any other (https-unread.ts boundAnswers).
   socket.once('end', stop);
   socket.once('close', stop);
   return 'drained';

@@ -5,14 +5,13 @@ import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { takeOnlyUtf8Json } from './https-body.js';
 import {
-  boundAnswers,
-  boundUnreadInKernel,
   FIRST_REQUEST_TIMEOUT_MS,
   HANDSHAKE_TIMEOUT_MS,
   limitConnections,
 } from './https-connections.js';
 import { settleUnreadBody } from './https-drain.js';
 import { AnswersOwed } from './https-owed.js';
+import { boundAnswers, boundUnreadInKernel } from './https-unread.js';
 import { readIdempotencyKey } from './idempotency-key.js';
 import {
   answerClientError,

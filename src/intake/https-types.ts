@@ -32,7 +32,7 @@ export interface HttpsMetrics {
   readonly httpsConnectionsRefused: {
     inc(labels: { reason: 'max_connections' | 'per_address' }): void;
   };
-  /** `sluice_https_connections_idle_closed_total{stage}` (https-connections.ts) */
+  /** `sluice_https_connections_idle_closed_total{stage}` (https-connections.ts; answer_unread: https-unread.ts) */
   readonly httpsConnectionsIdleClosed: {
     inc(labels: { stage: 'handshake' | 'first_request' | 'answer_unread' }): void;
   };

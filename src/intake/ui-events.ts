@@ -3,7 +3,7 @@ import type { Clock } from '../core/clock.js';
 import type { CommandRecord } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
-import { carriesStream, resetConnection } from './https-connections.js';
+import { carriesStream, resetConnection } from './https-unread.js';
 import { connectionOf, readTcpPeers } from './https-peer.js';
 import type { UiSession, UiSessions } from './ui-session.js';
 import type { UiDevice, UiGateway, UiViews } from './ui-views.js';
@@ -204,7 +204,7 @@ export class UiEvents {
     // on purpose: its end of input is the page gone, and the stream ends with it.
     const socket = res.socket;
     // What a page that does not read costs is bounded here (behind): its connection is not
-    // reset for it as an unread answer's would be (https-connections.ts).
+    // reset for it as an unread answer's would be (https-unread.ts).
     if (socket !== null) carriesStream(socket);
     const gone = (): void => {
       res.end();

@@ -14,7 +14,7 @@ import { call, startUiSite, type UiSite } from '../ui/ui-site.js';
  * kernel's buffers do not take (about 250 KB) well past the request timeout (30 s in a gateway,
  * shortened here to 5 s: DaemonOptions.httpsTimeouts). Every byte
  * moves, so the answer is not cut: the bound on an answer going out is on progress, not time
- * (https-connections.ts boundAnswers). It was cut at the bound, the client left with part of
+ * (https-unread.ts boundAnswers). It was cut at the bound, the client left with part of
  * the answer and a reset, and its retry cut the same way. Ground truth: what the client read,
  * whole (its Content-Length, ending with a whole line).
  *

@@ -11,7 +11,7 @@ import { makePki, startIntake, until, type Pki, type RunningIntake } from './htt
 /**
  * A client that sends requests and never reads their answers, its sending side half-closed
  * (a FIN) or not: the intake closes its connection once an answer has waited the request
- * timeout to be taken (https-connections.ts boundAnswers). Node bounds a request coming in and
+ * timeout to be taken (https-unread.ts boundAnswers). Node bounds a request coming in and
  * an idle connection, not an answer going out, and such a client held its connection and
  * megabytes of answers in the socket buffers for as long as it kept it. On the real intake over
  * real sockets, with sluice-sim and the SQLite journal under it; ground truth is the kernel's
@@ -168,3 +168,86 @@ it("a hung client whose answers fit in the kernel's buffers: reset once its wind
   expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(TIMEOUTS.requestMs - 500);
   expect(await idleClosedUnread()).toBe(before + 1);
 }, 30_000);
+
+/**
+ * The same hung client, which half-closed its connection (a FIN, after its requests) once its
+ * answers were in the kernel's buffers. Node then ends the connection and closes its socket at
+ * once: every answer was written out for it. Closed, the connection was no longer the daemon's
+ * to bound: the kernel kept it in LAST-ACK with the unread answers queued, orphaned, for as long
+ * as its orphan probes allow (about a minute and more), outside https.maxConnections and its
+ * per-address bound, while a client that had not sent its FIN was reset after the request
+ * timeout. Now the socket is kept until the kernel has the answers taken, under the same bound.
+ */
+it("a hung client that half-closed after its answers reached the kernel's buffers: reset once its window has stayed closed the request timeout (gone from the kernel's table), and counted", async () => {
+  const before = await idleClosedUnread();
+  const client = spawn(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      HUNG_CLIENT.replace('setInterval(', 'setTimeout(() => socket.end(), 1_000);\nsetInterval('),
+    ],
+    {
+      env: { ...process.env, PORT: String(api.port), CA: api.ca, TOKEN: TOKENS.ops, COUNT: '12' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  clients.push(client);
+  let out = '';
+  client.stdout.on('data', (chunk: Buffer) => {
+    out += chunk.toString('utf8');
+  });
+  const clientPort = Number(
+    await until(() => out.includes('\n'), 10_000, 'the client to connect').then(() => out.trim()),
+  );
+  // The client's FIN taken, its answers queued in the kernel: LAST-ACK (09) with bytes to send.
+  await until(
+    () =>
+      serverEnd(api.port, clientPort).some((end) => end.startsWith('09') && !end.endsWith(' tx=0')),
+    10_000,
+    'the kernel to hold answers for the half-closed client',
+  );
+  client.kill('SIGSTOP');
+  const stoppedAt = Date.now();
+  let last: string[] = [];
+  await until(
+    () => (last = serverEnd(api.port, clientPort)).length === 0,
+    TIMEOUTS.requestMs + 10_000,
+    "the server's end of the connection to leave the kernel's table",
+  ).catch((error: unknown) => {
+    throw new Error(`${String(error)}; it is ${JSON.stringify(last)}`);
+  });
+  expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(TIMEOUTS.requestMs - 1_500);
+  expect(await idleClosedUnread()).toBe(before + 1);
+}, 30_000);
+
+it('a client that half-closes after its requests and reads: has every answer and the end of the connection, not a reset', async () => {
+  const before = await idleClosedUnread();
+  const tcp = tcpConnect({ host: '127.0.0.1', port: api.port });
+  const tls = connect({ socket: tcp, ca: api.ca, servername: 'localhost' });
+  opened.push(tls);
+  const errors: Error[] = [];
+  tls.on('error', (error: Error) => errors.push(error));
+  await once(tls, 'secureConnect');
+  const clientPort = tcp.localPort!;
+  const request = `GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${TOKENS.ops}\r\n\r\n`;
+  tls.write(request.repeat(12));
+  // Half-closed once its answers are in the kernel's buffers, read only then.
+  await until(
+    () => serverEnd(api.port, clientPort).some((end) => held(end) && !end.endsWith(' tx=0')),
+    10_000,
+    'the kernel to hold answers for the client',
+  );
+  tls.end();
+  let text = '';
+  tls.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+  await once(tls, 'end');
+  expect(errors).toEqual([]);
+  expect(text.match(/^HTTP\/1\.1 200 /gm)).toHaveLength(12);
+  await until(
+    () => serverEnd(api.port, clientPort).every((end) => !held(end)),
+    5_000,
+    "the server's end of the connection to be closed",
+  );
+  expect(await idleClosedUnread()).toBe(before);
+}, 20_000);
