@@ -381,27 +381,17 @@ export class Preemption {
     for (const ref of [lane.inFlight, lane.ending, lane.unresolved, ...interruptedTargets(lane)]) {
       if (ref !== null) held.add(refId(ref));
     }
-    let open;
+    let before;
     try {
-      open = this.host.journal.listOpenRefs();
+      // In the journal's order: the ones of its device before the stop (it is the newest there).
+      before = this.host.journal.openBefore(stop);
     } catch (error) {
       // The sweep takes them up once the journal reads; the stop is not held back for them.
       log.warn({ err: error }, 'stop: the open commands of its device cannot be listed');
       return [];
     }
-    // In the journal's order: the ones before the stop (it is the newest on its device).
-    const at = open.findIndex((ref) => refId(ref) === refId(stop));
-    const device = open[at]?.device;
-    if (device === undefined) return [];
-    return open
-      .slice(0, at)
-      .filter(
-        (ref) =>
-          ref.device === device &&
-          ref.state === 'accepted' &&
-          ref.action !== 'stop' &&
-          !held.has(refId(ref)),
-      )
+    return before
+      .filter((ref) => ref.state === 'accepted' && ref.action !== 'stop' && !held.has(refId(ref)))
       .map((ref) => ({ scope: ref.scope, key: ref.key }));
   }
 

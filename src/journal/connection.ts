@@ -626,6 +626,7 @@ function prepare(db: Database): {
   history: Statement;
   open: Statement;
   openRefs: Statement;
+  openBefore: Statement;
   stopsAfter: Statement;
   lastDispatched: Statement;
   purgeCandidates: Statement;
@@ -690,6 +691,15 @@ function prepare(db: Database): {
     openRefs: db.prepare(`
       SELECT scope, key, device, state, action FROM commands INDEXED BY commands_open
       WHERE state IN ('accepted', 'dispatched') ORDER BY id`),
+    // The open commands of a stop's device claimed before it (Journal.openBefore): through the
+    // partial index of the open commands by device, the few of that device, not every open
+    // command of the gateway (a stop is the path that must not wait).
+    openBefore: db.prepare(`
+      SELECT c.scope, c.key, c.device, c.state, c.action
+      FROM commands s, commands c INDEXED BY commands_open_device
+      WHERE s.scope = ? AND s.key = ? AND s.state IN ('accepted', 'dispatched')
+        AND c.device = s.device AND c.state IN ('accepted', 'dispatched') AND c.id < s.id
+      ORDER BY c.id`),
     // A rare path (a readback shows another command's echo). The rows claimed since the
     // command, newest first (`+c.device` keeps the planner off the device index, whose scan
     // would cover every retained command of the device): few for a command in flight.

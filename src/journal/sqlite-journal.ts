@@ -184,6 +184,14 @@ export class SqliteJournal implements Journal {
     }
   }
 
+  openBefore(ref: CommandRef): OpenRef[] {
+    try {
+      return this.connection().stmts.openBefore.all(ref.scope, ref.key) as OpenRef[];
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
   stopsAfter(ref: CommandRef, limit: number): CommandRecord[] {
     try {
       return (
