@@ -66,6 +66,22 @@ export class HealthCounter {
     this.epoch++;
   }
 
+  /**
+   * A new connection the controller has not answered on yet (opened(), then answering() at its
+   * first answer): a frozen PLC process's kernel completes a TCP connect with nothing behind it,
+   * and counted from the connect, such a device showed connected at each reconnect until its
+   * read timed out.
+   */
+  opened(): void {
+    this.isConnected = false;
+    this.epoch++;
+  }
+
+  /** The controller answered on the connection opened last. */
+  answering(): void {
+    this.isConnected = true;
+  }
+
   disconnected(): void {
     this.isConnected = false;
   }

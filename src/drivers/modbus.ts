@@ -753,8 +753,10 @@ export class ModbusEndpoint {
         closed(socketError === null ? 'connection closed' : `connection lost: ${socketError}`);
       });
     // The backoff starts over once the PLC answers on this connection (proven), not here.
+    // Connected for health once the PLC answers on it (proven): a TCP connect proves nothing,
+    // a frozen PLC process's kernel completes it.
     this.answered = false;
-    this.health.connected();
+    this.health.opened();
     this.client = client;
     this.log.info({ host: this.options.host, port: this.options.port }, 'modbus connected');
     return client;
@@ -764,6 +766,7 @@ export class ModbusEndpoint {
   private proven(): void {
     if (this.answered) return;
     this.answered = true;
+    this.health.answering();
     this.backoff.reset();
   }
 

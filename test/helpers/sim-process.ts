@@ -214,6 +214,14 @@ export class SimProcess {
     return answer;
   }
 
+  /**
+   * SIGSTOP (true) or SIGCONT (false): a frozen PLC process. Its kernel still completes TCP
+   * handshakes on the listening socket (until the backlog fills), but nothing answers.
+   */
+  freeze(frozen: boolean): void {
+    this.child.kill(frozen ? 'SIGSTOP' : 'SIGCONT');
+  }
+
   /** SIGTERM, and waits for the exit (SIGKILL after 10 s); throws on an unclean stop. */
   async stop(): Promise<void> {
     const child = this.child;
