@@ -640,6 +640,11 @@ export class MqttSession {
       }
     } else {
       this.logger.debug({ reconnectInMs: delay }, 'MQTT connection attempt failed');
+      // The broker could not be reached, or did not accept the connection: it was away (a
+      // restart, a crash), not held by another client, which a takeover needs. The closes
+      // before were its going, not another client's connects (three restarts in a row were
+      // said to be one).
+      this.shortConnections = 0;
     }
   }
 
@@ -662,7 +667,7 @@ export class MqttSession {
     const count = this.shortConnections;
     const cause = this.takenOver
       ? `the MQTT broker ended the session: another client connected with this client id (${clientId}; DISCONNECT 0x8E Session taken over)`
-      : `the MQTT broker closed the connection ${count} times in a row, each within ${SHORT_CONNECTION_MS / 1000} s of accepting it and without a reason: most likely another client connects with this client id (${clientId}); the broker's log shows "Client ${clientId} already connected, closing old connection"`;
+      : `the MQTT broker closed the connection ${count} times in a row, each within ${SHORT_CONNECTION_MS / 1000} s of accepting it and without a reason, and was reachable again at once each time: most likely another client connects with this client id (${clientId}; the broker's log shows "Client ${clientId} already connected, closing old connection"), unless the broker was restarted that often`;
     if (!this.takenOver && count < SHORT_CONNECTIONS_SUSPECTED) return;
     this.error = cause;
     if (this.takeoverSaidAt !== null && now - this.takeoverSaidAt < TAKEOVER_WARN_EVERY_MS) {
