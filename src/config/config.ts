@@ -12,7 +12,7 @@ import {
 } from '../intake/mqtt-topics.js';
 import { packageRoot } from '../package-root.js';
 import { readProfiles } from '../profiles/load.js';
-import { hostSchema, urlAddressProblem } from './network-addresses.js';
+import { hostSchema, proxyAddressSchema, urlAddressProblem } from './network-addresses.js';
 import { parseYamlText } from './yaml-text.js';
 
 /**
@@ -213,6 +213,13 @@ export const configSchema = z
         maxConnections: z.number().int().min(1).max(65_536).default(1024),
         /** The same from one client address (behind a local proxy, all come from one). */
         maxConnectionsPerAddress: z.number().int().min(1).max(65_536).default(256),
+        /**
+         * Reverse proxies whose X-Forwarded-For is believed (addresses or ranges): the client's
+         * address is then the header's last hop not among them, for the failed-token bound,
+         * the logs and the status page's audit. None by default: the header is anyone's to
+         * write.
+         */
+        trustedProxies: z.array(proxyAddressSchema).max(64).default([]),
         /** Prefer: wait=N default and ceiling, seconds. */
         defaultWaitS: z.number().min(0).max(300).default(10),
         maxWaitS: z.number().min(0).max(300).default(60),

@@ -98,3 +98,32 @@ export const hostSchema = z
     const problem = hostProblem(host);
     if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
   });
+
+/**
+ * What is wrong with an entry of https.trustedProxies (null: nothing): an IP address, or a
+ * range of them as an address and a prefix length (`10.0.4.0/24`, `fd00::/64`). A host name
+ * is not taken: the peer's address is what is compared, and a name would be resolved once, at
+ * the start, to an address the site file does not show.
+ */
+export function proxyAddressProblem(entry: string): string | null {
+  const [address = '', prefix, extra] = entry.split('/');
+  const family = isIP(address);
+  if (family === 0 || extra !== undefined) {
+    return `${JSON.stringify(entry)} is not an IP address or a range (address/prefix length)`;
+  }
+  if (prefix === undefined) return null;
+  const max = family === 4 ? 32 : 128;
+  if (!/^\d{1,3}$/.test(prefix) || Number(prefix) > max) {
+    return `${JSON.stringify(entry)}: the prefix length must be 0–${max}`;
+  }
+  return null;
+}
+
+/** https.trustedProxies: refused with what proxyAddressProblem finds wrong with an entry. */
+export const proxyAddressSchema = z
+  .string()
+  .min(1)
+  .superRefine((entry, ctx) => {
+    const problem = proxyAddressProblem(entry);
+    if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
+  });

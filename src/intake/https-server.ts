@@ -121,6 +121,10 @@ export function createServer(options: ServerOptions): App {
         : {}),
     },
     logger: false,
+    // request.ip: the connection's peer, or, from a proxy the site trusts, the last hop of its
+    // X-Forwarded-For that is not one of them (fastify's trustProxy, proxy-addr). Never by
+    // default: any client may send the header.
+    ...(config.trustedProxies.length > 0 ? { trustProxy: [...config.trustedProxies] } : {}),
     bodyLimit: config.bodyLimitBytes,
     requestTimeout: timeouts.requestMs,
     // fastify's own 503 during close is not a problem document; the onRequest hook answers

@@ -97,6 +97,27 @@ devices:
     expect(joined).toMatch(/surprise/);
   });
 
+  it('takes https.trustedProxies as addresses and ranges, none by default; refuses a name or a bad prefix', () => {
+    const https = (extra: string): string =>
+      write(`${MINIMAL}https: { certFile: c.pem, keyFile: k.pem${extra} }\n`);
+    expect(loadConfig(https(''), { env: {} }).https?.trustedProxies).toEqual([]);
+    expect(
+      loadConfig(https(", trustedProxies: [10.0.4.2, '10.0.5.0/24', 'fd00::/64', '::1']"), {
+        env: {},
+      }).https?.trustedProxies,
+    ).toEqual(['10.0.4.2', '10.0.5.0/24', 'fd00::/64', '::1']);
+    const errors = errorsOf(() =>
+      loadConfig(https(", trustedProxies: [proxy.plant, '10.0.5.0/33', '10.0.5.0/24/1']"), {
+        env: {},
+      }),
+    );
+    expect(errors).toEqual([
+      'https.trustedProxies.0: "proxy.plant" is not an IP address or a range (address/prefix length)',
+      'https.trustedProxies.1: "10.0.5.0/33": the prefix length must be 0–32',
+      'https.trustedProxies.2: "10.0.5.0/24/1" is not an IP address or a range (address/prefix length)',
+    ]);
+  });
+
   it('cross-checks names: identities, devices, PLCs', () => {
     const path = write(
       MINIMAL.replace(

@@ -242,6 +242,7 @@ export async function startIntake(
     bodyLimitBytes: 16_384,
     maxConnections: 1024,
     maxConnectionsPerAddress: 256,
+    trustedProxies: [],
     defaultWaitS: 10,
     maxWaitS: 60,
     rateLimit: { perSecond: 1_000, burst: 1_000 },

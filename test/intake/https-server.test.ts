@@ -37,6 +37,7 @@ describe('HTTPS server', () => {
         bodyLimitBytes: 65_536,
         maxConnections: 1024,
         maxConnectionsPerAddress: 256,
+        trustedProxies: [] as string[],
       } as HttpsConfig,
       tls: { cert: Buffer.from(pki.server.cert), key: Buffer.from(pki.server.key), ca: undefined },
       metrics,
