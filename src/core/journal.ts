@@ -252,12 +252,12 @@ export interface Journal {
    */
   stopsAfter(ref: CommandRef, limit: number): CommandRecord[];
   /**
-   * The command of the device's last dispatch: the one given the sequence number the device's
-   * last dispatch journaled (its `device_seq` row, written in the dispatch's own commit), found
-   * among the device's `window` newest commands, or undefined (never dispatched, purged, or more
-   * than `window` commands of the device came after it without a dispatch). By what the journal
-   * recorded of the dispatches, not by dispatchedAt, which a step of the gateway's clock
-   * reorders.
+   * The command of the device's last dispatch: the one the dispatch's own commit named, with
+   * the sequence number it gave (its `device_seq` row); for a dispatch journaled before commits
+   * named it, the one given that number among the device's `window` newest commands. Undefined
+   * when never dispatched, purged, or (such an older dispatch) more than `window` commands of
+   * the device came after it without a dispatch. By what the journal recorded of the
+   * dispatches, not by dispatchedAt, which a step of the gateway's clock reorders.
    */
   lastDispatched(device: string, window: number): CommandRecord | undefined;
   /**

@@ -20,8 +20,9 @@ const UNKNOWN_EFFECT_CODES: ReadonlySet<string> = new Set([
 ]);
 
 /**
- * How many of a device's newest commands a start looks through for its last dispatch
- * (Journal.lastDispatched): a bound on the rows read at start, whatever the journal holds.
+ * How many of a device's newest commands a start looks through for its last dispatch when the
+ * journal does not name it (Journal.lastDispatched: a dispatch journaled by an earlier Sluice): a
+ * bound on the rows read at start, whatever the journal holds.
  */
 export const LAST_DISPATCH_WINDOW = 1_000;
 
@@ -178,8 +179,8 @@ export class LateEcho {
   /**
    * At start: the command of each device's last dispatch, as the journal recorded the
    * dispatches (not the latest by dispatchedAt, which a step of the gateway's clock reorders;
-   * commands never dispatched since, however many of the device's newest they are, are passed
-   * over up to LAST_DISPATCH_WINDOW), if it ended in doubt (still open, recovery takes it up),
+   * commands never dispatched since, however many: the dispatch's commit names its command,
+   * Journal.lastDispatched), if it ended in doubt (still open, recovery takes it up),
    * not by an operator's resolve, and with a write the history does not show never sent.
    */
   takeUp(devices: Iterable<string>): void {

@@ -265,6 +265,7 @@ export function openConnection(options: ConnectionOptions): Connection {
       );
       const seq = allocate(last, open);
       s.setSeq.run(current.device, seq);
+      s.writeMeta.run(lastDispatchKey(current.device), String(row.id));
       const beforeJson = JSON.stringify(before);
       const changed = s.dispatch.run({
         scope: ref.scope,
@@ -708,19 +709,29 @@ function prepare(db: Database): {
       WHERE after.scope = ? AND after.key = ? AND +c.device = after.device
         AND c.action = 'stop' AND c.id > after.id
       ORDER BY c.id DESC LIMIT ?`),
-    // The device's last dispatch (Journal.lastDispatched): the sequence number its commit gave,
-    // looked for among the device's newest rows (commands_device, newest first; the inner LIMIT
-    // bounds the rows read whatever the journal holds), the first that has it. One such row at
-    // most: a number is given again only after 65,535 dispatches of the device, each a row.
-    // Read once per device at start.
+    // The device's last dispatch (Journal.lastDispatched): the command its dispatch's commit
+    // named (meta, lastDispatchKey), when it still has the sequence number that commit gave
+    // (device_seq). Else — a journal whose last dispatch of the device was made before the
+    // commit named it, or by a Sluice that did not — the number looked for among the device's
+    // newest rows (commands_device, newest first; the inner LIMIT bounds the rows read whatever
+    // the journal holds), the first that has it. One such row at most: a number is given again
+    // only after 65,535 dispatches of the device, each a row. Past the window the last dispatch
+    // was not found: a device whose newest 1,000 commands were never dispatched (rejected at
+    // the door, stale, superseded) had its last write forgotten at start, the write an earlier
+    // life ended with its fate open (previous-write.ts) among them. Read once per device at
+    // start.
     lastDispatched: db.prepare(`
-      SELECT * FROM commands WHERE id = (
-        SELECT id FROM (
+      SELECT * FROM commands WHERE id = coalesce(
+        (SELECT c.id FROM meta m, commands c
+          WHERE m.key = @named AND c.id = CAST(m.value AS INTEGER) AND c.device = @device
+            AND c.seq = (SELECT last_seq FROM device_seq WHERE device = @device)
+            AND c.dispatched_at IS NOT NULL),
+        (SELECT id FROM (
           SELECT id, seq, dispatched_at FROM commands INDEXED BY commands_device
           WHERE device = @device ORDER BY accepted_at DESC LIMIT @window)
         WHERE seq = (SELECT last_seq FROM device_seq WHERE device = @device)
           AND dispatched_at IS NOT NULL
-        LIMIT 1)`),
+        LIMIT 1))`),
     purgeCandidates: db.prepare(`
       SELECT id FROM commands
       WHERE settled_at IS NOT NULL AND settled_at < ?
@@ -757,4 +768,13 @@ function prepare(db: Database): {
       INSERT INTO meta (key, value) VALUES (?, ?)
       ON CONFLICT (key) DO UPDATE SET value = excluded.value`),
   };
+}
+
+/**
+ * The meta key under which a dispatch's commit names its command (its id) as the device's last
+ * dispatch (lastDispatched). In meta, not a column of device_seq: no schema change, and a journal
+ * written by a Sluice before it (or after, by one that ignores it) is read as before.
+ */
+export function lastDispatchKey(device: string): string {
+  return `last-dispatch ${device}`;
 }

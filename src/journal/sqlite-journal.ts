@@ -18,7 +18,12 @@ import {
   type Settlement,
 } from '../core/journal.js';
 import type { CommandState, OpenState } from '../core/command.js';
-import { openConnection, type Connection, type ConnectionOptions } from './connection.js';
+import {
+  lastDispatchKey,
+  openConnection,
+  type Connection,
+  type ConnectionOptions,
+} from './connection.js';
 import { GroupCommit } from './group-commit.js';
 import { rowToRecord, translate, type CommandRow, type EventRow } from './rows.js';
 
@@ -204,8 +209,11 @@ export class SqliteJournal implements Journal {
 
   lastDispatched(device: string, window: number): CommandRecord | undefined {
     try {
-      const row = this.connection().stmts.lastDispatched.get({ device, window }) as
-        CommandRow | undefined;
+      const row = this.connection().stmts.lastDispatched.get({
+        device,
+        window,
+        named: lastDispatchKey(device),
+      }) as CommandRow | undefined;
       return row === undefined ? undefined : rowToRecord(row);
     } catch (error) {
       return translate(error, 'read', this.options.path);
