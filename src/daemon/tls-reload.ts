@@ -60,6 +60,7 @@ export function reloadTlsFiles(
     'reload (SIGHUP): reading the TLS files again (https.certFile, keyFile, clientCaFile; mqtt.caFile, certFile, keyFile); the configuration file is not reloaded: devices, identities, tokens and every other setting change only with a restart',
   );
   warnOfCredentials(config, logger, env);
+  warnOfSecretsReadAtStart(config, logger, env);
   const outcome: TlsReload = {
     https: guarded('https', logger, () => reloadHttps(config.https, targets.https, logger)),
     mqtt: guarded('mqtt', logger, () => reloadMqtt(config.mqtt, targets.mqtt, logger)),
@@ -159,6 +160,40 @@ function reloadMqtt(
       : 'MQTT TLS files reloaded: the next connection attempt to the broker uses them',
   );
   return 'reloaded';
+}
+
+/**
+ * Token and password files (identities.*.tokenFile, mqtt.passwordFile) are read once, at start:
+ * the identities are built from them (a token's digest, checked against every other identity's)
+ * and the MQTT client connects with the password. A reload reads neither again, wherever they
+ * are; and under $CREDENTIALS_DIRECTORY (LoadCredential=) systemd would hand the old copy to a
+ * reload anyway, while a restart copies the credentials anew. An operator who replaced a token
+ * and reloaded would otherwise believe the new one in use while clients holding it are refused
+ * 401 and the old one is still accepted: said, naming the files, at every reload.
+ */
+function warnOfSecretsReadAtStart(
+  config: SluiceConfig,
+  logger: PinoLogger,
+  env: NodeJS.ProcessEnv,
+): void {
+  const files = [
+    ...Object.entries(config.identities).flatMap(([name, identity]) =>
+      identity.tokenFile === undefined
+        ? []
+        : [`identities.${name}.tokenFile: ${identity.tokenFile}`],
+    ),
+    ...(config.mqtt?.passwordFile === undefined
+      ? []
+      : [`mqtt.passwordFile: ${config.mqtt.passwordFile}`]),
+  ];
+  if (files.length === 0) return;
+  const folder = env.CREDENTIALS_DIRECTORY;
+  const credentials =
+    folder !== undefined && folder !== '' && files.some((f) => f.includes(`${folder}${sep}`));
+  logger.warn(
+    { files },
+    `reload: token and password files are read at start only, not on a reload: a token or password replaced in them takes effect with a restart (systemctl restart sluiced)${credentials ? ', which also has systemd copy the credentials (LoadCredential=) anew' : ''}; until then the one read at start is the one in use`,
+  );
 }
 
 /**
