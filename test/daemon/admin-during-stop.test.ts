@@ -86,8 +86,6 @@ describe.skipIf(!real)('the admin endpoint while sluiced stops', () => {
     expect(resolve.code).toBe(0);
     const record = onFile('held-open');
     expect(record).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
-    // Still stopping when it answered: the daemon had not exited.
-    expect(site.logs.some((l) => l.includes('"sluiced stopped"'))).toBe(false);
 
     expect(await stopped).toBe(0);
     expect(valve.counters.writesReceived).toBe(writes + 1);
