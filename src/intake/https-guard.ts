@@ -10,6 +10,7 @@ import {
   type FailedAuthentications,
   type RateLimitPolicy,
 } from './rate-limit.js';
+import { clientAddress } from './client-address.js';
 
 /**
  * Who may use the `/v1` routes: the caller is authenticated (bearer token or client
@@ -75,7 +76,7 @@ export class CallerGuard {
     const authorization = request.raw.headersDistinct.authorization;
     // Only a request that presents a token is held (a client certificate cannot be guessed, and
     // a request without credentials guesses nothing).
-    const waitS = authorization === undefined ? 0 : this.failures.waitS(request.ip);
+    const waitS = authorization === undefined ? 0 : this.failures.waitS(clientAddress(request));
     const auth = authenticate(
       authorization,
       request.raw.socket,
@@ -86,7 +87,10 @@ export class CallerGuard {
     // A held address is answered alike for a wrong token and a right one, so that a guess learns
     // nothing, except for an identity accepted from there before the hold: the correct clients
     // beside one with a wrong token (FailedAuthentications).
-    if (waitS > 0 && !(auth.ok && this.failures.knows(request.ip, auth.identity.name))) {
+    if (
+      waitS > 0 &&
+      !(auth.ok && this.failures.knows(clientAddress(request), auth.identity.name))
+    ) {
       return sendProblem(
         reply,
         makeProblem(
@@ -98,13 +102,18 @@ export class CallerGuard {
       );
     }
     if (auth.ok && authorization !== undefined) {
-      this.failures.succeeded(request.ip, auth.identity.name);
+      this.failures.succeeded(clientAddress(request), auth.identity.name);
     }
     if (!auth.ok) {
       // A token presented and refused: a guess, or a client with a wrong one. Several
       // Authorization headers are a malformed request, not a guess.
-      if (auth.error === 'invalid_token' && this.failures.failed(request.ip)) {
-        warnThrottled(this.logger, this.failures, request.ip, request.routeOptions.url ?? '/v1');
+      if (auth.error === 'invalid_token' && this.failures.failed(clientAddress(request))) {
+        warnThrottled(
+          this.logger,
+          this.failures,
+          clientAddress(request),
+          request.routeOptions.url ?? '/v1',
+        );
       }
       const lapsed = auth.lapsed;
       if (lapsed !== undefined && !this.lapsedWarned.has(request.raw.socket)) {
@@ -112,7 +121,12 @@ export class CallerGuard {
         // since lapsed: its operator must renew it. Once per connection, not per request.
         this.lapsedWarned.add(request.raw.socket);
         this.logger.warn(
-          { cn: lapsed.cn, validTo: lapsed.validTo, resumed: lapsed.resumed, ip: request.ip },
+          {
+            cn: lapsed.cn,
+            validTo: lapsed.validTo,
+            resumed: lapsed.resumed,
+            ip: clientAddress(request),
+          },
           'client certificate refused: outside its validity',
         );
       }

@@ -33,6 +33,7 @@ import {
   type UiFiles,
 } from './ui-static.js';
 import { UiViews, type CommandReader, type GatewaySources } from './ui-views.js';
+import { clientAddress } from './client-address.js';
 
 /**
  * The operator status page (issue 16; docs/http-api.md#operator-status-page) on the HTTPS
@@ -195,7 +196,11 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   });
   const refusedChange = (request: Request, reply: Reply, detail: string): Reply => {
     logger.warn(
-      { route: request.routeOptions.url, origin: request.headers.origin ?? null, ip: request.ip },
+      {
+        route: request.routeOptions.url,
+        origin: request.headers.origin ?? null,
+        ip: clientAddress(request),
+      },
       `status page change refused: ${detail}`,
     );
     return refused(reply, detail);
@@ -217,7 +222,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   app.post<{ Body: unknown }>('/ui/api/login', async (request, reply) => {
     const origin = sameOrigin(request.headers);
     if (!origin.ok) return refusedChange(request, reply, origin.detail);
-    const waitS = logins.waitS(request.ip);
+    const waitS = logins.waitS(clientAddress(request));
     const body = request.body;
     const token =
       typeof body === 'object' && body !== null && !Array.isArray(body)
@@ -242,24 +247,26 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     // Held, a right token is answered as a wrong one, so that a guess learns nothing, except
     // for an identity accepted from this address before: the operators beside a client whose
     // token keeps failing (FailedAuthentications).
-    if (waitS > 0 && !(auth.ok && logins.knows(request.ip, auth.identity.name))) {
+    if (waitS > 0 && !(auth.ok && logins.knows(clientAddress(request), auth.identity.name))) {
       return sendProblem(
         reply,
         makeProblem(429, 'RATE_LIMITED', 'too many failed logins from this address; wait'),
         { 'retry-after': String(waitS) },
       );
     }
-    if (auth.ok && given !== undefined) logins.succeeded(request.ip, auth.identity.name);
+    if (auth.ok && given !== undefined)
+      logins.succeeded(clientAddress(request), auth.identity.name);
     if (!auth.ok) {
-      if (logins.failed(request.ip)) warnThrottled(logger, logins, request.ip, '/ui/api/login');
+      if (logins.failed(clientAddress(request)))
+        warnThrottled(logger, logins, clientAddress(request), '/ui/api/login');
       const detail = given === undefined ? auth.detail : 'the token is not valid';
-      logger.info({ ip: request.ip, reason: detail }, 'status page login refused');
+      logger.info({ ip: clientAddress(request), reason: detail }, 'status page login refused');
       return sendProblem(reply, makeProblem(401, 'UNAUTHORIZED', detail));
     }
     const identity = auth.identity.name;
     const role = ui.config.roles[identity];
     if (role === undefined) {
-      logger.info({ ip: request.ip, identity }, 'status page login refused: no role');
+      logger.info({ ip: clientAddress(request), identity }, 'status page login refused: no role');
       return sendProblem(
         reply,
         makeProblem(
@@ -274,7 +281,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     const { id, session } = sessions.create(identity, role, notAfter);
     logger.info(
       {
-        ip: request.ip,
+        ip: clientAddress(request),
         identity,
         role,
         via: auth.via,
@@ -289,7 +296,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   app.post('/ui/api/logout', changer('any'), async (request, reply) => {
     const session = sessionOf(request);
     sessions.end(request.headers.cookie);
-    logger.info({ ip: request.ip, identity: session.identity }, 'status page logout');
+    logger.info({ ip: clientAddress(request), identity: session.identity }, 'status page logout');
     return reply.code(204).header('set-cookie', clearedCookie()).send();
   });
 
@@ -386,7 +393,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     const session = sessionOf(request);
     const ref = refOf(request);
     if (ref === null) return unknownCommand(reply);
-    const by = operatorName(session, request.ip);
+    const by = operatorName(session, clientAddress(request));
     let outcome: Awaited<ReturnType<CommandPipeline['reverify']>>;
     try {
       outcome = await pipeline.reverify(ref, by, REVERIFY_WAIT_MS);
@@ -431,7 +438,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
         }),
       );
     }
-    const by = operatorName(session, request.ip);
+    const by = operatorName(session, clientAddress(request));
     // Answered as sluicectl's resolve is (operator-resolve.ts): a sync that stalls or fails
     // is a resolve that took effect and is not on disk yet, never a failed one, and the same
     // resolve asked again is this one.

@@ -97,6 +97,29 @@ it("behind a trusted proxy, a client whose tokens keep failing is held by its ow
   expect(warnings.map((line) => (JSON.parse(line) as { ip: string }).ip)).toEqual(['10.0.0.1']);
 }, 60_000);
 
+it('a hop that is no IP address (a proxy that writes the client port) is counted by the proxy, not each as its own', async () => {
+  const proxy = '127.0.0.7';
+  const api2 = await startIntake(stack, pki, { https: { trustedProxies: [proxy] } });
+  try {
+    for (const [i, token] of WRONG.slice(0, 5).entries()) {
+      const answer = await call(api2, 'GET', '/v1/devices', {
+        token,
+        localAddress: proxy,
+        headers: { 'x-forwarded-for': `10.0.0.9:${51_000 + i}` },
+      });
+      expect(answer.status).toBe(401);
+    }
+    const held = await call(api2, 'GET', '/v1/devices', {
+      token: WRONG[5]!,
+      localAddress: proxy,
+      headers: { 'x-forwarded-for': '10.0.0.9:51999' },
+    });
+    expect(held.status).toBe(429);
+  } finally {
+    await api2.stop();
+  }
+}, 60_000);
+
 it('from an address not named a proxy, X-Forwarded-For is ignored: rotating it does not escape the bound', async () => {
   for (const [i, token] of WRONG.slice(0, 5).entries()) {
     const answer = await call(api, 'GET', '/v1/devices', {
