@@ -36,6 +36,8 @@ export interface CommandLink {
   unsubscribeOverlapping(topic: string): void;
   /** The MQTT version of the connection: 5, or 4 (3.1.1). */
   readonly protocolLevel: 4 | 5;
+  /** The payload size of a command cut as it came (mqtt-inbound-cut.ts); undefined if not cut. */
+  cutPayloadBytes(packet: IPublishPacket): number | undefined;
 }
 
 export interface CommandMessagesOptions {
@@ -318,6 +320,7 @@ export class CommandMessages {
     let message = parseCommandMessage({
       device,
       payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
+      payloadBytes: this.link.cutPayloadBytes(packet),
       userProperties: packet.properties?.userProperties,
       retained: packet.retain,
       messageExpiryS: packet.properties?.messageExpiryInterval,

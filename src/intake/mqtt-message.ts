@@ -49,6 +49,11 @@ export interface CommandMessageInput {
   /** The device named by the topic `cmd/{device}` (`''` for `cmd/`). */
   readonly device: string;
   readonly payload: Buffer;
+  /**
+   * The payload's size as published, when the intake kept only its start (an oversized MQTT
+   * 3.1.1 command cut as it came, mqtt-inbound-cut.ts); otherwise `payload`'s.
+   */
+  readonly payloadBytes?: number | undefined;
   /** MQTT 5 user properties (a name sent twice arrives as an array). */
   readonly userProperties?: Readonly<Record<string, string | string[]>> | undefined;
   /** The retain flag as delivered: set only for a message replayed from the retained store. */
@@ -93,7 +98,8 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
     detail: errors.join('; '),
     errors,
   });
-  if (input.payload.length > MAX_COMMAND_BYTES) {
+  const payloadBytes = input.payloadBytes ?? input.payload.length;
+  if (payloadBytes > MAX_COMMAND_BYTES) {
     // Not parsed, but its key is looked for at its start: over MQTT 3.1.1 (no user property, no
     // Maximum Packet Size to keep it at the broker) an oversized command was answered nowhere,
     // its issuer left waiting for a result, and its log line named no key.
@@ -102,7 +108,7 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
       'payload',
       propertyKeys[0] ?? leadingKey(input.payload.subarray(0, MAX_COMMAND_BYTES)),
       [
-        `(body): ${input.payload.length} bytes; a command is at most ${MAX_COMMAND_BYTES} bytes; nothing was written`,
+        `(body): ${payloadBytes} bytes; a command is at most ${MAX_COMMAND_BYTES} bytes; nothing was written`,
       ],
     );
   }

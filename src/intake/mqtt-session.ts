@@ -14,7 +14,9 @@ import { Backoff } from '../backoff.js';
 import { withoutPassword, type SluiceConfig } from '../config/config.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
+import { cutOversizedPublishes, InboundCuts, PublishCutter } from './mqtt-inbound-cut.js';
 import { LeftSubscriptions } from './mqtt-left-subscriptions.js';
+import { MAX_COMMAND_BYTES } from './mqtt-message.js';
 import type { GatewayTopics } from './mqtt-topics.js';
 
 export type MqttConfig = NonNullable<SluiceConfig['mqtt']>;
@@ -146,6 +148,8 @@ export class MqttSession {
   private subscriptionId: number | undefined;
   /** Subscriptions an earlier configuration or another client left in the session (LeftSubscriptions). */
   private readonly left: LeftSubscriptions;
+  /** The payload sizes of the MQTT 3.1.1 commands cut as they came (mqtt-inbound-cut.ts). */
+  private readonly cuts = new InboundCuts();
   private error: string | null = null;
   private errorStreak = 0;
   /** The DISCONNECT the broker sent on the current connection (MQTT 5), if any. */
@@ -239,6 +243,13 @@ export class MqttSession {
     // manualConnect: every listener is in place before the first CONNECT is written.
     const client = connect(this.config.url, { ...this.clientOptions, manualConnect: true });
     this.current = client;
+    // MQTT 3.1.1 cannot tell the broker the largest packet the gateway takes: a larger command
+    // is cut as it comes (its start kept, for its key), never held whole.
+    cutOversizedPublishes(
+      client,
+      () => this.level === 4,
+      () => new PublishCutter(MAX_PACKET_BYTES, MAX_COMMAND_BYTES + 1, this.cuts),
+    );
     client.handleMessage = (packet, callback) => {
       events.message(client, packet, callback);
     };
@@ -337,6 +348,11 @@ export class MqttSession {
    */
   get commandSubscriptionId(): number | undefined {
     return this.subscriptionId;
+  }
+
+  /** The payload size `packet` had before it was cut as it came, once; undefined if not cut. */
+  cutPayloadBytes(packet: IPublishPacket): number | undefined {
+    return this.cuts.take(packet.topic, packet.messageId);
   }
 
   /** See LeftSubscriptions.unsubscribeOverlapping. */

@@ -1,4 +1,7 @@
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/core/logger.js';
 import { MqttIntake } from '../../src/intake/mqtt.js';
@@ -92,4 +95,58 @@ describe.skipIf(!available)('MQTT intake: an oversized command over MQTT 3.1.1',
       await intake.stop();
     }, 60_000);
   }
+  it('mosquitto: a 96 MB command is read off the connection without being held', async () => {
+    const gateway = 'gwhuge';
+    const prefix = `sluice/${gateway}`;
+    const topic = `${prefix}/cmd/v1`;
+    const intake = new MqttIntake({
+      config: intakeConfig(site.broker.url, { protocolVersion: 4 }),
+      gatewayId: gateway,
+      pipeline: site.stack.pipeline,
+      identities: site.stack.identities,
+      metrics: site.stack.metrics,
+      logger: silentLogger,
+      retentionHours: 48,
+    });
+    site.cleanups.push(() => intake.stop());
+    await site.connect(intake);
+    const plant = await TestClient.connect(site.broker.url, { protocolVersion: 4 });
+    site.cleanups.push(() => plant.end());
+    await plant.subscribe(`${prefix}/result/#`);
+    // Published by another process, so that this one (the gateway's) holds none of it.
+    const big = randomUUID();
+    const file = join(site.broker.dir, 'huge-command.json');
+    const head = `{"key":"${big}","action":"open","issuedAt":"${new Date().toISOString()}","note":"`;
+    const size = 96 * 1024 * 1024;
+    writeFileSync(file, head + 'x'.repeat(size - head.length - 2) + '"}');
+    // The memory the gateway's process holds in buffers (where a socket's bytes go), at its
+    // highest while the command comes: sampled until it is answered.
+    const base = process.memoryUsage().arrayBuffers;
+    let peak = base;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, process.memoryUsage().arrayBuffers);
+    }, 5);
+    try {
+      const pub = spawn(
+        'mosquitto_pub',
+        ['-h', '127.0.0.1', '-p', String(site.broker.port), '-q', '1', '-t', topic, '-f', file],
+        { stdio: 'ignore' },
+      );
+      const answer = await plant.waitFor((m) => m.json().key === big, 40_000, 'its answer');
+      expect(answer.json()).toMatchObject({
+        code: 'INVALID_COMMAND',
+        detail: `(body): ${size} bytes; a command is at most 16384 bytes; nothing was written`,
+      });
+      await new Promise<void>((resolve) => {
+        if (pub.exitCode !== null) resolve();
+        else pub.once('exit', () => resolve());
+      });
+    } finally {
+      clearInterval(sampler);
+    }
+    expect(site.stack.pipeline.get({ scope: 'plant', key: big })).toBeUndefined();
+    // Read and dropped as it came: far below the command's size (it was held whole, twice).
+    expect(peak - base).toBeLessThan(24 * 1024 * 1024);
+    await intake.stop();
+  }, 90_000);
 });
