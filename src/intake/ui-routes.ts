@@ -1,18 +1,15 @@
 import type { Clock } from '../core/clock.js';
-import { COMMAND_STATES, parseIdempotencyKey, type CommandState } from '../core/command.js';
-import { AlreadySettledError, InvalidKeyError, UnknownCommandError } from '../core/errors.js';
-import type { CommandRef } from '../core/journal.js';
+import { COMMAND_STATES, type CommandState } from '../core/command.js';
 import type { Logger } from '../core/logger.js';
-import { resolveAndSync, type ResolveAnswer } from '../core/operator-resolve.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
-import { toResult } from '../core/result.js';
 import { authenticate } from './credentials.js';
 import type { CertificateVerdict } from './https-certificate.js';
 import { JSON_TYPE, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, Reply, Request } from './https-types.js';
 import type { IdentityRegistry } from './identities.js';
 import { warnThrottled, type FailedAuthentications } from './rate-limit.js';
+import { operatorActions, refOf, unknownCommand, type KeyParams } from './ui-actions.js';
 import { UiEvents, type StreamPeerBounds } from './ui-events.js';
 import {
   clearedCookie,
@@ -39,7 +36,7 @@ import { clientAddress } from './client-address.js';
  * The operator status page (issue 16; docs/http-api.md#operator-status-page) on the HTTPS
  * listener: its files under `/ui/`, a login that turns an identity's token (or client
  * certificate) into a session cookie, the JSON the page reads under `/ui/api/`, its event
- * stream, and the two operator actions — reverify and resolve — through the same pipeline calls
+ * stream, and the two operator actions — reverify and resolve (ui-actions.ts) — through the same pipeline calls
  * as `sluicectl` (docs/admin-api.md), journaled with who asked from where. Sending commands is
  * not the page's job.
  *
@@ -75,24 +72,9 @@ export interface UiRoutesOptions {
   readonly failedAuthentications: FailedAuthentications;
 }
 
-/** How long reverify waits for the fresh readback's verdict, as `sluicectl reverify` does. */
-const REVERIFY_WAIT_MS = 10_000;
-const MAX_REASON = 500;
 const MAX_TOKEN = 4_096;
 const DEFAULT_LIMIT = 50;
 const MAX_LIMIT = 500;
-
-/**
- * A command is named in the path (`/ui/api/commands/{scope}/{key}`) or in the query
- * (`/ui/api/command?scope=…&key=…`), which the page uses: `.` and `..` are legal keys (SPEC),
- * and a browser resolves them as path segments before the request leaves it, percent-encoded
- * (`%2E`) or not — `/ui/api/commands/ops/..` is sent as `/ui/api/commands/`.
- */
-interface KeyParams {
-  Params: { scope?: string; key?: string };
-  /** An array when a parameter is given more than once. */
-  Querystring: { scope?: string | string[]; key?: string | string[] };
-}
 
 /** Each route that names a command, in its two forms: the path's and the query's. */
 const COMMAND_URLS = { path: '/ui/api/commands/:scope/:key', query: '/ui/api/command' } as const;
@@ -216,6 +198,8 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   };
   const json = (reply: Reply, status: number, body: unknown): Reply =>
     send(reply, status, JSON_TYPE, JSON.stringify(body));
+
+  const actions = operatorActions({ pipeline, clock, logger, sessionOf, json });
 
   registerUiFiles(app, files);
 
@@ -352,8 +336,12 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
 
   for (const url of Object.values(COMMAND_URLS)) {
     app.get<KeyParams>(url, reader, showCommand);
-    app.post<KeyParams & { Body: unknown }>(`${url}/reverify`, changer('operator'), reverify);
-    app.post<KeyParams & { Body: unknown }>(`${url}/resolve`, changer('operator'), resolve);
+    app.post<KeyParams & { Body: unknown }>(
+      `${url}/reverify`,
+      changer('operator'),
+      actions.reverify,
+    );
+    app.post<KeyParams & { Body: unknown }>(`${url}/resolve`, changer('operator'), actions.resolve);
   }
 
   async function showCommand(request: Request<KeyParams>, reply: Reply): Promise<Reply> {
@@ -385,107 +373,6 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     if (!events.open(reply.raw, session, allowedFor(session))) reply.raw.destroy();
     return reply;
   });
-
-  async function reverify(
-    request: Request<KeyParams & { Body: unknown }>,
-    reply: Reply,
-  ): Promise<Reply> {
-    const session = sessionOf(request);
-    const ref = refOf(request);
-    if (ref === null) return unknownCommand(reply);
-    const by = operatorName(session, clientAddress(request));
-    let outcome: Awaited<ReturnType<CommandPipeline['reverify']>>;
-    try {
-      outcome = await pipeline.reverify(ref, by, REVERIFY_WAIT_MS);
-    } catch (error) {
-      return actionError(reply, error);
-    }
-    const { record, detail } = outcome;
-    const settled = record.state !== 'accepted' && record.state !== 'dispatched';
-    logger.warn(
-      { key: record.key, device: record.device, by, settled },
-      'reverify from the status page',
-    );
-    return json(reply, 200, { key: record.key, by, settled, detail, result: toResult(record) });
-  }
-
-  async function resolve(
-    request: Request<KeyParams & { Body: unknown }>,
-    reply: Reply,
-  ): Promise<Reply> {
-    const session = sessionOf(request);
-    const ref = refOf(request);
-    if (ref === null) return unknownCommand(reply);
-    const body = request.body;
-    const fields =
-      typeof body === 'object' && body !== null && !Array.isArray(body)
-        ? (body as Record<string, unknown>)
-        : {};
-    const reason = typeof fields.reason === 'string' ? fields.reason.trim() : '';
-    const errors: string[] = [];
-    if (fields.as !== undefined && fields.as !== 'failed') {
-      errors.push('as: only "failed": only a readback can confirm a command');
-    }
-    if (reason === '' || reason.length > MAX_REASON) {
-      errors.push(`reason: required, 1–${MAX_REASON} characters`);
-    }
-    if (errors.length > 0) {
-      return sendProblem(
-        reply,
-        makeProblem(400, 'INVALID_REQUEST', errors.join('; '), {
-          title: 'Invalid request',
-          errors,
-        }),
-      );
-    }
-    const by = operatorName(session, clientAddress(request));
-    // Answered as sluicectl's resolve is (operator-resolve.ts): a sync that stalls or fails
-    // is a resolve that took effect and is not on disk yet, never a failed one, and the same
-    // resolve asked again is this one.
-    let answer: ResolveAnswer;
-    try {
-      answer = await resolveAndSync(pipeline, clock, { ref, by, reason }, (r) => {
-        logger.warn({ key: r.key, device: r.device, by }, 'resolved from the status page');
-      });
-    } catch (error) {
-      return actionError(reply, error);
-    }
-    switch (answer.kind) {
-      case 'durable':
-        return json(reply, 200, {
-          key: answer.record.key,
-          by,
-          reason,
-          result: toResult(answer.record),
-          ...(answer.detail === null ? {} : { replayed: true, detail: answer.detail }),
-        });
-      case 'unsynced':
-        logger.error(
-          { key: answer.record.key, device: answer.record.device, by, err: answer.why },
-          'resolve from the status page not yet on disk',
-        );
-        return sendProblem(
-          reply,
-          makeProblem(503, 'JOURNAL_UNAVAILABLE', answer.detail, {
-            title: 'Resolved, not yet on disk',
-            key: answer.record.key,
-            by,
-            reason,
-            result: toResult(answer.record),
-          }),
-        );
-      case 'refused':
-        return sendProblem(
-          reply,
-          makeProblem(answer.status, answer.code, answer.detail, {
-            title:
-              answer.code === 'ALREADY_SETTLED'
-                ? 'Command already settled'
-                : 'Resolve did not take effect',
-          }),
-        );
-    }
-  }
 }
 
 function sessionDocument(session: UiSession, gatewayId: string): Record<string, unknown> {
@@ -496,11 +383,6 @@ function sessionDocument(session: UiSession, gatewayId: string): Record<string, 
     loginAt: new Date(session.loginAt).toISOString(),
     gatewayId,
   };
-}
-
-/** Who acted, as the history records it: the identity, and that it was the page, from where. */
-function operatorName(session: UiSession, ip: string): string {
-  return `${session.identity} (status page, ${ip})`;
 }
 
 /**
@@ -519,34 +401,4 @@ function singleValues(
     else errors.push(`${name}: is given more than once`);
   }
   return values;
-}
-
-function refOf(request: Request<KeyParams>): CommandRef | null {
-  const named = request.params.key === undefined ? request.query : request.params;
-  // Given more than once in the query (an array): no one command is named.
-  if (typeof named.scope !== 'string' || typeof named.key !== 'string') return null;
-  try {
-    return { scope: named.scope, key: parseIdempotencyKey(named.key) };
-  } catch (error) {
-    if (error instanceof InvalidKeyError) return null;
-    throw error;
-  }
-}
-
-function unknownCommand(reply: Reply): Reply {
-  return sendProblem(
-    reply,
-    makeProblem(404, 'UNKNOWN_COMMAND', 'no command with this key in this scope'),
-  );
-}
-
-function actionError(reply: Reply, error: unknown): Reply {
-  if (error instanceof UnknownCommandError) return unknownCommand(reply);
-  if (error instanceof AlreadySettledError) {
-    return sendProblem(
-      reply,
-      makeProblem(409, 'ALREADY_SETTLED', error.message, { title: 'Command already settled' }),
-    );
-  }
-  throw error;
 }
