@@ -16,6 +16,7 @@ import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { cutOversizedPublishes, InboundCuts, PublishCutter } from './mqtt-inbound-cut.js';
 import { LeftSubscriptions } from './mqtt-left-subscriptions.js';
+import { SESSION_TAKEN_OVER, TakeoverWatch } from './mqtt-takeover.js';
 import { MAX_COMMAND_BYTES } from './mqtt-message.js';
 import type { GatewayTopics } from './mqtt-topics.js';
 
@@ -89,19 +90,6 @@ const DISCONNECT_WITH_WILL = 0x04;
 const PROTOCOL_REFUSALS = new Set([0x01, 0x84]);
 /** After a refusal of MQTT 5, the 3.1.1 attempt follows this soon. */
 const FALLBACK_RECONNECT_MS = 50;
-/** MQTT 5 DISCONNECT reason 0x8E Session taken over (§3.14.2.1): a client with this id connected. */
-const SESSION_TAKEN_OVER = 0x8e;
-/**
- * A connection the broker closes this soon after accepting it, without a reason, counts towards
- * a suspected takeover (see closedShortly): another client with the same client id that
- * reconnects as soon as it is thrown off. As long as the longest reconnection delay, so that
- * another Sluice with the same id, which waits up to that long, is caught too.
- */
-const SHORT_CONNECTION_MS = 30_000;
-/** Short connections in a row, closed without a reason, before a takeover is suspected. */
-const SHORT_CONNECTIONS_SUSPECTED = 3;
-/** The takeover warning is repeated at most this often while the connections stay short. */
-const TAKEOVER_WARN_EVERY_MS = 10 * 60_000;
 
 /**
  * The MQTT session of the intake: one persistent session (clean start off) on one client id,
@@ -154,12 +142,8 @@ export class MqttSession {
   private errorStreak = 0;
   /** The DISCONNECT the broker sent on the current connection (MQTT 5), if any. */
   private brokerDisconnect: IDisconnectPacket | null = null;
-  /** Connections in a row the broker closed shortly after accepting them (closedShortly). */
-  private shortConnections = 0;
-  /** One of them ended with DISCONNECT 0x8E Session taken over: the cause is known. */
-  private takenOver = false;
-  /** When the takeover was last said at warn (clock.elapsed()); null: not in this streak. */
-  private takeoverSaidAt: number | null = null;
+  /** Whether another client takes the session over (mqtt-takeover.ts). */
+  private readonly takeover: TakeoverWatch;
   /**
    * False once the intake stopped taking commands (a graceful stop has begun): the status says
    * `offline` from then on, at a reconnection too.
@@ -181,6 +165,7 @@ export class MqttSession {
       maxMs: options.reconnect?.maxMs ?? 30_000,
     });
     this.clientOptions = this.buildClientOptions(options.gatewayId);
+    this.takeover = new TakeoverWatch(this.clientOptions.clientId ?? '', this.logger);
     this.left = new LeftSubscriptions({
       topics: this.topics,
       logger: this.logger,
@@ -647,53 +632,12 @@ export class MqttSession {
         !this.isDropping &&
         !this.attemptFailed &&
         (disconnect === null || disconnect.reasonCode === SESSION_TAKEN_OVER);
-      if (byBroker && upMs < SHORT_CONNECTION_MS) {
-        this.closedShortly(now, disconnect !== null);
-      } else if (upMs >= SHORT_CONNECTION_MS) {
-        this.shortConnections = 0;
-        this.takenOver = false;
-        this.takeoverSaidAt = null;
-      }
+      const cause = this.takeover.closed(now, upMs, byBroker, disconnect !== null);
+      if (cause !== null) this.error = cause;
     } else {
       this.logger.debug({ reconnectInMs: delay }, 'MQTT connection attempt failed');
-      // The broker could not be reached, or did not accept the connection: it was away (a
-      // restart, a crash), not held by another client, which a takeover needs. The closes
-      // before were its going, not another client's connects (three restarts in a row were
-      // said to be one).
-      this.shortConnections = 0;
+      this.takeover.attemptFailed();
     }
-  }
-
-  /**
-   * The broker closed a connection soon after accepting it: with DISCONNECT 0x8E Session taken
-   * over, or without a word (Mosquitto 2.0.11 sends no DISCONNECT on a takeover, over MQTT 5
-   * either: it logs "Client <id> already connected, closing old connection" and closes the
-   * socket). Another client with the same client id — a second gateway, a stray tool — throws
-   * the gateway off each time it connects, and is thrown off in turn when the gateway comes
-   * back: the link flaps, and the commands queued in the session go to whichever client holds
-   * it (a tool that acknowledges them takes them, and they are never run nor answered). Said at
-   * warn at once for a 0x8E, after SHORT_CONNECTIONS_SUSPECTED such closes without one, then
-   * at most every TAKEOVER_WARN_EVERY_MS with the count; also the reason /readyz gives while
-   * disconnected.
-   */
-  private closedShortly(now: number, takenOver: boolean): void {
-    this.shortConnections += 1;
-    this.takenOver ||= takenOver;
-    const clientId = this.clientOptions.clientId;
-    const count = this.shortConnections;
-    const cause = this.takenOver
-      ? `the MQTT broker ended the session: another client connected with this client id (${clientId}; DISCONNECT 0x8E Session taken over)`
-      : `the MQTT broker closed the connection ${count} times in a row, each within ${SHORT_CONNECTION_MS / 1000} s of accepting it and without a reason, and was reachable again at once each time: most likely another client connects with this client id (${clientId}; the broker's log shows "Client ${clientId} already connected, closing old connection"), unless the broker was restarted that often`;
-    if (!this.takenOver && count < SHORT_CONNECTIONS_SUSPECTED) return;
-    this.error = cause;
-    if (this.takeoverSaidAt !== null && now - this.takeoverSaidAt < TAKEOVER_WARN_EVERY_MS) {
-      return;
-    }
-    this.takeoverSaidAt = now;
-    this.logger.warn(
-      { clientId, shortConnections: count },
-      `${cause}. Each connection throws the other client off and the link flaps; the commands queued for the gateway go to whichever client holds the session. Give every client its own id (mqtt.clientId, default sluice-{gatewayId})`,
-    );
   }
 
   private onError(client: MqttClient, error: Error): void {

@@ -139,7 +139,10 @@ describe.skipIf(!available)('MQTT intake: an oversized command over MQTT 3.1.1',
       });
       await new Promise<void>((resolve) => {
         if (pub.exitCode !== null) resolve();
-        else pub.once('exit', () => resolve());
+        else
+          pub.once('exit', () => {
+            resolve();
+          });
       });
     } finally {
       clearInterval(sampler);
