@@ -113,8 +113,9 @@ export function proxyAddressProblem(entry: string): string | null {
   }
   if (prefix === undefined) return null;
   const max = family === 4 ? 32 : 128;
-  if (!/^\d{1,3}$/.test(prefix) || Number(prefix) > max) {
-    return `${JSON.stringify(entry)}: the prefix length must be 0–${max}`;
+  if (!/^\d{1,3}$/.test(prefix) || Number(prefix) < 1 || Number(prefix) > max) {
+    // 0 is every address: the header would be believed from any client, which is no proxy.
+    return `${JSON.stringify(entry)}: the prefix length must be 1–${max} (0 would believe any client's X-Forwarded-For)`;
   }
   return null;
 }

@@ -107,14 +107,15 @@ devices:
       }).https?.trustedProxies,
     ).toEqual(['10.0.4.2', '10.0.5.0/24', 'fd00::/64', '::1']);
     const errors = errorsOf(() =>
-      loadConfig(https(", trustedProxies: [proxy.plant, '10.0.5.0/33', '10.0.5.0/24/1']"), {
+      loadConfig(https(", trustedProxies: [proxy.plant, '10.0.5.0/33', '10.0.5.0/24/1', '::/0']"), {
         env: {},
       }),
     );
     expect(errors).toEqual([
       'https.trustedProxies.0: "proxy.plant" is not an IP address or a range (address/prefix length)',
-      'https.trustedProxies.1: "10.0.5.0/33": the prefix length must be 0–32',
+      'https.trustedProxies.1: "10.0.5.0/33": the prefix length must be 1–32 (0 would believe any client\'s X-Forwarded-For)',
       'https.trustedProxies.2: "10.0.5.0/24/1" is not an IP address or a range (address/prefix length)',
+      'https.trustedProxies.3: "::/0": the prefix length must be 1–128 (0 would believe any client\'s X-Forwarded-For)',
     ]);
   });
 
