@@ -40,6 +40,18 @@ export interface OpenRef extends CommandRef {
   readonly action: Action;
 }
 
+/** An open command with its journal id (Journal.openOfDevice): where the next page begins. */
+export interface OpenPageRef extends OpenRef {
+  readonly id: number;
+}
+
+/** A page of one device's open commands (Journal.openOfDevice). */
+export interface OpenPage {
+  readonly refs: readonly OpenPageRef[];
+  /** The `afterId` of the next page; null when this one was the last. */
+  readonly next: number | null;
+}
+
 /** A new command, ready to be claimed. */
 export interface NewCommand extends CommandRef {
   readonly fingerprint: string;
@@ -244,6 +256,17 @@ export interface Journal {
    * milliseconds a stop at ten thousand open commands.
    */
   openBefore(ref: CommandRef): OpenRef[];
+  /**
+   * One device's open commands, a page at a time, for the periodic sweep (sweep.ts): those
+   * never given a sequence number (accepted: what a backlog is made of) with a journal id above
+   * `afterId`, in the journal's order, at most `limit` (all of them with -1); with the first
+   * page (`afterId` 0) also those given one (dispatched: one or two a device), all in the
+   * journal's order. `next` is the `afterId` of the next page, null after the last. A page
+   * costs its own rows, however many the device holds.
+   */
+  openOfDevice(device: string, afterId: number, limit: number): OpenPage;
+  /** The devices that have open commands (the sweep looks for those no longer configured). */
+  openDevices(): string[];
   list(filter: ListFilter): CommandRecord[];
   /**
    * The stops on `ref`'s device claimed after it, newest first, at most `limit`: in the

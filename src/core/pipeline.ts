@@ -537,9 +537,12 @@ export class CommandPipeline {
     return this.sweeper.run();
   }
 
-  /** Takes up every open command that has no live worker (sweep.ts); how many are open. */
+  /**
+   * Takes up the open commands that have no live worker, a bounded part of the journal's at a
+   * time (sweep.ts, Sweep.step): the sweep's periodic run. Returns how many open commands it read.
+   */
   sweep(): number {
-    return this.sweeper.run();
+    return this.sweeper.step();
   }
 
   /** Runs the sweep every `intervalMs` until the pipeline stops. */
@@ -548,7 +551,7 @@ export class CommandPipeline {
       for (;;) {
         await this.clock.sleep(intervalMs, this.abort.signal);
         if (this.aborted() || this.closed) return;
-        this.sweeper.run();
+        this.sweeper.step();
       }
     })();
   }

@@ -32,16 +32,38 @@ export function deviceTimings(lanes: ReadonlyMap<string, Lane>): Map<string, Dev
 }
 
 /**
+ * Rows the periodic sweep reads at most per run, across devices (a device with nothing live is
+ * read whole: see Sweep.step). A backlog is worked off beside the intakes: each run holds the
+ * event loop for its rows only, a few milliseconds, not for every open command of the gateway
+ * (10 µs a row here: 0.1 s a second at ten thousand open commands).
+ */
+export const SWEEP_PAGE_ROWS = 256;
+
+/** What a run knows of the lanes before it reads: the commands held, the lanes holding none. */
+interface LiveNow {
+  readonly live: Set<string>;
+  readonly idle: Set<Lane>;
+}
+
+/**
  * The open commands of the journal, and the sweep that takes up those without a live worker:
  * at start (recovery, I5) and at the sweep's pace after (a journal stall, a failure).
  */
 export class Sweep {
   private readonly host: SweepHost;
+  private readonly pageRows: number;
   /** Open commands already reported as beyond reach (device not configured): logged once. */
   private readonly orphansReported = new Set<string>();
+  /** Until a whole read succeeded (recovery's), the periodic runs read everything too. */
+  private wholePending = true;
+  /** The device the next periodic run begins with (devices by id, in turn). */
+  private nextDevice = '';
+  /** A device whose open commands a run read part of: the id the next page begins after. */
+  private readonly pageAfter = new Map<string, number>();
 
-  constructor(host: SweepHost) {
+  constructor(host: SweepHost, pageRows = SWEEP_PAGE_ROWS) {
     this.host = host;
+    this.pageRows = Math.max(1, pageRows);
   }
 
   /**
@@ -52,10 +74,11 @@ export class Sweep {
    * stop preempts what was accepted before it as it did when it came (SPEC §2): the command it
    * interrupts is judged again after it, the ones never written are superseded — an earlier
    * life may have died between the stop's acceptance and either. Idempotent: commands queued
-   * or in flight are left alone. Returns how many open commands the journal holds.
+   * or in flight are left alone. Reads every open command: recovery's (once, at start).
+   * Returns how many open commands the journal holds.
    */
   run(): number {
-    const { journal, lanes, logger } = this.host;
+    const { journal, logger } = this.host;
     let open: OpenRef[];
     try {
       open = journal.listOpenRefs();
@@ -63,9 +86,82 @@ export class Sweep {
       logger.warn({ err: error }, 'sweep: the journal cannot be read; trying again later');
       return 0;
     }
+    this.wholePending = false;
+    this.pageAfter.clear();
+    const now = this.liveNow();
+    // In the order they were accepted (listOpenRefs' order); a dispatched command goes to the
+    // head of its device's queue wherever it stands in that order.
+    for (const record of open) this.take(record, now);
+    this.startWorkers();
+    return open.length;
+  }
+
+  /**
+   * The periodic sweep: what run() does, a bounded part at a time. The devices are taken in
+   * turn, each with its own open commands in the journal's order (what run() does is per
+   * device: a device's dispatched command first, a stop preempting on a device with nothing
+   * live), until about `pageRows` rows are read; the next run goes on from there. A device
+   * holding live commands is read a page at a time (each command it does not hold is taken up
+   * as run() would, whichever run finds it). A device with nothing live is read whole: all its
+   * open commands are to be taken up, now, and a stop among them preempts the ones before it;
+   * that happens once, after which the device holds them. So every open command is taken up
+   * within a few runs of the backlog's length over `pageRows`, and no run reads every open
+   * command of the gateway. Until recovery's whole read succeeded, reads everything (run()).
+   * Returns how many open commands it read.
+   */
+  step(): number {
+    if (this.wholePending) return this.run();
+    const { journal, lanes, logger } = this.host;
+    const now = this.liveNow();
+    let read = 0;
+    try {
+      const devices = new Set(lanes.keys());
+      // A device no longer configured holds open commands an earlier life left (recovery
+      // reported them): the index names them without reading their rows.
+      for (const device of journal.openDevices()) devices.add(device);
+      const order = [...devices].sort();
+      const first = order.findIndex((d) => d >= this.nextDevice);
+      const begin = first < 0 ? 0 : first;
+      for (let i = 0; i < order.length; i++) {
+        const device = order[(begin + i) % order.length] as string;
+        const lane = lanes.get(device);
+        if (lane !== undefined && now.idle.has(lane)) {
+          // Whole, in one read: see above.
+          this.pageAfter.delete(device);
+          const all = journal.openOfDevice(device, 0, -1).refs;
+          for (const record of all) this.take(record, now);
+          read += all.length;
+        } else {
+          const page = journal.openOfDevice(
+            device,
+            this.pageAfter.get(device) ?? 0,
+            Math.max(1, this.pageRows - read),
+          );
+          for (const record of page.refs) this.take(record, now);
+          read += page.refs.length;
+          if (page.next !== null) {
+            // More of this device: the next run begins with its next page.
+            this.pageAfter.set(device, page.next);
+            this.nextDevice = device;
+            break;
+          }
+          this.pageAfter.delete(device);
+        }
+        this.nextDevice = order[(begin + i + 1) % order.length] as string;
+        if (read >= this.pageRows) break;
+      }
+    } catch (error) {
+      logger.warn({ err: error }, 'sweep: the journal cannot be read; trying again later');
+    }
+    this.startWorkers();
+    return read;
+  }
+
+  /** The commands the lanes hold, and the lanes that hold none. */
+  private liveNow(): LiveNow {
     const live = new Set<string>();
     const idle = new Set<Lane>();
-    for (const lane of lanes.values()) {
+    for (const lane of this.host.lanes.values()) {
       for (const ref of lane.queue) live.add(refId(ref));
       if (lane.inFlight !== null) live.add(refId(lane.inFlight));
       // Its end being made durable: its worker decides next.
@@ -82,35 +178,37 @@ export class Sweep {
         idle.add(lane);
       }
     }
-    // In the order they were accepted (listOpenRefs' order); a dispatched command goes to the
-    // head of its device's queue wherever it stands in that order.
-    for (const record of open) {
-      if (live.has(refId(record))) continue;
-      const lane = lanes.get(record.device);
-      if (lane === undefined) {
-        this.reportOrphan(record);
-        continue;
-      }
-      const ref = { scope: record.scope, key: record.key };
-      // Only on a device with nothing live: its queue then holds what this sweep placed, all
-      // accepted before the stop. A stop found beside live commands had its preemption when
-      // it was accepted (submit) in this life.
-      if (record.action === 'stop' && idle.has(lane)) this.stopPreempts(lane, record);
-      if (record.state === 'dispatched' && lane.unresolved === null && lane.inFlight === null) {
-        lane.unresolved = ref;
-      } else if (record.state === 'dispatched') {
-        lane.queue.unshift(ref);
-      } else {
-        lane.queue.push(ref);
-      }
-      live.add(refId(record));
+    return { live, idle };
+  }
+
+  /** An open command found in the journal: taken up unless something holds it. */
+  private take(record: OpenRef, { live, idle }: LiveNow): void {
+    if (live.has(refId(record))) return;
+    const lane = this.host.lanes.get(record.device);
+    if (lane === undefined) {
+      this.reportOrphan(record);
+      return;
     }
-    if (!this.host.closed()) {
-      for (const lane of lanes.values()) {
-        if (lane.unresolved !== null || lane.queue.length > 0) this.host.startWorker(lane);
-      }
+    const ref = { scope: record.scope, key: record.key };
+    // Only on a device with nothing live: its queue then holds what this sweep placed, all
+    // accepted before the stop. A stop found beside live commands had its preemption when
+    // it was accepted (submit) in this life.
+    if (record.action === 'stop' && idle.has(lane)) this.stopPreempts(lane, record);
+    if (record.state === 'dispatched' && lane.unresolved === null && lane.inFlight === null) {
+      lane.unresolved = ref;
+    } else if (record.state === 'dispatched') {
+      lane.queue.unshift(ref);
+    } else {
+      lane.queue.push(ref);
     }
-    return open.length;
+    live.add(refId(record));
+  }
+
+  private startWorkers(): void {
+    if (this.host.closed()) return;
+    for (const lane of this.host.lanes.values()) {
+      if (lane.unresolved !== null || lane.queue.length > 0) this.host.startWorker(lane);
+    }
   }
 
   /**

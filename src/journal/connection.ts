@@ -628,6 +628,9 @@ function prepare(db: Database): {
   open: Statement;
   openRefs: Statement;
   openBefore: Statement;
+  openPage: Statement;
+  openWithSeq: Statement;
+  nextOpenDevice: Statement;
   stopsAfter: Statement;
   lastDispatched: Statement;
   purgeCandidates: Statement;
@@ -701,6 +704,24 @@ function prepare(db: Database): {
       WHERE s.scope = ? AND s.key = ? AND s.state IN ('accepted', 'dispatched')
         AND c.device = s.device AND c.state IN ('accepted', 'dispatched') AND c.id < s.id
       ORDER BY c.id`),
+    // One device's open commands by pages (Journal.openOfDevice, the periodic sweep), through
+    // the partial index of the open commands by device. Those with no sequence number (never
+    // dispatched: a backlog is of those) are one range of the index, ordered by rowid: a page
+    // is a seek and its rows, however many the device holds. Those with one (dispatched, one
+    // or two a device) are read whole.
+    openPage: db.prepare(`
+      SELECT id, scope, key, device, state, action FROM commands INDEXED BY commands_open_device
+      WHERE device = ? AND seq IS NULL AND state IN ('accepted', 'dispatched') AND id > ?
+      ORDER BY id LIMIT ?`),
+    openWithSeq: db.prepare(`
+      SELECT id, scope, key, device, state, action FROM commands INDEXED BY commands_open_device
+      WHERE device = ? AND seq IS NOT NULL AND state IN ('accepted', 'dispatched')
+      ORDER BY id`),
+    // The next device with open commands after the one given (Journal.openDevices): a seek.
+    nextOpenDevice: db.prepare(`
+      SELECT device FROM commands INDEXED BY commands_open_device
+      WHERE state IN ('accepted', 'dispatched') AND device > ?
+      ORDER BY device LIMIT 1`),
     // A rare path (a readback shows another command's echo). The rows claimed since the
     // command, newest first (`+c.device` keeps the planner off the device index, whose scan
     // would cover every retained command of the device): few for a command in flight.

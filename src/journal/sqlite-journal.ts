@@ -9,6 +9,8 @@ import {
   type ListFilter,
   type NewCommand,
   type Observation,
+  type OpenPage,
+  type OpenPageRef,
   type OpenRef,
   type PurgeStep,
   type Rejection,
@@ -192,6 +194,40 @@ export class SqliteJournal implements Journal {
   openBefore(ref: CommandRef): OpenRef[] {
     try {
       return this.connection().stmts.openBefore.all(ref.scope, ref.key) as OpenRef[];
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
+  openOfDevice(device: string, afterId: number, limit: number): OpenPage {
+    try {
+      const { stmts } = this.connection();
+      const page = stmts.openPage.all(device, afterId, limit) as OpenPageRef[];
+      const last = page.at(-1);
+      const next = limit >= 0 && page.length === limit && last !== undefined ? last.id : null;
+      if (afterId !== 0) return { refs: page, next };
+      const withSeq = stmts.openWithSeq.all(device) as OpenPageRef[];
+      if (withSeq.length === 0) return { refs: page, next };
+      // In the journal's order, as a single read would give them.
+      const refs = [...page, ...withSeq].sort((x, y) => x.id - y.id);
+      return { refs, next };
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
+  openDevices(): string[] {
+    try {
+      const next = this.connection().stmts.nextOpenDevice.pluck();
+      const devices: string[] = [];
+      for (
+        let d = next.get('') as string | undefined;
+        d !== undefined;
+        d = next.get(d) as string | undefined
+      ) {
+        devices.push(d);
+      }
+      return devices;
     } catch (error) {
       return translate(error, 'read', this.options.path);
     }

@@ -82,6 +82,14 @@ describe('the journal’s statements, as SQLite plans them', () => {
       }
       // The list of open commands the sweep reads every second among them.
       expect(plans.openRefs).toContain('commands_open');
+      // The periodic sweep's page: a seek in the device's range and its rows, no sort of every
+      // open command of the device (sweep-open-backlog.test.ts).
+      expect(plans.openPage).toBe(
+        'SEARCH commands USING INDEX commands_open_device (device=? AND seq=? AND rowid>?)',
+      );
+      expect(plans.nextOpenDevice).toBe(
+        'SEARCH commands USING INDEX commands_open_device (device>?)',
+      );
       const walks = Object.entries(plans).filter(([, plan]) =>
         plan.split(' | ').some((step) => {
           const scan = /^SCAN (commands|events)( USING (COVERING )?INDEX (\w+))?/.exec(step);
