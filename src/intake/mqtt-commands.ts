@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import type { DoneCallback, IPublishPacket, MqttClient } from 'mqtt';
 import type { Clock } from '../core/clock.js';
 import { isTerminal } from '../core/command.js';
@@ -13,10 +12,12 @@ import type { Logger } from '../core/logger.js';
 import type { CommandPipeline, SubmitOutcome } from '../core/pipeline.js';
 import type { NamedIdentity } from './identities.js';
 import { OrderedAcks, PUBACK_HELD } from './mqtt-acks.js';
-import { parseCommandMessage, type CommandMessage } from './mqtt-message.js';
+import { parseCommandMessage } from './mqtt-message.js';
 import type { MessageOutcome, MqttMetrics } from './mqtt-metrics.js';
 import type { MqttPublisher } from './mqtt-publisher.js';
 import type { ResponseRoute } from './mqtt-response-routes.js';
+import { ExpiredRedeliveries } from './mqtt-expired-redeliveries.js';
+import { RetainedCommands } from './mqtt-retained-commands.js';
 import { StrayCopies } from './mqtt-stray-copies.js';
 import type { FormerCommandTopic, GatewayTopics } from './mqtt-topics.js';
 
@@ -81,21 +82,6 @@ const ACK_NOW: Handling = { kind: 'ack', durable: false };
 const UNTIMED_REDELIVERY =
   '(message): a redelivery (DUP) without a Message Expiry Interval: if it was published with one, the interval ran out while it waited for its redelivery (a broker sends such a message without it), and it is stale';
 
-/** Retained commands remembered as refused, at most (CommandMessages.retainedCommand). */
-const MAX_RETAINED_REFUSED = 1_000;
-
-/** Keys of commands timed by their Message Expiry Interval remembered, at most (ExpiryTimed). */
-const MAX_EXPIRY_TIMED = 10_000;
-
-/**
- * A command timed by its MQTT 5 Message Expiry Interval alone (no issuedAt), as first delivered:
- * how much of its interval was left, and when it was received (monotonic).
- */
-interface ExpiryTimed {
-  readonly expiryS: number;
-  readonly receivedAt: number;
-}
-
 /** A message that names a device and a key, as far as it got. */
 interface Received {
   readonly device: string;
@@ -136,13 +122,10 @@ export class CommandMessages {
   private isTaking = true;
   /** The PUBACKs held for barriers, of the client messages come from (one per session). */
   private acks: OrderedAcks | null = null;
-  /**
-   * Commands delivered with a Message Expiry Interval and no issuedAt, by key, the oldest first
-   * (see expiredRedelivery). In memory: a restart forgets them.
-   */
-  private readonly expiryTimed = new Map<string, ExpiryTimed>();
-  /** Retained commands refused over MQTT 3.1.1, by topic and payload digest (retainedCommand). */
-  private readonly retainedRefused = new Set<string>();
+  /** Commands timed by their Message Expiry Interval alone (mqtt-expired-redeliveries.ts). */
+  private readonly expiryTimed: ExpiredRedeliveries;
+  /** Retained commands refused (mqtt-retained-commands.ts). */
+  private readonly retained: RetainedCommands;
   /** Copies of commands other subscriptions of the session delivered (strayCopy). */
   private readonly strays: StrayCopies;
 
@@ -158,6 +141,13 @@ export class CommandMessages {
     this.acceptUntimed = options.acceptUntimed;
     this.keysKeptS = options.keysKeptS;
     this.strays = new StrayCopies(options.strayCopyWaitMs);
+    this.retained = new RetainedCommands(this.publisher, this.logger);
+    this.expiryTimed = new ExpiredRedeliveries({
+      publisher: this.publisher,
+      logger: this.logger,
+      clock: this.clock,
+      journaled: (key) => this.pipeline.get({ scope: this.identity.scope, key }) !== undefined,
+    });
   }
 
   /** Whether messages are being taken (false once stopping, or the pipeline is shutting down). */
@@ -327,8 +317,10 @@ export class CommandMessages {
       acceptUntimed: this.acceptUntimed,
       keysKeptS: this.keysKeptS,
     });
-    const expired = this.expiredRedelivery(packet, message, device, receivedAt);
-    if (expired !== null) return expired;
+    if (this.expiryTimed.refused(packet, message, device, receivedAt)) {
+      this.decide('expired');
+      return ACK_NOW;
+    }
     if (
       message.kind === 'malformed' &&
       message.untimed !== undefined &&
@@ -361,7 +353,9 @@ export class CommandMessages {
       return ACK_NOW;
     }
     if (message.kind === 'malformed' && message.cause === 'retained') {
-      return this.retainedCommand(packet, message, device, route, receivedAt);
+      this.decide('invalid');
+      this.retained.refuse(packet, message, device, route, receivedAt, this.link.protocolLevel);
+      return ACK_NOW;
     }
     if (message.kind === 'malformed') {
       // Answered on the result topic when a key can be read, on the Response Topic when one
@@ -371,7 +365,7 @@ export class CommandMessages {
           ? 'acknowledged and answered'
           : 'acknowledged, not answered (no key for the result topic, no Response Topic)';
       // A redelivery over MQTT 5 that came untimed may have lost its interval on the way: a
-      // broker redelivers a message whose interval ran out without it (expiredRedelivery). Not
+      // broker redelivers a message whose interval ran out without it (mqtt-expired-redeliveries.ts). Not
       // known here (not seen with one in this run): both are said.
       const perhapsExpired =
         message.cause === 'untimed' && packet.dup && this.link.protocolLevel === 5;
@@ -597,115 +591,6 @@ export class CommandMessages {
       detail:
         'the journal could not make this command durable; it may not have been kept: publish it again with the same key (it runs at most once), at QoS 1 so that the broker redelivers it',
     });
-  }
-
-  /**
-   * A command delivered from the broker's retained store (SPEC §5: never run). Over MQTT 3.1.1
-   * the broker sends the retained messages of the command filter again at every SUBSCRIBE, which
-   * the gateway makes at every connection (MQTT 3.1.1 §3.8.4: a subscription replaced sends them
-   * again; MQTT 5's retain handling 2 does not): a retained command was refused, warned of and
-   * answered INVALID_COMMAND at each reconnection, a flapping link making a flood of it on the
-   * result topic (after the command's own result, when it ran as published live). It is said
-   * and answered once per run, with how to clear it; its later replays (the same topic and
-   * payload) are acknowledged at debug, counted `invalid`. Over MQTT 5 a retained command comes
-   * with the flag only as published (retain as published), each publication answered.
-   */
-  private retainedCommand(
-    packet: IPublishPacket,
-    message: Extract<CommandMessage, { kind: 'malformed' }>,
-    device: string,
-    route: ResponseRoute | undefined,
-    receivedAt: number,
-  ): Handling {
-    this.decide('invalid');
-    const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
-    const replayed = `${packet.topic}\u0000${createHash('sha256').update(payload).digest('hex')}`;
-    if (this.link.protocolLevel === 4) {
-      if (this.retainedRefused.has(replayed)) {
-        this.logger.debug(
-          { key: message.key, device },
-          'retained command replayed again at this connection (refused and said before): acknowledged',
-        );
-        return ACK_NOW;
-      }
-      this.retainedRefused.add(replayed);
-      for (const oldest of this.retainedRefused) {
-        if (this.retainedRefused.size <= MAX_RETAINED_REFUSED) break;
-        this.retainedRefused.delete(oldest);
-      }
-    }
-    const topic = packet.topic.slice(0, 512);
-    const clear = `clear it with an empty retained message: mosquitto_pub -r -n -q 1 -t '${topic}'`;
-    this.logger.warn(
-      { key: message.key, device, topic, code: message.code },
-      this.link.protocolLevel === 4
-        ? `retained command refused (never run from the retained store): the broker replays it at every connection of the gateway (MQTT 3.1.1), said here once; ${clear}`
-        : `retained command refused (never run from the retained store): the broker keeps it for every new subscriber; ${clear}`,
-    );
-    const errors = [...message.errors, `(message): ${clear}`];
-    this.publisher.error({ key: message.key, device }, route, receivedAt, {
-      code: message.code,
-      detail: errors.join('; '),
-      errors,
-    });
-    return ACK_NOW;
-  }
-
-  /**
-   * A redelivery whose MQTT 5 Message Expiry Interval ran out before it could be taken. A command
-   * timed by its interval alone, first delivered when it could not be claimed (the journal
-   * unavailable: withheld, the connection dropped), is redelivered (DUP) on the next connection
-   * with what is left of its interval; Mosquitto sends one whose interval has run out within the
-   * current second without the property (measured on 2.0.11: none left is "no expiry" on the
-   * wire) and drops it after that. It came untimed, and was refused as a command sent with
-   * neither issuedAt nor message expiry — which its issuer had not done. Such a redelivery of a
-   * command seen with an interval in this run, and not in the journal, is refused as what it is:
-   * stale, its interval run out, nothing written; whether the site accepts untimed commands or
-   * not (the issuer bounded its wait). One the journal holds is a retry, answered as one.
-   * Otherwise null; every command timed by its interval is remembered here.
-   */
-  private expiredRedelivery(
-    packet: IPublishPacket,
-    message: CommandMessage,
-    device: string,
-    receivedAt: number,
-  ): Handling | null {
-    const untimed =
-      message.kind === 'command'
-        ? message.request.issuedAt === null
-          ? message
-          : undefined
-        : message.untimed;
-    if (untimed === undefined) return null;
-    const expiryS = packet.properties?.messageExpiryInterval;
-    if (expiryS !== undefined) {
-      this.expiryTimed.delete(untimed.key);
-      this.expiryTimed.set(untimed.key, { expiryS, receivedAt: this.clock.elapsed() });
-      for (const oldest of this.expiryTimed.keys()) {
-        if (this.expiryTimed.size <= MAX_EXPIRY_TIMED) break;
-        this.expiryTimed.delete(oldest);
-      }
-      return null;
-    }
-    const first = this.expiryTimed.get(untimed.key);
-    if (!packet.dup || first === undefined) return null;
-    if (this.pipeline.get({ scope: this.identity.scope, key: untimed.key }) !== undefined) {
-      return null;
-    }
-    const agoS = Math.round((this.clock.elapsed() - first.receivedAt) / 1000);
-    const detail = `Message Expiry Interval: ran out before the command could be taken. It was delivered with ${first.expiryS} s left ${agoS} s ago and not taken then (left with the broker: see the log then), and the broker redelivered it at the end of its interval, without one: it is stale; nothing was written`;
-    const route = this.publisher.responseRoute(packet, { key: untimed.key, device });
-    this.logger.warn(
-      { key: untimed.key, device, code: 'INVALID_COMMAND', detail },
-      'command redelivered after its message expiry ran out: refused and answered, nothing written',
-    );
-    this.decide('expired');
-    this.publisher.error({ key: untimed.key, device }, route, receivedAt, {
-      code: 'INVALID_COMMAND',
-      detail,
-      errors: [detail],
-    });
-    return ACK_NOW;
   }
 
   /**
