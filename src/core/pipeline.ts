@@ -694,15 +694,24 @@ export class CommandPipeline {
           settled !== null && this.outcomes.wasAnnounced(settled) ? settled : this.journal.get(ref);
       } catch (error) {
         lane.ending = null;
-        // Preempted by a stop, and whether it was written cannot be read now: taken up again,
-        // it must not run as a command of its own ahead of the stop (written after it). Marked,
-        // it is rejected SUPERSEDED if it is still `accepted`, judged after the stop if not.
-        const stop = lane.interrupted;
-        if (stop !== null && refId(stop.target) === refId(ref)) {
-          lane.superseded.set(refId(ref), stop.stop);
+        failure ??= error;
+        // The claim itself was in the batch lost at its COMMIT (with the command's settlement:
+        // a no-op decided before the batch was committed, an fdatasync running meanwhile): it
+        // never was, and there is nothing to take up. The device moves on now and its waiters
+        // are woken (claimLost below), rather than at the sweep's next run (up to a second in
+        // the daemon) with every command of the device behind it.
+        if (!this.claimGone(ref)) {
+          // Preempted by a stop, and whether it was written cannot be read now: taken up again,
+          // it must not run as a command of its own ahead of the stop (written after it).
+          // Marked, it is rejected SUPERSEDED if it is still `accepted`, judged after the stop
+          // if not.
+          const stop = lane.interrupted;
+          if (stop !== null && refId(stop.target) === refId(ref)) {
+            lane.superseded.set(refId(ref), stop.stop);
+          }
+          this.leftOpen(lane, ref, log, failure);
+          return;
         }
-        this.leftOpen(lane, ref, log, failure ?? error);
-        return;
       }
       lane.ending = null;
       // Preempted by a stop while it ran (its handling aborted) or while its end was being made
@@ -720,6 +729,18 @@ export class CommandPipeline {
       }
       if (after === undefined) this.claimLost(ref, log, failure);
       this.preemption.afterStop(lane, ref);
+    }
+  }
+
+  /**
+   * Whether the command's claim is not in the journal (read as committed: a batch lost at its
+   * COMMIT was rolled back). False when the journal cannot be read: the sweep takes it up.
+   */
+  private claimGone(ref: CommandRef): boolean {
+    try {
+      return this.journal.get(ref) === undefined;
+    } catch {
+      return false;
     }
   }
 
