@@ -5,7 +5,9 @@ import type { DeviceProfile } from '../core/profile.js';
 import { packageRoot } from '../package-root.js';
 import { loadProfiles } from '../profiles/load.js';
 import { daemonListening } from './admin-client.js';
-import { CliError, messageOf } from './errors.js';
+import { parseDuration } from './durations.js';
+import { CliError, UsageError, messageOf } from './errors.js';
+import { DEFAULT_CHECK_BUDGET_MS } from './journal-check.js';
 import { journalLockHeld } from './journal-holder.js';
 import { lookUp } from './paths.js';
 import { Style } from './table.js';
@@ -25,6 +27,8 @@ export interface GlobalOptions {
   readonly json?: boolean;
   /** commander's `--no-color`: false when given. */
   readonly color?: boolean;
+  /** `--check-within`: how long the check of the whole journal file may take (ms). */
+  readonly checkWithin?: number;
 }
 
 export interface Io {
@@ -55,6 +59,7 @@ export class CliContext {
   /** Given with --config or SLUICE_CONFIG (a missing file is then an error, not a fallback). */
   readonly configExplicit: boolean;
   private readonly journalOverride: string | undefined;
+  private readonly checkWithin: number | undefined;
   private loaded: SluiceConfig | null | undefined;
 
   constructor(options: GlobalOptions, io: Io) {
@@ -66,6 +71,22 @@ export class CliContext {
     this.configPath =
       options.config ?? (fromEnv === undefined || fromEnv === '' ? DEFAULT_CONFIG : fromEnv);
     this.journalOverride = options.journal;
+    this.checkWithin = options.checkWithin;
+  }
+
+  /**
+   * How long `list`, `stuck` and a `show` that finds nothing may spend checking the whole
+   * journal file for damaged pages: --check-within, else SLUICECTL_CHECK_WITHIN, else 2 s.
+   */
+  checkBudgetMs(): number {
+    if (this.checkWithin !== undefined) return this.checkWithin;
+    const fromEnv = this.io.env.SLUICECTL_CHECK_WITHIN;
+    if (fromEnv === undefined || fromEnv === '') return DEFAULT_CHECK_BUDGET_MS;
+    try {
+      return parseDuration(fromEnv);
+    } catch (error) {
+      throw new UsageError(`SLUICECTL_CHECK_WITHIN: ${messageOf(error)}`);
+    }
   }
 
   now(): number {

@@ -1,8 +1,9 @@
 import { accessSync, constants } from 'node:fs';
-import BetterSqlite3 from 'better-sqlite3';
 import type { CommandRecord } from '../core/journal.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
-import { CliError, EXIT, UsageError, messageOf } from './errors.js';
+import { formatDuration } from './durations.js';
+import { CliError, EXIT, UsageError, messageOf, type ExitCode } from './errors.js';
+import { checkJournalWithin } from './journal-check.js';
 import { lookUp } from './paths.js';
 
 /**
@@ -62,64 +63,108 @@ function sqliteProblem(error: unknown): string {
   return sqlite;
 }
 
+/** Where the check of the whole file goes: its budget, and the line said when it runs out. */
+export interface CheckTarget {
+  /** How long the check may take (--check-within, SLUICECTL_CHECK_WITHIN). */
+  checkBudgetMs(): number;
+  warn(text: string): void;
+}
+
+/** A read of the journal, and the check of the whole file that follows its printing. */
+export interface CheckedRead<T> {
+  readonly value: T;
+  /**
+   * Once the read has been printed: waits for the check (within its budget) and gives `code`
+   * back; says on stderr that the file was not checked in full when the budget ran out; throws
+   * JOURNAL_DAMAGED (exit 1) when the file is damaged.
+   */
+  settle(code: ExitCode): Promise<ExitCode>;
+}
+
 /**
- * Runs `read` on the journal opened read-only, and closes it whatever happens; then checks the
- * whole file (damage()), and refuses what it read when the file is damaged.
+ * Runs `read` on the journal opened read-only, and closes it whatever happens; once what it read
+ * is printed, settle() checks the whole file (journal-check.ts). SQLite meets a damaged page
+ * only when a statement reads it: the readable rows are printed, and the damage is said after
+ * them, exit 1, since the commands on the damaged pages are missing from them without a word.
+ * A read that throws UNKNOWN_COMMAND (a key not found) is checked before it is said: a damaged
+ * page may hold the key. `check` false: the read needs no check (a command found is shown whole
+ * from the rows read).
  */
-export function withJournal<T>(path: string, read: (journal: SqliteJournal) => T): T {
+export async function withJournal<T>(
+  target: CheckTarget,
+  path: string,
+  read: (journal: SqliteJournal) => T,
+  check: (value: T) => boolean = () => true,
+): Promise<CheckedRead<T>> {
   const journal = openJournal(path);
   let value: T;
   try {
     value = read(journal);
   } catch (error) {
+    journal.close();
+    if (error instanceof CliError && error.code === 'UNKNOWN_COMMAND') {
+      const finding = await checked(target, path);
+      if (finding !== null) {
+        throw new CliError(
+          `${error.message}; ${damagedText(path, finding, 'a command on its damaged pages may be the one asked for')}`,
+          EXIT.ERROR,
+          'JOURNAL_DAMAGED',
+        );
+      }
+    }
     if (error instanceof CliError) throw error;
     throw new CliError(`cannot read the journal ${path}: ${sqliteProblem(error)}`);
-  } finally {
-    journal.close();
   }
-  const found = damage(path);
-  if (found !== null) {
-    throw new CliError(
-      `the journal ${path} is damaged (SQLite's check: "${found}"): what its readable pages hold is not shown, since the commands on its damaged pages would be missing from it without a word. sluiced refuses to start on it, and a running one refuses the commands that need those pages: stop sluiced, then restore the journal from a backup, or move it aside with its -wal and -shm files; sqlite3's .recover reads what is left`,
-      EXIT.ERROR,
-      'JOURNAL_DAMAGED',
-    );
-  }
-  return value;
+  journal.close();
+  return {
+    value,
+    // Begun once what was read is printed: a run that ends before (a usage error) leaves no
+    // check behind.
+    settle: async (code) => {
+      const found = check(value) ? await checked(target, path) : null;
+      if (found === null) return code;
+      throw new CliError(
+        damagedText(
+          path,
+          found,
+          'what is shown is what its readable pages hold, and the commands on its damaged pages are missing from it',
+        ),
+        EXIT.ERROR,
+        'JOURNAL_DAMAGED',
+      );
+    },
+  };
 }
 
-/** How many of quick_check's lines are named: the first say where; the rest add little. */
-const DAMAGE_LINES = 3;
+function damagedText(path: string, found: string, what: string): string {
+  return `the journal ${path} is damaged (SQLite's check: "${found}"): ${what}. sluiced refuses to start on it, and a running one refuses the commands that need those pages: stop sluiced, then restore the journal from a backup, or move it aside with its -wal and -shm files; sqlite3's .recover reads what is left`;
+}
 
 /**
- * What SQLite's quick_check finds wrong with the journal file, or null when it finds nothing
- * (or cannot run: the read that came before it said what there was to say). A damaged page is
- * met only by a statement that reads it: a list or a show reading other pages printed what they
- * found, and the commands on the damaged pages were missing without a word. quick_check reads
- * every page (about 0.2 s for 100,000 commands in the page cache; integrity.ts measures it), on
- * its own read-only connection, which sees the daemon's committed writes and blocks none.
+ * The check of the whole file within the budget: SQLite's finding when the file is damaged,
+ * else null (after saying, in one line, when the file could not be checked in full).
  */
-function damage(path: string): string | null {
-  let db: BetterSqlite3.Database | null = null;
-  try {
-    db = new BetterSqlite3(path, { readonly: true, fileMustExist: true, timeout: 2000 });
-    const lines = (db.pragma(`quick_check(${DAMAGE_LINES})`) as { quick_check: unknown }[]).map(
-      (r) => String(r.quick_check).replace(/\s+/g, ' ').trim(),
+async function checked(target: CheckTarget, path: string): Promise<string | null> {
+  const budgetMs = target.checkBudgetMs();
+  const finding = await checkJournalWithin(path, budgetMs);
+  if (finding.kind === 'damaged') return finding.found;
+  if (finding.kind === 'unchecked') {
+    const size = finding.bytes === null ? '' : ` (${bytesText(finding.bytes)})`;
+    target.warn(
+      finding.why === 'budget'
+        ? `the journal ${path}${size} was not checked in full for damaged pages within ${formatDuration(budgetMs)}: a damaged page would go unseen; give more time with --check-within (or SLUICECTL_CHECK_WITHIN)`
+        : `the journal ${path}${size} was not checked in full for damaged pages: the check ended without an answer`,
     );
-    return lines.length === 1 && lines[0] === 'ok' ? null : lines.join('; ');
-  } catch (error) {
-    const code = (error as { code?: unknown }).code;
-    // SQLite stops the check where the file cannot be read at all: that is damage too.
-    if (
-      typeof code === 'string' &&
-      (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB')
-    ) {
-      return `${code}: ${messageOf(error)}`;
-    }
-    return null;
-  } finally {
-    db?.close();
   }
+  return null;
+}
+
+/** `86 MB`, `412 kB`: a file's size, as an operator reads it. */
+function bytesText(bytes: number): string {
+  if (bytes >= 1e9) return `${(bytes / 1e9).toFixed(1)} GB`;
+  if (bytes >= 1e6) return `${Math.round(bytes / 1e6)} MB`;
+  if (bytes >= 1e3) return `${Math.round(bytes / 1e3)} kB`;
+  return `${bytes} bytes`;
 }
 
 /**

@@ -24,10 +24,10 @@ export function parseState(value: string): CommandState {
   return state;
 }
 
-export function runList(ctx: CliContext, options: ListOptions): ExitCode {
+export async function runList(ctx: CliContext, options: ListOptions): Promise<ExitCode> {
   const state = options.state === undefined ? undefined : parseState(options.state);
   const now = ctx.now();
-  const { records, more, deviceKnown } = withJournal(ctx.journalPath(), (journal) => {
+  const read = await withJournal(ctx, ctx.journalPath(), (journal) => {
     // One past the limit: whether more commands match than are shown, said only when true
     // (a page of exactly the limit is the whole answer).
     const found = journal.list({
@@ -47,6 +47,7 @@ export function runList(ctx: CliContext, options: ListOptions): ExitCode {
         journal.list({ device: options.device, limit: 1 }).length > 0,
     };
   });
+  const { records, more, deviceKnown } = read.value;
   if (!deviceKnown && options.device !== undefined) {
     const config = ctx.optionalConfig();
     // A misspelt device would read "No commands found.": as though it had none.
@@ -59,11 +60,11 @@ export function runList(ctx: CliContext, options: ListOptions): ExitCode {
   const items = records.map((r) => listItem(r, now));
   if (ctx.json) {
     ctx.outJson({ commands: items, more });
-    return EXIT.OK;
+    return read.settle(EXIT.OK);
   }
   if (items.length === 0) {
     ctx.out('No commands found.\n');
-    return EXIT.OK;
+    return read.settle(EXIT.OK);
   }
   const columns: Column<ListItem>[] = [
     { header: 'key', value: (i) => i.key },
@@ -88,5 +89,5 @@ export function runList(ctx: CliContext, options: ListOptions): ExitCode {
   if (more) {
     ctx.warn(`showing the newest ${options.limit}; more match: use --limit for more`);
   }
-  return EXIT.OK;
+  return read.settle(EXIT.OK);
 }

@@ -26,6 +26,8 @@ Files and environment:
   --journal PATH                 the journal, read-only (default: journal.path, {stateDir}/journal.db)
   admin.socket, admin.tokenFile  the admin endpoint (default {stateDir}/admin.sock, admin.token)
   NO_COLOR, --no-color           no colour (colour is only used on a terminal anyway)
+  --check-within DURATION,       time list, stuck and show may check the journal for damaged
+    SLUICECTL_CHECK_WITHIN       pages (default 2s; past it the check is stopped and said so)
   SLUICE_TOKEN                   bearer token for 'send --via https'
 Manual: docs/sluicectl.md`;
 
@@ -86,6 +88,12 @@ export function buildProgram(io: Io, result: { code: number }): Command {
     )
     .option('--journal <path>', 'journal file to read (default: from the configuration)')
     .option('--json', 'machine output: one JSON document with the same fields as the table')
+    .addOption(
+      new Option(
+        '--check-within <duration>',
+        'how long list, stuck and a show that finds nothing may check the whole journal file for damaged pages (default: SLUICECTL_CHECK_WITHIN, else 2s)',
+      ).argParser(duration),
+    )
     .option('--no-color', 'no colour (also NO_COLOR; colour is only used on a terminal)')
     .configureOutput({
       writeOut: (s) => io.stdout.write(s),

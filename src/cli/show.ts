@@ -19,10 +19,17 @@ export async function runShow(
   scope: string | undefined,
 ): Promise<ExitCode> {
   const now = ctx.now();
-  const shown = withJournal(ctx.journalPath(), (journal) => {
-    const found = findCommand(journal, key, scope);
-    return showCommand(found, journal, now, () => ctx.deviceTimings());
-  });
+  // A command found is shown from the rows read: no check of the whole file. One not found is
+  // checked before it is said (withJournal): a damaged page may hold the key.
+  const { value: shown } = await withJournal(
+    ctx,
+    ctx.journalPath(),
+    (journal) => {
+      const found = findCommand(journal, key, scope);
+      return showCommand(found, journal, now, () => ctx.deviceTimings());
+    },
+    () => false,
+  );
   if (shown.open !== null) await ctx.warnIfDaemonAbsent();
   const advice = refusalAdvice(
     shown,

@@ -16,9 +16,10 @@ import { renderTable, type Column } from './table.js';
 export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<ExitCode> {
   const now = ctx.now();
   const timings = ctx.deviceTimings();
-  const items = withJournal(ctx.journalPath(), (journal) =>
+  const read = await withJournal(ctx, ctx.journalPath(), (journal) =>
     stuckItems(journal.listOpen(), olderThanMs, now, timings, journal),
   );
+  const items = read.value;
   const code = items.length > 0 ? EXIT.STUCK : EXIT.OK;
   if (timings === null && !ctx.json) {
     ctx.warn('no configuration: confirm timeouts unknown, stuck is judged from deadlines alone');
@@ -31,11 +32,11 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
       stuck: items.filter((i) => i.stuck).length,
       commands: items,
     });
-    return code;
+    return read.settle(code);
   }
   if (items.length === 0) {
     ctx.out(`No open commands older than ${exactDuration(olderThanMs)}.\n`);
-    return code;
+    return read.settle(code);
   }
   const columns: Column<StuckItem>[] = [
     { header: 'key', value: (i) => i.key, tone: (i) => (i.stuck ? 'bold' : null) },
@@ -66,5 +67,5 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
       'Explain one: sluicectl show KEY. Settle it: sluicectl reverify KEY, or ' +
       'sluicectl resolve KEY --as failed --reason "…".\n',
   );
-  return code;
+  return read.settle(code);
 }

@@ -8,10 +8,14 @@ import { sluicectl, sluicectlInProcess } from './helpers.js';
 
 /**
  * A journal with one damaged page (a torn write, a failing SD card): SQLite meets it only when a
- * statement reads it, so `list`, `stuck` and `show` of commands on other pages printed what they
- * found, exit 0, and the commands on the damaged page were missing without a word. sluicectl
- * checks the whole file after its read (quick_check) and refuses: one clear error naming the
- * file and what to do, exit 1. The journal is written by the journal's own code; the damage is
+ * statement reads it, so `list`, `stuck` and a `show` that finds nothing read other pages and
+ * would print what they found, exit 0, with the commands on the damaged page missing without a
+ * word. sluicectl checks the whole file after its read (quick_check, within --check-within /
+ * SLUICECTL_CHECK_WITHIN, 2 s by default): the readable rows are printed as ever (stdout stays
+ * valid JSON with --json), then one clear warning on stderr naming the file, SQLite's finding and
+ * what to do, exit 1. A `show` of a command found needs no check (it read its rows). When the
+ * check's budget runs out it is stopped and one line says the file was not checked in full; the
+ * exit code is the command's own. The journal is written by the journal's own code; the damage is
  * garbage in one leaf of the key index, as test/daemon/damaged-journal.test.ts makes it; the file
  * is left as it was.
  */
@@ -62,27 +66,102 @@ afterAll(() => {
   cleanup();
 });
 
-const refused = (): RegExp =>
+const quoted = (): string => path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+const damagedWarning = (): RegExp =>
   new RegExp(
-    `^sluicectl: the journal ${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is damaged \\(SQLite's check: "[^"]+"\\): what its readable pages hold is not shown.*restore the journal from a backup, or move it aside with its -wal and -shm files`,
+    `^sluicectl: the journal ${quoted()} is damaged \\(SQLite's check: "[^"]+"\\): what is shown is what its readable pages hold, and the commands on its damaged pages are missing from it\\..*restore the journal from a backup, or move it aside with its -wal and -shm files`,
+    'm',
+  );
+
+const notChecked = (): RegExp =>
+  new RegExp(
+    `^sluicectl: the journal ${quoted()} \\(\\d+ kB\\) was not checked in full for damaged pages within 1ms: .*--check-within`,
+    'm',
   );
 
 describe('sluicectl on a journal with a damaged page', () => {
-  it.each([
-    ['list', ['list', '--limit', '5']],
-    ['list --device', ['list', '--device', 'outlet-valve', '--json']],
-    ['stuck', ['stuck']],
-    ['show', ['show', 'key-0']],
-  ] as const)('%s: refused, exit 1, one clear error', async (_name, words) => {
-    const run = await sluicectlInProcess(['--journal', path, ...words]);
-    expect({ code: run.code, stdout: run.stdout }).toEqual({ code: 1, stdout: '' });
-    expect(run.stderr).toMatch(refused());
+  it('list: the readable rows, then the damage on stderr, exit 1', async () => {
+    const run = await sluicectlInProcess(['--journal', path, 'list', '--limit', '5']);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(/^KEY/);
+    expect(run.stdout.match(/key-\d+/g)).toHaveLength(5);
+    expect(run.stderr).toMatch(damagedWarning());
+    expect(run.stderr.match(/^sluicectl:/gm)).toHaveLength(2); // the damage, and "more match"
   });
 
-  it('the binary, as a process; the file is left as it was', async () => {
+  it('list --device --json: stdout is the rows as JSON, the damage on stderr, exit 1', async () => {
+    const run = await sluicectlInProcess([
+      '--journal',
+      path,
+      '--json',
+      'list',
+      '--device',
+      'outlet-valve',
+    ]);
+    expect(run.code).toBe(1);
+    expect(run.json<{ commands: { key: string }[] }>().commands.map((c) => c.key)).toEqual([
+      'key-0',
+    ]);
+    expect(run.stderr).toMatch(damagedWarning());
+  });
+
+  it('stuck: what it read (no open command older than 30s), then the damage, exit 1', async () => {
+    // Monitoring's case: a stuck command on the damaged pages would be missing from this answer.
+    const run = await sluicectlInProcess(['--journal', path, '--json', 'stuck']);
+    expect(run.code).toBe(1);
+    expect(run.json()).toMatchObject({ olderThanMs: 30_000, stuck: 0, commands: [] });
+    expect(run.stderr).toMatch(damagedWarning());
+  });
+
+  it('show of a command found: answered from its rows, no check of the whole file', async () => {
+    const run = await sluicectlInProcess(['--journal', path, '--json', 'show', 'key-0']);
+    expect(run.code).toBe(0);
+    expect(run.json<{ key: string; device: string }>()).toMatchObject({
+      key: 'key-0',
+      device: 'outlet-valve',
+    });
+    expect(run.stderr).not.toMatch(/damaged|checked/);
+  });
+
+  it('show of a key not found: checked, its page may hold the key; exit 1', async () => {
+    const run = await sluicectlInProcess(['--journal', path, 'show', 'no-such-key']);
+    expect({ code: run.code, stdout: run.stdout }).toEqual({ code: 1, stdout: '' });
+    expect(run.stderr).toMatch(
+      new RegExp(
+        `^sluicectl: no command with key "no-such-key"; the journal ${quoted()} is damaged \\(SQLite's check: "[^"]+"\\): a command on its damaged pages may be the one asked for\\..*restore the journal from a backup`,
+      ),
+    );
+  });
+
+  it.each([
+    ['--check-within', ['--check-within', '1ms'], {}],
+    ['SLUICECTL_CHECK_WITHIN', [], { SLUICECTL_CHECK_WITHIN: '1ms' }],
+  ] as const)(
+    'the check past its budget (%s): stopped, said in one line, the rows and exit code as they are',
+    async (_name, options, env) => {
+      const list = await sluicectlInProcess(
+        ['--journal', path, ...options, 'list', '--limit', '3'],
+        {
+          env,
+        },
+      );
+      expect(list.code).toBe(0);
+      expect(list.stdout.match(/key-\d+/g)).toHaveLength(3);
+      expect(list.stderr).toMatch(notChecked());
+      expect(list.stderr).not.toMatch(/damaged \(/);
+      const stuck = await sluicectlInProcess(['--journal', path, ...options, 'stuck'], { env });
+      expect(stuck.code).toBe(0);
+      expect(stuck.stdout).toBe('No open commands older than 30s.\n');
+      expect(stuck.stderr).toMatch(notChecked());
+    },
+  );
+
+  it('the binary, as a process: rows, the damage, exit 1; the file is left as it was', async () => {
     const run = await sluicectl(['--journal', path, 'list']);
     expect(run.code).toBe(1);
-    expect(run.stderr).toMatch(refused());
+    expect(run.stdout.match(/key-\d+/g)?.length).toBeGreaterThan(50);
+    expect(run.stderr).toMatch(damagedWarning());
     expect(readFileSync(path).equals(damaged)).toBe(true);
   });
 });
