@@ -1,6 +1,10 @@
 import { describe, it, type ExpectStatic, type TestContext } from 'vitest';
 import { SimHarness } from '../helpers/sim-harness.js';
-import { heldAcknowledgedOpen } from '../helpers/withheld-dispatch.js';
+import {
+  closeWaitsForHeldOpen,
+  heldAcknowledgedOpen,
+  GUARD_MS,
+} from '../helpers/withheld-dispatch.js';
 
 /**
  * Readings of a command's history and outcome by their text (previous-write.ts, late-echo.ts,
@@ -15,8 +19,6 @@ import { heldAcknowledgedOpen } from '../helpers/withheld-dispatch.js';
  * real pipeline and journal against sluice-sim (its `hold`: the controller acknowledges the open
  * and takes it later); judged from the simulator's write log and state and the journal.
  */
-
-const GUARD_MS = 3_000;
 
 /** A reason that ends as the resolve of a withheld write does (operator-actions.ts, neverSentNote). */
 function craftedReason(seq: number): string {
@@ -46,41 +48,6 @@ async function heldOpenResolvedCrafted(h: SimHarness, expect: ExpectStatic): Pro
   expect(p.detail).toMatch(/which acknowledged it: it may have been applied$/);
 }
 
-/**
- * The close `c`, submitted while the controller holds the open: it waits for the open and is
- * written once the hold ends. Ground truth: the valve CLOSED, write log [open, close].
- */
-async function closeWaitsForTheOpen(h: SimHarness, expect: ExpectStatic): Promise<void> {
-  const valve = h.device('v1');
-  expect(valve.snapshot().state).toBe('CLOSED');
-  h.submit('c', { device: 'v1', action: 'close', ttlMs: 60_000 });
-  await h.until(
-    () => {
-      const c = h.get('c');
-      if (c !== undefined && c.state !== 'accepted' && c.state !== 'dispatched') return true;
-      return h.notes('c').some((n) => n.includes('not decided yet'));
-    },
-    5_000,
-    'the close waiting, or ended',
-  );
-  const early = h.get('c');
-  valve.clearFault('hold');
-  await h.until(() => valve.pendingWrites === 0, 5_000, 'the held open taken');
-  const c = await h.settled('c', 4 * GUARD_MS);
-  await h.until(
-    () => ['OPEN', 'CLOSED'].includes(valve.snapshot().state) && valve.pendingWrites === 0,
-    10_000,
-    'the valve at rest',
-  );
-  expect({ valve: valve.snapshot().state, close: c.state }).toEqual({
-    valve: 'CLOSED',
-    close: 'confirmed',
-  });
-  expect(c.detail ?? '').not.toMatch(/no-op/);
-  expect(early?.state).toBe('accepted');
-  expect(valve.writeLog.map((w) => w.seq)).toEqual([h.get('p')!.seq, c.seq]);
-}
-
 describe("an operator's reason written to read as the daemon's note of a write never sent", () => {
   it('does not make the resolved open one: the next close waits for it', async ({
     expect,
@@ -88,7 +55,7 @@ describe("an operator's reason written to read as the daemon's note of a write n
   }) => {
     const h = await harness(onTestFinished);
     await heldOpenResolvedCrafted(h, expect);
-    await closeWaitsForTheOpen(h, expect);
+    await closeWaitsForHeldOpen(h, expect);
   });
 
   it('nor after a restart, where the journal alone tells of the write', async ({
@@ -100,6 +67,6 @@ describe("an operator's reason written to read as the daemon's note of a write n
     await h.journal.durable();
     await h.crash();
     await h.restart();
-    await closeWaitsForTheOpen(h, expect);
+    await closeWaitsForHeldOpen(h, expect);
   });
 });

@@ -1,6 +1,10 @@
 import { describe, it } from 'vitest';
 import { SimHarness } from '../helpers/sim-harness.js';
-import { heldAcknowledgedOpen } from '../helpers/withheld-dispatch.js';
+import {
+  closeWaitsForHeldOpen,
+  heldAcknowledgedOpen,
+  GUARD_MS,
+} from '../helpers/withheld-dispatch.js';
 
 /**
  * At a start the daemon takes each device's last dispatch from the journal (Journal
@@ -17,7 +21,6 @@ import { heldAcknowledgedOpen } from '../helpers/withheld-dispatch.js';
  */
 
 const NEVER_DISPATCHED = 1_001;
-const GUARD_MS = 3_000;
 
 /** 1,001 closes of v1 issued an hour ago: refused STALE_COMMAND at the door, never dispatched. */
 async function staleFlood(h: SimHarness): Promise<void> {
@@ -78,41 +81,13 @@ describe("a device's last dispatch behind more than 1,000 commands never dispatc
       timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 10 * GUARD_MS },
     });
     onTestFinished(() => h.close());
-    const valve = h.device('v1');
     await heldAcknowledgedOpen(h, 'p');
     const p = h.pipeline.resolve({ scope: 'plant', key: 'p' }, 'ops@test', 'checked');
     expect(p.detail).toMatch(/which acknowledged it: it may have been applied$/);
     await staleFlood(h);
     await h.crash();
     await h.restart();
-    expect(valve.snapshot().state).toBe('CLOSED');
-    h.submit('c', { device: 'v1', action: 'close', ttlMs: 60_000 });
-    await h.until(
-      () => {
-        const c = h.get('c');
-        if (c !== undefined && c.state !== 'accepted' && c.state !== 'dispatched') return true;
-        return h.notes('c').some((n) => n.includes('not decided yet'));
-      },
-      5_000,
-      'the close waiting, or ended',
-    );
-    const early = h.get('c');
-    valve.clearFault('hold');
-    await h.until(() => valve.pendingWrites === 0, 5_000, 'the held open taken');
-    const c = await h.settled('c', 4 * GUARD_MS);
-    await h.until(
-      () => ['OPEN', 'CLOSED'].includes(valve.snapshot().state) && valve.pendingWrites === 0,
-      10_000,
-      'the valve at rest',
-    );
-    // Ground truth: the valve closed, as the close's outcome says (before: confirmed a no-op at
-    // CLOSED, then the open taken, the valve OPEN).
-    expect({ valve: valve.snapshot().state, close: c.state }).toEqual({
-      valve: 'CLOSED',
-      close: 'confirmed',
-    });
-    expect(c.detail ?? '').not.toMatch(/no-op/);
-    expect(early?.state).toBe('accepted');
-    expect(valve.writeLog.map((w) => w.seq)).toEqual([h.get('p')!.seq, c.seq]);
+    // Before: the close confirmed a no-op at CLOSED, then the open taken, the valve OPEN.
+    await closeWaitsForHeldOpen(h, expect);
   });
 });

@@ -1,7 +1,12 @@
 import BetterSqlite3 from 'better-sqlite3';
 import { describe, it, type ExpectStatic, type TestContext } from 'vitest';
 import { SimHarness } from '../helpers/sim-harness.js';
-import { heldAcknowledgedOpen, withheldAndTakenUp } from '../helpers/withheld-dispatch.js';
+import {
+  closeWaitsForHeldOpen,
+  heldAcknowledgedOpen,
+  withheldAndTakenUp,
+  GUARD_MS,
+} from '../helpers/withheld-dispatch.js';
 
 /**
  * A stop's line "decided on the state the device's previous write leads to: the write of p …"
@@ -23,7 +28,6 @@ import { heldAcknowledgedOpen, withheldAndTakenUp } from '../helpers/withheld-di
  * simulator's write log and state.
  */
 
-const GUARD_MS = 3_000;
 const HOUR_MS = 3_600_000;
 
 async function harness(onTestFinished: TestContext['onTestFinished']): Promise<SimHarness> {
@@ -97,43 +101,6 @@ async function stopBehindHeldOpenThenKilled(
   return line!;
 }
 
-/**
- * The close `c` in the next life, while the controller still holds the open: it waits for the
- * open, and is written once the hold ends. Ground truth: the valve CLOSED, write log [open,
- * close]. On the code before the line named the identity: the close confirmed a no-op at CLOSED,
- * then the open taken, the valve OPEN.
- */
-async function closeWaitsForTheOpen(h: SimHarness, expect: ExpectStatic): Promise<void> {
-  const valve = h.device('v1');
-  expect(valve.snapshot().state).toBe('CLOSED');
-  h.submit('c', { device: 'v1', action: 'close', ttlMs: 60_000 });
-  await h.until(
-    () => {
-      const c = h.get('c');
-      if (c !== undefined && c.state !== 'accepted' && c.state !== 'dispatched') return true;
-      return h.notes('c').some((n) => n.includes('not decided yet'));
-    },
-    5_000,
-    'the close waiting, or ended',
-  );
-  const early = h.get('c');
-  valve.clearFault('hold');
-  await h.until(() => valve.pendingWrites === 0, 5_000, 'the held open taken');
-  const c = await h.settled('c', 4 * GUARD_MS);
-  await h.until(
-    () => ['OPEN', 'CLOSED'].includes(valve.snapshot().state) && valve.pendingWrites === 0,
-    10_000,
-    'the valve at rest',
-  );
-  expect({ valve: valve.snapshot().state, close: c.state }).toEqual({
-    valve: 'CLOSED',
-    close: 'confirmed',
-  });
-  expect(c.detail ?? '').not.toMatch(/no-op/);
-  expect(early?.state).toBe('accepted');
-  expect(valve.writeLog.map((w) => w.seq)).toEqual([h.get('p')!.seq, c.seq]);
-}
-
 // One at a time: the fdatasync double is the process's.
 describe("a stop's previous-write line, the same key and number used by another identity", () => {
   it('names the identity: after a restart the next close waits for the held open', async ({
@@ -143,7 +110,7 @@ describe("a stop's previous-write line, the same key and number used by another 
     const h = await harness(onTestFinished);
     const line = await stopBehindHeldOpenThenKilled(h, onTestFinished, expect, (d) => d);
     await h.restart();
-    await closeWaitsForTheOpen(h, expect);
+    await closeWaitsForHeldOpen(h, expect);
     expect(line).toContain(`the write of p (identity plant, sequence number ${h.get('p')!.seq})`);
   });
 
@@ -159,6 +126,6 @@ describe("a stop's previous-write line, the same key and number used by another 
     const lines = h.notes('a').filter((n) => n.includes('previous write leads to'));
     expect(lines.length).toBeGreaterThan(0);
     for (const l of lines) expect(l).not.toContain('identity');
-    await closeWaitsForTheOpen(h, expect);
+    await closeWaitsForHeldOpen(h, expect);
   });
 });

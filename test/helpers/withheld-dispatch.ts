@@ -1,4 +1,4 @@
-import type { TestContext } from 'vitest';
+import type { ExpectStatic, TestContext } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { failFdatasync, type FailingFdatasync } from './failing-fdatasync.js';
 import { SimHarness } from './sim-harness.js';
@@ -151,4 +151,45 @@ export async function heldAcknowledgedOpen(h: SimHarness, key: string): Promise<
     h.pipeline as unknown as { lanes: Map<string, { lastWrite: { acked: boolean } | null }> }
   ).lanes;
   await h.until(() => lanes.get('v1')?.lastWrite?.acked === true, 5_000, 'the open acknowledged');
+}
+
+/**
+ * The close `c` on v1, submitted while the controller still holds the open `p`
+ * (heldAcknowledgedOpen): it waits for the open (its history says "not decided yet") and is
+ * written once the hold ends, decided on the image that shows the open taken. Ground truth: the
+ * valve CLOSED, the close confirmed and no no-op, the write log [open, close]. The I2 failure
+ * each caller guards against: the close confirmed a no-op at CLOSED while the controller held
+ * the open, which it then took (the valve OPEN).
+ */
+export async function closeWaitsForHeldOpen(h: SimHarness, expect: ExpectStatic): Promise<void> {
+  const valve = h.device('v1');
+  expect(valve.snapshot().state).toBe('CLOSED');
+  h.submit('c', { device: 'v1', action: 'close', ttlMs: 60_000 });
+  await h.until(
+    () => {
+      const c = h.get('c');
+      if (c !== undefined && c.state !== 'accepted' && c.state !== 'dispatched') return true;
+      return h.notes('c').some((n) => n.includes('not decided yet'));
+    },
+    5_000,
+    'the close waiting, or ended',
+  );
+  const early = h.get('c');
+  valve.clearFault('hold');
+  await h.until(() => valve.pendingWrites === 0, 5_000, 'the held open taken');
+  const c = await h.settled('c', 4 * GUARD_MS);
+  await h.until(
+    () => ['OPEN', 'CLOSED'].includes(valve.snapshot().state) && valve.pendingWrites === 0,
+    10_000,
+    'the valve at rest',
+  );
+  expect({ valve: valve.snapshot().state, close: c.state }).toEqual({
+    valve: 'CLOSED',
+    close: 'confirmed',
+  });
+  expect(c.detail ?? '').not.toMatch(/no-op/);
+  // While the controller held the open, the close waited for it.
+  expect(early?.state).toBe('accepted');
+  expect(h.notes('c').some((n) => n.includes('not decided yet'))).toBe(true);
+  expect(valve.writeLog.map((w) => w.seq)).toEqual([h.get('p')!.seq, c.seq]);
 }
