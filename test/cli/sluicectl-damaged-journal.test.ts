@@ -1,8 +1,7 @@
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { journalWithDamagedKeyIndex } from '../helpers/damaged-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { sluicectl, sluicectlInProcess } from './helpers.js';
 
@@ -28,37 +27,7 @@ let damaged: Buffer;
 beforeAll(() => {
   ({ dir, cleanup } = tempDir('sluice-ctl-damaged-'));
   path = join(dir, 'journal.db');
-  const journal = SqliteJournal.open({ path });
-  const now = Date.now();
-  // Enough keys for the key index to span many pages.
-  for (let i = 0; i < 2_000; i++) {
-    journal.claim({
-      scope: 'ops',
-      key: `key-${i}`,
-      fingerprint: `f-${i}`,
-      device: i === 0 ? 'outlet-valve' : 'inlet-valve',
-      action: 'close',
-      position: null,
-      issuedAt: now,
-      issuedAtSource: 'issuer',
-      ttlMs: 30_000,
-      deadline: now - 1,
-      intake: 'test',
-      acceptedAt: now,
-    });
-  }
-  journal.close();
-  const db = new BetterSqlite3(path, { readonly: true });
-  const pageSize = db.pragma('page_size', { simple: true }) as number;
-  const leaves = db
-    .prepare("SELECT pageno FROM dbstat WHERE name = 'commands_key' AND pagetype = 'leaf'")
-    .all() as { pageno: number }[];
-  db.close();
-  expect(leaves.length).toBeGreaterThan(2);
-  const page = leaves[Math.floor(leaves.length / 2)]!.pageno;
-  const fd = openSync(path, 'r+');
-  writeSync(fd, Buffer.alloc(pageSize, 0x5a), 0, pageSize, (page - 1) * pageSize);
-  closeSync(fd);
+  journalWithDamagedKeyIndex(path, (i) => (i === 0 ? 'outlet-valve' : 'inlet-valve'));
   damaged = readFileSync(path);
 });
 

@@ -1,14 +1,13 @@
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import BetterSqlite3 from 'better-sqlite3';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startSluiced } from '../config/sluiced.js';
 import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
+import { journalWithDamagedKeyIndex } from '../helpers/damaged-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
 
 /**
@@ -62,38 +61,7 @@ describe('a journal with a damaged page', () => {
     } finally {
       await daemon.stop();
     }
-    // Enough keys for the key index to span many pages.
-    const journal = SqliteJournal.open({ path });
-    const now = Date.now();
-    for (let i = 0; i < 2_000; i++) {
-      journal.claim({
-        scope: 'ops',
-        key: `key-${i}`,
-        fingerprint: `f-${i}`,
-        device: 'inlet-valve',
-        action: 'close',
-        position: null,
-        issuedAt: now,
-        issuedAtSource: 'issuer',
-        ttlMs: 30_000,
-        deadline: now - 1,
-        intake: 'test',
-        acceptedAt: now,
-      });
-    }
-    journal.close();
-    const db = new BetterSqlite3(path, { readonly: true });
-    const pageSize = db.pragma('page_size', { simple: true }) as number;
-    const leaves = db
-      .prepare("SELECT pageno FROM dbstat WHERE name = 'commands_key' AND pagetype = 'leaf'")
-      .all() as { pageno: number }[];
-    db.close();
-    expect(leaves.length).toBeGreaterThan(2);
-    // One leaf of the key index, in the middle of the file, overwritten with garbage.
-    const page = leaves[Math.floor(leaves.length / 2)]!.pageno;
-    const fd = openSync(path, 'r+');
-    writeSync(fd, Buffer.alloc(pageSize, 0x5a), 0, pageSize, (page - 1) * pageSize);
-    closeSync(fd);
+    journalWithDamagedKeyIndex(path);
     const damaged = readFileSync(path);
     const connections = plant.plc('mb').connectionsAccepted;
 
