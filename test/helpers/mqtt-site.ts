@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { afterAll, beforeAll } from 'vitest';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
 import type { CommandPipeline } from '../../src/core/pipeline.js';
@@ -99,6 +100,38 @@ export class MqttSite {
     intake.start();
     await until(() => intake.connected() || undefined, 10_000, 'intake connected');
     return intake;
+  }
+
+  /**
+   * What another client on the gateway's client id leaves in its persistent session:
+   * mosquitto_sub with `clientId`, a clean-start-off session (`-c`) at QoS 1, subscribed to
+   * `filters` with mosquitto_sub's default options (no retain-as-published, no Subscription
+   * Identifier), the session's expiry `expirySeconds` when given (MQTT 5), ending after a
+   * second; resolves once it has exited. The gateway's intake must be stopped meanwhile (the
+   * tool takes its session over).
+   */
+  async leaveSubscriptions(
+    clientId: string,
+    filters: readonly string[],
+    o: { readonly version?: 4 | 5; readonly expirySeconds?: number } = {},
+  ): Promise<void> {
+    const tool = spawn(
+      'mosquitto_sub',
+      [
+        ...['-h', '127.0.0.1', '-p', String(this.broker.port)],
+        ...['-V', (o.version ?? 5) === 5 ? 'mqttv5' : 'mqttv311'],
+        ...['-i', clientId, '-c', '-q', '1', ...filters.flatMap((f) => ['-t', f])],
+        ...(o.expirySeconds === undefined ? [] : ['-x', String(o.expirySeconds)]),
+        ...['-W', '1'],
+      ],
+      { stdio: 'ignore' },
+    );
+    await new Promise<void>((resolve, reject) => {
+      tool.once('error', reject);
+      tool.once('exit', () => {
+        resolve();
+      });
+    });
   }
 
   private started(): { readonly broker: Mosquitto; readonly stack: Stack } {

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
@@ -41,19 +40,7 @@ describe.skipIf(!available)('MQTT intake: a retained command through a left filt
 
     // The tool: the gateway's client id, a persistent session, a filter beside `cmd/+`,
     // without retain-as-published; it ends after a second.
-    const stray = spawn(
-      'mosquitto_sub',
-      [
-        ...['-h', '127.0.0.1', '-p', String(site.broker.port), '-V', 'mqttv5'],
-        ...['-i', clientId, '-c', '-q', '1', '-t', `${prefix}/cmd/#`, '-x', '600', '-W', '1'],
-      ],
-      { stdio: 'ignore' },
-    );
-    await new Promise<void>((resolve) => {
-      stray.once('exit', () => {
-        resolve();
-      });
-    });
+    await site.leaveSubscriptions(clientId, [`${prefix}/cmd/#`], { expirySeconds: 600 });
     expect(site.broker.log()).toContain(`${clientId} 1 ${prefix}/cmd/#`);
 
     const plant = await TestClient.connect(site.broker.url);
@@ -114,19 +101,7 @@ describe.skipIf(!available)('MQTT intake: a retained command through a left filt
     // The tool subscribes the command filter itself: it replaces the gateway's subscription
     // with one of its own options (no Subscription Identifier, no retain-as-published), which
     // the broker queues the commands published while the gateway is away through.
-    const stray = spawn(
-      'mosquitto_sub',
-      [
-        ...['-h', '127.0.0.1', '-p', String(site.broker.port), '-V', 'mqttv5'],
-        ...['-i', clientId, '-c', '-q', '1', '-t', `${prefix}/cmd/+`, '-x', '600', '-W', '1'],
-      ],
-      { stdio: 'ignore' },
-    );
-    await new Promise<void>((resolve) => {
-      stray.once('exit', () => {
-        resolve();
-      });
-    });
+    await site.leaveSubscriptions(clientId, [`${prefix}/cmd/+`], { expirySeconds: 600 });
     const plant = await TestClient.connect(site.broker.url);
     site.cleanups.push(() => plant.end());
     const observer = await TestClient.connect(site.broker.url);

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { mosquittoAvailable, TestClient, timed, useMqttSite } from '../helpers/mqtt-site.js';
@@ -42,19 +41,8 @@ describe.skipIf(!available)('MQTT intake: a left subscription beside the command
 
     // The tool: the gateway's client id, a persistent session, two filters that overlap the
     // gateway's `cmd/+`; it takes the session over, adds them, and ends after a second.
-    const stray = spawn(
-      'mosquitto_sub',
-      [
-        ...['-h', '127.0.0.1', '-p', String(site.broker.port), '-V', 'mqttv5'],
-        ...['-i', clientId, '-c', '-q', '1', '-t', `${prefix}/cmd/#`, '-t', 'sluice/+/cmd/+'],
-        ...['-x', '600', '-W', '1'],
-      ],
-      { stdio: 'ignore' },
-    );
-    await new Promise<void>((resolve) => {
-      stray.once('exit', () => {
-        resolve();
-      });
+    await site.leaveSubscriptions(clientId, [`${prefix}/cmd/#`, 'sluice/+/cmd/+'], {
+      expirySeconds: 600,
     });
     expect(site.broker.log()).toContain(`${clientId} 1 sluice/+/cmd/+`);
 

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { filtersMatching, topicMatches } from '../../src/intake/mqtt-topics.js';
@@ -46,20 +45,7 @@ describe.skipIf(!available)(
 
         // The tool: the gateway's client id, a persistent session, everything at QoS 1; it takes
         // the session over, adds `#` to it, and ends after a second.
-        const stray = spawn(
-          'mosquitto_sub',
-          [
-            ...['-h', '127.0.0.1', '-p', String(site.broker.port)],
-            ...['-V', version === 5 ? 'mqttv5' : 'mqttv311'],
-            ...['-i', clientId, '-c', '-q', '1', '-t', '#', '-W', '1'],
-          ],
-          { stdio: 'ignore' },
-        );
-        await new Promise<void>((resolve) => {
-          stray.once('exit', () => {
-            resolve();
-          });
-        });
+        await site.leaveSubscriptions(clientId, ['#'], { version });
         expect(
           site.broker.log().includes(`${clientId} 1 #`),
           'the broker took the tool subscription on the session',
@@ -139,19 +125,7 @@ describe.skipIf(!available)('MQTT intake: the traffic of a left subscription, in
     site.cleanups.push(() => intake.stop());
     await site.connect(intake);
     await intake.stop();
-    const stray = spawn(
-      'mosquitto_sub',
-      [
-        ...['-h', '127.0.0.1', '-p', String(site.broker.port), '-V', 'mqttv5'],
-        ...['-i', clientId, '-c', '-q', '1', '-t', '#', '-W', '1'],
-      ],
-      { stdio: 'ignore' },
-    );
-    await new Promise<void>((resolve) => {
-      stray.once('exit', () => {
-        resolve();
-      });
-    });
+    await site.leaveSubscriptions(clientId, ['#']);
     // Queued for the gateway on 40 topics: the broker sends them together when it connects,
     // before it has read the gateway's first UNSUBSCRIBE.
     const plant = await TestClient.connect(site.broker.url, { protocolVersion: 4 });
