@@ -31,7 +31,8 @@ import type { WriteLogEntry } from '../../simulators/write-log.js';
  *
  * The seed is printed when the test starts, and a failure prints it with its path; replay with
  *   SLUICE_PROPERTY_SEED=<seed> SLUICE_PROPERTY_PATH=<path> npx vitest run test/core/invariants.property.test.ts
- * (SLUICE_PROPERTY_RUNS=N for a longer run, SLUICE_PROPERTY_SHRINK=1 to shrink a failure).
+ * (SLUICE_PROPERTY_RUNS=N for a longer run, SLUICE_PROPERTY_SHRINK=1 to shrink a failure;
+ * SLUICE_PROPERTY_SEED=random, or unset, draws a seed and prints it).
  */
 
 const TTL = 2_500;
@@ -464,7 +465,10 @@ describe('invariants under random interleavings, on sluice-sim', () => {
   it('I1, I2 and I3 hold, and every command ends', async () => {
     // The seed is drawn here and printed before the first run, not only with a failure: a run
     // that hangs until vitest's timeout never reaches fast-check's report.
-    const seed = Number(process.env.SLUICE_PROPERTY_SEED ?? Math.floor(Math.random() * 0x7fffffff));
+    // Unset or `random` (as the crash campaign's SLUICE_CAMPAIGN_SEED takes it): one is drawn.
+    const raw = process.env.SLUICE_PROPERTY_SEED;
+    const seed =
+      raw === undefined || raw === 'random' ? Math.floor(Math.random() * 0x7fffffff) : Number(raw);
     const path = process.env.SLUICE_PROPERTY_PATH;
     const runs = Number(process.env.SLUICE_PROPERTY_RUNS ?? 30);
     expect(Number.isSafeInteger(seed), `SLUICE_PROPERTY_SEED=${String(seed)}`).toBe(true);
