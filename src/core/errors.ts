@@ -39,6 +39,17 @@ export class JournalInUseError extends SluiceError {
   }
 }
 
+/**
+ * A stop (SIGTERM, SIGINT) was asked for while the daemon started, and the start ended where it
+ * was rather than running to its end first (the journal check: src/journal/integrity.ts).
+ * Nothing had been started: sluiced exits 0, as after a graceful stop.
+ */
+export class StartStoppedError extends SluiceError {
+  constructor(message: string) {
+    super('START_STOPPED', message);
+  }
+}
+
 /** A guarded transition found the command in another state (settled elsewhere, e.g. by an operator). */
 export class JournalConflictError extends SluiceError {
   constructor(message: string) {

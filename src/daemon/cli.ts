@@ -6,7 +6,7 @@
 // invalid configuration, 3 a journal damaged, not a journal or of a newer Sluice (the unit does
 // not restart on 2 or 3) — at start as under --check, and before anything is created on disk.
 import { ConfigError } from '../config/config.js';
-import { JournalDamagedError, JournalVersionError } from '../core/errors.js';
+import { JournalDamagedError, JournalVersionError, StartStoppedError } from '../core/errors.js';
 import type { Daemon } from './daemon.js';
 import { daemonLogger } from './log.js';
 import { STOP_MARGIN_MS, prepare } from './prepare.js';
@@ -45,10 +45,13 @@ process.on('uncaughtExceptionMonitor', (error, origin) => {
 // its bound) exits at once — the journal keeps whatever was in flight for recovery. The
 // handlers are in place before the start begins: a stop asked for while the daemon starts
 // (systemd's stop of a unit still starting) waits for the start, then stops it gracefully,
-// rather than the signal's default action killing the process halfway.
+// rather than the signal's default action killing the process halfway — except during the
+// journal check, which reads the whole file (tens of seconds on a large journal): the check is
+// killed and the start ends there (StartStoppedError, exit 0), within TimeoutStopSec=.
 let daemon: Daemon | undefined;
 // An object, not a boolean: the handler sets it while the start is awaited.
 const signals = { received: false };
+const startStop = new AbortController();
 const stop = (running: Daemon): void => {
   running.stop().then(
     () => process.exit(0),
@@ -70,7 +73,11 @@ const onSignal = (signal: NodeJS.Signals): void => {
   }, shutdownBoundMs + STOP_MARGIN_MS);
   force.unref();
   if (daemon === undefined) {
-    logger.info({ signal }, 'stopping once the start has finished');
+    logger.info(
+      { signal },
+      'stopping: the journal check, if it runs, ends now; past it, once the start has finished',
+    );
+    startStop.abort();
     return;
   }
   logger.info({ signal }, 'stopping');
@@ -106,6 +113,7 @@ try {
   daemon = await Daemon.start(config, {
     logger,
     shutdownBoundMs,
+    stopSignal: startStop.signal,
     // Only with an OPC UA PLC, and only once the journal is found usable: loading node-opcua
     // takes seconds, and a start the journal refuses (read-only, in use, damaged) said so only
     // after it. Its own messages go to the JSON log rather than raw onto stdout; routed before
@@ -121,6 +129,10 @@ try {
   if (error instanceof ConfigError) {
     process.stderr.write(`sluiced: ${error.message}\n`);
     process.exit(2);
+  }
+  if (error instanceof StartStoppedError) {
+    logger.info({ reason: error.message }, 'sluiced stopped during its start');
+    process.exit(0);
   }
   // A journal damaged, not a journal, or of a newer Sluice stays so: exit 3, which the unit
   // does not restart on (each start read the whole file again, every 2 s, for ever: a start

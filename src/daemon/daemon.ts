@@ -90,6 +90,13 @@ export interface DaemonOptions {
    * (read-only, locked, damaged) is refused without loading it first.
    */
   readonly beforeDrivers?: () => Promise<void>;
+  /**
+   * Aborted when a stop is asked for while the daemon starts (sluiced's SIGTERM, SIGINT): the
+   * journal check, which reads the whole file (tens of seconds on a large journal from a cold
+   * disk), is killed where it is and the start rejects with StartStoppedError, releasing what it
+   * had built. Past the check, the start runs to its end and the stop follows it.
+   */
+  readonly stopSignal?: AbortSignal;
 }
 
 /** How often the STATUS= line is looked at after READY (sent only when it changed). */
@@ -237,7 +244,7 @@ export class Daemon {
         { path: journalPath, journalMb: Math.round(journalBytes / 1_000_000) },
         'checking the journal (SQLite quick_check, every page of it)',
       );
-      const check = checkJournal(journalPath, config.journal.busyTimeoutMs);
+      const check = checkJournal(journalPath, config.journal.busyTimeoutMs, options.stopSignal);
       await extendWhile(journalCheckPhase(check.bytesRead, journalBytes), check.done, {
         ...startProgress,
         thenExtend: 'journal checked; opening it and connecting to the PLCs',

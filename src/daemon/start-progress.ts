@@ -23,9 +23,9 @@ import { watchdogIntervalMs, type ServiceNotifier } from './notify.js';
  * advanced since the last look the start is extended by twice that period (WatchdogSec=) from
  * now. A phase that stops advancing gets no more: once TimeoutStartSec= has passed, systemd ends
  * the start at most two periods after its last progress, as it ends a running daemon whose event
- * loop stops for WatchdogSec=. The messages go from a timer on the event loop (a blocked loop sends none), while
- * the work runs elsewhere (the check and an older journal's upgrade on threads of their own, the
- * settling on the drivers' I/O).
+ * loop stops for WatchdogSec=. The messages go from a timer on the event loop (a blocked loop
+ * sends none), while the work runs elsewhere (the check in a process of its own, an older
+ * journal's upgrade on a thread, the settling on the drivers' I/O).
  */
 
 /** What a look at a phase found. */
@@ -126,7 +126,7 @@ function mb(bytes: number): number {
 }
 
 /**
- * The journal check (src/journal/integrity.ts) as a phase: it advances when its thread has read
+ * The journal check (src/journal/integrity.ts) as a phase: it advances when its process has read
  * more of the file since the last look.
  */
 export function journalCheckPhase(
@@ -145,7 +145,7 @@ export function journalCheckPhase(
           status: `checking the journal (${size})`,
           fields: { journalMb: mb(journalBytes) },
           stall:
-            "the check thread's reads cannot be seen (/proc/thread-self/io): no proof that it is getting on",
+            "the check process's reads cannot be seen (/proc/<pid>/io): no proof that it is getting on",
         };
       }
       const advanced = read > last;
