@@ -10,7 +10,7 @@ import {
 import type { DeviceDocument } from '../../src/intake/device-view.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import type { DeviceFaultInput } from '../../simulators/plc.js';
-import { sluicectl } from '../cli/helpers.js';
+import { sluicectlInProcess } from '../cli/helpers.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { writeTokenSite } from '../helpers/daemon-site.js';
 import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
@@ -242,7 +242,7 @@ describe('/readyz: a device whose reads keep failing is not ready; one failed re
     expect(valve.readLog.length).toBe(served);
 
     // sluicectl health says the same, from the same checks.
-    const health = await sluicectl(['--config', configPath, 'health']);
+    const health = await sluicectlInProcess(['--config', configPath, 'health']);
     expect(health.code, health.stderr).toBe(1);
     expect(health.stdout).toMatch(
       /^device:reset-valve\s+FAIL\s+no readback for \d+ ms: reads fail since /m,
