@@ -8,6 +8,8 @@ import {
   type MqttTlsFiles,
 } from '../config/preflight.js';
 import { certificateName } from '../intake/https-certificate.js';
+import type { IdentityRegistry } from '../intake/identities.js';
+import { reloadTokenFiles, type TokenReload } from './token-reload.js';
 
 /**
  * The reload (SIGHUP, `systemctl reload sluiced`): the TLS files are read again with the checks
@@ -17,9 +19,10 @@ import { certificateName } from '../intake/https-certificate.js';
  * says which file and why. A certificate agent (ACME, EST, a CA script) renews the files and
  * reloads; nothing else is disturbed.
  *
- * Only the TLS files: the configuration file is not read again. Devices, identities, tokens
- * and every other setting are what the daemon built its parts from at start (an identity's
- * devices, a PLC's connection, the journal), and only a restart builds them anew.
+ * And the token files outside $CREDENTIALS_DIRECTORY, whose tokens replace those read before
+ * (token-reload.ts). The configuration file is not read again: devices, identities and every
+ * other setting are what the daemon built its parts from at start (an identity's devices, a
+ * PLC's connection, the journal), and only a restart builds them anew.
  *
  * Synchronous from the first read to the last change: a reload is one turn of the event loop,
  * so two SIGHUPs in a row make two reloads one after the other, never overlapping.
@@ -37,6 +40,7 @@ export type TlsReloadOutcome =
   | 'not configured';
 
 export interface TlsReload {
+  readonly tokens: TokenReload;
   readonly https: TlsReloadOutcome;
   readonly mqtt: TlsReloadOutcome;
 }
@@ -45,6 +49,8 @@ export interface TlsReload {
 export interface TlsReloadTargets {
   readonly https: {
     replaceTlsMaterial(tls: Pick<HttpsTlsFiles, 'cert' | 'key' | 'ca'>): boolean;
+    /** Whose token files are read again (token-reload.ts): bearer tokens are HTTPS's alone. */
+    readonly identities: IdentityRegistry;
   } | null;
   readonly mqtt: { replaceTlsFiles(files: MqttTlsFiles): boolean } | null;
 }
@@ -57,11 +63,12 @@ export function reloadTlsFiles(
 ): TlsReload {
   logger.info(
     {},
-    'reload (SIGHUP): reading the TLS files again (https.certFile, keyFile, clientCaFile; mqtt.caFile, certFile, keyFile); the configuration file is not reloaded: devices, identities, tokens and every other setting change only with a restart',
+    'reload (SIGHUP): reading the TLS files again (https.certFile, keyFile, clientCaFile; mqtt.caFile, certFile, keyFile) and the token files outside $CREDENTIALS_DIRECTORY (identities.*.tokenFile); the configuration file is not reloaded: devices, identities and every other setting change only with a restart',
   );
   warnOfCredentials(config, logger, env);
-  warnOfSecretsReadAtStart(config, logger, env);
+  const tokens = reloadTokenFiles(config, targets.https?.identities ?? null, logger, env);
   const outcome: TlsReload = {
+    tokens,
     https: guarded('https', logger, () => reloadHttps(config.https, targets.https, logger)),
     mqtt: guarded('mqtt', logger, () => reloadMqtt(config.mqtt, targets.mqtt, logger)),
   };
@@ -160,40 +167,6 @@ function reloadMqtt(
       : 'MQTT TLS files reloaded: the next connection attempt to the broker uses them',
   );
   return 'reloaded';
-}
-
-/**
- * Token and password files (identities.*.tokenFile, mqtt.passwordFile) are read once, at start:
- * the identities are built from them (a token's digest, checked against every other identity's)
- * and the MQTT client connects with the password. A reload reads neither again, wherever they
- * are; and under $CREDENTIALS_DIRECTORY (LoadCredential=) systemd would hand the old copy to a
- * reload anyway, while a restart copies the credentials anew. An operator who replaced a token
- * and reloaded would otherwise believe the new one in use while clients holding it are refused
- * 401 and the old one is still accepted: said, naming the files, at every reload.
- */
-function warnOfSecretsReadAtStart(
-  config: SluiceConfig,
-  logger: PinoLogger,
-  env: NodeJS.ProcessEnv,
-): void {
-  const files = [
-    ...Object.entries(config.identities).flatMap(([name, identity]) =>
-      identity.tokenFile === undefined
-        ? []
-        : [`identities.${name}.tokenFile: ${identity.tokenFile}`],
-    ),
-    ...(config.mqtt?.passwordFile === undefined
-      ? []
-      : [`mqtt.passwordFile: ${config.mqtt.passwordFile}`]),
-  ];
-  if (files.length === 0) return;
-  const folder = env.CREDENTIALS_DIRECTORY;
-  const credentials =
-    folder !== undefined && folder !== '' && files.some((f) => f.includes(`${folder}${sep}`));
-  logger.warn(
-    { files },
-    `reload: token and password files are read at start only, not on a reload: a token or password replaced in them takes effect with a restart (systemctl restart sluiced)${credentials ? ', which also has systemd copy the credentials (LoadCredential=) anew' : ''}; until then the one read at start is the one in use`,
-  );
 }
 
 /**

@@ -170,6 +170,14 @@ export class HttpsIntake {
   }
 
   /**
+   * Whose tokens and certificates its requests are authenticated against: the same registry as
+   * the daemon's, whose token files a reload reads again (src/daemon/token-reload.ts).
+   */
+  get identities(): IdentityRegistry {
+    return this.options.identities;
+  }
+
+  /**
    * Serves `tls` (checked by the caller: src/config/preflight.ts) to every TLS handshake from
    * now on: connections already open keep the certificate and client verification they were
    * made with, and their requests, commands waiting included, are not disturbed. The TLS
