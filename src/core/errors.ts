@@ -41,7 +41,8 @@ export class JournalInUseError extends SluiceError {
 
 /**
  * A stop (SIGTERM, SIGINT) was asked for while the daemon started, and the start ended where it
- * was rather than running to its end first (the journal check: src/journal/integrity.ts).
+ * was rather than running to its end first (the journal check, src/journal/integrity.ts, or an
+ * older journal's upgrade, src/journal/upgrade.ts).
  * Nothing had been started: sluiced exits 0, as after a graceful stop.
  */
 export class StartStoppedError extends SluiceError {

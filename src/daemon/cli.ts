@@ -46,8 +46,9 @@ process.on('uncaughtExceptionMonitor', (error, origin) => {
 // handlers are in place before the start begins: a stop asked for while the daemon starts
 // (systemd's stop of a unit still starting) waits for the start, then stops it gracefully,
 // rather than the signal's default action killing the process halfway — except during the
-// journal check, which reads the whole file (tens of seconds on a large journal): the check is
-// killed and the start ends there (StartStoppedError, exit 0), within TimeoutStopSec=.
+// journal check, which reads the whole file (tens of seconds on a large journal), and an older
+// journal's upgrade: it is killed and the start ends there (StartStoppedError, exit 0), within
+// TimeoutStopSec=.
 let daemon: Daemon | undefined;
 // An object, not a boolean: the handler sets it while the start is awaited.
 const signals = { received: false };
@@ -75,7 +76,7 @@ const onSignal = (signal: NodeJS.Signals): void => {
   if (daemon === undefined) {
     logger.info(
       { signal },
-      'stopping: the journal check, if it runs, ends now; past it, once the start has finished',
+      'stopping: the journal check or upgrade, if one runs, ends now; past them, once the start has finished',
     );
     startStop.abort();
     return;

@@ -93,8 +93,9 @@ export interface DaemonOptions {
   /**
    * Aborted when a stop is asked for while the daemon starts (sluiced's SIGTERM, SIGINT): the
    * journal check, which reads the whole file (tens of seconds on a large journal from a cold
-   * disk), is killed where it is and the start rejects with StartStoppedError, releasing what it
-   * had built. Past the check, the start runs to its end and the stop follows it.
+   * disk), or an older journal's upgrade, is killed where it is and the start rejects with
+   * StartStoppedError, releasing what it had built (SQLite rolls back the migration the upgrade
+   * was in). Past them, the start runs to its end and the stop follows it.
    */
   readonly stopSignal?: AbortSignal;
 }
@@ -268,7 +269,11 @@ export class Daemon {
           { path: journalPath, journalMb: Math.round(bytes / 1_000_000), from: version },
           `upgrading the journal from schema version ${version} to ${LATEST_VERSION}`,
         );
-        const upgrade = upgradeJournalOffThread(journalPath, config.journal.busyTimeoutMs);
+        const upgrade = upgradeJournalOffThread(
+          journalPath,
+          config.journal.busyTimeoutMs,
+          options.stopSignal,
+        );
         await extendWhile(
           journalUpgradePhase(upgrade.bytesMoved, bytes, version, LATEST_VERSION),
           upgrade.done,

@@ -24,8 +24,8 @@ import { watchdogIntervalMs, type ServiceNotifier } from './notify.js';
  * now. A phase that stops advancing gets no more: once TimeoutStartSec= has passed, systemd ends
  * the start at most two periods after its last progress, as it ends a running daemon whose event
  * loop stops for WatchdogSec=. The messages go from a timer on the event loop (a blocked loop
- * sends none), while the work runs elsewhere (the check in a process of its own, an older
- * journal's upgrade on a thread, the settling on the drivers' I/O).
+ * sends none), while the work runs elsewhere (the check and an older journal's upgrade in
+ * processes of their own, the settling on the drivers' I/O).
  */
 
 /** What a look at a phase found. */
@@ -164,7 +164,7 @@ export function journalCheckPhase(
 
 /**
  * The upgrade of an older journal to this Sluice's schema (src/journal/upgrade.ts) as a phase:
- * it advances when its thread has read or written more since the last look (the old tables
+ * it advances when its process has read or written more since the last look (the old tables
  * read, the new ones written to the log and the file, SQLite's sorts spilled to their temporary
  * files). A copy held in a write the disk never answers moves nothing more.
  */
@@ -187,7 +187,7 @@ export function journalUpgradePhase(
           status: what,
           fields,
           stall:
-            "the upgrade thread's reads and writes cannot be seen (/proc/thread-self/io): no proof that it is getting on",
+            "the upgrade process's reads and writes cannot be seen (/proc/<pid>/io): no proof that it is getting on",
         };
       }
       const advanced = moved > last;

@@ -1,65 +1,94 @@
+import { fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
 import {
   JournalDamagedError,
   JournalUnavailableError,
   JournalVersionError,
+  StartStoppedError,
 } from '../core/errors.js';
 import type { Upgrade } from './connection.js';
 
-/** The upgrade thread's messages (upgrade-thread.ts). */
-type ThreadMessage =
-  | { readonly kind: 'thread'; readonly io: string | null }
+/** The upgrade process's answer (upgrade-process.ts). */
+type Answer =
   | { readonly kind: 'done'; readonly upgrade: Upgrade | null }
   | { readonly kind: 'error'; readonly name: string; readonly message: string };
 
 /** The upgrade of upgradeJournalOffThread while it runs. */
 export interface JournalUpgrade {
-  /** The versions it went from and to; null when the journal needed none. */
+  /**
+   * The versions it went from and to; null when the journal needed none. Rejects with
+   * StartStoppedError when `signal` stopped it before its answer.
+   */
   readonly done: Promise<Upgrade | null>;
   /**
-   * The bytes the upgrade's thread has read and written so far (its `rchar` + `wchar` in
+   * The bytes the upgrade's process has read and written so far (its `rchar` + `wchar` in
    * /proc: the old tables read, the new ones written to the log, SQLite's sorts spilled to its
-   * temporary files), or null when this system does not say or the thread is not running.
-   * Growth is the proof that the upgrade is getting on (start-progress.ts): a thread held in a
-   * write the disk never answers moves no more bytes.
+   * temporary files; also its own start's reads of the program), or null when this system
+   * does not say or the process is not running. Growth is the proof that the upgrade is getting
+   * on (start-progress.ts): a process held in a write the disk never answers moves no more.
    */
   readonly bytesMoved: () => number | null;
 }
 
 /**
- * The thread's program: the compiled upgrade-thread.js beside this file, or, where the sources
- * run under the project's TypeScript loader, upgrade-thread.ts (the thread inherits the
- * process's flags, the loader among them).
+ * The process's program: the compiled upgrade-process.js beside this file, or, where the sources
+ * run under the project's TypeScript loader, upgrade-process.ts (fork passes the process's node
+ * flags, the loader among them).
  */
-const THREAD = new URL(
-  `./upgrade-thread${extname(fileURLToPath(import.meta.url))}`,
-  import.meta.url,
+const PROGRAM = fileURLToPath(
+  new URL(`./upgrade-process${extname(fileURLToPath(import.meta.url))}`, import.meta.url),
 );
 
 /**
- * upgradeJournal (connection.ts) on a worker thread: the daemon's event loop goes on sending
- * the watchdog's pings and the start's extensions while the journal is upgraded. Its errors
- * come back as the classes they were thrown as (the exit code depends on it: 3 for a damaged
- * journal, 1 for one the filesystem has no room to upgrade), with their messages.
+ * upgradeJournal (connection.ts) in a child process: the daemon's event loop goes on sending
+ * the watchdog's pings and the start's extensions while the journal is upgraded, and a stop
+ * asked for meanwhile (`signal`) kills it where it is (SQLite rolls back the migration it was
+ * in; upgrade-process.ts). Its errors come back as the classes they were thrown as (the exit
+ * code depends on it: 3 for a damaged journal, 1 for one the filesystem has no room to upgrade),
+ * with their messages.
  */
-export function upgradeJournalOffThread(path: string, busyTimeoutMs = 2000): JournalUpgrade {
+export function upgradeJournalOffThread(
+  path: string,
+  busyTimeoutMs = 2000,
+  signal?: AbortSignal,
+): JournalUpgrade {
   let io: string | null = null;
   const done = new Promise<Upgrade | null>((resolve, reject) => {
-    const worker = new Worker(THREAD, { workerData: { path, busyTimeoutMs } });
+    if (signal?.aborted === true) {
+      reject(stopped());
+      return;
+    }
+    const child = fork(PROGRAM, [path, String(busyTimeoutMs)], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    if (child.pid !== undefined) io = `/proc/${child.pid}/io`;
+    const stop = (): void => {
+      child.kill('SIGKILL');
+    };
+    signal?.addEventListener('abort', stop, { once: true });
     let result: { upgrade: Upgrade | null } | Error | null = null;
-    worker.on('message', (message: ThreadMessage) => {
-      if (message.kind === 'thread') io = message.io;
-      else if (message.kind === 'done') result = { upgrade: message.upgrade };
+    child.on('message', (message: Answer) => {
+      if (message.kind === 'done') result = { upgrade: message.upgrade };
       else result = rebuilt(message.name, message.message);
     });
-    worker.once('error', reject);
-    worker.once('exit', (code) => {
+    child.once('error', (error) => {
       io = null;
-      if (result === null) {
-        reject(new Error(`the journal's upgrade thread exited ${code} without an answer`));
+      signal?.removeEventListener('abort', stop);
+      reject(error);
+    });
+    child.once('exit', (code, killedBy) => {
+      io = null;
+      signal?.removeEventListener('abort', stop);
+      if (signal?.aborted === true && result === null) {
+        reject(stopped());
+      } else if (result === null) {
+        reject(
+          new Error(
+            `the journal's upgrade process ended (${killedBy ?? `exit ${code}`}) without an answer`,
+          ),
+        );
       } else if (result instanceof Error) reject(result);
       else resolve(result.upgrade);
     });
@@ -76,6 +105,12 @@ export function upgradeJournalOffThread(path: string, busyTimeoutMs = 2000): Jou
     }
   };
   return { done, bytesMoved };
+}
+
+function stopped(): StartStoppedError {
+  return new StartStoppedError(
+    "the journal's upgrade was stopped before its end (a stop asked for during the start); SQLite rolled back the migration it was in, and the next start upgrades the journal again",
+  );
 }
 
 function rebuilt(name: string, message: string): Error {

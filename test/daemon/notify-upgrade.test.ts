@@ -3,10 +3,10 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
-import { MIGRATIONS } from '../../src/journal/migrations.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { writeV1Journal } from '../helpers/v1-journal.js';
 import { until } from '../helpers/mosquitto.js';
 import {
   bindNotifySocket,
@@ -36,36 +36,6 @@ const COMMANDS = 150_000;
 const WATCHDOG_USEC = 400_000;
 const PING_MS = WATCHDOG_USEC / 2_000;
 
-/**
- * A version 1 journal as the Sluice of that schema left it: settled commands, each with its
- * three events, written by SQLite itself (a row-by-row fill costs the suite seconds of CPU).
- */
-function writeV1(path: string): void {
-  const v1 = new BetterSqlite3(path);
-  v1.pragma('journal_mode = WAL');
-  MIGRATIONS[0]!.up(v1);
-  v1.pragma('user_version = 1');
-  const at = Date.now() - 3_600_000;
-  v1.exec(`
-    WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ${COMMANDS})
-    INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
-      issued_at_source, ttl_ms, deadline, intake, state, code, seq, attempts, observed, detail,
-      accepted_at, dispatched_at, settled_at, response)
-    SELECT 'ops', 'k' || i, 'fp', 'inlet-valve', 'open', NULL, ${at} + i, 'issuer', 30000,
-      ${at} + i + 30000, 'https', 'confirmed', 'OK', i + 1, 1, '{"state":"OPEN"}',
-      'readback after the write shows OPEN', ${at} + i, ${at} + i, ${at} + i, '{}'
-    FROM n;
-    INSERT INTO events (scope, key, at, from_state, to_state, intake, detail)
-      SELECT scope, key, accepted_at, s.f, s.t, 'https', s.d FROM commands,
-        (SELECT NULL AS f, 'accepted' AS t, 'accepted' AS d
-         UNION ALL SELECT 'accepted', 'dispatched', 'seq 1'
-         UNION ALL SELECT 'dispatched', 'confirmed', 'OK') s
-      ORDER BY accepted_at;
-  `);
-  v1.pragma('wal_checkpoint(TRUNCATE)');
-  v1.close();
-}
-
 describe.runIf(python)('an older journal upgraded at start, as systemd sees it', () => {
   let plant: Plant | undefined;
   let socket: NotifySocket | undefined;
@@ -91,7 +61,7 @@ describe.runIf(python)('an older journal upgraded at start, as systemd sees it',
     const configPath = await writeDaemonSite(dir, plant, 'upgrade');
     mkdirSync(join(dir, 'state'), { mode: 0o700 });
     const journalPath = join(dir, 'state', 'journal.db');
-    writeV1(journalPath);
+    writeV1Journal(journalPath, COMMANDS);
 
     const stdoutPath = join(dir, 'stdout.log');
     socket = await bindNotifySocket(join(dir, 'notify.sock'), stdoutPath);

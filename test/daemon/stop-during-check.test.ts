@@ -12,6 +12,7 @@ import { startPlant, type Plant } from '../../simulators/plant.js';
 import { startSluiced, type Running } from '../config/sluiced.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
+import { writeV1Journal } from '../helpers/v1-journal.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { hasCommand, realComponent } from '../helpers/real.js';
 
@@ -27,7 +28,10 @@ import { hasCommand, realComponent } from '../helpers/real.js';
  * begun; the process is gone within 0.75 s (here: tens of ms), before a check of that file could
  * have ended (one measured here on the same file, from the same cold cache, is the reference),
  * and the journal is whole, every command still in it. 200,000 commands (140 MB): a cold check
- * of 2–3 s on this machine, and a fill of 5–10 s.
+ * of 2–3 s on this machine, and a fill of 5–10 s. Likewise the upgrade of an older journal
+ * (version 1, 150,000 commands: 1–3 s), which ran on a worker thread too: SIGTERM once it has
+ * begun, the process gone as soon, and the file still at version 1, whole (SQLite rolled back the
+ * migration the killed upgrade was in).
  */
 
 const python = realComponent('python3', hasCommand('python3'), 'apt-get install python3');
@@ -35,6 +39,8 @@ const python = realComponent('python3', hasCommand('python3'), 'apt-get install 
 const COMMANDS = 200_000;
 /** How soon after SIGTERM the process must be gone. */
 const EXIT_WITHIN_MS = 750;
+/** Commands of the version 1 journal: an upgrade of 1–3 s (test/daemon/notify-upgrade.test.ts). */
+const V1_COMMANDS = 150_000;
 const SQLITE = createRequire(import.meta.url).resolve('better-sqlite3');
 
 /** Evicts the file's pages from the page cache: the next read comes from the disk. */
@@ -76,6 +82,8 @@ let cleanup: () => void;
 let plant: Plant;
 let configPath: string;
 let journalPath: string;
+let v1ConfigPath: string;
+let v1Path: string;
 let sluiced: Running | null = null;
 
 beforeAll(async () => {
@@ -97,20 +105,27 @@ beforeAll(async () => {
   );
   await loopbackCertificate(dir);
   const inventory = inventoryFor(plant);
-  configPath = join(dir, 'sluice.yaml');
-  writeFileSync(
-    configPath,
-    stringify({
-      gatewayId: 'stop-check',
-      stateDir: 'state',
-      https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
-      identities: { scada: { tokenSha256: sha256('t').toString('hex'), devices: ['*'] } },
-      plcs: inventory.plcs,
-      devices: inventory.devices,
-      admin: { enabled: false },
-    }),
-  );
-  mkdirSync(join(dir, 'state'), { recursive: true, mode: 0o700 });
+  const site = (stateDir: string): string => {
+    const file = join(dir, `${stateDir}.yaml`);
+    writeFileSync(
+      file,
+      stringify({
+        gatewayId: 'stop-check',
+        stateDir,
+        https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+        identities: { scada: { tokenSha256: sha256('t').toString('hex'), devices: ['*'] } },
+        plcs: inventory.plcs,
+        devices: inventory.devices,
+        admin: { enabled: false },
+      }),
+    );
+    mkdirSync(join(dir, stateDir), { recursive: true, mode: 0o700 });
+    return file;
+  };
+  configPath = site('state');
+  v1ConfigPath = site('state-v1');
+  v1Path = join(dir, 'state-v1', 'journal.db');
+  writeV1Journal(v1Path, V1_COMMANDS);
   journalPath = join(dir, 'state', 'journal.db');
   // 200 settled commands through the journal's API (no-ops, confirmed without a write), copied
   // by SQLite under new keys.
@@ -191,6 +206,35 @@ it.runIf(python)(
     const db = new BetterSqlite3(journalPath, { readonly: true });
     try {
       expect(db.prepare('SELECT count(*) AS n FROM commands').get()).toEqual({ n: COMMANDS });
+    } finally {
+      db.close();
+    }
+  },
+  60_000,
+);
+
+it.runIf(python)(
+  'SIGTERM while the start upgrades an older journal: the process is gone within 0.75 s, the migration rolled back',
+  async () => {
+    // Past its check (a small file, from the page cache), the upgrade copies every command.
+    const running = startSluiced(['--config', v1ConfigPath]);
+    sluiced = running;
+    await running.line((l) => l.includes('upgrading the journal from schema version 1'), 30_000);
+    const asked = performance.now();
+    running.signal('SIGTERM');
+    const code = await running.exited;
+    const tookMs = performance.now() - asked;
+    const explain = `exit ${code} ${Math.round(tookMs)} ms after SIGTERM\n${running.lines.join('\n')}\n${running.stderr()}`;
+    expect(tookMs, explain).toBeLessThan(EXIT_WITHIN_MS);
+    expect(code, explain).toBe(0);
+
+    // Ground truth: the file is as the older Sluice left it (SQLite rolled back the migration
+    // the killed process was in), whole, every command in it; the next start upgrades it.
+    expect((await quickCheck(v1Path)).out).toBe('[{"quick_check":"ok"}]');
+    const db = new BetterSqlite3(v1Path, { readonly: true });
+    try {
+      expect(db.pragma('user_version', { simple: true }), explain).toBe(1);
+      expect(db.prepare('SELECT count(*) AS n FROM commands').get()).toEqual({ n: V1_COMMANDS });
     } finally {
       db.close();
     }
