@@ -45,6 +45,19 @@ export interface OpenPageRef extends OpenRef {
   readonly id: number;
 }
 
+/**
+ * The open commands counted (Journal.openCounts), without reading them: what /metrics, /readyz
+ * and the status page show of a backlog of any size.
+ */
+export interface OpenCounts {
+  readonly accepted: number;
+  readonly dispatched: number;
+  /** The earliest acceptance among them; null when none is open. */
+  readonly oldestAcceptedAt: number | null;
+  /** For each time asked, how many of them were accepted at it or after (same order). */
+  readonly acceptedSince: readonly number[];
+}
+
 /** A page of one device's open commands (Journal.openOfDevice). */
 export interface OpenPage {
   readonly refs: readonly OpenPageRef[];
@@ -267,6 +280,20 @@ export interface Journal {
   openOfDevice(device: string, afterId: number, limit: number): OpenPage;
   /** The devices that have open commands (the sweep looks for those no longer configured). */
   openDevices(): string[];
+  /**
+   * The open commands by state, the earliest acceptance among them, and how many were accepted
+   * at or after each of `acceptedSince`: counted by SQLite through the partial index of the open
+   * commands, no row handed over (Sweep.openCommands: a backlog of ten thousand read whole and
+   * summed in JavaScript cost the event loop 0.1 s a call).
+   */
+  openCounts(acceptedSince: readonly number[]): OpenCounts;
+  /**
+   * The open commands whose deadline is before `before`, and every dispatched one (one or two a
+   * device), whole, in the journal's order: what the stuck rule judges (open-commands.ts: a
+   * command is stuck only past its deadline, and its device's dispatched commands give the
+   * windows that hold it), not the backlog still within its deadline.
+   */
+  openPastDeadline(before: number): CommandRecord[];
   list(filter: ListFilter): CommandRecord[];
   /**
    * The stops on `ref`'s device claimed after it, newest first, at most `limit`: in the

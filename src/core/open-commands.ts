@@ -1,5 +1,11 @@
 import { isTerminal, type OpenState } from './command.js';
-import { refId, type CommandRecord, type CommandRef, type JournalEvent } from './journal.js';
+import {
+  refId,
+  type CommandRecord,
+  type CommandRef,
+  type JournalEvent,
+  type OpenCounts,
+} from './journal.js';
 import { latestWriteMarked, latestWriteUnsent } from './redispatch.js';
 
 /**
@@ -237,6 +243,41 @@ export function summarizeOpen(
   ];
   stuck.sort((a, b) => b.overdueMs - a.overdueMs);
   return { accepted, dispatched, byAge, oldestAgeMs: oldest, stuck };
+}
+
+/** What countOpen() reads of the journal (Journal.openCounts, Journal.openPastDeadline). */
+export interface OpenCounter {
+  openCounts(acceptedSince: readonly number[]): OpenCounts;
+  openPastDeadline(before: number): readonly CommandRecord[];
+}
+
+/**
+ * What summarizeOpen() says of every open command, without reading them all: the counts by
+ * state and age from the journal's counts, the stuck ones judged by summarizeOpen() itself over
+ * the commands past their deadline and the dispatched ones. Nothing else can be stuck (a
+ * command's bound is never before its deadline), and a device's windows come from its
+ * dispatched commands alone; the order is the journal's, as listOpen() gives it. So a backlog
+ * within its deadlines costs the event loop its counts, not its rows (Sweep.openCommands).
+ */
+export function countOpen(journal: OpenCounter, now: number, rule: StuckRule): OpenCommands {
+  const counts = journal.openCounts(OPEN_AGE_BUCKETS_S.map((le) => now - le * 1000));
+  const { stuck } = summarizeOpen(journal.openPastDeadline(now), now, rule);
+  const all = counts.accepted + counts.dispatched;
+  return {
+    accepted: counts.accepted,
+    dispatched: counts.dispatched,
+    // An age is at most `le` seconds exactly when its command was accepted at now - le or after.
+    byAge: [
+      ...OPEN_AGE_BUCKETS_S.map((le, i) => ({
+        le: String(le),
+        count: counts.acceptedSince[i] ?? 0,
+      })),
+      { le: '+Inf', count: all },
+    ],
+    oldestAgeMs:
+      counts.oldestAcceptedAt === null ? null : Math.max(0, now - counts.oldestAcceptedAt),
+    stuck,
+  };
 }
 
 /**

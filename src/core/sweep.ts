@@ -2,7 +2,7 @@ import type { Clock } from './clock.js';
 import type { CommandRef, Journal, OpenRef } from './journal.js';
 import { interruptedTargets, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
-import { summarizeOpen, type DeviceTiming, type OpenCommands } from './open-commands.js';
+import { countOpen, type DeviceTiming, type OpenCommands } from './open-commands.js';
 
 /** What the sweep needs from the pipeline. */
 export interface SweepHost {
@@ -216,10 +216,12 @@ export class Sweep {
    * the journal alone, as `sluicectl stuck` and the status page judge them (open-commands.ts),
    * so that they agree. A command recovery took up, or a stop paused, counts from the end of
    * the window its history gives; one of a device no longer configured from its deadline.
+   * Counted by the journal, with only the commands past their deadline handed over (countOpen):
+   * a backlog within its deadlines costs a call milliseconds, not every record read and judged.
    */
   openCommands(): OpenCommands {
     const { journal, lanes } = this.host;
-    return summarizeOpen(journal.listOpen(), this.host.clock.now(), {
+    return countOpen(journal, this.host.clock.now(), {
       devices: deviceTimings(lanes),
       journal,
     });

@@ -9,6 +9,7 @@ import {
   type ListFilter,
   type NewCommand,
   type Observation,
+  type OpenCounts,
   type OpenPage,
   type OpenPageRef,
   type OpenRef,
@@ -228,6 +229,33 @@ export class SqliteJournal implements Journal {
         devices.push(d);
       }
       return devices;
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
+  openCounts(acceptedSince: readonly number[]): OpenCounts {
+    try {
+      const { stmts } = this.connection();
+      const all = stmts.openCounts.get() as { n: number; oldest: number | null };
+      const dispatched = (stmts.openDispatched.get() as { n: number }).n;
+      const since = stmts.openSince.pluck();
+      return {
+        accepted: all.n - dispatched,
+        dispatched,
+        oldestAcceptedAt: all.oldest,
+        acceptedSince: acceptedSince.map((at) => since.get(at) as number),
+      };
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
+  openPastDeadline(before: number): CommandRecord[] {
+    try {
+      return (this.connection().stmts.openPastDeadline.all(before) as CommandRow[]).map(
+        rowToRecord,
+      );
     } catch (error) {
       return translate(error, 'read', this.options.path);
     }

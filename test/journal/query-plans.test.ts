@@ -90,6 +90,14 @@ describe('the journal’s statements, as SQLite plans them', () => {
       expect(plans.nextOpenDevice).toBe(
         'SEARCH commands USING INDEX commands_open_device (device>?)',
       );
+      // The open commands at a glance (Sweep.openCommands): counted through the partial indexes,
+      // a count by acceptance a range of commands_open, the earliest a seek, the rows past their
+      // deadline read in the order of the device's index
+      // (open-commands-backlog.test.ts).
+      expect(plans.openSince).toBe('SEARCH commands USING INDEX commands_open (accepted_at>?)');
+      expect(plans.openCounts).toContain('SEARCH commands USING INDEX commands_open');
+      expect(plans.openDispatched).toBe('SCAN commands USING INDEX commands_open_device');
+      expect(plans.openPastDeadline).toContain('commands_open_device');
       const walks = Object.entries(plans).filter(([, plan]) =>
         plan.split(' | ').some((step) => {
           const scan = /^SCAN (commands|events)( USING (COVERING )?INDEX (\w+))?/.exec(step);
