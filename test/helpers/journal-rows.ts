@@ -4,7 +4,14 @@ import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
  * The journal's methods that return open commands by the page or the list: what a periodic or
  * per-command path reads of a backlog. Those a journal of another version lacks are skipped.
  */
-const LISTING = ['listOpenRefs', 'listOpen', 'openBefore', 'openOfDevice', 'list'] as const;
+const LISTING = [
+  'listOpenRefs',
+  'listOpen',
+  'openBefore',
+  'openOfDevice',
+  'openPastDeadline',
+  'list',
+] as const;
 
 /**
  * Counts the rows `journal`'s listing methods return from now on (an array's length, or a
