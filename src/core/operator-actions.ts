@@ -24,6 +24,8 @@ export interface OperatorHost {
   readonly lanes: ReadonlyMap<string, Lane>;
   readonly outcomes: Outcomes;
   startWorker(lane: Lane): void;
+  /** The pipeline is stopping (the daemon stops): no worker takes a command up any more. */
+  closed(): boolean;
 }
 
 /** An operator's actions on one open command (SPEC §7): resolve it, or have it judged again. */
@@ -103,8 +105,13 @@ export class OperatorActions {
       };
     }
     const id = refId(ref);
+    const inFlight = lane.inFlight !== null && refId(lane.inFlight) === id;
+    // A stop cleared the queues and lets only the commands in flight settle: nothing takes this
+    // one up now. Said so at once, not after the wait as "waiting for the device's command in
+    // flight", which no worker would end.
+    if (this.host.closed() && !inFlight) return { record, detail: stoppingDetail(record) };
     const held =
-      (lane.inFlight !== null && refId(lane.inFlight) === id) ||
+      inFlight ||
       lane.queue.some((q) => refId(q) === id) ||
       interruptedTargets(lane).some((target) => refId(target) === id);
     if (!held) {
@@ -115,11 +122,18 @@ export class OperatorActions {
     const after = (await this.host.outcomes.waitForSettled(ref, waitMs)) ?? record;
     const detail = isTerminal(after.state)
       ? `settled: ${after.state} ${after.code ?? ''}`.trim()
-      : lane.inFlight !== null && refId(lane.inFlight) === id
-        ? `still ${after.state}: the daemon is reading the device (${lane.binding.driver.health().lastError ?? 'no error'})`
-        : `still ${after.state}: waiting for the device's command in flight`;
+      : this.host.closed()
+        ? stoppingDetail(after)
+        : lane.inFlight !== null && refId(lane.inFlight) === id
+          ? `still ${after.state}: the daemon is reading the device (${lane.binding.driver.health().lastError ?? 'no error'})`
+          : `still ${after.state}: waiting for the device's command in flight`;
     return { record: after, detail };
   }
+}
+
+/** What a reverify answers while the daemon stops, of a command left open. */
+function stoppingDetail(record: CommandRecord): string {
+  return `still ${record.state}: the daemon is stopping and takes no readback now; the command stays journaled and is settled by reading its device at the next start (or resolve it)`;
 }
 
 /**

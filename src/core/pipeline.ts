@@ -253,6 +253,7 @@ export class CommandPipeline {
       lanes: this.lanes,
       outcomes: this.outcomes,
       startWorker,
+      closed: () => this.closed,
     });
     this.execution = new CommandExecution({
       journal: this.journal,
