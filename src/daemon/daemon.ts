@@ -18,7 +18,7 @@ import { checkUpgradeRoom, schemaVersion } from '../journal/connection.js';
 import { checkJournal } from '../journal/integrity.js';
 import { LATEST_VERSION } from '../journal/migrations.js';
 import { countRowsOffThread } from '../journal/row-counts.js';
-import { upgradeJournalOffThread } from '../journal/upgrade.js';
+import { upgradeJournalInChild } from '../journal/upgrade.js';
 import { lockJournal, unwritable } from '../journal/writer-lock.js';
 import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
@@ -269,7 +269,7 @@ export class Daemon {
           { path: journalPath, journalMb: Math.round(bytes / 1_000_000), from: version },
           `upgrading the journal from schema version ${version} to ${LATEST_VERSION}`,
         );
-        const upgrade = upgradeJournalOffThread(
+        const upgrade = upgradeJournalInChild(
           journalPath,
           config.journal.busyTimeoutMs,
           options.stopSignal,

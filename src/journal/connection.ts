@@ -440,7 +440,7 @@ export interface Upgrade {
 
 /**
  * The daemon's upgrade of an older journal to this Sluice's schema, with the writer lock held
- * (src/daemon/daemon.ts runs it on a worker thread, upgrade.ts): the migrations and the
+ * (src/daemon/daemon.ts runs it in a child process, upgrade.ts): the migrations and the
  * checkpoint after them, as openConnection runs them, with the same refusals and messages. It
  * is what makes a start long (a copy of every command: 3.4 s for 100,000 on a developer's
  * machine, more on a gateway's eMMC and at a million), and on the event loop it held the

@@ -15,7 +15,7 @@ type Answer =
   | { readonly kind: 'done'; readonly upgrade: Upgrade | null }
   | { readonly kind: 'error'; readonly name: string; readonly message: string };
 
-/** The upgrade of upgradeJournalOffThread while it runs. */
+/** The upgrade of upgradeJournalInChild while it runs. */
 export interface JournalUpgrade {
   /**
    * The versions it went from and to; null when the journal needed none. Rejects with
@@ -49,7 +49,7 @@ const PROGRAM = fileURLToPath(
  * code depends on it: 3 for a damaged journal, 1 for one the filesystem has no room to upgrade),
  * with their messages.
  */
-export function upgradeJournalOffThread(
+export function upgradeJournalInChild(
   path: string,
   busyTimeoutMs = 2000,
   signal?: AbortSignal,
