@@ -206,3 +206,35 @@ describe('unknown paths and unknown methods', () => {
     }
   });
 });
+
+describe('a path with an empty key or device id is no path', () => {
+  it('answers 404 NOT_FOUND for every method, before authentication, and journals nothing', async () => {
+    // `POST /v1/commands/` matched `/v1/commands/:key` with an empty key and was answered 405
+    // 'use GET, HEAD, OPTIONS': a client with a stray slash read that POST is not served.
+    const post = await call(fx.api, 'POST', '/v1/commands/', {
+      token: TOKENS.plant,
+      headers: { 'idempotency-key': 'empty-key-path-1' },
+      json: { device: 'v1', action: 'open' },
+    });
+    expectProblem(post, 404, 'NOT_FOUND');
+    expect(post.headers.allow).toBeUndefined();
+    for (const [method, path] of [
+      ['GET', '/v1/commands/'],
+      ['HEAD', '/v1/commands/'],
+      ['OPTIONS', '/v1/commands/'],
+      ['GET', '/v1/devices/'],
+      ['PUT', '/v1/devices/'],
+    ] as const) {
+      const r = await call(fx.api, method, path, { token: TOKENS.plant });
+      expect(r.status, `${method} ${path}`).toBe(404);
+      expect(r.headers.allow, `${method} ${path}`).toBeUndefined();
+    }
+    // Unauthenticated, the same: the path is unknown whoever asks.
+    expectProblem(await call(fx.api, 'POST', '/v1/commands/'), 404, 'NOT_FOUND');
+    // Nothing journaled under the key.
+    const read = await call(fx.api, 'GET', '/v1/commands/empty-key-path-1', {
+      token: TOKENS.plant,
+    });
+    expectProblem(read, 404, 'UNKNOWN_COMMAND');
+  });
+});
