@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { stringify } from 'yaml';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { replicate, templates } from '../../bench/journal-fill.js';
 import type { NewCommand } from '../../src/core/journal.js';
 import type { ServiceNotifier } from '../../src/daemon/notify.js';
 import {
@@ -16,6 +15,7 @@ import {
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
+import { writeSettledJournal } from '../helpers/settled-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
@@ -206,31 +206,7 @@ describe.runIf(python)('a long start, as systemd sees it', () => {
     journalPath = join(dir, 'state', 'journal.db');
     // A journal retaining 100,000 settled commands: 200 written by the journal's own code
     // (no-ops, confirmed without a write), copied by SQLite under new keys (bench/journal-fill.ts).
-    const seed = SqliteJournal.open({ path: journalPath });
-    const at = Date.now() - 3_600_000;
-    for (let i = 0; i < 200; i++) {
-      const ref = { scope: 'scada', key: `settled-${String(i).padStart(3, '0')}` };
-      seed.claim(command(ref.key, at));
-      seed.settle(ref, 'accepted', {
-        to: 'confirmed',
-        code: 'OK',
-        faultCode: null,
-        observed: {
-          state: 'OPEN',
-          position: 100,
-          seq: 7,
-          faultCode: null,
-          sourceTime: new Date(at).toISOString(),
-          readAt: new Date(at).toISOString(),
-        },
-        detail:
-          'no-op: the valve was OPEN already, as a readback taken now shows; nothing was written',
-        at,
-        intake: 'https',
-      });
-    }
-    seed.close();
-    replicate(journalPath, templates(journalPath), 100_000);
+    writeSettledJournal(journalPath, 100_000);
     // And an earlier life left a command accepted, never written: READY waits for it to settle.
     const again = SqliteJournal.open({ path: journalPath });
     again.claim(command('recovered-1', Date.now()));

@@ -5,11 +5,10 @@ import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { replicate, templates } from '../../bench/journal-fill.js';
 import { sha256 } from '../../src/intake/identities.js';
-import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant } from '../../simulators/plant.js';
 import { startSluiced, type Running } from '../config/sluiced.js';
+import { writeSettledJournal } from '../helpers/settled-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { writeV1Journal } from '../helpers/v1-journal.js';
@@ -127,45 +126,7 @@ beforeAll(async () => {
   v1Path = join(dir, 'state-v1', 'journal.db');
   writeV1Journal(v1Path, V1_COMMANDS);
   journalPath = join(dir, 'state', 'journal.db');
-  // 200 settled commands through the journal's API (no-ops, confirmed without a write), copied
-  // by SQLite under new keys.
-  const seed = SqliteJournal.open({ path: journalPath });
-  const at = Date.now() - 3_600_000;
-  for (let i = 0; i < 200; i++) {
-    const ref = { scope: 'scada', key: `settled-${String(i).padStart(3, '0')}` };
-    seed.claim({
-      ...ref,
-      fingerprint: ref.key,
-      device: 'inlet-valve',
-      action: 'open',
-      position: null,
-      issuedAt: at,
-      issuedAtSource: 'issuer',
-      ttlMs: 120_000,
-      deadline: at + 120_000,
-      intake: 'https',
-      acceptedAt: at,
-    });
-    seed.settle(ref, 'accepted', {
-      to: 'confirmed',
-      code: 'OK',
-      faultCode: null,
-      observed: {
-        state: 'OPEN',
-        position: 100,
-        seq: 7,
-        faultCode: null,
-        sourceTime: new Date(at).toISOString(),
-        readAt: new Date(at).toISOString(),
-      },
-      detail:
-        'no-op: the valve was OPEN already, as a readback taken now shows; nothing was written',
-      at,
-      intake: 'https',
-    });
-  }
-  seed.close();
-  replicate(journalPath, templates(journalPath), COMMANDS);
+  writeSettledJournal(journalPath, COMMANDS);
 }, 120_000);
 
 afterAll(async () => {
