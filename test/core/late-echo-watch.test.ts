@@ -1,7 +1,4 @@
 import { describe, it, type TestContext } from 'vitest';
-import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
-import type { Observation } from '../../src/core/journal.js';
-import { allocateSeq } from '../../src/core/sequence.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -42,38 +39,8 @@ describe('the late-echo watch of the last dispatch, after a restart', () => {
     // The earlier life: the open x dispatched (killed before its write), then the stop s
     // dispatched over it and ended with its write in doubt (no readback showed its echo).
     const x = h.dispatchedNotWritten('x', 1_000);
-    const request = parseCommandRequest({ device: 'v1', action: 'stop', ttlMs: 30_000 });
+    const dispatched = h.dispatchedNotWritten('s', 30_000, 1, 'stop');
     const now = Date.now();
-    const claim = h.journal.claim({
-      scope: 'plant',
-      key: 's',
-      fingerprint: fingerprint(request),
-      device: 'v1',
-      action: 'stop',
-      position: null,
-      issuedAt: now,
-      issuedAtSource: 'gateway',
-      ttlMs: 30_000,
-      deadline: now + 30_000,
-      intake: 'https',
-      acceptedAt: now,
-    });
-    const image = valve.snapshot().published;
-    const before: Observation = {
-      state: image.state,
-      position: image.position,
-      seq: image.seqEcho,
-      faultCode: null,
-      sourceTime: new Date(image.scanTime).toISOString(),
-      readAt: new Date(now).toISOString(),
-    };
-    const dispatched = h.journal.markDispatched(
-      claim.record,
-      now,
-      before,
-      'pipeline',
-      (last, open) => allocateSeq(last, before.seq, open),
-    );
     const s = h.journal.settle(dispatched, 'dispatched', {
       to: 'failed',
       code: 'READBACK_TIMEOUT',

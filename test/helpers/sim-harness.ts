@@ -268,20 +268,25 @@ export class SimHarness {
   }
 
   /**
-   * Journals an open on `v1` up to `dispatched` the way the pipeline does, without sending its
+   * Journals an open (or a stop) on `v1` up to `dispatched` the way the pipeline does, without sending its
    * write: what a kill between the dispatch commit and the write leaves behind. (The simulator
    * cannot make the daemon die between two of its own statements; the journal rows are the
-   * same.) `attempts: 2`: killed again after journaling a re-dispatch.
+   * same.) `attempts: 2`: killed again after journaling a re-dispatch. `action`: a stop instead.
    */
-  dispatchedNotWritten(key: string, ttlMs: number, attempts: 1 | 2 = 1): CommandRecord {
-    const request = parseCommandRequest({ device: 'v1', action: 'open', ttlMs });
+  dispatchedNotWritten(
+    key: string,
+    ttlMs: number,
+    attempts: 1 | 2 = 1,
+    action: 'open' | 'stop' = 'open',
+  ): CommandRecord {
+    const request = parseCommandRequest({ device: 'v1', action, ttlMs });
     const now = Date.now();
     const claim = this.journal.claim({
       scope: 'plant',
       key,
       fingerprint: fingerprint(request),
       device: 'v1',
-      action: 'open',
+      action,
       position: null,
       issuedAt: now,
       issuedAtSource: 'gateway',
