@@ -7,14 +7,25 @@ export class Timers {
   readonly #pending = new Map<NodeJS.Timeout, () => void>();
   readonly #waiting = new Set<() => void>();
 
-  /** Resolves after `ms`, or at once when cancelAll() runs. */
+  /**
+   * Resolves after `ms`, or at once when cancelAll() runs. A Node timer can fire up to a
+   * millisecond early (libuv counts from a loop time cached in whole milliseconds): a request
+   * held "2,000 ms" on the link arrived after 1,999 by the write log's clock. The delay is topped
+   * up until `ms` have passed on the monotonic clock, so a fault holds at least what it says.
+   */
   delay(ms: number): Promise<void> {
+    const due = performance.now() + ms;
     return new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.#pending.delete(timer);
-        resolve();
-      }, ms);
-      this.#pending.set(timer, resolve);
+      const arm = (wait: number): void => {
+        const timer = setTimeout(() => {
+          this.#pending.delete(timer);
+          const left = due - performance.now();
+          if (left > 0) arm(left);
+          else resolve();
+        }, wait);
+        this.#pending.set(timer, resolve);
+      };
+      arm(ms);
     });
   }
 
