@@ -46,6 +46,29 @@ export function timer(clock: Clock, ms: number, fire: () => void): () => void {
   };
 }
 
+/**
+ * Calls `fire` once `ms` have passed on the monotonic clock (`performance.now()`, the clock's
+ * `elapsed`), unless the returned cancel is called first. A Node timer alone can fire up to a
+ * millisecond early by that clock (libuv counts from a loop time cached in whole milliseconds:
+ * about 1 in 150 short timers here): a guard that ends a wait "after" a write could no longer land
+ * would end before it. Topped up until the time has passed.
+ */
+function monotonicTimer(ms: number, fire: () => void): () => void {
+  const due = performance.now() + Math.max(0, ms);
+  let handle: NodeJS.Timeout;
+  const arm = (wait: number): void => {
+    handle = setTimeout(() => {
+      const left = due - performance.now();
+      if (left > 0) arm(left);
+      else fire();
+    }, wait);
+  };
+  arm(Math.max(0, ms));
+  return () => {
+    clearTimeout(handle);
+  };
+}
+
 /** Node's timers run on the monotonic clock, so `sleep` is unaffected by wall-clock steps. */
 export function sleepFor(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise<void>((resolve) => {
@@ -54,16 +77,13 @@ export function sleepFor(ms: number, signal?: AbortSignal): Promise<void> {
       return;
     }
     const onAbort = (): void => {
-      clearTimeout(timer);
+      cancel();
       resolve();
     };
-    const timer = setTimeout(
-      () => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve();
-      },
-      Math.max(0, ms),
-    );
+    const cancel = monotonicTimer(ms, () => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    });
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
@@ -72,10 +92,5 @@ export const systemClock: Clock = {
   now: () => Date.now(),
   elapsed: () => performance.now(),
   sleep: sleepFor,
-  timer: (ms, fire) => {
-    const handle = setTimeout(fire, Math.max(0, ms));
-    return () => {
-      clearTimeout(handle);
-    };
-  },
+  timer: monotonicTimer,
 };
