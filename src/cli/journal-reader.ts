@@ -113,6 +113,21 @@ export async function withJournal<T>(
       }
     }
     if (error instanceof CliError) throw error;
+    const damage = damageMet(error);
+    if (damage !== null) {
+      // The read itself met a damaged page: the statement ends there, nothing it read can be
+      // shown as a whole answer, and the file is damaged whatever a check would add.
+      throw new CliError(
+        damagedText(
+          path,
+          damage,
+          'the read met a damaged page, so nothing could be shown; the command asked for, or the ones listed, may be on it',
+          'SQLite, reading it',
+        ),
+        EXIT.ERROR,
+        'JOURNAL_DAMAGED',
+      );
+    }
     throw new CliError(`cannot read the journal ${path}: ${sqliteProblem(error)}`);
   }
   journal.close();
@@ -136,8 +151,17 @@ export async function withJournal<T>(
   };
 }
 
-function damagedText(path: string, found: string, what: string): string {
-  return `the journal ${path} is damaged (SQLite's check: "${found}"): ${what}. sluiced refuses to start on it, and a running one refuses the commands that need those pages: stop sluiced, then restore the journal from a backup, or move it aside with its -wal and -shm files; sqlite3's .recover reads what is left`;
+/** SQLite's words when a read met a damaged page (SQLITE_CORRUPT*, SQLITE_NOTADB), else null. */
+function damageMet(error: unknown): string | null {
+  const cause = error instanceof Error && error.cause instanceof Error ? error.cause : error;
+  const code = (cause as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || !(cause instanceof Error)) return null;
+  if (!code.startsWith('SQLITE_CORRUPT') && code !== 'SQLITE_NOTADB') return null;
+  return `${code}: ${cause.message}`;
+}
+
+function damagedText(path: string, found: string, what: string, by = "SQLite's check"): string {
+  return `the journal ${path} is damaged (${by}: "${found}"): ${what}. sluiced refuses to start on it, and a running one refuses the commands that need those pages: stop sluiced, then restore the journal from a backup, or move it aside with its -wal and -shm files; sqlite3's .recover reads what is left`;
 }
 
 /**

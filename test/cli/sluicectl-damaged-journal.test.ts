@@ -134,3 +134,52 @@ describe('sluicectl on a journal with a damaged page', () => {
     expect(readFileSync(path).equals(damaged)).toBe(true);
   });
 });
+
+/**
+ * The damage on a page of the commands table itself, met by the read: SQLite ends the statement
+ * there ("database disk image is malformed"), so nothing can be shown as a whole answer. It said
+ * "cannot read the journal …: SQLITE_CORRUPT" with neither that the file is damaged nor what to
+ * do. Now: JOURNAL_DAMAGED, SQLite's words, the same advice, exit 1.
+ */
+describe('sluicectl on a journal whose read meets the damaged page', () => {
+  let tableDir: string;
+  let tableCleanup: () => void;
+  let tablePath: string;
+
+  beforeAll(() => {
+    ({ dir: tableDir, cleanup: tableCleanup } = tempDir('sluice-ctl-damaged-table-'));
+    tablePath = join(tableDir, 'journal.db');
+    // The middle leaf of the commands table: the 2,000 rows are the same size, so it holds
+    // commands around key-1000.
+    journalWithDamagedKeyIndex(tablePath, () => 'inlet-valve', 'commands');
+  });
+
+  afterAll(() => {
+    tableCleanup();
+  });
+
+  const metByRead = (): RegExp =>
+    new RegExp(
+      `^sluicectl: the journal ${tablePath.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is damaged \\(SQLite, reading it: "SQLITE_CORRUPT[^"]*: database disk image is malformed"\\): the read met a damaged page, so nothing could be shown.*restore the journal from a backup, or move it aside with its -wal and -shm files`,
+      'm',
+    );
+
+  it('stuck, reading every open command: the damage and what to do, exit 1', async () => {
+    const run = await sluicectlInProcess(['--journal', tablePath, 'stuck', '--older-than', '0s']);
+    expect({ code: run.code, stdout: run.stdout }).toEqual({ code: 1, stdout: '' });
+    expect(run.stderr).toMatch(metByRead());
+  });
+
+  it('show of a command on the damaged page: the damage and what to do, exit 1', async () => {
+    const run = await sluicectlInProcess(['--journal', tablePath, '--json', 'show', 'key-1000']);
+    expect({ code: run.code, stdout: run.stdout }).toEqual({ code: 1, stdout: '' });
+    expect(run.stderr).toMatch(metByRead());
+  });
+
+  it('the file is left as it was by the reads', () => {
+    const before = readFileSync(tablePath);
+    return sluicectlInProcess(['--journal', tablePath, 'stuck']).then(() => {
+      expect(readFileSync(tablePath).equals(before)).toBe(true);
+    });
+  });
+});

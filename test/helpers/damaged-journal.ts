@@ -12,6 +12,7 @@ import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 export function journalWithDamagedKeyIndex(
   path: string,
   deviceOf: (i: number) => string = () => 'inlet-valve',
+  damaged = 'commands_key',
 ): void {
   const journal = SqliteJournal.open({ path });
   const now = Date.now();
@@ -35,10 +36,10 @@ export function journalWithDamagedKeyIndex(
   const db = new BetterSqlite3(path, { readonly: true });
   const pageSize = db.pragma('page_size', { simple: true }) as number;
   const leaves = db
-    .prepare("SELECT pageno FROM dbstat WHERE name = 'commands_key' AND pagetype = 'leaf'")
-    .all() as { pageno: number }[];
+    .prepare("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf'")
+    .all(damaged) as { pageno: number }[];
   db.close();
-  if (leaves.length <= 2) throw new Error(`the key index has ${leaves.length} leaves: too few`);
+  if (leaves.length <= 2) throw new Error(`${damaged} has ${leaves.length} leaves: too few`);
   const page = leaves[Math.floor(leaves.length / 2)]!.pageno;
   const fd = openSync(path, 'r+');
   try {
