@@ -51,9 +51,10 @@ export function timer(clock: Clock, ms: number, fire: () => void): () => void {
  * `elapsed`), unless the returned cancel is called first. A Node timer alone can fire up to a
  * millisecond early by that clock (libuv counts from a loop time cached in whole milliseconds:
  * about 1 in 150 short timers here): a guard that ends a wait "after" a write could no longer land
- * would end before it. Topped up until the time has passed.
+ * would end before it. Topped up until the time has passed. On the real clock whatever the
+ * caller's Clock: the drivers' request timeouts use it too (drivers/common.ts, withTimeout).
  */
-function monotonicTimer(ms: number, fire: () => void): () => void {
+export function monotonicTimer(ms: number, fire: () => void): () => void {
   const due = performance.now() + Math.max(0, ms);
   let handle: NodeJS.Timeout;
   const arm = (wait: number): void => {

@@ -1,19 +1,49 @@
 import type { Action } from '../core/command.js';
+import { monotonicTimer } from '../core/clock.js';
 import { DeviceUnreachableError, type DeviceHealth } from '../core/driver.js';
 import type { DeviceProfile } from '../core/profile.js';
 
-/** Rejects with DeviceUnreachableError when `promise` has not settled within `ms`. */
-export async function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
+/**
+ * Rejects with DeviceUnreachableError when `promise` has not settled within `ms`, never sooner by
+ * the monotonic clock (performance.now(), the daemon's Clock.elapsed()). A request's timeout is
+ * the moment its answer counts as lost: a write's outcome becomes unknown then, and the core counts
+ * the redispatch guard (the time the write may still land) from it. A bare Node timer fires up to
+ * a millisecond early now and then (libuv's loop time is cached in whole ms), which ended the
+ * guard up to that much before its time; monotonicTimer tops it up.
+ *
+ * `ownTimeout`: the library's own timer of the same length (modbus-serial's transaction timeout,
+ * armed when it sends), which it rejects with, early the same way: such a rejection is held until
+ * `ms` have passed here, then passed on as it is (its message unchanged).
+ */
+export async function withTimeout<T>(
+  promise: Promise<T>,
+  ms: number,
+  message: string,
+  ownTimeout?: (error: unknown) => boolean,
+): Promise<T> {
+  const due = performance.now() + Math.max(0, ms);
+  let cancel = (): void => undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
+    cancel = monotonicTimer(ms, () => {
       reject(new DeviceUnreachableError(message));
-    }, ms);
+    });
   });
+  const answered =
+    ownTimeout === undefined
+      ? promise
+      : promise.catch(async (error: unknown) => {
+          if (ownTimeout(error)) {
+            // The library's timeout decides the message: this one's timer is not raced with it.
+            cancel();
+            const left = due - performance.now();
+            if (left > 0) await new Promise<void>((resolve) => monotonicTimer(left, resolve));
+          }
+          throw error;
+        });
   try {
-    return await Promise.race([promise, timeout]);
+    return await Promise.race([answered, timeout]);
   } finally {
-    clearTimeout(timer);
+    cancel();
   }
 }
 

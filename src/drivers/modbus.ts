@@ -629,6 +629,7 @@ export class ModbusEndpoint {
         Promise.race([body(client), socketClosed]),
         this.requestTimeoutMs,
         `${this.name}: ${what} timed out after ${this.requestTimeoutMs} ms`,
+        transactionTimedOut,
       );
       this.health.ok(this.options.clock.now());
       this.proven();
@@ -791,6 +792,20 @@ export class ModbusEndpoint {
 function socketOf(client: ModbusRTU): Socket | null {
   const socket = (client as unknown as { _port?: { _client?: unknown } })._port?._client;
   return socket instanceof Socket ? socket : null;
+}
+
+/**
+ * modbus-serial's own timeout of a request (client.setTimeout: the request timeout, armed as it
+ * sends), which it rejects with as a plain object: `{ name: 'TransactionTimedOutError', message:
+ * 'Timed out', errno: 'ETIMEDOUT' }`. Held by withTimeout until the request's whole time has
+ * passed: its Node timer fires early now and then, as withTimeout's own did.
+ */
+function transactionTimedOut(error: unknown): boolean {
+  return (
+    typeof error === 'object' &&
+    error !== null &&
+    (error as { name?: unknown }).name === 'TransactionTimedOutError'
+  );
 }
 
 function destroyQuietly(client: ModbusRTU): void {
