@@ -47,7 +47,7 @@ export function reloadTokenFiles(
       case 'replaced':
         logger.info(
           fields,
-          `reload: token file read again: identities.${r.identity}'s new token is accepted from now on and the one before it is refused (401); a status page session started with the one before runs until it ends`,
+          `reload: token file read again: identities.${r.identity}'s new token is accepted from now on and the one before it is refused (401); the status page sessions started with the one before are ended`,
         );
         break;
       case 'unchanged':

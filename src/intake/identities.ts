@@ -54,6 +54,8 @@ export class IdentityRegistry {
   /** Replaced whole by a reload, never changed in place: a request sees one set or the other. */
   private tokens: readonly TokenEntry[] = [];
   private readonly certificates = new Map<string, NamedIdentity>();
+  /** Told after a reload that replaced a token (onTokensReplaced). */
+  private readonly replacedListeners = new Set<() => void>();
 
   constructor(identities: SluiceConfig['identities']) {
     const tokens: TokenEntry[] = [];
@@ -134,7 +136,31 @@ export class IdentityRegistry {
       });
     }
     this.tokens = next;
-    return [...outcomes.values()];
+    const result = [...outcomes.values()];
+    if (result.some((r) => r.outcome === 'replaced')) {
+      for (const listener of this.replacedListeners) listener();
+    }
+    return result;
+  }
+
+  /**
+   * `listener` is called, synchronously, after each reload that replaced a token: what was
+   * started with a token now refused (a status page session) ends there. Returns the
+   * unsubscription.
+   */
+  onTokensReplaced(listener: () => void): () => void {
+    this.replacedListeners.add(listener);
+    return () => {
+      this.replacedListeners.delete(listener);
+    };
+  }
+
+  /**
+   * The token whose SHA-256 is `digest` is one of the identity's now: false once a reload has
+   * replaced it (a status page session started with it ends then).
+   */
+  holdsToken(identity: string, digest: Buffer): boolean {
+    return this.tokens.some((t) => t.identity.name === identity && t.digest.equals(digest));
   }
 
   get(name: string): NamedIdentity | undefined {

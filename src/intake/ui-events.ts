@@ -224,6 +224,12 @@ export class UiEvents {
     return true;
   }
 
+  /** Ends, at once, the streams whose sessions have ended (a reload replaced their token). */
+  closeEnded(): void {
+    for (const stream of this.streams) this.live(stream);
+    if (this.streams.size === 0) this.stopTicking();
+  }
+
   private settled(record: CommandRecord): void {
     if (this.streams.size === 0) return;
     const data = JSON.stringify({

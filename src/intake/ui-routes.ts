@@ -7,7 +7,7 @@ import { authenticate } from './credentials.js';
 import type { CertificateVerdict } from './https-certificate.js';
 import { JSON_TYPE, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, Reply, Request } from './https-types.js';
-import type { IdentityRegistry } from './identities.js';
+import { sha256, type IdentityRegistry } from './identities.js';
 import { warnThrottled, type FailedAuthentications } from './rate-limit.js';
 import { operatorActions, refOf, unknownCommand, type KeyParams } from './ui-actions.js';
 import { UiEvents, type StreamPeerBounds } from './ui-events.js';
@@ -19,6 +19,7 @@ import {
   sessionCookie,
   UiSessions,
   type UiConfig,
+  type UiCredential,
   type UiSession,
 } from './ui-session.js';
 import {
@@ -95,14 +96,17 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     );
     return;
   }
-  // Said when it is found (the next request, stream tick or login), so that the audit log
-  // shows why an operator had to log in again; a certificate running out is for someone to
-  // renew, hence a warning.
-  const sessions = new UiSessions(ui.config, clock, (session, lapse) => {
-    logger[lapse.kind === 'certificate' ? 'warn' : 'info'](
-      { identity: session.identity, role: session.role, lapse: lapse.kind },
-      `status page session ended: ${lapse.detail}`,
-    );
+  // Said when it is found (the next request, stream tick or login; a reload that replaced a
+  // token), so that the audit log shows why an operator had to log in again; a certificate
+  // running out is for someone to renew, and a token rotated out may have leaked: warnings.
+  const sessions = new UiSessions(ui.config, clock, {
+    onLapse: (session, lapse) => {
+      logger[lapse.kind === 'certificate' || lapse.kind === 'token' ? 'warn' : 'info'](
+        { identity: session.identity, role: session.role, lapse: lapse.kind },
+        `status page session ended: ${lapse.detail}`,
+      );
+    },
+    tokenHeld: (identity, digest) => identities.holdsToken(identity, digest),
   });
   const views = new UiViews({
     pipeline,
@@ -124,6 +128,17 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   });
   const logins = options.failedAuthentications;
   const byRequest = new WeakMap<object, UiSession>();
+
+  // A token rotated out by a reload ends the sessions started with it there and then, their
+  // event streams too: not at their next request, which an open page may never make.
+  const unsubscribe = identities.onTokensReplaced(() => {
+    sessions.sweep();
+    events.closeEnded();
+  });
+  app.addHook('onClose', (_instance, done) => {
+    unsubscribe();
+    done();
+  });
 
   app.addHook('onSend', async (request, reply, payload) => {
     if (request.url === '/ui' || request.url.startsWith('/ui/')) setUiHeaders(reply);
@@ -151,8 +166,17 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
       return undefined;
     },
   };
-  /** Changes: a live session, from the page (Origin and CSRF token), and maybe a role. */
+  /**
+   * Changes: a live session, from the page (Origin and CSRF token), and maybe a role. The
+   * session is looked at again once the body is in, just before the change: a reload may have
+   * ended it while the body travelled.
+   */
   const changer = (role: 'any' | 'operator') => ({
+    preHandler: async (request: Request, reply: Reply): Promise<Reply | undefined> => {
+      const session = byRequest.get(request.raw);
+      if (session === undefined || !sessions.alive(session)) return unauthorized(reply);
+      return undefined;
+    },
     onRequest: async (request: Request, reply: Reply): Promise<Reply | undefined> => {
       const session = sessions.fromCookie(request.headers.cookie);
       if (session === undefined) return unauthorized(reply);
@@ -262,7 +286,15 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
       );
     }
     const notAfter = auth.via === 'certificate' ? auth.notAfter : null;
-    const { id, session } = sessions.create(identity, role, notAfter);
+    // A token login hands over the token it was, for the session to end with it (a reload).
+    const credential: UiCredential | undefined =
+      auth.via === 'certificate'
+        ? { via: 'certificate', notAfter: auth.notAfter }
+        : given === undefined
+          ? undefined
+          : { via: 'token', tokenDigest: sha256(given) };
+    if (credential === undefined) throw new Error('token login without a token');
+    const { id, session } = sessions.create(identity, role, credential);
     logger.info(
       {
         ip: clientAddress(request),

@@ -12,6 +12,9 @@ import type { SluiceConfig } from '../config/config.js';
  * A session started by a client certificate ends no later than the certificate (or its chain)
  * does: the /v1 routes check a certificate's validity at every request (credentials.ts), and a
  * cookie must not carry its identity further, at the valves, than the certificate itself would.
+ * Likewise a session started by a token ends when a reload (SIGHUP) replaces that token
+ * (identities.ts): an operator who rotates a leaked token out expects everything opened with it
+ * to stop at once, a resolve or reverify from its page first of all.
  *
  * Each session carries a CSRF token that the page sends back in a header with every change
  * (synchronizer token): a cross-site form or fetch can neither read it nor set the header.
@@ -41,32 +44,52 @@ export interface UiSession {
    * certificate the session was started with stops being valid; null for a token login.
    */
   readonly notAfter: number | null;
+  /**
+   * The SHA-256 of the bearer token the session was started with (as the identities keep it);
+   * null for a certificate login. The session lives only while the identity still has it.
+   */
+  readonly tokenDigest: Buffer | null;
   /** Logged out, evicted or lapsed: an event stream still open for it closes. */
   ended: boolean;
 }
 
 /** Why a session lapsed by itself, for the audit log (logout and eviction are not lapses). */
 export interface UiLapse {
-  readonly kind: 'certificate' | 'idle' | 'max-age';
+  readonly kind: 'certificate' | 'token' | 'idle' | 'max-age';
   readonly detail: string;
 }
 
 const digest = (id: string): string => createHash('sha256').update(id, 'utf8').digest('hex');
+
+/** What a session was started with, and so what ends it besides its ages. */
+export type UiCredential =
+  | { readonly via: 'token'; readonly tokenDigest: Buffer }
+  | { readonly via: 'certificate'; readonly notAfter: number };
+
+export interface UiSessionsHooks {
+  /** Told once, when a session is found to have lapsed (at a request, a sweep or a stream tick). */
+  readonly onLapse?: (session: UiSession, lapse: UiLapse) => void;
+  /** The identity still has the token of this digest (IdentityRegistry.holdsToken). */
+  readonly tokenHeld?: (identity: string, tokenDigest: Buffer) => boolean;
+}
 
 export class UiSessions {
   /** By the SHA-256 of the session id: the ids themselves are kept nowhere. */
   private readonly sessions = new Map<string, UiSession>();
   private readonly idleMs: number;
   private readonly maxMs: number;
+  private readonly onLapse: (session: UiSession, lapse: UiLapse) => void;
+  private readonly tokenHeld: (identity: string, tokenDigest: Buffer) => boolean;
 
   constructor(
     config: Pick<UiConfig, 'sessionIdleMinutes' | 'sessionMaxHours'>,
     private readonly clock: Clock,
-    /** Told once, when a session is found to have lapsed (at a request, a prune or a stream tick). */
-    private readonly onLapse: (session: UiSession, lapse: UiLapse) => void = () => undefined,
+    hooks: UiSessionsHooks = {},
   ) {
     this.idleMs = config.sessionIdleMinutes * 60_000;
     this.maxMs = config.sessionMaxHours * 3_600_000;
+    this.onLapse = hooks.onLapse ?? (() => undefined);
+    this.tokenHeld = hooks.tokenHeld ?? (() => true);
   }
 
   /** Seconds a session may live at most: the cookie's Max-Age. */
@@ -89,15 +112,15 @@ export class UiSessions {
   }
 
   /**
-   * A new session; returns its id, for the cookie only. `notAfter` (wall ms) bounds a session
-   * started by a client certificate; null for a token.
+   * A new session; returns its id, for the cookie only. A certificate's `notAfter` (wall ms)
+   * bounds it; a token's digest must stay the identity's.
    */
   create(
     identity: string,
     role: UiRole,
-    notAfter: number | null = null,
+    credential: UiCredential,
   ): { id: string; session: UiSession } {
-    this.prune();
+    this.sweep();
     while (this.sessions.size >= MAX_SESSIONS) {
       const oldest = this.sessions.entries().next();
       if (oldest.done === true) break;
@@ -114,7 +137,8 @@ export class UiSessions {
       loginAt: this.clock.now(),
       loginMono: mono,
       lastSeenMono: mono,
-      notAfter,
+      notAfter: credential.via === 'certificate' ? credential.notAfter : null,
+      tokenDigest: credential.via === 'token' ? credential.tokenDigest : null,
       ended: false,
     };
     this.sessions.set(digest(id), session);
@@ -161,6 +185,12 @@ export class UiSessions {
         detail: `the client certificate it was started with (or its chain) expired at ${new Date(session.notAfter).toISOString()}`,
       };
     }
+    if (session.tokenDigest !== null && !this.tokenHeld(session.identity, session.tokenDigest)) {
+      return {
+        kind: 'token',
+        detail: `the token it was started with is no longer identities.${session.identity}'s (replaced by a reload)`,
+      };
+    }
     const mono = this.clock.elapsed();
     if (mono - session.lastSeenMono >= this.idleMs) {
       return { kind: 'idle', detail: `idle for ${String(this.idleMs / 60_000)} min` };
@@ -186,7 +216,11 @@ export class UiSessions {
     this.sessions.delete(key);
   }
 
-  private prune(): void {
+  /**
+   * Ends every session that has lapsed, each told once: at a login, and at once after a reload
+   * replaced a token.
+   */
+  sweep(): void {
     for (const [key, session] of this.sessions) {
       if (!this.alive(session)) {
         session.ended = true;

@@ -27,13 +27,16 @@ function fakeClock(): Clock & { advance(ms: number): void } {
   };
 }
 
+/** A login with a token the identity keeps (the sessions here are given no tokenHeld). */
+const TOKEN_LOGIN = { via: 'token', tokenDigest: Buffer.alloc(32) } as const;
+
 const cookieOf = (id: string): string => `other=1; ${SESSION_COOKIE}=${id}; theme=dark`;
 
 describe('UiSessions', () => {
   it('finds a session by its cookie and keeps it while it is used', () => {
     const clock = fakeClock();
     const sessions = new UiSessions({ sessionIdleMinutes: 30, sessionMaxHours: 12 }, clock);
-    const { id, session } = sessions.create('ops', 'operator');
+    const { id, session } = sessions.create('ops', 'operator', TOKEN_LOGIN);
     expect(id).toMatch(/^[A-Za-z0-9_-]{43}$/);
     expect(session).toMatchObject({ identity: 'ops', role: 'operator', ended: false });
     expect(sessions.fromCookie(cookieOf(id))).toBe(session);
@@ -48,12 +51,12 @@ describe('UiSessions', () => {
   it('ends a session idle too long, and any session at its maximum age', () => {
     const clock = fakeClock();
     const sessions = new UiSessions({ sessionIdleMinutes: 30, sessionMaxHours: 1 }, clock);
-    const idle = sessions.create('ops', 'operator');
+    const idle = sessions.create('ops', 'operator', TOKEN_LOGIN);
     clock.advance(30 * 60_000);
     expect(sessions.fromCookie(cookieOf(idle.id))).toBeUndefined();
     expect(idle.session.ended).toBe(true);
 
-    const busy = sessions.create('desk', 'viewer');
+    const busy = sessions.create('desk', 'viewer', TOKEN_LOGIN);
     for (let t = 0; t < 59; t++) {
       clock.advance(60_000);
       sessions.touch(busy.session);
@@ -68,14 +71,12 @@ describe('UiSessions', () => {
   it('ends a session started by a certificate at its notAfter, and tells why once', () => {
     const clock = fakeClock();
     const lapses: [string, string, string][] = [];
-    const sessions = new UiSessions(
-      { sessionIdleMinutes: 30, sessionMaxHours: 12 },
-      clock,
-      (session, lapse) => lapses.push([session.identity, lapse.kind, lapse.detail]),
-    );
+    const sessions = new UiSessions({ sessionIdleMinutes: 30, sessionMaxHours: 12 }, clock, {
+      onLapse: (session, lapse) => lapses.push([session.identity, lapse.kind, lapse.detail]),
+    });
     const notAfter = clock.now() + 20 * 60_000 + 500;
-    const byCert = sessions.create('ops', 'operator', notAfter);
-    const byToken = sessions.create('desk', 'viewer');
+    const byCert = sessions.create('ops', 'operator', { via: 'certificate', notAfter });
+    const byToken = sessions.create('desk', 'viewer', TOKEN_LOGIN);
     // The cookie goes no further than the certificate; a token's lives the configured maximum.
     expect(sessions.cookieMaxAgeS(byCert.session)).toBe(20 * 60);
     expect(sessions.cookieMaxAgeS(byToken.session)).toBe(12 * 3_600);
@@ -101,17 +102,17 @@ describe('UiSessions', () => {
   it('logout ends it; beyond 256 sessions the least recently used goes', () => {
     const clock = fakeClock();
     const sessions = new UiSessions({ sessionIdleMinutes: 30, sessionMaxHours: 12 }, clock);
-    const first = sessions.create('ops', 'operator');
+    const first = sessions.create('ops', 'operator', TOKEN_LOGIN);
     sessions.end(cookieOf(first.id));
     expect(first.session.ended).toBe(true);
     expect(sessions.fromCookie(cookieOf(first.id))).toBeUndefined();
 
-    const kept = sessions.create('ops', 'operator');
+    const kept = sessions.create('ops', 'operator', TOKEN_LOGIN);
     const ids = [];
-    for (let i = 0; i < 255; i++) ids.push(sessions.create('desk', 'viewer').id);
+    for (let i = 0; i < 255; i++) ids.push(sessions.create('desk', 'viewer', TOKEN_LOGIN).id);
     // Used last: it is not the one to go.
     expect(sessions.fromCookie(cookieOf(kept.id))).toBe(kept.session);
-    sessions.create('desk', 'viewer');
+    sessions.create('desk', 'viewer', TOKEN_LOGIN);
     expect(sessions.count).toBe(256);
     expect(sessions.fromCookie(cookieOf(ids[0]!))).toBeUndefined();
     expect(sessions.fromCookie(cookieOf(kept.id))).toBe(kept.session);
@@ -134,7 +135,7 @@ describe('cookie, CSRF token and origin', () => {
 
   it('matches the CSRF token exactly', () => {
     const sessions = new UiSessions({ sessionIdleMinutes: 1, sessionMaxHours: 1 }, fakeClock());
-    const { session } = sessions.create('ops', 'operator');
+    const { session } = sessions.create('ops', 'operator', TOKEN_LOGIN);
     expect(csrfMatches(session, session.csrfToken)).toBe(true);
     expect(csrfMatches(session, `${session.csrfToken}x`)).toBe(false);
     expect(csrfMatches(session, undefined)).toBe(false);

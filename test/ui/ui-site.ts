@@ -30,6 +30,12 @@ export const TOKENS = {
   scada: 'scada-token-Jr8nT4cL',
 } as const;
 
+/**
+ * With UiSiteOptions.tokenFiles: the token in `ops`'s token file (beside its tokenSha256, which
+ * stays TOKENS.ops) and `desk`'s, whose token file then holds TOKENS.desk.
+ */
+export const FILE_TOKENS = { ops: 'ops-file-token-Qw7eR2tY' } as const;
+
 /** A command journaled for a valve since removed from the configuration: stuck (SPEC §2). */
 export const ORPHAN = { key: 'orphan-1', scope: 'scada', device: 'removed-valve' } as const;
 
@@ -48,6 +54,8 @@ export interface UiSite {
   readonly configPath: string;
   /** Everything the daemon logged, as text. */
   log(): string;
+  /** With UiSiteOptions.tokenFiles: an identity's token file (a reload reads it again). */
+  tokenFile(identity: 'ops' | 'desk'): string;
   stop(): Promise<void>;
 }
 
@@ -80,6 +88,11 @@ export interface UiSiteOptions {
   readonly uiStreamPeerBounds?: StreamPeerBounds;
   /** More open commands seeded as ORPHAN is (its scope and device), by key. */
   readonly orphans?: readonly string[];
+  /**
+   * `ops` also has a token file (FILE_TOKENS.ops) and `desk` has one in place of its
+   * tokenSha256 (TOKENS.desk): tokens a reload (SIGHUP) reads again.
+   */
+  readonly tokenFiles?: boolean;
 }
 
 /** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
@@ -157,6 +170,12 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
   }
   const configPath = join(dir, 'sluice.yaml');
   const hash = (token: string): string => sha256(token).toString('hex');
+  const tokenFile = (identity: 'ops' | 'desk'): string => join(dir, 'tokens', identity);
+  if (options.tokenFiles === true) {
+    mkdirSync(join(dir, 'tokens'), { mode: 0o700 });
+    writeFileSync(tokenFile('ops'), `${FILE_TOKENS.ops}\n`, { mode: 0o600 });
+    writeFileSync(tokenFile('desk'), `${TOKENS.desk}\n`, { mode: 0o600 });
+  }
   writeFileSync(
     configPath,
     stringify({
@@ -177,10 +196,16 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
       identities: {
         ops: {
           tokenSha256: hash(TOKENS.ops),
+          ...(options.tokenFiles === true ? { tokenFile: tokenFile('ops') } : {}),
           devices: ['*'],
           ...(options.clientCaFile === undefined ? {} : { certificateCn: OPS_CN }),
         },
-        desk: { tokenSha256: hash(TOKENS.desk), devices: ['drain-valve'] },
+        desk: {
+          ...(options.tokenFiles === true
+            ? { tokenFile: tokenFile('desk') }
+            : { tokenSha256: hash(TOKENS.desk) }),
+          devices: ['drain-valve'],
+        },
         scada: { tokenSha256: hash(TOKENS.scada), devices: ['*'] },
       },
       ui: { roles: { ops: 'operator', desk: 'viewer' } },
@@ -235,6 +260,7 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     configPath,
     cert,
     log: () => lines.join(''),
+    tokenFile,
     stop: async () => {
       await daemon.stop();
       await broker?.close();
