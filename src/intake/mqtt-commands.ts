@@ -155,6 +155,14 @@ export class CommandMessages {
     return this.isTaking;
   }
 
+  /**
+   * The broker delivers no Subscription Identifiers (mqtt-identifier-probe.ts): the copies
+   * awaiting the command subscription's copy will not see one; answered now (StrayCopies).
+   */
+  identifiersMissing(): void {
+    this.strays.answerAll();
+  }
+
   /** Messages arriving from now on are left unacknowledged; the broker keeps them. */
   stopTaking(): void {
     this.isTaking = false;
@@ -618,7 +626,7 @@ export class CommandMessages {
       };
     }
     this.decide('other_subscription');
-    const seen = this.strays.stray(packet.topic, payload, () => {
+    const seen = this.strays.stray(packet.topic, payload, (why) => {
       const message = parseCommandMessage({
         device,
         payload,
@@ -639,10 +647,15 @@ export class CommandMessages {
         return;
       }
       const route = this.publisher.responseRoute(packet, { key, device });
-      const detail = `(subscription): delivered through a subscription of the gateway's session other than its command subscription (one another client with this client id left there), whose options may have cleared a retained command's flag: not run, nothing was written; the command subscription did not deliver it. Publish it again (not retained)`;
+      const detail =
+        why === 'no_sibling'
+          ? `(subscription): delivered through a subscription of the gateway's session other than its command subscription (one another client with this client id left there), whose options may have cleared a retained command's flag: not run, nothing was written; the command subscription did not deliver it. Publish it again (not retained)`
+          : `(subscription): delivered without the command subscription's Subscription Identifier before the gateway found that the broker delivers none: not run, nothing was written. Publish it again (not retained)`;
       this.logger.warn(
         { key, device, code: 'INVALID_COMMAND', topic: packet.topic.slice(0, 512) },
-        'command delivered only through another subscription than the command filter (whether it was retained cannot be told): not run, answered',
+        why === 'no_sibling'
+          ? 'command delivered only through another subscription than the command filter (whether it was retained cannot be told): not run, answered'
+          : "command delivered without the command subscription's identifier before the broker was found to deliver none: not run, answered",
       );
       this.publisher.error({ key, device }, route, receivedAt, {
         code: 'INVALID_COMMAND',

@@ -15,6 +15,7 @@ import { withoutPassword, type SluiceConfig } from '../config/config.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { cutOversizedPublishes, InboundCuts, PublishCutter } from './mqtt-inbound-cut.js';
+import { IdentifierProbe, type IdentifierCheck } from './mqtt-identifier-probe.js';
 import { LeftSubscriptions } from './mqtt-left-subscriptions.js';
 import { SESSION_TAKEN_OVER, TakeoverWatch } from './mqtt-takeover.js';
 import { MAX_COMMAND_BYTES } from './mqtt-message.js';
@@ -58,6 +59,12 @@ export interface SessionEvents {
    * write on the status topic): said by the publisher, as its own refusals are.
    */
   readonly statusRefused: (error: ErrorWithReasonCode) => void;
+  /**
+   * The connection's probe found that the broker delivers no Subscription Identifiers although
+   * its CONNACK announced them (mqtt-identifier-probe.ts): command copies are no longer told
+   * apart by them from now on.
+   */
+  readonly identifiersMissing: () => void;
 }
 
 export interface MqttSessionOptions {
@@ -67,6 +74,9 @@ export interface MqttSessionOptions {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly reconnect?: { readonly minMs?: number; readonly maxMs?: number } | undefined;
+  /** The probe of Subscription Identifiers' waits, ms (IdentifierProbe): tests. */
+  readonly identifierProbe?:
+    { readonly graceMs?: number | undefined; readonly timeoutMs?: number | undefined } | undefined;
 }
 
 /** A connection that stayed up this long resets the reconnect backoff when it ends. */
@@ -134,6 +144,8 @@ export class MqttSession {
    * (MQTT 5, when the broker's CONNACK does not say it has none); undefined otherwise.
    */
   private subscriptionId: number | undefined;
+  /** Whether the broker delivers the Subscription Identifiers it announces (IdentifierProbe). */
+  private readonly probe: IdentifierProbe;
   /** Subscriptions an earlier configuration or another client left in the session (LeftSubscriptions). */
   private readonly left: LeftSubscriptions;
   /** The payload sizes of the MQTT 3.1.1 commands cut as they came (mqtt-inbound-cut.ts). */
@@ -166,6 +178,18 @@ export class MqttSession {
     });
     this.clientOptions = this.buildClientOptions(options.gatewayId);
     this.takeover = new TakeoverWatch(this.clientOptions.clientId ?? '', this.logger);
+    this.probe = new IdentifierProbe({
+      topic: this.topics.status,
+      logger: this.logger,
+      missing: () => {
+        this.events?.identifiersMissing();
+      },
+      foreign: (topic) => {
+        this.left.unsubscribeForeign(topic);
+      },
+      graceMs: options.identifierProbe?.graceMs,
+      timeoutMs: options.identifierProbe?.timeoutMs,
+    });
     this.left = new LeftSubscriptions({
       topics: this.topics,
       logger: this.logger,
@@ -211,7 +235,10 @@ export class MqttSession {
   protocol(): MqttProtocol {
     const version = this.level;
     let summary: string;
-    if (version === 5) summary = 'MQTT 5';
+    if (version === 5 && this.probe.check === 'missing') {
+      summary =
+        'MQTT 5: the broker announces Subscription Identifiers but delivers none; command copies through other subscriptions of the session cannot be told apart';
+    } else if (version === 5) summary = 'MQTT 5';
     else if (this.fellBack) {
       summary =
         'MQTT 3.1.1: the broker refused MQTT 5; response topics and message expiry unavailable';
@@ -236,6 +263,11 @@ export class MqttSession {
       () => new PublishCutter(MAX_PACKET_BYTES, MAX_COMMAND_BYTES + 1, this.cuts),
     );
     client.handleMessage = (packet, callback) => {
+      if (this.probe.receive(client, packet)) {
+        // The probe's copy of the gateway's own status (QoS 0), never a command.
+        callback();
+        return;
+      }
       events.message(client, packet, callback);
     };
     client.on('packetsend', (packet) => {
@@ -332,7 +364,14 @@ export class MqttSession {
    * MQTT 3.1.1 and with a broker that has none.
    */
   get commandSubscriptionId(): number | undefined {
-    return this.subscriptionId;
+    // A broker found to deliver none (IdentifierProbe): every copy is taken as the command
+    // subscription's, as with a broker whose CONNACK says it has none.
+    return this.probe.usable ? this.subscriptionId : undefined;
+  }
+
+  /** Whether the broker delivers the Subscription Identifiers it announces (IdentifierProbe). */
+  get subscriptionIdentifiers(): IdentifierCheck {
+    return this.probe.check;
   }
 
   /** The payload size `packet` had before it was cut as it came, once; undefined if not cut. */
@@ -371,6 +410,8 @@ export class MqttSession {
       return false;
     }
     const wasConnected = client.connected;
+    // Before `offline`, which the probe's subscription would bring back.
+    this.probe.end();
     if (wasConnected) {
       if (!(await this.within(STOP_STEP_MS, flush()))) {
         this.logger.warn({}, 'results not acknowledged by the broker in time');
@@ -500,6 +541,8 @@ export class MqttSession {
     // session present or not: until then the session may be without the filter, and a command
     // published meanwhile is dropped by the broker (no subscriber), not held for this gateway.
     this.subscribed = false;
+    if (this.subscriptionId === undefined) this.probe.notUsed();
+    else this.probe.begin(client);
     this.subscribe(client, events);
     events.connected();
   }
@@ -605,6 +648,7 @@ export class MqttSession {
     // the last one ended) before it says 'connect' — a while on a slow uplink, in which the
     // last connection's subscription said ready of one that has none yet.
     this.subscribed = false;
+    this.probe.end();
     if (this.isEnded) return;
     if (unanswered) {
       // The CONNECT went out and the connection ended with neither a CONNACK nor an error: the

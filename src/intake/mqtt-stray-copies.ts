@@ -5,6 +5,13 @@ const MAX_OURS = 1_000;
 /** Stray copies awaiting their sibling, at most: past it the oldest is answered at once. */
 const MAX_AWAITING = 1_000;
 
+/**
+ * Why a stray copy is answered: its sibling did not come within the wait, or the connection's
+ * probe found that the broker delivers no Subscription Identifiers at all (mqtt-identifier-probe.ts),
+ * which made the command subscription's own copy look like a stray one.
+ */
+export type StrayAnswerReason = 'no_sibling' | 'identifiers_missing';
+
 /** How long a stray copy waits for the command subscription's copy of it, by default. */
 export const STRAY_COPY_WAIT_MS = 5_000;
 
@@ -27,7 +34,10 @@ export class StrayCopies {
   /** Copies the command subscription delivered, by topic and payload digest, oldest first. */
   private readonly seen = new Set<string>();
   /** Stray copies awaiting their sibling: the answer to give, and its timer. */
-  private readonly awaiting = new Map<string, { answer: () => void; timer: NodeJS.Timeout }>();
+  private readonly awaiting = new Map<
+    string,
+    { answer: (why: StrayAnswerReason) => void; timer: NodeJS.Timeout }
+  >();
 
   constructor(private readonly waitMs: number = STRAY_COPY_WAIT_MS) {}
 
@@ -53,13 +63,17 @@ export class StrayCopies {
    * the stray copy now awaits it (`awaiting`; a second stray copy of a message awaiting is
    * `awaiting` too, answered once).
    */
-  stray(topic: string, payload: Buffer, answer: () => void): 'sibling_seen' | 'awaiting' {
+  stray(
+    topic: string,
+    payload: Buffer,
+    answer: (why: StrayAnswerReason) => void,
+  ): 'sibling_seen' | 'awaiting' {
     const id = copyId(topic, payload);
     if (this.seen.has(id)) return 'sibling_seen';
     if (this.awaiting.has(id)) return 'awaiting';
     const timer = setTimeout(() => {
       this.awaiting.delete(id);
-      answer();
+      answer('no_sibling');
     }, this.waitMs);
     timer.unref();
     this.awaiting.set(id, { answer, timer });
@@ -67,9 +81,24 @@ export class StrayCopies {
       if (this.awaiting.size <= MAX_AWAITING) break;
       clearTimeout(pending.timer);
       this.awaiting.delete(oldest);
-      pending.answer();
+      pending.answer('no_sibling');
     }
     return 'awaiting';
+  }
+
+  /**
+   * The broker was found to deliver no Subscription Identifiers: the copies awaiting a sibling
+   * were the command subscription's own, acknowledged and not run (I5: a command is journaled
+   * before its PUBACK, so it cannot be run now). Answered at once, so that their issuers
+   * publish them again, rather than after the wait.
+   */
+  answerAll(): void {
+    const pending = [...this.awaiting.values()];
+    this.awaiting.clear();
+    for (const { answer, timer } of pending) {
+      clearTimeout(timer);
+      answer('identifiers_missing');
+    }
   }
 
   /**

@@ -3,6 +3,7 @@ import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import type { IdentityRegistry } from './identities.js';
 import { CommandMessages } from './mqtt-commands.js';
+import type { IdentifierCheck } from './mqtt-identifier-probe.js';
 import type { MqttMetrics } from './mqtt-metrics.js';
 import { MqttPublisher } from './mqtt-publisher.js';
 import { FormerRootSweep } from './mqtt-former-roots.js';
@@ -40,6 +41,8 @@ export interface MqttIntakeOptions {
    * subscription's copy before it is answered as not run (mqtt-stray-copies.ts; 5 s): tests.
    */
   readonly strayCopyWaitMs?: number;
+  /** The probe of Subscription Identifiers' waits, ms (mqtt-identifier-probe.ts): tests. */
+  readonly identifierProbe?: { readonly graceMs?: number; readonly timeoutMs?: number };
 }
 
 export interface MqttHealth {
@@ -48,6 +51,11 @@ export interface MqttHealth {
   /** Whether messages are being taken (false once stopping, or the pipeline is shutting down). */
   readonly taking: boolean;
   readonly lastError: string | null;
+  /**
+   * Whether the broker delivers the Subscription Identifiers it announces, as the last MQTT 5
+   * connection's probe found (mqtt-identifier-probe.ts); `missing` is also said in protocol().
+   */
+  readonly subscriptionIdentifiers: IdentifierCheck;
 }
 
 /**
@@ -93,6 +101,7 @@ export class MqttIntake {
       clock,
       logger: this.logger,
       reconnect: options.reconnect,
+      identifierProbe: options.identifierProbe,
     });
     this.publisher = new MqttPublisher({
       link: this.session,
@@ -191,6 +200,9 @@ export class MqttIntake {
       statusRefused: (error) => {
         this.publisher.statusRefused(error);
       },
+      identifiersMissing: () => {
+        this.commands.identifiersMissing();
+      },
     });
   }
 
@@ -209,6 +221,7 @@ export class MqttIntake {
       connected: this.connected(),
       taking: this.commands.taking,
       lastError: this.session.lastError,
+      subscriptionIdentifiers: this.session.subscriptionIdentifiers,
     };
   }
 

@@ -38,6 +38,8 @@ export interface SiteIntakeOptions {
   readonly logger?: Logger;
   /** MqttIntakeOptions.strayCopyWaitMs. */
   readonly strayCopyWaitMs?: number;
+  /** MqttIntakeOptions.identifierProbe. */
+  readonly identifierProbe?: { readonly graceMs?: number; readonly timeoutMs?: number };
 }
 
 /**
@@ -92,6 +94,9 @@ export class MqttSite {
       ...(options.strayCopyWaitMs === undefined
         ? {}
         : { strayCopyWaitMs: options.strayCopyWaitMs }),
+      ...(options.identifierProbe === undefined
+        ? {}
+        : { identifierProbe: options.identifierProbe }),
     });
   }
 
