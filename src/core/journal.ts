@@ -65,6 +65,24 @@ export interface OpenPage {
   readonly next: number | null;
 }
 
+/** A dispatched command with its sequence number (Journal.dispatchedOfDevice). */
+export interface DispatchedRef extends OpenPageRef {
+  readonly seq: number;
+}
+
+/** Where a page of a device's dispatched commands begins: after this sequence number and id. */
+export interface DispatchedAfter {
+  readonly seq: number;
+  readonly id: number;
+}
+
+/** A page of one device's dispatched commands (Journal.dispatchedOfDevice). */
+export interface DispatchedPage {
+  readonly refs: readonly DispatchedRef[];
+  /** Where the next page begins; null when this one was the last. */
+  readonly next: DispatchedAfter | null;
+}
+
 /** A new command, ready to be claimed. */
 export interface NewCommand extends CommandRef {
   readonly fingerprint: string;
@@ -278,6 +296,15 @@ export interface Journal {
    * costs its own rows, however many the device holds.
    */
   openOfDevice(device: string, afterId: number, limit: number): OpenPage;
+  /**
+   * One device's dispatched commands (those given a sequence number: a dispatch's commit gives
+   * it, and only that commit makes a command dispatched), a page at a time, for the periodic
+   * sweep's pass over the commands whose write may be on the wire (sweep.ts): in the order of
+   * their sequence numbers, after `after` (from the first with null), at most `limit`. A seek
+   * of the device's range of the open commands' index and the page's rows, however large the
+   * device's backlog of commands never dispatched.
+   */
+  dispatchedOfDevice(device: string, after: DispatchedAfter | null, limit: number): DispatchedPage;
   /** The devices that have open commands (the sweep looks for those no longer configured). */
   openDevices(): string[];
   /**

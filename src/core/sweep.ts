@@ -1,5 +1,5 @@
 import type { Clock } from './clock.js';
-import type { CommandRef, Journal, OpenRef } from './journal.js';
+import type { CommandRef, DispatchedAfter, Journal, OpenRef } from './journal.js';
 import { interruptedTargets, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { countOpen, type DeviceTiming, type OpenCommands } from './open-commands.js';
@@ -39,6 +39,14 @@ export function deviceTimings(lanes: ReadonlyMap<string, Lane>): Map<string, Dev
  */
 export const SWEEP_PAGE_ROWS = 256;
 
+/**
+ * Dispatched commands the periodic sweep reads at most per run, before the pages of the devices'
+ * open commands (within SWEEP_PAGE_ROWS): a device has one or two, so a run reads them all, and
+ * every dispatched command no worker holds is taken up within a run or two, whatever the backlog
+ * of commands never dispatched (see Sweep.step).
+ */
+export const SWEEP_DISPATCHED_ROWS = 64;
+
 /** What a run knows of the lanes before it reads: the commands held, the lanes holding none. */
 interface LiveNow {
   readonly live: Set<string>;
@@ -60,10 +68,17 @@ export class Sweep {
   private nextDevice = '';
   /** A device whose open commands a run read part of: the id the next page begins after. */
   private readonly pageAfter = new Map<string, number>();
+  private readonly dispatchedRows: number;
+  /** Where the next run's pass over the dispatched commands begins: a device, and after what. */
+  private dispatchedFrom: { device: string; after: DispatchedAfter | null } = {
+    device: '',
+    after: null,
+  };
 
-  constructor(host: SweepHost, pageRows = SWEEP_PAGE_ROWS) {
+  constructor(host: SweepHost, pageRows = SWEEP_PAGE_ROWS, dispatchedRows = SWEEP_DISPATCHED_ROWS) {
     this.host = host;
     this.pageRows = Math.max(1, pageRows);
+    this.dispatchedRows = Math.max(1, Math.min(dispatchedRows, this.pageRows));
   }
 
   /**
@@ -97,17 +112,24 @@ export class Sweep {
   }
 
   /**
-   * The periodic sweep: what run() does, a bounded part at a time. The devices are taken in
-   * turn, each with its own open commands in the journal's order (what run() does is per
-   * device: a device's dispatched command first, a stop preempting on a device with nothing
-   * live), until about `pageRows` rows are read; the next run goes on from there. A device
-   * holding live commands is read a page at a time (each command it does not hold is taken up
-   * as run() would, whichever run finds it). A device with nothing live is read whole: all its
-   * open commands are to be taken up, now, and a stop among them preempts the ones before it;
-   * that happens once, after which the device holds them. So every open command is taken up
-   * within a few runs of the backlog's length over `pageRows`, and no run reads every open
-   * command of the gateway. Until recovery's whole read succeeded, reads everything (run()).
-   * Returns how many open commands it read.
+   * The periodic sweep: what run() does, a bounded part at a time. First a pass over the
+   * dispatched commands (a device's entries with a sequence number: a seek and a row or two),
+   * at most `dispatchedRows` of them, going on from there at the next run: these are the
+   * commands in doubt (a write may be on the wire) and the ones an operator sees stuck, so one
+   * no worker holds (its take-up lost: a dispatch or settlement lost with its journal batch) is
+   * taken up within a run or two, not when its device's pages come round again (a backlog of
+   * ten thousand: forty runs). Then the devices in turn, each with its own open commands in the
+   * journal's order (what run() does is per device: a device's dispatched command first, a
+   * stop preempting on a device with nothing live), until about `pageRows` rows are read in
+   * all; the next run goes on from there. A device holding live commands is read a page at a
+   * time (each command it does not hold is taken up as run() would, whichever run finds it). A
+   * device with nothing live is read whole: all its open commands are to be taken up, now, and a
+   * stop among them preempts the ones before it; that happens once, after which the device
+   * holds them (the pass over the dispatched ones reads such a device whole too, when it finds
+   * one of its commands). So every open command is taken up within a few runs of the backlog's
+   * length over `pageRows`, every dispatched one within its count over `dispatchedRows`, and no
+   * run reads every open command of the gateway. Until recovery's whole read succeeded, reads
+   * everything (run()). Returns how many open commands it read.
    */
   step(): number {
     if (this.wholePending) return this.run();
@@ -120,40 +142,102 @@ export class Sweep {
       // reported them): the index names them without reading their rows.
       for (const device of journal.openDevices()) devices.add(device);
       const order = [...devices].sort();
-      const first = order.findIndex((d) => d >= this.nextDevice);
-      const begin = first < 0 ? 0 : first;
-      for (let i = 0; i < order.length; i++) {
-        const device = order[(begin + i) % order.length] as string;
-        const lane = lanes.get(device);
-        if (lane !== undefined && now.idle.has(lane)) {
-          // Whole, in one read: see above.
-          this.pageAfter.delete(device);
-          const all = journal.openOfDevice(device, 0, -1).refs;
-          for (const record of all) this.take(record, now);
-          read += all.length;
-        } else {
-          const page = journal.openOfDevice(
-            device,
-            this.pageAfter.get(device) ?? 0,
-            Math.max(1, this.pageRows - read),
-          );
-          for (const record of page.refs) this.take(record, now);
-          read += page.refs.length;
-          if (page.next !== null) {
-            // More of this device: the next run begins with its next page.
-            this.pageAfter.set(device, page.next);
-            this.nextDevice = device;
-            break;
-          }
-          this.pageAfter.delete(device);
-        }
-        this.nextDevice = order[(begin + i + 1) % order.length] as string;
-        if (read >= this.pageRows) break;
-      }
+      const whole = new Set<string>();
+      read += this.dispatchedPass(order, now, whole);
+      read += this.devicePass(order, now, whole, read);
     } catch (error) {
       logger.warn({ err: error }, 'sweep: the journal cannot be read; trying again later');
     }
     this.startWorkers();
+    return read;
+  }
+
+  /**
+   * The dispatched commands, device by device from where the last run's pass stopped, at most
+   * `dispatchedRows`. A device with nothing live is read whole once one is found on it (as the
+   * device pass would: a stop among its commands preempts those before it), and named in
+   * `whole` so that the device pass does not read it again. Returns the rows read.
+   */
+  private dispatchedPass(order: readonly string[], now: LiveNow, whole: Set<string>): number {
+    const { journal, lanes } = this.host;
+    let read = 0;
+    const from = this.dispatchedFrom;
+    const first = order.findIndex((d) => d >= from.device);
+    const begin = first < 0 ? 0 : first;
+    for (let i = 0; i < order.length; i++) {
+      const device = order[(begin + i) % order.length] as string;
+      const after = i === 0 && device === from.device ? from.after : null;
+      const page = journal.dispatchedOfDevice(device, after, this.dispatchedRows - read);
+      read += page.refs.length;
+      const lane = lanes.get(device);
+      if (page.refs.length > 0 && lane !== undefined && now.idle.has(lane)) {
+        this.pageAfter.delete(device);
+        const all = journal.openOfDevice(device, 0, -1).refs;
+        for (const record of all) this.take(record, now);
+        read += all.length;
+        whole.add(device);
+      } else {
+        for (const record of page.refs) this.take(record, now);
+      }
+      if (page.next !== null) {
+        // More of this device's: the next run's pass begins there.
+        this.dispatchedFrom = { device, after: page.next };
+        return read;
+      }
+      this.dispatchedFrom = {
+        device: order[(begin + i + 1) % order.length] as string,
+        after: null,
+      };
+      if (read >= this.dispatchedRows) break;
+    }
+    return read;
+  }
+
+  /**
+   * The devices' open commands, from where the last run's device pass stopped, until about
+   * `pageRows` rows are read in all (`before` of them by the dispatched pass). Returns the rows
+   * it read.
+   */
+  private devicePass(
+    order: readonly string[],
+    now: LiveNow,
+    whole: ReadonlySet<string>,
+    before: number,
+  ): number {
+    const { journal, lanes } = this.host;
+    let read = 0;
+    const first = order.findIndex((d) => d >= this.nextDevice);
+    const begin = first < 0 ? 0 : first;
+    for (let i = 0; i < order.length; i++) {
+      const device = order[(begin + i) % order.length] as string;
+      const lane = lanes.get(device);
+      if (whole.has(device)) {
+        // Read whole by the dispatched pass this run.
+      } else if (lane !== undefined && now.idle.has(lane)) {
+        // Whole, in one read: see step().
+        this.pageAfter.delete(device);
+        const all = journal.openOfDevice(device, 0, -1).refs;
+        for (const record of all) this.take(record, now);
+        read += all.length;
+      } else {
+        const page = journal.openOfDevice(
+          device,
+          this.pageAfter.get(device) ?? 0,
+          Math.max(1, this.pageRows - before - read),
+        );
+        for (const record of page.refs) this.take(record, now);
+        read += page.refs.length;
+        if (page.next !== null) {
+          // More of this device: the next run begins with its next page.
+          this.pageAfter.set(device, page.next);
+          this.nextDevice = device;
+          break;
+        }
+        this.pageAfter.delete(device);
+      }
+      this.nextDevice = order[(begin + i + 1) % order.length] as string;
+      if (before + read >= this.pageRows) break;
+    }
     return read;
   }
 

@@ -630,6 +630,7 @@ function prepare(db: Database): {
   openBefore: Statement;
   openPage: Statement;
   openWithSeq: Statement;
+  dispatchedPage: Statement;
   nextOpenDevice: Statement;
   openCounts: Statement;
   openDispatched: Statement;
@@ -721,6 +722,15 @@ function prepare(db: Database): {
       SELECT id, scope, key, device, state, action FROM commands INDEXED BY commands_open_device
       WHERE device = ? AND seq IS NOT NULL AND state IN ('accepted', 'dispatched')
       ORDER BY id`),
+    // One device's dispatched commands by pages (Journal.dispatchedOfDevice, the sweep's pass
+    // over the commands in doubt): the range of the device's index entries with a sequence
+    // number, after the page before it, in the index's order (seq, then rowid): a seek and the
+    // page's rows, never the device's backlog (its entries without a number sort before them).
+    dispatchedPage: db.prepare(`
+      SELECT id, scope, key, device, state, action, seq
+      FROM commands INDEXED BY commands_open_device
+      WHERE device = ? AND state IN ('accepted', 'dispatched') AND (seq, id) > (?, ?)
+      ORDER BY seq, id LIMIT ?`),
     // The next device with open commands after the one given (Journal.openDevices): a seek.
     nextOpenDevice: db.prepare(`
       SELECT device FROM commands INDEXED BY commands_open_device

@@ -4,6 +4,9 @@ import {
   type Claim,
   type CommandRecord,
   type CommandRef,
+  type DispatchedAfter,
+  type DispatchedPage,
+  type DispatchedRef,
   type Journal,
   type JournalEvent,
   type ListFilter,
@@ -211,6 +214,27 @@ export class SqliteJournal implements Journal {
       if (withSeq.length === 0) return { refs: page, next };
       // In the journal's order, as a single read would give them.
       const refs = [...page, ...withSeq].sort((x, y) => x.id - y.id);
+      return { refs, next };
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
+  dispatchedOfDevice(device: string, after: DispatchedAfter | null, limit: number): DispatchedPage {
+    try {
+      // Sequence numbers are 0 or more: from (-1, 0), the first page.
+      const from = after ?? { seq: -1, id: 0 };
+      const refs = this.connection().stmts.dispatchedPage.all(
+        device,
+        from.seq,
+        from.id,
+        limit,
+      ) as DispatchedRef[];
+      const last = refs.at(-1);
+      const next =
+        limit >= 0 && refs.length === limit && last !== undefined
+          ? { seq: last.seq, id: last.id }
+          : null;
       return { refs, next };
     } catch (error) {
       return translate(error, 'read', this.options.path);

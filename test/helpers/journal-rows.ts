@@ -9,6 +9,7 @@ const LISTING = [
   'listOpen',
   'openBefore',
   'openOfDevice',
+  'dispatchedOfDevice',
   'openPastDeadline',
   'list',
 ] as const;

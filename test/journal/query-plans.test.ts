@@ -87,6 +87,11 @@ describe('the journal’s statements, as SQLite plans them', () => {
       expect(plans.openPage).toBe(
         'SEARCH commands USING INDEX commands_open_device (device=? AND seq=? AND rowid>?)',
       );
+      // The sweep's pass over the dispatched commands: a seek past the device's backlog (its
+      // entries without a sequence number) and the page's rows (sweep-dispatched-backlog.test.ts).
+      expect(plans.dispatchedPage).toBe(
+        'SEARCH commands USING INDEX commands_open_device (device=? AND seq>?)',
+      );
       expect(plans.nextOpenDevice).toBe(
         'SEARCH commands USING INDEX commands_open_device (device>?)',
       );
