@@ -17,7 +17,13 @@ import type { Logger } from '../core/logger.js';
 import { cutOversizedPublishes, InboundCuts, PublishCutter } from './mqtt-inbound-cut.js';
 import { IdentifierProbe, type IdentifierCheck } from './mqtt-identifier-probe.js';
 import { LeftSubscriptions } from './mqtt-left-subscriptions.js';
-import { SESSION_TAKEN_OVER, TakeoverWatch } from './mqtt-takeover.js';
+import {
+  SESSION_TAKEN_OVER,
+  SHORT_CONNECTION_MS,
+  StatusReadback,
+  TakeoverWatch,
+  type StatusRead,
+} from './mqtt-takeover.js';
 import { MAX_COMMAND_BYTES } from './mqtt-message.js';
 import type { GatewayTopics } from './mqtt-topics.js';
 
@@ -156,6 +162,15 @@ export class MqttSession {
   private brokerDisconnect: IDisconnectPacket | null = null;
   /** Whether another client takes the session over (mqtt-takeover.ts). */
   private readonly takeover: TakeoverWatch;
+  /** The gateway's retained status read back after a short close (StatusReadback). */
+  private readonly statusReadback: StatusReadback;
+  /**
+   * The last connection was closed by the broker without a reason, shortly after it was
+   * accepted: judged at the next connection, takeover or restart (judgeShortClose).
+   */
+  private shortClose: { readonly upMs: number } | null = null;
+  /** The status last published on a connection (`online` / `offline`), for judgeShortClose. */
+  private lastStatus: string | null = null;
   /**
    * False once the intake stopped taking commands (a graceful stop has begun): the status says
    * `offline` from then on, at a reconnection too.
@@ -178,6 +193,7 @@ export class MqttSession {
     });
     this.clientOptions = this.buildClientOptions(options.gatewayId);
     this.takeover = new TakeoverWatch(this.clientOptions.clientId ?? '', this.logger);
+    this.statusReadback = new StatusReadback(this.topics.status);
     this.probe = new IdentifierProbe({
       topic: this.topics.status,
       logger: this.logger,
@@ -263,8 +279,8 @@ export class MqttSession {
       () => new PublishCutter(MAX_PACKET_BYTES, MAX_COMMAND_BYTES + 1, this.cuts),
     );
     client.handleMessage = (packet, callback) => {
-      if (this.probe.receive(client, packet)) {
-        // The probe's copy of the gateway's own status (QoS 0), never a command.
+      if (this.statusReadback.receive(client, packet) || this.probe.receive(client, packet)) {
+        // A copy of the gateway's own status (QoS 0) it reads back, never a command.
         callback();
         return;
       }
@@ -541,6 +557,14 @@ export class MqttSession {
     // session present or not: until then the session may be without the filter, and a command
     // published meanwhile is dropped by the broker (no subscriber), not held for this gateway.
     this.subscribed = false;
+    // First: the read subscribes the status filter, which the probe subscribes next.
+    const shortClose = this.shortClose;
+    this.shortClose = null;
+    if (shortClose !== null) {
+      void this.statusReadback.read(client, this.level).then((read) => {
+        this.judgeShortClose(client, shortClose.upMs, read);
+      });
+    }
     if (this.subscriptionId === undefined) this.probe.notUsed();
     else this.probe.begin(client);
     this.subscribe(client, events);
@@ -572,6 +596,7 @@ export class MqttSession {
    */
   private publishStatus(client: MqttClient, events: SessionEvents): void {
     const status = this.takingCommands ? 'online' : 'offline';
+    this.lastStatus = status;
     client.publish(this.topics.status, status, this.statusOptions(), (error) => {
       if (!(error instanceof Error) || this.isEnded) return;
       // A refusal carries the broker's reason (the publisher says it like any other); other
@@ -676,12 +701,43 @@ export class MqttSession {
         !this.isDropping &&
         !this.attemptFailed &&
         (disconnect === null || disconnect.reasonCode === SESSION_TAKEN_OVER);
-      const cause = this.takeover.closed(now, upMs, byBroker, disconnect !== null);
-      if (cause !== null) this.error = cause;
+      if (byBroker && disconnect === null && upMs < SHORT_CONNECTION_MS) {
+        // Another client connecting with this client id, or a broker restarted faster than the
+        // reconnection delay: told apart once back (judgeShortClose).
+        this.shortClose = { upMs };
+      } else {
+        // A DISCONNECT with another reason (0x8B Server shutting down, …): the broker said why.
+        if (disconnect !== null && !byBroker) this.takeover.restarted();
+        const cause = this.takeover.closed(now, upMs, byBroker, disconnect !== null);
+        if (cause !== null) this.error = cause;
+      }
     } else {
       this.logger.debug({ reconnectInMs: delay }, 'MQTT connection attempt failed');
+      this.shortClose = null;
       this.takeover.attemptFailed();
     }
+  }
+
+  /**
+   * The last connection was closed by the broker shortly after it was accepted, without a
+   * reason; `read` is the gateway's retained status read back on this one (StatusReadback). The
+   * status the gateway published still there: the broker kept running, and the close counts
+   * towards a suspected takeover (TakeoverWatch). `offline` (its Will) or nothing: the broker
+   * was restarted meanwhile, which ends the streak. Not read (refused by an ACL, the connection
+   * lost): counted, as before the readback.
+   */
+  private judgeShortClose(client: MqttClient, upMs: number, read: StatusRead): void {
+    if (client !== this.current || this.isEnded) return;
+    if (read.kind === 'read' && read.payload !== this.lastStatus) {
+      this.takeover.restarted();
+      this.logger.info(
+        { status: read.payload ?? '(none)', connectedForMs: Math.round(upMs) },
+        'the MQTT broker was restarted while the gateway was away: it published the Will or lost its retained status (not another client on the client id)',
+      );
+      return;
+    }
+    const cause = this.takeover.closed(this.clock.elapsed(), upMs, true, false);
+    if (cause !== null) this.error = cause;
   }
 
   private onError(client: MqttClient, error: Error): void {

@@ -1,3 +1,4 @@
+import type { IPublishPacket, MqttClient } from 'mqtt';
 import type { Logger } from '../core/logger.js';
 
 /** MQTT 5 DISCONNECT reason 0x8E Session taken over (§3.14.2.1): a client with this id connected. */
@@ -8,7 +9,7 @@ export const SESSION_TAKEN_OVER = 0x8e;
  * reconnects as soon as it is thrown off. As long as the longest reconnection delay, so that
  * another Sluice with the same id, which waits up to that long, is caught too.
  */
-const SHORT_CONNECTION_MS = 30_000;
+export const SHORT_CONNECTION_MS = 30_000;
 /** Short connections in a row, closed without a reason, before a takeover is suspected. */
 const SHORT_CONNECTIONS_SUSPECTED = 3;
 /** The takeover warning is repeated at most this often while the connections stay short. */
@@ -25,7 +26,8 @@ const TAKEOVER_WARN_EVERY_MS = 10 * 60_000;
  * are never run nor answered). Said at warn at once for a 0x8E, after
  * SHORT_CONNECTIONS_SUSPECTED such closes without one, then at most every TAKEOVER_WARN_EVERY_MS
  * with the count; the cause is also the reason /readyz gives while disconnected. A connection
- * that lasts, or an attempt that fails (the broker away: a restart), ends the streak.
+ * that lasts, or an attempt that fails (the broker away: a restart), ends the streak, and so
+ * does a broker found restarted when the gateway is back (restarted(): StatusReadback).
  */
 export class TakeoverWatch {
   /** Connections in a row the broker closed shortly after accepting them. */
@@ -77,5 +79,79 @@ export class TakeoverWatch {
    */
   attemptFailed(): void {
     this.shortConnections = 0;
+  }
+
+  /**
+   * The broker was restarted between the last connection and this one, though no attempt failed
+   * (it was back within the reconnection delay), or it ended the connection with a reason of its
+   * own (MQTT 5 DISCONNECT, e.g. 0x8B Server shutting down): not another client.
+   */
+  restarted(): void {
+    this.shortConnections = 0;
+  }
+}
+
+/** What a StatusReadback read: the retained status (null: none), or why it could not. */
+export type StatusRead =
+  | { readonly kind: 'read'; readonly payload: string | null }
+  | { readonly kind: 'refused' }
+  | { readonly kind: 'lost' };
+
+/**
+ * Whether the broker kept running while the gateway was thrown off, read from the gateway's own
+ * retained status once it is back, before it publishes `online` again. A broker that closes a
+ * connection as it stops publishes the connection's Will: the status then says `offline` (kept
+ * across the restart with `persistence true`), or nothing (without persistence, the retained
+ * messages went with it). On a takeover by a client that keeps the session, the broker publishes
+ * no Will (Mosquitto 2.0.11, measured, over MQTT 5 as over 3.1.1) and the status still says what
+ * the gateway published, `online`. Only then does a short close without a reason count towards a
+ * suspected takeover (TakeoverWatch): a broker restarted faster than the reconnection delay shows
+ * no failed attempt between (until 2026-12-06 three such restarts were said to be a takeover).
+ * What it cannot tell (docs/mqtt-api.md): a broker that crashed (no Will) and kept the status on
+ * disk looks like a takeover; a takeover by a client that starts a clean session, or on a broker
+ * that publishes the Will at a takeover (as MQTT 5 §3.1.2.5 reads; such brokers send DISCONNECT
+ * 0x8E over MQTT 5, said at once) looks like a restart over MQTT 3.1.1.
+ */
+export class StatusReadback {
+  /** The read under way: its client, and the retained status it received. */
+  private pending: { client: MqttClient; payload: string | null } | null = null;
+
+  constructor(private readonly topic: string) {}
+
+  /**
+   * Subscribes the status topic at QoS 0 and unsubscribes at once, on `client`'s connection: the
+   * retained message comes with the subscription, before the UNSUBACK. Not No Local: the
+   * retained message is the gateway's own. Call before anything else subscribes the same filter
+   * on the connection (the probe of Subscription Identifiers: its subscription would be
+   * replaced by this one, then removed).
+   */
+  read(client: MqttClient, level: 4 | 5): Promise<StatusRead> {
+    const options = level === 5 ? { qos: 0 as const, rh: 0, nl: false } : { qos: 0 as const };
+    const pending = { client, payload: null as string | null };
+    this.pending = pending;
+    return new Promise((resolve) => {
+      let refused = false;
+      client.subscribe(this.topic, options, (error, granted) => {
+        const qos = granted?.[0]?.qos;
+        refused = error !== null || qos === undefined || qos >= 0x80;
+      });
+      client.unsubscribe(this.topic, (error) => {
+        if (this.pending === pending) this.pending = null;
+        if (error instanceof Error) resolve({ kind: 'lost' });
+        else if (refused) resolve({ kind: 'refused' });
+        else resolve({ kind: 'read', payload: pending.payload });
+      });
+    });
+  }
+
+  /** A PUBLISH from the broker: true when it is the retained status a read is waiting for. */
+  receive(client: MqttClient, packet: IPublishPacket): boolean {
+    const pending = this.pending;
+    if (pending?.client !== client || packet.topic !== this.topic || !packet.retain) return false;
+    const payload = Buffer.isBuffer(packet.payload)
+      ? packet.payload.toString('utf8')
+      : packet.payload;
+    pending.payload = payload.length === 0 ? null : payload;
+    return true;
   }
 }

@@ -44,5 +44,44 @@ describe.skipIf(!available)('MQTT intake: a broker restarted again and again', (
       expect(intake.health().lastError ?? '').not.toContain('another client');
       await intake.stop();
     }, 60_000);
+
+    // Back before the gateway tried again: no attempt fails between, and the pattern alone is
+    // a takeover's. The broker published the gateway's Will as it stopped (`offline`, kept on
+    // disk: persistence true), which a takeover does not: read back at each reconnection.
+    it(`MQTT ${protocolVersion === 5 ? '5' : '3.1.1'}: restarted faster than the reconnection delay, is not taken for another client`, async () => {
+      const gateway = `gwquick${protocolVersion}`;
+      const clientId = `sluice-${gateway}`;
+      const { logger, lines } = recordingLogger();
+      const intake = site.intake({
+        gatewayId: gateway,
+        config: { protocolVersion },
+        logger,
+        // Drawn from 0.6–1.2 s: a restart of Mosquitto here takes 100–200 ms.
+        reconnect: { minMs: 1_200, maxMs: 1_200 },
+      });
+      site.cleanups.push(() => intake.stop());
+      await site.connect(intake);
+      for (let i = 0; i < 5; i++) {
+        const connections = site.broker.connectionsOf(clientId);
+        await site.broker.stop();
+        await site.broker.restart();
+        await until(
+          () => (site.broker.connectionsOf(clientId) > connections ? true : undefined),
+          10_000,
+          'reconnected',
+        );
+        await until(() => (intake.connected() ? true : undefined), 10_000, 'subscribed');
+      }
+      // The scenario: no attempt failed, and at least three closes without a reason or an error
+      // (a restart may also reset the connection: an error, counted neither way), each judged
+      // once back, before the command subscription's SUBACK.
+      expect(lines.filter((l) => l.msg === 'MQTT connection attempt failed')).toEqual([]);
+      const said = lines.filter((l) => String(l.msg).includes('another client connect'));
+      expect(said).toEqual([]);
+      expect(intake.health().lastError ?? '').not.toContain('another client');
+      const judged = lines.filter((l) => String(l.msg).startsWith('the MQTT broker was restarted'));
+      expect(judged.length).toBeGreaterThanOrEqual(3);
+      await intake.stop();
+    }, 60_000);
   }
 });
