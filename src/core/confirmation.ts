@@ -5,6 +5,7 @@ import type { ExecutionHost, Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { observe, type Expectation } from './readback.js';
 import { ReadbackConfirmation } from './readback-confirmation.js';
+import type { UnsentCause } from './redispatch.js';
 import type { TimedReadback } from './skew.js';
 import { CommandTakeUp } from './take-up.js';
 
@@ -31,42 +32,80 @@ export class ConfirmationLoop {
     this.takeUps = new CommandTakeUp(host, this.readbacks);
   }
 
-  /** Sends the first write of a command just journaled `dispatched`, and confirms it. */
+  /**
+   * Sends the write of a command just journaled `dispatched`, and confirms it. `again`: why its
+   * first write was never sent, when this is its second dispatch (execution.ts). Returns the
+   * driver's words when a first write found no connection to the controller (WriteNotSentError
+   * `no-connection`): nothing of it left the process, and the caller goes round again once the
+   * connection is back (execution.ts, carryOut); otherwise null, the command settled or left to
+   * whoever settles it.
+   */
   async writeAndConfirm(
     lane: Lane,
     dispatched: CommandRecord,
     first: { readonly before: TimedReadback; readonly expect: Expectation },
     log: Logger,
-  ): Promise<void> {
+    again: UnsentCause | null = null,
+  ): Promise<{ readonly noConnection: string } | null> {
     const { profile } = lane.binding;
     const seq = requireSeq(dispatched);
     const write = this.writes.beginWrite(lane, dispatched, seq);
     const outcome = await this.writes.send(lane, dispatched, seq, write, log);
-    // A second dispatch comes here only for a first write withdrawn before it was sent
-    // (execution.ts, takeUpUnsent); one proven not applied by readback is sent by notTaken.
+    // A second dispatch comes here only for a first write never sent (execution.ts): withdrawn
+    // (takeUpUnsent) or refused for want of a connection (carryOut); one proven not applied by
+    // readback is sent by notTaken.
     if (dispatched.attempts > 1 && outcome.kind !== 'not-sent') {
-      lane.writes.redispatches.withdrawn++;
+      lane.writes.redispatches[again === 'no-connection' ? 'no_connection' : 'withdrawn']++;
     }
     if (outcome.kind === 'refused') {
       this.writes.refused(dispatched, observe(first.before), outcome, log);
-      return;
+      return null;
     }
     if (outcome.kind === 'not-sent' && outcome.reason === 'withdrawn') {
       this.writes.withdrawn(lane, dispatched, observe(first.before), outcome.error, log);
-      return;
+      return null;
     }
-    if (outcome.kind === 'not-sent' && outcome.reason === 'no-connection') {
+    if (
+      outcome.kind === 'not-sent' &&
+      outcome.reason === 'no-connection' &&
+      dispatched.attempts < 2
+    ) {
+      // The connection dropped just before (its reconnect not yet due) or the connect failed:
+      // nothing of the write left the process, and the command may ride out the reconnect.
+      return { noConnection: outcome.error };
+    }
+    if (
+      outcome.kind === 'not-sent' &&
+      (outcome.reason === 'no-connection' || outcome.reason === 'closed')
+    ) {
       // The driver never handed it to a socket: nothing was applied, whatever a readback shows
       // later (a controller that restarted meanwhile shows its power-up echo, which no readback
-      // can tell from one that lost the write).
+      // can tell from one that lost the write). Its driver closed (the daemon stops), or its
+      // second write finding no connection either (the journal allows one re-dispatch): not
+      // sent again.
       this.host.settle(log, dispatched, 'dispatched', {
         to: 'failed',
         code: 'DEVICE_UNREACHABLE',
         faultCode: null,
         observed: observe(first.before),
-        detail: `the write was never sent: no connection to the controller; nothing was applied (${outcome.error})`,
+        detail:
+          outcome.reason === 'no-connection' && again === 'no-connection'
+            ? `the write never reached the controller: it found no connection, waited for it and went round again, and its second write found none either, so it is not sent again; nothing was applied (${outcome.error})`
+            : `the write was never sent: no connection to the controller; nothing was applied (${outcome.error})`,
       });
-      return;
+      return null;
+    }
+    if (outcome.kind === 'not-sent' && again === 'no-connection') {
+      // Its deadline passed while the write went round again (while it waited behind other
+      // requests): the command ends as one whose wait for the connection ran out.
+      this.host.settle(log, dispatched, 'dispatched', {
+        to: 'failed',
+        code: 'DEVICE_UNREACHABLE',
+        faultCode: null,
+        observed: observe(first.before),
+        detail: `the write never reached the controller: it found no connection and went round again, and its deadline ${new Date(dispatched.deadline).toISOString()} passed before its second write could be sent; nothing was applied (${outcome.error})`,
+      });
+      return null;
     }
     if (outcome.kind === 'not-sent') {
       this.host.settle(log, dispatched, 'dispatched', {
@@ -76,7 +115,7 @@ export class ConfirmationLoop {
         observed: observe(first.before),
         detail: `deadline ${new Date(dispatched.deadline).toISOString()} passed before the write could be sent (${outcome.error})`,
       });
-      return;
+      return null;
     }
     if (outcome.kind === 'unknown') {
       log.warn({ err: outcome.error, seq }, 'write outcome unknown; reading back');
@@ -96,6 +135,7 @@ export class ConfirmationLoop {
       log,
       false,
     );
+    return null;
   }
 
   /** Takes up a `dispatched` command with no live worker (take-up.ts). */

@@ -125,9 +125,11 @@ export class WriteNotSentError extends SluiceError {
   /**
    * `deadline`: CommandWrite.notAfter passed; `withdrawn`: CommandWrite.withdrawn aborted;
    * `no-connection`: no connection (session) to the controller could be had for it — the
-   * connect failed or its backoff refused it — so it was never handed to a socket. A request
-   * written to a socket that then failed is not this: the controller may have received it
-   * (DeviceUnreachableError).
+   * connect failed or its backoff refused it — so it was never handed to a socket; the core
+   * waits for the connection and goes round again (a fresh read, then the write) while the
+   * command's deadline allows. `closed`: the driver was closed (the daemon stops it) before it
+   * was sent, and sends nothing more. A request written to a socket that then failed is
+   * neither: the controller may have received it (DeviceUnreachableError).
    */
   readonly reason: WriteNotSentReason;
 
@@ -137,7 +139,7 @@ export class WriteNotSentError extends SluiceError {
   }
 }
 
-export type WriteNotSentReason = 'deadline' | 'withdrawn' | 'no-connection';
+export type WriteNotSentReason = 'deadline' | 'withdrawn' | 'no-connection' | 'closed';
 
 /** The controller answered and refused the request (Modbus exception, OPC UA Bad status). */
 export class DeviceRefusedError extends SluiceError {

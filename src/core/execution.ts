@@ -1,5 +1,6 @@
 import { checkFreshness, type OpenState } from './command.js';
 import { clockNote, controllerVerdict, gatewayVerdict } from './clock-policy.js';
+import { requireSeq } from './command-writes.js';
 import { ConfirmationLoop } from './confirmation.js';
 import { DeviceReads } from './device-reads.js';
 import type { CommandRecord } from './journal.js';
@@ -21,7 +22,7 @@ import {
   stopAfterPending,
   stopAfterPendingNote,
 } from './previous-write.js';
-import { latestWriteUnsent } from './redispatch.js';
+import { latestUnsentCause, noConnectionLine, type UnsentCause } from './redispatch.js';
 import { allocateSeq } from './sequence.js';
 import type { TimedReadback } from './skew.js';
 import { decide, type Decision } from './state-machine.js';
@@ -48,16 +49,19 @@ export class CommandExecution {
 
   /**
    * Takes up a command left `dispatched` (crash, journal stall): settled by readback — unless
-   * its history says its latest write was withdrawn before it was sent (a stop of the daemon
-   * while it waited for its controller). The driver proved that: it was never sent and never
-   * will be, and no readback can prove it as well (a controller showing its power-up echo
+   * its history says its latest write was never sent: withdrawn before it was sent (a stop of
+   * the daemon while it waited for its controller), or refused for want of a connection while
+   * the command went round again (carryOut). The driver proved that: it was never sent and
+   * never will be, and no readback can prove it as well (a controller showing its power-up echo
    * after a restart looks like one that lost the write). Such a command is one never written.
    */
   takeUpDispatched(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
-    if (record.seq === null || !latestWriteUnsent(this.host.journal.history(record), record.seq)) {
+    const cause =
+      record.seq === null ? null : latestUnsentCause(this.host.journal.history(record), record.seq);
+    if (record.seq === null || cause === null) {
       return this.confirmation.takeUp(lane, record, log);
     }
-    return this.takeUpUnsent(lane, record, record.seq, log);
+    return this.takeUpUnsent(lane, record, record.seq, cause, log);
   }
 
   async handleAccepted(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
@@ -76,10 +80,14 @@ export class CommandExecution {
     lane: Lane,
     record: CommandRecord,
     seq: number,
+    cause: UnsentCause,
     log: Logger,
   ): Promise<void> {
-    const unsent = `its write (sequence number ${seq}) was withdrawn before it was sent`;
-    log.warn({ seq }, 'taken up: its write was withdrawn before it was sent; not yet written');
+    const unsent =
+      cause === 'withdrawn'
+        ? `its write (sequence number ${seq}) was withdrawn before it was sent`
+        : `its write (sequence number ${seq}) found no connection to the controller and was not sent`;
+    log.warn({ seq, cause }, 'taken up: its write was never sent; not yet written');
     const stop = this.host.journal.stopsAfter(record, 1)[0];
     // Superseded (rejected: never written) only when this write was its first: a command
     // dispatched twice had a write sent before, proven not applied, which is not "never written".
@@ -108,7 +116,7 @@ export class CommandExecution {
       record,
       `taken up: ${unsent} (the history says so), so it is handled as a command not yet written: a fresh read decides`,
     );
-    await this.carryOut(lane, record, { from: 'dispatched', seq }, log);
+    await this.carryOut(lane, record, { from: 'dispatched', seq, unsent: cause }, log);
   }
 
   /**
@@ -125,7 +133,7 @@ export class CommandExecution {
     const { from } = course;
     // The moment the command is taken up: a no-op is decided on an image from no earlier.
     const takenUpMono = clock.elapsed();
-    if (this.rejectIfStale(record, null, from, log)) return;
+    if (this.rejectIfStale(record, null, course, log)) return;
     // The state-machine check runs against a fresh read, never against a cached mirror.
     const read = await this.reads.readUntil(
       lane,
@@ -140,7 +148,10 @@ export class CommandExecution {
         code: 'DEVICE_UNREACHABLE',
         faultCode: null,
         observed: null,
-        detail: `no readback before the deadline; nothing was written (${read.lastError ?? 'no answer'})`,
+        detail:
+          course.from === 'dispatched' && course.unsent === 'no-connection'
+            ? `the write never reached the controller: its write (sequence number ${course.seq}) found no connection to the controller, and none could be had to go round again before its deadline ${new Date(record.deadline).toISOString()}; nothing was applied (${read.lastError ?? 'no answer'})`
+            : `no readback before the deadline; nothing was written (${read.lastError ?? 'no answer'})`,
       });
       return;
     }
@@ -201,7 +212,7 @@ export class CommandExecution {
         }
         // I3: freshness again in the same step as the dispatch, with no wait in between: the
         // skew read above may have taken up to a request timeout.
-        if (this.rejectIfStale(record, before, from, log)) return;
+        if (this.rejectIfStale(record, before, course, log)) return;
         // SPEC §6: the clocks the command's judgement rests on (gateway sync, controller skew).
         if (this.rejectIfUnsynced(lane, record, before, from, log)) return;
         // A controller that echoes the number already would ignore the write as a repeat, and
@@ -230,7 +241,9 @@ export class CommandExecution {
             : this.host.journal.markRedispatched(
                 record,
                 clock.now(),
-                `the first write (sequence number ${course.seq}) was withdrawn before it was sent, so it was never applied; ${DECIDED_AGAIN} (${before.state}) and written now`,
+                course.unsent === 'withdrawn'
+                  ? `the first write (sequence number ${course.seq}) was withdrawn before it was sent, so it was never applied; ${DECIDED_AGAIN} (${before.state}) and written now`
+                  : `the first write (sequence number ${course.seq}) found no connection to the controller and was not sent, so it was never applied; the controller answers again: ${DECIDED_AGAIN} (${before.state}) and written now`,
                 PIPELINE,
                 observe(before),
               );
@@ -252,15 +265,49 @@ export class CommandExecution {
         // state were checked before it.
         if (this.notToBeWritten(lane, dispatched, log)) return;
         log.info({ seq: dispatched.seq, from: before.state }, 'command dispatched');
-        await this.confirmation.writeAndConfirm(
+        const unsent = await this.confirmation.writeAndConfirm(
           lane,
           dispatched,
           { before, expect: { ...expect, confirm: decision.confirm } },
           log,
+          course.from === 'dispatched' ? course.unsent : null,
         );
+        if (unsent !== null) await this.goRoundAgain(lane, dispatched, unsent.noConnection, log);
         return;
       }
     }
+  }
+
+  /**
+   * The command's first write found no connection to the controller (the connection dropped
+   * just before, its reconnect not yet due; or the connect failed): it never left the process,
+   * so nothing physical happened, and the command rides out the reconnect within its deadline.
+   * The history says so first (noConnectionLine: a stop, an operator's resolve or a later life
+   * go by it, as by a write withdrawn unsent); then it goes round again as a command not yet
+   * written — a fresh read once the controller answers (I4: the valve may have moved
+   * meanwhile), the state-machine check, and its write as its second dispatch, journaled before
+   * it goes out (I1). Past its deadline it ends `failed` `DEVICE_UNREACHABLE`, nothing applied.
+   * A write whose request may have left (a timeout, a reset after sending) is not this: its
+   * outcome is unknown, and readback settles it (confirmation.ts).
+   */
+  private async goRoundAgain(
+    lane: Lane,
+    dispatched: CommandRecord,
+    error: string,
+    log: Logger,
+  ): Promise<void> {
+    const seq = requireSeq(dispatched);
+    log.warn(
+      { seq, err: error },
+      'write not sent: no connection to the controller; the command waits for it and goes round again',
+    );
+    this.host.note(dispatched, noConnectionLine(seq, error));
+    await this.carryOut(
+      lane,
+      dispatched,
+      { from: 'dispatched', seq, unsent: 'no-connection' },
+      log,
+    );
   }
 
   /**
@@ -411,16 +458,35 @@ export class CommandExecution {
     return true;
   }
 
-  /** Rejects the command when its deadline has passed or it lies too far in the future (I3). */
+  /**
+   * Rejects the command when its deadline has passed or it lies too far in the future (I3). A
+   * command going round again after its write found no connection (goRoundAgain) that is past
+   * its deadline ends as its wait for the connection does: `failed` `DEVICE_UNREACHABLE`.
+   */
   private rejectIfStale(
     record: CommandRecord,
     before: TimedReadback | null,
-    from: OpenState,
+    course: NotWritten,
     log: Logger,
   ): boolean {
+    const { from } = course;
     const now = this.host.deadlineNow(record);
     const fresh = checkFreshness(record, now, this.host.freshness);
     if (fresh === 'FRESH') return false;
+    if (
+      fresh === 'STALE_COMMAND' &&
+      course.from === 'dispatched' &&
+      course.unsent === 'no-connection'
+    ) {
+      this.host.settle(log, record, from, {
+        to: 'failed',
+        code: 'DEVICE_UNREACHABLE',
+        faultCode: null,
+        observed: before === null ? null : observe(before),
+        detail: `the write never reached the controller: its write (sequence number ${course.seq}) found no connection to the controller, and its deadline ${new Date(record.deadline).toISOString()} passed ${Math.round(now - record.deadline)} ms ago while the command went round again; nothing was applied`,
+      });
+      return true;
+    }
     this.host.settle(log, record, from, {
       to: 'rejected',
       code: fresh,
@@ -433,11 +499,13 @@ export class CommandExecution {
 }
 
 /**
- * A command not yet written: `accepted`, or `dispatched` with its write (`seq`) withdrawn
- * before it was sent, whose write goes out as its second dispatch.
+ * A command not yet written: `accepted`, or `dispatched` with its write (`seq`) never sent —
+ * withdrawn before it was sent, or refused for want of a connection (`unsent`) — whose write
+ * goes out as its second dispatch.
  */
 type NotWritten =
-  { readonly from: 'accepted' } | { readonly from: 'dispatched'; readonly seq: number };
+  | { readonly from: 'accepted' }
+  | { readonly from: 'dispatched'; readonly seq: number; readonly unsent: UnsentCause };
 
 /** A function, not a property read: the flag changes across awaits (and narrowing forgets). */
 function aborted(lane: Lane): boolean {

@@ -45,9 +45,12 @@ export interface DeviceBinding {
  * earlier life of the daemon sent it, and this one took the command up at its start; it was
  * withdrawn before it was sent (the daemon stopped while it waited), as its history says; or
  * this process withheld it, unsent, because the journal failed to make its dispatch durable,
- * and took it up again once the journal had recovered (`withheld`: no write preceded it).
+ * and took it up again once the journal had recovered (`withheld`: no write preceded it); or its
+ * driver refused it unsent for want of a connection to the controller, and the command went
+ * round again once the connection was back (`no_connection`: no write preceded it either).
  */
-export type RedispatchReason = 'lost_answer' | 'restart' | 'withdrawn' | 'withheld';
+export type RedispatchReason =
+  'lost_answer' | 'restart' | 'withdrawn' | 'withheld' | 'no_connection';
 
 /**
  * What became of a device's writes since the daemon started, beyond their commands' outcomes:
@@ -66,7 +69,7 @@ export function noWrites(): WriteCounts {
   return {
     busyResends: 0,
     busyGivenUp: 0,
-    redispatches: { lost_answer: 0, restart: 0, withdrawn: 0, withheld: 0 },
+    redispatches: { lost_answer: 0, restart: 0, withdrawn: 0, withheld: 0, no_connection: 0 },
   };
 }
 

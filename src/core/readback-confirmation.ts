@@ -587,7 +587,10 @@ export class ReadbackConfirmation {
             reason: `${prefix}; preempted while its second write waited for the controller, so it was not sent and nothing was applied`,
           };
         }
-        if (outcome.kind === 'not-sent' && outcome.reason === 'no-connection') {
+        if (
+          outcome.kind === 'not-sent' &&
+          (outcome.reason === 'no-connection' || outcome.reason === 'closed')
+        ) {
           this.host.settle(log, again, 'dispatched', {
             to: 'failed',
             code: 'DEVICE_UNREACHABLE',

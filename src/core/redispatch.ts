@@ -216,20 +216,54 @@ function unsentPrefix(seq: number): string {
 }
 
 /**
+ * The history line that says a command's first write was refused by its driver before it was
+ * sent because there was no connection to the controller (WriteNotSentError `no-connection`:
+ * the connection dropped just before, its reconnect not yet due, or the connect failed), and
+ * that the command waits for the connection and goes round again (execution.ts, carryOut): a
+ * fresh read, the state-machine check, then the write as its second dispatch, within its
+ * deadline. Like an unsent line it says the write never left this process, and a later life, a
+ * stop that preempts the command meanwhile and an operator's resolve go by it alike
+ * (latestWriteUnsent).
+ */
+export function noConnectionLine(seq: number, error: string): string {
+  return `${noConnectionPrefix(seq)} (${error}); the controller processed none of it, so the command waits for the connection and goes round again within its deadline: a fresh read decides, then the write`;
+}
+
+function noConnectionPrefix(seq: number): string {
+  return `the write (sequence number ${seq}) was not sent: no connection to the controller`;
+}
+
+/** Why the command's latest write was never sent, as its history says; null when it does not. */
+export type UnsentCause = 'withdrawn' | 'no-connection';
+
+/**
  * Whether the command's latest journaled write (sequence number `seq`) was proven never sent:
- * an unsent line (unsentLine, the daemon's own) for it, with no dispatch or re-dispatch
- * journaled after it — a write journaled later may have gone out.
+ * an unsent line (unsentLine or noConnectionLine, the daemon's own) for it, with no dispatch or
+ * re-dispatch journaled after it — a write journaled later may have gone out.
  */
 export function latestWriteUnsent(history: readonly JournalEvent[], seq: number): boolean {
-  const prefix = unsentPrefix(seq);
-  return latestWriteMarked(
-    history,
-    (event) =>
-      event.intake === RECOVERY &&
-      event.from === 'dispatched' &&
-      event.to === 'dispatched' &&
-      event.detail.startsWith(`${prefix} `),
-  );
+  return latestUnsentCause(history, seq) !== null;
+}
+
+/** latestWriteUnsent, with what the line said: withdrawn, or no connection to the controller. */
+export function latestUnsentCause(
+  history: readonly JournalEvent[],
+  seq: number,
+): UnsentCause | null {
+  const withdrawn = `${unsentPrefix(seq)} `;
+  const noConnection = `${noConnectionPrefix(seq)} `;
+  // An object, not a `let`: its assignments in the callback are not narrowed away.
+  const latest: { cause: UnsentCause | null } = { cause: null };
+  const marked = latestWriteMarked(history, (event) => {
+    if (event.intake !== RECOVERY || event.from !== 'dispatched' || event.to !== 'dispatched') {
+      return false;
+    }
+    if (event.detail.startsWith(withdrawn)) latest.cause = 'withdrawn';
+    else if (event.detail.startsWith(noConnection)) latest.cause = 'no-connection';
+    else return false;
+    return true;
+  });
+  return marked ? latest.cause : null;
 }
 
 /**

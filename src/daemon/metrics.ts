@@ -16,6 +16,7 @@ const REDISPATCH_REASONS: readonly RedispatchReason[] = [
   'restart',
   'withdrawn',
   'withheld',
+  'no_connection',
 ];
 
 /** How often the journal's rows are counted for `sluice_journal_rows`. */
@@ -319,7 +320,7 @@ export class Metrics {
     });
     new Counter({
       name: 'sluice_device_redispatches_total',
-      help: 'Second writes sent to the device for commands whose first write was proven never applied, by why it was in doubt: lost_answer (its answer lost), restart (sent by an earlier life of the daemon), withdrawn (withdrawn unsent as the daemon stopped), withheld (withheld unsent when the journal failed to make its dispatch durable); since start.',
+      help: 'Second writes sent to the device for commands whose first write was proven never applied, by why it was in doubt: lost_answer (its answer lost), restart (sent by an earlier life of the daemon), withdrawn (withdrawn unsent as the daemon stopped), withheld (withheld unsent when the journal failed to make its dispatch durable), no_connection (refused unsent by the driver for want of a connection; the command went round again once it was back); since start.',
       labelNames: ['device', 'reason'],
       registers,
       collect() {

@@ -183,8 +183,9 @@ const NOTHING: Delivery = () => undefined;
  *   except those that do not say a write was not performed (all but WRITE_REFUSALS: 0x04,
  *   0x08, 0x0B, undefined codes), which leave its outcome unknown, and 0x05 acknowledge, which
  *   acknowledges it; a write for which no connection could be had (the connect failed, or the
- *   backoff refused it), or that the endpoint's close took out of the queue, becomes
- *   WriteNotSentError `no-connection` (never handed to a socket: nothing was applied);
+ *   backoff refused it) becomes WriteNotSentError `no-connection`, one that the endpoint's
+ *   close took out of the queue `closed` (never handed to a socket: nothing was applied; the
+ *   core waits for a connection and goes round again after `no-connection` only);
  *   everything else becomes DeviceUnreachableError (no answer: outcome unknown).
  */
 export class ModbusEndpoint {
@@ -440,7 +441,7 @@ export class ModbusEndpoint {
   private closedUnsent(what: string): WriteNotSentError {
     return new WriteNotSentError(
       `${this.name}: ${what}: not sent: the connection to the PLC was closed (endpoint closed) before it was sent; nothing was written`,
-      'no-connection',
+      'closed',
     );
   }
 
@@ -596,6 +597,7 @@ export class ModbusEndpoint {
         // outcome is known, unlike that of a request a socket took and then lost.
         throw (
           this.unsendable(write, what) ??
+          (this.closed ? this.closedUnsent(what) : null) ??
           new WriteNotSentError(
             // The endpoint's own reason is for operators as it stands (no error class names).
             `${this.name}: ${what}: not sent: no connection to the PLC (${error instanceof DeviceUnreachableError ? error.message : describeError(error)}); nothing was written`,

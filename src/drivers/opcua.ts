@@ -83,6 +83,13 @@ export type NodeAddress = { readonly object: string; readonly name: string } | `
  */
 class NotConnectedError extends DeviceUnreachableError {}
 
+/**
+ * The endpoint was closed (the daemon stops its drivers): no session now, and none again. A
+ * write rejected so is never sent (WriteNotSentError `closed`): unlike a session lost, there is
+ * no connection to wait for.
+ */
+class EndpointClosedError extends NotConnectedError {}
+
 /** The server's NamespaceArray lacks the controller's namespace (OpcuaEndpoint.readNamespaceIndex). */
 class NamespaceMissingError extends Error {}
 
@@ -218,6 +225,7 @@ export class OpcuaEndpoint {
    * at any reconnection.
    */
   nodeId(object: string, name: string): string {
+    if (this.closed) throw new EndpointClosedError(`${this.name}: endpoint closed`);
     if (this.namespaceIndex === null) {
       this.start();
       throw new NotConnectedError(
@@ -511,7 +519,7 @@ export class OpcuaEndpoint {
 
   private ready(signal?: AbortSignal): ClientSession {
     if (signal?.aborted === true) throw new DeviceUnreachableError(`${this.name}: aborted`);
-    if (this.closed) throw new NotConnectedError(`${this.name}: endpoint closed`);
+    if (this.closed) throw new EndpointClosedError(`${this.name}: endpoint closed`);
     if (this.session === null || !this.linkUp) {
       this.start();
       throw new NotConnectedError(
@@ -978,8 +986,9 @@ export class OpcuaDeviceDriver implements DeviceDriver {
 
   /**
    * Sends one request of the write. With no session to send it on (NotConnectedError: thrown
-   * before anything reached node-opcua) it was never sent: WriteNotSentError `no-connection`
-   * — unless its deadline passed or it was withdrawn meanwhile, which says more. A request
+   * before anything reached node-opcua) it was never sent: WriteNotSentError `no-connection`,
+   * or `closed` once the endpoint is (EndpointClosedError) — unless its deadline passed or it
+   * was withdrawn meanwhile, which says more. A request
    * handed to the session that then failed is not that: its outcome is unknown.
    */
   private async sendOnSession(
@@ -992,7 +1001,10 @@ export class OpcuaDeviceDriver implements DeviceDriver {
     } catch (error) {
       if (!(error instanceof NotConnectedError)) throw error;
       throw (
-        this.notSent(command, stage, `no session with the controller (${error.message})`) ?? error
+        this.notSent(command, stage, {
+          why: `no session with the controller (${error.message})`,
+          closed: error instanceof EndpointClosedError,
+        }) ?? error
       );
     }
   }
@@ -1000,13 +1012,14 @@ export class OpcuaDeviceDriver implements DeviceDriver {
   /**
    * Why `command` must not be sent now (past its deadline, withdrawn), or null: before its
    * first request (`write`), or before its trigger once the code and setpoint are written.
-   * With `noSession` (why there is no session), the request found none to go out on: not
-   * sent, for that reason, when nothing else forbids it.
+   * With `noSession` (why there is no session, and whether the endpoint is closed for good),
+   * the request found none to go out on: not sent, for that reason, when nothing else forbids
+   * it.
    */
   private notSent(
     command: BoundedWrite,
     stage: 'write' | 'trigger',
-    noSession?: string,
+    noSession?: { readonly why: string; readonly closed: boolean },
   ): WriteNotSentError | null {
     const [what, during, outcome] =
       stage === 'write'
@@ -1039,8 +1052,8 @@ export class OpcuaDeviceDriver implements DeviceDriver {
     if (noSession !== undefined) {
       const after = stage === 'write' ? '' : ' (the code and setpoint were written)';
       return new WriteNotSentError(
-        `${this.o.id}: ${what} not sent: ${noSession}${after}; ${outcome}`,
-        'no-connection',
+        `${this.o.id}: ${what} not sent: ${noSession.why}${after}; ${outcome}`,
+        noSession.closed ? 'closed' : 'no-connection',
       );
     }
     return null;

@@ -55,7 +55,7 @@ interface Site {
   startLife(): Promise<void>;
   /** The daemon stops (no time for commands in flight), as at SIGTERM with no shutdown bound. */
   stopLife(): Promise<void>;
-  submit(key: string, device: string, action?: 'open' | 'stop'): CommandRef;
+  submit(key: string, device: string, action?: 'open' | 'stop', ttlMs?: number): CommandRef;
   settled(ref: CommandRef, ms: number): Promise<CommandRecord>;
   /** The other valves' commands keep the PLC's connection busy: each readback is answered late. */
   busyConnection(): Promise<void>;
@@ -163,12 +163,12 @@ async function openSite(): Promise<Site> {
       await site.drivers.close();
       site.journal.close();
     },
-    submit(key, device, action = 'open') {
+    submit(key, device, action = 'open', ttlMs = 60_000) {
       site.pipeline.submit({
         key,
         identity: { scope: 'plant', devices: 'all' },
         intake: 'https',
-        request: parseCommandRequest({ device, action, ttlMs: 60_000 }),
+        request: parseCommandRequest({ device, action, ttlMs }),
       });
       return { scope: 'plant', key };
     },
@@ -235,7 +235,7 @@ async function until<T>(probe: () => T | undefined, ms: number, what: string): P
 }
 
 describe.concurrent('a write that never left the daemon', () => {
-  it('no connection to the PLC: failed DEVICE_UNREACHABLE "never sent", at once, even though the PLC then shows its power-up echo', async ({
+  it('no connection to the PLC just before the write: the command waits for the connection, reads afresh and writes once after the reconnect, even though the PLC restarted meanwhile', async ({
     expect,
     onTestFinished,
   }) => {
@@ -251,33 +251,151 @@ describe.concurrent('a write that never left the daemon', () => {
       15_000,
       'the dispatch',
     );
-    // Its write waits behind a slow read when the PLC goes away: the connection is reset under
-    // that read, and nothing listens any more, so the write's connect is refused.
+    const seq = dispatched.seq!;
+    // Its fresh read succeeded; its write waits behind a slow read when the PLC goes away: the
+    // connection is reset under that read, and nothing listens any more, so the write's connect
+    // is refused (or its backoff refuses the attempt).
     expect(v1.counters.writesReceived).toBe(0);
     await site.link.refuse();
-    // Settled as soon as the driver said so: not after the confirm window (30 s) of a write
-    // whose outcome would be unknown.
-    const r = await site.settled(ref, 4_000);
-    expect(r).toMatchObject({
-      state: 'failed',
-      code: 'DEVICE_UNREACHABLE',
-      attempts: 1,
-      seq: dispatched.seq,
-    });
-    expect(r.detail).toMatch(
-      // Refused at its connect, or within the backoff after the connect of the read before it.
-      /^the write was never sent: no connection to the controller; nothing was applied \(mb: write 10\+3: not sent: no connection to the PLC \(mb: (not connected; next attempt in \d+ ms \(mb: )?connect to 127\.0\.0\.1:\d+ failed: [^()]*ECONNREFUSED[^()]*(\(-111\))?\)?\); nothing was written\)$/,
+    const unsent = await until(
+      () => {
+        const r = site.journal.get(ref)!;
+        const line = site.journal
+          .history(ref)
+          .find((e) => e.detail.startsWith(`the write (sequence number ${seq}) was not sent:`));
+        return line !== undefined || (r.state !== 'accepted' && r.state !== 'dispatched')
+          ? { record: r, line }
+          : undefined;
+      },
+      10_000,
+      'the refused write',
     );
-    // The PLC restarts (power-up echo 0) and can be reached again.
+    // Before the fix: failed DEVICE_UNREACHABLE at once ("the write was never sent: no
+    // connection to the controller"), with 58 s of its deadline left.
+    expect(unsent.record).toMatchObject({ state: 'dispatched', attempts: 1, seq });
+    expect(unsent.line?.detail).toMatch(
+      // Refused at its connect, or within the backoff after the connect of the read before it.
+      new RegExp(
+        `^the write \\(sequence number ${seq}\\) was not sent: no connection to the controller \\(mb: write 10\\+3: not sent: no connection to the PLC \\(mb: (not connected; next attempt in \\d+ ms \\(mb: )?connect to 127\\.0\\.0\\.1:\\d+ failed: [^()]*ECONNREFUSED[^()]*(\\(-111\\))?\\)?\\); nothing was written\\); the controller processed none of it, so the command waits for the connection and goes round again within its deadline: a fresh read decides, then the write$`,
+      ),
+    );
+    // Meanwhile the PLC restarts (power-up echo 0), and can be reached again.
     site.plant.plc('mb').powerCycle();
     for (const id of SLOW) site.plant.device(id).clearFaults();
+    const acceptedBefore = site.link.accepted;
+    const reconnectAt = Date.now();
     await site.link.accept();
-    // A next command goes out over the new connection and is confirmed: the queue is drained,
-    // and the valve's write log holds that write alone — never the one reported unsent.
-    const next = await site.settled(site.submit('after', 'v1'), 15_000);
-    expect(next).toMatchObject({ state: 'confirmed', attempts: 1 });
-    expect(v1.writesWithSeq(dispatched.seq!)).toBe(0);
-    expect(v1.writeLog.map((w) => w.seq)).toEqual([next.seq]);
+    const r = await site.settled(ref, 20_000);
+    expect(r).toMatchObject({ state: 'confirmed', attempts: 2, seq });
+    // Ground truth: one write of its number, which arrived over a connection made after the
+    // reconnect; and nothing else reached the valve.
+    expect(site.link.accepted).toBeGreaterThan(acceptedBefore);
+    const writes = v1.writesOfSeq(seq);
+    expect(writes).toHaveLength(1);
+    expect(writes[0]!.receivedAt).toBeGreaterThanOrEqual(reconnectAt);
+    expect(v1.counters.writesReceived).toBe(1);
+    // Counted for /metrics as a second dispatch after no connection, not as one withdrawn.
+    expect(site.pipeline.device('v1')!.writes.redispatches).toMatchObject({
+      no_connection: 1,
+      withdrawn: 0,
+    });
+    // The history says why it waited, and that the write was decided again on a fresh read.
+    const history = site.journal.history(ref).map((e) => e.detail);
+    expect(history).toContainEqual(
+      expect.stringMatching(
+        new RegExp(
+          `^redispatch: the first write \\(sequence number ${seq}\\) found no connection to the controller and was not sent, so it was never applied; the controller answers again: decided again on a fresh read \\(CLOSED\\) and written now$`,
+        ),
+      ),
+    );
+    // A next command goes out over the new connection and is confirmed: the queue is drained.
+    const next = await site.settled(site.submit('after', 'v1', 'stop'), 15_000);
+    expect(next.state).toBe('confirmed');
+    expect(v1.writesWithSeq(seq)).toBe(1);
+  }, 60_000);
+
+  it('no connection to the PLC until its deadline: failed DEVICE_UNREACHABLE, the write never reached the controller, nothing applied', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const site = await siteFor({ onTestFinished });
+    const v1 = site.plant.device('v1');
+    await site.busyConnection();
+    const ttlMs = 8_000;
+    const ref = site.submit('unconnected-expired', 'v1', 'open', ttlMs);
+    const dispatched = await until(
+      () => {
+        const r = site.journal.get(ref);
+        return r?.state === 'dispatched' ? r : undefined;
+      },
+      ttlMs,
+      'the dispatch',
+    );
+    const seq = dispatched.seq!;
+    expect(v1.counters.writesReceived).toBe(0);
+    await site.link.refuse();
+    const r = await site.settled(ref, ttlMs + 5_000);
+    // Not before its deadline (before the fix: at once).
+    expect(Date.now()).toBeGreaterThanOrEqual(dispatched.deadline);
+    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', seq });
+    expect(r.detail).toMatch(
+      new RegExp(
+        `^the write never reached the controller: its write \\(sequence number ${seq}\\) found no connection to the controller, and (none could be had to go round again before its deadline .*|its deadline .* passed \\d+ ms ago while the command went round again); nothing was applied`,
+      ),
+    );
+    expect(site.journal.history(ref).map((e) => e.detail)).toContainEqual(
+      expect.stringMatching(
+        new RegExp(`^the write \\(sequence number ${seq}\\) was not sent: no connection`),
+      ),
+    );
+    // Ground truth: the valve never received it.
+    expect(v1.writesWithSeq(seq)).toBe(0);
+    expect(v1.counters.writesReceived).toBe(0);
+  }, 60_000);
+
+  it('a stop accepted while the command waits for the connection: the command is superseded, never written; the stop goes out once the PLC answers', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const site = await siteFor({ onTestFinished });
+    const v1 = site.plant.device('v1');
+    await site.busyConnection();
+    const ref = site.submit('unconnected-stopped', 'v1');
+    const dispatched = await until(
+      () => {
+        const r = site.journal.get(ref);
+        return r?.state === 'dispatched' ? r : undefined;
+      },
+      15_000,
+      'the dispatch',
+    );
+    const seq = dispatched.seq!;
+    await site.link.refuse();
+    await until(
+      () =>
+        site.journal
+          .history(ref)
+          .some((e) => e.detail.startsWith(`the write (sequence number ${seq}) was not sent:`)) ||
+        site.journal.get(ref)!.state !== 'dispatched'
+          ? true
+          : undefined,
+      10_000,
+      'the refused write',
+    );
+    expect(site.journal.get(ref)).toMatchObject({ state: 'dispatched', attempts: 1 });
+    const stop = site.submit('stop-while-waiting', 'v1', 'stop');
+    for (const id of SLOW) site.plant.device(id).clearFaults();
+    await site.link.accept();
+    const stopped = await site.settled(stop, 20_000);
+    expect(stopped.state).toBe('confirmed');
+    const r = await site.settled(ref, 20_000);
+    expect(r).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', attempts: 1, seq });
+    expect(r.detail).toMatch(
+      /^superseded by the stop stop-while-waiting, accepted after it; its write \(sequence number \d+\) found no connection to the controller and was not sent, so nothing was written$/,
+    );
+    // Ground truth: the command's write never reached the valve.
+    expect(v1.writesWithSeq(seq)).toBe(0);
+    expect(v1.writeLog.map((w) => w.seq)).toEqual(stopped.seq === null ? [] : [stopped.seq]);
   }, 60_000);
 
   // Once as it was, and once with a stop of the valve accepted while the daemon was down: its

@@ -59,7 +59,7 @@ function sample(name: string, labels: Record<string, string>): Promise<number> {
 
 async function redispatches(device: string): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};
-  for (const reason of ['lost_answer', 'restart', 'withdrawn', 'withheld']) {
+  for (const reason of ['lost_answer', 'restart', 'withdrawn', 'withheld', 'no_connection']) {
     counts[reason] = await sample('sluice_device_redispatches_total', { device, reason });
   }
   return counts;
@@ -67,7 +67,7 @@ async function redispatches(device: string): Promise<Record<string, number>> {
 
 /** Every reason's count: 0 but those given. */
 function only(counts: Record<string, number>): Record<string, number> {
-  return { lost_answer: 0, restart: 0, withdrawn: 0, withheld: 0, ...counts };
+  return { lost_answer: 0, restart: 0, withdrawn: 0, withheld: 0, no_connection: 0, ...counts };
 }
 
 async function settled(key: string): Promise<CommandRecord> {
