@@ -83,6 +83,14 @@ export interface DispatchedPage {
   readonly next: DispatchedAfter | null;
 }
 
+/** One device's open commands past a deadline (Journal.openPastDeadline). */
+export interface PastDeadline {
+  /** Those past it (the earliest deadlines, up to the limit asked), and the dispatched ones. */
+  readonly records: readonly CommandRecord[];
+  /** The device's open commands past it, all of them: counted, not read. */
+  readonly total: number;
+}
+
 /** A new command, ready to be claimed. */
 export interface NewCommand extends CommandRef {
   readonly fingerprint: string;
@@ -315,12 +323,14 @@ export interface Journal {
    */
   openCounts(acceptedSince: readonly number[]): OpenCounts;
   /**
-   * The open commands whose deadline is before `before`, and every dispatched one (one or two a
-   * device), whole, in the journal's order: what the stuck rule judges (open-commands.ts: a
-   * command is stuck only past its deadline, and its device's dispatched commands give the
-   * windows that hold it), not the backlog still within its deadline.
+   * One device's open commands whose deadline is before `before`, at most `limit` of them (-1:
+   * all), the earliest deadlines first, with every dispatched one of the device (one or two),
+   * whole, in the journal's order; and how many open commands of the device are past `before`
+   * (`total`, counted by SQLite). What the stuck rule judges (open-commands.ts: a command is
+   * stuck only past its deadline, and its device's dispatched commands give the windows that
+   * hold it), not the backlog still within its deadline, nor all of a backlog past it.
    */
-  openPastDeadline(before: number): CommandRecord[];
+  openPastDeadline(device: string, before: number, limit: number): PastDeadline;
   list(filter: ListFilter): CommandRecord[];
   /**
    * The stops on `ref`'s device claimed after it, newest first, at most `limit`: in the

@@ -5,6 +5,7 @@ import {
   type CommandRef,
   type JournalEvent,
   type OpenCounts,
+  type PastDeadline,
 } from './journal.js';
 import { latestWriteMarked, latestWriteUnsent } from './redispatch.js';
 
@@ -69,8 +70,24 @@ export interface OpenCommands {
   /** Cumulative counts: open commands at most `le` seconds old ("+Inf": all). */
   readonly byAge: readonly { readonly le: string; readonly count: number }[];
   readonly oldestAgeMs: number | null;
+  /**
+   * The stuck ones, the most overdue first: every one (summarizeOpen), or in the daemon's
+   * summary (countOpen) those of each configured device and the STUCK_LISTED_PER_DEVICE most
+   * overdue of each device no longer configured (the rest counted, not read).
+   */
   readonly stuck: readonly StuckCommand[];
+  /** How many are stuck, listed or not. */
+  readonly stuckCount: number;
 }
+
+/**
+ * The stuck commands of a device no longer configured that the daemon's summary lists (its most
+ * overdue): the rest are counted. Every open command of such a device is stuck from its
+ * deadline, and a device removed with a backlog leaves thousands, read whole at every /metrics
+ * scrape and /readyz probe otherwise; /readyz names five, the status page and the gauge count
+ * them, `sluicectl stuck` lists them all.
+ */
+export const STUCK_LISTED_PER_DEVICE = 32;
 
 /** What the rule reads of the journal beyond the open commands (the daemon's or read-only). */
 export interface StuckJournal {
@@ -242,26 +259,49 @@ export function summarizeOpen(
     { le: '+Inf', count: ages.length },
   ];
   stuck.sort((a, b) => b.overdueMs - a.overdueMs);
-  return { accepted, dispatched, byAge, oldestAgeMs: oldest, stuck };
+  return { accepted, dispatched, byAge, oldestAgeMs: oldest, stuck, stuckCount: stuck.length };
 }
 
-/** What countOpen() reads of the journal (Journal.openCounts, Journal.openPastDeadline). */
+/** What countOpen() reads of the journal (Journal.openCounts, .openDevices, .openPastDeadline). */
 export interface OpenCounter {
   openCounts(acceptedSince: readonly number[]): OpenCounts;
-  openPastDeadline(before: number): readonly CommandRecord[];
+  openDevices(): readonly string[];
+  openPastDeadline(device: string, before: number, limit: number): PastDeadline;
 }
 
 /**
  * What summarizeOpen() says of every open command, without reading them all: the counts by
  * state and age from the journal's counts, the stuck ones judged by summarizeOpen() itself over
- * the commands past their deadline and the dispatched ones. Nothing else can be stuck (a
- * command's bound is never before its deadline), and a device's windows come from its
- * dispatched commands alone; the order is the journal's, as listOpen() gives it. So a backlog
- * within its deadlines costs the event loop its counts, not its rows (Sweep.openCommands).
+ * the commands that can be stuck, device by device. Nothing else can be: a command's bound is
+ * never before its deadline plus its device's confirm timeout (its deadline alone on a device no
+ * longer configured), and a device's windows come from its dispatched commands alone. A device
+ * no longer configured has no windows: every one of its open commands past its deadline is
+ * stuck, so they are counted by the journal and only the most overdue handed over
+ * (STUCK_LISTED_PER_DEVICE). So a backlog within its deadlines costs the event loop its counts,
+ * not its rows, and a removed device's backlog its count and a page (Sweep.openCommands).
  */
 export function countOpen(journal: OpenCounter, now: number, rule: StuckRule): OpenCommands {
   const counts = journal.openCounts(OPEN_AGE_BUCKETS_S.map((le) => now - le * 1000));
-  const { stuck } = summarizeOpen(journal.openPastDeadline(now), now, rule);
+  const candidates: CommandRecord[] = [];
+  // Stuck commands of devices no longer configured beyond those handed over.
+  let unlisted = 0;
+  for (const device of journal.openDevices()) {
+    const timing = rule.devices?.get(device);
+    if (timing !== undefined) {
+      // Past its deadline plus its confirm timeout, all of them: a configured device's worker
+      // ends its commands by then, so these are few (and its windows are judged on each).
+      const past = journal.openPastDeadline(device, now - timing.confirmTimeoutMs, -1);
+      candidates.push(...past.records);
+    } else {
+      const past = journal.openPastDeadline(device, now, STUCK_LISTED_PER_DEVICE);
+      candidates.push(...past.records);
+      // Each past its deadline is stuck (summarizeOpen: no worker, no window); the dispatched
+      // ones handed over within their deadline are not.
+      const listed = past.records.filter((r) => r.deadline < now).length;
+      unlisted += Math.max(0, past.total - listed);
+    }
+  }
+  const { stuck } = summarizeOpen(candidates, now, rule);
   const all = counts.accepted + counts.dispatched;
   return {
     accepted: counts.accepted,
@@ -277,6 +317,7 @@ export function countOpen(journal: OpenCounter, now: number, rule: StuckRule): O
     oldestAgeMs:
       counts.oldestAcceptedAt === null ? null : Math.max(0, now - counts.oldestAcceptedAt),
     stuck,
+    stuckCount: stuck.length + unlisted,
   };
 }
 

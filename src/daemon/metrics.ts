@@ -502,7 +502,8 @@ export class Metrics {
       registers,
       collect() {
         const open = openNow();
-        this.set(open === null ? Number.NaN : open.stuck.length);
+        // Counted: the summary lists only the most overdue of a removed device's backlog.
+        this.set(open === null ? Number.NaN : open.stuckCount);
       },
     });
     pipeline.onSettled((record, times) => {

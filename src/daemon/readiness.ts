@@ -306,23 +306,26 @@ function commandsCheck(parts: ReadinessParts, cache: ProbeCache): Check {
 function listOpen(parts: ReadinessParts): Check & { readFailed?: true } {
   try {
     const open = parts.pipeline.openCommands();
+    // The most overdue, listed (a device no longer configured: its most overdue, the rest
+    // counted): the count says how many.
     const stuck = open.stuck;
+    const count = open.stuckCount;
     const oldest =
       open.oldestAgeMs === null ? '' : `, oldest ${Math.round(open.oldestAgeMs / 1000)} s`;
     return {
-      ok: stuck.length === 0,
+      ok: count === 0,
       detail:
         `${open.accepted + open.dispatched} open (${open.accepted} accepted, ${open.dispatched} dispatched${oldest})` +
-        (stuck.length === 0
+        (count === 0
           ? ''
           : // Each with the bound it is past, in the words of `sluicectl stuck` and the page.
-            `; ${stuck.length} stuck: ${stuck
+            `; ${count} stuck: ${stuck
               .slice(0, 5)
               .map(
                 (c) =>
                   `${c.key} on ${c.device} (${c.state}) ${Math.round(c.overdueMs / 1000)} s past ${c.reason}`,
               )
-              .join('; ')}${stuck.length > 5 ? '; …' : ''}`),
+              .join('; ')}${count > 5 ? '; …' : ''}`),
     };
   } catch (error) {
     return {

@@ -352,7 +352,7 @@ export class UiViews {
       commands: {
         accepted: open.accepted,
         dispatched: open.dispatched,
-        stuck: open.stuck.length,
+        stuck: open.stuckCount,
       },
     };
   }

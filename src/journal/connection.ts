@@ -635,7 +635,9 @@ function prepare(db: Database): {
   openCounts: Statement;
   openDispatched: Statement;
   openSince: Statement;
-  openPastDeadline: Statement;
+  pastDeadlineCount: Statement;
+  pastDeadlinePage: Statement;
+  dispatchedOf: Statement;
   stopsAfter: Statement;
   lastDispatched: Statement;
   purgeCandidates: Statement;
@@ -756,14 +758,26 @@ function prepare(db: Database): {
     openSince: db.prepare(`
       SELECT count(*) AS n FROM commands INDEXED BY commands_open
       WHERE state IN ('accepted', 'dispatched') AND accepted_at >= ?`),
-    // What the stuck rule judges (Journal.openPastDeadline): SQLite reads each open row's
-    // deadline, and only those past it (and the dispatched ones) are handed over whole. Through
-    // commands_open_device, whose entries of a device are in rowid order (seq NULL: the backlog),
-    // so the rows are read in the table's order, page after page: through commands_open (by
-    // acceptance) the same rows took 6–30 ms at ten thousand, here 2 ms.
-    openPastDeadline: db.prepare(`
+    // What the stuck rule judges (Journal.openPastDeadline), one device at a time, through
+    // commands_open_device (its entries of a device in rowid order for the backlog, seq NULL:
+    // the rows are read in the table's order, page after page; through commands_open, by
+    // acceptance, the same rows took 6–30 ms at ten thousand, here 2 ms): how many of its open
+    // commands are past a deadline, counted; the first of them by deadline, at most a limit,
+    // whole; and its dispatched ones (a seek to the entries with a sequence number), whole. A
+    // backlog of a device no longer configured, thousands past their deadline, is counted, not
+    // handed over at every /metrics scrape and /readyz probe.
+    pastDeadlineCount: db.prepare(`
+      SELECT count(*) AS n FROM commands INDEXED BY commands_open_device
+      WHERE device = ? AND state IN ('accepted', 'dispatched') AND deadline < ?`),
+    pastDeadlinePage: db.prepare(`
       SELECT * FROM commands INDEXED BY commands_open_device
-      WHERE state IN ('accepted', 'dispatched') AND (state = 'dispatched' OR deadline < ?)
+      WHERE device = ? AND state IN ('accepted', 'dispatched') AND state = 'accepted'
+        AND deadline < ?
+      ORDER BY deadline, id LIMIT ?`),
+    dispatchedOf: db.prepare(`
+      SELECT * FROM commands INDEXED BY commands_open_device
+      WHERE device = ? AND seq IS NOT NULL AND state IN ('accepted', 'dispatched')
+        AND state = 'dispatched'
       ORDER BY id`),
     // A rare path (a readback shows another command's echo). The rows claimed since the
     // command, newest first (`+c.device` keeps the planner off the device index, whose scan

@@ -16,6 +16,7 @@ import {
   type OpenPage,
   type OpenPageRef,
   type OpenRef,
+  type PastDeadline,
   type PurgeStep,
   type Rejection,
   type Retry,
@@ -275,11 +276,15 @@ export class SqliteJournal implements Journal {
     }
   }
 
-  openPastDeadline(before: number): CommandRecord[] {
+  openPastDeadline(device: string, before: number, limit: number): PastDeadline {
     try {
-      return (this.connection().stmts.openPastDeadline.all(before) as CommandRow[]).map(
-        rowToRecord,
-      );
+      const { stmts } = this.connection();
+      const total = (stmts.pastDeadlineCount.get(device, before) as { n: number }).n;
+      const accepted = stmts.pastDeadlinePage.all(device, before, limit) as CommandRow[];
+      const dispatched = stmts.dispatchedOf.all(device) as CommandRow[];
+      // In the journal's order, as a single read would give them.
+      const records = [...accepted, ...dispatched].sort((x, y) => x.id - y.id).map(rowToRecord);
+      return { records, total };
     } catch (error) {
       return translate(error, 'read', this.options.path);
     }

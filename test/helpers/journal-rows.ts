@@ -16,7 +16,7 @@ const LISTING = [
 
 /**
  * Counts the rows `journal`'s listing methods return from now on (an array's length, or a
- * page's `refs`), on this instance; `stop()` puts the methods back. The work a path does on a
+ * page's `refs`, the `records` handed over beside a count), on this instance; `stop()` puts the methods back. The work a path does on a
  * backlog, counted, not timed: a bound on rows read holds on any machine, where a bound on
  * milliseconds fails on a loaded one (speed is the bench's: npm run bench).
  */
@@ -36,8 +36,10 @@ export function countRowsRead(journal: SqliteJournal): {
       const result = (method as (...a: unknown[]) => unknown).apply(journal, args);
       if (Array.isArray(result)) rows += result.length;
       else if (result !== null && typeof result === 'object') {
-        const refs = (result as { refs?: unknown }).refs;
+        // A page's refs, or the records handed over with a count (openPastDeadline).
+        const { refs, records } = result as { refs?: unknown; records?: unknown };
         if (Array.isArray(refs)) rows += refs.length;
+        else if (Array.isArray(records)) rows += records.length;
       }
       return result;
     };

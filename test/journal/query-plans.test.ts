@@ -102,7 +102,16 @@ describe('the journal’s statements, as SQLite plans them', () => {
       expect(plans.openSince).toBe('SEARCH commands USING INDEX commands_open (accepted_at>?)');
       expect(plans.openCounts).toContain('SEARCH commands USING INDEX commands_open');
       expect(plans.openDispatched).toBe('SCAN commands USING INDEX commands_open_device');
-      expect(plans.openPastDeadline).toContain('commands_open_device');
+      // What the stuck rule judges (countOpen), one device at a time: a range of its entries.
+      expect(plans.pastDeadlineCount).toBe(
+        'SEARCH commands USING INDEX commands_open_device (device=?)',
+      );
+      expect(plans.pastDeadlinePage).toContain(
+        'SEARCH commands USING INDEX commands_open_device (device=?)',
+      );
+      expect(plans.dispatchedOf).toContain(
+        'SEARCH commands USING INDEX commands_open_device (device=? AND seq>?)',
+      );
       const walks = Object.entries(plans).filter(([, plan]) =>
         plan.split(' | ').some((step) => {
           const scan = /^SCAN (commands|events)( USING (COVERING )?INDEX (\w+))?/.exec(step);
