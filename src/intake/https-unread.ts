@@ -76,6 +76,12 @@ async function takingBytes(socket: Socket): Promise<boolean> {
 
 /** How often the kernel is asked about the connections' peers (boundUnreadInKernel). */
 const KERNEL_CHECK_MS = 5_000;
+/**
+ * How soon it is asked once a connection that ended both ways waits for its client to take its
+ * last bytes (keepUntilTaken), and then at twice the wait each time, up to RELEASE_CHECK_MAX_MS.
+ */
+export const RELEASE_CHECK_MS = 25;
+const RELEASE_CHECK_MAX_MS = 1_000;
 
 /**
  * Connections that carry a stream without end (the status page's events, ui-events.ts), which
@@ -106,6 +112,7 @@ export function boundUnreadInKernel(server: NetServer, ms: number, closed?: () =
   const open = new Map<Socket, Watch>();
   let timer: NodeJS.Timeout | null = null;
   let checking = false;
+  const releases = watchReleases(open);
   const check = async (): Promise<void> => {
     const peers = await readTcpPeers();
     if (peers === null) return;
@@ -131,7 +138,7 @@ export function boundUnreadInKernel(server: NetServer, ms: number, closed?: () =
   server.on('secureConnection', (socket: Socket) => {
     const watch: Watch = { key: connectionOf(socket), stalledSince: null, release: null };
     open.set(socket, watch);
-    keepUntilTaken(server, socket, watch);
+    keepUntilTaken(server, socket, watch, releases);
     socket.once('close', () => {
       open.delete(socket);
       if (open.size > 0 || timer === null) return;
@@ -166,6 +173,74 @@ interface Watch {
 }
 
 /**
+ * Closes each connection kept for its last bytes (keepUntilTaken) once its client has taken
+ * them. A client that half-closed once its requests were sent (`nc -N`, socat, some embedded
+ * clients) and reads its answers is done with the connection when it has them, as one that
+ * closes is: the plant's next request on a new connection must not find its place (the
+ * per-address bound, https.maxConnections) still taken. Left to boundUnreadInKernel's look
+ * (every 5 s), such a connection was kept up to 5 s after its client's last byte: any answer
+ * still on the wire when Node ended the connection (any client not on the gateway itself) made
+ * it wait for that look.
+ *
+ * The kernel is asked RELEASE_CHECK_MS after a connection starts waiting (a client that reads
+ * has its bytes within a few round trips) and as often while a waiting client takes bytes (one
+ * reading a large answer over a slow link is let go within RELEASE_CHECK_MS of its last byte);
+ * while none takes any, at twice the wait each time up to RELEASE_CHECK_MAX_MS; and not at all
+ * while none waits. One read of the kernel's table serves all the connections waiting. One
+ * whose client never takes its bytes is reset by boundUnreadInKernel's bound, as before.
+ */
+function watchReleases(open: ReadonlyMap<Socket, Watch>): () => void {
+  let timer: NodeJS.Timeout | null = null;
+  let looking = false;
+  let wait = RELEASE_CHECK_MS;
+  /** The bytes each waiting connection's client had not taken at the last look. */
+  const left = new WeakMap<Watch, number>();
+  const waiting = (): boolean => [...open.values()].some((w) => w.release !== null);
+  /** Whether a waiting client took bytes since the last look. */
+  const look = async (): Promise<boolean> => {
+    const peers = await readTcpPeers();
+    let taking = false;
+    for (const watch of open.values()) {
+      if (watch.release === null) continue;
+      // No table (not Linux): nothing to go by, nothing kept for it.
+      const peer = peers === null || watch.key === null ? undefined : peers.get(watch.key);
+      const bytes = peer?.unacknowledgedBytes ?? 0;
+      if (bytes === 0) {
+        watch.release();
+        continue;
+      }
+      const before = left.get(watch);
+      if (before === undefined || bytes < before) taking = true;
+      left.set(watch, bytes);
+    }
+    return taking;
+  };
+  const schedule = (): void => {
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+    if (!waiting()) return;
+    timer = setTimeout(() => {
+      timer = null;
+      looking = true;
+      look()
+        .catch(() => false)
+        .then((taking) => {
+          looking = false;
+          wait = taking ? RELEASE_CHECK_MS : Math.min(2 * wait, RELEASE_CHECK_MAX_MS);
+          schedule();
+        })
+        .catch(() => undefined);
+    }, wait);
+    timer.unref();
+  };
+  // A connection starts waiting: looked at soon, whatever the wait had grown to.
+  return () => {
+    wait = RELEASE_CHECK_MS;
+    if (!looking) schedule();
+  };
+}
+
+/**
  * Keeps the socket of a connection that ended both ways (its client half-closed, and every
  * answer it was owed handed to the kernel: https-owed.ts) open while the kernel still holds
  * bytes of it the client has not acknowledged. Node closes such a socket at once, and once
@@ -178,7 +253,13 @@ interface Watch {
  * reset, one before the connection ended both ways, and every destroy once the server no longer
  * listens (the intake stopping: its drain bound is the bound then) go through at once.
  */
-function keepUntilTaken(server: NetServer, socket: Socket, watch: Watch): void {
+function keepUntilTaken(
+  server: NetServer,
+  socket: Socket,
+  watch: Watch,
+  /** Has watchReleases look at the connections waiting for their clients. */
+  waiting: () => void,
+): void {
   const key = watch.key;
   if (key === null) return;
   const destroy = socket.destroy.bind(socket);
@@ -202,6 +283,7 @@ function keepUntilTaken(server: NetServer, socket: Socket, watch: Watch): void {
       .then((peers) => {
         if (watch.release === null) return;
         if ((peers?.get(key)?.unacknowledgedBytes ?? 0) === 0) release();
+        else waiting();
       });
     return socket;
   };
