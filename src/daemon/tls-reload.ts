@@ -9,7 +9,13 @@ import {
 } from '../config/preflight.js';
 import { certificateName } from '../intake/https-certificate.js';
 import type { IdentityRegistry } from '../intake/identities.js';
-import { reloadTokenFiles, type TokenReload } from './token-reload.js';
+import {
+  reloadMqttPassword,
+  reloadTokenFiles,
+  type PasswordReload,
+  type PasswordTarget,
+  type TokenReload,
+} from './token-reload.js';
 
 /**
  * The reload (SIGHUP, `systemctl reload sluiced`): the TLS files are read again with the checks
@@ -19,8 +25,8 @@ import { reloadTokenFiles, type TokenReload } from './token-reload.js';
  * says which file and why. A certificate agent (ACME, EST, a CA script) renews the files and
  * reloads; nothing else is disturbed.
  *
- * And the token files outside $CREDENTIALS_DIRECTORY, whose tokens replace those read before
- * (token-reload.ts). The configuration file is not read again: devices, identities and every
+ * And the token files and mqtt.passwordFile outside $CREDENTIALS_DIRECTORY, whose tokens replace
+ * those read before, and whose password the next connection to the broker uses (token-reload.ts). The configuration file is not read again: devices, identities and every
  * other setting are what the daemon built its parts from at start (an identity's devices, a
  * PLC's connection, the journal), and only a restart builds them anew.
  *
@@ -41,6 +47,7 @@ export type TlsReloadOutcome =
 
 export interface TlsReload {
   readonly tokens: TokenReload;
+  readonly mqttPassword: PasswordReload;
   readonly https: TlsReloadOutcome;
   readonly mqtt: TlsReloadOutcome;
 }
@@ -52,7 +59,7 @@ export interface TlsReloadTargets {
     /** Whose token files are read again (token-reload.ts): bearer tokens are HTTPS's alone. */
     readonly identities: IdentityRegistry;
   } | null;
-  readonly mqtt: { replaceTlsFiles(files: MqttTlsFiles): boolean } | null;
+  readonly mqtt: ({ replaceTlsFiles(files: MqttTlsFiles): boolean } & PasswordTarget) | null;
 }
 
 export function reloadTlsFiles(
@@ -63,12 +70,24 @@ export function reloadTlsFiles(
 ): TlsReload {
   logger.info(
     {},
-    'reload (SIGHUP): reading the TLS files again (https.certFile, keyFile, clientCaFile; mqtt.caFile, certFile, keyFile) and the token files outside $CREDENTIALS_DIRECTORY (identities.*.tokenFile); the configuration file is not reloaded: devices, identities and every other setting change only with a restart',
+    'reload (SIGHUP): reading the TLS files again (https.certFile, keyFile, clientCaFile; mqtt.caFile, certFile, keyFile) and the token and password files outside $CREDENTIALS_DIRECTORY (identities.*.tokenFile, mqtt.passwordFile); the configuration file is not reloaded: devices, identities and every other setting change only with a restart',
   );
   warnOfCredentials(config, logger, env);
   const tokens = reloadTokenFiles(config, targets.https?.identities ?? null, logger, env);
+  let mqttPassword: PasswordReload;
+  try {
+    mqttPassword = reloadMqttPassword(config, targets.mqtt, logger, env);
+  } catch (error) {
+    // As guarded(): a bug must not end the daemon from its signal handler.
+    logger.error(
+      { err: error },
+      'mqtt.passwordFile not reloaded: the reload failed; the password in use before stays',
+    );
+    mqttPassword = 'kept';
+  }
   const outcome: TlsReload = {
     tokens,
+    mqttPassword,
     https: guarded('https', logger, () => reloadHttps(config.https, targets.https, logger)),
     mqtt: guarded('mqtt', logger, () => reloadMqtt(config.mqtt, targets.mqtt, logger)),
   };

@@ -1,7 +1,9 @@
+import { readFileSync } from 'node:fs';
 import { isAbsolute, relative, resolve, sep } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
 import type { SluiceConfig } from '../config/config.js';
 import type { IdentityRegistry } from '../intake/identities.js';
+import { MAX_MQTT_STRING_BYTES } from '../intake/mqtt-topics.js';
 
 /**
  * The reload's part for bearer tokens (SIGHUP, `systemctl reload sluiced`): an operator who
@@ -11,10 +13,15 @@ import type { IdentityRegistry } from '../intake/identities.js';
  * checks (IdentityRegistry.reloadTokenFiles); one that cannot be used keeps the token in use and
  * an error names it: a reload never locks every client out.
  *
- * Not read again: token files under $CREDENTIALS_DIRECTORY, systemd's copies (LoadCredential=),
- * made when the service started and not again on a reload (systemd 252), so reading them would
- * read the old token; and mqtt.passwordFile, with which the MQTT client was built. A restart
- * takes those; each reload says so (0084777), naming them.
+ * The same for mqtt.passwordFile (reloadMqttPassword): read again, and used from the next
+ * connection to the broker on; the connection that is up stays (the broker checks a password at
+ * CONNECT only), so a rotation done on the broker first and on the gateway's file second, or the
+ * other way round, drops nothing.
+ *
+ * Not read again: token and password files under $CREDENTIALS_DIRECTORY, systemd's copies
+ * (LoadCredential=), made when the service started and not again on a reload (systemd 252), so
+ * reading them would read the old secret. A restart takes those; each reload says so (0084777),
+ * naming them.
  */
 
 /** What the reload did with the token files, by identity (for the `reload done` line). */
@@ -65,12 +72,89 @@ export function reloadTokenFiles(
   return { ...outcome, credentials };
 }
 
+/** What the reload did with mqtt.passwordFile (for the `reload done` line). */
+export type PasswordReload =
+  /** Read again: the next connection to the broker uses the new password. */
+  | 'replaced'
+  | 'unchanged'
+  /** Not usable (missing, empty, too long): the password read before stays in use. */
+  | 'kept'
+  /** Under $CREDENTIALS_DIRECTORY: not read again (warnOfSecretsReadAtStart). */
+  | 'credential'
+  /** No MQTT intake, or no password file. */
+  | 'not configured';
+
+/** The MQTT intake as the reload changes its password (MqttIntake.replacePassword). */
+export interface PasswordTarget {
+  replacePassword(password: string): { readonly changed: boolean; readonly connected: boolean };
+}
+
 /**
- * Token files under $CREDENTIALS_DIRECTORY and mqtt.passwordFile are read once, at start: the
- * credential is systemd's copy, which a reload would read unchanged while a restart copies it
- * anew, and the MQTT client connects with the password it was built with. An operator who
- * replaced one and reloaded would otherwise believe the new one in use while clients holding it
- * are refused 401 and the old one is still accepted: said, naming the files, at every reload.
+ * mqtt.passwordFile read again with the start's checks (src/config/preflight.ts: readable, not
+ * empty once trimmed, at most what MQTT carries) and handed to the intake for its next
+ * connection. A file that fails them keeps the password in use, and an error names the file and
+ * why, never the password: a reload never locks the gateway out of its broker.
+ */
+export function reloadMqttPassword(
+  config: SluiceConfig,
+  intake: PasswordTarget | null,
+  logger: PinoLogger,
+  env: NodeJS.ProcessEnv,
+): PasswordReload {
+  const file = config.mqtt?.passwordFile;
+  if (file === undefined || intake === null) return 'not configured';
+  if (isCredentialIn(env, file)) return 'credential';
+  const log = logger.child({ component: 'mqtt' });
+  let password: string;
+  try {
+    password = readFileSync(file, 'utf8').trim();
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code ?? 'unreadable';
+    log.error(
+      { file },
+      `reload: mqtt.passwordFile not taken: ${file} cannot be read (${reason}); the password read before stays the one used to connect`,
+    );
+    return 'kept';
+  }
+  const bytes = Buffer.byteLength(password, 'utf8');
+  const refusal =
+    bytes === 0
+      ? 'it is empty'
+      : bytes > MAX_MQTT_STRING_BYTES
+        ? `${bytes} bytes, longer than an MQTT password may be (${MAX_MQTT_STRING_BYTES} bytes)`
+        : null;
+  if (refusal !== null) {
+    log.error(
+      { file },
+      `reload: mqtt.passwordFile not taken: ${refusal}; the password read before stays the one used to connect: write the file whole (beside it, then renamed over it) and reload again`,
+    );
+    return 'kept';
+  }
+  const { changed, connected } = intake.replacePassword(password);
+  if (!changed) {
+    log.info({ file }, 'reload: mqtt.passwordFile read again, unchanged');
+    return 'unchanged';
+  }
+  log.info(
+    { file, connected },
+    connected
+      ? 'reload: mqtt.passwordFile read again: the next connection to the broker uses the new password; the connection that is up stays (a password is checked at connect)'
+      : 'reload: mqtt.passwordFile read again: the next connection attempt to the broker uses the new password',
+  );
+  return 'replaced';
+}
+
+function isCredentialIn(env: NodeJS.ProcessEnv, file: string): boolean {
+  const folder = env.CREDENTIALS_DIRECTORY;
+  return folder !== undefined && folder !== '' && isUnder(file, folder);
+}
+
+/**
+ * Token and password files under $CREDENTIALS_DIRECTORY are read once, at start: the credential
+ * is systemd's copy, which a reload would read unchanged while a restart copies it anew. An
+ * operator who replaced one and reloaded would otherwise believe the new one in use while
+ * clients holding it are refused 401 and the old one is still accepted (or the broker refuses
+ * the gateway's next connection): said, naming the files, at every reload.
  */
 function warnOfSecretsReadAtStart(
   config: SluiceConfig,
@@ -83,12 +167,16 @@ function warnOfSecretsReadAtStart(
       : [`identities.${name}.tokenFile: ${identity.tokenFile}`],
   );
   const password = config.mqtt?.passwordFile;
-  const files = [...tokens, ...(password === undefined ? [] : [`mqtt.passwordFile: ${password}`])];
+  const files = [
+    ...tokens,
+    ...(password === undefined || !isCredential(password)
+      ? []
+      : [`mqtt.passwordFile: ${password}`]),
+  ];
   if (files.length === 0) return;
-  const credentials = tokens.length > 0 || (password !== undefined && isCredential(password));
   logger.warn(
     { files },
-    `reload: token and password files are read at start only, not on a reload: a token or password replaced in them takes effect with a restart (systemctl restart sluiced)${credentials ? ', which also has systemd copy the credentials (LoadCredential=) anew' : ''}; until then the one read at start is the one in use${tokens.length > 0 ? '. A token file outside the credentials is read again by each reload (docs/configuration.md)' : ''}`,
+    'reload: token and password files are read at start only under $CREDENTIALS_DIRECTORY, not on a reload: systemd copied them when sluiced started (LoadCredential=) and does not copy them again on a reload, so a token or password replaced at its source takes effect with a restart (systemctl restart sluiced); until then the one read at start is the one in use. Token and password files outside the credentials are read again by each reload (docs/configuration.md)',
   );
 }
 

@@ -478,6 +478,22 @@ export class MqttSession {
     return this.current?.connected === true && !this.isEnded;
   }
 
+  /**
+   * The password (mqtt.passwordFile, read again and checked by the caller:
+   * src/daemon/token-reload.ts) for the connections from now on. The broker checks it at CONNECT,
+   * so the connection that is up keeps its session; the next one, a reconnection included, sends
+   * this one (MQTT.js builds each CONNECT from the client's own options object, as
+   * replaceTlsFiles relies on). Returns whether it differs from the one before, and whether a
+   * connection is up.
+   */
+  replacePassword(password: string): { readonly changed: boolean; readonly connected: boolean } {
+    const changed = this.clientOptions.password !== password;
+    for (const options of [this.clientOptions, this.current?.options]) {
+      if (options !== undefined) options.password = password;
+    }
+    return { changed, connected: this.current?.connected === true && !this.isEnded };
+  }
+
   private buildClientOptions(gatewayId: string): IClientOptions {
     const c = this.config;
     const options: IClientOptions = {

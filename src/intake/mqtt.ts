@@ -233,6 +233,11 @@ export class MqttIntake {
     return this.session.replaceTlsFiles(files);
   }
 
+  /** mqtt.passwordFile read again (a reload) for the next connection: MqttSession.replacePassword. */
+  replacePassword(password: string): { readonly changed: boolean; readonly connected: boolean } {
+    return this.session.replacePassword(password);
+  }
+
   /**
    * Stops claiming commands; results and state are still published. For a graceful stop:
    * stopTakingCommands(), let the pipeline settle in-flight commands, then stop(). Messages
