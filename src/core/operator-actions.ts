@@ -13,7 +13,7 @@ import {
 import type { Logger } from './logger.js';
 import { latestWriteWithheld } from './open-commands.js';
 import type { Outcomes } from './outcomes.js';
-import { latestWriteUnsent } from './redispatch.js';
+import { latestUnsentCause } from './redispatch.js';
 import { resolveDetail, WRITE_NOTE_BEGINNINGS } from './resolve-detail.js';
 
 /** What an operator's actions need from the pipeline. */
@@ -199,10 +199,15 @@ function writeNote(
     // Between the dispatch and the write (its barrier): the worker looks again before the write.
     return `${resolve}; ${write} had been dispatched and was not yet sent, and it is not sent`;
   }
-  // Not taken up yet since a stop of the daemon withdrew its write (a device no longer
-  // configured, say): the history proves it never left the daemon (redispatch.ts).
-  if (known === null && !held && latestWriteUnsent(journal.history(record), record.seq)) {
-    return `${resolve}, and ${write} was withdrawn before it was sent (its history says so): nothing was applied`;
+  // Not taken up yet since a stop of the daemon withdrew its write, or since its driver refused
+  // it for want of a connection (a device no longer configured, say): the history proves it
+  // never left the daemon (redispatch.ts).
+  const unsent =
+    known === null && !held ? latestUnsentCause(journal.history(record), record.seq) : null;
+  if (unsent !== null) {
+    return unsent === 'withdrawn'
+      ? `${resolve}, and ${write} was withdrawn before it was sent (its history says so): nothing was applied`
+      : `${resolve}, and ${write} found no connection to the controller and was never sent (its history says so): nothing was applied`;
   }
   return `${resolve}, but ${write} had been dispatched before and whether it reached the controller is unknown: it may have been applied`;
 }

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { PIPELINE, RECOVERY } from '../../src/core/lane.js';
-import { unsentLine } from '../../src/core/redispatch.js';
+import { noConnectionLine, unsentLine } from '../../src/core/redispatch.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
 import { sluicectl, type CliRun } from '../cli/helpers.js';
@@ -93,6 +93,37 @@ beforeAll(async () => {
       dispatched,
       at + 5,
       unsentLine(7, 'as the daemon stopped', 'mb: write 10+3: not sent: withdrawn'),
+      RECOVERY,
+    );
+    // One whose write found no connection, its command gone round again, when the daemon
+    // stopped: dispatched, and its history says the write never left the daemon.
+    seedOrphan(journalPath, Date.now(), {
+      scope: 'ops',
+      key: 'unsent-2',
+      device: 'removed-valve',
+      intake: 'https',
+    });
+    const waiting = journal.markDispatched(
+      { scope: 'ops', key: 'unsent-2' },
+      at,
+      {
+        state: 'CLOSED',
+        position: 0,
+        seq: 0,
+        faultCode: null,
+        sourceTime: null,
+        readAt: new Date(at).toISOString(),
+      },
+      PIPELINE,
+      () => 8,
+    );
+    journal.note(
+      waiting,
+      at + 5,
+      noConnectionLine(
+        8,
+        'mb: write 10+3: not sent: no connection to the PLC (mb: not connected; next attempt in 180 ms (mb: connection closed)); nothing was written',
+      ),
       RECOVERY,
     );
   } finally {
@@ -189,6 +220,16 @@ describe('resolve while the journal cannot make it durable', () => {
     expect(onFile('unsent-1')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
     expect(onFile('unsent-1').detail).toBe(
       `resolved by "${OPERATOR}": "valve gone"; the operator's action wrote nothing to the controller, and the command's write (sequence number 7) was withdrawn before it was sent (its history says so): nothing was applied`,
+    );
+  }, 60_000);
+
+  it('of a command whose write found no connection and waited for one: the outcome says it was never sent', async () => {
+    const resolved = await cli('resolve', 'unsent-2', '--as', 'failed', '--reason', 'valve gone');
+    expect(resolved.code).toBe(0);
+    expect(onFile('unsent-2')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+    // Before: "… was withdrawn before it was sent", which it was not.
+    expect(onFile('unsent-2').detail).toBe(
+      `resolved by "${OPERATOR}": "valve gone"; the operator's action wrote nothing to the controller, and the command's write (sequence number 8) found no connection to the controller and was never sent (its history says so): nothing was applied`,
     );
   }, 60_000);
 });
