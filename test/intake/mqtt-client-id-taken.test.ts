@@ -159,6 +159,53 @@ describe.skipIf(!available)('MQTT intake: another client connects with its clien
   }, 90_000);
 
   /**
+   * Over MQTT 3.1.1 only the pattern tells, and each short close is judged once the gateway is
+   * back by its retained status (StatusReadback): at a takeover Mosquitto publishes no Will, the
+   * status still says `online`, and the close counts (a restart's Will would not).
+   */
+  it('MQTT 3.1.1: says so too, the status read back still online', async () => {
+    const clientId = `${CLIENT_ID}-v4`;
+    const { logger, lines } = recordingLogger();
+    const intake = site.intake({
+      config: { protocolVersion: 4, clientId },
+      gatewayId: `${GATEWAY}v4`,
+      logger,
+      reconnect: { minMs: 100, maxMs: 400 },
+    });
+    site.cleanups.push(() => intake.stop());
+    await site.connect(intake);
+    const stray: ChildProcess = spawn(
+      'mosquitto_sub',
+      [
+        ...['-h', '127.0.0.1', '-p', String(site.broker.port), '-V', 'mqttv311'],
+        ...['-i', clientId, '-c', '-q', '1', '-t', 'tools/debug'],
+      ],
+      { stdio: 'ignore' },
+    );
+    const strayExited = new Promise<void>((resolve) => {
+      stray.once('exit', () => {
+        resolve();
+      });
+    });
+    site.cleanups.push(async () => {
+      if (stray.exitCode === null && stray.signalCode === null) stray.kill('SIGTERM');
+      await strayExited;
+    });
+    await until(
+      () => (lines.some((l) => String(l.msg).includes(SUSPECTED)) ? true : undefined),
+      20_000,
+      'the takeover warning',
+    );
+    expect(site.broker.log()).toContain(`Client ${clientId} already connected, closing old`);
+    expect(lines.filter((l) => String(l.msg).startsWith('the MQTT broker was restarted'))).toEqual(
+      [],
+    );
+    stray.kill('SIGTERM');
+    await strayExited;
+    await intake.stop();
+  }, 30_000);
+
+  /**
    * MQTT 5 lets a broker say it: DISCONNECT with reason 0x8E Session taken over before it closes
    * the older connection. Mosquitto 2.0.11 does not send it (measured: it closes the socket
    * without a DISCONNECT, over MQTT 5 as over 3.1.1), so a few bytes stand in for a broker that
