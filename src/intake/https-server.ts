@@ -11,6 +11,7 @@ import {
 } from './https-connections.js';
 import { settleUnreadBody } from './https-drain.js';
 import { AnswersOwed } from './https-owed.js';
+import { notFoundOnEmptyParameters } from './https-params.js';
 import { boundAnswers, boundUnreadInKernel } from './https-unread.js';
 import { readIdempotencyKey } from './idempotency-key.js';
 import {
@@ -207,18 +208,9 @@ export function createServer(options: ServerOptions): App {
       { 'retry-after': String(RETRY_SHUTDOWN_S), connection: 'close' },
     );
   });
-  // No key, device id or scope is empty, but the router matches an empty last segment to a
-  // parameter: `POST /v1/commands/` was `/v1/commands/:key` with the key '' and answered 405
-  // 'use GET, HEAD, OPTIONS', and a client with a stray slash read that commands cannot be
-  // posted. Such a path is unknown, 404 for every method (docs/http-api.md), before
-  // authentication as every unknown path. A wildcard (`*`, the status page's files) may be empty.
-  app.addHook('onRequest', async (request, reply) => {
-    const params = request.params as Record<string, unknown> | null | undefined;
-    if (params === null || typeof params !== 'object') return;
-    if (!Object.entries(params).some(([name, value]) => name !== '*' && value === '')) return;
-    reply.callNotFound();
-    return reply;
-  });
+  // A path whose key, device id or scope is empty is unknown: checked by the routes with a
+  // parameter alone (https-params.ts).
+  notFoundOnEmptyParameters(app);
   app.addHook('onSend', async (request, reply, payload) => {
     reply.header('cache-control', 'no-store');
     reply.header('x-content-type-options', 'nosniff');
