@@ -75,10 +75,10 @@ export interface CheckedRead<T> {
   readonly value: T;
   /**
    * Once the read has been printed: waits for the check (within its budget) and gives `code`
-   * back; says on stderr that the file was not checked in full when the budget ran out; throws
+   * back (unless `met`, damage the read itself met, says the file is damaged); says on stderr that the file was not checked in full when the budget ran out; throws
    * JOURNAL_DAMAGED (exit 1) when the file is damaged.
    */
-  settle(code: ExitCode): Promise<ExitCode>;
+  settle(code: ExitCode, met?: string): Promise<ExitCode>;
 }
 
 /**
@@ -135,8 +135,10 @@ export async function withJournal<T>(
     value,
     // Begun once what was read is printed: a run that ends before (a usage error) leaves no
     // check behind.
-    settle: async (code) => {
-      const found = check(value) ? await checked(target, path) : null;
+    // `met`: damage the read itself met and went round (sluicectl stuck's unreadable rows): the
+    // file is damaged whatever the check says, or if it could not finish within its budget.
+    settle: async (code, met) => {
+      const found = check(value) ? ((await checked(target, path)) ?? met ?? null) : (met ?? null);
       if (found === null) return code;
       throw new CliError(
         damagedText(

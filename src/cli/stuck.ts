@@ -16,11 +16,24 @@ import { renderTable, type Column } from './table.js';
 export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<ExitCode> {
   const now = ctx.now();
   const timings = ctx.deviceTimings();
-  const read = await withJournal(ctx, ctx.journalPath(), (journal) =>
-    stuckItems(journal.listOpen(), olderThanMs, now, timings, journal),
-  );
-  const items = read.value;
+  // listOpenReadable: on a journal whose damaged page holds some of the open commands, those
+  // that can be read are listed and the others counted (the check after the output then says
+  // the file is damaged, exit 1), where the read met the page and listed nothing.
+  const read = await withJournal(ctx, ctx.journalPath(), (journal) => {
+    const open = journal.listOpenReadable();
+    return {
+      items: stuckItems(open.records, olderThanMs, now, timings, journal),
+      unreadable: open.unreadable,
+    };
+  });
+  const { items, unreadable } = read.value;
   const code = items.length > 0 ? EXIT.STUCK : EXIT.OK;
+  const met = unreadable > 0 ? `${unreadable} open command rows could not be read` : undefined;
+  if (unreadable > 0) {
+    ctx.warn(
+      `${unreadable} open command${unreadable === 1 ? ' is' : 's are'} on damaged pages of the journal and could not be read: not listed below, whatever their age`,
+    );
+  }
   if (timings === null && !ctx.json) {
     ctx.warn('no configuration: confirm timeouts unknown, stuck is judged from deadlines alone');
   }
@@ -30,13 +43,14 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
       olderThanMs,
       configured: timings !== null,
       stuck: items.filter((i) => i.stuck).length,
+      unreadable,
       commands: items,
     });
-    return read.settle(code);
+    return read.settle(code, met);
   }
   if (items.length === 0) {
     ctx.out(`No open commands older than ${exactDuration(olderThanMs)}.\n`);
-    return read.settle(code);
+    return read.settle(code, met);
   }
   const columns: Column<StuckItem>[] = [
     { header: 'key', value: (i) => i.key, tone: (i) => (i.stuck ? 'bold' : null) },
@@ -67,5 +81,5 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
       'Explain one: sluicectl show KEY. Settle it: sluicectl reverify KEY, or ' +
       'sluicectl resolve KEY --as failed --reason "…".\n',
   );
-  return read.settle(code);
+  return read.settle(code, met);
 }

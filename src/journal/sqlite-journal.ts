@@ -188,6 +188,50 @@ export class SqliteJournal implements Journal {
     }
   }
 
+  /**
+   * The open commands, as listOpen, from a journal whose damaged pages a read may meet: for
+   * sluicectl stuck, whose answer an operator needs most when the gateway's storage is failing
+   * (which valves had a command in flight). A damaged page of the commands table ends listOpen's
+   * statement there, and nothing could be listed; then the open commands' ids are read from
+   * their index alone and each row on its own, and the rows that cannot be read are counted.
+   * Damage the index itself holds (or any other error) is thrown as listOpen throws it.
+   */
+  listOpenReadable(): { readonly records: CommandRecord[]; readonly unreadable: number } {
+    try {
+      return { records: this.listOpen(), unreadable: 0 };
+    } catch (error) {
+      if (!metDamage(error)) throw error;
+    }
+    try {
+      const { db } = this.connection();
+      const ids = db
+        .prepare(
+          `SELECT id FROM commands INDEXED BY commands_open
+           WHERE state IN ('accepted', 'dispatched') ORDER BY id`,
+        )
+        .pluck()
+        .all() as number[];
+      const row = db.prepare(`SELECT * FROM commands WHERE id = ?`);
+      const records: CommandRecord[] = [];
+      let unreadable = 0;
+      for (const id of ids) {
+        try {
+          const found = row.get(id) as CommandRow | undefined;
+          // Settled meanwhile (a daemon beside the reader): no longer open.
+          if (found !== undefined && (found.state === 'accepted' || found.state === 'dispatched')) {
+            records.push(rowToRecord(found));
+          }
+        } catch (error) {
+          if (!metDamage(error)) throw error;
+          unreadable++;
+        }
+      }
+      return { records, unreadable };
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
   listOpenRefs(): OpenRef[] {
     try {
       return this.connection().stmts.openRefs.all() as OpenRef[];
@@ -532,4 +576,13 @@ export class SqliteJournal implements Journal {
       // Left closed: the next use tries again (and refuses meanwhile, as unavailable).
     }
   }
+}
+
+/** SQLite met a damaged page (SQLITE_CORRUPT*, SQLITE_NOTADB), whether translated or not. */
+function metDamage(error: unknown): boolean {
+  const cause = error instanceof JournalUnavailableError ? error.cause : error;
+  const code = (cause as { code?: unknown } | null)?.code;
+  return (
+    typeof code === 'string' && (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB')
+  );
 }

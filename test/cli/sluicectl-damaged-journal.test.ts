@@ -164,10 +164,49 @@ describe('sluicectl on a journal whose read meets the damaged page', () => {
       'm',
     );
 
-  it('stuck, reading every open command: the damage and what to do, exit 1', async () => {
-    const run = await sluicectlInProcess(['--journal', tablePath, 'stuck', '--older-than', '0s']);
-    expect({ code: run.code, stdout: run.stdout }).toEqual({ code: 1, stdout: '' });
-    expect(run.stderr).toMatch(metByRead());
+  it('stuck, reading every open command: the readable ones listed, the others counted, the damage, exit 1', async () => {
+    // Which valves had a command in flight is what an operator needs from a failing card: the
+    // read met the damaged page and listed nothing; the open commands are read one by one.
+    const run = await sluicectlInProcess([
+      '--journal',
+      tablePath,
+      '--json',
+      'stuck',
+      '--older-than',
+      '0s',
+    ]);
+    expect(run.code).toBe(1);
+    const answer = run.json<{ unreadable: number; commands: { key: string }[] }>();
+    expect(answer.unreadable).toBeGreaterThan(0);
+    // Every open command is either listed or counted, none twice: the 2,000 the journal holds.
+    const keys = new Set(answer.commands.map((c) => c.key));
+    expect(keys.size).toBe(answer.commands.length);
+    expect(answer.commands.length + answer.unreadable).toBe(2_000);
+    expect(keys.has('key-0')).toBe(true);
+    expect(keys.has('key-1999')).toBe(true);
+    expect(run.stderr).toMatch(
+      new RegExp(
+        `^sluicectl: ${answer.unreadable} open commands are on damaged pages of the journal and could not be read`,
+        'm',
+      ),
+    );
+    expect(run.stderr).toMatch(
+      /is damaged \(SQLite's check: "[^"]+"\): what is shown is what its readable pages hold/,
+    );
+
+    // Past the check's budget the exit still says the file is damaged: the read met it.
+    const quick = await sluicectlInProcess([
+      '--journal',
+      tablePath,
+      '--check-within',
+      '1ms',
+      'stuck',
+      '--older-than',
+      '0s',
+    ]);
+    expect(quick.code).toBe(1);
+    expect(quick.stdout).toMatch(/^KEY/);
+    expect(quick.stderr).toMatch(/could not be read/);
   });
 
   it('show of a command on the damaged page: the damage and what to do, exit 1', async () => {
