@@ -21,6 +21,11 @@ import { unsentLine } from './redispatch.js';
  */
 export class CommandWrites {
   private readonly host: ExecutionHost;
+  /**
+   * For each write on its way (beginWrite to the end of send), the device's write it replaced as
+   * the lane's last: when it is not sent after all, that one is the device's last write again.
+   */
+  private readonly replaced = new WeakMap<LastWrite, LastWrite | null>();
 
   constructor(host: ExecutionHost) {
     this.host = host;
@@ -42,6 +47,7 @@ export class CommandWrites {
       unknownSinceMono: null,
       epoch: null,
     };
+    this.replaced.set(write, writeBefore(lane.lastWrite, record));
     lane.lastWrite = write;
     return write;
   }
@@ -53,9 +59,22 @@ export class CommandWrites {
     write: LastWrite,
     log: Logger,
   ): Promise<WriteOutcome> {
-    const outcome = await sendWhileBusy(this.host, lane, record, seq, write, log, () =>
-      this.trySend(lane, record, seq, write),
-    );
+    const before = this.replaced.get(write) ?? null;
+    let outcome: WriteOutcome;
+    try {
+      outcome = await sendWhileBusy(this.host, lane, record, seq, write, log, () =>
+        this.trySend(lane, record, seq, write),
+      );
+    } finally {
+      this.replaced.delete(write);
+    }
+    // Never sent: the write before it is the device's last again. It may belong to another
+    // command whose write the controller may still take (acknowledged and held, its answer
+    // lost): a command that goes round again after a write refused for want of a connection
+    // (execution.ts, goRoundAgain) decides behind it as its first round did. Voided with this
+    // one, a stop decided behind a held open was confirmed a no-op at CLOSED on its second
+    // round, and the controller then took the open (I2).
+    if (outcome.kind === 'not-sent' && lane.lastWrite === null) lane.lastWrite = before;
     if (aborted(lane)) this.noteAfterResolve(record, seq, outcome);
     return outcome;
   }
@@ -236,6 +255,17 @@ export class CommandWrites {
           : `the controller refused the write: ${outcome.error}`,
     });
   }
+}
+
+/**
+ * The device's write before one of `record`'s about to be sent: the lane's last, when another
+ * command's; for a write of the same command (its first, before a second dispatch; a take-up's
+ * stand-in), the write it stood behind, if any (LastWrite.behind).
+ */
+function writeBefore(last: LastWrite | null, record: CommandRecord): LastWrite | null {
+  if (last === null) return null;
+  if (last.scope !== record.scope || last.key !== record.key) return last;
+  return last.behind ?? null;
 }
 
 export function requireSeq(record: CommandRecord): number {

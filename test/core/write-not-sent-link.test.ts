@@ -1,0 +1,178 @@
+import { describe, it, type TestContext } from 'vitest';
+import { isTerminal } from '../../src/core/command.js';
+import type { CommandWrite } from '../../src/core/driver.js';
+import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
+import { TcpLink } from '../helpers/tcp-link.js';
+import { heldAcknowledgedOpen } from '../helpers/withheld-dispatch.js';
+
+/**
+ * A write its driver refuses unsent for want of a connection (WriteNotSentError `no-connection`)
+ * goes round again within its deadline (execution.ts, goRoundAgain). Cases write-not-sent.test.ts
+ * does not cover: the device's previous write still in the controller's hands across the blip,
+ * and the daemon restarted while the command waits for the connection. The real pipeline, SQLite
+ * journal and Modbus driver against sluice-sim, reached through a TCP link that the test refuses
+ * as the write is handed to the driver (the simulator cannot time a link drop to that instant:
+ * the write itself is the real driver's, which finds no connection); ground truth: the
+ * simulator's write log and valve state, and the journal.
+ */
+
+interface LinkedSite {
+  readonly h: SimHarness;
+  readonly link: TcpLink;
+  /**
+   * The next write of v1 for which `which` holds is refused unsent: the link is refused as it is
+   * handed to the driver, and the driver, its connection lost, is given it. `reopenMs`: the link
+   * accepts again that long after (never, when absent).
+   */
+  refuseNextWrite(which: (command: CommandWrite) => boolean, reopenMs?: number): void;
+}
+
+async function linkedSite(
+  onTestFinished: TestContext['onTestFinished'],
+  options: SimHarnessOptions,
+): Promise<LinkedSite> {
+  const h = await SimHarness.start({ warm: true, ...options });
+  onTestFinished(() => h.close());
+  const e = h.plant.plc('mb').endpoint;
+  if (e.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
+  const link = await TcpLink.open({ host: e.host, port: e.port });
+  onTestFinished(() => link.close());
+  // The lives from here on reach the PLC through the link.
+  await h.crash();
+  const inventory = h.inventory.bind(h);
+  h.inventory = () => {
+    const i = inventory();
+    i.plcs.mb = { ...i.plcs.mb!, port: link.port } as (typeof i.plcs)[string];
+    return i;
+  };
+  await h.restart();
+  return {
+    h,
+    link,
+    refuseNextWrite(which, reopenMs) {
+      const binding = h.drivers.bindings.find((b) => b.id === 'v1')!;
+      const write = binding.driver.write.bind(binding.driver);
+      let cut = false;
+      binding.driver.write = async (command, signal) => {
+        if (cut || !which(command)) return write(command, signal);
+        cut = true;
+        await link.refuse();
+        await h.until(() => !binding.driver.health().connected, 5_000, 'the connection lost');
+        try {
+          await write(command, signal);
+        } finally {
+          if (reopenMs !== undefined) {
+            setTimeout(() => {
+              void link.accept();
+            }, reopenMs);
+          }
+        }
+      };
+    },
+  };
+}
+
+/** Waits for the history line that says the command's write found no connection. */
+async function refusedUnsent(h: SimHarness, key: string): Promise<void> {
+  await h.until(
+    () => h.notes(key).some((n) => n.includes('was not sent: no connection to the controller')),
+    10_000,
+    `${key}'s write refused for want of a connection`,
+  );
+}
+
+describe('a write refused unsent for want of a connection', () => {
+  it("a stop decided behind the controller's held write still decides behind it when it goes round again", async ({
+    expect,
+    onTestFinished,
+  }) => {
+    // The open's acknowledged write stays pending for the confirm timeout from its write.
+    const { h, ...site } = await linkedSite(onTestFinished, {
+      timing: { confirmTimeoutMs: 20_000 },
+    });
+    const valve = h.device('v1');
+    // The open p, acknowledged and held by the controller, resolved by an operator; the stop s
+    // is decided on the state p leads to (previous-write.ts, stopAfterPending).
+    await heldAcknowledgedOpen(h, 'p');
+    const p = h.pipeline.resolve({ scope: 'plant', key: 'p' }, 'ops@test', 'checked');
+    expect(p.detail).toMatch(/which acknowledged it: it may have been applied$/);
+    // A link blip (no PLC restart: the controller still holds p) as s's write is handed over.
+    site.refuseNextWrite((c) => c.action === 'stop', 300);
+    h.submit('s', { device: 'v1', action: 'stop', ttlMs: 30_000 });
+    await refusedUnsent(h, 's');
+    // Until the stop has ended or its write reaches the controller (held there behind the open).
+    await h.until(
+      () => isTerminal(h.get('s')!.state) || valve.pendingWrites === 2,
+      10_000,
+      'the stop settled or written',
+    );
+    valve.clearFault('hold');
+    const s = await h.settled('s', 10_000);
+    await h.until(
+      () =>
+        valve.pendingWrites === 0 && ['OPEN', 'CLOSED', 'STOPPED'].includes(valve.snapshot().state),
+      5_000,
+      'the valve at rest',
+    );
+    // Ground truth: the stop reached the controller after the open, and the valve stopped.
+    // Before the fix the driver's refusal voided the lane's last write, p's with it: the second
+    // round confirmed the stop a no-op at CLOSED, never written, and the valve went OPEN (I2).
+    expect({ stop: s.state, valve: valve.snapshot().state }).toEqual({
+      stop: 'confirmed',
+      valve: 'STOPPED',
+    });
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([p.seq, s.seq]);
+    expect(s.attempts).toBe(2);
+  }, 60_000);
+
+  it('the daemon restarted while the command waits for the connection: the next life takes it up as never sent and writes it once', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, ...site } = await linkedSite(onTestFinished, {});
+    const valve = h.device('v1');
+    site.refuseNextWrite((c) => c.action === 'open');
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await refusedUnsent(h, 'o');
+    const seq = h.get('o')!.seq!;
+    expect(h.get('o')).toMatchObject({ state: 'dispatched', attempts: 1 });
+    await h.crash();
+    await link.accept();
+    const restartedAt = Date.now();
+    await h.restart();
+    const o = await h.settled('o', 10_000);
+    expect(o).toMatchObject({ state: 'confirmed', attempts: 2, seq });
+    expect(h.notes('o')).toContainEqual(
+      expect.stringMatching(
+        /^dispatched: taken up: its write \(sequence number \d+\) found no connection to the controller and was not sent \(the history says so\)/,
+      ),
+    );
+    // Ground truth: one write of its number, in the new life.
+    const writes = valve.writesOfSeq(seq);
+    expect(writes).toHaveLength(1);
+    expect(writes[0]!.receivedAt).toBeGreaterThanOrEqual(restartedAt);
+    expect(valve.counters.writesReceived).toBe(1);
+  }, 60_000);
+
+  it('the daemon down past the deadline of a command waiting for the connection: the next life ends it DEVICE_UNREACHABLE, never written', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, ...site } = await linkedSite(onTestFinished, {});
+    const valve = h.device('v1');
+    site.refuseNextWrite((c) => c.action === 'open');
+    h.submit('late', { device: 'v1', action: 'open', ttlMs: 2_000 });
+    await refusedUnsent(h, 'late');
+    const dispatched = h.get('late')!;
+    await h.crash();
+    await link.accept();
+    while (Date.now() <= dispatched.deadline) await new Promise((r) => setTimeout(r, 50));
+    await h.restart();
+    const r = await h.settled('late', 10_000);
+    expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 1 });
+    expect(r.detail).toMatch(/^the write never reached the controller: .*nothing was applied$/);
+    // Ground truth: nothing reached the valve.
+    expect(valve.writesOfSeq(dispatched.seq!)).toHaveLength(0);
+    expect(valve.counters.writesReceived).toBe(0);
+  }, 60_000);
+});
