@@ -7,6 +7,7 @@ import {
   type StatusCode,
   type WriteValueOptions,
 } from 'node-opcua';
+import { MAX_TIMER_MS } from '../core/clock.js';
 
 /** A StatusCode's severity: its two top bits (Part 4, 7.39): 0 Good, 1 Uncertain, 2 and 3 Bad. */
 function severity(status: StatusCode): 'good' | 'uncertain' | 'bad' {
@@ -141,14 +142,22 @@ export interface OneShotSession {
  * controller seconds or minutes after the driver gave up on it (its request timeout), past
  * its deadline (I3), and after the core may have proven it not applied and sent it again
  * (I1). A command's request must reach the controller when the driver sends it, or never.
+ * `timeoutHintMs`: the request header's timeoutHint (transactionTimeoutMs).
  */
 export function writeOnce(
   session: ClientSession,
   values: WriteValueOptions[],
+  timeoutHintMs: number,
 ): Promise<StatusCode[]> {
   const oneShot = session as unknown as OneShotSession;
+  // timeoutHint: how long node-opcua waits for the answer (never less than its
+  // minTransactionTimeout, 5 s), and what the server is told it may drop the request after.
+  const request = new WriteRequest({
+    requestHeader: { timeoutHint: timeoutHintMs },
+    nodesToWrite: values,
+  });
   return new Promise((resolve, reject) => {
-    oneShot._performMessageTransaction(new WriteRequest({ nodesToWrite: values }), (err, r) => {
+    oneShot._performMessageTransaction(request, (err, r) => {
       if (err !== null) {
         // A ServiceFault: node-opcua puts it on the error (`response`), or passes a response
         // whose service result is Bad.
@@ -170,3 +179,20 @@ export function writeOnce(
     });
   });
 }
+
+/**
+ * How long node-opcua waits for an answer: longer than the PLC's request timeout, so that the
+ * driver's own timeout (requestTimeoutMs) is the one that ends a request. The library ends every
+ * request at its own transaction timeout (15 s unless told, never under 5 s): a requestTimeoutMs
+ * above it had a write's outcome become unknown at the library's time, and the redispatch guard,
+ * which the configuration check bounds against requestTimeoutMs, counted from there; an answer
+ * due within requestTimeoutMs was given up. The margin lets the driver's timer, set just after
+ * the library's, fire first. Never shorter than the library's default (`floorMs`), which also
+ * bounds the session's own requests (CreateSession, ActivateSession, its keep-alive reads).
+ */
+export function transactionTimeoutMs(requestTimeoutMs: number, floorMs = 0): number {
+  return Math.min(MAX_TIMER_MS, Math.max(floorMs, requestTimeoutMs + TRANSACTION_MARGIN_MS));
+}
+
+/** How much longer than the request timeout node-opcua waits (transactionTimeoutMs). */
+export const TRANSACTION_MARGIN_MS = 250;

@@ -1,5 +1,6 @@
 import {
   AttributeIds,
+  ClientSecureChannelLayer,
   DataType,
   MessageSecurityMode,
   OPCUAClient,
@@ -41,6 +42,7 @@ import {
   WRITE_NOT_PROCESSED,
   preparationOutcome,
   triggerOutcome,
+  transactionTimeoutMs,
   writeOnce,
   type OneShotSession,
   type WriteFault,
@@ -305,7 +307,7 @@ export class OpcuaEndpoint {
     let outcome: WriteFault | null;
     try {
       results = await withTimeout(
-        writeOnce(session, values),
+        writeOnce(session, values, transactionTimeoutMs(this.requestTimeoutMs)),
         this.requestTimeoutMs,
         `${this.name}: write timed out after ${this.requestTimeoutMs} ms`,
       );
@@ -697,6 +699,12 @@ export class OpcuaEndpoint {
       clientCertificateManager: store,
       keepSessionAlive: true,
       requestedSessionTimeout: 60_000,
+      // Past the request timeout, so that the driver's own timeout ends a read (a write sets
+      // its own in its header: writeOnce); no shorter than node-opcua's default.
+      defaultTransactionTimeout: transactionTimeoutMs(
+        this.requestTimeoutMs,
+        ClientSecureChannelLayer.defaultTransactionTimeout,
+      ),
       // Reconnect forever with exponential backoff: a PLC that reboots comes back by itself.
       connectionStrategy: {
         initialDelay: 250,
