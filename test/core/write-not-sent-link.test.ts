@@ -125,6 +125,49 @@ describe('a write refused unsent for want of a connection', () => {
     expect(s.attempts).toBe(2);
   }, 60_000);
 
+  it("a stop decided behind the controller's held write that finds no connection until its deadline: the next command still waits for the held write", async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, ...site } = await linkedSite(onTestFinished, {
+      timing: { confirmTimeoutMs: 20_000 },
+      // Long enough that a read after the open is taken shows it travelling.
+      travelMs: 1_000,
+    });
+    const valve = h.device('v1');
+    await heldAcknowledgedOpen(h, 'p');
+    const p = h.pipeline.resolve({ scope: 'plant', key: 'p' }, 'ops@test', 'checked');
+    // The stop's write finds no connection, and none comes before its deadline.
+    site.refuseNextWrite((c) => c.action === 'stop');
+    h.submit('s', { device: 'v1', action: 'stop', ttlMs: 1_500 });
+    const s = await h.settled('s', 10_000);
+    expect(s).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE' });
+    await link.accept();
+    // A close, while the controller still holds the open: it must wait for it.
+    h.submit('c', { device: 'v1', action: 'close', ttlMs: 30_000 });
+    await h.until(
+      () =>
+        isTerminal(h.get('c')?.state ?? 'accepted') ||
+        h.notes('c').some((n) => n.includes('not decided yet')),
+      10_000,
+      'the close waiting, or ended',
+    );
+    valve.clearFault('hold');
+    const c = await h.settled('c', 10_000);
+    // Before the fix the stop's unsent write had voided the device's last write, the open's with
+    // it: the close was confirmed a no-op at CLOSED, and the controller then took the open (I2).
+    // Now it waits, and is decided on a read that shows the open taken: OPENING, where a close is
+    // an illegal transition (I4), never written.
+    expect(c).toMatchObject({ state: 'rejected', code: 'ILLEGAL_TRANSITION' });
+    expect(c.observed).toMatchObject({ state: 'OPENING', seq: p.seq });
+    await h.until(
+      () => valve.pendingWrites === 0 && valve.snapshot().state === 'OPEN',
+      10_000,
+      'the valve OPEN',
+    );
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([p.seq]);
+  }, 60_000);
+
   it('the daemon restarted while the command waits for the connection: the next life takes it up as never sent and writes it once', async ({
     expect,
     onTestFinished,
