@@ -2,6 +2,7 @@ import { describe, it, type TestContext } from 'vitest';
 import { isTerminal } from '../../src/core/command.js';
 import type { CommandWrite } from '../../src/core/driver.js';
 import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
+import { failFdatasync, type FailingFdatasync } from '../helpers/failing-fdatasync.js';
 import { TcpLink } from '../helpers/tcp-link.js';
 import { heldAcknowledgedOpen } from '../helpers/withheld-dispatch.js';
 
@@ -24,7 +25,11 @@ interface LinkedSite {
    * handed to the driver, and the driver, its connection lost, is given it. `reopenMs`: the link
    * accepts again that long after (never, when absent).
    */
-  refuseNextWrite(which: (command: CommandWrite) => boolean, reopenMs?: number): void;
+  refuseNextWrite(
+    which: (command: CommandWrite) => boolean,
+    reopenMs?: number,
+    refused?: () => void,
+  ): void;
 }
 
 async function linkedSite(
@@ -49,7 +54,7 @@ async function linkedSite(
   return {
     h,
     link,
-    refuseNextWrite(which, reopenMs) {
+    refuseNextWrite(which, reopenMs, refused) {
       const binding = h.drivers.bindings.find((b) => b.id === 'v1')!;
       const write = binding.driver.write.bind(binding.driver);
       let cut = false;
@@ -61,6 +66,7 @@ async function linkedSite(
         try {
           await write(command, signal);
         } finally {
+          refused?.();
           if (reopenMs !== undefined) {
             setTimeout(() => {
               void link.accept();
@@ -166,6 +172,45 @@ describe('a write refused unsent for want of a connection', () => {
       'the valve OPEN',
     );
     expect(valve.writeLog.map((w) => w.seq)).toEqual([p.seq]);
+  }, 60_000);
+
+  it('the journal fails to make the second dispatch durable: the write is withheld, never sent, and the command ends without a third try', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, ...site } = await linkedSite(onTestFinished, {});
+    const valve = h.device('v1');
+    let disk: FailingFdatasync | null = null;
+    onTestFinished(() => disk?.restore());
+    // The next flush after the refusal fails: the second dispatch's (nothing else asks for one).
+    site.refuseNextWrite(
+      (c) => c.action === 'open',
+      300,
+      () => {
+        disk = failFdatasync(1);
+      },
+    );
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 8_000 });
+    await refusedUnsent(h, 'o');
+    const seq = h.get('o')!.seq!;
+    await h.until(() => (disk?.failures ?? 0) === 1, 10_000, 'the failed flush');
+    const o = await h.settled('o', 20_000);
+    // Ground truth: no write of its number reached the valve (withheld, then not sent a third time).
+    expect(valve.writesOfSeq(seq)).toHaveLength(0);
+    expect(valve.counters.writesReceived).toBe(0);
+    // Dispatched twice (the journal allows no third), neither write sent: failed, saying nothing
+    // was applied, while its deadline still had seconds to run (the price of that rule).
+    expect(o, h.notes('o').join('\n')).toMatchObject({
+      state: 'failed',
+      code: 'DEVICE_UNREACHABLE',
+      attempts: 2,
+    });
+    expect(o.detail).toMatch(
+      /it was already dispatched twice, so it is not sent again; nothing was applied$/,
+    );
+    expect(h.notes('o')).toContainEqual(
+      `dispatched: taken up: sequence number ${seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
+    );
   }, 60_000);
 
   it('the daemon restarted while the command waits for the connection: the next life takes it up as never sent and writes it once', async ({
