@@ -1,4 +1,3 @@
-import BetterSqlite3 from 'better-sqlite3';
 import { describe, it } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import { summarizeOpen } from '../../src/core/open-commands.js';
@@ -6,6 +5,7 @@ import { deviceTimings } from '../../src/core/sweep.js';
 import type { Lane } from '../../src/core/lane.js';
 import { countRowsRead } from '../helpers/journal-rows.js';
 import { SimHarness } from '../helpers/sim-harness.js';
+import { insertOpenCommands } from '../helpers/open-backlog.js';
 
 /**
  * The open commands at a glance (Sweep.openCommands: /metrics' open-command gauges, /readyz's
@@ -25,30 +25,6 @@ import { SimHarness } from '../helpers/sim-harness.js';
 
 const BACKLOG = 10_000;
 
-interface Row {
-  readonly key: string;
-  readonly device: string;
-  readonly acceptedAt: number;
-  readonly deadline: number;
-}
-
-function insertOpen(path: string, rows: readonly Row[]): void {
-  const db = new BetterSqlite3(path);
-  try {
-    db.pragma('busy_timeout = 5000');
-    const insert = db.prepare(`
-      INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
-        issued_at_source, ttl_ms, deadline, intake, state, accepted_at)
-      VALUES ('plant', @key, 'f', @device, 'open', NULL, @acceptedAt, 'gateway',
-        @deadline - @acceptedAt, @deadline, 'https', 'accepted', @acceptedAt)`);
-    db.transaction(() => {
-      for (const row of rows) insert.run(row);
-    })();
-  } finally {
-    db.close();
-  }
-}
-
 describe('the open commands at a glance with a backlog', () => {
   it('reads a bounded part of the journal per call and says what the stuck rule says', async ({
     expect,
@@ -61,7 +37,7 @@ describe('the open commands at a glance with a backlog', () => {
     onTestFinished(() => h.close());
     await h.crash();
     const now = Date.now();
-    insertOpen(h.path, [
+    insertOpenCommands(h.path, [
       // Ages spread over the buckets (1 s … 1 h and older), deadlines ahead: not stuck.
       ...Array.from({ length: BACKLOG }, (_, i) => ({
         key: `backlog-${i}`,

@@ -1,4 +1,3 @@
-import BetterSqlite3 from 'better-sqlite3';
 import { describe, it } from 'vitest';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { Lane } from '../../src/core/lane.js';
@@ -6,6 +5,7 @@ import { STUCK_LISTED_PER_DEVICE, summarizeOpen } from '../../src/core/open-comm
 import { deviceTimings } from '../../src/core/sweep.js';
 import { countRowsRead } from '../helpers/journal-rows.js';
 import { SimHarness } from '../helpers/sim-harness.js';
+import { insertOpenCommands } from '../helpers/open-backlog.js';
 
 /**
  * The open commands at a glance (Sweep.openCommands: /metrics' sluice_commands_stuck and
@@ -27,26 +27,6 @@ const GONE = 2_000;
 /** The most a call hands over of the removed device's (STUCK_LISTED_PER_DEVICE, checked below). */
 const LISTED_AT_MOST = 32;
 
-function insertOpen(
-  path: string,
-  rows: readonly { key: string; device: string; acceptedAt: number; deadline: number }[],
-): void {
-  const db = new BetterSqlite3(path);
-  try {
-    db.pragma('busy_timeout = 5000');
-    const insert = db.prepare(`
-      INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
-        issued_at_source, ttl_ms, deadline, intake, state, accepted_at)
-      VALUES ('plant', @key, 'f', @device, 'open', NULL, @acceptedAt, 'gateway',
-        @deadline - @acceptedAt, @deadline, 'https', 'accepted', @acceptedAt)`);
-    db.transaction(() => {
-      for (const row of rows) insert.run(row);
-    })();
-  } finally {
-    db.close();
-  }
-}
-
 describe('the open commands at a glance with a removed device’s backlog past its deadline', () => {
   it('counts the stuck ones in the journal and hands over only the most overdue', async ({
     expect,
@@ -59,7 +39,7 @@ describe('the open commands at a glance with a removed device’s backlog past i
     onTestFinished(() => h.close());
     await h.crash();
     const now = Date.now();
-    insertOpen(h.path, [
+    insertOpenCommands(h.path, [
       // A device no longer configured: every one stuck from its deadline (each its own).
       ...Array.from({ length: GONE }, (_, i) => ({
         key: `gone-${i}`,

@@ -1,7 +1,7 @@
-import BetterSqlite3 from 'better-sqlite3';
 import { describe, it } from 'vitest';
 import { countRowsRead } from '../helpers/journal-rows.js';
 import { SimHarness } from '../helpers/sim-harness.js';
+import { insertOpenCommands } from '../helpers/open-backlog.js';
 
 /**
  * A stop looks, at its claim, for the commands of its device accepted before it that nothing in
@@ -25,23 +25,16 @@ describe('a stop with a backlog of open commands on other devices', () => {
   it('is claimed without reading them', async ({ expect, onTestFinished }) => {
     const h = await SimHarness.start({ warm: true, sweepMs: 600_000 });
     onTestFinished(() => h.close());
-    const db = new BetterSqlite3(h.path);
-    try {
-      db.pragma('busy_timeout = 5000');
-      const insert = db.prepare(`
-        INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
-          issued_at_source, ttl_ms, deadline, intake, state, accepted_at)
-        VALUES ('plant', @key, 'f', 'v2', 'open', NULL, @at, 'gateway', 600000, @deadline,
-          'https', 'accepted', @at)`);
-      const now = Date.now();
-      db.transaction(() => {
-        for (let i = 0; i < BACKLOG; i++) {
-          insert.run({ key: `backlog-${i}`, at: now + i, deadline: now + 600_000 });
-        }
-      })();
-    } finally {
-      db.close();
-    }
+    const now = Date.now();
+    insertOpenCommands(
+      h.path,
+      Array.from({ length: BACKLOG }, (_, i) => ({
+        key: `backlog-${i}`,
+        device: 'v2',
+        acceptedAt: now + i,
+        deadline: now + 600_000,
+      })),
+    );
     expect(h.journal.listOpenRefs()).toHaveLength(BACKLOG);
     const rows = countRowsRead(h.journal);
     onTestFinished(() => {

@@ -1,4 +1,3 @@
-import BetterSqlite3 from 'better-sqlite3';
 import { describe, it } from 'vitest';
 import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
 import type { CommandRecord, Observation } from '../../src/core/journal.js';
@@ -7,6 +6,7 @@ import { allocateSeq } from '../../src/core/sequence.js';
 import { SWEEP_PAGE_ROWS } from '../../src/core/sweep.js';
 import { countRowsRead } from '../helpers/journal-rows.js';
 import { SimHarness } from '../helpers/sim-harness.js';
+import { insertOpenCommands } from '../helpers/open-backlog.js';
 
 /**
  * A dispatched command no worker holds (its take-up lost: a dispatch or settlement lost with its
@@ -24,26 +24,6 @@ import { SimHarness } from '../helpers/sim-harness.js';
  */
 
 const BACKLOG = 10_000;
-
-function insertOpen(path: string, count: number): void {
-  const db = new BetterSqlite3(path);
-  try {
-    db.pragma('busy_timeout = 5000');
-    const insert = db.prepare(`
-      INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
-        issued_at_source, ttl_ms, deadline, intake, state, accepted_at)
-      VALUES ('plant', @key, 'f', 'v2', 'close', NULL, @at, 'gateway', 600000, @deadline,
-        'https', 'accepted', @at)`);
-    const now = Date.now();
-    db.transaction(() => {
-      for (let i = 0; i < count; i++) {
-        insert.run({ key: `backlog-${i}`, at: now, deadline: now + 600_000 });
-      }
-    })();
-  } finally {
-    db.close();
-  }
-}
 
 /** An open of v2 dispatched in the journal, as the pipeline journals a dispatch, held by no worker. */
 function dispatchedUnheld(h: SimHarness, key: string): CommandRecord {
@@ -86,7 +66,14 @@ describe('the sweep with a backlog: dispatched commands first', () => {
     const h = await SimHarness.start({ warm: true, sweepMs: 600_000 });
     onTestFinished(() => h.close());
     await h.crash();
-    insertOpen(h.path, BACKLOG);
+    insertOpenCommands(
+      h.path,
+      Array.from({ length: BACKLOG }, (_, i) => ({
+        key: `backlog-${i}`,
+        device: 'v2',
+        action: 'close' as const,
+      })),
+    );
     expect(await h.restart()).toBe(BACKLOG);
     // The backlog: closes of a closed valve, no-ops.
     expect(h.device('v2').state).toBe('CLOSED');

@@ -1,7 +1,7 @@
-import BetterSqlite3 from 'better-sqlite3';
 import { describe, it, type TestContext } from 'vitest';
 import { isTerminal } from '../../src/core/command.js';
 import { SimHarness } from '../helpers/sim-harness.js';
+import { insertOpenCommands } from '../helpers/open-backlog.js';
 
 /**
  * The sweep's pass over the dispatched commands (2257da3) reads, each run, the dispatched
@@ -14,28 +14,6 @@ import { SimHarness } from '../helpers/sim-harness.js';
  */
 
 const BACKLOG = 2_000;
-
-/** An open of v2, then closes, accepted before the restart in that order (the journal's rows). */
-function insertBacklog(path: string): void {
-  const db = new BetterSqlite3(path);
-  try {
-    db.pragma('busy_timeout = 5000');
-    const insert = db.prepare(`
-      INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
-        issued_at_source, ttl_ms, deadline, intake, state, accepted_at)
-      VALUES ('plant', @key, 'f', 'v2', @action, NULL, @at, 'gateway', 600000, @deadline,
-        'https', 'accepted', @at)`);
-    const now = Date.now();
-    db.transaction(() => {
-      insert.run({ key: 'open', action: 'open', at: now - 1, deadline: now + 600_000 });
-      for (let i = 0; i < BACKLOG; i++) {
-        insert.run({ key: `close-${i}`, action: 'close', at: now, deadline: now + 600_000 });
-      }
-    })();
-  } finally {
-    db.close();
-  }
-}
 
 /** Sweeps back to back, a run per turn of the event loop, until stopped; returns the runs. */
 function hammer(
@@ -67,7 +45,17 @@ async function backlogSite(onTestFinished: TestContext['onTestFinished']): Promi
   const h = await SimHarness.start({ warm: true, travelMs: 600, sweepMs: 600_000 });
   onTestFinished(() => h.close());
   await h.crash();
-  insertBacklog(h.path);
+  // An open of v2, then closes, accepted before the restart in that order (the journal's rows).
+  const now = Date.now();
+  insertOpenCommands(h.path, [
+    { key: 'open', device: 'v2', action: 'open', acceptedAt: now - 1 },
+    ...Array.from({ length: BACKLOG }, (_, i) => ({
+      key: `close-${i}`,
+      device: 'v2',
+      action: 'close' as const,
+      acceptedAt: now,
+    })),
+  ]);
   if ((await h.restart()) !== BACKLOG + 1) throw new Error('the backlog not recovered');
   return h;
 }

@@ -1,9 +1,9 @@
-import BetterSqlite3 from 'better-sqlite3';
 import { describe, it } from 'vitest';
 import type { Lane } from '../../src/core/lane.js';
 import { SWEEP_PAGE_ROWS } from '../../src/core/sweep.js';
 import { countRowsRead } from '../helpers/journal-rows.js';
 import { SimHarness } from '../helpers/sim-harness.js';
+import { insertOpenCommands } from '../helpers/open-backlog.js';
 
 /**
  * The periodic sweep (once a second in the daemon) takes up the open commands no worker holds.
@@ -23,24 +23,6 @@ import { SimHarness } from '../helpers/sim-harness.js';
 
 const BACKLOG = 10_000;
 
-function insertOpen(path: string, rows: readonly { key: string; device: string }[]): void {
-  const db = new BetterSqlite3(path);
-  try {
-    db.pragma('busy_timeout = 5000');
-    const insert = db.prepare(`
-      INSERT INTO commands (scope, key, fingerprint, device, action, position, issued_at,
-        issued_at_source, ttl_ms, deadline, intake, state, accepted_at)
-      VALUES ('plant', @key, 'f', @device, 'open', NULL, @at, 'gateway', 600000, @deadline,
-        'https', 'accepted', @at)`);
-    const now = Date.now();
-    db.transaction(() => {
-      for (const row of rows) insert.run({ ...row, at: now, deadline: now + 600_000 });
-    })();
-  } finally {
-    db.close();
-  }
-}
-
 describe('the sweep with a backlog of open commands', () => {
   it('reads a bounded part per run and takes up every open command', async ({
     expect,
@@ -49,7 +31,7 @@ describe('the sweep with a backlog of open commands', () => {
     const h = await SimHarness.start({ warm: true, sweepMs: 600_000 });
     onTestFinished(() => h.close());
     await h.crash();
-    insertOpen(
+    insertOpenCommands(
       h.path,
       Array.from({ length: BACKLOG }, (_, i) => ({ key: `backlog-${i}`, device: 'v2' })),
     );
@@ -57,7 +39,7 @@ describe('the sweep with a backlog of open commands', () => {
 
     // Left open with no worker while the backlog stands (a claim or a supersession lost with
     // its batch leaves such a command): one on an idle device, one on the busy one.
-    insertOpen(h.path, [
+    insertOpenCommands(h.path, [
       { key: 'idle-left', device: 'v1' },
       { key: 'busy-left', device: 'v2' },
     ]);
