@@ -41,8 +41,11 @@ function hammer(
   return stop;
 }
 
-async function backlogSite(onTestFinished: TestContext['onTestFinished']): Promise<SimHarness> {
-  const h = await SimHarness.start({ warm: true, travelMs: 600, sweepMs: 600_000 });
+async function backlogSite(
+  onTestFinished: TestContext['onTestFinished'],
+  travelMs = 600,
+): Promise<SimHarness> {
+  const h = await SimHarness.start({ warm: true, travelMs, sweepMs: 600_000 });
   onTestFinished(() => h.close());
   await h.crash();
   // An open of v2, then closes, accepted before the restart in that order (the journal's rows).
@@ -94,7 +97,10 @@ describe('the sweep beside a live worker', () => {
     expect,
     onTestFinished,
   }) => {
-    const h = await backlogSite(onTestFinished);
+    // A travel long enough for the stop to come during it on a loaded machine: with 600 ms the
+    // open reached OPEN first now and then (the stop then a no-op at OPEN) when six files ran
+    // beside two busy cores. The stop ends the travel, so the test does not wait for it.
+    const h = await backlogSite(onTestFinished, 10_000);
     const valve = h.device('v2');
     const stopSweeps = hammer(h, onTestFinished);
     await h.until(() => valve.snapshot().state === 'OPENING', 10_000, 'the open travelling');
@@ -118,9 +124,14 @@ describe('the sweep beside a live worker', () => {
     // Ground truth: the open and the stop, each once; the valve stopped mid-travel.
     expect(valve.writeLog.map((w) => w.seq)).toEqual([open.seq, stop.seq]);
     // Taken up once, by its own worker once the stop was terminal (preemption.ts, afterStop),
-    // never by the sweep beside it.
-    expect(h.notes('open').filter((n) => n.includes('taken up'))).toEqual([
-      `dispatched: taken up again: sequence number ${open.seq} (write acknowledged); settling by readback`,
-    ]);
+    // never by the sweep beside it. Its write's acknowledgement may not have come yet when the
+    // stop preempted it (on a loaded machine): either way, one take-up.
+    const takeUps = h.notes('open').filter((n) => n.includes('taken up'));
+    expect(takeUps).toHaveLength(1);
+    expect(takeUps[0]).toMatch(
+      new RegExp(
+        `^dispatched: taken up again: sequence number ${String(open.seq)} \\(write (acknowledged|outcome unknown)\\); settling by readback$`,
+      ),
+    );
   }, 60_000);
 });
