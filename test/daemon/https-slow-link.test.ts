@@ -1,8 +1,14 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { HTTPS_TIMEOUTS } from '../../src/intake/https-server.js';
 import { until } from '../helpers/mosquitto.js';
-import { realComponent } from '../helpers/real.js';
+import {
+  addVethNamespace,
+  removeVethNamespace,
+  run,
+  vethNamespace,
+  vethNamespaceAvailable,
+} from '../helpers/veth-namespace.js';
 import { call, startUiSite, type UiSite } from '../ui/ui-site.js';
 
 /**
@@ -21,49 +27,20 @@ import { call, startUiSite, type UiSite } from '../ui/ui-site.js';
  * Needs root and iproute2 (`ip netns`, `tc` with tbf): skipped without them.
  */
 
-const id = (process.pid % 250) + 1;
-const NS = `sluice-slow-${process.pid}`;
-const HOST_LINK = `slsh${process.pid}`.slice(0, 15);
-const NS_LINK = `slsn${process.pid}`.slice(0, 15);
-const HOST_IP = `10.215.${id}.1`;
-const CLIENT_IP = `10.215.${id}.2`;
+const LINK = vethNamespace('slow', 's', 215);
+const { ns: NS, hostLink: HOST_LINK, hostIp: HOST_IP } = LINK;
 const VALVES = 400;
 /** The request timeout, which bounds an answer going out that does not move. */
 const REQUEST_TIMEOUT_MS = 5_000;
 /** How long the answer should take to go out over the shaped link. */
 const TRANSFER_MS = 20_000;
 
-function run(command: string, ...args: string[]): void {
-  execFileSync(command, args, { stdio: 'pipe' });
-}
-
-function runnable(): boolean {
-  if (process.getuid?.() !== 0) return false;
-  try {
-    run('ip', 'netns', 'list');
-    run('tc', '-V');
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const canRun = realComponent(
-  'network namespaces and tc (root, iproute2)',
-  runnable(),
-  'run as root with iproute2 installed',
-);
+const canRun = vethNamespaceAvailable();
 let site: UiSite | undefined;
 
 beforeAll(async () => {
   if (!canRun) return;
-  run('ip', 'netns', 'add', NS);
-  run('ip', 'link', 'add', HOST_LINK, 'type', 'veth', 'peer', 'name', NS_LINK);
-  run('ip', 'link', 'set', NS_LINK, 'netns', NS);
-  run('ip', 'addr', 'add', `${HOST_IP}/30`, 'dev', HOST_LINK);
-  run('ip', 'link', 'set', HOST_LINK, 'up');
-  run('ip', '-n', NS, 'addr', 'add', `${CLIENT_IP}/30`, 'dev', NS_LINK);
-  run('ip', '-n', NS, 'link', 'set', NS_LINK, 'up');
+  addVethNamespace(LINK);
   site = await startUiSite({
     mqtt: false,
     opcua: false,
@@ -76,12 +53,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await site?.stop();
   if (!canRun) return;
-  try {
-    run('ip', 'link', 'del', HOST_LINK);
-  } catch {
-    // Gone with the namespace already.
-  }
-  run('ip', 'netns', 'del', NS);
+  removeVethNamespace(LINK);
 });
 
 /** One GET over the shaped link, read to its end: what the client got. */

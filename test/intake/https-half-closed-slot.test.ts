@@ -1,6 +1,12 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { realComponent } from '../helpers/real.js';
+import {
+  addVethNamespace,
+  removeVethNamespace,
+  run,
+  vethNamespace,
+  vethNamespaceAvailable,
+} from '../helpers/veth-namespace.js';
 import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
 import { makePki, startIntake, until, type Pki, type RunningIntake } from './https-client.js';
 
@@ -26,33 +32,10 @@ import { makePki, startIntake, until, type Pki, type RunningIntake } from './htt
  * Needs root and iproute2 (`ip netns`, `tc` with tbf): skipped without them.
  */
 
-const id = (process.pid % 250) + 1;
-const NS = `sluice-half-${process.pid}`;
-const HOST_LINK = `slhh${process.pid}`.slice(0, 15);
-const NS_LINK = `slhn${process.pid}`.slice(0, 15);
-const HOST_IP = `10.216.${id}.1`;
-const CLIENT_IP = `10.216.${id}.2`;
+const LINK = vethNamespace('half', 'h', 216);
+const { ns: NS, hostLink: HOST_LINK, hostIp: HOST_IP } = LINK;
 
-function run(command: string, ...args: string[]): void {
-  execFileSync(command, args, { stdio: 'pipe' });
-}
-
-function runnable(): boolean {
-  if (process.getuid?.() !== 0) return false;
-  try {
-    run('ip', 'netns', 'list');
-    run('tc', '-V');
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const canRun = realComponent(
-  'network namespaces and tc (root, iproute2)',
-  runnable(),
-  'run as root with iproute2 installed',
-);
+const canRun = vethNamespaceAvailable();
 
 let stack: Stack;
 let pki: Pki;
@@ -60,13 +43,7 @@ let api: RunningIntake;
 
 beforeAll(async () => {
   if (!canRun) return;
-  run('ip', 'netns', 'add', NS);
-  run('ip', 'link', 'add', HOST_LINK, 'type', 'veth', 'peer', 'name', NS_LINK);
-  run('ip', 'link', 'set', NS_LINK, 'netns', NS);
-  run('ip', 'addr', 'add', `${HOST_IP}/30`, 'dev', HOST_LINK);
-  run('ip', 'link', 'set', HOST_LINK, 'up');
-  run('ip', '-n', NS, 'addr', 'add', `${CLIENT_IP}/30`, 'dev', NS_LINK);
-  run('ip', '-n', NS, 'link', 'set', NS_LINK, 'up');
+  addVethNamespace(LINK);
   // 40 KB/s towards the client, a queue of a second: an answer of ~20 KB takes ~0.5 s.
   run(
     'tc',
@@ -95,12 +72,7 @@ afterAll(async () => {
   await api.stop();
   await stack.stop();
   pki.cleanup();
-  try {
-    run('ip', 'link', 'del', HOST_LINK);
-  } catch {
-    // Gone with the namespace already.
-  }
-  run('ip', 'netns', 'del', NS);
+  removeVethNamespace(LINK);
 });
 
 /**
