@@ -1,8 +1,5 @@
 import { describe, it } from 'vitest';
-import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
-import type { CommandRecord, Observation } from '../../src/core/journal.js';
 import type { Lane } from '../../src/core/lane.js';
-import { allocateSeq } from '../../src/core/sequence.js';
 import { SWEEP_PAGE_ROWS } from '../../src/core/sweep.js';
 import { countRowsRead } from '../helpers/journal-rows.js';
 import { SimHarness } from '../helpers/sim-harness.js';
@@ -24,39 +21,6 @@ import { insertOpenCommands } from '../helpers/open-backlog.js';
  */
 
 const BACKLOG = 10_000;
-
-/** An open of v2 dispatched in the journal, as the pipeline journals a dispatch, held by no worker. */
-function dispatchedUnheld(h: SimHarness, key: string): CommandRecord {
-  const ttlMs = 30_000;
-  const request = parseCommandRequest({ device: 'v2', action: 'open', ttlMs });
-  const now = Date.now();
-  const claim = h.journal.claim({
-    scope: 'plant',
-    key,
-    fingerprint: fingerprint(request),
-    device: 'v2',
-    action: 'open',
-    position: null,
-    issuedAt: now,
-    issuedAtSource: 'gateway',
-    ttlMs,
-    deadline: now + ttlMs,
-    intake: 'https',
-    acceptedAt: now,
-  });
-  const image = h.device('v2').snapshot().published;
-  const before: Observation = {
-    state: image.state,
-    position: image.position,
-    seq: image.seqEcho,
-    faultCode: null,
-    sourceTime: new Date(image.scanTime).toISOString(),
-    readAt: new Date(now).toISOString(),
-  };
-  return h.journal.markDispatched(claim.record, now, before, 'pipeline', (last, open) =>
-    allocateSeq(last, before.seq, open),
-  );
-}
 
 describe('the sweep with a backlog: dispatched commands first', () => {
   it('takes up a dispatched command no worker holds within a run, and reads a bounded part', async ({
@@ -92,7 +56,7 @@ describe('the sweep with a backlog: dispatched commands first', () => {
     sweep();
     sweep();
 
-    const record = dispatchedUnheld(h, 'unheld');
+    const record = h.dispatchedNotWritten('unheld', 30_000, 1, 'open', 'v2');
     const seq = record.seq;
     if (seq === null) throw new Error('dispatched without a sequence number');
     // Its write went out and reached the controller (the write log: the ground truth).

@@ -268,24 +268,26 @@ export class SimHarness {
   }
 
   /**
-   * Journals an open (or a stop) on `v1` up to `dispatched` the way the pipeline does, without sending its
+   * Journals an open (or a stop) on a valve up to `dispatched` the way the pipeline does, without sending its
    * write: what a kill between the dispatch commit and the write leaves behind. (The simulator
    * cannot make the daemon die between two of its own statements; the journal rows are the
    * same.) `attempts: 2`: killed again after journaling a re-dispatch. `action`: a stop instead.
+   * `device`: another valve than v1.
    */
   dispatchedNotWritten(
     key: string,
     ttlMs: number,
     attempts: 1 | 2 = 1,
     action: 'open' | 'stop' = 'open',
+    device = 'v1',
   ): CommandRecord {
-    const request = parseCommandRequest({ device: 'v1', action, ttlMs });
+    const request = parseCommandRequest({ device, action, ttlMs });
     const now = Date.now();
     const claim = this.journal.claim({
       scope: 'plant',
       key,
       fingerprint: fingerprint(request),
-      device: 'v1',
+      device,
       action,
       position: null,
       issuedAt: now,
@@ -295,7 +297,7 @@ export class SimHarness {
       intake: 'https',
       acceptedAt: now,
     });
-    const image = this.device('v1').snapshot().published;
+    const image = this.device(device).snapshot().published;
     const before: Observation = {
       state: image.state,
       position: image.position,
