@@ -72,8 +72,8 @@ export interface OpenCommands {
   readonly oldestAgeMs: number | null;
   /**
    * The stuck ones, the most overdue first: every one (summarizeOpen), or in the daemon's
-   * summary (countOpen) those of each configured device and the STUCK_LISTED_PER_DEVICE most
-   * overdue of each device no longer configured (the rest counted, not read).
+   * summary (countOpen) the STUCK_LISTED_PER_DEVICE most overdue of each device (the rest
+   * counted, not read), with those its rule needs whole (dispatched ones, a stop that paused one).
    */
   readonly stuck: readonly StuckCommand[];
   /** How many are stuck, listed or not. */
@@ -81,11 +81,12 @@ export interface OpenCommands {
 }
 
 /**
- * The stuck commands of a device no longer configured that the daemon's summary lists (its most
- * overdue): the rest are counted. Every open command of such a device is stuck from its
- * deadline, and a device removed with a backlog leaves thousands, read whole at every /metrics
- * scrape and /readyz probe otherwise; /readyz names five, the status page and the gauge count
- * them, `sluicectl stuck` lists them all.
+ * The stuck commands of a device that the daemon's summary lists (its most overdue): the rest
+ * are counted. Every open command of a device no longer configured is stuck from its deadline,
+ * and a device removed with a backlog leaves thousands; a configured device whose worker cannot
+ * end its commands (its journal failing its writes) piles up as many past their deadline plus
+ * confirm timeout. Read whole at every /metrics scrape and /readyz probe otherwise; /readyz
+ * names five, the status page and the gauge count them, `sluicectl stuck` lists them all.
  */
 export const STUCK_LISTED_PER_DEVICE = 32;
 
@@ -180,6 +181,8 @@ interface Window {
   readonly reason: (key: string) => string;
   /** The stop that paused the command: it goes first, so it does not wait for the window. */
   readonly notFor: string | null;
+  /** That stop's record (countOpen hands it over to the rule whatever its place). */
+  readonly stop: CommandRecord | null;
 }
 
 export function summarizeOpen(
@@ -187,11 +190,20 @@ export function summarizeOpen(
   now: number,
   rule: StuckRule,
 ): OpenCommands {
-  // Each device's windows, from its dispatched commands' histories: looked up only for a
-  // device with a command past its deadline plus confirm timeout (a history read per
-  // dispatched command), so that a journal with nothing overdue costs no lookup.
+  return summarize(open, now, rule, windowsFrom(open, rule));
+}
+
+/** Each device's settling windows, by device (summarizeOpen, countOpen). */
+type WindowsOf = (device: string, timing: DeviceTiming) => readonly Window[];
+
+/**
+ * Each device's windows, from its dispatched commands among `open` (read when first asked, then
+ * kept): looked up only for a device with a command past its deadline plus confirm timeout (a
+ * history read per dispatched command), so that a journal with nothing overdue costs no lookup.
+ */
+function windowsFrom(open: readonly CommandRecord[], rule: StuckRule): WindowsOf {
   const windows = new Map<string, readonly Window[]>();
-  const windowsOf = (device: string, timing: DeviceTiming): readonly Window[] => {
+  return (device, timing) => {
     const known = windows.get(device);
     if (known !== undefined) return known;
     const found: Window[] = [];
@@ -203,6 +215,14 @@ export function summarizeOpen(
     windows.set(device, found);
     return found;
   };
+}
+
+function summarize(
+  open: readonly CommandRecord[],
+  now: number,
+  rule: StuckRule,
+  windowsOf: WindowsOf,
+): OpenCommands {
   let accepted = 0;
   let dispatched = 0;
   let oldest: number | null = null;
@@ -276,22 +296,50 @@ export interface OpenCounter {
  * never before its deadline plus its device's confirm timeout (its deadline alone on a device no
  * longer configured), and a device's windows come from its dispatched commands alone. A device
  * no longer configured has no windows: every one of its open commands past its deadline is
- * stuck, so they are counted by the journal and only the most overdue handed over
- * (STUCK_LISTED_PER_DEVICE). So a backlog within its deadlines costs the event loop its counts,
- * not its rows, and a removed device's backlog its count and a page (Sweep.openCommands).
+ * stuck. A configured device's accepted ones past their deadline plus confirm timeout are held
+ * by each of its windows (but a stop by the pause it made, and that stop is handed over): they
+ * are stuck once the last one has ended. So either way they are counted by the journal and only
+ * the most overdue handed over (STUCK_LISTED_PER_DEVICE). A backlog within its deadlines costs
+ * the event loop its counts, not its rows, and a backlog past them its count and a page
+ * (Sweep.openCommands).
  */
 export function countOpen(journal: OpenCounter, now: number, rule: StuckRule): OpenCommands {
   const counts = journal.openCounts(OPEN_AGE_BUCKETS_S.map((le) => now - le * 1000));
   const candidates: CommandRecord[] = [];
-  // Stuck commands of devices no longer configured beyond those handed over.
+  // A device's windows, from its dispatched commands (handed over whole below, before they are
+  // asked for): read once, here or by the rule.
+  const windowsOf = windowsFrom(candidates, rule);
+  // Stuck commands beyond those handed over.
   let unlisted = 0;
   for (const device of journal.openDevices()) {
     const timing = rule.devices?.get(device);
     if (timing !== undefined) {
-      // Past its deadline plus its confirm timeout, all of them: a configured device's worker
-      // ends its commands by then, so these are few (and its windows are judged on each).
-      const past = journal.openPastDeadline(device, now - timing.confirmTimeoutMs, -1);
+      // Past its deadline plus its confirm timeout: a configured device's worker ends its
+      // commands by then, so these are few unless it cannot (a journal that fails its writes, a
+      // worker gone: thousands may build up). Its most overdue handed over, and its dispatched
+      // ones whole (its windows come from them).
+      const before = now - timing.confirmTimeoutMs;
+      const past = journal.openPastDeadline(device, before, STUCK_LISTED_PER_DEVICE);
       candidates.push(...past.records);
+      let listed = past.records.filter((r) => r.deadline < before).length;
+      if (past.total > listed) {
+        // The others are accepted ones past the bound, and each is stuck unless a window of its
+        // device holds it: every window does (a stop's pause frees the stop alone, which is
+        // handed over here so that the rule judges it whatever its place), so they are stuck
+        // exactly when the last window has ended.
+        const have = new Set(past.records.map(refId));
+        let until = Number.NEGATIVE_INFINITY;
+        for (const w of windowsOf(device, timing)) {
+          until = Math.max(until, w.until);
+          const stop = w.stop;
+          if (stop === null || have.has(refId(stop))) continue;
+          if (isTerminal(stop.state) || stop.deadline >= before) continue;
+          have.add(refId(stop));
+          candidates.push(stop);
+          listed++;
+        }
+        if (now > until) unlisted += Math.max(0, past.total - listed);
+      }
     } else {
       const past = journal.openPastDeadline(device, now, STUCK_LISTED_PER_DEVICE);
       candidates.push(...past.records);
@@ -301,7 +349,7 @@ export function countOpen(journal: OpenCounter, now: number, rule: StuckRule): O
       unlisted += Math.max(0, past.total - listed);
     }
   }
-  const { stuck } = summarizeOpen(candidates, now, rule);
+  const { stuck } = summarize(candidates, now, rule, windowsOf);
   const all = counts.accepted + counts.dispatched;
   return {
     accepted: counts.accepted,
@@ -356,6 +404,7 @@ function settlingWindow(
     return {
       until,
       notFor: refId(stop),
+      stop,
       reason: (key) =>
         its(
           key,
@@ -392,6 +441,7 @@ function settlingWindow(
   return {
     until,
     notFor: null,
+    stop: null,
     reason: (key) => its(key, 'take-up by readback', `${from}; read for ${spoken(windowMs)}`),
   };
 }

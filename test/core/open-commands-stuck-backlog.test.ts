@@ -89,4 +89,65 @@ describe('the open commands at a glance with a removed device’s backlog past i
     expect(reads).toHaveLength(3);
     expect(STUCK_LISTED_PER_DEVICE).toBeLessThanOrEqual(LISTED_AT_MOST);
   });
+
+  it('hands over only the most overdue of a configured device’s backlog past its deadline plus confirm timeout', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    // A configured device's worker ends its commands by their deadline plus confirm timeout, so
+    // thousands past it mean it cannot (a journal failing its writes, a worker gone): before,
+    // every one of them was handed over at each call. The backlog is written with deadlines an
+    // hour ahead (recovery queues it on v2, whose worker takes it a no-op at a time) and the
+    // summary taken with the pipeline's clock held past them all: the journal then holds what
+    // such a device leaves, without a fault the simulator cannot make.
+    let frozen: number | null = null;
+    const clock: Clock = { ...systemClock, now: () => frozen ?? systemClock.now() };
+    const h = await SimHarness.start({ warm: true, sweepMs: 600_000, clock });
+    onTestFinished(() => h.close());
+    await h.crash();
+    const now = Date.now();
+    const BACKLOG = 2_000;
+    insertOpenCommands(
+      h.path,
+      Array.from({ length: BACKLOG }, (_, i) => ({
+        key: `late-${i}`,
+        device: 'v2',
+        acceptedAt: now - 600_000 + i * 100,
+        deadline: now + 3_600_000 + i * 100,
+      })),
+    );
+    expect(await h.restart()).toBe(BACKLOG);
+
+    const lanes = Reflect.get(h.pipeline, 'lanes') as ReadonlyMap<string, Lane>;
+    const timings = deviceTimings(lanes);
+    const timeout = timings.get('v2')?.confirmTimeoutMs;
+    if (timeout === undefined) throw new Error('v2 is not configured');
+    const rows = countRowsRead(h.journal);
+    onTestFinished(() => {
+      rows.stop();
+    });
+    for (let i = 0; i < 3; i++) {
+      // Past every deadline plus the confirm timeout, by a minute.
+      frozen = now + 3_600_000 + BACKLOG * 100 + timeout + 60_000;
+      rows.reset();
+      const summary = h.pipeline.openCommands();
+      // Before: every open command of v2 past its bound (about 2,000 here) at each call.
+      expect(rows.read()).toBeLessThanOrEqual(LISTED_AT_MOST + lanes.size * 2);
+      const reference = summarizeOpen(h.journal.listOpen(), frozen, {
+        devices: timings,
+        journal: h.journal,
+      });
+      // The worker takes a few meanwhile: most are still open, each stuck.
+      expect(reference.stuckCount).toBeGreaterThan(BACKLOG / 2);
+      expect(summary.stuckCount).toBe(reference.stuckCount);
+      // Listed: the most overdue first (the oldest deadlines), then any dispatched one whole.
+      expect(summary.stuck.slice(0, STUCK_LISTED_PER_DEVICE)).toEqual(
+        reference.stuck.slice(0, STUCK_LISTED_PER_DEVICE),
+      );
+      expect(summary.stuck.length).toBeLessThanOrEqual(LISTED_AT_MOST + 1);
+      for (const s of summary.stuck) expect(reference.stuck).toContainEqual(s);
+      expect({ ...summary, stuck: [] }).toEqual({ ...reference, stuck: [] });
+      frozen = null;
+    }
+  });
 });

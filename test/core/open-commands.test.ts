@@ -2,6 +2,8 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { CommandRecord, Observation } from '../../src/core/journal.js';
 import {
+  STUCK_LISTED_PER_DEVICE,
+  countOpen,
   summarizeOpen,
   takeUpNote,
   type DeviceTiming,
@@ -274,6 +276,41 @@ describe('summarizeOpen', () => {
         reason: 'its deadline (its device is not in the configuration: no worker can settle it)',
       },
     ]);
+  });
+});
+
+describe('countOpen', () => {
+  it("counts a configured device's backlog past its bound as the rule judges it, windows and the stop that made one included", () => {
+    // Accepted ones past their deadline plus confirm timeout, more than are handed over.
+    const BACKLOG = 3 * STUCK_LISTED_PER_DEVICE;
+    for (let i = 0; i < BACKLOG; i++) claim(`late-${i}`, 'v1', NOW - 60_000 + i * 10);
+    // A stop came while `moving` travelled: it holds every other one of v1 for its pause, and
+    // is itself (accepted, the latest deadline of all) past its bound first.
+    dispatch(claim('moving', 'v1', NOW - 20_000), NOW - 49_000);
+    claim('stop-1', 'v1', NOW - 5_000, 'stop');
+    const at = (now: number): { count: number; keys: string[]; reference: string[] } => {
+      const summary = countOpen(journal, now, rule());
+      const reference = summarizeOpen(journal.listOpen(), now, rule());
+      expect(summary.stuckCount).toBe(reference.stuckCount);
+      expect(summary.stuck.length).toBeLessThanOrEqual(STUCK_LISTED_PER_DEVICE + 2);
+      for (const s of summary.stuck) expect(reference.stuck).toContainEqual(s);
+      return {
+        count: summary.stuckCount,
+        keys: summary.stuck.map((s) => s.key),
+        reference: reference.stuck.map((s) => s.key),
+      };
+    };
+    // Held by the stop's pause; the stop within its own bound.
+    expect(at(NOW).count).toBe(0);
+    // The stop past its bound, the others still held by its pause: the stop alone, though it
+    // is not among the most overdue by deadline.
+    expect(at(NOW + 6_000)).toEqual({ count: 1, keys: ['stop-1'], reference: ['stop-1'] });
+    // The pause over: every one of them.
+    const all = at(NOW + 21_000);
+    expect(all.count).toBe(BACKLOG + 2);
+    expect(all.keys.slice(0, STUCK_LISTED_PER_DEVICE)).toEqual(
+      all.reference.slice(0, STUCK_LISTED_PER_DEVICE),
+    );
   });
 });
 
