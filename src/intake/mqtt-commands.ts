@@ -11,12 +11,13 @@ import {
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline, SubmitOutcome } from '../core/pipeline.js';
 import type { NamedIdentity } from './identities.js';
-import { OrderedAcks, PUBACK_HELD } from './mqtt-acks.js';
+import { OrderedAcks, PUBACK_HELD, type HeldAck } from './mqtt-acks.js';
 import { parseCommandMessage } from './mqtt-message.js';
 import type { MessageOutcome, MqttMetrics } from './mqtt-metrics.js';
 import type { MqttPublisher } from './mqtt-publisher.js';
 import type { ResponseRoute } from './mqtt-response-routes.js';
 import { ExpiredRedeliveries } from './mqtt-expired-redeliveries.js';
+import { HeldCopies, type HeldCopy, type MessageAck } from './mqtt-held-copies.js';
 import { RetainedCommands } from './mqtt-retained-commands.js';
 import { StrayCopies } from './mqtt-stray-copies.js';
 import type { FormerCommandTopic, GatewayTopics } from './mqtt-topics.js';
@@ -33,6 +34,11 @@ export interface CommandLink {
   unsubscribeForeign(topic: string): void;
   /** The command subscription's MQTT 5 Subscription Identifier on this connection, if any. */
   readonly commandSubscriptionId: number | undefined;
+  /**
+   * Whether `client`'s connection has yet to find whether the broker delivers the identifiers
+   * it announced (IdentifierProbe): a copy without the command subscription's waits (HeldCopies).
+   */
+  identifiersPending(client: MqttClient): boolean;
   /** Unsubscribes the filters beside the command filter that deliver a command topic. */
   unsubscribeOverlapping(topic: string): void;
   /** The MQTT version of the connection: 5, or 4 (3.1.1). */
@@ -128,6 +134,8 @@ export class CommandMessages {
   private readonly retained: RetainedCommands;
   /** Copies of commands other subscriptions of the session delivered (strayCopy). */
   private readonly strays: StrayCopies;
+  /** Copies without the command subscription's identifier awaiting the probe's verdict. */
+  private readonly held = new HeldCopies();
 
   constructor(options: CommandMessagesOptions) {
     this.pipeline = options.pipeline;
@@ -163,10 +171,22 @@ export class CommandMessages {
     this.strays.answerAll();
   }
 
+  /**
+   * A connection's probe of Subscription Identifiers ended, or a connection did: the copies held
+   * for its verdict are handled now, in their order, as any copy is from now on; those of a
+   * connection gone are let go unacknowledged (the broker redelivers them).
+   */
+  identifiersAnswered(): void {
+    const { ready, gone } = this.held.release((client) => this.link.identifiersPending(client));
+    for (const copy of gone) this.letGo(copy);
+    for (const copy of ready) this.process(copy.client, copy.packet, copy.ack);
+  }
+
   /** Messages arriving from now on are left unacknowledged; the broker keeps them. */
   stopTaking(): void {
     this.isTaking = false;
     this.strays.stop();
+    for (const copy of this.held.takeAll()) this.letGo(copy);
   }
 
   /** The client's handleMessage: decides PUBACK or not for one message (see the class doc). */
@@ -182,6 +202,38 @@ export class CommandMessages {
       callback(new Error('not acknowledged: the connection is closed'));
       return;
     }
+    if (this.awaitsVerdict(client, packet)) {
+      if (this.held.hold(client, packet, callback, this.acksOf(client))) {
+        this.logger.debug(
+          { topic: packet.topic.slice(0, 512), held: this.held.size },
+          "command copy without the command subscription's identifier: held until the connection's probe finds whether the broker delivers identifiers",
+        );
+        return;
+      }
+    }
+    this.process(client, packet, { kind: 'callback', callback });
+  }
+
+  /**
+   * Over MQTT 5, a copy on a command topic without the command subscription's identifier, on a
+   * connection whose probe has not answered yet: another filter's copy (never run), or on a path
+   * that drops identifiers the command subscription's own (run); not known until the verdict.
+   */
+  private awaitsVerdict(client: MqttClient, packet: IPublishPacket): boolean {
+    if (this.link.commandSubscriptionId === undefined) return false;
+    if (!this.link.identifiersPending(client)) return false;
+    if (this.topics.commandDevice(packet.topic) === null) return false;
+    return !this.deliveredByCommandFilter(packet);
+  }
+
+  /** A held copy whose connection ended: not acknowledged, the broker redelivers it. */
+  private letGo(copy: HeldCopy): void {
+    this.count('withheld');
+    if (copy.ack.kind === 'held') copy.ack.acks.release(copy.ack.ack, false);
+  }
+
+  /** Handles one message and gives its PUBACK, or not, through `ack`. */
+  private process(client: MqttClient, packet: IPublishPacket, ack: MessageAck): void {
     let handling: Handling;
     let outcome: MessageOutcome | null;
     this.decided = null;
@@ -198,6 +250,11 @@ export class CommandMessages {
       case 'ack':
         if (!handling.durable || !this.pipeline.syncPending) {
           if (outcome !== null) this.count(outcome);
+          if (ack.kind === 'held') {
+            ack.acks.release(ack.ack, true);
+            return;
+          }
+          const callback = ack.callback;
           const acks = this.acksOf(client);
           if (packet.qos > 0 && packet.messageId !== undefined && acks.holding) {
             // PUBACKs go in the messages' order: this one behind those held for a barrier.
@@ -209,14 +266,15 @@ export class CommandMessages {
           return;
         }
         // Group commit: the PUBACK waits for the claim's fsync, shared with other commands.
-        this.awaitDurable(client, packet, callback, handling.claimed, outcome);
+        this.awaitDurable(client, packet, ack, handling.claimed, outcome);
         return;
       case 'withhold':
         if (outcome !== null) this.count(outcome);
         // With an error, mqtt.js sends no PUBACK and goes on with the connection's next packet
         // (a callback never called would stall every later packet of the connection, PUBACKs
         // and PINGRESP included, until the keepalive times out: mqtt.js issue #1935).
-        callback(new Error(`not acknowledged: ${handling.reason}`));
+        if (ack.kind === 'held') ack.acks.release(ack.ack, false);
+        else ack.callback(new Error(`not acknowledged: ${handling.reason}`));
         if (handling.reconnect) this.link.dropConnection(client, handling.reason);
         return;
     }
@@ -226,27 +284,32 @@ export class CommandMessages {
   private awaitDurable(
     client: MqttClient,
     packet: IPublishPacket,
-    callback: DoneCallback,
+    ack: MessageAck,
     claimed: Received | undefined,
     outcome: MessageOutcome | null,
   ): void {
     // The connection the message came on: mqtt.js makes a new stream for each.
     const connection = client.stream;
-    const acks = this.acksOf(client);
+    const acks = ack.kind === 'held' ? ack.acks : this.acksOf(client);
     // mqtt.js takes the connection's next packet only once this one's callback is called: it
     // is called now, and the PUBACK sent once the barrier has returned (mqtt-acks.ts), so that
     // the messages that follow are claimed meanwhile and share the barrier. A QoS 0 message has
-    // no PUBACK to wait for.
-    const held =
-      packet.qos === 0
-        ? null
-        : packet.messageId !== undefined && acks.available
-          ? acks.hold(packet.messageId)
-          : undefined;
-    if (held !== undefined) callback(held === null ? undefined : PUBACK_HELD);
+    // no PUBACK to wait for. A message that waited (HeldCopies) has its PUBACK held already.
+    let held: HeldAck | null | undefined;
+    if (ack.kind === 'held') held = ack.ack;
+    else {
+      held =
+        packet.qos === 0
+          ? null
+          : packet.messageId !== undefined && acks.available
+            ? acks.hold(packet.messageId)
+            : undefined;
+      if (held !== undefined) ack.callback(held === null ? undefined : PUBACK_HELD);
+    }
     const acknowledge = (send: boolean, error?: Error): void => {
-      if (held === undefined) callback(send ? undefined : error);
-      else if (held !== null) acks.release(held, send);
+      if (held === undefined) {
+        if (ack.kind === 'callback') ack.callback(send ? undefined : error);
+      } else if (held !== null) acks.release(held, send);
     };
     this.pipeline.durable().then(
       () => {

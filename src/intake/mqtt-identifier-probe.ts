@@ -32,6 +32,12 @@ export interface IdentifierProbeOptions {
    * (LeftSubscriptions.unsubscribeForeign).
    */
   readonly foreign: (topic: string) => void;
+  /**
+   * Called when the probe of a connection ends, whatever its answer (delivered, missing, none in
+   * time, refused, or the connection gone): the command copies held for its verdict are handled
+   * now, or let go with their connection (HeldCopies).
+   */
+  readonly answered: () => void;
   readonly graceMs?: number | undefined;
   readonly timeoutMs?: number | undefined;
 }
@@ -53,14 +59,25 @@ export interface IdentifierProbeOptions {
  * its answer. The status topic is used rather than a topic of its own: it adds no publication,
  * and the gateway's user already publishes there.
  *
- * The last verdict holds for the next connection until its own probe answers (a proxy that
- * drops the property is usually still there): until then its command copies are handled by it.
+ * Until a connection's probe answers, a command copy without the command subscription's
+ * identifier cannot be judged (a copy another filter of the session delivered, or the command
+ * subscription's own on a path that drops identifiers): it is held, unacknowledged, until the
+ * verdict (`pending`, HeldCopies), whatever an earlier connection found. Commands queued for the
+ * gateway come first on a connection, before the probe can answer: on the first connection of a
+ * broken path they were taken for such copies and refused; on a reconnection after a verdict of
+ * `missing` a copy through a filter another client left was run, though the path may deliver
+ * identifiers by then.
  */
 export class IdentifierProbe {
   private readonly topic: string;
   private readonly logger: Logger;
   private readonly onMissing: () => void;
   private readonly onForeign: (topic: string) => void;
+  private readonly onAnswered: () => void;
+  /** The connection (its stream) whose CONNACK announced identifiers: one to be probed. */
+  private announcedOn: unknown = null;
+  /** The connection (its stream) whose probe has ended: its verdict is known. */
+  private answeredOn: unknown = null;
   /** Copies of the status without the probe's identifier on the connection being probed. */
   private untagged = 0;
   private readonly graceMs: number;
@@ -78,6 +95,7 @@ export class IdentifierProbe {
     this.logger = options.logger;
     this.onMissing = options.missing;
     this.onForeign = options.foreign;
+    this.onAnswered = options.answered;
     this.graceMs = options.graceMs ?? PROBE_GRACE_MS;
     this.timeoutMs = options.timeoutMs ?? PROBE_TIMEOUT_MS;
   }
@@ -90,6 +108,24 @@ export class IdentifierProbe {
   /** Whether command copies can be told apart by the command subscription's identifier. */
   get usable(): boolean {
     return this.verdict === 'delivered' || this.verdict === 'unverified';
+  }
+
+  /**
+   * A CONNACK accepted `client`'s connection, announcing identifiers or not: its messages may
+   * come before the 'connect' event (mqtt.js sends what it stored first), so the wait for the
+   * verdict starts here, not at begin().
+   */
+  connack(client: MqttClient, announced: boolean): void {
+    this.announcedOn = announced ? client.stream : null;
+  }
+
+  /**
+   * Whether `client`'s connection announced identifiers and its probe has not answered yet: a
+   * command copy without the command subscription's identifier waits (see the class doc).
+   */
+  pending(client: MqttClient): boolean {
+    const stream = client.stream as unknown;
+    return this.announcedOn === stream && this.answeredOn !== stream;
   }
 
   /** A connection without identifiers (MQTT 3.1.1, or the CONNACK says so): nothing to probe. */
@@ -170,23 +206,26 @@ export class IdentifierProbe {
     if (this.timeout !== null) clearTimeout(this.timeout);
     this.grace = null;
     this.timeout = null;
-    if (client?.connected === true) {
+    if (client === null) return;
+    this.answeredOn = client.stream;
+    if (client.connected) {
       client.unsubscribe(this.topic, () => {
         // Lost with the connection, it stays in the session: the next probe subscribes it
         // again, the same, and removes it.
       });
     }
+    this.onAnswered();
   }
 
   private found(): void {
     this.verdict = 'missing';
-    this.end();
     const level = this.warned ? 'debug' : 'warn';
     this.warned = true;
     this.logger[level](
       { topic: this.topic },
       "the MQTT broker announced Subscription Identifiers but delivers none (a broker that misbehaves, or a bridge or proxy that drops them): a command copy another subscription of the session delivers cannot be told apart, and every command is taken as the command subscription's (as with a broker that has none); a retained command through a filter another client left in the session may then run (docs/mqtt-api.md)",
     );
+    this.end();
     this.onMissing();
   }
 }

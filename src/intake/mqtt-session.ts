@@ -71,6 +71,11 @@ export interface SessionEvents {
    * apart by them from now on.
    */
   readonly identifiersMissing: () => void;
+  /**
+   * A connection's probe of Subscription Identifiers ended (an answer, none in time, or the
+   * connection gone): the command copies held for it are handled now or let go (HeldCopies).
+   */
+  readonly identifiersAnswered: () => void;
 }
 
 export interface MqttSessionOptions {
@@ -203,6 +208,9 @@ export class MqttSession {
       foreign: (topic) => {
         this.left.unsubscribeForeign(topic);
       },
+      answered: () => {
+        this.events?.identifiersAnswered();
+      },
       graceMs: options.identifierProbe?.graceMs,
       timeoutMs: options.identifierProbe?.timeoutMs,
     });
@@ -308,6 +316,11 @@ export class MqttSession {
       // wait for the broker's delayed ACK (~40 ms). Set on every new socket, as it is made.
       setNoDelay(client);
     });
+    // The CONNACK as it is read, before mqtt.js resends what it stored and says 'connect': the
+    // broker's queued messages may be handled meanwhile, by this connection's identifiers.
+    client.on('packetreceive', (packet) => {
+      if (packet.cmd === 'connack') this.onConnack(client, packet);
+    });
     client.on('connect', (connack) => {
       this.onConnect(client, connack, events);
     });
@@ -380,9 +393,21 @@ export class MqttSession {
    * MQTT 3.1.1 and with a broker that has none.
    */
   get commandSubscriptionId(): number | undefined {
-    // A broker found to deliver none (IdentifierProbe): every copy is taken as the command
-    // subscription's, as with a broker whose CONNACK says it has none.
+    // While the connection's probe has not answered, a copy without it waits for the answer
+    // (identifiersPending). A broker found to deliver none (IdentifierProbe): every copy is
+    // taken as the command subscription's, as with a broker whose CONNACK says it has none.
+    const client = this.current;
+    if (client !== null && this.probe.pending(client)) return this.subscriptionId;
     return this.probe.usable ? this.subscriptionId : undefined;
+  }
+
+  /**
+   * Whether `client`'s connection announced Subscription Identifiers and its probe has not
+   * answered yet (IdentifierProbe.pending): a command copy without the command subscription's
+   * identifier cannot be judged before, and waits (HeldCopies).
+   */
+  identifiersPending(client: MqttClient): boolean {
+    return this.probe.pending(client);
   }
 
   /** Whether the broker delivers the Subscription Identifiers it announces (IdentifierProbe). */
@@ -543,18 +568,29 @@ export class MqttSession {
       : { qos: 1, retain: true };
   }
 
-  private onConnect(client: MqttClient, connack: IConnackPacket, events: SessionEvents): void {
-    this.awaitingConnack = false;
-    if (this.isEnded) return;
-    // A duration follows (a stable connection?): the monotonic clock, which never steps.
-    this.connectedAt = this.clock.elapsed();
-    this.brokerMaxPacket = this.level === 5 ? connack.properties?.maximumPacketSize : undefined;
+  /**
+   * A CONNACK, as mqtt.js reads it: when it accepts the connection, the identifiers it announces
+   * are this connection's from now on, for the messages the broker sends before the 'connect'
+   * event (onConnect) too.
+   */
+  private onConnack(client: MqttClient, connack: IConnackPacket): void {
+    const code = this.level === 5 ? connack.reasonCode : connack.returnCode;
+    if ((code ?? 0) !== 0 || this.isEnded) return;
     // A broker without Subscription Identifiers says so in its CONNACK, and would end the
     // connection on a SUBSCRIBE that carries one (MQTT 5 §3.8.3.1, 0xA1).
     this.subscriptionId =
       this.level === 5 && connack.properties?.subscriptionIdentifiersAvailable !== false
         ? COMMAND_SUBSCRIPTION_ID
         : undefined;
+    this.probe.connack(client, this.subscriptionId !== undefined);
+  }
+
+  private onConnect(client: MqttClient, connack: IConnackPacket, events: SessionEvents): void {
+    this.awaitingConnack = false;
+    if (this.isEnded) return;
+    // A duration follows (a stable connection?): the monotonic clock, which never steps.
+    this.connectedAt = this.clock.elapsed();
+    this.brokerMaxPacket = this.level === 5 ? connack.properties?.maximumPacketSize : undefined;
     this.errorStreak = 0;
     this.error = null;
     const sessionPresent = connack.sessionPresent;
@@ -690,6 +726,8 @@ export class MqttSession {
     // last connection's subscription said ready of one that has none yet.
     this.subscribed = false;
     this.probe.end();
+    // The copies held for a verdict on this connection go with it (the broker redelivers them).
+    this.events?.identifiersAnswered();
     if (this.isEnded) return;
     if (unanswered) {
       // The CONNECT went out and the connection ended with neither a CONNACK nor an error: the

@@ -203,6 +203,9 @@ export class MqttIntake {
       identifiersMissing: () => {
         this.commands.identifiersMissing();
       },
+      identifiersAnswered: () => {
+        this.commands.identifiersAnswered();
+      },
     });
   }
 

@@ -89,6 +89,140 @@ describe.skipIf(!available)(
       await intake.stop();
     }, 30_000);
 
+    /**
+     * The first connection of a run on such a path: the commands queued for the gateway come
+     * before the probe can answer. They were taken for copies another filter delivered,
+     * acknowledged, and answered INVALID_COMMAND once the probe found identifiers missing (not
+     * run: acknowledged already, I5). Now each waits, unacknowledged, for the verdict, and then
+     * runs as on a broker without identifiers.
+     */
+    it('MQTT 5: commands queued for the first connection of a run wait for the probe and run once', async () => {
+      const gateway = 'gwnoidsq';
+      const prefix = `sluice/${gateway}`;
+      const topic = `${prefix}/cmd/v1`;
+      const proxy = await StrippingProxy.open(site.broker.port);
+      site.cleanups.push(() => proxy.close());
+      const { logger, lines } = recordingLogger();
+      const newIntake = (): ReturnType<typeof site.intake> =>
+        site.intake({
+          gatewayId: gateway,
+          config: { protocolVersion: 5, url: `mqtt://127.0.0.1:${proxy.port}` },
+          logger,
+          reconnect: { minMs: 100, maxMs: 200 },
+          strayCopyWaitMs: 300,
+          identifierProbe: { graceMs: 200 },
+        });
+      // A run that made the session (its command subscription), then stopped.
+      let intake = newIntake();
+      site.cleanups.push(() => intake.stop());
+      await site.connect(intake);
+      await intake.stop();
+      const plant = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => plant.end());
+      const observer = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => observer.end());
+      await observer.subscribe(`${prefix}/result/#`);
+      const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
+      const before = writes();
+      const key = randomUUID();
+      const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+      await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
+
+      // The next run: its probe knows nothing yet, and the queued command comes first.
+      intake = newIntake();
+      intake.start();
+      const result = await observer.waitFor((m) => m.json().key === key, 10_000, 'result');
+      expect(result.json()).toMatchObject({ state: 'confirmed' });
+      expect(intake.health().subscriptionIdentifiers).toBe('missing');
+      expect(site.stack.pipeline.get({ scope: 'plant', key })?.state).toBe('confirmed');
+      expect(writes()).toBe(before + 1);
+      // It came before the verdict (held, not taken for another filter's copy).
+      expect(lines.some((l) => String(l.msg).startsWith('command copy without the command'))).toBe(
+        true,
+      );
+      const answers = observer.messages.filter((m) => m.json().key === key);
+      for (const a of answers) expect(a.json()).toMatchObject({ state: 'confirmed' });
+      await intake.stop();
+    }, 30_000);
+
+    /**
+     * An earlier connection found identifiers missing; the path delivers them again (the proxy no
+     * longer strips them) when a command is published retained while the gateway's session holds
+     * a filter another client left beside the command filter, without retain-as-published: its
+     * copy comes unflagged (MQTT 5 §3.3.1.3) and without the command subscription's identifier,
+     * before the new connection's probe answers. The last verdict (missing) had it taken as the
+     * command subscription's and run as a fresh command. Now it waits for this connection's
+     * verdict (delivered), and is then known for another filter's copy: never run. The proxy holds
+     * back the probe's read-back of the status (a slow path) so that the command comes first.
+     */
+    it('MQTT 5: after a verdict of missing, a copy through a left filter waits for the new verdict', async () => {
+      const gateway = 'gwnoidsret';
+      const prefix = `sluice/${gateway}`;
+      const clientId = `sluice-${gateway}`;
+      const topic = `${prefix}/cmd/v1`;
+      const proxy = await StrippingProxy.open(site.broker.port);
+      site.cleanups.push(() => proxy.close());
+      const { logger } = recordingLogger();
+      const intake = site.intake({
+        gatewayId: gateway,
+        config: { protocolVersion: 5, url: `mqtt://127.0.0.1:${proxy.port}` },
+        logger,
+        reconnect: { minMs: 100, maxMs: 200 },
+        identifierProbe: { graceMs: 200 },
+      });
+      site.cleanups.push(() => intake.stop());
+      await site.connect(intake);
+      await until(
+        () => (intake.health().subscriptionIdentifiers === 'missing' ? true : undefined),
+        5_000,
+        'identifiers found missing',
+      );
+      // The gateway away (its attempts refused by the proxy), another client leaves a filter.
+      proxy.down();
+      await until(() => (intake.connected() ? undefined : true), 5_000, 'disconnected');
+      await site.leaveSubscriptions(clientId, [`${prefix}/cmd/#`], { expirySeconds: 600 });
+      expect(site.broker.log()).toContain(`${clientId} 1 ${prefix}/cmd/#`);
+      proxy.strip = false;
+      proxy.holdTopic = { topic: `${prefix}/status`, ms: 2_000 };
+      proxy.up();
+      await until(() => intake.connected() || undefined, 10_000, 'connected again');
+
+      const plant = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => plant.end());
+      const observer = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => observer.end());
+      await observer.subscribe(`${prefix}/result/#`);
+      const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
+      const before = writes();
+      const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+      const key = randomUUID();
+      await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }), { retain: true });
+      site.cleanups.push(() => plant.publish(topic, '', { retain: true }));
+      await until(
+        () => (site.broker.deliveriesTo(clientId, topic).length >= 2 ? true : undefined),
+        5_000,
+        'two copies sent',
+      );
+      expect(intake.health().subscriptionIdentifiers).toBe('missing');
+      await until(
+        () => (intake.health().subscriptionIdentifiers === 'delivered' ? true : undefined),
+        10_000,
+        'identifiers found delivered',
+      );
+      // The command filter's copy (retained) refused; the other never journaled nor written.
+      const answer = await observer.waitFor((m) => m.json().key === key, 5_000, 'answer');
+      expect(answer.json()).toMatchObject({ code: 'INVALID_COMMAND' });
+      expect(site.stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+      // A later command runs once: the only write.
+      const later = randomUUID();
+      await plant.publish(topic, timed({ action, key: later, ttlMs: 60_000 }));
+      const result = await observer.waitFor((m) => m.json().key === later, 10_000, 'result');
+      expect(result.json()).toMatchObject({ state: 'confirmed' });
+      expect(site.stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+      expect(writes()).toBe(before + 1);
+      await intake.stop();
+    }, 30_000);
+
     it('MQTT 5: on a path that keeps them, the probe says they are delivered', async () => {
       const gateway = 'gwids';
       const { logger } = recordingLogger();
@@ -123,10 +257,13 @@ describe.skipIf(!available)(
 /**
  * TCP between the gateway and Mosquitto that removes the Subscription Identifier property (0x0B)
  * from every MQTT 5 PUBLISH the broker sends (see the file's doc); the rest passes unchanged.
- * `down()` resets its connections and refuses new ones until `up()`.
+ * `down()` resets its connections and refuses new ones until `up()`. `strip` false passes the
+ * property; `holdTopic` delays the broker's PUBLISHes on one topic (a slow path for them).
  */
 class StrippingProxy {
   stripped = 0;
+  strip = true;
+  holdTopic: { readonly topic: string; readonly ms: number } | null = null;
   private isUp = true;
   private readonly sockets = new Set<Socket>();
 
@@ -162,9 +299,14 @@ class StrippingProxy {
           const packet = nextPacket(pending);
           if (packet === null) break;
           pending = pending.subarray(packet.length);
-          const out = stripIdentifiers(packet);
-          if (out !== packet) proxy.stripped++;
-          inbound.write(out);
+          const out = proxy.strip ? stripIdentifiers(packet) : Buffer.from(packet);
+          if (out !== packet && proxy.strip) proxy.stripped++;
+          const hold = proxy.holdTopic;
+          if (hold !== null && publishTopic(out) === hold.topic) {
+            setTimeout(() => inbound.write(out), hold.ms);
+          } else {
+            inbound.write(out);
+          }
         }
       });
     });
@@ -226,6 +368,15 @@ function nextPacket(buffer: Buffer): Buffer | null {
   if (length === null) return null;
   const total = 1 + length.bytes + length.value;
   return buffer.length < total ? null : buffer.subarray(0, total);
+}
+
+/** The topic of a PUBLISH; null for any other packet. */
+function publishTopic(packet: Buffer): string | null {
+  if ((packet[0] ?? 0) >> 4 !== 3) return null;
+  const remaining = varint(packet, 1);
+  if (remaining === null) return null;
+  const at = 1 + remaining.bytes;
+  return packet.subarray(at + 2, at + 2 + packet.readUInt16BE(at)).toString('utf8');
 }
 
 /** The PUBLISH without its Subscription Identifier properties; any other packet as it is. */
