@@ -10,7 +10,7 @@ import {
   type LastWrite,
 } from './lane.js';
 import type { Logger } from './logger.js';
-import { unsentLine } from './redispatch.js';
+import { unsentLine, writesMaybeSent } from './redispatch.js';
 
 /**
  * A command's write on its way to the controller: remembered as the lane's last write, handed to
@@ -71,7 +71,7 @@ export class CommandWrites {
     // Never sent: the write before it is the device's last again. It may belong to another
     // command whose write the controller may still take (acknowledged and held, its answer
     // lost): a command that goes round again after a write refused for want of a connection
-    // (execution.ts, goRoundAgain) decides behind it as its first round did. Voided with this
+    // (execution.ts, carryOutRounds) decides behind it as its first round did. Voided with this
     // one, a stop decided behind a held open was confirmed a no-op at CLOSED on its second
     // round, and the controller then took the open (I2).
     if (outcome.kind === 'not-sent' && lane.lastWrite === null) lane.lastWrite = before;
@@ -235,7 +235,12 @@ export class CommandWrites {
         : this.host.signal.aborted
           ? 'as the daemon stopped'
           : 'before it was sent';
-    this.host.note(record, unsentLine(requireSeq(record), why, error, record.attempts >= 2));
+    const seq = requireSeq(record);
+    // Not sent again only when a write of it before this one may have left the gateway (proven
+    // not applied): one whose earlier writes all found no connection is still never written.
+    const sentBefore =
+      record.attempts < 2 ? 0 : writesMaybeSent(this.host.journal.history(record), seq, false);
+    this.host.note(record, unsentLine(seq, why, error, sentBefore > 0));
   }
 
   refused(

@@ -11,8 +11,8 @@ import { CommandTakeUp } from './take-up.js';
 
 /**
  * After the dispatch: the write, then readbacks until one taken after it confirms the command
- * (I2), the controller refuses it, or time runs out; at most one re-dispatch, only when the
- * first write is provably not applied (redispatch.ts). The same loop takes up a command found
+ * (I2), the controller refuses it, or time runs out; at most one re-dispatch of a write that
+ * may have been sent, only when it is provably not applied (redispatch.ts). The same loop takes up a command found
  * `dispatched` with no live worker — after a crash or a journal stall — and settles it by
  * reading the controller, never by a blind re-write (I5). Every command it takes ends with a
  * true, specific outcome. Each job has its module: the write on its way to the controller
@@ -33,12 +33,12 @@ export class ConfirmationLoop {
   }
 
   /**
-   * Sends the write of a command just journaled `dispatched`, and confirms it. `again`: why its
-   * first write was never sent, when this is its second dispatch (execution.ts). Returns the
-   * driver's words when a first write found no connection to the controller (WriteNotSentError
-   * `no-connection`): nothing of it left the process, and the caller goes round again once the
-   * connection is back (execution.ts, carryOut); otherwise null, the command settled or left to
-   * whoever settles it.
+   * Sends the write of a command just journaled `dispatched`, none of whose writes ever left the
+   * process (execution.ts, carryOut), and confirms it. `again`: why its latest write was never
+   * sent, when this is a re-dispatch. Returns the driver's words when the write found no
+   * connection to the controller (WriteNotSentError `no-connection`): nothing of it left the
+   * process, and the caller goes round again once the connection is back, while the deadline
+   * allows (execution.ts); otherwise null, the command settled or left to whoever settles it.
    */
   async writeAndConfirm(
     lane: Lane,
@@ -51,7 +51,7 @@ export class ConfirmationLoop {
     const seq = requireSeq(dispatched);
     const write = this.writes.beginWrite(lane, dispatched, seq);
     const outcome = await this.writes.send(lane, dispatched, seq, write, log);
-    // A second dispatch comes here only for a first write never sent (execution.ts): withdrawn
+    // A re-dispatch comes here only for a write never sent (execution.ts): withdrawn
     // (takeUpUnsent) or refused for want of a connection (carryOut); one proven not applied by
     // readback is sent by notTaken.
     if (dispatched.attempts > 1 && outcome.kind !== 'not-sent') {
@@ -65,33 +65,23 @@ export class ConfirmationLoop {
       this.writes.withdrawn(lane, dispatched, observe(first.before), outcome.error, log);
       return null;
     }
-    if (
-      outcome.kind === 'not-sent' &&
-      outcome.reason === 'no-connection' &&
-      dispatched.attempts < 2
-    ) {
+    if (outcome.kind === 'not-sent' && outcome.reason === 'no-connection') {
       // The connection dropped just before (its reconnect not yet due) or the connect failed:
-      // nothing of the write left the process, and the command may ride out the reconnect.
+      // nothing of the write left the process, and the command may ride out the reconnect —
+      // again if its connection dropped again between its fresh read and this write.
       return { noConnection: outcome.error };
     }
-    if (
-      outcome.kind === 'not-sent' &&
-      (outcome.reason === 'no-connection' || outcome.reason === 'closed')
-    ) {
+    if (outcome.kind === 'not-sent' && outcome.reason === 'closed') {
       // The driver never handed it to a socket: nothing was applied, whatever a readback shows
       // later (a controller that restarted meanwhile shows its power-up echo, which no readback
-      // can tell from one that lost the write). Its driver closed (the daemon stops), or its
-      // second write finding no connection either (the journal allows one re-dispatch): not
-      // sent again.
+      // can tell from one that lost the write). Its driver closed (the daemon stops): no
+      // connection will come, and it is not sent again.
       this.host.settle(log, dispatched, 'dispatched', {
         to: 'failed',
         code: 'DEVICE_UNREACHABLE',
         faultCode: null,
         observed: observe(first.before),
-        detail:
-          outcome.reason === 'no-connection' && again === 'no-connection'
-            ? `the write never reached the controller: it found no connection, waited for it and went round again, and its second write found none either, so it is not sent again; nothing was applied (${outcome.error})`
-            : `the write was never sent: no connection to the controller; nothing was applied (${outcome.error})`,
+        detail: `the write was never sent: no connection to the controller; nothing was applied (${outcome.error})`,
       });
       return null;
     }
@@ -103,7 +93,7 @@ export class ConfirmationLoop {
         code: 'DEVICE_UNREACHABLE',
         faultCode: null,
         observed: observe(first.before),
-        detail: `the write never reached the controller: it found no connection and went round again, and its deadline ${new Date(dispatched.deadline).toISOString()} passed before its second write could be sent; nothing was applied (${outcome.error})`,
+        detail: `the write never reached the controller: it found no connection and went round again, and its deadline ${new Date(dispatched.deadline).toISOString()} passed before its write could be sent again; nothing was applied (${outcome.error})`,
       });
       return null;
     }

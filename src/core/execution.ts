@@ -3,7 +3,7 @@ import { clockNote, controllerVerdict, gatewayVerdict } from './clock-policy.js'
 import { requireSeq } from './command-writes.js';
 import { ConfirmationLoop } from './confirmation.js';
 import { DeviceReads } from './device-reads.js';
-import type { CommandRecord } from './journal.js';
+import { MAX_DISPATCHES, type CommandRecord } from './journal.js';
 import {
   PIPELINE,
   freshnessDetail,
@@ -22,7 +22,12 @@ import {
   stopAfterPending,
   stopAfterPendingNote,
 } from './previous-write.js';
-import { latestUnsentCause, noConnectionLine, type UnsentCause } from './redispatch.js';
+import {
+  latestUnsentCause,
+  noConnectionLine,
+  writesMaybeSent,
+  type UnsentCause,
+} from './redispatch.js';
 import { allocateSeq } from './sequence.js';
 import type { TimedReadback } from './skew.js';
 import { decide, type Decision } from './state-machine.js';
@@ -65,16 +70,20 @@ export class CommandExecution {
   }
 
   async handleAccepted(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
-    await this.carryOut(lane, record, { from: 'accepted' }, log);
+    await this.carryOutRounds(lane, record, { from: 'accepted' }, log);
   }
 
   /**
-   * A dispatched command whose latest write was never sent (takeUpDispatched). It is never
-   * written after a stop that came after it (SPEC §2: superseded), nor written a third time;
-   * otherwise it takes the course of a command not yet written — freshness (I3), a fresh read
-   * and the state-machine check (I4), the clock policy — and its write, with the sequence
-   * number it was given, is journaled as its second dispatch before it goes out (I1: a later
-   * life then knows it may have been sent).
+   * A dispatched command whose latest write was never sent (takeUpDispatched). When every
+   * earlier write of it was never sent either (writesMaybeSent: refused for want of a
+   * connection, withdrawn), nothing of it ever left the gateway: a stop that came after it
+   * supersedes it (SPEC §2: never written), and otherwise it takes the course of a command not
+   * yet written — freshness (I3), a fresh read and the state-machine check (I4), the clock
+   * policy — and its write, with the sequence number it was given, is journaled as a
+   * re-dispatch before it goes out (I1: a later life then knows it may have been sent). A
+   * command with an earlier write that may have gone out (proven not applied, and dispatched
+   * again since) is not written again (redispatch.ts: one re-dispatch of a write that may have
+   * left), nor one at MAX_DISPATCHES.
    */
   private async takeUpUnsent(
     lane: Lane,
@@ -89,9 +98,13 @@ export class CommandExecution {
         : `its write (sequence number ${seq}) found no connection to the controller and was not sent`;
     log.warn({ seq, cause }, 'taken up: its write was never sent; not yet written');
     const stop = this.host.journal.stopsAfter(record, 1)[0];
-    // Superseded (rejected: never written) only when this write was its first: a command
-    // dispatched twice had a write sent before, proven not applied, which is not "never written".
-    if (stop !== undefined && record.attempts < 2) {
+    // The writes before this one that may have left the gateway: none for a first write, nor
+    // for one whose earlier writes all found no connection (or were withdrawn).
+    const sentBefore =
+      record.attempts < 2 ? 0 : writesMaybeSent(this.host.journal.history(record), seq, false);
+    // Superseded (rejected: never written) only when no write of it was sent: a command with a
+    // write sent before, proven not applied, is not "never written".
+    if (stop !== undefined && sentBefore === 0) {
       this.host.settle(log, record, 'dispatched', {
         to: 'rejected',
         code: 'SUPERSEDED',
@@ -101,7 +114,7 @@ export class CommandExecution {
       });
       return;
     }
-    if (record.attempts >= 2) {
+    if (sentBefore > 0) {
       const stopped = stop === undefined ? '' : `; the stop ${stop.key} was accepted after it`;
       this.host.settle(log, record, 'dispatched', {
         to: 'failed',
@@ -112,28 +125,85 @@ export class CommandExecution {
       });
       return;
     }
+    if (this.settleAtCap(record, seq, log)) return;
     this.host.note(
       record,
       `taken up: ${unsent} (the history says so), so it is handled as a command not yet written: a fresh read decides`,
     );
-    await this.carryOut(lane, record, { from: 'dispatched', seq, unsent: cause }, log);
+    await this.carryOutRounds(lane, record, { from: 'dispatched', seq, unsent: cause }, log);
   }
 
   /**
-   * The course of a command not yet written: `accepted`, or `dispatched` with a write never
-   * sent (`seq`, takeUpUnsent). Each outcome that ends it here says nothing was written.
+   * carryOut, and again each time its write finds no connection to the controller (the
+   * connection dropped just before, its reconnect not yet due; or the connect failed): it never
+   * left the process, so nothing physical happened, and the command rides out the reconnect
+   * within its deadline, as often as the connection drops between its fresh read and its write.
+   * The history says so first (noConnectionLine: a stop, an operator's resolve or a later life
+   * go by it, as by a write withdrawn unsent); then it goes round again as a command not yet
+   * written — a fresh read once the controller answers (I4: the valve may have moved
+   * meanwhile), the state-machine check, and its write as a re-dispatch, journaled before it
+   * goes out (I1). Past its deadline it ends `failed` `DEVICE_UNREACHABLE`, nothing applied; so
+   * too at MAX_DISPATCHES. A write whose request may have left (a timeout, a reset after
+   * sending) is not this: its outcome is unknown, and readback settles it (confirmation.ts).
+   */
+  private async carryOutRounds(
+    lane: Lane,
+    record: CommandRecord,
+    course: NotWritten,
+    log: Logger,
+  ): Promise<void> {
+    let unsent = await this.carryOut(lane, record, course, log);
+    while (unsent !== null) {
+      const { dispatched, error } = unsent;
+      const seq = requireSeq(dispatched);
+      log.warn(
+        { seq, err: error, attempts: dispatched.attempts },
+        'write not sent: no connection to the controller; the command waits for it and goes round again',
+      );
+      this.host.note(dispatched, noConnectionLine(seq, error));
+      if (this.settleAtCap(dispatched, seq, log)) return;
+      unsent = await this.carryOut(
+        lane,
+        dispatched,
+        { from: 'dispatched', seq, unsent: 'no-connection' },
+        log,
+      );
+    }
+  }
+
+  /**
+   * Ends a command none of whose writes was sent once it has been dispatched MAX_DISPATCHES
+   * times: `failed` `DEVICE_UNREACHABLE`, nothing applied. True when it did.
+   */
+  private settleAtCap(record: CommandRecord, seq: number, log: Logger): boolean {
+    if (record.attempts < MAX_DISPATCHES) return false;
+    this.host.settle(log, record, 'dispatched', {
+      to: 'failed',
+      code: 'DEVICE_UNREACHABLE',
+      faultCode: null,
+      observed: null,
+      detail: `the write never reached the controller: the command was dispatched ${record.attempts} times (sequence number ${seq}) and none of its writes was sent (no connection to the controller, or withdrawn, as its history says), so it is not dispatched again (at most ${MAX_DISPATCHES}); nothing was applied`,
+    });
+    return true;
+  }
+
+  /**
+   * The course of a command not yet written: `accepted`, or `dispatched` with no write ever
+   * sent (`seq`: takeUpUnsent, carryOutRounds). Each outcome that ends it here says nothing was
+   * written. Returns the dispatched record and the driver's words when its write found no
+   * connection to the controller (carryOutRounds goes round again); otherwise null.
    */
   private async carryOut(
     lane: Lane,
     record: CommandRecord,
     course: NotWritten,
     log: Logger,
-  ): Promise<void> {
+  ): Promise<{ readonly dispatched: CommandRecord; readonly error: string } | null> {
     const { clock } = this.host;
     const { from } = course;
     // The moment the command is taken up: a no-op is decided on an image from no earlier.
     const takenUpMono = clock.elapsed();
-    if (this.rejectIfStale(record, null, course, log)) return;
+    if (this.rejectIfStale(record, null, course, log)) return null;
     // The state-machine check runs against a fresh read, never against a cached mirror.
     const read = await this.reads.readUntil(
       lane,
@@ -141,7 +211,7 @@ export class CommandExecution {
       clock.elapsed(),
       log,
     );
-    if (aborted(lane)) return;
+    if (aborted(lane)) return null;
     if (read.readback === null) {
       this.host.settle(log, record, from, {
         to: 'failed',
@@ -153,21 +223,21 @@ export class CommandExecution {
             ? `the write never reached the controller: its write (sequence number ${course.seq}) found no connection to the controller, and none could be had to go round again before its deadline ${new Date(record.deadline).toISOString()}; nothing was applied (${read.lastError ?? 'no answer'})`
             : `no readback before the deadline; nothing was written (${read.lastError ?? 'no answer'})`,
       });
-      return;
+      return null;
     }
     // The device's previous write may still be taken (its command ended with its fate open):
     // decided on an image without it, this command would be undone by it.
     const settled = await this.afterPreviousWrite(lane, record, read.readback, from, log);
-    if (settled === null) return;
+    if (settled === null) return null;
     let before = settled.readback;
     let decision = settled.stop ?? this.decideFor(lane, record, before);
     if (decision.kind === 'noop') {
       // I2: not on a frozen image (no-op.ts); a newer image is decided on afresh.
       const image = await this.noOp.freshImage(lane, before, takenUpMono, log);
-      if (image.kind === 'aborted') return;
+      if (image.kind === 'aborted') return null;
       if (image.kind === 'stale') {
         this.noOp.settleStale(lane, record, image, from, log);
-        return;
+        return null;
       }
       if (image.readback !== before) {
         before = image.readback;
@@ -187,7 +257,7 @@ export class CommandExecution {
               ? `the device is in ${before.state}; remote commands are not taken; nothing was written`
               : `${record.action} is not a legal transition from ${before.state}; nothing was written`,
         });
-        return;
+        return null;
       case 'noop':
         await this.noOp.confirm(
           lane,
@@ -197,24 +267,24 @@ export class CommandExecution {
           from,
           log,
         );
-        return;
+        return null;
       case 'write': {
         // Measured before the dispatch, so that readbacks can be placed in time (SPEC §6).
         const held = lane.skew;
         await this.reads.ensureSkew(lane, log);
-        if (aborted(lane)) return;
+        if (aborted(lane)) return null;
         // A controller clock flagged off on an estimate taken earlier is measured again before
         // a command is refused for it: it may have been set right since, and a clock step must
         // cause no false failure (SPEC §6). Only refused commands pay for the extra read.
         if (lane.clockOff !== null && held !== null && lane.skew === held) {
           await this.reads.measureSkew(lane, log);
-          if (aborted(lane)) return;
+          if (aborted(lane)) return null;
         }
         // I3: freshness again in the same step as the dispatch, with no wait in between: the
         // skew read above may have taken up to a request timeout.
-        if (this.rejectIfStale(record, before, course, log)) return;
+        if (this.rejectIfStale(record, before, course, log)) return null;
         // SPEC §6: the clocks the command's judgement rests on (gateway sync, controller skew).
-        if (this.rejectIfUnsynced(lane, record, before, from, log)) return;
+        if (this.rejectIfUnsynced(lane, record, before, from, log)) return null;
         // A controller that echoes the number already would ignore the write as a repeat, and
         // its echo would look like this command's (sequence.ts).
         if (course.from === 'dispatched' && before.seq === course.seq) {
@@ -225,7 +295,7 @@ export class CommandExecution {
             observed: observe(before),
             detail: `the controller already echoes sequence number ${course.seq}, which this command never sent (another master's command): a write of it would be ignored as a repeat and could not be told apart, so it is not written; nothing was written`,
           });
-          return;
+          return null;
         }
         // I5/I1: the dispatch (with its sequence number) is durable before the write is sent.
         const dispatched =
@@ -242,8 +312,8 @@ export class CommandExecution {
                 record,
                 clock.now(),
                 course.unsent === 'withdrawn'
-                  ? `the first write (sequence number ${course.seq}) was withdrawn before it was sent, so it was never applied; ${DECIDED_AGAIN} (${before.state}) and written now`
-                  : `the first write (sequence number ${course.seq}) found no connection to the controller and was not sent, so it was never applied; the controller answers again: ${DECIDED_AGAIN} (${before.state}) and written now`,
+                  ? `the ${latestWrite(record)} write (sequence number ${course.seq}) was withdrawn before it was sent, so it was never applied; ${DECIDED_AGAIN} (${before.state}) and written now`
+                  : `the ${latestWrite(record)} write (sequence number ${course.seq}) found no connection to the controller and was not sent, so it was never applied; the controller answers again: ${DECIDED_AGAIN} (${before.state}) and written now`,
                 PIPELINE,
                 observe(before),
               );
@@ -259,11 +329,11 @@ export class CommandExecution {
             'journal sync failed: the command is not written',
           );
           if (dispatched.seq !== null) lane.withheld.set(refId(dispatched), dispatched.seq);
-          return;
+          return null;
         }
         // The barrier may have taken long (a slow or stalled disk): freshness and the command's
         // state were checked before it.
-        if (this.notToBeWritten(lane, dispatched, log)) return;
+        if (this.notToBeWritten(lane, dispatched, log)) return null;
         log.info({ seq: dispatched.seq, from: before.state }, 'command dispatched');
         const unsent = await this.confirmation.writeAndConfirm(
           lane,
@@ -272,42 +342,9 @@ export class CommandExecution {
           log,
           course.from === 'dispatched' ? course.unsent : null,
         );
-        if (unsent !== null) await this.goRoundAgain(lane, dispatched, unsent.noConnection, log);
-        return;
+        return unsent === null ? null : { dispatched, error: unsent.noConnection };
       }
     }
-  }
-
-  /**
-   * The command's first write found no connection to the controller (the connection dropped
-   * just before, its reconnect not yet due; or the connect failed): it never left the process,
-   * so nothing physical happened, and the command rides out the reconnect within its deadline.
-   * The history says so first (noConnectionLine: a stop, an operator's resolve or a later life
-   * go by it, as by a write withdrawn unsent); then it goes round again as a command not yet
-   * written — a fresh read once the controller answers (I4: the valve may have moved
-   * meanwhile), the state-machine check, and its write as its second dispatch, journaled before
-   * it goes out (I1). Past its deadline it ends `failed` `DEVICE_UNREACHABLE`, nothing applied.
-   * A write whose request may have left (a timeout, a reset after sending) is not this: its
-   * outcome is unknown, and readback settles it (confirmation.ts).
-   */
-  private async goRoundAgain(
-    lane: Lane,
-    dispatched: CommandRecord,
-    error: string,
-    log: Logger,
-  ): Promise<void> {
-    const seq = requireSeq(dispatched);
-    log.warn(
-      { seq, err: error },
-      'write not sent: no connection to the controller; the command waits for it and goes round again',
-    );
-    this.host.note(dispatched, noConnectionLine(seq, error));
-    await this.carryOut(
-      lane,
-      dispatched,
-      { from: 'dispatched', seq, unsent: 'no-connection' },
-      log,
-    );
   }
 
   /**
@@ -460,7 +497,7 @@ export class CommandExecution {
 
   /**
    * Rejects the command when its deadline has passed or it lies too far in the future (I3). A
-   * command going round again after its write found no connection (goRoundAgain) that is past
+   * command going round again after its write found no connection (carryOutRounds) that is past
    * its deadline ends as its wait for the connection does: `failed` `DEVICE_UNREACHABLE`.
    */
   private rejectIfStale(
@@ -506,6 +543,14 @@ export class CommandExecution {
 type NotWritten =
   | { readonly from: 'accepted' }
   | { readonly from: 'dispatched'; readonly seq: number; readonly unsent: UnsentCause };
+
+/**
+ * "first" for a command dispatched once, "latest" after: the write a re-dispatch follows. Its
+ * history has the words of each (the dispatch and re-dispatch lines before it).
+ */
+function latestWrite(record: CommandRecord): string {
+  return record.attempts < 2 ? 'first' : 'latest';
+}
 
 /** A function, not a property read: the flag changes across awaits (and narrowing forgets). */
 function aborted(lane: Lane): boolean {

@@ -111,7 +111,10 @@ export interface CommandRecord extends NewCommand {
   readonly faultCode: string | null;
   /** Controller sequence number used for the write; null until dispatched. */
   readonly seq: number | null;
-  /** Number of writes journaled (0, 1, or 2 after a proven-not-applied redispatch). */
+  /**
+   * Number of writes journaled (0, 1, or more after re-dispatches: at most two of them may have
+   * left the gateway, redispatch.ts; at most MAX_DISPATCHES in all).
+   */
   readonly attempts: number;
   readonly observedBefore: Observation | null;
   readonly observed: Observation | null;
@@ -137,6 +140,14 @@ export interface JournalEvent {
  * command since, are kept as one event, `at` its last hit, its detail carrying how many and when
  * the first was (repeatDetail).
  */
+/**
+ * The most writes one command is ever journaled for (dispatch and re-dispatches). Two at most may
+ * have left the gateway (redispatch.ts); the others were refused unsent by the driver for want of
+ * a connection, each followed by a fresh read. A link flapping that often within one deadline is
+ * no blip: the command ends `failed` `DEVICE_UNREACHABLE` rather than fill its history.
+ */
+export const MAX_DISPATCHES = 10;
+
 export const DUPLICATE_DETAIL = 'duplicate';
 export const KEY_REUSE_DETAIL = 'key reuse refused: different payload';
 
@@ -264,12 +275,15 @@ export interface Journal {
     detail?: string,
   ): CommandRecord;
   /**
-   * A second write after the first was proven not applied; allowed once per command. With
-   * `observedBefore`, the write is decided on that newer read (the first was never sent), and
-   * it replaces the one the dispatch was judged on.
+   * Another write of the command, after its latest was proven not applied (once per command:
+   * the core's rule, redispatch.ts) or never sent (as often as its deadline allows). Made only
+   * from the record as read, `ref.attempts` (JournalConflictError when the command was
+   * re-dispatched meanwhile: two workers never both dispatch one write again), and at most
+   * MAX_DISPATCHES writes in all. With `observedBefore`, the write is decided on that newer
+   * read (the latest was never sent), and it replaces the one the dispatch was judged on.
    */
   markRedispatched(
-    ref: CommandRef,
+    ref: CommandRef & { readonly attempts: number },
     at: number,
     detail: string,
     intake: string,

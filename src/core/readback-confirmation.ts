@@ -14,7 +14,13 @@ import type { Logger } from './logger.js';
 import type { DeviceProfile } from './profile.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
-import { judgeRedispatch, localLine, mayStillLand, type DeviceImage } from './redispatch.js';
+import {
+  judgeRedispatch,
+  localLine,
+  mayStillLand,
+  writesMaybeSent,
+  type DeviceImage,
+} from './redispatch.js';
 import { POWER_UP_ECHO } from './sequence.js';
 import type { TimedReadback } from './skew.js';
 
@@ -439,7 +445,12 @@ export class ReadbackConfirmation {
     const verdict = judgeRedispatch({
       profile: lane.binding.profile,
       seq,
-      attempts: record.attempts,
+      // Only a command dispatched more than once has earlier writes to look up: those its
+      // history says were never sent (no connection, withdrawn) count for none.
+      writesMaybeSent:
+        record.attempts < 2
+          ? record.attempts
+          : 1 + writesMaybeSent(this.host.journal.history(record), seq, false),
       deadline: record.deadline,
       before: ctx.before,
       readback,

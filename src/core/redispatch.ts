@@ -18,7 +18,11 @@ import { sourceWindow, type SkewEstimate, type TimedReadback } from './skew.js';
  *   connection, lies after the moment the outcome became unknown plus the redispatch guard
  *   (the controller's worst-case time to take a write that was on its way). A frozen or stale
  *   image, or one that cannot be placed in time, proves nothing.
- * Proven not applied, it is sent again only before its deadline (I3) and only once.
+ * Proven not applied, it is sent again only before its deadline (I3) and only once: of a
+ * command's writes, at most two may ever have left the gateway. A write its driver refused
+ * unsent (WriteNotSentError, its history says so) never left it and counts for none: a command
+ * whose writes found no connection goes round again as often as its deadline allows
+ * (execution.ts), each time after a fresh read and a durable dispatch record.
  */
 
 /** The parts of a readback that "unchanged" compares. */
@@ -32,8 +36,12 @@ export interface DeviceImage {
 export interface RedispatchFacts {
   readonly profile: DeviceProfile;
   readonly seq: number;
-  /** Writes journaled for the command so far (1, or 2 after a re-dispatch). */
-  readonly attempts: number;
+  /**
+   * The command's journaled writes that may have reached the controller, the one judged
+   * included (1, or 2 after a re-dispatch): writes its history says were never sent
+   * (writesMaybeSent) are not counted.
+   */
+  readonly writesMaybeSent: number;
   /** Wall-clock deadline of the command. */
   readonly deadline: number;
   /** The device as read before the first write. */
@@ -146,7 +154,7 @@ export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
   const proof = `sequence number ${f.seq} is not echoed and an image produced ${Math.round(
     window.earliest - f.unknownSinceMono,
   )} ms after the write's outcome became unknown still shows ${f.readback.state} with echo ${f.readback.seq ?? 'none'}`;
-  if (f.attempts >= 2) {
+  if (f.writesMaybeSent >= 2) {
     return { kind: 'not-applied', proof, why: 'it was already dispatched twice' };
   }
   if (f.nowWall >= f.deadline) {
@@ -200,9 +208,9 @@ export function localSeenIn(history: readonly JournalEvent[], seq: number): bool
  * (command-writes.ts, `withdrawn`) — or it was withdrawn while it waited to be sent again after
  * the controller had answered it busy, unprocessed (busy-write.ts; `error` says so). Either
  * way the controller processed none of it. Only that process knew it; the line is how a
- * later life learns it. `second`: the command's second write (a re-dispatch), which is not
- * sent again (execution.ts, takeUpUnsent), where a first one is taken up as a command not yet
- * written.
+ * later life learns it. `second`: a re-dispatch after a write that may have left the gateway
+ * (proven not applied), which is not sent again (execution.ts, takeUpUnsent), where a write of
+ * a command none of whose writes was sent is taken up as a command not yet written.
  */
 export function unsentLine(seq: number, why: string, error: string, second = false): string {
   const next = second
@@ -250,20 +258,60 @@ export function latestUnsentCause(
   history: readonly JournalEvent[],
   seq: number,
 ): UnsentCause | null {
-  const withdrawn = `${unsentPrefix(seq)} `;
-  const noConnection = `${noConnectionPrefix(seq)} `;
+  const cause = unsentCauseOf(seq);
   // An object, not a `let`: its assignments in the callback are not narrowed away.
   const latest: { cause: UnsentCause | null } = { cause: null };
   const marked = latestWriteMarked(history, (event) => {
-    if (event.intake !== RECOVERY || event.from !== 'dispatched' || event.to !== 'dispatched') {
-      return false;
-    }
-    if (event.detail.startsWith(withdrawn)) latest.cause = 'withdrawn';
-    else if (event.detail.startsWith(noConnection)) latest.cause = 'no-connection';
-    else return false;
+    const found = cause(event);
+    if (found === null) return false;
+    latest.cause = found;
     return true;
   });
   return marked ? latest.cause : null;
+}
+
+/** What an unsent line (unsentLine, noConnectionLine) of the write `seq` says; null for any other event. */
+function unsentCauseOf(seq: number): (event: JournalEvent) => UnsentCause | null {
+  const withdrawn = `${unsentPrefix(seq)} `;
+  const noConnection = `${noConnectionPrefix(seq)} `;
+  return (event) => {
+    if (event.intake !== RECOVERY || event.from !== 'dispatched' || event.to !== 'dispatched') {
+      return null;
+    }
+    if (event.detail.startsWith(withdrawn)) return 'withdrawn';
+    if (event.detail.startsWith(noConnection)) return 'no-connection';
+    return null;
+  };
+}
+
+/**
+ * How many of the command's journaled writes (its dispatch, then each re-dispatch) may have
+ * reached the controller: all but those followed, before the next, by a line that says the
+ * driver never sent it (unsentLine, noConnectionLine: the daemon's own). `latest: false` leaves
+ * the latest write out: the writes before it, which a re-dispatch of the latest must count —
+ * none, when every one of them was refused unsent (redispatch rule above). A write withheld at
+ * a failed barrier is counted: only the memory of the process that withheld it says so, and
+ * its take-up judges it as one whose outcome is unknown (take-up.ts).
+ */
+export function writesMaybeSent(
+  history: readonly JournalEvent[],
+  seq: number,
+  latest = true,
+): number {
+  const cause = unsentCauseOf(seq);
+  const sent: boolean[] = [];
+  for (const event of history) {
+    if (
+      (event.from === 'accepted' && event.to === 'dispatched') ||
+      event.detail.startsWith('redispatch:')
+    ) {
+      sent.push(true);
+    } else if (sent.length > 0 && cause(event) !== null) {
+      sent[sent.length - 1] = false;
+    }
+  }
+  if (!latest) sent.pop();
+  return sent.filter(Boolean).length;
 }
 
 /**

@@ -12,6 +12,7 @@ import {
 import {
   DUPLICATE_DETAIL,
   KEY_REUSE_DETAIL,
+  MAX_DISPATCHES,
   repeatDetail,
   repeatOf,
   type Claim,
@@ -69,7 +70,7 @@ export interface Connection {
   readonly txDispatch: Transaction<Dispatch>;
   readonly txRedispatch: Transaction<
     (
-      ref: CommandRef,
+      ref: CommandRef & { readonly attempts: number },
       at: number,
       detail: string,
       intake: string,
@@ -300,14 +301,20 @@ export function openConnection(options: ConnectionOptions): Connection {
 
   const txRedispatch = db.transaction(
     (
-      ref: CommandRef,
+      ref: CommandRef & { readonly attempts: number },
       at: number,
       detail: string,
       intake: string,
       observedBefore: Observation | undefined,
     ): CommandRecord => {
       const before = observedBefore === undefined ? null : JSON.stringify(observedBefore);
-      const changed = s.redispatch.run(before, ref.scope, ref.key);
+      const changed = s.redispatch.run({
+        before,
+        scope: ref.scope,
+        key: ref.key,
+        attempts: ref.attempts,
+        max: MAX_DISPATCHES,
+      });
       if (changed.changes !== 1) {
         throw new JournalConflictError(`command ${ref.key} cannot be dispatched again`);
       }
@@ -676,8 +683,10 @@ function prepare(db: Database): {
         dispatched_at = @at, observed_before = @before
       WHERE scope = @scope AND key = @key AND state = 'accepted'`),
     redispatch: db.prepare(`
-      UPDATE commands SET attempts = attempts + 1, observed_before = coalesce(?, observed_before)
-      WHERE scope = ? AND key = ? AND state = 'dispatched' AND attempts = 1`),
+      UPDATE commands SET attempts = attempts + 1,
+        observed_before = coalesce(@before, observed_before)
+      WHERE scope = @scope AND key = @key AND state = 'dispatched'
+        AND attempts = @attempts AND attempts >= 1 AND attempts < @max`),
     settle: db.prepare(`
       UPDATE commands SET state = @to, code = @code, fault_code = @fault, observed = @observed,
         detail = @detail, settled_at = @at

@@ -130,7 +130,7 @@ export class SqliteJournal implements Journal {
   }
 
   markRedispatched(
-    ref: CommandRef,
+    ref: CommandRef & { readonly attempts: number },
     at: number,
     detail: string,
     intake: string,

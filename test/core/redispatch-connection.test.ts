@@ -54,7 +54,7 @@ it("an image is never placed with the skew of another connection: a restarted co
   const facts = (skew: SkewEstimate | null): RedispatchFacts => ({
     profile: binding.profile,
     seq: 1234,
-    attempts: 1,
+    writesMaybeSent: 1,
     deadline: Date.now() + 30_000,
     before: {
       state: image.state,

@@ -1,6 +1,7 @@
 import { describe, it, type TestContext } from 'vitest';
 import { isTerminal } from '../../src/core/command.js';
 import type { CommandWrite } from '../../src/core/driver.js';
+import { MAX_DISPATCHES } from '../../src/core/journal.js';
 import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
 import { failFdatasync, type FailingFdatasync } from '../helpers/failing-fdatasync.js';
 import { TcpLink } from '../helpers/tcp-link.js';
@@ -174,7 +175,91 @@ describe('a write refused unsent for want of a connection', () => {
     expect(valve.writeLog.map((w) => w.seq)).toEqual([p.seq]);
   }, 60_000);
 
-  it('the journal fails to make the second dispatch durable: the write is withheld, never sent, and the command ends without a third try', async ({
+  it('the connection drops again between the fresh read and the retried write: the command goes round once more and its write reaches the valve once', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, ...site } = await linkedSite(onTestFinished, {});
+    const valve = h.device('v1');
+    // The open's first write, and the write of its second dispatch after the link came back and
+    // a fresh read succeeded, each find the link refused as they reach the driver.
+    let refusals = 0;
+    site.refuseNextWrite(
+      (c) => c.action === 'open',
+      300,
+      () => {
+        refusals++;
+        site.refuseNextWrite(
+          (c) => c.action === 'open',
+          300,
+          () => {
+            refusals++;
+          },
+        );
+      },
+    );
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    const o = await h.settled('o', 25_000);
+    const notes = h.notes('o');
+    expect(refusals).toBe(2);
+    // Before the fix the journal allowed one re-dispatch: the second refusal ended it failed
+    // DEVICE_UNREACHABLE ("its second write found none either") with 25 s of its deadline left.
+    expect(o, notes.join('\n')).toMatchObject({ state: 'confirmed', attempts: 3 });
+    expect(
+      notes.filter((n) => n.includes('was not sent: no connection to the controller')),
+    ).toHaveLength(2);
+    expect(notes.filter((n) => n.startsWith('dispatched: redispatch: '))).toEqual([
+      expect.stringMatching(
+        /^dispatched: redispatch: the first write \(sequence number \d+\) found no connection/,
+      ),
+      expect.stringMatching(
+        /^dispatched: redispatch: the latest write \(sequence number \d+\) found no connection/,
+      ),
+    ]);
+    // Ground truth (I1): one write of its number reached the valve, and no other write.
+    expect(valve.writesOfSeq(o.seq!)).toHaveLength(1);
+    expect(valve.writeLog).toHaveLength(1);
+    expect(valve.snapshot().state).toMatch(/^OPEN/);
+  }, 60_000);
+
+  it('a link that drops before every write: the command goes round at most MAX_DISPATCHES times, then ends DEVICE_UNREACHABLE, never written', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, ...site } = await linkedSite(onTestFinished, {});
+    const valve = h.device('v1');
+    let refusals = 0;
+    const refuseEach = (): void => {
+      site.refuseNextWrite(
+        (c) => c.action === 'open',
+        100,
+        () => {
+          refusals++;
+          refuseEach();
+        },
+      );
+    };
+    refuseEach();
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 60_000 });
+    const o = await h.settled('o', 50_000);
+    expect(o, h.notes('o').join('\n')).toMatchObject({
+      state: 'failed',
+      code: 'DEVICE_UNREACHABLE',
+      attempts: MAX_DISPATCHES,
+    });
+    expect(o.detail).toMatch(
+      new RegExp(
+        `^the write never reached the controller: the command was dispatched ${MAX_DISPATCHES} times .*nothing was applied$`,
+      ),
+    );
+    expect(refusals).toBe(MAX_DISPATCHES);
+    // Its deadline was far: the cap ended it, not the deadline.
+    expect(o.settledAt!).toBeLessThan(o.deadline);
+    // Ground truth: nothing reached the valve.
+    expect(valve.writeLog).toHaveLength(0);
+  }, 60_000);
+
+  it('the journal fails to make the second dispatch durable: the write is withheld, taken up, proven not applied and written once within the deadline', async ({
     expect,
     onTestFinished,
   }) => {
@@ -195,22 +280,21 @@ describe('a write refused unsent for want of a connection', () => {
     const seq = h.get('o')!.seq!;
     await h.until(() => (disk?.failures ?? 0) === 1, 10_000, 'the failed flush');
     const o = await h.settled('o', 20_000);
-    // Ground truth: no write of its number reached the valve (withheld, then not sent a third time).
-    expect(valve.writesOfSeq(seq)).toHaveLength(0);
-    expect(valve.counters.writesReceived).toBe(0);
-    // Dispatched twice (the journal allows no third), neither write sent: failed, saying nothing
-    // was applied, while its deadline still had seconds to run (the price of that rule).
-    expect(o, h.notes('o').join('\n')).toMatchObject({
-      state: 'failed',
-      code: 'DEVICE_UNREACHABLE',
-      attempts: 2,
-    });
-    expect(o.detail).toMatch(
-      /it was already dispatched twice, so it is not sent again; nothing was applied$/,
-    );
-    expect(h.notes('o')).toContainEqual(
+    const notes = h.notes('o');
+    // Its first write never left the gateway (no connection) and its second was withheld: the
+    // take-up judges the second as a write whose outcome is unknown, proves it not applied by a
+    // readback past the guard, and dispatches it once more — the one re-dispatch of a write that
+    // may have left (redispatch.ts), the refused first write counting for none. Before the fix
+    // the journal allowed no third dispatch: failed DEVICE_UNREACHABLE "already dispatched
+    // twice … nothing was applied" with seconds of its deadline left.
+    expect(o, notes.join('\n')).toMatchObject({ state: 'confirmed', attempts: 3, seq });
+    expect(notes).toContainEqual(
       `dispatched: taken up: sequence number ${seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
     );
+    expect(notes.filter((n) => n.startsWith('dispatched: redispatch: '))).toHaveLength(2);
+    // Ground truth (I1): one write of its number reached the valve, and no other write.
+    expect(valve.writesOfSeq(seq)).toHaveLength(1);
+    expect(valve.counters.writesReceived).toBe(1);
   }, 60_000);
 
   it('the daemon restarted while the command waits for the connection: the next life takes it up as never sent and writes it once', async ({

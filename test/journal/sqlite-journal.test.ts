@@ -21,7 +21,13 @@ import {
   JournalUnavailableError,
   JournalVersionError,
 } from '../../src/core/errors.js';
-import type { CommandRecord, CommandRef, NewCommand, Observation } from '../../src/core/journal.js';
+import {
+  MAX_DISPATCHES,
+  type CommandRecord,
+  type CommandRef,
+  type NewCommand,
+  type Observation,
+} from '../../src/core/journal.js';
 import { allocateSeq } from '../../src/core/sequence.js';
 import { renderResult } from '../../src/core/result.js';
 import { LATEST_VERSION } from '../../src/journal/migrations.js';
@@ -359,11 +365,24 @@ describe('transitions', () => {
     expect(() => j.settle(d, 'dispatched', settlement)).toThrow(JournalConflictError);
   });
 
-  it('allows one redispatch per command', () => {
+  it('re-dispatches a command only from its record as read, and at most MAX_DISPATCHES times', () => {
     const j = open();
     const d = dispatch(j, j.claim(command('k1')).record, T0, seen, 'pipeline');
-    expect(j.markRedispatched(d, T0 + 1, 'not applied', 'recovery').attempts).toBe(2);
+    const again = j.markRedispatched(d, T0 + 1, 'not applied', 'recovery');
+    expect(again.attempts).toBe(2);
+    // Made from the same read again (a second worker, a stale record): refused.
     expect(() => j.markRedispatched(d, T0 + 2, 'again', 'recovery')).toThrow(JournalConflictError);
+    let latest = again;
+    while (latest.attempts < MAX_DISPATCHES) {
+      latest = j.markRedispatched(latest, T0 + 3, 'never sent', 'pipeline');
+    }
+    expect(() => j.markRedispatched(latest, T0 + 4, 'never sent', 'pipeline')).toThrow(
+      JournalConflictError,
+    );
+    expect(j.get(d)?.attempts).toBe(MAX_DISPATCHES);
+    // Never one not dispatched.
+    const accepted = j.claim(command('k2')).record;
+    expect(() => j.markRedispatched(accepted, T0, 'x', 'pipeline')).toThrow(JournalConflictError);
   });
 
   it('a redispatch decided on a newer read keeps that read as the one the write was judged on', () => {
