@@ -17,13 +17,8 @@ import type { Logger } from '../core/logger.js';
 import { cutOversizedPublishes, InboundCuts, PublishCutter } from './mqtt-inbound-cut.js';
 import { IdentifierProbe, type IdentifierCheck } from './mqtt-identifier-probe.js';
 import { LeftSubscriptions } from './mqtt-left-subscriptions.js';
-import {
-  SESSION_TAKEN_OVER,
-  SHORT_CONNECTION_MS,
-  StatusReadback,
-  TakeoverWatch,
-  type StatusRead,
-} from './mqtt-takeover.js';
+import { SessionCloses } from './mqtt-session-closes.js';
+import { SESSION_TAKEN_OVER } from './mqtt-takeover.js';
 import { MAX_COMMAND_BYTES } from './mqtt-message.js';
 import type { GatewayTopics } from './mqtt-topics.js';
 
@@ -165,16 +160,9 @@ export class MqttSession {
   private errorStreak = 0;
   /** The DISCONNECT the broker sent on the current connection (MQTT 5), if any. */
   private brokerDisconnect: IDisconnectPacket | null = null;
-  /** Whether another client takes the session over (mqtt-takeover.ts). */
-  private readonly takeover: TakeoverWatch;
-  /** The gateway's retained status read back after a short close (StatusReadback). */
-  private readonly statusReadback: StatusReadback;
-  /**
-   * The last connection was closed by the broker without a reason, shortly after it was
-   * accepted: judged at the next connection, takeover or restart (judgeShortClose).
-   */
-  private shortClose: { readonly upMs: number } | null = null;
-  /** The status last published on a connection (`online` / `offline`), for judgeShortClose. */
+  /** Whether another client takes the session over, judged as connections end (SessionCloses). */
+  private readonly closes: SessionCloses;
+  /** The status last published on a connection (`online` / `offline`), for SessionCloses. */
   private lastStatus: string | null = null;
   /**
    * False once the intake stopped taking commands (a graceful stop has begun): the status says
@@ -197,8 +185,18 @@ export class MqttSession {
       maxMs: options.reconnect?.maxMs ?? 30_000,
     });
     this.clientOptions = this.buildClientOptions(options.gatewayId);
-    this.takeover = new TakeoverWatch(this.clientOptions.clientId ?? '', this.logger);
-    this.statusReadback = new StatusReadback(this.topics.status);
+    this.closes = new SessionCloses({
+      clientId: this.clientOptions.clientId ?? '',
+      statusTopic: this.topics.status,
+      clock: this.clock,
+      logger: this.logger,
+      sessionExpiryS: () => (this.level === 5 ? this.config.sessionExpiryS : undefined),
+      lastStatus: () => this.lastStatus,
+      current: (client) => client === this.current && !this.isEnded,
+      cause: (cause) => {
+        this.error = cause;
+      },
+    });
     this.probe = new IdentifierProbe({
       topic: this.topics.status,
       logger: this.logger,
@@ -287,7 +285,7 @@ export class MqttSession {
       () => new PublishCutter(MAX_PACKET_BYTES, MAX_COMMAND_BYTES + 1, this.cuts),
     );
     client.handleMessage = (packet, callback) => {
-      if (this.statusReadback.receive(client, packet) || this.probe.receive(client, packet)) {
+      if (this.closes.receive(client, packet) || this.probe.receive(client, packet)) {
         // A copy of the gateway's own status (QoS 0) it reads back, never a command.
         callback();
         return;
@@ -610,13 +608,7 @@ export class MqttSession {
     // published meanwhile is dropped by the broker (no subscriber), not held for this gateway.
     this.subscribed = false;
     // First: the read subscribes the status filter, which the probe subscribes next.
-    const shortClose = this.shortClose;
-    this.shortClose = null;
-    if (shortClose !== null) {
-      void this.statusReadback.read(client, this.level).then((read) => {
-        this.judgeShortClose(client, shortClose.upMs, read);
-      });
-    }
+    this.closes.connected(client, this.level, sessionPresent);
     if (this.subscriptionId === undefined) this.probe.notUsed();
     else this.probe.begin(client);
     this.subscribe(client, events);
@@ -755,43 +747,11 @@ export class MqttSession {
         !this.isDropping &&
         !this.attemptFailed &&
         (disconnect === null || disconnect.reasonCode === SESSION_TAKEN_OVER);
-      if (byBroker && disconnect === null && upMs < SHORT_CONNECTION_MS) {
-        // Another client connecting with this client id, or a broker restarted faster than the
-        // reconnection delay: told apart once back (judgeShortClose).
-        this.shortClose = { upMs };
-      } else {
-        // A DISCONNECT with another reason (0x8B Server shutting down, …): the broker said why.
-        if (disconnect !== null && !byBroker) this.takeover.restarted();
-        const cause = this.takeover.closed(now, upMs, byBroker, disconnect !== null);
-        if (cause !== null) this.error = cause;
-      }
+      this.closes.connectionEnded(upMs, byBroker, disconnect);
     } else {
       this.logger.debug({ reconnectInMs: delay }, 'MQTT connection attempt failed');
-      this.shortClose = null;
-      this.takeover.attemptFailed();
+      this.closes.attemptFailed();
     }
-  }
-
-  /**
-   * The last connection was closed by the broker shortly after it was accepted, without a
-   * reason; `read` is the gateway's retained status read back on this one (StatusReadback). The
-   * status the gateway published still there: the broker kept running, and the close counts
-   * towards a suspected takeover (TakeoverWatch). `offline` (its Will) or nothing: the broker
-   * was restarted meanwhile, which ends the streak. Not read (refused by an ACL, the connection
-   * lost): counted, as before the readback.
-   */
-  private judgeShortClose(client: MqttClient, upMs: number, read: StatusRead): void {
-    if (client !== this.current || this.isEnded) return;
-    if (read.kind === 'read' && read.payload !== this.lastStatus) {
-      this.takeover.restarted();
-      this.logger.info(
-        { status: read.payload ?? '(none)', connectedForMs: Math.round(upMs) },
-        'the MQTT broker was restarted while the gateway was away: it published the Will or lost its retained status (not another client on the client id)',
-      );
-      return;
-    }
-    const cause = this.takeover.closed(this.clock.elapsed(), upMs, true, false);
-    if (cause !== null) this.error = cause;
   }
 
   private onError(client: MqttClient, error: Error): void {

@@ -16,6 +16,13 @@ const SHORT_CONNECTIONS_SUSPECTED = 3;
 const TAKEOVER_WARN_EVERY_MS = 10 * 60_000;
 
 /**
+ * What tells a takeover, when one is known: the broker's DISCONNECT 0x8E Session taken over, or
+ * the session discarded with the gateway's Will published, as at a takeover by a client that
+ * starts a clean session (SessionCloses).
+ */
+export type TakeoverEvidence = 'disconnect' | 'clean_session';
+
+/**
  * Whether another client takes the gateway's session over: the broker closes a connection soon
  * after accepting it, with DISCONNECT 0x8E Session taken over, or without a word (Mosquitto
  * 2.0.11 sends no DISCONNECT on a takeover, over MQTT 5 either: it logs "Client <id> already
@@ -32,8 +39,8 @@ const TAKEOVER_WARN_EVERY_MS = 10 * 60_000;
 export class TakeoverWatch {
   /** Connections in a row the broker closed shortly after accepting them. */
   private shortConnections = 0;
-  /** One of them ended with DISCONNECT 0x8E Session taken over: the cause is known. */
-  private takenOver = false;
+  /** One of them was known for a takeover (0x8E, or a clean session's): the cause is known. */
+  private known: TakeoverEvidence | null = null;
   /** When the takeover was last said at warn (clock.elapsed()); null: not in this streak. */
   private saidAt: number | null = null;
 
@@ -44,25 +51,40 @@ export class TakeoverWatch {
 
   /**
    * A connection ended after `upMs` (now: clock.elapsed()). `byBroker`: the broker closed it
-   * with no reason, or with 0x8E (`takenOver`); not dropped by the gateway, no error. Returns the
+   * with no reason, or with 0x8E; not dropped by the gateway, no error. `known`: what showed it
+   * a takeover, if anything did (said at once, whatever the connection lasted). Returns the
    * cause to give as the intake's reason when a takeover is suspected, else null.
    */
-  closed(now: number, upMs: number, byBroker: boolean, takenOver: boolean): string | null {
+  closed(
+    now: number,
+    upMs: number,
+    byBroker: boolean,
+    known: TakeoverEvidence | null,
+  ): string | null {
     if (upMs >= SHORT_CONNECTION_MS) {
       this.shortConnections = 0;
-      this.takenOver = false;
+      this.known = null;
       this.saidAt = null;
-      return null;
+      if (known === null || !byBroker) return null;
     }
     if (!byBroker) return null;
     this.shortConnections += 1;
-    this.takenOver ||= takenOver;
+    this.known = known ?? this.known;
     const clientId = this.clientId;
     const count = this.shortConnections;
-    const cause = this.takenOver
-      ? `the MQTT broker ended the session: another client connected with this client id (${clientId}; DISCONNECT 0x8E Session taken over)`
-      : `the MQTT broker closed the connection ${count} times in a row, each within ${SHORT_CONNECTION_MS / 1000} s of accepting it and without a reason, and was reachable again at once each time: most likely another client connects with this client id (${clientId}; the broker's log shows "Client ${clientId} already connected, closing old connection"), unless the broker was restarted that often`;
-    if (!this.takenOver && count < SHORT_CONNECTIONS_SUSPECTED) return null;
+    let cause: string;
+    switch (this.known) {
+      case 'disconnect':
+        cause = `the MQTT broker ended the session: another client connected with this client id (${clientId}; DISCONNECT 0x8E Session taken over)`;
+        break;
+      case 'clean_session':
+        cause = `the MQTT broker ended the session: another client connected with this client id (${clientId}) starting a clean session, and the broker discarded the gateway's session with its queued commands (it published the gateway's Will, and had no session for it when the gateway came back; a restarted broker that kept the retained status keeps the session too)`;
+        break;
+      case null:
+        cause = `the MQTT broker closed the connection ${count} times in a row, each within ${SHORT_CONNECTION_MS / 1000} s of accepting it and without a reason, and was reachable again at once each time: most likely another client connects with this client id (${clientId}; the broker's log shows "Client ${clientId} already connected, closing old connection"), unless the broker was restarted that often`;
+        break;
+    }
+    if (this.known === null && count < SHORT_CONNECTIONS_SUSPECTED) return null;
     if (this.saidAt !== null && now - this.saidAt < TAKEOVER_WARN_EVERY_MS) return cause;
     this.saidAt = now;
     this.logger.warn(
@@ -107,10 +129,12 @@ export type StatusRead =
  * the gateway published, `online`. Only then does a short close without a reason count towards a
  * suspected takeover (TakeoverWatch): a broker restarted faster than the reconnection delay shows
  * no failed attempt between (until 2026-12-06 three such restarts were said to be a takeover).
- * What it cannot tell (docs/mqtt-api.md): a broker that crashed (no Will) and kept the status on
- * disk looks like a takeover; a takeover by a client that starts a clean session, or on a broker
- * that publishes the Will at a takeover (as MQTT 5 §3.1.2.5 reads; such brokers send DISCONNECT
- * 0x8E over MQTT 5, said at once) looks like a restart over MQTT 3.1.1.
+ * A takeover by a client that starts a clean session publishes the Will too, and is told from a
+ * restart by the session the broker no longer has (SessionCloses). What it cannot tell
+ * (docs/mqtt-api.md): a broker that crashed (no Will) and kept the status on disk looks like a
+ * takeover; a takeover of the kept session on a broker that publishes the Will at a takeover (as
+ * MQTT 5 §3.1.2.5 reads; such brokers send DISCONNECT 0x8E over MQTT 5, said at once) looks like
+ * a restart over MQTT 3.1.1.
  */
 export class StatusReadback {
   /** The read under way: its client, and the retained status it received. */

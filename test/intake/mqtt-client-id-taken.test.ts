@@ -206,6 +206,64 @@ describe.skipIf(!available)('MQTT intake: another client connects with its clien
   }, 30_000);
 
   /**
+   * A client that starts a clean session on the gateway's client id (`mosquitto_sub -i <id>`
+   * without `-c`): Mosquitto 2.0.11 discards the gateway's session with the takeover and
+   * publishes its Will, as a broker that stops does, so the status read back says `offline`
+   * and each close was taken for a restart, the takeover never said. What tells them apart is
+   * the session: a restarted broker that kept the retained status kept the session too
+   * (persistence), and one that lost it lost the status as well; after such a takeover the
+   * status says `offline` and the CONNACK says no session is present. Said at once. Over MQTT
+   * 3.1.1 and MQTT 5 alike (Mosquitto sends no DISCONNECT 0x8E either way).
+   */
+  for (const version of [4, 5] as const) {
+    it(`MQTT ${version === 4 ? '3.1.1' : '5'}: a takeover by a clean-session client is said at once, not taken for a restart`, async () => {
+      const clientId = `${CLIENT_ID}-clean${version}`;
+      const { logger, lines } = recordingLogger();
+      const intake = site.intake({
+        config: { protocolVersion: version, clientId },
+        gatewayId: `${GATEWAY}clean${version}`,
+        logger,
+        reconnect: { minMs: 100, maxMs: 400 },
+      });
+      site.cleanups.push(() => intake.stop());
+      await site.connect(intake);
+      const connections = site.broker.connectionsOf(clientId);
+      const stray: ChildProcess = spawn(
+        'mosquitto_sub',
+        [
+          ...['-h', '127.0.0.1', '-p', String(site.broker.port)],
+          ...['-V', version === 4 ? 'mqttv311' : 'mqttv5'],
+          ...['-i', clientId, '-q', '1', '-t', 'tools/debug'],
+        ],
+        { stdio: 'ignore' },
+      );
+      const strayExited = new Promise<void>((resolve) => {
+        stray.once('exit', () => {
+          resolve();
+        });
+      });
+      site.cleanups.push(async () => {
+        if (stray.exitCode === null && stray.signalCode === null) stray.kill('SIGTERM');
+        await strayExited;
+      });
+      const said = (): Record<string, unknown>[] =>
+        lines.filter((l) => String(l.msg).includes('starting a clean session'));
+      await until(() => (said().length > 0 ? true : undefined), 10_000, 'the takeover said');
+      expect(said()[0]).toMatchObject({ level: 40, clientId });
+      // The broker's log: the stray's connection closed the gateway's, and the gateway's next
+      // one found no session.
+      expect(site.broker.connectionsOf(clientId)).toBeGreaterThanOrEqual(connections + 2);
+      expect(site.broker.log()).toContain(`Client ${clientId} already connected, closing old`);
+      expect(
+        lines.filter((l) => String(l.msg).startsWith('the MQTT broker was restarted')),
+      ).toEqual([]);
+      stray.kill('SIGTERM');
+      await strayExited;
+      await intake.stop();
+    }, 30_000);
+  }
+
+  /**
    * MQTT 5 lets a broker say it: DISCONNECT with reason 0x8E Session taken over before it closes
    * the older connection. Mosquitto 2.0.11 does not send it (measured: it closes the socket
    * without a DISCONNECT, over MQTT 5 as over 3.1.1), so a few bytes stand in for a broker that
