@@ -1,6 +1,5 @@
-import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { SQLITE_MODULE, answerOf, spawnSqliteChild } from '../journal/sqlite-child.js';
 
 /**
  * sluicectl's check of the whole journal file, within a time budget. SQLite meets a damaged page
@@ -11,12 +10,9 @@ import { createRequire } from 'node:module';
  * an operator, or monitoring, runs every few seconds. So it runs beside the output and is stopped
  * when the budget runs out.
  *
- * In a child process, not a worker thread as the daemon's start check (integrity.ts) runs it:
- * a worker inside quick_check is in SQLite's C code, which Worker.terminate() does not interrupt
- * (better-sqlite3 has no sqlite3_interrupt), and Node joins every worker before the process
- * exits — measured: terminate() 0.5 s into a 75 s statement returned after 75 s, and
- * process.exit() waited as long. A child is killed at once. Its connection is read-only, as the
- * reads' own: it sees the daemon's committed writes, blocks none and writes nothing (the daemon's
+ * In a child process, as the daemon's start check (integrity.ts) runs it, killed when the budget
+ * runs out (src/journal/sqlite-child.ts: a worker thread could not be). Its connection is
+ * read-only, as the reads' own: it sees the daemon's committed writes, blocks none and writes nothing (the daemon's
  * check opens read-write to recover a killed daemon's log, which sluicectl must not do).
  */
 
@@ -65,8 +61,6 @@ try {
 process.stdout.write(JSON.stringify(answer) + '\\n');
 `;
 
-const SQLITE = createRequire(import.meta.url).resolve('better-sqlite3');
-
 function sizeOf(path: string): number | null {
   try {
     return statSync(path).size;
@@ -80,35 +74,24 @@ function sizeOf(path: string): number | null {
  * it and answers 'unchecked'. Never rejects.
  */
 export function checkJournalWithin(path: string, budgetMs: number): Promise<JournalFinding> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['-e', PROGRAM, path, SQLITE], {
-      stdio: ['ignore', 'pipe', 'ignore'],
-    });
-    let out = '';
-    let done = false;
-    const finish = (finding: JournalFinding): void => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      resolve(finding);
-    };
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      finish({ kind: 'unchecked', why: 'budget', bytes: sizeOf(path) });
+  const child = spawnSqliteChild(PROGRAM, [path, SQLITE_MODULE]);
+  let timer: NodeJS.Timeout | undefined;
+  const budget = new Promise<JournalFinding>((resolve) => {
+    timer = setTimeout(() => {
+      child.kill();
+      resolve({ kind: 'unchecked', why: 'budget', bytes: sizeOf(path) });
     }, budgetMs);
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk: string) => {
-      out += chunk;
-    });
-    child.once('error', () => {
-      finish({ kind: 'unchecked', why: 'no-answer', bytes: sizeOf(path) });
-    });
-    child.once('close', () => {
-      try {
-        finish(JSON.parse(out) as JournalFinding);
-      } catch {
-        finish({ kind: 'unchecked', why: 'no-answer', bytes: sizeOf(path) });
-      }
-    });
+  });
+  const answered = child.ended.then(
+    (end): JournalFinding =>
+      (answerOf(end) as JournalFinding | null) ?? {
+        kind: 'unchecked',
+        why: 'no-answer',
+        bytes: sizeOf(path),
+      },
+    (): JournalFinding => ({ kind: 'unchecked', why: 'no-answer', bytes: sizeOf(path) }),
+  );
+  return Promise.race([budget, answered]).finally(() => {
+    clearTimeout(timer);
   });
 }

@@ -17,7 +17,7 @@ import { SqliteJournal } from '../journal/sqlite-journal.js';
 import { checkUpgradeRoom, schemaVersion } from '../journal/connection.js';
 import { checkJournal } from '../journal/integrity.js';
 import { LATEST_VERSION } from '../journal/migrations.js';
-import { countRowsOffThread } from '../journal/row-counts.js';
+import { countRows } from '../journal/row-counts.js';
 import { upgradeJournalInChild } from '../journal/upgrade.js';
 import { lockJournal, unwritable } from '../journal/writer-lock.js';
 import { AdminEndpoint } from './admin.js';
@@ -366,9 +366,13 @@ export class Daemon {
       // are terminal, so that none waits for a restart.
       pipeline.startSweep(options.sweepIntervalMs ?? 1_000);
 
+      // The count of the journal's rows runs in a process of its own, killed first at a stop
+      // (its releaser is the last pushed below): a count of a large journal out of the page cache
+      // takes seconds, and the stop no longer waits for it.
+      const counting = new AbortController();
       const metrics = new Metrics(pipeline, clock, clocks.gateway, {
         path: journalPath,
-        rows: () => countRowsOffThread(journalPath),
+        rows: () => countRows(journalPath, { signal: counting.signal }),
       });
       const sweeper = new CountedRetentionSweeper(
         {
@@ -454,6 +458,12 @@ export class Daemon {
         const intake = httpsIntake;
         releasers.push({ name: 'https', release: () => intake.stop() });
       }
+      releasers.push({
+        name: 'row counts',
+        release: () => {
+          counting.abort();
+        },
+      });
       const daemon = new Daemon({
         config,
         logger,

@@ -72,7 +72,7 @@ export class Metrics {
       readonly path: string;
       /**
        * Counts the rows held now, commands and their history events, off the event loop
-       * (countRowsOffThread).
+       * (countRows).
        */
       readonly rows?: () => Promise<RowCounts>;
       /** How long a scrape waits for the first count (default ROWS_FIRST_WAIT_MS). */
@@ -157,7 +157,7 @@ export class Metrics {
     const rows = journal?.rows;
     if (rows !== undefined) {
       // Counting walks the tables, which run to millions of event rows in a busy retention
-      // window: on a worker thread (rows), at most once per ROWS_EVERY_MS. A scrape is answered
+      // window: in a process of its own (rows), at most once per ROWS_EVERY_MS. A scrape is answered
       // with the last count and starts the next one when it is due; only the first waits for
       // one, for ROWS_FIRST_WAIT_MS at most. What a scrape sets is the last count (`counted`
       // is read after the wait: the count may have ended meanwhile).

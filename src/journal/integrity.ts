@@ -1,7 +1,6 @@
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { JournalDamagedError, StartStoppedError } from '../core/errors.js';
+import { SQLITE_MODULE, answerOf, spawnSqliteChild } from './sqlite-child.js';
 
 /** What the check process found: SQLite's quick_check lines, or the error that stopped it. */
 type Outcome =
@@ -15,13 +14,10 @@ const REPORTED = 3;
 
 /**
  * The check process's program, plain JavaScript; its answer is one JSON line on stdout. In a
- * child process, not a worker thread: quick_check runs in SQLite's C code, which
- * Worker.terminate() does not interrupt (better-sqlite3 has no sqlite3_interrupt), and Node joins
- * its workers before the process exits (measured: terminate() 0.5 s into a 75 s statement
- * returned after 75 s, process.exit() waited as long): a stop asked for during the check (systemctl
- * stop or restart) waited for all of it, up to TimeoutStopSec= and systemd's SIGKILL. A child is
- * killed at once (checkJournal's `signal`); sluicectl's check (src/cli/journal-check.ts) runs the
- * same way. The connection is not read-only: a read-only one cannot recover the log a killed
+ * child process (sqlite-child.ts), killed at once by a stop asked for during the check
+ * (checkJournal's `signal`: systemctl stop or restart), which a worker thread made wait for all of
+ * it, up to TimeoutStopSec= and systemd's SIGKILL; sluicectl's check (src/cli/journal-check.ts)
+ * runs the same way. The connection is not read-only: a read-only one cannot recover the log a killed
  * daemon left, and it writes nothing (quick_check only reads; the writer lock is held, so no
  * other daemon writes meanwhile), so a check killed midway leaves the file as it was. A file
  * whose header is not that of a Sluice journal (not SQLite, or no schema version: another
@@ -69,8 +65,6 @@ if (!existsSync(path)) {
   }
 }
 `;
-
-const SQLITE = createRequire(import.meta.url).resolve('better-sqlite3');
 
 /**
  * Refuses a damaged journal before the daemon opens it. SQLite opens a file whose header is
@@ -122,51 +116,30 @@ export function checkJournal(
   signal?: AbortSignal,
 ): JournalCheck {
   let io: string | null = null;
-  const outcome = new Promise<Outcome>((resolve, reject) => {
-    if (signal?.aborted === true) {
-      reject(stopped());
-      return;
-    }
-    const child = spawn(
-      process.execPath,
-      ['-e', PROGRAM, path, SQLITE, String(busyTimeoutMs), String(REPORTED)],
-      // The program needs none of the process's flags (a TypeScript loader among them): spawn
-      // passes none.
-      { stdio: ['ignore', 'pipe', 'ignore'] },
+  const aborted = (): boolean => signal?.aborted === true;
+  const outcome = (async (): Promise<Outcome> => {
+    if (aborted()) throw stopped();
+    const child = spawnSqliteChild(
+      PROGRAM,
+      [path, SQLITE_MODULE, String(busyTimeoutMs), String(REPORTED)],
+      signal,
     );
     if (child.pid !== undefined) io = `/proc/${child.pid}/io`;
-    const stop = (): void => {
-      child.kill('SIGKILL');
-    };
-    signal?.addEventListener('abort', stop, { once: true });
-    let out = '';
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk: string) => {
-      out += chunk;
-    });
-    child.once('error', (error) => {
+    let end;
+    try {
+      end = await child.ended;
+    } finally {
       io = null;
-      signal?.removeEventListener('abort', stop);
-      reject(error);
-    });
-    child.once('close', (code, killedBy) => {
-      io = null;
-      signal?.removeEventListener('abort', stop);
-      if (signal?.aborted === true) {
-        reject(stopped());
-        return;
-      }
-      try {
-        resolve(JSON.parse(out) as Outcome);
-      } catch {
-        reject(
-          new Error(
-            `the journal's check process ended (${killedBy ?? `exit ${code}`}) without an answer`,
-          ),
-        );
-      }
-    });
-  });
+    }
+    if (aborted()) throw stopped();
+    const answer = answerOf(end) as Outcome | null;
+    if (answer === null) {
+      throw new Error(
+        `the journal's check process ended (${end.signal ?? `exit ${end.code}`}) without an answer`,
+      );
+    }
+    return answer;
+  })();
   const bytesRead = (): number | null => {
     if (io === null) return null;
     try {

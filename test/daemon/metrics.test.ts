@@ -20,7 +20,7 @@ import {
 } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import { countRowsOffThread } from '../../src/journal/row-counts.js';
+import { countRows } from '../../src/journal/row-counts.js';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { CommandPipeline } from '../../src/core/pipeline.js';
@@ -70,7 +70,7 @@ it('counts the journal rows it exports off the event loop: commands and their hi
   const path = join(dir, 'journal.db');
   const journal = SqliteJournal.open({ path });
   try {
-    expect(await countRowsOffThread(path)).toEqual({ commands: 0, events: 0 });
+    expect(await countRows(path)).toEqual({ commands: 0, events: 0 });
     const now = Date.now();
     const command = {
       scope: 'scada',
@@ -89,7 +89,7 @@ it('counts the journal rows it exports off the event loop: commands and their hi
     journal.claim({ ...command, key: 'rows-1' }); // a duplicate: one more event, no command
     journal.claim({ ...command, key: 'rows-2' });
     // Read by another connection, on another thread: what the daemon's has committed.
-    expect(await countRowsOffThread(path)).toEqual({ commands: 2, events: 3 });
+    expect(await countRows(path)).toEqual({ commands: 2, events: 3 });
   } finally {
     journal.close();
     cleanup();
