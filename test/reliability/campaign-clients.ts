@@ -155,8 +155,11 @@ interface ResultDoc {
  * session until the gateway acknowledges it, which it may do only after journaling it (I5).
  */
 export class CampaignMqtt {
-  /** Publishes the broker acknowledged (PUBACK to this client), per key. */
-  readonly published = new Map<string, number>();
+  /**
+   * Publishes the broker acknowledged (PUBACK to this client), per key: when each was sent
+   * (epoch ms; the broker took it after that).
+   */
+  readonly published = new Map<string, number[]>();
   private readonly results = new Map<string, ResultDoc>();
   private readonly errors = new Map<string, string>();
   private readonly waiters = new Set<() => void>();
@@ -243,13 +246,14 @@ export class CampaignMqtt {
       if (attempts === 0) policy.onFirstSend?.();
       // Resolves on the broker's PUBACK; while the broker is down, mqtt.js keeps the message
       // and sends it on the next connection.
+      const sentAt = Date.now();
       const acked = await withinMs(
         this.client.publish(`sluice/${this.site.gatewayId}/cmd/${body.device}`, payload),
         left,
       );
       if (acked) {
         attempts++;
-        this.published.set(key, (this.published.get(key) ?? 0) + 1);
+        this.published.set(key, [...(this.published.get(key) ?? []), sentAt]);
       }
       await this.waitForResult(
         key,

@@ -13,7 +13,8 @@ import {
   type RetryPolicy,
 } from './campaign-clients.js';
 import { Rng } from './campaign-random.js';
-import { Site, claimsOver, duplicateHits, type SiteOptions, type Violation } from './site.js';
+import { unclaimedDeliveries, type ClaimShortfall } from './delivery-claims.js';
+import { Site, duplicateHits, type SiteOptions, type Violation } from './site.js';
 
 /**
  * One crash run of the campaign on a whole site (test/reliability/site.ts): clients send
@@ -139,6 +140,8 @@ export interface CampaignSite {
   readonly travelMs: number;
   /** Violations already reported on this site (verify() looks at everything every time). */
   readonly seen: Set<string>;
+  /** When each SIGKILL of a daemon life on this site had ended it (epoch ms). */
+  readonly kills: number[];
 }
 
 export const sleep = (ms: number): Promise<void> =>
@@ -599,6 +602,7 @@ export async function calm(site: Site): Promise<void> {
 /** SIGKILL; the commands then open are the ones in doubt. */
 export async function killDaemon(cs: CampaignSite): Promise<string[]> {
   await cs.site.kill();
+  cs.kills.push(Date.now());
   return cs.watch.openCommands().map((r) => r.key);
 }
 
@@ -653,7 +657,9 @@ const APPLIED = new Set(['accepted', 'noop', 'rejected-0x88', 'ignored-local']);
  *   the controller, has no write the controller took;
  * - I5 (MQTT): every publish the broker acknowledged reached the journal — the gateway
  *   acknowledges a delivery only after its claim commits, so the journal holds at least as
- *   many MQTT claims of a key (new or duplicate) as the broker took publishes of it;
+ *   many MQTT claims of a key (new or duplicate) as the broker took publishes of it, but for
+ *   replays of a settled command whose duplicate events a kill may have lost
+ *   (delivery-claims.ts);
  * - ANSWER: what every client was told matches the journal; NO_ANSWER: a client got none.
  */
 export function groundTruth(
@@ -735,16 +741,18 @@ export function groundTruth(
     }
   }
   for (const key of keys) {
-    const published = cs.mqtt.published.get(key) ?? 0;
-    if (published === 0) continue;
     const r = byKey.get(key);
-    const claims = r === undefined ? 0 : claimsOver(cs.watch.history(r), 'mqtt');
-    if (claims < published) {
+    const short = unclaimed(cs, key, r);
+    if (short !== null) {
+      const excused =
+        short.excused === 0
+          ? ''
+          : `; ${short.excused} of them sent before a kill after its settlement, which may have lost their duplicate events`;
       add(
         'I5',
         r,
         key,
-        `the broker took ${published} publishes of the key, the journal holds ${claims} MQTT claims (a delivery acknowledged without its claim)`,
+        `the broker took ${short.published} publishes of the key, the journal holds ${short.claims} MQTT claims (a delivery acknowledged without its claim${excused})`,
       );
     }
   }
@@ -773,6 +781,20 @@ export function groundTruth(
   return findings;
 }
 
+/** The key's MQTT publishes the journal does not account for (delivery-claims.ts), or null. */
+function unclaimed(
+  cs: CampaignSite,
+  key: string,
+  r: CommandRecord | undefined,
+): ClaimShortfall | null {
+  const sentAt = cs.mqtt.published.get(key) ?? [];
+  if (sentAt.length === 0) return null;
+  return unclaimedDeliveries(
+    { sentAt, record: r, history: r === undefined ? [] : cs.watch.history(r) },
+    cs.kills,
+  );
+}
+
 /** Verify() and the campaign's checks; only what was not reported on this site before. */
 export async function judge(
   cs: CampaignSite,
@@ -782,15 +804,10 @@ export async function judge(
 ): Promise<Finding[]> {
   // The gateway takes deliveries queued at the broker in its own time: wait (bounded) until
   // the journal holds the MQTT claims the broker was given, before counting them.
-  const mqttKeys = [...keys].filter((k) => (cs.mqtt.published.get(k) ?? 0) > 0);
+  const mqttKeys = [...keys].filter((k) => cs.mqtt.published.has(k));
   await poll(
     () => {
-      const short = mqttKeys.some((k) => {
-        const r = cs.watch.get(k);
-        if (r === undefined) return true;
-        const claims = claimsOver(cs.watch.history(r), 'mqtt');
-        return claims < (cs.mqtt.published.get(k) ?? 0);
-      });
+      const short = mqttKeys.some((k) => unclaimed(cs, k, cs.watch.get(k)) !== null);
       return short ? undefined : true;
     },
     10_000,
@@ -962,6 +979,7 @@ export async function openCampaignSite(
       watch: new JournalWatch(site.journalPath),
       travelMs: options.travelMs ?? 300,
       seen: new Set(),
+      kills: [],
     };
   } catch (error) {
     await site.close();
