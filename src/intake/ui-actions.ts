@@ -40,6 +40,12 @@ export interface OperatorActionsOptions {
   readonly logger: Logger;
   /** The session the route's checks found for the request. */
   readonly sessionOf: (request: Request) => UiSession;
+  /** The session is still live (UiSessions.alive): a lapse found here ends it. */
+  readonly sessionAlive: (session: UiSession) => boolean;
+  /** Aborted once the session ends (UiSessions.endedSignal). */
+  readonly sessionEnded: (session: UiSession) => AbortSignal;
+  /** The 401 of a request whose session is gone. */
+  readonly unauthorized: (reply: Reply, detail?: string) => Reply;
   readonly json: (reply: Reply, status: number, body: unknown) => Reply;
 }
 
@@ -53,8 +59,18 @@ export function operatorActions(options: OperatorActionsOptions): {
   readonly reverify: ActionHandler;
   readonly resolve: ActionHandler;
 } {
-  const { pipeline, clock, logger, sessionOf, json } = options;
+  const { pipeline, clock, logger, sessionOf, sessionAlive, sessionEnded, unauthorized, json } =
+    options;
 
+  /**
+   * A reverify is a read, and what it reads settles the command as any readback does (its
+   * worker, or the sweep's, makes the same read; it writes nothing). What it answers is the
+   * session's: a session that ends while the readback runs — above all a reload that replaced
+   * its token (64a403a), which refuses everything else of it there and then — is answered 401 at
+   * once, not told the verdict later as if it still had the authority to ask; the readback goes
+   * on for the command's sake and is journaled as any other. A session found ended before the
+   * reverify starts asks for nothing.
+   */
   async function reverify(
     request: Request<KeyParams & { Body: unknown }>,
     reply: Reply,
@@ -62,12 +78,24 @@ export function operatorActions(options: OperatorActionsOptions): {
     const session = sessionOf(request);
     const ref = refOf(request);
     if (ref === null) return unknownCommand(reply);
+    if (!sessionAlive(session)) return unauthorized(reply);
+    const ended = sessionEnded(session);
     const by = operatorName(session, clientAddress(request));
-    let outcome: Awaited<ReturnType<CommandPipeline['reverify']>>;
+    let outcome: Awaited<ReturnType<CommandPipeline['reverify']>> | 'ended';
     try {
-      outcome = await pipeline.reverify(ref, by, REVERIFY_WAIT_MS);
+      outcome = await untilEnded(pipeline.reverify(ref, by, REVERIFY_WAIT_MS), ended);
     } catch (error) {
       return actionError(reply, error);
+    }
+    if (outcome === 'ended' || !sessionAlive(session)) {
+      logger.warn(
+        { key: ref.key, scope: ref.scope, identity: session.identity, by },
+        'reverify from the status page not answered: its session ended while the readback ran; the readback goes on and settles the command as any readback does',
+      );
+      return unauthorized(
+        reply,
+        'the session ended while the reverify ran (logged out, or its token replaced by a reload): its verdict is not given to it; log in again and read the command',
+      );
     }
     const { record, detail } = outcome;
     const settled = record.state !== 'accepted' && record.state !== 'dispatched';
@@ -181,6 +209,30 @@ export function unknownCommand(reply: Reply): Reply {
     reply,
     makeProblem(404, 'UNKNOWN_COMMAND', 'no command with this key in this scope'),
   );
+}
+
+/**
+ * `work`'s value, or 'ended' as soon as `ended` aborts, whichever comes first; `work` goes on
+ * either way, and a failure of it after the end is dropped (nobody waits for it any more).
+ */
+async function untilEnded<T>(work: Promise<T>, ended: AbortSignal): Promise<T | 'ended'> {
+  if (ended.aborted) {
+    work.catch(() => undefined);
+    return 'ended';
+  }
+  let stop: (() => void) | undefined;
+  const stopped = new Promise<'ended'>((resolve) => {
+    stop = () => {
+      resolve('ended');
+    };
+    ended.addEventListener('abort', stop, { once: true });
+  });
+  try {
+    return await Promise.race([work, stopped]);
+  } finally {
+    if (stop !== undefined) ended.removeEventListener('abort', stop);
+    work.catch(() => undefined);
+  }
 }
 
 function actionError(reply: Reply, error: unknown): Reply {

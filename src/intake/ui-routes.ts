@@ -145,12 +145,13 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     return payload;
   });
 
-  const unauthorized = (reply: Reply): Reply =>
-    sendProblem(
-      reply,
-      makeProblem(401, 'UNAUTHORIZED', 'log in on the status page first (no live session)'),
-      { 'www-authenticate': 'Cookie realm="sluice status page"' },
-    );
+  const unauthorized = (
+    reply: Reply,
+    detail = 'log in on the status page first (no live session)',
+  ): Reply =>
+    sendProblem(reply, makeProblem(401, 'UNAUTHORIZED', detail), {
+      'www-authenticate': 'Cookie realm="sluice status page"',
+    });
   const refused = (reply: Reply, detail: string): Reply =>
     sendProblem(
       reply,
@@ -223,7 +224,16 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   const json = (reply: Reply, status: number, body: unknown): Reply =>
     send(reply, status, JSON_TYPE, JSON.stringify(body));
 
-  const actions = operatorActions({ pipeline, clock, logger, sessionOf, json });
+  const actions = operatorActions({
+    pipeline,
+    clock,
+    logger,
+    sessionOf,
+    sessionAlive: (session) => sessions.alive(session),
+    sessionEnded: (session) => sessions.endedSignal(session),
+    unauthorized,
+    json,
+  });
 
   registerUiFiles(app, files);
 

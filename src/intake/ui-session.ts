@@ -80,6 +80,8 @@ export class UiSessions {
   private readonly maxMs: number;
   private readonly onLapse: (session: UiSession, lapse: UiLapse) => void;
   private readonly tokenHeld: (identity: string, tokenDigest: Buffer) => boolean;
+  /** Aborted when its session ends (endedSignal): what a session's request waits on stops. */
+  private readonly endings = new WeakMap<UiSession, AbortController>();
 
   constructor(
     config: Pick<UiConfig, 'sessionIdleMinutes' | 'sessionMaxHours'>,
@@ -125,7 +127,7 @@ export class UiSessions {
       const oldest = this.sessions.entries().next();
       if (oldest.done === true) break;
       const [key, session] = oldest.value;
-      session.ended = true;
+      this.finish(session);
       this.sessions.delete(key);
     }
     const id = randomBytes(32).toString('base64url');
@@ -153,7 +155,7 @@ export class UiSessions {
     const session = this.sessions.get(key);
     if (session === undefined) return undefined;
     if (!this.alive(session)) {
-      session.ended = true;
+      this.finish(session);
       this.sessions.delete(key);
       return undefined;
     }
@@ -172,9 +174,29 @@ export class UiSessions {
     if (session.ended) return false;
     const lapse = this.lapse(session);
     if (lapse === null) return true;
-    session.ended = true;
+    this.finish(session);
     this.onLapse(session, lapse);
     return false;
+  }
+
+  /**
+   * Aborted once the session ends — logged out, evicted, or found lapsed (at a request, a stream
+   * tick, or the sweep after a reload that replaced its token): an operator action that waits
+   * (a reverify's readback) stops answering to it there and then.
+   */
+  endedSignal(session: UiSession): AbortSignal {
+    let ending = this.endings.get(session);
+    if (ending === undefined) {
+      ending = new AbortController();
+      if (session.ended) ending.abort();
+      this.endings.set(session, ending);
+    }
+    return ending.signal;
+  }
+
+  private finish(session: UiSession): void {
+    session.ended = true;
+    this.endings.get(session)?.abort();
   }
 
   private lapse(session: UiSession): UiLapse | null {
@@ -212,7 +234,7 @@ export class UiSessions {
     if (id === undefined) return;
     const key = digest(id);
     const session = this.sessions.get(key);
-    if (session !== undefined) session.ended = true;
+    if (session !== undefined) this.finish(session);
     this.sessions.delete(key);
   }
 
@@ -223,7 +245,7 @@ export class UiSessions {
   sweep(): void {
     for (const [key, session] of this.sessions) {
       if (!this.alive(session)) {
-        session.ended = true;
+        this.finish(session);
         this.sessions.delete(key);
       }
     }

@@ -3,6 +3,7 @@ import type { ClientRequest, IncomingMessage } from 'node:http';
 import { request } from 'node:https';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { until } from '../helpers/mosquitto.js';
 import { call, FILE_TOKENS, login, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
@@ -241,3 +242,91 @@ it('a resolve whose body is on its way when the reload ends its session journals
   expect(JSON.parse(answer.text)).toMatchObject({ code: 'UNAUTHORIZED' });
   expect(onFile(KEY)).toEqual({ state: 'accepted', resolves: 0 });
 }, 60_000);
+
+it("a reverify whose readback runs when a reload ends its session is answered 401 at once, never with the readback's verdict", async () => {
+  // A reverify is a read: its readback settles the command as any readback does, and goes on.
+  // What the session lost at the reload is its authority to ask and be told: before, the
+  // request waited out its readback (up to 10 s) and answered 200 with the verdict, the one
+  // action of the session not refused at the reload.
+  const token = 'ops-file-token-reverify';
+  rotateOpsToken(token);
+  const session = await login(site, token);
+  expect(session.answer.status).toBe(200);
+  const drain = site.plant.device('drain-valve');
+  const writesBefore = drain.writeLog.length;
+  const KEY = 'reverify-across-reload';
+  const sent = await call(
+    site,
+    'POST',
+    '/v1/commands',
+    {
+      authorization: `Bearer ${TOKENS.scada}`,
+      'idempotency-key': KEY,
+      'content-type': 'application/json',
+      prefer: 'respond-async',
+    },
+    JSON.stringify({ device: 'drain-valve', action: 'open' }),
+  );
+  expect(sent.status, sent.body).toBe(202);
+  // Its write taken by the valve (ground truth), then every read of the valve held: no
+  // readback can confirm it until the test lets them go.
+  await until(
+    () => (drain.writeLog.length > writesBefore ? true : undefined),
+    10_000,
+    "the open's write at the valve",
+  );
+  drain.setFault({ kind: 'stall', on: 'read' });
+  try {
+    const path = `/ui/api/commands/scada/${KEY}/reverify`;
+    const answered = call(site, 'POST', path, changeHeaders(session), '{}');
+    // The reverify is under way: its request is in the command's history.
+    await until(
+      () =>
+        historyOf(KEY).some((d) => d.startsWith('reverify requested by ops')) ? true : undefined,
+      10_000,
+      "the reverify's note in the journal",
+    );
+    rotateOpsToken('ops-file-token-after-reverify');
+    const answer = await answered;
+    // Answered while the readback is still held: the command is open on file.
+    expect(onFileOf(KEY).state).toBe('dispatched');
+    expect(answer.status, answer.body).toBe(401);
+    expect(answer.json()).toMatchObject({ code: 'UNAUTHORIZED' });
+    expect(answer.body).not.toContain('"result"');
+    expect(
+      site
+        .log()
+        .split('\n')
+        .some((l) => l.includes('reverify from the status page not answered')),
+    ).toBe(true);
+  } finally {
+    drain.clearFault('stall');
+  }
+  // The readback goes on and settles the command as any readback does; the reverify wrote
+  // nothing: one write of the open at the valve.
+  await until(
+    () => (onFileOf(KEY).state === 'confirmed' ? true : undefined),
+    20_000,
+    'the open confirmed by its readback',
+  );
+  expect(drain.writeLog.length - writesBefore).toBe(1);
+}, 60_000);
+
+function historyOf(key: string): string[] {
+  const journal = SqliteJournal.open({ path: site.journalPath, readonly: true });
+  try {
+    return journal.history({ scope: 'scada', key }).map((e) => e.detail);
+  } finally {
+    journal.close();
+  }
+}
+
+function onFileOf(key: string): { state: string } {
+  const journal = SqliteJournal.open({ path: site.journalPath, readonly: true });
+  try {
+    const r = journal.findByKey(key)[0];
+    return { state: r?.state ?? 'none' };
+  } finally {
+    journal.close();
+  }
+}
