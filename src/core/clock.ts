@@ -70,6 +70,36 @@ export function monotonicTimer(ms: number, fire: () => void): () => void {
   };
 }
 
+/**
+ * Waits until the first of `waits` ends, or `signal` aborts. Each wait is given a signal that
+ * aborts once the race is over, so that the others let go of what they hold (a timer, a
+ * listener) at once rather than when they would have ended. A wait that throws counts as ended.
+ */
+export async function firstOf(
+  signal: AbortSignal,
+  waits: readonly ((over: AbortSignal) => Promise<void>)[],
+): Promise<void> {
+  if (signal.aborted) return;
+  const over = new AbortController();
+  const onAbort = (): void => {
+    over.abort();
+  };
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    await Promise.race([
+      ...waits.map((wait) => wait(over.signal).catch(() => undefined)),
+      new Promise<void>((resolve) => {
+        over.signal.addEventListener('abort', () => {
+          resolve();
+        });
+      }),
+    ]);
+  } finally {
+    over.abort();
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
 /** Node's timers run on the monotonic clock, so `sleep` is unaffected by wall-clock steps. */
 export function sleepFor(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise<void>((resolve) => {

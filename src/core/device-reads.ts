@@ -1,3 +1,4 @@
+import { firstOf } from './clock.js';
 import { addSample, crossingInMs, driftPpm, skewExceeds } from './controller-clock.js';
 import type { ExecutionHost, Lane } from './lane.js';
 import type { Logger } from './logger.js';
@@ -46,7 +47,10 @@ export class DeviceReads {
 
   /**
    * Reads until a usable readback requested at or after `notBeforeMono`, or until `done()`
-   * says to stop (a deadline, a window), with growing pauses between failures.
+   * says to stop (a deadline, a window), with growing pauses between failures. A pause ends
+   * early when the driver has a new connection to the controller (DeviceDriver.whenConnected):
+   * a command waiting for its controller (its write found no connection) reads as the link
+   * comes back, not up to a pause (2 s) later; the pauses then start short again.
    */
   async readUntil(
     lane: Lane,
@@ -54,18 +58,37 @@ export class DeviceReads {
     notBeforeMono: number,
     log: Logger,
   ): Promise<{ readback: TimedReadback | null; lastError: string | null }> {
+    const { driver } = lane.binding;
+    const { pollIntervalMs } = lane.binding.profile.timing;
     let lastError: string | null = null;
-    let pause = lane.binding.profile.timing.pollIntervalMs;
+    let pause = pollIntervalMs;
     for (;;) {
+      const epoch = driver.health().connectionEpoch;
       const result = await this.read(lane, log);
       if ('error' in result) lastError = result.error;
       else if (result.readback.requestedMono >= notBeforeMono) {
         return { readback: result.readback, lastError };
       }
       if (done() || aborted(lane)) return { readback: null, lastError };
-      await this.host.clock.sleep(pause, lane.signal);
-      pause = Math.min(pause * 2, 2_000);
+      await this.pause(lane, pause, epoch);
+      pause =
+        driver.health().connectionEpoch !== epoch ? pollIntervalMs : Math.min(pause * 2, 2_000);
     }
+  }
+
+  /** Sleeps `ms`, or until the driver has a connection newer than `epoch`. */
+  private async pause(lane: Lane, ms: number, epoch: number): Promise<void> {
+    const { clock } = this.host;
+    const { driver } = lane.binding;
+    if (driver.whenConnected === undefined) {
+      await clock.sleep(ms, lane.signal);
+      return;
+    }
+    const whenConnected = driver.whenConnected.bind(driver);
+    await firstOf(lane.signal, [
+      (over) => clock.sleep(ms, over),
+      (over) => whenConnected(epoch, over),
+    ]);
   }
 
   /**

@@ -107,6 +107,15 @@ export interface DeviceDriver {
    */
   readonly readClock?: (signal?: AbortSignal) => Promise<ClockSample>;
   health(): DeviceHealth;
+  /**
+   * Resolves once the driver has a connection (session) to the controller newer than
+   * `sinceEpoch` (DeviceHealth.connectionEpoch), or when `signal` aborts; never rejects. A driver
+   * that connects only when a request asks (Modbus) tries to connect meanwhile as often as its
+   * own backoff allows. For a command waiting for its controller (a write refused for want of a
+   * connection): woken as the connection comes back, not at its next read's pause. Absent: the
+   * core reads at its own pace.
+   */
+  readonly whenConnected?: (sinceEpoch: number, signal: AbortSignal) => Promise<void>;
 }
 
 /** Transport failure: no answer. For a write, whether it reached the controller is unknown. */

@@ -89,11 +89,38 @@ export class HealthCounter {
   private errors = 0;
   private last: string | null = null;
   private epoch = 0;
+  /** Those waiting for the connection's state to change (changed()). */
+  private readonly waiters = new Set<() => void>();
 
   /** A new connection (or session): the controller behind it may have restarted. */
   connected(): void {
     this.isConnected = true;
     this.epoch++;
+    this.wake();
+  }
+
+  /**
+   * Resolves at the next change of the connection's state — a connection opened, answering,
+   * or an attempt failed — or when `signal` aborts. The caller looks again at what it waits for.
+   */
+  changed(signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (signal.aborted) {
+        resolve();
+        return;
+      }
+      const done = (): void => {
+        this.waiters.delete(done);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      this.waiters.add(done);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  private wake(): void {
+    for (const waiter of [...this.waiters]) waiter();
   }
 
   /**
@@ -105,11 +132,13 @@ export class HealthCounter {
   opened(): void {
     this.isConnected = false;
     this.epoch++;
+    this.wake();
   }
 
   /** The controller answered on the connection opened last. */
   answering(): void {
     this.isConnected = true;
+    this.wake();
   }
 
   disconnected(): void {
@@ -123,6 +152,7 @@ export class HealthCounter {
   error(message: string): void {
     this.errors++;
     this.last = message;
+    this.wake();
   }
 
   snapshot(): DeviceHealth {

@@ -2,7 +2,7 @@ import { Socket } from 'node:net';
 import ModbusSerial from 'modbus-serial';
 import type { ModbusRTU } from 'modbus-serial/ModbusRTU.js';
 import { Backoff } from '../backoff.js';
-import type { Clock } from '../core/clock.js';
+import { firstOf, type Clock } from '../core/clock.js';
 import {
   DeviceRefusedError,
   DeviceUnreachableError,
@@ -765,6 +765,39 @@ export class ModbusEndpoint {
     return client;
   }
 
+  /**
+   * Resolves once a connection newer than `sinceEpoch` (HealthCounter's epoch: one per
+   * connection opened) is open, or when `signal` aborts. Nothing connects here unless a request
+   * asks, so while someone waits a connect is tried as soon as the backoff allows one — the
+   * attempt the next request would make, at the moment it may — and again after each failure,
+   * at the backoff's pace. A connection opened by a request meanwhile wakes it as well. For a
+   * command whose write found no connection (the core's readUntil): it reads as the PLC
+   * accepts again, not at its own next pause.
+   */
+  async whenConnected(sinceEpoch: number, signal: AbortSignal): Promise<void> {
+    while (!signal.aborted && !this.closed) {
+      if (this.health.snapshot().connectionEpoch > sinceEpoch) return;
+      const wait =
+        this.client?.isOpen === true ? null : this.backoff.remaining(this.options.clock.elapsed());
+      if (wait === null || wait > 0) {
+        // The connection of `sinceEpoch` still open (its PLC answered the request that failed,
+        // or its request is still on its way): only another connection, opened by a request
+        // after its loss, is news.
+        const { clock } = this.options;
+        await firstOf(signal, [
+          (over) => this.health.changed(over),
+          ...(wait === null ? [] : [(over: AbortSignal) => clock.sleep(wait, over)]),
+        ]);
+        continue;
+      }
+      try {
+        await this.connected();
+      } catch {
+        // Refused or timed out: the connect counted its failure in the backoff (connect()).
+      }
+    }
+  }
+
   /** The PLC answered on the current connection: it works, the backoff starts over. */
   private proven(): void {
     if (this.answered) return;
@@ -891,6 +924,10 @@ export class ModbusDeviceDriver implements DeviceDriver {
 
   health(): DeviceHealth {
     return this.o.endpoint.health.snapshot();
+  }
+
+  whenConnected(sinceEpoch: number, signal: AbortSignal): Promise<void> {
+    return this.o.endpoint.whenConnected(sinceEpoch, signal);
   }
 
   private async fetch(

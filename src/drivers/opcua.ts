@@ -12,7 +12,7 @@ import {
   type WriteValueOptions,
 } from 'node-opcua';
 import { Backoff } from '../backoff.js';
-import { MAX_TIMER_MS, timer, type Clock } from '../core/clock.js';
+import { MAX_TIMER_MS, firstOf, timer, type Clock } from '../core/clock.js';
 import {
   DeviceRefusedError,
   DeviceUnreachableError,
@@ -219,6 +219,32 @@ export class OpcuaEndpoint {
     ]);
     clearTimeout(timer);
     if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
+  }
+
+  /**
+   * Resolves once a session newer than `sinceEpoch` (HealthCounter's epoch: one per session
+   * opened or link re-established) is up, or when `signal` aborts. node-opcua re-establishes a
+   * lost link by itself; a session given up is opened again (start) as soon as the backoff
+   * allows, as a read would, and again after each failed attempt.
+   */
+  async whenConnected(sinceEpoch: number, signal: AbortSignal): Promise<void> {
+    while (!signal.aborted && !this.closed) {
+      if (
+        this.session !== null &&
+        this.linkUp &&
+        this.health.snapshot().connectionEpoch > sinceEpoch
+      ) {
+        return;
+      }
+      this.start();
+      const wait = this.starting === null ? this.backoff.remaining(this.o.clock.elapsed()) : 0;
+      const { clock } = this.o;
+      // A session opened or re-established, or an attempt failed (health.error), wakes it.
+      await firstOf(signal, [
+        (over) => this.health.changed(over),
+        ...(wait > 0 ? [(over: AbortSignal) => clock.sleep(wait, over)] : []),
+      ]);
+    }
   }
 
   /**
@@ -1080,5 +1106,9 @@ export class OpcuaDeviceDriver implements DeviceDriver {
 
   health(): DeviceHealth {
     return this.o.endpoint.health.snapshot();
+  }
+
+  whenConnected(sinceEpoch: number, signal: AbortSignal): Promise<void> {
+    return this.o.endpoint.whenConnected(sinceEpoch, signal);
   }
 }

@@ -64,3 +64,56 @@ it('OPC UA: a write that finds no session waits for the connection and is writte
   expect(writes[0]!.receivedAt).toBeGreaterThanOrEqual(powerUpAt!);
   expect(u1.counters.writesReceived).toBe(1);
 }, 60_000);
+
+it('OPC UA: the command waiting for the session writes as it is back, not at its next read pause', async () => {
+  // Read pauses far longer than the PLC's power cut: before the fix the command read again only
+  // a pause (here 5 s) after its failed read, however soon the session was back.
+  h = await SimHarness.start({
+    opcua: true,
+    timing: { pollIntervalMs: 5_000, confirmTimeoutMs: 15_000 },
+  });
+  const harness = h;
+  const binding = harness.drivers.bindings.find((b) => b.id === 'u1')!;
+  const plc = harness.plant.plc('ua');
+  const write = binding.driver.write.bind(binding.driver);
+  let epoch: number | null = null;
+  // As above: the power cut as the first write is handed to the driver.
+  binding.driver.write = async (command, signal) => {
+    if (epoch === null) {
+      plc.powerCycle({ offMs: 1_000 });
+      await harness.until(
+        () => !binding.driver.health().connected,
+        5_000,
+        'the session with the PLC lost',
+      );
+      epoch = binding.driver.health().connectionEpoch;
+    }
+    return write(command, signal);
+  };
+  // The moment the driver has its session again (its epoch moves on), on the gateway's clock.
+  const back: { at: number | null } = { at: null };
+  const watch = setInterval(() => {
+    if (back.at === null && epoch !== null && binding.driver.health().connectionEpoch > epoch) {
+      back.at = Date.now();
+    }
+  }, 5);
+  try {
+    harness.submit('ua-back', { device: 'u1', action: 'open', ttlMs: 30_000 });
+    const r = await harness.settled('ua-back', 30_000);
+    expect(r, harness.notes('ua-back').join('\n')).toMatchObject({
+      state: 'confirmed',
+      attempts: 2,
+    });
+    const dispatches = harness.journal
+      .history({ scope: 'plant', key: 'ua-back' })
+      .filter((e) => e.detail.startsWith('redispatch: '));
+    expect(dispatches).toHaveLength(1);
+    // From the session back to the command's second dispatch (a read, the skew's clock reads):
+    // well below the pause the old reads made.
+    expect(dispatches[0]!.at - back.at!).toBeLessThan(2_000);
+    const writes = harness.device('u1').writesOfSeq(r.seq!);
+    expect(writes).toHaveLength(1);
+  } finally {
+    clearInterval(watch);
+  }
+}, 60_000);

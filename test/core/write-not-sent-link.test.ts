@@ -222,6 +222,44 @@ describe('a write refused unsent for want of a connection', () => {
     expect(valve.snapshot().state).toMatch(/^OPEN/);
   }, 60_000);
 
+  it('the command waiting for the connection writes as the link comes back, not at its next read pause', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    // Read pauses far longer than the wait for the link: before the fix the command read again
+    // only a pause (here 5 s; 2 s at most with the pauses a profile gets at its 1 s default)
+    // after its failed read, however soon the PLC accepted again.
+    const pollIntervalMs = 5_000;
+    const { h, link, ...site } = await linkedSite(onTestFinished, {
+      timing: { pollIntervalMs, confirmTimeoutMs: 15_000 },
+    });
+    const valve = h.device('v1');
+    const reopened: { at: number | null } = { at: null };
+    site.refuseNextWrite(
+      (c) => c.action === 'open',
+      undefined,
+      () => {
+        setTimeout(() => {
+          void link.accept().then(() => {
+            reopened.at = Date.now();
+          });
+        }, 300);
+      },
+    );
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await refusedUnsent(h, 'o');
+    const seq = h.get('o')!.seq!;
+    await h.until(() => valve.writesOfSeq(seq).length > 0, 10_000, 'the write received');
+    const writes = valve.writesOfSeq(seq);
+    expect(writes).toHaveLength(1);
+    const after = writes[0]!.receivedAt - reopened.at!;
+    // From the PLC accepting connections again to its write: the driver's reconnect (its
+    // backoff after the refused attempts, 0.2 s doubling, jittered), a read, the skew's clock
+    // reads and the dispatch's fsync. Well below the shortest pause the old reads could make.
+    expect(after, h.notes('o').join('\n')).toBeLessThan(2_000);
+    expect(await h.settled('o', 20_000)).toMatchObject({ state: 'confirmed', attempts: 2 });
+  }, 60_000);
+
   it('a link that drops before every write: the command goes round at most MAX_DISPATCHES times, then ends DEVICE_UNREACHABLE, never written', async ({
     expect,
     onTestFinished,
