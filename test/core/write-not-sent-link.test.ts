@@ -364,6 +364,52 @@ describe('a write refused unsent for want of a connection', () => {
     expect(valve.counters.writesReceived).toBe(1);
   }, 60_000);
 
+  it('the daemon restarted while the command waits for the connection a second time: the next life takes it up as never written and writes it once', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, ...site } = await linkedSite(onTestFinished, {});
+    const valve = h.device('v1');
+    // The first write refused (the link back 0.3 s later), then the re-dispatched one too, the
+    // link then refused until the next life.
+    site.refuseNextWrite(
+      (c) => c.action === 'open',
+      300,
+      () => {
+        site.refuseNextWrite((c) => c.action === 'open');
+      },
+    );
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await h.until(
+      () =>
+        h.notes('o').filter((n) => n.includes('was not sent: no connection to the controller'))
+          .length === 2,
+      15_000,
+      'both writes refused for want of a connection',
+    );
+    const seq = h.get('o')!.seq!;
+    expect(h.get('o')).toMatchObject({ state: 'dispatched', attempts: 2 });
+    await h.crash();
+    await link.accept();
+    const restartedAt = Date.now();
+    await h.restart();
+    const o = await h.settled('o', 10_000);
+    // Dispatched twice, neither write sent: taken up as a command not yet written. Before the
+    // fix (one re-dispatch per command) it ended failed DEVICE_UNREACHABLE, "already dispatched
+    // twice" — it did not get that far: its second refusal ended it.
+    expect(o, h.notes('o').join('\n')).toMatchObject({ state: 'confirmed', attempts: 3, seq });
+    expect(h.notes('o')).toContainEqual(
+      expect.stringMatching(
+        /^dispatched: taken up: its write \(sequence number \d+\) found no connection to the controller and was not sent \(the history says so\)/,
+      ),
+    );
+    // Ground truth: one write of its number, in the new life.
+    const writes = valve.writesOfSeq(seq);
+    expect(writes).toHaveLength(1);
+    expect(writes[0]!.receivedAt).toBeGreaterThanOrEqual(restartedAt);
+    expect(valve.counters.writesReceived).toBe(1);
+  }, 60_000);
+
   it('the daemon down past the deadline of a command waiting for the connection: the next life ends it DEVICE_UNREACHABLE, never written', async ({
     expect,
     onTestFinished,
