@@ -40,11 +40,24 @@ export interface TcpPeer {
  */
 const TABLES = ['/proc/self/net/tcp', '/proc/self/net/tcp6'];
 
+/** How many times readTcpPeers has read the tables (tcpTableReads). */
+let tableReads = 0;
+
+/**
+ * How many times this process has read the kernel's TCP tables (readTcpPeers): each read is of
+ * every connection of the namespace, thousands on a busy gateway, so how often the intake's
+ * bounds read them is bounded (https-unread.ts), and a test counts it.
+ */
+export function tcpTableReads(): number {
+  return tableReads;
+}
+
 /**
  * The TCP connections of this network namespace by connectionOf's key; null where the kernel
  * shows none (not Linux, or /proc not mounted): the caller then has nothing to go by.
  */
 export async function readTcpPeers(): Promise<ReadonlyMap<string, TcpPeer> | null> {
+  tableReads++;
   const peers = new Map<string, TcpPeer>();
   let read = false;
   for (const table of TABLES) {

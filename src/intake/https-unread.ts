@@ -182,24 +182,39 @@ interface Watch {
  * still on the wire when Node ended the connection (any client not on the gateway itself) made
  * it wait for that look.
  *
- * The kernel is asked RELEASE_CHECK_MS after a connection starts waiting (a client that reads
- * has its bytes within a few round trips) and as often while a waiting client takes bytes (one
- * reading a large answer over a slow link is let go within RELEASE_CHECK_MS of its last byte);
- * while none takes any, at twice the wait each time up to RELEASE_CHECK_MAX_MS; and not at all
- * while none waits. One read of the kernel's table serves all the connections waiting. One
- * whose client never takes its bytes is reset by boundUnreadInKernel's bound, as before.
+ * Each look reads the kernel's whole table (every connection of the namespace: https-peer.ts),
+ * so how often it is read is bounded, whatever the clients do. The kernel is asked
+ * RELEASE_CHECK_MS after a connection starts waiting (a client that reads has its bytes within a
+ * few round trips), then at twice the wait each time, up to RELEASE_CHECK_MAX_MS; the wait starts
+ * again at RELEASE_CHECK_MS only when another connection starts waiting, never because a client
+ * took bytes: a client trickling its answer (a byte here and there, or a slow link) once kept
+ * the table read every RELEASE_CHECK_MS, 40 times a second for as long as it trickled. A client
+ * that takes its bytes at a pace that ends them before the wait would is looked at when they
+ * should be gone: only when it took more since the last look than it has left, so each such
+ * look needs what it has left to have halved, a few dozen at most for a whole send buffer. A
+ * reader over a slow link is so let go within a round trip or two of its last byte, and any
+ * other within the wait (at most RELEASE_CHECK_MAX_MS). Not at all while none waits; one read
+ * of the table serves all the connections waiting. One whose client never takes its bytes is
+ * reset by boundUnreadInKernel's bound, as before.
  */
 function watchReleases(open: ReadonlyMap<Socket, Watch>): () => void {
   let timer: NodeJS.Timeout | null = null;
   let looking = false;
   let wait = RELEASE_CHECK_MS;
-  /** The bytes each waiting connection's client had not taken at the last look. */
-  const left = new WeakMap<Watch, number>();
+  /** A connection started waiting during a look: the wait starts again after it. */
+  let restart = false;
+  /** The bytes each waiting connection's client had not taken at the last look, and when. */
+  const left = new WeakMap<Watch, { readonly bytes: number; readonly at: number }>();
   const waiting = (): boolean => [...open.values()].some((w) => w.release !== null);
-  /** Whether a waiting client took bytes since the last look. */
-  const look = async (): Promise<boolean> => {
+  /**
+   * Releases the waiting connections whose clients have taken everything; returns how soon
+   * (ms) one of the others should have, at its pace, when that is sooner than the time since its
+   * last look (it took more than it has left), or null.
+   */
+  const look = async (): Promise<number | null> => {
     const peers = await readTcpPeers();
-    let taking = false;
+    const now = performance.now();
+    let soonest: number | null = null;
     for (const watch of open.values()) {
       if (watch.release === null) continue;
       // No table (not Linux): nothing to go by, nothing kept for it.
@@ -210,12 +225,15 @@ function watchReleases(open: ReadonlyMap<Socket, Watch>): () => void {
         continue;
       }
       const before = left.get(watch);
-      if (before === undefined || bytes < before) taking = true;
-      left.set(watch, bytes);
+      left.set(watch, { bytes, at: now });
+      if (before === undefined || bytes >= before.bytes) continue;
+      const since = now - before.at;
+      const due = (bytes * since) / (before.bytes - bytes);
+      if (due < since) soonest = Math.min(soonest ?? due, due);
     }
-    return taking;
+    return soonest;
   };
-  const schedule = (): void => {
+  const schedule = (delay: number): void => {
     if (timer !== null) clearTimeout(timer);
     timer = null;
     if (!waiting()) return;
@@ -223,20 +241,22 @@ function watchReleases(open: ReadonlyMap<Socket, Watch>): () => void {
       timer = null;
       looking = true;
       look()
-        .catch(() => false)
-        .then((taking) => {
+        .catch(() => null)
+        .then((soonest) => {
           looking = false;
-          wait = taking ? RELEASE_CHECK_MS : Math.min(2 * wait, RELEASE_CHECK_MAX_MS);
-          schedule();
+          wait = restart ? RELEASE_CHECK_MS : Math.min(2 * wait, RELEASE_CHECK_MAX_MS);
+          restart = false;
+          schedule(soonest === null ? wait : Math.max(RELEASE_CHECK_MS, Math.min(wait, soonest)));
         })
         .catch(() => undefined);
-    }, wait);
+    }, delay);
     timer.unref();
   };
   // A connection starts waiting: looked at soon, whatever the wait had grown to.
   return () => {
     wait = RELEASE_CHECK_MS;
-    if (!looking) schedule();
+    if (looking) restart = true;
+    else schedule(wait);
   };
 }
 
