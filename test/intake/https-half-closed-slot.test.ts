@@ -14,7 +14,7 @@ import { makePki, startIntake, until, type Pki, type RunningIntake } from './htt
  * A client that half-closes its connection once its request is sent (a FIN: `nc -N`, socat,
  * some embedded clients) and reads its answer frees its place among the intake's connections
  * once it has taken the answer, as a client that closes does. The intake keeps such a socket
- * open while the kernel holds answer bytes its client has not acknowledged (https-unread.ts
+ * open while the kernel holds answer bytes its client has not acknowledged (https-half-closed.ts
  * keepUntilTaken: one that never reads is reset under the bound instead of lingering orphaned),
  * and let it go only at its next look at the kernel's table, every 5 s: any answer still on the
  * wire when the connection ended (a client anywhere but on the gateway itself) kept the slot up

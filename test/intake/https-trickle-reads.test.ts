@@ -16,7 +16,7 @@ import { makePki, startIntake, until, type Pki, type RunningIntake } from './htt
  * carrying small packets, one every ~25 ms) costs the intake a bounded number of reads of the
  * kernel's TCP table, each of which reads every connection of the namespace. The intake keeps
  * such a connection while the kernel holds answer bytes its client has not acknowledged, and
- * looks at the table to let it go once they are taken (https-unread.ts watchReleases): every
+ * looks at the table to let it go once they are taken (https-half-closed.ts watchReleases): every
  * look that found the client had taken bytes brought the next one back to 25 ms, so a client
  * taking a few bytes between looks had the table read up to 40 times a second for as long as it
  * trickled (~100 reads for this 3 s answer). The looks now back off whatever the client takes,
