@@ -58,6 +58,8 @@ export class Metrics {
   readonly mqttResponseTopicsRefused: Counter<'reason'>;
   readonly mqttResultsNotPublished: Counter;
   readonly mqttPublicationsRefused: Counter<'kind' | 'reason'>;
+  readonly mqttSubscriptionIdentifiers: Gauge;
+  readonly mqttTakeoversSuspected: Counter<'evidence'>;
   readonly journalFailures: Counter;
   readonly httpsConnectionsRefused: Counter<'reason'>;
   readonly httpsConnectionsIdleClosed: Counter<'stage'>;
@@ -229,6 +231,22 @@ export class Metrics {
       labelNames: ['kind', 'reason'],
       registers,
     });
+    this.mqttSubscriptionIdentifiers = new Gauge({
+      name: 'sluice_mqtt_subscription_identifiers_delivered',
+      help: 'Whether the MQTT broker delivers the Subscription Identifiers its CONNACK announces, as the last MQTT 5 connection found (1), or delivers none (0: a broker that misbehaves, or a bridge or proxy that drops them; command copies through other subscriptions of the session cannot be told apart); NaN while not known (not checked yet, nothing read back) or not used (MQTT 3.1.1, or a broker that says it has none).',
+      registers,
+    });
+    // Not known until a connection's check answers: NaN, not 0 (which says they are missing).
+    this.mqttSubscriptionIdentifiers.set(Number.NaN);
+    this.mqttTakeoversSuspected = new Counter({
+      name: 'sluice_mqtt_session_takeovers_suspected_total',
+      help: "Connections to the MQTT broker that ended because another client connected with the gateway's client id, as far as the gateway can tell, by evidence: disconnect (MQTT 5 DISCONNECT 0x8E Session taken over), clean_session (the broker discarded the gateway's session and published its Will: a client that started a clean session), pattern (three or more connections in a row closed within 30 s without a reason, the retained status left as the gateway published it; each counted once the third comes).",
+      labelNames: ['evidence'],
+      registers,
+    });
+    for (const evidence of ['disconnect', 'clean_session', 'pattern']) {
+      this.mqttTakeoversSuspected.inc({ evidence }, 0);
+    }
     this.journalFailures = new Counter({
       name: 'sluice_journal_unavailable_total',
       help: 'Intake requests refused because the journal could not be written.',

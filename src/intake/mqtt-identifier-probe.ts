@@ -38,6 +38,8 @@ export interface IdentifierProbeOptions {
    * now, or let go with their connection (HeldCopies).
    */
   readonly answered: () => void;
+  /** Called with each verdict as it is set (a metric: sluice_mqtt_subscription_identifiers_delivered). */
+  readonly checked?: ((check: IdentifierCheck) => void) | undefined;
   readonly graceMs?: number | undefined;
   readonly timeoutMs?: number | undefined;
 }
@@ -74,6 +76,7 @@ export class IdentifierProbe {
   private readonly onMissing: () => void;
   private readonly onForeign: (topic: string) => void;
   private readonly onAnswered: () => void;
+  private readonly onChecked: (check: IdentifierCheck) => void;
   /** The connection (its stream) whose CONNACK announced identifiers: one to be probed. */
   private announcedOn: unknown = null;
   /** The connection (its stream) whose probe has ended: its verdict is known. */
@@ -96,6 +99,7 @@ export class IdentifierProbe {
     this.onMissing = options.missing;
     this.onForeign = options.foreign;
     this.onAnswered = options.answered;
+    this.onChecked = options.checked ?? (() => undefined);
     this.graceMs = options.graceMs ?? PROBE_GRACE_MS;
     this.timeoutMs = options.timeoutMs ?? PROBE_TIMEOUT_MS;
   }
@@ -131,7 +135,7 @@ export class IdentifierProbe {
   /** A connection without identifiers (MQTT 3.1.1, or the CONNACK says so): nothing to probe. */
   notUsed(): void {
     this.end();
-    this.verdict = 'not_used';
+    this.setVerdict('not_used');
   }
 
   /**
@@ -140,7 +144,7 @@ export class IdentifierProbe {
    */
   begin(client: MqttClient): void {
     this.end();
-    if (this.verdict === 'not_used') this.verdict = 'unverified';
+    if (this.verdict === 'not_used') this.setVerdict('unverified');
     this.probing = client;
     this.untagged = 0;
     client.subscribe(
@@ -183,7 +187,7 @@ export class IdentifierProbe {
       if (this.verdict !== 'delivered') {
         this.logger.info({}, 'the MQTT broker delivers Subscription Identifiers');
       }
-      this.verdict = 'delivered';
+      this.setVerdict('delivered');
       const foreign = this.untagged > 0;
       this.end();
       if (foreign) this.onForeign(this.topic);
@@ -217,8 +221,13 @@ export class IdentifierProbe {
     this.onAnswered();
   }
 
+  private setVerdict(check: IdentifierCheck): void {
+    this.verdict = check;
+    this.onChecked(check);
+  }
+
   private found(): void {
-    this.verdict = 'missing';
+    this.setVerdict('missing');
     const level = this.warned ? 'debug' : 'warn';
     this.warned = true;
     this.logger[level](

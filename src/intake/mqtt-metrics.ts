@@ -23,6 +23,15 @@ export type MessageOutcome =
  */
 export type PublicationKind = 'result' | 'response' | 'state' | 'status';
 
+/**
+ * sluice_mqtt_session_takeovers_suspected_total{evidence}: what showed a connection's close to
+ * be another client's takeover of the gateway's session (mqtt-takeover.ts): `disconnect` (MQTT 5
+ * DISCONNECT 0x8E Session taken over), `clean_session` (the session discarded and the Will
+ * published: a client that started a clean session), `pattern` (short closes in a row without a
+ * reason, the status left as the gateway published it).
+ */
+export type TakeoverEvidenceLabel = 'disconnect' | 'clean_session' | 'pattern';
+
 /** sluice_commands_received_total{intake="mqtt",outcome}. */
 export type ReceivedOutcome = 'new' | 'replayed' | 'in_flight' | 'key_reused' | 'refused';
 
@@ -43,5 +52,16 @@ export interface MqttMetrics {
    */
   readonly mqttPublicationsRefused: {
     inc(labels: { kind: PublicationKind; reason: string }): void;
+  };
+  /**
+   * sluice_mqtt_subscription_identifiers_delivered: 1 when the last MQTT 5 connection's probe
+   * found the broker delivers the Subscription Identifiers it announces, 0 when it found them
+   * missing, NaN when not known (not probed yet, nothing read back, or not used: MQTT 3.1.1, or
+   * a broker that says it has none).
+   */
+  readonly mqttSubscriptionIdentifiers: { set(value: number): void };
+  /** Closes of the gateway's connections taken for another client's takeover of its session. */
+  readonly mqttTakeoversSuspected: {
+    inc(labels: { evidence: TakeoverEvidenceLabel }, value?: number): void;
   };
 }

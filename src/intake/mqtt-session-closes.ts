@@ -1,6 +1,7 @@
 import type { IDisconnectPacket, IPublishPacket, MqttClient } from 'mqtt';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
+import type { TakeoverEvidenceLabel } from './mqtt-metrics.js';
 import { StatusReadback, TakeoverWatch, type StatusRead } from './mqtt-takeover.js';
 
 /** The gateway's Will, which a broker publishes on its status topic when it loses the gateway. */
@@ -24,6 +25,8 @@ export interface SessionClosesOptions {
   readonly current: (client: MqttClient) => boolean;
   /** A suspected takeover's cause: the reason the intake gives while disconnected (/readyz). */
   readonly cause: (cause: string) => void;
+  /** Closes taken for a takeover, by what showed it (TakeoverWatch; a metric). */
+  readonly suspected?: ((evidence: TakeoverEvidenceLabel, closes: number) => void) | undefined;
 }
 
 /**
@@ -59,7 +62,7 @@ export class SessionCloses {
     this.options = options;
     this.clock = options.clock;
     this.logger = options.logger;
-    this.watch = new TakeoverWatch(options.clientId, options.logger);
+    this.watch = new TakeoverWatch(options.clientId, options.logger, options.suspected);
     this.readback = new StatusReadback(options.statusTopic);
   }
 

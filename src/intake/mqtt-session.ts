@@ -20,6 +20,7 @@ import { LeftSubscriptions } from './mqtt-left-subscriptions.js';
 import { SessionCloses } from './mqtt-session-closes.js';
 import { SESSION_TAKEN_OVER } from './mqtt-takeover.js';
 import { MAX_COMMAND_BYTES } from './mqtt-message.js';
+import type { MqttMetrics } from './mqtt-metrics.js';
 import type { GatewayTopics } from './mqtt-topics.js';
 
 export type MqttConfig = NonNullable<SluiceConfig['mqtt']>;
@@ -80,6 +81,9 @@ export interface MqttSessionOptions {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly reconnect?: { readonly minMs?: number; readonly maxMs?: number } | undefined;
+  /** The gauge of the probe's verdict and the counter of suspected takeovers. */
+  readonly metrics?:
+    Pick<MqttMetrics, 'mqttSubscriptionIdentifiers' | 'mqttTakeoversSuspected'> | undefined;
   /** The probe of Subscription Identifiers' waits, ms (IdentifierProbe): tests. */
   readonly identifierProbe?:
     { readonly graceMs?: number | undefined; readonly timeoutMs?: number | undefined } | undefined;
@@ -196,6 +200,9 @@ export class MqttSession {
       cause: (cause) => {
         this.error = cause;
       },
+      suspected: (evidence, closes) => {
+        options.metrics?.mqttTakeoversSuspected.inc({ evidence }, closes);
+      },
     });
     this.probe = new IdentifierProbe({
       topic: this.topics.status,
@@ -208,6 +215,9 @@ export class MqttSession {
       },
       answered: () => {
         this.events?.identifiersAnswered();
+      },
+      checked: (check) => {
+        options.metrics?.mqttSubscriptionIdentifiers.set(identifiersDelivered(check));
       },
       graceMs: options.identifierProbe?.graceMs,
       timeoutMs: options.identifierProbe?.timeoutMs,
@@ -837,6 +847,19 @@ export class MqttSession {
     ]);
     timeout.abort();
     return result;
+  }
+}
+
+/** sluice_mqtt_subscription_identifiers_delivered: 1, 0, or NaN while not known or not used. */
+function identifiersDelivered(check: IdentifierCheck): number {
+  switch (check) {
+    case 'delivered':
+      return 1;
+    case 'missing':
+      return 0;
+    case 'unverified':
+    case 'not_used':
+      return Number.NaN;
   }
 }
 

@@ -43,10 +43,21 @@ export class TakeoverWatch {
   private known: TakeoverEvidence | null = null;
   /** When the takeover was last said at warn (clock.elapsed()); null: not in this streak. */
   private saidAt: number | null = null;
+  /** The closes of the streak handed to `suspected` already. */
+  private counted = 0;
 
+  /**
+   * `suspected` is told of the closes taken for a takeover, as they are (a metric): the
+   * evidence of the last, and how many closes of the streak it adds (the pattern's first closes
+   * are counted when it is suspected, at the third).
+   */
   constructor(
     private readonly clientId: string,
     private readonly logger: Logger,
+    private readonly suspected: (
+      evidence: TakeoverEvidence | 'pattern',
+      closes: number,
+    ) => void = () => undefined,
   ) {}
 
   /**
@@ -63,6 +74,7 @@ export class TakeoverWatch {
   ): string | null {
     if (upMs >= SHORT_CONNECTION_MS) {
       this.shortConnections = 0;
+      this.counted = 0;
       this.known = null;
       this.saidAt = null;
       if (known === null || !byBroker) return null;
@@ -85,6 +97,8 @@ export class TakeoverWatch {
         break;
     }
     if (this.known === null && count < SHORT_CONNECTIONS_SUSPECTED) return null;
+    this.suspected(known ?? 'pattern', count - this.counted);
+    this.counted = count;
     if (this.saidAt !== null && now - this.saidAt < TAKEOVER_WARN_EVERY_MS) return cause;
     this.saidAt = now;
     this.logger.warn(
@@ -101,6 +115,7 @@ export class TakeoverWatch {
    */
   attemptFailed(): void {
     this.shortConnections = 0;
+    this.counted = 0;
   }
 
   /**
@@ -110,6 +125,7 @@ export class TakeoverWatch {
    */
   restarted(): void {
     this.shortConnections = 0;
+    this.counted = 0;
   }
 }
 

@@ -101,6 +101,7 @@ export class MqttIntake {
       clock,
       logger: this.logger,
       reconnect: options.reconnect,
+      metrics: options.metrics,
       identifierProbe: options.identifierProbe,
     });
     this.publisher = new MqttPublisher({

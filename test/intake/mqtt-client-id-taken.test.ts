@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:net';
+import type { Counter } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { MqttIntake } from '../../src/intake/mqtt.js';
 import { intakeConfig } from '../helpers/mosquitto.js';
@@ -102,6 +103,8 @@ describe.skipIf(!available)('MQTT intake: another client connects with its clien
     );
     // The broker's log says it is the takeover.
     expect(site.broker.log()).toContain(`Client ${CLIENT_ID} already connected, closing old`);
+    // Counted: the streak's closes, from the third (sluice_mqtt_session_takeovers_suspected_total).
+    expect(await takeoversCounted(site.stack.metrics, 'pattern')).toBeGreaterThanOrEqual(3);
 
     // While disconnected, the readiness reason (/readyz, sluicectl health) names the cause.
     await until(
@@ -321,6 +324,7 @@ describe.skipIf(!available)('MQTT intake: another client connects with its clien
       const disconnected = lines.find((l) => l.msg === 'disconnected from the MQTT broker');
       expect(disconnected).toMatchObject({ reasonCode: '0x8e' });
       expect(intake.health().lastError).toContain('DISCONNECT 0x8E Session taken over');
+      expect(await takeoversCounted(site.stack.metrics, 'disconnect')).toBeGreaterThanOrEqual(1);
       // Three more connections taken over: still said once.
       const more = (): number =>
         lines.filter((l) => l.msg === 'disconnected from the MQTT broker').length;
@@ -352,4 +356,13 @@ function nextPacket(
   const length = offset + remaining;
   if (bytes.length < length) return null;
   return { first: bytes[0] ?? 0, body: bytes.subarray(offset, length), length };
+}
+
+/** sluice_mqtt_session_takeovers_suspected_total{evidence} as the stack's metrics hold it. */
+async function takeoversCounted(
+  metrics: { readonly mqttTakeoversSuspected: Counter<'evidence'> },
+  evidence: string,
+): Promise<number> {
+  const { values } = await metrics.mqttTakeoversSuspected.get();
+  return values.find((v) => v.labels.evidence === evidence)?.value ?? 0;
 }

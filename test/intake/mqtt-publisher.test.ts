@@ -33,6 +33,8 @@ const noMetrics = {
   mqttResponseTopicsRefused: { inc: (): void => undefined },
   mqttResultsNotPublished: { inc: (): void => undefined },
   mqttPublicationsRefused: { inc: (): void => undefined },
+  mqttSubscriptionIdentifiers: { set: (): void => undefined },
+  mqttTakeoversSuspected: { inc: (): void => undefined },
 };
 
 /** Settled commands as the journal stores them (rejected at the claim: a stored result). */
