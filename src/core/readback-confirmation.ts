@@ -451,6 +451,7 @@ export class ReadbackConfirmation {
         record.attempts < 2
           ? record.attempts
           : 1 + writesMaybeSent(this.host.journal.history(record), seq, false),
+      dispatches: record.attempts,
       deadline: record.deadline,
       before: ctx.before,
       readback,

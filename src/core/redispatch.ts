@@ -1,4 +1,4 @@
-import type { JournalEvent, Observation } from './journal.js';
+import { MAX_DISPATCHES, type JournalEvent, type Observation } from './journal.js';
 import { RECOVERY } from './lane.js';
 import type { DeviceProfile } from './profile.js';
 import { POWER_UP_ECHO } from './sequence.js';
@@ -42,6 +42,11 @@ export interface RedispatchFacts {
    * (writesMaybeSent) are not counted.
    */
   readonly writesMaybeSent: number;
+  /**
+   * The command's journaled writes, those never sent included (its `attempts`): the journal
+   * takes no dispatch past MAX_DISPATCHES.
+   */
+  readonly dispatches: number;
   /** Wall-clock deadline of the command. */
   readonly deadline: number;
   /** The device as read before the first write. */
@@ -156,6 +161,16 @@ export function judgeRedispatch(f: RedispatchFacts): RedispatchVerdict {
   )} ms after the write's outcome became unknown still shows ${f.readback.state} with echo ${f.readback.seq ?? 'none'}`;
   if (f.writesMaybeSent >= 2) {
     return { kind: 'not-applied', proof, why: 'it was already dispatched twice' };
+  }
+  if (f.dispatches >= MAX_DISPATCHES) {
+    // Its earlier writes found no connection: the one write that may have left is this one,
+    // but the journal takes no further dispatch (JournalConflictError), which left the command
+    // open, taken up again and again until its deadline.
+    return {
+      kind: 'not-applied',
+      proof,
+      why: `it was already dispatched ${f.dispatches} times (at most ${MAX_DISPATCHES})`,
+    };
   }
   if (f.nowWall >= f.deadline) {
     return { kind: 'not-applied', proof, why: 'its deadline has passed' };

@@ -55,6 +55,7 @@ it("an image is never placed with the skew of another connection: a restarted co
     profile: binding.profile,
     seq: 1234,
     writesMaybeSent: 1,
+    dispatches: 1,
     deadline: Date.now() + 30_000,
     before: {
       state: image.state,
