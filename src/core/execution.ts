@@ -1,27 +1,15 @@
-import { checkFreshness, type OpenState } from './command.js';
-import { clockNote, controllerVerdict, gatewayVerdict } from './clock-policy.js';
+import { clockNote } from './clock-policy.js';
 import { requireSeq } from './command-writes.js';
 import { ConfirmationLoop } from './confirmation.js';
 import { DeviceReads } from './device-reads.js';
 import { MAX_DISPATCHES, type CommandRecord } from './journal.js';
-import {
-  PIPELINE,
-  freshnessDetail,
-  refId,
-  settledMeanwhile,
-  type ExecutionHost,
-  type Lane,
-} from './lane.js';
+import { PIPELINE, refId, type ExecutionHost, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { stopOverPreempted } from './preemption.js';
 import { observe, type Expectation } from './readback.js';
 import { NoOpCourse } from './no-op.js';
-import {
-  DECIDED_AGAIN,
-  previousWritePending,
-  stopAfterPending,
-  stopAfterPendingNote,
-} from './previous-write.js';
+import { DECIDED_AGAIN } from './previous-write.js';
+import { afterPreviousWrite } from './previous-write-wait.js';
 import {
   latestUnsentCause,
   noConnectionLine,
@@ -31,6 +19,7 @@ import {
 import { allocateSeq } from './sequence.js';
 import type { TimedReadback } from './skew.js';
 import { decide, type Decision } from './state-machine.js';
+import { notToBeWritten, rejectIfStale, rejectIfUnsynced, type NotWritten } from './write-gates.js';
 
 /**
  * Carrying out one `accepted` command on its device: freshness, the fresh read and the
@@ -203,7 +192,7 @@ export class CommandExecution {
     const { from } = course;
     // The moment the command is taken up: a no-op is decided on an image from no earlier.
     const takenUpMono = clock.elapsed();
-    if (this.rejectIfStale(record, null, course, log)) return null;
+    if (rejectIfStale(this.host, record, null, course, log)) return null;
     // The state-machine check runs against a fresh read, never against a cached mirror.
     const read = await this.reads.readUntil(
       lane,
@@ -227,7 +216,15 @@ export class CommandExecution {
     }
     // The device's previous write may still be taken (its command ended with its fate open):
     // decided on an image without it, this command would be undone by it.
-    const settled = await this.afterPreviousWrite(lane, record, read.readback, from, log);
+    const settled = await afterPreviousWrite(
+      this.host,
+      this.reads,
+      lane,
+      record,
+      read.readback,
+      from,
+      log,
+    );
     if (settled === null) return null;
     let before = settled.readback;
     let decision = settled.stop ?? this.decideFor(lane, record, before);
@@ -282,9 +279,9 @@ export class CommandExecution {
         }
         // I3: freshness again in the same step as the dispatch, with no wait in between: the
         // skew read above may have taken up to a request timeout.
-        if (this.rejectIfStale(record, before, course, log)) return null;
+        if (rejectIfStale(this.host, record, before, course, log)) return null;
         // SPEC §6: the clocks the command's judgement rests on (gateway sync, controller skew).
-        if (this.rejectIfUnsynced(lane, record, before, from, log)) return null;
+        if (rejectIfUnsynced(this.host, lane, record, before, from, log)) return null;
         // A controller that echoes the number already would ignore the write as a repeat, and
         // its echo would look like this command's (sequence.ts).
         if (course.from === 'dispatched' && before.seq === course.seq) {
@@ -333,7 +330,7 @@ export class CommandExecution {
         }
         // The barrier may have taken long (a slow or stalled disk): freshness and the command's
         // state were checked before it.
-        if (this.notToBeWritten(lane, dispatched, log)) return null;
+        if (notToBeWritten(this.host, lane, dispatched, log)) return null;
         log.info({ seq: dispatched.seq, from: before.state }, 'command dispatched');
         const unsent = await this.confirmation.writeAndConfirm(
           lane,
@@ -348,82 +345,6 @@ export class CommandExecution {
   }
 
   /**
-   * `first`, or the first later readback, on which the command may be decided: one that shows
-   * the device's previous write taken, or a readback after which it can no longer be
-   * (previous-write.ts). That write belongs to a command that ended with its fate open — most
-   * often an operator's resolve while the controller held it — and the controller takes writes
-   * in arrival order: a close decided on CLOSED while an acknowledged open waits in the
-   * controller was confirmed a no-op, and the open was taken 44 ms later (I2). Waiting for the
-   * write, rather than deciding on the state it leads to, decides on what the controller did
-   * (the write may be taken, refused, or never: a PLC with one command register keeps only the
-   * last write), with the state machine's check on it (I4). The wait is bounded by the write's
-   * own bound and by the command's deadline: past that, it ends `rejected` `STALE_COMMAND`,
-   * never written. A stop does not wait for an acknowledged write: it is decided on the state
-   * that write leads to (`stop`; previous-write.ts, stopAfterPending). Null when the command is
-   * settled or its handling aborted.
-   */
-  private async afterPreviousWrite(
-    lane: Lane,
-    record: CommandRecord,
-    first: TimedReadback,
-    from: OpenState,
-    log: Logger,
-  ): Promise<{ readonly readback: TimedReadback; readonly stop?: Decision } | null> {
-    const { clock, journal } = this.host;
-    const { profile } = lane.binding;
-    let readback = first;
-    let said = false;
-    for (;;) {
-      const pending = previousWritePending(
-        journal,
-        lane,
-        record,
-        readback,
-        this.reads.usableSkew(lane),
-        clock.elapsed(),
-      );
-      if (pending === null) return { readback };
-      const stop =
-        record.action === 'stop'
-          ? stopAfterPending(profile, pending, readback, decide(profile, readback.state, 'stop'))
-          : null;
-      if (stop?.kind === 'write') {
-        log.warn(
-          { previous: pending.command.key, seq: pending.write.seq },
-          "stop decided on the state the device's previous write leads to",
-        );
-        this.host.note(record, stopAfterPendingNote(pending));
-        return { readback, stop };
-      }
-      if (!said) {
-        said = true;
-        log.warn(
-          { previous: pending.command.key, seq: pending.write.seq, acked: pending.write.acked },
-          "waiting for the device's previous write to be taken before deciding",
-        );
-        this.host.note(
-          record,
-          `not decided yet: ${pending.reason}; a decision on the image before it (${readback.state}) would be undone by it, so the command waits for a readback that shows it taken`,
-        );
-      }
-      const now = this.host.deadlineNow(record);
-      if (now >= record.deadline) {
-        this.host.settle(log, record, from, {
-          to: 'rejected',
-          code: 'STALE_COMMAND',
-          faultCode: null,
-          observed: observe(readback),
-          detail: `deadline ${new Date(record.deadline).toISOString()} passed ${Math.round(now - record.deadline)} ms ago while the command waited for the device's previous write: ${pending.reason}; nothing was written`,
-        });
-        return null;
-      }
-      await clock.sleep(profile.timing.pollIntervalMs, lane.signal);
-      if (aborted(lane)) return null;
-      readback = (await this.reads.tryRead(lane, log)) ?? readback;
-    }
-  }
-
-  /**
    * The state-machine decision on a fresh read. A stop that preempted a written command
    * decides on what the controller will do (preemption.ts, stopOverPreempted).
    */
@@ -431,118 +352,7 @@ export class CommandExecution {
     const actual = decide(lane.binding.profile, before.state, record.action);
     return stopOverPreempted(this.host.journal, lane, record, before, actual);
   }
-
-  /** Rejects a write the clock policy forbids: gateway unsynced, controller clock off (§6). */
-  private rejectIfUnsynced(
-    lane: Lane,
-    record: CommandRecord,
-    before: TimedReadback,
-    from: OpenState,
-    log: Logger,
-  ): boolean {
-    for (const verdict of [
-      gatewayVerdict(this.host.clockPolicy, record),
-      controllerVerdict(this.host.clockPolicy, lane),
-    ]) {
-      if (verdict.kind === 'warn') log.warn({ clock: verdict.state }, verdict.detail);
-      if (verdict.kind !== 'reject') continue;
-      this.host.settle(log, record, from, {
-        to: 'rejected',
-        code: 'CLOCK_SKEW',
-        faultCode: null,
-        observed: observe(before),
-        detail: verdict.detail,
-      });
-      return true;
-    }
-    return false;
-  }
-
-  /**
-   * After the dispatch's barrier, just before the write: true when the command must not be
-   * written after all, and then it is settled truly. The barrier may take long (a slow or
-   * stalled disk), and meanwhile:
-   * - an operator may have resolved the command (lane.ts, settledMeanwhile): the journal says
-   *   nothing was written, so nothing is;
-   * - a stop may have preempted it: not yet written, it ends `rejected` `SUPERSEDED`, as the
-   *   commands queued before the stop do (SPEC §2);
-   * - its deadline may have passed (I3): it ends `rejected` `STALE_COMMAND`.
-   */
-  private notToBeWritten(lane: Lane, dispatched: CommandRecord, log: Logger): boolean {
-    if (settledMeanwhile(this.host, lane, dispatched, log)) return true;
-    const stop = lane.interrupted;
-    if (aborted(lane) && stop !== null && refId(stop.target) === refId(dispatched)) {
-      this.host.settle(log, dispatched, 'dispatched', {
-        to: 'rejected',
-        code: 'SUPERSEDED',
-        faultCode: null,
-        observed: dispatched.observedBefore,
-        detail: `superseded by the stop ${stop.stop.key}, accepted while the dispatch was being made durable; nothing was written`,
-      });
-      return true;
-    }
-    // `now` may be a fraction of a millisecond (deadlineNow()): the detail says whole ones, as
-    // freshnessDetail's does (lane.ts).
-    const now = this.host.deadlineNow(dispatched);
-    if (checkFreshness(dispatched, now, this.host.freshness) !== 'STALE_COMMAND') return false;
-    this.host.settle(log, dispatched, 'dispatched', {
-      to: 'rejected',
-      code: 'STALE_COMMAND',
-      faultCode: null,
-      observed: dispatched.observedBefore,
-      detail: `deadline ${new Date(dispatched.deadline).toISOString()} passed ${Math.round(now - dispatched.deadline)} ms ago, while the dispatch was being made durable; nothing was written`,
-    });
-    return true;
-  }
-
-  /**
-   * Rejects the command when its deadline has passed or it lies too far in the future (I3). A
-   * command going round again after its write found no connection (carryOutRounds) that is past
-   * its deadline ends as its wait for the connection does: `failed` `DEVICE_UNREACHABLE`.
-   */
-  private rejectIfStale(
-    record: CommandRecord,
-    before: TimedReadback | null,
-    course: NotWritten,
-    log: Logger,
-  ): boolean {
-    const { from } = course;
-    const now = this.host.deadlineNow(record);
-    const fresh = checkFreshness(record, now, this.host.freshness);
-    if (fresh === 'FRESH') return false;
-    if (
-      fresh === 'STALE_COMMAND' &&
-      course.from === 'dispatched' &&
-      course.unsent === 'no-connection'
-    ) {
-      this.host.settle(log, record, from, {
-        to: 'failed',
-        code: 'DEVICE_UNREACHABLE',
-        faultCode: null,
-        observed: before === null ? null : observe(before),
-        detail: `the write never reached the controller: its write (sequence number ${course.seq}) found no connection to the controller, and its deadline ${new Date(record.deadline).toISOString()} passed ${Math.round(now - record.deadline)} ms ago while the command went round again; nothing was applied`,
-      });
-      return true;
-    }
-    this.host.settle(log, record, from, {
-      to: 'rejected',
-      code: fresh,
-      faultCode: null,
-      observed: before === null ? null : observe(before),
-      detail: freshnessDetail(fresh, record, now, this.host.freshness),
-    });
-    return true;
-  }
 }
-
-/**
- * A command not yet written: `accepted`, or `dispatched` with its write (`seq`) never sent —
- * withdrawn before it was sent, or refused for want of a connection (`unsent`) — whose write
- * goes out as its second dispatch.
- */
-type NotWritten =
-  | { readonly from: 'accepted' }
-  | { readonly from: 'dispatched'; readonly seq: number; readonly unsent: UnsentCause };
 
 /**
  * "first" for a command dispatched once, "latest" after: the write a re-dispatch follows. Its
