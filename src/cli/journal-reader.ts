@@ -138,13 +138,15 @@ export async function withJournal<T>(
     // `met`: damage the read itself met and went round (sluicectl stuck's unreadable rows): the
     // file is damaged whatever the check says, or if it could not finish within its budget.
     settle: async (code, met) => {
-      const found = check(value) ? ((await checked(target, path)) ?? met ?? null) : (met ?? null);
+      const byCheck = check(value) ? await checked(target, path) : null;
+      const found = byCheck ?? met ?? null;
       if (found === null) return code;
       throw new CliError(
         damagedText(
           path,
           found,
           'what is shown is what its readable pages hold, and the commands on its damaged pages are missing from it',
+          byCheck === null ? 'SQLite, reading it' : undefined,
         ),
         EXIT.ERROR,
         'JOURNAL_DAMAGED',

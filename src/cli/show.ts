@@ -1,13 +1,15 @@
 import { actionText } from '../views/command-list.js';
-import { showCommand, type OpenStatus } from '../views/command-show.js';
+import type { OpenStatus } from '../views/command-show.js';
 import type { CommandStory, Hit, StoryEvent, StoryKind } from '../views/command-story.js';
 import { aheadText, expiredText, pausedText, settlingText } from '../views/open-commands.js';
+import type { JournalEvent } from '../core/journal.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { resolveDetail } from '../core/resolve-detail.js';
 import type { CliContext } from './context.js';
 import { formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
-import { findCommand, withJournal } from './journal-reader.js';
+import { withJournal } from './journal-reader.js';
+import { readShow } from './show-read.js';
 import { observationText, outcomeText } from './result-view.js';
 import { keyWords, sluicectlWords } from './typed-back.js';
 import { clean, renderFields, renderTable, stateTone, type Field, type Tone } from './table.js';
@@ -20,16 +22,33 @@ export async function runShow(
 ): Promise<ExitCode> {
   const now = ctx.now();
   // A command found is shown from the rows read: no check of the whole file. One not found is
-  // checked before it is said (withJournal): a damaged page may hold the key.
-  const { value: shown } = await withJournal(
+  // checked before it is said (withJournal): a damaged page may hold the key. A part of it on a
+  // damaged page (its row, its history, its device's open commands) is said, and what could be
+  // read is shown (show-read.ts): exit 1, JOURNAL_DAMAGED.
+  const read = await withJournal(
     ctx,
     ctx.journalPath(),
-    (journal) => {
-      const found = findCommand(journal, key, scope);
-      return showCommand(found, journal, now, () => ctx.deviceTimings());
-    },
+    (journal) => readShow(journal, key, scope, now, () => ctx.deviceTimings()),
     () => false,
   );
+  const { value } = read;
+  for (const note of value.notes) ctx.warn(note);
+  if (value.kind === 'row-unreadable') {
+    if (ctx.json) {
+      ctx.outJson({
+        key: value.key,
+        scope: value.scope,
+        row: 'unreadable',
+        history: value.history.map((e) => ({ ...e, at: new Date(e.at).toISOString() })),
+        unreadable: value.notes,
+      });
+    } else {
+      ctx.out(renderUnreadable(value.key, value.scope, value.history, now, ctx));
+    }
+    return read.settle(EXIT.OK, value.met);
+  }
+  const { shown } = value;
+  const met = value.met ?? undefined;
   if (shown.open !== null) await ctx.warnIfDaemonAbsent();
   const advice = refusalAdvice(
     shown,
@@ -37,11 +56,59 @@ export async function runShow(
     sluicectlWords(ctx),
   );
   if (ctx.json) {
-    ctx.outJson({ ...shown, advice });
-    return EXIT.OK;
+    ctx.outJson(
+      value.notes.length === 0
+        ? { ...shown, advice }
+        : { ...shown, advice, unreadable: value.notes },
+    );
+    return read.settle(EXIT.OK, met);
   }
   ctx.out(renderStory(shown, shown.open, now, ctx, advice, scope));
-  return EXIT.OK;
+  return read.settle(EXIT.OK, met);
+}
+
+/** A command whose row could not be read: its key, and the entries of its history that could. */
+function renderUnreadable(
+  key: string,
+  scope: string,
+  history: readonly JournalEvent[],
+  now: number,
+  ctx: CliContext,
+): string {
+  const style = ctx.style;
+  const at = (ms: number): string => new Date(ms).toISOString();
+  return [
+    `${style.paint(`Command ${key}`, 'bold')}  (scope ${scope})\n`,
+    renderFields(
+      [
+        [
+          'row',
+          'UNREADABLE: on a damaged page of the journal (device, action, state unknown)',
+          'bad',
+        ],
+      ],
+      style,
+    ),
+    '\nHistory (the entries that could be read)\n',
+    history.length === 0
+      ? '  none could be read\n'
+      : renderTable(
+          [
+            { header: 'at', value: (e: JournalEvent) => at(e.at) },
+            { header: 'age', value: (e) => relative(e.at, now) },
+            { header: 'intake', value: (e) => e.intake },
+            {
+              header: 'state',
+              value: (e) =>
+                e.from === null ? `→ ${e.to}` : e.from === e.to ? e.to : `${e.from} → ${e.to}`,
+            },
+            { header: 'detail', value: (e) => e.detail },
+          ],
+          history,
+          style,
+          '  ',
+        ),
+  ].join('');
 }
 
 const WHAT: Readonly<Record<StoryKind, string>> = {

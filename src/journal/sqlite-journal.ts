@@ -31,6 +31,13 @@ import {
   type Connection,
   type ConnectionOptions,
 } from './connection.js';
+import {
+  historyReadable,
+  keyReadable,
+  openReadable,
+  type HistoryRead,
+  type KeyRead,
+} from './damaged-reads.js';
 import { GroupCommit } from './group-commit.js';
 import { rowToRecord, translate, type CommandRow, type EventRow } from './rows.js';
 
@@ -193,40 +200,35 @@ export class SqliteJournal implements Journal {
    * sluicectl stuck, whose answer an operator needs most when the gateway's storage is failing
    * (which valves had a command in flight). A damaged page of the commands table ends listOpen's
    * statement there, and nothing could be listed; then the open commands' ids are read from
-   * their index alone and each row on its own, and the rows that cannot be read are counted.
-   * Damage the index itself holds (or any other error) is thrown as listOpen throws it.
+   * their index alone and each row on its own, and the rows that cannot be read are counted
+   * (damaged-reads.ts). Damage the index itself holds (or any other error) is thrown as listOpen
+   * throws it.
    */
   listOpenReadable(): { readonly records: CommandRecord[]; readonly unreadable: number } {
     try {
-      return { records: this.listOpen(), unreadable: 0 };
+      return openReadable(this.connection().db, () => this.listOpen());
     } catch (error) {
-      if (!metDamage(error)) throw error;
+      return translate(error, 'read', this.options.path);
     }
+  }
+
+  /**
+   * The commands of a key, as findByKey, from a journal whose damaged pages a read may meet
+   * (sluicectl show): those whose row can be read, with their row ids, and those whose row
+   * cannot, named by the key index (damaged-reads.ts).
+   */
+  findByKeyReadable(key: string): KeyRead {
     try {
-      const { db } = this.connection();
-      const ids = db
-        .prepare(
-          `SELECT id FROM commands INDEXED BY commands_open
-           WHERE state IN ('accepted', 'dispatched') ORDER BY id`,
-        )
-        .pluck()
-        .all() as number[];
-      const row = db.prepare(`SELECT * FROM commands WHERE id = ?`);
-      const records: CommandRecord[] = [];
-      let unreadable = 0;
-      for (const id of ids) {
-        try {
-          const found = row.get(id) as CommandRow | undefined;
-          // Settled meanwhile (a daemon beside the reader): no longer open.
-          if (found !== undefined && (found.state === 'accepted' || found.state === 'dispatched')) {
-            records.push(rowToRecord(found));
-          }
-        } catch (error) {
-          if (!metDamage(error)) throw error;
-          unreadable++;
-        }
-      }
-      return { records, unreadable };
+      return keyReadable(this.connection().db, key);
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
+  /** A command's history by its row id (findByKeyReadable), the entries that can be read. */
+  historyReadable(id: number): HistoryRead {
+    try {
+      return historyReadable(this.connection().db, id);
     } catch (error) {
       return translate(error, 'read', this.options.path);
     }
@@ -576,13 +578,4 @@ export class SqliteJournal implements Journal {
       // Left closed: the next use tries again (and refuses meanwhile, as unavailable).
     }
   }
-}
-
-/** SQLite met a damaged page (SQLITE_CORRUPT*, SQLITE_NOTADB), whether translated or not. */
-function metDamage(error: unknown): boolean {
-  const cause = error instanceof JournalUnavailableError ? error.cause : error;
-  const code = (cause as { code?: unknown } | null)?.code;
-  return (
-    typeof code === 'string' && (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB')
-  );
 }

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { journalWithDamagedKeyIndex } from '../helpers/damaged-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
+import BetterSqlite3 from 'better-sqlite3';
 import { sluicectl, sluicectlInProcess } from './helpers.js';
 
 /**
@@ -158,12 +159,6 @@ describe('sluicectl on a journal whose read meets the damaged page', () => {
     tableCleanup();
   });
 
-  const metByRead = (): RegExp =>
-    new RegExp(
-      `^sluicectl: the journal ${tablePath.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is damaged \\(SQLite, reading it: "SQLITE_CORRUPT[^"]*: database disk image is malformed"\\): the read met a damaged page, so nothing could be shown.*restore the journal from a backup, or move it aside with its -wal and -shm files`,
-      'm',
-    );
-
   it('stuck, reading every open command: the readable ones listed, the others counted, the damage, exit 1', async () => {
     // Which valves had a command in flight is what an operator needs from a failing card: the
     // read met the damaged page and listed nothing; the open commands are read one by one.
@@ -209,10 +204,43 @@ describe('sluicectl on a journal whose read meets the damaged page', () => {
     expect(quick.stderr).toMatch(/could not be read/);
   });
 
-  it('show of a command on the damaged page: the damage and what to do, exit 1', async () => {
-    const run = await sluicectlInProcess(['--journal', tablePath, '--json', 'show', 'key-1000']);
-    expect({ code: run.code, stdout: run.stdout }).toEqual({ code: 1, stdout: '' });
-    expect(run.stderr).toMatch(metByRead());
+  it('show of a command whose row is on the damaged page: its key and readable history, what could not be read, exit 1', async () => {
+    // Its row cannot be read; its key and id are in the key index and its history on pages of
+    // its own. It showed nothing but the damage.
+    const key = unreadableKey(tablePath, 'SELECT * FROM commands WHERE id = ?');
+    const run = await sluicectl(['--journal', tablePath, 'show', key]);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(new RegExp(`^Command ${key}  \\(scope ops\\)\n`));
+    expect(run.stdout).toMatch(/row +UNREADABLE: on a damaged page of the journal/);
+    expect(run.stdout).toMatch(
+      /History \(the entries that could be read\)\n.*\n.*test +→ accepted +accepted/,
+    );
+    expect(run.stderr).toMatch(
+      new RegExp(
+        `^sluicectl: the row of command "${key}" \\(scope ops\\) is on a damaged page of the journal and could not be read`,
+        'm',
+      ),
+    );
+    expect(run.stderr).toMatch(metByShow(tablePath));
+    const json = await sluicectl(['--journal', tablePath, '--json', 'show', key]);
+    expect(json.code).toBe(1);
+    expect(json.json()).toMatchObject({
+      key,
+      scope: 'ops',
+      row: 'unreadable',
+      history: [{ from: null, to: 'accepted', intake: 'test', detail: 'accepted' }],
+    });
+  });
+
+  it('show of a command beside the damaged page: shown whole, the open commands it could not read counted, exit 1', async () => {
+    const run = await sluicectl(['--journal', tablePath, 'show', 'key-0']);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(/^Command key-0 /);
+    expect(run.stdout).toMatch(/device +inlet-valve/);
+    expect(run.stderr).toMatch(
+      /^sluicectl: \d+ open commands are on damaged pages of the journal and could not be read: what it waits behind may miss them$/m,
+    );
+    expect(run.stderr).toMatch(/is damaged \(SQLite, reading it: /);
   });
 
   it('the file is left as it was by the reads', () => {
@@ -220,5 +248,113 @@ describe('sluicectl on a journal whose read meets the damaged page', () => {
     return sluicectlInProcess(['--journal', tablePath, 'stuck']).then(() => {
       expect(readFileSync(tablePath).equals(before)).toBe(true);
     });
+  });
+});
+
+/** The first key (key-N, row id N + 1) whose read by `sql` (one row id) meets the damaged page. */
+function unreadableKey(path: string, sql: string): string {
+  const db = new BetterSqlite3(path, { readonly: true });
+  try {
+    const statement = db.prepare(sql);
+    for (let id = 1; id <= 2_000; id++) {
+      try {
+        statement.all(id);
+      } catch {
+        return `key-${id - 1}`;
+      }
+    }
+    throw new Error(`no read by ${sql} meets the damage`);
+  } finally {
+    db.close();
+  }
+}
+
+/** show's last line on a damaged journal: the damage its read met, what to do. */
+function metByShow(path: string): RegExp {
+  return new RegExp(
+    `^sluicectl: the journal ${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is damaged \\(SQLite, reading it: "SQLITE_CORRUPT[^"]*: database disk image is malformed"\\): what is shown is what its readable pages hold.*restore the journal from a backup, or move it aside with its -wal and -shm files`,
+    'm',
+  );
+}
+
+/**
+ * `sluicectl show` of a command on a journal whose damaged page is an index (the key index, the
+ * open commands' index) or its history's: the statement that read through the page ended there
+ * and show said only that the journal was damaged. Now the command is shown from what can be
+ * read (its row through the table, its history entry by entry, judged alone when its device's
+ * open commands cannot be listed), each part that could not be read said on stderr, exit 1.
+ * Real journals damaged as above, the sluicectl binary as a process.
+ */
+describe('sluicectl show on a journal whose damaged page is an index or a history', () => {
+  let here: string;
+  let done: () => void;
+  const journals = new Map<string, string>();
+
+  beforeAll(() => {
+    ({ dir: here, cleanup: done } = tempDir('sluice-ctl-damaged-show-'));
+    for (const part of ['commands_key', 'events', 'commands_open']) {
+      const file = join(here, `${part}.db`);
+      journalWithDamagedKeyIndex(file, () => 'inlet-valve', part);
+      journals.set(part, file);
+    }
+  });
+
+  afterAll(() => {
+    done();
+  });
+
+  const journal = (part: string): string => {
+    const file = journals.get(part);
+    if (file === undefined) throw new Error(`no journal for ${part}`);
+    return file;
+  };
+
+  it('the key index damaged where the key is: found through the table, shown whole, exit 1', async () => {
+    const path = journal('commands_key');
+    const key = unreadableKey(
+      path,
+      "SELECT id FROM commands INDEXED BY commands_key WHERE key = 'key-' || (? - 1) AND scope = 'ops'",
+    );
+    const run = await sluicectl(['--journal', path, 'show', key]);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(new RegExp(`^Command ${key}  \\(scope ops\\)`));
+    expect(run.stdout).toMatch(/device +inlet-valve/);
+    expect(run.stdout).toMatch(/test +received +→ accepted +accepted/);
+    expect(run.stderr).toMatch(
+      new RegExp(
+        `^sluicectl: the journal's key index is damaged where "${key}" is: the command was found by reading the whole commands table$`,
+        'm',
+      ),
+    );
+    expect(run.stderr).toMatch(metByShow(path));
+  });
+
+  it('its history entry on the damaged page: the command shown, the entry counted, exit 1', async () => {
+    const path = journal('events');
+    const key = unreadableKey(path, 'SELECT * FROM events WHERE command = ?');
+    const run = await sluicectl(['--journal', path, '--json', 'show', key]);
+    expect(run.code).toBe(1);
+    expect(run.json()).toMatchObject({
+      key,
+      device: 'inlet-valve',
+      state: 'accepted',
+      history: [],
+      unreadable: [
+        '1 entry of its history is on damaged pages of the journal and could not be read: not shown below',
+      ],
+    });
+    expect(run.stderr).toMatch(metByShow(path));
+  });
+
+  it('the open commands’ index damaged: shown, judged alone, said so, exit 1', async () => {
+    const path = journal('commands_open');
+    const run = await sluicectl(['--journal', path, 'show', 'key-5']);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(/^Command key-5 /);
+    expect(run.stdout).toMatch(/outcome +STUCK: still accepted/);
+    expect(run.stderr).toMatch(
+      /^sluicectl: the journal's open commands could not be read \(their index is damaged\): whether it is stuck, and what it waits behind, are judged from it alone$/m,
+    );
+    expect(run.stderr).toMatch(metByShow(path));
   });
 });
