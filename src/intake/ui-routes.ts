@@ -3,25 +3,15 @@ import { COMMAND_STATES, type CommandState } from '../core/command.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import type { DeviceProfile } from '../core/profile.js';
-import { authenticate } from './credentials.js';
 import type { CertificateVerdict } from './https-certificate.js';
 import { JSON_TYPE, makeProblem, send, sendProblem } from './https-problems.js';
 import type { App, Reply, Request } from './https-types.js';
-import { sha256, type IdentityRegistry } from './identities.js';
-import { warnThrottled, type FailedAuthentications } from './rate-limit.js';
+import type { IdentityRegistry } from './identities.js';
+import type { FailedAuthentications } from './rate-limit.js';
+import { registerUiAccess } from './ui-access.js';
 import { operatorActions, refOf, unknownCommand, type KeyParams } from './ui-actions.js';
 import { UiEvents, type StreamPeerBounds } from './ui-events.js';
-import {
-  clearedCookie,
-  CSRF_HEADER,
-  csrfMatches,
-  sameOrigin,
-  sessionCookie,
-  UiSessions,
-  type UiConfig,
-  type UiCredential,
-  type UiSession,
-} from './ui-session.js';
+import { UiSessions, type UiConfig, type UiSession } from './ui-session.js';
 import {
   loadUiFiles,
   registerUiFiles,
@@ -31,12 +21,11 @@ import {
   type UiFiles,
 } from './ui-static.js';
 import { UiViews, type CommandReader, type GatewaySources } from './ui-views.js';
-import { clientAddress } from './client-address.js';
 
 /**
  * The operator status page (issue 16; docs/http-api.md#operator-status-page) on the HTTPS
- * listener: its files under `/ui/`, a login that turns an identity's token (or client
- * certificate) into a session cookie, the JSON the page reads under `/ui/api/`, its event
+ * listener: its files under `/ui/`, its login and the checks in front of its routes
+ * (ui-access.ts), the JSON the page reads under `/ui/api/`, its event
  * stream, and the two operator actions — reverify and resolve (ui-actions.ts) — through the same pipeline calls
  * as `sluicectl` (docs/admin-api.md), journaled with who asked from where. Sending commands is
  * not the page's job.
@@ -73,7 +62,6 @@ export interface UiRoutesOptions {
   readonly failedAuthentications: FailedAuthentications;
 }
 
-const MAX_TOKEN = 4_096;
 const DEFAULT_LIMIT = 50;
 const MAX_LIMIT = 500;
 
@@ -126,8 +114,6 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     headers: UI_HEADERS,
     ...(ui.streamPeerBounds === undefined ? {} : { peerBounds: ui.streamPeerBounds }),
   });
-  const logins = options.failedAuthentications;
-  const byRequest = new WeakMap<object, UiSession>();
 
   // A token rotated out by a reload ends the sessions started with it there and then, their
   // event streams too: not at their next request, which an open page may never make.
@@ -145,84 +131,23 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     return payload;
   });
 
-  const unauthorized = (
-    reply: Reply,
-    detail = 'log in on the status page first (no live session)',
-  ): Reply =>
-    sendProblem(reply, makeProblem(401, 'UNAUTHORIZED', detail), {
-      'www-authenticate': 'Cookie realm="sluice status page"',
-    });
-  const refused = (reply: Reply, detail: string): Reply =>
-    sendProblem(
-      reply,
-      makeProblem(403, 'CSRF_REJECTED', detail, { title: 'Cross-site request refused' }),
-    );
-
-  /** Reads: a live session. */
-  const reader = {
-    onRequest: async (request: Request, reply: Reply): Promise<Reply | undefined> => {
-      const session = sessions.fromCookie(request.headers.cookie);
-      if (session === undefined) return unauthorized(reply);
-      byRequest.set(request.raw, session);
-      return undefined;
-    },
-  };
-  /**
-   * Changes: a live session, from the page (Origin and CSRF token), and maybe a role. The
-   * session is looked at again once the body is in, just before the change: a reload may have
-   * ended it while the body travelled.
-   */
-  const changer = (role: 'any' | 'operator') => ({
-    preHandler: async (request: Request, reply: Reply): Promise<Reply | undefined> => {
-      const session = byRequest.get(request.raw);
-      if (session === undefined || !sessions.alive(session)) return unauthorized(reply);
-      return undefined;
-    },
-    onRequest: async (request: Request, reply: Reply): Promise<Reply | undefined> => {
-      const session = sessions.fromCookie(request.headers.cookie);
-      if (session === undefined) return unauthorized(reply);
-      const origin = sameOrigin(request.headers);
-      if (!origin.ok) return refusedChange(request, reply, origin.detail);
-      if (!csrfMatches(session, request.headers[CSRF_HEADER])) {
-        return refusedChange(request, reply, `the ${CSRF_HEADER} header is missing or wrong`);
-      }
-      if (role === 'operator' && session.role !== 'operator') {
-        return sendProblem(
-          reply,
-          makeProblem(
-            403,
-            'FORBIDDEN_ROLE',
-            `identity "${session.identity}" is a ${session.role} on the status page; reverify and resolve need the operator role (ui.roles)`,
-            { title: 'Role does not allow this action' },
-          ),
-        );
-      }
-      byRequest.set(request.raw, session);
-      return undefined;
-    },
-  });
-  const refusedChange = (request: Request, reply: Reply, detail: string): Reply => {
-    logger.warn(
-      {
-        route: request.routeOptions.url,
-        origin: request.headers.origin ?? null,
-        ip: clientAddress(request),
-      },
-      `status page change refused: ${detail}`,
-    );
-    return refused(reply, detail);
-  };
-  const sessionOf = (request: Request): UiSession => {
-    const session = byRequest.get(request.raw);
-    if (session === undefined) throw new Error('status page route reached without a session');
-    return session;
-  };
   const allowedFor = (session: UiSession): ((device: string) => boolean) => {
     const identity = identities.get(session.identity);
     return (device) => identity !== undefined && identities.mayCommand(identity, device);
   };
   const json = (reply: Reply, status: number, body: unknown): Reply =>
     send(reply, status, JSON_TYPE, JSON.stringify(body));
+  const { reader, changer, sessionOf, unauthorized } = registerUiAccess(app, {
+    sessions,
+    identities,
+    roles: ui.config.roles,
+    gatewayId: ui.gateway.gatewayId,
+    mutualTls: options.mutualTls,
+    clock,
+    logger,
+    failedAuthentications: options.failedAuthentications,
+    json,
+  });
 
   const actions = operatorActions({
     pipeline,
@@ -236,99 +161,6 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
   });
 
   registerUiFiles(app, files);
-
-  app.post<{ Body: unknown }>('/ui/api/login', async (request, reply) => {
-    const origin = sameOrigin(request.headers);
-    if (!origin.ok) return refusedChange(request, reply, origin.detail);
-    const waitS = logins.waitS(clientAddress(request));
-    const body = request.body;
-    const token =
-      typeof body === 'object' && body !== null && !Array.isArray(body)
-        ? (body as Record<string, unknown>).token
-        : undefined;
-    if (token !== undefined && (typeof token !== 'string' || token.length > MAX_TOKEN)) {
-      return sendProblem(
-        reply,
-        makeProblem(400, 'INVALID_REQUEST', 'token: a string of at most 4096 characters', {
-          title: 'Invalid request',
-        }),
-      );
-    }
-    const given = typeof token === 'string' && token.trim() !== '' ? token.trim() : undefined;
-    const auth = authenticate(
-      given === undefined ? undefined : `Bearer ${given}`,
-      request.raw.socket,
-      identities,
-      options.mutualTls,
-      clock.now(),
-    );
-    // Held, a right token is answered as a wrong one, so that a guess learns nothing, except
-    // for an identity accepted from this address before: the operators beside a client whose
-    // token keeps failing (FailedAuthentications).
-    if (waitS > 0 && !(auth.ok && logins.knows(clientAddress(request), auth.identity.name))) {
-      return sendProblem(
-        reply,
-        makeProblem(429, 'RATE_LIMITED', 'too many failed logins from this address; wait'),
-        { 'retry-after': String(waitS) },
-      );
-    }
-    if (auth.ok && given !== undefined)
-      logins.succeeded(clientAddress(request), auth.identity.name);
-    if (!auth.ok) {
-      if (logins.failed(clientAddress(request)))
-        warnThrottled(logger, logins, clientAddress(request), '/ui/api/login');
-      const detail = given === undefined ? auth.detail : 'the token is not valid';
-      logger.info({ ip: clientAddress(request), reason: detail }, 'status page login refused');
-      return sendProblem(reply, makeProblem(401, 'UNAUTHORIZED', detail));
-    }
-    const identity = auth.identity.name;
-    const role = ui.config.roles[identity];
-    if (role === undefined) {
-      logger.info({ ip: clientAddress(request), identity }, 'status page login refused: no role');
-      return sendProblem(
-        reply,
-        makeProblem(
-          403,
-          'FORBIDDEN_ROLE',
-          `identity "${identity}" has no role on the status page (ui.roles)`,
-          { title: 'Role does not allow this action' },
-        ),
-      );
-    }
-    const notAfter = auth.via === 'certificate' ? auth.notAfter : null;
-    // A token login hands over the token it was, for the session to end with it (a reload).
-    const credential: UiCredential | undefined =
-      auth.via === 'certificate'
-        ? { via: 'certificate', notAfter: auth.notAfter }
-        : given === undefined
-          ? undefined
-          : { via: 'token', tokenDigest: sha256(given) };
-    if (credential === undefined) throw new Error('token login without a token');
-    const { id, session } = sessions.create(identity, role, credential);
-    logger.info(
-      {
-        ip: clientAddress(request),
-        identity,
-        role,
-        via: auth.via,
-        ...(notAfter === null ? {} : { until: new Date(notAfter).toISOString() }),
-      },
-      'status page login',
-    );
-    reply.header('set-cookie', sessionCookie(id, sessions.cookieMaxAgeS(session)));
-    return json(reply, 200, sessionDocument(session, ui.gateway.gatewayId));
-  });
-
-  app.post('/ui/api/logout', changer('any'), async (request, reply) => {
-    const session = sessionOf(request);
-    sessions.end(request.headers.cookie);
-    logger.info({ ip: clientAddress(request), identity: session.identity }, 'status page logout');
-    return reply.code(204).header('set-cookie', clearedCookie()).send();
-  });
-
-  app.get('/ui/api/session', reader, async (request, reply) =>
-    json(reply, 200, sessionDocument(sessionOf(request), ui.gateway.gatewayId)),
-  );
 
   app.get('/ui/api/devices', reader, async (request, reply) =>
     json(reply, 200, { devices: views.devices(allowedFor(sessionOf(request))) }),
@@ -415,16 +247,6 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     if (!events.open(reply.raw, session, allowedFor(session))) reply.raw.destroy();
     return reply;
   });
-}
-
-function sessionDocument(session: UiSession, gatewayId: string): Record<string, unknown> {
-  return {
-    identity: session.identity,
-    role: session.role,
-    csrfToken: session.csrfToken,
-    loginAt: new Date(session.loginAt).toISOString(),
-    gatewayId,
-  };
 }
 
 /**
