@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import {
   connect,
   ErrorWithReasonCode,
@@ -11,7 +10,7 @@ import {
   type MqttClient,
 } from 'mqtt';
 import { Backoff } from '../backoff.js';
-import { withoutPassword, type SluiceConfig } from '../config/config.js';
+import { withoutPassword } from '../config/config.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { cutOversizedPublishes, InboundCuts, PublishCutter } from './mqtt-inbound-cut.js';
@@ -19,21 +18,19 @@ import { IdentifierProbe, type IdentifierCheck } from './mqtt-identifier-probe.j
 import { LeftSubscriptions } from './mqtt-left-subscriptions.js';
 import { SessionCloses } from './mqtt-session-closes.js';
 import { SESSION_TAKEN_OVER } from './mqtt-takeover.js';
+import {
+  buildClientOptions,
+  MAX_PACKET_BYTES,
+  setTlsFiles,
+  type MqttConfig,
+  type TlsFiles,
+} from './mqtt-client-options.js';
 import { MAX_COMMAND_BYTES } from './mqtt-message.js';
 import type { MqttMetrics } from './mqtt-metrics.js';
 import type { GatewayTopics } from './mqtt-topics.js';
 
-export type MqttConfig = NonNullable<SluiceConfig['mqtt']>;
-
-/**
- * MQTT 5 Maximum Packet Size, told the broker on connect: it must not send the gateway a larger
- * packet (it drops such a message for this client, unanswered). A command is at most 16 KiB
- * (mqtt-message.ts), and a larger one up to this size is still read and answered
- * INVALID_COMMAND; past it the broker, not the gateway, holds the bytes. Without it the broker
- * would deliver up to MQTT's 256 MiB, and the gateway would hold every byte in memory before
- * refusing it. MQTT 3.1.1 has no such property.
- */
-export const MAX_PACKET_BYTES = 2 * 1024 * 1024;
+export type { MqttConfig } from './mqtt-client-options.js';
+export { MAX_PACKET_BYTES } from './mqtt-client-options.js';
 
 /** The protocol level spoken on the wire: 5, or 4 (MQTT 3.1.1). */
 export type ProtocolLevel = 4 | 5;
@@ -188,7 +185,13 @@ export class MqttSession {
       minMs: this.reconnectMinMs,
       maxMs: options.reconnect?.maxMs ?? 30_000,
     });
-    this.clientOptions = this.buildClientOptions(options.gatewayId);
+    this.clientOptions = buildClientOptions({
+      config: this.config,
+      gatewayId: options.gatewayId,
+      level: this.level,
+      reconnectMinMs: this.reconnectMinMs,
+      statusTopic: this.topics.status,
+    });
     this.closes = new SessionCloses({
       clientId: this.clientOptions.clientId ?? '',
       statusTopic: this.topics.status,
@@ -497,16 +500,9 @@ export class MqttSession {
    * client's own options object (as fallBack relies on), so setting them there is enough.
    * Returns whether a connection is up (it goes on with the files it was made with).
    */
-  replaceTlsFiles(files: {
-    readonly ca: string | undefined;
-    readonly cert: string | undefined;
-    readonly key: string | undefined;
-  }): boolean {
+  replaceTlsFiles(files: TlsFiles): boolean {
     for (const options of [this.clientOptions, this.current?.options]) {
-      if (options === undefined) continue;
-      if (files.ca !== undefined) options.ca = files.ca;
-      if (files.cert !== undefined) options.cert = files.cert;
-      if (files.key !== undefined) options.key = files.key;
+      if (options !== undefined) setTlsFiles(options, files);
     }
     return this.current?.connected === true && !this.isEnded;
   }
@@ -525,45 +521,6 @@ export class MqttSession {
       if (options !== undefined) options.password = password;
     }
     return { changed, connected: this.current?.connected === true && !this.isEnded };
-  }
-
-  private buildClientOptions(gatewayId: string): IClientOptions {
-    const c = this.config;
-    const options: IClientOptions = {
-      clientId: c.clientId ?? `sluice-${gatewayId}`,
-      // A persistent session: the broker keeps the subscription and queues commands while
-      // the gateway is away, and redelivers those it sent but never saw acknowledged.
-      clean: false,
-      protocolVersion: this.level,
-      keepalive: c.keepaliveS,
-      // Replaced before every reconnection by onClose (jittered, growing).
-      reconnectPeriod: this.reconnectMinMs,
-      connectTimeout: 10_000,
-      // Bad credentials may be fixed on the broker: keep trying, with backoff.
-      reconnectOnConnackError: true,
-      // onConnect subscribes at every connection (see there), not mqtt.js.
-      resubscribe: false,
-      will: { topic: this.topics.status, payload: Buffer.from('offline'), qos: 1, retain: true },
-    };
-    if (this.level === 5) {
-      options.properties = {
-        sessionExpiryInterval: c.sessionExpiryS,
-        maximumPacketSize: MAX_PACKET_BYTES,
-        // Without it the broker's own window bounds the command messages whose PUBACKs wait for
-        // the journal (mqtt-acks.ts): 20 in Mosquitto, unbounded in a broker set so.
-        receiveMaximum: c.receiveMaximum,
-      };
-    }
-    if (c.username !== undefined) options.username = c.username;
-    if (c.passwordFile !== undefined) {
-      const password = readFileSync(c.passwordFile, 'utf8').trim();
-      if (password.length === 0) throw new Error(`mqtt.passwordFile: ${c.passwordFile} is empty`);
-      options.password = password;
-    }
-    if (c.caFile !== undefined) options.ca = readFileSync(c.caFile);
-    if (c.certFile !== undefined) options.cert = readFileSync(c.certFile);
-    if (c.keyFile !== undefined) options.key = readFileSync(c.keyFile);
-    return options;
   }
 
   private statusOptions(): IClientPublishOptions {
