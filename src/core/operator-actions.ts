@@ -13,7 +13,7 @@ import {
 import type { Logger } from './logger.js';
 import { latestWriteWithheld } from './open-commands.js';
 import type { Outcomes } from './outcomes.js';
-import { latestUnsentCause } from './redispatch.js';
+import { latestUnsentCause, writesMaybeSent } from './redispatch.js';
 import { resolveDetail, WRITE_NOTE_BEGINNINGS } from './resolve-detail.js';
 
 /** What an operator's actions need from the pipeline. */
@@ -195,8 +195,11 @@ function writeNote(
   if (known !== null && held) {
     return `${resolve}; ${write} was on its way to the controller: withdrawn if it still waited, otherwise it may be applied (the history says which)`;
   }
-  if (known === null && held && record.attempts <= 1) {
-    // Between the dispatch and the write (its barrier): the worker looks again before the write.
+  if (known === null && held && (record.attempts <= 1 || noneSentBefore(journal, record))) {
+    // Between the dispatch and the write (its barrier), or waiting for the connection after its
+    // write found none (execution.ts, carryOutRounds): the worker looks again before the write.
+    // A command dispatched again after writes that were all refused unsent is the same: none of
+    // them left the gateway.
     return `${resolve}; ${write} had been dispatched and was not yet sent, and it is not sent`;
   }
   // Not taken up yet since a stop of the daemon withdrew its write, or since its driver refused
@@ -224,6 +227,20 @@ function historyShowsWithheld(
 ): boolean {
   try {
     return latestWriteWithheld(journal.history(record), seq);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether the history says every write of the command before its latest was never sent (no
+ * connection, withdrawn: redispatch.ts, writesMaybeSent). A history that cannot be read says
+ * nothing, as above.
+ */
+function noneSentBefore(journal: Pick<Journal, 'history'>, record: CommandRecord): boolean {
+  if (record.seq === null) return false;
+  try {
+    return writesMaybeSent(journal.history(record), record.seq, false) === 0;
   } catch {
     return false;
   }

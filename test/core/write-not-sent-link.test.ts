@@ -410,6 +410,43 @@ describe('a write refused unsent for want of a connection', () => {
     expect(valve.counters.writesReceived).toBe(1);
   }, 60_000);
 
+  it('an operator resolves a command waiting for the connection after its second write found none too: the resolve says it was not sent, and it never is', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, ...site } = await linkedSite(onTestFinished, {});
+    const valve = h.device('v1');
+    site.refuseNextWrite(
+      (c) => c.action === 'open',
+      300,
+      () => {
+        site.refuseNextWrite((c) => c.action === 'open');
+      },
+    );
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    await h.until(
+      () =>
+        h.notes('o').filter((n) => n.includes('was not sent: no connection to the controller'))
+          .length === 2,
+      15_000,
+      'both writes refused for want of a connection',
+    );
+    const seq = h.get('o')!.seq!;
+    const o = h.pipeline.resolve({ scope: 'plant', key: 'o' }, 'ops@test', 'checked');
+    // Before the fix the resolve said "whether it reached the controller is unknown: it may have
+    // been applied" of a command none of whose writes left the gateway (dispatched twice).
+    expect(o).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR', attempts: 2 });
+    expect(o.detail).toMatch(/had been dispatched and was not yet sent, and it is not sent/);
+    // The link back, and a command after it on the valve: the device's queue reaches it only
+    // once the resolved command's worker has let go, which never wrote it.
+    await link.accept();
+    h.submit('after', { device: 'v1', action: 'open', ttlMs: 30_000 });
+    const after = await h.settled('after', 15_000);
+    expect(after).toMatchObject({ state: 'confirmed' });
+    expect(valve.writesOfSeq(seq)).toHaveLength(0);
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([after.seq]);
+  }, 60_000);
+
   it('the daemon down past the deadline of a command waiting for the connection: the next life ends it DEVICE_UNREACHABLE, never written', async ({
     expect,
     onTestFinished,
