@@ -1,8 +1,7 @@
 import { accessSync, constants } from 'node:fs';
-import type { CommandRecord } from '../core/journal.js';
 import { SqliteJournal } from '../journal/sqlite-journal.js';
 import { formatDuration } from './durations.js';
-import { CliError, EXIT, UsageError, messageOf, type ExitCode } from './errors.js';
+import { CliError, EXIT, messageOf, type ExitCode } from './errors.js';
 import { checkJournalWithin } from './journal-check.js';
 import { lookUp } from './paths.js';
 
@@ -193,30 +192,4 @@ function bytesText(bytes: number): string {
   if (bytes >= 1e6) return `${Math.round(bytes / 1e6)} MB`;
   if (bytes >= 1e3) return `${Math.round(bytes / 1e3)} kB`;
   return `${bytes} bytes`;
-}
-
-/**
- * The one command a key names. Operators name keys, the journal keys them per identity: a key
- * in several scopes needs `--scope` (a usage error lists the scopes).
- */
-export function findCommand(
-  journal: SqliteJournal,
-  key: string,
-  scope: string | undefined,
-): CommandRecord {
-  const all = journal.findByKey(key);
-  const found = all.filter((r) => scope === undefined || r.scope === scope);
-  if (found.length === 1 && found[0] !== undefined) return found[0];
-  if (found.length === 0) {
-    const others =
-      all.length === 0 ? '' : ` (it exists in scope ${all.map((r) => r.scope).join(', ')})`;
-    throw new CliError(
-      `no command with key "${key}"${scope === undefined ? '' : ` in scope "${scope}"`}${others}`,
-      undefined,
-      'UNKNOWN_COMMAND',
-    );
-  }
-  throw new UsageError(
-    `key "${key}" exists in ${found.length} scopes (${found.map((r) => r.scope).join(', ')}): give --scope`,
-  );
 }

@@ -58,6 +58,8 @@ export function readShow(
       `the journal's key index is damaged where "${key}" is: the command was found by reading the whole commands table`,
     );
   }
+  // Operators name keys, the journal keys them per identity: a key in several scopes needs
+  // --scope (a usage error lists the scopes).
   const inScope = (s: string): boolean => scope === undefined || s === scope;
   const found = read.found.filter((f) => inScope(f.record.scope));
   const unreadable = read.unreadable.filter((u) => inScope(u.scope));
