@@ -146,6 +146,69 @@ describe.skipIf(!available)(
     }, 30_000);
 
     /**
+     * A held copy whose connection ends before the probe answers is let go unacknowledged: the
+     * broker redelivers it on the next connection, where it waits again and runs once (I5: no
+     * PUBACK before its claim; I1). The proxy holds back the probe's read-back of the status so
+     * that the connection can be cut while the command waits.
+     */
+    it('MQTT 5: a copy held when its connection ends is redelivered and runs once', async () => {
+      const gateway = 'gwnoidscut';
+      const prefix = `sluice/${gateway}`;
+      const clientId = `sluice-${gateway}`;
+      const topic = `${prefix}/cmd/v1`;
+      const proxy = await StrippingProxy.open(site.broker.port);
+      site.cleanups.push(() => proxy.close());
+      const { logger, lines } = recordingLogger();
+      const newIntake = (): ReturnType<typeof site.intake> =>
+        site.intake({
+          gatewayId: gateway,
+          config: { protocolVersion: 5, url: `mqtt://127.0.0.1:${proxy.port}` },
+          logger,
+          reconnect: { minMs: 100, maxMs: 200 },
+          identifierProbe: { graceMs: 200 },
+        });
+      let intake = newIntake();
+      site.cleanups.push(() => intake.stop());
+      await site.connect(intake);
+      await intake.stop();
+      const plant = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => plant.end());
+      const observer = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => observer.end());
+      await observer.subscribe(`${prefix}/result/#`);
+      const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
+      const before = writes();
+      const key = randomUUID();
+      const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+      await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
+
+      proxy.holdTopic = { topic: `${prefix}/status`, ms: 5_000 };
+      const held = (): number =>
+        lines.filter((l) => String(l.msg).startsWith('command copy without the command')).length;
+      intake = newIntake();
+      intake.start();
+      await until(() => (held() >= 1 ? true : undefined), 10_000, 'the command held');
+      await until(
+        () => (site.broker.deliveriesTo(clientId, topic).length === 1 ? true : undefined),
+        5_000,
+        'one delivery in the broker log',
+      );
+      proxy.down();
+      proxy.holdTopic = null;
+      proxy.up();
+      const result = await observer.waitFor((m) => m.json().key === key, 10_000, 'result');
+      expect(result.json()).toMatchObject({ state: 'confirmed' });
+      // Sent again by the broker (not acknowledged on the first connection), run once.
+      const deliveries = site.broker.deliveriesTo(clientId, topic);
+      expect(deliveries.length).toBeGreaterThanOrEqual(2);
+      expect(deliveries.some((d) => d.dup)).toBe(true);
+      expect(held()).toBeGreaterThanOrEqual(2);
+      expect(site.stack.journal.findByKey(key)).toHaveLength(1);
+      expect(writes()).toBe(before + 1);
+      await intake.stop();
+    }, 30_000);
+
+    /**
      * An earlier connection found identifiers missing; the path delivers them again (the proxy no
      * longer strips them) when a command is published retained while the gateway's session holds
      * a filter another client left beside the command filter, without retain-as-published: its
