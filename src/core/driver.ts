@@ -112,8 +112,9 @@ export interface DeviceDriver {
    * `sinceEpoch` (DeviceHealth.connectionEpoch), or when `signal` aborts; never rejects. A driver
    * that connects only when a request asks (Modbus) tries to connect meanwhile as often as its
    * own backoff allows. For a command waiting for its controller (a write refused for want of a
-   * connection): woken as the connection comes back, not at its next read's pause. Absent: the
-   * core reads at its own pace.
+   * connection): woken as the connection comes back, not at its next read's pause. A closed
+   * driver has none to come: it resolves only when `signal` aborts. Absent: the core reads at
+   * its own pace.
    */
   readonly whenConnected?: (sinceEpoch: number, signal: AbortSignal) => Promise<void>;
 }

@@ -796,6 +796,10 @@ export class ModbusEndpoint {
         // Refused or timed out: the connect counted its failure in the backoff (connect()).
       }
     }
+    // A closed endpoint connects no more: no news until the waiter gives up. Returning at once
+    // would end every pause of a caller that reads again after it (readUntil) at once: a loop
+    // of failed reads on promises alone, the event loop never let through until its deadline.
+    await firstOf(signal, []);
   }
 
   /** The PLC answered on the current connection: it works, the backoff starts over. */

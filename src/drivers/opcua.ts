@@ -245,6 +245,9 @@ export class OpcuaEndpoint {
         ...(wait > 0 ? [(over: AbortSignal) => clock.sleep(wait, over)] : []),
       ]);
     }
+    // A closed endpoint opens no session again: no news until the waiter gives up (see the
+    // Modbus endpoint's whenConnected).
+    await firstOf(signal, []);
   }
 
   /**

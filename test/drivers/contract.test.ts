@@ -378,6 +378,46 @@ function contract(prefix: 'mb' | 'ua', part: 'beside' | 'alone'): void {
     }
   }, 40_000);
 
+  it('a closed driver reports no connection to come: whenConnected waits for its signal', async ({
+    expect,
+  }) => {
+    // A command waiting for its controller races each read's pause with whenConnected
+    // (device-reads.ts readUntil). A closed driver's answering at once would end every pause at
+    // once: failed reads on promises alone, the event loop not let through until the deadline.
+    const link = await linkToPlc();
+    const { own, pki } = await driversThrough(link);
+    try {
+      own.start();
+      const driver = own.bindings[0]!.driver;
+      const end = Date.now() + 20_000;
+      for (;;) {
+        try {
+          await driver.read();
+          break;
+        } catch (error) {
+          if (Date.now() > end) throw error;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+      const epoch = driver.health().connectionEpoch;
+      await own.close();
+      const giveUp = new AbortController();
+      const order: string[] = [];
+      const waited = driver.whenConnected!(epoch, giveUp.signal).then(() => order.push('resolved'));
+      // A turn of the event loop (its timers and I/O) with the waiter pending: still waiting.
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setTimeout(r, 0));
+      order.push('gave up');
+      giveUp.abort();
+      await waited;
+      expect(order).toEqual(['gave up', 'resolved']);
+    } finally {
+      await own.close();
+      await link.close();
+      pki.cleanup();
+    }
+  }, 40_000);
+
   it('a link cut while the write awaits its answer: reported unknown, never sent again by itself; one write', async ({
     expect,
   }) => {
