@@ -55,7 +55,12 @@ export async function freePort(): Promise<number> {
   });
 }
 
-function accepts(port: number): Promise<boolean> {
+/**
+ * Whether something accepts a connection on 127.0.0.1:`port`: a broker seen listening as its
+ * clients see it. Not by listening there a moment to see the port refused, which holds the port
+ * for that moment: a Mosquitto binding it then exits with "Error: Address already in use".
+ */
+export function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = createConnection({ host: '127.0.0.1', port });
     socket.once('connect', () => {
