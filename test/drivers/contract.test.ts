@@ -101,6 +101,20 @@ function driversFor(pkiDir: string): Promise<Drivers> {
   });
 }
 
+/** Waits until `driver` reads (a session opened, a connection made), up to 20 s. */
+async function readable(driver: { read(): Promise<unknown> }, pauseMs: number): Promise<void> {
+  const end = Date.now() + 20_000;
+  for (;;) {
+    try {
+      await driver.read();
+      return;
+    } catch (error) {
+      if (Date.now() > end) throw error;
+      await new Promise((r) => setTimeout(r, pauseMs));
+    }
+  }
+}
+
 beforeAll(async () => {
   plant = await startPlant(PLANT, { ephemeralPorts: true });
   const pki = tempDir('sluice-pki-');
@@ -110,16 +124,7 @@ beforeAll(async () => {
   drivers.start();
   // The OPC UA session opens in the background; wait until a read succeeds.
   const ua = drivers.bindings.find((b) => b.id === 'ua-valve')!;
-  const end = Date.now() + 20_000;
-  for (;;) {
-    try {
-      await ua.driver.read();
-      break;
-    } catch (error) {
-      if (Date.now() > end) throw error;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
+  await readable(ua.driver, 100);
 }, 60_000);
 
 afterAll(async () => {
@@ -389,16 +394,7 @@ function contract(prefix: 'mb' | 'ua', part: 'beside' | 'alone'): void {
     try {
       own.start();
       const driver = own.bindings[0]!.driver;
-      const end = Date.now() + 20_000;
-      for (;;) {
-        try {
-          await driver.read();
-          break;
-        } catch (error) {
-          if (Date.now() > end) throw error;
-          await new Promise((r) => setTimeout(r, 100));
-        }
-      }
+      await readable(driver, 100);
       const epoch = driver.health().connectionEpoch;
       await own.close();
       const giveUp = new AbortController();
@@ -772,16 +768,7 @@ function contract(prefix: 'mb' | 'ua', part: 'beside' | 'alone'): void {
       // The driver reads again once node-opcua has a new session; a write sent then reaches
       // the controller behind anything the library sends again: when it is in the log, the
       // trigger that was refused would be there before it.
-      const end = Date.now() + 20_000;
-      for (;;) {
-        try {
-          await driver.read();
-          break;
-        } catch (error) {
-          if (Date.now() > end) throw error;
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      }
+      await readable(driver, 50);
       await driver.write({ action: 'open', position: null, seq: 4351 });
       await until(() => valve.writesWithSeq(4351) === 1);
       expect(valve.writesWithSeq(4350)).toBe(0);
