@@ -53,6 +53,12 @@ export interface Submission {
   /** Which intake carried it: `https`, `mqtt`, `cli`; recorded in the command's history. */
   readonly intake: string;
   readonly request: CommandRequest;
+  /**
+   * How long the intake held the message before submitting it, ms on the monotonic clock (a
+   * command copy that waited for a check of its connection, mqtt-held-copies.ts): a command with
+   * no issuedAt is timed from its receipt (SPEC §2), not from its submission.
+   */
+  readonly heldMs?: number | undefined;
 }
 
 export type SubmitOutcome = Claim;
@@ -340,7 +346,8 @@ export class CommandPipeline {
     }
     const profile = lane.binding.profile;
     const nowMono = this.clock.elapsed();
-    const issuedAt = request.issuedAt === null ? now : Date.parse(request.issuedAt);
+    const receivedAt = now - Math.max(0, submission.heldMs ?? 0);
+    const issuedAt = request.issuedAt === null ? receivedAt : Date.parse(request.issuedAt);
     const ttlMs = request.ttlMs ?? profile.timing.defaultTtlMs;
     const devices = submission.identity.devices;
     const forbidden = devices !== 'all' && !devices.has(request.device);

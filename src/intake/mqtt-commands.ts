@@ -179,7 +179,11 @@ export class CommandMessages {
   identifiersAnswered(): void {
     const { ready, gone } = this.held.release((client) => this.link.identifiersPending(client));
     for (const copy of gone) this.letGo(copy);
-    for (const copy of ready) this.process(copy.client, copy.packet, copy.ack);
+    for (const copy of ready) {
+      // Received when it came: a command timed by its receipt is not younger for the wait.
+      const heldMs = this.clock.elapsed() - copy.receivedMono;
+      this.process(copy.client, copy.packet, copy.ack, heldMs);
+    }
   }
 
   /** Messages arriving from now on are left unacknowledged; the broker keeps them. */
@@ -203,7 +207,7 @@ export class CommandMessages {
       return;
     }
     if (this.awaitsVerdict(client, packet)) {
-      if (this.held.hold(client, packet, callback, this.acksOf(client))) {
+      if (this.held.hold(client, packet, callback, this.acksOf(client), this.clock.elapsed())) {
         this.logger.debug(
           { topic: packet.topic.slice(0, 512), held: this.held.size },
           "command copy without the command subscription's identifier: held until the connection's probe finds whether the broker delivers identifiers",
@@ -232,13 +236,16 @@ export class CommandMessages {
     if (copy.ack.kind === 'held') copy.ack.acks.release(copy.ack.ack, false);
   }
 
-  /** Handles one message and gives its PUBACK, or not, through `ack`. */
-  private process(client: MqttClient, packet: IPublishPacket, ack: MessageAck): void {
+  /**
+   * Handles one message and gives its PUBACK, or not, through `ack`; `heldMs`: how long it waited
+   * since it came (HeldCopies).
+   */
+  private process(client: MqttClient, packet: IPublishPacket, ack: MessageAck, heldMs = 0): void {
     let handling: Handling;
     let outcome: MessageOutcome | null;
     this.decided = null;
     try {
-      handling = this.handle(packet);
+      handling = this.handle(packet, heldMs);
       outcome = this.decided;
     } catch (error) {
       // A bug, not a verdict on the message: fail closed, the broker keeps it.
@@ -348,8 +355,8 @@ export class CommandMessages {
     );
   }
 
-  private handle(packet: IPublishPacket): Handling {
-    const receivedAt = this.clock.now();
+  private handle(packet: IPublishPacket, heldMs: number): Handling {
+    const receivedAt = this.clock.now() - heldMs;
     const device = this.topics.commandDevice(packet.topic);
     if (device === null) {
       const former = this.topics.formerCommandTopic(packet.topic);
@@ -479,6 +486,7 @@ export class CommandMessages {
         identity: this.identity,
         intake: 'mqtt',
         request: message.request,
+        heldMs,
       });
     } catch (error) {
       if (error instanceof JournalUnavailableError) {

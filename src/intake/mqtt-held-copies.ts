@@ -17,6 +17,8 @@ export interface HeldCopy {
   readonly connection: unknown;
   readonly packet: IPublishPacket;
   readonly ack: MessageAck;
+  /** When it came (the monotonic clock): a command with no issuedAt is timed from then. */
+  readonly receivedMono: number;
 }
 
 /** Copies held at most: past it a copy is handled as it comes (as a copy another filter sent). */
@@ -39,13 +41,15 @@ export class HeldCopies {
   /**
    * Holds `packet`, received on `client`'s current connection: returns false when it cannot be
    * held (too many held, or an mqtt.js without the packet writer held PUBACKs need), and it is
-   * then to be handled as it comes. `callback` is mqtt.js's, called here.
+   * then to be handled as it comes. `callback` is mqtt.js's, called here. `receivedMono`: when it
+   * came (clock.elapsed()).
    */
   hold(
     client: MqttClient,
     packet: IPublishPacket,
     callback: DoneCallback,
     acks: OrderedAcks,
+    receivedMono: number,
   ): boolean {
     if (this.held.length >= MAX_HELD) return false;
     let ack: MessageAck;
@@ -58,7 +62,7 @@ export class HeldCopies {
       callback();
       ack = { kind: 'callback', callback: () => undefined };
     }
-    this.held.push({ client, connection: client.stream, packet, ack });
+    this.held.push({ client, connection: client.stream, packet, ack, receivedMono });
     return true;
   }
 

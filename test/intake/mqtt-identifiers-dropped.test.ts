@@ -146,6 +146,67 @@ describe.skipIf(!available)(
     }, 30_000);
 
     /**
+     * A copy held for the probe's verdict was received when it came, not when the verdict let it
+     * go: a command timed by its receipt (no issuedAt; an MQTT 5 Message Expiry Interval) has its
+     * deadline from then (SPEC §2, I3). The proxy holds back the probe's read-back of the status
+     * for 2 s, the command's ttlMs is 1 s: it is never written.
+     */
+    it('MQTT 5: a held command timed by its receipt is not run past its deadline', async () => {
+      const gateway = 'gwnoidsttl';
+      const prefix = `sluice/${gateway}`;
+      const topic = `${prefix}/cmd/v1`;
+      const proxy = await StrippingProxy.open(site.broker.port);
+      site.cleanups.push(() => proxy.close());
+      const { logger, lines } = recordingLogger();
+      const newIntake = (): ReturnType<typeof site.intake> =>
+        site.intake({
+          gatewayId: gateway,
+          config: { protocolVersion: 5, url: `mqtt://127.0.0.1:${proxy.port}` },
+          logger,
+          reconnect: { minMs: 100, maxMs: 200 },
+          strayCopyWaitMs: 300,
+          identifierProbe: { graceMs: 200 },
+        });
+      // A run that made the session (its command subscription), then stopped.
+      let intake = newIntake();
+      site.cleanups.push(() => intake.stop());
+      await site.connect(intake);
+      await intake.stop();
+      const plant = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => plant.end());
+      const observer = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => observer.end());
+      await observer.subscribe(`${prefix}/result/#`);
+      const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
+      const before = writes();
+      const key = randomUUID();
+      const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+      await plant.publish(
+        topic,
+        { action, key, ttlMs: 1_000 },
+        { properties: { messageExpiryInterval: 600 } },
+      );
+
+      // The next run: the queued command comes first and waits for the probe's late verdict.
+      proxy.holdTopic = { topic: `${prefix}/status`, ms: 2_000 };
+      intake = newIntake();
+      intake.start();
+      const result = await observer.waitFor((m) => m.json().key === key, 10_000, 'result');
+      expect(result.json()).toMatchObject({
+        state: 'rejected',
+        code: 'STALE_COMMAND',
+        issuedAtSource: 'gateway',
+      });
+      expect(intake.health().subscriptionIdentifiers).toBe('missing');
+      expect(lines.some((l) => String(l.msg).startsWith('command copy without the command'))).toBe(
+        true,
+      );
+      expect(site.stack.pipeline.get({ scope: 'plant', key })?.dispatchedAt).toBeNull();
+      expect(writes()).toBe(before);
+      await intake.stop();
+    }, 30_000);
+
+    /**
      * A held copy whose connection ends before the probe answers is let go unacknowledged: the
      * broker redelivers it on the next connection, where it waits again and runs once (I5: no
      * PUBACK before its claim; I1). The proxy holds back the probe's read-back of the status so
