@@ -233,7 +233,7 @@ export class Metrics {
     });
     this.mqttSubscriptionIdentifiers = new Gauge({
       name: 'sluice_mqtt_subscription_identifiers_delivered',
-      help: 'Whether the MQTT broker delivers the Subscription Identifiers its CONNACK announces, as the last MQTT 5 connection found (1), or delivers none (0: a broker that misbehaves, or a bridge or proxy that drops them; command copies through other subscriptions of the session cannot be told apart); NaN while not known (not checked yet, nothing read back) or not used (MQTT 3.1.1, or a broker that says it has none).',
+      help: 'Whether the MQTT broker delivers the Subscription Identifiers its CONNACK announces, as the last MQTT 5 connection’s check that read something back found (1), or delivers none (0: a broker that misbehaves, or a bridge or proxy that drops them; command copies through other subscriptions of the session cannot be told apart): the verdict the gateway acts on, which a check that reads nothing back leaves as it was; NaN while not known (no check has read anything back in this run) or not used (MQTT 3.1.1, or a broker that says it has none).',
       registers,
     });
     // Not known until a connection's check answers: NaN, not 0 (which says they are missing).

@@ -54,10 +54,11 @@ export interface MqttMetrics {
     inc(labels: { kind: PublicationKind; reason: string }): void;
   };
   /**
-   * sluice_mqtt_subscription_identifiers_delivered: 1 when the last MQTT 5 connection's probe
-   * found the broker delivers the Subscription Identifiers it announces, 0 when it found them
-   * missing, NaN when not known (not probed yet, nothing read back, or not used: MQTT 3.1.1, or
-   * a broker that says it has none).
+   * sluice_mqtt_subscription_identifiers_delivered: the verdict in force (IdentifierProbe): 1
+   * when the last MQTT 5 connection's probe that read something back found the broker delivers
+   * the Subscription Identifiers it announces, 0 when it found them missing (a probe that reads
+   * nothing back leaves it as it was), NaN when not known (no probe has read anything back) or
+   * not used (MQTT 3.1.1, or a broker that says it has none).
    */
   readonly mqttSubscriptionIdentifiers: { set(value: number): void };
   /** Closes of the gateway's connections taken for another client's takeover of its session. */
