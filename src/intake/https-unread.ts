@@ -78,8 +78,18 @@ async function takingBytes(socket: Socket): Promise<boolean> {
   return peer !== undefined && !peer.windowClosed && !peer.silent;
 }
 
-/** How often the kernel is asked about the connections' peers (boundUnreadInKernel). */
+/** How often the kernel is asked about the connections' peers at most (boundUnreadInKernel). */
 const KERNEL_CHECK_MS = 5_000;
+
+/**
+ * How often boundUnreadInKernel asks the kernel about the connections' peers under the bound
+ * `ms`: a connection whose client takes nothing is reset within `ms` and two of these after its
+ * window closed (the look that sees it stalled, then the first look `ms` after that one).
+ */
+export function kernelCheckMs(ms: number): number {
+  return Math.min(KERNEL_CHECK_MS, ms / 2);
+}
+
 /**
  * Connections that carry a stream without end (the status page's events, ui-events.ts), which
  * bounds what a client that does not read costs it on its own: boundUnreadInKernel leaves them.
@@ -143,18 +153,15 @@ export function boundUnreadInKernel(server: NetServer, ms: number, closed?: () =
       timer = null;
     });
     if (timer !== null) return;
-    timer = setInterval(
-      () => {
-        if (checking) return;
-        checking = true;
-        check()
-          .catch(() => undefined)
-          .finally(() => {
-            checking = false;
-          });
-      },
-      Math.min(KERNEL_CHECK_MS, ms / 2),
-    );
+    timer = setInterval(() => {
+      if (checking) return;
+      checking = true;
+      check()
+        .catch(() => undefined)
+        .finally(() => {
+          checking = false;
+        });
+    }, kernelCheckMs(ms));
     timer.unref();
   });
 }
