@@ -56,6 +56,8 @@ export function runSluicedInProcess(args: readonly string[]): Finished {
 }
 
 export interface Running {
+  /** The process id (undefined when it could not be spawned). */
+  readonly pid: number | undefined;
   /** Every stdout line so far. */
   readonly lines: string[];
   /** Everything on stderr so far. */
@@ -91,6 +93,7 @@ export function startSluiced(args: readonly string[], env: NodeJS.ProcessEnv = {
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
   const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
   return {
+    pid: child.pid,
     lines,
     stderr: () => stderr,
     line: (predicate, timeoutMs) =>
