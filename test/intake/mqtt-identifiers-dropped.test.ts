@@ -23,6 +23,56 @@ describe.skipIf(!available)(
   () => {
     const site = useMqttSite({}, { opcua: false });
 
+    /**
+     * A gateway `gateway` reaching the broker through a StrippingProxy, one run of it made its
+     * session (its command subscription) and stopped; a plant client to publish commands, an
+     * observer of its results; `newIntake` makes the next run (stopped at the test's end), `key`
+     * and `action` a fresh command that moves the valve.
+     */
+    async function afterFirstRun(gateway: string, options: { readonly strayCopyWaitMs?: number }) {
+      const prefix = `sluice/${gateway}`;
+      const proxy = await StrippingProxy.open(site.broker.port);
+      site.cleanups.push(() => proxy.close());
+      const { logger, lines } = recordingLogger();
+      const newIntake = (): ReturnType<typeof site.intake> => {
+        const intake = site.intake({
+          gatewayId: gateway,
+          config: { protocolVersion: 5, url: `mqtt://127.0.0.1:${proxy.port}` },
+          logger,
+          reconnect: { minMs: 100, maxMs: 200 },
+          ...(options.strayCopyWaitMs === undefined
+            ? {}
+            : { strayCopyWaitMs: options.strayCopyWaitMs }),
+          identifierProbe: { graceMs: 200 },
+        });
+        site.cleanups.push(() => intake.stop());
+        return intake;
+      };
+      const first = newIntake();
+      await site.connect(first);
+      await first.stop();
+      const plant = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => plant.end());
+      const observer = await TestClient.connect(site.broker.url);
+      site.cleanups.push(() => observer.end());
+      await observer.subscribe(`${prefix}/result/#`);
+      const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
+      const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+      return {
+        prefix,
+        topic: `${prefix}/cmd/v1`,
+        proxy,
+        lines,
+        newIntake,
+        plant,
+        observer,
+        writes,
+        before: writes(),
+        key: randomUUID(),
+        action,
+      };
+    }
+
     it('MQTT 5: found by the probe, said, and commands run once', async () => {
       const gateway = 'gwnoids';
       const prefix = `sluice/${gateway}`;
@@ -97,39 +147,12 @@ describe.skipIf(!available)(
      * runs as on a broker without identifiers.
      */
     it('MQTT 5: commands queued for the first connection of a run wait for the probe and run once', async () => {
-      const gateway = 'gwnoidsq';
-      const prefix = `sluice/${gateway}`;
-      const topic = `${prefix}/cmd/v1`;
-      const proxy = await StrippingProxy.open(site.broker.port);
-      site.cleanups.push(() => proxy.close());
-      const { logger, lines } = recordingLogger();
-      const newIntake = (): ReturnType<typeof site.intake> =>
-        site.intake({
-          gatewayId: gateway,
-          config: { protocolVersion: 5, url: `mqtt://127.0.0.1:${proxy.port}` },
-          logger,
-          reconnect: { minMs: 100, maxMs: 200 },
-          strayCopyWaitMs: 300,
-          identifierProbe: { graceMs: 200 },
-        });
-      // A run that made the session (its command subscription), then stopped.
-      let intake = newIntake();
-      site.cleanups.push(() => intake.stop());
-      await site.connect(intake);
-      await intake.stop();
-      const plant = await TestClient.connect(site.broker.url);
-      site.cleanups.push(() => plant.end());
-      const observer = await TestClient.connect(site.broker.url);
-      site.cleanups.push(() => observer.end());
-      await observer.subscribe(`${prefix}/result/#`);
-      const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
-      const before = writes();
-      const key = randomUUID();
-      const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+      const { topic, lines, newIntake, plant, observer, writes, before, key, action } =
+        await afterFirstRun('gwnoidsq', { strayCopyWaitMs: 300 });
       await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
 
       // The next run: its probe knows nothing yet, and the queued command comes first.
-      intake = newIntake();
+      const intake = newIntake();
       intake.start();
       const result = await observer.waitFor((m) => m.json().key === key, 10_000, 'result');
       expect(result.json()).toMatchObject({ state: 'confirmed' });
@@ -152,35 +175,19 @@ describe.skipIf(!available)(
      * for 2 s, the command's ttlMs is 1 s: it is never written.
      */
     it('MQTT 5: a held command timed by its receipt is not run past its deadline', async () => {
-      const gateway = 'gwnoidsttl';
-      const prefix = `sluice/${gateway}`;
-      const topic = `${prefix}/cmd/v1`;
-      const proxy = await StrippingProxy.open(site.broker.port);
-      site.cleanups.push(() => proxy.close());
-      const { logger, lines } = recordingLogger();
-      const newIntake = (): ReturnType<typeof site.intake> =>
-        site.intake({
-          gatewayId: gateway,
-          config: { protocolVersion: 5, url: `mqtt://127.0.0.1:${proxy.port}` },
-          logger,
-          reconnect: { minMs: 100, maxMs: 200 },
-          strayCopyWaitMs: 300,
-          identifierProbe: { graceMs: 200 },
-        });
-      // A run that made the session (its command subscription), then stopped.
-      let intake = newIntake();
-      site.cleanups.push(() => intake.stop());
-      await site.connect(intake);
-      await intake.stop();
-      const plant = await TestClient.connect(site.broker.url);
-      site.cleanups.push(() => plant.end());
-      const observer = await TestClient.connect(site.broker.url);
-      site.cleanups.push(() => observer.end());
-      await observer.subscribe(`${prefix}/result/#`);
-      const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
-      const before = writes();
-      const key = randomUUID();
-      const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+      const {
+        prefix,
+        topic,
+        proxy,
+        lines,
+        newIntake,
+        plant,
+        observer,
+        writes,
+        before,
+        key,
+        action,
+      } = await afterFirstRun('gwnoidsttl', { strayCopyWaitMs: 300 });
       await plant.publish(
         topic,
         { action, key, ttlMs: 1_000 },
@@ -189,7 +196,7 @@ describe.skipIf(!available)(
 
       // The next run: the queued command comes first and waits for the probe's late verdict.
       proxy.holdTopic = { topic: `${prefix}/status`, ms: 2_000 };
-      intake = newIntake();
+      const intake = newIntake();
       intake.start();
       const result = await observer.waitFor((m) => m.json().key === key, 10_000, 'result');
       expect(result.json()).toMatchObject({
@@ -213,40 +220,26 @@ describe.skipIf(!available)(
      * that the connection can be cut while the command waits.
      */
     it('MQTT 5: a copy held when its connection ends is redelivered and runs once', async () => {
-      const gateway = 'gwnoidscut';
-      const prefix = `sluice/${gateway}`;
-      const clientId = `sluice-${gateway}`;
-      const topic = `${prefix}/cmd/v1`;
-      const proxy = await StrippingProxy.open(site.broker.port);
-      site.cleanups.push(() => proxy.close());
-      const { logger, lines } = recordingLogger();
-      const newIntake = (): ReturnType<typeof site.intake> =>
-        site.intake({
-          gatewayId: gateway,
-          config: { protocolVersion: 5, url: `mqtt://127.0.0.1:${proxy.port}` },
-          logger,
-          reconnect: { minMs: 100, maxMs: 200 },
-          identifierProbe: { graceMs: 200 },
-        });
-      let intake = newIntake();
-      site.cleanups.push(() => intake.stop());
-      await site.connect(intake);
-      await intake.stop();
-      const plant = await TestClient.connect(site.broker.url);
-      site.cleanups.push(() => plant.end());
-      const observer = await TestClient.connect(site.broker.url);
-      site.cleanups.push(() => observer.end());
-      await observer.subscribe(`${prefix}/result/#`);
-      const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
-      const before = writes();
-      const key = randomUUID();
-      const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+      const {
+        prefix,
+        topic,
+        proxy,
+        lines,
+        newIntake,
+        plant,
+        observer,
+        writes,
+        before,
+        key,
+        action,
+      } = await afterFirstRun('gwnoidscut', {});
+      const clientId = `sluice-gwnoidscut`;
       await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
 
       proxy.holdTopic = { topic: `${prefix}/status`, ms: 5_000 };
       const held = (): number =>
         lines.filter((l) => String(l.msg).startsWith('command copy without the command')).length;
-      intake = newIntake();
+      const intake = newIntake();
       intake.start();
       await until(() => (held() >= 1 ? true : undefined), 10_000, 'the command held');
       await until(
