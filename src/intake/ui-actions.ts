@@ -42,8 +42,15 @@ export interface OperatorActionsOptions {
   readonly sessionOf: (request: Request) => UiSession;
   /** The session is still live (UiSessions.alive): a lapse found here ends it. */
   readonly sessionAlive: (session: UiSession) => boolean;
-  /** Aborted once the session ends (UiSessions.endedSignal). */
-  readonly sessionEnded: (session: UiSession) => AbortSignal;
+  /**
+   * Aborted once the session ends, by a logout or a reload or by lapsing (its certificate
+   * expiring, its idle or maximum age reached) at that moment (UiSessions.watch); released
+   * once the wait is over.
+   */
+  readonly watchSession: (session: UiSession) => {
+    readonly ended: AbortSignal;
+    readonly release: () => void;
+  };
   /** The 401 of a request whose session is gone. */
   readonly unauthorized: (reply: Reply, detail?: string) => Reply;
   readonly json: (reply: Reply, status: number, body: unknown) => Reply;
@@ -59,17 +66,18 @@ export function operatorActions(options: OperatorActionsOptions): {
   readonly reverify: ActionHandler;
   readonly resolve: ActionHandler;
 } {
-  const { pipeline, clock, logger, sessionOf, sessionAlive, sessionEnded, unauthorized, json } =
+  const { pipeline, clock, logger, sessionOf, sessionAlive, watchSession, unauthorized, json } =
     options;
 
   /**
    * A reverify is a read, and what it reads settles the command as any readback does (its
    * worker, or the sweep's, makes the same read; it writes nothing). What it answers is the
    * session's: a session that ends while the readback runs — above all a reload that replaced
-   * its token (64a403a), which refuses everything else of it there and then — is answered 401 at
-   * once, not told the verdict later as if it still had the authority to ask; the readback goes
-   * on for the command's sake and is journaled as any other. A session found ended before the
-   * reverify starts asks for nothing.
+   * its token (64a403a), which refuses everything else of it there and then, or its lapse as its
+   * client certificate expires or it times out — is answered 401 at once, not told the verdict
+   * later as if it still had the authority to ask; the readback goes on for the command's sake
+   * and is journaled as any other. A session found ended before the reverify starts asks for
+   * nothing.
    */
   async function reverify(
     request: Request<KeyParams & { Body: unknown }>,
@@ -79,11 +87,13 @@ export function operatorActions(options: OperatorActionsOptions): {
     const ref = refOf(request);
     if (ref === null) return unknownCommand(reply);
     if (!sessionAlive(session)) return unauthorized(reply);
-    const ended = sessionEnded(session);
+    const watch = watchSession(session);
     const by = operatorName(session, clientAddress(request));
     let outcome: Awaited<ReturnType<CommandPipeline['reverify']>> | 'ended';
     try {
-      outcome = await untilEnded(pipeline.reverify(ref, by, REVERIFY_WAIT_MS), ended);
+      outcome = await untilEnded(pipeline.reverify(ref, by, REVERIFY_WAIT_MS), watch.ended).finally(
+        watch.release,
+      );
     } catch (error) {
       return actionError(reply, error);
     }
@@ -94,7 +104,7 @@ export function operatorActions(options: OperatorActionsOptions): {
       );
       return unauthorized(
         reply,
-        'the session ended while the reverify ran (logged out, or its token replaced by a reload): its verdict is not given to it; log in again and read the command',
+        'the session ended while the reverify ran (logged out, its token replaced by a reload, its client certificate expired or the session timed out): its verdict is not given to it; log in again and read the command',
       );
     }
     const { record, detail } = outcome;

@@ -155,7 +155,7 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     logger,
     sessionOf,
     sessionAlive: (session) => sessions.alive(session),
-    sessionEnded: (session) => sessions.endedSignal(session),
+    watchSession: (session) => sessions.watch(session),
     unauthorized,
     json,
   });

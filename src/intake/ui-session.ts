@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import type { Clock } from '../core/clock.js';
+import { MAX_TIMER_MS, timer, type Clock } from '../core/clock.js';
 import type { SluiceConfig } from '../config/config.js';
 
 /**
@@ -28,6 +28,11 @@ export const SESSION_COOKIE = '__Host-sluice-session';
 export const CSRF_HEADER = 'x-csrf-token';
 /** Bounds the memory a flood of logins can take; the least recently used session goes first. */
 const MAX_SESSIONS = 256;
+/**
+ * How long a watch (UiSessions.watch) waits at most before it looks at a certificate's expiry
+ * again: notAfter is wall time, which may step (SPEC §6), and a timer runs on the monotonic clock.
+ */
+const WALL_LOOK_MS = 1_000;
 
 export interface UiSession {
   /** The identity that logged in; its name is its key scope. */
@@ -192,6 +197,49 @@ export class UiSessions {
       this.endings.set(session, ending);
     }
     return ending.signal;
+  }
+
+  /**
+   * endedSignal's signal, which while watched also aborts when the session lapses by itself —
+   * its certificate expires, it idles out or reaches its maximum age — at that moment, where
+   * otherwise a lapse is found only when something looks (a request, a stream tick, a sweep).
+   * A wait that must stop with its session (a reverify's readback) watches it, and lets go of
+   * the watch (its timer) once over. The lapse is judged as at a request (alive): found so, it
+   * ends the session and is told once.
+   */
+  watch(session: UiSession): { readonly ended: AbortSignal; readonly release: () => void } {
+    const ended = this.endedSignal(session);
+    let cancel: (() => void) | undefined;
+    const release = (): void => {
+      cancel?.();
+      cancel = undefined;
+      ended.removeEventListener('abort', release);
+    };
+    const look = (): void => {
+      cancel = undefined;
+      // Found lapsed, alive() ends it: `ended` aborts and release runs.
+      if (!this.alive(session)) return;
+      cancel = timer(this.clock, this.untilLapse(session), look);
+    };
+    if (!ended.aborted) {
+      ended.addEventListener('abort', release);
+      look();
+    }
+    return { ended, release };
+  }
+
+  /**
+   * Milliseconds until the session would lapse by itself as it stands (its idle time counted
+   * from its last request, which a stream's touch moves), at least 1; a certificate's expiry is
+   * looked at again within WALL_LOOK_MS whatever it is, the wall clock may step meanwhile.
+   */
+  private untilLapse(session: UiSession): number {
+    const mono = this.clock.elapsed();
+    let ms = Math.min(session.lastSeenMono + this.idleMs, session.loginMono + this.maxMs) - mono;
+    if (session.notAfter !== null) {
+      ms = Math.min(ms, session.notAfter - this.clock.now(), WALL_LOOK_MS);
+    }
+    return Math.min(MAX_TIMER_MS, Math.max(1, Math.ceil(ms)));
   }
 
   private finish(session: UiSession): void {

@@ -10,7 +10,8 @@ import { call, login, OPS_CN, ORPHAN, startUiSite, TOKENS, type UiSite } from '.
  * (src/intake/ui-session.ts): the /v1 routes check a certificate's validity at every request,
  * and the page's cookie must not carry the identity past notAfter either. The real daemon with
  * mutual TLS, sluice-sim, a real certificate that expires seconds after the login; ground
- * truth is the journal file, read through a connection of the test's own.
+ * truth is the journal file, read through a connection of the test's own, and the valve's
+ * write log. A reverify still waiting for its readback at notAfter is answered 401 then.
  */
 
 let site: UiSite;
@@ -167,4 +168,115 @@ describe('a status page session started by a client certificate', () => {
     const token = await login(site, TOKENS.ops);
     expect((await call(site, 'GET', '/ui/api/session', { cookie: token.cookie })).status).toBe(200);
   }, 60_000);
+
+  it("a reverify whose readback runs when the certificate expires is answered 401 at the expiry, never with the readback's verdict", async () => {
+    // As a reload that replaces a token (ui-session-token-reload.test.ts): the session's
+    // authority to ask and be told ends with the certificate, while the readback goes on and
+    // settles the command as any readback does. Before, a lapse by expiry was found only when
+    // the reverify answered: it waited out its readback (10 s) and then said 401.
+    const { cert, notAfter } = await shortLived(4_000);
+    const ops = await certificateLogin(cert);
+    expect(ops.answer.status).toBe(200);
+    const drain = site.plant.device('drain-valve');
+    const writesBefore = drain.writeLog.length;
+    const KEY = 'reverify-across-expiry';
+    const sent = await call(
+      site,
+      'POST',
+      '/v1/commands',
+      {
+        authorization: `Bearer ${TOKENS.scada}`,
+        'idempotency-key': KEY,
+        'content-type': 'application/json',
+        prefer: 'respond-async',
+      },
+      JSON.stringify({ device: 'drain-valve', action: 'open' }),
+    );
+    expect(sent.status, sent.body).toBe(202);
+    // Its write taken by the valve (ground truth), then every read of the valve held: no
+    // readback can settle it until the test lets them go.
+    await until(
+      () => (drain.writeLog.length > writesBefore ? true : undefined),
+      10_000,
+      "the open's write at the valve",
+    );
+    drain.setFault({ kind: 'stall', on: 'read' });
+    let answeredAt = 0;
+    try {
+      const answered = call(
+        site,
+        'POST',
+        `/ui/api/commands/scada/${KEY}/reverify`,
+        {
+          cookie: ops.cookie,
+          'x-csrf-token': ops.csrf,
+          origin: site.origin,
+          'content-type': 'application/json',
+        },
+        '{}',
+      ).then((answer) => {
+        answeredAt = Date.now();
+        return answer;
+      });
+      // The reverify is under way (its request in the command's history) before the expiry,
+      // early enough that its own wait (10 s) would end well after the bound below.
+      await until(
+        () =>
+          scadaHistory(KEY).some((d) => d.startsWith('reverify requested by ops'))
+            ? true
+            : undefined,
+        10_000,
+        "the reverify's note in the journal",
+      );
+      const startedBy = Date.now();
+      expect(startedBy).toBeLessThan(notAfter.getTime());
+      expect(startedBy + 10_000).toBeGreaterThan(notAfter.getTime() + 3_000);
+      const answer = await answered;
+      // At the expiry, not when the reverify's wait ran out: the readback is still held.
+      expect(answeredAt).toBeGreaterThanOrEqual(notAfter.getTime());
+      expect(answeredAt - notAfter.getTime()).toBeLessThan(1_500);
+      expect(scadaState(KEY)).toBe('dispatched');
+      expect(answer.status, answer.body).toBe(401);
+      expect(answer.json()).toMatchObject({ code: 'UNAUTHORIZED' });
+      expect(answer.body).not.toContain('"result"');
+      const lines = site.log().split('\n');
+      expect(lines.some((l) => l.includes('reverify from the status page not answered'))).toBe(
+        true,
+      );
+      expect(
+        lines.filter(
+          (l) =>
+            l.includes('status page session ended') &&
+            l.includes(`expired at ${notAfter.toISOString()}`),
+        ),
+      ).toHaveLength(1);
+    } finally {
+      drain.clearFault('stall');
+    }
+    // The readback goes on and settles the command; the reverify wrote nothing.
+    await until(
+      () => (scadaState(KEY) === 'confirmed' ? true : undefined),
+      20_000,
+      'the open confirmed by its readback',
+    );
+    expect(drain.writeLog.length - writesBefore).toBe(1);
+  }, 60_000);
 });
+
+function scadaHistory(key: string): string[] {
+  const journal = SqliteJournal.open({ path: site.journalPath, readonly: true });
+  try {
+    return journal.history({ scope: 'scada', key }).map((e) => e.detail);
+  } finally {
+    journal.close();
+  }
+}
+
+function scadaState(key: string): string {
+  const journal = SqliteJournal.open({ path: site.journalPath, readonly: true });
+  try {
+    return journal.findByKey(key)[0]?.state ?? 'none';
+  } finally {
+    journal.close();
+  }
+}

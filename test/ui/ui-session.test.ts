@@ -27,6 +27,34 @@ function fakeClock(): Clock & { advance(ms: number): void } {
   };
 }
 
+/** fakeClock with timers: each fires once `advance` reaches its time. */
+function timedClock(): Clock & { advance(ms: number): void; pending(): number } {
+  const clock = fakeClock();
+  let timers: { at: number; fire: () => void }[] = [];
+  return {
+    ...clock,
+    timer: (ms, fire) => {
+      const entry = { at: clock.elapsed() + ms, fire };
+      timers.push(entry);
+      return () => {
+        timers = timers.filter((t) => t !== entry);
+      };
+    },
+    advance: (ms) => {
+      const until = clock.elapsed() + ms;
+      for (;;) {
+        const next = timers.filter((t) => t.at <= until).sort((a, b) => a.at - b.at)[0];
+        if (next === undefined) break;
+        clock.advance(next.at - clock.elapsed());
+        timers = timers.filter((t) => t !== next);
+        next.fire();
+      }
+      clock.advance(until - clock.elapsed());
+    },
+    pending: () => timers.length,
+  };
+}
+
 /** A login with a token the identity keeps (the sessions here are given no tokenHeld). */
 const TOKEN_LOGIN = { via: 'token', tokenDigest: Buffer.alloc(32) } as const;
 
@@ -97,6 +125,50 @@ describe('UiSessions', () => {
     expect(sessions.fromCookie(cookieOf(byToken.id))).toBeUndefined();
     expect(lapses[1]).toEqual(['desk', 'idle', 'idle for 30 min']);
     expect(lapses).toHaveLength(2);
+  });
+
+  it('a watched session ends at the moment it idles out or reaches its maximum age, and lets go of its timer', () => {
+    const clock = timedClock();
+    const lapses: string[] = [];
+    const sessions = new UiSessions({ sessionIdleMinutes: 30, sessionMaxHours: 1 }, clock, {
+      onLapse: (_session, lapse) => lapses.push(lapse.kind),
+    });
+    const idle = sessions.create('ops', 'operator', TOKEN_LOGIN);
+    const idleWatch = sessions.watch(idle.session);
+    clock.advance(29 * 60_000);
+    // Its stream keeps it: the watch looks again at the new idle end.
+    sessions.touch(idle.session);
+    clock.advance(29 * 60_000);
+    expect(idleWatch.ended.aborted).toBe(false);
+    clock.advance(60_000 - 1);
+    expect(idleWatch.ended.aborted).toBe(false);
+    clock.advance(1);
+    // Nobody asked: the watch found the lapse, ended the session and told it once.
+    expect(idleWatch.ended.aborted).toBe(true);
+    expect(idle.session.ended).toBe(true);
+    expect(lapses).toEqual(['idle']);
+    expect(clock.pending()).toBe(0);
+    idleWatch.release();
+
+    const busy = sessions.create('desk', 'viewer', TOKEN_LOGIN);
+    const busyWatch = sessions.watch(busy.session);
+    for (let t = 0; t < 59; t++) {
+      clock.advance(60_000);
+      sessions.touch(busy.session);
+    }
+    expect(busyWatch.ended.aborted).toBe(false);
+    clock.advance(60_000);
+    expect(busyWatch.ended.aborted).toBe(true);
+    expect(lapses).toEqual(['idle', 'max-age']);
+    expect(clock.pending()).toBe(0);
+
+    // Released before any lapse: no timer is left behind.
+    const kept = sessions.create('ops', 'operator', TOKEN_LOGIN);
+    const keptWatch = sessions.watch(kept.session);
+    expect(clock.pending()).toBe(1);
+    keptWatch.release();
+    expect(clock.pending()).toBe(0);
+    expect(keptWatch.ended.aborted).toBe(false);
   });
 
   it('logout ends it; beyond 256 sessions the least recently used goes', () => {
