@@ -1,15 +1,11 @@
-import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { tcpTableReads } from '../../src/intake/https-peer.js';
 import {
-  addVethNamespace,
-  removeVethNamespace,
-  run,
-  vethNamespace,
-  vethNamespaceAvailable,
-} from '../helpers/veth-namespace.js';
-import { startStack, TOKENS, type Stack } from '../helpers/stack.js';
-import { makePki, startIntake, until, type Pki, type RunningIntake } from './https-client.js';
+  halfClosedClient,
+  startShapedIntake,
+  type ShapedIntake,
+} from '../helpers/half-closed-client.js';
+import { vethNamespaceAvailable } from '../helpers/veth-namespace.js';
 
 /**
  * A half-closed client that takes its answer a little at a time (a trickle: here a slow link
@@ -23,8 +19,9 @@ import { makePki, startIntake, until, type Pki, type RunningIntake } from './htt
  * and start again at 25 ms only when another connection starts waiting.
  *
  * Real intake over TLS (sluice-sim, SQLite under it). The client is in a network namespace of
- * its own, its link's MTU 222 bytes and its rate shaped (tc tbf, 80 kbit/s) on the gateway's
- * end: its /metrics answer (~20 KB) arrives over ~3 s, a packet every ~25 ms. Ground truth: the
+ * its own (test/helpers/half-closed-client.ts), its link's MTU 222 bytes and its rate shaped
+ * (tc tbf, 80 kbit/s) on the gateway's end: its /metrics answer (~20 KB) arrives over ~3 s, a
+ * packet every ~25 ms. Ground truth: the
  * reads of /proc/self/net/tcp{,6} counted by the intake's own reader (https-peer.ts
  * tcpTableReads), and the client's own view: it is refused a second connection while its first
  * is kept (one per address) and accepted soon after it has taken the whole answer.
@@ -32,134 +29,33 @@ import { makePki, startIntake, until, type Pki, type RunningIntake } from './htt
  * Needs root and iproute2 (`ip netns`, `tc` with tbf): skipped without them.
  */
 
-const LINK = vethNamespace('trickle', 't', 217);
-const { ns: NS, hostLink: HOST_LINK, nsLink: NS_LINK, hostIp: HOST_IP } = LINK;
-
 const canRun = vethNamespaceAvailable();
 
-let stack: Stack;
-let pki: Pki;
-let api: RunningIntake;
+let site: ShapedIntake;
 
 beforeAll(async () => {
   if (!canRun) return;
-  addVethNamespace(LINK);
   // Small packets, slowly: each acknowledgement takes a little of the answer.
-  run('ip', 'link', 'set', 'dev', HOST_LINK, 'mtu', '222');
-  run('ip', '-n', NS, 'link', 'set', 'dev', NS_LINK, 'mtu', '222');
-  run(
-    'tc',
-    'qdisc',
-    'add',
-    'dev',
-    HOST_LINK,
-    'root',
-    'tbf',
-    'rate',
-    '80kbit',
-    'burst',
-    '400',
-    'latency',
-    '10s',
-  );
-  pki = await makePki();
-  stack = await startStack({ opcua: false });
-  api = await startIntake(stack, pki, {
-    https: { host: '0.0.0.0', maxConnectionsPerAddress: 1 },
+  site = await startShapedIntake('trickle', 't', 217, {
+    mtu: 222,
+    rate: '80kbit',
+    burst: '400',
+    latency: '10s',
   });
 }, 60_000);
 
 afterAll(async () => {
   if (!canRun) return;
-  await api.stop();
-  await stack.stop();
-  pki.cleanup();
-  removeVethNamespace(LINK);
+  await site.stop();
 });
-
-/**
- * The client: connects, checks that a second connection is refused, sends GET /metrics and
- * half-closes, reads the answer whole (its Content-Length), then opens connections until one is
- * accepted. Prints one JSON line.
- */
-const CLIENT = `
-import { connect } from 'node:tls';
-const { HOST, PORT, CA, TOKEN } = process.env;
-const options = { host: HOST, port: Number(PORT), ca: CA, checkServerIdentity: () => undefined };
-const attempt = () => new Promise((resolve) => {
-  const s = connect(options);
-  s.on('error', () => undefined);
-  s.once('secureConnect', () => { s.destroy(); resolve('accepted'); });
-  s.once('close', () => resolve('refused'));
-});
-const report = (o) => { process.stdout.write(JSON.stringify(o) + '\\n'); process.exit(0); };
-const a = connect(options, async () => {
-  const whileOpen = await attempt();
-  let text = '';
-  let takenAt = null;
-  const errors = [];
-  a.on('error', (e) => errors.push(e.code ?? e.message));
-  const sentAt = performance.now();
-  a.on('data', async (chunk) => {
-    text += chunk.toString('latin1');
-    const head = text.indexOf('\\r\\n\\r\\n');
-    const length = Number(/content-length: (\\d+)/i.exec(text)?.[1] ?? NaN);
-    if (takenAt !== null || head < 0 || text.length < head + 4 + length) return;
-    takenAt = performance.now();
-    for (;;) {
-      if ((await attempt()) === 'accepted') break;
-      if (performance.now() - takenAt > 8000) break;
-    }
-    report({ whileOpen, status: text.slice(0, 12), bytes: text.length,
-      answerMs: takenAt - sentAt, freedMs: performance.now() - takenAt, errors });
-  });
-  a.write('GET /metrics HTTP/1.1\\r\\nHost: localhost\\r\\nAuthorization: Bearer ' + TOKEN + '\\r\\n\\r\\n');
-  a.end();
-});
-a.on('error', (e) => report({ error: e.code ?? e.message }));
-`;
-
-interface Outcome {
-  readonly whileOpen: 'accepted' | 'refused';
-  readonly status: string;
-  readonly bytes: number;
-  readonly answerMs: number;
-  readonly freedMs: number;
-  readonly errors: string[];
-}
 
 it.skipIf(!canRun)(
   'a half-closed client trickling its answer costs a bounded number of reads of the kernel table',
   async () => {
-    let out = '';
     const readsBefore = tcpTableReads();
-    const client = spawn(
-      'ip',
-      ['netns', 'exec', NS, process.execPath, '--input-type=module', '-e', CLIENT],
-      {
-        env: {
-          ...process.env,
-          HOST: HOST_IP,
-          PORT: String(api.port),
-          CA: api.ca,
-          TOKEN: TOKENS.ops,
-        },
-        stdio: ['ignore', 'pipe', 'inherit'],
-      },
-    );
-    client.stdout.on('data', (chunk: Buffer) => {
-      out += chunk.toString('utf8');
-    });
-    const exited = new Promise((resolve) => client.once('exit', resolve));
-    try {
-      await until(() => out.endsWith('\n'), 30_000, "the client's report");
-    } finally {
-      client.kill('SIGKILL');
-      await exited;
-    }
+    const { outcome, line } = await halfClosedClient(site, 30_000);
     const reads = tcpTableReads() - readsBefore;
-    const outcome = JSON.parse(out) as Outcome;
-    const seen = `${out.trim()} reads ${String(reads)}`;
+    const seen = `${line} reads ${String(reads)}`;
     expect(outcome.whileOpen, seen).toBe('refused');
     expect(outcome.status).toBe('HTTP/1.1 200');
     expect(outcome.errors).toEqual([]);
