@@ -11,14 +11,14 @@ import {
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline, SubmitOutcome } from '../core/pipeline.js';
 import type { NamedIdentity } from './identities.js';
-import { OrderedAcks, PUBACK_HELD, type HeldAck } from './mqtt-acks.js';
+import { ACK, ACK_NOW, CommandAcks, type Handling, type Received } from './mqtt-command-acks.js';
 import { parseCommandMessage } from './mqtt-message.js';
 import type { MessageOutcome, MqttMetrics } from './mqtt-metrics.js';
 import type { MqttPublisher } from './mqtt-publisher.js';
-import type { ResponseRoute } from './mqtt-response-routes.js';
 import { ExpiredRedeliveries } from './mqtt-expired-redeliveries.js';
 import { HeldCopies, type HeldCopy, type MessageAck } from './mqtt-held-copies.js';
 import { RetainedCommands } from './mqtt-retained-commands.js';
+import { StrayAnswers } from './mqtt-stray-answers.js';
 import { StrayCopies } from './mqtt-stray-copies.js';
 import type { FormerCommandTopic, GatewayTopics } from './mqtt-topics.js';
 
@@ -64,37 +64,9 @@ export interface CommandMessagesOptions {
   readonly strayCopyWaitMs?: number | undefined;
 }
 
-/** What to do with a message after handling it: acknowledge it, or leave it with the broker. */
-type Handling =
-  /**
-   * `durable`: the PUBACK waits for the journal's barrier (group commit). `claimed`: the
-   * message claimed or joined a command, whose claim the barrier makes durable.
-   */
-  | { readonly kind: 'ack'; readonly durable: boolean; readonly claimed?: Received }
-  | { readonly kind: 'withhold'; readonly reason: string; readonly reconnect: boolean };
-
-const ACK: Handling = { kind: 'ack', durable: true };
-/**
- * A message whose acknowledgement vouches for nothing in the journal: one that wrote nothing
- * there (malformed, untimed, for an unknown device, on a foreign topic), or a replay of a
- * settlement already on disk (its duplicate event is an audit line only). It waited for
- * whatever barrier was pending, and while the journal failed closed it was withheld and the
- * connection dropped for it: redelivered and answered again at every reconnection, for as
- * long as the journal failed (SPEC §5: acknowledged, so that it does not redeliver).
- */
-const ACK_NOW: Handling = { kind: 'ack', durable: false };
-
 /** Said of an untimed redelivery over MQTT 5 (CommandMessages.handle). */
 const UNTIMED_REDELIVERY =
   '(message): a redelivery (DUP) without a Message Expiry Interval: if it was published with one, the interval ran out while it waited for its redelivery (a broker sends such a message without it), and it is stale';
-
-/** A message that names a device and a key, as far as it got. */
-interface Received {
-  readonly device: string;
-  readonly key: string;
-  readonly route: ResponseRoute | undefined;
-  readonly receivedAt: number;
-}
 
 /**
  * The command messages of the MQTT intake: each PUBLISH on `{prefix}/cmd/{device}` is parsed,
@@ -103,10 +75,10 @@ interface Received {
  *
  * I5: a command message is acknowledged (PUBACK) only after its claim is on disk (the
  * journal's barrier). mqtt.js sends the PUBACK when the `handleMessage` callback is called
- * without an error; `receive` is that handleMessage: it claims, then calls the callback. A
- * PUBACK that waits for a barrier is held and sent by OrderedAcks (mqtt-acks.ts) instead, in
- * the messages' order, while mqtt.js goes on with the next messages, which join the same
- * barrier. When the claim cannot be made (journal unavailable), the callback gets an error —
+ * without an error; `receive` is that handleMessage: it claims, then gives the PUBACK or not
+ * (CommandAcks, mqtt-command-acks.ts). A PUBACK that waits for a barrier is held and sent by
+ * OrderedAcks (mqtt-acks.ts) instead, in the messages' order, while mqtt.js goes on with the
+ * next messages, which join the same barrier. When the claim cannot be made (journal unavailable), the callback gets an error —
  * mqtt.js then skips the PUBACK and its packet pump moves on — and the connection is dropped,
  * because a broker redelivers an unacknowledged QoS 1 message only on a new connection of the
  * session (MQTT 5 §4.4).
@@ -126,14 +98,16 @@ export class CommandMessages {
   private readonly keysKeptS: number | undefined;
   /** False once stopping or once the pipeline refuses as shutting down: nothing more is claimed. */
   private isTaking = true;
-  /** The PUBACKs held for barriers, of the client messages come from (one per session). */
-  private acks: OrderedAcks | null = null;
+  /** The PUBACK of each message, given or withheld once it is handled (mqtt-command-acks.ts). */
+  private readonly acks: CommandAcks;
   /** Commands timed by their Message Expiry Interval alone (mqtt-expired-redeliveries.ts). */
   private readonly expiryTimed: ExpiredRedeliveries;
   /** Retained commands refused (mqtt-retained-commands.ts). */
   private readonly retained: RetainedCommands;
   /** Copies of commands other subscriptions of the session delivered (strayCopy). */
   private readonly strays: StrayCopies;
+  /** The answers to stray copies whose sibling did not come (mqtt-stray-answers.ts). */
+  private readonly strayAnswers: StrayAnswers;
   /** Copies without the command subscription's identifier awaiting the probe's verdict. */
   private readonly held = new HeldCopies();
 
@@ -148,7 +122,21 @@ export class CommandMessages {
     this.clock = options.clock;
     this.acceptUntimed = options.acceptUntimed;
     this.keysKeptS = options.keysKeptS;
+    this.acks = new CommandAcks({
+      pipeline: this.pipeline,
+      publisher: this.publisher,
+      link: this.link,
+      metrics: this.metrics,
+      logger: this.logger,
+    });
     this.strays = new StrayCopies(options.strayCopyWaitMs);
+    this.strayAnswers = new StrayAnswers({
+      publisher: this.publisher,
+      logger: this.logger,
+      journaled: (key) => this.pipeline.get({ scope: this.identity.scope, key }) !== undefined,
+      acceptUntimed: this.acceptUntimed,
+      keysKeptS: this.keysKeptS,
+    });
     this.retained = new RetainedCommands(this.publisher, this.logger);
     this.expiryTimed = new ExpiredRedeliveries({
       publisher: this.publisher,
@@ -207,7 +195,9 @@ export class CommandMessages {
       return;
     }
     if (this.awaitsVerdict(client, packet)) {
-      if (this.held.hold(client, packet, callback, this.acksOf(client), this.clock.elapsed())) {
+      if (
+        this.held.hold(client, packet, callback, this.acks.acksOf(client), this.clock.elapsed())
+      ) {
         this.logger.debug(
           { topic: packet.topic.slice(0, 512), held: this.held.size },
           "command copy without the command subscription's identifier: held until the connection's probe finds whether the broker delivers identifiers",
@@ -253,106 +243,7 @@ export class CommandMessages {
       outcome = 'internal_error';
       handling = { kind: 'withhold', reason: 'internal error', reconnect: true };
     }
-    switch (handling.kind) {
-      case 'ack':
-        if (!handling.durable || !this.pipeline.syncPending) {
-          if (outcome !== null) this.count(outcome);
-          if (ack.kind === 'held') {
-            ack.acks.release(ack.ack, true);
-            return;
-          }
-          const callback = ack.callback;
-          const acks = this.acksOf(client);
-          if (packet.qos > 0 && packet.messageId !== undefined && acks.holding) {
-            // PUBACKs go in the messages' order: this one behind those held for a barrier.
-            callback(PUBACK_HELD);
-            acks.release(acks.hold(packet.messageId), true);
-            return;
-          }
-          callback();
-          return;
-        }
-        // Group commit: the PUBACK waits for the claim's fsync, shared with other commands.
-        this.awaitDurable(client, packet, ack, handling.claimed, outcome);
-        return;
-      case 'withhold':
-        if (outcome !== null) this.count(outcome);
-        // With an error, mqtt.js sends no PUBACK and goes on with the connection's next packet
-        // (a callback never called would stall every later packet of the connection, PUBACKs
-        // and PINGRESP included, until the keepalive times out: mqtt.js issue #1935).
-        if (ack.kind === 'held') ack.acks.release(ack.ack, false);
-        else ack.callback(new Error(`not acknowledged: ${handling.reason}`));
-        if (handling.reconnect) this.link.dropConnection(client, handling.reason);
-        return;
-    }
-  }
-
-  /** Acknowledges once the journal's barrier carried the message's claim to disk (I5). */
-  private awaitDurable(
-    client: MqttClient,
-    packet: IPublishPacket,
-    ack: MessageAck,
-    claimed: Received | undefined,
-    outcome: MessageOutcome | null,
-  ): void {
-    // The connection the message came on: mqtt.js makes a new stream for each.
-    const connection = client.stream;
-    const acks = ack.kind === 'held' ? ack.acks : this.acksOf(client);
-    // mqtt.js takes the connection's next packet only once this one's callback is called: it
-    // is called now, and the PUBACK sent once the barrier has returned (mqtt-acks.ts), so that
-    // the messages that follow are claimed meanwhile and share the barrier. A QoS 0 message has
-    // no PUBACK to wait for. A message that waited (HeldCopies) has its PUBACK held already.
-    let held: HeldAck | null | undefined;
-    if (ack.kind === 'held') held = ack.ack;
-    else {
-      held =
-        packet.qos === 0
-          ? null
-          : packet.messageId !== undefined && acks.available
-            ? acks.hold(packet.messageId)
-            : undefined;
-      if (held !== undefined) ack.callback(held === null ? undefined : PUBACK_HELD);
-    }
-    const acknowledge = (send: boolean, error?: Error): void => {
-      if (held === undefined) {
-        if (ack.kind === 'callback') ack.callback(send ? undefined : error);
-      } else if (held !== null) acks.release(held, send);
-    };
-    this.pipeline.durable().then(
-      () => {
-        if (packet.qos > 0 && (client.stream !== connection || !client.connected)) {
-          // That connection is gone. mqtt.js would send this PUBACK on the next one (queued
-          // while disconnected, or written at once on the new stream), where the broker has
-          // redelivered the message under the same packet id: one delivery, two PUBACKs, and
-          // the second names an id the broker may have given to another message meanwhile
-          // (MQTT 5 §2.2.1), acknowledging it before it is journaled. The redelivery is
-          // acknowledged on its own connection; its claim is on disk now.
-          this.count('withheld');
-          acknowledge(false, new Error('not acknowledged: the connection it came on is closed'));
-          return;
-        }
-        if (outcome !== null) this.count(outcome);
-        acknowledge(true);
-      },
-      (error: unknown) => {
-        this.logger.error(
-          { err: error, topic: packet.topic },
-          'journal sync failed: not acknowledged (fail closed)',
-        );
-        this.count('journal_unavailable');
-        // With group commit a full disk shows here, at the commit, not at the claim.
-        this.metrics.journalFailures.inc();
-        if (packet.qos === 0) {
-          // Never redelivered, so dropping the connection would not bring it back: its
-          // requester is told instead, as when the claim itself is refused (refuse()).
-          if (claimed !== undefined) this.lostClaim(claimed);
-          acknowledge(true);
-          return;
-        }
-        acknowledge(false, new Error('not acknowledged: journal sync failed'));
-        this.link.dropConnection(client, 'journal sync failed');
-      },
-    );
+    this.acks.give(client, packet, ack, handling, outcome);
   }
 
   private handle(packet: IPublishPacket, heldMs: number): Handling {
@@ -654,25 +545,6 @@ export class CommandMessages {
   }
 
   /**
-   * A QoS 0 command whose claim the journal's barrier failed to make durable: the batch it was
-   * in was lost (none of its writes kept), or its fsync failed (kept in the journal file, not
-   * known to be on disk). Which one cannot be told here, so the answer says both; publishing
-   * it again with the same key is safe either way: one command, written at most once (I1).
-   */
-  private lostClaim(message: Received): void {
-    const { device, key, route, receivedAt } = message;
-    this.logger.warn(
-      { key, device, code: 'JOURNAL_UNAVAILABLE' },
-      'QoS 0 command not made durable: answered (QoS 0 is never redelivered)',
-    );
-    this.publisher.error({ key, device }, route, receivedAt, {
-      code: 'JOURNAL_UNAVAILABLE',
-      detail:
-        'the journal could not make this command durable; it may not have been kept: publish it again with the same key (it runs at most once), at QoS 1 so that the broker redelivers it',
-    });
-  }
-
-  /**
    * A copy of a command that a subscription other than the command subscription delivered (MQTT
    * 5: without its Subscription Identifier). Never claimed nor run: that subscription's options
    * are another client's, and without Retain As Published a command published retained comes
@@ -698,41 +570,7 @@ export class CommandMessages {
     }
     this.decide('other_subscription');
     const seen = this.strays.stray(packet.topic, payload, (why) => {
-      const message = parseCommandMessage({
-        device,
-        payload,
-        userProperties: packet.properties?.userProperties,
-        retained: packet.retain,
-        messageExpiryS: packet.properties?.messageExpiryInterval,
-        acceptUntimed: this.acceptUntimed,
-        keysKeptS: this.keysKeptS,
-      });
-      const key = message.key;
-      if (key !== null && this.pipeline.get({ scope: this.identity.scope, key }) !== undefined) {
-        // Its key names a command the journal holds (its sibling came on another connection, or
-        // a retry): that command's outcome is published as usual.
-        this.logger.info(
-          { key, device },
-          'command copy from another subscription than the command filter: its key is journaled, nothing more to answer',
-        );
-        return;
-      }
-      const route = this.publisher.responseRoute(packet, { key, device });
-      const detail =
-        why === 'no_sibling'
-          ? `(subscription): delivered through a subscription of the gateway's session other than its command subscription (one another client with this client id left there), whose options may have cleared a retained command's flag: not run, nothing was written; the command subscription did not deliver it. Publish it again (not retained)`
-          : `(subscription): delivered without the command subscription's Subscription Identifier before the gateway found that the broker delivers none: not run, nothing was written. Publish it again (not retained)`;
-      this.logger.warn(
-        { key, device, code: 'INVALID_COMMAND', topic: packet.topic.slice(0, 512) },
-        why === 'no_sibling'
-          ? 'command delivered only through another subscription than the command filter (whether it was retained cannot be told): not run, answered'
-          : "command delivered without the command subscription's identifier before the broker was found to deliver none: not run, answered",
-      );
-      this.publisher.error({ key, device }, route, receivedAt, {
-        code: 'INVALID_COMMAND',
-        detail,
-        errors: [detail],
-      });
+      this.strayAnswers.answer(packet, payload, device, receivedAt, why);
     });
     this.logger.debug(
       { device, sibling: seen },
@@ -754,14 +592,8 @@ export class CommandMessages {
     return Array.isArray(ids) ? ids.includes(ours) : ids === ours;
   }
 
-  /** The held PUBACKs of `client` (the session's one client; a new one starts afresh). */
-  private acksOf(client: MqttClient): OrderedAcks {
-    if (this.acks?.client !== client) this.acks = new OrderedAcks(client);
-    return this.acks;
-  }
-
   private count(outcome: MessageOutcome): void {
-    this.metrics.mqttMessages.inc({ outcome });
+    this.acks.count(outcome);
   }
 
   /**

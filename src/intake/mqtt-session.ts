@@ -1,9 +1,8 @@
 import {
   connect,
-  ErrorWithReasonCode,
+  type ErrorWithReasonCode,
   type DoneCallback,
   type IClientOptions,
-  type IClientPublishOptions,
   type IConnackPacket,
   type IDisconnectPacket,
   type IPublishPacket,
@@ -13,6 +12,8 @@ import { Backoff } from '../backoff.js';
 import { withoutPassword } from '../config/config.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
+import { ProtocolVersion, type MqttProtocol, type ProtocolLevel } from './mqtt-protocol-version.js';
+import { CommandSubscription, statusOptions } from './mqtt-command-subscription.js';
 import { cutOversizedPublishes, InboundCuts, PublishCutter } from './mqtt-inbound-cut.js';
 import { IdentifierProbe, type IdentifierCheck } from './mqtt-identifier-probe.js';
 import { LeftSubscriptions } from './mqtt-left-subscriptions.js';
@@ -31,18 +32,7 @@ import type { GatewayTopics } from './mqtt-topics.js';
 
 export type { MqttConfig } from './mqtt-client-options.js';
 export { MAX_PACKET_BYTES } from './mqtt-client-options.js';
-
-/** The protocol level spoken on the wire: 5, or 4 (MQTT 3.1.1). */
-export type ProtocolLevel = 4 | 5;
-
-/** Which MQTT version the session speaks, and why (for `/readyz` and the log). */
-export interface MqttProtocol {
-  readonly version: ProtocolLevel;
-  /** True when MQTT 5 was preferred and the broker refused it: 3.1.1 is spoken instead. */
-  readonly fallback: boolean;
-  /** One line for an operator, e.g. "MQTT 3.1.1: the broker refused MQTT 5; …". */
-  readonly summary: string;
-}
+export type { MqttProtocol, ProtocolLevel } from './mqtt-protocol-version.js';
 
 /** What the session hands to the rest of the intake. */
 export interface SessionEvents {
@@ -98,22 +88,14 @@ const COMMAND_SUBSCRIPTION_ID = 1;
 const STOP_STEP_MS = 2_000;
 /** MQTT 5 DISCONNECT reason 0x04: the broker publishes the Will (`offline`) even so. */
 const DISCONNECT_WITH_WILL = 0x04;
-/**
- * CONNACK refusals that mean "not this protocol version": 0x01 is MQTT 3.1.1's "unacceptable
- * protocol version" (what a 3.1.1-only broker such as aedes answers an MQTT 5 CONNECT with;
- * mqtt.js reports it as an ErrorWithReasonCode with code 1), 0x84 MQTT 5's "unsupported
- * protocol version".
- */
-const PROTOCOL_REFUSALS = new Set([0x01, 0x84]);
-/** After a refusal of MQTT 5, the 3.1.1 attempt follows this soon. */
-const FALLBACK_RECONNECT_MS = 50;
 
 /**
  * The MQTT session of the intake: one persistent session (clean start off) on one client id,
  * connected in the background and kept up with a jittered backoff; the protocol version (MQTT 5
- * preferred, 3.1.1 when the broker refuses 5 and the configuration allows it, SPEC §5); the
- * command subscription; the retained `online` / `offline` status with `offline` as the Last
- * Will; and a bounded, clean stop. It knows nothing of commands: PUBLISH packets go to the
+ * preferred, 3.1.1 when the broker refuses 5 and the configuration allows it, SPEC §5:
+ * mqtt-protocol-version.ts); the command subscription and the retained `online` / `offline`
+ * status (mqtt-command-subscription.ts) with `offline` as the Last Will; and a bounded, clean
+ * stop. It knows nothing of commands: PUBLISH packets go to the
  * `message` event given to start().
  */
 export class MqttSession {
@@ -131,8 +113,8 @@ export class MqttSession {
   private readonly backoff: Backoff;
   private readonly reconnectMinMs: number;
   private current: MqttClient | null = null;
-  private level: ProtocolLevel;
-  private fellBack = false;
+  /** The MQTT version spoken, and the fallback to 3.1.1 (mqtt-protocol-version.ts). */
+  private readonly version: ProtocolVersion;
   /** Set when publications must no longer be sent (the client is ending). */
   private isEnded = false;
   /** The current connection is being dropped: nothing more is taken from it. */
@@ -145,7 +127,8 @@ export class MqttSession {
   private brokerMaxPacket: number | undefined;
   /** When the connection came up, on the monotonic clock (clock.elapsed()); null: not connected. */
   private connectedAt: number | null = null;
-  private subscribed = false;
+  /** The command subscription and the retained status (mqtt-command-subscription.ts). */
+  private readonly subscription: CommandSubscription;
   /**
    * The Subscription Identifier the command subscription is made with on the current connection
    * (MQTT 5, when the broker's CONNACK does not say it has none); undefined otherwise.
@@ -163,13 +146,6 @@ export class MqttSession {
   private brokerDisconnect: IDisconnectPacket | null = null;
   /** Whether another client takes the session over, judged as connections end (SessionCloses). */
   private readonly closes: SessionCloses;
-  /** The status last published on a connection (`online` / `offline`), for SessionCloses. */
-  private lastStatus: string | null = null;
-  /**
-   * False once the intake stopped taking commands (a graceful stop has begun): the status says
-   * `offline` from then on, at a reconnection too.
-   */
-  private takingCommands = true;
   /** The events given to start(). */
   private events: SessionEvents | null = null;
 
@@ -179,7 +155,7 @@ export class MqttSession {
     this.topics = options.topics;
     this.clock = options.clock;
     this.logger = options.logger;
-    this.level = options.config.protocolVersion === 4 ? 4 : 5;
+    this.version = new ProtocolVersion(options.config, this.logger, this.shownUrl);
     this.reconnectMinMs = options.reconnect?.minMs ?? 1_000;
     this.backoff = new Backoff({
       minMs: this.reconnectMinMs,
@@ -188,17 +164,30 @@ export class MqttSession {
     this.clientOptions = buildClientOptions({
       config: this.config,
       gatewayId: options.gatewayId,
-      level: this.level,
+      level: this.version.level,
       reconnectMinMs: this.reconnectMinMs,
       statusTopic: this.topics.status,
+    });
+    this.subscription = new CommandSubscription({
+      topics: this.topics,
+      logger: this.logger,
+      level: () => this.version.level,
+      current: (client) => client === this.current && !this.isEnded,
+      ended: () => this.isEnded,
+      failed: (reason) => {
+        this.error = reason;
+      },
+      dropConnection: (client, reason) => {
+        this.dropConnection(client, reason);
+      },
     });
     this.closes = new SessionCloses({
       clientId: this.clientOptions.clientId ?? '',
       statusTopic: this.topics.status,
       clock: this.clock,
       logger: this.logger,
-      sessionExpiryS: () => (this.level === 5 ? this.config.sessionExpiryS : undefined),
-      lastStatus: () => this.lastStatus,
+      sessionExpiryS: () => (this.version.level === 5 ? this.config.sessionExpiryS : undefined),
+      lastStatus: () => this.subscription.lastStatus,
       current: (client) => client === this.current && !this.isEnded,
       cause: (cause) => {
         this.error = cause;
@@ -239,7 +228,7 @@ export class MqttSession {
 
   /** The protocol level of the next (or current) connection. */
   get protocolLevel(): ProtocolLevel {
-    return this.level;
+    return this.version.level;
   }
 
   /**
@@ -264,24 +253,11 @@ export class MqttSession {
 
   /** Connected, and the command subscription confirmed by the broker. */
   connected(): boolean {
-    return this.current?.connected === true && this.subscribed && !this.isEnded;
+    return this.current?.connected === true && this.subscription.subscribed && !this.isEnded;
   }
 
   protocol(): MqttProtocol {
-    const version = this.level;
-    let summary: string;
-    if (version === 5 && this.probe.check === 'missing') {
-      summary =
-        'MQTT 5: the broker announces Subscription Identifiers but delivers none; command copies through other subscriptions of the session cannot be told apart';
-    } else if (version === 5) summary = 'MQTT 5';
-    else if (this.fellBack) {
-      summary =
-        'MQTT 3.1.1: the broker refused MQTT 5; response topics and message expiry unavailable';
-    } else {
-      summary =
-        'MQTT 3.1.1 (mqtt.protocolVersion 4): response topics and message expiry unavailable';
-    }
-    return { version, fallback: this.fellBack, summary };
+    return this.version.protocol(this.probe.check === 'missing');
   }
 
   /** Connects in the background; reconnects with backoff until stop(). */
@@ -294,7 +270,7 @@ export class MqttSession {
     // is cut as it comes (its start kept, for its key), never held whole.
     cutOversizedPublishes(
       client,
-      () => this.level === 4,
+      () => this.version.level === 4,
       () => new PublishCutter(MAX_PACKET_BYTES, MAX_COMMAND_BYTES + 1, this.cuts),
     );
     client.handleMessage = (packet, callback) => {
@@ -371,7 +347,8 @@ export class MqttSession {
   readRetained(filter: string): Promise<'read' | 'refused' | 'lost'> {
     const client = this.client;
     if (client?.connected !== true) return Promise.resolve('lost');
-    const options = this.level === 5 ? { qos: 0 as const, nl: true, rh: 0 } : { qos: 0 as const };
+    const options =
+      this.version.level === 5 ? { qos: 0 as const, nl: true, rh: 0 } : { qos: 0 as const };
     return new Promise((resolve) => {
       let refused = false;
       client.subscribe(filter, options, (error, granted) => {
@@ -470,17 +447,17 @@ export class MqttSession {
       }
       const published = await this.within(
         STOP_STEP_MS,
-        client.publishAsync(this.topics.status, 'offline', this.statusOptions()),
+        client.publishAsync(this.topics.status, 'offline', statusOptions(this.version.level)),
       );
       if (!published) this.logger.warn({}, '`offline` not acknowledged in time');
     }
     this.isEnded = true;
-    this.subscribed = false;
+    this.subscription.subscribed = false;
     const connected = client.connected;
     const ended = new Promise<void>((resolve) => {
       // MQTT 5: disconnecting "with Will Message" makes the broker publish `offline` too, in
       // case the explicit publication above did not get through.
-      const opts = this.level === 5 ? { reasonCode: DISCONNECT_WITH_WILL } : {};
+      const opts = this.version.level === 5 ? { reasonCode: DISCONNECT_WITH_WILL } : {};
       client.end(!connected, opts, () => {
         resolve();
       });
@@ -523,28 +500,18 @@ export class MqttSession {
     return { changed, connected: this.current?.connected === true && !this.isEnded };
   }
 
-  private statusOptions(): IClientPublishOptions {
-    return this.level === 5
-      ? {
-          qos: 1,
-          retain: true,
-          properties: { contentType: 'text/plain', payloadFormatIndicator: true },
-        }
-      : { qos: 1, retain: true };
-  }
-
   /**
    * A CONNACK, as mqtt.js reads it: when it accepts the connection, the identifiers it announces
    * are this connection's from now on, for the messages the broker sends before the 'connect'
    * event (onConnect) too.
    */
   private onConnack(client: MqttClient, connack: IConnackPacket): void {
-    const code = this.level === 5 ? connack.reasonCode : connack.returnCode;
+    const code = this.version.level === 5 ? connack.reasonCode : connack.returnCode;
     if ((code ?? 0) !== 0 || this.isEnded) return;
     // A broker without Subscription Identifiers says so in its CONNACK, and would end the
     // connection on a SUBSCRIBE that carries one (MQTT 5 §3.8.3.1, 0xA1).
     this.subscriptionId =
-      this.level === 5 && connack.properties?.subscriptionIdentifiersAvailable !== false
+      this.version.level === 5 && connack.properties?.subscriptionIdentifiersAvailable !== false
         ? COMMAND_SUBSCRIPTION_ID
         : undefined;
     this.probe.connack(client, this.subscriptionId !== undefined);
@@ -555,7 +522,8 @@ export class MqttSession {
     if (this.isEnded) return;
     // A duration follows (a stable connection?): the monotonic clock, which never steps.
     this.connectedAt = this.clock.elapsed();
-    this.brokerMaxPacket = this.level === 5 ? connack.properties?.maximumPacketSize : undefined;
+    this.brokerMaxPacket =
+      this.version.level === 5 ? connack.properties?.maximumPacketSize : undefined;
     this.errorStreak = 0;
     this.error = null;
     const sessionPresent = connack.sessionPresent;
@@ -573,101 +541,22 @@ export class MqttSession {
     // retained command is refused as at any subscription. Ready (subscribed) only at the SUBACK,
     // session present or not: until then the session may be without the filter, and a command
     // published meanwhile is dropped by the broker (no subscriber), not held for this gateway.
-    this.subscribed = false;
+    this.subscription.subscribed = false;
     // First: the read subscribes the status filter, which the probe subscribes next.
-    this.closes.connected(client, this.level, sessionPresent);
+    this.closes.connected(client, this.version.level, sessionPresent);
     if (this.subscriptionId === undefined) this.probe.notUsed();
     else this.probe.begin(client);
-    this.subscribe(client, events);
+    this.subscription.subscribe(client, this.subscriptionId, events);
     events.connected();
   }
 
   /**
    * The gateway takes no more commands (a graceful stop has begun; the connection stays up for
-   * the results of the commands still settling): the retained status says `offline` now, not at
-   * the end of the stop. A plant system that sends its commands to a gateway that says `online`
-   * (a failover to another gateway on `offline`) sent them, for as long as the commands in flight
-   * took to settle (up to the shutdown bound), to one that left them with the broker until its
-   * next start — run then if still fresh, or rejected STALE_COMMAND.
+   * the results of the commands still settling): the retained status says `offline` now
+   * (CommandSubscription.stopTakingCommands).
    */
   stopTakingCommands(): void {
-    if (!this.takingCommands) return;
-    this.takingCommands = false;
-    const client = this.client;
-    if (client?.connected === true && this.subscribed && this.events !== null) {
-      this.publishStatus(client, this.events);
-    }
-  }
-
-  /**
-   * The retained `online`: once the command subscription is granted — the gateway hears its
-   * commands. At the CONNACK it said so of a gateway whose broker then refused the
-   * subscription, and again at every reconnection of its retry loop, the Will's `offline`
-   * between. `offline` instead once the gateway takes no more commands (stopTakingCommands).
-   */
-  private publishStatus(client: MqttClient, events: SessionEvents): void {
-    const status = this.takingCommands ? 'online' : 'offline';
-    this.lastStatus = status;
-    client.publish(this.topics.status, status, this.statusOptions(), (error) => {
-      if (!(error instanceof Error) || this.isEnded) return;
-      // A refusal carries the broker's reason (the publisher says it like any other); other
-      // errors (the connection lost first) have only their message.
-      if (error instanceof ErrorWithReasonCode) events.statusRefused(error);
-      else this.logger.warn({ err: error }, `\`${status}\` not published`);
-    });
-  }
-
-  private subscribe(client: MqttClient, events: SessionEvents): void {
-    // MQTT 5: retained messages are not sent at subscription (retain handling 2), and the
-    // retain flag is kept as published (rap), so that a command published retained — which
-    // the broker would replay to every new subscriber — is refused rather than executed.
-    // With a Subscription Identifier, so that a message another filter in the session delivers
-    // (a copy of a command, from a filter that overlaps this one) is told apart:
-    // CommandMessages.handle, LeftSubscriptions.unsubscribeOverlapping.
-    const id = this.subscriptionId;
-    const options =
-      this.level === 5
-        ? {
-            qos: 1 as const,
-            rh: 2,
-            rap: true,
-            ...(id === undefined ? {} : { properties: { subscriptionIdentifier: id } }),
-          }
-        : { qos: 1 as const };
-    client.subscribe(this.topics.commandFilter, options, (error, granted) => {
-      // A connection lost before the SUBACK: the next one subscribes again.
-      if (client !== this.current || this.isEnded || !client.connected) return;
-      const qos = granted?.[0]?.qos;
-      if (error === null && qos !== undefined && qos >= 1 && qos < 0x80) {
-        this.subscribed = true;
-        this.logger.info(
-          { topic: this.topics.commandFilter, qos },
-          'subscribed to the command topics',
-        );
-        this.publishStatus(client, events);
-        return;
-      }
-      if (error === null && qos === 0) {
-        // A broker that caps QoS (EMQX max_qos_allowed, an authorizer) granted less than asked:
-        // the commands would come at most once — none kept for the gateway while it is away,
-        // none redelivered when the journal cannot take it, and no PUBACK of the gateway's saying
-        // that one is journaled (I5) — while `online` told the plant they were heard. Refused as
-        // a refusal is, until the broker grants QoS 1.
-        this.error = `the broker granted the command subscription ${this.topics.commandFilter} at QoS 0, not 1: commands would be lost while the gateway is away or its journal is unavailable; allow QoS 1 for this client on the broker`;
-        this.logger.error(
-          { topic: this.topics.commandFilter, qos },
-          'the broker granted the command subscription at QoS 0 only (commands at most once); reconnecting to try again',
-        );
-        this.dropConnection(client, 'subscription granted at QoS 0');
-        return;
-      }
-      this.error = error?.message ?? 'subscription refused by the broker';
-      this.logger.error(
-        { topic: this.topics.commandFilter, err: error ?? undefined, qos },
-        'the broker refused the command subscription; reconnecting to try again',
-      );
-      this.dropConnection(client, 'subscription refused');
-    });
+    this.subscription.stopTakingCommands(this.client, this.events);
   }
 
   private onClose(client: MqttClient): void {
@@ -683,7 +572,7 @@ export class MqttSession {
     // from its CONNACK, and sends what it held (an `online` or a result still in flight when
     // the last one ended) before it says 'connect' — a while on a slow uplink, in which the
     // last connection's subscription said ready of one that has none yet.
-    this.subscribed = false;
+    this.subscription.subscribed = false;
     this.probe.end();
     // The copies held for a verdict on this connection go with it (the broker redelivers them).
     this.events?.identifiersAnswered();
@@ -723,14 +612,15 @@ export class MqttSession {
 
   private onError(client: MqttClient, error: Error): void {
     this.attemptFailed = true;
-    if (this.refusesProtocol(error)) {
+    if (this.version.refuses(error, this.awaitingConnack)) {
       if (this.config.protocolVersion === 'auto') {
-        this.fallBack(client, error);
+        this.version.fallBack(client, error);
+        this.backoff.reset();
         return;
       }
       this.failed(
         error,
-        `${error.message}: the broker does not speak MQTT ${this.level === 5 ? '5' : '3.1.1'} (mqtt.protocolVersion ${this.config.protocolVersion}; \`auto\` falls back to 3.1.1)`,
+        `${error.message}: the broker does not speak MQTT ${this.version.level === 5 ? '5' : '3.1.1'} (mqtt.protocolVersion ${this.config.protocolVersion}; \`auto\` falls back to 3.1.1)`,
       );
     } else {
       this.failed(error);
@@ -756,39 +646,6 @@ export class MqttSession {
     this.logger[level](
       { err: error, url: this.shownUrl, ...(reason === error.message ? {} : { reason }) },
       'MQTT connection error',
-    );
-  }
-
-  private refusesProtocol(error: Error): boolean {
-    return (
-      this.awaitingConnack &&
-      error instanceof ErrorWithReasonCode &&
-      PROTOCOL_REFUSALS.has(error.code)
-    );
-  }
-
-  /**
-   * The broker refused MQTT 5 in its CONNACK: speak 3.1.1 from the next connection on, for the
-   * rest of this intake's life (SPEC §5). The options are the client's own, read again at each
-   * connection (CONNECT, parser, publications); results held for the next connection carry no
-   * MQTT 5 properties on a 3.1.1 wire. Called from mqtt.js's CONNACK handler, before it
-   * schedules the reconnection with `reconnectPeriod`.
-   */
-  private fallBack(client: MqttClient, error: Error): void {
-    this.level = 4;
-    this.fellBack = true;
-    client.options.protocolVersion = 4;
-    delete client.options.properties;
-    client.options.reconnectPeriod = FALLBACK_RECONNECT_MS;
-    this.backoff.reset();
-    // What becomes of a command without issuedAt depends on the site: said as it is, so that
-    // a site that takes untimed commands is not told they are now refused.
-    const untimed = this.config.acceptUntimedCommands
-      ? 'commands without issuedAt are still taken, timed from their receipt (mqtt.acceptUntimedCommands)'
-      : 'commands must carry issuedAt';
-    this.logger.warn(
-      { url: this.shownUrl, refusal: error.message },
-      `the MQTT broker refused MQTT 5; falling back to MQTT 3.1.1: response topics and message expiry are unavailable, ${untimed}`,
     );
   }
 

@@ -1,0 +1,144 @@
+import { ErrorWithReasonCode, type IClientPublishOptions, type MqttClient } from 'mqtt';
+import type { Logger } from '../core/logger.js';
+import type { GatewayTopics } from './mqtt-topics.js';
+
+/** What the command subscription needs of the session (mqtt-session.ts). */
+export interface CommandSubscriptionHost {
+  readonly topics: GatewayTopics;
+  readonly logger: Logger;
+  /** The protocol level of the current connection: 5, or 4 (MQTT 3.1.1). */
+  level(): 4 | 5;
+  /** Whether `client` is still the session's current client, and the session not ended. */
+  current(client: MqttClient): boolean;
+  /** Whether the session has ended (stop()): nothing more is said of its publications. */
+  ended(): boolean;
+  /** Why the intake is not connected (/readyz): a refused subscription. */
+  failed(reason: string): void;
+  /** Drops the connection so that the next one subscribes again. */
+  dropConnection(client: MqttClient, reason: string): void;
+}
+
+/** The session's events the status needs (SessionEvents). */
+export interface StatusEvents {
+  readonly statusRefused: (error: ErrorWithReasonCode) => void;
+}
+
+/** The options of the retained status publications (`online`, `offline`). */
+export function statusOptions(level: 4 | 5): IClientPublishOptions {
+  return level === 5
+    ? {
+        qos: 1,
+        retain: true,
+        properties: { contentType: 'text/plain', payloadFormatIndicator: true },
+      }
+    : { qos: 1, retain: true };
+}
+
+/**
+ * The command subscription of each connection (MQTT 5: retain handling 2, retain as published,
+ * with the command subscription's Subscription Identifier), and the gateway's retained status
+ * that follows it: `online` once the broker granted the subscription at QoS 1, `offline` once
+ * the gateway takes no more commands. Ready (`subscribed`) from the SUBACK to the connection's
+ * end. Split out of mqtt-session.ts, which keeps the connection's lifecycle.
+ */
+export class CommandSubscription {
+  /** The command subscription is granted on the current connection. */
+  subscribed = false;
+  /** The status last published on a connection (`online` / `offline`), for SessionCloses. */
+  lastStatus: string | null = null;
+  /**
+   * False once the intake stopped taking commands (a graceful stop has begun): the status says
+   * `offline` from then on, at a reconnection too.
+   */
+  private takingCommands = true;
+
+  constructor(private readonly host: CommandSubscriptionHost) {}
+
+  /**
+   * The gateway takes no more commands (a graceful stop has begun; the connection stays up for
+   * the results of the commands still settling): the retained status says `offline` now, not at
+   * the end of the stop. A plant system that sends its commands to a gateway that says `online`
+   * (a failover to another gateway on `offline`) sent them, for as long as the commands in flight
+   * took to settle (up to the shutdown bound), to one that left them with the broker until its
+   * next start — run then if still fresh, or rejected STALE_COMMAND.
+   */
+  stopTakingCommands(client: MqttClient | null, events: StatusEvents | null): void {
+    if (!this.takingCommands) return;
+    this.takingCommands = false;
+    if (client?.connected === true && this.subscribed && events !== null) {
+      this.publishStatus(client, events);
+    }
+  }
+
+  /**
+   * The retained `online`: once the command subscription is granted — the gateway hears its
+   * commands. At the CONNACK it said so of a gateway whose broker then refused the
+   * subscription, and again at every reconnection of its retry loop, the Will's `offline`
+   * between. `offline` instead once the gateway takes no more commands (stopTakingCommands).
+   */
+  private publishStatus(client: MqttClient, events: StatusEvents): void {
+    const status = this.takingCommands ? 'online' : 'offline';
+    this.lastStatus = status;
+    client.publish(this.host.topics.status, status, statusOptions(this.host.level()), (error) => {
+      if (!(error instanceof Error) || this.host.ended()) return;
+      // A refusal carries the broker's reason (the publisher says it like any other); other
+      // errors (the connection lost first) have only their message.
+      if (error instanceof ErrorWithReasonCode) events.statusRefused(error);
+      else this.host.logger.warn({ err: error }, `\`${status}\` not published`);
+    });
+  }
+
+  subscribe(client: MqttClient, id: number | undefined, events: StatusEvents): void {
+    // MQTT 5: retained messages are not sent at subscription (retain handling 2), and the
+    // retain flag is kept as published (rap), so that a command published retained — which
+    // the broker would replay to every new subscriber — is refused rather than executed.
+    // With a Subscription Identifier, so that a message another filter in the session delivers
+    // (a copy of a command, from a filter that overlaps this one) is told apart:
+    // CommandMessages.handle, LeftSubscriptions.unsubscribeOverlapping.
+    const options =
+      this.host.level() === 5
+        ? {
+            qos: 1 as const,
+            rh: 2,
+            rap: true,
+            ...(id === undefined ? {} : { properties: { subscriptionIdentifier: id } }),
+          }
+        : { qos: 1 as const };
+    client.subscribe(this.host.topics.commandFilter, options, (error, granted) => {
+      // A connection lost before the SUBACK: the next one subscribes again.
+      if (!this.host.current(client) || !client.connected) return;
+      const qos = granted?.[0]?.qos;
+      if (error === null && qos !== undefined && qos >= 1 && qos < 0x80) {
+        this.subscribed = true;
+        this.host.logger.info(
+          { topic: this.host.topics.commandFilter, qos },
+          'subscribed to the command topics',
+        );
+        this.publishStatus(client, events);
+        return;
+      }
+      if (error === null && qos === 0) {
+        // A broker that caps QoS (EMQX max_qos_allowed, an authorizer) granted less than asked:
+        // the commands would come at most once — none kept for the gateway while it is away,
+        // none redelivered when the journal cannot take it, and no PUBACK of the gateway's saying
+        // that one is journaled (I5) — while `online` told the plant they were heard. Refused as
+        // a refusal is, until the broker grants QoS 1.
+        this.host.failed(
+          `the broker granted the command subscription ${this.host.topics.commandFilter} at QoS 0, not 1: commands would be lost while the gateway is away or its journal is unavailable; allow QoS 1 for this client on the broker`,
+        );
+        this.host.logger.error(
+          { topic: this.host.topics.commandFilter, qos },
+          'the broker granted the command subscription at QoS 0 only (commands at most once); reconnecting to try again',
+        );
+        this.host.dropConnection(client, 'subscription granted at QoS 0');
+        return;
+      }
+      this.host.failed(error?.message ?? 'subscription refused by the broker');
+      this.host.logger.error(
+        { topic: this.host.topics.commandFilter, err: error ?? undefined, qos },
+        'the broker refused the command subscription; reconnecting to try again',
+      );
+      this.host.dropConnection(client, 'subscription refused');
+    });
+  }
+}
