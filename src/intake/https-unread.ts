@@ -50,8 +50,9 @@ export function boundAnswers(server: NetServer, ms: number, closed?: () => void)
             arm();
             return;
           }
-          resetConnection(socket);
-          closed?.();
+          // Gone meanwhile (its client reset it, and Node has not yet seen it): neither reset
+          // nor counted (resetConnection).
+          if (resetConnection(socket)) closed?.();
         });
       };
       const arm = (): void => {
@@ -138,8 +139,7 @@ export function boundUnreadInKernel(server: NetServer, ms: number, closed?: () =
       watch.stalledSince ??= now;
       if (now - watch.stalledSince < ms) continue;
       open.delete(socket);
-      resetConnection(socket);
-      closed?.();
+      if (resetConnection(socket)) closed?.();
     }
   };
   server.on('secureConnection', (socket: Socket) => {
