@@ -13,6 +13,20 @@ import type { Logger } from './logger.js';
 import { unsentLine, writesMaybeSent } from './redispatch.js';
 
 /**
+ * A command's write refused unsent by its driver for want of a connection to the controller
+ * (WriteNotSentError `no-connection`): nothing of it left the process, and the command goes
+ * round again within its deadline (execution.ts, carryOutRounds). `dispatched`: the command as
+ * journaled with that write; `error`: the driver's words; `sentBefore`: how many of its writes
+ * before this one may have left the gateway (0, or 1 after a write sent and proven not applied:
+ * redispatch.ts), which the rounds carry on.
+ */
+export interface NoConnection {
+  readonly dispatched: CommandRecord;
+  readonly error: string;
+  readonly sentBefore: number;
+}
+
+/**
  * A command's write on its way to the controller: remembered as the lane's last write, handed to
  * the driver (sent again while the controller answers busy, busy-write.ts), and what became of
  * it when it was not sent or was refused — a history line where only this process knows it. The

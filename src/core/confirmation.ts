@@ -1,7 +1,7 @@
-import { CommandWrites, requireSeq } from './command-writes.js';
+import { CommandWrites, requireSeq, type NoConnection } from './command-writes.js';
 import type { DeviceReads } from './device-reads.js';
 import type { CommandRecord } from './journal.js';
-import type { ExecutionHost, Lane } from './lane.js';
+import { settledMeanwhile, type ExecutionHost, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { observe, type Expectation } from './readback.js';
 import { ReadbackConfirmation } from './readback-confirmation.js';
@@ -33,20 +33,23 @@ export class ConfirmationLoop {
   }
 
   /**
-   * Sends the write of a command just journaled `dispatched`, none of whose writes ever left the
-   * process (execution.ts, carryOut), and confirms it. `again`: why its latest write was never
-   * sent, when this is a re-dispatch. Returns the driver's words when the write found no
-   * connection to the controller (WriteNotSentError `no-connection`): nothing of it left the
-   * process, and the caller goes round again once the connection is back, while the deadline
-   * allows (execution.ts); otherwise null, the command settled or left to whoever settles it.
+   * Sends the write of a command just journaled `dispatched` as one not yet written
+   * (execution.ts, carryOut), and confirms it. `again`, when this is a re-dispatch: why its
+   * latest write was never sent, and how many of its writes before may have left the gateway
+   * (one sent and proven not applied, or none). Returns the write refused unsent when it found
+   * no connection to the controller (WriteNotSentError `no-connection`) — this one, or a write
+   * sent once more after it was proven not applied (readback-confirmation.ts): nothing of it
+   * left the process, and the caller goes round again once the connection is back, while the
+   * deadline allows (execution.ts); otherwise null, the command settled or left to whoever
+   * settles it.
    */
   async writeAndConfirm(
     lane: Lane,
     dispatched: CommandRecord,
     first: { readonly before: TimedReadback; readonly expect: Expectation },
     log: Logger,
-    again: UnsentCause | null = null,
-  ): Promise<{ readonly noConnection: string } | null> {
+    again: { readonly cause: UnsentCause; readonly sentBefore: number } | null = null,
+  ): Promise<NoConnection | null> {
     const { profile } = lane.binding;
     const seq = requireSeq(dispatched);
     const write = this.writes.beginWrite(lane, dispatched, seq);
@@ -55,13 +58,22 @@ export class ConfirmationLoop {
     // (takeUpUnsent) or refused for want of a connection (carryOut); one proven not applied by
     // readback is sent by notTaken.
     if (dispatched.attempts > 1 && outcome.kind !== 'not-sent') {
-      lane.writes.redispatches[again === 'no-connection' ? 'no_connection' : 'withdrawn']++;
+      lane.writes.redispatches[again?.cause === 'no-connection' ? 'no_connection' : 'withdrawn']++;
     }
     if (outcome.kind === 'refused') {
       this.writes.refused(dispatched, observe(first.before), outcome, log);
       return null;
     }
     if (outcome.kind === 'not-sent' && outcome.reason === 'withdrawn') {
+      if (again !== null && again.sentBefore > 0) {
+        // A write of it was sent before (proven not applied): not "never written", so not
+        // superseded by the stop that withdrew this one; the history says it was not sent,
+        // and its take-up ends it (execution.ts, takeUpUnsent).
+        if (!settledMeanwhile(this.host, lane, dispatched, log)) {
+          this.writes.secondUnsent(lane, dispatched, outcome.error, log);
+        }
+        return null;
+      }
       this.writes.withdrawn(lane, dispatched, observe(first.before), outcome.error, log);
       return null;
     }
@@ -69,7 +81,7 @@ export class ConfirmationLoop {
       // The connection dropped just before (its reconnect not yet due) or the connect failed:
       // nothing of the write left the process, and the command may ride out the reconnect —
       // again if its connection dropped again between its fresh read and this write.
-      return { noConnection: outcome.error };
+      return { dispatched, error: outcome.error, sentBefore: again?.sentBefore ?? 0 };
     }
     if (outcome.kind === 'not-sent' && outcome.reason === 'closed') {
       // The driver never handed it to a socket: nothing was applied, whatever a readback shows
@@ -85,7 +97,7 @@ export class ConfirmationLoop {
       });
       return null;
     }
-    if (outcome.kind === 'not-sent' && again === 'no-connection') {
+    if (outcome.kind === 'not-sent' && again?.cause === 'no-connection') {
       // Its deadline passed while the write went round again (while it waited behind other
       // requests): the command ends as one whose wait for the connection ran out.
       this.host.settle(log, dispatched, 'dispatched', {
@@ -111,7 +123,7 @@ export class ConfirmationLoop {
       log.warn({ err: outcome.error, seq }, 'write outcome unknown; reading back');
     }
     const windowMs = profile.timing.confirmTimeoutMs;
-    await this.readbacks.confirm(
+    return this.readbacks.confirm(
       lane,
       dispatched,
       {
@@ -125,11 +137,13 @@ export class ConfirmationLoop {
       log,
       false,
     );
-    return null;
   }
 
-  /** Takes up a `dispatched` command with no live worker (take-up.ts). */
-  takeUp(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
+  /**
+   * Takes up a `dispatched` command with no live worker (take-up.ts); what it returns as
+   * writeAndConfirm does.
+   */
+  takeUp(lane: Lane, record: CommandRecord, log: Logger): Promise<NoConnection | null> {
     return this.takeUps.takeUp(lane, record, log);
   }
 }

@@ -1,9 +1,9 @@
 import { clockNote } from './clock-policy.js';
-import { requireSeq } from './command-writes.js';
+import { requireSeq, type NoConnection } from './command-writes.js';
 import { ConfirmationLoop } from './confirmation.js';
 import { DeviceReads } from './device-reads.js';
 import { MAX_DISPATCHES, type CommandRecord } from './journal.js';
-import { PIPELINE, refId, type ExecutionHost, type Lane } from './lane.js';
+import { PIPELINE, refId, type ExecutionHost, type Lane, type Outcome } from './lane.js';
 import type { Logger } from './logger.js';
 import { stopOverPreempted } from './preemption.js';
 import { observe, type Expectation } from './readback.js';
@@ -48,14 +48,18 @@ export class CommandExecution {
    * the command went round again (carryOut). The driver proved that: it was never sent and
    * never will be, and no readback can prove it as well (a controller showing its power-up echo
    * after a restart looks like one that lost the write). Such a command is one never written.
+   * A write the take-up proves not applied and sends once more that finds no connection goes
+   * round again (goRoundAgain).
    */
-  takeUpDispatched(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
+  async takeUpDispatched(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
     const cause =
       record.seq === null ? null : latestUnsentCause(this.host.journal.history(record), record.seq);
     if (record.seq === null || cause === null) {
-      return this.confirmation.takeUp(lane, record, log);
+      const unsent = await this.confirmation.takeUp(lane, record, log);
+      if (unsent !== null) await this.goRoundAgain(lane, unsent, log);
+      return;
     }
-    return this.takeUpUnsent(lane, record, record.seq, cause, log);
+    await this.takeUpUnsent(lane, record, record.seq, cause, log);
   }
 
   async handleAccepted(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
@@ -114,12 +118,17 @@ export class CommandExecution {
       });
       return;
     }
-    if (this.settleAtCap(record, seq, log)) return;
+    if (this.settleAtCap(record, seq, 0, log)) return;
     this.host.note(
       record,
       `taken up: ${unsent} (the history says so), so it is handled as a command not yet written: a fresh read decides`,
     );
-    await this.carryOutRounds(lane, record, { from: 'dispatched', seq, unsent: cause }, log);
+    await this.carryOutRounds(
+      lane,
+      record,
+      { from: 'dispatched', seq, unsent: cause, sentBefore: 0 },
+      log,
+    );
   }
 
   /**
@@ -133,7 +142,9 @@ export class CommandExecution {
    * meanwhile), the state-machine check, and its write as a re-dispatch, journaled before it
    * goes out (I1). Past its deadline it ends `failed` `DEVICE_UNREACHABLE`, nothing applied; so
    * too at MAX_DISPATCHES. A write whose request may have left (a timeout, a reset after
-   * sending) is not this: its outcome is unknown, and readback settles it (confirmation.ts).
+   * sending) is not this: its outcome is unknown, and readback settles it (confirmation.ts) —
+   * and when readback proves it not applied and the write sent once more finds no connection,
+   * the command goes round again the same way (goRoundAgain).
    */
   private async carryOutRounds(
     lane: Lane,
@@ -141,37 +152,60 @@ export class CommandExecution {
     course: NotWritten,
     log: Logger,
   ): Promise<void> {
-    let unsent = await this.carryOut(lane, record, course, log);
+    const unsent = await this.carryOut(lane, record, course, log);
+    if (unsent !== null) await this.goRoundAgain(lane, unsent, log);
+  }
+
+  /**
+   * The rounds after a write refused unsent for want of a connection (carryOutRounds). The
+   * refused write may follow one that was sent and proven not applied (readback-confirmation.ts,
+   * notTaken: `sentBefore` 1): that one can no longer land — the proof is of an image produced
+   * past its guard — and the refused one never left, so a write now is the second of the two
+   * that may ever leave the gateway (redispatch.ts), decided on a fresh read like any round
+   * (I1, I4); were it lost too, readback settles it and it is not sent again.
+   */
+  private async goRoundAgain(lane: Lane, first: NoConnection, log: Logger): Promise<void> {
+    let unsent: NoConnection | null = first;
     while (unsent !== null) {
-      const { dispatched, error } = unsent;
+      const { dispatched, error, sentBefore } = unsent;
       const seq = requireSeq(dispatched);
       log.warn(
         { seq, err: error, attempts: dispatched.attempts },
         'write not sent: no connection to the controller; the command waits for it and goes round again',
       );
       this.host.note(dispatched, noConnectionLine(seq, error));
-      if (this.settleAtCap(dispatched, seq, log)) return;
+      if (this.settleAtCap(dispatched, seq, sentBefore, log)) return;
       unsent = await this.carryOut(
         lane,
         dispatched,
-        { from: 'dispatched', seq, unsent: 'no-connection' },
+        { from: 'dispatched', seq, unsent: 'no-connection', sentBefore },
         log,
       );
     }
   }
 
   /**
-   * Ends a command none of whose writes was sent once it has been dispatched MAX_DISPATCHES
-   * times: `failed` `DEVICE_UNREACHABLE`, nothing applied. True when it did.
+   * Ends a command none of whose writes was sent (or, `sentBefore`, only its first, proven not
+   * applied) once it has been dispatched MAX_DISPATCHES times: `failed` `DEVICE_UNREACHABLE`,
+   * nothing applied. True when it did.
    */
-  private settleAtCap(record: CommandRecord, seq: number, log: Logger): boolean {
+  private settleAtCap(
+    record: CommandRecord,
+    seq: number,
+    sentBefore: number,
+    log: Logger,
+  ): boolean {
     if (record.attempts < MAX_DISPATCHES) return false;
+    const sent =
+      sentBefore === 0
+        ? 'none of its writes was sent'
+        : 'its first write was sent and proven not applied, and none since was sent';
     this.host.settle(log, record, 'dispatched', {
       to: 'failed',
       code: 'DEVICE_UNREACHABLE',
       faultCode: null,
       observed: null,
-      detail: `the write never reached the controller: the command was dispatched ${record.attempts} times (sequence number ${seq}) and none of its writes was sent (no connection to the controller, or withdrawn, as its history says), so it is not dispatched again (at most ${MAX_DISPATCHES}); nothing was applied`,
+      detail: `the write never reached the controller: the command was dispatched ${record.attempts} times (sequence number ${seq}) and ${sent} (no connection to the controller, or withdrawn, as its history says), so it is not dispatched again (at most ${MAX_DISPATCHES}); nothing was applied`,
     });
     return true;
   }
@@ -187,12 +221,18 @@ export class CommandExecution {
     record: CommandRecord,
     course: NotWritten,
     log: Logger,
-  ): Promise<{ readonly dispatched: CommandRecord; readonly error: string } | null> {
+  ): Promise<NoConnection | null> {
     const { clock } = this.host;
     const { from } = course;
+    // Going round after a write that was sent (proven not applied): not a command never
+    // written, so none of its ends here is `rejected` (sentBeforeHost).
+    const host =
+      course.from === 'dispatched' && course.sentBefore > 0
+        ? sentBeforeHost(this.host, course.seq)
+        : this.host;
     // The moment the command is taken up: a no-op is decided on an image from no earlier.
     const takenUpMono = clock.elapsed();
-    if (rejectIfStale(this.host, record, null, course, log)) return null;
+    if (rejectIfStale(host, record, null, course, log)) return null;
     // The state-machine check runs against a fresh read, never against a cached mirror.
     const read = await this.reads.readUntil(
       lane,
@@ -202,14 +242,14 @@ export class CommandExecution {
     );
     if (aborted(lane)) return null;
     if (read.readback === null) {
-      this.host.settle(log, record, from, {
+      host.settle(log, record, from, {
         to: 'failed',
         code: 'DEVICE_UNREACHABLE',
         faultCode: null,
         observed: null,
         detail:
           course.from === 'dispatched' && course.unsent === 'no-connection'
-            ? `the write never reached the controller: its write (sequence number ${course.seq}) found no connection to the controller, and none could be had to go round again before its deadline ${new Date(record.deadline).toISOString()}; nothing was applied (${read.lastError ?? 'no answer'})`
+            ? `the write never reached the controller: ${course.sentBefore > 0 ? 'its first write was sent and proven not applied, and ' : ''}its write (sequence number ${course.seq}) found no connection to the controller, and none could be had to go round again before its deadline ${new Date(record.deadline).toISOString()}; nothing was applied (${read.lastError ?? 'no answer'})`
             : `no readback before the deadline; nothing was written (${read.lastError ?? 'no answer'})`,
       });
       return null;
@@ -217,7 +257,7 @@ export class CommandExecution {
     // The device's previous write may still be taken (its command ended with its fate open):
     // decided on an image without it, this command would be undone by it.
     const settled = await afterPreviousWrite(
-      this.host,
+      host,
       this.reads,
       lane,
       record,
@@ -244,7 +284,7 @@ export class CommandExecution {
     const expect: Expectation = { confirm: [], position: record.position };
     switch (decision.kind) {
       case 'reject':
-        this.host.settle(log, record, from, {
+        host.settle(log, record, from, {
           to: 'rejected',
           code: decision.code,
           faultCode: decision.faultCode,
@@ -279,13 +319,13 @@ export class CommandExecution {
         }
         // I3: freshness again in the same step as the dispatch, with no wait in between: the
         // skew read above may have taken up to a request timeout.
-        if (rejectIfStale(this.host, record, before, course, log)) return null;
+        if (rejectIfStale(host, record, before, course, log)) return null;
         // SPEC §6: the clocks the command's judgement rests on (gateway sync, controller skew).
-        if (rejectIfUnsynced(this.host, lane, record, before, from, log)) return null;
+        if (rejectIfUnsynced(host, lane, record, before, from, log)) return null;
         // A controller that echoes the number already would ignore the write as a repeat, and
         // its echo would look like this command's (sequence.ts).
         if (course.from === 'dispatched' && before.seq === course.seq) {
-          this.host.settle(log, record, from, {
+          host.settle(log, record, from, {
             to: 'failed',
             code: 'READBACK_MISMATCH',
             faultCode: null,
@@ -330,16 +370,17 @@ export class CommandExecution {
         }
         // The barrier may have taken long (a slow or stalled disk): freshness and the command's
         // state were checked before it.
-        if (notToBeWritten(this.host, lane, dispatched, log)) return null;
+        if (notToBeWritten(host, lane, dispatched, log)) return null;
         log.info({ seq: dispatched.seq, from: before.state }, 'command dispatched');
-        const unsent = await this.confirmation.writeAndConfirm(
+        return this.confirmation.writeAndConfirm(
           lane,
           dispatched,
           { before, expect: { ...expect, confirm: decision.confirm } },
           log,
-          course.from === 'dispatched' ? course.unsent : null,
+          course.from === 'dispatched'
+            ? { cause: course.unsent, sentBefore: course.sentBefore }
+            : null,
         );
-        return unsent === null ? null : { dispatched, error: unsent.noConnection };
       }
     }
   }
@@ -365,4 +406,33 @@ function latestWrite(record: CommandRecord): string {
 /** A function, not a property read: the flag changes across awaits (and narrowing forgets). */
 function aborted(lane: Lane): boolean {
   return lane.signal.aborted;
+}
+
+/**
+ * The host for a command going round again after a write of it that was sent and proven not
+ * applied (its write sent once more found no connection: execution.ts, goRoundAgain): an end
+ * that would reject it — stale, the state-machine check on the fresh read, the clock policy, a
+ * stop — ends it `failed` `DEVICE_UNREACHABLE` instead, saying why: `rejected` says the command
+ * was never written (SPEC §2), and its first write went out. Nothing of it was applied either
+ * way; the code it would have had and its words stay in the detail.
+ */
+function sentBeforeHost(host: ExecutionHost, seq: number): ExecutionHost {
+  return {
+    ...host,
+    settle: (log: Logger, record: CommandRecord, from, outcome: Outcome) =>
+      host.settle(
+        log,
+        record,
+        from,
+        outcome.to !== 'rejected'
+          ? outcome
+          : {
+              to: 'failed',
+              code: 'DEVICE_UNREACHABLE',
+              faultCode: outcome.faultCode,
+              observed: outcome.observed,
+              detail: `the write never reached the controller: its first write (sequence number ${seq}) was sent and proven not applied, and it was not written again (${outcome.code}: ${outcome.detail}); nothing was applied`,
+            },
+      ),
+  };
 }

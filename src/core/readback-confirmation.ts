@@ -1,4 +1,4 @@
-import { aborted, requireSeq, type CommandWrites } from './command-writes.js';
+import { aborted, requireSeq, type CommandWrites, type NoConnection } from './command-writes.js';
 import type { DeviceReads } from './device-reads.js';
 import type { CommandRecord } from './journal.js';
 import {
@@ -75,14 +75,19 @@ export class ReadbackConfirmation {
     this.writes = writes;
   }
 
-  /** I2: polls until a post-write readback confirms, the controller refuses, or time runs out. */
+  /**
+   * I2: polls until a post-write readback confirms, the controller refuses, or time runs out.
+   * Returns the re-dispatched record when the write sent once more after its first was proven
+   * not applied found no connection to the controller (notTaken): nothing of it left the
+   * process, and the caller goes round again (execution.ts); otherwise null.
+   */
   async confirm(
     lane: Lane,
     initial: CommandRecord,
     ctx: WrittenContext,
     log: Logger,
     readAtOnce: boolean,
-  ): Promise<void> {
+  ): Promise<NoConnection | null> {
     const { clock } = this.host;
     const { profile } = lane.binding;
     const seq = requireSeq(initial);
@@ -118,7 +123,7 @@ export class ReadbackConfirmation {
       if (pause > 0) {
         await clock.sleep(Math.min(pause, ctx.confirmByMono - clock.elapsed()), lane.signal);
       }
-      if (aborted(lane)) return;
+      if (aborted(lane)) return null;
       const readback = await this.reads.tryRead(lane, log);
       pause = pacer.next(clock.elapsed(), readback, this.reads.usableSkew(lane));
       if (readback === null) continue;
@@ -176,7 +181,7 @@ export class ReadbackConfirmation {
                 : `; the controller took this command after the stop ${ctx.stopTakenFirst} (its write, whose answer was lost, reached the controller late), so the stop did not hold it`
             }`,
           });
-          return;
+          return null;
         }
         case 'controller-rejected':
           this.host.settle(log, record, 'dispatched', {
@@ -191,7 +196,7 @@ export class ReadbackConfirmation {
           });
           // I4: the mirror was wrong; resynchronise it from a fresh read.
           await this.reads.tryRead(lane, log);
-          return;
+          return null;
         case 'fault':
           if (!profile.controller.echoesSeq && ctx.before.state === profile.faultState) {
             // Written from the fault state (a reset), to a controller that echoes nothing: a
@@ -208,7 +213,7 @@ export class ReadbackConfirmation {
               observed: observe(readback),
               detail: `the controller still shows ${readback.state}${verdict.faultCode === null ? '' : ` (fault ${verdict.faultCode})`} ${profile.timing.mismatchGraceMs} ms after the ${record.action} was written: it did not clear the fault (this controller echoes no sequence numbers; the wait covers the scan that takes a write)`,
             });
-            return;
+            return null;
           }
           this.host.settle(log, record, 'dispatched', {
             to: 'failed',
@@ -227,7 +232,7 @@ export class ReadbackConfirmation {
                 : ''
             }`,
           });
-          return;
+          return null;
         case 'wrong-state': {
           if (!profile.controller.echoesSeq) {
             // No echo to show which command the controller took last: a stop of ours written
@@ -250,7 +255,7 @@ export class ReadbackConfirmation {
                 observed: observe(readback),
                 detail: `stopped by ${stop.key}${at}: the stop was written after this command and the controller shows ${readback.state} (it echoes no sequence numbers: the stop is known by its write)`,
               });
-              return;
+              return null;
             }
           }
           wrongSince ??= readback.requestedMono;
@@ -276,7 +281,7 @@ export class ReadbackConfirmation {
                   : ''
               }`,
             });
-            return;
+            return null;
           }
           break;
         }
@@ -295,7 +300,7 @@ export class ReadbackConfirmation {
               observed: observe(readback),
               detail: localDetail(seq, ctx.before, readback, takenInRemote),
             });
-            return;
+            return null;
           }
           if (verdict.echo === 'none') {
             // No echo: the LOCAL state must outlast mismatchGraceMs, which covers the scan that
@@ -309,7 +314,7 @@ export class ReadbackConfirmation {
                 observed: observe(readback),
                 detail: `the valve was switched to LOCAL after the command's read and still shows LOCAL ${profile.timing.mismatchGraceMs} ms after the ${record.action} was written; this controller echoes no sequence numbers, so whether it took the command before the switch and acted on it cannot be told; it is not written again`,
               });
-              return;
+              return null;
             }
             lastReason = "the valve was switched to LOCAL after the command's read";
             break;
@@ -355,7 +360,7 @@ export class ReadbackConfirmation {
               observed: observe(readback),
               detail: `the controller took the stop (it showed ${stopTakenAt.state}${stopTakenAt.position === null ? '' : ` at ${stopTakenAt.position} %`}), then ${lateWrite} reached it late: it shows ${readback.state}${at}; the stop did not hold, and it is not written again`,
             });
-            return;
+            return null;
           }
           if (
             lateWrite !== null &&
@@ -384,7 +389,7 @@ export class ReadbackConfirmation {
                 observed: observe(readback),
                 detail: `the controller shows ${lateWrite} reached it after the stop was written, and has not shown the stop for ${shownMs} ms since: the stop did not hold (whether the controller took it first cannot be told), and it is not written again`,
               });
-              return;
+              return null;
             }
             wrongSince = null;
             lastReason = `the controller shows ${lateWrite} reached it after the stop was written, and not the stop`;
@@ -393,7 +398,8 @@ export class ReadbackConfirmation {
           lateEchoSince = null;
           wrongSince = null;
           const next = await this.notTaken(lane, record, ctx, readback, log);
-          if (next.kind === 'settled') return;
+          if (next.kind === 'settled') return null;
+          if (next.kind === 'no-connection') return next.unsent;
           if (next.kind === 'redispatched') record = next.record;
           else lastReason = next.reason;
           break;
@@ -404,7 +410,7 @@ export class ReadbackConfirmation {
           break;
       }
     }
-    if (aborted(lane)) return;
+    if (aborted(lane)) return null;
     if (lastGood === null) {
       this.host.settle(log, record, 'dispatched', {
         to: 'failed',
@@ -413,7 +419,7 @@ export class ReadbackConfirmation {
         observed: null,
         detail: `no readback after the write within ${ctx.windowMs} ms; the command's effect is unknown`,
       });
-      return;
+      return null;
     }
     this.host.settle(log, record, 'dispatched', {
       to: 'failed',
@@ -422,6 +428,7 @@ export class ReadbackConfirmation {
       observed: observe(lastGood),
       detail: `not confirmed within ${ctx.windowMs} ms: ${lastReason}`,
     });
+    return null;
   }
 
   /** The controller does not echo this command: prove the write not applied, or wait. */
@@ -434,6 +441,7 @@ export class ReadbackConfirmation {
   ): Promise<
     | { readonly kind: 'settled' }
     | { readonly kind: 'redispatched'; readonly record: CommandRecord }
+    | { readonly kind: 'no-connection'; readonly unsent: NoConnection }
     | { readonly kind: 'waiting'; readonly reason: string }
   > {
     const { clock } = this.host;
@@ -599,10 +607,19 @@ export class ReadbackConfirmation {
             reason: `${prefix}; preempted while its second write waited for the controller, so it was not sent and nothing was applied`,
           };
         }
-        if (
-          outcome.kind === 'not-sent' &&
-          (outcome.reason === 'no-connection' || outcome.reason === 'closed')
-        ) {
+        if (outcome.kind === 'not-sent' && outcome.reason === 'no-connection') {
+          // Refused unsent for want of a connection: the driver proved it never left the
+          // process, so it counts for none of the two writes that may leave the gateway
+          // (redispatch.ts). The first can no longer land (the proof is of an image past its
+          // guard): the command goes round again as one not yet written — a fresh read, the
+          // state-machine check, a durable re-dispatch and one write — within its deadline and
+          // MAX_DISPATCHES (execution.ts). Ended here, it failed with most of its deadline left.
+          return {
+            kind: 'no-connection',
+            unsent: { dispatched: again, error: outcome.error, sentBefore: 1 },
+          };
+        }
+        if (outcome.kind === 'not-sent' && outcome.reason === 'closed') {
           this.host.settle(log, again, 'dispatched', {
             to: 'failed',
             code: 'DEVICE_UNREACHABLE',

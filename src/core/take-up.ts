@@ -1,3 +1,4 @@
+import type { NoConnection } from './command-writes.js';
 import type { CommandRecord } from './journal.js';
 import { withheldUnsent, type ExecutionHost, type Lane, type LastWrite } from './lane.js';
 import type { Logger } from './logger.js';
@@ -29,7 +30,7 @@ export class CommandTakeUp {
    * from the moment this process took it up. It keeps reading for the longest of the confirm
    * timeout, the unreachable grace and the time to the deadline.
    */
-  async takeUp(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
+  async takeUp(lane: Lane, record: CommandRecord, log: Logger): Promise<NoConnection | null> {
     const { clock } = this.host;
     const { profile } = lane.binding;
     const before = record.observedBefore;
@@ -60,7 +61,7 @@ export class CommandTakeUp {
         observed: null,
         detail: UNJUDGED_TAKE_UP,
       });
-      return;
+      return null;
     }
     const nowMono = clock.elapsed();
     const remembered =
@@ -126,7 +127,7 @@ export class CommandTakeUp {
       lane.unreachableGraceMs,
       record.deadline - this.host.deadlineNow(record),
     );
-    await this.readbacks.confirm(
+    return this.readbacks.confirm(
       lane,
       record,
       {

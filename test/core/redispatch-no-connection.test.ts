@@ -1,0 +1,253 @@
+import { describe, it, type TestContext } from 'vitest';
+import type { CommandWrite } from '../../src/core/driver.js';
+import type { Statement } from 'better-sqlite3';
+import { recordingLogger } from '../helpers/recording-logger.js';
+import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
+import { TcpLink } from '../helpers/tcp-link.js';
+
+/**
+ * A write that was sent and lost, proven not applied (its number never echoed past the guard),
+ * is sent once more (redispatch.ts) — and that write finds no connection to the controller. The
+ * driver proved it never left the process, so it counts for none of the two writes that may
+ * leave the gateway: the command goes round again within its deadline (execution.ts,
+ * goRoundAgain) as a command whose write found no connection does, where it ended failed
+ * DEVICE_UNREACHABLE at once. The real pipeline, SQLite journal and Modbus driver against
+ * sluice-sim, reached through a TCP link: the first write is lost by the simulator's own fault
+ * (a connection reset before the write reaches the PLC); the link is refused as the second is
+ * handed to the driver (the simulator cannot time a link drop to that instant, between the
+ * proof's readback and the write; the refusal itself is the real driver's, finding no
+ * connection). Ground truth: the simulator's write log, and the journal.
+ */
+
+interface Site {
+  readonly h: SimHarness;
+  readonly link: TcpLink;
+  /** How many writes of the open were handed to the driver. */
+  handed(): number;
+}
+
+interface Plan {
+  /** The writes of the open (1 the first) lost: the connection reset before they reach the PLC. */
+  readonly lose: readonly number[];
+  /** The writes of the open that find the link refused, accepted again `reopenMs` later. */
+  readonly refuse: readonly number[];
+  /** Never, when absent. */
+  readonly reopenMs?: number;
+  /** Called as each write of the open is handed to the driver, with its number. */
+  readonly handing?: (n: number) => void;
+}
+
+async function site(
+  onTestFinished: TestContext['onTestFinished'],
+  plan: Plan,
+  options: SimHarnessOptions = {},
+): Promise<Site> {
+  const h = await SimHarness.start({ warm: true, ...options });
+  onTestFinished(() => h.close());
+  const e = h.plant.plc('mb').endpoint;
+  if (e.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
+  const link = await TcpLink.open({ host: e.host, port: e.port });
+  onTestFinished(() => link.close());
+  // The lives from here on reach the PLC through the link.
+  await h.crash();
+  const inventory = h.inventory.bind(h);
+  h.inventory = () => {
+    const i = inventory();
+    i.plcs.mb = { ...i.plcs.mb!, port: link.port } as (typeof i.plcs)[string];
+    return i;
+  };
+  await h.restart();
+  const valve = h.device('v1');
+  const binding = h.drivers.bindings.find((b) => b.id === 'v1')!;
+  const write = binding.driver.write.bind(binding.driver);
+  let handed = 0;
+  binding.driver.write = async (command: CommandWrite, signal?: AbortSignal) => {
+    if (command.action !== 'open') return write(command, signal);
+    handed++;
+    plan.handing?.(handed);
+    if (plan.lose.includes(handed)) {
+      valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+      return write(command, signal);
+    }
+    if (!plan.refuse.includes(handed)) return write(command, signal);
+    await link.refuse();
+    await h.until(() => !binding.driver.health().connected, 5_000, 'the connection lost');
+    try {
+      await write(command, signal);
+    } finally {
+      const { reopenMs } = plan;
+      if (reopenMs !== undefined) {
+        setTimeout(() => {
+          void link.accept();
+        }, reopenMs);
+      }
+    }
+  };
+  return { h, link, handed: () => handed };
+}
+
+/**
+ * Fails the journal's reads of commands' histories (Journal.history) while armed, as an I/O
+ * error on a read would (SQLITE_IOERR_READ, which the journal translates to
+ * JournalUnavailableError), every other read and every write going through: a double, for a
+ * fault no filesystem can aim at one statement (test/helpers/read-faults.ts does the same for
+ * Journal.get). The journal's connection is private: reached here for this fault alone.
+ */
+function historyReadFaults(journal: SimHarness['journal']): { armed: boolean; failed: number } {
+  const stmt = (journal as unknown as { conn: { stmts: { history: Statement } } }).conn.stmts
+    .history;
+  const all = stmt.all.bind(stmt);
+  const faults = { armed: false, failed: 0 };
+  stmt.all = (...params: unknown[]) => {
+    if (faults.armed) {
+      faults.failed++;
+      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_READ' });
+    }
+    return all(...params);
+  };
+  return faults;
+}
+
+describe('the write sent once more after its first was proven not applied finds no connection', () => {
+  it('goes round again once the link is back: confirmed, the one write in the valve’s log', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, ...s } = await site(onTestFinished, { lose: [1], refuse: [2], reopenMs: 1_000 });
+    const valve = h.device('v1');
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    const o = await h.settled('o', 25_000);
+    const notes = h.notes('o');
+    // Before the fix: failed DEVICE_UNREACHABLE "the second write was never sent: no connection
+    // to the controller, so it is not sent again", 1 s into a 20 s deadline.
+    expect(o, notes.join('\n')).toMatchObject({ state: 'confirmed', attempts: 3 });
+    expect(s.handed()).toBe(3);
+    const redispatches = notes.filter((n) => n.startsWith('dispatched: redispatch: '));
+    expect(redispatches).toHaveLength(2);
+    expect(redispatches[0]).toMatch(/: the first write was not applied$/);
+    expect(redispatches[1]).toMatch(
+      /^dispatched: redispatch: the latest write \(sequence number \d+\) found no connection to the controller and was not sent/,
+    );
+    expect(notes.some((n) => n.includes('was not sent: no connection to the controller'))).toBe(
+      true,
+    );
+    // Ground truth: the first write never reached the PLC (reset before it), the second never
+    // left the gateway; the third is the valve's only write.
+    expect(valve.writesOfSeq(o.seq!)).toHaveLength(1);
+    expect(valve.writeLog).toHaveLength(1);
+    expect(valve.snapshot().state).toMatch(/^OPEN/);
+  }, 60_000);
+
+  it('a link that never comes back: failed DEVICE_UNREACHABLE at its deadline, nothing written', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, ...s } = await site(onTestFinished, { lose: [1], refuse: [2] });
+    const valve = h.device('v1');
+    const ttlMs = 5_000;
+    h.submit('o', { device: 'v1', action: 'open', ttlMs });
+    const o = await h.settled('o', ttlMs + 10_000);
+    expect(o, h.notes('o').join('\n')).toMatchObject({
+      state: 'failed',
+      code: 'DEVICE_UNREACHABLE',
+      attempts: 2,
+    });
+    expect(o.detail).toMatch(/^the write never reached the controller: .*nothing was applied/);
+    // It waited for the connection until its deadline (before the fix it ended at once, with
+    // most of its deadline left), and no write of it went out meanwhile or after.
+    expect(o.settledAt!).toBeGreaterThanOrEqual(o.deadline);
+    expect(s.handed()).toBe(2);
+    expect(valve.writeLog).toHaveLength(0);
+    expect(valve.counters.writesReceived).toBe(0);
+  }, 60_000);
+});
+
+describe('a stop accepted while such a command waits for the connection', () => {
+  it('ends it failed DEVICE_UNREACHABLE, not superseded (a write of it was sent), and no write of it goes out', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, ...s } = await site(onTestFinished, { lose: [1], refuse: [2] });
+    const valve = h.device('v1');
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    await h.until(
+      () => h.notes('o').some((n) => n.includes('was not sent: no connection to the controller')),
+      10_000,
+      "o's second write refused for want of a connection",
+    );
+    h.submit('s', { device: 'v1', action: 'stop', ttlMs: 20_000 });
+    await link.accept();
+    const stop = await h.settled('s', 15_000);
+    const o = await h.settled('o', 15_000);
+    // rejected SUPERSEDED would say o was never written: its first write went out (lost, proven
+    // not applied).
+    expect(o, h.notes('o').join('\n')).toMatchObject({
+      state: 'failed',
+      code: 'DEVICE_UNREACHABLE',
+    });
+    expect(o.detail).toMatch(/already dispatched twice.*the stop s was accepted after it/);
+    // The stop was decided on CLOSED (a no-op), and nothing of o reached the valve.
+    expect(stop).toMatchObject({ state: 'confirmed' });
+    expect(s.handed()).toBe(2);
+    expect(valve.writesOfSeq(o.seq!)).toHaveLength(0);
+    expect(valve.snapshot().state).toBe('CLOSED');
+  }, 60_000);
+});
+
+describe('the history cannot be read when a write is to be proven not applied', () => {
+  it('the command is left open for the sweep, nothing written; taken up once the journal reads, written once', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    // The first write finds no connection (the command goes round: dispatched twice), the
+    // second is lost: its proof counts the writes before it that may have left (writesMaybeSent),
+    // which reads the history, and that read fails.
+    const { logger, lines } = recordingLogger();
+    let faults: { armed: boolean; failed: number } | null = null;
+    const { h, ...s } = await site(
+      onTestFinished,
+      {
+        lose: [2],
+        refuse: [1],
+        reopenMs: 300,
+        handing: (n) => {
+          if (n === 2 && faults !== null) faults.armed = true;
+        },
+      },
+      // No sweep of its own while the history cannot be read: the test runs it.
+      { logger, sweepMs: 600_000 },
+    );
+    faults = historyReadFaults(h.journal);
+    const valve = h.device('v1');
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    await h.until(
+      () =>
+        lines.some(
+          (l) =>
+            l.key === 'o' &&
+            typeof l.msg === 'string' &&
+            /^command (left open|handling failed)/.test(l.msg),
+        ),
+      15_000,
+      'the command left open',
+    );
+    // The safe side: open, dispatched twice, no third write handed to the driver, nothing in
+    // the valve's log (the first write never left the gateway, the second was lost before it).
+    expect(faults.failed).toBeGreaterThan(0);
+    expect(h.get('o')).toMatchObject({
+      state: 'dispatched',
+      attempts: 2,
+    });
+    expect(s.handed()).toBe(2);
+    expect(valve.writeLog).toHaveLength(0);
+    // The journal reads again: the sweep takes it up, proves the lost write not applied by
+    // readback, and sends it once more.
+    faults.armed = false;
+    h.pipeline.sweep();
+    const o = await h.settled('o', 15_000);
+    expect(o, h.notes('o').join('\n')).toMatchObject({ state: 'confirmed', attempts: 3 });
+    expect(s.handed()).toBe(3);
+    expect(valve.writesOfSeq(o.seq!)).toHaveLength(1);
+    expect(valve.writeLog).toHaveLength(1);
+  }, 60_000);
+});
