@@ -48,8 +48,9 @@ export class TakeoverWatch {
 
   /**
    * `suspected` is told of the closes taken for a takeover, as they are (a metric): the
-   * evidence of the last, and how many closes of the streak it adds (the pattern's first closes
-   * are counted when it is suspected, at the third).
+   * streak's evidence (what showed the last close or an earlier one of the streak a takeover,
+   * else `pattern`), and how many closes of the streak it adds (the pattern's first closes are
+   * counted when it is suspected, at the third).
    */
   constructor(
     private readonly clientId: string,
@@ -97,7 +98,10 @@ export class TakeoverWatch {
         break;
     }
     if (this.known === null && count < SHORT_CONNECTIONS_SUSPECTED) return null;
-    this.suspected(known ?? 'pattern', count - this.counted);
+    // Under the streak's evidence: a later close that shows nothing by itself is counted because
+    // the streak is known for a takeover, not because it makes a pattern of its own (`pattern` is
+    // three or more closes in a row that show nothing, docs/mqtt-api.md).
+    this.suspected(this.known ?? 'pattern', count - this.counted);
     this.counted = count;
     if (this.saidAt !== null && now - this.saidAt < TAKEOVER_WARN_EVERY_MS) return cause;
     this.saidAt = now;

@@ -267,6 +267,102 @@ describe.skipIf(!available)('MQTT intake: another client connects with its clien
   }
 
   /**
+   * sluice_mqtt_session_takeovers_suspected_total{evidence}: in a streak already known for a
+   * takeover by a clean-session client, a later short close that shows nothing by itself (no
+   * reason, the status as the gateway left it: here a stray `mosquitto_sub -c` that keeps the
+   * session) is counted because of that streak, under its evidence. It was counted under
+   * `pattern`, which docs/mqtt-api.md defines as three or more such closes in a row, with only two
+   * closes in the streak. Ground truth for each takeover: the broker's log (the stray's
+   * connection on the gateway's client id, the older one closed).
+   */
+  it('MQTT 5: a later close in a streak known from a clean session counts under that evidence, not pattern', async () => {
+    const clientId = `${CLIENT_ID}-known`;
+    const intake = site.intake({
+      config: { protocolVersion: 5, clientId },
+      gatewayId: `${GATEWAY}known`,
+      logger: recordingLogger().logger,
+      reconnect: { minMs: 100, maxMs: 400 },
+    });
+    site.cleanups.push(() => intake.stop());
+    await site.connect(intake);
+    const counted = async (): Promise<{
+      clean_session: number;
+      pattern: number;
+      disconnect: number;
+    }> => ({
+      clean_session: await takeoversCounted(site.stack.metrics, 'clean_session'),
+      pattern: await takeoversCounted(site.stack.metrics, 'pattern'),
+      disconnect: await takeoversCounted(site.stack.metrics, 'disconnect'),
+    });
+    const before = await counted();
+    const stray = (args: readonly string[]): { readonly stop: () => Promise<void> } => {
+      const child: ChildProcess = spawn(
+        'mosquitto_sub',
+        [
+          ...['-h', '127.0.0.1', '-p', String(site.broker.port)],
+          ...['-i', clientId, '-q', '1', '-t', 'tools/debug', ...args],
+        ],
+        { stdio: 'ignore' },
+      );
+      const exited = new Promise<void>((resolve) => {
+        child.once('exit', () => {
+          resolve();
+        });
+      });
+      const stop = async (): Promise<void> => {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+        await exited;
+      };
+      site.cleanups.push(stop);
+      return { stop };
+    };
+
+    // A clean-session client takes the session: counted clean_session, the streak known.
+    const clean = stray(['-V', 'mqttv5']);
+    await until(
+      async () => ((await counted()).clean_session > before.clean_session ? true : undefined),
+      10_000,
+      'the clean-session takeover counted',
+    );
+    await clean.stop();
+    await until(() => intake.connected() || undefined, 10_000, 'the gateway connected again');
+    const known = await counted();
+    expect(known.pattern).toBe(before.pattern);
+    const connections = site.broker.connectionsOf(clientId);
+
+    // Within 30 s, a client that keeps the session takes it once: no Will, the status still
+    // `online`, a close that alone shows nothing.
+    const keeping = stray(['-V', 'mqttv311', '-c']);
+    await until(
+      () => (site.broker.connectionsOf(clientId) > connections ? true : undefined),
+      10_000,
+      "the stray's connection in the broker's log",
+    );
+    await keeping.stop();
+    // The gateway back (its close judged from the status it read back before subscribing).
+    await until(
+      () =>
+        site.broker.connectionsOf(clientId) > connections + 1 && intake.connected()
+          ? true
+          : undefined,
+      10_000,
+      'the gateway connected after the stray',
+    );
+    const closedOld = site.broker
+      .log()
+      .split('\n')
+      .filter((l) => l.includes(`Client ${clientId} already connected, closing old`));
+    expect(closedOld.length).toBeGreaterThanOrEqual(2);
+    const after = await counted();
+    expect(after).toEqual({
+      clean_session: known.clean_session + 1,
+      pattern: known.pattern,
+      disconnect: known.disconnect,
+    });
+    await intake.stop();
+  }, 30_000);
+
+  /**
    * MQTT 5 lets a broker say it: DISCONNECT with reason 0x8E Session taken over before it closes
    * the older connection. Mosquitto 2.0.11 does not send it (measured: it closes the socket
    * without a DISCONNECT, over MQTT 5 as over 3.1.1), so a few bytes stand in for a broker that
