@@ -16,7 +16,7 @@ import type { Logger } from './logger.js';
 export interface SettledTimes {
   /** From its acceptance to its terminal state, ms. */
   readonly sinceAcceptedMs: number;
-  /** From its journaled dispatch to its terminal state, ms; null: it was never dispatched. */
+  /** From its first journaled dispatch to its terminal state, ms; null: it was never dispatched. */
   readonly sinceDispatchedMs: number | null;
 }
 
@@ -88,9 +88,19 @@ export class Outcomes {
     this.moment(ref).accepted = nowMono;
   }
 
-  /** A command's dispatch was journaled now. */
-  dispatched(ref: CommandRef): void {
-    this.moment(ref).dispatched = this.host.clock.elapsed();
+  /**
+   * A command's dispatch was journaled now (`attempts`: its dispatches so far). A re-dispatch
+   * (a command going round again after its write found no connection, execution.ts) leaves the
+   * first one's moment, as the journal's dispatchedAt (the first dispatch's) that times a
+   * command of an earlier life: the dispatch-to-settled time counts every round. Moved to each
+   * round's, it left out the wait for the connection and timed a command settled 20 s after its
+   * first dispatch as one of a second.
+   */
+  dispatched(ref: CommandRef & { readonly attempts: number }): void {
+    const moments = this.moment(ref);
+    if (ref.attempts <= 1 || moments.dispatched === undefined) {
+      moments.dispatched = this.host.clock.elapsed();
+    }
   }
 
   private moment(ref: CommandRef): Moments {

@@ -104,7 +104,7 @@ export class Metrics {
     });
     this.confirmLatency = new Histogram({
       name: 'sluice_command_confirm_seconds',
-      help: 'Time from the journaled dispatch (just before the write) to the readback that confirmed it.',
+      help: "Time from the command's first journaled dispatch (just before its first write; a command dispatched again counts from the first) to the readback that confirmed it.",
       labelNames: ['device'],
       buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60],
       registers,

@@ -1,5 +1,6 @@
 import { describe, it, type TestContext } from 'vitest';
 import type { CommandWrite } from '../../src/core/driver.js';
+import { Metrics } from '../../src/daemon/metrics.js';
 import type { Statement } from 'better-sqlite3';
 import { recordingLogger } from '../helpers/recording-logger.js';
 import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
@@ -108,12 +109,26 @@ function historyReadFaults(journal: SimHarness['journal']): { armed: boolean; fa
   return faults;
 }
 
+/** sluice_command_confirm_seconds' sum and count for v1. */
+async function confirmSeconds(metrics: Metrics): Promise<{ sum: number; count: number }> {
+  const text = await metrics.registry.metrics();
+  const value = (name: string): number => {
+    const line = text.split('\n').find((l) => l.startsWith(`${name}{device="v1"}`));
+    return line === undefined ? Number.NaN : Number(line.slice(line.lastIndexOf(' ') + 1));
+  };
+  return {
+    sum: value('sluice_command_confirm_seconds_sum'),
+    count: value('sluice_command_confirm_seconds_count'),
+  };
+}
+
 describe('the write sent once more after its first was proven not applied finds no connection', () => {
-  it('goes round again once the link is back: confirmed, the one write in the valve’s log', async ({
+  it('goes round again once the link is back: confirmed, the one write in the valve’s log, timed from its first dispatch', async ({
     expect,
     onTestFinished,
   }) => {
     const { h, ...s } = await site(onTestFinished, { lose: [1], refuse: [2], reopenMs: 1_000 });
+    const metrics = new Metrics(h.pipeline, h.clock);
     const valve = h.device('v1');
     h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
     const o = await h.settled('o', 25_000);
@@ -136,6 +151,16 @@ describe('the write sent once more after its first was proven not applied finds 
     expect(valve.writesOfSeq(o.seq!)).toHaveLength(1);
     expect(valve.writeLog).toHaveLength(1);
     expect(valve.snapshot().state).toMatch(/^OPEN/);
+    // sluice_command_confirm_seconds times it from its first dispatch (the journal's
+    // dispatchedAt), every round included: before, from the last round's dispatch, which left
+    // out the lost write's guard and the second write's wait for the link (over a second here).
+    const lastRound = h.get('o')!;
+    const fromFirst = (lastRound.settledAt! - lastRound.dispatchedAt!) / 1000;
+    expect(fromFirst).toBeGreaterThan(1);
+    const histogram = await confirmSeconds(metrics);
+    expect(histogram.count).toBe(1);
+    expect(histogram.sum).toBeGreaterThan(fromFirst - 0.1);
+    expect(histogram.sum).toBeLessThan(fromFirst + 0.5);
   }, 60_000);
 
   it('a link that never comes back: failed DEVICE_UNREACHABLE at its deadline, nothing written', async ({
