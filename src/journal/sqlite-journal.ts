@@ -31,6 +31,7 @@ import {
   type Connection,
   type ConnectionOptions,
 } from './connection.js';
+import { listReadable, type ListRead } from './damaged-lists.js';
 import {
   historyReadable,
   keyReadable,
@@ -383,6 +384,19 @@ export class SqliteJournal implements Journal {
           .db.prepare(sql)
           .all(...params) as CommandRow[]
       ).map(rowToRecord);
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
+  /**
+   * The commands list gives, from a journal whose damaged pages a read may meet (sluicectl list):
+   * those that can be read, the others named, through another way when the index the listing
+   * reads is damaged (damaged-lists.ts).
+   */
+  listReadable(filter: ListFilter): ListRead {
+    try {
+      return listReadable(this.connection().db, filter, (f) => this.list(f));
     } catch (error) {
       return translate(error, 'read', this.options.path);
     }

@@ -33,13 +33,22 @@ export function journalWithDamagedKeyIndex(
     });
   }
   journal.close();
+  damageMiddleLeaf(path, damaged);
+}
+
+/**
+ * Overwrites with garbage one leaf page of the table or index `name` (the middle one of its
+ * leaves), as a torn write or a failing SD card leaves a page: SQLite meets the damage only
+ * when a statement reads that page. Returns the page's number.
+ */
+export function damageMiddleLeaf(path: string, name: string): number {
   const db = new BetterSqlite3(path, { readonly: true });
   const pageSize = db.pragma('page_size', { simple: true }) as number;
   const leaves = db
     .prepare("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf'")
-    .all(damaged) as { pageno: number }[];
+    .all(name) as { pageno: number }[];
   db.close();
-  if (leaves.length <= 2) throw new Error(`${damaged} has ${leaves.length} leaves: too few`);
+  if (leaves.length <= 2) throw new Error(`${name} has ${leaves.length} leaves: too few`);
   const page = leaves[Math.floor(leaves.length / 2)]!.pageno;
   const fd = openSync(path, 'r+');
   try {
@@ -47,4 +56,5 @@ export function journalWithDamagedKeyIndex(
   } finally {
     closeSync(fd);
   }
+  return page;
 }

@@ -1,0 +1,202 @@
+import { copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { damageMiddleLeaf } from '../helpers/damaged-journal.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { sluicectl, sluicectlInProcess } from './helpers.js';
+
+/**
+ * `sluicectl list` on a journal with a damaged page (a torn write, a failing SD card) on the way
+ * its read goes: a page of the commands table, or of the index the listing reads through (by
+ * time, by device). SQLite ends the statement at the page: it showed nothing but the damage. Now
+ * it lists every command that can be read (each row on its own through the primary key; the
+ * table read whole, or every row the key index names, when the index is the damaged part),
+ * names the commands it could not read, and exits 1, JOURNAL_DAMAGED.
+ *
+ * One journal written by the journal's own code: 2,000 commands on two valves, one accepted per
+ * second, every third one since rejected (the others still open); what it holds is read before
+ * the damage, and each case compares what sluicectl shows with that. Each case damages a copy of
+ * it as test/helpers/damaged-journal.ts does (one leaf page overwritten with garbage).
+ */
+
+interface Held {
+  readonly key: string;
+  readonly device: string;
+  readonly state: string;
+}
+
+const COMMANDS = 2_000;
+
+let dir: string;
+let cleanup: () => void;
+let pristine: string;
+/** The journal's commands as read before any damage, newest first. */
+let held: Held[];
+
+beforeAll(() => {
+  ({ dir, cleanup } = tempDir('sluice-ctl-damaged-lists-'));
+  pristine = join(dir, 'pristine.db');
+  const journal = SqliteJournal.open({ path: pristine });
+  const now = Date.now();
+  for (let i = 0; i < COMMANDS; i++) {
+    const acceptedAt = now - (COMMANDS - i) * 1_000;
+    const ref = { scope: 'ops', key: `key-${i}` };
+    journal.claim({
+      ...ref,
+      fingerprint: `f-${i}`,
+      device: i % 2 === 0 ? 'outlet-valve' : 'inlet-valve',
+      action: 'close',
+      position: null,
+      issuedAt: acceptedAt,
+      issuedAtSource: 'issuer',
+      ttlMs: 30_000,
+      deadline: acceptedAt + 30_000,
+      intake: 'test',
+      acceptedAt,
+    });
+    if (i % 3 === 0) {
+      journal.settle(ref, 'accepted', {
+        to: 'rejected',
+        code: 'STALE_COMMAND',
+        faultCode: null,
+        observed: null,
+        detail: 'stale',
+        at: acceptedAt + 1,
+        intake: 'test',
+      });
+    }
+  }
+  held = journal
+    .list({ limit: 10 * COMMANDS })
+    .map((r) => ({ key: r.key, device: r.device, state: r.state }));
+  journal.close();
+});
+
+afterAll(() => {
+  cleanup();
+});
+
+/** A copy of the journal with one leaf of each of `parts` (tables, indexes) damaged. */
+function damaged(...parts: string[]): string {
+  const path = join(dir, `${parts.join('+')}.db`);
+  copyFileSync(pristine, path);
+  for (const part of parts) damageMiddleLeaf(path, part);
+  return path;
+}
+
+const keysOf = (rows: readonly { key: string | null }[]): (string | null)[] =>
+  rows.map((r) => r.key);
+
+const damagedLine = (path: string): RegExp =>
+  new RegExp(
+    `^sluicectl: the journal ${path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is damaged \\(SQLite's check: "[^"]+"\\): what is shown is what its readable pages hold.*restore the journal from a backup`,
+    'm',
+  );
+
+interface ListJson {
+  commands: { key: string; device: string; state: string }[];
+  more: boolean;
+  unreadable: number;
+  unreadableCommands: { key: string | null; scope: string | null }[];
+}
+
+describe('sluicectl list on a journal with a damaged page', () => {
+  it('a page of the commands table: every other command listed, newest first, those on it named, exit 1', async () => {
+    const path = damaged('commands');
+    const run = await sluicectlInProcess(['--journal', path, '--json', 'list', '--limit', '5000']);
+    expect(run.code).toBe(1);
+    const answer = run.json<ListJson>();
+    const lost = keysOf(answer.unreadableCommands);
+    // One leaf of the table: a few dozen rows, each named by its key.
+    expect(lost.length).toBeGreaterThan(0);
+    expect(lost.length).toBeLessThan(200);
+    expect(answer.unreadable).toBe(lost.length);
+    expect(answer.unreadableCommands.every((u) => u.scope === 'ops')).toBe(true);
+    // Listed: what the journal held, in its order, but for those named; nothing else.
+    expect(answer.commands.map(({ key, device, state }) => ({ key, device, state }))).toEqual(
+      held.filter((h) => !lost.includes(h.key)),
+    );
+    expect([...keysOf(answer.commands), ...lost].sort()).toEqual(held.map((h) => h.key).sort());
+    expect(answer.more).toBe(false);
+    expect(run.stderr).toMatch(
+      new RegExp(
+        `^sluicectl: ${lost.length} commands are on damaged pages of the journal and could not be read: not listed below: "${lost[0]}" \\(scope ops\\), "${lost[1]}" \\(scope ops\\), .* and ${lost.length - 20} more \\(--json names them all\\)$`,
+        'm',
+      ),
+    );
+    expect(run.stderr).toMatch(damagedLine(path));
+
+    // --state: the rejected ones of those read; those not read named, their state unknown.
+    const rejected = await sluicectl([
+      '--journal',
+      path,
+      'list',
+      '--state',
+      'rejected',
+      '--limit',
+      '5000',
+    ]);
+    expect(rejected.code).toBe(1);
+    expect(rejected.stdout.match(/^key-\d+/gm)).toEqual(
+      held.filter((h) => h.state === 'rejected' && !lost.includes(h.key)).map((h) => h.key),
+    );
+    expect(rejected.stderr).toMatch(
+      new RegExp(
+        `^sluicectl: ${lost.length} commands are on damaged pages of the journal and could not be read \\(whether they are rejected is unknown\\): not listed below: "${lost[0]}" \\(scope ops\\)`,
+        'm',
+      ),
+    );
+    expect(rejected.stderr).toMatch(damagedLine(path));
+  });
+
+  it('the index by time damaged: every command listed from the table, said so, exit 1', async () => {
+    const path = damaged('commands_accepted');
+    const run = await sluicectlInProcess(['--journal', path, '--json', 'list', '--limit', '5000']);
+    expect(run.code).toBe(1);
+    const answer = run.json<ListJson>();
+    expect(answer.commands.map(({ key, device, state }) => ({ key, device, state }))).toEqual(held);
+    expect(answer.unreadable).toBe(0);
+    expect(run.stderr).toMatch(
+      /^sluicectl: the journal's index of the commands by time is damaged: the commands listed were found by reading the whole commands table$/m,
+    );
+    expect(run.stderr).toMatch(damagedLine(path));
+  });
+
+  it('the index by device damaged: the device’s commands listed from the table, said so, exit 1', async () => {
+    const path = damaged('commands_device');
+    const run = await sluicectlInProcess([
+      '--journal',
+      path,
+      'list',
+      '--device',
+      'outlet-valve',
+      '--limit',
+      '5000',
+    ]);
+    expect(run.code).toBe(1);
+    expect(run.stdout.match(/^key-\d+/gm)).toEqual(
+      held.filter((h) => h.device === 'outlet-valve').map((h) => h.key),
+    );
+    expect(run.stderr).toMatch(
+      /^sluicectl: the journal's index of the commands by device is damaged: the commands listed were found by reading the whole commands table$/m,
+    );
+    expect(run.stderr).toMatch(damagedLine(path));
+  });
+
+  it('the table and the index by time both damaged: every readable row through the key index, those lost named, exit 1', async () => {
+    const path = damaged('commands', 'commands_accepted');
+    const run = await sluicectlInProcess(['--journal', path, '--json', 'list', '--limit', '5000']);
+    expect(run.code).toBe(1);
+    const answer = run.json<ListJson>();
+    const lost = keysOf(answer.unreadableCommands);
+    expect(lost.length).toBeGreaterThan(0);
+    expect(answer.commands.map(({ key, device, state }) => ({ key, device, state }))).toEqual(
+      held.filter((h) => !lost.includes(h.key)),
+    );
+    expect([...keysOf(answer.commands), ...lost].sort()).toEqual(held.map((h) => h.key).sort());
+    expect(run.stderr).toMatch(
+      /^sluicectl: the journal's index of the commands by time is damaged: the commands listed were found through the key index, every command read$/m,
+    );
+  });
+});
