@@ -3,6 +3,7 @@ import type { DeviceTiming } from '../core/open-commands.js';
 import { damageOf } from '../journal/damaged-reads.js';
 import type { SqliteJournal } from '../journal/sqlite-journal.js';
 import { showCommand, type CommandShow } from '../views/command-show.js';
+import { indexNote } from './damaged-words.js';
 import { CliError, UsageError } from './errors.js';
 
 /**
@@ -132,10 +133,14 @@ export function readShow(
       guarded(
         () => {
           const open = journal.listOpenReadable();
-          if (open.unreadable > 0) {
-            met ??= 'open command rows could not be read';
+          met ??= open.met;
+          // Their index damaged: found another way (damaged-lists.ts), judged with them.
+          const via = indexNote(open, 'index of the open commands', "its device's open commands");
+          if (via !== null && !notes.includes(via)) notes.push(via);
+          const lost = open.unreadable.length;
+          if (lost > 0) {
             notes.push(
-              `${plural(open.unreadable, 'open command is', 'open commands are')} on damaged pages of the journal and could not be read: what it waits behind may miss them`,
+              `${plural(lost, 'open command is', 'open commands are')} on damaged pages of the journal and could not be read: what it waits behind may miss them`,
             );
           }
           return open.records;

@@ -1,6 +1,7 @@
 import { actionText } from '../views/command-list.js';
 import { stuckItems, type StuckItem } from '../views/open-commands.js';
 import type { CliContext } from './context.js';
+import { indexNote, namedText, unreadableJson } from './damaged-words.js';
 import { exactDuration, formatDuration, relative } from './durations.js';
 import { EXIT, type ExitCode } from './errors.js';
 import { withJournal } from './journal-reader.js';
@@ -17,21 +18,25 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
   const now = ctx.now();
   const timings = ctx.deviceTimings();
   // listOpenReadable: on a journal whose damaged page holds some of the open commands, those
-  // that can be read are listed and the others counted (the check after the output then says
-  // the file is damaged, exit 1), where the read met the page and listed nothing.
+  // that can be read are listed and the others named (the check after the output then says the
+  // file is damaged, exit 1), where the read met the page and listed nothing; on one whose index
+  // of the open commands is damaged, they are found another way (damaged-lists.ts).
   const read = await withJournal(ctx, ctx.journalPath(), (journal) => {
     const open = journal.listOpenReadable();
     return {
       items: stuckItems(open.records, olderThanMs, now, timings, journal),
-      unreadable: open.unreadable,
+      open,
     };
   });
-  const { items, unreadable } = read.value;
+  const { items, open } = read.value;
+  const unreadable = open.unreadable.length;
   const code = items.length > 0 ? EXIT.STUCK : EXIT.OK;
-  const met = unreadable > 0 ? `${unreadable} open command rows could not be read` : undefined;
+  const met = open.met ?? undefined;
+  const viaNote = indexNote(open, 'index of the open commands', 'the open commands');
+  if (viaNote !== null) ctx.warn(viaNote);
   if (unreadable > 0) {
     ctx.warn(
-      `${unreadable} open command${unreadable === 1 ? ' is' : 's are'} on damaged pages of the journal and could not be read: not listed below, whatever their age`,
+      `${unreadable} open command${unreadable === 1 ? ' is' : 's are'} on damaged pages of the journal and could not be read: not listed below, whatever their age: ${namedText(open.unreadable)}`,
     );
   }
   if (timings === null && !ctx.json) {
@@ -44,6 +49,7 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
       configured: timings !== null,
       stuck: items.filter((i) => i.stuck).length,
       unreadable,
+      unreadableCommands: unreadableJson(open.unreadable),
       commands: items,
     });
     return read.settle(code, met);

@@ -5,7 +5,7 @@ import { rowToRecord, type CommandRow } from './rows.js';
 
 /**
  * Lists of commands read from a journal whose damaged pages a statement may meet, for sluicectl
- * list. SQLite meets a damaged page only when a
+ * (`stuck`, `list`; `show`'s device's open commands). SQLite meets a damaged page only when a
  * statement reads it, and the statement ends there: a listing read through the page showed
  * nothing, though every other command could be read. Two cases, as damaged-reads.ts goes round
  * them for one command:
@@ -47,6 +47,8 @@ export interface ListRead {
   /** SQLite's words for the first damage met; null when none was. */
   readonly met: string | null;
 }
+
+const OPEN = "state IN ('accepted', 'dispatched')";
 
 function whole(records: CommandRecord[]): ListRead {
   return { records, unreadable: [], damagedIndex: null, via: 'index', met: null };
@@ -130,6 +132,53 @@ export function namesOf(db: Database, ids: readonly number[]): UnreadableCommand
     key: names.get(id)?.key ?? null,
     scope: names.get(id)?.scope ?? null,
   }));
+}
+
+/**
+ * The open commands, as Journal.listOpen gives them (in the journal's order), those that could be
+ * read (Journal.listOpenReadable). listOpen reads the rows through the open commands' index
+ * (commands_open): when that meets a damaged page, the ids come from that index alone and each
+ * row is read on its own, the unreadable ones named; when the index itself is damaged, from the
+ * other index of the open commands (commands_open_device, by device), else from the commands
+ * table read whole for the open states.
+ */
+export function openReadable(db: Database, listOpen: () => CommandRecord[]): ListRead {
+  let met: string;
+  try {
+    return whole(listOpen());
+  } catch (error) {
+    const damage = damageOf(error);
+    if (damage === null) throw error;
+    met = damage;
+  }
+  const isOpen = (r: CommandRow): boolean => r.state === 'accepted' || r.state === 'dispatched';
+  const ids = (index: string) => (): number[] =>
+    db
+      .prepare(`SELECT id FROM commands INDEXED BY ${index} WHERE ${OPEN} ORDER BY id`)
+      .pluck()
+      .all() as number[];
+  const { value, failed } = firstReadable<number[] | CommandRecord[]>([
+    ids('commands_open'),
+    ids('commands_open_device'),
+    () =>
+      (
+        db
+          .prepare(`SELECT * FROM commands NOT INDEXED WHERE ${OPEN} ORDER BY id`)
+          .all() as CommandRow[]
+      ).map(rowToRecord),
+  ]);
+  const damagedIndex = failed === 0 ? null : 'commands_open';
+  if (failed === 2) {
+    return { records: value as CommandRecord[], unreadable: [], damagedIndex, via: 'table', met };
+  }
+  const rows = rowsOf(db, value as number[], isOpen);
+  return {
+    records: rows.rows.map(rowToRecord),
+    unreadable: namesOf(db, rows.lost),
+    damagedIndex,
+    via: failed === 0 ? 'index' : 'other-index',
+    met,
+  };
 }
 
 /**

@@ -5,11 +5,11 @@ import type { CommandRecord, JournalEvent } from '../core/journal.js';
 import { rowToRecord, type CommandRow, type EventRow } from './rows.js';
 
 /**
- * Reads of a journal whose damaged pages a statement may meet, for sluicectl (stuck, show): what
- * an operator needs most when the gateway's storage is failing. SQLite meets a damaged page only
- * when a statement reads it, and the statement ends there: a list of every open command, or a
- * command's row and history read through an index, showed nothing when one page of it was
- * damaged. These read what does not depend on that page another way — the ids from an index
+ * Reads of one command from a journal whose damaged pages a statement may meet, for sluicectl
+ * show (lists of commands: damaged-lists.ts): what an operator needs most when the gateway's
+ * storage is failing. SQLite meets a damaged page only when a statement reads it, and the
+ * statement ends there: a command's row and history read through an index showed nothing when
+ * one page of it was damaged. These read what does not depend on that page another way — the ids from an index
  * alone and each row on its own through the primary key, or the table row after row when the
  * index is the damaged part — and count what cannot be read. Read-only; any error other than
  * damage is thrown as it came.
@@ -28,41 +28,6 @@ function rethrowUnlessDamage(error: unknown): string {
   const damage = damageOf(error);
   if (damage === null) throw error;
   return damage;
-}
-
-/** The open commands, as Journal.listOpen gives them, those that could be read (listOpenReadable). */
-export function openReadable(
-  db: Database,
-  listOpen: () => CommandRecord[],
-): { readonly records: CommandRecord[]; readonly unreadable: number } {
-  try {
-    return { records: listOpen(), unreadable: 0 };
-  } catch (error) {
-    rethrowUnlessDamage(error);
-  }
-  const ids = db
-    .prepare(
-      `SELECT id FROM commands INDEXED BY commands_open
-       WHERE state IN ('accepted', 'dispatched') ORDER BY id`,
-    )
-    .pluck()
-    .all() as number[];
-  const row = db.prepare(`SELECT * FROM commands WHERE id = ?`);
-  const records: CommandRecord[] = [];
-  let unreadable = 0;
-  for (const id of ids) {
-    try {
-      const found = row.get(id) as CommandRow | undefined;
-      // Settled meanwhile (a daemon beside the reader): no longer open.
-      if (found !== undefined && (found.state === 'accepted' || found.state === 'dispatched')) {
-        records.push(rowToRecord(found));
-      }
-    } catch (error) {
-      rethrowUnlessDamage(error);
-      unreadable++;
-    }
-  }
-  return { records, unreadable };
 }
 
 /** The commands of one key, as far as they can be read (Journal.findByKeyReadable). */

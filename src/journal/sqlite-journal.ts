@@ -31,14 +31,8 @@ import {
   type Connection,
   type ConnectionOptions,
 } from './connection.js';
-import { listReadable, type ListRead } from './damaged-lists.js';
-import {
-  historyReadable,
-  keyReadable,
-  openReadable,
-  type HistoryRead,
-  type KeyRead,
-} from './damaged-reads.js';
+import { listReadable, openReadable, type ListRead } from './damaged-lists.js';
+import { historyReadable, keyReadable, type HistoryRead, type KeyRead } from './damaged-reads.js';
 import { GroupCommit } from './group-commit.js';
 import { rowToRecord, translate, type CommandRow, type EventRow } from './rows.js';
 
@@ -201,11 +195,12 @@ export class SqliteJournal implements Journal {
    * sluicectl stuck, whose answer an operator needs most when the gateway's storage is failing
    * (which valves had a command in flight). A damaged page of the commands table ends listOpen's
    * statement there, and nothing could be listed; then the open commands' ids are read from
-   * their index alone and each row on its own, and the rows that cannot be read are counted
-   * (damaged-reads.ts). Damage the index itself holds (or any other error) is thrown as listOpen
+   * their index alone and each row on its own, and the rows that cannot be read are named; when
+   * that index is damaged, through the other index of the open commands, else the table read
+   * whole (damaged-lists.ts). Damage met by every way (or any other error) is thrown as listOpen
    * throws it.
    */
-  listOpenReadable(): { readonly records: CommandRecord[]; readonly unreadable: number } {
+  listOpenReadable(): ListRead {
     try {
       return openReadable(this.connection().db, () => this.listOpen());
     } catch (error) {

@@ -346,14 +346,19 @@ describe('sluicectl show on a journal whose damaged page is an index or a histor
     expect(run.stderr).toMatch(metByShow(path));
   });
 
-  it('the open commands’ index damaged: shown, judged alone, said so, exit 1', async () => {
+  it('the open commands’ index damaged: shown, judged with its device’s open commands found through their other index, said so, exit 1', async () => {
+    // It was judged alone ("what it waits behind" unknown): the open commands are also in
+    // their index by device (damaged-lists.ts).
     const path = journal('commands_open');
     const run = await sluicectl(['--journal', path, 'show', 'key-5']);
     expect(run.code).toBe(1);
     expect(run.stdout).toMatch(/^Command key-5 /);
     expect(run.stdout).toMatch(/outcome +STUCK: still accepted/);
+    expect(run.stdout).toMatch(
+      /waiting for +key-0 \(accepted\), key-1 \(accepted\), key-2 \(accepted\) and 2 more on its device/,
+    );
     expect(run.stderr).toMatch(
-      /^sluicectl: the journal's open commands could not be read \(their index is damaged\): whether it is stuck, and what it waits behind, are judged from it alone$/m,
+      /^sluicectl: the journal's index of the open commands is damaged: its device's open commands were found through the index of the open commands by device$/m,
     );
     expect(run.stderr).toMatch(metByShow(path));
   });

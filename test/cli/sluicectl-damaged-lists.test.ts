@@ -1,4 +1,4 @@
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
@@ -7,12 +7,12 @@ import { tempDir } from '../helpers/fixtures.js';
 import { sluicectl, sluicectlInProcess } from './helpers.js';
 
 /**
- * `sluicectl list` on a journal with a damaged page (a torn write, a failing SD card) on the way
- * its read goes: a page of the commands table, or of the index the listing reads through (by
- * time, by device). SQLite ends the statement at the page: it showed nothing but the damage. Now
- * it lists every command that can be read (each row on its own through the primary key; the
- * table read whole, or every row the key index names, when the index is the damaged part),
- * names the commands it could not read, and exits 1, JOURNAL_DAMAGED.
+ * `sluicectl list` and `sluicectl stuck` on a journal with a damaged page (a torn write, a
+ * failing SD card) on the way their read goes: a page of the commands table, or of the index the
+ * listing reads through (by time, by device, the open commands'). SQLite ends the statement at
+ * the page: both showed nothing but the damage. Now they list every command that can be read
+ * (each row on its own through the primary key; another index, or the table read whole, when the
+ * index is the damaged part), name the commands they could not read, and exit 1, JOURNAL_DAMAGED.
  *
  * One journal written by the journal's own code: 2,000 commands on two valves, one accepted per
  * second, every third one since rejected (the others still open); what it holds is read before
@@ -97,6 +97,12 @@ const damagedLine = (path: string): RegExp =>
 interface ListJson {
   commands: { key: string; device: string; state: string }[];
   more: boolean;
+  unreadable: number;
+  unreadableCommands: { key: string | null; scope: string | null }[];
+}
+
+interface StuckJson {
+  commands: { key: string; state: string }[];
   unreadable: number;
   unreadableCommands: { key: string | null; scope: string | null }[];
 }
@@ -198,5 +204,95 @@ describe('sluicectl list on a journal with a damaged page', () => {
     expect(run.stderr).toMatch(
       /^sluicectl: the journal's index of the commands by time is damaged: the commands listed were found through the key index, every command read$/m,
     );
+  });
+});
+
+describe('sluicectl stuck on a journal whose index of the open commands is damaged', () => {
+  const open = (): string[] =>
+    held
+      .filter((h) => h.state === 'accepted')
+      .map((h) => h.key)
+      .reverse();
+
+  it('found through the open commands by device: every open command listed, said so, exit 1', async () => {
+    const path = damaged('commands_open');
+    const run = await sluicectlInProcess([
+      '--journal',
+      path,
+      '--json',
+      'stuck',
+      '--older-than',
+      '0s',
+    ]);
+    expect(run.code).toBe(1);
+    const answer = run.json<StuckJson>();
+    // Oldest first: every command the journal held open, none settled, none twice.
+    expect(keysOf(answer.commands)).toEqual(open());
+    expect(answer.commands.every((c) => c.state === 'accepted')).toBe(true);
+    expect({ unreadable: answer.unreadable, named: answer.unreadableCommands }).toEqual({
+      unreadable: 0,
+      named: [],
+    });
+    expect(run.stderr).toMatch(
+      /^sluicectl: the journal's index of the open commands is damaged: the open commands were found through the index of the open commands by device$/m,
+    );
+    expect(run.stderr).toMatch(damagedLine(path));
+
+    // The binary an operator runs: the table, exit 1 (not 3: the journal is damaged).
+    const binary = await sluicectl(['--journal', path, 'stuck', '--older-than', '0s']);
+    expect(binary.code).toBe(1);
+    expect(binary.stdout.match(/^key-\d+/gm)).toEqual(open());
+    expect(binary.stderr).toMatch(damagedLine(path));
+  });
+
+  it('both indexes of the open commands damaged: found by reading the table, exit 1', async () => {
+    const path = damaged('commands_open', 'commands_open_device');
+    const run = await sluicectlInProcess([
+      '--journal',
+      path,
+      '--json',
+      'stuck',
+      '--older-than',
+      '0s',
+    ]);
+    expect(run.code).toBe(1);
+    expect(keysOf(run.json<StuckJson>().commands)).toEqual(open());
+    expect(run.stderr).toMatch(
+      /^sluicectl: the journal's index of the open commands is damaged: the open commands were found by reading the whole commands table$/m,
+    );
+    expect(run.stderr).toMatch(damagedLine(path));
+  });
+
+  it('a page of the commands table: the open commands on it named, the others listed, exit 1', async () => {
+    const path = damaged('commands');
+    const run = await sluicectlInProcess([
+      '--journal',
+      path,
+      '--json',
+      'stuck',
+      '--older-than',
+      '0s',
+    ]);
+    expect(run.code).toBe(1);
+    const answer = run.json<StuckJson>();
+    const lost = keysOf(answer.unreadableCommands);
+    expect(lost.length).toBeGreaterThan(0);
+    expect(answer.unreadable).toBe(lost.length);
+    expect(keysOf(answer.commands)).toEqual(open().filter((k) => !lost.includes(k)));
+    expect([...keysOf(answer.commands), ...lost].sort()).toEqual([...open()].sort());
+    expect(run.stderr).toMatch(
+      new RegExp(
+        `^sluicectl: ${lost.length} open commands are on damaged pages of the journal and could not be read: not listed below, whatever their age: "${lost[0]}" \\(scope ops\\)`,
+        'm',
+      ),
+    );
+  });
+
+  it('the reads leave the file as it was', async () => {
+    const path = damaged('commands_open');
+    const before = readFileSync(path);
+    await sluicectlInProcess(['--journal', path, 'stuck']);
+    await sluicectlInProcess(['--journal', path, 'list']);
+    expect(readFileSync(path).equals(before)).toBe(true);
   });
 });
