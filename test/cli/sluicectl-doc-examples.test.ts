@@ -36,6 +36,14 @@ import { inventoryFor } from '../helpers/plant-inventory.js';
 const real = mosquittoAvailable();
 const TOKEN = 'doc-examples-token';
 const README_SHOW_KEY = '5f0c6f5e-1d2a-4d0e-9a57-0c1f3a7e2b10';
+/**
+ * held-1 stays open (dispatched, its valve stuck in travel) until the test frees the valve at
+ * its reverify: neither its confirm timeout nor the simulated travel fault may end it first, so
+ * both are longer than the set-up and the case may take (90 s and 180 s). With 45 s, under
+ * load, the examples before the reverify (about 7 s each as processes, at a load of ~15) took
+ * 57 s, held-1 had failed READBACK_TIMEOUT, and the reverify found it settled.
+ */
+const HELD_MS = 600_000;
 
 let plant: Plant;
 let broker: Mosquitto;
@@ -140,8 +148,9 @@ beforeAll(async () => {
           scanMs: 5,
           devices: {
             'inlet-valve': { profile: 'valve', base: 0, travelMs: 200 },
-            // Stuck in travel while the examples look at held-1 (no travel fault meanwhile).
-            'held-valve': { profile: 'valve', base: 100, travelMs: 200, travelTimeoutMs: 120_000 },
+            // Stuck in travel while the examples look at held-1: no travel fault meanwhile (see
+            // HELD_MS).
+            'held-valve': { profile: 'valve', base: 100, travelMs: 200, travelTimeoutMs: HELD_MS },
             'dosing-actuator': { profile: 'actuator', base: 200, travelMs: 200 },
           },
         },
@@ -152,7 +161,8 @@ beforeAll(async () => {
   broker = await startMosquitto();
   await loopbackCertificate(dir);
   writeFileSync(join(dir, 'token'), `${TOKEN}\n`, { mode: 0o600 });
-  // The shipped profiles, with a confirm timeout that leaves held-1 open while it is looked at.
+  // The shipped profiles, with a confirm timeout that leaves held-1 open while it is looked at
+  // (HELD_MS).
   const profilesDir = join(dir, 'profiles');
   mkdirSync(profilesDir);
   const shipped = join(ROOT, 'devices', 'profiles');
@@ -160,7 +170,7 @@ beforeAll(async () => {
     const profile = parse(readFileSync(join(shipped, file), 'utf8')) as {
       timing: Record<string, number>;
     };
-    profile.timing = { ...profile.timing, confirmTimeoutMs: 45_000, pollIntervalMs: 50 };
+    profile.timing = { ...profile.timing, confirmTimeoutMs: HELD_MS, pollIntervalMs: 50 };
     writeFileSync(join(profilesDir, file), stringify(profile));
   }
   const inventory = inventoryFor(plant);
@@ -287,13 +297,27 @@ describe.runIf(real)('the sluicectl examples of docs/sluicectl.md and the README
     expect(health.stdout).toMatch(/^commands\s+FAIL\s.*orphan-1 on removed-valve/m);
 
     // reverify while the valve is still stuck; it comes free while the daemon judges it.
-    const reverifying = run(one('sluicectl reverify held-1')[0]!);
+    let reverifyEnded: ShellRun | undefined;
+    const reverifying = run(one('sluicectl reverify held-1')[0]!).then((r) => {
+      reverifyEnded = r;
+      return r;
+    });
+    // Its request in the history, or its end first (then it failed, said why, and the case
+    // ends at once with it): no time of its own, as its process's start takes what the
+    // machine's load makes it (up to the shell's 60 s). Its end is looked at before the
+    // history: the daemon notes the request before it answers.
     await until(
-      () =>
-        historyOf('held-1').includes(`reverify requested by alice@${hostname()}`)
-          ? true
-          : undefined,
-      20_000,
+      () => {
+        const ended = reverifyEnded;
+        if (historyOf('held-1').includes(`reverify requested by alice@${hostname()}`)) return true;
+        if (ended !== undefined) {
+          throw new Error(
+            `sluicectl reverify held-1 ended (exit ${ended.code}) before its request was in the history (held-1: ${JSON.stringify(onFile('held-1'))}):\n${ended.stdout}${ended.stderr}`,
+          );
+        }
+        return undefined;
+      },
+      90_000,
       'the reverify request in the history',
     );
     const held = plant.device('held-valve');
