@@ -62,6 +62,8 @@ export interface CommandMessagesOptions {
   readonly keysKeptS?: number | undefined;
   /** How long a stray copy awaits the command subscription's copy (StrayCopies), ms. */
   readonly strayCopyWaitMs?: number | undefined;
+  /** Copies held for the probe's verdict at most (HeldCopies). */
+  readonly maxHeldCopies?: number | undefined;
 }
 
 /** Said of an untimed redelivery over MQTT 5 (CommandMessages.handle). */
@@ -109,7 +111,9 @@ export class CommandMessages {
   /** The answers to stray copies whose sibling did not come (mqtt-stray-answers.ts). */
   private readonly strayAnswers: StrayAnswers;
   /** Copies without the command subscription's identifier awaiting the probe's verdict. */
-  private readonly held = new HeldCopies();
+  private readonly held: HeldCopies;
+  /** The connection copies past the hold limit were last said left with the broker on. */
+  private leftOn: unknown = null;
 
   constructor(options: CommandMessagesOptions) {
     this.pipeline = options.pipeline;
@@ -130,6 +134,7 @@ export class CommandMessages {
       logger: this.logger,
     });
     this.strays = new StrayCopies(options.strayCopyWaitMs);
+    this.held = new HeldCopies(options.maxHeldCopies);
     this.strayAnswers = new StrayAnswers({
       publisher: this.publisher,
       logger: this.logger,
@@ -172,6 +177,19 @@ export class CommandMessages {
       const heldMs = this.clock.elapsed() - copy.receivedMono;
       this.process(copy.client, copy.packet, copy.ack, heldMs);
     }
+    const left = this.held.leftToResend((client) => this.link.identifiersPending(client));
+    if (left !== null) {
+      // The copies left with the broker (HeldCopies) are sent again on a new connection only:
+      // dropped once the PUBACKs of those handled above are out (their claims' barrier).
+      const drop = (): void => {
+        if (left.client.stream !== left.connection) return;
+        this.link.dropConnection(
+          left.client,
+          "command copies left unacknowledged past the number held for the probe's verdict, to be sent again by the broker",
+        );
+      };
+      this.pipeline.durable().then(drop, drop);
+    }
   }
 
   /** Messages arriving from now on are left unacknowledged; the broker keeps them. */
@@ -195,14 +213,26 @@ export class CommandMessages {
       return;
     }
     if (this.awaitsVerdict(client, packet)) {
-      if (
-        this.held.hold(client, packet, callback, this.acks.acksOf(client), this.clock.elapsed())
-      ) {
-        this.logger.debug(
-          { topic: packet.topic.slice(0, 512), held: this.held.size },
-          "command copy without the command subscription's identifier: held until the connection's probe finds whether the broker delivers identifiers",
-        );
-        return;
+      const acks = this.acks.acksOf(client);
+      switch (this.held.hold(client, packet, callback, acks, this.clock.elapsed())) {
+        case 'held':
+          this.logger.debug(
+            { topic: packet.topic.slice(0, 512), held: this.held.size },
+            "command copy without the command subscription's identifier: held until the connection's probe finds whether the broker delivers identifiers",
+          );
+          return;
+        case 'left':
+          this.count('withheld');
+          if (this.leftOn !== client.stream) {
+            this.leftOn = client.stream;
+            this.logger.warn(
+              { topic: packet.topic.slice(0, 512), held: this.held.size },
+              "command copies without the command subscription's identifier past the number held for the probe's verdict: left unacknowledged with the broker, which sends them again once the verdict is known (the connection is then dropped)",
+            );
+          }
+          return;
+        case 'unheld':
+          break;
       }
     }
     this.process(client, packet, { kind: 'callback', callback });

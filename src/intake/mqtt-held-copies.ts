@@ -21,8 +21,17 @@ export interface HeldCopy {
   readonly receivedMono: number;
 }
 
-/** Copies held at most: past it a copy is handled as it comes (as a copy another filter sent). */
+/**
+ * Copies held at most. Past it a QoS 1 copy is left with the broker (see HeldCopies); a QoS 0
+ * copy, which the broker neither keeps nor sends again, is handled as it comes.
+ */
 const MAX_HELD = 1_000;
+
+/** A connection on which copies past the limit were left with the broker. */
+export interface LeftCopies {
+  readonly client: MqttClient;
+  readonly connection: unknown;
+}
 
 /**
  * Command copies without the command subscription's Subscription Identifier that came before the
@@ -34,15 +43,31 @@ const MAX_HELD = 1_000;
  * with the connection's next packets, the probe's among them) and is handled once the verdict is
  * known, as any copy is then; bounded by the probe's own timeout (10 s). A copy whose connection
  * ended meanwhile is let go unacknowledged: the broker redelivers it on the next one.
+ *
+ * Past the limit a QoS 1 copy cannot wait here, and cannot be judged either: taken for another
+ * filter's copy (acknowledged, never run) it lost a command the plant system sent whenever the
+ * path drops identifiers; taken for the command subscription's it could run another client's
+ * copy. It is left with the broker instead (no PUBACK), and once the connection's verdict is
+ * known and the copies held are handled, the connection is dropped (leftToResend), so that the
+ * broker sends it again on the next one, where it waits for that connection's verdict. A broker
+ * redelivers an unacknowledged message only on a new connection (MQTT 5 §4.4); each connection
+ * handles at least the copies held on it, so a backlog of any size is worked through.
  */
 export class HeldCopies {
   private readonly held: HeldCopy[] = [];
 
+  /** The connection on which copies past the limit were left with the broker; null: none. */
+  private left: LeftCopies | null = null;
+
+  /** `maxHeld`: copies held at most (MAX_HELD; lower in tests). */
+  constructor(private readonly maxHeld: number = MAX_HELD) {}
+
   /**
-   * Holds `packet`, received on `client`'s current connection: returns false when it cannot be
-   * held (too many held, or an mqtt.js without the packet writer held PUBACKs need), and it is
-   * then to be handled as it comes. `callback` is mqtt.js's, called here. `receivedMono`: when it
-   * came (clock.elapsed()).
+   * Holds `packet`, received on `client`'s current connection (`held`). Past the limit a QoS 1
+   * copy is left with the broker, unacknowledged (`left`; see the class doc). `unheld`: it
+   * cannot be held (a QoS 0 copy past the limit, or an mqtt.js without the packet writer held
+   * PUBACKs need) and is to be handled as it comes. `callback` is mqtt.js's, called here unless
+   * `unheld`. `receivedMono`: when it came (clock.elapsed()).
    */
   hold(
     client: MqttClient,
@@ -50,11 +75,17 @@ export class HeldCopies {
     callback: DoneCallback,
     acks: OrderedAcks,
     receivedMono: number,
-  ): boolean {
-    if (this.held.length >= MAX_HELD) return false;
+  ): 'held' | 'left' | 'unheld' {
+    if (this.held.length >= this.maxHeld) {
+      if (packet.qos === 0 || packet.messageId === undefined) return 'unheld';
+      // With an error mqtt.js sends no PUBACK and goes on with the connection's next packet.
+      callback(new Error('not acknowledged: too many command copies wait for the verdict'));
+      this.left = { client, connection: client.stream };
+      return 'left';
+    }
     let ack: MessageAck;
     if (packet.qos > 0) {
-      if (packet.messageId === undefined || !acks.available) return false;
+      if (packet.messageId === undefined || !acks.available) return 'unheld';
       ack = { kind: 'held', acks, ack: acks.hold(packet.messageId) };
       callback(PUBACK_HELD);
     } else {
@@ -63,7 +94,24 @@ export class HeldCopies {
       ack = { kind: 'callback', callback: () => undefined };
     }
     this.held.push({ client, connection: client.stream, packet, ack, receivedMono });
-    return true;
+    return 'held';
+  }
+
+  /**
+   * The connection copies were left on (hold: `left`), once its verdict is known (`pending`
+   * false): to be dropped, so that the broker sends them again. Null while it is pending, or
+   * when there is none or it ended (the broker sends them again anyway).
+   */
+  leftToResend(pending: (client: MqttClient) => boolean): LeftCopies | null {
+    const left = this.left;
+    if (left === null) return null;
+    if (left.client.stream !== left.connection || !left.client.connected) {
+      this.left = null;
+      return null;
+    }
+    if (pending(left.client)) return null;
+    this.left = null;
+    return left;
   }
 
   get size(): number {
@@ -92,6 +140,7 @@ export class HeldCopies {
 
   /** All of them, held no more (the intake stops taking commands). */
   takeAll(): readonly HeldCopy[] {
+    this.left = null;
     return this.held.splice(0);
   }
 }

@@ -43,6 +43,8 @@ export interface MqttIntakeOptions {
   readonly strayCopyWaitMs?: number;
   /** The probe of Subscription Identifiers' waits, ms (mqtt-identifier-probe.ts): tests. */
   readonly identifierProbe?: { readonly graceMs?: number; readonly timeoutMs?: number };
+  /** Command copies held for the probe's verdict at most (mqtt-held-copies.ts; 1,000): tests. */
+  readonly maxHeldCopies?: number;
 }
 
 export interface MqttHealth {
@@ -126,6 +128,7 @@ export class MqttIntake {
           ? undefined
           : Math.floor(options.retentionHours * 3600),
       strayCopyWaitMs: options.strayCopyWaitMs,
+      maxHeldCopies: options.maxHeldCopies,
     });
     this.retainedState = new RetainedStateSweep({
       topics: this.topics,

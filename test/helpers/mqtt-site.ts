@@ -40,6 +40,8 @@ export interface SiteIntakeOptions {
   readonly strayCopyWaitMs?: number;
   /** MqttIntakeOptions.identifierProbe. */
   readonly identifierProbe?: { readonly graceMs?: number; readonly timeoutMs?: number };
+  /** MqttIntakeOptions.maxHeldCopies. */
+  readonly maxHeldCopies?: number;
 }
 
 /**
@@ -97,6 +99,7 @@ export class MqttSite {
       ...(options.identifierProbe === undefined
         ? {}
         : { identifierProbe: options.identifierProbe }),
+      ...(options.maxHeldCopies === undefined ? {} : { maxHeldCopies: options.maxHeldCopies }),
     });
   }
 

@@ -29,7 +29,10 @@ describe.skipIf(!available)(
      * observer of its results; `newIntake` makes the next run (stopped at the test's end), `key`
      * and `action` a fresh command that moves the valve.
      */
-    async function afterFirstRun(gateway: string, options: { readonly strayCopyWaitMs?: number }) {
+    async function afterFirstRun(
+      gateway: string,
+      options: { readonly strayCopyWaitMs?: number; readonly maxHeldCopies?: number },
+    ) {
       const prefix = `sluice/${gateway}`;
       const proxy = await StrippingProxy.open(site.broker.port);
       site.cleanups.push(() => proxy.close());
@@ -44,6 +47,7 @@ describe.skipIf(!available)(
             ? {}
             : { strayCopyWaitMs: options.strayCopyWaitMs }),
           identifierProbe: { graceMs: 200 },
+          ...(options.maxHeldCopies === undefined ? {} : { maxHeldCopies: options.maxHeldCopies }),
         });
         site.cleanups.push(() => intake.stop());
         return intake;
@@ -261,6 +265,64 @@ describe.skipIf(!available)(
       expect(writes()).toBe(before + 1);
       await intake.stop();
     }, 30_000);
+
+    /**
+     * Past the hold limit (1,000 copies; 1 here, through maxHeldCopies), a further copy without
+     * the command subscription's identifier that came before the probe's verdict was handled as
+     * it came, as one another filter of the session delivered: acknowledged (PUBACK) and, once
+     * the probe found identifiers missing, answered INVALID_COMMAND "not run": a command the plant
+     * system sent was lost. Now it is left with the broker (no PUBACK) and, once the verdict is
+     * known and the copies held are handled, the connection is dropped so that the broker sends
+     * it again, where it waits for that connection's verdict and runs once. Two commands queued
+     * for the gateway between two runs; the proxy holds back the probe's read-back of the status
+     * so that both come first.
+     */
+    it('MQTT 5: a copy past the hold limit is left with the broker and runs once, not answered as not run', async () => {
+      const gateway = 'gwnoidsfull';
+      const clientId = `sluice-${gateway}`;
+      const {
+        prefix,
+        topic,
+        proxy,
+        lines,
+        newIntake,
+        plant,
+        observer,
+        writes,
+        before,
+        key,
+        action,
+      } = await afterFirstRun(gateway, { strayCopyWaitMs: 300, maxHeldCopies: 1 });
+      const second = randomUUID();
+      const next = action === 'open' ? 'close' : 'open';
+      await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
+      await plant.publish(topic, timed({ action: next, key: second, ttlMs: 60_000 }));
+
+      proxy.holdTopic = { topic: `${prefix}/status`, ms: 500 };
+      const intake = newIntake();
+      intake.start();
+      for (const k of [key, second] as const) {
+        const result = await observer.waitFor((m) => m.json().key === k, 15_000, `result of ${k}`);
+        expect(result.json()).toMatchObject({ state: 'confirmed' });
+        expect(site.stack.journal.findByKey(k)).toHaveLength(1);
+      }
+      expect(writes()).toBe(before + 2);
+      // Nothing answered as not run: every answer for either key is its confirmation.
+      const keys: string[] = [key, second];
+      const answers = observer.messages.filter((m) => keys.includes(String(m.json().key)));
+      for (const a of answers) expect(a.json()).toMatchObject({ state: 'confirmed' });
+      // The broker sent the second again (not acknowledged on the first connection).
+      const deliveries = site.broker.deliveriesTo(clientId, topic);
+      expect(deliveries.length).toBeGreaterThanOrEqual(3);
+      expect(deliveries.some((d) => d.dup)).toBe(true);
+      expect(lines.some((l) => String(l.msg).startsWith('command copy without the command'))).toBe(
+        true,
+      );
+      expect(
+        lines.some((l) => String(l.msg).startsWith('command copies without the command')),
+      ).toBe(true);
+      await intake.stop();
+    }, 40_000);
 
     /**
      * An earlier connection found identifiers missing; the path delivers them again (the proxy no
