@@ -1,3 +1,8 @@
+import type { StuckJournal } from '../core/open-commands.js';
+import { refId, type CommandRecord, type CommandRef, type JournalEvent } from '../core/journal.js';
+import type { OpenRead, UnreadableCommand } from '../journal/damaged-lists.js';
+import { damageOf } from '../journal/damaged-reads.js';
+import type { SqliteJournal } from '../journal/sqlite-journal.js';
 import { actionText } from '../views/command-list.js';
 import { stuckItems, type StuckItem } from '../views/open-commands.js';
 import type { CliContext } from './context.js';
@@ -21,22 +26,38 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
   // that can be read are listed and the others named (the check after the output then says the
   // file is damaged, exit 1), where the read met the page and listed nothing; on one whose index
   // of the open commands is damaged, they are found another way (damaged-lists.ts).
+  // Their histories (the last event, the windows that hold them) and the stops after them are
+  // read as far as they can be (readableHistories), where a damaged page of the events or of
+  // the key index ended the whole read.
   const read = await withJournal(ctx, ctx.journalPath(), (journal) => {
     const open = journal.listOpenReadable();
+    const histories = readableHistories(journal, open);
     return {
-      items: stuckItems(open.records, olderThanMs, now, timings, journal),
+      items: stuckItems(open.records, olderThanMs, now, timings, histories.view),
       open,
+      missed: histories.missed(),
     };
   });
-  const { items, open } = read.value;
+  const { items, open, missed } = read.value;
   const unreadable = open.unreadable.length;
   const code = items.length > 0 ? EXIT.STUCK : EXIT.OK;
-  const met = open.met ?? undefined;
+  const met = open.met ?? missed.met ?? undefined;
   const viaNote = indexNote(open, 'index of the open commands', 'the open commands');
   if (viaNote !== null) ctx.warn(viaNote);
   if (unreadable > 0) {
     ctx.warn(
       `${unreadable} open command${unreadable === 1 ? ' is' : 's are'} on damaged pages of the journal and could not be read: not listed below, whatever their age: ${namedText(open.unreadable)}`,
+    );
+  }
+  const partial = missed.histories.length;
+  if (partial > 0) {
+    ctx.warn(
+      `the history of ${partial} open command${partial === 1 ? '' : 's'} is on damaged pages of the journal and could not be read in full: ${namedText(missed.histories)}: ${partial === 1 ? 'its' : 'their'} last event, and whether ${partial === 1 ? 'it is' : 'they are'} stuck, are judged from the entries that could be read`,
+    );
+  }
+  if (missed.stops) {
+    ctx.warn(
+      'the stops claimed after the open commands could not be read (damaged pages of the journal): whether one paused a dispatched command is unknown',
     );
   }
   if (timings === null && !ctx.json) {
@@ -50,6 +71,7 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
       stuck: items.filter((i) => i.stuck).length,
       unreadable,
       unreadableCommands: unreadableJson(open.unreadable),
+      unreadableHistories: unreadableJson(missed.histories),
       commands: items,
     });
     return read.settle(code, met);
@@ -88,4 +110,66 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
       'sluicectl resolve KEY --as failed --reason "…".\n',
   );
   return read.settle(code, met);
+}
+
+/** What readableHistories could not read. */
+interface Missed {
+  /** The open commands whose history misses entries (or could not be read at all). */
+  readonly histories: readonly UnreadableCommand[];
+  /** Stops claimed after an open command could not be read. */
+  readonly stops: boolean;
+  /** SQLite's words for the first damage met; null when none was. */
+  readonly met: string | null;
+}
+
+/**
+ * The journal as stuckItems reads it, from a journal with damaged pages: a command's history by
+ * its key (the key index, then its entries) and, when that meets a damaged page, through its row
+ * id (historyReadable: entry by entry, or the events without their index), its entries on a
+ * damaged page missing; the stops claimed after it, none when they cannot be read. What could not
+ * be read is said by missed().
+ */
+function readableHistories(
+  journal: SqliteJournal,
+  open: OpenRead,
+): { view: StuckJournal; missed: () => Missed } {
+  const idOf = new Map(open.records.map((r, i) => [refId(r), open.ids[i]]));
+  const partial = new Map<string, UnreadableCommand>();
+  let stops = false;
+  let met: string | null = null;
+  const damage = (error: unknown): void => {
+    const found = damageOf(error);
+    if (found === null) throw error;
+    met ??= found;
+  };
+  const view: StuckJournal = {
+    history: (r: CommandRef): readonly JournalEvent[] => {
+      try {
+        return journal.history(r);
+      } catch (error) {
+        damage(error);
+      }
+      const id = idOf.get(refId(r));
+      const lost = (): void => {
+        partial.set(refId(r), { id: id ?? 0, key: r.key, scope: r.scope });
+      };
+      if (id === undefined) {
+        lost();
+        return [];
+      }
+      const read = journal.historyReadable(id);
+      if (read.unreadable !== 0) lost();
+      return read.events;
+    },
+    stopsAfter: (r: CommandRef, limit: number): readonly CommandRecord[] => {
+      try {
+        return journal.stopsAfter(r, limit);
+      } catch (error) {
+        damage(error);
+        stops = true;
+        return [];
+      }
+    },
+  };
+  return { view, missed: () => ({ histories: [...partial.values()], stops, met }) };
 }

@@ -134,18 +134,30 @@ export function namesOf(db: Database, ids: readonly number[]): UnreadableCommand
   }));
 }
 
+/** The open commands read (listOpenReadable), with their row ids. */
+export interface OpenRead extends ListRead {
+  /** The row id of each of `records`, in their order: its history's reference (historyReadable). */
+  readonly ids: readonly number[];
+}
+
 /**
  * The open commands, as Journal.listOpen gives them (in the journal's order), those that could be
- * read (Journal.listOpenReadable). listOpen reads the rows through the open commands' index
- * (commands_open): when that meets a damaged page, the ids come from that index alone and each
- * row is read on its own, the unreadable ones named; when the index itself is damaged, from the
- * other index of the open commands (commands_open_device, by device), else from the commands
- * table read whole for the open states.
+ * read (Journal.listOpenReadable), with their row ids: a command's history can then be read
+ * without its key index entry (historyReadable), which may be damaged too. Read as listOpen reads
+ * them (`statement`: its rows through the open commands' index, commands_open); when that meets
+ * a damaged page, the ids come from that index alone and each row is read on its own, the
+ * unreadable ones named; when the index itself is damaged, from the other index of the open
+ * commands (commands_open_device, by device), else from the commands table read whole for the
+ * open states.
  */
-export function openReadable(db: Database, listOpen: () => CommandRecord[]): ListRead {
+export function openReadable(db: Database, statement: () => CommandRow[]): OpenRead {
+  const read = (rows: CommandRow[]): { records: CommandRecord[]; ids: number[] } => ({
+    records: rows.map(rowToRecord),
+    ids: rows.map((r) => r.id),
+  });
   let met: string;
   try {
-    return whole(listOpen());
+    return { ...read(statement()), unreadable: [], damagedIndex: null, via: 'index', met: null };
   } catch (error) {
     const damage = damageOf(error);
     if (damage === null) throw error;
@@ -157,23 +169,21 @@ export function openReadable(db: Database, listOpen: () => CommandRecord[]): Lis
       .prepare(`SELECT id FROM commands INDEXED BY ${index} WHERE ${OPEN} ORDER BY id`)
       .pluck()
       .all() as number[];
-  const { value, failed } = firstReadable<number[] | CommandRecord[]>([
+  const { value, failed } = firstReadable<number[] | CommandRow[]>([
     ids('commands_open'),
     ids('commands_open_device'),
     () =>
-      (
-        db
-          .prepare(`SELECT * FROM commands NOT INDEXED WHERE ${OPEN} ORDER BY id`)
-          .all() as CommandRow[]
-      ).map(rowToRecord),
+      db
+        .prepare(`SELECT * FROM commands NOT INDEXED WHERE ${OPEN} ORDER BY id`)
+        .all() as CommandRow[],
   ]);
   const damagedIndex = failed === 0 ? null : 'commands_open';
   if (failed === 2) {
-    return { records: value as CommandRecord[], unreadable: [], damagedIndex, via: 'table', met };
+    return { ...read(value as CommandRow[]), unreadable: [], damagedIndex, via: 'table', met };
   }
   const rows = rowsOf(db, value as number[], isOpen);
   return {
-    records: rows.rows.map(rowToRecord),
+    ...read(rows.rows),
     unreadable: namesOf(db, rows.lost),
     damagedIndex,
     via: failed === 0 ? 'index' : 'other-index',

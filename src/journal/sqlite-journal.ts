@@ -31,7 +31,7 @@ import {
   type Connection,
   type ConnectionOptions,
 } from './connection.js';
-import { listReadable, openReadable, type ListRead } from './damaged-lists.js';
+import { listReadable, openReadable, type ListRead, type OpenRead } from './damaged-lists.js';
 import { historyReadable, keyReadable, type HistoryRead, type KeyRead } from './damaged-reads.js';
 import { GroupCommit } from './group-commit.js';
 import { rowToRecord, translate, type CommandRow, type EventRow } from './rows.js';
@@ -200,9 +200,10 @@ export class SqliteJournal implements Journal {
    * whole (damaged-lists.ts). Damage met by every way (or any other error) is thrown as listOpen
    * throws it.
    */
-  listOpenReadable(): ListRead {
+  listOpenReadable(): OpenRead {
     try {
-      return openReadable(this.connection().db, () => this.listOpen());
+      const { stmts, db } = this.connection();
+      return openReadable(db, () => stmts.open.all() as CommandRow[]);
     } catch (error) {
       return translate(error, 'read', this.options.path);
     }

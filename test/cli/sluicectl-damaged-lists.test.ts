@@ -26,6 +26,12 @@ interface Held {
   readonly state: string;
 }
 
+interface Stuck {
+  readonly key: string;
+  readonly state: string;
+  readonly lastEvent: { readonly detail: string } | null;
+}
+
 const COMMANDS = 2_000;
 
 let dir: string;
@@ -33,6 +39,8 @@ let cleanup: () => void;
 let pristine: string;
 /** The journal's commands as read before any damage, newest first. */
 let held: Held[];
+/** The last entry of each open command's history, read before any damage. */
+let lastEvents: Map<string, string>;
 
 beforeAll(() => {
   ({ dir, cleanup } = tempDir('sluice-ctl-damaged-lists-'));
@@ -70,6 +78,9 @@ beforeAll(() => {
   held = journal
     .list({ limit: 10 * COMMANDS })
     .map((r) => ({ key: r.key, device: r.device, state: r.state }));
+  lastEvents = new Map(
+    journal.listOpen().map((r) => [r.key, journal.history(r).at(-1)?.detail ?? 'none']),
+  );
   journal.close();
 });
 
@@ -102,9 +113,10 @@ interface ListJson {
 }
 
 interface StuckJson {
-  commands: { key: string; state: string }[];
+  commands: Stuck[];
   unreadable: number;
   unreadableCommands: { key: string | null; scope: string | null }[];
+  unreadableHistories: { key: string | null; scope: string | null }[];
 }
 
 describe('sluicectl list on a journal with a damaged page', () => {
@@ -286,6 +298,59 @@ describe('sluicectl stuck on a journal whose index of the open commands is damag
         'm',
       ),
     );
+  });
+
+  it('a page of the histories: every open command listed, those whose history entries are on it named, exit 1', async () => {
+    // Each command's last event is read from its history: the read of the histories met the
+    // page and stuck showed nothing. Now each history is read as far as it can be.
+    const path = damaged('events');
+    const run = await sluicectlInProcess([
+      '--journal',
+      path,
+      '--json',
+      'stuck',
+      '--older-than',
+      '0s',
+    ]);
+    expect(run.code).toBe(1);
+    const answer = run.json<StuckJson>();
+    expect(keysOf(answer.commands)).toEqual(open());
+    const named = keysOf(answer.unreadableHistories);
+    expect(named.length).toBeGreaterThan(0);
+    // Named: those whose entry is gone (their one entry was on the page); the others' last
+    // event is the one the journal held.
+    for (const c of answer.commands) {
+      if (named.includes(c.key)) expect(c.lastEvent).toBeNull();
+      else expect(c.lastEvent?.detail).toBe(lastEvents.get(c.key));
+    }
+    expect(answer.commands.filter((c) => c.lastEvent === null).length).toBe(named.length);
+    expect(run.stderr).toMatch(
+      new RegExp(
+        `^sluicectl: the history of ${named.length} open commands is on damaged pages of the journal and could not be read in full: "${named[0]}" \\(scope ops\\), .*: their last event, and whether they are stuck, are judged from the entries that could be read$`,
+        'm',
+      ),
+    );
+    expect(run.stderr).toMatch(damagedLine(path));
+  });
+
+  it('the key index damaged: every open command listed with its last event, read through its row id, exit 1', async () => {
+    const path = damaged('commands_key');
+    const run = await sluicectlInProcess([
+      '--journal',
+      path,
+      '--json',
+      'stuck',
+      '--older-than',
+      '0s',
+    ]);
+    expect(run.code).toBe(1);
+    const answer = run.json<StuckJson>();
+    expect(keysOf(answer.commands)).toEqual(open());
+    expect(answer.commands.map((c) => c.lastEvent?.detail)).toEqual(
+      open().map((k) => lastEvents.get(k)),
+    );
+    expect(run.stderr).not.toMatch(/could not be read/);
+    expect(run.stderr).toMatch(damagedLine(path));
   });
 
   it('the reads leave the file as it was', async () => {
