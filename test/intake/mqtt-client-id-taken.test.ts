@@ -353,12 +353,12 @@ describe.skipIf(!available)('MQTT intake: another client connects with its clien
       .split('\n')
       .filter((l) => l.includes(`Client ${clientId} already connected, closing old`));
     expect(closedOld.length).toBeGreaterThanOrEqual(2);
+    // Counted under the streak's evidence (at least once more: a last flap of the first stray
+    // judged late would add one too), never under pattern.
     const after = await counted();
-    expect(after).toEqual({
-      clean_session: known.clean_session + 1,
-      pattern: known.pattern,
-      disconnect: known.disconnect,
-    });
+    expect(after.pattern).toBe(known.pattern);
+    expect(after.disconnect).toBe(known.disconnect);
+    expect(after.clean_session).toBeGreaterThan(known.clean_session);
     await intake.stop();
   }, 30_000);
 
