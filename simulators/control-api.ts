@@ -1,7 +1,7 @@
 /**
  * Loopback HTTP control API of the simulated plant: device state, counters, the command log
  * and the full write log (the ground truth for I1), fault injection, the LOCAL switch, PLC
- * power cycles. JSON in and out; errors are `{ code, message }`.
+ * power cycles and refusals of connections. JSON in and out; errors are `{ code, message }`.
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
@@ -122,6 +122,11 @@ export class ControlApi {
         const plc = this.#plc(id);
         const result = plc.applyPowerCycle(await readJson(req));
         return { plc: plc.name, ...result, powered: plc.powered };
+      }),
+      route('POST', '/plcs/:id/refuse-connections', async (req, [id]) => {
+        const plc = this.#plc(id);
+        const result = plc.applyRefuseConnections(await readJson(req));
+        return { plc: plc.name, ...result, refusingConnections: plc.refusingConnections };
       }),
       route('PUT', '/plcs/:id/faults/:fault', async (req, [id, kind]) => {
         const plc = this.#plc(id);
@@ -252,6 +257,7 @@ function plcView(plc: SimPlc): unknown {
     faults: plc.faults(),
     powered: plc.powered,
     powerCycles: plc.powerCycles,
+    refusingConnections: plc.refusingConnections,
     devices: plc.devices.map((d) => d.id),
   };
 }

@@ -19,7 +19,9 @@
  * when the hold ends even if the client has gone meanwhile: its bytes were already on the wire.
  *
  * A power cycle resets every connection and clears the command registers (volatile memory);
- * while the power is off, new connections are reset at once.
+ * while the power is off, new connections are reset at once. A refusal of connections
+ * (SimPlc.refuseConnections) resets every connection and closes the listener, so that a connect
+ * is refused, then listens on the same port again: the controller and its registers go on.
  */
 import { createServer } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
@@ -63,6 +65,12 @@ export class ModbusPlcServer {
   readonly #sockets = new Set<Socket>();
   readonly #timers = new Timers();
   #server: Server | undefined;
+  /** The port listened on, to listen on again after a refusal of connections. */
+  #port = 0;
+  /** While connections are refused: until when (performance.now()); null while listening. */
+  #refusingUntil: number | null = null;
+  /** A refusal that starts once the next read of `device` is answered (afterReadOf). */
+  #armed: { readonly device: string; readonly ms: number } | null = null;
 
   constructor(plc: SimPlc, config: ModbusPlcConfig) {
     this.#plc = plc;
@@ -74,6 +82,10 @@ export class ModbusPlcServer {
     });
     plc.onPowerCycle(() => {
       this.#powerCycled();
+    });
+    plc.onRefuseConnections(({ ms, afterReadOf }) => {
+      if (afterReadOf === undefined) this.#refuse(ms);
+      else this.#armed = { device: afterReadOf, ms };
     });
     plc.onScan(() => {
       for (const block of this.#blocks) block.scanned();
@@ -96,6 +108,7 @@ export class ModbusPlcServer {
       this.#plc.log.error({ err }, 'Modbus listener error');
     });
     const address = server.address() as AddressInfo;
+    this.#port = address.port;
     return {
       protocol: 'modbus',
       host: this.#config.host,
@@ -110,11 +123,66 @@ export class ModbusPlcServer {
     this.#sockets.clear();
     const server = this.#server;
     this.#server = undefined;
+    this.#refusingUntil = null;
+    this.#armed = null;
     if (server === undefined) return;
+    // Not listening (a refusal of connections): closed already, with nothing to wait for.
+    if (!server.listening) return;
     await new Promise<void>((resolve) => {
       server.close(() => {
         resolve();
       });
+    });
+  }
+
+  /**
+   * Connections refused for `ms` (SimPlc.refuseConnections): every connection is reset and the
+   * listener closed, so that a connect meets ECONNREFUSED; it listens again once `ms` have
+   * passed since the latest refusal's start.
+   */
+  #refuse(ms: number): void {
+    const server = this.#server;
+    if (server === undefined) return;
+    for (const socket of this.#sockets) socket.resetAndDestroy();
+    this.#sockets.clear();
+    const until = performance.now() + ms;
+    if (this.#refusingUntil !== null) {
+      this.#refusingUntil = Math.max(this.#refusingUntil, until);
+      return;
+    }
+    this.#refusingUntil = until;
+    this.#plc.refusingConnections = true;
+    server.close();
+    this.#timers.after(ms, () => {
+      this.#listenAgain();
+    });
+  }
+
+  #listenAgain(): void {
+    const server = this.#server;
+    const until = this.#refusingUntil;
+    if (server === undefined || until === null) return;
+    const left = until - performance.now();
+    if (left > 0) {
+      // Extended meanwhile, or the timer fired early.
+      this.#timers.after(Math.ceil(left), () => {
+        this.#listenAgain();
+      });
+      return;
+    }
+    const failed = (err: Error): void => {
+      // The port taken meanwhile by another socket: tried again until it is free.
+      this.#plc.log.error({ err, port: this.#port }, 'Modbus listener not opened again; retrying');
+      this.#timers.after(50, () => {
+        this.#listenAgain();
+      });
+    };
+    server.once('error', failed);
+    server.listen({ host: this.#config.host, port: this.#port }, () => {
+      server.off('error', failed);
+      this.#refusingUntil = null;
+      this.#plc.refusingConnections = false;
+      this.#plc.log.info({ port: this.#port }, 'PLC accepts connections again');
     });
   }
 
@@ -233,7 +301,26 @@ export class ModbusPlcServer {
     header.writeUInt16BE(0, 2);
     header.writeUInt16BE(reply.length + 1, 4);
     header.writeUInt8(unitId, 6);
+    const armed = this.#armed;
+    if (armed === null || request.direction !== 'read' || !this.#touches(request, armed.device)) {
+      socket.write(Buffer.concat([header, reply]));
+      return;
+    }
+    this.#armed = null;
+    // The answer is handed to the kernel first (the socket is writable: Node writes at once),
+    // the reset right after it: the client gets the answer, then the reset, with no time to
+    // send anything in between.
     socket.write(Buffer.concat([header, reply]));
+    this.#refuse(armed.ms);
+  }
+
+  /** Whether the request addresses registers of `device`. */
+  #touches(request: Decoded, device: string): boolean {
+    const { start, quantity } = request;
+    if (start === undefined || quantity === undefined) return false;
+    return this.#blocks.some(
+      (b) => b.device.id === device && start < b.base + b.span && b.base < start + quantity,
+    );
   }
 
   /**

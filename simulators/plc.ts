@@ -59,6 +59,22 @@ export interface SessionLossOptions {
   refuseMs?: number;
 }
 
+/**
+ * Options of a refusal of connections (typed API and the body of
+ * POST /plcs/{id}/refuse-connections).
+ */
+export const refuseConnectionsSchema = z.strictObject({
+  /** How long connects are refused (real time: the listener is opened again by a timer). */
+  ms: z.int().min(1).max(3_600_000),
+  /**
+   * Armed, not at once: the refusal starts as the PLC has answered its next read of this
+   * device's registers (the answer sent first). A later arming replaces an earlier one.
+   */
+  afterReadOf: z.string().min(1).optional(),
+});
+export type RefuseConnectionsOptions = z.input<typeof refuseConnectionsSchema>;
+export type RefuseConnections = z.output<typeof refuseConnectionsSchema>;
+
 /** What the control API and tests see of a device. */
 export interface DeviceSnapshot {
   id: string;
@@ -343,6 +359,7 @@ export class SimPlc {
   frontEndFaultCheck: ((fault: Fault, target: string) => void) | undefined;
   readonly #powerListeners: ((result: PowerCycleResult) => void)[] = [];
   readonly #sessionLossListeners: ((refuseUntil: number) => void)[] = [];
+  readonly #refusalListeners: ((refusal: RefuseConnections) => void)[] = [];
   readonly #scanListeners: (() => void)[] = [];
   #endpoint: PlcEndpoint | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -350,6 +367,7 @@ export class SimPlc {
   #offUntil = Number.NEGATIVE_INFINITY;
   #powerCycles = 0;
   #connectionsAccepted = 0;
+  #refusing = false;
 
   constructor(name: string, config: PlcConfig, options: SimPlcOptions) {
     this.name = name;
@@ -543,6 +561,71 @@ export class SimPlc {
   /** @internal an OPC UA front end closes its sessions (see loseSessions). */
   onSessionLoss(listener: (refuseUntil: number) => void): void {
     this.#sessionLossListeners.push(listener);
+  }
+
+  /**
+   * The PLC's communication module drops off the network for `ms` while the controller runs
+   * on: every client connection is reset and a connect is refused (ECONNREFUSED: nothing
+   * listens) until `ms` have passed, then it listens on the same port again. Unlike a power
+   * cycle nothing of the controller is lost (scans, travel, the seq echo, the command
+   * registers, writes waiting for a scan), so a client that finds no connection knows that
+   * nothing it did not send was applied. Requests a link fault holds (`latency` `when: before`,
+   * a `stall`) were already on the wire and are applied when the hold ends; requests queued
+   * behind one on a reset connection die with it. Measured in real time, not on the time
+   * source. Called again while refusing, the refusal lasts until the later end. With
+   * `afterReadOf` it starts only once the PLC has answered its next read of that device: a
+   * master that read the device just before it would write finds no connection for the write.
+   * Modbus only.
+   */
+  refuseConnections(options: RefuseConnectionsOptions): void {
+    this.applyRefuseConnections(options);
+  }
+
+  /** Untyped entry for the control API: validates the options. */
+  applyRefuseConnections(params: unknown): RefuseConnections {
+    const parsed = refuseConnectionsSchema.safeParse(params ?? {});
+    if (!parsed.success) {
+      const issues = zodIssues(parsed.error);
+      throw new InvalidRequestError(
+        issues.map((i) => `${i.path || '(body)'}: ${i.message}`).join('; '),
+      );
+    }
+    if (this.#refusalListeners.length === 0) {
+      throw new FaultNotApplicableError(
+        'refuse-connections',
+        `PLC ${this.name}`,
+        'only the Modbus front end closes its listener',
+      );
+    }
+    const refusal = parsed.data;
+    if (refusal.afterReadOf !== undefined && this.device(refusal.afterReadOf) === undefined) {
+      throw new InvalidRequestError(
+        `afterReadOf: PLC ${this.name} runs no device "${refusal.afterReadOf}"`,
+      );
+    }
+    for (const listener of this.#refusalListeners) listener(refusal);
+    this.log.info(
+      refusal,
+      refusal.afterReadOf === undefined
+        ? 'PLC refuses connections'
+        : 'PLC refuses connections after its next read of a device',
+    );
+    return refusal;
+  }
+
+  /** @internal a Modbus front end resets its connections and closes its listener. */
+  onRefuseConnections(listener: (refusal: RefuseConnections) => void): void {
+    this.#refusalListeners.push(listener);
+  }
+
+  /** True while a refusal of connections keeps the front end from listening. */
+  get refusingConnections(): boolean {
+    return this.#refusing;
+  }
+
+  /** @internal the front end stopped or started listening for a refusal. */
+  set refusingConnections(refusing: boolean) {
+    this.#refusing = refusing;
   }
 
   /** @internal a front end whose registers follow the scan (e.g. a command register it clears). */

@@ -13,7 +13,8 @@ import type { WriteLogEntry } from '../../simulators/write-log.js';
  * crashes and restarts, lost writes, dropped replies, failed reads, controllers that hold
  * commands longer than the redispatch guard, writes held on the link past the request timeout
  * (they land late, within the guard), frozen images, local operators, journal stalls
- * by another process, and batches lost at their COMMIT — over one connection to the Modbus PLC
+ * by another process, batches lost at their COMMIT, and a PLC that refuses connections for a
+ * while (writes refused unsent go round again: re-dispatches) — over one connection to the Modbus PLC
  * or two (plcs.<name>.connections, drawn per run). Whatever happens, judged from the
  * simulator's write log and the journal (never from the pipeline's word):
  * - I1: every write that reached a controller belongs to a journaled command, no command's
@@ -68,7 +69,8 @@ type Op =
   | { kind: 'freeze'; device: Device; ms: number }
   | { kind: 'local'; device: Device; ms: number }
   | { kind: 'stall'; ms: number }
-  | { kind: 'loseCommit' };
+  | { kind: 'loseCommit' }
+  | { kind: 'refuse'; afterReadOf: Device | null; ms: number };
 
 const device = fc.constantFrom<Device>('v1', 'v2', 'a1');
 const op: fc.Arbitrary<Op> = fc.oneof(
@@ -175,7 +177,38 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   // The next batch's COMMIT fails (an I/O error that clears at once): whatever it held — a
   // claim, a dispatch, a settlement — is not kept, and the barrier that covers it fails.
   { weight: 2, arbitrary: fc.constant({ kind: 'loseCommit' as const }) },
+  // The Modbus PLC's communication module drops off the network for a while (sluice-sim's
+  // refusal of connections): every connection is reset and connects are refused, the
+  // controller running on with nothing lost. A write handed to the driver meanwhile finds no
+  // connection and is refused unsent (WriteNotSentError): its command waits for the connection
+  // and goes round again, a fresh read and a re-dispatch (execution.ts, carryOutRounds), as
+  // often as that happens (MAX_DISPATCHES). A write on its way as the connections reset (held
+  // on the link, say) has its outcome unknown: readback settles it. At once, or once the PLC
+  // has answered its next read of a device, for which a command is then sent: its fresh read
+  // before its write, most often, and then that write finds no connection (a refusal at a
+  // random moment seldom falls between the two).
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('refuse' as const),
+      afterReadOf: fc.oneof(
+        { weight: 1, arbitrary: fc.constant(null) },
+        { weight: 3, arbitrary: device },
+      ),
+      // Up to about the driver's backoff after a failed connect (200 ms, jittered): the
+      // command's wait for the connection sees a refusal or two.
+      ms: fc.integer({ min: 1, max: 300 }),
+    }),
+  },
 );
+
+/**
+ * How far the runs reached into the command path's re-dispatch rounds (printed at the end): a
+ * coverage count, not a check — the refusals are drawn at random, and a write finds no
+ * connection only when one lands between a command's fresh read and its write (an armed one,
+ * most often; not when a stop supersedes the command first, or the device is in LOCAL).
+ */
+const reached = { runs: 0, refusals: 0, writesNotSent: 0, redispatchedAfterNotSent: 0 };
 
 async function run(connections: number, warm: boolean, ops: Op[]): Promise<void> {
   // One connection to the Modbus PLC, or two (v1 and v2 on the first, a1 on the second).
@@ -221,6 +254,13 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
       const code = (error as { code?: string }).code;
       if (code !== 'JOURNAL_UNAVAILABLE') unexpected.push(error);
     }
+  };
+  // A command that moves the device from where it is now: a write, not a no-op.
+  const awayFromNow = async (id: Device): Promise<Record<string, unknown>> => {
+    const now = (await sim.device(id).snapshot()).published;
+    return id === 'a1'
+      ? { device: id, action: 'move', position: now.position > 50 ? 20 : 80, ttlMs: TTL }
+      : { device: id, action: now.state === 'OPEN' ? 'close' : 'open', ttlMs: TTL };
   };
   try {
     for (const o of ops) {
@@ -269,16 +309,7 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
         }
         case 'lateStop': {
           const d = sim.device(o.device);
-          const now = (await d.snapshot()).published;
-          const body =
-            o.device === 'a1'
-              ? {
-                  device: o.device,
-                  action: 'move',
-                  position: now.position > 50 ? 20 : 80,
-                  ttlMs: TTL,
-                }
-              : { device: o.device, action: now.state === 'OPEN' ? 'close' : 'open', ttlMs: TTL };
+          const body = await awayFromNow(o.device);
           await d.setFault({ kind: 'latency', ms: o.ms, on: 'write', when: 'before' });
           submitNew(`late-${n++}`, body, 'https');
           await new Promise((r) => setTimeout(r, o.stopAfterMs));
@@ -304,6 +335,23 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
         case 'loseCommit':
           commitFaults(h.journal).failNext();
           break;
+        case 'refuse':
+          if (o.afterReadOf === null) {
+            await sim.refuseConnections('mb', o.ms);
+          } else {
+            // Armed, and a command for the device: its fresh read trips the refusal just before
+            // its write. Once the device's open commands are done (up to half a second), so
+            // that their readbacks do not trip it first.
+            const idleBy = Date.now() + 500;
+            const busy = (): boolean =>
+              h.journal.listOpen().some((r) => r.device === o.afterReadOf);
+            while (busy() && Date.now() < idleBy) await new Promise((r) => setTimeout(r, 10));
+            const body = await awayFromNow(o.afterReadOf);
+            await sim.refuseConnections('mb', o.ms, o.afterReadOf);
+            submitNew(`unsent-${n++}`, body, 'https');
+          }
+          reached.refusals++;
+          break;
       }
     }
     // Let the faults end, then everything settles: each device works through its queue.
@@ -325,6 +373,17 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
     ).toEqual([]);
 
     const records = h.journal.list({ limit: 10_000 });
+    reached.runs++;
+    for (const r of records) {
+      for (const e of h.journal.history(r)) {
+        if (e.detail.includes('was not sent: no connection to the controller')) {
+          reached.writesNotSent++;
+        }
+        if (e.detail.startsWith('redispatch:') && e.detail.includes('found no connection')) {
+          reached.redispatchedAfterNotSent++;
+        }
+      }
+    }
     // The simulator's write logs: every write that reached a controller, in arrival order.
     const writeLogs = new Map<string, WriteLogEntry[]>();
     for (const id of ['v1', 'v2', 'a1']) writeLogs.set(id, await sim.device(id).writeLog());
@@ -491,6 +550,9 @@ describe('invariants under random interleavings, on sluice-sim', () => {
         markInterruptAsFailure: true,
         endOnFailure: process.env.SLUICE_PROPERTY_SHRINK !== '1',
       },
+    );
+    console.log(
+      `re-dispatch rounds: ${reached.refusals} refusals of connections in ${reached.runs} runs checked; ${reached.writesNotSent} writes refused unsent, ${reached.redispatchedAfterNotSent} re-dispatched after one`,
     );
     if (details.failed) {
       console.error(details.errorInstance);

@@ -174,6 +174,18 @@ export class SimProcess {
   }
 
   /**
+   * POST /plcs/{plc}/refuse-connections: the PLC resets its connections and refuses connects
+   * for `ms`, its controller running on (simulators/README.md, "Refusal of connections") — at
+   * once, or once it has answered its next read of the device `afterReadOf`.
+   */
+  async refuseConnections(plc: string, ms: number, afterReadOf?: string): Promise<void> {
+    await this.call('POST', `/plcs/${plc}/refuse-connections`, {
+      ms,
+      ...(afterReadOf === undefined ? {} : { afterReadOf }),
+    });
+  }
+
+  /**
    * As another master would (an engineering station's write, outside the bridge): one FC16 of
    * the command block `[code, setpoint, seq]` of a standard-layout device at `base`.
    */
