@@ -94,13 +94,13 @@ export class Outcomes {
    * first one's moment, as the journal's dispatchedAt (the first dispatch's) that times a
    * command of an earlier life: the dispatch-to-settled time counts every round. Moved to each
    * round's, it left out the wait for the connection and timed a command settled 20 s after its
-   * first dispatch as one of a second.
+   * first dispatch as one of a second. A command first dispatched by an earlier life has no
+   * moment of this process, and a re-dispatch in this one gives it none: it is timed from the
+   * journal's dispatchedAt (timesOf), its earlier life and the time the daemon was down
+   * included, where taking the re-dispatch's moment timed it from this life's round alone.
    */
   dispatched(ref: CommandRef & { readonly attempts: number }): void {
-    const moments = this.moment(ref);
-    if (ref.attempts <= 1 || moments.dispatched === undefined) {
-      moments.dispatched = this.host.clock.elapsed();
-    }
+    if (ref.attempts <= 1) this.moment(ref).dispatched = this.host.clock.elapsed();
   }
 
   private moment(ref: CommandRef): Moments {
