@@ -268,12 +268,14 @@ export class CommandExecution {
     if (settled === null) return null;
     let before = settled.readback;
     let decision = settled.stop ?? this.decideFor(lane, record, before);
+    // The no-op's ends say what was written: through `host`, as every end here.
+    const noOp = host === this.host ? this.noOp : new NoOpCourse(host, this.reads);
     if (decision.kind === 'noop') {
       // I2: not on a frozen image (no-op.ts); a newer image is decided on afresh.
-      const image = await this.noOp.freshImage(lane, before, takenUpMono, log);
+      const image = await noOp.freshImage(lane, before, takenUpMono, log);
       if (image.kind === 'aborted') return null;
       if (image.kind === 'stale') {
-        this.noOp.settleStale(lane, record, image, from, log);
+        noOp.settleStale(lane, record, image, from, log);
         return null;
       }
       if (image.readback !== before) {
@@ -296,7 +298,7 @@ export class CommandExecution {
         });
         return null;
       case 'noop':
-        await this.noOp.confirm(
+        await noOp.confirm(
           lane,
           record,
           before,
@@ -325,12 +327,19 @@ export class CommandExecution {
         // A controller that echoes the number already would ignore the write as a repeat, and
         // its echo would look like this command's (sequence.ts).
         if (course.from === 'dispatched' && before.seq === course.seq) {
+          // After a first write proven not applied (sentBefore), the number is the one that
+          // write carried: it can no longer be taken (its proof is of an image past its guard),
+          // and no write since left the gateway, so the echo is still another master's.
+          const carried =
+            course.sentBefore > 0
+              ? "which this command's first write carried, proven not applied (it can no longer be taken), and no write of it was sent since (another master's command)"
+              : "which this command never sent (another master's command)";
           host.settle(log, record, from, {
             to: 'failed',
             code: 'READBACK_MISMATCH',
             faultCode: null,
             observed: observe(before),
-            detail: `the controller already echoes sequence number ${course.seq}, which this command never sent (another master's command): a write of it would be ignored as a repeat and could not be told apart, so it is not written; nothing was written`,
+            detail: `the controller already echoes sequence number ${course.seq}, ${carried}: a write of it would be ignored as a repeat and could not be told apart, so it is not written; nothing was written`,
           });
           return null;
         }
@@ -408,15 +417,25 @@ function aborted(lane: Lane): boolean {
   return lane.signal.aborted;
 }
 
+/** How an end says that nothing of the command was written (the gates', the no-op's). */
+const NOTHING_WRITTEN = '; nothing was written';
+
 /**
  * The host for a command going round again after a write of it that was sent and proven not
- * applied (its write sent once more found no connection: execution.ts, goRoundAgain): an end
+ * applied (its write sent once more found no connection: execution.ts, goRoundAgain). An end
  * that would reject it — stale, the state-machine check on the fresh read, the clock policy, a
  * stop — ends it `failed` `DEVICE_UNREACHABLE` instead, saying why: `rejected` says the command
  * was never written (SPEC §2), and its first write went out. Nothing of it was applied either
- * way; the code it would have had and its words stay in the detail.
+ * way; the code it would have had and its words stay in the detail. Any other end that says
+ * nothing was written (a no-op confirmed or failed, an echo of its number) says instead that
+ * its first write was sent and proven not applied, and nothing was written since.
  */
 function sentBeforeHost(host: ExecutionHost, seq: number): ExecutionHost {
+  const sent = `its first write (sequence number ${seq}) was sent and proven not applied`;
+  const since = (detail: string): string =>
+    detail.endsWith(NOTHING_WRITTEN)
+      ? `${withoutNothingWritten(detail)}; ${sent}, and nothing was written since`
+      : detail;
   return {
     ...host,
     settle: (log: Logger, record: CommandRecord, from, outcome: Outcome) =>
@@ -425,14 +444,19 @@ function sentBeforeHost(host: ExecutionHost, seq: number): ExecutionHost {
         record,
         from,
         outcome.to !== 'rejected'
-          ? outcome
+          ? { ...outcome, detail: since(outcome.detail) }
           : {
               to: 'failed',
               code: 'DEVICE_UNREACHABLE',
               faultCode: outcome.faultCode,
               observed: outcome.observed,
-              detail: `the write never reached the controller: its first write (sequence number ${seq}) was sent and proven not applied, and it was not written again (${outcome.code}: ${outcome.detail}); nothing was applied`,
+              detail: `the write never reached the controller: ${sent}, and it was not written again (${outcome.code}: ${withoutNothingWritten(outcome.detail)}); nothing was applied`,
             },
       ),
   };
+}
+
+/** A rejection's words without their "nothing was written": the first write was sent. */
+function withoutNothingWritten(detail: string): string {
+  return detail.endsWith(NOTHING_WRITTEN) ? detail.slice(0, -NOTHING_WRITTEN.length) : detail;
 }

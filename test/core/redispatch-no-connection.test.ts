@@ -276,3 +276,78 @@ describe('the history cannot be read when a write is to be proven not applied', 
     expect(valve.writeLog).toHaveLength(1);
   }, 60_000);
 });
+
+/**
+ * The words of a round after the first write was sent (lost, proven not applied) and the second
+ * found no connection: the command's first write went out, so an end of the round that says
+ * "nothing was written", or that the command never sent its own sequence number, is untrue.
+ * Meanwhile another master acts on the valve (receiveWrite: a write as the PLC takes any
+ * master's, counted in the valve's log) while the link is refused; the link comes back and the
+ * round's fresh read decides.
+ */
+describe('the words of a round after the first write was sent and proven not applied', () => {
+  async function refusedRound(
+    onTestFinished: TestContext['onTestFinished'],
+  ): Promise<{ h: SimHarness; link: TcpLink; handed: () => number; seq: number }> {
+    const s = await site(onTestFinished, { lose: [1], refuse: [2] });
+    s.h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    await s.h.until(
+      () => s.h.notes('o').some((n) => n.includes('was not sent: no connection to the controller')),
+      10_000,
+      "o's second write refused for want of a connection",
+    );
+    return { ...s, seq: s.h.get('o')!.seq! };
+  }
+  const SENT_FIRST = (seq: number): string =>
+    `its first write (sequence number ${seq}) was sent and proven not applied`;
+
+  it('a fresh read echoing its own sequence number: READBACK_MISMATCH saying its first write was sent, nothing since', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, handed, seq } = await refusedRound(onTestFinished);
+    const valve = h.device('v1');
+    // Another master's stop (a no-op at CLOSED) carrying o's sequence number.
+    valve.receiveWrite({ code: 3, setpoint: 0, seq });
+    await h.until(() => valve.snapshot().seqEcho === seq, 5_000, 'the echo of o’s number');
+    await link.accept();
+    const o = await h.settled('o', 15_000);
+    expect(o, h.notes('o').join('\n')).toMatchObject({
+      state: 'failed',
+      code: 'READBACK_MISMATCH',
+      attempts: 2,
+    });
+    // Before: "which this command never sent (another master's command) … nothing was written".
+    expect(o.detail).not.toMatch(/never sent|nothing was written(?! since)/);
+    expect(o.detail).toContain(`the controller already echoes sequence number ${seq}`);
+    expect(o.detail).toContain(SENT_FIRST(seq));
+    expect(o.detail).toMatch(/nothing was written since$/);
+    expect(h.notes('o').at(-1)).toBe(`failed: READBACK_MISMATCH: ${o.detail}`);
+    // Ground truth: the other master's write alone reached the valve; no third write handed.
+    expect(handed()).toBe(2);
+    expect(valve.writeLog).toHaveLength(1);
+    expect(valve.writeLog[0]).toMatchObject({ code: 3, seq });
+  }, 60_000);
+
+  it('a valve opened meanwhile: the no-op is confirmed saying its first write was sent, nothing since', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, handed, seq } = await refusedRound(onTestFinished);
+    const valve = h.device('v1');
+    // Another master opens the valve.
+    valve.receiveWrite({ code: 1, setpoint: 0, seq: 60_001 });
+    await h.until(() => valve.snapshot().state === 'OPEN', 5_000, 'the valve open');
+    await link.accept();
+    const o = await h.settled('o', 15_000);
+    expect(o, h.notes('o').join('\n')).toMatchObject({ state: 'confirmed', attempts: 2 });
+    // Before: "no-op: the controller shows OPEN; nothing was written".
+    const words = `no-op: the controller shows OPEN; ${SENT_FIRST(seq)}, and nothing was written since`;
+    expect(o.detail).toBe(words);
+    // The history's last entry, as sluicectl show reads it.
+    expect(h.notes('o').at(-1)).toBe(`confirmed: OK: ${words}`);
+    expect(handed()).toBe(2);
+    expect(valve.writesOfSeq(seq)).toHaveLength(0);
+    expect(valve.writeLog).toHaveLength(1);
+  }, 60_000);
+});
