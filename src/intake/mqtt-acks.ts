@@ -96,3 +96,45 @@ export class OrderedAcks {
     while (this.held.length > 0 && this.held[0]?.connection !== current) this.held.shift();
   }
 }
+
+/** How long a drop waits for the PUBACKs written before it to leave (afterWritten), ms. */
+const WRITTEN_WITHIN_MS = 2_000;
+
+/**
+ * Calls `then` once what was written on `stream` (a connection's) so far has been handed to the
+ * socket, or after WRITTEN_WITHIN_MS, or at once when it cannot tell. mqtt.js writes each packet
+ * into a corked stream and uncorks it on the next tick (mqtt-packet's writeToStream): a PUBACK
+ * released at a barrier and the connection destroyed in the same turn (promise callbacks run
+ * before the tick) never left, and the broker sent its message again on the next connection.
+ * An empty write's callback comes after those of the writes queued before it.
+ */
+export function afterWritten(stream: unknown, then: () => void): void {
+  let called = false;
+  const once = (): void => {
+    if (called) return;
+    called = true;
+    clearTimeout(bound);
+    then();
+  };
+  const writable = stream as {
+    write?: unknown;
+    destroyed?: unknown;
+    writableEnded?: unknown;
+  } | null;
+  const bound = setTimeout(once, WRITTEN_WITHIN_MS);
+  bound.unref();
+  if (
+    writable === null ||
+    typeof writable.write !== 'function' ||
+    writable.destroyed === true ||
+    writable.writableEnded === true
+  ) {
+    once();
+    return;
+  }
+  (writable.write as (chunk: Buffer, callback: () => void) => boolean).call(
+    writable,
+    Buffer.alloc(0),
+    once,
+  );
+}

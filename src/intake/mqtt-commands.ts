@@ -11,6 +11,7 @@ import {
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline, SubmitOutcome } from '../core/pipeline.js';
 import type { NamedIdentity } from './identities.js';
+import { afterWritten } from './mqtt-acks.js';
 import { ACK, ACK_NOW, CommandAcks, type Handling, type Received } from './mqtt-command-acks.js';
 import { parseCommandMessage } from './mqtt-message.js';
 import type { MessageOutcome, MqttMetrics } from './mqtt-metrics.js';
@@ -180,7 +181,11 @@ export class CommandMessages {
     const left = this.held.leftToResend((client) => this.link.identifiersPending(client));
     if (left !== null) {
       // The copies left with the broker (HeldCopies) are sent again on a new connection only:
-      // dropped once the PUBACKs of those handled above are out (their claims' barrier).
+      // dropped once the PUBACKs of those handled above are out (their claims' barrier, then
+      // written to the socket: afterWritten). Dropped in the barrier's turn, the connection took
+      // them along unsent; the broker sent those copies again first on the next connection, where
+      // they filled the hold again and the copies behind them were left again, for as long as
+      // their commands were in flight.
       const drop = (): void => {
         if (left.client.stream !== left.connection) return;
         this.link.dropConnection(
@@ -188,7 +193,10 @@ export class CommandMessages {
           "command copies left unacknowledged past the number held for the probe's verdict, to be sent again by the broker",
         );
       };
-      this.pipeline.durable().then(drop, drop);
+      const written = (): void => {
+        afterWritten(left.connection, drop);
+      };
+      this.pipeline.durable().then(written, written);
     }
   }
 

@@ -315,6 +315,16 @@ describe.skipIf(!available)(
       const deliveries = site.broker.deliveriesTo(clientId, topic);
       expect(deliveries.length).toBeGreaterThanOrEqual(3);
       expect(deliveries.some((d) => d.dup)).toBe(true);
+      // The copy held and claimed on that connection was acknowledged on it before the drop: the
+      // broker sent it once and never again. Its PUBACK, written into mqtt.js's corked stream,
+      // went with the stream destroyed in the same turn: sent again, that copy came first on the
+      // next connection and filled the hold again, the copy left behind it left again, for as
+      // long as its command was in flight.
+      const first = deliveries[0]?.mid;
+      expect(deliveries.filter((d) => d.mid === first)).toHaveLength(1);
+      expect(site.broker.log()).toMatch(
+        new RegExp(`Received PUBACK from ${clientId} \\(Mid: ${first}[,)]`),
+      );
       expect(lines.some((l) => String(l.msg).startsWith('command copy without the command'))).toBe(
         true,
       );
