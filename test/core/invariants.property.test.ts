@@ -446,6 +446,22 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
               e.detail.startsWith('redispatch:'),
           );
         expect(dispatches.length, r.key).toBe(r.attempts);
+        // A command whose latest write was refused unsent goes round again on a fresh read
+        // (I4: the device may have moved meanwhile): the image its re-dispatch was decided on
+        // (observedBefore, journaled with it) was read after the refusal was journaled.
+        const history = h.journal.history(r);
+        const redispatch = history.findLastIndex((e) => e.detail.startsWith('redispatch:'));
+        const refusal = history
+          .slice(0, Math.max(0, redispatch))
+          .findLast((e) =>
+            e.detail.startsWith(`the write (sequence number ${r.seq}) was not sent: `),
+          );
+        if (refusal !== undefined && r.observedBefore !== null) {
+          expect(
+            Date.parse(r.observedBefore.readAt),
+            `${r.key} re-dispatched on an image read before its write was refused: ${h.notes(r.key).join(' | ')}`,
+          ).toBeGreaterThanOrEqual(refusal.at);
+        }
         for (const e of dispatches) {
           expect(e.at, `${r.key} dispatched past its deadline: ${e.detail}`).toBeLessThan(
             r.deadline,
@@ -529,7 +545,7 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
       const taken = writeLogs.get(record.device)!.find((w) => w.seq === record.seq);
       expect(
         ['accepted', 'noop', 'ignored-local'],
-        `${record.key} confirmed without its write taken (${taken?.outcome ?? 'no write'})`,
+        `${record.key} confirmed without its write taken (${taken?.outcome ?? 'no write'}): ${h.notes(record.key).join(' | ')}`,
       ).toContain(taken?.outcome);
       expect(record.observed?.seq).toBe(record.seq);
       expect(confirms).toContain(record.observed?.state);
