@@ -220,9 +220,12 @@ export class CommandMessages {
       callback(new Error('not acknowledged: the connection is closed'));
       return;
     }
+    const now = this.clock.elapsed();
+    // A copy left with the broker past the hold limit, sent again: timed from its first coming.
+    const came = this.held.cameAt(packet, now);
     if (this.awaitsVerdict(client, packet)) {
       const acks = this.acks.acksOf(client);
-      switch (this.held.hold(client, packet, callback, acks, this.clock.elapsed())) {
+      switch (this.held.hold(client, packet, callback, acks, came)) {
         case 'held':
           this.logger.debug(
             { topic: packet.topic.slice(0, 512), held: this.held.size },
@@ -243,7 +246,7 @@ export class CommandMessages {
           break;
       }
     }
-    this.process(client, packet, { kind: 'callback', callback });
+    this.process(client, packet, { kind: 'callback', callback }, now - came);
   }
 
   /**

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { DoneCallback, IPublishPacket, MqttClient } from 'mqtt';
 import { PUBACK_HELD, type HeldAck, type OrderedAcks } from './mqtt-acks.js';
 
@@ -26,6 +27,13 @@ export interface HeldCopy {
  * copy, which the broker neither keeps nor sends again, is handled as it comes.
  */
 const MAX_HELD = 1_000;
+
+/**
+ * Copies left with the broker (HeldCopies.hold: `left`) whose first coming is kept for their
+ * redelivery, at most: past it the oldest are forgotten (one the broker no longer sends: its
+ * message expiry ran out, its session was lost).
+ */
+const MAX_LEFT_REMEMBERED = 10_000;
 
 /** A connection on which copies past the limit were left with the broker. */
 export interface LeftCopies {
@@ -59,6 +67,9 @@ export class HeldCopies {
   /** The connection on which copies past the limit were left with the broker; null: none. */
   private left: LeftCopies | null = null;
 
+  /** When each copy left with the broker first came (clock.elapsed()), by leftId. */
+  private readonly leftCame = new Map<string, number>();
+
   /** `maxHeld`: copies held at most (MAX_HELD; lower in tests). */
   constructor(private readonly maxHeld: number = MAX_HELD) {}
 
@@ -81,6 +92,14 @@ export class HeldCopies {
       // With an error mqtt.js sends no PUBACK and goes on with the connection's next packet.
       callback(new Error('not acknowledged: too many command copies wait for the verdict'));
       this.left = { client, connection: client.stream };
+      const id = leftId(packet);
+      if (!this.leftCame.has(id)) {
+        this.leftCame.set(id, receivedMono);
+        for (const oldest of this.leftCame.keys()) {
+          if (this.leftCame.size <= MAX_LEFT_REMEMBERED) break;
+          this.leftCame.delete(oldest);
+        }
+      }
       return 'left';
     }
     let ack: MessageAck;
@@ -95,6 +114,24 @@ export class HeldCopies {
     }
     this.held.push({ client, connection: client.stream, packet, ack, receivedMono });
     return 'held';
+  }
+
+  /**
+   * When `packet` came, for its timing (`now`: clock.elapsed()): when it first came if it is the
+   * redelivery (DUP) of a copy left with the broker (hold: `left`), else now. The gateway had
+   * it then, and left it for its own reasons: a command timed by its receipt is timed from then,
+   * as a held copy is (HeldCopy.receivedMono); timed from the redelivery, one whose ttlMs ran out
+   * meanwhile was written (I3). The broker sends it again with its packet identifier (MQTT 5
+   * §4.4), topic and payload.
+   */
+  cameAt(packet: IPublishPacket, now: number): number {
+    if (!packet.dup || packet.qos === 0 || packet.messageId === undefined) return now;
+    if (this.leftCame.size === 0) return now;
+    const id = leftId(packet);
+    const came = this.leftCame.get(id);
+    if (came === undefined) return now;
+    this.leftCame.delete(id);
+    return Math.min(came, now);
   }
 
   /**
@@ -143,4 +180,11 @@ export class HeldCopies {
     this.left = null;
     return this.held.splice(0);
   }
+}
+
+/** A copy left with the broker, as its redelivery shows it again: packet id, topic, payload. */
+function leftId(packet: IPublishPacket): string {
+  const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+  const digest = createHash('sha256').update(payload).digest('base64');
+  return `${String(packet.messageId)}\u0000${packet.topic}\u0000${digest}`;
 }

@@ -335,6 +335,48 @@ describe.skipIf(!available)(
     }, 40_000);
 
     /**
+     * A copy left with the broker past the hold limit (1 here) is the gateway's to time as a held
+     * one is (f90b135): a command without issuedAt is timed from when it first came, not from its
+     * redelivery on the connection after the drop. It was timed afresh there, and a command whose
+     * ttlMs had run out while the gateway left it with the broker was written (I3). The proxy
+     * holds back the probe's read-back 1 s on each connection: the second command comes at once,
+     * is sent again ~1.3 s later and handled ~1.2 s after that, past its 1.5 s from first coming
+     * and within 1.5 s of its redelivery.
+     */
+    it('MQTT 5: a copy left past the hold limit is timed from when it first came', async () => {
+      const gateway = 'gwnoidslate';
+      const clientId = `sluice-${gateway}`;
+      const { prefix, topic, proxy, newIntake, plant, observer, writes, before, key, action } =
+        await afterFirstRun(gateway, { strayCopyWaitMs: 300, maxHeldCopies: 1 });
+      const second = randomUUID();
+      await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
+      await plant.publish(
+        topic,
+        { action: action === 'open' ? 'close' : 'open', key: second, ttlMs: 1_500 },
+        { properties: { messageExpiryInterval: 600 } },
+      );
+
+      proxy.holdTopic = { topic: `${prefix}/status`, ms: 1_000 };
+      const intake = newIntake();
+      intake.start();
+      const firstResult = await observer.waitFor((m) => m.json().key === key, 15_000, 'first');
+      expect(firstResult.json()).toMatchObject({ state: 'confirmed' });
+      const result = await observer.waitFor((m) => m.json().key === second, 15_000, 'second');
+      expect(result.json()).toMatchObject({
+        state: 'rejected',
+        code: 'STALE_COMMAND',
+        issuedAtSource: 'gateway',
+      });
+      // It was left on the first connection and sent again (DUP) on the next.
+      const deliveries = site.broker.deliveriesTo(clientId, topic);
+      expect(deliveries.filter((d) => d.dup).length).toBeGreaterThanOrEqual(1);
+      expect(site.stack.journal.findByKey(second)).toHaveLength(1);
+      expect(site.stack.pipeline.get({ scope: 'plant', key: second })?.dispatchedAt).toBeNull();
+      expect(writes()).toBe(before + 1);
+      await intake.stop();
+    }, 40_000);
+
+    /**
      * An earlier connection found identifiers missing; the path delivers them again (the proxy no
      * longer strips them) when a command is published retained while the gateway's session holds
      * a filter another client left beside the command filter, without retain-as-published: its
