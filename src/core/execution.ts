@@ -13,6 +13,7 @@ import { afterPreviousWrite } from './previous-write-wait.js';
 import {
   latestUnsentCause,
   noConnectionLine,
+  provenThenRefused,
   writesMaybeSent,
   type UnsentCause,
 } from './redispatch.js';
@@ -74,9 +75,11 @@ export class CommandExecution {
    * yet written — freshness (I3), a fresh read and the state-machine check (I4), the clock
    * policy — and its write, with the sequence number it was given, is journaled as a
    * re-dispatch before it goes out (I1: a later life then knows it may have been sent). A
-   * command with an earlier write that may have gone out (proven not applied, and dispatched
-   * again since) is not written again (redispatch.ts: one re-dispatch of a write that may have
-   * left), nor one at MAX_DISPATCHES.
+   * command with an earlier write that may have gone out is not written again (redispatch.ts:
+   * one re-dispatch of a write that may have left), nor one at MAX_DISPATCHES — unless its
+   * history proves that write proven not applied and every write since refused unsent for want
+   * of a connection (provenThenRefused), with no stop after it: it then goes round as on the
+   * live path (goRoundAgain), its next write the second that may leave the gateway.
    */
   private async takeUpUnsent(
     lane: Lane,
@@ -93,8 +96,8 @@ export class CommandExecution {
     const stop = this.host.journal.stopsAfter(record, 1)[0];
     // The writes before this one that may have left the gateway: none for a first write, nor
     // for one whose earlier writes all found no connection (or were withdrawn).
-    const sentBefore =
-      record.attempts < 2 ? 0 : writesMaybeSent(this.host.journal.history(record), seq, false);
+    const history = record.attempts < 2 ? [] : this.host.journal.history(record);
+    const sentBefore = record.attempts < 2 ? 0 : writesMaybeSent(history, seq, false);
     // Superseded (rejected: never written) only when no write of it was sent: a command with a
     // write sent before, proven not applied, is not "never written".
     if (stop !== undefined && sentBefore === 0) {
@@ -105,6 +108,28 @@ export class CommandExecution {
         observed: null,
         detail: `superseded by the stop ${stop.key}, accepted after it; ${unsent}, so nothing was written`,
       });
+      return;
+    }
+    // Its one write that may have left was proven not applied and every write since found no
+    // connection (the history proves it): it goes round as on the live path (goRoundAgain), the
+    // next write the second that may leave the gateway (I1), within its deadline (I3).
+    if (
+      sentBefore === 1 &&
+      stop === undefined &&
+      cause === 'no-connection' &&
+      provenThenRefused(history, seq)
+    ) {
+      if (this.settleAtCap(record, seq, sentBefore, log)) return;
+      this.host.note(
+        record,
+        `taken up: ${unsent}, after its first write was sent and proven not applied (the history says both), so it goes round again: a fresh read decides`,
+      );
+      await this.carryOutRounds(
+        lane,
+        record,
+        { from: 'dispatched', seq, unsent: cause, sentBefore },
+        log,
+      );
       return;
     }
     if (sentBefore > 0) {

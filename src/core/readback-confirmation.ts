@@ -15,6 +15,7 @@ import type { DeviceProfile } from './profile.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
 import {
+  FIRST_NOT_APPLIED,
   judgeRedispatch,
   localLine,
   mayStillLand,
@@ -545,7 +546,7 @@ export class ReadbackConfirmation {
         const again = this.host.journal.markRedispatched(
           record,
           clock.now(),
-          `${verdict.proof}: the first write was not applied`,
+          `${verdict.proof}${FIRST_NOT_APPLIED}`,
           PIPELINE,
         );
         // On disk before the second write (group commit); a failed sync throws, as a failed

@@ -329,6 +329,50 @@ export function writesMaybeSent(
   return sent.filter(Boolean).length;
 }
 
+/** How the re-dispatch after a write proven not applied ends its line (readback-confirmation.ts). */
+export const FIRST_NOT_APPLIED = ': the first write was not applied';
+
+/**
+ * Whether this history proves that the command's one write that may have left the gateway was
+ * proven not applied and that every write of it since was refused unsent for want of a
+ * connection: of its journaled writes (its dispatch, then each re-dispatch), exactly one is not
+ * followed by an unsent line; the re-dispatch right after it is the one its proof made (its
+ * line: the proof of write `seq`, an image produced past the guard without its echo, "the first
+ * write was not applied"); and each write after it has the no-connection line (noConnectionLine),
+ * none withdrawn (a withdrawn second write's line says it is not sent again). Then the proven
+ * write can no longer land and none since left the gateway: a write now is the second that may
+ * leave it (I1), as on the live path (execution.ts, goRoundAgain). False for any other history.
+ */
+export function provenThenRefused(history: readonly JournalEvent[], seq: number): boolean {
+  const cause = unsentCauseOf(seq);
+  const proof = `redispatch: sequence number ${seq} is not echoed and an image produced `;
+  const writes: { proof: boolean; unsent: UnsentCause | null }[] = [];
+  for (const event of history) {
+    if (event.from === 'accepted' && event.to === 'dispatched') {
+      writes.push({ proof: false, unsent: null });
+    } else if (event.detail.startsWith('redispatch:')) {
+      writes.push({
+        proof:
+          event.from === 'dispatched' &&
+          event.to === 'dispatched' &&
+          event.detail.startsWith(proof) &&
+          event.detail.endsWith(FIRST_NOT_APPLIED),
+        unsent: null,
+      });
+    } else {
+      const found = cause(event);
+      const last = writes.at(-1);
+      if (found !== null && last !== undefined) last.unsent = found;
+    }
+  }
+  const sent = writes.filter((w) => w.unsent === null);
+  const [only] = sent;
+  if (sent.length !== 1 || only === undefined) return false;
+  const after = writes.slice(writes.indexOf(only) + 1);
+  const [proven] = after;
+  return proven?.proof === true && after.every((w) => w.unsent === 'no-connection');
+}
+
 /**
  * Whether the latest dispatch or re-dispatch in this history is followed by an event `marked`:
  * a line the daemon journals about that write (unsent, withheld). A write journaled later may

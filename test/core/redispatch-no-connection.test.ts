@@ -1,7 +1,7 @@
 import { describe, it, type TestContext } from 'vitest';
 import type { CommandWrite } from '../../src/core/driver.js';
 import { Metrics } from '../../src/daemon/metrics.js';
-import type { Statement } from 'better-sqlite3';
+import BetterSqlite3, { type Statement } from 'better-sqlite3';
 import { recordingLogger } from '../helpers/recording-logger.js';
 import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
 import { TcpLink } from '../helpers/tcp-link.js';
@@ -349,5 +349,89 @@ describe('the words of a round after the first write was sent and proven not app
     expect(handed()).toBe(2);
     expect(valve.writesOfSeq(seq)).toHaveLength(0);
     expect(valve.writeLog).toHaveLength(1);
+  }, 60_000);
+});
+
+/**
+ * Such a command taken up by the next life, the pipeline restarted on the same journal after the
+ * process died while it waited for the link (h.crash: nothing journaled on the way down). Its
+ * history proves its one write that may have left proven not applied (the re-dispatch's proof
+ * line) and the write since refused unsent (the no-connection line): it goes round as the live
+ * path does, where it ended failed "already dispatched twice" at once with most of its deadline
+ * left.
+ */
+describe('such a command taken up after a restart', () => {
+  async function crashedWaiting(
+    onTestFinished: TestContext['onTestFinished'],
+  ): Promise<{ h: SimHarness; link: TcpLink; seq: number; handed: number }> {
+    const s = await site(onTestFinished, { lose: [1], refuse: [2] });
+    s.h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    await s.h.until(
+      () => s.h.notes('o').some((n) => n.includes('was not sent: no connection to the controller')),
+      10_000,
+      "o's second write refused for want of a connection",
+    );
+    const seq = s.h.get('o')!.seq!;
+    await s.h.crash();
+    return { h: s.h, link: s.link, seq, handed: s.handed() };
+  }
+
+  it('goes round with its deadline left: one write in the valve’s log, confirmed', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, seq, handed } = await crashedWaiting(onTestFinished);
+    const valve = h.device('v1');
+    expect(handed).toBe(2);
+    expect(valve.writeLog).toHaveLength(0);
+    await link.accept();
+    await h.restart();
+    const o = await h.settled('o', 15_000);
+    // Before: failed DEVICE_UNREACHABLE "… already dispatched twice (its first write was not
+    // applied either), so it is not sent again".
+    expect(o, h.notes('o').join('\n')).toMatchObject({ state: 'confirmed', attempts: 3 });
+    expect(o.settledAt!).toBeLessThan(o.deadline);
+    expect(h.notes('o')).toContainEqual(
+      expect.stringMatching(/^dispatched: taken up: .* proven not applied .*goes round again/),
+    );
+    // Ground truth: the first write never reached the PLC, the second never left the gateway;
+    // the next life's is the valve's only write.
+    expect(valve.writesOfSeq(seq)).toHaveLength(1);
+    expect(valve.writeLog).toHaveLength(1);
+    expect(valve.snapshot().state).toMatch(/^OPEN/);
+  }, 60_000);
+
+  it('a history without the proof still ends failed "already dispatched twice", nothing written', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, seq, handed } = await crashedWaiting(onTestFinished);
+    expect(handed).toBe(2);
+    // The daemon journals no re-dispatch after a write that may have left without its proof;
+    // such a history (another version's, a damaged one) is made here by rewording that line in
+    // the journal file between the lives.
+    const db = new BetterSqlite3(h.path);
+    try {
+      const changed = db
+        .prepare(
+          "UPDATE events SET detail = 'redispatch: the first write was sent again' WHERE detail LIKE 'redispatch: %: the first write was not applied'",
+        )
+        .run().changes;
+      expect(changed).toBe(1);
+    } finally {
+      db.close();
+    }
+    const valve = h.device('v1');
+    await link.accept();
+    await h.restart();
+    const o = await h.settled('o', 15_000);
+    expect(o, h.notes('o').join('\n')).toMatchObject({
+      state: 'failed',
+      code: 'DEVICE_UNREACHABLE',
+      attempts: 2,
+    });
+    expect(o.detail).toMatch(/already dispatched twice/);
+    expect(valve.writesOfSeq(seq)).toHaveLength(0);
+    expect(valve.writeLog).toHaveLength(0);
   }, 60_000);
 });
