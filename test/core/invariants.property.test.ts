@@ -195,9 +195,9 @@ const op: fc.Arbitrary<Op> = fc.oneof(
         { weight: 1, arbitrary: fc.constant(null) },
         { weight: 3, arbitrary: device },
       ),
-      // Up to about the driver's backoff after a failed connect (200 ms, jittered): the
-      // command's wait for the connection sees a refusal or two.
-      ms: fc.integer({ min: 1, max: 300 }),
+      // Short: the driver's backoff after a failed connect (200 ms, jittered) keeps it from
+      // the PLC longer than that anyway, and each refusal holds up every device.
+      ms: fc.integer({ min: 1, max: 100 }),
     }),
   },
 );
@@ -340,9 +340,9 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
             await sim.refuseConnections('mb', o.ms);
           } else {
             // Armed, and a command for the device: its fresh read trips the refusal just before
-            // its write. Once the device's open commands are done (up to half a second), so
-            // that their readbacks do not trip it first.
-            const idleBy = Date.now() + 500;
+            // its write. Once the device's open commands are done (up to 300 ms), so that
+            // their readbacks do not trip it first.
+            const idleBy = Date.now() + 300;
             const busy = (): boolean =>
               h.journal.listOpen().some((r) => r.device === o.afterReadOf);
             while (busy() && Date.now() < idleBy) await new Promise((r) => setTimeout(r, 10));
