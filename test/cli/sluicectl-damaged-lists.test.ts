@@ -119,23 +119,48 @@ interface StuckJson {
   unreadableHistories: { key: string | null; scope: string | null }[];
 }
 
+type Run = Awaited<ReturnType<typeof sluicectlInProcess>>;
+
+/** `list --json --limit 5000` on `path` (in process): exit 1, its answer. */
+async function listJson(path: string): Promise<{ run: Run; answer: ListJson }> {
+  const run = await sluicectlInProcess(['--journal', path, '--json', 'list', '--limit', '5000']);
+  expect(run.code).toBe(1);
+  return { run, answer: run.json<ListJson>() };
+}
+
+/** `stuck --json --older-than 0s` on `path` (in process): exit 1, its answer. */
+async function stuckJson(path: string): Promise<{ run: Run; answer: StuckJson }> {
+  const run = await sluicectlInProcess([
+    '--journal',
+    path,
+    '--json',
+    'stuck',
+    '--older-than',
+    '0s',
+  ]);
+  expect(run.code).toBe(1);
+  return { run, answer: run.json<StuckJson>() };
+}
+
+/** Listed: what the journal held, in its order, but for those `lost`; nothing else. */
+function expectAllBut(answer: ListJson, lost: readonly (string | null)[]): void {
+  expect(answer.commands.map(({ key, device, state }) => ({ key, device, state }))).toEqual(
+    held.filter((h) => !lost.includes(h.key)),
+  );
+  expect([...keysOf(answer.commands), ...lost].sort()).toEqual(held.map((h) => h.key).sort());
+}
+
 describe('sluicectl list on a journal with a damaged page', () => {
   it('a page of the commands table: every other command listed, newest first, those on it named, exit 1', async () => {
     const path = damaged('commands');
-    const run = await sluicectlInProcess(['--journal', path, '--json', 'list', '--limit', '5000']);
-    expect(run.code).toBe(1);
-    const answer = run.json<ListJson>();
+    const { run, answer } = await listJson(path);
     const lost = keysOf(answer.unreadableCommands);
     // One leaf of the table: a few dozen rows, each named by its key.
     expect(lost.length).toBeGreaterThan(0);
     expect(lost.length).toBeLessThan(200);
     expect(answer.unreadable).toBe(lost.length);
     expect(answer.unreadableCommands.every((u) => u.scope === 'ops')).toBe(true);
-    // Listed: what the journal held, in its order, but for those named; nothing else.
-    expect(answer.commands.map(({ key, device, state }) => ({ key, device, state }))).toEqual(
-      held.filter((h) => !lost.includes(h.key)),
-    );
-    expect([...keysOf(answer.commands), ...lost].sort()).toEqual(held.map((h) => h.key).sort());
+    expectAllBut(answer, lost);
     expect(answer.more).toBe(false);
     expect(run.stderr).toMatch(
       new RegExp(
@@ -170,9 +195,7 @@ describe('sluicectl list on a journal with a damaged page', () => {
 
   it('the index by time damaged: every command listed from the table, said so, exit 1', async () => {
     const path = damaged('commands_accepted');
-    const run = await sluicectlInProcess(['--journal', path, '--json', 'list', '--limit', '5000']);
-    expect(run.code).toBe(1);
-    const answer = run.json<ListJson>();
+    const { run, answer } = await listJson(path);
     expect(answer.commands.map(({ key, device, state }) => ({ key, device, state }))).toEqual(held);
     expect(answer.unreadable).toBe(0);
     expect(run.stderr).toMatch(
@@ -204,15 +227,10 @@ describe('sluicectl list on a journal with a damaged page', () => {
 
   it('the table and the index by time both damaged: every readable row through the key index, those lost named, exit 1', async () => {
     const path = damaged('commands', 'commands_accepted');
-    const run = await sluicectlInProcess(['--journal', path, '--json', 'list', '--limit', '5000']);
-    expect(run.code).toBe(1);
-    const answer = run.json<ListJson>();
+    const { run, answer } = await listJson(path);
     const lost = keysOf(answer.unreadableCommands);
     expect(lost.length).toBeGreaterThan(0);
-    expect(answer.commands.map(({ key, device, state }) => ({ key, device, state }))).toEqual(
-      held.filter((h) => !lost.includes(h.key)),
-    );
-    expect([...keysOf(answer.commands), ...lost].sort()).toEqual(held.map((h) => h.key).sort());
+    expectAllBut(answer, lost);
     expect(run.stderr).toMatch(
       /^sluicectl: the journal's index of the commands by time is damaged: the commands listed were found through the key index, every command read$/m,
     );
@@ -228,16 +246,7 @@ describe('sluicectl stuck on a journal whose index of the open commands is damag
 
   it('found through the open commands by device: every open command listed, said so, exit 1', async () => {
     const path = damaged('commands_open');
-    const run = await sluicectlInProcess([
-      '--journal',
-      path,
-      '--json',
-      'stuck',
-      '--older-than',
-      '0s',
-    ]);
-    expect(run.code).toBe(1);
-    const answer = run.json<StuckJson>();
+    const { run, answer } = await stuckJson(path);
     // Oldest first: every command the journal held open, none settled, none twice.
     expect(keysOf(answer.commands)).toEqual(open());
     expect(answer.commands.every((c) => c.state === 'accepted')).toBe(true);
@@ -259,16 +268,8 @@ describe('sluicectl stuck on a journal whose index of the open commands is damag
 
   it('both indexes of the open commands damaged: found by reading the table, exit 1', async () => {
     const path = damaged('commands_open', 'commands_open_device');
-    const run = await sluicectlInProcess([
-      '--journal',
-      path,
-      '--json',
-      'stuck',
-      '--older-than',
-      '0s',
-    ]);
-    expect(run.code).toBe(1);
-    expect(keysOf(run.json<StuckJson>().commands)).toEqual(open());
+    const { run, answer } = await stuckJson(path);
+    expect(keysOf(answer.commands)).toEqual(open());
     expect(run.stderr).toMatch(
       /^sluicectl: the journal's index of the open commands is damaged: the open commands were found by reading the whole commands table$/m,
     );
@@ -277,16 +278,7 @@ describe('sluicectl stuck on a journal whose index of the open commands is damag
 
   it('a page of the commands table: the open commands on it named, the others listed, exit 1', async () => {
     const path = damaged('commands');
-    const run = await sluicectlInProcess([
-      '--journal',
-      path,
-      '--json',
-      'stuck',
-      '--older-than',
-      '0s',
-    ]);
-    expect(run.code).toBe(1);
-    const answer = run.json<StuckJson>();
+    const { run, answer } = await stuckJson(path);
     const lost = keysOf(answer.unreadableCommands);
     expect(lost.length).toBeGreaterThan(0);
     expect(answer.unreadable).toBe(lost.length);
@@ -304,16 +296,7 @@ describe('sluicectl stuck on a journal whose index of the open commands is damag
     // Each command's last event is read from its history: the read of the histories met the
     // page and stuck showed nothing. Now each history is read as far as it can be.
     const path = damaged('events');
-    const run = await sluicectlInProcess([
-      '--journal',
-      path,
-      '--json',
-      'stuck',
-      '--older-than',
-      '0s',
-    ]);
-    expect(run.code).toBe(1);
-    const answer = run.json<StuckJson>();
+    const { run, answer } = await stuckJson(path);
     expect(keysOf(answer.commands)).toEqual(open());
     const named = keysOf(answer.unreadableHistories);
     expect(named.length).toBeGreaterThan(0);
@@ -335,16 +318,7 @@ describe('sluicectl stuck on a journal whose index of the open commands is damag
 
   it('the key index damaged: every open command listed with its last event, read through its row id, exit 1', async () => {
     const path = damaged('commands_key');
-    const run = await sluicectlInProcess([
-      '--journal',
-      path,
-      '--json',
-      'stuck',
-      '--older-than',
-      '0s',
-    ]);
-    expect(run.code).toBe(1);
-    const answer = run.json<StuckJson>();
+    const { run, answer } = await stuckJson(path);
     expect(keysOf(answer.commands)).toEqual(open());
     expect(answer.commands.map((c) => c.lastEvent?.detail)).toEqual(
       open().map((k) => lastEvents.get(k)),
