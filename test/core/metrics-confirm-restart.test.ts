@@ -1,8 +1,7 @@
 import { describe, it } from 'vitest';
-import type { CommandWrite } from '../../src/core/driver.js';
 import { Metrics } from '../../src/daemon/metrics.js';
-import { SimHarness } from '../helpers/sim-harness.js';
-import { TcpLink } from '../helpers/tcp-link.js';
+import { linkedHarness, refusedUnsent } from '../helpers/linked-harness.js';
+import { confirmSeconds } from '../helpers/metrics-text.js';
 
 /**
  * sluice_command_confirm_seconds times a command from its first journaled dispatch, every round
@@ -17,57 +16,23 @@ import { TcpLink } from '../helpers/tcp-link.js';
  * times and the simulator's write log.
  */
 
-/** sluice_command_confirm_seconds' sum and count for v1, as /metrics renders them. */
-async function confirmSeconds(metrics: Metrics): Promise<{ sum: number; count: number }> {
-  const text = await metrics.registry.metrics();
-  const value = (name: string): number => {
-    const line = text.split('\n').find((l) => l.startsWith(`${name}{device="v1"}`));
-    return line === undefined ? Number.NaN : Number(line.slice(line.lastIndexOf(' ') + 1));
-  };
-  return {
-    sum: value('sluice_command_confirm_seconds_sum'),
-    count: value('sluice_command_confirm_seconds_count'),
-  };
-}
-
 describe('a command whose write found no connection, taken up by the next life and confirmed', () => {
   it('is timed from its first journaled dispatch, the earlier life included', async ({
     expect,
     onTestFinished,
   }) => {
-    const h = await SimHarness.start({ warm: true });
-    onTestFinished(() => h.close());
-    const e = h.plant.plc('mb').endpoint;
-    if (e.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
-    const link = await TcpLink.open({ host: e.host, port: e.port });
-    onTestFinished(() => link.close());
-    // The lives from here on reach the PLC through the link.
-    await h.crash();
-    const inventory = h.inventory.bind(h);
-    h.inventory = () => {
-      const i = inventory();
-      i.plcs.mb = { ...i.plcs.mb!, port: link.port } as (typeof i.plcs)[string];
-      return i;
-    };
-    await h.restart();
-    const binding = h.drivers.bindings.find((b) => b.id === 'v1')!;
-    const write = binding.driver.write.bind(binding.driver);
+    const { h, link, ...linked } = await linkedHarness(onTestFinished);
     let handed = 0;
     // The open's first write finds the link refused: the real driver refuses it unsent.
-    binding.driver.write = async (command: CommandWrite, signal?: AbortSignal) => {
+    linked.interceptWrites(async (command, signal, write) => {
       if (command.action !== 'open') return write(command, signal);
       handed++;
-      await link.refuse();
-      await h.until(() => !binding.driver.health().connected, 5_000, 'the connection lost');
+      await linked.refuseLink();
       return write(command, signal);
-    };
+    });
     const valve = h.device('v1');
     h.submit('o', { device: 'v1', action: 'open', ttlMs: 30_000 });
-    await h.until(
-      () => h.notes('o').some((n) => n.includes('was not sent: no connection to the controller')),
-      10_000,
-      "o's first write refused for want of a connection",
-    );
+    await refusedUnsent(h, 'o', "o's first write refused for want of a connection");
     const dispatchedAt = h.get('o')!.dispatchedAt!;
     // The command waits for the link in this life for a while, then the process dies.
     await h.until(() => Date.now() - dispatchedAt >= 1_500, 5_000, '1.5 s since the dispatch');

@@ -1,8 +1,6 @@
 import { describe, it } from 'vitest';
-import type { CommandWrite } from '../../src/core/driver.js';
 import { MAX_DISPATCHES } from '../../src/core/journal.js';
-import { SimHarness } from '../helpers/sim-harness.js';
-import { TcpLink } from '../helpers/tcp-link.js';
+import { linkedHarness } from '../helpers/linked-harness.js';
 
 /**
  * The cap on a command's dispatches (MAX_DISPATCHES) meets the one re-dispatch of a write that
@@ -20,36 +18,19 @@ describe('a command at its last dispatch whose write is lost and proven not appl
     expect,
     onTestFinished,
   }) => {
-    const h = await SimHarness.start({ warm: true });
-    onTestFinished(() => h.close());
-    const e = h.plant.plc('mb').endpoint;
-    if (e.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
-    const link = await TcpLink.open({ host: e.host, port: e.port });
-    onTestFinished(() => link.close());
-    // The lives from here on reach the PLC through the link.
-    await h.crash();
-    const inventory = h.inventory.bind(h);
-    h.inventory = () => {
-      const i = inventory();
-      i.plcs.mb = { ...i.plcs.mb!, port: link.port } as (typeof i.plcs)[string];
-      return i;
-    };
-    await h.restart();
+    const { h, link, ...linked } = await linkedHarness(onTestFinished);
     const valve = h.device('v1');
-    const binding = h.drivers.bindings.find((b) => b.id === 'v1')!;
-    const write = binding.driver.write.bind(binding.driver);
     // Every write of the open but its last allowed one finds the link refused (reopened 100 ms
     // later); the last goes out, and the connection is reset before it reaches the PLC.
     let handed = 0;
-    binding.driver.write = async (command: CommandWrite, signal?: AbortSignal) => {
+    linked.interceptWrites(async (command, signal, write) => {
       if (command.action !== 'open') return write(command, signal);
       handed++;
       if (handed === MAX_DISPATCHES) {
         valve.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
         return write(command, signal);
       }
-      await link.refuse();
-      await h.until(() => !binding.driver.health().connected, 5_000, 'the connection lost');
+      await linked.refuseLink();
       try {
         await write(command, signal);
       } finally {
@@ -57,7 +38,7 @@ describe('a command at its last dispatch whose write is lost and proven not appl
           void link.accept();
         }, 100);
       }
-    };
+    });
     const ttlMs = 20_000;
     h.submit('o', { device: 'v1', action: 'open', ttlMs });
     const o = await h.settled('o', ttlMs + 5_000);

@@ -1,10 +1,11 @@
 import { describe, it, type TestContext } from 'vitest';
-import type { CommandWrite } from '../../src/core/driver.js';
 import { Metrics } from '../../src/daemon/metrics.js';
 import BetterSqlite3, { type Statement } from 'better-sqlite3';
 import { recordingLogger } from '../helpers/recording-logger.js';
-import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
-import { TcpLink } from '../helpers/tcp-link.js';
+import { linkedHarness, refusedUnsent } from '../helpers/linked-harness.js';
+import { confirmSeconds } from '../helpers/metrics-text.js';
+import type { SimHarness, SimHarnessOptions } from '../helpers/sim-harness.js';
+import type { TcpLink } from '../helpers/tcp-link.js';
 
 /**
  * A write that was sent and lost, proven not applied (its number never echoed past the guard),
@@ -43,26 +44,10 @@ async function site(
   plan: Plan,
   options: SimHarnessOptions = {},
 ): Promise<Site> {
-  const h = await SimHarness.start({ warm: true, ...options });
-  onTestFinished(() => h.close());
-  const e = h.plant.plc('mb').endpoint;
-  if (e.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
-  const link = await TcpLink.open({ host: e.host, port: e.port });
-  onTestFinished(() => link.close());
-  // The lives from here on reach the PLC through the link.
-  await h.crash();
-  const inventory = h.inventory.bind(h);
-  h.inventory = () => {
-    const i = inventory();
-    i.plcs.mb = { ...i.plcs.mb!, port: link.port } as (typeof i.plcs)[string];
-    return i;
-  };
-  await h.restart();
+  const { h, link, ...linked } = await linkedHarness(onTestFinished, options);
   const valve = h.device('v1');
-  const binding = h.drivers.bindings.find((b) => b.id === 'v1')!;
-  const write = binding.driver.write.bind(binding.driver);
   let handed = 0;
-  binding.driver.write = async (command: CommandWrite, signal?: AbortSignal) => {
+  linked.interceptWrites(async (command, signal, write) => {
     if (command.action !== 'open') return write(command, signal);
     handed++;
     plan.handing?.(handed);
@@ -71,8 +56,7 @@ async function site(
       return write(command, signal);
     }
     if (!plan.refuse.includes(handed)) return write(command, signal);
-    await link.refuse();
-    await h.until(() => !binding.driver.health().connected, 5_000, 'the connection lost');
+    await linked.refuseLink();
     try {
       await write(command, signal);
     } finally {
@@ -83,8 +67,19 @@ async function site(
         }, reopenMs);
       }
     }
-  };
+  });
   return { h, link, handed: () => handed };
+}
+
+/**
+ * o (open v1, 20 s deadline) submitted: its first write lost, its second refused unsent; returns
+ * once the journal says the second was not sent.
+ */
+async function secondRefused(onTestFinished: TestContext['onTestFinished']): Promise<Site> {
+  const s = await site(onTestFinished, { lose: [1], refuse: [2] });
+  s.h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
+  await refusedUnsent(s.h, 'o', "o's second write refused for want of a connection");
+  return s;
 }
 
 /**
@@ -107,19 +102,6 @@ function historyReadFaults(journal: SimHarness['journal']): { armed: boolean; fa
     return all(...params);
   };
   return faults;
-}
-
-/** sluice_command_confirm_seconds' sum and count for v1. */
-async function confirmSeconds(metrics: Metrics): Promise<{ sum: number; count: number }> {
-  const text = await metrics.registry.metrics();
-  const value = (name: string): number => {
-    const line = text.split('\n').find((l) => l.startsWith(`${name}{device="v1"}`));
-    return line === undefined ? Number.NaN : Number(line.slice(line.lastIndexOf(' ') + 1));
-  };
-  return {
-    sum: value('sluice_command_confirm_seconds_sum'),
-    count: value('sluice_command_confirm_seconds_count'),
-  };
 }
 
 describe('the write sent once more after its first was proven not applied finds no connection', () => {
@@ -192,14 +174,8 @@ describe('a stop accepted while such a command waits for the connection', () => 
     expect,
     onTestFinished,
   }) => {
-    const { h, link, ...s } = await site(onTestFinished, { lose: [1], refuse: [2] });
+    const { h, link, ...s } = await secondRefused(onTestFinished);
     const valve = h.device('v1');
-    h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
-    await h.until(
-      () => h.notes('o').some((n) => n.includes('was not sent: no connection to the controller')),
-      10_000,
-      "o's second write refused for want of a connection",
-    );
     h.submit('s', { device: 'v1', action: 'stop', ttlMs: 20_000 });
     await link.accept();
     const stop = await h.settled('s', 15_000);
@@ -289,13 +265,7 @@ describe('the words of a round after the first write was sent and proven not app
   async function refusedRound(
     onTestFinished: TestContext['onTestFinished'],
   ): Promise<{ h: SimHarness; link: TcpLink; handed: () => number; seq: number }> {
-    const s = await site(onTestFinished, { lose: [1], refuse: [2] });
-    s.h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
-    await s.h.until(
-      () => s.h.notes('o').some((n) => n.includes('was not sent: no connection to the controller')),
-      10_000,
-      "o's second write refused for want of a connection",
-    );
+    const s = await secondRefused(onTestFinished);
     return { ...s, seq: s.h.get('o')!.seq! };
   }
   const SENT_FIRST = (seq: number): string =>
@@ -364,13 +334,7 @@ describe('such a command taken up after a restart', () => {
   async function crashedWaiting(
     onTestFinished: TestContext['onTestFinished'],
   ): Promise<{ h: SimHarness; link: TcpLink; seq: number; handed: number }> {
-    const s = await site(onTestFinished, { lose: [1], refuse: [2] });
-    s.h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
-    await s.h.until(
-      () => s.h.notes('o').some((n) => n.includes('was not sent: no connection to the controller')),
-      10_000,
-      "o's second write refused for want of a connection",
-    );
+    const s = await secondRefused(onTestFinished);
     const seq = s.h.get('o')!.seq!;
     await s.h.crash();
     return { h: s.h, link: s.link, seq, handed: s.handed() };

@@ -2,9 +2,10 @@ import { describe, it, type TestContext } from 'vitest';
 import { isTerminal } from '../../src/core/command.js';
 import type { CommandWrite } from '../../src/core/driver.js';
 import { MAX_DISPATCHES } from '../../src/core/journal.js';
-import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
+import type { SimHarness, SimHarnessOptions } from '../helpers/sim-harness.js';
 import { failFdatasync, type FailingFdatasync } from '../helpers/failing-fdatasync.js';
-import { TcpLink } from '../helpers/tcp-link.js';
+import { linkedHarness, refusedUnsent } from '../helpers/linked-harness.js';
+import type { TcpLink } from '../helpers/tcp-link.js';
 import { heldAcknowledgedOpen } from '../helpers/withheld-dispatch.js';
 
 /**
@@ -37,33 +38,16 @@ async function linkedSite(
   onTestFinished: TestContext['onTestFinished'],
   options: SimHarnessOptions,
 ): Promise<LinkedSite> {
-  const h = await SimHarness.start({ warm: true, ...options });
-  onTestFinished(() => h.close());
-  const e = h.plant.plc('mb').endpoint;
-  if (e.protocol !== 'modbus') throw new Error('mb is not a Modbus PLC');
-  const link = await TcpLink.open({ host: e.host, port: e.port });
-  onTestFinished(() => link.close());
-  // The lives from here on reach the PLC through the link.
-  await h.crash();
-  const inventory = h.inventory.bind(h);
-  h.inventory = () => {
-    const i = inventory();
-    i.plcs.mb = { ...i.plcs.mb!, port: link.port } as (typeof i.plcs)[string];
-    return i;
-  };
-  await h.restart();
+  const { h, link, ...linked } = await linkedHarness(onTestFinished, options);
   return {
     h,
     link,
     refuseNextWrite(which, reopenMs, refused) {
-      const binding = h.drivers.bindings.find((b) => b.id === 'v1')!;
-      const write = binding.driver.write.bind(binding.driver);
       let cut = false;
-      binding.driver.write = async (command, signal) => {
+      linked.interceptWrites(async (command, signal, write) => {
         if (cut || !which(command)) return write(command, signal);
         cut = true;
-        await link.refuse();
-        await h.until(() => !binding.driver.health().connected, 5_000, 'the connection lost');
+        await linked.refuseLink();
         try {
           await write(command, signal);
         } finally {
@@ -74,18 +58,9 @@ async function linkedSite(
             }, reopenMs);
           }
         }
-      };
+      });
     },
   };
-}
-
-/** Waits for the history line that says the command's write found no connection. */
-async function refusedUnsent(h: SimHarness, key: string): Promise<void> {
-  await h.until(
-    () => h.notes(key).some((n) => n.includes('was not sent: no connection to the controller')),
-    10_000,
-    `${key}'s write refused for want of a connection`,
-  );
 }
 
 describe('a write refused unsent for want of a connection', () => {
