@@ -74,10 +74,7 @@ export class TakeoverWatch {
     known: TakeoverEvidence | null,
   ): string | null {
     if (upMs >= SHORT_CONNECTION_MS) {
-      this.shortConnections = 0;
-      this.counted = 0;
-      this.known = null;
-      this.saidAt = null;
+      this.endStreak();
       if (known === null || !byBroker) return null;
     }
     if (!byBroker) return null;
@@ -118,8 +115,7 @@ export class TakeoverWatch {
    * were its going, not another client's connects (three restarts in a row were said to be one).
    */
   attemptFailed(): void {
-    this.shortConnections = 0;
-    this.counted = 0;
+    this.endStreak();
   }
 
   /**
@@ -128,8 +124,21 @@ export class TakeoverWatch {
    * own (MQTT 5 DISCONNECT, e.g. 0x8B Server shutting down): not another client.
    */
   restarted(): void {
+    this.endStreak();
+  }
+
+  /**
+   * The streak ends, and with it what was known of it: its evidence (0x8E, a clean session) and
+   * its warning. A later close that shows nothing by itself starts a streak of its own, counted
+   * as a pattern from its third close, and is warned afresh (until 2026-12-06 the evidence
+   * outlived a failed attempt or a restart, and one such close after either was counted under
+   * it and given as a takeover's cause).
+   */
+  private endStreak(): void {
     this.shortConnections = 0;
     this.counted = 0;
+    this.known = null;
+    this.saidAt = null;
   }
 }
 
