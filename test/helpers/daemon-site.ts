@@ -8,7 +8,7 @@ import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.
 import { loopbackCertificate } from './loopback-https.js';
 import { inventoryFor } from './plant-inventory.js';
 
-type ModbusDevices = Extract<
+export type ModbusDevices = Extract<
   NonNullable<PlantInput['plcs']>[string],
   { protocol: 'modbus' }
 >['devices'];

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ManualTime, startPlant } from '../../simulators/plant.js';
-import type { Plant } from '../../simulators/plant.js';
+import type { ManualTime, Plant } from '../../simulators/plant.js';
+import { startManualModbusPlant } from '../helpers/manual-plant.js';
 import { api, modbusEndpoint, rawModbus, until } from './helpers.js';
 import type { ModbusEndpoint } from './helpers.js';
 
@@ -22,22 +22,10 @@ describe('a PLC that refuses connections for a while', () => {
   let url: string;
 
   beforeEach(async () => {
-    time = new ManualTime();
-    plant = await startPlant(
-      {
-        plcs: {
-          plc: {
-            protocol: 'modbus',
-            port: 0,
-            devices: {
-              v1: { profile: 'valve', base: 0, travelMs: 200 },
-              v2: { profile: 'valve', base: 100, travelMs: 200 },
-            },
-          },
-        },
-      },
-      { time, manualScan: true, ephemeralPorts: true },
-    );
+    ({ time, plant } = await startManualModbusPlant({
+      v1: { profile: 'valve', base: 0, travelMs: 200 },
+      v2: { profile: 'valve', base: 100, travelMs: 200 },
+    }));
     ep = modbusEndpoint(plant.plc('plc').endpoint);
     url = plant.controlUrl ?? '';
   });

@@ -1,7 +1,7 @@
 import ModbusSerial from 'modbus-serial';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ManualTime, startPlant } from '../../simulators/plant.js';
-import type { Plant } from '../../simulators/plant.js';
+import type { ManualTime, Plant } from '../../simulators/plant.js';
+import { startManualModbusPlant } from '../helpers/manual-plant.js';
 import { modbusEndpoint } from './helpers.js';
 
 /** See control-api.test.ts: under NodeNext the default import is the client class. */
@@ -22,22 +22,13 @@ describe('travel between scans (Modbus, modbus-serial client)', () => {
   let plant: Plant;
 
   beforeEach(async () => {
-    time = new ManualTime();
-    plant = await startPlant(
+    ({ time, plant } = await startManualModbusPlant(
       {
-        plcs: {
-          plc: {
-            protocol: 'modbus',
-            port: 0,
-            devices: {
-              v1: { profile: 'valve', base: 0, travelMs: 1000 },
-              a1: { profile: 'actuator', base: 100, travelMs: 1000 },
-            },
-          },
-        },
+        v1: { profile: 'valve', base: 0, travelMs: 1000 },
+        a1: { profile: 'actuator', base: 100, travelMs: 1000 },
       },
-      { time, manualScan: true, ephemeralPorts: true, control: false },
-    );
+      { control: false },
+    ));
   });
   afterEach(() => plant.stop());
 
