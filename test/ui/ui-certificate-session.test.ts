@@ -3,7 +3,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { makePki, type Pem, type Pki } from '../intake/https-client.js';
 import { until } from '../helpers/mosquitto.js';
-import { call, login, OPS_CN, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
+import {
+  call,
+  login,
+  openWithReadsHeld,
+  OPS_CN,
+  ORPHAN,
+  startUiSite,
+  TOKENS,
+  type UiSite,
+} from './ui-site.js';
 
 /**
  * A status page session started by a client certificate ends when the certificate does
@@ -177,30 +186,10 @@ describe('a status page session started by a client certificate', () => {
     const { cert, notAfter } = await shortLived(4_000);
     const ops = await certificateLogin(cert);
     expect(ops.answer.status).toBe(200);
-    const drain = site.plant.device('drain-valve');
-    const writesBefore = drain.writeLog.length;
     const KEY = 'reverify-across-expiry';
-    const sent = await call(
-      site,
-      'POST',
-      '/v1/commands',
-      {
-        authorization: `Bearer ${TOKENS.scada}`,
-        'idempotency-key': KEY,
-        'content-type': 'application/json',
-        prefer: 'respond-async',
-      },
-      JSON.stringify({ device: 'drain-valve', action: 'open' }),
-    );
-    expect(sent.status, sent.body).toBe(202);
     // Its write taken by the valve (ground truth), then every read of the valve held: no
     // readback can settle it until the test lets them go.
-    await until(
-      () => (drain.writeLog.length > writesBefore ? true : undefined),
-      10_000,
-      "the open's write at the valve",
-    );
-    drain.setFault({ kind: 'stall', on: 'read' });
+    const { drain, writesBefore } = await openWithReadsHeld(site, KEY);
     let answeredAt = 0;
     try {
       const sentAt = Date.now();

@@ -4,7 +4,16 @@ import { request } from 'node:https';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { until } from '../helpers/mosquitto.js';
-import { call, FILE_TOKENS, login, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
+import {
+  call,
+  FILE_TOKENS,
+  login,
+  openWithReadsHeld,
+  ORPHAN,
+  startUiSite,
+  TOKENS,
+  type UiSite,
+} from './ui-site.js';
 
 /**
  * A token rotated out by a reload (SIGHUP, `systemctl reload sluiced`; token-reload.ts) ends the
@@ -252,30 +261,10 @@ it("a reverify whose readback runs when a reload ends its session is answered 40
   rotateOpsToken(token);
   const session = await login(site, token);
   expect(session.answer.status).toBe(200);
-  const drain = site.plant.device('drain-valve');
-  const writesBefore = drain.writeLog.length;
   const KEY = 'reverify-across-reload';
-  const sent = await call(
-    site,
-    'POST',
-    '/v1/commands',
-    {
-      authorization: `Bearer ${TOKENS.scada}`,
-      'idempotency-key': KEY,
-      'content-type': 'application/json',
-      prefer: 'respond-async',
-    },
-    JSON.stringify({ device: 'drain-valve', action: 'open' }),
-  );
-  expect(sent.status, sent.body).toBe(202);
   // Its write taken by the valve (ground truth), then every read of the valve held: no
   // readback can confirm it until the test lets them go.
-  await until(
-    () => (drain.writeLog.length > writesBefore ? true : undefined),
-    10_000,
-    "the open's write at the valve",
-  );
-  drain.setFault({ kind: 'stall', on: 'read' });
+  const { drain, writesBefore } = await openWithReadsHeld(site, KEY);
   try {
     const path = `/ui/api/commands/scada/${KEY}/reverify`;
     const answered = call(site, 'POST', path, changeHeaders(session), '{}');

@@ -4,12 +4,13 @@ import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { expect } from 'vitest';
 import { pino } from 'pino';
 import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
-import { startPlant, type Plant } from '../../simulators/plant.js';
+import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.js';
 import { seedOrphan } from '../helpers/daemon-site.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
@@ -355,4 +356,38 @@ export async function login(
   const cookie = first.split(';')[0] ?? '';
   const csrf = answer.status === 200 ? answer.json<{ csrfToken: string }>().csrfToken : '';
   return { cookie, csrf, answer };
+}
+
+/**
+ * Sends scada's open of drain-valve under `key` (respond-async, answered 202), waits for its
+ * write at the valve (ground truth), then holds every read of the valve: no readback can settle
+ * the command until the caller clears the fault (`drain.clearFault('stall')`). Returns the valve
+ * and the length of its write log before the open.
+ */
+export async function openWithReadsHeld(
+  site: UiSite,
+  key: string,
+): Promise<{ drain: SimDevice; writesBefore: number }> {
+  const drain = site.plant.device('drain-valve');
+  const writesBefore = drain.writeLog.length;
+  const sent = await call(
+    site,
+    'POST',
+    '/v1/commands',
+    {
+      authorization: `Bearer ${TOKENS.scada}`,
+      'idempotency-key': key,
+      'content-type': 'application/json',
+      prefer: 'respond-async',
+    },
+    JSON.stringify({ device: 'drain-valve', action: 'open' }),
+  );
+  expect(sent.status, sent.body).toBe(202);
+  await until(
+    () => (drain.writeLog.length > writesBefore ? true : undefined),
+    10_000,
+    "the open's write at the valve",
+  );
+  drain.setFault({ kind: 'stall', on: 'read' });
+  return { drain, writesBefore };
 }
