@@ -7,7 +7,7 @@ import type { SluiceConfig } from '../../src/config/config.js';
 import { reloadTlsFiles } from '../../src/daemon/tls-reload.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { intakeConfig } from '../helpers/mosquitto.js';
-import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
+import { mosquittoAvailable, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
@@ -55,12 +55,7 @@ describe.skipIf(!available)('mqtt.passwordFile rotated, then a reload', () => {
     const reload = (env: NodeJS.ProcessEnv = {}): ReturnType<typeof reloadTlsFiles> =>
       reloadTlsFiles(config, { https: null, mqtt: intake }, logger, env);
 
-    const plant = await TestClient.connect(site.broker.url);
-    site.cleanups.push(() => plant.end());
-    const observer = await TestClient.connect(site.broker.url);
-    site.cleanups.push(() => observer.end());
-    await observer.subscribe(`${prefix}/result/#`);
-    const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
+    const { plant, observer, writes } = await site.plantSide(prefix);
     const before = writes();
     const command = async (): Promise<void> => {
       const key = randomUUID();

@@ -6,6 +6,7 @@ import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
 import {
   intakeConfig,
   startMosquitto,
+  TestClient,
   until,
   type Mosquitto,
   type MosquittoOptions,
@@ -108,6 +109,25 @@ export class MqttSite {
     intake.start();
     await until(() => intake.connected() || undefined, 10_000, 'intake connected');
     return intake;
+  }
+
+  /**
+   * The plant system's side of a command test: a client that publishes commands, an observer
+   * subscribed to `${prefix}/result/#`, both ended with the site, and valve v1's count of
+   * writes received at the simulator (the ground truth).
+   */
+  async plantSide(prefix: string): Promise<{
+    readonly plant: TestClient;
+    readonly observer: TestClient;
+    readonly writes: () => number;
+  }> {
+    const plant = await TestClient.connect(this.broker.url);
+    this.cleanups.push(() => plant.end());
+    const observer = await TestClient.connect(this.broker.url);
+    this.cleanups.push(() => observer.end());
+    await observer.subscribe(`${prefix}/result/#`);
+    const writes = (): number => this.stack.plant.device('v1').counters.writesReceived;
+    return { plant, observer, writes };
   }
 
   /**

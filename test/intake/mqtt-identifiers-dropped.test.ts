@@ -1,6 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
+import {
+  mosquittoAvailable,
+  timed,
+  until,
+  useMqttSite,
+  type TestClient,
+} from '../helpers/mqtt-site.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
 import { StrippingProxy } from '../helpers/stripping-proxy.js';
 
@@ -28,24 +34,6 @@ describe.skipIf(!available)(
       const proxy = await StrippingProxy.open(site.broker.port);
       site.cleanups.push(() => proxy.close());
       return proxy;
-    }
-
-    /**
-     * A plant client to publish commands and an observer of the results of gateway `prefix`
-     * (both ended at the test's end); `writes`, the writes v1 has received.
-     */
-    async function plantSide(prefix: string): Promise<{
-      readonly plant: TestClient;
-      readonly observer: TestClient;
-      readonly writes: () => number;
-    }> {
-      const plant = await TestClient.connect(site.broker.url);
-      site.cleanups.push(() => plant.end());
-      const observer = await TestClient.connect(site.broker.url);
-      site.cleanups.push(() => observer.end());
-      await observer.subscribe(`${prefix}/result/#`);
-      const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
-      return { plant, observer, writes };
     }
 
     /** Every answer the observer has for `keys` is a confirmation (none answered as not run). */
@@ -96,7 +84,7 @@ describe.skipIf(!available)(
       };
       const held = (): number =>
         lines.filter((l) => String(l.msg).startsWith('command copy without the command')).length;
-      const { plant, observer, writes } = await plantSide(prefix);
+      const { plant, observer, writes } = await site.plantSide(prefix);
       const before = writes();
       const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
       return {
@@ -130,7 +118,7 @@ describe.skipIf(!available)(
         identifierProbe: { graceMs: 200 },
       });
       site.cleanups.push(() => intake.stop());
-      const { plant, observer, writes } = await plantSide(prefix);
+      const { plant, observer, writes } = await site.plantSide(prefix);
       const device = (): string => site.stack.plant.device('v1').published.state;
       const before = writes();
 
@@ -392,7 +380,7 @@ describe.skipIf(!available)(
       proxy.up();
       await until(() => intake.connected() || undefined, 10_000, 'connected again');
 
-      const { plant, observer, writes } = await plantSide(prefix);
+      const { plant, observer, writes } = await site.plantSide(prefix);
       const before = writes();
       const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
       const key = randomUUID();

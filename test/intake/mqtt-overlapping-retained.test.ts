@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { mosquittoAvailable, TestClient, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
+import { mosquittoAvailable, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
@@ -43,12 +43,7 @@ describe.skipIf(!available)('MQTT intake: a retained command through a left filt
     await site.leaveSubscriptions(clientId, [`${prefix}/cmd/#`], { expirySeconds: 600 });
     expect(site.broker.log()).toContain(`${clientId} 1 ${prefix}/cmd/#`);
 
-    const plant = await TestClient.connect(site.broker.url);
-    site.cleanups.push(() => plant.end());
-    const observer = await TestClient.connect(site.broker.url);
-    site.cleanups.push(() => observer.end());
-    await observer.subscribe(`${prefix}/result/#`);
-    const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
+    const { plant, observer, writes } = await site.plantSide(prefix);
     const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
 
     intake = newIntake();
@@ -102,12 +97,7 @@ describe.skipIf(!available)('MQTT intake: a retained command through a left filt
     // with one of its own options (no Subscription Identifier, no retain-as-published), which
     // the broker queues the commands published while the gateway is away through.
     await site.leaveSubscriptions(clientId, [`${prefix}/cmd/+`], { expirySeconds: 600 });
-    const plant = await TestClient.connect(site.broker.url);
-    site.cleanups.push(() => plant.end());
-    const observer = await TestClient.connect(site.broker.url);
-    site.cleanups.push(() => observer.end());
-    await observer.subscribe(`${prefix}/result/#`);
-    const writes = (): number => site.stack.plant.device('v1').counters.writesReceived;
+    const { plant, observer, writes } = await site.plantSide(prefix);
     const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
     const before = writes();
     // Published while the gateway is away: queued for it through the tool's subscription. Its
