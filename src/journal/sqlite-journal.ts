@@ -359,14 +359,22 @@ export class SqliteJournal implements Journal {
   list(filter: ListFilter): CommandRecord[] {
     const where: string[] = [];
     const params: (string | number)[] = [];
+    // An open state is read through the index of the open commands (commands_open): SQLite
+    // takes a partial index only for a query whose WHERE names its own condition (not a bound
+    // state), and with the device's index (commands_device) at hand it prefers that one, so the
+    // device is compared unindexed (`+device`). Otherwise `list --state dispatched` went
+    // through every retained command by time, and `--device D` through all of D's, reading
+    // the table whole for a handful of rows (a million commands: 3.8 s from a cold cache).
+    const open = filter.state === 'accepted' || filter.state === 'dispatched';
     if (filter.device !== undefined) {
-      where.push('device = ?');
+      where.push(open ? '+device = ?' : 'device = ?');
       params.push(filter.device);
     }
     if (filter.state !== undefined) {
       where.push('state = ?');
       params.push(filter.state);
     }
+    if (open) where.push("state IN ('accepted', 'dispatched')");
     if (filter.since !== undefined) {
       where.push('accepted_at >= ?');
       params.push(filter.since);
