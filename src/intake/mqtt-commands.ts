@@ -223,6 +223,15 @@ export class CommandMessages {
     const now = this.clock.elapsed();
     // A copy left with the broker past the hold limit, sent again: timed from its first coming.
     const came = this.held.cameAt(packet, now);
+    if (
+      this.held.leavesBehind(client, packet) &&
+      this.topics.commandDevice(packet.topic) !== null
+    ) {
+      // Copies were left with the broker on this connection: one handled now would overtake them.
+      this.held.leave(packet, callback, came);
+      this.count('withheld');
+      return;
+    }
     if (this.awaitsVerdict(client, packet)) {
       const acks = this.acks.acksOf(client);
       switch (this.held.hold(client, packet, callback, acks, came)) {

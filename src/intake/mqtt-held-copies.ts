@@ -67,6 +67,12 @@ export class HeldCopies {
   /** The connection on which copies past the limit were left with the broker; null: none. */
   private left: LeftCopies | null = null;
 
+  /**
+   * The connection copies were left on, kept past leftToResend until the connection ends: every
+   * later QoS 1 command copy on it is left too (leavesBehind).
+   */
+  private leftConnection: unknown = null;
+
   /** When each copy left with the broker first came (clock.elapsed()), by leftId. */
   private readonly leftCame = new Map<string, number>();
 
@@ -89,17 +95,9 @@ export class HeldCopies {
   ): 'held' | 'left' | 'unheld' {
     if (this.held.length >= this.maxHeld) {
       if (packet.qos === 0 || packet.messageId === undefined) return 'unheld';
-      // With an error mqtt.js sends no PUBACK and goes on with the connection's next packet.
-      callback(new Error('not acknowledged: too many command copies wait for the verdict'));
       this.left = { client, connection: client.stream };
-      const id = leftId(packet);
-      if (!this.leftCame.has(id)) {
-        this.leftCame.set(id, receivedMono);
-        for (const oldest of this.leftCame.keys()) {
-          if (this.leftCame.size <= MAX_LEFT_REMEMBERED) break;
-          this.leftCame.delete(oldest);
-        }
-      }
+      this.leftConnection = client.stream;
+      this.leave(packet, callback, receivedMono);
       return 'left';
     }
     let ack: MessageAck;
@@ -114,6 +112,41 @@ export class HeldCopies {
     }
     this.held.push({ client, connection: client.stream, packet, ack, receivedMono });
     return 'held';
+  }
+
+  /**
+   * Whether a QoS 1 command copy on `client`'s current connection is to be left with the broker
+   * behind the copies left on it (hold: `left`), whatever its identifier and whether the
+   * verdict is known: the broker sends those again only on the next connection, so one handled
+   * now would run before them. A command published after them to the same device, coming once
+   * the verdict was known and before the drop (while the claims of the copies held commit),
+   * overtook an older one left here (the valve took the two in the opposite order).
+   */
+  leavesBehind(client: MqttClient, packet: IPublishPacket): boolean {
+    return (
+      this.leftConnection !== null &&
+      client.stream === this.leftConnection &&
+      packet.qos > 0 &&
+      packet.messageId !== undefined
+    );
+  }
+
+  /**
+   * Leaves `packet` with the broker, unacknowledged (`callback` with an error: mqtt.js sends no
+   * PUBACK and goes on with the connection's next packet), remembering when it first came.
+   */
+  leave(packet: IPublishPacket, callback: DoneCallback, receivedMono: number): void {
+    callback(
+      new Error('not acknowledged: left with the broker, to be sent again on the next connection'),
+    );
+    const id = leftId(packet);
+    if (!this.leftCame.has(id)) {
+      this.leftCame.set(id, receivedMono);
+      for (const oldest of this.leftCame.keys()) {
+        if (this.leftCame.size <= MAX_LEFT_REMEMBERED) break;
+        this.leftCame.delete(oldest);
+      }
+    }
   }
 
   /**
@@ -178,6 +211,7 @@ export class HeldCopies {
   /** All of them, held no more (the intake stops taking commands). */
   takeAll(): readonly HeldCopy[] {
     this.left = null;
+    this.leftConnection = null;
     return this.held.splice(0);
   }
 }

@@ -8,6 +8,7 @@ import {
   type TestClient,
 } from '../helpers/mqtt-site.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
+import { slowFdatasync } from '../helpers/slow-fdatasync.js';
 import { StrippingProxy } from '../helpers/stripping-proxy.js';
 
 /**
@@ -338,6 +339,61 @@ describe.skipIf(!available)(
       expect(written()).toBe(1);
       await intake.stop();
     }, 40_000);
+
+    /**
+     * Once a copy is left with the broker past the hold limit (1 here), a command published later
+     * to the same device reaches the gateway after the probe's verdict and before the drop (while
+     * the claims of the copies held commit): it was handled as it came, claimed and run, and the
+     * older command left with the broker ran after it on the next connection, so the valve took
+     * the plant system's two commands in the opposite order (MQTT 5 §4.6 keeps a topic's order;
+     * the device's queue runs commands in the order they were accepted). A slow flush (the
+     * fdatasync double: each 1 s late) keeps that window open; the third command is published
+     * once the verdict is known. Now every later copy on that connection is left too, and the
+     * valve is written A, B, C: ends in C's state.
+     */
+    it('MQTT 5: a command published after copies were left does not run before them', async () => {
+      const { clientId, topic, nextRun, plant, observer, written, key, action } =
+        await afterFirstRun('gwnoidsorder', { strayCopyWaitMs: 300, maxHeldCopies: 1 });
+      const next = action === 'open' ? 'close' : 'open';
+      const second = randomUUID();
+      const third = randomUUID();
+      await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
+      await plant.publish(topic, timed({ action: next, key: second, ttlMs: 60_000 }));
+
+      const disk = slowFdatasync(1_000);
+      let intake: ReturnType<typeof nextRun>;
+      try {
+        intake = nextRun(500);
+        await until(
+          () => (intake.health().subscriptionIdentifiers === 'missing' ? true : undefined),
+          10_000,
+          "this connection's verdict",
+        );
+        await plant.publish(topic, timed({ action, key: third, ttlMs: 60_000 }));
+        await until(
+          () => (site.broker.deliveriesTo(clientId, topic).length >= 3 ? true : undefined),
+          5_000,
+          'the third command sent to the gateway',
+        );
+      } finally {
+        disk.restore();
+      }
+      for (const k of [key, second, third] as const) {
+        const result = await observer.waitFor((m) => m.json().key === k, 20_000, `result of ${k}`);
+        expect(result.json()).toMatchObject({ state: 'confirmed' });
+        expect(site.stack.journal.findByKey(k)).toHaveLength(1);
+      }
+      // The valve's own log: one write each, in the order the plant system published them.
+      const seqOf = (k: string): number | null | undefined =>
+        site.stack.pipeline.get({ scope: 'plant', key: k })?.seq;
+      const log = site.stack.plant.device('v1').writeLog.map((w) => w.seq);
+      expect(log.slice(-3)).toEqual([seqOf(key), seqOf(second), seqOf(third)]);
+      expect(written()).toBe(3);
+      expect(site.stack.plant.device('v1').published.state).toBe(
+        action === 'open' ? 'OPEN' : 'CLOSED',
+      );
+      await intake.stop();
+    }, 60_000);
 
     /**
      * An earlier connection found identifiers missing; the path delivers them again (the proxy no
