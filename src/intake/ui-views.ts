@@ -12,15 +12,9 @@ import { packageRoot } from '../package-root.js';
 import type { CertificateVerdict } from './https-certificate.js';
 import { listItem, type ListItem } from '../views/command-list.js';
 import { showCommand, type CommandShow } from '../views/command-show.js';
-import {
-  aheadText,
-  expiredText,
-  pausedText,
-  settlingText,
-  stuckItems,
-  type StuckItem,
-} from '../views/open-commands.js';
+import { stuckItems, type StuckItem } from '../views/open-commands.js';
 import { deviceDocument, type DeviceDocument } from './device-view.js';
+import { unreadText, whyOpen, type OpenDevice } from './ui-open-why.js';
 
 /**
  * What the status page shows, as JSON documents: the devices, the commands (open and stuck
@@ -85,7 +79,10 @@ export interface UiDevice extends DeviceDocument {
   readonly mode: 'LOCAL' | 'REMOTE' | null;
   /** The controller's fault code and its meaning from the device profile. */
   readonly fault: { readonly code: string; readonly meaning: string | null } | null;
-  /** In a travelling state with no readback change for STALL_AFTER_MS or longer. */
+  /**
+   * In a travelling state with no readback change for STALL_AFTER_MS or longer; null while no
+   * read of the device answers (its last readback says nothing of what it does now).
+   */
   readonly stalled: {
     readonly state: string;
     readonly position: number | null;
@@ -217,7 +214,8 @@ export class UiViews {
       tone: toneOf(mirror?.state ?? null, profile),
       mode: mirror === null ? null : mirror.state === profile?.localState ? 'LOCAL' : 'REMOTE',
       fault: faultCode === null ? null : { code: faultCode, meaning },
-      stalled: this.stalled(view, profile),
+      // Not judged from the last readback while no read answers: the valve may be moving.
+      stalled: unreadText(doc.connectivity) === null ? this.stalled(view, profile) : null,
       frozen:
         view.imageUnchangedMs !== null && imageFrozen(view.imageUnchangedMs)
           ? { scanTime: mirror?.sourceTime ?? null, forMs: wholeMs(view.imageUnchangedMs) }
@@ -274,12 +272,16 @@ export class UiViews {
       (query.state === undefined || r.state === query.state);
     const openRecords = reader.listOpen().filter(matches);
     const devices = this.devices(allowedDevice);
-    const stalled = new Map(
-      devices.filter((d) => d.stalled !== null).map((d) => [d.id, d.stalled] as const),
+    const known = new Map(
+      devices.map(
+        (d) =>
+          [
+            d.id,
+            { stalled: d.stalled, frozen: d.frozen, unread: unreadText(d.connectivity) },
+          ] as const,
+      ),
     );
-    const frozen = new Map(
-      devices.filter((d) => d.frozen !== null).map((d) => [d.id, d.frozen] as const),
-    );
+    const unknown: OpenDevice = { stalled: null, frozen: null, unread: null };
     // Judged beside the device's other open commands, whatever the state asked for: a device
     // whose command recovery is settling holds its queued ones within that window too.
     const ofDevices = reader
@@ -288,7 +290,7 @@ export class UiViews {
     const open = stuckItems(ofDevices, 0, now, this.deviceTimings(), reader, (r) => matches(r))
       .map((item) => ({
         ...item,
-        why: whyOpen(item, stalled.get(item.device) ?? null, frozen.get(item.device) ?? null, now),
+        why: whyOpen(item, known.get(item.device) ?? unknown, now),
       }))
       .sort((a, b) =>
         a.stuck !== b.stuck
@@ -364,51 +366,6 @@ function toneOf(state: string | null, profile: DeviceProfile | undefined): Devic
   if (state === profile.localState) return 'local';
   if (profile.transitional.includes(state)) return 'moving';
   return profile.states.includes(state) ? 'rest' : 'unknown';
-}
-
-function seconds(ms: number): string {
-  const s = Math.round(ms / 1000);
-  if (s < 120) return `${s} s`;
-  const m = Math.floor(s / 60);
-  return m < 120 ? `${m} min ${s % 60} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
-}
-
-function whyOpen(
-  item: StuckItem,
-  stalled: UiDevice['stalled'],
-  frozen: UiDevice['frozen'],
-  now: number,
-): string {
-  const last = item.lastEvent === null ? '' : `; last event: ${item.lastEvent.detail}`;
-  if (item.stuck) {
-    // The bound in the words of /readyz and `sluicectl stuck` (core/open-commands.ts).
-    return `open ${seconds(item.overdueMs ?? 0)} past ${item.stuckReason ?? 'its bound'}; the daemon would have ended it by now${last}`;
-  }
-  if (frozen !== null) {
-    return `the controller's image is frozen: the same scan for ${seconds(frozen.forMs)}, so no readback can show what the device does${last}`;
-  }
-  if (stalled !== null) {
-    const at = stalled.position === null ? '' : ` at ${stalled.position} %`;
-    return `the device is not moving: ${stalled.state}${at} for ${seconds(stalled.forMs)}${last}`;
-  }
-  // An accepted one past its deadline will not run, whatever it waits behind (as `sluicectl
-  // show` says), on a device the daemon has: no worker takes one it no longer has.
-  const expired =
-    item.state === 'accepted' && item.confirmTimeoutMs !== null
-      ? expiredText(Date.parse(item.deadline), now)
-      : null;
-  if (item.waitsBehind.length > 0) {
-    return item.state === 'dispatched'
-      ? `waits for ${pausedText(item.waitsBehind, item.waitsBehindCount)}`
-      : `waits behind ${aheadText(item.waitsBehind, item.waitsBehindCount)}${expired === null ? '' : `; ${expired}`}`;
-  }
-  if (expired !== null) return expired;
-  // Written and not paused: it waits for the readback that settles its write, as `sluicectl
-  // show` says. Its last event alone is, until a take-up, its dispatch's line — the clocks the
-  // write was judged on ("seq 1; gateway clock not checked; …") — which read as the reason a
-  // command held by its controller, or whose PLC stopped answering, was still open.
-  if (item.state === 'dispatched') return `waits for ${settlingText(item.seq, null)}${last}`;
-  return item.lastEvent?.detail ?? item.state;
 }
 
 /** The journal file and its WAL, in bytes; null when unknown or unreadable. */
