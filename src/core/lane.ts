@@ -133,6 +133,8 @@ export interface Lane {
    * sooner after the restart than that counts the guard from here, not from itself: a write
    * sent just before a SIGKILL, the daemon restarted within the request timeout, could land
    * after a guard counted from the take-up (a second write, or a stop confirmed and undone).
+   * Later when an earlier life was configured with longer timings than this one: its saved
+   * bound less this life's guard (earlier-write-bounds.ts).
    */
   readonly earlierWriteUnknownSinceMono: number;
   /**

@@ -10,6 +10,7 @@ import {
 import type { Clock } from './clock.js';
 import { gatewayVerdict } from './clock-policy.js';
 import { deviceView, startMonitor, type DeviceView } from './device-monitor.js';
+import { earlierWriteUnknownSince, takeUpWriteBounds } from './earlier-write-bounds.js';
 import type { Readback } from './driver.js';
 import {
   InvalidCommandError,
@@ -140,6 +141,8 @@ export class CommandPipeline {
    */
   private readonly receivedMono = new Map<string, number>();
   private closed = false;
+  /** Cancels the save of this life's own write bounds alone (earlier-write-bounds.ts). */
+  private readonly cancelBoundsSave: () => void;
 
   constructor(options: PipelineOptions) {
     // The sleeps of lanes without a command in flight (the device monitor's, the sweep's)
@@ -157,14 +160,26 @@ export class CommandPipeline {
       gateway: null,
     };
     const earlierLivesEnded = options.earlierLivesEndedMono ?? this.clock.elapsed();
-    for (const binding of options.devices) {
+    const bindings = [...options.devices];
+    // Before anything of this life is dispatched: a later life must know its bounds.
+    const bounds = takeUpWriteBounds({
+      journal: this.journal,
+      clock: this.clock,
+      logger: this.logger,
+      bindings,
+      earlierLivesEndedMono: earlierLivesEnded,
+    });
+    this.cancelBoundsSave = bounds.cancel;
+    for (const binding of bindings) {
       this.lanes.set(binding.id, {
         binding,
         unreachableGraceMs:
           binding.unreachableGraceMs ?? options.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
-        earlierWriteUnknownSinceMono:
-          earlierLivesEnded +
-          (binding.requestTimeoutMs ?? binding.profile.timing.redispatchGuardMs),
+        earlierWriteUnknownSinceMono: earlierWriteUnknownSince(
+          binding,
+          earlierLivesEnded,
+          bounds.earlier,
+        ),
         earlierLivesEndedMono: earlierLivesEnded,
         queue: [],
         running: null,
@@ -583,6 +598,7 @@ export class CommandPipeline {
    */
   async stop(boundMs: number): Promise<void> {
     this.closed = true;
+    this.cancelBoundsSave();
     for (const lane of this.lanes.values()) {
       lane.queue.length = 0;
       lane.unresolved = null;

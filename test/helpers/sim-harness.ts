@@ -114,7 +114,7 @@ export class SimHarness {
   journal!: SqliteJournal;
   pipeline!: CommandPipeline;
   drivers!: Drivers;
-  private readonly options: SimHarnessOptions;
+  private options: SimHarnessOptions;
   private readonly dir: string;
   private readonly cleanupDir: () => void;
   private readonly logger: Logger;
@@ -340,6 +340,14 @@ export class SimHarness {
     this.journal.close();
     await this.pipeline.stop(0);
     await this.drivers.close();
+  }
+
+  /**
+   * The configuration of the lives built from here on (restart()): these options in place of
+   * the ones given, as an operator edits the site's timings before a restart.
+   */
+  reconfigure(change: Partial<SimHarnessOptions>): void {
+    this.options = { ...this.options, ...change };
   }
 
   /** A new life on the same journal file: recovery runs first. Returns the open commands. */

@@ -1,0 +1,138 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { WRITE_BOUNDS_KEY } from '../../src/core/earlier-write-bounds.js';
+import { SimHarness } from '../helpers/sim-harness.js';
+import type { WriteLogEntry } from '../../simulators/write-log.js';
+
+/**
+ * A write sent just before the daemon's life ends, its request still on its way, and the daemon
+ * restarted at once with shorter timings: an operator edited the site's request timeout and
+ * redispatch guard, which take effect at a restart (the configuration is not reloaded). On the
+ * real parts: the pipeline with the real Modbus driver against sluice-sim, a real journal file;
+ * judged from the simulator's write log and the journal.
+ *
+ * The earlier life's write is taken, if ever, within its own profile's contract: the guard it
+ * was configured with after the request timeout it was configured with (docs/device-profiles.md,
+ * "How the timings relate"). Waited out by the new life's shorter timings, it was proven not
+ * applied and sent a second time (two writes of sequence number 1 at the controller, I1), and a
+ * stop was confirmed at once and then undone by it (the actuator travelling to 80 % after the
+ * stop was reported confirmed). Each life now saves its bounds in the journal
+ * (src/core/earlier-write-bounds.ts) and the next waits out the longer.
+ *
+ * The life ends as in restart-within-timeout.test.ts: its journal closed, its workers and
+ * connections left to die, the next one built on the same journal file while the write is held
+ * on the simulator's link.
+ */
+
+let h: SimHarness | undefined;
+let dying: Promise<unknown> | null = null;
+afterEach(async () => {
+  await dying;
+  dying = null;
+  await h?.close();
+  h = undefined;
+});
+
+/** The earlier life's timings: a write may land up to 2,500 ms after it was sent. */
+const OLD = { requestTimeoutMs: 1_000, guardMs: 1_500 };
+/** The next life's: its own writes land within 650 ms if ever. */
+const NEW = { requestTimeoutMs: 250, guardMs: 400 };
+/** Held on the link this long: within the earlier life's contract, past the next life's. */
+const LINK_MS = 2_000;
+
+const start = (warm: boolean): Promise<SimHarness> =>
+  SimHarness.start({
+    travelMs: 100,
+    warm,
+    requestTimeoutMs: OLD.requestTimeoutMs,
+    timing: { redispatchGuardMs: OLD.guardMs, confirmTimeoutMs: 6_000 },
+  });
+
+/** Ends the life at once, as SIGKILL does, and starts the next with the shorter timings. */
+async function killAndRestart(harness: SimHarness): Promise<void> {
+  harness.journal.close();
+  dying = Promise.all([harness.pipeline.stop(0), harness.drivers.close()]).catch(() => undefined);
+  harness.reconfigure({
+    requestTimeoutMs: NEW.requestTimeoutMs,
+    timing: { redispatchGuardMs: NEW.guardMs, confirmTimeoutMs: 6_000 },
+  });
+  await harness.restart();
+}
+
+function writeOf(log: readonly WriteLogEntry[], seq: number | null): WriteLogEntry {
+  const writes = log.filter((w) => w.seq === seq);
+  expect(writes).toHaveLength(1);
+  return writes[0]!;
+}
+
+/** The bounds saved in the journal, by device (WRITE_BOUNDS_KEY). */
+function savedBounds(harness: SimHarness): Record<string, number> {
+  const text = harness.journal.readMeta(WRITE_BOUNDS_KEY);
+  expect(text).not.toBeNull();
+  return (JSON.parse(text!) as { devices: Record<string, number> }).devices;
+}
+
+describe('the daemon restarted with shorter timings within the earlier life’s bound of a write it had sent', () => {
+  it('the taken-up write is not proven unapplied, and sent again, while it can still land', async () => {
+    h = await start(true);
+    const v1 = h.device('v1');
+    v1.setFault({ kind: 'latency', ms: LINK_MS, on: 'write', when: 'before' });
+    h.submit('open', { device: 'v1', action: 'open', ttlMs: 10_000 });
+    await h.until(() => v1.writers.length === 1, 5_000, 'the open on the link');
+    v1.clearFault('latency');
+    await killAndRestart(h);
+    const open = await h.settled('open', 15_000);
+    await h.until(
+      () => v1.writeLog.some((w) => w.seq === open.seq && w.heldOnLinkMs !== undefined),
+      5_000,
+      'the first write landed',
+    );
+
+    // Ground truth: one write, taken when it arrived; confirmed by its echo, never re-dispatched.
+    expect(v1.writeLog.map((w) => [w.seq, w.outcome])).toEqual([[open.seq, 'accepted']]);
+    expect(v1.writeLog[0]!.heldOnLinkMs!).toBeGreaterThanOrEqual(LINK_MS);
+    expect(open).toMatchObject({ state: 'confirmed', attempts: 1 });
+    expect(h.journal.history(open).some((e) => e.detail.startsWith('redispatch:'))).toBe(false);
+  });
+
+  it('a stop after the restart waits until that write can no longer land, and says it did not hold', async () => {
+    h = await start(false);
+    const a1 = h.device('a1');
+    a1.setFault({ kind: 'latency', ms: LINK_MS, on: 'write', when: 'before' });
+    h.submit('move', { device: 'a1', action: 'move', position: 80, ttlMs: 10_000 });
+    await h.until(() => a1.writers.length === 1, 5_000, 'the move on the link');
+    a1.clearFault('latency');
+    await killAndRestart(h);
+    h.submit('stop', { device: 'a1', action: 'stop', ttlMs: 10_000 });
+    const stop = await h.settled('stop', 15_000);
+    const move = await h.settled('move', 15_000);
+    await h.until(
+      () => a1.writeLog.some((w) => w.seq === move.seq && w.settledAt !== null),
+      5_000,
+      'the move taken',
+    );
+
+    // Ground truth: the stop was taken first (a no-op: the move had not arrived), the move after
+    // it. The stop is never confirmed while the move could still land.
+    const stopWrite = writeOf(a1.writeLog, stop.seq);
+    const moveWrite = writeOf(a1.writeLog, move.seq);
+    expect(moveWrite.outcome).toBe('accepted');
+    expect(moveWrite.settledAt!).toBeGreaterThan(stopWrite.settledAt!);
+    expect(stop).toMatchObject({ state: 'failed', code: 'READBACK_MISMATCH' });
+    expect(stop.detail).toMatch(/the stop did not hold/);
+    expect(stop.settledAt!).toBeGreaterThanOrEqual(moveWrite.settledAt!);
+  });
+
+  it('hands the earlier bound on while it runs, then saves its own alone', async () => {
+    h = await start(false);
+    const oldBound = OLD.requestTimeoutMs + OLD.guardMs;
+    const newBound = NEW.requestTimeoutMs + NEW.guardMs;
+    expect(savedBounds(h)).toMatchObject({ v1: oldBound, a1: oldBound });
+    await killAndRestart(h);
+    // Saved before the new life dispatches anything: a life ended now hands the earlier bound on.
+    expect(savedBounds(h)).toMatchObject({ v1: oldBound, a1: oldBound });
+    const restarted = Date.now();
+    await h.until(() => savedBounds(h!).v1 === newBound, 5_000, 'the own bounds saved');
+    expect(Date.now() - restarted).toBeGreaterThanOrEqual(oldBound - 100);
+    expect(savedBounds(h)).toMatchObject({ v1: newBound, v2: newBound, a1: newBound });
+  });
+});
