@@ -212,8 +212,10 @@ export class CommandWrites {
    * The second write of a command was withdrawn before it was sent — by a stop that preempted
    * the command, or as the daemon stopped: the history says so, as for a first write
    * (withdrawn). Whoever takes the command up next (this life once the stop is terminal, or the
-   * next start) goes by it: the command was dispatched twice, so it is not sent again
-   * (execution.ts, takeUpUnsent), and nothing was applied. Without the line the history showed
+   * next start) goes by it (execution.ts, takeUpUnsent): after a stop, the command is not sent
+   * again, and nothing was applied; withdrawn as the daemon stopped, with no stop after the
+   * command, its history proves its one write that may have left proven not applied and this
+   * one never sent (provenThenUnsent), and the next start goes round again. Without the line the history showed
    * the re-dispatch and then an outcome read back after the stop ("stopped by …"), as if the
    * second write had gone out; and after a restart a controller showing its power-up echo
    * would leave it unknown.
@@ -250,11 +252,15 @@ export class CommandWrites {
           ? 'as the daemon stopped'
           : 'before it was sent';
     const seq = requireSeq(record);
-    // Not sent again only when a write of it before this one may have left the gateway (proven
-    // not applied): one whose earlier writes all found no connection is still never written.
+    // One whose earlier writes all found no connection (or were withdrawn) is still never
+    // written. One with a write before that may have left the gateway (proven not applied) is
+    // not sent again when a stop withdrew this one; withdrawn otherwise (the daemon stopping),
+    // its take-up goes round as after a write refused unsent (execution.ts, takeUpUnsent).
     const sentBefore =
       record.attempts < 2 ? 0 : writesMaybeSent(this.host.journal.history(record), seq, false);
-    this.host.note(record, unsentLine(seq, why, error, sentBefore > 0));
+    const then =
+      sentBefore === 0 ? 'not-yet-written' : stop === null ? 'round-again' : 'not-sent-again';
+    this.host.note(record, unsentLine(seq, why, error, then));
   }
 
   refused(

@@ -13,7 +13,7 @@ import { afterPreviousWrite } from './previous-write-wait.js';
 import {
   latestUnsentCause,
   noConnectionLine,
-  provenThenRefused,
+  provenThenUnsent,
   writesMaybeSent,
   type UnsentCause,
 } from './redispatch.js';
@@ -77,9 +77,10 @@ export class CommandExecution {
    * re-dispatch before it goes out (I1: a later life then knows it may have been sent). A
    * command with an earlier write that may have gone out is not written again (redispatch.ts:
    * one re-dispatch of a write that may have left), nor one at MAX_DISPATCHES — unless its
-   * history proves that write proven not applied and every write since refused unsent for want
-   * of a connection (provenThenRefused), with no stop after it: it then goes round as on the
-   * live path (goRoundAgain), its next write the second that may leave the gateway.
+   * history proves that write proven not applied and every write since never sent, refused for
+   * want of a connection or withdrawn (a shutdown) (provenThenUnsent), with no stop after it: it
+   * then goes round as on the live path (goRoundAgain), its next write the second that may leave
+   * the gateway.
    */
   private async takeUpUnsent(
     lane: Lane,
@@ -110,15 +111,11 @@ export class CommandExecution {
       });
       return;
     }
-    // Its one write that may have left was proven not applied and every write since found no
-    // connection (the history proves it): it goes round as on the live path (goRoundAgain), the
-    // next write the second that may leave the gateway (I1), within its deadline (I3).
-    if (
-      sentBefore === 1 &&
-      stop === undefined &&
-      cause === 'no-connection' &&
-      provenThenRefused(history, seq)
-    ) {
+    // Its one write that may have left was proven not applied and every write since was never
+    // sent — found no connection, or withdrawn as the daemon stopped (the history proves it):
+    // it goes round as on the live path (goRoundAgain), the next write the second that may
+    // leave the gateway (I1), within its deadline (I3).
+    if (sentBefore === 1 && stop === undefined && provenThenUnsent(history, seq)) {
       if (this.settleAtCap(record, seq, sentBefore, log)) return;
       this.host.note(
         record,
@@ -275,7 +272,11 @@ export class CommandExecution {
         detail:
           course.from === 'dispatched' && course.unsent === 'no-connection'
             ? `the write never reached the controller: ${course.sentBefore > 0 ? 'its first write was sent and proven not applied, and ' : ''}its write (sequence number ${course.seq}) found no connection to the controller, and none could be had to go round again before its deadline ${new Date(record.deadline).toISOString()}; nothing was applied (${read.lastError ?? 'no answer'})`
-            : `no readback before the deadline; nothing was written (${read.lastError ?? 'no answer'})`,
+            : course.from === 'dispatched' && course.sentBefore > 0
+              ? // Withdrawn as the daemon stopped, after a write sent and proven not applied: a
+                // write of it went out, so not "nothing was written".
+                `the write never reached the controller: its first write was sent and proven not applied, and its write (sequence number ${course.seq}) was withdrawn before it was sent, and no readback came to go round again before its deadline ${new Date(record.deadline).toISOString()}; nothing was applied (${read.lastError ?? 'no answer'})`
+              : `no readback before the deadline; nothing was written (${read.lastError ?? 'no answer'})`,
       });
       return null;
     }

@@ -222,15 +222,30 @@ export function localSeenIn(history: readonly JournalEvent[], seq: number): bool
  * rejected it with WriteNotSentError, so it never left this process and never will
  * (command-writes.ts, `withdrawn`) — or it was withdrawn while it waited to be sent again after
  * the controller had answered it busy, unprocessed (busy-write.ts; `error` says so). Either
- * way the controller processed none of it. Only that process knew it; the line is how a
- * later life learns it. `second`: a re-dispatch after a write that may have left the gateway
- * (proven not applied), which is not sent again (execution.ts, takeUpUnsent), where a write of
- * a command none of whose writes was sent is taken up as a command not yet written.
+ * way the controller processed none of it. Only that process knows it; the line is how a
+ * later life learns it. `then`, what its take-up does (execution.ts, takeUpUnsent):
+ * - `not-yet-written`: every write of the command before it was never sent either: it is taken
+ *   up as a command not yet written;
+ * - `not-sent-again`: a write of it before may have left the gateway and a stop withdrew this
+ *   one (it preempted the command): it is not sent again;
+ * - `round-again`: a write of it before was sent and proven not applied, and no stop withdrew
+ *   this one (the daemon stopped): it goes round as after a write refused for want of a
+ *   connection (provenThenUnsent), unless a stop was accepted after the command.
  */
-export function unsentLine(seq: number, why: string, error: string, second = false): string {
-  const next = second
-    ? 'and as the command was already dispatched twice it is not sent again'
-    : 'and it is taken up as a command not yet written';
+export type UnsentThen = 'not-yet-written' | 'not-sent-again' | 'round-again';
+
+export function unsentLine(
+  seq: number,
+  why: string,
+  error: string,
+  then: UnsentThen = 'not-yet-written',
+): string {
+  const next =
+    then === 'not-sent-again'
+      ? 'and as the command was already dispatched twice it is not sent again'
+      : then === 'round-again'
+        ? 'and as its write sent before this one was proven not applied, it goes round again unless a stop was accepted after the command: a fresh read decides, then its write, the second that may leave the gateway'
+        : 'and it is taken up as a command not yet written';
   return `${unsentPrefix(seq)} ${why} (${error}); the controller processed none of it, ${next}`;
 }
 
@@ -334,16 +349,19 @@ export const FIRST_NOT_APPLIED = ': the first write was not applied';
 
 /**
  * Whether this history proves that the command's one write that may have left the gateway was
- * proven not applied and that every write of it since was refused unsent for want of a
- * connection: of its journaled writes (its dispatch, then each re-dispatch), exactly one is not
- * followed by an unsent line; the re-dispatch right after it is the one its proof made (its
- * line: the proof of write `seq`, an image produced past the guard without its echo, "the first
- * write was not applied"); and each write after it has the no-connection line (noConnectionLine),
- * none withdrawn (a withdrawn second write's line says it is not sent again). Then the proven
- * write can no longer land and none since left the gateway: a write now is the second that may
- * leave it (I1), as on the live path (execution.ts, goRoundAgain). False for any other history.
+ * proven not applied and that every write of it since was never sent: of its journaled writes
+ * (its dispatch, then each re-dispatch), exactly one is not followed by an unsent line; the
+ * re-dispatch right after it is the one its proof made (its line: the proof of write `seq`, an
+ * image produced past the guard without its echo, "the first write was not applied"); and each
+ * write after it has an unsent line: refused for want of a connection (noConnectionLine) or
+ * withdrawn before it was sent (unsentLine: a shutdown, a stop). Either way the driver proved it
+ * never left the process (WriteNotSentError). Then the proven write can no longer land and none
+ * since left the gateway: a write now is the second that may leave it (I1), as on the live path
+ * (execution.ts, goRoundAgain). False for any other history: a write with no unsent line after
+ * it counts as one that may have left, whatever became of it (a line the journal failed to take
+ * proves nothing). A stop accepted after the command is the caller's to judge.
  */
-export function provenThenRefused(history: readonly JournalEvent[], seq: number): boolean {
+export function provenThenUnsent(history: readonly JournalEvent[], seq: number): boolean {
   const cause = unsentCauseOf(seq);
   const proof = `redispatch: sequence number ${seq} is not echoed and an image produced `;
   const writes: { proof: boolean; unsent: UnsentCause | null }[] = [];
@@ -370,7 +388,7 @@ export function provenThenRefused(history: readonly JournalEvent[], seq: number)
   if (sent.length !== 1 || only === undefined) return false;
   const after = writes.slice(writes.indexOf(only) + 1);
   const [proven] = after;
-  return proven?.proof === true && after.every((w) => w.unsent === 'no-connection');
+  return proven?.proof === true && after.every((w) => w.unsent !== null);
 }
 
 /**
