@@ -175,7 +175,7 @@ export class HeldCopies {
   leftToResend(pending: (client: MqttClient) => boolean): LeftCopies | null {
     const left = this.left;
     if (left === null) return null;
-    if (left.client.stream !== left.connection || !left.client.connected) {
+    if (!isOpen(left.client, left.connection)) {
       this.left = null;
       return null;
     }
@@ -200,7 +200,7 @@ export class HeldCopies {
     const gone: HeldCopy[] = [];
     const kept: HeldCopy[] = [];
     for (const copy of this.held) {
-      if (copy.client.stream !== copy.connection || !copy.client.connected) gone.push(copy);
+      if (!isOpen(copy.client, copy.connection)) gone.push(copy);
       else if (pending(copy.client)) kept.push(copy);
       else ready.push(copy);
     }
@@ -214,6 +214,21 @@ export class HeldCopies {
     this.leftConnection = null;
     return this.held.splice(0);
   }
+}
+
+/**
+ * Whether `connection` is `client`'s connection and still open. mqtt.js says a client connected
+ * until its own close handler has run, and MqttSession's runs before it (prepended, and it ends
+ * the probe there): a copy held on a connection that is closing looked ready, was handled as if
+ * its verdict were known, and was answered "not run" though the broker sends it again. The
+ * stream is destroyed once it has closed.
+ */
+function isOpen(client: MqttClient, connection: unknown): boolean {
+  return (
+    client.stream === connection &&
+    client.connected &&
+    (connection as { readonly destroyed?: boolean } | null)?.destroyed !== true
+  );
 }
 
 /** A copy left with the broker, as its redelivery shows it again: packet id, topic, payload. */

@@ -341,6 +341,38 @@ describe.skipIf(!available)(
     }, 40_000);
 
     /**
+     * A copy held for the probe's verdict when the broker stops (SIGTERM: it closes the
+     * connection, saves the session and sends the copy again, DUP, once it is back) goes with its
+     * connection, unacknowledged, as one whose connection is cut does. The session's close handler
+     * runs before mqtt.js marks the client disconnected: the copy was handled there as if its
+     * verdict were known (none yet in this run: identifiers trusted), taken for another filter's
+     * copy and answered INVALID_COMMAND "not run … publish it again" once the stray-copy wait ran
+     * out (300 ms here, 5 s by default; the broker away longer), though the broker then sent it
+     * again and it ran: a plant system that published it again would have moved the valve twice.
+     */
+    it('MQTT 5: a copy held when the broker stops is not answered as not run, and runs once', async () => {
+      const { clientId, topic, nextRun, held, plant, observer, written, key, action } =
+        await afterFirstRun('gwnoidsstop', { strayCopyWaitMs: 300 });
+      await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
+
+      const intake = nextRun(1_500);
+      await until(() => (held() >= 1 ? true : undefined), 10_000, 'the command held');
+      await site.broker.stop();
+      // Away longer than the stray-copy wait.
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      await site.broker.restart();
+      const result = await observer.waitFor((m) => m.json().key === key, 15_000, 'result');
+      expect(result.json()).toMatchObject({ state: 'confirmed' });
+      // Anything published while the broker was away went out before the result.
+      expectOnlyConfirmed(observer, [key]);
+      const deliveries = site.broker.deliveriesTo(clientId, topic);
+      expect(deliveries.some((d) => d.dup)).toBe(true);
+      expect(site.stack.journal.findByKey(key)).toHaveLength(1);
+      expect(written()).toBe(1);
+      await intake.stop();
+    }, 40_000);
+
+    /**
      * Once a copy is left with the broker past the hold limit (1 here), a command published later
      * to the same device reaches the gateway after the probe's verdict and before the drop (while
      * the claims of the copies held commit): it was handled as it came, claimed and run, and the
