@@ -123,6 +123,9 @@ export class ControlApi {
         const result = plc.applyPowerCycle(await readJson(req));
         return { plc: plc.name, ...result, powered: plc.powered };
       }),
+      // { ms, afterReadOf? }: the PLC's communication module off the network for ms (Modbus
+      // and OPC UA; OPC UA closes its sessions too), at once or after its next read of a
+      // device; simulators/README.md, "Refusal of connections".
       route('POST', '/plcs/:id/refuse-connections', async (req, [id]) => {
         const plc = this.#plc(id);
         const result = plc.applyRefuseConnections(await readJson(req));

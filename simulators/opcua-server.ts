@@ -21,7 +21,9 @@
  *
  * A power cycle closes every session and aborts every channel; while the power is off, new
  * channels are aborted as soon as they open. A session loss closes every session and keeps
- * the channels; new sessions may be refused for a while (BadTooManySessions).
+ * the channels; new sessions may be refused for a while (BadTooManySessions). A refusal of
+ * connections closes every session, aborts every channel and stops listening for a while
+ * (opcua-refusal.ts); requests held on the link then die with their sessions.
  *
  * A Write request changes the command variables all at once, when node-opcua has processed it,
  * with the values that request carried. node-opcua processes requests concurrently and awaits
@@ -67,6 +69,7 @@ import type { OpcuaVariableName } from './codes.js';
 import { FaultNotApplicableError } from './errors.js';
 import { planRequest } from './faults.js';
 import type { Direction, FaultSet, LinkPlan } from './faults.js';
+import { OpcuaRefusal } from './opcua-refusal.js';
 import type { OpcuaPlcConfig } from './plant-file.js';
 import type { PlcEndpoint, PowerCycleResult, SimDevice, SimPlc } from './plc.js';
 import { Timers } from './timers.js';
@@ -183,6 +186,8 @@ interface PendingRequest {
   processed?: () => void;
   /** How long a link fault held it before it was delivered (the write log's heldOnLinkMs). */
   heldOnLinkMs?: number;
+  /** Read requests: the devices whose variables it reads (an armed refusal of connections). */
+  readOf?: readonly string[];
 }
 
 const STATUS_TYPES: Readonly<
@@ -297,6 +302,7 @@ export class OpcuaPlcServer {
   #namespaceIndex = 1;
   /** Time-source reading until which new sessions are refused (loseSessions' refuseMs). */
   #refuseSessionsUntil = Number.NEGATIVE_INFINITY;
+  readonly #refusal: OpcuaRefusal;
 
   constructor(plc: SimPlc, config: OpcuaPlcConfig, options: OpcuaServerOptions = {}) {
     this.#plc = plc;
@@ -333,6 +339,10 @@ export class OpcuaPlcServer {
     });
     plc.onSessionLoss((refuseUntil) => {
       this.#loseSessions(refuseUntil);
+    });
+    this.#refusal = new OpcuaRefusal(plc);
+    plc.onRefuseConnections((refusal) => {
+      this.#refusal.apply(refusal);
     });
   }
 
@@ -402,6 +412,7 @@ export class OpcuaPlcServer {
       }
     });
     await server.start();
+    this.#refusal.attach(server);
     const endpoint = server.endpoints[0];
     const port = endpoint?.port ?? this.#config.port;
     const host = wildcard ? '127.0.0.1' : this.#config.host;
@@ -414,6 +425,7 @@ export class OpcuaPlcServer {
 
   async stop(): Promise<void> {
     this.#timers.cancelAll();
+    this.#refusal.detach();
     const server = this.#server;
     this.#server = undefined;
     try {
@@ -585,9 +597,13 @@ export class OpcuaPlcServer {
         });
         this.#links.set(channel, link);
       }
+      const refusals = this.#refusal.count;
       link.submit(() => {
-        // Requests still waiting behind a held one when the power went died with the link.
-        if (this.#plc.powerCycles !== powerCycles) return undefined;
+        // Requests still waiting behind a held one when the power went, or the communication
+        // module dropped off the network, died with the link.
+        if (this.#plc.powerCycles !== powerCycles || this.#refusal.count !== refusals) {
+          return undefined;
+        }
         if (!this.#plc.powered) {
           channel.abruptlyInterrupt();
           return undefined;
@@ -689,6 +705,7 @@ export class OpcuaPlcServer {
     const answered = perNode.map((v) => (v?.applied === true ? v.status : undefined));
     const pending: PendingRequest = { plan, bad, answered };
     if (failed !== undefined) pending.serviceFault = failed;
+    if (direction === 'read') pending.readOf = devices.map((d) => d.id);
 
     if (request instanceof WriteRequest) {
       const nodesToWrite = request.nodesToWrite ?? [];
@@ -736,8 +753,8 @@ export class OpcuaPlcServer {
 
   /**
    * Holds a request on the link `ms`, then until `stalled` settles, then delivers it, whatever
-   * became of the client's connection meanwhile, unless a power cycle or the plant's stop took
-   * the link and what was on it. Settles once node-opcua has processed it, not just received
+   * became of the client's connection meanwhile, unless a power cycle, a refusal of connections
+   * (its session is gone) or the plant's stop took the link and what was on it. Settles once node-opcua has processed it, not just received
    * it: node-opcua processes requests concurrently, a PLC's communication task in order, and
    * the ones behind it wait.
    */
@@ -748,10 +765,17 @@ export class OpcuaPlcServer {
     deliver: () => void,
   ): Promise<void> {
     const powerCycles = this.#plc.powerCycles;
+    const refusals = this.#refusal.count;
     const heldFrom = this.#plc.time.now();
     if (ms > 0) await this.#timers.delay(ms);
     if (stalled !== undefined) await this.#timers.until(stalled);
-    if (this.#server === undefined || this.#plc.powerCycles !== powerCycles) return;
+    if (
+      this.#server === undefined ||
+      this.#plc.powerCycles !== powerCycles ||
+      this.#refusal.count !== refusals
+    ) {
+      return;
+    }
     pending.heldOnLinkMs = this.#plc.time.now() - heldFrom;
     await new Promise<void>((resolve) => {
       pending.processed = resolve;
@@ -785,6 +809,8 @@ export class OpcuaPlcServer {
           callback?.();
         } else {
           send(msgType, answer, message, callback);
+          // An armed refusal of connections starts right after the answer is handed over.
+          if (pending.readOf !== undefined) this.#refusal.answeredRead(pending.readOf);
         }
       };
       if (pending.plan.latencyMs > 0) this.#timers.after(pending.plan.latencyMs, finish);

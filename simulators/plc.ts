@@ -569,13 +569,15 @@ export class SimPlc {
    * listens) until `ms` have passed, then it listens on the same port again. Unlike a power
    * cycle nothing of the controller is lost (scans, travel, the seq echo, the command
    * registers, writes waiting for a scan), so a client that finds no connection knows that
-   * nothing it did not send was applied. Requests a link fault holds (`latency` `when: before`,
-   * a `stall`) were already on the wire and are applied when the hold ends; requests queued
-   * behind one on a reset connection die with it. Measured in real time, not on the time
-   * source. Called again while refusing, the refusal lasts until the later end. With
-   * `afterReadOf` it starts only once the PLC has answered its next read of that device: a
-   * master that read the device just before it would write finds no connection for the write.
-   * Modbus only.
+   * nothing it did not send was applied. On Modbus, requests a link fault holds (`latency`
+   * `when: before`, a `stall`) were already on the wire and are applied when the hold ends;
+   * requests queued behind one on a reset connection die with it. On OPC UA every session is
+   * closed as well (a client needs a new one), and requests held on the link die with their
+   * session (opcua-refusal.ts). Measured in real time, not on the time source. Called again
+   * while refusing, the refusal lasts until the later end. With `afterReadOf` it starts only
+   * once the PLC has answered its next read of that device (Modbus: a read of its registers;
+   * OPC UA: a Read request of its variables): a master that read the device just before it
+   * would write finds no connection for the write.
    */
   refuseConnections(options: RefuseConnectionsOptions): void {
     this.applyRefuseConnections(options);
@@ -594,7 +596,7 @@ export class SimPlc {
       throw new FaultNotApplicableError(
         'refuse-connections',
         `PLC ${this.name}`,
-        'only the Modbus front end closes its listener',
+        'its front end cannot close its listener',
       );
     }
     const refusal = parsed.data;
@@ -613,7 +615,7 @@ export class SimPlc {
     return refusal;
   }
 
-  /** @internal a Modbus front end resets its connections and closes its listener. */
+  /** @internal a front end resets its connections and closes its listener. */
   onRefuseConnections(listener: (refusal: RefuseConnections) => void): void {
     this.#refusalListeners.push(listener);
   }
