@@ -75,16 +75,27 @@ export function certificateVerdict(
       detail: `its certificate (CN=${name}) is not valid before ${iso(validFrom)}: clients' TLS handshakes fail (is the gateway clock right?)`,
     };
   }
-  const days = Math.floor((validTo - now) / (24 * 3_600_000));
   return validTo - now <= EXPIRY_NOTICE_MS
     ? {
         ok: true,
         state: 'expiring',
-        detail: `certificate CN=${name} expires on ${iso(validTo)} (in ${String(days)} days): replace it before then`,
+        detail: `certificate CN=${name} expires on ${iso(validTo)} (in ${timeLeft(validTo - now)}): replace it before then`,
       }
     : {
         ok: true,
         state: 'valid',
         detail: `certificate CN=${name} valid until ${iso(validTo).slice(0, 10)}`,
       };
+}
+
+/**
+ * The time left before expiry, rounded down, in the largest unit that is at least one: whole
+ * days said "in 0 days" of a certificate with hours left, and "in 1 days".
+ */
+function timeLeft(ms: number): string {
+  const count = (n: number, unit: string): string => `${String(n)} ${unit}${n === 1 ? '' : 's'}`;
+  const hour = 3_600_000;
+  if (ms >= 24 * hour) return count(Math.floor(ms / (24 * hour)), 'day');
+  if (ms >= hour) return count(Math.floor(ms / hour), 'hour');
+  return count(Math.max(1, Math.floor(ms / 60_000)), 'minute');
 }
