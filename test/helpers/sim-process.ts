@@ -103,7 +103,8 @@ export class RemoteDevice {
 export class SimProcess {
   private constructor(
     private readonly child: ChildProcess,
-    private readonly controlUrl: string,
+    /** The control API's base URL as sluice-sim printed it (`http://127.0.0.1:<port>`). */
+    readonly controlUrl: string,
     readonly plcs: readonly LaidOutPlc[],
     private readonly output: () => string,
   ) {}

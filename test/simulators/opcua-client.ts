@@ -52,6 +52,21 @@ export async function releaseClientPki(): Promise<void> {
   await rm(pki.dir, { recursive: true, force: true });
 }
 
+/**
+ * Makes the client certificate of connectOpcua's PKI now (seconds of key generation), so that
+ * a test can do it while it starts the server it will connect to.
+ */
+export async function prepareClientCertificate(): Promise<void> {
+  const manager = await clientPki();
+  await manager.initialize();
+  const client = OPCUAClient.create({
+    applicationName: 'sluice-sim-test',
+    endpointMustExist: false,
+    clientCertificateManager: manager,
+  });
+  await client.createDefaultCertificate();
+}
+
 /** A node-opcua client session on an endpoint. */
 export async function connectOpcua(
   endpointUrl: string,
