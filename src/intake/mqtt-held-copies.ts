@@ -139,20 +139,26 @@ export class HeldCopies {
     callback(
       new Error('not acknowledged: left with the broker, to be sent again on the next connection'),
     );
+    this.remember(packet, receivedMono);
+  }
+
+  /** Remembers when `packet` first came, for its redelivery (cameAt). */
+  private remember(packet: IPublishPacket, receivedMono: number): void {
+    if (packet.qos === 0 || packet.messageId === undefined) return;
     const id = leftId(packet);
-    if (!this.leftCame.has(id)) {
-      this.leftCame.set(id, receivedMono);
-      for (const oldest of this.leftCame.keys()) {
-        if (this.leftCame.size <= MAX_LEFT_REMEMBERED) break;
-        this.leftCame.delete(oldest);
-      }
+    if (this.leftCame.has(id)) return;
+    this.leftCame.set(id, receivedMono);
+    for (const oldest of this.leftCame.keys()) {
+      if (this.leftCame.size <= MAX_LEFT_REMEMBERED) break;
+      this.leftCame.delete(oldest);
     }
   }
 
   /**
    * When `packet` came, for its timing (`now`: clock.elapsed()): when it first came if it is the
-   * redelivery (DUP) of a copy left with the broker (hold: `left`), else now. The gateway had
-   * it then, and left it for its own reasons: a command timed by its receipt is timed from then,
+   * redelivery (DUP) of a copy left with the broker (hold: `left`) or held until its connection
+   * ended (release: `gone`; a broker stopped or restarted, a link cut), else now. The gateway had
+   * it then, and held or left it for its own reasons: a command timed by its receipt is timed from then,
    * as a held copy is (HeldCopy.receivedMono); timed from the redelivery, one whose ttlMs ran out
    * meanwhile was written (I3). The broker sends it again with its packet identifier (MQTT 5
    * §4.4), topic and payload.
@@ -200,8 +206,11 @@ export class HeldCopies {
     const gone: HeldCopy[] = [];
     const kept: HeldCopy[] = [];
     for (const copy of this.held) {
-      if (!isOpen(copy.client, copy.connection)) gone.push(copy);
-      else if (pending(copy.client)) kept.push(copy);
+      if (!isOpen(copy.client, copy.connection)) {
+        // Sent again by the broker on a later connection: timed from when it came here (cameAt).
+        this.remember(copy.packet, copy.receivedMono);
+        gone.push(copy);
+      } else if (pending(copy.client)) kept.push(copy);
       else ready.push(copy);
     }
     this.held.splice(0, this.held.length, ...kept);

@@ -373,6 +373,45 @@ describe.skipIf(!available)(
     }, 40_000);
 
     /**
+     * A copy held for the probe's verdict whose connection ends first (here the broker restarted,
+     * SIGTERM: it saves the session and sends the copy again, DUP, on the next connection) is the
+     * gateway's to time as a held one is (f90b135) and one left past the hold limit is (cf37c45):
+     * a command without issuedAt is timed from when it first came. It was timed afresh from its
+     * redelivery, and one whose ttlMs had run out while the gateway held it and the broker was
+     * away was written (I3). The proxy holds back the probe's read-back 1.5 s on each connection;
+     * the broker is away 2 s: handled ~1.7 s after its redelivery, past its 3 s from first coming.
+     */
+    it('MQTT 5: a copy held when the broker restarts is timed from when it first came', async () => {
+      const { clientId, topic, nextRun, held, plant, observer, written, key, action } =
+        await afterFirstRun('gwnoidsrestart', { strayCopyWaitMs: 300 });
+      await plant.publish(
+        topic,
+        { action, key, ttlMs: 3_000 },
+        { properties: { messageExpiryInterval: 600 } },
+      );
+
+      const intake = nextRun(1_500);
+      await until(() => (held() >= 1 ? true : undefined), 10_000, 'the command held');
+      await site.broker.stop();
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      await site.broker.restart();
+      const result = await observer.waitFor((m) => m.json().key === key, 15_000, 'result');
+      expect(result.json()).toMatchObject({
+        state: 'rejected',
+        code: 'STALE_COMMAND',
+        issuedAtSource: 'gateway',
+      });
+      // Sent again by the restarted broker (DUP), held again, and never written.
+      const deliveries = site.broker.deliveriesTo(clientId, topic);
+      expect(deliveries.some((d) => d.dup)).toBe(true);
+      expect(held()).toBeGreaterThanOrEqual(2);
+      expect(site.stack.journal.findByKey(key)).toHaveLength(1);
+      expect(site.stack.pipeline.get({ scope: 'plant', key })?.dispatchedAt).toBeNull();
+      expect(written()).toBe(0);
+      await intake.stop();
+    }, 40_000);
+
+    /**
      * Once a copy is left with the broker past the hold limit (1 here), a command published later
      * to the same device reaches the gateway after the probe's verdict and before the drop (while
      * the claims of the copies held commit): it was handled as it came, claimed and run, and the
