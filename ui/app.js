@@ -959,7 +959,13 @@
       button.disabled = false;
       $('action-result').textContent =
         answer.status === 200
-          ? (answer.body.settled ? 'SETTLED by a fresh readback: ' : 'NOT SETTLED: ') +
+          ? (!answer.body.settled
+              ? 'NOT SETTLED: '
+              : answer.body.byReadback
+                ? 'SETTLED by a fresh readback: '
+                : // It ended otherwise while the reverify waited (its confirm timeout with no
+                  // read answering, its deadline, another operator's resolve).
+                  'SETTLED while the reverify waited, not by a fresh readback: ') +
             answer.body.detail
           : problemText(answer);
       loadCommand(shown.scope, shown.key);

@@ -60,17 +60,28 @@ export async function runReverify(
         `${error.message}. The reverify may have been noted in the command's history, and the command may have settled since: ${showLine(ctx, key, scope)}`,
       );
     });
-  const body = (answer.body ?? {}) as { settled?: unknown; detail?: unknown };
+  const body = (answer.body ?? {}) as {
+    settled?: unknown;
+    byReadback?: unknown;
+    detail?: unknown;
+  };
   const result = resultOf(answer.body);
   const settled = body.settled === true;
+  // Whether a readback taken after the request settled it: the command may have ended
+  // otherwise while the reverify waited (its confirm timeout with no read answering, its
+  // deadline, another operator's resolve). Null from a daemon that does not say.
+  const byReadback = typeof body.byReadback === 'boolean' ? body.byReadback : null;
   const detail = typeof body.detail === 'string' ? body.detail : null;
   if (ctx.json) {
-    ctx.outJson({ key, by, settled, detail, result });
+    ctx.outJson({ key, by, settled, byReadback, detail, result });
     return EXIT.OK;
   }
   if (settled) {
+    const outcome = `${result.state}${result.code === null ? '' : ` ${result.code}`}`;
     ctx.out(
-      `${ctx.style.paint('SETTLED', 'good')} by a fresh readback: ${result.state}${result.code === null ? '' : ` ${result.code}`}\n`,
+      byReadback === false
+        ? `${ctx.style.paint('SETTLED', 'warn')} while the reverify waited, not by a fresh readback (no read of the device taken since the request settled it): ${outcome}; its detail says how it ended\n`
+        : `${ctx.style.paint('SETTLED', 'good')}${byReadback === true ? ' by a fresh readback' : ''}: ${outcome}\n`,
     );
   } else {
     // The daemon says why (a device still travelling, a device no longer configured).

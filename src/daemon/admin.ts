@@ -3,6 +3,7 @@ import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import type { Clock } from '../core/clock.js';
+import { settledByReadback } from '../core/reverify-verdict.js';
 import {
   AlreadySettledError,
   JournalUnavailableError,
@@ -233,9 +234,15 @@ export class AdminEndpoint {
         await this.resolve(res, ref, by, reason);
         return;
       }
+      const askedAt = this.o.clock.now();
       const { record, detail } = await pipeline.reverify(ref, by, REVERIFY_WAIT_MS);
       const settled = record.state !== 'accepted' && record.state !== 'dispatched';
-      send(res, 200, { settled, result: toResult(record, false), detail });
+      send(res, 200, {
+        settled,
+        byReadback: settledByReadback(record, askedAt),
+        result: toResult(record, false),
+        detail,
+      });
       return;
     }
     throw new AdminError(404, 'NOT_FOUND', `no route ${method} ${path}`);

@@ -1,4 +1,5 @@
 import type { Clock } from '../core/clock.js';
+import { settledByReadback } from '../core/reverify-verdict.js';
 import { parseIdempotencyKey } from '../core/command.js';
 import { AlreadySettledError, InvalidKeyError, UnknownCommandError } from '../core/errors.js';
 import type { CommandRef } from '../core/journal.js';
@@ -90,6 +91,7 @@ export function operatorActions(options: OperatorActionsOptions): {
     const watch = watchSession(session);
     const by = operatorName(session, clientAddress(request));
     let outcome: Awaited<ReturnType<CommandPipeline['reverify']>> | 'ended';
+    const askedAt = clock.now();
     try {
       outcome = await untilEnded(pipeline.reverify(ref, by, REVERIFY_WAIT_MS), watch.ended).finally(
         watch.release,
@@ -113,7 +115,14 @@ export function operatorActions(options: OperatorActionsOptions): {
       { key: record.key, device: record.device, by, settled },
       'reverify from the status page',
     );
-    return json(reply, 200, { key: record.key, by, settled, detail, result: toResult(record) });
+    return json(reply, 200, {
+      key: record.key,
+      by,
+      settled,
+      byReadback: settledByReadback(record, askedAt),
+      detail,
+      result: toResult(record),
+    });
   }
 
   async function resolve(
