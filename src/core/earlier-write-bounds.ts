@@ -5,17 +5,20 @@ import type { Logger } from './logger.js';
 
 /**
  * How long after a life of the daemon ended a write it sent may still be taken by its
- * controller, by device, as that life was configured: its PLC's request timeout (the write may
- * have been on its way that long) plus its profile's redispatch guard (the profile's contract
- * has a write of unknown outcome taken within the guard after its request timed out, if ever:
- * docs/device-profiles.md, "How the timings relate").
+ * controller, by device, as that life was configured: a write of unknown outcome within its
+ * PLC's request timeout (the write may have been on its way that long) plus its profile's
+ * redispatch guard (the profile's contract has it taken within the guard after its request
+ * timed out, if ever: docs/device-profiles.md, "How the timings relate"); a write the controller
+ * acknowledged within its profile's confirm timeout (previous-write.ts).
  *
  * A restarted daemon counts the wait for an earlier life's write from when it took the journal's
  * writer lock (Lane.earlierWriteUnknownSinceMono). Counted with this life's timings alone, a
  * restart that shortened them (an operator's edit of the site: a request timeout of 1 s made
  * 250 ms, a guard of 1.5 s made 400 ms) ended the wait while the earlier life's write could
  * still land: it was proven not applied and sent a second time (I1), or a stop was confirmed and
- * then undone by it. Each life saves its own bounds in the journal before it dispatches anything
+ * then undone by it; a confirm timeout shortened from 6 s to 1 s had a close after the restart
+ * confirmed a no-op at CLOSED while the controller still held an acknowledged open of the
+ * earlier life (an operator had resolved its command), which it took after (I2). Each life saves its own bounds in the journal before it dispatches anything
  * (with those of the life before it while that life's writes may still land), and the next life
  * waits out the longer of its own and the saved ones.
  */
@@ -23,16 +26,34 @@ import type { Logger } from './logger.js';
 /** The journal's meta key under which each life keeps the bounds of its writes. */
 export const WRITE_BOUNDS_KEY = 'earlier-write-bounds';
 
-/** ms after a life's end within which a write it sent may still be taken, by device. */
-export type WriteBounds = ReadonlyMap<string, number>;
-
-/** This life's bound for a device's writes (see above). */
-export function ownBound(binding: DeviceBinding): number {
-  const guard = binding.profile.timing.redispatchGuardMs;
-  return (binding.requestTimeoutMs ?? guard) + guard;
+/** ms after a life's end within which a write it sent may still be taken (see above). */
+export interface WriteBound {
+  /** A write whose outcome was unknown: the request timeout plus the guard. */
+  readonly unknownMs: number;
+  /** A write the controller acknowledged: the confirm timeout. */
+  readonly ackedMs: number;
 }
 
-function parseBounds(text: string): Map<string, number> | null {
+/** The bounds by device. */
+export type WriteBounds = ReadonlyMap<string, WriteBound>;
+
+/** This life's bounds for a device's writes (see above). */
+export function ownBound(binding: DeviceBinding): WriteBound {
+  const { redispatchGuardMs: guard, confirmTimeoutMs } = binding.profile.timing;
+  return { unknownMs: (binding.requestTimeoutMs ?? guard) + guard, ackedMs: confirmTimeoutMs };
+}
+
+function longer(a: WriteBound, b: WriteBound | undefined): WriteBound {
+  return b === undefined
+    ? a
+    : { unknownMs: Math.max(a.unknownMs, b.unknownMs), ackedMs: Math.max(a.ackedMs, b.ackedMs) };
+}
+
+function duration(value: unknown): value is number {
+  return typeof value === 'number' && Number.isFinite(value) && value >= 0;
+}
+
+function parseBounds(text: string): Map<string, WriteBound> | null {
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -42,10 +63,17 @@ function parseBounds(text: string): Map<string, number> | null {
   if (typeof value !== 'object' || value === null) return null;
   const devices = (value as { devices?: unknown }).devices;
   if (typeof devices !== 'object' || devices === null || Array.isArray(devices)) return null;
-  const bounds = new Map<string, number>();
-  for (const [device, ms] of Object.entries(devices as Record<string, unknown>)) {
-    if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) return null;
-    bounds.set(device, ms);
+  const bounds = new Map<string, WriteBound>();
+  for (const [device, bound] of Object.entries(devices as Record<string, unknown>)) {
+    // As ef5b990 saved it: the unknown outcome's bound alone.
+    if (duration(bound)) {
+      bounds.set(device, { unknownMs: bound, ackedMs: 0 });
+      continue;
+    }
+    if (typeof bound !== 'object' || bound === null) return null;
+    const { unknownMs, ackedMs } = bound as { unknownMs?: unknown; ackedMs?: unknown };
+    if (!duration(unknownMs) || !duration(ackedMs)) return null;
+    bounds.set(device, { unknownMs, ackedMs });
   }
   return bounds;
 }
@@ -77,10 +105,10 @@ export function takeUpWriteBounds(options: EarlierWriteBoundsOptions): {
 } {
   const { journal, clock, logger, bindings, earlierLivesEndedMono } = options;
   const own = new Map(bindings.map((binding) => [binding.id, ownBound(binding)]));
-  let earlier: Map<string, number> = new Map();
+  let earlier = new Map<string, WriteBound>();
   try {
     const text = journal.readMeta(WRITE_BOUNDS_KEY);
-    const parsed = text === null ? new Map<string, number>() : parseBounds(text);
+    const parsed = text === null ? new Map<string, WriteBound>() : parseBounds(text);
     if (parsed === null) {
       logger.warn(
         { key: WRITE_BOUNDS_KEY, value: text?.slice(0, 200) },
@@ -106,15 +134,21 @@ export function takeUpWriteBounds(options: EarlierWriteBoundsOptions): {
     }
   };
   const merged = new Map(earlier);
+  // How long after the lock an earlier life's bound runs past this life's own (0: none).
   let longerEarlier = 0;
-  for (const [device, ms] of own) {
-    const before = earlier.get(device) ?? 0;
-    if (before > ms) longerEarlier = Math.max(longerEarlier, before);
-    merged.set(device, Math.max(ms, before));
+  const past = (before: WriteBound | undefined, mine: WriteBound | undefined): number => {
+    if (before === undefined) return 0;
+    const u = before.unknownMs > (mine?.unknownMs ?? 0) ? before.unknownMs : 0;
+    const a = before.ackedMs > (mine?.ackedMs ?? 0) ? before.ackedMs : 0;
+    return Math.max(u, a);
+  };
+  for (const [device, mine] of own) {
+    longerEarlier = Math.max(longerEarlier, past(earlier.get(device), mine));
+    merged.set(device, longer(mine, earlier.get(device)));
   }
   // Devices no longer configured keep their earlier bounds while they may still matter.
-  for (const [device, ms] of earlier) {
-    if (!own.has(device)) longerEarlier = Math.max(longerEarlier, ms);
+  for (const [device, before] of earlier) {
+    if (!own.has(device)) longerEarlier = Math.max(longerEarlier, past(before, undefined));
   }
   save(merged);
   if (longerEarlier === 0) return { earlier, cancel: () => undefined };
@@ -137,6 +171,20 @@ export function earlierWriteUnknownSince(
 ): number {
   const guard = binding.profile.timing.redispatchGuardMs;
   const ownTimeout = binding.requestTimeoutMs ?? guard;
-  const saved = earlier.get(binding.id) ?? 0;
+  const saved = earlier.get(binding.id)?.unknownMs ?? 0;
   return earlierLivesEndedMono + Math.max(ownTimeout, saved - guard);
+}
+
+/**
+ * Lane.earlierWriteSentMono: the moment from which this life's confirm timeout covers a write an
+ * earlier life sent and the controller acknowledged: the lock, or later by as much as an earlier
+ * life's confirm timeout was longer.
+ */
+export function earlierWriteSent(
+  binding: DeviceBinding,
+  earlierLivesEndedMono: number,
+  earlier: WriteBounds,
+): number {
+  const saved = earlier.get(binding.id)?.ackedMs ?? 0;
+  return earlierLivesEndedMono + Math.max(0, saved - binding.profile.timing.confirmTimeoutMs);
 }

@@ -138,6 +138,13 @@ export interface Lane {
    */
   readonly earlierWriteUnknownSinceMono: number;
   /**
+   * The moment from which this life's confirm timeout covers a write an earlier life sent and
+   * the controller acknowledged (previous-write.ts, earlierLastWrite): when this process took
+   * the journal's writer lock, or later when an earlier life's confirm timeout was longer
+   * (earlier-write-bounds.ts).
+   */
+  readonly earlierWriteSentMono: number;
+  /**
    * When every earlier life of the daemon had ended, at the latest (monotonic): when this
    * process took the journal's writer lock (PipelineOptions.earlierLivesEndedMono). A write an
    * earlier life sent, and any acknowledgement of it, came before.

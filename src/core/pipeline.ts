@@ -10,7 +10,11 @@ import {
 import type { Clock } from './clock.js';
 import { gatewayVerdict } from './clock-policy.js';
 import { deviceView, startMonitor, type DeviceView } from './device-monitor.js';
-import { earlierWriteUnknownSince, takeUpWriteBounds } from './earlier-write-bounds.js';
+import {
+  earlierWriteSent,
+  earlierWriteUnknownSince,
+  takeUpWriteBounds,
+} from './earlier-write-bounds.js';
 import type { Readback } from './driver.js';
 import {
   InvalidCommandError,
@@ -180,6 +184,7 @@ export class CommandPipeline {
           earlierLivesEnded,
           bounds.earlier,
         ),
+        earlierWriteSentMono: earlierWriteSent(binding, earlierLivesEnded, bounds.earlier),
         earlierLivesEndedMono: earlierLivesEnded,
         queue: [],
         running: null,

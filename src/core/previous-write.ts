@@ -176,7 +176,8 @@ function endedFateOpen(command: CommandRecord): boolean {
  * Whether the controller acknowledged it, the journal says only in an operator's resolve
  * (its detail says what the daemon knew then: operator-actions.ts, resolvedWriteWas):
  * - acknowledged: sent before the lock, taken within the confirm timeout after its write if
- *   ever — so within the confirm timeout from the lock (a stop goes at once behind it, as in
+ *   ever — so within the confirm timeout from the lock (the earlier life's, when longer:
+ *   Lane.earlierWriteSentMono; a stop goes at once behind it, as in
  *   the life that knew it);
  * - its outcome unknown (its answer lost): taken within the guard after the end of its request
  *   timeout, which came before the lock plus the request timeout
@@ -207,10 +208,12 @@ export function earlierLastWrite(
   if (command !== last && writeNeverSent(journal, command)) return null;
   const { timing } = lane.binding.profile;
   const lock = lane.earlierLivesEndedMono;
+  // The lock, or later when an earlier life's confirm timeout was longer than this life's.
+  const sent = lane.earlierWriteSentMono;
   const write = { scope: command.scope, key: command.key, seq: command.seq, epoch: null };
   const resolved = resolvedWriteWas(command);
   if (resolved === 'acknowledged') {
-    return { ...write, sentMono: lock, acked: true, unknownSinceMono: null };
+    return { ...write, sentMono: sent, acked: true, unknownSinceMono: null };
   }
   const unknown =
     resolved === 'unknown' ||
@@ -219,7 +222,7 @@ export function earlierLastWrite(
     ? lane.earlierWriteUnknownSinceMono
     : Math.max(
         lane.earlierWriteUnknownSinceMono,
-        lock + timing.confirmTimeoutMs - timing.redispatchGuardMs,
+        sent + timing.confirmTimeoutMs - timing.redispatchGuardMs,
       );
   return { ...write, sentMono: lock, acked: false, unknownSinceMono };
 }

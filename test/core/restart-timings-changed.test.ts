@@ -1,6 +1,6 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { WRITE_BOUNDS_KEY } from '../../src/core/earlier-write-bounds.js';
-import { SimHarness } from '../helpers/sim-harness.js';
+import { SimHarness, WARM_ECHO } from '../helpers/sim-harness.js';
 import type { WriteLogEntry } from '../../simulators/write-log.js';
 
 /**
@@ -39,21 +39,21 @@ const NEW = { requestTimeoutMs: 250, guardMs: 400 };
 /** Held on the link this long: within the earlier life's contract, past the next life's. */
 const LINK_MS = 2_000;
 
-const start = (warm: boolean): Promise<SimHarness> =>
+const start = (warm: boolean, confirmTimeoutMs = 6_000): Promise<SimHarness> =>
   SimHarness.start({
     travelMs: 100,
     warm,
     requestTimeoutMs: OLD.requestTimeoutMs,
-    timing: { redispatchGuardMs: OLD.guardMs, confirmTimeoutMs: 6_000 },
+    timing: { redispatchGuardMs: OLD.guardMs, confirmTimeoutMs },
   });
 
 /** Ends the life at once, as SIGKILL does, and starts the next with the shorter timings. */
-async function killAndRestart(harness: SimHarness): Promise<void> {
+async function killAndRestart(harness: SimHarness, confirmTimeoutMs = 6_000): Promise<void> {
   harness.journal.close();
   dying = Promise.all([harness.pipeline.stop(0), harness.drivers.close()]).catch(() => undefined);
   harness.reconfigure({
     requestTimeoutMs: NEW.requestTimeoutMs,
-    timing: { redispatchGuardMs: NEW.guardMs, confirmTimeoutMs: 6_000 },
+    timing: { redispatchGuardMs: NEW.guardMs, confirmTimeoutMs },
   });
   await harness.restart();
 }
@@ -65,10 +65,16 @@ function writeOf(log: readonly WriteLogEntry[], seq: number | null): WriteLogEnt
 }
 
 /** The bounds saved in the journal, by device (WRITE_BOUNDS_KEY). */
-function savedBounds(harness: SimHarness): Record<string, number> {
+function savedBounds(
+  harness: SimHarness,
+): Record<string, { unknownMs: number; ackedMs: number } | undefined> {
   const text = harness.journal.readMeta(WRITE_BOUNDS_KEY);
   expect(text).not.toBeNull();
-  return (JSON.parse(text!) as { devices: Record<string, number> }).devices;
+  return (
+    JSON.parse(text!) as {
+      devices: Record<string, { unknownMs: number; ackedMs: number } | undefined>;
+    }
+  ).devices;
 }
 
 describe('the daemon restarted with shorter timings within the earlier life’s bound of a write it had sent', () => {
@@ -123,16 +129,58 @@ describe('the daemon restarted with shorter timings within the earlier life’s 
   });
 
   it('hands the earlier bound on while it runs, then saves its own alone', async () => {
-    h = await start(false);
-    const oldBound = OLD.requestTimeoutMs + OLD.guardMs;
-    const newBound = NEW.requestTimeoutMs + NEW.guardMs;
+    h = await start(false, 3_000);
+    const oldBound = { unknownMs: OLD.requestTimeoutMs + OLD.guardMs, ackedMs: 3_000 };
+    const newBound = { unknownMs: NEW.requestTimeoutMs + NEW.guardMs, ackedMs: 1_000 };
     expect(savedBounds(h)).toMatchObject({ v1: oldBound, a1: oldBound });
-    await killAndRestart(h);
+    await killAndRestart(h, 1_000);
     // Saved before the new life dispatches anything: a life ended now hands the earlier bound on.
     expect(savedBounds(h)).toMatchObject({ v1: oldBound, a1: oldBound });
     const restarted = Date.now();
-    await h.until(() => savedBounds(h!).v1 === newBound, 5_000, 'the own bounds saved');
-    expect(Date.now() - restarted).toBeGreaterThanOrEqual(oldBound - 100);
+    await h.until(
+      () => savedBounds(h!).v1?.ackedMs === newBound.ackedMs,
+      10_000,
+      'the own bounds saved',
+    );
+    // Once the longest of them, the acknowledged write's 3 s, has passed since the lock.
+    expect(Date.now() - restarted).toBeGreaterThanOrEqual(oldBound.ackedMs - 100);
     expect(savedBounds(h)).toMatchObject({ v1: newBound, v2: newBound, a1: newBound });
+  });
+
+  it('a close after the restart waits out the earlier life’s confirm timeout for an acknowledged open its controller still holds', async () => {
+    h = await start(true);
+    const v1 = h.device('v1');
+    // The controller acknowledges the open and holds it (a busy handshake): not in its image.
+    v1.setFault({ kind: 'hold' });
+    const { record } = h.submit('open', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    await h.until(() => v1.writeLog.length === 1, 5_000, 'the open at the PLC');
+    // A readback answered after the write reached the PLC was asked after the write's answer
+    // came (one connection, one request at a time): the daemon knows the write acknowledged.
+    const atPlc = Date.now();
+    await h.until(
+      () => (h!.pipeline.device('v1')?.readbackAgeMs ?? Infinity) < Date.now() - atPlc,
+      5_000,
+      'a readback after the acknowledged write',
+    );
+    expect(h.pipeline.device('v1')?.mirror?.seq).toBe(WARM_ECHO);
+    const resolved = h.pipeline.resolve(record, 'ops@test', 'checking');
+    expect(resolved.detail).toMatch(/which acknowledged it: it may have been applied$/);
+    // The confirm timeout shortened from 6 s to 1 s with the restart; the controller takes the
+    // open 2.5 s after it, within the earlier life's 6 s.
+    await killAndRestart(h, 1_000);
+    h.submit('close', { device: 'v1', action: 'close', ttlMs: 20_000 });
+    const release = setTimeout(() => v1.clearFault('hold'), 2_500);
+    onTestFinished(() => {
+      clearTimeout(release);
+    });
+    const close = await h.settled('close', 15_000);
+    await h.until(() => v1.snapshot().state === 'OPEN', 5_000, 'the open taken');
+
+    // Ground truth: the open alone was written, and taken; the valve is OPEN. The close was
+    // decided once it was taken (OPENING: 0x88, never written), not confirmed at CLOSED before.
+    const open = h.get('open')!;
+    expect(v1.writeLog.map((w) => [w.seq, w.outcome])).toEqual([[open.seq, 'accepted']]);
+    expect(close).toMatchObject({ state: 'rejected', code: 'ILLEGAL_TRANSITION' });
+    expect(close.observed?.state).toBe('OPENING');
   });
 });
