@@ -3,17 +3,25 @@
  * with their own streams and stop signal.
  */
 import { parseArgs } from 'node:util';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { PlantFileError } from './errors.js';
 import { defaultPlantPath } from './package-root.js';
 import { loadPlantFile, startPlant } from './plant.js';
 import type { Plant, SimDevice } from './plant.js';
+import type { PlantConfig } from './plant-file.js';
 
 export interface CliIo {
   stdout: NodeJS.WritableStream;
   stderr: NodeJS.WritableStream;
   /** Aborted on SIGTERM / SIGINT: stop the plant and return. */
   signal: AbortSignal;
+  /**
+   * Awaited with the plant file and the plant's logger before the plant starts. The executable
+   * routes node-opcua's messages into the logger when the plant has an OPC UA PLC
+   * (opcua-messages.ts); that changes node-opcua's loggers for the whole process, so a test
+   * running the CLI in its own process leaves it out.
+   */
+  beforeStart?: (plant: PlantConfig, logger: Logger) => Promise<void>;
 }
 
 const USAGE = `Usage: sluice-sim [--plant FILE] [--log-level LEVEL]
@@ -65,7 +73,9 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   const plantPath = values.plant ?? defaultPlantPath();
   let plant: Plant;
   try {
-    plant = await startPlant(await loadPlantFile(plantPath), { logger });
+    const config = await loadPlantFile(plantPath);
+    await io.beforeStart?.(config, logger);
+    plant = await startPlant(config, { logger });
   } catch (err) {
     if (err instanceof PlantFileError) {
       io.stderr.write(`sluice-sim: ${err.message}\n`);

@@ -21,4 +21,12 @@ process.exitCode = await runCli(process.argv.slice(2), {
   stdout: process.stdout,
   stderr: process.stderr,
   signal: stop.signal,
+  // node-opcua's own messages to the log on stderr, routed as it loads (before it reports any):
+  // on stdout they would land among the endpoint lines. Loaded only for a plant with an OPC UA
+  // PLC (seconds on a small machine), as the plant itself does.
+  beforeStart: async (plant, logger) => {
+    if (!Object.values(plant.plcs).some((plc) => plc.protocol === 'opcua')) return;
+    const { routeOpcuaMessages } = await import('./opcua-messages.js');
+    routeOpcuaMessages(logger);
+  },
 });

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { DeviceSnapshot } from '../../simulators/plc.js';
 import type { WriteLogEntry } from '../../simulators/write-log.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
-import { hasCommand, realComponent } from '../helpers/real.js';
+import { hasCommand, isRoot, realComponent } from '../helpers/real.js';
 import { SimProcess, type PlantPlcs } from '../helpers/sim-process.js';
 import { buildInto } from '../systemd/build.js';
 import { registersToTime, until } from './helpers.js';
@@ -37,6 +37,13 @@ import { registersToTime, until } from './helpers.js';
 const tools =
   realComponent('mbpoll', hasCommand('mbpoll'), 'apt-get install mbpoll') &&
   realComponent('curl', hasCommand('curl'), 'apt-get install curl');
+
+/** Network namespaces, where the plant files' fixed ports are free whatever runs beside. */
+const netns = realComponent(
+  'network namespaces (root, unshare, nsenter, ip)',
+  isRoot && hasCommand('unshare') && hasCommand('nsenter') && hasCommand('ip'),
+  'root, util-linux and iproute2',
+);
 
 const README = readFileSync(join(ROOT, 'simulators', 'README.md'), 'utf8');
 
@@ -282,21 +289,10 @@ describe.runIf(tools)('simulators/README.md, its printed commands as printed', (
   }, 90_000);
 
   it('npx sluice-sim --plant my-plant.yaml --log-level info runs the plant until Ctrl-C', async () => {
-    const [block] = blocksAfter('# sluice-sim — software PLC simulators', 'sh');
-    const line = block!
-      .split('\n')
-      .find((l) => l.startsWith('npx sluice-sim --plant my-plant.yaml'))
-      ?.trim();
+    const line = startLines().find((l) => l.startsWith('npx sluice-sim --plant my-plant.yaml'));
     expect(line).toBe('npx sluice-sim --plant my-plant.yaml --log-level info');
-    // A checkout: the package as built (the run's compiled tree, or a build made aside: never
-    // this tree's dist/), node_modules linked; my-plant.yaml is the README's example plant
-    // on ephemeral ports.
-    const checkout = join(dir, 'checkout');
-    cpSync(join(ROOT, 'package.json'), join(checkout, 'package.json'));
-    symlinkSync(join(ROOT, 'node_modules'), join(checkout, 'node_modules'));
-    const tree = inject('compiledTree');
-    if (tree === undefined) await buildInto(join(checkout, 'dist'));
-    else symlinkSync(tree, join(checkout, 'dist'));
+    // my-plant.yaml: the README's example plant, on ephemeral ports.
+    const checkout = await checkoutDir();
     const yaml = blocksAfter('## Plant file', 'yaml')[0]!;
     const plant = parse(yaml) as {
       control: { port: number };
@@ -306,45 +302,25 @@ describe.runIf(tools)('simulators/README.md, its printed commands as printed', (
     for (const plc of Object.values(plant.plcs)) plc.port = 0;
     writeFileSync(join(checkout, 'my-plant.yaml'), stringify(plant));
 
-    // npm's cache in the test's folder (npx links the package there), and offline: the bin
-    // is the checkout's own, nothing is fetched.
-    const child = spawn('sh', ['-c', line!], {
-      cwd: checkout,
-      env: {
-        ...process.env,
-        npm_config_cache: join(dir, 'npm-cache'),
-        npm_config_offline: 'true',
-        npm_config_update_notifier: 'false',
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-    });
-    const out: string[] = [];
-    const err: string[] = [];
-    createInterface({ input: child.stdout }).on('line', (l) => out.push(l));
-    createInterface({ input: child.stderr }).on('line', (l) => err.push(l));
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      child.once('exit', (code, signal) => {
-        resolve({ code, signal });
-      }),
-    );
+    const sim = terminal(line!, false);
+    const shown: string[] = [];
     try {
-      await until(() => out.some((l) => l.startsWith('control: ')), {
+      await until(() => sim.out.some((l) => l.startsWith('control: ')), {
         attempts: 600,
         everyMs: 100,
       });
-      const shown = out.filter((l) => /^(sluice-sim|modbus-plc|opcua-plc|control):/.test(l));
-      expect(shown[0]).toBe('sluice-sim: plant my-plant.yaml');
-      expect(shown[1]).toMatch(
+      shown.push(...sim.out);
+      expect(sim.out[0]).toBe('sluice-sim: plant my-plant.yaml');
+      expect(sim.out[1]).toMatch(
         /^modbus-plc: modbus tcp:\/\/127\.0\.0\.1:\d+ unit 1 — inlet-valve \(valve @0\)$/,
       );
-      expect(shown[2]).toMatch(
+      expect(sim.out[2]).toMatch(
         /^opcua-plc: opcua {2}opc\.tcp:\/\/127\.0\.0\.1:\d+ ns urn:sluice:sim:opcua-plc — outlet-valve \(valve\), dosing-actuator \(actuator\)$/,
       );
-      const control = /^control: (\S+)$/.exec(shown[3]!)?.[1];
+      const control = /^control: (\S+)$/.exec(sim.out[3]!)?.[1];
       expect(control).toBeDefined();
       // --log-level info: pino JSON on stderr, info lines included.
-      const logged = err
+      const logged = sim.err
         .filter((l) => l.startsWith('{'))
         .map((l) => JSON.parse(l) as { level: number; msg: string });
       expect(logged.some((l) => l.level === 30 && l.msg === 'control API listening')).toBe(true);
@@ -355,15 +331,12 @@ describe.runIf(tools)('simulators/README.md, its printed commands as printed', (
         }
       ).devices.map((d) => d.id);
       expect(devices.sort()).toEqual(['dosing-actuator', 'inlet-valve', 'outlet-valve']);
-      const modbusPort = Number(/tcp:\/\/127\.0\.0\.1:(\d+)/.exec(shown[1]!)![1]);
+      const modbusPort = Number(/tcp:\/\/127\.0\.0\.1:(\d+)/.exec(sim.out[1]!)![1]);
 
-      // Ctrl-C: SIGINT to the terminal's process group (npm and sluice-sim alike).
-      process.kill(-child.pid!, 'SIGINT');
-      const ended = await exited;
-      await until(() => out.includes('sluice-sim: stopped'), { attempts: 100, everyMs: 20 });
-      // sluice-sim stopped cleanly (its exit 0), and npm, Ctrl-C'd with it, ends by SIGINT
-      // (a shell's $? 130), as the README says.
-      expect(ended).toEqual({ code: null, signal: 'SIGINT' });
+      await sim.ctrlC();
+      // One line per PLC and the control API, then the stop: stdout holds nothing else
+      // (node-opcua's notes included).
+      expect(sim.out).toEqual([...shown, 'sluice-sim: stopped']);
       const refused = await new Promise<string | null>((resolve) => {
         const socket = connect({ host: '127.0.0.1', port: modbusPort });
         socket.once('connect', () => {
@@ -376,13 +349,164 @@ describe.runIf(tools)('simulators/README.md, its printed commands as printed', (
       });
       expect(refused, 'the Modbus port closed').toBe('ECONNREFUSED');
       await expect(fetch(`${control!}/devices`)).rejects.toThrow();
-      expect(() => process.kill(-child.pid!, 0), 'no process of the group left').toThrow();
     } finally {
+      sim.kill();
+    }
+  }, 120_000);
+
+  it.runIf(netns)(
+    "npx sluice-sim prints the README's lines on the default plant's ports, and runs the field plant",
+    async () => {
+      // Each in a network namespace of its own: the plant files' fixed ports are free there.
+      // The README's `npm run build && ` before the first is not run: the checkout's dist/ is
+      // the run's compiled tree (building would write this tree's dist/).
+      const lines = startLines();
+      expect(lines).toContain('npm run build && npx sluice-sim');
+      const defaultLine = 'npx sluice-sim';
+      const fieldLine = 'npx sluice-sim --plant simulators/plants/field.yaml';
+      expect(lines).toContain(fieldLine);
+      const checkout = await checkoutDir();
+      cpSync(join(ROOT, 'simulators', 'plants'), join(checkout, 'simulators', 'plants'), {
+        recursive: true,
+      });
+      const [sample] = blocksAfter('It prints one line per PLC', '');
+      const expected = sample!.split('\n').filter((l) => l !== '');
+
+      const sims = [terminal(defaultLine, true), terminal(fieldLine, true)];
+      try {
+        await until(() => sims.every((sim) => sim.out.some((l) => l.startsWith('control: '))), {
+          attempts: 600,
+          everyMs: 100,
+        });
+        const [plain, field] = sims as [Terminal, Terminal];
+        // The default plant: the README's sample output, its package path aside.
+        expect(plain.out).toHaveLength(expected.length);
+        expect(plain.out[0]).toMatch(/^sluice-sim: plant \/.+\/simulators\/plants\/default\.yaml$/);
+        expect(expected[0]).toBe('sluice-sim: plant /…/simulators/plants/default.yaml');
+        expect(plain.out.slice(1)).toEqual(expected.slice(1));
+        expect(field.out).toEqual([
+          'sluice-sim: plant simulators/plants/field.yaml',
+          'field-plc: modbus tcp://127.0.0.1:5021 unit 1 — std-valve (valve @0), lsv-101 (valve limit-switch @100), fcv-201 (actuator float @200)',
+          'control: http://127.0.0.1:5081',
+        ]);
+        // Their control APIs, as curl in each namespace sees them.
+        const ids = async (sim: Terminal, port: number): Promise<string[]> => {
+          const run = await shell(`nsenter -t ${sim.pid} -n curl -s localhost:${port}/devices`);
+          expect(run.code, run.stderr).toBe(0);
+          return (JSON.parse(run.stdout) as { devices: { id: string }[] }).devices
+            .map((d) => d.id)
+            .sort();
+        };
+        expect(await ids(plain, 5080)).toEqual([
+          'dosing-actuator',
+          'drain-valve',
+          'inlet-valve',
+          'outlet-valve',
+        ]);
+        expect(await ids(field, 5081)).toEqual(['fcv-201', 'lsv-101', 'std-valve']);
+        await Promise.all(sims.map((sim) => sim.ctrlC()));
+        expect(plain.out.slice(1)).toEqual([...expected.slice(1), 'sluice-sim: stopped']);
+        expect(field.out.at(-1)).toBe('sluice-sim: stopped');
+      } finally {
+        for (const sim of sims) sim.kill();
+      }
+    },
+    120_000,
+  );
+});
+
+/** The start lines of the README's first block (comments dropped, as the shell drops them). */
+function startLines(): string[] {
+  const [block] = blocksAfter('# sluice-sim — software PLC simulators', 'sh');
+  return block!
+    .split('\n')
+    .map((l) => l.replace(/\s+#.*$/, '').trim())
+    .filter((l) => l !== '');
+}
+
+let checkout: Promise<string> | undefined;
+
+/**
+ * A checkout of the package as built: the run's compiled tree as its dist/ (or a build made
+ * aside: never this tree's dist/), node_modules linked.
+ */
+function checkoutDir(): Promise<string> {
+  checkout ??= (async () => {
+    const here = join(dir, 'checkout');
+    mkdirSync(here);
+    cpSync(join(ROOT, 'package.json'), join(here, 'package.json'));
+    symlinkSync(join(ROOT, 'node_modules'), join(here, 'node_modules'));
+    const tree = inject('compiledTree');
+    if (tree === undefined) await buildInto(join(here, 'dist'));
+    else symlinkSync(tree, join(here, 'dist'));
+    return here;
+  })();
+  return checkout;
+}
+
+interface Terminal {
+  readonly pid: number;
+  readonly out: string[];
+  readonly err: string[];
+  /** Ctrl-C: SIGINT to the process group; resolves once it stopped as the README says. */
+  ctrlC(): Promise<void>;
+  kill(): void;
+}
+
+/**
+ * A command typed in a terminal in the checkout: its own process group, (with `netns`) in a
+ * network namespace of its own with its loopback up. npm's cache is in the test's folder (npx
+ * links the package there) and npm is offline: the bin is the checkout's own, nothing fetched.
+ */
+function terminal(command: string, netns: boolean): Terminal {
+  const env = {
+    ...process.env,
+    npm_config_cache: join(dir, 'npm-cache'),
+    npm_config_offline: 'true',
+    npm_config_update_notifier: 'false',
+    README_LINE: command,
+  };
+  const child = netns
+    ? spawn('unshare', ['-n', 'sh', '-c', 'ip link set lo up && exec sh -c "$README_LINE"'], {
+        cwd: join(dir, 'checkout'),
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      })
+    : spawn('sh', ['-c', command], {
+        cwd: join(dir, 'checkout'),
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      });
+  const out: string[] = [];
+  const err: string[] = [];
+  createInterface({ input: child.stdout }).on('line', (l) => out.push(l));
+  createInterface({ input: child.stderr }).on('line', (l) => err.push(l));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => {
+      resolve({ code, signal });
+    }),
+  );
+  return {
+    pid: child.pid!,
+    out,
+    err,
+    ctrlC: async () => {
+      process.kill(-child.pid!, 'SIGINT');
+      const ended = await exited;
+      await until(() => out.includes('sluice-sim: stopped'), { attempts: 100, everyMs: 20 });
+      // sluice-sim stopped cleanly (its exit 0); npm, Ctrl-C'd with it, ends by SIGINT, which a
+      // shell shows as 130 (simulators/README.md).
+      expect(ended.signal === 'SIGINT' || ended.code === 130, JSON.stringify(ended)).toBe(true);
+      expect(() => process.kill(-child.pid!, 0), 'no process of the group left').toThrow();
+    },
+    kill: () => {
       try {
         process.kill(-child.pid!, 'SIGKILL');
       } catch {
         // the group is gone
       }
-    }
-  }, 120_000);
-});
+    },
+  };
+}
