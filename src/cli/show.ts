@@ -190,11 +190,12 @@ function waitingText(
 }
 
 /**
- * What an operator can do about a command its device refused for the state it was in: the
- * refusal's detail names the rule ("move is not a legal transition from FAULT"), not the
- * device's fault nor the way out of it. From the readback the refusal was judged on and the
- * device's profile (its fault codes, and the actions its table takes in that state). Null for
- * any other outcome, or without the profile.
+ * What an operator can do about a command its device refused for the state it was in, or that
+ * ended DEVICE_FAULT with the device gone to its fault state: the outcome's detail names the
+ * rule ("move is not a legal transition from FAULT") or the fault code, not its meaning nor the
+ * way out of it. From the readback the outcome was judged on and the device's profile (its fault
+ * codes, and the actions its table takes in that state). Null for any other outcome, or without
+ * the profile.
  */
 export function refusalAdvice(
   s: CommandStory,
@@ -210,7 +211,12 @@ export function refusalAdvice(
       'it takes no remote command; once it is switched back to remote, send the command again'
     );
   }
-  if (s.outcome.code !== 'ILLEGAL_TRANSITION' || seen?.state !== profile.faultState) return null;
+  // Refused in FAULT, or sent to FAULT by the controller as it carried the command out (a
+  // travel timeout, 0x81): either way the device takes no command now but the one that clears
+  // it, which is what a person has to do next.
+  const faulted = s.outcome.code === 'DEVICE_FAULT';
+  if (!faulted && s.outcome.code !== 'ILLEGAL_TRANSITION') return null;
+  if (seen?.state !== profile.faultState) return null;
   const code = seen.faultCode;
   const meaning =
     code === null
@@ -226,8 +232,10 @@ export function refusalAdvice(
   const way =
     clears.length === 0
       ? 'it takes no command that clears it: it is cleared at the controller'
-      : `once its cause is fixed, clear it: ${clears.map((a) => `${sluicectl} send ${s.device} ${a}`).join(', or ')}; then send the command again`;
-  return `the device is in ${profile.faultState}${fault}, where it refuses ${s.action}; ${way}`;
+      : `once its cause is fixed, clear it: ${clears.map((a) => `${sluicectl} send ${s.device} ${a}`).join(', or ')}; then send the command again${faulted ? ' if it is still wanted' : ''}`;
+  return faulted
+    ? `the device went to ${profile.faultState}${fault} carrying out this command; ${way}`
+    : `the device is in ${profile.faultState}${fault}, where it refuses ${s.action}; ${way}`;
 }
 
 function renderStory(
