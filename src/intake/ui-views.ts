@@ -214,8 +214,7 @@ export class UiViews {
       tone: toneOf(mirror?.state ?? null, profile),
       mode: mirror === null ? null : mirror.state === profile?.localState ? 'LOCAL' : 'REMOTE',
       fault: faultCode === null ? null : { code: faultCode, meaning },
-      // Not judged from the last readback while no read answers: the valve may be moving.
-      stalled: unreadText(doc.connectivity) === null ? this.stalled(view, profile) : null,
+      stalled: this.stalled(view, profile),
       frozen:
         view.imageUnchangedMs !== null && imageFrozen(view.imageUnchangedMs)
           ? { scanTime: mirror?.sourceTime ?? null, forMs: wholeMs(view.imageUnchangedMs) }
@@ -236,6 +235,9 @@ export class UiViews {
     const mirror = view.mirror;
     if (mirror === null || profile === undefined || mirror.position === null) return null;
     if (!profile.transitional.includes(mirror.state)) return null;
+    // Not judged from the last readback while no read answers (its PLC not connected, or its
+    // reads failing): a valve travelling when its PLC dropped off moves on (ui-open-why.ts).
+    if (!view.health.connected || view.readError !== null) return null;
     const since = this.lastChange.get(view.id) ?? this.startedMono;
     const forMs = Math.round(this.o.clock.elapsed() - since);
     return forMs >= STALL_AFTER_MS
