@@ -16,14 +16,15 @@ import { unsentLine, writesMaybeSent } from './redispatch.js';
  * A command's write refused unsent by its driver for want of a connection to the controller
  * (WriteNotSentError `no-connection`): nothing of it left the process, and the command goes
  * round again within its deadline (execution.ts, carryOutRounds). `dispatched`: the command as
- * journaled with that write; `error`: the driver's words; `sentBefore`: how many of its writes
- * before this one may have left the gateway (0, or 1 after a write sent and proven not applied:
- * redispatch.ts), which the rounds carry on.
+ * journaled with that write; `error`: the driver's words; `proven`: the dispatch (1 its first)
+ * whose write was sent and proven not applied before this one, when one was (redispatch.ts: then
+ * the next write is the second that may leave the gateway), null when none of its writes before
+ * was sent; the rounds carry it on.
  */
 export interface NoConnection {
   readonly dispatched: CommandRecord;
   readonly error: string;
-  readonly sentBefore: number;
+  readonly proven: number | null;
 }
 
 /**

@@ -35,8 +35,8 @@ export class ConfirmationLoop {
   /**
    * Sends the write of a command just journaled `dispatched` as one not yet written
    * (execution.ts, carryOut), and confirms it. `again`, when this is a re-dispatch: why its
-   * latest write was never sent, and how many of its writes before may have left the gateway
-   * (one sent and proven not applied, or none). Returns the write refused unsent when it found
+   * latest write was never sent, and which of its writes before was sent and proven not applied
+   * (its dispatch, 1 the first), or null when none was sent. Returns the write refused unsent when it found
    * no connection to the controller (WriteNotSentError `no-connection`) — this one, or a write
    * sent once more after it was proven not applied (readback-confirmation.ts): nothing of it
    * left the process, and the caller goes round again once the connection is back, while the
@@ -48,7 +48,7 @@ export class ConfirmationLoop {
     dispatched: CommandRecord,
     first: { readonly before: TimedReadback; readonly expect: Expectation },
     log: Logger,
-    again: { readonly cause: UnsentCause; readonly sentBefore: number } | null = null,
+    again: { readonly cause: UnsentCause; readonly proven: number | null } | null = null,
   ): Promise<NoConnection | null> {
     const { profile } = lane.binding;
     const seq = requireSeq(dispatched);
@@ -65,7 +65,7 @@ export class ConfirmationLoop {
       return null;
     }
     if (outcome.kind === 'not-sent' && outcome.reason === 'withdrawn') {
-      if (again !== null && again.sentBefore > 0) {
+      if (again !== null && again.proven !== null) {
         // A write of it was sent before (proven not applied): not "never written", so not
         // superseded by the stop that withdrew this one; the history says it was not sent,
         // and its take-up ends it (execution.ts, takeUpUnsent).
@@ -81,7 +81,7 @@ export class ConfirmationLoop {
       // The connection dropped just before (its reconnect not yet due) or the connect failed:
       // nothing of the write left the process, and the command may ride out the reconnect —
       // again if its connection dropped again between its fresh read and this write.
-      return { dispatched, error: outcome.error, sentBefore: again?.sentBefore ?? 0 };
+      return { dispatched, error: outcome.error, proven: again?.proven ?? null };
     }
     if (outcome.kind === 'not-sent' && outcome.reason === 'closed') {
       // The driver never handed it to a socket: nothing was applied, whatever a readback shows

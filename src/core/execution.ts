@@ -13,6 +13,7 @@ import { afterPreviousWrite } from './previous-write-wait.js';
 import {
   latestUnsentCause,
   noConnectionLine,
+  ordinal,
   provenThenUnsent,
   writesMaybeSent,
   type UnsentCause,
@@ -93,12 +94,17 @@ export class CommandExecution {
       cause === 'withdrawn'
         ? `its write (sequence number ${seq}) was withdrawn before it was sent`
         : `its write (sequence number ${seq}) found no connection to the controller and was not sent`;
-    log.warn({ seq, cause }, 'taken up: its write was never sent; not yet written');
     const stop = this.host.journal.stopsAfter(record, 1)[0];
     // The writes before this one that may have left the gateway: none for a first write, nor
     // for one whose earlier writes all found no connection (or were withdrawn).
     const history = record.attempts < 2 ? [] : this.host.journal.history(record);
     const sentBefore = record.attempts < 2 ? 0 : writesMaybeSent(history, seq, false);
+    log.warn(
+      { seq, cause, sentBefore },
+      sentBefore === 0
+        ? 'taken up: its write was never sent; not yet written'
+        : 'taken up: its write was never sent; a write of it before may have left the gateway',
+    );
     // Superseded (rejected: never written) only when no write of it was sent: a command with a
     // write sent before, proven not applied, is not "never written".
     if (stop !== undefined && sentBefore === 0) {
@@ -111,36 +117,48 @@ export class CommandExecution {
       });
       return;
     }
+    // The dispatch whose write was sent and proven not applied, every write since never sent
+    // (the history proves it); not always the first (earlier ones refused unsent).
+    const proven = sentBefore === 1 ? provenThenUnsent(history, seq) : null;
     // Its one write that may have left was proven not applied and every write since was never
-    // sent — found no connection, or withdrawn as the daemon stopped (the history proves it):
-    // it goes round as on the live path (goRoundAgain), the next write the second that may
-    // leave the gateway (I1), within its deadline (I3).
-    if (sentBefore === 1 && stop === undefined && provenThenUnsent(history, seq)) {
-      if (this.settleAtCap(record, seq, sentBefore, log)) return;
+    // sent — found no connection, or withdrawn as the daemon stopped: it goes round as on the
+    // live path (goRoundAgain), the next write the second that may leave the gateway (I1),
+    // within its deadline (I3).
+    if (proven !== null && stop === undefined) {
+      if (this.settleAtCap(record, seq, proven, log)) return;
       this.host.note(
         record,
-        `taken up: ${unsent}, after its first write was sent and proven not applied (the history says both), so it goes round again: a fresh read decides`,
+        `taken up: ${unsent}, after its ${ordinal(proven)} write was sent and proven not applied (the history says both), so it goes round again: a fresh read decides`,
       );
       await this.carryOutRounds(
         lane,
         record,
-        { from: 'dispatched', seq, unsent: cause, sentBefore },
+        { from: 'dispatched', seq, unsent: cause, proven },
         log,
       );
       return;
     }
     if (sentBefore > 0) {
       const stopped = stop === undefined ? '' : `; the stop ${stop.key} was accepted after it`;
+      // What its history says of its writes before: the one proven not applied, or how many
+      // may have left the gateway (a write with no line saying it was never sent counts as one
+      // that may have: a line the journal failed to take proves nothing).
+      const before =
+        proven !== null
+          ? `its ${ordinal(proven)} write was sent and proven not applied`
+          : `${sentBefore === 1 ? 'a write of it before this one' : `${sentBefore} writes of it before this one`} may have left the gateway, as its history says`;
       this.host.settle(log, record, 'dispatched', {
         to: 'failed',
         code: 'DEVICE_UNREACHABLE',
         faultCode: null,
         observed: null,
-        detail: `${unsent}, and it was already dispatched twice (its first write was not applied either)${stopped}, so it is not sent again; nothing was applied`,
+        // Nothing was applied when the history proves the one write that may have left not
+        // applied; otherwise only this write is known unapplied.
+        detail: `${unsent}, and it was already dispatched twice (${before})${stopped}, so it is not sent again; ${proven !== null ? 'nothing was applied' : 'nothing of this write was applied'}`,
       });
       return;
     }
-    if (this.settleAtCap(record, seq, 0, log)) return;
+    if (this.settleAtCap(record, seq, null, log)) return;
     this.host.note(
       record,
       `taken up: ${unsent} (the history says so), so it is handled as a command not yet written: a fresh read decides`,
@@ -148,7 +166,7 @@ export class CommandExecution {
     await this.carryOutRounds(
       lane,
       record,
-      { from: 'dispatched', seq, unsent: cause, sentBefore: 0 },
+      { from: 'dispatched', seq, unsent: cause, proven: null },
       log,
     );
   }
@@ -181,7 +199,7 @@ export class CommandExecution {
   /**
    * The rounds after a write refused unsent for want of a connection (carryOutRounds). The
    * refused write may follow one that was sent and proven not applied (readback-confirmation.ts,
-   * notTaken: `sentBefore` 1): that one can no longer land — the proof is of an image produced
+   * notTaken: `proven`, its dispatch): that one can no longer land — the proof is of an image produced
    * past its guard — and the refused one never left, so a write now is the second of the two
    * that may ever leave the gateway (redispatch.ts), decided on a fresh read like any round
    * (I1, I4); were it lost too, readback settles it and it is not sent again.
@@ -189,39 +207,39 @@ export class CommandExecution {
   private async goRoundAgain(lane: Lane, first: NoConnection, log: Logger): Promise<void> {
     let unsent: NoConnection | null = first;
     while (unsent !== null) {
-      const { dispatched, error, sentBefore } = unsent;
+      const { dispatched, error, proven } = unsent;
       const seq = requireSeq(dispatched);
       log.warn(
         { seq, err: error, attempts: dispatched.attempts },
         'write not sent: no connection to the controller; the command waits for it and goes round again',
       );
       this.host.note(dispatched, noConnectionLine(seq, error));
-      if (this.settleAtCap(dispatched, seq, sentBefore, log)) return;
+      if (this.settleAtCap(dispatched, seq, proven, log)) return;
       unsent = await this.carryOut(
         lane,
         dispatched,
-        { from: 'dispatched', seq, unsent: 'no-connection', sentBefore },
+        { from: 'dispatched', seq, unsent: 'no-connection', proven },
         log,
       );
     }
   }
 
   /**
-   * Ends a command none of whose writes was sent (or, `sentBefore`, only its first, proven not
+   * Ends a command none of whose writes was sent (or only one, `proven` its dispatch, proven not
    * applied) once it has been dispatched MAX_DISPATCHES times: `failed` `DEVICE_UNREACHABLE`,
    * nothing applied. True when it did.
    */
   private settleAtCap(
     record: CommandRecord,
     seq: number,
-    sentBefore: number,
+    proven: number | null,
     log: Logger,
   ): boolean {
     if (record.attempts < MAX_DISPATCHES) return false;
     const sent =
-      sentBefore === 0
+      proven === null
         ? 'none of its writes was sent'
-        : 'its first write was sent and proven not applied, and none since was sent';
+        : `its ${ordinal(proven)} write was sent and proven not applied, and no other was sent`;
     this.host.settle(log, record, 'dispatched', {
       to: 'failed',
       code: 'DEVICE_UNREACHABLE',
@@ -249,8 +267,8 @@ export class CommandExecution {
     // Going round after a write that was sent (proven not applied): not a command never
     // written, so none of its ends here is `rejected` (sentBeforeHost).
     const host =
-      course.from === 'dispatched' && course.sentBefore > 0
-        ? sentBeforeHost(this.host, course.seq)
+      course.from === 'dispatched' && course.proven !== null
+        ? sentBeforeHost(this.host, course.seq, course.proven)
         : this.host;
     // The moment the command is taken up: a no-op is decided on an image from no earlier.
     const takenUpMono = clock.elapsed();
@@ -264,6 +282,10 @@ export class CommandExecution {
     );
     if (aborted(lane)) return null;
     if (read.readback === null) {
+      const proven =
+        course.from === 'dispatched' && course.proven !== null
+          ? `its ${ordinal(course.proven)} write was sent and proven not applied, and `
+          : null;
       host.settle(log, record, from, {
         to: 'failed',
         code: 'DEVICE_UNREACHABLE',
@@ -271,11 +293,11 @@ export class CommandExecution {
         observed: null,
         detail:
           course.from === 'dispatched' && course.unsent === 'no-connection'
-            ? `the write never reached the controller: ${course.sentBefore > 0 ? 'its first write was sent and proven not applied, and ' : ''}its write (sequence number ${course.seq}) found no connection to the controller, and none could be had to go round again before its deadline ${new Date(record.deadline).toISOString()}; nothing was applied (${read.lastError ?? 'no answer'})`
-            : course.from === 'dispatched' && course.sentBefore > 0
+            ? `the write never reached the controller: ${proven ?? ''}its write (sequence number ${course.seq}) found no connection to the controller, and none could be had to go round again before its deadline ${new Date(record.deadline).toISOString()}; nothing was applied (${read.lastError ?? 'no answer'})`
+            : course.from === 'dispatched' && proven !== null
               ? // Withdrawn as the daemon stopped, after a write sent and proven not applied: a
                 // write of it went out, so not "nothing was written".
-                `the write never reached the controller: its first write was sent and proven not applied, and its write (sequence number ${course.seq}) was withdrawn before it was sent, and no readback came to go round again before its deadline ${new Date(record.deadline).toISOString()}; nothing was applied (${read.lastError ?? 'no answer'})`
+                `the write never reached the controller: ${proven}its write (sequence number ${course.seq}) was withdrawn before it was sent, and no readback came to go round again before its deadline ${new Date(record.deadline).toISOString()}; nothing was applied (${read.lastError ?? 'no answer'})`
               : `no readback before the deadline; nothing was written (${read.lastError ?? 'no answer'})`,
       });
       return null;
@@ -353,12 +375,12 @@ export class CommandExecution {
         // A controller that echoes the number already would ignore the write as a repeat, and
         // its echo would look like this command's (sequence.ts).
         if (course.from === 'dispatched' && before.seq === course.seq) {
-          // After a first write proven not applied (sentBefore), the number is the one that
-          // write carried: it can no longer be taken (its proof is of an image past its guard),
-          // and no write since left the gateway, so the echo is still another master's.
+          // After a write proven not applied (`proven`), the number is the one that write
+          // carried: it can no longer be taken (its proof is of an image past its guard), and
+          // no write since left the gateway, so the echo is still another master's.
           const carried =
-            course.sentBefore > 0
-              ? "which this command's first write carried, proven not applied (it can no longer be taken), and no write of it was sent since (another master's command)"
+            course.proven !== null
+              ? `which this command's ${ordinal(course.proven)} write carried, proven not applied (it can no longer be taken), and no write of it was sent since (another master's command)`
               : "which this command never sent (another master's command)";
           host.settle(log, record, from, {
             to: 'failed',
@@ -412,9 +434,7 @@ export class CommandExecution {
           dispatched,
           { before, expect: { ...expect, confirm: decision.confirm } },
           log,
-          course.from === 'dispatched'
-            ? { cause: course.unsent, sentBefore: course.sentBefore }
-            : null,
+          course.from === 'dispatched' ? { cause: course.unsent, proven: course.proven } : null,
         );
       }
     }
@@ -451,13 +471,14 @@ const NOTHING_WRITTEN = '; nothing was written';
  * applied (its write sent once more found no connection: execution.ts, goRoundAgain). An end
  * that would reject it — stale, the state-machine check on the fresh read, the clock policy, a
  * stop — ends it `failed` `DEVICE_UNREACHABLE` instead, saying why: `rejected` says the command
- * was never written (SPEC §2), and its first write went out. Nothing of it was applied either
+ * was never written (SPEC §2), and a write of it went out. Nothing of it was applied either
  * way; the code it would have had and its words stay in the detail. Any other end that says
- * nothing was written (a no-op confirmed or failed, an echo of its number) says instead that
- * its first write was sent and proven not applied, and nothing was written since.
+ * nothing was written (a no-op confirmed or failed, an echo of its number) says instead which
+ * write of it was sent and proven not applied (`proven`, its dispatch: not always the first,
+ * its earlier ones refused unsent), and that nothing was written since.
  */
-function sentBeforeHost(host: ExecutionHost, seq: number): ExecutionHost {
-  const sent = `its first write (sequence number ${seq}) was sent and proven not applied`;
+function sentBeforeHost(host: ExecutionHost, seq: number, proven: number): ExecutionHost {
+  const sent = `its ${ordinal(proven)} write (sequence number ${seq}) was sent and proven not applied`;
   const since = (detail: string): string =>
     detail.endsWith(NOTHING_WRITTEN)
       ? `${withoutNothingWritten(detail)}; ${sent}, and nothing was written since`
@@ -482,7 +503,7 @@ function sentBeforeHost(host: ExecutionHost, seq: number): ExecutionHost {
   };
 }
 
-/** A rejection's words without their "nothing was written": the first write was sent. */
+/** A rejection's words without their "nothing was written": a write of it was sent. */
 function withoutNothingWritten(detail: string): string {
   return detail.endsWith(NOTHING_WRITTEN) ? detail.slice(0, -NOTHING_WRITTEN.length) : detail;
 }

@@ -15,10 +15,11 @@ import type { DeviceProfile } from './profile.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
 import {
-  FIRST_NOT_APPLIED,
   judgeRedispatch,
   localLine,
   mayStillLand,
+  notAppliedEnd,
+  ordinal,
   writesMaybeSent,
   type DeviceImage,
 } from './redispatch.js';
@@ -546,7 +547,9 @@ export class ReadbackConfirmation {
         const again = this.host.journal.markRedispatched(
           record,
           clock.now(),
-          `${verdict.proof}${FIRST_NOT_APPLIED}`,
+          // Which write it proved: the latest journaled, not always the first (its earlier
+          // ones refused unsent for want of a connection).
+          `${verdict.proof}${notAppliedEnd(record.attempts)}`,
           PIPELINE,
         );
         // On disk before the second write (group commit); a failed sync throws, as a failed
@@ -585,7 +588,10 @@ export class ReadbackConfirmation {
           });
           return { kind: 'settled' };
         }
-        log.warn({ seq }, 'first write provably not applied; dispatching once more');
+        log.warn(
+          { seq, proven: record.attempts },
+          `${ordinal(record.attempts)} write provably not applied; dispatching once more`,
+        );
         const write = this.writes.beginWrite(lane, again, seq);
         ctx.write = write;
         const outcome = await this.writes.send(lane, again, seq, write, log);
@@ -617,7 +623,7 @@ export class ReadbackConfirmation {
           // MAX_DISPATCHES (execution.ts). Ended here, it failed with most of its deadline left.
           return {
             kind: 'no-connection',
-            unsent: { dispatched: again, error: outcome.error, sentBefore: 1 },
+            unsent: { dispatched: again, error: outcome.error, proven: record.attempts },
           };
         }
         if (outcome.kind === 'not-sent' && outcome.reason === 'closed') {

@@ -344,37 +344,66 @@ export function writesMaybeSent(
   return sent.filter(Boolean).length;
 }
 
-/** How the re-dispatch after a write proven not applied ends its line (readback-confirmation.ts). */
-export const FIRST_NOT_APPLIED = ': the first write was not applied';
+/** "first", "second", … "tenth" (MAX_DISPATCHES): a command's write by its dispatch. */
+export function ordinal(n: number): string {
+  return ORDINALS[n - 1] ?? `${n}th`;
+}
+
+const ORDINALS = [
+  'first',
+  'second',
+  'third',
+  'fourth',
+  'fifth',
+  'sixth',
+  'seventh',
+  'eighth',
+  'ninth',
+  'tenth',
+];
+
+/**
+ * How the re-dispatch after a write proven not applied ends its line (readback-confirmation.ts):
+ * which write it proved, by its dispatch (`n`: 1 the first). Before 2026-12-06 every such line
+ * said "the first write", also when the write proven was not the first (its earlier ones refused
+ * unsent for want of a connection); provenThenUnsent takes those too.
+ */
+export function notAppliedEnd(n: number): string {
+  return `: the ${ordinal(n)} write was not applied`;
+}
+
+/** notAppliedEnd(1): the line's end for a first write, and every line's before 2026-12-06. */
+export const FIRST_NOT_APPLIED = notAppliedEnd(1);
 
 /**
  * Whether this history proves that the command's one write that may have left the gateway was
  * proven not applied and that every write of it since was never sent: of its journaled writes
  * (its dispatch, then each re-dispatch), exactly one is not followed by an unsent line; the
  * re-dispatch right after it is the one its proof made (its line: the proof of write `seq`, an
- * image produced past the guard without its echo, "the first write was not applied"); and each
- * write after it has an unsent line: refused for want of a connection (noConnectionLine) or
- * withdrawn before it was sent (unsentLine: a shutdown, a stop). Either way the driver proved it
- * never left the process (WriteNotSentError). Then the proven write can no longer land and none
- * since left the gateway: a write now is the second that may leave it (I1), as on the live path
- * (execution.ts, goRoundAgain). False for any other history: a write with no unsent line after
- * it counts as one that may have left, whatever became of it (a line the journal failed to take
- * proves nothing). A stop accepted after the command is the caller's to judge.
+ * image produced past the guard without its echo, "the <n-th> write was not applied",
+ * notAppliedEnd, or an earlier version's "the first write"); and each write after it has an
+ * unsent line: refused for want of a connection (noConnectionLine) or withdrawn before it was
+ * sent (unsentLine: a shutdown, a stop). Either way the driver proved it never left the process
+ * (WriteNotSentError). Then the proven write can no longer land and none since left the
+ * gateway: a write now is the second that may leave it (I1), as on the live path (execution.ts,
+ * goRoundAgain). Returns the dispatch whose write was proven (1 the first), which is not always
+ * the first (earlier ones refused unsent); null for any other history: a write with no unsent
+ * line after it counts as one that may have left, whatever became of it (a line the journal
+ * failed to take proves nothing). A stop accepted after the command is the caller's to judge.
  */
-export function provenThenUnsent(history: readonly JournalEvent[], seq: number): boolean {
+export function provenThenUnsent(history: readonly JournalEvent[], seq: number): number | null {
   const cause = unsentCauseOf(seq);
   const proof = `redispatch: sequence number ${seq} is not echoed and an image produced `;
-  const writes: { proof: boolean; unsent: UnsentCause | null }[] = [];
+  const writes: { proofOf: string | null; unsent: UnsentCause | null }[] = [];
   for (const event of history) {
     if (event.from === 'accepted' && event.to === 'dispatched') {
-      writes.push({ proof: false, unsent: null });
+      writes.push({ proofOf: null, unsent: null });
     } else if (event.detail.startsWith('redispatch:')) {
       writes.push({
-        proof:
-          event.from === 'dispatched' &&
-          event.to === 'dispatched' &&
-          event.detail.startsWith(proof) &&
-          event.detail.endsWith(FIRST_NOT_APPLIED),
+        proofOf:
+          event.from === 'dispatched' && event.to === 'dispatched' && event.detail.startsWith(proof)
+            ? event.detail
+            : null,
         unsent: null,
       });
     } else {
@@ -385,10 +414,18 @@ export function provenThenUnsent(history: readonly JournalEvent[], seq: number):
   }
   const sent = writes.filter((w) => w.unsent === null);
   const [only] = sent;
-  if (sent.length !== 1 || only === undefined) return false;
-  const after = writes.slice(writes.indexOf(only) + 1);
-  const [proven] = after;
-  return proven?.proof === true && after.every((w) => w.unsent !== null);
+  if (sent.length !== 1 || only === undefined) return null;
+  const n = writes.indexOf(only) + 1;
+  const after = writes.slice(n);
+  const proofOf = after[0]?.proofOf ?? null;
+  if (
+    proofOf === null ||
+    !(proofOf.endsWith(notAppliedEnd(n)) || proofOf.endsWith(FIRST_NOT_APPLIED)) ||
+    !after.every((w) => w.unsent !== null)
+  ) {
+    return null;
+  }
+  return n;
 }
 
 /**

@@ -18,8 +18,8 @@ import type { TimedReadback } from './skew.js';
 /**
  * A command not yet written: `accepted`, or `dispatched` with its write (`seq`) never sent —
  * withdrawn before it was sent, or refused for want of a connection (`unsent`), as every one
- * before it but, when `sentBefore` is 1, a first write sent and proven not applied
- * (redispatch.ts) — whose write goes out as a re-dispatch.
+ * before it but, when `proven` is a dispatch (1 its first), that one's write, sent and proven
+ * not applied (redispatch.ts) — whose write goes out as a re-dispatch.
  */
 export type NotWritten =
   | { readonly from: 'accepted' }
@@ -27,7 +27,7 @@ export type NotWritten =
       readonly from: 'dispatched';
       readonly seq: number;
       readonly unsent: UnsentCause;
-      readonly sentBefore: number;
+      readonly proven: number | null;
     };
 
 /** Rejects a write the clock policy forbids: gateway unsynced, controller clock off (§6). */

@@ -33,8 +33,8 @@ interface Plan {
   readonly lose: readonly number[];
   /** The writes of the open that find the link refused, accepted again `reopenMs` later. */
   readonly refuse: readonly number[];
-  /** Never, when absent. */
-  readonly reopenMs?: number;
+  /** Never, when absent (read at each refusal). */
+  readonly reopenMs?: number | undefined;
   /** Called as each write of the open is handed to the driver, with its number. */
   readonly handing?: (n: number) => void;
 }
@@ -397,5 +397,92 @@ describe('such a command taken up after a restart', () => {
     expect(o.detail).toMatch(/already dispatched twice/);
     expect(valve.writesOfSeq(seq)).toHaveLength(0);
     expect(valve.writeLog).toHaveLength(0);
+  }, 60_000);
+});
+
+/**
+ * A history where the write sent and proven not applied is not the first: the first write finds
+ * no connection (refused unsent), the round's write (the second dispatch) is lost by the
+ * simulator's reset-before fault and proven not applied, and the write sent once more after it
+ * (the third dispatch) finds no connection too. Every word of the rounds after it names the
+ * second write, where they said "the first write" (the proof's line, the take-up's note, the
+ * rounds' ends): the first never left the gateway.
+ */
+describe('the words of rounds after a write proven not applied that was not the first', () => {
+  async function thirdRefused(
+    onTestFinished: TestContext['onTestFinished'],
+  ): Promise<Site & { seq: number }> {
+    // The link comes back 300 ms after the first refusal, never after the third.
+    const plan = {
+      lose: [2],
+      refuse: [1, 3],
+      reopenMs: 300 as number | undefined,
+      handing: (n: number) => {
+        if (n === 3) plan.reopenMs = undefined;
+      },
+    };
+    const s = await site(onTestFinished, plan);
+    s.h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    await s.h.until(
+      () =>
+        s.h.notes('o').filter((n) => n.includes('was not sent: no connection to the controller'))
+          .length === 2,
+      20_000,
+      "o's third write refused for want of a connection",
+    );
+    return { ...s, seq: s.h.get('o')!.seq! };
+  }
+
+  it('the proof names the second write, and the next life goes round saying so: one write, confirmed', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, seq, ...s } = await thirdRefused(onTestFinished);
+    const valve = h.device('v1');
+    expect(s.handed()).toBe(3);
+    expect(h.get('o')).toMatchObject({ state: 'dispatched', attempts: 3 });
+    expect(valve.writeLog).toHaveLength(0);
+    const proof = h.notes('o').filter((n) => n.startsWith('dispatched: redispatch: sequence'));
+    // Before: "…: the first write was not applied", of a history whose first write never left.
+    expect(proof).toHaveLength(1);
+    expect(proof[0]).toMatch(/: the second write was not applied$/);
+    await h.crash();
+    await link.accept();
+    await h.restart();
+    const o = await h.settled('o', 15_000);
+    expect(o, h.notes('o').join('\n')).toMatchObject({ state: 'confirmed', attempts: 4 });
+    const notes = h.notes('o');
+    expect(notes).toContainEqual(
+      expect.stringMatching(
+        /^dispatched: taken up: .* after its second write was sent and proven not applied .*goes round again/,
+      ),
+    );
+    expect(notes.join('\n')).not.toMatch(/first write was (sent|not applied)/);
+    // Ground truth: the first write never left the gateway, the second never reached the PLC,
+    // the third never left; the next life's is the valve's only write.
+    expect(valve.writesOfSeq(seq)).toHaveLength(1);
+    expect(valve.writeLog).toHaveLength(1);
+  }, 60_000);
+
+  it('a valve opened meanwhile: the no-op is confirmed saying its second write was sent, nothing since', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const { h, link, seq, ...s } = await thirdRefused(onTestFinished);
+    const valve = h.device('v1');
+    expect(s.handed()).toBe(3);
+    // Another master opens the valve while the link is refused.
+    valve.receiveWrite({ code: 1, setpoint: 0, seq: 60_001 });
+    await h.until(() => valve.snapshot().state === 'OPEN', 5_000, 'the valve open');
+    await link.accept();
+    const o = await h.settled('o', 15_000);
+    expect(o, h.notes('o').join('\n')).toMatchObject({ state: 'confirmed', attempts: 3 });
+    // Before: "its first write (sequence number N) was sent and proven not applied".
+    const words = `no-op: the controller shows OPEN; its second write (sequence number ${seq}) was sent and proven not applied, and nothing was written since`;
+    expect(o.detail).toBe(words);
+    expect(h.notes('o').at(-1)).toBe(`confirmed: OK: ${words}`);
+    expect(s.handed()).toBe(3);
+    expect(valve.writesOfSeq(seq)).toHaveLength(0);
+    expect(valve.writeLog).toHaveLength(1);
   }, 60_000);
 });
