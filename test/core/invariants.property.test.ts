@@ -4,18 +4,22 @@ import { isTerminal } from '../../src/core/command.js';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { commitFaults } from '../helpers/commit-faults.js';
 import { lockHolder } from '../helpers/journal-lock.js';
+import { startOpcuaSimHarness } from '../helpers/opcua-sim-harness.js';
 import { SIM_REQUEST_TIMEOUT_MS, SIM_TIMING, SimHarness } from '../helpers/sim-harness.js';
 import type { WriteLogEntry } from '../../simulators/write-log.js';
 
 /**
- * Random interleavings on the real parts — the pipeline with the real Modbus drivers against
- * sluice-sim over sockets, on a real journal file — of duplicate submissions over both intakes,
+ * Random interleavings on the real parts — the pipeline with the real Modbus drivers, or the
+ * real OPC UA driver, against sluice-sim over sockets, on a real journal file — of duplicate
+ * submissions over both intakes,
  * crashes and restarts, lost writes, dropped replies, failed reads, controllers that hold
  * commands longer than the redispatch guard, writes held on the link past the request timeout
  * (they land late, within the guard), frozen images, local operators, journal stalls
  * by another process, batches lost at their COMMIT, and a PLC that refuses connections for a
  * while (writes refused unsent go round again: re-dispatches) — over one connection to the Modbus PLC
- * or two (plcs.<name>.connections, drawn per run). Whatever happens, judged from the
+ * or two (plcs.<name>.connections, drawn per run); and the same steps, fewer runs, with the
+ * devices on an OPC UA PLC (one session, a code/setpoint write then the trigger; a refusal of
+ * connections drops the session too). Whatever happens, judged from the
  * simulator's write log and the journal (never from the pipeline's word):
  * - I1: every write that reached a controller belongs to a journaled command, no command's
  *   sequence number reached it twice, and a device's commands (stops aside) were dispatched
@@ -33,7 +37,10 @@ import type { WriteLogEntry } from '../../simulators/write-log.js';
  * The seed is printed when the test starts, and a failure prints it with its path; replay with
  *   SLUICE_PROPERTY_SEED=<seed> SLUICE_PROPERTY_PATH=<path> npx vitest run test/core/invariants.property.test.ts
  * (SLUICE_PROPERTY_RUNS=N for a longer run, SLUICE_PROPERTY_SHRINK=1 to shrink a failure;
- * SLUICE_PROPERTY_SEED=random, or unset, draws a seed and prints it).
+ * SLUICE_PROPERTY_SEED=random, or unset, draws a seed and prints it). Both properties, Modbus and
+ * OPC UA, take the one seed; `-t Modbus` or `-t 'OPC UA'` runs one of them, and
+ * SLUICE_PROPERTY_OPCUA_RUNS=N sets the OPC UA property's runs (default 5: each run starts an
+ * OPC UA server, and each life of the pipeline makes its client certificate).
  */
 
 const TTL = 2_500;
@@ -126,7 +133,9 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   // Writes are held on the link before they reach the controller, longer than the request
   // timeout (250 ms: the daemon gives the write up as outcome unknown) and shorter than the
   // guard (400 ms: the profile's contract), for a while: each lands late, after what the daemon
-  // did meanwhile on the connection that replaced the timed-out one (a stop among them).
+  // did meanwhile on the connection that replaced the timed-out one (a stop among them). Over
+  // OPC UA (request timeout 350 ms) only holds past 350 ms outlast the request; shorter ones
+  // are slow answers.
   {
     weight: 1,
     arbitrary: fc.record({
@@ -208,10 +217,25 @@ const op: fc.Arbitrary<Op> = fc.oneof(
  * connection only when one lands between a command's fresh read and its write (an armed one,
  * most often; not when a stop supersedes the command first, or the device is in LOCAL).
  */
-const reached = { runs: 0, refusals: 0, writesNotSent: 0, redispatchedAfterNotSent: 0 };
+type Protocol = 'modbus' | 'opcua';
+const reached: Record<
+  Protocol,
+  { runs: number; refusals: number; writesNotSent: number; redispatchedAfterNotSent: number }
+> = {
+  modbus: { runs: 0, refusals: 0, writesNotSent: 0, redispatchedAfterNotSent: 0 },
+  opcua: { runs: 0, refusals: 0, writesNotSent: 0, redispatchedAfterNotSent: 0 },
+};
+/** The PLC the devices are on (SimHarness's `mb`; startOpcuaSimHarness's `ua`). */
+const PLC: Readonly<Record<Protocol, string>> = { modbus: 'mb', opcua: 'ua' };
 
-async function run(connections: number, warm: boolean, ops: Op[]): Promise<void> {
-  // One connection to the Modbus PLC, or two (v1 and v2 on the first, a1 on the second).
+async function run(
+  protocol: Protocol,
+  connections: number,
+  warm: boolean,
+  ops: Op[],
+): Promise<void> {
+  // One connection to the Modbus PLC, or two (v1 and v2 on the first, a1 on the second); one
+  // session to the OPC UA PLC (the driver keeps one per endpoint).
   // Warm devices have taken a command before the run: their echo is not the power-up one, so a
   // lost write can be proven not applied and sent once more (redispatch.ts); cold ones show
   // the power-up echo, which proves nothing (with cold devices only, no run sent a second write).
@@ -220,14 +244,18 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
   // write), and a plant on that loop delivered writes held on its link hundreds of
   // milliseconds past their hold — past the redispatch guard that bounds such holds (the
   // profile's contract), which no PLC beside a stalled gateway does.
-  const h = await SimHarness.start({
-    travelMs: 100,
-    busyTimeoutMs: 200,
-    connections,
-    warm,
-    plantProcess: true,
-  });
+  const h =
+    protocol === 'modbus'
+      ? await SimHarness.start({
+          travelMs: 100,
+          busyTimeoutMs: 200,
+          connections,
+          warm,
+          plantProcess: true,
+        })
+      : await startOpcuaSimHarness({ travelMs: 100, busyTimeoutMs: 200, warm });
   const sim = h.sim!;
+  const counts = reached[protocol];
   const timers: NodeJS.Timeout[] = [];
   // Faults ended later (control API calls): awaited before the checks, their errors kept.
   const ending: Promise<unknown>[] = [];
@@ -337,7 +365,7 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
           break;
         case 'refuse':
           if (o.afterReadOf === null) {
-            await sim.refuseConnections('mb', o.ms);
+            await sim.refuseConnections(PLC[protocol], o.ms);
           } else {
             // Armed, and a command for the device: its fresh read trips the refusal just before
             // its write. Once the device's open commands are done (up to 300 ms), so that
@@ -347,10 +375,10 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
               h.journal.listOpen().some((r) => r.device === o.afterReadOf);
             while (busy() && Date.now() < idleBy) await new Promise((r) => setTimeout(r, 10));
             const body = await awayFromNow(o.afterReadOf);
-            await sim.refuseConnections('mb', o.ms, o.afterReadOf);
+            await sim.refuseConnections(PLC[protocol], o.ms, o.afterReadOf);
             submitNew(`unsent-${n++}`, body, 'https');
           }
-          reached.refusals++;
+          counts.refusals++;
           break;
       }
     }
@@ -373,14 +401,14 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
     ).toEqual([]);
 
     const records = h.journal.list({ limit: 10_000 });
-    reached.runs++;
+    counts.runs++;
     for (const r of records) {
       for (const e of h.journal.history(r)) {
         if (e.detail.includes('was not sent: no connection to the controller')) {
-          reached.writesNotSent++;
+          counts.writesNotSent++;
         }
         if (e.detail.startsWith('redispatch:') && e.detail.includes('found no connection')) {
-          reached.redispatchedAfterNotSent++;
+          counts.redispatchedAfterNotSent++;
         }
       }
     }
@@ -403,10 +431,14 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
     // confirmed at the end of its guard, was undone by it after that — a controller outside
     // its profile's contract, which no wait of the daemon can see (a held write is not in the
     // controller's image). Such writes are left out where the contract is the premise.
+    // The request timeout is the PLC's in the inventory: SIM_REQUEST_TIMEOUT_MS on Modbus, 350 ms
+    // on OPC UA (SimHarness.inventory).
+    const requestTimeoutMs = h.inventory().plcs[PLC[protocol]]?.requestTimeoutMs;
+    expect(requestTimeoutMs).toBeDefined();
     const takenPastGuard = (w: WriteLogEntry): boolean =>
       w.settledAt !== null &&
       w.settledAt - (w.receivedAt - (w.heldOnLinkMs ?? 0)) >
-        SIM_REQUEST_TIMEOUT_MS + SIM_TIMING.redispatchGuardMs;
+        requestTimeoutMs! + SIM_TIMING.redispatchGuardMs;
     for (const id of ['v1', 'v2', 'a1']) {
       const mine = records.filter((r) => r.device === id && r.seq !== null);
       const bySeq = new Map(mine.map((r) => [r.seq!, r]));
@@ -558,51 +590,66 @@ async function run(connections: number, warm: boolean, ops: Op[]): Promise<void>
   }
 }
 
+// The seed is drawn once, when the file is loaded, and printed before the first run (not only
+// with a failure: a run that hangs until vitest's timeout never reaches fast-check's report).
+// Unset or `random` (as the crash campaign's SLUICE_CAMPAIGN_SEED takes it): one is drawn.
+const rawSeed = process.env.SLUICE_PROPERTY_SEED;
+const seed =
+  rawSeed === undefined || rawSeed === 'random'
+    ? Math.floor(Math.random() * 0x7fffffff)
+    : Number(rawSeed);
+
+/** fast-check's runs of the property over `protocol`, with the checks of their outcome. */
+async function checkProperty(protocol: Protocol, runs: number): Promise<void> {
+  const path = process.env.SLUICE_PROPERTY_PATH;
+  const label = protocol === 'modbus' ? 'Modbus' : 'OPC UA';
+  expect(Number.isSafeInteger(seed), `SLUICE_PROPERTY_SEED=${String(seed)}`).toBe(true);
+  console.log(`${label} property seed ${seed} (replay: SLUICE_PROPERTY_SEED=${seed})`);
+  const details = await fc.check(
+    fc.asyncProperty(
+      // Connections to the PLC: a Modbus PLC's plcs.<name>.connections; one OPC UA session.
+      protocol === 'modbus' ? fc.constantFrom(1, 2) : fc.constant(1),
+      fc.boolean(),
+      // Lengths drawn over the whole range: fast-check's default size made most runs a few
+      // operations long (30 runs held 33 commands, and no second write).
+      fc.array(op, { minLength: 1, maxLength: 25, size: 'max' }),
+      (connections, warm, ops) => run(protocol, connections, warm, ops),
+    ),
+    {
+      numRuns: runs,
+      seed,
+      ...(path === undefined ? {} : { path }),
+      // Bounded, and an interrupted run is a failure, not fewer cases in silence.
+      interruptAfterTimeLimit: 240_000,
+      markInterruptAsFailure: true,
+      endOnFailure: process.env.SLUICE_PROPERTY_SHRINK !== '1',
+    },
+  );
+  const counts = reached[protocol];
+  console.log(
+    `${label} re-dispatch rounds: ${counts.refusals} refusals of connections in ${counts.runs} runs checked; ${counts.writesNotSent} writes refused unsent, ${counts.redispatchedAfterNotSent} re-dispatched after one`,
+  );
+  if (details.failed) {
+    console.error(details.errorInstance);
+    console.error(
+      `${label} property failed — replay with SLUICE_PROPERTY_SEED=${details.seed} SLUICE_PROPERTY_PATH=${details.counterexamplePath ?? ''} (-t '${label}')`,
+    );
+  }
+  expect(details.failed, fc.defaultReportMessage(details) ?? '').toBe(false);
+  expect(details.interrupted, 'the property was interrupted before its runs were done').toBe(false);
+  // A replayed path runs that case alone.
+  if (path === undefined) expect(details.numRuns).toBe(runs);
+}
+
 describe('invariants under random interleavings, on sluice-sim', () => {
-  it('I1, I2 and I3 hold, and every command ends', async () => {
-    // The seed is drawn here and printed before the first run, not only with a failure: a run
-    // that hangs until vitest's timeout never reaches fast-check's report.
-    // Unset or `random` (as the crash campaign's SLUICE_CAMPAIGN_SEED takes it): one is drawn.
-    const raw = process.env.SLUICE_PROPERTY_SEED;
-    const seed =
-      raw === undefined || raw === 'random' ? Math.floor(Math.random() * 0x7fffffff) : Number(raw);
-    const path = process.env.SLUICE_PROPERTY_PATH;
-    const runs = Number(process.env.SLUICE_PROPERTY_RUNS ?? 30);
-    expect(Number.isSafeInteger(seed), `SLUICE_PROPERTY_SEED=${String(seed)}`).toBe(true);
-    console.log(`property seed ${seed} (replay: SLUICE_PROPERTY_SEED=${seed})`);
-    const details = await fc.check(
-      fc.asyncProperty(
-        fc.constantFrom(1, 2),
-        fc.boolean(),
-        // Lengths drawn over the whole range: fast-check's default size made most runs a few
-        // operations long (30 runs held 33 commands, and no second write).
-        fc.array(op, { minLength: 1, maxLength: 25, size: 'max' }),
-        run,
-      ),
-      {
-        numRuns: runs,
-        seed,
-        ...(path === undefined ? {} : { path }),
-        // Bounded, and an interrupted run is a failure, not fewer cases in silence.
-        interruptAfterTimeLimit: 240_000,
-        markInterruptAsFailure: true,
-        endOnFailure: process.env.SLUICE_PROPERTY_SHRINK !== '1',
-      },
-    );
-    console.log(
-      `re-dispatch rounds: ${reached.refusals} refusals of connections in ${reached.runs} runs checked; ${reached.writesNotSent} writes refused unsent, ${reached.redispatchedAfterNotSent} re-dispatched after one`,
-    );
-    if (details.failed) {
-      console.error(details.errorInstance);
-      console.error(
-        `property failed — replay with SLUICE_PROPERTY_SEED=${details.seed} SLUICE_PROPERTY_PATH=${details.counterexamplePath ?? ''}`,
-      );
-    }
-    expect(details.failed, fc.defaultReportMessage(details) ?? '').toBe(false);
-    expect(details.interrupted, 'the property was interrupted before its runs were done').toBe(
-      false,
-    );
-    // A replayed path runs that case alone.
-    if (path === undefined) expect(details.numRuns).toBe(runs);
+  it('Modbus: I1, I2 and I3 hold, and every command ends', async () => {
+    await checkProperty('modbus', Number(process.env.SLUICE_PROPERTY_RUNS ?? 30));
+  }, 300_000);
+
+  // The same steps and checks with the devices on an OPC UA PLC: the refusal of connections
+  // drops the driver's one session (it reconnects and makes a new one), a lost write is a
+  // channel cut before the request is processed, a dropped reply one whose answer never comes.
+  it('OPC UA: I1, I2 and I3 hold, and every command ends', async () => {
+    await checkProperty('opcua', Number(process.env.SLUICE_PROPERTY_OPCUA_RUNS ?? 5));
   }, 300_000);
 });
