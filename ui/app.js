@@ -889,6 +889,9 @@
           stateTone(s.outcome.state),
         ),
       );
+      // The way out of a refusal in FAULT or LOCAL, or of a FAULT the command ran into, as
+      // `sluicectl show` says it.
+      if (s.advice) field(dl, 'what to do', s.advice, 'warn');
     } else if (open && open.stuck) {
       // The bound it is past, in the words of /readyz and sluicectl (the daemon's rule).
       var bound = open.stuckReason || 'its bound';

@@ -11,6 +11,7 @@ import type { DeviceProfile } from '../core/profile.js';
 import { packageRoot } from '../package-root.js';
 import type { CertificateVerdict } from './https-certificate.js';
 import { listItem, type ListItem } from '../views/command-list.js';
+import { refusalAdvice } from '../views/command-advice.js';
 import { showCommand, type CommandShow } from '../views/command-show.js';
 import { stuckItems, type StuckItem } from '../views/open-commands.js';
 import { deviceDocument, type DeviceDocument } from './device-view.js';
@@ -108,6 +109,12 @@ export interface InFlightCommand {
   readonly deadline: string;
   /** How long past its deadline it is, when it is. */
   readonly pastDeadlineMs: number | null;
+}
+
+/** One command's story, as `sluicectl show --json` gives it, with its `advice`. */
+export interface UiCommandShow extends CommandShow {
+  /** What to do about its outcome (views/command-advice.ts); null when nothing is to be done. */
+  readonly advice: string | null;
 }
 
 export interface UiOpenCommand extends StuckItem {
@@ -317,10 +324,16 @@ export class UiViews {
   }
 
   /** One command's whole story, as `sluicectl show --json` gives it. */
-  command(ref: CommandRef): CommandShow | undefined {
+  command(ref: CommandRef): UiCommandShow | undefined {
     const record = this.o.commands.get(ref);
     if (record === undefined) return undefined;
-    return showCommand(record, this.o.commands, this.o.clock.now(), () => this.deviceTimings());
+    const shown = showCommand(record, this.o.commands, this.o.clock.now(), () =>
+      this.deviceTimings(),
+    );
+    // What to do about a refusal in FAULT or LOCAL, or a command that sent its device to FAULT,
+    // as `sluicectl show` says it: the story alone gave the rule or the code.
+    const profile = shown.outcome === null ? null : (this.o.profiles.get(record.device) ?? null);
+    return { ...shown, advice: refusalAdvice(shown, profile) };
   }
 
   gateway(): UiGateway {
