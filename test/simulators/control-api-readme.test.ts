@@ -461,3 +461,51 @@ it.runIf(real)(
   },
   60_000,
 );
+
+/**
+ * The README's list of error codes, `(CODE, CODE (why) status; …).`, as code → status: each
+ * group's status is its last number.
+ */
+function documentedErrors(text: string): Map<string, number> {
+  const list = /errors are `\{ "code": "\.\.\.", "message": "\.\.\." \}` \((.*?)\)\. /.exec(
+    text.replace(/\s+/g, ' '),
+  )?.[1];
+  expect(list, 'simulators/README.md lists the control API error codes').toBeDefined();
+  const codes = new Map<string, number>();
+  for (const group of list!.split(';')) {
+    const status = Number(/(\d{3})\s*$/.exec(group)?.[1]);
+    for (const m of group.matchAll(/`([A-Z_]+)`/g)) codes.set(m[1]!, status);
+  }
+  return codes;
+}
+
+it.runIf(real)(
+  "the control API's errors are those simulators/README.md lists, with their status",
+  async () => {
+    const documented = documentedErrors(readFileSync(README, 'utf8'));
+    const base = `localhost:${controlPort}`;
+    // One request that meets each error, as curl sends it; the answer's status and code.
+    const requests = [
+      `curl -s -w '%{http_code}' ${base}/devices/no-such-valve`,
+      `curl -s -w '%{http_code}' ${base}/plcs/no-such-plc`,
+      `curl -s -w '%{http_code}' -X PUT ${base}/devices/inlet-valve/faults/no-such-fault -d '{}'`,
+      `curl -s -w '%{http_code}' -X PUT ${base}/devices/inlet-valve/faults/latency -d '{"ms":-1}'`,
+      `curl -s -w '%{http_code}' -X POST ${base}/devices/inlet-valve/local -d '{}'`,
+      `curl -s -w '%{http_code}' -X POST ${base}/devices/inlet-valve/local -d '{'`,
+      `curl -s -w '%{http_code}' -X PUT ${base}/devices/inlet-valve/faults/bad-status -d '{}'`,
+      `curl -s -w '%{http_code}' -X DELETE ${base}/devices`,
+      `curl -s -w '%{http_code}' -H 'Host: plant.example' ${base}/devices`,
+      `curl -s -w '%{http_code}' ${base}/no-such-route`,
+      `head -c 70000 /dev/zero | tr '\\0' ' ' | curl -s -w '%{http_code}' -X POST ${base}/devices/inlet-valve/local --data-binary @-`,
+    ];
+    const answered = new Map<string, number>();
+    for (const request of requests) {
+      const result = await shell(request);
+      expect(result.code, `${request}\n${result.stderr}`).toBe(0);
+      const status = Number(result.stdout.slice(-3));
+      const { code } = JSON.parse(result.stdout.slice(0, -3)) as { code: string };
+      answered.set(code, status);
+    }
+    expect(Object.fromEntries(answered)).toEqual(Object.fromEntries(documented));
+  },
+);
