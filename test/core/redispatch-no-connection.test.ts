@@ -486,3 +486,55 @@ describe('the words of rounds after a write proven not applied that was not the 
     expect(valve.writeLog).toHaveLength(1);
   }, 60_000);
 });
+
+/**
+ * The no-connection line of the write sent once more after the first was proven not applied is
+ * not journaled: the journal fails that one write (a double on Journal.note, for a fault no
+ * filesystem can aim at one statement; the daemon logs "note not journaled" and its round goes
+ * on, the driver having proved the write unsent in that life). To the next life that write may
+ * have left the gateway: with the proven one, two may have, and no third is sent (I1 before the
+ * deadline) — the command ends failed "already dispatched twice", nothing of it at the valve.
+ * A write whose unsent-ness is not durable counts as maybe sent.
+ */
+describe('the line that says the second write found no connection is not journaled', () => {
+  it('after a restart: failed DEVICE_UNREACHABLE "already dispatched twice", no write of it at the valve', async ({
+    expect,
+    onTestFinished,
+  }) => {
+    const s = await site(onTestFinished, { lose: [1], refuse: [2] });
+    const { h, link } = s;
+    const valve = h.device('v1');
+    const journal = h.journal;
+    const note = journal.note.bind(journal);
+    let failed = 0;
+    journal.note = (ref, at, detail, intake) => {
+      if (detail.includes('was not sent: no connection to the controller')) {
+        failed++;
+        throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_WRITE' });
+      }
+      note(ref, at, detail, intake);
+    };
+    h.submit('o', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    await h.until(() => failed > 0, 10_000, "the journal failing o's no-connection line");
+    expect(h.get('o')).toMatchObject({ state: 'dispatched', attempts: 2 });
+    expect(h.notes('o').some((n) => n.includes('no connection'))).toBe(false);
+    const seq = h.get('o')!.seq!;
+    await h.crash();
+    await link.accept();
+    await h.restart();
+    const o = await h.settled('o', 15_000);
+    expect(o, h.notes('o').join('\n')).toMatchObject({
+      state: 'failed',
+      code: 'DEVICE_UNREACHABLE',
+      attempts: 2,
+    });
+    // Taken up by readback (its latest write has no line saying it was never sent): proven not
+    // applied, it is not sent again.
+    expect(o.detail).toMatch(
+      /^the write never reached the controller: sequence number \d+ is not echoed .*; it was already dispatched twice, so it is not sent again; nothing was applied$/,
+    );
+    expect(s.handed()).toBe(2);
+    expect(valve.writesOfSeq(seq)).toHaveLength(0);
+    expect(valve.writeLog).toHaveLength(0);
+  }, 60_000);
+});
