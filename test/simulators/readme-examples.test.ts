@@ -155,7 +155,7 @@ function statusWord(v: DeviceSnapshot): number {
   );
 }
 
-describe.runIf(tools)('simulators/README.md, its printed commands as printed', () => {
+describe.runIf(tools).concurrent('simulators/README.md, its printed commands as printed', () => {
   it('the mbpoll block reads and writes what its comments say', async () => {
     const [block] = blocksAfter('By hand with [mbpoll]', 'sh');
     const lines = block!.split('\n').filter((l) => l.startsWith('mbpoll '));
