@@ -14,12 +14,41 @@
  * gone (it would answer BadSessionIdInvalid). The command variables are the controller's and are
  * kept, as the Modbus command registers are.
  */
-import type { OPCUAServer } from 'node-opcua';
+import type { Server } from 'node:net';
+import type { OPCUAServer, OPCUAServerEndPoint } from 'node-opcua';
 import type { RefuseConnections, SimPlc } from './plc.js';
 import { Timers } from './timers.js';
 
 /** How long to wait before listening again when the port could not be bound. */
 const RELISTEN_RETRY_MS = 50;
+
+type Listener = (...args: unknown[]) => void;
+
+/**
+ * node-opcua's OPCUAServerEndPoint.listen adds an `error` and a `listening` listener to its
+ * net.Server at every call, and resumeEndPoints calls it: the eleventh refusal of one server
+ * printed MaxListenersExceededWarning, and each kept two closures. The ones a resume adds are
+ * removed once it has settled, leaving those of the first listen (the net.Server is the
+ * endpoint's `_server`: a private member in node-opcua 2.182, pinned).
+ */
+function shedAddedListeners(endpoints: readonly OPCUAServerEndPoint[]): () => void {
+  const kept = endpoints.flatMap((endpoint) => {
+    const listener = (endpoint as unknown as { _server?: Server })._server;
+    if (listener === undefined) return [];
+    return (['error', 'listening'] as const).map((event) => ({
+      listener,
+      event,
+      before: new Set(listener.listeners(event)),
+    }));
+  });
+  return () => {
+    for (const { listener, event, before } of kept) {
+      for (const added of listener.listeners(event)) {
+        if (!before.has(added)) listener.off(event, added as Listener);
+      }
+    }
+  };
+}
 
 export class OpcuaRefusal {
   readonly #plc: SimPlc;
@@ -109,14 +138,17 @@ export class OpcuaRefusal {
       });
       return;
     }
+    const shed = shedAddedListeners(server.endpoints);
     void server.resumeEndPoints().then(
       () => {
+        shed();
         if (this.#server !== server) return;
         this.#refusingUntil = null;
         this.#plc.refusingConnections = false;
         this.#plc.log.info({}, 'PLC accepts connections again');
       },
       (err: unknown) => {
+        shed();
         this.#plc.log.error({ err }, 'OPC UA endpoint not listening again; retrying');
         this.#timers.after(RELISTEN_RETRY_MS, () => {
           this.#listenAgain(server);

@@ -205,6 +205,29 @@ describe('an OPC UA PLC that refuses connections for a while', () => {
     expect(device.writeLog.map((w) => w.seq)).toEqual([8]);
   }, 20_000);
 
+  it('refused again and again, it leaks no listeners', async () => {
+    // node-opcua's listen() adds listeners to its net.Server at each resume: the eleventh
+    // refusal warned MaxListenersExceededWarning.
+    const warnings: string[] = [];
+    const onWarning = (warning: Error): void => {
+      warnings.push(`${warning.name}: ${warning.message}`);
+    };
+    process.on('warning', onWarning);
+    try {
+      const plc = plant.plc('ua');
+      for (let i = 0; i < 12; i++) {
+        plc.refuseConnections({ ms: 1 });
+        await until(() => !plc.refusingConnections, { attempts: 500, everyMs: 2 });
+      }
+      await session(); // and serves sessions after them
+      // A warning is emitted on the next turn of the event loop.
+      await new Promise((r) => setImmediate(r));
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings).toEqual([]);
+  }, 20_000);
+
   it('through the control API: answered with the refusal, validated as on Modbus', async () => {
     expect(
       await api(url, 'POST', '/plcs/ua/refuse-connections', { ms: 10, afterReadOf: 'nope' }),
