@@ -130,13 +130,15 @@ afterAll(async () => {
  * with the site file at /etc/sluice/sluice.yaml (an overlay: the host's /etc is not written).
  */
 function inNamespace(command: string, name: string) {
-  const upper = join(dir, `etc-${name}`, 'upper');
-  const work = join(dir, `etc-${name}`, 'work');
-  mkdirSync(upper, { recursive: true });
-  mkdirSync(work, { recursive: true });
+  // The overlay's upper and work folders on a tmpfs of the namespace's: an overlay cannot
+  // have them on an overlayfs, which /tmp is in many containers.
+  const layer = join(dir, `etc-${name}`);
+  mkdirSync(layer);
   const script = [
     'set -e',
-    `mount -t overlay overlay -o lowerdir=/etc,upperdir=${upper},workdir=${work} /etc`,
+    `mount -t tmpfs tmpfs ${layer}`,
+    `mkdir ${layer}/upper ${layer}/work`,
+    `mount -t overlay overlay -o lowerdir=/etc,upperdir=${layer}/upper,workdir=${layer}/work /etc`,
     'mkdir -p /etc/sluice',
     `cp ${site} /etc/sluice/sluice.yaml`,
     `cd ${checkout}`,
