@@ -16,7 +16,16 @@ export interface CommandSubscriptionHost {
   failed(reason: string): void;
   /** Drops the connection so that the next one subscribes again. */
   dropConnection(client: MqttClient, reason: string): void;
+  /** How long a SUBSCRIBE waits for its SUBACK before the connection is dropped, ms. */
+  readonly subackTimeoutMs?: number | undefined;
 }
+
+/**
+ * How long the command subscription waits for the broker's SUBACK by default. A broker whose
+ * authorizer never answers (a plugin waiting on a backend that hangs) leaves the SUBSCRIBE
+ * unanswered while it answers PINGREQs: the connection stays up and the gateway deaf.
+ */
+export const SUBACK_TIMEOUT_MS = 10_000;
 
 /** The session's events the status needs (SessionEvents). */
 export interface StatusEvents {
@@ -51,6 +60,8 @@ export class CommandSubscription {
    * `offline` from then on, at a reconnection too.
    */
   private takingCommands = true;
+  /** The SUBSCRIBE waiting for its SUBACK, and its timer; null: none waits. */
+  private waiting: { readonly client: MqttClient; readonly timer: NodeJS.Timeout } | null = null;
 
   constructor(private readonly host: CommandSubscriptionHost) {}
 
@@ -104,7 +115,19 @@ export class CommandSubscription {
             ...(id === undefined ? {} : { properties: { subscriptionIdentifier: id } }),
           }
         : { qos: 1 as const };
+    const timeoutMs = this.host.subackTimeoutMs ?? SUBACK_TIMEOUT_MS;
+    this.clearWait();
+    const waiting = {
+      client,
+      timer: setTimeout(() => {
+        if (this.waiting !== waiting) return;
+        this.waiting = null;
+        this.unanswered(client, timeoutMs);
+      }, timeoutMs).unref(),
+    };
+    this.waiting = waiting;
     client.subscribe(this.host.topics.commandFilter, options, (error, granted) => {
+      if (this.waiting === waiting) this.clearWait();
       // A connection lost before the SUBACK: the next one subscribes again.
       if (!this.host.current(client) || !client.connected) return;
       const qos = granted?.[0]?.qos;
@@ -140,5 +163,37 @@ export class CommandSubscription {
       );
       this.host.dropConnection(client, 'subscription refused');
     });
+  }
+
+  /** The connection ended (or the session stopped): its SUBSCRIBE no longer waits. */
+  connectionEnded(): void {
+    this.clearWait();
+  }
+
+  private clearWait(): void {
+    if (this.waiting === null) return;
+    clearTimeout(this.waiting.timer);
+    this.waiting = null;
+  }
+
+  /**
+   * No SUBACK within `timeoutMs`: the gateway would stay connected, deaf and unready with no
+   * reason given (/readyz said only "not connected") until the connection happened to end. Said
+   * as a refusal is, and the connection dropped so that the next one subscribes again, with the
+   * reconnection backoff.
+   */
+  private unanswered(client: MqttClient, timeoutMs: number): void {
+    // A stop under way keeps the connection for the results still settling.
+    if (!this.host.current(client) || !client.connected || this.subscribed) return;
+    if (!this.takingCommands) return;
+    const topic = this.host.topics.commandFilter;
+    this.host.failed(
+      `the broker did not answer the command subscription ${topic} within ${timeoutMs} ms (no SUBACK): no command is heard on this connection; reconnecting to try again`,
+    );
+    this.host.logger.error(
+      { topic, timeoutMs },
+      'the broker did not answer the command subscription (no SUBACK); reconnecting to try again',
+    );
+    this.host.dropConnection(client, 'no SUBACK for the command subscription');
   }
 }

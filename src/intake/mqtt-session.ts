@@ -74,6 +74,8 @@ export interface MqttSessionOptions {
   /** The probe of Subscription Identifiers' waits, ms (IdentifierProbe): tests. */
   readonly identifierProbe?:
     { readonly graceMs?: number | undefined; readonly timeoutMs?: number | undefined } | undefined;
+  /** How long the command subscription waits for its SUBACK, ms (CommandSubscription): tests. */
+  readonly subackTimeoutMs?: number | undefined;
 }
 
 /** A connection that stayed up this long resets the reconnect backoff when it ends. */
@@ -180,6 +182,7 @@ export class MqttSession {
       dropConnection: (client, reason) => {
         this.dropConnection(client, reason);
       },
+      subackTimeoutMs: options.subackTimeoutMs,
     });
     this.closes = new SessionCloses({
       clientId: this.clientOptions.clientId ?? '',
@@ -453,6 +456,7 @@ export class MqttSession {
     }
     this.isEnded = true;
     this.subscription.subscribed = false;
+    this.subscription.connectionEnded();
     const connected = client.connected;
     const ended = new Promise<void>((resolve) => {
       // MQTT 5: disconnecting "with Will Message" makes the broker publish `offline` too, in
@@ -573,6 +577,7 @@ export class MqttSession {
     // the last one ended) before it says 'connect' — a while on a slow uplink, in which the
     // last connection's subscription said ready of one that has none yet.
     this.subscription.subscribed = false;
+    this.subscription.connectionEnded();
     this.probe.end();
     // The copies held for a verdict on this connection go with it (the broker redelivers them).
     this.events?.identifiersAnswered();

@@ -43,6 +43,8 @@ export interface MqttIntakeOptions {
   readonly strayCopyWaitMs?: number;
   /** The probe of Subscription Identifiers' waits, ms (mqtt-identifier-probe.ts): tests. */
   readonly identifierProbe?: { readonly graceMs?: number; readonly timeoutMs?: number };
+  /** How long the command subscription waits for its SUBACK, ms (10 s): tests. */
+  readonly subackTimeoutMs?: number;
   /** Command copies held for the probe's verdict at most (mqtt-held-copies.ts; 1,000): tests. */
   readonly maxHeldCopies?: number;
 }
@@ -105,6 +107,7 @@ export class MqttIntake {
       reconnect: options.reconnect,
       metrics: options.metrics,
       identifierProbe: options.identifierProbe,
+      subackTimeoutMs: options.subackTimeoutMs,
     });
     this.publisher = new MqttPublisher({
       link: this.session,
