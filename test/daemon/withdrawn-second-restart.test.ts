@@ -145,6 +145,15 @@ describe.runIf(real)('a second write withdrawn as sluiced stopped, after the res
         ),
       ),
     );
+    // The next life's write is counted as a re-dispatch of a write withdrawn unsent.
+    const metrics = (await site.https('GET', '/metrics')).body.split('\n');
+    const withdrawn = metrics.find(
+      (l) =>
+        l.startsWith('sluice_device_redispatches_total{') &&
+        l.includes(`device="${VALVE}"`) &&
+        l.includes('reason="withdrawn"'),
+    );
+    expect(withdrawn?.split(' ').at(-1)).toBe('1');
     // I1: one write of its number reached the valve, the next life's (after the warm-up's).
     expect(valve.writesWithSeq(seq)).toBe(1);
     expect(valve.writeLog.map((w) => w.seq)).toEqual([warmed.seq, seq]);
