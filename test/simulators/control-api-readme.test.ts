@@ -72,6 +72,7 @@ interface Check {
 }
 
 let sim: SimProcess;
+let stopSim: () => Promise<void> = () => Promise.resolve();
 let mb: ModbusEndpoint;
 let uaUrl: string;
 let controlPort: string;
@@ -90,7 +91,15 @@ beforeAll(async () => {
   inletBase = plant.plcs['modbus-plc']?.devices['inlet-valve']?.base ?? -1;
   expect(inletBase, 'the example plant has inlet-valve on modbus-plc').toBeGreaterThanOrEqual(0);
   // The OPC UA client's certificate is made while the plant starts: seconds of key generation.
-  [sim] = await Promise.all([SimProcess.start(dir.dir, plant.plcs), prepareClientCertificate()]);
+  const [started, certificate] = await Promise.allSettled([
+    SimProcess.start(dir.dir, plant.plcs),
+    prepareClientCertificate(),
+  ]);
+  // Stopped at the end whatever else failed.
+  if (started.status === 'fulfilled') stopSim = () => started.value.stop();
+  if (started.status === 'rejected') throw started.reason;
+  if (certificate.status === 'rejected') throw certificate.reason;
+  sim = started.value;
   mb = modbusEndpoint(sim.plcs.find((p) => p.name === 'modbus-plc')!.endpoint);
   uaUrl = opcuaEndpoint(sim.plcs.find((p) => p.name === 'opcua-plc')!.endpoint).endpointUrl;
   controlPort = new URL(sim.controlUrl).port;
@@ -100,7 +109,7 @@ afterAll(async () => {
   for (const link of links) link.socket.destroy();
   await Promise.allSettled(background);
   if (!real) return;
-  await sim.stop();
+  await stopSim();
   await releaseClientPki();
   cleanup();
 });

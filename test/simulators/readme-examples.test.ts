@@ -88,6 +88,7 @@ function printed(out: string): Map<number, number> {
   );
 }
 
+const started: SimProcess[] = [];
 let defaultPlant: SimProcess;
 let fieldPlant: SimProcess;
 let cleanup: () => void;
@@ -97,15 +98,19 @@ beforeAll(async () => {
   if (!tools) return;
   ({ dir, cleanup } = tempDir('sluice-sim-readme-'));
   for (const sub of ['default', 'field']) mkdirSync(join(dir, sub));
-  [defaultPlant, fieldPlant] = await Promise.all([
+  const results = await Promise.allSettled([
     SimProcess.start(join(dir, 'default'), plantFile('default.yaml').plcs),
     SimProcess.start(join(dir, 'field'), plantFile('field.yaml').plcs),
   ]);
+  // Those that started are stopped at the end, whichever failed.
+  for (const result of results) if (result.status === 'fulfilled') started.push(result.value);
+  for (const result of results) if (result.status === 'rejected') throw result.reason;
+  [defaultPlant, fieldPlant] = started as [SimProcess, SimProcess];
 }, 90_000);
 
 afterAll(async () => {
   if (!tools) return;
-  await Promise.allSettled([defaultPlant.stop(), fieldPlant.stop()]);
+  await Promise.allSettled(started.map((plant) => plant.stop()));
   cleanup();
 });
 
