@@ -160,19 +160,32 @@ export function takeUpWriteBounds(options: EarlierWriteBoundsOptions): {
 }
 
 /**
- * Lane.earlierWriteUnknownSinceMono: from the lock, the end of this life's request timeout, or
- * later when an earlier life's bound runs longer than this life's request timeout and guard
- * together (the guard, this life's, is counted from the moment returned).
+ * Lane.earlierWriteUnknownSinceMono: the guard, this life's, counted from the moment returned
+ * covers every way a write an earlier life sent may still be taken. This life does not know
+ * whether the controller had answered it: lost, it is taken within the request timeout and
+ * guard after it was sent, if ever; acknowledged (a controller that holds a received command
+ * until its handshake is free), within the confirm timeout, as the life that sent it waited for
+ * it (previous-write.ts) — each as this life is configured, or an earlier life when longer. So
+ * from the lock: the end of this life's request timeout, or later by what the longest of those
+ * bounds leaves past this life's guard. Counted from the request timeout alone, a write the
+ * controller had acknowledged and held was proven not applied by the next life a guard after it
+ * and sent a second time (two writes of one sequence number at the controller, I1), where the
+ * life that sent it never proves an acknowledged write not applied.
  */
 export function earlierWriteUnknownSince(
   binding: DeviceBinding,
   earlierLivesEndedMono: number,
   earlier: WriteBounds,
 ): number {
-  const guard = binding.profile.timing.redispatchGuardMs;
+  const { redispatchGuardMs: guard, confirmTimeoutMs } = binding.profile.timing;
   const ownTimeout = binding.requestTimeoutMs ?? guard;
-  const saved = earlier.get(binding.id)?.unknownMs ?? 0;
-  return earlierLivesEndedMono + Math.max(ownTimeout, saved - guard);
+  const saved = earlier.get(binding.id);
+  const landsWithin = Math.max(
+    saved?.unknownMs ?? 0,
+    saved?.ackedMs ?? 0,
+    confirmTimeoutMs,
+  );
+  return earlierLivesEndedMono + Math.max(ownTimeout, landsWithin - guard);
 }
 
 /**

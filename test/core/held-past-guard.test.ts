@@ -48,11 +48,16 @@ const start = (warm: boolean): Promise<SimHarness> =>
 // stop written on the connection that replaced the timed-out one and taken first, the daemon
 // crashed and restarted, and the controller's handshake held when the write arrives.
 describe('a stop, a preempted write held on the link, a crash, a held handshake', () => {
-  // When the hold ends, counted from the move's sending: within the contract (the request
-  // timeout plus the guard), and well past it.
-  for (const releaseMs of [900, 2_000]) {
-    const within = releaseMs <= CONTRACT_MS;
-    it(`the hold ends ${releaseMs} ms after the move was sent: ${within ? 'the stop did not hold, and says so' : 'past the contract; the stop waited its guard'}`, async () => {
+  // When the hold ends: 900 ms after the move's sending, within the contract (the request
+  // timeout plus the guard); or once the stop is confirmed, well past it. The restarted daemon
+  // waits past the guard too before it confirms the stop: it does not know whether the earlier
+  // life's write was answered, and one the controller acknowledged is taken within the confirm
+  // timeout (3 s here), if ever, counted from the restart's lock (earlier-write-bounds.ts). A
+  // hold that ends 2 s after the sending (where this case ended it), past the guard but within
+  // that, now has the stop fail, saying it did not hold.
+  for (const releaseMs of [900, null]) {
+    const within = releaseMs !== null;
+    it(`the hold ends ${releaseMs === null ? 'once the stop is confirmed' : `${releaseMs} ms after the move was sent`}: ${within ? 'the stop did not hold, and says so' : 'past the contract; the stop waited its guard'}`, async () => {
       h = await start(false);
       const a1 = h.device('a1');
       // Held on the link past the request timeout (250 ms) and within the guard.
@@ -79,7 +84,11 @@ describe('a stop, a preempted write held on the link, a crash, a held handshake'
       // milliseconds each: a hold of linkMs can read one less (799 for 800, seen in a CI run).
       expect(arrived.heldOnLinkMs).toBeGreaterThanOrEqual(linkMs - 1);
       const sentAt = arrived.receivedAt - arrived.heldOnLinkMs!;
-      await new Promise((r) => setTimeout(r, sentAt + releaseMs - Date.now()));
+      if (releaseMs !== null) {
+        await new Promise((r) => setTimeout(r, sentAt + releaseMs - Date.now()));
+      } else {
+        await h.settled('stop');
+      }
       a1.clearFault('hold');
       const stop = await h.settled('stop');
       const move = await h.settled('move');
@@ -97,7 +106,7 @@ describe('a stop, a preempted write held on the link, a crash, a held handshake'
       // The move arrived within the guard after its request timed out, and was held on.
       expect(moveWrite.receivedAt - sentAt).toBeLessThan(CONTRACT_MS);
       const takenAfterSending = moveWrite.settledAt! - sentAt;
-      expect(takenAfterSending).toBeGreaterThanOrEqual(releaseMs - 5);
+      expect(takenAfterSending).toBeGreaterThanOrEqual((releaseMs ?? CONTRACT_MS) - 5);
       const takeUp = h.journal
         .history(stop)
         .find((e) => e.detail.startsWith('taken up: sequence number'));
