@@ -186,9 +186,10 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   // The next batch's COMMIT fails (an I/O error that clears at once): whatever it held — a
   // claim, a dispatch, a settlement — is not kept, and the barrier that covers it fails.
   { weight: 2, arbitrary: fc.constant({ kind: 'loseCommit' as const }) },
-  // The Modbus PLC's communication module drops off the network for a while (sluice-sim's
-  // refusal of connections): every connection is reset and connects are refused, the
-  // controller running on with nothing lost. A write handed to the driver meanwhile finds no
+  // The PLC's communication module drops off the network for a while (sluice-sim's refusal
+  // of connections): every connection is reset and connects are refused (OPC UA: the session
+  // is gone too; the driver reconnects and makes a new one), the controller running on with
+  // nothing lost. A write handed to the driver meanwhile finds no
   // connection and is refused unsent (WriteNotSentError): its command waits for the connection
   // and goes round again, a fresh read and a re-dispatch (execution.ts, carryOutRounds), as
   // often as that happens (MAX_DISPATCHES). A write on its way as the connections reset (held
