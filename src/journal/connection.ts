@@ -28,7 +28,15 @@ import {
 } from '../core/journal.js';
 import { LATEST_VERSION, MIGRATIONS, createLatest } from './migrations.js';
 import { rowToRecord, translate, type CommandRow } from './rows.js';
-import { UPGRADE_FACTOR, freeBytes, mb, upgradeRoom, upgradeShortOfRoom } from './upgrade-room.js';
+import {
+  freeBytes,
+  mb,
+  timesTheJournal,
+  upgradeFactor,
+  upgradeRoom,
+  upgradeShortOfRoom,
+  upgradeWork,
+} from './upgrade-room.js';
 import { unwritable } from './writer-lock.js';
 
 /** How a journal file is opened. */
@@ -517,7 +525,7 @@ function migrate(db: Database, from: number, path: string): void {
 
 /**
  * An upgrade is refused, before it writes anything, when the journal's filesystem has not the
- * room it needs (UPGRADE_FACTOR). Attempted, it filled the filesystem to the last block, failed
+ * room it needs (upgradeFactor). Attempted, it filled the filesystem to the last block, failed
  * SQLITE_FULL and was rolled back — and under systemd (Restart=on-failure) every start 2 s
  * later did the same, for as long as the space was not freed: the flash written over and over,
  * and every other writer on that filesystem (the logs, other services) met ENOSPC each time,
@@ -526,7 +534,7 @@ function migrate(db: Database, from: number, path: string): void {
  * the free space cannot be measured, the upgrade is tried (migrationFull says a failure).
  */
 function refuseUpgradeWithoutRoom(path: string, from: number): void {
-  const room = upgradeRoom(path);
+  const room = upgradeRoom(path, from);
   if (room === null || room.free >= room.needed) return;
   throw new JournalUnavailableError(
     `journal unavailable (open): ${upgradeShortOfRoom(path, from, room)}: sluiced measures again at each start (the unit restarts it every 2 s) and upgrades the journal once the room is there`,
@@ -583,7 +591,7 @@ function migrationFull(
   try {
     const size = statSync(path).size;
     const had = free === null ? '' : `; ${mb(free)} were free`;
-    room = ` and needs up to about ${mb(UPGRADE_FACTOR * size)} free there (twice the journal's ${mb(size)}${had})`;
+    room = ` and needs up to about ${mb(upgradeFactor(from) * size)} free there (${timesTheJournal(upgradeFactor(from), size)}${had})`;
   } catch {
     // Size unknown: the sentence goes without it.
   }
@@ -592,7 +600,7 @@ function migrationFull(
       ? `the upgrade was undone and the journal is left as it was (version ${from})`
       : `its last step was undone and the journal is at version ${reached}`;
   return new JournalUnavailableError(
-    `journal unavailable (open): SQLITE_FULL: the filesystem of ${path} is full: upgrading the journal from schema version ${from} to ${LATEST_VERSION} copies its tables${room}; ${undone}; free space there, then start sluiced again (it tries again at each start)`,
+    `journal unavailable (open): SQLITE_FULL: the filesystem of ${path} is full: upgrading the journal from schema version ${from} to ${LATEST_VERSION} ${upgradeWork(from)}${room}; ${undone}; free space there, then start sluiced again (it tries again at each start)`,
     { cause },
   );
 }

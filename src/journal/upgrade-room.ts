@@ -1,6 +1,6 @@
 import { closeSync, openSync, readSync, statSync, statfsSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { LATEST_VERSION } from './migrations.js';
+import { LATEST_VERSION, MIGRATIONS } from './migrations.js';
 
 /**
  * The room a schema upgrade of the journal needs, measured without SQLite: the start refuses
@@ -9,16 +9,31 @@ import { LATEST_VERSION } from './migrations.js';
  */
 
 /**
- * Free space an upgrade needs per byte of the journal: a migration copies the tables into the
- * log, and the checkpoint after it into the file, so at the peak the log and the file's growth
- * each hold the new tables, at most the journal's size each (measured on a tmpfs, the least
- * room the upgrade from version 1 took: 0.2 × the journal's size for settled commands with
- * long results, up to 1.4 × for short rows with none stored).
+ * Free space an upgrade from schema version `from` needs per byte of the journal: the room of
+ * each migration it runs (migrations.ts), all of them in the log until the checkpoint after the
+ * last one copies it into the file. A copy of the tables (from version 1) takes about twice the
+ * journal; the indexes of version 3 alone (from version 2), a fraction of it: an upgrade that
+ * only adds an index does not ask for room it will never use.
  */
-export const UPGRADE_FACTOR = 2;
+export function upgradeFactor(from: number): number {
+  const sum = MIGRATIONS.filter((m) => m.version > from).reduce((t, m) => t + m.room, 0);
+  return Math.round(sum * 10) / 10;
+}
+
+/** What the upgrade from `from` does to the journal, as its messages say it. */
+export function upgradeWork(from: number): string {
+  return from < 2
+    ? 'copies its tables'
+    : 'builds indexes from one read of its commands (it copies no table)';
+}
+
+/** `factor` × the journal's size, in words. */
+export function timesTheJournal(factor: number, size: number): string {
+  return `${factor === 2 ? 'twice' : `${factor} ×`} the journal's ${mb(size)}`;
+}
 
 /**
- * Room beyond UPGRADE_FACTOR for the log's own bytes (a 24-byte header per page, its index in
+ * Room beyond upgradeFactor for the log's own bytes (a 24-byte header per page, its index in
  * the -shm file) and the pages SQLite writes besides: 2 % of the journal, 1 MB at least.
  */
 function upgradeMargin(size: number): number {
@@ -36,8 +51,11 @@ export interface UpgradeRoom {
   readonly free: number;
 }
 
-/** Null when the file or its filesystem cannot be measured (the open says what is wrong). */
-export function upgradeRoom(path: string): UpgradeRoom | null {
+/**
+ * What an upgrade from schema version `from` needs. Null when the file or its filesystem cannot
+ * be measured (the open says what is wrong).
+ */
+export function upgradeRoom(path: string, from: number): UpgradeRoom | null {
   const free = freeBytes(path);
   if (free === null) return null;
   let size: number;
@@ -47,12 +65,12 @@ export function upgradeRoom(path: string): UpgradeRoom | null {
   } catch {
     return null;
   }
-  return { size, needed: UPGRADE_FACTOR * size + upgradeMargin(size), free };
+  return { size, needed: Math.ceil(upgradeFactor(from) * size) + upgradeMargin(size), free };
 }
 
 export function upgradeShortOfRoom(path: string, from: number, room: UpgradeRoom): string {
   const { size, needed, free } = room;
-  return `not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION}: the upgrade copies its tables and needs about ${mb(needed)} free on its filesystem (twice the journal's ${mb(size)}, and ${mb(upgradeMargin(size))} for the log), and ${mb(free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(needed - free)} more there`;
+  return `not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION}: the upgrade ${upgradeWork(from)} and needs about ${mb(needed)} free on its filesystem (${timesTheJournal(upgradeFactor(from), size)}, and ${mb(upgradeMargin(size))} for the log), and ${mb(free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(needed - free)} more there`;
 }
 
 /** What the next start will do with the journal at `path`, for `sluiced --check`. */
@@ -96,7 +114,7 @@ export function journalOutlook(path: string): JournalOutlook {
   if (version === 0) return { kind: 'other' };
   if (version === LATEST_VERSION) return { kind: 'current', version };
   if (version > LATEST_VERSION) return { kind: 'newer', version };
-  const room = upgradeRoom(path);
+  const room = upgradeRoom(path, version);
   const refusal =
     room !== null && room.free < room.needed ? upgradeShortOfRoom(path, version, room) : null;
   return { kind: 'upgrade', from: version, to: LATEST_VERSION, room, refusal };

@@ -25,7 +25,7 @@ import { hasCommand, realComponent } from '../helpers/real.js';
  * thread of its own. Here the real `sluiced` on a version 1 journal large enough that its
  * upgrade takes over a second, the notification socket as systemd has it (python3), and a
  * WatchdogSec= of 400 ms (pings every 200 ms): the pings keep coming through the upgrade, the
- * start is extended while it goes on, READY follows, and the file is at version 2 with every
+ * start is extended while it goes on, READY follows, and the file is at version 3 with every
  * command and event.
  */
 
@@ -53,7 +53,7 @@ describe.runIf(python)('an older journal upgraded at start, as systemd sees it',
     cleanup?.();
   });
 
-  it('WATCHDOG=1 and EXTEND_TIMEOUT_USEC keep coming while the journal is upgraded, then READY; every command is at version 2', async () => {
+  it('WATCHDOG=1 and EXTEND_TIMEOUT_USEC keep coming while the journal is upgraded, then READY; every command is at version 3', async () => {
     const made = tempDir('sluice-notify-upgrade-');
     cleanup = made.cleanup;
     const dir = made.dir;
@@ -88,7 +88,7 @@ describe.runIf(python)('an older journal upgraded at start, as systemd sees it',
     // so far were written before each notification.
     const beforeReady = readFileSync(stdoutPath).subarray(0, ready.watchedBytes!).toString('utf8');
     expect(beforeReady, `daemon output:\n${output()}`).toContain(
-      '"msg":"journal upgraded from schema version 1 to 2"',
+      '"msg":"journal upgraded from schema version 1 to 3"',
     );
     const explain = `datagrams before READY: ${JSON.stringify(before.map((d) => [Math.round(d.at), d.text]))}\ndaemon output:\n${output()}`;
 
@@ -105,8 +105,8 @@ describe.runIf(python)('an older journal upgraded at start, as systemd sees it',
       .split('\n')
       .filter((l) => l.startsWith('{'))
       .map((l) => JSON.parse(l) as { msg?: string; time?: number; ms?: number; path?: string });
-    const began = log.find((l) => l.msg === 'upgrading the journal from schema version 1 to 2');
-    const ended = log.find((l) => l.msg === 'journal upgraded from schema version 1 to 2');
+    const began = log.find((l) => l.msg === 'upgrading the journal from schema version 1 to 3');
+    const ended = log.find((l) => l.msg === 'journal upgraded from schema version 1 to 3');
     expect(began?.path, explain).toBe(journalPath);
     expect(ended?.path, explain).toBe(journalPath);
     expect(ended!.ms!, explain).toBeGreaterThan(5 * PING_MS);
@@ -120,16 +120,16 @@ describe.runIf(python)('an older journal upgraded at start, as systemd sees it',
     expect(extensions.length, explain).toBeGreaterThanOrEqual(1);
     for (const e of extensions) {
       expect(e.pid, explain).toBe(daemon.pid);
-      expect(e.text, explain).toMatch(/from schema version 1 to 2: \d+ MB read and written so far/);
+      expect(e.text, explain).toMatch(/from schema version 1 to 3: \d+ MB read and written so far/);
     }
 
     daemon.kill('SIGTERM');
     await new Promise((resolve) => daemon.once('exit', resolve));
 
-    // Ground truth: the file, at version 2, with every command and its events.
+    // Ground truth: the file, at version 3, with every command and its events.
     const db = new BetterSqlite3(journalPath, { readonly: true });
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(2);
+      expect(db.pragma('user_version', { simple: true })).toBe(3);
       expect(db.prepare('SELECT count(*) AS n FROM commands').get()).toEqual({ n: COMMANDS });
       expect(db.prepare('SELECT count(*) AS n FROM events').get()).toEqual({ n: 3 * COMMANDS });
       expect(

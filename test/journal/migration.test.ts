@@ -13,7 +13,7 @@ import { createInterface } from 'node:readline';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { toResult } from '../../src/core/result.js';
-import { MIGRATIONS } from '../../src/journal/migrations.js';
+import { LATEST_VERSION, MIGRATIONS } from '../../src/journal/migrations.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
@@ -21,8 +21,9 @@ import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliabil
 
 /**
  * Version 1 journals (a WITHOUT ROWID commands table with a stored response; events keyed by
- * scope and key) are migrated in place to version 2 at open: every command and event kept,
- * replays unchanged, and the same schema as a journal created new.
+ * scope and key) are migrated in place to version 2, then 3, at open: every command and event
+ * kept, replays unchanged, and the same schema as a journal created new. Version 2 journals
+ * get version 3's indexes (the commands that ended rejected or failed) and nothing else.
  */
 
 const cleanups: (() => void)[] = [];
@@ -45,7 +46,7 @@ function schemaOf(path: string): string[] {
   }
 }
 
-describe('journal migration 1 → 2', () => {
+describe('journal migration 1 → 2 → 3', () => {
   it('keeps every command and event, renders the same result, and ends in the new schema', () => {
     const { dir, cleanup } = tempDir('sluice-migrate-');
     cleanups.push(cleanup);
@@ -135,7 +136,7 @@ describe('journal migration 1 → 2', () => {
     SqliteJournal.open({ path: fresh }).close();
     expect(schemaOf(oldPath)).toEqual(schemaOf(fresh));
     const db = new BetterSqlite3(oldPath, { readonly: true });
-    expect(db.pragma('user_version', { simple: true })).toBe(2);
+    expect(db.pragma('user_version', { simple: true })).toBe(LATEST_VERSION);
     db.close();
   });
 
@@ -269,7 +270,7 @@ describe('journal migration 1 → 2', () => {
       const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
       const size = before.length;
       expect(message).toContain(
-        `not enough free space to upgrade the journal ${path} from schema version 1 to 2: the upgrade copies its tables and needs about ${mb(2 * size + 1e6)} free on its filesystem (twice the journal's ${mb(size)}, and 1.0 MB for the log), and `,
+        `not enough free space to upgrade the journal ${path} from schema version 1 to 3: the upgrade copies its tables and needs about ${mb(Math.ceil(2.6 * size) + 1e6)} free on its filesystem (2.6 × the journal's ${mb(size)}, and 1.0 MB for the log), and `,
       );
       // The free space as the open found it (its log's index, 32 KB, already taken).
       const said = /, and ([\d.]+) MB are free; /.exec(message);
@@ -362,20 +363,20 @@ describe.runIf(tmpfsAvailable())(
       expect(message).not.toContain('undone');
       expect(message).not.toContain('left as it was');
       expect(message).toContain(
-        `the journal was upgraded from schema version 1 to 2: the upgrade is committed, in its log ${path}-wal, but copying it into ${path} found no room`,
+        `the journal was upgraded from schema version 1 to 3: the upgrade is committed, in its log ${path}-wal, but copying it into ${path} found no room`,
       );
       expect(message).toContain(`keep ${path}-wal beside it`);
-      // Ground truth, still full: the journal with its log is at version 2, every command there.
+      // Ground truth, still full: the journal with its log is at version 3, every command there.
       const read = new BetterSqlite3(path, { readonly: true, fileMustExist: true });
       try {
-        expect(read.pragma('user_version', { simple: true })).toBe(2);
+        expect(read.pragma('user_version', { simple: true })).toBe(3);
         expect(read.prepare('SELECT count(*) AS n FROM commands').get()).toEqual({ n: 3_000 });
       } finally {
         read.close();
       }
       expect(statSync(`${path}-wal`).size).toBeGreaterThan(0);
 
-      // Space freed: the next start opens it at version 2 without upgrading again, every command
+      // Space freed: the next start opens it at version 3 without upgrading again, every command
       // kept, and its close copies the log into the journal file.
       rmSync(join(mnt, 'filler'));
       const j = SqliteJournal.open({ path, groupCommit: true });
@@ -387,7 +388,7 @@ describe.runIf(tmpfsAvailable())(
       expect(existsSync(`${path}-wal`)).toBe(false);
       const alone = new BetterSqlite3(path, { readonly: true, fileMustExist: true });
       try {
-        expect(alone.pragma('user_version', { simple: true })).toBe(2);
+        expect(alone.pragma('user_version', { simple: true })).toBe(3);
       } finally {
         alone.close();
       }
