@@ -34,6 +34,16 @@ const RECOVERY_RETRY_MS = 1_000;
 /** SQLite's default wal_autocheckpoint (pages), restored once the journal has recovered. */
 const AUTOCHECKPOINT_PAGES = 1_000;
 
+/**
+ * The size the WAL is cut back to when SQLite starts it again from the top (journal_size_limit),
+ * twice what the automatic checkpoint lets it reach (1,000 pages of 4 KiB), so that a WAL in
+ * steady use is never cut. Without it the file keeps the largest size it ever had: a reader
+ * holding one snapshot for long (a sqlite3 shell with a transaction left open, a backup) stops
+ * every checkpoint from reaching the WAL's end, the WAL grows with every commit meanwhile, and
+ * after the reader let go it stayed that size on the gateway's disk until the daemon stopped.
+ */
+export const WAL_SIZE_LIMIT_BYTES = 8 * 1024 * 1024;
+
 /** What group commit needs of the journal it serves. */
 export interface GroupCommitHost {
   /** The journal file's path: the WAL is the file beside it (`<path>-wal`). */
@@ -555,6 +565,8 @@ export class GroupCommit {
       throw error;
     }
     this.wal = { fd, conn: this.host.current() };
+    // A setting of the connection, as the descriptor is: made again on a replaced one.
+    this.host.current().db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT_BYTES}`);
     if (this.journalFile === null) {
       const { dev, ino } = statSync(this.host.path);
       this.journalFile = { dev, ino };
