@@ -2,7 +2,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { join } from 'node:path';
-import type { IClientOptions, IClientPublishOptions, IPublishPacket, MqttClient } from 'mqtt';
+import type {
+  IClientOptions,
+  IClientPublishOptions,
+  IConnackPacket,
+  IPublishPacket,
+  MqttClient,
+} from 'mqtt';
 import { mqttConfigSchema } from '../../src/config/config.js';
 import type { MqttConfig } from '../../src/intake/mqtt.js';
 import { tempDir } from './fixtures.js';
@@ -237,6 +243,8 @@ export interface Received {
  */
 export class TestClient {
   readonly messages: Received[] = [];
+  /** The CONNACK's Session Present of the first connection (false until connected). */
+  sessionPresent = false;
   private readonly waiters = new Set<() => void>();
 
   private constructor(readonly client: MqttClient) {
@@ -255,14 +263,34 @@ export class TestClient {
   static async connect(url: string, options: IClientOptions = {}): Promise<TestClient> {
     // Loaded here, not at the top: most files import this one for the broker alone (or for
     // mosquittoAvailable, until) and would pay for mqtt.js at every start of their worker.
-    const { connectAsync } = await import('mqtt');
-    const client = await connectAsync(url, {
+    const { connect } = await import('mqtt');
+    const client = connect(url, {
       protocolVersion: 5,
       reconnectPeriod: 200,
       connectTimeout: 5_000,
       ...options,
     });
-    return new TestClient(client);
+    // Listening before the CONNACK: a persistent session's queued messages come right behind
+    // it, handled in the same turn as the 'connect' event, before an await of the connection
+    // resumes (a listener attached then missed them, as with mqtt.js's connectAsync).
+    const test = new TestClient(client);
+    await new Promise<void>((resolve, reject) => {
+      const settle = (): void => {
+        client.off('connect', connected).off('end', connected).off('error', failed);
+      };
+      const connected = (connack?: IConnackPacket): void => {
+        settle();
+        test.sessionPresent = connack?.sessionPresent === true;
+        resolve();
+      };
+      const failed = (error: Error): void => {
+        settle();
+        client.end();
+        reject(error);
+      };
+      client.on('connect', connected).on('end', connected).on('error', failed);
+    });
+    return test;
   }
 
   async subscribe(topic: string, qos: 0 | 1 = 1): Promise<void> {
