@@ -23,6 +23,7 @@ import { lockJournal, unwritable } from '../journal/writer-lock.js';
 import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { CountedRetentionSweeper, Metrics } from './metrics.js';
+import { registerMqttConnected } from './mqtt-connected-metric.js';
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
 import {
   extendWhile,
@@ -410,6 +411,7 @@ export class Daemon {
           retentionHours: config.journal.retentionHours,
         });
         const intake = mqttIntake;
+        registerMqttConnected(metrics.registry, () => intake.connected());
         releasers.push({ name: 'mqtt', release: () => intake.stop() });
         intake.start();
       }
