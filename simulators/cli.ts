@@ -17,7 +17,7 @@ const onSignal = (): void => {
 process.on('SIGTERM', onSignal);
 process.on('SIGINT', onSignal);
 
-process.exitCode = await runCli(process.argv.slice(2), {
+const exitCode = await runCli(process.argv.slice(2), {
   stdout: process.stdout,
   stderr: process.stderr,
   signal: stop.signal,
@@ -30,3 +30,8 @@ process.exitCode = await runCli(process.argv.slice(2), {
     routeOpcuaMessages(logger);
   },
 });
+// The plant is stopped (its servers closed, its write logs written, "stopped" printed; the log is
+// synchronous): nothing is left to do. node-opcua's closed server may still hold timers of its own
+// for a while (seconds on a loaded machine), which would run the forced exit above and turn a clean
+// stop into exit 1.
+process.exit(exitCode);
