@@ -131,7 +131,9 @@ export class SimProcess {
         resolve();
       }),
     );
-    const end = Date.now() + 30_000;
+    // A set-up bound, not a speed check: loading node-opcua and starting its servers took over 30 s
+    // at load ~20 with four files starting OPC UA plants at once.
+    const end = Date.now() + 90_000;
     const listening = (): RegExpExecArray | null => /^control: (\S+)$/m.exec(out);
     while (listening() === null) {
       if (child.exitCode !== null || child.signalCode !== null || Date.now() > end) {
