@@ -68,6 +68,11 @@ export interface DaemonOptions {
    */
   readonly readsFailingMs?: number;
   /**
+   * How long the journal's sync may be under way before /readyz counts the journal unavailable
+   * (readiness.ts SYNC_STALL_MS by default, not a site's setting), shortened likewise.
+   */
+  readonly syncStallMs?: number;
+  /**
    * The service manager's notifications (READY, WATCHDOG, STOPPING); by default from this
    * process's NOTIFY_SOCKET, silent without it.
    */
@@ -153,6 +158,7 @@ export class Daemon {
     startProgress: StartProgressOptions;
     shutdownBoundMs: number;
     readsFailingMs: number | undefined;
+    syncStallMs: number | undefined;
     httpsIntake: HttpsIntake | null;
     mqttIntake: MqttIntake | null;
     releasers: { name: string; release: () => Promise<void> | void }[];
@@ -165,7 +171,7 @@ export class Daemon {
     this.journal = parts.journal;
     this.clocks = parts.clocks;
     this.clock = parts.clock;
-    this.probes = new ProbeCache(() => parts.clock.elapsed());
+    this.probes = new ProbeCache(() => parts.clock.elapsed(), undefined, parts.syncStallMs);
     this.notifier = parts.notifier;
     this.startProgress = parts.startProgress;
     this.shutdownBoundMs = parts.shutdownBoundMs;
@@ -479,6 +485,7 @@ export class Daemon {
         startProgress,
         shutdownBoundMs: boundMs,
         readsFailingMs: options.readsFailingMs,
+        syncStallMs: options.syncStallMs,
         httpsIntake,
         mqttIntake,
         releasers,

@@ -57,6 +57,16 @@ export const READ_FAILURES_UNREACHABLE = 2;
 export const PROBE_REUSE_MS = 1_000;
 
 /**
+ * How long the journal's sync (the fdatasync of group commit, on libuv's thread pool) may be
+ * under way before /readyz counts the journal unavailable: a disk that stalls (a failing card,
+ * storage gone away) leaves the fdatasync waiting while every write still reaches the page cache,
+ * so the proof write succeeds and the event loop turns (the watchdog's pings go on), yet no
+ * command is acknowledged or written, each waiting for that sync. As the operator's resolve
+ * waits for it (operator-resolve.ts).
+ */
+export const SYNC_STALL_MS = 5_000;
+
+/**
  * What /readyz reuses for PROBE_REUSE_MS, on the monotonic clock (a step of the gateway clock
  * would make a proof look fresh for as long as the step). One per daemon.
  */
@@ -64,10 +74,14 @@ export class ProbeCache {
   /** When the journal last took the proof write, while no write of its own has failed since. */
   provenAt: number | null = null;
   commands: { at: number; check: Check } | null = null;
+  /** The sync /readyz asked for last (durable()), when it asked, and whether it has returned. */
+  sync: { since: number; returned: boolean } | null = null;
 
   constructor(
     readonly elapsed: () => number,
     readonly reuseMs = PROBE_REUSE_MS,
+    /** SYNC_STALL_MS unless a test shortens it (DaemonOptions.syncStallMs). */
+    readonly syncStallMs = SYNC_STALL_MS,
   ) {}
 
   fresh(at: number | null): boolean {
@@ -81,6 +95,8 @@ export interface ReadinessParts {
     checkWritable(): void;
     /** What the journal's last write or barrier met, if it failed; null when it succeeded. */
     knownFailure(): Error | null;
+    /** Resolves once every write made so far is on disk (a sync of the WAL). */
+    durable(): Promise<void>;
   };
   readonly pipeline: Pick<CommandPipeline, 'openCommands' | 'devices'>;
   readonly mqttIntake: MqttIntake | null;
@@ -279,6 +295,11 @@ function journalCheck(parts: ReadinessParts, mode: ProbeCache | 'status'): Check
     const failure = parts.journal.knownFailure();
     return failure === null ? { ok: true, detail: 'writable at its last write' } : failed(failure);
   }
+  const stalled = syncStalled(parts, mode);
+  if (stalled !== null) {
+    mode.provenAt = null;
+    return failed(stalled);
+  }
   // A proof write made a moment ago stands while no write of the journal has failed since.
   if (mode.fresh(mode.provenAt) && parts.journal.knownFailure() === null) {
     return { ok: true, detail: 'writable' };
@@ -291,6 +312,35 @@ function journalCheck(parts: ReadinessParts, mode: ProbeCache | 'status'): Check
     mode.provenAt = null;
     return failed(error);
   }
+}
+
+/**
+ * A sync that has not returned for SYNC_STALL_MS, as /readyz sees it: each request after the
+ * last sync it asked for returned asks for another (it covers every write made before it, so it
+ * waits for one still under way), and one that has not returned since is timed.
+ */
+function syncStalled(parts: ReadinessParts, cache: ProbeCache): Error | null {
+  const now = cache.elapsed();
+  const last = cache.sync;
+  if (last === null || last.returned) {
+    const asked = { since: now, returned: false };
+    cache.sync = asked;
+    const returned = (): void => {
+      asked.returned = true;
+    };
+    // A failed sync is the journal's known failure, which the check below reports.
+    try {
+      parts.journal.durable().then(returned, returned);
+    } catch {
+      returned();
+    }
+    return null;
+  }
+  const ms = now - last.since;
+  if (ms < cache.syncStallMs) return null;
+  return new Error(
+    `journal unavailable (sync): the journal's sync (fdatasync of its write-ahead log) has not returned for ${(ms / 1000).toFixed(1)} s: a slow or stalled disk; every command waits for it, and none is acknowledged or written until it returns`,
+  );
 }
 
 function commandsCheck(parts: ReadinessParts, cache: ProbeCache): Check {
