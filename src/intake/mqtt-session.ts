@@ -29,6 +29,7 @@ import {
 import { MAX_COMMAND_BYTES } from './mqtt-message.js';
 import type { MqttMetrics } from './mqtt-metrics.js';
 import type { GatewayTopics } from './mqtt-topics.js';
+import { connectionErrorReason, loggedConnectionError } from './mqtt-connection-error.js';
 
 export type { MqttConfig } from './mqtt-client-options.js';
 export { MAX_PACKET_BYTES } from './mqtt-client-options.js';
@@ -640,7 +641,7 @@ export class MqttSession {
   }
 
   /** Records why the intake is not connected (/readyz) and logs it. */
-  private failed(error: Error, reason = error.message): void {
+  private failed(error: Error, reason = connectionErrorReason(error)): void {
     const changed = reason !== this.error;
     this.error = reason;
     this.errorStreak += 1;
@@ -649,7 +650,11 @@ export class MqttSession {
     // thousands of them.
     const level = this.errorStreak === 1 || changed ? 'warn' : 'debug';
     this.logger[level](
-      { err: error, url: this.shownUrl, ...(reason === error.message ? {} : { reason }) },
+      {
+        err: loggedConnectionError(error),
+        url: this.shownUrl,
+        ...(reason === error.message ? {} : { reason }),
+      },
       'MQTT connection error',
     );
   }
