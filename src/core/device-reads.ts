@@ -45,6 +45,14 @@ export class DeviceReads {
     return 'error' in result ? null : result.readback;
   }
 
+  /** One read, as tryRead, with the error of a failed one (a readback loop counts them). */
+  async readOrError(
+    lane: Lane,
+    log: Logger,
+  ): Promise<{ readonly readback: TimedReadback } | { readonly error: string }> {
+    return this.read(lane, log);
+  }
+
   /**
    * Reads until a usable readback requested at or after `notBeforeMono`, or until `done()`
    * says to stop (a deadline, a window), with growing pauses between failures. A pause ends

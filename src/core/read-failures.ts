@@ -115,3 +115,24 @@ export function readSucceeded(
     `${what} recovered`,
   );
 }
+
+/** An error quoted in an outcome's detail is cut to this many characters. */
+const QUOTED_ERROR_CHARS = 200;
+
+/**
+ * The words a READBACK_TIMEOUT adds when every read of the device failed after its last
+ * readback (the PLC stopped answering: its link cut, powered off, refusing connections): the
+ * reason the detail gives is that readback's, `ageMs` old when the window ended, and the device
+ * was not seen since. Without them an operator read "travelling (OPENING)" as the valve still
+ * travelling and looked at the valve rather than at the PLC's link.
+ */
+export function unansweredSince(
+  ageMs: number,
+  failed: { readonly count: number; readonly lastError: string },
+): string {
+  const error =
+    failed.lastError.length > QUOTED_ERROR_CHARS
+      ? `${failed.lastError.slice(0, QUOTED_ERROR_CHARS - 1)}…`
+      : failed.lastError;
+  return `, at the last readback, taken ${ageMs} ms before the window ended; the device has not answered since: ${failed.count} ${failed.count === 1 ? 'read of it' : 'reads of it'} failed (the last: ${error}); the command's effect is unknown: check the PLC and its link; once it answers, see where the device is (sluicectl devices) before sending the command again`;
+}

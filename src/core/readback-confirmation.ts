@@ -14,6 +14,7 @@ import type { Logger } from './logger.js';
 import type { DeviceProfile } from './profile.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
+import { unansweredSince } from './read-failures.js';
 import {
   judgeRedispatch,
   localLine,
@@ -96,6 +97,9 @@ export class ReadbackConfirmation {
     let record = initial;
     let lastGood: TimedReadback | null = null;
     let lastReason = 'no readback after the write';
+    // The reads that failed since the last readback (lastGood), and the last one's error.
+    let failedReads = 0;
+    let lastReadError = '';
     let wrongSince: number | null = null;
     let localSince: number | null = null;
     // The controller was seen echoing this command outside LOCAL: it took it in REMOTE.
@@ -126,10 +130,18 @@ export class ReadbackConfirmation {
         await clock.sleep(Math.min(pause, ctx.confirmByMono - clock.elapsed()), lane.signal);
       }
       if (aborted(lane)) return null;
-      const readback = await this.reads.tryRead(lane, log);
+      const read = await this.reads.readOrError(lane, log);
+      const readback = 'error' in read ? null : read.readback;
       pause = pacer.next(clock.elapsed(), readback, this.reads.usableSkew(lane));
-      if (readback === null) continue;
+      if (readback === null) {
+        if ('error' in read) {
+          failedReads++;
+          lastReadError = read.error;
+        }
+        continue;
+      }
       lastGood = readback;
+      failedReads = 0;
       const verdict = judgeWritten({
         profile,
         readback,
@@ -428,7 +440,14 @@ export class ReadbackConfirmation {
       code: 'READBACK_TIMEOUT',
       faultCode: null,
       observed: observe(lastGood),
-      detail: `not confirmed within ${ctx.windowMs} ms: ${lastReason}`,
+      detail: `not confirmed within ${ctx.windowMs} ms: ${lastReason}${
+        failedReads === 0
+          ? ''
+          : unansweredSince(Math.round(clock.elapsed() - lastGood.receivedMono), {
+              count: failedReads,
+              lastError: lastReadError,
+            })
+      }`,
     });
     return null;
   }
