@@ -24,6 +24,7 @@ import { AdminEndpoint } from './admin.js';
 import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { CountedRetentionSweeper, Metrics } from './metrics.js';
 import { registerMqttConnected } from './mqtt-connected-metric.js';
+import { checkRenamedDevices } from './renamed-devices.js';
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
 import {
   extendWhile,
@@ -311,6 +312,12 @@ export class Daemon {
         release: () => {
           journal.close();
         },
+      });
+
+      // A device renamed while the journal holds open commands of its former id is refused
+      // before anything is connected (renamed-devices.ts).
+      checkRenamedDevices(journal, config, (error) => {
+        logger.warn({ err: error }, "the devices' addresses could not be recorded in the journal");
       });
 
       await options.beforeDrivers?.();

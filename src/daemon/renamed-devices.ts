@@ -1,0 +1,113 @@
+import { ConfigError, type SluiceConfig } from '../config/config.js';
+import type { OpenPage } from '../core/journal.js';
+
+/**
+ * A device renamed across a restart while the journal holds open commands of its former id.
+ *
+ * Everything the daemon knows of a valve's commands is journaled under the device's id: its
+ * open commands, the writes they sent and their sequence numbers. A device whose id changed
+ * while some of them were open is, to the next start, a new device on the same PLC registers:
+ * the former id's open commands have no worker (they stay stuck until resolved), and the new
+ * id's first command is written without waiting for, or knowing of, the write one of them may
+ * have sent to that very valve (I1, I2). The start refuses that configuration, naming both ids
+ * and what to do, rather than run it silently.
+ *
+ * The journal does not hold the configuration, so each start records there (meta table) the
+ * address of every configured device: its PLC endpoint and its registers (Modbus: host, port,
+ * unit, first register; OPC UA: endpoint, namespace, object). A former id's address is kept
+ * for as long as the journal holds open commands of it, so that a rename a later restart makes
+ * is still recognised. A journal written before this record existed knows no former address:
+ * its first start cannot tell a rename from a new device (docs/configuration.md says so).
+ */
+
+export const DEVICE_ADDRESSES_META = 'device-addresses';
+
+/** The journal's part this check reads and writes (SqliteJournal). */
+export interface DeviceAddressJournal {
+  openDevices(): string[];
+  openOfDevice(device: string, afterId: number, limit: number): OpenPage;
+  readMeta(key: string): string | null;
+  writeMeta(key: string, value: string): void;
+}
+
+/** Where a configured device's writes land: its PLC's endpoint and its registers or object. */
+export function deviceAddress(config: SluiceConfig, id: string): string | null {
+  const device = config.devices[id];
+  const plc = device === undefined ? undefined : config.plcs[device.plc];
+  if (device === undefined || plc === undefined) return null;
+  switch (plc.protocol) {
+    case 'modbus':
+      return `modbus ${plc.host}:${plc.port} unit ${plc.unitId}, registers from ${device.base ?? 0}`;
+    case 'opcua':
+      return `opcua ${plc.endpointUrl} namespace ${plc.namespaceUri}, object ${device.object ?? id}`;
+  }
+}
+
+function recorded(journal: DeviceAddressJournal): Record<string, string> {
+  const text = journal.readMeta(DEVICE_ADDRESSES_META);
+  if (text === null) return {};
+  try {
+    const value: unknown = JSON.parse(text);
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) return {};
+    return Object.fromEntries(
+      Object.entries(value as Record<string, unknown>).filter(
+        (e): e is [string, string] => typeof e[1] === 'string',
+      ),
+    );
+  } catch {
+    return {};
+  }
+}
+
+const NAMED_KEYS = 5;
+
+/**
+ * Throws ConfigError when a configured device has the address of a former id with open
+ * commands in the journal; otherwise records this configuration's addresses (and those of
+ * former ids that still have open commands) for the next start.
+ */
+export function checkRenamedDevices(
+  journal: DeviceAddressJournal,
+  config: SluiceConfig,
+  // A record that cannot be written (a full disk) does not stop the start: the daemon fails
+  // closed on such a journal and says so; the next start that can write records the addresses.
+  recordFailed: (error: unknown) => void,
+): void {
+  const before = recorded(journal);
+  const open = journal.openDevices().filter((d) => !Object.hasOwn(config.devices, d));
+  const errors: string[] = [];
+  const kept: Record<string, string> = {};
+  for (const former of open) {
+    const address = before[former];
+    if (address === undefined) continue;
+    kept[former] = address;
+    const renamed = Object.keys(config.devices).filter(
+      (id) => deviceAddress(config, id) === address,
+    );
+    if (renamed.length === 0) continue;
+    const page = journal.openOfDevice(former, 0, NAMED_KEYS + 1);
+    const refs = page.refs.slice(0, NAMED_KEYS);
+    const keys = refs.map((r) => `${r.key} (identity ${r.scope}, ${r.state})`).join(', ');
+    const more = page.refs.length > NAMED_KEYS || page.next !== null ? ', and more' : '';
+    const sent = page.refs.some((r) => r.state === 'dispatched')
+      ? ' A dispatched one may have written to the valve.'
+      : '';
+    for (const id of renamed) {
+      errors.push(
+        `devices.${id}: has the address of device "${former}" (${address}), and the journal holds open commands of "${former}": ${keys}${more}.${sent} Under another id they would never be settled, and "${id}" would write to the valve knowing nothing of them. Start with the device named "${former}" again until they are settled (recovery reads the valve; \`sluicectl list --device ${former}\` shows them; or \`sluicectl resolve KEY --scope IDENTITY --as failed --reason "…"\`), then rename it`,
+      );
+    }
+  }
+  if (errors.length > 0) throw new ConfigError('configuration against the journal', errors);
+  for (const id of Object.keys(config.devices)) {
+    const address = deviceAddress(config, id);
+    if (address !== null) kept[id] = address;
+  }
+  const text = JSON.stringify(kept);
+  if (text === JSON.stringify(before)) return;
+  try {
+    journal.writeMeta(DEVICE_ADDRESSES_META, text);
+  } catch (error) {
+    recordFailed(error);
+  }
+}

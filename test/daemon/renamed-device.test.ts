@@ -1,0 +1,157 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { ConfigError, loadConfig } from '../../src/config/config.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import type { Plant } from '../../simulators/plant.js';
+import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
+import { until } from '../helpers/mosquitto.js';
+
+/**
+ * A device renamed in the configuration across a restart while the journal holds an open
+ * command of its former id (docs/configuration.md): the same valve, the same PLC registers,
+ * another id. The start refuses that configuration, naming both ids and the command, where it
+ * ran the new id beside the former id's orphaned command: that command never settled, and the
+ * new id wrote to the valve knowing nothing of the write it had sent. A real daemon against
+ * sluice-sim (its write log is the ground truth), and its SQLite journal.
+ */
+
+const TOKEN = 'renamed-device-token';
+const SCOPE = 'scada';
+
+let plant: Plant;
+let daemon: Daemon | null = null;
+let cert: string;
+let configPath: string;
+let dir: string;
+let cleanup: () => void;
+
+function post(key: string, body: unknown): Promise<HttpsAnswer> {
+  return httpsRequest(
+    { port: daemon!.https!.port, ca: cert, token: TOKEN },
+    'POST',
+    '/v1/commands',
+    { 'idempotency-key': key, prefer: 'wait=0' },
+    body,
+  );
+}
+
+async function startDaemon(): Promise<Daemon> {
+  const started = await Daemon.start(loadConfig(configPath, { env: {} }), {
+    logger: pino({ level: 'silent' }),
+    monitorIntervalMs: 200,
+    // The stop leaves the held command open in the journal, as a crash would.
+    shutdownBoundMs: 0,
+  });
+  daemon = started;
+  return started;
+}
+
+function renameDevice(from: string, to: string): void {
+  const site = parse(readFileSync(configPath, 'utf8')) as { devices: Record<string, unknown> };
+  site.devices = Object.fromEntries(
+    Object.entries(site.devices).map(([id, d]) => [id === from ? to : id, d]),
+  );
+  writeFileSync(configPath, stringify(site));
+}
+
+function journaled(key: string): string | undefined {
+  const journal = SqliteJournal.open({ path: join(dir, 'state', 'journal.db'), readonly: true });
+  try {
+    return journal.get({ scope: SCOPE, key })?.state;
+  } finally {
+    journal.close();
+  }
+}
+
+beforeAll(async () => {
+  const made = tempDir('sluice-renamed-device-');
+  ({ dir, cleanup } = made);
+  plant = await startModbusPlant({ v1: { profile: 'valve', base: 0, travelMs: 100 } });
+  ({ configPath, cert } = await writeTokenSite(dir, plant, {
+    gatewayId: 'renamed',
+    token: TOKEN,
+    scope: SCOPE,
+  }));
+}, 60_000);
+
+afterAll(async () => {
+  await daemon?.stop();
+  await plant.stop();
+  cleanup();
+}, 30_000);
+
+describe('a device renamed while the journal holds an open command of its former id', () => {
+  it('is refused at start, naming both ids; started under its former id, the command settles, and the rename then starts', async () => {
+    await startDaemon();
+    await until(() => (daemon!.readiness().ready ? true : undefined), 20_000, 'ready');
+    const valve = plant.device('v1');
+    // The controller takes no command for now: the write reaches it and waits there.
+    valve.setFault({ kind: 'hold' });
+    const body = {
+      device: 'v1',
+      action: 'open',
+      issuedAt: new Date().toISOString(),
+      ttlMs: 600_000,
+    };
+    const accepted = await post('open-1', body);
+    expect(accepted.status, accepted.body).toBe(202);
+    await until(
+      () => (valve.writeLog.length === 1 ? true : undefined),
+      10_000,
+      'the write at the valve',
+    );
+    await daemon!.stop();
+    daemon = null;
+    expect(journaled('open-1')).toBe('dispatched');
+
+    // The operator renames the valve: the same PLC and registers, another id.
+    renameDevice('v1', 'v1-new');
+    const refused = await startDaemon().then(
+      () => null,
+      (error: unknown) => error,
+    );
+    expect(refused).toBeInstanceOf(ConfigError);
+    const message = (refused as ConfigError).message;
+    expect(message).toContain('devices.v1-new: has the address of device "v1"');
+    expect(message).toContain('open-1 (identity scada, dispatched)');
+    expect(message).toContain('sluicectl list --device v1');
+    daemon = null;
+    // Nothing else reached the valve, and the command is still open for its recovery.
+    expect(valve.writeLog).toHaveLength(1);
+    expect(journaled('open-1')).toBe('dispatched');
+
+    // As the message says: the former id back, the command settles by reading the valve.
+    renameDevice('v1-new', 'v1');
+    valve.clearFault('hold');
+    await startDaemon();
+    await until(
+      () => (journaled('open-1') === 'confirmed' ? true : undefined),
+      20_000,
+      'open-1 settled by recovery',
+    );
+    await daemon!.stop();
+    daemon = null;
+
+    // With nothing open of v1, the rename starts, and the valve answers to its new id.
+    renameDevice('v1', 'v1-new');
+    await startDaemon();
+    await until(() => (daemon!.readiness().ready ? true : undefined), 20_000, 'ready');
+    const close = await httpsRequest(
+      { port: daemon!.https!.port, ca: cert, token: TOKEN },
+      'POST',
+      '/v1/commands',
+      { 'idempotency-key': 'close-1', prefer: 'wait=10' },
+      { device: 'v1-new', action: 'close' },
+    );
+    expect(close.status, close.body).toBe(200);
+    expect(close.json()).toMatchObject({ state: 'confirmed' });
+    // Ground truth: one write of the open (taken once its hold ended), one of the close.
+    expect(valve.writeLog.map((w) => w.code)).toEqual([1, 2]);
+  }, 90_000);
+});
