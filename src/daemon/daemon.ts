@@ -25,6 +25,7 @@ import { gatewayClocks, type GatewayClocks } from './gateway-clock.js';
 import { CountedRetentionSweeper, Metrics } from './metrics.js';
 import { registerMqttConnected } from './mqtt-connected-metric.js';
 import { checkRenamedDevices } from './renamed-devices.js';
+import { findRenamedIdentities, renamedIdentityMessage } from './renamed-identities.js';
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
 import {
   extendWhile,
@@ -319,6 +320,21 @@ export class Daemon {
       checkRenamedDevices(journal, config, (error) => {
         logger.warn({ err: error }, "the devices' addresses could not be recorded in the journal");
       });
+
+      // An identity renamed with its credential kept: its keys stay under the former name, and
+      // its clients' retries of them are new commands (renamed-identities.ts).
+      const renamedIdentities = findRenamedIdentities(journal, config, (error) => {
+        logger.warn(
+          { err: error },
+          "the identities' credentials could not be recorded in the journal",
+        );
+      });
+      for (const renamed of renamedIdentities) {
+        logger.warn(
+          { identity: renamed.now, formerIdentity: renamed.before },
+          renamedIdentityMessage(renamed, config.journal.retentionHours),
+        );
+      }
 
       await options.beforeDrivers?.();
       const drivers = await buildDrivers({
