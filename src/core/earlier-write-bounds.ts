@@ -180,12 +180,27 @@ export function earlierWriteUnknownSince(
   const { redispatchGuardMs: guard, confirmTimeoutMs } = binding.profile.timing;
   const ownTimeout = binding.requestTimeoutMs ?? guard;
   const saved = earlier.get(binding.id);
-  const landsWithin = Math.max(
-    saved?.unknownMs ?? 0,
-    saved?.ackedMs ?? 0,
-    confirmTimeoutMs,
-  );
+  const landsWithin = Math.max(saved?.unknownMs ?? 0, saved?.ackedMs ?? 0, confirmTimeoutMs);
   return earlierLivesEndedMono + Math.max(ownTimeout, landsWithin - guard);
+}
+
+/**
+ * Lane.earlierWriteLostSinceMono: as earlierWriteUnknownSince, for a write known to be past its
+ * acknowledged bound (previous-write.ts, earlierLastWrite: a command whose confirm window, at
+ * least the confirm timeout from its write, ended in the life that sent it): only a write whose
+ * answer was lost can still be taken, within the request timeout and guard after it was sent —
+ * this life's, or an earlier life's when longer. From the lock: the end of this life's request
+ * timeout, or later by what the saved bound leaves past this life's guard.
+ */
+export function earlierWriteLostSince(
+  binding: DeviceBinding,
+  earlierLivesEndedMono: number,
+  earlier: WriteBounds,
+): number {
+  const { redispatchGuardMs: guard } = binding.profile.timing;
+  const ownTimeout = binding.requestTimeoutMs ?? guard;
+  const saved = earlier.get(binding.id)?.unknownMs ?? 0;
+  return earlierLivesEndedMono + Math.max(ownTimeout, saved - guard);
 }
 
 /**

@@ -138,6 +138,12 @@ export interface Lane {
    */
   readonly earlierWriteUnknownSinceMono: number;
   /**
+   * earlierWriteUnknownSinceMono for a write whose acknowledged bound is known to be over: that
+   * of a write whose answer was lost alone (earlier-write-bounds.ts, earlierWriteLostSince;
+   * previous-write.ts, earlierLastWrite).
+   */
+  readonly earlierWriteLostSinceMono: number;
+  /**
    * The moment from which this life's confirm timeout covers a write an earlier life sent and
    * the controller acknowledged (previous-write.ts, earlierLastWrite): when this process took
    * the journal's writer lock, or later when an earlier life's confirm timeout was longer

@@ -11,6 +11,7 @@ import type { Clock } from './clock.js';
 import { gatewayVerdict } from './clock-policy.js';
 import { deviceView, startMonitor, type DeviceView } from './device-monitor.js';
 import {
+  earlierWriteLostSince,
   earlierWriteSent,
   earlierWriteUnknownSince,
   takeUpWriteBounds,
@@ -180,6 +181,11 @@ export class CommandPipeline {
         unreachableGraceMs:
           binding.unreachableGraceMs ?? options.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
         earlierWriteUnknownSinceMono: earlierWriteUnknownSince(
+          binding,
+          earlierLivesEnded,
+          bounds.earlier,
+        ),
+        earlierWriteLostSinceMono: earlierWriteLostSince(
           binding,
           earlierLivesEnded,
           bounds.earlier,

@@ -182,11 +182,18 @@ function endedFateOpen(command: CommandRecord): boolean {
  * - its outcome unknown (its answer lost): taken within the guard after the end of its request
  *   timeout, which came before the lock plus the request timeout
  *   (Lane.earlierWriteUnknownSinceMono);
- * - READBACK_TIMEOUT, DEVICE_UNREACHABLE: they end a confirm window of at least the confirm
- *   timeout from the write (or from a take-up, later than the write): had the controller
- *   acknowledged it, that bound was over when the command ended. Only the bound of a write of
- *   unknown outcome can still run: as above. Not so a take-up that could not judge its command
- *   (UNJUDGED_TAKE_UP: at once): as below;
+ * - READBACK_TIMEOUT, DEVICE_UNREACHABLE at the end of a readback loop's window (windowReadFor:
+ *   at least the confirm timeout from the write, or from a take-up, later than the write, as
+ *   the detail says): had the controller acknowledged it, that bound was over when the command
+ *   ended, but for what a longer confirm timeout (this life's, or a saved one) runs past the
+ *   window. Only the bound of a write of unknown outcome can still run: the request timeout and
+ *   guard (Lane.earlierWriteLostSinceMono). So the first command after a restart does not wait a
+ *   confirm timeout for a write whose command ended long before;
+ * - READBACK_TIMEOUT, DEVICE_UNREACHABLE otherwise (a take-up that could not judge its command,
+ *   UNJUDGED_TAKE_UP: at once; an ending whose detail names no window): whether an acknowledged
+ *   write's bound was over is not known: as a write of unknown outcome whose answer may have
+ *   been acknowledged (Lane.earlierWriteUnknownSinceMono: the confirm timeout from the lock too),
+ *   or, for UNJUDGED_TAKE_UP, as below;
  * - anything else (a resolve while the write was on its way, or of a write an earlier life sent
  *   and this one had not taken up): either may hold, and taken as unknown, the safer of the
  *   two — a stop waits for it rather than going at once (a write of unknown outcome could come
@@ -218,13 +225,51 @@ export function earlierLastWrite(
   const unknown =
     resolved === 'unknown' ||
     (command.code !== 'RESOLVED_BY_OPERATOR' && command.detail !== UNJUDGED_TAKE_UP);
-  const unknownSinceMono = unknown
-    ? lane.earlierWriteUnknownSinceMono
-    : Math.max(
-        lane.earlierWriteUnknownSinceMono,
-        sent + timing.confirmTimeoutMs - timing.redispatchGuardMs,
-      );
+  const read = resolved === null ? windowReadFor(command) : null;
+  const unknownSinceMono =
+    read !== null
+      ? // Read for `read` ms after its write before it ended, in the life that sent it: an
+        // acknowledged write's bound (the longer confirm timeout, this life's or an earlier
+        // one's, from the write) leaves at most what it runs past that window.
+        Math.max(
+          lane.earlierWriteLostSinceMono,
+          sent + timing.confirmTimeoutMs - read - timing.redispatchGuardMs,
+        )
+      : unknown
+        ? lane.earlierWriteUnknownSinceMono
+        : Math.max(
+            lane.earlierWriteUnknownSinceMono,
+            sent + timing.confirmTimeoutMs - timing.redispatchGuardMs,
+          );
   return { ...write, sentMono: lock, acked: false, unknownSinceMono };
+}
+
+/** The details that end a readback loop whose window ran out (readback-confirmation.ts). */
+const WINDOW_ENDED: Readonly<Record<string, RegExp>> = {
+  READBACK_TIMEOUT: /^not confirmed within (\d+(?:\.\d+)?) ms: /,
+  DEVICE_UNREACHABLE:
+    /^no readback after the write within (\d+(?:\.\d+)?) ms; the command's effect is unknown$/,
+};
+
+/**
+ * How long (ms) the readback loop read for a command's latest write before it ended the
+ * command READBACK_TIMEOUT or DEVICE_UNREACHABLE with no readback, as its detail says: that
+ * loop ends only once the monotonic clock of the life that ran it has passed the write plus
+ * the window (its confirmByMono: a first write's or a second's sentMono, or a take-up's start,
+ * later than the write, plus the window: at least the confirm timeout). A duration measured on
+ * the monotonic clock, which no step of the wall clock fakes. Null for any other ending — a
+ * resolve (it may come at any moment after the write), a take-up that could not judge its
+ * command (at once), a proof not applied, a deadline — which proves no such window.
+ */
+export function windowReadFor(
+  command: Pick<CommandRecord, 'code' | 'detail' | 'observed'>,
+): number | null {
+  const pattern = WINDOW_ENDED[command.code ?? ''];
+  if (pattern === undefined || command.detail === null) return null;
+  if (command.code === 'DEVICE_UNREACHABLE' && command.observed !== null) return null;
+  const match = pattern.exec(command.detail);
+  const ms = match?.[1] === undefined ? NaN : Number(match[1]);
+  return Number.isFinite(ms) ? ms : null;
 }
 
 /**

@@ -55,9 +55,7 @@ describe('an acknowledged write the controller holds across a restart', () => {
       // re-dispatched.
       expect(v1.writeLog.map((w) => [w.seq, w.outcome])).toEqual([[open.seq, 'accepted']]);
       expect(open).toMatchObject({ state: 'confirmed', attempts: 1 });
-      expect(h.journal.history(open).some((e) => e.detail.startsWith('redispatch:'))).toBe(
-        false,
-      );
+      expect(h.journal.history(open).some((e) => e.detail.startsWith('redispatch:'))).toBe(false);
     } finally {
       clearTimeout(release);
     }
