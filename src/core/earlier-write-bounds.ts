@@ -1,6 +1,6 @@
 import { timer, type Clock } from './clock.js';
 import type { Journal } from './journal.js';
-import type { DeviceBinding } from './lane.js';
+import type { DeviceBinding, Lane } from './lane.js';
 import type { Logger } from './logger.js';
 
 /**
@@ -201,6 +201,30 @@ export function earlierWriteLostSince(
   const ownTimeout = binding.requestTimeoutMs ?? guard;
   const saved = earlier.get(binding.id)?.unknownMs ?? 0;
   return earlierLivesEndedMono + Math.max(ownTimeout, saved - guard);
+}
+
+/**
+ * How long (ms) a take-up of a command an earlier life dispatched reads at least, from its start
+ * (take-up.ts; the stuck view, open-commands.ts, counts the same): past the moment a readback can
+ * prove that life's write not applied — the guard after earlierWriteUnknownSinceMono, or after the
+ * take-up when later — by one scan for an image produced after it, a poll interval and a request
+ * timeout to read it. A take-up starts at the lock or after it, so from its start that moment is
+ * at most earlierWriteUnknownSinceMono less the lock, plus the guard. A window that ended there,
+ * the confirm timeout from the take-up when no longer (the unreachable grace, the deadline), left
+ * the proof to a race with the window's end: a write lost on its way ended READBACK_TIMEOUT "3 ms
+ * short of the guard", and always so when an earlier life's saved bounds ran past this life's
+ * confirm timeout, where before 2687723 it was proven not applied and sent once more (within its
+ * deadline).
+ */
+export function takeUpReach(
+  lane: Pick<Lane, 'earlierWriteUnknownSinceMono' | 'earlierLivesEndedMono'> & {
+    readonly binding: Pick<DeviceBinding, 'profile' | 'requestTimeoutMs'>;
+  },
+): number {
+  const { binding } = lane;
+  const { redispatchGuardMs: guard, pollIntervalMs, scanMs } = binding.profile.timing;
+  const proof = Math.max(0, lane.earlierWriteUnknownSinceMono - lane.earlierLivesEndedMono) + guard;
+  return proof + scanMs + pollIntervalMs + (binding.requestTimeoutMs ?? guard);
 }
 
 /**

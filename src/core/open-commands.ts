@@ -19,7 +19,8 @@ import { latestWriteMarked, latestWriteUnsent } from './redispatch.js';
  * command open past that bound while everything works as designed (docs/spec-notes.md, "Every
  * open command ends"), and its history shows both:
  * - Recovery took it up (its take-up note): its worker reads the controller for the longest of
- *   the confirm timeout, its PLC's unreachable grace and the time to the deadline from the take-up
+ *   the confirm timeout, its PLC's unreachable grace, the time to the deadline and the time past
+ *   the proof that an earlier life's write was not applied (takeUpReach) from the take-up
  *   (again from a re-dispatch it made then: readback-confirmation.ts).
  * - A stop paused it (SPEC §2, "stop is not queued behind travel"; preemption.ts): it waits
  *   for the stop, which is bounded by its own deadline plus confirm timeout, and is then taken
@@ -42,6 +43,12 @@ export interface DeviceTiming {
   readonly confirmTimeoutMs: number;
   /** Its PLC's unreachable grace (UNREACHABLE_GRACE_MS unless the PLC sets its own). */
   readonly unreachableGraceMs: number;
+  /**
+   * How long a take-up reads at least, past the moment an earlier life's write can be proven not
+   * applied (earlier-write-bounds.ts, takeUpReach: the daemon's, from its lanes). Omitted (a
+   * reader without the daemon's lanes: sluicectl): none.
+   */
+  readonly takeUpReachMs?: number;
 }
 
 /** Upper bounds (seconds) of the age buckets; the last bucket is everything older. */
@@ -209,7 +216,7 @@ function windowsFrom(open: readonly CommandRecord[], rule: StuckRule): WindowsOf
     const found: Window[] = [];
     for (const r of open) {
       if (r.device !== device || r.state !== 'dispatched') continue;
-      const w = settlingWindow(r, timing.confirmTimeoutMs, timing.unreachableGraceMs, rule.journal);
+      const w = settlingWindow(r, timing, rule.journal);
       if (w !== null) found.push(w);
     }
     windows.set(device, found);
@@ -375,11 +382,12 @@ export function countOpen(journal: OpenCounter, now: number, rule: StuckRule): O
  */
 function settlingWindow(
   r: CommandRecord,
-  timeout: number,
-  grace: number,
+  timing: DeviceTiming,
   journal: StuckJournal,
 ): Window | null {
-  const readMs = Math.max(timeout, grace);
+  const timeout = timing.confirmTimeoutMs;
+  // A take-up reads for the longest of these and the time to the deadline (take-up.ts).
+  const readMs = Math.max(timeout, timing.unreachableGraceMs, timing.takeUpReachMs ?? 0);
   const history = journal.history(r);
   // The command's own window, or that of the command it waits behind on its device.
   const its = (key: string, what: string, detail: string): string =>

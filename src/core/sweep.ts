@@ -1,4 +1,5 @@
 import type { Clock } from './clock.js';
+import { takeUpReach } from './earlier-write-bounds.js';
 import type { CommandRef, DispatchedAfter, Journal, OpenRef } from './journal.js';
 import { interruptedTargets, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
@@ -26,6 +27,7 @@ export function deviceTimings(lanes: ReadonlyMap<string, Lane>): Map<string, Dev
     timings.set(id, {
       confirmTimeoutMs: lane.binding.profile.timing.confirmTimeoutMs,
       unreachableGraceMs: lane.unreachableGraceMs,
+      takeUpReachMs: takeUpReach(lane),
     });
   }
   return timings;

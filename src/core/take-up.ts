@@ -1,4 +1,5 @@
 import type { NoConnection } from './command-writes.js';
+import { takeUpReach } from './earlier-write-bounds.js';
 import type { CommandRecord } from './journal.js';
 import { withheldUnsent, type ExecutionHost, type Lane, type LastWrite } from './lane.js';
 import type { Logger } from './logger.js';
@@ -28,7 +29,8 @@ export class CommandTakeUp {
    * Takes up a `dispatched` command with no live worker. What this process remembers of its
    * write (a journal stall in this life) is used; after a restart the write's fate is unknown
    * from the moment this process took it up. It keeps reading for the longest of the confirm
-   * timeout, the unreachable grace and the time to the deadline.
+   * timeout, the unreachable grace, the time to the deadline and the time past the moment an
+   * earlier life's write can be proven not applied (takeUpReach).
    */
   async takeUp(lane: Lane, record: CommandRecord, log: Logger): Promise<NoConnection | null> {
     const { clock } = this.host;
@@ -122,10 +124,13 @@ export class CommandTakeUp {
         withheldBefore ? 'by an earlier life' : withheldHere,
       ),
     );
+    // And past the moment an earlier life's write can be proven not applied (takeUpReach), so
+    // that the proof does not race the window's end.
     const windowMs = Math.max(
       profile.timing.confirmTimeoutMs,
       lane.unreachableGraceMs,
       record.deadline - this.host.deadlineNow(record),
+      takeUpReach(lane),
     );
     return this.readbacks.confirm(
       lane,
