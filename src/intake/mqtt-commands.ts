@@ -284,6 +284,7 @@ export class CommandMessages {
     let handling: Handling;
     let outcome: MessageOutcome | null;
     this.decided = null;
+    const came = this.clock.elapsed() - heldMs;
     try {
       handling = this.handle(packet, heldMs);
       outcome = this.decided;
@@ -293,6 +294,8 @@ export class CommandMessages {
       outcome = 'internal_error';
       handling = { kind: 'withhold', reason: 'internal error', reconnect: true };
     }
+    // Sent again by the broker on the next connection: timed from when it first came (cameAt).
+    if (handling.kind === 'withhold') this.held.withheld(packet, came);
     this.acks.give(client, packet, ack, handling, outcome);
   }
 

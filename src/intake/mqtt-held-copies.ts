@@ -142,6 +142,17 @@ export class HeldCopies {
     this.remember(packet, receivedMono);
   }
 
+  /**
+   * Remembers when `packet`, withheld (not acknowledged: the journal refused its claim, the
+   * connection is being dropped, the gateway is stopping, an internal error), first came, for
+   * its redelivery (cameAt): a command timed by its receipt is timed from then, as a held or left
+   * copy is. Timed afresh at each redelivery, one the gateway withheld while its journal could
+   * not be written was written once it could, past its ttlMs from its first coming (I3).
+   */
+  withheld(packet: IPublishPacket, receivedMono: number): void {
+    this.remember(packet, receivedMono);
+  }
+
   /** Remembers when `packet` first came, for its redelivery (cameAt). */
   private remember(packet: IPublishPacket, receivedMono: number): void {
     if (packet.qos === 0 || packet.messageId === undefined) return;
@@ -156,8 +167,8 @@ export class HeldCopies {
 
   /**
    * When `packet` came, for its timing (`now`: clock.elapsed()): when it first came if it is the
-   * redelivery (DUP) of a copy left with the broker (hold: `left`) or held until its connection
-   * ended (release: `gone`; a broker stopped or restarted, a link cut), else now. The gateway had
+   * redelivery (DUP) of a copy left with the broker (hold: `left`), held until its connection
+   * ended (release: `gone`; a broker stopped or restarted, a link cut) or withheld, else now. The gateway had
    * it then, and held or left it for its own reasons: a command timed by its receipt is timed from then,
    * as a held copy is (HeldCopy.receivedMono); timed from the redelivery, one whose ttlMs ran out
    * meanwhile was written (I3). The broker sends it again with its packet identifier (MQTT 5
