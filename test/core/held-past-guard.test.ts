@@ -88,6 +88,17 @@ describe('a stop, a preempted write held on the link, a crash, a held handshake'
         await new Promise((r) => setTimeout(r, sentAt + releaseMs - Date.now()));
       } else {
         await h.settled('stop');
+        // The move taken up too (its first readback, the hold still on) before the hold ends:
+        // released before it, the move's take-up saw it taken already and said so in other words.
+        const site = h;
+        await site.until(
+          () =>
+            site.journal
+              .history(site.get('move')!)
+              .some((e) => e.detail.startsWith('taken up: sequence number')),
+          10_000,
+          "the move's take-up",
+        );
       }
       a1.clearFault('hold');
       const stop = await h.settled('stop');
