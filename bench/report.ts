@@ -487,7 +487,9 @@ export function tables(r: Results): Record<string, Table> {
       ['HTTPS answers after start, with the backlog', n(rec.listenMs, 'ms')],
       ['in doubt and written: all settled after', n(rec.inDoubtWrittenSettledMs, 'ms')],
       [
-        `in doubt, never written: all settled after (guard ${n(rec.redispatchGuardMs, 'ms')})`,
+        rec.confirmTimeoutMs === undefined
+          ? `in doubt, never written: all settled after (guard ${n(rec.redispatchGuardMs, 'ms')})`
+          : `in doubt, never written: all settled after (provable from the restart's lock plus the confirm timeout, ${n(rec.confirmTimeoutMs, 'ms')})`,
         n(rec.inDoubtUnwrittenSettledMs, 'ms'),
       ],
       [

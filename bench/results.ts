@@ -276,6 +276,12 @@ export interface Recovery {
   readonly outcomes: Record<string, number>;
   readonly redispatched: number;
   readonly redispatchGuardMs: number;
+  /**
+   * The profile's confirm timeout: a restarted daemon proves a write an earlier life sent not
+   * applied no sooner than this after its journal lock (earlier-write-bounds.ts). Absent from
+   * results written before it was recorded.
+   */
+  readonly confirmTimeoutMs?: number;
   /** The daemon from its first answer until the backlog was worked off (or the bench gave up). */
   readonly load: DaemonLoad;
 }

@@ -47,6 +47,7 @@ export async function recovery(ctx: RunContext, listenEmptyMs: number | null): P
     logFile: join(dir, 'driver.log'),
   });
   const guardMs = raw.profile.timing.redispatchGuardMs;
+  const confirmTimeoutMs = raw.profile.timing.confirmTimeoutMs;
   const journal = SqliteJournal.open({ path: journalPath });
   const inDoubt: { key: string; written: boolean }[] = [];
   const accepted: string[] = [];
@@ -193,6 +194,7 @@ export async function recovery(ctx: RunContext, listenEmptyMs: number | null): P
       outcomes,
       redispatched,
       redispatchGuardMs: guardMs,
+      confirmTimeoutMs,
       load,
     };
     reader.close();
