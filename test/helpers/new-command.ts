@@ -21,3 +21,24 @@ export function newCommand(key: string, fingerprint: string, now = Date.now()): 
     acceptedAt: now,
   };
 }
+
+/**
+ * A command an issuer stamped at `acceptedAt` for `device` (scope `plant`, HTTPS, 30 s to live),
+ * as the journal tests claim them directly.
+ */
+export function issuerCommand(key: string, device: string, acceptedAt: number): NewCommand {
+  return {
+    scope: 'plant',
+    key,
+    fingerprint: `f-${key}`,
+    device,
+    action: 'open',
+    position: null,
+    issuedAt: acceptedAt,
+    issuedAtSource: 'issuer',
+    ttlMs: 30_000,
+    deadline: acceptedAt + 30_000,
+    intake: 'https',
+    acceptedAt,
+  };
+}

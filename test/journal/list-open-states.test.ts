@@ -1,9 +1,11 @@
-import { readFileSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ListFilter, NewCommand } from '../../src/core/journal.js';
+import type { ListFilter } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { listed as listedAt } from '../helpers/list-reads.js';
+import { issuerCommand as open } from '../helpers/new-command.js';
 import { writeSettledJournal } from '../helpers/settled-journal.js';
 
 /**
@@ -23,40 +25,8 @@ let dir: string;
 let cleanup: () => void;
 let path: string;
 
-function open(key: string, device: string, acceptedAt: number): NewCommand {
-  return {
-    scope: 'plant',
-    key,
-    fingerprint: `f-${key}`,
-    device,
-    action: 'open',
-    position: null,
-    issuedAt: acceptedAt,
-    issuedAtSource: 'issuer',
-    ttlMs: 30_000,
-    deadline: acceptedAt + 30_000,
-    intake: 'https',
-    acceptedAt,
-  };
-}
-
-function rchar(): number {
-  const found = /^rchar:\s*(\d+)$/m.exec(readFileSync('/proc/self/io', 'utf8'))?.[1];
-  if (found === undefined) throw new Error('no rchar in /proc/self/io');
-  return Number(found);
-}
-
-/** The keys Journal.list gives for `filter` on a fresh read-only connection, and the bytes read. */
 function listed(filter: ListFilter): { keys: string[]; bytes: number } {
-  const journal = SqliteJournal.open({ path, readonly: true });
-  try {
-    journal.list({ limit: 1 }); // the connection opened and its schema read, as sluicectl's is
-    const before = rchar();
-    const keys = journal.list(filter).map((r) => r.key);
-    return { keys, bytes: rchar() - before };
-  } finally {
-    journal.close();
-  }
+  return listedAt(path, filter);
 }
 
 beforeAll(() => {

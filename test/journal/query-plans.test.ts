@@ -4,6 +4,7 @@ import type { NewCommand } from '../../src/core/journal.js';
 import { openConnection } from '../../src/journal/connection.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { issuerCommand } from '../helpers/new-command.js';
 
 /**
  * What SQLite does with each of the journal's statements, from its own query planner
@@ -26,20 +27,7 @@ afterEach(() => {
 const T0 = Date.parse('2026-12-04T17:00:00.000Z');
 
 function command(key: string, acceptedAt: number): NewCommand {
-  return {
-    scope: 'plant',
-    key,
-    fingerprint: `f-${key}`,
-    device: 'inlet-valve',
-    action: 'open',
-    position: null,
-    issuedAt: acceptedAt,
-    issuedAtSource: 'issuer',
-    ttlMs: 30_000,
-    deadline: acceptedAt + 30_000,
-    intake: 'https',
-    acceptedAt,
-  };
+  return issuerCommand(key, 'inlet-valve', acceptedAt);
 }
 
 /** The indexes over the open commands alone (partial: `WHERE state IN ('accepted', 'dispatched')`). */
