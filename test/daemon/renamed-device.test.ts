@@ -1,13 +1,17 @@
-import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
 import { ConfigError, loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
-import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
+import {
+  postCommand,
+  renameSiteEntry,
+  startModbusPlant,
+  stopSite,
+  writeTokenSite,
+} from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
@@ -32,13 +36,9 @@ let dir: string;
 let cleanup: () => void;
 
 function post(key: string, body: unknown): Promise<HttpsAnswer> {
-  return httpsRequest(
-    { port: daemon!.https!.port, ca: cert, token: TOKEN },
-    'POST',
-    '/v1/commands',
-    { 'idempotency-key': key, prefer: 'wait=0' },
-    body,
-  );
+  return postCommand({ port: daemon!.https!.port, ca: cert, token: TOKEN }, key, body, {
+    prefer: 'wait=0',
+  });
 }
 
 async function startDaemon(): Promise<Daemon> {
@@ -53,11 +53,7 @@ async function startDaemon(): Promise<Daemon> {
 }
 
 function renameDevice(from: string, to: string): void {
-  const site = parse(readFileSync(configPath, 'utf8')) as { devices: Record<string, unknown> };
-  site.devices = Object.fromEntries(
-    Object.entries(site.devices).map(([id, d]) => [id === from ? to : id, d]),
-  );
-  writeFileSync(configPath, stringify(site));
+  renameSiteEntry(configPath, 'devices', from, to);
 }
 
 function journaled(key: string): string | undefined {
@@ -80,11 +76,7 @@ beforeAll(async () => {
   }));
 }, 60_000);
 
-afterAll(async () => {
-  await daemon?.stop();
-  await plant.stop();
-  cleanup();
-}, 30_000);
+afterAll(() => stopSite(daemon, plant, cleanup), 30_000);
 
 describe('a device renamed while the journal holds an open command of its former id', () => {
   it('is refused at start, naming both ids; started under its former id, the command settles, and the rename then starts', async () => {

@@ -1,13 +1,18 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import type { Plant } from '../../simulators/plant.js';
-import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
+import {
+  postCommand,
+  renameSiteEntry,
+  startModbusPlant,
+  stopSite,
+  writeTokenSite,
+} from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
+import type { HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 
 /**
@@ -29,13 +34,9 @@ let cleanup: () => void;
 let lines: Record<string, unknown>[] = [];
 
 function post(key: string, body: unknown): Promise<HttpsAnswer> {
-  return httpsRequest(
-    { port: daemon!.https!.port, ca: cert, token: TOKEN },
-    'POST',
-    '/v1/commands',
-    { 'idempotency-key': key, prefer: 'wait=10' },
-    body,
-  );
+  return postCommand({ port: daemon!.https!.port, ca: cert, token: TOKEN }, key, body, {
+    prefer: 'wait=10',
+  });
 }
 
 async function startDaemon(): Promise<void> {
@@ -53,11 +54,7 @@ async function startDaemon(): Promise<void> {
 }
 
 function renameIdentity(from: string, to: string): void {
-  const site = parse(readFileSync(configPath, 'utf8')) as { identities: Record<string, unknown> };
-  site.identities = Object.fromEntries(
-    Object.entries(site.identities).map(([name, i]) => [name === from ? to : name, i]),
-  );
-  writeFileSync(configPath, stringify(site));
+  renameSiteEntry(configPath, 'identities', from, to);
 }
 
 function renameWarnings(): string[] {
@@ -77,11 +74,7 @@ beforeAll(async () => {
   }));
 }, 60_000);
 
-afterAll(async () => {
-  await daemon?.stop();
-  await plant.stop();
-  cleanup();
-}, 30_000);
+afterAll(() => stopSite(daemon, plant, cleanup), 30_000);
 
 describe('an identity renamed across a restart, its token kept', () => {
   it('is named at start with its former name and what a retry would do', async () => {

@@ -1,15 +1,19 @@
-import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
-import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
+import {
+  editSite,
+  postCommand,
+  startModbusPlant,
+  stopSite,
+  writeTokenSite,
+} from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
+import type { HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 
 /**
@@ -32,13 +36,7 @@ let dir: string;
 let cleanup: () => void;
 
 function post(key: string, body: unknown): Promise<HttpsAnswer> {
-  return httpsRequest(
-    { port: daemon!.https!.port, ca: cert, token: TOKEN },
-    'POST',
-    '/v1/commands',
-    { 'idempotency-key': key },
-    body,
-  );
+  return postCommand({ port: daemon!.https!.port, ca: cert, token: TOKEN }, key, body);
 }
 
 async function startDaemon(): Promise<void> {
@@ -68,11 +66,7 @@ beforeAll(async () => {
   await startDaemon();
 }, 60_000);
 
-afterAll(async () => {
-  await daemon?.stop();
-  await plant.stop();
-  cleanup();
-}, 30_000);
+afterAll(() => stopSite(daemon, plant, cleanup), 30_000);
 
 describe('a retry after its device left the configuration', () => {
   it('is answered with the command it repeats, written once; a new key for the device is refused', async () => {
@@ -87,9 +81,9 @@ describe('a retry after its device left the configuration', () => {
     // The gateway is restarted with v1 taken out of its configuration.
     await daemon!.stop();
     daemon = null;
-    const site = parse(readFileSync(configPath, 'utf8')) as { devices: Record<string, unknown> };
-    delete site.devices.v1;
-    writeFileSync(configPath, stringify(site));
+    editSite(configPath, (site) => {
+      delete site.devices.v1;
+    });
     await startDaemon();
     expect(daemon!.pipeline.device('v1')).toBeUndefined();
 

@@ -1,11 +1,11 @@
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
-import { loopbackCertificate } from './loopback-https.js';
+import { httpsRequest, loopbackCertificate, type HttpsAnswer } from './loopback-https.js';
 import { inventoryFor } from './plant-inventory.js';
 
 export type ModbusDevices = Extract<
@@ -129,4 +129,53 @@ export function seedOrphan(
   } finally {
     journal.close();
   }
+}
+
+/** POST /v1/commands of `body` under `key` to the HTTPS intake at `to`, with more `headers`. */
+export function postCommand(
+  to: { readonly port: number; readonly ca: string; readonly token: string },
+  key: string,
+  body: unknown,
+  headers: Record<string, string> = {},
+): Promise<HttpsAnswer> {
+  return httpsRequest(to, 'POST', '/v1/commands', { 'idempotency-key': key, ...headers }, body);
+}
+
+/** A site file's sections by id, as a test edits them. */
+export interface SiteFile {
+  devices: Record<string, unknown>;
+  identities: Record<string, unknown>;
+  [section: string]: unknown;
+}
+
+/** The site file at `configPath` read, changed by `edit`, and written back (an operator's edit). */
+export function editSite(configPath: string, edit: (site: SiteFile) => void): void {
+  const site = parse(readFileSync(configPath, 'utf8')) as SiteFile;
+  edit(site);
+  writeFileSync(configPath, stringify(site));
+}
+
+/** The entry `from` of the site file's `section` renamed `to`, its body and place kept. */
+export function renameSiteEntry(
+  configPath: string,
+  section: 'devices' | 'identities',
+  from: string,
+  to: string,
+): void {
+  editSite(configPath, (site) => {
+    site[section] = Object.fromEntries(
+      Object.entries(site[section]).map(([id, entry]) => [id === from ? to : id, entry]),
+    );
+  });
+}
+
+/** A daemon test's end: its daemon stopped (if one runs), then its plant, then its files removed. */
+export async function stopSite(
+  daemon: { stop(): Promise<void> } | null,
+  plant: Plant,
+  cleanup: () => void,
+): Promise<void> {
+  await daemon?.stop();
+  await plant.stop();
+  cleanup();
 }
