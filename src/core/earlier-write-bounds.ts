@@ -1,5 +1,6 @@
 import { timer, type Clock } from './clock.js';
 import type { Journal } from './journal.js';
+import { parseMetaObject } from './journal-meta.js';
 import type { DeviceBinding, Lane } from './lane.js';
 import type { Logger } from './logger.js';
 
@@ -54,14 +55,9 @@ function duration(value: unknown): value is number {
 }
 
 function parseBounds(text: string): Map<string, WriteBound> | null {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    return null;
-  }
-  if (typeof value !== 'object' || value === null) return null;
-  const devices = (value as { devices?: unknown }).devices;
+  const value = parseMetaObject(text);
+  if (value === null) return null;
+  const devices = value.devices;
   if (typeof devices !== 'object' || devices === null || Array.isArray(devices)) return null;
   const bounds = new Map<string, WriteBound>();
   for (const [device, bound] of Object.entries(devices as Record<string, unknown>)) {

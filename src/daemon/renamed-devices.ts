@@ -1,5 +1,6 @@
 import { ConfigError, type SluiceConfig } from '../config/config.js';
 import type { OpenPage } from '../core/journal.js';
+import { readMetaObject } from '../core/journal-meta.js';
 
 /**
  * A device renamed across a restart while the journal holds open commands of its former id.
@@ -44,19 +45,10 @@ export function deviceAddress(config: SluiceConfig, id: string): string | null {
 }
 
 function recorded(journal: DeviceAddressJournal): Record<string, string> {
-  const text = journal.readMeta(DEVICE_ADDRESSES_META);
-  if (text === null) return {};
-  try {
-    const value: unknown = JSON.parse(text);
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) return {};
-    return Object.fromEntries(
-      Object.entries(value as Record<string, unknown>).filter(
-        (e): e is [string, string] => typeof e[1] === 'string',
-      ),
-    );
-  } catch {
-    return {};
-  }
+  const value = readMetaObject(journal, DEVICE_ADDRESSES_META) ?? {};
+  return Object.fromEntries(
+    Object.entries(value).filter((e): e is [string, string] => typeof e[1] === 'string'),
+  );
 }
 
 const NAMED_KEYS = 5;

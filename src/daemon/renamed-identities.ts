@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { SluiceConfig } from '../config/config.js';
+import { readMetaObject } from '../core/journal-meta.js';
 
 /**
  * An identity renamed across a restart (SPEC §2: keys are scoped to the client identity).
@@ -53,20 +54,13 @@ export interface RenamedIdentity {
 }
 
 function recorded(journal: IdentityCredentialJournal): Record<string, readonly string[]> {
-  const text = journal.readMeta(IDENTITY_CREDENTIALS_META);
-  if (text === null) return {};
-  try {
-    const value: unknown = JSON.parse(text);
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) return {};
-    return Object.fromEntries(
-      Object.entries(value as Record<string, unknown>).filter(
-        (e): e is [string, string[]] =>
-          Array.isArray(e[1]) && e[1].every((s) => typeof s === 'string'),
-      ),
-    );
-  } catch {
-    return {};
-  }
+  const value = readMetaObject(journal, IDENTITY_CREDENTIALS_META) ?? {};
+  return Object.fromEntries(
+    Object.entries(value).filter(
+      (e): e is [string, string[]] =>
+        Array.isArray(e[1]) && e[1].every((s) => typeof s === 'string'),
+    ),
+  );
 }
 
 /**
