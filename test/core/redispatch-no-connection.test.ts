@@ -6,6 +6,7 @@ import { linkedHarness, refusedUnsent } from '../helpers/linked-harness.js';
 import { confirmSeconds } from '../helpers/metrics-text.js';
 import type { SimHarness, SimHarnessOptions } from '../helpers/sim-harness.js';
 import type { TcpLink } from '../helpers/tcp-link.js';
+import type { SimDevice } from '../../simulators/plant.js';
 
 /**
  * A write that was sent and lost, proven not applied (its number never echoed past the guard),
@@ -411,7 +412,7 @@ describe('such a command taken up after a restart', () => {
 describe('the words of rounds after a write proven not applied that was not the first', () => {
   async function thirdRefused(
     onTestFinished: TestContext['onTestFinished'],
-  ): Promise<Site & { seq: number }> {
+  ): Promise<Site & { seq: number; valve: SimDevice }> {
     // The link comes back 300 ms after the first refusal, never after the third.
     const plan = {
       lose: [2],
@@ -430,15 +431,14 @@ describe('the words of rounds after a write proven not applied that was not the 
       20_000,
       "o's third write refused for want of a connection",
     );
-    return { ...s, seq: s.h.get('o')!.seq! };
+    return { ...s, seq: s.h.get('o')!.seq!, valve: s.h.device('v1') };
   }
 
   it('the proof names the second write, and the next life goes round saying so: one write, confirmed', async ({
     expect,
     onTestFinished,
   }) => {
-    const { h, link, seq, ...s } = await thirdRefused(onTestFinished);
-    const valve = h.device('v1');
+    const { h, link, seq, valve, ...s } = await thirdRefused(onTestFinished);
     expect(s.handed()).toBe(3);
     expect(h.get('o')).toMatchObject({ state: 'dispatched', attempts: 3 });
     expect(valve.writeLog).toHaveLength(0);
@@ -468,8 +468,7 @@ describe('the words of rounds after a write proven not applied that was not the 
     expect,
     onTestFinished,
   }) => {
-    const { h, link, seq, ...s } = await thirdRefused(onTestFinished);
-    const valve = h.device('v1');
+    const { h, link, seq, valve, ...s } = await thirdRefused(onTestFinished);
     expect(s.handed()).toBe(3);
     // Another master opens the valve while the link is refused.
     valve.receiveWrite({ code: 1, setpoint: 0, seq: 60_001 });

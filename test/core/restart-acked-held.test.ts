@@ -1,5 +1,6 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { SimHarness } from '../helpers/sim-harness.js';
+import { describe, expect, it } from 'vitest';
+import type { SimHarness } from '../helpers/sim-harness.js';
+import { acknowledgedSeen, killedLives } from '../helpers/killed-life.js';
 
 /**
  * A write the controller acknowledged and holds (a busy handshake: sluice-sim's `hold`, received
@@ -17,35 +18,20 @@ import { SimHarness } from '../helpers/sim-harness.js';
  * of the two bounds (earlier-write-bounds.ts, earlierWriteUnknownSince).
  */
 
-let h: SimHarness | undefined;
-let dying: Promise<unknown> | null = null;
-afterEach(async () => {
-  await dying;
-  dying = null;
-  await h?.close();
-  h = undefined;
-});
+const lives = killedLives();
+let h: SimHarness;
 
 describe('an acknowledged write the controller holds across a restart', () => {
   it('is not proven unapplied, and sent again, within the confirm timeout: written once, confirmed', async () => {
     // The harness's timings: request timeout 250 ms, guard 400 ms, confirm timeout 2 s.
-    h = await SimHarness.start({ warm: true, travelMs: 100 });
+    h = await lives.start({ warm: true, travelMs: 100 });
     const v1 = h.device('v1');
     v1.setFault({ kind: 'hold' });
     h.submit('open', { device: 'v1', action: 'open', ttlMs: 20_000 });
-    await h.until(() => v1.writeLog.length === 1, 5_000, 'the open at the PLC');
-    // A readback answered after the write reached the PLC was asked after the write's answer
-    // came (one connection, one request at a time): the life knows it acknowledged.
-    const atPlc = Date.now();
-    await h.until(
-      () => (h!.pipeline.device('v1')?.readbackAgeMs ?? Infinity) < Date.now() - atPlc,
-      5_000,
-      'a readback after the acknowledged write',
-    );
+    // The life knows it acknowledged: a readback answered after the write reached the PLC.
+    await acknowledgedSeen(h, 'v1');
     // Killed at once (SIGKILL: its journal closed, its workers and connections left to die).
-    h.journal.close();
-    dying = Promise.all([h.pipeline.stop(0), h.drivers.close()]).catch(() => undefined);
-    await h.restart();
+    await lives.killAndRestart(h);
     // Held 1.8 s past the restart: past the request timeout and guard, within the confirm
     // timeout of its sending.
     const release = setTimeout(() => v1.clearFault('hold'), 1_800);

@@ -1,5 +1,6 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { SimHarness } from '../helpers/sim-harness.js';
+import { describe, expect, it } from 'vitest';
+import type { SimHarness } from '../helpers/sim-harness.js';
+import { killedLives } from '../helpers/killed-life.js';
 
 /**
  * A valve whose last command ended in an earlier life of the daemon with its write's fate open
@@ -17,30 +18,22 @@ import { SimHarness } from '../helpers/sim-harness.js';
  * at every restart, however long before the command had ended.
  */
 
-let h: SimHarness | undefined;
-let dying: Promise<unknown> | null = null;
-afterEach(async () => {
-  await dying;
-  dying = null;
-  await h?.close();
-  h = undefined;
-});
+const lives = killedLives();
+let h: SimHarness;
 
 describe("a restart after a command ended at its readback window's end", () => {
   it("waits the lost answer's bound, not the confirm timeout, before the next write", async () => {
     // The harness's timings: request timeout 250 ms, guard 400 ms, confirm timeout 2 s.
-    h = await SimHarness.start({ warm: true, travelMs: 100 });
+    h = await lives.start({ warm: true, travelMs: 100 });
     const v1 = h.device('v1');
     h.submit('first', { device: 'v1', action: 'open', ttlMs: 30_000 });
-    await h.until(() => h!.get('first')?.state === 'dispatched', 5_000, 'the open dispatched');
+    await h.until(() => h.get('first')?.state === 'dispatched', 5_000, 'the open dispatched');
     // The PLC resets every connection before a request: the write and every readback lost.
     v1.setFault({ kind: 'reset', when: 'before', on: 'both' });
     const first = await h.settled('first', 15_000);
     expect(first).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', observed: null });
     expect(first.detail).toMatch(/^no readback after the write within 2000 ms/);
-    h.journal.close();
-    dying = Promise.all([h.pipeline.stop(0), h.drivers.close()]).catch(() => undefined);
-    await dying;
+    await lives.kill(h);
     v1.clearFault('reset');
     expect(v1.writeLog).toEqual([]);
     await h.restart();

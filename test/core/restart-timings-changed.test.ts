@@ -1,7 +1,13 @@
-import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { WRITE_BOUNDS_KEY } from '../../src/core/earlier-write-bounds.js';
-import { SimHarness, WARM_ECHO } from '../helpers/sim-harness.js';
-import type { WriteLogEntry } from '../../simulators/write-log.js';
+import { WARM_ECHO, type SimHarness } from '../helpers/sim-harness.js';
+import {
+  acknowledgedSeen,
+  heldOpenSettled,
+  killedLives,
+  stopAfterHeldMove,
+  writeOf,
+} from '../helpers/killed-life.js';
 
 /**
  * A write sent just before the daemon's life ends, its request still on its way, and the daemon
@@ -23,14 +29,8 @@ import type { WriteLogEntry } from '../../simulators/write-log.js';
  * on the simulator's link.
  */
 
-let h: SimHarness | undefined;
-let dying: Promise<unknown> | null = null;
-afterEach(async () => {
-  await dying;
-  dying = null;
-  await h?.close();
-  h = undefined;
-});
+const lives = killedLives();
+let h: SimHarness;
 
 /** The earlier life's timings: a write may land up to 2,500 ms after it was sent. */
 const OLD = { requestTimeoutMs: 1_000, guardMs: 1_500 };
@@ -40,7 +40,7 @@ const NEW = { requestTimeoutMs: 250, guardMs: 400 };
 const LINK_MS = 2_000;
 
 const start = (warm: boolean, confirmTimeoutMs = 6_000): Promise<SimHarness> =>
-  SimHarness.start({
+  lives.start({
     travelMs: 100,
     warm,
     requestTimeoutMs: OLD.requestTimeoutMs,
@@ -48,21 +48,11 @@ const start = (warm: boolean, confirmTimeoutMs = 6_000): Promise<SimHarness> =>
   });
 
 /** Ends the life at once, as SIGKILL does, and starts the next with the shorter timings. */
-async function killAndRestart(harness: SimHarness, confirmTimeoutMs = 6_000): Promise<void> {
-  harness.journal.close();
-  dying = Promise.all([harness.pipeline.stop(0), harness.drivers.close()]).catch(() => undefined);
-  harness.reconfigure({
+const killAndRestart = (harness: SimHarness, confirmTimeoutMs = 6_000): Promise<void> =>
+  lives.killAndRestart(harness, {
     requestTimeoutMs: NEW.requestTimeoutMs,
     timing: { redispatchGuardMs: NEW.guardMs, confirmTimeoutMs },
   });
-  await harness.restart();
-}
-
-function writeOf(log: readonly WriteLogEntry[], seq: number | null): WriteLogEntry {
-  const writes = log.filter((w) => w.seq === seq);
-  expect(writes).toHaveLength(1);
-  return writes[0]!;
-}
 
 /** The bounds saved in the journal, by device (WRITE_BOUNDS_KEY). */
 function savedBounds(
@@ -80,18 +70,8 @@ function savedBounds(
 describe('the daemon restarted with shorter timings within the earlier life’s bound of a write it had sent', () => {
   it('the taken-up write is not proven unapplied, and sent again, while it can still land', async () => {
     h = await start(true);
+    const open = await heldOpenSettled(h, LINK_MS, killAndRestart);
     const v1 = h.device('v1');
-    v1.setFault({ kind: 'latency', ms: LINK_MS, on: 'write', when: 'before' });
-    h.submit('open', { device: 'v1', action: 'open', ttlMs: 10_000 });
-    await h.until(() => v1.writers.length === 1, 5_000, 'the open on the link');
-    v1.clearFault('latency');
-    await killAndRestart(h);
-    const open = await h.settled('open', 15_000);
-    await h.until(
-      () => v1.writeLog.some((w) => w.seq === open.seq && w.heldOnLinkMs !== undefined),
-      5_000,
-      'the first write landed',
-    );
 
     // Ground truth: one write, taken when it arrived; confirmed by its echo, never re-dispatched.
     expect(v1.writeLog.map((w) => [w.seq, w.outcome])).toEqual([[open.seq, 'accepted']]);
@@ -102,20 +82,10 @@ describe('the daemon restarted with shorter timings within the earlier life’s 
 
   it('a stop after the restart waits until that write can no longer land, and says it did not hold', async () => {
     h = await start(false);
-    const a1 = h.device('a1');
-    a1.setFault({ kind: 'latency', ms: LINK_MS, on: 'write', when: 'before' });
-    h.submit('move', { device: 'a1', action: 'move', position: 80, ttlMs: 10_000 });
-    await h.until(() => a1.writers.length === 1, 5_000, 'the move on the link');
-    a1.clearFault('latency');
-    await killAndRestart(h);
-    h.submit('stop', { device: 'a1', action: 'stop', ttlMs: 10_000 });
-    const stop = await h.settled('stop', 15_000);
-    const move = await h.settled('move', 15_000);
-    await h.until(
-      () => a1.writeLog.some((w) => w.seq === move.seq && w.settledAt !== null),
-      5_000,
-      'the move taken',
+    const { stop, move } = await stopAfterHeldMove(h, LINK_MS, (harness) =>
+      killAndRestart(harness),
     );
+    const a1 = h.device('a1');
 
     // Ground truth: the stop was taken first (a no-op: the move had not arrived), the move after
     // it. The stop is never confirmed while the move could still land.
@@ -138,7 +108,7 @@ describe('the daemon restarted with shorter timings within the earlier life’s 
     expect(savedBounds(h)).toMatchObject({ v1: oldBound, a1: oldBound });
     const restarted = Date.now();
     await h.until(
-      () => savedBounds(h!).v1?.ackedMs === newBound.ackedMs,
+      () => savedBounds(h).v1?.ackedMs === newBound.ackedMs,
       10_000,
       'the own bounds saved',
     );
@@ -153,15 +123,8 @@ describe('the daemon restarted with shorter timings within the earlier life’s 
     // The controller acknowledges the open and holds it (a busy handshake): not in its image.
     v1.setFault({ kind: 'hold' });
     const { record } = h.submit('open', { device: 'v1', action: 'open', ttlMs: 20_000 });
-    await h.until(() => v1.writeLog.length === 1, 5_000, 'the open at the PLC');
-    // A readback answered after the write reached the PLC was asked after the write's answer
-    // came (one connection, one request at a time): the daemon knows the write acknowledged.
-    const atPlc = Date.now();
-    await h.until(
-      () => (h!.pipeline.device('v1')?.readbackAgeMs ?? Infinity) < Date.now() - atPlc,
-      5_000,
-      'a readback after the acknowledged write',
-    );
+    // The daemon knows the write acknowledged: a readback answered after it reached the PLC.
+    await acknowledgedSeen(h, 'v1');
     expect(h.pipeline.device('v1')?.mirror?.seq).toBe(WARM_ECHO);
     const resolved = h.pipeline.resolve(record, 'ops@test', 'checking');
     expect(resolved.detail).toMatch(/which acknowledged it: it may have been applied$/);

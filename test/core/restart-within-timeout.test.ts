@@ -1,6 +1,11 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { SimHarness } from '../helpers/sim-harness.js';
-import type { WriteLogEntry } from '../../simulators/write-log.js';
+import { describe, expect, it } from 'vitest';
+import type { SimHarness } from '../helpers/sim-harness.js';
+import {
+  heldOpenSettled,
+  killedLives,
+  stopAfterHeldMove,
+  writeOf,
+} from '../helpers/killed-life.js';
 
 /**
  * A write sent just before the daemon's life ends, its request still on its way, and the daemon
@@ -22,14 +27,8 @@ import type { WriteLogEntry } from '../../simulators/write-log.js';
  * next one is built on the same journal file while the write is held on the simulator's link.
  */
 
-let h: SimHarness | undefined;
-let dying: Promise<unknown> | null = null;
-afterEach(async () => {
-  await dying;
-  dying = null;
-  await h?.close();
-  h = undefined;
-});
+const lives = killedLives();
+let h: SimHarness;
 
 const REQUEST_TIMEOUT_MS = 1_000;
 const GUARD_MS = 1_500;
@@ -38,47 +37,20 @@ const GUARD_MS = 1_500;
 const LINK_MS = 2_000;
 
 const start = (warm: boolean): Promise<SimHarness> =>
-  SimHarness.start({
+  lives.start({
     travelMs: 100,
     warm,
     requestTimeoutMs: REQUEST_TIMEOUT_MS,
     timing: { redispatchGuardMs: GUARD_MS, confirmTimeoutMs: 6_000 },
   });
 
-/** Ends the life at once, as SIGKILL does, and starts the next on the same journal. */
-async function killAndRestart(harness: SimHarness): Promise<void> {
-  harness.journal.close();
-  // The old life's workers and connections go on waiting for the request in flight, with no
-  // journal to write: nothing more of theirs reaches the controller (a second write is
-  // journaled first). Awaited after the test.
-  dying = Promise.all([harness.pipeline.stop(0), harness.drivers.close()]).catch(() => undefined);
-  await harness.restart();
-}
-
-function writeOf(log: readonly WriteLogEntry[], seq: number | null): WriteLogEntry {
-  const writes = log.filter((w) => w.seq === seq);
-  expect(writes).toHaveLength(1);
-  return writes[0]!;
-}
-
 describe('the daemon restarted within the request timeout of a write it had sent', () => {
   it('a stop after the restart waits until that write can no longer land, and says it did not hold', async () => {
     h = await start(false);
-    const a1 = h.device('a1');
-    a1.setFault({ kind: 'latency', ms: LINK_MS, on: 'write', when: 'before' });
-    h.submit('move', { device: 'a1', action: 'move', position: 80, ttlMs: 10_000 });
-    await h.until(() => a1.writers.length === 1, 5_000, 'the move on the link');
-    a1.clearFault('latency');
-    await killAndRestart(h);
-    h.submit('stop', { device: 'a1', action: 'stop', ttlMs: 10_000 });
-    const stop = await h.settled('stop', 15_000);
-    const move = await h.settled('move', 15_000);
-    // The move lands whatever the daemon did: wait for it before judging.
-    await h.until(
-      () => a1.writeLog.some((w) => w.seq === move.seq && w.settledAt !== null),
-      5_000,
-      'the move taken',
+    const { stop, move } = await stopAfterHeldMove(h, LINK_MS, (harness) =>
+      lives.killAndRestart(harness),
     );
+    const a1 = h.device('a1');
 
     // Ground truth: the stop was taken first (a no-op: the move had not arrived), the move
     // after it, within the contract after its sending.
@@ -106,18 +78,8 @@ describe('the daemon restarted within the request timeout of a write it had sent
 
   it('a taken-up write is not proven unapplied, and sent again, while it can still land', async () => {
     h = await start(true);
+    const open = await heldOpenSettled(h, LINK_MS, (harness) => lives.killAndRestart(harness));
     const v1 = h.device('v1');
-    v1.setFault({ kind: 'latency', ms: LINK_MS, on: 'write', when: 'before' });
-    h.submit('open', { device: 'v1', action: 'open', ttlMs: 10_000 });
-    await h.until(() => v1.writers.length === 1, 5_000, 'the open on the link');
-    v1.clearFault('latency');
-    await killAndRestart(h);
-    const open = await h.settled('open', 15_000);
-    await h.until(
-      () => v1.writeLog.some((w) => w.seq === open.seq && w.heldOnLinkMs !== undefined),
-      5_000,
-      'the first write landed',
-    );
 
     // Ground truth: one write, taken when it arrived; confirmed by its echo.
     const log = v1.writeLog;

@@ -1,5 +1,6 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { SimHarness } from '../helpers/sim-harness.js';
+import { describe, expect, it } from 'vitest';
+import type { SimHarness, SimHarnessOptions } from '../helpers/sim-harness.js';
+import { killedLives } from '../helpers/killed-life.js';
 
 /**
  * A write lost on its way to the controller (sluice-sim resets the connection before it takes
@@ -17,31 +18,31 @@ import { SimHarness } from '../helpers/sim-harness.js';
  * deadline passed, not sent again.
  */
 
-let h: SimHarness | undefined;
-let dying: Promise<unknown> | null = null;
-afterEach(async () => {
-  await dying;
-  dying = null;
-  await h?.close();
-  h = undefined;
-});
+const lives = killedLives();
+let h: SimHarness;
+
+/** The earlier life's confirm timeout, 3 s; the next life's (SHORTER), 2 s. */
+const OPTIONS: SimHarnessOptions = {
+  warm: true,
+  travelMs: 100,
+  timing: { confirmTimeoutMs: 3_000 },
+};
+const SHORTER: Partial<SimHarnessOptions> = { timing: { confirmTimeoutMs: 2_000 } };
+
+/** Starts the earlier life, its open (deadline `ttlMs`) submitted and dispatched, its write lost. */
+async function openLost(ttlMs: number): Promise<void> {
+  h = await lives.start(OPTIONS);
+  h.device('v1').setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+  h.submit('open', { device: 'v1', action: 'open', ttlMs });
+  await h.until(() => h.get('open')?.state === 'dispatched', 5_000, 'the open dispatched');
+}
 
 describe('a take-up after a restart that shortened the confirm timeout', () => {
   it('reads past the proof point: the lost write proven not applied, not sent again', async () => {
-    h = await SimHarness.start({
-      warm: true,
-      travelMs: 100,
-      timing: { confirmTimeoutMs: 3_000 },
-    });
+    await openLost(1_800);
     const v1 = h.device('v1');
-    v1.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
-    h.submit('open', { device: 'v1', action: 'open', ttlMs: 1_800 });
-    await h.until(() => h!.get('open')?.state === 'dispatched', 5_000, 'the open dispatched');
     // Killed at once (SIGKILL: its journal closed, its workers and connections left to die).
-    h.journal.close();
-    dying = Promise.all([h.pipeline.stop(0), h.drivers.close()]).catch(() => undefined);
-    h.reconfigure({ timing: { confirmTimeoutMs: 2_000 } });
-    await h.restart();
+    await lives.killAndRestart(h, SHORTER);
     const open = await h.settled('open', 15_000);
     // Ground truth: the valve took no write; the journal says so, where it said "unknown".
     expect(v1.writeLog).toEqual([]);
@@ -52,19 +53,10 @@ describe('a take-up after a restart that shortened the confirm timeout', () => {
   });
 
   it('whose deadline passed during the restart: proven not applied, and never named stuck while it reads', async () => {
-    h = await SimHarness.start({
-      warm: true,
-      travelMs: 100,
-      timing: { confirmTimeoutMs: 3_000 },
-    });
+    await openLost(300);
     const v1 = h.device('v1');
-    v1.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
-    h.submit('open', { device: 'v1', action: 'open', ttlMs: 300 });
-    await h.until(() => h!.get('open')?.state === 'dispatched', 5_000, 'the open dispatched');
-    h.journal.close();
-    dying = Promise.all([h.pipeline.stop(0), h.drivers.close()]).catch(() => undefined);
-    await dying;
-    h.reconfigure({ timing: { confirmTimeoutMs: 2_000 } });
+    await lives.kill(h);
+    h.reconfigure(SHORTER);
     // Restarted past the deadline: the stuck rule's bound (deadline plus confirm timeout) ends
     // before the earlier life's confirm timeout from the lock, within the take-up's window.
     await new Promise((resolve) => setTimeout(resolve, 300));
