@@ -4,15 +4,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import type { Plant } from '../../simulators/plant.js';
 import {
   postCommand,
   renameSiteEntry,
-  startModbusPlant,
+  startTokenSite,
   stopSite,
-  writeTokenSite,
+  type TokenSite,
 } from '../helpers/daemon-site.js';
-import { tempDir } from '../helpers/fixtures.js';
 import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 
@@ -28,21 +26,17 @@ import { until } from '../helpers/mosquitto.js';
 const TOKEN = 'renamed-device-token';
 const SCOPE = 'scada';
 
-let plant: Plant;
+let site: TokenSite;
 let daemon: Daemon | null = null;
-let cert: string;
-let configPath: string;
-let dir: string;
-let cleanup: () => void;
 
 function post(key: string, body: unknown): Promise<HttpsAnswer> {
-  return postCommand({ port: daemon!.https!.port, ca: cert, token: TOKEN }, key, body, {
+  return postCommand({ port: daemon!.https!.port, ca: site.cert, token: TOKEN }, key, body, {
     prefer: 'wait=0',
   });
 }
 
 async function startDaemon(): Promise<Daemon> {
-  const started = await Daemon.start(loadConfig(configPath, { env: {} }), {
+  const started = await Daemon.start(loadConfig(site.configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
     monitorIntervalMs: 200,
     // The stop leaves the held command open in the journal, as a crash would.
@@ -53,11 +47,14 @@ async function startDaemon(): Promise<Daemon> {
 }
 
 function renameDevice(from: string, to: string): void {
-  renameSiteEntry(configPath, 'devices', from, to);
+  renameSiteEntry(site.configPath, 'devices', from, to);
 }
 
 function journaled(key: string): string | undefined {
-  const journal = SqliteJournal.open({ path: join(dir, 'state', 'journal.db'), readonly: true });
+  const journal = SqliteJournal.open({
+    path: join(site.dir, 'state', 'journal.db'),
+    readonly: true,
+  });
   try {
     return journal.get({ scope: SCOPE, key })?.state;
   } finally {
@@ -66,23 +63,20 @@ function journaled(key: string): string | undefined {
 }
 
 beforeAll(async () => {
-  const made = tempDir('sluice-renamed-device-');
-  ({ dir, cleanup } = made);
-  plant = await startModbusPlant({ v1: { profile: 'valve', base: 0, travelMs: 100 } });
-  ({ configPath, cert } = await writeTokenSite(dir, plant, {
-    gatewayId: 'renamed',
-    token: TOKEN,
-    scope: SCOPE,
-  }));
+  site = await startTokenSite(
+    'sluice-renamed-device-',
+    { v1: { profile: 'valve', base: 0, travelMs: 100 } },
+    { gatewayId: 'renamed', token: TOKEN, scope: SCOPE },
+  );
 }, 60_000);
 
-afterAll(() => stopSite(daemon, plant, cleanup), 30_000);
+afterAll(() => stopSite(daemon, site), 30_000);
 
 describe('a device renamed while the journal holds an open command of its former id', () => {
   it('is refused at start, naming both ids; started under its former id, the command settles, and the rename then starts', async () => {
     await startDaemon();
     await until(() => (daemon!.readiness().ready ? true : undefined), 20_000, 'ready');
-    const valve = plant.device('v1');
+    const valve = site.plant.device('v1');
     // The controller takes no command for now: the write reaches it and waits there.
     valve.setFault({ kind: 'hold' });
     const body = {
@@ -135,7 +129,7 @@ describe('a device renamed while the journal holds an open command of its former
     await startDaemon();
     await until(() => (daemon!.readiness().ready ? true : undefined), 20_000, 'ready');
     const close = await httpsRequest(
-      { port: daemon!.https!.port, ca: cert, token: TOKEN },
+      { port: daemon!.https!.port, ca: site.cert, token: TOKEN },
       'POST',
       '/v1/commands',
       { 'idempotency-key': 'close-1', prefer: 'wait=10' },

@@ -3,15 +3,13 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import type { Plant } from '../../simulators/plant.js';
 import {
   postCommand,
   renameSiteEntry,
-  startModbusPlant,
+  startTokenSite,
   stopSite,
-  writeTokenSite,
+  type TokenSite,
 } from '../helpers/daemon-site.js';
-import { tempDir } from '../helpers/fixtures.js';
 import type { HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 
@@ -26,15 +24,12 @@ import { until } from '../helpers/mosquitto.js';
 
 const TOKEN = 'renamed-identity-token';
 
-let plant: Plant;
+let site: TokenSite;
 let daemon: Daemon | null = null;
-let cert: string;
-let configPath: string;
-let cleanup: () => void;
 let lines: Record<string, unknown>[] = [];
 
 function post(key: string, body: unknown): Promise<HttpsAnswer> {
-  return postCommand({ port: daemon!.https!.port, ca: cert, token: TOKEN }, key, body, {
+  return postCommand({ port: daemon!.https!.port, ca: site.cert, token: TOKEN }, key, body, {
     prefer: 'wait=10',
   });
 }
@@ -46,7 +41,7 @@ async function startDaemon(): Promise<void> {
       lines.push(JSON.parse(line) as Record<string, unknown>);
     },
   };
-  daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
+  daemon = await Daemon.start(loadConfig(site.configPath, { env: {} }), {
     logger: pino({ level: 'info' }, stream),
     monitorIntervalMs: 200,
   });
@@ -54,7 +49,7 @@ async function startDaemon(): Promise<void> {
 }
 
 function renameIdentity(from: string, to: string): void {
-  renameSiteEntry(configPath, 'identities', from, to);
+  renameSiteEntry(site.configPath, 'identities', from, to);
 }
 
 function renameWarnings(): string[] {
@@ -64,17 +59,14 @@ function renameWarnings(): string[] {
 }
 
 beforeAll(async () => {
-  const made = tempDir('sluice-renamed-identity-');
-  cleanup = made.cleanup;
-  plant = await startModbusPlant({ v1: { profile: 'valve', base: 0, travelMs: 100 } });
-  ({ configPath, cert } = await writeTokenSite(made.dir, plant, {
-    gatewayId: 'renamed-identity',
-    token: TOKEN,
-    scope: 'scada',
-  }));
+  site = await startTokenSite(
+    'sluice-renamed-identity-',
+    { v1: { profile: 'valve', base: 0, travelMs: 100 } },
+    { gatewayId: 'renamed-identity', token: TOKEN, scope: 'scada' },
+  );
 }, 60_000);
 
-afterAll(() => stopSite(daemon, plant, cleanup), 30_000);
+afterAll(() => stopSite(daemon, site), 30_000);
 
 describe('an identity renamed across a restart, its token kept', () => {
   it('is named at start with its former name and what a retry would do', async () => {
@@ -97,8 +89,8 @@ describe('an identity renamed across a restart, its token kept', () => {
     expect(warnings[0]).toContain('is a new command and may actuate again');
     expect(warnings[0]).toContain('Give the identity back its name "scada"');
     // Nothing secret in it: neither the token nor its configured digest.
-    const site = readFileSync(configPath, 'utf8');
-    const digest = /tokenSha256: (\w+)/.exec(site)![1]!;
+    const siteFile = readFileSync(site.configPath, 'utf8');
+    const digest = /tokenSha256: (\w+)/.exec(siteFile)![1]!;
     expect(JSON.stringify(lines)).not.toContain(digest);
     expect(JSON.stringify(lines)).not.toContain(TOKEN);
 
@@ -106,7 +98,7 @@ describe('an identity renamed across a restart, its token kept', () => {
     // under the new name is a new command, and the valve is opened a second time.
     const retry = await post('open-1', open);
     expect(retry.json()).toMatchObject({ state: 'confirmed', replayed: false });
-    expect(plant.device('v1').writeLog.map((w) => w.code)).toEqual([1, 2, 1]);
+    expect(site.plant.device('v1').writeLog.map((w) => w.code)).toEqual([1, 2, 1]);
     await daemon!.stop();
     daemon = null;
 

@@ -4,15 +4,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import type { Plant } from '../../simulators/plant.js';
 import {
   editSite,
   postCommand,
-  startModbusPlant,
+  startTokenSite,
   stopSite,
-  writeTokenSite,
+  type TokenSite,
 } from '../helpers/daemon-site.js';
-import { tempDir } from '../helpers/fixtures.js';
 import type { HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 
@@ -28,19 +26,15 @@ import { until } from '../helpers/mosquitto.js';
 const TOKEN = 'removed-device-token';
 const SCOPE = 'scada';
 
-let plant: Plant;
+let site: TokenSite;
 let daemon: Daemon | null = null;
-let cert: string;
-let configPath: string;
-let dir: string;
-let cleanup: () => void;
 
 function post(key: string, body: unknown): Promise<HttpsAnswer> {
-  return postCommand({ port: daemon!.https!.port, ca: cert, token: TOKEN }, key, body);
+  return postCommand({ port: daemon!.https!.port, ca: site.cert, token: TOKEN }, key, body);
 }
 
 async function startDaemon(): Promise<void> {
-  daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
+  daemon = await Daemon.start(loadConfig(site.configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
     monitorIntervalMs: 200,
   });
@@ -52,21 +46,18 @@ async function startDaemon(): Promise<void> {
 }
 
 beforeAll(async () => {
-  const made = tempDir('sluice-removed-device-');
-  ({ dir, cleanup } = made);
-  plant = await startModbusPlant({
-    v1: { profile: 'valve', base: 0, travelMs: 100 },
-    v2: { profile: 'valve', base: 100, travelMs: 100 },
-  });
-  ({ configPath, cert } = await writeTokenSite(dir, plant, {
-    gatewayId: 'removed',
-    token: TOKEN,
-    scope: SCOPE,
-  }));
+  site = await startTokenSite(
+    'sluice-removed-device-',
+    {
+      v1: { profile: 'valve', base: 0, travelMs: 100 },
+      v2: { profile: 'valve', base: 100, travelMs: 100 },
+    },
+    { gatewayId: 'removed', token: TOKEN, scope: SCOPE },
+  );
   await startDaemon();
 }, 60_000);
 
-afterAll(() => stopSite(daemon, plant, cleanup), 30_000);
+afterAll(() => stopSite(daemon, site), 30_000);
 
 describe('a retry after its device left the configuration', () => {
   it('is answered with the command it repeats, written once; a new key for the device is refused', async () => {
@@ -76,13 +67,13 @@ describe('a retry after its device left the configuration', () => {
     expect(first.status, first.body).toBe(200);
     expect(first.json()).toMatchObject({ state: 'confirmed', code: 'OK', replayed: false });
     const seq = first.json().seq as number;
-    expect(plant.device('v1').writesWithSeq(seq)).toBe(1);
+    expect(site.plant.device('v1').writesWithSeq(seq)).toBe(1);
 
     // The gateway is restarted with v1 taken out of its configuration.
     await daemon!.stop();
     daemon = null;
-    editSite(configPath, (site) => {
-      delete site.devices.v1;
+    editSite(site.configPath, (file) => {
+      delete file.devices.v1;
     });
     await startDaemon();
     expect(daemon!.pipeline.device('v1')).toBeUndefined();
@@ -107,11 +98,14 @@ describe('a retry after its device left the configuration', () => {
     expect(fresh.json()).toMatchObject({ code: 'UNKNOWN_DEVICE' });
 
     // Ground truth: the controller took the open once, and nothing after it.
-    expect(plant.device('v1').writesWithSeq(seq)).toBe(1);
-    expect(plant.device('v1').writeLog).toHaveLength(1);
+    expect(site.plant.device('v1').writesWithSeq(seq)).toBe(1);
+    expect(site.plant.device('v1').writeLog).toHaveLength(1);
     await daemon!.stop();
     daemon = null;
-    const journal = SqliteJournal.open({ path: join(dir, 'state', 'journal.db'), readonly: true });
+    const journal = SqliteJournal.open({
+      path: join(site.dir, 'state', 'journal.db'),
+      readonly: true,
+    });
     try {
       expect(journal.get({ scope: SCOPE, key: 'retired-close' })).toBeUndefined();
       const details = journal.history({ scope: SCOPE, key: 'retired-open' }).map((e) => e.detail);

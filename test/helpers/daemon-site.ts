@@ -5,6 +5,7 @@ import { parse, stringify } from 'yaml';
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
+import { tempDir } from './fixtures.js';
 import { httpsRequest, loopbackCertificate, type HttpsAnswer } from './loopback-https.js';
 import { inventoryFor } from './plant-inventory.js';
 
@@ -169,13 +170,45 @@ export function renameSiteEntry(
   });
 }
 
+/** A token site (writeTokenSite) in a folder of its own, with the plant it runs against. */
+export interface TokenSite {
+  readonly plant: Plant;
+  readonly dir: string;
+  readonly cleanup: () => void;
+  readonly configPath: string;
+  readonly cert: string;
+}
+
+/**
+ * A temporary folder (tempDir, named from `prefix`), sluice-sim with one Modbus PLC carrying
+ * `devices` (startModbusPlant), and a token site for it there (writeTokenSite, with `options`);
+ * the plant stopped and the folder removed again when any of it fails.
+ */
+export async function startTokenSite(
+  prefix: string,
+  devices: ModbusDevices,
+  options: Parameters<typeof writeTokenSite>[2],
+): Promise<TokenSite> {
+  const { dir, cleanup } = tempDir(prefix);
+  let plant: Plant | undefined;
+  try {
+    plant = await startModbusPlant(devices);
+    const { configPath, cert } = await writeTokenSite(dir, plant, options);
+    return { plant, dir, cleanup, configPath, cert };
+  } catch (error) {
+    // Nothing is left running or on disk when the site cannot be made.
+    await plant?.stop();
+    cleanup();
+    throw error;
+  }
+}
+
 /** A daemon test's end: its daemon stopped (if one runs), then its plant, then its files removed. */
 export async function stopSite(
   daemon: { stop(): Promise<void> } | null,
-  plant: Plant,
-  cleanup: () => void,
+  site: Pick<TokenSite, 'plant' | 'cleanup'>,
 ): Promise<void> {
   await daemon?.stop();
-  await plant.stop();
-  cleanup();
+  await site.plant.stop();
+  site.cleanup();
 }
