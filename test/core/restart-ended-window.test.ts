@@ -26,9 +26,12 @@ describe("a restart after a command ended at its readback window's end", () => {
     // The harness's timings: request timeout 250 ms, guard 400 ms, confirm timeout 2 s.
     h = await lives.start({ warm: true, travelMs: 100 });
     const v1 = h.device('v1');
+    // The PLC resets the connection before a write from the start (set once dispatched, the
+    // write could leave first on a loaded machine: seen in CI), then before every request: the
+    // write and every readback lost.
+    v1.setFault({ kind: 'reset', when: 'before', on: 'write' });
     h.submit('first', { device: 'v1', action: 'open', ttlMs: 30_000 });
     await h.until(() => h.get('first')?.state === 'dispatched', 5_000, 'the open dispatched');
-    // The PLC resets every connection before a request: the write and every readback lost.
     v1.setFault({ kind: 'reset', when: 'before', on: 'both' });
     const first = await h.settled('first', 15_000);
     expect(first).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', observed: null });
