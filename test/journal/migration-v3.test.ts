@@ -10,6 +10,7 @@ import { journalOutlook, upgradeRoom } from '../../src/journal/upgrade-room.js';
 import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { writeSettledJournal } from '../helpers/settled-journal.js';
+import { schemaOf } from '../helpers/journal-schema.js';
 
 /**
  * Version 3 adds two indexes of the commands that ended rejected or failed (Journal.list by
@@ -34,21 +35,6 @@ function indexes(db: BetterSqlite3.Database): string[] {
       .pluck()
       .all() as string[]
   ).sort();
-}
-
-function schemaOf(path: string): string[] {
-  const db = new BetterSqlite3(path, { readonly: true });
-  try {
-    return (
-      db
-        .prepare(
-          "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
-        )
-        .all() as { type: string; name: string; sql: string }[]
-    ).map((r) => `${r.type} ${r.name}: ${r.sql.replace(/\s+/g, ' ')}`);
-  } finally {
-    db.close();
-  }
 }
 
 /**

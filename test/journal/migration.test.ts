@@ -18,6 +18,7 @@ import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliability/support.js';
+import { schemaOf } from '../helpers/journal-schema.js';
 
 /**
  * Version 1 journals (a WITHOUT ROWID commands table with a stored response; events keyed by
@@ -30,21 +31,6 @@ const cleanups: (() => void)[] = [];
 afterEach(() => {
   for (const c of cleanups.splice(0)) c();
 });
-
-function schemaOf(path: string): string[] {
-  const db = new BetterSqlite3(path, { readonly: true });
-  try {
-    return (
-      db
-        .prepare(
-          "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
-        )
-        .all() as { type: string; name: string; sql: string }[]
-    ).map((r) => `${r.type} ${r.name}: ${r.sql.replace(/\s+/g, ' ')}`);
-  } finally {
-    db.close();
-  }
-}
 
 describe('journal migration 1 → 2 → 3', () => {
   it('keeps every command and event, renders the same result, and ends in the new schema', () => {
