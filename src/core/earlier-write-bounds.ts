@@ -3,6 +3,7 @@ import type { Journal } from './journal.js';
 import { parseMetaObject } from './journal-meta.js';
 import type { DeviceBinding, Lane } from './lane.js';
 import type { Logger } from './logger.js';
+import { ackedWriteBoundMs } from './profile.js';
 
 /**
  * How long after a life of the daemon ended a write it sent may still be taken by its
@@ -10,7 +11,8 @@ import type { Logger } from './logger.js';
  * PLC's request timeout (the write may have been on its way that long) plus its profile's
  * redispatch guard (the profile's contract has it taken within the guard after its request
  * timed out, if ever: docs/device-profiles.md, "How the timings relate"); a write the controller
- * acknowledged within its profile's confirm timeout (previous-write.ts).
+ * acknowledged within its profile's bound on one (ackedWriteBoundMs: timing.ackedWriteTakenWithinMs,
+ * or the confirm timeout; previous-write.ts).
  *
  * A restarted daemon counts the wait for an earlier life's write from when it took the journal's
  * writer lock (Lane.earlierWriteUnknownSinceMono). Counted with this life's timings alone, a
@@ -31,7 +33,10 @@ export const WRITE_BOUNDS_KEY = 'earlier-write-bounds';
 export interface WriteBound {
   /** A write whose outcome was unknown: the request timeout plus the guard. */
   readonly unknownMs: number;
-  /** A write the controller acknowledged: the confirm timeout. */
+  /**
+   * A write the controller acknowledged: the profile's bound on how long the controller keeps
+   * one (ackedWriteBoundMs: timing.ackedWriteTakenWithinMs, or the confirm timeout).
+   */
   readonly ackedMs: number;
 }
 
@@ -40,8 +45,12 @@ export type WriteBounds = ReadonlyMap<string, WriteBound>;
 
 /** This life's bounds for a device's writes (see above). */
 export function ownBound(binding: DeviceBinding): WriteBound {
-  const { redispatchGuardMs: guard, confirmTimeoutMs } = binding.profile.timing;
-  return { unknownMs: (binding.requestTimeoutMs ?? guard) + guard, ackedMs: confirmTimeoutMs };
+  const { timing } = binding.profile;
+  const guard = timing.redispatchGuardMs;
+  return {
+    unknownMs: (binding.requestTimeoutMs ?? guard) + guard,
+    ackedMs: ackedWriteBoundMs(timing),
+  };
 }
 
 function longer(a: WriteBound, b: WriteBound | undefined): WriteBound {
@@ -160,8 +169,9 @@ export function takeUpWriteBounds(options: EarlierWriteBoundsOptions): {
  * covers every way a write an earlier life sent may still be taken. This life does not know
  * whether the controller had answered it: lost, it is taken within the request timeout and
  * guard after it was sent, if ever; acknowledged (a controller that holds a received command
- * until its handshake is free), within the confirm timeout, as the life that sent it waited for
- * it (previous-write.ts) — each as this life is configured, or an earlier life when longer. So
+ * until its handshake is free), within the profile's bound on an acknowledged write
+ * (timing.ackedWriteTakenWithinMs, the confirm timeout when it states none), as the life that
+ * sent it waited for it (previous-write.ts) — each as this life is configured, or an earlier life when longer. So
  * from the lock: the end of this life's request timeout, or later by what the longest of those
  * bounds leaves past this life's guard. Counted from the request timeout alone, a write the
  * controller had acknowledged and held was proven not applied by the next life a guard after it
@@ -173,10 +183,15 @@ export function earlierWriteUnknownSince(
   earlierLivesEndedMono: number,
   earlier: WriteBounds,
 ): number {
-  const { redispatchGuardMs: guard, confirmTimeoutMs } = binding.profile.timing;
+  const { timing } = binding.profile;
+  const guard = timing.redispatchGuardMs;
   const ownTimeout = binding.requestTimeoutMs ?? guard;
   const saved = earlier.get(binding.id);
-  const landsWithin = Math.max(saved?.unknownMs ?? 0, saved?.ackedMs ?? 0, confirmTimeoutMs);
+  const landsWithin = Math.max(
+    saved?.unknownMs ?? 0,
+    saved?.ackedMs ?? 0,
+    ackedWriteBoundMs(timing),
+  );
   return earlierLivesEndedMono + Math.max(ownTimeout, landsWithin - guard);
 }
 
@@ -224,9 +239,9 @@ export function takeUpReach(
 }
 
 /**
- * Lane.earlierWriteSentMono: the moment from which this life's confirm timeout covers a write an
- * earlier life sent and the controller acknowledged: the lock, or later by as much as an earlier
- * life's confirm timeout was longer.
+ * Lane.earlierWriteSentMono: the moment from which this life's bound on an acknowledged write
+ * (ackedWriteBoundMs) covers a write an earlier life sent and the controller acknowledged: the
+ * lock, or later by as much as an earlier life's bound was longer.
  */
 export function earlierWriteSent(
   binding: DeviceBinding,
@@ -234,5 +249,5 @@ export function earlierWriteSent(
   earlier: WriteBounds,
 ): number {
   const saved = earlier.get(binding.id)?.ackedMs ?? 0;
-  return earlierLivesEndedMono + Math.max(0, saved - binding.profile.timing.confirmTimeoutMs);
+  return earlierLivesEndedMono + Math.max(0, saved - ackedWriteBoundMs(binding.profile.timing));
 }

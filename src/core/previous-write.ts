@@ -3,7 +3,7 @@ import { RECOVERY, type Lane, type LastWrite } from './lane.js';
 import { LAST_DISPATCH_WINDOW } from './late-echo.js';
 import { latestWriteNeverSent } from './open-commands.js';
 import { resolvedWriteWas } from './operator-actions.js';
-import type { DeviceProfile } from './profile.js';
+import { ackedWriteBoundMs, ackedWriteBoundName, type DeviceProfile } from './profile.js';
 import { mayStillLand } from './redispatch.js';
 import type { SkewEstimate, TimedReadback } from './skew.js';
 import { stopBehindWrite, type Decision } from './state-machine.js';
@@ -95,7 +95,7 @@ function writePending(
   const name = writeName(command, write.seq);
   if (write.acked) {
     if (!profile.controller.echoesSeq) return null;
-    const leftMs = write.sentMono + profile.timing.confirmTimeoutMs - nowMono;
+    const leftMs = write.sentMono + ackedWriteBoundMs(profile.timing) - nowMono;
     if (leftMs <= 0) return null;
     const from =
       write.epoch === null
@@ -104,7 +104,7 @@ function writePending(
     return {
       command,
       write,
-      reason: `${name}, was acknowledged by the controller and no readback shows it taken (its echo): the controller may still take it, before any write after it (for ${Math.ceil(leftMs)} ms more: the confirm timeout ${from})`,
+      reason: `${name}, was acknowledged by the controller and no readback shows it taken (its echo): the controller may still take it, before any write after it (for ${Math.ceil(leftMs)} ms more: ${ackedWriteBoundName(profile.timing)} ${from})`,
     };
   }
   const landing = mayStillLand({
@@ -175,8 +175,9 @@ function endedFateOpen(command: CommandRecord): boolean {
  * life's write for the guard: its bounds are counted from there, the latest they can end.
  * Whether the controller acknowledged it, the journal says only in an operator's resolve
  * (its detail says what the daemon knew then: operator-actions.ts, resolvedWriteWas):
- * - acknowledged: sent before the lock, taken within the confirm timeout after its write if
- *   ever — so within the confirm timeout from the lock (the earlier life's, when longer:
+ * - acknowledged: sent before the lock, taken within the profile's bound on an acknowledged
+ *   write (ackedWriteBoundMs: timing.ackedWriteTakenWithinMs, or the confirm timeout) after its
+ *   write if ever — so within that bound from the lock (the earlier life's, when longer:
  *   Lane.earlierWriteSentMono; a stop goes at once behind it, as in
  *   the life that knew it);
  * - its outcome unknown (its answer lost): taken within the guard after the end of its request
@@ -192,7 +193,7 @@ function endedFateOpen(command: CommandRecord): boolean {
  * - READBACK_TIMEOUT, DEVICE_UNREACHABLE otherwise (a take-up that could not judge its command,
  *   UNJUDGED_TAKE_UP: at once; an ending whose detail names no window): whether an acknowledged
  *   write's bound was over is not known: as a write of unknown outcome whose answer may have
- *   been acknowledged (Lane.earlierWriteUnknownSinceMono: the confirm timeout from the lock too),
+ *   been acknowledged (Lane.earlierWriteUnknownSinceMono: that bound from the lock too),
  *   or, for UNJUDGED_TAKE_UP, as below;
  * - anything else (a resolve while the write was on its way, or of a write an earlier life sent
  *   and this one had not taken up): either may hold, and taken as unknown, the safer of the
@@ -215,7 +216,9 @@ export function earlierLastWrite(
   if (command !== last && writeNeverSent(journal, command)) return null;
   const { timing } = lane.binding.profile;
   const lock = lane.earlierLivesEndedMono;
-  // The lock, or later when an earlier life's confirm timeout was longer than this life's.
+  // The lock, or later when an earlier life's bound on an acknowledged write was longer than
+  // this life's (ackedWriteBoundMs).
+  const acked = ackedWriteBoundMs(timing);
   const sent = lane.earlierWriteSentMono;
   const write = { scope: command.scope, key: command.key, seq: command.seq, epoch: null };
   const resolved = resolvedWriteWas(command);
@@ -229,18 +232,12 @@ export function earlierLastWrite(
   const unknownSinceMono =
     read !== null
       ? // Read for `read` ms after its write before it ended, in the life that sent it: an
-        // acknowledged write's bound (the longer confirm timeout, this life's or an earlier
-        // one's, from the write) leaves at most what it runs past that window.
-        Math.max(
-          lane.earlierWriteLostSinceMono,
-          sent + timing.confirmTimeoutMs - read - timing.redispatchGuardMs,
-        )
+        // acknowledged write's bound (ackedWriteBoundMs, this life's or an earlier one's when
+        // longer, from the write) leaves at most what it runs past that window.
+        Math.max(lane.earlierWriteLostSinceMono, sent + acked - read - timing.redispatchGuardMs)
       : unknown
         ? lane.earlierWriteUnknownSinceMono
-        : Math.max(
-            lane.earlierWriteUnknownSinceMono,
-            sent + timing.confirmTimeoutMs - timing.redispatchGuardMs,
-          );
+        : Math.max(lane.earlierWriteUnknownSinceMono, sent + acked - timing.redispatchGuardMs);
   return { ...write, sentMono: lock, acked: false, unknownSinceMono };
 }
 

@@ -47,7 +47,37 @@ const timingSchema = z.strictObject({
   scanMs: timerMs().positive().default(10),
   mismatchGraceMs: timerMs().nonnegative(),
   redispatchGuardMs: timerMs().nonnegative(),
+  /**
+   * The longest the controller keeps a command write it has acknowledged before it takes it
+   * (its sequence-number echo shows it), if it ever takes it: a controller that takes each write
+   * at its next scan, or refuses it, keeps it one scan; one whose command handshake waits for
+   * the travel in progress keeps it as long as that travel. At most confirmTimeoutMs, which it
+   * defaults to (ackedWriteBoundMs). It bounds how long a write that may have been acknowledged
+   * can still be taken (previous-write.ts, earlier-write-bounds.ts): after a restart, a command
+   * an earlier life dispatched cannot be proven not applied sooner than this from the journal's
+   * lock. A controller that keeps an acknowledged write longer than this breaks I1.
+   */
+  ackedWriteTakenWithinMs: timerMs().positive().optional(),
 });
+
+/**
+ * How long (ms) after acknowledging a write the controller takes it, if ever:
+ * timing.ackedWriteTakenWithinMs, the confirm timeout when the profile states none.
+ */
+export function ackedWriteBoundMs(
+  timing: Pick<ProfileTiming, 'confirmTimeoutMs' | 'ackedWriteTakenWithinMs'>,
+): number {
+  return timing.ackedWriteTakenWithinMs ?? timing.confirmTimeoutMs;
+}
+
+/** What ackedWriteBoundMs is, in an operator's words. */
+export function ackedWriteBoundName(
+  timing: Pick<ProfileTiming, 'ackedWriteTakenWithinMs'>,
+): string {
+  return timing.ackedWriteTakenWithinMs === undefined
+    ? 'the confirm timeout'
+    : "the profile's ackedWriteTakenWithinMs";
+}
 
 const profileSchema = z.strictObject({
   profile: z.string().min(1),
@@ -162,6 +192,12 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
     if (!(p.actions as string[]).includes(action)) {
       errors.push(`table.${action}: action not listed in actions`);
     }
+  }
+  const taken = p.timing.ackedWriteTakenWithinMs;
+  if (taken !== undefined && taken > p.timing.confirmTimeoutMs) {
+    errors.push(
+      `timing.ackedWriteTakenWithinMs: ${String(taken)} ms is longer than confirmTimeoutMs (${String(p.timing.confirmTimeoutMs)} ms): a write the controller keeps longer than the confirm timeout could be taken after its command ended; lower it to the longest the controller keeps an acknowledged write, or leave it out (the confirm timeout)`,
+    );
   }
   const codes = p.controller.stateCodes;
   if (codes !== undefined) {

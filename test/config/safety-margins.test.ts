@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config/config.js';
 import { MAX_TTL_MS } from '../../src/core/command.js';
-import type { DeviceProfile } from '../../src/core/profile.js';
+import { ackedWriteBoundMs, type DeviceProfile } from '../../src/core/profile.js';
 import { checkInventory, inventorySchema } from '../../src/drivers/inventory-schema.js';
 import { loadProfiles } from '../../src/profiles/load.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
@@ -777,4 +777,53 @@ ${devices}`);
       "devices.a.base: its status field modbus.status.clock (holding 900..903) lies on its own command registers (900..902) on PLC p1: it would read the commands written there as the device's status",
     ]);
   });
+});
+
+describe("a profile's bound on an acknowledged write against its confirm timeout", () => {
+  // timing.ackedWriteTakenWithinMs shortens the wait for a write the controller may have
+  // acknowledged (after a restart, behind a resolved command): longer than the confirm timeout,
+  // a write kept that long could be taken after its command ended.
+  const profilesWithValveBound = (ms: number): string => {
+    const out = join(dir, 'profiles');
+    mkdirSync(out);
+    for (const name of readdirSync(BUNDLED)) {
+      const text = readFileSync(join(BUNDLED, name), 'utf8');
+      writeFileSync(
+        join(out, name),
+        name === 'valve.yaml'
+          ? text.replace(
+              /( +)redispatchGuardMs: (\d+)/,
+              `$1redispatchGuardMs: $2\n$1ackedWriteTakenWithinMs: ${ms}`,
+            )
+          : text,
+      );
+    }
+    return out;
+  };
+  const message = (file: string, ms: number): string =>
+    `profilesDir: ${file}: timing.ackedWriteTakenWithinMs: ${ms} ms is longer than confirmTimeoutMs (8000 ms): a write the controller keeps longer than the confirm timeout could be taken after its command ended; lower it to the longest the controller keeps an acknowledged write, or leave it out (the confirm timeout)`;
+
+  it('refuses a bound longer than the confirm timeout, naming the file, the field and both values', () => {
+    const profilesDir = profilesWithValveBound(8_001);
+    expect(
+      errorsOf(() => loadConfig(write(`profilesDir: ${profilesDir}\n${SITE}`), { env: {} })),
+    ).toEqual([message(join(profilesDir, 'valve.yaml'), 8_001)]);
+  });
+
+  it('accepts one up to the confirm timeout; without one, the bound is the confirm timeout', () => {
+    const profilesDir = profilesWithValveBound(100);
+    const config = loadConfig(write(`profilesDir: ${profilesDir}\n${SITE}`), { env: {} });
+    const timing = loadProfiles(config.profilesDir!).get('valve')!.timing;
+    expect(ackedWriteBoundMs(timing)).toBe(100);
+    for (const [name, p] of SHIPPED) {
+      expect(ackedWriteBoundMs(p.timing), name).toBe(p.timing.confirmTimeoutMs);
+    }
+  });
+
+  it('sluiced --check exits 2 with the message', () => {
+    const profilesDir = profilesWithValveBound(9_000);
+    const r = runSluiced(['--config', write(`profilesDir: ${profilesDir}\n${SITE}`), '--check']);
+    expect(r.stderr).toContain(message(join(profilesDir, 'valve.yaml'), 9_000));
+    expect(r.status).toBe(2);
+  }, 30_000);
 });
