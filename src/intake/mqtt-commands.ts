@@ -516,10 +516,32 @@ export class CommandMessages {
         log.warn({}, 'idempotency key reused with a different command; acknowledged and answered');
         this.decide('key_reused');
         this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'key_reused' });
-        this.publisher.error({ key, device }, route, receivedAt, {
-          code: 'IDEMPOTENCY_KEY_REUSED',
-          detail: `key "${key}" was used for a different command (${record.action} on ${record.device}); a key names one command`,
-        });
+        // Published once the command it names is on disk, as HTTPS answers 422 after the same
+        // barrier: that command's claim may be in the batch the barrier carries, and a batch
+        // lost at its COMMIT takes it along. Published at once, the requester was told its key
+        // named a command the journal never held, and saw the key run its own command next.
+        this.pipeline.durable().then(
+          () => {
+            this.publisher.error({ key, device }, route, receivedAt, {
+              code: 'IDEMPOTENCY_KEY_REUSED',
+              detail: `key "${key}" was used for a different command (${record.action} on ${record.device}); a key names one command`,
+            });
+          },
+          (error: unknown) => {
+            log.error(
+              { err: error },
+              'journal sync failed: the key reuse is not answered (the command holding the key may be lost)',
+            );
+            // QoS 1: not acknowledged, so the broker sends it again and it is answered then.
+            // QoS 0 is never sent again: its requester is told.
+            if (packet.qos !== 0) return;
+            this.publisher.error({ key, device }, route, receivedAt, {
+              code: 'JOURNAL_UNAVAILABLE',
+              detail:
+                'the journal could not make the command holding this key durable; nothing was written for this message: publish it again with the same key, at QoS 1, to learn what the key names',
+            });
+          },
+        );
         return ACK;
     }
   }
