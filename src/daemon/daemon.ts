@@ -27,22 +27,16 @@ import { registerMqttConnected } from './mqtt-connected-metric.js';
 import { checkRenamedDevices } from './renamed-devices.js';
 import { findRenamedIdentities, renamedIdentityMessage } from './renamed-identities.js';
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
+import { ServiceStatus } from './service-status.js';
 import {
   extendWhile,
   journalCheckPhase,
   journalUpgradePhase,
-  recoveryPhase,
   startProgressIntervalMs,
   type StartProgressOptions,
 } from './start-progress.js';
 import { reloadTlsFiles, type TlsReload } from './tls-reload.js';
-import {
-  ProbeCache,
-  readiness,
-  statusLine,
-  type Readiness,
-  type ReadinessParts,
-} from './readiness.js';
+import { ProbeCache, readiness, type Readiness, type ReadinessParts } from './readiness.js';
 
 export type { Readiness } from './readiness.js';
 
@@ -108,9 +102,6 @@ export interface DaemonOptions {
   readonly stopSignal?: AbortSignal;
 }
 
-/** How often the STATUS= line is looked at after READY (sent only when it changed). */
-const STATUS_REFRESH_MS = 1_000;
-
 /**
  * The composition root of `sluiced`: builds config → logger → journal → drivers → pipeline
  * (recovery) → retention → intakes, starts them in that order and stops them in reverse,
@@ -131,21 +122,13 @@ export class Daemon {
   private readonly clocks: GatewayClocks;
   private readonly clock: Clock;
   private readonly notifier: ServiceNotifier;
-  private readonly startProgress: StartProgressOptions;
   private readonly shutdownBoundMs: number;
   private readonly readsFailingMs: number | undefined;
   private stopping: Promise<void> | null = null;
-  /** READY=1 has been sent: from then on a reload says RELOADING=1, then READY=1 again. */
-  private readySent = false;
-  /** The recovered commands READY waited for, and how many of them are still open. */
-  private recovery: { total: number; open: number } = { total: 0, open: 0 };
   /** What /readyz reuses for a moment: its proof write and its list of open commands. */
   private readonly probes: ProbeCache;
-  /** The STATUS= line sent last, and the timer that sends a new one when it changes. */
-  private statusSent = '';
-  private statusTimer: NodeJS.Timeout | null = null;
-  /** Aborted when a stop begins: ends the wait of followRecovery. */
-  private readonly statusEnd = new AbortController();
+  /** READY=1 and the STATUS= lines after it (service-status.ts). */
+  private readonly service: ServiceStatus;
 
   private constructor(parts: {
     config: SluiceConfig;
@@ -175,7 +158,15 @@ export class Daemon {
     this.clock = parts.clock;
     this.probes = new ProbeCache(() => parts.clock.elapsed(), undefined, parts.syncStallMs);
     this.notifier = parts.notifier;
-    this.startProgress = parts.startProgress;
+    this.service = new ServiceStatus({
+      notifier: parts.notifier,
+      logger: parts.logger,
+      clock: parts.clock,
+      pipeline: parts.pipeline,
+      parts: () => this.readinessParts(),
+      probes: this.probes,
+      startProgress: parts.startProgress,
+    });
     this.shutdownBoundMs = parts.shutdownBoundMs;
     this.readsFailingMs = parts.readsFailingMs;
     this.httpsIntake = parts.httpsIntake;
@@ -549,7 +540,7 @@ export class Daemon {
         },
         'sluiced started',
       );
-      void daemon.announceReady(
+      void daemon.service.announceReady(
         { refs: openAtStart, stillOpen, unfollow: followed },
         options.readyBoundMs ?? 45_000,
       );
@@ -558,82 +549,6 @@ export class Daemon {
       await release();
       throw error;
     }
-  }
-
-  /**
-   * READY=1 once the intakes listen (Daemon.start has returned) and the commands the journal
-   * held open at start have settled, within `boundMs`. Not sent once a stop has begun.
-   */
-  private async announceReady(
-    at: {
-      readonly refs: readonly CommandRef[];
-      /** Those not settled yet, as their settlements have been seen. */
-      readonly stillOpen: ReadonlySet<string>;
-      readonly unfollow: () => void;
-    },
-    boundMs: number,
-  ): Promise<void> {
-    const recovered = at.refs;
-    let open: number;
-    try {
-      // A start made long by the journal check is past TimeoutStartSec= already: this wait is
-      // extended too, or systemd would end the start in it.
-      const waiting = this.pipeline.waitForAllSettled(recovered, boundMs);
-      open =
-        recovered.length === 0
-          ? await waiting
-          : await extendWhile(
-              recoveryPhase(recovered.length, () => at.stillOpen.size, boundMs),
-              waiting,
-              this.startProgress,
-            );
-    } catch (error) {
-      this.logger.warn({ err: error }, 'recovery: the journal cannot be read');
-      open = recovered.length;
-    } finally {
-      at.unfollow();
-    }
-    if (this.stopping !== null) return;
-    if (open > 0) {
-      this.logger.warn({ open, boundMs }, 'ready with recovered commands still open');
-    }
-    this.recovery = { total: recovered.length, open };
-    this.statusSent = this.statusLine();
-    this.notifier.ready(this.statusSent);
-    this.readySent = true;
-    this.logger.info({ recovered: recovered.length, open }, 'sluiced ready');
-    // `systemctl status` shows the last STATUS= line for as long as the service runs: the one
-    // sent with READY said "MQTT connecting" (READY does not wait for the broker) and "still
-    // settling" long after the broker had connected, and "MQTT connected" while it was down.
-    // A new line goes out whenever what it says has changed.
-    this.statusTimer = setInterval(() => {
-      this.refreshStatus();
-    }, STATUS_REFRESH_MS);
-    this.statusTimer.unref();
-    if (open > 0) void this.followRecovery(recovered);
-  }
-
-  /** Counts the recovered commands still open until none is (for the status line). */
-  private async followRecovery(recovered: readonly CommandRef[]): Promise<void> {
-    while (!this.statusEnd.signal.aborted && this.recovery.open > 0) {
-      try {
-        const open = await this.pipeline.waitForAllSettled(recovered, 5_000);
-        this.recovery = { total: recovered.length, open };
-      } catch {
-        // The journal cannot be read: counted again at the next round (readiness says why).
-        await this.clock.sleep(5_000, this.statusEnd.signal);
-      }
-    }
-    this.refreshStatus();
-  }
-
-  /** Sends the status line when it says something else than the one sent last. */
-  private refreshStatus(): void {
-    if (this.statusEnd.signal.aborted) return;
-    const line = this.statusLine();
-    if (line === this.statusSent) return;
-    this.statusSent = line;
-    this.notifier.status(line);
   }
 
   /**
@@ -648,7 +563,7 @@ export class Daemon {
       this.logger.warn({}, 'reload (SIGHUP) ignored: sluiced is stopping');
       return null;
     }
-    const announce = this.readySent;
+    const announce = this.service.ready;
     if (announce) this.notifier.reloading('reloading: reading the TLS files again');
     try {
       return reloadTlsFiles(
@@ -658,10 +573,7 @@ export class Daemon {
         process.env,
       );
     } finally {
-      if (announce) {
-        this.statusSent = this.statusLine();
-        this.notifier.ready(this.statusSent);
-      }
+      if (announce) this.notifier.ready(this.service.reloadedLine());
     }
   }
 
@@ -690,10 +602,6 @@ export class Daemon {
     };
   }
 
-  private statusLine(): string {
-    return statusLine(this.readinessParts(), this.recovery);
-  }
-
   private readinessParts(): ReadinessParts {
     return {
       journal: this.journal,
@@ -715,8 +623,7 @@ export class Daemon {
    */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
-      if (this.statusTimer !== null) clearInterval(this.statusTimer);
-      this.statusEnd.abort();
+      this.service.stop();
       this.logger.info({}, 'sluiced stopping');
       this.notifier.stopping(
         `stopping: intakes close, in-flight commands get ${boundText(this.shutdownBoundMs)} to settle`,

@@ -74,8 +74,16 @@ export class ProbeCache {
   /** When the journal last took the proof write, while no write of its own has failed since. */
   provenAt: number | null = null;
   commands: { at: number; check: Check } | null = null;
-  /** The sync /readyz asked for last (durable()), when it asked, and whether it has returned. */
-  sync: { since: number; returned: boolean } | null = null;
+  /**
+   * The sync /readyz or the status line asked for last (durable()), when it asked (monotonic,
+   * and the wall clock's time for the line), and whether it has returned.
+   */
+  sync: { since: number; at: Date; returned: boolean } | null = null;
+  /**
+   * The journal's known failure that the status line's last proof write found past (a batch
+   * lost at its COMMIT is the known failure until a batch commits again): not proved again.
+   */
+  provenPast: Error | null = null;
 
   constructor(
     readonly elapsed: () => number,
@@ -111,7 +119,7 @@ export interface ReadinessParts {
   readonly readsFailingMs?: number;
 }
 
-interface Check {
+export interface Check {
   ok: boolean;
   detail: string;
   /**
@@ -142,8 +150,16 @@ export function readiness(parts: ReadinessParts, cache: ProbeCache): Readiness {
 export function statusLine(
   parts: ReadinessParts,
   recovery: { total: number; open: number },
-): string {
-  const checks = runChecks(parts, 'status');
+  cache: ProbeCache,
+  options: {
+    /** Prove the journal with a write even when none of its writes is known to have failed. */
+    readonly prove: boolean;
+    /** Said at the end of the line (a past outage of the journal). */
+    readonly note: string | null;
+  },
+): StatusView {
+  const checks = runChecks(parts, { status: cache, prove: options.prove });
+  const journal = checks.journal ?? { ok: true, detail: 'not checked' };
   const failing = Object.values(checks).filter((c) => !c.ok);
   const briefs = failing.flatMap((c) => (c.brief === undefined ? [] : [c.brief]));
   const state =
@@ -172,11 +188,27 @@ export function statusLine(
     open === 0
       ? `${total} recovered command(s) settled`
       : `${open} of ${total} recovered command(s) still settling`;
-  return `${state}: ${intakes.length === 0 ? 'no intake' : intakes.join(', ')}; ${recovered}`;
+  const note = options.note === null ? '' : `; ${options.note}`;
+  return {
+    line: `${state}: ${intakes.length === 0 ? 'no intake' : intakes.join(', ')}; ${recovered}${note}`,
+    journal,
+  };
+}
+
+/** The STATUS= line and the journal's check it was made with. */
+export interface StatusView {
+  readonly line: string;
+  readonly journal: Check;
+}
+
+/** How the status line checks: the journal by its known failures, proved only when it fails. */
+interface StatusMode {
+  readonly status: ProbeCache;
+  readonly prove: boolean;
 }
 
 /** The checks; with a ProbeCache, /readyz's (the journal proved, the open commands listed). */
-function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<string, Check> {
+function runChecks(parts: ReadinessParts, mode: ProbeCache | StatusMode): Record<string, Check> {
   const checks: Record<string, Check> = {};
   checks.journal = journalCheck(parts, mode);
   if (parts.mqttIntake !== null) {
@@ -210,7 +242,7 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
           : `HTTPS certificate: ${certificate?.detail ?? 'valid'}`,
     };
   }
-  if (mode !== 'status') checks.commands = commandsCheck(parts, mode);
+  if (mode instanceof ProbeCache) checks.commands = commandsCheck(parts, mode);
   const sync = parts.gatewayClock.status();
   const synced = sync.source === 'none' || sync.state === 'LOCKED' || sync.state === 'HOLDOVER';
   checks.clock = {
@@ -286,19 +318,16 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | 'status'): Record<s
   return checks;
 }
 
-function journalCheck(parts: ReadinessParts, mode: ProbeCache | 'status'): Check {
+function journalCheck(parts: ReadinessParts, mode: ProbeCache | StatusMode): Check {
   const failed = (error: unknown): Check => {
     const detail = error instanceof Error ? error.message : String(error);
     return { ok: false, detail, brief: detail };
   };
-  if (mode === 'status') {
-    const failure = parts.journal.knownFailure();
-    return failure === null ? { ok: true, detail: 'writable at its last write' } : failed(failure);
-  }
+  if (!(mode instanceof ProbeCache)) return statusJournalCheck(parts, mode, failed);
   const stalled = syncStalled(parts, mode);
   if (stalled !== null) {
     mode.provenAt = null;
-    return failed(stalled);
+    return { ok: false, detail: stalled.detail, brief: stalled.brief };
   }
   // A proof write made a moment ago stands while no write of the journal has failed since.
   if (mode.fresh(mode.provenAt) && parts.journal.knownFailure() === null) {
@@ -315,15 +344,48 @@ function journalCheck(parts: ReadinessParts, mode: ProbeCache | 'status'): Check
 }
 
 /**
- * A sync that has not returned for SYNC_STALL_MS, as /readyz sees it: each request after the
- * last sync it asked for returned asks for another (it covers every write made before it, so it
- * waits for one still under way), and one that has not returned since is timed.
+ * The status line's journal check, every second without a write of its own while the journal
+ * works: its sync timed as /readyz times it (a stalled disk fails no write, it only holds the
+ * fdatasync), then the journal's word for its last write. A journal known to fail is proved
+ * again with a write, each time: nothing else may write to it (no command comes to a gateway
+ * that refuses them, no probe), and its return would not show. At READY (`prove`) it is proved
+ * whatever its word: a start writes nothing that could fail.
  */
-function syncStalled(parts: ReadinessParts, cache: ProbeCache): Error | null {
+function statusJournalCheck(
+  parts: ReadinessParts,
+  mode: StatusMode,
+  failed: (error: unknown) => Check,
+): Check {
+  const cache = mode.status;
+  const failure = parts.journal.knownFailure();
+  if (!mode.prove && (failure === null || failure === cache.provenPast)) {
+    return { ok: true, detail: 'writable at its last write' };
+  }
+  try {
+    parts.journal.checkWritable();
+    cache.provenPast = parts.journal.knownFailure();
+    return { ok: true, detail: 'writable' };
+  } catch (error) {
+    cache.provenPast = null;
+    return failed(error);
+  }
+}
+
+/**
+ * A sync that has not returned for SYNC_STALL_MS, as /readyz and the status line see it: each
+ * look after the last sync asked for returned asks for another (it covers every write made
+ * before it, so it waits for one still under way; with nothing written since the last, it costs
+ * no fdatasync), and one that has not returned since is timed. `brief` stays the same while the
+ * same sync has not returned (the status line is sent again whenever its text changes).
+ */
+function syncStalled(
+  parts: ReadinessParts,
+  cache: ProbeCache,
+): { detail: string; brief: string } | null {
   const now = cache.elapsed();
   const last = cache.sync;
   if (last === null || last.returned) {
-    const asked = { since: now, returned: false };
+    const asked = { since: now, at: new Date(), returned: false };
     cache.sync = asked;
     const returned = (): void => {
       asked.returned = true;
@@ -338,9 +400,10 @@ function syncStalled(parts: ReadinessParts, cache: ProbeCache): Error | null {
   }
   const ms = now - last.since;
   if (ms < cache.syncStallMs) return null;
-  return new Error(
-    `journal unavailable (sync): the journal's sync (fdatasync of its write-ahead log) has not returned for ${(ms / 1000).toFixed(1)} s: a slow or stalled disk; every command waits for it, and none is acknowledged or written until it returns`,
-  );
+  return {
+    detail: `journal unavailable (sync): the journal's sync (fdatasync of its write-ahead log) has not returned for ${(ms / 1000).toFixed(1)} s: a slow or stalled disk; every command waits for it, and none is acknowledged or written until it returns`,
+    brief: `journal unavailable (sync): its fdatasync has not returned since ${last.at.toISOString().slice(0, 19)}Z, a slow or stalled disk; no command is acknowledged or written until it returns`,
+  };
 }
 
 function commandsCheck(parts: ReadinessParts, cache: ProbeCache): Check {

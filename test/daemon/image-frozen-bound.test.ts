@@ -2,9 +2,10 @@ import { describe, expect, it } from 'vitest';
 import { IMAGE_FROZEN_MS, imageFrozen, type DeviceView } from '../../src/core/device-monitor.js';
 import { noWrites } from '../../src/core/lane.js';
 import {
+  ProbeCache,
   READ_FAILURES_UNREACHABLE,
   READS_FAILING_MS,
-  statusLine,
+  statusLine as statusView,
   type ReadinessParts,
 } from '../../src/daemon/readiness.js';
 import { deviceDocument } from '../../src/intake/device-view.js';
@@ -63,6 +64,7 @@ function parts(device: DeviceView, nowMono = 0): ReadinessParts {
     journal: {
       checkWritable: () => undefined,
       knownFailure: () => null,
+      durable: () => Promise.resolve(),
     },
     pipeline: { devices: () => [device], openCommands: () => [] },
     mqttIntake: null,
@@ -84,6 +86,11 @@ function parts(device: DeviceView, nowMono = 0): ReadinessParts {
     onUnsynced: 'warn',
     elapsed: () => nowMono,
   } as unknown as ReadinessParts;
+}
+
+/** The STATUS= line the daemon would send now. */
+function statusLine(p: ReadinessParts, recovery: { total: number; open: number }): string {
+  return statusView(p, recovery, new ProbeCache(() => 0), { prove: false, note: null }).line;
 }
 
 describe('the frozen-image bound', () => {

@@ -189,8 +189,10 @@ describe.runIf(real)('the STATUS= line after READY', () => {
           /^not ready \(journal unavailable/,
           'the status line: not ready, the journal',
         );
+        // The journal proved with a write, while it is known to fail: its state now, not the
+        // lost batch's words.
         expect(notReady).toMatch(
-          /^not ready \(journal unavailable \(commit\): SQLITE_FULL; the writes of that moment were not kept\): HTTPS on 127\.0\.0\.1:\d+, MQTT connected; /,
+          /^not ready \(journal unavailable \(check\): SQLITE_FULL: the filesystem of .+ is full; commands are refused until space is freed there, then taken again without a restart\): HTTPS on 127\.0\.0\.1:\d+, MQTT connected; /,
         );
         expect(plant.device('inlet-valve').counters.writesReceived).toBe(writes);
       } finally {
