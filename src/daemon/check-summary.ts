@@ -141,10 +141,15 @@ function journalLine(journal: JournalOutlook): string[] {
     case 'newer':
       return [`journal: schema version ${journal.version}`];
     case 'upgrade': {
+      const sorts = journal.room?.sorts;
       const room =
         journal.room === null
           ? 'its free space could not be measured'
-          : `needs about ${mb(journal.room.needed)} free, ${mb(journal.room.free)} are`;
+          : `needs about ${mb(journal.room.needed)} free, ${mb(journal.room.free)} are${
+              sorts === null || sorts === undefined || sorts.shared
+                ? ''
+                : `; its sorts about ${mb(sorts.needed)} in ${sorts.folder}, ${mb(sorts.free)} are free there`
+            }`;
       return [
         `journal: schema version ${journal.from}, upgraded to ${journal.to} at start (${room})`,
       ];

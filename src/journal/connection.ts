@@ -33,8 +33,9 @@ import {
   mb,
   timesTheJournal,
   upgradeFactor,
+  sortFolder,
+  upgradeRefusal,
   upgradeRoom,
-  upgradeShortOfRoom,
   upgradeWork,
 } from './upgrade-room.js';
 import { unwritable } from './writer-lock.js';
@@ -535,9 +536,10 @@ function migrate(db: Database, from: number, path: string): void {
  */
 function refuseUpgradeWithoutRoom(path: string, from: number): void {
   const room = upgradeRoom(path, from);
-  if (room === null || room.free >= room.needed) return;
+  const refusal = room === null ? null : upgradeRefusal(path, from, room);
+  if (refusal === null) return;
   throw new JournalUnavailableError(
-    `journal unavailable (open): ${upgradeShortOfRoom(path, from, room)}: sluiced measures again at each start (the unit restarts it every 2 s) and upgrades the journal once the room is there`,
+    `journal unavailable (open): ${refusal}: sluiced measures again at each start (the unit restarts it every 2 s) and upgrades the journal once the room is there`,
   );
 }
 
@@ -600,9 +602,24 @@ function migrationFull(
       ? `the upgrade was undone and the journal is left as it was (version ${from})`
       : `its last step was undone and the journal is at version ${reached}`;
   return new JournalUnavailableError(
-    `journal unavailable (open): SQLITE_FULL: the filesystem of ${path} is full: upgrading the journal from schema version ${from} to ${LATEST_VERSION} ${upgradeWork(from)}${room}; ${undone}; free space there, then start sluiced again (it tries again at each start)`,
+    `journal unavailable (open): SQLITE_FULL: the filesystem of ${path}${sortsElsewhere(path)} is full: upgrading the journal from schema version ${from} to ${LATEST_VERSION} ${upgradeWork(from)}${room}; ${undone}; free space there, then start sluiced again (it tries again at each start)`,
     { cause },
   );
+}
+
+/**
+ * ", or that of SQLite's temporary folder …" when the upgrade's sorts go to another filesystem
+ * than the journal's (upgrade-room.ts sortFolder): SQLite says SQLITE_FULL for either, and the
+ * one that filled may be that one.
+ */
+function sortsElsewhere(path: string): string {
+  const folder = sortFolder();
+  try {
+    if (folder === null || statSync(folder).dev === statSync(dirname(path)).dev) return '';
+  } catch {
+    return '';
+  }
+  return `, or that of SQLite's temporary folder ${folder} where the upgrade sorts,`;
 }
 
 /**

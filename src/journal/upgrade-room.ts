@@ -1,5 +1,13 @@
-import { closeSync, openSync, readSync, statSync, statfsSync } from 'node:fs';
-import { dirname } from 'node:path';
+import {
+  accessSync,
+  closeSync,
+  constants,
+  openSync,
+  readSync,
+  statSync,
+  statfsSync,
+} from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { LATEST_VERSION, MIGRATIONS } from './migrations.js';
 
 /**
@@ -18,6 +26,36 @@ import { LATEST_VERSION, MIGRATIONS } from './migrations.js';
 export function upgradeFactor(from: number): number {
   const sum = MIGRATIONS.filter((m) => m.version > from).reduce((t, m) => t + m.room, 0);
   return Math.round(sum * 10) / 10;
+}
+
+/**
+ * Free space an upgrade from schema version `from` needs in SQLite's temporary folder per byte
+ * of the journal: the most any of its migrations sorts there (each step's temporary files are
+ * deleted at its end).
+ */
+export function sortFactor(from: number): number {
+  return MIGRATIONS.filter((m) => m.version > from).reduce((t, m) => Math.max(t, m.sortRoom), 0);
+}
+
+/**
+ * The folder SQLite writes its temporary files to (the sorts of an index build or of a copy
+ * larger than its cache, a statement journal): the first of SQLITE_TMPDIR, TMPDIR, /var/tmp,
+ * /usr/tmp, /tmp and the working folder that is a folder this process may write and search, as
+ * SQLite's unix VFS picks it (unixTempFileDir; better-sqlite3 sets no sqlite3_temp_directory and
+ * this build keeps temp_store at files, TEMP_STORE=1). Null when none is.
+ */
+export function sortFolder(env: NodeJS.ProcessEnv = process.env): string | null {
+  for (const folder of [env.SQLITE_TMPDIR, env.TMPDIR, '/var/tmp', '/usr/tmp', '/tmp', '.']) {
+    if (folder === undefined || folder === '') continue;
+    try {
+      if (!statSync(folder).isDirectory()) continue;
+      accessSync(folder, constants.W_OK | constants.X_OK);
+      return resolve(folder);
+    } catch {
+      // Not there, or not ours to write: SQLite goes on to the next.
+    }
+  }
+  return null;
 }
 
 /** What the upgrade from `from` does to the journal, as its messages say it. */
@@ -46,9 +84,22 @@ export const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
 export interface UpgradeRoom {
   /** The journal's bytes, its log's included. */
   readonly size: number;
+  /** On the journal's filesystem: the sorts' too when their folder is on it (`sorts.shared`). */
   readonly needed: number;
   /** Bytes available to the daemon's user on the journal's filesystem. */
   readonly free: number;
+  /** SQLite's temporary folder and its room; null when it cannot be found or measured. */
+  readonly sorts: SortRoom | null;
+}
+
+/** The room the upgrade's sorts need in SQLite's temporary folder (sortFolder). */
+export interface SortRoom {
+  readonly folder: string;
+  readonly needed: number;
+  /** Bytes available to the daemon's user on the folder's filesystem. */
+  readonly free: number;
+  /** Whether that filesystem is the journal's (its `needed` is then in the journal's). */
+  readonly shared: boolean;
 }
 
 /**
@@ -65,12 +116,51 @@ export function upgradeRoom(path: string, from: number): UpgradeRoom | null {
   } catch {
     return null;
   }
-  return { size, needed: Math.ceil(upgradeFactor(from) * size) + upgradeMargin(size), free };
+  const sorts = sortRoom(path, from, size);
+  const needed =
+    Math.ceil(upgradeFactor(from) * size) +
+    upgradeMargin(size) +
+    (sorts?.shared === true ? sorts.needed : 0);
+  return { size, needed, free, sorts };
+}
+
+/**
+ * What the upgrade's sorts need in SQLite's temporary folder. Not counted, they failed the
+ * upgrade SQLITE_FULL midway when that folder's filesystem (/var/tmp, often not the journal's,
+ * or a small /tmp) had not the room, said as a full journal filesystem that had plenty.
+ */
+function sortRoom(path: string, from: number, size: number): SortRoom | null {
+  const folder = sortFolder();
+  if (folder === null) return null;
+  const free = freeBytes(`${folder}/.`);
+  if (free === null) return null;
+  let shared: boolean;
+  try {
+    shared = statSync(folder).dev === statSync(dirname(path)).dev;
+  } catch {
+    return null;
+  }
+  // 1 MB beyond the factor: the statement journal and a small sort's files.
+  return { folder, needed: Math.ceil(sortFactor(from) * size) + 1e6, free, shared };
+}
+
+/** Why the start refuses the upgrade for want of room, or null when the room is there. */
+export function upgradeRefusal(path: string, from: number, room: UpgradeRoom): string | null {
+  if (room.free < room.needed) return upgradeShortOfRoom(path, from, room);
+  const { sorts } = room;
+  if (sorts !== null && !sorts.shared && sorts.free < sorts.needed) {
+    return `not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION} in SQLite's temporary folder ${sorts.folder} (SQLITE_TMPDIR, else TMPDIR, else /var/tmp): the upgrade sorts its commands there and needs about ${mb(sorts.needed)} free on that folder's filesystem (${sortFactor(from) === 1 ? 'as much as' : `${sortFactor(from)} ×`} the journal's ${mb(room.size)}, and 1.0 MB), and ${mb(sorts.free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(sorts.needed - sorts.free)} more there, or set SQLITE_TMPDIR to a folder with the room that sluiced may write (its state folder: the room is then counted with the journal's)`;
+  }
+  return null;
 }
 
 export function upgradeShortOfRoom(path: string, from: number, room: UpgradeRoom): string {
-  const { size, needed, free } = room;
-  return `not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION}: the upgrade ${upgradeWork(from)} and needs about ${mb(needed)} free on its filesystem (${timesTheJournal(upgradeFactor(from), size)}, and ${mb(upgradeMargin(size))} for the log), and ${mb(free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(needed - free)} more there`;
+  const { size, needed, free, sorts } = room;
+  const sorted =
+    sorts?.shared === true
+      ? `, ${mb(sorts.needed)} for its sorts in SQLite's temporary folder ${sorts.folder} on the same filesystem`
+      : '';
+  return `not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION}: the upgrade ${upgradeWork(from)} and needs about ${mb(needed)} free on its filesystem (${timesTheJournal(upgradeFactor(from), size)}${sorted}, and ${mb(upgradeMargin(size))} for the log), and ${mb(free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(needed - free)} more there`;
 }
 
 /** What the next start will do with the journal at `path`, for `sluiced --check`. */
@@ -115,8 +205,7 @@ export function journalOutlook(path: string): JournalOutlook {
   if (version === LATEST_VERSION) return { kind: 'current', version };
   if (version > LATEST_VERSION) return { kind: 'newer', version };
   const room = upgradeRoom(path, version);
-  const refusal =
-    room !== null && room.free < room.needed ? upgradeShortOfRoom(path, version, room) : null;
+  const refusal = room === null ? null : upgradeRefusal(path, version, room);
   return { kind: 'upgrade', from: version, to: LATEST_VERSION, room, refusal };
 }
 
