@@ -32,9 +32,19 @@ export interface BenchOptions {
   readonly clients: number;
   readonly warmupSeconds: number;
   readonly throughputSeconds: number;
+  /**
+   * The bench profile's `timing.ackedWriteTakenWithinMs`: the plant's controller takes every
+   * write at its next scan (docs/device-profiles.md). 0: none stated (the confirm timeout).
+   */
+  readonly ackedWriteTakenWithinMs: number;
   /** Open commands the journal holds when the daemon restarts. */
   readonly recoveryCommands: number;
   readonly recoveryTimeoutSeconds: number;
+  /**
+   * Run the recovery a second time on the shipped profile as it is (no bound stated on an
+   * acknowledged write: the confirm timeout), beside the bench profile's.
+   */
+  readonly recoveryShipped: boolean;
   /** Retained keys of the two journal-scale points. */
   readonly scaleSmall: number;
   readonly scaleLarge: number;
@@ -82,8 +92,16 @@ const SPECS: Record<
   clients: { flag: 'clients', kind: 'int', fallback: 100, min: 1 },
   warmupSeconds: { flag: 'warmup-seconds', kind: 'int', fallback: 2, min: 0 },
   throughputSeconds: { flag: 'throughput-seconds', kind: 'int', fallback: 15, min: 1 },
+  ackedWriteTakenWithinMs: {
+    flag: 'acked-write-taken-within-ms',
+    kind: 'int',
+    fallback: 100,
+    min: 0,
+    max: 8000,
+  },
   recoveryCommands: { flag: 'recovery-commands', kind: 'int', fallback: 10_000, min: 1 },
   recoveryTimeoutSeconds: { flag: 'recovery-timeout-seconds', kind: 'int', fallback: 60, min: 1 },
+  recoveryShipped: { flag: 'recovery-shipped', kind: 'bool', fallback: true },
   scaleSmall: { flag: 'scale-small', kind: 'int', fallback: 10_000, min: 1 },
   scaleLarge: { flag: 'scale-large', kind: 'int', fallback: 1_000_000, min: 1 },
   scaleSamples: { flag: 'scale-samples', kind: 'int', fallback: 2000, min: 1 },

@@ -282,6 +282,12 @@ export interface Recovery {
    * results written before it was recorded.
    */
   readonly confirmTimeoutMs?: number;
+  /**
+   * The profile's `timing.ackedWriteTakenWithinMs` (null: none stated, the confirm timeout is
+   * the bound): the wait from the lock is max(request timeout, this - guard) + guard. Absent
+   * from results written before the field existed.
+   */
+  readonly ackedWriteTakenWithinMs?: number | null;
   /** The daemon from its first answer until the backlog was worked off (or the bench gave up). */
   readonly load: DaemonLoad;
 }
@@ -307,6 +313,11 @@ export interface Results {
   /** The same over MQTT (absent in results from before it was measured). */
   readonly throughputMqtt?: Throughput | Skipped;
   readonly recovery: Recovery;
+  /**
+   * The same recovery on the shipped profile as it is (no bound stated: the confirm timeout).
+   * Absent from results written before 2026-12-06's second run.
+   */
+  readonly recoveryShipped?: Recovery | Skipped;
   readonly journalScale: JournalScale;
   readonly targets: readonly Target[];
 }

@@ -118,7 +118,11 @@ async function main(options: BenchOptions): Promise<void> {
     progress('compiling the daemon and the plant for their processes');
     const compiled = await compileTree(join(dir, 'js'));
     const cred = await credentials(dir);
-    const profiles = valveProfile(join(dir, 'profiles'), options.scanMs);
+    const profiles = valveProfile(
+      join(dir, 'profiles'),
+      options.scanMs,
+      options.ackedWriteTakenWithinMs === 0 ? null : options.ackedWriteTakenWithinMs,
+    );
 
     progress(
       `starting the bench plant (${options.valves} valves, scan ${options.scanMs} ms${options.opcua ? ', OPC UA PLC' : ''})`,
@@ -192,7 +196,18 @@ async function main(options: BenchOptions): Promise<void> {
     } finally {
       await daemon.stop();
     }
-    const rec = await recovery(ctx, daemon.listenMs);
+    const rec = await recovery(ctx, daemon.listenMs, profiles, 'recovery');
+    // The same on the shipped profile as it is: no bound stated on an acknowledged write.
+    const recShipped = !options.recoveryShipped
+      ? { skipped: 'not run (--no-recovery-shipped)' }
+      : profiles.ackedWriteTakenWithinMs === null
+        ? { skipped: 'the bench profile states no bound either (--acked-write-taken-within-ms 0)' }
+        : await recovery(
+            ctx,
+            daemon.listenMs,
+            valveProfile(join(dir, 'profiles-shipped'), options.scanMs),
+            'recovery-shipped',
+          );
     const scale = await journalScale(ctx, site.journalPath);
     box.loadAtEnd = Math.round((loadavg()[0] ?? 0) * 100) / 100;
     box.stealShare = stealBetween(ticksAtStart, cpuTicks());
@@ -210,6 +225,7 @@ async function main(options: BenchOptions): Promise<void> {
           ),
         ),
         profileScanMs: profiles.scanMs ?? 'not in the profile',
+        profileAckedWriteTakenWithinMs: profiles.ackedWriteTakenWithinMs ?? 'none stated',
       },
       fsyncCounting: shim.available
         ? 'LD_PRELOAD shim (bench/fsync-count.c) in the daemon process: every fsync/fdatasync'
@@ -220,6 +236,7 @@ async function main(options: BenchOptions): Promise<void> {
       throughput: tp,
       throughputMqtt: tpMqtt,
       recovery: rec,
+      recoveryShipped: recShipped,
       journalScale: scale,
     };
     const results: Results = { ...partial, targets: evaluateTargets(partial) };

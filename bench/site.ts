@@ -37,6 +37,8 @@ export interface ProfileSetup {
   readonly dir: string;
   /** The scan the profile was given; null when the profile has no `timing.scanMs`. */
   readonly scanMs: number | null;
+  /** `timing.ackedWriteTakenWithinMs` as given; null: none (the confirm timeout stands). */
+  readonly ackedWriteTakenWithinMs: number | null;
 }
 
 /**
@@ -72,8 +74,17 @@ export async function credentials(dir: string): Promise<Credentials> {
   return { token: randomBytes(24).toString('hex'), ca: pems.cert, certFile, keyFile };
 }
 
-/** The shipped valve profile, its controller scan set to the plant's. */
-export function valveProfile(dir: string, scanMs: number): ProfileSetup {
+/**
+ * The shipped valve profile, its controller scan set to the plant's and, when `ackedBoundMs`
+ * is given, the plant's bound on how long its controller keeps an acknowledged write
+ * (`timing.ackedWriteTakenWithinMs`: sluice-sim takes every received write at its next scan,
+ * and holds none unless told to by a fault the bench never sets).
+ */
+export function valveProfile(
+  dir: string,
+  scanMs: number,
+  ackedBoundMs: number | null = null,
+): ProfileSetup {
   mkdirSync(dir, { recursive: true });
   const profile = parse(
     readFileSync(join(ROOT, 'devices', 'profiles', 'valve.yaml'), 'utf8'),
@@ -81,8 +92,13 @@ export function valveProfile(dir: string, scanMs: number): ProfileSetup {
   const timing = profile.timing as Record<string, unknown> | undefined;
   const hasScan = timing !== undefined && 'scanMs' in timing;
   if (hasScan) timing.scanMs = scanMs;
+  if (timing !== undefined && ackedBoundMs !== null) timing.ackedWriteTakenWithinMs = ackedBoundMs;
   writeFileSync(join(dir, 'valve.yaml'), stringify(profile));
-  return { dir, scanMs: hasScan ? scanMs : null };
+  return {
+    dir,
+    scanMs: hasScan ? scanMs : null,
+    ackedWriteTakenWithinMs: timing === undefined ? null : ackedBoundMs,
+  };
 }
 
 /** A loopback port nobody listens on now (for a listener whose port must be known early). */

@@ -9,7 +9,7 @@ import { isBroker, modbusValves, type RunContext } from '../context.js';
 import { daemonLoad, markDaemon, startDaemon } from '../daemon.js';
 import { firstRead, nextMove, nextSeq, rawDrivers, writeAndReadBack } from '../raw-drivers.js';
 import type { Recovery } from '../results.js';
-import { IDENTITY, writeSite } from '../site.js';
+import { IDENTITY, writeSite, type ProfileSetup } from '../site.js';
 import { round } from '../stats.js';
 
 /**
@@ -19,8 +19,12 @@ import { round } from '../stats.js';
  * command in doubt — dispatched, with its sequence number — and the rest of its share
  * accepted behind it. Half the valves' commands in doubt were written to the controller
  * before the stop (the bench writes them with the raw driver, as the daemon would have), the
- * other half never left the gateway: those can only be proven not applied after the
- * profile's redispatch guard, and are then written once more.
+ * other half never left the gateway: those can only be proven not applied once no write an
+ * earlier life sent can still land — from the restarted daemon's journal lock, the request
+ * timeout plus the guard, or the profile's bound on an acknowledged write when longer
+ * (`timing.ackedWriteTakenWithinMs`, the confirm timeout when it states none:
+ * earlier-write-bounds.ts) — and are then written once more. `profiles` is the profile the
+ * daemon runs with (the bench's, or the shipped one as it is: run.ts runs both).
  *
  * The journal is built through the journal's own API (claim, markDispatched) with the core's
  * fingerprint, observation and sequence allocation. Measured: the time until the HTTPS
@@ -30,24 +34,30 @@ import { round } from '../stats.js';
 
 const TTL_MS = 3_600_000;
 
-export async function recovery(ctx: RunContext, listenEmptyMs: number | null): Promise<Recovery> {
+export async function recovery(
+  ctx: RunContext,
+  listenEmptyMs: number | null,
+  profiles: ProfileSetup,
+  name: string,
+): Promise<Recovery> {
   const { options } = ctx;
   const valves = modbusValves(ctx);
-  const dir = join(ctx.dir, 'recovery');
+  const dir = join(ctx.dir, name);
   mkdirSync(dir, { recursive: true });
   const journalPath = join(dir, 'journal.db');
   const total = Math.max(options.recoveryCommands, valves.length);
-  ctx.progress(`recovery: journaling ${total} open commands on ${valves.length} valves`);
+  ctx.progress(`${name}: journaling ${total} open commands on ${valves.length} valves`);
 
   const raw = await rawDrivers({
     plant: ctx.plant.info,
     protocol: 'modbus',
-    profilesDir: ctx.profiles.dir,
+    profilesDir: profiles.dir,
     pkiDir: join(dir, 'pki'),
     logFile: join(dir, 'driver.log'),
   });
   const guardMs = raw.profile.timing.redispatchGuardMs;
   const confirmTimeoutMs = raw.profile.timing.confirmTimeoutMs;
+  const ackedWriteTakenWithinMs = raw.profile.timing.ackedWriteTakenWithinMs ?? null;
   const journal = SqliteJournal.open({ path: journalPath });
   const inDoubt: { key: string; written: boolean }[] = [];
   const accepted: string[] = [];
@@ -136,12 +146,12 @@ export async function recovery(ctx: RunContext, listenEmptyMs: number | null): P
     dir,
     plant: ctx.plant.info,
     credentials: ctx.credentials,
-    profilesDir: ctx.profiles.dir,
+    profilesDir: profiles.dir,
     mqttUrl: isBroker(ctx.broker) ? ctx.broker.url : null,
     journalPath,
   });
-  ctx.progress('recovery: restarting the daemon on that journal');
-  const daemon = await startDaemon(ctx, site, 'daemon-recovery');
+  ctx.progress(`${name}: restarting the daemon on that journal`);
+  const daemon = await startDaemon(ctx, site, `daemon-${name}`);
   try {
     // The daemon's work while it works the backlog off: from its first answer to the last
     // settlement (fsyncs, event loop, journal calls).
@@ -195,6 +205,7 @@ export async function recovery(ctx: RunContext, listenEmptyMs: number | null): P
       redispatched,
       redispatchGuardMs: guardMs,
       confirmTimeoutMs,
+      ackedWriteTakenWithinMs,
       load,
     };
     reader.close();

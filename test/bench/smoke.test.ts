@@ -155,6 +155,8 @@ describe('npm run bench, smoke run', () => {
         'recovery.listenMs',
         'recovery.listenEmptyMs',
         'recovery.allSettledMs',
+        // The same recovery on the shipped profile as it is (no bound on an acknowledged write).
+        'recoveryShipped.allSettledMs',
         'journalScale.small.bytesPerCommand',
         'journalScale.small.claimMs.p99',
         'journalScale.small.lookupMs.p99',
