@@ -80,8 +80,10 @@ function startDaemon(journal: string, plc: 'mb' | 'ua'): Daemon {
         inventory: inventoryOf(plc),
         // A lost write is sent again once the guard has passed: 0.7 s (above the inventory's
         // request timeouts, 300 and 500 ms), not the shipped 2.5 s; what is sent, and how
-        // often, does not depend on its length.
-        timing: { redispatchGuardMs: 700 },
+        // often, does not depend on its length. After the restart an earlier life's lost write
+        // is proven not applied no sooner than the confirm timeout from the journal lock: 2.5 s
+        // (above the 1.5 s travel and 500 + 700 + 500 + 100 ms), not the shipped 8 s.
+        timing: { redispatchGuardMs: 700, confirmTimeoutMs: 2_500 },
       }),
     ],
     { stdio: ['pipe', 'pipe', 'inherit'] },
