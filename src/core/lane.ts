@@ -144,10 +144,11 @@ export interface Lane {
    */
   readonly earlierWriteLostSinceMono: number;
   /**
-   * The moment from which this life's confirm timeout covers a write an earlier life sent and
-   * the controller acknowledged (previous-write.ts, earlierLastWrite): when this process took
-   * the journal's writer lock, or later when an earlier life's confirm timeout was longer
-   * (earlier-write-bounds.ts).
+   * The moment from which this life's bound on an acknowledged write (profile.ts,
+   * ackedWriteBoundMs: timing.ackedWriteTakenWithinMs, or the confirm timeout) covers a write an
+   * earlier life sent and the controller acknowledged (previous-write.ts, earlierLastWrite): when
+   * this process took the journal's writer lock, or later when an earlier life's bound was
+   * longer (earlier-write-bounds.ts).
    */
   readonly earlierWriteSentMono: number;
   /**
