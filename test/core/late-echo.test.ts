@@ -509,8 +509,9 @@ describe('a command in doubt while a barrier runs', () => {
     const h = await harness(onTestFinished, { monitorMs: null });
     const valve = h.device('v1');
     // The take-up sees no readback: the command ends with its effect unknown to the
-    // confirmation loop.
-    await withheldOpen(h, onTestFinished, 10_000);
+    // confirmation loop, at its deadline (the take-up's window: 6 s from the submit, as in the
+    // case below, room for the held read and the failed flush before it).
+    await withheldOpen(h, onTestFinished, 6_000);
     const r = await h.settled('k1');
     expect(r.state).toBe('failed');
     expect(r.seq).not.toBeNull();
