@@ -357,6 +357,8 @@ function statusJournalCheck(
   failed: (error: unknown) => Check,
 ): Check {
   const cache = mode.status;
+  const stalled = syncStalled(parts, cache);
+  if (stalled !== null) return { ok: false, detail: stalled.detail, brief: stalled.brief };
   const failure = parts.journal.knownFailure();
   if (!mode.prove && (failure === null || failure === cache.provenPast)) {
     return { ok: true, detail: 'writable at its last write' };
