@@ -14,7 +14,7 @@ import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliabil
  * The upgrade of an older journal sorts in SQLite's temporary folder (SQLITE_TMPDIR, else
  * TMPDIR, else /var/tmp: this build's temp_store is files), not beside the journal: the copy
  * from version 1 sorts every command there (measured up to 0.75 × the journal), the index build
- * of version 3 the failed and rejected ones (up to 0.21 ×), and the statement journal goes
+ * of version 3 the failed and rejected ones (up to 0.22 ×), and the statement journal goes
  * there past 64 KB. The start's room check counted the journal's filesystem alone: with that
  * folder full (a small /tmp, /var/tmp on a full root filesystem) the upgrade ran, failed
  * SQLITE_FULL midway and said "the filesystem of <journal> is full", which had gigabytes free,

@@ -78,10 +78,10 @@ describe('journal migration 2 → 3', () => {
     const before = rowsOf(path);
     const size = statSync(path).size;
     // The room asked for: 0.6 × the journal and the log's margin, not twice the journal; and
-    // 0.25 × and 1 MB for the index build's sorts in SQLite's temporary folder, counted with
+    // 0.3 × and 1 MB for the index build's sorts in SQLite's temporary folder, counted with
     // the journal's when that folder is on its filesystem.
     const room = upgradeRoom(path, 2);
-    const sorts = Math.ceil(0.25 * size) + 1e6;
+    const sorts = Math.ceil(0.3 * size) + 1e6;
     expect(room?.sorts).toMatchObject({ needed: sorts });
     expect(room?.needed).toBe(Math.ceil(0.6 * size) + 1e6 + (room?.sorts?.shared ? sorts : 0));
     const outlook = journalOutlook(path);
