@@ -22,7 +22,7 @@ import { pino } from 'pino';
  * write log.
  */
 
-const LATENCY_MS = 1_000;
+const LATENCY_MS = 600;
 const TIMING = {
   defaultTtlMs: 60_000,
   // The held commands keep reading (and the connection busy) for as long as a test runs.
@@ -31,7 +31,7 @@ const TIMING = {
   scanMs: 5,
   mismatchGraceMs: 80,
   // Longer than the request timeout (the slow reads must not time out).
-  redispatchGuardMs: 3_500,
+  redispatchGuardMs: 2_500,
 };
 const WARM_ECHO = 60_000;
 const logger: Logger =
@@ -98,7 +98,7 @@ async function openSite(): Promise<Site> {
         host: '127.0.0.1',
         port: link.port,
         unitId: e.unitId,
-        requestTimeoutMs: 3_000,
+        requestTimeoutMs: 2_000,
       },
     },
     devices: {
