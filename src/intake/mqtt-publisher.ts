@@ -20,6 +20,8 @@ export interface PublishingLink {
   readonly protocolLevel: 4 | 5;
   /** The broker's Maximum Packet Size (MQTT 5), when it gave one. */
   readonly maximumPacketSize?: number | undefined;
+  /** The broker's Receive Maximum (MQTT 5), when it gave one. */
+  readonly receiveMaximum?: number | undefined;
 }
 
 export interface MqttPublisherOptions {
@@ -97,6 +99,9 @@ const NO_REQUESTER: Requester = { key: null, device: '' };
 /** A topic name is a UTF-8 string of at most this many bytes (MQTT 5 §1.5.4, 3.1.1 §1.5.3). */
 const MAX_TOPIC_BYTES = 65_535;
 
+/** Receive Maximum when the broker gives none (MQTT 5 §3.2.2.3.3), and over MQTT 3.1.1. */
+const UNLIMITED_RECEIVE_MAXIMUM = 65_535;
+
 /**
  * Everything the MQTT intake publishes besides its status: results (to the result topic and
  * the Response Topics of the commands' requesters), replays, error answers and the retained
@@ -105,11 +110,12 @@ const MAX_TOPIC_BYTES = 65_535;
  *
  * Publications are QoS 1 and never synchronous: called from the client's handleMessage they are
  * deferred to the next turn of the event loop, after the PUBACK (mqtt.js issue #2026). While
- * disconnected, the publisher holds results and sends them all on reconnection (in memory only,
+ * disconnected, the publisher holds results and sends them on reconnection (in memory only,
  * at most MAX_HELD_PUBLICATIONS), not mqtt.js: mqtt.js sends what it holds one at a time, each
  * after the broker's PUBACK of the one before, and takes no new publication (nor says it is
  * connected) until it is done, so a backlog delayed everything by its length times the round
- * trip to the broker.
+ * trip to the broker. Connected or not, no more are unacknowledged at once than the broker's
+ * Receive Maximum allows (inFlightLimit); the rest are held the same way.
  */
 export class MqttPublisher {
   private readonly link: PublishingLink;
@@ -126,8 +132,16 @@ export class MqttPublisher {
   private readonly maxRefusedTopics: number;
   /** Publications handed to mqtt.js and not yet acknowledged (or given up) by the broker. */
   private handed = 0;
-  /** Publications made while disconnected, in order, for the next connection. */
+  /**
+   * Publications not handed to mqtt.js yet, in order: made while disconnected, for the next
+   * connection, or past the broker's Receive Maximum, for the PUBACKs of those before them.
+   */
   private readonly held: HeldPublication[] = [];
+  /**
+   * Whether the connection publications are handed on has been announced (reconnected()):
+   * false once one found the client disconnected, so that those held then go out first.
+   */
+  private live = true;
   /** Publications not held since the connection was lost (see MAX_HELD_PUBLICATIONS). */
   private dropped = 0;
   /**
@@ -154,8 +168,10 @@ export class MqttPublisher {
     // A broker's ACL may have been changed meanwhile: a refusal on the new connection is said
     // again.
     this.refusedTopics.clear();
-    // Held while disconnected: all sent now, in their order, in one go (see the class comment).
-    for (const publication of this.held.splice(0)) this.hand(publication);
+    // Held while disconnected: sent now, in their order, without waiting for a PUBACK between
+    // them, as many as the broker takes unacknowledged (see the class comment).
+    this.live = true;
+    this.handHeld();
     if (this.dropped === 0) return;
     this.logger.warn(
       { dropped: this.dropped, held: this.maxHeld },
@@ -339,8 +355,15 @@ export class MqttPublisher {
           return;
         }
         // Behind those held, until reconnected() sends them: mqtt.js says it is connected
-        // before its own resending is done and the intake is told.
-        if (!client.connected || this.held.length > 0) {
+        // before its own resending is done and the intake is told. And held while as many
+        // as the broker takes are unacknowledged (inFlightLimit).
+        if (!client.connected) this.live = false;
+        if (
+          !client.connected ||
+          !this.live ||
+          this.held.length > 0 ||
+          this.handed >= this.inFlightLimit()
+        ) {
           if (this.handed + this.held.length >= this.maxHeld) {
             this.drop(topic, options.about);
             resolve(false);
@@ -401,6 +424,8 @@ export class MqttPublisher {
     this.handed += 1;
     client.publish(topic, payload, publishOptions, (error) => {
       this.handed -= 1;
+      // Its slot in the broker's Receive Maximum is free: the next one held goes out.
+      this.handHeld();
       // mqtt.js calls back with null, not undefined, on success.
       if (!(error instanceof Error)) this.refusedTopics.delete(topic);
       else if (error instanceof ErrorWithReasonCode) this.refused(topic, options, error);
@@ -417,6 +442,36 @@ export class MqttPublisher {
       }
       resolve(!(error instanceof Error));
     });
+  }
+
+  /**
+   * At most this many QoS 1 publications are unacknowledged by the broker at once: its Receive
+   * Maximum (MQTT 5 §3.3.4: a client MUST NOT send more; a broker that enforces it ends the
+   * connection with 0x93 Receive Maximum exceeded, and mqtt.js, which does not keep to it,
+   * sent every one it held again on the next connection, over the limit again). One slot is left
+   * to the retained status, which the session publishes itself (mqtt-command-subscription.ts).
+   * Mosquitto announces 20 (max_inflight_messages) and does not enforce it.
+   */
+  private inFlightLimit(): number {
+    const announced = this.link.receiveMaximum ?? UNLIMITED_RECEIVE_MAXIMUM;
+    return Math.max(1, announced - 1);
+  }
+
+  /**
+   * Hands the publications held, in order, as long as the connection is announced and up and the
+   * broker takes more unacknowledged (inFlightLimit).
+   */
+  private handHeld(): void {
+    const client = this.link.client;
+    while (
+      this.held.length > 0 &&
+      this.live &&
+      client?.connected === true &&
+      this.handed < this.inFlightLimit()
+    ) {
+      const publication = this.held.shift();
+      if (publication !== undefined) this.hand(publication);
+    }
   }
 
   /**

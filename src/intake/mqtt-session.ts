@@ -128,6 +128,8 @@ export class MqttSession {
   private attemptFailed = false;
   /** The broker's Maximum Packet Size (MQTT 5 CONNACK), when it gave one. */
   private brokerMaxPacket: number | undefined;
+  /** The broker's Receive Maximum (MQTT 5 CONNACK), when it gave one. */
+  private brokerReceiveMaximum: number | undefined;
   /** When the connection came up, on the monotonic clock (clock.elapsed()); null: not connected. */
   private connectedAt: number | null = null;
   /** The command subscription and the retained status (mqtt-command-subscription.ts). */
@@ -241,6 +243,14 @@ export class MqttSession {
    */
   get maximumPacketSize(): number | undefined {
     return this.brokerMaxPacket;
+  }
+
+  /**
+   * How many QoS 1 publications the broker takes unacknowledged, as its last accepted CONNACK
+   * said (MQTT 5 §3.2.2.3.3); undefined when it set none (65,535), and with MQTT 3.1.1.
+   */
+  get receiveMaximum(): number | undefined {
+    return this.brokerReceiveMaximum;
   }
 
   get ended(): boolean {
@@ -513,6 +523,10 @@ export class MqttSession {
   private onConnack(client: MqttClient, connack: IConnackPacket): void {
     const code = this.version.level === 5 ? connack.reasonCode : connack.returnCode;
     if ((code ?? 0) !== 0 || this.isEnded) return;
+    // Read at the CONNACK: mqtt.js sends the publications a dropped connection left unacknowledged
+    // before it says 'connect' (onConnect).
+    this.brokerReceiveMaximum =
+      this.version.level === 5 ? connack.properties?.receiveMaximum : undefined;
     // A broker without Subscription Identifiers says so in its CONNACK, and would end the
     // connection on a SUBSCRIBE that carries one (MQTT 5 §3.8.3.1, 0xA1).
     this.subscriptionId =

@@ -1,0 +1,112 @@
+import { randomUUID } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import type { CommandRecord } from '../../src/core/journal.js';
+import type { MqttIntake } from '../../src/intake/mqtt.js';
+import { mosquittoAvailable, TestClient, until, useMqttSite } from '../helpers/mqtt-site.js';
+import { ReceiveMaximumProxy } from '../helpers/receive-maximum-proxy.js';
+
+/**
+ * The gateway keeps to the broker's Receive Maximum (MQTT 5 §3.3.4): no more QoS 1 results
+ * unacknowledged at once than the broker's CONNACK allows. It handed every result to mqtt.js at
+ * once (mqtt.js does not keep to the limit), so a burst of results — commands settling
+ * together, or those held through a broker outage — went past it; a broker that enforces the
+ * limit ends the connection (DISCONNECT 0x93), and mqtt.js sent them all again on the next
+ * one: results not delivered, and commands not heard, for as long as it went on.
+ *
+ * Real Mosquitto (announcing Receive Maximum 5: max_inflight_messages), intake, SQLite journal
+ * and sluice-sim; Mosquitto does not enforce the limit on what it receives, so a proxy in front
+ * of it does, as a broker that does would (test/helpers/receive-maximum-proxy.ts). Ground
+ * truth: what a subscriber receives from the broker, and the journal.
+ */
+
+const available = mosquittoAvailable();
+const LIMIT = 5;
+const GATEWAY = 'gwrm';
+const PREFIX = `sluice/${GATEWAY}`;
+
+describe.skipIf(!available)("MQTT intake: the broker's Receive Maximum", () => {
+  const site = useMqttSite({ settings: [`max_inflight_messages ${LIMIT}`] }, { opcua: false });
+
+  /**
+   * `count` commands of identity `ops` on v1, which it may not command: each is journaled
+   * rejected FORBIDDEN_DEVICE at its claim, all in one turn, and their results announced
+   * together once on disk.
+   */
+  const forbidden = (count: number): CommandRecord[] => {
+    const ops = site.stack.identities.get('ops');
+    if (ops === undefined) throw new Error('no identity ops');
+    return Array.from({ length: count }, () => {
+      const claim = site.stack.pipeline.submit({
+        key: randomUUID(),
+        identity: ops,
+        intake: 'https',
+        request: {
+          device: 'v1',
+          action: 'open',
+          position: null,
+          issuedAt: new Date().toISOString(),
+          ttlMs: 30_000,
+        },
+      });
+      expect(claim.record.code).toBe('FORBIDDEN_DEVICE');
+      return claim.record;
+    });
+  };
+
+  it('sends a burst of results no faster than the broker acknowledges them, and each arrives once', async () => {
+    const proxy = await ReceiveMaximumProxy.open(site.broker.port, LIMIT);
+    site.cleanups.push(() => proxy.close());
+    const intake: MqttIntake = site.intake({
+      gatewayId: GATEWAY,
+      config: { url: proxy.url, protocolVersion: 5 },
+      reconnect: { minMs: 100, maxMs: 400 },
+    });
+    site.cleanups.push(() => intake.stop());
+    await site.connect(intake);
+    // A persistent session: it misses nothing published while the broker restarts.
+    const observer = await TestClient.connect(site.broker.url, {
+      clientId: 'rm-observer',
+      clean: false,
+      properties: { sessionExpiryInterval: 600 },
+    });
+    site.cleanups.push(() => observer.end());
+    await observer.subscribe(`${PREFIX}/result/#`);
+    const resultsOf = (records: readonly CommandRecord[]): string[] => {
+      const keys = new Set(records.map((r) => r.key));
+      return observer.messages
+        .filter((m) => m.topic === `${PREFIX}/result/v1` && keys.has(m.json().key as string))
+        .map((m) => m.text);
+    };
+    const stored = (records: readonly CommandRecord[]): string[] =>
+      records.map((r) => site.stack.journal.get(r)?.response ?? '');
+
+    // Thirty results in one turn.
+    const burst = forbidden(30);
+    await until(
+      () => (resultsOf(burst).length >= burst.length || proxy.exceeded > 0 ? true : undefined),
+      15_000,
+      'the burst delivered, or the connection ended for it',
+    );
+    expect(proxy.exceeded).toBe(0);
+    expect(proxy.mostInFlight).toBeLessThanOrEqual(LIMIT);
+    await until(() => (resultsOf(burst).length >= burst.length ? true : undefined), 10_000);
+    expect(resultsOf(burst)).toEqual(stored(burst));
+
+    // Thirty held while the broker is away, sent when it is back.
+    await site.broker.stop();
+    await until(() => (intake.connected() ? undefined : true), 5_000, 'the intake disconnected');
+    const held = forbidden(30);
+    await site.stack.pipeline.durable();
+    await site.broker.restart();
+    await until(
+      () => (resultsOf(held).length >= held.length || proxy.exceeded > 0 ? true : undefined),
+      15_000,
+      'the held results delivered, or the connection ended for them',
+    );
+    expect(proxy.exceeded).toBe(0);
+    expect(proxy.mostInFlight).toBeLessThanOrEqual(LIMIT);
+    await until(() => (resultsOf(held).length >= held.length ? true : undefined), 10_000);
+    expect(resultsOf(held)).toEqual(stored(held));
+    expect(intake.connected()).toBe(true);
+  }, 60_000);
+});
