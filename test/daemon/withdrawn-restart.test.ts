@@ -19,7 +19,7 @@ const real = mosquittoAvailable();
 const VALVE = 'mb-valve-1';
 /** The PLC holds its answer to a read of these this long: its connection is always busy. */
 const SLOW = ['mb-valve-2', 'mb-actuator'];
-const LATENCY_MS = 1_500;
+const LATENCY_MS = 1_000;
 
 /**
  * A site of this test's own (plant, broker, journal and sluiced), so that the tests, which mostly
@@ -33,9 +33,9 @@ async function siteFor(context: {
     gatewayId: 'withdrawn',
     shutdownBoundMs: 0,
     // The slow reads must not time out (the guard must exceed the request timeout).
-    requestTimeoutMs: 3_000,
+    requestTimeoutMs: 2_000,
     // The held commands keep reading for the confirm timeout.
-    timing: { redispatchGuardMs: 3_500, confirmTimeoutMs: 15_000 },
+    timing: { redispatchGuardMs: 2_500, confirmTimeoutMs: 15_000 },
   });
   context.onTestFinished(async () => {
     console.log(
@@ -156,7 +156,7 @@ describe.runIf(real).concurrent('a write withdrawn as sluiced stopped, after the
     const site = await siteFor({ onTestFinished });
     const valve = site.plant.device(VALVE);
     const writes = valve.counters.writesReceived;
-    const left = await withdrawnAtStop(site, expect, 'withdrawn-stale', 8_000);
+    const left = await withdrawnAtStop(site, expect, 'withdrawn-stale', 5_000);
     await until(() => (Date.now() > left.deadline ? true : undefined), 10_000, 'the deadline', 5);
     await site.startDaemon();
     const r = await settledRecord(site, 'withdrawn-stale', 10_000);

@@ -24,7 +24,7 @@ const real = mosquittoAvailable();
 const VALVE = 'mb-valve-1';
 /** The PLC holds its answer to a read of these this long: its connection is always busy. */
 const SLOW = ['mb-valve-2', 'mb-actuator'];
-const LATENCY_MS = 1_500;
+const LATENCY_MS = 1_000;
 
 function toggle(site: Site, id: string): Record<string, unknown> {
   const { state, position } = site.plant.device(id).snapshot().published;
@@ -42,9 +42,9 @@ describe.runIf(real)('a second write withdrawn as sluiced stopped, after the res
       gatewayId: 'withdrawn-second',
       shutdownBoundMs: 0,
       // The slow reads must not time out (the guard must exceed the request timeout).
-      requestTimeoutMs: 3_000,
+      requestTimeoutMs: 2_000,
       // The held commands keep reading for the confirm timeout.
-      timing: { redispatchGuardMs: 3_500, confirmTimeoutMs: 15_000 },
+      timing: { redispatchGuardMs: 2_500, confirmTimeoutMs: 15_000 },
     });
     onTestFinished(async () => {
       console.log(
