@@ -1,5 +1,5 @@
-import { fork } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -9,6 +9,7 @@ import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { journalOutlook, upgradeRoom } from '../../src/journal/upgrade-room.js';
 import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { hasCommand, realComponent } from '../helpers/real.js';
 import { writeSettledJournal } from '../helpers/settled-journal.js';
 import { schemaOf } from '../helpers/journal-schema.js';
 
@@ -27,6 +28,7 @@ afterEach(() => {
 });
 
 const V3_INDEXES = ['commands_unsuccessful', 'commands_unsuccessful_device'];
+const haveStrace = realComponent('strace', hasCommand('strace'), 'apt-get install strace');
 
 function indexes(db: BetterSqlite3.Database): string[] {
   return (
@@ -109,60 +111,75 @@ describe('journal migration 2 → 3', () => {
     }
   });
 
-  it('killed in the middle of building the indexes, leaves version 2 whole; the next start upgrades it', async () => {
-    const { dir, cleanup } = tempDir('sluice-migrate-v3-');
-    cleanups.push(cleanup);
-    const path = join(dir, 'journal.db');
-    // Enough failed and rejected commands that the indexes outgrow SQLite's page cache (2 MB)
-    // and their pages reach the log before the commit: the kill lands inside the transaction.
-    writeV2(path, 120_000);
-    const before = rowsOf(path);
-    // The daemon's upgrade process (upgrade-process.ts, as upgrade.ts forks it).
-    const args = nodeArgs('src/journal/upgrade-process.ts');
-    const child = fork(args.at(-1)!, [path, '2000'], {
-      execArgv: args.slice(0, -1),
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    const exited = new Promise<NodeJS.Signals | number | null>((resolve) => {
-      child.once('exit', (code, signal) => {
-        resolve(signal ?? code);
+  it.runIf(haveStrace)(
+    'killed in the middle of building the indexes, leaves version 2 whole; the next start upgrades it',
+    async () => {
+      const { dir, cleanup } = tempDir('sluice-migrate-v3-');
+      cleanups.push(cleanup);
+      const path = join(dir, 'journal.db');
+      // Enough failed and rejected commands that the step writes well over 600 pages to the log.
+      writeV2(path, 120_000);
+      const before = rowsOf(path);
+      // The daemon's upgrade process (upgrade-process.ts, as upgrade.ts forks it, its answer on
+      // the IPC channel), under strace, which kills it (SIGKILL, as a power cut would) at its
+      // 600th write to the log: the step writes its pages there at its commit (2,268 of them
+      // here, the log's header first), and the commit is the last of them, so the process dies
+      // with the index pages in the log and the step not committed. Killed once the log had grown
+      // past 1 MB (a poll every 2 ms), it had committed at times on a loaded machine (exit 0).
+      const args = nodeArgs('src/journal/upgrade-process.ts');
+      const child = spawn(
+        'strace',
+        [
+          '-f',
+          '-qq',
+          '-o',
+          '/dev/null',
+          '-P',
+          `${path}-wal`,
+          '-e',
+          'trace=pwrite64,write',
+          '-e',
+          'inject=pwrite64,write:signal=SIGKILL:when=600',
+          process.execPath,
+          ...args,
+          path,
+          '2000',
+        ],
+        { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] },
+      );
+      const exited = new Promise<NodeJS.Signals | number | null>((resolve) => {
+        child.once('exit', (code, signal) => {
+          resolve(signal ?? code);
+        });
       });
-    });
-    let answer: unknown = null;
-    child.on('message', (m) => (answer = m));
-    // The step's pages reach the log while its transaction is open (the version is written by
-    // the commit): then the process is killed, SIGKILL, where it is, as a power cut would.
-    const deadline = Date.now() + 60_000;
-    let seen = 0;
-    while (Date.now() < deadline && child.exitCode === null) {
-      seen = existsSync(`${path}-wal`) ? statSync(`${path}-wal`).size : 0;
-      if (seen > 1e6) break;
-      await new Promise((r) => setTimeout(r, 2));
-    }
-    child.kill('SIGKILL');
-    expect(await exited).toBe('SIGKILL');
-    expect(answer).toBeNull();
-    expect(seen).toBeGreaterThan(1e6);
-    // Ground truth: the file and the log as SQLite reads them after the crash.
-    const db = new BetterSqlite3(path, { readonly: true });
-    try {
-      expect(db.pragma('user_version', { simple: true })).toBe(2);
-      expect(indexes(db).filter((n) => V3_INDEXES.includes(n))).toEqual([]);
-      expect(db.pragma('integrity_check', { simple: true })).toBe('ok');
-    } finally {
-      db.close();
-    }
-    expect(rowsOf(path)).toEqual(before);
-    // The next start: the upgrade again, to its end.
-    expect(upgradeJournal(path)).toEqual({ from: 2, to: 3 });
-    const after = new BetterSqlite3(path, { readonly: true });
-    try {
-      expect(after.pragma('user_version', { simple: true })).toBe(3);
-      expect(indexes(after)).toEqual(expect.arrayContaining(V3_INDEXES));
-      expect(after.pragma('integrity_check', { simple: true })).toBe('ok');
-    } finally {
-      after.close();
-    }
-    expect(rowsOf(path)).toEqual(before);
-  }, 120_000);
+      let answer: unknown = null;
+      child.on('message', (m) => (answer = m));
+      // strace ends as its tracee did.
+      expect(await exited).toBe('SIGKILL');
+      expect(answer).toBeNull();
+      expect(statSync(`${path}-wal`).size).toBeGreaterThan(1e6);
+      // Ground truth: the file and the log as SQLite reads them after the crash.
+      const db = new BetterSqlite3(path, { readonly: true });
+      try {
+        expect(db.pragma('user_version', { simple: true })).toBe(2);
+        expect(indexes(db).filter((n) => V3_INDEXES.includes(n))).toEqual([]);
+        expect(db.pragma('integrity_check', { simple: true })).toBe('ok');
+      } finally {
+        db.close();
+      }
+      expect(rowsOf(path)).toEqual(before);
+      // The next start: the upgrade again, to its end.
+      expect(upgradeJournal(path)).toEqual({ from: 2, to: 3 });
+      const after = new BetterSqlite3(path, { readonly: true });
+      try {
+        expect(after.pragma('user_version', { simple: true })).toBe(3);
+        expect(indexes(after)).toEqual(expect.arrayContaining(V3_INDEXES));
+        expect(after.pragma('integrity_check', { simple: true })).toBe('ok');
+      } finally {
+        after.close();
+      }
+      expect(rowsOf(path)).toEqual(before);
+    },
+    120_000,
+  );
 });
