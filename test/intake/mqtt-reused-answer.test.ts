@@ -26,23 +26,29 @@ import { holdThreadPool } from '../helpers/thread-pool.js';
  */
 
 const available = mosquittoAvailable();
-const GATEWAY = 'gwreuse';
-const PREFIX = `sluice/${GATEWAY}`;
 
 describe.skipIf(!available)('MQTT intake: the answer to a reused key', () => {
   const site = useMqttSite({}, { opcua: false });
 
-  it('is published once the command holding the key is on disk, never for a claim its batch lost', async () => {
+  /**
+   * The scenario: a command on v2 stalls its fsync (the thread pool held), so the next batch
+   * stays open; the key's command (QoS 0: never redelivered) and the same key for another
+   * command (at `reuseQos`) are claimed in it; its COMMIT fails, taking the key's claim along.
+   * Each answer about the key is recorded with whether the journal on disk (another connection,
+   * as sluicectl reads it) held the key when it reached the subscriber.
+   */
+  async function lostClaim(gatewayId: string, reuseQos: 0 | 1) {
+    const prefix = `sluice/${gatewayId}`;
     const { logger, lines } = recordingLogger();
     const intake = site.intake({
-      gatewayId: GATEWAY,
-      config: { protocolVersion: 5 },
+      gatewayId,
+      config: { protocolVersion: 5, clientId: `sluice-${gatewayId}` },
       reconnect: { minMs: 100, maxMs: 400 },
       logger,
     });
     site.cleanups.push(() => intake.stop());
     await site.connect(intake);
-    const { plant, observer, writes } = await site.plantSide(PREFIX);
+    const { plant, observer, writes } = await site.plantSide(prefix);
     const key = randomUUID();
     const journalHolds = (): boolean => {
       const reader = SqliteJournal.open({ path: site.stack.journalPath, readonly: true });
@@ -52,8 +58,6 @@ describe.skipIf(!available)('MQTT intake: the answer to a reused key', () => {
         reader.close();
       }
     };
-    // Ground truth for every answer about the key: whether the journal on disk (another
-    // connection, as sluicectl reads it) held the key when the answer reached the subscriber.
     const heldWhenAnswered = new Map<Received, boolean>();
     observer.client.on('message', () => {
       for (const m of observer.messages) {
@@ -63,9 +67,8 @@ describe.skipIf(!available)('MQTT intake: the answer to a reused key', () => {
     });
     const ofKey = (m: Received): boolean => m.json().key === key;
     const before = writes();
-    const device = site.stack.plant.device('v1');
     // The second command moves the valve (the first, lost, would not have).
-    const second = device.published.state === 'CLOSED' ? 'open' : 'close';
+    const second = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
     const first = second === 'open' ? 'close' : 'open';
 
     // The batch that takes the key's claim fails at its COMMIT, as an I/O error would.
@@ -81,16 +84,16 @@ describe.skipIf(!available)('MQTT intake: the answer to a reused key', () => {
     };
     const pool = holdThreadPool();
     try {
-      // A command on v2 whose fsync stalls: the batch after it stays open until it returns.
       await plant.publish(
-        `${PREFIX}/cmd/v2`,
+        `${prefix}/cmd/v2`,
         timed({ key: randomUUID(), action: 'open', ttlMs: 60_000 }),
       );
-      // The key's command (QoS 0: never redelivered), then the same key for another command.
-      await plant.publish(`${PREFIX}/cmd/v1`, timed({ key, action: first, ttlMs: 60_000 }), {
+      await plant.publish(`${prefix}/cmd/v1`, timed({ key, action: first, ttlMs: 60_000 }), {
         qos: 0,
       });
-      await plant.publish(`${PREFIX}/cmd/v1`, timed({ key, action: second, ttlMs: 60_000 }));
+      await plant.publish(`${prefix}/cmd/v1`, timed({ key, action: second, ttlMs: 60_000 }), {
+        qos: reuseQos,
+      });
       await until(
         () =>
           lines.some((l) => l.key === key && String(l.msg).startsWith('idempotency key reused'))
@@ -106,7 +109,13 @@ describe.skipIf(!available)('MQTT intake: the answer to a reused key', () => {
       site.stack.journal.claim = claim;
     }
     expect(faults.failed).toBe(failed + 1);
+    return { key, first, second, plant, observer, writes, before, ofKey, heldWhenAnswered };
+  }
 
+  it('is published once the command holding the key is on disk, never for a claim its batch lost', async () => {
+    const { key, first, second, plant, observer, writes, before, ofKey, heldWhenAnswered } =
+      await lostClaim('gwreuse1', 1);
+    const prefix = 'sluice/gwreuse1';
     // The claim went with its batch; the QoS 0 command is answered so; the second message,
     // never acknowledged, comes again and is the key's command now: written once.
     const result = await observer.waitFor(
@@ -129,7 +138,7 @@ describe.skipIf(!available)('MQTT intake: the answer to a reused key', () => {
     }
 
     // The key now names the second command: the first, sent again, is a reuse and told so.
-    await plant.publish(`${PREFIX}/cmd/v1`, timed({ key, action: first, ttlMs: 60_000 }));
+    await plant.publish(`${prefix}/cmd/v1`, timed({ key, action: first, ttlMs: 60_000 }));
     const reused = await observer.waitFor(
       (m) => ofKey(m) && m.json().code === 'IDEMPOTENCY_KEY_REUSED',
       10_000,
@@ -138,5 +147,26 @@ describe.skipIf(!available)('MQTT intake: the answer to a reused key', () => {
     expect(reused.json().detail).toContain(`(${second} on v1)`);
     expect(heldWhenAnswered.get(reused)).toBe(true);
     expect(writes()).toBe(before + 1);
+  }, 60_000);
+
+  it('sent at QoS 0 (never redelivered), is answered JOURNAL_UNAVAILABLE when that claim was lost', async () => {
+    const { key, observer, writes, before, ofKey } = await lostClaim('gwreuse0', 0);
+    // Both messages are answered so (neither comes again); nothing is journaled nor written.
+    await until(
+      () =>
+        observer.messages.filter((m) => ofKey(m) && m.json().code === 'JOURNAL_UNAVAILABLE')
+          .length >= 2
+          ? true
+          : undefined,
+      10_000,
+      'both answered JOURNAL_UNAVAILABLE',
+    );
+    const answers = observer.messages.filter(ofKey).map((m) => m.json());
+    expect(answers.map((a) => a.code)).toEqual(['JOURNAL_UNAVAILABLE', 'JOURNAL_UNAVAILABLE']);
+    expect(answers.map((a) => a.detail)).toContain(
+      'the journal could not make the command holding this key durable; nothing was written for this message: publish it again with the same key, at QoS 1, to learn what the key names',
+    );
+    expect(site.stack.journal.findByKey(key)).toEqual([]);
+    expect(writes()).toBe(before);
   }, 60_000);
 });
