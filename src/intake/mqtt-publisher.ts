@@ -528,7 +528,9 @@ export class MqttPublisher {
     if (this.dropped > 1) return;
     this.logger.warn(
       { key: about.key, device: about.device, topic, held: this.maxHeld },
-      'disconnected from the MQTT broker with the most results held: further results are not published (they are in the journal)',
+      this.link.client?.connected === true
+        ? 'the MQTT broker is not acknowledging results, with the most held past its Receive Maximum: further results are not published (they are in the journal)'
+        : 'disconnected from the MQTT broker with the most results held: further results are not published (they are in the journal)',
     );
   }
 
