@@ -3,7 +3,9 @@ import { ConfigError, loadConfig, type SluiceConfig } from '../config/config.js'
 import { preflight, type Preflight } from '../config/preflight.js';
 import { join } from 'node:path';
 import { journalOutlook } from '../journal/upgrade-room.js';
+import { checkRenames } from './check-renames.js';
 import { checkSummary } from './check-summary.js';
+import { RENAMED_DEVICES_HEADING } from './renamed-devices.js';
 
 /**
  * The part of `sluiced` (cli.ts) before the daemon: the command line, the configuration and
@@ -111,11 +113,22 @@ export function prepare(argv: readonly string[], io: SluicedIo): Prepared {
       );
       return { exit: 3 };
     }
+    // The start's checks against the journal's records: a device renamed with open commands
+    // of its former id is refused (exit 2) as at start; an identity renamed is warned of.
+    const renames = checkRenames(config, journalPath);
+    if (renames.errors.length > 0) {
+      const refusal = new ConfigError(RENAMED_DEVICES_HEADING, renames.errors);
+      io.stderr.write(
+        [`sluiced: ${refusal.message}`, ...renames.lines.map((l) => `  ${l}`), ''].join('\n'),
+      );
+      return { exit: 2 };
+    }
     io.stdout.write(
       [
         `sluiced: ${opts.config}: configuration is valid (nothing was created)`,
         '',
         ...checkSummary(config, checked, new Date(), journal),
+        ...renames.lines.map((text, i) => `  ${(i === 0 ? 'renames' : '').padEnd(9)} ${text}`),
         '',
       ].join('\n'),
     );

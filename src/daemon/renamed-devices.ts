@@ -44,7 +44,7 @@ export function deviceAddress(config: SluiceConfig, id: string): string | null {
   }
 }
 
-function recorded(journal: DeviceAddressJournal): Record<string, string> {
+function recorded(journal: Pick<DeviceAddressJournal, 'readMeta'>): Record<string, string> {
   const value = readMetaObject(journal, DEVICE_ADDRESSES_META) ?? {};
   return Object.fromEntries(
     Object.entries(value).filter((e): e is [string, string] => typeof e[1] === 'string'),
@@ -54,17 +54,15 @@ function recorded(journal: DeviceAddressJournal): Record<string, string> {
 const NAMED_KEYS = 5;
 
 /**
- * Throws ConfigError when a configured device has the address of a former id with open
- * commands in the journal; otherwise records this configuration's addresses (and those of
- * former ids that still have open commands) for the next start.
+ * What the journal's record makes of this configuration, reading only (`sluiced --check` as
+ * the start): an error for each configured device that has the address of a former id with
+ * open commands in the journal, and the addresses to record for the next start (this
+ * configuration's, and those of former ids that still have open commands).
  */
-export function checkRenamedDevices(
-  journal: DeviceAddressJournal,
+export function renamedDeviceErrors(
+  journal: Omit<DeviceAddressJournal, 'writeMeta'>,
   config: SluiceConfig,
-  // A record that cannot be written (a full disk) does not stop the start: the daemon fails
-  // closed on such a journal and says so; the next start that can write records the addresses.
-  recordFailed: (error: unknown) => void,
-): void {
+): { errors: string[]; kept: Record<string, string>; before: Record<string, string> } {
   const before = recorded(journal);
   const open = journal.openDevices().filter((d) => !Object.hasOwn(config.devices, d));
   const errors: string[] = [];
@@ -90,11 +88,30 @@ export function checkRenamedDevices(
       );
     }
   }
-  if (errors.length > 0) throw new ConfigError('configuration against the journal', errors);
   for (const id of Object.keys(config.devices)) {
     const address = deviceAddress(config, id);
     if (address !== null) kept[id] = address;
   }
+  return { errors, kept, before };
+}
+
+/** The heading of the refusal, at start and under `sluiced --check`. */
+export const RENAMED_DEVICES_HEADING = 'configuration against the journal';
+
+/**
+ * Throws ConfigError when a configured device has the address of a former id with open
+ * commands in the journal; otherwise records this configuration's addresses (and those of
+ * former ids that still have open commands) for the next start.
+ */
+export function checkRenamedDevices(
+  journal: DeviceAddressJournal,
+  config: SluiceConfig,
+  // A record that cannot be written (a full disk) does not stop the start: the daemon fails
+  // closed on such a journal and says so; the next start that can write records the addresses.
+  recordFailed: (error: unknown) => void,
+): void {
+  const { errors, kept, before } = renamedDeviceErrors(journal, config);
+  if (errors.length > 0) throw new ConfigError(RENAMED_DEVICES_HEADING, errors);
   const text = JSON.stringify(kept);
   if (text === JSON.stringify(before)) return;
   try {

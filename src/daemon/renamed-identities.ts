@@ -53,7 +53,9 @@ export interface RenamedIdentity {
   readonly shared: readonly string[];
 }
 
-function recorded(journal: IdentityCredentialJournal): Record<string, readonly string[]> {
+function recorded(
+  journal: Pick<IdentityCredentialJournal, 'readMeta'>,
+): Record<string, readonly string[]> {
   const value = readMetaObject(journal, IDENTITY_CREDENTIALS_META) ?? {};
   return Object.fromEntries(
     Object.entries(value).filter(
@@ -74,6 +76,30 @@ export function findRenamedIdentities(
   // closed on such a journal and says so; the next start that can write records them.
   recordFailed: (error: unknown) => void,
 ): RenamedIdentity[] {
+  const { renamed, before, now } = renamedIdentities(journal, config);
+  const text = JSON.stringify(now);
+  if (text !== JSON.stringify(before)) {
+    try {
+      journal.writeMeta(IDENTITY_CREDENTIALS_META, text);
+    } catch (error) {
+      recordFailed(error);
+    }
+  }
+  return renamed;
+}
+
+/**
+ * The identities the previous start knew by another name, reading only (`sluiced --check` as
+ * the start), with the record read and the one this configuration makes.
+ */
+export function renamedIdentities(
+  journal: Pick<IdentityCredentialJournal, 'readMeta'>,
+  config: SluiceConfig,
+): {
+  renamed: RenamedIdentity[];
+  before: Record<string, readonly string[]>;
+  now: Record<string, string[]>;
+} {
   const before = recorded(journal);
   const now = Object.fromEntries(
     Object.keys(config.identities).map((name) => [name, credentialSignatures(config, name)]),
@@ -86,15 +112,7 @@ export function findRenamedIdentities(
       if (shared.length > 0) renamed.push({ before: former, now: name, shared });
     }
   }
-  const text = JSON.stringify(now);
-  if (text !== JSON.stringify(before)) {
-    try {
-      journal.writeMeta(IDENTITY_CREDENTIALS_META, text);
-    } catch (error) {
-      recordFailed(error);
-    }
-  }
-  return renamed;
+  return { renamed, before, now };
 }
 
 /** The start's warning for one renamed identity. */
