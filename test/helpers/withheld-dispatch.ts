@@ -4,7 +4,7 @@ import { failFdatasync, type FailingFdatasync } from './failing-fdatasync.js';
 import { SimHarness } from './sim-harness.js';
 
 /** The guard of withheldHarness: far longer than a command takes, so a wait for it stands out. */
-export const GUARD_MS = 3_000;
+export const GUARD_MS = 2_000;
 
 /** The open withheld in these tests. */
 export const OPEN = { key: 'a', action: 'open' } as const;
