@@ -1,4 +1,4 @@
-import { upgradeJournal } from './connection.js';
+import { upgradeJournal } from './schema-upgrade.js';
 
 /**
  * The journal's upgrade in a child process of the daemon (upgrade.ts), forked with the daemon's

@@ -12,7 +12,7 @@ import { LATEST_VERSION, MIGRATIONS } from './migrations.js';
 
 /**
  * The room a schema upgrade of the journal needs, measured without SQLite: the start refuses
- * an upgrade its filesystem has no room for before it writes anything (connection.ts), and
+ * an upgrade its filesystem has no room for before it writes anything (schema-upgrade.ts), and
  * `sluiced --check` says what the next start will do with the journal (journalOutlook).
  */
 

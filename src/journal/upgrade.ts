@@ -8,7 +8,7 @@ import {
   JournalVersionError,
   StartStoppedError,
 } from '../core/errors.js';
-import type { Upgrade } from './connection.js';
+import type { Upgrade } from './schema-upgrade.js';
 
 /** The upgrade process's answer (upgrade-process.ts). */
 type Answer =
@@ -42,7 +42,7 @@ const PROGRAM = fileURLToPath(
 );
 
 /**
- * upgradeJournal (connection.ts) in a child process: the daemon's event loop goes on sending
+ * upgradeJournal (schema-upgrade.ts) in a child process: the daemon's event loop goes on sending
  * the watchdog's pings and the start's extensions while the journal is upgraded, and a stop
  * asked for meanwhile (`signal`) kills it where it is (SQLite rolls back the migration it was
  * in; upgrade-process.ts). Its errors come back as the classes they were thrown as (the exit

@@ -3,7 +3,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { upgradeJournal } from '../../src/journal/connection.js';
+import { upgradeJournal } from '../../src/journal/schema-upgrade.js';
 import { LATEST_VERSION } from '../../src/journal/migrations.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { journalOutlook, upgradeRoom } from '../../src/journal/upgrade-room.js';
