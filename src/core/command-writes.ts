@@ -153,6 +153,7 @@ export class CommandWrites {
       );
       write.epoch = lane.binding.driver.health().connectionEpoch;
       write.acked = true;
+      write.ackedMono = this.host.clock.elapsed();
       return { kind: 'acked' };
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);

@@ -3,7 +3,7 @@ import type { Journal } from './journal.js';
 import { parseMetaObject } from './journal-meta.js';
 import type { DeviceBinding, Lane } from './lane.js';
 import type { Logger } from './logger.js';
-import { ackedWriteBoundMs } from './profile.js';
+import { ackedWriteBoundMs, ackedWriteSinceSendMs } from './profile.js';
 
 /**
  * How long after a life of the daemon ended a write it sent may still be taken by its
@@ -11,8 +11,9 @@ import { ackedWriteBoundMs } from './profile.js';
  * PLC's request timeout (the write may have been on its way that long) plus its profile's
  * redispatch guard (the profile's contract has it taken within the guard after its request
  * timed out, if ever: docs/device-profiles.md, "How the timings relate"); a write the controller
- * acknowledged within its profile's bound on one (ackedWriteBoundMs: timing.ackedWriteTakenWithinMs,
- * or the confirm timeout; previous-write.ts).
+ * acknowledged within its profile's bound on one (ackedWriteSinceSendMs: the request timeout plus
+ * timing.ackedWriteTakenWithinMs, which counts from the acknowledgement, or the confirm timeout
+ * from the write; previous-write.ts).
  *
  * A restarted daemon counts the wait for an earlier life's write from when it took the journal's
  * writer lock (Lane.earlierWriteUnknownSinceMono). Counted with this life's timings alone, a
@@ -35,7 +36,8 @@ export interface WriteBound {
   readonly unknownMs: number;
   /**
    * A write the controller acknowledged: the profile's bound on how long the controller keeps
-   * one (ackedWriteBoundMs: timing.ackedWriteTakenWithinMs, or the confirm timeout).
+   * one, from its sending (ackedWriteSinceSendMs: the request timeout plus
+   * timing.ackedWriteTakenWithinMs, or the confirm timeout).
    */
   readonly ackedMs: number;
 }
@@ -49,7 +51,7 @@ export function ownBound(binding: DeviceBinding): WriteBound {
   const guard = timing.redispatchGuardMs;
   return {
     unknownMs: (binding.requestTimeoutMs ?? guard) + guard,
-    ackedMs: ackedWriteBoundMs(timing),
+    ackedMs: ackedWriteSinceSendMs(timing, binding.requestTimeoutMs),
   };
 }
 
@@ -170,8 +172,12 @@ export function takeUpWriteBounds(options: EarlierWriteBoundsOptions): {
  * whether the controller had answered it: lost, it is taken within the request timeout and
  * guard after it was sent, if ever; acknowledged (a controller that holds a received command
  * until its handshake is free), within the profile's bound on an acknowledged write
- * (timing.ackedWriteTakenWithinMs, the confirm timeout when it states none), as the life that
- * sent it waited for it (previous-write.ts) — each as this life is configured, or an earlier life when longer. So
+ * (timing.ackedWriteTakenWithinMs from the acknowledgement, the confirm timeout from the write
+ * when it states none), as the life that sent it waited for it (previous-write.ts) — each as this
+ * life is configured, or an earlier life when longer. A write on the link when that life ended
+ * reaches the controller up to its request timeout after the lock, and is acknowledged and kept
+ * from there: a stated bound counts from the end of the request timeout after the lock
+ * (ackedWriteSinceSendMs). So
  * from the lock: the end of this life's request timeout, or later by what the longest of those
  * bounds leaves past this life's guard. Counted from the request timeout alone, a write the
  * controller had acknowledged and held was proven not applied by the next life a guard after it
@@ -190,7 +196,7 @@ export function earlierWriteUnknownSince(
   const landsWithin = Math.max(
     saved?.unknownMs ?? 0,
     saved?.ackedMs ?? 0,
-    ackedWriteBoundMs(timing),
+    ackedWriteSinceSendMs(timing, binding.requestTimeoutMs),
   );
   return earlierLivesEndedMono + Math.max(ownTimeout, landsWithin - guard);
 }
@@ -241,7 +247,9 @@ export function takeUpReach(
 /**
  * Lane.earlierWriteSentMono: the moment from which this life's bound on an acknowledged write
  * (ackedWriteBoundMs) covers a write an earlier life sent and the controller acknowledged: the
- * lock, or later by as much as an earlier life's bound was longer.
+ * lock, or later by as much as an earlier life's bound was longer. Such a write was acknowledged
+ * before the lock (an operator resolved its command knowing so), so the bound counts from the
+ * lock without the request timeout; a saved bound holds it (ackedWriteSinceSendMs).
  */
 export function earlierWriteSent(
   binding: DeviceBinding,

@@ -82,6 +82,13 @@ export interface LastWrite {
   sentMono: number;
   /** The controller acknowledged it. */
   acked: boolean;
+  /**
+   * Monotonic time its acknowledgement came back: the controller received the write, and
+   * acknowledged it, before then (a request on the link, or waiting behind another, reaches it
+   * up to a request timeout or more after sentMono). Absent until then, and for an earlier
+   * life's write.
+   */
+  ackedMono?: number;
   /** Monotonic time its outcome became unknown (no acknowledgement); null while in flight. */
   unknownSinceMono: number | null;
   /** The driver's connection epoch when the write came back; null: an earlier life's write. */

@@ -3,7 +3,12 @@ import { RECOVERY, type Lane, type LastWrite } from './lane.js';
 import { LAST_DISPATCH_WINDOW } from './late-echo.js';
 import { latestWriteNeverSent } from './open-commands.js';
 import { resolvedWriteWas } from './operator-actions.js';
-import { ackedWriteBoundMs, ackedWriteBoundName, type DeviceProfile } from './profile.js';
+import {
+  ackedWriteBoundName,
+  ackedWriteSinceSendMs,
+  ackedWriteTakenByMono,
+  type DeviceProfile,
+} from './profile.js';
 import { mayStillLand } from './redispatch.js';
 import type { SkewEstimate, TimedReadback } from './skew.js';
 import { stopBehindWrite, type Decision } from './state-machine.js';
@@ -40,7 +45,9 @@ export interface PendingWrite {
  * has ended with the write's fate open — an operator resolved it while the write was out, or no
  * readback showed its echo in its window — and the controller may still take it after `readback`:
  * - acknowledged, by a controller that echoes sequence numbers, and `readback` does not show its
- *   echo, within the profile's confirm timeout from its write. The write is in the controller's
+ *   echo, within the profile's bound on an acknowledged write (ackedWriteTakenByMono: a stated
+ *   timing.ackedWriteTakenWithinMs from its acknowledgement, else the confirm timeout from its
+ *   write). The write is in the controller's
  *   hands (a held handshake: a PLC busy with a long task takes command writes at a later scan, in
  *   arrival order). The confirm timeout is the bound the daemon already takes for an
  *   acknowledged write (it ends READBACK_TIMEOUT after it, and Modbus 0x05 is judged so): a
@@ -95,12 +102,14 @@ function writePending(
   const name = writeName(command, write.seq);
   if (write.acked) {
     if (!profile.controller.echoesSeq) return null;
-    const leftMs = write.sentMono + ackedWriteBoundMs(profile.timing) - nowMono;
+    const leftMs = ackedWriteTakenByMono(profile.timing, write) - nowMono;
     if (leftMs <= 0) return null;
     const from =
       write.epoch === null
         ? "from this process's start, the latest an earlier life of the daemon can have sent it"
-        : 'from its write';
+        : profile.timing.ackedWriteTakenWithinMs !== undefined && write.ackedMono !== undefined
+          ? 'from its acknowledgement'
+          : 'from its write';
     return {
       command,
       write,
@@ -218,8 +227,10 @@ export function earlierLastWrite(
   const lock = lane.earlierLivesEndedMono;
   // The lock, or later when an earlier life's bound on an acknowledged write was longer than
   // this life's (ackedWriteBoundMs).
-  const acked = ackedWriteBoundMs(timing);
   const sent = lane.earlierWriteSentMono;
+  // Whether acknowledged is not known below: it may have reached the controller up to the
+  // request timeout after its sending (ackedWriteSinceSendMs).
+  const acked = ackedWriteSinceSendMs(timing, lane.binding.requestTimeoutMs);
   const write = { scope: command.scope, key: command.key, seq: command.seq, epoch: null };
   const resolved = resolvedWriteWas(command);
   if (resolved === 'acknowledged') {
@@ -232,7 +243,7 @@ export function earlierLastWrite(
   const unknownSinceMono =
     read !== null
       ? // Read for `read` ms after its write before it ended, in the life that sent it: an
-        // acknowledged write's bound (ackedWriteBoundMs, this life's or an earlier one's when
+        // acknowledged write's bound (ackedWriteSinceSendMs, this life's or an earlier one's when
         // longer, from the write) leaves at most what it runs past that window.
         Math.max(lane.earlierWriteLostSinceMono, sent + acked - read - timing.redispatchGuardMs)
       : unknown

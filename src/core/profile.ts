@@ -70,6 +70,42 @@ export function ackedWriteBoundMs(
   return timing.ackedWriteTakenWithinMs ?? timing.confirmTimeoutMs;
 }
 
+/**
+ * The latest moment (monotonic ms) the controller can take an acknowledged write, if ever: a
+ * stated ackedWriteTakenWithinMs counts from the controller's acknowledgement, which it gave on
+ * receiving the write, before its answer came back (`ackedMono`; `sentMono` when that is not
+ * known: a write acknowledged before the moment given). The confirm timeout, when the profile
+ * states none, counts from the write (`sentMono`), as it always has. Counted from the sending, a
+ * write that spent 450 ms on the link and was kept within a stated 1 s was still held when the
+ * bound ended: a close behind it, an operator having resolved the open, was confirmed at CLOSED
+ * and the controller then took the open (I2).
+ */
+export function ackedWriteTakenByMono(
+  timing: Pick<ProfileTiming, 'confirmTimeoutMs' | 'ackedWriteTakenWithinMs'>,
+  write: { readonly sentMono: number; readonly ackedMono?: number | undefined },
+): number {
+  return timing.ackedWriteTakenWithinMs === undefined
+    ? write.sentMono + timing.confirmTimeoutMs
+    : (write.ackedMono ?? write.sentMono) + timing.ackedWriteTakenWithinMs;
+}
+
+/**
+ * How long (ms) after a write was sent the controller can take it, if it acknowledges it: a
+ * stated ackedWriteTakenWithinMs plus the request timeout (the write reaches the controller, and
+ * is acknowledged, up to its request timeout after its sending: one an earlier life had on the
+ * link when it ended arrives after the next life's lock); the confirm timeout from the write
+ * when the profile states none. For a write whose acknowledgement this life did not see
+ * (earlier-write-bounds.ts, previous-write.ts: earlierLastWrite).
+ */
+export function ackedWriteSinceSendMs(
+  timing: Pick<ProfileTiming, 'confirmTimeoutMs' | 'ackedWriteTakenWithinMs' | 'redispatchGuardMs'>,
+  requestTimeoutMs: number | undefined,
+): number {
+  return timing.ackedWriteTakenWithinMs === undefined
+    ? timing.confirmTimeoutMs
+    : (requestTimeoutMs ?? timing.redispatchGuardMs) + timing.ackedWriteTakenWithinMs;
+}
+
 /** What ackedWriteBoundMs is, in an operator's words. */
 export function ackedWriteBoundName(
   timing: Pick<ProfileTiming, 'ackedWriteTakenWithinMs'>,

@@ -26,8 +26,8 @@ const CONFIRM_MS = 6_000;
 
 describe('an in-doubt write across a restart, the profile bounding an acknowledged write', () => {
   it('a write lost on its way is proven not applied once the stated bound has passed, not the confirm timeout', async () => {
-    // Proven not applied from the lock plus max(request timeout, bound - guard) plus the guard:
-    // 800 ms; by the confirm timeout, 5.6 s.
+    // Proven not applied from the lock plus max(request timeout + guard, request timeout +
+    // bound): 1050 ms; by the confirm timeout, 5.6 s.
     h = await lives.start({
       warm: true,
       travelMs: 100,
@@ -59,7 +59,7 @@ describe('an in-doubt write across a restart, the profile bounding an acknowledg
   });
 
   it('a write the controller acknowledged and keeps within the bound is not sent again: written once, confirmed', async () => {
-    // Proven not applied, at the earliest, 1.2 s after the lock; the controller keeps the write
+    // Proven not applied, at the earliest, 1.45 s after the lock; the controller keeps the write
     // 1 s from before the submit. Counted from the request timeout and guard alone (650 ms),
     // the write was proven not applied and sent a second time while still kept.
     h = await lives.start({
