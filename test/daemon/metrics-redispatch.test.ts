@@ -96,6 +96,11 @@ beforeAll(async () => {
     gatewayId: 'redispatch',
     token: TOKEN,
     scope: SCOPE,
+    // The next life proves the last one's lost write not applied no sooner than the confirm
+    // timeout from its journal lock: 4 s (above the 200 ms travel and 300 + 2500 + 300 + 100 ms
+    // of the Modbus request timeout, the shipped guard and a readback), not the shipped 8 s,
+    // which these counts do not depend on.
+    timing: { confirmTimeoutMs: 4_000 },
   }));
   config = loadConfig(configPath, { env: {} });
   await startDaemon();

@@ -1,11 +1,11 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
 import { parse, stringify } from 'yaml';
 import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
-import { tempDir } from './fixtures.js';
+import { ROOT, tempDir } from './fixtures.js';
 import { httpsRequest, loopbackCertificate, type HttpsAnswer } from './loopback-https.js';
 import { inventoryFor } from './plant-inventory.js';
 
@@ -71,16 +71,34 @@ export async function writeTokenSite(
     readonly scope?: string;
     /** More of the `https` section (a test that polls asks for a higher rate limit). */
     readonly https?: Record<string, unknown>;
+    /**
+     * Timings laid over the shipped profiles' (in copies of those the plant's devices use, in
+     * `profiles/`), keeping the relations docs/device-profiles.md requires; the shipped
+     * profiles as they are when none.
+     */
+    readonly timing?: Record<string, number>;
   },
 ): Promise<{ configPath: string; cert: string }> {
   const cert = await loopbackCertificate(dir);
   const inventory = inventoryFor(plant);
   const configPath = join(dir, 'sluice.yaml');
+  if (options.timing !== undefined) {
+    mkdirSync(join(dir, 'profiles'));
+    const used = new Set<string>(plant.devices().map((d) => d.profile));
+    const shipped = join(ROOT, 'devices', 'profiles');
+    for (const file of readdirSync(shipped).filter((f) => f.endsWith('.yaml'))) {
+      const profile = parse(readFileSync(join(shipped, file), 'utf8')) as Record<string, unknown>;
+      if (typeof profile.profile !== 'string' || !used.has(profile.profile)) continue;
+      profile.timing = { ...(profile.timing as Record<string, number>), ...options.timing };
+      writeFileSync(join(dir, 'profiles', file), stringify(profile));
+    }
+  }
   writeFileSync(
     configPath,
     stringify({
       gatewayId: options.gatewayId,
       stateDir: 'state',
+      ...(options.timing === undefined ? {} : { profilesDir: 'profiles' }),
       https: {
         host: '127.0.0.1',
         port: 0,
