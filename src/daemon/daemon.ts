@@ -26,6 +26,11 @@ import { CountedRetentionSweeper, Metrics } from './metrics.js';
 import { registerMqttConnected } from './mqtt-connected-metric.js';
 import { checkRenamedDevices } from './renamed-devices.js';
 import { findRenamedIdentities, renamedIdentityMessage } from './renamed-identities.js';
+import {
+  IdentityRenames,
+  identityRenamesInForce,
+  type IdentityRenameNotice,
+} from './identity-renames.js';
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
 import { ServiceStatus } from './service-status.js';
 import {
@@ -124,6 +129,7 @@ export class Daemon {
   private readonly notifier: ServiceNotifier;
   private readonly shutdownBoundMs: number;
   private readonly readsFailingMs: number | undefined;
+  private readonly identityRenames: IdentityRenames;
   private stopping: Promise<void> | null = null;
   /** What /readyz reuses for a moment: its proof write and its list of open commands. */
   private readonly probes: ProbeCache;
@@ -144,6 +150,7 @@ export class Daemon {
     shutdownBoundMs: number;
     readsFailingMs: number | undefined;
     syncStallMs: number | undefined;
+    identityRenames: IdentityRenames;
     httpsIntake: HttpsIntake | null;
     mqttIntake: MqttIntake | null;
     releasers: { name: string; release: () => Promise<void> | void }[];
@@ -169,6 +176,7 @@ export class Daemon {
     });
     this.shutdownBoundMs = parts.shutdownBoundMs;
     this.readsFailingMs = parts.readsFailingMs;
+    this.identityRenames = parts.identityRenames;
     this.httpsIntake = parts.httpsIntake;
     this.mqttIntake = parts.mqttIntake;
     this.releasers = parts.releasers;
@@ -326,6 +334,26 @@ export class Daemon {
           renamedIdentityMessage(renamed, config.journal.retentionHours),
         );
       }
+      // Said by /readyz, sluicectl health and the STATUS= line for as long as keys of the
+      // former name are kept, across restarts (identity-renames.ts).
+      let renameNotices: IdentityRenameNotice[] = [];
+      try {
+        renameNotices = identityRenamesInForce(
+          journal,
+          config,
+          renamedIdentities,
+          Date.now(),
+          (error) => {
+            logger.warn(
+              { err: error },
+              'the renamed identities could not be recorded in the journal',
+            );
+          },
+        );
+      } catch (error) {
+        logger.warn({ err: error }, 'the journal cannot be read for the renamed identities');
+      }
+      const identityRenames = new IdentityRenames(journal, config, renameNotices);
 
       await options.beforeDrivers?.();
       const drivers = await buildDrivers({
@@ -500,6 +528,7 @@ export class Daemon {
         shutdownBoundMs: boundMs,
         readsFailingMs: options.readsFailingMs,
         syncStallMs: options.syncStallMs,
+        identityRenames,
         httpsIntake,
         mqttIntake,
         releasers,
@@ -613,6 +642,7 @@ export class Daemon {
       onUnsynced: this.config.clock.onUnsynced,
       elapsed: () => this.clock.elapsed(),
       ...(this.readsFailingMs === undefined ? {} : { readsFailingMs: this.readsFailingMs }),
+      identityRenames: () => this.identityRenames.current(),
     };
   }
 

@@ -3,6 +3,7 @@ import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import type { HttpsIntake } from '../intake/https.js';
 import type { MqttIntake } from '../intake/mqtt.js';
+import { identityRenameCheck, type IdentityRenameNotice } from './identity-renames.js';
 
 /**
  * The gateway's readiness (SPEC §4 /readyz), and the STATUS= line `systemctl status` shows.
@@ -117,6 +118,8 @@ export interface ReadinessParts {
   readonly elapsed: () => number;
   /** READS_FAILING_MS unless a test shortens it (DaemonOptions.readsFailingMs). */
   readonly readsFailingMs?: number;
+  /** Identities renamed while keys of their former names are kept (identity-renames.ts). */
+  readonly identityRenames?: () => readonly IdentityRenameNotice[];
 }
 
 export interface Check {
@@ -127,6 +130,8 @@ export interface Check {
    * line is sent again whenever its text changes). Unset: the intakes' part of the line says it.
    */
   brief?: string;
+  /** Said at the end of the status line while the check holds, though it passes. */
+  note?: string;
 }
 
 /**
@@ -188,7 +193,11 @@ export function statusLine(
     open === 0
       ? `${total} recovered command(s) settled`
       : `${open} of ${total} recovered command(s) still settling`;
-  const note = options.note === null ? '' : `; ${options.note}`;
+  const notes = [
+    ...Object.values(checks).flatMap((c) => (c.note === undefined ? [] : [c.note])),
+    ...(options.note === null ? [] : [options.note]),
+  ];
+  const note = notes.map((n) => `; ${n}`).join('');
   return {
     line: `${state}: ${intakes.length === 0 ? 'no intake' : intakes.join(', ')}; ${recovered}${note}`,
     journal,
@@ -243,6 +252,11 @@ function runChecks(parts: ReadinessParts, mode: ProbeCache | StatusMode): Record
     };
   }
   if (mode instanceof ProbeCache) checks.commands = commandsCheck(parts, mode);
+  // A rename is no outage: said, and ready (/readyz 200), while it matters.
+  for (const renamed of parts.identityRenames?.() ?? []) {
+    const { detail, note } = identityRenameCheck(renamed);
+    checks[`identity:${renamed.now}`] = { ok: true, detail, note };
+  }
   const sync = parts.gatewayClock.status();
   const synced = sync.source === 'none' || sync.state === 'LOCKED' || sync.state === 'HOLDOVER';
   checks.clock = {

@@ -434,6 +434,27 @@ export class SqliteJournal implements Journal {
     }
   }
 
+  /**
+   * The commands the journal holds under `scope`: how many, how many of them open, and when the
+   * last of them settled (null while none has). A read of the whole table (no index is by
+   * scope): for a start, and rarely after it (identity-renames.ts), never per request.
+   */
+  scopeKeys(scope: string): { count: number; open: number; lastSettledAt: number | null } {
+    try {
+      const row = this.connection()
+        .db.prepare(
+          `SELECT count(*) AS count,
+             coalesce(sum(state IN ('accepted', 'dispatched')), 0) AS open,
+             max(settled_at) AS lastSettledAt
+           FROM commands WHERE scope = ?`,
+        )
+        .get(scope) as { count: number; open: number; lastSettledAt: number | null };
+      return row;
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
   readMeta(key: string): string | null {
     try {
       const row = this.connection().stmts.readMeta.get(key) as { value: string } | undefined;
