@@ -1,5 +1,6 @@
 import type { SluiceConfig } from '../config/config.js';
 import { readJournalForCheck } from '../journal/check-reader.js';
+import { identityRenameCheck, recordedIdentityRenames } from './identity-renames.js';
 import { renamedDeviceErrors } from './renamed-devices.js';
 import { renamedIdentities, renamedIdentityMessage } from './renamed-identities.js';
 
@@ -37,6 +38,11 @@ export function checkRenames(config: SluiceConfig, journalPath: string): RenameC
     const warnings = renamed.map(
       (r) => `warning: ${renamedIdentityMessage(r, config.journal.retentionHours)}`,
     );
+    // Renames found by an earlier start, whose former name's keys the journal still keeps.
+    for (const n of recordedIdentityRenames(reader, config, Date.now())) {
+      if (renamed.some((r) => r.before === n.before && r.now === n.now)) continue;
+      warnings.push(`warning: identity "${n.now}": ${identityRenameCheck(n).detail}`);
+    }
     const partial = reader.partial === null ? [] : [`(${reader.partial})`];
     if (errors.length === 0 && warnings.length === 0) {
       return {

@@ -61,7 +61,7 @@ function recorded(journal: Pick<IdentityRenameJournal, 'readMeta'>): Recorded[] 
 
 /** The rename as it stands now: null when it no longer matters. */
 function standing(
-  journal: IdentityRenameJournal,
+  journal: Pick<IdentityRenameJournal, 'scopeKeys'>,
   config: SluiceConfig,
   r: Recorded,
   nowMs: number,
@@ -73,6 +73,21 @@ function standing(
   const retentionMs = config.journal.retentionHours * 3_600_000;
   const until = Math.max(open > 0 ? nowMs : 0, lastSettledAt ?? nowMs) + retentionMs;
   return { ...r, keys: count, open, until };
+}
+
+/**
+ * The renames recorded by earlier starts that still matter for `config`, reading only
+ * (`sluiced --check`).
+ */
+export function recordedIdentityRenames(
+  journal: Pick<IdentityRenameJournal, 'readMeta' | 'scopeKeys'>,
+  config: SluiceConfig,
+  nowMs: number,
+): IdentityRenameNotice[] {
+  return recorded(journal).flatMap((r) => {
+    const n = standing(journal, config, r, nowMs);
+    return n === null ? [] : [n];
+  });
 }
 
 /**

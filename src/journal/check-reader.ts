@@ -25,6 +25,8 @@ export interface CheckReader {
   readMeta(key: string): string | null;
   openDevices(): string[];
   openOfDevice(device: string, afterId: number, limit: number): OpenPage;
+  /** The commands held under `scope` (SqliteJournal.scopeKeys). */
+  scopeKeys(scope: string): { count: number; open: number; lastSettledAt: number | null };
   /** Never called by a check that writes nothing; throws. */
   writeMeta(key: string, value: string): void;
   /** What the reading left out, for the check's output; null when it read everything. */
@@ -73,7 +75,13 @@ export function readJournalForCheck(path: string, maxCopyBytes = MAX_COPY_BYTES)
       `SELECT id, scope, key, device, state, action FROM commands
        WHERE device = ? AND state IN ('accepted', 'dispatched') AND id > ? ORDER BY id LIMIT ?`,
     );
+    const scopeKeys = db.prepare(
+      `SELECT count(*) AS count, coalesce(sum(state IN ('accepted', 'dispatched')), 0) AS open,
+         max(settled_at) AS lastSettledAt FROM commands WHERE scope = ?`,
+    );
     const reader: CheckReader = {
+      scopeKeys: (scope) =>
+        scopeKeys.get(scope) as { count: number; open: number; lastSettledAt: number | null },
       partial:
         log && !index
           ? `its log (${path}-wal) was not read, its index being gone: the newest writes may be missing`

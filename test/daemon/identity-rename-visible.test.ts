@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { sluicectl } from '../cli/helpers.js';
+import { runSluiced } from '../config/sluiced.js';
 import {
   postCommand,
   renameSiteEntry,
@@ -156,6 +157,12 @@ describe.runIf(real)('an identity renamed, its token kept, for as long as it mat
       expect(health.stdout, `${life}: ${health.stderr}`).toContain('renamed from "scada"');
       await stop();
     }
+    // And sluiced --check, before the next restart (the rename was found two starts ago).
+    const checked = runSluiced(['--config', site.configPath, '--check']);
+    expect(checked.stdout).toMatch(
+      /\n {2}renames {3}warning: identity "scada-line2": renamed from "scada" \(the same token [0-9a-f]+; found at the start of \S+\): keys are scoped by the identity's name, and the journal holds 1 key\(s\) of "scada"/,
+    );
+    expect(checked.status).toBe(0);
 
     // The name given back: retries under "scada" replay again, and nothing is said.
     renameSiteEntry(site.configPath, 'identities', 'scada-line2', 'scada');
