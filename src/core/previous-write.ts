@@ -44,10 +44,10 @@ export interface PendingWrite {
  * The device's last write (the lane's: this process sent it), when it belongs to a command that
  * has ended with the write's fate open — an operator resolved it while the write was out, or no
  * readback showed its echo in its window — and the controller may still take it after `readback`:
- * - acknowledged, by a controller that echoes sequence numbers, and `readback` does not show its
- *   echo, within the profile's bound on an acknowledged write (ackedWriteTakenByMono: a stated
+ * - acknowledged, by a controller that echoes sequence numbers, and `readback`, asked for within
+ *   the profile's bound on an acknowledged write (ackedWriteTakenByMono: a stated
  *   timing.ackedWriteTakenWithinMs from its acknowledgement, else the confirm timeout from its
- *   write). The write is in the controller's
+ *   write), does not show its echo. The write is in the controller's
  *   hands (a held handshake: a PLC busy with a long task takes command writes at a later scan, in
  *   arrival order). The confirm timeout is the bound the daemon already takes for an
  *   acknowledged write (it ends READBACK_TIMEOUT after it, and Modbus 0x05 is judged so): a
@@ -102,8 +102,13 @@ function writePending(
   const name = writeName(command, write.seq);
   if (write.acked) {
     if (!profile.controller.echoesSeq) return null;
-    const leftMs = ackedWriteTakenByMono(profile.timing, write) - nowMono;
-    if (leftMs <= 0) return null;
+    // Past its bound only for a readback asked for after it: its image is then the controller's
+    // after that moment. One asked for before and answered after (a slow link: a read answered
+    // 700 ms after its image) showed the controller still holding the write, and a close was
+    // confirmed at CLOSED on it before the controller took the open (I2).
+    const takenByMono = ackedWriteTakenByMono(profile.timing, write);
+    if (readback.requestedMono >= takenByMono) return null;
+    const leftMs = Math.max(0, takenByMono - nowMono);
     const from =
       write.epoch === null
         ? "from this process's start, the latest an earlier life of the daemon can have sent it"
@@ -113,7 +118,7 @@ function writePending(
     return {
       command,
       write,
-      reason: `${name}, was acknowledged by the controller and no readback shows it taken (its echo): the controller may still take it, before any write after it (for ${Math.ceil(leftMs)} ms more: ${ackedWriteBoundName(profile.timing)} ${from})`,
+      reason: `${name}, was acknowledged by the controller and no readback shows it taken (its echo): the controller may still take it, before any write after it (for ${Math.ceil(leftMs)} ms more, and a readback asked for after that: ${ackedWriteBoundName(profile.timing)} ${from})`,
     };
   }
   const landing = mayStillLand({

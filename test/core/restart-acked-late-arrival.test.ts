@@ -93,4 +93,39 @@ describe('an acknowledged write that arrived late, then resolved by an operator'
     expect(close).toMatchObject({ state: 'rejected', code: 'ILLEGAL_TRANSITION' });
     expect(close.observed?.state).toBe('OPENING');
   });
+
+  it('a close behind it is decided on an image asked for after the bound, not one asked for before and answered after', async () => {
+    h = await lives.start({
+      warm: true,
+      // Long enough that any image within 700 ms of the open's take shows it OPENING.
+      travelMs: 1_500,
+      requestTimeoutMs: 1_000,
+      timing: {
+        confirmTimeoutMs: 6_000,
+        redispatchGuardMs: 1_100,
+        ackedWriteTakenWithinMs: 1_000,
+      },
+    });
+    const v1 = h.device('v1');
+    // Held from before the sending: the open, acknowledged on arrival, is kept at most 990 ms.
+    v1.setFault({ kind: 'hold', ms: 990 });
+    h.submit('open', { device: 'v1', action: 'open', ttlMs: 20_000 });
+    await acknowledgedSeen(h, 'v1');
+    // Every read answered 700 ms after its image (within the request timeout): the readback
+    // that comes once the bound is over shows an image from before it.
+    v1.setFault({ kind: 'latency', ms: 700, on: 'read', when: 'after' });
+    const open = h.get('open')!;
+    h.pipeline.resolve(open, 'ops@test', 'checking');
+    h.submit('close', { device: 'v1', action: 'close', ttlMs: 20_000 });
+    const close = await h.settled('close', 15_000);
+    await h.until(
+      () => v1.writeLog.some((w) => w.seq === open.seq && w.settledAt !== null),
+      5_000,
+      'the open taken',
+    );
+
+    expect(v1.writeLog.map((w) => [w.seq, w.outcome])).toEqual([[open.seq, 'accepted']]);
+    expect(close).toMatchObject({ state: 'rejected', code: 'ILLEGAL_TRANSITION' });
+    expect(close.observed?.state).toBe('OPENING');
+  });
 });
