@@ -235,6 +235,14 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
       `timing.ackedWriteTakenWithinMs: ${String(taken)} ms is longer than confirmTimeoutMs (${String(p.timing.confirmTimeoutMs)} ms): a write the controller keeps longer than the confirm timeout could be taken after its command ended; lower it to the longest the controller keeps an acknowledged write, or leave it out (the confirm timeout)`,
     );
   }
+  // A controller takes a received write at a scan: one that arrives just after a scan waits a
+  // whole scan. A shorter bound is one no controller of this scan keeps, and the next command
+  // after a resolved write would be decided before the scan that takes it.
+  if (taken !== undefined && taken < p.timing.scanMs) {
+    errors.push(
+      `timing.ackedWriteTakenWithinMs: ${String(taken)} ms is shorter than scanMs (${String(p.timing.scanMs)} ms): the controller takes a write it received at its next scan, up to a scan later; raise it to at least the scan, or leave it out (the confirm timeout)`,
+    );
+  }
   const codes = p.controller.stateCodes;
   if (codes !== undefined) {
     for (const state of p.states) {
