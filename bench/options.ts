@@ -34,7 +34,8 @@ export interface BenchOptions {
   readonly throughputSeconds: number;
   /**
    * The bench profile's `timing.ackedWriteTakenWithinMs`: the plant's controller takes every
-   * write at its next scan (docs/device-profiles.md). 0: none stated (the confirm timeout).
+   * write at its next scan (docs/device-profiles.md). 0: none stated (the confirm timeout). At
+   * least the scan (`scanMs`): a shorter bound is raised to it, as the profile refuses one.
    */
   readonly ackedWriteTakenWithinMs: number;
   /** Open commands the journal holds when the daemon restarts. */

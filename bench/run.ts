@@ -121,7 +121,10 @@ async function main(options: BenchOptions): Promise<void> {
     const profiles = valveProfile(
       join(dir, 'profiles'),
       options.scanMs,
-      options.ackedWriteTakenWithinMs === 0 ? null : options.ackedWriteTakenWithinMs,
+      // A bound shorter than the scan is refused (no controller can keep it): at least a scan.
+      options.ackedWriteTakenWithinMs === 0
+        ? null
+        : Math.max(options.ackedWriteTakenWithinMs, options.scanMs),
     );
 
     progress(
