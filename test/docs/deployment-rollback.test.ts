@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -66,16 +66,29 @@ describe.runIf(haveSqlite3)('the rollback of docs/DEPLOYMENT.md', () => {
     site.cleanup();
   });
 
-  /** A block's lines as the section gives them, on the test's state folder. */
-  function run(lines: readonly string[]): void {
+  /**
+   * A block's lines as the section gives them, on the test's state folder; what the count of
+   * open commands printed, when the block has that line (the operator reads it).
+   */
+  function run(lines: readonly string[]): { open: number | null } {
+    let open: number | null = null;
     for (const line of lines) {
       if (line === 'systemctl stop sluiced') continue; // The test's sluiced is stopped already.
       const command = line
         .replaceAll('/var/lib/sluice', state)
         .replace(/^runuser -u sluice -- /, '');
       expect(command).not.toMatch(/systemctl|runuser/);
-      execFileSync('sh', ['-c', command], { stdio: ['ignore', 'ignore', 'inherit'] });
+      const out = execFileSync('sh', ['-c', command], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      if (/SELECT count\(\*\) FROM commands WHERE state IN/.test(line)) {
+        open = Number(out.trim());
+        // "The count must be 0 before the copy is taken."
+        if (open !== 0) return { open };
+      }
     }
+    return { open };
   }
 
   async function runDaemon(work: () => Promise<void>): Promise<void> {
@@ -136,8 +149,8 @@ describe.runIf(haveSqlite3)('the rollback of docs/DEPLOYMENT.md', () => {
     writeV1Journal(journal, 50);
     const oldKeys = keysOf(journal);
 
-    // The copy before the upgrade: the journal of version 1, whole.
-    run(backup!);
+    // The copy before the upgrade: the journal of version 1, whole (no command open in it).
+    expect(run(backup!).open).toBe(0);
     expect(versionOf(copy)).toBe(1);
     expect(keysOf(copy)).toEqual(oldKeys);
     const copied = readFileSync(copy);
@@ -182,5 +195,86 @@ describe.runIf(haveSqlite3)('the rollback of docs/DEPLOYMENT.md', () => {
     const aside = join(state, 'journal-after-upgrade.db');
     expect(existsSync(aside)).toBe(true);
     expect(keysOf(aside)).toEqual(upgradedKeys);
+  }, 120_000);
+
+  /**
+   * A stop can leave commands open, which the next start takes up. A copy taken with one open
+   * gave it to the older Sluice again: the newer Sluice had carried it out, and the older one,
+   * started on the copy put back, wrote it a second time after a later command (I1; the valve
+   * moved back). The section's first block counts the open commands, and the copy waits until
+   * there are none (as it says: start sluiced, let them settle, run the block again). The
+   * journal here is of this Sluice's version, its open command claimed as a stop leaves one
+   * (accepted, its time to live an hour); the copy put back is taken up by this Sluice as by an
+   * older one, every Sluice takes up a journal's open commands at its start. Ground truth: the
+   * valve's write log.
+   */
+  it('takes the copy with no command open, so that one is not carried out again from it', async () => {
+    const [backup, , restore] = blocks();
+    const journal = join(state, 'journal.db');
+    for (const name of ['journal.db', 'journal-before-upgrade.db', 'journal-after-upgrade.db']) {
+      rmSync(join(state, name), { force: true });
+    }
+    // The valve closed first (the case before leaves it open): the open below moves it.
+    await runDaemon(async () => {
+      const answer = await postCommand(to, 'close-before', {
+        device: 'inlet-valve',
+        action: 'close',
+      });
+      expect(answer.status, answer.body).toBeLessThan(300);
+      await confirmed('close-before');
+    });
+    const now = Date.now();
+    const left = SqliteJournal.open({ path: journal });
+    try {
+      left.claim({
+        scope: 'scada',
+        key: 'open-at-stop',
+        fingerprint: 'open-at-stop',
+        device: 'inlet-valve',
+        action: 'open',
+        position: null,
+        issuedAt: now,
+        issuedAtSource: 'issuer',
+        ttlMs: 3_600_000,
+        deadline: now + 3_600_000,
+        intake: 'https',
+        acceptedAt: now,
+      });
+      await left.durable();
+    } finally {
+      left.close();
+    }
+    const device = site.plant.device('inlet-valve');
+    const from = device.writeLog.length;
+
+    // The first block, as the operator runs it: while it counts open commands, sluiced is
+    // started to settle them, then the block again.
+    const counted = run(backup!).open;
+    if (counted !== null && counted > 0) {
+      await runDaemon(() => confirmed('open-at-stop').then(() => undefined));
+      expect(run(backup!).open).toBe(0);
+    }
+    expect(existsSync(join(state, 'journal-before-upgrade.db'))).toBe(true);
+
+    // The newer Sluice: the command carried out (if it is still open), then a close.
+    await runDaemon(async () => {
+      await confirmed('open-at-stop');
+      const answer = await postCommand(to, 'close-after', {
+        device: 'inlet-valve',
+        action: 'close',
+      });
+      expect(answer.status, answer.body).toBeLessThan(300);
+      await confirmed('close-after');
+    });
+    const opened = (): number => device.writeLog.slice(from).filter((w) => w.code === 1).length;
+    expect(opened()).toBe(1);
+
+    // The copy put back; a Sluice started on it.
+    run(restore!);
+    await runDaemon(async () => {
+      await confirmed('open-at-stop');
+    });
+    expect(opened()).toBe(1);
+    expect(device.state).toBe('CLOSED');
   }, 120_000);
 });
