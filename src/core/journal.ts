@@ -240,6 +240,21 @@ export interface SettledSince {
   readonly lowestSettledAt: number | null;
 }
 
+/** Where a page of settled commands in settlement order begins (SqliteJournal.settledAfter). */
+export interface SettledAfter {
+  /** Wall-clock settlement time of the last command read (its settledAt). */
+  readonly settledAt: number;
+  /** Its journal id (0: from the first command settled at `settledAt`). */
+  readonly id: number;
+}
+
+/** A page of settled commands, in the order of (settledAt, journal id). */
+export interface SettledPage {
+  readonly records: readonly CommandRecord[];
+  /** The last command of the page: where the next one begins; null when the page is empty. */
+  readonly last: SettledAfter | null;
+}
+
 export interface Journal {
   /**
    * Inserts the command once. An existing key is returned as a duplicate (same fingerprint)

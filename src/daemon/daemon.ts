@@ -457,6 +457,8 @@ export class Daemon {
           // The topic roots published under, for clearing a former root's retained topics.
           topicRootsFile: join(config.stateDir, 'mqtt-topic-roots.json'),
           retentionHours: config.journal.retentionHours,
+          // Results the broker had not acknowledged are published again after a stop or crash.
+          journal,
         });
         const intake = mqttIntake;
         registerMqttConnected(metrics.registry, () => intake.connected());

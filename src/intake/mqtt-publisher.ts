@@ -46,13 +46,21 @@ export interface MqttPublisherOptions {
  */
 export const MAX_HELD_PUBLICATIONS = 10_000;
 
+/**
+ * What became of a publication: acknowledged by the broker; refused by it or never to be
+ * accepted (a failure reason code, larger than its Maximum Packet Size, a topic too long: sent
+ * again it would fare the same); or not sent, or sent and not acknowledged, by this process (not
+ * held past the most held, the session ended or the publication failed on the way).
+ */
+export type Delivery = 'acknowledged' | 'refused' | 'unsent';
+
 /** A publication held while disconnected, sent by reconnected(). */
 interface HeldPublication {
   readonly topic: string;
   readonly topicBytes: number;
   readonly payload: string;
   readonly options: PublicationOptions;
-  readonly resolve: (acknowledged: boolean) => void;
+  readonly resolve: (delivery: Delivery) => void;
 }
 
 /** An error answer: the document of docs/mqtt-api.md "Errors". */
@@ -125,7 +133,7 @@ export class MqttPublisher {
   private readonly logger: Logger;
   private readonly routes = new ResponseRoutes();
   /** Publications not yet acknowledged by the broker (QoS 1). */
-  private readonly unacknowledged = new Set<Promise<boolean>>();
+  private readonly unacknowledged = new Set<Promise<Delivery>>();
   /** Publications deferred to the next turn, sent there together (see publish()). */
   private readonly deferred: (() => void)[] = [];
   private readonly maxHeld: number;
@@ -212,13 +220,22 @@ export class MqttPublisher {
 
   /** A settled command's stored result, to the result topic and its requesters' routes. */
   result(record: CommandRecord): void {
+    void this.publishResult(record);
+  }
+
+  /**
+   * result(), resolving with what became of the publication on the result topic (the routes'
+   * copies are not waited for): mqtt-result-delivery.ts.
+   */
+  publishResult(record: CommandRecord): Promise<Delivery> {
     const body = resultBody(record);
-    this.publish(this.topics.result(record.device), body, {
+    const delivery = this.send(this.topics.result(record.device), body, {
       kind: 'result',
       retain: false,
       about: record,
     });
     for (const route of this.routes.take(record)) this.publishToRoute(route, body, record);
+    return delivery;
   }
 
   /** A retry of a settled command: its stored result, marked as a replay. */
@@ -282,13 +299,14 @@ export class MqttPublisher {
    * An empty retained message on `topic` (MQTT 5 §3.3.1.3: the broker keeps no retained message
    * there). Resolves true once the broker acknowledged it (mqtt-former-roots.ts).
    */
-  clearRetained(topic: string, device = ''): Promise<boolean> {
-    return this.send(topic, '', {
+  async clearRetained(topic: string, device = ''): Promise<boolean> {
+    const delivery = await this.send(topic, '', {
       kind: 'state',
       retain: true,
       about: { key: null, device },
       bare: true,
     });
+    return delivery === 'acknowledged';
   }
 
   /**
@@ -304,7 +322,7 @@ export class MqttPublisher {
 
   /** The session has ended: publications still held will never be sent. */
   ended(): void {
-    for (const publication of this.held.splice(0)) publication.resolve(false);
+    for (const publication of this.held.splice(0)) publication.resolve('unsent');
   }
 
   /** Resolves once every publication made so far is acknowledged (or given up). */
@@ -329,8 +347,8 @@ export class MqttPublisher {
     void this.send(topic, payload, options);
   }
 
-  /** Publishes; resolves true once the broker acknowledged it, false when not sent or failed. */
-  private send(topic: string, payload: string, options: PublicationOptions): Promise<boolean> {
+  /** Publishes; resolves once the broker acknowledged it, or it was refused or not sent. */
+  private send(topic: string, payload: string, options: PublicationOptions): Promise<Delivery> {
     const topicBytes = Buffer.byteLength(topic);
     if (topicBytes > MAX_TOPIC_BYTES) {
       // Only the answer to a command topic whose device level fills it: `result/` is 3 bytes
@@ -345,13 +363,13 @@ export class MqttPublisher {
         },
         `not published: the topic is longer than MQTT allows (${MAX_TOPIC_BYTES} bytes)`,
       );
-      return Promise.resolve(false);
+      return Promise.resolve('refused');
     }
-    const sent = new Promise<boolean>((resolve) => {
+    const sent = new Promise<Delivery>((resolve) => {
       this.defer(() => {
         const client = this.link.client;
         if (client === null) {
-          resolve(false);
+          resolve('unsent');
           return;
         }
         // Behind those held, until reconnected() sends them: mqtt.js says it is connected
@@ -366,7 +384,7 @@ export class MqttPublisher {
         ) {
           if (this.handed + this.held.length >= this.maxHeld) {
             this.drop(topic, options.about);
-            resolve(false);
+            resolve('unsent');
             return;
           }
           this.held.push({ topic, topicBytes, payload, options, resolve });
@@ -388,7 +406,7 @@ export class MqttPublisher {
     const { topic, topicBytes, payload, options, resolve } = publication;
     const client = this.link.client;
     if (client === null) {
-      resolve(false);
+      resolve('unsent');
       return;
     }
     const publishOptions: IClientPublishOptions = { qos: 1, retain: options.retain };
@@ -418,7 +436,7 @@ export class MqttPublisher {
         },
         "not published: larger than the broker's Maximum Packet Size",
       );
-      resolve(false);
+      resolve('refused');
       return;
     }
     this.handed += 1;
@@ -440,7 +458,13 @@ export class MqttPublisher {
           'MQTT publication failed',
         );
       }
-      resolve(!(error instanceof Error));
+      resolve(
+        !(error instanceof Error)
+          ? 'acknowledged'
+          : error instanceof ErrorWithReasonCode
+            ? 'refused'
+            : 'unsent',
+      );
     });
   }
 

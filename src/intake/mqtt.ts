@@ -7,6 +7,7 @@ import type { IdentifierCheck } from './mqtt-identifier-probe.js';
 import type { MqttMetrics } from './mqtt-metrics.js';
 import { MqttPublisher } from './mqtt-publisher.js';
 import { FormerRootSweep } from './mqtt-former-roots.js';
+import { ResultDelivery, type ResultJournal } from './mqtt-result-delivery.js';
 import { RetainedStateSweep } from './mqtt-retained-state.js';
 import { MqttSession, type MqttConfig, type MqttProtocol } from './mqtt-session.js';
 import { GatewayTopics } from './mqtt-topics.js';
@@ -47,6 +48,12 @@ export interface MqttIntakeOptions {
   readonly subackTimeoutMs?: number;
   /** Command copies held for the probe's verdict at most (mqtt-held-copies.ts; 1,000): tests. */
   readonly maxHeldCopies?: number;
+  /**
+   * The journal, for results that survive a stop or a crash (mqtt-result-delivery.ts): which
+   * the broker acknowledged is kept in its meta row, and those it may not have are published
+   * again at the next start. Without it (tests) results held in memory go with the process.
+   */
+  readonly journal?: ResultJournal;
 }
 
 export interface MqttHealth {
@@ -84,6 +91,7 @@ export class MqttIntake {
   private readonly commands: CommandMessages;
   private readonly retainedState: RetainedStateSweep;
   private readonly formerRoots: FormerRootSweep | null;
+  private readonly delivery: ResultDelivery | null;
   private readonly detach: (() => void)[] = [];
   private started = false;
   private stopping: Promise<void> | null = null;
@@ -116,6 +124,14 @@ export class MqttIntake {
       metrics: options.metrics,
       logger: this.logger,
     });
+    this.delivery =
+      options.journal === undefined
+        ? null
+        : new ResultDelivery({
+            journal: options.journal,
+            sink: this.publisher,
+            logger: this.logger,
+          });
     this.commands = new CommandMessages({
       pipeline: this.pipeline,
       identity,
@@ -168,6 +184,10 @@ export class MqttIntake {
     this.started = true;
     this.detach.push(
       this.pipeline.onSettled((record) => {
+        if (this.delivery !== null) {
+          this.delivery.settled(record);
+          return;
+        }
         // Deferred: settlement can happen inside submit(), which runs inside handleMessage,
         // where publishing stalls mqtt.js (mqtt.js issue #2026), and before the requester's
         // Response Topic is recorded.
@@ -181,6 +201,7 @@ export class MqttIntake {
         });
       }),
     );
+    this.delivery?.start();
     // The current root is on disk before anything is published under it.
     this.formerRoots?.start();
     this.session.start({
@@ -200,6 +221,8 @@ export class MqttIntake {
       },
       connected: () => {
         this.publisher.reconnected();
+        // Results the broker may not have acknowledged before this start, behind those held.
+        this.delivery?.connected();
         this.publishMirror();
         this.retainedState.connected();
         this.formerRoots?.connected();
@@ -280,10 +303,13 @@ export class MqttIntake {
     const held = await this.publisher.unpublished();
     const wasConnected = await this.session.stop(() => this.publisher.flush());
     this.publisher.ended();
+    this.delivery?.stop();
     if (!wasConnected && held > 0) {
       this.logger.warn(
         { held },
-        'stopped while disconnected from the MQTT broker: the results held for it were not published (they are in the journal: GET /v1/commands/{key}, sluicectl show)',
+        this.delivery === null
+          ? 'stopped while disconnected from the MQTT broker: the results held for it were not published (they are in the journal: GET /v1/commands/{key}, sluicectl show)'
+          : 'stopped while disconnected from the MQTT broker: the results held for it were not published; they are published at the next start (from the journal)',
       );
     }
     this.logger.info({}, 'MQTT intake stopped');

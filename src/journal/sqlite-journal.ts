@@ -21,6 +21,8 @@ import {
   type Rejection,
   type Retry,
   type SeqAllocator,
+  type SettledAfter,
+  type SettledPage,
   type SettledSince,
   type Settlement,
 } from '../core/journal.js';
@@ -429,6 +431,34 @@ export class SqliteJournal implements Journal {
       const lowest = (s.lowestSettled.get(after) as { lowest: number | null }).lowest;
       const mark = (s.lastEvent.get() as { id: number | null }).id ?? 0;
       return { mark, lowestSettledAt: lowest };
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
+  /**
+   * Settled commands in the order of their settlement time, then journal id, after `after`
+   * (inclusive of `after.settledAt` when `after.id` is 0), at most `limit`: a seek of the
+   * index of settled commands (commands_settled) and the page's rows. The MQTT intake's
+   * re-sending of results the broker may not have acknowledged (mqtt-result-delivery.ts).
+   */
+  settledAfter(after: SettledAfter, limit: number): SettledPage {
+    try {
+      const rows = this.connection()
+        .db.prepare(
+          `SELECT * FROM commands
+           WHERE settled_at >= ? AND (settled_at > ? OR id > ?)
+           ORDER BY settled_at, id LIMIT ?`,
+        )
+        .all(after.settledAt, after.settledAt, after.id, limit) as CommandRow[];
+      const last = rows.at(-1);
+      return {
+        records: rows.map(rowToRecord),
+        last:
+          last === undefined || last.settled_at === null
+            ? null
+            : { settledAt: last.settled_at, id: last.id },
+      };
     } catch (error) {
       return translate(error, 'read', this.options.path);
     }

@@ -27,6 +27,8 @@ export interface Mosquitto {
   readonly url: string;
   readonly dir: string;
   running(): boolean;
+  /** The broker's process id while it runs (a test freezes it with SIGSTOP). */
+  pid(): number | null;
   /** SIGTERM and wait for exit: mosquitto writes its persistence file on the way out. */
   stop(): Promise<void>;
   /**
@@ -198,6 +200,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
     url: `mqtt://127.0.0.1:${port}`,
     dir,
     running: () => child !== null,
+    pid: () => child?.pid ?? null,
     stop: () => stop(),
     kill: () => stop('SIGKILL'),
     restart: async () => {

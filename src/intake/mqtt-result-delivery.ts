@@ -1,0 +1,245 @@
+import {
+  type CommandRecord,
+  type Journal,
+  type SettledAfter,
+  type SettledPage,
+} from '../core/journal.js';
+import { readMetaObject } from '../core/journal-meta.js';
+import type { Logger } from '../core/logger.js';
+import type { Delivery } from './mqtt-publisher.js';
+
+/** The journal's meta row of the results the broker has acknowledged (ResultDelivery). */
+export const RESULTS_ACKNOWLEDGED_KEY = 'mqtt-results-acknowledged';
+
+/** What the delivery needs of the journal (SqliteJournal). */
+export interface ResultJournal extends Pick<
+  Journal,
+  'readMeta' | 'writeMeta' | 'settledSince' | 'syncPending' | 'durable'
+> {
+  settledAfter(after: SettledAfter, limit: number): SettledPage;
+}
+
+/** What the delivery needs of the publisher (MqttPublisher.publishResult). */
+export interface ResultSink {
+  publishResult(record: CommandRecord): Promise<Delivery>;
+}
+
+export interface ResultDeliveryOptions {
+  readonly journal: ResultJournal;
+  readonly sink: ResultSink;
+  readonly logger: Logger;
+  /** Wall clock, ms (Date.now). */
+  readonly now?: () => number;
+  /** How often the watermark is saved while results come and go (1 s). */
+  readonly saveEveryMs?: number;
+  /** Results read from the journal per page when re-sending (100). */
+  readonly pageSize?: number;
+}
+
+/**
+ * The meta row: every command settled (wall clock) before `before`, and every one whose
+ * settlement is journaled at or before event `mark`, unless settled at or after `before`, had
+ * its result acknowledged by the broker.
+ */
+interface Saved {
+  readonly before: number;
+  readonly mark: number;
+}
+
+/**
+ * Results of `{prefix}/result/{device}` that survive a stop or a crash of the daemon (SPEC §5:
+ * every terminal outcome). The publisher holds results in memory while the broker is away or
+ * slow to acknowledge; a watermark in the journal's meta row says from where they may not all
+ * have been acknowledged, and the next start publishes again, from the journal, the results of
+ * the commands settled from there, in settlement order, before new ones (at least once).
+ *
+ * The watermark is the lowest settlement time among the results not yet acknowledged (and those
+ * not published: past the most held, or left by a stop), never past the time of the previous
+ * save; it is saved at most every `saveEveryMs` while results come and go, and at the stop
+ * (journal writes of their own, not synced by themselves: the barrier asked for after each
+ * save, shared with the commands', carries them; a watermark lost with a crash is an older one,
+ * which re-sends more). Never per command: no fsync is added to a command's path. Settlement times are wall
+ * clock: a clock stepped back settles commands before the watermark. The row also keeps the
+ * journal's last event at the previous save, and the start takes the watermark down to the
+ * lowest settlement time journaled after that event, so that a settlement made after a step
+ * back is re-sent all the same. A start without the row (a new journal, or one kept by a
+ * Sluice before this one) re-sends nothing.
+ */
+export class ResultDelivery {
+  private readonly journal: ResultJournal;
+  private readonly sink: ResultSink;
+  private readonly logger: Logger;
+  private readonly now: () => number;
+  private readonly saveEveryMs: number;
+  private readonly pageSize: number;
+  /** Results handed to the publisher and not yet acknowledged: their settlement times. */
+  private readonly outstanding = new Map<object, number>();
+  /** The lowest settlement time of a result this process did not get acknowledged. */
+  private pinned = Number.POSITIVE_INFINITY;
+  /** Where re-sending from the journal is (or will begin once connected); null when done. */
+  private cursor: SettledAfter | null = null;
+  private resending = false;
+  private stopped = false;
+  /** Wall time and the journal's last event at the previous save (or the start). */
+  private previous: Saved;
+  /** Saves still to be made though nothing changed, so that the watermark catches up. */
+  private dirty = 0;
+  private lastSaved: string | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private resent = 0;
+
+  constructor(options: ResultDeliveryOptions) {
+    this.journal = options.journal;
+    this.sink = options.sink;
+    this.logger = options.logger;
+    this.now = options.now ?? Date.now;
+    this.saveEveryMs = options.saveEveryMs ?? 1_000;
+    this.pageSize = options.pageSize ?? 100;
+    const saved = readMetaObject(this.journal, RESULTS_ACKNOWLEDGED_KEY);
+    const since = this.journal.settledSince(
+      typeof saved?.['mark'] === 'number' && Number.isSafeInteger(saved['mark'])
+        ? saved['mark']
+        : Number.MAX_SAFE_INTEGER,
+    );
+    if (saved !== null && typeof saved['before'] === 'number' && Number.isFinite(saved['before'])) {
+      const from = Math.min(saved['before'], since.lowestSettledAt ?? Number.POSITIVE_INFINITY);
+      this.cursor = { settledAt: from, id: 0 };
+    }
+    this.previous = { before: this.now(), mark: since.mark };
+  }
+
+  /** Saving begins (the intake's start). */
+  start(): void {
+    // Saved at once: a journal without the row re-sends nothing at the next start.
+    this.dirty = 2;
+    this.save(false);
+    this.timer = setInterval(() => {
+      this.tick();
+    }, this.saveEveryMs);
+    this.timer.unref();
+  }
+
+  /**
+   * A command settled (its settlement on disk): its result is published, or left to the
+   * re-sending from the journal while that is to come or under way and will reach it.
+   */
+  settled(record: CommandRecord): void {
+    this.dirty = 2;
+    const at = record.settledAt ?? this.now();
+    const cursor = this.cursor;
+    if (cursor !== null && at > cursor.settledAt) return;
+    const token = {};
+    this.outstanding.set(token, at);
+    // Deferred: settlement can happen inside submit(), which runs inside handleMessage, where
+    // publishing stalls mqtt.js (mqtt.js issue #2026), and before the requester's Response
+    // Topic is recorded.
+    setImmediate(() => {
+      void this.track(token, at, this.sink.publishResult(record));
+    });
+  }
+
+  /** Connected to the broker: results to re-send from the journal go out, a page at a time. */
+  connected(): void {
+    if (this.cursor === null || this.resending || this.stopped) return;
+    this.resending = true;
+    void this.resend().finally(() => {
+      this.resending = false;
+    });
+  }
+
+  /** The intake has stopped publishing: the watermark is saved where the results left it. */
+  stop(): void {
+    this.stopped = true;
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    // Nothing settles now (the pipeline stopped first): with the journal on disk, this moment
+    // is the previous save's too.
+    if (!this.journal.syncPending) {
+      this.previous = {
+        before: this.now(),
+        mark: this.journal.settledSince(this.previous.mark).mark,
+      };
+    }
+    this.save(true);
+  }
+
+  private async resend(): Promise<void> {
+    while (this.cursor !== null && !this.stopped) {
+      const page = this.journal.settledAfter(this.cursor, this.pageSize);
+      if (page.last === null) {
+        // Done, in the same turn as the read that found nothing more: a command settled
+        // from now on is published as it settles (settled()).
+        this.cursor = null;
+        break;
+      }
+      const deliveries = page.records.map((record) => {
+        const at = record.settledAt ?? 0;
+        const token = {};
+        this.outstanding.set(token, at);
+        return this.track(token, at, this.sink.publishResult(record));
+      });
+      this.resent += page.records.length;
+      // The next page once this one is acknowledged: in memory a page at a time.
+      const outcomes = await Promise.all(deliveries);
+      if (outcomes.includes('unsent')) return; // Disconnected and ended: the next connection.
+      this.cursor = page.last;
+      this.dirty = 2;
+    }
+    if (this.cursor === null && this.resent > 0) {
+      this.logger.info(
+        { resent: this.resent },
+        'published again the results of commands settled before this start whose acknowledgement by the MQTT broker was not on record',
+      );
+    }
+  }
+
+  private async track(token: object, at: number, delivery: Promise<Delivery>): Promise<Delivery> {
+    const outcome = await delivery;
+    this.outstanding.delete(token);
+    if (outcome === 'unsent') this.pinned = Math.min(this.pinned, at);
+    this.dirty = 2;
+    return outcome;
+  }
+
+  private tick(): void {
+    if (this.dirty === 0) return;
+    this.dirty -= 1;
+    this.save(false);
+    // This moment bounds what the next save leaves to re-send, once the journal's barrier
+    // has returned: a settlement journaled before it is then on disk and announced (its result
+    // given to settled()) before the next save, a second on. One barrier a second while results
+    // come and go, shared with the commands' (group commit).
+    let moment: Saved;
+    try {
+      moment = { before: this.now(), mark: this.journal.settledSince(this.previous.mark).mark };
+    } catch {
+      return; // Kept: an older moment re-sends more.
+    }
+    this.journal.durable().then(
+      () => {
+        if (moment.mark >= this.previous.mark) this.previous = moment;
+      },
+      () => undefined,
+    );
+  }
+
+  private save(final: boolean): void {
+    let before = Math.min(this.previous.before, this.pinned);
+    for (const at of this.outstanding.values()) before = Math.min(before, at);
+    if (this.cursor !== null) before = Math.min(before, this.cursor.settledAt);
+    const text = JSON.stringify({ before, mark: this.previous.mark });
+    if (text === this.lastSaved) return;
+    try {
+      this.journal.writeMeta(RESULTS_ACKNOWLEDGED_KEY, text);
+      this.lastSaved = text;
+    } catch (error) {
+      // The journal is unavailable: the row keeps an older watermark, which re-sends more.
+      if (final) {
+        this.logger.warn(
+          { err: error },
+          'could not save which results the MQTT broker acknowledged: the next start may publish more of them again',
+        );
+      }
+    }
+  }
+}

@@ -1,0 +1,97 @@
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { CommandRecord } from '../../src/core/journal.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { RESULTS_ACKNOWLEDGED_KEY, ResultDelivery } from '../../src/intake/mqtt-result-delivery.js';
+import type { Delivery } from '../../src/intake/mqtt-publisher.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { issuerCommand } from '../helpers/new-command.js';
+
+/**
+ * The watermark of results acknowledged by the broker (mqtt-result-delivery.ts) read back from a
+ * real SQLite journal, with settlements timed by a wall clock stepped back: the daemon cannot be
+ * made to step its clock here, so the settlement times are given to the journal, and the sink
+ * stands for the publisher (it acknowledges everything: what is asserted is what the start
+ * takes from the journal, and in which order).
+ */
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0)) cleanup();
+});
+
+function journal(): SqliteJournal {
+  const { dir, cleanup } = tempDir('sluice-delivery-');
+  const j = SqliteJournal.open({ path: join(dir, 'journal.db') });
+  cleanups.push(() => {
+    j.close();
+    cleanup();
+  });
+  return j;
+}
+
+function settle(j: SqliteJournal, key: string, at: number): void {
+  j.claim(issuerCommand(key, 'valve', at - 10));
+  j.settle({ scope: 'plant', key }, 'accepted', {
+    to: 'rejected',
+    code: 'STALE_COMMAND',
+    faultCode: null,
+    observed: null,
+    detail: 'test',
+    at,
+    intake: 'https',
+  });
+}
+
+/** The keys a start over `j` publishes again, in order, once connected. */
+async function resent(j: SqliteJournal, pageSize = 2): Promise<string[]> {
+  const keys: string[] = [];
+  const sink = {
+    publishResult: (record: CommandRecord): Promise<Delivery> => {
+      keys.push(record.key);
+      return Promise.resolve('acknowledged');
+    },
+  };
+  const delivery = new ResultDelivery({ journal: j, sink, logger: silentLogger, pageSize });
+  delivery.start();
+  delivery.connected();
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  delivery.stop();
+  return keys;
+}
+
+describe('results published again at a start (the journal meta row)', () => {
+  it('publishes none without the row, and none after a stop with every result acknowledged', async () => {
+    const j = journal();
+    settle(j, 'old', Date.now() - 5_000);
+    expect(await resent(j)).toEqual([]);
+    expect(j.readMeta(RESULTS_ACKNOWLEDGED_KEY)).not.toBeNull();
+    expect(await resent(j)).toEqual([]);
+  });
+
+  it('publishes those settled from the watermark on, in settlement order, a page at a time', async () => {
+    const j = journal();
+    const t = 1_700_000_000_000;
+    settle(j, 'before', t - 1);
+    const mark = j.settledSince(0).mark;
+    settle(j, 'c', t + 2);
+    settle(j, 'a', t);
+    settle(j, 'b', t + 1);
+    settle(j, 'a2', t);
+    j.writeMeta(RESULTS_ACKNOWLEDGED_KEY, JSON.stringify({ before: t, mark }));
+    expect(await resent(j)).toEqual(['a', 'a2', 'b', 'c']);
+  });
+
+  it('a clock stepped back: a settlement journaled after the save before is published again, though timed before the watermark', async () => {
+    const j = journal();
+    const t = 1_700_000_000_000;
+    settle(j, 'acked', t - 10_000);
+    const mark = j.settledSince(0).mark;
+    j.writeMeta(RESULTS_ACKNOWLEDGED_KEY, JSON.stringify({ before: t, mark }));
+    // The clock stepped back a minute: settled after the save, timed before its watermark.
+    settle(j, 'stepped', t - 60_000);
+    settle(j, 'later', t + 5);
+    expect(await resent(j)).toEqual(['stepped', 'acked', 'later']);
+  });
+});
