@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -166,11 +166,18 @@ describe.runIf(why === null)(
       );
       const token = readFileSync(join(root, 'etc/sluice/credentials/scada.token'), 'utf8').trim();
       expect(token).toMatch(/^[0-9a-f]{64}$/);
-      // "then edit it": this test's PLC and port, no broker (its owner and mode stay).
+      // "then edit it": this test's PLC and port, no broker (its owner and mode stay). The port
+      // is the unit's environment file's (SLUICE_HTTPS_PORT), over another in the site file: the
+      // check of step 4 must check the configuration the service runs, that file's included.
       const port = await freePort();
       const sitePath = join(root, 'etc/sluice/sluice.yaml');
       const site = parse(readFileSync(sitePath, 'utf8')) as Record<string, unknown>;
-      site.https = { ...(site.https as Record<string, unknown>), host: '127.0.0.1', port };
+      site.https = {
+        ...(site.https as Record<string, unknown>),
+        host: '127.0.0.1',
+        port: port === 8444 ? 8445 : 8444,
+      };
+      appendFileSync(join(root, 'etc/sluice/sluiced.env'), `SLUICE_HTTPS_PORT=${port}\n`);
       delete site.mqtt;
       const inventory = inventoryFor(plant);
       site.plcs = inventory.plcs;
@@ -182,6 +189,7 @@ describe.runIf(why === null)(
       expect(started.stdout).toContain(
         'sluiced: /etc/sluice/sluice.yaml: configuration is valid (nothing was created)',
       );
+      expect(started.stdout).toMatch(new RegExp(`^ {2}HTTPS {5}127\\.0\\.0\\.1:${port}(,|$)`, 'm'));
       expect(
         (await inside('systemctl show sluiced -p ActiveState -p SubState -p User')).stdout
           .trim()
