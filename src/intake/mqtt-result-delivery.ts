@@ -11,6 +11,9 @@ import type { Delivery } from './mqtt-publisher.js';
 /** The journal's meta row of the results the broker has acknowledged (ResultDelivery). */
 export const RESULTS_ACKNOWLEDGED_KEY = 'mqtt-results-acknowledged';
 
+/** The longest the stop waits for the journal's barrier (a stalled disk), ms. */
+const STOP_BARRIER_MS = 2_000;
+
 /** What the delivery needs of the journal (SqliteJournal). */
 export interface ResultJournal extends Pick<
   Journal,
@@ -95,17 +98,27 @@ export class ResultDelivery {
     this.now = options.now ?? Date.now;
     this.saveEveryMs = options.saveEveryMs ?? 1_000;
     this.pageSize = options.pageSize ?? 100;
-    const saved = readMetaObject(this.journal, RESULTS_ACKNOWLEDGED_KEY);
-    const since = this.journal.settledSince(
-      typeof saved?.['mark'] === 'number' && Number.isSafeInteger(saved['mark'])
-        ? saved['mark']
-        : Number.MAX_SAFE_INTEGER,
-    );
-    if (saved !== null && typeof saved['before'] === 'number' && Number.isFinite(saved['before'])) {
-      const from = Math.min(saved['before'], since.lowestSettledAt ?? Number.POSITIVE_INFINITY);
-      this.cursor = { settledAt: from, id: 0 };
+    this.previous = { before: this.now(), mark: Number.MAX_SAFE_INTEGER };
+    try {
+      const saved = readMetaObject(this.journal, RESULTS_ACKNOWLEDGED_KEY);
+      const mark = saved?.['mark'];
+      const since = this.journal.settledSince(
+        typeof mark === 'number' && Number.isSafeInteger(mark) ? mark : Number.MAX_SAFE_INTEGER,
+      );
+      const before = saved?.['before'];
+      if (typeof before === 'number' && Number.isFinite(before)) {
+        const from = Math.min(before, since.lowestSettledAt ?? Number.POSITIVE_INFINITY);
+        this.cursor = { settledAt: from, id: 0 };
+      }
+      this.previous = { before: this.now(), mark: since.mark };
+    } catch (error) {
+      // The journal cannot be read now (the start goes on, its intakes refusing commands):
+      // nothing is re-sent, and the row is saved anew.
+      this.logger.warn(
+        { err: error },
+        'could not read which results the MQTT broker acknowledged: none is published again',
+      );
     }
-    this.previous = { before: this.now(), mark: since.mark };
   }
 
   /** Saving begins (the intake's start). */
@@ -147,20 +160,56 @@ export class ResultDelivery {
     });
   }
 
-  /** The intake has stopped publishing: the watermark is saved where the results left it. */
-  stop(): void {
+  /**
+   * The intake's stop begins (before it stops listening to settlements): this moment bounds the
+   * watermark saved at the stop, once the journal's barrier has returned. A settlement journaled
+   * before it is then on disk and announced to settled(); one journaled after it (a command
+   * settling late in the stop, no longer published) is after its mark, and re-sent.
+   */
+  async stopping(): Promise<void> {
     this.stopped = true;
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
-    // Nothing settles now (the pipeline stopped first): with the journal on disk, this moment
-    // is the previous save's too.
-    if (!this.journal.syncPending) {
-      this.previous = {
+    try {
+      const moment = {
         before: this.now(),
         mark: this.journal.settledSince(this.previous.mark).mark,
       };
+      if (await this.barrier()) this.previous = moment;
+    } catch {
+      // Kept: an older moment re-sends more.
     }
+  }
+
+  /**
+   * The intake has stopped publishing: the watermark is saved where the results left it, and
+   * on disk before the journal closes (one barrier).
+   */
+  async stop(): Promise<void> {
+    if (!this.stopped) await this.stopping();
     this.save(true);
+    // Not on disk within the bound: the row keeps an older watermark, which re-sends more.
+    await this.barrier();
+  }
+
+  /**
+   * The journal's barrier, waited for at most STOP_BARRIER_MS: a stalled disk does not hold
+   * the stop. True when it returned.
+   */
+  private async barrier(): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => {
+        resolve(false);
+      }, STOP_BARRIER_MS);
+    });
+    try {
+      return await Promise.race([this.journal.durable().then(() => true), timeout]);
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private async resend(): Promise<void> {
@@ -217,7 +266,7 @@ export class ResultDelivery {
     }
     this.journal.durable().then(
       () => {
-        if (moment.mark >= this.previous.mark) this.previous = moment;
+        this.previous = moment;
       },
       () => undefined,
     );

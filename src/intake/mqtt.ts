@@ -293,6 +293,8 @@ export class MqttIntake {
 
   private async shutdown(): Promise<void> {
     this.commands.stopTaking();
+    // Every settlement journaled so far is announced before the intake stops listening.
+    await this.delivery?.stopping();
     for (const detach of this.detach.splice(0)) detach();
     if (!this.started) return;
     // Results of commands that settled just before the stop go out and are acknowledged
@@ -303,7 +305,7 @@ export class MqttIntake {
     const held = await this.publisher.unpublished();
     const wasConnected = await this.session.stop(() => this.publisher.flush());
     this.publisher.ended();
-    this.delivery?.stop();
+    await this.delivery?.stop();
     if (!wasConnected && held > 0) {
       this.logger.warn(
         { held },

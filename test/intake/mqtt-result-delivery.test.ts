@@ -57,7 +57,7 @@ async function resent(j: SqliteJournal, pageSize = 2): Promise<string[]> {
   delivery.start();
   delivery.connected();
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-  delivery.stop();
+  await delivery.stop();
   return keys;
 }
 
