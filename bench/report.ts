@@ -799,13 +799,18 @@ function fillTemplate(r: Results): string {
       try {
         return valueAt(r, name.slice(2));
       } catch (error) {
-        const section = name.slice(2).split('.').slice(0, 2).join('.');
+        // The section is the path's first part or its first two (recoveryShipped,
+        // endToEnd.mqtt): the first of them that says it was skipped.
+        const parts = name.slice(2).split('.');
         const skipped = (() => {
-          try {
-            return valueAt(r, `${section}.skipped`);
-          } catch {
-            return null;
+          for (const length of [1, 2]) {
+            try {
+              return valueAt(r, `${parts.slice(0, length).join('.')}.skipped`);
+            } catch {
+              // not this one
+            }
           }
+          return null;
         })();
         if (skipped !== null) return `(${skipped})`;
         throw error;
