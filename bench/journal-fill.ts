@@ -2,6 +2,7 @@ import { closeSync, fsyncSync, openSync } from 'node:fs';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Database } from 'better-sqlite3';
 import type { CommandRecord, JournalEvent } from '../src/core/journal.js';
+import { RESULTS_ACKNOWLEDGED_KEY } from '../src/intake/mqtt-result-delivery.js';
 import { SqliteJournal } from '../src/journal/sqlite-journal.js';
 
 /**
@@ -247,6 +248,12 @@ export function replicate(path: string, t: Templates, target: number): number {
       })();
     }
     db.exec('DROP TABLE temp.bench_templates');
+    // The copies keep their templates' settlement times, after the point up to which the
+    // daemon that wrote the templates had its results acknowledged by the MQTT broker: a daemon
+    // started on the journal would publish every copy's result again (mqtt-result-delivery.ts),
+    // a million of them, while the scale phase measures it. No one ever awaited the copies'
+    // results: without the row, a start publishes none again.
+    db.prepare('DELETE FROM meta WHERE key = ?').run(RESULTS_ACKNOWLEDGED_KEY);
     db.pragma('journal_mode = WAL');
   } finally {
     db.close();
