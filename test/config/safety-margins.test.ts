@@ -45,18 +45,22 @@ function errorsOf(fn: () => unknown): string[] {
   throw new Error('expected a ConfigError');
 }
 
-/** The bundled profiles copied to `profiles/`, with the valve's guard set to `guardMs`. */
-function profilesWithValveGuard(guardMs: number): string {
+/** The bundled profiles copied to `profiles/`, the text of `file` changed by `edit`. */
+function bundledWith(file: string, edit: (text: string) => string): string {
   const out = join(dir, 'profiles');
-  mkdirSync(out);
+  mkdirSync(out, { recursive: true });
   for (const name of readdirSync(BUNDLED)) {
-    let text = readFileSync(join(BUNDLED, name), 'utf8');
-    if (name === 'valve.yaml') {
-      text = text.replace(/redispatchGuardMs: \d+/, `redispatchGuardMs: ${guardMs}`);
-    }
-    writeFileSync(join(out, name), text);
+    const text = readFileSync(join(BUNDLED, name), 'utf8');
+    writeFileSync(join(out, name), name === file ? edit(text) : text);
   }
   return out;
+}
+
+/** The bundled profiles copied to `profiles/`, with the valve's guard set to `guardMs`. */
+function profilesWithValveGuard(guardMs: number): string {
+  return bundledWith('valve.yaml', (text) =>
+    text.replace(/redispatchGuardMs: \d+/, `redispatchGuardMs: ${guardMs}`),
+  );
 }
 
 const SITE = `
@@ -280,18 +284,8 @@ describe("a profile's default ttl against the retention", () => {
   // The retention rule above holds for deadlines at most MAX_TTL_MS after issuedAt. A command
   // without ttlMs takes its profile's defaultTtlMs: a longer one left a retry of a purged key
   // fresh, and it ran as a new command (I1), while --check accepted the profile.
-  const profilesWithValveTtl = (ttl: number): string => {
-    const out = join(dir, 'profiles');
-    mkdirSync(out);
-    for (const name of readdirSync(BUNDLED)) {
-      const text = readFileSync(join(BUNDLED, name), 'utf8');
-      writeFileSync(
-        join(out, name),
-        name === 'valve.yaml' ? text.replace(/defaultTtlMs: \d+/, `defaultTtlMs: ${ttl}`) : text,
-      );
-    }
-    return out;
-  };
+  const profilesWithValveTtl = (ttl: number): string =>
+    bundledWith('valve.yaml', (text) => text.replace(/defaultTtlMs: \d+/, `defaultTtlMs: ${ttl}`));
   const message = (file: string): string =>
     `profilesDir: ${file}: timing.defaultTtlMs: at most 86400000 ms (MAX_TTL_MS, a day), as a command's own ttlMs: the journal keeps a settled key for journal.retentionHours, which covers deadlines up to a day; a longer default would let a retry of a purged key run as a new command (set at most 86400000)`;
 
@@ -326,20 +320,11 @@ describe('a controller without an echo: the mismatch grace against its scan', ()
   // by outlasting the scan that takes the write (test/core/field-profiles.test.ts shows an open
   // failed READBACK_MISMATCH, then carried out, with a grace of 80 ms on a 200 ms scan).
   const limitSwitchWith = (scanMs: number, graceMs: number): string => {
-    const out = join(dir, 'profiles');
-    mkdirSync(out);
-    for (const name of readdirSync(BUNDLED)) {
-      const text = readFileSync(join(BUNDLED, name), 'utf8');
-      writeFileSync(
-        join(out, name),
-        name === 'limit-switch-valve.yaml'
-          ? text
-              .replace(/scanMs: \d+/, `scanMs: ${scanMs}`)
-              .replace(/mismatchGraceMs: \d+/, `mismatchGraceMs: ${graceMs}`)
-          : text,
-      );
-    }
-    return out;
+    return bundledWith('limit-switch-valve.yaml', (text) =>
+      text
+        .replace(/scanMs: \d+/, `scanMs: ${scanMs}`)
+        .replace(/mismatchGraceMs: \d+/, `mismatchGraceMs: ${graceMs}`),
+    );
   };
   const message = (file: string, graceMs: number, scanMs: number): string =>
     `profilesDir: ${file}: timing.mismatchGraceMs: ${graceMs} ms is not longer than timing.scanMs ${scanMs} ms; this controller echoes no sequence numbers (controller.echoesSeq: false), so a readback still showing the state from before the write is its answer only once it has outlasted the scan that takes the write: a shorter grace fails commands the controller is about to carry out. Set mismatchGraceMs well above scanMs (with a margin for the network: the shipped limit-switch-valve has 400 ms on a 10 ms scan)`;
@@ -374,15 +359,8 @@ describe('a controller without an echo: a write confirmed by the state it is wri
   // Nothing but the state tells its first readback after a write from the controller's answer:
   // a close written at STOPPED that lists STOPPED among its confirm states is confirmed before
   // the controller's scan has taken it (I2), whatever the controller then does with it.
-  const limitSwitchWith = (edit: (text: string) => string): string => {
-    const out = join(dir, 'profiles');
-    mkdirSync(out);
-    for (const name of readdirSync(BUNDLED)) {
-      const text = readFileSync(join(BUNDLED, name), 'utf8');
-      writeFileSync(join(out, name), name === 'limit-switch-valve.yaml' ? edit(text) : text);
-    }
-    return out;
-  };
+  const limitSwitchWith = (edit: (text: string) => string): string =>
+    bundledWith('limit-switch-valve.yaml', edit);
   const closeFromStopped = (text: string): string =>
     text.replace(
       'STOPPED: { effect: write, next: CLOSING, confirm: [CLOSED] }',
@@ -424,15 +402,7 @@ describe('a controller without an echo: a write confirmed by the state it is wri
 
 describe("a move's resolution against the profile's positionTolerance", () => {
   /** The bundled profiles copied to `profiles/`, the actuator's text changed by `edit`. */
-  const actuatorAs = (edit: (text: string) => string): string => {
-    const out = join(dir, 'profiles');
-    mkdirSync(out, { recursive: true });
-    for (const name of readdirSync(BUNDLED)) {
-      const text = readFileSync(join(BUNDLED, name), 'utf8');
-      writeFileSync(join(out, name), name === 'actuator.yaml' ? edit(text) : text);
-    }
-    return out;
-  };
+  const actuatorAs = (edit: (text: string) => string): string => bundledWith('actuator.yaml', edit);
   const tolerance = (t: string) => (text: string) =>
     text.replace(/^positionTolerance: .*$/m, `positionTolerance: ${t}`);
   const setpoint = (field: string) => (text: string) =>
@@ -685,11 +655,7 @@ ${devices}`);
     // Accepted before (two absolute fields were taken as shared on purpose, as the PLC's clock
     // is): two valves of a profile with its state at an absolute register read one state, so
     // that a close to one was confirmed a no-op at CLOSED because the other was closed (I2).
-    const profilesDir = join(dir, 'profiles');
-    mkdirSync(profilesDir);
-    for (const name of readdirSync(BUNDLED)) {
-      writeFileSync(join(profilesDir, name), readFileSync(join(BUNDLED, name), 'utf8'));
-    }
+    const profilesDir = bundledWith('', (text) => text);
     const valve = readFileSync(join(BUNDLED, 'valve.yaml'), 'utf8');
     const variant = (name: string, field: RegExp, absolute: string): void => {
       const text = valve.replace('profile: valve', `profile: ${name}`).replace(field, absolute);
@@ -783,23 +749,13 @@ describe("a profile's bound on an acknowledged write against its confirm timeout
   // timing.ackedWriteTakenWithinMs shortens the wait for a write the controller may have
   // acknowledged (after a restart, behind a resolved command): longer than the confirm timeout,
   // a write kept that long could be taken after its command ended.
-  const profilesWithValveBound = (ms: number): string => {
-    const out = join(dir, 'profiles');
-    mkdirSync(out);
-    for (const name of readdirSync(BUNDLED)) {
-      const text = readFileSync(join(BUNDLED, name), 'utf8');
-      writeFileSync(
-        join(out, name),
-        name === 'valve.yaml'
-          ? text.replace(
-              /( +)redispatchGuardMs: (\d+)/,
-              `$1redispatchGuardMs: $2\n$1ackedWriteTakenWithinMs: ${ms}`,
-            )
-          : text,
-      );
-    }
-    return out;
-  };
+  const profilesWithValveBound = (ms: number): string =>
+    bundledWith('valve.yaml', (text) =>
+      text.replace(
+        /( +)redispatchGuardMs: (\d+)/,
+        `$1redispatchGuardMs: $2\n$1ackedWriteTakenWithinMs: ${ms}`,
+      ),
+    );
   const message = (file: string, ms: number): string =>
     `profilesDir: ${file}: timing.ackedWriteTakenWithinMs: ${ms} ms is longer than confirmTimeoutMs (8000 ms): a write the controller keeps longer than the confirm timeout could be taken after its command ended; lower it to the longest the controller keeps an acknowledged write, or leave it out (the confirm timeout)`;
 
