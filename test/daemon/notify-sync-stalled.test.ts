@@ -1,6 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,6 +8,7 @@ import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { stallableDisk, type StallableDisk } from '../helpers/stallable-disk.js';
 import { httpsRequest } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 import { hasCommand, realComponent } from '../helpers/real.js';
@@ -44,14 +44,11 @@ describe.runIf(mountable)('the STATUS= line while the journal’s disk stalls', 
   let dir: string;
   let cleanup: () => void;
   let ca: string;
-  let outer: string;
-  let stateDir: string;
   let socket: NotifySocket;
   let sluiced: NotifiedSluiced;
   let child: ChildProcess;
   let out: string;
-  const mounted: string[] = [];
-  let frozen = false;
+  let disk: StallableDisk;
 
   beforeAll(async () => {
     ({ dir, cleanup } = tempDir('sluice-notify-sync-stall-'));
@@ -62,21 +59,7 @@ describe.runIf(mountable)('the STATUS= line while the journal’s disk stalls', 
     config.admin = { enabled: false };
     writeFileSync(configPath, stringify(config));
     ca = readFileSync(join(dir, 'cert.pem'), 'utf8');
-    outer = join(dir, 'outer');
-    stateDir = join(dir, 'state');
-    mkdirSync(outer);
-    mkdirSync(stateDir);
-    const outerImage = join(dir, 'outer.img');
-    execFileSync('truncate', ['-s', '48M', outerImage]);
-    execFileSync('mkfs.ext4', ['-q', outerImage]);
-    execFileSync('mount', ['-o', 'loop', outerImage, outer]);
-    mounted.push(outer);
-    const innerImage = join(outer, 'inner.img');
-    execFileSync('truncate', ['-s', '32M', innerImage]);
-    execFileSync('mkfs.ext4', ['-q', innerImage]);
-    execFileSync('mount', ['-o', 'loop', innerImage, stateDir]);
-    mounted.unshift(stateDir);
-    execFileSync('chmod', ['700', stateDir]);
+    disk = stallableDisk(dir);
     out = join(dir, 'sluiced.log');
     socket = await bindNotifySocket(join(dir, 'notify.sock'), out);
     sluiced = spawnNotifiedSluiced(configPath, socket, {}, [], out);
@@ -84,7 +67,7 @@ describe.runIf(mountable)('the STATUS= line while the journal’s disk stalls', 
   }, 30_000);
 
   afterAll(async () => {
-    if (frozen) execFileSync('fsfreeze', ['-u', outer], { stdio: 'ignore' });
+    disk.resume();
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((resolve) => child.once('exit', resolve));
       child.kill('SIGTERM');
@@ -92,7 +75,7 @@ describe.runIf(mountable)('the STATUS= line while the journal’s disk stalls', 
     }
     socket.close();
     await plant.stop();
-    for (const path of mounted) execFileSync('umount', [path]);
+    disk.remove();
     cleanup();
   });
 
@@ -125,13 +108,8 @@ describe.runIf(mountable)('the STATUS= line while the journal’s disk stalls', 
     const port = Number(/HTTPS on 127\.0\.0\.1:(\d+)/.exec(ready)![1]);
     const valve = plant.device(VALVE);
     const writes = valve.counters.writesReceived;
-    execFileSync('fsfreeze', ['-f', outer]);
-    frozen = true;
-    // The stall ends after 20 s whatever this process does (see readyz-sync-stalled.test.ts).
-    spawn('sh', ['-c', `sleep 20; fsfreeze -u ${outer} 2>/dev/null`], {
-      detached: true,
-      stdio: 'ignore',
-    }).unref();
+    // The stall ends after 20 s whatever this process does (stallableDisk).
+    disk.stall(20_000);
     // A command: its claim waits for the sync, which does not return.
     const sent = httpsRequest(
       { port, ca, token: TOKEN },
@@ -151,12 +129,7 @@ describe.runIf(mountable)('the STATUS= line while the journal’s disk stalls', 
       // Ground truth meanwhile: nothing written to the valve.
       expect(valve.counters.writesReceived).toBe(writes);
     } finally {
-      try {
-        execFileSync('fsfreeze', ['-u', outer], { stdio: 'ignore' });
-      } catch {
-        // Ended already (the 20 s above).
-      }
-      frozen = false;
+      disk.resume();
     }
     expect(stalled).toMatch(
       /^not ready \(journal unavailable \(sync\): its fdatasync has not returned since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, a slow or stalled disk; no command is acknowledged or written until it returns\): HTTPS on 127\.0\.0\.1:\d+; 0 recovered command\(s\) settled$/,
@@ -178,7 +151,7 @@ describe.runIf(mountable)('the STATUS= line while the journal’s disk stalls', 
     expect(
       lines.find((l) => String(l.msg).startsWith('journal writable again after ')),
     ).toMatchObject({ level: 30 });
-    const onFile = SqliteJournal.open({ path: join(stateDir, 'journal.db'), readonly: true });
+    const onFile = SqliteJournal.open({ path: join(disk.stateDir, 'journal.db'), readonly: true });
     try {
       expect(onFile.findByKey('stalled')[0]?.state).toBe('confirmed');
     } finally {

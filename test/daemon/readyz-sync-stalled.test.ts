@@ -1,5 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { parse, stringify } from 'yaml';
@@ -11,6 +10,7 @@ import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { stallableDisk, type StallableDisk } from '../helpers/stallable-disk.js';
 import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 import { tmpfsAvailable } from '../reliability/support.js';
@@ -36,10 +36,7 @@ describe.runIf(mountable)('/readyz while the journal’s disk stalls', () => {
   let dir: string;
   let cleanup: () => void;
   let ca: string;
-  let outer: string;
-  let stateDir: string;
-  const mounted: string[] = [];
-  let frozen = false;
+  let disk: StallableDisk;
 
   beforeAll(async () => {
     ({ dir, cleanup } = tempDir('sluice-sync-stall-'));
@@ -49,21 +46,7 @@ describe.runIf(mountable)('/readyz while the journal’s disk stalls', () => {
     config.identities = { ops: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } };
     writeFileSync(configPath, stringify(config));
     ca = readFileSync(join(dir, 'cert.pem'), 'utf8');
-    outer = join(dir, 'outer');
-    stateDir = join(dir, 'state');
-    mkdirSync(outer);
-    mkdirSync(stateDir);
-    const outerImage = join(dir, 'outer.img');
-    execFileSync('truncate', ['-s', '48M', outerImage]);
-    execFileSync('mkfs.ext4', ['-q', outerImage]);
-    execFileSync('mount', ['-o', 'loop', outerImage, outer]);
-    mounted.push(outer);
-    const innerImage = join(outer, 'inner.img');
-    execFileSync('truncate', ['-s', '32M', innerImage]);
-    execFileSync('mkfs.ext4', ['-q', innerImage]);
-    execFileSync('mount', ['-o', 'loop', innerImage, stateDir]);
-    mounted.unshift(stateDir);
-    execFileSync('chmod', ['700', stateDir]);
+    disk = stallableDisk(dir);
     daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
       logger: pino({ level: 'silent' }),
       syncStallMs: STALL_MS,
@@ -71,10 +54,10 @@ describe.runIf(mountable)('/readyz while the journal’s disk stalls', () => {
   }, 30_000);
 
   afterAll(async () => {
-    if (frozen) execFileSync('fsfreeze', ['-u', outer], { stdio: 'ignore' });
+    disk.resume();
     await daemon.stop();
     await plant.stop();
-    for (const path of mounted) execFileSync('umount', [path]);
+    disk.remove();
     cleanup();
   });
 
@@ -85,14 +68,8 @@ describe.runIf(mountable)('/readyz while the journal’s disk stalls', () => {
     expect((await get('/readyz')).status).toBe(200);
     const valve = plant.device(VALVE);
     const writes = valve.counters.writesReceived;
-    execFileSync('fsfreeze', ['-f', outer]);
-    frozen = true;
-    // The stall ends after 10 s whatever this process does: writes to the stalled filesystem
-    // may come to wait for it too (ext4's own journal), and this process with them.
-    spawn('sh', ['-c', `sleep 10; fsfreeze -u ${outer} 2>/dev/null`], {
-      detached: true,
-      stdio: 'ignore',
-    }).unref();
+    // The stall ends after 10 s whatever this process does (stallableDisk).
+    disk.stall(10_000);
     const sent = httpsRequest(
       { port: daemon.https!.port, ca, token: TOKEN },
       'POST',
@@ -118,12 +95,7 @@ describe.runIf(mountable)('/readyz while the journal’s disk stalls', () => {
       // Ground truth meanwhile: nothing written to the valve.
       expect(valve.counters.writesReceived).toBe(writes);
     } finally {
-      try {
-        execFileSync('fsfreeze', ['-u', outer], { stdio: 'ignore' });
-      } catch {
-        // Ended already (the 10 s above).
-      }
-      frozen = false;
+      disk.resume();
     }
     const answer = await sent;
     expect(answer.status, answer.body).toBe(200);
@@ -133,7 +105,7 @@ describe.runIf(mountable)('/readyz while the journal’s disk stalls', () => {
       10_000,
       '/readyz 200 once the disk is back',
     );
-    const onFile = SqliteJournal.open({ path: join(stateDir, 'journal.db'), readonly: true });
+    const onFile = SqliteJournal.open({ path: join(disk.stateDir, 'journal.db'), readonly: true });
     try {
       expect(onFile.findByKey('stalled')[0]?.state).toBe('confirmed');
     } finally {
