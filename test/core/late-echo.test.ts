@@ -480,10 +480,10 @@ describe('a command in doubt while a barrier runs', () => {
     // the PLC stays off past its deadline.
     const pool = holdThreadPool();
     onTestFinished(() => pool.release());
-    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 4_000 });
+    h.submit('k1', { device: 'v1', action: 'open', ttlMs: 2_000 });
     await h.until(() => h.get('k1')?.state === 'dispatched', 3_000, 'the dispatch');
     const seq = h.get('k1')!.seq!;
-    plc.powerCycle({ offMs: 6_000 });
+    plc.powerCycle({ offMs: 3_000 });
     const v1 = h.drivers.bindings.find((b) => b.id === 'v1')!;
     await h.until(() => !v1.driver.health().connected, 3_000, 'the connection gone');
     await pool.release();
@@ -509,9 +509,9 @@ describe('a command in doubt while a barrier runs', () => {
     const h = await harness(onTestFinished, { monitorMs: null });
     const valve = h.device('v1');
     // The take-up sees no readback: the command ends with its effect unknown to the
-    // confirmation loop, at its deadline (the take-up's window: 6 s from the submit, as in the
+    // confirmation loop, at its deadline (the take-up's window: 3 s from the submit, as in the
     // case below, room for the held read and the failed flush before it).
-    await withheldOpen(h, onTestFinished, 6_000);
+    await withheldOpen(h, onTestFinished, 3_000);
     const r = await h.settled('k1');
     expect(r.state).toBe('failed');
     expect(r.seq).not.toBeNull();
@@ -541,7 +541,7 @@ describe('a command in doubt while a barrier runs', () => {
     const h = await harness(onTestFinished, { monitorMs: null });
     const valve = h.device('v1');
     // The take-up sees no readback, and the process dies while it reads.
-    await withheldOpen(h, onTestFinished, 6_000);
+    await withheldOpen(h, onTestFinished, 3_000);
     const seq = h.get('k1')!.seq!;
     const withheld = `dispatched: taken up: sequence number ${seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`;
     await h.until(
