@@ -16,7 +16,7 @@ import { login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
  * show (its kernel still acknowledges, and answers window probes): so the real link, not a
  * paused client. The operator then reopens the page (on loopback, as from another network): it
  * must get a stream within the bound (ui-events.ts: heartbeat + peerSilentMs + a look; 50 s in
- * a gateway, shortened here to 10 s: DaemonOptions.uiStreamPeerBounds), where the four held the
+ * a gateway, shortened here to 3.25 s: DaemonOptions.uiStreamPeerBounds), where the four held the
  * session's places until TCP gave up, about 15 minutes. Ground truth: the kernel's own table of the daemon's connections (`ss`) shows the
  * four gone. A stream of another session, read on loopback all along, is kept.
  *
@@ -31,7 +31,7 @@ const HOST_IP = `10.214.${id}.1`;
 const PAGE_IP = `10.214.${id}.2`;
 
 /** The gateway's STREAM_PEER_BOUNDS (15 s, 5 s, 30 s), shortened: the test waits their sum. */
-const BOUNDS: StreamPeerBounds = { heartbeatMs: 3_000, peerCheckMs: 1_000, peerSilentMs: 6_000 };
+const BOUNDS: StreamPeerBounds = { heartbeatMs: 1_000, peerCheckMs: 250, peerSilentMs: 2_000 };
 /** The bound ui-events.ts promises, with room for a loaded machine. */
 const BOUND_MS = BOUNDS.heartbeatMs + BOUNDS.peerSilentMs + BOUNDS.peerCheckMs + 10_000;
 
@@ -200,7 +200,7 @@ it.skipIf(!runnable)(
         const attempt = await openStream(s, cookie);
         if (attempt.status === 200) return attempt;
         attempt.req.destroy();
-        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        await new Promise((resolve) => setTimeout(resolve, 200));
         return undefined;
       },
       BOUND_MS,
