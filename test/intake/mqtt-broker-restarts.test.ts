@@ -56,8 +56,8 @@ describe.skipIf(!available)('MQTT intake: a broker restarted again and again', (
         gatewayId: gateway,
         config: { protocolVersion },
         logger,
-        // Drawn from 0.8–1.6 s: a restart of Mosquitto here takes 100–200 ms.
-        reconnect: { minMs: 1_600, maxMs: 1_600 },
+        // Drawn from 0.5–1 s: a restart of Mosquitto here takes 100–200 ms.
+        reconnect: { minMs: 1_000, maxMs: 1_000 },
       });
       site.cleanups.push(() => intake.stop());
       await site.connect(intake);
