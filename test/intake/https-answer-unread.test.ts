@@ -24,7 +24,7 @@ import { call, makePki, startIntake, until, type Pki, type RunningIntake } from 
  */
 
 /** Shortened, so that the test waits seconds; the same code enforces the default (30 s). */
-const TIMEOUTS: HttpsTimeouts = { handshakeMs: 2_000, firstRequestMs: 2_000, requestMs: 3_000 };
+const TIMEOUTS: HttpsTimeouts = { handshakeMs: 2_000, firstRequestMs: 2_000, requestMs: 1_500 };
 /** Enough answers of GET /metrics to fill the socket buffers of a loopback connection. */
 const PIPELINED = 400;
 /**
@@ -315,7 +315,7 @@ it.runIf(python)(
     ).catch((error: unknown) => {
       throw new Error(`${String(error)}; it is ${JSON.stringify(last)}`);
     });
-    expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(TIMEOUTS.requestMs - 1_500);
+    expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(TIMEOUTS.requestMs / 2);
     expect(await idleClosedUnread()).toBe(before + 1);
   },
   30_000,
