@@ -9,7 +9,7 @@ import {
   HANDSHAKE_TIMEOUT_MS,
   limitConnections,
 } from './https-connections.js';
-import { settleUnreadBody } from './https-drain.js';
+import { settleUnreadBody, type DrainLimits } from './https-drain.js';
 import { AnswersOwed } from './https-owed.js';
 import { notFoundOnEmptyParameters } from './https-params.js';
 import { boundAnswers, boundUnreadInKernel } from './https-unread.js';
@@ -97,6 +97,8 @@ export interface ServerOptions {
   /** Aborted when the intake stops: new requests are answered 503 SHUTTING_DOWN. */
   readonly stopping: AbortSignal;
   readonly timeouts?: HttpsTimeouts;
+  /** The bounds on draining an unread body (https-drain.ts defaults); a test shortens them. */
+  readonly bodyDrain?: DrainLimits;
 }
 
 export function createServer(options: ServerOptions): App {
@@ -217,7 +219,7 @@ export function createServer(options: ServerOptions): App {
     if (stopping.aborted) reply.header('connection', 'close');
     else {
       // Answered before its body was read: the client may still be sending it (https-drain.ts).
-      const unread = settleUnreadBody(request.raw);
+      const unread = settleUnreadBody(request.raw, options.bodyDrain);
       // fastify closes the connection after any body parser error, for a client that "may send
       // more data"; the parser here reads the whole body before it refuses one (not JSON, not
       // UTF-8, a name twice), so nothing is left to send and the connection serves on, as after

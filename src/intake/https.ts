@@ -10,6 +10,7 @@ import {
   type ServerCertificate,
 } from './https-certificate.js';
 import { registerCommandRoutes } from './https-command-routes.js';
+import type { DrainLimits } from './https-drain.js';
 import { CallerGuard } from './https-guard.js';
 import { MethodTable } from './https-methods.js';
 import { registerReadRoutes } from './https-read-routes.js';
@@ -63,6 +64,12 @@ export interface HttpsIntakeOptions {
   readonly ui?: UiOptions;
   /** The connection timeouts (https-server.ts HTTPS_TIMEOUTS by default). */
   readonly timeouts?: HttpsTimeouts;
+  /**
+   * The bounds on draining a body answered before it was read (https-drain.ts DRAIN_MAX_BYTES,
+   * DRAIN_MAX_MS by default). Not configurable for a site: a test shortens them, to wait
+   * seconds.
+   */
+  readonly bodyDrain?: DrainLimits;
 }
 
 export class HttpsIntake {
@@ -106,6 +113,7 @@ export class HttpsIntake {
       clock,
       stopping,
       ...(this.options.timeouts === undefined ? {} : { timeouts: this.options.timeouts }),
+      ...(this.options.bodyDrain === undefined ? {} : { bodyDrain: this.options.bodyDrain }),
     });
     const methods = new MethodTable(app);
     // One count of failed authentications for /v1 and the status page's login.

@@ -8,6 +8,7 @@ import { readHttpsTlsFiles } from '../../src/config/preflight.js';
 import type { Clock } from '../../src/core/clock.js';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
 import { HttpsIntake, type HttpsConfig, type Readiness } from '../../src/intake/https.js';
+import type { DrainLimits } from '../../src/intake/https-drain.js';
 import type { HttpsTimeouts } from '../../src/intake/https-server.js';
 import type { IdentityRegistry } from '../../src/intake/identities.js';
 import { tempDir } from '../helpers/fixtures.js';
@@ -227,6 +228,7 @@ export interface IntakeOptions {
   readonly logger?: Logger;
   readonly mutualTls?: boolean;
   readonly timeouts?: HttpsTimeouts;
+  readonly bodyDrain?: DrainLimits;
 }
 
 export async function startIntake(
@@ -263,6 +265,7 @@ export async function startIntake(
     readiness: options.readiness ?? (() => ({ ready: true, checks: {} })),
     ...(options.clock === undefined ? {} : { clock: options.clock }),
     ...(options.timeouts === undefined ? {} : { timeouts: options.timeouts }),
+    ...(options.bodyDrain === undefined ? {} : { bodyDrain: options.bodyDrain }),
   });
   const { port } = await intake.start();
   return { intake, port, ca: pki.serverCa.cert, stop: () => intake.stop() };

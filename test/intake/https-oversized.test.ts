@@ -403,12 +403,15 @@ describe('a client that half-closes instead of sending a refused body, behind a 
   // The 413 is made at once and waits behind the command's answer; the client half-closes
   // without the body. The drain's bound (10 s from the 413) cut the connection with the
   // command's answer still owed (nothing answered), and past the request timeout Node reported
-  // the cut request, answered 408 after its 413. Here the request timeout is 4 s, the drain's
-  // bound the daemon's (10 s), and the command's wait 12 s: its read of the valve is held by
-  // sluice-sim, so it is still open when its answer (202) is made.
+  // the cut request, answered 408 after its 413. Here, shortened in the same order (the
+  // defaults: 30 s, 10 s, a wait up to 60 s), the request timeout is 2 s, the drain's bound 3 s
+  // (a test-only option, HttpsIntake's bodyDrain) and the command's wait 5 s: its read of the
+  // valve is held by sluice-sim, so it is still open when its answer (202) is made.
   it('the command answered after the drain bound and the request timeout, then the 413 alone, then closed', async () => {
+    const drainMs = 3_000;
     const shortened = await startIntake(stack, pki, {
-      timeouts: { handshakeMs: 10_000, firstRequestMs: 10_000, requestMs: 4_000 },
+      timeouts: { handshakeMs: 10_000, firstRequestMs: 10_000, requestMs: 2_000 },
+      bodyDrain: { maxBytes: DRAIN_MAX_BYTES, maxMs: drainMs },
     });
     const valve = stack.plant.device('v2');
     try {
@@ -416,7 +419,7 @@ describe('a client that half-closes instead of sending a refused body, behind a 
       const body = JSON.stringify({ device: 'v2', action: 'open' });
       const client = await halfClosingClient(shortened);
       client.socket.write(
-        post(`Prefer: wait=12\r\nContent-Length: ${String(body.length)}\r\n`, 'held-command') +
+        post(`Prefer: wait=5\r\nContent-Length: ${String(body.length)}\r\n`, 'held-command') +
           body +
           post('Content-Length: 1048576\r\n', 'held-cl-after'),
       );
@@ -433,7 +436,7 @@ describe('a client that half-closes instead of sending a refused body, behind a 
       expect(client.statuses()).toEqual(['202', '413']);
       expect(client.text()).toContain('"key":"held-command"');
       // Closed once the command's answer and the 413 were written, past the drain's bound.
-      expect(Date.now() - finAt).toBeGreaterThan(DRAIN_MAX_MS);
+      expect(Date.now() - finAt).toBeGreaterThan(drainMs);
       expect(stack.pipeline.get({ scope: 'plant', key: 'held-command' })).toMatchObject({
         state: 'accepted',
       });
