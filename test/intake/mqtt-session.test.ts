@@ -481,7 +481,7 @@ describe.skipIf(!available)('MQTT intake: persistent session, fail closed', () =
     intake = site.intake({
       gatewayId: GATEWAY,
       config: { url: `mqtt://127.0.0.1:${port}`, protocolVersion: 5 },
-      reconnect: { minMs: 3_000, maxMs: 3_000 },
+      reconnect: { minMs: 1_500, maxMs: 1_500 },
     });
     await site.connect(intake);
     try {
