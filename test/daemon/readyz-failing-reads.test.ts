@@ -27,14 +27,17 @@ import { until } from '../helpers/mosquitto.js';
  * takes the PLC's connection down, and the other devices would fail with it): the PLC resetting
  * the connection at every read, not answering (reads dropped), holding every read (a stall); a
  * refused read (exception) on a healthy connection; and one refused read among good ones. The
- * idle-device monitor reads at its default pace (1 s), the Modbus requests time out at their
- * default (1 s). The rule's bound is shortened to FAILING_MS (DaemonOptions.readsFailingMs), so
- * that the five cases wait seconds, not the gateway's READS_FAILING_MS each: still longer than a
- * read cycle, so that one failed read is no run, and still bound to two failed reads in a row.
+ * idle-device monitor reads every MONITOR_MS (DaemonOptions.monitorIntervalMs; 1 s by default),
+ * the Modbus requests time out at their default (1 s). The rule's bound is shortened to
+ * FAILING_MS (DaemonOptions.readsFailingMs), so that the five cases wait seconds, not the
+ * gateway's READS_FAILING_MS each: still longer than a read cycle, so that one failed read is no
+ * run, and still bound to two failed reads in a row.
  */
 
 /** The daemon's bound for these tests, in place of READS_FAILING_MS. */
 const FAILING_MS = 1_500;
+/** The idle-device monitor's pace: a read cycle, well under FAILING_MS. */
+const MONITOR_MS = 250;
 
 const TOKEN = 'readyz-failing-token';
 
@@ -123,6 +126,7 @@ beforeAll(async () => {
   daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'silent' }),
     readsFailingMs: FAILING_MS,
+    monitorIntervalMs: MONITOR_MS,
   });
   for (const id of [
     'reset-valve',
@@ -174,7 +178,7 @@ describe('/readyz: a device whose reads keep failing is not ready; one failed re
     };
     valve.setFault({ kind: 'exception', code: 4, on: 'read', count: 1 });
     // The event: /readyz shows the failed read (it stands until the next read succeeds, a
-    // second later).
+    // read cycle later).
     const blip = await until(
       async () => {
         const c = await observed();
