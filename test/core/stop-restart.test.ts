@@ -33,7 +33,7 @@ async function stopAtAbout(harness: SimHarness, device: string, percent: number)
 
 describe('stop preempts travel, across a crash', () => {
   it('after a crash between the stop and its outcome, recovery still says INTERRUPTED', async () => {
-    h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 2_500 } });
+    h = await SimHarness.start({ travelMs: 1_000, timing: { confirmTimeoutMs: 1_500 } });
     const valve = h.device('v1');
     h.submit('a', { device: 'v1', action: 'open' });
     await stopAtAbout(h, 'v1', 30);
@@ -49,7 +49,7 @@ describe('stop preempts travel, across a crash', () => {
   });
 
   it('a stop dispatched before the preempted write was taken, then a crash: both judged by readback', async () => {
-    h = await SimHarness.start({ travelMs: 1_500, timing: { confirmTimeoutMs: 2_500 } });
+    h = await SimHarness.start({ travelMs: 1_000, timing: { confirmTimeoutMs: 1_500 } });
     const valve = h.device('v1');
     // The controller is busy: the open arrives but is not taken for 600 ms; the stop is
     // dispatched meanwhile from CLOSED (for the state the open leads to) and written.
@@ -74,7 +74,7 @@ describe('stop preempts travel, across a crash', () => {
     it(`a stop accepted before a crash and not yet dispatched still goes first after the restart${stepBackMs === 0 ? '' : ', also after the gateway clock stepped back between the open and the stop'}`, async () => {
       let offsetMs = 0;
       const clock = { ...systemClock, now: () => Date.now() + offsetMs };
-      h = await SimHarness.start({ travelMs: 3_000, clock, timing: { confirmTimeoutMs: 3_500 } });
+      h = await SimHarness.start({ travelMs: 2_000, clock, timing: { confirmTimeoutMs: 2_500 } });
       const valve = h.device('v1');
       const opened = h.submit('a', { device: 'v1', action: 'open' }).record;
       await stopAtAbout(h, 'v1', 30);
@@ -103,7 +103,7 @@ describe('stop preempts travel, across a crash', () => {
   // first, reading back until its deadline (30 s) while the valve opened to the end, and the
   // second came after it, a no-op in OPEN. Now the second goes first.
   it('a second stop accepted behind a first whose outcome is unknown, then a crash: the second goes first after the restart', async () => {
-    h = await SimHarness.start({ travelMs: 6_000, timing: { confirmTimeoutMs: 3_000 } });
+    h = await SimHarness.start({ travelMs: 6_000, timing: { confirmTimeoutMs: 2_000 } });
     const valve = h.device('v1');
     const plc = h.plant.plc('mb');
     const a = h.submit('a', { device: 'v1', action: 'open' }).record;
