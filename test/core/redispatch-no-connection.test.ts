@@ -152,7 +152,7 @@ describe('the write sent once more after its first was proven not applied finds 
   }) => {
     const { h, ...s } = await site(onTestFinished, { lose: [1], refuse: [2] });
     const valve = h.device('v1');
-    const ttlMs = 5_000;
+    const ttlMs = 2_500;
     h.submit('o', { device: 'v1', action: 'open', ttlMs });
     const o = await h.settled('o', ttlMs + 10_000);
     expect(o, h.notes('o').join('\n')).toMatchObject({
