@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import { SlowFirstSequencer } from './test/slow-first.js';
 
 export default defineConfig({
   test: {
@@ -27,5 +28,7 @@ export default defineConfig({
     // file that cannot keep to that belongs in a project of its own with isolate: true.
     isolate: false,
     reporters: ['default'],
+    // The slowest files first, so that they overlap the short ones (test/slow-first.ts).
+    sequence: { sequencer: SlowFirstSequencer },
   },
 });
