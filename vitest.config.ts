@@ -1,5 +1,4 @@
 import { defineConfig } from 'vitest/config';
-import { SlowFirstSequencer } from './test/slow-first.js';
 
 export default defineConfig({
   test: {
@@ -28,7 +27,5 @@ export default defineConfig({
     // file that cannot keep to that belongs in a project of its own with isolate: true.
     isolate: false,
     reporters: ['default'],
-    // The slowest files first, so that they overlap the short ones (test/slow-first.ts).
-    sequence: { sequencer: SlowFirstSequencer },
   },
 });
