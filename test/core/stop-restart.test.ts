@@ -23,20 +23,12 @@ afterEach(async () => {
   h = undefined;
 });
 
-async function stopAtAbout(harness: SimHarness, device: string, percent: number): Promise<void> {
-  await harness.until(
-    () => harness.device(device).snapshot().position >= percent,
-    10_000,
-    `${device} at ${percent} %`,
-  );
-}
-
 describe('stop preempts travel, across a crash', () => {
   it('after a crash between the stop and its outcome, recovery still says INTERRUPTED', async () => {
     h = await SimHarness.start({ travelMs: 1_000, timing: { confirmTimeoutMs: 1_500 } });
     const valve = h.device('v1');
     h.submit('a', { device: 'v1', action: 'open' });
-    await stopAtAbout(h, 'v1', 30);
+    await h.travelledTo('v1', 30);
     h.submit('s', { device: 'v1', action: 'stop' });
     await h.until(() => valve.counters.writesReceived === 2, 5_000, 'the stop');
     await h.crash();
@@ -77,7 +69,7 @@ describe('stop preempts travel, across a crash', () => {
       h = await SimHarness.start({ travelMs: 2_000, clock, timing: { confirmTimeoutMs: 2_500 } });
       const valve = h.device('v1');
       const opened = h.submit('a', { device: 'v1', action: 'open' }).record;
-      await stopAtAbout(h, 'v1', 30);
+      await h.travelledTo('v1', 30);
       offsetMs = -stepBackMs;
       // The stop is journaled (an intake would have acknowledged it) and the process dies
       // before the stop's worker wrote anything: the journal holds the open dispatched, the
@@ -107,7 +99,7 @@ describe('stop preempts travel, across a crash', () => {
     const valve = h.device('v1');
     const plc = h.plant.plc('mb');
     const a = h.submit('a', { device: 'v1', action: 'open' }).record;
-    await stopAtAbout(h, 'v1', 20);
+    await h.travelledTo('v1', 20);
     plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
     h.submit('s1', { device: 'v1', action: 'stop' });
     await h.until(

@@ -18,14 +18,6 @@ afterEach(async () => {
   h = undefined;
 });
 
-async function stopAtAbout(harness: SimHarness, device: string, percent: number): Promise<void> {
-  await harness.until(
-    () => harness.device(device).snapshot().position >= percent,
-    10_000,
-    `${device} at ${percent} %`,
-  );
-}
-
 /**
  * An actuator at rest and a move `m` to 80 % whose write is held on the link for 0.8 s, past the
  * request timeout (250 ms) and within the guard (1.5 s): its answer will be lost, and it lands
@@ -71,7 +63,7 @@ describe('stop preempts travel', () => {
       });
       const valve = h.device(device);
       const open = h.submit('open-1', { device, action: 'open' }).record;
-      await stopAtAbout(h, device, 40);
+      await h.travelledTo(device, 40);
       h.submit('stop-1', { device, action: 'stop' });
       const stop = await h.settled('stop-1');
       const opened = await h.settled('open-1');
@@ -108,7 +100,7 @@ describe('stop preempts travel', () => {
     h.submit('a', { device: 'v1', action: 'open' });
     h.submit('b', { device: 'v1', action: 'close' });
     h.submit('c', { device: 'v1', action: 'open' });
-    await stopAtAbout(h, 'v1', 20);
+    await h.travelledTo('v1', 20);
     h.submit('s', { device: 'v1', action: 'stop' });
     h.submit('d', { device: 'v1', action: 'close' });
     const [a, b, c, s, d] = [
@@ -166,7 +158,7 @@ describe('stop preempts travel', () => {
     h = await SimHarness.start({ travelMs: 600, timing: { confirmTimeoutMs: 3_000 } });
     const valve = h.device('v1');
     h.submit('a', { device: 'v1', action: 'open' });
-    await stopAtAbout(h, 'v1', 60);
+    await h.travelledTo('v1', 60);
     // The stop is decided on OPENING and written; the controller's handshake is busy until the
     // valve is open, so the stop is taken in OPEN, where it changes nothing (SPEC §3).
     valve.setFault({ kind: 'hold' });
@@ -247,7 +239,7 @@ describe('stop preempts travel', () => {
       const valve = h.device('v1');
       h.submit('a', { device: 'v1', action: 'open' });
       h.submit('b', { device: 'v1', action: 'close' });
-      await stopAtAbout(h, 'v1', 30);
+      await h.travelledTo('v1', 30);
       // In one step: the first stop is still queued when the second is accepted.
       h.submit('s1', { device: 'v1', action: 'stop' });
       h.submit('c', { device: 'v1', action: 'close' });
@@ -303,7 +295,7 @@ describe('stop preempts travel', () => {
       const valve = h.device('v1');
       const plc = h.plant.plc('mb');
       h.submit('a', { device: 'v1', action: 'open' });
-      await stopAtAbout(h, 'v1', 20);
+      await h.travelledTo('v1', 20);
       plc.setFault({ kind: 'exception', code: 0x0a, on: 'write', count: 1 });
       const inFlight = second !== 'queued with the first';
       // Reads take 150 ms: the first stop is still reading its device when the second comes.
@@ -339,7 +331,7 @@ describe('stop preempts travel', () => {
     const valve = h.device('v1');
     const plc = h.plant.plc('mb');
     const a = h.submit('a', { device: 'v1', action: 'open' }).record;
-    await stopAtAbout(h, 'v1', 20);
+    await h.travelledTo('v1', 20);
     plc.setFault({ kind: 'exception', code: 4, on: 'write', count: 1 });
     h.submit('s1', { device: 'v1', action: 'stop' });
     // The first stop's write was answered (the fault is used up), and a readback after it
@@ -386,7 +378,7 @@ describe('stop preempts travel', () => {
     const valve = h.device('v1');
     const plc = h.plant.plc('mb');
     const a = h.submit('a', { device: 'v1', action: 'open' }).record;
-    await stopAtAbout(h, 'v1', 20);
+    await h.travelledTo('v1', 20);
     plc.setFault({ kind: 'drop', on: 'write', count: 1 });
     h.submit('s1', { device: 'v1', action: 'stop' });
     await h.until(() => valve.writeLog.length === 2, 5_000, 'the first stop written');

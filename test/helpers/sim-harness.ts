@@ -335,6 +335,15 @@ export class SimHarness {
     }
   }
 
+  /** Waits (bounded, 10 s) until `device`'s simulated position is at least `percent`. */
+  travelledTo(device: string, percent: number): Promise<void> {
+    return this.until(
+      () => this.device(device).snapshot().position >= percent,
+      10_000,
+      `${device} at ${percent} %`,
+    );
+  }
+
   /** The process dies: no further journal writes, its workers abandoned, its sockets gone. */
   async crash(): Promise<void> {
     this.journal.close();
