@@ -110,8 +110,11 @@ describe.runIf(python)('an older journal upgraded at start, as systemd sees it',
     expect(began?.path, explain).toBe(journalPath);
     expect(ended?.path, explain).toBe(journalPath);
     expect(ended!.ms!, explain).toBeGreaterThan(5 * PING_MS);
+    // At least half the pings its length allows: on a loaded machine the timer that sends them
+    // runs late (measured: 40 where 43 were due, four test files beside it on two cores); an
+    // upgrade on the event loop lets none through.
     const during = pings.filter((d) => d.at > began!.time! && d.at < ended!.time!);
-    expect(during.length, explain).toBeGreaterThanOrEqual(Math.floor(ended!.ms! / PING_MS) - 2);
+    expect(during.length, explain).toBeGreaterThanOrEqual(Math.floor(ended!.ms! / (2 * PING_MS)));
     const extensions = before.filter(
       (d) =>
         d.text.startsWith(`EXTEND_TIMEOUT_USEC=${WATCHDOG_USEC}\n`) &&

@@ -89,10 +89,21 @@ let cleanupPki: () => void;
 /** The PKI folder of the file's drivers: its client certificate made once, at the first start. */
 let sharedPki: string;
 
-/** The real drivers for the plant's PLCs, their OPC UA PKI in `pkiDir`, not started. */
-function driversFor(pkiDir: string): Promise<Drivers> {
+/**
+ * The real drivers for the plant's PLCs, their OPC UA PKI in `pkiDir`, not started;
+ * `opcuaRequestTimeoutMs` in place of the inventory's 500 ms for the OPC UA PLC.
+ */
+function driversFor(pkiDir: string, opcuaRequestTimeoutMs?: number): Promise<Drivers> {
+  const inventory = inventoryFor(plant);
+  if (opcuaRequestTimeoutMs !== undefined) {
+    for (const [name, plc] of Object.entries(inventory.plcs)) {
+      if (plc.protocol === 'opcua') {
+        inventory.plcs[name] = { ...plc, requestTimeoutMs: opcuaRequestTimeoutMs };
+      }
+    }
+  }
   return buildDrivers({
-    inventory: inventoryFor(plant),
+    inventory,
     profiles: PROFILES,
     pkiDir,
     acceptUnknownCertificates: true,
@@ -812,7 +823,11 @@ vitestIt(
     // key, which on a loaded machine took longer than the request timeout the reads wait.
     const pki = tempDir('sluice-pki-');
     cpSync(sharedPki, pki.dir, { recursive: true });
-    const fresh = await driversFor(pki.dir);
+    // A session opens in some 100 ms on a quiet machine, and took longer than the inventory's
+    // 500 ms request timeout, which a first read waits at most, with four test files running
+    // beside this one on two cores: the reads fail then, not waiting being the defect this case
+    // guards. 2 s for the wait (the longest the profiles' 2.5 s redispatch guard allows).
+    const fresh = await driversFor(pki.dir, 2_000);
     try {
       fresh.start();
       const valve = fresh.bindings.find((b) => b.id === 'ua-valve')!.driver;
