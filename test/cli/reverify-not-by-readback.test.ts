@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { mosquittoAvailable, until } from '../helpers/mosquitto.js';
 import { Site } from '../reliability/site.js';
-import { sluicectl, sluicectlInProcess } from './helpers.js';
+import { sluicectlInProcess } from './helpers.js';
 
 /**
  * `sluicectl reverify` waits for the command to end, and it may end otherwise meanwhile: its
@@ -31,13 +31,27 @@ function reverifyNoted(key: string): number | undefined {
   return site.history(record).find((e) => e.detail.startsWith('reverify requested by'))?.at;
 }
 
-/** An open of `device` written and held by its controller, whose reads then stall. */
+/**
+ * An open of `device` written and held by its controller, read back after the write, whose
+ * reads then stall. The stall waits for the readback: set as soon as the write was received,
+ * it could catch the daemon's first readback (paced after the write, a process away), and the
+ * command then ended DEVICE_UNREACHABLE with no readback after the write, the case this file
+ * does not test. Two reads served since the write was received: the daemon reads the device
+ * one request at a time (the confirmation loop alone: the monitor reads idle devices), and a
+ * read's answer leaves as it is served, so the first readback after the write has come back.
+ */
 async function heldWithReadsStalled(key: string, device: string): Promise<void> {
   const valve = site.plant.device(device);
   valve.setFault({ kind: 'hold' });
   const open = await site.postCommand(key, { device, action: 'open' });
   expect(open.status).toBe(202);
   await until(() => (valve.counters.writesReceived === 1 ? true : undefined), 10_000);
+  const served = valve.readLog.length;
+  await until(
+    () => (valve.readLog.length >= served + 2 ? true : undefined),
+    5_000,
+    'a readback after the write',
+  );
   valve.setFault({ kind: 'stall', on: 'read' });
 }
 
@@ -56,7 +70,10 @@ describe.skipIf(!real)('a reverify whose command ends otherwise while it waits',
 
   it('ended by its confirm timeout with no read answering: not said settled by a readback', async () => {
     await heldWithReadsStalled('held-1', 'mb-valve-1');
-    const run = await sluicectl(['--config', site.configPath, 'reverify', 'held-1'], {
+    // In this process: the reverify must be noted before the confirm timeout (5 s from the
+    // write) ends the command, and a sluicectl process took up to 4.5 s to start on a loaded
+    // machine. As a process, reverify is run in sluicectl-daemon.test.ts.
+    const run = await sluicectlInProcess(['--config', site.configPath, 'reverify', 'held-1'], {
       env: { SUDO_USER: 'alice', USER: 'root' },
       timeoutMs: 30_000,
     });
