@@ -27,6 +27,17 @@ export interface CommandRef {
   readonly key: string;
 }
 
+/**
+ * The command a write is made for (dispatch, re-dispatch, settlement): its ref and, when known,
+ * its fingerprint (a record as read). With the fingerprint the write applies only to a row of
+ * that command: a key's claim lost with its batch (a COMMIT that failed) leaves its command
+ * running from the record read in that batch, and by its next write the key may name another
+ * command, claimed since (a QoS 1 redelivery); a write by key alone settled or dispatched that
+ * one with the lost command's readbacks (an open "confirmed" on a CLOSED valve, nothing
+ * written). Such a write fails JournalConflictError.
+ */
+export type CommandOf = CommandRef & { readonly fingerprint?: string };
+
 /** A command's identity as a map key: its scope and its key. */
 export function refId(ref: CommandRef): string {
   return `${ref.scope}\u0000${ref.key}`;
@@ -281,7 +292,7 @@ export interface Journal {
    * src/core/sequence.ts).
    */
   markDispatched(
-    ref: CommandRef,
+    ref: CommandOf,
     at: number,
     observedBefore: Observation,
     intake: string,
@@ -298,13 +309,13 @@ export interface Journal {
    * read (the latest was never sent), and it replaces the one the dispatch was judged on.
    */
   markRedispatched(
-    ref: CommandRef & { readonly attempts: number },
+    ref: CommandOf & { readonly attempts: number },
     at: number,
     detail: string,
     intake: string,
     observedBefore?: Observation,
   ): CommandRecord;
-  settle(ref: CommandRef, from: OpenState, settlement: Settlement): CommandRecord;
+  settle(ref: CommandOf, from: OpenState, settlement: Settlement): CommandRecord;
   /** An event without a transition (recovery findings, operator notes). */
   note(ref: CommandRef, at: number, detail: string, intake: string): void;
   history(ref: CommandRef): JournalEvent[];

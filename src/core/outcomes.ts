@@ -148,7 +148,12 @@ export class Outcomes {
       });
     } catch (error) {
       if (error instanceof JournalConflictError) {
-        log.warn({}, 'command was settled elsewhere (operator); keeping that outcome');
+        // Settled elsewhere (an operator), or its key names another command now: its claim
+        // was lost with its batch (CommandOf). The journal keeps what it holds.
+        log.warn(
+          { err: error },
+          'outcome not journaled: the command was settled elsewhere, or its claim was lost and its key names another command; the journal keeps what it holds',
+        );
         return null;
       }
       if (error instanceof JournalUnavailableError) {

@@ -721,6 +721,7 @@ export class CommandPipeline {
       // travel, and the sweep took it up beside the worker still deciding.
       lane.ending = ref;
       let after: CommandRecord | undefined;
+      let gone: 'missing' | 'replaced' | null = null;
       try {
         await this.durable();
         // A settlement announced is on disk (see Lane.settledInFlight); otherwise read back.
@@ -735,7 +736,8 @@ export class CommandPipeline {
         // never was, and there is nothing to take up. The device moves on now and its waiters
         // are woken (claimLost below), rather than at the sweep's next run (up to a second in
         // the daemon) with every command of the device behind it.
-        if (!this.claimGone(ref)) {
+        gone = this.claimGone(ref, record);
+        if (gone === null) {
           // Preempted by a stop, and whether it was written cannot be read now: taken up again,
           // it must not run as a command of its own ahead of the stop (written after it).
           // Marked, it is rejected SUPERSEDED if it is still `accepted`, judged after the stop
@@ -749,6 +751,13 @@ export class CommandPipeline {
         }
       }
       lane.ending = null;
+      // The key names another command now, claimed after this one's claim was lost with its
+      // batch (a QoS 1 redelivery of a reuse): this one never was, and none of its writes went
+      // to that command's row (CommandOf). That command is queued on its own and taken up next.
+      if (after !== undefined && after.fingerprint !== record.fingerprint) {
+        after = undefined;
+        gone = 'replaced';
+      }
       // Preempted by a stop while it ran (its handling aborted) or while its end was being made
       // durable: the interruption names it.
       if (lane.interrupted !== null && refId(lane.interrupted.target) === refId(ref)) {
@@ -762,20 +771,24 @@ export class CommandPipeline {
         this.leftOpen(lane, ref, log, failure);
         return;
       }
-      if (after === undefined) this.claimLost(ref, log, failure);
+      if (after === undefined) this.claimLost(ref, log, failure, gone === 'replaced');
       this.preemption.afterStop(lane, ref);
     }
   }
 
   /**
    * Whether the command's claim is not in the journal (read as committed: a batch lost at its
-   * COMMIT was rolled back). False when the journal cannot be read: the sweep takes it up.
+   * COMMIT was rolled back): 'missing', or 'replaced' when its key names another command now,
+   * claimed since. Null when it is there, or when the journal cannot be read: the sweep takes
+   * it up.
    */
-  private claimGone(ref: CommandRef): boolean {
+  private claimGone(ref: CommandRef, record: CommandRecord): 'missing' | 'replaced' | null {
     try {
-      return this.journal.get(ref) === undefined;
+      const now = this.journal.get(ref);
+      if (now === undefined) return 'missing';
+      return now.fingerprint === record.fingerprint ? null : 'replaced';
     } catch {
-      return false;
+      return null;
     }
   }
 
@@ -784,14 +797,17 @@ export class CommandPipeline {
    * full disk), after its device had taken it up, or before. Nothing was written for it (its
    * dispatch finds no row), no intake acknowledged it (the claim's barrier fails, and an HTTPS
    * request that waited for its outcome answers 503 on finding it gone), and it will never
-   * settle: its waiters are woken now rather than at the end of their wait.
+   * settle: its waiters are woken now rather than at the end of their wait. `replaced`: its key
+   * names another command now, claimed since: the waiters of the key are that command's.
    */
-  private claimLost(ref: CommandRef, log: Logger, failure: unknown): void {
+  private claimLost(ref: CommandRef, log: Logger, failure: unknown, replaced = false): void {
     log.warn(
       { err: failure ?? undefined },
-      'the claim was lost with its batch (its commit failed): the command was never accepted, and nothing was written',
+      replaced
+        ? 'the claim was lost with its batch (its commit failed), and its key names another command now: this one was never accepted, and nothing was written for it'
+        : 'the claim was lost with its batch (its commit failed): the command was never accepted, and nothing was written',
     );
-    this.outcomes.lost(ref);
+    if (!replaced) this.outcomes.lost(ref);
   }
 
   /**

@@ -15,6 +15,7 @@ import {
   repeatDetail,
   repeatOf,
   type Claim,
+  type CommandOf,
   type CommandRecord,
   type CommandRef,
   type NewCommand,
@@ -56,7 +57,7 @@ export interface ConnectionOptions {
 
 /** The dispatch's transaction (Journal.markDispatched). */
 type Dispatch = (
-  ref: CommandRef,
+  ref: CommandOf,
   at: number,
   before: Observation,
   intake: string,
@@ -73,16 +74,14 @@ export interface Connection {
   readonly txDispatch: Transaction<Dispatch>;
   readonly txRedispatch: Transaction<
     (
-      ref: CommandRef & { readonly attempts: number },
+      ref: CommandOf & { readonly attempts: number },
       at: number,
       detail: string,
       intake: string,
       observedBefore: Observation | undefined,
     ) => CommandRecord
   >;
-  readonly txSettle: Transaction<
-    (ref: CommandRef, from: OpenState, s: Settlement) => CommandRecord
-  >;
+  readonly txSettle: Transaction<(ref: CommandOf, from: OpenState, s: Settlement) => CommandRecord>;
   readonly txPurge: Transaction<(before: number, limit: number, budgetMs: number) => PurgeStep>;
 }
 
@@ -181,6 +180,23 @@ export function openConnection(options: ConnectionOptions): Connection {
     return row;
   };
 
+  /**
+   * Why a write for `ref` changed no row: the key names another command now (see CommandOf),
+   * or else what `otherwise` says of the row as it is.
+   */
+  const conflict = (
+    ref: CommandOf,
+    otherwise: (now: CommandRow | undefined) => string,
+  ): JournalConflictError => {
+    const now = s.get.get(ref.scope, ref.key) as CommandRow | undefined;
+    if (now !== undefined && ref.fingerprint !== undefined && now.fingerprint !== ref.fingerprint) {
+      return new JournalConflictError(
+        `key ${ref.key} names another command now (${now.action} on ${now.device}, ${now.state}): this command's claim was lost with its batch, and nothing of it is journaled`,
+      );
+    }
+    return new JournalConflictError(otherwise(now));
+  };
+
   const txClaim = db.transaction((c: NewCommand, rejection?: Rejection): Claim => {
     // RETURNING: the new row as inserted; none when the key was there already.
     const inserted = s.insert.get({
@@ -274,12 +290,13 @@ export function openConnection(options: ConnectionOptions): Connection {
       const changed = s.dispatch.run({
         scope: ref.scope,
         key: ref.key,
+        fingerprint: ref.fingerprint ?? null,
         seq,
         at,
         before: beforeJson,
       });
       if (changed.changes !== 1) {
-        throw new JournalConflictError(`command ${ref.key} is ${current.state}, not accepted`);
+        throw conflict(ref, () => `command ${ref.key} is ${current.state}, not accepted`);
       }
       s.eventOf.run(
         row.id,
@@ -304,7 +321,7 @@ export function openConnection(options: ConnectionOptions): Connection {
 
   const txRedispatch = db.transaction(
     (
-      ref: CommandRef & { readonly attempts: number },
+      ref: CommandOf & { readonly attempts: number },
       at: number,
       detail: string,
       intake: string,
@@ -315,11 +332,12 @@ export function openConnection(options: ConnectionOptions): Connection {
         before,
         scope: ref.scope,
         key: ref.key,
+        fingerprint: ref.fingerprint ?? null,
         attempts: ref.attempts,
         max: MAX_DISPATCHES,
       });
       if (changed.changes !== 1) {
-        throw new JournalConflictError(`command ${ref.key} cannot be dispatched again`);
+        throw conflict(ref, () => `command ${ref.key} cannot be dispatched again`);
       }
       const row = findRow(ref);
       s.eventOf.run(row.id, at, 'dispatched', 'dispatched', intake, `redispatch: ${detail}`);
@@ -328,11 +346,12 @@ export function openConnection(options: ConnectionOptions): Connection {
   );
 
   const txSettle = db.transaction(
-    (ref: CommandRef, from: OpenState, st: Settlement): CommandRecord => {
-      // RETURNING: the row as settled (none when it was not in `from`).
+    (ref: CommandOf, from: OpenState, st: Settlement): CommandRecord => {
+      // RETURNING: the row as settled (none when it was not in `from`, or is another command's).
       const settled = s.settle.get({
         scope: ref.scope,
         key: ref.key,
+        fingerprint: ref.fingerprint ?? null,
         from,
         to: st.to,
         code: st.code,
@@ -342,9 +361,9 @@ export function openConnection(options: ConnectionOptions): Connection {
         at: st.at,
       });
       if (settled === undefined) {
-        const now = s.get.get(ref.scope, ref.key) as CommandRow | undefined;
-        throw new JournalConflictError(
-          `command ${ref.key} is ${now?.state ?? 'missing'}, not ${from}`,
+        throw conflict(
+          ref,
+          (now) => `command ${ref.key} is ${now?.state ?? 'missing'}, not ${from}`,
         );
       }
       const row = settled as CommandRow;
@@ -462,16 +481,19 @@ function prepare(db: Database): {
     dispatch: db.prepare(`
       UPDATE commands SET state = 'dispatched', seq = @seq, attempts = 1,
         dispatched_at = @at, observed_before = @before
-      WHERE scope = @scope AND key = @key AND state = 'accepted'`),
+      WHERE scope = @scope AND key = @key AND state = 'accepted'
+        AND (@fingerprint IS NULL OR fingerprint = @fingerprint)`),
     redispatch: db.prepare(`
       UPDATE commands SET attempts = attempts + 1,
         observed_before = coalesce(@before, observed_before)
       WHERE scope = @scope AND key = @key AND state = 'dispatched'
+        AND (@fingerprint IS NULL OR fingerprint = @fingerprint)
         AND attempts = @attempts AND attempts >= 1 AND attempts < @max`),
     settle: db.prepare(`
       UPDATE commands SET state = @to, code = @code, fault_code = @fault, observed = @observed,
         detail = @detail, settled_at = @at
       WHERE scope = @scope AND key = @key AND state = @from
+        AND (@fingerprint IS NULL OR fingerprint = @fingerprint)
       RETURNING *`),
     history: db.prepare(`
       SELECT at, from_state, to_state, intake, detail FROM events

@@ -2,6 +2,7 @@ import { JournalConflictError, JournalUnavailableError } from '../core/errors.js
 import {
   refId,
   type Claim,
+  type CommandOf,
   type CommandRecord,
   type CommandRef,
   type DispatchedAfter,
@@ -121,7 +122,7 @@ export class SqliteJournal implements Journal {
   }
 
   markDispatched(
-    ref: CommandRef,
+    ref: CommandOf,
     at: number,
     before: Observation,
     intake: string,
@@ -134,7 +135,7 @@ export class SqliteJournal implements Journal {
   }
 
   markRedispatched(
-    ref: CommandRef & { readonly attempts: number },
+    ref: CommandOf & { readonly attempts: number },
     at: number,
     detail: string,
     intake: string,
@@ -145,7 +146,7 @@ export class SqliteJournal implements Journal {
     );
   }
 
-  settle(ref: CommandRef, from: OpenState, settlement: Settlement): CommandRecord {
+  settle(ref: CommandOf, from: OpenState, settlement: Settlement): CommandRecord {
     const record = this.write('settle', (c) => c.txSettle.immediate(ref, from, settlement));
     if (this.options.groupCommit === true) {
       // settledDurably() goes by the write's number; a settlement a barrier has covered
