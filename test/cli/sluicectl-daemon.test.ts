@@ -153,6 +153,14 @@ beforeAll(async () => {
   }
   httpsPort = await freePort();
   const inventory = inventoryFor(plant);
+  // The plant, the daemon and the in-process sluicectl share this process: with three more
+  // sluicectl processes starting beside them (the first case) on a loaded machine, a read
+  // outlasted the inventory's 300 ms request timeout, its connection was replaced, and
+  // `devices` showed a valve disconnected (a CI run with four test files at a time). No case
+  // here is about the request timeout: 1.5 s, within the profiles' 2.5 s redispatch guard.
+  for (const [name, plc] of Object.entries(inventory.plcs)) {
+    inventory.plcs[name] = { ...plc, requestTimeoutMs: 1_500 };
+  }
   configPath = join(dir, 'sluice.yaml');
   writeFileSync(
     configPath,
