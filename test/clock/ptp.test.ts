@@ -85,16 +85,17 @@ describe.skipIf(!real)('gateway clock on a real PTP network (ptp4l, pmc)', () =>
     return poller;
   };
 
-  /** Polls the poller's status (never a fixed sleep) until it is in `state`. */
+  /** Polls the poller's status (never a fixed sleep) until it is in `state` (and `also`). */
   async function reach(
     poller: GatewayClockPoller,
     state: SyncState,
     withinMs: number,
+    also: (status: GatewayClockStatus) => boolean = () => true,
   ): Promise<GatewayClockStatus> {
     const end = Date.now() + withinMs;
     for (;;) {
       const status = poller.status();
-      if (status.state === state) return status;
+      if (status.state === state && also(status)) return status;
       if (Date.now() > end)
         throw new Error(
           `not ${state} within ${withinMs} ms: ${JSON.stringify(status)}\n${lab?.logs() ?? ''}`,
@@ -137,8 +138,10 @@ describe.skipIf(!real)('gateway clock on a real PTP network (ptp4l, pmc)', () =>
       portState: 'UNCALIBRATED',
     });
     expect(Math.abs(locked.offsetNs!)).toBeLessThan(1_000_000);
-    // The same ptp4l under the default policy: UNCALIBRATED is not locked.
-    const unlocked = await reach(strict, 'UNLOCKED', 5000);
+    // The same ptp4l under the default policy: UNCALIBRATED is not locked. The two pollers poll
+    // apart: the strict one's last poll may predate the slave's choosing its master (port
+    // LISTENING, no grandmaster), so wait for one that saw the port UNCALIBRATED.
+    const unlocked = await reach(strict, 'UNLOCKED', 5000, (s) => s.portState === 'UNCALIBRATED');
     expect(unlocked.detail).toContain('port UNCALIBRATED: not locked to its master yet');
 
     await lab!.grandmaster.kill();
