@@ -316,8 +316,12 @@ export interface Journal {
     observedBefore?: Observation,
   ): CommandRecord;
   settle(ref: CommandOf, from: OpenState, settlement: Settlement): CommandRecord;
-  /** An event without a transition (recovery findings, operator notes). */
-  note(ref: CommandRef, at: number, detail: string, intake: string): void;
+  /**
+   * An event without a transition (recovery findings, operator notes). With a fingerprint
+   * (CommandOf) it goes only to a row of that command: a command whose claim was lost with its
+   * batch says nothing in the history of the command its key names since.
+   */
+  note(ref: CommandOf, at: number, detail: string, intake: string): void;
   history(ref: CommandRef): JournalEvent[];
   /** Non-terminal commands, in the journal's order (its ids: the order they were claimed in). */
   listOpen(): CommandRecord[];

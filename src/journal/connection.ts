@@ -94,6 +94,18 @@ const EVENTS_PER_STEP = 500;
 const SETTLEMENT = `from_state IN ('accepted', 'dispatched')
   AND to_state IN ('confirmed', 'rejected', 'failed')`;
 
+/**
+ * The conflict of a write for `ref` (CommandOf) with the row its key names, when that row is
+ * another command's: claimed after this command's claim was lost with its batch. Null when the
+ * row is this command's, or the write carries no fingerprint.
+ */
+export function otherCommand(ref: CommandOf, row: CommandRow): JournalConflictError | null {
+  if (ref.fingerprint === undefined || row.fingerprint === ref.fingerprint) return null;
+  return new JournalConflictError(
+    `key ${ref.key} names another command now (${row.action} on ${row.device}, ${row.state}): this command's claim was lost with its batch, and nothing of it is journaled`,
+  );
+}
+
 /** Opens the file, migrates it, and prepares every statement and transaction on it. */
 export function openConnection(options: ConnectionOptions): Connection {
   const readonly = options.readonly ?? false;
@@ -189,12 +201,10 @@ export function openConnection(options: ConnectionOptions): Connection {
     otherwise: (now: CommandRow | undefined) => string,
   ): JournalConflictError => {
     const now = s.get.get(ref.scope, ref.key) as CommandRow | undefined;
-    if (now !== undefined && ref.fingerprint !== undefined && now.fingerprint !== ref.fingerprint) {
-      return new JournalConflictError(
-        `key ${ref.key} names another command now (${now.action} on ${now.device}, ${now.state}): this command's claim was lost with its batch, and nothing of it is journaled`,
-      );
-    }
-    return new JournalConflictError(otherwise(now));
+    return (
+      (now === undefined ? null : otherCommand(ref, now)) ??
+      new JournalConflictError(otherwise(now))
+    );
   };
 
   const txClaim = db.transaction((c: NewCommand, rejection?: Rejection): Claim => {

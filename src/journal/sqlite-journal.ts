@@ -31,6 +31,7 @@ import type { CommandState, OpenState } from '../core/command.js';
 import {
   lastDispatchKey,
   openConnection,
+  otherCommand,
   type Connection,
   type ConnectionOptions,
 } from './connection.js';
@@ -163,10 +164,12 @@ export class SqliteJournal implements Journal {
     return record;
   }
 
-  note(ref: CommandRef, at: number, detail: string, intake: string): void {
+  note(ref: CommandOf, at: number, detail: string, intake: string): void {
     this.write('note', (c) => {
       const row = c.stmts.get.get(ref.scope, ref.key) as CommandRow | undefined;
       if (row === undefined) throw new JournalConflictError(`no command ${ref.key}`);
+      const other = otherCommand(ref, row);
+      if (other !== null) throw other;
       c.stmts.eventOf.run(row.id, at, row.state, row.state, intake, detail);
     });
   }

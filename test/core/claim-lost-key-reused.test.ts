@@ -61,4 +61,48 @@ describe('a claim lost at its COMMIT, its key claimed again for another command'
     ]);
     expect(sim.journal.listOpen()).toEqual([]);
   }, 30_000);
+
+  it('writes once when the key is claimed again for the same command (the retry)', async ({
+    expect,
+  }) => {
+    // The client's retry after its 503: the same payload, so the same command (its fingerprint).
+    // The lost worker's dispatch and settlement apply to the new row; the key's own take-up,
+    // queued behind it, finds it settled. One write (I1), one history.
+    h = await SimHarness.start({ sweepMs: 600_000 });
+    const sim = h;
+    const valve = sim.device('v1');
+    expect(valve.snapshot().state).toBe('CLOSED');
+    const faults = commitFaults(sim.journal);
+    valve.setFault({ kind: 'latency', ms: 300, on: 'read' });
+    const reads = valve.readLog.length;
+    try {
+      faults.failNext();
+      sim.submit('k', { device: 'v1', action: 'open' });
+      await expect(sim.pipeline.durable()).rejects.toThrow(/journal unavailable \(commit\)/);
+      expect(sim.journal.get({ scope: 'plant', key: 'k' })).toBeUndefined();
+      await sim.until(() => valve.readLog.length > reads, 2_000, "the lost command's read");
+      expect(sim.submit('k', { device: 'v1', action: 'open' }).kind).toBe('new');
+      await sim.pipeline.durable();
+    } finally {
+      valve.clearFault('latency');
+    }
+    const k = await sim.settled('k', 5_000);
+    expect(k).toMatchObject({ action: 'open', state: 'confirmed', code: 'OK' });
+    // Both workers' turns are over (the device idle) before the write log is read as final.
+    await sim.until(
+      () => {
+        const v1 = sim.pipeline.device('v1');
+        return v1 !== undefined && v1.inFlight === null && v1.queued === 0;
+      },
+      5_000,
+      'the device idle',
+    );
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([k.seq]);
+    expect(valve.snapshot().state).toBe('OPEN');
+    expect(sim.journal.history({ scope: 'plant', key: 'k' }).map((e) => e.to)).toEqual([
+      'accepted',
+      'dispatched',
+      'confirmed',
+    ]);
+  }, 30_000);
 });

@@ -205,6 +205,75 @@ describe('claim', () => {
     expect(j.history(reuse.record).at(-1)?.detail).toMatch(/key reuse/);
   });
 
+  it("writes a command's dispatch, re-dispatch, settlement and notes to no row of another command", () => {
+    // A command's claim lost with its batch, its key claimed since for another command: the lost
+    // command still runs from the record it was taken up with, and each of its writes carries
+    // that record's fingerprint (CommandOf). The row the key names now is left as it is.
+    const j = open();
+    const k = { scope: 'plant', key: 'k1' };
+    const lost = { ...k, fingerprint: 'f-close' };
+    const claimed = j.claim(command('k1')).record;
+    const conflict = /key k1 names another command now \(open on inlet-valve, accepted\)/;
+    expect(() => dispatch(j, lost, T0 + 100, seen, 'pipeline')).toThrow(JournalConflictError);
+    expect(() => dispatch(j, lost, T0 + 100, seen, 'pipeline')).toThrow(conflict);
+    expect(() => j.note(lost, T0 + 100, 'no connection to its controller', 'pipeline')).toThrow(
+      conflict,
+    );
+    expect(() =>
+      j.settle(lost, 'accepted', {
+        to: 'confirmed',
+        code: 'OK',
+        faultCode: null,
+        observed: seen,
+        detail: 'confirmed: no-op: the controller shows CLOSED',
+        at: T0 + 100,
+        intake: 'pipeline',
+      }),
+    ).toThrow(conflict);
+    expect(j.get(k)).toEqual(claimed);
+    expect(j.history(k).map((e) => e.to)).toEqual(['accepted']);
+
+    // Dispatched for its own command (fingerprint f-open): the lost one neither re-dispatches
+    // nor settles it, nor notes in its history.
+    const d = dispatch(j, claimed, T0 + 200, seen, 'pipeline');
+    const dispatchedConflict =
+      /key k1 names another command now \(open on inlet-valve, dispatched\)/;
+    expect(() =>
+      j.markRedispatched({ ...lost, attempts: d.attempts }, T0 + 300, 'write lost', 'pipeline'),
+    ).toThrow(dispatchedConflict);
+    expect(() =>
+      j.settle(lost, 'dispatched', {
+        to: 'failed',
+        code: 'DEVICE_UNREACHABLE',
+        faultCode: null,
+        observed: null,
+        detail: 'no readback',
+        at: T0 + 300,
+        intake: 'pipeline',
+      }),
+    ).toThrow(dispatchedConflict);
+    expect(() => j.note(lost, T0 + 300, 'late echo', 'pipeline')).toThrow(dispatchedConflict);
+    expect(j.get(k)).toEqual(d);
+    expect(j.history(k).map((e) => e.to)).toEqual(['accepted', 'dispatched']);
+
+    // The same writes for the command the row is (its fingerprint, or by key alone) apply.
+    j.note(d, T0 + 400, 'operator looked', 'admin');
+    j.note(k, T0 + 401, 'by key', 'admin');
+    expect(j.history(k).map((e) => e.detail)).toEqual(
+      expect.arrayContaining(['operator looked', 'by key']),
+    );
+    const settled = j.settle(d, 'dispatched', {
+      to: 'confirmed',
+      code: 'OK',
+      faultCode: null,
+      observed: { ...seen, state: 'OPEN', position: 100, seq: d.seq },
+      detail: 'readback shows OPEN',
+      at: T0 + 500,
+      intake: 'pipeline',
+    });
+    expect(settled).toMatchObject({ state: 'confirmed', fingerprint: 'f-open' });
+  });
+
   it('scopes keys by identity', () => {
     const j = open();
     expect(j.claim(command('k1')).kind).toBe('new');
