@@ -216,9 +216,9 @@ describe('claim', () => {
     const conflict = /key k1 names another command now \(open on inlet-valve, accepted\)/;
     expect(() => dispatch(j, lost, T0 + 100, seen, 'pipeline')).toThrow(JournalConflictError);
     expect(() => dispatch(j, lost, T0 + 100, seen, 'pipeline')).toThrow(conflict);
-    expect(() => j.note(lost, T0 + 100, 'no connection to its controller', 'pipeline')).toThrow(
-      conflict,
-    );
+    expect(() => {
+      j.note(lost, T0 + 100, 'no connection to its controller', 'pipeline');
+    }).toThrow(conflict);
     expect(() =>
       j.settle(lost, 'accepted', {
         to: 'confirmed',
@@ -252,7 +252,9 @@ describe('claim', () => {
         intake: 'pipeline',
       }),
     ).toThrow(dispatchedConflict);
-    expect(() => j.note(lost, T0 + 300, 'late echo', 'pipeline')).toThrow(dispatchedConflict);
+    expect(() => {
+      j.note(lost, T0 + 300, 'late echo', 'pipeline');
+    }).toThrow(dispatchedConflict);
     expect(j.get(k)).toEqual(d);
     expect(j.history(k).map((e) => e.to)).toEqual(['accepted', 'dispatched']);
 
