@@ -1,4 +1,4 @@
-import { ErrorWithReasonCode, type IClientPublishOptions, type MqttClient } from 'mqtt';
+import type { MqttClient } from 'mqtt';
 import type { Logger } from '../core/logger.js';
 import type { GatewayTopics } from './mqtt-topics.js';
 
@@ -16,6 +16,11 @@ export interface CommandSubscriptionHost {
   failed(reason: string): void;
   /** Drops the connection so that the next one subscribes again. */
   dropConnection(client: MqttClient, reason: string): void;
+  /**
+   * Publishes the retained status on the current connection: through the intake's publisher
+   * (MqttPublisher.status), within the broker's Receive Maximum with the results.
+   */
+  publishStatus(status: 'online' | 'offline'): void;
   /** How long a SUBSCRIBE waits for its SUBACK before the connection is dropped, ms. */
   readonly subackTimeoutMs?: number | undefined;
 }
@@ -26,22 +31,6 @@ export interface CommandSubscriptionHost {
  * unanswered while it answers PINGREQs: the connection stays up and the gateway deaf.
  */
 export const SUBACK_TIMEOUT_MS = 10_000;
-
-/** The session's events the status needs (SessionEvents). */
-export interface StatusEvents {
-  readonly statusRefused: (error: ErrorWithReasonCode) => void;
-}
-
-/** The options of the retained status publications (`online`, `offline`). */
-export function statusOptions(level: 4 | 5): IClientPublishOptions {
-  return level === 5
-    ? {
-        qos: 1,
-        retain: true,
-        properties: { contentType: 'text/plain', payloadFormatIndicator: true },
-      }
-    : { qos: 1, retain: true };
-}
 
 /**
  * The command subscription of each connection (MQTT 5: retain handling 2, retain as published,
@@ -73,12 +62,10 @@ export class CommandSubscription {
    * took to settle (up to the shutdown bound), to one that left them with the broker until its
    * next start — run then if still fresh, or rejected STALE_COMMAND.
    */
-  stopTakingCommands(client: MqttClient | null, events: StatusEvents | null): void {
+  stopTakingCommands(client: MqttClient | null): void {
     if (!this.takingCommands) return;
     this.takingCommands = false;
-    if (client?.connected === true && this.subscribed && events !== null) {
-      this.publishStatus(client, events);
-    }
+    if (client?.connected === true && this.subscribed) this.publishStatus();
   }
 
   /**
@@ -87,19 +74,13 @@ export class CommandSubscription {
    * subscription, and again at every reconnection of its retry loop, the Will's `offline`
    * between. `offline` instead once the gateway takes no more commands (stopTakingCommands).
    */
-  private publishStatus(client: MqttClient, events: StatusEvents): void {
+  private publishStatus(): void {
     const status = this.takingCommands ? 'online' : 'offline';
     this.lastStatus = status;
-    client.publish(this.host.topics.status, status, statusOptions(this.host.level()), (error) => {
-      if (!(error instanceof Error) || this.host.ended()) return;
-      // A refusal carries the broker's reason (the publisher says it like any other); other
-      // errors (the connection lost first) have only their message.
-      if (error instanceof ErrorWithReasonCode) events.statusRefused(error);
-      else this.host.logger.warn({ err: error }, `\`${status}\` not published`);
-    });
+    this.host.publishStatus(status);
   }
 
-  subscribe(client: MqttClient, id: number | undefined, events: StatusEvents): void {
+  subscribe(client: MqttClient, id: number | undefined): void {
     // MQTT 5: retained messages are not sent at subscription (retain handling 2), and the
     // retain flag is kept as published (rap), so that a command published retained — which
     // the broker would replay to every new subscriber — is refused rather than executed.
@@ -137,7 +118,7 @@ export class CommandSubscription {
           { topic: this.host.topics.commandFilter, qos },
           'subscribed to the command topics',
         );
-        this.publishStatus(client, events);
+        this.publishStatus();
         return;
       }
       if (error === null && qos === 0) {

@@ -111,9 +111,9 @@ const MAX_TOPIC_BYTES = 65_535;
 const UNLIMITED_RECEIVE_MAXIMUM = 65_535;
 
 /**
- * Everything the MQTT intake publishes besides its status: results (to the result topic and
- * the Response Topics of the commands' requesters), replays, error answers and the retained
- * state. Also decides which Response Topics may be answered (mqtt-topics.ts), and keeps those
+ * Everything the MQTT intake publishes: results (to the result topic and the Response Topics of
+ * the commands' requesters), replays, error answers, the retained state and the gateway's
+ * retained status (status(): `online` and `offline`, which the session asks for). Also decides which Response Topics may be answered (mqtt-topics.ts), and keeps those
  * of commands in flight until their outcome.
  *
  * Publications are QoS 1 and never synchronous: called from the client's handleMessage they are
@@ -142,7 +142,8 @@ export class MqttPublisher {
   private handed = 0;
   /**
    * Publications not handed to mqtt.js yet, in order: made while disconnected, for the next
-   * connection, or past the broker's Receive Maximum, for the PUBACKs of those before them.
+   * connection, or past the broker's Receive Maximum, for the PUBACKs of those before them. A
+   * status goes ahead of the results held (status()).
    */
   private readonly held: HeldPublication[] = [];
   /**
@@ -176,6 +177,15 @@ export class MqttPublisher {
     // A broker's ACL may have been changed meanwhile: a refusal on the new connection is said
     // again.
     this.refusedTopics.clear();
+    // A status held from an earlier connection is not sent: `online` before this connection's
+    // subscription is granted would say the gateway hears commands it does not hear yet. This
+    // connection publishes its own at its SUBACK.
+    for (let i = this.held.length - 1; i >= 0; i--) {
+      const publication = this.held[i];
+      if (publication?.options.kind !== 'status') continue;
+      this.held.splice(i, 1);
+      publication.resolve('unsent');
+    }
     // Held while disconnected: sent now, in their order, without waiting for a PUBACK between
     // them, as many as the broker takes unacknowledged (see the class comment).
     this.live = true;
@@ -376,6 +386,15 @@ export class MqttPublisher {
         // before its own resending is done and the intake is told. And held while as many
         // as the broker takes are unacknowledged (inFlightLimit).
         if (!client.connected) this.live = false;
+        const publication = { topic, topicBytes, payload, options, resolve };
+        if (options.kind === 'status') {
+          // Ahead of the results held, behind the statuses held before it; out now if the
+          // connection is announced and the broker takes one more unacknowledged.
+          const firstResult = this.held.findIndex((h) => h.options.kind !== 'status');
+          this.held.splice(firstResult === -1 ? this.held.length : firstResult, 0, publication);
+          this.handHeld();
+          return;
+        }
         if (
           !client.connected ||
           !this.live ||
@@ -387,10 +406,10 @@ export class MqttPublisher {
             resolve('unsent');
             return;
           }
-          this.held.push({ topic, topicBytes, payload, options, resolve });
+          this.held.push(publication);
           return;
         }
-        this.hand({ topic, topicBytes, payload, options, resolve });
+        this.hand(publication);
       });
     });
     this.unacknowledged.add(sent);
@@ -412,7 +431,7 @@ export class MqttPublisher {
     const publishOptions: IClientPublishOptions = { qos: 1, retain: options.retain };
     if (this.link.protocolLevel === 5 && options.bare !== true) {
       publishOptions.properties = {
-        contentType: 'application/json',
+        contentType: options.kind === 'status' ? 'text/plain' : 'application/json',
         payloadFormatIndicator: true,
         ...(options.correlationData === undefined
           ? {}
@@ -472,13 +491,12 @@ export class MqttPublisher {
    * At most this many QoS 1 publications are unacknowledged by the broker at once: its Receive
    * Maximum (MQTT 5 §3.3.4: a client MUST NOT send more; a broker that enforces it ends the
    * connection with 0x93 Receive Maximum exceeded, and mqtt.js, which does not keep to it,
-   * sent every one it held again on the next connection, over the limit again). One slot is left
-   * to the retained status, which the session publishes itself (mqtt-command-subscription.ts).
-   * Mosquitto announces 20 (max_inflight_messages) and does not enforce it.
+   * sent every one it held again on the next connection, over the limit again). The retained
+   * status is one of them (status()). Mosquitto announces 20 (max_inflight_messages) and does
+   * not enforce it.
    */
   private inFlightLimit(): number {
-    const announced = this.link.receiveMaximum ?? UNLIMITED_RECEIVE_MAXIMUM;
-    return Math.max(1, announced - 1);
+    return Math.max(1, this.link.receiveMaximum ?? UNLIMITED_RECEIVE_MAXIMUM);
   }
 
   /**
@@ -536,13 +554,22 @@ export class MqttPublisher {
   }
 
   /**
-   * The broker refused the gateway's retained `online` (mqtt-session.ts), published once per
-   * connection: said as a refused result is (refused()), at warn on each connection, since
-   * reconnected() forgets the topics refused on the last one. Subscribers to the status topic
-   * are left with whatever it held (`offline`, the Will, or nothing).
+   * The gateway's retained status (`online` at a connection's SUBACK, `offline` once it takes no
+   * more commands: mqtt-command-subscription.ts, mqtt-session.ts). A QoS 1 publication like the
+   * others, within the broker's Receive Maximum with them: published beside them, past a
+   * Receive Maximum of 1 the broker ends the connection (0x93), and the status and the results
+   * in flight with it are lost with the connection. Held, it goes ahead of the results held,
+   * after any status held before it; it is never dropped for the most held, nor sent on a later
+   * connection (reconnected()). A refusal is said as a refused result is (refused()), at warn on
+   * each connection, since reconnected() forgets the topics refused on the last one; subscribers
+   * to the status topic are left with whatever it held (`offline`, the Will, or nothing).
    */
-  statusRefused(error: ErrorWithReasonCode): void {
-    this.refused(this.topics.status, { kind: 'status', retain: true, about: NO_REQUESTER }, error);
+  status(status: 'online' | 'offline'): Promise<Delivery> {
+    return this.send(this.topics.status, status, {
+      kind: 'status',
+      retain: true,
+      about: NO_REQUESTER,
+    });
   }
 
   /** A publication not held for the broker: the first of an outage is logged with its key. */

@@ -1,6 +1,5 @@
 import {
   connect,
-  type ErrorWithReasonCode,
   type DoneCallback,
   type IClientOptions,
   type IConnackPacket,
@@ -13,7 +12,7 @@ import { withoutPassword } from '../config/config.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { ProtocolVersion, type MqttProtocol, type ProtocolLevel } from './mqtt-protocol-version.js';
-import { CommandSubscription, statusOptions } from './mqtt-command-subscription.js';
+import { CommandSubscription } from './mqtt-command-subscription.js';
 import { cutOversizedPublishes, InboundCuts, PublishCutter } from './mqtt-inbound-cut.js';
 import { IdentifierProbe, type IdentifierCheck } from './mqtt-identifier-probe.js';
 import { LeftSubscriptions } from './mqtt-left-subscriptions.js';
@@ -28,6 +27,7 @@ import {
 } from './mqtt-client-options.js';
 import { MAX_COMMAND_BYTES } from './mqtt-message.js';
 import type { MqttMetrics } from './mqtt-metrics.js';
+import type { Delivery } from './mqtt-publisher.js';
 import type { GatewayTopics } from './mqtt-topics.js';
 import { connectionErrorReason, loggedConnectionError } from './mqtt-connection-error.js';
 
@@ -45,10 +45,11 @@ export interface SessionEvents {
   /** A connection is up (before its subscription is confirmed); `online` is on its way. */
   readonly connected: () => void;
   /**
-   * The broker refused `online` with a reason code (MQTT 5 PUBACK, e.g. 0x87 from an ACL without
-   * write on the status topic): said by the publisher, as its own refusals are.
+   * Publishes the retained status (`online`, `offline`) on the current connection: the intake's
+   * publisher (MqttPublisher.status), which keeps it within the broker's Receive Maximum with
+   * the results and says a refusal as its own. Resolves with what became of it.
    */
-  readonly statusRefused: (error: ErrorWithReasonCode) => void;
+  readonly publishStatus: (status: 'online' | 'offline') => Promise<Delivery>;
   /**
    * The connection's probe found that the broker delivers no Subscription Identifiers although
    * its CONNACK announced them (mqtt-identifier-probe.ts): command copies are no longer told
@@ -184,6 +185,9 @@ export class MqttSession {
       },
       dropConnection: (client, reason) => {
         this.dropConnection(client, reason);
+      },
+      publishStatus: (status) => {
+        void this.events?.publishStatus(status);
       },
       subackTimeoutMs: options.subackTimeoutMs,
     });
@@ -459,10 +463,15 @@ export class MqttSession {
       if (!(await this.within(STOP_STEP_MS, flush()))) {
         this.logger.warn({}, 'results not acknowledged by the broker in time');
       }
-      const published = await this.within(
-        STOP_STEP_MS,
-        client.publishAsync(this.topics.status, 'offline', statusOptions(this.version.level)),
-      );
+      const events = this.events;
+      const published =
+        events !== null &&
+        (await this.within(
+          STOP_STEP_MS,
+          events.publishStatus('offline').then((delivery) => {
+            if (delivery !== 'acknowledged') throw new Error(delivery);
+          }),
+        ));
       if (!published) this.logger.warn({}, '`offline` not acknowledged in time');
     }
     this.isEnded = true;
@@ -565,7 +574,7 @@ export class MqttSession {
     this.closes.connected(client, this.version.level, sessionPresent);
     if (this.subscriptionId === undefined) this.probe.notUsed();
     else this.probe.begin(client);
-    this.subscription.subscribe(client, this.subscriptionId, events);
+    this.subscription.subscribe(client, this.subscriptionId);
     events.connected();
   }
 
@@ -575,7 +584,7 @@ export class MqttSession {
    * (CommandSubscription.stopTakingCommands).
    */
   stopTakingCommands(): void {
-    this.subscription.stopTakingCommands(this.client, this.events);
+    this.subscription.stopTakingCommands(this.client);
   }
 
   private onClose(client: MqttClient): void {

@@ -227,9 +227,7 @@ export class MqttIntake {
         this.retainedState.connected();
         this.formerRoots?.connected();
       },
-      statusRefused: (error) => {
-        this.publisher.statusRefused(error);
-      },
+      publishStatus: (status) => this.publisher.status(status),
       identifiersMissing: () => {
         this.commands.identifiersMissing();
       },
