@@ -22,9 +22,11 @@ export interface ResultJournal extends Pick<
   settledAfter(after: SettledAfter, limit: number): SettledPage;
 }
 
-/** What the delivery needs of the publisher (MqttPublisher.publishResult). */
+/** What the delivery needs of the publisher (MqttPublisher). */
 export interface ResultSink {
   publishResult(record: CommandRecord): Promise<Delivery>;
+  /** Resolves once every publication made so far is acknowledged (or given up). */
+  flush(): Promise<void>;
 }
 
 export interface ResultDeliveryOptions {
@@ -151,9 +153,16 @@ export class ResultDelivery {
     });
   }
 
-  /** Connected to the broker: results to re-send from the journal go out, a page at a time. */
+  /**
+   * Connected to the broker: results to re-send from the journal go out, a page at a time —
+   * those of the start's watermark, and those this process did not get acknowledged (`pinned`:
+   * not held, past the most held through an outage, or given up with a connection), from the
+   * earliest of them on. Until 2026-12-07 the latter waited for the next start.
+   */
   connected(): void {
-    if (this.cursor === null || this.resending || this.stopped) return;
+    if (this.stopped || this.resending) return;
+    this.foldPinned();
+    if (this.cursor === null) return;
     this.resending = true;
     void this.resend().finally(() => {
       this.resending = false;
@@ -212,8 +221,29 @@ export class ResultDelivery {
     }
   }
 
+  /**
+   * The results this process did not get acknowledged (`pinned`) join the re-sending: from the
+   * earliest of them on, where that is before the cursor. Results settled after it and
+   * acknowledged already may go again (at least once); settlements from now on at or after it
+   * are left to the re-sending, which reaches them (settled()).
+   */
+  private foldPinned(): void {
+    if (this.pinned === Number.POSITIVE_INFINITY) return;
+    if (this.cursor === null || this.pinned < this.cursor.settledAt) {
+      this.cursor = { settledAt: this.pinned, id: 0 };
+    }
+    this.pinned = Number.POSITIVE_INFINITY;
+  }
+
   private async resend(): Promise<void> {
-    while (this.cursor !== null && !this.stopped) {
+    while (!this.stopped) {
+      // Those given up while the re-sending ran (a page's wait is long through an outage).
+      this.foldPinned();
+      if (this.cursor === null) break;
+      // Behind what the publisher has already (the results held through an outage, as many as
+      // it holds): a page handed beside them would find it full, and be given up again.
+      await this.sink.flush();
+      if (this.stopped || this.cursor === null) break;
       const page = this.journal.settledAfter(this.cursor, this.pageSize);
       if (page.last === null) {
         // Done, in the same turn as the read that found nothing more: a command settled

@@ -48,6 +48,8 @@ export interface MqttIntakeOptions {
   readonly subackTimeoutMs?: number;
   /** Command copies held for the probe's verdict at most (mqtt-held-copies.ts; 1,000): tests. */
   readonly maxHeldCopies?: number;
+  /** Publications held for the broker at most (MAX_HELD_PUBLICATIONS, 10,000): tests. */
+  readonly maxHeldPublications?: number;
   /**
    * The journal, for results that survive a stop or a crash (mqtt-result-delivery.ts): which
    * the broker acknowledged is kept in its meta row, and those it may not have are published
@@ -123,6 +125,9 @@ export class MqttIntake {
       responseTopics: config.responseTopics,
       metrics: options.metrics,
       logger: this.logger,
+      ...(options.maxHeldPublications === undefined
+        ? {}
+        : { maxHeld: options.maxHeldPublications }),
     });
     this.delivery =
       options.journal === undefined

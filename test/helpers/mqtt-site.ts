@@ -43,6 +43,10 @@ export interface SiteIntakeOptions {
   readonly identifierProbe?: { readonly graceMs?: number; readonly timeoutMs?: number };
   /** MqttIntakeOptions.maxHeldCopies. */
   readonly maxHeldCopies?: number;
+  /** MqttIntakeOptions.maxHeldPublications. */
+  readonly maxHeldPublications?: number;
+  /** Give the intake the stack's journal (results re-sent from it: mqtt-result-delivery.ts). */
+  readonly journal?: boolean;
 }
 
 /**
@@ -101,6 +105,10 @@ export class MqttSite {
         ? {}
         : { identifierProbe: options.identifierProbe }),
       ...(options.maxHeldCopies === undefined ? {} : { maxHeldCopies: options.maxHeldCopies }),
+      ...(options.maxHeldPublications === undefined
+        ? {}
+        : { maxHeldPublications: options.maxHeldPublications }),
+      ...(options.journal === true ? { journal: this.stack.journal } : {}),
     });
   }
 

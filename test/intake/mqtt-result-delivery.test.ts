@@ -52,6 +52,7 @@ async function resent(j: SqliteJournal, pageSize = 2): Promise<string[]> {
       keys.push(record.key);
       return Promise.resolve('acknowledged');
     },
+    flush: (): Promise<void> => Promise.resolve(),
   };
   const delivery = new ResultDelivery({ journal: j, sink, logger: silentLogger, pageSize });
   delivery.start();
