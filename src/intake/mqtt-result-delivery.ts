@@ -235,6 +235,15 @@ export class ResultDelivery {
     this.pinned = Number.POSITIVE_INFINITY;
   }
 
+  /** Methods, not property reads: both change across the re-sending's awaits (stop()). */
+  private cursorNow(): SettledAfter | null {
+    return this.cursor;
+  }
+
+  private hasStopped(): boolean {
+    return this.stopped;
+  }
+
   private async resend(): Promise<void> {
     while (!this.stopped) {
       // Those given up while the re-sending ran (a page's wait is long through an outage).
@@ -243,8 +252,9 @@ export class ResultDelivery {
       // Behind what the publisher has already (the results held through an outage, as many as
       // it holds): a page handed beside them would find it full, and be given up again.
       await this.sink.flush();
-      if (this.stopped || this.cursor === null) break;
-      const page = this.journal.settledAfter(this.cursor, this.pageSize);
+      const cursor = this.cursorNow();
+      if (this.hasStopped() || cursor === null) break;
+      const page = this.journal.settledAfter(cursor, this.pageSize);
       if (page.last === null) {
         // Done, in the same turn as the read that found nothing more: a command settled
         // from now on is published as it settles (settled()).
