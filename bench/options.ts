@@ -117,19 +117,23 @@ export class OptionsError extends Error {
 }
 
 function usage(): string {
-  const lines = Object.values(SPECS).map(
-    (s) =>
-      `  --${s.flag}${s.kind === 'bool' ? ` / --no-${s.flag}` : ' N'}`.padEnd(34) +
+  const rows: [string, string][] = [
+    ...Object.values(SPECS).map((s): [string, string] => [
+      `  --${s.flag}${s.kind === 'bool' ? ` / --no-${s.flag}` : ' N'}`,
       `default ${String(s.fallback)} (${envName(s.flag)})`,
-  );
+    ]),
+    ['  --out DIR', 'write results.json and PERFORMANCE.md into DIR (default: bench/ and docs/)'],
+    ['  --keep', 'keep the scratch folder (journals, logs)'],
+    [
+      '  --render RESULTS',
+      'measure nothing: write PERFORMANCE.md from RESULTS (a results.json) and the template',
+    ],
+  ];
+  // The longest option and two spaces: no description runs into its option.
+  const width = Math.max(...rows.map(([option]) => option.length)) + 2;
   return [
     'usage: npm run bench -- [options]',
-    ...lines,
-    '  --out DIR'.padEnd(34) +
-      'write results.json and PERFORMANCE.md into DIR (default: bench/ and docs/)',
-    '  --keep'.padEnd(34) + 'keep the scratch folder (journals, logs)',
-    '  --render RESULTS'.padEnd(34) +
-      'measure nothing: write PERFORMANCE.md from RESULTS (a results.json) and the template',
+    ...rows.map(([option, text]) => option.padEnd(width) + text),
   ].join('\n');
 }
 
