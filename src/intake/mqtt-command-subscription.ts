@@ -10,8 +10,6 @@ export interface CommandSubscriptionHost {
   level(): 4 | 5;
   /** Whether `client` is still the session's current client, and the session not ended. */
   current(client: MqttClient): boolean;
-  /** Whether the session has ended (stop()): nothing more is said of its publications. */
-  ended(): boolean;
   /** Why the intake is not connected (/readyz): a refused subscription. */
   failed(reason: string): void;
   /** Drops the connection so that the next one subscribes again. */

@@ -113,8 +113,9 @@ const UNLIMITED_RECEIVE_MAXIMUM = 65_535;
 /**
  * Everything the MQTT intake publishes: results (to the result topic and the Response Topics of
  * the commands' requesters), replays, error answers, the retained state and the gateway's
- * retained status (status(): `online` and `offline`, which the session asks for). Also decides which Response Topics may be answered (mqtt-topics.ts), and keeps those
- * of commands in flight until their outcome.
+ * retained status (status(): `online` and `offline`, which the session asks for). Also decides
+ * which Response Topics may be answered (mqtt-topics.ts), and keeps those of commands in flight
+ * until their outcome.
  *
  * Publications are QoS 1 and never synchronous: called from the client's handleMessage they are
  * deferred to the next turn of the event loop, after the PUBACK (mqtt.js issue #2026). While

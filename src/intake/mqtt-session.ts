@@ -179,7 +179,6 @@ export class MqttSession {
       logger: this.logger,
       level: () => this.version.level,
       current: (client) => client === this.current && !this.isEnded,
-      ended: () => this.isEnded,
       failed: (reason) => {
         this.error = reason;
       },
