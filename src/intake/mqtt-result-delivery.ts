@@ -84,6 +84,12 @@ export class ResultDelivery {
   /** Where re-sending from the journal is (or will begin once connected); null when done. */
   private cursor: SettledAfter | null = null;
   private resending = false;
+  /**
+   * The re-sending's last read of the journal failed (a damaged page, an I/O error): it waits
+   * for the next connection, and results settling meanwhile are published as they settle
+   * rather than left to it.
+   */
+  private unreadable = false;
   private stopped = false;
   /** Wall time and the journal's last event at the previous save (or the start). */
   private previous: Saved;
@@ -142,7 +148,7 @@ export class ResultDelivery {
     this.dirty = 2;
     const at = record.settledAt ?? this.now();
     const cursor = this.cursor;
-    if (cursor !== null && at > cursor.settledAt) return;
+    if (cursor !== null && at > cursor.settledAt && !this.unreadable) return;
     const token = {};
     this.outstanding.set(token, at);
     // Deferred: settlement can happen inside submit(), which runs inside handleMessage, where
@@ -164,9 +170,14 @@ export class ResultDelivery {
     this.foldPinned();
     if (this.cursor === null) return;
     this.resending = true;
-    void this.resend().finally(() => {
-      this.resending = false;
-    });
+    this.resend()
+      .catch((error: unknown) => {
+        // Unawaited: a rejection here would be unhandled, and Node ends the process on one.
+        this.logger.error({ err: error }, 'publishing results again from the journal failed');
+      })
+      .finally(() => {
+        this.resending = false;
+      });
   }
 
   /**
@@ -254,7 +265,18 @@ export class ResultDelivery {
       await this.sink.flush();
       const cursor = this.cursorNow();
       if (this.hasStopped() || cursor === null) break;
-      const page = this.journal.settledAfter(cursor, this.pageSize);
+      let page: SettledPage;
+      try {
+        page = this.journal.settledAfter(cursor, this.pageSize);
+        this.unreadable = false;
+      } catch (error) {
+        this.unreadable = true;
+        this.logger.warn(
+          { err: error, resent: this.resent },
+          'could not read the results to publish again from the journal: tried again at the next connection to the MQTT broker, and results settling meanwhile are published as they settle',
+        );
+        return;
+      }
       if (page.last === null) {
         // Done, in the same turn as the read that found nothing more: a command settled
         // from now on is published as it settles (settled()).

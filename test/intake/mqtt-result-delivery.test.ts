@@ -5,8 +5,10 @@ import { silentLogger } from '../../src/core/logger.js';
 import { RESULTS_ACKNOWLEDGED_KEY, ResultDelivery } from '../../src/intake/mqtt-result-delivery.js';
 import type { Delivery } from '../../src/intake/mqtt-publisher.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import { damageMiddleLeaf } from '../helpers/damaged-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { issuerCommand } from '../helpers/new-command.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
  * The watermark of results acknowledged by the broker (mqtt-result-delivery.ts) read back from a
@@ -94,5 +96,71 @@ describe('results published again at a start (the journal meta row)', () => {
     settle(j, 'stepped', t - 60_000);
     settle(j, 'later', t + 5);
     expect(await resent(j)).toEqual(['stepped', 'acked', 'later']);
+  });
+});
+
+describe('results published again from a journal that cannot be read', () => {
+  it('says so and tries again at the next connection; the daemon does not end on it', async () => {
+    // A damaged page of the settlement index (a torn write, a failing SD card): the re-sending's
+    // read fails. The re-sending ran unawaited, and its rejection went unhandled: Node ends a
+    // process on one (the daemon exited at the connection that started it).
+    const { dir, cleanup } = tempDir('sluice-delivery-');
+    cleanups.push(cleanup);
+    const path = join(dir, 'journal.db');
+    const setup = SqliteJournal.open({ path });
+    const t = Date.now() - 3_600_000;
+    for (let i = 0; i < 2_000; i++) settle(setup, `k-${String(i)}`, t + i);
+    setup.writeMeta(RESULTS_ACKNOWLEDGED_KEY, JSON.stringify({ before: t, mark: 0 }));
+    setup.close();
+    damageMiddleLeaf(path, 'commands_settled');
+    const j = SqliteJournal.open({ path });
+    cleanups.push(() => {
+      j.close();
+    });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown): void => {
+      unhandled.push(reason);
+    };
+    process.on('unhandledRejection', onUnhandled);
+    cleanups.push(() => process.off('unhandledRejection', onUnhandled));
+    const { logger, lines } = recordingLogger();
+    const published: string[] = [];
+    const sink = {
+      publishResult: (record: CommandRecord): Promise<Delivery> => {
+        published.push(record.key);
+        return Promise.resolve('acknowledged');
+      },
+      flush: (): Promise<void> => Promise.resolve(),
+    };
+    const delivery = new ResultDelivery({ journal: j, sink, logger, pageSize: 100 });
+    delivery.start();
+    const failures = (): number =>
+      lines.filter((l) => String(l.msg).includes('could not read the results to publish again'))
+        .length;
+    delivery.connected();
+    for (let i = 0; i < 200 && failures() === 0; i++) await new Promise((r) => setImmediate(r));
+    expect(failures()).toBe(1);
+    expect(unhandled).toEqual([]);
+    // The pages before the damage went out; the rest waits for the next connection.
+    const before = published.length;
+    expect(before).toBeGreaterThan(0);
+    expect(before).toBeLessThan(2_000);
+    // Meanwhile a result that settles is published as it settles, not left to the re-sending.
+    const last = j.get({ scope: 'plant', key: 'k-1999' });
+    if (last === undefined) throw new Error('k-1999 not read');
+    delivery.settled({ ...last, key: 'live', settledAt: Date.now() });
+    for (let i = 0; i < 20 && !published.includes('live'); i++) {
+      await new Promise((r) => setImmediate(r));
+    }
+    expect(published.at(-1)).toBe('live');
+    // The next connection tries again from where it stopped (the page is still damaged: said
+    // again, nothing sent twice).
+    delivery.connected();
+    for (let i = 0; i < 200 && failures() === 1; i++) await new Promise((r) => setImmediate(r));
+    expect(failures()).toBe(2);
+    expect(published.length).toBe(before + 1);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(unhandled).toEqual([]);
+    await delivery.stop();
   });
 });
