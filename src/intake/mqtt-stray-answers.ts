@@ -43,7 +43,20 @@ export class StrayAnswers {
       keysKeptS: this.options.keysKeptS,
     });
     const key = message.key;
-    if (key !== null && this.options.journaled(key)) {
+    let journaled: boolean;
+    try {
+      journaled = key !== null && this.options.journaled(key);
+    } catch (error) {
+      // Answered from a timer (the copy's wait, the probe's verdict), outside any handler: a
+      // journal read that fails here ended the daemon. Whether the key names a command cannot
+      // be told, and "not run" could be false: nothing is answered.
+      this.options.logger.warn(
+        { err: error, key, device },
+        'command copy from another subscription than the command filter: whether its key is journaled cannot be read; not answered',
+      );
+      return;
+    }
+    if (journaled) {
       // Its key names a command the journal holds (its sibling came on another connection, or
       // a retry): that command's outcome is published as usual.
       this.options.logger.info(

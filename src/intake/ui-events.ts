@@ -127,6 +127,8 @@ export class UiEvents {
   private readonly unsubscribe: (() => void)[] = [];
   private tick: NodeJS.Timeout | null = null;
   private debounce: NodeJS.Timeout | null = null;
+  /** The last push from a timer or a drain failed (pushed()): said once until one succeeds. */
+  private pushFailing = false;
   private lastHeartbeatMono: number;
   private lastPeerCheckMono: number;
   private checkingPeers = false;
@@ -247,7 +249,9 @@ export class UiEvents {
     if (this.streams.size === 0 || this.debounce !== null) return;
     this.debounce = setTimeout(() => {
       this.debounce = null;
-      this.pushDevices();
+      this.pushed('devices', () => {
+        this.pushDevices();
+      });
     }, DEVICES_DEBOUNCE_MS);
   }
 
@@ -255,6 +259,28 @@ export class UiEvents {
     for (const stream of this.streams) {
       if (!this.live(stream)) continue;
       this.sendDevices(stream, this.o.views.devices(stream.allowed));
+    }
+  }
+
+  /**
+   * A push made from a timer or a stream's event, outside any request: the views read the
+   * journal (the keys in flight, the open commands), and a read that fails (a damaged page, an
+   * I/O error) thrown there escaped every handler, and Node ended the daemon on it. Said once
+   * (error) until a push succeeds again; the page shows what it had, and the next push or tick
+   * brings it up to date.
+   */
+  private pushed(what: string, push: () => void): void {
+    try {
+      push();
+      this.pushFailing = false;
+    } catch (error) {
+      if (!this.pushFailing) {
+        this.o.logger.error(
+          { err: error },
+          `status page: ${what} not pushed (a read failed); tried again at the next change`,
+        );
+      }
+      this.pushFailing = true;
     }
   }
 
@@ -393,7 +419,9 @@ export class UiEvents {
     if (!stream.res.write(text)) {
       stream.behind = true;
       stream.res.once('drain', () => {
-        this.caughtUp(stream);
+        this.pushed('a drained stream', () => {
+          this.caughtUp(stream);
+        });
       });
     }
     return true;

@@ -38,3 +38,28 @@ export function readFaults(journal: SqliteJournal, keys: ReadonlySet<string>): R
   };
   return faults;
 }
+
+/**
+ * Fails the journal's lookups of chosen keys across identities (Journal.findByKey: the status
+ * page's read of the keys in flight) while armed, as readFaults fails Journal.get: the same
+ * double, for the same reason, on the statement `SELECT * FROM commands WHERE key = ?`.
+ */
+export function keyLookupFaults(journal: SqliteJournal, keys: ReadonlySet<string>): ReadFaults {
+  let failed = 0;
+  const stmt = (journal as unknown as { conn: { stmts: { byKey: Statement } } }).conn.stmts.byKey;
+  const all = stmt.all.bind(stmt);
+  const faults = {
+    armed: false,
+    get failed() {
+      return failed;
+    },
+  };
+  stmt.all = (...params: unknown[]) => {
+    if (faults.armed && keys.has(String(params[0]))) {
+      failed++;
+      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_READ' });
+    }
+    return all(...params);
+  };
+  return faults;
+}

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { mosquittoAvailable, timed, until, useMqttSite } from '../helpers/mqtt-site.js';
+import { readFaults } from '../helpers/read-faults.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
@@ -123,6 +124,61 @@ describe.skipIf(!available)('MQTT intake: a retained command through a left filt
     expect(
       lines.filter((l) => String(l.msg).startsWith('command delivered only through another')),
     ).toHaveLength(1);
+    await intake.stop();
+  }, 30_000);
+
+  it('MQTT 5: such a command, whose key the journal cannot be read for, is not answered; the gateway goes on', async () => {
+    // The answer is made from a timer (the copy's wait for its sibling), outside any handler: a
+    // journal read that failed there ended the daemon. One double (test/helpers/read-faults.ts),
+    // for a fault no filesystem here can aim at one key: the journal's read of that key fails.
+    const gateway = 'gwreadfails';
+    const prefix = `sluice/${gateway}`;
+    const clientId = `sluice-${gateway}`;
+    const topic = `${prefix}/cmd/v1`;
+    const { logger, lines } = recordingLogger();
+    const newIntake = (): ReturnType<typeof site.intake> =>
+      site.intake({
+        gatewayId: gateway,
+        config: { protocolVersion: 5 },
+        logger,
+        reconnect: { minMs: 100, maxMs: 400 },
+        strayCopyWaitMs: 300,
+      });
+    let intake = newIntake();
+    site.cleanups.push(() => intake.stop());
+    await site.connect(intake);
+    await intake.stop();
+    await site.leaveSubscriptions(clientId, [`${prefix}/cmd/+`], { expirySeconds: 600 });
+    const { plant, observer, writes } = await site.plantSide(prefix);
+    const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+    const before = writes();
+    const key = randomUUID();
+    await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
+    const faults = readFaults(site.stack.journal, new Set([key]));
+    try {
+      intake = newIntake();
+      await site.connect(intake);
+      await until(
+        () =>
+          lines.some((l) => String(l.msg).includes('whether its key is journaled cannot be read'))
+            ? true
+            : undefined,
+        5_000,
+        'the copy found unreadable',
+      );
+      expect(faults.failed).toBe(1);
+    } finally {
+      faults.armed = false;
+    }
+    // Decided: not answered (whether it was run cannot be told), and nothing written.
+    expect(observer.messages.filter((m) => m.json().key === key)).toEqual([]);
+    expect(site.stack.pipeline.get({ scope: 'plant', key })).toBeUndefined();
+    // The gateway goes on: a command now runs, once.
+    const later = randomUUID();
+    await plant.publish(topic, timed({ action, key: later, ttlMs: 60_000 }));
+    const result = await observer.waitFor((m) => m.json().key === later, 10_000, 'result');
+    expect(result.json()).toMatchObject({ state: 'confirmed' });
+    expect(writes()).toBe(before + 1);
     await intake.stop();
   }, 30_000);
 });
