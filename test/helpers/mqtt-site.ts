@@ -1,6 +1,8 @@
 import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll } from 'vitest';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
+import type { CommandRecord } from '../../src/core/journal.js';
 import type { CommandPipeline } from '../../src/core/pipeline.js';
 import { MqttIntake, type MqttConfig } from '../../src/intake/mqtt.js';
 import {
@@ -117,6 +119,34 @@ export class MqttSite {
     intake.start();
     await until(() => intake.connected() || undefined, 10_000, 'intake connected');
     return intake;
+  }
+
+  /**
+   * `count` results at once: commands of identity `ops` on v1, which it may not command, each
+   * journaled rejected FORBIDDEN_DEVICE at its claim, all in one turn (their results announced
+   * together once on disk). Throws unless each is so.
+   */
+  forbiddenResults(count: number): CommandRecord[] {
+    const ops = this.stack.identities.get('ops');
+    if (ops === undefined) throw new Error('no identity ops');
+    return Array.from({ length: count }, () => {
+      const claim = this.stack.pipeline.submit({
+        key: randomUUID(),
+        identity: ops,
+        intake: 'https',
+        request: {
+          device: 'v1',
+          action: 'open',
+          position: null,
+          issuedAt: new Date().toISOString(),
+          ttlMs: 30_000,
+        },
+      });
+      if (claim.record.code !== 'FORBIDDEN_DEVICE') {
+        throw new Error(`expected FORBIDDEN_DEVICE, got ${String(claim.record.code)}`);
+      }
+      return claim.record;
+    });
   }
 
   /**

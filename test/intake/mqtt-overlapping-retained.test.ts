@@ -21,6 +21,41 @@ const available = mosquittoAvailable();
 describe.skipIf(!available)('MQTT intake: a retained command through a left filter', () => {
   const site = useMqttSite({}, { opcua: false });
 
+  /**
+   * A gateway whose command filter another client replaced while it was away (the tool's own
+   * subscription of `{prefix}/cmd/+`, without the gateway's Subscription Identifier), and a
+   * command published then: queued for it through that subscription alone. Returns the
+   * gateway's parts; the gateway is not connected again yet.
+   */
+  const awayWithReplacedFilter = async (gateway: string) => {
+    const prefix = `sluice/${gateway}`;
+    const clientId = `sluice-${gateway}`;
+    const topic = `${prefix}/cmd/v1`;
+    const { logger, lines } = recordingLogger();
+    const newIntake = (): ReturnType<typeof site.intake> =>
+      site.intake({
+        gatewayId: gateway,
+        config: { protocolVersion: 5 },
+        logger,
+        reconnect: { minMs: 100, maxMs: 400 },
+        strayCopyWaitMs: 300,
+      });
+    const first = newIntake();
+    site.cleanups.push(() => first.stop());
+    await site.connect(first);
+    await first.stop();
+    // The tool subscribes the command filter itself: it replaces the gateway's subscription
+    // with one of its own options (no Subscription Identifier, no retain-as-published), which
+    // the broker queues the commands published while the gateway is away through.
+    await site.leaveSubscriptions(clientId, [`${prefix}/cmd/+`], { expirySeconds: 600 });
+    const { plant, observer, writes } = await site.plantSide(prefix);
+    const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
+    const before = writes();
+    const key = randomUUID();
+    await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
+    return { clientId, topic, lines, newIntake, plant, observer, writes, action, before, key };
+  };
+
   it('MQTT 5: a copy the command filter did not deliver is never run', async () => {
     const gateway = 'gwoverret';
     const prefix = `sluice/${gateway}`;
@@ -77,38 +112,13 @@ describe.skipIf(!available)('MQTT intake: a retained command through a left filt
   }, 30_000);
 
   it('MQTT 5: a command only another filter delivered is answered, not run', async () => {
-    const gateway = 'gwreplaced';
-    const prefix = `sluice/${gateway}`;
-    const clientId = `sluice-${gateway}`;
-    const topic = `${prefix}/cmd/v1`;
-    const { logger, lines } = recordingLogger();
-    const newIntake = (): ReturnType<typeof site.intake> =>
-      site.intake({
-        gatewayId: gateway,
-        config: { protocolVersion: 5 },
-        logger,
-        reconnect: { minMs: 100, maxMs: 400 },
-        strayCopyWaitMs: 300,
-      });
-    let intake = newIntake();
+    // Its retain flag is the tool's subscription's doing (a broker clears it without
+    // retain-as-published; Mosquitto 2.0.11 keeps it on a queued message): the gateway cannot
+    // tell a retained command from a fresh one there, and runs neither.
+    const { clientId, topic, lines, newIntake, plant, observer, writes, action, before, key } =
+      await awayWithReplacedFilter('gwreplaced');
+    const intake = newIntake();
     site.cleanups.push(() => intake.stop());
-    await site.connect(intake);
-    await intake.stop();
-    // The tool subscribes the command filter itself: it replaces the gateway's subscription
-    // with one of its own options (no Subscription Identifier, no retain-as-published), which
-    // the broker queues the commands published while the gateway is away through.
-    await site.leaveSubscriptions(clientId, [`${prefix}/cmd/+`], { expirySeconds: 600 });
-    const { plant, observer, writes } = await site.plantSide(prefix);
-    const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
-    const before = writes();
-    // Published while the gateway is away: queued for it through the tool's subscription. Its
-    // retain flag is that subscription's doing (a broker clears it without retain-as-published;
-    // Mosquitto 2.0.11 keeps it on a queued message): the gateway cannot tell a retained command
-    // from a fresh one there, and runs neither.
-    const key = randomUUID();
-    await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
-
-    intake = newIntake();
     await site.connect(intake);
     const answer = await observer.waitFor((m) => m.json().key === key, 5_000, 'answer');
     expect(answer.json()).toMatchObject({ code: 'INVALID_COMMAND' });
@@ -131,32 +141,12 @@ describe.skipIf(!available)('MQTT intake: a retained command through a left filt
     // The answer is made from a timer (the copy's wait for its sibling), outside any handler: a
     // journal read that failed there ended the daemon. One double (test/helpers/read-faults.ts),
     // for a fault no filesystem here can aim at one key: the journal's read of that key fails.
-    const gateway = 'gwreadfails';
-    const prefix = `sluice/${gateway}`;
-    const clientId = `sluice-${gateway}`;
-    const topic = `${prefix}/cmd/v1`;
-    const { logger, lines } = recordingLogger();
-    const newIntake = (): ReturnType<typeof site.intake> =>
-      site.intake({
-        gatewayId: gateway,
-        config: { protocolVersion: 5 },
-        logger,
-        reconnect: { minMs: 100, maxMs: 400 },
-        strayCopyWaitMs: 300,
-      });
-    let intake = newIntake();
+    const { topic, lines, newIntake, plant, observer, writes, action, before, key } =
+      await awayWithReplacedFilter('gwreadfails');
+    const intake = newIntake();
     site.cleanups.push(() => intake.stop());
-    await site.connect(intake);
-    await intake.stop();
-    await site.leaveSubscriptions(clientId, [`${prefix}/cmd/+`], { expirySeconds: 600 });
-    const { plant, observer, writes } = await site.plantSide(prefix);
-    const action = site.stack.plant.device('v1').published.state === 'CLOSED' ? 'open' : 'close';
-    const before = writes();
-    const key = randomUUID();
-    await plant.publish(topic, timed({ action, key, ttlMs: 60_000 }));
     const faults = readFaults(site.stack.journal, new Set([key]));
     try {
-      intake = newIntake();
       await site.connect(intake);
       await until(
         () =>

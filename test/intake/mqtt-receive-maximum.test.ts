@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import type { MqttIntake } from '../../src/intake/mqtt.js';
@@ -29,32 +28,6 @@ describe.skipIf(!available).each([5, 1])(
   "MQTT intake: the broker's Receive Maximum %i",
   (LIMIT) => {
     const site = useMqttSite({ settings: [`max_inflight_messages ${LIMIT}`] }, { opcua: false });
-
-    /**
-     * `count` commands of identity `ops` on v1, which it may not command: each is journaled
-     * rejected FORBIDDEN_DEVICE at its claim, all in one turn, and their results announced
-     * together once on disk.
-     */
-    const forbidden = (count: number): CommandRecord[] => {
-      const ops = site.stack.identities.get('ops');
-      if (ops === undefined) throw new Error('no identity ops');
-      return Array.from({ length: count }, () => {
-        const claim = site.stack.pipeline.submit({
-          key: randomUUID(),
-          identity: ops,
-          intake: 'https',
-          request: {
-            device: 'v1',
-            action: 'open',
-            position: null,
-            issuedAt: new Date().toISOString(),
-            ttlMs: 30_000,
-          },
-        });
-        expect(claim.record.code).toBe('FORBIDDEN_DEVICE');
-        return claim.record;
-      });
-    };
 
     it('sends a burst of results, and the status with them, no faster than the broker acknowledges them; each arrives once', async () => {
       const proxy = await ReceiveMaximumProxy.open(site.broker.port, LIMIT);
@@ -87,7 +60,7 @@ describe.skipIf(!available).each([5, 1])(
         records.map((r) => site.stack.journal.get(r)?.response ?? '');
 
       // Thirty results in one turn.
-      const burst = forbidden(30);
+      const burst = site.forbiddenResults(30);
       await until(
         () => (resultsOf(burst).length >= burst.length || proxy.exceeded > 0 ? true : undefined),
         15_000,
@@ -102,7 +75,7 @@ describe.skipIf(!available).each([5, 1])(
       const onlineBefore = statuses().filter((t) => t === 'online').length;
       await site.broker.stop();
       await until(() => (intake.connected() ? undefined : true), 5_000, 'the intake disconnected');
-      const held = forbidden(30);
+      const held = site.forbiddenResults(30);
       await site.stack.pipeline.durable();
       await site.broker.restart();
       await until(
@@ -125,7 +98,7 @@ describe.skipIf(!available).each([5, 1])(
 
       // `offline` once the intake takes no more commands, amid a burst of results: within the
       // limit with them, and none of them lost.
-      const last = forbidden(30);
+      const last = site.forbiddenResults(30);
       intake.stopTakingCommands();
       await until(
         () =>

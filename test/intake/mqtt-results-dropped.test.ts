@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
 import { mosquittoAvailable, TestClient, until, useMqttSite } from '../helpers/mqtt-site.js';
@@ -26,28 +25,6 @@ const DROPPED = 50;
 describe.skipIf(!available)('MQTT intake: results not held through an outage', () => {
   const site = useMqttSite({}, { opcua: false });
 
-  /** `count` commands settled at their claim (ops may not command v1), in one turn. */
-  const forbidden = (count: number): CommandRecord[] => {
-    const ops = site.stack.identities.get('ops');
-    if (ops === undefined) throw new Error('no identity ops');
-    return Array.from({ length: count }, () => {
-      const claim = site.stack.pipeline.submit({
-        key: randomUUID(),
-        identity: ops,
-        intake: 'https',
-        request: {
-          device: 'v1',
-          action: 'open',
-          position: null,
-          issuedAt: new Date().toISOString(),
-          ttlMs: 30_000,
-        },
-      });
-      expect(claim.record.code).toBe('FORBIDDEN_DEVICE');
-      return claim.record;
-    });
-  };
-
   it('publishes them from the journal once connected again, in settlement order, without a restart', async () => {
     const intake = site.intake({
       gatewayId: GATEWAY,
@@ -74,7 +51,7 @@ describe.skipIf(!available)('MQTT intake: results not held through an outage', (
 
     await site.broker.stop();
     await until(() => (intake.connected() ? undefined : true), 5_000, 'the intake disconnected');
-    const during = forbidden(MAX_HELD + DROPPED);
+    const during = site.forbiddenResults(MAX_HELD + DROPPED);
     await site.stack.pipeline.durable();
     await site.broker.restart();
     const all = new Set(during.map((r) => r.key));
@@ -102,7 +79,7 @@ describe.skipIf(!available)('MQTT intake: results not held through an outage', (
 
     // Connected: a result settled now is published (by the re-sending if it still runs, in
     // the same millisecond as its last page perhaps as well: at least once).
-    const after = forbidden(1);
+    const after = site.forbiddenResults(1);
     await until(() => (delivered(after).length >= 1 ? true : undefined), 10_000, 'a new result');
     expect(intake.connected()).toBe(true);
   }, 60_000);
