@@ -148,8 +148,11 @@ describe.skipIf(!available)('MQTT intake: an oversized command over MQTT 3.1.1',
       clearInterval(sampler);
     }
     expect(site.stack.pipeline.get({ scope: 'plant', key: big })).toBeUndefined();
-    // Read and dropped as it came: far below the command's size (it was held whole, twice).
-    expect(peak - base).toBeLessThan(24 * 1024 * 1024);
+    // Read and dropped as it came: far below the command's size (it was held whole, twice:
+    // 176 MB). What the gateway dropped still counts until the garbage collector runs, which
+    // the external memory's growth, not time, sets off: 2.5 MB in a quiet run, 26 MB in a CI
+    // run with four test files at once. Held whole, even once, it is the command's 96 MB.
+    expect(peak - base).toBeLessThan(size / 2);
     await intake.stop();
   }, 90_000);
 });
