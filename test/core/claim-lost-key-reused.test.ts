@@ -1,4 +1,5 @@
-import { afterEach, describe, it } from 'vitest';
+import { afterEach, describe, it, type ExpectStatic } from 'vitest';
+import type { CommandRecord } from '../../src/core/journal.js';
 import { commitFaults } from '../helpers/commit-faults.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
@@ -26,30 +27,54 @@ afterEach(async () => {
   h = undefined;
 });
 
+/**
+ * `first` submitted on v1 (CLOSED) under key k, its batch failing at its COMMIT while its read,
+ * held 300 ms, is out; then `second` under the same key, claimed anew. Returns the key's
+ * settled record once the device is idle (both workers' turns over), so that the write log is
+ * final when read.
+ */
+async function lostThenClaimedAgain(
+  expect: ExpectStatic,
+  first: 'open' | 'close',
+  second: 'open' | 'close',
+): Promise<{ sim: SimHarness; k: CommandRecord }> {
+  h = await SimHarness.start({ sweepMs: 600_000 });
+  const sim = h;
+  const valve = sim.device('v1');
+  expect(valve.snapshot().state).toBe('CLOSED');
+  const faults = commitFaults(sim.journal);
+  valve.setFault({ kind: 'latency', ms: 300, on: 'read' });
+  const reads = valve.readLog.length;
+  try {
+    faults.failNext();
+    // Taken up at once: its read goes out; its claim's batch fails at its COMMIT.
+    sim.submit('k', { device: 'v1', action: first });
+    await expect(sim.pipeline.durable()).rejects.toThrow(/journal unavailable \(commit\)/);
+    expect(faults.failed).toBe(1);
+    expect(sim.journal.get({ scope: 'plant', key: 'k' })).toBeUndefined();
+    await sim.until(() => valve.readLog.length > reads, 2_000, "the lost command's read");
+    // The key again: new, since the journal holds nothing of it.
+    expect(sim.submit('k', { device: 'v1', action: second }).kind).toBe('new');
+    await sim.pipeline.durable();
+  } finally {
+    valve.clearFault('latency');
+  }
+  const k = await sim.settled('k', 5_000);
+  await sim.until(
+    () => {
+      const v1 = sim.pipeline.device('v1');
+      return v1 !== undefined && v1.inFlight === null && v1.queued === 0;
+    },
+    5_000,
+    'the device idle',
+  );
+  return { sim, k };
+}
+
 describe('a claim lost at its COMMIT, its key claimed again for another command', () => {
   it('does not settle nor dispatch the command claimed since', async ({ expect }) => {
-    h = await SimHarness.start({ sweepMs: 600_000 });
-    const sim = h;
+    const { sim, k } = await lostThenClaimedAgain(expect, 'close', 'open');
     const valve = sim.device('v1');
-    expect(valve.snapshot().state).toBe('CLOSED');
-    const faults = commitFaults(sim.journal);
-    valve.setFault({ kind: 'latency', ms: 300, on: 'read' });
-    const reads = valve.readLog.length;
-    try {
-      faults.failNext();
-      // Taken up at once: its read goes out; its claim's batch fails at its COMMIT.
-      sim.submit('k', { device: 'v1', action: 'close' });
-      await expect(sim.pipeline.durable()).rejects.toThrow(/journal unavailable \(commit\)/);
-      expect(faults.failed).toBe(1);
-      expect(sim.journal.get({ scope: 'plant', key: 'k' })).toBeUndefined();
-      await sim.until(() => valve.readLog.length > reads, 2_000, "the lost command's read");
-      // The key again, for another command: new, since the journal holds nothing of it.
-      expect(sim.submit('k', { device: 'v1', action: 'open' }).kind).toBe('new');
-      await sim.pipeline.durable();
-    } finally {
-      valve.clearFault('latency');
-    }
-    const k = await sim.settled('k', 5_000);
     expect(k).toMatchObject({ action: 'open', state: 'confirmed', code: 'OK' });
     expect(k.seq).not.toBeNull();
     expect(valve.writeLog.map((w) => w.seq)).toEqual([k.seq]);
@@ -68,35 +93,9 @@ describe('a claim lost at its COMMIT, its key claimed again for another command'
     // The client's retry after its 503: the same payload, so the same command (its fingerprint).
     // The lost worker's dispatch and settlement apply to the new row; the key's own take-up,
     // queued behind it, finds it settled. One write (I1), one history.
-    h = await SimHarness.start({ sweepMs: 600_000 });
-    const sim = h;
+    const { sim, k } = await lostThenClaimedAgain(expect, 'open', 'open');
     const valve = sim.device('v1');
-    expect(valve.snapshot().state).toBe('CLOSED');
-    const faults = commitFaults(sim.journal);
-    valve.setFault({ kind: 'latency', ms: 300, on: 'read' });
-    const reads = valve.readLog.length;
-    try {
-      faults.failNext();
-      sim.submit('k', { device: 'v1', action: 'open' });
-      await expect(sim.pipeline.durable()).rejects.toThrow(/journal unavailable \(commit\)/);
-      expect(sim.journal.get({ scope: 'plant', key: 'k' })).toBeUndefined();
-      await sim.until(() => valve.readLog.length > reads, 2_000, "the lost command's read");
-      expect(sim.submit('k', { device: 'v1', action: 'open' }).kind).toBe('new');
-      await sim.pipeline.durable();
-    } finally {
-      valve.clearFault('latency');
-    }
-    const k = await sim.settled('k', 5_000);
     expect(k).toMatchObject({ action: 'open', state: 'confirmed', code: 'OK' });
-    // Both workers' turns are over (the device idle) before the write log is read as final.
-    await sim.until(
-      () => {
-        const v1 = sim.pipeline.device('v1');
-        return v1 !== undefined && v1.inFlight === null && v1.queued === 0;
-      },
-      5_000,
-      'the device idle',
-    );
     expect(valve.writeLog.map((w) => w.seq)).toEqual([k.seq]);
     expect(valve.snapshot().state).toBe('OPEN');
     expect(sim.journal.history({ scope: 'plant', key: 'k' }).map((e) => e.to)).toEqual([
