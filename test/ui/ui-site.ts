@@ -359,14 +359,14 @@ export async function login(
 }
 
 /**
- * Sends scada's open of drain-valve under `key` (respond-async, answered 202), waits for its
- * write at the valve (ground truth), then holds every read of the valve: no readback can settle
- * the command until the caller clears the fault (`drain.clearFault('stall')`). Returns the valve
- * and the length of its write log before the open.
+ * Sends scada's `action` of drain-valve under `key` (respond-async, answered 202) and waits for
+ * its write at the valve (ground truth). Returns the valve and the length of its write log
+ * before the command.
  */
-export async function openWithReadsHeld(
+export async function writtenAsync(
   site: UiSite,
   key: string,
+  action: 'open' | 'close',
 ): Promise<{ drain: SimDevice; writesBefore: number }> {
   const drain = site.plant.device('drain-valve');
   const writesBefore = drain.writeLog.length;
@@ -380,14 +380,28 @@ export async function openWithReadsHeld(
       'content-type': 'application/json',
       prefer: 'respond-async',
     },
-    JSON.stringify({ device: 'drain-valve', action: 'open' }),
+    JSON.stringify({ device: 'drain-valve', action }),
   );
   expect(sent.status, sent.body).toBe(202);
   await until(
     () => (drain.writeLog.length > writesBefore ? true : undefined),
     10_000,
-    "the open's write at the valve",
+    `the ${action}'s write at the valve`,
   );
-  drain.setFault({ kind: 'stall', on: 'read' });
   return { drain, writesBefore };
+}
+
+/**
+ * Sends scada's open of drain-valve under `key` (writtenAsync), then holds every read of the
+ * valve: no readback can settle the command until the caller clears the fault
+ * (`drain.clearFault('stall')`). Returns the valve and the length of its write log before the
+ * open.
+ */
+export async function openWithReadsHeld(
+  site: UiSite,
+  key: string,
+): Promise<{ drain: SimDevice; writesBefore: number }> {
+  const written = await writtenAsync(site, key, 'open');
+  written.drain.setFault({ kind: 'stall', on: 'read' });
+  return written;
 }

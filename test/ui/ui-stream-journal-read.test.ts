@@ -4,7 +4,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { until } from '../helpers/mosquitto.js';
 import { keyLookupFaults } from '../helpers/read-faults.js';
-import { call, login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
+import { login, startUiSite, TOKENS, writtenAsync, type UiSite } from './ui-site.js';
 
 /**
  * The status page's devices event is pushed from a timer (200 ms after a mirror changes), outside
@@ -71,27 +71,8 @@ it('a journal read that fails under a devices push is said once, and the daemon 
   const faults = keyLookupFaults(journal, new Set([key]));
   const stream = await openStream(cookie);
   try {
-    const drain = site.plant.device('drain-valve');
-    const writes = drain.writeLog.length;
-    const action = drain.published.state === 'OPEN' ? 'close' : 'open';
-    const sent = await call(
-      site,
-      'POST',
-      '/v1/commands',
-      {
-        authorization: `Bearer ${TOKENS.scada}`,
-        'idempotency-key': key,
-        'content-type': 'application/json',
-        prefer: 'respond-async',
-      },
-      JSON.stringify({ device: 'drain-valve', action, ttlMs: 60_000 }),
-    );
-    expect(sent.status, sent.body).toBe(202);
-    await until(
-      () => (drain.writeLog.length > writes ? true : undefined),
-      5_000,
-      'the write reached the controller',
-    );
+    const action = site.plant.device('drain-valve').published.state === 'OPEN' ? 'close' : 'open';
+    const { drain, writesBefore: writes } = await writtenAsync(site, key, action);
     // The valve travels (3 s): its mirror changes at every readback, and each change pushes
     // the devices event, which reads the key in flight.
     faults.armed = true;
