@@ -6,8 +6,13 @@ import type { ClockPolicy, Lane } from './lane.js';
  * against the gateway's clock, so that judgement is only as good as the gateway's sync: with a
  * gateway clock UNLOCKED or UNKNOWN, such a command is refused `CLOCK_SKEW` (policy `reject`,
  * the production default) or run with a warning (`warn`). A command timed by the gateway's own
- * receipt does not depend on the gateway being in sync. HOLDOVER still counts as synced: the
- * clock was locked recently and free-runs within its holdover bound.
+ * receipt does not depend on the gateway being in sync in the life that received it: its age
+ * runs on the monotonic clock from that receipt. A restart loses that clock, and such a
+ * command recovered from the journal is judged on the wall clock alone (its receipt's wall
+ * time against the wall clock now), as a timestamped one is: a gateway that boots with its
+ * clock behind (a real-time clock that lost time) would otherwise write it past its deadline
+ * (I3). HOLDOVER still counts as synced: the clock was locked recently and free-runs within
+ * its holdover bound.
  */
 
 export type ClockVerdict =
@@ -17,14 +22,24 @@ export type ClockVerdict =
 
 const SYNCED = new Set(['LOCKED', 'HOLDOVER']);
 
+/**
+ * `receivedInThisLife`: the command was received by this process, so that a command timed by
+ * its receipt has its age on the monotonic clock (ExecutionHost.receivedInThisLife).
+ */
 export function gatewayVerdict(
   policy: ClockPolicy,
   record: Pick<CommandRecord, 'issuedAtSource'>,
+  receivedInThisLife: boolean,
 ): ClockVerdict {
-  if (policy.gateway === null || record.issuedAtSource !== 'issuer') return { kind: 'ok' };
+  if (policy.gateway === null) return { kind: 'ok' };
+  const timestamped = record.issuedAtSource === 'issuer';
+  if (!timestamped && receivedInThisLife) return { kind: 'ok' };
   const status = policy.gateway.status();
   if (status.source === 'none' || SYNCED.has(status.state)) return { kind: 'ok' };
-  const detail = `the gateway clock is ${status.state} (${status.source}: ${status.detail}): a timestamped command cannot be judged fresh`;
+  const which = timestamped
+    ? 'a timestamped command'
+    : 'a command timed by its receipt before the daemon restarted (its age is known on the wall clock alone)';
+  const detail = `the gateway clock is ${status.state} (${status.source}: ${status.detail}): ${which} cannot be judged fresh`;
   return policy.onUnsynced === 'reject'
     ? { kind: 'reject', state: status.state, detail: `${detail}; nothing was written` }
     : { kind: 'warn', state: status.state, detail: `${detail}; running it anyway (policy warn)` };

@@ -312,6 +312,12 @@ export interface ExecutionHost {
    * deadline. For a command of an earlier life, the wall clock.
    */
   deadlineNow(record: CommandRecord): number;
+  /**
+   * The command was received by this process (not recovered from an earlier life's journal):
+   * a command timed by its receipt then has its age on the monotonic clock, and does not
+   * depend on the gateway's clock being in sync (clock-policy.ts).
+   */
+  receivedInThisLife(record: CommandRecord): boolean;
   /** The command's dispatch was journaled now (its durations are timed from here). */
   dispatched(record: CommandRecord): void;
   /** Journals the outcome and tells waiters and listeners; null when it could not. */

@@ -309,6 +309,7 @@ export class CommandPipeline {
           ? sinceReceipt
           : Math.max(this.clock.now(), sinceReceipt);
       },
+      receivedInThisLife: (record) => this.receivedMono.has(refId(record)),
       dispatched: (record) => {
         this.outcomes.dispatched(record);
         this.lateEcho.dispatched(record);
@@ -412,7 +413,8 @@ export class CommandPipeline {
       return claim;
     }
     log.info({ intake: submission.intake, action: record.action }, 'command accepted');
-    const gateway = gatewayVerdict(this.clockPolicy, record);
+    // Received now: a command timed by its receipt is young by construction.
+    const gateway = gatewayVerdict(this.clockPolicy, record, true);
     if (gateway.kind === 'reject') {
       const settled = this.outcomes.settle(log, record, 'accepted', {
         to: 'rejected',

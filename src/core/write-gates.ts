@@ -40,7 +40,7 @@ export function rejectIfUnsynced(
   log: Logger,
 ): boolean {
   for (const verdict of [
-    gatewayVerdict(host.clockPolicy, record),
+    gatewayVerdict(host.clockPolicy, record, host.receivedInThisLife(record)),
     controllerVerdict(host.clockPolicy, lane),
   ]) {
     if (verdict.kind === 'warn') log.warn({ clock: verdict.state }, verdict.detail);

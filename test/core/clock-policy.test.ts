@@ -283,6 +283,50 @@ describe('gateway clock (SPEC §6)', () => {
     }
   });
 
+  it('a command timed by its receipt, recovered after a restart on a clock booted behind and UNLOCKED: refused CLOCK_SKEW, never written', async () => {
+    // Its age ran on the monotonic clock of the life that received it; a restart leaves only
+    // its receipt's wall time against the wall clock, as for a timestamped command. A gateway
+    // whose real-time clock lost time over the outage would otherwise find it young and
+    // write it past its deadline (I3).
+    const gateway = new GatewayStandIn();
+    const clock = new SteppingClock();
+    h = await SimHarness.start({
+      clock,
+      travelMs: 1_000,
+      clockPolicy: { onUnsynced: 'reject', maxControllerSkewMs: () => null, gateway },
+    });
+    h.submit('travelling', { device: 'v1', action: 'open' });
+    await h.until(() => h!.device('v1').counters.writesReceived === 1, 5_000, 'the open written');
+    // Queued behind the travel, timed by its receipt: 3 s to live.
+    const queued = h.submit('queued', { device: 'v1', action: 'close', ttlMs: 3_000 }).record;
+    expect(queued).toMatchObject({ state: 'accepted', issuedAtSource: 'gateway' });
+    await h.crash();
+    // The outage outlasts its deadline, and the valve has finished its travel: the close is
+    // legal, and only its age stands between it and the controller.
+    await h.until(
+      () => Date.now() > queued.deadline + 500 && h!.device('v1').snapshot().state === 'OPEN',
+      10_000,
+      'past the deadline, the valve open',
+    );
+    // The gateway boots with its clock behind: it reads half a second after the command's
+    // receipt (a clock further behind would put the receipt "in the future", past the issuer
+    // skew, and refuse it on that count).
+    clock.offset = queued.acceptedAt + 500 - Date.now();
+    gateway.state = 'UNLOCKED';
+    await h.restart();
+    const r = await h.settled('queued');
+    expect(r).toMatchObject({ state: 'rejected', code: 'CLOCK_SKEW' });
+    expect(r.detail).toMatch(
+      /gateway clock is UNLOCKED .*timed by its receipt before the daemon restarted.*nothing was written/,
+    );
+    const travelling = await h.settled('travelling');
+    expect(travelling).toMatchObject({ state: 'confirmed' });
+    expect(h.device('v1').writeLog.map((w) => w.seq)).toEqual([travelling.seq]);
+    // Received in this life, the same command needs no synced clock: its age is monotonic.
+    h.submit('fresh', { device: 'v1', action: 'close', ttlMs: 3_000 });
+    expect(await h.settled('fresh')).toMatchObject({ state: 'confirmed' });
+  });
+
   it('policy warn: a timestamped command runs while the gateway clock is unlocked', async () => {
     const gateway = new GatewayStandIn();
     gateway.state = 'UNLOCKED';
