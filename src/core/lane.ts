@@ -250,10 +250,13 @@ export interface Lane {
   /** The command a stop preempted, and that stop, until the stop is terminal. */
   interrupted: Interruption | null;
   /**
-   * Commands a stop superseded whose rejection is still to be journaled, by id, with that stop:
-   * the journal failed under the rejection, or could not be read to tell what the command was.
-   * When the device comes to one, it is rejected `SUPERSEDED` if it is still `accepted` (never
-   * written), run if it is a stop (preemption.ts).
+   * Commands a stop superseded whose rejection is not yet on disk, by id, with that stop: the
+   * journal failed under the rejection, or could not be read to tell what the command was, or
+   * the rejection waits for its batch's barrier (a batch lost at its COMMIT takes it back, and
+   * the command is `accepted` on disk again). When the device comes to one, it is rejected
+   * `SUPERSEDED` if it is still `accepted` (never written), run if it is a stop
+   * (preemption.ts). The mark goes once the rejection is durable (the pipeline's settled
+   * listener).
    */
   readonly superseded: Map<string, CommandRef>;
 }

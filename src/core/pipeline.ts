@@ -250,8 +250,11 @@ export class CommandPipeline {
     });
     this.outcomes.onSettled((record) => {
       this.receivedMono.delete(refId(record));
-      // Settled on disk: its write is never sent now, and nothing asks about it again.
-      this.lanes.get(record.device)?.withheld.delete(refId(record));
+      // Settled on disk: its write is never sent now, and nothing asks about it again; a
+      // rejection as superseded is no longer to be made again.
+      const lane = this.lanes.get(record.device);
+      lane?.withheld.delete(refId(record));
+      lane?.superseded.delete(refId(record));
       this.lateEcho.settled(record);
     });
     const startWorker = (lane: Lane): void => {

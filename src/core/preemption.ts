@@ -423,8 +423,12 @@ export class Preemption {
         detail: `superseded by the stop ${stop.key}, accepted before it was written; nothing was written`,
       },
     );
-    if (settled !== null) lane.superseded.delete(refId(ref));
-    else {
+    // The mark stays until the rejection is durable (the pipeline's settled listener drops
+    // it): a batch lost at its COMMIT leaves the command `accepted` on disk, and whoever comes
+    // to it next — the stop's end handing its target back (afterStop), the sweep — finds it
+    // marked and rejects it again, never runs it after the stop. Dropped here, the open the
+    // stop had preempted in flight was written once the stop ended (an audit of 2026-12-07).
+    if (settled === null) {
       // Journal unavailable: it stays marked and is rejected when the device comes to it.
       lane.queue.push({ scope: ref.scope, key: ref.key });
       log.warn({ superseded: ref.key }, 'superseded command not yet journaled as such');
