@@ -379,7 +379,10 @@ export interface Journal {
   /**
    * The stops on `ref`'s device claimed after it, newest first, at most `limit`: in the
    * journal's order, not by acceptedAt, which a step of the gateway's clock can reorder (a
-   * stop accepted after a step back would look older than the command it interrupted).
+   * stop accepted after a step back would look older than the command it interrupted). A stop
+   * refused at the door (rejected in its claim's own commit: forbidden to its identity, stale,
+   * issued in the future, the gateway clock unsynced) preempted nothing and is not one of
+   * them: another identity's refused stop must not keep a command from its second write.
    */
   stopsAfter(ref: CommandRef, limit: number): CommandRecord[];
   /**

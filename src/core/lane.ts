@@ -338,7 +338,7 @@ export interface ExecutionHost {
 
 export function freshnessDetail(
   verdict: 'STALE_COMMAND' | 'CLOCK_SKEW',
-  record: CommandRecord,
+  record: Pick<CommandRecord, 'issuedAt' | 'deadline'>,
   now: number,
   policy: FreshnessPolicy,
 ): string {

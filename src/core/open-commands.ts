@@ -394,17 +394,10 @@ function settlingWindow(
     key === r.key
       ? `its ${what} (${detail})`
       : `the ${what} of ${r.key}, which it waits behind on its device (${detail})`;
-  // The newest stop claimed after it preempted it, unless it is a stop itself (preemption.ts)
-  // or the stop was refused at the door (rejected in its claim's commit: FORBIDDEN_DEVICE),
-  // which preempts nothing — nor may a stream of them keep a stuck command from showing.
-  const newest = r.action === 'stop' ? undefined : journal.stopsAfter(r, 1)[0];
-  const stop =
-    newest === undefined ||
-    (newest.state === 'rejected' &&
-      newest.dispatchedAt === null &&
-      newest.settledAt === newest.acceptedAt)
-      ? undefined
-      : newest;
+  // The newest stop claimed after it preempted it, unless it is a stop itself (preemption.ts).
+  // Stops refused at the door preempt nothing and are not among them (Journal.stopsAfter):
+  // nor may a stream of them keep a stuck command from showing.
+  const stop = r.action === 'stop' ? undefined : journal.stopsAfter(r, 1)[0];
   if (stop !== undefined && !isTerminal(stop.state)) {
     // Paused: it is taken up again once the stop is terminal, which is by the stop's own
     // bound at the latest, and then read for its take-up window.

@@ -24,7 +24,15 @@ import {
   UnknownDeviceError,
 } from './errors.js';
 import { CommandExecution } from './execution.js';
-import type { Claim, CommandRecord, CommandRef, Journal, JournalEvent } from './journal.js';
+import type {
+  Claim,
+  CommandRecord,
+  CommandRef,
+  Journal,
+  JournalEvent,
+  NewCommand,
+  Rejection,
+} from './journal.js';
 import { LateEcho } from './late-echo.js';
 import {
   RECOVERY,
@@ -381,65 +389,53 @@ export class CommandPipeline {
     const ttlMs = request.ttlMs ?? profile.timing.defaultTtlMs;
     const devices = submission.identity.devices;
     const forbidden = devices !== 'all' && !devices.has(request.device);
-    const claim = this.journal.claim(
-      {
-        scope: submission.identity.scope,
-        key,
-        fingerprint: fingerprint(request),
-        device: request.device,
-        action: request.action,
-        position: request.position,
-        issuedAt,
-        issuedAtSource: request.issuedAt === null ? 'gateway' : 'issuer',
-        ttlMs,
-        deadline: issuedAt + ttlMs,
-        intake: submission.intake,
-        acceptedAt: now,
-      },
-      // Rejected in the claim's own commit: a forbidden command is never `accepted` on disk,
-      // so nothing (recovery after a crash included) can take it up.
-      forbidden
-        ? {
-            code: 'FORBIDDEN_DEVICE',
-            detail: `identity "${submission.identity.scope}" may not command device "${request.device}"; nothing was written`,
-          }
-        : undefined,
-    );
+    const command: NewCommand = {
+      scope: submission.identity.scope,
+      key,
+      fingerprint: fingerprint(request),
+      device: request.device,
+      action: request.action,
+      position: request.position,
+      issuedAt,
+      issuedAtSource: request.issuedAt === null ? 'gateway' : 'issuer',
+      ttlMs,
+      deadline: issuedAt + ttlMs,
+      intake: submission.intake,
+      acceptedAt: now,
+    };
+    // Received now: a command timed by its receipt is young by construction.
+    const gateway = gatewayVerdict(this.clockPolicy, command, true);
+    const fresh = checkFreshness(command, now, this.freshness);
+    // Refused at the door — the identity may not command the device, the gateway clock cannot
+    // judge a timestamped command (SPEC §6), the command is stale or issued in the future
+    // (I3) — it is rejected in the claim's own commit: never `accepted` on disk, so nothing
+    // (recovery after a crash included) can take it up, and a stop refused so is known on disk
+    // as one that preempted nothing (settled when accepted, never dispatched: Journal.stopsAfter
+    // passes over it). A duplicate of a journaled key is answered as that command, whatever
+    // these say now.
+    const rejection: Rejection | undefined = forbidden
+      ? {
+          code: 'FORBIDDEN_DEVICE',
+          detail: `identity "${submission.identity.scope}" may not command device "${request.device}"; nothing was written`,
+        }
+      : gateway.kind === 'reject'
+        ? { code: 'CLOCK_SKEW', detail: gateway.detail }
+        : fresh !== 'FRESH'
+          ? { code: fresh, detail: freshnessDetail(fresh, command, now, this.freshness) }
+          : undefined;
+    const claim = this.journal.claim(command, rejection);
     if (claim.kind !== 'new') return claim;
 
     const record = claim.record;
     this.outcomes.accepted(record, nowMono);
     const log = commandLogger(this.logger, record);
-    if (forbidden) {
+    if (rejection !== undefined) {
       log.warn({ intake: submission.intake, code: record.code }, 'command rejected');
       this.outcomes.announce(record, log);
       return claim;
     }
     log.info({ intake: submission.intake, action: record.action }, 'command accepted');
-    // Received now: a command timed by its receipt is young by construction.
-    const gateway = gatewayVerdict(this.clockPolicy, record, true);
-    if (gateway.kind === 'reject') {
-      const settled = this.outcomes.settle(log, record, 'accepted', {
-        to: 'rejected',
-        code: 'CLOCK_SKEW',
-        faultCode: null,
-        observed: null,
-        detail: gateway.detail,
-      });
-      return { kind: 'new', record: settled ?? record };
-    }
     if (gateway.kind === 'warn') log.warn({ gatewayClock: gateway.state }, gateway.detail);
-    const verdict = checkFreshness(record, now, this.freshness);
-    if (verdict !== 'FRESH') {
-      const settled = this.outcomes.settle(log, record, 'accepted', {
-        to: 'rejected',
-        code: verdict,
-        faultCode: null,
-        observed: null,
-        detail: freshnessDetail(verdict, record, now, this.freshness),
-      });
-      return { kind: 'new', record: settled ?? record };
-    }
     if (record.action === 'stop') {
       try {
         this.preemption.stopPreempts(lane, record, log);

@@ -603,11 +603,15 @@ function prepare(db: Database): {
       ORDER BY id`),
     // A rare path (a readback shows another command's echo). The rows claimed since the
     // command, newest first (`+c.device` keeps the planner off the device index, whose scan
-    // would cover every retained command of the device): few for a command in flight.
+    // would cover every retained command of the device): few for a command in flight. A stop
+    // refused at the door (rejected in its claim's own commit: settled when accepted, never
+    // dispatched) preempted nothing and is passed over.
     stopsAfter: db.prepare(`
       SELECT c.* FROM commands c, commands after
       WHERE after.scope = ? AND after.key = ? AND +c.device = after.device
         AND c.action = 'stop' AND c.id > after.id
+        AND NOT (c.state = 'rejected' AND c.dispatched_at IS NULL
+                 AND c.settled_at = c.accepted_at)
       ORDER BY c.id DESC LIMIT ?`),
     // The device's last dispatch (Journal.lastDispatched): the command its dispatch's commit
     // named (meta, lastDispatchKey), when it still has the sequence number that commit gave
