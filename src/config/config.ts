@@ -285,6 +285,20 @@ export const configSchema = z
   )
   .superRefine(
     (c, ctx) => {
+      const problem = holdoverProblem(c.clock);
+      if (problem !== null) {
+        ctx.addIssue({ code: 'custom', path: ['clock', 'holdoverMs'], message: problem });
+      }
+    },
+    {
+      when: (payload) =>
+        typeof payload.value === 'object' &&
+        payload.value !== null &&
+        !payload.issues.some((i) => i.path?.[0] === 'clock'),
+    },
+  )
+  .superRefine(
+    (c, ctx) => {
       if (c.mqtt === undefined) return;
       const problem = untimedSessionProblem(c.mqtt, c.journal.retentionHours);
       if (problem !== null) {
@@ -315,6 +329,33 @@ export function retentionProblem(retentionHours: number, maxIssuerSkewMs: number
     `(MAX_TTL_MS ${MAX_TTL_MS} ms) + clock.maxIssuerSkewMs ${maxIssuerSkewMs} ms = ` +
     `${neededMs} ms = ${neededHours} h; a retry of a purged key would run as a new command ` +
     `(set at least ${neededHours})`
+  );
+}
+
+/**
+ * I3 on the gateway clock's polling (SPEC §6): the status is the last poll's, so a clock that
+ * lost its lock just after a poll is still reported `LOCKED` until the next poll has answered —
+ * up to `pollIntervalMs` plus the source's run (pmc is asked twice when an answer is missing:
+ * two timeouts). That must fit in the holdover, or timestamped commands would be judged on a
+ * lock older than `holdoverMs` promises (with a poll every 10 minutes and a minute of holdover,
+ * for up to 10 minutes).
+ */
+export function holdoverProblem(clock: {
+  readonly source: 'none' | 'ptp' | 'chrony';
+  readonly pollIntervalMs: number;
+  readonly holdoverMs: number;
+  readonly ptp: { readonly timeoutMs: number };
+  readonly chrony: { readonly timeoutMs: number };
+}): string | null {
+  if (clock.source === 'none') return null;
+  const runMs = 2 * clock[clock.source].timeoutMs;
+  const staleMs = clock.pollIntervalMs + runMs;
+  if (staleMs <= clock.holdoverMs) return null;
+  return (
+    `${clock.holdoverMs} ms is shorter than a status can be old: clock.pollIntervalMs ` +
+    `${clock.pollIntervalMs} ms + twice clock.${clock.source}.timeoutMs (${runMs} ms) = ` +
+    `${staleMs} ms, for which a lost lock would still be reported LOCKED; set holdoverMs to at ` +
+    `least ${staleMs}, or poll more often`
   );
 }
 

@@ -783,3 +783,46 @@ describe("a profile's bound on an acknowledged write against its confirm timeout
     expect(r.status).toBe(2);
   }, 30_000);
 });
+
+describe("the gateway clock's polling against its holdover", () => {
+  const site = (clock: string): string => `${SITE}clock: ${clock}\n`;
+
+  it('refuses a poll (and the source run) longer than the holdover: a lost lock would be reported LOCKED past it', () => {
+    const errors = errorsOf(() =>
+      loadConfig(write(site('{ source: chrony, pollIntervalMs: 600000, holdoverMs: 60000 }')), {
+        env: {},
+      }),
+    );
+    expect(errors).toEqual([
+      'clock.holdoverMs: 60000 ms is shorter than a status can be old: clock.pollIntervalMs 600000 ms + twice clock.chrony.timeoutMs (4000 ms) = 604000 ms, for which a lost lock would still be reported LOCKED; set holdoverMs to at least 604000, or poll more often',
+    ]);
+    // The source's own timeout counts: ptp's here.
+    expect(
+      errorsOf(() =>
+        loadConfig(write(site('{ source: ptp, holdoverMs: 5000, ptp: { timeoutMs: 3000 } }')), {
+          env: {},
+        }),
+      ),
+    ).toEqual([
+      'clock.holdoverMs: 5000 ms is shorter than a status can be old: clock.pollIntervalMs 1000 ms + twice clock.ptp.timeoutMs (6000 ms) = 7000 ms, for which a lost lock would still be reported LOCKED; set holdoverMs to at least 7000, or poll more often',
+    ]);
+  });
+
+  it('accepts the boundary, the defaults, and any holdover with no source', () => {
+    expect(
+      loadConfig(write(site('{ source: ptp, holdoverMs: 5000 }')), { env: {} }).clock.holdoverMs,
+    ).toBe(5000);
+    expect(loadConfig(write(site('{ source: chrony }')), { env: {} }).clock.holdoverMs).toBe(
+      60_000,
+    );
+    expect(
+      loadConfig(write(site('{ source: none, holdoverMs: 0 }')), { env: {} }).clock.holdoverMs,
+    ).toBe(0);
+  });
+
+  it('sluiced --check says so and exits 2', () => {
+    const r = runSluiced(['--config', write(site('{ source: ptp, holdoverMs: 1000 }')), '--check']);
+    expect(r.stderr).toContain('clock.holdoverMs: 1000 ms is shorter than a status can be old');
+    expect(r.status).toBe(2);
+  }, 30_000);
+});

@@ -123,6 +123,8 @@ beforeAll(async () => {
           clientSocketDir: lab.dir,
           acceptUncalibrated: true,
           pmc: 'pmc',
+          // Within the holdover: a poll and two runs of pmc (config.ts, holdoverProblem).
+          timeoutMs: 900,
         },
       },
       identities: { ops: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } },
