@@ -123,15 +123,16 @@ const EARLIEST_UTC = rfc3339Instant('0000-01-01T00:00:00.000Z');
 const LATEST_UTC = rfc3339Instant('9999-12-31T23:59:59.999Z');
 
 /**
- * Whether the instant, in UTC, can be written as RFC 3339 (a four-digit year): `issuedAt` is
- * kept and shown in UTC, and `9999-12-31T23:59:59-23:59` would be `+010000-01-01T23:58:59Z`
- * (ECMAScript's extended year) in the result and the journal, which no RFC 3339 parser reads.
+ * Whether the instant, in UTC, can be written as RFC 3339 (a four-digit year), and so can the
+ * deadline that follows it by at most MAX_TTL_MS: `issuedAt` and `deadline` are kept and shown
+ * in UTC, and `9999-12-31T23:59:59-23:59` would be `+010000-01-01T23:58:59Z` (ECMAScript's
+ * extended year) in the result and the journal, which no RFC 3339 parser reads.
  */
 function isWritableInUtc(value: string): boolean {
   const at = rfc3339Instant(value);
   // Not a date-time at all: the checks before say so.
   if (Number.isNaN(at)) return true;
-  return at >= EARLIEST_UTC && at <= LATEST_UTC;
+  return at >= EARLIEST_UTC && at <= LATEST_UTC - MAX_TTL_MS;
 }
 
 /**
@@ -162,7 +163,7 @@ const commandSchema = z
       .refine(isCalendarValid, 'is not a valid date-time (day, month or time out of range)')
       .refine(
         isWritableInUtc,
-        'lies outside the years 0000-9999 in UTC, which an RFC 3339 result cannot show',
+        'lies outside the years 0000-9999 in UTC (with a day for its deadline), which an RFC 3339 result cannot show',
       )
       .optional(),
     ttlMs: z

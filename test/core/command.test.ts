@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   checkFreshness,
   fingerprint,
+  MAX_TTL_MS,
   parseCommandKey,
   parseCommandRequest,
   parseIdempotencyKey,
@@ -183,13 +184,21 @@ describe('parseCommandRequest: dates and result documents', () => {
     );
   });
 
-  it('refuses an issuedAt whose UTC date-time has no four-digit year (no RFC 3339 result could show it)', () => {
-    for (const issuedAt of ['9999-12-31T23:59:59-23:59', '0000-01-01T00:30:00+01:00']) {
+  it('refuses an issuedAt whose UTC date-time, or its deadline, has no four-digit year (no RFC 3339 result could show it)', () => {
+    // The last: a deadline a day (MAX_TTL_MS) later was `+010000-…` in the result.
+    for (const issuedAt of [
+      '9999-12-31T23:59:59-23:59',
+      '0000-01-01T00:30:00+01:00',
+      '9999-12-31T23:59:59.999Z',
+      '9999-12-31T00:00:00.000Z',
+    ]) {
       expect(() => parseCommandRequest({ ...base, issuedAt }), issuedAt).toThrow(
         /^invalid command: issuedAt: lies outside the years 0000-9999 in UTC[^;]*$/,
       );
     }
-    expect(parseCommandRequest({ ...base, issuedAt: '9999-12-31T23:59:59.999Z' }).issuedAt).toBe(
+    const last = parseCommandRequest({ ...base, issuedAt: '9999-12-30T23:59:59.999Z' });
+    expect(last.issuedAt).toBe('9999-12-30T23:59:59.999Z');
+    expect(new Date(Date.parse(last.issuedAt!) + MAX_TTL_MS).toISOString()).toBe(
       '9999-12-31T23:59:59.999Z',
     );
     expect(parseCommandRequest({ ...base, issuedAt: '0000-01-01T00:00:00Z' }).issuedAt).toBe(

@@ -146,7 +146,7 @@ describe('400: commands the core refuses, end to end', () => {
     );
     await expectRefused(r, k, before);
     expect(r.json.errors).toEqual([
-      'issuedAt: lies outside the years 0000-9999 in UTC, which an RFC 3339 result cannot show',
+      'issuedAt: lies outside the years 0000-9999 in UTC (with a day for its deadline), which an RFC 3339 result cannot show',
     ]);
     expect(fx.stack.journal.findByKey(k)).toEqual([]);
   });
