@@ -32,9 +32,10 @@ export interface ReadRequest {
 export interface StatusPlan {
   /**
    * In the order they are sent: the request with the image time first, then the one with the
-   * echo, then the rest. Later requests see a newer (or the same) controller image, so an image
-   * time read first can only make the image look older than it is, and a state read after the
-   * echo already reflects the command the echo names.
+   * echo, then the rest; the state, position and fault are never read before the echo. Later
+   * requests see a newer (or the same) controller image, so an image time read first can only
+   * make the image look older than it is, and a state read with or after the echo already
+   * reflects the command the echo names.
    */
   readonly reads: readonly ReadRequest[];
   /** The live clock, read on its own; null when the profile maps none. */
@@ -75,6 +76,28 @@ export function planStatusReads(map: ModbusMap, base: number): StatusPlan {
     } else {
       groups.push({ table: f.table, start: f.start, end: f.end, fields: [f.name] });
     }
+  }
+  // The state, position and fault must be read after the echo, so that they reflect the
+  // command it names, and the image time before it. Where the time shares its request with
+  // such fields but not with the echo (state, fault and time at 0..7, the echo at 33), the time
+  // is read alone and those fields in a request of their own after the echo: one request more.
+  // That request may span the time's registers again; Image.words takes the first request that
+  // holds a field, so the time still comes from the one sent first.
+  const time = fields.find((f) => f.name === 'time');
+  const timeGroup = groups.find((g) => g.fields.includes('time'));
+  const echoGroup = groups.find((g) => g.fields.includes('seqEcho'));
+  if (
+    time !== undefined &&
+    timeGroup !== undefined &&
+    echoGroup !== undefined &&
+    timeGroup !== echoGroup &&
+    timeGroup.fields.length > 1
+  ) {
+    const rest = fields.filter((f) => f.name !== 'time' && timeGroup.fields.includes(f.name));
+    timeGroup.start = Math.min(...rest.map((f) => f.start));
+    timeGroup.end = Math.max(...rest.map((f) => f.end));
+    timeGroup.fields = rest.map((f) => f.name);
+    groups.push({ table: time.table, start: time.start, end: time.end, fields: ['time'] });
   }
   const rank = (g: (typeof groups)[number]): number =>
     g.fields.includes('time') ? 0 : g.fields.includes('seqEcho') ? 1 : 2;

@@ -89,6 +89,42 @@ describe('read planning', () => {
     ]);
   });
 
+  it('reads the state, position and fault after the echo where they share a request with the time but not with it', () => {
+    // State, fault and time in one block, the echo next to the command registers.
+    const split = (time: number) =>
+      parseProfile(
+        withModbus('valve', {
+          status: {
+            state: { at: 0 },
+            position: { at: 1, scale: 0.1 },
+            fault: { at: time === 2 ? 6 : 2 },
+            time: { at: time, type: 'uint64' },
+            seqEcho: { at: 33 },
+            clock: { address: 900, type: 'uint64' },
+          },
+          command: { code: { at: 30 }, setpoint: { at: 31, scale: 0.1 }, seq: { at: 32 } },
+        }),
+        'split-echo.yaml',
+      );
+    const reads = (time: number) =>
+      planStatusReads(split(time).modbus!, 100).reads.map((r) => [r.start, r.length, r.fields]);
+    expect(reads(4)).toEqual([
+      [104, 4, ['time']],
+      [133, 1, ['seqEcho']],
+      [100, 3, ['state', 'position', 'fault']],
+    ]);
+    // The time between them: the later request spans it again; the first one's words count.
+    expect(reads(2)).toEqual([
+      [102, 4, ['time']],
+      [133, 1, ['seqEcho']],
+      [100, 7, ['state', 'position', 'fault']],
+    ]);
+    const image = new Image();
+    image.add({ table: 'holding', start: 102, length: 4, fields: ['time'] }, [0, 0, 0, 7]);
+    image.add({ table: 'holding', start: 100, length: 7, fields: [] }, [2, 0, 0, 0, 0, 9, 0]);
+    expect(rawValue(split(2).modbus!.status.time!, 100, image)).toBe(7);
+  });
+
   it('never merges different tables, and bits are requested by count', () => {
     const profile = parseProfile(
       withModbus('limit-switch-valve', {
