@@ -32,6 +32,7 @@ import type {
   JournalEvent,
   NewCommand,
   Rejection,
+  Retry,
 } from './journal.js';
 import { LateEcho } from './late-echo.js';
 import {
@@ -75,7 +76,14 @@ export interface Submission {
   readonly heldMs?: number | undefined;
 }
 
-export type SubmitOutcome = Claim;
+/**
+ * What submit() made of a submission: the journal's claim. With `unrecorded`, the key was in the
+ * journal already and the journal could not be written (another program holding its write
+ * lock, a full disk, a read-only filesystem): the claim is the key's command as read, a
+ * duplicate or a reuse, and its history has no event for this retry. Nothing this retry
+ * acknowledges may rest on a write of its own: there was none.
+ */
+export type SubmitOutcome = Claim & { readonly unrecorded?: JournalUnavailableError };
 
 export interface PipelineOptions {
   readonly journal: Journal;
@@ -369,13 +377,14 @@ export class CommandPipeline {
       // A retry of a key accepted before its device left the configuration (or its profile
       // lost the action) gets that command's outcome, as every replay does (SPEC §2: a
       // terminal outcome is final): refused, its client would take it for never accepted.
-      const earlier = this.journal.retry({
+      const retry: Retry = {
         scope: submission.identity.scope,
         key,
         fingerprint: fingerprint(request),
         intake: submission.intake,
         acceptedAt: now,
-      });
+      };
+      const earlier = this.orJournaled(retry, () => this.journal.retry(retry));
       if (earlier !== null) return earlier;
       if (lane === undefined) throw new UnknownDeviceError(request.device);
       throw new InvalidCommandError([
@@ -423,7 +432,7 @@ export class CommandPipeline {
         : fresh !== 'FRESH'
           ? { code: fresh, detail: freshnessDetail(fresh, command, now, this.freshness) }
           : undefined;
-    const claim = this.journal.claim(command, rejection);
+    const claim = this.orJournaled(command, () => this.journal.claim(command, rejection));
     if (claim.kind !== 'new') return claim;
 
     const record = claim.record;
@@ -447,6 +456,40 @@ export class CommandPipeline {
     this.receivedMono.set(refId(record), nowMono);
     this.enqueue(lane, record);
     return claim;
+  }
+
+  /**
+   * The journal's claim (or retry) of a submission, made by `write`; when the journal cannot be
+   * written, a retry of a key it holds is answered from the key's command as read (see
+   * SubmitOutcome.unrecorded): a duplicate or a reuse, as the claim would have found it. Reads
+   * go on under WAL while another program holds the write lock (a sqlite3 shell, a backup), on
+   * a full disk and on a read-only filesystem. Refused as unavailable, a retry of a command
+   * accepted, perhaps written or confirmed, read "nothing was accepted", and its client could
+   * send it again under a new key: a second actuation. A key not journaled, or not readable
+   * either, is refused with the write's error.
+   */
+  private orJournaled<T extends Claim | null>(retry: Retry, write: () => T): T | SubmitOutcome {
+    try {
+      return write();
+    } catch (error) {
+      if (!(error instanceof JournalUnavailableError)) throw error;
+      let record: CommandRecord | undefined;
+      try {
+        record = this.journal.get(retry);
+      } catch {
+        throw error;
+      }
+      if (record === undefined) throw error;
+      this.logger.warn(
+        { err: error, key: retry.key, intake: retry.intake, state: record.state },
+        'journal unavailable: a retry of a journaled key is answered from the journal as read, and its history does not record it',
+      );
+      return {
+        kind: record.fingerprint === retry.fingerprint ? 'duplicate' : 'reused',
+        record,
+        unrecorded: error,
+      };
+    }
   }
 
   /** The command as journaled now. */

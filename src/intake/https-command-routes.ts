@@ -1,8 +1,8 @@
 import { isTerminal, parseCommandRequest, type IntakeFields } from '../core/command.js';
 import { InvalidCommandError, JournalUnavailableError, SluiceError } from '../core/errors.js';
-import type { Claim, CommandRecord, CommandRef } from '../core/journal.js';
+import type { CommandRecord, CommandRef } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
-import type { CommandPipeline } from '../core/pipeline.js';
+import type { CommandPipeline, SubmitOutcome } from '../core/pipeline.js';
 import { isBodyRefusal } from './https-body.js';
 import type { CallerGuard } from './https-guard.js';
 import { refusedWhileStopping } from './https-server.js';
@@ -93,7 +93,7 @@ async function postCommand(
 ): Promise<Reply> {
   const { pipeline, metrics, logger } = options;
   const identity = options.guard.caller(request);
-  let claim: Claim;
+  let claim: SubmitOutcome;
   let key: string | undefined;
   let device: string | undefined;
   try {
@@ -136,9 +136,11 @@ async function postCommand(
     // The claim itself was not kept: nothing was accepted (the error handler says so).
     if (kept === undefined) throw error;
     // The key is in the journal from before this failure — a retry of a command accepted
-    // earlier, or this request's claim made durable with the command's dispatch — so the
-    // command goes on and may well have been written. "Nothing was accepted" would invite an
-    // operator to send it again under a new key: the one thing that would actuate twice.
+    // earlier (its duplicate event lost with its batch, or not journaled at all: the journal
+    // could not be written, SubmitOutcome.unrecorded), or this request's claim made durable
+    // with the command's dispatch — so the command goes on and may well have been written.
+    // "Nothing was accepted" would invite an operator to send it again under a new key: the
+    // one thing that would actuate twice.
     log.warn({ identity: identity.name, state: kept.state }, 'HTTPS answer not journaled');
     const stands = isTerminal(kept.state)
       ? `is ${kept.state} in the journal`
@@ -162,7 +164,7 @@ async function answerClaim(
   waiting: Set<() => void>,
   request: Request,
   reply: Reply,
-  claim: Claim,
+  claim: SubmitOutcome,
   identityName: string,
   log: Logger,
 ): Promise<Reply> {
@@ -218,6 +220,10 @@ async function answerClaim(
         );
         return sendRecord(reply, record, true);
       }
+      // Its retry could not be journaled (the journal cannot be written): answered as the
+      // catch in postCommand answers a retry whose event a failed commit lost, 503 with the
+      // command's key and state, not 409 as though the journal had taken it.
+      if (claim.unrecorded !== undefined) throw claim.unrecorded;
       await pipeline.durable();
       log.info({ identity: identityName, state: record.state }, 'HTTPS retry while in flight');
       return sendProblem(
@@ -251,7 +257,7 @@ async function answerClaim(
  * (docs/mqtt-api.md), so that one query covers both intakes: a duplicate of a settled command
  * is a replay, of an open one a retry in flight.
  */
-function receivedOutcome(claim: Claim): 'new' | 'replayed' | 'in_flight' | 'key_reused' {
+function receivedOutcome(claim: SubmitOutcome): 'new' | 'replayed' | 'in_flight' | 'key_reused' {
   switch (claim.kind) {
     case 'new':
       return 'new';
