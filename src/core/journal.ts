@@ -56,6 +56,12 @@ export interface OpenPageRef extends OpenRef {
   readonly id: number;
 }
 
+/** A stop with its journal id (Journal.stopsSince). */
+export interface OpenStopRef extends CommandRef {
+  readonly id: number;
+  readonly device: string;
+}
+
 /**
  * The open commands counted (Journal.openCounts), without reading them: what /metrics, /readyz
  * and the status page show of a backlog of any size.
@@ -331,7 +337,13 @@ export interface Journal {
    * would cost the event loop tens of milliseconds each time. In the order they were claimed
    * (not by acceptedAt, which a step of the gateway's clock can reorder).
    */
-  listOpenRefs(): OpenRef[];
+  listOpenRefs(): OpenPageRef[];
+  /**
+   * The stops claimed after the row `afterId` (an OpenPageRef's id), in the journal's order,
+   * open or terminal, except those refused at the door (see stopsAfter). Reads the rows
+   * claimed since: asked once at a start, from the oldest open command.
+   */
+  stopsSince(afterId: number): OpenStopRef[];
   /**
    * The open commands of `ref`'s device claimed before it, in the journal's order; none when
    * `ref` is not open. Reads that device's open commands only: a stop asks it at its claim

@@ -1,6 +1,13 @@
 import type { Clock } from './clock.js';
 import { takeUpReach } from './earlier-write-bounds.js';
-import type { CommandRef, DispatchedAfter, Journal, OpenRef } from './journal.js';
+import type {
+  CommandRef,
+  DispatchedAfter,
+  Journal,
+  OpenPageRef,
+  OpenRef,
+  OpenStopRef,
+} from './journal.js';
 import { interruptedTargets, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { countOpen, type DeviceTiming, type OpenCommands } from './open-commands.js';
@@ -96,7 +103,7 @@ export class Sweep {
    */
   run(): number {
     const { journal, logger } = this.host;
-    let open: OpenRef[];
+    let open: OpenPageRef[];
     try {
       open = journal.listOpenRefs();
     } catch (error) {
@@ -106,11 +113,50 @@ export class Sweep {
     this.wholePending = false;
     this.pageAfter.clear();
     const now = this.liveNow();
+    this.markSuperseded(open, now);
     // In the order they were accepted (listOpenRefs' order); a dispatched command goes to the
     // head of its device's queue wherever it stands in that order.
     for (const record of open) this.take(record, now);
     this.startWorkers();
     return open.length;
+  }
+
+  /**
+   * A command accepted before a stop and never written is superseded by it (SPEC §2), whether
+   * the stop is still open or already ended: on a device with nothing live (after a restart),
+   * each such command is marked with the newest stop claimed after it, and rejected
+   * `SUPERSEDED` when its device comes to it (pipeline.ts, drain), never run. Its rejection may
+   * have been lost with its batch (a COMMIT that failed) while the stop went on and ended, and
+   * the daemon died before it was made again: the journal then holds the stop ended and the
+   * command `accepted`, and only this finds it. An open stop preempts as well when taken
+   * (take()); the mark says the same. One read of the rows claimed since the oldest such
+   * command; none when there is no such command.
+   */
+  private markSuperseded(open: readonly OpenPageRef[], { idle }: LiveNow): void {
+    const { journal, lanes, logger } = this.host;
+    const candidates = open.filter((r) => {
+      const lane = lanes.get(r.device);
+      return r.state === 'accepted' && r.action !== 'stop' && lane !== undefined && idle.has(lane);
+    });
+    const oldest = candidates[0];
+    if (oldest === undefined) return;
+    let stops: OpenStopRef[];
+    try {
+      stops = journal.stopsSince(oldest.id);
+    } catch (error) {
+      // An open stop still preempts when taken; an ended one is looked for at the next start.
+      logger.warn({ err: error }, 'sweep: the stops since the oldest open command cannot be read');
+      return;
+    }
+    if (stops.length === 0) return;
+    // The newest stop of each device (stopsSince is in the journal's order).
+    const newest = new Map<string, OpenStopRef>();
+    for (const stop of stops) newest.set(stop.device, stop);
+    for (const record of candidates) {
+      const stop = newest.get(record.device);
+      if (stop === undefined || stop.id < record.id) continue;
+      lanes.get(record.device)?.superseded.set(refId(record), { scope: stop.scope, key: stop.key });
+    }
   }
 
   /**

@@ -456,6 +456,7 @@ function prepare(db: Database): {
   pastDeadlinePage: Statement;
   dispatchedOf: Statement;
   stopsAfter: Statement;
+  stopsSince: Statement;
   lastDispatched: Statement;
   purgeCandidates: Statement;
   deleteEvents: Statement;
@@ -522,8 +523,16 @@ function prepare(db: Database): {
     // sweep runs this every second: at a million retained commands that walk held the event loop
     // for 0.4–0.7 s each time (2–3 s the first time after a start).
     openRefs: db.prepare(`
-      SELECT scope, key, device, state, action FROM commands INDEXED BY commands_open
+      SELECT id, scope, key, device, state, action FROM commands INDEXED BY commands_open
       WHERE state IN ('accepted', 'dispatched') ORDER BY id`),
+    // The stops claimed after a row (Journal.stopsSince), in the journal's order: a range of
+    // the rowid from there on, the rows claimed since (at a start, since the oldest open
+    // command). Those refused at the door preempted nothing (as in stopsAfter).
+    stopsSince: db.prepare(`
+      SELECT id, scope, key, device FROM commands
+      WHERE id > ? AND action = 'stop'
+        AND NOT (state = 'rejected' AND dispatched_at IS NULL AND settled_at = accepted_at)
+      ORDER BY id`),
     // The open commands of a stop's device claimed before it (Journal.openBefore): through the
     // partial index of the open commands by device, the few of that device, not every open
     // command of the gateway (a stop is the path that must not wait).

@@ -17,6 +17,7 @@ import {
   type OpenPage,
   type OpenPageRef,
   type OpenRef,
+  type OpenStopRef,
   type PastDeadline,
   type PurgeStep,
   type Rejection,
@@ -237,9 +238,17 @@ export class SqliteJournal implements Journal {
     }
   }
 
-  listOpenRefs(): OpenRef[] {
+  listOpenRefs(): OpenPageRef[] {
     try {
-      return this.connection().stmts.openRefs.all() as OpenRef[];
+      return this.connection().stmts.openRefs.all() as OpenPageRef[];
+    } catch (error) {
+      return translate(error, 'read', this.options.path);
+    }
+  }
+
+  stopsSince(afterId: number): OpenStopRef[] {
+    try {
+      return this.connection().stmts.stopsSince.all(afterId) as OpenStopRef[];
     } catch (error) {
       return translate(error, 'read', this.options.path);
     }

@@ -1,4 +1,6 @@
 import { afterEach, expect, it } from 'vitest';
+import type { NewCommand } from '../../src/core/journal.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { commitFaults } from '../helpers/commit-faults.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
@@ -10,6 +12,10 @@ import { SimHarness } from '../helpers/sim-harness.js';
  * go as soon as the rejection was journaled in the batch, and once the stop ended, the open was
  * taken up again as the stop's target and written: the valve opened after the operator's
  * confirmed stop.
+ *
+ * The daemon may die before the open is rejected again: at the next start the journal holds
+ * the stop ended and the open `accepted`, and recovery supersedes it by the journal alone
+ * (sweep.ts, markSuperseded).
  *
  * sluice-sim, the real pipeline and SQLite journal. One double: the batch lost at its COMMIT
  * (test/helpers/commit-faults.ts), a fault no simulator or filesystem can time. Ground truth:
@@ -48,4 +54,87 @@ it('an open superseded by a stop, its rejection lost with its batch: rejected ag
   expect(s).toMatchObject({ state: 'confirmed' });
   expect(valve.writeLog.map((w) => w.seq)).toEqual([]);
   expect(sim.journal.listOpen()).toEqual([]);
+}, 30_000);
+
+/**
+ * A new life on a journal an earlier one left as `build` makes it, through the journal's own
+ * API between the two lives (the daemon died before it could say more): `command` claims one.
+ */
+async function restartedOn(
+  build: (
+    journal: SqliteJournal,
+    command: (key: string, action: 'open' | 'stop') => NewCommand,
+  ) => void,
+): Promise<SimHarness> {
+  const sim = await SimHarness.start({ warm: true });
+  h = sim;
+  await sim.crash();
+  const journal = SqliteJournal.open({ path: sim.path, busyTimeoutMs: 500 });
+  const now = Date.now();
+  build(journal, (key, action) => ({
+    scope: 'plant',
+    key,
+    fingerprint: `f-${key}`,
+    device: 'v1',
+    action,
+    position: null,
+    issuedAt: now,
+    issuedAtSource: 'issuer',
+    ttlMs: 60_000,
+    deadline: now + 60_000,
+    intake: 'https',
+    acceptedAt: now,
+  }));
+  await journal.durable();
+  journal.close();
+  await sim.restart();
+  return sim;
+}
+
+/** The stop `s` claimed, and ended a no-op at CLOSED (confirmed, nothing written). */
+function stopEnded(journal: SqliteJournal, stop: NewCommand): void {
+  const s = journal.claim(stop).record;
+  journal.settle(s, 'accepted', {
+    to: 'confirmed',
+    code: 'OK',
+    faultCode: null,
+    observed: {
+      state: 'CLOSED',
+      position: 0,
+      seq: null,
+      faultCode: null,
+      sourceTime: null,
+      readAt: new Date(s.acceptedAt).toISOString(),
+    },
+    detail: 'a no-op: the valve is CLOSED',
+    at: s.acceptedAt + 5,
+    intake: 'pipeline',
+  });
+}
+
+it('after a restart: a command accepted before a stop that has ended, its rejection lost, is superseded, never written', async () => {
+  // The journal as the case above leaves it when the daemon dies before the open is rejected
+  // again: the stop ended, the open still `accepted`.
+  const sim = await restartedOn((journal, command) => {
+    journal.claim(command('a', 'open'));
+    stopEnded(journal, command('s', 'stop'));
+    // A stop refused at the door after it preempts nothing, and hides nothing either.
+    journal.claim(command('refused', 'stop'), { code: 'STALE_COMMAND', detail: 'stale' });
+  });
+  const a = await sim.settled('a');
+  expect(a).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', seq: null });
+  expect(a.detail).toMatch(/^superseded by the stop s, /);
+  expect(sim.device('v1').writeLog.map((w) => w.seq)).toEqual([]);
+  expect(sim.journal.listOpen()).toEqual([]);
+}, 30_000);
+
+it('after a restart: a command accepted after the stop, or before a stop refused at the door, runs', async () => {
+  const sim = await restartedOn((journal, command) => {
+    stopEnded(journal, command('s', 'stop'));
+    journal.claim(command('a', 'open'));
+    journal.claim(command('refused', 'stop'), { code: 'FORBIDDEN_DEVICE', detail: 'forbidden' });
+  });
+  const a = await sim.settled('a');
+  expect(a).toMatchObject({ state: 'confirmed' });
+  expect(sim.device('v1').writeLog.map((w) => w.seq)).toEqual([a.seq]);
 }, 30_000);

@@ -70,6 +70,8 @@ describe('the journal’s statements, as SQLite plans them', () => {
       }
       // The list of open commands the sweep reads every second among them.
       expect(plans.openRefs).toContain('commands_open');
+      // Recovery's stops since the oldest open command: the rows claimed since, by rowid.
+      expect(plans.stopsSince).toBe('SEARCH commands USING INTEGER PRIMARY KEY (rowid>?)');
       // The periodic sweep's page: a seek in the device's range and its rows, no sort of every
       // open command of the device (sweep-open-backlog.test.ts).
       expect(plans.openPage).toBe(
