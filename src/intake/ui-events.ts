@@ -209,22 +209,46 @@ export class UiEvents {
     // What a page that does not read costs is bounded here (behind): its connection is not
     // reset for it as an unread answer's would be (https-unread.ts).
     if (socket !== null) carriesStream(socket);
+    // The stream is forgotten as it ends, not at the response's 'close': that comes only once
+    // the kernel has taken the last bytes, which a client that stopped reading before it
+    // half-closed never does. Kept until then, the stream had its next event written after its
+    // end, and its session's end written again: an error nothing listened for, which ended the
+    // daemon.
     const gone = (): void => {
+      this.drop(stream);
       res.end();
     };
-    if (socket?.readableEnded === true) gone();
-    else socket?.once('end', gone);
     res.on('close', () => {
       socket?.off('end', gone);
-      this.streams.delete(stream);
-      if (this.streams.size === 0) this.stopTicking();
+      this.drop(stream);
     });
+    // A write that fails (the connection reset under it) ends the stream; an error no listener
+    // takes would be thrown out of the event loop and end the daemon.
+    res.on('error', (error) => {
+      this.o.logger.debug(
+        { err: error, identity: session.identity },
+        'status page event stream: a write failed; the stream ends',
+      );
+      this.drop(stream);
+    });
+    // Ended before it began: nothing is written after its end.
+    if (socket?.readableEnded === true) {
+      gone();
+      return true;
+    }
+    socket?.once('end', gone);
     this.send(stream, `retry: ${RETRY_MS}\n\n`);
     this.sendDevices(stream, this.o.views.devices(allowed));
     this.sendGateway(stream, this.o.views.gateway());
     this.write(stream, 'commands', '{}');
     this.startTicking();
     return true;
+  }
+
+  /** Forgets a stream that ended; the ticks stop with the last one. */
+  private drop(stream: Stream): void {
+    this.streams.delete(stream);
+    if (this.streams.size === 0) this.stopTicking();
   }
 
   /** Ends, at once, the streams whose sessions have ended (a reload replaced their token). */
@@ -380,8 +404,10 @@ export class UiEvents {
     }
     // Written even when the stream is behind: the page must learn why the stream ends, and
     // nothing follows it.
-    stream.res.write(`event: session\ndata: ${JSON.stringify({ ended: true })}\n\n`);
-    stream.res.end();
+    if (!stream.res.writableEnded) {
+      stream.res.write(`event: session\ndata: ${JSON.stringify({ ended: true })}\n\n`);
+      stream.res.end();
+    }
     this.streams.delete(stream);
     return false;
   }
@@ -415,7 +441,7 @@ export class UiEvents {
 
   /** Writes unless the stream is behind; a refused write puts it behind until it drains. */
   private send(stream: Stream, text: string): boolean {
-    if (stream.behind) return false;
+    if (stream.behind || stream.res.writableEnded) return false;
     if (!stream.res.write(text)) {
       stream.behind = true;
       stream.res.once('drain', () => {
