@@ -43,8 +43,9 @@ export interface Delivery {
   /** Why there is no terminal result (not settled within the wait). */
   readonly note: string | null;
   /**
-   * The exchange ended before its wait (the connection lost, no acknowledgement): the note says
-   * what is known of the command, and the report does not say "within --wait".
+   * The exchange ended before its wait (the connection lost, no acknowledgement, an answer the
+   * intake holding the command could not make durable): the note says what is known of the
+   * command, and the report does not say "within --wait".
    */
   readonly lost?: boolean;
 }

@@ -264,6 +264,8 @@ export async function sendHttps(target: SendTarget): Promise<Delivery> {
   const inProgress = answer.status === 409 && problemOf(answer).code === 'IN_PROGRESS';
   if (result === null && !inProgress) {
     const p = problemOf(answer);
+    const state = heldState(answer.body, key);
+    if (state !== null) return holding(target, answer.status, p, state);
     throw refused(p.code, p.detail, target, answer.status);
   }
   // 202, or a retry of a command still in flight: follow it until it is terminal or time is up.
@@ -309,6 +311,40 @@ export async function sendHttps(target: SendTarget): Promise<Delivery> {
           ? `this run sent nothing: key ${key} was already in flight (IN_PROGRESS), and this is the result of the command under way`
           : null
         : `the command is journaled and ${result?.state ?? 'in flight'}; it settles on its own`,
+  };
+}
+
+/**
+ * The state of the command a problem answer says the intake holds: its body carries the
+ * command's `key` and `state` (a `503 JOURNAL_UNAVAILABLE` whose key was in the journal when the
+ * journal failed, docs/http-api.md). Null for any other problem: a refusal, nothing accepted.
+ */
+function heldState(body: unknown, key: string): string | null {
+  if (typeof body !== 'object' || body === null) return null;
+  const held = body as { key?: unknown; state?: unknown };
+  return held.key === key && typeof held.state === 'string' ? held.state : null;
+}
+
+/**
+ * The intake holds the command but could not answer for it (its journal could not make the
+ * answer durable): not a refusal. Said as "refused", with no key, it sent the operator to run
+ * `send` again, a new command under a new key unless --key was given: a second actuation. The
+ * key, where the command stands and the retry that is never written twice.
+ */
+function holding(
+  target: SendTarget,
+  status: number,
+  problem: { code: string; detail: string },
+  state: string,
+): Delivery {
+  return {
+    result: null,
+    replayed: false,
+    httpStatus: status,
+    note:
+      `the intake holds the command (${state} in its journal) but could not answer for it ` +
+      `(${problem.code}: ${problem.detail}); ${retryHint(target)}`,
+    lost: true,
   };
 }
 
