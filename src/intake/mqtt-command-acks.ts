@@ -92,7 +92,7 @@ export class CommandAcks {
           if (packet.qos > 0 && packet.messageId !== undefined && acks.holding) {
             // PUBACKs go in the messages' order: this one behind those held for a barrier.
             callback(PUBACK_HELD);
-            acks.release(acks.hold(packet.messageId), true);
+            acks.release(acks.hold(packet.messageId, packet.qos), true);
             return;
           }
           callback();
@@ -135,7 +135,7 @@ export class CommandAcks {
         packet.qos === 0
           ? null
           : packet.messageId !== undefined && acks.available
-            ? acks.hold(packet.messageId)
+            ? acks.hold(packet.messageId, packet.qos)
             : undefined;
       if (held !== undefined) ack.callback(held === null ? undefined : PUBACK_HELD);
     }

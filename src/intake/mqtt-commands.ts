@@ -592,9 +592,11 @@ export class CommandMessages {
   }
 
   /**
-   * A command that cannot be claimed now. QoS 1 and 2: withheld (no PUBACK), so the broker
-   * keeps it for the next connection of the session. QoS 0 has no redelivery: the requester
-   * is told instead, and the message is done with.
+   * A command that cannot be claimed now. QoS 1: withheld (no PUBACK), so the broker keeps it
+   * for the next connection of the session. QoS 2: withheld (no PUBCOMP); the broker, which had
+   * its PUBREC, sends the PUBREL again on the next connection, and mqtt.js hands the message it
+   * stored again (lost if the process ends first: docs/mqtt-api.md "QoS 2"). QoS 0 has no
+   * redelivery: the requester is told instead, and the message is done with.
    */
   private refuse(
     packet: IPublishPacket,

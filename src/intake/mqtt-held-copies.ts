@@ -3,9 +3,10 @@ import type { DoneCallback, IPublishPacket, MqttClient } from 'mqtt';
 import { PUBACK_HELD, type HeldAck, type OrderedAcks } from './mqtt-acks.js';
 
 /**
- * How a message's PUBACK is given once it is handled: through mqtt.js's `handleMessage` callback
- * (a message handled as it comes), or a PUBACK already held in the messages' order (a message
- * that waited, HeldCopies; QoS 0 has none, and waits with a callback that does nothing).
+ * How a message's PUBACK (a QoS 2 message's PUBCOMP: mqtt-acks.ts) is given once it is handled:
+ * through mqtt.js's `handleMessage` callback (a message handled as it comes), or a PUBACK already
+ * held in the messages' order (a message that waited, HeldCopies; QoS 0 has none, and waits with
+ * a callback that does nothing).
  */
 export type MessageAck =
   | { readonly kind: 'callback'; readonly callback: DoneCallback }
@@ -103,7 +104,7 @@ export class HeldCopies {
     let ack: MessageAck;
     if (packet.qos > 0) {
       if (packet.messageId === undefined || !acks.available) return 'unheld';
-      ack = { kind: 'held', acks, ack: acks.hold(packet.messageId) };
+      ack = { kind: 'held', acks, ack: acks.hold(packet.messageId, packet.qos) };
       callback(PUBACK_HELD);
     } else {
       // QoS 0: no PUBACK, no redelivery; mqtt.js goes on with the next packet.

@@ -170,7 +170,7 @@ export class MqttSite {
 
   /**
    * What another client on the gateway's client id leaves in its persistent session:
-   * mosquitto_sub with `clientId`, a clean-start-off session (`-c`) at QoS 1, subscribed to
+   * mosquitto_sub with `clientId`, a clean-start-off session (`-c`) at QoS 1 (`qos`), subscribed to
    * `filters` with mosquitto_sub's default options (no retain-as-published, no Subscription
    * Identifier), the session's expiry `expirySeconds` when given (MQTT 5), ending after a
    * second; resolves once it has exited. The gateway's intake must be stopped meanwhile (the
@@ -179,14 +179,14 @@ export class MqttSite {
   async leaveSubscriptions(
     clientId: string,
     filters: readonly string[],
-    o: { readonly version?: 4 | 5; readonly expirySeconds?: number } = {},
+    o: { readonly version?: 4 | 5; readonly expirySeconds?: number; readonly qos?: 1 | 2 } = {},
   ): Promise<void> {
     const tool = spawn(
       'mosquitto_sub',
       [
         ...['-h', '127.0.0.1', '-p', String(this.broker.port)],
         ...['-V', (o.version ?? 5) === 5 ? 'mqttv5' : 'mqttv311'],
-        ...['-i', clientId, '-c', '-q', '1', ...filters.flatMap((f) => ['-t', f])],
+        ...['-i', clientId, '-c', '-q', String(o.qos ?? 1), ...filters.flatMap((f) => ['-t', f])],
         ...(o.expirySeconds === undefined ? [] : ['-x', String(o.expirySeconds)]),
         ...['-W', '1'],
       ],
