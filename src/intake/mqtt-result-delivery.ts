@@ -85,11 +85,13 @@ export class ResultDelivery {
   private cursor: SettledAfter | null = null;
   private resending = false;
   /**
-   * The re-sending's last read of the journal failed (a damaged page, an I/O error): it waits
-   * for the next connection, and results settling meanwhile are published as they settle
-   * rather than left to it.
+   * The re-sending's last read of the journal failed (a damaged page, an I/O error), or the
+   * barrier after it (the journal fails closed): it waits for the next connection, and results
+   * settling meanwhile are published as they settle rather than left to it.
    */
   private unreadable = false;
+  /** The re-sending's last barrier failed (said once until one returns: resend()). */
+  private syncFailing = false;
   private stopped = false;
   /** Wall time and the journal's last event at the previous save (or the start). */
   private previous: Saved;
@@ -283,6 +285,25 @@ export class ResultDelivery {
         this.cursor = null;
         break;
       }
+      // The page's settlements on disk first: the read sees what group commit committed and
+      // has not synced yet, the batch still open (the same connection), and what a failed
+      // fdatasync left unproven. Published as read, such a result could be lost with its
+      // settlement, and went out while the journal failed closed (I5; until 2026-12-07).
+      try {
+        await this.journal.durable();
+      } catch (error) {
+        // As an unreadable page: the next connection, results settling meanwhile published as
+        // they settle (on disk by then: settled()).
+        this.unreadable = true;
+        this.logger[this.syncFailing ? 'debug' : 'warn'](
+          { err: error, resent: this.resent },
+          'could not make the results to publish again from the journal durable (the journal fails closed): not published; tried again at the next connection to the MQTT broker',
+        );
+        this.syncFailing = true;
+        return;
+      }
+      this.syncFailing = false;
+      if (this.hasStopped()) break;
       const deliveries = page.records.map((record) => {
         const at = record.settledAt ?? 0;
         const token = {};
