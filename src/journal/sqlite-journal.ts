@@ -28,7 +28,7 @@ import {
   type SettledSince,
   type Settlement,
 } from '../core/journal.js';
-import type { CommandState, OpenState } from '../core/command.js';
+import { isTerminal, type CommandState, type OpenState } from '../core/command.js';
 import {
   lastDispatchKey,
   openConnection,
@@ -99,7 +99,11 @@ export class SqliteJournal implements Journal {
   }
 
   claim(command: NewCommand, rejection?: Rejection): Claim {
-    return this.write('claim', (c) => c.txClaim.immediate(command, rejection));
+    const claim = this.write('claim', (c) => c.txClaim.immediate(command, rejection));
+    // Rejected at the door: settled in its claim's own write, which settledDurably() must
+    // know as such (not taken for a settlement of an earlier life, on disk already).
+    if (claim.kind === 'new' && isTerminal(claim.record.state)) this.settled(claim.record);
+    return claim;
   }
 
   retry(command: Retry): Claim | null {
@@ -150,6 +154,12 @@ export class SqliteJournal implements Journal {
 
   settle(ref: CommandOf, from: OpenState, settlement: Settlement): CommandRecord {
     const record = this.write('settle', (c) => c.txSettle.immediate(ref, from, settlement));
+    this.settled(record);
+    return record;
+  }
+
+  /** The write that settled `record` was the last one (settledDurably() goes by it). */
+  private settled(record: CommandRecord): void {
     if (this.options.groupCommit === true) {
       // settledDurably() goes by the write's number; a settlement a barrier has covered
       // needs no entry (its number is at most syncedThrough, as 0 is).
@@ -162,7 +172,6 @@ export class SqliteJournal implements Journal {
       }
       this.settles.set(refId(record), this.lastWrite);
     }
-    return record;
   }
 
   note(ref: CommandOf, at: number, detail: string, intake: string): void {

@@ -111,6 +111,22 @@ describe('group commit', () => {
     expect(open(false).journal.settledDurably(settled)).toBe(true); // no group commit
   });
 
+  it('a command rejected at the door (settled in its claim) is vouched for only once a barrier covers its claim', async () => {
+    const { journal } = open(true);
+    journal.claim(command('earlier'));
+    // A barrier of this process has completed, as in any running daemon.
+    await journal.durable();
+    const stale = { ...command('stale'), deadline: Date.now() - 1 };
+    const claim = journal.claim(stale, { code: 'STALE_COMMAND', detail: 'its deadline passed' });
+    expect(claim.record.state).toBe('rejected');
+    // What the HTTPS intake reads back before it answers: not on disk yet. Taken for a
+    // settlement of an earlier life (write 0), it was answered before its fsync.
+    const reread = journal.get({ scope: 'plant', key: 'stale' })!;
+    expect(journal.settledDurably(reread)).toBe(false);
+    await journal.durable();
+    expect(journal.settledDurably(reread)).toBe(true);
+  });
+
   it('a settlement made while a barrier runs is not vouched for by it, whatever its time says (the wall clock stepped back)', async () => {
     const { journal } = open(true);
     const claimed = journal.claim(command('stepped')).record;
