@@ -83,6 +83,17 @@ export class GroupCommit {
   private inFlight = 0;
   /** The WAL file, opened for its fdatasync (see durable()); null: not open yet. */
   private wal: { readonly fd: number; readonly conn: Connection } | null = null;
+  /**
+   * A descriptor of the WAL's index (`-shm`), for the recovery's read of its header
+   * (rewriteWal), kept open while the journal is: closing any descriptor of a file releases
+   * every POSIX lock the process holds on it, and SQLite keeps its WAL locks on this file — a
+   * descriptor opened and closed for one read dropped them under the open connection (its write
+   * lock while a batch was open, its lock that tells other processes a connection is there),
+   * and another process could then write beside the daemon, or rebuild the index under it.
+   * Closed only with no connection of the journal open (closeShm()), or when the index is
+   * another file now (no connection of this process locks the old one).
+   */
+  private shm: number | null = null;
   /** Descriptors of WAL files of connections replaced while an fdatasync ran. */
   private readonly staleWal: number[] = [];
   private syncs = 0;
@@ -455,7 +466,7 @@ export class GroupCommit {
     const covers = this.writes;
     let fd: number;
     try {
-      fd = rewriteWal(this.host.path);
+      fd = rewriteWal(this.host.path, this.shmFd());
     } catch (error) {
       return Promise.reject(
         new JournalUnavailableError(
@@ -506,7 +517,7 @@ export class GroupCommit {
   recoverAtClose(): boolean {
     if (this.failed === null) return true;
     try {
-      const fd = rewriteWal(this.host.path);
+      const fd = rewriteWal(this.host.path, this.shmFd());
       try {
         fdatasyncSync(fd);
       } finally {
@@ -608,6 +619,35 @@ export class GroupCommit {
     );
   }
 
+  /** The WAL index's descriptor (see `shm`): the one kept, while it is still the path's file. */
+  private shmFd(): number {
+    const path = `${this.host.path}-shm`;
+    const file = statSync(path);
+    if (this.shm !== null) {
+      const held = fstatSync(this.shm);
+      if (held.dev === file.dev && held.ino === file.ino) return this.shm;
+      // The index was made anew (the connection replaced, the last one to close removed it):
+      // the old file has no connection of this process, and its locks are none of theirs.
+      this.closeShm();
+    }
+    this.shm = openSync(path, 'r');
+    return this.shm;
+  }
+
+  /**
+   * Closes the WAL index's descriptor: only once the journal's connection is closed (a close, a
+   * replaced connection before the new one opens), when closing it releases no lock in use.
+   */
+  closeShm(): void {
+    if (this.shm === null) return;
+    try {
+      closeSync(this.shm);
+    } catch {
+      // Closed already.
+    }
+    this.shm = null;
+  }
+
   /** Closes the WAL's descriptor (at once, or once the fdatasync using it returns). */
   closeWal(): void {
     if (this.wal !== null) this.staleWal.push(this.wal.fd);
@@ -643,22 +683,19 @@ const SHM_HEADER = 48;
 
 /**
  * Writes the WAL of the journal at `path` anew, in place, up to SQLite's last commit (recover()):
- * reads the wal-index header (the -shm file, in the machine's byte order) for the last committed
+ * reads the wal-index header (the -shm file through `shmFd`, in the machine's byte order) for the last committed
  * frame, then the WAL's header and each frame, verifying the checksum chain and salts as
  * SQLite's recovery does, and writes each verified frame back to where it was. Returns the
  * descriptor the writes went through (opened for them, so that its fdatasync is told of any
  * error of their writeback); the caller fdatasyncs and closes it. Throws when the chain does not
  * verify: the page cache no longer holds what SQLite committed, and nothing is written.
  */
-function rewriteWal(path: string): number {
+function rewriteWal(path: string, shmFd: number): number {
   const shm = Buffer.alloc(2 * SHM_HEADER);
-  const shmFd = openSync(`${path}-shm`, 'r');
-  try {
-    if (readSync(shmFd, shm, 0, shm.length, 0) !== shm.length) {
-      throw new Error('the wal-index header is incomplete');
-    }
-  } finally {
-    closeSync(shmFd);
+  // Read through the descriptor the journal keeps (GroupCommit.shm): never one opened and
+  // closed here, which would release SQLite's locks on the index.
+  if (readSync(shmFd, shm, 0, shm.length, 0) !== shm.length) {
+    throw new Error('the wal-index header is incomplete');
   }
   if (!shm.subarray(0, SHM_HEADER).equals(shm.subarray(SHM_HEADER)) || shm[12] !== 1) {
     throw new Error('the wal-index header is not consistent');

@@ -591,6 +591,8 @@ export class SqliteJournal implements Journal {
     if (this.conn.db.open) this.conn.db.close();
     // An fdatasync still running keeps its descriptor until it returns.
     this.group.closeWal();
+    // With no connection open: closing it releases no lock in use.
+    this.group.closeShm();
   }
 
   /**
@@ -671,6 +673,8 @@ export class SqliteJournal implements Journal {
       }
       this.conn.db.close();
     }
+    // Between the two connections: closing it releases no lock in use (GroupCommit.shm).
+    this.group.closeShm();
     try {
       this.conn = openConnection(this.options);
       this.readOnlyConnection = false;

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import {
   closeSync,
   copyFileSync,
@@ -424,6 +425,24 @@ describe('group commit', () => {
     expect(journal.barriers).toBe(3);
   });
 
+  it("the recovery keeps SQLite's locks on the WAL index: another process still sees the connection, and cannot write beside an open batch", async () => {
+    const { journal, path } = await failedSync();
+    journal.claim(command('third'));
+    expect(await journal.durable().then(() => journal.recoveries)).toBe(1);
+    // A batch open, as every turn that writes holds one: its write lock taken. The locks as
+    // another process sees them (F_GETLK; SQLite's unix VFS: the WAL write lock at byte 120 of
+    // the index, the lock that says a connection is there at byte 128). A descriptor of the
+    // index opened and closed by the recovery released both: closing any descriptor of a file
+    // releases every POSIX lock the process holds on it.
+    journal.claim(command('fourth'));
+    const locks = execFileSync('python3', ['-c', GETLK, `${path}-shm`], { encoding: 'utf8' });
+    expect(locks.trim().split('\n')).toEqual([
+      `120 WRLCK ${process.pid}`,
+      `128 RDLCK ${process.pid}`,
+    ]);
+    await journal.durable();
+  });
+
   it('a WAL whose content no longer verifies is not written anew: the journal stays closed', async () => {
     const { journal, path } = await failedSync();
     spoilLastFrame(path);
@@ -456,6 +475,17 @@ describe('group commit', () => {
  * fails an fdatasync (EIO) cannot be made here: a descriptor that is not open fails it the same
  * way (EBADF), through the same path; the descriptor is put back afterwards.
  */
+/** Prints, for bytes 120 and 128 of the file argv[1], the POSIX lock another process meets. */
+const GETLK = `
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+for start in (120, 128):
+    lk = struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, start, 1, 0)
+    kind, _, _, _, pid = struct.unpack('hhqqi4x', fcntl.fcntl(fd, fcntl.F_GETLK, lk))
+    name = {fcntl.F_RDLCK: 'RDLCK', fcntl.F_WRLCK: 'WRLCK', fcntl.F_UNLCK: 'UNLCK'}[kind]
+    print(start, name, pid if kind != fcntl.F_UNLCK else '-')
+`;
+
 async function failedSync(): Promise<{ journal: SqliteJournal; path: string }> {
   const opened = open(true);
   const { journal } = opened;
