@@ -4,7 +4,7 @@ import { pino, type Logger as PinoLogger } from 'pino';
 import { withoutPassword, type SluiceConfig } from '../config/config.js';
 import { preflight } from '../config/preflight.js';
 import { systemClock, type Clock } from '../core/clock.js';
-import { JournalUnavailableError } from '../core/errors.js';
+import { JournalUnavailableError, StartStoppedError } from '../core/errors.js';
 import { refId, type CommandRef } from '../core/journal.js';
 import { CommandPipeline } from '../core/pipeline.js';
 import { buildDrivers } from '../drivers/inventory.js';
@@ -102,7 +102,9 @@ export interface DaemonOptions {
    * journal check, which reads the whole file (tens of seconds on a large journal from a cold
    * disk), or an older journal's upgrade, is killed where it is and the start rejects with
    * StartStoppedError, releasing what it had built (SQLite rolls back the migration the upgrade
-   * was in). Past them, the start runs to its end and the stop follows it.
+   * was in). A stop asked for later, while the drivers are built or the gateway clock is first
+   * checked, ends the start once they are done, before recovery and the intakes. Past that
+   * point, the start runs to its end and the stop follows it.
    */
   readonly stopSignal?: AbortSignal;
 }
@@ -372,6 +374,16 @@ export class Daemon {
       const clocks = gatewayClocks(config, clock, logger);
       releasers.push({ name: 'gateway clock', release: () => clocks.stop() });
       await clocks.start();
+      // A stop asked for while the start waited (node-opcua loading, the drivers, the first
+      // check of the gateway clock: seconds): the start ends here, before recovery takes up a
+      // command and before an intake opens. From here to the intakes the start runs without a
+      // wait, and past them the stop follows the start. Carried on, the start acknowledged the
+      // commands a broker kept for the gateway, and wrote them, after the operator's stop.
+      if (options.stopSignal?.aborted === true) {
+        throw new StartStoppedError(
+          'a stop was asked for while the start waited: no command taken up, no intake opened',
+        );
+      }
 
       const pipeline = new CommandPipeline({
         journal,
