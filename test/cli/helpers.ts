@@ -1,9 +1,12 @@
 import { spawn } from 'node:child_process';
 import { availableParallelism } from 'node:os';
+import { expect } from 'vitest';
 import type { CommandRecord, NewCommand, Observation } from '../../src/core/journal.js';
+import type { Daemon } from '../../src/daemon/daemon.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { main } from '../../src/cli/main.js';
 import { nodeArgs } from '../helpers/entry.js';
+import { until } from '../helpers/mosquitto.js';
 
 /** A run of sluicectl (a process, or its main in this process): exit code, stdout and stderr. */
 export interface CliRun {
@@ -167,6 +170,35 @@ export async function sluicectlInProcess(
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** The retry line a run of `send` printed on stdout, as the arguments sluicectl takes (after "sluicectl"). */
+export function retryArgs(run: CliRun): string[] {
+  const line = /send it again with the same key [^:]*: sluicectl (.*)$/m.exec(run.stdout)?.[1];
+  if (line === undefined) throw new Error(`no retry line in:\n${run.stdout}\n${run.stderr}`);
+  // The test's paths and keys need no shell quoting: split as a shell would split them.
+  expect(line).not.toMatch(/['"\\]/);
+  return line.split(' ');
+}
+
+/**
+ * Waits (20 s at most) until the daemon has read each of its devices back once, and each other
+ * readiness check named in `also` (`mqtt`: the MQTT intake connected) is ok.
+ */
+export async function untilFirstReadbacks(
+  daemon: Pick<Daemon, 'readiness'>,
+  also: readonly string[] = [],
+): Promise<void> {
+  await until(
+    () =>
+      Object.entries(daemon.readiness().checks).every(
+        ([k, c]) => !(k.startsWith('device:') || also.includes(k)) || c.ok,
+      )
+        ? true
+        : undefined,
+    20_000,
+    [...also, 'first readbacks'].join(', '),
+  );
 }
 
 const seconds = 1_000;

@@ -16,7 +16,7 @@ import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { mosquittoAvailable, startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { seedOrphan } from '../helpers/daemon-site.js';
-import { sluicectl, sluicectlInProcess, type CliRun } from './helpers.js';
+import { sluicectl, sluicectlInProcess, untilFirstReadbacks, type CliRun } from './helpers.js';
 
 /**
  * sluicectl against a running daemon (built from its configuration file, as `sluiced` builds
@@ -197,14 +197,7 @@ beforeAll(async () => {
     20_000,
     'the MQTT intake',
   );
-  await until(
-    () =>
-      Object.entries(daemon.readiness().checks).every(([k, c]) => !k.startsWith('device:') || c.ok)
-        ? true
-        : undefined,
-    20_000,
-    'first readbacks',
-  );
+  await untilFirstReadbacks(daemon);
 }, 60_000);
 
 afterAll(async () => {

@@ -15,7 +15,7 @@ import { ROOT, tempDir } from '../helpers/fixtures.js';
 import { mosquittoAvailable, startMosquitto, until, type Mosquitto } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { TcpLink } from '../helpers/tcp-link.js';
-import { sluicectl, type CliRun } from './helpers.js';
+import { retryArgs, sluicectl, untilFirstReadbacks, type CliRun } from './helpers.js';
 
 /**
  * `sluicectl send` when it loses track of a command it has sent: the HTTPS connection cut while
@@ -133,15 +133,6 @@ function packetSize(buffer: Buffer): number | null {
 const cli = (...args: string[]): Promise<CliRun> =>
   sluicectl(['--config', cliConfig, ...args], { env: { SUDO_USER: 'alice', USER: 'root' } });
 
-/** The retry line a lost run printed, as the arguments sluicectl takes (after "sluicectl"). */
-function retryArgs(run: CliRun): string[] {
-  const line = /send it again with the same key [^:]*: sluicectl (.*)$/m.exec(run.stdout)?.[1];
-  if (line === undefined) throw new Error(`no retry line in:\n${run.stdout}\n${run.stderr}`);
-  // The test's paths and keys need no shell quoting: split as a shell would split them.
-  expect(line).not.toMatch(/['"\\]/);
-  return line.split(' ');
-}
-
 const keyOf = (run: CliRun): string | undefined => /^ {2}key\s+(\S+)$/m.exec(run.stdout)?.[1];
 
 beforeAll(async () => {
@@ -221,14 +212,7 @@ beforeAll(async () => {
     20_000,
     'the MQTT intake',
   );
-  await until(
-    () =>
-      Object.entries(daemon.readiness().checks).every(([k, c]) => !k.startsWith('device:') || c.ok)
-        ? true
-        : undefined,
-    20_000,
-    'first readbacks',
-  );
+  await untilFirstReadbacks(daemon);
 }, 60_000);
 
 afterAll(async () => {

@@ -9,7 +9,7 @@ import { startTokenSite, stopSite, type SiteFile, type TokenSite } from '../help
 import { failFdatasync, type FailingFdatasync } from '../helpers/failing-fdatasync.js';
 import { httpsRequest } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
-import { sluicectlInProcess, type CliRun } from './helpers.js';
+import { retryArgs, sluicectlInProcess, untilFirstReadbacks, type CliRun } from './helpers.js';
 
 /**
  * `sluicectl send` answered `503 JOURNAL_UNAVAILABLE` for a command the intake holds: the
@@ -54,28 +54,12 @@ beforeAll(async () => {
   writeFileSync(cliConfig, stringify({ ...siteFile, https: { ...siteFile.https, port } }));
   tokenFile = join(site.dir, 'token');
   writeFileSync(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
-  await until(
-    () =>
-      Object.entries(started.readiness().checks).every(([k, c]) => !k.startsWith('device:') || c.ok)
-        ? true
-        : undefined,
-    20_000,
-    'first readbacks',
-  );
+  await untilFirstReadbacks(started);
 }, 60_000);
 
 afterAll(async () => {
   await stopSite(daemon, site);
 });
-
-/** The retry line a run printed, as the arguments sluicectl takes (after "sluicectl"). */
-function retryArgs(run: CliRun): string[] {
-  const line = /send it again with the same key [^:]*: sluicectl (.*)$/m.exec(run.stdout)?.[1];
-  if (line === undefined) throw new Error(`no retry line in:\n${run.stdout}\n${run.stderr}`);
-  // The test's paths and keys need no shell quoting: split as a shell would split them.
-  expect(line).not.toMatch(/['"\\]/);
-  return line.split(' ');
-}
 
 it('a 503 for a command the intake holds is NOT SETTLED with its key and a safe retry, not "refused"', async () => {
   const valve = site.plant.device('slow-valve');

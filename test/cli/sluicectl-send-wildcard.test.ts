@@ -10,9 +10,8 @@ import { sha256 } from '../../src/intake/identities.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { sluicectl } from './helpers.js';
+import { sluicectl, untilFirstReadbacks } from './helpers.js';
 
 /**
  * `sluicectl send` on a gateway as the shipped systemd/sluice.yaml sets it up: HTTPS on the
@@ -69,14 +68,7 @@ beforeAll(async () => {
   // The daemon's own site, with the port it was given.
   cliConfig = join(dir, 'sluicectl.yaml');
   writeFileSync(cliConfig, stringify({ ...site, https: { ...site.https, port } }));
-  await until(
-    () =>
-      Object.entries(daemon.readiness().checks).every(([k, c]) => !k.startsWith('device:') || c.ok)
-        ? true
-        : undefined,
-    20_000,
-    'first readbacks',
-  );
+  await untilFirstReadbacks(daemon);
 }, 60_000);
 
 afterAll(async () => {

@@ -1,4 +1,3 @@
-import { request } from 'node:https';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { makePki, type Pem, type Pki } from '../intake/https-client.js';
@@ -9,6 +8,7 @@ import {
   openWithReadsHeld,
   OPS_CN,
   ORPHAN,
+  requestEvents,
   startUiSite,
   TOKENS,
   type UiSite,
@@ -91,23 +91,12 @@ function historyLength(): number {
 function openStream(cookie: string): Promise<{ status: number; text: () => string }> {
   return new Promise((resolve, reject) => {
     let text = '';
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: site.port,
-        path: '/ui/api/events',
-        ca: site.cert,
-        agent: false,
-        headers: { cookie, accept: 'text/event-stream' },
-      },
-      (res) => {
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        resolve({ status: res.statusCode ?? 0, text: () => text });
-      },
-    );
+    const req = requestEvents(site, cookie, (res) => {
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (text += c));
+      resolve({ status: res.statusCode ?? 0, text: () => text });
+    });
     req.once('error', reject);
-    req.end();
   });
 }
 

@@ -1,11 +1,10 @@
 import { readFileSync } from 'node:fs';
-import { request } from 'node:https';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { ROOT } from '../helpers/fixtures.js';
 import { until } from '../helpers/mosquitto.js';
-import { call, login, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
+import { call, login, ORPHAN, requestEvents, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
  * The status page's security over real HTTPS against the daemon and sluice-sim: the page and
@@ -411,30 +410,19 @@ function openStream(cookie: string): Promise<{
   return new Promise((resolve, reject) => {
     let text = '';
     let ended = false;
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: site.port,
-        path: '/ui/api/events',
-        ca: site.cert,
-        agent: false,
-        headers: { cookie, accept: 'text/event-stream' },
-      },
-      (res) => {
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => (ended = true));
-        resolve({
-          status: res.statusCode ?? 0,
-          headers: res.headers,
-          text: () => text,
-          ended: () => ended,
-          close: () => req.destroy(),
-        });
-      },
-    );
+    const req = requestEvents(site, cookie, (res) => {
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (text += c));
+      res.on('end', () => (ended = true));
+      resolve({
+        status: res.statusCode ?? 0,
+        headers: res.headers,
+        text: () => text,
+        ended: () => ended,
+        close: () => req.destroy(),
+      });
+    });
     req.once('error', reject);
-    req.end();
   });
 }
 

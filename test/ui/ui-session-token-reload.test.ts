@@ -1,5 +1,5 @@
 import { writeFileSync, renameSync } from 'node:fs';
-import type { ClientRequest, IncomingMessage } from 'node:http';
+import type { ClientRequest } from 'node:http';
 import { request } from 'node:https';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
@@ -10,6 +10,7 @@ import {
   login,
   openWithReadsHeld,
   ORPHAN,
+  requestEvents,
   startUiSite,
   TOKENS,
   type UiSite,
@@ -66,44 +67,33 @@ interface Stream {
 /** An event stream kept open. */
 function openStream(cookie: string): Promise<Stream> {
   return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: site.port,
-        path: '/ui/api/events',
-        ca: site.cert,
-        agent: false,
-        headers: { cookie, accept: 'text/event-stream' },
-      },
-      (res: IncomingMessage) => {
-        let text = '';
-        res.setEncoding('utf8');
-        const ended = new Promise<string>((done) => {
-          res.on('end', () => {
-            done(text);
-          });
+    const req = requestEvents(site, cookie, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      const ended = new Promise<string>((done) => {
+        res.on('end', () => {
+          done(text);
         });
-        const waiting: { text: string; done: () => void }[] = [];
-        res.on('data', (chunk: string) => {
-          text += chunk;
-          for (const w of waiting.filter((w) => text.includes(w.text))) {
-            waiting.splice(waiting.indexOf(w), 1);
-            w.done();
-          }
-        });
-        resolve({
-          status: res.statusCode ?? 0,
-          ended,
-          carried: (wanted) =>
-            text.includes(wanted)
-              ? Promise.resolve()
-              : new Promise<void>((done) => waiting.push({ text: wanted, done })),
-        });
-      },
-    );
+      });
+      const waiting: { text: string; done: () => void }[] = [];
+      res.on('data', (chunk: string) => {
+        text += chunk;
+        for (const w of waiting.filter((w) => text.includes(w.text))) {
+          waiting.splice(waiting.indexOf(w), 1);
+          w.done();
+        }
+      });
+      resolve({
+        status: res.statusCode ?? 0,
+        ended,
+        carried: (wanted) =>
+          text.includes(wanted)
+            ? Promise.resolve()
+            : new Promise<void>((done) => waiting.push({ text: wanted, done })),
+      });
+    });
     req.once('error', reject);
     open.push(req);
-    req.end();
   });
 }
 

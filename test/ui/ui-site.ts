@@ -1,3 +1,4 @@
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import type { HttpsTimeouts } from '../../src/intake/https-server.js';
 import type { StreamPeerBounds } from '../../src/intake/ui-events.js';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
@@ -335,6 +336,33 @@ export function call(
     req.once('error', reject);
     req.end(body);
   });
+}
+
+/**
+ * Asks for the page's event stream as the page does (the session cookie, `accept:
+ * text/event-stream`), on a connection of its own. `onResponse` gets the daemon's answer as its
+ * head arrives: a stream's events, or a refusal's problem document, are read from it. Returns
+ * the request, already sent: the caller listens for its error, and destroys it to close the
+ * stream.
+ */
+export function requestEvents(
+  site: Pick<UiSite, 'port' | 'cert'>,
+  cookie: string,
+  onResponse: (res: IncomingMessage) => void,
+): ClientRequest {
+  const req = request(
+    {
+      host: '127.0.0.1',
+      port: site.port,
+      path: '/ui/api/events',
+      ca: site.cert,
+      agent: false,
+      headers: { cookie, accept: 'text/event-stream' },
+    },
+    onResponse,
+  );
+  req.end();
+  return req;
 }
 
 /** Logs in as the page does; returns the session cookie (name=value) and the CSRF token. */

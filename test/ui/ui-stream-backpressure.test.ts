@@ -1,9 +1,8 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { request } from 'node:https';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { until } from '../helpers/mosquitto.js';
-import { call, login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
+import { call, login, requestEvents, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
  * A page that stops reading its event stream (a tablet asleep with its connection half-open, a
@@ -66,33 +65,22 @@ function openStream(cookie: string, paused: boolean): Promise<Stream> {
         mirror = valve === null ? null : { state: valve.state, position: valve.position };
       }
     };
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: site.port,
-        path: '/ui/api/events',
-        ca: site.cert,
-        agent: false,
-        headers: { cookie, accept: 'text/event-stream' },
-      },
-      (res: IncomingMessage) => {
-        expect(res.statusCode).toBe(200);
-        res.setEncoding('utf8');
-        // A paused response stops reading its socket once its own small buffer is full: the
-        // kernel's buffers fill, then the daemon's.
-        if (paused) res.pause();
-        res.on('data', read);
-        resolve({
-          bytes: () => bytes,
-          drainValve: () => mirror,
-          pause: () => res.pause(),
-          resume: () => res.resume(),
-          close: () => req.destroy(),
-        });
-      },
-    );
+    const req = requestEvents(site, cookie, (res) => {
+      expect(res.statusCode).toBe(200);
+      res.setEncoding('utf8');
+      // A paused response stops reading its socket once its own small buffer is full: the
+      // kernel's buffers fill, then the daemon's.
+      if (paused) res.pause();
+      res.on('data', read);
+      resolve({
+        bytes: () => bytes,
+        drainValve: () => mirror,
+        pause: () => res.pause(),
+        resume: () => res.resume(),
+        close: () => req.destroy(),
+      });
+    });
     req.once('error', reject);
-    req.end();
   });
 }
 

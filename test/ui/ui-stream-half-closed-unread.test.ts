@@ -1,10 +1,17 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
-import { request } from 'node:https';
 import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { until } from '../helpers/mosquitto.js';
-import { call, login, startUiSite, TOKENS, writtenAsync, type UiSite } from './ui-site.js';
+import {
+  call,
+  login,
+  requestEvents,
+  startUiSite,
+  TOKENS,
+  writtenAsync,
+  type UiSite,
+} from './ui-site.js';
 
 /**
  * A page that stops reading its event stream, then half-closes its connection (a tablet that
@@ -44,33 +51,22 @@ interface Reader {
 function readStream(cookie: string): Promise<Reader> {
   return new Promise((resolve, reject) => {
     const events: string[] = [];
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: site.port,
-        path: '/ui/api/events',
-        ca: site.cert,
-        agent: false,
-        headers: { cookie, accept: 'text/event-stream' },
-      },
-      (res: IncomingMessage) => {
-        let pending = '';
-        res.setEncoding('utf8');
-        res.on('data', (chunk: string) => {
-          pending += chunk;
-          let end = pending.indexOf('\n\n');
-          while (end >= 0) {
-            const name = /^event: (\w+)$/m.exec(pending.slice(0, end))?.[1];
-            if (name !== undefined) events.push(name);
-            pending = pending.slice(end + 2);
-            end = pending.indexOf('\n\n');
-          }
-          if (events.includes('devices')) resolve({ events, req });
-        });
-      },
-    );
+    const req = requestEvents(site, cookie, (res) => {
+      let pending = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        pending += chunk;
+        let end = pending.indexOf('\n\n');
+        while (end >= 0) {
+          const name = /^event: (\w+)$/m.exec(pending.slice(0, end))?.[1];
+          if (name !== undefined) events.push(name);
+          pending = pending.slice(end + 2);
+          end = pending.indexOf('\n\n');
+        }
+        if (events.includes('devices')) resolve({ events, req });
+      });
+    });
     req.once('error', reject);
-    req.end();
   });
 }
 

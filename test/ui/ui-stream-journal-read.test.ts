@@ -1,10 +1,8 @@
-import type { IncomingMessage } from 'node:http';
-import { request } from 'node:https';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { until } from '../helpers/mosquitto.js';
 import { keyLookupFaults } from '../helpers/read-faults.js';
-import { login, startUiSite, TOKENS, writtenAsync, type UiSite } from './ui-site.js';
+import { login, requestEvents, startUiSite, TOKENS, writtenAsync, type UiSite } from './ui-site.js';
 
 /**
  * The status page's devices event is pushed from a timer (200 ms after a mirror changes), outside
@@ -34,32 +32,21 @@ function openStream(cookie: string): Promise<{ devices(): number; close(): void 
   return new Promise((resolve, reject) => {
     let devices = 0;
     let pending = '';
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: site.port,
-        path: '/ui/api/events',
-        ca: site.cert,
-        agent: false,
-        headers: { cookie, accept: 'text/event-stream' },
-      },
-      (res: IncomingMessage) => {
-        expect(res.statusCode).toBe(200);
-        res.setEncoding('utf8');
-        res.on('data', (chunk: string) => {
-          pending += chunk;
-          let end = pending.indexOf('\n\n');
-          while (end >= 0) {
-            if (pending.startsWith('event: devices\n')) devices++;
-            pending = pending.slice(end + 2);
-            end = pending.indexOf('\n\n');
-          }
-        });
-        resolve({ devices: () => devices, close: () => req.destroy() });
-      },
-    );
+    const req = requestEvents(site, cookie, (res) => {
+      expect(res.statusCode).toBe(200);
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        pending += chunk;
+        let end = pending.indexOf('\n\n');
+        while (end >= 0) {
+          if (pending.startsWith('event: devices\n')) devices++;
+          pending = pending.slice(end + 2);
+          end = pending.indexOf('\n\n');
+        }
+      });
+      resolve({ devices: () => devices, close: () => req.destroy() });
+    });
     req.once('error', reject);
-    req.end();
   });
 }
 

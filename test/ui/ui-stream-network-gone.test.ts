@@ -1,11 +1,10 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import type { ClientRequest, IncomingMessage } from 'node:http';
-import { request } from 'node:https';
+import type { ClientRequest } from 'node:http';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { MAX_STREAMS_PER_SESSION, type StreamPeerBounds } from '../../src/intake/ui-events.js';
 import { until } from '../helpers/mosquitto.js';
 import { realComponent } from '../helpers/real.js';
-import { login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
+import { login, requestEvents, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
  * A status page whose network vanishes without a FIN or a reset, against the daemon and
@@ -108,24 +107,13 @@ interface Opened {
 function openStream(s: UiSite, cookie: string): Promise<Opened> {
   return new Promise((resolve, reject) => {
     let bytes = 0;
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: s.port,
-        path: '/ui/api/events',
-        ca: s.cert,
-        agent: false,
-        headers: { cookie, accept: 'text/event-stream' },
-      },
-      (res: IncomingMessage) => {
-        res.on('data', (chunk: Buffer) => {
-          bytes += chunk.length;
-        });
-        resolve({ status: res.statusCode ?? 0, req, bytes: () => bytes });
-      },
-    );
+    const req = requestEvents(s, cookie, (res) => {
+      res.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+      });
+      resolve({ status: res.statusCode ?? 0, req, bytes: () => bytes });
+    });
     req.once('error', reject);
-    req.end();
   });
 }
 

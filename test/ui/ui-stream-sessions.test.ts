@@ -1,8 +1,7 @@
-import type { ClientRequest, IncomingMessage } from 'node:http';
-import { request } from 'node:https';
+import type { ClientRequest } from 'node:http';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { MAX_STREAMS, MAX_STREAMS_PER_SESSION } from '../../src/intake/ui-events.js';
-import { login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
+import { login, requestEvents, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
  * Event streams are counted per session, against the daemon and sluice-sim: one session that
@@ -33,33 +32,22 @@ interface Opened {
 /** Asks for an event stream; a stream is kept open, its first event read. */
 function openStream(cookie: string): Promise<Opened> {
   return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: '127.0.0.1',
-        port: site.port,
-        path: '/ui/api/events',
-        ca: site.cert,
-        agent: false,
-        headers: { cookie, accept: 'text/event-stream' },
-      },
-      (res: IncomingMessage) => {
-        const status = res.statusCode ?? 0;
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (chunk: string) => {
-          text += chunk;
-          if (status === 200 && text.includes('event: devices\n')) {
-            resolve({ status, body: text, req });
-          }
-        });
-        res.on('end', () => {
+    const req = requestEvents(site, cookie, (res) => {
+      const status = res.statusCode ?? 0;
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        text += chunk;
+        if (status === 200 && text.includes('event: devices\n')) {
           resolve({ status, body: text, req });
-        });
-      },
-    );
+        }
+      });
+      res.on('end', () => {
+        resolve({ status, body: text, req });
+      });
+    });
     req.once('error', reject);
     open.push(req);
-    req.end();
   });
 }
 
