@@ -2,6 +2,7 @@ import { afterEach, expect, it } from 'vitest';
 import type { NewCommand } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { commitFaults } from '../helpers/commit-faults.js';
+import { issuerCommand } from '../helpers/new-command.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -71,20 +72,7 @@ async function restartedOn(
   await sim.crash();
   const journal = SqliteJournal.open({ path: sim.path, busyTimeoutMs: 500 });
   const now = Date.now();
-  build(journal, (key, action) => ({
-    scope: 'plant',
-    key,
-    fingerprint: `f-${key}`,
-    device: 'v1',
-    action,
-    position: null,
-    issuedAt: now,
-    issuedAtSource: 'issuer',
-    ttlMs: 60_000,
-    deadline: now + 60_000,
-    intake: 'https',
-    acceptedAt: now,
-  }));
+  build(journal, (key, action) => ({ ...issuerCommand(key, 'v1', now), action }));
   await journal.durable();
   journal.close();
   await sim.restart();

@@ -1,14 +1,12 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { CommandRecord } from '../../src/core/journal.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { RESULTS_ACKNOWLEDGED_KEY, ResultDelivery } from '../../src/intake/mqtt-result-delivery.js';
-import type { Delivery } from '../../src/intake/mqtt-publisher.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { damageMiddleLeaf } from '../helpers/damaged-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { issuerCommand } from '../helpers/new-command.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
+import { acknowledgingSink, settleStale } from '../helpers/resent-results.js';
 
 /**
  * The watermark of results acknowledged by the broker (mqtt-result-delivery.ts) read back from a
@@ -33,41 +31,21 @@ function journal(): SqliteJournal {
   return j;
 }
 
-function settle(j: SqliteJournal, key: string, at: number): void {
-  j.claim(issuerCommand(key, 'valve', at - 10));
-  j.settle({ scope: 'plant', key }, 'accepted', {
-    to: 'rejected',
-    code: 'STALE_COMMAND',
-    faultCode: null,
-    observed: null,
-    detail: 'test',
-    at,
-    intake: 'https',
-  });
-}
-
 /** The keys a start over `j` publishes again, in order, once connected. */
 async function resent(j: SqliteJournal, pageSize = 2): Promise<string[]> {
-  const keys: string[] = [];
-  const sink = {
-    publishResult: (record: CommandRecord): Promise<Delivery> => {
-      keys.push(record.key);
-      return Promise.resolve('acknowledged');
-    },
-    flush: (): Promise<void> => Promise.resolve(),
-  };
+  const { sink, published } = acknowledgingSink();
   const delivery = new ResultDelivery({ journal: j, sink, logger: silentLogger, pageSize });
   delivery.start();
   delivery.connected();
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
   await delivery.stop();
-  return keys;
+  return published;
 }
 
 describe('results published again at a start (the journal meta row)', () => {
   it('publishes none without the row, and none after a stop with every result acknowledged', async () => {
     const j = journal();
-    settle(j, 'old', Date.now() - 5_000);
+    settleStale(j, 'old', Date.now() - 5_000);
     expect(await resent(j)).toEqual([]);
     expect(j.readMeta(RESULTS_ACKNOWLEDGED_KEY)).not.toBeNull();
     expect(await resent(j)).toEqual([]);
@@ -76,12 +54,12 @@ describe('results published again at a start (the journal meta row)', () => {
   it('publishes those settled from the watermark on, in settlement order, a page at a time', async () => {
     const j = journal();
     const t = 1_700_000_000_000;
-    settle(j, 'before', t - 1);
+    settleStale(j, 'before', t - 1);
     const mark = j.settledSince(0).mark;
-    settle(j, 'c', t + 2);
-    settle(j, 'a', t);
-    settle(j, 'b', t + 1);
-    settle(j, 'a2', t);
+    settleStale(j, 'c', t + 2);
+    settleStale(j, 'a', t);
+    settleStale(j, 'b', t + 1);
+    settleStale(j, 'a2', t);
     j.writeMeta(RESULTS_ACKNOWLEDGED_KEY, JSON.stringify({ before: t, mark }));
     expect(await resent(j)).toEqual(['a', 'a2', 'b', 'c']);
   });
@@ -89,12 +67,12 @@ describe('results published again at a start (the journal meta row)', () => {
   it('a clock stepped back: a settlement journaled after the save before is published again, though timed before the watermark', async () => {
     const j = journal();
     const t = 1_700_000_000_000;
-    settle(j, 'acked', t - 10_000);
+    settleStale(j, 'acked', t - 10_000);
     const mark = j.settledSince(0).mark;
     j.writeMeta(RESULTS_ACKNOWLEDGED_KEY, JSON.stringify({ before: t, mark }));
     // The clock stepped back a minute: settled after the save, timed before its watermark.
-    settle(j, 'stepped', t - 60_000);
-    settle(j, 'later', t + 5);
+    settleStale(j, 'stepped', t - 60_000);
+    settleStale(j, 'later', t + 5);
     expect(await resent(j)).toEqual(['stepped', 'acked', 'later']);
   });
 });
@@ -109,7 +87,7 @@ describe('results published again from a journal that cannot be read', () => {
     const path = join(dir, 'journal.db');
     const setup = SqliteJournal.open({ path });
     const t = Date.now() - 3_600_000;
-    for (let i = 0; i < 2_000; i++) settle(setup, `k-${String(i)}`, t + i);
+    for (let i = 0; i < 2_000; i++) settleStale(setup, `k-${String(i)}`, t + i);
     setup.writeMeta(RESULTS_ACKNOWLEDGED_KEY, JSON.stringify({ before: t, mark: 0 }));
     setup.close();
     damageMiddleLeaf(path, 'commands_settled');
@@ -124,14 +102,7 @@ describe('results published again from a journal that cannot be read', () => {
     process.on('unhandledRejection', onUnhandled);
     cleanups.push(() => process.off('unhandledRejection', onUnhandled));
     const { logger, lines } = recordingLogger();
-    const published: string[] = [];
-    const sink = {
-      publishResult: (record: CommandRecord): Promise<Delivery> => {
-        published.push(record.key);
-        return Promise.resolve('acknowledged');
-      },
-      flush: (): Promise<void> => Promise.resolve(),
-    };
+    const { sink, published } = acknowledgingSink();
     const delivery = new ResultDelivery({ journal: j, sink, logger, pageSize: 100 });
     delivery.start();
     const failures = (): number =>

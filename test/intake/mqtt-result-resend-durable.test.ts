@@ -1,13 +1,11 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { CommandRecord } from '../../src/core/journal.js';
 import { RESULTS_ACKNOWLEDGED_KEY, ResultDelivery } from '../../src/intake/mqtt-result-delivery.js';
-import type { Delivery } from '../../src/intake/mqtt-publisher.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { failFdatasync } from '../helpers/failing-fdatasync.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { issuerCommand } from '../helpers/new-command.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
+import { acknowledgingSink, settleStale } from '../helpers/resent-results.js';
 
 /**
  * The re-sending of results from the journal (mqtt-result-delivery.ts) publishes a settlement
@@ -54,14 +52,7 @@ describe('results published again from the journal', () => {
           l.level === level &&
           String(l.msg).includes('could not make the results to publish again from the journal'),
       ).length;
-    const published: string[] = [];
-    const sink = {
-      publishResult: (record: CommandRecord): Promise<Delivery> => {
-        published.push(record.key);
-        return Promise.resolve('acknowledged');
-      },
-      flush: (): Promise<void> => Promise.resolve(),
-    };
+    const { sink, published } = acknowledgingSink();
     const delivery = new ResultDelivery({ journal: j, sink, logger });
     delivery.start();
     const failing = failFdatasync();
@@ -71,16 +62,7 @@ describe('results published again from the journal', () => {
 
     // A command settles (recovery at a start, a readback) in a batch whose fdatasync fails: the
     // journal fails closed.
-    j.claim(issuerCommand('k-unsynced', 'valve', t + 10));
-    j.settle({ scope: 'plant', key: 'k-unsynced' }, 'accepted', {
-      to: 'rejected',
-      code: 'STALE_COMMAND',
-      faultCode: null,
-      observed: null,
-      detail: 'test',
-      at: t + 20,
-      intake: 'https',
-    });
+    settleStale(j, 'k-unsynced', t + 20);
     await expect(j.durable()).rejects.toThrow(/journal unavailable \(sync\)/);
 
     // Connected: the re-sending reads the settlement, and its barrier fails (the journal's
