@@ -90,6 +90,19 @@ function statusLine(text: string): string {
   return text.replace(/[\r\n]+/g, ' ').slice(0, 512);
 }
 
+/** The first pause before a notification is sent again into a full socket, and the longest. */
+const CONGESTED_RETRY_MS = 20;
+const CONGESTED_RETRY_MAX_MS = 1_000;
+
+/**
+ * A send refused because the socket's queue is full: EAGAIN (the socket does not block), ENOBUFS,
+ * or unix-dgram's own word for it.
+ */
+function congested(error: Error): boolean {
+  const errno = (error as { errno?: unknown }).errno;
+  return error.message === 'congestion' || errno === -11 || errno === -105;
+}
+
 /**
  * The notifier for this process's environment: silent without NOTIFY_SOCKET, else unix-dgram
  * to that socket, with watchdog pings from a timer on the event loop (a loop that stops
@@ -119,30 +132,81 @@ export function serviceNotifier(env: NodeJS.ProcessEnv, logger: PinoLogger): Ser
   });
   let closed = false;
   const warned = new Set<string>();
-  const send = (message: string): void => {
+  const warn = (message: string, error: Error): void => {
+    // Once per kind of failure and message: a dead socket must not flood the log at every
+    // watchdog ping.
+    const what = `${message.split('=')[0] ?? ''}:${error.message}`;
+    if (warned.has(what)) return;
+    warned.add(what);
+    log.warn({ err: error, notification: message.split('\n')[0] }, 'service notification failed');
+  };
+  // unix-dgram answers synchronously: the error of this send, or null once it is sent.
+  const sendNow = (message: string): Error | null => {
+    const buffer = Buffer.from(message, 'utf8');
+    let failed: Error | null = null;
+    socket.send(buffer, 0, buffer.length, path, (error) => {
+      if (error !== undefined) failed = error;
+    });
+    return failed;
+  };
+  // The notifications that change what systemd knows (READY, STOPPING, RELOADING, the start's
+  // extensions, the status line) held, in order, while the socket is full: its sends do not
+  // block (EAGAIN), and PID 1 busy at boot or during a daemon-reload lets its queue fill. Sent
+  // once, lost, READY=1 never came and systemd killed the start at TimeoutStartSec= (libsystemd's
+  // sd_notify blocks instead). Tried again after a pause, doubled each time up to a second.
+  const held: string[] = [];
+  let retry: NodeJS.Timeout | null = null;
+  let retryMs = CONGESTED_RETRY_MS;
+  const sendHeld = (): void => {
+    retry = null;
+    while (!closed && held.length > 0) {
+      const message = held[0] as string;
+      const error = sendNow(message);
+      if (error !== null && congested(error)) {
+        retry = setTimeout(sendHeld, retryMs);
+        retry.unref();
+        retryMs = Math.min(2 * retryMs, CONGESTED_RETRY_MAX_MS);
+        return;
+      }
+      held.shift();
+      retryMs = CONGESTED_RETRY_MS;
+      if (error !== null) warn(message, error);
+    }
+  };
+  /** `hold`: kept until sent while the socket is full (a watchdog ping is not: the next comes). */
+  const send = (message: string, hold = true): void => {
     if (closed) return;
     // The lines logged so far are written first: the daemon's logger writes a turn's lines at
     // the turn's end (log.ts), and READY, RELOADING or STOPPING sent in the middle of a turn
     // would otherwise reach systemd before the lines that led to it (journald showed a start's
     // last lines after "Started").
     log.flush();
-    const buffer = Buffer.from(message, 'utf8');
-    socket.send(buffer, 0, buffer.length, path, (error) => {
-      if (error === undefined) return;
-      // Once per kind of failure and message: a dead socket must not flood the log at every
-      // watchdog ping.
-      const what = `${message.split('=')[0] ?? ''}:${error.message}`;
-      if (warned.has(what)) return;
-      warned.add(what);
-      log.warn({ err: error, notification: message.split('\n')[0] }, 'service notification failed');
-    });
+    if (hold && held.length > 0) {
+      held.push(message);
+      return;
+    }
+    const error = sendNow(message);
+    if (error === null) return;
+    if (hold && congested(error)) {
+      held.push(message);
+      if (retry === null) {
+        retry = setTimeout(sendHeld, retryMs);
+        retry.unref();
+      }
+      log.warn(
+        { notification: message.split('\n')[0] },
+        'the service manager is not reading its notification socket: the notification is sent once it does',
+      );
+      return;
+    }
+    warn(message, error);
   };
   const intervalMs = watchdogIntervalMs(env);
   let timer: NodeJS.Timeout | null = null;
   if (intervalMs !== null) {
-    send('WATCHDOG=1');
+    send('WATCHDOG=1', false);
     timer = setInterval(() => {
-      send('WATCHDOG=1');
+      send('WATCHDOG=1', false);
     }, intervalMs);
     // The pings keep nothing alive: the daemon's own work decides when the process ends.
     timer.unref();
@@ -170,6 +234,13 @@ export function serviceNotifier(env: NodeJS.ProcessEnv, logger: PinoLogger): Ser
       if (closed) return;
       closed = true;
       if (timer !== null) clearInterval(timer);
+      if (retry !== null) clearTimeout(retry);
+      if (held.length > 0) {
+        log.warn(
+          { notifications: held.map((m) => m.split('\n')[0]) },
+          'the service manager never read these notifications: not sent',
+        );
+      }
       try {
         socket.close();
       } catch (error) {

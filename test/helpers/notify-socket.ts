@@ -11,14 +11,18 @@ import { until } from './mosquitto.js';
  */
 
 // Prints one JSON line per datagram: receive time (ms since the epoch), sender PID, text, and
-// the size of the file named by the second argument, if any, at the datagram's receipt.
+// the size of the file named by the second argument, if any, at the datagram's receipt. With a
+// third argument, receives nothing until that file exists (a manager too busy to read).
 const LISTENER = `
 import json, os, socket, struct, sys, time
-watched = sys.argv[2] if len(sys.argv) > 2 else None
+watched = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "" else None
+gate = sys.argv[3] if len(sys.argv) > 3 else None
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 s.bind(sys.argv[1])
 print(json.dumps({"bound": True}), flush=True)
+while gate is not None and not os.path.exists(gate):
+    time.sleep(0.01)
 while True:
     data, ancillary, _flags, _addr = s.recvmsg(4096, socket.CMSG_SPACE(12))
     pid = None
@@ -49,10 +53,22 @@ export interface NotifySocket {
 
 /**
  * Binds the socket at `path` and resolves once it is bound (within 10 s). With `watched`, each
- * datagram carries that file's size at its receipt (Datagram.watchedBytes).
+ * datagram carries that file's size at its receipt (Datagram.watchedBytes). With `gate`, nothing
+ * is received until that file exists: the socket's queue fills, as PID 1's does while it is busy.
  */
-export async function bindNotifySocket(path: string, watched?: string): Promise<NotifySocket> {
-  const args = ['-u', '-c', LISTENER, path, ...(watched === undefined ? [] : [watched])];
+export async function bindNotifySocket(
+  path: string,
+  watched?: string,
+  gate?: string,
+): Promise<NotifySocket> {
+  const args = [
+    '-u',
+    '-c',
+    LISTENER,
+    path,
+    ...(watched === undefined && gate === undefined ? [] : [watched ?? '']),
+    ...(gate === undefined ? [] : [gate]),
+  ];
   const listener: ChildProcess = spawn('python3', args, {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
