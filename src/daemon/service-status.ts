@@ -83,7 +83,9 @@ export class ServiceStatus {
           : await extendWhile(
               recoveryPhase(recovered.length, () => at.stillOpen.size, boundMs),
               waiting,
-              this.o.startProgress,
+              // A stop while READY waits: STOPPING=1 was sent, and no "starting" extension
+              // may follow it for the rest of the shutdown bound.
+              { ...this.o.startProgress, until: this.end.signal },
             );
     } catch (error) {
       this.o.logger.warn({ err: error }, 'recovery: the journal cannot be read');

@@ -81,7 +81,11 @@ export function startProgressIntervalMs(env: NodeJS.ProcessEnv): number {
 export async function extendWhile<T>(
   phase: StartPhase,
   work: Promise<T>,
-  options: StartProgressOptions & { readonly thenExtend?: string },
+  options: StartProgressOptions & {
+    readonly thenExtend?: string;
+    /** Aborted when a stop begins: the start is over, and nothing more says "starting". */
+    readonly until?: AbortSignal;
+  },
 ): Promise<T> {
   const { notifier, logger, intervalMs } = options;
   const extensionMs = 2 * intervalMs;
@@ -89,6 +93,10 @@ export async function extendWhile<T>(
   const seconds = (): number => Math.round((performance.now() - began) / 100) / 10;
   let stalled = false;
   const timer = setInterval(() => {
+    if (options.until?.aborted === true) {
+      clearInterval(timer);
+      return;
+    }
     const look = phase.look();
     const fields = { phase: phase.name, elapsedS: seconds(), ...look.fields };
     if (look.advanced) {
@@ -111,7 +119,7 @@ export async function extendWhile<T>(
   timer.unref();
   try {
     const result = await work;
-    if (options.thenExtend !== undefined) {
+    if (options.thenExtend !== undefined && options.until?.aborted !== true) {
       notifier.extendStart(extensionMs, `starting: ${options.thenExtend}`);
     }
     return result;
