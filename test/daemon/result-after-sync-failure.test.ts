@@ -143,13 +143,21 @@ describe.runIf(real)('an outcome whose journal sync fails', () => {
     const disk = failFdatasync(1);
     try {
       const refused = await post('k-eio-1', 'close');
-      expect(refused.status).toBe(503);
-      expect(refused.json().code).toBe('JOURNAL_UNAVAILABLE');
       expect(disk.failedAt).not.toBeNull();
-      // A later fdatasync would succeed, but proves nothing: the next command is answered
-      // only once the journal has written its log anew and synced it, and nothing is written
-      // before.
-      expect(valve.counters.writesReceived).toBe(writesBefore);
+      if (refused.status === 202) {
+        // A barrier of the daemon's own (a background write: a note, the retention sweep) met
+        // the failing fdatasync before the claim's: the claim then waited for the journal's
+        // recovery and was acknowledged only after it (CI on 2026-12-07). Acknowledged before
+        // it, the failure would have been ignored (I5).
+        expect(journal.recoveries).toBe(recoveriesBefore + 1);
+      } else {
+        expect(refused.status).toBe(503);
+        expect(refused.json().code).toBe('JOURNAL_UNAVAILABLE');
+        // A later fdatasync would succeed, but proves nothing: the next command is answered
+        // only once the journal has written its log anew and synced it, and nothing is
+        // written before.
+        expect(valve.counters.writesReceived).toBe(writesBefore);
+      }
       const again = await post('k-eio-2', 'close');
       expect(journal.recoveries).toBe(recoveriesBefore + 1);
       expect(again.status).toBe(202);
