@@ -81,6 +81,11 @@ export class GroupCommit {
   private syncing: Promise<void> | null = null;
   /** fdatasyncs of the WAL running on libuv's thread pool (MAX_SYNCS at most, see durable()). */
   private inFlight = 0;
+  /**
+   * The barriers' fdatasyncs running now, each with its descriptor and a promise settled when it
+   * returns (whatever it returned): a success waits for the others of its descriptor (beginSync).
+   */
+  private readonly running = new Set<{ readonly fd: number; readonly returned: Promise<void> }>();
   /** The WAL file, opened for its fdatasync (see durable()); null: not open yet. */
   private wal: { readonly fd: number; readonly conn: Connection } | null = null;
   /**
@@ -369,19 +374,38 @@ export class GroupCommit {
     }
     this.unsynced = false;
     this.inFlight++;
-    return this.track(
-      new Promise<void>((resolve, reject) => {
-        fdatasync(fd, (error) => {
-          this.inFlight--;
-          if (this.host.closed()) this.closeWal();
-          else this.closeStaleWal();
-          if (error !== null) {
-            reject(this.markFailed(error));
-            return;
-          }
+    let markReturned = (): void => undefined;
+    const sync = {
+      fd,
+      returned: new Promise<void>((resolve) => {
+        markReturned = resolve;
+      }),
+    };
+    this.running.add(sync);
+    const outcome = new Promise<void>((resolve, reject) => {
+      fdatasync(fd, (error) => {
+        this.inFlight--;
+        this.running.delete(sync);
+        if (this.host.closed()) this.closeWal();
+        else this.closeStaleWal();
+        // Counted before anyone waiting for this return goes on (see below).
+        const failed = error === null ? null : this.markFailed(error);
+        markReturned();
+        if (failed !== null) {
+          reject(failed);
+          return;
+        }
+        // Linux keeps one writeback-error cursor per open file: of the fdatasyncs of one
+        // descriptor that overlap, whichever checks first is told of a failed writeback, and
+        // the others return 0, whatever pages failed. So a success proves nothing while another
+        // of this descriptor that ran beside it has not returned: the answer (and what the
+        // journal vouches for, syncedThrough) waits for those. Not for one begun after this
+        // returned: its check comes after this one's, which was told of every error there was.
+        const overlapping = [...this.running].filter((s) => s.fd === fd).map((s) => s.returned);
+        void Promise.all(overlapping).then(() => {
           if (this.failures !== failuresBefore) {
-            // Another fdatasync of this descriptor failed while this one ran: Linux reports a
-            // writeback error to one of them only, so this one's success proves nothing.
+            // Another fdatasync failed while this one ran, or before the last of those beside
+            // it returned: this one's success proves nothing.
             this.unsynced = true;
             reject(this.failed ?? failedSince());
             return;
@@ -390,8 +414,9 @@ export class GroupCommit {
           this.syncedThrough = Math.max(this.syncedThrough, covers);
           resolve();
         });
-      }),
-    );
+      });
+    });
+    return this.track(outcome, sync.returned);
   }
 
   /**
@@ -531,20 +556,26 @@ export class GroupCommit {
     }
   }
 
-  /** Registers a barrier's fdatasync as the one running (see durable()). */
-  private track(sync: Promise<void>): Promise<void> {
-    const done = sync.finally(() => {
+  /**
+   * Registers a barrier's fdatasync as the one running (see durable()): `outcome` is the
+   * barrier's answer, `returned` settles when the fdatasync itself returns (the answer of one
+   * that returned 0 may wait for others that ran beside it, see beginSync; the recovery's is its
+   * return's: no other runs beside it).
+   */
+  private track(outcome: Promise<void>, returned: Promise<void> = outcome): Promise<void> {
+    const next = (): void => {
       // The writes made while it ran: the next barrier carries them if one waits; if none
       // does, their batch commits now (so that other connections see it) and waits for one.
       if (this.barrierDone !== null) this.startBarrier();
       else if (!this.commitScheduled) this.commitOnItsOwn();
-    });
-    this.syncing = done;
-    const forget = (): void => {
-      if (this.syncing === done) this.syncing = null;
     };
-    done.then(forget, forget);
-    return done;
+    returned.then(next, next);
+    this.syncing = outcome;
+    const forget = (): void => {
+      if (this.syncing === outcome) this.syncing = null;
+    };
+    outcome.then(forget, forget);
+    return outcome;
   }
 
   /**

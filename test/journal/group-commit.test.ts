@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import {
+import fs, {
   closeSync,
   copyFileSync,
   fstatSync,
@@ -9,6 +9,7 @@ import {
   statSync,
   writeSync,
 } from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { dirname, join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -290,6 +291,45 @@ describe('group commit', () => {
     other.close();
   });
 
+  it('a barrier whose fdatasync returned 0 is answered only once the one of the same descriptor begun beside it has returned, and fails if that one failed', async () => {
+    const { journal } = open(true);
+    const disk = overlappingFdatasyncs();
+    const order: string[] = [];
+    let first: Promise<string>;
+    let second: Promise<string>;
+    try {
+      journal.claim(command('a'));
+      first = journal.durable().then(
+        () => 'resolved',
+        (error: unknown) => `rejected: ${String(error)}`,
+      );
+      void first.then(() => order.push('first answered'));
+      // The first barrier's fdatasync begins at the end of the turn; the second, with a write
+      // of its own, at the end of the next, beside it on the same descriptor.
+      await new Promise((resolve) => setImmediate(resolve));
+      journal.claim(command('b'));
+      second = journal.durable().then(
+        () => 'resolved',
+        (error: unknown) => `rejected: ${String(error)}`,
+      );
+      await disk.bothReturned;
+    } finally {
+      disk.restore();
+    }
+    // The first returned 0 first; the error of the writeback it waited for may have been told
+    // to the second: the claim "a" is not acknowledged on the first's word.
+    expect(await first).toMatch(/^rejected: .*journal unavailable \(sync\): EIO/);
+    expect(await second).toMatch(/^rejected: .*journal unavailable \(sync\): EIO/);
+    expect([...disk.returns, ...order]).toEqual([
+      'first returned 0',
+      'second returned EIO',
+      'first answered',
+    ]);
+    expect(disk.descriptors[0]).toBe(disk.descriptors[1]);
+    expect(journal.barriers).toBe(0);
+    expect(journal.knownFailure()?.message).toMatch(/journal unavailable \(sync\): EIO/);
+  });
+
   it('a write made while an fdatasync runs stays in the open batch until it returns, then commits once', async () => {
     const { journal, path } = open(true);
     const inner = (journal as unknown as { group: { inFlight: number } }).group;
@@ -500,6 +540,72 @@ async function failedSync(): Promise<{ journal: SqliteJournal; path: string }> {
   await expect(journal.durable()).rejects.toThrow(/journal unavailable \(sync\): EBADF/);
   inner.wal = wal;
   return opened;
+}
+
+/**
+ * A double of fs.fdatasync for a fault no real part here produces on demand: two fdatasyncs of
+ * one descriptor side by side, the first told nothing (0) and the second told of a failed
+ * writeback (EIO). Linux keeps one writeback-error cursor per open file, so of two overlapping
+ * fdatasyncs of one descriptor whichever checks first gets the error, whatever pages failed;
+ * making the disk fail a writeback needs a device this machine cannot set up (dm-error, root).
+ * Both calls run the real fdatasync on the real WAL; the first's answer is held until the
+ * second was asked for (so that they overlap), and the second's EIO is delivered one turn after
+ * the first's 0. Later calls reach the real fdatasync.
+ */
+function overlappingFdatasyncs(): {
+  readonly returns: string[];
+  readonly descriptors: number[];
+  readonly bothReturned: Promise<void>;
+  restore(): void;
+} {
+  const real = fs.fdatasync;
+  const returns: string[] = [];
+  const descriptors: number[] = [];
+  let firstAnswer: { error: NodeJS.ErrnoException | null } | null = null;
+  let firstCallback: ((error: NodeJS.ErrnoException | null) => void) | null = null;
+  let secondCallback: ((error: NodeJS.ErrnoException | null) => void) | null = null;
+  let bothReturned = (): void => undefined;
+  const returned = new Promise<void>((resolve) => {
+    bothReturned = resolve;
+  });
+  const deliver = (): void => {
+    if (firstAnswer === null || firstCallback === null || secondCallback === null) return;
+    const second = secondCallback;
+    returns.push(firstAnswer.error === null ? 'first returned 0' : 'first failed');
+    firstCallback(firstAnswer.error);
+    setImmediate(() => {
+      returns.push('second returned EIO');
+      second(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+      bothReturned();
+    });
+  };
+  fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
+    descriptors.push(fd);
+    if (descriptors.length === 1) {
+      firstCallback = callback;
+      real(fd, (error) => {
+        firstAnswer = { error };
+        deliver();
+      });
+    } else if (descriptors.length === 2) {
+      real(fd, () => {
+        secondCallback = callback;
+        deliver();
+      });
+    } else {
+      real(fd, callback);
+    }
+  }) as typeof fs.fdatasync;
+  syncBuiltinESMExports();
+  return {
+    returns,
+    descriptors,
+    bothReturned: returned,
+    restore: () => {
+      fs.fdatasync = real;
+      syncBuiltinESMExports();
+    },
+  };
 }
 
 /**
