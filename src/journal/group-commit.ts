@@ -488,6 +488,17 @@ export class GroupCommit {
       return Promise.reject(failed);
     }
     this.recoverAfter = now + RECOVERY_RETRY_MS;
+    // The batch open now first, as a barrier commits its own: the log is written anew only up
+    // to its last commit, and this attempt vouches for every write made so far (`covers`). An
+    // attempt runs from a timer, so a write made earlier in the same turn (another timer's) is
+    // still in that batch; once the attempt succeeded, its barrier finds nothing left to sync.
+    this.commitBatch();
+    const lost = this.batchLost;
+    if (lost !== null) {
+      // The barrier its writers wait for, if one does, fails with it too (commitOnItsOwn).
+      if (this.barrier === null) this.batchLost = null;
+      return Promise.reject(lost);
+    }
     const covers = this.writes;
     let fd: number;
     try {

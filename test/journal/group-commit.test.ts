@@ -483,6 +483,47 @@ describe('group commit', () => {
     await journal.durable();
   });
 
+  it('the recovery carries the batch open when its attempt begins: a write made just before it is answered only after an fdatasync asked for once it was committed', async () => {
+    const { journal, path } = await failedSync();
+    const inner = (journal as unknown as { group: { attemptRecovery(): Promise<void> } }).group;
+    const reader = new BetterSqlite3(path, { readonly: true });
+    cleanups.unshift(() => reader.close());
+    // Every fdatasync of the WAL (the real one, watched): whether the write "w" was committed
+    // when it was asked for (another connection sees it), and whether it has returned.
+    const syncs: { sawW: boolean; returned: boolean }[] = [];
+    const real = fs.fdatasync;
+    fs.fdatasync = ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
+      const seen = reader.prepare("SELECT 1 FROM commands WHERE key = 'w'").get();
+      const sync = { sawW: seen !== undefined, returned: false };
+      syncs.push(sync);
+      real(fd, (error) => {
+        sync.returned = true;
+        callback(error);
+      });
+    }) as typeof fs.fdatasync;
+    syncBuiltinESMExports();
+    let answered: { sawW: boolean; returned: boolean }[] = [];
+    try {
+      // A write and its barrier, then the recovery's attempt in the same turn: as when a timer
+      // (a lane's deadline settling a command, say) fires just before the attempt's, in the same
+      // timers phase, its batch still open. The attempt is begun directly: two timers cannot be
+      // ordered for sure within one phase (each is stamped with the loop's time at its creation).
+      journal.claim(command('w'));
+      const wrote = journal.durable().then(() => {
+        answered = syncs.map((s) => ({ ...s }));
+      });
+      await inner.attemptRecovery();
+      expect(journal.recoveries).toBe(1);
+      await wrote;
+    } finally {
+      fs.fdatasync = real;
+      syncBuiltinESMExports();
+    }
+    // "w" was answered: an fdatasync asked for once it was committed had returned by then.
+    expect(answered.some((s) => s.sawW && s.returned)).toBe(true);
+    expect(copiedKeys(path)).toEqual(['first', 'second', 'w']);
+  });
+
   it('a WAL whose content no longer verifies is not written anew: the journal stays closed', async () => {
     const { journal, path } = await failedSync();
     spoilLastFrame(path);
