@@ -19,9 +19,10 @@ export class JournalUnavailableError extends SluiceError {
 }
 
 /**
- * The journal file is damaged, or not a journal at all: the daemon does not start on it, and
- * no restart mends it (sluiced exits 3, which its unit does not restart on); an operator
- * restores it or moves it aside.
+ * The journal file is damaged, not a journal at all, or one the disk fails to read (an I/O
+ * error at the start's check): the daemon does not start on it, and no restart mends it
+ * (sluiced exits 3, which its unit does not restart on); an operator restores it or moves it
+ * aside.
  */
 export class JournalDamagedError extends JournalUnavailableError {}
 

@@ -135,9 +135,10 @@ try {
     logger.info({ reason: error.message }, 'sluiced stopped during its start');
     process.exit(0);
   }
-  // A journal damaged, not a journal, or of a newer Sluice stays so: exit 3, which the unit
-  // does not restart on (each start read the whole file again, every 2 s, for ever: a start
-  // takes longer than the unit's burst window, so systemd's start limit never stopped it).
+  // A journal damaged, unreadable (the disk fails reads of it), not a journal, or of a newer
+  // Sluice stays so: exit 3, which the unit does not restart on (each start read the whole file
+  // again, every 2 s, for ever: a start takes longer than the unit's burst window, so systemd's
+  // start limit never stopped it).
   const lasting = error instanceof JournalDamagedError || error instanceof JournalVersionError;
   logger.fatal(
     { err: error },

@@ -81,8 +81,9 @@ if (!existsSync(path)) {
  * reads (EXTEND_TIMEOUT_USEC, checkJournal's bytesRead), and logs how long it took.
  *
  * Resolves when the journal is absent (created new) or whole, and when it is not one or SQLite
- * could not read it at all (not a database, cannot be opened): the open that follows says those
- * in its own words.
+ * could not open it (not a database, cannot be opened): the open that follows says those in its
+ * own words. Refuses (JournalDamagedError, which no restart mends) a journal that is damaged,
+ * and one the disk fails to read (an I/O error reading it or its log), saying which.
  */
 export async function refuseDamagedJournal(path: string, busyTimeoutMs = 2000): Promise<void> {
   return checkJournal(path, busyTimeoutMs).done;
@@ -163,15 +164,47 @@ function stopped(): StartStoppedError {
   );
 }
 
+/**
+ * SQLite's codes for a read of the file that failed (its unix VFS answers EIO, a sector the disk
+ * cannot read, with SQLITE_IOERR_CORRUPTFS, other failed reads with SQLITE_IOERR_READ).
+ */
+const READ_FAILED = new Set([
+  'SQLITE_IOERR_READ',
+  'SQLITE_IOERR_SHORT_READ',
+  'SQLITE_IOERR_CORRUPTFS',
+]);
+
+/** quick_check's line for a page it could not read, with SQLite's (extended) error code. */
+const UNREADABLE_PAGE = /unable to get the page\. error code=(\d+)/;
+
+/** SQLITE_IOERR, the primary code (low byte) of every extended I/O error code. */
+const SQLITE_IOERR = 10;
+
 function judge(path: string, outcome: Outcome): void {
   let found: string;
+  // The disk failed a read: not damage SQLite found in what it read, but pages it could not
+  // read at all. A check it stopped vouches for nothing; the open after it may not read those
+  // pages, and would start on a journal missing the keys and open commands they hold.
+  let unreadable = false;
   if (outcome.kind === 'checked') {
     if (outcome.lines.length === 1 && outcome.lines[0] === 'ok') return;
     found = outcome.lines.join('; ');
+    unreadable = outcome.lines.some((line) => {
+      const code = UNREADABLE_PAGE.exec(line)?.[1];
+      return code !== undefined && (Number(code) & 0xff) === SQLITE_IOERR;
+    });
   } else if (outcome.kind === 'error' && outcome.code?.startsWith('SQLITE_CORRUPT') === true) {
     found = `${outcome.code}: ${outcome.message}`;
+  } else if (outcome.kind === 'error' && outcome.code !== null && READ_FAILED.has(outcome.code)) {
+    found = `${outcome.code}: ${outcome.message}`;
+    unreadable = true;
   } else {
     return;
+  }
+  if (unreadable) {
+    throw new JournalDamagedError(
+      `journal unavailable (open): ${path} cannot be read: an I/O error, the disk failed to read part of it or of its -wal file (SQLite's check: ${found}); sluiced does not start on it: the keys and open commands on what it cannot read would be lost. The disk may be failing (the kernel's log, journalctl -k, names the failed reads): restore the journal from a backup onto a sound disk, or move it aside with its -wal and -shm files (a new journal is then created: check the valves, the commands it held are unknown to Sluice); it is left as it is`,
+    );
   }
   throw new JournalDamagedError(
     `journal unavailable (open): ${path} is damaged (SQLite's check: ${found}); sluiced does not start on it: the keys and open commands on its damaged pages would be lost. Restore the journal from a backup, or move it aside with its -wal and -shm files (a new journal is then created: check the valves, the commands it held are unknown to Sluice); it is left as it is`,

@@ -1,6 +1,7 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
+import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
@@ -8,7 +9,13 @@ import type { Plant } from '../../simulators/plant.js';
 import { startSluiced } from '../config/sluiced.js';
 import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
 import { journalWithDamagedKeyIndex } from '../helpers/damaged-journal.js';
+import {
+  failingDisk,
+  journalLeftByKilledDaemon,
+  type FailingDisk,
+} from '../helpers/failing-disk.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { tmpfsAvailable } from '../reliability/support.js';
 
 /**
  * A journal whose header is intact but one of whose pages is damaged (a torn write on a power
@@ -18,6 +25,10 @@ import { tempDir } from '../helpers/fixtures.js';
  * file, what is wrong and what to do, before it connects to anything, and leave the file as it
  * is. The journal is made by a real daemon and the journal's own code; the damage is garbage
  * written into one page of the file; ground truth: the file's bytes and the PLC's connections.
+ * And a journal the disk cannot read all of (an I/O error: a failing sector): the check that read
+ * error stops must not pass it, and the refusal names the I/O failure, exit 3 as for damage. The
+ * disk is a real one that fails reads (test/helpers/failing-disk.ts: an ext4 image on a loop
+ * device cut short inside the journal's log, whose reads past the cut the kernel fails, EIO).
  */
 
 let plant: Plant;
@@ -91,5 +102,58 @@ describe('a journal with a damaged page', () => {
     // Nothing of it reached the PLC, and the file is as it was.
     expect(plant.plc('mb').connectionsAccepted).toBe(connections);
     expect(readFileSync(path).equals(damaged)).toBe(true);
+  }, 60_000);
+});
+
+describe.runIf(tmpfsAvailable())('a journal the disk cannot read', () => {
+  let disk: FailingDisk | null = null;
+  let site: { dir: string; cleanup: () => void } | null = null;
+  afterAll(() => {
+    disk?.remove();
+    site?.cleanup();
+  });
+
+  it('sluiced refuses to start on it (exit 3), saying the disk failed a read of it, and never connects to the PLC', async () => {
+    site = tempDir('sluice-unreadable-');
+    const configPath = await writeDaemonSite(site.dir, plant, 'unreadable');
+    // What a killed daemon leaves on the disk: its journal, and commits in its log (-wal) not yet
+    // copied into the file. The first connection's open reads the whole log.
+    const files = await journalLeftByKilledDaemon(join(site.dir, 'source.db'));
+    disk = failingDisk(site.dir, files);
+    const config = parse(readFileSync(configPath, 'utf8')) as Record<string, unknown>;
+    config.stateDir = disk.folder;
+    writeFileSync(configPath, stringify(config));
+    const path = join(disk.folder, 'journal.db');
+    disk.failReadsFrom('journal.db-wal', files[1]!.data.length / 2);
+    const connections = plant.plc('mb').connectionsAccepted;
+
+    const sluiced = startSluiced(['--config', configPath]);
+    try {
+      const outcome = await Promise.race([
+        sluiced.exited.then((code) => `exited ${String(code)}`),
+        sluiced
+          .line((l) => l.includes('"msg":"sluiced started"'), 30_000)
+          .then(
+            () => 'started',
+            () => 'neither',
+          ),
+      ]);
+      // 3: the unit does not restart on it: each start would read the failing disk again.
+      expect(outcome).toBe('exited 3');
+    } finally {
+      await sluiced.kill();
+    }
+    const refused = sluiced.lines.find((l) =>
+      l.includes(
+        '"msg":"sluiced could not start, and a restart cannot mend it: an operator must act"',
+      ),
+    );
+    expect(refused).toContain(
+      `${path} cannot be read: an I/O error, the disk failed to read part of it or of its -wal file (SQLite's check: SQLITE_IOERR_CORRUPTFS`,
+    );
+    expect(refused).not.toContain('is damaged');
+    // The check did not pass it, and nothing of it reached the PLC.
+    expect(sluiced.lines.some((l) => l.includes('"msg":"journal checked'))).toBe(false);
+    expect(plant.plc('mb').connectionsAccepted).toBe(connections);
   }, 60_000);
 });

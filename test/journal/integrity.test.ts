@@ -1,20 +1,30 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { JournalUnavailableError } from '../../src/core/errors.js';
+import { JournalDamagedError, JournalUnavailableError } from '../../src/core/errors.js';
 import type { NewCommand } from '../../src/core/journal.js';
 import { refuseDamagedJournal } from '../../src/journal/integrity.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import {
+  failingDisk,
+  journalLeftByKilledDaemon,
+  type FailingDisk,
+} from '../helpers/failing-disk.js';
 import { ROOT, tempDir } from '../helpers/fixtures.js';
+import { tmpfsAvailable } from '../reliability/support.js';
 
 /**
  * The start's check of the journal (src/journal/integrity.ts) on real journal files. The
  * daemon's refusal of garbage in a page is test/daemon/damaged-journal.test.ts; here, a page
  * whose content is well formed but stale (a write the disk lost: an older version of the page
  * read back), which SQLite reads without an error: the keys claimed since were free again, and
- * their retries ran as new commands (I1).
+ * their retries ran as new commands (I1). And a journal on a disk that fails reads of it (an I/O
+ * error, a failing sector): a real one, an ext4 image on a loop device cut short inside the file
+ * (test/helpers/failing-disk.ts), whose reads past the cut the kernel fails with EIO. The check
+ * it stops must not pass it (its open does not read every page), and its refusal names the I/O
+ * failure, not damage.
  */
 
 let dir: string;
@@ -145,5 +155,80 @@ describe("the start's check of the journal", () => {
     } finally {
       j.close();
     }
+  });
+});
+
+/** Whether a read of `path` at byte `at` fails with EIO (the disk's answer past the cut). */
+function readFails(path: string, at: number): boolean {
+  const fd = openSync(path, 'r');
+  try {
+    readSync(fd, Buffer.alloc(4096), 0, 4096, at);
+    return false;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EIO') return true;
+    throw error;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+describe.runIf(tmpfsAvailable())("the start's check of a journal the disk cannot read", () => {
+  let disk: FailingDisk | null = null;
+  afterEach(() => {
+    disk?.remove();
+    disk = null;
+  });
+
+  async function refusal(path: string): Promise<Error> {
+    let refused: unknown = null;
+    try {
+      await refuseDamagedJournal(path);
+    } catch (error) {
+      refused = error;
+    }
+    expect(refused).toBeInstanceOf(JournalDamagedError);
+    return refused as Error;
+  }
+
+  it('refuses a journal whose log (-wal) it cannot read past a point, saying the disk failed a read', async () => {
+    // What a killed daemon leaves: commits in the log, not yet copied into the file. The first
+    // connection's open reads the whole log (SQLite's recovery of its index): the read past the
+    // cut stops the check with an error, SQLITE_IOERR_CORRUPTFS (EIO).
+    const files = await journalLeftByKilledDaemon(join(dir, 'source.db'));
+    const wal = files[1]!.data.length;
+    expect(wal).toBeGreaterThan(200_000);
+    disk = failingDisk(dir, files);
+    const path = join(disk.folder, 'journal.db');
+    disk.failReadsFrom('journal.db-wal', wal / 2);
+    expect(readFails(`${path}-wal`, wal - 4096)).toBe(true);
+    expect(readFails(`${path}-wal`, 0)).toBe(false);
+
+    const refused = await refusal(path);
+    expect(refused.message).toContain(
+      `journal unavailable (open): ${path} cannot be read: an I/O error, the disk failed to read part of it or of its -wal file (SQLite's check: SQLITE_IOERR_CORRUPTFS: disk I/O error)`,
+    );
+    expect(refused.message).not.toContain('damaged');
+    expect(refused.message).toContain('restore the journal from a backup onto a sound disk');
+  });
+
+  it('refuses a journal with pages it cannot read, saying the disk failed a read, not that they are damaged', async () => {
+    // Closed, its log copied into the file: quick_check reports each page it cannot read.
+    const source = join(dir, 'source.db');
+    claim(source, 0, 2_000);
+    const data = readFileSync(source);
+    expect(data.length).toBeGreaterThan(200_000);
+    disk = failingDisk(dir, [{ name: 'journal.db', data }]);
+    const path = join(disk.folder, 'journal.db');
+    disk.failReadsFrom('journal.db', data.length / 2);
+    expect(readFails(path, data.length - 4096)).toBe(true);
+    expect(readFails(path, 0)).toBe(false);
+
+    const refused = await refusal(path);
+    expect(refused.message).toContain(
+      `journal unavailable (open): ${path} cannot be read: an I/O error`,
+    );
+    // quick_check's own words: the page, and SQLITE_IOERR_CORRUPTFS (8458).
+    expect(refused.message).toMatch(/page \d+: unable to get the page\. error code=8458/);
+    expect(refused.message).not.toContain('is damaged');
   });
 });
