@@ -8,6 +8,7 @@ import { Daemon } from '../../src/daemon/daemon.js';
 import type { ServiceNotifier } from '../../src/daemon/notify.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { issuerCommand } from '../helpers/new-command.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 import { recordingLogger } from '../helpers/recording-logger.js';
@@ -67,19 +68,13 @@ it('a stop while READY waits for recovered commands: no start extension after ST
   const config = loadConfig(configPath);
   const seed = SqliteJournal.open({ path: join(dir, 'state', 'journal.db') });
   const now = Date.now();
+  // Two minutes to live: it stays open, taken up or not, for the whole test.
   seed.claim({
+    ...issuerCommand('recovered-1', 'v1', now),
     scope: 'scada',
-    key: 'recovered-1',
     fingerprint: 'recovered-1',
-    device: 'v1',
-    action: 'open',
-    position: null,
-    issuedAt: now,
-    issuedAtSource: 'issuer',
     ttlMs: 120_000,
     deadline: now + 120_000,
-    intake: 'https',
-    acceptedAt: now,
   });
   seed.close();
 

@@ -6,6 +6,7 @@ import { startPlant } from '../../simulators/plant.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { startSluiced } from '../config/sluiced.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { issuerCommand } from '../helpers/new-command.js';
 import { loopbackCertificate } from '../helpers/loopback-https.js';
 import { until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
@@ -65,19 +66,13 @@ it('a SIGTERM during the first check of the gateway clock: the start ends there,
     const journalPath = join(dir, 'state', 'journal.db');
     const seed = SqliteJournal.open({ path: journalPath });
     const now = Date.now();
+    // Two minutes to live: it stays open, taken up or not, for the whole test.
     seed.claim({
+      ...issuerCommand('left-open', 'inlet-valve', now),
       scope: 'scada',
-      key: 'left-open',
       fingerprint: 'left-open',
-      device: 'inlet-valve',
-      action: 'open',
-      position: null,
-      issuedAt: now,
-      issuedAtSource: 'issuer',
       ttlMs: 120_000,
       deadline: now + 120_000,
-      intake: 'https',
-      acceptedAt: now,
     });
     seed.close();
 
