@@ -30,6 +30,16 @@ const name = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, ".", "_", "-"');
 
+/**
+ * A section of names (identities, PLCs, devices, roles) as an object with no prototype: a name
+ * is looked up in what the file gives, never in what every object inherits, so a PLC or an
+ * identity named like one of Object.prototype's members (`toString`, `constructor`) exists only
+ * when the file names it, and a lookup of one the file lacks is `undefined` like any other.
+ */
+function ownNames<T>(entries: Record<string, T>): Record<string, T> {
+  return Object.assign(Object.create(null) as Record<string, T>, entries);
+}
+
 const identitySchema = z.strictObject({
   /** SHA-256 (hex) of a bearer token; the token itself is never stored. */
   tokenSha256: hex64.optional(),
@@ -257,16 +267,21 @@ export const configSchema = z
       .strictObject({
         enabled: z.boolean().default(true),
         /** Identity → role: `viewer` reads; `operator` may also reverify and resolve. */
-        roles: z.record(name, z.enum(['viewer', 'operator'])).default({}),
+        roles: z
+          .record(name, z.enum(['viewer', 'operator']))
+          .default({})
+          .transform(ownNames),
         /** A session ends after this long without a request from its page … */
         sessionIdleMinutes: z.number().int().min(1).max(1_440).default(30),
         /** … and this long after its login, whatever. */
         sessionMaxHours: z.number().int().min(1).max(168).default(12),
       })
       .prefault({}),
-    identities: z.record(name, identitySchema),
-    plcs: z.record(name, plcSchema),
-    devices: z.record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/), deviceSchema),
+    identities: z.record(name, identitySchema).transform(ownNames),
+    plcs: z.record(name, plcSchema).transform(ownNames),
+    devices: z
+      .record(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/), deviceSchema)
+      .transform(ownNames),
   })
   .superRefine(
     (c, ctx) => {
@@ -851,13 +866,15 @@ function resolvePaths(
               : { keyFile: opt(c.mqtt.keyFile, 'mqtt.keyFile') }),
           },
         }),
-    identities: Object.fromEntries(
-      Object.entries(c.identities).map(([k, v]) => [
-        k,
-        v.tokenFile === undefined
-          ? v
-          : { ...v, tokenFile: abs(v.tokenFile, `identities.${k}.tokenFile`) },
-      ]),
+    identities: ownNames(
+      Object.fromEntries(
+        Object.entries(c.identities).map(([k, v]) => [
+          k,
+          v.tokenFile === undefined
+            ? v
+            : { ...v, tokenFile: abs(v.tokenFile, `identities.${k}.tokenFile`) },
+        ]),
+      ),
     ),
   };
 }

@@ -185,7 +185,8 @@ export function registerUiAccess(app: App, options: UiAccessOptions): UiAccess {
       return sendProblem(reply, makeProblem(401, 'UNAUTHORIZED', detail));
     }
     const identity = auth.identity.name;
-    const role = options.roles[identity];
+    // The identity's own entry, never a member every object inherits (`constructor`).
+    const role = Object.hasOwn(options.roles, identity) ? options.roles[identity] : undefined;
     if (role === undefined) {
       logger.info({ ip: clientAddress(request), identity }, 'status page login refused: no role');
       return sendProblem(

@@ -135,6 +135,24 @@ devices:
     expect(errors.some((e) => e.startsWith('identities.plant: needs tokenSha256'))).toBe(true);
   });
 
+  it('cross-checks names that are also built-in object properties (toString, constructor) like any other', () => {
+    // A name is looked up in the file's own sections, never in what every object inherits: a
+    // PLC, device, identity or role named like one of Object.prototype's members exists only
+    // when the file says so.
+    const path = write(
+      MINIMAL.replace(
+        'mqtt: { url: mqtt://127.0.0.1:1883, identity: plant }',
+        'mqtt: { url: mqtt://127.0.0.1:1883, identity: constructor }',
+      )
+        .replace("plant: { devices: ['*'] }", 'plant: { devices: [toString] }')
+        .replace('v1: { plc: p1,', 'v1: { plc: valueOf,'),
+    );
+    const errors = errorsOf(() => loadConfig(path, { env: {} }));
+    expect(errors).toContain('mqtt.identity: no identity named "constructor"');
+    expect(errors).toContain('identities.plant.devices.0: no device named "toString"');
+    expect(errors).toContain('devices.v1.plc: no PLC named "valueOf"');
+  });
+
   it('names the environment variable behind an invalid value, and refuses one for a section the file lacks', () => {
     expect(
       errorsOf(() => loadConfig(write(MINIMAL), { env: { SLUICE_HTTPS_PORT: '8443' } })),

@@ -146,6 +146,11 @@ describe('login', () => {
     expect(noRole.answer.status).toBe(403);
     expect(noRole.answer.json()).toMatchObject({ code: 'FORBIDDEN_ROLE' });
     expect(noRole.answer.headers['set-cookie']).toBeUndefined();
+    // A name every object inherits as a member is no role either.
+    const inherited = await login(site, TOKENS.constructor);
+    expect(inherited.answer.status).toBe(403);
+    expect(inherited.answer.json()).toMatchObject({ code: 'FORBIDDEN_ROLE' });
+    expect(inherited.answer.headers['set-cookie']).toBeUndefined();
 
     const body = JSON.stringify({ token: TOKENS.ops });
     for (const headers of [

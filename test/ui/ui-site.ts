@@ -21,8 +21,9 @@ import { inventoryFor } from '../helpers/plant-inventory.js';
 /**
  * A whole site for the status page's tests: `sluiced` built from its configuration file (as
  * the real daemon is), sluice-sim over real sockets (a Modbus and, optionally, an OPC UA PLC)
- * and, optionally, a real Mosquitto. Three identities: `ops` (operator on the page), `desk`
- * (viewer) and `scada` (no role; the MQTT identity). The daemon's log is kept, to check that
+ * and, optionally, a real Mosquitto. Four identities: `ops` (operator on the page), `desk`
+ * (viewer) and `scada` (no role; the MQTT identity), and `constructor` (no role, named like a member
+ * every JavaScript object inherits). The daemon's log is kept, to check that
  * no token or session id ever reaches it.
  */
 
@@ -30,6 +31,7 @@ export const TOKENS = {
   ops: 'ops-token-5Vq2kP9x',
   desk: 'desk-token-Hh3mW7aZ',
   scada: 'scada-token-Jr8nT4cL',
+  constructor: 'constructor-token-Pz6bN1sD',
 } as const;
 
 /**
@@ -209,6 +211,8 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
           devices: ['drain-valve'],
         },
         scada: { tokenSha256: hash(TOKENS.scada), devices: ['*'] },
+        // Named like a member every object inherits, and given no role.
+        constructor: { tokenSha256: hash(TOKENS.constructor), devices: ['drain-valve'] },
       },
       ui: { roles: { ops: 'operator', desk: 'viewer' } },
       plcs: inventory.plcs,
