@@ -38,8 +38,9 @@ export function checkRenames(config: SluiceConfig, journalPath: string): RenameC
     const warnings = renamed.map(
       (r) => `warning: ${renamedIdentityMessage(r, config.journal.retentionHours)}`,
     );
-    // Renames found by an earlier start, whose former name's keys the journal still keeps.
-    for (const n of recordedIdentityRenames(reader, config, Date.now())) {
+    // Renames found by an earlier start, whose former name's keys the journal still keeps
+    // (carried on to a name this configuration renames again).
+    for (const n of recordedIdentityRenames(reader, config, Date.now(), renamed)) {
       if (renamed.some((r) => r.before === n.before && r.now === n.now)) continue;
       warnings.push(`warning: identity "${n.now}": ${identityRenameCheck(n).detail}`);
     }

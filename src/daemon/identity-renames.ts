@@ -14,7 +14,9 @@ import type { RenamedIdentity } from './renamed-identities.js';
  * The journal's meta table keeps the renames (the rename itself is found only once: the next
  * start records the new name's credentials). One is dropped once it no longer matters: its
  * former name configured again (retries under it replay again), its new name gone, or no key of
- * its former name left in the journal.
+ * its former name left in the journal. A new name renamed in turn carries the rename on: with
+ * "scada" renamed "scda" and then "scda" renamed "scada-2", "scada"'s keys are still kept and
+ * its clients are "scada-2"'s now (withFound).
  */
 
 export const IDENTITY_RENAMES_META = 'identity-renames';
@@ -59,6 +61,35 @@ function recorded(journal: Pick<IdentityRenameJournal, 'readMeta'>): Recorded[] 
   );
 }
 
+/**
+ * The renames recorded, with those found at this start (`since`) put in, and each recorded one
+ * whose new name was renamed again carried on to the newest name: "scada" → "scda" recorded and
+ * "scda" → "scada-2" found make "scada" → "scada-2" as well. The one before is dropped by
+ * standing() (its new name is gone); without the carried one nothing would be said of "scada"'s
+ * keys, which are kept all the same.
+ */
+function withFound(
+  before: readonly Recorded[],
+  found: readonly RenamedIdentity[],
+  since: string,
+): Recorded[] {
+  const all: Recorded[] = [...before];
+  const put = (entry: Recorded): void => {
+    const known = all.findIndex((r) => r.before === entry.before && r.now === entry.now);
+    if (known === -1) all.push(entry);
+    else all[known] = entry;
+  };
+  for (const f of found) {
+    put({ before: f.before, now: f.now, shared: f.shared, since });
+    for (const r of before) {
+      if (r.now === f.before && r.before !== f.now) {
+        put({ before: r.before, now: f.now, shared: f.shared, since });
+      }
+    }
+  }
+  return all;
+}
+
 /** The rename as it stands now: null when it no longer matters. */
 function standing(
   journal: Pick<IdentityRenameJournal, 'scopeKeys'>,
@@ -76,15 +107,17 @@ function standing(
 }
 
 /**
- * The renames recorded by earlier starts that still matter for `config`, reading only
- * (`sluiced --check`).
+ * The renames recorded by earlier starts that still matter for `config`, carried on by those
+ * `found` against it (withFound), reading only (`sluiced --check`).
  */
 export function recordedIdentityRenames(
   journal: Pick<IdentityRenameJournal, 'readMeta' | 'scopeKeys'>,
   config: SluiceConfig,
   nowMs: number,
+  found: readonly RenamedIdentity[] = [],
 ): IdentityRenameNotice[] {
-  return recorded(journal).flatMap((r) => {
+  const since = new Date(nowMs).toISOString();
+  return withFound(recorded(journal), found, since).flatMap((r) => {
     const n = standing(journal, config, r, nowMs);
     return n === null ? [] : [n];
   });
@@ -103,14 +136,7 @@ export function identityRenamesInForce(
   recordFailed: (error: unknown) => void,
 ): IdentityRenameNotice[] {
   const before = recorded(journal);
-  const since = new Date(nowMs).toISOString();
-  const all: Recorded[] = [...before];
-  for (const f of found) {
-    const known = all.findIndex((r) => r.before === f.before && r.now === f.now);
-    const entry = { before: f.before, now: f.now, shared: f.shared, since };
-    if (known === -1) all.push(entry);
-    else all[known] = entry;
-  }
+  const all = withFound(before, found, new Date(nowMs).toISOString());
   const notices = all.flatMap((r) => {
     const n = standing(journal, config, r, nowMs);
     return n === null ? [] : [n];

@@ -27,7 +27,8 @@ import {
  * rename warned in the log, once; /readyz, sluicectl health and the STATUS= line said nothing,
  * and the next start nothing at all, while the journal still held the former name's keys. They
  * now say it, as a note (the gateway is ready), at every start for as long as those keys are
- * kept, and no more once the identity has its name back (its retries replay again). The real
+ * kept — also once the new name is renamed again — and no more once the identity has its name
+ * back (its retries replay again). The real
  * `sluiced` process with NOTIFY_SOCKET bound by python3, its admin endpoint through the real
  * sluicectl, sluice-sim; ground truth: the journal's keys of the former name, and the valve's
  * write log when a retry is replayed.
@@ -164,8 +165,30 @@ describe.runIf(real)('an identity renamed, its token kept, for as long as it mat
     );
     expect(checked.status).toBe(0);
 
+    // Renamed once more: "scada"'s key is still kept, and its clients are "scada-line3"'s now.
+    // The rename found at this start is of "scada-line2", which holds no key; the one it
+    // carries on is still said, at this start and the next.
+    renameSiteEntry(site.configPath, 'identities', 'scada-line2', 'scada-line3');
+    const checkedAgain = runSluiced(['--config', site.configPath, '--check']);
+    expect(checkedAgain.stdout).toMatch(
+      /warning: identity "scada-line3": renamed from "scada" \(the same token [0-9a-f]+; found at the start of \S+\): keys are scoped by the identity's name, and the journal holds 1 key\(s\) of "scada"/,
+    );
+    expect(checkedAgain.status).toBe(0);
+    for (const life of ['the start after the second rename', 'the start after that']) {
+      const { status, port } = await start();
+      expect(scadaKeys(), life).toEqual(['open-1']);
+      expect(status(), life).toMatch(
+        /; identity "scada" renamed "scada-line3": its clients' retries of keys sent as "scada" would run again, until about \S+$/,
+      );
+      const answer = await readyz(port);
+      expect(answer.checks['identity:scada-line3']?.detail, life).toMatch(
+        /^renamed from "scada" \(the same token [0-9a-f]+; found at the start of \S+\): keys are scoped by the identity's name, and the journal holds 1 key\(s\) of "scada"/,
+      );
+      await stop();
+    }
+
     // The name given back: retries under "scada" replay again, and nothing is said.
-    renameSiteEntry(site.configPath, 'identities', 'scada-line2', 'scada');
+    renameSiteEntry(site.configPath, 'identities', 'scada-line3', 'scada');
     const back = await start();
     const writes = site.plant.device('v1').writeLog.length;
     const retry = await postCommand(
