@@ -5,7 +5,7 @@ import { settledMeanwhile, type ExecutionHost, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { observe, type Expectation } from './readback.js';
 import { ReadbackConfirmation } from './readback-confirmation.js';
-import type { UnsentCause } from './redispatch.js';
+import { ordinal, type UnsentCause } from './redispatch.js';
 import type { TimedReadback } from './skew.js';
 import { CommandTakeUp } from './take-up.js';
 
@@ -106,6 +106,21 @@ export class ConfirmationLoop {
         faultCode: null,
         observed: observe(first.before),
         detail: `the write never reached the controller: it found no connection and went round again, and its deadline ${new Date(dispatched.deadline).toISOString()} passed before its write could be sent again; nothing was applied (${outcome.error})`,
+      });
+      return null;
+    }
+    if (outcome.kind === 'not-sent' && again !== null && again.proven !== null) {
+      // Its deadline passed while the write waited for the controller, in a round after a write
+      // of it that was sent and proven not applied (its next withdrawn unsent as the daemon
+      // stopped, and taken up: execution.ts, takeUpUnsent): a write of it went out, so not
+      // `rejected`, which says it was never written (SPEC §2), as every other end of such a
+      // round (execution.ts, sentBeforeHost).
+      this.host.settle(log, dispatched, 'dispatched', {
+        to: 'failed',
+        code: 'DEVICE_UNREACHABLE',
+        faultCode: null,
+        observed: observe(first.before),
+        detail: `the write never reached the controller: its ${ordinal(again.proven)} write (sequence number ${seq}) was sent and proven not applied, and its deadline ${new Date(dispatched.deadline).toISOString()} passed before the write could be sent again; nothing was applied (${outcome.error})`,
       });
       return null;
     }
