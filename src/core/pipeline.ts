@@ -162,6 +162,12 @@ export class CommandPipeline {
    */
   private readonly receivedMono = new Map<string, number>();
   private closed = false;
+  /**
+   * The lanes whose last write an earlier life may have left with its fate open could not be
+   * read from the journal at the start (recover): none of their commands is decided until it
+   * has been (drain).
+   */
+  private readonly lastWriteUnread = new Set<Lane>();
   /** Cancels the save of this life's own write bounds alone (earlier-write-bounds.ts). */
   private readonly cancelBoundsSave: () => void;
 
@@ -598,17 +604,30 @@ export class CommandPipeline {
    * Returns how many open commands the journal held.
    */
   recover(): number {
-    this.lateEcho.takeUp(this.lanes.keys());
+    for (const device of this.lanes.keys()) {
+      try {
+        this.lateEcho.takeUp([device]);
+      } catch (error) {
+        // Only a note is missed (late-echo.ts): what the device's commands are decided on is
+        // read below, from the same journal.
+        this.logger.error(
+          { err: error, device },
+          "the device's last dispatch cannot be read from the journal: a late echo of its write is not watched for",
+        );
+      }
+    }
     // Each device's last write an earlier life ended with its fate open, which the controller
     // may still take: the next command waits for it as it would have in that life.
     for (const lane of this.lanes.values()) {
       try {
         lane.lastWrite ??= earlierLastWrite(this.journal, lane);
       } catch (error) {
-        // The sweep below meets the same journal and leaves its commands to a later sweep.
+        // Decided without it, a command could be undone by it (I2): the device's commands wait
+        // until it can be read (drain).
+        this.lastWriteUnread.add(lane);
         this.logger.error(
           { err: error, device: lane.binding.id },
-          "the device's last write cannot be read from the journal: the next command is decided without it",
+          "the device's last write cannot be read from the journal: the device's commands wait until it can be",
         );
       }
     }
@@ -708,6 +727,17 @@ export class CommandPipeline {
       const ref = lane.unresolved ?? lane.queue.shift();
       if (ref === undefined) return;
       lane.unresolved = null;
+      // The device's last write could not be read at the start (recover): read again before
+      // any of its commands is decided; while it cannot be, the command is left to the sweep.
+      if (this.lastWriteUnread.has(lane)) {
+        try {
+          lane.lastWrite ??= earlierLastWrite(this.journal, lane);
+          this.lastWriteUnread.delete(lane);
+        } catch (error) {
+          this.leftOpen(lane, ref, this.logger.child({ key: ref.key }), error);
+          return;
+        }
+      }
       let record: CommandRecord | undefined;
       try {
         record = this.journal.get(ref);

@@ -63,3 +63,36 @@ export function keyLookupFaults(journal: SqliteJournal, keys: ReadonlySet<string
   };
   return faults;
 }
+
+/**
+ * Fails the journal's reads of chosen devices' last dispatch (Journal.lastDispatched: what a
+ * start reads for the late-echo watch and for the device's last write) while armed, as
+ * readFaults fails Journal.get: the same double, for the same reason, on the statement that
+ * reads it. `count`: only that many reads fail, then the fault disarms itself.
+ */
+export function lastDispatchFaults(
+  journal: SqliteJournal,
+  devices: ReadonlySet<string>,
+  count = Infinity,
+): ReadFaults {
+  let failed = 0;
+  const stmt = (journal as unknown as { conn: { stmts: { lastDispatched: Statement } } }).conn.stmts
+    .lastDispatched;
+  const get = stmt.get.bind(stmt);
+  const faults = {
+    armed: true,
+    get failed() {
+      return failed;
+    },
+  };
+  // Its parameters are named: { device, window, named }.
+  stmt.get = (...params: unknown[]) => {
+    const { device } = params[0] as { device: string };
+    if (faults.armed && failed < count && devices.has(device)) {
+      failed++;
+      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_READ' });
+    }
+    return get(...params);
+  };
+  return faults;
+}

@@ -359,9 +359,14 @@ export class SimHarness {
     this.options = { ...this.options, ...change };
   }
 
-  /** A new life on the same journal file: recovery runs first. Returns the open commands. */
-  async restart(): Promise<number> {
+  /**
+   * A new life on the same journal file: recovery runs first. Returns the open commands.
+   * `beforeRecovery` runs once the new life is built, before its recovery (a fault armed on its
+   * journal).
+   */
+  async restart(beforeRecovery?: () => void): Promise<number> {
     await this.build();
+    beforeRecovery?.();
     return this.pipeline.recover();
   }
 
