@@ -120,8 +120,9 @@ export function fieldAddress(field: AnyField, base: number): number {
 
 /**
  * Checks a register map beyond its schema: each field placed exactly once, widths and tables
- * that fit, no two fields on one register, a command that one write can carry, and the fields
- * the controller section promises. Every problem is returned with its path.
+ * that fit, no two fields on one register, a command that one write can carry, a bit rule for
+ * every state of a decoded status word, and the fields the controller section promises. Every
+ * problem is returned with its path.
  */
 export function checkModbusMap(
   map: ModbusMap,
@@ -214,6 +215,16 @@ export function checkModbusMap(
       }
       if (rule.set.some((bit) => rule.clear.includes(bit))) {
         errors.push(`modbus.status.state.bits.${name}: a bit cannot be both set and clear`);
+      }
+    }
+    // As every state needs a state code: a state without a rule is never read. Without its
+    // FAULT rule a faulted valve at its closed limit read CLOSED (a reset there a no-op), and
+    // without its LOCAL rule a valve in LOCAL read CLOSED, and an open was written to it.
+    for (const name of context.states) {
+      if (!Object.hasOwn(state.bits, name)) {
+        errors.push(
+          `modbus.status.state.bits.${name}: missing bit rule: the device would never be read as ${name} (give each state the bits the controller reports it by)`,
+        );
       }
     }
     if (state.type !== 'uint16' && state.type !== 'int16') {

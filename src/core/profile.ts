@@ -202,7 +202,9 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
       continue;
     }
     for (const state of p.states) {
-      const cell = row[state];
+      // Own cells only: a state named like a member of every object (`constructor`) would
+      // otherwise find that member and be taken for a cell.
+      const cell = Object.hasOwn(row, state) ? row[state] : undefined;
       if (cell === undefined) {
         errors.push(`table.${action}.${state}: missing cell`);
         continue;
@@ -246,7 +248,7 @@ export function parseProfile(data: unknown, source: string): DeviceProfile {
   const codes = p.controller.stateCodes;
   if (codes !== undefined) {
     for (const state of p.states) {
-      if (codes[state] === undefined)
+      if (!Object.hasOwn(codes, state))
         errors.push(`controller.stateCodes.${state}: missing state code`);
     }
     for (const state of Object.keys(codes)) {

@@ -128,7 +128,14 @@ describe('read planning', () => {
   it('never merges different tables, and bits are requested by count', () => {
     const profile = parseProfile(
       withModbus('limit-switch-valve', {
-        status: { state: { table: 'discrete', at: 0, count: 6, bits: { OPEN: { set: [0] } } } },
+        status: {
+          state: {
+            table: 'discrete',
+            at: 0,
+            count: 6,
+            bits: shipped('limit-switch-valve').modbus!.status.state.bits,
+          },
+        },
         command: { code: { at: 10 } },
       }),
       'di.yaml',
