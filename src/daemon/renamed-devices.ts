@@ -1,6 +1,7 @@
 import { ConfigError, type SluiceConfig } from '../config/config.js';
 import type { OpenPage } from '../core/journal.js';
 import { readMetaObject } from '../core/journal-meta.js';
+import { modbusController, opcuaNamespace } from '../drivers/inventory-schema.js';
 
 /**
  * A device renamed across a restart while the journal holds open commands of its former id.
@@ -31,17 +32,43 @@ export interface DeviceAddressJournal {
   writeMeta(key: string, value: string): void;
 }
 
-/** Where a configured device's writes land: its PLC's endpoint and its registers or object. */
+/**
+ * Where a configured device's writes land: its PLC's endpoint and its registers or object. The
+ * endpoint is the one the configuration check compares devices by (a host or endpoint URL in
+ * one spelling for all that reach one controller): a device renamed while its PLC entry was
+ * written another way (`::ffff:10.0.0.20` for `10.0.0.20`, a URL with a trailing "/") is still
+ * at the address recorded.
+ */
 export function deviceAddress(config: SluiceConfig, id: string): string | null {
   const device = config.devices[id];
   const plc = device === undefined ? undefined : config.plcs[device.plc];
   if (device === undefined || plc === undefined) return null;
   switch (plc.protocol) {
     case 'modbus':
-      return `modbus ${plc.host}:${plc.port} unit ${plc.unitId}, registers from ${device.base ?? 0}`;
+      return `modbus ${modbusController(plc)}, registers from ${device.base ?? 0}`;
     case 'opcua':
-      return `opcua ${plc.endpointUrl} namespace ${plc.namespaceUri}, object ${device.object ?? id}`;
+      return `opcua ${opcuaNamespace(plc)}, object ${device.object ?? id}`;
   }
+}
+
+/**
+ * A recorded address in deviceAddress's spelling. An earlier Sluice recorded the host or the
+ * endpoint URL as written in the configuration: read as written, a rename made together with
+ * the upgrade and another spelling of the PLC's address would not be recognised.
+ */
+function respelled(address: string): string {
+  const modbus = /^modbus (.+):(\d+) unit (\d+), registers from (\d+)$/.exec(address);
+  if (modbus !== null) {
+    const [, host = '', port = '', unitId = '', base = ''] = modbus;
+    const controller = modbusController({ host, port: Number(port), unitId: Number(unitId) });
+    return `modbus ${controller}, registers from ${base}`;
+  }
+  const opcua = /^opcua (\S+) namespace (.*), object (.*)$/s.exec(address);
+  if (opcua !== null) {
+    const [, endpointUrl = '', namespaceUri = '', object = ''] = opcua;
+    return `opcua ${opcuaNamespace({ endpointUrl, namespaceUri })}, object ${object}`;
+  }
+  return address;
 }
 
 function recorded(journal: Pick<DeviceAddressJournal, 'readMeta'>): Record<string, string> {
@@ -68,8 +95,9 @@ export function renamedDeviceErrors(
   const errors: string[] = [];
   const kept: Record<string, string> = {};
   for (const former of open) {
-    const address = before[former];
-    if (address === undefined) continue;
+    const recordedAddress = Object.hasOwn(before, former) ? before[former] : undefined;
+    if (recordedAddress === undefined) continue;
+    const address = respelled(recordedAddress);
     kept[former] = address;
     const renamed = Object.keys(config.devices).filter(
       (id) => deviceAddress(config, id) === address,

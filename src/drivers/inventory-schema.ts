@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { MAX_TIMER_MESSAGE, MAX_TIMER_MS } from '../core/clock.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { fieldAddress, fieldWidth } from '../core/profile-modbus.js';
-import { hostSchema, urlAddressProblem } from '../config/network-addresses.js';
+import { hostAndPort, hostSchema, urlAddressProblem } from '../config/network-addresses.js';
 import { COMBINE_READS_DEFAULTS, MAX_REGISTERS } from './modbus-queue.js';
 import { UNIT_ID_BROADCAST, unitIdProblem } from './modbus-unit.js';
 
@@ -267,12 +267,14 @@ export function checkInventory(
     }
     if (plc?.protocol === 'opcua') {
       // Node ids are ns=<namespace>;s=<object>.<Name>: one object is one controller device.
+      // Two PLC entries may name one server in two spellings of its URL: compared per server.
       const object = device.object ?? id;
-      const where = `${plc.endpointUrl.toLowerCase()} ${plc.namespaceUri}\u0000${object}`;
+      const server = opcuaNamespace(plc);
+      const where = `${server}\u0000${object}`;
       const other = objects.get(where);
       if (other !== undefined) {
         errors.push(
-          `devices.${id}${device.object === undefined ? '' : '.object'}: object "${object}" on PLC ${samePlc(device.plc, other.plc, plc.endpointUrl)} is also device ${other.id}'s: two devices would command one controller object, each with its own queue and sequence numbers`,
+          `devices.${id}${device.object === undefined ? '' : '.object'}: object "${object}" on PLC ${samePlc(device.plc, other.plc, server)} is also device ${other.id}'s: two devices would command one controller object, each with its own queue and sequence numbers`,
         );
       } else {
         objects.set(where, { id, plc: device.plc });
@@ -314,10 +316,10 @@ export function checkInventory(
  * A status field read on another's registers: a base a few registers off (`drain-valve` at 103
  * on `inlet-valve`'s block at 100), or a block slid onto its own absolute fields (a `time` on
  * the PLC's clock). The device would take those values for its own state, echo or image time,
- * and a command could be confirmed by another device's readback (I2). Fields given by absolute
- * address may be shared on purpose (the PLC's clock, read by every device); a field placed
- * from the base may not lie on any other, nor a device's own state, position or echo (ownOnly) on
- * another device's, absolute or not. Records the device's fields in `placed`.
+ * and a command could be confirmed by another device's readback (I2). A clock or an image time
+ * given by absolute address may be shared on purpose (the PLC's clock, read by every device:
+ * `shared`); a field placed from the base may not lie on any other, nor any other absolute
+ * field on another device's. Records the device's fields in `placed`.
  */
 function statusOverlaps(
   id: string,
@@ -347,14 +349,14 @@ function statusOverlaps(
     const clash = others.find(
       (o) =>
         o.table === field.table &&
-        !(o.absolute && field.absolute && !ownOnly(o) && !ownOnly(field)) &&
+        !(o.absolute && field.absolute && shared(o, field)) &&
         field.start < o.end &&
         o.start < field.end,
     );
     if (clash === undefined) continue;
     if (clash.absolute && field.absolute) {
       errors.push(
-        `devices.${id}: its modbus.status.${field.name} (${shown(field)}, an absolute address) lies on device ${clash.id}'s modbus.status.${clash.name} (${shown(clash)}, an absolute address) on PLC ${samePlc(plc, clash.plc, controller)}: both devices would read those registers as their own ${field.name === clash.name ? field.name : `${field.name} and ${clash.name}`}, and a command to one could be confirmed by the other's readback; a state, position or echo at an absolute address fits one device per controller: place it with "at" (from the device's base) in the profile`,
+        `devices.${id}: its modbus.status.${field.name} (${shown(field)}, an absolute address) lies on device ${clash.id}'s modbus.status.${clash.name} (${shown(clash)}, an absolute address) on PLC ${samePlc(plc, clash.plc, controller)}: both devices would read those registers as their own ${field.name === clash.name ? field.name : `${field.name} and ${clash.name}`}, ${sharingProblem(field, clash)}`,
       );
       continue;
     }
@@ -373,13 +375,45 @@ function statusOverlaps(
 }
 
 /**
+ * Two devices' absolute fields that may lie on one register: the PLC's clock read whole by both
+ * as their clock, or an image time a whole-PLC scan publishes read whole by both as their time.
+ * Any other field is one device's own (ownOnly, and its fault code), and one register read as
+ * two values is neither's: an image time read from the live clock always looks fresh.
+ */
+function shared(a: PlacedStatus, b: PlacedStatus): boolean {
+  return (
+    a.name === b.name &&
+    (a.name === 'clock' || a.name === 'time') &&
+    a.start === b.start &&
+    a.end === b.end
+  );
+}
+
+/**
  * A status field that ties a readback to one device: its state, its position, its echo of the
  * device's own sequence numbers (which every device counts from 1). Shared by two devices, one
  * would be confirmed by the other's readback (I2): a close a no-op at CLOSED because the other
- * valve is closed. The PLC's clock, and an image time a whole-PLC scan publishes, may be shared.
+ * valve is closed.
  */
 function ownOnly(field: PlacedStatus): boolean {
   return field.name === 'state' || field.name === 'position' || field.name === 'seqEcho';
+}
+
+/** What two devices' absolute fields on one register would do (not `shared`), and the fix. */
+function sharingProblem(a: PlacedStatus, b: PlacedStatus): string {
+  if (ownOnly(a) || ownOnly(b)) {
+    return `and a command to one could be confirmed by the other's readback; a state, position or echo at an absolute address fits one device per controller: place it with "at" (from the device's base) in the profile`;
+  }
+  // A latched 0x88 with a command's own echo is the controller refusing that command
+  // (readback.ts): the other device's refusal would end a command its controller took rejected.
+  if (a.name === 'fault' && b.name === 'fault') {
+    return `and a refusal the controller latches there for one (fault 0x88) would end a command to the other rejected though its controller took it; a fault code at an absolute address fits one device per controller: place it with "at" (from the device's base) in the profile`;
+  }
+  const why =
+    a.name === b.name
+      ? `though not on the same registers (each would read its ${a.name} partly from the other's)`
+      : 'though one register holds one value';
+  return `${why}: an absolute register may be shared only as the PLC's clock, read whole by every device as its clock, or as an image time, read whole by every device as its time; place the field with "at" (from the device's base) in the profile, or give it the other's address and type`;
 }
 
 interface PlacedStatus {
@@ -394,25 +428,64 @@ interface PlacedStatus {
   readonly end: number;
 }
 
-/** A Modbus controller as the network reaches it: host, port and unit id. */
-function modbusController(plc: { host: string; port: number; unitId: number }): string {
+/**
+ * A Modbus controller as the network reaches it: host, port and unit id. The journal's record of
+ * device addresses keys on it too (daemon/renamed-devices.ts).
+ */
+export function modbusController(plc: { host: string; port: number; unitId: number }): string {
   return `${sameHost(plc.host)}:${plc.port} unit ${plc.unitId}`;
+}
+
+/** OPC UA's registered port: the one node-opcua connects to when the URL gives none. */
+const OPC_UA_PORT = 4840;
+
+/**
+ * An OPC UA server's namespace as the client reaches it: host and port, and the namespace URI.
+ * node-opcua opens its socket to the host and port of the endpoint URL, which it reads as an
+ * http: URL (client_tcp_transport; so a port written 80 is dropped as http's default, and 4840
+ * taken as for a port not written), and with endpointMustExist false (opcua.ts) takes the first
+ * endpoint the server lists for the security asked, whatever the path: a URL with or without a
+ * path or a trailing "/", or with the port 4840 left out, is one server. (Two servers behind one
+ * port told apart by path alone, with one namespace URI, are taken for one: a refusal, never a
+ * clash let through.) The journal's record of device addresses keys on it too
+ * (daemon/renamed-devices.ts).
+ */
+export function opcuaNamespace(plc: { endpointUrl: string; namespaceUri: string }): string {
+  let server: string;
+  try {
+    const url = new URL(plc.endpointUrl.replace(/^[A-Za-z][A-Za-z0-9+.-]*:/, 'http:'));
+    const host = sameHost(url.hostname.replace(/^\[(.*)\]$/, '$1'));
+    server = `opc.tcp://${hostAndPort(host, url.port === '' ? OPC_UA_PORT : Number(url.port))}`;
+  } catch {
+    // Not a URL (an inventory built in code is not checked by the schema): as written.
+    server = plc.endpointUrl.toLowerCase();
+  }
+  return `${server} namespace ${plc.namespaceUri}`;
 }
 
 /**
  * One spelling of a host for all of its spellings the name service reads as one: a host name in
  * any case and with or without its root dot (`PLC-7.plant.` is `plc-7.plant`), an IPv6 address
- * compressed (`0:0:0:0:0:0:0:1` is `::1`). Told apart, two PLC entries for one controller were
- * compared as two, and their devices' registers never against each other.
+ * compressed (`0:0:0:0:0:0:0:1` is `::1`), an IPv4 address mapped into IPv6 as the IPv4 address
+ * (`::ffff:127.0.0.1` is `127.0.0.1`: a socket to it reaches that host). Told apart, two PLC
+ * entries for one controller were compared as two, and their devices' registers never against
+ * each other.
  */
 function sameHost(host: string): string {
   if (isIP(host) === 6) {
     // A zone (`fe80::1%eth0`) is no part of a URL: such an address is kept as written.
+    let compressed: string;
     try {
-      return new URL(`http://[${host}]/`).hostname.slice(1, -1);
+      compressed = new URL(`http://[${host}]/`).hostname.slice(1, -1);
     } catch {
       return host.toLowerCase();
     }
+    // Written compressed, in hexadecimal: ::ffff:127.0.0.1 is ::ffff:7f00:1.
+    const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(compressed);
+    if (mapped === null) return compressed;
+    const high = parseInt(mapped[1] ?? '0', 16);
+    const low = parseInt(mapped[2] ?? '0', 16);
+    return [high >> 8, high & 0xff, low >> 8, low & 0xff].join('.');
   }
   return host.toLowerCase().replace(/\.$/, '');
 }

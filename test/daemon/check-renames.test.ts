@@ -5,6 +5,8 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/daemon/daemon.js';
+import { DEVICE_ADDRESSES_META } from '../../src/daemon/renamed-devices.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import {
   editSite,
   renameSiteEntry,
@@ -22,7 +24,9 @@ import { runSluiced } from '../config/sluiced.js';
  * command of its former id (the start refuses it, exit 2: renamed-device.test.ts) and an
  * identity renamed with its token kept (the start warns of it: renamed-identity.test.ts). It ran
  * neither: it said "configuration is valid" and exited 0 on a configuration the start then
- * refused. The real `sluiced` process for the check and for the start it foretells, a journal
+ * refused. A device renamed while its PLC's host was written another way (`::ffff:127.0.0.1`
+ * for `127.0.0.1`, one controller) is at its former address too: it was taken for a new device.
+ * The real `sluiced` process for the check and for the start it foretells, a journal
  * written by a real daemon's life (sluice-sim); ground truth: the journal file and its folder,
  * the same bytes and files after the check (it writes nothing), and the start's own answer.
  */
@@ -112,6 +116,53 @@ describe('sluiced --check against the journal', () => {
     );
     expect(clean.status).toBe(0);
   }, 90_000);
+
+  it("refuses a device renamed while its PLC's host is written another way, also against an earlier Sluice's record", () => {
+    /** The site's one PLC entry's host set to `host`. */
+    const plcHost = (host: string): void => {
+      editSite(site.configPath, (s) => {
+        for (const plc of Object.values(s.plcs as Record<string, { host: string }>)) {
+          plc.host = host;
+        }
+      });
+    };
+    const refusal =
+      'sluiced: configuration against the journal: invalid configuration:\n  devices.v1-new: has the address of device "v1" (modbus 127.0.0.1:';
+    renameSiteEntry(site.configPath, 'devices', 'v1', 'v1-new');
+    plcHost('::ffff:127.0.0.1');
+    try {
+      const refused = check();
+      expect(refused.stderr).toContain(refusal);
+      expect(refused.stderr).toContain('open-7 (identity scada, accepted)');
+      expect(refused.status).toBe(2);
+
+      // A record an earlier Sluice wrote gave the host as the configuration wrote it.
+      const journal = SqliteJournal.open({ path: journalPath });
+      let record: Record<string, string>;
+      try {
+        record = JSON.parse(journal.readMeta(DEVICE_ADDRESSES_META) ?? '{}') as Record<
+          string,
+          string
+        >;
+        expect(record.v1).toMatch(/^modbus 127\.0\.0\.1:\d+ unit 1, registers from 0$/);
+        journal.writeMeta(
+          DEVICE_ADDRESSES_META,
+          JSON.stringify({
+            v1: record.v1!.replace('modbus 127.0.0.1:', 'modbus ::ffff:127.0.0.1:'),
+          }),
+        );
+      } finally {
+        journal.close();
+      }
+      plcHost('127.0.0.1');
+      const earlier = check();
+      expect(earlier.stderr).toContain(refusal);
+      expect(earlier.status).toBe(2);
+    } finally {
+      plcHost('127.0.0.1');
+      renameSiteEntry(site.configPath, 'devices', 'v1-new', 'v1');
+    }
+  }, 60_000);
 
   it('says so of a journal it cannot read, and checks the configuration all the same', () => {
     const other = join(site.dir, 'not-a-journal.db');
