@@ -26,7 +26,10 @@ export function formatFaultCode(code: number): string {
  * never writes what it cannot check.
  */
 export function decide(profile: DeviceProfile, state: string, action: Action): Decision {
-  const cell = profile.table[action]?.[state];
+  // The profile's own cells only: a state read from a controller (an OPC UA server may report
+  // any string) named like a member every object inherits (`constructor`) is unknown too.
+  const row = Object.hasOwn(profile.table, action) ? profile.table[action] : undefined;
+  const cell = row !== undefined && Object.hasOwn(row, state) ? row[state] : undefined;
   if (cell === undefined) {
     return { kind: 'reject', code: 'ILLEGAL_TRANSITION', faultCode: '0x88' };
   }

@@ -103,6 +103,15 @@ describe('confirmation targets', () => {
     expect(decide(v, 'EXPLODED', 'open').kind).toBe('reject');
     expect(decide(v, 'CLOSED', 'move').kind).toBe('reject');
   });
+  it('a state named like a member every object inherits (an OPC UA server may report any string) is unknown', () => {
+    for (const state of ['constructor', 'toString', '__proto__', 'hasOwnProperty']) {
+      expect(decide(v, state, 'open'), state).toEqual({
+        kind: 'reject',
+        code: 'ILLEGAL_TRANSITION',
+        faultCode: '0x88',
+      });
+    }
+  });
 });
 
 describe('parseProfile', () => {
