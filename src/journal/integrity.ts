@@ -17,43 +17,66 @@ const REPORTED = 3;
  * child process (sqlite-child.ts), killed at once by a stop asked for during the check
  * (checkJournal's `signal`: systemctl stop or restart), which a worker thread made wait for all of
  * it, up to TimeoutStopSec= and systemd's SIGKILL; sluicectl's check (src/cli/journal-check.ts)
- * runs the same way. The connection is not read-only: a read-only one cannot recover the log a killed
- * daemon left, and it writes nothing (quick_check only reads; the writer lock is held, so no
- * other daemon writes meanwhile), so a check killed midway leaves the file as it was. A file
- * whose header is not that of a Sluice journal (not SQLite, or no schema version: another
- * program's database, whose hot rollback journal a connection would play back into it) is not
- * opened: the journal's open refuses it and leaves it as it is.
+ * runs the same way. The connection is read-write, as the journal's own, and writes nothing
+ * (quick_check only reads; the writer lock is held, so no other daemon writes meanwhile), so a
+ * check killed midway leaves the file as it was. A file whose header is not that of a Sluice
+ * journal (not SQLite, or no schema version: another program's database, whose hot rollback
+ * journal a connection would play back into it) is not opened: the journal's open refuses it and
+ * leaves it as it is. But the journal of a daemon killed before SQLite's first checkpoint has no
+ * schema version in its header either: the file holds the switch to WAL alone, and its log
+ * (`-wal`) the version and every command. A file in WAL mode with a log is therefore checked
+ * through a read-only connection, which reads the log (SQLite rebuilds its index, `-shm`, as for
+ * any reader) and writes nothing into the file or the log; it is a journal when the version read
+ * through the log is one. quick_check comes first: an I/O error reading the log stops it with
+ * SQLite's I/O code, where a read of the version alone says SQLITE_CORRUPT.
  */
 const PROGRAM = `
-const { closeSync, existsSync, openSync, readSync } = require('node:fs');
+const { closeSync, existsSync, openSync, readSync, statSync } = require('node:fs');
 const [path, sqlite, busyTimeoutMs, limit] = process.argv.slice(1);
 function answer(outcome) {
   process.stdout.write(JSON.stringify(outcome) + '\\n');
 }
-function ours(path) {
+// 'journal': its header holds a schema version; 'log': no version there, but in WAL mode with
+// a log beside it, which may hold one; null: not a Sluice journal.
+function kindOf(path) {
   const header = Buffer.alloc(100);
   let fd = null;
   try {
     fd = openSync(path, 'r');
-    if (readSync(fd, header, 0, 100, 0) < 100) return false;
+    if (readSync(fd, header, 0, 100, 0) < 100) return null;
   } catch {
-    return false; // A folder, a file this user may not read: the open says so.
+    return null; // A folder, a file this user may not read: the open says so.
   } finally {
     if (fd !== null) closeSync(fd);
   }
-  return header.toString('latin1', 0, 16) === 'SQLite format 3\\0' && header.readUInt32BE(60) !== 0;
+  if (header.toString('latin1', 0, 16) !== 'SQLite format 3\\0') return null;
+  if (header.readUInt32BE(60) !== 0) return 'journal';
+  // File format version numbers (bytes 18 and 19): 2 is WAL.
+  let log = 0;
+  try {
+    log = statSync(path + '-wal').size;
+  } catch {
+    // No log.
+  }
+  return header[18] === 2 && log > 0 ? 'log' : null;
 }
-if (!existsSync(path)) {
+const kind = existsSync(path) ? kindOf(path) : undefined;
+if (kind === undefined) {
   answer({ kind: 'absent' });
-} else if (!ours(path)) {
+} else if (kind === null) {
   answer({ kind: 'not-ours' });
 } else {
   const Database = require(sqlite);
+  const readonly = kind === 'log';
   let db = null;
   try {
-    db = new Database(path, { fileMustExist: true, timeout: Number(busyTimeoutMs) });
+    db = new Database(path, { readonly, fileMustExist: true, timeout: Number(busyTimeoutMs) });
     const rows = db.pragma('quick_check(' + Number(limit) + ')');
-    answer({ kind: 'checked', lines: rows.map((r) => String(r.quick_check)) });
+    if (readonly && db.pragma('user_version', { simple: true }) === 0) {
+      answer({ kind: 'not-ours' }); // No version in the log either.
+    } else {
+      answer({ kind: 'checked', lines: rows.map((r) => String(r.quick_check)) });
+    }
   } catch (error) {
     answer({
       kind: 'error',

@@ -123,12 +123,15 @@ function physicalBlock(path: string, logical: number): number {
  * 1,000 claims (scope `ops`, keys `key-<batch>-<n>`, closes past their deadline, on
  * `inlet-valve`) in its log (`-wal`), twenty batches committed and synced, not yet copied into
  * the file. The first connection to open them reads the whole log (SQLite's recovery of its
- * index).
+ * index). `beforeFirstCheckpoint`: the journal of a daemon killed before SQLite's first
+ * checkpoint, never closed: its file holds no schema version, its log the version, the tables
+ * and the claims.
  */
 export async function journalLeftByKilledDaemon(
   path: string,
+  beforeFirstCheckpoint = false,
 ): Promise<{ name: string; data: Buffer }[]> {
-  SqliteJournal.open({ path, groupCommit: true }).close();
+  if (!beforeFirstCheckpoint) SqliteJournal.open({ path, groupCommit: true }).close();
   const journal = SqliteJournal.open({ path, groupCommit: true });
   try {
     const now = Date.now();

@@ -24,7 +24,8 @@ import { tmpfsAvailable } from '../reliability/support.js';
  * error, a failing sector): a real one, an ext4 image on a loop device cut short inside the file
  * (test/helpers/failing-disk.ts), whose reads past the cut the kernel fails with EIO. The check
  * it stops must not pass it (its open does not read every page), and its refusal names the I/O
- * failure, not damage.
+ * failure, not damage. The journal of a daemon killed before SQLite's first checkpoint holds its
+ * schema version in its log alone: the check reads it through the log.
  */
 
 let dir: string;
@@ -209,6 +210,25 @@ describe.runIf(tmpfsAvailable())("the start's check of a journal the disk cannot
     );
     expect(refused.message).not.toContain('damaged');
     expect(refused.message).toContain('restore the journal from a backup onto a sound disk');
+  });
+
+  it('refuses the journal of a daemon killed before its first checkpoint (its schema version in its log alone) whose log it cannot read past a point', async () => {
+    // The file holds the switch to WAL alone, no schema version: taken for another program's
+    // file, the journal was passed unchecked, and the open that followed called it damaged.
+    const files = await journalLeftByKilledDaemon(join(dir, 'source.db'), true);
+    expect(files[0]!.data.readUInt32BE(60)).toBe(0);
+    const wal = files[1]!.data.length;
+    expect(wal).toBeGreaterThan(200_000);
+    disk = failingDisk(dir, files);
+    const path = join(disk.folder, 'journal.db');
+    disk.failReadsFrom('journal.db-wal', wal / 2);
+    expect(readFails(`${path}-wal`, wal - 4096)).toBe(true);
+
+    const refused = await refusal(path);
+    expect(refused.message).toContain(
+      `journal unavailable (open): ${path} cannot be read: an I/O error, the disk failed to read part of it or of its -wal file (SQLite's check: SQLITE_IOERR_CORRUPTFS: disk I/O error)`,
+    );
+    expect(refused.message).not.toContain('damaged');
   });
 
   it('refuses a journal with pages it cannot read, saying the disk failed a read, not that they are damaged', async () => {
