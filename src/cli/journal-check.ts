@@ -1,4 +1,5 @@
 import { statSync } from 'node:fs';
+import { readFailed, unreadablePages } from '../journal/integrity.js';
 import { SQLITE_MODULE, answerOf, spawnSqliteChild } from '../journal/sqlite-child.js';
 
 /**
@@ -21,6 +22,11 @@ export type JournalFinding =
   | { readonly kind: 'whole' }
   | { readonly kind: 'damaged'; readonly found: string }
   /**
+   * The disk failed to read part of the file or of its log (an I/O error: a failing sector), as
+   * the daemon's start check judges it (src/journal/integrity.ts): not damage in what was read.
+   */
+  | { readonly kind: 'unreadable'; readonly found: string }
+  /**
    * Nothing is known: the budget ran out before quick_check had read the file, or the check
    * ended without an answer.
    */
@@ -36,11 +42,12 @@ const DAMAGE_LINES = 3;
 /** The default budget: what an operator waits for an interactive command without noticing much. */
 export const DEFAULT_CHECK_BUDGET_MS = 2_000;
 
-/**
- * The child's program, plain JavaScript: its answer is one JSON line on stdout. A damaged file
- * where SQLite stops the check (SQLITE_CORRUPT, not a database) is damage too; another error (the
- * file locked away, gone) is no finding: the read that came before said what there was to say.
- */
+/** The child's answer: quick_check's lines, or the error that stopped it. */
+type Answer =
+  | { readonly kind: 'checked'; readonly lines: string[] }
+  | { readonly kind: 'error'; readonly code: string | null; readonly message: string };
+
+/** The child's program, plain JavaScript: its answer (Answer) is one JSON line on stdout. */
 const PROGRAM = `
 const Database = require(process.argv[2]);
 const path = process.argv[1];
@@ -49,17 +56,41 @@ let db = null;
 try {
   db = new Database(path, { readonly: true, fileMustExist: true, timeout: 2000 });
   const lines = db.pragma('quick_check(${DAMAGE_LINES})').map((r) => String(r.quick_check).replace(/\\s+/g, ' ').trim());
-  answer = lines.length === 1 && lines[0] === 'ok' ? { kind: 'whole' } : { kind: 'damaged', found: lines.join('; ') };
+  answer = { kind: 'checked', lines };
 } catch (error) {
-  const code = typeof error.code === 'string' ? error.code : '';
-  answer = code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB'
-    ? { kind: 'damaged', found: code + ': ' + String(error.message) }
-    : { kind: 'whole' };
+  answer = {
+    kind: 'error',
+    code: typeof error.code === 'string' ? error.code : null,
+    message: String(error.message),
+  };
 } finally {
   if (db !== null) db.close();
 }
 process.stdout.write(JSON.stringify(answer) + '\\n');
 `;
+
+/**
+ * What the child's answer says of the file. Pages quick_check could not get for an I/O error,
+ * or a read that failed and stopped it (SQLite's I/O codes, as the daemon's start check judges
+ * them), are the disk's failure; other lines, and a damaged file where SQLite stops the check
+ * (SQLITE_CORRUPT, not a database), are damage; another error (the file locked away, gone) is no
+ * finding: the read that came before said what there was to say.
+ */
+function findingOf(answer: Answer): JournalFinding {
+  if (answer.kind === 'checked') {
+    const { lines } = answer;
+    if (lines.length === 1 && lines[0] === 'ok') return { kind: 'whole' };
+    const found = lines.join('; ');
+    return unreadablePages(lines) ? { kind: 'unreadable', found } : { kind: 'damaged', found };
+  }
+  const found = `${answer.code ?? 'error'}: ${answer.message}`;
+  if (readFailed(answer.code)) return { kind: 'unreadable', found };
+  const code = answer.code ?? '';
+  if (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB') {
+    return { kind: 'damaged', found };
+  }
+  return { kind: 'whole' };
+}
 
 function sizeOf(path: string): number | null {
   try {
@@ -83,12 +114,12 @@ export function checkJournalWithin(path: string, budgetMs: number): Promise<Jour
     }, budgetMs);
   });
   const answered = child.ended.then(
-    (end): JournalFinding =>
-      (answerOf(end) as JournalFinding | null) ?? {
-        kind: 'unchecked',
-        why: 'no-answer',
-        bytes: sizeOf(path),
-      },
+    (end): JournalFinding => {
+      const answer = answerOf(end) as Answer | null;
+      return answer === null
+        ? { kind: 'unchecked', why: 'no-answer', bytes: sizeOf(path) }
+        : findingOf(answer);
+    },
     (): JournalFinding => ({ kind: 'unchecked', why: 'no-answer', bytes: sizeOf(path) }),
   );
   return Promise.race([budget, answered]).finally(() => {

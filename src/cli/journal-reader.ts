@@ -75,7 +75,8 @@ export interface CheckedRead<T> {
   /**
    * Once the read has been printed: waits for the check (within its budget) and gives `code`
    * back (unless `met`, damage the read itself met, says the file is damaged); says on stderr that the file was not checked in full when the budget ran out; throws
-   * JOURNAL_DAMAGED (exit 1) when the file is damaged.
+   * JOURNAL_DAMAGED (exit 1) when the file is damaged, JOURNAL_UNREADABLE (exit 1) when the disk
+   * failed to read it.
    */
   settle(code: ExitCode, met?: string): Promise<ExitCode>;
 }
@@ -103,9 +104,16 @@ export async function withJournal<T>(
     journal.close();
     if (error instanceof CliError && error.code === 'UNKNOWN_COMMAND') {
       const finding = await checked(target, path);
+      if (finding?.kind === 'unreadable') {
+        throw new CliError(
+          `${error.message}; ${unreadableText(path, finding.found, 'a command on what it failed to read may be the one asked for')}`,
+          EXIT.ERROR,
+          'JOURNAL_UNREADABLE',
+        );
+      }
       if (finding !== null) {
         throw new CliError(
-          `${error.message}; ${damagedText(path, finding, 'a command on its damaged pages may be the one asked for')}`,
+          `${error.message}; ${damagedText(path, finding.found, 'a command on its damaged pages may be the one asked for')}`,
           EXIT.ERROR,
           'JOURNAL_DAMAGED',
         );
@@ -138,7 +146,18 @@ export async function withJournal<T>(
     // file is damaged whatever the check says, or if it could not finish within its budget.
     settle: async (code, met) => {
       const byCheck = check(value) ? await checked(target, path) : null;
-      const found = byCheck ?? met ?? null;
+      if (byCheck?.kind === 'unreadable') {
+        throw new CliError(
+          unreadableText(
+            path,
+            byCheck.found,
+            'what is shown is what it could read, and the commands on what it failed to read are missing from it',
+          ),
+          EXIT.ERROR,
+          'JOURNAL_UNREADABLE',
+        );
+      }
+      const found = byCheck?.found ?? met ?? null;
       if (found === null) return code;
       throw new CliError(
         damagedText(
@@ -168,13 +187,25 @@ function damagedText(path: string, found: string, what: string, by = "SQLite's c
 }
 
 /**
- * The check of the whole file within the budget: SQLite's finding when the file is damaged,
- * else null (after saying, in one line, when the file could not be checked in full).
+ * The disk failed to read part of the journal (an I/O error at the check), said as the daemon's
+ * start check says it: not damage, and the disk to look at.
  */
-async function checked(target: CheckTarget, path: string): Promise<string | null> {
+function unreadableText(path: string, found: string, what: string): string {
+  return `the journal ${path} cannot be read: an I/O error, the disk failed to read part of it or of its -wal file (SQLite's check: "${found}"): ${what}. sluiced refuses to start on it, and a running one fails the commands that need what it cannot read. The disk may be failing (the kernel's log, journalctl -k, names the failed reads): stop sluiced, then restore the journal from a backup onto a sound disk, or move it aside with its -wal and -shm files`;
+}
+
+/**
+ * The check of the whole file within the budget: SQLite's finding when the file is damaged, or
+ * when the disk failed to read it, else null (after saying, in one line, when the file could not
+ * be checked in full).
+ */
+async function checked(
+  target: CheckTarget,
+  path: string,
+): Promise<{ readonly kind: 'damaged' | 'unreadable'; readonly found: string } | null> {
   const budgetMs = target.checkBudgetMs();
   const finding = await checkJournalWithin(path, budgetMs);
-  if (finding.kind === 'damaged') return finding.found;
+  if (finding.kind === 'damaged' || finding.kind === 'unreadable') return finding;
   if (finding.kind === 'unchecked') {
     const size = finding.bytes === null ? '' : ` (${bytesText(finding.bytes)})`;
     target.warn(

@@ -203,6 +203,23 @@ const UNREADABLE_PAGE = /unable to get the page\. error code=(\d+)/;
 /** SQLITE_IOERR, the primary code (low byte) of every extended I/O error code. */
 const SQLITE_IOERR = 10;
 
+/**
+ * Whether SQLite's error `code` stopping a check is a read of the file or its log that failed
+ * (the disk's, not damage in what was read). sluicectl's check judges by it too
+ * (src/cli/journal-check.ts).
+ */
+export function readFailed(code: string | null): boolean {
+  return code !== null && READ_FAILED.has(code);
+}
+
+/** Whether quick_check's `lines` name a page it could not get for an I/O error. */
+export function unreadablePages(lines: readonly string[]): boolean {
+  return lines.some((line) => {
+    const code = UNREADABLE_PAGE.exec(line)?.[1];
+    return code !== undefined && (Number(code) & 0xff) === SQLITE_IOERR;
+  });
+}
+
 function judge(path: string, outcome: Outcome): void {
   let found: string;
   // The disk failed a read: not damage SQLite found in what it read, but pages it could not
@@ -212,13 +229,10 @@ function judge(path: string, outcome: Outcome): void {
   if (outcome.kind === 'checked') {
     if (outcome.lines.length === 1 && outcome.lines[0] === 'ok') return;
     found = outcome.lines.join('; ');
-    unreadable = outcome.lines.some((line) => {
-      const code = UNREADABLE_PAGE.exec(line)?.[1];
-      return code !== undefined && (Number(code) & 0xff) === SQLITE_IOERR;
-    });
+    unreadable = unreadablePages(outcome.lines);
   } else if (outcome.kind === 'error' && outcome.code?.startsWith('SQLITE_CORRUPT') === true) {
     found = `${outcome.code}: ${outcome.message}`;
-  } else if (outcome.kind === 'error' && outcome.code !== null && READ_FAILED.has(outcome.code)) {
+  } else if (outcome.kind === 'error' && readFailed(outcome.code)) {
     found = `${outcome.code}: ${outcome.message}`;
     unreadable = true;
   } else {

@@ -1,0 +1,99 @@
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { checkJournalWithin } from '../../src/cli/journal-check.js';
+import type { NewCommand } from '../../src/core/journal.js';
+import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
+import {
+  failingDisk,
+  journalLeftByKilledDaemon,
+  type FailingDisk,
+} from '../helpers/failing-disk.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { tmpfsAvailable } from '../reliability/support.js';
+import { sluicectl } from './helpers.js';
+
+/**
+ * sluicectl's check of the whole journal (src/cli/journal-check.ts) on a disk that fails reads of
+ * it (an I/O error, a failing sector): a real one, an ext4 image on a loop device cut short inside
+ * the file (test/helpers/failing-disk.ts), whose reads past the cut the kernel fails with EIO. The
+ * check took a read error that stopped it for a whole journal (exit 0, nothing said), and pages it
+ * could not get for damage; it must say that the disk failed to read the journal, exit 1, as
+ * the daemon's start check refuses it (exit 3, "cannot be read: an I/O error").
+ *
+ * sluicectl the process, on a journal whose later pages the disk cannot read: the read `show`
+ * makes succeeds, and the check after it reports the pages it could not get. The check that an
+ * error stops is run as sluicectl runs it (checkJournalWithin, its process, real SQLite) on a
+ * killed daemon's journal whose log the disk cannot read past a point: sluicectl's own read opens
+ * the journal first and meets the error there (SQLite reads the whole log at the first open), so
+ * the check runs after a read that succeeded only while another connection keeps the log's index
+ * (a running daemon) and the log's pages are out of the page cache, which this disk cannot
+ * arrange (it is mounted again to cut it).
+ */
+
+const quoted = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+function command(key: string): NewCommand {
+  const now = Date.now();
+  return {
+    scope: 'ops',
+    key,
+    fingerprint: `f-${key}`,
+    device: 'inlet-valve',
+    action: 'close',
+    position: null,
+    issuedAt: now,
+    issuedAtSource: 'issuer',
+    ttlMs: 30_000,
+    deadline: now - 1,
+    intake: 'test',
+    acceptedAt: now,
+  };
+}
+
+describe.runIf(tmpfsAvailable())('sluicectl on a journal the disk cannot read', () => {
+  let disk: FailingDisk | null = null;
+  let site: { dir: string; cleanup: () => void } | null = null;
+  afterEach(() => {
+    disk?.remove();
+    disk = null;
+    site?.cleanup();
+    site = null;
+  });
+
+  it('show of a key not found: the check says the disk failed to read the journal, not that it is damaged, exit 1', async () => {
+    site = tempDir('sluice-ctl-unreadable-');
+    // Closed, its log copied into the file: quick_check reports each page it cannot read.
+    const source = join(site.dir, 'source.db');
+    const journal = SqliteJournal.open({ path: source, groupCommit: true });
+    for (let i = 0; i < 2_000; i++) journal.claim(command(`key-${i}`));
+    journal.close();
+    const data = readFileSync(source);
+    disk = failingDisk(site.dir, [{ name: 'journal.db', data }]);
+    const path = join(disk.folder, 'journal.db');
+    disk.failReadsFrom('journal.db', data.length * 0.8);
+
+    const run = await sluicectl(['--journal', path, 'show', 'no-such-key']);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toBe('');
+    expect(run.stderr).toMatch(
+      new RegExp(
+        `^sluicectl: no command with key "no-such-key"; the journal ${quoted(path)} cannot be read: an I/O error, the disk failed to read part of it or of its -wal file \\(SQLite's check: "[^"]*page \\d+: unable to get the page\\. error code=8458[^"]*"\\): a command on what it failed to read may be the one asked for\\..*journalctl -k.*restore the journal from a backup onto a sound disk`,
+      ),
+    );
+    expect(run.stderr).not.toContain('damaged');
+  }, 60_000);
+
+  it('the check stopped by a read of the log that failed finds the journal unreadable, not whole', async () => {
+    site = tempDir('sluice-ctl-unreadable-');
+    const files = await journalLeftByKilledDaemon(join(site.dir, 'source.db'));
+    const wal = files[1]!.data.length;
+    disk = failingDisk(site.dir, files);
+    disk.failReadsFrom('journal.db-wal', wal / 2);
+
+    expect(await checkJournalWithin(join(disk.folder, 'journal.db'), 30_000)).toEqual({
+      kind: 'unreadable',
+      found: 'SQLITE_IOERR_CORRUPTFS: disk I/O error',
+    });
+  }, 60_000);
+});
