@@ -3,6 +3,7 @@ import fs, {
   closeSync,
   copyFileSync,
   fstatSync,
+  mkdirSync,
   openSync,
   renameSync,
   rmSync,
@@ -17,11 +18,13 @@ import type { CommandRecord, NewCommand, Settlement } from '../../src/core/journ
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { holdThreadPool } from '../helpers/thread-pool.js';
+import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliability/support.js';
 
 /**
  * Group commit: writes that arrive together share one durability barrier (one fsync of the
  * WAL), and durable() resolves only after it; without the option every commit is synced
- * before its method returns, as before.
+ * before its method returns, as before. The recovery after a failed fdatasync meets a batch it
+ * cannot commit on a real full filesystem (tmpfs: root).
  */
 
 const cleanups: (() => void)[] = [];
@@ -60,13 +63,14 @@ function stale(at: number): Settlement {
   };
 }
 
-function open(groupCommit: boolean): { journal: SqliteJournal; path: string } {
-  const { dir, cleanup } = tempDir('sluice-group-');
-  const path = join(dir, 'journal.db');
+/** A journal in a folder of its own, or in `dir` (left to its caller) when given. */
+function open(groupCommit: boolean, dir?: string): { journal: SqliteJournal; path: string } {
+  const folder = dir ?? tempDir('sluice-group-');
+  const path = join(typeof folder === 'string' ? folder : folder.dir, 'journal.db');
   const journal = SqliteJournal.open({ path, groupCommit });
   cleanups.push(() => {
     journal.close();
-    cleanup();
+    if (typeof folder !== 'string') folder.cleanup();
   });
   return { journal, path };
 }
@@ -524,6 +528,49 @@ describe('group commit', () => {
     expect(copiedKeys(path)).toEqual(['first', 'second', 'w']);
   });
 
+  it.runIf(tmpfsAvailable())(
+    'the recovery fails when the batch open as its attempt begins is lost (its COMMIT finds the filesystem full): it vouches for nothing, and the journal stays closed until an attempt succeeds',
+    async () => {
+      // A real full filesystem (tmpfs): the batch's COMMIT needs new frames in the WAL and fails
+      // SQLITE_FULL, while the recovery writes the WAL anew in place and needs no room.
+      const { dir, cleanup } = tempDir('sluice-group-full-');
+      const disk = join(dir, 'disk');
+      mkdirSync(disk);
+      mountTmpfs(disk, '4m');
+      const { journal, path } = await failedSync(disk);
+      cleanups.push(() => {
+        unmount(disk);
+        cleanup();
+      });
+      const inner = (journal as unknown as { group: { attemptRecovery(): Promise<void> } }).group;
+      const filler = join(disk, 'filler');
+      fillFilesystem(filler);
+      // A write and its barrier, then the recovery's attempt in the same turn, begun directly as
+      // in the test above: the attempt commits the write's batch first, and that COMMIT fails.
+      journal.claim(command('w'));
+      const wrote = journal.durable();
+      await expect(inner.attemptRecovery()).rejects.toThrow(
+        /journal unavailable \(commit\): SQLITE_FULL/,
+      );
+      // It vouched for nothing: no recovery, the journal still closed, the write not answered.
+      expect(journal.recoveries).toBe(0);
+      expect(journal.syncPending).toBe(true);
+      await expect(wrote).rejects.toThrow(/journal unavailable \(commit\): SQLITE_FULL/);
+      const reader = new BetterSqlite3(path, { readonly: true });
+      try {
+        expect(reader.prepare("SELECT 1 FROM commands WHERE key = 'w'").get()).toBeUndefined();
+      } finally {
+        reader.close();
+      }
+      // Room again: the next write's barrier waits for the next attempt, which succeeds.
+      rmSync(filler);
+      journal.claim(command('x'));
+      await journal.durable();
+      expect(journal.recoveries).toBe(1);
+      expect(copiedKeys(path)).toEqual(['first', 'second', 'x']);
+    },
+  );
+
   it('a WAL whose content no longer verifies is not written anew: the journal stays closed', async () => {
     const { journal, path } = await failedSync();
     spoilLastFrame(path);
@@ -567,8 +614,8 @@ for start in (120, 128):
     print(start, name, pid if kind != fcntl.F_UNLCK else '-')
 `;
 
-async function failedSync(): Promise<{ journal: SqliteJournal; path: string }> {
-  const opened = open(true);
+async function failedSync(dir?: string): Promise<{ journal: SqliteJournal; path: string }> {
+  const opened = open(true, dir);
   const { journal } = opened;
   type Inner = { wal: { fd: number; conn: unknown } | null };
   const inner = (journal as unknown as { group: Inner }).group;
