@@ -77,6 +77,16 @@ export class HeldCopies {
   /** When each copy left with the broker first came (clock.elapsed()), by leftId. */
   private readonly leftCame = new Map<string, number>();
 
+  /**
+   * When each QoS 2 message not acknowledged first came (clock.elapsed()), by the packet
+   * mqtt.js stored for it: mqtt.js answers a QoS 2 PUBLISH with PUBREC and keeps the packet in
+   * its incoming store, and hands that same packet again at the broker's next PUBREL, on a later
+   * connection, as it first came (no DUP: the broker sends the PUBREL again, not the message).
+   * Kept as long as mqtt.js keeps the packet (released with it at the PUBCOMP, or when a session
+   * not resumed discards it).
+   */
+  private readonly storedCame = new WeakMap<IPublishPacket, number>();
+
   /** `maxHeld`: copies held at most (MAX_HELD; lower in tests). */
   constructor(private readonly maxHeld: number = MAX_HELD) {}
 
@@ -157,6 +167,10 @@ export class HeldCopies {
   /** Remembers when `packet` first came, for its redelivery (cameAt). */
   private remember(packet: IPublishPacket, receivedMono: number): void {
     if (packet.qos === 0 || packet.messageId === undefined) return;
+    if (packet.qos === 2) {
+      if (!this.storedCame.has(packet)) this.storedCame.set(packet, receivedMono);
+      return;
+    }
     const id = leftId(packet);
     if (this.leftCame.has(id)) return;
     this.leftCame.set(id, receivedMono);
@@ -173,9 +187,18 @@ export class HeldCopies {
    * it then, and held or left it for its own reasons: a command timed by its receipt is timed from then,
    * as a held copy is (HeldCopy.receivedMono); timed from the redelivery, one whose ttlMs ran out
    * meanwhile was written (I3). The broker sends it again with its packet identifier (MQTT 5
-   * §4.4), topic and payload.
+   * §4.4), topic and payload. A QoS 2 message is handed again by mqtt.js, without DUP, from its
+   * incoming store at the broker's next PUBREL (storedCame): until 2026-12-07 it was timed from
+   * that hand-over, and one withheld while the journal could not be written was written once it
+   * could, past its ttlMs from its first coming.
    */
   cameAt(packet: IPublishPacket, now: number): number {
+    if (packet.qos === 2) {
+      const stored = this.storedCame.get(packet);
+      if (stored === undefined) return now;
+      this.storedCame.delete(packet);
+      return Math.min(stored, now);
+    }
     if (!packet.dup || packet.qos === 0 || packet.messageId === undefined) return now;
     if (this.leftCame.size === 0) return now;
     const id = leftId(packet);
