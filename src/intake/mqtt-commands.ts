@@ -42,6 +42,8 @@ export interface CommandLink {
   identifiersPending(client: MqttClient): boolean;
   /** Unsubscribes the filters beside the command filter that deliver a command topic. */
   unsubscribeOverlapping(topic: string): void;
+  /** Unsubscribes the filters beside the command filter that deliver a command topic at QoS 2. */
+  unsubscribeQos2(topic: string): void;
   /** The MQTT version of the connection: 5, or 4 (3.1.1). */
   readonly protocolLevel: 4 | 5;
   /** The payload size of a command cut as it came (mqtt-inbound-cut.ts); undefined if not cut. */
@@ -328,6 +330,14 @@ export class CommandMessages {
         return this.strayCopy(packet, payload, device, receivedAt);
       }
       this.strays.ours(packet.topic, payload);
+    }
+    if (packet.qos === 2) {
+      // The command subscription is QoS 1: a filter another client left in the session at QoS 2
+      // delivered this copy (over MQTT 3.1.1 instead of the command filter, which sends none
+      // then). Handled as the command's; the filter is removed, so that later commands come at
+      // QoS 1. It stayed, and every command through it came at QoS 2, its PUBREC sent before its
+      // claim was durable (until 2026-12-07).
+      this.link.unsubscribeQos2(packet.topic);
     }
     let message = parseCommandMessage({
       device,

@@ -13,7 +13,7 @@ const LOGGED_TOPIC_CHARS = 512;
  * of an earlier configuration of the gateway (unsubscribeFormer) and those another client left
  * under the gateway's client id (unsubscribeForeign). What was unsubscribed is remembered per
  * connection (connectionMade forgets it), and filters beside the command filter that deliver
- * its commands a second time (unsubscribeOverlapping).
+ * its commands a second time (unsubscribeOverlapping) or at QoS 2 (unsubscribeQos2).
  */
 export class LeftSubscriptions {
   /** Filters unsubscribed on the current connection (see unsubscribeFormer). */
@@ -118,7 +118,30 @@ export class LeftSubscriptions {
   }
 
   /**
-   * The UNSUBSCRIBE of unsubscribeForeign and unsubscribeOverlapping: the filters that match
+   * Unsubscribes every filter but the command filter that matches `topic`, a command topic of
+   * this gateway whose message came at QoS 2: the command subscription is QoS 1, and a
+   * subscription delivers at most at its own QoS, so a filter another client with the gateway's
+   * client id left in the session at QoS 2 (`mosquitto_sub -c -i sluice-gw-1 -q 2 -t
+   * 'sluice/gw-1/cmd/inlet-valve-1'`) delivered it. Over MQTT 3.1.1 that is the one sign of such
+   * a filter: Mosquitto sends one copy of a message, at the QoS of the filter it matched first,
+   * and no Subscription Identifier tells the filters apart; a broker that merges a client's
+   * overlapping subscriptions sends one copy at their highest QoS, over MQTT 5 too. The copy is
+   * handled as the command's (no other comes), but its PUBREC went out before its claim was
+   * durable (docs/mqtt-api.md "QoS 2"): once the filter is gone, later commands come at QoS 1.
+   * Once per connection and topic, as unsubscribeForeign.
+   */
+  unsubscribeQos2(topic: string): void {
+    this.unsubscribeMatching(topic, {
+      unsaid:
+        "command delivered at QoS 2, above the command subscription's QoS 1: unsubscribed every filter but the command filter that matches its topic, to remove one another client with this client id left in the persistent session at QoS 2 (MQTT 3.1.1 does not say which existed)",
+      removed:
+        "unsubscribed filters another client with this client id left in the persistent session at QoS 2 beside the command filter: a command came through one at QoS 2, above the command subscription's QoS 1",
+      none: null,
+    });
+  }
+
+  /**
+   * The UNSUBSCRIBE of unsubscribeForeign, unsubscribeOverlapping and unsubscribeQos2: the filters that match
    * `topic` (filtersMatching), never the command filter; `said.removed` logs what the MQTT 5
    * UNSUBACK says existed, `said.none` that none did, `said.unsaid` (when not null) that MQTT
    * 3.1.1 cannot say.

@@ -430,6 +430,11 @@ export class MqttSession {
     this.left.unsubscribeOverlapping(topic);
   }
 
+  /** See LeftSubscriptions.unsubscribeQos2. */
+  unsubscribeQos2(topic: string): void {
+    this.left.unsubscribeQos2(topic);
+  }
+
   /**
    * Drops the connection without DISCONNECT so that the broker keeps the unacknowledged
    * messages for the session and redelivers them on the reconnection, after a backoff. The

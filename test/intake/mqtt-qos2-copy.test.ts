@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import type { Logger } from '../../src/core/logger.js';
 import { mosquittoAvailable, TestClient, timed, useMqttSite } from '../helpers/mqtt-site.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
 
 /**
  * A command copy that comes at QoS 2: the command subscription is QoS 1, but a filter another
@@ -12,12 +14,16 @@ import { mosquittoAvailable, TestClient, timed, useMqttSite } from '../helpers/m
  * protocol error: it closed the connection, sent the PUBREL again on the next, and so on for as
  * long as the gateway ran. Over MQTT 5 that copy is another subscription's (never run), beside
  * the command subscription's QoS 1 copy; over MQTT 3.1.1 Mosquitto sends one copy, at the QoS of
- * the filter it matched first (the exact topic, QoS 2), and that copy runs. The real intake,
- * Mosquitto 2.0, the simulated plant; ground truth: the broker's log (the QoS of each copy it
- * sent the gateway, the PUBCOMPs it received, the gateway's connections and the connections it
- * closed for a protocol error), the journal's history, and the simulator's write count. That the
- * link stayed up is read once a later command's result has come: whatever the gateway sent the
- * broker for the QoS 2 copies went before that result on the same connection.
+ * the filter it matched first (the exact topic, QoS 2), and that copy runs. A copy at QoS 2 shows
+ * that filter (the command subscription is QoS 1), and over MQTT 3.1.1 it is the one sign of it:
+ * the filter must be unsubscribed, as a left filter is over MQTT 5 by the copy without the command
+ * subscription's identifier; it stayed, and every later command came at QoS 2, its PUBREC sent
+ * before its claim was durable. The real intake, Mosquitto 2.0, the simulated plant; ground
+ * truth: the broker's log (the QoS of each copy it sent the gateway, the PUBCOMPs it received, the
+ * filters the gateway unsubscribed, the gateway's connections and the connections it closed for a
+ * protocol error), the journal's history, and the simulator's write count. That the link stayed
+ * up is read once a later command's result has come: whatever the gateway sent the broker for the
+ * QoS 2 copies went before that result on the same connection.
  */
 
 const available = mosquittoAvailable();
@@ -57,6 +63,29 @@ function brokerSaw(
   };
 }
 
+/**
+ * The filters `clientId` unsubscribed, as the broker's log from line `from` on names them: an
+ * UNSUBSCRIBE is logged "Received UNSUBSCRIBE from ID", then a line "ID filter" for each of its
+ * filters (a SUBSCRIBE's filter lines carry the QoS, "ID 1 filter"), among lines of a tab and a
+ * topic that are skipped.
+ */
+function unsubscribedBy(log: string, clientId: string, from: number): string[] {
+  const filters: string[] = [];
+  let inUnsubscribe = false;
+  for (const line of log.split('\n').slice(from)) {
+    const text = line.replace(/^[\d:]+: /, '');
+    if (text.startsWith('\t')) continue;
+    if (text.startsWith('Received UNSUBSCRIBE from ')) {
+      inUnsubscribe = text === `Received UNSUBSCRIBE from ${clientId}`;
+      continue;
+    }
+    const m = /^(\S+) (\S+)$/.exec(text);
+    if (inUnsubscribe && m?.[1] === clientId && m[2] !== undefined) filters.push(m[2]);
+    else inUnsubscribe = false;
+  }
+  return filters;
+}
+
 describe.skipIf(!available)('MQTT intake: a command copy at QoS 2', () => {
   const site = useMqttSite({}, { opcua: false });
 
@@ -65,13 +94,14 @@ describe.skipIf(!available)('MQTT intake: a command copy at QoS 2', () => {
     gateway: string,
     version: 4 | 5,
   ): Promise<{
-    readonly newIntake: () => ReturnType<typeof site.intake>;
+    readonly newIntake: (logger?: Logger) => ReturnType<typeof site.intake>;
     readonly plant: TestClient;
     readonly observer: TestClient;
   }> => {
-    const newIntake = (): ReturnType<typeof site.intake> =>
+    const newIntake = (logger?: Logger): ReturnType<typeof site.intake> =>
       site.intake({
         gatewayId: gateway,
+        ...(logger === undefined ? {} : { logger }),
         // A Receive Maximum of 1 (MQTT 5): mqtt.js counts the QoS 2 messages it has stored and
         // not released against it, and ends the connection when a second one comes.
         config: { protocolVersion: version, receiveMaximum: 1 },
@@ -151,17 +181,19 @@ describe.skipIf(!available)('MQTT intake: a command copy at QoS 2', () => {
     await intake.stop();
   }, 60_000);
 
-  it('MQTT 3.1.1: the one copy, at QoS 2, runs and is completed once its claim is durable; the link stays up', async () => {
+  it('MQTT 3.1.1: the one copy, at QoS 2, runs and is completed once its claim is durable, and its filter is unsubscribed; the link stays up', async () => {
     const gateway = 'gwqos2v4';
     const topic = `sluice/${gateway}/cmd/v1`;
     const { newIntake, plant, observer } = await setUp(gateway, 4);
     const before = writes();
     const from = site.broker.log().split('\n').length;
-    const intake = newIntake();
+    const { logger, lines } = recordingLogger();
+    const intake = newIntake(logger);
     site.cleanups.push(() => intake.stop());
     await site.connect(intake);
-    // Two commands in turn, each published at QoS 2: the filter stays (over MQTT 3.1.1 its copy
-    // cannot be told from the command subscription's), so each comes once, at QoS 2, and runs.
+    // Two commands in turn, each published at QoS 2. The first comes once, at QoS 2 (the left
+    // filter matched first), runs, and has that filter unsubscribed; the second comes once, at
+    // QoS 1, through the command filter, and runs.
     const keys: string[] = [];
     for (let i = 0; i < 2; i++) {
       const key = randomUUID();
@@ -173,10 +205,18 @@ describe.skipIf(!available)('MQTT intake: a command copy at QoS 2', () => {
     expect(brokerSaw(site.broker.log(), clientId(gateway), from)).toEqual({
       connections: 1,
       protocolErrors: 0,
-      qos2Copies: 2,
-      pubcomps: 2,
+      qos2Copies: 1,
+      pubcomps: 1,
       pubacksOfQos2: 0,
     });
+    // The broker's log of the gateway's UNSUBSCRIBE names the left filter, never the command
+    // filter (which delivered the second command).
+    const unsubscribed = unsubscribedBy(site.broker.log(), clientId(gateway), from);
+    expect(unsubscribed).toContain(topic);
+    expect(unsubscribed).not.toContain(`sluice/${gateway}/cmd/+`);
+    expect(
+      lines.filter((l) => String(l.msg).startsWith('command delivered at QoS 2')),
+    ).toHaveLength(1);
     expect(writes()).toBe(before + 2);
     for (const key of keys) {
       expect(site.stack.pipeline.get({ scope: 'plant', key })?.state).toBe('confirmed');
