@@ -11,7 +11,7 @@ import { DEFAULT_CHECK_BUDGET_MS } from './journal-check.js';
 import { journalLockHeld } from './journal-holder.js';
 import { lookUp } from './paths.js';
 import { Style } from './table.js';
-import { unitEnvironment } from './unit-environment.js';
+import { UNIT_FOLDERS, unitEnvironment, type UnitFolder } from './unit-environment.js';
 
 /**
  * What every subcommand shares: the configuration (read once, only when a subcommand needs
@@ -61,6 +61,8 @@ export class CliContext {
   private readonly journalOverride: string | undefined;
   private readonly checkWithin: number | undefined;
   private loaded: SluiceConfig | null | undefined;
+  /** The unit's folders the configuration's paths were taken under, their variables unset here. */
+  private readonly taken = new Map<string, UnitFolder>();
 
   constructor(options: GlobalOptions, io: Io) {
     this.io = io;
@@ -149,12 +151,19 @@ export class CliContext {
     }
     try {
       // The site file of a systemd install names its secrets under ${CREDENTIALS_DIRECTORY},
-      // which only the unit has: sluicectl reads none of them. The unit's environment file
+      // which only the unit has: sluicectl reads none of them. It may name its state folder
+      // and admin socket under ${STATE_DIRECTORY} and ${RUNTIME_DIRECTORY}: unset here, they are
+      // taken for the folders the shipped unit gives the daemon. The unit's environment file
       // overrides the site file for the daemon, and so for sluicectl; a SLUICE_* variable the
       // operator sets is theirs and overrides it in turn.
       this.loaded = loadConfig(this.configPath, {
         env: { ...unitEnvironment(this.configPath), ...this.io.env },
         unitDirectories: 'optional',
+        unsetUnitDirectory: (name) => {
+          const unit = UNIT_FOLDERS.find((u) => u.variable === name);
+          if (unit !== undefined) this.taken.set(name, unit);
+          return unit?.folder;
+        },
       });
     } catch (error) {
       if (error instanceof ConfigError) {
@@ -170,7 +179,11 @@ export class CliContext {
   journalPath(): string {
     if (this.journalOverride !== undefined) return resolve(this.journalOverride);
     const config = this.config();
-    return config.journal.path ?? join(config.stateDir, 'journal.db');
+    return expanded(
+      config.journal.path ?? join(config.stateDir, 'journal.db'),
+      'the journal',
+      ' (or give --journal PATH)',
+    );
   }
 
   /** The admin endpoint's socket and token file (docs/admin-api.md), from the configuration. */
@@ -185,12 +198,35 @@ export class CliContext {
     const base = dirname(resolve(this.configPath));
     const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
     return {
-      socket: admin?.socket === undefined ? join(config.stateDir, 'admin.sock') : abs(admin.socket),
-      tokenFile:
-        admin?.tokenFile === undefined
-          ? join(config.stateDir, 'admin.token')
-          : abs(admin.tokenFile),
+      socket: abs(
+        expanded(
+          admin?.socket === undefined ? join(config.stateDir, 'admin.sock') : admin.socket,
+          'the admin socket',
+        ),
+      ),
+      tokenFile: abs(
+        expanded(
+          admin?.tokenFile === undefined ? join(config.stateDir, 'admin.token') : admin.tokenFile,
+          'the admin token',
+        ),
+      ),
     };
+  }
+
+  /**
+   * `text` (an error or a warning naming a path) with the folders sluicectl took for the
+   * unit's in it, their variables unset here: "no journal at /var/lib/sluice/journal.db" read
+   * alone of a site whose stateDir is ${STATE_DIRECTORY} does not say where the folder came
+   * from, nor what to set when the daemon's unit has another.
+   */
+  explained(text: string): string {
+    const notes = [...this.taken.values()]
+      .filter((unit) => text.includes(unit.folder))
+      .map(
+        (unit) =>
+          `${unit.variable} is not set here: sluicectl took \${${unit.variable}} for ${unit.folder}, the folder of the shipped unit's ${unit.setting}; set ${unit.variable} if the daemon's unit has another`,
+      );
+    return notes.length === 0 ? text : `${text} (${notes.join('; ')})`;
   }
 
   /**
@@ -214,16 +250,20 @@ export class CliContext {
       // commands its journal held open) or stopping (its endpoint closed while the commands in
       // flight settle). "Not running: nothing is being settled" would be false of both.
       this.warn(
-        `sluiced holds the journal but nothing listens at ${socket} yet or any more: it is starting ` +
-          'or stopping, and settles the open commands itself, by reading their devices. ' +
-          'reverify and resolve need its admin endpoint: try again in a moment (systemctl status sluiced)',
+        this.explained(
+          `sluiced holds the journal but nothing listens at ${socket} yet or any more: it is starting ` +
+            'or stopping, and settles the open commands itself, by reading their devices. ' +
+            'reverify and resolve need its admin endpoint: try again in a moment (systemctl status sluiced)',
+        ),
       );
       return;
     }
     this.warn(
-      `sluiced is not running (nothing listens at ${socket}): no open command is being settled; ` +
-        'when it starts it takes each one up by reading its device, never by writing it again. ' +
-        'reverify and resolve need it running (systemctl status sluiced)',
+      this.explained(
+        `sluiced is not running (nothing listens at ${socket}): no open command is being settled; ` +
+          'when it starts it takes each one up by reading its device, never by writing it again. ' +
+          'reverify and resolve need it running (systemctl status sluiced)',
+      ),
     );
   }
 
@@ -232,7 +272,7 @@ export class CliContext {
     const config = this.optionalConfig();
     const named = config?.devices[device]?.profile;
     if (config === null || named === undefined) return null;
-    const profiles = loadProfiles(config.profilesDir ?? join(packageRoot(), 'devices', 'profiles'));
+    const profiles = loadProfiles(profilesFolder(config));
     return profiles.get(named) ?? null;
   }
 
@@ -247,7 +287,7 @@ export class CliContext {
   deviceTimings(): ReadonlyMap<string, DeviceTiming> | null {
     const config = this.optionalConfig();
     if (config === null) return null;
-    const profiles = loadProfiles(config.profilesDir ?? join(packageRoot(), 'devices', 'profiles'));
+    const profiles = loadProfiles(profilesFolder(config));
     const timings = new Map<string, DeviceTiming>();
     for (const [id, device] of Object.entries(config.devices)) {
       const profile = profiles.get(device.profile);
@@ -259,4 +299,25 @@ export class CliContext {
     }
     return timings;
   }
+}
+
+/** profilesDir, else the bundled profiles. */
+function profilesFolder(config: SluiceConfig): string {
+  return config.profilesDir === undefined
+    ? join(packageRoot(), 'devices', 'profiles')
+    : expanded(config.profilesDir, 'profilesDir');
+}
+
+/**
+ * A path sluicectl opens, from the configuration. One that still starts with `${NAME}` names a
+ * folder of the daemon's unit that is not set here and that the shipped unit does not make
+ * (UNIT_FOLDERS): refused, naming the variable, never taken for a folder of that name under
+ * the working directory.
+ */
+function expanded(path: string, what: string, hint = ''): string {
+  const name = /^\$\{([A-Z_]+)\}/.exec(path)?.[1];
+  if (name === undefined) return path;
+  throw new CliError(
+    `${what} ${path}: ${name} is not set here, and the shipped unit (systemd/sluiced.service) makes no such folder: set ${name} to the folder the daemon's unit has${hint}`,
+  );
 }

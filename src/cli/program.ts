@@ -3,7 +3,7 @@ import { ACTIONS, COMMAND_STATES } from '../core/command.js';
 import { CliContext, DEFAULT_CONFIG, type GlobalOptions, type Io } from './context.js';
 import { runClock, runDevices, runHealth } from './daemon-views.js';
 import { parseDuration } from './durations.js';
-import type { ExitCode } from './errors.js';
+import { CliError, type ExitCode } from './errors.js';
 import { runList } from './list.js';
 import { runReverify, runResolve } from './operator.js';
 import { runSend } from './send.js';
@@ -111,7 +111,14 @@ export function buildProgram(io: Io, result: { code: number }): Command {
   const run =
     <A extends unknown[]>(fn: (ctx: CliContext, ...args: A) => ExitCode | Promise<ExitCode>) =>
     async (...args: A): Promise<void> => {
-      result.code = await fn(new CliContext(program.opts<GlobalOptions>(), io), ...args);
+      const ctx = new CliContext(program.opts<GlobalOptions>(), io);
+      try {
+        result.code = await fn(ctx, ...args);
+      } catch (error) {
+        // A path it names may be under a folder taken for the unit's (CliContext.explained).
+        if (error instanceof CliError) error.message = ctx.explained(error.message);
+        throw error;
+      }
     };
 
   program

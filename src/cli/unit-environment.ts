@@ -41,3 +41,24 @@ function unquoted(value: string): string {
   }
   return value;
 }
+
+/** A folder systemd gives the daemon under systemd/sluiced.service, and its variable. */
+export interface UnitFolder {
+  readonly variable: string;
+  readonly folder: string;
+  /** The unit's setting that makes it. */
+  readonly setting: string;
+}
+
+/**
+ * The folders systemd/sluiced.service has systemd make for the daemon and name in its
+ * environment (systemd.exec(5): StateDirectory=sluice is /var/lib/sluice for a system unit,
+ * RuntimeDirectory=sluice /run/sluice). A site file may name its state folder and admin socket
+ * by them (`stateDir: ${STATE_DIRECTORY}`); sluicectl, run from a shell that has neither, takes
+ * them for these, as its daemon has them. Not ${CREDENTIALS_DIRECTORY}: the unit's credentials
+ * are copies of /etc/sluice/credentials under other names (send-https.ts, unitCredential).
+ */
+export const UNIT_FOLDERS: readonly UnitFolder[] = [
+  { variable: 'STATE_DIRECTORY', folder: '/var/lib/sluice', setting: 'StateDirectory=sluice' },
+  { variable: 'RUNTIME_DIRECTORY', folder: '/run/sluice', setting: 'RuntimeDirectory=sluice' },
+];

@@ -550,6 +550,12 @@ export function loadConfig(
      * `optional` (sluicectl, which reads none of the secrets): such a path is left as written.
      */
     unitDirectories?: 'required' | 'optional';
+    /**
+     * The folder to take for a unit folder's variable that `env` does not set, or undefined to
+     * leave it unset: sluicectl's, which takes the shipped unit's folders (src/cli/context.ts).
+     * Asked only for a variable a path starts with.
+     */
+    unsetUnitDirectory?: (name: string) => string | undefined;
   } = {},
 ): SluiceConfig {
   let text: string;
@@ -584,10 +590,12 @@ export function loadConfig(
   }
   const unset: string[] = [];
   const unsupported: string[] = [];
+  const env = options.env ?? process.env;
   const config = resolvePaths(
     parsed.data,
     dirname(resolve(path)),
-    options.env ?? process.env,
+    // systemd may give a list (StateDirectory=a b): the first is the unit's own.
+    (name) => env[name]?.split(':')[0] || options.unsetUnitDirectory?.(name),
     unset,
     unsupported,
   );
@@ -767,7 +775,7 @@ const VARIABLE_LIKE = /\$\{|^\$[A-Za-z_]/;
 function resolvePaths(
   c: SluiceConfig,
   base: string,
-  env: NodeJS.ProcessEnv,
+  folderOf: (name: string) => string | undefined,
   unset: string[],
   unsupported: string[],
 ): SluiceConfig {
@@ -785,8 +793,7 @@ function resolvePaths(
       unsupported.push(unsupportedVariable(p, field));
       return p;
     }
-    // systemd may give a list (StateDirectory=a b): the first is the unit's own.
-    const dir = env[name]?.split(':')[0];
+    const dir = folderOf(name);
     if (dir === undefined || dir === '') {
       unset.push(
         `${field}: "${p}": ${name} is not set: systemd sets it for the unit; elsewhere set it to the folder that holds these files`,
@@ -803,6 +810,10 @@ function resolvePaths(
   const opt = (p: string | undefined, field: string): string | undefined =>
     p === undefined ? undefined : abs(p, field);
   const stateDir = abs(c.stateDir, 'stateDir');
+  // A file of the state folder: under an unexpanded one, unexpanded too (never a path under
+  // the working directory, which resolve() made of `${STATE_DIRECTORY}`).
+  const inStateDir = (name: string): string =>
+    stateDir.startsWith('${') ? `${stateDir}/${name}` : resolve(stateDir, name);
   return {
     ...c,
     stateDir,
@@ -811,18 +822,18 @@ function resolvePaths(
       ...c.journal,
       path:
         c.journal.path === undefined
-          ? resolve(stateDir, 'journal.db')
+          ? inStateDir('journal.db')
           : abs(c.journal.path, 'journal.path'),
     },
     admin: {
       ...c.admin,
       socket:
         c.admin.socket === undefined
-          ? resolve(stateDir, 'admin.sock')
+          ? inStateDir('admin.sock')
           : abs(c.admin.socket, 'admin.socket'),
       tokenFile:
         c.admin.tokenFile === undefined
-          ? resolve(stateDir, 'admin.token')
+          ? inStateDir('admin.token')
           : abs(c.admin.tokenFile, 'admin.tokenFile'),
     },
     // ptp4l's socket and pmc's reply folder are paths like any other (the unit's

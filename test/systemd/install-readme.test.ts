@@ -17,8 +17,9 @@ import { bootContainer, type Container, type InContainer } from './container.js'
  * in a systemd booted in a container (systemd-nspawn over an overlay of this machine's root,
  * sharing its loopback), from a checkout of the package with the reader's cert.pem and key.pem
  * beside it. What the reader does between the lines is done here too: the site file is edited
- * after step 3 (this test's PLC and port, no broker), and the readiness curl of step 5 names
- * that port instead of 8443 (which the demo test owns). Not run: step 1's first line
+ * after step 3 (this test's PLC and port, no broker, the state folder and admin socket named
+ * by the unit's ${STATE_DIRECTORY} and ${RUNTIME_DIRECTORY}), and the readiness curl of step 5
+ * names that port instead of 8443 (which the demo test owns). Not run: step 1's first line
  * (`npm ci && npm run build && npm prune --omit=dev` reinstalls node_modules from the registry;
  * the checkout here is built by the same compiler, with this tree's node_modules). Judged on
  * the container's files and units, and on the simulator's write counter for a command sent
@@ -169,9 +170,14 @@ describe.runIf(why === null)(
       // "then edit it": this test's PLC and port, no broker (its owner and mode stay). The port
       // is the unit's environment file's (SLUICE_HTTPS_PORT), over another in the site file: the
       // check of step 4 must check the configuration the service runs, that file's included.
+      // The state folder and the admin socket by the unit's variables, as configuration.md
+      // allows: the check of step 4 and sluicectl of step 5, run from root's shell, which has
+      // neither, must find the folders the unit gives the daemon.
       const port = await freePort();
       const sitePath = join(root, 'etc/sluice/sluice.yaml');
       const site = parse(readFileSync(sitePath, 'utf8')) as Record<string, unknown>;
+      site.stateDir = '${STATE_DIRECTORY}';
+      site.admin = { socket: '${RUNTIME_DIRECTORY}/admin.sock' };
       site.https = {
         ...(site.https as Record<string, unknown>),
         host: '127.0.0.1',
@@ -190,6 +196,9 @@ describe.runIf(why === null)(
         'sluiced: /etc/sluice/sluice.yaml: configuration is valid (nothing was created)',
       );
       expect(started.stdout).toMatch(new RegExp(`^ {2}HTTPS {5}127\\.0\\.0\\.1:${port}(,|$)`, 'm'));
+      expect(started.stdout).toMatch(
+        /^ {2}state {5}\/var\/lib\/sluice \(journal \/var\/lib\/sluice\/journal\.db\)/m,
+      );
       expect(
         (await inside('systemctl show sluiced -p ActiveState -p SubState -p User')).stdout
           .trim()
