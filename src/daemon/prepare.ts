@@ -53,13 +53,21 @@ export function prepare(argv: readonly string[], io: SluicedIo): Prepared {
     .configureOutput({
       writeOut: (s) => io.stdout.write(s),
       writeErr: (s) => io.stderr.write(s),
+      // Said as the configuration's errors are: one line starting "sluiced:", not "error:".
+      outputError: (s, write) => {
+        write(s.replace(/^error: /, 'sluiced: '));
+      },
     })
-    // commander's own exit (--help, a usage error) with its exit code, made by the caller.
+    // commander's own exit (--help, a usage error), made by the caller.
     .exitOverride();
   try {
     program.parse(argv, { from: 'user' });
   } catch (error) {
-    if (error instanceof CommanderError) return { exit: error.exitCode };
+    // A command line commander refuses (an unknown flag, a --log-level not among its choices,
+    // no --config) is an invalid configuration, exit 2, as SLUICE_LOG_LEVEL=verbose is: with
+    // commander's own 1, a typo in a drop-in's ExecStart= had the unit start it again every
+    // 2 s for ever (RestartPreventExitStatus=2 3). --help and --version exit 0.
+    if (error instanceof CommanderError) return { exit: error.exitCode === 0 ? 0 : 2 };
     throw error;
   }
   const opts = program.opts<{
