@@ -17,6 +17,7 @@ import type { CommandPipeline } from '../core/pipeline.js';
 import { toResult } from '../core/result.js';
 import { deviceDocument } from '../intake/device-view.js';
 import { requireFirstRequest } from '../intake/https-connections.js';
+import { gatewayClockDocument } from '../views/gateway-clock.js';
 
 /**
  * The daemon's local admin endpoint (docs/admin-api.md): what `sluicectl` changes goes through
@@ -211,7 +212,7 @@ export class AdminEndpoint {
     }
     if (method === 'GET' && path === '/v1/clock') {
       send(res, 200, {
-        gateway: this.o.gatewayClock.status(),
+        gateway: gatewayClockDocument(this.o.gatewayClock.status()),
         policy: this.o.policy,
         devices: pipeline.devices().map((d) => {
           const doc = deviceDocument(d, true);

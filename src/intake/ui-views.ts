@@ -11,6 +11,7 @@ import type { DeviceProfile } from '../core/profile.js';
 import { packageRoot } from '../package-root.js';
 import type { CertificateVerdict } from './https-certificate.js';
 import { listItem, type ListItem } from '../views/command-list.js';
+import { gatewayClockDocument, type GatewayClockDocument } from '../views/gateway-clock.js';
 import { refusalAdvice } from '../views/command-advice.js';
 import { showCommand, type CommandShow } from '../views/command-show.js';
 import { stuckItems, type StuckItem } from '../views/open-commands.js';
@@ -141,17 +142,7 @@ export interface UiGateway {
   readonly gatewayId: string;
   readonly version: string;
   readonly now: string;
-  readonly clock: {
-    readonly source: string;
-    readonly state: string;
-    readonly offsetNs: number | null;
-    readonly grandmaster: string | null;
-    readonly portState: string | null;
-    readonly detail: string;
-    readonly since: string;
-    readonly checkedAt: string;
-    readonly lastLockedAt: string | null;
-  };
+  readonly clock: GatewayClockDocument;
   readonly mqtt: {
     readonly connected: boolean;
     readonly protocol: string;
@@ -338,24 +329,13 @@ export class UiViews {
 
   gateway(): UiGateway {
     const { gateway, pipeline } = this.o;
-    const clock = gateway.clock.status();
     const open = pipeline.openCommands();
     const mqtt = gateway.mqtt;
     return {
       gatewayId: gateway.gatewayId,
       version: this.version,
       now: iso(this.o.clock.now()),
-      clock: {
-        source: clock.source,
-        state: clock.state,
-        offsetNs: clock.offsetNs,
-        grandmaster: clock.grandmaster,
-        portState: clock.portState,
-        detail: clock.detail,
-        since: iso(clock.since),
-        checkedAt: iso(clock.checkedAt),
-        lastLockedAt: clock.lastLockedAt === null ? null : iso(clock.lastLockedAt),
-      },
+      clock: gatewayClockDocument(gateway.clock.status()),
       mqtt:
         mqtt === null
           ? null

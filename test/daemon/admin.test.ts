@@ -16,7 +16,8 @@ import { inventoryFor } from '../helpers/plant-inventory.js';
  * The daemon's admin endpoint (docs/admin-api.md), on a real daemon against sluice-sim: a Unix
  * socket only the daemon's user can open and a token only it can read; `resolve` ends an open
  * command RESOLVED_BY_OPERATOR with who and why in its history, writes nothing, and lets the
- * device move on; `reverify` has a worker judge the command now. Ground truth: the simulator.
+ * device move on; `reverify` has a worker judge the command now; `GET /v1/clock` gives its
+ * times in RFC 3339. Ground truth: the simulator.
  */
 
 let plant: Plant;
@@ -123,6 +124,31 @@ describe('admin endpoint', () => {
     expect(health.json).toHaveProperty('checks');
     const clock = await admin('GET', '/v1/clock');
     expect(clock.json).toMatchObject({ gateway: { source: 'none', state: 'UNKNOWN' } });
+  });
+
+  it('GET /v1/clock gives the gateway clock as documented: times in RFC 3339, no monotonic reading', async () => {
+    const clock = await admin('GET', '/v1/clock');
+    expect(clock.status).toBe(200);
+    const gateway = clock.json.gateway as Record<string, unknown>;
+    // docs/admin-api.md's fields, as the status page gives them; lastLockedMono, the monotonic
+    // time the holdover is measured on, means nothing outside the daemon's process.
+    expect(Object.keys(gateway).sort()).toEqual(
+      [
+        'source',
+        'state',
+        'offsetNs',
+        'grandmaster',
+        'portState',
+        'detail',
+        'checkedAt',
+        'since',
+        'lastLockedAt',
+      ].sort(),
+    );
+    const rfc3339 = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+    expect(gateway.checkedAt).toMatch(rfc3339);
+    expect(gateway.since).toMatch(rfc3339);
+    expect(gateway.lastLockedAt).toBeNull();
   });
 
   it('resolve ends a command held by a stuck valve, audited, nothing written; the device moves on', async () => {

@@ -12,6 +12,7 @@ import { until } from '../helpers/mosquitto.js';
 import { httpsRequest, loopbackCertificate, type HttpsAnswer } from '../helpers/loopback-https.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
 import { ptpLabAvailable, startPtpLab, type PtpLab } from '../helpers/ptp.js';
+import { sluicectlInProcess } from '../cli/helpers.js';
 
 /**
  * SPEC §6 through the whole daemon, on real parts: the gateway clock from a real ptp4l slave
@@ -21,7 +22,8 @@ import { ptpLabAvailable, startPtpLab, type PtpLab } from '../helpers/ptp.js';
  * HOLDOVER, then UNLOCKED, where timestamped commands are refused CLOCK_SKEW and never
  * written; a restarted grandmaster brings it back. A controller clock beyond its bound flags
  * the device (/readyz, /metrics, /v1/devices) and its writes are refused; a PLC allowed a
- * wider bound passes. Ground truth: the simulators' write counters.
+ * wider bound passes. `sluicectl clock` (the admin endpoint's GET /v1/clock) gives the time
+ * of the last lock in RFC 3339. Ground truth: the simulators' write counters.
  */
 
 const TOKEN = 'clock-token';
@@ -31,6 +33,7 @@ let lab: PtpLab;
 let daemon: Daemon;
 let cleanup: () => void;
 let cert: string;
+let configPath: string;
 
 type Answer = HttpsAnswer;
 
@@ -102,7 +105,7 @@ beforeAll(async () => {
   const inventory = inventoryFor(plant);
   const tolerant = inventory.plcs.tolerant!;
   inventory.plcs.tolerant = { ...tolerant, maxClockSkewMs: 10_000 };
-  const configPath = join(dir, 'sluice.yaml');
+  configPath = join(dir, 'sluice.yaml');
   writeFileSync(
     configPath,
     stringify({
@@ -210,4 +213,28 @@ describe.runIf(real)('clocks through the daemon (SPEC §6)', () => {
     expect(back.status).toBe(200);
     expect(valve.counters.writesReceived).toBe(before + 2);
   }, 90_000);
+
+  it('sluicectl clock gives the last lock in RFC 3339, as docs/sluicectl.md says of --json', async () => {
+    await reach('LOCKED', 30_000);
+    const [json, human] = await Promise.all([
+      sluicectlInProcess(['--config', configPath, 'clock', '--json']),
+      sluicectlInProcess(['--config', configPath, 'clock']),
+    ]);
+    expect(json.code).toBe(0);
+    const gateway = json.json<{ gateway: Record<string, unknown> }>().gateway;
+    expect(gateway).toMatchObject({ source: 'ptp', state: 'LOCKED' });
+    expect(gateway).not.toHaveProperty('lastLockedMono');
+    const rfc3339 = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+    for (const field of ['checkedAt', 'since', 'lastLockedAt']) {
+      expect(gateway[field], field).toMatch(rfc3339);
+    }
+    // The human layout: each time with its age.
+    expect(human.code).toBe(0);
+    expect(human.stdout).toMatch(/^\s+state\s+LOCKED$/m);
+    for (const label of ['since', 'checked', 'last locked']) {
+      expect(human.stdout).toMatch(
+        new RegExp(`^\\s+${label}\\s+\\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z \\(\\S+ ago\\)$`, 'm'),
+      );
+    }
+  }, 60_000);
 });
