@@ -746,22 +746,33 @@ export class OpcuaEndpoint {
     // Only the endpoint's current client speaks for its link: one given up (abandon, a failed
     // attempt) may still emit while it closes, and must not take down its successor's.
     const current = (): boolean => this.client === client;
+    // A re-established link is being taken up (takeUp, below).
+    let takingUp = false;
     client.on('connection_lost', () => {
       if (!current()) return;
       this.epoch++;
       this.linkUp = false;
       this.namespaceIndex = null;
+      takingUp = false;
       this.health.disconnected();
       this.log.warn({}, 'opc ua connection lost; reconnecting');
     });
-    // node-opcua reconnects on the server certificate it fetched when it first connected, and
-    // checks it no more: a certificate an operator removed from trusted/certs/ (revoked), or one
-    // that expired, would be used for every reconnection for as long as this client lives. It
-    // is checked again here before the link is used (requests are refused until then); refused,
-    // the client is given up, and the endpoint's next connection is refused with the reason.
-    client.on('connection_reestablished', () => {
-      if (!current()) return;
-      const epoch = ++this.epoch;
+    // The take-up of a re-established link (connection_reestablished), under the epoch it
+    // began in. node-opcua reconnects on the server certificate it fetched when it first
+    // connected, and checks it no more: a certificate an operator removed from trusted/certs/
+    // (revoked), or one that expired, would be used for every reconnection for as long as this
+    // client lives. It is checked again here before the link is used (requests are refused
+    // until then); refused, the client is given up, and the endpoint's next connection is
+    // refused with the reason. Then the namespace index is read again, and the link raised.
+    // A session node-opcua makes anew in the middle (the server lost the one the take-up reads
+    // on: node-opcua says session_restored, and sends the read again on the new session) bumps
+    // the epoch, which ends the take-up unfinished; it is started over under the new epoch
+    // (session_restored, below), certificate check included. Ended without that, the link
+    // stayed down for good: node-opcua counts it up and reports no other reconnection, and
+    // every request was refused "not connected" until the daemon restarted.
+    const takeUp = (): void => {
+      takingUp = true;
+      const epoch = this.epoch;
       const certificate = client.serverCertificate;
       const revision = this.o.pki.pollTrust();
       const trustedBy = this.o.pki.trustedCertificates();
@@ -794,11 +805,17 @@ export class OpcuaEndpoint {
         // until the index is read again (requests are refused while the link is down).
         const session = this.session;
         if (session === null || !(await this.renewNamespace(client, session, epoch))) return;
+        takingUp = false;
         this.linkUp = true;
         this.health.connected();
         this.log.info({}, 'opc ua connection re-established');
         this.watchValidity();
       })();
+    };
+    client.on('connection_reestablished', () => {
+      if (!current()) return;
+      this.epoch++;
+      takeUp();
     });
     client.on('backoff', (count: number, delay: number) => {
       if (!current()) return;
@@ -850,13 +867,17 @@ export class OpcuaEndpoint {
     // old session the server no longer has. Either is a session of a server that may have
     // ordered its namespaces anew: the index is read again before anything is sent on it. Said
     // while node-opcua still counts the session as being repaired (ready() refuses requests), so
-    // none goes out in between. After a reconnection, connection_reestablished reads it.
+    // none goes out in between. After a reconnection, connection_reestablished reads it; one
+    // made while that take-up is under way starts the take-up over (takeUp).
     const opened = session;
     session.on('session_restored', () => {
       if (!current() || this.session !== opened) return;
       this.epoch++;
       this.namespaceIndex = null;
-      if (!this.linkUp) return;
+      if (!this.linkUp) {
+        if (takingUp) takeUp();
+        return;
+      }
       const epoch = this.epoch;
       void this.renewNamespace(client, opened, epoch);
     });
