@@ -82,40 +82,73 @@ export class ServiceResultError extends Error {
  * a subcode (GoodCompletesAsynchronously, GoodClamped) is a write the server took; an Uncertain
  * one, or a Bad one of UNKNOWN_OUTCOME, does not say whether it took it, which only a readback
  * can tell; a BUSY one is a write not processed, to be sent again; any other Bad status is a
- * refusal.
+ * refusal. The server answers each node of the request on its own: a request is refused, or
+ * busy, only when none of its nodes may have been written. One answered Good, Uncertain or with
+ * an unknown outcome beside a refused or busy one leaves the command's outcome unknown: the
+ * controller may have taken what was written, and sent again it would take it twice (I1).
  */
 export function triggerOutcome(results: readonly StatusCode[]): WriteFault | null {
-  const refused = results.find(
-    (s) => severity(s) === 'bad' && !UNKNOWN_OUTCOME.has(s.value) && !BUSY.has(s.value),
-  );
-  if (refused !== undefined) return { kind: 'refused', message: refused.name };
-  const unknown = results.find((s) => severity(s) !== 'good' && !BUSY.has(s.value));
-  if (unknown !== undefined) {
+  // Refused or busy: a Bad status that says the value was not written.
+  const notWritten = (s: StatusCode): boolean =>
+    severity(s) === 'bad' && !UNKNOWN_OUTCOME.has(s.value);
+  const refusedOrBusy = results.find(notWritten);
+  if (refusedOrBusy === undefined) {
+    const unknown = results.find((s) => severity(s) !== 'good');
+    return unknown === undefined
+      ? null
+      : {
+          kind: 'unknown',
+          message: `${unknown.name}: the controller may have taken it (outcome unknown)`,
+        };
+  }
+  // Written, or perhaps written: Good, Uncertain, or a Bad one of UNKNOWN_OUTCOME.
+  const written = results.find((s) => !notWritten(s));
+  if (written !== undefined) {
     return {
       kind: 'unknown',
-      message: `${unknown.name}: the controller may have taken it (outcome unknown)`,
+      message: `${refusedOrBusy.name} to a node of the request, ${written.name} to another: the controller may have taken what was written (outcome unknown)`,
     };
   }
-  const busy = results.find((s) => BUSY.has(s.value));
-  return busy === undefined
-    ? null
-    : { kind: 'busy', message: `${busy.name}: the server did not process it; nothing was applied` };
+  const refused = results.find((s) => !BUSY.has(s.value));
+  return refused !== undefined
+    ? { kind: 'refused', message: refused.name }
+    : {
+        kind: 'busy',
+        message: `${refusedOrBusy.name}: the server did not process it; nothing was applied`,
+      };
 }
 
 /**
- * The code and setpoint must be in place, as written, before the trigger goes out: anything
- * but plain Good (a clamped setpoint, a write still completing, an unknown outcome) and the
- * trigger is not sent, so the controller takes nothing.
+ * A request of a command's write sent before its trigger (what the trigger needs in place),
+ * as its outcome's messages name it and the trigger: "the code and setpoint" before "the
+ * sequence number", "the setpoint" before "the code".
  */
-export function preparationOutcome(results: readonly StatusCode[]): WriteFault | null {
+export interface Preparation {
+  /** What the request writes. */
+  readonly writes: string;
+  /** Whether that is more than one value ("were", not "was"). */
+  readonly plural: boolean;
+  /** What the trigger writes. */
+  readonly trigger: string;
+}
+
+/**
+ * The values of a preparation (what the trigger needs) must be in place, as written, before the
+ * trigger goes out: anything but plain Good (a clamped setpoint, a write still completing, an
+ * unknown outcome) and the trigger is not sent, so the controller takes nothing.
+ */
+export function preparationOutcome(
+  results: readonly StatusCode[],
+  preparation: Preparation,
+): WriteFault | null {
   const statuses = results.filter((s) => s.value !== StatusCodes.Good.value);
   const status = statuses.find((s) => !BUSY.has(s.value)) ?? statuses[0];
   return status === undefined
     ? null
     : {
-        // Only busy answers: the whole write is sent again, code and setpoint first.
+        // Only busy answers: the whole write is sent again, the preparation first.
         kind: BUSY.has(status.value) ? 'busy' : 'refused',
-        message: `${status.name} to the code and setpoint; the trigger (the sequence number) was not sent, the controller takes nothing`,
+        message: `${status.name} to ${preparation.writes}; the trigger (${preparation.trigger}) was not sent, the controller takes nothing`,
       };
 }
 

@@ -45,6 +45,7 @@ import {
   transactionTimeoutMs,
   writeOnce,
   type OneShotSession,
+  type Preparation,
   type WriteFault,
 } from './opcua-writes.js';
 
@@ -307,12 +308,16 @@ export class OpcuaEndpoint {
   }
 
   /**
-   * Sends one Write request. `trigger`: the request that makes the controller take the command
-   * (its sequence number), whose statuses are read for what they say of the command's fate
-   * (triggerOutcome); any other request must be answered plain Good, or the trigger is not sent
-   * after it (DeviceRefusedError).
+   * Sends one Write request. `role` `trigger`: the request that makes the controller take the
+   * command (its sequence number, or without one its code), whose statuses are read for what
+   * they say of the command's fate (triggerOutcome); a preparation, sent before the trigger,
+   * must be answered plain Good, or the trigger is not sent after it (DeviceRefusedError).
    */
-  async write(values: WriteValueOptions[], trigger: boolean, signal?: AbortSignal): Promise<void> {
+  async write(
+    values: WriteValueOptions[],
+    role: 'trigger' | Preparation,
+    signal?: AbortSignal,
+  ): Promise<void> {
     // A server certificate expired since the caller's check (settleTrust) gets nothing either.
     this.checkValidity();
     const session = this.ready(signal);
@@ -340,13 +345,13 @@ export class OpcuaEndpoint {
         this.requestTimeoutMs,
         `${this.name}: write timed out after ${this.requestTimeoutMs} ms`,
       );
-      outcome = trigger ? triggerOutcome(results) : preparationOutcome(results);
+      outcome = role === 'trigger' ? triggerOutcome(results) : preparationOutcome(results, role);
     } catch (error) {
       // The server answered, but for the request as a whole (a ServiceFault): busy, or a Write
       // it did not process, is certain not applied; anything else leaves the outcome unknown.
       if (!(error instanceof ServiceResultError)) throw this.failure(error, 'write');
       const status = error.status;
-      const notSent = trigger ? '' : '; the trigger (the sequence number) was not sent';
+      const notSent = role === 'trigger' ? '' : `; the trigger (${role.trigger}) was not sent`;
       if (BUSY.has(status.value)) {
         outcome = {
           kind: 'busy',
@@ -928,6 +933,18 @@ export interface OpcuaDeviceOptions {
 /** A command's write with its monotonic deadline on this driver's clock (CommandWrite.timeLeftMs). */
 type BoundedWrite = CommandWrite & { readonly notAfterMono: number | undefined };
 
+/**
+ * A command's write as Write requests: the preparation, when the trigger needs one, then the
+ * trigger. Their values are made just before each request is sent (OpcuaEndpoint.nodeId).
+ */
+interface WritePlan {
+  readonly preparation: {
+    readonly role: Preparation;
+    readonly values: () => WriteValueOptions[];
+  } | null;
+  readonly trigger: () => WriteValueOptions[];
+}
+
 /** The driver port for one device on an OPC UA controller (node names: docs/device-profiles.md). */
 export class OpcuaDeviceDriver implements DeviceDriver {
   private readonly o: OpcuaDeviceOptions;
@@ -1014,31 +1031,59 @@ export class OpcuaDeviceDriver implements DeviceDriver {
     // at once, so this is the last moment before the write goes out.
     const before = this.notSent(command, 'write');
     if (before !== null) throw before;
-    // Code and setpoint first, the sequence number (the trigger) only once they are in place:
-    // a controller must never take a new sequence number with a stale code. Without a
-    // sequence number, the code (with its setpoint) is the trigger.
+    // The trigger makes the controller take the command: its sequence number, or without one
+    // its code. What the trigger needs goes first, in a request of its own that must be answered
+    // plain Good (a preparation): the code and setpoint before the sequence number, so that a
+    // controller never takes a new sequence number with a stale code; the setpoint before the
+    // code, so that a controller never takes the code with the previous setpoint. The server
+    // answers each node of a request on its own, and need not write them at once nor in the
+    // request's order: had the code and setpoint gone in one request, the code could be
+    // written, and taken, with the setpoint refused or not yet written.
+    const setpointNode = c.setpoint;
+    const setpoint = (): WriteValueOptions[] =>
+      setpointNode === undefined
+        ? []
+        : [value(setpointNode, DataType.Double, command.position ?? 0)];
+    const code = (): WriteValueOptions =>
+      value(c.code, DataType.UInt16, commandCode(this.o.profile, command.action));
     const seqNode = c.seq;
-    await this.sendOnSession(command, 'write', () =>
-      e.write(
-        [
-          value(c.code, DataType.UInt16, commandCode(this.o.profile, command.action)),
-          ...(c.setpoint === undefined
-            ? []
-            : [value(c.setpoint, DataType.Double, command.position ?? 0)]),
-        ],
-        seqNode === undefined,
-        signal,
-      ),
-    );
-    if (seqNode === undefined) return;
-    // The trigger is checked again: its deadline may have passed, or it may have been withdrawn,
-    // while the first request was on its way. Without the trigger the controller takes nothing
-    // (the code and setpoint wait for a sequence number that does not come).
-    await e.settleTrust();
-    const trigger = this.notSent(command, 'trigger');
-    if (trigger !== null) throw trigger;
-    await this.sendOnSession(command, 'trigger', () =>
-      e.write([value(seqNode, DataType.UInt16, command.seq)], true, signal),
+    const plan: WritePlan =
+      seqNode === undefined
+        ? {
+            preparation:
+              setpointNode === undefined
+                ? null
+                : {
+                    role: { writes: 'the setpoint', plural: false, trigger: 'the code' },
+                    values: setpoint,
+                  },
+            trigger: () => [code()],
+          }
+        : {
+            preparation: {
+              role: {
+                writes: setpointNode === undefined ? 'the code' : 'the code and setpoint',
+                plural: setpointNode !== undefined,
+                trigger: 'the sequence number',
+              },
+              values: () => [code(), ...setpoint()],
+            },
+            trigger: () => [value(seqNode, DataType.UInt16, command.seq)],
+          };
+    const { preparation, trigger } = plan;
+    if (preparation !== null) {
+      await this.sendOnSession(command, 'write', () =>
+        e.write(preparation.values(), preparation.role, signal),
+      );
+      // The trigger is checked again: its deadline may have passed, or it may have been
+      // withdrawn, while the first request was on its way. Without the trigger the controller
+      // takes nothing (what the first wrote waits for a trigger that does not come).
+      await e.settleTrust();
+      const notSent = this.notSent(command, preparation.role);
+      if (notSent !== null) throw notSent;
+    }
+    await this.sendOnSession(command, preparation?.role ?? 'write', () =>
+      e.write(trigger(), 'trigger', signal),
     );
   }
 
@@ -1051,7 +1096,7 @@ export class OpcuaDeviceDriver implements DeviceDriver {
    */
   private async sendOnSession(
     command: BoundedWrite,
-    stage: 'write' | 'trigger',
+    stage: 'write' | Preparation,
     send: () => Promise<void>,
   ): Promise<void> {
     try {
@@ -1069,22 +1114,24 @@ export class OpcuaDeviceDriver implements DeviceDriver {
 
   /**
    * Why `command` must not be sent now (past its deadline, withdrawn), or null: before its
-   * first request (`write`), or before its trigger once the code and setpoint are written.
+   * first request (`write`), or before its trigger once the preparation (`stage`: the code and
+   * setpoint, or the setpoint) is written.
    * With `noSession` (why there is no session, and whether the endpoint is closed for good),
    * the request found none to go out on: not sent, for that reason, when nothing else forbids
    * it.
    */
   private notSent(
     command: BoundedWrite,
-    stage: 'write' | 'trigger',
+    stage: 'write' | Preparation,
     noSession?: { readonly why: string; readonly closed: boolean },
   ): WriteNotSentError | null {
-    const [what, during, outcome] =
+    const [what, during, after, outcome] =
       stage === 'write'
-        ? ['write', '', 'nothing was written']
+        ? ['write', '', '', 'nothing was written']
         : [
-            'trigger (the sequence number)',
-            ' while the code and setpoint were on their way',
+            `trigger (${stage.trigger})`,
+            ` while ${stage.writes} ${stage.plural ? 'were on their' : 'was on its'} way`,
+            ` (${stage.writes} ${stage.plural ? 'were' : 'was'} written)`,
             'the controller takes nothing without it',
           ];
     // The later of the two measures: a step of the wall clock back must not give the write its
@@ -1108,7 +1155,6 @@ export class OpcuaDeviceDriver implements DeviceDriver {
       );
     }
     if (noSession !== undefined) {
-      const after = stage === 'write' ? '' : ' (the code and setpoint were written)';
       return new WriteNotSentError(
         `${this.o.id}: ${what} not sent: ${noSession.why}${after}; ${outcome}`,
         noSession.closed ? 'closed' : 'no-connection',
