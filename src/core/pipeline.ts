@@ -163,11 +163,10 @@ export class CommandPipeline {
   private readonly receivedMono = new Map<string, number>();
   private closed = false;
   /**
-   * The lanes whose last write an earlier life may have left with its fate open could not be
-   * read from the journal at the start (recover): none of their commands is decided until it
-   * has been (drain).
+   * Why recovery could not read the journal (recover()), until a run of the sweep has read it:
+   * every command is refused meanwhile (submit). Null when it has, or never failed.
    */
-  private readonly lastWriteUnread = new Set<Lane>();
+  private recoveryFailure: JournalUnavailableError | null = null;
   /** Cancels the save of this life's own write bounds alone (earlier-write-bounds.ts). */
   private readonly cancelBoundsSave: () => void;
 
@@ -371,7 +370,8 @@ export class CommandPipeline {
    * Journals a command and queues it for its device. Synchronous: when it returns, the claim
    * is journaled, and durable once durable() (or durableFor) resolves — what an intake awaits
    * before it acknowledges (I5, group commit). Throws JournalUnavailableError when the journal
-   * cannot be written (fail closed), UnknownDeviceError, InvalidCommandError.
+   * cannot be written, or while recovery could not read it (recoverOpen): fail closed;
+   * UnknownDeviceError, InvalidCommandError.
    */
   submit(submission: Submission): SubmitOutcome {
     if (this.closed) throw new ShuttingDownError();
@@ -438,7 +438,11 @@ export class CommandPipeline {
         : fresh !== 'FRESH'
           ? { code: fresh, detail: freshnessDetail(fresh, command, now, this.freshness) }
           : undefined;
-    const claim = this.orJournaled(command, () => this.journal.claim(command, rejection));
+    const claim = this.orJournaled(command, () => {
+      // As when the journal cannot be written: a retry of a key it holds is answered from it.
+      if (this.recoveryFailure !== null) throw this.recoveryFailure;
+      return this.journal.claim(command, rejection);
+    });
     if (claim.kind !== 'new') return claim;
 
     const record = claim.record;
@@ -513,12 +517,17 @@ export class CommandPipeline {
     return this.operator.resolve(ref, by, reason);
   }
 
-  /** An operator has an open command judged again now (operator-actions.ts). */
+  /**
+   * An operator has an open command judged again now (operator-actions.ts). Refused while
+   * recovery has not read the journal (recover()): taken up then, a command ran as submit()
+   * would have it.
+   */
   reverify(
     ref: CommandRef,
     by: string,
     waitMs: number,
   ): Promise<{ readonly record: CommandRecord; readonly detail: string }> {
+    if (this.recoveryFailure !== null) return Promise.reject(this.recoveryFailure);
     return this.operator.reverify(ref, by, waitMs);
   }
 
@@ -601,7 +610,8 @@ export class CommandPipeline {
    * never written (dispatch is journaled before the write) and take their normal course;
    * dispatched ones are settled by reading the controller — confirmed, re-dispatched once when
    * provably not applied, or ended with what the readbacks prove — never by a blind re-write.
-   * Returns how many open commands the journal held.
+   * Returns how many open commands the journal held (0 when it could not be read: see
+   * recoverOpen).
    */
   recover(): number {
     for (const device of this.lanes.keys()) {
@@ -609,37 +619,65 @@ export class CommandPipeline {
         this.lateEcho.takeUp([device]);
       } catch (error) {
         // Only a note is missed (late-echo.ts): what the device's commands are decided on is
-        // read below, from the same journal.
+        // read by recoverOpen, from the same journal, and fails closed.
         this.logger.error(
           { err: error, device },
           "the device's last dispatch cannot be read from the journal: a late echo of its write is not watched for",
         );
       }
     }
-    // Each device's last write an earlier life ended with its fate open, which the controller
-    // may still take: the next command waits for it as it would have in that life.
-    for (const lane of this.lanes.values()) {
-      try {
+    return this.recoverOpen();
+  }
+
+  /**
+   * Recovery's reads: each device's last write an earlier life ended with its fate open, which
+   * the controller may still take (the next command waits for it as it would have in that
+   * life), then every open command (Sweep.run). Fails closed: should a read fail, nothing is
+   * taken up and every command is refused as when the journal cannot be written (submit:
+   * JournalUnavailableError, HTTPS 503, no MQTT PUBACK) until a run of the sweep has made them
+   * all. Taken meanwhile, a new command ran ahead of an earlier life's dispatched command
+   * whose write could still land (a close confirmed a no-op at CLOSED, then the open landed:
+   * I2), and of the stops that supersede the commands accepted before them (SPEC §2).
+   */
+  private recoverOpen(): number {
+    try {
+      for (const lane of this.lanes.values()) {
         lane.lastWrite ??= earlierLastWrite(this.journal, lane);
-      } catch (error) {
-        // Decided without it, a command could be undone by it (I2): the device's commands wait
-        // until it can be read (drain).
-        this.lastWriteUnread.add(lane);
-        this.logger.error(
-          { err: error, device: lane.binding.id },
-          "the device's last write cannot be read from the journal: the device's commands wait until it can be",
-        );
       }
+      const open = this.sweeper.run();
+      if (this.recoveryFailure !== null) {
+        this.logger.warn({ open }, 'recovery read the journal: commands are taken again');
+      }
+      this.recoveryFailure = null;
+      return open;
+    } catch (error) {
+      if (this.recoveryFailure === null) {
+        // Kept until recovery succeeds: readiness says it in the same words all along.
+        this.recoveryFailure = new JournalUnavailableError(
+          `journal unavailable (recovery): recovery could not read the journal at start (${error instanceof Error ? error.message : String(error)}); every command is refused until it has, tried again at each run of the sweep`,
+          { cause: error },
+        );
+        this.logger.error({ err: error }, this.recoveryFailure.message);
+      }
+      return 0;
     }
-    return this.sweeper.run();
+  }
+
+  /**
+   * Why recovery could not read the journal (recoverOpen), while a run of the sweep has not
+   * read it since: every command is refused meanwhile. Null when recovery read it.
+   */
+  recoveryFailed(): JournalUnavailableError | null {
+    return this.recoveryFailure;
   }
 
   /**
    * Takes up the open commands that have no live worker, a bounded part of the journal's at a
-   * time (sweep.ts, Sweep.step): the sweep's periodic run. Returns how many open commands it read.
+   * time (sweep.ts, Sweep.step): the sweep's periodic run. While recovery could not read the
+   * journal, recovery's reads again (recoverOpen). Returns how many open commands it read.
    */
   sweep(): number {
-    return this.sweeper.step();
+    return this.recoveryFailure === null ? this.sweeper.step() : this.recoverOpen();
   }
 
   /** Runs the sweep every `intervalMs` until the pipeline stops. */
@@ -648,7 +686,7 @@ export class CommandPipeline {
       for (;;) {
         await this.clock.sleep(intervalMs, this.abort.signal);
         if (this.aborted() || this.closed) return;
-        this.sweeper.step();
+        this.sweep();
       }
     })();
   }
@@ -727,17 +765,6 @@ export class CommandPipeline {
       const ref = lane.unresolved ?? lane.queue.shift();
       if (ref === undefined) return;
       lane.unresolved = null;
-      // The device's last write could not be read at the start (recover): read again before
-      // any of its commands is decided; while it cannot be, the command is left to the sweep.
-      if (this.lastWriteUnread.has(lane)) {
-        try {
-          lane.lastWrite ??= earlierLastWrite(this.journal, lane);
-          this.lastWriteUnread.delete(lane);
-        } catch (error) {
-          this.leftOpen(lane, ref, this.logger.child({ key: ref.key }), error);
-          return;
-        }
-      }
       let record: CommandRecord | undefined;
       try {
         record = this.journal.get(ref);

@@ -99,21 +99,16 @@ export class Sweep {
    * interrupts is judged again after it, the ones never written are superseded — an earlier
    * life may have died between the stop's acceptance and either. Idempotent: commands queued
    * or in flight are left alone. Reads every open command: recovery's (once, at start).
-   * Returns how many open commands the journal holds.
+   * Returns how many open commands the journal holds. Throws what the journal's reads throw
+   * (JournalUnavailableError) with nothing taken up: recovery fails closed then (pipeline.ts,
+   * recover()).
    */
   run(): number {
-    const { journal, logger } = this.host;
-    let open: OpenPageRef[];
-    try {
-      open = journal.listOpenRefs();
-    } catch (error) {
-      logger.warn({ err: error }, 'sweep: the journal cannot be read; trying again later');
-      return 0;
-    }
-    this.wholePending = false;
-    this.pageAfter.clear();
+    const open = this.host.journal.listOpenRefs();
     const now = this.liveNow();
     this.markSuperseded(open, now);
+    this.wholePending = false;
+    this.pageAfter.clear();
     // In the order they were accepted (listOpenRefs' order); a dispatched command goes to the
     // head of its device's queue wherever it stands in that order.
     for (const record of open) this.take(record, now);
@@ -130,24 +125,18 @@ export class Sweep {
    * the daemon died before it was made again: the journal then holds the stop ended and the
    * command `accepted`, and only this finds it. An open stop preempts as well when taken
    * (take()); the mark says the same. One read of the rows claimed since the oldest such
-   * command; none when there is no such command.
+   * command; none when there is no such command. A failed read throws before anything is taken
+   * up: taken up unmarked, such a command ran after its stop.
    */
   private markSuperseded(open: readonly OpenPageRef[], { idle }: LiveNow): void {
-    const { journal, lanes, logger } = this.host;
+    const { journal, lanes } = this.host;
     const candidates = open.filter((r) => {
       const lane = lanes.get(r.device);
       return r.state === 'accepted' && r.action !== 'stop' && lane !== undefined && idle.has(lane);
     });
     const oldest = candidates[0];
     if (oldest === undefined) return;
-    let stops: OpenStopRef[];
-    try {
-      stops = journal.stopsSince(oldest.id);
-    } catch (error) {
-      // An open stop still preempts when taken; an ended one is looked for at the next start.
-      logger.warn({ err: error }, 'sweep: the stops since the oldest open command cannot be read');
-      return;
-    }
+    const stops = journal.stopsSince(oldest.id);
     if (stops.length === 0) return;
     // The newest stop of each device (stopsSince is in the journal's order).
     const newest = new Map<string, OpenStopRef>();
@@ -180,8 +169,15 @@ export class Sweep {
    * everything (run()). Returns how many open commands it read.
    */
   step(): number {
-    if (this.wholePending) return this.run();
     const { journal, lanes, logger } = this.host;
+    if (this.wholePending) {
+      try {
+        return this.run();
+      } catch (error) {
+        logger.warn({ err: error }, 'sweep: the journal cannot be read; trying again later');
+        return 0;
+      }
+    }
     const now = this.liveNow();
     let read = 0;
     try {

@@ -398,7 +398,9 @@ export class Daemon {
       // I5: every open command is put at the head of its device's queue before the intakes
       // open, so that no new command overtakes it; it is settled by reading its controller
       // beside the intakes (a backlog does not keep them closed). READY waits for these to
-      // settle (announceReady).
+      // settle (announceReady). Should recovery fail to read the journal, the intakes open all
+      // the same and refuse every command (503, no PUBACK: I5) until a run of the sweep has read
+      // it (pipeline.ts, recover()); /readyz and the status line say so meanwhile.
       let openAtStart: CommandRef[] = [];
       try {
         // A command for a device no longer configured has no worker: /readyz and the stuck

@@ -107,7 +107,7 @@ export interface ReadinessParts {
     /** Resolves once every write made so far is on disk (a sync of the WAL). */
     durable(): Promise<void>;
   };
-  readonly pipeline: Pick<CommandPipeline, 'openCommands' | 'devices'>;
+  readonly pipeline: Pick<CommandPipeline, 'openCommands' | 'devices' | 'recoveryFailed'>;
   readonly mqttIntake: MqttIntake | null;
   readonly httpsIntake: HttpsIntake | null;
   /** Where HTTPS listens; null until it does. */
@@ -337,6 +337,9 @@ function journalCheck(parts: ReadinessParts, mode: ProbeCache | StatusMode): Che
     const detail = error instanceof Error ? error.message : String(error);
     return { ok: false, detail, brief: detail };
   };
+  // Recovery could not read the journal: every command is refused until it has (pipeline.ts).
+  const recovery = parts.pipeline.recoveryFailed();
+  if (recovery !== null) return failed(recovery);
   if (!(mode instanceof ProbeCache)) return statusJournalCheck(parts, mode, failed);
   const stalled = syncStalled(parts, mode);
   if (stalled !== null) {

@@ -1,4 +1,5 @@
 import { describe, it } from 'vitest';
+import { JournalUnavailableError } from '../../src/core/errors.js';
 import { lastDispatchFaults, type ReadFaults } from '../helpers/read-faults.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 import {
@@ -11,9 +12,9 @@ import {
  * A start whose journal cannot read a device's last dispatch (Journal.lastDispatched): what the
  * late-echo watch is taken up from (late-echo.ts) and what the device's last write an earlier
  * life left with its fate open is rebuilt from (previous-write.ts, earlierLastWrite). The start
- * goes on, as it does when its other steps cannot read the journal (before: the late-echo step
- * threw, and the whole start failed); and no command of the device is decided without that
- * write (I2): the device's commands wait until it can be read. The real pipeline and SQLite
+ * goes on (before: the late-echo step threw, and the whole start failed); and no command is
+ * decided without that write (I2): recovery fails closed, every command refused until a run of
+ * the sweep has read it (recovery-read-fails.test.ts for recovery's other reads). The real pipeline and SQLite
  * journal against sluice-sim (its `hold`: the controller acknowledges the open an operator then
  * resolved, and takes it only later). The read failure is a double (test/helpers/read-faults.ts):
  * no simulator or filesystem fault can aim at the one statement. Ground truth: the simulator's
@@ -55,7 +56,7 @@ describe("a start that cannot read a device's last dispatch", () => {
     await closeWaitsForHeldOpen(h, expect);
   });
 
-  it('every read of it fails for a while: the other devices run, and its commands wait until it can be read', async ({
+  it('every read of it fails for a while: commands are refused until it can be read, then the close waits for the held open', async ({
     expect,
     onTestFinished,
   }) => {
@@ -67,29 +68,30 @@ describe("a start that cannot read a device's last dispatch", () => {
     await h.restart(() => {
       faults = lastDispatchFaults(h.journal, new Set(['v1']));
     });
-    const failedAtStart = faults!.failed;
-    expect(failedAtStart).toBeGreaterThan(0);
-    // Another device's command runs.
-    h.submit('o2', { device: 'v2', action: 'open', ttlMs: 60_000 });
-    const o2 = await h.settled('o2');
-    expect(o2).toMatchObject({ state: 'confirmed' });
-    expect(h.writesWithSeq('v2', o2.seq!)).toBe(1);
-    // A close of v1 is not decided while the read fails: its worker reads again, fails, and
-    // leaves it to the sweep.
-    h.submit('c', { device: 'v1', action: 'close', ttlMs: 60_000 });
-    await h.until(
-      () =>
-        faults!.failed > failedAtStart &&
-        h.pipeline.devices().find((d) => d.id === 'v1')?.unresolved === 'c',
-      5_000,
-      'the close left open after the read failed again',
-    );
-    expect(h.get('c')).toMatchObject({ state: 'accepted' });
+    expect(faults!.failed).toBeGreaterThan(0);
+    // Recovery failed closed (pipeline.ts, recoverOpen): a command is refused, nothing claimed,
+    // as when the journal cannot be written.
+    const close = { device: 'v1', action: 'close', ttlMs: 60_000 } as const;
+    expect(() => h.submit('c', close)).toThrow(JournalUnavailableError);
+    expect(h.get('c')).toBeUndefined();
     expect(valve.writeLog.map((w) => w.seq)).toEqual([h.get('p')!.seq]);
-    // The journal reads again: the close waits for the held open, and is written once it is
-    // taken. Decided without it, the close was confirmed a no-op at CLOSED, and the controller
-    // then took the open (I2).
+    // The journal reads again: a run of the sweep makes recovery's reads, and the close is taken.
     faults!.armed = false;
+    await h.until(
+      () => {
+        try {
+          h.submit('c', close);
+          return true;
+        } catch (error) {
+          if (!(error instanceof JournalUnavailableError)) throw error;
+          return false;
+        }
+      },
+      5_000,
+      'the close taken',
+    );
+    // It waits for the held open, and is written once that is taken. Decided without it, the
+    // close was confirmed a no-op at CLOSED, and the controller then took the open (I2).
     await h.until(
       () => {
         const c = h.get('c');

@@ -66,7 +66,7 @@ function parts(device: DeviceView, nowMono = 0): ReadinessParts {
       knownFailure: () => null,
       durable: () => Promise.resolve(),
     },
-    pipeline: { devices: () => [device], openCommands: () => [] },
+    pipeline: { devices: () => [device], openCommands: () => [], recoveryFailed: () => null },
     mqttIntake: null,
     httpsIntake: null,
     https: null,

@@ -64,6 +64,48 @@ export function keyLookupFaults(journal: SqliteJournal, keys: ReadonlySet<string
   return faults;
 }
 
+/** The journal's statements recovery reads at a start (pipeline.ts, recover()). */
+export type RecoveryStatement = 'openRefs' | 'stopsSince' | 'history';
+
+/**
+ * Fails the runs of one of the journal's statements while armed — every run, or those whose
+ * parameters `matches` picks — as an I/O error on a read would (SQLITE_IOERR_READ: the journal
+ * translates it to JournalUnavailableError), while every other read and every write goes
+ * through. The same double as readFaults, for the reads of recovery at a start: `openRefs`
+ * (Journal.listOpenRefs, every open command), `stopsSince` (the stops since the oldest open
+ * command) and `history` (a command's events, by scope and key: the history of a device's last
+ * dispatch, previous-write.ts, earlierLastWrite). Armed when the journal is
+ * opened, before recovery (SimHarness.restart). No filesystem fault aims at one read of them:
+ * the reads before it at the start (the journal's open, the earlier lives' write bounds, each
+ * device's last dispatch) go to the same file, and a disk failing its reads fails those first;
+ * another process's lock does not stop a reader of a journal in WAL mode.
+ */
+export function statementFaults(
+  journal: SqliteJournal,
+  name: RecoveryStatement,
+  matches: (params: readonly unknown[]) => boolean = () => true,
+): ReadFaults {
+  let failed = 0;
+  const stmts = (journal as unknown as { conn: { stmts: Record<RecoveryStatement, Statement> } })
+    .conn.stmts;
+  const stmt = stmts[name];
+  const all = stmt.all.bind(stmt);
+  const faults = {
+    armed: true,
+    get failed() {
+      return failed;
+    },
+  };
+  stmt.all = (...params: unknown[]) => {
+    if (faults.armed && matches(params)) {
+      failed++;
+      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_READ' });
+    }
+    return all(...params);
+  };
+  return faults;
+}
+
 /**
  * Fails the journal's reads of chosen devices' last dispatch (Journal.lastDispatched: what a
  * start reads for the late-echo watch and for the device's last write) while armed, as

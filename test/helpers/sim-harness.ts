@@ -361,12 +361,11 @@ export class SimHarness {
 
   /**
    * A new life on the same journal file: recovery runs first. Returns the open commands.
-   * `beforeRecovery` runs once the new life is built, before its recovery (a fault armed on its
-   * journal).
+   * `beforeRecovery` is given the new life's journal before its recovery reads it.
    */
-  async restart(beforeRecovery?: () => void): Promise<number> {
+  async restart(beforeRecovery?: (journal: SqliteJournal) => void): Promise<number> {
     await this.build();
-    beforeRecovery?.();
+    beforeRecovery?.(this.journal);
     return this.pipeline.recover();
   }
 
