@@ -94,12 +94,15 @@ export interface LastWrite {
   /** The driver's connection epoch when the write came back; null: an earlier life's write. */
   epoch: number | null;
   /**
-   * Set only on a take-up's stand-in for a write this process or an earlier life withheld,
-   * never sent (take-up.ts): the device's last write that was handed to the driver
-   * before it (null: none known). Nothing of the withheld write can reach the controller, but
-   * that one still may: a stop is written at once behind an acknowledged write the controller
-   * may still take (previous-write.ts, stopAfterPending), and when that stop's own write was
-   * withheld, the next command after it waits for that earlier write (previousWritePending).
+   * Set on a take-up's stand-in for a write this process or an earlier life withheld, never
+   * sent (take-up.ts): the device's last write that was handed to the driver before it (null:
+   * none known). Nothing of the withheld write can reach the controller, but that one still
+   * may: a stop is written at once behind an acknowledged write the controller may still take
+   * (previous-write.ts, stopAfterPending), and when that stop's own write was withheld, the
+   * next command after it waits for that earlier write (previousWritePending). Set too on a
+   * stop's write, once the stop has ended, to the write of the command it preempted when an
+   * operator ended that command with its write's fate open (preemption.ts, afterStop; at a
+   * start, previous-write.ts, earlierLastWrite).
    */
   behind?: LastWrite | null;
 }

@@ -512,9 +512,15 @@ export class CommandPipeline {
     return this.journal.findByKey(key);
   }
 
-  /** An operator ends an open command `failed` `RESOLVED_BY_OPERATOR` (operator-actions.ts). */
+  /**
+   * An operator ends an open command `failed` `RESOLVED_BY_OPERATOR` (operator-actions.ts); a
+   * stop that preempted it says so when its write may still land (preemption.ts).
+   */
   resolve(ref: CommandRef, by: string, reason: string): CommandRecord {
-    return this.operator.resolve(ref, by, reason);
+    const settled = this.operator.resolve(ref, by, reason);
+    const lane = this.lanes.get(settled.device);
+    if (lane !== undefined) this.preemption.resolvedUnderStop(lane, settled);
+    return settled;
   }
 
   /**

@@ -6,6 +6,7 @@ import {
   interruptedTargets,
   refId,
   withheldUnsent,
+  PIPELINE,
   type Interruption,
   type Lane,
   type LastWrite,
@@ -13,6 +14,7 @@ import {
 import type { Logger } from './logger.js';
 import type { Outcomes } from './outcomes.js';
 import { latestWriteNeverSent } from './open-commands.js';
+import { endedFateOpen, preemptedResolvedNote } from './previous-write.js';
 import { stopBehindWrite, type Decision } from './state-machine.js';
 
 /** A record the journal could not give (read failed): not the same as one it does not hold. */
@@ -482,6 +484,13 @@ export class Preemption {
     // worker with its promise rejected, unhandled: the daemon died.)
     const target = this.read(interrupted.target, this.host.logger.child({ key: ref.key }));
     if (target !== UNREADABLE && (target === undefined || isTerminal(target.state))) {
+      // Ended while the stop ran (an operator's resolve) with its write's fate open: that write
+      // may still reach the controller, after the stop's, and the next command waits for it
+      // (previous-write.ts) as for the device's last write. Forgotten, a close was confirmed a
+      // no-op at CLOSED, and the open landed after it (I2).
+      if (target !== undefined && interrupted.write !== null && endedFateOpen(target)) {
+        keepPending(lane, interrupted.write);
+      }
       if (interrupted.outer !== null) this.afterStop(lane, interrupted.target);
       return;
     }
@@ -493,6 +502,36 @@ export class Preemption {
     lane.unresolved = interrupted.target;
     // An earlier life's write is not handed back: the take-up knows it as such by itself.
     if (interrupted.write !== null && !interrupted.earlierLife) lane.lastWrite = interrupted.write;
+  }
+
+  /**
+   * An operator resolved `command` (operator-actions.ts). When it was the command a stop
+   * preempted after its write was sent, and that write's fate is open ("it may have been
+   * applied"), each stop that waits for the write says so in its history
+   * (preemptedResolvedNote): a later life of the daemon, which has no interruption to go by,
+   * holds the device's next command for it from there (previous-write.ts, earlierLastWrite).
+   */
+  resolvedUnderStop(lane: Lane, command: CommandRecord): void {
+    if (command.seq === null || !endedFateOpen(command)) return;
+    const line = preemptedResolvedNote({ ...command, seq: command.seq });
+    // The stop that preempted it, and the stops that took that one over (stopOvertakes).
+    const stops: CommandRef[] = [];
+    for (let i = lane.interrupted; i !== null; i = i.outer) {
+      stops.push(i.stop);
+      if (refId(i.target) !== refId(command)) continue;
+      if (i.write === null) return;
+      for (const stop of stops) {
+        try {
+          this.host.journal.note(stop, this.host.clock.now(), line, PIPELINE);
+        } catch (error) {
+          commandLogger(this.host.logger, command).warn(
+            { err: error, stop: stop.key },
+            'the stop that preempted the resolved command: its history cannot say that the write may still land',
+          );
+        }
+      }
+      return;
+    }
   }
 
   /**
@@ -515,6 +554,22 @@ export class Preemption {
     }
     return null;
   }
+}
+
+/**
+ * A write that may still reach the controller, of a command ended while a stop held it
+ * (afterStop): the device's last write when the stop wrote none, else kept behind the stop's
+ * (LastWrite.behind), which previousWritePending looks at too. A stop's stand-in that stands
+ * behind a write already keeps that one: the write before the stop's, this one as a rule.
+ */
+function keepPending(lane: Lane, write: LastWrite): void {
+  const last = lane.lastWrite;
+  if (last === null) {
+    lane.lastWrite = write;
+    return;
+  }
+  if (last.scope === write.scope && last.key === write.key) return;
+  last.behind ??= write;
 }
 
 /** Remembers `stop` as queued behind another stop (lane.stopsBehind), once. */

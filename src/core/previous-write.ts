@@ -1,5 +1,5 @@
 import { refId, type CommandRecord, type Journal, type JournalEvent } from './journal.js';
-import { RECOVERY, type Lane, type LastWrite } from './lane.js';
+import { PIPELINE, RECOVERY, type Lane, type LastWrite } from './lane.js';
 import { LAST_DISPATCH_WINDOW } from './late-echo.js';
 import { latestWriteNeverSent } from './open-commands.js';
 import { resolvedWriteWas } from './operator-actions.js';
@@ -161,7 +161,7 @@ function writeNameUnscoped(command: Pick<CommandRecord, 'key' | 'code'>, seq: nu
  * stand-in for it (take-up.ts), and the next command waited the guard for it — so
  * did the first command of the next life before its take-up had said so in its history.
  */
-function endedFateOpen(command: CommandRecord): boolean {
+export function endedFateOpen(command: CommandRecord): boolean {
   return (
     command.state === 'failed' &&
     command.seq !== null &&
@@ -182,7 +182,11 @@ function endedFateOpen(command: CommandRecord): boolean {
  * device's last dispatch (Journal.lastDispatched, as late-echo.ts takes it up), not shown
  * never sent by its history nor by the operator's resolve (endedFateOpen: a write withheld and
  * resolved before its take-up said so); null when it is open (its take-up knows its write) or
- * ended otherwise.
+ * ended otherwise. When that dispatch is a stop whose history says an operator resolved the
+ * command it preempted while that command's write could still land (preemptedResolvedNote),
+ * that write too, open or ended as the stop is: behind the stop's own (LastWrite.behind), or
+ * alone when the stop's own is not waited for. The stop was written while it was on its way,
+ * and the life that knew it held the device's next command for it (preemption.ts, afterStop).
  *
  * The journal has no monotonic time of that write, only that it was sent before this process
  * took the journal's writer lock (Lane.earlierLivesEndedMono), as cf78dc9 counts an earlier
@@ -221,13 +225,25 @@ export function earlierLastWrite(
 ): LastWrite | null {
   const last = journal.lastDispatched(lane.binding.id, LAST_DISPATCH_WINDOW);
   if (last === undefined) return null;
+  const preempted = preemptedResolved(journal, last);
+  const behind = preempted?.seq == null ? null : earlierWrite(lane, preempted, preempted.seq);
   // A last dispatch whose write was never sent is no write: the device's last write is the one
   // before it. Known only for a stop written at once behind a write the controller may still
   // take (stopAfterPending): its history names that write. Any other command was decided once
   // the write before it could no longer land (execution.ts, afterPreviousWrite).
   const command = writeNeverSent(journal, last) ? decidedBehind(journal, last) : last;
-  if (command?.seq == null || !endedFateOpen(command)) return null;
-  if (command !== last && writeNeverSent(journal, command)) return null;
+  if (command?.seq == null || !endedFateOpen(command)) return behind;
+  if (command !== last && writeNeverSent(journal, command)) return behind;
+  const write = earlierWrite(lane, command, command.seq);
+  if (behind !== null && refId(behind) !== refId(write)) write.behind = behind;
+  return write;
+}
+
+/**
+ * The write of `command` (ended with its fate open, written by an earlier life) as
+ * earlierLastWrite gives it: its bounds counted from the lock (see there).
+ */
+function earlierWrite(lane: Lane, command: CommandRecord, seq: number): LastWrite {
   const { timing } = lane.binding.profile;
   const lock = lane.earlierLivesEndedMono;
   // The lock, or later when an earlier life's bound on an acknowledged write was longer than
@@ -236,7 +252,7 @@ export function earlierLastWrite(
   // Whether acknowledged is not known below: it may have reached the controller up to the
   // request timeout after its sending (ackedWriteSinceSendMs).
   const acked = ackedWriteSinceSendMs(timing, lane.binding.requestTimeoutMs);
-  const write = { scope: command.scope, key: command.key, seq: command.seq, epoch: null };
+  const write = { scope: command.scope, key: command.key, seq, epoch: null };
   const resolved = resolvedWriteWas(command);
   if (resolved === 'acknowledged') {
     return { ...write, sentMono: sent, acked: true, unknownSinceMono: null };
@@ -320,6 +336,38 @@ function decidedBehind(
   // or not: one that may still be taken is waited for (the wait is the safe side, bounded; what
   // the wait looks for, that number's echo, is the same for both).
   return fits.find((c) => endedFateOpen(c) && !writeNeverSent(journal, c)) ?? fits[0] ?? null;
+}
+
+/** How the history line of a stop begins that names a preempted write (preemptedResolvedNote). */
+const PREEMPTED_RESOLVED = 'the command this stop preempted was resolved by an operator: ';
+
+/**
+ * The history line of a stop whose preempted command an operator resolved while its write
+ * could still land (endedFateOpen; preemption.ts, resolvedUnderStop): the stop waits for that
+ * write, and the device's next command after it (afterStop), in this life; a later one goes by
+ * this line (earlierLastWrite).
+ */
+export function preemptedResolvedNote(command: CommandRecord & { readonly seq: number }): string {
+  return `${PREEMPTED_RESOLVED}${writeName(command, command.seq)}, may still reach the controller after this stop's write; the device's next command waits for it`;
+}
+
+/**
+ * The command a stop's history names in a preemptedResolvedNote line, when its write's fate is
+ * still open by the journal (its ending, and its history: not shown never sent); null for any
+ * other command, or a line that names none.
+ */
+function preemptedResolved(
+  journal: Pick<Journal, 'history' | 'findByKey'>,
+  stop: CommandRecord,
+): CommandRecord | null {
+  if (stop.action !== 'stop') return null;
+  for (const event of journal.history(stop)) {
+    if (event.intake !== PIPELINE || !event.detail.startsWith(PREEMPTED_RESOLVED)) continue;
+    for (const command of commandsNamed(journal, stop, event.detail, PREEMPTED_RESOLVED)) {
+      if (endedFateOpen(command) && !writeNeverSent(journal, command)) return command;
+    }
+  }
+  return null;
 }
 
 /**
@@ -424,7 +472,8 @@ function previousOf(
 }
 
 /**
- * The commands a stopAfterPendingNote line fits: of the stop's device, dispatched, whose key,
+ * The commands a stopAfterPendingNote line fits (or a preemptedResolvedNote line: `opening`,
+ * how it begins before the write's name): of the stop's device, dispatched, whose key,
  * identity, sequence number and ending the line gives (writeName: one command at most, keys
  * being per identity) — or, in a line of an earlier version (writeNameUnscoped), its key,
  * number and ending, which two identities' commands may share. Keys have no spaces (SPEC §2,
@@ -434,8 +483,9 @@ function commandsNamed(
   journal: Pick<Journal, 'findByKey'>,
   stop: CommandRecord,
   note: string,
+  opening = STOP_AFTER_PENDING,
 ): CommandRecord[] {
-  const lead = `${STOP_AFTER_PENDING}the write of `;
+  const lead = `${opening}the write of `;
   if (!note.startsWith(lead)) return [];
   const rest = note.slice(lead.length);
   const found = new Map<string, CommandRecord>();
@@ -448,8 +498,8 @@ function commandsNamed(
         r.dispatchedAt === null ||
         refId(r) === refId(stop) ||
         !(
-          note.startsWith(`${STOP_AFTER_PENDING}${writeName(r, r.seq)}, `) ||
-          note.startsWith(`${STOP_AFTER_PENDING}${writeNameUnscoped(r, r.seq)}, `)
+          note.startsWith(`${opening}${writeName(r, r.seq)}, `) ||
+          note.startsWith(`${opening}${writeNameUnscoped(r, r.seq)}, `)
         )
       ) {
         continue;

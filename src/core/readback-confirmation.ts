@@ -11,6 +11,7 @@ import {
   type LastWrite,
 } from './lane.js';
 import type { Logger } from './logger.js';
+import { endedFateOpen } from './previous-write.js';
 import type { DeviceProfile } from './profile.js';
 import { judgeWritten, observe, type Expectation } from './readback.js';
 import { ReadbackPacer } from './readback-pacing.js';
@@ -693,14 +694,18 @@ export class ReadbackConfirmation {
     for (let i: Interruption | null = interrupted; i !== null; i = i.outer) {
       if (i.write === null) continue;
       // A preempted write withdrawn before it was sent leaves the command SUPERSEDED: nothing
-      // of it can land. Unreadable, the command is taken as still open (the stop waits).
+      // of it can land. One an operator resolved meanwhile stands while its fate is open ("it
+      // may have been applied": endedFateOpen): passed over, the stop was confirmed and the
+      // open landed after it. Unreadable, the command is taken as still open (the stop waits).
       let target: CommandRecord | undefined;
       try {
         target = this.host.journal.get(i.target);
       } catch {
         target = undefined;
       }
-      if (target !== undefined && target.state !== 'dispatched') continue;
+      if (target !== undefined && target.state !== 'dispatched' && !endedFateOpen(target)) {
+        continue;
+      }
       const landing = mayStillLand({
         profile: lane.binding.profile,
         readback,
