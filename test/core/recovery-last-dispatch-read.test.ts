@@ -75,48 +75,24 @@ describe("a start that cannot read a device's last dispatch", () => {
     expect(() => h.submit('c', close)).toThrow(JournalUnavailableError);
     expect(h.get('c')).toBeUndefined();
     expect(valve.writeLog.map((w) => w.seq)).toEqual([h.get('p')!.seq]);
-    // The journal reads again: a run of the sweep makes recovery's reads, and the close is taken.
+    // The journal reads again: a run of the sweep makes recovery's reads, and the close is
+    // taken; it waits for the held open, and is written once that is taken. Decided without it,
+    // the close was confirmed a no-op at CLOSED, and the controller then took the open (I2).
     faults!.armed = false;
-    await h.until(
-      () => {
-        try {
-          h.submit('c', close);
-          return true;
-        } catch (error) {
-          if (!(error instanceof JournalUnavailableError)) throw error;
-          return false;
-        }
-      },
-      5_000,
-      'the close taken',
+    await closeWaitsForHeldOpen(h, expect, (again) =>
+      h.until(
+        () => {
+          try {
+            h.submit('c', again);
+            return true;
+          } catch (error) {
+            if (!(error instanceof JournalUnavailableError)) throw error;
+            return false;
+          }
+        },
+        5_000,
+        'the close taken',
+      ),
     );
-    // It waits for the held open, and is written once that is taken. Decided without it, the
-    // close was confirmed a no-op at CLOSED, and the controller then took the open (I2).
-    await h.until(
-      () => {
-        const c = h.get('c');
-        if (c !== undefined && c.state !== 'accepted' && c.state !== 'dispatched') return true;
-        return h.notes('c').some((n) => n.includes('not decided yet'));
-      },
-      5_000,
-      'the close waiting, or ended',
-    );
-    const early = h.get('c');
-    valve.clearFault('hold');
-    await h.until(() => valve.pendingWrites === 0, 5_000, 'the held open taken');
-    const c = await h.settled('c', 4 * GUARD_MS);
-    await h.until(
-      () => ['OPEN', 'CLOSED'].includes(valve.snapshot().state) && valve.pendingWrites === 0,
-      10_000,
-      'the valve at rest',
-    );
-    expect({ valve: valve.snapshot().state, close: c.state }).toEqual({
-      valve: 'CLOSED',
-      close: 'confirmed',
-    });
-    expect(c.detail ?? '').not.toMatch(/no-op/);
-    expect(early?.state).toBe('accepted');
-    expect(h.notes('c').some((n) => n.includes('not decided yet'))).toBe(true);
-    expect(valve.writeLog.map((w) => w.seq)).toEqual([h.get('p')!.seq, c.seq]);
   });
 });

@@ -161,10 +161,15 @@ export async function heldAcknowledgedOpen(h: SimHarness, key: string): Promise<
  * each caller guards against: the close confirmed a no-op at CLOSED while the controller held
  * the open, which it then took (the valve OPEN).
  */
-export async function closeWaitsForHeldOpen(h: SimHarness, expect: ExpectStatic): Promise<void> {
+export async function closeWaitsForHeldOpen(
+  h: SimHarness,
+  expect: ExpectStatic,
+  // How the close is sent: at once, or again until the gateway takes it.
+  submit: (close: Parameters<SimHarness['submit']>[1]) => unknown = (close) => h.submit('c', close),
+): Promise<void> {
   const valve = h.device('v1');
   expect(valve.snapshot().state).toBe('CLOSED');
-  h.submit('c', { device: 'v1', action: 'close', ttlMs: 60_000 });
+  await submit({ device: 'v1', action: 'close', ttlMs: 60_000 });
   await h.until(
     () => {
       const c = h.get('c');
