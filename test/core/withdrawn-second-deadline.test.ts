@@ -43,17 +43,18 @@ class SteppingClock implements Clock {
 }
 
 /**
- * Counts the writes of `seq` the pipeline hands to v1's driver, as it does; `onFirst` runs once
- * the first of them is in the driver's queue (the driver looks at its deadline only when it
- * would send it, a microtask later at the soonest).
+ * The sequence numbers of the writes the pipeline hands to v1's driver, as it does; `onHanded`
+ * runs as each is in the driver's queue (the driver looks at its deadline only when it would
+ * send it, a microtask later at the soonest).
  */
-function handedWrites(h: SimHarness, seq: number, onFirst?: () => void): { count: number } {
-  const handed = { count: 0 };
+function handedWrites(h: SimHarness, onHanded?: (seq: number) => void): number[] {
+  const handed: number[] = [];
   const binding = h.drivers.bindings.find((b) => b.id === 'v1')!;
   const write = binding.driver.write.bind(binding.driver);
   binding.driver.write = (command, signal) => {
     const sent = write(command, signal);
-    if (command.seq === seq && handed.count++ === 0) onFirst?.();
+    handed.push(command.seq);
+    onHanded?.(command.seq);
     return sent;
   };
   return handed;
@@ -87,15 +88,18 @@ describe('a round after a write proven not applied and a second withdrawn at a s
     }
     // The first write is lost: the PLC resets the connection before taking it.
     v1.setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
+    // Every write of v1 from here on: o's first, and the second once the first is proven not
+    // applied (counted from before the submit: the first may be handed to the driver any time
+    // after its dispatch is journaled, once the barrier is through).
+    const handed = handedWrites(h);
     const issuedAt = new Date(clock.now()).toISOString();
     h.submit('o', { device: 'v1', action: 'open', issuedAt, ttlMs: TTL_MS });
     await h.until(() => h.get('o')?.seq != null, 15_000, "o's dispatch");
     const seq = h.get('o')!.seq!;
     // Proven not applied, it is dispatched again; its second write waits behind a slow read.
-    const second = handedWrites(h, seq);
     await h
       .until(
-        () => (h.get('o')?.attempts ?? 0) >= 2 && second.count >= 1,
+        () => (h.get('o')?.attempts ?? 0) >= 2 && handed.length >= 2,
         30_000,
         'the second write handed to the driver',
       )
@@ -103,15 +107,12 @@ describe('a round after a write proven not applied and a second withdrawn at a s
         // What the command went through instead (a failure here is read from it).
         const o = h.get('o');
         throw new Error(
-          `${String(error)}; o: ${o?.state} ${o?.code ?? ''} attempts ${o?.attempts}, writes of ${seq} handed ${second.count}; history: ${h.notes('o').join(' | ')}`,
+          `${String(error)}; o: ${o?.state} ${o?.code ?? ''} attempts ${o?.attempts}, writes handed ${JSON.stringify(handed)}; history: ${h.notes('o').join(' | ')}`,
         );
       });
-    expect(
-      { attempts: h.get('o')?.attempts, handed: second.count },
-      h.notes('o').join(' | '),
-    ).toEqual({
+    expect({ attempts: h.get('o')?.attempts, handed }, h.notes('o').join(' | ')).toEqual({
       attempts: 2,
-      handed: 1,
+      handed: [seq, seq],
     });
     expect(v1.writesWithSeq(seq)).toBe(0);
     // The daemon stops (no time for commands in flight): the driver withdraws the second write.
@@ -123,11 +124,11 @@ describe('a round after a write proven not applied and a second withdrawn at a s
     // The next start goes round: a fresh read, a third dispatch, its write handed to the driver
     // behind the slow reads — and the gateway's clock steps past the deadline as it waits.
     await h.restart();
-    const third = handedWrites(h, seq, () => {
-      clock.offset = 2 * TTL_MS;
+    const third = handedWrites(h, (handedSeq) => {
+      if (handedSeq === seq) clock.offset = 2 * TTL_MS;
     });
     const r = await h.settled('o', 20_000);
-    expect(third.count).toBe(1);
+    expect(third).toEqual([seq]);
     // Before the fix: rejected STALE_COMMAND "deadline … passed before the write could be sent".
     expect(r, r.detail ?? '').toMatchObject({
       state: 'failed',
