@@ -228,47 +228,26 @@ describe('a trigger request of several nodes, one refused or busy', () => {
     );
   }
 
-  it('[Good, BadServerTooBusy]: outcome unknown, not busy (the code was written); every node busy: busy', async () => {
-    device().setFault({
-      kind: 'bad-status',
-      status: 'BadServerTooBusy',
-      node: 'Setpoint',
-      on: 'write',
-      count: 1,
-    });
-    const error = await failure(codeAndSetpoint());
-    expect(error).toBeInstanceOf(DeviceUnreachableError);
-    expect(error).not.toBeInstanceOf(DeviceRefusedError);
-    expect(await commandVariables()).toEqual({ code: MOVE, setpoint: 0 });
-    // Every node busy: nothing was written, and the write may be sent again.
-    await probe.session.write([commandValue('CommandCode', 0)]);
-    device().setFault({ kind: 'bad-status', status: 'BadServerTooBusy', on: 'write', count: 1 });
-    const busy = await failure(codeAndSetpoint());
-    expect(busy).toBeInstanceOf(DeviceRefusedError);
-    expect((busy as DeviceRefusedError).busy).toBe(true);
-    expect(await commandVariables()).toEqual({ code: 0, setpoint: 0 });
-  });
-
-  it('[Good, BadOutOfRange]: outcome unknown, not refused (the code was written); every node refused: refused', async () => {
-    device().setFault({
-      kind: 'bad-status',
-      status: 'BadOutOfRange',
-      node: 'Setpoint',
-      on: 'write',
-      count: 1,
-    });
-    const error = await failure(codeAndSetpoint());
-    expect(error).toBeInstanceOf(DeviceUnreachableError);
-    expect(error).not.toBeInstanceOf(DeviceRefusedError);
-    expect(await commandVariables()).toEqual({ code: MOVE, setpoint: 0 });
-    // Every node refused: nothing was written.
-    await probe.session.write([commandValue('CommandCode', 0)]);
-    device().setFault({ kind: 'bad-status', status: 'BadOutOfRange', on: 'write', count: 1 });
-    const refused = await failure(codeAndSetpoint());
-    expect(refused).toBeInstanceOf(DeviceRefusedError);
-    expect((refused as DeviceRefusedError).busy).toBe(false);
-    expect(await commandVariables()).toEqual({ code: 0, setpoint: 0 });
-  });
+  it.each([
+    { status: 'BadServerTooBusy', busy: true, every: 'busy' },
+    { status: 'BadOutOfRange', busy: false, every: 'refused' },
+  ] as const)(
+    '[Good, $status]: outcome unknown, not $every (the code was written); every node $every: $every',
+    async ({ status, busy }) => {
+      device().setFault({ kind: 'bad-status', status, node: 'Setpoint', on: 'write', count: 1 });
+      const error = await failure(codeAndSetpoint());
+      expect(error).toBeInstanceOf(DeviceUnreachableError);
+      expect(error).not.toBeInstanceOf(DeviceRefusedError);
+      expect(await commandVariables()).toEqual({ code: MOVE, setpoint: 0 });
+      // Every node answered so: nothing was written (and, busy, the write may be sent again).
+      await probe.session.write([commandValue('CommandCode', 0)]);
+      device().setFault({ kind: 'bad-status', status, on: 'write', count: 1 });
+      const every = await failure(codeAndSetpoint());
+      expect(every).toBeInstanceOf(DeviceRefusedError);
+      expect((every as DeviceRefusedError).busy).toBe(busy);
+      expect(await commandVariables()).toEqual({ code: 0, setpoint: 0 });
+    },
+  );
 
   it('[BadTimeout, BadOutOfRange]: outcome unknown, not refused (the code may have been taken)', async () => {
     // The PLC answers the code BadTimeout after writing it (its field device's answer lost);
