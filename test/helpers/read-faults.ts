@@ -18,25 +18,43 @@ export interface ReadFaults {
   readonly failed: number;
 }
 
-export function readFaults(journal: SqliteJournal, keys: ReadonlySet<string>): ReadFaults {
+/**
+ * Makes the runs of the journal's statement `name` (its `get` or `all`) fail as an I/O error on
+ * a read would while the returned faults are armed and `fails(params, failed so far)` holds;
+ * every other run goes through.
+ */
+function statementFailing(
+  journal: SqliteJournal,
+  name: string,
+  method: 'get' | 'all',
+  armed: boolean,
+  fails: (params: readonly unknown[], failed: number) => boolean,
+): ReadFaults {
   let failed = 0;
-  const stmt = (journal as unknown as { conn: { stmts: { get: Statement } } }).conn.stmts.get;
-  const get = stmt.get.bind(stmt);
+  const stmt = (journal as unknown as { conn: { stmts: Record<string, Statement> } }).conn.stmts[
+    name
+  ]!;
+  const runs = stmt as unknown as Record<'get' | 'all', (...params: unknown[]) => unknown>;
+  const run = runs[method].bind(stmt);
   const faults = {
-    armed: true,
+    armed,
     get failed() {
       return failed;
     },
   };
-  // The statement is `SELECT * FROM commands WHERE scope = ? AND key = ?`.
-  stmt.get = (...params: unknown[]) => {
-    if (faults.armed && keys.has(String(params[1]))) {
+  runs[method] = (...params: unknown[]) => {
+    if (faults.armed && fails(params, failed)) {
       failed++;
       throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_READ' });
     }
-    return get(...params);
+    return run(...params);
   };
   return faults;
+}
+
+export function readFaults(journal: SqliteJournal, keys: ReadonlySet<string>): ReadFaults {
+  // The statement is `SELECT * FROM commands WHERE scope = ? AND key = ?`.
+  return statementFailing(journal, 'get', 'get', true, (params) => keys.has(String(params[1])));
 }
 
 /**
@@ -45,23 +63,7 @@ export function readFaults(journal: SqliteJournal, keys: ReadonlySet<string>): R
  * double, for the same reason, on the statement `SELECT * FROM commands WHERE key = ?`.
  */
 export function keyLookupFaults(journal: SqliteJournal, keys: ReadonlySet<string>): ReadFaults {
-  let failed = 0;
-  const stmt = (journal as unknown as { conn: { stmts: { byKey: Statement } } }).conn.stmts.byKey;
-  const all = stmt.all.bind(stmt);
-  const faults = {
-    armed: false,
-    get failed() {
-      return failed;
-    },
-  };
-  stmt.all = (...params: unknown[]) => {
-    if (faults.armed && keys.has(String(params[0]))) {
-      failed++;
-      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_READ' });
-    }
-    return all(...params);
-  };
-  return faults;
+  return statementFailing(journal, 'byKey', 'all', false, (params) => keys.has(String(params[0])));
 }
 
 /** The journal's statements recovery reads at a start (pipeline.ts, recover()). */
@@ -85,25 +87,7 @@ export function statementFaults(
   name: RecoveryStatement,
   matches: (params: readonly unknown[]) => boolean = () => true,
 ): ReadFaults {
-  let failed = 0;
-  const stmts = (journal as unknown as { conn: { stmts: Record<RecoveryStatement, Statement> } })
-    .conn.stmts;
-  const stmt = stmts[name];
-  const all = stmt.all.bind(stmt);
-  const faults = {
-    armed: true,
-    get failed() {
-      return failed;
-    },
-  };
-  stmt.all = (...params: unknown[]) => {
-    if (faults.armed && matches(params)) {
-      failed++;
-      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_READ' });
-    }
-    return all(...params);
-  };
-  return faults;
+  return statementFailing(journal, name, 'all', true, matches);
 }
 
 /**
@@ -117,24 +101,12 @@ export function lastDispatchFaults(
   devices: ReadonlySet<string>,
   count = Infinity,
 ): ReadFaults {
-  let failed = 0;
-  const stmt = (journal as unknown as { conn: { stmts: { lastDispatched: Statement } } }).conn.stmts
-    .lastDispatched;
-  const get = stmt.get.bind(stmt);
-  const faults = {
-    armed: true,
-    get failed() {
-      return failed;
-    },
-  };
   // Its parameters are named: { device, window, named }.
-  stmt.get = (...params: unknown[]) => {
-    const { device } = params[0] as { device: string };
-    if (faults.armed && failed < count && devices.has(device)) {
-      failed++;
-      throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR_READ' });
-    }
-    return get(...params);
-  };
-  return faults;
+  return statementFailing(
+    journal,
+    'lastDispatched',
+    'get',
+    true,
+    (params, failed) => failed < count && devices.has((params[0] as { device: string }).device),
+  );
 }
