@@ -30,8 +30,12 @@ export class ServiceStatus {
   private timer: NodeJS.Timeout | null = null;
   /** Aborted when a stop begins: ends the wait of followRecovery and the line's refreshes. */
   private readonly end = new AbortController();
-  /** Since when the journal fails its check (wall clock and monotonic), and how it failed. */
-  private journalDown: { at: Date; mono: number; brief: string } | null = null;
+  /**
+   * Since when the journal fails its check (wall clock and monotonic), and how it failed:
+   * `unread` when recovery could not read it (pipeline.ts, recoveryFailed), else it could not be
+   * written or synced.
+   */
+  private journalDown: { at: Date; mono: number; brief: string; unread: boolean } | null = null;
   /** The last outage of the journal, once over, as the line notes it. */
   private journalNote: string | null = null;
 
@@ -56,10 +60,11 @@ export class ServiceStatus {
    * READY=1 once the intakes listen (Daemon.start has returned) and the commands the journal
    * held open at start have settled, within `boundMs`. Not sent once a stop has begun.
    *
-   * READY=1 is sent on a journal that cannot be written as well: the start has finished, the
-   * intakes answer (refusing commands: HTTP 503, no PUBACK, I5), and the journal is taken again
-   * without a restart once it can be written; withheld, systemd would end the start at
-   * TimeoutStartSec= and restart the daemon onto the same disk. The log line and the STATUS=
+   * READY=1 is sent on a journal that cannot be written, or that recovery could not read, as
+   * well: the start has finished, the intakes answer (refusing commands: HTTP 503, no PUBACK,
+   * I5), and commands are taken again without a restart once the journal can be written, or
+   * once a run of the sweep has read it (pipeline.ts, recover()); withheld, systemd would end
+   * the start at TimeoutStartSec= and restart the daemon onto the same disk. The log line and the STATUS=
    * line say it: the journal is proved with a write first, as /readyz proves it.
    */
   async announceReady(
@@ -108,14 +113,16 @@ export class ServiceStatus {
     if (view.journal.ok) {
       this.o.logger.info({ recovered: recovered.length, open }, 'sluiced ready');
     } else {
+      const unread = this.o.pipeline.recoveryFailed() !== null;
       this.journalDown = {
         at: new Date(),
         mono: this.o.clock.elapsed(),
         brief: view.journal.brief ?? view.journal.detail,
+        unread,
       };
       this.o.logger.warn(
         { recovered: recovered.length, open, journal: view.journal.detail },
-        `sluiced serving, but not ready: ${view.journal.detail}. Every command is refused (HTTP 503, no MQTT PUBACK) until the journal can be written; it is taken again then, without a restart`,
+        `sluiced serving, but not ready: ${view.journal.detail}. Every command is refused (HTTP 503, no MQTT PUBACK) until ${unread ? 'recovery has read the journal' : 'the journal can be written'}; it is taken again then, without a restart`,
       );
     }
     // `systemctl status` shows the last STATUS= line for as long as the service runs: the one
@@ -172,6 +179,7 @@ export class ServiceStatus {
         at: new Date(),
         mono: this.o.clock.elapsed(),
         brief: journal.brief ?? journal.detail,
+        unread: this.o.pipeline.recoveryFailed() !== null,
       };
       this.o.logger.warn({ journal: journal.detail }, `not ready: ${journal.detail}`);
     }
@@ -180,9 +188,10 @@ export class ServiceStatus {
     const seconds = Math.max(0, Math.round((this.o.clock.elapsed() - down.mono) / 1000));
     const back = new Date();
     this.journalNote = `journal back at ${clockTime(back)} after ${seconds} s unavailable (${cause(down.brief)}, from ${clockTime(down.at)})`;
+    // Said of what failed when the outage began, as its cause is: recovery's reads, or writes.
     this.o.logger.info(
       { unavailableS: seconds, since: down.at.toISOString(), was: down.brief },
-      `journal writable again after ${seconds} s unavailable (${cause(down.brief)}): commands are taken again`,
+      `journal ${down.unread ? 'readable' : 'writable'} again after ${seconds} s unavailable (${cause(down.brief)}): commands are taken again`,
     );
     return statusLine(parts, this.recovery, this.o.probes, {
       prove: false,

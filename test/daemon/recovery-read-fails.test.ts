@@ -17,10 +17,11 @@ import { recordingLogger } from '../helpers/recording-logger.js';
  * docs/spec-notes.md, "Recovery that cannot read the journal"): /readyz answers 503 with its
  * journal check `journal unavailable (recovery): …`, READY's STATUS= line says `not ready
  * (journal unavailable (recovery): …)`, a command is refused 503 `JOURNAL_UNAVAILABLE` and not
- * journaled, and nothing reaches the valve, the open command an earlier life left included.
- * Once the read succeeds, the sweep's next run recovers without a restart: that command is
- * written, /readyz answers 200, the line says `ready:`, and a new command is journaled and
- * written after it.
+ * journaled, and nothing reaches the valve, the open command an earlier life left included;
+ * the log says the daemon waits for recovery to read the journal (it said: until the journal can
+ * be written). Once the read succeeds, the sweep's next run recovers without a restart: that
+ * command is written, /readyz answers 200, the line says `ready:`, the log `journal readable
+ * again …` (it said `writable`), and a new command is journaled and written after it.
  *
  * The daemon's own composition (Daemon.start) on a real SQLite journal, its HTTPS intake on
  * loopback, sluice-sim. One double: the journal's read of every open command fails
@@ -107,6 +108,11 @@ describe('a start whose recovery cannot read the journal', () => {
     expect(ready).toMatch(
       /^READY=1 not ready \(journal unavailable \(recovery\): recovery could not read the journal at start \(/,
     );
+    // The log says what it waits for: recovery's read, not a journal that can be written.
+    const serving = lines.find((l) => String(l.msg).startsWith('sluiced serving, but not ready'));
+    expect(serving?.msg).toMatch(
+      /^sluiced serving, but not ready: journal unavailable \(recovery\): .*\. Every command is refused \(HTTP 503, no MQTT PUBACK\) until recovery has read the journal; it is taken again then, without a restart$/,
+    );
     const notReady = await readyz();
     expect(notReady.status, notReady.body).toBe(503);
     const checks = notReady.json().checks as Record<string, { ok: boolean; detail: string }>;
@@ -156,6 +162,13 @@ describe('a start whose recovery cannot read the journal', () => {
     expect(lines.some((l) => l.msg === 'recovery read the journal: commands are taken again')).toBe(
       true,
     );
+    // Read again, not written again: it could be written all along.
+    const again = lines.filter((l) => /^journal \w+ again after /.test(String(l.msg)));
+    expect(again.map((l) => l.msg)).toEqual([
+      expect.stringMatching(
+        /^journal readable again after \d+ s unavailable \(recovery\): commands are taken again$/,
+      ),
+    ]);
     const taken = await close();
     expect(taken.status, taken.body).toBe(200);
     expect(taken.json()).toMatchObject({ state: 'confirmed', code: 'OK' });
