@@ -361,7 +361,11 @@ export class Sweep {
     try {
       this.host.stopPreempts(lane, { scope: stop.scope, key: stop.key }, log);
     } catch (error) {
-      // The journal cannot be read: the stop is still taken up, and runs first when it can.
+      // Not a failed read of the journal: the preemption answers those itself, failing closed
+      // (preemption.ts: a command it cannot read stays marked with the stop, one in flight is
+      // preempted as one that may travel). What comes here is an error it did not expect (a
+      // supersession's settlement failing otherwise than as the journal unavailable); the stop
+      // is still taken up, queued behind what its device holds.
       log.error({ err: error }, 'sweep: the stop could not preempt the commands before it');
     }
   }
