@@ -108,6 +108,12 @@ export interface PipelineOptions {
    */
   readonly earlierLivesEndedMono?: number;
   /**
+   * The ids each configured device had before a rename (by its id): the journal records the
+   * valve's commands under those too, and recovery looks up its last write there as well
+   * (previous-write.ts, earlierLastWrite). Default: none.
+   */
+  readonly formerDeviceIds?: Readonly<Record<string, readonly string[]>>;
+  /**
    * What the clocks may do to commands (SPEC §6). Default: no gateway clock source, no bound
    * on controller skew, and `reject` as the policy once either is configured.
    */
@@ -169,6 +175,8 @@ export class CommandPipeline {
   private recoveryFailure: JournalUnavailableError | null = null;
   /** Cancels the save of this life's own write bounds alone (earlier-write-bounds.ts). */
   private readonly cancelBoundsSave: () => void;
+  /** PipelineOptions.formerDeviceIds. */
+  private readonly formerDeviceIds: Readonly<Record<string, readonly string[]>>;
 
   constructor(options: PipelineOptions) {
     // The sleeps of lanes without a command in flight (the device monitor's, the sweep's)
@@ -180,6 +188,7 @@ export class CommandPipeline {
     this.logger = options.logger;
     this.freshness = options.freshness;
     this.skewMaxAgeMs = options.skewMaxAgeMs ?? 60_000;
+    this.formerDeviceIds = options.formerDeviceIds ?? {};
     this.clockPolicy = options.clockPolicy ?? {
       onUnsynced: 'reject',
       maxControllerSkewMs: () => null,
@@ -648,7 +657,9 @@ export class CommandPipeline {
   private recoverOpen(): number {
     try {
       for (const lane of this.lanes.values()) {
-        lane.lastWrite ??= earlierLastWrite(this.journal, lane);
+        const id = lane.binding.id;
+        const former = Object.hasOwn(this.formerDeviceIds, id) ? this.formerDeviceIds[id] : [];
+        lane.lastWrite ??= earlierLastWrite(this.journal, lane, former);
       }
       const open = this.sweeper.run();
       if (this.recoveryFailure !== null) {

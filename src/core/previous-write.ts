@@ -72,16 +72,26 @@ export function previousWritePending(
   skew: SkewEstimate | null,
   nowMono: number,
 ): PendingWrite | null {
-  const last = lane.lastWrite;
-  if (last === null) return null;
-  // A take-up's stand-in for a write never sent (Lane.lastWrite's `behind`) holds nothing by
-  // itself; the write handed to the driver before it may still be taken.
-  return (
-    writePending(journal, lane, record, last, readback, skew, nowMono) ??
-    (last.behind == null
-      ? null
-      : writePending(journal, lane, record, last.behind, readback, skew, nowMono))
-  );
+  // The lane's last write and every write kept behind it (LastWrite.behind): a take-up's
+  // stand-in for a write never sent holds nothing by itself, and the write handed to the driver
+  // before it may still be taken; so may a write kept behind a stop's (preemption.ts), and, at a
+  // start, a write of a device's former id (earlierLastWrite). Each is bounded by its own bound.
+  // One whose outcome is unknown goes first: a stop is written at once behind an acknowledged
+  // write only (stopAfterPending), and the unknown one could come after that stop.
+  let found: PendingWrite | null = null;
+  const seen = new Set<LastWrite>();
+  for (
+    let write: LastWrite | null | undefined = lane.lastWrite;
+    write != null && !seen.has(write);
+    write = write.behind
+  ) {
+    seen.add(write);
+    const pending = writePending(journal, lane, record, write, readback, skew, nowMono);
+    if (pending === null) continue;
+    if (!pending.write.acked) return pending;
+    found ??= pending;
+  }
+  return found;
 }
 
 /** previousWritePending for one write of the device: its command's, when it may still land. */
@@ -188,6 +198,12 @@ export function endedFateOpen(command: CommandRecord): boolean {
  * alone when the stop's own is not waited for. The stop was written while it was on its way,
  * and the life that knew it held the device's next command for it (preemption.ts, afterStop).
  *
+ * A device renamed across a restart (its configured address is the one the journal records
+ * for `formerIds`: daemon/renamed-devices.ts) writes to the same valve as its former ids did:
+ * their last writes are looked up as its own, and kept behind it. Looked up by its new id
+ * alone, the write an operator resolved just before the rename was not found, and a close
+ * under the new id was confirmed a no-op at CLOSED while the controller still held the open.
+ *
  * The journal has no monotonic time of that write, only that it was sent before this process
  * took the journal's writer lock (Lane.earlierLivesEndedMono), as cf78dc9 counts an earlier
  * life's write for the guard: its bounds are counted from there, the latest they can end.
@@ -222,9 +238,43 @@ export function endedFateOpen(command: CommandRecord): boolean {
 export function earlierLastWrite(
   journal: Pick<Journal, 'lastDispatched' | 'history' | 'findByKey'>,
   lane: Lane,
+  formerIds: readonly string[] = [],
 ): LastWrite | null {
-  const last = journal.lastDispatched(lane.binding.id, LAST_DISPATCH_WINDOW);
-  if (last === undefined) return null;
+  const own = journal.lastDispatched(lane.binding.id, LAST_DISPATCH_WINDOW);
+  const lasts = [own];
+  for (const former of formerIds) {
+    const last = journal.lastDispatched(former, LAST_DISPATCH_WINDOW);
+    // Passed over when the device's own last command was accepted after it ended: a command of
+    // the new id, decided by a life that waited for that write (waited for at every start, it
+    // held the first command after each for up to its bound). Otherwise (the new id has
+    // dispatched nothing, or only before it was renamed away and back) it may be the valve's
+    // last write. Told apart by the wall times of two lives: a step of the gateway's clock back
+    // after the rename keeps it waited for; only one back between the new id's earlier
+    // dispatch and the rename, by more than the time between them, passes it over.
+    if (own !== undefined && last?.settledAt != null && own.acceptedAt > last.settledAt) continue;
+    lasts.push(last);
+  }
+  // Each one kept behind another (LastWrite.behind): which of them reached the valve last the
+  // journal does not say for sure, and each is waited for within its own bound.
+  let first: LastWrite | null = null;
+  let end: LastWrite | null = null;
+  for (const last of lasts) {
+    const write = last === undefined ? null : lastWriteOf(journal, lane, last);
+    if (write === null) continue;
+    if (end === null) first = write;
+    else end.behind = write;
+    end = write;
+    while (end.behind != null) end = end.behind;
+  }
+  return first;
+}
+
+/** earlierLastWrite for the commands of one device id, whose last dispatch is `last`. */
+function lastWriteOf(
+  journal: Pick<Journal, 'history' | 'findByKey'>,
+  lane: Lane,
+  last: CommandRecord,
+): LastWrite | null {
   const preempted = preemptedResolved(journal, last);
   const behind = preempted?.seq == null ? null : earlierWrite(lane, preempted, preempted.seq);
   // A last dispatch whose write was never sent is no write: the device's last write is the one

@@ -317,8 +317,9 @@ export class Daemon {
       });
 
       // A device renamed while the journal holds open commands of its former id is refused
-      // before anything is connected (renamed-devices.ts).
-      checkRenamedDevices(journal, config, (error) => {
+      // before anything is connected (renamed-devices.ts); one renamed with none has its
+      // former ids' last writes looked up at recovery (formerDeviceIds).
+      const formerDeviceIds = checkRenamedDevices(journal, config, (error) => {
         logger.warn({ err: error }, "the devices' addresses could not be recorded in the journal");
       });
 
@@ -393,6 +394,7 @@ export class Daemon {
         freshness: { maxIssuerSkewMs: config.clock.maxIssuerSkewMs },
         clockPolicy: clocks.policy,
         earlierLivesEndedMono,
+        formerDeviceIds,
       });
       const boundMs = options.shutdownBoundMs ?? 10_000;
       // I5: every open command is put at the head of its device's queue before the intakes

@@ -18,7 +18,11 @@ import { modbusController, opcuaNamespace } from '../drivers/inventory-schema.js
  * address of every configured device: its PLC endpoint and its registers (Modbus: host, port,
  * unit, first register; OPC UA: endpoint, namespace, object). A former id's address is kept
  * for as long as the journal holds open commands of it, so that a rename a later restart makes
- * is still recognised. A journal written before this record existed knows no former address:
+ * is still recognised. A device renamed with no open command of its former id starts, and
+ * that id's address stays recorded while a configured device has it: the valve's last write
+ * may be journaled under the former id (an operator resolved its command while the controller
+ * held it), and recovery looks it up there too (formerIds; previous-write.ts, earlierLastWrite).
+ * A journal written before this record existed knows no former address:
  * its first start cannot tell a rename from a new device (docs/configuration.md says so).
  */
 
@@ -89,9 +93,15 @@ const NAMED_KEYS = 5;
 export function renamedDeviceErrors(
   journal: Omit<DeviceAddressJournal, 'writeMeta'>,
   config: SluiceConfig,
-): { errors: string[]; kept: Record<string, string>; before: Record<string, string> } {
+): {
+  errors: string[];
+  kept: Record<string, string>;
+  before: Record<string, string>;
+  formerIds: Record<string, string[]>;
+} {
   const before = recorded(journal);
-  const open = journal.openDevices().filter((d) => !Object.hasOwn(config.devices, d));
+  const openDevices = journal.openDevices();
+  const open = openDevices.filter((d) => !Object.hasOwn(config.devices, d));
   const errors: string[] = [];
   const kept: Record<string, string> = {};
   for (const former of open) {
@@ -116,11 +126,28 @@ export function renamedDeviceErrors(
       );
     }
   }
+  // A former id with no open command whose address a configured device has: renamed, and
+  // allowed. Its last write may still reach the valve (an operator resolved its command while
+  // the controller held it): the new id's first command waits for it as for its own
+  // (previous-write.ts, earlierLastWrite). Its address stays recorded while the rename stands,
+  // so that a later restart still finds that write when the new id has dispatched nothing.
+  const formerIds: Record<string, string[]> = {};
+  const withOpen = new Set(openDevices);
+  for (const [former, recordedAddress] of Object.entries(before)) {
+    if (Object.hasOwn(config.devices, former) || withOpen.has(former)) continue;
+    const address = respelled(recordedAddress);
+    const renamed = Object.keys(config.devices).filter(
+      (id) => deviceAddress(config, id) === address,
+    );
+    if (renamed.length === 0) continue;
+    kept[former] = address;
+    for (const id of renamed) (formerIds[id] ??= []).push(former);
+  }
   for (const id of Object.keys(config.devices)) {
     const address = deviceAddress(config, id);
     if (address !== null) kept[id] = address;
   }
-  return { errors, kept, before };
+  return { errors, kept, before, formerIds };
 }
 
 /** The heading of the refusal, at start and under `sluiced --check`. */
@@ -129,7 +156,8 @@ export const RENAMED_DEVICES_HEADING = 'configuration against the journal';
 /**
  * Throws ConfigError when a configured device has the address of a former id with open
  * commands in the journal; otherwise records this configuration's addresses (and those of
- * former ids that still have open commands) for the next start.
+ * former ids that still have open commands, or whose address a configured device has) for the
+ * next start, and returns the former ids of each renamed device (PipelineOptions.formerDeviceIds).
  */
 export function checkRenamedDevices(
   journal: DeviceAddressJournal,
@@ -137,14 +165,15 @@ export function checkRenamedDevices(
   // A record that cannot be written (a full disk) does not stop the start: the daemon fails
   // closed on such a journal and says so; the next start that can write records the addresses.
   recordFailed: (error: unknown) => void,
-): void {
-  const { errors, kept, before } = renamedDeviceErrors(journal, config);
+): Record<string, string[]> {
+  const { errors, kept, before, formerIds } = renamedDeviceErrors(journal, config);
   if (errors.length > 0) throw new ConfigError(RENAMED_DEVICES_HEADING, errors);
   const text = JSON.stringify(kept);
-  if (text === JSON.stringify(before)) return;
+  if (text === JSON.stringify(before)) return formerIds;
   try {
     journal.writeMeta(DEVICE_ADDRESSES_META, text);
   } catch (error) {
     recordFailed(error);
   }
+  return formerIds;
 }
