@@ -119,10 +119,61 @@ export function fieldAddress(field: AnyField, base: number): number {
 }
 
 /**
+ * The bit rules of a decoded status word that can never match: every value a rule matches, a
+ * rule before it (the driver tries them in this order, modbus-map.ts decodeState) matches
+ * first. Such a rule's state is never read: with `STOPPED: { clear: [0, 1, 3, 4] }` before
+ * `FAULT: { set: [2], clear: [0, 1, 3, 4] }`, a valve faulted between its limits reads STOPPED.
+ * Each is returned as an error naming the rules that take its values. Rules with faults of
+ * their own (a bit set and clear, a bit past the value) are refused for those and skipped.
+ */
+function shadowedBitRules(
+  bits: NonNullable<ModbusMap['status']['state']['bits']>,
+  width: number,
+): string[] {
+  const mask = (list: readonly number[]): number => list.reduce((m, bit) => m | (1 << bit), 0);
+  const rules = Object.entries(bits)
+    .filter(
+      ([, rule]) =>
+        [...rule.set, ...rule.clear].every((bit) => bit < width) &&
+        !rule.set.some((bit) => rule.clear.includes(bit)),
+    )
+    .map(([name, rule]) => ({ name, set: mask(rule.set), clear: mask(rule.clear) }));
+  // Only the bits some rule names decide which rule matches first.
+  const named = rules.reduce((m, rule) => m | rule.set | rule.clear, 0);
+  const errors: string[] = [];
+  rules.forEach((rule, index) => {
+    const earlier = rules.slice(0, index);
+    const takers = new Set<string>();
+    // Every value of the named bits this rule matches: its set bits, and each combination of
+    // the named bits it leaves free (at most 2^16, and the search ends at the first value the
+    // rule is the first to match).
+    const free = named & ~(rule.set | rule.clear);
+    for (let combination = free; ; combination = (combination - 1) & free) {
+      const value = rule.set | combination;
+      const first = earlier.find(
+        (other) => (value & other.set) === other.set && (value & other.clear) === 0,
+      );
+      if (first === undefined) return;
+      takers.add(first.name);
+      if (combination === 0) break;
+    }
+    const names = earlier.filter((other) => takers.has(other.name)).map((other) => other.name);
+    const list =
+      names.length === 1
+        ? names.join('')
+        : `${names.slice(0, -1).join(', ')} and ${names.slice(-1).join('')}`;
+    errors.push(
+      `modbus.status.state.bits.${rule.name}: never matched: every value it matches, ${list} ${names.length === 1 ? 'matches' : 'match'} first (the first rule that matches, in file order, is the state), so the device would never be read as ${rule.name}; put ${rule.name} before ${list}, or give it bits that tell it apart`,
+    );
+  });
+  return errors;
+}
+
+/**
  * Checks a register map beyond its schema: each field placed exactly once, widths and tables
  * that fit, no two fields on one register, a command that one write can carry, a bit rule for
- * every state of a decoded status word, and the fields the controller section promises. Every
- * problem is returned with its path.
+ * every state of a decoded status word that some value matches first, and the fields the
+ * controller section promises. Every problem is returned with its path.
  */
 export function checkModbusMap(
   map: ModbusMap,
@@ -227,6 +278,7 @@ export function checkModbusMap(
         );
       }
     }
+    errors.push(...shadowedBitRules(state.bits, width));
     if (state.type !== 'uint16' && state.type !== 'int16') {
       errors.push('modbus.status.state.type: a bit-decoded status word is one 16-bit register');
     }

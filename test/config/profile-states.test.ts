@@ -11,7 +11,9 @@ import { runSluiced } from './sluiced.js';
  * decoded by `bits` with no rule for a state was taken: without its FAULT and LOCAL rules, the
  * limit-switch valve read CLOSED when faulted at its closed limit (a reset there a no-op,
  * "confirmed" without a write) and CLOSED when in LOCAL (an open was written to it). Refused
- * now, as a state without a state code is. And a state named like a member of every object
+ * now, as a state without a state code is; so is a rule that earlier rules always match first
+ * (its state never read: a valve faulted between its limits read STOPPED, one in LOCAL read as
+ * its limit switches). And a state named like a member of every object
  * (`constructor`) crashed `sluiced --check` with a TypeError (exit 1) where its missing cells
  * are refused like any state's (exit 2). The real configuration loader (loadConfig) on profiles
  * written to disk, the real `sluiced --check` process, and the bundled profiles.
@@ -96,6 +98,46 @@ describe('a status word decoded by bits', () => {
     }
     expect(shipped.get('limit-switch-valve')?.modbus?.status.state.bits).toBeDefined();
     expect(() => loadConfig(join(ROOT, 'devices', 'site.example.yaml'), { env: {} })).not.toThrow();
+  }, 30_000);
+});
+
+describe('a bit rule that earlier rules always match first', () => {
+  it('is refused, naming it and the rules that take its values; a rule matched only in part is not', () => {
+    // STOPPED as "no travel", FAULT spelled out as "fault, neither limit, no travel" after it:
+    // every value FAULT matches, STOPPED matches first, and a valve faulted between its limits
+    // read STOPPED (a reset there a no-op, an open written to a faulted valve). LOCAL last:
+    // OPENING, CLOSING, OPEN, CLOSED and STOPPED together match every value it matches, none
+    // of them alone, and a valve in LOCAL read as its limits and travel say (written to). OPEN,
+    // CLOSED and STOPPED, each matched first by an earlier rule only in part, are read.
+    const { profilesDir, file } = limitSwitchWith((text) =>
+      text
+        .replace(/^ +FAULT: \{ set: \[2\] \}\n/m, '')
+        .replace(/^ +LOCAL: \{ set: \[5\] \}\n/m, '')
+        .replace(
+          /^( +)STOPPED: \{ clear: \[0, 1, 3, 4\] \}\n/m,
+          '$1STOPPED: { clear: [3, 4] }\n$1FAULT: { set: [2], clear: [0, 1, 3, 4] }\n$1LOCAL: { set: [5] }\n',
+        ),
+    );
+    expect(readFileSync(file, 'utf8')).toContain(
+      [
+        '        OPENING: { set: [3] }',
+        '        CLOSING: { set: [4] }',
+        '        OPEN: { set: [0], clear: [1] }',
+        '        CLOSED: { set: [1], clear: [0] }',
+        '        STOPPED: { clear: [3, 4] }',
+        '        FAULT: { set: [2], clear: [0, 1, 3, 4] }',
+        '        LOCAL: { set: [5] }',
+      ].join('\n'),
+    );
+    const messages = [
+      `profilesDir: ${file}: modbus.status.state.bits.FAULT: never matched: every value it matches, STOPPED matches first (the first rule that matches, in file order, is the state), so the device would never be read as FAULT; put FAULT before STOPPED, or give it bits that tell it apart`,
+      `profilesDir: ${file}: modbus.status.state.bits.LOCAL: never matched: every value it matches, OPENING, CLOSING, OPEN, CLOSED and STOPPED match first (the first rule that matches, in file order, is the state), so the device would never be read as LOCAL; put LOCAL before OPENING, CLOSING, OPEN, CLOSED and STOPPED, or give it bits that tell it apart`,
+    ];
+    expect(errorsOf(site(profilesDir))).toEqual(messages);
+    const r = runSluiced(['--config', site(profilesDir), '--check']);
+    for (const message of messages) expect(r.stderr).toContain(message);
+    expect(r.stdout).toBe('');
+    expect(r.status).toBe(2);
   }, 30_000);
 });
 
