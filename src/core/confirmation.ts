@@ -99,13 +99,19 @@ export class ConfirmationLoop {
     }
     if (outcome.kind === 'not-sent' && again?.cause === 'no-connection') {
       // Its deadline passed while the write went round again (while it waited behind other
-      // requests): the command ends as one whose wait for the connection ran out.
+      // requests): the command ends as one whose wait for the connection ran out. After a
+      // write of it that was sent and proven not applied, its words name that write, as every
+      // other end of such a round does (execution.ts, sentBeforeHost; the end below).
+      const deadline = new Date(dispatched.deadline).toISOString();
       this.host.settle(log, dispatched, 'dispatched', {
         to: 'failed',
         code: 'DEVICE_UNREACHABLE',
         faultCode: null,
         observed: observe(first.before),
-        detail: `the write never reached the controller: it found no connection and went round again, and its deadline ${new Date(dispatched.deadline).toISOString()} passed before its write could be sent again; nothing was applied (${outcome.error})`,
+        detail:
+          again.proven === null
+            ? `the write never reached the controller: it found no connection and went round again, and its deadline ${deadline} passed before its write could be sent again; nothing was applied (${outcome.error})`
+            : `the write never reached the controller: its ${ordinal(again.proven)} write (sequence number ${seq}) was sent and proven not applied, a write of it since found no connection and went round again, and its deadline ${deadline} passed before the write could be sent again; nothing was applied (${outcome.error})`,
       });
       return null;
     }

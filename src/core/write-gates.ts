@@ -4,7 +4,7 @@ import type { CommandRecord } from './journal.js';
 import { freshnessDetail, refId, settledMeanwhile, type ExecutionHost, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { observe } from './readback.js';
-import type { UnsentCause } from './redispatch.js';
+import { ordinal, type UnsentCause } from './redispatch.js';
 import type { TimedReadback } from './skew.js';
 
 /**
@@ -103,7 +103,8 @@ export function notToBeWritten(
  * Rejects the command when its deadline has passed or it lies too far in the future (I3). A
  * command going round again after its write found no connection (execution.ts,
  * carryOutRounds) that is past its deadline ends as its wait for the connection does: `failed`
- * `DEVICE_UNREACHABLE`.
+ * `DEVICE_UNREACHABLE`, naming the write of it that was sent and proven not applied before, if
+ * one was (`proven`), as every end of such a round does.
  */
 export function rejectIfStale(
   host: ExecutionHost,
@@ -121,12 +122,16 @@ export function rejectIfStale(
     course.from === 'dispatched' &&
     course.unsent === 'no-connection'
   ) {
+    const unsent =
+      course.proven === null
+        ? `its write (sequence number ${course.seq})`
+        : `its ${ordinal(course.proven)} write (sequence number ${course.seq}) was sent and proven not applied, its latest write`;
     host.settle(log, record, from, {
       to: 'failed',
       code: 'DEVICE_UNREACHABLE',
       faultCode: null,
       observed: before === null ? null : observe(before),
-      detail: `the write never reached the controller: its write (sequence number ${course.seq}) found no connection to the controller, and its deadline ${new Date(record.deadline).toISOString()} passed ${Math.round(now - record.deadline)} ms ago while the command went round again; nothing was applied`,
+      detail: `the write never reached the controller: ${unsent} found no connection to the controller, and its deadline ${new Date(record.deadline).toISOString()} passed ${Math.round(now - record.deadline)} ms ago while the command went round again; nothing was applied`,
     });
     return true;
   }
