@@ -202,6 +202,15 @@ export class CommandMessages {
     }
   }
 
+  /**
+   * A QoS 2 PUBLISH as mqtt.js reads it, before it stores it and answers PUBREC: a command timed
+   * by its receipt is timed from now, not from its hand-over at the broker's PUBREL
+   * (HeldCopies.qos2Came).
+   */
+  qos2Came(client: MqttClient, packet: IPublishPacket): void {
+    this.held.qos2Came(packet, storedQos2(client, packet.messageId), this.clock.elapsed());
+  }
+
   /** Messages arriving from now on are left unacknowledged; the broker keeps them. */
   stopTaking(): void {
     this.isTaking = false;
@@ -691,4 +700,19 @@ export class CommandMessages {
   private decide(outcome: MessageOutcome): void {
     this.decided = outcome;
   }
+}
+
+/**
+ * The QoS 2 message mqtt.js holds in its incoming store under `messageId` (PUBREC sent, PUBCOMP
+ * not yet), if any. Its memory store answers at once; a store that answered later would be
+ * taken to hold none.
+ */
+function storedQos2(client: MqttClient, messageId: number | undefined): IPublishPacket | undefined {
+  if (messageId === undefined) return undefined;
+  let stored: IPublishPacket | undefined;
+  client.incomingStore.get({ messageId }, (error, packet) => {
+    // The memory store calls back with null, not undefined, when it has the packet.
+    if (!(error instanceof Error) && packet?.cmd === 'publish') stored = packet;
+  });
+  return stored;
 }

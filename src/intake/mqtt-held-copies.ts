@@ -80,10 +80,12 @@ export class HeldCopies {
   /**
    * When each QoS 2 message not acknowledged first came (clock.elapsed()), by the packet
    * mqtt.js stored for it: mqtt.js answers a QoS 2 PUBLISH with PUBREC and keeps the packet in
-   * its incoming store, and hands that same packet again at the broker's next PUBREL, on a later
-   * connection, as it first came (no DUP: the broker sends the PUBREL again, not the message).
-   * Kept as long as mqtt.js keeps the packet (released with it at the PUBCOMP, or when a session
-   * not resumed discards it).
+   * its incoming store, and hands that same packet at the broker's PUBREL, which may come on a
+   * later connection (the connection lost between the PUBREC and the PUBREL), and again at the
+   * broker's next PUBREL when it was withheld (no DUP: the broker sends the PUBREL again, not the
+   * message). Set as the PUBLISH is read (qos2Came), else when the message is withheld. Kept as
+   * long as mqtt.js keeps the packet (released with it at the PUBCOMP, or when a session not
+   * resumed discards it).
    */
   private readonly storedCame = new WeakMap<IPublishPacket, number>();
 
@@ -164,6 +166,25 @@ export class HeldCopies {
     this.remember(packet, receivedMono);
   }
 
+  /**
+   * A QoS 2 PUBLISH as mqtt.js reads it off the connection, before it stores `packet` and answers
+   * PUBREC (`now`: clock.elapsed()): the message came now, though it is handed over only at the
+   * broker's PUBREL (cameAt), maybe on a later connection. Timed from that hand-over, a command
+   * whose connection was lost between the PUBREC and the PUBREL was timed from the next
+   * connection, and one whose ttlMs ran out meanwhile was written (I3). `stored`: the packet
+   * mqtt.js holds under the same packet identifier, if any. A sender sends a QoS 2 message again
+   * under its packet identifier until it has the PUBREC, and uses the identifier for no other
+   * message until the PUBCOMP (MQTT 5 §4.3.3; 3.1.1 §4.3.3), while mqtt.js drops what it stored
+   * when the session is not resumed: `packet` is then that message sent again (DUP, our PUBREC
+   * lost with the connection), which mqtt.js stores in place of `stored`, and keeps its first
+   * coming.
+   */
+  qos2Came(packet: IPublishPacket, stored: IPublishPacket | undefined, now: number): void {
+    if (packet.qos !== 2 || packet.messageId === undefined) return;
+    const first = stored === undefined ? undefined : this.storedCame.get(stored);
+    this.storedCame.set(packet, first === undefined ? now : Math.min(first, now));
+  }
+
   /** Remembers when `packet` first came, for its redelivery (cameAt). */
   private remember(packet: IPublishPacket, receivedMono: number): void {
     if (packet.qos === 0 || packet.messageId === undefined) return;
@@ -187,9 +208,9 @@ export class HeldCopies {
    * it then, and held or left it for its own reasons: a command timed by its receipt is timed from then,
    * as a held copy is (HeldCopy.receivedMono); timed from the redelivery, one whose ttlMs ran out
    * meanwhile was written (I3). The broker sends it again with its packet identifier (MQTT 5
-   * §4.4), topic and payload. A QoS 2 message is handed again by mqtt.js, without DUP, from its
-   * incoming store at the broker's next PUBREL (storedCame): until 2026-12-07 it was timed from
-   * that hand-over, and one withheld while the journal could not be written was written once it
+   * §4.4), topic and payload. A QoS 2 message is timed from its PUBLISH (storedCame, qos2Came),
+   * not from its hand-over by mqtt.js at the broker's PUBREL: until 2026-12-07 it was timed from
+   * each hand-over, and one withheld while the journal could not be written was written once it
    * could, past its ttlMs from its first coming.
    */
   cameAt(packet: IPublishPacket, now: number): number {

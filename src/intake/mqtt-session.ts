@@ -61,6 +61,12 @@ export interface SessionEvents {
    * connection gone): the command copies held for it are handled now or let go (HeldCopies).
    */
   readonly identifiersAnswered: () => void;
+  /**
+   * A QoS 2 PUBLISH as mqtt.js reads it off the connection, before it stores the packet and
+   * answers PUBREC: mqtt.js hands it to `message` only at the broker's PUBREL, which may come on
+   * a later connection (HeldCopies.qos2Came).
+   */
+  readonly qos2Came: (client: MqttClient, packet: IPublishPacket) => void;
 }
 
 export interface MqttSessionOptions {
@@ -324,6 +330,7 @@ export class MqttSession {
     // broker's queued messages may be handled meanwhile, by this connection's identifiers.
     client.on('packetreceive', (packet) => {
       if (packet.cmd === 'connack') this.onConnack(client, packet);
+      else if (packet.cmd === 'publish' && packet.qos === 2) events.qos2Came(client, packet);
     });
     client.on('connect', (connack) => {
       this.onConnect(client, connack, events);

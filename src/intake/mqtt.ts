@@ -239,6 +239,9 @@ export class MqttIntake {
       identifiersAnswered: () => {
         this.commands.identifiersAnswered();
       },
+      qos2Came: (client, packet) => {
+        this.commands.qos2Came(client, packet);
+      },
     });
   }
 
