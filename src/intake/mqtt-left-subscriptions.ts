@@ -141,7 +141,31 @@ export class LeftSubscriptions {
   }
 
   /**
-   * The UNSUBSCRIBE of unsubscribeForeign, unsubscribeOverlapping and unsubscribeQos2: the filters that match
+   * Unsubscribes every filter but the command filter that matches `topic`, a state topic of this
+   * gateway whose message came at QoS 1 or 2: the gateway reads its state topics through a QoS 0
+   * subscription only (RetainedStateSweep), and a subscription delivers at most at its own QoS,
+   * so a filter another client with the gateway's client id left in the session (`mosquitto_sub
+   * -c -i sluice-gw-1 -t 'sluice/gw-1/state/#'`, run to watch the states) delivered it.
+   * unsubscribeForeign never saw such a filter: it delivers only the gateway's own state topics,
+   * which the intake takes for its reading of them. The broker sent the gateway back each state
+   * it published, at that QoS, to be acknowledged, and counted those waiting for their turn
+   * with the commands queued for the gateway (mosquitto `max_queued_messages`, past which it
+   * drops the commands). One at QoS 0 cannot be told from the gateway's own reading, and is
+   * left. Once per connection and topic, as unsubscribeForeign.
+   */
+  unsubscribeStateCopies(topic: string): void {
+    this.unsubscribeMatching(topic, {
+      unsaid:
+        'state of this gateway delivered back to it at QoS 1 or 2, above the QoS 0 of its own reading of the state topics: unsubscribed every filter but the command filter that matches its topic, to remove one another client with this client id left in the persistent session (MQTT 3.1.1 does not say which existed)',
+      removed:
+        'unsubscribed filters another client with this client id left in the persistent session on the state topics: the broker sent the gateway back each state it published, queued with the commands for the gateway',
+      none: null,
+    });
+  }
+
+  /**
+   * The UNSUBSCRIBE of unsubscribeForeign, unsubscribeOverlapping, unsubscribeQos2 and
+   * unsubscribeStateCopies: the filters that match
    * `topic` (filtersMatching), never the command filter; `said.removed` logs what the MQTT 5
    * UNSUBACK says existed, `said.none` that none did, `said.unsaid` (when not null) that MQTT
    * 3.1.1 cannot say.

@@ -437,6 +437,11 @@ export class MqttSession {
     this.left.unsubscribeOverlapping(topic);
   }
 
+  /** See LeftSubscriptions.unsubscribeStateCopies. */
+  unsubscribeStateCopies(topic: string): void {
+    this.left.unsubscribeStateCopies(topic);
+  }
+
   /** See LeftSubscriptions.unsubscribeQos2. */
   unsubscribeQos2(topic: string): void {
     this.left.unsubscribeQos2(topic);

@@ -217,7 +217,9 @@ export class MqttIntake {
           return;
         }
         if (this.topics.stateDevice(packet.topic) !== null) {
-          // The sweep's reading of the state topics (QoS 0), never a command.
+          // The sweep's reading of the state topics (QoS 0), never a command. At QoS 1 or 2 a
+          // filter another client left in the session delivered it: removed.
+          if (packet.qos > 0) this.session.unsubscribeStateCopies(packet.topic);
           this.retainedState.receive(packet);
           callback();
           return;
