@@ -162,6 +162,8 @@ export function checkInventory(
       if (problem !== null) errors.push(`plcs.${name}.unitId: ${problem}`);
     }
     if (plc.protocol !== 'opcua') continue;
+    const portProblem = opcuaPortProblem(plc.endpointUrl);
+    if (portProblem !== null) errors.push(`plcs.${name}.endpointUrl: ${portProblem}`);
     if (plc.securityMode !== 'None' && plc.securityPolicy === 'None') {
       errors.push(
         `plcs.${name}.securityPolicy: securityMode ${plc.securityMode} needs a policy (Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss); None goes with securityMode None only`,
@@ -440,10 +442,29 @@ export function modbusController(plc: { host: string; port: number; unitId: numb
 const OPC_UA_PORT = 4840;
 
 /**
+ * Why node-opcua would not connect to the port an endpoint URL names, or null. It reads the URL
+ * as an http: URL (node-opcua-transport's parseEndpointUrl), which drops port 80 as http's
+ * default, and then connects to 4840 as for a URL without a port: `opc.tcp://plc:80` reached
+ * whatever served 4840 on that host, or nothing, without a word of the port. A URL of another
+ * scheme keeps the port as written (`opc.tcp:` is not one of the URL standard's special schemes).
+ */
+function opcuaPortProblem(endpointUrl: string): string | null {
+  let port: string;
+  try {
+    port = new URL(endpointUrl).port;
+  } catch {
+    return null; // Not a URL: the schema says so (urlAddressProblem).
+  }
+  return port === '80'
+    ? `port 80 cannot be used: node-opcua takes it for http's default port and connects to ${OPC_UA_PORT} instead; serve OPC UA on another port (${OPC_UA_PORT} is its registered one)`
+    : null;
+}
+
+/**
  * An OPC UA server's namespace as the client reaches it: host and port, and the namespace URI.
  * node-opcua opens its socket to the host and port of the endpoint URL, which it reads as an
- * http: URL (client_tcp_transport; so a port written 80 is dropped as http's default, and 4840
- * taken as for a port not written), and with endpointMustExist false (opcua.ts) takes the first
+ * http: URL (client_tcp_transport; so a port written 80 would be dropped as http's default, and
+ * 4840 taken as for a port not written: checkInventory refuses port 80), and with endpointMustExist false (opcua.ts) takes the first
  * endpoint the server lists for the security asked, whatever the path: a URL with or without a
  * path or a trailing "/", or with the port 4840 left out, is one server. (Two servers behind one
  * port told apart by path alone, with one namespace URI, are taken for one: a refusal, never a

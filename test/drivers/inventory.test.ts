@@ -48,6 +48,25 @@ describe('device inventory', () => {
     ]);
   });
 
+  it('an OPC UA endpoint on port 80, which node-opcua would connect on 4840', () => {
+    const ua = { protocol: 'opcua', namespaceUri: 'urn:x' };
+    const inventory = inventorySchema.parse({
+      plcs: {
+        a: { ...ua, endpointUrl: 'opc.tcp://10.0.0.21:80' },
+        b: { ...ua, endpointUrl: 'opc.tcp://[fd00::21]:080/UA/Server' },
+        c: { ...ua, endpointUrl: 'opc.tcp://10.0.0.21:8080' },
+        d: { ...ua, endpointUrl: 'opc.tcp://10.0.0.21' },
+      },
+      devices: {},
+    });
+    const refusal =
+      "port 80 cannot be used: node-opcua takes it for http's default port and connects to 4840 instead; serve OPC UA on another port (4840 is its registered one)";
+    expect(checkInventory(inventory, PROFILES)).toEqual([
+      `plcs.a.endpointUrl: ${refusal}`,
+      `plcs.b.endpointUrl: ${refusal}`,
+    ]);
+  });
+
   it('a base that pushes a field past register 65535', () => {
     const inventory = inventorySchema.parse({
       plcs: { p: plc },
