@@ -33,7 +33,8 @@
  * and its own seq would never have reached the write log.
  */
 import { X509Certificate, createPrivateKey } from 'node:crypto';
-import { readFileSync, readdirSync, rmSync, type Dirent } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, type Dirent } from 'node:fs';
+import { isIP } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,6 +60,7 @@ import {
   extractFullyQualifiedDomainName,
   getFullyQualifiedDomainName,
   getHostname,
+  getIpAddresses,
   makeNodeId,
 } from 'node-opcua';
 import type { NodeId, ServerSecureChannelLayer, UAVariable } from 'node-opcua';
@@ -220,14 +222,20 @@ function serviceFault(status: StatusCode): ServiceFault {
 
 /**
  * Why a server certificate and private key kept from an earlier start cannot serve this one, or
- * null when they can, or when there is neither (node-opcua makes both). Kept only as a pair
- * that serves: readable, the key the certificate's own, valid now, made for this application
- * URI and these DNS names (a host renamed since).
+ * null when they can, or when there is neither (made anew). Kept only as a pair that serves:
+ * readable, the key the certificate's own, valid now, made for this application URI and these
+ * DNS names (a host renamed since) and IP addresses (`ipAddresses`: one made before the
+ * certificate named the loopback addresses).
  */
 export function keptCertificateProblem(
   certificateFile: string,
   privateKeyFile: string,
-  wanted: { applicationUri: string; dnsNames: readonly string[]; now: number },
+  wanted: {
+    applicationUri: string;
+    dnsNames: readonly string[];
+    ipAddresses?: readonly string[];
+    now: number;
+  },
 ): string | null {
   // A file's contents, or why it could not be read (its error code: ENOENT when missing).
   const read = (file: string): Buffer | string => {
@@ -257,7 +265,10 @@ export function keptCertificateProblem(
   if (!names.includes(`URI:${wanted.applicationUri}`)) {
     return `the certificate was made for another application URI than ${wanted.applicationUri}`;
   }
-  const unnamed = wanted.dnsNames.filter((name) => !names.includes(`DNS:${name}`));
+  const unnamed = [
+    ...wanted.dnsNames.filter((name) => !names.includes(`DNS:${name}`)),
+    ...(wanted.ipAddresses ?? []).filter((ip) => certificate.checkIP(ip) === undefined),
+  ];
   if (unnamed.length > 0) return `the certificate does not name ${unnamed.join(', ')}`;
   if (!Buffer.isBuffer(keyPem)) return `the private key cannot be read (${keyPem})`;
   try {
@@ -268,6 +279,32 @@ export function keptCertificateProblem(
     return 'the private key file holds no readable key';
   }
   return null;
+}
+
+/** The application URI of the simulated PLC `plc`'s server: one per PLC, as in a plant. */
+export function simulatorApplicationUri(plc: string): string {
+  return `urn:sluice-sim:${plc}`;
+}
+
+/**
+ * The hosts a simulated PLC's server certificate names (subjectAltName), so that a client that
+ * checks the host of the endpoint URL against it (OPC 10000-4, 6.1.3; sluiced does) connects by
+ * the addresses the demo and the tests use: node-opcua's own names (the machine's host name and
+ * fully qualified name, its IPv4 addresses other than loopback), the loopback ones (localhost,
+ * 127.0.0.1, ::1), and the host the PLC listens on when it is not a wildcard.
+ */
+export function simulatorCertificateHosts(host: string): { dns: string[]; ip: string[] } {
+  const listens = ['0.0.0.0', '::', ''].includes(host) ? [] : [host];
+  const unique = (names: string[]): string[] => [...new Set(names)].sort();
+  return {
+    dns: unique([
+      getFullyQualifiedDomainName(),
+      getHostname(),
+      'localhost',
+      ...listens.filter((h) => isIP(h) === 0),
+    ]),
+    ip: unique(['127.0.0.1', '::1', ...getIpAddresses(), ...listens.filter((h) => isIP(h) !== 0)]),
+  };
 }
 
 /** Lock files and directories (`*.lock`) under a PKI folder, a few levels deep. */
@@ -395,10 +432,16 @@ export class OpcuaPlcServer {
       maxConnectionsPerEndpoint: 100,
       serverCapabilities: { maxSessions: 100 },
       buildInfo: { productName: 'sluice-sim', manufacturerName: 'Sluice' },
-      serverInfo: { applicationName: { text: `sluice-sim ${this.#plc.name}` } },
+      serverInfo: {
+        applicationName: { text: `sluice-sim ${this.#plc.name}` },
+        applicationUri: simulatorApplicationUri(this.#plc.name),
+      },
     });
     this.#server = server;
-    if (ownsPki) await this.#checkKeptCertificate(server);
+    await extractFullyQualifiedDomainName();
+    const hosts = simulatorCertificateHosts(this.#config.host);
+    if (ownsPki) this.#checkKeptCertificate(server, hosts);
+    await this.#makeCertificate(server, certificateManager, hosts);
     await server.initialize();
     this.#buildAddressSpace(server);
     this.#bindControllerClock(server);
@@ -442,14 +485,15 @@ export class OpcuaPlcServer {
    * node-opcua uses the certificate and key it finds in its PKI folder as they are, and makes
    * them only when the certificate file is missing: an expired one, one made under another
    * host name, or one whose key was lost would be served for ever (node-opcua only warns). They
-   * are removed here when they cannot serve this start, so that initialize() makes both anew.
+   * are removed here when they cannot serve this start, so that both are made anew.
    */
-  async #checkKeptCertificate(server: OPCUAServer): Promise<void> {
-    // The names node-opcua puts in the certificate it makes (its application URI and DNS names).
-    await extractFullyQualifiedDomainName();
+  #checkKeptCertificate(server: OPCUAServer, hosts: { dns: string[]; ip: string[] }): void {
+    // The names #makeCertificate puts in the certificate (its application URI and hosts);
+    // the machine's own IPv4 addresses change with its network and are not required.
     const problem = keptCertificateProblem(server.certificateFile, server.privateKeyFile, {
       applicationUri: server.serverInfo.applicationUri ?? '',
-      dnsNames: [getFullyQualifiedDomainName(), getHostname()],
+      dnsNames: hosts.dns,
+      ipAddresses: ['127.0.0.1', '::1'],
       now: Date.now(),
     });
     if (problem === null) return;
@@ -459,6 +503,31 @@ export class OpcuaPlcServer {
     );
     rmSync(server.certificateFile, { force: true });
     rmSync(server.privateKeyFile, { force: true });
+  }
+
+  /**
+   * Makes the server's self-signed certificate when its PKI folder has none, as node-opcua's
+   * initialize() would (ten years, the application URI, the machine's names), but naming the
+   * hosts of simulatorCertificateHosts too: node-opcua's names no loopback address, and a client
+   * that checks the endpoint URL's host against the certificate refused every simulated PLC
+   * reached at 127.0.0.1. A certificate found there is served as it is (tests put their own).
+   */
+  async #makeCertificate(
+    server: OPCUAServer,
+    store: OPCUACertificateManager,
+    hosts: { dns: string[]; ip: string[] },
+  ): Promise<void> {
+    if (existsSync(server.certificateFile)) return;
+    await store.initialize();
+    await store.createSelfSignedCertificate({
+      applicationUri: server.serverInfo.applicationUri ?? simulatorApplicationUri(this.#plc.name),
+      dns: hosts.dns,
+      ip: hosts.ip,
+      outputFile: server.certificateFile,
+      subject: `/CN=sluice-sim ${this.#plc.name}/DC=${getHostname()}`,
+      startDate: new Date(),
+      validity: 365 * 10,
+    });
   }
 
   #buildAddressSpace(server: OPCUAServer): void {

@@ -100,6 +100,22 @@ const opcuaPlc = z.strictObject({
   securityPolicy: z
     .enum(['None', 'Basic256Sha256', 'Aes128_Sha256_RsaOaep', 'Aes256_Sha256_RsaPss'])
     .default('None'),
+  /**
+   * The SHA-256 of the server certificate, pinned (src/drivers/opcua-binding.ts): 64 hex digits,
+   * as `openssl x509 -noout -fingerprint -sha256` writes them (pairs separated by ":") or not.
+   */
+  serverCertificateSha256: z
+    .string()
+    .regex(
+      /^(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})$/,
+      'the SHA-256 of the server certificate: 64 hexadecimal digits, in pairs separated by ":" or not',
+    )
+    .optional(),
+  /**
+   * The server certificate need not name the endpoint URL's host (weakens the binding). Omitted,
+   * it stays undefined (false), as combineReads does for Modbus.
+   */
+  acceptHostNameMismatch: z.boolean().optional(),
   requestTimeoutMs: requestTimeoutMs.default(2000),
   /** Overrides clock.maxControllerSkewMs for this PLC's devices. */
   maxClockSkewMs: z.number().int().min(1).max(86_400_000).optional(),
@@ -172,6 +188,21 @@ export function checkInventory(
     if (plc.securityMode === 'None' && plc.securityPolicy !== 'None') {
       errors.push(
         `plcs.${name}.securityMode: securityPolicy ${plc.securityPolicy} needs securityMode Sign or SignAndEncrypt; with None nothing is signed or encrypted`,
+      );
+    }
+    // Settings of the server certificate that would check nothing: taken silently, the operator
+    // would believe the PLC's server is bound to its certificate.
+    if (plc.securityMode === 'None') {
+      for (const setting of ['serverCertificateSha256', 'acceptHostNameMismatch'] as const) {
+        if (plc[setting] !== undefined) {
+          errors.push(
+            `plcs.${name}.${setting}: needs securityMode Sign or SignAndEncrypt; with None the server presents no certificate`,
+          );
+        }
+      }
+    } else if (plc.serverCertificateSha256 !== undefined && plc.acceptHostNameMismatch === true) {
+      errors.push(
+        `plcs.${name}.acceptHostNameMismatch: has no effect with serverCertificateSha256 (a pinned certificate is not checked for its host name); leave it out`,
       );
     }
   }

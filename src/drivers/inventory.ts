@@ -94,6 +94,8 @@ export async function buildDrivers(args: {
             namespaceUri: plc.namespaceUri,
             securityMode: plc.securityMode,
             securityPolicy: plc.securityPolicy,
+            serverCertificateSha256: plc.serverCertificateSha256,
+            acceptHostNameMismatch: plc.acceptHostNameMismatch,
             pki: clientPki(),
             requestTimeoutMs: plc.requestTimeoutMs,
             clock,

@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { OPCUACertificateManager, StatusCodes, type StatusCode } from 'node-opcua';
 import type { Logger } from '../core/logger.js';
+import { hostMismatch, pinMismatch, type ServerBinding } from './opcua-binding.js';
 
 /**
  * The gateway's OPC UA client PKI: its own certificate and private key, and the trusted and
@@ -143,10 +144,19 @@ export class OpcuaClientPki {
    * node-opcua-pki asks about trust first, and when it accepts unknown certificates it trusts
    * an expired one, and connects — and tells `refused` what it refused and why, so that the
    * endpoint can say it in words an operator can act on.
+   *
+   * With `binding` (the endpoint's PLC), the certificate must also belong to the endpoint
+   * (opcua-binding.ts): pinned (serverCertificateSha256), it must be that very certificate, and
+   * the store is not asked; otherwise it must name the endpoint URL's host (unless the PLC
+   * accepts a mismatch), checked before the store so that a certificate for another host is
+   * neither trusted on the way (acceptUnknownCertificates) nor offered in rejected/ for an
+   * operator to trust. Its application URI is checked by the endpoint, which has the server's
+   * endpoint description (OpcuaEndpoint.applicationUriRefusal).
    */
   viewFor(
     now: () => number,
     refused: (refusal: CertificateRefusal) => void,
+    binding?: ServerBinding,
   ): OPCUACertificateManager {
     const manager = this.manager;
     const decide = (chain: Buffer | Buffer[]): Promise<Verdict> => this.decide(chain);
@@ -158,6 +168,21 @@ export class OpcuaClientPki {
         if (at < certificate.validFrom || at > certificate.validTo) {
           refused({ status: StatusCodes.BadCertificateTimeInvalid, certificate, at });
           return StatusCodes.BadCertificateTimeInvalid;
+        }
+      }
+      if (binding?.serverCertificateSha256 !== undefined) {
+        const mismatch = pinMismatch(chain, binding);
+        if (mismatch === null) return StatusCodes.Good;
+        const status = StatusCodes.BadCertificateUntrusted;
+        refused({ status, certificate, at: now(), binding: mismatch });
+        return status;
+      }
+      if (binding !== undefined && binding.acceptHostNameMismatch !== true) {
+        const mismatch = hostMismatch(chain, binding);
+        if (mismatch !== null) {
+          const status = StatusCodes.BadCertificateHostNameInvalid;
+          refused({ status, certificate, at: now(), binding: mismatch });
+          return status;
         }
       }
       // Bounded: a check that does not finish (a disk that stops answering under the PKI
@@ -435,6 +460,11 @@ export interface CertificateRefusal {
   readonly kept?: readonly string[];
   /** Why the check could not decide (it did not finish): not trusted until one does. */
   readonly unchecked?: string;
+  /**
+   * Why the certificate does not belong to the endpoint (opcua-binding.ts): not the pinned one,
+   * another host's, another application's.
+   */
+  readonly binding?: string;
 }
 
 /** The first certificate of a chain as the server sent it: its own. */
@@ -469,6 +499,9 @@ export function describeRefusal(
   const iso = (t: number): string => new Date(t).toISOString();
   if (refusal.unchecked !== undefined) {
     return `${which} could not be checked: ${refusal.unchecked}; it is not trusted until a check completes (${refusal.status.name})`;
+  }
+  if (refusal.binding !== undefined) {
+    return `${which} is refused: ${refusal.binding} (${refusal.status.name})`;
   }
   if (refusal.status.value === StatusCodes.BadCertificateTimeInvalid.value && c !== null) {
     const when =

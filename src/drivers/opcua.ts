@@ -26,6 +26,7 @@ import {
 import type { Logger } from '../core/logger.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { HealthCounter, commandCode, describeError, withTimeout } from './common.js';
+import { applicationUriMismatch } from './opcua-binding.js';
 import {
   certificateName,
   crlFile,
@@ -63,6 +64,13 @@ export interface OpcuaEndpointOptions {
   readonly securityMode: OpcuaSecurityMode;
   readonly securityPolicy: OpcuaSecurityPolicy;
   readonly pki: OpcuaClientPki;
+  /**
+   * The SHA-256 of the one server certificate this PLC may present (plcs.<name>.
+   * serverCertificateSha256): replaces the trust store's decision and the host-name check.
+   */
+  readonly serverCertificateSha256?: string | undefined;
+  /** The server certificate need not name the endpoint URL's host (weakens: ServerBinding). */
+  readonly acceptHostNameMismatch?: boolean | undefined;
   readonly requestTimeoutMs?: number;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -582,6 +590,35 @@ export class OpcuaEndpoint {
   }
 
   /**
+   * Why the server certificate `certificate` of `client`'s secure channel was not made for the
+   * server it speaks for, or null: its subjectAltName URI must be the application URI of the
+   * server's description of the endpoint (OPC 10000-4, 6.1.3), as the client read it on its
+   * secured channel when it first connected (node-opcua keeps it for its reconnections). A
+   * certificate the server changed at a reconnection is held to that description too: the
+   * same application must be behind the link. Security None: no certificate, nothing checked.
+   */
+  private applicationUriRefusal(
+    client: OPCUAClient,
+    certificate: Buffer | Buffer[] | undefined,
+  ): CertificateRefusal | null {
+    if (this.o.securityMode === 'None' || certificate === undefined) return null;
+    const described = client.knowsServerEndpoint
+      ? client.findEndpointForSecurity(MODES[this.o.securityMode], POLICIES[this.o.securityPolicy])
+      : undefined;
+    const mismatch = applicationUriMismatch(
+      certificate,
+      described?.server.applicationUri ?? undefined,
+    );
+    if (mismatch === null) return null;
+    return {
+      status: StatusCodes.BadCertificateUriInvalid,
+      certificate: readLeaf(certificate),
+      at: this.o.clock.now(),
+      binding: mismatch,
+    };
+  }
+
+  /**
    * The index of the controller's namespace on `session`, read from the server now (maxAge 0).
    * Not session.readNamespaceArray(): it answers from a copy node-opcua keeps on the session
    * object, which node-opcua 2.182 clears only when it makes a new session, not when it
@@ -720,6 +757,12 @@ export class OpcuaEndpoint {
       (refusal) => {
         check.refused = refusal;
       },
+      {
+        plc: this.name,
+        endpointUrl: this.o.endpointUrl,
+        serverCertificateSha256: this.o.serverCertificateSha256,
+        acceptHostNameMismatch: this.o.acceptHostNameMismatch,
+      },
     );
     const client = OPCUAClient.create({
       applicationName: 'Sluice',
@@ -791,6 +834,13 @@ export class OpcuaEndpoint {
           status = error instanceof Error ? error : new Error(String(error));
         }
         if (!current() || this.epoch !== epoch) return;
+        if (!(status instanceof Error) && status.isGood()) {
+          const refusal = this.applicationUriRefusal(client, certificate);
+          if (refusal !== null) {
+            check.refused = refusal;
+            status = refusal.status;
+          }
+        }
         if (status instanceof Error || !status.isGood()) {
           const refusal = check.refused;
           check.refused = null;
@@ -847,6 +897,13 @@ export class OpcuaEndpoint {
     try {
       await client.connect(this.o.endpointUrl);
       if (this.closed) throw new Error('endpoint closed while connecting');
+      // Before a session is made: the certificate the secure channel was opened with must have
+      // been made for the server that describes itself on that channel.
+      const uriRefusal = this.applicationUriRefusal(client, client.serverCertificate);
+      if (uriRefusal !== null) {
+        check.refused = uriRefusal;
+        throw new Error(`server certificate refused: ${uriRefusal.status.name}`);
+      }
       session = await client.createSession();
       this.adoptNamespace(await this.readNamespaceIndex(session));
     } catch (error) {

@@ -48,6 +48,36 @@ describe('device inventory', () => {
     ]);
   });
 
+  it("an OPC UA server certificate's settings that would check nothing, or a pin that is no SHA-256", () => {
+    const ua = {
+      protocol: 'opcua',
+      endpointUrl: 'opc.tcp://10.0.0.21:4840',
+      namespaceUri: 'urn:x',
+    };
+    const secure = { ...ua, securityMode: 'SignAndEncrypt', securityPolicy: 'Basic256Sha256' };
+    const pin = 'AB:'.repeat(31) + 'AB';
+    expect(
+      schemaErrors({ plcs: { a: { ...secure, serverCertificateSha256: 'ab12' } }, devices: {} }),
+    ).toEqual([
+      'plcs.a.serverCertificateSha256: the SHA-256 of the server certificate: 64 hexadecimal digits, in pairs separated by ":" or not',
+    ]);
+    const inventory = inventorySchema.parse({
+      plcs: {
+        a: { ...ua, serverCertificateSha256: pin },
+        b: { ...ua, acceptHostNameMismatch: false },
+        c: { ...secure, serverCertificateSha256: pin, acceptHostNameMismatch: true },
+        d: { ...secure, serverCertificateSha256: pin.replaceAll(':', '').toLowerCase() },
+        e: { ...secure, acceptHostNameMismatch: true },
+      },
+      devices: {},
+    });
+    expect(checkInventory(inventory, PROFILES)).toEqual([
+      'plcs.a.serverCertificateSha256: needs securityMode Sign or SignAndEncrypt; with None the server presents no certificate',
+      'plcs.b.acceptHostNameMismatch: needs securityMode Sign or SignAndEncrypt; with None the server presents no certificate',
+      'plcs.c.acceptHostNameMismatch: has no effect with serverCertificateSha256 (a pinned certificate is not checked for its host name); leave it out',
+    ]);
+  });
+
   it('an OPC UA endpoint on port 80, which node-opcua would connect on 4840', () => {
     const ua = { protocol: 'opcua', namespaceUri: 'urn:x' };
     const inventory = inventorySchema.parse({

@@ -55,11 +55,13 @@ beforeAll(async () => {
   cleanups.push(sim.cleanup);
   simPki = sim.dir;
   // A first start makes the simulator's key and a self-signed certificate, whose names the
-  // CA-issued one keeps (the server's application URI, its host).
+  // CA-issued one keeps (the server's application URI, its hosts: the gateway checks that the
+  // certificate names the address it connects to).
   await (await startSecurePlant(simPki)).stop();
   const san = new X509Certificate(readFileSync(plcCertificate(simPki))).subjectAltName ?? '';
   const applicationUri = /URI:([^,]+)/.exec(san)?.[1] ?? '';
   const dns = [...san.matchAll(/DNS:([^,\s]+)/g)].map((m) => m[1] ?? '');
+  const ip = [...san.matchAll(/IP Address:([^,\s]+)/g)].map((m) => m[1] ?? '');
 
   const caDir = tempDir('sluice-ca-');
   cleanups.push(caDir.cleanup);
@@ -81,12 +83,13 @@ beforeAll(async () => {
   const request = await store.createCertificateRequest({
     applicationUri,
     dns,
+    ip,
     subject: '/CN=sluice-sim ua',
     validity: 365,
   });
   await store.dispose();
   const issued = join(caDir.dir, 'plc-ua.pem');
-  await ca.signCertificateRequest(issued, request, { applicationUri, dns, validity: 365 });
+  await ca.signCertificateRequest(issued, request, { applicationUri, dns, ip, validity: 365 });
   copyFileSync(issued, plcCertificate(simPki));
   await ca.revokeCertificate(issued, { reason: 'keyCompromise' });
   listRevoking = join(caDir.dir, 'revoking.crl');

@@ -80,6 +80,11 @@ export async function secureDriver(
     readonly requestTimeoutMs?: number;
     /** The driver's logger (default: silent). */
     readonly logger?: Logger;
+    /** The PLC's settings of its server certificate (default: none). */
+    readonly plc?: {
+      readonly serverCertificateSha256?: string;
+      readonly acceptHostNameMismatch?: boolean;
+    };
   } = {},
 ): Promise<{ driver: DeviceDriver; pkiDir: string }> {
   const requestTimeoutMs = options.requestTimeoutMs ?? 2000;
@@ -96,6 +101,7 @@ export async function secureDriver(
           securityMode: 'SignAndEncrypt',
           securityPolicy: 'Basic256Sha256',
           requestTimeoutMs,
+          ...options.plc,
         },
       },
       devices: { 'ua-valve': { plc: 'ua', profile: 'valve' } },

@@ -13,8 +13,10 @@ import { connectOpcua, opcuaEndpoint, releaseClientPki } from './opcua-client.js
  * A plant given a PKI folder of its own (ownsPki: the demo's .state/demo/sim-pki) keeps its OPC
  * UA server's certificate and key there: a second start serves the same certificate instead of
  * making a new one (an RSA key and a certificate, most of a second), and a kept one that can no
- * longer serve (expired; made for another host; its key lost or another's) is made anew. Ground
- * truth: the certificate the running server presents to a client (GetEndpoints), and the files.
+ * longer serve (expired; made for another host, or without the loopback addresses; its key lost
+ * or another's) is made anew. The certificate it makes names the loopback addresses, so that a
+ * client checking the endpoint URL's host against it connects. Ground truth: the certificate the
+ * running server presents to a client (GetEndpoints), and the files.
  */
 
 const PLANT: PlantInput = {
@@ -100,6 +102,38 @@ it('serves the certificate it kept at the next start, and replaces one that expi
   expect(readFileSync(keyFile, 'utf8')).not.toBe(key);
 }, 60_000);
 
+it('names the loopback addresses and its application URI, and makes anew a kept one that does not', async () => {
+  // A client that checks the endpoint URL's host against the certificate (OPC 10000-4, 6.1.3;
+  // sluiced does) reaches the PLC by 127.0.0.1, ::1 or localhost.
+  const made = await presentedAtStart();
+  expect(made.checkIP('127.0.0.1')).toBe('127.0.0.1');
+  expect(made.checkIP('::1')).toBe('::1');
+  expect(made.checkHost('localhost', { subject: 'never' })).toBe('localhost');
+  const names = (made.subjectAltName ?? '').split(', ');
+  expect(names).toContain('URI:urn:sluice-sim:ua');
+
+  // One kept from a start that did not name them (the same application URI and host names,
+  // valid, its own key): the next start makes a new one that does.
+  const manager = new OPCUACertificateManager({ rootFolder: join(dir, 'ua', 'pki') });
+  await manager.initialize();
+  rmSync(certificateFile);
+  await manager.createSelfSignedCertificate({
+    applicationUri: 'urn:sluice-sim:ua',
+    dns: names.filter((n) => n.startsWith('DNS:')).map((n) => n.slice('DNS:'.length)),
+    outputFile: certificateFile,
+    subject: '/CN=no-loopback',
+    startDate: new Date(),
+    validity: 365,
+  });
+  await manager.dispose();
+  const unnamed = onDisk();
+  expect(unnamed.checkIP('127.0.0.1')).toBeUndefined();
+  const next = await presentedAtStart();
+  expect(next.fingerprint256).not.toBe(unnamed.fingerprint256);
+  expect(next.checkIP('127.0.0.1')).toBe('127.0.0.1');
+  expect(next.checkIP('::1')).toBe('::1');
+}, 60_000);
+
 it('starts past a lock left by a start killed while it made the certificate', async () => {
   // The certificate not written yet, node-opcua's lock directory for it left behind: without
   // its removal the start waited for the lock to look stale (minutes).
@@ -126,6 +160,9 @@ it('says why a kept certificate and key cannot serve', () => {
     );
     expect(keptCertificateProblem(cert, key, { ...wanted, dnsNames: ['renamed-host'] })).toBe(
       'the certificate does not name renamed-host',
+    );
+    expect(keptCertificateProblem(cert, key, { ...wanted, ipAddresses: ['::1', '10.9.8.7'] })).toBe(
+      'the certificate does not name 10.9.8.7',
     );
     expect(
       keptCertificateProblem(cert, key, { ...wanted, now: Date.parse(onDisk().validTo) }),
