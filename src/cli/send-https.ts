@@ -1,12 +1,12 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { join } from 'node:path';
 import { checkServerIdentity, type PeerCertificate } from 'node:tls';
 import { request } from 'node:https';
 import { CliError, UsageError, messageOf } from './errors.js';
 import { isResultDocument, type ResultDocument } from './result-view.js';
 import { refused, retryHint, type Delivery, type SendTarget } from './send-common.js';
+import { readConfiguredFile, unitCredential } from './unit-environment.js';
 
 /**
  * `send --via https`: POST /v1/commands (docs/http-api.md) with the key, `Prefer: wait=N`, then
@@ -62,36 +62,26 @@ interface Endpoint {
   readonly names: readonly string[] | null;
 }
 
-/** The folder systemd/sluiced.service hands to the daemon (LoadCredential=sluice:…). */
-const CREDENTIALS_FOLDER = '/etc/sluice/credentials';
-
-/**
- * A token file the site names as one of the unit's credentials
- * (`${CREDENTIALS_DIRECTORY}/sluice_scada.token`, as the shipped systemd/sluice.yaml does):
- * CREDENTIALS_DIRECTORY exists only for the service, so outside it the file is read where the
- * unit takes it from, `/etc/sluice/credentials/scada.token` (root's: run with sudo). The README's
- * `sluicectl send inlet-valve open` failed on such a site with "cannot read the token
- * ${CREDENTIALS_DIRECTORY}/sluice_scada.token: ENOENT". Any other path is kept as written.
- */
-function unitCredential(file: string): string {
-  const named = /^\$\{CREDENTIALS_DIRECTORY\}\/sluice_([^/]+)$/.exec(file)?.[1];
-  return named === undefined ? file : join(CREDENTIALS_FOLDER, named);
-}
-
 function endpoint(target: SendTarget): Endpoint {
   const https = target.config.https;
   if (https === undefined)
     throw new UsageError('--via https: the configuration has no https section');
   // A wildcard listener is reached on loopback from the gateway itself.
   const host = https.host === '0.0.0.0' ? '127.0.0.1' : https.host === '::' ? '::1' : https.host;
-  const caFile = target.options.ca ?? https.certFile;
+  const caFile = target.options.ca;
   let ca: Buffer;
-  try {
-    ca = readFileSync(caFile);
-  } catch (error) {
-    throw new CliError(`cannot read the CA certificate ${caFile} (--ca): ${messageOf(error)}`);
+  if (caFile === undefined) {
+    // The site's own certificate, under ${CREDENTIALS_DIRECTORY} too (unitCredential).
+    ca = readConfiguredFile(https.certFile, 'the CA certificate (--ca, default https.certFile)');
+  } else {
+    try {
+      ca = readFileSync(caFile);
+    } catch (error) {
+      throw new CliError(`cannot read the CA certificate ${caFile} (--ca): ${messageOf(error)}`);
+    }
   }
-  return { host, port: https.port, ca, names: isIP(host) === 0 ? null : siteNames(https.certFile) };
+  const names = isIP(host) === 0 ? null : siteNames(unitCredential(https.certFile));
+  return { host, port: https.port, ca, names };
 }
 
 /**

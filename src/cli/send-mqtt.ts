@@ -6,6 +6,7 @@ import { withoutPassword } from '../config/config.js';
 import { CliError, messageOf } from './errors.js';
 import { isResultDocument } from './result-view.js';
 import { refused, retryHint, type Delivery, type SendTarget } from './send-common.js';
+import { readConfiguredFile } from './unit-environment.js';
 
 /**
  * `send --via mqtt` (docs/mqtt-api.md): subscribe to the device's result topic, publish the
@@ -40,7 +41,8 @@ function clientOptions(target: SendTarget, version: 4 | 5): IClientOptions {
       : {
           password: read(options.mqttPasswordFile, '--mqtt-password-file').toString('utf8').trim(),
         }),
-    ...(mqtt.caFile === undefined ? {} : { ca: read(mqtt.caFile, 'mqtt.caFile') }),
+    // Under ${CREDENTIALS_DIRECTORY} on an installed gateway: read where the unit takes it from.
+    ...(mqtt.caFile === undefined ? {} : { ca: readConfiguredFile(mqtt.caFile, 'mqtt.caFile') }),
     // Its own certificate, not the daemon's (mqtt.certFile): the broker tells the operator's
     // tool from the gateway, as --mqtt-username does for a password login.
     ...(options.mqttCert === undefined || options.mqttKey === undefined
@@ -51,14 +53,16 @@ function clientOptions(target: SendTarget, version: 4 | 5): IClientOptions {
 
 async function connect(target: SendTarget): Promise<MqttClient> {
   const url = target.config.mqtt?.url ?? '';
+  // Its files read before any connection: one that cannot be read is not the broker's refusal.
+  const options = clientOptions(target, 5);
   try {
-    return await connectAsync(url, clientOptions(target, 5));
+    return await connectAsync(url, options);
   } catch (error) {
     const code = (error as { code?: unknown }).code;
     if (typeof code === 'number' && PROTOCOL_REFUSALS.has(code)) {
       // A 3.1.1-only broker (the demo's embedded one): the command needs nothing of MQTT 5.
       try {
-        return await connectAsync(url, clientOptions(target, 4));
+        return await connectAsync(url, { ...options, protocolVersion: 4 });
       } catch (again) {
         throw new CliError(
           `cannot connect to the MQTT broker ${withoutPassword(url)}: ${messageOf(again)}`,

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { CliError, messageOf } from './errors.js';
 
 /**
  * The SLUICE_* variables of the unit's environment file, `sluiced.env` beside the site file
@@ -56,9 +57,53 @@ export interface UnitFolder {
  * RuntimeDirectory=sluice /run/sluice). A site file may name its state folder and admin socket
  * by them (`stateDir: ${STATE_DIRECTORY}`); sluicectl, run from a shell that has neither, takes
  * them for these, as its daemon has them. Not ${CREDENTIALS_DIRECTORY}: the unit's credentials
- * are copies of /etc/sluice/credentials under other names (send-https.ts, unitCredential).
+ * are copies of /etc/sluice/credentials under other names (unitCredential).
  */
 export const UNIT_FOLDERS: readonly UnitFolder[] = [
   { variable: 'STATE_DIRECTORY', folder: '/var/lib/sluice', setting: 'StateDirectory=sluice' },
   { variable: 'RUNTIME_DIRECTORY', folder: '/run/sluice', setting: 'RuntimeDirectory=sluice' },
 ];
+
+/** The folder systemd/sluiced.service hands to the daemon (LoadCredential=sluice:…). */
+export const CREDENTIALS_FOLDER = '/etc/sluice/credentials';
+
+const UNIT_CREDENTIAL = /^\$\{CREDENTIALS_DIRECTORY\}\/sluice_([^/]+)$/;
+
+/**
+ * A file the site names as one of the unit's credentials
+ * (`${CREDENTIALS_DIRECTORY}/sluice_scada.token`, as the shipped systemd/sluice.yaml does, or
+ * `${CREDENTIALS_DIRECTORY}/sluice_broker-ca.pem` for mqtt.caFile): CREDENTIALS_DIRECTORY
+ * exists only for the service, so outside it the file is read where the unit takes it from,
+ * `/etc/sluice/credentials/scada.token` (root's: run with sudo). The README's
+ * `sluicectl send inlet-valve open` failed on such a site with "cannot read the token
+ * ${CREDENTIALS_DIRECTORY}/sluice_scada.token: ENOENT". Any other path is kept as written.
+ */
+export function unitCredential(file: string): string {
+  const named = UNIT_CREDENTIAL.exec(file)?.[1];
+  return named === undefined ? file : join(CREDENTIALS_FOLDER, named);
+}
+
+/**
+ * The file `field` of the configuration names (a TLS file sluicectl reads: mqtt.caFile,
+ * https.certFile), read where sluicectl can reach it (unitCredential); a CliError naming the
+ * file and the field when it cannot be read, and for one of the unit's credentials where it was
+ * looked for and why.
+ */
+export function readConfiguredFile(file: string, field: string): Buffer {
+  const path = unitCredential(file);
+  try {
+    return readFileSync(path);
+  } catch (error) {
+    if (path !== file) {
+      throw new CliError(
+        `cannot read ${field} ${path}: ${messageOf(error)} (the site names it ${file}, one of the unit's credentials: CREDENTIALS_DIRECTORY is set for the service alone, so sluicectl reads it where systemd/sluiced.service takes it from, LoadCredential=sluice:${CREDENTIALS_FOLDER}; that folder is root's: run with sudo)`,
+      );
+    }
+    if (file.startsWith('${CREDENTIALS_DIRECTORY}/')) {
+      throw new CliError(
+        `cannot read ${field} ${file}: CREDENTIALS_DIRECTORY is not set here (systemd sets it for the service alone), and only the shipped unit's credentials, \${CREDENTIALS_DIRECTORY}/sluice_<file name>, are known to come from ${CREDENTIALS_FOLDER}: set CREDENTIALS_DIRECTORY to the folder that holds the file`,
+      );
+    }
+    throw new CliError(`cannot read ${field} ${file}: ${messageOf(error)}`);
+  }
+}
