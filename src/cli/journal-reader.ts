@@ -32,9 +32,25 @@ export function openJournal(path: string): SqliteJournal {
   try {
     journal = SqliteJournal.open({ path, readonly: true });
   } catch (error) {
-    throw new CliError(`cannot open the journal ${path}: ${sqliteProblem(error)}`);
+    throw new OpenFailed(
+      `cannot open the journal ${path}: ${sqliteProblem(error)}`,
+      damageMet(error),
+    );
   }
   return journal;
+}
+
+/**
+ * The journal could not be opened; `damage`: SQLite's words when it said the file is damaged
+ * (SQLITE_CORRUPT), which it says too when the disk fails to read its log at the open.
+ */
+class OpenFailed extends CliError {
+  constructor(
+    message: string,
+    readonly damage: string | null,
+  ) {
+    super(message);
+  }
 }
 
 function deniedJournal(path: string): string {
@@ -96,7 +112,19 @@ export async function withJournal<T>(
   read: (journal: SqliteJournal) => T,
   check: (value: T) => boolean = () => true,
 ): Promise<CheckedRead<T>> {
-  const journal = openJournal(path);
+  let journal: SqliteJournal;
+  try {
+    journal = openJournal(path);
+  } catch (error) {
+    if (error instanceof OpenFailed && error.damage !== null) {
+      await unlessUnreadable(
+        target,
+        path,
+        'nothing could be shown; the command asked for, or the ones listed, may be on what it failed to read',
+      );
+    }
+    throw error;
+  }
   let value: T;
   try {
     value = read(journal);
@@ -122,8 +150,14 @@ export async function withJournal<T>(
     if (error instanceof CliError) throw error;
     const damage = damageMet(error);
     if (damage !== null) {
-      // The read itself met a damaged page: the statement ends there, nothing it read can be
-      // shown as a whole answer, and the file is damaged whatever a check would add.
+      // The read itself met a damaged page, or one the disk failed to read (SQLite says
+      // SQLITE_CORRUPT of both: the check tells them apart): the statement ends there, and
+      // nothing it read can be shown as a whole answer.
+      await unlessUnreadable(
+        target,
+        path,
+        'the read failed on what it could not read, so nothing could be shown; the command asked for, or the ones listed, may be on it',
+      );
       throw new CliError(
         damagedText(
           path,
@@ -143,26 +177,32 @@ export async function withJournal<T>(
     // Begun once what was read is printed: a run that ends before (a usage error) leaves no
     // check behind.
     // `met`: damage the read itself met and went round (sluicectl stuck's unreadable rows): the
-    // file is damaged whatever the check says, or if it could not finish within its budget.
+    // file is damaged whatever the check says, or if it could not finish within its budget,
+    // unless the check finds pages the disk failed to read.
     settle: async (code, met) => {
-      const byCheck = check(value) ? await checked(target, path) : null;
-      if (byCheck?.kind === 'unreadable') {
+      // Damage the read met is checked too: SQLite says SQLITE_CORRUPT of a page the disk
+      // failed to read as of a damaged one, and the check tells them apart. Damage it confirms
+      // is said in the read's words when the read alone asked for the check.
+      const whole = check(value);
+      const found = whole || met !== undefined ? await checked(target, path) : null;
+      if (found?.kind === 'unreadable') {
         throw new CliError(
           unreadableText(
             path,
-            byCheck.found,
+            found.found,
             'what is shown is what it could read, and the commands on what it failed to read are missing from it',
           ),
           EXIT.ERROR,
           'JOURNAL_UNREADABLE',
         );
       }
-      const found = byCheck?.found ?? met ?? null;
-      if (found === null) return code;
+      const byCheck = whole ? found : null;
+      const damage = byCheck?.found ?? met ?? null;
+      if (damage === null) return code;
       throw new CliError(
         damagedText(
           path,
-          found,
+          damage,
           'what is shown is what its readable pages hold, and the commands on its damaged pages are missing from it',
           byCheck === null ? 'SQLite, reading it' : undefined,
         ),
@@ -171,6 +211,18 @@ export async function withJournal<T>(
       );
     },
   };
+}
+
+/**
+ * Throws JOURNAL_UNREADABLE when the check of the whole file finds that the disk failed to read
+ * it: a read or an open that SQLite ended with SQLITE_CORRUPT met a page the disk could not give
+ * (an I/O error), not a damaged one. Returns otherwise: the caller says the damage.
+ */
+async function unlessUnreadable(target: CheckTarget, path: string, what: string): Promise<void> {
+  const finding = await checked(target, path);
+  if (finding?.kind === 'unreadable') {
+    throw new CliError(unreadableText(path, finding.found, what), EXIT.ERROR, 'JOURNAL_UNREADABLE');
+  }
 }
 
 /** SQLite's words when a read met a damaged page (SQLITE_CORRUPT*, SQLITE_NOTADB), else null. */

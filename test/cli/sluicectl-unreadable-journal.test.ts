@@ -29,6 +29,12 @@ import { sluicectl } from './helpers.js';
  * the check runs after a read that succeeded only while another connection keeps the log's index
  * (a running daemon) and the log's pages are out of the page cache, which this disk cannot
  * arrange (it is mounted again to cut it).
+ *
+ * sluicectl's own reads and open meet the failed reads too, and SQLite ends them with
+ * SQLITE_CORRUPT, as for a damaged page: `stuck`, `list` and a `show` on such a journal said it
+ * was damaged, and sluicectl on a killed daemon's journal whose log the disk cannot read said
+ * "cannot open the journal: SQLITE_CORRUPT". The check of the whole file tells the two apart:
+ * they must say that the disk failed to read the journal, exit 1.
  */
 
 const quoted = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -61,17 +67,30 @@ describe.runIf(tmpfsAvailable())('sluicectl on a journal the disk cannot read', 
     site = null;
   });
 
-  it('show of a key not found: the check says the disk failed to read the journal, not that it is damaged, exit 1', async () => {
+  /**
+   * A journal of 2,000 open commands (key-0 … key-1999), closed, its log copied into the file,
+   * on a disk that fails reads of its last fifth: quick_check reports each page it cannot read.
+   */
+  function closedJournalCutShort(): string {
     site = tempDir('sluice-ctl-unreadable-');
-    // Closed, its log copied into the file: quick_check reports each page it cannot read.
     const source = join(site.dir, 'source.db');
     const journal = SqliteJournal.open({ path: source, groupCommit: true });
     for (let i = 0; i < 2_000; i++) journal.claim(command(`key-${i}`));
     journal.close();
     const data = readFileSync(source);
     disk = failingDisk(site.dir, [{ name: 'journal.db', data }]);
-    const path = join(disk.folder, 'journal.db');
     disk.failReadsFrom('journal.db', data.length * 0.8);
+    return join(disk.folder, 'journal.db');
+  }
+
+  /** sluicectl's line saying the disk failed to read the journal at `path`, then `what`. */
+  const unreadableLine = (path: string, what: string): RegExp =>
+    new RegExp(
+      `^sluicectl: the journal ${quoted(path)} cannot be read: an I/O error, the disk failed to read part of it or of its -wal file \\(SQLite's check: "[^"]*"\\): ${quoted(what)}\\..*journalctl -k.*restore the journal from a backup onto a sound disk`,
+    );
+
+  it('show of a key not found: the check says the disk failed to read the journal, not that it is damaged, exit 1', async () => {
+    const path = closedJournalCutShort();
 
     const run = await sluicectl(['--journal', path, 'show', 'no-such-key']);
     expect(run.code).toBe(1);
@@ -83,6 +102,62 @@ describe.runIf(tmpfsAvailable())('sluicectl on a journal the disk cannot read', 
     );
     expect(run.stderr).not.toContain('damaged');
   }, 60_000);
+
+  it('stuck and list whose read fails on what the disk cannot read say so, not that the journal is damaged, exit 1', async () => {
+    const path = closedJournalCutShort();
+    for (const args of [['stuck'], ['list'], ['show', 'key-1999']]) {
+      const run = await sluicectl(['--journal', path, ...args]);
+      expect(run.code, args.join(' ')).toBe(1);
+      expect(run.stdout, args.join(' ')).toBe('');
+      expect(run.stderr, args.join(' ')).toMatch(
+        unreadableLine(
+          path,
+          'the read failed on what it could not read, so nothing could be shown; the command asked for, or the ones listed, may be on it',
+        ),
+      );
+      expect(run.stderr, args.join(' ')).not.toContain('damaged');
+    }
+  }, 90_000);
+
+  it('show of a command read around what the disk cannot read ends saying so, not that the journal is damaged', async () => {
+    const path = closedJournalCutShort();
+    const run = await sluicectl(['--journal', path, 'show', 'key-0']);
+    expect(run.code).toBe(1);
+    // What could be read is shown.
+    expect(run.stdout).toMatch(/^Command key-0 {2}\(scope ops\)$/m);
+    const last = run.stderr.trimEnd().split('\n').at(-1) ?? '';
+    expect(last).toMatch(
+      unreadableLine(
+        path,
+        'what is shown is what it could read, and the commands on what it failed to read are missing from it',
+      ),
+    );
+  }, 60_000);
+
+  for (const beforeFirstCheckpoint of [false, true]) {
+    it(`a killed daemon's journal${beforeFirstCheckpoint ? ' (before its first checkpoint)' : ''} whose log the disk cannot read: the open says so, not SQLITE_CORRUPT, exit 1`, async () => {
+      site = tempDir('sluice-ctl-unreadable-');
+      const files = await journalLeftByKilledDaemon(
+        join(site.dir, 'source.db'),
+        beforeFirstCheckpoint,
+      );
+      disk = failingDisk(site.dir, files);
+      disk.failReadsFrom('journal.db-wal', files[1]!.data.length / 2);
+      const path = join(disk.folder, 'journal.db');
+
+      const run = await sluicectl(['--journal', path, 'stuck']);
+      expect(run.code).toBe(1);
+      expect(run.stdout).toBe('');
+      expect(run.stderr).toMatch(
+        unreadableLine(
+          path,
+          'nothing could be shown; the command asked for, or the ones listed, may be on what it failed to read',
+        ),
+      );
+      expect(run.stderr).not.toContain('SQLITE_CORRUPT');
+      expect(run.stderr).not.toContain('damaged');
+    }, 60_000);
+  }
 
   it('the check stopped by a read of the log that failed finds the journal unreadable, not whole', async () => {
     site = tempDir('sluice-ctl-unreadable-');
