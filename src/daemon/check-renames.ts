@@ -44,14 +44,13 @@ export function checkRenames(config: SluiceConfig, journalPath: string): RenameC
       if (renamed.some((r) => r.before === n.before && r.now === n.now)) continue;
       warnings.push(`warning: identity "${n.now}": ${identityRenameCheck(n).detail}`);
     }
-    const partial = reader.partial === null ? [] : [`(${reader.partial})`];
     if (errors.length === 0 && warnings.length === 0) {
       return {
         errors,
-        lines: [`no device or identity renamed against the journal ${journalPath}`, ...partial],
+        lines: [`no device or identity renamed against the journal ${journalPath}`],
       };
     }
-    return { errors, lines: [...warnings, ...partial] };
+    return { errors, lines: warnings };
   } catch (error) {
     return { errors: [], lines: [notRead(journalPath, messageOf(error))] };
   } finally {

@@ -1,6 +1,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import BetterSqlite3 from 'better-sqlite3';
 import type { OpenPage, OpenPageRef } from '../core/journal.js';
+import { withLog } from './log-image.js';
 
 /**
  * The journal as `sluiced --check` reads it: the records the start compares the configuration
@@ -15,7 +16,9 @@ import type { OpenPage, OpenPageRef } from '../core/journal.js';
  * cleanly: its last connection copied the log into the file and removed both), the file is
  * read into memory and opened there (its header marked for the rollback journal, in the copy:
  * SQLite opens no WAL database in memory), up to MAX_COPY_BYTES. With the log alone, the same,
- * and the reader says that what the log holds was not read.
+ * with the log's committed pages copied into the copy as a checkpoint would (log-image.ts): a
+ * daemon killed before SQLite's first checkpoint leaves the tables in its log alone, and the
+ * file read without it held none ("no such table: meta").
  */
 
 /** The largest journal --check reads into memory (a journal of a million commands is ~900 MB). */
@@ -29,8 +32,6 @@ export interface CheckReader {
   scopeKeys(scope: string): { count: number; open: number; lastSettledAt: number | null };
   /** Never called by a check that writes nothing; throws. */
   writeMeta(key: string, value: string): void;
-  /** What the reading left out, for the check's output; null when it read everything. */
-  readonly partial: string | null;
   close(): void;
 }
 
@@ -48,14 +49,15 @@ export function readJournalForCheck(path: string, maxCopyBytes = MAX_COPY_BYTES)
     if (log && index) {
       db = new BetterSqlite3(path, { readonly: true, fileMustExist: true, timeout: 2000 });
     } else {
-      const bytes = statSync(path).size;
+      const bytes = statSync(path).size + (log ? statSync(`${path}-wal`).size : 0);
       if (bytes > maxCopyBytes) {
         return {
           kind: 'unreadable',
           why: `${Math.round(bytes / 1_048_576)} MB: larger than --check reads into memory while sluiced is stopped (${Math.round(maxCopyBytes / 1_048_576)} MB); run it while sluiced runs, when it reads the journal in place`,
         };
       }
-      const copy = readFileSync(path);
+      const file = readFileSync(path);
+      const copy = log ? withLog(file, readFileSync(`${path}-wal`)) : file;
       // File format version numbers (bytes 18 and 19): 2 is WAL, 1 the rollback journal.
       if (copy.length >= 20 && copy[18] === 2 && copy[19] === 2) copy.fill(1, 18, 20);
       db = new BetterSqlite3(copy, { readonly: true });
@@ -82,10 +84,6 @@ export function readJournalForCheck(path: string, maxCopyBytes = MAX_COPY_BYTES)
     const reader: CheckReader = {
       scopeKeys: (scope) =>
         scopeKeys.get(scope) as { count: number; open: number; lastSettledAt: number | null },
-      partial:
-        log && !index
-          ? `its log (${path}-wal) was not read, its index being gone: the newest writes may be missing`
-          : null,
       readMeta: (key) => (readMeta.get(key) as string | undefined) ?? null,
       openDevices: () => {
         const devices: string[] = [];

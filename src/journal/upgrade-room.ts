@@ -3,11 +3,13 @@ import {
   closeSync,
   constants,
   openSync,
+  readFileSync,
   readSync,
   statSync,
   statfsSync,
 } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { committedPages } from './log-image.js';
 import { LATEST_VERSION, MIGRATIONS } from './migrations.js';
 
 /**
@@ -184,7 +186,9 @@ export type JournalOutlook =
  * page), without SQLite: `--check` creates and writes nothing, and a connection would (the -shm
  * index of a journal in WAL mode; the checkpoint its last connection makes on closing). The
  * header is the file's: a migration checkpoints its log at once, so a version committed only to
- * the log is not left behind by an upgrade.
+ * the log is not left behind by an upgrade. But a daemon killed before SQLite's first
+ * checkpoint leaves a file in WAL mode with no version in its header, and its version in its
+ * log: then the first page as the log's last commit has it (versionInLog).
  */
 export function journalOutlook(path: string): JournalOutlook {
   let header: Buffer;
@@ -200,13 +204,32 @@ export function journalOutlook(path: string): JournalOutlook {
     return (error as { code?: unknown }).code === 'ENOENT' ? { kind: 'none' } : { kind: 'other' };
   }
   if (header.toString('latin1', 0, 16) !== 'SQLite format 3\0') return { kind: 'other' };
-  const version = header.readUInt32BE(60);
+  // File format version numbers (bytes 18 and 19): 2 is WAL.
+  const version = header.readUInt32BE(60) || (header[18] === 2 ? versionInLog(path) : 0);
   if (version === 0) return { kind: 'other' };
   if (version === LATEST_VERSION) return { kind: 'current', version };
   if (version > LATEST_VERSION) return { kind: 'newer', version };
   const room = upgradeRoom(path, version);
   const refusal = room === null ? null : upgradeRefusal(path, version, room);
   return { kind: 'upgrade', from: version, to: LATEST_VERSION, room, refusal };
+}
+
+/** The largest log versionInLog reads (a log left before the first checkpoint is a few MB). */
+const MAX_LOG_BYTES = 256 * 1024 * 1024;
+
+/**
+ * The schema version in the first page as the committed transactions of the journal's log
+ * (`-wal`) leave it (log-image.ts); 0 when the log is not there, too large, or does not hold
+ * that page.
+ */
+function versionInLog(path: string): number {
+  try {
+    if (statSync(`${path}-wal`).size > MAX_LOG_BYTES) return 0;
+    const first = committedPages(readFileSync(`${path}-wal`))?.page.get(1);
+    return first === undefined || first.length < 64 ? 0 : first.readUInt32BE(60);
+  } catch {
+    return 0;
+  }
 }
 
 /** Bytes of the journal's log (`-wal`), 0 when it has none. */
