@@ -222,9 +222,11 @@ export function stuckItems(
       journal: { history: historyOf, stopsAfter: (r, limit) => journal.stopsAfter(r, limit) },
     }).stuck.map((s) => [refId(s), s]),
   );
-  // Listed oldest first (what each waits behind is judged in the journal's order above).
+  // Listed oldest first (what each waits behind is judged in the journal's order above). No
+  // bound (0) lists every one: after the gateway clock stepped back, a command accepted before
+  // the step has a negative age, and was left out of the page's list and of `show`.
   return open
-    .filter((r) => listed(r) && now - r.acceptedAt >= olderThanMs)
+    .filter((r) => listed(r) && (olderThanMs <= 0 || now - r.acceptedAt >= olderThanMs))
     .sort((a, b) => a.acceptedAt - b.acceptedAt)
     .map((r) => {
       const late = stuck.get(refId(r)) ?? null;
