@@ -54,6 +54,12 @@ export function whyOpen(item: StuckItem, device: OpenDevice, now: number): strin
     // The bound in the words of /readyz and `sluicectl stuck` (core/open-commands.ts).
     return `open ${seconds(item.overdueMs ?? 0)} past ${item.stuckReason ?? 'its bound'}; the daemon would have ended it by now${last}`;
   }
+  // The daemon has no worker for a device its configuration does not have (the page's timings
+  // are the daemon's): nothing runs it, whatever its device's queue holds, and "waits behind"
+  // read as if it would run in its turn. As the sweep says it.
+  if (item.confirmTimeoutMs === null) {
+    return `its device is not in the configuration: no worker can settle it; an operator resolves it${last}`;
+  }
   // A device that cannot be read is why first: no readback can settle a write or let a command
   // be written (each is written only on a fresh read of its device, I4), and its mirror is the
   // last read, so a valve travelling when its PLC dropped off stood still on the page.
@@ -67,11 +73,8 @@ export function whyOpen(item: StuckItem, device: OpenDevice, now: number): strin
     return `the device is not moving: ${stalled.state}${at} for ${seconds(stalled.forMs)}${last}`;
   }
   // An accepted one past its deadline will not run, whatever it waits behind (as `sluicectl
-  // show` says), on a device the daemon has: no worker takes one it no longer has.
-  const expired =
-    item.state === 'accepted' && item.confirmTimeoutMs !== null
-      ? expiredText(Date.parse(item.deadline), now)
-      : null;
+  // show` says).
+  const expired = item.state === 'accepted' ? expiredText(Date.parse(item.deadline), now) : null;
   if (item.waitsBehind.length > 0) {
     return item.state === 'dispatched'
       ? `waits for ${pausedText(item.waitsBehind, item.waitsBehindCount)}${unread}`

@@ -93,6 +93,12 @@ export interface UiSiteOptions {
   /** More open commands seeded as ORPHAN is (its scope and device), by key. */
   readonly orphans?: readonly string[];
   /**
+   * Open commands seeded as ORPHAN is, but whose deadline is `inMs` after the daemon's start
+   * (accepted 30 s before it): not stuck until then (a device no longer configured is judged
+   * from its deadline).
+   */
+  readonly laterOrphans?: readonly { readonly key: string; readonly inMs: number }[];
+  /**
    * `ops` also has a token file (FILE_TOKENS.ops) and `desk` has one in place of its
    * tokenSha256 (TOKENS.desk): tokens a reload (SIGHUP) reads again.
    */
@@ -224,6 +230,15 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     seedOrphan(join(dir, 'state', 'journal.db'), now, {
       scope: ORPHAN.scope,
       key,
+      device: ORPHAN.device,
+      intake: 'mqtt',
+    });
+  }
+  for (const later of options.laterOrphans ?? []) {
+    // seedOrphan's deadline is 570 s before the `now` it is given.
+    seedOrphan(join(dir, 'state', 'journal.db'), now + 570_000 + later.inMs, {
+      scope: ORPHAN.scope,
+      key: later.key,
       device: ORPHAN.device,
       intake: 'mqtt',
     });

@@ -1,0 +1,41 @@
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { call, login, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
+
+/**
+ * Why the status page says an open command of a device no longer in the configuration is open.
+ * The daemon has no worker for such a device: nothing runs its commands, in turn or otherwise.
+ * The second of two such commands was said to "wait behind" the first "on its device, which runs
+ * one command at a time", as if it would run once the first had. Now it is said as the sweep
+ * says it. The real daemon and its status page over TLS, its journal seeded with the two
+ * commands before the start; ground truth: what the page's API answers a logged-in operator.
+ */
+
+const LATER = 'later-orphan';
+
+let site: UiSite;
+
+beforeAll(async () => {
+  // Accepted 5 s before the start, its deadline 25 s after it: not stuck while the test runs.
+  site = await startUiSite({
+    mqtt: false,
+    opcua: false,
+    laterOrphans: [{ key: LATER, inMs: 25_000 }],
+  });
+}, 60_000);
+
+afterAll(async () => {
+  await site.stop();
+});
+
+it('says a queued command of a device not in the configuration has no worker, not what it waits behind', async () => {
+  const { cookie } = await login(site, TOKENS.ops);
+  const answer = await call(site, 'GET', '/ui/api/commands', { cookie });
+  expect(answer.status, answer.body).toBe(200);
+  const open = answer.json<{
+    open: { key: string; device: string; stuck: boolean; why: string }[];
+  }>().open;
+  const later = open.find((c) => c.key === LATER);
+  expect(later).toMatchObject({ device: ORPHAN.device, stuck: false });
+  expect(later?.why).toMatch(/^its device is not in the configuration: no worker can settle it/);
+  expect(later?.why).not.toContain('waits behind');
+});
