@@ -129,6 +129,8 @@ export class UiEvents {
   private debounce: NodeJS.Timeout | null = null;
   /** The last push from a timer or a drain failed (pushed()): said once until one succeeds. */
   private pushFailing = false;
+  /** The last read of the gateway document failed (gatewayNow()): said once, and its return. */
+  private gatewayFailing = false;
   private lastHeartbeatMono: number;
   private lastPeerCheckMono: number;
   private checkingPeers = false;
@@ -237,11 +239,17 @@ export class UiEvents {
       return true;
     }
     socket?.once('end', gone);
-    this.send(stream, `retry: ${RETRY_MS}\n\n`);
-    this.sendDevices(stream, this.o.views.devices(allowed));
-    this.sendGateway(stream, this.o.views.gateway());
-    this.write(stream, 'commands', '{}');
+    // Ticking first: a stream whose first documents cannot be read (a journal read that fails)
+    // is brought up to date by the ticks once the journal reads again. Started after them, it
+    // was answered, and the page said "Live", but it was never sent anything more.
     this.startTicking();
+    this.send(stream, `retry: ${RETRY_MS}\n\n`);
+    this.pushed('devices', () => {
+      this.sendDevices(stream, this.o.views.devices(allowed));
+    });
+    const gateway = this.gatewayNow();
+    if (gateway !== null) this.sendGateway(stream, gateway);
+    this.write(stream, 'commands', '{}');
     return true;
   }
 
@@ -336,7 +344,10 @@ export class UiEvents {
     ]);
     const lanesChanged = lanes !== this.lanes;
     this.lanes = lanes;
-    const gateway = this.o.views.gateway();
+    // A journal read: one that fails costs the gateway band alone. It cost the whole tick —
+    // the devices (their connectivity, which no mirror change pushes), the heartbeat, the
+    // sessions kept alive, the peer check — logged at every tick.
+    const gateway = this.gatewayNow();
     const mono = this.o.clock.elapsed();
     const heartbeat = mono - this.lastHeartbeatMono >= this.bounds.heartbeatMs;
     if (heartbeat) this.lastHeartbeatMono = mono;
@@ -344,8 +355,10 @@ export class UiEvents {
       if (!this.live(stream)) continue;
       // Devices are sent when they changed; the stall judgement and connectivity change with
       // time alone, so they are looked at every tick.
-      this.sendDevices(stream, this.o.views.devices(stream.allowed));
-      this.sendGateway(stream, gateway);
+      this.pushed('devices', () => {
+        this.sendDevices(stream, this.o.views.devices(stream.allowed));
+      });
+      if (gateway !== null) this.sendGateway(stream, gateway);
       if (lanesChanged) this.write(stream, 'commands', '{}');
       // A stream that is behind is not idle: its connection has bytes to carry already.
       if (heartbeat) this.send(stream, ': keep-alive\n\n');
@@ -360,6 +373,30 @@ export class UiEvents {
         .finally(() => {
           this.checkingPeers = false;
         });
+    }
+  }
+
+  /**
+   * The gateway document, or null when a read for it failed (the open commands are counted
+   * from the journal): said once (error), and its return (info).
+   */
+  private gatewayNow(): UiGateway | null {
+    try {
+      const gateway = this.o.views.gateway();
+      if (this.gatewayFailing) {
+        this.gatewayFailing = false;
+        this.o.logger.info({}, 'status page: the gateway band is read again');
+      }
+      return gateway;
+    } catch (error) {
+      if (!this.gatewayFailing) {
+        this.o.logger.error(
+          { err: error },
+          'status page: the gateway band cannot be read (a read failed); its pages keep the last one, and their devices and commands go on; tried again every second',
+        );
+      }
+      this.gatewayFailing = true;
+      return null;
     }
   }
 
@@ -458,7 +495,8 @@ export class UiEvents {
     stream.behind = false;
     if (!this.streams.has(stream) || !this.live(stream)) return;
     this.sendDevices(stream, this.o.views.devices(stream.allowed));
-    this.sendGateway(stream, this.o.views.gateway());
+    const gateway = this.gatewayNow();
+    if (gateway !== null) this.sendGateway(stream, gateway);
     if (stream.commandsHeld && this.write(stream, 'commands', '{}')) stream.commandsHeld = false;
   }
 

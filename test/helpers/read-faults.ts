@@ -110,3 +110,12 @@ export function lastDispatchFaults(
     (params, failed) => failed < count && devices.has((params[0] as { device: string }).device),
   );
 }
+
+/**
+ * Fails the journal's count of its open commands (Journal.openCounts: the status page's gateway
+ * band, /metrics, /readyz) while armed, as readFaults fails Journal.get: the same double, for
+ * the same reason, on the statement that counts them.
+ */
+export function openCountsFaults(journal: SqliteJournal): ReadFaults {
+  return statementFailing(journal, 'openCounts', 'get', false, () => true);
+}
