@@ -19,9 +19,9 @@ import type { UiDevice, UiGateway, UiViews } from './ui-views.js';
  *
  * - `devices`: the devices table (ui-views.ts `UiDevice[]`);
  * - `gateway`: the gateway band (`UiGateway`);
- * - `commands`: a command was accepted, dispatched or settled, or a device stopped moving
- *   (`{ key, scope, device, state }` or `{}`): the page fetches its command lists again, with
- *   its own filter;
+ * - `commands`: a command was accepted, dispatched or settled, a command became stuck, or a
+ *   device stopped moving (`{ key, scope, device, state }` or `{}`): the page fetches its
+ *   command lists again, with its own filter;
  * - `session`: the session ended (logout, expiry); the page shows its login again.
  *
  * A comment line every 15 s keeps proxies and the browser from timing the stream out; the
@@ -136,6 +136,8 @@ export class UiEvents {
   private checkingPeers = false;
   /** The devices' queues and commands in flight at the last tick. */
   private lanes = '';
+  /** The open commands counted at the last tick: accepted, dispatched, stuck. */
+  private counts = '';
 
   constructor(options: UiEventsOptions) {
     this.o = options;
@@ -348,6 +350,12 @@ export class UiEvents {
     // the devices (their connectivity, which no mirror change pushes), the heartbeat, the
     // sessions kept alive, the peer check — logged at every tick.
     const gateway = this.gatewayNow();
+    // A dispatch changes no lane (the command was in flight from its take), and a command
+    // crossing its stuck bound changes nothing but the count: both change what the page's lists
+    // say of it, and the page fetches them only on a cue.
+    const counts = gateway === null ? this.counts : JSON.stringify(gateway.commands);
+    const cue = lanesChanged || counts !== this.counts;
+    this.counts = counts;
     const mono = this.o.clock.elapsed();
     const heartbeat = mono - this.lastHeartbeatMono >= this.bounds.heartbeatMs;
     if (heartbeat) this.lastHeartbeatMono = mono;
@@ -359,7 +367,7 @@ export class UiEvents {
         this.sendDevices(stream, this.o.views.devices(stream.allowed));
       });
       if (gateway !== null) this.sendGateway(stream, gateway);
-      if (lanesChanged) this.write(stream, 'commands', '{}');
+      if (cue) this.write(stream, 'commands', '{}');
       // A stream that is behind is not idle: its connection has bytes to carry already.
       if (heartbeat) this.send(stream, ': keep-alive\n\n');
     }
