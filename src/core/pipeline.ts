@@ -499,8 +499,8 @@ export class CommandPipeline {
         throw error;
       }
       if (record === undefined) throw error;
-      this.logger.warn(
-        { err: error, key: retry.key, intake: retry.intake, state: record.state },
+      commandLogger(this.logger, record).warn(
+        { err: error, intake: retry.intake, state: record.state },
         'journal unavailable: a retry of a journaled key is answered from the journal as read, and its history does not record it',
       );
       return {

@@ -92,7 +92,10 @@ export function operatorActions(options: OperatorActionsOptions): {
     const by = operatorName(session, clientAddress(request));
     let outcome: Awaited<ReturnType<CommandPipeline['reverify']>> | 'ended';
     const askedAt = clock.now();
+    // Its device, for the log line of a session that ends while the readback runs.
+    let device: string | undefined;
     try {
+      device = pipeline.get(ref)?.device;
       outcome = await untilEnded(pipeline.reverify(ref, by, REVERIFY_WAIT_MS), watch.ended).finally(
         watch.release,
       );
@@ -101,7 +104,7 @@ export function operatorActions(options: OperatorActionsOptions): {
     }
     if (outcome === 'ended' || !sessionAlive(session)) {
       logger.warn(
-        { key: ref.key, scope: ref.scope, identity: session.identity, by },
+        { key: ref.key, device, scope: ref.scope, identity: session.identity, by },
         'reverify from the status page not answered: its session ended while the readback ran; the readback goes on and settles the command as any readback does',
       );
       return unauthorized(

@@ -272,12 +272,13 @@ it("a reverify whose readback runs when a reload ends its session is answered 40
     expect(answer.status, answer.body).toBe(401);
     expect(answer.json()).toMatchObject({ code: 'UNAUTHORIZED' });
     expect(answer.body).not.toContain('"result"');
-    expect(
-      site
-        .log()
-        .split('\n')
-        .some((l) => l.includes('reverify from the status page not answered')),
-    ).toBe(true);
+    // Said with the command's key and device, as every line about a command (SPEC §9).
+    const unanswered = site
+      .log()
+      .split('\n')
+      .filter((l) => l.includes('reverify from the status page not answered'))
+      .map((l) => JSON.parse(l) as unknown);
+    expect(unanswered).toEqual([expect.objectContaining({ key: KEY, device: 'drain-valve' })]);
   } finally {
     drain.clearFault('stall');
   }
