@@ -328,6 +328,26 @@ describe('freshness (I3)', () => {
     expect(valve.snapshot().state).toBe('OPEN');
   });
 
+  it('rejects a command that went stale while it waited, before the read that would make it a no-op', async () => {
+    // An open behind an open: once the first is confirmed, the read would find the valve at
+    // the second's target (a no-op, nothing to write), so only the check before that read
+    // can judge it; past its deadline it is rejected, not confirmed.
+    const h = await start({ travelMs: 300 });
+    const valve = h.device('v1');
+    h.submit('k1', open);
+    h.submit('k2', { ...open, ttlMs: 100 });
+    const k1 = await h.settled('k1');
+    const k2 = await h.settled('k2');
+    expect(k1.state).toBe('confirmed');
+    expect(k2, h.notes('k2').join(' | ')).toMatchObject({
+      state: 'rejected',
+      code: 'STALE_COMMAND',
+      seq: null,
+      observed: null,
+    });
+    expect(valve.writeLog.map((w) => w.seq)).toEqual([k1.seq]);
+  });
+
   it('records the gateway receive time when the issuer gives none', async () => {
     const h = await start();
     const before = Date.now();
