@@ -78,9 +78,28 @@ type Op =
   | { kind: 'local'; device: Device; ms: number }
   | { kind: 'stall'; ms: number }
   | { kind: 'loseCommit' }
-  | { kind: 'refuse'; afterReadOf: Device | null; ms: number };
+  | { kind: 'refuse'; afterReadOf: Device | null; ms: number }
+  | { kind: 'short'; device: Device; ttlMs: number; leftMs: number; holdMs: number };
 
 const device = fc.constantFrom<Device>('v1', 'v2', 'a1');
+/**
+ * A command that reaches its deadline about when it is judged (I3): a ttl of its own (50 to
+ * 1,500 ms), its issuedAt aged so that `leftMs` plus `holdMs` of it remain (all of it, when the
+ * ttl is shorter). With `holdMs`, the controller takes no command that long and a command that
+ * moves the device goes first (a hold about as long as the ttl): the short one waits behind it
+ * for about the hold, then moves it back. Without, it is judged at once, on its fresh read
+ * (the device's earlier commands done first, as far as a bounded wait allows).
+ * Either way its deadline falls about when it is dispatched or rejected STALE_COMMAND, where a
+ * deadline judged with some slack would let it through (NEAR_DEADLINE_MS: the runs must hold
+ * such a command, or the I3 check below could not fail).
+ */
+const short: fc.Arbitrary<Op> = fc.record({
+  kind: fc.constant('short' as const),
+  device,
+  ttlMs: fc.integer({ min: 50, max: 1_500 }),
+  leftMs: fc.integer({ min: 0, max: 200 }),
+  holdMs: fc.oneof(fc.constant(0), fc.integer({ min: 50, max: 1_200 })),
+});
 const op: fc.Arbitrary<Op> = fc.oneof(
   {
     weight: 8,
@@ -211,6 +230,7 @@ const op: fc.Arbitrary<Op> = fc.oneof(
       ms: fc.integer({ min: 1, max: 100 }),
     }),
   },
+  { weight: 2, arbitrary: short },
 );
 
 /**
@@ -220,13 +240,25 @@ const op: fc.Arbitrary<Op> = fc.oneof(
  * most often; not when a stop supersedes the command first, or the device is in LOCAL).
  */
 type Protocol = 'modbus' | 'opcua';
-const reached: Record<
-  Protocol,
-  { runs: number; refusals: number; writesNotSent: number; redispatchedAfterNotSent: number }
-> = {
-  modbus: { runs: 0, refusals: 0, writesNotSent: 0, redispatchedAfterNotSent: 0 },
-  opcua: { runs: 0, refusals: 0, writesNotSent: 0, redispatchedAfterNotSent: 0 },
+interface Reached {
+  runs: number;
+  refusals: number;
+  writesNotSent: number;
+  redispatchedAfterNotSent: number;
+  /** Commands judged near their deadline (NEAR_DEADLINE_MS): a check, at least one. */
+  nearDeadline: number;
+}
+const reached: Record<Protocol, Reached> = {
+  modbus: { runs: 0, refusals: 0, writesNotSent: 0, redispatchedAfterNotSent: 0, nearDeadline: 0 },
+  opcua: { runs: 0, refusals: 0, writesNotSent: 0, redispatchedAfterNotSent: 0, nearDeadline: 0 },
 };
+/**
+ * Near its deadline: a command dispatched at most this long before it, or rejected
+ * STALE_COMMAND at most this long after it. A deadline judged with less slack than this (a
+ * freshness check that let a command through until 300 ms past its deadline, say) shows as a
+ * dispatch past the deadline in a run that held such a command.
+ */
+const NEAR_DEADLINE_MS = 200;
 /** The PLC the devices are on (SimHarness's `mb`; startOpcuaSimHarness's `ua`). */
 const PLC: Readonly<Record<Protocol, string>> = { modbus: 'mb', opcua: 'ua' };
 
@@ -292,6 +324,11 @@ async function run(
       ? { device: id, action: 'move', position: now.position > 50 ? 20 : 80, ttlMs: TTL }
       : { device: id, action: now.state === 'OPEN' ? 'close' : 'open', ttlMs: TTL };
   };
+  // The command that moves the device back from where `body` takes it.
+  const back = (body: Record<string, unknown>): Record<string, unknown> =>
+    body.action === 'move'
+      ? { ...body, position: body.position === 20 ? 80 : 20 }
+      : { ...body, action: body.action === 'open' ? 'close' : 'open' };
   try {
     for (const o of ops) {
       switch (o.kind) {
@@ -382,6 +419,24 @@ async function run(
           }
           counts.refusals++;
           break;
+        case 'short': {
+          // Once the device's open commands are done (up to 300 ms), as for `refuse`: behind
+          // them, it would be judged long after its deadline.
+          const idleBy = Date.now() + 300;
+          const busy = (): boolean => h.journal.listOpen().some((r) => r.device === o.device);
+          while (busy() && Date.now() < idleBy) await new Promise((r) => setTimeout(r, 10));
+          const away = await awayFromNow(o.device);
+          let body = away;
+          if (o.holdMs > 0) {
+            await sim.device(o.device).setFault({ kind: 'hold', ms: o.holdMs });
+            submitNew(`ahead-${n++}`, away, 'https');
+            body = back(away);
+          }
+          const leftMs = Math.min(o.ttlMs, o.leftMs + o.holdMs);
+          const issuedAt = new Date(Date.now() - (o.ttlMs - leftMs)).toISOString();
+          submitNew(`short-${n++}`, { ...body, ttlMs: o.ttlMs, issuedAt }, 'mqtt');
+          break;
+        }
       }
     }
     // Let the faults end, then everything settles: each device works through its queue.
@@ -405,13 +460,28 @@ async function run(
     const records = h.journal.list({ limit: 10_000 });
     counts.runs++;
     for (const r of records) {
+      const dispatchedAt: number[] = [];
       for (const e of h.journal.history(r)) {
+        if (
+          (e.from === 'accepted' && e.to === 'dispatched') ||
+          e.detail.startsWith('redispatch:')
+        ) {
+          dispatchedAt.push(e.at);
+        }
         if (e.detail.includes('was not sent: no connection to the controller')) {
           counts.writesNotSent++;
         }
         if (e.detail.startsWith('redispatch:') && e.detail.includes('found no connection')) {
           counts.redispatchedAfterNotSent++;
         }
+      }
+      // Judged near its deadline: dispatched shortly before it, or rejected stale shortly after.
+      const stale = r.code === 'STALE_COMMAND' ? r.settledAt! - r.deadline : Infinity;
+      if (
+        dispatchedAt.some((at) => r.deadline - at <= NEAR_DEADLINE_MS) ||
+        (stale >= 0 && stale <= NEAR_DEADLINE_MS)
+      ) {
+        counts.nearDeadline++;
       }
     }
     // The simulator's write logs: every write that reached a controller, in arrival order.
@@ -619,8 +689,11 @@ export async function checkProperty(protocol: Protocol, runs: number): Promise<v
       protocol === 'modbus' ? fc.constantFrom(1, 2) : fc.constant(1),
       fc.boolean(),
       // Lengths drawn over the whole range: fast-check's default size made most runs a few
-      // operations long (30 runs held 33 commands, and no second write).
-      fc.array(op, { minLength: 1, maxLength: 25, size: 'max' }),
+      // operations long (30 runs held 33 commands, and no second write). Each run holds a
+      // command with a short deadline at least (`short`), somewhere among the rest.
+      fc
+        .tuple(fc.array(op, { minLength: 1, maxLength: 25, size: 'max' }), short, fc.nat())
+        .map(([ops, s, at]) => ops.toSpliced(at % (ops.length + 1), 0, s)),
       (connections, warm, ops) => run(protocol, connections, warm, ops),
     ),
     {
@@ -635,7 +708,7 @@ export async function checkProperty(protocol: Protocol, runs: number): Promise<v
   );
   const counts = reached[protocol];
   console.log(
-    `${label} re-dispatch rounds: ${counts.refusals} refusals of connections in ${counts.runs} runs checked; ${counts.writesNotSent} writes refused unsent, ${counts.redispatchedAfterNotSent} re-dispatched after one`,
+    `${label} re-dispatch rounds: ${counts.refusals} refusals of connections in ${counts.runs} runs checked; ${counts.writesNotSent} writes refused unsent, ${counts.redispatchedAfterNotSent} re-dispatched after one; ${counts.nearDeadline} commands judged within ${NEAR_DEADLINE_MS} ms of their deadline`,
   );
   if (details.failed) {
     console.error(details.errorInstance);
@@ -646,5 +719,12 @@ export async function checkProperty(protocol: Protocol, runs: number): Promise<v
   expect(details.failed, fc.defaultReportMessage(details) ?? '').toBe(false);
   expect(details.interrupted, 'the property was interrupted before its runs were done').toBe(false);
   // A replayed path runs that case alone.
-  if (path === undefined) expect(details.numRuns).toBe(runs);
+  if (path === undefined) {
+    expect(details.numRuns).toBe(runs);
+    // Without a command judged near its deadline, the I3 check had nothing it could fail on.
+    expect(
+      counts.nearDeadline,
+      `no command was dispatched or rejected stale within ${NEAR_DEADLINE_MS} ms of its deadline`,
+    ).toBeGreaterThan(0);
+  }
 }
