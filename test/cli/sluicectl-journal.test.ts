@@ -11,7 +11,7 @@ import { allocateSeq } from '../../src/core/sequence.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { nodeArgs } from '../helpers/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
-import { isRoot } from '../helpers/real.js';
+import { isRoot, realComponent } from '../helpers/real.js';
 import {
   SUBCOMMANDS,
   configYaml,
@@ -780,7 +780,9 @@ describe('errors and usage', () => {
     );
   });
 
-  it.runIf(isRoot)(
+  it.runIf(
+    realComponent('root (to run sluicectl as another user)', isRoot, 'run the tests as root'),
+  )(
     'says permission denied, not "no journal" or "no configuration", for a file in a folder closed to the user',
     async () => {
       // Under systemd the journal is in StateDirectory= (0700, the daemon's user) and the site

@@ -10,6 +10,7 @@ import { silentLogger } from '../../src/core/logger.js';
 import { buildDrivers, type Drivers, type Inventory } from '../../src/drivers/inventory.js';
 import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
 import { PROFILES, tempDir } from '../helpers/fixtures.js';
+import { realComponent } from '../helpers/real.js';
 import { TcpLink } from '../helpers/tcp-link.js';
 import {
   linkedDriver,
@@ -340,11 +341,14 @@ describe('OPC UA server certificate trust and the PKI folders', () => {
     const [cert] = readdirSync(rejected);
     const copy = join(rejected, cert!);
     // An immutable file: one the gateway's user (root here) cannot remove. The file system
-    // decides whether it can be made so.
+    // decides whether it can be made so: where it cannot, skipped with why, and a failure under
+    // SLUICE_REQUIRE_REAL=1.
     try {
       execFileSync('chattr', ['+i', copy], { stdio: 'ignore' });
     } catch {
-      ctx.skip();
+      const what = `an immutable file (chattr +i ${copy})`;
+      realComponent(what, false, 'root, on a file system with the flag: ext4, xfs; not tmpfs');
+      ctx.skip(`${what} is not available`);
     }
     cleanups.push(() => {
       execFileSync('chattr', ['-i', copy], { stdio: 'ignore' });
