@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
 import { afterAll, beforeAll, vi } from 'vitest';
 
@@ -5,7 +6,8 @@ import { afterAll, beforeAll, vi } from 'vitest';
  * The files of one vitest worker run in one process (isolate: false in vitest.config.ts), so a
  * file that left the process changed would change the files after it. This runs around every
  * file and fails the file that did: fake timers still installed, an environment variable set or
- * removed, or a listener for a signal or a process-wide error added and not removed.
+ * removed, a listener for a signal or a process-wide error added and not removed, or a function
+ * left replaced by a double (DOUBLED).
  */
 const WATCHED = ['SIGTERM', 'SIGINT', 'SIGHUP', 'uncaughtException', 'unhandledRejection'] as const;
 
@@ -18,7 +20,28 @@ const WATCHED = ['SIGTERM', 'SIGINT', 'SIGHUP', 'uncaughtException', 'unhandledR
  */
 const SET_BY_LIBRARIES = new Set(['OPENSSL_CONF', 'RANDFILE']);
 
+/**
+ * The functions a file may replace with a double, each of which must be the same function after
+ * the file as before it: those of node:fs the tests replace (fs.fdatasync, fs.watch,
+ * fs.readdirSync: failing-fdatasync.ts, slow-fdatasync.ts, opcua-trust.ts and others), and the
+ * clocks and timers every file runs on (fake timers aside, which are checked as such).
+ */
+const DOUBLED: readonly (readonly [string, object, string])[] = [
+  ...['fdatasync', 'fdatasyncSync', 'fsync', 'fsyncSync', 'watch', 'readdir', 'readdirSync'].map(
+    (name) => [`fs.${name}`, fs, name] as const,
+  ),
+  ['Date.now', Date, 'now'],
+  ['performance.now', performance, 'now'],
+  ...['setTimeout', 'setInterval', 'setImmediate', 'queueMicrotask'].map(
+    (name) => [name, globalThis, name] as const,
+  ),
+];
+
+const doubled = (): Map<string, unknown> =>
+  new Map(DOUBLED.map(([name, owner, key]) => [name, Reflect.get(owner, key)]));
+
 let env: Record<string, string | undefined> = {};
+let functions = new Map<string, unknown>();
 let listeners: Record<string, number> = {};
 
 const listenerCounts = (): Record<string, number> =>
@@ -27,11 +50,14 @@ const listenerCounts = (): Record<string, number> =>
 beforeAll(() => {
   env = { ...process.env };
   listeners = listenerCounts();
+  functions = doubled();
 });
 
 afterAll(() => {
   const left: string[] = [];
   if (vi.isFakeTimers()) left.push('fake timers installed');
+  const replaced = [...doubled()].filter(([name, f]) => functions.get(name) !== f);
+  if (replaced.length > 0) left.push(`replaced: ${replaced.map(([name]) => name).join(', ')}`);
   for (const name of SET_BY_LIBRARIES) {
     const before = env[name];
     if (before === undefined) Reflect.deleteProperty(process.env, name);
