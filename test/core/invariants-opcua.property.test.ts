@@ -1,5 +1,9 @@
 import { describe, it } from 'vitest';
-import { checkProperty } from '../helpers/invariants-property.js';
+import {
+  checkProperty,
+  propertyTimeLimitMs,
+  PROPERTY_RUNS,
+} from '../helpers/invariants-property.js';
 
 /**
  * The invariants under random interleavings on sluice-sim (test/helpers/invariants-property.ts),
@@ -9,7 +13,11 @@ import { checkProperty } from '../helpers/invariants-property.js';
  * processed, a dropped reply one whose answer never comes.
  */
 describe('invariants under random interleavings, on sluice-sim', () => {
-  it('OPC UA: I1, I2 and I3 hold, and every command ends', async () => {
-    await checkProperty('opcua', Number(process.env.SLUICE_PROPERTY_OPCUA_RUNS ?? 5));
-  }, 300_000);
+  it(
+    'OPC UA: I1, I2 and I3 hold, and every command ends',
+    async () => {
+      await checkProperty('opcua', PROPERTY_RUNS.opcua);
+    },
+    propertyTimeLimitMs('opcua', PROPERTY_RUNS.opcua) + 60_000,
+  );
 });

@@ -1,5 +1,9 @@
 import { describe, it } from 'vitest';
-import { checkProperty } from '../helpers/invariants-property.js';
+import {
+  checkProperty,
+  propertyTimeLimitMs,
+  PROPERTY_RUNS,
+} from '../helpers/invariants-property.js';
 
 /**
  * The invariants under random interleavings on sluice-sim, its devices on a Modbus PLC: the
@@ -7,7 +11,11 @@ import { checkProperty } from '../helpers/invariants-property.js';
  * same property with the devices on an OPC UA PLC is invariants-opcua.property.test.ts.
  */
 describe('invariants under random interleavings, on sluice-sim', () => {
-  it('Modbus: I1, I2 and I3 hold, and every command ends', async () => {
-    await checkProperty('modbus', Number(process.env.SLUICE_PROPERTY_RUNS ?? 30));
-  }, 300_000);
+  it(
+    'Modbus: I1, I2 and I3 hold, and every command ends',
+    async () => {
+      await checkProperty('modbus', PROPERTY_RUNS.modbus);
+    },
+    propertyTimeLimitMs('modbus', PROPERTY_RUNS.modbus) + 60_000,
+  );
 });

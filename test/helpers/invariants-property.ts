@@ -41,7 +41,8 @@ import type { WriteLogEntry } from '../../simulators/write-log.js';
  * (SLUICE_PROPERTY_RUNS=N for a longer run, SLUICE_PROPERTY_SHRINK=1 to shrink a failure;
  * SLUICE_PROPERTY_SEED=random, or unset, draws a seed and prints it; both files take one given).
  * SLUICE_PROPERTY_OPCUA_RUNS=N sets the OPC UA property's runs (default 5: each run starts an
- * OPC UA server, and each life of the pipeline makes its client certificate).
+ * OPC UA server, and each life of the pipeline makes its client certificate). The time limit
+ * grows with the runs (propertyTimeLimitMs).
  */
 
 const TTL = 2_500;
@@ -677,6 +678,28 @@ const PROPERTY_FILES: Readonly<Record<Protocol, string>> = {
   opcua: 'test/core/invariants-opcua.property.test.ts',
 };
 
+/** The runs of each property: SLUICE_PROPERTY_RUNS (Modbus), SLUICE_PROPERTY_OPCUA_RUNS. */
+export const PROPERTY_RUNS: Readonly<Record<Protocol, number>> = {
+  modbus: Number(process.env.SLUICE_PROPERTY_RUNS ?? 30),
+  opcua: Number(process.env.SLUICE_PROPERTY_OPCUA_RUNS ?? 5),
+};
+
+/**
+ * The time a run may take on average before the property is interrupted (a failure): 240 s for
+ * the default runs of each, as before the limit grew with them (30 Modbus runs took 66 s on
+ * the 2-core machine, 120-185 s with other test runs beside them).
+ */
+const PER_RUN_MS: Readonly<Record<Protocol, number>> = { modbus: 8_000, opcua: 48_000 };
+
+/**
+ * How long `runs` runs of the property over `protocol` may take before fast-check interrupts
+ * them (a failure): at least 240 s, and PER_RUN_MS for each run. The test's timeout is a
+ * minute longer (its set-up, the report).
+ */
+export function propertyTimeLimitMs(protocol: Protocol, runs: number): number {
+  return Math.max(240_000, runs * PER_RUN_MS[protocol]);
+}
+
 /** fast-check's runs of the property over `protocol`, with the checks of their outcome. */
 export async function checkProperty(protocol: Protocol, runs: number): Promise<void> {
   const path = process.env.SLUICE_PROPERTY_PATH;
@@ -701,7 +724,7 @@ export async function checkProperty(protocol: Protocol, runs: number): Promise<v
       seed,
       ...(path === undefined ? {} : { path }),
       // Bounded, and an interrupted run is a failure, not fewer cases in silence.
-      interruptAfterTimeLimit: 240_000,
+      interruptAfterTimeLimit: propertyTimeLimitMs(protocol, runs),
       markInterruptAsFailure: true,
       endOnFailure: process.env.SLUICE_PROPERTY_SHRINK !== '1',
     },
