@@ -300,6 +300,9 @@ describe('gateway clock (SPEC §6)', () => {
     // Queued behind the travel, timed by its receipt: 3 s to live.
     const queued = h.submit('queued', { device: 'v1', action: 'close', ttlMs: 3_000 }).record;
     expect(queued).toMatchObject({ state: 'accepted', issuedAtSource: 'gateway' });
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     // The outage outlasts its deadline, and the valve has finished its travel: the close is
     // legal, and only its age stands between it and the controller.

@@ -25,6 +25,9 @@ import {
 async function heldOpenAcrossRestart(h: SimHarness): Promise<void> {
   await heldAcknowledgedOpen(h, 'p');
   h.pipeline.resolve({ scope: 'plant', key: 'p' }, 'ops@test', 'checked');
+  // On disk before the crash, as an intake or the admin endpoint answers only then
+  // (a crash loses the batch still open).
+  await h.journal.durable();
   await h.crash();
 }
 

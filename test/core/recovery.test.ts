@@ -34,6 +34,9 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     // A device that has taken commands before: its echo is not the power-up 0.
     h = await SimHarness.start({ warm: true });
     const d = h.dispatchedNotWritten('k1', 5_000);
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     await h.restart();
     const r = await h.settled('k1');
@@ -46,6 +49,9 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     h = await SimHarness.start();
     const valve = h.device('v1');
     h.dispatchedNotWritten('k1', 1_500);
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     // By hand to fully open, then back to REMOTE: the echo is unchanged, the state is not.
     valve.setLocal(true, 100);
@@ -63,6 +69,9 @@ describe('recovery at start (I5): settled by reading the controller', () => {
     h = await SimHarness.start();
     h.plant.plc('mb').setFault({ kind: 'reset', when: 'before', on: 'both' });
     h.submit('k1', { device: 'v1', action: 'open' });
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     h.plant.plc('mb').clearFault('reset');
     await h.restart();
@@ -88,6 +97,9 @@ describe('recovery at start (I5): settled by reading the controller', () => {
       intake: 'https',
       acceptedAt: Date.now(),
     });
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     await h.restart();
     const [ra, rb] = [await h.settled('A'), await h.settled('B')];

@@ -130,6 +130,9 @@ describe('the daemon restarted with shorter timings within the earlier life’s 
     expect(resolved.detail).toMatch(/which acknowledged it: it may have been applied$/);
     // The confirm timeout shortened from 6 s to 1 s with the restart; the controller takes the
     // open 2.5 s after it, within the earlier life's 6 s.
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await killAndRestart(h, 1_000);
     h.submit('close', { device: 'v1', action: 'close', ttlMs: 20_000 });
     const release = setTimeout(() => v1.clearFault('hold'), 2_500);

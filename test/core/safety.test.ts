@@ -375,6 +375,9 @@ describe.concurrent('I2/I5: every open command ends with a true, specific outcom
   }) => {
     const h = await harness(onTestFinished);
     h.dispatchedNotWritten('k1', 1_500);
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     h.plant.plc('mb').setFault({ kind: 'reset', when: 'before', on: 'both' });
     await h.restart();
@@ -393,6 +396,9 @@ describe.concurrent('I2/I5: every open command ends with a true, specific outcom
   }) => {
     const h = await harness(onTestFinished, { warm: true });
     h.dispatchedNotWritten('k1', 300);
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     await sleepFor(400);
     await h.restart();
@@ -408,6 +414,9 @@ describe.concurrent('I2/I5: every open command ends with a true, specific outcom
   }) => {
     const h = await harness(onTestFinished, { warm: true });
     h.dispatchedNotWritten('k1', 5_000, 2);
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     await h.restart();
     const r = await h.settled('k1');
@@ -422,6 +431,9 @@ describe.concurrent('I2/I5: every open command ends with a true, specific outcom
   }) => {
     const h = await harness(onTestFinished);
     const mine = h.dispatchedNotWritten('k1', 1_500);
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     // Another Modbus master opens the valve with its own sequence number.
     const endpoint = new ModbusEndpoint({

@@ -76,6 +76,9 @@ describe('stop preempts travel, across a crash', () => {
       // stop accepted.
       const stopped = h.submit('s', { device: 'v1', action: 'stop' }).record;
       if (stepBackMs > 0) expect(stopped.acceptedAt).toBeLessThan(opened.acceptedAt);
+      // On disk before the crash, as an intake or the admin endpoint answers only then
+      // (a crash loses the batch still open).
+      await h.journal.durable();
       await h.crash();
       expect(valve.counters.writesReceived).toBe(1);
       await h.restart();
@@ -108,6 +111,9 @@ describe('stop preempts travel, across a crash', () => {
       'the first stop refused, the valve still opening',
     );
     h.submit('s2', { device: 'v1', action: 'stop' });
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     expect(valve.writeLog).toHaveLength(1);
     await h.restart();
@@ -136,6 +142,9 @@ describe('stop preempts travel, across a crash', () => {
     h.plant.plc('mb').setFault({ kind: 'latency', ms: 300, on: 'read' });
     h.submit('a', { device: 'v1', action: 'open' });
     h.submit('s', { device: 'v1', action: 'stop' });
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     h.plant.plc('mb').clearFault('latency');
     await h.restart();

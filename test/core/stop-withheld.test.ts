@@ -115,6 +115,9 @@ describe('a stop that preempts a command whose write was withheld', () => {
     // The take-up sees no readback, and a stop is accepted just before the process dies.
     const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'dropped');
     h.submit('s', { device: 'v1', action: 'stop' });
+    // On disk before the crash, as an intake or the admin endpoint answers only then
+    // (a crash loses the batch still open).
+    await h.journal.durable();
     await h.crash();
     valve.clearFault('drop');
     // The next life finds the open dispatched and the stop accepted: the stop preempts the open

@@ -1,13 +1,13 @@
 import { afterEach, expect } from 'vitest';
-import { SimHarness, type SimHarnessOptions } from './sim-harness.js';
+import { killJournal, SimHarness, type SimHarnessOptions } from './sim-harness.js';
 import type { WriteLogEntry } from '../../simulators/write-log.js';
 import type { CommandRecord } from '../../src/core/journal.js';
 
 /**
  * The restart tests' set-up: a SimHarness life ended at once, as SIGKILL ends the daemon (its
- * journal closed, its workers and connections left to die), and the next built on the same
- * journal file. SimHarness.crash() waits for the request in flight to time out, as no SIGKILL
- * does.
+ * journal closed with its open batch lost, killJournal; its workers and connections left to
+ * die), and the next built on the same journal file. SimHarness.crash() waits for the request
+ * in flight to time out, as no SIGKILL does.
  */
 export interface KilledLives {
   /** SimHarness.start, the harness closed after the test (once the killed life has died). */
@@ -33,7 +33,7 @@ export function killedLives(): KilledLives {
     harness = undefined;
   });
   const kill = (h: SimHarness): Promise<unknown> => {
-    h.journal.close();
+    killJournal(h.journal);
     dying = Promise.all([h.pipeline.stop(0), h.drivers.close()]).catch(() => undefined);
     return dying;
   };

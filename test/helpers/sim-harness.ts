@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import type BetterSqlite3 from 'better-sqlite3';
 import { fingerprint, parseCommandRequest } from '../../src/core/command.js';
 import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { CommandRecord, CommandRef, Observation } from '../../src/core/journal.js';
@@ -94,6 +95,19 @@ const LAYOUT_PROFILES: Readonly<Record<string, string>> = {
   float: 'float-positioner',
 };
 
+/**
+ * Closes `journal` as a killed process leaves it: the batch open now (group commit's
+ * transaction: this event-loop turn's writes, or every turn's while an fdatasync runs) is
+ * rolled back, not committed as close() commits it — a process killed gives SQLite no COMMIT —
+ * and every batch committed before it stays, in the WAL. The journal's connection is private:
+ * reached here, in tests, for this alone (as commit-faults.ts reaches it for its fault).
+ */
+export function killJournal(journal: SqliteJournal): void {
+  const { db } = (journal as unknown as { conn: { db: BetterSqlite3.Database } }).conn;
+  if (db.open && db.inTransaction) db.exec('ROLLBACK');
+  journal.close();
+}
+
 /** The sequence number a warm device last took (the bridge allocates around it). */
 export const WARM_ECHO = 60_000;
 
@@ -101,10 +115,12 @@ export const WARM_ECHO = 60_000;
  * A pipeline on a real SQLite journal file, with the real drivers, against sluice-sim over
  * real sockets: a Modbus PLC `mb` with valves `v1`, `v2` and actuator `a1` (and, on request,
  * an OPC UA PLC `ua` with valve `u1`). The simulator's write log is the ground truth for I1.
- * `crash()` ends the process's life the way SIGKILL does (no more journal writes, workers
- * abandoned, connections gone); `restart()` builds a new life on the same journal file and
- * runs recovery. The plant keeps running across both. With the option plantProcess the plant
- * runs in a sluice-sim process of its own (`sim`) instead of this one (`plant`, `device()`).
+ * `crash()` ends the process's life the way SIGKILL does (the journal's open batch lost, no
+ * more journal writes, workers abandoned, connections gone): what a test needs to outlive it is
+ * made durable first (`journal.durable()`), as an intake acknowledges a command only then.
+ * `restart()` builds a new life on the same journal file and runs recovery. The plant keeps
+ * running across both. With the option plantProcess the plant runs in a sluice-sim process of
+ * its own (`sim`) instead of this one (`plant`, `device()`).
  */
 export class SimHarness {
   /** The plant in its own process (the option plantProcess), else null. */
@@ -344,9 +360,12 @@ export class SimHarness {
     );
   }
 
-  /** The process dies: no further journal writes, its workers abandoned, its sockets gone. */
+  /**
+   * The process dies: the journal's open batch lost (killJournal), no further journal writes,
+   * its workers abandoned, its sockets gone.
+   */
   async crash(): Promise<void> {
-    this.journal.close();
+    killJournal(this.journal);
     await this.pipeline.stop(0);
     await this.drivers.close();
   }
