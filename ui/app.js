@@ -477,7 +477,19 @@
           ' ' + cert.detail,
         ]),
       );
-    field(dl, 'Journal', bytes(gateway.journal.bytes));
+    // Unavailable in /readyz's words: every command is refused, and none is written or settled,
+    // until it works again.
+    var journal = gateway.journal;
+    if (journal.unavailable === null) field(dl, 'Journal', bytes(journal.bytes));
+    else
+      field(
+        dl,
+        'Journal',
+        el('span', null, [
+          word('UNAVAILABLE', 'fault'),
+          ' ' + journal.unavailable + ' (' + bytes(journal.bytes) + ')',
+        ]),
+      );
     var open = gateway.commands;
     field(
       dl,

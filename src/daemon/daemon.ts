@@ -41,7 +41,13 @@ import {
   type StartProgressOptions,
 } from './start-progress.js';
 import { reloadTlsFiles, type TlsReload } from './tls-reload.js';
-import { ProbeCache, readiness, type Readiness, type ReadinessParts } from './readiness.js';
+import {
+  journalProblem,
+  ProbeCache,
+  readiness,
+  type Readiness,
+  type ReadinessParts,
+} from './readiness.js';
 
 export type { Readiness } from './readiness.js';
 
@@ -517,6 +523,9 @@ export class Daemon {
               clock: clocks.gateway,
               mqtt: mqttIntake,
               journalPath,
+              // Before the daemon is built (its start, no page served yet), recovery's word.
+              journalProblem: () =>
+                daemonRef.current?.journalProblem() ?? pipeline.recoveryFailed()?.message ?? null,
             },
             ...(options.uiStreamPeerBounds === undefined
               ? {}
@@ -627,6 +636,11 @@ export class Daemon {
   /** Every check /readyz answers with (readiness.ts). */
   readiness(): Readiness {
     return readiness(this.readinessParts(), this.probes);
+  }
+
+  /** Why the journal is unavailable now, in /readyz's words, with no write (readiness.ts). */
+  journalProblem(): string | null {
+    return journalProblem({ journal: this.journal, pipeline: this.pipeline }, this.probes);
   }
 
   /**

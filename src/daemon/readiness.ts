@@ -417,12 +417,43 @@ function syncStalled(
     }
     return null;
   }
-  const ms = now - last.since;
-  if (ms < cache.syncStallMs) return null;
+  return stallWords(last, now, cache.syncStallMs);
+}
+
+/** A sync asked for and not returned, in the words of the journal's check, once SYNC_STALL_MS. */
+function stallWords(
+  sync: { since: number; at: Date },
+  now: number,
+  syncStallMs: number,
+): { detail: string; brief: string } | null {
+  const ms = now - sync.since;
+  if (ms < syncStallMs) return null;
   return {
     detail: `journal unavailable (sync): the journal's sync (fdatasync of its write-ahead log) has not returned for ${(ms / 1000).toFixed(1)} s: a slow or stalled disk; every command waits for it, and none is acknowledged or written until it returns`,
-    brief: `journal unavailable (sync): its fdatasync has not returned since ${last.at.toISOString().slice(0, 19)}Z, a slow or stalled disk; no command is acknowledged or written until it returns`,
+    brief: `journal unavailable (sync): its fdatasync has not returned since ${sync.at.toISOString().slice(0, 19)}Z, a slow or stalled disk; no command is acknowledged or written until it returns`,
   };
+}
+
+/**
+ * Why the journal is unavailable now, in the words of its check (/readyz's `journal` detail),
+ * or null: from what the daemon knows already, with no write or sync of its own (the status
+ * page asks every second). Recovery could not read it; the sync /readyz or the status line
+ * asked for has not returned for SYNC_STALL_MS; or its last write or barrier failed and the
+ * status line's proof write (every second while it fails, after READY) has not found it past.
+ */
+export function journalProblem(
+  parts: Pick<ReadinessParts, 'journal' | 'pipeline'>,
+  cache: ProbeCache,
+): string | null {
+  const recovery = parts.pipeline.recoveryFailed();
+  if (recovery !== null) return recovery.message;
+  const sync = cache.sync;
+  if (sync !== null && !sync.returned) {
+    const stalled = stallWords(sync, cache.elapsed(), cache.syncStallMs);
+    if (stalled !== null) return stalled.detail;
+  }
+  const failure = parts.journal.knownFailure();
+  return failure === null || failure === cache.provenPast ? null : failure.message;
 }
 
 function commandsCheck(parts: ReadinessParts, cache: ProbeCache): Check {

@@ -353,7 +353,11 @@ export class UiEvents {
     // A dispatch changes no lane (the command was in flight from its take), and a command
     // crossing its stuck bound changes nothing but the count: both change what the page's lists
     // say of it, and the page fetches them only on a cue.
-    const counts = gateway === null ? this.counts : JSON.stringify(gateway.commands);
+    // The journal's failing and its return change every open command's why.
+    const counts =
+      gateway === null
+        ? this.counts
+        : JSON.stringify([gateway.commands, gateway.journal.unavailable]);
     const cue = lanesChanged || counts !== this.counts;
     this.counts = counts;
     const mono = this.o.clock.elapsed();

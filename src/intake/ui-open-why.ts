@@ -48,7 +48,21 @@ export function seconds(ms: number): string {
   return m < 120 ? `${m} min ${s % 60} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
-export function whyOpen(item: StuckItem, device: OpenDevice, now: number): string {
+/**
+ * `journal`: why the journal is unavailable now (/readyz's words), or null. It comes first: no
+ * command is written or settled while it lasts, whatever else holds it.
+ */
+export function whyOpen(
+  item: StuckItem,
+  device: OpenDevice,
+  now: number,
+  journal: string | null,
+): string {
+  const why = deviceWhy(item, device, now);
+  return journal === null ? why : `${journal}; ${why}`;
+}
+
+function deviceWhy(item: StuckItem, device: OpenDevice, now: number): string {
   const last = item.lastEvent === null ? '' : `; last event: ${item.lastEvent.detail}`;
   if (item.stuck) {
     // The bound in the words of /readyz and `sluicectl stuck` (core/open-commands.ts).

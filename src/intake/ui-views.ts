@@ -49,6 +49,11 @@ export interface GatewaySources {
   readonly mqtt: MqttStatusSource | null;
   /** The journal's SQLite file; its size (with its WAL) is reported. */
   readonly journalPath: string | null;
+  /**
+   * Why the journal is unavailable now, in /readyz's words, or null; cheap, with no write of its
+   * own (the page's stream asks every second: readiness.ts, journalProblem).
+   */
+  readonly journalProblem: () => string | null;
 }
 
 export interface UiViewsOptions {
@@ -150,7 +155,11 @@ export interface UiGateway {
   } | null;
   /** The HTTPS server certificate's verdict (https-certificate.ts); null when not known. */
   readonly certificate: CertificateVerdict | null;
-  readonly journal: { readonly bytes: number | null };
+  readonly journal: {
+    readonly bytes: number | null;
+    /** Why it is unavailable (/readyz's `journal` detail); null while it works. */
+    readonly unavailable: string | null;
+  };
   readonly commands: {
     readonly accepted: number;
     readonly dispatched: number;
@@ -282,6 +291,7 @@ export class UiViews {
       ),
     );
     const unknown: OpenDevice = { stalled: null, frozen: null, unread: null };
+    const journal = this.o.gateway.journalProblem();
     // Judged beside the device's other open commands, whatever the state asked for: a device
     // whose command recovery is settling holds its queued ones within that window too.
     const ofDevices = reader
@@ -290,7 +300,7 @@ export class UiViews {
     const open = stuckItems(ofDevices, 0, now, this.deviceTimings(), reader, (r) => matches(r))
       .map((item) => ({
         ...item,
-        why: whyOpen(item, known.get(item.device) ?? unknown, now),
+        why: whyOpen(item, known.get(item.device) ?? unknown, now, journal),
       }))
       .sort((a, b) =>
         a.stuck !== b.stuck
@@ -345,7 +355,10 @@ export class UiViews {
               lastError: mqtt.health().lastError,
             },
       certificate: this.o.serverCertificate(),
-      journal: { bytes: journalBytes(gateway.journalPath) },
+      journal: {
+        bytes: journalBytes(gateway.journalPath),
+        unavailable: gateway.journalProblem(),
+      },
       commands: {
         accepted: open.accepted,
         dispatched: open.dispatched,

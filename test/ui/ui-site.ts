@@ -103,6 +103,8 @@ export interface UiSiteOptions {
    * tokenSha256 (TOKENS.desk): tokens a reload (SIGHUP) reads again.
    */
   readonly tokenFiles?: boolean;
+  /** journal.busyTimeoutMs (2 s unless given): how long a write waits for another's lock. */
+  readonly journalBusyTimeoutMs?: number;
 }
 
 /** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
@@ -192,6 +194,9 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
       gatewayId: 'uisite',
       stateDir: 'state',
       profilesDir: 'profiles',
+      ...(options.journalBusyTimeoutMs === undefined
+        ? {}
+        : { journal: { busyTimeoutMs: options.journalBusyTimeoutMs } }),
       https: {
         host: options.httpsHost ?? '127.0.0.1',
         port: 0,
