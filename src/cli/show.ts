@@ -157,6 +157,8 @@ function hitsText(hits: readonly Hit[], now: number): string {
  * What an open command waits for, from the journal: an accepted one, the commands its device
  * runs first; a dispatched one, the readback that settles its write, whose effect is unknown
  * until then. "Not settled yet" alone left an operator guessing whether anything was happening.
+ * One whose device the configuration does not have waits for nothing: the daemon has no worker
+ * for it, whatever its device's queue holds (as the status page and the sweep say it).
  */
 function waitingText(
   s: CommandStory,
@@ -165,7 +167,12 @@ function waitingText(
   scope: string | undefined,
   /** How the command line it prints begins (sluicectlWords). */
   sluicectl: string,
+  /** The configuration was read: a device without timings is one it does not have. */
+  configured: () => boolean,
 ): string | null {
+  if (open !== null && open.confirmTimeoutMs === null && configured()) {
+    return `nothing: its device is not in the configuration: no worker can settle it; an operator resolves it: ${sluicectl} resolve --as failed --reason "…" ${keyWords(s.key, scope)}`;
+  }
   if (s.state === 'accepted') {
     // Only for a device the configuration has: no worker takes one it no longer has.
     const expired =
@@ -276,7 +283,10 @@ function renderStory(
     s.outcome === null ? (open?.stuck === true ? 'bad' : null) : stateTone(s.outcome.state),
   ]);
   if (advice !== null) story.push(['what to do', advice, 'warn']);
-  const waiting = s.outcome === null ? waitingText(s, open, now, scope, sluicectlWords(ctx)) : null;
+  const waiting =
+    s.outcome === null
+      ? waitingText(s, open, now, scope, sluicectlWords(ctx), () => ctx.deviceTimings() !== null)
+      : null;
   if (waiting !== null) story.push(['waiting for', waiting, 'warn']);
   out.push('\n', renderFields(story, style));
 

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { sluicectl } from '../cli/helpers.js';
 import { call, login, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
@@ -6,8 +7,10 @@ import { call, login, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site
  * The daemon has no worker for such a device: nothing runs its commands, in turn or otherwise.
  * The second of two such commands was said to "wait behind" the first "on its device, which runs
  * one command at a time", as if it would run once the first had. Now it is said as the sweep
- * says it. The real daemon and its status page over TLS, its journal seeded with the two
- * commands before the start; ground truth: what the page's API answers a logged-in operator.
+ * says it, and `sluicectl show` says the same. The real daemon and its status page over TLS,
+ * its journal seeded with the two commands before the start, sluicectl (a process) on the same
+ * site file; ground truth: what the page's API answers a logged-in operator, and what sluicectl
+ * prints.
  */
 
 const LATER = 'later-orphan';
@@ -39,3 +42,16 @@ it('says a queued command of a device not in the configuration has no worker, no
   expect(later?.why).toMatch(/^its device is not in the configuration: no worker can settle it/);
   expect(later?.why).not.toContain('waits behind');
 });
+
+it('is said by sluicectl show to wait for nothing, as the page says, not what it waits behind', async () => {
+  const show = await sluicectl(
+    ['--config', site.configPath, '--no-color', 'show', '--scope', ORPHAN.scope, LATER],
+    { timeoutMs: 30_000 },
+  );
+  expect(show.code, show.stderr).toBe(0);
+  expect(show.stdout).toMatch(
+    /^ {2}waiting for {2}nothing: its device is not in the configuration: no worker can settle it; an operator resolves it: sluicectl .*resolve --as failed --reason "…" /m,
+  );
+  expect(show.stdout).not.toContain('waits behind');
+  expect(show.stdout).not.toContain('runs one command at a time');
+}, 60_000);
