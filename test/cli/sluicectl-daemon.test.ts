@@ -347,7 +347,9 @@ describe.runIf(real)('sluicectl on a running daemon', () => {
     expect(noReason.code).toBe(2);
     expect(noReason.stderr).toContain('resolve needs --reason');
     // Refused before anything reached the daemon: the orphan is still open.
-    expect(historyOf('orphan-1').every((e) => e.to === 'accepted')).toBe(true);
+    const before = historyOf('orphan-1');
+    expect(before.length).toBeGreaterThan(0);
+    expect(before.every((e) => e.to === 'accepted')).toBe(true);
 
     const reason = 'valve removed from service; checked closed by hand (WO 4711)';
     const resolved = await binary('resolve', 'orphan-1', '--as', 'failed', '--reason', reason);
