@@ -277,7 +277,10 @@ function renderStory(
     s.outcome === null
       ? open?.overdueMs !== null && open?.overdueMs !== undefined
         ? `STUCK: still ${s.state}, ${formatDuration(open.overdueMs)} past ${open.stuckReason ?? 'its bound'}; ` +
-          `settle it: ${sluicectlWords(ctx)} reverify ${keyWords(s.key, scope)}, or ${sluicectlWords(ctx)} resolve --as failed --reason "…" ${keyWords(s.key, scope)}`
+          // reverify reads the device, and is refused for one the configuration no longer has.
+          (open.confirmTimeoutMs === null && ctx.deviceTimings() !== null
+            ? `settle it: ${sluicectlWords(ctx)} resolve --as failed --reason "…" ${keyWords(s.key, scope)}`
+            : `settle it: ${sluicectlWords(ctx)} reverify ${keyWords(s.key, scope)}, or ${sluicectlWords(ctx)} resolve --as failed --reason "…" ${keyWords(s.key, scope)}`)
         : `still ${s.state}: not settled yet (${formatDuration(open?.ageMs ?? 0)} open)`
       : `${outcomeText(s.outcome.state, s.outcome.code, s.outcome.faultCode)} ${at(s.outcome.settledAt)}`,
     s.outcome === null ? (open?.stuck === true ? 'bad' : null) : stateTone(s.outcome.state),

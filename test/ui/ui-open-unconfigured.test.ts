@@ -55,3 +55,24 @@ it('is said by sluicectl show to wait for nothing, as the page says, not what it
   expect(show.stdout).not.toContain('waits behind');
   expect(show.stdout).not.toContain('runs one command at a time');
 }, 60_000);
+
+it('has sluicectl show advise no reverify for a stuck command of such a device (no readback can settle it), only resolve', async () => {
+  const show = await sluicectl(
+    ['--config', site.configPath, '--no-color', 'show', '--scope', ORPHAN.scope, ORPHAN.key],
+    { timeoutMs: 30_000 },
+  );
+  expect(show.code, show.stderr).toBe(0);
+  const outcome = /^ {2}outcome {2,}(.*)$/m.exec(show.stdout)?.[1];
+  expect(outcome, show.stdout).toMatch(
+    /^STUCK: still accepted, .*settle it: sluicectl .*resolve --as failed --reason "…" /,
+  );
+  expect(outcome).not.toContain('reverify');
+  // Asked, the daemon reads nothing for it: the advice left out is one that could not work.
+  const reverify = await sluicectl(
+    ['--config', site.configPath, '--no-color', 'reverify', '--scope', ORPHAN.scope, ORPHAN.key],
+    { timeoutMs: 30_000 },
+  );
+  expect(reverify.stdout + reverify.stderr).toContain(
+    'is not in the configuration: no readback can settle it',
+  );
+}, 60_000);
