@@ -1,10 +1,11 @@
 import { existsSync } from 'node:fs';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { lockHolder } from '../helpers/journal-lock.js';
 import { until } from '../helpers/mosquitto.js';
-import { isRoot, realComponent } from '../helpers/real.js';
+import { realComponent } from '../helpers/real.js';
+import { loggedInPage } from './ui-logged-in-page.js';
 import { call, login, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
@@ -40,19 +41,7 @@ let page: Page;
 beforeAll(async () => {
   if (!real || chromiumPath === null) return;
   site = await startUiSite({ mqtt: false, opcua: false, journalBusyTimeoutMs: 300 });
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    // Chromium refuses to run as root inside its sandbox.
-    args: isRoot ? ['--no-sandbox'] : [],
-  });
-  // The site's certificate is self-signed for 127.0.0.1.
-  const context = await browser.newContext({ ignoreHTTPSErrors: true });
-  page = await context.newPage();
-  await page.goto(`${site.origin}/ui/`, { timeout: 10_000 });
-  await page.locator('#login').waitFor({ state: 'visible' });
-  await page.fill('#token', TOKENS.ops);
-  await page.click('#login-form button[type=submit]');
-  await page.locator('#app').waitFor({ state: 'visible', timeout: 10_000 });
+  ({ browser, page } = await loggedInPage(site, chromiumPath));
 }, 90_000);
 
 afterAll(async () => {
