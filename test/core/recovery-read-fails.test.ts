@@ -3,7 +3,7 @@ import { JournalUnavailableError } from '../../src/core/errors.js';
 import type { NewCommand } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { heldOnLink, killedLives } from '../helpers/killed-life.js';
-import { issuerCommand } from '../helpers/new-command.js';
+import { issuerCommand, stopEnded } from '../helpers/new-command.js';
 import { statementFaults, type ReadFaults } from '../helpers/read-faults.js';
 import type { SimHarness } from '../helpers/sim-harness.js';
 
@@ -120,23 +120,7 @@ describe('recovery that cannot read the journal', () => {
       action,
     });
     journal.claim(command('a', 'open'));
-    const s = journal.claim(command('s', 'stop')).record;
-    journal.settle(s, 'accepted', {
-      to: 'confirmed',
-      code: 'OK',
-      faultCode: null,
-      observed: {
-        state: 'CLOSED',
-        position: 0,
-        seq: null,
-        faultCode: null,
-        sourceTime: null,
-        readAt: new Date(s.acceptedAt).toISOString(),
-      },
-      detail: 'a no-op: the valve is CLOSED',
-      at: s.acceptedAt + 5,
-      intake: 'pipeline',
-    });
+    stopEnded(journal, command('s', 'stop'));
     await journal.durable();
     journal.close();
     let faults: ReadFaults | undefined;

@@ -2,7 +2,7 @@ import { afterEach, expect, it } from 'vitest';
 import type { NewCommand } from '../../src/core/journal.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { commitFaults } from '../helpers/commit-faults.js';
-import { issuerCommand } from '../helpers/new-command.js';
+import { issuerCommand, stopEnded } from '../helpers/new-command.js';
 import { SimHarness } from '../helpers/sim-harness.js';
 
 /**
@@ -77,27 +77,6 @@ async function restartedOn(
   journal.close();
   await sim.restart();
   return sim;
-}
-
-/** The stop `s` claimed, and ended a no-op at CLOSED (confirmed, nothing written). */
-function stopEnded(journal: SqliteJournal, stop: NewCommand): void {
-  const s = journal.claim(stop).record;
-  journal.settle(s, 'accepted', {
-    to: 'confirmed',
-    code: 'OK',
-    faultCode: null,
-    observed: {
-      state: 'CLOSED',
-      position: 0,
-      seq: null,
-      faultCode: null,
-      sourceTime: null,
-      readAt: new Date(s.acceptedAt).toISOString(),
-    },
-    detail: 'a no-op: the valve is CLOSED',
-    at: s.acceptedAt + 5,
-    intake: 'pipeline',
-  });
 }
 
 it('after a restart: a command accepted before a stop that has ended, its rejection lost, is superseded, never written', async () => {

@@ -1,4 +1,4 @@
-import type { NewCommand } from '../../src/core/journal.js';
+import type { Journal, NewCommand } from '../../src/core/journal.js';
 
 /**
  * A command as an HTTPS intake would claim it for `inlet-valve` (scope `plant`, stamped by the
@@ -41,4 +41,25 @@ export function issuerCommand(key: string, device: string, acceptedAt: number): 
     intake: 'https',
     acceptedAt,
   };
+}
+
+/** The stop `stop` claimed, and ended a no-op at CLOSED (confirmed, nothing written). */
+export function stopEnded(journal: Pick<Journal, 'claim' | 'settle'>, stop: NewCommand): void {
+  const s = journal.claim(stop).record;
+  journal.settle(s, 'accepted', {
+    to: 'confirmed',
+    code: 'OK',
+    faultCode: null,
+    observed: {
+      state: 'CLOSED',
+      position: 0,
+      seq: null,
+      faultCode: null,
+      sourceTime: null,
+      readAt: new Date(s.acceptedAt).toISOString(),
+    },
+    detail: 'a no-op: the valve is CLOSED',
+    at: s.acceptedAt + 5,
+    intake: 'pipeline',
+  });
 }
