@@ -2,6 +2,7 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
+import { shellWord } from '../shell-word.js';
 
 /**
  * The demo's HTTPS certificate: self-signed, kept in .state/demo/tls (cert.pem, key.pem) from
@@ -41,7 +42,8 @@ export function printedBase(httpsHost: string, port: number): string {
 
 /**
  * The printed curl that opens inlet-valve over HTTPS. It trusts the certificate file itself as
- * its CA (`cacert`, as the user's shell finds it): self-signed, the certificate is its own.
+ * its CA (`cacert`, as the user's shell finds it, quoted as one word): self-signed, the certificate
+ * is its own.
  */
 export function printedCurl(o: {
   readonly cacert: string;
@@ -51,7 +53,7 @@ export function printedCurl(o: {
 }): string[] {
   return [
     // -sS: no progress meter when its output is piped (to jq, a file), errors still said.
-    `  curl -sS --cacert ${o.cacert} -X POST ${o.base}/v1/commands \\`,
+    `  curl -sS --cacert ${shellWord(o.cacert)} -X POST ${o.base}/v1/commands \\`,
     `    -H "Authorization: Bearer ${o.token}" -H "Idempotency-Key: ${o.key}" \\`,
     `    -H "Content-Type: application/json" -d '{"device":"inlet-valve","action":"open"}'`,
   ];
