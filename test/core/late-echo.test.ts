@@ -245,6 +245,8 @@ describe.concurrent(
       // The journaled outcome keeps the readback from before the write: the restart cannot
       // tell from it that the echo had been read while the command was open.
       expect(h.get('k1')?.observed?.seq).not.toBe(seq);
+      // The resolve on disk before the crash (it loses the open batch): the next life finds it.
+      await h.journal.durable();
       await h.crash();
       await h.restart();
       const restartedAt = Date.now();

@@ -77,12 +77,16 @@ describe('a stop over a lost write whose command an operator resolves', () => {
   it('the stop resolved too, then a restart: the next command waits for that write', async () => {
     const sim = await stopOverResolvedOpen();
     sim.pipeline.resolve({ scope: 'plant', key: 'stop' }, 'ops@test', 'clearing it');
+    // Both resolves on disk before the kill (it loses the open batch): the next life finds them.
+    await sim.journal.durable();
     await lives.killAndRestart(sim);
     await closeAfterOpen(sim);
   }, 40_000);
 
   it('a restart while the stop waits: the next command waits for that write', async () => {
     const sim = await stopOverResolvedOpen();
+    // The open's resolve on disk before the kill (it loses the open batch): the next life finds it.
+    await sim.journal.durable();
     await lives.killAndRestart(sim);
     await closeAfterOpen(sim);
   }, 40_000);

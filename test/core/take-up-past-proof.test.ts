@@ -35,6 +35,8 @@ async function openLost(ttlMs: number): Promise<void> {
   h.device('v1').setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
   h.submit('open', { device: 'v1', action: 'open', ttlMs });
   await h.until(() => h.get('open')?.state === 'dispatched', 5_000, 'the open dispatched');
+  // The dispatch on disk before the kill (it loses the open batch), as before its write.
+  await h.journal.durable();
 }
 
 describe('a take-up after a restart that shortened the confirm timeout', () => {

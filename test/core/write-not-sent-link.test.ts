@@ -321,6 +321,8 @@ describe('a write refused unsent for want of a connection', () => {
     await refusedUnsent(h, 'o');
     const seq = h.get('o')!.seq!;
     expect(h.get('o')).toMatchObject({ state: 'dispatched', attempts: 1 });
+    // The line on disk before the crash (it loses the open batch): the next life goes by it.
+    await h.journal.durable();
     await h.crash();
     await link.accept();
     const restartedAt = Date.now();
@@ -364,6 +366,8 @@ describe('a write refused unsent for want of a connection', () => {
     );
     const seq = h.get('o')!.seq!;
     expect(h.get('o')).toMatchObject({ state: 'dispatched', attempts: 2 });
+    // The lines on disk before the crash (it loses the open batch): the next life goes by them.
+    await h.journal.durable();
     await h.crash();
     await link.accept();
     const restartedAt = Date.now();
@@ -432,6 +436,8 @@ describe('a write refused unsent for want of a connection', () => {
     h.submit('late', { device: 'v1', action: 'open', ttlMs: 2_000 });
     await refusedUnsent(h, 'late');
     const dispatched = h.get('late')!;
+    // The line on disk before the crash (it loses the open batch): the next life goes by it.
+    await h.journal.durable();
     await h.crash();
     await link.accept();
     while (Date.now() <= dispatched.deadline) await new Promise((r) => setTimeout(r, 50));
