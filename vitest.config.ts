@@ -26,8 +26,8 @@ export default defineConfig({
     // also with the files in shuffled order. It holds because no file leaves the process
     // changed (no environment variable set, no global or module stubbed, fake timers removed,
     // signal and error listeners removed: test/helpers/shared-process-guard.ts fails a file
-    // that does, and checks the functions of node:fs and the clocks and timers a file may
-    // replace with a double; a stub of anything else is for each file to undo), and each file stops the daemons, plants, brokers and servers it starts. A
+    // that does, and checks every function of node:fs and node:fs/promises and the clocks and
+    // timers a file may replace with a double; a stub of anything else is for each file to undo), and each file stops the daemons, plants, brokers and servers it starts. A
     // file that cannot keep to that belongs in a project of its own with isolate: true.
     isolate: false,
     reporters: ['default'],
