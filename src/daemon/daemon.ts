@@ -34,6 +34,7 @@ import {
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
 import { ServiceStatus } from './service-status.js';
 import {
+  extendAfterStep,
   extendWhile,
   journalCheckPhase,
   journalUpgradePhase,
@@ -364,6 +365,14 @@ export class Daemon {
       }
       const identityRenames = new IdentityRenames(journal, config, renameNotices);
 
+      // Each step from the check to the wait for recovery ends with a whole extension of the
+      // start, the first of them the check's own (start-progress.ts).
+      const steps: StartProgressOptions & { readonly until?: AbortSignal } =
+        options.stopSignal === undefined
+          ? startProgress
+          : { ...startProgress, until: options.stopSignal };
+      const clockChecked = config.clock.source !== 'none';
+      extendAfterStep('journal opened; loading the PLC drivers', steps);
       await options.beforeDrivers?.();
       const drivers = await buildDrivers({
         inventory,
@@ -375,6 +384,7 @@ export class Daemon {
       });
       releasers.push({ name: 'drivers', release: () => drivers.close() });
       drivers.start();
+      if (clockChecked) extendAfterStep('PLC drivers loaded; checking the gateway clock', steps);
 
       // SPEC §6: the gateway clock is polled off the command path, and checked once before
       // the first command is judged (recovery, the intakes): before that check it is UNKNOWN.
@@ -391,6 +401,10 @@ export class Daemon {
           'a stop was asked for while the start waited: no command taken up, no intake opened',
         );
       }
+      extendAfterStep(
+        `${clockChecked ? 'gateway clock checked' : 'PLC drivers loaded'}; taking up the commands the journal held open and opening the intakes`,
+        steps,
+      );
 
       const pipeline = new CommandPipeline({
         journal,

@@ -89,8 +89,9 @@ export class ServiceStatus {
               recoveryPhase(recovered.length, () => at.stillOpen.size, boundMs),
               waiting,
               // A stop while READY waits: STOPPING=1 was sent, and no "starting" extension
-              // may follow it for the rest of the shutdown bound.
-              { ...this.o.startProgress, until: this.end.signal },
+              // may follow it for the rest of the shutdown bound. Looked at as it begins: the
+              // extension before it covers the intakes' opening, not also a period of this wait.
+              { ...this.o.startProgress, until: this.end.signal, lookAtOnce: true },
             );
     } catch (error) {
       this.o.logger.warn({ err: error }, 'recovery: the journal cannot be read');

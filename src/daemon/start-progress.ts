@@ -26,6 +26,18 @@ import { watchdogIntervalMs, type ServiceNotifier } from './notify.js';
  * loop stops for WatchdogSec=. The messages go from a timer on the event loop (a blocked loop
  * sends none), while the work runs elsewhere (the check and an older journal's upgrade in
  * processes of their own, the settling on the drivers' I/O).
+ *
+ * Past TimeoutStartSec=, systemd ends the start as soon as the last extension runs out, so the
+ * extensions form a chain up to READY=1, each sent before the one before it ends. A phase's
+ * first look comes one period after it begins; so the end of each step of the start is progress
+ * too, and extends it at once by a whole extension (extendAfterStep): the check or upgrade
+ * ended, the journal opened, the drivers loaded, the gateway clock checked. The settling READY
+ * waits for is looked at as it begins. Between two messages there is then one step of the start
+ * or one period of a long phase: the chain breaks only where a step takes longer than an
+ * extension, or a phase stops advancing. The steps between the check and the settling's first
+ * look used to have one period in all: a start past TimeoutStartSec= whose steps after the check
+ * (node-opcua's load, the first check of the gateway clock, recovery, the intakes) took longer
+ * was ended there, and began again with the check.
  */
 
 /** What a look at a phase found. */
@@ -73,9 +85,23 @@ export function startProgressIntervalMs(env: NodeJS.ProcessEnv): number {
 }
 
 /**
+ * A step of the start has ended (its end is progress): the start is extended at once by a whole
+ * extension, which the next step has to end within (or the next long phase to advance). Not
+ * once `until` is aborted: a stop has begun, and nothing more says "starting".
+ */
+export function extendAfterStep(
+  status: string,
+  options: StartProgressOptions & { readonly until?: AbortSignal },
+): void {
+  if (options.until?.aborted === true) return;
+  options.notifier.extendStart(2 * options.intervalMs, `starting: ${status}`);
+}
+
+/**
  * Runs until `work` settles, extending the start while `phase` advances; with `thenExtend`, once
- * more when it has succeeded (its end is progress: what follows it, the short phases up to the
- * next long one or READY, starts with a whole extension). Each look is logged, so that
+ * more when it has succeeded (its end is progress: extendAfterStep). With `lookAtOnce`, the
+ * phase is looked at as it begins too, not only one period in: for a phase whose progress shows
+ * from its beginning (recovery's wait, its bound ahead). Each look is logged, so that
  * `journalctl -u sluiced` says why the start is long.
  */
 export async function extendWhile<T>(
@@ -83,6 +109,7 @@ export async function extendWhile<T>(
   work: Promise<T>,
   options: StartProgressOptions & {
     readonly thenExtend?: string;
+    readonly lookAtOnce?: boolean;
     /** Aborted when a stop begins: the start is over, and nothing more says "starting". */
     readonly until?: AbortSignal;
   },
@@ -92,11 +119,7 @@ export async function extendWhile<T>(
   const began = performance.now();
   const seconds = (): number => Math.round((performance.now() - began) / 100) / 10;
   let stalled = false;
-  const timer = setInterval(() => {
-    if (options.until?.aborted === true) {
-      clearInterval(timer);
-      return;
-    }
+  const lookOnce = (): void => {
     const look = phase.look();
     const fields = { phase: phase.name, elapsedS: seconds(), ...look.fields };
     if (look.advanced) {
@@ -114,14 +137,20 @@ export async function extendWhile<T>(
         `start: ${phase.name}: ${look.stall ?? 'no progress'}; the start time is not extended (systemd ends the start when it runs out)`,
       );
     }
+  };
+  if (options.lookAtOnce === true && options.until?.aborted !== true) lookOnce();
+  const timer = setInterval(() => {
+    if (options.until?.aborted === true) {
+      clearInterval(timer);
+      return;
+    }
+    lookOnce();
   }, intervalMs);
   // What runs the phase (a thread, sockets) keeps the process alive, not this timer.
   timer.unref();
   try {
     const result = await work;
-    if (options.thenExtend !== undefined && options.until?.aborted !== true) {
-      notifier.extendStart(extensionMs, `starting: ${options.thenExtend}`);
-    }
+    if (options.thenExtend !== undefined) extendAfterStep(options.thenExtend, options);
     return result;
   } finally {
     clearInterval(timer);
