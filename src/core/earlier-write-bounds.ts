@@ -167,6 +167,30 @@ export function takeUpWriteBounds(options: EarlierWriteBoundsOptions): {
 }
 
 /**
+ * `earlier` as a renamed device's lane reads it: each configured device's bound the longest of
+ * its own and those saved under its former ids (`formerIds`: PipelineOptions.formerDeviceIds).
+ * Its former ids wrote to the same valve, and the journal keeps their bounds under those ids:
+ * read by its new id alone, a restart that renamed the valve and shortened its confirm timeout
+ * waited for a held open of the former id by the new bound only, and a close under the new id
+ * was confirmed a no-op at CLOSED before the controller took the open (I2).
+ */
+export function withFormerBounds(
+  earlier: WriteBounds,
+  formerIds: Readonly<Record<string, readonly string[]>>,
+): WriteBounds {
+  const bounds = new Map(earlier);
+  for (const [device, formers] of Object.entries(formerIds)) {
+    for (const former of formers) {
+      const saved = earlier.get(former);
+      if (saved === undefined) continue;
+      const own = bounds.get(device);
+      bounds.set(device, own === undefined ? saved : longer(own, saved));
+    }
+  }
+  return bounds;
+}
+
+/**
  * Lane.earlierWriteUnknownSinceMono: the guard, this life's, counted from the moment returned
  * covers every way a write an earlier life sent may still be taken. This life does not know
  * whether the controller had answered it: lost, it is taken within the request timeout and

@@ -15,6 +15,7 @@ import {
   earlierWriteSent,
   earlierWriteUnknownSince,
   takeUpWriteBounds,
+  withFormerBounds,
 } from './earlier-write-bounds.js';
 import type { Readback } from './driver.js';
 import {
@@ -205,22 +206,16 @@ export class CommandPipeline {
       earlierLivesEndedMono: earlierLivesEnded,
     });
     this.cancelBoundsSave = bounds.cancel;
+    // A renamed device's former ids wrote to the same valve: their bounds hold for its writes.
+    const earlier = withFormerBounds(bounds.earlier, this.formerDeviceIds);
     for (const binding of bindings) {
       this.lanes.set(binding.id, {
         binding,
         unreachableGraceMs:
           binding.unreachableGraceMs ?? options.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
-        earlierWriteUnknownSinceMono: earlierWriteUnknownSince(
-          binding,
-          earlierLivesEnded,
-          bounds.earlier,
-        ),
-        earlierWriteLostSinceMono: earlierWriteLostSince(
-          binding,
-          earlierLivesEnded,
-          bounds.earlier,
-        ),
-        earlierWriteSentMono: earlierWriteSent(binding, earlierLivesEnded, bounds.earlier),
+        earlierWriteUnknownSinceMono: earlierWriteUnknownSince(binding, earlierLivesEnded, earlier),
+        earlierWriteLostSinceMono: earlierWriteLostSince(binding, earlierLivesEnded, earlier),
+        earlierWriteSentMono: earlierWriteSent(binding, earlierLivesEnded, earlier),
         earlierLivesEndedMono: earlierLivesEnded,
         queue: [],
         running: null,
