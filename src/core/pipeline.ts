@@ -52,7 +52,7 @@ import { UNREACHABLE_GRACE_MS, type DeviceTiming, type OpenCommands } from './op
 import { OperatorActions } from './operator-actions.js';
 import { Outcomes, type SettledListener } from './outcomes.js';
 import { Preemption } from './preemption.js';
-import { earlierLastWrite } from './previous-write.js';
+import { earlierLastWrite, highestSeq } from './previous-write.js';
 import { noReadFailures } from './read-failures.js';
 import type { TimedReadback } from './skew.js';
 import { deviceTimings, Sweep } from './sweep.js';
@@ -226,6 +226,7 @@ export class CommandPipeline {
         skew: null,
         unresolved: null,
         lastWrite: null,
+        seqAfter: null,
         withheld: new Map(),
         stopsBehind: [],
         ending: null,
@@ -655,6 +656,7 @@ export class CommandPipeline {
         const id = lane.binding.id;
         const former = Object.hasOwn(this.formerDeviceIds, id) ? this.formerDeviceIds[id] : [];
         lane.lastWrite ??= earlierLastWrite(this.journal, lane, former);
+        if (former !== undefined && former.length > 0) lane.seqAfter = highestSeq(lane.lastWrite);
       }
       const open = this.sweeper.run();
       if (this.recoveryFailure !== null) {

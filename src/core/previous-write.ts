@@ -269,6 +269,20 @@ export function earlierLastWrite(
   return first;
 }
 
+/**
+ * The highest sequence number of `write` and the writes kept behind it (LastWrite.behind); null
+ * when there is none. At a start, a renamed device's numbers go past it (Lane.seqAfter).
+ */
+export function highestSeq(write: LastWrite | null): number | null {
+  let highest: number | null = null;
+  const seen = new Set<LastWrite>();
+  for (let w: LastWrite | null | undefined = write; w != null && !seen.has(w); w = w.behind) {
+    seen.add(w);
+    highest = Math.max(highest ?? 0, w.seq);
+  }
+  return highest;
+}
+
 /** earlierLastWrite for the commands of one device id, whose last dispatch is `last`. */
 function lastWriteOf(
   journal: Pick<Journal, 'history' | 'findByKey'>,

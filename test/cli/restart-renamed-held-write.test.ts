@@ -64,8 +64,8 @@ describe.skipIf(!real)(
 
     it('the first command under the new id waits for the held write of the former id', async () => {
       const valve = site.plant.device('mb-valve-1');
-      // Two commands first: the held open's sequence number (3) is not the one the new id's first
-      // dispatch gets (1), so that the echoes tell the two apart.
+      // Two commands first: the held open's sequence number is 3, and the new id's numbers go on
+      // past it (its first dispatch 4, not 1: restart-renamed-seq.test.ts).
       for (const [key, action] of [
         ['open-0', 'open'],
         ['close-0', 'close'],
@@ -111,7 +111,7 @@ describe.skipIf(!real)(
       // The hold ends: the controller takes the open, then the close is decided and written.
       valve.clearFaults();
       const done = await until(() => terminal('close-1'), 15_000);
-      expect(done).toMatchObject({ state: 'confirmed', device: 'inlet-valve', seq: 1 });
+      expect(done).toMatchObject({ state: 'confirmed', device: 'inlet-valve', seq: 4 });
       expect(done.detail ?? '').not.toMatch(/no-op/);
       // Ground truth: the open taken, then the close, each written once; the valve closed.
       const log = valve.writeLog;
@@ -119,11 +119,11 @@ describe.skipIf(!real)(
         { seq: 1, outcome: 'accepted' },
         { seq: 2, outcome: 'accepted' },
         { seq: 3, outcome: 'accepted' },
-        { seq: 1, outcome: 'accepted' },
+        { seq: 4, outcome: 'accepted' },
       ]);
       expect(log[3]!.receivedAt).toBeGreaterThanOrEqual(log[2]!.settledAt!);
       await until(() => (valve.snapshot().state === 'CLOSED' ? true : undefined), 5_000);
-      expect(valve.snapshot().seqEcho).toBe(1);
+      expect(valve.snapshot().seqEcho).toBe(4);
 
       // Restarted again: the new id's close, accepted after the open ended, is the valve's last
       // write now. The next open is decided at once, not held for the former id's open (whose
@@ -137,11 +137,11 @@ describe.skipIf(!real)(
       );
       expect(again.status, again.body).toBe(200);
       const opened = record('open-2')!;
-      expect(opened).toMatchObject({ state: 'confirmed', seq: 2 });
+      expect(opened).toMatchObject({ state: 'confirmed', seq: 5 });
       expect(site.history(opened).map((e) => e.detail)).not.toContainEqual(
         expect.stringMatching(/^not decided yet:/),
       );
-      expect(valve.writeLog.at(-1)).toMatchObject({ seq: 2, outcome: 'accepted' });
+      expect(valve.writeLog.at(-1)).toMatchObject({ seq: 5, outcome: 'accepted' });
     }, 90_000);
   },
 );
