@@ -375,15 +375,11 @@
       if (stream !== es) return;
       status('down', 'Disconnected, retrying…');
       // The browser retries by itself unless the answer was not a stream (a 401 after the
-      // session ended, a 503): then this page asks whether the session is still there.
+      // session ended, a 503): then this page asks whether the session is still there and its
+      // stream would be taken.
       if (es.readyState === 2) {
         es.close();
-        retryTimer = setTimeout(function () {
-          api('GET', '/ui/api/session').then(function (answer) {
-            if (answer.status === 200) connect();
-            else if (answer.status !== 401) retryLater();
-          });
-        }, 2000);
+        retryTimer = setTimeout(admitted, 2000);
       }
     };
     ['devices', 'gateway', 'commands', 'session'].forEach(function (name) {
@@ -412,6 +408,25 @@
     } else if (name === 'session') {
       loggedOut();
     }
+  }
+
+  /**
+   * Opens the stream again if the gateway would take it now. A refusal (too many streams of
+   * this session, of its identity, or in all) is shown with why, and asked again after the
+   * delay it gives: an EventSource sees nothing of it but an error.
+   */
+  function admitted() {
+    retryTimer = null;
+    var mine = generation;
+    api('GET', '/ui/api/events/admission').then(function (answer) {
+      // Logged out, or the stream opened anew, meanwhile.
+      if (!session || mine !== generation) return;
+      if (answer.status === 204) connect();
+      else if (answer.status === 503 && answer.body && answer.body.code === 'TOO_MANY_STREAMS') {
+        status('down', 'Not live: ' + answer.body.detail + '. Tried again every 10 s.');
+        retryTimer = setTimeout(admitted, 10000);
+      } else if (answer.status !== 401) retryLater();
+    });
   }
 
   function retryLater() {

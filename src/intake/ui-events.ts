@@ -83,6 +83,15 @@ const DEVICES_DEBOUNCE_MS = 200;
  */
 export const MAX_STREAMS_PER_SESSION = 4;
 /**
+ * Streams one identity may hold, all its sessions together: a quarter of MAX_STREAMS. A token
+ * logs in as often as it is presented, each login a session of its own, so the session's limit
+ * alone let one identity (a leaked or misbehaving token, a browser left with many pages open,
+ * logged in again and again) take every stream and keep every other operator's page from going
+ * live. One identity shared by the browsers of many control rooms (one stream each: the pages of
+ * a browser share it) still has room for sixteen.
+ */
+export const MAX_STREAMS_PER_IDENTITY = 16;
+/**
  * Streams at once, all sessions together: an old tablet left open in each control room, with
  * room to spare. It bounds what the streams cost the daemon: a view of the devices each tick
  * and, for a stream that is not read, at most one event beyond Node's high-water mark.
@@ -171,9 +180,20 @@ export class UiEvents {
   refusal(session: UiSession): string | null {
     if (this.o.stopping.aborted) return 'the gateway is stopping; retry shortly';
     let mine = 0;
-    for (const stream of this.streams) if (stream.session === session) mine++;
+    let identity = 0;
+    for (const stream of this.streams) {
+      if (stream.session === session) mine++;
+      if (stream.session.identity === session.identity) identity++;
+    }
     if (mine >= MAX_STREAMS_PER_SESSION) {
       return `this session has ${mine} event streams open, the most one session may hold (the pages of one browser share one); close a page or retry shortly`;
+    }
+    // The new stream is refused, not the identity's oldest ended for it: the pages that hold
+    // them are live, and an ended stream's page reconnects on its own in RETRY_MS, so that
+    // ending the oldest would only pass the refusal round, every page of the identity dropping
+    // in turn (a wall display among them), where a refusal leaves them live and says why.
+    if (identity >= MAX_STREAMS_PER_IDENTITY) {
+      return `identity ${session.identity} has ${identity} event streams open, the most one identity may hold (its other logins and browsers count too); close a page of it or retry shortly`;
     }
     if (this.streams.size >= MAX_STREAMS) {
       return `too many status pages are open (${MAX_STREAMS} event streams); retry shortly`;

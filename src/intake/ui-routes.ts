@@ -231,21 +231,29 @@ export function registerUiRoutes(app: App, options: UiRoutesOptions): void {
     });
   }
 
+  const refuseStream = (reply: Reply, refusal: string): Reply =>
+    sendProblem(
+      reply,
+      makeProblem(503, 'TOO_MANY_STREAMS', refusal, { title: 'Too many event streams' }),
+      { 'retry-after': '10' },
+    );
+
   // No HEAD: a stream has no headers-only form.
   app.get('/ui/api/events', { ...reader, exposeHeadRoute: false }, async (request, reply) => {
     const session = sessionOf(request);
     const refusal = events.refusal(session);
-    if (refusal !== null) {
-      return sendProblem(
-        reply,
-        makeProblem(503, 'TOO_MANY_STREAMS', refusal, { title: 'Too many event streams' }),
-        { 'retry-after': '10' },
-      );
-    }
+    if (refusal !== null) return refuseStream(reply, refusal);
     // The stream outlives this handler: the response is taken over from fastify.
     reply.hijack();
     if (!events.open(reply.raw, session, allowedFor(session))) reply.raw.destroy();
     return reply;
+  });
+
+  // Whether the session's stream would be taken now: a browser's EventSource sees no status or
+  // body of a refusal, so the page asks here why its stream failed, and says so.
+  app.get('/ui/api/events/admission', reader, async (request, reply) => {
+    const refusal = events.refusal(sessionOf(request));
+    return refusal === null ? reply.code(204).send() : refuseStream(reply, refusal);
   });
 }
 

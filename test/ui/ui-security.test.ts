@@ -83,6 +83,7 @@ describe('without a session', () => {
       '/ui/api/commands',
       `/ui/api/commands/${ORPHAN.scope}/${ORPHAN.key}`,
       '/ui/api/events',
+      '/ui/api/events/admission',
     ];
     for (const path of reads) {
       for (const headers of [{}, { authorization: `Bearer ${TOKENS.ops}` }]) {
