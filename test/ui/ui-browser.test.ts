@@ -1,11 +1,12 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ROOT } from '../helpers/fixtures.js';
 import { mosquittoAvailable, TestClient, timed, until } from '../helpers/mosquitto.js';
-import { isRoot, realComponent } from '../helpers/real.js';
+import { realComponent } from '../helpers/real.js';
+import { launchChromium, logIn } from './ui-logged-in-page.js';
 import { call, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
@@ -51,16 +52,9 @@ beforeAll(async () => {
   origin = `https://127.0.0.1:${relay.port}`;
   mqtt = await TestClient.connect(site.broker!.url);
   await mqtt.subscribe('sluice/uisite/result/#');
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    // Chromium refuses to run as root inside its sandbox.
-    args: isRoot ? ['--no-sandbox'] : [],
-  });
-  // The site's certificate is self-signed for 127.0.0.1.
-  context = await browser.newContext({
-    ignoreHTTPSErrors: true,
+  ({ browser, context } = await launchChromium(chromiumPath, {
     viewport: { width: 1400, height: 1000 },
-  });
+  }));
   page = await context.newPage();
   page.on('console', (message) => {
     if (message.type() === 'error') problems.push(`console: ${message.text()}`);
@@ -164,9 +158,7 @@ describe.runIf(real)('the status page in Chromium', () => {
       'console: Failed to load resource: the server responded with a status of 401 (Unauthorized)',
     ]);
     problems.length = 0;
-    await page.fill('#token', TOKENS.ops);
-    await page.click('#login-form button[type=submit]');
-    await page.locator('#app').waitFor({ state: 'visible' });
+    await logIn(page);
     await expect.poll(() => page.locator('#stream').innerText(), { timeout: 10_000 }).toBe('Live');
     expect(await page.locator('#who-name').innerText()).toBe('ops (operator)');
     expect(await page.locator('#gateway-id').innerText()).toBe('uisite');

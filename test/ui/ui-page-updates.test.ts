@@ -1,14 +1,9 @@
 import { existsSync } from 'node:fs';
-import {
-  chromium,
-  type Browser,
-  type BrowserContext,
-  type Page,
-  type Route,
-} from 'playwright-core';
+import type { Browser, Page, Route } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { until } from '../helpers/mosquitto.js';
-import { isRoot, realComponent } from '../helpers/real.js';
+import { realComponent } from '../helpers/real.js';
+import { loggedInPage } from './ui-logged-in-page.js';
 import { call, login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
@@ -54,7 +49,6 @@ const RECORD_ANSWERS = `
 
 let site: UiSite;
 let browser: Browser;
-let context: BrowserContext;
 let page: Page;
 const problems: string[] = [];
 
@@ -65,19 +59,12 @@ beforeAll(async () => {
   // One settled command on each valve, before the page opens.
   await send('upd-drain', 'drain-valve', 'open');
   await send('upd-inlet', 'inlet-valve', 'open');
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    args: isRoot ? ['--no-sandbox'] : [],
-  });
-  context = await browser.newContext({ ignoreHTTPSErrors: true });
-  page = await context.newPage();
-  await page.addInitScript(RECORD_ANSWERS);
-  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
-  await page.goto(`${site.origin}/ui/`, { timeout: 10_000 });
-  await page.locator('#login').waitFor({ state: 'visible' });
-  await page.fill('#token', TOKENS.ops);
-  await page.click('#login-form button[type=submit]');
-  await page.locator('#app').waitFor({ state: 'visible', timeout: 10_000 });
+  ({ browser, page } = await loggedInPage(site, chromiumPath, {
+    prepare: async (p) => {
+      await p.addInitScript(RECORD_ANSWERS);
+      p.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+    },
+  }));
   await until(
     async () => ((await page.locator('#stream').innerText()) === 'Live' ? true : undefined),
     10_000,

@@ -2,7 +2,7 @@ import { X509Certificate } from 'node:crypto';
 import { existsSync, renameSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { generate } from 'selfsigned';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,7 +13,8 @@ import { startModbusPlant } from '../helpers/daemon-site.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { until } from '../helpers/mosquitto.js';
 import { inventoryFor } from '../helpers/plant-inventory.js';
-import { isRoot, realComponent } from '../helpers/real.js';
+import { realComponent } from '../helpers/real.js';
+import { loggedInPage } from './ui-logged-in-page.js';
 
 /**
  * The status page's verdict on the daemon's own HTTPS server certificate, in Debian's Chromium
@@ -149,19 +150,13 @@ beforeAll(async () => {
   daemon = startSluiced(['--config', configPath]);
   const started = await daemon.line((l) => l.includes('"msg":"sluiced started"'), 60_000);
   port = (JSON.parse(started) as { https: { port: number } }).https.port;
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    args: isRoot ? ['--no-sandbox'] : [],
-  });
   // The browser trusts no certificate of the test's; what it shows of one is the daemon's word.
-  const context = await browser.newContext({ ignoreHTTPSErrors: true });
-  page = await context.newPage();
-  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
-  await page.goto(`https://127.0.0.1:${port}/ui/`, { timeout: 10_000 });
-  await page.locator('#login').waitFor({ state: 'visible' });
-  await page.fill('#token', TOKEN);
-  await page.click('#login-form button[type=submit]');
-  await page.locator('#app').waitFor({ state: 'visible', timeout: 10_000 });
+  ({ browser, page } = await loggedInPage({ origin: `https://127.0.0.1:${port}` }, chromiumPath, {
+    token: TOKEN,
+    prepare: (p) => {
+      p.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+    },
+  }));
   await until(
     async () => ((await page.locator('#stream').innerText()) === 'Live' ? true : undefined),
     10_000,

@@ -1,9 +1,10 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { existsSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isRoot, realComponent } from '../helpers/real.js';
+import { realComponent } from '../helpers/real.js';
+import { launchChromium, logIn } from './ui-logged-in-page.js';
 import { call, ORPHAN, startUiSite, TOKENS, type UiSite } from './ui-site.js';
 
 /**
@@ -43,11 +44,7 @@ beforeAll(async () => {
   subscribe('http.server.request.start', onRequest);
   // The pages are looked at once drain-valve has arrived, never while it travels.
   site = await startUiSite({ mqtt: false, opcua: false, drainTravelMs: 800 });
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    args: isRoot ? ['--no-sandbox'] : [],
-  });
-  context = await browser.newContext({ ignoreHTTPSErrors: true });
+  ({ browser, context } = await launchChromium(chromiumPath));
 }, 90_000);
 
 afterAll(async () => {
@@ -77,9 +74,7 @@ function drainValve(page: Page): Promise<string> {
 describe.runIf(real)('many pages in one browser', () => {
   it('share one event stream: all load and stay live, act, and survive the holder closing', async () => {
     const first = await newPage();
-    await first.locator('#login').waitFor({ state: 'visible' });
-    await first.fill('#token', TOKENS.ops);
-    await first.click('#login-form button[type=submit]');
+    await logIn(first);
     await live(first);
     const pages = [first];
     // Past the six connections a browser opens to one host.
