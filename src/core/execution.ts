@@ -399,7 +399,7 @@ export class CommandExecution {
                 clock.now(),
                 observe(before),
                 PIPELINE,
-                (last, open) => allocateSeq(last, before.seq, open, lane.seqAfter),
+                (last, open) => allocateSeq(last, before.seq, open, lane.formerSeqs),
                 clockNote(this.host.clockPolicy, lane),
               )
             : this.host.journal.markRedispatched(
@@ -411,8 +411,8 @@ export class CommandExecution {
                 PIPELINE,
                 observe(before),
               );
-        // The device's numbers go on from its first dispatch's (Lane.seqAfter).
-        if (course.from === 'accepted') lane.seqAfter = null;
+        // The device's numbers go on from its first dispatch's (Lane.formerSeqs).
+        if (course.from === 'accepted') lane.formerSeqs = null;
         this.host.dispatched(dispatched);
         // Group commit: the dispatch shares its fsync with other lanes' commits; the write
         // waits for it. A failed sync leaves the command dispatched and unwritten: the sweep

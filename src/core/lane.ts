@@ -215,17 +215,18 @@ export interface Lane {
   readonly writes: WriteCounts;
   lastWrite: LastWrite | null;
   /**
-   * At a start, for a device renamed across it (PipelineOptions.formerDeviceIds): the highest
-   * sequence number of the earlier lives' writes the controller may still take (recovery's
-   * lastWrite and the writes kept behind it: previous-write.ts, earlierLastWrite), its former
-   * ids' among them. The device's first dispatch numbers past it as well as past its own last
-   * (sequence.ts, allocateSeq), and the numbers go on from there; null once it has dispatched,
+   * At a start, for a device renamed across it (PipelineOptions.formerDeviceIds): the sequence
+   * numbers of the earlier lives' writes the controller may still take (recovery's lastWrite and
+   * the writes kept behind it: previous-write.ts, earlierLastWrite), its former ids' among them.
+   * The device's first dispatch numbers past the highest of them as well as past its own last,
+   * and is none of them after a wrap either (sequence.ts, allocateSeq); the numbers go on from
+   * there; null once it has dispatched,
    * and for a device not renamed. Numbered from the new id's own count alone (the journal counts
    * by id), a stop written at once behind an open of the former id the controller held carried
    * the open's number: the controller took the open and ignored the stop as a repeat of it, and
    * the open's echo confirmed the stop (a false success).
    */
-  seqAfter: number | null;
+  formerSeqs: readonly number[] | null;
   /**
    * The commands whose dispatch this process journaled and whose write it then withheld, unsent,
    * because the dispatch's barrier failed (I5: nothing is written before its dispatch is on

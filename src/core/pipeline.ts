@@ -52,7 +52,7 @@ import { UNREACHABLE_GRACE_MS, type DeviceTiming, type OpenCommands } from './op
 import { OperatorActions } from './operator-actions.js';
 import { Outcomes, type SettledListener } from './outcomes.js';
 import { Preemption } from './preemption.js';
-import { earlierLastWrite, highestSeq } from './previous-write.js';
+import { earlierLastWrite, keptSeqs } from './previous-write.js';
 import { noReadFailures } from './read-failures.js';
 import type { TimedReadback } from './skew.js';
 import { deviceTimings, Sweep } from './sweep.js';
@@ -226,7 +226,7 @@ export class CommandPipeline {
         skew: null,
         unresolved: null,
         lastWrite: null,
-        seqAfter: null,
+        formerSeqs: null,
         withheld: new Map(),
         stopsBehind: [],
         ending: null,
@@ -656,7 +656,7 @@ export class CommandPipeline {
         const id = lane.binding.id;
         const former = Object.hasOwn(this.formerDeviceIds, id) ? this.formerDeviceIds[id] : [];
         lane.lastWrite ??= earlierLastWrite(this.journal, lane, former);
-        if (former !== undefined && former.length > 0) lane.seqAfter = highestSeq(lane.lastWrite);
+        if (former !== undefined && former.length > 0) lane.formerSeqs = keptSeqs(lane.lastWrite);
       }
       const open = this.sweeper.run();
       if (this.recoveryFailure !== null) {

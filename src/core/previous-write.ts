@@ -270,17 +270,17 @@ export function earlierLastWrite(
 }
 
 /**
- * The highest sequence number of `write` and the writes kept behind it (LastWrite.behind); null
- * when there is none. At a start, a renamed device's numbers go past it (Lane.seqAfter).
+ * The sequence numbers of `write` and the writes kept behind it (LastWrite.behind); null when
+ * there is none. At a start, a renamed device's numbers go past them (Lane.formerSeqs).
  */
-export function highestSeq(write: LastWrite | null): number | null {
-  let highest: number | null = null;
+export function keptSeqs(write: LastWrite | null): number[] | null {
+  const seqs: number[] = [];
   const seen = new Set<LastWrite>();
   for (let w: LastWrite | null | undefined = write; w != null && !seen.has(w); w = w.behind) {
     seen.add(w);
-    highest = Math.max(highest ?? 0, w.seq);
+    seqs.push(w.seq);
   }
-  return highest;
+  return seqs.length === 0 ? null : seqs;
 }
 
 /** earlierLastWrite for the commands of one device id, whose last dispatch is `last`. */

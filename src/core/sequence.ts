@@ -14,20 +14,20 @@ export const POWER_UP_ECHO = 0;
  *   and its old echo would look like this command's (a fresh journal, a wrap);
  * - the number of a command still open on the device: after a wrap, a long-open command and
  *   a new one would share an echo, and one could be confirmed by the other's effect.
- * With `after` (Lane.seqAfter: a renamed device's first dispatch), the number comes after the
- * higher of `last` and `after`: a write of the device's former id that the controller may still
- * take does not share its number, nor its echo.
+ * With `former` (Lane.formerSeqs: a renamed device's first dispatch), the number comes after the
+ * highest of `last` and `former`, and is none of `former` (also after a wrap): a write of the
+ * device's former id that the controller may still take does not share its number, nor its echo.
  */
 export function allocateSeq(
   last: number,
   controllerEcho: number | null,
   open: ReadonlySet<number>,
-  after: number | null = null,
+  former: readonly number[] | null = null,
 ): number {
-  let seq = after === null ? last : Math.max(last, after);
+  let seq = former === null ? last : Math.max(last, ...former);
   for (let i = 0; i < SEQ_MAX; i++) {
     seq = (seq % SEQ_MAX) + 1;
-    if (seq !== controllerEcho && !open.has(seq)) return seq;
+    if (seq !== controllerEcho && !open.has(seq) && former?.includes(seq) !== true) return seq;
   }
   throw new Error('every sequence number is held by an open command on this device');
 }

@@ -354,6 +354,36 @@ describe('transitions', () => {
     expect(dispatch(j, j.claim(command('d')).record, T0, seen, 'p').seq).toBe(4);
   });
 
+  it("numbers a renamed device's first dispatch past its former id's kept writes, and none of them after a wrap", () => {
+    const j = open();
+    const raw = new BetterSqlite3(join(dir, 'journal.db'));
+    // The new id's own count is 65535 (the id was used before), and the former id's write the
+    // controller may still take is number 1: the next number, after the wrap, would be it.
+    const before = dispatch(j, j.claim(command('before')).record, T0, seen, 'pipeline');
+    j.settle(before, 'dispatched', {
+      to: 'failed',
+      code: 'READBACK_TIMEOUT',
+      faultCode: null,
+      observed: null,
+      detail: 'x',
+      at: T0,
+      intake: 'pipeline',
+    });
+    raw.prepare("UPDATE device_seq SET last_seq = 65535 WHERE device = 'inlet-valve'").run();
+    const first = j.markDispatched(j.claim(command('first')).record, T0, seen, 'p', (last, o) =>
+      allocateSeq(last, seen.seq, o, [1]),
+    );
+    // 1 is the former write's: 2 is the first number free.
+    expect(first.seq).toBe(2);
+    // Past the highest of the former numbers when that is above the new id's own count.
+    raw.prepare("UPDATE device_seq SET last_seq = 3 WHERE device = 'inlet-valve'").run();
+    raw.close();
+    const next = j.markDispatched(j.claim(command('next')).record, T0, seen, 'p', (last, o) =>
+      allocateSeq(last, seen.seq, o, [40, 7]),
+    );
+    expect(next.seq).toBe(41);
+  });
+
   it('returns from each write the row as stored, with its history on that command', () => {
     const j = open();
     // Another command first, so that rowids and keys cannot line up by accident.
