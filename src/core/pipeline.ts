@@ -720,14 +720,27 @@ export class CommandPipeline {
 
   /**
    * Graceful stop: no new commands; in-flight commands get `boundMs` to settle, then their
-   * workers are abandoned and the commands stay journaled for recovery.
+   * workers are abandoned and the commands stay journaled for recovery. An accepted stop is a
+   * command in flight (SPEC §2: it is dispatched at once), also while it waits in its device's
+   * queue for the worker to come to it — the worker of the command it preempted, which waits
+   * for the stop's claim to be on disk and a turn, or one making the end of the command before
+   * it durable: it keeps its place and runs within the bound (stopsToRun), and the command it
+   * preempted is judged after it (INTERRUPTED when the controller took the stop). A stop left
+   * to the sweep (lane.unresolved), which runs no more, gets a worker. Emptied with the queue,
+   * a stop acknowledged a moment before SIGTERM was never written, and the travel it had
+   * preempted went on to its end. Other queued commands stay journaled for the next start.
    */
   async stop(boundMs: number): Promise<void> {
     this.closed = true;
     this.cancelBoundsSave();
     for (const lane of this.lanes.values()) {
-      lane.queue.length = 0;
-      lane.unresolved = null;
+      const stops = this.stopsToRun(lane);
+      lane.queue.splice(0, lane.queue.length, ...stops);
+      // The device's command left open goes first, as the sweep would take it: the queue never
+      // moves past it (I1). With no stop to run, it stays journaled for recovery.
+      if (stops.length === 0 && !this.isStop(lane.unresolved)) lane.unresolved = null;
+      // Waiting for the sweep, which runs no more, the device has no worker.
+      else this.startWorker(lane);
     }
     const running = (): Promise<void>[] =>
       [...this.lanes.values()].flatMap((lane) => (lane.running === null ? [] : [lane.running]));
@@ -745,6 +758,35 @@ export class CommandPipeline {
     // Results settled during the drain are announced once on disk (group commit): wait for
     // that barrier, so that the intakes publish them before they close.
     await this.durable().catch(() => undefined);
+  }
+
+  /**
+   * The stops at the head of the lane's queue, in order: a stop takes every command queued
+   * before it off the queue (preemption.ts, stopPreempts), so the stops still to run stand
+   * there — the one that preempted the command in flight (lane.interrupted), those queued
+   * behind it (lane.stopsBehind), one queued while the worker finished the command before it.
+   * A command a stop superseded whose rejection is not on disk (lane.superseded) is passed over:
+   * it stays `accepted` in the journal, and the next start rejects it. The first other command
+   * ends them: the commands from there on, stops included, stay journaled for recovery, in
+   * their order.
+   */
+  private stopsToRun(lane: Lane): CommandRef[] {
+    const stops: CommandRef[] = [];
+    for (const ref of lane.queue) {
+      if (this.isStop(ref)) stops.push(ref);
+      else if (!lane.superseded.has(refId(ref))) break;
+    }
+    return stops;
+  }
+
+  /** Whether `ref` is a stop; false when the journal cannot say now (it stays journaled). */
+  private isStop(ref: CommandRef | null): boolean {
+    if (ref === null) return false;
+    try {
+      return this.journal.get(ref)?.action === 'stop';
+    } catch {
+      return false;
+    }
   }
 
   /** A method, not a property read: the flag changes across awaits. */
