@@ -434,7 +434,7 @@ export class OpcuaPlcServer {
       buildInfo: { productName: 'sluice-sim', manufacturerName: 'Sluice' },
       serverInfo: {
         applicationName: { text: `sluice-sim ${this.#plc.name}` },
-        applicationUri: simulatorApplicationUri(this.#plc.name),
+        applicationUri: this.#config.applicationUri ?? simulatorApplicationUri(this.#plc.name),
       },
     });
     this.#server = server;

@@ -94,6 +94,12 @@ const opcuaPlcSchema = z.strictObject({
    * same port with one moves the plant's namespace under a client that keeps its session.
    */
   namespacesBefore: z.array(z.string().min(1)).default([]),
+  /**
+   * The server's application URI (its endpoint descriptions, and the certificate it makes):
+   * default urn:sluice-sim:<plc>. Another one plays another server with the same program and
+   * namespace (a twin line's PLC) taking the address.
+   */
+  applicationUri: z.string().min(1).optional(),
   devices: z.record(nameSchema, opcuaDeviceSchema),
 });
 

@@ -592,10 +592,11 @@ export class OpcuaEndpoint {
   /**
    * Why the server certificate `certificate` of `client`'s secure channel was not made for the
    * server it speaks for, or null: its subjectAltName URI must be the application URI of the
-   * server's description of the endpoint (OPC 10000-4, 6.1.3), as the client read it on its
-   * secured channel when it first connected (node-opcua keeps it for its reconnections). A
-   * certificate the server changed at a reconnection is held to that description too: the
-   * same application must be behind the link. Security None: no certificate, nothing checked.
+   * server's description of the endpoint (OPC 10000-4, 6.1.3: the ApplicationDescription
+   * provided with the certificate), as the client last read it on its secured channel: at the
+   * first connection, and again at the take-up of every reconnection (describedAgain), since
+   * another server may answer at the address by then. Security None: no certificate, nothing
+   * checked.
    */
   private applicationUriRefusal(
     client: OPCUAClient,
@@ -616,6 +617,24 @@ export class OpcuaEndpoint {
       at: this.o.clock.now(),
       binding: mismatch,
     };
+  }
+
+  /**
+   * Reads the server's endpoint descriptions again on `client`'s re-established secure channel,
+   * for applicationUriRefusal: node-opcua keeps the ones it read at the first connection for
+   * every reconnection, even one to another server that took the address since (a PLC replaced,
+   * a twin line's PLC), whose certificate would then be held to the first server's application
+   * URI: refused when it has another one, taken when it carries the first server's URI while
+   * its own server describes itself with another. Null when read, or why they could not be.
+   */
+  private async describedAgain(client: OPCUAClient): Promise<Error | null> {
+    if (this.o.securityMode === 'None') return null;
+    try {
+      await withTimeout(client.getEndpoints(), this.requestTimeoutMs, 'GetEndpoints');
+      return null;
+    } catch (error) {
+      return error instanceof Error ? error : new Error(String(error));
+    }
   }
 
   /**
@@ -810,7 +829,8 @@ export class OpcuaEndpoint {
     // connected, and checks it no more: a certificate an operator removed from trusted/certs/
     // (revoked), or one that expired, would be used for every reconnection for as long as this
     // client lives. It is checked again here before the link is used (requests are refused
-    // until then); refused, the client is given up, and the endpoint's next connection is
+    // until then), its application URI against the endpoint description the server gives on
+    // the new channel (describedAgain); refused, the client is given up, and the endpoint's next connection is
     // refused with the reason. Then the namespace index is read again, and the link raised.
     // A session node-opcua makes anew in the middle (the server lost the one the take-up reads
     // on: node-opcua says session_restored, and sends the read again on the new session) bumps
@@ -834,7 +854,18 @@ export class OpcuaEndpoint {
           status = error instanceof Error ? error : new Error(String(error));
         }
         if (!current() || this.epoch !== epoch) return;
-        if (!(status instanceof Error) && status.isGood()) {
+        if (!(status instanceof Error) && status.isGood() && certificate !== undefined) {
+          // The certificate is checked against the description of the server that presents
+          // it now, not the one read at the first connection.
+          const unread = await this.describedAgain(client);
+          if (!current() || this.epoch !== epoch) return;
+          if (unread !== null) {
+            this.abandon(
+              client,
+              `the server's endpoint description could not be read on reconnection, so its certificate cannot be checked against it: ${describeError(unread)}`,
+            );
+            return;
+          }
           const refusal = this.applicationUriRefusal(client, certificate);
           if (refusal !== null) {
             check.refused = refusal;

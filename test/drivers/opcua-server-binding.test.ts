@@ -10,6 +10,7 @@ import {
   plcCertificate,
   readWithin,
   secureDriver,
+  sessionCounter,
   startSecurePlant,
   writeLands,
   type Cleanups,
@@ -252,4 +253,82 @@ describe('OPC UA server whose certificate was replaced between two connections',
     },
     90_000,
   );
+});
+
+/**
+ * Another server takes the address while the driver reconnects (a twin line's PLC: the same
+ * program and namespace, its own application URI urn:line2:ua, a certificate naming the address,
+ * trusted): node-opcua re-establishes the link with the new server's certificate and keeps the
+ * endpoint descriptions the first server gave. The certificate is checked against the
+ * description of the server presenting it, read again on the new channel (OPC 10000-4, 6.1.3),
+ * as a first connection to that server checks it. Ground truth: the second server's count of
+ * the writes it received, and of its sessions.
+ */
+describe('OPC UA server replaced by another application while the driver reconnects', () => {
+  const line2 = 'urn:line2:ua';
+
+  /** The driver to a first sluice-sim, then that one stopped and a second started on its port. */
+  async function replaced(second: { simPki: string }): Promise<{
+    driver: DeviceDriver;
+    plant: Plant;
+  }> {
+    const first = await plantOn();
+    const e = first.plant.plc('ua').endpoint;
+    if (e.protocol !== 'opcua') throw new Error('expected an OPC UA PLC');
+    const port = Number(new URL(e.endpointUrl).port);
+    const { driver } = await driverTo(first.plant, [
+      plcCertificate(first.simPki),
+      plcCertificate(second.simPki),
+    ]);
+    expect(await readWithin(driver, 20_000)).not.toBeNull();
+    expect(await writeLands(first.plant, driver)).toBe(true);
+    await first.plant.stop();
+    const plant = await startPlant(
+      {
+        control: { host: '127.0.0.1', port: 0 },
+        plcs: {
+          ua: {
+            protocol: 'opcua',
+            host: '127.0.0.1',
+            port,
+            applicationUri: line2,
+            securityModes: ['None', 'SignAndEncrypt'],
+            devices: { 'ua-valve': { profile: 'valve' } },
+          },
+        },
+      },
+      { control: false, pkiDir: second.simPki },
+    );
+    cleanups.push(() => plant.stop());
+    return { driver, plant };
+  }
+
+  it('its certificate, made for the application it describes itself with, is taken at the reconnection', async () => {
+    const { driver, plant } = await replaced({
+      simPki: await simPkiWith({ applicationUri: line2, dns: ['localhost'], ip: ['127.0.0.1'] }),
+    });
+    const end = Date.now() + 20_000;
+    while (!(await writeLands(plant, driver))) {
+      if (Date.now() > end) throw new Error(`no write landed: ${driver.health().lastError}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // The write landed on the session the reconnection made: the server saw that one of the
+    // driver's, and the counter's own. Held to the first server's application URI, the
+    // reconnection was given up and a new connection made another.
+    const counter = await sessionCounter(plant);
+    cleanups.push(() => counter.close());
+    expect((await counter.sessions()).cumulated).toBe(2);
+  }, 90_000);
+
+  it("a certificate made for the first server's application is refused: the server presenting it is another", async () => {
+    const { driver, plant } = await replaced({
+      simPki: await simPkiWith({ dns: ['localhost'], ip: ['127.0.0.1'] }),
+    });
+    const refusal = await refusedWith(driver, /BadCertificateUriInvalid/);
+    expect(refusal).toMatch(
+      /is refused: it was made for the application urn:sluice-sim:ua, not for urn:line2:ua, the application URI of the server presenting it/,
+    );
+    expect(await writeLands(plant, driver)).toBe(false);
+    expect(plant.device('ua-valve').counters.writesReceived).toBe(0);
+  }, 90_000);
 });
