@@ -54,7 +54,10 @@ export function pinMismatch(chain: Buffer | Buffer[], binding: ServerBinding): s
  * Why the first certificate of `chain` does not name the host of `binding`'s endpoint URL (a
  * subjectAltName dNSName, or iPAddress for an address), or null when it does. Host names compare
  * in any case and without a root dot; no wildcard is taken, nor the subject's CN (an OPC UA
- * application certificate names its hosts in subjectAltName: OPC 10000-6, 6.2.2).
+ * application certificate names its hosts in subjectAltName: OPC 10000-6, 6.2.2). Addresses
+ * compare by their octets (RFC 5280, 4.2.1.6), an IPv4 address and its IPv4-mapped IPv6 form
+ * (::ffff:a.b.c.d, RFC 4291 2.5.5.2) as the one host they name: a connection to either reaches
+ * the same IPv4 host, so a certificate naming one names the other.
  */
 export function hostMismatch(chain: Buffer | Buffer[], binding: ServerBinding): string | null {
   const host = endpointHost(binding.endpointUrl);
@@ -65,7 +68,9 @@ export function hostMismatch(chain: Buffer | Buffer[], binding: ServerBinding): 
   const named =
     isIP(host) === 0
       ? certificate.checkHost(host, { subject: 'never', wildcards: false })
-      : certificate.checkIP(host);
+      : addressSpellings(host)
+          .map((address) => certificate.checkIP(address))
+          .find((found) => found !== undefined);
   if (named !== undefined) return null;
   const names = subjectAltNames(certificate);
   const hosts = [...names.dns, ...names.ip];
@@ -102,6 +107,29 @@ function endpointHost(endpointUrl: string): string | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * The spellings of IP address `address` whose octets a certificate's iPAddress may hold: the
+ * address itself, and for an IPv4 address its IPv4-mapped IPv6 form, for an IPv4-mapped one its
+ * IPv4 address (4 octets and 16, the same host).
+ */
+function addressSpellings(address: string): string[] {
+  if (isIP(address) === 4) return [address, `::ffff:${address}`];
+  // The WHATWG URL serialiser writes an IPv6 address in one form (RFC 5952): an IPv4-mapped one
+  // as ::ffff: and two groups of hex digits, however it was written.
+  let canonical: RegExpExecArray | null;
+  try {
+    canonical = /^\[::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})\]$/.exec(
+      new URL(`http://[${address}]`).hostname,
+    );
+  } catch {
+    return [address];
+  }
+  if (canonical === null) return [address];
+  const high = parseInt(canonical[1] ?? '0', 16);
+  const low = parseInt(canonical[2] ?? '0', 16);
+  return [address, [high >> 8, high & 0xff, low >> 8, low & 0xff].join('.')];
 }
 
 /** The first certificate of a chain as the server sent it (its own), or null if unreadable. */

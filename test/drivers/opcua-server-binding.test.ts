@@ -7,6 +7,7 @@ import type { DeviceDriver } from '../../src/core/driver.js';
 import { startPlant, type Plant, type PlantInput } from '../../simulators/plant.js';
 import { tempDir } from '../helpers/fixtures.js';
 import {
+  opensslServerCertificate,
   plcCertificate,
   readWithin,
   secureDriver,
@@ -331,4 +332,31 @@ describe('OPC UA server replaced by another application while the driver reconne
     expect(await writeLands(plant, driver)).toBe(false);
     expect(plant.device('ua-valve').counters.writesReceived).toBe(0);
   }, 90_000);
+});
+
+/**
+ * An IPv4 address and its IPv4-mapped IPv6 form (::ffff:127.0.0.1) name one host: a connection
+ * to either reaches it over IPv4. A certificate may name the PLC's address in the mapped form
+ * where the endpoint URL gives its IPv4 address; the host name check takes them as the same
+ * address. Real parts: sluice-sim's OPC UA PLC serving a certificate made by openssl (node-opcua's
+ * certificate maker writes ::ffff:127.0.0.1 as 0:0:0:0:0:0:FFFF:127), and the real driver. The
+ * other way round (an endpoint URL with the mapped address) cannot be connected to: see
+ * opcua-binding-address.test.ts. Ground truth: the simulator's count of the writes it received.
+ */
+describe("OPC UA certificate naming the IPv4-mapped form of the endpoint URL's address", () => {
+  it('endpoint URL 127.0.0.1, certificate naming ::ffff:127.0.0.1: taken', async () => {
+    const { dir: simPki, cleanup } = tempDir('sluice-sim-pki-');
+    cleanups.push(cleanup);
+    opensslServerCertificate(join(simPki, 'ua', 'pki'), {
+      applicationUri: 'urn:sluice-sim:ua',
+      ip: ['::ffff:127.0.0.1'],
+    });
+    expect(new X509Certificate(readFileSync(plcCertificate(simPki))).subjectAltName).toBe(
+      'URI:urn:sluice-sim:ua, IP Address:0:0:0:0:0:FFFF:7F00:1',
+    );
+    const { plant } = await plantOn(simPki);
+    const { driver } = await driverTo(plant, [plcCertificate(simPki)]);
+    expect(await readWithin(driver, 20_000)).not.toBeNull();
+    expect(await writeLands(plant, driver)).toBe(true);
+  }, 60_000);
 });

@@ -1,4 +1,5 @@
-import fs, { copyFileSync, mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import fs, { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AttributeIds, OPCUAClient } from 'node-opcua';
 import { expect } from 'vitest';
@@ -175,6 +176,64 @@ export async function writeLands(plant: Plant, driver: DeviceDriver): Promise<bo
     .catch(() => false);
   expect(device.counters.writesReceived).toBe(sent ? before + 1 : before);
   return sent;
+}
+
+/**
+ * An OPC UA server certificate and its private key made by openssl in the `own/` folder of the
+ * node-opcua PKI at `pkiRoot` (for sluice-sim: `<simPki>/ua/pki`): self-signed, for
+ * `applicationUri`, naming the IP addresses `ip` (subjectAltName) and no host name. node-opcua's
+ * own certificate maker writes an IPv4-mapped IPv6 address wrong (::ffff:127.0.0.1 as
+ * 0:0:0:0:0:0:FFFF:127); openssl writes its 16 octets.
+ */
+export function opensslServerCertificate(
+  pkiRoot: string,
+  names: { readonly applicationUri: string; readonly ip: readonly string[] },
+): string {
+  const own = join(pkiRoot, 'own');
+  mkdirSync(join(own, 'certs'), { recursive: true });
+  mkdirSync(join(own, 'private'), { recursive: true });
+  const config = join(own, 'openssl.cnf');
+  writeFileSync(
+    config,
+    [
+      '[req]',
+      'distinguished_name = dn',
+      'x509_extensions = ext',
+      'prompt = no',
+      '[dn]',
+      'CN = sluice-sim-ua',
+      '[ext]',
+      'basicConstraints = critical, CA:FALSE',
+      'keyUsage = critical, digitalSignature, nonRepudiation, keyEncipherment, dataEncipherment',
+      'extendedKeyUsage = serverAuth, clientAuth',
+      'subjectKeyIdentifier = hash',
+      'authorityKeyIdentifier = keyid',
+      `subjectAltName = ${[`URI:${names.applicationUri}`, ...names.ip.map((ip) => `IP:${ip}`)].join(', ')}`,
+      '',
+    ].join('\n'),
+  );
+  const certificate = join(own, 'certs', 'certificate.pem');
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-sha256',
+      '-days',
+      '30',
+      '-config',
+      config,
+      '-keyout',
+      join(own, 'private', 'private_key.pem'),
+      '-out',
+      certificate,
+    ],
+    { env: { ...process.env, OPENSSL_CONF: config }, stdio: 'ignore' },
+  );
+  return certificate;
 }
 
 /** The PLC's own certificate, as sluice-sim keeps it in its PKI folder `simPki`. */
