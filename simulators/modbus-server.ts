@@ -205,9 +205,9 @@ export class ModbusPlcServer {
     socket.setNoDelay(true);
     const log = this.#plc.log.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
     let buffer: Buffer = Buffer.alloc(0);
-    // Each frame with the moment it reached the PLC (time source), for the write log's
-    // heldOnLinkMs.
-    const queue: { frame: Buffer; arrivedAt: number }[] = [];
+    // Each frame with the moment it reached the PLC (time source) and whether it came in behind
+    // another request still on the link, for the write log's heldOnLinkMs.
+    const queue: { frame: Buffer; arrivedAt: number; behind: boolean }[] = [];
     let serving = false;
 
     const serveQueue = async (): Promise<void> => {
@@ -216,7 +216,7 @@ export class ModbusPlcServer {
       try {
         for (let next = queue.shift(); next !== undefined; next = queue.shift()) {
           if (socket.destroyed) return;
-          await this.#serve(next.frame, socket, next.arrivedAt);
+          await this.#serve(next.frame, socket, next.arrivedAt, next.behind);
         }
       } finally {
         serving = false;
@@ -236,7 +236,11 @@ export class ModbusPlcServer {
         }
         const total = 6 + length;
         if (buffer.length < total) break;
-        queue.push({ frame: buffer.subarray(0, total), arrivedAt: this.#plc.time.now() });
+        queue.push({
+          frame: buffer.subarray(0, total),
+          arrivedAt: this.#plc.time.now(),
+          behind: serving || queue.length > 0,
+        });
         buffer = buffer.subarray(total);
       }
       serveQueue().catch((err: unknown) => {
@@ -253,7 +257,8 @@ export class ModbusPlcServer {
     });
   }
 
-  async #serve(frame: Buffer, socket: Socket, arrivedAt: number): Promise<void> {
+  /** `behind`: it came in while another request of its connection was still on the link. */
+  async #serve(frame: Buffer, socket: Socket, arrivedAt: number, behind: boolean): Promise<void> {
     const transactionId = frame.readUInt16BE(0);
     const protocolId = frame.readUInt16BE(2);
     const unitId = frame.readUInt8(6);
@@ -276,8 +281,8 @@ export class ModbusPlcServer {
     const held = plan.latencyBeforeMs > 0 || plan.stalledUntil !== undefined;
     if (held && !(await this.#heldOnLink(plan.latencyBeforeMs, plan.stalledUntil))) return;
     // From its arrival: the time it waited behind the requests before it on the connection
-    // counts too.
-    const heldOnLinkMs = held ? this.#plc.time.now() - arrivedAt : undefined;
+    // counts too, and a request not held itself that waited behind them was held all the same.
+    const heldOnLinkMs = held || behind ? this.#plc.time.now() - arrivedAt : undefined;
 
     let reply: Buffer;
     if (plan.refuse?.exception !== undefined) {

@@ -82,6 +82,12 @@ type Dispatch = (message: Message, channel: ServerSecureChannelLayer) => void;
 /** Handles one request; a promise when the request is held on the link until it settles. */
 type LinkTask = () => Promise<void> | undefined;
 
+/** A request's arrival at the PLC (time source), and whether a held request was ahead of it. */
+interface Arrival {
+  at: number;
+  behind: boolean;
+}
+
 /**
  * The requests of one secure channel in arrival order. While one is held on the link, the
  * ones behind it wait, as bytes behind it on the same TCP connection would.
@@ -93,6 +99,11 @@ class ChannelLink {
 
   constructor(onError: (err: unknown) => void) {
     this.#onError = onError;
+  }
+
+  /** Whether a request is held on the link now: one submitted now waits behind it. */
+  get holding(): boolean {
+    return this.#held;
   }
 
   submit(task: LinkTask): void {
@@ -667,6 +678,9 @@ export class OpcuaPlcServer {
         this.#links.set(channel, link);
       }
       const refusals = this.#refusal.count;
+      // When it reached the PLC, and whether it waits behind a request held on the link: the
+      // write log's heldOnLinkMs counts from its arrival.
+      const arrival: Arrival = { at: this.#plc.time.now(), behind: link.holding };
       link.submit(() => {
         // Requests still waiting behind a held one when the power went, or the communication
         // module dropped off the network, died with the link.
@@ -687,7 +701,7 @@ export class OpcuaPlcServer {
           channel.send_response('MSG', refusal, message);
           return undefined;
         }
-        return this.#onRequest(message, channel, dispatch);
+        return this.#onRequest(message, channel, dispatch, arrival);
       });
     };
   }
@@ -700,6 +714,7 @@ export class OpcuaPlcServer {
     message: Message,
     channel: ServerSecureChannelLayer,
     dispatch: Dispatch,
+    arrival: Arrival,
   ): Promise<void> | undefined {
     const request = message.request;
     let direction: Direction;
@@ -814,10 +829,12 @@ export class OpcuaPlcServer {
       }
     };
     if (plan.latencyBeforeMs <= 0 && plan.stalledUntil === undefined) {
+      // Not held itself, but held all the same if it waited behind a held request.
+      if (arrival.behind) pending.heldOnLinkMs = this.#plc.time.now() - arrival.at;
       deliver();
       return undefined;
     }
-    return this.#heldOnLink(plan.latencyBeforeMs, plan.stalledUntil, pending, deliver);
+    return this.#heldOnLink(plan.latencyBeforeMs, plan.stalledUntil, pending, deliver, arrival);
   }
 
   /**
@@ -825,17 +842,18 @@ export class OpcuaPlcServer {
    * became of the client's connection meanwhile, unless a power cycle, a refusal of connections
    * (its session is gone) or the plant's stop took the link and what was on it. Settles once node-opcua has processed it, not just received
    * it: node-opcua processes requests concurrently, a PLC's communication task in order, and
-   * the ones behind it wait.
+   * the ones behind it wait. Its heldOnLinkMs counts from its `arrival`, the time it waited
+   * behind the requests before it on the channel included.
    */
   async #heldOnLink(
     ms: number,
     stalled: Promise<void> | undefined,
     pending: PendingRequest,
     deliver: () => void,
+    arrival: Arrival,
   ): Promise<void> {
     const powerCycles = this.#plc.powerCycles;
     const refusals = this.#refusal.count;
-    const heldFrom = this.#plc.time.now();
     if (ms > 0) await this.#timers.delay(ms);
     if (stalled !== undefined) await this.#timers.until(stalled);
     if (
@@ -845,7 +863,7 @@ export class OpcuaPlcServer {
     ) {
       return;
     }
-    pending.heldOnLinkMs = this.#plc.time.now() - heldFrom;
+    pending.heldOnLinkMs = this.#plc.time.now() - arrival.at;
     await new Promise<void>((resolve) => {
       pending.processed = resolve;
       deliver();

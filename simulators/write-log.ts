@@ -21,10 +21,11 @@ export interface WriteLogEntry {
   /** Controller time (epoch ms) when the write arrived. */
   receivedAt: number;
   /**
-   * How long a link fault (latency `when: before`, a stall) held the request that carried the
-   * write before it reached the controller, from its arrival at the PLC's front end; absent when
-   * none held it. On a loopback link the master sent it at receivedAt − heldOnLinkMs: how long
-   * after its sending a write was taken is what a profile's redispatch guard bounds.
+   * How long the request that carried the write was on the link before it reached the
+   * controller, from its arrival at the PLC's front end: held by a link fault (latency `when:
+   * before`, a stall) or waiting behind the requests before it on its connection; absent when
+   * it went on at once. On a loopback link the master sent it at receivedAt − heldOnLinkMs: how
+   * long after its sending a write was taken is what a profile's redispatch guard bounds.
    */
   heldOnLinkMs?: number;
   /** 0 for every write to a device without a sequence number. */
