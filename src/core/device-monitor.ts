@@ -1,7 +1,8 @@
 import type { Clock } from './clock.js';
 import type { DeviceReads } from './device-reads.js';
 import type { DeviceHealth, Readback } from './driver.js';
-import type { Lane, WriteCounts } from './lane.js';
+import { refId } from './journal.js';
+import { interruptedTargets, type Lane, type WriteCounts } from './lane.js';
 import type { Logger } from './logger.js';
 import type { ReadFailure } from './read-failures.js';
 import type { SkewEstimate } from './skew.js';
@@ -70,6 +71,12 @@ export interface DeviceView {
   readonly inFlight: string | null;
   /** A command left open and waiting to be taken up again: the device waits for it. */
   readonly unresolved: string | null;
+  /**
+   * Every command the device holds, each counted once: those queued, and those it is on or will
+   * go back to before the queue — in flight, its end being made durable (Lane.ending), left open
+   * (unresolved), preempted by a stop and waiting for it (Lane.interrupted). 0: idle.
+   */
+  readonly holding: number;
   /** The controller clock's drift (ppm), when measurements span long enough. */
   readonly driftPpm: number | null;
   /**
@@ -104,9 +111,19 @@ export function deviceView(lane: Lane, reads: DeviceReads, nowMono: number): Dev
     queued: lane.queue.length,
     inFlight: lane.inFlight?.key ?? null,
     unresolved: lane.unresolved?.key ?? null,
+    holding: holding(lane),
     driftPpm: reads.drift(lane),
     clockOff: reads.clockOff(lane),
   };
+}
+
+/** DeviceView.holding. */
+function holding(lane: Lane): number {
+  const held = new Set(lane.queue.map(refId));
+  for (const ref of [lane.inFlight, lane.ending, lane.unresolved, ...interruptedTargets(lane)]) {
+    if (ref !== null) held.add(refId(ref));
+  }
+  return held.size;
 }
 
 /** What the monitor needs from the pipeline. */

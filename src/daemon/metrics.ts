@@ -376,7 +376,7 @@ export class Metrics {
     });
     new Gauge({
       name: 'sluice_commands_in_flight',
-      help: 'Commands being carried out now (checked, written, awaiting their readback): at most one per device.',
+      help: 'Commands being carried out now (checked, written, awaiting their readback): at most one per device. A command that holds its device with no worker on it (left open until taken up again) is not counted here, but in sluice_device_queue_length.',
       registers,
       collect() {
         let n = 0;
@@ -384,15 +384,17 @@ export class Metrics {
         this.set(n);
       },
     });
+    // Every command that holds the device, not only the queue and the one in flight: a command
+    // left open (the journal failed under it), one whose end is being made durable, or one a
+    // stop preempted holds the device as much, with no worker on it, and counted as 0 the
+    // device looked idle to every alert while it ran nothing else.
     new Gauge({
       name: 'sluice_device_queue_length',
-      help: 'Commands waiting for the device, in flight included.',
+      help: 'Commands the device holds: waiting for it, and the one it is on (in flight, its end being written, left open until taken up again, or preempted by a stop and waiting for it); 0 when idle.',
       labelNames: ['device'],
       registers,
       collect() {
-        for (const d of pipeline.devices()) {
-          this.set({ device: d.id }, d.queued + (d.inFlight === null ? 0 : 1));
-        }
+        for (const d of pipeline.devices()) this.set({ device: d.id }, d.holding);
       },
     });
     new Gauge({

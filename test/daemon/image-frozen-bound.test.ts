@@ -50,6 +50,7 @@ function view(imageUnchangedMs: number): DeviceView {
     queued: 0,
     inFlight: null,
     unresolved: null,
+    holding: 0,
     driftPpm: null,
     clockOff: null,
   };
