@@ -27,6 +27,17 @@ export const MIN_DRIFT_SPAN_MS = 5_000;
  * fraction of a millisecond, and one of 0 (a clock read without delay) must not take all weight.
  */
 export const MIN_WEIGHT_UNCERTAINTY_MS = 0.1;
+/**
+ * The drift is shown (GET /v1/devices, /metrics, /readyz) once its standard error is at most
+ * DRIFT_SHOWN_WITHIN_PPM, or a DRIFT_SHOWN_WITHIN_FRACTION of the drift itself: the first
+ * seconds' estimate rests on a few measurements, each off by a fraction of a millisecond (the
+ * controller's stamps round to the millisecond, round trips vary), and read tens to a hundred
+ * ppm either way on a perfect clock. A clock that gains far more is known sooner.
+ */
+export const DRIFT_SHOWN_WITHIN_PPM = 10;
+export const DRIFT_SHOWN_WITHIN_FRACTION = 0.1;
+/** A standard error needs a scatter about the line: two samples beyond the two a line takes. */
+const MIN_DRIFT_SAMPLES = 4;
 /** A clock at or past its bound is measured again no more often than this. */
 export const MIN_REMEASURE_MS = 250;
 
@@ -52,6 +63,27 @@ export function addSample(samples: SkewSample[], skew: SkewEstimate): void {
  * jump larger than any drift explains are dropped.
  */
 export function driftPpm(samples: readonly SkewSample[]): number | null {
+  return driftFit(samples)?.ppm ?? null;
+}
+
+/**
+ * The drift as it is shown: driftPpm once its standard error (driftFit) is at most
+ * DRIFT_SHOWN_WITHIN_PPM or DRIFT_SHOWN_WITHIN_FRACTION of it, null before.
+ */
+export function shownDriftPpm(samples: readonly SkewSample[]): number | null {
+  const fit = driftFit(samples);
+  if (fit === null || fit.standardErrorPpm === null) return null;
+  const within = Math.max(DRIFT_SHOWN_WITHIN_PPM, DRIFT_SHOWN_WITHIN_FRACTION * Math.abs(fit.ppm));
+  return fit.standardErrorPpm <= within ? fit.ppm : null;
+}
+
+/**
+ * driftPpm's fit, with its standard error (ppm) from the samples' scatter about the line: null
+ * with fewer than MIN_DRIFT_SAMPLES samples.
+ */
+export function driftFit(
+  samples: readonly SkewSample[],
+): { readonly ppm: number; readonly standardErrorPpm: number | null } | null {
   const last = samples.at(-1);
   if (last === undefined) return null;
   // Keep the run of samples since the last step (more than 1 s between two measurements).
@@ -87,7 +119,18 @@ export function driftPpm(samples: readonly SkewSample[]): number | null {
     sxy += w * (p.mono - mx) * (p.offsetMs - my);
     sxx += w * (p.mono - mx) ** 2;
   }
-  return sxx === 0 ? null : (sxy / sxx) * 1e6;
+  if (sxx === 0) return null;
+  const slope = sxy / sxx;
+  if (run.length < MIN_DRIFT_SAMPLES) return { ppm: slope * 1e6, standardErrorPpm: null };
+  // The weighted residuals' variance about the line, scaled to the weights (the measurements'
+  // uncertainties bound their errors; their scatter says how large these are).
+  let swrr = 0;
+  for (const p of run) {
+    const r = p.offsetMs - (my + slope * (p.mono - mx));
+    swrr += weight(p) * r * r;
+  }
+  const variance = swrr / (run.length - 2) / sxx;
+  return { ppm: slope * 1e6, standardErrorPpm: Math.sqrt(variance) * 1e6 };
 }
 
 /** Provably beyond the bound: even the near end of the estimate's uncertainty is outside. */

@@ -1,5 +1,11 @@
 import { firstOf } from './clock.js';
-import { addSample, crossingInMs, driftPpm, skewExceeds } from './controller-clock.js';
+import {
+  addSample,
+  crossingInMs,
+  driftPpm,
+  shownDriftPpm,
+  skewExceeds,
+} from './controller-clock.js';
 import type { ExecutionHost, Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { readFailed, readSucceeded, type ReadTime } from './read-failures.js';
@@ -146,9 +152,12 @@ export class DeviceReads {
     return skew !== null && skew.uncertaintyMs > lane.binding.profile.timing.scanMs / 20;
   }
 
-  /** The controller clock's drift in ppm, when enough measurements span enough time. */
+  /**
+   * The controller clock's drift in ppm as it is shown, once enough measurements span enough
+   * time to know it within DRIFT_SHOWN_WITHIN_PPM (shownDriftPpm).
+   */
   drift(lane: Lane): number | null {
-    return driftPpm(lane.skewSamples);
+    return shownDriftPpm(lane.skewSamples);
   }
 
   /** Measures the controller skew unless a usable estimate exists; null when it cannot. */

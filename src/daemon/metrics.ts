@@ -414,7 +414,7 @@ export class Metrics {
     });
     new Gauge({
       name: 'sluice_controller_drift_ppm',
-      help: 'Controller clock rate against the gateway clock, ppm (+: it gains); NaN while not known (measurements since the last step of the clock span less than 5 s).',
+      help: 'Controller clock rate against the gateway clock, ppm (+: it gains); NaN while not known: measurements since the last step of the clock span less than 5 s, or do not yet know it within 10 ppm (one standard error) or a tenth of itself.',
       labelNames: ['device'],
       registers,
       collect() {

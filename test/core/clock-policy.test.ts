@@ -8,6 +8,7 @@ import { sleepFor, type Clock } from '../../src/core/clock.js';
 import {
   crossingInMs,
   driftPpm,
+  shownDriftPpm,
   skewExceeds,
   type SkewSample,
 } from '../../src/core/controller-clock.js';
@@ -372,6 +373,25 @@ describe('controller clock arithmetic', () => {
     }));
     expect(driftPpm(samples)).toBeGreaterThan(80);
     expect(driftPpm(samples)).toBeLessThan(120);
+  });
+  it('a drift is shown once its standard error is within 10 ppm, or a tenth of itself', () => {
+    // Each measurement off by a few tenths of a millisecond, as rounding and round trips leave it.
+    const errors = [0, 0.4, -0.3, 0.2, -0.4, 0.3, -0.1, 0.35];
+    const clock = (ppm: number, everyMs: number, n: number): SkewSample[] =>
+      Array.from({ length: n }, (_, i) => ({
+        mono: i * everyMs,
+        offsetMs: 100 + i * everyMs * ppm * 1e-6 + errors[i % errors.length]!,
+        uncertaintyMs: 0.5,
+      }));
+    // A perfect clock over its first 6 s: a line tens of ppm off, not shown.
+    const first = clock(0, 1_000, 7);
+    expect(Math.abs(driftPpm(first)!)).toBeGreaterThan(20);
+    expect(shownDriftPpm(first)).toBeNull();
+    // The same clock measured every minute for half an hour: shown, near 0.
+    const later = clock(0, 60_000, 32);
+    expect(Math.abs(shownDriftPpm(later)!)).toBeLessThan(10);
+    // A clock that gains 0.2 s a second is known as such from its first 6 s.
+    expect(shownDriftPpm(clock(200_000, 1_000, 7))).toBeCloseTo(200_000, -3);
   });
   it('beyond the bound only provably: the uncertainty counts in the device’s favour', () => {
     expect(skewExceeds(skew(1_005, 10), 1_000)).toBe(false);
