@@ -196,6 +196,17 @@ function waitingText(
   );
 }
 
+/**
+ * `3m12s open`; for a command accepted ahead of the clock (the gateway's clock set back since
+ * it was accepted), that its age is unknown: "0ms open" was an age the clock cannot tell.
+ */
+function openFor(open: OpenStatus | null): string {
+  if (open?.acceptedAheadMs === null || open?.acceptedAheadMs === undefined) {
+    return `${formatDuration(open?.ageMs ?? 0)} open`;
+  }
+  return `open for an unknown time: accepted ${formatDuration(open.acceptedAheadMs)} ahead of the gateway's clock, which was set back since`;
+}
+
 function renderStory(
   s: CommandStory,
   open: OpenStatus | null,
@@ -281,7 +292,7 @@ function renderStory(
           (open.confirmTimeoutMs === null && ctx.deviceTimings() !== null
             ? `settle it: ${sluicectlWords(ctx)} resolve --as failed --reason "…" ${keyWords(s.key, scope)}`
             : `settle it: ${sluicectlWords(ctx)} reverify ${keyWords(s.key, scope)}, or ${sluicectlWords(ctx)} resolve --as failed --reason "…" ${keyWords(s.key, scope)}`)
-        : `still ${s.state}: not settled yet (${formatDuration(open?.ageMs ?? 0)} open)`
+        : `still ${s.state}: not settled yet (${openFor(open)})`
       : `${outcomeText(s.outcome.state, s.outcome.code, s.outcome.faultCode)} ${at(s.outcome.settledAt)}`,
     s.outcome === null ? (open?.stuck === true ? 'bad' : null) : stateTone(s.outcome.state),
   ]);

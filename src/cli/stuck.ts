@@ -13,7 +13,8 @@ import { withJournal } from './journal-reader.js';
 import { renderTable, type Column } from './table.js';
 
 /**
- * `sluicectl stuck`: open commands older than `--older-than`, oldest first. Those past their
+ * `sluicectl stuck`: open commands older than `--older-than`, oldest first, and those whose age
+ * the clock cannot tell (accepted ahead of it: it was set back since). Those past their
  * bound are *stuck* in SPEC §2's sense (the daemon would have ended them by then) and are
  * marked with the bound they are past: the rule /readyz uses, from the same journal
  * (core/open-commands.ts). Exit 3 when any command is listed, so that monitoring can call it.
@@ -86,7 +87,7 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
     { header: 'device', value: (i) => i.device },
     { header: 'action', value: (i) => actionText(i.action, i.position) },
     { header: 'state', value: (i) => i.state },
-    { header: 'age', value: (i) => relative(now - i.ageMs, now) },
+    { header: 'age', value: (i) => ageText(i, now) },
     {
       header: 'deadline',
       value: (i) =>
@@ -103,13 +104,27 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
   ];
   ctx.out(renderTable(columns, items, ctx.style));
   const stuck = items.filter((i) => i.stuck).length;
+  const ahead = items.filter((i) => i.acceptedAheadMs !== null).length;
   ctx.out(
     `\n${items.length} open command${items.length === 1 ? '' : 's'} older than ${exactDuration(olderThanMs)}` +
+      (ahead === 0
+        ? ''
+        : ` or of unknown age (${ahead} accepted ahead of the gateway's clock, which was set back since: listed whatever their age)`) +
       `; ${stuck} stuck (open past the bound their "stuck past" column names).\n` +
       'Explain one: sluicectl show KEY. Settle it: sluicectl reverify KEY, or ' +
       'sluicectl resolve KEY --as failed --reason "…".\n',
   );
   return read.settle(code, met);
+}
+
+/**
+ * `3m12s ago`; for a command accepted ahead of the clock (the gateway's clock set back since),
+ * `unknown (accepted in 1m: clock set back)`, not an age of 0.
+ */
+function ageText(item: StuckItem, now: number): string {
+  return item.acceptedAheadMs === null
+    ? relative(now - item.ageMs, now)
+    : `unknown (accepted in ${formatDuration(item.acceptedAheadMs)}: clock set back)`;
 }
 
 /** What readableHistories could not read. */

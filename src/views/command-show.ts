@@ -12,6 +12,8 @@ import { stuckItems, type AheadCommand, type StuckItem } from './open-commands.j
 
 export interface OpenStatus {
   readonly ageMs: number;
+  /** How far its accepted time lies ahead of the clock (StuckItem.acceptedAheadMs); else null. */
+  readonly acceptedAheadMs: number | null;
   readonly stuck: boolean;
   /** How long past its bound; null when not (yet) stuck. */
   readonly overdueMs: number | null;
@@ -71,6 +73,7 @@ export function showCommand(
       ? null
       : {
           ageMs: item.ageMs,
+          acceptedAheadMs: item.acceptedAheadMs,
           stuck: item.stuck,
           overdueMs: item.overdueMs,
           stuckReason: item.stuckReason,

@@ -20,7 +20,13 @@ export interface StuckItem {
   readonly intake: string;
   readonly seq: number | null;
   readonly acceptedAt: string;
+  /** 0 when its accepted time lies ahead of the clock (`acceptedAheadMs`). */
   readonly ageMs: number;
+  /**
+   * How far its accepted time lies ahead of the clock, when it does: the gateway's wall clock was
+   * set back after it was accepted, and its age cannot be told from the clock. Null otherwise.
+   */
+  readonly acceptedAheadMs: number | null;
   readonly deadline: string;
   /** Open past its bound (SPEC §2; `stuckReason`). */
   readonly stuck: boolean;
@@ -224,9 +230,13 @@ export function stuckItems(
   );
   // Listed oldest first (what each waits behind is judged in the journal's order above). No
   // bound (0) lists every one: after the gateway clock stepped back, a command accepted before
-  // the step has a negative age, and was left out of the page's list and of `show`.
+  // the step has a negative age, and was left out of the page's list and of `show`. Nor does a
+  // bound leave one out: its age cannot be told, and it may be older than any bound.
   return open
-    .filter((r) => listed(r) && (olderThanMs <= 0 || now - r.acceptedAt >= olderThanMs))
+    .filter(
+      (r) =>
+        listed(r) && (olderThanMs <= 0 || r.acceptedAt > now || now - r.acceptedAt >= olderThanMs),
+    )
     .sort((a, b) => a.acceptedAt - b.acceptedAt)
     .map((r) => {
       const late = stuck.get(refId(r)) ?? null;
@@ -243,6 +253,7 @@ export function stuckItems(
         seq: r.seq,
         acceptedAt: new Date(r.acceptedAt).toISOString(),
         ageMs: Math.max(0, now - r.acceptedAt),
+        acceptedAheadMs: r.acceptedAt > now ? r.acceptedAt - now : null,
         deadline: new Date(r.deadline).toISOString(),
         stuck: late !== null,
         overdueMs: late?.overdueMs ?? null,

@@ -14,6 +14,10 @@ import { configYaml, sluicectlInProcess } from './helpers.js';
  * its band counted them, and `show` said only "not settled yet (0ms open)", with nothing of what
  * it waits behind. A real journal file written by SqliteJournal, and sluicectl's main run on it
  * (the clock step is the journal's times a minute ahead of this process's clock).
+ *
+ * `sluicectl stuck --older-than D` left such commands out too (their age below any bound), though
+ * they may be older than it: it must list them, saying their age is unknown; and `show` said
+ * "(0ms open)", an age the clock cannot tell: it must say that the age is unknown and why.
  */
 
 const STEP_MS = 60_000;
@@ -91,4 +95,49 @@ it('`show` says what such a command waits behind', async () => {
     'before-step-2',
   ]);
   expect(text.stdout).toContain('before-step-1 (accepted) on its device');
+});
+
+it('`stuck --older-than` lists them, their age unknown, and `show` claims no age for them', async () => {
+  const json = await sluicectlInProcess([
+    '--config',
+    configPath,
+    'stuck',
+    '--older-than',
+    '30s',
+    '--json',
+  ]);
+  const listed = json.json<{ commands: { key: string; acceptedAheadMs: number | null }[] }>();
+  expect(listed.commands.map((c) => c.key)).toEqual(['before-step-1', 'before-step-2']);
+  for (const c of listed.commands) {
+    expect(c.acceptedAheadMs).toBeGreaterThan(STEP_MS - 30_000);
+    expect(c.acceptedAheadMs).toBeLessThanOrEqual(STEP_MS + 1);
+  }
+  const text = await sluicectlInProcess([
+    '--config',
+    configPath,
+    '--no-color',
+    'stuck',
+    '--older-than',
+    '30s',
+  ]);
+  expect(text.code, text.stderr).toBe(3);
+  const rows = text.stdout.split('\n').filter((l) => l.startsWith('before-step-'));
+  expect(rows.map((l) => l.split(/\s+/)[0])).toEqual(['before-step-1', 'before-step-2']);
+  for (const row of rows) expect(row).toMatch(/ unknown \(accepted in \d+s: clock set back\) /);
+  expect(text.stdout).toContain(
+    "2 open commands older than 30s or of unknown age (2 accepted ahead of the gateway's clock, which was set back since: listed whatever their age); 0 stuck",
+  );
+
+  const show = await sluicectlInProcess([
+    '--config',
+    configPath,
+    '--no-color',
+    'show',
+    'before-step-1',
+  ]);
+  expect(show.code, show.stderr).toBe(0);
+  expect(show.stdout).not.toContain('0ms open');
+  expect(show.stdout).toMatch(
+    /still accepted: not settled yet \(open for an unknown time: accepted \d+s ahead of the gateway's clock, which was set back since\)/,
+  );
 });
