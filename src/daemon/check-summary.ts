@@ -64,7 +64,7 @@ export function checkSummary(
       const address =
         plc.protocol === 'modbus'
           ? `${hostAndPort(plc.host, plc.port)} unit ${plc.unitId}`
-          : `${plc.endpointUrl}, security ${plc.securityMode}/${plc.securityPolicy}, namespace ${plc.namespaceUri}`;
+          : `${plc.endpointUrl}, security ${plc.securityMode}/${plc.securityPolicy}, namespace ${plc.namespaceUri}${serverCertificate(plc)}`;
       const line = `${name.padEnd(plcWidth)}  ${plc.protocol.padEnd(6)}  ${address}, timeout ${plc.requestTimeoutMs} ms`;
       // Named only where the PLC sets its own: every other PLC has the default (15 s).
       const grace =
@@ -109,6 +109,25 @@ export function checkSummary(
     }),
   );
   return lines;
+}
+
+/**
+ * How an OPC UA PLC's server certificate is bound to its endpoint (opcua-binding.ts), with
+ * security on: pinned, or trusted and naming the endpoint's host, or trusted alone when
+ * `acceptHostNameMismatch` weakens the binding. Nothing with security None (no certificate).
+ */
+function serverCertificate(plc: {
+  readonly securityMode: string;
+  readonly serverCertificateSha256?: string | undefined;
+  readonly acceptHostNameMismatch?: boolean | undefined;
+}): string {
+  if (plc.securityMode === 'None') return '';
+  if (plc.serverCertificateSha256 !== undefined) {
+    return `, server certificate pinned (SHA-256 ${plc.serverCertificateSha256})`;
+  }
+  return plc.acceptHostNameMismatch === true
+    ? ', server certificate trusted, its host name NOT checked (acceptHostNameMismatch: any certificate the trust folders trust speaks for this address)'
+    : ", server certificate trusted and naming the endpoint's host";
 }
 
 function nodeNames(fields: Readonly<Record<string, string | undefined>>): string {

@@ -126,6 +126,39 @@ describe('sluiced --check', () => {
     ]);
   });
 
+  it("shows how a secured OPC UA PLC's server certificate is bound: pinned, or with its host-name check turned off", () => {
+    const pin = Array.from({ length: 32 }, (_, i) => (i * 7).toString(16).padStart(2, '0'))
+      .join(':')
+      .toUpperCase();
+    const secured = (settings: string): string =>
+      SITE.replace(
+        'namespaceUri: urn:x }',
+        `namespaceUri: urn:x, securityMode: Sign, securityPolicy: Basic256Sha256${settings} }`,
+      ).replace(
+        '  opcua-plc:',
+        `  line-b: { protocol: opcua, endpointUrl: opc.tcp://127.0.0.2:4840, namespaceUri: urn:y, securityMode: SignAndEncrypt, securityPolicy: Basic256Sha256, acceptHostNameMismatch: true }\n  opcua-plc:`,
+      );
+    const r = runSluiced([
+      '--config',
+      site(secured(`, serverCertificateSha256: "${pin}"`)),
+      '--check',
+    ]);
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    const plcLines = r.stdout.split('\n').filter((l) => /^ {2}(PLCs| {4}) {6}/.test(l));
+    expect(plcLines.find((l) => l.includes(' opcua-plc '))).toBe(
+      `            opcua-plc   opcua   opc.tcp://127.0.0.1:4840, security Sign/Basic256Sha256, namespace urn:x, server certificate pinned (SHA-256 ${pin}), timeout 2000 ms`,
+    );
+    expect(plcLines.find((l) => l.includes(' line-b '))).toBe(
+      '            line-b      opcua   opc.tcp://127.0.0.2:4840, security SignAndEncrypt/Basic256Sha256, namespace urn:y, server certificate trusted, its host name NOT checked (acceptHostNameMismatch: any certificate the trust folders trust speaks for this address), timeout 2000 ms',
+    );
+    // Neither set: the default binding, said as such.
+    const bound = runSluicedInProcess(['--config', site(secured('')), '--check']);
+    expect({ status: bound.status, stderr: bound.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(bound.stdout).toContain(
+      "  opcua-plc   opcua   opc.tcp://127.0.0.1:4840, security Sign/Basic256Sha256, namespace urn:x, server certificate trusted and naming the endpoint's host, timeout 2000 ms\n",
+    );
+  });
+
   it('prints the gateway, its intakes, PLCs and every device with its map, and creates nothing', () => {
     const path = site();
     const before = tree();
