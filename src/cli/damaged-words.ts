@@ -41,5 +41,5 @@ export function indexNote(read: ListRead, index: string, what: string): string |
           ? 'through the index of the open commands by device'
           : 'through the key index, every command read'
         : 'through it';
-  return `the journal's ${index} is damaged: ${what} were found ${how}`;
+  return `the journal's ${index} could not be read: ${what} were found ${how}`;
 }

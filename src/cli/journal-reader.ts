@@ -117,11 +117,32 @@ export async function withJournal<T>(
     journal = openJournal(path);
   } catch (error) {
     if (error instanceof OpenFailed && error.damage !== null) {
-      await unlessUnreadable(
-        target,
-        path,
-        'nothing could be shown; the command asked for, or the ones listed, may be on what it failed to read',
-      );
+      const finding = await checked(target, path);
+      if (finding?.kind === 'unreadable') {
+        throw new CliError(
+          unreadableText(
+            path,
+            finding.found,
+            'nothing could be shown; the command asked for, or the ones listed, may be on what it failed to read',
+          ),
+          EXIT.ERROR,
+          'JOURNAL_UNREADABLE',
+        );
+      }
+      // The check finds the damage SQLite met at the open: said as a read that met it is, with
+      // what to do. Without a finding (the check stopped by its budget) SQLite's words stand, as
+      // they do for a file that is no SQLite database (SQLITE_NOTADB: a journal.path mistyped).
+      if (finding?.kind === 'damaged' && error.damage.startsWith('SQLITE_CORRUPT')) {
+        throw new CliError(
+          damagedText(
+            path,
+            finding.found,
+            'nothing could be shown; the command asked for, or the ones listed, may be on its damaged pages',
+          ),
+          EXIT.ERROR,
+          'JOURNAL_DAMAGED',
+        );
+      }
     }
     throw error;
   }

@@ -76,7 +76,7 @@ export async function runList(ctx: CliContext, options: ListOptions): Promise<Ex
   const lost = found.unreadable.length;
   if (lost > 0) {
     ctx.warn(
-      `${lost} command${lost === 1 ? ' is' : 's are'} on damaged pages of the journal and could not be read${state === undefined ? '' : ` (whether ${lost === 1 ? 'it is' : 'they are'} ${state} is unknown)`}: not listed below: ${namedText(found.unreadable)}`,
+      `${lost} command${lost === 1 ? ' is' : 's are'} on pages of the journal SQLite could not read${state === undefined ? '' : ` (whether ${lost === 1 ? 'it is' : 'they are'} ${state} is unknown)`}: not listed below: ${namedText(found.unreadable)}`,
     );
   }
   const items = records.map((r) => listItem(r, now));

@@ -38,10 +38,10 @@ function plural(n: number, one: string, many: string): string {
 
 function historyNote(unreadable: number | null): string | null {
   if (unreadable === null) {
-    return 'its history is on damaged pages of the journal and could not be read: no entry of it is shown';
+    return 'its history is on pages of the journal SQLite could not read: no entry of it is shown';
   }
   if (unreadable === 0) return null;
-  return `${plural(unreadable, 'entry of its history is', 'entries of its history are')} on damaged pages of the journal and could not be read: not shown below`;
+  return `${plural(unreadable, 'entry of its history is', 'entries of its history are')} on pages of the journal SQLite could not read: not shown below`;
 }
 
 export function readShow(
@@ -56,7 +56,7 @@ export function readShow(
   let met = read.met;
   if (read.indexDamaged) {
     notes.push(
-      `the journal's key index is damaged where "${key}" is: the command was found by reading the whole commands table`,
+      `the journal's key index could not be read where "${key}" is: the command was found by reading the whole commands table`,
     );
   }
   // Operators name keys, the journal keys them per identity: a key in several scopes needs
@@ -83,7 +83,7 @@ export function readShow(
   if (lost !== undefined) {
     const history = journal.historyReadable(lost.id);
     notes.push(
-      `the row of command "${key}" (scope ${lost.scope}) is on a damaged page of the journal and could not be read: its device, action, deadline, state and result are unknown; shown are its key and the entries of its history that could be read`,
+      `the row of command "${key}" (scope ${lost.scope}) is on a page of the journal SQLite could not read: its device, action, deadline, state and result are unknown; shown are its key and the entries of its history that could be read`,
     );
     const more = historyNote(history.unreadable);
     if (more !== null) notes.push(more);
@@ -140,13 +140,13 @@ export function readShow(
           const lost = open.unreadable.length;
           if (lost > 0) {
             notes.push(
-              `${plural(lost, 'open command is', 'open commands are')} on damaged pages of the journal and could not be read: what it waits behind may miss them`,
+              `${plural(lost, 'open command is', 'open commands are')} on pages of the journal SQLite could not read: what it waits behind may miss them`,
             );
           }
           return open.records;
         },
         [],
-        "the journal's open commands could not be read (their index is damaged): whether it is stuck, and what it waits behind, are judged from it alone",
+        "the journal's open commands could not be read (SQLite could not read the pages that hold them): whether it is stuck, and what it waits behind, are judged from it alone",
       ),
   };
   const shown = showCommand(record, view, now, timings);

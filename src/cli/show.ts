@@ -83,7 +83,7 @@ function renderUnreadable(
       [
         [
           'row',
-          'UNREADABLE: on a damaged page of the journal (device, action, state unknown)',
+          'UNREADABLE: on a page of the journal SQLite could not read (device, action, state unknown)',
           'bad',
         ],
       ],

@@ -47,18 +47,18 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
   if (viaNote !== null) ctx.warn(viaNote);
   if (unreadable > 0) {
     ctx.warn(
-      `${unreadable} open command${unreadable === 1 ? ' is' : 's are'} on damaged pages of the journal and could not be read: not listed below, whatever their age: ${namedText(open.unreadable)}`,
+      `${unreadable} open command${unreadable === 1 ? ' is' : 's are'} on pages of the journal SQLite could not read: not listed below, whatever their age: ${namedText(open.unreadable)}`,
     );
   }
   const partial = missed.histories.length;
   if (partial > 0) {
     ctx.warn(
-      `the history of ${partial} open command${partial === 1 ? '' : 's'} is on damaged pages of the journal and could not be read in full: ${namedText(missed.histories)}: ${partial === 1 ? 'its' : 'their'} last event, and whether ${partial === 1 ? 'it is' : 'they are'} stuck, are judged from the entries that could be read`,
+      `the history of ${partial} open command${partial === 1 ? '' : 's'} could not be read in full (pages of the journal SQLite could not read): ${namedText(missed.histories)}: ${partial === 1 ? 'its' : 'their'} last event, and whether ${partial === 1 ? 'it is' : 'they are'} stuck, are judged from the entries that could be read`,
     );
   }
   if (missed.stops) {
     ctx.warn(
-      'the stops claimed after the open commands could not be read (damaged pages of the journal): whether one paused a dispatched command is unknown',
+      'the stops claimed after the open commands could not be read (pages of the journal SQLite could not read): whether one paused a dispatched command is unknown',
     );
   }
   if (timings === null && !ctx.json) {

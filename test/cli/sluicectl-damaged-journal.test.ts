@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { journalWithDamagedKeyIndex } from '../helpers/damaged-journal.js';
@@ -18,6 +18,11 @@ import { sluicectl, sluicectlInProcess } from './helpers.js';
  * exit code is the command's own. The journal is written by the journal's own code; the damage is
  * garbage in one leaf of the key index, as test/daemon/damaged-journal.test.ts makes it; the file
  * is left as it was.
+ *
+ * A journal whose damage SQLite meets at the open (its schema's page): the open failed with
+ * SQLite's words alone ("cannot open the journal …: database disk image is malformed"), no code
+ * and nothing of what to do, where a read meeting damage says JOURNAL_DAMAGED with the way out;
+ * once the check finds the damage, the open must say it as a read does.
  */
 
 let dir: string;
@@ -181,7 +186,7 @@ describe('sluicectl on a journal whose read meets the damaged page', () => {
     expect(keys.has('key-1999')).toBe(true);
     expect(run.stderr).toMatch(
       new RegExp(
-        `^sluicectl: ${answer.unreadable} open commands are on damaged pages of the journal and could not be read`,
+        `^sluicectl: ${answer.unreadable} open commands are on pages of the journal SQLite could not read`,
         'm',
       ),
     );
@@ -201,7 +206,7 @@ describe('sluicectl on a journal whose read meets the damaged page', () => {
     ]);
     expect(quick.code).toBe(1);
     expect(quick.stdout).toMatch(/^KEY/);
-    expect(quick.stderr).toMatch(/could not be read/);
+    expect(quick.stderr).toMatch(/SQLite could not read/);
   });
 
   it('show of a command whose row is on the damaged page: its key and readable history, what could not be read, exit 1', async () => {
@@ -211,13 +216,13 @@ describe('sluicectl on a journal whose read meets the damaged page', () => {
     const run = await sluicectl(['--journal', tablePath, 'show', key]);
     expect(run.code).toBe(1);
     expect(run.stdout).toMatch(new RegExp(`^Command ${key}  \\(scope ops\\)\n`));
-    expect(run.stdout).toMatch(/row +UNREADABLE: on a damaged page of the journal/);
+    expect(run.stdout).toMatch(/row +UNREADABLE: on a page of the journal SQLite could not read/);
     expect(run.stdout).toMatch(
       /History \(the entries that could be read\)\n.*\n.*test +→ accepted +accepted/,
     );
     expect(run.stderr).toMatch(
       new RegExp(
-        `^sluicectl: the row of command "${key}" \\(scope ops\\) is on a damaged page of the journal and could not be read`,
+        `^sluicectl: the row of command "${key}" \\(scope ops\\) is on a page of the journal SQLite could not read`,
         'm',
       ),
     );
@@ -238,7 +243,7 @@ describe('sluicectl on a journal whose read meets the damaged page', () => {
     expect(run.stdout).toMatch(/^Command key-0 /);
     expect(run.stdout).toMatch(/device +inlet-valve/);
     expect(run.stderr).toMatch(
-      /^sluicectl: \d+ open commands are on damaged pages of the journal and could not be read: what it waits behind may miss them$/m,
+      /^sluicectl: \d+ open commands are on pages of the journal SQLite could not read: what it waits behind may miss them$/m,
     );
     expect(run.stderr).toMatch(/is damaged \(SQLite, reading it: /);
   });
@@ -322,7 +327,7 @@ describe('sluicectl show on a journal whose damaged page is an index or a histor
     expect(run.stdout).toMatch(/test +received +→ accepted +accepted/);
     expect(run.stderr).toMatch(
       new RegExp(
-        `^sluicectl: the journal's key index is damaged where "${key}" is: the command was found by reading the whole commands table$`,
+        `^sluicectl: the journal's key index could not be read where "${key}" is: the command was found by reading the whole commands table$`,
         'm',
       ),
     );
@@ -340,7 +345,7 @@ describe('sluicectl show on a journal whose damaged page is an index or a histor
       state: 'accepted',
       history: [],
       unreadable: [
-        '1 entry of its history is on damaged pages of the journal and could not be read: not shown below',
+        '1 entry of its history is on pages of the journal SQLite could not read: not shown below',
       ],
     });
     expect(run.stderr).toMatch(metByShow(path));
@@ -358,8 +363,37 @@ describe('sluicectl show on a journal whose damaged page is an index or a histor
       /waiting for +key-0 \(accepted\), key-1 \(accepted\), key-2 \(accepted\) and 2 more on its device/,
     );
     expect(run.stderr).toMatch(
-      /^sluicectl: the journal's index of the open commands is damaged: its device's open commands were found through the index of the open commands by device$/m,
+      /^sluicectl: the journal's index of the open commands could not be read: its device's open commands were found through the index of the open commands by device$/m,
     );
     expect(run.stderr).toMatch(metByShow(path));
   });
 });
+
+it('a journal whose damage the open meets: the check finds it, and it is said as damage with what to do, exit 1', async () => {
+  const { dir: own, cleanup: done } = tempDir('sluice-ctl-damaged-open-');
+  try {
+    const damagedOpen = join(own, 'journal.db');
+    journalWithDamagedKeyIndex(damagedOpen);
+    // The schema's page (page 1, past the file's 100-byte header) overwritten with garbage.
+    const fd = openSync(damagedOpen, 'r+');
+    try {
+      writeSync(fd, Buffer.alloc(200, 0x5a), 0, 200, 100);
+    } finally {
+      closeSync(fd);
+    }
+    for (const args of [['stuck'], ['list'], ['show', 'key-1']]) {
+      const run = await sluicectl(['--journal', damagedOpen, '--check-within', '60s', ...args]);
+      expect({ code: run.code, stdout: run.stdout }, args.join(' ')).toEqual({
+        code: 1,
+        stdout: '',
+      });
+      expect(run.stderr, args.join(' ')).toMatch(
+        new RegExp(
+          `^sluicectl: the journal ${damagedOpen.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is damaged \\(SQLite's check: "[^"]+"\\): nothing could be shown; the command asked for, or the ones listed, may be on its damaged pages\\..*restore the journal from a backup, or move it aside with its -wal and -shm files`,
+        ),
+      );
+    }
+  } finally {
+    done();
+  }
+}, 60_000);

@@ -164,7 +164,7 @@ describe('sluicectl list on a journal with a damaged page', () => {
     expect(answer.more).toBe(false);
     expect(run.stderr).toMatch(
       new RegExp(
-        `^sluicectl: ${lost.length} commands are on damaged pages of the journal and could not be read: not listed below: "${lost[0]}" \\(scope ops\\), "${lost[1]}" \\(scope ops\\), .* and ${lost.length - 20} more \\(--json names them all\\)$`,
+        `^sluicectl: ${lost.length} commands are on pages of the journal SQLite could not read: not listed below: "${lost[0]}" \\(scope ops\\), "${lost[1]}" \\(scope ops\\), .* and ${lost.length - 20} more \\(--json names them all\\)$`,
         'm',
       ),
     );
@@ -186,7 +186,7 @@ describe('sluicectl list on a journal with a damaged page', () => {
     );
     expect(rejected.stderr).toMatch(
       new RegExp(
-        `^sluicectl: ${lost.length} commands are on damaged pages of the journal and could not be read \\(whether they are rejected is unknown\\): not listed below: "${lost[0]}" \\(scope ops\\)`,
+        `^sluicectl: ${lost.length} commands are on pages of the journal SQLite could not read \\(whether they are rejected is unknown\\): not listed below: "${lost[0]}" \\(scope ops\\)`,
         'm',
       ),
     );
@@ -199,7 +199,7 @@ describe('sluicectl list on a journal with a damaged page', () => {
     expect(answer.commands.map(({ key, device, state }) => ({ key, device, state }))).toEqual(held);
     expect(answer.unreadable).toBe(0);
     expect(run.stderr).toMatch(
-      /^sluicectl: the journal's index of the commands by time is damaged: the commands listed were found by reading the whole commands table$/m,
+      /^sluicectl: the journal's index of the commands by time could not be read: the commands listed were found by reading the whole commands table$/m,
     );
     expect(run.stderr).toMatch(damagedLine(path));
   });
@@ -220,7 +220,7 @@ describe('sluicectl list on a journal with a damaged page', () => {
       held.filter((h) => h.device === 'outlet-valve').map((h) => h.key),
     );
     expect(run.stderr).toMatch(
-      /^sluicectl: the journal's index of the commands by device is damaged: the commands listed were found by reading the whole commands table$/m,
+      /^sluicectl: the journal's index of the commands by device could not be read: the commands listed were found by reading the whole commands table$/m,
     );
     expect(run.stderr).toMatch(damagedLine(path));
   });
@@ -232,7 +232,7 @@ describe('sluicectl list on a journal with a damaged page', () => {
     expect(lost.length).toBeGreaterThan(0);
     expectAllBut(answer, lost);
     expect(run.stderr).toMatch(
-      /^sluicectl: the journal's index of the commands by time is damaged: the commands listed were found through the key index, every command read$/m,
+      /^sluicectl: the journal's index of the commands by time could not be read: the commands listed were found through the key index, every command read$/m,
     );
   });
 });
@@ -255,7 +255,7 @@ describe('sluicectl stuck on a journal whose index of the open commands is damag
       named: [],
     });
     expect(run.stderr).toMatch(
-      /^sluicectl: the journal's index of the open commands is damaged: the open commands were found through the index of the open commands by device$/m,
+      /^sluicectl: the journal's index of the open commands could not be read: the open commands were found through the index of the open commands by device$/m,
     );
     expect(run.stderr).toMatch(damagedLine(path));
 
@@ -271,7 +271,7 @@ describe('sluicectl stuck on a journal whose index of the open commands is damag
     const { run, answer } = await stuckJson(path);
     expect(keysOf(answer.commands)).toEqual(open());
     expect(run.stderr).toMatch(
-      /^sluicectl: the journal's index of the open commands is damaged: the open commands were found by reading the whole commands table$/m,
+      /^sluicectl: the journal's index of the open commands could not be read: the open commands were found by reading the whole commands table$/m,
     );
     expect(run.stderr).toMatch(damagedLine(path));
   });
@@ -286,7 +286,7 @@ describe('sluicectl stuck on a journal whose index of the open commands is damag
     expect([...keysOf(answer.commands), ...lost].sort()).toEqual([...open()].sort());
     expect(run.stderr).toMatch(
       new RegExp(
-        `^sluicectl: ${lost.length} open commands are on damaged pages of the journal and could not be read: not listed below, whatever their age: "${lost[0]}" \\(scope ops\\)`,
+        `^sluicectl: ${lost.length} open commands are on pages of the journal SQLite could not read: not listed below, whatever their age: "${lost[0]}" \\(scope ops\\)`,
         'm',
       ),
     );
@@ -309,7 +309,7 @@ describe('sluicectl stuck on a journal whose index of the open commands is damag
     expect(answer.commands.filter((c) => c.lastEvent === null).length).toBe(named.length);
     expect(run.stderr).toMatch(
       new RegExp(
-        `^sluicectl: the history of ${named.length} open commands is on damaged pages of the journal and could not be read in full: "${named[0]}" \\(scope ops\\), .*: their last event, and whether they are stuck, are judged from the entries that could be read$`,
+        `^sluicectl: the history of ${named.length} open commands could not be read in full \\(pages of the journal SQLite could not read\\): "${named[0]}" \\(scope ops\\), .*: their last event, and whether they are stuck, are judged from the entries that could be read$`,
         'm',
       ),
     );

@@ -34,7 +34,9 @@ import { sluicectl } from './helpers.js';
  * SQLITE_CORRUPT, as for a damaged page: `stuck`, `list` and a `show` on such a journal said it
  * was damaged, and sluicectl on a killed daemon's journal whose log the disk cannot read said
  * "cannot open the journal: SQLITE_CORRUPT". The check of the whole file tells the two apart:
- * they must say that the disk failed to read the journal, exit 1.
+ * they must say that the disk failed to read the journal, exit 1. The lines said before that
+ * verdict, of the commands, histories and indexes a read went round, called those pages damaged:
+ * they must not, as the check has not yet said which it is.
  */
 
 const quoted = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -69,9 +71,10 @@ describe.runIf(tmpfsAvailable())('sluicectl on a journal the disk cannot read', 
 
   /**
    * A journal of 2,000 open commands (key-0 … key-1999), closed, its log copied into the file,
-   * on a disk that fails reads of its last fifth: quick_check reports each page it cannot read.
+   * on a disk that fails reads of it from `from` of its length (its last fifth by default):
+   * quick_check reports each page it cannot read.
    */
-  function closedJournalCutShort(): string {
+  function closedJournalCutShort(from = 0.8): string {
     site = tempDir('sluice-ctl-unreadable-');
     const source = join(site.dir, 'source.db');
     const journal = SqliteJournal.open({ path: source, groupCommit: true });
@@ -79,7 +82,7 @@ describe.runIf(tmpfsAvailable())('sluicectl on a journal the disk cannot read', 
     journal.close();
     const data = readFileSync(source);
     disk = failingDisk(site.dir, [{ name: 'journal.db', data }]);
-    disk.failReadsFrom('journal.db', data.length * 0.8);
+    disk.failReadsFrom('journal.db', data.length * from);
     return join(disk.folder, 'journal.db');
   }
 
@@ -133,6 +136,29 @@ describe.runIf(tmpfsAvailable())('sluicectl on a journal the disk cannot read', 
       ),
     );
   }, 60_000);
+
+  it('the lines said before the verdict, of what the reads went round, do not call the journal damaged', async () => {
+    // Its last twentieth unreadable: list and show read around it, and say what they missed.
+    const path = closedJournalCutShort(0.95);
+    for (const args of [['list'], ['show', 'key-0'], ['show', 'key-1999']]) {
+      // A loaded machine's check is not stopped short of its verdict.
+      const run = await sluicectl(['--journal', path, '--check-within', '60s', ...args]);
+      expect(run.code, args.join(' ')).toBe(1);
+      const lines = run.stderr.trimEnd().split('\n');
+      expect(lines.at(-1), args.join(' ')).toMatch(
+        unreadableLine(
+          path,
+          'what is shown is what it could read, and the commands on what it failed to read are missing from it',
+        ),
+      );
+      // Each went round pages it could not read, and said so before the verdict.
+      expect(lines.slice(0, -1).join('\n'), args.join(' ')).toMatch(
+        /could not read|could not be read/,
+      );
+      expect(run.stderr, args.join(' ')).not.toContain('damaged');
+      expect(run.stdout, args.join(' ')).not.toContain('damaged');
+    }
+  }, 90_000);
 
   for (const beforeFirstCheckpoint of [false, true]) {
     it(`a killed daemon's journal${beforeFirstCheckpoint ? ' (before its first checkpoint)' : ''} whose log the disk cannot read: the open says so, not SQLITE_CORRUPT, exit 1`, async () => {
