@@ -250,6 +250,9 @@ describe.concurrent(
       await h.crash();
       await h.restart();
       const restartedAt = Date.now();
+      // The premise: the next life found the resolve (a resolve lost with the crash leaves the
+      // command open, and no note is made of an open command's echo either).
+      expect(h.get('k1')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
       // Readbacks of the new life, well after its start, showing the same echo: nothing noted.
       await echoReadAfter(h, seq, restartedAt, 'the echo read again after the restart');
       expect(lateNotes(h)).toEqual([]);

@@ -143,6 +143,8 @@ describe('a switch to LOCAL between the read and the scan that takes the write',
     await h.crash();
     await backToRemote(h, 'v1');
     await h.restart();
+    // The premise: the next life found the LOCAL line (it sees REMOTE, and writes none itself).
+    expect(h.notes('k')).toContain(`dispatched: ${line}`);
     const r = await h.settled('k');
     expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 1 });
     expect(r.detail).toMatch(

@@ -2,7 +2,7 @@ import { describe, it, type TestContext } from 'vitest';
 import { Metrics } from '../../src/daemon/metrics.js';
 import BetterSqlite3, { type Statement } from 'better-sqlite3';
 import { recordingLogger } from '../helpers/recording-logger.js';
-import { linkedHarness, refusedUnsent } from '../helpers/linked-harness.js';
+import { linkedHarness, refusedUnsent, unsentLines } from '../helpers/linked-harness.js';
 import { confirmSeconds } from '../helpers/metrics-text.js';
 import type { SimHarness, SimHarnessOptions } from '../helpers/sim-harness.js';
 import type { TcpLink } from '../helpers/tcp-link.js';
@@ -334,25 +334,29 @@ describe('the words of a round after the first write was sent and proven not app
 describe('such a command taken up after a restart', () => {
   async function crashedWaiting(
     onTestFinished: TestContext['onTestFinished'],
-  ): Promise<{ h: SimHarness; link: TcpLink; seq: number; handed: number }> {
+  ): Promise<{ h: SimHarness; link: TcpLink; seq: number; handed: number; unsent: string[] }> {
     const s = await secondRefused(onTestFinished);
     const seq = s.h.get('o')!.seq!;
     // The line on disk before the crash (it loses the open batch): the next life goes by it.
     await s.h.journal.durable();
+    const unsent = unsentLines(s.h, 'o');
     await s.h.crash();
-    return { h: s.h, link: s.link, seq, handed: s.handed() };
+    return { h: s.h, link: s.link, seq, handed: s.handed(), unsent };
   }
 
   it('goes round with its deadline left: one write in the valve’s log, confirmed', async ({
     expect,
     onTestFinished,
   }) => {
-    const { h, link, seq, handed } = await crashedWaiting(onTestFinished);
+    const { h, link, seq, handed, unsent } = await crashedWaiting(onTestFinished);
     const valve = h.device('v1');
     expect(handed).toBe(2);
+    expect(unsent).toHaveLength(1);
     expect(valve.writeLog).toHaveLength(0);
     await link.accept();
     await h.restart();
+    // The premise: the next life found the line (the link is back: it writes none itself).
+    expect(unsentLines(h, 'o')).toEqual(unsent);
     const o = await h.settled('o', 15_000);
     // Before: failed DEVICE_UNREACHABLE "… already dispatched twice (its first write was not
     // applied either), so it is not sent again".
@@ -372,8 +376,9 @@ describe('such a command taken up after a restart', () => {
     expect,
     onTestFinished,
   }) => {
-    const { h, link, seq, handed } = await crashedWaiting(onTestFinished);
+    const { h, link, seq, handed, unsent } = await crashedWaiting(onTestFinished);
     expect(handed).toBe(2);
+    expect(unsent).toHaveLength(1);
     // The daemon journals no re-dispatch after a write that may have left without its proof;
     // such a history (another version's, a damaged one) is made here by rewording that line in
     // the journal file between the lives.
@@ -391,6 +396,9 @@ describe('such a command taken up after a restart', () => {
     const valve = h.device('v1');
     await link.accept();
     await h.restart();
+    // The premise: the next life found the line, and fails the command for the proof alone
+    // (without the line it fails it as well, the second write counted as maybe sent).
+    expect(unsentLines(h, 'o')).toEqual(unsent);
     const o = await h.settled('o', 15_000);
     expect(o, h.notes('o').join('\n')).toMatchObject({
       state: 'failed',
@@ -450,9 +458,13 @@ describe('the words of rounds after a write proven not applied that was not the 
     expect(proof[0]).toMatch(/: the second write was not applied$/);
     // The lines on disk before the crash (it loses the open batch): the next life goes by them.
     await h.journal.durable();
+    const unsent = unsentLines(h, 'o');
+    expect(unsent).toHaveLength(2);
     await h.crash();
     await link.accept();
     await h.restart();
+    // The premise: the next life found both lines (the link is back: it writes none itself).
+    expect(unsentLines(h, 'o')).toEqual(unsent);
     const o = await h.settled('o', 15_000);
     expect(o, h.notes('o').join('\n')).toMatchObject({ state: 'confirmed', attempts: 4 });
     const notes = h.notes('o');

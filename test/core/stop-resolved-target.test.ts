@@ -80,6 +80,9 @@ describe('a stop over a lost write whose command an operator resolves', () => {
     // Both resolves on disk before the kill (it loses the open batch): the next life finds them.
     await sim.journal.durable();
     await lives.killAndRestart(sim);
+    // The premise: the next life found both resolves.
+    expect(sim.get('open')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
+    expect(sim.get('stop')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
     await closeAfterOpen(sim);
   }, 40_000);
 
@@ -88,6 +91,8 @@ describe('a stop over a lost write whose command an operator resolves', () => {
     // The open's resolve on disk before the kill (it loses the open batch): the next life finds it.
     await sim.journal.durable();
     await lives.killAndRestart(sim);
+    // The premise: the next life found the open's resolve.
+    expect(sim.get('open')).toMatchObject({ state: 'failed', code: 'RESOLVED_BY_OPERATOR' });
     await closeAfterOpen(sim);
   }, 40_000);
 });

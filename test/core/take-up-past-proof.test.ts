@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import type { JournalEvent } from '../../src/core/journal.js';
 import type { SimHarness, SimHarnessOptions } from '../helpers/sim-harness.js';
 import { killedLives } from '../helpers/killed-life.js';
 
@@ -29,22 +30,35 @@ const OPTIONS: SimHarnessOptions = {
 };
 const SHORTER: Partial<SimHarnessOptions> = { timing: { confirmTimeoutMs: 2_000 } };
 
-/** Starts the earlier life, its open (deadline `ttlMs`) submitted and dispatched, its write lost. */
-async function openLost(ttlMs: number): Promise<void> {
+/**
+ * Starts the earlier life, its open (deadline `ttlMs`) submitted and dispatched, its write lost.
+ * Returns the dispatch's event in the open's history.
+ */
+async function openLost(ttlMs: number): Promise<JournalEvent> {
   h = await lives.start(OPTIONS);
   h.device('v1').setFault({ kind: 'reset', when: 'before', on: 'write', count: 1 });
   h.submit('open', { device: 'v1', action: 'open', ttlMs });
   await h.until(() => h.get('open')?.state === 'dispatched', 5_000, 'the open dispatched');
   // The dispatch on disk before the kill (it loses the open batch), as before its write.
   await h.journal.durable();
+  return dispatchOf(h)!;
+}
+
+/** The open's dispatch in its history as the journal reads it now (the first, if any). */
+function dispatchOf(harness: SimHarness): JournalEvent | undefined {
+  return harness.journal
+    .history({ scope: 'plant', key: 'open' })
+    .find((e) => e.to === 'dispatched');
 }
 
 describe('a take-up after a restart that shortened the confirm timeout', () => {
   it('reads past the proof point: the lost write proven not applied, not sent again', async () => {
-    await openLost(1_800);
+    const dispatch = await openLost(1_800);
     const v1 = h.device('v1');
     // Killed at once (SIGKILL: its journal closed, its workers and connections left to die).
     await lives.killAndRestart(h, SHORTER);
+    // The premise: the next life found the earlier life's dispatch, not one of its own.
+    expect(dispatchOf(h)).toEqual(dispatch);
     const open = await h.settled('open', 15_000);
     // Ground truth: the valve took no write; the journal says so, where it said "unknown".
     expect(v1.writeLog).toEqual([]);
@@ -55,7 +69,7 @@ describe('a take-up after a restart that shortened the confirm timeout', () => {
   });
 
   it('whose deadline passed during the restart: proven not applied, and never named stuck while it reads', async () => {
-    await openLost(300);
+    const dispatch = await openLost(300);
     const v1 = h.device('v1');
     await lives.kill(h);
     h.reconfigure(SHORTER);
@@ -63,6 +77,8 @@ describe('a take-up after a restart that shortened the confirm timeout', () => {
     // before the earlier life's confirm timeout from the lock, within the take-up's window.
     await new Promise((resolve) => setTimeout(resolve, 300));
     await h.restart();
+    // The premise: the next life found the earlier life's dispatch, not one of its own.
+    expect(dispatchOf(h)).toEqual(dispatch);
     const named: number[] = [];
     const started = Date.now();
     // The stuck view (as /readyz and sluice_commands_stuck read it), sampled until it ends.

@@ -4,7 +4,7 @@ import type { CommandWrite } from '../../src/core/driver.js';
 import { MAX_DISPATCHES } from '../../src/core/journal.js';
 import type { SimHarness, SimHarnessOptions } from '../helpers/sim-harness.js';
 import { failFdatasync, type FailingFdatasync } from '../helpers/failing-fdatasync.js';
-import { linkedHarness, refusedUnsent } from '../helpers/linked-harness.js';
+import { linkedHarness, refusedUnsent, unsentLines } from '../helpers/linked-harness.js';
 import type { TcpLink } from '../helpers/tcp-link.js';
 import { heldAcknowledgedOpen } from '../helpers/withheld-dispatch.js';
 
@@ -323,10 +323,14 @@ describe('a write refused unsent for want of a connection', () => {
     expect(h.get('o')).toMatchObject({ state: 'dispatched', attempts: 1 });
     // The line on disk before the crash (it loses the open batch): the next life goes by it.
     await h.journal.durable();
+    const unsent = unsentLines(h, 'o');
+    expect(unsent).toHaveLength(1);
     await h.crash();
     await link.accept();
     const restartedAt = Date.now();
     await h.restart();
+    // The premise: the next life found the line (the link is back: it writes none itself).
+    expect(unsentLines(h, 'o')).toEqual(unsent);
     const o = await h.settled('o', 10_000);
     expect(o).toMatchObject({ state: 'confirmed', attempts: 2, seq });
     expect(h.notes('o')).toContainEqual(
@@ -368,10 +372,14 @@ describe('a write refused unsent for want of a connection', () => {
     expect(h.get('o')).toMatchObject({ state: 'dispatched', attempts: 2 });
     // The lines on disk before the crash (it loses the open batch): the next life goes by them.
     await h.journal.durable();
+    const unsent = unsentLines(h, 'o');
+    expect(unsent).toHaveLength(2);
     await h.crash();
     await link.accept();
     const restartedAt = Date.now();
     await h.restart();
+    // The premise: the next life found both lines (the link is back: it writes none itself).
+    expect(unsentLines(h, 'o')).toEqual(unsent);
     const o = await h.settled('o', 10_000);
     // Dispatched twice, neither write sent: taken up as a command not yet written. Before the
     // fix (one re-dispatch per command) it ended failed DEVICE_UNREACHABLE, "already dispatched
@@ -438,10 +446,14 @@ describe('a write refused unsent for want of a connection', () => {
     const dispatched = h.get('late')!;
     // The line on disk before the crash (it loses the open batch): the next life goes by it.
     await h.journal.durable();
+    const unsent = unsentLines(h, 'late');
+    expect(unsent).toHaveLength(1);
     await h.crash();
     await link.accept();
     while (Date.now() <= dispatched.deadline) await new Promise((r) => setTimeout(r, 50));
     await h.restart();
+    // The premise: the next life found the line (the link is back: it writes none itself).
+    expect(unsentLines(h, 'late')).toEqual(unsent);
     const r = await h.settled('late', 10_000);
     expect(r).toMatchObject({ state: 'failed', code: 'DEVICE_UNREACHABLE', attempts: 1 });
     expect(r.detail).toMatch(/^the write never reached the controller: .*nothing was applied$/);

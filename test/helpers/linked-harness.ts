@@ -62,15 +62,16 @@ export async function linkedHarness(
   };
 }
 
+/** The lines of `key`'s history that say a write of it found no connection and was not sent. */
+export function unsentLines(h: SimHarness, key: string): string[] {
+  return h.notes(key).filter((n) => n.includes('was not sent: no connection to the controller'));
+}
+
 /** Waits for the history line that says `key`'s write found no connection. */
 export async function refusedUnsent(
   h: SimHarness,
   key: string,
   what = `${key}'s write refused for want of a connection`,
 ): Promise<void> {
-  await h.until(
-    () => h.notes(key).some((n) => n.includes('was not sent: no connection to the controller')),
-    10_000,
-    what,
-  );
+  await h.until(() => unsentLines(h, key).length > 0, 10_000, what);
 }
