@@ -7,6 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AttributeIds, DataType, OPCUACertificateManager, OPCUAClient } from 'node-opcua';
+import type { ClientSecureChannelLayer } from 'node-opcua';
 import type { ClientSession, DataValue, StatusCode } from 'node-opcua';
 import type { PlcEndpoint } from '../../simulators/plant.js';
 import type { Wire } from './helpers.js';
@@ -67,7 +68,11 @@ export async function prepareClientCertificate(): Promise<void> {
   await client.createDefaultCertificate();
 }
 
-/** A node-opcua client session on an endpoint. */
+/**
+ * A node-opcua client session on an endpoint. With `transactionTimeoutMs`, the requests made on
+ * the session time out after it; the connection and the session are made with the default
+ * timeout (on a loaded machine a session's activation alone can take longer than a short one).
+ */
 export async function connectOpcua(
   endpointUrl: string,
   options: { transactionTimeoutMs?: number } = {},
@@ -77,12 +82,16 @@ export async function connectOpcua(
     endpointMustExist: false,
     connectionStrategy: { maxRetry: 0, initialDelay: 100, maxDelay: 200 },
     clientCertificateManager: await clientPki(),
-    ...(options.transactionTimeoutMs === undefined
-      ? {}
-      : { defaultTransactionTimeout: options.transactionTimeoutMs }),
   });
   await client.connect(endpointUrl);
   const session = await client.createSession();
+  if (options.transactionTimeoutMs !== undefined) {
+    // node-opcua's client has no public setter; its channel's timeout is a public field.
+    const channel = (client as unknown as { _secureChannel: ClientSecureChannelLayer | null })
+      ._secureChannel;
+    if (channel === null) throw new Error('the client has no secure channel after connecting');
+    channel.defaultTransactionTimeout = options.transactionTimeoutMs;
+  }
   return {
     client,
     session,
