@@ -149,6 +149,17 @@
     return d >= 0 ? dur(d) + ' ago' : 'in ' + dur(-d);
   }
 
+  /**
+   * A command's age `since` its document was read: `3m12s`; for one accepted ahead of the
+   * gateway's clock (the clock set back since: `acceptedAheadMs`), `unknown (accepted in 59s:
+   * clock set back)`, as `sluicectl stuck` and `list` say it, not an age of 0.
+   */
+  function age(c, since) {
+    if (c.acceptedAheadMs === null || c.acceptedAheadMs === undefined) return dur(c.ageMs + since);
+    var ahead = c.acceptedAheadMs - since;
+    return ahead > 0 ? 'unknown (accepted in ' + dur(ahead) + ': clock set back)' : dur(-ahead);
+  }
+
   function action(a, position) {
     return position === null || position === undefined ? a : a + ' ' + position + '%';
   }
@@ -709,7 +720,7 @@
           el('td', { text: c.device }),
           el('td', { text: action(c.action, c.position) }),
           el('td', null, [word(c.state, 'moving')]),
-          el('td', { text: dur(c.ageMs + since) }),
+          el('td', { text: age(c, since) }),
           el('td', {
             text: (Date.parse(c.deadline) <= now() ? 'passed ' : 'due ') + ago(c.deadline),
           }),
@@ -737,7 +748,7 @@
         el('td', { text: outcome(null, c.code, c.faultCode) || '-' }),
         el('td', { class: 'num', text: c.seq === null ? '-' : c.seq }),
         el('td', { text: c.intake }),
-        el('td', { text: dur(c.ageMs + since) }),
+        el('td', { text: age(c, since) }),
         el('td', { text: c.settledAt ? ago(c.settledAt) : '-' }),
       ]);
     });
@@ -931,11 +942,14 @@
         }),
       );
     } else {
-      field(
-        dl,
-        'outcome',
-        'still ' + s.state + ': not settled yet (' + dur(open ? open.ageMs : 0) + ' open)',
-      );
+      // Of one accepted ahead of the gateway's clock (set back since), no age: as `sluicectl show`.
+      var openFor =
+        open && open.acceptedAheadMs !== null && open.acceptedAheadMs !== undefined
+          ? 'open for an unknown time: accepted ' +
+            dur(open.acceptedAheadMs) +
+            " ahead of the gateway's clock, which was set back since"
+          : dur(open ? open.ageMs : 0) + ' open';
+      field(dl, 'outcome', 'still ' + s.state + ': not settled yet (' + openFor + ')');
     }
 
     patch($('command-fields'), children(dl));

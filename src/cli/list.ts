@@ -6,6 +6,7 @@ import { indexNote, namedText, unreadableJson } from './damaged-words.js';
 import { relative } from './durations.js';
 import { EXIT, UsageError, type ExitCode } from './errors.js';
 import { withJournal } from './journal-reader.js';
+import { ageText } from './stuck.js';
 import { dash, renderTable, stateTone, type Column } from './table.js';
 
 /** `sluicectl list`: commands from the journal, newest first, with filters. */
@@ -106,7 +107,8 @@ export async function runList(ctx: CliContext, options: ListOptions): Promise<Ex
     },
     { header: 'seq', value: (i) => dash(i.seq), align: 'right' },
     { header: 'intake', value: (i) => i.intake },
-    { header: 'age', value: (i) => relative(now - i.ageMs, now) },
+    // A command accepted ahead of the clock (set back since): its age unknown, as `stuck` says.
+    { header: 'age', value: (i) => ageText(i, now) },
     {
       header: 'settled',
       value: (i) => (i.settledAt === null ? '-' : relative(Date.parse(i.settledAt), now)),

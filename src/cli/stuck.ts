@@ -119,9 +119,12 @@ export async function runStuck(ctx: CliContext, olderThanMs: number): Promise<Ex
 
 /**
  * `3m12s ago`; for a command accepted ahead of the clock (the gateway's clock set back since),
- * `unknown (accepted in 1m: clock set back)`, not an age of 0.
+ * `unknown (accepted in 1m: clock set back)`, not an age of 0. `list` says it alike.
  */
-function ageText(item: StuckItem, now: number): string {
+export function ageText(
+  item: { readonly ageMs: number; readonly acceptedAheadMs: number | null },
+  now: number,
+): string {
   return item.acceptedAheadMs === null
     ? relative(now - item.ageMs, now)
     : `unknown (accepted in ${formatDuration(item.acceptedAheadMs)}: clock set back)`;

@@ -18,7 +18,13 @@ export interface ListItem {
   readonly seq: number | null;
   readonly intake: string;
   readonly acceptedAt: string;
+  /** 0 when its accepted time lies ahead of the clock (`acceptedAheadMs`). */
   readonly ageMs: number;
+  /**
+   * How far its accepted time lies ahead of the clock, when it does (the gateway's wall clock
+   * was set back after it was accepted: its age cannot be told), as StuckItem has it; else null.
+   */
+  readonly acceptedAheadMs: number | null;
   readonly settledAt: string | null;
   readonly detail: string | null;
 }
@@ -37,6 +43,7 @@ export function listItem(r: CommandRecord, now: number): ListItem {
     intake: r.intake,
     acceptedAt: new Date(r.acceptedAt).toISOString(),
     ageMs: Math.max(0, now - r.acceptedAt),
+    acceptedAheadMs: r.acceptedAt > now ? r.acceptedAt - now : null,
     settledAt: r.settledAt === null ? null : new Date(r.settledAt).toISOString(),
     detail: r.detail,
   };

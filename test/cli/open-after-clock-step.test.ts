@@ -18,6 +18,8 @@ import { configYaml, sluicectlInProcess } from './helpers.js';
  * `sluicectl stuck --older-than D` left such commands out too (their age below any bound), though
  * they may be older than it: it must list them, saying their age is unknown; and `show` said
  * "(0ms open)", an age the clock cannot tell: it must say that the age is unknown and why.
+ * `sluicectl list` gave that age as "0ms ago": it must say it unknown as `stuck` does, its
+ * `--json` giving `acceptedAheadMs`.
  */
 
 const STEP_MS = 60_000;
@@ -140,4 +142,23 @@ it('`stuck --older-than` lists them, their age unknown, and `show` claims no age
   expect(show.stdout).toMatch(
     /still accepted: not settled yet \(open for an unknown time: accepted \d+s ahead of the gateway's clock, which was set back since\)/,
   );
+});
+
+it('`list` says their age is unknown, as `stuck` does, not "0ms ago"', async () => {
+  const json = await sluicectlInProcess(['--config', configPath, 'list', '--json']);
+  expect(json.code, json.stderr).toBe(0);
+  const listed = json.json<{ commands: { key: string; acceptedAheadMs: number | null }[] }>();
+  expect(listed.commands.map((c) => c.key).sort()).toEqual(['before-step-1', 'before-step-2']);
+  for (const c of listed.commands) {
+    expect(c.acceptedAheadMs).toBeGreaterThan(STEP_MS - 30_000);
+    expect(c.acceptedAheadMs).toBeLessThanOrEqual(STEP_MS + 1);
+  }
+  const text = await sluicectlInProcess(['--config', configPath, '--no-color', 'list']);
+  expect(text.code, text.stderr).toBe(0);
+  const rows = text.stdout.split('\n').filter((l) => l.startsWith('before-step-'));
+  expect(rows).toHaveLength(2);
+  for (const row of rows) {
+    expect(row).toMatch(/ unknown \(accepted in \d+s: clock set back\) /);
+    expect(row).not.toContain('0ms ago');
+  }
 });

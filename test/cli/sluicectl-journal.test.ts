@@ -165,6 +165,7 @@ describe('list', () => {
     expect(Object.keys(confirmed).sort()).toEqual(
       [
         'acceptedAt',
+        'acceptedAheadMs',
         'action',
         'ageMs',
         'code',
@@ -192,6 +193,7 @@ describe('list', () => {
     });
     expect(confirmed.acceptedAt).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
     expect(confirmed.ageMs).toBeGreaterThanOrEqual(180_000);
+    expect(confirmed.acceptedAheadMs).toBeNull();
     expect(commands.find((c) => c.key === 'k-move')).toMatchObject({
       action: 'move',
       position: 40,
