@@ -120,14 +120,15 @@ export async function writeTokenSite(
 }
 
 /**
- * Journals in `path` a command accepted ten minutes before `now` for `device`, long past its
- * deadline: for a device not in the configuration no worker can take it up, and it is stuck
- * (SPEC §2) until an operator settles it.
+ * Journals in `path` a command accepted ten minutes before `now` for `device`, its deadline
+ * `ttlMs` after that (30 s unless given: long past): for a device not in the configuration no
+ * worker can take it up, and it is stuck (SPEC §2) from its deadline until an operator settles it.
  */
 export function seedOrphan(
   path: string,
   now: number,
   c: { scope: string; key: string; device: string; intake: string },
+  ttlMs = 30_000,
 ): void {
   const journal = SqliteJournal.open({ path });
   try {
@@ -140,8 +141,8 @@ export function seedOrphan(
       position: null,
       issuedAt: now - 600_000,
       issuedAtSource: 'issuer',
-      ttlMs: 30_000,
-      deadline: now - 570_000,
+      ttlMs,
+      deadline: now - 600_000 + ttlMs,
       intake: c.intake,
       acceptedAt: now - 600_000,
     });

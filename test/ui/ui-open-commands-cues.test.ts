@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { systemClock, type Clock } from '../../src/core/clock.js';
 import { until } from '../helpers/mosquitto.js';
 import { realComponent } from '../helpers/real.js';
 import { loggedInPage } from './ui-logged-in-page.js';
@@ -17,8 +18,12 @@ import { call, login, startUiSite, TOKENS, type UiSite } from './ui-site.js';
  *
  * The real daemon and its status page over TLS in a real headless Chromium, sluice-sim over real
  * sockets; the journal seeded before the start with a command of a device no longer configured,
- * stuck from its deadline 15 s after the start. Ground truth: the simulator's write log, the
- * journal's state as GET /v1/commands/{key} and /readyz read it, and what the page shows.
+ * stuck from its deadline ten minutes after the start. No run reaches it however loaded the
+ * machine: the test steps the daemon's wall clock past it (SPEC §6: wall time may step), the
+ * clock the daemon is given being this process's plus an offset the test sets. The dispatched
+ * command is kept from settling by holding the valve's reads until the page has shown it.
+ * Ground truth: the simulator's write log, the journal's state as GET /v1/commands/{key} and
+ * /readyz read it, and what the page shows.
  */
 
 const CHROMIUM_PATHS = ['/usr/bin/chromium', '/usr/bin/chromium-browser'];
@@ -31,6 +36,12 @@ const real = realComponent(
 );
 
 const LATER = 'later-orphan';
+/** LATER's deadline after the start, and the step that takes the daemon's wall clock past it. */
+const LATER_MS = 600_000;
+
+/** Added to the daemon's wall time (its monotonic clock is left alone). */
+let stepMs = 0;
+const clock: Clock = { ...systemClock, now: () => Date.now() + stepMs };
 
 let site: UiSite;
 let browser: Browser;
@@ -41,8 +52,8 @@ beforeAll(async () => {
   site = await startUiSite({
     mqtt: false,
     opcua: false,
-    drainTravelMs: 5_000,
-    laterOrphans: [{ key: LATER, inMs: 15_000 }],
+    laterOrphans: [{ key: LATER, inMs: LATER_MS }],
+    clock,
   });
   ({ browser, page } = await loggedInPage(site, chromiumPath));
 }, 90_000);
@@ -89,21 +100,38 @@ describe.runIf(real)("the status page's list of open commands", () => {
       10_000,
       'the command taken, its read held',
     );
-    await expect.poll(() => row(key), { timeout: 5_000 }).toMatch(/accepted/);
+    await expect.poll(() => row(key), { timeout: 10_000 }).toMatch(/accepted/);
     const writes = drain.writeLog.length;
     drain.clearFault('stall');
     await until(() => (drain.writeLog.length > writes ? true : undefined), 10_000, 'the write');
-    // Travelling 5 s: shown dispatched while it is, on file.
-    await expect.poll(() => row(key), { timeout: 3_000 }).toMatch(/dispatched/);
+    // Its reads held again while the valve travels: no readback can settle it, however long the
+    // page takes. Shown dispatched while it is, on file.
+    drain.setFault({ kind: 'stall', on: 'read' });
+    await expect.poll(() => row(key), { timeout: 10_000 }).toMatch(/dispatched/);
     const onFile = await call(site, 'GET', `/v1/commands/${key}`, {
       authorization: `Bearer ${TOKENS.scada}`,
     });
     expect(onFile.json<{ state: string }>().state).toBe('dispatched');
+    // Settled before the next test steps the clock.
+    drain.clearFault('stall');
+    await until(
+      async () => {
+        const settled = await call(site, 'GET', `/v1/commands/${key}`, {
+          authorization: `Bearer ${TOKENS.scada}`,
+        });
+        return settled.json<{ state: string }>().state === 'confirmed' ? true : undefined;
+      },
+      20_000,
+      'the command confirmed',
+    );
   }, 60_000);
 
   it('shows a command stuck once it crosses its bound', async () => {
     await expect.poll(() => row(LATER), { timeout: 10_000 }).toMatch(/due in/);
     expect(await row(LATER)).not.toMatch(/STUCK/);
+    // The daemon's wall clock past its deadline (the page's own clock is not stepped: its
+    // deadline column still says "due in").
+    stepMs = LATER_MS;
     // /readyz names it stuck: past its deadline (a device no longer configured).
     await until(
       async () => {

@@ -18,7 +18,7 @@ const LATER = 'later-orphan';
 let site: UiSite;
 
 beforeAll(async () => {
-  // Accepted 5 s before the start, its deadline 25 s after it: not stuck while the test runs.
+  // Accepted 30 s before the start, its deadline 25 s after it: not stuck while the test runs.
   site = await startUiSite({
     mqtt: false,
     opcua: false,

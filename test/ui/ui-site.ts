@@ -9,6 +9,7 @@ import { expect } from 'vitest';
 import { pino } from 'pino';
 import { parse, stringify } from 'yaml';
 import { loadConfig } from '../../src/config/config.js';
+import type { Clock } from '../../src/core/clock.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import { sha256 } from '../../src/intake/identities.js';
 import { startPlant, type Plant, type SimDevice } from '../../simulators/plant.js';
@@ -93,8 +94,8 @@ export interface UiSiteOptions {
   /** More open commands seeded as ORPHAN is (its scope and device), by key. */
   readonly orphans?: readonly string[];
   /**
-   * Open commands seeded as ORPHAN is, but whose deadline is `inMs` after the daemon's start
-   * (accepted 30 s before it): not stuck until then (a device no longer configured is judged
+   * Open commands seeded as ORPHAN is, but accepted 30 s before the daemon's start and with a
+   * deadline `inMs` after it: not stuck until then (a device no longer configured is judged
    * from its deadline).
    */
   readonly laterOrphans?: readonly { readonly key: string; readonly inMs: number }[];
@@ -105,6 +106,11 @@ export interface UiSiteOptions {
   readonly tokenFiles?: boolean;
   /** journal.busyTimeoutMs (2 s unless given): how long a write waits for another's lock. */
   readonly journalBusyTimeoutMs?: number;
+  /**
+   * The daemon's clock (DaemonOptions.clock), the system clock unless given: a test steps its
+   * wall time to bring a bound about, rather than wait for it.
+   */
+  readonly clock?: Clock;
 }
 
 /** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
@@ -240,13 +246,13 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     });
   }
   for (const later of options.laterOrphans ?? []) {
-    // seedOrphan's deadline is 570 s before the `now` it is given.
-    seedOrphan(join(dir, 'state', 'journal.db'), now + 570_000 + later.inMs, {
-      scope: ORPHAN.scope,
-      key: later.key,
-      device: ORPHAN.device,
-      intake: 'mqtt',
-    });
+    // seedOrphan's command is accepted 600 s before the `now` it is given: 30 s before the start.
+    seedOrphan(
+      join(dir, 'state', 'journal.db'),
+      now + 570_000,
+      { scope: ORPHAN.scope, key: later.key, device: ORPHAN.device, intake: 'mqtt' },
+      30_000 + later.inMs,
+    );
   }
 
   const lines: string[] = [];
@@ -259,6 +265,7 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
   const daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'debug' }, sink),
     monitorIntervalMs: 200,
+    ...(options.clock === undefined ? {} : { clock: options.clock }),
     ...(options.httpsTimeouts === undefined ? {} : { httpsTimeouts: options.httpsTimeouts }),
     ...(options.uiStreamPeerBounds === undefined
       ? {}
