@@ -426,7 +426,12 @@ export class OpcuaPlcServer {
     const server = new OPCUAServer({
       port: this.#config.port,
       host: this.#config.host,
-      ...(wildcard ? {} : { hostname: this.#config.host }),
+      // The host its endpoint URLs name: an IPv6 address in brackets (RFC 3986).
+      ...(wildcard
+        ? {}
+        : {
+            hostname: isIP(this.#config.host) === 6 ? `[${this.#config.host}]` : this.#config.host,
+          }),
       securityModes: this.#config.securityModes.map((mode) => MessageSecurityMode[mode]),
       securityPolicies: [
         ...(this.#config.securityModes.includes('None') ? [SecurityPolicy.None] : []),

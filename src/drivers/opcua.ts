@@ -26,6 +26,7 @@ import {
 import type { Logger } from '../core/logger.js';
 import type { DeviceProfile } from '../core/profile.js';
 import { HealthCounter, commandCode, describeError, withTimeout } from './common.js';
+import { fetchServerCertificate, transportFactoryFor } from './opcua-address.js';
 import { applicationUriMismatch } from './opcua-binding.js';
 import {
   certificateName,
@@ -783,6 +784,32 @@ export class OpcuaEndpoint {
         acceptHostNameMismatch: this.o.acceptHostNameMismatch,
       },
     );
+    // An IPv6 address as host: node-opcua's own transport cannot connect to it, and its client
+    // fetches a secured endpoint's certificate over that transport (opcua-address.ts).
+    const transport = transportFactoryFor(this.o.endpointUrl);
+    let serverCertificate: Buffer | undefined;
+    if (transport !== null && this.o.securityMode !== 'None') {
+      try {
+        serverCertificate = await fetchServerCertificate({
+          endpointUrl: this.o.endpointUrl,
+          transportFactory: transport,
+          securityMode: MODES[this.o.securityMode],
+          securityPolicy: POLICIES[this.o.securityPolicy],
+          applicationName: 'Sluice',
+          applicationUri: this.o.pki.applicationUri,
+          store,
+        });
+        if (this.closed) throw new Error('endpoint closed while connecting');
+      } catch (error) {
+        this.backoff.failed(this.o.clock.elapsed());
+        if (check.refused !== null) {
+          throw new Error(describeRefusal(check.refused, this.o.endpointUrl, this.o.pki.dir), {
+            cause: error,
+          });
+        }
+        throw error;
+      }
+    }
     const client = OPCUAClient.create({
       applicationName: 'Sluice',
       // One client certificate serves every endpoint, so one application URI (it is in the
@@ -808,6 +835,8 @@ export class OpcuaEndpoint {
         maxRetry: -1,
         randomisationFactor: 0.2,
       },
+      ...(transport === null ? {} : { transportFactory: transport }),
+      ...(serverCertificate === undefined ? {} : { serverCertificate }),
     });
     this.client = client;
     // Only the endpoint's current client speaks for its link: one given up (abandon, a failed

@@ -8,12 +8,10 @@ import { opensslServerCertificate } from './opcua-trust.js';
  * The host name check of an OPC UA server certificate (opcua-binding.ts) takes an IPv4 address
  * and its IPv4-mapped IPv6 form (::ffff:a.b.c.d) as one address, both ways, and no other IPv6
  * address for an IPv4 one. On the check function with real certificates (made by openssl,
- * which writes an iPAddress as its 4 or 16 octets), not through sluice-sim: node-opcua 2.182's
- * client cannot connect to an endpoint URL whose host is an IPv6 address (it hands the host to
- * the socket with its brackets, `getaddrinfo ENOTFOUND [::ffff:7f00:1]`), so no certificate is
- * ever presented to an endpoint opc.tcp://[::ffff:127.0.0.1]:port. The way it can be connected
- * (endpoint URL 127.0.0.1, certificate naming ::ffff:127.0.0.1) is proven on the real server in
- * opcua-server-binding.test.ts.
+ * which writes an iPAddress as its 4 or 16 octets), not through sluice-sim. On the real server:
+ * an endpoint URL 127.0.0.1 and a certificate naming ::ffff:127.0.0.1 in
+ * opcua-server-binding.test.ts, the check by an endpoint URL's IPv6 address in
+ * opcua-ipv6-endpoint.test.ts.
  */
 
 const cleanups: (() => void)[] = [];
