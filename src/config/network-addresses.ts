@@ -63,7 +63,8 @@ export function urlAddressProblem(url: string): string | null {
     }
   }
   if (host.startsWith('[')) {
-    if (isIP(host.slice(1, -1)) !== 6) return `host ${host} is not an IPv6 address`;
+    const problem = bracketedAddressProblem(host);
+    if (problem !== null) return problem;
   } else {
     const problem = hostProblem(decodeHost(host));
     if (problem !== null) return problem;
@@ -72,6 +73,29 @@ export function urlAddressProblem(url: string): string | null {
     new URL(url);
   } catch {
     return 'is not a valid URL';
+  }
+  return null;
+}
+
+/**
+ * What is wrong with the IPv6 address of a URL, in its brackets (null: nothing). A link-local
+ * address (fe80::/10) is reached only through the interface its zone names (`fe80::1%eth0`), and
+ * the URL parser the libraries use takes no zone: without one the connection fails at once
+ * (EINVAL), with one the URL is refused.
+ */
+function bracketedAddressProblem(host: string): string | null {
+  const address = host.slice(1, -1);
+  const zone = /%(?:25)?(.*)$/.exec(address);
+  const why =
+    'a URL cannot carry the zone (the interface) a link-local address is reached through: give the server a global or unique local (fd00::/8) address, or a host name that resolves to such an address';
+  if (zone !== null && isIP(address.slice(0, zone.index)) === 6) {
+    return `host ${host} names a zone (%${zone[1] ?? ''}): ${why}`;
+  }
+  if (isIP(address) !== 6) return `host ${host} is not an IPv6 address`;
+  // The first group, written out: fe80::/10 is fe80..febf.
+  const first = new URL(`http://${host}/`).hostname.slice(1).split(':')[0] ?? '';
+  if (first !== '' && (parseInt(first, 16) & 0xffc0) === 0xfe80) {
+    return `host ${host} is a link-local address (fe80::/10): ${why}`;
   }
   return null;
 }

@@ -381,6 +381,30 @@ describe('sluiced --check', () => {
     );
   });
 
+  it('refuses a URL with a link-local IPv6 address, or with a zone, naming the field', () => {
+    // Taken before (the docs' own example was opc.tcp://[fe80::1]:4840): the system reaches a
+    // link-local address only through the interface its zone names, so every connection failed
+    // (connect EINVAL) for as long as the daemon ran; with a zone, the URL was "not a valid URL".
+    const why =
+      'a URL cannot carry the zone (the interface) a link-local address is reached through: give the server a global or unique local (fd00::/8) address, or a host name that resolves to such an address';
+    refusedEverywhere(
+      site(
+        SITE.replace('url: mqtt://127.0.0.1:1,', "url: 'mqtt://[FE80::5]:1883',").replace(
+          'opc.tcp://127.0.0.1:4840',
+          "'opc.tcp://[fe80::1%eth0]:4840'",
+        ),
+      ),
+      [
+        `mqtt.url: host [FE80::5] is a link-local address (fe80::/10): ${why}`,
+        `plcs.opcua-plc.endpointUrl: host [fe80::1%eth0] names a zone (%eth0): ${why}`,
+      ],
+    );
+    refusedEverywhere(
+      site(SITE.replace('opc.tcp://127.0.0.1:4840', "'opc.tcp://[febf:0::21]:4840/UA'")),
+      [`plcs.opcua-plc.endpointUrl: host [febf:0::21] is a link-local address (fe80::/10): ${why}`],
+    );
+  });
+
   it('refuses an IPv4 address the system would read as another one (zero-padded, short)', async () => {
     // Taken before: getaddrinfo reads a leading 0 as octal, so the 192.168.001.020 a PLC panel
     // shows was 192.168.1.16, another controller, which the daemon then read and wrote.
@@ -480,7 +504,7 @@ describe('sluiced --check', () => {
     const good = SITE.replace('host: 127.0.0.1, port: 0', "host: '::1', port: 0")
       .replace('url: mqtt://127.0.0.1:1,', "url: 'ws://edge_broker.plant.:8080/mqtt',")
       .replace('host: 127.0.0.1, port: 5020', 'host: PLC-7.line2.plant, port: 5020')
-      .replace('opc.tcp://127.0.0.1:4840', "'opc.tcp://[fe80::1]:4840/UA/Server'");
+      .replace('opc.tcp://127.0.0.1:4840', "'opc.tcp://[fd00::21]:4840/UA/Server'");
     const r = runSluicedInProcess(['--config', site(good), '--check']);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
