@@ -5,7 +5,7 @@ import { settledMeanwhile, type ExecutionHost, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { observe, type Expectation } from './readback.js';
 import { ReadbackConfirmation } from './readback-confirmation.js';
-import { ordinal, type UnsentCause } from './redispatch.js';
+import { ordinal, type NeverSentCause } from './redispatch.js';
 import type { TimedReadback } from './skew.js';
 import { CommandTakeUp } from './take-up.js';
 
@@ -48,17 +48,23 @@ export class ConfirmationLoop {
     dispatched: CommandRecord,
     first: { readonly before: TimedReadback; readonly expect: Expectation },
     log: Logger,
-    again: { readonly cause: UnsentCause; readonly proven: number | null } | null = null,
+    again: { readonly cause: NeverSentCause; readonly proven: number | null } | null = null,
   ): Promise<NoConnection | null> {
     const { profile } = lane.binding;
     const seq = requireSeq(dispatched);
     const write = this.writes.beginWrite(lane, dispatched, seq);
     const outcome = await this.writes.send(lane, dispatched, seq, write, log);
-    // A re-dispatch comes here only for a write never sent (execution.ts): withdrawn
-    // (takeUpUnsent) or refused for want of a connection (carryOut); one proven not applied by
-    // readback is sent by notTaken.
+    // A re-dispatch comes here only for a write never sent (execution.ts): withdrawn or, a
+    // stop's, withheld (takeUpUnsent), or refused for want of a connection (carryOut); one proven
+    // not applied by readback is sent by notTaken.
     if (dispatched.attempts > 1 && outcome.kind !== 'not-sent') {
-      lane.writes.redispatches[again?.cause === 'no-connection' ? 'no_connection' : 'withdrawn']++;
+      lane.writes.redispatches[
+        again?.cause === 'no-connection'
+          ? 'no_connection'
+          : again?.cause === 'withheld'
+            ? 'withheld'
+            : 'withdrawn'
+      ]++;
     }
     if (outcome.kind === 'refused') {
       this.writes.refused(dispatched, observe(first.before), outcome, log);

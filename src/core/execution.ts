@@ -2,9 +2,17 @@ import { clockNote } from './clock-policy.js';
 import { requireSeq, type NoConnection } from './command-writes.js';
 import { ConfirmationLoop } from './confirmation.js';
 import { DeviceReads } from './device-reads.js';
-import { MAX_DISPATCHES, type CommandRecord } from './journal.js';
-import { PIPELINE, refId, type ExecutionHost, type Lane, type Outcome } from './lane.js';
+import { MAX_DISPATCHES, type CommandRecord, type JournalEvent } from './journal.js';
+import {
+  PIPELINE,
+  refId,
+  withheldUnsent,
+  type ExecutionHost,
+  type Lane,
+  type Outcome,
+} from './lane.js';
 import type { Logger } from './logger.js';
+import { latestWriteWithheld, withheldStopNote } from './open-commands.js';
 import { stopOverPreempted } from './preemption.js';
 import { observe, type Expectation } from './readback.js';
 import { NoOpCourse } from './no-op.js';
@@ -16,7 +24,7 @@ import {
   ordinal,
   provenThenUnsent,
   writesMaybeSent,
-  type UnsentCause,
+  type NeverSentCause,
 } from './redispatch.js';
 import { allocateSeq } from './sequence.js';
 import type { TimedReadback } from './skew.js';
@@ -51,17 +59,54 @@ export class CommandExecution {
    * never will be, and no readback can prove it as well (a controller showing its power-up echo
    * after a restart looks like one that lost the write). Such a command is one never written.
    * A write the take-up proves not applied and sends once more that finds no connection goes
-   * round again (goRoundAgain).
+   * round again (goRoundAgain). So too a stop whose write was withheld (stopWithheld): nothing
+   * of it left the gateway, and settled by readback it waited for a write that never was while
+   * the valve travelled on.
    */
   async takeUpDispatched(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
+    const history = record.seq === null ? null : this.host.journal.history(record);
     const cause =
-      record.seq === null ? null : latestUnsentCause(this.host.journal.history(record), record.seq);
+      record.seq === null || history === null
+        ? null
+        : (latestUnsentCause(history, record.seq) ??
+          this.stopWithheld(lane, record, record.seq, history));
     if (record.seq === null || cause === null) {
       const unsent = await this.confirmation.takeUp(lane, record, log);
       if (unsent !== null) await this.goRoundAgain(lane, unsent, log);
       return;
     }
     await this.takeUpUnsent(lane, record, record.seq, cause, log);
+  }
+
+  /**
+   * 'withheld' for a stop whose latest write was withheld, never sent: its dispatch's barrier
+   * failed in this process, which has handed no write of it to the driver since
+   * (Lane.withheld), or its history's take-up says so (latestWriteWithheld: a line of this life
+   * or an earlier one, with no dispatch after it) and this process knows no write of it
+   * (I1) — and none of its writes before left the gateway either, and no stop was accepted after
+   * it. Such a stop stopped nothing: taken up by readback, it waited for a write that never was,
+   * until its window's end (its deadline), while the valve travelled and the operator believed
+   * a stop pending (SPEC §2: a stop is dispatched at once). It is decided again on a fresh read
+   * and written instead, within its deadline (takeUpUnsent). Otherwise null, and the command is
+   * settled by readback (take-up.ts): any other command so withheld (its write proven not
+   * applied past the guard, then sent once more), and a stop with a stop after it, which goes
+   * first and by which the withheld one is judged (INTERRUPTED when the controller took it).
+   */
+  private stopWithheld(
+    lane: Lane,
+    record: CommandRecord,
+    seq: number,
+    history: readonly JournalEvent[],
+  ): 'withheld' | null {
+    if (record.action !== 'stop') return null;
+    const last = lane.lastWrite;
+    const known =
+      last !== null && last.scope === record.scope && last.key === record.key && last.seq === seq;
+    const withheld = withheldUnsent(lane, record) || (!known && latestWriteWithheld(history, seq));
+    if (!withheld) return null;
+    if (record.attempts > 1 && writesMaybeSent(history, seq, false) > 0) return null;
+    if (this.host.journal.stopsAfter(record, 1).length > 0) return null;
+    return 'withheld';
   }
 
   async handleAccepted(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
@@ -87,13 +132,15 @@ export class CommandExecution {
     lane: Lane,
     record: CommandRecord,
     seq: number,
-    cause: UnsentCause,
+    cause: NeverSentCause,
     log: Logger,
   ): Promise<void> {
     const unsent =
       cause === 'withdrawn'
         ? `its write (sequence number ${seq}) was withdrawn before it was sent`
-        : `its write (sequence number ${seq}) found no connection to the controller and was not sent`;
+        : cause === 'withheld'
+          ? `its write (sequence number ${seq}) was withheld, never sent: its dispatch could not be made durable`
+          : `its write (sequence number ${seq}) found no connection to the controller and was not sent`;
     const stop = this.host.journal.stopsAfter(record, 1)[0];
     // The writes before this one that may have left the gateway: none for a first write, nor
     // for one whose earlier writes all found no connection (or were withdrawn).
@@ -161,7 +208,11 @@ export class CommandExecution {
     if (this.settleAtCap(record, seq, null, log)) return;
     this.host.note(
       record,
-      `taken up: ${unsent} (the history says so), so it is handled as a command not yet written: a fresh read decides`,
+      cause === 'withheld'
+        ? // Its own words, which a later life goes by (latestWriteWithheld): on disk before the
+          // re-dispatch (group commit), and the line of this life's memory.
+          withheldStopNote(seq, withheldUnsent(lane, record) ? true : 'by an earlier life')
+        : `taken up: ${unsent} (the history says so), so it is handled as a command not yet written: a fresh read decides`,
     );
     await this.carryOutRounds(
       lane,
@@ -407,7 +458,9 @@ export class CommandExecution {
                 clock.now(),
                 course.unsent === 'withdrawn'
                   ? `the ${latestWrite(record)} write (sequence number ${course.seq}) was withdrawn before it was sent, so it was never applied; ${DECIDED_AGAIN} (${before.state}) and written now`
-                  : `the ${latestWrite(record)} write (sequence number ${course.seq}) found no connection to the controller and was not sent, so it was never applied; the controller answers again: ${DECIDED_AGAIN} (${before.state}) and written now`,
+                  : course.unsent === 'withheld'
+                    ? `the ${latestWrite(record)} write (sequence number ${course.seq}) was withheld when its dispatch could not be made durable, so it was never sent; ${DECIDED_AGAIN} (${before.state}) and written now`
+                    : `the ${latestWrite(record)} write (sequence number ${course.seq}) found no connection to the controller and was not sent, so it was never applied; the controller answers again: ${DECIDED_AGAIN} (${before.state}) and written now`,
                 PIPELINE,
                 observe(before),
               );

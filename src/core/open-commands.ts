@@ -142,13 +142,34 @@ export function takeUpNote(
 const TAKE_UP_NOTE = /^taken up(?: again)?: sequence number \d+\b.*; settling by readback$/;
 
 /**
+ * The note the take-up of a stop journals when the stop's write was withheld, never sent (its
+ * dispatch's barrier failed), by this process (`withheld` true) or by an earlier life whose
+ * history said so, and none of its writes left the gateway: the stop is decided again on a fresh
+ * read and written as a re-dispatch (execution.ts, takeUpUnsent), not settled by readback, which
+ * waits for a write that never was while the valve travels. Journaled before that re-dispatch,
+ * so that a later life goes by it too (latestWriteWithheld).
+ */
+export function withheldStopNote(seq: number, withheld: true | 'by an earlier life'): string {
+  const never =
+    withheld === true
+      ? 'never sent by this process (the journal failed before its dispatch was on disk)'
+      : 'never sent (an earlier life of the daemon withheld it: the journal failed before its dispatch was on disk)';
+  return `taken up: sequence number ${seq}, ${never}, so the stop is handled as one not yet written: a fresh read decides, then its write`;
+}
+
+/**
  * Whether the latest write of sequence number `seq` in this history was withheld, never sent:
- * its dispatch's barrier failed and the take-up says so (takeUpNote, `withheld`), with no
- * dispatch or redispatch after it. The daemon's own line, journaled when it took the command up:
- * an echo of that number can only be another master's write.
+ * its dispatch's barrier failed and the take-up says so (takeUpNote, `withheld`; a stop's,
+ * withheldStopNote), with no dispatch or redispatch after it. The daemon's own line, journaled
+ * when it took the command up: an echo of that number can only be another master's write.
  */
 export function latestWriteWithheld(history: readonly JournalEvent[], seq: number): boolean {
-  const withheld = [takeUpNote(seq, null, true), takeUpNote(seq, null, 'by an earlier life')];
+  const withheld = [
+    takeUpNote(seq, null, true),
+    takeUpNote(seq, null, 'by an earlier life'),
+    withheldStopNote(seq, true),
+    withheldStopNote(seq, 'by an earlier life'),
+  ];
   return latestWriteMarked(
     history,
     (event) =>

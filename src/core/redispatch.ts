@@ -275,6 +275,14 @@ function noConnectionPrefix(seq: number): string {
 export type UnsentCause = 'withdrawn' | 'no-connection';
 
 /**
+ * Why a dispatched command taken up is known never sent (execution.ts, takeUpUnsent): its history
+ * says so (UnsentCause), or, for a stop, its write was withheld when its dispatch could not be
+ * made durable (`withheld`: this process's memory, or the take-up's line of this life or an
+ * earlier one).
+ */
+export type NeverSentCause = UnsentCause | 'withheld';
+
+/**
  * Whether the command's latest journaled write (sequence number `seq`) was proven never sent:
  * an unsent line (unsentLine or noConnectionLine, the daemon's own) for it, with no dispatch or
  * re-dispatch journaled after it — a write journaled later may have gone out.

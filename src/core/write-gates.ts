@@ -4,7 +4,7 @@ import type { CommandRecord } from './journal.js';
 import { freshnessDetail, refId, settledMeanwhile, type ExecutionHost, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { observe } from './readback.js';
-import { ordinal, type UnsentCause } from './redispatch.js';
+import { ordinal, type NeverSentCause } from './redispatch.js';
 import type { TimedReadback } from './skew.js';
 
 /**
@@ -17,7 +17,8 @@ import type { TimedReadback } from './skew.js';
 
 /**
  * A command not yet written: `accepted`, or `dispatched` with its write (`seq`) never sent —
- * withdrawn before it was sent, or refused for want of a connection (`unsent`), as every one
+ * withdrawn before it was sent, refused for want of a connection, or (a stop) withheld when its
+ * dispatch could not be made durable (`unsent`), as every one
  * before it but, when `proven` is a dispatch (1 its first), that one's write, sent and proven
  * not applied (redispatch.ts) — whose write goes out as a re-dispatch.
  */
@@ -26,7 +27,7 @@ export type NotWritten =
   | {
       readonly from: 'dispatched';
       readonly seq: number;
-      readonly unsent: UnsentCause;
+      readonly unsent: NeverSentCause;
       readonly proven: number | null;
     };
 

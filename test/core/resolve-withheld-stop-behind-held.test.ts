@@ -50,9 +50,11 @@ describe('a withheld stop behind a held, resolved open, resolved in turn', () =>
   }) => {
     const h = await harness(onTestFinished);
     await heldOpenResolved(h, expect);
-    await withheldAndTakenUp(h, onTestFinished, { key: 'a', action: 'stop' }, 'answered');
+    // Its reads dropped: taken up, the stop waits for a fresh read to decide it again, unwritten.
+    await withheldAndTakenUp(h, onTestFinished, { key: 'a', action: 'stop' }, 'dropped');
     const a = h.pipeline.resolve({ scope: 'plant', key: 'a' }, 'ops@test', 'checked');
     expect(a.detail).toContain('was never sent');
+    h.device('v1').clearFault('drop');
     await closeWaitsForHeldOpen(h, expect);
   });
 
@@ -81,9 +83,11 @@ describe('a withheld stop behind a held, resolved open, resolved in turn', () =>
   }) => {
     const h = await harness(onTestFinished);
     await heldOpenResolved(h, expect);
-    await withheldAndTakenUp(h, onTestFinished, { key: 'a', action: 'stop' }, 'answered');
+    // Its reads dropped: taken up, the stop waits for a fresh read to decide it again, unwritten.
+    await withheldAndTakenUp(h, onTestFinished, { key: 'a', action: 'stop' }, 'dropped');
     const a = h.pipeline.resolve({ scope: 'plant', key: 'a' }, 'ops@test', 'checked');
     expect(a.detail).toContain('was never sent');
+    h.device('v1').clearFault('drop');
     await h.journal.durable();
     await h.crash();
     await h.restart();

@@ -58,9 +58,11 @@ async function stopBehindHeldOpenThenKilled(
 ): Promise<string> {
   await heldAcknowledgedOpen(h, 'p');
   h.pipeline.resolve({ scope: 'plant', key: 'p' }, 'ops@test', 'checked');
-  await withheldAndTakenUp(h, onTestFinished, { key: 'a', action: 'stop' }, 'answered');
+  // Its reads dropped: taken up, the stop waits for a fresh read to decide it again, unwritten.
+  await withheldAndTakenUp(h, onTestFinished, { key: 'a', action: 'stop' }, 'dropped');
   const a = h.pipeline.resolve({ scope: 'plant', key: 'a' }, 'ops@test', 'checked');
   expect(a.detail).toContain('was never sent');
+  h.device('v1').clearFault('drop');
   const line = h
     .notes('a')
     .find((n) => n.includes("decided on the state the device's previous write leads to"));

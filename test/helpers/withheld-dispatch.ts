@@ -1,5 +1,6 @@
 import type { ExpectStatic, TestContext } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
+import { withheldStopNote } from '../../src/core/open-commands.js';
 import { failFdatasync, type FailingFdatasync } from './failing-fdatasync.js';
 import { SimHarness } from './sim-harness.js';
 
@@ -32,8 +33,10 @@ export async function withheldHarness(
  * A command of v1 (`key`: an open, or a stop) whose write is withheld: its dispatch's barrier
  * fails (an fdatasync failing with EIO, the one fault no real part here produces on demand; the
  * journal fails every barrier until it has recovered, a second later), so it is never sent. The
- * sweep then takes it up, its take-up saying so in its history ("never sent by this process");
- * from the failed flush on the valve answers its reads, or drops them (`readsAfter`). Returns
+ * sweep then takes it up, its take-up saying so in its history ("never sent by this process"):
+ * an open to settle it by readback, a stop to decide it again on a fresh read and write it
+ * (src/core/execution.ts, stopWithheld; a stop to be left unwritten wants its reads dropped).
+ * From the failed flush on the valve answers its reads, or drops them (`readsAfter`). Returns
  * its record. The harness must run no idle monitor: the one read held first is the command's
  * fresh read.
  */
@@ -44,13 +47,12 @@ export async function withheldAndTakenUp(
   readsAfter: 'answered' | 'dropped',
 ): Promise<CommandRecord> {
   const withheld = await withheldOnly(h, onTestFinished, command, readsAfter);
+  const note =
+    command.action === 'stop'
+      ? withheldStopNote(withheld.seq!, true)
+      : `taken up: sequence number ${withheld.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`;
   await h.until(
-    () =>
-      h
-        .notes(command.key)
-        .includes(
-          `dispatched: taken up: sequence number ${withheld.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
-        ),
+    () => h.notes(command.key).includes(`dispatched: ${note}`),
     5_000,
     'the take-up of the withheld write',
   );
