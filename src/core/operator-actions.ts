@@ -106,15 +106,18 @@ export class OperatorActions {
     }
     const id = refId(ref);
     const inFlight = lane.inFlight !== null && refId(lane.inFlight) === id;
-    // A stop cleared the queues and lets only the commands in flight settle: nothing takes this
-    // one up now. Said so at once, not after the wait as "waiting for the device's command in
-    // flight", which no worker would end.
-    if (this.host.closed() && !inFlight) return { record, detail: stoppingDetail(record) };
     const held =
       inFlight ||
       lane.queue.some((q) => refId(q) === id) ||
       interruptedTargets(lane).some((target) => refId(target) === id);
-    if (!held) {
+    // A stop of the daemon (pipeline.stop) leaves its device's worker what it carries out within
+    // the shutdown bound — the command in flight, the accepted stops kept at the head of the
+    // queue, the command left to the sweep ahead of them, the command a stop preempted — and
+    // clears the rest of the queue: nothing takes any other command up now. Said so at once, not
+    // after the wait as "waiting for the device's command in flight", which no worker would end.
+    const carriedOut = held || (lane.unresolved !== null && refId(lane.unresolved) === id);
+    if (this.host.closed() && !carriedOut) return { record, detail: stoppingDetail(record) };
+    if (!held && !this.host.closed()) {
       if (lane.unresolved !== null && refId(lane.unresolved) !== id) lane.queue.unshift(ref);
       else lane.unresolved = { scope: ref.scope, key: ref.key };
     }
@@ -123,12 +126,23 @@ export class OperatorActions {
     const detail = isTerminal(after.state)
       ? `settled: ${after.state} ${after.code ?? ''}`.trim()
       : this.host.closed()
-        ? stoppingDetail(after)
+        ? carriedOut
+          ? withinBoundDetail(after)
+          : stoppingDetail(after)
         : lane.inFlight !== null && refId(lane.inFlight) === id
           ? `still ${after.state}: the daemon is reading the device (${lane.binding.driver.health().lastError ?? 'no error'})`
           : `still ${after.state}: waiting for the device's command in flight`;
     return { record: after, detail };
   }
+}
+
+/**
+ * What a reverify answers while the daemon stops, of a command its device's worker still carries
+ * out within the shutdown bound (pipeline.stop): an accepted stop kept in the queue, the command
+ * in flight, the one a stop preempted.
+ */
+function withinBoundDetail(record: CommandRecord): string {
+  return `still ${record.state}: the daemon is stopping and carries the command out within its shutdown bound; if it is still open when the bound ends, it stays journaled and is settled by reading its device at the next start (or resolve it)`;
 }
 
 /** What a reverify answers while the daemon stops, of a command left open. */

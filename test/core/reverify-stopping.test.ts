@@ -5,8 +5,9 @@ import { until } from '../helpers/mosquitto.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 
 /**
- * sluicectl reverify while the daemon stops: the stop has cleared the queues and lets only the
- * commands in flight settle, so nothing takes a queued command up. The answer said "waiting
+ * sluicectl reverify while the daemon stops: the stop has cleared the queues (but for the
+ * accepted stops at their head) and lets only the commands in flight settle, so nothing takes
+ * a queued close up. The answer said "waiting
  * for the device's command in flight" after the whole wait, as if a worker would come to it;
  * now it says at once that the daemon is stopping and the command stays journaled for the next
  * start. Pipeline, sluice-sim (travel 1.5 s, an open in flight), SQLite journal; ground truth:
