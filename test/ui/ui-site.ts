@@ -94,11 +94,16 @@ export interface UiSiteOptions {
   /** More open commands seeded as ORPHAN is (its scope and device), by key. */
   readonly orphans?: readonly string[];
   /**
-   * Open commands seeded as ORPHAN is, but accepted 30 s before the daemon's start and with a
+   * Open commands seeded as ORPHAN is, but accepted 30 s before the daemon's start (or
+   * `acceptedInMs` after it: ahead of the gateway's clock, as after a clock set back) and with a
    * deadline `inMs` after it: not stuck until then (a device no longer configured is judged
    * from its deadline).
    */
-  readonly laterOrphans?: readonly { readonly key: string; readonly inMs: number }[];
+  readonly laterOrphans?: readonly {
+    readonly key: string;
+    readonly inMs: number;
+    readonly acceptedInMs?: number;
+  }[];
   /**
    * `ops` also has a token file (FILE_TOKENS.ops) and `desk` has one in place of its
    * tokenSha256 (TOKENS.desk): tokens a reload (SIGHUP) reads again.
@@ -246,12 +251,13 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
     });
   }
   for (const later of options.laterOrphans ?? []) {
-    // seedOrphan's command is accepted 600 s before the `now` it is given: 30 s before the start.
+    // seedOrphan's command is accepted 600 s before the `now` it is given.
+    const acceptedInMs = later.acceptedInMs ?? -30_000;
     seedOrphan(
       join(dir, 'state', 'journal.db'),
-      now + 570_000,
+      now + acceptedInMs + 600_000,
       { scope: ORPHAN.scope, key: later.key, device: ORPHAN.device, intake: 'mqtt' },
-      30_000 + later.inMs,
+      later.inMs - acceptedInMs,
     );
   }
 
