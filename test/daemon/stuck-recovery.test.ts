@@ -230,6 +230,14 @@ describe('stuck after a restart', () => {
     const read = (settled.settledAt ?? 0) - (settled.takenUpAt ?? 0);
     expect(read).toBeGreaterThanOrEqual(GRACE_MS - 100);
     expect(read).toBeLessThan(14_000);
+    // The command queued behind it goes next, past its deadline: never written, it ends at once.
+    // Read before it has, it is open past its deadline with nothing ahead of it: stuck.
+    await until(
+      () => (onFile('behind-1').state === 'accepted' ? undefined : true),
+      10_000,
+      'the command behind it to end',
+    );
+    expect(onFile('behind-1').state).toBe('rejected');
     const after = await reported();
     expect(after.gauge).toBe(1);
     expect(after.cli).toEqual(['orphan-1']);
