@@ -6,6 +6,7 @@ import { fieldAddress, fieldWidth } from '../core/profile-modbus.js';
 import { hostAndPort, hostSchema, urlAddressProblem } from '../config/network-addresses.js';
 import { COMBINE_READS_DEFAULTS, MAX_REGISTERS } from './modbus-queue.js';
 import { UNIT_ID_BROADCAST, unitIdProblem } from './modbus-unit.js';
+import { mappedIpv4 } from './mapped-ipv4.js';
 
 /** The most TCP connections one Modbus PLC is given (plcs.<name>.connections). */
 export const MAX_CONNECTIONS = 8;
@@ -532,12 +533,7 @@ function sameHost(host: string): string {
     } catch {
       return host.toLowerCase();
     }
-    // Written compressed, in hexadecimal: ::ffff:127.0.0.1 is ::ffff:7f00:1.
-    const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(compressed);
-    if (mapped === null) return compressed;
-    const high = parseInt(mapped[1] ?? '0', 16);
-    const low = parseInt(mapped[2] ?? '0', 16);
-    return [high >> 8, high & 0xff, low >> 8, low & 0xff].join('.');
+    return mappedIpv4(compressed) ?? compressed;
   }
   return host.toLowerCase().replace(/\.$/, '');
 }

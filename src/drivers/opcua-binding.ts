@@ -1,5 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
+import { mappedIpv4 } from './mapped-ipv4.js';
 
 /**
  * Whether a server certificate belongs to the endpoint it was presented at (OPC 10000-4, 6.1.3:
@@ -116,20 +117,8 @@ function endpointHost(endpointUrl: string): string | null {
  */
 function addressSpellings(address: string): string[] {
   if (isIP(address) === 4) return [address, `::ffff:${address}`];
-  // The WHATWG URL serialiser writes an IPv6 address in one form (RFC 5952): an IPv4-mapped one
-  // as ::ffff: and two groups of hex digits, however it was written.
-  let canonical: RegExpExecArray | null;
-  try {
-    canonical = /^\[::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})\]$/.exec(
-      new URL(`http://[${address}]`).hostname,
-    );
-  } catch {
-    return [address];
-  }
-  if (canonical === null) return [address];
-  const high = parseInt(canonical[1] ?? '0', 16);
-  const low = parseInt(canonical[2] ?? '0', 16);
-  return [address, [high >> 8, high & 0xff, low >> 8, low & 0xff].join('.')];
+  const ipv4 = mappedIpv4(address);
+  return ipv4 === null ? [address] : [address, ipv4];
 }
 
 /** The first certificate of a chain as the server sent it (its own), or null if unreadable. */
