@@ -1,4 +1,4 @@
-import type { IPublishPacket, MqttClient } from 'mqtt';
+import type { DoneCallback, IPublishPacket, MqttClient } from 'mqtt';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import { OrderedAcks, PUBACK_HELD, type HeldAck } from './mqtt-acks.js';
@@ -87,15 +87,7 @@ export class CommandAcks {
             ack.acks.release(ack.ack, true);
             return;
           }
-          const callback = ack.callback;
-          const acks = this.acksOf(client);
-          if (packet.qos > 0 && packet.messageId !== undefined && acks.holding) {
-            // PUBACKs go in the messages' order: this one behind those held for a barrier.
-            callback(PUBACK_HELD);
-            acks.release(acks.hold(packet.messageId, packet.qos), true);
-            return;
-          }
-          callback();
+          this.acknowledge(client, packet, ack.callback);
           return;
         }
         // Group commit: the PUBACK waits for the claim's fsync, shared with other commands.
@@ -111,6 +103,24 @@ export class CommandAcks {
         if (handling.reconnect) this.link.dropConnection(client, handling.reason);
         return;
     }
+  }
+
+  /**
+   * Acknowledges `packet` now (`callback`: mqtt.js's), in the messages' order: a PUBACK (a QoS 2
+   * message's PUBCOMP) behind those held for a barrier before it on the connection, sent as soon
+   * as they are. For a message whose acknowledgement vouches for nothing in the journal: a
+   * command message that wrote nothing there (ACK_NOW), and every message that is no command (a
+   * copy of the gateway's state or status, mqtt.ts), which was acknowledged at once and so
+   * overtook the PUBACKs of command messages received before it (MQTT 5 §4.6, [MQTT-4.6.0-2]).
+   */
+  acknowledge(client: MqttClient, packet: IPublishPacket, callback: DoneCallback): void {
+    const acks = this.acksOf(client);
+    if (packet.qos > 0 && packet.messageId !== undefined && acks.holding) {
+      callback(PUBACK_HELD);
+      acks.release(acks.hold(packet.messageId, packet.qos), true);
+      return;
+    }
+    callback();
   }
 
   /** Acknowledges once the journal's barrier carried the message's claim to disk (I5). */

@@ -218,6 +218,14 @@ export class CommandMessages {
     for (const copy of this.held.takeAll()) this.letGo(copy);
   }
 
+  /**
+   * Acknowledges a message that is no command (the gateway's own state or status read back) now,
+   * behind the PUBACKs held before it on its connection (CommandAcks.acknowledge).
+   */
+  acknowledge(client: MqttClient, packet: IPublishPacket, callback: DoneCallback): void {
+    this.acks.acknowledge(client, packet, callback);
+  }
+
   /** The client's handleMessage: decides PUBACK or not for one message (see the class doc). */
   receive(client: MqttClient, packet: IPublishPacket, callback: DoneCallback): void {
     if (!client.connected && packet.qos > 0) {

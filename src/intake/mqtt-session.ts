@@ -42,6 +42,15 @@ export interface SessionEvents {
    * client's `handleMessage` (see MqttIntake).
    */
   readonly message: (client: MqttClient, packet: IPublishPacket, callback: DoneCallback) => void;
+  /**
+   * Acknowledges now a PUBLISH that is no command (one the session reads itself), behind the
+   * PUBACKs the intake holds for messages received before it ([MQTT-4.6.0-2]).
+   */
+  readonly acknowledge: (
+    client: MqttClient,
+    packet: IPublishPacket,
+    callback: DoneCallback,
+  ) => void;
   /** A connection is up (before its subscription is confirmed); `online` is on its way. */
   readonly connected: () => void;
   /**
@@ -299,7 +308,7 @@ export class MqttSession {
     client.handleMessage = (packet, callback) => {
       if (this.closes.receive(client, packet) || this.probe.receive(client, packet)) {
         // A copy of the gateway's own status (QoS 0) it reads back, never a command.
-        callback();
+        events.acknowledge(client, packet, callback);
         return;
       }
       events.message(client, packet, callback);

@@ -213,7 +213,7 @@ export class MqttIntake {
       message: (client, packet, callback) => {
         if (this.formerRoots?.receive(packet) === true) {
           // The reading of a former root's retained topics (QoS 0), never a command.
-          callback();
+          this.commands.acknowledge(client, packet, callback);
           return;
         }
         if (this.topics.stateDevice(packet.topic) !== null) {
@@ -221,10 +221,13 @@ export class MqttIntake {
           // filter another client left in the session delivered it: removed.
           if (packet.qos > 0) this.session.unsubscribeStateCopies(packet.topic);
           this.retainedState.receive(packet);
-          callback();
+          this.commands.acknowledge(client, packet, callback);
           return;
         }
         this.commands.receive(client, packet, callback);
+      },
+      acknowledge: (client, packet, callback) => {
+        this.commands.acknowledge(client, packet, callback);
       },
       connected: () => {
         this.publisher.reconnected();

@@ -105,7 +105,7 @@ export class ReceiveMaximumProxy {
   }
 }
 
-interface Packet {
+export interface Packet {
   readonly type: number;
   readonly flags: number;
   /** The whole packet. */
@@ -115,7 +115,7 @@ interface Packet {
 }
 
 /** The first whole MQTT packet in `buffer` (fixed header, remaining length), or null. */
-function nextPacket(buffer: Buffer): Packet | null {
+export function nextPacket(buffer: Buffer): Packet | null {
   if (buffer.length < 2) return null;
   let length = 0;
   let multiplier = 1;
