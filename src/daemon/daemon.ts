@@ -34,6 +34,7 @@ import {
 import { serviceNotifier, type ServiceNotifier } from './notify.js';
 import { ServiceStatus } from './service-status.js';
 import {
+  boundedStepPhase,
   extendAfterStep,
   extendWhile,
   journalCheckPhase,
@@ -263,13 +264,23 @@ export class Daemon {
         'checking the journal (SQLite quick_check, every page of it)',
       );
       const check = checkJournal(journalPath, config.journal.busyTimeoutMs, options.stopSignal);
-      await extendWhile(journalCheckPhase(check.bytesRead, journalBytes), check.done, {
-        ...startProgress,
-        thenExtend: 'journal checked; opening it and connecting to the PLCs',
-      });
+      await extendWhile(
+        journalCheckPhase(check.bytesRead, journalBytes),
+        check.done,
+        startProgress,
+      );
       logger.info(
         { path: journalPath, ms: Math.round(performance.now() - checking) },
         'journal checked (SQLite quick_check)',
+      );
+      // The schema version, read once the check has passed, says what the start does next.
+      const version = schemaVersion(journalPath, config.journal.busyTimeoutMs);
+      const upgrading = version !== null && version > 0 && version < LATEST_VERSION;
+      extendAfterStep(
+        upgrading
+          ? `journal checked; upgrading it from schema version ${version} to ${LATEST_VERSION}`
+          : 'journal checked; opening it and connecting to the PLCs',
+        startProgress,
       );
       // An older journal is upgraded after its check, not before: the upgrade writes into the
       // file, and a damaged one is refused as it is (the copy would have carried into the new
@@ -278,9 +289,8 @@ export class Daemon {
       // 100,000 on a developer's machine), with no WATCHDOG=1 meanwhile, and one longer than
       // WatchdogSec= was killed, rolled back and made again at every restart. The open below
       // then finds the journal at this Sluice's version and migrates nothing.
-      const version = schemaVersion(journalPath, config.journal.busyTimeoutMs);
-      if (version !== null && version > 0 && version < LATEST_VERSION) {
-        const upgrading = performance.now();
+      if (upgrading) {
+        const upgradeBegan = performance.now();
         const bytes = fileBytes(journalPath) + fileBytes(`${journalPath}-wal`);
         logger.info(
           { path: journalPath, journalMb: Math.round(bytes / 1_000_000), from: version },
@@ -304,7 +314,7 @@ export class Daemon {
             path: journalPath,
             from: version,
             to: LATEST_VERSION,
-            ms: Math.round(performance.now() - upgrading),
+            ms: Math.round(performance.now() - upgradeBegan),
           },
           `journal upgraded from schema version ${version} to ${LATEST_VERSION}`,
         );
@@ -390,7 +400,22 @@ export class Daemon {
       // the first command is judged (recovery, the intakes): before that check it is UNKNOWN.
       const clocks = gatewayClocks(config, clock, logger);
       releasers.push({ name: 'gateway clock', release: () => clocks.stop() });
-      await clocks.start();
+      // Its tool is killed at the source's timeout, which may be longer than an extension: the
+      // start is extended every period up to that bound (start-progress.ts, boundedStepPhase).
+      const clockCheck = clocks.start();
+      if (clockChecked) {
+        await extendWhile(
+          boundedStepPhase(
+            'gateway clock check',
+            `checking the gateway clock (${config.clock.source})`,
+            clocks.startBoundMs,
+          ),
+          clockCheck,
+          steps,
+        );
+      } else {
+        await clockCheck;
+      }
       // A stop asked for while the start waited (node-opcua loading, the drivers, the first
       // check of the gateway clock: seconds): the start ends here, before recovery takes up a
       // command and before an intake opens. From here to the intakes the start runs without a

@@ -22,6 +22,11 @@ export interface GatewayClocks {
    * CLOCK_SKEW on a clock that is locked.
    */
   start(): Promise<void>;
+  /**
+   * How long start() takes at most: one run of chronyc, or two of pmc (asked again at once when
+   * its answer is missing or partial), each killed at the source's timeout; 0 with no source.
+   */
+  readonly startBoundMs: number;
   stop(): Promise<void>;
 }
 
@@ -65,9 +70,12 @@ export function gatewayClocks(config: SluiceConfig, clock: Clock, logger: Logger
     },
     gateway: poller,
   };
+  const startBoundMs =
+    c.source === 'ptp' ? 2 * c.ptp.timeoutMs : c.source === 'chrony' ? c.chrony.timeoutMs : 0;
   return {
     gateway,
     policy,
+    startBoundMs,
     start: async () => {
       if (poller === null) return;
       poller.start();

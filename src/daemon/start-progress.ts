@@ -38,6 +38,14 @@ import { watchdogIntervalMs, type ServiceNotifier } from './notify.js';
  * look used to have one period in all: a start past TimeoutStartSec= whose steps after the check
  * (node-opcua's load, the first check of the gateway clock, recovery, the intakes) took longer
  * was ended there, and began again with the check.
+ *
+ * A step with a bound of its own that may be longer than an extension, the first check of the
+ * gateway clock (its tool killed at `clock.chrony.timeoutMs` or twice `clock.ptp.timeoutMs`, up
+ * to 60 s and 120 s), is a phase too (boundedStepPhase): it advances while its bound is ahead,
+ * so the start is extended every period while the step runs, and no more once the bound has
+ * passed, when systemd ends a step held past it. With the one extension at its beginning alone,
+ * a check longer than an extension (a slow chronyd, a timeout above WatchdogSec=) broke the
+ * chain, and a start past TimeoutStartSec= was ended there and began again with the check.
  */
 
 /** What a look at a phase found. */
@@ -234,6 +242,27 @@ export function journalUpgradePhase(
         status: `${what}: ${mb(moved)} MB read and written so far`,
         fields: { ...fields, movedMb: mb(moved) },
         stall: `the upgrade has read and written nothing since the last look (${mb(moved)} MB so far)`,
+      };
+    },
+  };
+}
+
+/**
+ * A step of the start with a bound of its own (the first check of the gateway clock, whose tool
+ * is killed at its timeout) as a phase: it advances while its bound is ahead, however long the
+ * bound is; past it (a step held beyond what bounds it) it does not.
+ */
+export function boundedStepPhase(name: string, status: string, boundMs: number): StartPhase {
+  const began = performance.now();
+  return {
+    name,
+    look: () => {
+      const elapsedMs = performance.now() - began;
+      return {
+        advanced: elapsedMs < boundMs,
+        status: `${status}: ${Math.round(elapsedMs / 1000)} s so far, ${Math.ceil(boundMs / 1000)} s at most`,
+        fields: { boundMs },
+        stall: `the ${name} has run past its bound of ${boundMs} ms`,
       };
     },
   };

@@ -7,6 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import type { NewCommand } from '../../src/core/journal.js';
 import type { ServiceNotifier } from '../../src/daemon/notify.js';
 import {
+  boundedStepPhase,
   extendWhile,
   journalCheckPhase,
   startProgressIntervalMs,
@@ -115,6 +116,38 @@ describe('extending the start (fake time)', () => {
     // Nothing after the phase.
     await vi.advanceTimersByTimeAsync(10_000);
     expect(extended).toHaveLength(4);
+  });
+
+  it('a step with a bound of its own is extended every period while its bound is ahead, and no more past it', async () => {
+    // The first check of the gateway clock, a step of this kind, cannot outlast its bound in
+    // sluiced (its tool is killed at the source's timeout; test/daemon/notify-start-clock-step
+    // shows the extensions up to it): a step held past its bound is made here, a promise that
+    // never settles, on fake time.
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'performance'] });
+    const { notifier, extended } = recordingNotifier();
+    const { logger, lines } = recordingLogger();
+    const phase = boundedStepPhase(
+      'gateway clock check',
+      'checking the gateway clock (chrony)',
+      4_500,
+    );
+    void extendWhile(phase, new Promise<void>(() => undefined), {
+      notifier,
+      logger,
+      intervalMs: 1_000,
+    });
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(extended).toEqual(
+      [1, 2, 3, 4].map((s) => [
+        2_000,
+        `starting: checking the gateway clock (chrony): ${s} s so far, 5 s at most`,
+      ]),
+    );
+    // Past its bound: no extension (systemd ends the start when the last runs out), one warning.
+    const warnings = lines.filter((l) => l.level === 40);
+    expect(warnings.map((l) => l.msg)).toEqual([
+      expect.stringMatching(/gateway clock check has run past its bound of 4500 ms.*not extended/),
+    ]);
   });
 
   it('looks every half WatchdogSec=, at most every 10 s (the first look must come before TimeoutStartSec=)', () => {

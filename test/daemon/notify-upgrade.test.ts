@@ -26,7 +26,8 @@ import { hasCommand, realComponent } from '../helpers/real.js';
  * upgrade takes over a second, the notification socket as systemd has it (python3), and a
  * WatchdogSec= of 400 ms (pings every 200 ms): the pings keep coming through the upgrade, the
  * start is extended while it goes on, READY follows, and the file is at version 3 with every
- * command and event.
+ * command and event. The extension at the check's end says that the upgrade follows (it said
+ * "opening it", which stayed the status line for the upgrade's first period).
  */
 
 const python = realComponent('python3', hasCommand('python3'), 'apt-get install python3');
@@ -91,6 +92,13 @@ describe.runIf(python)('an older journal upgraded at start, as systemd sees it',
       '"msg":"journal upgraded from schema version 1 to 3"',
     );
     const explain = `datagrams before READY: ${JSON.stringify(before.map((d) => [Math.round(d.at), d.text]))}\ndaemon output:\n${output()}`;
+
+    // The check's end says what follows it: the upgrade, not the journal's opening.
+    const checked = before.filter((d) => d.text.includes('\nSTATUS=starting: journal checked'));
+    expect(
+      checked.map((d) => d.text.split('\n')[1]),
+      explain,
+    ).toEqual(['STATUS=starting: journal checked; upgrading it from schema version 1 to 3']);
 
     // The pings, from the first to READY: never a gap of more than a few periods. On the event
     // loop the upgrade held them for its whole length.
