@@ -660,7 +660,13 @@
       Date.parse(c.deadline) < now()
         ? ', past its deadline by ' + dur(now() - Date.parse(c.deadline))
         : '';
-    td.appendChild(el('span', { class: 'sub', text: 'for ' + dur(c.ageMs + since) + late }));
+    // Of one accepted ahead of the gateway's clock (set back since), no age: as the lists say it.
+    var ahead = c.acceptedAheadMs ? c.acceptedAheadMs - since : 0;
+    var forHow =
+      ahead > 0
+        ? 'for an unknown time (accepted in ' + dur(ahead) + ': clock set back)'
+        : 'for ' + age(c, since);
+    td.appendChild(el('span', { class: 'sub', text: forHow + late }));
     if (d.queued > 0)
       td.appendChild(el('span', { class: 'sub', text: d.queued + ' queued behind it' }));
     return td;

@@ -548,7 +548,17 @@ function withoutAges(d: UiDevice): unknown {
     imageUnchangedMs: null,
     mirror: d.mirror === null ? null : { ...d.mirror, readAt: null, sourceTime: null },
     connectivity: { ...d.connectivity, lastGoodReadAt: null },
-    command: d.command === null ? null : { ...d.command, ageMs: null, pastDeadlineMs: null },
+    // Whether its age can be told is kept (a clock set back, or caught up, is sent at once):
+    // how far ahead it lies is an age the page counts down itself.
+    command:
+      d.command === null
+        ? null
+        : {
+            ...d.command,
+            ageMs: null,
+            acceptedAheadMs: d.command.acceptedAheadMs === null ? null : 0,
+            pastDeadlineMs: null,
+          },
     stalled: d.stalled === null ? null : { ...d.stalled, forMs: null },
     frozen: d.frozen === null ? null : { ...d.frozen, forMs: null },
   };

@@ -111,7 +111,13 @@ export interface InFlightCommand {
   readonly position: number | null;
   readonly state: string;
   readonly acceptedAt: string;
+  /** 0 when its accepted time lies ahead of the clock (`acceptedAheadMs`). */
   readonly ageMs: number;
+  /**
+   * How far its accepted time lies ahead of the clock, when it does (the gateway's wall clock
+   * was set back after it was accepted: its age cannot be told), as StuckItem has it; else null.
+   */
+  readonly acceptedAheadMs: number | null;
   readonly deadline: string;
   /** How long past its deadline it is, when it is. */
   readonly pastDeadlineMs: number | null;
@@ -268,6 +274,7 @@ export class UiViews {
       state: record.state,
       acceptedAt: iso(record.acceptedAt),
       ageMs: Math.max(0, now - record.acceptedAt),
+      acceptedAheadMs: record.acceptedAt > now ? record.acceptedAt - now : null,
       deadline: iso(record.deadline),
       pastDeadlineMs: now > record.deadline ? now - record.deadline : null,
     };
