@@ -17,10 +17,12 @@ import { z } from 'zod';
 const LABEL = /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
 
 /**
- * What is wrong with a host to connect to or listen on (null: nothing): an IP address, or a
- * host name of letters, digits, "-" and "_" in dot-separated labels, the last not a number.
+ * What is wrong with a host to connect to or listen on (null: nothing): an IP address (a
+ * link-local IPv6 one with the name of its interface as its zone), or a host name of letters,
+ * digits, "-" and "_" in dot-separated labels, the last not a number.
  */
 export function hostProblem(host: string): string | null {
+  if (isIP(host) === 6) return zoneProblem(host);
   if (isIP(host) !== 0) return null;
   const name = host.endsWith('.') ? host.slice(0, -1) : host;
   const why = /^\[.*\]$/.test(host)
@@ -41,6 +43,38 @@ export function hostProblem(host: string): string | null {
     return null;
   }
   return `${JSON.stringify(host)} is not a host (not an IP address, nor a host name of letters, digits, "-" and "_" between dots)`;
+}
+
+/**
+ * What is wrong with the zone of an IPv6 host (null: nothing). The system reaches a link-local
+ * address (fe80::/10) only through the interface its zone names (`fe80::1%eth0`): without one,
+ * every connection to it, or the listen on it, failed at once (EINVAL) for as long as the
+ * daemon ran. The system looks the zone up as an interface's name: an index (`%2`) fails alike.
+ */
+function zoneProblem(host: string): string | null {
+  const at = host.indexOf('%');
+  const address = at < 0 ? host : host.slice(0, at);
+  if (!isLinkLocal(address)) return null;
+  const example = `"${address}%eth0" for an address on eth0`;
+  if (at < 0) {
+    return `${JSON.stringify(host)} is a link-local address (fe80::/10) without a zone: the system reaches it only through the interface its zone names, and fails without one (EINVAL); write the interface's name after it, as ${example}`;
+  }
+  if (/^\d+$/.test(host.slice(at + 1))) {
+    return `${JSON.stringify(host)} gives its zone as a number: the system takes the interface's name there, and fails with an index (EINVAL); write the name, as ${example}`;
+  }
+  return null;
+}
+
+/** Whether an IPv6 address (without a zone) is link-local, fe80::/10: its first group fe80..febf. */
+function isLinkLocal(address: string): boolean {
+  let first: string;
+  try {
+    // The address written out: its first group, lower case, without leading zeros.
+    first = new URL(`http://[${address}]/`).hostname.slice(1).split(':')[0] ?? '';
+  } catch {
+    return false;
+  }
+  return first !== '' && (parseInt(first, 16) & 0xffc0) === 0xfe80;
 }
 
 /**
@@ -92,11 +126,7 @@ function bracketedAddressProblem(host: string): string | null {
     return `host ${host} names a zone (%${zone[1] ?? ''}): ${why}`;
   }
   if (isIP(address) !== 6) return `host ${host} is not an IPv6 address`;
-  // The first group, written out: fe80::/10 is fe80..febf.
-  const first = new URL(`http://${host}/`).hostname.slice(1).split(':')[0] ?? '';
-  if (first !== '' && (parseInt(first, 16) & 0xffc0) === 0xfe80) {
-    return `host ${host} is a link-local address (fe80::/10): ${why}`;
-  }
+  if (isLinkLocal(address)) return `host ${host} is a link-local address (fe80::/10): ${why}`;
   return null;
 }
 

@@ -405,6 +405,42 @@ describe('sluiced --check', () => {
     );
   });
 
+  it('refuses a link-local IPv6 host without the name of its interface, naming the field; takes it with one', () => {
+    // Taken before: the system reaches a link-local address only through the interface its
+    // zone names, and takes a name there, not an index: every connection to the PLC failed
+    // (connect EINVAL) for as long as the daemon ran, and the HTTPS listener's start failed
+    // (listen EINVAL, exit 1, restarted by the unit every 2 s). The binary, as a process.
+    const onEth0 = (address: string): string => `"${address}%eth0" for an address on eth0`;
+    refusedEverywhere(
+      site(
+        SITE.replace('host: 127.0.0.1, port: 0', "host: 'FE80::fc:ff:fe00:1', port: 0").replace(
+          'host: 127.0.0.1, port: 5020',
+          "host: 'febf:0::21%2', port: 5020",
+        ),
+      ),
+      [
+        `https.host: "FE80::fc:ff:fe00:1" is a link-local address (fe80::/10) without a zone: the system reaches it only through the interface its zone names, and fails without one (EINVAL); write the interface's name after it, as ${onEth0('FE80::fc:ff:fe00:1')}`,
+        `plcs.modbus-plc.host: "febf:0::21%2" gives its zone as a number: the system takes the interface's name there, and fails with an index (EINVAL); write the name, as ${onEth0('febf:0::21')}`,
+      ],
+      runSluiced,
+    );
+    refusedEverywhere(
+      site(SITE.replace('host: 127.0.0.1, port: 5020', "host: 'fe80::21', port: 5020")),
+      [
+        `plcs.modbus-plc.host: "fe80::21" is a link-local address (fe80::/10) without a zone: the system reaches it only through the interface its zone names, and fails without one (EINVAL); write the interface's name after it, as ${onEth0('fe80::21')}`,
+      ],
+      runSluiced,
+    );
+    // With the interface's name, as the refusal says; other IPv6 addresses need none.
+    const named = SITE.replace('host: 127.0.0.1, port: 0', "host: 'fd00::2', port: 0").replace(
+      'host: 127.0.0.1, port: 5020',
+      "host: 'fe80::21%eth0', port: 5020",
+    );
+    const r = runSluiced(['--config', site(named), '--check']);
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(r.stdout).toMatch(/ modbus-plc +modbus +\[fe80::21%eth0\]:5020 unit 1, /);
+  });
+
   it('refuses an IPv4 address the system would read as another one (zero-padded, short)', async () => {
     // Taken before: getaddrinfo reads a leading 0 as octal, so the 192.168.001.020 a PLC panel
     // shows was 192.168.1.16, another controller, which the daemon then read and wrote.
