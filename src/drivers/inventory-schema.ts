@@ -519,21 +519,27 @@ export function opcuaNamespace(plc: { endpointUrl: string; namespaceUri: string 
 /**
  * One spelling of a host for all of its spellings the name service reads as one: a host name in
  * any case and with or without its root dot (`PLC-7.plant.` is `plc-7.plant`), an IPv6 address
- * compressed (`0:0:0:0:0:0:0:1` is `::1`), an IPv4 address mapped into IPv6 as the IPv4 address
- * (`::ffff:127.0.0.1` is `127.0.0.1`: a socket to it reaches that host). Told apart, two PLC
+ * compressed, its zone apart (`0:0:0:0:0:0:0:1` is `::1`, `fe80:0::21%eth0` is `fe80::21%eth0`),
+ * an IPv4 address mapped into IPv6 as the IPv4 address (`::ffff:127.0.0.1` is `127.0.0.1`: a
+ * socket to it reaches that host). Told apart, two PLC
  * entries for one controller were compared as two, and their devices' registers never against
  * each other.
  */
 function sameHost(host: string): string {
   if (isIP(host) === 6) {
-    // A zone (`fe80::1%eth0`) is no part of a URL: such an address is kept as written.
+    // A zone (`fe80::1%eth0`, the interface a link-local address is reached through) is no
+    // part of a URL: the address is compressed without it, and the zone kept, its case aside
+    // (two entries are then compared as one controller, never missed as two).
+    const at = host.indexOf('%');
+    const address = at < 0 ? host : host.slice(0, at);
+    const zone = at < 0 ? '' : host.slice(at).toLowerCase();
     let compressed: string;
     try {
-      compressed = new URL(`http://[${host}]/`).hostname.slice(1, -1);
+      compressed = new URL(`http://[${address}]/`).hostname.slice(1, -1);
     } catch {
       return host.toLowerCase();
     }
-    return mappedIpv4(compressed) ?? compressed;
+    return zone === '' ? (mappedIpv4(compressed) ?? compressed) : `${compressed}${zone}`;
   }
   return host.toLowerCase().replace(/\.$/, '');
 }
