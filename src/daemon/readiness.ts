@@ -1,3 +1,4 @@
+import { hostAndPort } from '../config/network-addresses.js';
 import { imageFrozen, wholeMs } from '../core/device-monitor.js';
 import type { GatewayClock } from '../core/gateway-clock.js';
 import type { CommandPipeline } from '../core/pipeline.js';
@@ -185,7 +186,9 @@ export function statusLine(
     ];
   }
   const intakes = [
-    ...(parts.https === null ? [] : [`HTTPS on ${parts.https.host}:${parts.https.port}`]),
+    ...(parts.https === null
+      ? []
+      : [`HTTPS on ${hostAndPort(parts.https.host, parts.https.port)}`]),
     ...mqtt,
   ];
   const { total, open } = recovery;

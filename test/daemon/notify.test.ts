@@ -96,7 +96,8 @@ describe.runIf(python)('sd_notify from the sluiced process', () => {
       stringify({
         gatewayId: 'notify',
         stateDir: 'state',
-        https: { host: '127.0.0.1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
+        // An IPv6 listener: the STATUS= line brackets its address ([::1]:port), as an operator reads it.
+        https: { host: '::1', port: 0, certFile: 'cert.pem', keyFile: 'key.pem' },
         identities: { scada: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } },
         plcs: inventory.plcs,
         devices: inventory.devices,
@@ -150,7 +151,7 @@ describe.runIf(python)('sd_notify from the sluiced process', () => {
       `READY=1; datagrams: ${JSON.stringify(texts())}; daemon output:\n${sluiced.output()}`,
     );
     expect(ready.pid).toBe(daemon.pid);
-    expect(ready.text).toMatch(/^READY=1\nSTATUS=ready: HTTPS on 127\.0\.0\.1:\d+; 1 recovered/);
+    expect(ready.text).toMatch(/^READY=1\nSTATUS=ready: HTTPS on \[::1\]:\d+; 1 recovered/);
     expect(datagrams.filter((d) => d.text.startsWith('READY=1'))).toHaveLength(1);
 
     // Ground truth: the journal settled the command before READY was sent, and the valve
