@@ -54,8 +54,8 @@ export class ConfirmationLoop {
     const seq = requireSeq(dispatched);
     const write = this.writes.beginWrite(lane, dispatched, seq);
     const outcome = await this.writes.send(lane, dispatched, seq, write, log);
-    // A re-dispatch comes here only for a write never sent (execution.ts): withdrawn or, a
-    // stop's, withheld (takeUpUnsent), or refused for want of a connection (carryOut); one proven
+    // A re-dispatch comes here only for a write never sent (execution.ts): withdrawn or
+    // withheld (takeUpUnsent), or refused for want of a connection (carryOut); one proven
     // not applied by readback is sent by notTaken.
     if (dispatched.attempts > 1 && outcome.kind !== 'not-sent') {
       lane.writes.redispatches[

@@ -12,7 +12,7 @@ import {
   type Outcome,
 } from './lane.js';
 import type { Logger } from './logger.js';
-import { latestWriteWithheld, withheldStopNote } from './open-commands.js';
+import { latestWriteWithheld } from './open-commands.js';
 import { stopOverPreempted } from './preemption.js';
 import { observe, type Expectation } from './readback.js';
 import { NoOpCourse } from './no-op.js';
@@ -23,6 +23,7 @@ import {
   noConnectionLine,
   ordinal,
   provenThenUnsent,
+  withheldNote,
   writesMaybeSent,
   type NeverSentCause,
 } from './redispatch.js';
@@ -59,9 +60,9 @@ export class CommandExecution {
    * never will be, and no readback can prove it as well (a controller showing its power-up echo
    * after a restart looks like one that lost the write). Such a command is one never written.
    * A write the take-up proves not applied and sends once more that finds no connection goes
-   * round again (goRoundAgain). So too a stop whose write was withheld (stopWithheld): nothing
-   * of it left the gateway, and settled by readback it waited for a write that never was while
-   * the valve travelled on.
+   * round again (goRoundAgain). So too a command whose write was withheld (writeWithheld):
+   * nothing of it left the gateway, and settled by readback it waited for a write that never
+   * was, ending "unknown" whenever the device moved meanwhile.
    */
   async takeUpDispatched(lane: Lane, record: CommandRecord, log: Logger): Promise<void> {
     const history = record.seq === null ? null : this.host.journal.history(record);
@@ -69,7 +70,7 @@ export class CommandExecution {
       record.seq === null || history === null
         ? null
         : (latestUnsentCause(history, record.seq) ??
-          this.stopWithheld(lane, record, record.seq, history));
+          this.writeWithheld(lane, record, record.seq, history));
     if (record.seq === null || cause === null) {
       const unsent = await this.confirmation.takeUp(lane, record, log);
       if (unsent !== null) await this.goRoundAgain(lane, unsent, log);
@@ -79,33 +80,38 @@ export class CommandExecution {
   }
 
   /**
-   * 'withheld' for a stop whose latest write was withheld, never sent: its dispatch's barrier
-   * failed in this process, which has handed no write of it to the driver since
+   * 'withheld' for a command whose latest write was withheld, never sent: its dispatch's
+   * barrier failed in this process, which has handed no write of it to the driver since
    * (Lane.withheld), or its history's take-up says so (latestWriteWithheld: a line of this life
-   * or an earlier one, with no dispatch after it) and this process knows no write of it
-   * (I1) — and none of its writes before left the gateway either, and no stop was accepted after
-   * it. Such a stop stopped nothing: taken up by readback, it waited for a write that never was,
-   * until its window's end (its deadline), while the valve travelled and the operator believed
-   * a stop pending (SPEC §2: a stop is dispatched at once). It is decided again on a fresh read
-   * and written instead, within its deadline (takeUpUnsent). Otherwise null, and the command is
-   * settled by readback (take-up.ts): any other command so withheld (its write proven not
-   * applied past the guard, then sent once more), and a stop with a stop after it, which goes
-   * first and by which the withheld one is judged (INTERRUPTED when the controller took it).
+   * or an earlier one, with no dispatch after it) and this process knows no write of it (I1) —
+   * and none of its writes before left the gateway either (writesMaybeSent: a write withheld
+   * whose take-up said so is not counted), and, for a stop, no stop was accepted after it. Such
+   * a command has had no physical effect, and this process knows it: it is decided again on a
+   * fresh read and written, within its deadline (takeUpUnsent), as a write withdrawn before it
+   * was sent is — or, a stop accepted after it, superseded (SPEC §2: never written). Settled by
+   * readback instead, it waited for a write that never was: a readback proves a write not
+   * applied only while the device rests, so with the valve moved meanwhile (another master's
+   * command) a stop was never written while the valve travelled on, and an open ended
+   * READBACK_TIMEOUT "whether the write was applied is unknown". Otherwise null, and the command
+   * is settled by readback (take-up.ts): one with a write before that may have left, and a stop
+   * with a stop after it, which goes first and by which the withheld one is judged (INTERRUPTED
+   * when the controller took it).
    */
-  private stopWithheld(
+  private writeWithheld(
     lane: Lane,
     record: CommandRecord,
     seq: number,
     history: readonly JournalEvent[],
   ): 'withheld' | null {
-    if (record.action !== 'stop') return null;
     const last = lane.lastWrite;
     const known =
       last !== null && last.scope === record.scope && last.key === record.key && last.seq === seq;
     const withheld = withheldUnsent(lane, record) || (!known && latestWriteWithheld(history, seq));
     if (!withheld) return null;
     if (record.attempts > 1 && writesMaybeSent(history, seq, false) > 0) return null;
-    if (this.host.journal.stopsAfter(record, 1).length > 0) return null;
+    if (record.action === 'stop' && this.host.journal.stopsAfter(record, 1).length > 0) {
+      return null;
+    }
     return 'withheld';
   }
 
@@ -116,7 +122,7 @@ export class CommandExecution {
   /**
    * A dispatched command whose latest write was never sent (takeUpDispatched). When every
    * earlier write of it was never sent either (writesMaybeSent: refused for want of a
-   * connection, withdrawn), nothing of it ever left the gateway: a stop that came after it
+   * connection, withdrawn, withheld), nothing of it ever left the gateway: a stop that came after it
    * supersedes it (SPEC §2: never written), and otherwise it takes the course of a command not
    * yet written — freshness (I3), a fresh read and the state-machine check (I4), the clock
    * policy — and its write, with the sequence number it was given, is journaled as a
@@ -211,7 +217,12 @@ export class CommandExecution {
       cause === 'withheld'
         ? // Its own words, which a later life goes by (latestWriteWithheld): on disk before the
           // re-dispatch (group commit), and the line of this life's memory.
-          withheldStopNote(seq, withheldUnsent(lane, record) ? true : 'by an earlier life')
+          withheldNote(
+            seq,
+            withheldUnsent(lane, record) ? true : 'by an earlier life',
+            'decided again',
+            record.action,
+          )
         : `taken up: ${unsent} (the history says so), so it is handled as a command not yet written: a fresh read decides`,
     );
     await this.carryOutRounds(
@@ -296,7 +307,7 @@ export class CommandExecution {
       code: 'DEVICE_UNREACHABLE',
       faultCode: null,
       observed: null,
-      detail: `the write never reached the controller: the command was dispatched ${record.attempts} times (sequence number ${seq}) and ${sent} (no connection to the controller, or withdrawn, as its history says), so it is not dispatched again (at most ${MAX_DISPATCHES}); nothing was applied`,
+      detail: `the write never reached the controller: the command was dispatched ${record.attempts} times (sequence number ${seq}) and ${sent} (no connection to the controller, withdrawn, or withheld when its dispatch could not be made durable, as its history says), so it is not dispatched again (at most ${MAX_DISPATCHES}); nothing was applied`,
     });
     return true;
   }

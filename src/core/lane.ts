@@ -233,8 +233,8 @@ export interface Lane {
    * disk), by id, with that dispatch's sequence number: the sweep takes such a command up once
    * the journal is back, and its history then says it was never sent by this process, where a
    * take-up with no write known to this process otherwise comes from a restart (an earlier
-   * life's write). Settled by readback all the same, but for a stop, which is decided again and
-   * written (execution.ts, stopWithheld). Nothing of it can reach the controller, so a stop that
+   * life's write). Decided again on a fresh read and written (execution.ts, writeWithheld), as a
+   * write withdrawn unsent is. Nothing of it can reach the controller, so a stop that
    * preempts it does not wait for it — also before its take-up has said so in its history
    * (preemption.ts, neverSent). An entry goes when the command's write is handed to the
    * driver (a second dispatch: from then on it may be on the wire, and a stop waits for it) and

@@ -7,7 +7,7 @@ import {
   type OpenCounts,
   type PastDeadline,
 } from './journal.js';
-import { latestWriteMarked, latestWriteUnsent } from './redispatch.js';
+import { latestWriteMarked, latestWriteUnsent, withheldLine, withheldNote } from './redispatch.js';
 
 /**
  * The open (non-terminal) commands at a glance, for `/metrics`, `/readyz`, `sluicectl stuck` and
@@ -121,19 +121,15 @@ export interface StuckRule {
  * readback (dispatched → dispatched): written by an earlier life of the daemon (`write` null),
  * taken up again in this one, or `withheld` by this one (its dispatch's barrier failed, so it
  * was never sent: lane.ts) or by an earlier life (whose take-up said so before the process
- * ended). takeUpAt() finds it; both live here so that they cannot drift.
+ * ended; redispatch.ts, withheldNote). takeUpAt() finds it; both live here so that they cannot
+ * drift.
  */
 export function takeUpNote(
   seq: number,
   write: { readonly acked: boolean } | null,
   withheld: boolean | 'by an earlier life' = false,
 ): string {
-  if (withheld === 'by an earlier life') {
-    return `taken up: sequence number ${seq}, never sent (an earlier life of the daemon withheld it: the journal failed before its dispatch was on disk); settling by readback`;
-  }
-  if (withheld) {
-    return `taken up: sequence number ${seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`;
-  }
+  if (withheld !== false) return withheldNote(seq, withheld, 'readback');
   return write === null
     ? `taken up: sequence number ${seq}, written by an earlier life of the daemon; settling by readback`
     : `taken up again: sequence number ${seq} (write ${write.acked ? 'acknowledged' : 'outcome unknown'}); settling by readback`;
@@ -142,39 +138,13 @@ export function takeUpNote(
 const TAKE_UP_NOTE = /^taken up(?: again)?: sequence number \d+\b.*; settling by readback$/;
 
 /**
- * The note the take-up of a stop journals when the stop's write was withheld, never sent (its
- * dispatch's barrier failed), by this process (`withheld` true) or by an earlier life whose
- * history said so, and none of its writes left the gateway: the stop is decided again on a fresh
- * read and written as a re-dispatch (execution.ts, takeUpUnsent), not settled by readback, which
- * waits for a write that never was while the valve travels. Journaled before that re-dispatch,
- * so that a later life goes by it too (latestWriteWithheld).
- */
-export function withheldStopNote(seq: number, withheld: true | 'by an earlier life'): string {
-  const never =
-    withheld === true
-      ? 'never sent by this process (the journal failed before its dispatch was on disk)'
-      : 'never sent (an earlier life of the daemon withheld it: the journal failed before its dispatch was on disk)';
-  return `taken up: sequence number ${seq}, ${never}, so the stop is handled as one not yet written: a fresh read decides, then its write`;
-}
-
-/**
  * Whether the latest write of sequence number `seq` in this history was withheld, never sent:
- * its dispatch's barrier failed and the take-up says so (takeUpNote, `withheld`; a stop's,
- * withheldStopNote), with no dispatch or redispatch after it. The daemon's own line, journaled
- * when it took the command up: an echo of that number can only be another master's write.
+ * its dispatch's barrier failed and the take-up says so (redispatch.ts, withheldNote), with no
+ * dispatch or redispatch after it. The daemon's own line, journaled when it took the command
+ * up: an echo of that number can only be another master's write.
  */
 export function latestWriteWithheld(history: readonly JournalEvent[], seq: number): boolean {
-  const withheld = [
-    takeUpNote(seq, null, true),
-    takeUpNote(seq, null, 'by an earlier life'),
-    withheldStopNote(seq, true),
-    withheldStopNote(seq, 'by an earlier life'),
-  ];
-  return latestWriteMarked(
-    history,
-    (event) =>
-      event.from === 'dispatched' && event.to === 'dispatched' && withheld.includes(event.detail),
-  );
+  return latestWriteMarked(history, withheldLine(seq));
 }
 
 /**

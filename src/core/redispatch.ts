@@ -275,10 +275,56 @@ function noConnectionPrefix(seq: number): string {
 export type UnsentCause = 'withdrawn' | 'no-connection';
 
 /**
+ * Who withheld a command's write (its dispatch's barrier failed, so the write was never handed
+ * to the driver: lane.ts, `withheld`): this process (true), or an earlier life of the daemon
+ * whose take-up said so in the command's history before the process ended.
+ */
+export type WithheldBy = true | 'by an earlier life';
+
+/**
+ * The line a take-up journals for a command whose latest write (`seq`) was withheld, never sent
+ * (`by`: who withheld it), and what it does with it (`then`): `readback`, settled by readback
+ * (take-up.ts: a write of it before may have left the gateway, or a stop was accepted after a
+ * withheld stop; execution.ts, writeWithheld — and every withheld command in histories of an
+ * earlier version); `decided again`, handled as a command not yet written, a fresh read
+ * deciding, then its write (execution.ts, takeUpUnsent), a stop's line naming the stop as it
+ * did when only a stop went so. The daemon's own words, journaled only when nothing of the
+ * write left the process: a later life, an operator's resolve and the count of the writes
+ * that may have left (writesMaybeSent) learn it from them (withheldLine).
+ */
+export function withheldNote(
+  seq: number,
+  by: WithheldBy,
+  then: 'readback' | 'decided again',
+  action = '',
+): string {
+  const never =
+    by === true
+      ? 'never sent by this process (the journal failed before its dispatch was on disk)'
+      : 'never sent (an earlier life of the daemon withheld it: the journal failed before its dispatch was on disk)';
+  const course =
+    then === 'readback'
+      ? '; settling by readback'
+      : `, so the ${action === 'stop' ? 'stop' : 'command'} is handled as one not yet written: a fresh read decides, then its write`;
+  return `taken up: sequence number ${seq}, ${never}${course}`;
+}
+
+/** Whether an event is a take-up's line saying the write `seq` was withheld (withheldNote). */
+export function withheldLine(seq: number): (event: JournalEvent) => boolean {
+  const lines = new Set<string>();
+  for (const by of [true, 'by an earlier life'] as const) {
+    lines.add(withheldNote(seq, by, 'readback'));
+    lines.add(withheldNote(seq, by, 'decided again', 'stop'));
+    lines.add(withheldNote(seq, by, 'decided again'));
+  }
+  return (event) =>
+    event.from === 'dispatched' && event.to === 'dispatched' && lines.has(event.detail);
+}
+
+/**
  * Why a dispatched command taken up is known never sent (execution.ts, takeUpUnsent): its history
- * says so (UnsentCause), or, for a stop, its write was withheld when its dispatch could not be
- * made durable (`withheld`: this process's memory, or the take-up's line of this life or an
- * earlier one).
+ * says so (UnsentCause), or its write was withheld when its dispatch could not be made durable
+ * (`withheld`: this process's memory, or the take-up's line of this life or an earlier one).
  */
 export type NeverSentCause = UnsentCause | 'withheld';
 
@@ -325,11 +371,14 @@ function unsentCauseOf(seq: number): (event: JournalEvent) => UnsentCause | null
 /**
  * How many of the command's journaled writes (its dispatch, then each re-dispatch) may have
  * reached the controller: all but those followed, before the next, by a line that says the
- * driver never sent it (unsentLine, noConnectionLine: the daemon's own). `latest: false` leaves
- * the latest write out: the writes before it, which a re-dispatch of the latest must count —
- * none, when every one of them was refused unsent (redispatch rule above). A write withheld at
- * a failed barrier is counted: only the memory of the process that withheld it says so, and
- * its take-up judges it as one whose outcome is unknown (take-up.ts).
+ * write never left the process — the driver never sent it (unsentLine, noConnectionLine), or
+ * this process withheld it at a failed barrier and its take-up said so (withheldLine): the
+ * daemon's own lines. `latest: false` leaves the latest write out: the writes before it, which
+ * a re-dispatch of the latest must count — none, when every one of them was never sent
+ * (redispatch rule above). A write withheld whose take-up has not said so yet is counted (a
+ * write with no such line counts as one that may have left): counted, a stop withheld at its
+ * dispatch and again at its re-dispatch was taken for one whose first write may have gone
+ * out, and settled by readback (execution.ts, writeWithheld).
  */
 export function writesMaybeSent(
   history: readonly JournalEvent[],
@@ -337,6 +386,7 @@ export function writesMaybeSent(
   latest = true,
 ): number {
   const cause = unsentCauseOf(seq);
+  const withheld = withheldLine(seq);
   const sent: boolean[] = [];
   for (const event of history) {
     if (
@@ -344,7 +394,7 @@ export function writesMaybeSent(
       event.detail.startsWith('redispatch:')
     ) {
       sent.push(true);
-    } else if (sent.length > 0 && cause(event) !== null) {
+    } else if (sent.length > 0 && (cause(event) !== null || withheld(event))) {
       sent[sent.length - 1] = false;
     }
   }

@@ -88,10 +88,10 @@ export class CommandTakeUp {
     };
     const history = this.host.journal.history(record);
     // Dispatched by this process, whose write it withheld (its barrier failed): no write of
-    // it was sent, by this life or an earlier one. Judged as a write whose outcome is unknown
-    // from now all the same (the memory only names it); a stop so withheld does not come here
-    // unless a write of it before may have left or a stop was accepted after it (execution.ts,
-    // stopWithheld). So too when an earlier take-up in this life stood a write in for it
+    // it was sent, by this life or an earlier one. Such a command comes here only when a write
+    // of it before may have left, or, a stop, when a stop was accepted after it (execution.ts,
+    // writeWithheld; otherwise it is decided again and written): judged as a write whose
+    // outcome is unknown from now (the memory only names it). So too when an earlier take-up in this life stood a write in for it
     // (`remembered`) and its second dispatch was withheld as well (its barrier failed): taken up
     // "again" with a write "outcome unknown", its history had a write that never was (which a
     // stop after a restart went by, waiting the guard for it).

@@ -17,7 +17,7 @@ import type { TimedReadback } from './skew.js';
 
 /**
  * A command not yet written: `accepted`, or `dispatched` with its write (`seq`) never sent —
- * withdrawn before it was sent, refused for want of a connection, or (a stop) withheld when its
+ * withdrawn before it was sent, refused for want of a connection, or withheld when its
  * dispatch could not be made durable (`unsent`), as every one
  * before it but, when `proven` is a dispatch (1 its first), that one's write, sent and proven
  * not applied (redispatch.ts) — whose write goes out as a re-dispatch.

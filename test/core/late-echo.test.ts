@@ -4,6 +4,7 @@ import { systemClock, type Clock } from '../../src/core/clock.js';
 import type { CommandRecord, Observation } from '../../src/core/journal.js';
 import { LateEcho } from '../../src/core/late-echo.js';
 import { silentLogger } from '../../src/core/logger.js';
+import { withheldNote } from '../../src/core/redispatch.js';
 import type { TimedReadback } from '../../src/core/skew.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
 import { failFdatasync } from '../helpers/failing-fdatasync.js';
@@ -516,16 +517,14 @@ describe('a command in doubt while a barrier runs', () => {
     // No idle monitor yet: the one read held is the command's fresh read.
     const h = await harness(onTestFinished, { monitorMs: null });
     const valve = h.device('v1');
-    // The take-up sees no readback: the command ends with its effect unknown to the
-    // confirmation loop, at its deadline (the take-up's window: 3 s from the submit, as in the
-    // case below, room for the held read and the failed flush before it).
+    // The take-up gets no fresh read to decide the command again on: it ends at its deadline
+    // (3 s from the submit, as in the case below, room for the held read and the failed flush
+    // before it), never written.
     await withheldOpen(h, onTestFinished, 3_000);
     const r = await h.settled('k1');
     expect(r.state).toBe('failed');
     expect(r.seq).not.toBeNull();
-    expect(h.notes('k1')).toContain(
-      `dispatched: taken up: sequence number ${r.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
-    );
+    expect(h.notes('k1')).toContain(`dispatched: ${withheldNote(r.seq!, true, 'decided again')}`);
     expect(valve.writesWithSeq(r.seq!)).toBe(0);
     valve.clearFault('drop');
     h.pipeline.startMonitor(50);
@@ -541,17 +540,17 @@ describe('a command in doubt while a barrier runs', () => {
     expect(lateNotes(h)).toEqual([]);
   });
 
-  it("a write withheld by an earlier life, settled in doubt by the next one's take-up, is not noted when another master's write echoes its number", async ({
+  it("a write withheld by an earlier life, taken up by the next one, is not noted when another master's write echoes its number", async ({
     expect,
     onTestFinished,
   }) => {
     // No idle monitor: the one read held is the command's fresh read.
     const h = await harness(onTestFinished, { monitorMs: null });
     const valve = h.device('v1');
-    // The take-up sees no readback, and the process dies while it reads.
+    // The take-up gets no fresh read, and the process dies while it reads.
     await withheldOpen(h, onTestFinished, 3_000);
     const seq = h.get('k1')!.seq!;
-    const withheld = `dispatched: taken up: sequence number ${seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`;
+    const withheld = `dispatched: ${withheldNote(seq, true, 'decided again')}`;
     await h.until(
       () => h.notes('k1').includes(withheld),
       5_000,
@@ -561,15 +560,15 @@ describe('a command in doubt while a barrier runs', () => {
     // and a next life that never learnt the write was withheld takes it for one maybe sent.
     await h.journal.durable();
     await h.crash();
-    // The next life takes it up (the device still answers nothing) and ends it with its effect
-    // unknown to the confirmation loop: it never had a write, of this life or the last.
+    // The next life takes it up (the device still answers nothing) and ends it at its
+    // deadline, never written: it never had a write, of this life or the last.
     await h.restart();
     const r = await h.settled('k1', 15_000);
     expect(r.state).toBe('failed');
     expect(valve.writesWithSeq(seq)).toBe(0);
     // Its history says what the next life knew: withheld, never sent, not written by it.
     expect(h.notes('k1')).toContain(
-      `dispatched: taken up: sequence number ${seq}, never sent (an earlier life of the daemon withheld it: the journal failed before its dispatch was on disk); settling by readback`,
+      `dispatched: ${withheldNote(seq, 'by an earlier life', 'decided again')}`,
     );
     expect(h.notes('k1').join('\n')).not.toContain('written by an earlier life');
     valve.clearFault('drop');

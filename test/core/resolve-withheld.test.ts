@@ -65,10 +65,11 @@ describe('an operator resolves a command whose write this process withheld', () 
     onTestFinished,
   }) => {
     const h = await withheldHarness(onTestFinished);
-    // The take-up reads the valve (CLOSED, no echo of the open) and stands a write in for the
-    // open, whose outcome it judges unknown until the guard's end; the operator resolves it.
-    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
+    // Its reads dropped: the take-up waits for a fresh read to decide the open again, unwritten;
+    // the operator resolves it meanwhile.
+    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'dropped');
     resolve(h, 'a');
+    h.device('v1').clearFault('drop');
     await nextNotHeld(h, a, expect);
   });
 
@@ -94,10 +95,11 @@ describe('an operator resolves a command whose write this process withheld', () 
     onTestFinished,
   }) => {
     const h = await withheldHarness(onTestFinished);
-    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
+    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'dropped');
     resolve(h, 'a');
     await h.journal.durable();
     await h.crash();
+    h.device('v1').clearFault('drop');
     await h.restart();
     await nextNotHeld(h, a, expect);
   });
@@ -108,9 +110,9 @@ describe('an operator resolves a command whose write this process withheld', () 
   }) => {
     const h = await withheldHarness(onTestFinished);
     const valve = h.device('v1');
-    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
-    // The take-up proves the withheld write not applied once the guard has passed and
-    // dispatches it again; that write is held on the PLC's link, its answer lost.
+    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'dropped');
+    // The take-up decides the open again on a fresh read and dispatches it a second time; that
+    // write is held on the PLC's link, its answer lost.
     await redispatchedAnswerLost(h, GUARD_MS);
     const resolved = resolve(h, 'a');
     expect(resolved.detail).toContain(

@@ -23,7 +23,8 @@ import {
 /**
  * Ground truth when stop `s` went before the withheld open `a`: the open never reached the
  * controller, the stop did, once; nothing could land after the stop, so it was confirmed at its
- * readback, not past the guard; the open, taken up after it, was never written.
+ * readback, not past the guard; the open, taken up after it, was never written, and ends
+ * superseded by the stop (SPEC §2).
  */
 async function stopWentFirst(h: SimHarness, a: CommandRecord, expect: ExpectStatic): Promise<void> {
   const valve = h.device('v1');
@@ -33,7 +34,7 @@ async function stopWentFirst(h: SimHarness, a: CommandRecord, expect: ExpectStat
   expect(valve.writeLog.map((w) => w.seq)).toEqual([s.seq]);
   expect(dispatchToConfirmed(h, 's')).toBeLessThan(GUARD_MS / 2);
   const after = await h.settled('a', 3 * GUARD_MS);
-  expect(after.attempts).toBe(1);
+  expect(after).toMatchObject({ state: 'rejected', code: 'SUPERSEDED', attempts: 1 });
   expect(valve.writesWithSeq(a.seq!)).toBe(0);
 }
 
@@ -54,10 +55,11 @@ describe('a stop that preempts a command whose write was withheld', () => {
     onTestFinished,
   }) => {
     const h = await withheldHarness(onTestFinished);
-    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
-    // The take-up reads the valve (CLOSED, no echo of the open) and waits the guard before
-    // anything can be proven; the stop comes meanwhile and goes first.
+    // Its reads dropped: the take-up waits for a fresh read to decide the open again, unwritten;
+    // the stop comes meanwhile and goes first.
+    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'dropped');
     h.submit('s', { device: 'v1', action: 'stop' });
+    h.device('v1').clearFault('drop');
     await stopWentFirst(h, a, expect);
   });
 
@@ -83,9 +85,9 @@ describe('a stop that preempts a command whose write was withheld', () => {
   }) => {
     const h = await withheldHarness(onTestFinished);
     const valve = h.device('v1');
-    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'answered');
-    // The take-up proves the withheld write not applied once the guard has passed and
-    // dispatches it again; that write is held on the PLC's link, its answer lost.
+    const a = await withheldAndTakenUp(h, onTestFinished, OPEN, 'dropped');
+    // The take-up decides the open again on a fresh read and dispatches it a second time; that
+    // write is held on the PLC's link, its answer lost.
     await redispatchedAnswerLost(h, GUARD_MS);
     // That write may reach the controller yet: the stop is written, and waits for it.
     h.submit('s', { device: 'v1', action: 'stop' });

@@ -2,6 +2,7 @@ import { describe, it, type TestContext } from 'vitest';
 import { isTerminal } from '../../src/core/command.js';
 import type { CommandWrite } from '../../src/core/driver.js';
 import { MAX_DISPATCHES } from '../../src/core/journal.js';
+import { withheldNote } from '../../src/core/redispatch.js';
 import type { SimHarness, SimHarnessOptions } from '../helpers/sim-harness.js';
 import { failFdatasync, type FailingFdatasync } from '../helpers/failing-fdatasync.js';
 import { linkedHarness, refusedUnsent, unsentLines } from '../helpers/linked-harness.js';
@@ -272,7 +273,7 @@ describe('a write refused unsent for want of a connection', () => {
     expect(valve.writeLog).toHaveLength(0);
   }, 60_000);
 
-  it('the journal fails to make the second dispatch durable: the write is withheld, taken up, proven not applied and written once within the deadline', async ({
+  it('the journal fails to make the second dispatch durable: the write is withheld, taken up, decided again and written once within the deadline', async ({
     expect,
     onTestFinished,
   }) => {
@@ -295,15 +296,12 @@ describe('a write refused unsent for want of a connection', () => {
     const o = await h.settled('o', 20_000);
     const notes = h.notes('o');
     // Its first write never left the gateway (no connection) and its second was withheld: the
-    // take-up judges the second as a write whose outcome is unknown, proves it not applied by a
-    // readback past the guard, and dispatches it once more — the one re-dispatch of a write that
-    // may have left (redispatch.ts), the refused first write counting for none. Before the fix
-    // the journal allowed no third dispatch: failed DEVICE_UNREACHABLE "already dispatched
-    // twice … nothing was applied" with seconds of its deadline left.
+    // take-up decides it again on a fresh read and dispatches it once more, neither write before
+    // counting as one that may have left (redispatch.ts, writesMaybeSent). Before an earlier fix the
+    // journal allowed no third dispatch: failed DEVICE_UNREACHABLE "already dispatched twice …
+    // nothing was applied" with seconds of its deadline left.
     expect(o, notes.join('\n')).toMatchObject({ state: 'confirmed', attempts: 3, seq });
-    expect(notes).toContainEqual(
-      `dispatched: taken up: sequence number ${seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
-    );
+    expect(notes).toContainEqual(`dispatched: ${withheldNote(seq, true, 'decided again')}`);
     expect(notes.filter((n) => n.startsWith('dispatched: redispatch: '))).toHaveLength(2);
     // Ground truth (I1): one write of its number reached the valve, and no other write.
     expect(valve.writesOfSeq(seq)).toHaveLength(1);

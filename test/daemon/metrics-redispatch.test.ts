@@ -2,6 +2,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type SluiceConfig } from '../../src/config/config.js';
 import type { CommandRecord } from '../../src/core/journal.js';
+import { withheldNote } from '../../src/core/redispatch.js';
 import { Daemon } from '../../src/daemon/daemon.js';
 import type { Plant } from '../../simulators/plant.js';
 import { startModbusPlant, writeTokenSite } from '../helpers/daemon-site.js';
@@ -199,8 +200,8 @@ describe('re-dispatches in /metrics, by reason', () => {
     } finally {
       disk.restore();
     }
-    // The journal recovers; the sweep takes the command up and settles it by readback: the
-    // image proves the withheld write not applied, and it is written once.
+    // The journal recovers; the sweep takes the command up, known never sent: decided again on
+    // a fresh read, it is written once.
     const record = await settled('withheld');
     expect(record).toMatchObject({ state: 'confirmed', attempts: 2 });
     expect(v1.writesWithSeq(record.seq!)).toBe(1);
@@ -211,9 +212,7 @@ describe('re-dispatches in /metrics, by reason', () => {
         .history({ scope: SCOPE, key: 'withheld' })
         .filter((e) => e.from === 'dispatched' && e.to === 'dispatched')
         .map((e) => e.detail);
-      expect(notes).toContain(
-        `taken up: sequence number ${record.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`,
-      );
+      expect(notes).toContain(withheldNote(record.seq!, true, 'decided again'));
       expect(notes.join('\n')).not.toContain('earlier life');
     } finally {
       journal.close();

@@ -1,6 +1,6 @@
 import type { ExpectStatic, TestContext } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
-import { withheldStopNote } from '../../src/core/open-commands.js';
+import { withheldNote } from '../../src/core/redispatch.js';
 import { failFdatasync, type FailingFdatasync } from './failing-fdatasync.js';
 import { SimHarness } from './sim-harness.js';
 
@@ -33,9 +33,9 @@ export async function withheldHarness(
  * A command of v1 (`key`: an open, or a stop) whose write is withheld: its dispatch's barrier
  * fails (an fdatasync failing with EIO, the one fault no real part here produces on demand; the
  * journal fails every barrier until it has recovered, a second later), so it is never sent. The
- * sweep then takes it up, its take-up saying so in its history ("never sent by this process"):
- * an open to settle it by readback, a stop to decide it again on a fresh read and write it
- * (src/core/execution.ts, stopWithheld; a stop to be left unwritten wants its reads dropped).
+ * sweep then takes it up, its take-up saying so in its history ("never sent by this process"),
+ * to decide it again on a fresh read and write it (src/core/execution.ts, writeWithheld; a
+ * command to be left unwritten wants its reads dropped).
  * From the failed flush on the valve answers its reads, or drops them (`readsAfter`). Returns
  * its record. The harness must run no idle monitor: the one read held first is the command's
  * fresh read.
@@ -47,10 +47,7 @@ export async function withheldAndTakenUp(
   readsAfter: 'answered' | 'dropped',
 ): Promise<CommandRecord> {
   const withheld = await withheldOnly(h, onTestFinished, command, readsAfter);
-  const note =
-    command.action === 'stop'
-      ? withheldStopNote(withheld.seq!, true)
-      : `taken up: sequence number ${withheld.seq}, never sent by this process (the journal failed before its dispatch was on disk); settling by readback`;
+  const note = withheldNote(withheld.seq!, true, 'decided again', command.action);
   await h.until(
     () => h.notes(command.key).includes(`dispatched: ${note}`),
     5_000,
@@ -116,15 +113,16 @@ export async function leftToTheSweep(h: SimHarness, key: string): Promise<void> 
 }
 
 /**
- * `a`, withheld and taken up, dispatched a second time by its take-up once the guard has
- * proven the withheld write not applied (CLOSED, no echo of it): that write is held on the PLC's
- * link and its answer lost (the request times out and the driver replaces its connection).
- * Returns once the connection is replaced, the write still on the link.
+ * `a`, withheld and taken up with its reads dropped (withheldAndTakenUp), dispatched a second
+ * time by its take-up once its fresh read is answered (the reads let go here): that write is
+ * held on the PLC's link and its answer lost (the request times out and the driver replaces its
+ * connection). Returns once the connection is replaced, the write still on the link.
  */
 export async function redispatchedAnswerLost(h: SimHarness, guardMs: number): Promise<void> {
   const valve = h.device('v1');
   const epoch = h.pipeline.devices().find((d) => d.id === 'v1')!.health.connectionEpoch;
   valve.setFault({ kind: 'stall', on: 'write', count: 1 });
+  valve.clearFault('drop');
   await h.until(() => h.get('a')?.attempts === 2, 3 * guardMs, 'the second dispatch');
   await h.until(
     () => !valve.faults().some((f) => f.kind === 'stall' && (f.remaining ?? 1) > 0),
