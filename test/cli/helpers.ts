@@ -55,6 +55,12 @@ export async function inTurns<T>(
 interface RunOptions {
   readonly env?: Record<string, string | undefined>;
   readonly timeoutMs?: number;
+  /**
+   * The gateway's wall clock for a run in this process (sluicectlInProcess; default Date.now):
+   * a verdict that depends on the time since seeding is judged at a time the test sets, not at
+   * whatever time a loaded machine reaches the run. A process reads its own clock.
+   */
+  readonly now?: () => number;
 }
 
 /** The environment a run gets: the test's, without the configuration and colour it decides. */
@@ -152,7 +158,7 @@ export async function sluicectlInProcess(
     stdout: { write: (text: string) => (stdout += text) },
     stderr: { write: (text: string) => (stderr += text) },
     env: runEnv(options),
-    now: () => Date.now(),
+    now: options.now ?? (() => Date.now()),
   });
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {

@@ -58,14 +58,21 @@ const cli = (...args: string[]): Promise<CliRun> =>
 const binary = (...args: string[]): Promise<CliRun> => sluicectl(['--config', configPath, ...args]);
 
 /** A fresh journal seeded now (for tests whose verdicts depend on the time since seeding). */
-function freshJournal(): { config: string; journal: string } {
+function freshJournal(): { config: string; journal: string; seededAt: number } {
   const fresh = join(dir, `fresh-${Math.random().toString(16).slice(2)}`);
   const journal = join(fresh, 'journal.db');
-  seedJournal(journal, Date.now());
+  const at = Date.now();
+  seedJournal(journal, at);
   const config = join(fresh, 'sluice.yaml');
   writeFileSync(config, configYaml('.'));
-  return { config, journal };
+  return { config, journal, seededAt: at };
 }
+
+/**
+ * How long after its seeding k-late (its deadline 1,040 ms before the seeding, its valve's
+ * confirm timeout 8 s: helpers.ts, seedJournal) is late, not stuck.
+ */
+const LATE_FOR_MS = 8_000 - 1_040;
 
 /** An age as formatDuration prints it: `450ms`, `12s`, `1m4s`, `3m`, `2h5m`, `3d4h`. */
 const AGE = String.raw`(\d+(?:ms|s|m|h|d)(?:\d+(?:s|m|h))?)`;
@@ -484,9 +491,13 @@ describe('show', () => {
 
 describe('stuck', () => {
   it('lists open commands older than --older-than, marks the SPEC-stuck ones, and exits 3', async () => {
-    const { config } = freshJournal();
-    // As a process: 3 is the exit code monitoring sees.
+    const { config, seededAt: seeded } = freshJournal();
+    // As a process: 3 is the exit code monitoring sees. It judges at its own time, somewhere
+    // between its start and its end: k-late is late, not stuck, for 7 s after seeding, and a
+    // process on a loaded runner can take that to start.
+    const started = Date.now();
     const run = await sluicectl(['--config', config, 'stuck']);
+    const ended = Date.now();
     expect(run.code).toBe(3);
     const lines = run.stdout.split('\n');
     expect(lines[0]!.split(/\s{2,}/)).toEqual([
@@ -506,24 +517,29 @@ describe('stuck', () => {
     expect(lines[1]).toMatch(
       /^k-stuck\s+plant\s+outlet-valve\s+open\s+dispatched\s+10m\d*s? ago\s+passed 9m\d*s? ago\s+STUCK 9m\d*s? overdue\s+its deadline plus its 8 s confirm timeout\s+taken up again/,
     );
-    expect(lines[2]).toMatch(
-      /^k-late\s+plant\s+inlet-valve\s+open\s+dispatched\s+4\ds ago\s+passed \d+(ms|s) ago\s+no\s+-\s+seq 8;/,
-    );
+    const late =
+      /^k-late\s+plant\s+inlet-valve\s+open\s+dispatched\s+(\d+)s ago\s+passed \S+ ago\s+(no\s+-|STUCK \S+ overdue\s+its deadline plus its 8 s confirm timeout)\s+seq 8;/;
+    expect(lines[2]).toMatch(late);
+    const [, age, verdict] = late.exec(lines[2]!)!;
+    // Accepted 40 s before the seeding, and judged between the run's start and its end.
+    expect(Number(age)).toBeGreaterThanOrEqual(Math.floor((started - seeded + 40_000) / 1_000));
+    expect(Number(age)).toBeLessThanOrEqual(Math.floor((ended - seeded + 40_000) / 1_000));
+    const lateStuck = verdict!.startsWith('STUCK');
+    // Late, not stuck, when the run ended within its 7 s; stuck when it began after them.
+    if (ended < seeded + LATE_FOR_MS) expect(lateStuck).toBe(false);
+    if (started >= seeded + LATE_FOR_MS) expect(lateStuck).toBe(true);
     expect(run.stdout).toContain(
-      '2 open commands older than 30s; 1 stuck (open past the bound their "stuck past" column names).',
+      `2 open commands older than 30s; ${lateStuck ? 2 : 1} stuck (open past the bound their "stuck past" column names).`,
     );
     expect(run.stdout).not.toMatch(/k-accepted|k-dispatched|k-confirmed/);
 
-    // Seeded again: k-late is late, not stuck, for 7 s after seeding, and a loaded runner can
-    // spend that on the run above.
-    const json = await sluicectlInProcess([
-      '--config',
-      freshJournal().config,
-      'stuck',
-      '--older-than',
-      '500ms',
-      '--json',
-    ]);
+    // Seeded again, and judged 2 s after the seeding (the clock of a run in this process, set):
+    // k-late is late, not stuck, however long the machine takes to reach the run.
+    const again = freshJournal();
+    const json = await sluicectlInProcess(
+      ['--config', again.config, 'stuck', '--older-than', '500ms', '--json'],
+      { now: () => again.seededAt + 2_000 },
+    );
     expect(json.code).toBe(3);
     const doc = json.json<{ olderThanMs: number; stuck: number; commands: Item[] }>();
     expect(doc.olderThanMs).toBe(500);
