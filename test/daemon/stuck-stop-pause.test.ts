@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CommandRecord } from '../../src/core/journal.js';
-import { sluicectl } from '../cli/helpers.js';
+import { sluicectlInProcess } from '../cli/helpers.js';
 import { seedOrphan } from '../helpers/daemon-site.js';
 import { mosquittoAvailable, until } from '../helpers/mosquitto.js';
 import { Site } from '../reliability/site.js';
@@ -15,16 +15,19 @@ import { Site } from '../reliability/site.js';
  * waits for the stop, and is then taken up again by readback. It is not stuck then, for
  * /readyz, sluice_commands_stuck and `sluicectl stuck` alike; a command of a device no longer
  * configured is, and all three name it with the same words. Real sluiced (a process), sluice-sim
- * over Modbus TCP, real sluicectl; ground truth: the journal file and the simulator's counters.
+ * over Modbus TCP, sluicectl's own code run in this process on the daemon's journal file (run as
+ * processes under the test's loader, the first took 8.4 s of the pause's then 9.5 s on a loaded
+ * machine, and the pause ended before the checks inside it); ground truth: the journal file and
+ * the simulator's counters.
  */
 
 const real = mosquittoAvailable();
 const VALVE = 'mb-valve-1';
 // The stop comes 1 s before the open's confirm timeout ends (STOP_AT) and reads for as long
-// again, to 23 s; the paused command's deadline (1 s) plus confirm timeout has passed at 13 s,
-// so the reporters and the two `show` runs (sluicectl: 2.6 s at load 6, three of them past the
-// 6.5 s a 9 s timeout left on a loaded CI run) answer with 9.5 s for them.
-const CONFIRM_MS = 12_000;
+// again, to 31 s; the paused command's deadline (1 s) plus confirm timeout has passed at 17 s,
+// so the reporters and the two `show` runs answer with 13.5 s for them (they took 6.9 s of
+// 10.5 s at load 18, with a 12 s confirm timeout).
+const CONFIRM_MS = 16_000;
 const STOP_AT = CONFIRM_MS - 1_000;
 
 let site: Site;
@@ -45,8 +48,10 @@ beforeAll(async () => {
     intake: 'https',
   });
   await site.startDaemon();
-  // sluicectl's first start compiles its sources: not while the pause is being looked at.
-  await sluicectl(['--config', site.configPath, 'stuck', '--json'], { timeoutMs: 30_000 });
+  // sluicectl's first run loads its modules: not while the pause is being looked at.
+  await sluicectlInProcess(['--config', site.configPath, 'stuck', '--json'], {
+    timeoutMs: 30_000,
+  });
 }, 90_000);
 
 afterAll(async () => {
@@ -72,7 +77,7 @@ async function reported(): Promise<{
   const metrics = await site.https('GET', '/metrics');
   const gauge = Number(/^sluice_commands_stuck (\d+)$/m.exec(metrics.body)?.[1] ?? 'NaN');
   // Every open command, however young: the paused one is seconds old.
-  const run = await sluicectl(
+  const run = await sluicectlInProcess(
     ['--config', site.configPath, 'stuck', '--older-than', '0s', '--json'],
     {
       timeoutMs: 30_000,
@@ -144,7 +149,7 @@ describe.skipIf(!real)('stuck while a stop pauses a command', () => {
     );
     const [show, told] = await Promise.all(
       [['--json'], ['--no-color']].map((format) =>
-        sluicectl(['--config', site.configPath, 'show', 'travel-1', ...format], {
+        sluicectlInProcess(['--config', site.configPath, 'show', 'travel-1', ...format], {
           timeoutMs: 30_000,
         }),
       ),
