@@ -792,8 +792,11 @@ function expectedText(profile: DeviceProfile, expect: Expectation): string {
 }
 
 /**
- * Whether `next` is an image of a later controller scan than `first` (null: none yet): by its
- * source time, or without one, requested a scan after `first` came back.
+ * Whether `next` is an image of a later controller scan than `first` (null: none yet): by a
+ * later source time, or, unless both source times are scan times (which move on every scan),
+ * requested a scan after `first` came back. A source time that is only the last change (an
+ * OPC UA profile without `ScanTime`) stays where it is while the valve rests: compared alone,
+ * a reset from FAULT waited for a later scan until READBACK_TIMEOUT.
  */
 function ofLaterScan(
   profile: DeviceProfile,
@@ -802,7 +805,8 @@ function ofLaterScan(
 ): boolean {
   if (first === null) return false;
   if (first.sourceTime !== null && next.sourceTime !== null) {
-    return next.sourceTime > first.sourceTime;
+    if (next.sourceTime > first.sourceTime) return true;
+    if (first.sourceIsScan === true && next.sourceIsScan === true) return false;
   }
   return next.requestedMono >= first.receivedMono + profile.timing.scanMs;
 }

@@ -103,7 +103,12 @@ export function judgeWritten(args: {
     // The controller echoes this command, so the image was produced after the write: a source
     // time before it means the controller's clock stepped back since the estimate (SPEC §6).
     if (echoes) return { kind: 'skew-contradicted' };
-    if (!local) return { kind: 'pending', reason: 'readback source time predates the write' };
+    // Only a scan time dates the image. A last change before the write (an OPC UA profile
+    // without ScanTime) is also what an image taken after it shows when the write changed no
+    // value (a stop taken as a no-op at OPEN); the read order then decides, as without a time.
+    if (!local && readback.sourceIsScan === true) {
+      return { kind: 'pending', reason: 'readback source time predates the write' };
+    }
   }
   // Before the 0x88 latch: a controller in LOCAL ignores the command it takes and keeps a latch
   // an earlier refused command left, which is not this command's refusal.

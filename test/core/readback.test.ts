@@ -63,7 +63,12 @@ describe('judgeWritten (I2)', () => {
     // Echoing this command with a time before the write: the controller clock stepped back.
     expect(judge(rb({ sourceTime: WRITE - 10 }))).toEqual({ kind: 'skew-contradicted' });
     const quiet = { ...valve, controller: { ...valve.controller, echoesSeq: false } };
-    expect(judge(rb({ sourceTime: WRITE - 10 }), quiet)).toMatchObject({ kind: 'pending' });
+    expect(judge(rb({ sourceTime: WRITE - 10, sourceIsScan: true }), quiet)).toMatchObject({
+      kind: 'pending',
+    });
+    // Only the last change (no scan time): an image taken after a write that changed no value
+    // shows it too; the read order decides (test/core/readback-no-scan-time.test.ts).
+    expect(judge(rb({ sourceTime: WRITE - 10 }), quiet)).toEqual({ kind: 'confirmed' });
   });
   it('treats the controller’s own 0x88 with this echo as its refusal', () => {
     expect(judge(rb({ state: 'CLOSING', faultCode: 0x88 }))).toEqual({
