@@ -26,6 +26,7 @@ import {
   type DeviceImage,
 } from './redispatch.js';
 import { POWER_UP_ECHO } from './sequence.js';
+import { ILLEGAL_TRANSITION_FAULT } from './state-machine.js';
 import type { TimedReadback } from './skew.js';
 
 /** What the readback loop knows of the write it confirms. */
@@ -145,6 +146,7 @@ export class ReadbackConfirmation {
       failedReads = 0;
       const verdict = judgeWritten({
         profile,
+        action: record.action,
         readback,
         expect: ctx.expect,
         seq,
@@ -227,6 +229,22 @@ export class ReadbackConfirmation {
               faultCode: verdict.faultCode,
               observed: observe(readback),
               detail: `the controller still shows ${readback.state}${verdict.faultCode === null ? '' : ` (fault ${verdict.faultCode})`} ${profile.timing.mismatchGraceMs} ms after the ${record.action} was written: it did not clear the fault (this controller echoes no sequence numbers; the wait covers the scan that takes a write)`,
+            });
+            return null;
+          }
+          if (
+            profile.controller.echoesSeq &&
+            readback.faultCode === ILLEGAL_TRANSITION_FAULT &&
+            ctx.before.state !== profile.faultState
+          ) {
+            // This command's echo with 0x88, which judgeWritten does not take for its refusal:
+            // no state refuses it (a stop), and the 0x88 is an earlier refused command's.
+            this.host.settle(log, record, 'dispatched', {
+              to: 'failed',
+              code: 'DEVICE_FAULT',
+              faultCode: verdict.faultCode,
+              observed: observe(readback),
+              detail: `the controller took the ${record.action} and shows ${readback.state} (fault 0x88): it refused an earlier command (no state refuses a ${record.action}), which left it in ${readback.state} until a reset`,
             });
             return null;
           }

@@ -1,3 +1,4 @@
+import type { Action } from './command.js';
 import type { Observation } from './journal.js';
 import type { Readback } from './driver.js';
 import { sourceWindow, type SkewEstimate, type TimedReadback } from './skew.js';
@@ -76,19 +77,34 @@ export function predatesWrite(
 }
 
 /**
+ * Whether the controller can refuse `action` with fault 0x88: the profile's table refuses it
+ * (ILLEGAL_TRANSITION) in some state. A stop or a reset is refused in none.
+ */
+function refusable(profile: DeviceProfile, action: Action): boolean {
+  const row = profile.table[action];
+  return (
+    row !== undefined &&
+    Object.values(row).some(
+      (cell) => cell.effect === 'reject' && cell.code === 'ILLEGAL_TRANSITION',
+    )
+  );
+}
+
+/**
  * I2: judges one readback taken after a write. Only a readback requested after the write was
  * sent, showing this command's echoed sequence number (where the controller echoes), the
  * target state and a source time not before the write can confirm. Times are monotonic.
  */
 export function judgeWritten(args: {
   readonly profile: DeviceProfile;
+  readonly action: Action;
   readonly readback: TimedReadback;
   readonly expect: Expectation;
   readonly seq: number;
   readonly writeSentMono: number;
   readonly skew: SkewEstimate | null;
 }): WrittenVerdict {
-  const { profile, readback, expect, seq, writeSentMono, skew } = args;
+  const { profile, action, readback, expect, seq, writeSentMono, skew } = args;
   if (readback.requestedMono < writeSentMono) {
     return { kind: 'pending', reason: 'readback requested before the write' };
   }
@@ -113,8 +129,11 @@ export function judgeWritten(args: {
   // Before the 0x88 latch: a controller in LOCAL ignores the command it takes and keeps a latch
   // an earlier refused command left, which is not this command's refusal.
   if (local) return { kind: 'local', echo: echoes ? 'this' : 'none' };
-  // A latched 0x88 with this command's echo is the controller's own refusal (I4).
-  if (readback.faultCode === ILLEGAL_TRANSITION_FAULT && echoes) {
+  // A latched 0x88 with this command's echo is the controller's own refusal (I4), of a command
+  // it can refuse. One that goes to FAULT when it refuses (refusal: fault) shows 0x88 until a
+  // reset, also after it took a command no state refuses (a stop, a no-op in FAULT): that 0x88
+  // is an earlier command's refusal, and the image is judged by its state.
+  if (readback.faultCode === ILLEGAL_TRANSITION_FAULT && echoes && refusable(profile, action)) {
     return { kind: 'controller-rejected' };
   }
   if (readback.state === profile.faultState) {

@@ -42,6 +42,7 @@ const judge = (
 ) =>
   judgeWritten({
     profile: p,
+    action: 'open',
     readback,
     expect: { confirm, position },
     seq: 7,
@@ -74,6 +75,18 @@ describe('judgeWritten (I2)', () => {
     expect(judge(rb({ state: 'CLOSING', faultCode: 0x88 }))).toEqual({
       kind: 'controller-rejected',
     });
+  });
+  it('takes 0x88 with this echo for no refusal of a command no state refuses (a stop)', () => {
+    const stop = judgeWritten({
+      profile: valve,
+      action: 'stop',
+      readback: rb({ state: 'FAULT', faultCode: 0x88 }),
+      expect: { confirm: ['STOPPED', 'OPEN'], position: null },
+      seq: 7,
+      writeSentMono: WRITE,
+      skew: skewOf(0, 2),
+    });
+    expect(stop).toEqual({ kind: 'fault', faultCode: '0x88' });
   });
   it('reports a controller fault with its code', () => {
     expect(judge(rb({ state: 'FAULT', faultCode: 0x81 }))).toEqual({
