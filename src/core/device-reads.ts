@@ -20,6 +20,14 @@ import {
   type TimedReadback,
 } from './skew.js';
 
+/**
+ * A read: its readback, or the error of a failed one. `unknownState`: the controller answered,
+ * with a state the profile does not know (docs/device-profiles.md, "States as bits"), which the
+ * core never acts on; a command ends READBACK_TIMEOUT naming it, not DEVICE_UNREACHABLE.
+ */
+export type ReadResult =
+  { readonly readback: TimedReadback } | { readonly error: string; readonly unknownState?: string };
+
 /** An image this much older than its read is frozen or from a clock set back. */
 const OLD_IMAGE_MS = 5_000;
 
@@ -52,10 +60,7 @@ export class DeviceReads {
   }
 
   /** One read, as tryRead, with the error of a failed one (a readback loop counts them). */
-  async readOrError(
-    lane: Lane,
-    log: Logger,
-  ): Promise<{ readonly readback: TimedReadback } | { readonly error: string }> {
+  async readOrError(lane: Lane, log: Logger): Promise<ReadResult> {
     return this.read(lane, log);
   }
 
@@ -71,19 +76,27 @@ export class DeviceReads {
     done: () => boolean,
     notBeforeMono: number,
     log: Logger,
-  ): Promise<{ readback: TimedReadback | null; lastError: string | null }> {
+  ): Promise<{
+    readback: TimedReadback | null;
+    lastError: string | null;
+    /** The state the last failed read named, when it answered one the profile does not know. */
+    unknownState: string | null;
+  }> {
     const { driver } = lane.binding;
     const { pollIntervalMs } = lane.binding.profile.timing;
     let lastError: string | null = null;
+    let unknownState: string | null = null;
     let pause = pollIntervalMs;
     for (;;) {
       const epoch = driver.health().connectionEpoch;
       const result = await this.read(lane, log);
-      if ('error' in result) lastError = result.error;
-      else if (result.readback.requestedMono >= notBeforeMono) {
-        return { readback: result.readback, lastError };
+      if ('error' in result) {
+        lastError = result.error;
+        unknownState = result.unknownState ?? null;
+      } else if (result.readback.requestedMono >= notBeforeMono) {
+        return { readback: result.readback, lastError, unknownState };
       }
-      if (done() || aborted(lane)) return { readback: null, lastError };
+      if (done() || aborted(lane)) return { readback: null, lastError, unknownState };
       await this.pause(lane, pause, epoch);
       pause =
         driver.health().connectionEpoch !== epoch ? pollIntervalMs : Math.min(pause * 2, 2_000);
@@ -297,10 +310,7 @@ export class DeviceReads {
   }
 
   /** One read; a failure is kept on the lane and logged (read-failures.ts). */
-  private async read(
-    lane: Lane,
-    log: Logger,
-  ): Promise<{ readonly readback: TimedReadback } | { readonly error: string }> {
+  private async read(lane: Lane, log: Logger): Promise<ReadResult> {
     const { driver, profile } = lane.binding;
     const requestedMono = this.host.clock.elapsed();
     let readback: TimedReadback;
@@ -323,7 +333,7 @@ export class DeviceReads {
       // Not a readback the core may act on (and not mirrored): a failed read, said once.
       const message = `unknown controller state "${readback.state}"`;
       readFailed(lane.statusReads, STATUS_READS, message, this.readTime(), log);
-      return { error: message };
+      return { error: message, unknownState: readback.state };
     }
     readSucceeded(lane.statusReads, STATUS_READS, this.readTime(), log);
     const skew = this.usableSkew(lane);

@@ -343,6 +343,22 @@ export class CommandExecution {
       log,
     );
     if (aborted(lane)) return null;
+    if (
+      read.readback === null &&
+      read.unknownState !== null &&
+      (course.from === 'accepted' || (course.unsent !== 'no-connection' && course.proven === null))
+    ) {
+      // The controller answers, with a state the profile does not know: not unreachable, and
+      // never acted on (docs/device-profiles.md, "States as bits").
+      host.settle(log, record, from, {
+        to: 'failed',
+        code: 'READBACK_TIMEOUT',
+        faultCode: null,
+        observed: null,
+        detail: `no readback the profile can read before the deadline: the controller reports a state it does not know (${read.unknownState}), which is never acted on; nothing was written`,
+      });
+      return null;
+    }
     if (read.readback === null) {
       const proven =
         course.from === 'dispatched' && course.proven !== null

@@ -102,6 +102,9 @@ export class ReadbackConfirmation {
     // The reads that failed since the last readback (lastGood), and the last one's error.
     let failedReads = 0;
     let lastReadError = '';
+    // The state the last failed read named, when the controller answered one the profile does
+    // not know (device-reads.ts): it answers, so the command is not said unreachable.
+    let unknownState: string | null = null;
     let wrongSince: number | null = null;
     let localSince: number | null = null;
     // The controller was seen echoing this command outside LOCAL: it took it in REMOTE.
@@ -139,6 +142,7 @@ export class ReadbackConfirmation {
         if ('error' in read) {
           failedReads++;
           lastReadError = read.error;
+          unknownState = read.unknownState ?? null;
         }
         continue;
       }
@@ -444,6 +448,22 @@ export class ReadbackConfirmation {
       }
     }
     if (aborted(lane)) return null;
+    if (unknownState !== null && failedReads > 0) {
+      // The controller answers, with a state the profile does not know (device-reads.ts): not
+      // unreachable, and never acted on (docs/device-profiles.md, "States as bits").
+      const lead =
+        lastGood === null
+          ? 'no readback after the write the profile can read'
+          : `${lastReason}, at the last readback the profile can read, taken ${Math.round(clock.elapsed() - lastGood.receivedMono)} ms before the window ended; since then`;
+      this.host.settle(log, record, 'dispatched', {
+        to: 'failed',
+        code: 'READBACK_TIMEOUT',
+        faultCode: null,
+        observed: lastGood === null ? null : observe(lastGood),
+        detail: `not confirmed within ${ctx.windowMs} ms: ${lead}: the controller reports a state the profile does not know (${unknownState}, at the last of ${failedReads} ${failedReads === 1 ? 'read' : 'reads'}), which is never acted on; the command's effect is unknown: see where the device is (sluicectl devices) before sending the command again`,
+      });
+      return null;
+    }
     if (lastGood === null) {
       this.host.settle(log, record, 'dispatched', {
         to: 'failed',
