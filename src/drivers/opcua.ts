@@ -1080,14 +1080,20 @@ export class OpcuaDeviceDriver implements DeviceDriver {
   async read(signal?: AbortSignal): Promise<Readback> {
     const e = this.o.endpoint;
     const s = this.names.status;
-    // Only the mapped variables are read; an unmapped one reads as absent (null).
+    // Only the mapped variables are read; an unmapped one reads as absent (null). In the order
+    // the Modbus driver reads them (modbus-map.ts, StatusPlan): the image time first, then the
+    // echo, then state, position and fault. A server need only read each Variable atomically
+    // (OPC UA Part 4, Read), and one that reads them one by one across a controller scan then
+    // shows a time that can only make the image look older than it is, and a state that
+    // already reflects the command the echo names: never a reset's echo with the FAULT from
+    // before it.
     const mapped = (
       [
+        ['time', s.time],
+        ['seqEcho', s.seqEcho],
         ['state', s.state],
         ['position', s.position],
         ['fault', s.fault],
-        ['seqEcho', s.seqEcho],
-        ['time', s.time],
       ] as const
     ).filter((entry): entry is [(typeof entry)[0], string] => entry[1] !== undefined);
     await e.sessionOpening(signal);
