@@ -101,7 +101,10 @@ export class ProbeCache {
 
 export interface ReadinessParts {
   readonly journal: {
-    /** Throws what a claim would meet now: a real write, committed on its own. */
+    /**
+     * Throws what a claim would meet now: a real write, committed on its own, as large as a
+     * claim's while the journal's filesystem is short of room (SqliteJournal.checkWritable).
+     */
     checkWritable(): void;
     /** What the journal's last write or barrier met, if it failed; null when it succeeded. */
     knownFailure(): Error | null;

@@ -40,6 +40,7 @@ import { listReadable, openReadable, type ListRead, type OpenRead } from './dama
 import { historyReadable, keyReadable, type HistoryRead, type KeyRead } from './damaged-reads.js';
 import { GroupCommit } from './group-commit.js';
 import { rowToRecord, translate, type CommandRow, type EventRow } from './rows.js';
+import { freeBytes } from './upgrade-room.js';
 
 export interface SqliteJournalOptions extends ConnectionOptions {
   /**
@@ -51,6 +52,29 @@ export interface SqliteJournalOptions extends ConnectionOptions {
 
 /** How many settlements settledDurably() keeps by number before those on disk are dropped. */
 const SETTLES_PRUNE_AT = 1024;
+
+/**
+ * Pages of the journal checkWritable()'s proof write commits while its filesystem is short of
+ * room (CLAIM_ROOM_BELOW_BYTES): as many as a claim commits at the most. A claim writes its row
+ * into the commands table and its five indexes and its event into the events table and its
+ * index: measured (group commit, a claim in a commit of its own, 50,000 commands retained),
+ * 8 pages of the log for most claims, 11 for one refused at the door (its settlement's indexes
+ * too), and up to 20 and 23 when the row split pages of several indexes at once. A proof of one
+ * page fitted where a claim did not: with 50-70 KB free at a start, /readyz and the status line
+ * said the journal writable while every command was refused 503 JOURNAL_UNAVAILABLE.
+ */
+export const CLAIM_PROOF_PAGES = 24;
+
+/**
+ * Free space on the journal's filesystem (for the daemon's user) below which the proof write
+ * is as large as a claim's (CLAIM_PROOF_PAGES). Above it a claim's few pages cannot fail for
+ * want of room, and the proof is one page: /readyz may ask for one every second, and a proof of
+ * 24 pages each time would write the gateway's flash about 24 times as much while it idles.
+ */
+export const CLAIM_ROOM_BELOW_BYTES = 1024 * 1024;
+
+/** Usable bytes of a 4 KiB page of the journal that an overflow page of a value holds. */
+const OVERFLOW_BYTES = 4092;
 
 /**
  * The command journal on SQLite, in WAL mode. Without `groupCommit`, synchronous=FULL: every
@@ -80,6 +104,8 @@ export class SqliteJournal implements Journal {
    */
   private readonly settles = new Map<string, number>();
   private settlesPruneAt = SETTLES_PRUNE_AT;
+  /** checkWritable()'s proof writes so far: each one's value differs from the last's. */
+  private proofs = 0;
 
   static open(options: SqliteJournalOptions): SqliteJournal {
     return new SqliteJournal(options);
@@ -533,8 +559,16 @@ export class SqliteJournal implements Journal {
       throw failure;
     }
     // A real write, committed on its own: it fails the way a claim would (full, read-only,
-    // locked), at once rather than at the end of a batch.
-    this.write('check', (c) => c.stmts.touch.run(new Date().toISOString()), false);
+    // locked), at once rather than at the end of a batch. Short of room, it commits as many
+    // pages as a claim (CLAIM_PROOF_PAGES): a value that spans them, different on every page
+    // from the last proof's (SQLite writes no page whose bytes are unchanged).
+    const free = freeBytes(this.options.path);
+    const pages = free !== null && free >= CLAIM_ROOM_BELOW_BYTES ? 1 : CLAIM_PROOF_PAGES;
+    const mark = `${new Date().toISOString()} ${++this.proofs} `;
+    const length = (pages - 1) * OVERFLOW_BYTES;
+    const value =
+      pages === 1 ? mark : mark.repeat(Math.ceil(length / mark.length)).slice(0, length);
+    this.write('check', (c) => c.stmts.touch.run(value), false);
   }
 
   /**

@@ -111,7 +111,7 @@ describe.runIf(mountable)('sluiced started on a full disk', () => {
     const slack = join(stateDir, 'slack');
     // Room left for the start's files (the lock's, SQLite's 32 KB shared-memory index) and none
     // for a commit: a start on a disk that filled while the daemon was stopped. (With none, the
-    // start fails, exit 1, saying so; with 48 KB a proof write fits where a claim does not.)
+    // start fails, exit 1, saying so; with a little more, readiness-claim-room.test.ts.)
     writeFileSync(slack, Buffer.alloc(40 * 1024, 1));
     fillFilesystem(filler());
     rmSync(slack);

@@ -942,7 +942,9 @@ describe('fail closed (I5)', () => {
         expect(() => {
           j.checkWritable();
         }).toThrow(JournalUnavailableError);
-        execFileSync('mount', ['-o', 'remount,rw', mnt]);
+        // Writable again, and with room for the proof write as large as a claim's that
+        // checkWritable() makes on a filesystem short of room (CLAIM_PROOF_PAGES).
+        execFileSync('mount', ['-o', 'remount,rw,size=4m', mnt]);
         // The same journal object: its read-only connection is replaced at the next write.
         expect(j.claim(command('after-rw')).kind).toBe('new');
         expect(() => {
