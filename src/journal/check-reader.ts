@@ -40,31 +40,42 @@ export type CheckReading =
   | { readonly kind: 'read'; readonly reader: CheckReader }
   | { readonly kind: 'unreadable'; readonly why: string };
 
-export function readJournalForCheck(path: string, maxCopyBytes = MAX_COPY_BYTES): CheckReading {
+/** A connection that reads the journal as --check may (above), or why there is none. */
+export type CheckOpening =
+  | { readonly kind: 'none' }
+  | { readonly kind: 'open'; readonly db: BetterSqlite3.Database }
+  | { readonly kind: 'unreadable'; readonly why: string };
+
+export function openForCheck(path: string, maxCopyBytes = MAX_COPY_BYTES): CheckOpening {
   if (!existsSync(path)) return { kind: 'none' };
   const log = existsSync(`${path}-wal`);
   const index = existsSync(`${path}-shm`);
-  let db: BetterSqlite3.Database;
   try {
     if (log && index) {
-      db = new BetterSqlite3(path, { readonly: true, fileMustExist: true, timeout: 2000 });
-    } else {
-      const bytes = statSync(path).size + (log ? statSync(`${path}-wal`).size : 0);
-      if (bytes > maxCopyBytes) {
-        return {
-          kind: 'unreadable',
-          why: `${Math.round(bytes / 1_048_576)} MB: larger than --check reads into memory while sluiced is stopped (${Math.round(maxCopyBytes / 1_048_576)} MB); run it while sluiced runs, when it reads the journal in place`,
-        };
-      }
-      const file = readFileSync(path);
-      const copy = log ? withLog(file, readFileSync(`${path}-wal`)) : file;
-      // File format version numbers (bytes 18 and 19): 2 is WAL, 1 the rollback journal.
-      if (copy.length >= 20 && copy[18] === 2 && copy[19] === 2) copy.fill(1, 18, 20);
-      db = new BetterSqlite3(copy, { readonly: true });
+      const db = new BetterSqlite3(path, { readonly: true, fileMustExist: true, timeout: 2000 });
+      return { kind: 'open', db };
     }
+    const bytes = statSync(path).size + (log ? statSync(`${path}-wal`).size : 0);
+    if (bytes > maxCopyBytes) {
+      return {
+        kind: 'unreadable',
+        why: `${Math.round(bytes / 1_048_576)} MB: larger than --check reads into memory while sluiced is stopped (${Math.round(maxCopyBytes / 1_048_576)} MB); run it while sluiced runs, when it reads the journal in place`,
+      };
+    }
+    const file = readFileSync(path);
+    const copy = log ? withLog(file, readFileSync(`${path}-wal`)) : file;
+    // File format version numbers (bytes 18 and 19): 2 is WAL, 1 the rollback journal.
+    if (copy.length >= 20 && copy[18] === 2 && copy[19] === 2) copy.fill(1, 18, 20);
+    return { kind: 'open', db: new BetterSqlite3(copy, { readonly: true }) };
   } catch (error) {
     return { kind: 'unreadable', why: messageOf(error) };
   }
+}
+
+export function readJournalForCheck(path: string, maxCopyBytes = MAX_COPY_BYTES): CheckReading {
+  const opened = openForCheck(path, maxCopyBytes);
+  if (opened.kind !== 'open') return opened;
+  const { db } = opened;
   try {
     const readMeta = db.prepare('SELECT value FROM meta WHERE key = ?').pluck();
     const nextOpenDevice = db

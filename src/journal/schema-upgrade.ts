@@ -11,8 +11,8 @@ import {
   sortFolder,
   timesTheJournal,
   upgradeFactor,
+  countedUpgradeRoom,
   upgradeRefusal,
-  upgradeRoom,
   upgradeWork,
 } from './upgrade-room.js';
 
@@ -51,7 +51,7 @@ export function upgradeJournal(path: string, busyTimeoutMs = 2000): Upgrade | nu
   }
   try {
     // As openConnection: refused before anything is written, then the journal's own modes.
-    refuseUpgradeWithoutRoom(path, version);
+    refuseUpgradeWithoutRoom(path, version, busyTimeoutMs);
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = FULL');
     migrate(db, version, path);
@@ -109,8 +109,12 @@ export function migrate(db: Database, from: number, path: string): void {
  * restart measures again, and the first one that finds the room upgrades the journal. When
  * the free space cannot be measured, the upgrade is tried (migrationFull says a failure).
  */
-export function refuseUpgradeWithoutRoom(path: string, from: number): void {
-  const room = upgradeRoom(path, from);
+export function refuseUpgradeWithoutRoom(path: string, from: number, busyTimeoutMs = 2000): void {
+  // Its indexes of some commands (from version 2) counted, when the worst case would refuse.
+  const room = countedUpgradeRoom(path, from, () => {
+    const db = new BetterSqlite3(path, { fileMustExist: true, timeout: busyTimeoutMs });
+    return { db, close: () => db.close() };
+  });
   const refusal = room === null ? null : upgradeRefusal(path, from, room);
   if (refusal === null) return;
   throw new JournalUnavailableError(
@@ -146,7 +150,7 @@ export function schemaVersion(path: string, busyTimeoutMs: number): number | nul
 export function checkUpgradeRoom(path: string, busyTimeoutMs = 2000): void {
   const version = schemaVersion(path, busyTimeoutMs);
   if (version !== null && version > 0 && version < LATEST_VERSION) {
-    refuseUpgradeWithoutRoom(path, version);
+    refuseUpgradeWithoutRoom(path, version, busyTimeoutMs);
   }
 }
 

@@ -9,11 +9,14 @@ import {
   statfsSync,
 } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import type { Database } from 'better-sqlite3';
+import { openForCheck } from './check-reader.js';
 import { committedPages } from './log-image.js';
-import { LATEST_VERSION, MIGRATIONS } from './migrations.js';
+import { LATEST_VERSION, MIGRATIONS, type Migration } from './migrations.js';
 
 /**
- * The room a schema upgrade of the journal needs, measured without SQLite: the start refuses
+ * The room a schema upgrade of the journal needs, measured without SQLite (but for a count of
+ * the commands a step's room is of, countedUpgradeRoom): the start refuses
  * an upgrade its filesystem has no room for before it writes anything (schema-upgrade.ts), and
  * `sluiced --check` says what the next start will do with the journal (journalOutlook).
  */
@@ -25,9 +28,12 @@ import { LATEST_VERSION, MIGRATIONS } from './migrations.js';
  * journal; the indexes of version 3 alone (from version 2), a fraction of it: an upgrade that
  * only adds an index does not ask for room it will never use.
  */
-export function upgradeFactor(from: number): number {
-  const sum = MIGRATIONS.filter((m) => m.version > from).reduce((t, m) => t + m.room, 0);
-  return Math.round(sum * 10) / 10;
+export function upgradeFactor(from: number, share: CommandShare | null = null): number {
+  const sum = MIGRATIONS.filter((m) => m.version > from).reduce(
+    (t, m) => t + m.room * scale(m, share),
+    0,
+  );
+  return roundUp(sum);
 }
 
 /**
@@ -35,8 +41,93 @@ export function upgradeFactor(from: number): number {
  * of the journal: the most any of its migrations sorts there (each step's temporary files are
  * deleted at its end).
  */
-export function sortFactor(from: number): number {
-  return MIGRATIONS.filter((m) => m.version > from).reduce((t, m) => Math.max(t, m.sortRoom), 0);
+export function sortFactor(from: number, share: CommandShare | null = null): number {
+  return roundUp(
+    MIGRATIONS.filter((m) => m.version > from).reduce(
+      (t, m) => Math.max(t, m.sortRoom * scale(m, share)),
+      0,
+    ),
+  );
+}
+
+/**
+ * The journal's commands that the upgrade's steps with a room of some of them (Migration.of)
+ * are of: `some` of `all`, counted before the upgrade (countShare).
+ */
+export interface CommandShare {
+  readonly some: number;
+  readonly all: number;
+  /** The commands counted, in words: "failed or rejected". */
+  readonly what: string;
+}
+
+/** The part of the measured room a step needs with `share` counted (all of it when not). */
+function scale(step: Migration, share: CommandShare | null): number {
+  if (step.of === undefined || share === null) return 1;
+  return share.all === 0 ? 0 : share.some / share.all;
+}
+
+/** Rounded up to two decimals: said, and multiplied by the journal's size, on the safe side. */
+function roundUp(factor: number): number {
+  return Math.ceil(Math.round(factor * 1e6) / 1e4) / 100;
+}
+
+/** The one condition of the steps from `from` with a room of some commands; null when none. */
+function scaledRows(from: number): string | null {
+  const of = [...new Set(MIGRATIONS.flatMap((m) => (m.version > from && m.of ? [m.of] : [])))];
+  return of.length === 1 ? (of[0] ?? null) : null;
+}
+
+/**
+ * Counts the commands the upgrade's indexes are of (Migration.of) on `db`, the journal before
+ * its upgrade: one read of its commands table. Null when no step is of some commands, or the
+ * count fails (the whole journal is then counted, on the safe side).
+ */
+export function countShare(db: Database, from: number): CommandShare | null {
+  const rows = scaledRows(from);
+  if (rows === null) return null;
+  try {
+    const counted = db
+      .prepare(`SELECT count(*) AS "all", coalesce(sum(${rows}), 0) AS some FROM commands`)
+      .get() as { all: number; some: number };
+    return { ...counted, what: 'failed or rejected' };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * What an upgrade from `from` needs (upgradeRoom), its steps of some commands (Migration.of)
+ * measured for the commands they are of when the whole journal's worst case would refuse it
+ * and the count may change that: with none of those commands the room would be there. The count
+ * reads the commands table through (`open` gives a connection that reads the journal, or null),
+ * which neither a start with the room nor one refused whatever the count (restarted every 2 s
+ * under the unit) makes.
+ */
+export function countedUpgradeRoom(
+  path: string,
+  from: number,
+  open: () => { db: Database; close(): void } | null,
+): UpgradeRoom | null {
+  const room = upgradeRoom(path, from);
+  if (room === null || upgradeRefusal(path, from, room) === null) return room;
+  if (scaledRows(from) === null) return room;
+  const least = upgradeRoom(path, from, { some: 0, all: 1, what: '' });
+  if (least === null || upgradeRefusal(path, from, least) !== null) return room;
+  let reading: { db: Database; close(): void } | null = null;
+  try {
+    reading = open();
+  } catch {
+    // Unreadable now: the whole journal is counted.
+  }
+  if (reading === null) return room;
+  let share: CommandShare | null;
+  try {
+    share = countShare(reading.db, from);
+  } finally {
+    reading.close();
+  }
+  return share === null ? room : upgradeRoom(path, from, share);
 }
 
 /**
@@ -67,9 +158,20 @@ export function upgradeWork(from: number): string {
     : 'builds indexes from one read of its commands (it copies no table)';
 }
 
-/** `factor` × the journal's size, in words. */
-export function timesTheJournal(factor: number, size: number): string {
-  return `${factor === 2 ? 'twice' : `${factor} ×`} the journal's ${mb(size)}`;
+/**
+ * `factor` × the journal's size, in words, with the commands counted when the factor is of
+ * some of them (`… 0.02 × the journal's 47.7 MB (its 12 failed or rejected commands of 50,000)`).
+ */
+export function timesTheJournal(
+  factor: number,
+  size: number,
+  share: CommandShare | null = null,
+): string {
+  const counted =
+    share === null
+      ? ''
+      : ` (its ${share.some.toLocaleString('en-US')} ${share.what} commands of ${share.all.toLocaleString('en-US')})`;
+  return `${factor === 2 ? 'twice' : `${factor} ×`} the journal's ${mb(size)}${counted}`;
 }
 
 /**
@@ -92,6 +194,8 @@ export interface UpgradeRoom {
   readonly free: number;
   /** SQLite's temporary folder and its room; null when it cannot be found or measured. */
   readonly sorts: SortRoom | null;
+  /** The commands counted for the steps of some of them; null: the whole journal counted. */
+  readonly share: CommandShare | null;
 }
 
 /** The room the upgrade's sorts need in SQLite's temporary folder (sortFolder). */
@@ -108,7 +212,11 @@ export interface SortRoom {
  * What an upgrade from schema version `from` needs. Null when the file or its filesystem cannot
  * be measured (the open says what is wrong).
  */
-export function upgradeRoom(path: string, from: number): UpgradeRoom | null {
+export function upgradeRoom(
+  path: string,
+  from: number,
+  share: CommandShare | null = null,
+): UpgradeRoom | null {
   const free = freeBytes(path);
   if (free === null) return null;
   let size: number;
@@ -118,12 +226,12 @@ export function upgradeRoom(path: string, from: number): UpgradeRoom | null {
   } catch {
     return null;
   }
-  const sorts = sortRoom(path, from, size);
+  const sorts = sortRoom(path, from, size, share);
   const needed =
-    Math.ceil(upgradeFactor(from) * size) +
+    Math.ceil(upgradeFactor(from, share) * size) +
     upgradeMargin(size) +
     (sorts?.shared === true ? sorts.needed : 0);
-  return { size, needed, free, sorts };
+  return { size, needed, free, sorts, share };
 }
 
 /**
@@ -131,7 +239,12 @@ export function upgradeRoom(path: string, from: number): UpgradeRoom | null {
  * upgrade SQLITE_FULL midway when that folder's filesystem (/var/tmp, often not the journal's,
  * or a small /tmp) had not the room, said as a full journal filesystem that had plenty.
  */
-function sortRoom(path: string, from: number, size: number): SortRoom | null {
+function sortRoom(
+  path: string,
+  from: number,
+  size: number,
+  share: CommandShare | null,
+): SortRoom | null {
   const folder = sortFolder();
   if (folder === null) return null;
   const free = freeBytes(`${folder}/.`);
@@ -143,7 +256,7 @@ function sortRoom(path: string, from: number, size: number): SortRoom | null {
     return null;
   }
   // 1 MB beyond the factor: the statement journal and a small sort's files.
-  return { folder, needed: Math.ceil(sortFactor(from) * size) + 1e6, free, shared };
+  return { folder, needed: Math.ceil(sortFactor(from, share) * size) + 1e6, free, shared };
 }
 
 /** Why the start refuses the upgrade for want of room, or null when the room is there. */
@@ -151,18 +264,26 @@ export function upgradeRefusal(path: string, from: number, room: UpgradeRoom): s
   if (room.free < room.needed) return upgradeShortOfRoom(path, from, room);
   const { sorts } = room;
   if (sorts !== null && !sorts.shared && sorts.free < sorts.needed) {
-    return `not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION} in SQLite's temporary folder ${sorts.folder} (SQLITE_TMPDIR, else TMPDIR, else /var/tmp): the upgrade sorts its commands there and needs about ${mb(sorts.needed)} free on that folder's filesystem (${sortFactor(from) === 1 ? 'as much as' : `${sortFactor(from)} ×`} the journal's ${mb(room.size)}, and 1.0 MB), and ${mb(sorts.free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(sorts.needed - sorts.free)} more there, or set SQLITE_TMPDIR to a folder with the room that sluiced may write (its state folder: the room is then counted with the journal's)`;
+    return `not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION} in SQLite's temporary folder ${sorts.folder} (SQLITE_TMPDIR, else TMPDIR, else /var/tmp): the upgrade sorts its commands there and needs about ${mb(sorts.needed)} free on that folder's filesystem (${sortWords(from, room)}, and 1.0 MB), and ${mb(sorts.free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(sorts.needed - sorts.free)} more there, or set SQLITE_TMPDIR to a folder with the room that sluiced may write (its state folder: the room is then counted with the journal's)`;
   }
   return null;
 }
 
+/** The sorts' room in words: `0.3 × the journal's 3.1 MB`, `as much as the journal's …`. */
+function sortWords(from: number, room: UpgradeRoom): string {
+  const factor = sortFactor(from, room.share);
+  return factor === 1 && room.share === null
+    ? `as much as the journal's ${mb(room.size)}`
+    : timesTheJournal(factor, room.size, scaledRows(from) === null ? null : room.share);
+}
+
 export function upgradeShortOfRoom(path: string, from: number, room: UpgradeRoom): string {
-  const { size, needed, free, sorts } = room;
+  const { size, needed, free, sorts, share } = room;
   const sorted =
     sorts?.shared === true
       ? `, ${mb(sorts.needed)} for its sorts in SQLite's temporary folder ${sorts.folder} on the same filesystem`
       : '';
-  return `not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION}: the upgrade ${upgradeWork(from)} and needs about ${mb(needed)} free on its filesystem (${timesTheJournal(upgradeFactor(from), size)}${sorted}, and ${mb(upgradeMargin(size))} for the log), and ${mb(free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(needed - free)} more there`;
+  return `not enough free space to upgrade the journal ${path} from schema version ${from} to ${LATEST_VERSION}: the upgrade ${upgradeWork(from)} and needs about ${mb(needed)} free on its filesystem (${timesTheJournal(upgradeFactor(from, share), size, share)}${sorted}, and ${mb(upgradeMargin(size))} for the log), and ${mb(free)} are free; nothing was written, the journal is left as it was (version ${from}); free ${mb(needed - free)} more there`;
 }
 
 /** What the next start will do with the journal at `path`, for `sluiced --check`. */
@@ -209,7 +330,11 @@ export function journalOutlook(path: string): JournalOutlook {
   if (version === 0) return { kind: 'other' };
   if (version === LATEST_VERSION) return { kind: 'current', version };
   if (version > LATEST_VERSION) return { kind: 'newer', version };
-  const room = upgradeRoom(path, version);
+  // Counted, when it is, through a connection that writes nothing (check-reader.ts).
+  const room = countedUpgradeRoom(path, version, () => {
+    const opened = openForCheck(path);
+    return opened.kind === 'open' ? { db: opened.db, close: () => opened.db.close() } : null;
+  });
   const refusal = room === null ? null : upgradeRefusal(path, version, room);
   return { kind: 'upgrade', from: version, to: LATEST_VERSION, room, refusal };
 }
