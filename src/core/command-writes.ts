@@ -1,6 +1,6 @@
 import { sendWhileBusy, type AttemptOutcome, type WriteOutcome } from './busy-write.js';
 import { DeviceRefusedError, WriteNotSentError } from './driver.js';
-import type { CommandRecord, Observation } from './journal.js';
+import { claimId, type CommandRecord, type Observation } from './journal.js';
 import {
   PIPELINE,
   refId,
@@ -197,7 +197,7 @@ export class CommandWrites {
   ): void {
     if (settledMeanwhile(this.host, lane, record, log)) return;
     const stop = lane.interrupted;
-    if (stop !== null && refId(stop.target) === refId(record)) {
+    if (stop !== null && claimId(stop.target) === claimId(record)) {
       this.host.settle(log, record, 'dispatched', {
         to: 'rejected',
         code: 'SUPERSEDED',
@@ -224,7 +224,7 @@ export class CommandWrites {
    */
   secondUnsent(lane: Lane, again: CommandRecord, error: string, log: Logger): void {
     const stop = lane.interrupted;
-    const by = stop !== null && refId(stop.target) === refId(again) ? stop.stop.key : null;
+    const by = stop !== null && claimId(stop.target) === claimId(again) ? stop.stop.key : null;
     this.noteUnsent(again, error, log, by);
   }
 

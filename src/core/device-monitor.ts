@@ -1,7 +1,7 @@
 import type { Clock } from './clock.js';
 import type { DeviceReads } from './device-reads.js';
 import type { DeviceHealth, Readback } from './driver.js';
-import { refId } from './journal.js';
+import { claimId } from './journal.js';
 import { interruptedTargets, type Lane, type WriteCounts } from './lane.js';
 import type { Logger } from './logger.js';
 import type { ReadFailure } from './read-failures.js';
@@ -119,9 +119,9 @@ export function deviceView(lane: Lane, reads: DeviceReads, nowMono: number): Dev
 
 /** DeviceView.holding. */
 function holding(lane: Lane): number {
-  const held = new Set(lane.queue.map(refId));
+  const held = new Set(lane.queue.map(claimId));
   for (const ref of [lane.inFlight, lane.ending, lane.unresolved, ...interruptedTargets(lane)]) {
-    if (ref !== null) held.add(refId(ref));
+    if (ref !== null) held.add(claimId(ref));
   }
   return held.size;
 }

@@ -43,8 +43,50 @@ export function refId(ref: CommandRef): string {
   return `${ref.scope}\u0000${ref.key}`;
 }
 
-/** An open command as the sweep needs it: which, on which device, in which state, doing what. */
-export interface OpenRef extends CommandRef {
+/**
+ * One claim of a key: the key's ref and the fingerprint of the command claimed under it (which
+ * names its device too). What holds a command by its claim — its device's queue and worker, a
+ * stop's preemption, a request waiting for its outcome, an MQTT requester's Response Topic —
+ * holds this, not the key alone: a claim lost with its batch (a COMMIT that failed) leaves its
+ * ref there, and the key may be claimed again since for another command, on another device
+ * perhaps (a reuse of the key sent at QoS 1 and redelivered, a client's own reuse). By key
+ * alone, the lost claim's queue entry ran that command on its own device, and its waiter was
+ * answered with that command's outcome. Read as a claim (readClaim), the key's row is that
+ * command only when it is this claim's.
+ */
+export type ClaimRef = CommandRef & { readonly fingerprint: string };
+
+/** The claim of a command (or of a claim's ref): its scope, key and fingerprint alone. */
+export function claimRef(ref: ClaimRef): ClaimRef {
+  return { scope: ref.scope, key: ref.key, fingerprint: ref.fingerprint };
+}
+
+/** A claim's identity as a map key: its ref's (refId) and its fingerprint. */
+export function claimId(ref: ClaimRef): string {
+  return `${refId(ref)}\u0000${ref.fingerprint}`;
+}
+
+/**
+ * The claim's command as `journal` holds it: undefined when the key names no command (the
+ * claim was lost with its batch) or another command (claimed since). Claimed again with the
+ * same payload (a retry), the key names the same command: its row is the claim's. A ref
+ * without a fingerprint (an operator names a key) reads whatever command the key names.
+ */
+export function readClaim(
+  journal: Pick<Journal, 'get'>,
+  claim: CommandOf,
+): CommandRecord | undefined {
+  const record = journal.get(claim);
+  return claim.fingerprint === undefined || record?.fingerprint === claim.fingerprint
+    ? record
+    : undefined;
+}
+
+/**
+ * An open command as the sweep needs it: which (its claim), on which device, in which state,
+ * doing what.
+ */
+export interface OpenRef extends ClaimRef {
   readonly device: string;
   readonly state: OpenState;
   /** A stop preempts what was accepted before it, after a restart too (SPEC §2). */
@@ -57,7 +99,7 @@ export interface OpenPageRef extends OpenRef {
 }
 
 /** A stop with its journal id (Journal.stopsSince). */
-export interface OpenStopRef extends CommandRef {
+export interface OpenStopRef extends ClaimRef {
   readonly id: number;
   readonly device: string;
 }

@@ -3,6 +3,7 @@ import type { FreshnessPolicy, OpenState, ResultCode, TerminalState } from './co
 import type { Clock } from './clock.js';
 import {
   refId,
+  type ClaimRef,
   type CommandRecord,
   type CommandRef,
   type Journal,
@@ -118,8 +119,8 @@ export interface LastWrite {
  * interruption, which holds again once the preempted stop is taken up (preemption.ts).
  */
 export interface Interruption {
-  readonly target: CommandRef;
-  readonly stop: CommandRef;
+  readonly target: ClaimRef;
+  readonly stop: ClaimRef;
   readonly write: LastWrite | null;
   readonly earlierLife: boolean;
   readonly outer: Interruption | null;
@@ -167,9 +168,16 @@ export interface Lane {
    * earlier life sent, and any acknowledgement of it, came before.
    */
   readonly earlierLivesEndedMono: number;
-  readonly queue: CommandRef[];
+  /**
+   * The commands claimed for the device and not yet taken up, in order, each by its claim
+   * (ClaimRef): an entry whose claim was lost with its batch names no command of its own once
+   * the key is claimed again for another command, and is dropped when the device comes to it.
+   * So are the lane's other refs below (the command in flight, left open, ending; a stop's
+   * interruption; the stops behind; the marks): read as claims (readClaim).
+   */
+  readonly queue: ClaimRef[];
   running: Promise<void> | null;
-  inFlight: CommandRef | null;
+  inFlight: ClaimRef | null;
   /**
    * The settlement journaled for the command in flight, when the pipeline journaled one. Once
    * it is announced (its own barrier succeeded: its batch was committed and synced), the
@@ -183,13 +191,13 @@ export interface Lane {
    * the device's command until it is terminal: the queue never moves past it (I1), and the
    * sweep takes it up again before anything else.
    */
-  unresolved: CommandRef | null;
+  unresolved: ClaimRef | null;
   /**
    * The command whose handling has returned while its end is being made durable (the worker's
    * barrier after it): still the device's command until the worker knows it terminal on disk
    * or leaves it open. A stop accepted meanwhile preempts it, and the sweep leaves it alone.
    */
-  ending: CommandRef | null;
+  ending: ClaimRef | null;
   mirror: TimedReadback | null;
   /**
    * The scan time of the mirror's image and when a read first returned it (monotonic, its
@@ -253,7 +261,7 @@ export interface Lane {
    * second had taken the first over and did not take effect either (its write answered 0x04),
    * the third waited out the second's confirm timeout while the valve travelled to the end.
    */
-  readonly stopsBehind: CommandRef[];
+  readonly stopsBehind: ClaimRef[];
   /**
    * Aborted when the pipeline stops, or when a stop preempts the command being handled (SPEC
    * §2: a stop is not queued behind travel). Reads and pauses follow it; a write in progress
@@ -273,9 +281,10 @@ export interface Lane {
    * the command is `accepted` on disk again). When the device comes to one, it is rejected
    * `SUPERSEDED` if it is still `accepted` (never written), run if it is a stop
    * (preemption.ts). The mark goes once the rejection is durable (the pipeline's settled
-   * listener).
+   * listener). By claim (claimId): a mark of a claim lost with its batch is not its key's next
+   * command's.
    */
-  readonly superseded: Map<string, CommandRef>;
+  readonly superseded: Map<string, ClaimRef>;
 }
 
 export const PIPELINE = 'pipeline';
@@ -407,8 +416,8 @@ export function withheldUnsent(
  * Every command the lane's interruptions hold for a take-up after their stop: the target of
  * each (a stop preempted by a stop holds the command it had preempted as its outer one's).
  */
-export function interruptedTargets(lane: Lane): CommandRef[] {
-  const targets: CommandRef[] = [];
+export function interruptedTargets(lane: Lane): ClaimRef[] {
+  const targets: ClaimRef[] = [];
   for (let i = lane.interrupted; i !== null; i = i.outer) targets.push(i.target);
   return targets;
 }

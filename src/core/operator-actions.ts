@@ -1,15 +1,15 @@
 import { isTerminal } from './command.js';
 import type { Clock } from './clock.js';
 import { AlreadySettledError, UnknownCommandError } from './errors.js';
-import type { CommandRecord, CommandRef, Journal } from './journal.js';
 import {
-  ADMIN,
-  commandLogger,
-  interruptedTargets,
-  refId,
-  withheldUnsent,
-  type Lane,
-} from './lane.js';
+  claimId,
+  claimRef,
+  type ClaimRef,
+  type CommandRecord,
+  type CommandRef,
+  type Journal,
+} from './journal.js';
+import { ADMIN, commandLogger, interruptedTargets, withheldUnsent, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { latestWriteWithheld } from './open-commands.js';
 import type { Outcomes } from './outcomes.js';
@@ -64,15 +64,15 @@ export class OperatorActions {
     if (
       lane?.inFlight !== null &&
       lane?.inFlight !== undefined &&
-      refId(lane.inFlight) === refId(ref)
+      claimId(lane.inFlight) === claimId(record)
     ) {
       lane.preempt?.abort();
     }
-    if (lane !== undefined && record.state === 'accepted') leaveQueue(lane, ref);
+    if (lane !== undefined && record.state === 'accepted') leaveQueue(lane, record);
     if (
       lane?.unresolved !== null &&
       lane?.unresolved !== undefined &&
-      refId(lane.unresolved) === refId(ref)
+      claimId(lane.unresolved) === claimId(record)
     ) {
       lane.unresolved = null;
       this.host.startWorker(lane);
@@ -104,32 +104,34 @@ export class OperatorActions {
         detail: `its device "${record.device}" is not in the configuration: no readback can settle it; resolve it`,
       };
     }
-    const id = refId(ref);
-    const inFlight = lane.inFlight !== null && refId(lane.inFlight) === id;
+    // The lane holds commands by their claim: the key's command is the one read.
+    const id = claimId(record);
+    const inFlight = lane.inFlight !== null && claimId(lane.inFlight) === id;
     const held =
       inFlight ||
-      lane.queue.some((q) => refId(q) === id) ||
-      interruptedTargets(lane).some((target) => refId(target) === id);
+      lane.queue.some((q) => claimId(q) === id) ||
+      interruptedTargets(lane).some((target) => claimId(target) === id);
     // A stop of the daemon (pipeline.stop) leaves its device's worker what it carries out within
     // the shutdown bound — the command in flight, the accepted stops kept at the head of the
     // queue, the command left to the sweep ahead of them, the command a stop preempted — and
     // clears the rest of the queue: nothing takes any other command up now. Said so at once, not
     // after the wait as "waiting for the device's command in flight", which no worker would end.
-    const carriedOut = held || (lane.unresolved !== null && refId(lane.unresolved) === id);
+    const carriedOut = held || (lane.unresolved !== null && claimId(lane.unresolved) === id);
     if (this.host.closed() && !carriedOut) return { record, detail: stoppingDetail(record) };
     if (!held && !this.host.closed()) {
-      if (lane.unresolved !== null && refId(lane.unresolved) !== id) lane.queue.unshift(ref);
-      else lane.unresolved = { scope: ref.scope, key: ref.key };
+      if (lane.unresolved !== null && claimId(lane.unresolved) !== id) {
+        lane.queue.unshift(claimRef(record));
+      } else lane.unresolved = claimRef(record);
     }
     this.host.startWorker(lane);
-    const after = (await this.host.outcomes.waitForSettled(ref, waitMs)) ?? record;
+    const after = (await this.host.outcomes.waitForSettled(claimRef(record), waitMs)) ?? record;
     const detail = isTerminal(after.state)
       ? `settled: ${after.state} ${after.code ?? ''}`.trim()
       : this.host.closed()
         ? carriedOut
           ? withinBoundDetail(after)
           : stoppingDetail(after)
-        : lane.inFlight !== null && refId(lane.inFlight) === id
+        : lane.inFlight !== null && claimId(lane.inFlight) === id
           ? `still ${after.state}: the daemon is reading the device (${lane.binding.driver.health().lastError ?? 'no error'})`
           : `still ${after.state}: waiting for the device's command in flight`;
     return { record: after, detail };
@@ -157,10 +159,10 @@ function stoppingDetail(record: CommandRecord): string {
  * preemption waits for (lane.interrupted): the worker, coming to it ended, hands the preempted
  * command on (preemption.ts, afterStop), and that stays its job.
  */
-function leaveQueue(lane: Lane, ref: CommandRef): void {
-  const id = refId(ref);
-  if (lane.interrupted !== null && refId(lane.interrupted.stop) === id) return;
-  const at = lane.queue.findIndex((queued) => refId(queued) === id);
+function leaveQueue(lane: Lane, ref: ClaimRef): void {
+  const id = claimId(ref);
+  if (lane.interrupted !== null && claimId(lane.interrupted.stop) === id) return;
+  const at = lane.queue.findIndex((queued) => claimId(queued) === id);
   if (at < 0) return;
   lane.queue.splice(at, 1);
   lane.superseded.delete(id);
@@ -192,7 +194,7 @@ function writeNote(
   const held =
     lane?.inFlight !== null &&
     lane?.inFlight !== undefined &&
-    refId(lane.inFlight) === refId(record);
+    claimId(lane.inFlight) === claimId(record);
   // Withheld unsent when its dispatch could not be made durable, and no write of it handed to
   // the driver since (a second dispatch that is sent clears the lane's memory and journals a
   // redispatch after the take-up's line): nothing of it can reach the controller. The take-up's

@@ -1,7 +1,15 @@
 import { isTerminal, type OpenState } from './command.js';
 import { timer, type Clock } from './clock.js';
 import { JournalConflictError, JournalUnavailableError } from './errors.js';
-import type { CommandRecord, CommandRef, Journal } from './journal.js';
+import {
+  claimId,
+  readClaim,
+  type ClaimRef,
+  type CommandOf,
+  type CommandRecord,
+  type CommandRef,
+  type Journal,
+} from './journal.js';
 import { PIPELINE, refId, type Lane, type Outcome } from './lane.js';
 import type { Logger } from './logger.js';
 
@@ -27,6 +35,22 @@ interface Moments {
   accepted?: number;
   dispatched?: number;
   settled?: number;
+}
+
+/**
+ * One waiter for a command's outcome: woken with the record, or with nothing. `fingerprint`:
+ * the claim it waits for (CommandOf); a settlement of another command under the key (claimed
+ * after this one's claim was lost with its batch) is not this one's outcome. Undefined: an
+ * operator naming a key waits for whatever command the key names.
+ */
+interface Waiter {
+  readonly fingerprint: string | undefined;
+  readonly wake: (settled: CommandRecord | undefined) => void;
+}
+
+/** Whether `waiter` waits for the claim `claim`. */
+function waitsFor(waiter: Waiter, claim: ClaimRef): boolean {
+  return waiter.fingerprint === undefined || waiter.fingerprint === claim.fingerprint;
 }
 
 /** How soon a settlement whose barrier failed asks for the next one (announceOnceSynced). */
@@ -56,12 +80,15 @@ export interface OutcomesHost {
  */
 export class Outcomes {
   private readonly host: OutcomesHost;
-  /** Who waits for which command: woken with the record, or with nothing at the stop. */
-  private readonly waiters = new Map<string, Set<(settled: CommandRecord | undefined) => void>>();
+  /** Who waits for which command, by key (refId): woken with the record, or with nothing. */
+  private readonly waiters = new Map<string, Set<Waiter>>();
   /** Settled records announced after their barrier: on disk, whatever was written since. */
   private readonly announced = new WeakSet<CommandRecord>();
   private readonly listeners = new Set<SettledListener>();
-  /** Open commands' moments (SettledTimes), until their settlement is announced. */
+  /**
+   * Open commands' moments (SettledTimes), by claim (claimId), until their settlement is
+   * announced.
+   */
   private readonly moments = new Map<string, Moments>();
 
   constructor(host: OutcomesHost) {
@@ -72,7 +99,7 @@ export class Outcomes {
     host.signal.addEventListener(
       'abort',
       () => {
-        for (const set of this.waiters.values()) for (const wake of set) wake(undefined);
+        for (const set of this.waiters.values()) for (const w of set) w.wake(undefined);
       },
       { once: true },
     );
@@ -84,7 +111,7 @@ export class Outcomes {
   }
 
   /** A new command was journaled at `nowMono` (the monotonic clock). */
-  accepted(ref: CommandRef, nowMono: number): void {
+  accepted(ref: ClaimRef, nowMono: number): void {
     this.moment(ref).accepted = nowMono;
   }
 
@@ -99,12 +126,12 @@ export class Outcomes {
    * journal's dispatchedAt (timesOf), its earlier life and the time the daemon was down
    * included, where taking the re-dispatch's moment timed it from this life's round alone.
    */
-  dispatched(ref: CommandRef & { readonly attempts: number }): void {
+  dispatched(ref: ClaimRef & { readonly attempts: number }): void {
     if (ref.attempts <= 1) this.moment(ref).dispatched = this.host.clock.elapsed();
   }
 
-  private moment(ref: CommandRef): Moments {
-    const id = refId(ref);
+  private moment(ref: ClaimRef): Moments {
+    const id = claimId(ref);
     let moments = this.moments.get(id);
     if (moments === undefined) {
       moments = {};
@@ -115,7 +142,7 @@ export class Outcomes {
 
   /** The durations of a settled command, and its moments forgotten (SettledTimes). */
   private timesOf(settled: CommandRecord): SettledTimes {
-    const id = refId(settled);
+    const id = claimId(settled);
     const moments = this.moments.get(id) ?? {};
     this.moments.delete(id);
     const end = moments.settled ?? this.host.clock.elapsed();
@@ -164,7 +191,11 @@ export class Outcomes {
     }
     this.moment(settled).settled = this.host.clock.elapsed();
     const lane = this.host.lanes.get(settled.device);
-    if (lane !== undefined && lane.inFlight !== null && refId(lane.inFlight) === refId(settled)) {
+    if (
+      lane !== undefined &&
+      lane.inFlight !== null &&
+      claimId(lane.inFlight) === claimId(settled)
+    ) {
       lane.settledInFlight = settled;
     }
     const level = outcome.to === 'confirmed' ? 'info' : 'warn';
@@ -246,13 +277,31 @@ export class Outcomes {
    * A command whose claim is not in the journal when its device takes it up: the batch that
    * held the claim was lost at its COMMIT (a full disk), so it will never settle. Its waiters
    * (an HTTPS request with `Prefer: wait`) are woken now: they find it gone and answer 503 at
-   * once, not at the end of their wait (up to the wait policy's maximum).
+   * once, not at the end of their wait (up to the wait policy's maximum). Those of the claim:
+   * its key may name another command now, claimed since, whose waiters wait on — as does one
+   * naming the key alone (an operator, a test), which waits for whatever command it names.
    */
-  lost(ref: CommandRef): void {
-    const id = refId(ref);
-    this.moments.delete(id);
-    const waiting = this.waiters.get(id);
-    if (waiting !== undefined) for (const wake of [...waiting]) wake(undefined);
+  lost(ref: ClaimRef): void {
+    this.moments.delete(claimId(ref));
+    const waiting = this.waiters.get(refId(ref));
+    if (waiting === undefined) return;
+    let namesNone: boolean | undefined;
+    for (const w of [...waiting]) {
+      if (w.fingerprint === undefined) {
+        namesNone ??= this.namesNone(ref);
+        if (!namesNone) continue;
+      } else if (w.fingerprint !== ref.fingerprint) continue;
+      w.wake(undefined);
+    }
+  }
+
+  /** Whether the key names no command now; true when the journal cannot say (woken, it reads). */
+  private namesNone(ref: CommandRef): boolean {
+    try {
+      return this.host.journal.get(ref) === undefined;
+    } catch {
+      return true;
+    }
   }
 
   /** Whether this record was announced: its settlement's own barrier succeeded. */
@@ -264,7 +313,9 @@ export class Outcomes {
     this.announced.add(settled);
     const times = this.timesOf(settled);
     const waiting = this.waiters.get(refId(settled));
-    if (waiting !== undefined) for (const wake of waiting) wake(settled);
+    if (waiting !== undefined) {
+      for (const w of [...waiting]) if (waitsFor(w, settled)) w.wake(settled);
+    }
     for (const listener of this.listeners) {
       try {
         listener(settled, times);
@@ -274,10 +325,15 @@ export class Outcomes {
     }
   }
 
-  /** Resolves with the command once it is terminal, or as it stands after `timeoutMs`. */
-  async waitForSettled(ref: CommandRef, timeoutMs: number): Promise<CommandRecord | undefined> {
+  /**
+   * Resolves with the claim's command once it is terminal, or as it stands after `timeoutMs`:
+   * undefined when its key names no command of the claim (readClaim: lost with its batch, the
+   * key claimed again since for another command). Without a fingerprint, whatever command the
+   * key names.
+   */
+  async waitForSettled(ref: CommandOf, timeoutMs: number): Promise<CommandRecord | undefined> {
     const { journal, clock, signal } = this.host;
-    const current = journal.get(ref);
+    const current = readClaim(journal, ref);
     if (current === undefined || isTerminal(current.state) || timeoutMs <= 0 || signal.aborted) {
       // What the caller answers with must be on disk (group commit).
       await this.durable();
@@ -293,21 +349,24 @@ export class Outcomes {
     // Woken with the record by its announcement, with nothing by the pipeline's stop, or by
     // the timer after `timeoutMs`: whichever comes first.
     const settled = await new Promise<CommandRecord | undefined>((resolve) => {
-      const wake = (record: CommandRecord | undefined): void => {
-        cancel();
-        waiting.delete(wake);
-        if (waiting.size === 0 && this.waiters.get(id) === waiting) this.waiters.delete(id);
-        resolve(record);
+      const waiter: Waiter = {
+        fingerprint: ref.fingerprint,
+        wake: (record) => {
+          cancel();
+          waiting.delete(waiter);
+          if (waiting.size === 0 && this.waiters.get(id) === waiting) this.waiters.delete(id);
+          resolve(record);
+        },
       };
       const cancel = timer(clock, timeoutMs, () => {
-        wake(undefined);
+        waiter.wake(undefined);
       });
-      waiting.add(wake);
+      waiting.add(waiter);
     });
     // Woken by the settlement's announcement: on disk already, and the record is at hand.
     if (settled !== undefined) return settled;
     await this.durable();
-    return journal.get(ref);
+    return readClaim(journal, ref);
   }
 
   /**

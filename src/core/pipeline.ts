@@ -25,15 +25,20 @@ import {
   UnknownDeviceError,
 } from './errors.js';
 import { CommandExecution } from './execution.js';
-import type {
-  Claim,
-  CommandRecord,
-  CommandRef,
-  Journal,
-  JournalEvent,
-  NewCommand,
-  Rejection,
-  Retry,
+import {
+  claimId,
+  claimRef,
+  readClaim,
+  type Claim,
+  type ClaimRef,
+  type CommandOf,
+  type CommandRecord,
+  type CommandRef,
+  type Journal,
+  type JournalEvent,
+  type NewCommand,
+  type Rejection,
+  type Retry,
 } from './journal.js';
 import { LateEcho } from './late-echo.js';
 import {
@@ -280,7 +285,7 @@ export class CommandPipeline {
       // rejection as superseded is no longer to be made again.
       const lane = this.lanes.get(record.device);
       lane?.withheld.delete(refId(record));
-      lane?.superseded.delete(refId(record));
+      lane?.superseded.delete(claimId(record));
       this.lateEcho.settled(record);
     });
     const startWorker = (lane: Lane): void => {
@@ -512,6 +517,14 @@ export class CommandPipeline {
     return this.journal.get(ref);
   }
 
+  /**
+   * The claim's command as journaled now: undefined when its key names no command (the claim
+   * was lost with its batch) or another one, claimed since (readClaim).
+   */
+  claimed(claim: ClaimRef): CommandRecord | undefined {
+    return readClaim(this.journal, claim);
+  }
+
   /** Every scope's command with this key (the operator names keys, not scopes). */
   findByKey(key: string): CommandRecord[] {
     return this.journal.findByKey(key);
@@ -566,9 +579,13 @@ export class CommandPipeline {
     );
   }
 
-  /** Resolves with the command once it is terminal, or as it stands after `timeoutMs`. */
-  waitForSettled(ref: CommandRef, timeoutMs: number): Promise<CommandRecord | undefined> {
-    return this.outcomes.waitForSettled(ref, timeoutMs);
+  /**
+   * Resolves with the claim's command once it is terminal, or as it stands after `timeoutMs`;
+   * undefined when the key names no command of this claim (readClaim). Without a fingerprint
+   * (an operator names a key), whatever command the key names.
+   */
+  waitForSettled(claim: CommandOf, timeoutMs: number): Promise<CommandRecord | undefined> {
+    return this.outcomes.waitForSettled(claim, timeoutMs);
   }
 
   /**
@@ -770,20 +787,23 @@ export class CommandPipeline {
    * ends them: the commands from there on, stops included, stay journaled for recovery, in
    * their order.
    */
-  private stopsToRun(lane: Lane): CommandRef[] {
-    const stops: CommandRef[] = [];
+  private stopsToRun(lane: Lane): ClaimRef[] {
+    const stops: ClaimRef[] = [];
     for (const ref of lane.queue) {
       if (this.isStop(ref)) stops.push(ref);
-      else if (!lane.superseded.has(refId(ref))) break;
+      else if (!lane.superseded.has(claimId(ref))) break;
     }
     return stops;
   }
 
-  /** Whether `ref` is a stop; false when the journal cannot say now (it stays journaled). */
-  private isStop(ref: CommandRef | null): boolean {
+  /**
+   * Whether `ref` is a stop claimed; false when the journal cannot say now (it stays
+   * journaled), or holds no command of that claim.
+   */
+  private isStop(ref: ClaimRef | null): boolean {
     if (ref === null) return false;
     try {
-      return this.journal.get(ref)?.action === 'stop';
+      return readClaim(this.journal, ref)?.action === 'stop';
     } catch {
       return false;
     }
@@ -794,9 +814,9 @@ export class CommandPipeline {
     return this.abort.signal.aborted;
   }
 
-  private enqueue(lane: Lane, ref: CommandRef): void {
+  private enqueue(lane: Lane, ref: ClaimRef): void {
     if (this.closed) return;
-    lane.queue.push({ scope: ref.scope, key: ref.key });
+    lane.queue.push(claimRef(ref));
     // A device waiting for an unresolved command is restarted by the sweep, at its pace.
     if (lane.unresolved === null) this.startWorker(lane);
   }
@@ -823,21 +843,25 @@ export class CommandPipeline {
       lane.unresolved = null;
       let record: CommandRecord | undefined;
       try {
-        record = this.journal.get(ref);
+        // By its claim: a claim lost with its batch names no command of its own, also once its
+        // key is claimed again for another command (on another device perhaps), which its own
+        // claim queued on its own device. Read by key, that command ran here, on this device's
+        // driver (an audit of 2026-12-07: v1 closed by a close claimed for v2).
+        record = readClaim(this.journal, ref);
       } catch (error) {
         this.leftOpen(lane, ref, this.logger.child({ key: ref.key }), error);
         return;
       }
       if (record === undefined || isTerminal(record.state)) {
         if (record === undefined) this.claimLost(ref, this.logger.child({ key: ref.key }), null);
-        lane.superseded.delete(refId(ref));
+        lane.superseded.delete(claimId(ref));
         this.preemption.afterStop(lane, ref);
         continue;
       }
       const log = commandLogger(this.logger, record);
-      const supersededBy = lane.superseded.get(refId(ref));
+      const supersededBy = lane.superseded.get(claimId(ref));
       if (supersededBy !== undefined) {
-        lane.superseded.delete(refId(ref));
+        lane.superseded.delete(claimId(ref));
         this.preemption.supersede(lane, ref, supersededBy, log);
         continue;
       }
@@ -878,13 +902,17 @@ export class CommandPipeline {
       // travel, and the sweep took it up beside the worker still deciding.
       lane.ending = ref;
       let after: CommandRecord | undefined;
-      let gone: 'missing' | 'replaced' | null = null;
       try {
         await this.durable();
-        // A settlement announced is on disk (see Lane.settledInFlight); otherwise read back.
+        // A settlement announced is on disk (see Lane.settledInFlight); otherwise read back. By
+        // its claim: the key may name another command now, claimed after this one's claim was
+        // lost with its batch (a QoS 1 redelivery of a reuse); none of this one's writes went to
+        // that command's row (CommandOf), which its own claim queued and is taken up in turn.
         const settled = settledInFlight(lane);
         after =
-          settled !== null && this.outcomes.wasAnnounced(settled) ? settled : this.journal.get(ref);
+          settled !== null && this.outcomes.wasAnnounced(settled)
+            ? settled
+            : readClaim(this.journal, ref);
       } catch (error) {
         lane.ending = null;
         failure ??= error;
@@ -893,31 +921,23 @@ export class CommandPipeline {
         // never was, and there is nothing to take up. The device moves on now and its waiters
         // are woken (claimLost below), rather than at the sweep's next run (up to a second in
         // the daemon) with every command of the device behind it.
-        gone = this.claimGone(ref, record);
-        if (gone === null) {
+        if (!this.claimGone(ref)) {
           // Preempted by a stop, and whether it was written cannot be read now: taken up again,
           // it must not run as a command of its own ahead of the stop (written after it).
           // Marked, it is rejected SUPERSEDED if it is still `accepted`, judged after the stop
           // if not.
           const stop = lane.interrupted;
-          if (stop !== null && refId(stop.target) === refId(ref)) {
-            lane.superseded.set(refId(ref), stop.stop);
+          if (stop !== null && claimId(stop.target) === claimId(ref)) {
+            lane.superseded.set(claimId(ref), stop.stop);
           }
           this.leftOpen(lane, ref, log, failure);
           return;
         }
       }
       lane.ending = null;
-      // The key names another command now, claimed after this one's claim was lost with its
-      // batch (a QoS 1 redelivery of a reuse): this one never was, and none of its writes went
-      // to that command's row (CommandOf). That command is queued on its own and taken up next.
-      if (after !== undefined && after.fingerprint !== record.fingerprint) {
-        after = undefined;
-        gone = 'replaced';
-      }
       // Preempted by a stop while it ran (its handling aborted) or while its end was being made
       // durable: the interruption names it.
-      if (lane.interrupted !== null && refId(lane.interrupted.target) === refId(ref)) {
+      if (lane.interrupted !== null && claimId(lane.interrupted.target) === claimId(ref)) {
         if (after?.state === 'accepted') {
           this.preemption.supersede(lane, ref, lane.interrupted.stop, log);
         }
@@ -928,43 +948,39 @@ export class CommandPipeline {
         this.leftOpen(lane, ref, log, failure);
         return;
       }
-      if (after === undefined) this.claimLost(ref, log, failure, gone === 'replaced');
+      if (after === undefined) this.claimLost(ref, log, failure);
       this.preemption.afterStop(lane, ref);
     }
   }
 
   /**
    * Whether the command's claim is not in the journal (read as committed: a batch lost at its
-   * COMMIT was rolled back): 'missing', or 'replaced' when its key names another command now,
-   * claimed since. Null when it is there, or when the journal cannot be read: the sweep takes
-   * it up.
+   * COMMIT was rolled back), its key naming no command or another one claimed since. False
+   * when it is there, or when the journal cannot be read: the sweep takes it up.
    */
-  private claimGone(ref: CommandRef, record: CommandRecord): 'missing' | 'replaced' | null {
+  private claimGone(ref: ClaimRef): boolean {
     try {
-      const now = this.journal.get(ref);
-      if (now === undefined) return 'missing';
-      return now.fingerprint === record.fingerprint ? null : 'replaced';
+      return readClaim(this.journal, ref) === undefined;
     } catch {
-      return null;
+      return false;
     }
   }
 
   /**
    * The command's claim is not in the journal: the batch that held it was lost at its COMMIT (a
-   * full disk), after its device had taken it up, or before. Nothing was written for it (its
-   * dispatch finds no row), no intake acknowledged it (the claim's barrier fails, and an HTTPS
-   * request that waited for its outcome answers 503 on finding it gone), and it will never
-   * settle: its waiters are woken now rather than at the end of their wait. `replaced`: its key
-   * names another command now, claimed since: the waiters of the key are that command's.
+   * full disk), after its device had taken it up, or before. Its key may name another command
+   * now, claimed since: that one is not this one (readClaim), and its own claim queued it on its
+   * device. Nothing was written for this one (its dispatch finds no row of it), no intake
+   * acknowledged it (the claim's barrier fails, and an HTTPS request that waited for its outcome
+   * answers 503 on finding it gone), and it will never settle: its waiters — those of this claim,
+   * not those of the key's command now — are woken now rather than at the end of their wait.
    */
-  private claimLost(ref: CommandRef, log: Logger, failure: unknown, replaced = false): void {
+  private claimLost(ref: ClaimRef, log: Logger, failure: unknown): void {
     log.warn(
       { err: failure ?? undefined },
-      replaced
-        ? 'the claim was lost with its batch (its commit failed), and its key names another command now: this one was never accepted, and nothing was written for it'
-        : 'the claim was lost with its batch (its commit failed): the command was never accepted, and nothing was written',
+      'the claim was lost with its batch (its commit failed): the command was never accepted, and nothing was written for it (its key may name another command claimed since)',
     );
-    if (!replaced) this.outcomes.lost(ref);
+    this.outcomes.lost(ref);
   }
 
   /**
@@ -974,7 +990,7 @@ export class CommandPipeline {
    * as `accepted` it takes its normal course, as `dispatched` it is settled by reading the
    * controller, never by a blind re-write.
    */
-  private leftOpen(lane: Lane, ref: CommandRef, log: Logger, error: unknown): void {
+  private leftOpen(lane: Lane, ref: ClaimRef, log: Logger, error: unknown): void {
     lane.unresolved = ref;
     if (error === null || error instanceof JournalUnavailableError) {
       log.warn(

@@ -1,10 +1,16 @@
 import type { Clock } from './clock.js';
 import { isTerminal } from './command.js';
-import type { CommandRecord, CommandRef, Journal } from './journal.js';
+import {
+  claimId,
+  claimRef,
+  readClaim,
+  type ClaimRef,
+  type CommandRecord,
+  type Journal,
+} from './journal.js';
 import {
   commandLogger,
   interruptedTargets,
-  refId,
   withheldUnsent,
   PIPELINE,
   type Interruption,
@@ -53,13 +59,13 @@ export class Preemption {
    * (lane.superseded: rejected when the device comes to it if never written, run if it is a
    * stop), and a command in flight that cannot be read is preempted as one that may travel.
    */
-  stopPreempts(lane: Lane, stop: CommandRef, log: Logger): void {
+  stopPreempts(lane: Lane, stop: ClaimRef, log: Logger): void {
     const target = lane.inFlight ?? lane.ending ?? lane.unresolved;
     const left = this.leftOut(lane, stop, log);
     const ahead = [...lane.queue.splice(0, lane.queue.length), ...left];
     if (target === null && ahead.length === 0) return;
     // The stop that runs next: the first stop kept in the queue, or this one.
-    let next: CommandRef = stop;
+    let next: ClaimRef = stop;
     const lost = new Set<string>();
     for (const ref of ahead) {
       // A stop still waiting to run (a second stop came before the first was taken) is not
@@ -71,8 +77,9 @@ export class Preemption {
       const queued = this.read(ref, log);
       if (queued === UNREADABLE) this.keepMarked(lane, ref, stop, log);
       else if (queued === undefined) {
-        // Its claim was lost with its batch (the COMMIT failed): it was never accepted.
-        lost.add(refId(ref));
+        // Its claim was lost with its batch (the COMMIT failed): it was never accepted. The
+        // key may name another command since, not this one, which the stop leaves alone.
+        lost.add(claimId(ref));
         this.claimLost(ref, log);
       } else if (queued.action === 'stop') {
         if (next === stop) next = ref;
@@ -82,7 +89,7 @@ export class Preemption {
     // A stop still to run goes first: this one waits behind it, and takes it over once a
     // readback shows it written and its effect not seen (stopBehindRejudged).
     if (next !== stop) rememberBehind(lane, stop);
-    if (lane.interrupted !== null && lost.has(refId(lane.interrupted.stop))) {
+    if (lane.interrupted !== null && lost.has(claimId(lane.interrupted.stop))) {
       // The stop that preempted the travel was never accepted: its claim was lost with its
       // batch after it had preempted (a preemption acts at the claim, before the commit). This
       // stop takes its place: the preempted command is taken up once this one is terminal, and
@@ -96,7 +103,7 @@ export class Preemption {
     if (lane.interrupted !== null) {
       // A stop preempted the travel already: this one may preempt that stop, once it runs.
       const first = lane.interrupted.stop;
-      if (refId(target) === refId(first)) {
+      if (claimId(target) === claimId(first)) {
         this.stopBehindStop(lane, target, this.read(target, log), next, log);
       }
       return;
@@ -126,24 +133,24 @@ export class Preemption {
       !unsent &&
       current !== UNREADABLE &&
       lane.unresolved !== null &&
-      refId(lane.unresolved) === refId(target)
+      claimId(lane.unresolved) === claimId(target)
         ? this.earlierWrite(lane, current)
         : null;
     lane.interrupted = {
-      target: { scope: target.scope, key: target.key },
+      target: claimRef(target),
       stop,
       write: known ?? earlier,
       earlierLife: earlier !== null,
       outer: null,
     };
-    if (lane.unresolved !== null && refId(lane.unresolved) === refId(target)) {
+    if (lane.unresolved !== null && claimId(lane.unresolved) === claimId(target)) {
       // No worker holds it: the stop runs first, then it is judged again.
       lane.unresolved = null;
       if (current === UNREADABLE) {
         // Not known to be written: it goes first, marked — rejected if it never was, left to
         // afterStop if it was, run if it is a stop (which the take-over would have left alone).
-        lane.superseded.set(refId(target), stop);
-        lane.queue.unshift({ scope: target.scope, key: target.key });
+        lane.superseded.set(claimId(target), stop);
+        lane.queue.unshift(claimRef(target));
       } else if (current.state === 'accepted') {
         this.supersede(lane, target, stop, log);
       }
@@ -164,9 +171,9 @@ export class Preemption {
    */
   private stopBehindStop(
     lane: Lane,
-    target: CommandRef,
+    target: ClaimRef,
     current: CommandRecord | undefined | typeof UNREADABLE,
-    next: CommandRef,
+    next: ClaimRef,
     log: Logger,
   ): void {
     this.stopOvertakes(lane, target, current, next, log);
@@ -185,15 +192,15 @@ export class Preemption {
     const waiting = lane.stopsBehind;
     if (waiting.length === 0) return;
     // No longer queued: it runs, or ran.
-    const queued = new Set(lane.queue.map(refId));
+    const queued = new Set(lane.queue.map(claimId));
     for (let i = waiting.length - 1; i >= 0; i--) {
       const ref = waiting[i];
-      if (ref !== undefined && !queued.has(refId(ref))) waiting.splice(i, 1);
+      if (ref !== undefined && !queued.has(claimId(ref))) waiting.splice(i, 1);
     }
     const head = lane.queue[0];
     // Not next yet (the stop it waits behind is still queued).
     const behind =
-      head === undefined ? undefined : waiting.find((ref) => refId(ref) === refId(head));
+      head === undefined ? undefined : waiting.find((ref) => claimId(ref) === claimId(head));
     if (behind === undefined) return;
     // Between two commands (the first's end being made durable) neither is set: judged at the
     // next readback. So is a command in flight that cannot be read now, or is no stop.
@@ -239,18 +246,19 @@ export class Preemption {
    */
   private stopOvertakes(
     lane: Lane,
-    target: CommandRef,
+    target: ClaimRef,
     current: CommandRecord | undefined | typeof UNREADABLE,
-    next: CommandRef,
+    next: ClaimRef,
     log: Logger,
     /** How long after an acknowledged write a readback must be requested to show it not taken. */
     showMs = 0,
   ): void {
     const outer = lane.interrupted;
-    const held = lane.inFlight !== null && refId(lane.inFlight) === refId(target);
-    const waiting = !held && lane.unresolved !== null && refId(lane.unresolved) === refId(target);
+    const held = lane.inFlight !== null && claimId(lane.inFlight) === claimId(target);
+    const waiting =
+      !held && lane.unresolved !== null && claimId(lane.unresolved) === claimId(target);
     if (!held && !waiting) return;
-    if (outer !== null && refId(outer.stop) !== refId(target)) return;
+    if (outer !== null && claimId(outer.stop) !== claimId(target)) return;
     if (current === UNREADABLE || current?.action !== 'stop' || current.state !== 'dispatched') {
       return;
     }
@@ -291,7 +299,7 @@ export class Preemption {
       'stop preempts the stop in flight: its effect is not seen, the device may still travel',
     );
     lane.interrupted = {
-      target: { scope: target.scope, key: target.key },
+      target: claimRef(target),
       stop: next,
       // A take-up's stand-in for a write withheld unsent is none (see stopPreempts): nothing
       // of it can land after the next stop. The decision above went by it all the same: a stop
@@ -360,9 +368,11 @@ export class Preemption {
   /**
    * A command queued ahead of a stop is not in the journal: its claim's batch was lost at its
    * COMMIT. It was never accepted (its intake was not acknowledged: the claim's barrier
-   * failed); it leaves the queue, and whoever waits for its outcome is woken now.
+   * failed); it leaves the queue, and whoever waits for its outcome is woken now. Its key may
+   * name another command now, claimed since (on another device perhaps): that one is not this
+   * one (readClaim), and this stop does not supersede it.
    */
-  private claimLost(ref: CommandRef, log: Logger): void {
+  private claimLost(ref: ClaimRef, log: Logger): void {
     log.warn(
       { command: ref.key },
       'stop: a command queued before it was lost with its batch (its commit failed): never accepted, nothing written',
@@ -378,10 +388,10 @@ export class Preemption {
    * by the property test: a stop's batch lost, another stop pressed before the next sweep).
    * Called before the queue is taken: what it holds is not listed twice.
    */
-  private leftOut(lane: Lane, stop: CommandRef, log: Logger): CommandRef[] {
-    const held = new Set<string>(lane.queue.map(refId));
+  private leftOut(lane: Lane, stop: ClaimRef, log: Logger): ClaimRef[] {
+    const held = new Set<string>(lane.queue.map(claimId));
     for (const ref of [lane.inFlight, lane.ending, lane.unresolved, ...interruptedTargets(lane)]) {
-      if (ref !== null) held.add(refId(ref));
+      if (ref !== null) held.add(claimId(ref));
     }
     let before;
     try {
@@ -393,12 +403,12 @@ export class Preemption {
       return [];
     }
     return before
-      .filter((ref) => ref.state === 'accepted' && ref.action !== 'stop' && !held.has(refId(ref)))
-      .map((ref) => ({ scope: ref.scope, key: ref.key }));
+      .filter((ref) => ref.state === 'accepted' && ref.action !== 'stop' && !held.has(claimId(ref)))
+      .map((ref) => claimRef(ref));
   }
 
   /** A command accepted before a stop and never written: rejected SUPERSEDED. */
-  supersede(lane: Lane, ref: CommandRef, stop: CommandRef, log: Logger): void {
+  supersede(lane: Lane, ref: ClaimRef, stop: ClaimRef, log: Logger): void {
     const record = this.read(ref, log);
     if (record === UNREADABLE) {
       this.keepMarked(lane, ref, stop, log);
@@ -408,11 +418,11 @@ export class Preemption {
     if (record.action === 'stop') {
       // Marked while the journal could not say what it was: a stop is not superseded (see
       // stopPreempts). It runs next, where it stood, ahead of the stop that marked it.
-      lane.queue.unshift({ scope: ref.scope, key: ref.key });
+      lane.queue.unshift(claimRef(ref));
       return;
     }
     if (record.state !== 'accepted') return;
-    lane.superseded.set(refId(ref), stop);
+    lane.superseded.set(claimId(ref), stop);
     const settled = this.host.outcomes.settle(
       commandLogger(this.host.logger, record),
       record,
@@ -432,15 +442,15 @@ export class Preemption {
     // stop had preempted in flight was written once the stop ended (an audit of 2026-12-07).
     if (settled === null) {
       // Journal unavailable: it stays marked and is rejected when the device comes to it.
-      lane.queue.push({ scope: ref.scope, key: ref.key });
+      lane.queue.push(claimRef(ref));
       log.warn({ superseded: ref.key }, 'superseded command not yet journaled as such');
     }
   }
 
   /** The command as journaled, or UNREADABLE when the journal cannot be read now. */
-  private read(ref: CommandRef, log: Logger): CommandRecord | undefined | typeof UNREADABLE {
+  private read(ref: ClaimRef, log: Logger): CommandRecord | undefined | typeof UNREADABLE {
     try {
-      return this.host.journal.get(ref);
+      return readClaim(this.host.journal, ref);
     } catch (error) {
       log.warn({ err: error, command: ref.key }, 'stop: a command of its device cannot be read');
       return UNREADABLE;
@@ -452,9 +462,9 @@ export class Preemption {
    * supersession is not dropped with it), marked with the stop, and is judged when the device
    * comes to it and the journal reads again.
    */
-  private keepMarked(lane: Lane, ref: CommandRef, stop: CommandRef, log: Logger): void {
-    lane.superseded.set(refId(ref), stop);
-    lane.queue.push({ scope: ref.scope, key: ref.key });
+  private keepMarked(lane: Lane, ref: ClaimRef, stop: ClaimRef, log: Logger): void {
+    lane.superseded.set(claimId(ref), stop);
+    lane.queue.push(claimRef(ref));
     log.warn({ superseded: ref.key }, 'superseded command kept marked until the journal reads');
   }
 
@@ -473,9 +483,9 @@ export class Preemption {
    * after it. Taken up first, the command followed its travel to the end by its readbacks, and
    * the waiting stop came after it, a no-op at the end of travel.
    */
-  afterStop(lane: Lane, ref: CommandRef): void {
+  afterStop(lane: Lane, ref: ClaimRef): void {
     const interrupted = lane.interrupted;
-    if (interrupted === null || refId(interrupted.stop) !== refId(ref)) return;
+    if (interrupted === null || claimId(interrupted.stop) !== claimId(ref)) return;
     // A stop preempted by this one (stopOvertakes) holds its own interruption again: the
     // command it had preempted is taken up once it is terminal.
     lane.interrupted = interrupted.outer;
@@ -515,10 +525,10 @@ export class Preemption {
     if (command.seq === null || !endedFateOpen(command)) return;
     const line = preemptedResolvedNote({ ...command, seq: command.seq });
     // The stop that preempted it, and the stops that took that one over (stopOvertakes).
-    const stops: CommandRef[] = [];
+    const stops: ClaimRef[] = [];
     for (let i = lane.interrupted; i !== null; i = i.outer) {
       stops.push(i.stop);
-      if (refId(i.target) !== refId(command)) continue;
+      if (claimId(i.target) !== claimId(command)) continue;
       if (i.write === null) return;
       for (const stop of stops) {
         try {
@@ -540,12 +550,12 @@ export class Preemption {
    * take-up is one readback). Stops wait at the head of the queue: a stop supersedes every
    * other command queued before it. Marked commands (rejected when reached) are passed over.
    */
-  private nextStop(lane: Lane, stop: CommandRef): CommandRef | null {
+  private nextStop(lane: Lane, stop: ClaimRef): ClaimRef | null {
     const log = this.host.logger.child({ key: stop.key });
     const ended = this.read(stop, log);
     if (ended === UNREADABLE || ended?.state === 'confirmed') return null;
     for (const ref of lane.queue) {
-      if (lane.superseded.has(refId(ref))) continue;
+      if (lane.superseded.has(claimId(ref))) continue;
       const queued = this.read(ref, log);
       if (queued === UNREADABLE || queued?.action !== 'stop' || isTerminal(queued.state)) {
         return null;
@@ -573,27 +583,27 @@ function keepPending(lane: Lane, write: LastWrite): void {
 }
 
 /** Remembers `stop` as queued behind another stop (lane.stopsBehind), once. */
-function rememberBehind(lane: Lane, stop: CommandRef): void {
-  const id = refId(stop);
-  if (!lane.stopsBehind.some((ref) => refId(ref) === id)) {
-    lane.stopsBehind.push({ scope: stop.scope, key: stop.key });
+function rememberBehind(lane: Lane, stop: ClaimRef): void {
+  const id = claimId(stop);
+  if (!lane.stopsBehind.some((ref) => claimId(ref) === id)) {
+    lane.stopsBehind.push(claimRef(stop));
   }
 }
 
 /** `stop` took the stop it queued behind over: it no longer waits behind one. */
-function forgetBehind(lane: Lane, stop: CommandRef): void {
-  const id = refId(stop);
-  const at = lane.stopsBehind.findIndex((ref) => refId(ref) === id);
+function forgetBehind(lane: Lane, stop: ClaimRef): void {
+  const id = claimId(stop);
+  const at = lane.stopsBehind.findIndex((ref) => claimId(ref) === id);
   if (at >= 0) lane.stopsBehind.splice(at, 1);
 }
 
 /** Whether `stop` took `target` over (the lane's interruption says so). */
-function overtakenBy(lane: Lane, target: CommandRef, stop: CommandRef): boolean {
+function overtakenBy(lane: Lane, target: ClaimRef, stop: ClaimRef): boolean {
   const interrupted = lane.interrupted;
   return (
     interrupted !== null &&
-    refId(interrupted.target) === refId(target) &&
-    refId(interrupted.stop) === refId(stop)
+    claimId(interrupted.target) === claimId(target) &&
+    claimId(interrupted.stop) === claimId(stop)
   );
 }
 
@@ -624,7 +634,7 @@ export function stopOverPreempted(
   if (
     stop.action !== 'stop' ||
     interrupted === null ||
-    refId(interrupted.stop) !== refId(stop) ||
+    claimId(interrupted.stop) !== claimId(stop) ||
     actual.kind === 'reject'
   ) {
     return actual;
@@ -641,12 +651,12 @@ export function stopOverPreempted(
 function overPreempted(
   journal: Pick<Journal, 'get'>,
   lane: Lane,
-  ref: CommandRef,
+  ref: ClaimRef,
   before: { readonly state: string; readonly seq: number | null },
   decision: Decision,
 ): Decision {
   const { profile } = lane.binding;
-  const target = journal.get(ref);
+  const target = readClaim(journal, ref);
   if (
     target?.state !== 'dispatched' ||
     target.seq === null ||

@@ -1,9 +1,8 @@
 import { aborted, requireSeq, type CommandWrites, type NoConnection } from './command-writes.js';
 import type { DeviceReads } from './device-reads.js';
-import type { CommandRecord } from './journal.js';
+import { claimId, readClaim, type CommandRecord } from './journal.js';
 import {
   PIPELINE,
-  refId,
   settledMeanwhile,
   type ExecutionHost,
   type Interruption,
@@ -725,7 +724,7 @@ export class ReadbackConfirmation {
     if (
       record.action !== 'stop' ||
       interrupted === null ||
-      refId(interrupted.stop) !== refId(record)
+      claimId(interrupted.stop) !== claimId(record)
     ) {
       return null;
     }
@@ -737,7 +736,7 @@ export class ReadbackConfirmation {
       // open landed after it. Unreadable, the command is taken as still open (the stop waits).
       let target: CommandRecord | undefined;
       try {
-        target = this.host.journal.get(i.target);
+        target = readClaim(this.host.journal, i.target);
       } catch {
         target = undefined;
       }

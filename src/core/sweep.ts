@@ -1,12 +1,15 @@
 import type { Clock } from './clock.js';
 import { takeUpReach } from './earlier-write-bounds.js';
-import type {
-  CommandRef,
-  DispatchedAfter,
-  Journal,
-  OpenPageRef,
-  OpenRef,
-  OpenStopRef,
+import {
+  claimId,
+  claimRef,
+  type ClaimRef,
+  type CommandRef,
+  type DispatchedAfter,
+  type Journal,
+  type OpenPageRef,
+  type OpenRef,
+  type OpenStopRef,
 } from './journal.js';
 import { interruptedTargets, refId, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
@@ -22,7 +25,7 @@ export interface SweepHost {
   closed(): boolean;
   startWorker(lane: Lane): void;
   /** A stop preempts what its device holds from before it (preemption.ts, SPEC §2). */
-  stopPreempts(lane: Lane, stop: CommandRef, log: Logger): void;
+  stopPreempts(lane: Lane, stop: ClaimRef, log: Logger): void;
   /** An event in the command's history without a transition (recovery's). */
   note(record: CommandRef & { readonly device: string }, detail: string): void;
 }
@@ -144,7 +147,7 @@ export class Sweep {
     for (const record of candidates) {
       const stop = newest.get(record.device);
       if (stop === undefined || stop.id < record.id) continue;
-      lanes.get(record.device)?.superseded.set(refId(record), { scope: stop.scope, key: stop.key });
+      lanes.get(record.device)?.superseded.set(claimId(record), claimRef(stop));
     }
   }
 
@@ -290,13 +293,13 @@ export class Sweep {
     const live = new Set<string>();
     const idle = new Set<Lane>();
     for (const lane of this.host.lanes.values()) {
-      for (const ref of lane.queue) live.add(refId(ref));
-      if (lane.inFlight !== null) live.add(refId(lane.inFlight));
+      for (const ref of lane.queue) live.add(claimId(ref));
+      if (lane.inFlight !== null) live.add(claimId(lane.inFlight));
       // Its end being made durable: its worker decides next.
-      if (lane.ending !== null) live.add(refId(lane.ending));
-      if (lane.unresolved !== null) live.add(refId(lane.unresolved));
+      if (lane.ending !== null) live.add(claimId(lane.ending));
+      if (lane.unresolved !== null) live.add(claimId(lane.unresolved));
       // Preempted by a stop: taken up again once the stop is terminal.
-      for (const target of interruptedTargets(lane)) live.add(refId(target));
+      for (const target of interruptedTargets(lane)) live.add(claimId(target));
       if (
         lane.queue.length === 0 &&
         lane.inFlight === null &&
@@ -311,13 +314,13 @@ export class Sweep {
 
   /** An open command found in the journal: taken up unless something holds it. */
   private take(record: OpenRef, { live, idle }: LiveNow): void {
-    if (live.has(refId(record))) return;
+    if (live.has(claimId(record))) return;
     const lane = this.host.lanes.get(record.device);
     if (lane === undefined) {
       this.reportOrphan(record);
       return;
     }
-    const ref = { scope: record.scope, key: record.key };
+    const ref = claimRef(record);
     // Only on a device with nothing live: its queue then holds what this sweep placed, all
     // accepted before the stop. A stop found beside live commands had its preemption when
     // it was accepted (submit) in this life.
@@ -329,7 +332,7 @@ export class Sweep {
     } else {
       lane.queue.push(ref);
     }
-    live.add(refId(record));
+    live.add(claimId(record));
   }
 
   private startWorkers(): void {
@@ -359,7 +362,7 @@ export class Sweep {
   private stopPreempts(lane: Lane, stop: OpenRef): void {
     const log = this.host.logger.child({ key: stop.key, device: stop.device, scope: stop.scope });
     try {
-      this.host.stopPreempts(lane, { scope: stop.scope, key: stop.key }, log);
+      this.host.stopPreempts(lane, claimRef(stop), log);
     } catch (error) {
       // Not a failed read of the journal: the preemption answers those itself, failing closed
       // (preemption.ts: a command it cannot read stays marked with the stop, one in flight is

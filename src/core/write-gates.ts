@@ -1,7 +1,7 @@
 import { checkFreshness, type OpenState } from './command.js';
 import { controllerVerdict, gatewayVerdict } from './clock-policy.js';
-import type { CommandRecord } from './journal.js';
-import { freshnessDetail, refId, settledMeanwhile, type ExecutionHost, type Lane } from './lane.js';
+import { claimId, type CommandRecord } from './journal.js';
+import { freshnessDetail, settledMeanwhile, type ExecutionHost, type Lane } from './lane.js';
 import type { Logger } from './logger.js';
 import { observe } from './readback.js';
 import { ordinal, type NeverSentCause } from './redispatch.js';
@@ -76,7 +76,7 @@ export function notToBeWritten(
 ): boolean {
   if (settledMeanwhile(host, lane, dispatched, log)) return true;
   const stop = lane.interrupted;
-  if (aborted(lane) && stop !== null && refId(stop.target) === refId(dispatched)) {
+  if (aborted(lane) && stop !== null && claimId(stop.target) === claimId(dispatched)) {
     host.settle(log, dispatched, 'dispatched', {
       to: 'rejected',
       code: 'SUPERSEDED',

@@ -1,6 +1,6 @@
 import { isTerminal, parseCommandRequest, type IntakeFields } from '../core/command.js';
 import { InvalidCommandError, JournalUnavailableError, SluiceError } from '../core/errors.js';
-import type { CommandRecord, CommandRef } from '../core/journal.js';
+import { claimRef, type ClaimRef, type CommandRecord } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline, SubmitOutcome } from '../core/pipeline.js';
 import { isBodyRefusal } from './https-body.js';
@@ -132,8 +132,9 @@ async function postCommand(
   } catch (error) {
     // A reuse is refused whatever the journal does: its key's command is another one.
     if (!(error instanceof JournalUnavailableError) || claim.kind === 'reused') throw error;
-    const kept = pipeline.get({ scope: claim.record.scope, key: claim.record.key });
-    // The claim itself was not kept: nothing was accepted (the error handler says so).
+    const kept = pipeline.claimed(claimRef(claim.record));
+    // The claim itself was not kept (its key names no command, or another one claimed since):
+    // nothing was accepted (the error handler says so).
     if (kept === undefined) throw error;
     // The key is in the journal from before this failure — a retry of a command accepted
     // earlier (its duplicate event lost with its batch, or not journaled at all: the journal
@@ -316,7 +317,9 @@ async function settledWithin(
   gone: Promise<undefined>,
 ): Promise<CommandRecord> {
   const { pipeline, stopping } = options;
-  const ref: CommandRef = { scope: record.scope, key: record.key };
+  // The claim, not the key alone: should its batch be lost at its COMMIT, the key may be
+  // claimed again for another command before the wait ends, whose outcome is not this one's.
+  const ref = claimRef(record);
   if (isTerminal(record.state) || waitMs <= 0 || stopping.aborted) {
     return journaled(pipeline, ref);
   }
@@ -340,10 +343,12 @@ async function settledWithin(
  * commit a claim whose batch could not be committed (a disk full at that moment) is not in
  * the journal, and while nothing waited on its barrier, no barrier failed for it. Answered
  * 503, it is retried and claimed again; answered with the old record, it would be an
- * acknowledgement of nothing (I5).
+ * acknowledgement of nothing (I5). Read by the claim (readClaim): the key may have been
+ * claimed again since for another command, whose outcome or state, answered here, told the
+ * client that its own command was confirmed or accepted (an audit of 2026-12-07).
  */
-function journaled(pipeline: CommandPipeline, ref: CommandRef): CommandRecord {
-  const current = pipeline.get(ref);
+function journaled(pipeline: CommandPipeline, ref: ClaimRef): CommandRecord {
+  const current = pipeline.claimed(ref);
   if (current === undefined) {
     throw new JournalUnavailableError(
       `journal unavailable: the claim of ${ref.key} was not kept (its commit failed); send it again`,

@@ -1,4 +1,4 @@
-import { refId, type CommandRef } from '../core/journal.js';
+import { claimId, type ClaimRef } from '../core/journal.js';
 
 /** Where an MQTT 5 requester asked for its answer: Response Topic and Correlation Data. */
 export interface ResponseRoute {
@@ -10,7 +10,11 @@ export interface ResponseRoute {
  * The Response Topics of commands still in flight, by command, until their outcome is
  * published. Held in memory only: after a gateway restart the outcome goes to the result
  * topic alone (docs/mqtt-api.md). Bounded, so that commands that never settle (stuck, left
- * for an operator) cannot grow it without limit: the oldest routes are dropped first.
+ * for an operator) cannot grow it without limit: the oldest routes are dropped first. By
+ * claim (ClaimRef), not by key: a message whose claim was lost with its batch (its COMMIT
+ * failed) leaves its route here, and the key may be claimed again since for another command,
+ * whose outcome went to that route too, a result the requester never asked for. A retry with
+ * the same payload is the same claim: its requester gets the outcome.
  */
 export class ResponseRoutes {
   private readonly routes = new Map<string, ResponseRoute[]>();
@@ -20,8 +24,8 @@ export class ResponseRoutes {
     private readonly maxRoutesPerCommand = 8,
   ) {}
 
-  add(ref: CommandRef, route: ResponseRoute): void {
-    const id = refId(ref);
+  add(ref: ClaimRef, route: ResponseRoute): void {
+    const id = claimId(ref);
     const list = this.routes.get(id) ?? [];
     const same = list.some(
       (r) =>
@@ -45,8 +49,8 @@ export class ResponseRoutes {
   }
 
   /** The command's routes, forgotten once taken: an outcome is published once per route. */
-  take(ref: CommandRef): ResponseRoute[] {
-    const id = refId(ref);
+  take(ref: ClaimRef): ResponseRoute[] {
+    const id = claimId(ref);
     const list = this.routes.get(id) ?? [];
     this.routes.delete(id);
     return list;

@@ -85,7 +85,7 @@ export function readJournalForCheck(path: string, maxCopyBytes = MAX_COPY_BYTES)
       )
       .pluck();
     const openPage = db.prepare(
-      `SELECT id, scope, key, device, state, action FROM commands
+      `SELECT id, scope, key, fingerprint, device, state, action FROM commands
        WHERE device = ? AND state IN ('accepted', 'dispatched') AND id > ? ORDER BY id LIMIT ?`,
     );
     const scopeKeys = db.prepare(

@@ -523,13 +523,13 @@ function prepare(db: Database): {
     // sweep runs this every second: at a million retained commands that walk held the event loop
     // for 0.4–0.7 s each time (2–3 s the first time after a start).
     openRefs: db.prepare(`
-      SELECT id, scope, key, device, state, action FROM commands INDEXED BY commands_open
-      WHERE state IN ('accepted', 'dispatched') ORDER BY id`),
+      SELECT id, scope, key, fingerprint, device, state, action FROM commands
+      INDEXED BY commands_open WHERE state IN ('accepted', 'dispatched') ORDER BY id`),
     // The stops claimed after a row (Journal.stopsSince), in the journal's order: a range of
     // the rowid from there on, the rows claimed since (at a start, since the oldest open
     // command). Those refused at the door preempted nothing (as in stopsAfter).
     stopsSince: db.prepare(`
-      SELECT id, scope, key, device FROM commands
+      SELECT id, scope, key, fingerprint, device FROM commands
       WHERE id > ? AND action = 'stop'
         AND NOT (state = 'rejected' AND dispatched_at IS NULL AND settled_at = accepted_at)
       ORDER BY id`),
@@ -537,7 +537,7 @@ function prepare(db: Database): {
     // partial index of the open commands by device, the few of that device, not every open
     // command of the gateway (a stop is the path that must not wait).
     openBefore: db.prepare(`
-      SELECT c.scope, c.key, c.device, c.state, c.action
+      SELECT c.scope, c.key, c.fingerprint, c.device, c.state, c.action
       FROM commands s, commands c INDEXED BY commands_open_device
       WHERE s.scope = ? AND s.key = ? AND s.state IN ('accepted', 'dispatched')
         AND c.device = s.device AND c.state IN ('accepted', 'dispatched') AND c.id < s.id
@@ -548,11 +548,13 @@ function prepare(db: Database): {
     // is a seek and its rows, however many the device holds. Those with one (dispatched, one
     // or two a device) are read whole.
     openPage: db.prepare(`
-      SELECT id, scope, key, device, state, action FROM commands INDEXED BY commands_open_device
+      SELECT id, scope, key, fingerprint, device, state, action
+      FROM commands INDEXED BY commands_open_device
       WHERE device = ? AND seq IS NULL AND state IN ('accepted', 'dispatched') AND id > ?
       ORDER BY id LIMIT ?`),
     openWithSeq: db.prepare(`
-      SELECT id, scope, key, device, state, action FROM commands INDEXED BY commands_open_device
+      SELECT id, scope, key, fingerprint, device, state, action
+      FROM commands INDEXED BY commands_open_device
       WHERE device = ? AND seq IS NOT NULL AND state IN ('accepted', 'dispatched')
       ORDER BY id`),
     // One device's dispatched commands by pages (Journal.dispatchedOfDevice, the sweep's pass
@@ -560,7 +562,7 @@ function prepare(db: Database): {
     // number, after the page before it, in the index's order (seq, then rowid): a seek and the
     // page's rows, never the device's backlog (its entries without a number sort before them).
     dispatchedPage: db.prepare(`
-      SELECT id, scope, key, device, state, action, seq
+      SELECT id, scope, key, fingerprint, device, state, action, seq
       FROM commands INDEXED BY commands_open_device
       WHERE device = ? AND state IN ('accepted', 'dispatched') AND (seq, id) > (?, ?)
       ORDER BY seq, id LIMIT ?`),

@@ -412,7 +412,11 @@ describe('MQTT topic filters', () => {
 });
 
 describe('ResponseRoutes', () => {
-  const ref = (key: string): { scope: string; key: string } => ({ scope: 'plant', key });
+  const ref = (key: string): { scope: string; key: string; fingerprint: string } => ({
+    scope: 'plant',
+    key,
+    fingerprint: `f-${key}`,
+  });
 
   it('keeps distinct routes per command once, and forgets them when taken', () => {
     const routes = new ResponseRoutes();

@@ -533,15 +533,22 @@ describe('transitions', () => {
     expect(j.listOpen().map((r) => r.key)).toEqual(['late', 'early']);
     expect(j.list({ device: 'drain-valve' }).map((r) => r.key)).toEqual(['done']);
     expect(j.list({ state: 'accepted', since: T0 + 1 }).map((r) => r.key)).toEqual(['late']);
-    // The sweep's light list: the same commands with device, state, action, in the same order,
-    // with their rows' ids in it.
+    // The sweep's light list: the same commands (their claims: key and fingerprint) with device,
+    // state, action, in the same order, with their rows' ids in it.
     dispatch(j, { scope: 'plant', key: 'late' }, T0 + 20, seen, 'pipeline');
     const byKey = new Map(j.listOpen().map((r) => [r.key, r]));
     const refs = j.listOpenRefs();
     expect(refs.map(({ id: _, ...ref }) => ref)).toEqual(
       ['late', 'early'].map((key) => {
         const r = byKey.get(key)!;
-        return { scope: r.scope, key: r.key, device: r.device, state: r.state, action: r.action };
+        return {
+          scope: r.scope,
+          key: r.key,
+          fingerprint: r.fingerprint,
+          device: r.device,
+          state: r.state,
+          action: r.action,
+        };
       }),
     );
     expect(refs[0]!.id).toBeLessThan(refs[1]!.id);
