@@ -376,7 +376,8 @@ export class CommandMessages {
       this.pipeline.get({ scope: this.identity.scope, key: message.untimed.key }) !== undefined
     ) {
       // An untimed retry of a command the journal holds (sent untimed over HTTPS, over MQTT 5
-      // with a Message Expiry Interval, or while the site accepted untimed commands): its key
+      // with a Message Expiry Interval, or while the site accepted untimed commands), or one
+      // timed by an interval longer than the journal keeps a settled key: its key
       // can start no new command, so the rule against untimed commands (that one queued while
       // the gateway was away must not run late) has nothing to prevent. Claimed as a retry, it
       // is replayed, joins the command in flight, or is a key reuse; it was answered

@@ -39,8 +39,10 @@ export type CommandMessage =
       readonly detail: string;
       readonly errors: readonly string[];
       /**
-       * An untimed command's key and request (cause `untimed`): a retry of a command the
-       * journal already holds starts nothing, so the intake answers it as the retry it is.
+       * An untimed command's key and request (cause `untimed`, or `command` for one timed by a
+       * Message Expiry Interval longer than the journal keeps a settled key): a retry of a
+       * command the journal already holds starts nothing, so the intake answers it as the retry
+       * it is.
        */
       readonly untimed?: { readonly key: string; readonly request: CommandRequest };
     };
@@ -223,9 +225,14 @@ export function parseCommandMessage(input: CommandMessageInput): CommandMessage 
   ) {
     // Timed from its receipt, the command is fresh at every delivery; the broker may deliver it
     // again until its interval runs out, and by then its key must still be in the journal (I1).
-    return malformed('INVALID_COMMAND', 'command', key, [
-      `Message Expiry Interval ${input.messageExpiryS} s without issuedAt: longer than this gateway keeps a settled key (journal.retentionHours, ${input.keysKeptS} s), so a redelivery after the key is purged would run as a new command; send issuedAt, or an interval of at most ${input.keysKeptS} s; nothing was written`,
-    ]);
+    // A retry of a key the journal holds starts nothing: answered as the retry it is (untimed),
+    // not "nothing was written" of a command that may have run.
+    return {
+      ...malformed('INVALID_COMMAND', 'command', key, [
+        `Message Expiry Interval ${input.messageExpiryS} s without issuedAt: longer than this gateway keeps a settled key (journal.retentionHours, ${input.keysKeptS} s), so a redelivery after the key is purged would run as a new command; send issuedAt, or an interval of at most ${input.keysKeptS} s; nothing was written`,
+      ]),
+      untimed: { key, request },
+    } as CommandMessage;
   }
   return { kind: 'command', key, request };
 }
