@@ -127,12 +127,16 @@ export class CommandTakeUp {
       ),
     );
     // And past the moment an earlier life's write can be proven not applied (takeUpReach), so
-    // that the proof does not race the window's end.
-    const windowMs = Math.max(
-      profile.timing.confirmTimeoutMs,
-      lane.unreachableGraceMs,
-      record.deadline - this.host.deadlineNow(record),
-      takeUpReach(lane),
+    // that the proof does not race the window's end. In whole milliseconds, rounded up: the time
+    // to the deadline is a fraction of one (deadlineNow() counts on the monotonic clock), and
+    // the window's end says it in the command's detail ("not confirmed within … ms").
+    const windowMs = Math.ceil(
+      Math.max(
+        profile.timing.confirmTimeoutMs,
+        lane.unreachableGraceMs,
+        record.deadline - this.host.deadlineNow(record),
+        takeUpReach(lane),
+      ),
     );
     return this.readbacks.confirm(
       lane,
