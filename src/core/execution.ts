@@ -108,7 +108,17 @@ export class CommandExecution {
       last !== null && last.scope === record.scope && last.key === record.key && last.seq === seq;
     const withheld = withheldUnsent(lane, record) || (!known && latestWriteWithheld(history, seq));
     if (!withheld) return null;
-    if (record.attempts > 1 && writesMaybeSent(history, seq, false) > 0) return null;
+    // A write of it before that may have left keeps it on readback — unless that one was proven
+    // not applied and every write since never sent, this one withheld (provenThenUnsent): it
+    // goes round again (takeUpUnsent), where readback counted this write as a second that may
+    // have left and ended it "already dispatched twice", never written.
+    if (
+      record.attempts > 1 &&
+      writesMaybeSent(history, seq, false) > 0 &&
+      provenThenUnsent(history, seq, true) === null
+    ) {
+      return null;
+    }
     if (record.action === 'stop' && this.host.journal.stopsAfter(record, 1).length > 0) {
       return null;
     }
@@ -172,7 +182,7 @@ export class CommandExecution {
     }
     // The dispatch whose write was sent and proven not applied, every write since never sent
     // (the history proves it); not always the first (earlier ones refused unsent).
-    const proven = sentBefore === 1 ? provenThenUnsent(history, seq) : null;
+    const proven = sentBefore === 1 ? provenThenUnsent(history, seq, cause === 'withheld') : null;
     // Its one write that may have left was proven not applied and every write since was never
     // sent — found no connection, or withdrawn as the daemon stopped: it goes round as on the
     // live path (goRoundAgain), the next write the second that may leave the gateway (I1),
@@ -181,7 +191,12 @@ export class CommandExecution {
       if (this.settleAtCap(record, seq, proven, log)) return;
       this.host.note(
         record,
-        `taken up: ${unsent}, after its ${ordinal(proven)} write was sent and proven not applied (the history says both), so it goes round again: a fresh read decides`,
+        cause === 'withheld'
+          ? // A withheld line (withheldLine), which a later life goes by as by the first.
+            withheldNote(seq, withheldUnsent(lane, record) ? true : 'by an earlier life', {
+              proven,
+            })
+          : `taken up: ${unsent}, after its ${ordinal(proven)} write was sent and proven not applied (the history says both), so it goes round again: a fresh read decides`,
       );
       await this.carryOutRounds(
         lane,

@@ -288,14 +288,16 @@ export type WithheldBy = true | 'by an earlier life';
  * withheld stop; execution.ts, writeWithheld — and every withheld command in histories of an
  * earlier version); `decided again`, handled as a command not yet written, a fresh read
  * deciding, then its write (execution.ts, takeUpUnsent), a stop's line naming the stop as it
- * did when only a stop went so. The daemon's own words, journaled only when nothing of the
+ * did when only a stop went so; `{ proven }`, its one write that may have left (dispatch
+ * `proven`) was proven not applied and every write since never sent, so it goes round again,
+ * a fresh read deciding its write, the second that may leave the gateway. The daemon's own words, journaled only when nothing of the
  * write left the process: a later life, an operator's resolve and the count of the writes
  * that may have left (writesMaybeSent) learn it from them (withheldLine).
  */
 export function withheldNote(
   seq: number,
   by: WithheldBy,
-  then: 'readback' | 'decided again',
+  then: 'readback' | 'decided again' | { readonly proven: number },
   action = '',
 ): string {
   const never =
@@ -305,7 +307,12 @@ export function withheldNote(
   const course =
     then === 'readback'
       ? '; settling by readback'
-      : `, so the ${action === 'stop' ? 'stop' : 'command'} is handled as one not yet written: a fresh read decides, then its write`;
+      : then === 'decided again'
+        ? `, so the ${action === 'stop' ? 'stop' : 'command'} is handled as one not yet written: a fresh read decides, then its write`
+        : // `proven`: the dispatch whose write was sent and proven not applied, every write
+          // since never sent (provenThenUnsent): it goes round again, as after a write refused
+          // for want of a connection (execution.ts, takeUpUnsent).
+          `, after its ${ordinal(then.proven)} write was sent and proven not applied, so the command goes round again: a fresh read decides, then its write, the second that may leave the gateway`;
   return `taken up: sequence number ${seq}, ${never}${course}`;
 }
 
@@ -316,6 +323,9 @@ export function withheldLine(seq: number): (event: JournalEvent) => boolean {
     lines.add(withheldNote(seq, by, 'readback'));
     lines.add(withheldNote(seq, by, 'decided again', 'stop'));
     lines.add(withheldNote(seq, by, 'decided again'));
+    for (let proven = 1; proven < MAX_DISPATCHES; proven++) {
+      lines.add(withheldNote(seq, by, { proven }));
+    }
   }
   return (event) =>
     event.from === 'dispatched' && event.to === 'dispatched' && lines.has(event.detail);
@@ -441,18 +451,25 @@ export const FIRST_NOT_APPLIED = notAppliedEnd(1);
  * image produced past the guard without its echo, "the <n-th> write was not applied",
  * notAppliedEnd, or an earlier version's "the first write"); and each write after it has an
  * unsent line: refused for want of a connection (noConnectionLine) or withdrawn before it was
- * sent (unsentLine: a shutdown, a stop). Either way the driver proved it never left the process
- * (WriteNotSentError). Then the proven write can no longer land and none since left the
+ * sent (unsentLine: a shutdown, a stop) — the driver proved it never left the process
+ * (WriteNotSentError) — or withheld at a failed barrier, as its take-up said (withheldLine),
+ * or, the latest, as the caller knows (`latestWithheld`: this process withheld it, or its
+ * history's take-up says so: execution.ts, writeWithheld). Then the proven write can no longer land and none since left the
  * gateway: a write now is the second that may leave it (I1), as on the live path (execution.ts,
  * goRoundAgain). Returns the dispatch whose write was proven (1 the first), which is not always
  * the first (earlier ones refused unsent); null for any other history: a write with no unsent
  * line after it counts as one that may have left, whatever became of it (a line the journal
  * failed to take proves nothing). A stop accepted after the command is the caller's to judge.
  */
-export function provenThenUnsent(history: readonly JournalEvent[], seq: number): number | null {
+export function provenThenUnsent(
+  history: readonly JournalEvent[],
+  seq: number,
+  latestWithheld = false,
+): number | null {
   const cause = unsentCauseOf(seq);
+  const withheld = withheldLine(seq);
   const proof = `redispatch: sequence number ${seq} is not echoed and an image produced `;
-  const writes: { proofOf: string | null; unsent: UnsentCause | null }[] = [];
+  const writes: { proofOf: string | null; unsent: NeverSentCause | null }[] = [];
   for (const event of history) {
     if (event.from === 'accepted' && event.to === 'dispatched') {
       writes.push({ proofOf: null, unsent: null });
@@ -465,11 +482,13 @@ export function provenThenUnsent(history: readonly JournalEvent[], seq: number):
         unsent: null,
       });
     } else {
-      const found = cause(event);
+      const found = cause(event) ?? (withheld(event) ? 'withheld' : null);
       const last = writes.at(-1);
       if (found !== null && last !== undefined) last.unsent = found;
     }
   }
+  const latest = writes.at(-1);
+  if (latestWithheld && latest !== undefined) latest.unsent ??= 'withheld';
   const sent = writes.filter((w) => w.unsent === null);
   const [only] = sent;
   if (sent.length !== 1 || only === undefined) return null;
