@@ -632,8 +632,14 @@ describe('stuck', () => {
         config,
         configYaml('.').replace('  mb: { protocol: modbus, host: 127.0.0.1, port: 5020 }', plc),
       );
-      const list = await sluicectlInProcess(['--config', config, 'stuck', '--json']);
-      const shown = await sluicectlInProcess(['--config', config, 'show', 'k-taken-up', '--json']);
+      // Judged at the clock of the seeding, 20 s into the take-up: within the slow PLC's 60 s
+      // grace for 40 s more, which a loaded machine could spend before the runs.
+      const at = { now: () => now };
+      const list = await sluicectlInProcess(['--config', config, 'stuck', '--json'], at);
+      const shown = await sluicectlInProcess(
+        ['--config', config, 'show', 'k-taken-up', '--json'],
+        at,
+      );
       return {
         stuck: list.json<{ commands: Item[] }>().commands.find((c) => c.key === 'k-taken-up')!,
         shown: shown.json<{ open: Record<string, unknown> }>(),
@@ -666,7 +672,7 @@ describe('stuck', () => {
   });
 
   it('without a configuration, judges from deadlines alone and says so', async () => {
-    const { journal } = freshJournal();
+    const { journal, seededAt: seeded } = freshJournal();
     const run = await sluicectlInProcess([
       '--config',
       join(dir, 'absent.yaml'),
@@ -678,7 +684,10 @@ describe('stuck', () => {
     expect(run.code).toBe(1);
     expect(run.stderr).toContain(`no configuration at ${join(dir, 'absent.yaml')}`);
     // ... the default one missing, with --journal, is not.
-    const bare = await sluicectlInProcess(['--journal', journal, 'stuck', '--json']);
+    // Judged 2 s after the seeding (a set clock): k-dispatched's deadline is 29 s after it, and
+    // a loaded machine could reach the run past that, where it too would count as stuck.
+    const at = { now: () => seeded + 2_000 };
+    const bare = await sluicectlInProcess(['--journal', journal, 'stuck', '--json'], at);
     expect(bare.code).toBe(3);
     const doc = bare.json<{ configured: boolean; commands: Item[] }>();
     expect(doc.configured).toBe(false);
@@ -688,7 +697,7 @@ describe('stuck', () => {
       key: 'k-late',
       stuckReason: 'its deadline (no configuration: its confirm timeout is unknown)',
     });
-    const human = await sluicectlInProcess(['--journal', journal, 'stuck']);
+    const human = await sluicectlInProcess(['--journal', journal, 'stuck'], at);
     expect(human.stderr).toContain('no configuration: confirm timeouts unknown');
   });
 });
