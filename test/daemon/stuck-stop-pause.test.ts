@@ -23,12 +23,14 @@ import { Site } from '../reliability/site.js';
 
 const real = mosquittoAvailable();
 const VALVE = 'mb-valve-1';
-// The stop comes 1 s before the open's confirm timeout ends (STOP_AT) and reads for as long
-// again, to 31 s; the paused command's deadline (1 s) plus confirm timeout has passed at 17 s,
-// so the reporters and the two `show` runs answer with 13.5 s for them (they took 6.9 s of
-// 10.5 s at load 18, with a 12 s confirm timeout).
-const CONFIRM_MS = 16_000;
-const STOP_AT = CONFIRM_MS - 1_000;
+// The stop comes 15 s after the open's write (STOP_AT) and reads for the confirm timeout, to
+// 39 s; the paused command's deadline (1 s) plus confirm timeout has passed at 25 s, so the
+// reporters and the two `show` runs answer with 13.5 s for them (they took 6.9 s of 10.5 s at
+// load 18, with a 12 s confirm timeout). The stop must come before the open's confirm timeout
+// ends, or nothing is paused: 9 s are left for its post and claim, where 1 s left 0.86 s to
+// 0.92 s spare (8.9 s spare now, at load 9).
+const CONFIRM_MS = 24_000;
+const STOP_AT = 15_000;
 
 let site: Site;
 
@@ -126,6 +128,12 @@ describe.skipIf(!real)('stuck while a stop pauses a command', () => {
       10_000,
       'the write of the stop',
     );
+    // The stop came before the open's confirm timeout ended: it paused the open, which is open
+    // still (ended by its timeout first, it would be failed, and nothing below would be shown).
+    expect(
+      onFile('travel-1')?.state,
+      "the stop paused the open (it came before the open's confirm timeout ended)",
+    ).toBe('dispatched');
     // Past the paused command's deadline plus confirm timeout, the stop still reading.
     const bound = travel.deadline + CONFIRM_MS;
     await new Promise((r) => setTimeout(r, Math.max(0, bound + 500 - Date.now())));
