@@ -43,19 +43,25 @@ describe('stop preempts travel, across a crash', () => {
   it('a stop dispatched before the preempted write was taken, then a crash: both judged by readback', async () => {
     h = await SimHarness.start({ travelMs: 1_000, timing: { confirmTimeoutMs: 1_500 } });
     const valve = h.device('v1');
-    // The controller is busy: the open arrives but is not taken for 600 ms; the stop is
-    // dispatched meanwhile from CLOSED (for the state the open leads to) and written.
-    valve.setFault({ kind: 'hold', ms: 600 });
+    // The controller is busy: the open arrives but is not taken until the stop, dispatched
+    // meanwhile from CLOSED (for the state the open leads to), has arrived behind it, and the
+    // daemon has crashed. The hold is cleared then, not after a fixed time (600 ms), which a
+    // loaded machine could spend before the stop was written, the open taken first.
+    valve.setFault({ kind: 'hold' });
     h.submit('a', { device: 'v1', action: 'open' });
     await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the open');
     h.submit('s', { device: 'v1', action: 'stop' });
-    await h.until(() => valve.counters.writesReceived === 2, 5_000, 'the stop');
+    await h.until(() => valve.pendingWrites === 2, 10_000, 'the stop behind the open');
     await h.crash();
+    valve.clearFault('hold');
     await h.restart();
     const [a, s] = [await h.settled('a'), await h.settled('s')];
     expect(s).toMatchObject({ state: 'confirmed', attempts: 1 });
     expect(a).toMatchObject({ state: 'failed', code: 'INTERRUPTED', attempts: 1 });
-    expect(valve.writeLog.map((w) => w.seq)).toEqual([a.seq, s.seq]);
+    // Taken in arrival order, by one scan: the open, then the stop.
+    const log = valve.writeLog;
+    expect(log.map((w) => w.seq)).toEqual([a.seq, s.seq]);
+    expect(log[1]!.settledAt).toBe(log[0]!.settledAt);
     expect(['STOPPED', 'CLOSED']).toContain(valve.snapshot().state);
   });
 
