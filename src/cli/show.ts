@@ -1,7 +1,13 @@
 import { actionText } from '../views/command-list.js';
 import type { OpenStatus } from '../views/command-show.js';
 import type { CommandStory, Hit, StoryEvent, StoryKind } from '../views/command-story.js';
-import { aheadText, expiredText, pausedText, settlingText } from '../views/open-commands.js';
+import {
+  aheadText,
+  expiredText,
+  neverSentText,
+  pausedText,
+  settlingText,
+} from '../views/open-commands.js';
 import type { JournalEvent } from '../core/journal.js';
 import { resolveDetail } from '../core/resolve-detail.js';
 import { refusalAdvice } from '../views/command-advice.js';
@@ -156,7 +162,7 @@ function hitsText(hits: readonly Hit[], now: number): string {
 /**
  * What an open command waits for, from the journal: an accepted one, the commands its device
  * runs first; a dispatched one, the readback that settles its write, whose effect is unknown
- * until then. "Not settled yet" alone left an operator guessing whether anything was happening.
+ * until then, or, when its latest write was never sent, its course again (neverSentText). "Not settled yet" alone left an operator guessing whether anything was happening.
  * One whose device the configuration does not have waits for nothing: the daemon has no worker
  * for it, whatever its device's queue holds (as the status page and the sweep say it).
  */
@@ -190,6 +196,18 @@ function waitingText(
     return pausedText(open.waitsBehind, open.waitsBehindCount);
   }
   if (s.state !== 'dispatched' || s.dispatch === null) return null;
+  // Its latest write never left the gateway: no readback settles it (neverSentText).
+  const never = open?.neverSent ?? null;
+  if (never !== null) {
+    const since = neverSentText(
+      s.dispatch.seq,
+      never,
+      `${never.since} (${relative(Date.parse(never.since), now)})`,
+    );
+    return never.roundAgain
+      ? since
+      : `${since}. Read it now: ${sluicectl} reverify ${keyWords(s.key, scope)}`;
+  }
   return (
     `${settlingText(s.dispatch.seq, relative(Date.parse(s.dispatch.at), now))}. ` +
     `Read it now: ${sluicectl} reverify ${keyWords(s.key, scope)}`

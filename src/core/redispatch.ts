@@ -379,6 +379,34 @@ function unsentCauseOf(seq: number): (event: JournalEvent) => UnsentCause | null
 }
 
 /**
+ * The line after the command's latest journaled write (sequence number `seq`) that says it was
+ * never sent, for the operator's views (views/open-commands.ts, neverSentText): what it said
+ * (NeverSentCause: withdrawn or refused for want of a connection, latestUnsentCause; withheld,
+ * as its take-up said, withheldLine), when it was journaled, and whether the command goes round
+ * again (a fresh read decides, then its write): no write of it may have left the gateway, or
+ * its one that may have was proven not applied (provenThenUnsent). Otherwise a write before it
+ * may have left, and readback settles that one. Null when no such line follows its latest write.
+ */
+export function latestNeverSent(
+  history: readonly JournalEvent[],
+  seq: number,
+): { readonly cause: NeverSentCause; readonly at: number; readonly roundAgain: boolean } | null {
+  const cause = unsentCauseOf(seq);
+  const withheld = withheldLine(seq);
+  // An object, not a `let`: its assignments in the callback are not narrowed away.
+  const latest: { line: { cause: NeverSentCause; at: number } | null } = { line: null };
+  const marked = latestWriteMarked(history, (event) => {
+    const found = cause(event) ?? (withheld(event) ? 'withheld' : null);
+    if (found === null) return false;
+    latest.line = { cause: found, at: event.at };
+    return true;
+  });
+  if (!marked || latest.line === null) return null;
+  const roundAgain = writesMaybeSent(history, seq) === 0 || provenThenUnsent(history, seq) !== null;
+  return { ...latest.line, roundAgain };
+}
+
+/**
  * How many of the command's journaled writes (its dispatch, then each re-dispatch) may have
  * reached the controller: all but those followed, before the next, by a line that says the
  * write never left the process — the driver never sent it (unsentLine, noConnectionLine), or

@@ -1,6 +1,7 @@
 import {
   aheadText,
   expiredText,
+  neverSentText,
   pausedText,
   settlingText,
   type StuckItem,
@@ -99,6 +100,10 @@ function deviceWhy(item: StuckItem, device: OpenDevice, now: number): string {
   // show` says. Its last event alone is, until a take-up, its dispatch's line — the clocks the
   // write was judged on ("seq 1; gateway clock not checked; …") — which read as the reason a
   // command held by its controller, or whose PLC stopped answering, was still open.
+  // One whose latest write never left the gateway waits for no readback (as `sluicectl show`
+  // says it).
+  if (item.state === 'dispatched' && item.neverSent !== null)
+    return `${neverSentText(item.seq, item.neverSent, item.neverSent.since)}${unread}${last}`;
   if (item.state === 'dispatched')
     return `waits for ${settlingText(item.seq, null)}${unread}${last}`;
   if (item.state === 'accepted' && device.unread !== null) {

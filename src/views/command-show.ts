@@ -1,7 +1,12 @@
 import type { CommandRecord, JournalEvent } from '../core/journal.js';
 import type { DeviceTiming, StuckJournal } from '../core/open-commands.js';
 import { buildStory, type CommandStory } from './command-story.js';
-import { stuckItems, type AheadCommand, type StuckItem } from './open-commands.js';
+import {
+  stuckItems,
+  type AheadCommand,
+  type NeverSentWrite,
+  type StuckItem,
+} from './open-commands.js';
 
 /**
  * One command as `sluicectl show --json` and the status page's command page give it: its whole
@@ -27,6 +32,8 @@ export interface OpenStatus {
   readonly waitsBehind: readonly AheadCommand[];
   /** How many its device runs first. */
   readonly waitsBehindCount: number;
+  /** Dispatched: its latest write was never sent (StuckItem.neverSent); else null. */
+  readonly neverSent: NeverSentWrite | null;
 }
 
 export interface CommandShow extends CommandStory {
@@ -81,6 +88,7 @@ export function showCommand(
           unreachableGraceMs: item.unreachableGraceMs,
           waitsBehind: item.waitsBehind,
           waitsBehindCount: item.waitsBehindCount,
+          neverSent: item.neverSent,
         };
   return { ...story, open };
 }

@@ -1,5 +1,6 @@
 import { refId, type CommandRecord, type CommandRef, type JournalEvent } from '../core/journal.js';
 import { summarizeOpen, type DeviceTiming, type StuckJournal } from '../core/open-commands.js';
+import { latestNeverSent, type NeverSentCause } from '../core/redispatch.js';
 
 /**
  * Open commands as an operator sees them (`sluicectl stuck`, `show`, the status page): each with
@@ -40,6 +41,12 @@ export interface StuckItem {
   readonly unreachableGraceMs: number | null;
   readonly lastEvent: { readonly at: string; readonly detail: string } | null;
   /**
+   * For a `dispatched` command: its latest write was never sent, as its history says
+   * (core/redispatch.ts, latestNeverSent), with why, since when (ISO) and whether it goes round
+   * again; null otherwise. No readback settles a write that never left the gateway.
+   */
+  readonly neverSent: NeverSentWrite | null;
+  /**
    * For an `accepted` command: the first (at most 3) of the open commands its device runs before
    * it, one at a time — one written and not settled first, then those accepted before it; for an
    * accepted stop, only the stops before it still waiting to run (SPEC §2: a stop is not queued
@@ -50,6 +57,15 @@ export interface StuckItem {
   readonly waitsBehind: readonly AheadCommand[];
   /** How many open commands its device runs before it (`waitsBehind` shows the first 3). */
   readonly waitsBehindCount: number;
+}
+
+/** A dispatched command's latest write that never left the gateway (StuckItem.neverSent). */
+export interface NeverSentWrite {
+  readonly cause: NeverSentCause;
+  /** When its history said so: the take-up's line, the driver's refusal, the withdrawal. */
+  readonly since: string;
+  /** It goes round again: a fresh read decides, then its write. */
+  readonly roundAgain: boolean;
 }
 
 /** An open command of the same device, ahead of the one listed. */
@@ -113,6 +129,35 @@ export function settlingText(seq: number | null, sentAgo: string | null): string
     `a readback that settles its write${which}${sent}: until one does, the write's effect is ` +
     'unknown (the device may move)'
   );
+}
+
+/**
+ * `its write (seq 7) was never sent (withheld: …); being decided again since …`: what a written
+ * command waits for when its latest write never left the gateway (StuckItem.neverSent), in the
+ * words of `sluicectl show` and the status page; `since` as each view gives a time. A readback
+ * that settles that write, as settlingText says, would never come: the command is decided again
+ * (a fresh read, then its write), waits for a connection to its controller first, or, when a
+ * write of it before may have left the gateway, a readback settles that one.
+ */
+export function neverSentText(seq: number | null, never: NeverSentWrite, since: string): string {
+  const which = seq === null ? '' : ` (seq ${seq})`;
+  const why =
+    never.cause === 'withheld'
+      ? 'withheld: the journal failed before its dispatch was on disk'
+      : never.cause === 'withdrawn'
+        ? 'withdrawn before it was sent'
+        : 'no connection to the controller';
+  if (!never.roundAgain) {
+    return (
+      `its latest write${which} was never sent (${why}; said ${since}): a readback settles its ` +
+      'write before it, whose effect is unknown until then (the device may move)'
+    );
+  }
+  const course =
+    never.cause === 'no-connection'
+      ? `waiting for a connection to its controller since ${since}, then a fresh read decides`
+      : `being decided again since ${since}: a fresh read`;
+  return `its write${which} was never sent (${why}); ${course}, then its write`;
 }
 
 /**
@@ -264,8 +309,21 @@ export function stuckItems(
           event === undefined
             ? null
             : { at: new Date(event.at).toISOString(), detail: event.detail },
+        neverSent: neverSentOf(r, historyOf(r)),
         waitsBehind: behind.first,
         waitsBehindCount: behind.count,
       };
     });
+}
+
+function neverSentOf(r: CommandRecord, history: readonly JournalEvent[]): NeverSentWrite | null {
+  if (r.state !== 'dispatched' || r.seq === null) return null;
+  const never = latestNeverSent(history, r.seq);
+  return never === null
+    ? null
+    : {
+        cause: never.cause,
+        since: new Date(never.at).toISOString(),
+        roundAgain: never.roundAgain,
+      };
 }
