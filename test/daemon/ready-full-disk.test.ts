@@ -1,23 +1,11 @@
-import type { ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sha256 } from '../../src/intake/identities.js';
 import { SqliteJournal } from '../../src/journal/sqlite-journal.js';
-import type { Plant } from '../../simulators/plant.js';
-import { startModbusPlant, writeDaemonSite } from '../helpers/daemon-site.js';
-import { tempDir } from '../helpers/fixtures.js';
-import { httpsRequest, type HttpsAnswer } from '../helpers/loopback-https.js';
+import { fullDiskSluiced, statusOf, type FullDiskSluiced } from '../helpers/full-disk-sluiced.js';
 import { until } from '../helpers/mosquitto.js';
 import { hasCommand, realComponent } from '../helpers/real.js';
-import {
-  bindNotifySocket,
-  spawnNotifiedSluiced,
-  type NotifiedSluiced,
-  type NotifySocket,
-} from '../helpers/notify-socket.js';
-import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliability/support.js';
+import { tmpfsAvailable } from '../reliability/support.js';
 
 /**
  * sluiced started on a full disk: the journal opens and is checked (reads), the start finishes
@@ -34,61 +22,17 @@ import { fillFilesystem, mountTmpfs, tmpfsAvailable, unmount } from '../reliabil
 
 const real = realComponent('python3', hasCommand('python3'), 'apt-get install python3');
 const mountable = real && tmpfsAvailable();
-const VALVE = 'inlet-valve';
-const TOKEN = 'ready-full-disk-token';
 
 describe.runIf(mountable)('sluiced started on a full disk', () => {
-  let plant: Plant;
-  let cleanup: () => void;
-  let dir: string;
-  let stateDir: string;
-  let configPath: string;
-  let ca: string;
-  let socket: NotifySocket | null = null;
-  let sluiced: NotifiedSluiced | null = null;
-  let child: ChildProcess | null = null;
-  const filler = (): string => join(stateDir, 'filler');
+  let bed: FullDiskSluiced;
 
   beforeAll(async () => {
-    ({ dir, cleanup } = tempDir('sluice-ready-full-disk-'));
-    plant = await startModbusPlant({ [VALVE]: { profile: 'valve', base: 0, travelMs: 50 } });
-    configPath = await writeDaemonSite(dir, plant, 'readyfull');
-    const config = parse(readFileSync(configPath, 'utf8')) as Record<string, unknown>;
-    config.identities = { ops: { tokenSha256: sha256(TOKEN).toString('hex'), devices: ['*'] } };
-    config.admin = { enabled: false };
-    writeFileSync(configPath, stringify(config));
-    ca = readFileSync(join(dir, 'cert.pem'), 'utf8');
-    stateDir = join(dir, 'state');
-    mkdirSync(stateDir, { mode: 0o700 });
-    mountTmpfs(stateDir, '8m');
+    bed = await fullDiskSluiced('ready-full-disk', 'ready-full-disk-token');
   }, 30_000);
 
   afterAll(async () => {
-    await stopSluiced();
-    await plant.stop();
-    unmount(stateDir);
-    cleanup();
+    await bed.close();
   });
-
-  async function stopSluiced(): Promise<void> {
-    const running = child;
-    if (running !== null && running.exitCode === null && running.signalCode === null) {
-      const exited = new Promise((resolve) => running.once('exit', resolve));
-      running.kill('SIGTERM');
-      await exited;
-    }
-    child = null;
-    socket?.close();
-    socket = null;
-  }
-
-  async function startSluiced(name: string): Promise<{ socket: NotifySocket; out: string }> {
-    const out = join(dir, `${name}.log`);
-    socket = await bindNotifySocket(join(dir, `${name}.sock`), out);
-    sluiced = spawnNotifiedSluiced(configPath, socket, {}, [], out);
-    child = sluiced.child;
-    return { socket, out };
-  }
 
   const logLines = (out: string): Record<string, unknown>[] =>
     readFileSync(out, 'utf8')
@@ -96,50 +40,32 @@ describe.runIf(mountable)('sluiced started on a full disk', () => {
       .filter((l) => l.startsWith('{'))
       .map((l) => JSON.parse(l) as Record<string, unknown>);
 
-  const statusOf = (text: string): string | undefined => /(?:^|\n)STATUS=(.*)$/s.exec(text)?.[1];
-
   it('says the journal cannot be written at READY, in the log and the STATUS= line, and says it once it can', async () => {
     // A first life makes the journal and leaves it closed.
-    const first = await startSluiced('first');
-    await until(
-      () => first.socket.datagrams.find((d) => d.text.startsWith('READY=1')),
-      45_000,
-      `READY=1; output:\n${sluiced!.output()}`,
-    );
-    await stopSluiced();
+    await bed.firstLife();
 
-    const slack = join(stateDir, 'slack');
     // Room left for the start's files (the lock's, SQLite's 32 KB shared-memory index) and none
     // for a commit: a start on a disk that filled while the daemon was stopped. (With none, the
     // start fails, exit 1, saying so; with a little more, readiness-claim-room.test.ts.)
-    writeFileSync(slack, Buffer.alloc(40 * 1024, 1));
-    fillFilesystem(filler());
-    rmSync(slack);
-    const { socket: notify, out } = await startSluiced('second');
+    bed.fillLeaving(40 * 1024);
+    const { socket: notify, out } = await bed.start('second');
     const ready = await until(
       () => notify.datagrams.find((d) => d.text.startsWith('READY=1')),
       45_000,
       'READY=1 on a full disk',
     ).catch((error: unknown) => {
-      throw new Error(`${String(error)}; output:\n${sluiced!.output()}`);
+      throw new Error(`${String(error)}; output:\n${bed.output()}`);
     });
     // Ground truth first: the journal cannot take a command.
     const port = Number(
       /HTTPS on 127\.0\.0\.1:(\d+)/.exec(statusOf(ready.text) ?? '')?.[1] ??
         (logLines(out).find((l) => l.msg === 'sluiced started')?.https as { port: number }).port,
     );
-    const post = (key: string): Promise<HttpsAnswer> =>
-      httpsRequest(
-        { port, ca, token: TOKEN },
-        'POST',
-        '/v1/commands',
-        { 'idempotency-key': key, prefer: 'wait=10' },
-        { device: VALVE, action: 'open', issuedAt: new Date().toISOString(), ttlMs: 60_000 },
-      );
-    const writes = plant.device(VALVE).counters.writesReceived;
+    const post = (key: string) => bed.post(port, key);
+    const writes = bed.plant.device(bed.valve).counters.writesReceived;
     const refused = await post('on-a-full-disk');
     expect(refused.status, refused.body).toBe(503);
-    expect(plant.device(VALVE).counters.writesReceived).toBe(writes);
+    expect(bed.plant.device(bed.valve).counters.writesReceived).toBe(writes);
 
     // What READY said: not ready, the journal, in the line sent with it and in the log.
     expect(statusOf(ready.text)).toMatch(
@@ -154,7 +80,7 @@ describe.runIf(mountable)('sluiced started on a full disk', () => {
     expect(started!.level).toBe(40);
 
     // Space is freed: no request makes the daemon write; the line and the log say it.
-    rmSync(filler(), { force: true });
+    bed.free();
     const again = await until(
       () => {
         const status = notify.datagrams
@@ -179,9 +105,9 @@ describe.runIf(mountable)('sluiced started on a full disk', () => {
     // And it is: the next command is journaled and written once.
     const accepted = await post('after-space-is-freed');
     expect(accepted.status, accepted.body).toBe(200);
-    expect(plant.device(VALVE).counters.writesReceived).toBe(writes + 1);
-    await stopSluiced();
-    const onFile = SqliteJournal.open({ path: join(stateDir, 'journal.db'), readonly: true });
+    expect(bed.plant.device(bed.valve).counters.writesReceived).toBe(writes + 1);
+    await bed.stop();
+    const onFile = SqliteJournal.open({ path: join(bed.stateDir, 'journal.db'), readonly: true });
     try {
       expect(onFile.findByKey('on-a-full-disk')).toEqual([]);
       expect(onFile.findByKey('after-space-is-freed')[0]?.state).toBe('confirmed');
