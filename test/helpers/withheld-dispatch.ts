@@ -116,7 +116,8 @@ export async function leftToTheSweep(h: SimHarness, key: string): Promise<void> 
  * `a`, withheld and taken up with its reads dropped (withheldAndTakenUp), dispatched a second
  * time by its take-up once its fresh read is answered (the reads let go here): that write is
  * held on the PLC's link and its answer lost (the request times out and the driver replaces its
- * connection). Returns once the connection is replaced, the write still on the link.
+ * connection). Returns once the connection is replaced and the worker holds the write's outcome
+ * unknown, the write still on the link.
  */
 export async function redispatchedAnswerLost(h: SimHarness, guardMs: number): Promise<void> {
   const valve = h.device('v1');
@@ -133,6 +134,21 @@ export async function redispatchedAnswerLost(h: SimHarness, guardMs: number): Pr
     () => h.pipeline.devices().find((d) => d.id === 'v1')!.health.connectionEpoch > epoch,
     5_000,
     'the connection replaced after the lost answer',
+  );
+  // The worker learns of the lost answer from the write's own rejection, which can come after
+  // the driver has replaced its connection: until then the write is still on its way to it.
+  const lanes = (
+    h.pipeline as unknown as {
+      lanes: Map<string, { lastWrite: { key: string; unknownSinceMono: number | null } | null }>;
+    }
+  ).lanes;
+  await h.until(
+    () => {
+      const last = lanes.get('v1')?.lastWrite;
+      return last?.key === 'a' && last.unknownSinceMono !== null;
+    },
+    5_000,
+    "the second write's outcome unknown to the worker",
   );
 }
 
