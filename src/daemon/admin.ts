@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import type { Clock } from '../core/clock.js';
@@ -107,6 +107,13 @@ export class AdminEndpoint {
     // same configuration): taking it would leave that daemon unreachable for sluicectl, for good
     // once this one stops and removes the file.
     if (existsSync(this.o.socket)) {
+      // Only a socket is ever removed: a path that names a file of another kind (a mistyped
+      // admin.socket naming the token, the journal or a site file) is the operator's, not ours.
+      if (!lstatSync(this.o.socket).isSocket()) {
+        throw new Error(
+          `admin.socket ${this.o.socket} names an existing file that is not a socket; it is left alone (choose a path of its own)`,
+        );
+      }
       if (await answers(this.o.socket)) {
         throw new Error(
           `another process answers on the admin socket ${this.o.socket} (is another sluiced running with this configuration?); it is left alone`,

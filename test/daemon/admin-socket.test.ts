@@ -21,7 +21,8 @@ import { until } from '../helpers/mosquitto.js';
  * The admin endpoint's Unix socket over a daemon's life, on a real daemon against sluice-sim:
  * a second sluiced started by mistake with the same configuration must not take (and, failing
  * to start, delete) the running daemon's socket; a socket file left by a killed daemon is
- * replaced; a connection that brings no request is closed, and no more than a bounded number
+ * replaced, a path naming a file of another kind is refused
+ * and left alone; a connection that brings no request is closed, and no more than a bounded number
  * are held at once.
  */
 
@@ -178,6 +179,14 @@ describe('admin socket', () => {
       await endpoint.stop();
     }
     expect(existsSync(stale)).toBe(false);
+  });
+
+  it('a path that names a file of another kind is refused and left as it was, not removed', async () => {
+    const notASocket = join(dir, 'site-notes.txt');
+    writeFileSync(notASocket, 'the operator’s own file\n');
+    const endpoint = adminOn(notASocket);
+    await expect(endpoint.start()).rejects.toThrow(/names an existing file that is not a socket/);
+    expect(readFileSync(notASocket, 'utf8')).toBe('the operator’s own file\n');
   });
 
   it('closes a connection that brings no request', async () => {
