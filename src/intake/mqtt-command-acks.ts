@@ -1,4 +1,5 @@
 import type { DoneCallback, IPublishPacket, MqttClient } from 'mqtt';
+import type { ClaimRef } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline } from '../core/pipeline.js';
 import { OrderedAcks, PUBACK_HELD, type HeldAck } from './mqtt-acks.js';
@@ -13,7 +14,7 @@ export type Handling =
    * `durable`: the PUBACK waits for the journal's barrier (group commit). `claimed`: the
    * message claimed or joined a command, whose claim the barrier makes durable.
    */
-  | { readonly kind: 'ack'; readonly durable: boolean; readonly claimed?: Received }
+  | { readonly kind: 'ack'; readonly durable: boolean; readonly claimed?: Claimed }
   | { readonly kind: 'withhold'; readonly reason: string; readonly reconnect: boolean };
 
 export const ACK: Handling = { kind: 'ack', durable: true };
@@ -35,9 +36,14 @@ export interface Received {
   readonly receivedAt: number;
 }
 
+/** A message that claimed a command, or joined one in flight: that command's claim. */
+export interface Claimed extends Received {
+  readonly claim: ClaimRef;
+}
+
 export interface CommandAcksOptions {
-  readonly pipeline: Pick<CommandPipeline, 'syncPending' | 'durable'>;
-  readonly publisher: Pick<MqttPublisher, 'error'>;
+  readonly pipeline: Pick<CommandPipeline, 'syncPending' | 'durable' | 'claimed'>;
+  readonly publisher: Pick<MqttPublisher, 'error' | 'forgetRoute'>;
   /** Drops the connection so that the broker redelivers what was not acknowledged. */
   readonly link: { dropConnection(client: MqttClient, reason: string): void };
   readonly metrics: Pick<MqttMetrics, 'mqttMessages' | 'journalFailures'>;
@@ -128,7 +134,7 @@ export class CommandAcks {
     client: MqttClient,
     packet: IPublishPacket,
     ack: MessageAck,
-    claimed: Received | undefined,
+    claimed: Claimed | undefined,
     outcome: MessageOutcome | null,
   ): void {
     // The connection the message came on: mqtt.js makes a new stream for each.
@@ -178,6 +184,7 @@ export class CommandAcks {
         this.count('journal_unavailable');
         // With group commit a full disk shows here, at the commit, not at the claim.
         this.metrics.journalFailures.inc();
+        if (claimed !== undefined) this.forgetIfLost(claimed);
         if (packet.qos === 0) {
           // Never redelivered, so dropping the connection would not bring it back: its
           // requester is told instead, as when the claim itself is refused (refuse()).
@@ -208,6 +215,24 @@ export class CommandAcks {
       detail:
         'the journal could not make this command durable; it may not have been kept: publish it again with the same key (it runs at most once), at QoS 1 so that the broker redelivers it',
     });
+  }
+
+  /**
+   * A message whose claim's barrier failed: when the claim was lost with its batch (its key
+   * names no command of it now: readClaim), its requester's Response Topic is forgotten. Kept,
+   * it was sent the outcome of the next command claimed under the key with the same payload,
+   * though this message was done with. When the batch was kept (its fsync failed) the claim
+   * runs and its requester is answered there; when the journal cannot be read now, the route
+   * is kept as well.
+   */
+  private forgetIfLost(message: Claimed): void {
+    if (message.route === undefined) return;
+    try {
+      if (this.pipeline.claimed(message.claim) !== undefined) return;
+    } catch {
+      return;
+    }
+    this.publisher.forgetRoute(message.claim, message.route);
   }
 
   /** The held PUBACKs of `client` (the session's one client; a new one starts afresh). */

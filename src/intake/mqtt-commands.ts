@@ -8,6 +8,7 @@ import {
   ShuttingDownError,
   UnknownDeviceError,
 } from '../core/errors.js';
+import { claimRef } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import type { CommandPipeline, SubmitOutcome } from '../core/pipeline.js';
 import type { NamedIdentity } from './identities.js';
@@ -505,7 +506,7 @@ export class CommandMessages {
         this.decide('new');
         this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'new' });
         log.debug({ dup: packet.dup }, 'command claimed; acknowledging');
-        return { kind: 'ack', durable: true, claimed: received };
+        return { kind: 'ack', durable: true, claimed: { ...received, claim: claimRef(record) } };
       case 'duplicate':
         if (isTerminal(record.state)) {
           // A retry of a settled command: its stored result again, marked as a replay (once
@@ -537,7 +538,7 @@ export class CommandMessages {
           this.metrics.accepted.inc({ intake: 'mqtt', outcome: 'in_flight' });
           log.info({ state: record.state, dup: packet.dup }, 'duplicate of a command in flight');
           // Its original's claim may be in the batch the barrier carries (the same turn).
-          return { kind: 'ack', durable: true, claimed: received };
+          return { kind: 'ack', durable: true, claimed: { ...received, claim: claimRef(record) } };
         }
         return ACK;
       case 'reused':

@@ -5,7 +5,7 @@ import {
   type MqttClient,
 } from 'mqtt';
 import type { Readback } from '../core/driver.js';
-import type { CommandRecord } from '../core/journal.js';
+import type { ClaimRef, CommandRecord } from '../core/journal.js';
 import type { Logger } from '../core/logger.js';
 import { errorDocument, stateDocument, type MessageErrorCode } from './mqtt-message.js';
 import type { MqttMetrics, PublicationKind } from './mqtt-metrics.js';
@@ -227,6 +227,14 @@ export class MqttPublisher {
   /** Answers the requester when the command settles (in memory only, docs/mqtt-api.md). */
   awaitOutcome(record: CommandRecord, route: ResponseRoute | undefined): void {
     if (route !== undefined) this.routes.add(record, route);
+  }
+
+  /**
+   * A requester's route of a claim lost with its batch (its COMMIT failed): nothing more is
+   * sent there for that message (ResponseRoutes.drop).
+   */
+  forgetRoute(claim: ClaimRef, route: ResponseRoute): void {
+    this.routes.drop(claim, route);
   }
 
   /** A settled command's stored result, to the result topic and its requesters' routes. */

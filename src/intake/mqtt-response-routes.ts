@@ -27,14 +27,7 @@ export class ResponseRoutes {
   add(ref: ClaimRef, route: ResponseRoute): void {
     const id = claimId(ref);
     const list = this.routes.get(id) ?? [];
-    const same = list.some(
-      (r) =>
-        r.topic === route.topic &&
-        (r.correlationData === undefined
-          ? route.correlationData === undefined
-          : route.correlationData !== undefined && r.correlationData.equals(route.correlationData)),
-    );
-    if (!same) {
+    if (!list.some((r) => sameRoute(r, route))) {
       list.push(route);
       if (list.length > this.maxRoutesPerCommand) list.shift();
     }
@@ -56,7 +49,33 @@ export class ResponseRoutes {
     return list;
   }
 
+  /**
+   * Forgets one requester's route of a claim lost with its batch (its COMMIT failed): that
+   * requester's message is done with (answered JOURNAL_UNAVAILABLE at QoS 0; at QoS 1, not
+   * acknowledged, and its redelivery claims the key again with its route). Kept, the route was
+   * sent the outcome of the next command claimed under the key with the same payload, another
+   * requester's perhaps, and held a place in the map until evicted.
+   */
+  drop(ref: ClaimRef, route: ResponseRoute): void {
+    const id = claimId(ref);
+    const list = this.routes.get(id);
+    if (list === undefined) return;
+    const kept = list.filter((r) => !sameRoute(r, route));
+    if (kept.length === 0) this.routes.delete(id);
+    else this.routes.set(id, kept);
+  }
+
   get size(): number {
     return this.routes.size;
   }
+}
+
+/** The same Response Topic and Correlation Data. */
+function sameRoute(a: ResponseRoute, b: ResponseRoute): boolean {
+  return (
+    a.topic === b.topic &&
+    (a.correlationData === undefined
+      ? b.correlationData === undefined
+      : b.correlationData !== undefined && a.correlationData.equals(b.correlationData))
+  );
 }
