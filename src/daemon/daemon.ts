@@ -7,7 +7,7 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { JournalUnavailableError, StartStoppedError } from '../core/errors.js';
 import { refId, type CommandRef } from '../core/journal.js';
 import { CommandPipeline } from '../core/pipeline.js';
-import { buildDrivers } from '../drivers/inventory.js';
+import { buildDrivers, type Drivers } from '../drivers/inventory.js';
 import { HttpsIntake } from '../intake/https.js';
 import type { HttpsTimeouts } from '../intake/https-server.js';
 import type { StreamPeerBounds } from '../intake/ui-events.js';
@@ -36,9 +36,11 @@ import { ServiceStatus } from './service-status.js';
 import {
   boundedStepPhase,
   extendAfterStep,
+  extendBeforeHeldStep,
   extendWhile,
   journalCheckPhase,
   journalUpgradePhase,
+  OPCUA_LOAD_BOUND_MS,
   startProgressIntervalMs,
   type StartProgressOptions,
 } from './start-progress.js';
@@ -382,16 +384,33 @@ export class Daemon {
           ? startProgress
           : { ...startProgress, until: options.stopSignal };
       const clockChecked = config.clock.source !== 'none';
-      extendAfterStep('journal opened; loading the PLC drivers', steps);
-      await options.beforeDrivers?.();
-      const drivers = await buildDrivers({
-        inventory,
-        profiles,
-        pkiDir: join(config.stateDir, 'pki'),
-        acceptUnknownCertificates: config.opcua.acceptUnknownCertificates,
-        clock,
-        logger,
-      });
+      // node-opcua's load holds the event loop (no look, no WATCHDOG=1 until it ends): the
+      // extension sent as it begins is of its bound, which moves systemd's watchdog too, and the
+      // pings wait for the drivers (start-progress.ts, extendBeforeHeldStep).
+      let pingsHeld: (() => void) | null = null;
+      if (Object.values(config.plcs).some((plc) => plc.protocol === 'opcua')) {
+        pingsHeld = extendBeforeHeldStep(
+          `journal opened; loading the PLC drivers (node-opcua, up to ${OPCUA_LOAD_BOUND_MS / 1000} s)`,
+          OPCUA_LOAD_BOUND_MS,
+          steps,
+        );
+      } else {
+        extendAfterStep('journal opened; loading the PLC drivers', steps);
+      }
+      let drivers: Drivers;
+      try {
+        await options.beforeDrivers?.();
+        drivers = await buildDrivers({
+          inventory,
+          profiles,
+          pkiDir: join(config.stateDir, 'pki'),
+          acceptUnknownCertificates: config.opcua.acceptUnknownCertificates,
+          clock,
+          logger,
+        });
+      } finally {
+        pingsHeld?.();
+      }
       releasers.push({ name: 'drivers', release: () => drivers.close() });
       drivers.start();
       if (clockChecked) extendAfterStep('PLC drivers loaded; checking the gateway clock', steps);

@@ -41,6 +41,14 @@ export interface ServiceNotifier {
   reloading(status: string): void;
   /** STOPPING=1 with a status line: a graceful stop has begun. */
   stopping(status: string): void;
+  /**
+   * Holds the watchdog pings until the function it returns is called, which sends one at once
+   * and lets them go on. A WATCHDOG=1 sets systemd's watchdog deadline to WatchdogSec= from it
+   * (service_reset_watchdog), earlier than the end of a longer extension: a step that holds the
+   * event loop under an extension of its bound (start-progress.ts) holds the pings from that
+   * extension on, or one sent in the turns before the loop is held would leave it WatchdogSec=.
+   */
+  holdPings(): () => void;
   /** Stops the watchdog pings and closes the socket. Idempotent. */
   close(): void;
 }
@@ -68,6 +76,7 @@ const silent: ServiceNotifier = {
   extendStart: () => undefined,
   reloading: () => undefined,
   stopping: () => undefined,
+  holdPings: () => () => undefined,
   close: () => undefined,
 };
 
@@ -203,10 +212,12 @@ export function serviceNotifier(env: NodeJS.ProcessEnv, logger: PinoLogger): Ser
   };
   const intervalMs = watchdogIntervalMs(env);
   let timer: NodeJS.Timeout | null = null;
+  /** Holds of the pings not yet released (holdPings). */
+  let pingHolds = 0;
   if (intervalMs !== null) {
     send('WATCHDOG=1', false);
     timer = setInterval(() => {
-      send('WATCHDOG=1', false);
+      if (pingHolds === 0) send('WATCHDOG=1', false);
     }, intervalMs);
     // The pings keep nothing alive: the daemon's own work decides when the process ends.
     timer.unref();
@@ -229,6 +240,16 @@ export function serviceNotifier(env: NodeJS.ProcessEnv, logger: PinoLogger): Ser
     },
     stopping: (status) => {
       send(`STOPPING=1\nSTATUS=${statusLine(status)}`);
+    },
+    holdPings: () => {
+      pingHolds += 1;
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        pingHolds -= 1;
+        if (pingHolds === 0 && timer !== null) send('WATCHDOG=1', false);
+      };
     },
     close: () => {
       if (closed) return;

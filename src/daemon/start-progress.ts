@@ -46,6 +46,16 @@ import { watchdogIntervalMs, type ServiceNotifier } from './notify.js';
  * passed, when systemd ends a step held past it. With the one extension at its beginning alone,
  * a check longer than an extension (a slow chronyd, a timeout above WatchdogSec=) broke the
  * chain, and a start past TimeoutStartSec= was ended there and began again with the check.
+ *
+ * A step that holds the event loop cannot be looked at while it runs, and no WATCHDOG=1 goes out
+ * meanwhile either: node-opcua's load, for an OPC UA PLC (OPCUA_LOAD_BOUND_MS). systemd moves the
+ * watchdog's deadline with each extension as well as the start's (service_extend_timeout in its
+ * src/core/service.c), so the extension sent as it begins is one of its bound
+ * (extendBeforeHeldStep), which covers both; the pings wait for the step's end, since a ping
+ * sets the watchdog's deadline to WatchdogSec= from it, earlier than the extension's. With the
+ * one extension of WatchdogSec= before it, a load longer than that (a gateway's ARM core, a cold
+ * page cache at boot) was killed by the watchdog, within TimeoutStartSec= or past it, and began
+ * again at every restart.
  */
 
 /** What a look at a phase found. */
@@ -103,6 +113,34 @@ export function extendAfterStep(
 ): void {
   if (options.until?.aborted === true) return;
   options.notifier.extendStart(2 * options.intervalMs, `starting: ${status}`);
+}
+
+/**
+ * How long node-opcua's load may hold the event loop (the drivers of an OPC UA PLC): about 1,500
+ * CommonJS modules, required in one synchronous call that no timer interrupts. Measured on
+ * 2026-12-07 on a 2-core x86 machine with the files in the page cache: 1.5 s of CPU, 3.8–5.8 s
+ * with other work on the machine. Sixty seconds leave a gateway's ARM core and a cold disk ten
+ * times that, and still end a start held there (a disk that no longer answers the reads of the
+ * modules) within a minute.
+ */
+export const OPCUA_LOAD_BOUND_MS = 60_000;
+
+/**
+ * A step of the start that holds the event loop (node-opcua's load) is about to begin: no look
+ * and no WATCHDOG=1 can come before it ends, so the start is extended at once by its bound (at
+ * least a whole extension), which moves systemd's watchdog as well. The pings are held from
+ * here until the function returned is called as the step ends: one sent before the loop is held
+ * would set the watchdog's deadline back to WatchdogSec= from it. Not once `until` is aborted.
+ */
+export function extendBeforeHeldStep(
+  status: string,
+  boundMs: number,
+  options: StartProgressOptions & { readonly until?: AbortSignal },
+): () => void {
+  if (options.until?.aborted === true) return () => undefined;
+  const release = options.notifier.holdPings();
+  options.notifier.extendStart(Math.max(boundMs, 2 * options.intervalMs), `starting: ${status}`);
+  return release;
 }
 
 /**

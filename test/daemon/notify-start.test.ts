@@ -59,6 +59,7 @@ function recordingNotifier(): { notifier: ServiceNotifier; extended: [number, st
       status: () => undefined,
       reloading: () => undefined,
       stopping: () => undefined,
+      holdPings: () => () => undefined,
       close: () => undefined,
       extendStart: (ms, status) => {
         extended.push([ms, status]);

@@ -83,6 +83,7 @@ describe('a start whose recovery cannot read the journal', () => {
       extendStart: (ms, s) => sent.push(`EXTEND_TIMEOUT_USEC=${ms * 1000} ${s}`),
       reloading: (s) => sent.push(`RELOADING=1 ${s}`),
       stopping: (s) => sent.push(`STOPPING=1 ${s}`),
+      holdPings: () => () => undefined,
       close: () => sent.push('close'),
     };
     const { logger, lines } = recordingLogger();

@@ -85,6 +85,7 @@ it('a stop while READY waits for recovered commands: no start extension after ST
     extendStart: (ms, s) => sent.push(`EXTEND_TIMEOUT_USEC=${ms * 1000} ${s}`),
     reloading: (s) => sent.push(`RELOADING=1 ${s}`),
     stopping: (s) => sent.push(`STOPPING=1 ${s}`),
+    holdPings: () => () => undefined,
     close: () => sent.push('close'),
   };
   const { logger } = recordingLogger();
