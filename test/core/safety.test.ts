@@ -9,6 +9,7 @@ import { commitFaults, type CommitFaults } from '../helpers/commit-faults.js';
 import { lockHolder } from '../helpers/journal-lock.js';
 import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
 import { profile } from '../helpers/fixtures.js';
+import { pino } from 'pino';
 
 /**
  * Regression tests for the holes a review and a crash campaign found in I1–I3, each on the real
@@ -179,19 +180,46 @@ describe('I1: a second write only when the first is provably not applied', () =>
     expect,
     onTestFinished,
   }) => {
-    const h = await harness(onTestFinished, { travelMs: 200, busyTimeoutMs: 300 });
+    // Another process holds the journal's write lock from A's write until A's settle (after
+    // ~200 ms of travel) has given up after the 300 ms busy bound: the lock goes as the pipeline
+    // logs that failure, so a dispatch of B right after would wait and get through. Before the
+    // fix, B ran while A was unresolved, and A, taken up again later, was "proven not applied"
+    // and written again. Released on that event, not after a fixed time (650 ms from A's
+    // write), which a loaded machine could spend before A's settle, or after it.
+    let settleRefused = false;
+    let releaseLock = (): void => undefined;
+    const logger = pino(
+      { level: 'warn' },
+      {
+        write: (line: string) => {
+          const l = JSON.parse(line) as { key?: string; err?: { message?: string } };
+          if (l.key !== 'A' || l.err?.message?.startsWith('journal unavailable (settle)') !== true)
+            return;
+          settleRefused = true;
+          // From within the pipeline's turn, before it goes on to the device's next command.
+          releaseLock();
+        },
+      },
+    );
+    const h = await harness(onTestFinished, { travelMs: 200, busyTimeoutMs: 300, logger });
     const valve = h.device('v1');
     const locker = await lockHolder(h.path);
+    onTestFinished(() => {
+      locker.close();
+    });
+    releaseLock = () => {
+      void locker.release();
+    };
+    // The controller keeps A's write until the lock is held: A's travel, and its settle after
+    // it, come after the lock whatever this process's pace.
+    valve.setFault({ kind: 'hold' });
     const a = h.submit('A', open()).record;
     h.submit('B', { device: 'v1', action: 'close' });
-    await h.until(() => valve.counters.writesReceived >= 1, 5_000, "A's write");
-    // Another process holds the journal's write lock for 650 ms from A's write: A's settle
-    // (after ~200 ms of travel) gives up after the 300 ms busy bound; a dispatch of B right
-    // after would wait and get through when the lock goes. Before the fix, B ran while A was
-    // unresolved, and A, taken up again later, was "proven not applied" and written again.
-    await locker.hold(650);
+    await h.until(() => valve.pendingWrites === 1, 5_000, "A's write at the controller");
+    await locker.hold();
+    valve.clearFault('hold');
+    await h.until(() => settleRefused, 10_000, "A's settle refused by the held lock");
     const [ra, rb] = [await h.settled('A'), await h.settled('B')];
-    locker.close();
     expect(ra).toMatchObject({ state: 'confirmed', attempts: 1 });
     expect(rb).toMatchObject({ state: 'confirmed' });
     // Ground truth: one write per key, A's before B's, and the valve ends where B put it.
