@@ -187,14 +187,25 @@ describe('a write answered 0x05 (acknowledge)', () => {
   it('taken, processed later than the redispatch guard: confirmed by readback, never sent again', async () => {
     // 0x05: "the server has accepted the request and is processing it, but a long duration of
     // time will be required to do so" (Modbus Application Protocol v1.1b3 §7). The simulator's
-    // held handshake is that PLC: it keeps the write and takes it when the hold ends (1.2 s,
-    // three times the redispatch guard); the write is answered 0x05 once received. Warm: the
-    // valve's echo is not its power-up one, so a readback could prove a write not applied.
+    // held handshake is that PLC: it keeps the write and takes it when the hold ends, once a
+    // readback has been answered 1.2 s (three times the redispatch guard) after the write
+    // arrived; the write is answered 0x05 once received. Warm: the valve's echo is not its
+    // power-up one, so a readback could prove a write not applied. The hold ends on that
+    // readback, not a fixed time (1.2 s) after it was set, which a loaded machine could spend
+    // before the write arrived: the write taken within the guard, nothing proven.
     const { harness } = await start({ warm: true });
     const valve = harness.device('v1');
-    valve.setFault({ kind: 'hold', ms: 1_200 });
+    valve.setFault({ kind: 'hold' });
     valve.setFault({ kind: 'exception', code: 5, on: 'write', when: 'after', count: 1 });
     harness.submit('ack-05', { device: 'v1', action: 'open' });
+    await harness.until(() => valve.writeLog.length === 1, 5_000, 'the write at the controller');
+    const arrived = valve.writeLog[0]!.receivedAt;
+    await harness.until(
+      () => (valve.readLog.at(-1) ?? 0) >= arrived + 1_200,
+      5_000,
+      'a readback 1.2 s after the write arrived',
+    );
+    valve.clearFault('hold');
     const r = await harness.settled('ack-05');
     expect(r, harness.notes('ack-05').join('\n')).toMatchObject({
       state: 'confirmed',
