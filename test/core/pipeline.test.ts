@@ -7,6 +7,7 @@ import { renderResult } from '../../src/core/result.js';
 import { ModbusDeviceDriver, ModbusEndpoint } from '../../src/drivers/modbus.js';
 import { profile } from '../helpers/fixtures.js';
 import { lockHolder } from '../helpers/journal-lock.js';
+import { recordingLogger } from '../helpers/recording-logger.js';
 import { SimHarness, type SimHarnessOptions } from '../helpers/sim-harness.js';
 
 /**
@@ -551,17 +552,32 @@ describe('unknown write outcomes', () => {
 
 describe('the journal failing mid-flight (I5)', () => {
   it('an outcome that cannot be journaled is settled later by readback, never re-written', async () => {
-    const h = await start({ busyTimeoutMs: 300 });
+    const { logger, lines } = recordingLogger();
+    const h = await start({ busyTimeoutMs: 300, logger });
     const valve = h.device('v1');
     const locker = await lockHolder(h.path);
     cleanups.push(() => {
       locker.close();
     });
+    // The controller takes the write only once the lock below is in place.
+    valve.setFault({ kind: 'hold' });
     h.submit('k1', open);
     await h.until(() => valve.counters.writesReceived === 1, 5_000, 'the write');
     // Another process (an operator's CLI, a backup) holds the journal's write lock past the
-    // busy bound just when the outcome is to be journaled (travel takes 150 ms).
-    await locker.hold(800);
+    // busy bound just when the outcome is to be journaled: from before the controller takes
+    // the write until the outcome was refused for it, not for a fixed time (800 ms), which a
+    // loaded machine could spend before the outcome was journaled.
+    await locker.hold();
+    valve.clearFault('hold');
+    await h.until(
+      () =>
+        lines.some(
+          (l) => l.key === 'k1' && l.msg === 'outcome could not be journaled; command left open',
+        ),
+      10_000,
+      'the outcome refused for the lock',
+    );
+    await locker.release();
     const r = await h.settled('k1');
     expect(r).toMatchObject({ state: 'confirmed', attempts: 1 });
     // The stall did hit the outcome: journaled at least the busy bound after the valve opened.
@@ -574,24 +590,48 @@ describe('the journal failing mid-flight (I5)', () => {
   });
 
   it('a dispatch that cannot be journaled is not written, and runs once the journal is back', async () => {
-    const h = await start({ busyTimeoutMs: 300 });
+    const { logger, lines } = recordingLogger();
+    // Status reads of v1 may be held up to a second (the guard longer, as configuration asks).
+    const h = await start({
+      busyTimeoutMs: 300,
+      logger,
+      requestTimeoutMs: 1_000,
+      timing: { redispatchGuardMs: 1_200 },
+    });
     const valve = h.device('v1');
     const locker = await lockHolder(h.path);
     cleanups.push(() => {
       locker.close();
     });
-    // Status replies of v1 take 150 ms: the lock is in place before the worker journals
-    // `dispatched`.
-    valve.setFault({ kind: 'latency', ms: 150, on: 'read', when: 'after' });
+    // The worker's status read of v1 is held until the lock is in place: the lock is taken
+    // before the worker journals `dispatched`, and held until that was refused for it, not for
+    // a fixed time (700 ms), which a loaded machine could spend before the dispatch.
+    valve.setFault({ kind: 'stall', on: 'read', count: 1 });
     h.submit('k1', open);
     h.submit('k2', close);
-    const lockFrom = Date.now();
-    await locker.hold(700);
+    await h.until(
+      () => valve.faults().some((f) => f.kind === 'stall' && f.remaining === 0),
+      5_000,
+      "the worker's read held",
+    );
+    await locker.hold();
+    valve.clearFault('stall');
+    await h.until(
+      () =>
+        lines.some(
+          (l) =>
+            l.key === 'k1' &&
+            l.msg ===
+              'command left open (journal unavailable); the device waits until it is taken up again',
+        ),
+      10_000,
+      'the dispatch refused for the lock',
+    );
     // The dispatch could not be journaled: k1 stays the device's command, unwritten, and the
     // queue does not move past it — shown below by the ground truth: k1's write, first, only
-    // after the lock was gone. (Watching the lane for k1 "left open" races the sweep that
-    // takes it up again every 100 ms.)
-    valve.clearFault('latency');
+    // after the lock was gone.
+    const releasedFrom = Date.now();
+    await locker.release();
     const r1 = await h.settled('k1');
     const r2 = await h.settled('k2');
     expect(r1).toMatchObject({ state: 'confirmed', attempts: 1 });
@@ -599,7 +639,7 @@ describe('the journal failing mid-flight (I5)', () => {
     expect(h.journal.history(r1).map((e) => e.to)).toEqual(['accepted', 'dispatched', 'confirmed']);
     // Ground truth: one write each, in order, the first only after the lock was gone.
     expect(valve.writeLog.map((w) => w.seq)).toEqual([r1.seq, r2.seq]);
-    expect(valve.writeLog[0]!.receivedAt).toBeGreaterThanOrEqual(lockFrom + 700);
+    expect(valve.writeLog[0]!.receivedAt).toBeGreaterThanOrEqual(releasedFrom);
   });
 
   it('a forbidden command is rejected in the claim’s own commit', async () => {
