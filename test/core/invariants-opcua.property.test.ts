@@ -3,6 +3,7 @@ import {
   checkProperty,
   propertyTimeLimitMs,
   PROPERTY_RUNS,
+  TOP_UP_MS,
 } from '../helpers/invariants-property.js';
 
 /**
@@ -18,6 +19,6 @@ describe('invariants under random interleavings, on sluice-sim', () => {
     async () => {
       await checkProperty('opcua', PROPERTY_RUNS.opcua);
     },
-    propertyTimeLimitMs('opcua', PROPERTY_RUNS.opcua) + 60_000,
+    propertyTimeLimitMs('opcua', PROPERTY_RUNS.opcua) + TOP_UP_MS + 60_000,
   );
 });

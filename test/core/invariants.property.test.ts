@@ -3,6 +3,7 @@ import {
   checkProperty,
   propertyTimeLimitMs,
   PROPERTY_RUNS,
+  TOP_UP_MS,
 } from '../helpers/invariants-property.js';
 
 /**
@@ -16,6 +17,6 @@ describe('invariants under random interleavings, on sluice-sim', () => {
     async () => {
       await checkProperty('modbus', PROPERTY_RUNS.modbus);
     },
-    propertyTimeLimitMs('modbus', PROPERTY_RUNS.modbus) + 60_000,
+    propertyTimeLimitMs('modbus', PROPERTY_RUNS.modbus) + TOP_UP_MS + 60_000,
   );
 });

@@ -744,10 +744,54 @@ export async function checkProperty(protocol: Protocol, runs: number): Promise<v
   // A replayed path runs that case alone.
   if (path === undefined) {
     expect(details.numRuns).toBe(runs);
+    const lone = counts.nearDeadline === 0 ? await topUp(protocol, label) : 0;
     // Without a command judged near its deadline, the I3 check had nothing it could fail on.
     expect(
       counts.nearDeadline,
-      `no command was dispatched or rejected stale within ${NEAR_DEADLINE_MS} ms of its deadline`,
+      `no command was dispatched or rejected stale within ${NEAR_DEADLINE_MS} ms of its deadline, in ${counts.runs} runs (${lone} of them of a lone short command)`,
     ).toBeGreaterThan(0);
   }
+}
+
+/**
+ * Runs of a lone `short` command without a hold, drawn from the property's seed, after runs
+ * that judged no command near its deadline, until one does (TOP_UP_RUNS, within TOP_UP_MS):
+ * each a run with every check. The runs judge their short commands near their deadline on an
+ * idle machine; on a loaded one (load 18 on the 2 cores) the five OPC UA runs rejected theirs
+ * STALE_COMMAND 0.8 to 2.6 s past it, as they had to: queued behind commands still open after
+ * the 300 ms the step waits for them, or behind an `ahead` command that took far longer than
+ * its hold. A premise of the I3 check that the machine broke, not a defect. Alone, with no
+ * command ahead, four of eight were judged near it at that load (the other four ended
+ * DEVICE_UNREACHABLE, nothing written: their time ran out before the first connection).
+ */
+const TOP_UP_RUNS = 12;
+/** How long topUp's runs may take: added to the property's test timeout. */
+export const TOP_UP_MS = 180_000;
+
+/** Runs topUp's runs until one judges a command near its deadline; returns how many ran. */
+async function topUp(protocol: Protocol, label: string): Promise<number> {
+  const counts = reached[protocol];
+  const cases = fc.sample(
+    fc.tuple(
+      fc.boolean(),
+      short.map((s) => (s.kind === 'short' ? { ...s, holdMs: 0 } : s)),
+    ),
+    { seed, numRuns: TOP_UP_RUNS },
+  );
+  console.log(
+    `${label}: no command judged within ${NEAR_DEADLINE_MS} ms of its deadline in ${counts.runs} runs; lone short commands until one is (up to ${TOP_UP_RUNS}, drawn from seed ${seed})`,
+  );
+  const end = Date.now() + TOP_UP_MS - 20_000;
+  for (const [i, [warm, s]] of cases.entries()) {
+    if (counts.nearDeadline > 0 || Date.now() > end) return i;
+    try {
+      await run(protocol, 1, warm, [s]);
+    } catch (error) {
+      console.error(
+        `${label} lone short command ${i} of seed ${seed} failed (warm: ${warm}): ${JSON.stringify(s)}`,
+      );
+      throw error;
+    }
+  }
+  return cases.length;
 }
