@@ -25,7 +25,7 @@ import {
   type DeviceImage,
 } from './redispatch.js';
 import { POWER_UP_ECHO } from './sequence.js';
-import { ILLEGAL_TRANSITION_FAULT } from './state-machine.js';
+import { ILLEGAL_TRANSITION_FAULT, formatFaultCode } from './state-machine.js';
 import type { TimedReadback } from './skew.js';
 
 /** What the readback loop knows of the write it confirms. */
@@ -550,6 +550,33 @@ export class ReadbackConfirmation {
         kind: 'waiting',
         reason: `the controller took the stop ${taken.key} (${readback.state}), but ${landing}`,
       };
+    }
+    const profile = lane.binding.profile;
+    if (
+      taken !== undefined &&
+      readback.state === profile.faultState &&
+      readback.faultCode === ILLEGAL_TRANSITION_FAULT
+    ) {
+      // The stop's echo with the fault state and 0x88: no state refuses a stop, and one taken in
+      // a travel state is accepted and clears the latch, so the controller took it in the fault
+      // state, a no-op there. The travel had ended before the stop: not INTERRUPTED.
+      const at = readback.position === null ? '' : ` at ${readback.position} %`;
+      this.host.settle(log, record, 'dispatched', {
+        to: 'failed',
+        code: 'DEVICE_FAULT',
+        faultCode: formatFaultCode(ILLEGAL_TRANSITION_FAULT),
+        observed: observe(readback),
+        detail: `${
+          ctx.echoSeen === true
+            ? `the controller took this command (a readback showed its echo), then went to ${readback.state} (fault 0x88)${at}`
+            : `the controller went to ${readback.state} (fault 0x88)${at}`
+        } before it took the stop ${taken.key}, a no-op there (it echoes the stop's sequence number ${String(taken.seq)}; no state refuses a stop, and one taken in travel clears the latch): the stop interrupted nothing${
+          profile.controller.refusal === 'fault'
+            ? `; this controller goes to ${readback.state} when it refuses a command, and only a reset clears it`
+            : ''
+        }`,
+      });
+      return { kind: 'settled' };
     }
     if (taken !== undefined) {
       const at = readback.position === null ? '' : ` at ${readback.position} %`;

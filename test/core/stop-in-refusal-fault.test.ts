@@ -8,7 +8,10 @@ import { SimHarness } from '../helpers/sim-harness.js';
  * own echo with FAULT and 0x88: not the controller refusing the stop (no state refuses a stop),
  * but the device in FAULT from an earlier refusal. It ends `failed` DEVICE_FAULT 0x88 saying
  * so (docs/device-profiles.md, "A command the controller refuses"), where it ended `rejected`
- * ILLEGAL_TRANSITION "the controller refused stop".
+ * ILLEGAL_TRANSITION "the controller refused stop". The move the stop preempted is not
+ * INTERRUPTED either: the refusal ended its travel before the stop, a no-op in FAULT, was taken.
+ * It ends `failed` DEVICE_FAULT 0x88 saying the stop interrupted nothing, where it ended
+ * INTERRUPTED "stopped by s".
  *
  * Real parts: the pipeline with the real Modbus driver against sluice-sim's float positioner
  * `fcv` (test/helpers/sim-harness.ts, `field`), a real journal. The simulator's `hold` fault
@@ -23,7 +26,7 @@ afterEach(async () => {
 });
 
 describe('a stop taken by a refusal:fault positioner already in FAULT 0x88', () => {
-  it('ends DEVICE_FAULT 0x88 naming the earlier refusal, not as the controller refusing the stop', async () => {
+  it('ends DEVICE_FAULT 0x88 naming the earlier refusal, not as the controller refusing the stop; the move it preempted is not INTERRUPTED', async () => {
     h = await SimHarness.start({ field: true, travelMs: 10_000, warm: false });
     const fcv = h.device('fcv');
     h.submit('m', { device: 'fcv', action: 'move', position: 90 });
@@ -54,5 +57,17 @@ describe('a stop taken by a refusal:fault positioner already in FAULT 0x88', () 
       observed: { state: 'FAULT', seq: s.seq },
     });
     expect(s.detail).toContain('it refused an earlier command (no state refuses a stop)');
+    // The preempted move, judged after the stop: the controller took it, then refused the
+    // foreign move, and took the stop in FAULT.
+    expect(log.slice(-3)[0]).toEqual([1, 'accepted', 'IDLE', 'MOVING']);
+    const m = await h.settled('m');
+    expect(m).toMatchObject({
+      state: 'failed',
+      code: 'DEVICE_FAULT',
+      faultCode: '0x88',
+      observed: { state: 'FAULT', seq: s.seq },
+    });
+    expect(m.detail).toContain(`before it took the stop s, a no-op there`);
+    expect(m.detail).toContain('the stop interrupted nothing');
   }, 30_000);
 });
