@@ -3,7 +3,7 @@
  * the HTTP control API), and the bookkeeping that decides what a request suffers.
  *
  * Process faults act on the controller program (stuck travel, position sensor, frozen image,
- * held handshake). Link faults act on requests at the protocol front end (latency, a stall
+ * held handshake) or on the device (a limit-switch valve's drive trip). Link faults act on requests at the protocol front end (latency, a stall
  * until released, dropped replies, connection resets, Modbus exceptions, OPC UA Bad status). A device fault applies to
  * requests that touch the device; a PLC fault applies to every device and request of that PLC.
  */
@@ -27,6 +27,7 @@ const faultSchemas = {
   'stuck-travel': z.strictObject({ kind: z.literal('stuck-travel') }),
   'position-sensor': z.strictObject({ kind: z.literal('position-sensor') }),
   frozen: z.strictObject({ kind: z.literal('frozen') }),
+  'drive-trip': z.strictObject({ kind: z.literal('drive-trip') }),
   hold: z.strictObject({
     kind: z.literal('hold'),
     ms: z

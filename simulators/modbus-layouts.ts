@@ -214,7 +214,7 @@ class LimitSwitchBlock implements RegisterBlock {
   }
 
   holding(offset: number): number | undefined {
-    if (offset === LIMIT_SWITCH_STATUS_WORD) return statusWord(this.device.published);
+    if (offset === LIMIT_SWITCH_STATUS_WORD) return statusWord(this.device);
     if (offset === LIMIT_SWITCH_COMMAND_REGISTER) return this.#command;
     return undefined;
   }
@@ -225,7 +225,7 @@ class LimitSwitchBlock implements RegisterBlock {
 
   discreteInput(offset: number): boolean | undefined {
     if (offset < 0 || offset >= LIMIT_SWITCH_INPUT_COUNT) return undefined;
-    return ((statusWord(this.device.published) >> offset) & 1) === 1;
+    return ((statusWord(this.device) >> offset) & 1) === 1;
   }
 
   writable(offset: number): boolean {
@@ -264,14 +264,17 @@ class LimitSwitchBlock implements RegisterBlock {
 
 /**
  * The status word, from the published image. The limit switches are physical: they follow
- * the position whatever the state, at the unrounded position.
+ * the position whatever the state, at the unrounded position. The FAULT bit also shows the
+ * drive's own fault output (`drive-trip`), wired past the controller program: it is set in
+ * any state, LOCAL included.
  */
-function statusWord(image: PublishedStatus): number {
+function statusWord(device: SimDevice): number {
+  const image = device.published;
   const bit = (on: boolean, n: number): number => (on ? 1 << n : 0);
   return (
     bit(image.rawPosition >= 100, LIMIT_SWITCH_BITS.openLimit) |
     bit(image.rawPosition <= 0, LIMIT_SWITCH_BITS.closedLimit) |
-    bit(image.state === 'FAULT', LIMIT_SWITCH_BITS.fault) |
+    bit(image.state === 'FAULT' || device.driveTripped, LIMIT_SWITCH_BITS.fault) |
     bit(image.state === 'OPENING', LIMIT_SWITCH_BITS.runningOpen) |
     bit(image.state === 'CLOSING', LIMIT_SWITCH_BITS.runningClosed) |
     bit(image.state === 'LOCAL', LIMIT_SWITCH_BITS.local)

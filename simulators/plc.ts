@@ -284,6 +284,13 @@ export class SimDevice {
     if (fault.kind === 'clock') {
       throw new FaultNotApplicableError(kind, `device ${this.id}`, 'the clock belongs to the PLC');
     }
+    if (fault.kind === 'drive-trip' && this.config.layout !== 'limit-switch') {
+      throw new FaultNotApplicableError(
+        kind,
+        `device ${this.id}`,
+        "only a limit-switch valve reports its drive's fault output",
+      );
+    }
     this.plc.checkApplicable(fault, `device ${this.id}`);
     this.faultSet.set(fault);
     this.plc.log.info({ device: this.id, fault }, 'device fault set');
@@ -328,6 +335,14 @@ export class SimDevice {
       now,
       this.#has('stuck-travel'),
     );
+  }
+
+  /**
+   * @internal the drive's own fault output is on (`drive-trip`): a limit-switch valve's status
+   * word shows its FAULT bit whatever the controller program's state, LOCAL included.
+   */
+  get driveTripped(): boolean {
+    return this.#has('drive-trip');
   }
 
   #has(kind: FaultKind): boolean {
@@ -460,6 +475,13 @@ export class SimPlc {
   checkApplicable(fault: Fault, target: string): void {
     if (fault.kind === 'exception' && this.protocol !== 'modbus') {
       throw new FaultNotApplicableError(fault.kind, target, 'Modbus exceptions need a Modbus PLC');
+    }
+    if (fault.kind === 'drive-trip' && this.protocol !== 'modbus') {
+      throw new FaultNotApplicableError(
+        fault.kind,
+        target,
+        "only a limit-switch valve (a Modbus layout) reports its drive's fault output",
+      );
     }
     if (fault.kind === 'bad-status' && this.protocol !== 'opcua') {
       throw new FaultNotApplicableError(fault.kind, target, 'Bad status codes need an OPC UA PLC');

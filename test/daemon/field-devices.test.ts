@@ -369,7 +369,7 @@ describe('the walkthrough of docs/device-profiles.md', () => {
       'reads   holding 210+10 (maxGap 8)',
       'writes  holding 200+4 (one FC16)',
       'status  position holding (FC3) 211..212, float32, little-endian words',
-      'status  state    holding (FC3) 100, uint16, bits → FAULT, LOCAL, OPENING, CLOSING, OPEN, CLOSED, STOPPED',
+      'status  state    holding (FC3) 100, uint16, bits → LOCAL, FAULT, OPENING, CLOSING, OPEN, CLOSED, STOPPED',
       'writes  holding 110+1 (one FC16)',
     ]) {
       expect(r.stdout).toContain(line);

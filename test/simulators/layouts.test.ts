@@ -221,6 +221,22 @@ describe('Modbus register layouts', () => {
       await expectWord(OPEN_LIMIT | FAULT_BIT, 'FAULT at 100 %');
     });
 
+    it('shows the drive-trip fault on the FAULT bit in any state, LOCAL included, and leaves the program alone', async () => {
+      lsv.setFault({ kind: 'drive-trip' });
+      await expectWord(CLOSED_LIMIT | FAULT_BIT, 'CLOSED at 0 %, drive tripped');
+      expect(lsv.state).toBe('CLOSED');
+      lsv.setLocal(true);
+      step();
+      await expectWord(CLOSED_LIMIT | FAULT_BIT | LOCAL_BIT, 'LOCAL at 0 %, drive tripped');
+      expect([lsv.state, lsv.faultCode]).toEqual(['LOCAL', 0]);
+      lsv.clearFault('drive-trip');
+      await expectWord(CLOSED_LIMIT | LOCAL_BIT, 'LOCAL at 0 %, trip cleared');
+      // Only a limit-switch valve has a drive fault output in its word.
+      expect(() => plant.device('std').setFault({ kind: 'drive-trip' })).toThrow(
+        expect.objectContaining({ code: 'FAULT_NOT_APPLICABLE' }),
+      );
+    });
+
     it('reads the inputs packed from bit 0 of the first byte, across device boundaries only where mapped', async () => {
       // One input read on its own.
       expect(await inputs(LSV + 1, 1)).toEqual([true]);
