@@ -65,7 +65,8 @@ export function registerCommandRoutes(app: App, options: CommandRoutesOptions): 
   app.post(
     '/v1/commands',
     {
-      ...options.guard.hooks,
+      // Over the rate limit, a command is refused once its body shows it is not a stop.
+      ...options.guard.commandHooks,
       // A body the parser refused (not JSON, not UTF-8, the wrong media type, too large) never
       // reaches postCommand, which counts the commands it refuses itself: counted here.
       onError: async (_request, _reply, error) => {

@@ -19,6 +19,12 @@ import { clientAddress } from './client-address.js';
  * guess tokens as fast as the gateway answers. Handlers ask the guard
  * who the caller is; a handler that runs without the guard is a wiring bug, not an anonymous
  * caller.
+ *
+ * A stop is never refused by the rate limit (SPEC §2: it is the reason stop exists). A client
+ * that polls its commands as their 202 says (Retry-After: 1) spends its identity's tokens, and
+ * its stop would otherwise be answered 429 and have to race its own polls. A POST of a command
+ * takes its token at the door as every request does; one that finds the bucket empty is refused
+ * only once its body is read (commandHooks), and not when the body is a stop.
  */
 
 export interface CallerGuardOptions {
@@ -45,6 +51,11 @@ export class CallerGuard {
   private readonly lapsedWarned = new WeakSet<object>();
   /** Who each authenticated request is; keyed by the raw request so nothing outlives it. */
   private readonly callers = new WeakMap<object, NamedIdentity>();
+  /**
+   * The command requests that found their identity's bucket empty, with the wait a refusal
+   * states: refused once the body shows they are not a stop (commandHooks).
+   */
+  private readonly owing = new WeakMap<object, number>();
 
   constructor(options: CallerGuardOptions) {
     this.identities = options.identities;
@@ -62,7 +73,21 @@ export class CallerGuard {
   /** The route option that puts a route behind the guard. */
   readonly hooks = {
     onRequest: async (request: Request, reply: Reply): Promise<Reply | undefined> =>
-      this.check(request, reply),
+      this.check(request, reply, 'refuse'),
+  };
+
+  /**
+   * The option for `POST /v1/commands`: as `hooks`, but a request over the rate limit is
+   * refused only after its body is parsed, and a stop is not refused (see the class).
+   */
+  readonly commandHooks = {
+    onRequest: async (request: Request, reply: Reply): Promise<Reply | undefined> =>
+      this.check(request, reply, 'after-body'),
+    preHandler: async (request: Request, reply: Reply): Promise<Reply | undefined> => {
+      const retryAfterS = this.owing.get(request.raw);
+      if (retryAfterS === undefined || isStop(request.body)) return undefined;
+      return this.rateLimited(reply, retryAfterS);
+    },
   };
 
   /** The authenticated caller of a guarded request. */
@@ -72,7 +97,11 @@ export class CallerGuard {
     return identity;
   }
 
-  private check(request: Request, reply: Reply): Reply | undefined {
+  private check(
+    request: Request,
+    reply: Reply,
+    overLimit: 'refuse' | 'after-body',
+  ): Reply | undefined {
     const authorization = request.raw.headersDistinct.authorization;
     // Only a request that presents a token is held (a client certificate cannot be guessed, and
     // a request without credentials guesses nothing).
@@ -140,17 +169,32 @@ export class CallerGuard {
     }
     const decision = this.limiter.take(auth.identity.name);
     if (!decision.allowed) {
-      return sendProblem(
-        reply,
-        makeProblem(
-          429,
-          'RATE_LIMITED',
-          `more than ${String(this.rateLimit.perSecond)} requests per second (burst ${String(this.rateLimit.burst)}) for this identity`,
-        ),
-        { 'retry-after': String(decision.retryAfterS) },
-      );
+      if (overLimit === 'refuse') return this.rateLimited(reply, decision.retryAfterS);
+      this.owing.set(request.raw, decision.retryAfterS);
     }
     this.callers.set(request.raw, auth.identity);
     return undefined;
   }
+
+  private rateLimited(reply: Reply, retryAfterS: number): Reply {
+    return sendProblem(
+      reply,
+      makeProblem(
+        429,
+        'RATE_LIMITED',
+        `more than ${String(this.rateLimit.perSecond)} requests per second (burst ${String(this.rateLimit.burst)}) for this identity`,
+      ),
+      { 'retry-after': String(retryAfterS) },
+    );
+  }
+}
+
+/**
+ * Whether a parsed body asks for a stop. Whatever else it holds is judged by the command's own
+ * validation: a malformed stop is answered 400 as any malformed command.
+ */
+function isStop(body: unknown): boolean {
+  return (
+    typeof body === 'object' && body !== null && (body as { action?: unknown }).action === 'stop'
+  );
 }
