@@ -158,6 +158,16 @@ export const configSchema = z
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
       })
       .prefault({}),
+    commands: z
+      .strictObject({
+        /**
+         * Commands a device may have waiting, not yet dispatched, before a new one is refused
+         * (HTTPS 429 DEVICE_QUEUE_FULL); a stop is always taken. The default is the
+         * pipeline's (DEFAULT_MAX_QUEUED_PER_DEVICE, pipeline.ts, which says why).
+         */
+        maxQueuedPerDevice: z.number().int().min(1).max(100_000).default(256),
+      })
+      .prefault({}),
     journal: z
       .strictObject({
         path: z.string().min(1).optional(),

@@ -81,6 +81,25 @@ export class UnknownDeviceError extends SluiceError {
   }
 }
 
+/**
+ * The device's queue of commands not yet dispatched is full (PipelineOptions.maxQueuedPerDevice):
+ * the command is refused before it is journaled, so nothing of it is kept, and a later
+ * submission of its key is a new command. A stop is never refused so.
+ */
+export class DeviceQueueFullError extends SluiceError {
+  readonly device: string;
+  /** Whole seconds after which a retry may find room: one confirm timeout of the device. */
+  readonly retryAfterS: number;
+  constructor(device: string, queued: number, retryAfterS: number) {
+    super(
+      'DEVICE_QUEUE_FULL',
+      `device "${device}" has ${String(queued)} commands waiting, its bound (commands.maxQueuedPerDevice); nothing was accepted or written: retry after ${String(retryAfterS)} s (a retry with this key is a new command); a stop is always taken`,
+    );
+    this.device = device;
+    this.retryAfterS = retryAfterS;
+  }
+}
+
 /** The pipeline is shutting down and takes no new commands. */
 export class ShuttingDownError extends SluiceError {
   constructor() {

@@ -19,6 +19,7 @@ import {
 } from './earlier-write-bounds.js';
 import type { Readback } from './driver.js';
 import {
+  DeviceQueueFullError,
   InvalidCommandError,
   JournalUnavailableError,
   ShuttingDownError,
@@ -124,7 +125,24 @@ export interface PipelineOptions {
    * on controller skew, and `reject` as the policy once either is configured.
    */
   readonly clockPolicy?: ClockPolicy;
+  /**
+   * How many commands a device may have waiting, not yet dispatched (its queue), before a new
+   * one is refused at the door (DeviceQueueFullError; default DEFAULT_MAX_QUEUED_PER_DEVICE). A
+   * stop is never refused: it supersedes every command queued before it, on the event loop and
+   * in its claim's batch, before it is written, and the bound is what keeps that short.
+   */
+  readonly maxQueuedPerDevice?: number;
 }
+
+/**
+ * A valve takes one command at a time, and a travel lasts seconds: a few hundred commands
+ * waiting on one valve are minutes of travel already, no plant's use. The bound is what a stop
+ * may have to supersede before its write (SPEC §2): 256 rejections, each a journal write, a log
+ * line and an announcement, held the stop's write 0.15 s on a loaded test machine; twenty
+ * thousand held it 4–10 s there, with every device's intake, readbacks and watchdog held
+ * meanwhile.
+ */
+export const DEFAULT_MAX_QUEUED_PER_DEVICE = 256;
 
 type MirrorListener = (device: string, readback: Readback) => void;
 
@@ -183,6 +201,8 @@ export class CommandPipeline {
   private readonly cancelBoundsSave: () => void;
   /** PipelineOptions.formerDeviceIds. */
   private readonly formerDeviceIds: Readonly<Record<string, readonly string[]>>;
+  /** PipelineOptions.maxQueuedPerDevice. */
+  private readonly maxQueuedPerDevice: number;
 
   constructor(options: PipelineOptions) {
     // The sleeps of lanes without a command in flight (the device monitor's, the sweep's)
@@ -195,6 +215,7 @@ export class CommandPipeline {
     this.freshness = options.freshness;
     this.skewMaxAgeMs = options.skewMaxAgeMs ?? 60_000;
     this.formerDeviceIds = options.formerDeviceIds ?? {};
+    this.maxQueuedPerDevice = options.maxQueuedPerDevice ?? DEFAULT_MAX_QUEUED_PER_DEVICE;
     this.clockPolicy = options.clockPolicy ?? {
       onUnsynced: 'reject',
       maxControllerSkewMs: () => null,
@@ -381,7 +402,8 @@ export class CommandPipeline {
    * is journaled, and durable once durable() (or durableFor) resolves — what an intake awaits
    * before it acknowledges (I5, group commit). Throws JournalUnavailableError when the journal
    * cannot be written, or while recovery could not read it (recoverOpen): fail closed;
-   * UnknownDeviceError, InvalidCommandError.
+   * UnknownDeviceError, InvalidCommandError; DeviceQueueFullError when the device has
+   * maxQueuedPerDevice commands waiting (never for a stop, nor for a key already journaled).
    */
   submit(submission: Submission): SubmitOutcome {
     if (this.closed) throw new ShuttingDownError();
@@ -448,6 +470,21 @@ export class CommandPipeline {
         : fresh !== 'FRESH'
           ? { code: fresh, detail: freshnessDetail(fresh, command, now, this.freshness) }
           : undefined;
+    // A command that would queue on a device whose queue is full is refused before it is
+    // journaled: nothing of it is kept, and a later submission of its key is a new command. A
+    // stop is never refused (SPEC §2), and a retry of a key already journaled is answered as
+    // that command, as the claim would. Commands taken up from the journal (recovery, the
+    // sweep) queue without this door.
+    if (
+      rejection === undefined &&
+      request.action !== 'stop' &&
+      lane.queue.length >= this.maxQueuedPerDevice
+    ) {
+      const earlier = this.orJournaled(command, () => this.journal.retry(command));
+      if (earlier !== null) return earlier;
+      const retryAfterS = Math.max(1, Math.ceil(profile.timing.confirmTimeoutMs / 1000));
+      throw new DeviceQueueFullError(request.device, lane.queue.length, retryAfterS);
+    }
     const claim = this.orJournaled(command, () => {
       // As when the journal cannot be written: a retry of a key it holds is answered from it.
       if (this.recoveryFailure !== null) throw this.recoveryFailure;

@@ -84,7 +84,7 @@ export class Preemption {
       } else if (queued.action === 'stop') {
         if (next === stop) next = ref;
         lane.queue.push(ref);
-      } else this.supersede(lane, ref, stop, log);
+      } else this.supersede(lane, ref, stop, log, queued);
     }
     // A stop still to run goes first: this one waits behind it, and takes it over once a
     // readback shows it written and its effect not seen (stopBehindRejudged).
@@ -407,9 +407,14 @@ export class Preemption {
       .map((ref) => claimRef(ref));
   }
 
-  /** A command accepted before a stop and never written: rejected SUPERSEDED. */
-  supersede(lane: Lane, ref: ClaimRef, stop: ClaimRef, log: Logger): void {
-    const record = this.read(ref, log);
+  /**
+   * A command accepted before a stop and never written: rejected SUPERSEDED. `read`: the
+   * command as the caller read it from the journal in this same turn (stopPreempts, which reads
+   * every queued command once): nothing can have changed it since, and a second read per
+   * command doubled what a stop did before its write.
+   */
+  supersede(lane: Lane, ref: ClaimRef, stop: ClaimRef, log: Logger, read?: CommandRecord): void {
+    const record = read ?? this.read(ref, log);
     if (record === UNREADABLE) {
       this.keepMarked(lane, ref, stop, log);
       return;

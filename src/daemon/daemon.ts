@@ -459,6 +459,7 @@ export class Daemon {
         clockPolicy: clocks.policy,
         earlierLivesEndedMono,
         formerDeviceIds,
+        maxQueuedPerDevice: config.commands.maxQueuedPerDevice,
       });
       const boundMs = options.shutdownBoundMs ?? 10_000;
       // I5: every open command is put at the head of its device's queue before the intakes

@@ -1,6 +1,7 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import {
+  DeviceQueueFullError,
   InvalidCommandError,
   InvalidKeyError,
   JournalUnavailableError,
@@ -129,6 +130,13 @@ export function mapError(error: unknown, options: ErrorMapOptions): MappedError 
         options,
         'the journal cannot record commands now; nothing was accepted or written',
       ),
+    };
+  }
+  if (error instanceof DeviceQueueFullError) {
+    // SPEC §4 "rate limited": the device's queue, not the identity's rate. Nothing was journaled.
+    return {
+      problem: makeProblem(429, 'DEVICE_QUEUE_FULL', error.message, { device: error.device }),
+      headers: { 'retry-after': String(error.retryAfterS) },
     };
   }
   if (error instanceof ShuttingDownError) {

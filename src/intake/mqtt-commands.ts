@@ -4,6 +4,7 @@ import { isTerminal } from '../core/command.js';
 import {
   InvalidCommandError,
   InvalidKeyError,
+  DeviceQueueFullError,
   JournalUnavailableError,
   ShuttingDownError,
   UnknownDeviceError,
@@ -478,6 +479,21 @@ export class CommandMessages {
         this.decide('unknown_device');
         this.publisher.error({ key, device }, route, receivedAt, {
           code: 'UNKNOWN_DEVICE',
+          detail: error.message,
+        });
+        return ACK_NOW;
+      }
+      if (error instanceof DeviceQueueFullError) {
+        // Refused before it was journaled, as a command for an unknown device is: acknowledged
+        // and answered (withheld, it would come back only at the next connection, behind what
+        // came since), so that its issuer retries later or sends a stop, which is always taken.
+        log.warn(
+          { code: error.code },
+          'command refused and answered: its device has too many waiting',
+        );
+        this.decide('device_queue_full');
+        this.publisher.error({ key, device }, route, receivedAt, {
+          code: 'DEVICE_QUEUE_FULL',
           detail: error.message,
         });
         return ACK_NOW;

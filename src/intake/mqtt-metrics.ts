@@ -10,6 +10,7 @@ export type MessageOutcome =
   | 'untimed'
   | 'expired'
   | 'unknown_device'
+  | 'device_queue_full'
   | 'journal_unavailable'
   | 'withheld'
   | 'internal_error'

@@ -110,6 +110,7 @@ const TITLES: Record<string, string> = {
   IN_PROGRESS: 'Command still in progress',
   IDEMPOTENCY_KEY_REUSED: 'Idempotency key reused with a different command',
   RATE_LIMITED: 'Too many requests',
+  DEVICE_QUEUE_FULL: 'Too many commands waiting for this device',
   PAYLOAD_TOO_LARGE: 'Request body too large',
   UNSUPPORTED_MEDIA_TYPE: 'Request body must be application/json',
   JOURNAL_UNAVAILABLE: 'Journal unavailable',

@@ -54,6 +54,8 @@ export async function startStack(
     modbusRequestTimeoutMs?: number;
     /** The OPC UA PLC with `u1` (default true). */
     opcua?: boolean;
+    /** PipelineOptions.maxQueuedPerDevice (default the pipeline's). */
+    maxQueuedPerDevice?: number;
   } = {},
 ): Promise<Stack> {
   const travelMs = options.travelMs ?? 200;
@@ -109,6 +111,9 @@ export async function startStack(
     clock: systemClock,
     logger,
     freshness: { maxIssuerSkewMs: 5_000 },
+    ...(options.maxQueuedPerDevice === undefined
+      ? {}
+      : { maxQueuedPerDevice: options.maxQueuedPerDevice }),
   });
   // As the daemon runs it: open commands without a worker are taken up every second (a claim
   // lost with its batch's COMMIT while its device's worker held it leaves the device waiting
