@@ -252,7 +252,9 @@ export class Outcomes {
    * command is terminal and every later replay returns it. Asked again at a pace (each ask is a
    * barrier, which tries the recovery when it is due) until one succeeds, the pipeline stops, or
    * the settlement is found gone (its batch was lost: the command is open again, and its new
-   * outcome is announced in its turn).
+   * outcome is announced in its turn; or its claim was lost with it, and the key may name
+   * another command since, claimed and settled alike, whose record is not this one's: read by
+   * claim, readClaim).
    */
   private announceOnceSynced(settled: CommandRecord, log: Logger): void {
     const { clock, journal, signal } = this.host;
@@ -260,7 +262,7 @@ export class Outcomes {
       if (signal.aborted) return;
       let current: CommandRecord | undefined;
       try {
-        current = journal.get(settled);
+        current = readClaim(journal, settled);
       } catch {
         this.announceOnceSynced(settled, log);
         return;

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { systemClock } from '../../src/core/clock.js';
+import { systemClock, type Clock } from '../../src/core/clock.js';
 import { silentLogger, type Logger } from '../../src/core/logger.js';
 import { CommandPipeline } from '../../src/core/pipeline.js';
 import type { ProfileTiming } from '../../src/core/profile.js';
@@ -56,6 +56,8 @@ export async function startStack(
     opcua?: boolean;
     /** PipelineOptions.maxQueuedPerDevice (default the pipeline's). */
     maxQueuedPerDevice?: number;
+    /** The pipeline's clock (default the system's): wall steps are injected through it. */
+    clock?: Clock;
   } = {},
 ): Promise<Stack> {
   const travelMs = options.travelMs ?? 200;
@@ -108,7 +110,7 @@ export async function startStack(
   const pipeline = new CommandPipeline({
     journal,
     devices: drivers.bindings.map((b) => ({ ...b, profile: { ...b.profile, timing } })),
-    clock: systemClock,
+    clock: options.clock ?? systemClock,
     logger,
     freshness: { maxIssuerSkewMs: 5_000 },
     ...(options.maxQueuedPerDevice === undefined
