@@ -85,11 +85,14 @@ describe.skipIf(!available)('MQTT intake: a command settled in the batch of its 
     }
     expect(faults.failed).toBe(1);
     expect(site.stack.journal.findByKey(key)).toEqual([]);
+    // The refusal is published on the result topic too: waited for, so that the wait below is
+    // for the new claim's result, not this copy arriving late.
+    await until(() => results().length > 0 || undefined, 10_000, 'the refusal on the result topic');
 
     // Claimed again at once, for another command, settled as the lost one was, at its
     // millisecond: before the lost settlement is asked for again.
     await plant.publish(`${prefix}/cmd/v1`, since);
-    await until(() => results().length > 0 || undefined, 10_000, 'the result of the new claim');
+    await until(() => results().length > 1 || undefined, 10_000, 'the result of the new claim');
     frozen = null;
     const [settled] = site.stack.journal.findByKey(key);
     expect(settled).toMatchObject({ action: 'close', state: 'rejected', code: 'STALE_COMMAND' });
