@@ -123,6 +123,18 @@ function identityAmong(
   };
 }
 
+/**
+ * The intake's URL, as the messages name it: an IPv6 address in brackets, and a link-local
+ * one's zone after `%25` (RFC 6874: the percent sign of `fe80::1%eth0` encoded), as in
+ * `https://[fe80::1%25eth0]:8443`. `https://fe80::1%eth0:8443` read as no host and port.
+ */
+function intakeUrl(at: Pick<Endpoint, 'host' | 'port'>): string {
+  if (isIP(at.host) !== 6) return `https://${at.host}:${at.port}`;
+  const zone = at.host.indexOf('%');
+  const address = zone < 0 ? at.host : `${at.host.slice(0, zone)}%25${at.host.slice(zone + 1)}`;
+  return `https://[${address}]:${at.port}`;
+}
+
 function call(
   at: Endpoint,
   bearer: string,
@@ -184,9 +196,7 @@ function call(
       reject(
         connected
           ? new AnswerLost(messageOf(error))
-          : new CliError(
-              `cannot reach the HTTPS intake at https://${at.host}:${at.port}: ${messageOf(error)}`,
-            ),
+          : new CliError(`cannot reach the HTTPS intake at ${intakeUrl(at)}: ${messageOf(error)}`),
       );
     });
     req.end(body);
@@ -244,7 +254,7 @@ export async function sendHttps(target: SendTarget): Promise<Delivery> {
       replayed: false,
       httpStatus: null,
       note:
-        `the connection to https://${at.host}:${at.port} was lost after the command was sent (${error.message}): ` +
+        `the connection to ${intakeUrl(at)} was lost after the command was sent (${error.message}): ` +
         `whether the intake took it is unknown (it may be journaled, and the valve may move); ${retryHint(target)}`,
       lost: true,
     };
