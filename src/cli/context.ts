@@ -295,6 +295,7 @@ export class CliContext {
       timings.set(id, {
         confirmTimeoutMs: profile.timing.confirmTimeoutMs,
         unreachableGraceMs: config.plcs[device.plc]?.unreachableGraceMs ?? UNREACHABLE_GRACE_MS,
+        plc: device.plc,
       });
     }
     return timings;

@@ -22,6 +22,11 @@ export interface DeviceBinding {
   readonly profile: DeviceProfile;
   readonly driver: DeviceDriver;
   /**
+   * Its PLC's name in the configuration (`plcs.<name>`), for the operator's words of a write
+   * that found no connection to it (views/open-commands.ts). Omitted: unnamed.
+   */
+  readonly plc?: string;
+  /**
    * Its PLC's unreachable grace (`plcs.<name>.unreachableGraceMs`): how long taking up one of
    * its open commands keeps trying to reach it at least. Omitted: the pipeline's.
    */

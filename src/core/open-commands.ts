@@ -49,6 +49,11 @@ export interface DeviceTiming {
    * reader without the daemon's lanes: sluicectl): none.
    */
   readonly takeUpReachMs?: number;
+  /**
+   * Its PLC's name (`plcs.<name>`), which the operator's views give for a write that found no
+   * connection to it (views/open-commands.ts). Omitted: unnamed; the stuck rule does not use it.
+   */
+  readonly plc?: string;
 }
 
 /** Upper bounds (seconds) of the age buckets; the last bucket is everything older. */

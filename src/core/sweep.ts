@@ -38,6 +38,7 @@ export function deviceTimings(lanes: ReadonlyMap<string, Lane>): Map<string, Dev
       confirmTimeoutMs: lane.binding.profile.timing.confirmTimeoutMs,
       unreachableGraceMs: lane.unreachableGraceMs,
       takeUpReachMs: takeUpReach(lane),
+      ...(lane.binding.plc === undefined ? {} : { plc: lane.binding.plc }),
     });
   }
   return timings;

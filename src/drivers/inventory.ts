@@ -117,6 +117,7 @@ export async function buildDrivers(args: {
     // Its PLC's grace, when the PLC sets one (the pipeline's default otherwise), and its
     // request timeout (how long an earlier life's write may have been on its way: Lane).
     const plcTimings = {
+      plc: device.plc,
       ...(plc.unreachableGraceMs === undefined
         ? {}
         : { unreachableGraceMs: plc.unreachableGraceMs }),

@@ -66,6 +66,11 @@ export interface NeverSentWrite {
   readonly since: string;
   /** It goes round again: a fresh read decides, then its write. */
   readonly roundAgain: boolean;
+  /**
+   * The PLC its device is on (`plcs.<name>`), which `no-connection` names; null when the
+   * configuration is not known (sluicectl without one).
+   */
+  readonly plc: string | null;
 }
 
 /** An open command of the same device, ahead of the one listed. */
@@ -136,17 +141,19 @@ export function settlingText(seq: number | null, sentAgo: string | null): string
  * command waits for when its latest write never left the gateway (StuckItem.neverSent), in the
  * words of `sluicectl show` and the status page; `since` as each view gives a time. A readback
  * that settles that write, as settlingText says, would never come: the command is decided again
- * (a fresh read, then its write), waits for a connection to its controller first, or, when a
- * write of it before may have left the gateway, a readback settles that one.
+ * (a fresh read, then its write), waits for a connection to its PLC first (named: the operator
+ * goes to that one), or, when a write of it before may have left the gateway, a readback
+ * settles that one.
  */
 export function neverSentText(seq: number | null, never: NeverSentWrite, since: string): string {
   const which = seq === null ? '' : ` (seq ${seq})`;
+  const plc = never.plc === null ? 'its PLC' : `its PLC ${never.plc}`;
   const why =
     never.cause === 'withheld'
       ? 'withheld: the journal failed before its dispatch was on disk'
       : never.cause === 'withdrawn'
         ? 'withdrawn before it was sent'
-        : 'no connection to the controller';
+        : `no connection to ${plc}`;
   if (!never.roundAgain) {
     return (
       `its latest write${which} was never sent (${why}; said ${since}): a readback settles its ` +
@@ -155,7 +162,7 @@ export function neverSentText(seq: number | null, never: NeverSentWrite, since: 
   }
   const course =
     never.cause === 'no-connection'
-      ? `waiting for a connection to its controller since ${since}, then a fresh read decides`
+      ? `waiting for a connection to ${plc} since ${since}, then a fresh read decides`
       : `being decided again since ${since}: a fresh read`;
   return `its write${which} was never sent (${why}); ${course}, then its write`;
 }
@@ -309,14 +316,18 @@ export function stuckItems(
           event === undefined
             ? null
             : { at: new Date(event.at).toISOString(), detail: event.detail },
-        neverSent: neverSentOf(r, historyOf(r)),
+        neverSent: neverSentOf(r, historyOf(r), timings?.get(r.device)?.plc ?? null),
         waitsBehind: behind.first,
         waitsBehindCount: behind.count,
       };
     });
 }
 
-function neverSentOf(r: CommandRecord, history: readonly JournalEvent[]): NeverSentWrite | null {
+function neverSentOf(
+  r: CommandRecord,
+  history: readonly JournalEvent[],
+  plc: string | null,
+): NeverSentWrite | null {
   if (r.state !== 'dispatched' || r.seq === null) return null;
   const never = latestNeverSent(history, r.seq);
   return never === null
@@ -325,5 +336,6 @@ function neverSentOf(r: CommandRecord, history: readonly JournalEvent[]): NeverS
         cause: never.cause,
         since: new Date(never.at).toISOString(),
         roundAgain: never.roundAgain,
+        plc,
       };
 }

@@ -116,6 +116,11 @@ export interface UiSiteOptions {
    * wall time to bring a bound about, rather than wait for it.
    */
   readonly clock?: Clock;
+  /**
+   * How often an idle device is read (DaemonOptions.monitorIntervalMs; 200 ms unless given): a
+   * test that needs a device's next read to be a command's own reads idle devices rarely.
+   */
+  readonly monitorIntervalMs?: number;
 }
 
 /** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
@@ -270,7 +275,7 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
   });
   const daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'debug' }, sink),
-    monitorIntervalMs: 200,
+    monitorIntervalMs: options.monitorIntervalMs ?? 200,
     ...(options.clock === undefined ? {} : { clock: options.clock }),
     ...(options.httpsTimeouts === undefined ? {} : { httpsTimeouts: options.httpsTimeouts }),
     ...(options.uiStreamPeerBounds === undefined
