@@ -222,7 +222,7 @@ export class Metrics {
     });
     this.mqttResultsNotPublished = new Counter({
       name: 'sluice_mqtt_results_not_published_total',
-      help: 'Results (and replies) not published because more were waiting for the MQTT broker, while the gateway was disconnected, than are held (10 000); each is in the journal.',
+      help: 'Results (and replies) not held for the MQTT broker because more were waiting for it than are held (10 000): while the gateway was disconnected, or while the broker was slow to acknowledge them; each is in the journal, and results are published again from it.',
       registers,
     });
     this.mqttPublicationsRefused = new Counter({

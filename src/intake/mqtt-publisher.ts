@@ -42,7 +42,8 @@ export interface MqttPublisherOptions {
  * result). mqtt.js, left to hold them, numbers them with 16-bit packet ids that wrap: past
  * 65 535 a new one silently replaced the oldest (measured: 70 000 results settled during a
  * broker outage, 65 535 delivered, the first 4 465 lost without a word, 100 MB of heap). Past
- * the bound a result is not held: it is in the journal, and the drop is logged.
+ * the bound a result is not held: it is in the journal, the drop is logged, and the result is
+ * published again from the journal once those held are acknowledged (mqtt-result-delivery.ts).
  */
 export const MAX_HELD_PUBLICATIONS = 10_000;
 
@@ -337,6 +338,11 @@ export class MqttPublisher {
     await new Promise((resolve) => setImmediate(resolve));
     await new Promise((resolve) => setImmediate(resolve));
     return this.handed + this.held.length;
+  }
+
+  /** Whether the client is connected to the broker now (ResultSink). */
+  linked(): boolean {
+    return this.link.client?.connected === true;
   }
 
   /** The session has ended: publications still held will never be sent. */

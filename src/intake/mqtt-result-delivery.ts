@@ -27,6 +27,8 @@ export interface ResultSink {
   publishResult(record: CommandRecord): Promise<Delivery>;
   /** Resolves once every publication made so far is acknowledged (or given up). */
   flush(): Promise<void>;
+  /** Whether the client is connected to the broker now: what it is handed goes out. */
+  linked(): boolean;
 }
 
 export interface ResultDeliveryOptions {
@@ -179,6 +181,9 @@ export class ResultDelivery {
       })
       .finally(() => {
         this.resending = false;
+        // Given up on this connection after the re-sending's last look (foldPinned), or a page
+        // not held: once more, behind what the publisher holds.
+        if (this.pinnedWhileLinked()) this.connected();
       });
   }
 
@@ -313,7 +318,9 @@ export class ResultDelivery {
       this.resent += page.records.length;
       // The next page once this one is acknowledged: in memory a page at a time.
       const outcomes = await Promise.all(deliveries);
-      if (outcomes.includes('unsent')) return; // Disconnected and ended: the next connection.
+      // Not held (others took the publisher's room meanwhile): again once this returns
+      // (connected()); disconnected and ended: the next connection.
+      if (outcomes.includes('unsent')) return;
       this.cursor = page.last;
       this.dirty = 2;
     }
@@ -330,7 +337,27 @@ export class ResultDelivery {
     this.outstanding.delete(token);
     if (outcome === 'unsent') this.pinned = Math.min(this.pinned, at);
     this.dirty = 2;
+    // Not held while connected (a burst past the most held, faster than the broker
+    // acknowledges): re-sent from the journal on this connection, once the publisher has sent
+    // what it holds (resend()), as after a reconnection. Until 2026-12-07 it waited for the
+    // next reconnection, days on a steady link. A re-sending under way folds it in itself.
+    if (outcome === 'unsent' && this.pinnedWhileLinked()) this.connected();
     return outcome;
+  }
+
+  /**
+   * Results given up while the client is connected, the journal readable: the re-sending is
+   * started for them now rather than at the next connection. An unreadable journal waits for
+   * the next connection (resend()).
+   */
+  private pinnedWhileLinked(): boolean {
+    return (
+      this.pinned !== Number.POSITIVE_INFINITY &&
+      !this.stopped &&
+      !this.resending &&
+      !this.unreadable &&
+      this.sink.linked()
+    );
   }
 
   private tick(): void {

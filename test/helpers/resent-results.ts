@@ -35,6 +35,7 @@ export function acknowledgingSink(): { readonly sink: ResultSink; readonly publi
         return Promise.resolve('acknowledged');
       },
       flush: () => Promise.resolve(),
+      linked: () => true,
     },
     published,
   };
