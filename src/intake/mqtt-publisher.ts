@@ -51,17 +51,22 @@ export const MAX_HELD_PUBLICATIONS = 10_000;
  * What became of a publication: acknowledged by the broker; refused by it or never to be
  * accepted (a failure reason code, larger than its Maximum Packet Size, a topic too long: sent
  * again it would fare the same); or not sent, or sent and not acknowledged, by this process (not
- * held past the most held, the session ended or the publication failed on the way).
+ * held past the most held, a held state replaced by a later one of its topic, the session
+ * ended or the publication failed on the way).
  */
 export type Delivery = 'acknowledged' | 'refused' | 'unsent';
 
-/** A publication held while disconnected, sent by reconnected(). */
+/**
+ * A publication held while disconnected, sent by reconnected(), or past the broker's Receive
+ * Maximum. A held state's payload, options and resolve are those of the latest state of its
+ * topic (holdState()).
+ */
 interface HeldPublication {
   readonly topic: string;
   readonly topicBytes: number;
-  readonly payload: string;
-  readonly options: PublicationOptions;
-  readonly resolve: (delivery: Delivery) => void;
+  payload: string;
+  options: PublicationOptions;
+  resolve: (delivery: Delivery) => void;
 }
 
 /** An error answer: the document of docs/mqtt-api.md "Errors". */
@@ -125,7 +130,8 @@ const UNLIMITED_RECEIVE_MAXIMUM = 65_535;
  * after the broker's PUBACK of the one before, and takes no new publication (nor says it is
  * connected) until it is done, so a backlog delayed everything by its length times the round
  * trip to the broker. Connected or not, no more are unacknowledged at once than the broker's
- * Receive Maximum allows (inFlightLimit); the rest are held the same way.
+ * Receive Maximum allows (inFlightLimit); the rest are held the same way, a device's state once,
+ * the latest (holdState()).
  */
 export class MqttPublisher {
   private readonly link: PublishingLink;
@@ -142,12 +148,17 @@ export class MqttPublisher {
   private readonly maxRefusedTopics: number;
   /** Publications handed to mqtt.js and not yet acknowledged (or given up) by the broker. */
   private handed = 0;
+  /** Of those, states: not counted towards the most held (holdState()). */
+  private handedStates = 0;
   /**
    * Publications not handed to mqtt.js yet, in order: made while disconnected, for the next
    * connection, or past the broker's Receive Maximum, for the PUBACKs of those before them. A
-   * status goes ahead of the results held (status()).
+   * status goes ahead of the results held (status()); a state is held once per topic
+   * (holdState()).
    */
   private readonly held: HeldPublication[] = [];
+  /** The states in `held`, by topic: at most one each, the latest (holdState()). */
+  private readonly heldStates = new Map<string, HeldPublication>();
   /**
    * Whether the connection publications are handed on has been announced (reconnected()):
    * false once one found the client disconnected, so that those held then go out first.
@@ -297,7 +308,11 @@ export class MqttPublisher {
     if (route !== undefined) this.publishToRoute(route, body, requester);
   }
 
-  /** The retained state; not queued while disconnected (the mirror is published on connect). */
+  /**
+   * The retained state; not queued while disconnected (the mirror is published on connect).
+   * Held past the broker's Receive Maximum, the latest of a device replaces the one held before
+   * it (holdState()).
+   */
   state(device: string, readback: Readback): void {
     if (this.link.client?.connected !== true) return;
     this.publish(this.topics.state(device), stateDocument(device, readback), {
@@ -347,6 +362,7 @@ export class MqttPublisher {
 
   /** The session has ended: publications still held will never be sent. */
   ended(): void {
+    this.heldStates.clear();
     for (const publication of this.held.splice(0)) publication.resolve('unsent');
   }
 
@@ -416,7 +432,11 @@ export class MqttPublisher {
           this.held.length > 0 ||
           this.handed >= this.inFlightLimit()
         ) {
-          if (this.handed + this.held.length >= this.maxHeld) {
+          if (options.kind === 'state') {
+            this.holdState(publication);
+            return;
+          }
+          if (this.counted() >= this.maxHeld) {
             this.drop(topic, options.about);
             resolve('unsent');
             return;
@@ -430,6 +450,36 @@ export class MqttPublisher {
     this.unacknowledged.add(sent);
     void sent.then(() => this.unacknowledged.delete(sent));
     return sent;
+  }
+
+  /** Publications handed or held that count towards the most held: all but states. */
+  private counted(): number {
+    return this.handed - this.handedStates + this.held.length - this.heldStates.size;
+  }
+
+  /**
+   * A state (or the clearing of one) held: in place of the one of its topic held already, if
+   * any, which is then not sent ('unsent') — the broker keeps a state topic's latest message
+   * only, and a subscriber is owed the latest state, not every position a travelling valve
+   * passed. At most one per topic, so as many as devices (and topics cleared): never dropped
+   * for the most held, nor counted towards it (nor are those handed to mqtt.js: as many as the
+   * broker's Receive Maximum at most). Until 2026-12-07 states were held one per reading: those
+   * of valves travelling while the broker was slow to acknowledge filled the most held, past it
+   * the last state of a valve (`OPEN`) was dropped, and the broker kept `OPENING 99` until the
+   * device next changed; after an outage, the mirror published at the reconnection was dropped
+   * the same way behind the results held.
+   */
+  private holdState(publication: HeldPublication): void {
+    const earlier = this.heldStates.get(publication.topic);
+    if (earlier === undefined) {
+      this.held.push(publication);
+      this.heldStates.set(publication.topic, publication);
+      return;
+    }
+    earlier.resolve('unsent');
+    earlier.payload = publication.payload;
+    earlier.options = publication.options;
+    earlier.resolve = publication.resolve;
   }
 
   /**
@@ -473,9 +523,12 @@ export class MqttPublisher {
       resolve('refused');
       return;
     }
+    const state = options.kind === 'state';
     this.handed += 1;
+    if (state) this.handedStates += 1;
     client.publish(topic, payload, publishOptions, (error) => {
       this.handed -= 1;
+      if (state) this.handedStates -= 1;
       // Its slot in the broker's Receive Maximum is free: the next one held goes out.
       this.handHeld();
       // mqtt.js calls back with null, not undefined, on success.
@@ -527,7 +580,11 @@ export class MqttPublisher {
       this.handed < this.inFlightLimit()
     ) {
       const publication = this.held.shift();
-      if (publication !== undefined) this.hand(publication);
+      if (publication === undefined) continue;
+      if (this.heldStates.get(publication.topic) === publication) {
+        this.heldStates.delete(publication.topic);
+      }
+      this.hand(publication);
     }
   }
 
@@ -587,7 +644,11 @@ export class MqttPublisher {
     });
   }
 
-  /** A publication not held for the broker: the first of an outage is logged with its key. */
+  /**
+   * A publication not held for the broker: the first of an outage is logged with its key. A
+   * result, replay, error or Response Topic copy: a state is never dropped (holdState()), nor a
+   * status.
+   */
   private drop(topic: string, about: Requester): void {
     this.metrics.mqttResultsNotPublished.inc();
     this.dropped += 1;
