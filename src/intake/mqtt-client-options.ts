@@ -71,9 +71,18 @@ export interface TlsFiles {
   readonly key: string | undefined;
 }
 
-/** Sets `files` in `options`, for the connections made from them from now on. */
+/**
+ * Sets `files` in `options`, for the connections made from them from now on. Over `wss://`
+ * MQTT.js copies `ca`, `cert` and `key` into `options.wsOptions` at the first connection and
+ * makes every later one from that copy (mqtt/build/lib/connect/ws.js): set there too. Until
+ * 2026-12-07 only `options` was set, and over `wss://` a reload was logged done while every
+ * connection went on with the files of the start.
+ */
 export function setTlsFiles(options: IClientOptions, files: TlsFiles): void {
-  if (files.ca !== undefined) options.ca = files.ca;
-  if (files.cert !== undefined) options.cert = files.cert;
-  if (files.key !== undefined) options.key = files.key;
+  const ws = options.wsOptions as Record<string, unknown> | undefined;
+  for (const target of ws === undefined ? [options] : [options, ws]) {
+    if (files.ca !== undefined) target.ca = files.ca;
+    if (files.cert !== undefined) target.cert = files.cert;
+    if (files.key !== undefined) target.key = files.key;
+  }
 }

@@ -523,8 +523,9 @@ export class MqttSession {
    * TLS files for the connections from now on (checked by the caller: src/config/preflight.ts).
    * TLS authenticates at the handshake, so the connection that is up keeps its session; the next
    * one, a reconnection included, presents these. MQTT.js makes each connection from the
-   * client's own options object (as fallBack relies on), so setting them there is enough.
-   * Returns whether a connection is up (it goes on with the files it was made with).
+   * client's own options object (as fallBack relies on), and over `wss://` from its copy of
+   * them in `wsOptions`: setTlsFiles sets both. Returns whether a connection is up (it goes on
+   * with the files it was made with).
    */
   replaceTlsFiles(files: TlsFiles): boolean {
     for (const options of [this.clientOptions, this.current?.options]) {
