@@ -121,8 +121,6 @@ export interface UiSiteOptions {
    * test that needs a device's next read to be a command's own reads idle devices rarely.
    */
   readonly monitorIntervalMs?: number;
-  /** The daemon's shutdown bound (DaemonOptions.shutdownBoundMs; 10 s unless given). */
-  readonly shutdownBoundMs?: number;
 }
 
 /** The subject CN of `ops`'s client certificate, when the site asks for certificates. */
@@ -278,7 +276,6 @@ export async function startUiSite(options: UiSiteOptions): Promise<UiSite> {
   const daemon = await Daemon.start(loadConfig(configPath, { env: {} }), {
     logger: pino({ level: 'debug' }, sink),
     monitorIntervalMs: options.monitorIntervalMs ?? 200,
-    ...(options.shutdownBoundMs === undefined ? {} : { shutdownBoundMs: options.shutdownBoundMs }),
     ...(options.clock === undefined ? {} : { clock: options.clock }),
     ...(options.httpsTimeouts === undefined ? {} : { httpsTimeouts: options.httpsTimeouts }),
     ...(options.uiStreamPeerBounds === undefined
