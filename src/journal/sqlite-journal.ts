@@ -55,7 +55,7 @@ const SETTLES_PRUNE_AT = 1024;
 
 /**
  * Pages of the journal checkWritable()'s proof write commits while its filesystem is short of
- * room (CLAIM_ROOM_BELOW_BYTES): as many as a claim commits at the most. A claim writes its row
+ * room (CLAIM_ROOM_BELOW_PAGES): as many as a claim commits at the most. A claim writes its row
  * into the commands table and its five indexes and its event into the events table and its
  * index: measured (group commit, a claim in a commit of its own, 50,000 commands retained),
  * 8 pages of the log for most claims, 11 for one refused at the door (its settlement's indexes
@@ -66,15 +66,13 @@ const SETTLES_PRUNE_AT = 1024;
 export const CLAIM_PROOF_PAGES = 24;
 
 /**
- * Free space on the journal's filesystem (for the daemon's user) below which the proof write
- * is as large as a claim's (CLAIM_PROOF_PAGES). Above it a claim's few pages cannot fail for
- * want of room, and the proof is one page: /readyz may ask for one every second, and a proof of
- * 24 pages each time would write the gateway's flash about 24 times as much while it idles.
+ * Free space on the journal's filesystem (for the daemon's user), in pages of the journal, below
+ * which the proof write is as large as a claim's (CLAIM_PROOF_PAGES): 1 MiB with pages of 4 KiB.
+ * Above it a claim's few pages cannot fail for want of room, and the proof is one page: /readyz
+ * may ask for one every second, and a proof of 24 pages each time would write the gateway's
+ * flash about 24 times as much while it idles.
  */
-export const CLAIM_ROOM_BELOW_BYTES = 1024 * 1024;
-
-/** Usable bytes of a 4 KiB page of the journal that an overflow page of a value holds. */
-const OVERFLOW_BYTES = 4092;
+export const CLAIM_ROOM_BELOW_PAGES = 256;
 
 /**
  * The command journal on SQLite, in WAL mode. Without `groupCommit`, synchronous=FULL: every
@@ -106,6 +104,11 @@ export class SqliteJournal implements Journal {
   private settlesPruneAt = SETTLES_PRUNE_AT;
   /** checkWritable()'s proof writes so far: each one's value differs from the last's. */
   private proofs = 0;
+  /**
+   * The page size of the journal's file, read once per connection (checkWritable()). A journal
+   * is not necessarily of 4 KiB pages: one created beforehand with another page size keeps it.
+   */
+  private readonly pageSizes = new WeakMap<Connection, number>();
 
   static open(options: SqliteJournalOptions): SqliteJournal {
     return new SqliteJournal(options);
@@ -560,15 +563,35 @@ export class SqliteJournal implements Journal {
     }
     // A real write, committed on its own: it fails the way a claim would (full, read-only,
     // locked), at once rather than at the end of a batch. Short of room, it commits as many
-    // pages as a claim (CLAIM_PROOF_PAGES): a value that spans them, different on every page
-    // from the last proof's (SQLite writes no page whose bytes are unchanged).
+    // pages as a claim (CLAIM_PROOF_PAGES), of the journal's own page size: a value that spans
+    // them, different on every page from the last proof's (SQLite writes no page whose bytes
+    // are unchanged).
     const free = freeBytes(this.options.path);
-    const pages = free !== null && free >= CLAIM_ROOM_BELOW_BYTES ? 1 : CLAIM_PROOF_PAGES;
     const mark = `${new Date().toISOString()} ${++this.proofs} `;
-    const length = (pages - 1) * OVERFLOW_BYTES;
-    const value =
-      pages === 1 ? mark : mark.repeat(Math.ceil(length / mark.length)).slice(0, length);
-    this.write('check', (c) => c.stmts.touch.run(value), false);
+    this.write(
+      'check',
+      (c) => {
+        const pageSize = this.pageSize(c);
+        const pages =
+          free !== null && free >= CLAIM_ROOM_BELOW_PAGES * pageSize ? 1 : CLAIM_PROOF_PAGES;
+        // An overflow page of a value holds all of its page but the 4 bytes that link it.
+        const length = (pages - 1) * (pageSize - 4);
+        const value =
+          pages === 1 ? mark : mark.repeat(Math.ceil(length / mark.length)).slice(0, length);
+        return c.stmts.touch.run(value);
+      },
+      false,
+    );
+  }
+
+  /** The page size of the journal's file, as `connection` reads it (once). */
+  private pageSize(connection: Connection): number {
+    let size = this.pageSizes.get(connection);
+    if (size === undefined) {
+      size = connection.db.pragma('page_size', { simple: true }) as number;
+      this.pageSizes.set(connection, size);
+    }
+    return size;
   }
 
   /**

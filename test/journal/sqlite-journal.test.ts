@@ -885,6 +885,60 @@ describe('fail closed (I5)', () => {
       },
     );
 
+    it.runIf(available)(
+      "short of room, proves a claim's pages of the size the journal has, not of 4 KiB",
+      () => {
+        // A journal created beforehand with pages of 64 KiB keeps them: a claim's pages are
+        // 16 times as large as with 4 KiB, and the proof write must be as large as a claim's.
+        const big = join(dir, 'big');
+        mkdirSync(big);
+        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', big]);
+        try {
+          const path = join(big, 'journal.db');
+          const db = new BetterSqlite3(path);
+          db.pragma('page_size = 65536');
+          db.pragma('journal_mode = WAL');
+          db.close();
+          const j = SqliteJournal.open({ path, busyTimeoutMs: 500 });
+          try {
+            expect(j.claim(command('before')).kind).toBe('new');
+            const check = new BetterSqlite3(path, { readonly: true });
+            try {
+              expect(check.pragma('page_size', { simple: true })).toBe(65536);
+            } finally {
+              check.close();
+            }
+            // 400 KB free: room for six pages of 64 KiB, not for a claim's 8 to 23. The claim
+            // is refused, and the proof must be too (sized in pages of 4 KiB, about 94 KB, it
+            // fitted, and the journal was called writable).
+            const filler = join(big, 'filler');
+            fillFilesystem(filler);
+            truncateSync(filler, statSync(filler).size - 400 * 1024);
+            let proof: unknown = null;
+            try {
+              j.checkWritable();
+            } catch (error) {
+              proof = error;
+            }
+            expect(() => j.claim(command('short-of-room'))).toThrow(/SQLITE_FULL/);
+            expect(j.get({ scope: 'plant', key: 'short-of-room' })).toBeUndefined();
+            expect(proof).toBeInstanceOf(JournalUnavailableError);
+            expect((proof as JournalUnavailableError).message).toMatch(/SQLITE_FULL/);
+            // With room, both succeed again.
+            rmSync(filler);
+            expect(() => {
+              j.checkWritable();
+            }).not.toThrow();
+            expect(j.claim(command('with-room')).kind).toBe('new');
+          } finally {
+            j.close();
+          }
+        } finally {
+          execFileSync('umount', ['-l', big]);
+        }
+      },
+    );
+
     it.runIf(available)('refuses to work on a read-only filesystem and keeps what it had', () => {
       const path = join(mnt, 'journal.db');
       const j = open(path);
