@@ -939,6 +939,42 @@ describe('fail closed (I5)', () => {
       },
     );
 
+    it.runIf(available)(
+      'short of room, with pages of 1 KiB, proves no more than a claim of them needs',
+      () => {
+        // A journal created beforehand with pages of 1 KiB keeps them: a claim's pages are a
+        // quarter of those of 4 KiB, and a proof of 24 pages of 4 KiB (about 94 KB) failed
+        // where a claim fitted: the journal was called unavailable while commands were taken.
+        const small = join(dir, 'small');
+        mkdirSync(small);
+        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', small]);
+        try {
+          const path = join(small, 'journal.db');
+          const db = new BetterSqlite3(path);
+          db.pragma('page_size = 1024');
+          db.pragma('journal_mode = WAL');
+          db.close();
+          const j = SqliteJournal.open({ path, busyTimeoutMs: 500 });
+          try {
+            expect(j.claim(command('before')).kind).toBe('new');
+            const filler = join(small, 'filler');
+            fillFilesystem(filler);
+            // 64 KB free: room for a claim's 8 to 23 pages of 1 KiB and for the proof of 24.
+            truncateSync(filler, statSync(filler).size - 64 * 1024);
+            expect(() => {
+              j.checkWritable();
+            }).not.toThrow();
+            expect(j.claim(command('short-of-room')).kind).toBe('new');
+            expect(j.get({ scope: 'plant', key: 'short-of-room' })?.state).toBe('accepted');
+          } finally {
+            j.close();
+          }
+        } finally {
+          execFileSync('umount', ['-l', small]);
+        }
+      },
+    );
+
     it.runIf(available)('refuses to work on a read-only filesystem and keeps what it had', () => {
       const path = join(mnt, 'journal.db');
       const j = open(path);
