@@ -7,6 +7,7 @@ import { CliError, UsageError, messageOf } from './errors.js';
 import { isResultDocument, type ResultDocument } from './result-view.js';
 import { refused, retryHint, type Delivery, type SendTarget } from './send-common.js';
 import { readConfiguredFile, unitCredential } from './unit-environment.js';
+import { hostAndPort } from '../config/network-addresses.js';
 
 /**
  * `send --via https`: POST /v1/commands (docs/http-api.md) with the key, `Prefer: wait=N`, then
@@ -124,15 +125,13 @@ function identityAmong(
 }
 
 /**
- * The intake's URL, as the messages name it: an IPv6 address in brackets, and a link-local
- * one's zone after `%25` (RFC 6874: the percent sign of `fe80::1%eth0` encoded), as in
- * `https://[fe80::1%25eth0]:8443`. `https://fe80::1%eth0:8443` read as no host and port.
+ * The intake's URL, as the messages name it: the host and port as hostAndPort writes them (an
+ * IPv6 address in brackets), a link-local one's zone after `%25` (RFC 6874: the percent sign of
+ * `fe80::1%eth0` encoded), as in `https://[fe80::1%25eth0]:8443`. `https://fe80::1%eth0:8443`
+ * read as no host and port.
  */
 function intakeUrl(at: Pick<Endpoint, 'host' | 'port'>): string {
-  if (isIP(at.host) !== 6) return `https://${at.host}:${at.port}`;
-  const zone = at.host.indexOf('%');
-  const address = zone < 0 ? at.host : `${at.host.slice(0, zone)}%25${at.host.slice(zone + 1)}`;
-  return `https://[${address}]:${at.port}`;
+  return `https://${hostAndPort(at.host.replace('%', '%25'), at.port)}`;
 }
 
 function call(
